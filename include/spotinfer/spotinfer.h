@@ -1,0 +1,568 @@
+/*
+ * spotinfer.h - the stable public API of libspotinfer.
+ *
+ * libspotinfer decides, for every LLM request and before any GPU work starts,
+ * its class (gold / silver / bronze), its versioned KV-cache key, and what it
+ * costs. Later versions add pool and replica choice, spot interruption
+ * handling and a durable replay queue behind the same conventions.
+ *
+ * Conventions that hold for every function in this header:
+ *
+ *  - Every exported symbol starts with spi_ and every macro with SPI_.
+ *  - Functions that can fail return an int status: SPI_OK (0) or a negative
+ *    value of enum spi_status. spi_strerror() names any integer.
+ *  - Error detail (a message naming what was wrong) lives on the handle the
+ *    call was made on: spi_engine_errmsg(), spi_request_errmsg().
+ *  - Text arrives as pointer + length and is never assumed NUL-terminated.
+ *    A NULL pointer with length 0 is the empty string.
+ *  - The library copies everything it is given before the call returns.
+ *  - Constructors hand the object out through a pointer; free functions
+ *    accept NULL. A freed or foreign handle is detected by a magic number
+ *    where possible and yields SPI_EMISUSE instead of a crash.
+ *  - Structs passed in or out start with a size_t struct_size field that the
+ *    caller sets to sizeof(the struct); structs only ever grow at the end.
+ *  - No global mutable state, no threads started, nothing written to
+ *    stdout or stderr. Memory, time and logging go through per-engine hooks.
+ *
+ * Thread safety: distinct engines are independent. On one engine, any number
+ * of threads may classify, key and price concurrently, each with its own
+ * spi_request; spi_engine_configure() may run at the same time (it swaps a
+ * new immutable configuration snapshot in; calls already running finish on
+ * the old one). spi_engine_register_module() and spi_engine_free() must not
+ * run concurrently with any other call on that engine. A spi_request is used
+ * by one thread at a time.
+ *
+ * Since: 0.1.0 for everything in this header unless noted.
+ */
+#ifndef SPOTINFER_H
+#define SPOTINFER_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* ---------------------------------------------------------------- export */
+
+#if defined(SPI_STATIC)
+#define SPI_API
+#elif defined(SPI_BUILDING) && defined(__GNUC__)
+#define SPI_API __attribute__((visibility("default")))
+#else
+#define SPI_API
+#endif
+
+/* --------------------------------------------------------------- version */
+
+#define SPI_VERSION_MAJOR 0
+#define SPI_VERSION_MINOR 1
+#define SPI_VERSION_PATCH 0
+/* MAJOR * 10000 + MINOR * 100 + PATCH */
+#define SPI_VERSION_NUMBER \
+  (SPI_VERSION_MAJOR * 10000 + SPI_VERSION_MINOR * 100 + SPI_VERSION_PATCH)
+#define SPI_VERSION_STRING "0.1.0"
+
+/* The version of the library actually loaded, as SPI_VERSION_NUMBER. */
+SPI_API uint32_t spi_version_number(void);
+/* The version of the library actually loaded, e.g. "0.1.0". Static storage. */
+SPI_API const char *spi_version_string(void);
+
+/* ---------------------------------------------------------------- status */
+
+/*
+ * Status codes. Grouped by kind with room between groups; a value is never
+ * renumbered or reused once released.
+ */
+enum spi_status {
+  SPI_OK = 0,
+
+  /* The caller's arguments or call order. */
+  SPI_EINVAL = -1,   /* an argument is invalid (NULL, bad enum, ...) */
+  SPI_EMISUSE = -2,  /* freed or foreign handle, call from a callback */
+  SPI_ERANGE = -3,   /* a number is out of its documented range */
+  SPI_EBUFSIZE = -4, /* the caller's output buffer is too small */
+
+  /* Input that came from outside (config, request bodies). */
+  SPI_EPARSE = -20,   /* malformed JSON or text */
+  SPI_ETYPE = -21,    /* a value has the wrong type */
+  SPI_EUNKNOWN = -22, /* an unknown key or enum name */
+  SPI_EMISSING = -23, /* a required field is missing */
+  SPI_ETOOBIG = -24,  /* input exceeds a configured limit */
+
+  /* Resources and lookups. */
+  SPI_ENOMEM = -40,    /* the allocator hook returned NULL */
+  SPI_EIO = -41,       /* a file could not be read */
+  SPI_ENOTFOUND = -42, /* no such module, option or item */
+  SPI_EEXIST = -43,    /* a module of that kind and name already exists */
+
+  /* Modules. */
+  SPI_EMODULE = -60,  /* a module failed and its policy is to fail the call */
+  SPI_EABI = -61,     /* a module struct has an unsupported abi_version/size */
+  SPI_ENOTSUP = -62   /* not supported by this version or module */
+};
+
+/*
+ * A short English description of any status integer, including values this
+ * version does not know ("unknown status"). Never NULL; static storage;
+ * thread-safe.
+ */
+SPI_API const char *spi_strerror(int status);
+
+/* ----------------------------------------------------------------- hooks */
+
+/* Log levels passed to the log hook. */
+enum spi_log_level {
+  SPI_LOG_ERROR = 0,
+  SPI_LOG_WARN = 1,
+  SPI_LOG_INFO = 2,
+  SPI_LOG_DEBUG = 3
+};
+
+typedef void *(*spi_alloc_fn)(void *user_data, size_t size);
+typedef void (*spi_free_fn)(void *user_data, void *ptr);
+/* Wall-clock time in nanoseconds since the Unix epoch (deadlines are wall
+ * clock). A fake clock makes every time-dependent decision deterministic. */
+typedef int64_t (*spi_clock_fn)(void *user_data);
+/* A log line, not NUL-terminated, without a trailing newline. */
+typedef void (*spi_log_fn)(void *user_data, int32_t level, const char *msg,
+                           size_t msg_len);
+
+/*
+ * Per-engine hooks. Zero-initialise, set struct_size = sizeof(spi_hooks), and
+ * fill what you need. alloc and free are set together or not at all (then
+ * malloc/free are used). clock NULL means CLOCK_REALTIME. log NULL means no
+ * logging. Hooks are copied; they are called from the thread making the
+ * library call, and must not call back into the same engine.
+ */
+typedef struct spi_hooks {
+  size_t struct_size;
+  spi_alloc_fn alloc;
+  spi_free_fn free;
+  void *alloc_user_data;
+  spi_clock_fn clock;
+  void *clock_user_data;
+  spi_log_fn log;
+  void *log_user_data;
+  int32_t log_level; /* highest level passed to log; default SPI_LOG_WARN */
+  int32_t reserved0;
+} spi_hooks;
+
+/* ---------------------------------------------------------------- engine */
+
+typedef struct spi_engine spi_engine;
+
+/*
+ * Create an engine with the default configuration and the built-in modules
+ * registered. hooks may be NULL. On success *out owns a new engine, free it
+ * with spi_engine_free(). On failure *out is NULL.
+ * Errors: SPI_EINVAL (out NULL, hooks with a bad struct_size or only one of
+ * alloc/free), SPI_ENOMEM.
+ */
+SPI_API int spi_engine_new(spi_engine **out, const spi_hooks *hooks);
+
+/* Free an engine and everything it owns. NULL is harmless. Requests created
+ * from the engine must be freed first. */
+SPI_API void spi_engine_free(spi_engine *engine);
+
+/*
+ * The message of the last failed call on this engine ("" if none). Borrowed:
+ * valid until the next call on the engine from the same thread. Never NULL.
+ */
+SPI_API const char *spi_engine_errmsg(const spi_engine *engine);
+
+/*
+ * Replace the engine's configuration with the JSON object in json[0..len).
+ * The whole object is validated first; on any error nothing changes and the
+ * message names the key's path (e.g. "classifier.rules[2].when.sla_ms_max").
+ * Keys not given take their defaults ("{}" restores all defaults).
+ * Errors: SPI_EPARSE, SPI_ETYPE, SPI_EUNKNOWN, SPI_ERANGE, SPI_ETOOBIG,
+ * SPI_ENOTFOUND (unknown module name), SPI_EMODULE, SPI_ENOMEM.
+ */
+SPI_API int spi_engine_configure(spi_engine *engine, const char *json,
+                                 size_t len);
+
+/* As spi_engine_configure() with the contents of a file (NUL-terminated
+ * path). Adds SPI_EIO when the file cannot be read. */
+SPI_API int spi_engine_configure_file(spi_engine *engine, const char *path);
+
+/*
+ * The effective configuration as canonical JSON (all keys, defaults filled
+ * in), copied into buf[0..cap) with a terminating NUL. *needed (may be NULL)
+ * receives the length without the NUL. Returns SPI_EBUFSIZE when cap is too
+ * small (pass cap 0 to ask for the size).
+ */
+SPI_API int spi_engine_config_json(spi_engine *engine, char *buf, size_t cap,
+                                   size_t *needed);
+
+/* ------------------------------------------------------- listing options */
+
+enum spi_option_type {
+  SPI_OPT_BOOL = 1,
+  SPI_OPT_INT = 2,
+  SPI_OPT_DOUBLE = 3,
+  SPI_OPT_STRING = 4,
+  SPI_OPT_ENUM = 5,   /* a string from a fixed set, listed in doc */
+  SPI_OPT_LIST = 6,   /* an array; its element options follow as path[] */
+  SPI_OPT_OBJECT = 7  /* a nested object */
+};
+
+/* One accepted configuration option. All strings are static. */
+typedef struct spi_option_info {
+  size_t struct_size;
+  const char *path;          /* e.g. "cache_key.block_bytes" */
+  int32_t type;              /* enum spi_option_type */
+  int32_t reserved0;
+  const char *default_json;  /* the default as JSON text */
+  double min_value;          /* numeric bounds (inclusive); 0 otherwise */
+  double max_value;
+  const char *doc;           /* one line */
+} spi_option_info;
+
+/* Number of options spi_option_get() lists. */
+SPI_API size_t spi_option_count(void);
+/* Fill *out for option index (0 <= index < spi_option_count()).
+ * Errors: SPI_EINVAL (out NULL or struct_size too small), SPI_ENOTFOUND. */
+SPI_API int spi_option_get(size_t index, spi_option_info *out);
+
+/* --------------------------------------------------------------- classes */
+
+enum spi_class {
+  SPI_CLASS_UNSET = 0,
+  SPI_CLASS_GOLD = 1,   /* on-demand first, latency-critical */
+  SPI_CLASS_SILVER = 2, /* spot first, on-demand fallback, retry tolerant */
+  SPI_CLASS_BRONZE = 3  /* spot only, batch / background */
+};
+
+/* "gold", "silver", "bronze", "unset", or "invalid". Never NULL. */
+SPI_API const char *spi_class_name(int32_t klass);
+
+enum spi_model_tier {
+  SPI_TIER_SMALL = 1,
+  SPI_TIER_LARGE = 2
+};
+
+/* Priority schemes for spi_engine_class_to_priority() and back. */
+enum spi_priority_scheme {
+  SPI_PRIO_VLLM = 1, /* vLLM: lower value is more urgent */
+  SPI_PRIO_LLMD = 2  /* llm-d: higher is more urgent, negative sheddable */
+};
+
+/* OpenAI service_tier values, as an enum. */
+enum spi_service_tier {
+  SPI_SERVICE_TIER_UNSET = 0,
+  SPI_SERVICE_TIER_AUTO = 1,
+  SPI_SERVICE_TIER_DEFAULT = 2,
+  SPI_SERVICE_TIER_FLEX = 3,
+  SPI_SERVICE_TIER_PRIORITY = 4,
+  SPI_SERVICE_TIER_SCALE = 5
+};
+
+/* "auto", "default", "flex", "priority", "scale", "" for unset, or
+ * "invalid". Never NULL. */
+SPI_API const char *spi_service_tier_name(int32_t tier);
+
+/* Map a class to a priority value of a scheme using the engine's
+ * classifier.priority_map. Errors: SPI_EINVAL. */
+SPI_API int spi_engine_class_to_priority(spi_engine *engine, int32_t scheme,
+                                         int32_t klass, int32_t *out_priority);
+/* Map a priority value of a scheme back to a class. Errors: SPI_EINVAL. */
+SPI_API int spi_engine_class_from_priority(spi_engine *engine, int32_t scheme,
+                                           int32_t priority,
+                                           int32_t *out_class);
+/* Map a class to an OpenAI service tier (enum spi_service_tier) and back
+ * (SPI_SERVICE_TIER_UNSET maps to SPI_CLASS_UNSET). Errors: SPI_EINVAL. */
+SPI_API int spi_engine_class_to_service_tier(spi_engine *engine, int32_t klass,
+                                             int32_t *out_tier);
+SPI_API int spi_engine_class_from_service_tier(spi_engine *engine,
+                                               int32_t tier,
+                                               int32_t *out_class);
+
+/* --------------------------------------------------------------- request */
+
+typedef struct spi_request spi_request;
+
+/*
+ * String attributes of a request, set with spi_request_set_str().
+ * Setting a string replaces the previous value.
+ */
+enum spi_request_str {
+  SPI_REQ_MODEL = 1,
+  SPI_REQ_TOKENIZER_VERSION = 2,
+  SPI_REQ_SYSTEM_PROMPT = 3,     /* overrides system messages for the key */
+  SPI_REQ_TOOLS_JSON = 4,        /* a JSON array of tool definitions */
+  SPI_REQ_RETRIEVAL_TEMPLATE = 5,
+  SPI_REQ_TENANT = 6,
+  SPI_REQ_TENANT_TIER = 7,       /* e.g. "enterprise", "free" */
+  SPI_REQ_TENANT_SALT = 8,       /* isolates one tenant's cache keys */
+  SPI_REQ_DECODE_PROFILE = 9,    /* e.g. "streaming-balanced" */
+  SPI_REQ_SERVICE_TIER = 10,     /* OpenAI service_tier text */
+  SPI_REQ_USER = 11,
+  SPI_REQ_CLASS = 12,            /* explicit class: gold, silver, bronze */
+  SPI_REQ_PROMPT = 13,           /* completions prompt text */
+  SPI_REQ_REQUEST_ID = 14
+};
+
+/*
+ * Integer attributes, set with spi_request_set_int(). Unset attributes are
+ * distinct from any value; spi_request_unset_int() clears one.
+ */
+enum spi_request_int {
+  SPI_REQ_PRIORITY = 1,          /* vLLM convention: lower is more urgent */
+  SPI_REQ_SLA_MS = 2,            /* latency budget, > 0 */
+  SPI_REQ_STREAM = 3,            /* 0 or 1 */
+  SPI_REQ_REPLAYABLE = 4,        /* 0 or 1 */
+  SPI_REQ_MAX_OUTPUT_TOKENS = 5, /* max_tokens / max_completion_tokens */
+  SPI_REQ_EXPECTED_OUTPUT_TOKENS = 6,
+  SPI_REQ_PROMPT_TOKENS = 7      /* known prompt length in tokens */
+};
+
+/* Which OpenAI body spi_request_parse_openai() reads. */
+enum spi_openai_kind {
+  SPI_OPENAI_AUTO = 0,        /* chat if "messages" is present */
+  SPI_OPENAI_CHAT = 1,        /* /v1/chat/completions */
+  SPI_OPENAI_COMPLETIONS = 2  /* /v1/completions */
+};
+
+/*
+ * Create an empty request bound to engine (which must outlive it).
+ * Errors: SPI_EINVAL, SPI_EMISUSE, SPI_ENOMEM (detail on the engine).
+ */
+SPI_API int spi_request_new(spi_engine *engine, spi_request **out);
+/* Free a request. NULL is harmless. */
+SPI_API void spi_request_free(spi_request *req);
+/* Clear every attribute; keeps the memory for reuse. */
+SPI_API int spi_request_reset(spi_request *req);
+/* The message of the last failed call on this request ("" if none).
+ * Borrowed until the next call on the request. Never NULL. */
+SPI_API const char *spi_request_errmsg(const spi_request *req);
+
+/* Set a string attribute (copied). Errors: SPI_EINVAL (unknown field),
+ * SPI_ETOOBIG (over limits.max_field_bytes), SPI_EPARSE (TOOLS_JSON that is
+ * not a JSON array), SPI_EUNKNOWN (CLASS or SERVICE_TIER not a known name),
+ * SPI_ENOMEM. */
+SPI_API int spi_request_set_str(spi_request *req, int32_t field,
+                                const char *value, size_t len);
+/* Set an integer attribute. Errors: SPI_EINVAL, SPI_ERANGE. */
+SPI_API int spi_request_set_int(spi_request *req, int32_t field, int64_t value);
+/* Clear an integer attribute back to unset. Errors: SPI_EINVAL. */
+SPI_API int spi_request_unset_int(spi_request *req, int32_t field);
+
+/*
+ * Append a chat message (role: system, developer, user, assistant, tool).
+ * Messages are the conversation, in order; system/developer messages also
+ * form the system prompt for the cache key unless SPI_REQ_SYSTEM_PROMPT is
+ * set. Errors: SPI_EINVAL, SPI_EUNKNOWN (role), SPI_ETOOBIG, SPI_ENOMEM.
+ */
+SPI_API int spi_request_add_message(spi_request *req, const char *role,
+                                    size_t role_len, const char *content,
+                                    size_t content_len);
+
+/* Add a metadata pair (copied); a known key also sets its attribute:
+ * class, priority, sla_ms, replayable, expected_output_tokens, tenant,
+ * tenant_tier, tenant_salt, decode_profile, tokenizer_version,
+ * retrieval_template. Errors as the setters it forwards to. */
+SPI_API int spi_request_set_metadata(spi_request *req, const char *key,
+                                     size_t key_len, const char *value,
+                                     size_t value_len);
+
+/*
+ * Give the prompt as token ids (copied). When set, prefix blocks are counted
+ * in tokens (cache_key.block_tokens) instead of bytes of canonical text.
+ * n == 0 clears them. Errors: SPI_EINVAL, SPI_ETOOBIG, SPI_ENOMEM.
+ */
+SPI_API int spi_request_set_token_ids(spi_request *req, const uint32_t *ids,
+                                      size_t n);
+
+/*
+ * Reset the request, then fill it from an OpenAI chat-completions or
+ * completions JSON body: model, messages, prompt, tools, stream,
+ * max_tokens / max_completion_tokens, service_tier, user, metadata, and the
+ * vLLM extension "priority". All-or-nothing: on error the request is left
+ * empty (reset), never half-filled, and the message names the field path
+ * and, for malformed JSON, the byte offset.
+ * Errors: SPI_EPARSE, SPI_ETYPE, SPI_EMISSING, SPI_EUNKNOWN, SPI_ERANGE,
+ * SPI_ETOOBIG, SPI_ENOMEM.
+ */
+SPI_API int spi_request_parse_openai(spi_request *req, const char *json,
+                                     size_t len, int32_t kind);
+
+/*
+ * Read back a string attribute. *out points into the request (borrowed until
+ * the request is changed or freed); *out_len gets its length. An unset
+ * string reads as "" with length 0. Errors: SPI_EINVAL.
+ */
+SPI_API int spi_request_get_str(const spi_request *req, int32_t field,
+                                const char **out, size_t *out_len);
+/* Read back an integer attribute; *is_set (may be NULL) tells whether it was
+ * set (unset reads 0). Errors: SPI_EINVAL. */
+SPI_API int spi_request_get_int(const spi_request *req, int32_t field,
+                                int64_t *out, int32_t *is_set);
+/* Number of chat messages. */
+SPI_API size_t spi_request_message_count(const spi_request *req);
+
+/* ------------------------------------------------------------ classifier */
+
+/* Pressure levels for the degrade plan. */
+enum spi_pressure {
+  SPI_PRESSURE_NORMAL = 0,
+  SPI_PRESSURE_ELEVATED = 1,
+  SPI_PRESSURE_HIGH = 2,
+  SPI_PRESSURE_CRITICAL = 3
+};
+
+/* The classifier's verdict on a request. */
+typedef struct spi_classification {
+  size_t struct_size;
+  int32_t klass;             /* enum spi_class */
+  int32_t replayable;        /* 1 if the request may be replayed elsewhere */
+  int32_t model_tier;        /* enum spi_model_tier, for cascade routing */
+  int32_t rule_index;        /* matched rule, -1 for explicit/priority/default */
+  double complexity;         /* the cascade complexity score */
+  /* The degrade plan at the given pressure. */
+  int64_t max_output_tokens; /* cap to apply; 0 = no cap */
+  int32_t tools_allowed;     /* 0 = strip tools / multi-step modes */
+  int32_t defer;             /* 1 = queue instead of serving now */
+  /* The same class in the other vocabularies (engine's priority_map). */
+  int32_t vllm_priority;
+  int32_t llmd_priority;
+  int32_t service_tier;      /* enum spi_service_tier */
+  int32_t pressure;          /* the pressure the plan is for */
+  char reason[120];          /* NUL-terminated, e.g. "rule interactive-sla" */
+} spi_classification;
+
+/*
+ * Classify a request with the engine's classifier module at a pressure
+ * level. out->struct_size must be set. Errors: SPI_EINVAL, SPI_EMISUSE,
+ * SPI_EMODULE (the module failed and its policy is to fail).
+ */
+SPI_API int spi_classify(spi_request *req, int32_t pressure,
+                         spi_classification *out);
+
+/* ------------------------------------------------------------- cache key */
+
+/* A 128-bit versioned KV-cache key (XXH3-128 in the built-in builder). */
+typedef struct spi_cache_key {
+  uint64_t high64;
+  uint64_t low64;
+} spi_cache_key;
+
+/* The key as 32 lowercase hex digits + NUL (canonical big-endian order).
+ * out must hold 33 bytes. Errors: SPI_EINVAL. */
+SPI_API int spi_cache_key_hex(const spi_cache_key *key, char *out, size_t cap);
+
+/*
+ * The request's versioned cache key from the engine's key builder: schema
+ * version, model, tokenizer version, system-prompt hash, tools hash,
+ * retrieval-template hash, tenant tier, tenant salt, decode profile.
+ * Errors: SPI_EINVAL, SPI_EMODULE, SPI_ENOMEM.
+ */
+SPI_API int spi_request_cache_key(spi_request *req, spi_cache_key *out);
+
+/*
+ * The chained hashes of the request's prompt-prefix blocks (full blocks
+ * only), written to out[0..cap). *n_out receives the number of blocks the
+ * prompt has (capped by cache_key.max_blocks); when it exceeds cap, the first
+ * cap are written and SPI_EBUFSIZE is returned. out may be NULL when cap is
+ * 0. Errors: SPI_EINVAL, SPI_EBUFSIZE, SPI_EMODULE, SPI_ENOMEM.
+ */
+SPI_API int spi_request_block_hashes(spi_request *req, uint64_t *out,
+                                     size_t cap, size_t *n_out);
+
+/*
+ * The request's canonical prompt text (the bytes the blocks are cut from):
+ * for chat, each message as role, 0x1F, content, 0x1E; for completions the
+ * prompt. Borrowed until the request changes. Errors: SPI_EINVAL, SPI_ENOMEM.
+ */
+SPI_API int spi_request_canonical_prompt(spi_request *req, const uint8_t **out,
+                                         size_t *out_len);
+
+/* ------------------------------------------------------------ cost model */
+
+/*
+ * Pure cost formulas. They validate every input (NaN, infinity, negative,
+ * or zero where zero is meaningless give SPI_ERANGE; a NULL out gives
+ * SPI_EINVAL) and never produce NaN or infinity. Thread-safe, no engine.
+ */
+
+/* $ per million tokens = usd_per_gpu_hour * gpus / (tokens_per_s * 3600) * 1e6 */
+SPI_API int spi_cost_per_million_tokens(double usd_per_gpu_hour, uint32_t gpus,
+                                        double tokens_per_s, double *out);
+/* Tokens/s needed to reach target_usd_per_million on that hardware. */
+SPI_API int spi_cost_break_even_tps(double usd_per_gpu_hour, uint32_t gpus,
+                                    double target_usd_per_million, double *out);
+
+/* The spot-with-interruptions calculation. */
+typedef struct spi_spot_cost {
+  size_t struct_size;
+  double effective_hours;        /* spot hours minus restart overhead lost */
+  double spot_cost;              /* spot_hours * spot_usd_per_hour */
+  double cost_per_effective_hour;
+  double on_demand_cost;         /* effective_hours * on_demand price */
+  double savings;                /* on_demand_cost - spot_cost */
+  double savings_fraction;       /* savings / on_demand_cost */
+  double expected_interruptions; /* spot_hours * interruption_rate */
+} spi_spot_cost;
+
+/*
+ * Effective cost of spot_hours of spot capacity when interruption_rate of the
+ * hours (0..1) are interrupted and each interruption loses
+ * restart_overhead_hours of work. Errors: SPI_EINVAL, SPI_ERANGE (including
+ * overhead that eats every hour).
+ */
+SPI_API int spi_cost_spot_effective(double spot_hours, double spot_usd_per_hour,
+                                    double on_demand_usd_per_hour,
+                                    double interruption_rate,
+                                    double restart_overhead_hours,
+                                    spi_spot_cost *out);
+
+/* Tokens per month above which self-hosting (gpus at usd_per_gpu_hour, for
+ * hours_per_month) is cheaper than an API at api_usd_per_million. */
+SPI_API int spi_cost_self_host_break_even(double usd_per_gpu_hour,
+                                          uint32_t gpus, double hours_per_month,
+                                          double api_usd_per_million,
+                                          double *out_tokens_per_month);
+
+/* KV-cache bytes of one sequence:
+ * 2 * layers * kv_heads * head_dim * seq_len * bytes_per_element. */
+SPI_API int spi_cost_kv_bytes_per_sequence(uint32_t layers, uint32_t kv_heads,
+                                           uint32_t head_dim, uint32_t seq_len,
+                                           double bytes_per_element,
+                                           double *out_bytes);
+/* Sequences of kv_bytes_per_sequence that fit in gpu_memory_bytes after
+ * model_bytes, times utilization (0..1]. Rounded down; may be 0. */
+SPI_API int spi_cost_max_sequences(double gpu_memory_bytes, double model_bytes,
+                                   double utilization,
+                                   double kv_bytes_per_sequence,
+                                   uint64_t *out_sequences);
+
+/* Pools a request can be priced on. */
+enum spi_pool {
+  SPI_POOL_SPOT = 1,
+  SPI_POOL_ON_DEMAND = 2
+};
+
+/* What serving one request costs on a pool (engine's cost config). */
+typedef struct spi_price {
+  size_t struct_size;
+  int32_t pool;           /* enum spi_pool */
+  int32_t reserved0;
+  double prompt_tokens;   /* as estimated or given */
+  double output_tokens;   /* expected, else the cap, else the default */
+  double gpu_seconds;     /* prefill + decode time on the pool's GPUs */
+  double usd;             /* the price, spot adjusted for interruptions */
+  double usd_per_million; /* the pool's effective $/M output tokens */
+} spi_price;
+
+/*
+ * Price a request on a pool with the engine's cost model module.
+ * Errors: SPI_EINVAL, SPI_EMODULE.
+ */
+SPI_API int spi_request_price(spi_request *req, int32_t pool, spi_price *out);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* SPOTINFER_H */

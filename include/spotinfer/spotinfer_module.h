@@ -1,0 +1,183 @@
+/*
+ * spotinfer_module.h - the module (plugin) API of libspotinfer.
+ *
+ * Every pluggable piece of the engine is a module: a versioned struct of
+ * function pointers plus an opaque state pointer. The built-in modules are
+ * registered through spi_engine_register_module() exactly like a user's, and
+ * the configuration picks one module of each kind by name
+ * ("modules": {"classifier": "reference", ...}).
+ *
+ * Life cycle of a module:
+ *   register  - the struct is copied and checked; state is owned by the
+ *               engine from then on and passed to destroy() when the engine
+ *               is freed. A failed registration never calls destroy: the
+ *               caller keeps its state.
+ *   configure - on every spi_engine_configure() that selects the module, it
+ *               receives its configuration section as JSON text ("{}" when
+ *               absent) and returns an immutable instance for that snapshot.
+ *   calls     - receive that instance; they may run concurrently from
+ *               several threads, so an instance must be read-only or
+ *               synchronise itself.
+ *   release   - when the snapshot that owns the instance retires.
+ *
+ * A module declares what happens when one of its calls fails: fall back to
+ * the built-in module of the same kind, or fail the library call with
+ * SPI_EMODULE. The library checks what a module returns before using it.
+ *
+ * Structs only grow at the end; abi_version stays SPI_MODULE_ABI_VERSION for
+ * as long as old structs remain valid, and struct_size tells which fields a
+ * caller knows about.
+ *
+ * Since: 0.1.0.
+ */
+#ifndef SPOTINFER_MODULE_H
+#define SPOTINFER_MODULE_H
+
+#include "spotinfer.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define SPI_MODULE_ABI_VERSION 1
+
+/* Module kinds. */
+enum spi_module_kind {
+  SPI_MODULE_CLASSIFIER = 1,
+  SPI_MODULE_KEY_BUILDER = 2,
+  SPI_MODULE_POLICY = 3,        /* reserved: routing policy */
+  SPI_MODULE_COST_MODEL = 4,
+  SPI_MODULE_NOTICE_SOURCE = 5, /* reserved: interruption notices */
+  SPI_MODULE_REPLAY_STORE = 6   /* reserved: durable replay queue */
+};
+
+/* "classifier", "key_builder", "policy", "cost_model", "notice_source",
+ * "replay_store", or "invalid". Never NULL. */
+SPI_API const char *spi_module_kind_name(int32_t kind);
+
+/* What the library does when a module call returns an error. */
+enum spi_module_on_failure {
+  SPI_ON_FAILURE_ERROR = 0,   /* fail the library call with SPI_EMODULE */
+  SPI_ON_FAILURE_FALLBACK = 1 /* use the built-in module of the same kind */
+};
+
+/*
+ * Common callbacks of every module. errbuf (capacity errcap, > 0) takes a
+ * NUL-terminated message when a callback fails; the library prefixes it with
+ * the module and configuration path.
+ */
+typedef int (*spi_module_configure_fn)(void *state, const char *config_json,
+                                       size_t config_len, void **out_instance,
+                                       char *errbuf, size_t errcap);
+typedef void (*spi_module_release_fn)(void *state, void *instance);
+typedef void (*spi_module_destroy_fn)(void *state);
+
+/*
+ * The view of a request a module gets. Pointers are borrowed for the call
+ * only. An unset integer is flagged in *_set (0/1).
+ */
+typedef struct spi_request_view {
+  size_t struct_size;
+  const char *model;              size_t model_len;
+  const char *tokenizer_version;  size_t tokenizer_version_len;
+  const char *system_prompt;      size_t system_prompt_len;
+  const char *tools_canonical;    size_t tools_canonical_len; /* sorted keys, no spaces */
+  const char *retrieval_template; size_t retrieval_template_len;
+  const char *tenant;             size_t tenant_len;
+  const char *tenant_tier;        size_t tenant_tier_len;
+  const char *tenant_salt;        size_t tenant_salt_len;
+  const char *decode_profile;     size_t decode_profile_len;
+  const char *last_user_text;     size_t last_user_text_len; /* query for cascade */
+  const uint8_t *prompt;          size_t prompt_len; /* canonical prompt text */
+  const uint32_t *token_ids;      size_t token_count; /* 0 if none given */
+  int32_t explicit_class;         /* enum spi_class, UNSET if none */
+  int32_t service_tier;           /* enum spi_service_tier */
+  int64_t priority;               int32_t priority_set;
+  int32_t stream;                 /* 0/1 */
+  int64_t sla_ms;                 int32_t sla_ms_set;
+  int32_t replayable;             int32_t replayable_set;
+  int64_t max_output_tokens;      int32_t max_output_tokens_set;
+  int64_t expected_output_tokens; int32_t expected_output_tokens_set;
+  int64_t prompt_tokens;          int32_t prompt_tokens_set;
+  int32_t has_tools;              /* 1 if a tools array was given */
+  size_t message_count;
+} spi_request_view;
+
+/* ------------------------------------------------------------ classifier */
+
+typedef struct spi_classifier_module {
+  uint32_t abi_version; /* SPI_MODULE_ABI_VERSION */
+  uint32_t struct_size; /* sizeof(spi_classifier_module) */
+  int32_t on_failure;   /* enum spi_module_on_failure */
+  int32_t reserved0;
+  spi_module_configure_fn configure; /* required */
+  spi_module_release_fn release;     /* may be NULL */
+  /* Fill out (struct_size already set by the library) for pressure. The
+   * library validates klass, model_tier and the plan, and fills the
+   * priority / service-tier mappings itself. */
+  int (*classify)(void *state, void *instance, const spi_request_view *req,
+                  int32_t pressure, spi_classification *out);
+} spi_classifier_module;
+
+/* ----------------------------------------------------------- key builder */
+
+typedef struct spi_key_builder_module {
+  uint32_t abi_version;
+  uint32_t struct_size;
+  int32_t on_failure;
+  int32_t reserved0;
+  spi_module_configure_fn configure; /* required */
+  spi_module_release_fn release;
+  /* The versioned 128-bit key of a request. */
+  int (*build_key)(void *state, void *instance, const spi_request_view *req,
+                   spi_cache_key *out);
+  /* The chained block hashes of req's prefix seeded by key: write up to
+   * cap hashes to out and the total number of full blocks to *n_out. */
+  int (*block_hashes)(void *state, void *instance, const spi_request_view *req,
+                      const spi_cache_key *key, uint64_t *out, size_t cap,
+                      size_t *n_out);
+} spi_key_builder_module;
+
+/* ------------------------------------------------------------ cost model */
+
+typedef struct spi_cost_model_module {
+  uint32_t abi_version;
+  uint32_t struct_size;
+  int32_t on_failure;
+  int32_t reserved0;
+  spi_module_configure_fn configure; /* required */
+  spi_module_release_fn release;
+  /* Price req on pool; out->struct_size and out->pool are set by the
+   * library. Every double must come back finite and >= 0. */
+  int (*price)(void *state, void *instance, const spi_request_view *req,
+               int32_t pool, spi_price *out);
+} spi_cost_model_module;
+
+/*
+ * Register a module of a kind under a name (1..63 bytes of [A-Za-z0-9_.-]).
+ * module points to the kind's struct (spi_classifier_module, ...), which is
+ * copied. state is handed to every callback and to destroy (may be NULL)
+ * when the engine is freed; if registration fails, destroy is NOT called
+ * and the caller keeps state.
+ * Must not run concurrently with other calls on the engine.
+ * Errors: SPI_EINVAL (bad name, NULL module or required callback),
+ * SPI_EABI (abi_version or struct_size unsupported), SPI_EEXIST,
+ * SPI_ENOTSUP (a reserved kind this version does not define yet),
+ * SPI_ENOMEM.
+ */
+SPI_API int spi_engine_register_module(spi_engine *engine, int32_t kind,
+                                       const char *name, size_t name_len,
+                                       const void *module, void *state,
+                                       spi_module_destroy_fn destroy);
+
+/* Names of the registered modules of a kind, one per index, in registration
+ * order. *out is static or owned by the engine (valid until it is freed).
+ * Errors: SPI_EINVAL, SPI_ENOTFOUND (index past the end). */
+SPI_API int spi_engine_module_name(spi_engine *engine, int32_t kind,
+                                   size_t index, const char **out);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* SPOTINFER_MODULE_H */

@@ -1,0 +1,146 @@
+/*
+ * spi_internal.h - declarations shared by the library's modules. Nothing here
+ * is exported: every symbol is hidden by -fvisibility=hidden and named spi__.
+ */
+#ifndef SPI_INTERNAL_H
+#define SPI_INTERNAL_H
+
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "spotinfer/spotinfer.h"
+#include "spotinfer/spotinfer_module.h"
+
+struct cJSON;
+
+#define SPI_ERRMSG_CAP 256
+
+/* ---------------------------------------------------------------- memory */
+
+/* The engine's allocator (hooks or malloc/free). */
+typedef struct spi_mem {
+  spi_alloc_fn alloc;
+  spi_free_fn free;
+  void *user_data;
+} spi_mem;
+
+/* NULL on failure; size 0 allocates 1 byte so NULL always means failure. */
+void *spi__alloc(const spi_mem *m, size_t size);
+/* Zeroed; NULL on failure or when n * size overflows. */
+void *spi__calloc(const spi_mem *m, size_t n, size_t size);
+void spi__free(const spi_mem *m, void *ptr);
+/* A NUL-terminated copy of s[0..len); NULL on failure. */
+char *spi__strndup(const spi_mem *m, const char *s, size_t len);
+
+/* A growable byte buffer. Zero-initialise; keeps its memory across clears. */
+typedef struct spi_buf {
+  uint8_t *data;
+  size_t len;
+  size_t cap;
+} spi_buf;
+
+/* Make room for extra more bytes. SPI_OK or SPI_ENOMEM (buffer unchanged). */
+int spi__buf_reserve(spi_buf *b, const spi_mem *m, size_t extra);
+int spi__buf_append(spi_buf *b, const spi_mem *m, const void *data, size_t n);
+int spi__buf_append_byte(spi_buf *b, const spi_mem *m, uint8_t c);
+void spi__buf_clear(spi_buf *b);
+void spi__buf_free(spi_buf *b, const spi_mem *m);
+
+/* ---------------------------------------------------------------- errors */
+
+/* snprintf into buf (cap > 0), always NUL-terminated, never fails. */
+void spi__errf(char *buf, size_t cap, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+void spi__verrf(char *buf, size_t cap, const char *fmt, va_list ap)
+    __attribute__((format(printf, 3, 0)));
+
+/* ----------------------------------------------------- configuration read */
+
+/*
+ * One accepted option: the single table (options.c) that both the runtime
+ * listing and the validators read, so bounds, defaults and docs can never
+ * drift apart. Paths use "[]" for list elements, e.g.
+ * "classifier.rules[].when.sla_ms_max".
+ */
+typedef struct spi_optdesc {
+  const char *path;
+  int32_t type; /* enum spi_option_type */
+  const char *default_json;
+  double min_value;
+  double max_value;
+  const char *doc;
+} spi_optdesc;
+
+const spi_optdesc *spi__opt_table(size_t *count);
+/* The descriptor for an exact table path, or NULL. */
+const spi_optdesc *spi__opt_find(const char *path);
+
+/*
+ * Parse text as a JSON object (cJSON_ParseWithLengthOpts, so no NUL is
+ * needed). On error: SPI_EPARSE with the byte offset, SPI_ETYPE when the
+ * top level is not an object, SPI_ETOOBIG over max_len. Free *out with
+ * cJSON_Delete.
+ */
+int spi__json_parse_object(const char *text, size_t len, size_t max_len,
+                           const char *what, struct cJSON **out, char *err,
+                           size_t errcap);
+
+/*
+ * Typed readers for one key of obj. table_path is the option's path in the
+ * table (its last component is the key read from obj); shown is the path
+ * printed in messages for obj itself (e.g. "classifier.rules[2].when"), or
+ * "" for the root. An absent key (or JSON null) yields the table default.
+ * Errors: SPI_ETYPE, SPI_ERANGE, SPI_EUNKNOWN (enum), message in err.
+ */
+int spi__cfg_int(const struct cJSON *obj, const char *table_path,
+                 const char *shown, int64_t *out, char *err, size_t errcap);
+int spi__cfg_double(const struct cJSON *obj, const char *table_path,
+                    const char *shown, double *out, char *err, size_t errcap);
+int spi__cfg_bool(const struct cJSON *obj, const char *table_path,
+                  const char *shown, int32_t *out, char *err, size_t errcap);
+/* *out points into obj (or the static default) and is NUL-terminated. */
+int spi__cfg_string(const struct cJSON *obj, const char *table_path,
+                    const char *shown, const char **out, char *err,
+                    size_t errcap);
+/* names[0..n) are the accepted values; *out_index is the match. */
+int spi__cfg_enum(const struct cJSON *obj, const char *table_path,
+                  const char *shown, const char *const *names, size_t n,
+                  int32_t *out_index, char *err, size_t errcap);
+/*
+ * Fail with SPI_EUNKNOWN on a key of obj that the table has no
+ * "<table_prefix>.<key>" entry for (for the root, table_prefix is "").
+ * Also fails with SPI_ETYPE when obj is not an object.
+ */
+int spi__cfg_check_keys(const struct cJSON *obj, const char *table_prefix,
+                        const char *shown, char *err, size_t errcap);
+
+/* ------------------------------------------------------- canonical JSON */
+
+/*
+ * Append the canonical form of v to out: object keys sorted bytewise,
+ * no whitespace, integers in [-2^53, 2^53] without exponent or fraction and
+ * other numbers as %.17g, strings with only '"', '\\' and bytes < 0x20
+ * escaped (as \", \\, \b \f \n \r \t, else \u00xx lowercase), UTF-8 as is.
+ * Errors: SPI_EPARSE (duplicate key, non-finite number),
+ * SPI_ETOOBIG (nesting deeper than 64), SPI_ENOMEM.
+ */
+int spi__canon_json(const struct cJSON *v, spi_buf *out, const spi_mem *m);
+
+/* ------------------------------------------------------------- built-ins */
+
+/* Fill the built-in modules' structs; the engine registers them by name. */
+#define SPI_BUILTIN_CLASSIFIER "reference"
+#define SPI_BUILTIN_KEY_BUILDER "xxh3-v1"
+#define SPI_BUILTIN_COST_MODEL "reference"
+void spi__builtin_classifier(spi_classifier_module *out);
+void spi__builtin_key_builder(spi_key_builder_module *out);
+void spi__builtin_cost_model(spi_cost_model_module *out);
+
+/* The built-ins' state is the engine's allocator, so instances use it. */
+
+/* Fill a view of req (derived fields computed on demand).
+ * Errors: SPI_ENOMEM, SPI_EPARSE (tools). */
+int spi__request_view(spi_request *req, spi_request_view *out);
+
+#endif /* SPI_INTERNAL_H */

@@ -1,0 +1,83 @@
+/*
+ * util.c - the engine's allocator wrappers, growable buffers and error text.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "spi_internal.h"
+
+void *spi__alloc(const spi_mem *m, size_t size) {
+  if (size == 0) size = 1;
+  return m->alloc(m->user_data, size);
+}
+
+void *spi__calloc(const spi_mem *m, size_t n, size_t size) {
+  if (size != 0 && n > SIZE_MAX / size) return NULL;
+  void *p = spi__alloc(m, n * size);
+  if (p) memset(p, 0, n * size ? n * size : 1);
+  return p;
+}
+
+void spi__free(const spi_mem *m, void *ptr) {
+  if (ptr) m->free(m->user_data, ptr);
+}
+
+char *spi__strndup(const spi_mem *m, const char *s, size_t len) {
+  if (len == SIZE_MAX) return NULL;
+  char *p = spi__alloc(m, len + 1);
+  if (!p) return NULL;
+  if (len) memcpy(p, s, len);
+  p[len] = '\0';
+  return p;
+}
+
+int spi__buf_reserve(spi_buf *b, const spi_mem *m, size_t extra) {
+  if (extra > SIZE_MAX - b->len) return SPI_ENOMEM;
+  size_t need = b->len + extra;
+  if (need <= b->cap) return SPI_OK;
+  size_t cap = b->cap ? b->cap : 64;
+  while (cap < need) cap = cap > SIZE_MAX / 2 ? need : cap * 2;
+  /* No realloc hook: grow by copy, which keeps the hook set to two calls. */
+  uint8_t *p = spi__alloc(m, cap);
+  if (!p) return SPI_ENOMEM;
+  if (b->len) memcpy(p, b->data, b->len);
+  spi__free(m, b->data);
+  b->data = p;
+  b->cap = cap;
+  return SPI_OK;
+}
+
+int spi__buf_append(spi_buf *b, const spi_mem *m, const void *data, size_t n) {
+  if (n == 0) return SPI_OK;
+  int rc = spi__buf_reserve(b, m, n);
+  if (rc != SPI_OK) return rc;
+  memcpy(b->data + b->len, data, n);
+  b->len += n;
+  return SPI_OK;
+}
+
+int spi__buf_append_byte(spi_buf *b, const spi_mem *m, uint8_t c) {
+  return spi__buf_append(b, m, &c, 1);
+}
+
+void spi__buf_clear(spi_buf *b) { b->len = 0; }
+
+void spi__buf_free(spi_buf *b, const spi_mem *m) {
+  spi__free(m, b->data);
+  b->data = NULL;
+  b->len = b->cap = 0;
+}
+
+void spi__verrf(char *buf, size_t cap, const char *fmt, va_list ap) {
+  if (!buf || cap == 0) return;
+  int n = vsnprintf(buf, cap, fmt, ap);
+  if (n < 0) buf[0] = '\0';
+}
+
+void spi__errf(char *buf, size_t cap, const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  spi__verrf(buf, cap, fmt, ap);
+  va_end(ap);
+}
