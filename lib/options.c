@@ -1,0 +1,225 @@
+/*
+ * options.c - the one table of accepted configuration options.
+ *
+ * The runtime listing (spi_option_get) and every validator read this table,
+ * so a bound, a default or a doc line exists exactly once. Paths use "[]" for
+ * the elements of a list. Rows are grouped by section; a section's rows are
+ * parsed by the module that owns it (classifier.c, keybuilder.c, cost.c) or
+ * by the engine (modules, module_config, limits, priority_map).
+ */
+#include <string.h>
+
+#include "spi_internal.h"
+
+#define B SPI_OPT_BOOL
+#define I SPI_OPT_INT
+#define D SPI_OPT_DOUBLE
+#define S SPI_OPT_STRING
+#define E SPI_OPT_ENUM
+#define L SPI_OPT_LIST
+#define O SPI_OPT_OBJECT
+
+/* The reference classification rules (see README "Classifier"). */
+#define SPI_DEFAULT_RULES                                                      \
+  "[{\"name\":\"priority-tier\",\"when\":{\"service_tier\":[\"priority\","    \
+  "\"scale\"]},\"class\":\"gold\"},"                                           \
+  "{\"name\":\"interactive-sla\",\"when\":{\"stream\":true,\"sla_ms_max\":"   \
+  "2500},\"class\":\"gold\"},"                                                 \
+  "{\"name\":\"interactive\",\"when\":{\"stream\":true,\"has_sla\":false},"   \
+  "\"class\":\"gold\"},"                                                       \
+  "{\"name\":\"background\",\"when\":{\"service_tier\":[\"flex\"]},"          \
+  "\"class\":\"bronze\"},"                                                     \
+  "{\"name\":\"batch\",\"when\":{\"stream\":false,\"sla_ms_min\":60000},"     \
+  "\"class\":\"bronze\"},"                                                     \
+  "{\"name\":\"retry-tolerant\",\"when\":{\"replayable\":true},"              \
+  "\"class\":\"silver\"}]"
+
+static const spi_optdesc OPTIONS[] = {
+    /* modules: which registered module of each kind the engine uses. */
+    {"modules", O, "{}", 0, 0, "module of each kind, by registered name"},
+    {"modules.classifier", S, "\"reference\"", 0, 0, "classifier module"},
+    {"modules.key_builder", S, "\"xxh3-v1\"", 0, 0, "cache-key builder module"},
+    {"modules.cost_model", S, "\"reference\"", 0, 0, "cost model module"},
+    {"module_config", O, "{}", 0, 0,
+     "free-form configuration of user modules, by module name"},
+
+    /* limits: absurd input is refused before it costs memory. */
+    {"limits", O, "{}", 0, 0, "size limits on request input"},
+    {"limits.max_body_bytes", I, "4194304", 64, 1073741824,
+     "largest OpenAI JSON body accepted"},
+    {"limits.max_field_bytes", I, "1048576", 16, 1073741824,
+     "largest single string attribute or message"},
+    {"limits.max_messages", I, "2048", 1, 1048576, "most chat messages"},
+    {"limits.max_tools_bytes", I, "262144", 2, 1073741824,
+     "largest tools JSON array"},
+    {"limits.max_metadata_pairs", I, "16", 0, 256, "most metadata pairs"},
+    {"limits.max_token_ids", I, "1048576", 1, 268435456,
+     "most prompt token ids"},
+
+    /* priority_map: the class in other schedulers' vocabularies. */
+    {"priority_map", O, "{}", 0, 0, "class <-> priority / service tier"},
+    {"priority_map.vllm", O, "{}", 0, 0,
+     "vLLM priority per class (lower is more urgent)"},
+    {"priority_map.vllm.gold", I, "-1", -1000000, 1000000, "vLLM priority of gold"},
+    {"priority_map.vllm.silver", I, "0", -1000000, 1000000, "vLLM priority of silver"},
+    {"priority_map.vllm.bronze", I, "1", -1000000, 1000000, "vLLM priority of bronze"},
+    {"priority_map.llmd", O, "{}", 0, 0,
+     "llm-d priority per class (higher is more urgent, negative sheddable)"},
+    {"priority_map.llmd.gold", I, "1", -1000000, 1000000, "llm-d priority of gold"},
+    {"priority_map.llmd.silver", I, "0", -1000000, 1000000, "llm-d priority of silver"},
+    {"priority_map.llmd.bronze", I, "-1", -1000000, 1000000, "llm-d priority of bronze"},
+    {"priority_map.service_tier", O, "{}", 0, 0, "OpenAI service_tier per class"},
+    {"priority_map.service_tier.gold", E, "\"priority\"", 0, 0,
+     "auto|default|flex|priority|scale"},
+    {"priority_map.service_tier.silver", E, "\"default\"", 0, 0,
+     "auto|default|flex|priority|scale"},
+    {"priority_map.service_tier.bronze", E, "\"flex\"", 0, 0,
+     "auto|default|flex|priority|scale"},
+
+    /* classifier: the built-in "reference" classifier. */
+    {"classifier", O, "{}", 0, 0, "the reference classifier"},
+    {"classifier.honor_explicit_class", B, "true", 0, 0,
+     "an explicit class on the request wins"},
+    {"classifier.honor_priority", B, "true", 0, 0,
+     "a request priority (vLLM scale) maps to a class through priority_map.vllm"},
+    {"classifier.default_class", E, "\"silver\"", 0, 0,
+     "class when no rule matches: gold|silver|bronze"},
+    {"classifier.rules", L, SPI_DEFAULT_RULES, 0, 64,
+     "ordered rules, first match wins (at most 64)"},
+    {"classifier.rules[]", O, "{}", 0, 0, "one rule: name, when, class, replayable"},
+    {"classifier.rules[].name", S, "\"\"", 0, 0, "name shown in the reason"},
+    {"classifier.rules[].class", E, "\"silver\"", 0, 0, "gold|silver|bronze"},
+    {"classifier.rules[].replayable", B, "null", 0, 0,
+     "override replayable (default: the class default)"},
+    {"classifier.rules[].when", O, "{}", 0, 0,
+     "conditions, all must hold; {} matches everything"},
+    {"classifier.rules[].when.stream", B, "null", 0, 0, "request streams"},
+    {"classifier.rules[].when.replayable", B, "null", 0, 0,
+     "request's replayable flag (unset never matches)"},
+    {"classifier.rules[].when.has_sla", B, "null", 0, 0, "an SLA is given"},
+    {"classifier.rules[].when.has_tools", B, "null", 0, 0, "tools are given"},
+    {"classifier.rules[].when.sla_ms_max", I, "null", 1, 86400000,
+     "SLA given and <= this"},
+    {"classifier.rules[].when.sla_ms_min", I, "null", 1, 86400000,
+     "SLA given and >= this"},
+    {"classifier.rules[].when.priority_min", I, "null", -1000000, 1000000,
+     "priority given and >= this (vLLM scale)"},
+    {"classifier.rules[].when.priority_max", I, "null", -1000000, 1000000,
+     "priority given and <= this (vLLM scale)"},
+    {"classifier.rules[].when.expected_output_tokens_min", I, "null", 0,
+     1000000000, "expected output tokens given and >= this"},
+    {"classifier.rules[].when.expected_output_tokens_max", I, "null", 0,
+     1000000000, "expected output tokens given and <= this"},
+    {"classifier.rules[].when.service_tier", L, "null", 0, 5,
+     "service_tier is one of these"},
+    {"classifier.rules[].when.service_tier[]", E, "\"default\"", 0, 0,
+     "auto|default|flex|priority|scale"},
+    {"classifier.rules[].when.tenant_tier", L, "null", 0, 32,
+     "tenant tier is one of these"},
+    {"classifier.rules[].when.tenant_tier[]", S, "\"\"", 0, 0, "a tenant tier"},
+    {"classifier.replayable_default", O, "{}", 0, 0,
+     "replayable when neither the request nor the rule says"},
+    {"classifier.replayable_default.gold", B, "false", 0, 0, "gold default"},
+    {"classifier.replayable_default.silver", B, "true", 0, 0, "silver default"},
+    {"classifier.replayable_default.bronze", B, "true", 0, 0, "bronze default"},
+    {"classifier.degrade", O, "{}", 0, 0,
+     "degrade plan per class, one entry per pressure level 0..3"},
+    {"classifier.degrade.gold", L,
+     "[{},{},{},{\"max_output_tokens\":2048}]", 4, 4, "gold plan, 4 levels"},
+    {"classifier.degrade.gold[]", O, "{}", 0, 0, "one level"},
+    {"classifier.degrade.gold[].max_output_tokens", I, "0", 0, 1000000000,
+     "output-token cap, 0 = none"},
+    {"classifier.degrade.gold[].tools", B, "true", 0, 0, "tools allowed"},
+    {"classifier.degrade.gold[].defer", B, "false", 0, 0, "queue instead"},
+    {"classifier.degrade.silver", L,
+     "[{},{\"max_output_tokens\":1024},{\"max_output_tokens\":512,\"tools\":"
+     "false},{\"max_output_tokens\":256,\"tools\":false}]",
+     4, 4, "silver plan, 4 levels"},
+    {"classifier.degrade.silver[]", O, "{}", 0, 0, "one level"},
+    {"classifier.degrade.silver[].max_output_tokens", I, "0", 0, 1000000000,
+     "output-token cap, 0 = none"},
+    {"classifier.degrade.silver[].tools", B, "true", 0, 0, "tools allowed"},
+    {"classifier.degrade.silver[].defer", B, "false", 0, 0, "queue instead"},
+    {"classifier.degrade.bronze", L,
+     "[{},{\"max_output_tokens\":512},{\"max_output_tokens\":256,\"tools\":"
+     "false},{\"max_output_tokens\":256,\"tools\":false,\"defer\":true}]",
+     4, 4, "bronze plan, 4 levels"},
+    {"classifier.degrade.bronze[]", O, "{}", 0, 0, "one level"},
+    {"classifier.degrade.bronze[].max_output_tokens", I, "0", 0, 1000000000,
+     "output-token cap, 0 = none"},
+    {"classifier.degrade.bronze[].tools", B, "true", 0, 0, "tools allowed"},
+    {"classifier.degrade.bronze[].defer", B, "false", 0, 0, "queue instead"},
+    {"classifier.cascade", O, "{}", 0, 0,
+     "small/large model choice from a complexity score"},
+    {"classifier.cascade.long_query_bytes", I, "300", 1, 1073741824,
+     "a query longer than this scores length_weight"},
+    {"classifier.cascade.length_weight", D, "1", 0, 1000, "weight of length"},
+    {"classifier.cascade.keywords", L,
+     "[\"analyze\",\"compare\",\"explain why\",\"step by step\",\"write code\"]",
+     0, 64, "each keyword present (case-insensitive) scores keyword_weight"},
+    {"classifier.cascade.keywords[]", S, "\"\"", 0, 0, "a keyword, 1..64 bytes"},
+    {"classifier.cascade.keyword_weight", D, "1", 0, 1000, "weight per keyword"},
+    {"classifier.cascade.question_marks", I, "2", 0, 1000000,
+     "more '?' than this scores question_weight"},
+    {"classifier.cascade.question_weight", D, "1", 0, 1000, "weight of questions"},
+    {"classifier.cascade.large_threshold", D, "2", 0, 1000000,
+     "score >= this picks the large model"},
+
+    /* cache_key: the built-in "xxh3-v1" key builder. */
+    {"cache_key", O, "{}", 0, 0, "the xxh3-v1 cache-key builder"},
+    {"cache_key.schema_version", I, "1", 1, 65535,
+     "key-schema version mixed into every key; bump to invalidate all keys"},
+    {"cache_key.block_bytes", I, "1024", 16, 1048576,
+     "prefix block size in bytes of canonical prompt text"},
+    {"cache_key.block_tokens", I, "16", 1, 65536,
+     "prefix block size in tokens when token ids are given"},
+    {"cache_key.max_blocks", I, "8192", 1, 1048576,
+     "most prefix blocks hashed per request"},
+
+    /* cost: the built-in "reference" cost model. */
+    {"cost", O, "{}", 0, 0, "the reference cost model"},
+    {"cost.spot_usd_per_gpu_hour", D, "1.8", 0.0001, 1000,
+     "spot price per GPU-hour"},
+    {"cost.on_demand_usd_per_gpu_hour", D, "4.5", 0.0001, 1000,
+     "on-demand price per GPU-hour"},
+    {"cost.gpus_per_replica", I, "1", 1, 1024, "GPUs behind one replica"},
+    {"cost.prefill_tokens_per_s", D, "10000", 1, 1e9,
+     "prompt tokens a replica prefills per second"},
+    {"cost.decode_tokens_per_s", D, "1000", 1, 1e9,
+     "output tokens a replica generates per second (batched)"},
+    {"cost.spot_interruption_rate", D, "0.05", 0, 1,
+     "fraction of spot hours interrupted"},
+    {"cost.restart_overhead_s", D, "600", 0, 86400,
+     "work lost per interruption, seconds"},
+    {"cost.default_output_tokens", I, "256", 1, 10000000,
+     "output tokens assumed when nothing says"},
+    {"cost.bytes_per_token", D, "4", 0.5, 64,
+     "bytes of prompt text per token when the count is unknown"},
+};
+
+const spi_optdesc *spi__opt_table(size_t *count) {
+  *count = sizeof OPTIONS / sizeof OPTIONS[0];
+  return OPTIONS;
+}
+
+const spi_optdesc *spi__opt_find(const char *path) {
+  for (size_t i = 0; i < sizeof OPTIONS / sizeof OPTIONS[0]; i++)
+    if (strcmp(OPTIONS[i].path, path) == 0) return &OPTIONS[i];
+  return NULL;
+}
+
+size_t spi_option_count(void) { return sizeof OPTIONS / sizeof OPTIONS[0]; }
+
+int spi_option_get(size_t index, spi_option_info *out) {
+  if (!out || out->struct_size < sizeof(spi_option_info)) return SPI_EINVAL;
+  if (index >= sizeof OPTIONS / sizeof OPTIONS[0]) return SPI_ENOTFOUND;
+  const spi_optdesc *d = &OPTIONS[index];
+  out->path = d->path;
+  out->type = d->type;
+  out->reserved0 = 0;
+  out->default_json = d->default_json;
+  out->min_value = d->min_value;
+  out->max_value = d->max_value;
+  out->doc = d->doc;
+  return SPI_OK;
+}
