@@ -99,10 +99,11 @@ int spi__cfg_double(const struct cJSON *obj, const char *table_path,
                     const char *shown, double *out, char *err, size_t errcap);
 int spi__cfg_bool(const struct cJSON *obj, const char *table_path,
                   const char *shown, int32_t *out, char *err, size_t errcap);
-/* *out points into obj (or the static default) and is NUL-terminated. */
+/* *out points into obj or into the static default (then it is not
+ * NUL-terminated); *out_len is its length. */
 int spi__cfg_string(const struct cJSON *obj, const char *table_path,
-                    const char *shown, const char **out, char *err,
-                    size_t errcap);
+                    const char *shown, const char **out, size_t *out_len,
+                    char *err, size_t errcap);
 /* names[0..n) are the accepted values; *out_index is the match. */
 int spi__cfg_enum(const struct cJSON *obj, const char *table_path,
                   const char *shown, const char *const *names, size_t n,
