@@ -1,0 +1,347 @@
+#!/usr/bin/env bash
+# Every test of libspotinfer, in one command:
+#
+#   bash scripts/test.sh
+#
+# Stages (each prints a header; the run goes on after a failed stage where it
+# can and exits nonzero at the end if any stage failed):
+#   deps      scripts/setup-deps.sh
+#   build     RelWithDebInfo build in build/, warnings as errors in the
+#             library, examples and API tests; ctest
+#   asan      ASan + UBSan build in build-asan/; ctest
+#   valgrind  every unit and api test program of build/ under memcheck
+#   install   cmake --install into a temporary prefix; scripts/consumer-test.sh
+#   python    bindings/python/tests with pytest in a venv (when present)
+#   go        go test in bindings/go (when present)
+#   fuzz      clang-14 libFuzzer build in build-fuzz/; each target runs for
+#             SPI_FUZZ_SECONDS (default 20) over a copy of its corpus
+#
+# Environment knobs: SPI_WERROR=OFF keeps warnings non-fatal; SPI_JOBS sets
+# build/test parallelism; SPI_FUZZ_SECONDS sets the time per fuzz target;
+# SPI_SKIP="asan fuzz" skips stages by name (never used by CI).
+set -euo pipefail
+
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$root"
+
+jobs=${SPI_JOBS:-$(nproc 2>/dev/null || echo 2)}
+werror=${SPI_WERROR:-ON}
+fuzz_seconds=${SPI_FUZZ_SECONDS:-20}
+skip=" ${SPI_SKIP:-} "
+
+install_prefix=$(mktemp -d "${TMPDIR:-/tmp}/spotinfer-install.XXXXXX")
+trap 'rm -rf "$install_prefix"' EXIT
+
+results=()
+n_pass=0
+n_fail=0
+n_skip=0
+build_ok=no
+install_ok=no
+
+header() {
+  echo
+  echo "=================================================================="
+  echo "== $*"
+  echo "=================================================================="
+}
+
+note() { echo "-- $*"; }
+
+# run_stage <name> <description> <function>: runs the function in a subshell
+# with errexit (outside any conditional, so errexit really applies) and
+# records the outcome.
+run_stage() {
+  local name=$1 desc=$2 fn=$3 start rc
+  header "$name: $desc"
+  if [[ "$skip" == *" $name "* ]]; then
+    note "skipped (SPI_SKIP)"
+    results+=("SKIP  $name")
+    n_skip=$((n_skip + 1))
+    return 0
+  fi
+  start=$SECONDS
+  set +e
+  (
+    set -euo pipefail
+    "$fn"
+  )
+  rc=$?
+  set -e
+  local took=$((SECONDS - start))
+  if [[ $rc -eq 0 ]]; then
+    results+=("PASS  $name (${took}s)")
+    n_pass=$((n_pass + 1))
+  elif [[ $rc -eq 77 ]]; then
+    results+=("SKIP  $name")
+    n_skip=$((n_skip + 1))
+  else
+    results+=("FAIL  $name (exit $rc, ${took}s)")
+    n_fail=$((n_fail + 1))
+  fi
+  return 0
+}
+
+skip_stage() { # <name> <why>
+  header "$1"
+  note "skipped: $2"
+  results+=("SKIP  $1 ($2)")
+  n_skip=$((n_skip + 1))
+}
+
+# A stage that exists but cannot run counts as failed.
+fail_stage() { # <name> <why>
+  header "$1"
+  note "FAILED: $2"
+  results+=("FAIL  $1 ($2)")
+  n_fail=$((n_fail + 1))
+}
+
+# --------------------------------------------------------------- stages
+
+stage_deps() {
+  bash "$root/scripts/setup-deps.sh"
+}
+
+# Build a tree and show the compiler warnings it printed, if any.
+configure_and_build() { # <dir> <cmake args...>
+  local dir=$1
+  shift
+  cmake -S "$root" -B "$dir" "$@"
+  cmake --build "$dir" -j "$jobs" 2>&1 | tee "$dir/build.log"
+  local warnings
+  warnings=$(grep -c 'warning:' "$dir/build.log" || true)
+  if [[ "$warnings" -gt 0 ]]; then
+    note "$warnings compiler warning line(s) in $dir:"
+    grep 'warning:' "$dir/build.log" | sort -u | head -n 50
+  else
+    note "no compiler warnings in $dir"
+  fi
+}
+
+stage_build() {
+  configure_and_build "$root/build" -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+    -DSPI_WERROR="$werror" -DSPI_SANITIZE=OFF -DSPI_FUZZ=OFF \
+    -DSPI_BUILD_TESTS=ON -DSPI_BUILD_EXAMPLES=ON -DSPI_BUILD_BENCH=ON
+  ctest --test-dir "$root/build" --output-on-failure -j "$jobs" --timeout 600
+}
+
+stage_asan() {
+  export ASAN_OPTIONS=detect_leaks=1:abort_on_error=1
+  export UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1
+  configure_and_build "$root/build-asan" -DCMAKE_BUILD_TYPE=Debug \
+    -DSPI_WERROR=OFF -DSPI_SANITIZE=ON -DSPI_FUZZ=OFF \
+    -DSPI_BUILD_TESTS=ON -DSPI_BUILD_EXAMPLES=ON -DSPI_BUILD_BENCH=OFF
+  ctest --test-dir "$root/build-asan" --output-on-failure -j "$jobs" --timeout 900
+}
+
+# The unit and api test programs of build/, each under valgrind memcheck.
+# Any error or definite/indirect leak fails the stage.
+stage_valgrind() {
+  local list="$root/build/valgrind-tests.txt" logdir="$root/build/valgrind"
+  rm -rf "$logdir"
+  mkdir -p "$logdir"
+  ctest --test-dir "$root/build" --show-only=json-v1 >"$root/build/ctest.json"
+  python3 - "$root/build/ctest.json" >"$list" <<'PY'
+import json, sys
+# One line per test: name, working directory, then the command, tab-separated.
+for t in json.load(open(sys.argv[1]))["tests"]:
+    props = {p["name"]: p["value"] for p in t.get("properties", [])}
+    labels = props.get("LABELS", [])
+    if not ({"unit", "api"} & set(labels)) or "command" not in t:
+        continue
+    print("\t".join([t["name"], props.get("WORKING_DIRECTORY", "")] + t["command"]))
+PY
+  if [[ ! -s "$list" ]]; then
+    note "no unit or api test programs found"
+    return 1
+  fi
+  local supp=()
+  if [[ -f "$root/cmake/valgrind.supp" ]]; then
+    supp=(--suppressions="$root/cmake/valgrind.supp")
+  fi
+  local pass=0 fail=0 name wd cmd
+  while IFS=$'\t' read -r -a fields; do
+    name=${fields[0]}
+    wd=${fields[1]:-$root/build/tests}
+    cmd=("${fields[@]:2}")
+    if (cd "$wd" && valgrind -q --error-exitcode=1 --leak-check=full \
+      --show-leak-kinds=definite,indirect \
+      --errors-for-leak-kinds=definite,indirect \
+      "${supp[@]}" --log-file="$logdir/$name.log" "${cmd[@]}" \
+      </dev/null >"$logdir/$name.out" 2>&1); then
+      if [[ -s "$logdir/$name.log" ]]; then
+        echo "FAIL $name: valgrind reported:"
+        cat "$logdir/$name.log"
+        fail=$((fail + 1))
+      else
+        echo "ok   $name"
+        pass=$((pass + 1))
+      fi
+    else
+      echo "FAIL $name:"
+      cat "$logdir/$name.log" "$logdir/$name.out"
+      fail=$((fail + 1))
+    fi
+  done <"$list"
+  echo "valgrind: $pass passed, $fail failed"
+  [[ $fail -eq 0 ]]
+}
+
+stage_install() {
+  cmake --install "$root/build" --prefix "$install_prefix"
+  bash "$root/scripts/consumer-test.sh" "$install_prefix"
+}
+
+# Where the installed library and .pc file are, for the bindings.
+installed_libdir() {
+  dirname "$(dirname "$(find "$install_prefix" -name spotinfer.pc | head -n 1)")"
+}
+
+stage_python() {
+  local libdir venv="$root/build/venv" pkg="$root/bindings/python"
+  libdir=$(installed_libdir)
+  if [[ ! -x "$venv/bin/python" ]]; then
+    python3 -m venv "$venv"
+  fi
+  "$venv/bin/python" -m pip install -q --disable-pip-version-check pytest
+  if [[ -f "$pkg/pyproject.toml" || -f "$pkg/setup.py" ]]; then
+    "$venv/bin/python" -m pip install -q --disable-pip-version-check "$pkg"
+  else
+    export PYTHONPATH="$pkg${PYTHONPATH:+:$PYTHONPATH}"
+  fi
+  export SPOTINFER_LIBRARY="$libdir/libspotinfer.so.0"
+  export LD_LIBRARY_PATH="$libdir${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+  local rc=0
+  (cd "$pkg" && "$venv/bin/python" -m pytest -q tests) || rc=$?
+  if [[ $rc -eq 5 ]]; then
+    note "bindings/python/tests holds no tests"
+    return 1
+  fi
+  return "$rc"
+}
+
+stage_go() {
+  local libdir
+  libdir=$(installed_libdir)
+  export PKG_CONFIG_PATH="$libdir/pkgconfig${PKG_CONFIG_PATH:+:$PKG_CONFIG_PATH}"
+  export LD_LIBRARY_PATH="$libdir${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+  export CGO_ENABLED=1
+  (cd "$root/bindings/go" && go vet ./... && go test -count=1 ./...)
+}
+
+fuzz_toolchain_ok() {
+  command -v clang-14 >/dev/null 2>&1 || return 1
+  local probe
+  probe=$(mktemp -d "${TMPDIR:-/tmp}/spotinfer-fuzzprobe.XXXXXX")
+  printf '%s\n' '#include <stddef.h>' '#include <stdint.h>' \
+    'int LLVMFuzzerTestOneInput(const uint8_t *d, size_t n);' \
+    'int LLVMFuzzerTestOneInput(const uint8_t *d, size_t n) { (void)d; (void)n; return 0; }' \
+    >"$probe/probe.c"
+  local rc=0
+  clang-14 -fsanitize=fuzzer,address,undefined "$probe/probe.c" \
+    -o "$probe/probe" >/dev/null 2>&1 || rc=1
+  rm -rf "$probe"
+  return $rc
+}
+
+stage_fuzz() {
+  local targets=() f
+  for f in "$root"/tests/fuzz/fuzz_*.c; do
+    [[ -e "$f" ]] && targets+=("$(basename "$f" .c)")
+  done
+  if [[ ${#targets[@]} -eq 0 ]]; then
+    note "no fuzz targets (tests/fuzz/fuzz_*.c) yet"
+    return 77
+  fi
+  export ASAN_OPTIONS=detect_leaks=1:abort_on_error=1
+  export UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1
+  CC=clang-14 cmake -S "$root" -B "$root/build-fuzz" -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+    -DCMAKE_C_COMPILER=clang-14 -DSPI_FUZZ=ON -DSPI_SANITIZE=ON -DSPI_WERROR=OFF \
+    -DSPI_BUILD_TESTS=ON -DSPI_BUILD_EXAMPLES=OFF -DSPI_BUILD_BENCH=OFF
+  cmake --build "$root/build-fuzz" -j "$jobs" --target "${targets[@]}"
+
+  local pass=0 fail=0 t seeds work art
+  for t in "${targets[@]}"; do
+    seeds="$root/tests/fuzz/corpus/$t"
+    work="$root/build-fuzz/corpus/$t"
+    art="$root/build-fuzz/artifacts/$t"
+    mkdir -p "$work" "$art"
+    local dirs=("$work")
+    if [[ -d "$seeds" ]]; then
+      dirs+=("$seeds")
+    else
+      note "$t has no seed corpus at tests/fuzz/corpus/$t"
+    fi
+    # New inputs go to the first directory (under build-fuzz/), never into
+    # the seed corpus in the source tree.
+    if "$root/build-fuzz/tests/$t" -max_total_time="$fuzz_seconds" \
+      -runs=50000000 -timeout=10 -rss_limit_mb=2048 \
+      -print_final_stats=1 -artifact_prefix="$art/" "${dirs[@]}" \
+      >"$root/build-fuzz/$t.log" 2>&1; then
+      echo "ok   $t: $(grep -E '^stat::number_of_executed_units' "$root/build-fuzz/$t.log" | awk '{print $2}') runs in ${fuzz_seconds}s"
+      pass=$((pass + 1))
+    else
+      echo "FAIL $t (artifacts in $art):"
+      tail -n 60 "$root/build-fuzz/$t.log"
+      fail=$((fail + 1))
+    fi
+  done
+  echo "fuzz: $pass passed, $fail failed"
+  [[ $fail -eq 0 ]]
+}
+
+# ----------------------------------------------------------------- main
+
+overall_start=$SECONDS
+
+run_stage deps "install build dependencies (scripts/setup-deps.sh)" stage_deps
+
+run_stage build "RelWithDebInfo build in build/ + ctest" stage_build
+if [[ "${results[-1]}" == PASS* ]]; then build_ok=yes; fi
+
+run_stage asan "ASan + UBSan build in build-asan/ + ctest" stage_asan
+
+if [[ $build_ok == yes ]]; then
+  run_stage valgrind "unit and api tests under valgrind memcheck" stage_valgrind
+else
+  skip_stage valgrind "the normal build failed"
+fi
+
+if [[ $build_ok == yes ]]; then
+  run_stage install "install to a temporary prefix + consumer builds" stage_install
+  if [[ "${results[-1]}" == PASS* ]]; then install_ok=yes; fi
+else
+  skip_stage install "the normal build failed"
+fi
+
+if [[ ! -d "$root/bindings/python/tests" ]]; then
+  skip_stage python "bindings/python/tests does not exist yet"
+elif [[ $install_ok != yes ]]; then
+  fail_stage python "no installed library (install stage failed)"
+else
+  run_stage python "Python binding tests (pytest in build/venv)" stage_python
+fi
+
+if [[ ! -f "$root/bindings/go/go.mod" ]]; then
+  skip_stage go "bindings/go/go.mod does not exist yet"
+elif [[ $install_ok != yes ]]; then
+  fail_stage go "no installed library (install stage failed)"
+elif ! command -v go >/dev/null 2>&1; then
+  fail_stage go "no go toolchain"
+else
+  run_stage go "Go binding tests (go test)" stage_go
+fi
+
+if fuzz_toolchain_ok; then
+  run_stage fuzz "libFuzzer targets, ${fuzz_seconds}s each (build-fuzz/)" stage_fuzz
+else
+  skip_stage fuzz "clang-14 with libFuzzer is not available"
+fi
+
+header "summary ($((SECONDS - overall_start))s)"
+for r in "${results[@]}"; do
+  echo "  $r"
+done
+echo "stages: $n_pass passed, $n_fail failed, $n_skip skipped"
+[[ $n_fail -eq 0 ]]
