@@ -101,6 +101,9 @@ typedef struct spi_request_view {
   int64_t prompt_tokens;          int32_t prompt_tokens_set;
   int32_t has_tools;              /* 1 if a tools array was given */
   size_t message_count;
+  /* The class the priority maps to through priority_map.vllm; set for the
+   * classifier only, SPI_CLASS_UNSET when no priority was given. */
+  int32_t priority_class;
 } spi_request_view;
 
 /* ------------------------------------------------------------ classifier */

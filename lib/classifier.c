@@ -1,0 +1,532 @@
+/*
+ * classifier.c - the built-in "reference" classifier.
+ *
+ * Decides gold / silver / bronze, replayability, a degrade plan for a
+ * pressure level, and a small/large model tier for cascade routing.
+ * Precedence: an explicit class, then the request's priority (through the
+ * engine's priority_map), then the ordered rules (first match wins), then
+ * default_class. The default rules reproduce the reference architecture:
+ * interactive traffic within a 2.5 s SLA is gold (on-demand first),
+ * retry-tolerant traffic is silver (spot first), batch / background traffic
+ * is bronze (spot only).
+ *
+ * Classification reads only the immutable instance and the request view: no
+ * allocation, no lock, safe from any number of threads.
+ */
+#include <string.h>
+
+#include <cjson/cJSON.h>
+
+#include "spi_internal.h"
+
+#define MAX_RULES 64
+#define MAX_KEYWORDS 64
+#define MAX_KEYWORD_BYTES 64
+#define MAX_TOTAL_TENANT_TIERS 256
+#define RULE_NAME_MAX 40
+
+enum { ANY = -1 };
+
+typedef struct rule {
+  char name[RULE_NAME_MAX];
+  int32_t klass;
+  int32_t replayable; /* ANY = class default */
+  int32_t stream, replayable_is, has_sla, has_tools; /* ANY = don't care */
+  int64_t sla_max, sla_min, prio_min, prio_max, eot_min, eot_max;
+  uint8_t have_sla_max, have_sla_min, have_prio_min, have_prio_max,
+      have_eot_min, have_eot_max;
+  uint32_t tier_mask; /* bit per enum spi_service_tier; 0 = don't care */
+  uint32_t tenant_first, tenant_count; /* into inst->tenant_tiers */
+} rule;
+
+typedef struct plan {
+  int64_t max_output_tokens;
+  int32_t tools, defer;
+} plan;
+
+typedef struct keyword {
+  char text[MAX_KEYWORD_BYTES]; /* lowercase */
+  size_t len;
+} keyword;
+
+typedef struct tenant_tier {
+  char text[64];
+  size_t len;
+} tenant_tier;
+
+typedef struct instance {
+  int32_t honor_explicit, honor_priority, default_class;
+  int32_t replayable_default[4];
+  plan degrade[4][4]; /* [class][pressure] */
+  rule rules[MAX_RULES];
+  size_t nrules;
+  tenant_tier tenant_tiers[MAX_TOTAL_TENANT_TIERS];
+  size_t ntenant_tiers;
+  int64_t long_query_bytes, question_marks;
+  double length_weight, keyword_weight, question_weight, large_threshold;
+  keyword keywords[MAX_KEYWORDS];
+  size_t nkeywords;
+} instance;
+
+static const char *const CLASSES[] = {"gold", "silver", "bronze"};
+static const char *const TIERS[] = {"auto", "default", "flex", "priority",
+                                    "scale"};
+
+typedef struct parse_ctx {
+  instance *in;
+  char *err;
+  size_t errcap;
+} parse_ctx;
+
+/* A list option's array: the given one, or the table default parsed. */
+static int get_list(const cJSON *obj, const char *key, const char *table_path,
+                    const char *shown, cJSON **owned, const cJSON **out,
+                    parse_ctx *c) {
+  const cJSON *it = obj ? cJSON_GetObjectItemCaseSensitive(obj, key) : NULL;
+  *owned = NULL;
+  if (!it || cJSON_IsNull(it)) {
+    const spi_optdesc *d = spi__opt_find(table_path);
+    *owned = cJSON_Parse(d->default_json);
+    if (!*owned) {
+      spi__errf(c->err, c->errcap, "%s: out of memory", shown);
+      return SPI_ENOMEM;
+    }
+    it = *owned;
+  }
+  if (!cJSON_IsArray(it)) {
+    spi__errf(c->err, c->errcap, "%s: must be an array", shown);
+    return SPI_ETYPE;
+  }
+  const spi_optdesc *d = spi__opt_find(table_path);
+  int n = cJSON_GetArraySize(it);
+  if (n < d->min_value || n > d->max_value) {
+    spi__errf(c->err, c->errcap, "%s: must have %g..%g entries, got %d", shown,
+              d->min_value, d->max_value, n);
+    return SPI_ERANGE;
+  }
+  *out = it;
+  return SPI_OK;
+}
+
+static int opt_int(const cJSON *o, const char *path, const char *shown,
+                   int64_t *v, uint8_t *have, parse_ctx *c) {
+  const char *key = strrchr(path, '.') + 1;
+  const cJSON *it = cJSON_GetObjectItemCaseSensitive(o, key);
+  *have = it && !cJSON_IsNull(it);
+  return *have ? spi__cfg_int(o, path, shown, v, c->err, c->errcap) : SPI_OK;
+}
+
+static int opt_bool(const cJSON *o, const char *path, const char *shown,
+                    int32_t *v, parse_ctx *c) {
+  int32_t b = ANY;
+  int rc = spi__cfg_bool(o, path, shown, &b, c->err, c->errcap);
+  *v = b;
+  return rc;
+}
+
+static int parse_when(const cJSON *w, const char *shown, rule *r,
+                      parse_ctx *c) {
+  const char *P = "classifier.rules[].when";
+  int rc = spi__cfg_check_keys(w, P, shown, c->err, c->errcap);
+  if (rc) return rc;
+  if ((rc = opt_bool(w, "classifier.rules[].when.stream", shown, &r->stream, c)) ||
+      (rc = opt_bool(w, "classifier.rules[].when.replayable", shown,
+                     &r->replayable_is, c)) ||
+      (rc = opt_bool(w, "classifier.rules[].when.has_sla", shown, &r->has_sla, c)) ||
+      (rc = opt_bool(w, "classifier.rules[].when.has_tools", shown, &r->has_tools, c)) ||
+      (rc = opt_int(w, "classifier.rules[].when.sla_ms_max", shown, &r->sla_max,
+                    &r->have_sla_max, c)) ||
+      (rc = opt_int(w, "classifier.rules[].when.sla_ms_min", shown, &r->sla_min,
+                    &r->have_sla_min, c)) ||
+      (rc = opt_int(w, "classifier.rules[].when.priority_min", shown,
+                    &r->prio_min, &r->have_prio_min, c)) ||
+      (rc = opt_int(w, "classifier.rules[].when.priority_max", shown,
+                    &r->prio_max, &r->have_prio_max, c)) ||
+      (rc = opt_int(w, "classifier.rules[].when.expected_output_tokens_min",
+                    shown, &r->eot_min, &r->have_eot_min, c)) ||
+      (rc = opt_int(w, "classifier.rules[].when.expected_output_tokens_max",
+                    shown, &r->eot_max, &r->have_eot_max, c)))
+    return rc;
+  char sub[SPI_ERRMSG_CAP];
+  const cJSON *tiers = cJSON_GetObjectItemCaseSensitive(w, "service_tier");
+  if (tiers && !cJSON_IsNull(tiers)) {
+    snprintf(sub, sizeof sub, "%s.service_tier", shown);
+    cJSON *owned = NULL;
+    const cJSON *arr;
+    if ((rc = get_list(w, "service_tier", "classifier.rules[].when.service_tier",
+                       sub, &owned, &arr, c)))
+      return rc;
+    int i = 0;
+    for (const cJSON *t = arr->child; t; t = t->next, i++) {
+      char el[SPI_ERRMSG_CAP];
+      snprintf(el, sizeof el, "%s[%d]", sub, i);
+      if (!cJSON_IsString(t)) {
+        spi__errf(c->err, c->errcap, "%s: must be a string", el);
+        return SPI_ETYPE;
+      }
+      int found = -1;
+      for (int k = 0; k < 5; k++)
+        if (strcmp(t->valuestring, TIERS[k]) == 0) found = k;
+      if (found < 0) {
+        spi__errf(c->err, c->errcap,
+                  "%s: unknown value \"%.32s\" (expected "
+                  "auto|default|flex|priority|scale)",
+                  el, t->valuestring);
+        return SPI_EUNKNOWN;
+      }
+      r->tier_mask |= 1u << (found + SPI_SERVICE_TIER_AUTO);
+    }
+  }
+  const cJSON *tt = cJSON_GetObjectItemCaseSensitive(w, "tenant_tier");
+  if (tt && !cJSON_IsNull(tt)) {
+    snprintf(sub, sizeof sub, "%s.tenant_tier", shown);
+    cJSON *owned = NULL;
+    const cJSON *arr;
+    if ((rc = get_list(w, "tenant_tier", "classifier.rules[].when.tenant_tier",
+                       sub, &owned, &arr, c)))
+      return rc;
+    r->tenant_first = (uint32_t)c->in->ntenant_tiers;
+    int i = 0;
+    for (const cJSON *t = arr->child; t; t = t->next, i++) {
+      size_t len = cJSON_IsString(t) ? strlen(t->valuestring) : 0;
+      if (!cJSON_IsString(t) || len == 0 || len >= 64) {
+        spi__errf(c->err, c->errcap, "%s[%d]: must be a string of 1..63 bytes",
+                  sub, i);
+        return SPI_ETYPE;
+      }
+      if (c->in->ntenant_tiers == MAX_TOTAL_TENANT_TIERS) {
+        spi__errf(c->err, c->errcap,
+                  "%s[%d]: more than %d tenant tiers across all rules", sub, i,
+                  MAX_TOTAL_TENANT_TIERS);
+        return SPI_ERANGE;
+      }
+      tenant_tier *dst = &c->in->tenant_tiers[c->in->ntenant_tiers++];
+      memcpy(dst->text, t->valuestring, len + 1);
+      dst->len = len;
+    }
+    r->tenant_count = (uint32_t)i;
+  }
+  return SPI_OK;
+}
+
+static int parse_rule(const cJSON *o, int idx, rule *r, parse_ctx *c) {
+  char shown[64];
+  snprintf(shown, sizeof shown, "classifier.rules[%d]", idx);
+  int rc = spi__cfg_check_keys(o, "classifier.rules[]", shown, c->err, c->errcap);
+  if (rc) return rc;
+  memset(r, 0, sizeof *r);
+  r->stream = r->replayable_is = r->has_sla = r->has_tools = ANY;
+  const char *name = "";
+  size_t nlen = 0;
+  if ((rc = spi__cfg_string(o, "classifier.rules[].name", shown, &name, &nlen,
+                            c->err, c->errcap)))
+    return rc;
+  if (nlen >= RULE_NAME_MAX) {
+    spi__errf(c->err, c->errcap, "%s.name: at most %d bytes", shown,
+              RULE_NAME_MAX - 1);
+    return SPI_ERANGE;
+  }
+  memcpy(r->name, name, nlen);
+  if (!cJSON_GetObjectItemCaseSensitive(o, "class")) {
+    spi__errf(c->err, c->errcap, "%s.class: missing", shown);
+    return SPI_EMISSING;
+  }
+  int32_t k = 0;
+  if ((rc = spi__cfg_enum(o, "classifier.rules[].class", shown, CLASSES, 3, &k,
+                          c->err, c->errcap)))
+    return rc;
+  r->klass = k + SPI_CLASS_GOLD;
+  if ((rc = opt_bool(o, "classifier.rules[].replayable", shown, &r->replayable,
+                     c)))
+    return rc;
+  const cJSON *w = cJSON_GetObjectItemCaseSensitive(o, "when");
+  if (w && !cJSON_IsNull(w)) {
+    char ws[80];
+    snprintf(ws, sizeof ws, "%s.when", shown);
+    if ((rc = parse_when(w, ws, r, c))) return rc;
+  }
+  return SPI_OK;
+}
+
+static int parse_rules(const cJSON *sec, parse_ctx *c) {
+  cJSON *owned = NULL;
+  const cJSON *arr;
+  int rc = get_list(sec, "rules", "classifier.rules", "classifier.rules",
+                    &owned, &arr, c);
+  if (rc) return rc;
+  int i = 0;
+  for (const cJSON *o = arr->child; o && rc == SPI_OK; o = o->next, i++)
+    rc = parse_rule(o, i, &c->in->rules[i], c);
+  c->in->nrules = (size_t)i;
+  cJSON_Delete(owned);
+  return rc;
+}
+
+static int parse_degrade(const cJSON *sec, parse_ctx *c) {
+  const cJSON *d = cJSON_GetObjectItemCaseSensitive(sec, "degrade");
+  int rc;
+  if (d && !cJSON_IsNull(d) &&
+      (rc = spi__cfg_check_keys(d, "classifier.degrade", "classifier.degrade",
+                                c->err, c->errcap)))
+    return rc;
+  for (int k = 0; k < 3; k++) {
+    char path[64], shown[64];
+    snprintf(path, sizeof path, "classifier.degrade.%s", CLASSES[k]);
+    cJSON *owned = NULL;
+    const cJSON *arr;
+    if ((rc = get_list(d, CLASSES[k], path, path, &owned, &arr, c))) return rc;
+    int lvl = 0;
+    char el_prefix[80];
+    snprintf(el_prefix, sizeof el_prefix, "%s[]", path);
+    for (const cJSON *o = arr->child; o && rc == SPI_OK; o = o->next, lvl++) {
+      snprintf(shown, sizeof shown, "%s[%d]", path, lvl);
+      char p1[96], p2[96], p3[96];
+      snprintf(p1, sizeof p1, "%s.max_output_tokens", el_prefix);
+      snprintf(p2, sizeof p2, "%s.tools", el_prefix);
+      snprintf(p3, sizeof p3, "%s.defer", el_prefix);
+      plan *pl = &c->in->degrade[k + 1][lvl];
+      rc = spi__cfg_check_keys(o, el_prefix, shown, c->err, c->errcap);
+      if (!rc) rc = spi__cfg_int(o, p1, shown, &pl->max_output_tokens, c->err, c->errcap);
+      if (!rc) rc = spi__cfg_bool(o, p2, shown, &pl->tools, c->err, c->errcap);
+      if (!rc) rc = spi__cfg_bool(o, p3, shown, &pl->defer, c->err, c->errcap);
+    }
+    cJSON_Delete(owned);
+    if (rc) return rc;
+  }
+  return SPI_OK;
+}
+
+static int parse_cascade(const cJSON *sec, parse_ctx *c) {
+  const cJSON *o = cJSON_GetObjectItemCaseSensitive(sec, "cascade");
+  const char *S = "classifier.cascade";
+  instance *in = c->in;
+  int rc = SPI_OK;
+  if (o && !cJSON_IsNull(o) &&
+      (rc = spi__cfg_check_keys(o, S, S, c->err, c->errcap)))
+    return rc;
+  if ((rc = spi__cfg_int(o, "classifier.cascade.long_query_bytes", S,
+                         &in->long_query_bytes, c->err, c->errcap)) ||
+      (rc = spi__cfg_int(o, "classifier.cascade.question_marks", S,
+                         &in->question_marks, c->err, c->errcap)) ||
+      (rc = spi__cfg_double(o, "classifier.cascade.length_weight", S,
+                            &in->length_weight, c->err, c->errcap)) ||
+      (rc = spi__cfg_double(o, "classifier.cascade.keyword_weight", S,
+                            &in->keyword_weight, c->err, c->errcap)) ||
+      (rc = spi__cfg_double(o, "classifier.cascade.question_weight", S,
+                            &in->question_weight, c->err, c->errcap)) ||
+      (rc = spi__cfg_double(o, "classifier.cascade.large_threshold", S,
+                            &in->large_threshold, c->err, c->errcap)))
+    return rc;
+  cJSON *owned = NULL;
+  const cJSON *arr;
+  if ((rc = get_list(o, "keywords", "classifier.cascade.keywords",
+                     "classifier.cascade.keywords", &owned, &arr, c)))
+    return rc;
+  int i = 0;
+  for (const cJSON *k = arr->child; k; k = k->next, i++) {
+    size_t len = cJSON_IsString(k) ? strlen(k->valuestring) : 0;
+    if (!cJSON_IsString(k) || len == 0 || len > MAX_KEYWORD_BYTES - 1) {
+      spi__errf(c->err, c->errcap,
+                "classifier.cascade.keywords[%d]: must be a string of 1..%d "
+                "bytes",
+                i, MAX_KEYWORD_BYTES - 1);
+      cJSON_Delete(owned);
+      return SPI_ETYPE;
+    }
+    keyword *kw = &in->keywords[i];
+    for (size_t j = 0; j < len; j++) {
+      char ch = k->valuestring[j];
+      kw->text[j] = (ch >= 'A' && ch <= 'Z') ? (char)(ch + 32) : ch;
+    }
+    kw->len = len;
+  }
+  in->nkeywords = (size_t)i;
+  cJSON_Delete(owned);
+  return SPI_OK;
+}
+
+static int parse_section(const cJSON *sec, parse_ctx *c) {
+  const char *S = "classifier";
+  instance *in = c->in;
+  int rc = spi__cfg_check_keys(sec, S, S, c->err, c->errcap);
+  if (rc) return rc;
+  int32_t dc = 1;
+  if ((rc = spi__cfg_bool(sec, "classifier.honor_explicit_class", S,
+                          &in->honor_explicit, c->err, c->errcap)) ||
+      (rc = spi__cfg_bool(sec, "classifier.honor_priority", S,
+                          &in->honor_priority, c->err, c->errcap)) ||
+      (rc = spi__cfg_enum(sec, "classifier.default_class", S, CLASSES, 3, &dc,
+                          c->err, c->errcap)))
+    return rc;
+  in->default_class = dc + SPI_CLASS_GOLD;
+  const cJSON *rd = cJSON_GetObjectItemCaseSensitive(sec, "replayable_default");
+  const char *R = "classifier.replayable_default";
+  if (rd && !cJSON_IsNull(rd) &&
+      (rc = spi__cfg_check_keys(rd, R, R, c->err, c->errcap)))
+    return rc;
+  for (int k = 0; k < 3; k++) {
+    char path[64];
+    snprintf(path, sizeof path, "%s.%s", R, CLASSES[k]);
+    if ((rc = spi__cfg_bool(rd, path, R, &in->replayable_default[k + 1], c->err,
+                            c->errcap)))
+      return rc;
+  }
+  if ((rc = parse_rules(sec, c)) || (rc = parse_degrade(sec, c)) ||
+      (rc = parse_cascade(sec, c)))
+    return rc;
+  return SPI_OK;
+}
+
+static int ref_configure(void *state, const char *json, size_t len,
+                         void **out_instance, char *err, size_t errcap) {
+  const spi_mem *mem = state;
+  cJSON *sec = NULL;
+  int rc = spi__json_parse_object(json, len, SIZE_MAX, "classifier", &sec, err,
+                                  errcap);
+  if (rc) return rc;
+  instance *in = spi__calloc(mem, 1, sizeof *in);
+  if (!in) {
+    cJSON_Delete(sec);
+    spi__errf(err, errcap, "classifier: out of memory");
+    return SPI_ENOMEM;
+  }
+  parse_ctx c = {in, err, errcap};
+  rc = parse_section(sec, &c);
+  cJSON_Delete(sec);
+  if (rc) {
+    spi__free(mem, in);
+    return rc;
+  }
+  *out_instance = in;
+  return SPI_OK;
+}
+
+static void ref_release(void *state, void *inst) {
+  spi__free((const spi_mem *)state, inst);
+}
+
+/* ---------------------------------------------------------------- verdict */
+
+static int match_bool(int32_t want, int32_t have) {
+  return want == ANY || want == have;
+}
+
+static int rule_matches(const instance *in, const rule *r,
+                        const spi_request_view *v) {
+  if (!match_bool(r->stream, v->stream != 0)) return 0;
+  if (r->replayable_is != ANY &&
+      (!v->replayable_set || (v->replayable != 0) != r->replayable_is))
+    return 0;
+  if (!match_bool(r->has_sla, v->sla_ms_set != 0)) return 0;
+  if (!match_bool(r->has_tools, v->has_tools != 0)) return 0;
+  if (r->have_sla_max && (!v->sla_ms_set || v->sla_ms > r->sla_max)) return 0;
+  if (r->have_sla_min && (!v->sla_ms_set || v->sla_ms < r->sla_min)) return 0;
+  if (r->have_prio_min && (!v->priority_set || v->priority < r->prio_min))
+    return 0;
+  if (r->have_prio_max && (!v->priority_set || v->priority > r->prio_max))
+    return 0;
+  if (r->have_eot_min && (!v->expected_output_tokens_set ||
+                          v->expected_output_tokens < r->eot_min))
+    return 0;
+  if (r->have_eot_max && (!v->expected_output_tokens_set ||
+                          v->expected_output_tokens > r->eot_max))
+    return 0;
+  if (r->tier_mask && !(v->service_tier > 0 && v->service_tier < 32 &&
+                        (r->tier_mask & (1u << v->service_tier))))
+    return 0;
+  if (r->tenant_count) {
+    int hit = 0;
+    for (uint32_t i = 0; i < r->tenant_count && !hit; i++) {
+      const tenant_tier *t = &in->tenant_tiers[r->tenant_first + i];
+      hit = t->len == v->tenant_tier_len &&
+            memcmp(t->text, v->tenant_tier, t->len) == 0;
+    }
+    if (!hit) return 0;
+  }
+  return 1;
+}
+
+static int lower(int ch) { return (ch >= 'A' && ch <= 'Z') ? ch + 32 : ch; }
+
+/* Case-insensitive (ASCII) substring test; keywords are stored lowercase. */
+static int contains_ci(const char *hay, size_t n, const keyword *k) {
+  if (k->len > n) return 0;
+  const char first = k->text[0];
+  for (size_t i = 0; i + k->len <= n; i++) {
+    if (lower((unsigned char)hay[i]) != first) continue;
+    size_t j = 1;
+    while (j < k->len && lower((unsigned char)hay[i + j]) == k->text[j]) j++;
+    if (j == k->len) return 1;
+  }
+  return 0;
+}
+
+static double complexity(const instance *in, const spi_request_view *v) {
+  const char *q = v->last_user_text;
+  size_t n = v->last_user_text_len;
+  double score = 0;
+  if ((int64_t)n > in->long_query_bytes) score += in->length_weight;
+  for (size_t i = 0; i < in->nkeywords; i++)
+    if (contains_ci(q, n, &in->keywords[i])) score += in->keyword_weight;
+  int64_t marks = 0;
+  for (const char *p = q; (p = memchr(p, '?', n - (size_t)(p - q))) != NULL; p++)
+    marks++;
+  if (marks > in->question_marks) score += in->question_weight;
+  return score;
+}
+
+static int ref_classify(void *state, void *inst, const spi_request_view *v,
+                        int32_t pressure, spi_classification *out) {
+  (void)state;
+  const instance *in = inst;
+  const rule *hit = NULL;
+  if (in->honor_explicit && v->explicit_class != SPI_CLASS_UNSET) {
+    out->klass = v->explicit_class;
+    spi__errf(out->reason, sizeof out->reason, "explicit class %s",
+              spi_class_name(out->klass));
+  } else if (in->honor_priority && v->priority_class != SPI_CLASS_UNSET) {
+    out->klass = v->priority_class;
+    spi__errf(out->reason, sizeof out->reason, "priority %lld maps to %s",
+              (long long)v->priority, spi_class_name(out->klass));
+  } else {
+    for (size_t i = 0; i < in->nrules && !hit; i++) {
+      if (rule_matches(in, &in->rules[i], v)) {
+        hit = &in->rules[i];
+        out->rule_index = (int32_t)i;
+      }
+    }
+    out->klass = hit ? hit->klass : in->default_class;
+    if (hit && hit->name[0])
+      spi__errf(out->reason, sizeof out->reason, "rule %s", hit->name);
+    else if (hit)
+      spi__errf(out->reason, sizeof out->reason, "rule #%d", out->rule_index);
+    else
+      spi__errf(out->reason, sizeof out->reason, "default class %s",
+                spi_class_name(out->klass));
+  }
+  /* The request's own word on replayability wins, then the rule's. */
+  if (v->replayable_set)
+    out->replayable = v->replayable != 0;
+  else if (hit && hit->replayable != ANY)
+    out->replayable = hit->replayable;
+  else
+    out->replayable = in->replayable_default[out->klass];
+  const plan *p = &in->degrade[out->klass][pressure];
+  out->max_output_tokens = p->max_output_tokens;
+  out->tools_allowed = p->tools;
+  out->defer = p->defer;
+  out->complexity = complexity(in, v);
+  out->model_tier =
+      out->complexity >= in->large_threshold ? SPI_TIER_LARGE : SPI_TIER_SMALL;
+  return SPI_OK;
+}
+
+void spi__builtin_classifier(spi_classifier_module *out) {
+  memset(out, 0, sizeof *out);
+  out->abi_version = SPI_MODULE_ABI_VERSION;
+  out->struct_size = sizeof *out;
+  out->on_failure = SPI_ON_FAILURE_ERROR;
+  out->configure = ref_configure;
+  out->release = ref_release;
+  out->classify = ref_classify;
+}

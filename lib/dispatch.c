@@ -1,0 +1,333 @@
+/*
+ * dispatch.c - the calls that run a request through the engine's modules.
+ *
+ * Each call pins the configuration snapshot, builds the request's view, calls
+ * the selected module, checks what came back, and on failure either falls
+ * back to the built-in of the same kind or fails with SPI_EMODULE, as the
+ * module declared. A module's output is never used unchecked.
+ */
+#include <math.h>
+#include <string.h>
+
+#include "engine.h"
+
+/* ------------------------------------------------------- derived request */
+
+static int derive(spi_request *r) {
+  if (r->derived_ok) return SPI_OK;
+  const spi_mem *m = &r->engine->mem;
+  spi__buf_clear(&r->prompt);
+  spi__buf_clear(&r->sysprompt);
+  r->last_user_off = r->last_user_len = 0;
+  r->last_user_in_prompt = 0;
+  int rc = SPI_OK;
+  for (size_t i = 0; i < r->nmsgs && rc == SPI_OK; i++) {
+    const spi_msg *g = &r->msgs[i];
+    const char *role = spi__role_name(g->role);
+    const uint8_t *content = r->msgbuf.data + g->off;
+    rc = spi__buf_reserve(&r->prompt, m, strlen(role) + g->len + 2);
+    if (rc) break;
+    spi__buf_append(&r->prompt, m, role, strlen(role));
+    spi__buf_append_byte(&r->prompt, m, 0x1F);
+    spi__buf_append(&r->prompt, m, content, g->len);
+    spi__buf_append_byte(&r->prompt, m, 0x1E);
+    if (g->role == SPI_ROLE_SYSTEM || g->role == SPI_ROLE_DEVELOPER) {
+      if (r->sysprompt.len) rc = spi__buf_append_byte(&r->sysprompt, m, 0x1E);
+      if (!rc) rc = spi__buf_append(&r->sysprompt, m, content, g->len);
+    }
+    if (g->role == SPI_ROLE_USER) {
+      r->last_user_off = g->off;
+      r->last_user_len = g->len;
+    }
+  }
+  if (rc) return spi__req_fail(r, SPI_ENOMEM, "request: out of memory");
+  if (r->nmsgs == 0) {
+    r->last_user_in_prompt = 1;
+    r->last_user_len = r->str[SPI_REQ_PROMPT].len;
+  }
+  r->derived_ok = 1;
+  return SPI_OK;
+}
+
+static void strv(const spi_request *r, int field, const char **p, size_t *n) {
+  *p = r->str[field].len ? (const char *)r->str[field].data : "";
+  *n = r->str[field].len;
+}
+
+int spi__request_view(spi_request *r, spi_request_view *v) {
+  int rc = derive(r);
+  if (rc) return rc;
+  memset(v, 0, sizeof *v);
+  v->struct_size = sizeof *v;
+  strv(r, SPI_REQ_MODEL, &v->model, &v->model_len);
+  strv(r, SPI_REQ_TOKENIZER_VERSION, &v->tokenizer_version,
+       &v->tokenizer_version_len);
+  if (r->str_set[SPI_REQ_SYSTEM_PROMPT]) {
+    strv(r, SPI_REQ_SYSTEM_PROMPT, &v->system_prompt, &v->system_prompt_len);
+  } else {
+    v->system_prompt = r->sysprompt.len ? (const char *)r->sysprompt.data : "";
+    v->system_prompt_len = r->sysprompt.len;
+  }
+  strv(r, SPI_REQ_TOOLS_JSON, &v->tools_canonical, &v->tools_canonical_len);
+  strv(r, SPI_REQ_RETRIEVAL_TEMPLATE, &v->retrieval_template,
+       &v->retrieval_template_len);
+  strv(r, SPI_REQ_TENANT, &v->tenant, &v->tenant_len);
+  strv(r, SPI_REQ_TENANT_TIER, &v->tenant_tier, &v->tenant_tier_len);
+  strv(r, SPI_REQ_TENANT_SALT, &v->tenant_salt, &v->tenant_salt_len);
+  strv(r, SPI_REQ_DECODE_PROFILE, &v->decode_profile, &v->decode_profile_len);
+  if (r->last_user_in_prompt) {
+    strv(r, SPI_REQ_PROMPT, &v->last_user_text, &v->last_user_text_len);
+  } else {
+    v->last_user_text = r->last_user_len
+                            ? (const char *)r->msgbuf.data + r->last_user_off
+                            : "";
+    v->last_user_text_len = r->last_user_len;
+  }
+  if (r->nmsgs) {
+    v->prompt = r->prompt.len ? r->prompt.data : (const uint8_t *)"";
+    v->prompt_len = r->prompt.len;
+  } else {
+    v->prompt = r->str[SPI_REQ_PROMPT].len ? r->str[SPI_REQ_PROMPT].data
+                                           : (const uint8_t *)"";
+    v->prompt_len = r->str[SPI_REQ_PROMPT].len;
+  }
+  v->token_ids = r->ntokens ? r->tokens : NULL;
+  v->token_count = r->ntokens;
+  v->explicit_class = r->explicit_class;
+  v->service_tier = r->service_tier;
+  v->priority = r->ival[SPI_REQ_PRIORITY];
+  v->priority_set = r->iset[SPI_REQ_PRIORITY];
+  v->stream = (int32_t)r->ival[SPI_REQ_STREAM];
+  v->sla_ms = r->ival[SPI_REQ_SLA_MS];
+  v->sla_ms_set = r->iset[SPI_REQ_SLA_MS];
+  v->replayable = (int32_t)r->ival[SPI_REQ_REPLAYABLE];
+  v->replayable_set = r->iset[SPI_REQ_REPLAYABLE];
+  v->max_output_tokens = r->ival[SPI_REQ_MAX_OUTPUT_TOKENS];
+  v->max_output_tokens_set = r->iset[SPI_REQ_MAX_OUTPUT_TOKENS];
+  v->expected_output_tokens = r->ival[SPI_REQ_EXPECTED_OUTPUT_TOKENS];
+  v->expected_output_tokens_set = r->iset[SPI_REQ_EXPECTED_OUTPUT_TOKENS];
+  v->prompt_tokens = r->ival[SPI_REQ_PROMPT_TOKENS];
+  v->prompt_tokens_set = r->iset[SPI_REQ_PROMPT_TOKENS];
+  v->has_tools = r->str_set[SPI_REQ_TOOLS_JSON];
+  v->message_count = r->nmsgs;
+  return SPI_OK;
+}
+
+int spi_request_canonical_prompt(spi_request *req, const uint8_t **out,
+                                 size_t *out_len) {
+  if (!spi__request_ok(req)) return SPI_EMISUSE;
+  if (!out || !out_len) return spi__req_fail(req, SPI_EINVAL, "NULL output");
+  spi_request_view v;
+  int rc = spi__request_view(req, &v);
+  if (rc) return rc;
+  *out = v.prompt;
+  *out_len = v.prompt_len;
+  return SPI_OK;
+}
+
+/* -------------------------------------------------------------- checking */
+
+static int classification_ok(spi_classification *c) {
+  c->reason[sizeof c->reason - 1] = '\0';
+  return c->klass >= SPI_CLASS_GOLD && c->klass <= SPI_CLASS_BRONZE &&
+         (c->replayable == 0 || c->replayable == 1) &&
+         (c->model_tier == SPI_TIER_SMALL || c->model_tier == SPI_TIER_LARGE) &&
+         isfinite(c->complexity) && c->max_output_tokens >= 0 &&
+         (c->tools_allowed == 0 || c->tools_allowed == 1) &&
+         (c->defer == 0 || c->defer == 1);
+}
+
+static int price_ok(const spi_price *p) {
+  const double d[] = {p->prompt_tokens, p->output_tokens, p->gpu_seconds,
+                      p->usd, p->usd_per_million};
+  for (size_t i = 0; i < sizeof d / sizeof d[0]; i++)
+    if (!isfinite(d[i]) || d[i] < 0) return 0;
+  return 1;
+}
+
+/* What a call returns internally when a module claimed success but its
+ * output failed the checks. Positive, so it never collides with a status. */
+enum { BAD_OUTPUT = 1 };
+
+/* The failure of a module call, as the library reports it. */
+static int module_failed(spi_request *r, const spi_modentry *m, int rc,
+                         const char *what) {
+  if (rc == BAD_OUTPUT)
+    return spi__req_fail(r, SPI_EMODULE, "%s module \"%s\" returned an invalid %s",
+                         spi_module_kind_name(m->kind), m->name, what);
+  return spi__req_fail(r, SPI_EMODULE, "%s module \"%s\" failed: %s",
+                       spi_module_kind_name(m->kind), m->name, spi_strerror(rc));
+}
+
+/* Whether to retry with the built-in after the selected module failed. */
+static int use_fallback(const spi_slot *sl) {
+  return sl->mod != sl->builtin && sl->mod->on_failure == SPI_ON_FAILURE_FALLBACK;
+}
+
+/* ------------------------------------------------------------- classify */
+
+static int run_classifier(const spi_modentry *m, void *inst,
+                          const spi_request_view *v, int32_t pressure,
+                          spi_classification *out) {
+  size_t size = out->struct_size;
+  memset(out, 0, sizeof *out);
+  out->struct_size = size;
+  out->rule_index = -1;
+  int rc = m->m.classifier.classify(m->state, inst, v, pressure, out);
+  out->struct_size = size;
+  if (rc == SPI_OK && !classification_ok(out)) rc = BAD_OUTPUT;
+  return rc;
+}
+
+int spi_classify(spi_request *req, int32_t pressure, spi_classification *out) {
+  if (!spi__request_ok(req)) return SPI_EMISUSE;
+  if (!out || out->struct_size < sizeof *out)
+    return spi__req_fail(req, SPI_EINVAL, "classification: NULL or struct_size");
+  if (pressure < SPI_PRESSURE_NORMAL || pressure > SPI_PRESSURE_CRITICAL)
+    return spi__req_fail(req, SPI_EINVAL, "pressure %d is not 0..3", (int)pressure);
+  spi_request_view v;
+  int rc = spi__request_view(req, &v);
+  if (rc) return rc;
+  spi_engine *e = req->engine;
+  unsigned pin;
+  spi_snapshot *s = spi__snap_acquire(e, &pin);
+  const spi_slot *sl = &s->slot[SPI_MODULE_CLASSIFIER];
+  /* The priority's class comes from the engine's map, so every classifier
+   * sees the same vocabulary. */
+  v.priority_class = SPI_CLASS_UNSET;
+  if (v.priority_set)
+    v.priority_class = v.priority <= s->vllm_prio[1]   ? SPI_CLASS_GOLD
+                       : v.priority <= s->vllm_prio[2] ? SPI_CLASS_SILVER
+                                                       : SPI_CLASS_BRONZE;
+  rc = run_classifier(sl->mod, sl->inst, &v, pressure, out);
+  if (rc != SPI_OK && use_fallback(sl)) {
+    spi__engine_log(e, SPI_LOG_WARN, "classifier \"%s\" failed; using built-in",
+                    sl->mod->name);
+    rc = run_classifier(sl->builtin, sl->builtin_inst, &v, pressure, out);
+    if (rc != SPI_OK) rc = module_failed(req, sl->builtin, rc, "classification");
+  } else if (rc != SPI_OK) {
+    rc = module_failed(req, sl->mod, rc,
+                       "classification");
+  }
+  if (rc == SPI_OK) {
+    out->vllm_priority = s->vllm_prio[out->klass];
+    out->llmd_priority = s->llmd_prio[out->klass];
+    out->service_tier = s->service_tier[out->klass];
+    out->pressure = pressure;
+  }
+  spi__snap_release(e, pin);
+  return rc;
+}
+
+/* ------------------------------------------------------------ cache key */
+
+int spi_cache_key_hex(const spi_cache_key *key, char *out, size_t cap) {
+  static const char hex[] = "0123456789abcdef";
+  if (!key || !out || cap < 33) return SPI_EINVAL;
+  for (int i = 0; i < 16; i++) {
+    uint64_t w = i < 8 ? key->high64 : key->low64;
+    unsigned byte = (unsigned)(w >> (56 - 8 * (i % 8))) & 0xffu;
+    out[2 * i] = hex[byte >> 4];
+    out[2 * i + 1] = hex[byte & 15];
+  }
+  out[32] = '\0';
+  return SPI_OK;
+}
+
+static int key_with(spi_request *req, const spi_slot *sl,
+                    const spi_request_view *v, spi_cache_key *out) {
+  int rc = sl->mod->m.key_builder.build_key(sl->mod->state, sl->inst, v, out);
+  if (rc != SPI_OK && use_fallback(sl))
+    rc = sl->builtin->m.key_builder.build_key(sl->builtin->state,
+                                              sl->builtin_inst, v, out);
+  if (rc != SPI_OK) return module_failed(req, sl->mod, rc, "key");
+  return SPI_OK;
+}
+
+int spi_request_cache_key(spi_request *req, spi_cache_key *out) {
+  if (!spi__request_ok(req)) return SPI_EMISUSE;
+  if (!out) return spi__req_fail(req, SPI_EINVAL, "cache key: NULL output");
+  spi_request_view v;
+  int rc = spi__request_view(req, &v);
+  if (rc) return rc;
+  unsigned pin;
+  spi_snapshot *s = spi__snap_acquire(req->engine, &pin);
+  rc = key_with(req, &s->slot[SPI_MODULE_KEY_BUILDER], &v, out);
+  spi__snap_release(req->engine, pin);
+  return rc;
+}
+
+static int blocks_with(const spi_modentry *m, void *inst,
+                       const spi_request_view *v, const spi_cache_key *key,
+                       uint64_t *out, size_t cap, size_t *n) {
+  *n = 0;
+  int rc = m->m.key_builder.block_hashes(m->state, inst, v, key, out, cap, n);
+  /* A module that claims success must not report more than it wrote. */
+  if (rc == SPI_OK && *n > cap) rc = BAD_OUTPUT;
+  return rc;
+}
+
+int spi_request_block_hashes(spi_request *req, uint64_t *out, size_t cap,
+                             size_t *n_out) {
+  if (!spi__request_ok(req)) return SPI_EMISUSE;
+  if (!n_out || (!out && cap))
+    return spi__req_fail(req, SPI_EINVAL, "block hashes: NULL output");
+  spi_request_view v;
+  int rc = spi__request_view(req, &v);
+  if (rc) return rc;
+  unsigned pin;
+  spi_snapshot *s = spi__snap_acquire(req->engine, &pin);
+  const spi_slot *sl = &s->slot[SPI_MODULE_KEY_BUILDER];
+  spi_cache_key key;
+  rc = key_with(req, sl, &v, &key);
+  if (rc == SPI_OK) {
+    rc = blocks_with(sl->mod, sl->inst, &v, &key, out, cap, n_out);
+    if (rc != SPI_OK && rc != SPI_EBUFSIZE && use_fallback(sl))
+      rc = blocks_with(sl->builtin, sl->builtin_inst, &v, &key, out, cap, n_out);
+    if (rc == SPI_EBUFSIZE)
+      spi__req_fail(req, rc, "block hashes: %zu blocks, room for %zu", *n_out,
+                    cap);
+    else if (rc != SPI_OK)
+      rc = module_failed(req, sl->mod, rc,
+                         "block count");
+  }
+  spi__snap_release(req->engine, pin);
+  return rc;
+}
+
+/* ----------------------------------------------------------------- price */
+
+static int price_with(const spi_modentry *m, void *inst,
+                      const spi_request_view *v, int32_t pool, spi_price *out) {
+  size_t size = out->struct_size;
+  memset(out, 0, sizeof *out);
+  out->struct_size = size;
+  out->pool = pool;
+  int rc = m->m.cost_model.price(m->state, inst, v, pool, out);
+  out->struct_size = size;
+  out->pool = pool;
+  if (rc == SPI_OK && !price_ok(out)) rc = BAD_OUTPUT;
+  return rc;
+}
+
+int spi_request_price(spi_request *req, int32_t pool, spi_price *out) {
+  if (!spi__request_ok(req)) return SPI_EMISUSE;
+  if (!out || out->struct_size < sizeof *out)
+    return spi__req_fail(req, SPI_EINVAL, "price: NULL or struct_size");
+  if (pool != SPI_POOL_SPOT && pool != SPI_POOL_ON_DEMAND)
+    return spi__req_fail(req, SPI_EINVAL, "pool %d is not valid", (int)pool);
+  spi_request_view v;
+  int rc = spi__request_view(req, &v);
+  if (rc) return rc;
+  unsigned pin;
+  spi_snapshot *s = spi__snap_acquire(req->engine, &pin);
+  const spi_slot *sl = &s->slot[SPI_MODULE_COST_MODEL];
+  rc = price_with(sl->mod, sl->inst, &v, pool, out);
+  if (rc != SPI_OK && use_fallback(sl))
+    rc = price_with(sl->builtin, sl->builtin_inst, &v, pool, out);
+  if (rc != SPI_OK)
+    rc = module_failed(req, sl->mod, rc,
+                       "price");
+  spi__snap_release(req->engine, pin);
+  return rc;
+}

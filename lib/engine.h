@@ -1,0 +1,159 @@
+/*
+ * engine.h - the engine, its module registry and its configuration snapshot.
+ * Internal; shared by engine.c, request.c and dispatch.c.
+ */
+#ifndef SPI_ENGINE_H
+#define SPI_ENGINE_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+
+#include "spi_internal.h"
+
+#define SPI_ENGINE_MAGIC 0x53504945u  /* "SPIE" */
+#define SPI_REQUEST_MAGIC 0x53504952u /* "SPIR" */
+#define SPI_DEAD_MAGIC 0xdeadbeefu
+#define SPI_KIND_MAX 7 /* kinds are 1..6 */
+#define SPI_MODULE_NAME_MAX 63
+#define SPI_CONFIG_MAX_BYTES (16u << 20)
+
+/* One registered module: a checked copy of the caller's struct. */
+typedef struct spi_modentry {
+  int32_t kind;
+  int32_t builtin;
+  char name[SPI_MODULE_NAME_MAX + 1];
+  const char *section; /* config section of a built-in, NULL for a user's */
+  union {
+    spi_classifier_module classifier;
+    spi_key_builder_module key_builder;
+    spi_cost_model_module cost_model;
+  } m;
+  spi_module_configure_fn configure;
+  spi_module_release_fn release;
+  int32_t on_failure;
+  void *state;
+  spi_module_destroy_fn destroy;
+  struct spi_modentry *next;
+} spi_modentry;
+
+typedef struct spi_limits {
+  int64_t max_body_bytes;
+  int64_t max_field_bytes;
+  int64_t max_messages;
+  int64_t max_tools_bytes;
+  int64_t max_metadata_pairs;
+  int64_t max_token_ids;
+} spi_limits;
+
+/* The selected and built-in instance of one module kind in a snapshot. */
+typedef struct spi_slot {
+  spi_modentry *mod;
+  void *inst;
+  spi_modentry *builtin;
+  void *builtin_inst;
+} spi_slot;
+
+/* An immutable configuration: built whole, swapped in, never changed. */
+typedef struct spi_snapshot {
+  spi_limits limits;
+  int32_t vllm_prio[4]; /* indexed by enum spi_class */
+  int32_t llmd_prio[4];
+  int32_t service_tier[4];
+  spi_slot slot[SPI_KIND_MAX];
+  char *json; /* effective configuration, canonical JSON */
+  size_t json_len;
+} spi_snapshot;
+
+struct spi_engine {
+  uint32_t magic;
+  spi_mem mem;
+  spi_clock_fn clock;
+  void *clock_user_data;
+  spi_log_fn log;
+  void *log_user_data;
+  int32_t log_level;
+  spi_modentry *modules;
+  /* Readers pin the snapshot with an epoch counter instead of a lock; the
+   * writer swaps and waits for the old epoch's readers to leave. */
+  _Atomic(spi_snapshot *) snap;
+  atomic_uint epoch;
+  atomic_ulong readers[2];
+  pthread_mutex_t config_lock;
+  atomic_int configuring; /* set while module configure callbacks run */
+  pthread_t config_owner;
+  char errmsg[SPI_ERRMSG_CAP];
+};
+
+/* Pin the current snapshot; pass *pin to spi__snap_release(). */
+spi_snapshot *spi__snap_acquire(spi_engine *e, unsigned *pin);
+void spi__snap_release(spi_engine *e, unsigned pin);
+
+int spi__engine_ok(const spi_engine *e);
+int64_t spi__engine_now(const spi_engine *e);
+void spi__engine_log(const spi_engine *e, int32_t level, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+/* ---------------------------------------------------------------- request */
+
+enum { SPI_REQ_STR_MAX = 15, SPI_REQ_INT_MAX = 8 };
+
+typedef struct spi_msg {
+  int32_t role; /* enum spi_role */
+  size_t off;   /* into spi_request.msgbuf */
+  size_t len;
+} spi_msg;
+
+enum spi_role {
+  SPI_ROLE_SYSTEM = 0,
+  SPI_ROLE_DEVELOPER = 1,
+  SPI_ROLE_USER = 2,
+  SPI_ROLE_ASSISTANT = 3,
+  SPI_ROLE_TOOL = 4,
+  SPI_ROLE_COUNT = 5
+};
+
+struct spi_request {
+  uint32_t magic;
+  spi_engine *engine;
+  spi_buf str[SPI_REQ_STR_MAX + 1]; /* indexed by enum spi_request_str */
+  uint8_t str_set[SPI_REQ_STR_MAX + 1];
+  int64_t ival[SPI_REQ_INT_MAX];    /* indexed by enum spi_request_int */
+  uint8_t iset[SPI_REQ_INT_MAX];
+  int32_t explicit_class;
+  int32_t service_tier;
+  spi_msg *msgs;
+  size_t nmsgs, msgcap;
+  spi_buf msgbuf;
+  spi_buf metabuf; /* key \0 value \0 pairs */
+  size_t nmeta;
+  uint32_t *tokens;
+  size_t ntokens, tokcap;
+  /* Derived on demand, cached until the request changes. */
+  int derived_ok;
+  spi_buf prompt;        /* canonical prompt text */
+  spi_buf sysprompt;     /* system/developer messages joined */
+  size_t last_user_off, last_user_len; /* into msgbuf or str[PROMPT] */
+  int last_user_in_prompt;
+  char errmsg[SPI_ERRMSG_CAP];
+};
+
+int spi__request_ok(const spi_request *r);
+/* Record an error on the request and return status. */
+int spi__req_fail(spi_request *r, int status, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+/* Setters shared by the field-by-field API and the OpenAI body reader. */
+spi_limits spi__req_limits(spi_request *r);
+void spi__req_clear(spi_request *r);
+int spi__req_set_str(spi_request *r, const spi_limits *l, int32_t field,
+                     const char *v, size_t len);
+int spi__req_set_int(spi_request *r, int32_t field, int64_t v);
+int spi__req_add_message(spi_request *r, const spi_limits *l, int32_t role,
+                         const char *content, size_t len);
+int spi__req_set_tokens(spi_request *r, const spi_limits *l,
+                        const uint32_t *ids, size_t n);
+int spi__req_set_metadata(spi_request *r, const spi_limits *l, const char *k,
+                          size_t klen, const char *v, size_t vlen);
+int spi__role_from_name(const char *s, size_t len);
+const char *spi__role_name(int32_t role);
+
+#endif /* SPI_ENGINE_H */

@@ -1,0 +1,296 @@
+/*
+ * openai.c - fill a request from an OpenAI chat-completions or completions
+ * JSON body.
+ *
+ * The reader is all-or-nothing: it resets the request first and resets it
+ * again on any error, so a caller never routes half a request. Keys it does
+ * not use (temperature, stop, response_format, ...) are accepted and ignored,
+ * because gateways forward whatever clients send; keys it does use must have
+ * the documented type.
+ */
+#include <math.h>
+#include <string.h>
+
+#include <cjson/cJSON.h>
+
+#include "engine.h"
+
+typedef struct reader {
+  spi_request *r;
+  const spi_limits *l;
+  spi_buf scratch; /* assembled message content */
+} reader;
+
+static const cJSON *get(const cJSON *o, const char *key) {
+  const cJSON *it = cJSON_GetObjectItemCaseSensitive(o, key);
+  return (it && !cJSON_IsNull(it)) ? it : NULL;
+}
+
+static int want_string(reader *rd, const cJSON *it, const char *path) {
+  if (!cJSON_IsString(it) || !it->valuestring)
+    return spi__req_fail(rd->r, SPI_ETYPE, "%s: must be a string", path);
+  return SPI_OK;
+}
+
+static int want_int(reader *rd, const cJSON *it, const char *path,
+                    int64_t *out) {
+  if (!cJSON_IsNumber(it) || !isfinite(it->valuedouble) ||
+      it->valuedouble != floor(it->valuedouble) ||
+      fabs(it->valuedouble) > 9007199254740992.0)
+    return spi__req_fail(rd->r, SPI_ETYPE, "%s: must be an integer", path);
+  *out = (int64_t)it->valuedouble;
+  return SPI_OK;
+}
+
+/* Prefix the message a setter left with the body path it came from. */
+static int at(reader *rd, int rc, const char *path) {
+  if (rc != SPI_OK && strncmp(rd->r->errmsg, path, strlen(path)) != 0) {
+    char tmp[SPI_ERRMSG_CAP];
+    spi__errf(tmp, sizeof tmp, "%s: %s", path, rd->r->errmsg);
+    memcpy(rd->r->errmsg, tmp, sizeof tmp);
+  }
+  return rc;
+}
+
+static int set_string_field(reader *rd, const cJSON *body, const char *key,
+                            int32_t field) {
+  const cJSON *it = get(body, key);
+  if (!it) return SPI_OK;
+  int rc = want_string(rd, it, key);
+  if (rc) return rc;
+  return at(rd, spi__req_set_str(rd->r, rd->l, field, it->valuestring,
+                                 strlen(it->valuestring)),
+            key);
+}
+
+/* Content as a string, an array of parts, or null (tool calls only). */
+static int message_content(reader *rd, const cJSON *msg, const char *path) {
+  const spi_mem *m = &rd->r->engine->mem;
+  spi__buf_clear(&rd->scratch);
+  const cJSON *c = get(msg, "content");
+  char p[96];
+  if (!c) {
+    /* An assistant turn that only calls tools: its calls are the content. */
+    const cJSON *calls = get(msg, "tool_calls");
+    if (!calls) return SPI_OK;
+    if (!cJSON_IsArray(calls))
+      return spi__req_fail(rd->r, SPI_ETYPE, "%s.tool_calls: must be an array",
+                           path);
+    int rc = spi__canon_json(calls, &rd->scratch, m);
+    if (rc) return spi__req_fail(rd->r, rc, "%s.tool_calls: %s", path,
+                                 spi_strerror(rc));
+    return SPI_OK;
+  }
+  if (cJSON_IsString(c))
+    return spi__buf_append(&rd->scratch, m, c->valuestring,
+                           strlen(c->valuestring))
+               ? spi__req_fail(rd->r, SPI_ENOMEM, "%s: out of memory", path)
+               : SPI_OK;
+  if (!cJSON_IsArray(c))
+    return spi__req_fail(rd->r, SPI_ETYPE,
+                         "%s.content: must be a string, an array or null", path);
+  int i = 0;
+  for (const cJSON *part = c->child; part; part = part->next, i++) {
+    snprintf(p, sizeof p, "%s.content[%d]", path, i);
+    if (!cJSON_IsObject(part))
+      return spi__req_fail(rd->r, SPI_ETYPE, "%s: must be an object", p);
+    const cJSON *type = get(part, "type");
+    if (!type || !cJSON_IsString(type))
+      return spi__req_fail(rd->r, SPI_EMISSING, "%s.type: missing", p);
+    int rc;
+    if (strcmp(type->valuestring, "text") == 0) {
+      const cJSON *text = get(part, "text");
+      if (!text || !cJSON_IsString(text))
+        return spi__req_fail(rd->r, SPI_ETYPE, "%s.text: must be a string", p);
+      rc = spi__buf_append(&rd->scratch, m, text->valuestring,
+                           strlen(text->valuestring));
+    } else {
+      /* Images, audio, files: their canonical JSON stands for them, so two
+       * prompts with different images never share a prefix. */
+      rc = spi__canon_json(part, &rd->scratch, m);
+      if (rc && rc != SPI_ENOMEM)
+        return spi__req_fail(rd->r, rc, "%s: %s", p, spi_strerror(rc));
+    }
+    if (rc) return spi__req_fail(rd->r, SPI_ENOMEM, "%s: out of memory", p);
+  }
+  return SPI_OK;
+}
+
+static int read_messages(reader *rd, const cJSON *msgs) {
+  if (!cJSON_IsArray(msgs))
+    return spi__req_fail(rd->r, SPI_ETYPE, "messages: must be an array");
+  int n = cJSON_GetArraySize(msgs);
+  if (n == 0)
+    return spi__req_fail(rd->r, SPI_EMISSING, "messages: must not be empty");
+  if (n > rd->l->max_messages)
+    return spi__req_fail(rd->r, SPI_ETOOBIG, "messages: %d exceeds %lld", n,
+                         (long long)rd->l->max_messages);
+  int i = 0;
+  for (const cJSON *msg = msgs->child; msg; msg = msg->next, i++) {
+    char path[64];
+    snprintf(path, sizeof path, "messages[%d]", i);
+    if (!cJSON_IsObject(msg))
+      return spi__req_fail(rd->r, SPI_ETYPE, "%s: must be an object", path);
+    const cJSON *role = get(msg, "role");
+    if (!role)
+      return spi__req_fail(rd->r, SPI_EMISSING, "%s.role: missing", path);
+    if (!cJSON_IsString(role))
+      return spi__req_fail(rd->r, SPI_ETYPE, "%s.role: must be a string", path);
+    int ri = spi__role_from_name(role->valuestring, strlen(role->valuestring));
+    if (ri < 0)
+      return spi__req_fail(rd->r, SPI_EUNKNOWN, "%s.role: unknown role \"%.32s\"",
+                           path, role->valuestring);
+    int rc = message_content(rd, msg, path);
+    if (rc) return rc;
+    rc = spi__req_add_message(rd->r, rd->l, ri, (const char *)rd->scratch.data,
+                              rd->scratch.len);
+    if (rc) return at(rd, rc, path);
+  }
+  return SPI_OK;
+}
+
+/* A completions prompt: a string, one string in an array, or token ids. */
+static int read_prompt(reader *rd, const cJSON *prompt) {
+  if (cJSON_IsString(prompt))
+    return at(rd, spi__req_set_str(rd->r, rd->l, SPI_REQ_PROMPT,
+                                   prompt->valuestring,
+                                   strlen(prompt->valuestring)),
+              "prompt");
+  if (!cJSON_IsArray(prompt))
+    return spi__req_fail(rd->r, SPI_ETYPE,
+                         "prompt: must be a string, an array of one string, "
+                         "or an array of token ids");
+  int n = cJSON_GetArraySize(prompt);
+  if (n == 0) return spi__req_fail(rd->r, SPI_EMISSING, "prompt: empty array");
+  if (cJSON_IsString(prompt->child)) {
+    if (n != 1)
+      return spi__req_fail(rd->r, SPI_ENOTSUP,
+                           "prompt: %d prompts in one body; send one per request",
+                           n);
+    return read_prompt(rd, prompt->child);
+  }
+  if (cJSON_IsArray(prompt->child))
+    return spi__req_fail(rd->r, SPI_ENOTSUP,
+                         "prompt: batched token prompts; send one per request");
+  if ((int64_t)n > rd->l->max_token_ids)
+    return spi__req_fail(rd->r, SPI_ETOOBIG, "prompt: %d token ids exceeds %lld",
+                         n, (long long)rd->l->max_token_ids);
+  /* Token ids: stage them in scratch, then copy in one call. */
+  spi__buf_clear(&rd->scratch);
+  if (spi__buf_reserve(&rd->scratch, &rd->r->engine->mem,
+                       (size_t)n * sizeof(uint32_t)))
+    return spi__req_fail(rd->r, SPI_ENOMEM, "prompt: out of memory");
+  uint32_t *ids = (uint32_t *)(void *)rd->scratch.data;
+  int i = 0;
+  for (const cJSON *t = prompt->child; t; t = t->next, i++) {
+    double v = cJSON_IsNumber(t) ? t->valuedouble : -1;
+    if (!cJSON_IsNumber(t) || v < 0 || v > 4294967295.0 || v != floor(v))
+      return spi__req_fail(rd->r, SPI_ETYPE,
+                           "prompt[%d]: token ids are integers in [0, 2^32)", i);
+    ids[i] = (uint32_t)v;
+  }
+  return at(rd, spi__req_set_tokens(rd->r, rd->l, ids, (size_t)n), "prompt");
+}
+
+static int read_metadata(reader *rd, const cJSON *md) {
+  if (!cJSON_IsObject(md))
+    return spi__req_fail(rd->r, SPI_ETYPE, "metadata: must be an object");
+  for (const cJSON *kv = md->child; kv; kv = kv->next) {
+    char path[96];
+    snprintf(path, sizeof path, "metadata.%.64s", kv->string ? kv->string : "");
+    if (!cJSON_IsString(kv))
+      return spi__req_fail(rd->r, SPI_ETYPE, "%s: values must be strings", path);
+    int rc = spi__req_set_metadata(rd->r, rd->l, kv->string, strlen(kv->string),
+                                   kv->valuestring, strlen(kv->valuestring));
+    if (rc) return at(rd, rc, "metadata");
+  }
+  return SPI_OK;
+}
+
+static int read_body(reader *rd, const cJSON *body, int32_t kind) {
+  const cJSON *msgs = get(body, "messages");
+  const cJSON *prompt = get(body, "prompt");
+  if (kind == SPI_OPENAI_AUTO) kind = msgs ? SPI_OPENAI_CHAT
+                                           : SPI_OPENAI_COMPLETIONS;
+  const cJSON *model = get(body, "model");
+  if (!model) return spi__req_fail(rd->r, SPI_EMISSING, "model: missing");
+  int rc = set_string_field(rd, body, "model", SPI_REQ_MODEL);
+  if (rc) return rc;
+  if (kind == SPI_OPENAI_CHAT) {
+    if (!msgs) return spi__req_fail(rd->r, SPI_EMISSING, "messages: missing");
+    if ((rc = read_messages(rd, msgs))) return rc;
+  } else {
+    if (!prompt) return spi__req_fail(rd->r, SPI_EMISSING, "prompt: missing");
+    if ((rc = read_prompt(rd, prompt))) return rc;
+  }
+  const cJSON *tools = get(body, "tools");
+  if (tools) {
+    if (!cJSON_IsArray(tools))
+      return spi__req_fail(rd->r, SPI_ETYPE, "tools: must be an array");
+    spi_buf canon = {0};
+    rc = spi__canon_json(tools, &canon, &rd->r->engine->mem);
+    if (rc == SPI_OK)
+      rc = spi__req_set_str(rd->r, rd->l, SPI_REQ_TOOLS_JSON,
+                            (const char *)canon.data, canon.len);
+    else
+      spi__req_fail(rd->r, rc, "tools: %s", spi_strerror(rc));
+    spi__buf_free(&canon, &rd->r->engine->mem);
+    if (rc) return at(rd, rc, "tools");
+  }
+  const cJSON *stream = get(body, "stream");
+  if (stream) {
+    if (!cJSON_IsBool(stream))
+      return spi__req_fail(rd->r, SPI_ETYPE, "stream: must be true or false");
+    spi__req_set_int(rd->r, SPI_REQ_STREAM, cJSON_IsTrue(stream) ? 1 : 0);
+  }
+  /* max_completion_tokens supersedes max_tokens on the chat endpoint. */
+  static const char *const caps[] = {"max_tokens", "max_completion_tokens"};
+  for (int i = 0; i < 2; i++) {
+    const cJSON *it = get(body, caps[i]);
+    int64_t v;
+    if (!it) continue;
+    if ((rc = want_int(rd, it, caps[i], &v))) return rc;
+    if ((rc = at(rd, spi__req_set_int(rd->r, SPI_REQ_MAX_OUTPUT_TOKENS, v),
+                 caps[i])))
+      return rc;
+  }
+  if ((rc = set_string_field(rd, body, "service_tier", SPI_REQ_SERVICE_TIER)))
+    return rc;
+  if ((rc = set_string_field(rd, body, "user", SPI_REQ_USER))) return rc;
+  const cJSON *prio = get(body, "priority");
+  if (prio) {
+    int64_t v;
+    if ((rc = want_int(rd, prio, "priority", &v))) return rc;
+    if ((rc = at(rd, spi__req_set_int(rd->r, SPI_REQ_PRIORITY, v), "priority")))
+      return rc;
+  }
+  const cJSON *md = get(body, "metadata");
+  if (md && (rc = read_metadata(rd, md))) return rc;
+  return SPI_OK;
+}
+
+int spi_request_parse_openai(spi_request *req, const char *json, size_t len,
+                             int32_t kind) {
+  if (!spi__request_ok(req)) return SPI_EMISUSE;
+  spi__req_clear(req);
+  if (kind < SPI_OPENAI_AUTO || kind > SPI_OPENAI_COMPLETIONS)
+    return spi__req_fail(req, SPI_EINVAL, "kind %d is not valid", (int)kind);
+  spi_limits l = spi__req_limits(req);
+  cJSON *body = NULL;
+  int rc = spi__json_parse_object(json, len, (size_t)l.max_body_bytes, "body",
+                                  &body, req->errmsg, sizeof req->errmsg);
+  if (rc != SPI_OK) return rc;
+  reader rd = {req, &l, {0}};
+  rc = read_body(&rd, body, kind);
+  spi__buf_free(&rd.scratch, &req->engine->mem);
+  cJSON_Delete(body);
+  if (rc != SPI_OK) {
+    char keep[SPI_ERRMSG_CAP];
+    memcpy(keep, req->errmsg, sizeof keep);
+    spi__req_clear(req);
+    memcpy(req->errmsg, keep, sizeof keep);
+    return rc;
+  }
+  req->errmsg[0] = '\0';
+  return SPI_OK;
+}
