@@ -13,6 +13,7 @@
  * Classification reads only the immutable instance and the request view: no
  * allocation, no lock, safe from any number of threads.
  */
+#include <stdio.h>
 #include <string.h>
 
 #include <cjson/cJSON.h>

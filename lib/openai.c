@@ -9,6 +9,7 @@
  * the documented type.
  */
 #include <math.h>
+#include <stdio.h>
 #include <string.h>
 
 #include <cjson/cJSON.h>

@@ -15,7 +15,7 @@ void *spi__alloc(const spi_mem *m, size_t size) {
 void *spi__calloc(const spi_mem *m, size_t n, size_t size) {
   if (size != 0 && n > SIZE_MAX / size) return NULL;
   void *p = spi__alloc(m, n * size);
-  if (p) memset(p, 0, n * size ? n * size : 1);
+  if (p) memset(p, 0, n * size);
   return p;
 }
 
