@@ -34,7 +34,7 @@ endforeach()
 
 if(LANG STREQUAL "c")
   set(_ext c)
-  set(_flags -x c -std=c99 -pedantic-errors)
+  set(_flags -x c -std=c99 -pedantic-errors -Wstrict-prototypes)
 elseif(LANG STREQUAL "c++")
   set(_ext cpp)
   set(_flags -x c++ -std=c++11 -pedantic-errors)
