@@ -171,7 +171,7 @@ static const spi_optdesc OPTIONS[] = {
      "key-schema version mixed into every key; bump to invalidate all keys"},
     {"cache_key.block_bytes", I, "1024", 16, 1048576,
      "prefix block size in bytes of canonical prompt text"},
-    {"cache_key.block_tokens", I, "16", 1, 65536,
+    {"cache_key.block_tokens", I, "16", 1, 4096,
      "prefix block size in tokens when token ids are given"},
     {"cache_key.max_blocks", I, "8192", 1, 1048576,
      "most prefix blocks hashed per request"},

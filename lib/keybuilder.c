@@ -1,0 +1,359 @@
+/*
+ * keybuilder.c - the built-in key-builder module "xxh3-v1".
+ *
+ * Cache keys and block hashes are stored and compared across processes and
+ * library versions, so they are a wire format. For this module the bytes
+ * below never change; a different layout would be a new module name
+ * ("xxh3-v2"). Bumping cache_key.schema_version changes every key (and so
+ * every block hash) without changing the layout.
+ *
+ * Notation: u32le(x) / u64le(x) are x as 4 / 8 bytes little-endian;
+ * be128(h) is a 128-bit XXH3 result as 16 bytes, high64 big-endian then
+ * low64 big-endian (XXH128_canonical_t order); || is concatenation;
+ * XXH3_128(x, s) / XXH3_64(x, s) are XXH3 of the bytes x with seed s
+ * (libxxhash 0.8's XXH3_128bits_withSeed / XXH3_64bits_withSeed).
+ *
+ * ---- cache key --------------------------------------------------------
+ *
+ *   D(x)      = be128(XXH3_128(x, 0))        digest of a field, any length
+ *   rec(t, v) = t (1 byte) || u32le(len(v)) || v
+ *   id(t, x)  = rec(t, x)           when len(x) <= 256
+ *             = rec(t | 0x80, D(x)) when len(x) >  256
+ *
+ *   M = "spotinfer:key:v1"              16 ASCII bytes, no NUL
+ *    || rec(0x01, u32le(schema_version))
+ *    || id (0x02, model)
+ *    || id (0x03, tokenizer_version)
+ *    || rec(0x04, D(system_prompt))
+ *    || rec(0x05, D(tools_canonical))   canonical JSON, see canonjson.c
+ *    || rec(0x06, D(retrieval_template))
+ *    || id (0x07, tenant_tier)
+ *    || id (0x08, tenant_salt)
+ *    || id (0x09, decode_profile)
+ *
+ *   key = XXH3_128(M, 0x7370692d6b657931)   (seed is ASCII "spi-key1")
+ *
+ * An unset field is the empty string. Every record carries its tag and
+ * length, so no two different field tuples give the same M. Short
+ * identifiers go in as they are; long text is digested first so M stays
+ * under KEY_MSG_MAX bytes and build_key needs no allocation.
+ *
+ * ---- prefix block hashes ----------------------------------------------
+ *
+ * Byte mode (the request has no token ids): the prompt is the canonical
+ * prompt text and a block is block_bytes consecutive bytes of it. Token
+ * mode (token_count > 0): a block is block_tokens consecutive token ids,
+ * each serialised as u32le. Only full blocks count; a trailing partial
+ * block is ignored. n = min(full blocks, max_blocks).
+ *
+ *   S   = "spotinfer:blk:v1"            16 ASCII bytes
+ *      || be128(key)
+ *      || mode (1 byte: 0x01 bytes, 0x02 tokens)
+ *      || u32le(block size: block_bytes or block_tokens)
+ *   c_0 = XXH3_64(S, 0x7370692d626c6b31)    (seed is ASCII "spi-blk1")
+ *   for i = 1..n:
+ *     h_i = XXH3_64(block_i, 0)
+ *     c_i = XXH3_64(u64le(c_{i-1}) || u64le(h_i), 0x7370692d626c6b31)
+ *   hash of block i = c_i
+ *
+ * c_i depends on the key and on every byte of the prefix up to the end of
+ * block i, so two keys (tenants, models, schema versions) never share a
+ * block hash, and equal c_i means an equal prefix. Blocks are hashed
+ * unseeded because a seeded XXH3 over more than 240 bytes derives a new
+ * secret on every call; the seeded step is the 16-byte chaining mix.
+ *
+ * Neither build_key nor block_hashes allocates: M fits a stack buffer and
+ * token blocks are serialised into a stack buffer of at most
+ * KB_MAX_BLOCK_TOKENS ids (the cache_key.block_tokens bound).
+ */
+#include <cjson/cJSON.h>
+#include <stddef.h>
+#include <string.h>
+#include <xxhash.h>
+
+#include "spi_internal.h"
+
+#define KB_KEY_MAGIC "spotinfer:key:v1"
+#define KB_BLK_MAGIC "spotinfer:blk:v1"
+#define KB_MAGIC_LEN 16
+#define KB_KEY_SEED UINT64_C(0x7370692d6b657931)
+#define KB_BLK_SEED UINT64_C(0x7370692d626c6b31)
+
+#define KB_INLINE_MAX 256
+#define KB_REC_HDR 5 /* tag + u32le length */
+/* magic + schema record + 5 identifiers inline at most + 3 digests */
+#define KB_KEY_MSG_MAX \
+  (KB_MAGIC_LEN + (KB_REC_HDR + 4) + 5 * (KB_REC_HDR + KB_INLINE_MAX) + \
+   3 * (KB_REC_HDR + 16))
+
+#define KB_MODE_BYTES 0x01
+#define KB_MODE_TOKENS 0x02
+/* Must match the max of cache_key.block_tokens in options.c. */
+#define KB_MAX_BLOCK_TOKENS 4096
+
+/* The largest configuration text accepted for the cache_key section. */
+#define KB_MAX_CONFIG_BYTES 65536
+
+#define KB_INSTANCE_MAGIC 0x6b623176u /* "kb1v" */
+
+typedef struct kb_instance {
+  uint32_t magic;
+  uint32_t schema_version;
+  uint32_t block_bytes;
+  uint32_t block_tokens;
+  uint32_t max_blocks;
+} kb_instance;
+
+/* ------------------------------------------------------------ encoding */
+
+static void put_u32le(uint8_t *p, uint32_t v) {
+  p[0] = (uint8_t)v;
+  p[1] = (uint8_t)(v >> 8);
+  p[2] = (uint8_t)(v >> 16);
+  p[3] = (uint8_t)(v >> 24);
+}
+
+static void put_u64le(uint8_t *p, uint64_t v) {
+  for (int i = 0; i < 8; i++) p[i] = (uint8_t)(v >> (8 * i));
+}
+
+static void put_u64be(uint8_t *p, uint64_t v) {
+  for (int i = 0; i < 8; i++) p[i] = (uint8_t)(v >> (56 - 8 * i));
+}
+
+static void put_be128(uint8_t *p, uint64_t high64, uint64_t low64) {
+  put_u64be(p, high64);
+  put_u64be(p + 8, low64);
+}
+
+/* A bounded writer over the stack buffer that holds M. */
+typedef struct kb_msg {
+  uint8_t buf[KB_KEY_MSG_MAX];
+  size_t len;
+} kb_msg;
+
+static void msg_rec(kb_msg *m, uint8_t tag, const void *v, size_t n) {
+  /* Callers only pass n <= KB_INLINE_MAX; KB_KEY_MSG_MAX covers them all. */
+  m->buf[m->len] = tag;
+  put_u32le(m->buf + m->len + 1, (uint32_t)n);
+  if (n) memcpy(m->buf + m->len + KB_REC_HDR, v, n);
+  m->len += KB_REC_HDR + n;
+}
+
+static void msg_digest(kb_msg *m, uint8_t tag, const char *s, size_t n) {
+  uint8_t d[16];
+  XXH128_hash_t h = XXH3_128bits(n ? s : "", n);
+  put_be128(d, h.high64, h.low64);
+  msg_rec(m, tag, d, sizeof d);
+}
+
+static void msg_id(kb_msg *m, uint8_t tag, const char *s, size_t n) {
+  if (n <= KB_INLINE_MAX)
+    msg_rec(m, tag, s, n);
+  else
+    msg_digest(m, (uint8_t)(tag | 0x80), s, n);
+}
+
+/* A text field of the view: NULL is only valid with length 0. */
+static int field_ok(const char *p, size_t n) { return p != NULL || n == 0; }
+
+static int view_ok(const spi_request_view *r) {
+  if (!r) return 0;
+  if (r->struct_size <
+      offsetof(spi_request_view, token_count) + sizeof r->token_count)
+    return 0;
+  return field_ok(r->model, r->model_len) &&
+         field_ok(r->tokenizer_version, r->tokenizer_version_len) &&
+         field_ok(r->system_prompt, r->system_prompt_len) &&
+         field_ok(r->tools_canonical, r->tools_canonical_len) &&
+         field_ok(r->retrieval_template, r->retrieval_template_len) &&
+         field_ok(r->tenant_tier, r->tenant_tier_len) &&
+         field_ok(r->tenant_salt, r->tenant_salt_len) &&
+         field_ok(r->decode_profile, r->decode_profile_len) &&
+         (r->prompt != NULL || r->prompt_len == 0) &&
+         (r->token_ids != NULL || r->token_count == 0);
+}
+
+static const kb_instance *instance_of(const void *instance) {
+  const kb_instance *in = instance;
+  return in && in->magic == KB_INSTANCE_MAGIC ? in : NULL;
+}
+
+/* ----------------------------------------------------------- callbacks */
+
+static int kb_build_key(void *state, void *instance,
+                        const spi_request_view *req, spi_cache_key *out) {
+  (void)state;
+  const kb_instance *in = instance_of(instance);
+  if (!in || !out || !view_ok(req)) return SPI_EINVAL;
+
+  kb_msg m;
+  memcpy(m.buf, KB_KEY_MAGIC, KB_MAGIC_LEN);
+  m.len = KB_MAGIC_LEN;
+  uint8_t ver[4];
+  put_u32le(ver, in->schema_version);
+  msg_rec(&m, 0x01, ver, sizeof ver);
+  msg_id(&m, 0x02, req->model, req->model_len);
+  msg_id(&m, 0x03, req->tokenizer_version, req->tokenizer_version_len);
+  msg_digest(&m, 0x04, req->system_prompt, req->system_prompt_len);
+  msg_digest(&m, 0x05, req->tools_canonical, req->tools_canonical_len);
+  msg_digest(&m, 0x06, req->retrieval_template, req->retrieval_template_len);
+  msg_id(&m, 0x07, req->tenant_tier, req->tenant_tier_len);
+  msg_id(&m, 0x08, req->tenant_salt, req->tenant_salt_len);
+  msg_id(&m, 0x09, req->decode_profile, req->decode_profile_len);
+
+  XXH128_hash_t h = XXH3_128bits_withSeed(m.buf, m.len, KB_KEY_SEED);
+  out->high64 = h.high64;
+  out->low64 = h.low64;
+  return SPI_OK;
+}
+
+static uint64_t chain_start(const spi_cache_key *key, uint8_t mode,
+                            uint32_t block_size) {
+  uint8_t s[KB_MAGIC_LEN + 16 + 1 + 4];
+  memcpy(s, KB_BLK_MAGIC, KB_MAGIC_LEN);
+  put_be128(s + KB_MAGIC_LEN, key->high64, key->low64);
+  s[KB_MAGIC_LEN + 16] = mode;
+  put_u32le(s + KB_MAGIC_LEN + 17, block_size);
+  return XXH3_64bits_withSeed(s, sizeof s, KB_BLK_SEED);
+}
+
+static uint64_t chain_step(uint64_t prev, uint64_t block_hash) {
+  uint8_t s[16];
+  put_u64le(s, prev);
+  put_u64le(s + 8, block_hash);
+  return XXH3_64bits_withSeed(s, sizeof s, KB_BLK_SEED);
+}
+
+static void byte_chain(const spi_cache_key *key, const uint8_t *p,
+                       size_t block, size_t n, uint64_t *out) {
+  uint64_t c = chain_start(key, KB_MODE_BYTES, (uint32_t)block);
+  for (size_t i = 0; i < n; i++, p += block) {
+    c = chain_step(c, XXH3_64bits(p, block));
+    out[i] = c;
+  }
+}
+
+/* Kept out of line so only token mode pays for the serialisation buffer. */
+__attribute__((noinline)) static void token_chain(const spi_cache_key *key,
+                                                  const uint32_t *ids,
+                                                  size_t block, size_t n,
+                                                  uint64_t *out) {
+  uint8_t ser[KB_MAX_BLOCK_TOKENS * 4];
+  uint64_t c = chain_start(key, KB_MODE_TOKENS, (uint32_t)block);
+  for (size_t i = 0; i < n; i++, ids += block) {
+    for (size_t j = 0; j < block; j++) put_u32le(ser + 4 * j, ids[j]);
+    c = chain_step(c, XXH3_64bits(ser, block * 4));
+    out[i] = c;
+  }
+}
+
+static int kb_block_hashes(void *state, void *instance,
+                           const spi_request_view *req,
+                           const spi_cache_key *key, uint64_t *out,
+                           size_t cap, size_t *n_out) {
+  (void)state;
+  const kb_instance *in = instance_of(instance);
+  if (!in || !key || !n_out || !view_ok(req) || (!out && cap > 0))
+    return SPI_EINVAL;
+
+  int tokens = req->token_count > 0;
+  size_t block = tokens ? in->block_tokens : in->block_bytes;
+  size_t total = tokens ? req->token_count : req->prompt_len;
+  if (block == 0 || (tokens && block > KB_MAX_BLOCK_TOKENS)) return SPI_EINVAL;
+  size_t n = total / block;
+  if (n > in->max_blocks) n = in->max_blocks;
+  *n_out = n;
+
+  size_t todo = n < cap ? n : cap;
+  if (todo > 0) {
+    if (tokens)
+      token_chain(key, req->token_ids, block, todo, out);
+    else
+      byte_chain(key, req->prompt, block, todo, out);
+  }
+  return n > cap ? SPI_EBUFSIZE : SPI_OK;
+}
+
+/* Read one integer option into a uint32_t (the table bounds fit). */
+static int read_u32(const cJSON *obj, const char *path, uint32_t *out,
+                    char *err, size_t errcap) {
+  int64_t v = 0;
+  int rc = spi__cfg_int(obj, path, "cache_key", &v, err, errcap);
+  if (rc != SPI_OK) return rc;
+  if (v < 0 || v > (int64_t)UINT32_MAX) {
+    spi__errf(err, errcap, "%s: out of range", path);
+    return SPI_ERANGE;
+  }
+  *out = (uint32_t)v;
+  return SPI_OK;
+}
+
+static int kb_configure(void *state, const char *json, size_t len,
+                        void **out_instance, char *err, size_t errcap) {
+  const spi_mem *mem = state;
+  if (!out_instance) return SPI_EINVAL;
+  *out_instance = NULL;
+  if (!mem || (!json && len > 0)) return SPI_EINVAL;
+  if (!json) {
+    json = "{}";
+    len = 2;
+  }
+
+  cJSON *obj = NULL;
+  int rc = spi__json_parse_object(json, len, KB_MAX_CONFIG_BYTES, "cache_key",
+                                  &obj, err, errcap);
+  if (rc != SPI_OK) return rc;
+
+  kb_instance cfg = {KB_INSTANCE_MAGIC, 0, 0, 0, 0};
+  rc = spi__cfg_check_keys(obj, "cache_key", "cache_key", err, errcap);
+  if (rc == SPI_OK)
+    rc = read_u32(obj, "cache_key.schema_version", &cfg.schema_version, err,
+                  errcap);
+  if (rc == SPI_OK)
+    rc = read_u32(obj, "cache_key.block_bytes", &cfg.block_bytes, err, errcap);
+  if (rc == SPI_OK)
+    rc = read_u32(obj, "cache_key.block_tokens", &cfg.block_tokens, err,
+                  errcap);
+  if (rc == SPI_OK)
+    rc = read_u32(obj, "cache_key.max_blocks", &cfg.max_blocks, err, errcap);
+  cJSON_Delete(obj);
+  if (rc != SPI_OK) return rc;
+
+  /* The table bounds already hold; these guard the stack buffers if the
+   * table and this file ever disagree. */
+  if (cfg.block_bytes == 0 || cfg.block_tokens == 0 ||
+      cfg.block_tokens > KB_MAX_BLOCK_TOKENS) {
+    spi__errf(err, errcap, "cache_key.block_tokens: at most %d",
+              KB_MAX_BLOCK_TOKENS);
+    return SPI_ERANGE;
+  }
+
+  kb_instance *in = spi__alloc(mem, sizeof *in);
+  if (!in) {
+    spi__errf(err, errcap, "cache_key: out of memory");
+    return SPI_ENOMEM;
+  }
+  *in = cfg;
+  *out_instance = in;
+  return SPI_OK;
+}
+
+static void kb_release(void *state, void *instance) {
+  const spi_mem *mem = state;
+  kb_instance *in = instance;
+  if (!mem || !in) return;
+  in->magic = 0;
+  spi__free(mem, in);
+}
+
+void spi__builtin_key_builder(spi_key_builder_module *out) {
+  memset(out, 0, sizeof *out);
+  out->abi_version = SPI_MODULE_ABI_VERSION;
+  out->struct_size = (uint32_t)sizeof *out;
+  out->on_failure = SPI_ON_FAILURE_ERROR;
+  out->configure = kb_configure;
+  out->release = kb_release;
+  out->build_key = kb_build_key;
+  out->block_hashes = kb_block_hashes;
+}

@@ -1,0 +1,895 @@
+/*
+ * test_keybuilder.c - the built-in "xxh3-v1" key builder.
+ *
+ * The golden vectors (tests/golden/cache_key_vectors.json) come from an
+ * independent implementation of the wire format (tests/golden/gen_vectors.py);
+ * every key and block hash must match them byte for byte. The property tests
+ * below check what the vectors cannot: argument validation, the cap /
+ * SPI_EBUFSIZE contract, chaining, isolation, configuration errors and
+ * allocation failure.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+#include <cjson/cJSON.h>
+
+#include "spi_internal.h"
+
+#ifndef SPI_SOURCE_DIR
+#define SPI_SOURCE_DIR "."
+#endif
+
+/* ------------------------------------------------------------ allocator */
+
+/* Counts live blocks and fails the allocation numbered fail_at (0-based). */
+typedef struct counting_alloc {
+  long live;
+  long calls;
+  long fail_at; /* -1: never fail */
+} counting_alloc;
+
+static void *count_alloc(void *ud, size_t size) {
+  counting_alloc *a = ud;
+  if (a->calls++ == a->fail_at) return NULL;
+  void *p = malloc(size);
+  if (p) a->live++;
+  return p;
+}
+
+static void count_free(void *ud, void *p) {
+  counting_alloc *a = ud;
+  if (p) a->live--;
+  free(p);
+}
+
+static spi_mem mem_of(counting_alloc *a) {
+  spi_mem m = {count_alloc, count_free, a};
+  return m;
+}
+
+/* ------------------------------------------------------------- fixtures */
+
+typedef struct kb {
+  counting_alloc counts;
+  spi_mem mem;
+  spi_key_builder_module mod;
+  void *inst;
+  char err[SPI_ERRMSG_CAP];
+} kb;
+
+static int kb_config(kb *k, const char *json) {
+  if (k->inst) k->mod.release(&k->mem, k->inst);
+  k->inst = NULL;
+  k->err[0] = '\0';
+  return k->mod.configure(&k->mem, json, strlen(json), &k->inst, k->err,
+                          sizeof k->err);
+}
+
+static kb *kb_new(const char *json) {
+  kb *k = calloc(1, sizeof *k);
+  assert_non_null(k);
+  k->counts.fail_at = -1;
+  k->mem = mem_of(&k->counts);
+  spi__builtin_key_builder(&k->mod);
+  assert_int_equal(kb_config(k, json), SPI_OK);
+  return k;
+}
+
+static void kb_free(kb *k) {
+  if (k->inst) k->mod.release(&k->mem, k->inst);
+  assert_int_equal(k->counts.live, 0);
+  free(k);
+}
+
+static spi_request_view base_view(void) {
+  spi_request_view v;
+  memset(&v, 0, sizeof v);
+  v.struct_size = sizeof v;
+#define SETS(f, s) (v.f = (s), v.f##_len = strlen(s))
+  SETS(model, "llama-3.1-70b-instruct");
+  SETS(tokenizer_version, "llama3-tok-2024-07");
+  SETS(system_prompt, "You are a helpful assistant.");
+  SETS(tools_canonical, "[{\"name\":\"f\"}]");
+  SETS(retrieval_template, "Context: {{docs}}");
+  SETS(tenant, "acme");
+  SETS(tenant_tier, "enterprise");
+  SETS(tenant_salt, "salt-a");
+  SETS(decode_profile, "streaming-balanced");
+#undef SETS
+  return v;
+}
+
+static spi_cache_key key_of(kb *k, const spi_request_view *v) {
+  spi_cache_key key = {0, 0};
+  assert_int_equal(k->mod.build_key(&k->mem, k->inst, v, &key), SPI_OK);
+  return key;
+}
+
+static int same_key(spi_cache_key a, spi_cache_key b) {
+  return a.high64 == b.high64 && a.low64 == b.low64;
+}
+
+static uint8_t *pattern(size_t n, unsigned mul, unsigned add) {
+  uint8_t *p = malloc(n ? n : 1);
+  assert_non_null(p);
+  for (size_t i = 0; i < n; i++) p[i] = (uint8_t)(i * mul + add);
+  return p;
+}
+
+/* -------------------------------------------------------- golden vectors */
+
+static char *read_file(const char *path, size_t *len) {
+  FILE *f = fopen(path, "rb");
+  if (!f) return NULL;
+  size_t cap = 1 << 16, n = 0;
+  char *buf = malloc(cap);
+  for (;;) {
+    if (n == cap) buf = realloc(buf, cap *= 2);
+    size_t r = fread(buf + n, 1, cap - n, f);
+    if (r == 0) break;
+    n += r;
+  }
+  fclose(f);
+  *len = n;
+  return buf;
+}
+
+static int hexval(char c) {
+  if (c >= '0' && c <= '9') return c - '0';
+  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+  return -1;
+}
+
+/* A vector field: a string, {"hex": ...} or {"repeat": s, "count": n}.
+ * Returns a malloc'd buffer (never NULL) and its length. */
+static char *field_bytes(const cJSON *req, const char *name, size_t *len) {
+  const cJSON *f = cJSON_GetObjectItemCaseSensitive(req, name);
+  *len = 0;
+  if (!f) return calloc(1, 1);
+  if (cJSON_IsString(f)) {
+    *len = strlen(f->valuestring);
+    char *p = malloc(*len + 1);
+    memcpy(p, f->valuestring, *len + 1);
+    return p;
+  }
+  const cJSON *hex = cJSON_GetObjectItemCaseSensitive(f, "hex");
+  if (hex) {
+    size_t n = strlen(hex->valuestring) / 2;
+    char *p = malloc(n + 1);
+    for (size_t i = 0; i < n; i++)
+      p[i] = (char)(hexval(hex->valuestring[2 * i]) * 16 +
+                    hexval(hex->valuestring[2 * i + 1]));
+    *len = n;
+    return p;
+  }
+  const char *rep = cJSON_GetObjectItemCaseSensitive(f, "repeat")->valuestring;
+  size_t count =
+      (size_t)cJSON_GetObjectItemCaseSensitive(f, "count")->valuedouble;
+  size_t rl = strlen(rep);
+  char *p = malloc(rl * count + 1);
+  for (size_t i = 0; i < count; i++) memcpy(p + i * rl, rep, rl);
+  *len = rl * count;
+  return p;
+}
+
+static double num(const cJSON *obj, const char *name) {
+  const cJSON *it = cJSON_GetObjectItemCaseSensitive(obj, name);
+  assert_non_null(it);
+  return it->valuedouble;
+}
+
+static void run_vector(const cJSON *vec) {
+  const char *name = cJSON_GetObjectItemCaseSensitive(vec, "name")->valuestring;
+  const cJSON *req = cJSON_GetObjectItemCaseSensitive(vec, "request");
+  char *cfg_text =
+      cJSON_PrintUnformatted(cJSON_GetObjectItemCaseSensitive(vec, "config"));
+  kb *k = kb_new(cfg_text);
+  cJSON_free(cfg_text);
+
+  spi_request_view v;
+  memset(&v, 0, sizeof v);
+  v.struct_size = sizeof v;
+  char *model = field_bytes(req, "model", &v.model_len);
+  char *tok = field_bytes(req, "tokenizer_version", &v.tokenizer_version_len);
+  char *sys = field_bytes(req, "system_prompt", &v.system_prompt_len);
+  size_t tools_len = 0;
+  char *tools = field_bytes(req, "tools_json", &tools_len);
+  char *retr = field_bytes(req, "retrieval_template", &v.retrieval_template_len);
+  char *tier = field_bytes(req, "tenant_tier", &v.tenant_tier_len);
+  char *salt = field_bytes(req, "tenant_salt", &v.tenant_salt_len);
+  char *prof = field_bytes(req, "decode_profile", &v.decode_profile_len);
+  v.model = model;
+  v.tokenizer_version = tok;
+  v.system_prompt = sys;
+  v.retrieval_template = retr;
+  v.tenant_tier = tier;
+  v.tenant_salt = salt;
+  v.decode_profile = prof;
+
+  /* Tools go through the same canonicalisation the request module uses. */
+  spi_buf canon = {0};
+  if (tools_len) {
+    cJSON *t = cJSON_ParseWithLengthOpts(tools, tools_len, NULL, 0);
+    assert_non_null(t);
+    assert_int_equal(spi__canon_json(t, &canon, &k->mem), SPI_OK);
+    cJSON_Delete(t);
+  }
+  const char *want_tools =
+      cJSON_GetObjectItemCaseSensitive(vec, "tools_canonical")->valuestring;
+  if (canon.len != strlen(want_tools) ||
+      (canon.len && memcmp(canon.data, want_tools, canon.len) != 0))
+    fail_msg("%s: canonical tools differ", name);
+  v.tools_canonical = (const char *)canon.data;
+  v.tools_canonical_len = canon.len;
+
+  /* Prompt bytes or token ids. */
+  uint8_t *prompt = NULL;
+  const cJSON *pg = cJSON_GetObjectItemCaseSensitive(req, "prompt_gen");
+  if (pg) {
+    v.prompt_len = (size_t)num(pg, "len");
+    prompt = pattern(v.prompt_len, (unsigned)num(pg, "mul"),
+                     (unsigned)num(pg, "add"));
+  } else {
+    prompt = (uint8_t *)field_bytes(req, "prompt", &v.prompt_len);
+  }
+  v.prompt = prompt;
+  uint32_t *ids = NULL;
+  const cJSON *tg = cJSON_GetObjectItemCaseSensitive(req, "token_gen");
+  const cJSON *ti = cJSON_GetObjectItemCaseSensitive(req, "token_ids");
+  if (tg) {
+    v.token_count = (size_t)num(tg, "count");
+    ids = malloc(v.token_count * sizeof *ids);
+    uint64_t mul = (uint64_t)num(tg, "mul"), add = (uint64_t)num(tg, "add");
+    for (size_t i = 0; i < v.token_count; i++)
+      ids[i] = (uint32_t)(i * mul + add);
+  } else if (ti) {
+    v.token_count = (size_t)cJSON_GetArraySize(ti);
+    ids = malloc((v.token_count ? v.token_count : 1) * sizeof *ids);
+    size_t i = 0;
+    for (const cJSON *e = ti->child; e; e = e->next)
+      ids[i++] = (uint32_t)e->valuedouble;
+  }
+  v.token_ids = ids;
+
+  spi_cache_key key = key_of(k, &v);
+  char hex[33];
+  snprintf(hex, sizeof hex, "%016llx%016llx", (unsigned long long)key.high64,
+           (unsigned long long)key.low64);
+  const char *want_key = cJSON_GetObjectItemCaseSensitive(vec, "key")->valuestring;
+  if (strcmp(hex, want_key) != 0)
+    fail_msg("%s: key %s, expected %s", name, hex, want_key);
+
+  const cJSON *blocks = cJSON_GetObjectItemCaseSensitive(vec, "blocks");
+  size_t want_n = (size_t)cJSON_GetArraySize(blocks);
+  uint64_t *out = calloc(want_n + 1, sizeof *out);
+  size_t n = 12345;
+  assert_int_equal(k->mod.block_hashes(&k->mem, k->inst, &v, &key, out,
+                                       want_n + 1, &n),
+                   SPI_OK);
+  if (n != want_n) fail_msg("%s: %zu blocks, expected %zu", name, n, want_n);
+  size_t i = 0;
+  for (const cJSON *b = blocks->child; b; b = b->next, i++) {
+    char bh[17];
+    snprintf(bh, sizeof bh, "%016llx", (unsigned long long)out[i]);
+    if (strcmp(bh, b->valuestring) != 0)
+      fail_msg("%s: block %zu is %s, expected %s", name, i, bh, b->valuestring);
+  }
+
+  free(out);
+  free(ids);
+  free(prompt);
+  spi__buf_free(&canon, &k->mem);
+  free(model);
+  free(tok);
+  free(sys);
+  free(tools);
+  free(retr);
+  free(tier);
+  free(salt);
+  free(prof);
+  kb_free(k);
+}
+
+static void test_golden_vectors(void **st) {
+  (void)st;
+  size_t len = 0;
+  char *text =
+      read_file(SPI_SOURCE_DIR "/tests/golden/cache_key_vectors.json", &len);
+  assert_non_null(text);
+  cJSON *doc = cJSON_ParseWithLengthOpts(text, len, NULL, 0);
+  assert_non_null(doc);
+  assert_string_equal(
+      cJSON_GetObjectItemCaseSensitive(doc, "module")->valuestring,
+      SPI_BUILTIN_KEY_BUILDER);
+  const cJSON *vecs = cJSON_GetObjectItemCaseSensitive(doc, "vectors");
+  assert_true(cJSON_GetArraySize(vecs) >= 30);
+  for (const cJSON *v = vecs->child; v; v = v->next) run_vector(v);
+  cJSON_Delete(doc);
+  free(text);
+}
+
+/* ------------------------------------------------------------ module */
+
+static void test_module_struct(void **st) {
+  (void)st;
+  spi_key_builder_module m;
+  memset(&m, 0xab, sizeof m);
+  spi__builtin_key_builder(&m);
+  assert_int_equal(m.abi_version, SPI_MODULE_ABI_VERSION);
+  assert_int_equal(m.struct_size, sizeof m);
+  assert_int_equal(m.on_failure, SPI_ON_FAILURE_ERROR);
+  assert_int_equal(m.reserved0, 0);
+  assert_non_null(m.configure);
+  assert_non_null(m.release);
+  assert_non_null(m.build_key);
+  assert_non_null(m.block_hashes);
+}
+
+/* The defaults come from the option table, and the table's default block
+ * size is what an empty configuration uses. */
+static void test_defaults_from_table(void **st) {
+  (void)st;
+  const spi_optdesc *d = spi__opt_find("cache_key.block_bytes");
+  assert_non_null(d);
+  size_t bb = (size_t)strtoul(d->default_json, NULL, 10);
+  assert_true(bb >= 16 && bb <= 1048576);
+  kb *k = kb_new("{}");
+  spi_request_view v = base_view();
+  uint8_t *p = pattern(3 * bb - 1, 5, 1);
+  v.prompt = p;
+  v.prompt_len = 3 * bb - 1;
+  spi_cache_key key = key_of(k, &v);
+  uint64_t out[4];
+  size_t n = 0;
+  assert_int_equal(k->mod.block_hashes(&k->mem, k->inst, &v, &key, out, 4, &n),
+                   SPI_OK);
+  assert_int_equal(n, 2);
+  /* Token mode uses block_tokens (default 16). */
+  uint32_t ids[40] = {0};
+  v.token_ids = ids;
+  v.token_count = 40;
+  assert_int_equal(k->mod.block_hashes(&k->mem, k->inst, &v, &key, out, 4, &n),
+                   SPI_OK);
+  assert_int_equal(n, 2);
+  free(p);
+  kb_free(k);
+}
+
+/* ------------------------------------------------------ argument checks */
+
+static void test_null_arguments(void **st) {
+  (void)st;
+  kb *k = kb_new("{}");
+  spi_request_view v = base_view();
+  spi_cache_key key = key_of(k, &v);
+  uint64_t out[2];
+  size_t n = 0;
+  assert_int_equal(k->mod.build_key(&k->mem, NULL, &v, &key), SPI_EINVAL);
+  assert_int_equal(k->mod.build_key(&k->mem, k->inst, NULL, &key), SPI_EINVAL);
+  assert_int_equal(k->mod.build_key(&k->mem, k->inst, &v, NULL), SPI_EINVAL);
+  assert_int_equal(k->mod.block_hashes(&k->mem, NULL, &v, &key, out, 2, &n),
+                   SPI_EINVAL);
+  assert_int_equal(k->mod.block_hashes(&k->mem, k->inst, NULL, &key, out, 2, &n),
+                   SPI_EINVAL);
+  assert_int_equal(k->mod.block_hashes(&k->mem, k->inst, &v, NULL, out, 2, &n),
+                   SPI_EINVAL);
+  assert_int_equal(k->mod.block_hashes(&k->mem, k->inst, &v, &key, out, 2, NULL),
+                   SPI_EINVAL);
+  assert_int_equal(k->mod.block_hashes(&k->mem, k->inst, &v, &key, NULL, 1, &n),
+                   SPI_EINVAL);
+  /* NULL with length 0 is the empty string, NULL with a length is not. */
+  spi_request_view e = base_view();
+  e.model = NULL;
+  e.model_len = 0;
+  spi_request_view z = base_view();
+  z.model = "";
+  z.model_len = 0;
+  assert_true(same_key(key_of(k, &e), key_of(k, &z)));
+  e.tenant_salt = NULL;
+  e.tenant_salt_len = 3;
+  assert_int_equal(k->mod.build_key(&k->mem, k->inst, &e, &key), SPI_EINVAL);
+  e = base_view();
+  e.prompt_len = 10;
+  assert_int_equal(k->mod.block_hashes(&k->mem, k->inst, &e, &key, out, 2, &n),
+                   SPI_EINVAL);
+  e = base_view();
+  e.token_count = 10;
+  assert_int_equal(k->mod.block_hashes(&k->mem, k->inst, &e, &key, out, 2, &n),
+                   SPI_EINVAL);
+  /* A view older than the fields the builder reads is refused. */
+  e = base_view();
+  e.struct_size = offsetof(spi_request_view, prompt);
+  assert_int_equal(k->mod.build_key(&k->mem, k->inst, &e, &key), SPI_EINVAL);
+  /* An instance that is not one of ours. */
+  uint32_t bogus[8] = {0};
+  assert_int_equal(k->mod.build_key(&k->mem, bogus, &v, &key), SPI_EINVAL);
+  kb_free(k);
+}
+
+/* ------------------------------------------------ cap and SPI_EBUFSIZE */
+
+static void test_cap_contract(void **st) {
+  (void)st;
+  kb *k = kb_new("{\"block_bytes\":64}");
+  spi_request_view v = base_view();
+  uint8_t *p = pattern(64 * 5 + 10, 7, 3); /* 5 full blocks */
+  v.prompt = p;
+  v.prompt_len = 64 * 5 + 10;
+  spi_cache_key key = key_of(k, &v);
+
+  uint64_t all[5];
+  size_t n = 0;
+  assert_int_equal(k->mod.block_hashes(&k->mem, k->inst, &v, &key, all, 5, &n),
+                   SPI_OK);
+  assert_int_equal(n, 5);
+
+  /* Size query: out NULL, cap 0. */
+  n = 0;
+  assert_int_equal(k->mod.block_hashes(&k->mem, k->inst, &v, &key, NULL, 0, &n),
+                   SPI_EBUFSIZE);
+  assert_int_equal(n, 5);
+
+  /* cap < n: exactly cap written, the rest untouched, total reported. */
+  for (size_t cap = 0; cap < 5; cap++) {
+    uint64_t out[8];
+    memset(out, 0xee, sizeof out);
+    n = 0;
+    assert_int_equal(
+        k->mod.block_hashes(&k->mem, k->inst, &v, &key, out, cap, &n),
+        SPI_EBUFSIZE);
+    assert_int_equal(n, 5);
+    if (cap) assert_memory_equal(out, all, cap * sizeof *out);
+    for (size_t i = cap; i < 8; i++)
+      assert_true(out[i] == UINT64_C(0xeeeeeeeeeeeeeeee));
+  }
+
+  /* cap > n: n written, no more. */
+  uint64_t big[8];
+  memset(big, 0xee, sizeof big);
+  assert_int_equal(k->mod.block_hashes(&k->mem, k->inst, &v, &key, big, 8, &n),
+                   SPI_OK);
+  assert_int_equal(n, 5);
+  assert_memory_equal(big, all, sizeof all);
+  for (size_t i = 5; i < 8; i++)
+    assert_true(big[i] == UINT64_C(0xeeeeeeeeeeeeeeee));
+
+  /* No full block: n = 0 and SPI_OK even with cap 0. */
+  v.prompt_len = 63;
+  n = 99;
+  assert_int_equal(k->mod.block_hashes(&k->mem, k->inst, &v, &key, NULL, 0, &n),
+                   SPI_OK);
+  assert_int_equal(n, 0);
+  free(p);
+  kb_free(k);
+}
+
+static void test_max_blocks(void **st) {
+  (void)st;
+  kb *k = kb_new("{\"block_bytes\":16,\"max_blocks\":4}");
+  spi_request_view v = base_view();
+  uint8_t *p = pattern(16 * 100, 11, 0);
+  v.prompt = p;
+  v.prompt_len = 16 * 100;
+  spi_cache_key key = key_of(k, &v);
+  uint64_t capped[8];
+  size_t n = 0;
+  assert_int_equal(
+      k->mod.block_hashes(&k->mem, k->inst, &v, &key, capped, 8, &n), SPI_OK);
+  assert_int_equal(n, 4);
+  /* The capped hashes are the first ones of the uncapped chain. */
+  assert_int_equal(kb_config(k, "{\"block_bytes\":16,\"max_blocks\":1000}"),
+                   SPI_OK);
+  uint64_t full[100];
+  assert_int_equal(
+      k->mod.block_hashes(&k->mem, k->inst, &v, &key, full, 100, &n), SPI_OK);
+  assert_int_equal(n, 100);
+  assert_memory_equal(capped, full, 4 * sizeof *full);
+  free(p);
+  kb_free(k);
+}
+
+/* ------------------------------------------------------------- chaining */
+
+static void test_chaining(void **st) {
+  (void)st;
+  enum { B = 64, NB = 6 };
+  kb *k = kb_new("{\"block_bytes\":64}");
+  spi_request_view v = base_view();
+  uint8_t *p = pattern(B * NB + 20, 13, 1);
+  v.prompt = p;
+  v.prompt_len = B * NB + 20;
+  spi_cache_key key = key_of(k, &v);
+  uint64_t ref[NB], out[NB];
+  size_t n = 0;
+  assert_int_equal(k->mod.block_hashes(&k->mem, k->inst, &v, &key, ref, NB, &n),
+                   SPI_OK);
+  assert_int_equal(n, NB);
+  for (size_t i = 0; i < NB; i++)
+    for (size_t j = i + 1; j < NB; j++) assert_true(ref[i] != ref[j]);
+
+  /* A changed byte in block b changes the hash of b and every later block
+   * and nothing before it. */
+  for (size_t b = 0; b < NB; b++) {
+    p[b * B + 17] ^= 0x40;
+    assert_int_equal(
+        k->mod.block_hashes(&k->mem, k->inst, &v, &key, out, NB, &n), SPI_OK);
+    for (size_t i = 0; i < NB; i++) {
+      if (i < b)
+        assert_true(out[i] == ref[i]);
+      else
+        assert_true(out[i] != ref[i]);
+    }
+    p[b * B + 17] ^= 0x40;
+  }
+  /* The trailing partial block does not count. */
+  p[B * NB + 3] ^= 1;
+  assert_int_equal(k->mod.block_hashes(&k->mem, k->inst, &v, &key, out, NB, &n),
+                   SPI_OK);
+  assert_memory_equal(out, ref, sizeof ref);
+
+  /* The same block contents in a different order give different chains. */
+  uint8_t *swapped = malloc(B * 2);
+  memcpy(swapped, p + B, B);
+  memcpy(swapped + B, p, B);
+  spi_request_view s = v;
+  s.prompt = swapped;
+  s.prompt_len = B * 2;
+  assert_int_equal(k->mod.block_hashes(&k->mem, k->inst, &s, &key, out, 2, &n),
+                   SPI_OK);
+  assert_true(out[0] != ref[1] && out[1] != ref[0] && out[1] != ref[1]);
+
+  /* A different block size gives different hashes even for block 0's
+   * bytes (the size is part of the chain start). */
+  assert_int_equal(kb_config(k, "{\"block_bytes\":32}"), SPI_OK);
+  assert_int_equal(k->mod.block_hashes(&k->mem, k->inst, &v, &key, out, NB, &n),
+                   SPI_EBUFSIZE);
+  assert_int_equal(n, (B * NB + 20) / 32);
+  for (size_t i = 0; i < NB; i++) assert_true(out[i] != ref[i]);
+  free(swapped);
+  free(p);
+  kb_free(k);
+}
+
+/* Token ids whose little-endian bytes equal a byte prompt never produce
+ * the byte prompt's hashes: the mode is part of the chain. Also checks the
+ * explicit u32le serialisation against a hand-built byte buffer. */
+static void test_token_mode(void **st) {
+  (void)st;
+  kb *k = kb_new("{\"block_bytes\":64,\"block_tokens\":16}");
+  spi_request_view v = base_view();
+  uint32_t ids[40];
+  uint8_t bytes[160];
+  for (uint32_t i = 0; i < 40; i++) {
+    ids[i] = i * 0x01010101u + 0x80;
+    bytes[4 * i] = (uint8_t)ids[i];
+    bytes[4 * i + 1] = (uint8_t)(ids[i] >> 8);
+    bytes[4 * i + 2] = (uint8_t)(ids[i] >> 16);
+    bytes[4 * i + 3] = (uint8_t)(ids[i] >> 24);
+  }
+  spi_cache_key key = key_of(k, &v);
+  uint64_t th[4], bh[4];
+  size_t n = 0;
+  v.token_ids = ids;
+  v.token_count = 40;
+  assert_int_equal(k->mod.block_hashes(&k->mem, k->inst, &v, &key, th, 4, &n),
+                   SPI_OK);
+  assert_int_equal(n, 2); /* 40 / 16, 8 ids ignored */
+  v.token_ids = NULL;
+  v.token_count = 0;
+  v.prompt = bytes;
+  v.prompt_len = sizeof bytes;
+  assert_int_equal(k->mod.block_hashes(&k->mem, k->inst, &v, &key, bh, 4, &n),
+                   SPI_OK);
+  assert_int_equal(n, 2); /* 160 / 64, 32 bytes ignored: the same bytes */
+  assert_true(th[0] != bh[0] && th[1] != bh[1]);
+  /* Token ids win over prompt bytes when both are present. */
+  v.token_ids = ids;
+  v.token_count = 40;
+  uint64_t both[4];
+  assert_int_equal(k->mod.block_hashes(&k->mem, k->inst, &v, &key, both, 4, &n),
+                   SPI_OK);
+  assert_memory_equal(both, th, 2 * sizeof *th);
+  /* The largest block_tokens works (serialised on the stack). */
+  assert_int_equal(kb_config(k, "{\"block_tokens\":4096}"), SPI_OK);
+  uint32_t *many = calloc(4096 * 3, sizeof *many);
+  v.token_ids = many;
+  v.token_count = 4096 * 3;
+  assert_int_equal(k->mod.block_hashes(&k->mem, k->inst, &v, &key, th, 4, &n),
+                   SPI_OK);
+  assert_int_equal(n, 3);
+  free(many);
+  kb_free(k);
+}
+
+/* ------------------------------------------------------------ isolation */
+
+static void test_every_field_matters(void **st) {
+  (void)st;
+  kb *k = kb_new("{}");
+  const spi_request_view base = base_view();
+  spi_cache_key ref = key_of(k, &base);
+  spi_cache_key seen[16];
+  size_t nseen = 0;
+  seen[nseen++] = ref;
+#define CHANGE(f, s)                                       \
+  do {                                                     \
+    spi_request_view c = base;                             \
+    c.f = (s);                                             \
+    c.f##_len = strlen(s);                                 \
+    spi_cache_key kk = key_of(k, &c);                      \
+    for (size_t i = 0; i < nseen; i++)                     \
+      assert_false(same_key(kk, seen[i]));                 \
+    seen[nseen++] = kk;                                    \
+  } while (0)
+  CHANGE(model, "llama-3.1-8b-instruct");
+  CHANGE(tokenizer_version, "llama3-tok-2024-09");
+  CHANGE(system_prompt, "You are a helpful assistant!");
+  CHANGE(tools_canonical, "[{\"name\":\"g\"}]");
+  CHANGE(retrieval_template, "Context: {{doc}}");
+  CHANGE(tenant_tier, "free");
+  CHANGE(tenant_salt, "salt-b");
+  CHANGE(decode_profile, "batch");
+  /* Moving bytes between adjacent fields changes the key (lengths are
+   * part of the encoding). */
+  CHANGE(model, "llama-3.1-70b-instructl");
+#undef CHANGE
+  spi_request_view c = base;
+  c.tokenizer_version = "lama3-tok-2024-07";
+  c.tokenizer_version_len = strlen(c.tokenizer_version);
+  c.model = "llama-3.1-70b-instructl";
+  c.model_len = strlen(c.model);
+  assert_false(same_key(key_of(k, &c), ref));
+
+  /* Fields the key does not cover leave it alone. */
+  c = base;
+  c.tenant = "someone-else";
+  c.tenant_len = strlen(c.tenant);
+  c.stream = 1;
+  c.priority = -5;
+  c.priority_set = 1;
+  uint8_t prompt[100] = {1};
+  c.prompt = prompt;
+  c.prompt_len = sizeof prompt;
+  assert_true(same_key(key_of(k, &c), ref));
+
+  /* The schema version is part of every key. */
+  assert_int_equal(kb_config(k, "{\"schema_version\":2}"), SPI_OK);
+  assert_false(same_key(key_of(k, &base), ref));
+  assert_int_equal(kb_config(k, "{\"schema_version\":1,\"block_bytes\":64}"),
+                   SPI_OK);
+  assert_true(same_key(key_of(k, &base), ref)); /* block size is not */
+  kb_free(k);
+}
+
+static void test_salt_isolation(void **st) {
+  (void)st;
+  kb *k = kb_new("{\"block_bytes\":32}");
+  spi_request_view a = base_view(), b = base_view();
+  b.tenant_salt = "salt-b";
+  b.tenant_salt_len = 6;
+  uint8_t *p = pattern(32 * 20, 3, 9);
+  a.prompt = b.prompt = p;
+  a.prompt_len = b.prompt_len = 32 * 20;
+  spi_cache_key ka = key_of(k, &a), kbk = key_of(k, &b);
+  assert_false(same_key(ka, kbk));
+  uint64_t ha[20], hb[20];
+  size_t n = 0;
+  assert_int_equal(k->mod.block_hashes(&k->mem, k->inst, &a, &ka, ha, 20, &n),
+                   SPI_OK);
+  assert_int_equal(k->mod.block_hashes(&k->mem, k->inst, &b, &kbk, hb, 20, &n),
+                   SPI_OK);
+  for (size_t i = 0; i < 20; i++)
+    for (size_t j = 0; j < 20; j++) assert_true(ha[i] != hb[j]);
+  free(p);
+  kb_free(k);
+}
+
+/* Tools JSON that means the same gives the same key once canonicalised. */
+static void test_tools_order_invariance(void **st) {
+  (void)st;
+  static const char *const variants[] = {
+      "[{\"type\":\"function\",\"function\":{\"name\":\"lookup\",\"parameters\":"
+      "{\"type\":\"object\",\"properties\":{\"q\":{\"type\":\"string\"},"
+      "\"n\":{\"type\":\"integer\",\"default\":10}}}}}]",
+      "[ { \"function\" : { \"parameters\" : { \"properties\" : { \"n\" : "
+      "{ \"default\" : 1e1 , \"type\" : \"integer\" } , \"q\" : { \"type\" : "
+      "\"string\" } } , \"type\" : \"object\" } , \"name\" : \"lookup\" } , "
+      "\"type\" : \"function\" } ]",
+      "[\n\t{\"function\":{\"name\":\"look\\u0075p\",\"parameters\":"
+      "{\"properties\":{\"q\":{\"type\":\"string\"},\"n\":{\"default\":10.0,"
+      "\"type\":\"integer\"}},\"type\":\"object\"}},\"type\":\"function\"}\r\n]",
+  };
+  kb *k = kb_new("{}");
+  spi_cache_key first = {0, 0};
+  for (size_t i = 0; i < sizeof variants / sizeof variants[0]; i++) {
+    cJSON *t = cJSON_ParseWithLengthOpts(variants[i], strlen(variants[i]),
+                                         NULL, 0);
+    assert_non_null(t);
+    spi_buf canon = {0};
+    assert_int_equal(spi__canon_json(t, &canon, &k->mem), SPI_OK);
+    cJSON_Delete(t);
+    spi_request_view v = base_view();
+    v.tools_canonical = (const char *)canon.data;
+    v.tools_canonical_len = canon.len;
+    spi_cache_key kk = key_of(k, &v);
+    if (i == 0)
+      first = kk;
+    else
+      assert_true(same_key(kk, first));
+    spi__buf_free(&canon, &k->mem);
+  }
+  kb_free(k);
+}
+
+/* Fields of 1 MiB work without allocation and long identifiers take their
+ * digest form; a 256-byte and a 257-byte model differ. */
+static void test_large_fields(void **st) {
+  (void)st;
+  kb *k = kb_new("{}");
+  size_t big = 1u << 20;
+  char *text = malloc(big);
+  memset(text, 'x', big);
+  spi_request_view v = base_view();
+  long before = k->counts.calls;
+  v.model = v.tokenizer_version = v.system_prompt = v.tools_canonical = text;
+  v.retrieval_template = v.tenant_tier = v.tenant_salt = v.decode_profile = text;
+  v.model_len = v.tokenizer_version_len = v.system_prompt_len = big;
+  v.tools_canonical_len = v.retrieval_template_len = v.tenant_tier_len = big;
+  v.tenant_salt_len = v.decode_profile_len = big;
+  spi_cache_key a = key_of(k, &v);
+  v.decode_profile_len = big - 1;
+  spi_cache_key b = key_of(k, &v);
+  assert_false(same_key(a, b));
+  assert_int_equal(k->counts.calls, before); /* nothing allocated */
+
+  spi_request_view m = base_view();
+  m.model = text;
+  m.model_len = 256;
+  spi_cache_key k256 = key_of(k, &m);
+  m.model_len = 257;
+  spi_cache_key k257 = key_of(k, &m);
+  assert_false(same_key(k256, k257));
+  free(text);
+  kb_free(k);
+}
+
+/* ---------------------------------------------------------- configuration */
+
+static void expect_config_error(const char *json, int status,
+                                const char *needle) {
+  kb *k = kb_new("{}");
+  void *inst = (void *)1;
+  char err[SPI_ERRMSG_CAP] = "";
+  int rc = k->mod.configure(&k->mem, json, strlen(json), &inst, err, sizeof err);
+  if (rc != status)
+    fail_msg("config %s: status %d, expected %d (%s)", json, rc, status, err);
+  assert_null(inst);
+  if (!strstr(err, needle))
+    fail_msg("config %s: message \"%s\" lacks \"%s\"", json, err, needle);
+  kb_free(k);
+}
+
+static void test_config_errors(void **st) {
+  (void)st;
+  expect_config_error("{\"block_byte\":64}", SPI_EUNKNOWN,
+                      "cache_key.block_byte");
+  expect_config_error("{\"block_bytes\":\"64\"}", SPI_ETYPE,
+                      "cache_key.block_bytes");
+  expect_config_error("{\"block_bytes\":64.5}", SPI_ETYPE,
+                      "cache_key.block_bytes");
+  expect_config_error("{\"block_bytes\":8}", SPI_ERANGE,
+                      "cache_key.block_bytes");
+  expect_config_error("{\"block_bytes\":1048577}", SPI_ERANGE,
+                      "cache_key.block_bytes");
+  expect_config_error("{\"block_tokens\":0}", SPI_ERANGE,
+                      "cache_key.block_tokens");
+  expect_config_error("{\"block_tokens\":4097}", SPI_ERANGE,
+                      "cache_key.block_tokens");
+  expect_config_error("{\"max_blocks\":0}", SPI_ERANGE, "cache_key.max_blocks");
+  expect_config_error("{\"schema_version\":65536}", SPI_ERANGE,
+                      "cache_key.schema_version");
+  expect_config_error("{\"schema_version\":true}", SPI_ETYPE,
+                      "cache_key.schema_version");
+  expect_config_error("{\"block_bytes\":64", SPI_EPARSE, "cache_key");
+  expect_config_error("[]", SPI_ETYPE, "cache_key");
+  expect_config_error("{\"max_blocks\":1,\"max_blocks\":2}", SPI_EPARSE,
+                      "cache_key.max_blocks");
+
+  /* Bounds are inclusive; null means the default. */
+  kb *k = kb_new("{\"block_bytes\":16,\"block_tokens\":4096,"
+                 "\"max_blocks\":1048576,\"schema_version\":65535}");
+  assert_int_equal(kb_config(k, "{\"block_bytes\":1048576,\"block_tokens\":1,"
+                                "\"max_blocks\":1,\"schema_version\":1}"),
+                   SPI_OK);
+  assert_int_equal(kb_config(k, "{\"block_bytes\":null}"), SPI_OK);
+  /* configure's own argument checks */
+  void *inst = NULL;
+  char err[64];
+  assert_int_equal(k->mod.configure(NULL, "{}", 2, &inst, err, sizeof err),
+                   SPI_EINVAL);
+  assert_int_equal(k->mod.configure(&k->mem, "{}", 2, NULL, err, sizeof err),
+                   SPI_EINVAL);
+  assert_int_equal(k->mod.configure(&k->mem, NULL, 2, &inst, err, sizeof err),
+                   SPI_EINVAL);
+  k->mod.release(&k->mem, NULL); /* harmless */
+  kb_free(k);
+}
+
+/* Failing each allocation of configure in turn: SPI_ENOMEM, no instance,
+ * nothing leaked; then the first run with no failure succeeds. */
+static void test_alloc_failures(void **st) {
+  (void)st;
+  spi_key_builder_module mod;
+  spi__builtin_key_builder(&mod);
+  const char *json = "{\"block_bytes\":256,\"max_blocks\":100}";
+  for (long fail = 0;; fail++) {
+    counting_alloc a = {0, 0, fail};
+    spi_mem m = mem_of(&a);
+    void *inst = (void *)1;
+    char err[SPI_ERRMSG_CAP] = "";
+    int rc = mod.configure(&m, json, strlen(json), &inst, err, sizeof err);
+    if (a.calls <= fail) { /* the failure point was never reached */
+      assert_int_equal(rc, SPI_OK);
+      assert_non_null(inst);
+      mod.release(&m, inst);
+      assert_int_equal(a.live, 0);
+      assert_true(fail >= 1);
+      break;
+    }
+    assert_int_equal(rc, SPI_ENOMEM);
+    assert_null(inst);
+    assert_int_equal(a.live, 0);
+    assert_true(fail < 100);
+  }
+}
+
+/* Keys and block hashes allocate nothing. */
+static void test_no_allocation_on_hot_path(void **st) {
+  (void)st;
+  kb *k = kb_new("{\"block_bytes\":64}");
+  spi_request_view v = base_view();
+  uint8_t *p = pattern(64 * 50, 1, 2);
+  v.prompt = p;
+  v.prompt_len = 64 * 50;
+  uint32_t ids[64] = {0};
+  long before = k->counts.calls;
+  spi_cache_key key = key_of(k, &v);
+  uint64_t out[50];
+  size_t n = 0;
+  assert_int_equal(k->mod.block_hashes(&k->mem, k->inst, &v, &key, out, 50, &n),
+                   SPI_OK);
+  v.token_ids = ids;
+  v.token_count = 64;
+  assert_int_equal(k->mod.block_hashes(&k->mem, k->inst, &v, &key, out, 50, &n),
+                   SPI_OK);
+  assert_int_equal(k->counts.calls, before);
+  free(p);
+  kb_free(k);
+}
+
+int main(void) {
+  const struct CMUnitTest tests[] = {
+      cmocka_unit_test(test_golden_vectors),
+      cmocka_unit_test(test_module_struct),
+      cmocka_unit_test(test_defaults_from_table),
+      cmocka_unit_test(test_null_arguments),
+      cmocka_unit_test(test_cap_contract),
+      cmocka_unit_test(test_max_blocks),
+      cmocka_unit_test(test_chaining),
+      cmocka_unit_test(test_token_mode),
+      cmocka_unit_test(test_every_field_matters),
+      cmocka_unit_test(test_salt_isolation),
+      cmocka_unit_test(test_tools_order_invariance),
+      cmocka_unit_test(test_large_fields),
+      cmocka_unit_test(test_config_errors),
+      cmocka_unit_test(test_alloc_failures),
+      cmocka_unit_test(test_no_allocation_on_hot_path),
+  };
+  return cmocka_run_group_tests(tests, NULL, NULL);
+}
