@@ -185,8 +185,8 @@ static void test_spot_worked(void **st) {
   memset(&big, 0, sizeof big);
   big.sc.struct_size = sizeof big;
   big.tail = 42.0;
-  assert_int_equal(spi_cost_spot_effective(1000, 1.8, 4.5, 0.05, 1.0 / 6, &big.sc),
-                   SPI_OK);
+  assert_int_equal(
+      spi_cost_spot_effective(1000, 1.8, 4.5, 0.05, 1.0 / 6, &big.sc), SPI_OK);
   assert_true(big.tail == 42.0);
 }
 
@@ -421,7 +421,8 @@ static void test_never_nonfinite(void **st) {
     for (size_t b = 0; b < N_AWKWARD; b++) {
       for (size_t g = 0; g < 4; g++) {
         double v = SENTINEL;
-        int rc = spi_cost_per_million_tokens(AWKWARD[a], gpus[g], AWKWARD[b], &v);
+        int rc =
+            spi_cost_per_million_tokens(AWKWARD[a], gpus[g], AWKWARD[b], &v);
         assert_true(rc == SPI_OK ? isfinite(v) && v > 0
                                  : rc == SPI_ERANGE && v == SENTINEL);
         v = SENTINEL;
