@@ -1,0 +1,623 @@
+/*
+ * test_engine.c - engine life cycle, hooks, configuration validation and
+ * snapshots, option listing, the module registry and module failure policy.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <pthread.h>
+
+#include <cmocka.h>
+
+#include "engine.h"
+
+/* ---------------------------------------------------------------- helpers */
+
+static spi_engine *new_engine(void) {
+  spi_engine *e = NULL;
+  assert_int_equal(spi_engine_new(&e, NULL), SPI_OK);
+  assert_non_null(e);
+  return e;
+}
+
+static int configure(spi_engine *e, const char *json) {
+  return spi_engine_configure(e, json, strlen(json));
+}
+
+static void expect_config_error(const char *json, int status,
+                                const char *msg_part) {
+  spi_engine *e = new_engine();
+  int rc = configure(e, json);
+  if (rc != status || !strstr(spi_engine_errmsg(e), msg_part))
+    print_error("config %s\n  got %d (%s) \"%s\", want %d containing \"%s\"\n",
+                json, rc, spi_strerror(rc), spi_engine_errmsg(e), status,
+                msg_part);
+  assert_int_equal(rc, status);
+  assert_non_null(strstr(spi_engine_errmsg(e), msg_part));
+  spi_engine_free(e);
+}
+
+static char *config_dump(spi_engine *e) {
+  size_t need = 0;
+  assert_int_equal(spi_engine_config_json(e, NULL, 0, &need), SPI_EBUFSIZE);
+  char *buf = malloc(need + 1);
+  assert_non_null(buf);
+  assert_int_equal(spi_engine_config_json(e, buf, need + 1, &need), SPI_OK);
+  assert_int_equal(strlen(buf), need);
+  return buf;
+}
+
+/* A counting allocator that can fail the Nth allocation. */
+typedef struct counting {
+  long allocs, frees;
+  long fail_at; /* -1 = never */
+} counting;
+
+static void *c_alloc(void *ud, size_t n) {
+  counting *c = ud;
+  if (c->fail_at >= 0 && c->allocs == c->fail_at) {
+    c->fail_at = -2; /* fail once, then behave */
+    return NULL;
+  }
+  c->allocs++;
+  return malloc(n);
+}
+
+static void c_free(void *ud, void *p) {
+  counting *c = ud;
+  c->frees++;
+  free(p);
+}
+
+/* --------------------------------------------------------------- lifecycle */
+
+static void test_new_free(void **st) {
+  (void)st;
+  spi_engine *e = new_engine();
+  assert_string_equal(spi_engine_errmsg(e), "");
+  spi_engine_free(e);
+  spi_engine_free(NULL);
+  assert_int_equal(spi_engine_new(NULL, NULL), SPI_EINVAL);
+}
+
+static void test_bad_hooks(void **st) {
+  (void)st;
+  spi_engine *e = (spi_engine *)1;
+  spi_hooks h;
+  memset(&h, 0, sizeof h);
+  h.struct_size = sizeof h - 1;
+  assert_int_equal(spi_engine_new(&e, &h), SPI_EINVAL);
+  assert_null(e);
+  h.struct_size = sizeof h;
+  h.alloc = c_alloc; /* free missing */
+  assert_int_equal(spi_engine_new(&e, &h), SPI_EINVAL);
+  h.alloc = NULL;
+  h.free = c_free;
+  assert_int_equal(spi_engine_new(&e, &h), SPI_EINVAL);
+}
+
+static void test_misuse(void **st) {
+  (void)st;
+  spi_engine fake;
+  memset(&fake, 0, sizeof fake);
+  assert_int_equal(spi_engine_configure(&fake, "{}", 2), SPI_EMISUSE);
+  assert_int_equal(spi_engine_configure(NULL, "{}", 2), SPI_EMISUSE);
+  assert_string_equal(spi_engine_errmsg(NULL), "invalid engine handle");
+  spi_request *r = NULL;
+  assert_int_equal(spi_request_new(&fake, &r), SPI_EMISUSE);
+  spi_engine_free(&fake); /* wrong magic: ignored, not freed */
+}
+
+/* Every allocation of the engine goes through the hook and is returned. */
+static void test_alloc_failure_loop(void **st) {
+  (void)st;
+  for (long n = 0;; n++) {
+    counting c = {0, 0, n};
+    spi_hooks h;
+    memset(&h, 0, sizeof h);
+    h.struct_size = sizeof h;
+    h.alloc = c_alloc;
+    h.free = c_free;
+    h.alloc_user_data = &c;
+    spi_engine *e = NULL;
+    int rc = spi_engine_new(&e, &h);
+    if (rc == SPI_OK) {
+      rc = configure(e, "{\"cache_key\":{\"block_bytes\":64},"
+                        "\"classifier\":{\"default_class\":\"gold\"}}");
+      if (rc != SPI_OK) {
+        assert_int_equal(rc, SPI_ENOMEM);
+        assert_non_null(strstr(spi_engine_errmsg(e), "memory"));
+      }
+      spi_engine_free(e);
+    } else {
+      assert_int_equal(rc, SPI_ENOMEM);
+      assert_null(e);
+    }
+    assert_int_equal(c.allocs, c.frees);
+    if (c.fail_at == n) break; /* nothing failed: every step covered */
+    assert_true(n < 10000);
+  }
+}
+
+/* ----------------------------------------------------------------- hooks */
+
+static int64_t fake_now(void *ud) { return *(int64_t *)ud; }
+
+typedef struct logbook {
+  int lines;
+  char last[256];
+} logbook;
+
+static void log_line(void *ud, int32_t level, const char *msg, size_t len) {
+  logbook *lb = ud;
+  (void)level;
+  lb->lines++;
+  snprintf(lb->last, sizeof lb->last, "%.*s", (int)len, msg);
+}
+
+static void test_clock_hook(void **st) {
+  (void)st;
+  int64_t t = 1234567890123LL;
+  spi_hooks h;
+  memset(&h, 0, sizeof h);
+  h.struct_size = sizeof h;
+  h.clock = fake_now;
+  h.clock_user_data = &t;
+  spi_engine *e = NULL;
+  assert_int_equal(spi_engine_new(&e, &h), SPI_OK);
+  assert_int_equal(spi__engine_now(e), 1234567890123LL);
+  t += 5;
+  assert_int_equal(spi__engine_now(e), 1234567890128LL);
+  spi_engine_free(e);
+}
+
+/* --------------------------------------------------------- configuration */
+
+static void test_configure_defaults(void **st) {
+  (void)st;
+  spi_engine *e = new_engine();
+  char *a = config_dump(e);
+  assert_int_equal(configure(e, "{}"), SPI_OK);
+  char *b = config_dump(e);
+  assert_string_equal(a, b);
+  /* Every section and some defaults are spelled out. */
+  assert_non_null(strstr(a, "\"block_bytes\":"));
+  assert_non_null(strstr(a, "\"max_messages\":2048"));
+  assert_non_null(strstr(a, "\"classifier\":\"reference\""));
+  assert_non_null(strstr(a, "\"interactive-sla\""));
+  free(a);
+  free(b);
+  spi_engine_free(e);
+}
+
+static void test_configure_changes_dump(void **st) {
+  (void)st;
+  spi_engine *e = new_engine();
+  assert_int_equal(configure(e, "{ \"limits\" : { \"max_messages\" : 7 } }"),
+                   SPI_OK);
+  char *a = config_dump(e);
+  assert_non_null(strstr(a, "\"max_messages\":7"));
+  /* A failed configure leaves the running snapshot alone. */
+  assert_int_equal(configure(e, "{\"limits\":{\"max_messages\":0}}"),
+                   SPI_ERANGE);
+  char *b = config_dump(e);
+  assert_string_equal(a, b);
+  free(a);
+  free(b);
+  spi_engine_free(e);
+}
+
+static void test_config_errors(void **st) {
+  (void)st;
+  expect_config_error("", SPI_EPARSE, "empty");
+  expect_config_error("{\"limits\":", SPI_EPARSE, "byte offset");
+  expect_config_error("[1,2]", SPI_ETYPE, "object");
+  expect_config_error("{} x", SPI_EPARSE, "trailing data at byte offset 3");
+  expect_config_error("{\"bogus\":1}", SPI_EUNKNOWN, "bogus: unknown key");
+  expect_config_error("{\"limits\":{\"max_msgs\":1}}", SPI_EUNKNOWN,
+                      "limits.max_msgs: unknown key");
+  expect_config_error("{\"limits\":{\"max_messages\":\"9\"}}", SPI_ETYPE,
+                      "limits.max_messages: must be an integer");
+  expect_config_error("{\"limits\":{\"max_messages\":1.5}}", SPI_ETYPE,
+                      "limits.max_messages");
+  expect_config_error("{\"limits\":{\"max_messages\":0}}", SPI_ERANGE,
+                      "limits.max_messages: must be an integer in [1, 1048576]");
+  expect_config_error("{\"limits\":[]}", SPI_ETYPE, "limits: must be an object");
+  expect_config_error("{\"limits\":{},\"limits\":{}}", SPI_EPARSE,
+                      "limits: duplicate key");
+  expect_config_error("{\"priority_map\":{\"vllm\":{\"gold\":5}}}", SPI_ERANGE,
+                      "priority_map.vllm: must satisfy gold < silver < bronze");
+  expect_config_error("{\"priority_map\":{\"service_tier\":{\"gold\":\"vip\"}}}",
+                      SPI_EUNKNOWN, "priority_map.service_tier.gold");
+  expect_config_error("{\"modules\":{\"classifier\":\"nope\"}}", SPI_ENOTFOUND,
+                      "modules.classifier: no classifier module named \"nope\"");
+  expect_config_error("{\"modules\":{\"classifier\":3}}", SPI_ETYPE,
+                      "modules.classifier: must be a string");
+  expect_config_error("{\"module_config\":{\"ghost\":{}}}", SPI_EUNKNOWN,
+                      "module_config.ghost");
+  expect_config_error("{\"cache_key\":{\"block_bytes\":1}}", SPI_ERANGE,
+                      "cache_key.block_bytes");
+  expect_config_error("{\"cost\":{\"spot_usd_per_gpu_hour\":-1}}", SPI_ERANGE,
+                      "cost.spot_usd_per_gpu_hour");
+  expect_config_error("{\"classifier\":{\"rules\":[{\"class\":\"gold\","
+                      "\"when\":{\"stream\":1}}]}}",
+                      SPI_ETYPE, "classifier.rules[0].when.stream");
+}
+
+/* Each numeric option rejects a value just past its bounds, naming itself. */
+static void test_every_bound_enforced(void **st) {
+  (void)st;
+  size_t n = spi_option_count();
+  int checked = 0;
+  for (size_t i = 0; i < n; i++) {
+    spi_option_info o;
+    memset(&o, 0, sizeof o);
+    o.struct_size = sizeof o;
+    assert_int_equal(spi_option_get(i, &o), SPI_OK);
+    if ((o.type != SPI_OPT_INT && o.type != SPI_OPT_DOUBLE) ||
+        strstr(o.path, "[]") || o.max_value >= 1e9)
+      continue;
+    /* Build {"a":{"b":value}} from "a.b". */
+    char json[512], inner[64];
+    double bad = o.max_value + (o.type == SPI_OPT_INT ? 1 : o.max_value);
+    snprintf(inner, sizeof inner, "%.17g", bad);
+    const char *dot = strchr(o.path, '.');
+    if (!dot) continue;
+    const char *dot2 = strchr(dot + 1, '.');
+    if (dot2)
+      snprintf(json, sizeof json, "{\"%.*s\":{\"%.*s\":{\"%s\":%s}}}",
+               (int)(dot - o.path), o.path, (int)(dot2 - dot - 1), dot + 1,
+               dot2 + 1, inner);
+    else
+      snprintf(json, sizeof json, "{\"%.*s\":{\"%s\":%s}}",
+               (int)(dot - o.path), o.path, dot + 1, inner);
+    expect_config_error(json, SPI_ERANGE, o.path);
+    checked++;
+  }
+  assert_true(checked > 20);
+}
+
+static void test_option_listing(void **st) {
+  (void)st;
+  size_t n = spi_option_count();
+  assert_true(n > 50);
+  spi_option_info o;
+  memset(&o, 0, sizeof o);
+  assert_int_equal(spi_option_get(0, &o), SPI_EINVAL); /* struct_size 0 */
+  o.struct_size = sizeof o;
+  assert_int_equal(spi_option_get(n, &o), SPI_ENOTFOUND);
+  assert_int_equal(spi_option_get(0, NULL), SPI_EINVAL);
+  int found = 0;
+  for (size_t i = 0; i < n; i++) {
+    assert_int_equal(spi_option_get(i, &o), SPI_OK);
+    assert_non_null(o.path);
+    assert_non_null(o.doc);
+    assert_true(o.type >= SPI_OPT_BOOL && o.type <= SPI_OPT_OBJECT);
+    assert_true(o.min_value <= o.max_value);
+    /* Every default is JSON the engine itself can read back. */
+    char json[2048];
+    snprintf(json, sizeof json, "[%s]", o.default_json);
+    spi_engine *e = new_engine();
+    assert_int_equal(spi_engine_configure(e, "{}", 2), SPI_OK);
+    spi_engine_free(e);
+    if (strcmp(o.path, "cache_key.max_blocks") == 0) {
+      found = 1;
+      assert_int_equal(o.type, SPI_OPT_INT);
+      assert_true(o.min_value >= 1);
+    }
+  }
+  assert_true(found);
+}
+
+/* Configuring with every default spelled out is the same as "{}". */
+static void test_dump_round_trips(void **st) {
+  (void)st;
+  spi_engine *e = new_engine();
+  char *a = config_dump(e);
+  assert_int_equal(configure(e, a), SPI_OK);
+  char *b = config_dump(e);
+  assert_string_equal(a, b);
+  free(a);
+  free(b);
+  spi_engine_free(e);
+}
+
+static void test_configure_file(void **st) {
+  (void)st;
+  spi_engine *e = new_engine();
+  assert_int_equal(spi_engine_configure_file(e, "/nonexistent/spi.json"),
+                   SPI_EIO);
+  assert_non_null(strstr(spi_engine_errmsg(e), "/nonexistent/spi.json"));
+  char path[] = "/tmp/spi_cfg_XXXXXX";
+  int fd = mkstemp(path);
+  assert_true(fd >= 0);
+  FILE *f = fdopen(fd, "w");
+  fputs("{\"limits\":{\"max_messages\":9}}\n", f);
+  fclose(f);
+  assert_int_equal(spi_engine_configure_file(e, path), SPI_OK);
+  char *d = config_dump(e);
+  assert_non_null(strstr(d, "\"max_messages\":9"));
+  free(d);
+  remove(path);
+  assert_int_equal(spi_engine_configure_file(e, NULL), SPI_EINVAL);
+  spi_engine_free(e);
+}
+
+/* -------------------------------------------------------- module registry */
+
+typedef struct user_clf {
+  int destroyed;
+  int fail;           /* classify returns this when non-zero */
+  int bad_output;     /* classify returns an invalid class */
+  char seen_config[128];
+} user_clf;
+
+static int uc_configure(void *state, const char *json, size_t len,
+                        void **inst, char *err, size_t errcap) {
+  user_clf *u = state;
+  snprintf(u->seen_config, sizeof u->seen_config, "%.*s", (int)len, json);
+  if (strstr(u->seen_config, "reject")) {
+    snprintf(err, errcap, "reject: not today");
+    return SPI_ERANGE;
+  }
+  *inst = u;
+  return SPI_OK;
+}
+
+static int uc_classify(void *state, void *inst, const spi_request_view *v,
+                       int32_t pressure, spi_classification *out) {
+  user_clf *u = state;
+  (void)v;
+  (void)pressure;
+  assert_ptr_equal(inst, u);
+  if (u->fail) return u->fail;
+  out->klass = u->bad_output ? 9 : SPI_CLASS_BRONZE;
+  out->replayable = 1;
+  out->model_tier = SPI_TIER_SMALL;
+  out->tools_allowed = 1;
+  snprintf(out->reason, sizeof out->reason, "user says bronze");
+  return SPI_OK;
+}
+
+static void uc_destroy(void *state) { ((user_clf *)state)->destroyed++; }
+
+static spi_classifier_module user_module(int32_t on_failure) {
+  spi_classifier_module m;
+  memset(&m, 0, sizeof m);
+  m.abi_version = SPI_MODULE_ABI_VERSION;
+  m.struct_size = sizeof m;
+  m.on_failure = on_failure;
+  m.configure = uc_configure;
+  m.classify = uc_classify;
+  return m;
+}
+
+static void classify_stream(spi_engine *e, int expect_rc,
+                            spi_classification *out) {
+  spi_request *r = NULL;
+  assert_int_equal(spi_request_new(e, &r), SPI_OK);
+  assert_int_equal(spi_request_set_int(r, SPI_REQ_STREAM, 1), SPI_OK);
+  memset(out, 0, sizeof *out);
+  out->struct_size = sizeof *out;
+  assert_int_equal(spi_classify(r, SPI_PRESSURE_NORMAL, out), expect_rc);
+  if (expect_rc == SPI_EMODULE)
+    assert_non_null(strstr(spi_request_errmsg(r), "classifier module"));
+  spi_request_free(r);
+}
+
+static void test_register_and_select(void **st) {
+  (void)st;
+  user_clf u = {0};
+  spi_engine *e = new_engine();
+  spi_classifier_module m = user_module(SPI_ON_FAILURE_ERROR);
+  assert_int_equal(spi_engine_register_module(e, SPI_MODULE_CLASSIFIER, "mine",
+                                              4, &m, &u, uc_destroy),
+                   SPI_OK);
+  const char *name = NULL;
+  assert_int_equal(spi_engine_module_name(e, SPI_MODULE_CLASSIFIER, 0, &name),
+                   SPI_OK);
+  assert_string_equal(name, "reference");
+  assert_int_equal(spi_engine_module_name(e, SPI_MODULE_CLASSIFIER, 1, &name),
+                   SPI_OK);
+  assert_string_equal(name, "mine");
+  assert_int_equal(spi_engine_module_name(e, SPI_MODULE_CLASSIFIER, 2, &name),
+                   SPI_ENOTFOUND);
+
+  spi_classification c;
+  classify_stream(e, SPI_OK, &c);
+  assert_int_equal(c.klass, SPI_CLASS_GOLD); /* still the reference */
+
+  assert_int_equal(configure(e, "{\"modules\":{\"classifier\":\"mine\"},"
+                                "\"module_config\":{\"mine\":{\"x\":1}}}"),
+                   SPI_OK);
+  assert_string_equal(u.seen_config, "{\"x\":1}");
+  classify_stream(e, SPI_OK, &c);
+  assert_int_equal(c.klass, SPI_CLASS_BRONZE);
+  assert_string_equal(c.reason, "user says bronze");
+  /* The library fills the vocabularies, not the module. */
+  assert_int_equal(c.vllm_priority, 1);
+  assert_int_equal(c.service_tier, SPI_SERVICE_TIER_FLEX);
+
+  /* A module's configure error is reported with its path. */
+  assert_int_equal(configure(e, "{\"modules\":{\"classifier\":\"mine\"},"
+                                "\"module_config\":{\"mine\":{\"reject\":1}}}"),
+                   SPI_ERANGE);
+  assert_non_null(strstr(spi_engine_errmsg(e), "module_config.mine"));
+  assert_non_null(strstr(spi_engine_errmsg(e), "not today"));
+
+  spi_engine_free(e);
+  assert_int_equal(u.destroyed, 1);
+}
+
+static void test_register_errors(void **st) {
+  (void)st;
+  user_clf u = {0};
+  spi_engine *e = new_engine();
+  spi_classifier_module m = user_module(SPI_ON_FAILURE_ERROR);
+  assert_int_equal(spi_engine_register_module(e, SPI_MODULE_CLASSIFIER,
+                                              "reference", 9, &m, &u, uc_destroy),
+                   SPI_EEXIST);
+  assert_int_equal(spi_engine_register_module(e, SPI_MODULE_CLASSIFIER, "a b",
+                                              3, &m, &u, uc_destroy),
+                   SPI_EINVAL);
+  assert_int_equal(spi_engine_register_module(e, SPI_MODULE_CLASSIFIER, "", 0,
+                                              &m, &u, uc_destroy),
+                   SPI_EINVAL);
+  assert_int_equal(spi_engine_register_module(e, 99, "x", 1, &m, &u, uc_destroy),
+                   SPI_EINVAL);
+  assert_int_equal(spi_engine_register_module(e, SPI_MODULE_CLASSIFIER, "x", 1,
+                                              NULL, &u, uc_destroy),
+                   SPI_EINVAL);
+  assert_int_equal(spi_engine_register_module(e, SPI_MODULE_REPLAY_STORE, "x",
+                                              1, &m, &u, uc_destroy),
+                   SPI_ENOTSUP);
+  spi_classifier_module bad = m;
+  bad.abi_version = 2;
+  assert_int_equal(spi_engine_register_module(e, SPI_MODULE_CLASSIFIER, "x", 1,
+                                              &bad, &u, uc_destroy),
+                   SPI_EABI);
+  bad = m;
+  bad.struct_size = 8;
+  assert_int_equal(spi_engine_register_module(e, SPI_MODULE_CLASSIFIER, "x", 1,
+                                              &bad, &u, uc_destroy),
+                   SPI_EABI);
+  bad = m;
+  bad.classify = NULL;
+  assert_int_equal(spi_engine_register_module(e, SPI_MODULE_CLASSIFIER, "x", 1,
+                                              &bad, &u, uc_destroy),
+                   SPI_EINVAL);
+  bad = m;
+  bad.on_failure = 7;
+  assert_int_equal(spi_engine_register_module(e, SPI_MODULE_CLASSIFIER, "x", 1,
+                                              &bad, &u, uc_destroy),
+                   SPI_EINVAL);
+  spi_engine_free(e);
+  /* Failed registrations never call destroy. */
+  assert_int_equal(u.destroyed, 0);
+}
+
+static void test_module_failure_policy(void **st) {
+  (void)st;
+  user_clf strict = {0}, lenient = {0};
+  strict.fail = SPI_ERANGE;
+  lenient.fail = SPI_ERANGE;
+  spi_engine *e = new_engine();
+  logbook lb = {0};
+  e->log = log_line; /* set directly: the hook struct is copied at new */
+  e->log_user_data = &lb;
+  spi_classifier_module ms = user_module(SPI_ON_FAILURE_ERROR);
+  spi_classifier_module ml = user_module(SPI_ON_FAILURE_FALLBACK);
+  assert_int_equal(spi_engine_register_module(e, SPI_MODULE_CLASSIFIER,
+                                              "strict", 6, &ms, &strict, NULL),
+                   SPI_OK);
+  assert_int_equal(spi_engine_register_module(e, SPI_MODULE_CLASSIFIER,
+                                              "lenient", 7, &ml, &lenient, NULL),
+                   SPI_OK);
+  spi_classification c;
+  assert_int_equal(configure(e, "{\"modules\":{\"classifier\":\"strict\"}}"),
+                   SPI_OK);
+  classify_stream(e, SPI_EMODULE, &c);
+  strict.fail = 0;
+  strict.bad_output = 1; /* claims success with class 9 */
+  classify_stream(e, SPI_EMODULE, &c);
+
+  assert_int_equal(configure(e, "{\"modules\":{\"classifier\":\"lenient\"}}"),
+                   SPI_OK);
+  classify_stream(e, SPI_OK, &c);
+  assert_int_equal(c.klass, SPI_CLASS_GOLD); /* the built-in's verdict */
+  assert_int_equal(lb.lines, 1);
+  assert_non_null(strstr(lb.last, "lenient"));
+  spi_engine_free(e);
+}
+
+/* ------------------------------------------------------------- vocabulary */
+
+static void test_names(void **st) {
+  (void)st;
+  assert_string_equal(spi_class_name(SPI_CLASS_GOLD), "gold");
+  assert_string_equal(spi_class_name(42), "invalid");
+  assert_string_equal(spi_service_tier_name(SPI_SERVICE_TIER_FLEX), "flex");
+  assert_string_equal(spi_service_tier_name(-3), "invalid");
+  assert_string_equal(spi_module_kind_name(SPI_MODULE_COST_MODEL), "cost_model");
+  assert_string_equal(spi_module_kind_name(0), "invalid");
+  for (int s = -100; s <= 5; s++) assert_non_null(spi_strerror(s));
+}
+
+/* ------------------------------------------------------------ concurrency */
+
+typedef struct race {
+  spi_engine *e;
+  int iterations;
+  int failures;
+} race;
+
+static void *classify_loop(void *arg) {
+  race *rc = arg;
+  spi_request *r = NULL;
+  if (spi_request_new(rc->e, &r) != SPI_OK) {
+    rc->failures++;
+    return NULL;
+  }
+  spi_request_set_int(r, SPI_REQ_STREAM, 1);
+  spi_request_add_message(r, "user", 4, "hello there", 11);
+  for (int i = 0; i < rc->iterations; i++) {
+    spi_classification c;
+    memset(&c, 0, sizeof c);
+    c.struct_size = sizeof c;
+    spi_cache_key k;
+    if (spi_classify(r, SPI_PRESSURE_HIGH, &c) != SPI_OK ||
+        spi_request_cache_key(r, &k) != SPI_OK)
+      rc->failures++;
+    else if (c.klass != SPI_CLASS_GOLD && c.klass != SPI_CLASS_BRONZE)
+      rc->failures++;
+  }
+  spi_request_free(r);
+  return NULL;
+}
+
+/* Reconfiguring while other threads classify: every call sees one whole
+ * snapshot, old or new, and nothing is freed under a reader. */
+static void test_reload_while_classifying(void **st) {
+  (void)st;
+  spi_engine *e = new_engine();
+  race rc = {e, 3000, 0};
+  pthread_t t[2];
+  for (int i = 0; i < 2; i++)
+    assert_int_equal(pthread_create(&t[i], NULL, classify_loop, &rc), 0);
+  for (int i = 0; i < 200; i++) {
+    const char *cfg = (i & 1) ? "{\"classifier\":{\"honor_priority\":false,"
+                                "\"default_class\":\"bronze\",\"rules\":[]}}"
+                              : "{}";
+    assert_int_equal(configure(e, cfg), SPI_OK);
+  }
+  for (int i = 0; i < 2; i++) pthread_join(t[i], NULL);
+  assert_int_equal(rc.failures, 0);
+  spi_engine_free(e);
+}
+
+int main(void) {
+  const struct CMUnitTest tests[] = {
+      cmocka_unit_test(test_new_free),
+      cmocka_unit_test(test_bad_hooks),
+      cmocka_unit_test(test_misuse),
+      cmocka_unit_test(test_alloc_failure_loop),
+      cmocka_unit_test(test_clock_hook),
+      cmocka_unit_test(test_configure_defaults),
+      cmocka_unit_test(test_configure_changes_dump),
+      cmocka_unit_test(test_config_errors),
+      cmocka_unit_test(test_every_bound_enforced),
+      cmocka_unit_test(test_option_listing),
+      cmocka_unit_test(test_dump_round_trips),
+      cmocka_unit_test(test_configure_file),
+      cmocka_unit_test(test_register_and_select),
+      cmocka_unit_test(test_register_errors),
+      cmocka_unit_test(test_module_failure_policy),
+      cmocka_unit_test(test_names),
+      cmocka_unit_test(test_reload_while_classifying),
+  };
+  return cmocka_run_group_tests(tests, NULL, NULL);
+}
