@@ -1,3 +1,4 @@
+#define _GNU_SOURCE /* memmem */
 /*
  * classifier.c - the built-in "reference" classifier.
  *
@@ -63,7 +64,8 @@ typedef struct instance {
   size_t nrules;
   tenant_tier tenant_tiers[MAX_TOTAL_TENANT_TIERS];
   size_t ntenant_tiers;
-  int64_t long_query_bytes, question_marks;
+  int32_t cascade_enabled;
+  int64_t scan_bytes, long_query_bytes, question_marks;
   double length_weight, keyword_weight, question_weight, large_threshold;
   keyword keywords[MAX_KEYWORDS];
   size_t nkeywords;
@@ -305,7 +307,11 @@ static int parse_cascade(const cJSON *sec, parse_ctx *c) {
   if (o && !cJSON_IsNull(o) &&
       (rc = spi__cfg_check_keys(o, S, S, c->err, c->errcap)))
     return rc;
-  if ((rc = spi__cfg_int(o, "classifier.cascade.long_query_bytes", S,
+  if ((rc = spi__cfg_bool(o, "classifier.cascade.enabled", S,
+                          &in->cascade_enabled, c->err, c->errcap)) ||
+      (rc = spi__cfg_int(o, "classifier.cascade.scan_bytes", S,
+                         &in->scan_bytes, c->err, c->errcap)) ||
+      (rc = spi__cfg_int(o, "classifier.cascade.long_query_bytes", S,
                          &in->long_query_bytes, c->err, c->errcap)) ||
       (rc = spi__cfg_int(o, "classifier.cascade.question_marks", S,
                          &in->question_marks, c->err, c->errcap)) ||
@@ -447,32 +453,31 @@ static int rule_matches(const instance *in, const rule *r,
   return 1;
 }
 
-static int lower(int ch) { return (ch >= 'A' && ch <= 'Z') ? ch + 32 : ch; }
+#define SCAN_MAX 65536
 
-/* Case-insensitive (ASCII) substring test; keywords are stored lowercase. */
-static int contains_ci(const char *hay, size_t n, const keyword *k) {
-  if (k->len > n) return 0;
-  const char first = k->text[0];
-  for (size_t i = 0; i + k->len <= n; i++) {
-    if (lower((unsigned char)hay[i]) != first) continue;
-    size_t j = 1;
-    while (j < k->len && lower((unsigned char)hay[i + j]) == k->text[j]) j++;
-    if (j == k->len) return 1;
-  }
-  return 0;
-}
-
+/*
+ * The cascade score of the last user text. Keywords are matched
+ * case-insensitively within the first scan_bytes: the window is lowercased
+ * once into a stack buffer and searched with memmem, so the cost is a few
+ * passes over at most scan_bytes, whatever the prompt's size.
+ */
 static double complexity(const instance *in, const spi_request_view *v) {
   const char *q = v->last_user_text;
   size_t n = v->last_user_text_len;
   double score = 0;
   if ((int64_t)n > in->long_query_bytes) score += in->length_weight;
+  char low[SCAN_MAX];
+  size_t w = n < (size_t)in->scan_bytes ? n : (size_t)in->scan_bytes;
+  size_t marks = 0;
+  for (size_t i = 0; i < w; i++) {
+    unsigned char ch = (unsigned char)q[i];
+    low[i] = (char)((ch >= 'A' && ch <= 'Z') ? ch + 32 : ch);
+    marks += ch == '?';
+  }
   for (size_t i = 0; i < in->nkeywords; i++)
-    if (contains_ci(q, n, &in->keywords[i])) score += in->keyword_weight;
-  int64_t marks = 0;
-  for (const char *p = q; (p = memchr(p, '?', n - (size_t)(p - q))) != NULL; p++)
-    marks++;
-  if (marks > in->question_marks) score += in->question_weight;
+    if (memmem(low, w, in->keywords[i].text, in->keywords[i].len))
+      score += in->keyword_weight;
+  if ((int64_t)marks > in->question_marks) score += in->question_weight;
   return score;
 }
 
@@ -516,9 +521,11 @@ static int ref_classify(void *state, void *inst, const spi_request_view *v,
   out->max_output_tokens = p->max_output_tokens;
   out->tools_allowed = p->tools;
   out->defer = p->defer;
-  out->complexity = complexity(in, v);
-  out->model_tier =
-      out->complexity >= in->large_threshold ? SPI_TIER_LARGE : SPI_TIER_SMALL;
+  /* Without cascade routing every request goes to the large (target) model. */
+  out->complexity = in->cascade_enabled ? complexity(in, v) : 0;
+  out->model_tier = in->cascade_enabled && out->complexity < in->large_threshold
+                        ? SPI_TIER_SMALL
+                        : SPI_TIER_LARGE;
   return SPI_OK;
 }
 

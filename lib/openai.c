@@ -248,7 +248,7 @@ static int read_body(reader *rd, const cJSON *body, int32_t kind) {
   static const char *const caps[] = {"max_tokens", "max_completion_tokens"};
   for (int i = 0; i < 2; i++) {
     const cJSON *it = get(body, caps[i]);
-    int64_t v;
+    int64_t v = 0;
     if (!it) continue;
     if ((rc = want_int(rd, it, caps[i], &v))) return rc;
     if ((rc = at(rd, spi__req_set_int(rd->r, SPI_REQ_MAX_OUTPUT_TOKENS, v),
@@ -260,7 +260,7 @@ static int read_body(reader *rd, const cJSON *body, int32_t kind) {
   if ((rc = set_string_field(rd, body, "user", SPI_REQ_USER))) return rc;
   const cJSON *prio = get(body, "priority");
   if (prio) {
-    int64_t v;
+    int64_t v = 0;
     if ((rc = want_int(rd, prio, "priority", &v))) return rc;
     if ((rc = at(rd, spi__req_set_int(rd->r, SPI_REQ_PRIORITY, v), "priority")))
       return rc;
