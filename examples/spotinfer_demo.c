@@ -33,6 +33,7 @@
 static const char CONFIG[] =
     "{"
     "\"cache_key\": {\"block_bytes\": 64},"
+    "\"classifier\": {\"cascade\": {\"enabled\": true}},"
     "\"cost\": {"
     "\"spot_usd_per_gpu_hour\": " STR(SPOT_USD_PER_GPU_HOUR) ","
     "\"on_demand_usd_per_gpu_hour\": " STR(ON_DEMAND_USD_PER_GPU_HOUR) ","
