@@ -9,6 +9,7 @@
 #   build     RelWithDebInfo build in build/, warnings as errors in the
 #             library, examples and API tests; ctest
 #   asan      ASan + UBSan build in build-asan/; ctest
+#   tsan      ThreadSanitizer build in build-tsan/; ctest
 #   valgrind  every unit and api test program of build/ under memcheck
 #   install   cmake --install into a temporary prefix; scripts/consumer-test.sh
 #   python    bindings/python/tests with pytest in a venv (when present)
@@ -121,7 +122,7 @@ configure_and_build() { # <dir> <cmake args...>
 
 stage_build() {
   configure_and_build "$root/build" -DCMAKE_BUILD_TYPE=RelWithDebInfo \
-    -DSPI_WERROR="$werror" -DSPI_SANITIZE=OFF -DSPI_FUZZ=OFF \
+    -DSPI_WERROR="$werror" -DSPI_SANITIZE=OFF -DSPI_SANITIZE_THREAD=OFF -DSPI_FUZZ=OFF \
     -DSPI_BUILD_TESTS=ON -DSPI_BUILD_EXAMPLES=ON -DSPI_BUILD_BENCH=ON
   ctest --test-dir "$root/build" --output-on-failure -j "$jobs" --timeout 600
 }
@@ -130,9 +131,17 @@ stage_asan() {
   export ASAN_OPTIONS=detect_leaks=1:abort_on_error=1
   export UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1
   configure_and_build "$root/build-asan" -DCMAKE_BUILD_TYPE=Debug \
-    -DSPI_WERROR=OFF -DSPI_SANITIZE=ON -DSPI_FUZZ=OFF \
+    -DSPI_WERROR=OFF -DSPI_SANITIZE=ON -DSPI_SANITIZE_THREAD=OFF -DSPI_FUZZ=OFF \
     -DSPI_BUILD_TESTS=ON -DSPI_BUILD_EXAMPLES=ON -DSPI_BUILD_BENCH=OFF
   ctest --test-dir "$root/build-asan" --output-on-failure -j "$jobs" --timeout 900
+}
+
+stage_tsan() {
+  export TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1
+  configure_and_build "$root/build-tsan" -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+    -DSPI_WERROR=OFF -DSPI_SANITIZE=OFF -DSPI_SANITIZE_THREAD=ON -DSPI_FUZZ=OFF \
+    -DSPI_BUILD_TESTS=ON -DSPI_BUILD_EXAMPLES=OFF -DSPI_BUILD_BENCH=OFF
+  ctest --test-dir "$root/build-tsan" --output-on-failure -j "$jobs" --timeout 900
 }
 
 # The unit and api test programs of build/, each under valgrind memcheck.
@@ -257,7 +266,7 @@ stage_fuzz() {
   export ASAN_OPTIONS=detect_leaks=1:abort_on_error=1
   export UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1
   CC=clang-14 cmake -S "$root" -B "$root/build-fuzz" -DCMAKE_BUILD_TYPE=RelWithDebInfo \
-    -DCMAKE_C_COMPILER=clang-14 -DSPI_FUZZ=ON -DSPI_SANITIZE=ON -DSPI_WERROR=OFF \
+    -DCMAKE_C_COMPILER=clang-14 -DSPI_FUZZ=ON -DSPI_SANITIZE=ON -DSPI_SANITIZE_THREAD=OFF -DSPI_WERROR=OFF \
     -DSPI_BUILD_TESTS=ON -DSPI_BUILD_EXAMPLES=OFF -DSPI_BUILD_BENCH=OFF
   cmake --build "$root/build-fuzz" -j "$jobs" --target "${targets[@]}"
 
@@ -301,6 +310,8 @@ run_stage build "RelWithDebInfo build in build/ + ctest" stage_build
 if [[ "${results[-1]}" == PASS* ]]; then build_ok=yes; fi
 
 run_stage asan "ASan + UBSan build in build-asan/ + ctest" stage_asan
+
+run_stage tsan "ThreadSanitizer build in build-tsan/ + ctest" stage_tsan
 
 if [[ $build_ok == yes ]]; then
   run_stage valgrind "unit and api tests under valgrind memcheck" stage_valgrind
