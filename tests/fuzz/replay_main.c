@@ -12,6 +12,9 @@
  * SPI_REPLAY_VERBOSE set in the environment each path is printed to stderr
  * before it runs, which names the input behind a crash.
  */
+#ifndef _POSIX_C_SOURCE
+#define _POSIX_C_SOURCE 200809L /* opendir, stat */
+#endif
 #include <dirent.h>
 #include <errno.h>
 #include <stddef.h>
