@@ -153,28 +153,40 @@ static int set_tools(spi_request *r, const spi_limits *l, const char *v,
     return spi__req_fail(r, SPI_EPARSE, "tools: malformed JSON at byte offset %zu",
                     off);
   }
+  /* Only whitespace may follow the array. */
+  for (const char *p = end ? end : v + len; p < v + len; p++) {
+    if (*p != ' ' && *p != '\t' && *p != '\n' && *p != '\r') {
+      cJSON_Delete(root);
+      return spi__req_fail(r, SPI_EPARSE,
+                           "tools: trailing data at byte offset %zu",
+                           (size_t)(p - v));
+    }
+  }
   if (!cJSON_IsArray(root)) {
     cJSON_Delete(root);
     return spi__req_fail(r, SPI_EPARSE, "tools: must be a JSON array");
   }
-  spi_buf tmp = {0};
-  int rc = spi__canon_json(root, &tmp, &r->engine->mem);
+  /* Canonicalise behind the current value in the buffer the request keeps,
+   * then move it to the front: a warm request allocates nothing, and on
+   * error (spi__canon_json restores the length) the old value stays. */
+  spi_buf *b = &r->str[SPI_REQ_TOOLS_JSON];
+  size_t old = b->len;
+  int rc = spi__canon_json(root, b, &r->engine->mem);
   cJSON_Delete(root);
   if (rc != SPI_OK) {
-    spi__buf_free(&tmp, &r->engine->mem);
+    b->len = old;
     spi__errf(err, sizeof err, "tools: %s", spi_strerror(rc));
     return spi__req_fail(r, rc, "%s", err);
   }
-  /* Swap the canonical text in; the old buffer's memory goes. */
-  spi__buf_free(&r->str[SPI_REQ_TOOLS_JSON], &r->engine->mem);
-  r->str[SPI_REQ_TOOLS_JSON] = tmp;
+  memmove(b->data, b->data + old, b->len - old);
+  b->len -= old;
   r->str_set[SPI_REQ_TOOLS_JSON] = 1;
   return SPI_OK;
 }
 
 int spi__req_set_str(spi_request *r, const spi_limits *l, int32_t field,
                    const char *v, size_t len) {
-  if (field < SPI_REQ_MODEL || field > SPI_REQ_STR_MAX)
+  if (field < SPI_REQ_MODEL || field > SPI_REQ_REQUEST_ID)
     return spi__req_fail(r, SPI_EINVAL, "unknown string field %d", (int)field);
   if (!v && len) return spi__req_fail(r, SPI_EINVAL, "%s: NULL value", STR_NAMES[field]);
   if (field == SPI_REQ_TOOLS_JSON) return set_tools(r, l, v, len);
@@ -338,7 +350,9 @@ static int parse_i64(const char *s, size_t len, int64_t *out) {
   int64_t v = 0;
   for (; i < len; i++) {
     if (s[i] < '0' || s[i] > '9') return 0;
-    v = v * 10 + (s[i] - '0');
+    int d = s[i] - '0';
+    if (v > (INT64_MAX - d) / 10) return 0; /* would overflow */
+    v = v * 10 + d;
   }
   *out = neg ? -v : v;
   return 1;
@@ -437,7 +451,7 @@ int spi_request_set_metadata(spi_request *req, const char *key, size_t key_len,
 int spi_request_get_str(const spi_request *req, int32_t field, const char **out,
                         size_t *out_len) {
   if (!spi__request_ok(req)) return SPI_EMISUSE;
-  if (!out || !out_len || field < SPI_REQ_MODEL || field > SPI_REQ_STR_MAX)
+  if (!out || !out_len || field < SPI_REQ_MODEL || field > SPI_REQ_REQUEST_ID)
     return SPI_EINVAL;
   const spi_buf *b = &req->str[field];
   *out = b->len ? (const char *)b->data : "";
