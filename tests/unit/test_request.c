@@ -1,0 +1,1742 @@
+/*
+ * test_request.c - a request's attributes and the OpenAI body reader.
+ *
+ * Covers the field-by-field API (setters, getters, ranges, errors), limits
+ * taken from the configuration, spi_request_parse_openai() on realistic
+ * chat and completions bodies and on every class of bad input, the
+ * all-or-nothing contract, the canonical prompt, which text forms the system
+ * prompt of the cache key, the allocation-free warm path, an
+ * allocation-failure loop over the whole request life cycle, and handle
+ * misuse.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "engine.h"
+
+/* ---------------------------------------------------------------- helpers */
+
+#define LIT(s) (s), (sizeof(s) - 1)
+
+static void assert_contains_(const char *hay, const char *needle, int line) {
+  if (!hay || !strstr(hay, needle))
+    fail_msg("line %d: \"%s\" does not contain \"%s\"", line,
+             hay ? hay : "(null)", needle);
+}
+#define assert_contains(hay, needle) assert_contains_((hay), (needle), __LINE__)
+
+/* The message starts with prefix (a field path). */
+static void assert_starts_(const char *msg, const char *prefix, int line) {
+  if (strncmp(msg, prefix, strlen(prefix)) != 0)
+    fail_msg("line %d: \"%s\" does not start with \"%s\"", line, msg, prefix);
+}
+#define assert_starts(msg, prefix) assert_starts_((msg), (prefix), __LINE__)
+
+static int parse(spi_request *r, const char *body) {
+  return spi_request_parse_openai(r, body, strlen(body), SPI_OPENAI_AUTO);
+}
+
+static int parse_kind(spi_request *r, const char *body, int32_t kind) {
+  return spi_request_parse_openai(r, body, strlen(body), kind);
+}
+
+static void assert_str_(spi_request *r, int32_t field, const char *want,
+                        int line) {
+  const char *p = NULL;
+  size_t n = 99;
+  if (spi_request_get_str(r, field, &p, &n) != SPI_OK)
+    fail_msg("line %d: get_str(%d) failed", line, (int)field);
+  if (n != strlen(want) || memcmp(p, want, n) != 0)
+    fail_msg("line %d: field %d is \"%.*s\", want \"%s\"", line, (int)field,
+             (int)n, p, want);
+}
+#define assert_str(r, field, want) assert_str_((r), (field), (want), __LINE__)
+
+static void assert_int_(spi_request *r, int32_t field, int64_t want,
+                        int line) {
+  int64_t v = -777;
+  int32_t set = -1;
+  if (spi_request_get_int(r, field, &v, &set) != SPI_OK)
+    fail_msg("line %d: get_int(%d) failed", line, (int)field);
+  if (!set || v != want)
+    fail_msg("line %d: int field %d is %lld (set %d), want %lld", line,
+             (int)field, (long long)v, (int)set, (long long)want);
+}
+#define assert_int(r, field, want) assert_int_((r), (field), (want), __LINE__)
+
+static void assert_unset_(spi_request *r, int32_t field, int line) {
+  int64_t v = -777;
+  int32_t set = -1;
+  if (spi_request_get_int(r, field, &v, &set) != SPI_OK)
+    fail_msg("line %d: get_int(%d) failed", line, (int)field);
+  if (set != 0 || v != 0)
+    fail_msg("line %d: int field %d is %lld (set %d), want unset", line,
+             (int)field, (long long)v, (int)set);
+}
+#define assert_unset(r, field) assert_unset_((r), (field), __LINE__)
+
+/* Every attribute is empty: what a failed parse must leave behind. */
+static void assert_empty_(spi_request *r, int line) {
+  if (spi_request_message_count(r) != 0)
+    fail_msg("line %d: %zu messages left", line, spi_request_message_count(r));
+  for (int32_t f = SPI_REQ_MODEL; f <= SPI_REQ_REQUEST_ID; f++) {
+    const char *p = NULL;
+    size_t n = 99;
+    if (spi_request_get_str(r, f, &p, &n) != SPI_OK || n != 0 || p[0] != '\0')
+      fail_msg("line %d: string field %d is not empty", line, (int)f);
+  }
+  for (int32_t f = SPI_REQ_PRIORITY; f <= SPI_REQ_PROMPT_TOKENS; f++)
+    assert_unset_(r, f, line);
+  if (r->ntokens != 0 || r->nmeta != 0 || r->explicit_class != SPI_CLASS_UNSET ||
+      r->service_tier != SPI_SERVICE_TIER_UNSET)
+    fail_msg("line %d: tokens, metadata, class or tier left", line);
+  const uint8_t *cp = NULL;
+  size_t cn = 99;
+  if (spi_request_canonical_prompt(r, &cp, &cn) != SPI_OK || cn != 0)
+    fail_msg("line %d: canonical prompt not empty", line);
+}
+#define assert_empty(r) assert_empty_((r), __LINE__)
+
+static void assert_prompt_(spi_request *r, const void *want, size_t want_len,
+                           int line) {
+  const uint8_t *p = NULL;
+  size_t n = 0;
+  if (spi_request_canonical_prompt(r, &p, &n) != SPI_OK)
+    fail_msg("line %d: canonical_prompt failed: %s", line,
+             spi_request_errmsg(r));
+  if (n != want_len || memcmp(p, want, n) != 0)
+    fail_msg("line %d: canonical prompt is \"%.*s\" (%zu bytes), want %zu bytes",
+             line, (int)n, (const char *)p, n, want_len);
+}
+#define assert_prompt(r, lit) assert_prompt_((r), LIT(lit), __LINE__)
+
+static spi_cache_key key_of(spi_request *r) {
+  spi_cache_key k = {0, 0};
+  assert_int_equal(spi_request_cache_key(r, &k), SPI_OK);
+  return k;
+}
+
+static int keys_equal(spi_cache_key a, spi_cache_key b) {
+  return a.high64 == b.high64 && a.low64 == b.low64;
+}
+
+/* Does the metadata buffer hold the pair key\0value\0? */
+static int has_meta(const spi_request *r, const char *k, const char *v) {
+  const char *p = (const char *)r->metabuf.data;
+  const char *end = p + r->metabuf.len;
+  for (size_t i = 0; i < r->nmeta && p < end; i++) {
+    const char *val = p + strlen(p) + 1;
+    if (strcmp(p, k) == 0 && strcmp(val, v) == 0) return 1;
+    p = val + strlen(val) + 1;
+  }
+  return 0;
+}
+
+/* ------------------------------------------------------------- fixtures */
+
+typedef struct fx {
+  spi_engine *e;
+  spi_request *r;
+} fx;
+
+static int setup(void **state) {
+  fx *f = calloc(1, sizeof *f);
+  if (!f) return -1;
+  if (spi_engine_new(&f->e, NULL) != SPI_OK) return -1;
+  if (spi_request_new(f->e, &f->r) != SPI_OK) return -1;
+  *state = f;
+  return 0;
+}
+
+static int teardown(void **state) {
+  fx *f = *state;
+  spi_request_free(f->r);
+  spi_engine_free(f->e);
+  free(f);
+  return 0;
+}
+
+static void configure(spi_engine *e, const char *json) {
+  int rc = spi_engine_configure(e, json, strlen(json));
+  if (rc != SPI_OK)
+    fail_msg("configure %s: %d %s", json, rc, spi_engine_errmsg(e));
+}
+
+/* ------------------------------------------------------- string fields */
+
+static void test_str_set_get(void **state) {
+  fx *f = *state;
+  spi_request *r = f->r;
+  static const int32_t plain[] = {
+      SPI_REQ_MODEL,       SPI_REQ_TOKENIZER_VERSION, SPI_REQ_SYSTEM_PROMPT,
+      SPI_REQ_RETRIEVAL_TEMPLATE, SPI_REQ_TENANT,     SPI_REQ_TENANT_TIER,
+      SPI_REQ_TENANT_SALT, SPI_REQ_DECODE_PROFILE,    SPI_REQ_USER,
+      SPI_REQ_PROMPT,      SPI_REQ_REQUEST_ID};
+  for (size_t i = 0; i < sizeof plain / sizeof plain[0]; i++) {
+    char v[32];
+    snprintf(v, sizeof v, "value-%d", (int)plain[i]);
+    assert_str(r, plain[i], "");
+    assert_int_equal(spi_request_set_str(r, plain[i], v, strlen(v)), SPI_OK);
+    assert_str(r, plain[i], v);
+  }
+  /* Every field kept its own value. */
+  for (size_t i = 0; i < sizeof plain / sizeof plain[0]; i++) {
+    char v[32];
+    snprintf(v, sizeof v, "value-%d", (int)plain[i]);
+    assert_str(r, plain[i], v);
+  }
+  /* Replace, then clear with the empty string (NULL, 0 is the empty string). */
+  assert_int_equal(spi_request_set_str(r, SPI_REQ_MODEL, LIT("m2")), SPI_OK);
+  assert_str(r, SPI_REQ_MODEL, "m2");
+  assert_int_equal(spi_request_set_str(r, SPI_REQ_MODEL, NULL, 0), SPI_OK);
+  assert_str(r, SPI_REQ_MODEL, "");
+  assert_int_equal(r->str_set[SPI_REQ_MODEL], 0);
+  /* Pointer + length: an embedded NUL and no terminator are both fine. */
+  const char raw[4] = {'a', '\0', 'b', 'c'};
+  assert_int_equal(spi_request_set_str(r, SPI_REQ_USER, raw, 3), SPI_OK);
+  const char *p;
+  size_t n;
+  assert_int_equal(spi_request_get_str(r, SPI_REQ_USER, &p, &n), SPI_OK);
+  assert_int_equal(n, 3);
+  assert_memory_equal(p, raw, 3);
+  /* The value was copied. */
+  char buf[8] = "copyme";
+  assert_int_equal(spi_request_set_str(r, SPI_REQ_TENANT, buf, 6), SPI_OK);
+  memset(buf, 'x', sizeof buf);
+  assert_str(r, SPI_REQ_TENANT, "copyme");
+}
+
+static void test_str_errors(void **state) {
+  fx *f = *state;
+  spi_request *r = f->r;
+  static const int32_t bad[] = {0, -1, SPI_REQ_REQUEST_ID + 1, 1000};
+  for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+    assert_int_equal(spi_request_set_str(r, bad[i], LIT("x")), SPI_EINVAL);
+    assert_contains(spi_request_errmsg(r), "unknown string field");
+    const char *p;
+    size_t n;
+    assert_int_equal(spi_request_get_str(r, bad[i], &p, &n), SPI_EINVAL);
+  }
+  assert_int_equal(spi_request_set_str(r, SPI_REQ_MODEL, NULL, 3), SPI_EINVAL);
+  assert_contains(spi_request_errmsg(r), "model");
+  assert_int_equal(spi_request_set_str(r, SPI_REQ_TOOLS_JSON, NULL, 3),
+                   SPI_EINVAL);
+  const char *p;
+  size_t n;
+  assert_int_equal(spi_request_get_str(r, SPI_REQ_MODEL, NULL, &n), SPI_EINVAL);
+  assert_int_equal(spi_request_get_str(r, SPI_REQ_MODEL, &p, NULL), SPI_EINVAL);
+  /* A failed set leaves the old value. */
+  assert_int_equal(spi_request_set_str(r, SPI_REQ_MODEL, LIT("keep")), SPI_OK);
+  assert_int_equal(spi_request_set_str(r, SPI_REQ_MODEL, NULL, 5), SPI_EINVAL);
+  assert_str(r, SPI_REQ_MODEL, "keep");
+}
+
+static void test_class_and_service_tier_names(void **state) {
+  fx *f = *state;
+  spi_request *r = f->r;
+  static const char *const classes[] = {"gold", "silver", "bronze"};
+  for (int i = 0; i < 3; i++) {
+    assert_int_equal(
+        spi_request_set_str(r, SPI_REQ_CLASS, classes[i], strlen(classes[i])),
+        SPI_OK);
+    assert_int_equal(r->explicit_class, SPI_CLASS_GOLD + i);
+    assert_str(r, SPI_REQ_CLASS, classes[i]);
+  }
+  static const char *const bad_classes[] = {"GOLD", "platinum", "gold ", "g",
+                                            "silverx"};
+  for (size_t i = 0; i < sizeof bad_classes / sizeof bad_classes[0]; i++) {
+    assert_int_equal(spi_request_set_str(r, SPI_REQ_CLASS, bad_classes[i],
+                                         strlen(bad_classes[i])),
+                     SPI_EUNKNOWN);
+    assert_starts(spi_request_errmsg(r), "class:");
+    /* Unchanged by the failure. */
+    assert_int_equal(r->explicit_class, SPI_CLASS_BRONZE);
+    assert_str(r, SPI_REQ_CLASS, "bronze");
+  }
+  assert_int_equal(spi_request_set_str(r, SPI_REQ_CLASS, NULL, 0), SPI_OK);
+  assert_int_equal(r->explicit_class, SPI_CLASS_UNSET);
+
+  static const char *const tiers[] = {"auto", "default", "flex", "priority",
+                                      "scale"};
+  for (int i = 0; i < 5; i++) {
+    assert_int_equal(spi_request_set_str(r, SPI_REQ_SERVICE_TIER, tiers[i],
+                                         strlen(tiers[i])),
+                     SPI_OK);
+    assert_int_equal(r->service_tier, SPI_SERVICE_TIER_AUTO + i);
+    assert_string_equal(spi_service_tier_name(r->service_tier), tiers[i]);
+  }
+  assert_int_equal(spi_request_set_str(r, SPI_REQ_SERVICE_TIER, LIT("turbo")),
+                   SPI_EUNKNOWN);
+  assert_starts(spi_request_errmsg(r), "service_tier:");
+  assert_int_equal(r->service_tier, SPI_SERVICE_TIER_SCALE);
+  assert_int_equal(spi_request_set_str(r, SPI_REQ_SERVICE_TIER, LIT("")),
+                   SPI_OK);
+  assert_int_equal(r->service_tier, SPI_SERVICE_TIER_UNSET);
+}
+
+/* ------------------------------------------------------ integer fields */
+
+static void test_int_ranges(void **state) {
+  fx *f = *state;
+  spi_request *r = f->r;
+  static const struct {
+    int32_t field;
+    const char *name;
+    int64_t lo, hi;
+  } rows[] = {
+      {SPI_REQ_PRIORITY, "priority", -1000000, 1000000},
+      {SPI_REQ_SLA_MS, "sla_ms", 1, 86400000},
+      {SPI_REQ_STREAM, "stream", 0, 1},
+      {SPI_REQ_REPLAYABLE, "replayable", 0, 1},
+      {SPI_REQ_MAX_OUTPUT_TOKENS, "max_output_tokens", 1, 1000000000},
+      {SPI_REQ_EXPECTED_OUTPUT_TOKENS, "expected_output_tokens", 0, 1000000000},
+      {SPI_REQ_PROMPT_TOKENS, "prompt_tokens", 0, 100000000000LL},
+  };
+  for (size_t i = 0; i < sizeof rows / sizeof rows[0]; i++) {
+    int32_t fld = rows[i].field;
+    assert_unset(r, fld);
+    assert_int_equal(spi_request_set_int(r, fld, rows[i].lo), SPI_OK);
+    assert_int(r, fld, rows[i].lo);
+    assert_int_equal(spi_request_set_int(r, fld, rows[i].hi), SPI_OK);
+    assert_int(r, fld, rows[i].hi);
+    const int64_t out[] = {rows[i].lo - 1, rows[i].hi + 1, INT64_MIN,
+                           INT64_MAX};
+    for (size_t k = 0; k < 4; k++) {
+      assert_int_equal(spi_request_set_int(r, fld, out[k]), SPI_ERANGE);
+      assert_starts(spi_request_errmsg(r), rows[i].name);
+      /* A refused value leaves the old one. */
+      assert_int(r, fld, rows[i].hi);
+    }
+    assert_int_equal(spi_request_unset_int(r, fld), SPI_OK);
+    assert_unset(r, fld);
+  }
+  /* Unset is distinct from zero. */
+  assert_int_equal(spi_request_set_int(r, SPI_REQ_STREAM, 0), SPI_OK);
+  assert_int(r, SPI_REQ_STREAM, 0);
+  /* is_set may be NULL. */
+  int64_t v = -1;
+  assert_int_equal(spi_request_get_int(r, SPI_REQ_STREAM, &v, NULL), SPI_OK);
+  assert_int_equal(v, 0);
+  /* Unknown fields. */
+  static const int32_t bad[] = {0, -1, SPI_REQ_PROMPT_TOKENS + 1, 99};
+  for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+    assert_int_equal(spi_request_set_int(r, bad[i], 1), SPI_EINVAL);
+    assert_contains(spi_request_errmsg(r), "unknown integer field");
+    assert_int_equal(spi_request_unset_int(r, bad[i]), SPI_EINVAL);
+    assert_int_equal(spi_request_get_int(r, bad[i], &v, NULL), SPI_EINVAL);
+  }
+  assert_int_equal(spi_request_get_int(r, SPI_REQ_STREAM, NULL, NULL),
+                   SPI_EINVAL);
+}
+
+/* ------------------------------------------------------------ messages */
+
+static void test_messages_and_canonical_prompt(void **state) {
+  fx *f = *state;
+  spi_request *r = f->r;
+  assert_prompt(r, "");
+  assert_int_equal(spi_request_add_message(r, LIT("system"), LIT("Be brief.")),
+                   SPI_OK);
+  assert_int_equal(spi_request_add_message(r, LIT("developer"), LIT("JSON")),
+                   SPI_OK);
+  assert_int_equal(spi_request_add_message(r, LIT("user"), LIT("hi")), SPI_OK);
+  assert_int_equal(spi_request_add_message(r, LIT("assistant"), NULL, 0),
+                   SPI_OK);
+  /* "function" is the old name of a tool result. */
+  assert_int_equal(spi_request_add_message(r, LIT("function"), LIT("42")),
+                   SPI_OK);
+  assert_int_equal(spi_request_add_message(r, LIT("tool"), LIT("43")), SPI_OK);
+  assert_int_equal(spi_request_message_count(r), 6);
+  assert_prompt(r, "system\x1f" "Be brief.\x1e"
+                   "developer\x1fJSON\x1e"
+                   "user\x1fhi\x1e"
+                   "assistant\x1f\x1e"
+                   "tool\x1f" "42\x1e"
+                   "tool\x1f" "43\x1e");
+  /* Content is bytes: a NUL inside survives. */
+  spi_request_reset(r);
+  assert_int_equal(spi_request_add_message(r, LIT("user"), "a\0b", 3), SPI_OK);
+  assert_prompt(r, "user\x1f" "a\0b\x1e");
+
+  /* Errors. */
+  assert_int_equal(spi_request_add_message(r, LIT("wizard"), LIT("x")),
+                   SPI_EUNKNOWN);
+  assert_starts(spi_request_errmsg(r), "role:");
+  assert_contains(spi_request_errmsg(r), "wizard");
+  assert_int_equal(spi_request_add_message(r, LIT("User"), LIT("x")),
+                   SPI_EUNKNOWN);
+  assert_int_equal(spi_request_add_message(r, NULL, 0, LIT("x")), SPI_EUNKNOWN);
+  assert_int_equal(spi_request_add_message(r, NULL, 4, LIT("x")), SPI_EINVAL);
+  assert_int_equal(spi_request_add_message(r, LIT("user"), NULL, 2),
+                   SPI_EINVAL);
+  assert_int_equal(spi_request_message_count(r), 1);
+  assert_prompt(r, "user\x1f" "a\0b\x1e");
+
+  /* Completions: the prompt bytes themselves. */
+  spi_request_reset(r);
+  assert_int_equal(spi_request_set_str(r, SPI_REQ_PROMPT, LIT("Once upon")),
+                   SPI_OK);
+  assert_prompt(r, "Once upon");
+  /* The derived text follows later changes. */
+  assert_int_equal(spi_request_set_str(r, SPI_REQ_PROMPT, LIT("a time")),
+                   SPI_OK);
+  assert_prompt(r, "a time");
+  assert_int_equal(spi_request_canonical_prompt(r, NULL, NULL), SPI_EINVAL);
+}
+
+static void test_reset(void **state) {
+  fx *f = *state;
+  spi_request *r = f->r;
+  assert_int_equal(parse(r, "{\"model\":\"m\",\"messages\":[{\"role\":\"user\","
+                            "\"content\":\"hi\"}],\"stream\":true,"
+                            "\"metadata\":{\"class\":\"gold\",\"k\":\"v\"}}"),
+                   SPI_OK);
+  const uint32_t ids[] = {1, 2, 3};
+  assert_int_equal(spi_request_set_token_ids(r, ids, 3), SPI_OK);
+  assert_int_equal(spi_request_set_int(r, SPI_REQ_PRIORITY, 4), SPI_OK);
+  assert_int_equal(spi_request_set_str(r, SPI_REQ_TOOLS_JSON, LIT("[]")),
+                   SPI_OK);
+  assert_int_equal(spi_request_set_int(r, SPI_REQ_SLA_MS, 0), SPI_ERANGE);
+  assert_string_not_equal(spi_request_errmsg(r), "");
+  assert_int_equal(spi_request_reset(r), SPI_OK);
+  assert_string_equal(spi_request_errmsg(r), "");
+  assert_empty(r);
+}
+
+/* ---------------------------------------------------------------- tools */
+
+#define TOOLS_CANON                                                          \
+  "[{\"function\":{\"description\":\"Weather now\",\"name\":\"get_weather\","  \
+  "\"parameters\":{\"properties\":{\"city\":{\"type\":\"string\"},"          \
+  "\"days\":{\"maximum\":7,\"type\":\"integer\"}},\"required\":[\"city\"],"  \
+  "\"type\":\"object\"}},\"type\":\"function\"}]"
+
+static void test_tools_canonical(void **state) {
+  fx *f = *state;
+  spi_request *r = f->r;
+  const char *a =
+      "[{\"type\":\"function\",\"function\":{\"name\":\"get_weather\","
+      "\"description\":\"Weather now\",\"parameters\":{\"type\":\"object\","
+      "\"properties\":{\"city\":{\"type\":\"string\"},\"days\":{\"type\":"
+      "\"integer\",\"maximum\":7}},\"required\":[\"city\"]}}}]";
+  const char *b =
+      " [\n  {\n    \"function\" : {\n      \"parameters\" : {\n"
+      "        \"required\" : [ \"city\" ],\n        \"properties\" : {\n"
+      "          \"days\" : { \"maximum\" : 7.0, \"type\" : \"integer\" },\n"
+      "          \"city\" : { \"type\" : \"string\" }\n        },\n"
+      "        \"type\" : \"object\"\n      },\n"
+      "      \"description\" : \"Weather now\",\n"
+      "      \"name\" : \"get_weather\"\n    },\n"
+      "    \"type\" : \"function\"\n  }\n]\n";
+  assert_int_equal(spi_request_set_str(r, SPI_REQ_TOOLS_JSON, a, strlen(a)),
+                   SPI_OK);
+  assert_str(r, SPI_REQ_TOOLS_JSON, TOOLS_CANON);
+  spi_cache_key ka = key_of(r);
+  assert_int_equal(spi_request_set_str(r, SPI_REQ_TOOLS_JSON, b, strlen(b)),
+                   SPI_OK);
+  assert_str(r, SPI_REQ_TOOLS_JSON, TOOLS_CANON);
+  assert_true(keys_equal(ka, key_of(r)));
+
+  /* The same tools through a body canonicalise the same way. */
+  char body[1024];
+  snprintf(body, sizeof body,
+           "{\"model\":\"m\",\"messages\":[{\"role\":\"user\",\"content\":"
+           "\"x\"}],\"tools\":%s}",
+           b);
+  assert_int_equal(parse(r, body), SPI_OK);
+  assert_str(r, SPI_REQ_TOOLS_JSON, TOOLS_CANON);
+
+  /* Different tools, different key. */
+  spi_request_reset(r);
+  assert_int_equal(spi_request_set_str(r, SPI_REQ_TOOLS_JSON, a, strlen(a)),
+                   SPI_OK);
+  ka = key_of(r);
+  assert_int_equal(spi_request_set_str(r, SPI_REQ_TOOLS_JSON, LIT("[]")),
+                   SPI_OK);
+  assert_str(r, SPI_REQ_TOOLS_JSON, "[]");
+  assert_false(keys_equal(ka, key_of(r)));
+  /* Empty clears them. */
+  assert_int_equal(spi_request_set_str(r, SPI_REQ_TOOLS_JSON, NULL, 0), SPI_OK);
+  assert_str(r, SPI_REQ_TOOLS_JSON, "");
+  assert_int_equal(r->str_set[SPI_REQ_TOOLS_JSON], 0);
+}
+
+static void test_tools_errors(void **state) {
+  fx *f = *state;
+  spi_request *r = f->r;
+  assert_int_equal(spi_request_set_str(r, SPI_REQ_TOOLS_JSON, LIT("[1,2]")),
+                   SPI_OK);
+  static const char *const not_arrays[] = {"{}", "\"tools\"", "1", "null",
+                                           "true"};
+  for (size_t i = 0; i < sizeof not_arrays / sizeof not_arrays[0]; i++) {
+    assert_int_equal(spi_request_set_str(r, SPI_REQ_TOOLS_JSON, not_arrays[i],
+                                         strlen(not_arrays[i])),
+                     SPI_EPARSE);
+    assert_starts(spi_request_errmsg(r), "tools:");
+    assert_contains(spi_request_errmsg(r), "array");
+    assert_str(r, SPI_REQ_TOOLS_JSON, "[1,2]");
+  }
+  static const char *const malformed[] = {"[", "[1,]", "[{\"a\":}]", "]",
+                                          "[1] [2]", "[1]x"};
+  for (size_t i = 0; i < sizeof malformed / sizeof malformed[0]; i++) {
+    int rc = spi_request_set_str(r, SPI_REQ_TOOLS_JSON, malformed[i],
+                                 strlen(malformed[i]));
+    if (rc != SPI_EPARSE)
+      fail_msg("tools %s: %d, want SPI_EPARSE", malformed[i], rc);
+    assert_starts(spi_request_errmsg(r), "tools:");
+    assert_str(r, SPI_REQ_TOOLS_JSON, "[1,2]");
+  }
+  assert_int_equal(spi_request_set_str(r, SPI_REQ_TOOLS_JSON, LIT("[")),
+                   SPI_EPARSE);
+  assert_contains(spi_request_errmsg(r), "byte offset");
+  /* Only the given length is read: no NUL needed, none assumed. */
+  assert_int_equal(spi_request_set_str(r, SPI_REQ_TOOLS_JSON, "[3]]]]", 3),
+                   SPI_OK);
+  assert_str(r, SPI_REQ_TOOLS_JSON, "[3]");
+  /* Duplicate keys are ambiguous. */
+  assert_int_equal(
+      spi_request_set_str(r, SPI_REQ_TOOLS_JSON, LIT("[{\"a\":1,\"a\":2}]")),
+      SPI_EPARSE);
+  assert_str(r, SPI_REQ_TOOLS_JSON, "[3]");
+  /* Nesting beyond what canonicalisation allows. */
+  char deep[300];
+  memset(deep, '[', 100);
+  memset(deep + 100, ']', 100);
+  deep[200] = '\0';
+  assert_int_equal(spi_request_set_str(r, SPI_REQ_TOOLS_JSON, deep, 200),
+                   SPI_ETOOBIG);
+  assert_str(r, SPI_REQ_TOOLS_JSON, "[3]");
+}
+
+/* ---------------------------------------------------------------- limits */
+
+static void test_limits_from_config(void **state) {
+  fx *f = *state;
+  spi_request *r = f->r;
+  configure(f->e, "{\"limits\":{\"max_messages\":2,\"max_field_bytes\":16,"
+                  "\"max_metadata_pairs\":1,\"max_token_ids\":4,"
+                  "\"max_tools_bytes\":8,\"max_body_bytes\":200}}");
+  /* Exactly at each limit is fine. */
+  assert_int_equal(
+      spi_request_set_str(r, SPI_REQ_MODEL, LIT("0123456789abcdef")), SPI_OK);
+  assert_int_equal(
+      spi_request_set_str(r, SPI_REQ_MODEL, LIT("0123456789abcdefg")),
+      SPI_ETOOBIG);
+  assert_starts(spi_request_errmsg(r), "model:");
+  assert_contains(spi_request_errmsg(r), "17 bytes exceeds 16");
+  assert_str(r, SPI_REQ_MODEL, "0123456789abcdef");
+  assert_int_equal(
+      spi_request_set_str(r, SPI_REQ_TENANT_SALT, LIT("0123456789abcdefg")),
+      SPI_ETOOBIG);
+  assert_starts(spi_request_errmsg(r), "tenant_salt:");
+
+  assert_int_equal(spi_request_add_message(r, LIT("user"), LIT("a")), SPI_OK);
+  assert_int_equal(
+      spi_request_add_message(r, LIT("user"), LIT("0123456789abcdefX")),
+      SPI_ETOOBIG);
+  assert_starts(spi_request_errmsg(r), "messages[1].content:");
+  assert_int_equal(spi_request_add_message(r, LIT("user"), LIT("b")), SPI_OK);
+  assert_int_equal(spi_request_add_message(r, LIT("user"), LIT("c")),
+                   SPI_ETOOBIG);
+  assert_starts(spi_request_errmsg(r), "messages:");
+  assert_int_equal(spi_request_message_count(r), 2);
+
+  assert_int_equal(spi_request_set_metadata(r, LIT("a"), LIT("1")), SPI_OK);
+  assert_int_equal(spi_request_set_metadata(r, LIT("b"), LIT("2")),
+                   SPI_ETOOBIG);
+  assert_starts(spi_request_errmsg(r), "metadata:");
+
+  const uint32_t ids[5] = {1, 2, 3, 4, 5};
+  assert_int_equal(spi_request_set_token_ids(r, ids, 4), SPI_OK);
+  assert_int_equal(spi_request_set_token_ids(r, ids, 5), SPI_ETOOBIG);
+  assert_starts(spi_request_errmsg(r), "token ids:");
+  assert_int_equal(r->ntokens, 4);
+
+  assert_int_equal(spi_request_set_str(r, SPI_REQ_TOOLS_JSON, LIT("[1,2,3]")),
+                   SPI_OK);
+  assert_int_equal(
+      spi_request_set_str(r, SPI_REQ_TOOLS_JSON, LIT("[1,2,3,4]")),
+      SPI_ETOOBIG);
+  assert_starts(spi_request_errmsg(r), "tools:");
+
+  /* The same limits apply to a body. */
+  assert_int_equal(parse(r, "{\"model\":\"m\",\"messages\":[{\"role\":\"user\","
+                            "\"content\":\"a\"},{\"role\":\"user\",\"content\":"
+                            "\"b\"},{\"role\":\"user\",\"content\":\"c\"}]}"),
+                   SPI_ETOOBIG);
+  assert_starts(spi_request_errmsg(r), "messages:");
+  assert_empty(r);
+  assert_int_equal(parse(r, "{\"model\":\"m\",\"messages\":[{\"role\":\"user\","
+                            "\"content\":\"0123456789abcdefX\"}]}"),
+                   SPI_ETOOBIG);
+  assert_starts(spi_request_errmsg(r), "messages[0]");
+  assert_empty(r);
+  assert_int_equal(parse(r, "{\"model\":\"0123456789abcdefX\",\"prompt\":\"p\"}"),
+                   SPI_ETOOBIG);
+  assert_starts(spi_request_errmsg(r), "model:");
+  assert_int_equal(parse(r, "{\"model\":\"m\",\"prompt\":\"p\",\"user\":"
+                            "\"0123456789abcdefX\"}"),
+                   SPI_ETOOBIG);
+  assert_starts(spi_request_errmsg(r), "user:");
+  assert_int_equal(parse(r, "{\"model\":\"m\",\"prompt\":[1,2,3,4,5]}"),
+                   SPI_ETOOBIG);
+  assert_starts(spi_request_errmsg(r), "prompt:");
+  assert_int_equal(parse(r, "{\"model\":\"m\",\"prompt\":\"p\",\"tools\":"
+                            "[1,2,3,4]}"),
+                   SPI_ETOOBIG);
+  assert_starts(spi_request_errmsg(r), "tools:");
+  assert_int_equal(parse(r, "{\"model\":\"m\",\"prompt\":\"p\",\"metadata\":"
+                            "{\"a\":\"1\",\"b\":\"2\"}}"),
+                   SPI_ETOOBIG);
+  assert_starts(spi_request_errmsg(r), "metadata");
+  assert_empty(r);
+
+  /* limits.max_body_bytes: 200 bytes pass, 201 do not. */
+  char body[256];
+  memset(body, ' ', sizeof body);
+  memcpy(body, "{\"model\":\"m\",\"prompt\":\"p\"}", 26);
+  assert_int_equal(spi_request_parse_openai(r, body, 200, SPI_OPENAI_AUTO),
+                   SPI_OK);
+  assert_str(r, SPI_REQ_PROMPT, "p");
+  assert_int_equal(spi_request_parse_openai(r, body, 201, SPI_OPENAI_AUTO),
+                   SPI_ETOOBIG);
+  assert_contains(spi_request_errmsg(r), "body");
+  assert_contains(spi_request_errmsg(r), "exceeds");
+  assert_empty(r);
+
+  /* Back to the defaults: the same input passes. */
+  configure(f->e, "{}");
+  assert_int_equal(spi_request_add_message(r, LIT("user"), LIT("a")), SPI_OK);
+  assert_int_equal(spi_request_add_message(r, LIT("user"), LIT("b")), SPI_OK);
+  assert_int_equal(spi_request_add_message(r, LIT("user"), LIT("c")), SPI_OK);
+  assert_int_equal(
+      spi_request_set_str(r, SPI_REQ_MODEL, LIT("0123456789abcdefg")), SPI_OK);
+}
+
+/* ------------------------------------------------------ OpenAI: success */
+
+static const char CHAT_BODY[] =
+    "{\n"
+    "  \"model\": \"meta-llama/Llama-3.1-8B-Instruct\",\n"
+    "  \"messages\": [\n"
+    "    {\"role\": \"system\", \"content\": \"You are a travel agent.\"},\n"
+    "    {\"role\": \"user\", \"content\": \"Weather in Oslo?\"},\n"
+    "    {\"role\": \"assistant\", \"content\": null, \"tool_calls\": [\n"
+    "      {\"id\": \"call_1\", \"type\": \"function\", \"function\": "
+    "{\"name\": \"get_weather\", \"arguments\": \"{\\\"city\\\":\\\"Oslo\\\"}\"}}\n"
+    "    ]},\n"
+    "    {\"role\": \"tool\", \"tool_call_id\": \"call_1\", \"content\": "
+    "\"-3C, snow\"},\n"
+    "    {\"role\": \"user\", \"content\": [\n"
+    "      {\"type\": \"text\", \"text\": \"And this place? \"},\n"
+    "      {\"type\": \"image_url\", \"image_url\": {\"url\": "
+    "\"https://example.com/a.png\", \"detail\": \"low\"}},\n"
+    "      {\"type\": \"text\", \"text\": \"Thanks.\"}\n"
+    "    ]}\n"
+    "  ],\n"
+    "  \"tools\": [{\"type\": \"function\", \"function\": {\"name\": "
+    "\"get_weather\", \"parameters\": {\"type\": \"object\", \"properties\": "
+    "{\"city\": {\"type\": \"string\"}}}}}],\n"
+    "  \"tool_choice\": \"auto\",\n"
+    "  \"temperature\": 0.2,\n"
+    "  \"stream\": true,\n"
+    "  \"stream_options\": {\"include_usage\": true},\n"
+    "  \"max_tokens\": 100,\n"
+    "  \"max_completion_tokens\": 300,\n"
+    "  \"service_tier\": \"flex\",\n"
+    "  \"user\": \"user-1234\",\n"
+    "  \"priority\": -3,\n"
+    "  \"metadata\": {\n"
+    "    \"class\": \"bronze\", \"sla_ms\": \"2000\", \"replayable\": \"true\",\n"
+    "    \"tenant\": \"acme\", \"tenant_tier\": \"enterprise\",\n"
+    "    \"tenant_salt\": \"s3cret\", \"decode_profile\": "
+    "\"streaming-balanced\",\n"
+    "    \"expected_output_tokens\": \"120\", \"trace_id\": \"abc-123\"\n"
+    "  }\n"
+    "}\n";
+
+static void test_parse_chat(void **state) {
+  fx *f = *state;
+  spi_request *r = f->r;
+  assert_int_equal(spi_request_parse_openai(r, CHAT_BODY, sizeof CHAT_BODY - 1,
+                                            SPI_OPENAI_AUTO),
+                   SPI_OK);
+  assert_string_equal(spi_request_errmsg(r), "");
+  assert_str(r, SPI_REQ_MODEL, "meta-llama/Llama-3.1-8B-Instruct");
+  assert_int_equal(spi_request_message_count(r), 5);
+  assert_prompt(
+      r,
+      "system\x1fYou are a travel agent.\x1e"
+      "user\x1fWeather in Oslo?\x1e"
+      "assistant\x1f[{\"function\":{\"arguments\":\"{\\\"city\\\":\\\"Oslo\\\"}"
+      "\",\"name\":\"get_weather\"},\"id\":\"call_1\",\"type\":\"function\"}]"
+      "\x1e"
+      "tool\x1f-3C, snow\x1e"
+      "user\x1f" "And this place? "
+      "{\"image_url\":{\"detail\":\"low\",\"url\":\"https://example.com/a.png\"},"
+      "\"type\":\"image_url\"}Thanks.\x1e");
+  assert_str(r, SPI_REQ_TOOLS_JSON,
+             "[{\"function\":{\"name\":\"get_weather\",\"parameters\":{"
+             "\"properties\":{\"city\":{\"type\":\"string\"}},\"type\":"
+             "\"object\"}},\"type\":\"function\"}]");
+  assert_int(r, SPI_REQ_STREAM, 1);
+  /* max_completion_tokens supersedes max_tokens. */
+  assert_int(r, SPI_REQ_MAX_OUTPUT_TOKENS, 300);
+  assert_str(r, SPI_REQ_SERVICE_TIER, "flex");
+  assert_int_equal(r->service_tier, SPI_SERVICE_TIER_FLEX);
+  assert_str(r, SPI_REQ_USER, "user-1234");
+  assert_int(r, SPI_REQ_PRIORITY, -3);
+  /* Known metadata keys set their attributes. */
+  assert_str(r, SPI_REQ_CLASS, "bronze");
+  assert_int_equal(r->explicit_class, SPI_CLASS_BRONZE);
+  assert_int(r, SPI_REQ_SLA_MS, 2000);
+  assert_int(r, SPI_REQ_REPLAYABLE, 1);
+  assert_int(r, SPI_REQ_EXPECTED_OUTPUT_TOKENS, 120);
+  assert_str(r, SPI_REQ_TENANT, "acme");
+  assert_str(r, SPI_REQ_TENANT_TIER, "enterprise");
+  assert_str(r, SPI_REQ_TENANT_SALT, "s3cret");
+  assert_str(r, SPI_REQ_DECODE_PROFILE, "streaming-balanced");
+  /* Every pair is kept, the unknown one too. */
+  assert_int_equal(r->nmeta, 9);
+  assert_true(has_meta(r, "trace_id", "abc-123"));
+  assert_true(has_meta(r, "class", "bronze"));
+  /* Not given: unset. */
+  assert_unset(r, SPI_REQ_PROMPT_TOKENS);
+  assert_str(r, SPI_REQ_PROMPT, "");
+  assert_str(r, SPI_REQ_SYSTEM_PROMPT, "");
+  assert_int_equal(r->ntokens, 0);
+
+  /* The explicit class from metadata wins when classifying. */
+  spi_classification c;
+  memset(&c, 0, sizeof c);
+  c.struct_size = sizeof c;
+  assert_int_equal(spi_classify(r, SPI_PRESSURE_NORMAL, &c), SPI_OK);
+  assert_int_equal(c.klass, SPI_CLASS_BRONZE);
+  assert_string_equal(c.reason, "explicit class bronze");
+  /* The last user message is the cascade query. */
+  assert_int_equal(r->last_user_len,
+                   strlen("And this place? ") + strlen("Thanks.") +
+                       strlen("{\"image_url\":{\"detail\":\"low\",\"url\":"
+                              "\"https://example.com/a.png\"},\"type\":"
+                              "\"image_url\"}"));
+  /* Parsing the same body twice gives the same key. */
+  spi_cache_key k1 = key_of(r);
+  assert_int_equal(parse(r, CHAT_BODY), SPI_OK);
+  assert_true(keys_equal(k1, key_of(r)));
+}
+
+static void test_parse_chat_variants(void **state) {
+  fx *f = *state;
+  spi_request *r = f->r;
+  /* Minimal chat; stream false; order of the caps does not matter. */
+  assert_int_equal(
+      parse(r, "{\"max_completion_tokens\":7,\"messages\":[{\"role\":\"user\","
+               "\"content\":\"q\"}],\"model\":\"m\",\"max_tokens\":9,"
+               "\"stream\":false}"),
+      SPI_OK);
+  assert_int(r, SPI_REQ_MAX_OUTPUT_TOKENS, 7);
+  assert_int(r, SPI_REQ_STREAM, 0);
+  assert_unset(r, SPI_REQ_PRIORITY);
+  assert_int_equal(r->nmeta, 0);
+  assert_prompt(r, "user\x1fq\x1e");
+  /* max_tokens alone. */
+  assert_int_equal(parse(r, "{\"model\":\"m\",\"messages\":[{\"role\":\"user\","
+                            "\"content\":\"q\"}],\"max_tokens\":9}"),
+                   SPI_OK);
+  assert_int(r, SPI_REQ_MAX_OUTPUT_TOKENS, 9);
+  assert_unset(r, SPI_REQ_STREAM);
+  /* JSON null means absent. */
+  assert_int_equal(
+      parse(r, "{\"model\":\"m\",\"messages\":[{\"role\":\"developer\","
+               "\"content\":\"d\"},{\"role\":\"user\",\"content\":\"q\"}],"
+               "\"max_tokens\":null,\"stream\":null,\"tools\":null,"
+               "\"metadata\":null,\"service_tier\":null,\"priority\":null,"
+               "\"user\":null}"),
+      SPI_OK);
+  assert_unset(r, SPI_REQ_MAX_OUTPUT_TOKENS);
+  assert_unset(r, SPI_REQ_STREAM);
+  assert_unset(r, SPI_REQ_PRIORITY);
+  assert_str(r, SPI_REQ_TOOLS_JSON, "");
+  assert_prompt(r, "developer\x1f" "d\x1euser\x1fq\x1e");
+  /* An empty parts array and an absent content are empty content. */
+  assert_int_equal(
+      parse(r, "{\"model\":\"m\",\"messages\":[{\"role\":\"user\","
+               "\"content\":[]},{\"role\":\"assistant\"}]}"),
+      SPI_OK);
+  assert_prompt(r, "user\x1f\x1e" "assistant\x1f\x1e");
+  /* vLLM priority at both ends of its range; metadata priority wins over
+   * the body's because metadata is read last. */
+  assert_int_equal(
+      parse(r, "{\"model\":\"m\",\"prompt\":\"p\",\"priority\":-1000000}"),
+      SPI_OK);
+  assert_int(r, SPI_REQ_PRIORITY, -1000000);
+  assert_int_equal(parse(r, "{\"model\":\"m\",\"prompt\":\"p\",\"priority\":5,"
+                            "\"metadata\":{\"priority\":\"-2\"}}"),
+                   SPI_OK);
+  assert_int(r, SPI_REQ_PRIORITY, -2);
+  /* Metadata replayable words. */
+  static const char *const words[][2] = {
+      {"true", "1"}, {"false", "0"}, {"1", "1"}, {"0", "0"}};
+  for (int i = 0; i < 4; i++) {
+    char body[160];
+    snprintf(body, sizeof body,
+             "{\"model\":\"m\",\"prompt\":\"p\",\"metadata\":{\"replayable\":"
+             "\"%s\"}}",
+             words[i][0]);
+    assert_int_equal(parse(r, body), SPI_OK);
+    assert_int(r, SPI_REQ_REPLAYABLE, words[i][1][0] - '0');
+  }
+  /* Explicit kinds. */
+  assert_int_equal(parse_kind(r, "{\"model\":\"m\",\"messages\":[{\"role\":"
+                                 "\"user\",\"content\":\"q\"}]}",
+                              SPI_OPENAI_CHAT),
+                   SPI_OK);
+  assert_int_equal(spi_request_message_count(r), 1);
+  /* A completions body that also carries messages reads the prompt only. */
+  assert_int_equal(parse_kind(r, "{\"model\":\"m\",\"prompt\":\"p\","
+                                 "\"messages\":[]}",
+                              SPI_OPENAI_COMPLETIONS),
+                   SPI_OK);
+  assert_int_equal(spi_request_message_count(r), 0);
+  assert_str(r, SPI_REQ_PROMPT, "p");
+}
+
+static void test_parse_completions(void **state) {
+  fx *f = *state;
+  spi_request *r = f->r;
+  assert_int_equal(parse(r, "{\"model\":\"gpt-3.5-turbo-instruct\",\"prompt\":"
+                            "\"Say this is a test\",\"max_tokens\":7,"
+                            "\"temperature\":0,\"echo\":false}"),
+                   SPI_OK);
+  assert_str(r, SPI_REQ_MODEL, "gpt-3.5-turbo-instruct");
+  assert_str(r, SPI_REQ_PROMPT, "Say this is a test");
+  assert_prompt(r, "Say this is a test");
+  assert_int_equal(spi_request_message_count(r), 0);
+  assert_int(r, SPI_REQ_MAX_OUTPUT_TOKENS, 7);
+  spi_cache_key k1 = key_of(r);
+
+  /* A one-element array is the same request. */
+  assert_int_equal(
+      parse(r, "{\"model\":\"gpt-3.5-turbo-instruct\",\"prompt\":"
+               "[\"Say this is a test\"],\"max_tokens\":7}"),
+      SPI_OK);
+  assert_str(r, SPI_REQ_PROMPT, "Say this is a test");
+  assert_prompt(r, "Say this is a test");
+  assert_true(keys_equal(k1, key_of(r)));
+  assert_int_equal(r->ntokens, 0);
+
+  /* Token ids: blocks are counted in tokens (16 per block by default). */
+  char body[1024];
+  size_t n = (size_t)snprintf(body, sizeof body,
+                              "{\"model\":\"m\",\"prompt\":[");
+  for (int i = 0; i < 40; i++)
+    n += (size_t)snprintf(body + n, sizeof body - n, "%s%d", i ? "," : "",
+                          1000 + i);
+  snprintf(body + n, sizeof body - n, "]}");
+  assert_int_equal(parse(r, body), SPI_OK);
+  assert_int_equal(r->ntokens, 40);
+  assert_int_equal(r->tokens[0], 1000);
+  assert_int_equal(r->tokens[39], 1039);
+  assert_str(r, SPI_REQ_PROMPT, "");
+  size_t blocks = 99;
+  uint64_t hashes[4];
+  assert_int_equal(spi_request_block_hashes(r, hashes, 4, &blocks), SPI_OK);
+  assert_int_equal(blocks, 2);
+  /* The largest token id is accepted. */
+  assert_int_equal(parse(r, "{\"model\":\"m\",\"prompt\":[0,4294967295]}"),
+                   SPI_OK);
+  assert_int_equal(r->tokens[1], 4294967295u);
+  /* The same 40 bytes as text make no full 1024-byte block. */
+  assert_int_equal(parse(r, "{\"model\":\"m\",\"prompt\":\"0123456789012345678"
+                            "901234567890123456789\"}"),
+                   SPI_OK);
+  assert_int_equal(spi_request_block_hashes(r, hashes, 4, &blocks), SPI_OK);
+  assert_int_equal(blocks, 0);
+
+  /* Batches are not one request. */
+  assert_int_equal(parse(r, "{\"model\":\"m\",\"prompt\":[\"a\",\"b\"]}"),
+                   SPI_ENOTSUP);
+  assert_starts(spi_request_errmsg(r), "prompt:");
+  assert_empty(r);
+  assert_int_equal(parse(r, "{\"model\":\"m\",\"prompt\":[[1,2],[3]]}"),
+                   SPI_ENOTSUP);
+  assert_starts(spi_request_errmsg(r), "prompt:");
+  assert_empty(r);
+}
+
+/* ------------------------------------------------------- OpenAI: errors */
+
+typedef struct bad_body {
+  const char *body;
+  int32_t kind;
+  int status;
+  const char *prefix; /* the message starts with this */
+  const char *also;   /* and contains this (may be NULL) */
+} bad_body;
+
+#define CHAT_OK "\"model\":\"m\",\"messages\":[{\"role\":\"user\",\"content\":\"q\"}]"
+
+static const bad_body BAD_BODIES[] = {
+    /* Malformed JSON. */
+    {"{\"model\":\"m\",", 0, SPI_EPARSE, "body:", "byte offset"},
+    {"{\"model\":\"m\" \"prompt\":\"p\"}", 0, SPI_EPARSE, "body:",
+     "byte offset"},
+    {"{\"model\":\"m\",\"prompt\":\"p\"} trailing", 0, SPI_EPARSE, "body:",
+     "trailing data at byte offset 27"},
+    {"{\"model\":\"m\",\"prompt\":\"p\"}{}", 0, SPI_EPARSE, "body:", "offset"},
+    {"{\"model\":\"\xff\",\"prompt\":nul}", 0, SPI_EPARSE, "body:",
+     "byte offset"},
+    {"", 0, SPI_EPARSE, "body:", "empty"},
+    {"   ", 0, SPI_EPARSE, "body:", "byte offset"},
+    /* Top level not an object. */
+    {"[{\"model\":\"m\"}]", 0, SPI_ETYPE, "body:", "object"},
+    {"\"model\"", 0, SPI_ETYPE, "body:", "object"},
+    {"null", 0, SPI_ETYPE, "body:", "object"},
+    {"42", 0, SPI_ETYPE, "body:", "object"},
+    /* Missing fields. */
+    {"{\"messages\":[{\"role\":\"user\",\"content\":\"q\"}]}", 0, SPI_EMISSING,
+     "model:", "missing"},
+    {"{\"model\":null,\"prompt\":\"p\"}", 0, SPI_EMISSING, "model:", NULL},
+    {"{\"model\":\"m\"}", SPI_OPENAI_CHAT, SPI_EMISSING, "messages:",
+     "missing"},
+    {"{\"model\":\"m\",\"prompt\":\"p\"}", SPI_OPENAI_CHAT, SPI_EMISSING,
+     "messages:", NULL},
+    {"{\"model\":\"m\",\"messages\":[]}", 0, SPI_EMISSING, "messages:",
+     "empty"},
+    {"{\"model\":\"m\"}", 0, SPI_EMISSING, "prompt:", "missing"},
+    {"{\"model\":\"m\",\"messages\":[{\"role\":\"user\",\"content\":\"q\"}]}",
+     SPI_OPENAI_COMPLETIONS, SPI_EMISSING, "prompt:", NULL},
+    {"{\"model\":\"m\",\"prompt\":[]}", 0, SPI_EMISSING, "prompt:", NULL},
+    {"{\"model\":\"m\",\"messages\":[{\"content\":\"q\"}]}", 0, SPI_EMISSING,
+     "messages[0].role:", "missing"},
+    {"{\"model\":\"m\",\"messages\":[{\"role\":\"user\",\"content\":[{\"text\":"
+     "\"a\"}]}]}",
+     0, SPI_EMISSING, "messages[0].content[0].type:", NULL},
+    /* Wrong types, each naming its path. */
+    {"{\"model\":5,\"prompt\":\"p\"}", 0, SPI_ETYPE, "model:", "string"},
+    {"{\"model\":[\"m\"],\"prompt\":\"p\"}", 0, SPI_ETYPE, "model:", NULL},
+    {"{\"model\":\"m\",\"messages\":{\"role\":\"user\"}}", 0, SPI_ETYPE,
+     "messages:", "array"},
+    {"{\"model\":\"m\",\"messages\":\"hi\"}", 0, SPI_ETYPE, "messages:", NULL},
+    {"{\"model\":\"m\",\"messages\":[{\"role\":\"user\",\"content\":\"q\"},"
+     "\"hello\"]}",
+     0, SPI_ETYPE, "messages[1]:", "object"},
+    {"{\"model\":\"m\",\"messages\":[{\"role\":\"user\",\"content\":\"q\"},"
+     "{\"role\":7,\"content\":\"a\"}]}",
+     0, SPI_ETYPE, "messages[1].role:", "string"},
+    {"{\"model\":\"m\",\"messages\":[{\"role\":\"user\",\"content\":5}]}", 0,
+     SPI_ETYPE, "messages[0].content:", NULL},
+    {"{\"model\":\"m\",\"messages\":[{\"role\":\"user\",\"content\":{\"a\":1}}"
+     "]}",
+     0, SPI_ETYPE, "messages[0].content:", NULL},
+    {"{\"model\":\"m\",\"messages\":[{\"role\":\"user\",\"content\":[{\"type\":"
+     "\"text\",\"text\":\"a\"},\"b\"]}]}",
+     0, SPI_ETYPE, "messages[0].content[1]:", "object"},
+    {"{\"model\":\"m\",\"messages\":[{\"role\":\"user\",\"content\":[{\"type\":"
+     "\"text\",\"text\":1}]}]}",
+     0, SPI_ETYPE, "messages[0].content[0].text:", NULL},
+    {"{\"model\":\"m\",\"messages\":[{\"role\":\"user\",\"content\":[{\"type\":"
+     "\"text\"}]}]}",
+     0, SPI_ETYPE, "messages[0].content[0].text:", NULL},
+    {"{\"model\":\"m\",\"messages\":[{\"role\":\"assistant\",\"tool_calls\":"
+     "{\"id\":1}}]}",
+     0, SPI_ETYPE, "messages[0].tool_calls:", "array"},
+    {"{" CHAT_OK ",\"stream\":\"yes\"}", 0, SPI_ETYPE, "stream:", NULL},
+    {"{" CHAT_OK ",\"stream\":1}", 0, SPI_ETYPE, "stream:", NULL},
+    {"{" CHAT_OK ",\"max_tokens\":1.5}", 0, SPI_ETYPE, "max_tokens:",
+     "integer"},
+    {"{" CHAT_OK ",\"max_tokens\":\"100\"}", 0, SPI_ETYPE, "max_tokens:", NULL},
+    {"{" CHAT_OK ",\"max_completion_tokens\":true}", 0, SPI_ETYPE,
+     "max_completion_tokens:", NULL},
+    {"{" CHAT_OK ",\"priority\":\"high\"}", 0, SPI_ETYPE, "priority:", NULL},
+    {"{" CHAT_OK ",\"service_tier\":1}", 0, SPI_ETYPE, "service_tier:", NULL},
+    {"{" CHAT_OK ",\"user\":{}}", 0, SPI_ETYPE, "user:", NULL},
+    {"{" CHAT_OK ",\"tools\":{\"type\":\"function\"}}", 0, SPI_ETYPE, "tools:",
+     "array"},
+    {"{" CHAT_OK ",\"metadata\":[\"a\"]}", 0, SPI_ETYPE, "metadata:", "object"},
+    {"{" CHAT_OK ",\"metadata\":\"x\"}", 0, SPI_ETYPE, "metadata:", NULL},
+    {"{\"model\":\"m\",\"prompt\":5}", 0, SPI_ETYPE, "prompt:", NULL},
+    {"{\"model\":\"m\",\"prompt\":{}}", 0, SPI_ETYPE, "prompt:", NULL},
+    {"{\"model\":\"m\",\"prompt\":[1,\"a\"]}", 0, SPI_ETYPE, "prompt[1]:",
+     NULL},
+    {"{\"model\":\"m\",\"prompt\":[1,2.5]}", 0, SPI_ETYPE, "prompt[1]:", NULL},
+    {"{\"model\":\"m\",\"prompt\":[-1]}", 0, SPI_ETYPE, "prompt[0]:", NULL},
+    {"{\"model\":\"m\",\"prompt\":[4294967296]}", 0, SPI_ETYPE, "prompt[0]:",
+     NULL},
+    {"{\"model\":\"m\",\"prompt\":[null]}", 0, SPI_ETYPE, "prompt[0]:", NULL},
+    {"{\"model\":\"m\",\"prompt\":[{}]}", 0, SPI_ETYPE, "prompt[0]:", NULL},
+    /* Unknown names. */
+    {"{\"model\":\"m\",\"messages\":[{\"role\":\"wizard\",\"content\":\"q\"}]}",
+     0, SPI_EUNKNOWN, "messages[0].role:", "wizard"},
+    {"{\"model\":\"m\",\"messages\":[{\"role\":\"user\",\"content\":\"q\"},"
+     "{\"role\":\"\",\"content\":\"q\"}]}",
+     0, SPI_EUNKNOWN, "messages[1].role:", NULL},
+    {"{" CHAT_OK ",\"service_tier\":\"turbo\"}", 0, SPI_EUNKNOWN,
+     "service_tier:", "turbo"},
+    {"{" CHAT_OK ",\"metadata\":{\"class\":\"platinum\"}}", 0, SPI_EUNKNOWN,
+     "metadata.class:", "platinum"},
+    /* Metadata values. */
+    {"{" CHAT_OK ",\"metadata\":{\"n\":1}}", 0, SPI_ETYPE, "metadata.n:",
+     "string"},
+    {"{" CHAT_OK ",\"metadata\":{\"ok\":\"1\",\"flag\":true}}", 0, SPI_ETYPE,
+     "metadata.flag:", NULL},
+    {"{" CHAT_OK ",\"metadata\":{\"x\":null}}", 0, SPI_ETYPE, "metadata.x:",
+     NULL},
+    {"{" CHAT_OK ",\"metadata\":{\"priority\":\"high\"}}", 0, SPI_ETYPE,
+     "metadata.priority:", "integer"},
+    {"{" CHAT_OK ",\"metadata\":{\"priority\":\"1.5\"}}", 0, SPI_ETYPE,
+     "metadata.priority:", NULL},
+    {"{" CHAT_OK ",\"metadata\":{\"priority\":\" 1\"}}", 0, SPI_ETYPE,
+     "metadata.priority:", NULL},
+    {"{" CHAT_OK ",\"metadata\":{\"priority\":\"-\"}}", 0, SPI_ETYPE,
+     "metadata.priority:", NULL},
+    {"{" CHAT_OK ",\"metadata\":{\"sla_ms\":\"\"}}", 0, SPI_ETYPE,
+     "metadata.sla_ms:", NULL},
+    {"{" CHAT_OK ",\"metadata\":{\"sla_ms\":\"0\"}}", 0, SPI_ERANGE,
+     "metadata.sla_ms:", NULL},
+    {"{" CHAT_OK ",\"metadata\":{\"sla_ms\":\"86400001\"}}", 0, SPI_ERANGE,
+     "metadata.sla_ms:", NULL},
+    {"{" CHAT_OK ",\"metadata\":{\"replayable\":\"yes\"}}", 0, SPI_ETYPE,
+     "metadata.replayable:", "true or false"},
+    {"{" CHAT_OK ",\"metadata\":{\"expected_output_tokens\":\"-1\"}}", 0,
+     SPI_ERANGE, "metadata.expected_output_tokens:", NULL},
+    {"{" CHAT_OK ",\"metadata\":{\"a\":\"1\",\"b\":\"2\",\"c\":\"3\",\"d\":"
+     "\"4\",\"e\":\"5\",\"f\":\"6\",\"g\":\"7\",\"h\":\"8\",\"i\":\"9\",\"j\":"
+     "\"10\",\"k\":\"11\",\"l\":\"12\",\"m\":\"13\",\"n\":\"14\",\"o\":\"15\","
+     "\"p\":\"16\",\"q\":\"17\"}}",
+     0, SPI_ETOOBIG, "metadata:", "more than 16"},
+    {"{" CHAT_OK ",\"metadata\":{\"\":\"v\"}}", 0, SPI_ETOOBIG, "metadata:",
+     NULL},
+    {"{" CHAT_OK ",\"metadata\":{\"k\":\"a\\u0000b\"}}", 0, SPI_OK, NULL, NULL},
+    /* Ranges. */
+    {"{" CHAT_OK ",\"max_tokens\":0}", 0, SPI_ERANGE, "max_tokens:", NULL},
+    {"{" CHAT_OK ",\"max_tokens\":-5}", 0, SPI_ERANGE, "max_tokens:", NULL},
+    {"{" CHAT_OK ",\"max_completion_tokens\":1000000001}", 0, SPI_ERANGE,
+     "max_completion_tokens:", NULL},
+    {"{" CHAT_OK ",\"priority\":1000001}", 0, SPI_ERANGE, "priority:", NULL},
+    /* Absurd sizes. */
+    {"{" CHAT_OK ",\"max_tokens\":1e300}", 0, SPI_ETYPE, "max_tokens:", NULL},
+    {"{" CHAT_OK ",\"max_tokens\":1e15}", 0, SPI_ERANGE, "max_tokens:", NULL},
+    {"{" CHAT_OK ",\"priority\":-1e300}", 0, SPI_ETYPE, "priority:", NULL},
+    {"{" CHAT_OK ",\"priority\":9007199254740993}", 0, SPI_ERANGE, "priority:",
+     NULL},
+    {"{" CHAT_OK ",\"metadata\":{\"priority\":\"9999999999999999999\"}}", 0,
+     SPI_ETYPE, "metadata.priority:", NULL},
+    {"{" CHAT_OK ",\"metadata\":{\"priority\":\"99999999999999999999\"}}", 0,
+     SPI_ETYPE, "metadata.priority:", NULL},
+    {"{" CHAT_OK ",\"metadata\":{\"prompt_tokens\":\"99999999999999999999\"}}",
+     0, SPI_OK, NULL, NULL},
+    {"{\"model\":\"m\",\"prompt\":[1e300]}", 0, SPI_ETYPE, "prompt[0]:", NULL},
+};
+
+static void test_parse_errors(void **state) {
+  fx *f = *state;
+  spi_request *r = f->r;
+  for (size_t i = 0; i < sizeof BAD_BODIES / sizeof BAD_BODIES[0]; i++) {
+    const bad_body *b = &BAD_BODIES[i];
+    /* Start from a filled request each time. */
+    assert_int_equal(spi_request_parse_openai(r, CHAT_BODY,
+                                              sizeof CHAT_BODY - 1,
+                                              SPI_OPENAI_AUTO),
+                     SPI_OK);
+    int rc = parse_kind(r, b->body, b->kind);
+    if (rc != b->status)
+      fail_msg("body #%zu %s: status %d (%s), want %d", i, b->body, rc,
+               spi_request_errmsg(r), b->status);
+    if (b->status == SPI_OK) continue;
+    const char *msg = spi_request_errmsg(r);
+    if (strncmp(msg, b->prefix, strlen(b->prefix)) != 0)
+      fail_msg("body #%zu %s: message \"%s\" does not start with \"%s\"", i,
+               b->body, msg, b->prefix);
+    if (b->also && !strstr(msg, b->also))
+      fail_msg("body #%zu %s: message \"%s\" lacks \"%s\"", i, b->body, msg,
+               b->also);
+    assert_empty(r);
+  }
+}
+
+static void test_parse_deep_and_large(void **state) {
+  fx *f = *state;
+  spi_request *r = f->r;
+  /* A length far beyond the buffer is refused before anything is read. */
+  const char tiny[] = "{";
+  assert_int_equal(spi_request_parse_openai(r, tiny, SIZE_MAX, SPI_OPENAI_AUTO),
+                   SPI_ETOOBIG);
+  assert_contains(spi_request_errmsg(r), "exceeds");
+  assert_int_equal(spi_request_parse_openai(r, tiny, (size_t)4194305,
+                                            SPI_OPENAI_AUTO),
+                   SPI_ETOOBIG);
+  /* NULL with a length; bad kinds. */
+  assert_int_equal(spi_request_parse_openai(r, NULL, 5, SPI_OPENAI_AUTO),
+                   SPI_EINVAL);
+  assert_int_equal(spi_request_parse_openai(r, NULL, 0, SPI_OPENAI_AUTO),
+                   SPI_EPARSE);
+  assert_int_equal(parse_kind(r, "{" CHAT_OK "}", 3), SPI_EINVAL);
+  assert_int_equal(parse_kind(r, "{" CHAT_OK "}", -1), SPI_EINVAL);
+  assert_empty(r);
+
+  /* Deeply nested tools: JSON, but too deep to canonicalise. */
+  size_t depth = 200;
+  size_t cap = 64 + 2 * depth + sizeof("{" CHAT_OK ",\"tools\":}");
+  char *body = malloc(cap);
+  assert_non_null(body);
+  size_t n = (size_t)snprintf(body, cap, "{" CHAT_OK ",\"tools\":");
+  memset(body + n, '[', depth);
+  memset(body + n + depth, ']', depth);
+  n += 2 * depth;
+  body[n++] = '}';
+  assert_int_equal(spi_request_parse_openai(r, body, n, SPI_OPENAI_AUTO),
+                   SPI_ETOOBIG);
+  assert_starts(spi_request_errmsg(r), "tools:");
+  assert_empty(r);
+  /* Deeply nested content parts. */
+  n = (size_t)snprintf(body, cap,
+                       "{\"model\":\"m\",\"messages\":[{\"role\":\"user\","
+                       "\"content\":[{\"type\":\"x\",\"v\":");
+  memset(body + n, '[', depth);
+  memset(body + n + depth, ']', depth);
+  n += 2 * depth;
+  n += (size_t)snprintf(body + n, cap - n, "}]}]}");
+  assert_int_equal(spi_request_parse_openai(r, body, n, SPI_OPENAI_AUTO),
+                   SPI_ETOOBIG);
+  assert_starts(spi_request_errmsg(r), "messages[0].content[0]");
+  assert_empty(r);
+  free(body);
+
+  /* More messages than limits.max_messages (default 2048). */
+  size_t count = 2049;
+  const char *one = "{\"role\":\"user\",\"content\":\"x\"},";
+  cap = 64 + count * strlen(one);
+  body = malloc(cap);
+  assert_non_null(body);
+  n = (size_t)snprintf(body, cap, "{\"model\":\"m\",\"messages\":[");
+  for (size_t i = 0; i < count; i++) {
+    memcpy(body + n, one, strlen(one));
+    n += strlen(one);
+  }
+  body[n - 1] = ']';
+  body[n++] = '}';
+  assert_int_equal(spi_request_parse_openai(r, body, n, SPI_OPENAI_AUTO),
+                   SPI_ETOOBIG);
+  assert_starts(spi_request_errmsg(r), "messages:");
+  assert_empty(r);
+  /* One fewer fits. */
+  n = (size_t)snprintf(body, cap, "{\"model\":\"m\",\"messages\":[");
+  for (size_t i = 0; i + 1 < count; i++) {
+    memcpy(body + n, one, strlen(one));
+    n += strlen(one);
+  }
+  body[n - 1] = ']';
+  body[n++] = '}';
+  assert_int_equal(spi_request_parse_openai(r, body, n, SPI_OPENAI_AUTO),
+                   SPI_OK);
+  assert_int_equal(spi_request_message_count(r), 2048);
+  free(body);
+
+  /* A message over limits.max_field_bytes (default 1 MiB). */
+  size_t big = 1048577;
+  cap = big + 128;
+  body = malloc(cap);
+  assert_non_null(body);
+  n = (size_t)snprintf(body, cap, "{\"model\":\"m\",\"messages\":[{\"role\":"
+                                  "\"user\",\"content\":\"");
+  memset(body + n, 'a', big);
+  n += big;
+  n += (size_t)snprintf(body + n, cap - n, "\"}]}");
+  assert_int_equal(spi_request_parse_openai(r, body, n, SPI_OPENAI_AUTO),
+                   SPI_ETOOBIG);
+  assert_starts(spi_request_errmsg(r), "messages[0]");
+  assert_contains(spi_request_errmsg(r), "1048577");
+  assert_empty(r);
+  free(body);
+}
+
+/* A failed parse replaces nothing it did not finish: the request is empty,
+ * not a mix of the old and the new body. */
+static void test_parse_all_or_nothing(void **state) {
+  fx *f = *state;
+  spi_request *r = f->r;
+  /* The error sits at the very end, after model, messages, tools, stream
+   * and the caps have all been read. */
+  static const char *const late[] = {
+      "{\"model\":\"other\",\"messages\":[{\"role\":\"user\",\"content\":"
+      "\"new\"}],\"tools\":[],\"stream\":false,\"max_tokens\":5,\"user\":\"u\","
+      "\"priority\":1,\"metadata\":{\"tenant\":\"t\",\"sla_ms\":\"x\"}}",
+      "{\"model\":\"other\",\"messages\":[{\"role\":\"user\",\"content\":"
+      "\"new\"},{\"role\":\"bad\"}]}",
+      "{\"model\":\"other\",\"prompt\":[1,2,3,\"x\"]}",
+      "{\"model\":\"other\",\"prompt\":\"p\",\"service_tier\":\"nope\"}",
+      "{\"model\":\"other\",\"prompt\":\"p\"",
+  };
+  for (size_t i = 0; i < sizeof late / sizeof late[0]; i++) {
+    assert_int_equal(spi_request_parse_openai(r, CHAT_BODY,
+                                              sizeof CHAT_BODY - 1,
+                                              SPI_OPENAI_AUTO),
+                     SPI_OK);
+    const uint32_t ids[] = {9, 9};
+    assert_int_equal(spi_request_set_token_ids(r, ids, 2), SPI_OK);
+    assert_int_equal(spi_request_set_str(r, SPI_REQ_SYSTEM_PROMPT, LIT("s")),
+                     SPI_OK);
+    assert_int_equal(spi_request_set_int(r, SPI_REQ_PROMPT_TOKENS, 10), SPI_OK);
+    int rc = parse(r, late[i]);
+    assert_true(rc < 0);
+    assert_string_not_equal(spi_request_errmsg(r), "");
+    assert_empty(r);
+    /* The emptied request still works, and classifies as empty. */
+    spi_classification c;
+    memset(&c, 0, sizeof c);
+    c.struct_size = sizeof c;
+    assert_int_equal(spi_classify(r, SPI_PRESSURE_NORMAL, &c), SPI_OK);
+    assert_int_equal(c.klass, SPI_CLASS_SILVER);
+    assert_string_equal(c.reason, "default class silver");
+    /* And a later good parse fills it completely. */
+    assert_int_equal(parse(r, "{\"model\":\"m2\",\"prompt\":\"p2\"}"), SPI_OK);
+    assert_str(r, SPI_REQ_MODEL, "m2");
+    assert_str(r, SPI_REQ_SYSTEM_PROMPT, "");
+    assert_unset(r, SPI_REQ_PROMPT_TOKENS);
+    assert_int_equal(r->ntokens, 0);
+  }
+}
+
+/* ------------------------------------------------- system prompt in key */
+
+static spi_cache_key chat_key(spi_request *r, const char *sys_role,
+                              const char *sys, const char *user,
+                              const char *override) {
+  spi_request_reset(r);
+  assert_int_equal(spi_request_set_str(r, SPI_REQ_MODEL, LIT("m")), SPI_OK);
+  if (sys)
+    assert_int_equal(spi_request_add_message(r, sys_role, strlen(sys_role), sys,
+                                             strlen(sys)),
+                     SPI_OK);
+  assert_int_equal(
+      spi_request_add_message(r, LIT("user"), user, strlen(user)), SPI_OK);
+  if (override)
+    assert_int_equal(spi_request_set_str(r, SPI_REQ_SYSTEM_PROMPT, override,
+                                         strlen(override)),
+                     SPI_OK);
+  return key_of(r);
+}
+
+static void test_system_prompt_in_key(void **state) {
+  fx *f = *state;
+  spi_request *r = f->r;
+  spi_cache_key base = chat_key(r, "system", "Be nice.", "hi", NULL);
+  /* The conversation itself is not in the key; the system prompt is. */
+  assert_true(keys_equal(base, chat_key(r, "system", "Be nice.", "bye", NULL)));
+  assert_false(keys_equal(base, chat_key(r, "system", "Be mean.", "hi", NULL)));
+  assert_false(keys_equal(base, chat_key(r, "system", NULL, "hi", NULL)));
+  /* developer messages count as system messages. */
+  assert_true(
+      keys_equal(base, chat_key(r, "developer", "Be nice.", "hi", NULL)));
+  /* SPI_REQ_SYSTEM_PROMPT overrides the messages... */
+  assert_true(
+      keys_equal(base, chat_key(r, "system", "Be mean.", "hi", "Be nice.")));
+  assert_true(keys_equal(base, chat_key(r, "system", NULL, "hi", "Be nice.")));
+  assert_false(
+      keys_equal(base, chat_key(r, "system", "Be nice.", "hi", "Be mean.")));
+  /* ...until it is cleared again. */
+  chat_key(r, "system", "Be mean.", "hi", "Be nice.");
+  assert_int_equal(spi_request_set_str(r, SPI_REQ_SYSTEM_PROMPT, NULL, 0),
+                   SPI_OK);
+  assert_false(keys_equal(base, key_of(r)));
+
+  /* Several system messages join with 0x1E, wherever they sit. */
+  spi_request_reset(r);
+  assert_int_equal(spi_request_set_str(r, SPI_REQ_MODEL, LIT("m")), SPI_OK);
+  assert_int_equal(spi_request_add_message(r, LIT("system"), LIT("A")), SPI_OK);
+  assert_int_equal(spi_request_add_message(r, LIT("user"), LIT("u")), SPI_OK);
+  assert_int_equal(spi_request_add_message(r, LIT("developer"), LIT("B")),
+                   SPI_OK);
+  spi_cache_key joined = key_of(r);
+  assert_true(keys_equal(joined, chat_key(r, "system", NULL, "x", "A\x1e" "B")));
+  assert_false(keys_equal(joined, chat_key(r, "system", NULL, "x", "AB")));
+
+  /* The same through a body. */
+  assert_int_equal(parse(r, "{\"model\":\"m\",\"messages\":[{\"role\":"
+                            "\"system\",\"content\":\"Be nice.\"},{\"role\":"
+                            "\"user\",\"content\":\"other\"}]}"),
+                   SPI_OK);
+  assert_true(keys_equal(base, key_of(r)));
+  assert_int_equal(parse(r, "{\"model\":\"m\",\"messages\":[{\"role\":"
+                            "\"system\",\"content\":[{\"type\":\"text\","
+                            "\"text\":\"Be \"},{\"type\":\"text\",\"text\":"
+                            "\"nice.\"}]},{\"role\":\"user\",\"content\":"
+                            "\"q\"}]}"),
+                   SPI_OK);
+  assert_true(keys_equal(base, key_of(r)));
+}
+
+/* ------------------------------------------------ counting allocator */
+
+typedef struct counter {
+  long calls;   /* allocation attempts */
+  long allocs;  /* successful allocations */
+  long frees;
+  long fail_at; /* the attempt that fails (0-based), -1 for none */
+  int injected; /* the failure happened */
+} counter;
+
+static void *count_alloc(void *ud, size_t size) {
+  counter *c = ud;
+  if (c->calls++ == c->fail_at) {
+    c->injected = 1;
+    return NULL;
+  }
+  void *p = malloc(size);
+  if (p) c->allocs++;
+  return p;
+}
+
+static void count_free(void *ud, void *p) {
+  counter *c = ud;
+  if (p) c->frees++;
+  free(p);
+}
+
+static spi_hooks hooks_for(counter *c) {
+  spi_hooks h;
+  memset(&h, 0, sizeof h);
+  h.struct_size = sizeof h;
+  h.alloc = count_alloc;
+  h.free = count_free;
+  h.alloc_user_data = c;
+  return h;
+}
+
+/* ------------------------------------------------------- warm hot path */
+
+typedef struct round_out {
+  spi_classification c;
+  spi_cache_key key;
+  uint64_t hashes[8];
+  size_t nblocks;
+} round_out;
+
+static char LONG_TEXT[3000];
+
+/* One request as a gateway fills it field by field, then every hot call. */
+static void hot_round(spi_request *r, int with_tokens, round_out *o) {
+  static const char tools[] =
+      "[{\"type\":\"function\",\"function\":{\"name\":\"lookup\","
+      "\"parameters\":{\"type\":\"object\"}}}]";
+  assert_int_equal(spi_request_reset(r), SPI_OK);
+  assert_int_equal(spi_request_set_str(r, SPI_REQ_MODEL, LIT("llama-3-8b")),
+                   SPI_OK);
+  assert_int_equal(
+      spi_request_set_str(r, SPI_REQ_TOKENIZER_VERSION, LIT("tok-v3")), SPI_OK);
+  assert_int_equal(spi_request_set_str(r, SPI_REQ_TENANT, LIT("acme")), SPI_OK);
+  assert_int_equal(
+      spi_request_set_str(r, SPI_REQ_TENANT_TIER, LIT("enterprise")), SPI_OK);
+  assert_int_equal(spi_request_set_str(r, SPI_REQ_TOOLS_JSON, LIT(tools)),
+                   SPI_OK);
+  assert_int_equal(spi_request_set_str(r, SPI_REQ_SERVICE_TIER, LIT("default")),
+                   SPI_OK);
+  assert_int_equal(spi_request_set_str(r, SPI_REQ_CLASS, LIT("")), SPI_OK);
+  assert_int_equal(
+      spi_request_add_message(r, LIT("system"), LIT("You are helpful.")),
+      SPI_OK);
+  assert_int_equal(spi_request_add_message(r, LIT("user"), LONG_TEXT,
+                                           sizeof LONG_TEXT - 1),
+                   SPI_OK);
+  assert_int_equal(spi_request_add_message(r, LIT("assistant"), LIT("Sure.")),
+                   SPI_OK);
+  assert_int_equal(spi_request_add_message(r, LIT("user"),
+                                           LIT("Analyze and compare them?")),
+                   SPI_OK);
+  assert_int_equal(spi_request_set_metadata(r, LIT("trace_id"), LIT("t-1")),
+                   SPI_OK);
+  assert_int_equal(spi_request_set_metadata(r, LIT("sla_ms"), LIT("2000")),
+                   SPI_OK);
+  assert_int_equal(spi_request_set_int(r, SPI_REQ_STREAM, 1), SPI_OK);
+  assert_int_equal(spi_request_set_int(r, SPI_REQ_MAX_OUTPUT_TOKENS, 512),
+                   SPI_OK);
+  if (with_tokens) {
+    uint32_t ids[80];
+    for (uint32_t i = 0; i < 80; i++) ids[i] = i * 7u;
+    assert_int_equal(spi_request_set_token_ids(r, ids, 80), SPI_OK);
+  }
+  memset(&o->c, 0, sizeof o->c);
+  o->c.struct_size = sizeof o->c;
+  assert_int_equal(spi_classify(r, SPI_PRESSURE_HIGH, &o->c), SPI_OK);
+  assert_int_equal(spi_request_cache_key(r, &o->key), SPI_OK);
+  assert_int_equal(spi_request_block_hashes(r, o->hashes, 8, &o->nblocks),
+                   SPI_OK);
+}
+
+static void warm_path(int with_tokens) {
+  counter c = {0, 0, 0, -1, 0};
+  spi_hooks h = hooks_for(&c);
+  memset(LONG_TEXT, 'w', sizeof LONG_TEXT - 1);
+  spi_engine *e = NULL;
+  spi_request *r = NULL;
+  assert_int_equal(spi_engine_new(&e, &h), SPI_OK);
+  assert_int_equal(spi_request_new(e, &r), SPI_OK);
+  round_out first, second;
+  hot_round(r, with_tokens, &first);
+  long before = c.allocs;
+  hot_round(r, with_tokens, &second);
+  if (c.allocs != before)
+    fail_msg("warm round allocated %ld times", c.allocs - before);
+  /* Same input, same answers; and the round did real work. */
+  assert_int_equal(first.c.klass, SPI_CLASS_GOLD);
+  assert_string_equal(first.c.reason, "rule interactive-sla");
+  assert_int_equal(first.c.model_tier, SPI_TIER_LARGE);
+  assert_int_equal(first.nblocks, with_tokens ? 5 : 3);
+  assert_int_equal(second.c.klass, first.c.klass);
+  assert_true(keys_equal(first.key, second.key));
+  assert_int_equal(second.nblocks, first.nblocks);
+  assert_memory_equal(first.hashes, second.hashes,
+                      first.nblocks * sizeof first.hashes[0]);
+  /* A third round on a fresh reset still does not allocate. */
+  hot_round(r, with_tokens, &second);
+  assert_int_equal(c.allocs, before);
+  spi_request_free(r);
+  spi_engine_free(e);
+  assert_int_equal(c.allocs, c.frees);
+}
+
+static void test_warm_path_no_alloc(void **state) {
+  (void)state;
+  warm_path(0);
+}
+
+static void test_warm_path_no_alloc_tokens(void **state) {
+  (void)state;
+  warm_path(1);
+}
+
+/* -------------------------------------------------- allocation failure */
+
+static const char TORTURE_BODY[] =
+    "{\"model\":\"m\",\"messages\":["
+    "{\"role\":\"system\",\"content\":\"sys\"},"
+    "{\"role\":\"user\",\"content\":[{\"type\":\"text\",\"text\":\"look \"},"
+    "{\"type\":\"image_url\",\"image_url\":{\"url\":\"https://x/y.png\"}}]},"
+    "{\"role\":\"assistant\",\"tool_calls\":[{\"id\":\"c\",\"type\":"
+    "\"function\",\"function\":{\"name\":\"f\",\"arguments\":\"{}\"}}]},"
+    "{\"role\":\"tool\",\"content\":\"ok\"},"
+    "{\"role\":\"user\",\"content\":\"why? explain why step by step\"}],"
+    "\"tools\":[{\"type\":\"function\",\"function\":{\"name\":\"f\"}}],"
+    "\"stream\":true,\"metadata\":{\"sla_ms\":\"1000\",\"tenant\":\"t\","
+    "\"note\":\"kept\"}}";
+
+/* Check a failed step: SPI_ENOMEM, with a message on the handle. */
+static void assert_enomem_(int rc, const char *msg, int line) {
+  if (rc != SPI_ENOMEM)
+    fail_msg("line %d: status %d (%s), want SPI_ENOMEM", line, rc, msg);
+  if (!msg || !msg[0]) fail_msg("line %d: no message", line);
+}
+#define assert_enomem(rc, msg) assert_enomem_((rc), (msg), __LINE__)
+
+static void test_alloc_failure_loop(void **state) {
+  (void)state;
+  /* The reference results, without failures. */
+  spi_engine *e = NULL;
+  spi_request *r = NULL;
+  assert_int_equal(spi_engine_new(&e, NULL), SPI_OK);
+  assert_int_equal(spi_request_new(e, &r), SPI_OK);
+  assert_int_equal(parse(r, TORTURE_BODY), SPI_OK);
+  spi_classification want_c;
+  memset(&want_c, 0, sizeof want_c);
+  want_c.struct_size = sizeof want_c;
+  assert_int_equal(spi_classify(r, SPI_PRESSURE_NORMAL, &want_c), SPI_OK);
+  spi_cache_key want_k = key_of(r);
+  const uint8_t *p;
+  size_t want_plen;
+  assert_int_equal(spi_request_canonical_prompt(r, &p, &want_plen), SPI_OK);
+  spi_request_free(r);
+  spi_engine_free(e);
+
+  long n;
+  int steps_failed[5] = {0, 0, 0, 0, 0};
+  for (n = 0; n < 100000; n++) {
+    counter c = {0, 0, 0, n, 0};
+    spi_hooks h = hooks_for(&c);
+    e = NULL;
+    r = NULL;
+    int rc = spi_engine_new(&e, &h);
+    if (rc != SPI_OK) {
+      assert_int_equal(rc, SPI_ENOMEM);
+      assert_null(e);
+      steps_failed[0]++;
+      goto check;
+    }
+    rc = spi_request_new(e, &r);
+    if (rc != SPI_OK) {
+      assert_enomem(rc, spi_engine_errmsg(e));
+      assert_null(r);
+      steps_failed[1]++;
+      goto free_engine;
+    }
+    rc = parse(r, TORTURE_BODY);
+    if (rc != SPI_OK) {
+      assert_enomem(rc, spi_request_errmsg(r));
+      assert_empty(r);
+      steps_failed[2]++;
+      /* Nothing is left broken: the same body parses now. */
+      assert_int_equal(parse(r, TORTURE_BODY), SPI_OK);
+    }
+    spi_classification got;
+    memset(&got, 0, sizeof got);
+    got.struct_size = sizeof got;
+    rc = spi_classify(r, SPI_PRESSURE_NORMAL, &got);
+    if (rc != SPI_OK) {
+      assert_enomem(rc, spi_request_errmsg(r));
+      steps_failed[3]++;
+      assert_int_equal(spi_classify(r, SPI_PRESSURE_NORMAL, &got), SPI_OK);
+    }
+    assert_int_equal(got.klass, want_c.klass);
+    assert_int_equal(got.model_tier, want_c.model_tier);
+    assert_string_equal(got.reason, want_c.reason);
+    spi_cache_key k;
+    rc = spi_request_cache_key(r, &k);
+    if (rc != SPI_OK) {
+      assert_enomem(rc, spi_request_errmsg(r));
+      steps_failed[4]++;
+      assert_int_equal(spi_request_cache_key(r, &k), SPI_OK);
+    }
+    assert_true(keys_equal(k, want_k));
+    size_t plen;
+    assert_int_equal(spi_request_canonical_prompt(r, &p, &plen), SPI_OK);
+    assert_int_equal(plen, want_plen);
+    spi_request_free(r);
+  free_engine:
+    spi_engine_free(e);
+  check:
+    if (c.allocs != c.frees)
+      fail_msg("failing allocation %ld: %ld allocations, %ld frees", n,
+               c.allocs, c.frees);
+    if (!c.injected) break; /* the whole sequence ran without a failure */
+  }
+  /* The loop ended because the sequence succeeded, and every step that
+   * allocates was made to fail at least once. */
+  assert_true(n < 100000);
+  assert_true(n > 10);
+  assert_true(steps_failed[0] > 0);
+  assert_true(steps_failed[1] > 0);
+  assert_true(steps_failed[2] > 0);
+  assert_true(steps_failed[3] > 0);
+}
+
+/* --------------------------------------------------------------- misuse */
+
+static void test_misuse(void **state) {
+  fx *f = *state;
+  spi_request fake;
+  memset(&fake, 0, sizeof fake);
+  spi_request *r = &fake;
+  const char *p;
+  size_t n;
+  int64_t v;
+  uint64_t hashes[2];
+  spi_cache_key k;
+  spi_classification c;
+  memset(&c, 0, sizeof c);
+  c.struct_size = sizeof c;
+  spi_price pr;
+  memset(&pr, 0, sizeof pr);
+  pr.struct_size = sizeof pr;
+  const uint8_t *cp;
+  const uint32_t ids[1] = {1};
+  /* Zeroed (never a request) and "freed" (dead magic) handles alike, and a
+   * request whose engine is not an engine. */
+  spi_engine fake_engine;
+  memset(&fake_engine, 0, sizeof fake_engine);
+  for (int round = 0; round < 3; round++) {
+    if (round == 1) fake.magic = SPI_DEAD_MAGIC;
+    if (round == 2) {
+      fake.magic = SPI_REQUEST_MAGIC;
+      fake.engine = &fake_engine;
+    }
+    assert_int_equal(spi_request_reset(r), SPI_EMISUSE);
+    assert_int_equal(spi_request_set_str(r, SPI_REQ_MODEL, LIT("m")),
+                     SPI_EMISUSE);
+    assert_int_equal(spi_request_set_int(r, SPI_REQ_STREAM, 1), SPI_EMISUSE);
+    assert_int_equal(spi_request_unset_int(r, SPI_REQ_STREAM), SPI_EMISUSE);
+    assert_int_equal(spi_request_get_str(r, SPI_REQ_MODEL, &p, &n),
+                     SPI_EMISUSE);
+    assert_int_equal(spi_request_get_int(r, SPI_REQ_STREAM, &v, NULL),
+                     SPI_EMISUSE);
+    assert_int_equal(spi_request_add_message(r, LIT("user"), LIT("x")),
+                     SPI_EMISUSE);
+    assert_int_equal(spi_request_set_metadata(r, LIT("k"), LIT("v")),
+                     SPI_EMISUSE);
+    assert_int_equal(spi_request_set_token_ids(r, ids, 1), SPI_EMISUSE);
+    assert_int_equal(parse(r, "{" CHAT_OK "}"), SPI_EMISUSE);
+    assert_int_equal(spi_classify(r, 0, &c), SPI_EMISUSE);
+    assert_int_equal(spi_request_cache_key(r, &k), SPI_EMISUSE);
+    assert_int_equal(spi_request_block_hashes(r, hashes, 2, &n), SPI_EMISUSE);
+    assert_int_equal(spi_request_canonical_prompt(r, &cp, &n), SPI_EMISUSE);
+    assert_int_equal(spi_request_price(r, SPI_POOL_SPOT, &pr), SPI_EMISUSE);
+    assert_int_equal(spi_request_message_count(r), 0);
+    if (round < 2)
+      assert_string_equal(spi_request_errmsg(r), "invalid request handle");
+    /* Freeing a handle that is not a live request does nothing. */
+    spi_request_free(round < 2 ? r : NULL);
+  }
+  assert_string_equal(spi_request_errmsg(NULL), "invalid request handle");
+  spi_request_free(NULL);
+  assert_int_equal(spi_request_message_count(NULL), 0);
+  assert_int_equal(spi_request_reset(NULL), SPI_EMISUSE);
+
+  /* Constructor arguments. */
+  spi_request *out = (spi_request *)&fake;
+  assert_int_equal(spi_request_new(f->e, NULL), SPI_EINVAL);
+  assert_int_equal(spi_request_new(NULL, &out), SPI_EMISUSE);
+  assert_null(out);
+  out = (spi_request *)&fake;
+  assert_int_equal(spi_request_new(&fake_engine, &out), SPI_EMISUSE);
+  assert_null(out);
+
+  /* Calls on a live request with bad output arguments. */
+  assert_int_equal(spi_classify(f->r, 0, NULL), SPI_EINVAL);
+  assert_int_equal(spi_request_cache_key(f->r, NULL), SPI_EINVAL);
+  assert_int_equal(spi_request_block_hashes(f->r, NULL, 2, &n), SPI_EINVAL);
+  assert_int_equal(spi_request_block_hashes(f->r, hashes, 2, NULL), SPI_EINVAL);
+  assert_int_equal(spi_request_set_token_ids(f->r, NULL, 2), SPI_EINVAL);
+  assert_int_equal(spi_request_set_metadata(f->r, NULL, 2, LIT("v")),
+                   SPI_EINVAL);
+  assert_int_equal(spi_request_set_metadata(f->r, LIT("k"), NULL, 2),
+                   SPI_EINVAL);
+  assert_int_equal(spi_request_message_count(f->r), 0);
+}
+
+/* -------------------------------------------------------------- metadata */
+
+static void test_metadata_setter(void **state) {
+  fx *f = *state;
+  spi_request *r = f->r;
+  static const struct {
+    const char *key, *value;
+    int32_t str_field, int_field;
+    int64_t want;
+  } known[] = {
+      {"class", "gold", SPI_REQ_CLASS, 0, 0},
+      {"priority", "-7", 0, SPI_REQ_PRIORITY, -7},
+      {"sla_ms", "1500", 0, SPI_REQ_SLA_MS, 1500},
+      {"replayable", "false", 0, SPI_REQ_REPLAYABLE, 0},
+      {"expected_output_tokens", "64", 0, SPI_REQ_EXPECTED_OUTPUT_TOKENS, 64},
+      {"tenant", "acme", SPI_REQ_TENANT, 0, 0},
+      {"tenant_tier", "free", SPI_REQ_TENANT_TIER, 0, 0},
+      {"tenant_salt", "pepper", SPI_REQ_TENANT_SALT, 0, 0},
+      {"decode_profile", "batch-greedy", SPI_REQ_DECODE_PROFILE, 0, 0},
+      {"tokenizer_version", "v9", SPI_REQ_TOKENIZER_VERSION, 0, 0},
+      {"retrieval_template", "rag-1", SPI_REQ_RETRIEVAL_TEMPLATE, 0, 0},
+  };
+  for (size_t i = 0; i < sizeof known / sizeof known[0]; i++) {
+    assert_int_equal(spi_request_set_metadata(r, known[i].key,
+                                              strlen(known[i].key),
+                                              known[i].value,
+                                              strlen(known[i].value)),
+                     SPI_OK);
+    if (known[i].str_field)
+      assert_str(r, known[i].str_field, known[i].value);
+    else
+      assert_int(r, known[i].int_field, known[i].want);
+  }
+  assert_int_equal(r->nmeta, 11);
+  assert_int_equal(r->explicit_class, SPI_CLASS_GOLD);
+  /* Keys are case-sensitive: "Class" is just a pair. */
+  assert_int_equal(spi_request_set_metadata(r, LIT("Class"), LIT("junk")),
+                   SPI_OK);
+  assert_int_equal(r->explicit_class, SPI_CLASS_GOLD);
+  assert_true(has_meta(r, "Class", "junk"));
+  /* An empty value is allowed for a plain key. */
+  assert_int_equal(spi_request_set_metadata(r, LIT("empty"), NULL, 0), SPI_OK);
+  assert_true(has_meta(r, "empty", ""));
+  /* Sizes: key 1..64 bytes, value up to 512. */
+  char k65[65], v513[513];
+  memset(k65, 'k', sizeof k65);
+  memset(v513, 'v', sizeof v513);
+  assert_int_equal(spi_request_set_metadata(r, k65, 64, LIT("v")), SPI_OK);
+  assert_int_equal(spi_request_set_metadata(r, k65, 65, LIT("v")), SPI_ETOOBIG);
+  assert_int_equal(spi_request_set_metadata(r, LIT("big"), v513, 512), SPI_OK);
+  assert_int_equal(spi_request_set_metadata(r, LIT("big"), v513, 513),
+                   SPI_ETOOBIG);
+  assert_int_equal(spi_request_set_metadata(r, NULL, 0, LIT("v")), SPI_ETOOBIG);
+  /* A NUL would split the key\0value\0 record. */
+  assert_int_equal(spi_request_set_metadata(r, "a\0b", 3, LIT("v")),
+                   SPI_EPARSE);
+  assert_int_equal(spi_request_set_metadata(r, LIT("k"), "a\0b", 3),
+                   SPI_EPARSE);
+  /* The 16th pair is the last (default limits.max_metadata_pairs). */
+  assert_int_equal(r->nmeta, 15);
+  assert_int_equal(spi_request_set_metadata(r, LIT("last"), LIT("1")), SPI_OK);
+  assert_int_equal(spi_request_set_metadata(r, LIT("over"), LIT("1")),
+                   SPI_ETOOBIG);
+  assert_int_equal(r->nmeta, 16);
+  /* A failed forward is reported with the metadata path, stores nothing. */
+  spi_request_reset(r);
+  assert_int_equal(spi_request_set_metadata(r, LIT("sla_ms"), LIT("-1")),
+                   SPI_ERANGE);
+  assert_starts(spi_request_errmsg(r), "metadata.sla_ms:");
+  assert_int_equal(spi_request_set_metadata(r, LIT("class"), LIT("tin")),
+                   SPI_EUNKNOWN);
+  assert_starts(spi_request_errmsg(r), "metadata.class:");
+  assert_int_equal(r->nmeta, 0);
+  assert_empty(r);
+}
+
+static void test_token_ids(void **state) {
+  fx *f = *state;
+  spi_request *r = f->r;
+  uint32_t ids[48];
+  for (uint32_t i = 0; i < 48; i++) ids[i] = i;
+  assert_int_equal(spi_request_set_token_ids(r, ids, 48), SPI_OK);
+  ids[0] = 999; /* copied */
+  assert_int_equal(r->ntokens, 48);
+  assert_int_equal(r->tokens[0], 0);
+  size_t blocks = 0;
+  assert_int_equal(spi_request_block_hashes(r, NULL, 0, &blocks), SPI_EBUFSIZE);
+  assert_int_equal(blocks, 3);
+  /* Shrinking reuses the memory; zero clears. */
+  assert_int_equal(spi_request_set_token_ids(r, ids, 16), SPI_OK);
+  assert_int_equal(spi_request_block_hashes(r, NULL, 0, &blocks), SPI_EBUFSIZE);
+  assert_int_equal(blocks, 1);
+  assert_int_equal(spi_request_set_token_ids(r, NULL, 0), SPI_OK);
+  assert_int_equal(r->ntokens, 0);
+  assert_int_equal(spi_request_block_hashes(r, NULL, 0, &blocks), SPI_OK);
+  assert_int_equal(blocks, 0);
+}
+
+int main(void) {
+  const struct CMUnitTest tests[] = {
+      cmocka_unit_test_setup_teardown(test_str_set_get, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_str_errors, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_class_and_service_tier_names, setup,
+                                      teardown),
+      cmocka_unit_test_setup_teardown(test_int_ranges, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_messages_and_canonical_prompt, setup,
+                                      teardown),
+      cmocka_unit_test_setup_teardown(test_reset, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_tools_canonical, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_tools_errors, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_limits_from_config, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_metadata_setter, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_token_ids, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_parse_chat, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_parse_chat_variants, setup,
+                                      teardown),
+      cmocka_unit_test_setup_teardown(test_parse_completions, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_parse_errors, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_parse_deep_and_large, setup,
+                                      teardown),
+      cmocka_unit_test_setup_teardown(test_parse_all_or_nothing, setup,
+                                      teardown),
+      cmocka_unit_test_setup_teardown(test_system_prompt_in_key, setup,
+                                      teardown),
+      cmocka_unit_test(test_warm_path_no_alloc),
+      cmocka_unit_test(test_warm_path_no_alloc_tokens),
+      cmocka_unit_test(test_alloc_failure_loop),
+      cmocka_unit_test_setup_teardown(test_misuse, setup, teardown),
+  };
+  return cmocka_run_group_tests(tests, NULL, NULL);
+}
