@@ -49,10 +49,6 @@ def u32le(x):
     return struct.pack("<I", x)
 
 
-def u64le(x):
-    return struct.pack("<Q", x)
-
-
 def digest(b):
     """be128(XXH3_128(b, 0)): high64 then low64, both big-endian."""
     return xxhash.xxh3_128(b, seed=0).digest()
@@ -102,8 +98,7 @@ def block_hashes(cfg, key16, prompt, token_ids):
                                  seed=BLK_SEED)
     out = []
     for i in range(n):
-        h = xxhash.xxh3_64_intdigest(data[i * unit:(i + 1) * unit], seed=0)
-        c = xxhash.xxh3_64_intdigest(u64le(c) + u64le(h), seed=BLK_SEED)
+        c = xxhash.xxh3_64_intdigest(data[i * unit:(i + 1) * unit], seed=c)
         out.append(c)
     return out
 

@@ -184,134 +184,246 @@ static double num(const cJSON *obj, const char *name) {
   return it->valuedouble;
 }
 
-static void run_vector(const cJSON *vec) {
-  const char *name = cJSON_GetObjectItemCaseSensitive(vec, "name")->valuestring;
+/* A vector's request, decoded into bytes. */
+enum { F_MODEL, F_TOK, F_SYS, F_TOOLS, F_RETR, F_TIER, F_SALT, F_PROF, F_N };
+static const char *const FIELD_NAMES[F_N] = {
+    "model",              "tokenizer_version", "system_prompt", "tools_json",
+    "retrieval_template", "tenant_tier",       "tenant_salt",   "decode_profile"};
+static const int32_t FIELD_IDS[F_N] = {
+    SPI_REQ_MODEL,      SPI_REQ_TOKENIZER_VERSION, SPI_REQ_SYSTEM_PROMPT,
+    SPI_REQ_TOOLS_JSON, SPI_REQ_RETRIEVAL_TEMPLATE, SPI_REQ_TENANT_TIER,
+    SPI_REQ_TENANT_SALT, SPI_REQ_DECODE_PROFILE};
+
+typedef struct vec_input {
+  const char *name;
+  char *f[F_N];
+  size_t len[F_N];
+  uint8_t *prompt;
+  size_t prompt_len;
+  uint32_t *ids;
+  size_t nids;
+  char want_key[33];
+  size_t want_n;
+  uint64_t *want_blocks;
+  const char *want_tools;
+} vec_input;
+
+static void vec_decode(const cJSON *vec, vec_input *in) {
+  memset(in, 0, sizeof *in);
+  in->name = cJSON_GetObjectItemCaseSensitive(vec, "name")->valuestring;
   const cJSON *req = cJSON_GetObjectItemCaseSensitive(vec, "request");
+  for (int i = 0; i < F_N; i++)
+    in->f[i] = field_bytes(req, FIELD_NAMES[i], &in->len[i]);
+  const cJSON *pg = cJSON_GetObjectItemCaseSensitive(req, "prompt_gen");
+  if (pg) {
+    in->prompt_len = (size_t)num(pg, "len");
+    in->prompt = pattern(in->prompt_len, (unsigned)num(pg, "mul"),
+                         (unsigned)num(pg, "add"));
+  } else {
+    in->prompt = (uint8_t *)field_bytes(req, "prompt", &in->prompt_len);
+  }
+  const cJSON *tg = cJSON_GetObjectItemCaseSensitive(req, "token_gen");
+  const cJSON *ti = cJSON_GetObjectItemCaseSensitive(req, "token_ids");
+  if (tg) {
+    in->nids = (size_t)num(tg, "count");
+    in->ids = malloc(in->nids * sizeof *in->ids);
+    uint64_t mul = (uint64_t)num(tg, "mul"), add = (uint64_t)num(tg, "add");
+    for (size_t i = 0; i < in->nids; i++)
+      in->ids[i] = (uint32_t)(i * mul + add);
+  } else if (ti) {
+    in->nids = (size_t)cJSON_GetArraySize(ti);
+    in->ids = malloc((in->nids ? in->nids : 1) * sizeof *in->ids);
+    size_t i = 0;
+    for (const cJSON *e = ti->child; e; e = e->next)
+      in->ids[i++] = (uint32_t)e->valuedouble;
+  }
+  snprintf(in->want_key, sizeof in->want_key, "%s",
+           cJSON_GetObjectItemCaseSensitive(vec, "key")->valuestring);
+  const cJSON *blocks = cJSON_GetObjectItemCaseSensitive(vec, "blocks");
+  in->want_n = (size_t)cJSON_GetArraySize(blocks);
+  in->want_blocks = calloc(in->want_n + 1, sizeof *in->want_blocks);
+  size_t i = 0;
+  for (const cJSON *b = blocks->child; b; b = b->next)
+    in->want_blocks[i++] = strtoull(b->valuestring, NULL, 16);
+  in->want_tools =
+      cJSON_GetObjectItemCaseSensitive(vec, "tools_canonical")->valuestring;
+}
+
+static void vec_free(vec_input *in) {
+  for (int i = 0; i < F_N; i++) free(in->f[i]);
+  free(in->prompt);
+  free(in->ids);
+  free(in->want_blocks);
+}
+
+static void check_key(const char *name, const spi_cache_key *key,
+                      const char *want) {
+  char hex[33];
+  snprintf(hex, sizeof hex, "%016llx%016llx", (unsigned long long)key->high64,
+           (unsigned long long)key->low64);
+  if (strcmp(hex, want) != 0)
+    fail_msg("%s: key %s, expected %s", name, hex, want);
+}
+
+static void check_blocks(const vec_input *in, const uint64_t *got, size_t n) {
+  if (n != in->want_n)
+    fail_msg("%s: %zu blocks, expected %zu", in->name, n, in->want_n);
+  for (size_t i = 0; i < n; i++)
+    if (got[i] != in->want_blocks[i])
+      fail_msg("%s: block %zu is %016llx, expected %016llx", in->name, i,
+               (unsigned long long)got[i],
+               (unsigned long long)in->want_blocks[i]);
+}
+
+/* The module called directly with a view built here. */
+static void run_vector(const cJSON *vec) {
   char *cfg_text =
       cJSON_PrintUnformatted(cJSON_GetObjectItemCaseSensitive(vec, "config"));
   kb *k = kb_new(cfg_text);
   cJSON_free(cfg_text);
+  vec_input in;
+  vec_decode(vec, &in);
 
   spi_request_view v;
   memset(&v, 0, sizeof v);
   v.struct_size = sizeof v;
-  char *model = field_bytes(req, "model", &v.model_len);
-  char *tok = field_bytes(req, "tokenizer_version", &v.tokenizer_version_len);
-  char *sys = field_bytes(req, "system_prompt", &v.system_prompt_len);
-  size_t tools_len = 0;
-  char *tools = field_bytes(req, "tools_json", &tools_len);
-  char *retr = field_bytes(req, "retrieval_template", &v.retrieval_template_len);
-  char *tier = field_bytes(req, "tenant_tier", &v.tenant_tier_len);
-  char *salt = field_bytes(req, "tenant_salt", &v.tenant_salt_len);
-  char *prof = field_bytes(req, "decode_profile", &v.decode_profile_len);
-  v.model = model;
-  v.tokenizer_version = tok;
-  v.system_prompt = sys;
-  v.retrieval_template = retr;
-  v.tenant_tier = tier;
-  v.tenant_salt = salt;
-  v.decode_profile = prof;
+  v.model = in.f[F_MODEL];
+  v.model_len = in.len[F_MODEL];
+  v.tokenizer_version = in.f[F_TOK];
+  v.tokenizer_version_len = in.len[F_TOK];
+  v.system_prompt = in.f[F_SYS];
+  v.system_prompt_len = in.len[F_SYS];
+  v.retrieval_template = in.f[F_RETR];
+  v.retrieval_template_len = in.len[F_RETR];
+  v.tenant_tier = in.f[F_TIER];
+  v.tenant_tier_len = in.len[F_TIER];
+  v.tenant_salt = in.f[F_SALT];
+  v.tenant_salt_len = in.len[F_SALT];
+  v.decode_profile = in.f[F_PROF];
+  v.decode_profile_len = in.len[F_PROF];
 
   /* Tools go through the same canonicalisation the request module uses. */
   spi_buf canon = {0};
-  if (tools_len) {
-    cJSON *t = cJSON_ParseWithLengthOpts(tools, tools_len, NULL, 0);
+  if (in.len[F_TOOLS]) {
+    cJSON *t = cJSON_ParseWithLengthOpts(in.f[F_TOOLS], in.len[F_TOOLS], NULL, 0);
     assert_non_null(t);
     assert_int_equal(spi__canon_json(t, &canon, &k->mem), SPI_OK);
     cJSON_Delete(t);
   }
-  const char *want_tools =
-      cJSON_GetObjectItemCaseSensitive(vec, "tools_canonical")->valuestring;
-  if (canon.len != strlen(want_tools) ||
-      (canon.len && memcmp(canon.data, want_tools, canon.len) != 0))
-    fail_msg("%s: canonical tools differ", name);
+  if (canon.len != strlen(in.want_tools) ||
+      (canon.len && memcmp(canon.data, in.want_tools, canon.len) != 0))
+    fail_msg("%s: canonical tools differ", in.name);
   v.tools_canonical = (const char *)canon.data;
   v.tools_canonical_len = canon.len;
-
-  /* Prompt bytes or token ids. */
-  uint8_t *prompt = NULL;
-  const cJSON *pg = cJSON_GetObjectItemCaseSensitive(req, "prompt_gen");
-  if (pg) {
-    v.prompt_len = (size_t)num(pg, "len");
-    prompt = pattern(v.prompt_len, (unsigned)num(pg, "mul"),
-                     (unsigned)num(pg, "add"));
-  } else {
-    prompt = (uint8_t *)field_bytes(req, "prompt", &v.prompt_len);
-  }
-  v.prompt = prompt;
-  uint32_t *ids = NULL;
-  const cJSON *tg = cJSON_GetObjectItemCaseSensitive(req, "token_gen");
-  const cJSON *ti = cJSON_GetObjectItemCaseSensitive(req, "token_ids");
-  if (tg) {
-    v.token_count = (size_t)num(tg, "count");
-    ids = malloc(v.token_count * sizeof *ids);
-    uint64_t mul = (uint64_t)num(tg, "mul"), add = (uint64_t)num(tg, "add");
-    for (size_t i = 0; i < v.token_count; i++)
-      ids[i] = (uint32_t)(i * mul + add);
-  } else if (ti) {
-    v.token_count = (size_t)cJSON_GetArraySize(ti);
-    ids = malloc((v.token_count ? v.token_count : 1) * sizeof *ids);
-    size_t i = 0;
-    for (const cJSON *e = ti->child; e; e = e->next)
-      ids[i++] = (uint32_t)e->valuedouble;
-  }
-  v.token_ids = ids;
+  v.prompt = in.prompt;
+  v.prompt_len = in.prompt_len;
+  v.token_ids = in.ids;
+  v.token_count = in.nids;
 
   spi_cache_key key = key_of(k, &v);
-  char hex[33];
-  snprintf(hex, sizeof hex, "%016llx%016llx", (unsigned long long)key.high64,
-           (unsigned long long)key.low64);
-  const char *want_key = cJSON_GetObjectItemCaseSensitive(vec, "key")->valuestring;
-  if (strcmp(hex, want_key) != 0)
-    fail_msg("%s: key %s, expected %s", name, hex, want_key);
-
-  const cJSON *blocks = cJSON_GetObjectItemCaseSensitive(vec, "blocks");
-  size_t want_n = (size_t)cJSON_GetArraySize(blocks);
-  uint64_t *out = calloc(want_n + 1, sizeof *out);
+  check_key(in.name, &key, in.want_key);
+  uint64_t *out = calloc(in.want_n + 1, sizeof *out);
   size_t n = 12345;
   assert_int_equal(k->mod.block_hashes(&k->mem, k->inst, &v, &key, out,
-                                       want_n + 1, &n),
+                                       in.want_n + 1, &n),
                    SPI_OK);
-  if (n != want_n) fail_msg("%s: %zu blocks, expected %zu", name, n, want_n);
-  size_t i = 0;
-  for (const cJSON *b = blocks->child; b; b = b->next, i++) {
-    char bh[17];
-    snprintf(bh, sizeof bh, "%016llx", (unsigned long long)out[i]);
-    if (strcmp(bh, b->valuestring) != 0)
-      fail_msg("%s: block %zu is %s, expected %s", name, i, bh, b->valuestring);
-  }
-
+  check_blocks(&in, out, n);
   free(out);
-  free(ids);
-  free(prompt);
   spi__buf_free(&canon, &k->mem);
-  free(model);
-  free(tok);
-  free(sys);
-  free(tools);
-  free(retr);
-  free(tier);
-  free(salt);
-  free(prof);
+  vec_free(&in);
   kb_free(k);
 }
 
-static void test_golden_vectors(void **st) {
-  (void)st;
+/* The same vector through the public API: engine configuration, request
+ * setters (the request module canonicalises the tools), key and blocks. */
+static void run_vector_public(spi_engine *e, const cJSON *vec) {
+  cJSON *cfg = cJSON_CreateObject();
+  cJSON_AddItemToObject(
+      cfg, "cache_key",
+      cJSON_Duplicate(cJSON_GetObjectItemCaseSensitive(vec, "config"), 1));
+  char *cfg_text = cJSON_PrintUnformatted(cfg);
+  cJSON_Delete(cfg);
+  if (spi_engine_configure(e, cfg_text, strlen(cfg_text)) != SPI_OK)
+    fail_msg("configure %s: %s", cfg_text, spi_engine_errmsg(e));
+  cJSON_free(cfg_text);
+
+  vec_input in;
+  vec_decode(vec, &in);
+  spi_request *r = NULL;
+  assert_int_equal(spi_request_new(e, &r), SPI_OK);
+  for (int i = 0; i < F_N; i++) {
+    if (!in.len[i]) continue;
+    if (spi_request_set_str(r, FIELD_IDS[i], in.f[i], in.len[i]) != SPI_OK)
+      fail_msg("%s: set %s: %s", in.name, FIELD_NAMES[i],
+               spi_request_errmsg(r));
+  }
+  if (in.prompt_len)
+    assert_int_equal(spi_request_set_str(r, SPI_REQ_PROMPT,
+                                         (const char *)in.prompt,
+                                         in.prompt_len),
+                     SPI_OK);
+  if (in.nids)
+    assert_int_equal(spi_request_set_token_ids(r, in.ids, in.nids), SPI_OK);
+
+  const uint8_t *cp = NULL;
+  size_t cp_len = 0;
+  assert_int_equal(spi_request_canonical_prompt(r, &cp, &cp_len), SPI_OK);
+  assert_int_equal(cp_len, in.prompt_len);
+  if (cp_len) assert_memory_equal(cp, in.prompt, cp_len);
+
+  spi_cache_key key;
+  if (spi_request_cache_key(r, &key) != SPI_OK)
+    fail_msg("%s: %s", in.name, spi_request_errmsg(r));
+  check_key(in.name, &key, in.want_key);
+  char hex[33];
+  assert_int_equal(spi_cache_key_hex(&key, hex, sizeof hex), SPI_OK);
+  assert_string_equal(hex, in.want_key);
+
+  uint64_t *out = calloc(in.want_n + 1, sizeof *out);
+  size_t n = 12345;
+  assert_int_equal(spi_request_block_hashes(r, NULL, 0, &n),
+                   in.want_n ? SPI_EBUFSIZE : SPI_OK);
+  assert_int_equal(n, in.want_n);
+  assert_int_equal(spi_request_block_hashes(r, out, in.want_n + 1, &n), SPI_OK);
+  check_blocks(&in, out, n);
+  free(out);
+  spi_request_free(r);
+  vec_free(&in);
+}
+
+static cJSON *load_vectors(void) {
   size_t len = 0;
   char *text =
       read_file(SPI_SOURCE_DIR "/tests/golden/cache_key_vectors.json", &len);
   assert_non_null(text);
   cJSON *doc = cJSON_ParseWithLengthOpts(text, len, NULL, 0);
+  free(text);
   assert_non_null(doc);
   assert_string_equal(
       cJSON_GetObjectItemCaseSensitive(doc, "module")->valuestring,
       SPI_BUILTIN_KEY_BUILDER);
+  assert_true(cJSON_GetArraySize(
+                  cJSON_GetObjectItemCaseSensitive(doc, "vectors")) >= 30);
+  return doc;
+}
+
+static void test_golden_vectors_public_api(void **st) {
+  (void)st;
+  cJSON *doc = load_vectors();
+  spi_engine *e = NULL;
+  assert_int_equal(spi_engine_new(&e, NULL), SPI_OK);
   const cJSON *vecs = cJSON_GetObjectItemCaseSensitive(doc, "vectors");
-  assert_true(cJSON_GetArraySize(vecs) >= 30);
+  for (const cJSON *v = vecs->child; v; v = v->next) run_vector_public(e, v);
+  spi_engine_free(e);
+  cJSON_Delete(doc);
+}
+
+static void test_golden_vectors(void **st) {
+  (void)st;
+  cJSON *doc = load_vectors();
+  const cJSON *vecs = cJSON_GetObjectItemCaseSensitive(doc, "vectors");
   for (const cJSON *v = vecs->child; v; v = v->next) run_vector(v);
   cJSON_Delete(doc);
-  free(text);
 }
 
 /* ------------------------------------------------------------ module */
@@ -876,6 +988,7 @@ static void test_no_allocation_on_hot_path(void **st) {
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_golden_vectors),
+      cmocka_unit_test(test_golden_vectors_public_api),
       cmocka_unit_test(test_module_struct),
       cmocka_unit_test(test_defaults_from_table),
       cmocka_unit_test(test_null_arguments),
