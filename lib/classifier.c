@@ -47,7 +47,7 @@ typedef struct plan {
 } plan;
 
 typedef struct keyword {
-  char text[MAX_KEYWORD_BYTES]; /* lowercase */
+  char text[MAX_KEYWORD_BYTES]; /* lowercase, not NUL-terminated */
   size_t len;
 } keyword;
 
@@ -332,11 +332,11 @@ static int parse_cascade(const cJSON *sec, parse_ctx *c) {
   int i = 0;
   for (const cJSON *k = arr->child; k; k = k->next, i++) {
     size_t len = cJSON_IsString(k) ? strlen(k->valuestring) : 0;
-    if (!cJSON_IsString(k) || len == 0 || len > MAX_KEYWORD_BYTES - 1) {
+    if (!cJSON_IsString(k) || len == 0 || len > MAX_KEYWORD_BYTES) {
       spi__errf(c->err, c->errcap,
                 "classifier.cascade.keywords[%d]: must be a string of 1..%d "
                 "bytes",
-                i, MAX_KEYWORD_BYTES - 1);
+                i, MAX_KEYWORD_BYTES);
       cJSON_Delete(owned);
       return SPI_ETYPE;
     }
