@@ -333,10 +333,13 @@ static int kb_configure(void *state, const char *json, size_t len,
 
   /* The table bounds already hold; these guard the stack buffers if the
    * table and this file ever disagree. */
-  if (cfg.block_bytes == 0 || cfg.block_tokens == 0 ||
-      cfg.block_tokens > KB_MAX_BLOCK_TOKENS) {
-    spi__errf(err, errcap, "cache_key.block_tokens: at most %d",
+  if (cfg.block_tokens == 0 || cfg.block_tokens > KB_MAX_BLOCK_TOKENS) {
+    spi__errf(err, errcap, "cache_key.block_tokens: must be in [1, %d]",
               KB_MAX_BLOCK_TOKENS);
+    return SPI_ERANGE;
+  }
+  if (cfg.block_bytes == 0) {
+    spi__errf(err, errcap, "cache_key.block_bytes: must be positive");
     return SPI_ERANGE;
   }
 
