@@ -110,6 +110,9 @@ int spi__request_view(spi_request *r, spi_request_view *v) {
   v->prompt_tokens_set = r->iset[SPI_REQ_PROMPT_TOKENS];
   v->has_tools = r->str_set[SPI_REQ_TOOLS_JSON];
   v->message_count = r->nmsgs;
+  v->forced_model_tier = r->iset[SPI_REQ_MODEL_TIER]
+                             ? (int32_t)r->ival[SPI_REQ_MODEL_TIER]
+                             : 0;
   return SPI_OK;
 }
 
@@ -179,6 +182,35 @@ static int run_classifier(const spi_modentry *m, void *inst,
   return rc;
 }
 
+int spi__classify_in(spi_request *req, const spi_snapshot *s,
+                     spi_request_view *v, int32_t pressure,
+                     spi_classification *out) {
+  const spi_slot *sl = &s->slot[SPI_MODULE_CLASSIFIER];
+  /* The priority's class comes from the engine's map, so every classifier
+   * sees the same vocabulary. */
+  v->priority_class = SPI_CLASS_UNSET;
+  if (v->priority_set)
+    v->priority_class = v->priority <= s->vllm_prio[1]   ? SPI_CLASS_GOLD
+                        : v->priority <= s->vllm_prio[2] ? SPI_CLASS_SILVER
+                                                         : SPI_CLASS_BRONZE;
+  int rc = run_classifier(sl->mod, sl->inst, v, pressure, out);
+  if (rc != SPI_OK && use_fallback(sl)) {
+    spi__engine_log(req->engine, SPI_LOG_WARN,
+                    "classifier \"%s\" failed; using built-in", sl->mod->name);
+    rc = run_classifier(sl->builtin, sl->builtin_inst, v, pressure, out);
+    if (rc != SPI_OK) rc = module_failed(req, sl->builtin, rc, "classification");
+  } else if (rc != SPI_OK) {
+    rc = module_failed(req, sl->mod, rc, "classification");
+  }
+  if (rc == SPI_OK) {
+    out->vllm_priority = s->vllm_prio[out->klass];
+    out->llmd_priority = s->llmd_prio[out->klass];
+    out->service_tier = s->service_tier[out->klass];
+    out->pressure = pressure;
+  }
+  return rc;
+}
+
 int spi_classify(spi_request *req, int32_t pressure, spi_classification *out) {
   if (!spi__request_ok(req)) return SPI_EMISUSE;
   if (!out || out->struct_size < sizeof *out)
@@ -188,34 +220,10 @@ int spi_classify(spi_request *req, int32_t pressure, spi_classification *out) {
   spi_request_view v;
   int rc = spi__request_view(req, &v);
   if (rc) return rc;
-  spi_engine *e = req->engine;
   unsigned pin;
-  spi_snapshot *s = spi__snap_acquire(e, &pin);
-  const spi_slot *sl = &s->slot[SPI_MODULE_CLASSIFIER];
-  /* The priority's class comes from the engine's map, so every classifier
-   * sees the same vocabulary. */
-  v.priority_class = SPI_CLASS_UNSET;
-  if (v.priority_set)
-    v.priority_class = v.priority <= s->vllm_prio[1]   ? SPI_CLASS_GOLD
-                       : v.priority <= s->vllm_prio[2] ? SPI_CLASS_SILVER
-                                                       : SPI_CLASS_BRONZE;
-  rc = run_classifier(sl->mod, sl->inst, &v, pressure, out);
-  if (rc != SPI_OK && use_fallback(sl)) {
-    spi__engine_log(e, SPI_LOG_WARN, "classifier \"%s\" failed; using built-in",
-                    sl->mod->name);
-    rc = run_classifier(sl->builtin, sl->builtin_inst, &v, pressure, out);
-    if (rc != SPI_OK) rc = module_failed(req, sl->builtin, rc, "classification");
-  } else if (rc != SPI_OK) {
-    rc = module_failed(req, sl->mod, rc,
-                       "classification");
-  }
-  if (rc == SPI_OK) {
-    out->vllm_priority = s->vllm_prio[out->klass];
-    out->llmd_priority = s->llmd_prio[out->klass];
-    out->service_tier = s->service_tier[out->klass];
-    out->pressure = pressure;
-  }
-  spi__snap_release(e, pin);
+  spi_snapshot *s = spi__snap_acquire(req->engine, &pin);
+  rc = spi__classify_in(req, s, &v, pressure, out);
+  spi__snap_release(req->engine, pin);
   return rc;
 }
 
@@ -234,8 +242,9 @@ int spi_cache_key_hex(const spi_cache_key *key, char *out, size_t cap) {
   return SPI_OK;
 }
 
-static int key_with(spi_request *req, const spi_slot *sl,
-                    const spi_request_view *v, spi_cache_key *out) {
+int spi__key_in(spi_request *req, const spi_snapshot *s,
+                const spi_request_view *v, spi_cache_key *out) {
+  const spi_slot *sl = &s->slot[SPI_MODULE_KEY_BUILDER];
   int rc = sl->mod->m.key_builder.build_key(sl->mod->state, sl->inst, v, out);
   if (rc != SPI_OK && use_fallback(sl))
     rc = sl->builtin->m.key_builder.build_key(sl->builtin->state,
@@ -252,7 +261,7 @@ int spi_request_cache_key(spi_request *req, spi_cache_key *out) {
   if (rc) return rc;
   unsigned pin;
   spi_snapshot *s = spi__snap_acquire(req->engine, &pin);
-  rc = key_with(req, &s->slot[SPI_MODULE_KEY_BUILDER], &v, out);
+  rc = spi__key_in(req, s, &v, out);
   spi__snap_release(req->engine, pin);
   return rc;
 }
@@ -267,6 +276,21 @@ static int blocks_with(const spi_modentry *m, void *inst,
   return rc;
 }
 
+int spi__blocks_in(spi_request *req, const spi_snapshot *s,
+                   const spi_request_view *v, const spi_cache_key *key,
+                   uint64_t *out, size_t cap, size_t *n_out) {
+  const spi_slot *sl = &s->slot[SPI_MODULE_KEY_BUILDER];
+  int rc = blocks_with(sl->mod, sl->inst, v, key, out, cap, n_out);
+  if (rc != SPI_OK && rc != SPI_EBUFSIZE && use_fallback(sl))
+    rc = blocks_with(sl->builtin, sl->builtin_inst, v, key, out, cap, n_out);
+  if (rc == SPI_EBUFSIZE)
+    spi__req_fail(req, rc, "block hashes: %zu blocks, room for %zu", *n_out,
+                  cap);
+  else if (rc != SPI_OK)
+    rc = module_failed(req, sl->mod, rc, "block count");
+  return rc;
+}
+
 int spi_request_block_hashes(spi_request *req, uint64_t *out, size_t cap,
                              size_t *n_out) {
   if (!spi__request_ok(req)) return SPI_EMISUSE;
@@ -277,20 +301,9 @@ int spi_request_block_hashes(spi_request *req, uint64_t *out, size_t cap,
   if (rc) return rc;
   unsigned pin;
   spi_snapshot *s = spi__snap_acquire(req->engine, &pin);
-  const spi_slot *sl = &s->slot[SPI_MODULE_KEY_BUILDER];
   spi_cache_key key;
-  rc = key_with(req, sl, &v, &key);
-  if (rc == SPI_OK) {
-    rc = blocks_with(sl->mod, sl->inst, &v, &key, out, cap, n_out);
-    if (rc != SPI_OK && rc != SPI_EBUFSIZE && use_fallback(sl))
-      rc = blocks_with(sl->builtin, sl->builtin_inst, &v, &key, out, cap, n_out);
-    if (rc == SPI_EBUFSIZE)
-      spi__req_fail(req, rc, "block hashes: %zu blocks, room for %zu", *n_out,
-                    cap);
-    else if (rc != SPI_OK)
-      rc = module_failed(req, sl->mod, rc,
-                         "block count");
-  }
+  rc = spi__key_in(req, s, &v, &key);
+  if (rc == SPI_OK) rc = spi__blocks_in(req, s, &v, &key, out, cap, n_out);
   spi__snap_release(req->engine, pin);
   return rc;
 }
@@ -310,6 +323,17 @@ static int price_with(const spi_modentry *m, void *inst,
   return rc;
 }
 
+int spi__price_in(spi_request *req, const spi_snapshot *s,
+                  const spi_request_view *v, int32_t pool, spi_price *out) {
+  const spi_slot *sl = &s->slot[SPI_MODULE_COST_MODEL];
+  int rc = price_with(sl->mod, sl->inst, v, pool, out);
+  if (rc != SPI_OK && use_fallback(sl))
+    rc = price_with(sl->builtin, sl->builtin_inst, v, pool, out);
+  if (rc != SPI_OK && req) rc = module_failed(req, sl->mod, rc, "price");
+  else if (rc != SPI_OK) rc = SPI_EMODULE;
+  return rc;
+}
+
 int spi_request_price(spi_request *req, int32_t pool, spi_price *out) {
   if (!spi__request_ok(req)) return SPI_EMISUSE;
   if (!out || out->struct_size < sizeof *out)
@@ -321,13 +345,7 @@ int spi_request_price(spi_request *req, int32_t pool, spi_price *out) {
   if (rc) return rc;
   unsigned pin;
   spi_snapshot *s = spi__snap_acquire(req->engine, &pin);
-  const spi_slot *sl = &s->slot[SPI_MODULE_COST_MODEL];
-  rc = price_with(sl->mod, sl->inst, &v, pool, out);
-  if (rc != SPI_OK && use_fallback(sl))
-    rc = price_with(sl->builtin, sl->builtin_inst, &v, pool, out);
-  if (rc != SPI_OK)
-    rc = module_failed(req, sl->mod, rc,
-                       "price");
+  rc = spi__price_in(req, s, &v, pool, out);
   spi__snap_release(req->engine, pin);
   return rc;
 }

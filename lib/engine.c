@@ -55,9 +55,7 @@ void spi__engine_log(const spi_engine *e, int32_t level, const char *fmt, ...) {
   e->log(e->log_user_data, level, line, strlen(line));
 }
 
-static int engine_fail(spi_engine *e, int status, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-static int engine_fail(spi_engine *e, int status, const char *fmt, ...) {
+int spi__engine_fail(spi_engine *e, int status, const char *fmt, ...) {
   va_list ap;
   va_start(ap, fmt);
   spi__verrf(e->errmsg, sizeof e->errmsg, fmt, ap);
@@ -72,20 +70,40 @@ const char *spi_version_string(void) { return SPI_VERSION_STRING; }
 
 /* --------------------------------------------------------------- snapshot */
 
-spi_snapshot *spi__snap_acquire(spi_engine *e, unsigned *pin) {
+void spi__rcu_init(spi_rcu *r) {
+  atomic_init(&r->epoch, 0u);
+  atomic_init(&r->readers[0], 0ul);
+  atomic_init(&r->readers[1], 0ul);
+}
+
+unsigned spi__rcu_enter(spi_rcu *r) {
   for (;;) {
-    unsigned ep = atomic_load(&e->epoch) & 1u;
-    atomic_fetch_add(&e->readers[ep], 1);
-    if ((atomic_load(&e->epoch) & 1u) == ep) {
-      *pin = ep;
-      return atomic_load(&e->snap);
-    }
-    atomic_fetch_sub(&e->readers[ep], 1);
+    unsigned ep = atomic_load(&r->epoch) & 1u;
+    atomic_fetch_add(&r->readers[ep], 1);
+    if ((atomic_load(&r->epoch) & 1u) == ep) return ep;
+    atomic_fetch_sub(&r->readers[ep], 1);
   }
 }
 
+void spi__rcu_exit(spi_rcu *r, unsigned pin) {
+  atomic_fetch_sub(&r->readers[pin], 1);
+}
+
+/* A reader that entered before the flip counted itself in the old slot; one
+ * that enters after it sees the new epoch and, having loaded the published
+ * pointer after the writer stored it, the new object. */
+void spi__rcu_synchronize(spi_rcu *r) {
+  unsigned ep = atomic_fetch_add(&r->epoch, 1u) & 1u;
+  while (atomic_load(&r->readers[ep]) != 0) sched_yield();
+}
+
+spi_snapshot *spi__snap_acquire(spi_engine *e, unsigned *pin) {
+  *pin = spi__rcu_enter(&e->rcu);
+  return atomic_load(&e->snap);
+}
+
 void spi__snap_release(spi_engine *e, unsigned pin) {
-  atomic_fetch_sub(&e->readers[pin], 1);
+  spi__rcu_exit(&e->rcu, pin);
 }
 
 static void snapshot_free(spi_engine *e, spi_snapshot *s) {
@@ -98,6 +116,8 @@ static void snapshot_free(spi_engine *e, spi_snapshot *s) {
         sl->builtin->release)
       sl->builtin->release(sl->builtin->state, sl->builtin_inst);
   }
+  if (s->shadow.mod && s->shadow.inst && s->shadow.mod->release)
+    s->shadow.mod->release(s->shadow.mod->state, s->shadow.inst);
   spi__free(&e->mem, s->json);
   spi__free(&e->mem, s);
 }
@@ -105,8 +125,7 @@ static void snapshot_free(spi_engine *e, spi_snapshot *s) {
 /* Swap in s and free the old snapshot once no reader can still hold it. */
 static void snapshot_install(spi_engine *e, spi_snapshot *s) {
   spi_snapshot *old = atomic_exchange(&e->snap, s);
-  unsigned ep = atomic_fetch_add(&e->epoch, 1u) & 1u;
-  while (atomic_load(&e->readers[ep]) != 0) sched_yield();
+  spi__rcu_synchronize(&e->rcu);
   snapshot_free(e, old);
 }
 
@@ -150,21 +169,22 @@ static int copy_module(spi_engine *e, int32_t kind, const void *module,
   const uint32_t *hdr = module;
   uint32_t abi = hdr[0], size = hdr[1];
   if (abi != SPI_MODULE_ABI_VERSION)
-    return engine_fail(e, SPI_EABI, "module abi_version %u unsupported (%u)",
+    return spi__engine_fail(e, SPI_EABI, "module abi_version %u unsupported (%u)",
                        abi, (unsigned)SPI_MODULE_ABI_VERSION);
   size_t need = 0;
   switch (kind) {
   case SPI_MODULE_CLASSIFIER: need = sizeof(spi_classifier_module); break;
   case SPI_MODULE_KEY_BUILDER: need = sizeof(spi_key_builder_module); break;
   case SPI_MODULE_COST_MODEL: need = sizeof(spi_cost_model_module); break;
+  case SPI_MODULE_POLICY: need = sizeof(spi_policy_module); break;
   default:
-    return engine_fail(e, SPI_ENOTSUP,
+    return spi__engine_fail(e, SPI_ENOTSUP,
                        "module kind %s is reserved and not defined in %s",
                        spi_module_kind_name(kind), SPI_VERSION_STRING);
   }
   /* Version 1 structs have no optional tail yet: they must be complete. */
   if (size != need)
-    return engine_fail(e, SPI_EABI, "%s module struct_size %u, expected %zu",
+    return spi__engine_fail(e, SPI_EABI, "%s module struct_size %u, expected %zu",
                        spi_module_kind_name(kind), size, need);
   memcpy(&m->m, module, need);
   switch (kind) {
@@ -181,6 +201,12 @@ static int copy_module(spi_engine *e, int32_t kind, const void *module,
     if (!m->m.key_builder.build_key || !m->m.key_builder.block_hashes)
       goto missing;
     break;
+  case SPI_MODULE_POLICY:
+    m->configure = m->m.policy.configure;
+    m->release = m->m.policy.release;
+    m->on_failure = m->m.policy.on_failure;
+    if (!m->m.policy.choose) goto missing;
+    break;
   default:
     m->configure = m->m.cost_model.configure;
     m->release = m->m.cost_model.release;
@@ -191,11 +217,11 @@ static int copy_module(spi_engine *e, int32_t kind, const void *module,
   if (!m->configure) goto missing;
   if (m->on_failure != SPI_ON_FAILURE_ERROR &&
       m->on_failure != SPI_ON_FAILURE_FALLBACK)
-    return engine_fail(e, SPI_EINVAL, "module on_failure %d is not valid",
+    return spi__engine_fail(e, SPI_EINVAL, "module on_failure %d is not valid",
                        (int)m->on_failure);
   return SPI_OK;
 missing:
-  return engine_fail(e, SPI_EINVAL, "%s module lacks a required callback",
+  return spi__engine_fail(e, SPI_EINVAL, "%s module lacks a required callback",
                      spi_module_kind_name(kind));
 }
 
@@ -203,20 +229,20 @@ static int register_module(spi_engine *e, int32_t kind, const char *name,
                            size_t name_len, const void *module, void *state,
                            spi_module_destroy_fn destroy, const char *section) {
   if (kind < SPI_MODULE_CLASSIFIER || kind > SPI_MODULE_REPLAY_STORE)
-    return engine_fail(e, SPI_EINVAL, "module kind %d is not valid", (int)kind);
+    return spi__engine_fail(e, SPI_EINVAL, "module kind %d is not valid", (int)kind);
   if (!valid_module_name(name, name_len))
-    return engine_fail(e, SPI_EINVAL,
+    return spi__engine_fail(e, SPI_EINVAL,
                        "module name must be 1..63 bytes of [A-Za-z0-9_.-]");
-  if (!module) return engine_fail(e, SPI_EINVAL, "module struct is NULL");
+  if (!module) return spi__engine_fail(e, SPI_EINVAL, "module struct is NULL");
   if (find_module(e, kind, name, name_len))
-    return engine_fail(e, SPI_EEXIST, "a %s module named \"%.*s\" exists",
+    return spi__engine_fail(e, SPI_EEXIST, "a %s module named \"%.*s\" exists",
                        spi_module_kind_name(kind), (int)name_len, name);
   spi_modentry tmp;
   memset(&tmp, 0, sizeof tmp);
   int rc = copy_module(e, kind, module, &tmp);
   if (rc != SPI_OK) return rc;
   spi_modentry *m = spi__alloc(&e->mem, sizeof *m);
-  if (!m) return engine_fail(e, SPI_ENOMEM, "out of memory registering module");
+  if (!m) return spi__engine_fail(e, SPI_ENOMEM, "out of memory registering module");
   *m = tmp;
   m->kind = kind;
   memcpy(m->name, name, name_len);
@@ -263,9 +289,12 @@ static int register_builtins(spi_engine *e) {
   spi_classifier_module c;
   spi_key_builder_module k;
   spi_cost_model_module m;
+  spi_policy_module p, ll;
   spi__builtin_classifier(&c);
   spi__builtin_key_builder(&k);
   spi__builtin_cost_model(&m);
+  spi__builtin_policy(&p, 1);
+  spi__builtin_policy(&ll, 0);
   /* Built-ins allocate through the engine's allocator: their state is it. */
   int rc = register_module(e, SPI_MODULE_CLASSIFIER, SPI_BUILTIN_CLASSIFIER,
                            strlen(SPI_BUILTIN_CLASSIFIER), &c, &e->mem, NULL,
@@ -278,6 +307,16 @@ static int register_builtins(spi_engine *e) {
     rc = register_module(e, SPI_MODULE_COST_MODEL, SPI_BUILTIN_COST_MODEL,
                          strlen(SPI_BUILTIN_COST_MODEL), &m, &e->mem, NULL,
                          "cost");
+  /* The first built-in of a kind is its fallback: reference, then the
+   * affinity-blind baseline that shadow mode compares against. */
+  if (rc == SPI_OK)
+    rc = register_module(e, SPI_MODULE_POLICY, SPI_BUILTIN_POLICY,
+                         strlen(SPI_BUILTIN_POLICY), &p, &e->mem, NULL,
+                         "policy");
+  if (rc == SPI_OK)
+    rc = register_module(e, SPI_MODULE_POLICY, SPI_BUILTIN_POLICY_BASELINE,
+                         strlen(SPI_BUILTIN_POLICY_BASELINE), &ll, &e->mem,
+                         NULL, "policy");
   return rc;
 }
 
@@ -323,11 +362,16 @@ int spi_engine_new(spi_engine **out, const spi_hooks *hooks) {
     if (hooks->log) e->log_level = hooks->log_level;
   }
   atomic_init(&e->snap, NULL);
-  atomic_init(&e->epoch, 0u);
-  atomic_init(&e->readers[0], 0ul);
-  atomic_init(&e->readers[1], 0ul);
+  spi__rcu_init(&e->rcu);
   atomic_init(&e->configuring, 0);
+  atomic_init(&e->index, NULL);
+  for (int p = 0; p < 4; p++) atomic_init(&e->kv_level[p], 0u);
   if (pthread_mutex_init(&e->config_lock, NULL) != 0) {
+    spi__free(&mem, e);
+    return SPI_ENOMEM;
+  }
+  if (spi__registry_init(&e->registry, &e->mem) != SPI_OK) {
+    pthread_mutex_destroy(&e->config_lock);
     spi__free(&mem, e);
     return SPI_ENOMEM;
   }
@@ -347,6 +391,8 @@ void spi_engine_free(spi_engine *engine) {
   if (!spi__engine_ok(engine)) return;
   spi_mem mem = engine->mem;
   snapshot_free(engine, atomic_exchange(&engine->snap, NULL));
+  spi__router_destroy(engine);
+  spi__registry_destroy(&engine->registry, &engine->mem);
   free_modules(engine);
   pthread_mutex_destroy(&engine->config_lock);
   engine->magic = SPI_DEAD_MAGIC;
@@ -473,6 +519,33 @@ static int configure_one(spi_engine *e, spi_modentry *m, const cJSON *sec,
   return SPI_OK;
 }
 
+/* The section a module reads: a built-in's own, else module_config.<name>. */
+static const cJSON *module_section(const cJSON *root, const spi_modentry *m) {
+  if (m->builtin) return cJSON_GetObjectItemCaseSensitive(root, m->section);
+  const cJSON *mcfg = cJSON_GetObjectItemCaseSensitive(root, "module_config");
+  return mcfg ? cJSON_GetObjectItemCaseSensitive(mcfg, m->name) : NULL;
+}
+
+/* router.shadow_policy: a second policy, configured like the active one. */
+static int configure_shadow(spi_engine *e, const cJSON *root, spi_snapshot *s,
+                            char *err, size_t errcap) {
+  const char *name = s->router.shadow_policy;
+  if (!name[0]) return SPI_OK;
+  spi_modentry *m = find_module(e, SPI_MODULE_POLICY, name, strlen(name));
+  if (!m) {
+    spi__errf(err, errcap, "router.shadow_policy: no policy module named \"%s\"",
+              name);
+    return SPI_ENOTFOUND;
+  }
+  char shown[96];
+  snprintf(shown, sizeof shown, m->builtin ? "%s" : "module_config.%s",
+           m->builtin ? m->section : m->name);
+  s->shadow.mod = m;
+  s->shadow.builtin = m;
+  return configure_one(e, m, module_section(root, m), shown, &s->shadow.inst,
+                       err, errcap);
+}
+
 static const struct {
   int32_t kind;
   const char *key; /* under "modules" */
@@ -480,6 +553,7 @@ static const struct {
     {SPI_MODULE_CLASSIFIER, "classifier"},
     {SPI_MODULE_KEY_BUILDER, "key_builder"},
     {SPI_MODULE_COST_MODEL, "cost_model"},
+    {SPI_MODULE_POLICY, "policy"},
 };
 
 static int configure_modules(spi_engine *e, const cJSON *root, spi_snapshot *s,
@@ -526,7 +600,7 @@ static int configure_modules(spi_engine *e, const cJSON *root, spi_snapshot *s,
       return SPI_ENOTFOUND;
     }
     spi_modentry *bi = NULL;
-    for (spi_modentry *m = e->modules; m; m = m->next)
+    for (spi_modentry *m = e->modules; m && !bi; m = m->next)
       if (m->kind == kind && m->builtin) bi = m;
     spi_slot *sl = &s->slot[kind];
     sl->builtin = bi;
@@ -547,7 +621,7 @@ static int configure_modules(spi_engine *e, const cJSON *root, spi_snapshot *s,
         return rc;
     }
   }
-  return SPI_OK;
+  return configure_shadow(e, root, s, err, errcap);
 }
 
 /* Add every non-list default the tree lacks, so the dump shows all keys. */
@@ -605,26 +679,32 @@ static int configure_locked(spi_engine *e, const char *json, size_t len) {
   cJSON *root = NULL;
   int rc = spi__json_parse_object(json, len, SPI_CONFIG_MAX_BYTES, "config",
                                   &root, err, sizeof err);
-  if (rc != SPI_OK) return engine_fail(e, rc, "%s", err);
+  if (rc != SPI_OK) return spi__engine_fail(e, rc, "%s", err);
   spi_snapshot *s = spi__calloc(&e->mem, 1, sizeof *s);
   if (!s) {
     cJSON_Delete(root);
-    return engine_fail(e, SPI_ENOMEM, "config: out of memory");
+    return spi__engine_fail(e, SPI_ENOMEM, "config: out of memory");
   }
   rc = spi__cfg_check_keys(root, "", "", err, sizeof err);
   if (rc == SPI_OK) rc = read_limits(root, &s->limits, err, sizeof err);
   if (rc == SPI_OK) rc = read_priority_map(root, s, err, sizeof err);
+  if (rc == SPI_OK) rc = spi__router_read_cfg(root, &s->router, err, sizeof err);
   if (rc == SPI_OK) rc = configure_modules(e, root, s, err, sizeof err);
+  spi_router_prep prep;
+  memset(&prep, 0, sizeof prep);
+  if (rc == SPI_OK) rc = spi__router_prepare(e, &s->router, &prep, err, sizeof err);
   if (rc == SPI_OK) {
     rc = effective_json(e, root, s);
     if (rc != SPI_OK) spi__errf(err, sizeof err, "config: out of memory");
   }
   cJSON_Delete(root);
   if (rc != SPI_OK) {
+    spi__router_discard(e, &prep);
     snapshot_free(e, s);
-    return engine_fail(e, rc, "%s", err);
+    return spi__engine_fail(e, rc, "%s", err);
   }
   snapshot_install(e, s);
+  spi__router_commit(e, &prep);
   e->errmsg[0] = '\0';
   return SPI_OK;
 }
@@ -635,7 +715,7 @@ int spi_engine_configure(spi_engine *engine, const char *json, size_t len) {
   if (atomic_load(&engine->configuring) &&
       pthread_equal(engine->config_owner, pthread_self()))
     return SPI_EMISUSE;
-  if (!json && len) return engine_fail(engine, SPI_EINVAL, "config: NULL json");
+  if (!json && len) return spi__engine_fail(engine, SPI_EINVAL, "config: NULL json");
   pthread_mutex_lock(&engine->config_lock);
   engine->config_owner = pthread_self();
   int rc = configure_locked(engine, json, len);
@@ -645,10 +725,10 @@ int spi_engine_configure(spi_engine *engine, const char *json, size_t len) {
 
 int spi_engine_configure_file(spi_engine *engine, const char *path) {
   if (!spi__engine_ok(engine)) return SPI_EMISUSE;
-  if (!path) return engine_fail(engine, SPI_EINVAL, "config file: NULL path");
+  if (!path) return spi__engine_fail(engine, SPI_EINVAL, "config file: NULL path");
   FILE *f = fopen(path, "rb");
   if (!f)
-    return engine_fail(engine, SPI_EIO, "config file %.160s: %s", path,
+    return spi__engine_fail(engine, SPI_EIO, "config file %.160s: %s", path,
                        strerror(errno));
   spi_buf b = {0};
   int rc = SPI_OK;
@@ -656,17 +736,17 @@ int spi_engine_configure_file(spi_engine *engine, const char *path) {
   size_t n;
   while ((n = fread(chunk, 1, sizeof chunk, f)) > 0) {
     if (b.len + n > SPI_CONFIG_MAX_BYTES) {
-      rc = engine_fail(engine, SPI_ETOOBIG, "config file %.160s: over %u bytes",
+      rc = spi__engine_fail(engine, SPI_ETOOBIG, "config file %.160s: over %u bytes",
                        path, SPI_CONFIG_MAX_BYTES);
       break;
     }
     if ((rc = spi__buf_append(&b, &engine->mem, chunk, n)) != SPI_OK) {
-      rc = engine_fail(engine, rc, "config file: out of memory");
+      rc = spi__engine_fail(engine, rc, "config file: out of memory");
       break;
     }
   }
   if (rc == SPI_OK && ferror(f))
-    rc = engine_fail(engine, SPI_EIO, "config file %.160s: read error", path);
+    rc = spi__engine_fail(engine, SPI_EIO, "config file %.160s: read error", path);
   fclose(f);
   if (rc == SPI_OK)
     rc = spi_engine_configure(engine, (const char *)b.data, b.len);

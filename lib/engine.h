@@ -8,6 +8,7 @@
 #include <pthread.h>
 #include <stdatomic.h>
 
+#include "routing.h"
 #include "spi_internal.h"
 
 #define SPI_ENGINE_MAGIC 0x53504945u  /* "SPIE" */
@@ -27,6 +28,7 @@ typedef struct spi_modentry {
     spi_classifier_module classifier;
     spi_key_builder_module key_builder;
     spi_cost_model_module cost_model;
+    spi_policy_module policy;
   } m;
   spi_module_configure_fn configure;
   spi_module_release_fn release;
@@ -60,6 +62,8 @@ typedef struct spi_snapshot {
   int32_t llmd_prio[4];
   int32_t service_tier[4];
   spi_slot slot[SPI_KIND_MAX];
+  spi_router_cfg router;
+  spi_slot shadow;           /* routing.shadow_policy's instance, if any */
   char *json; /* effective configuration, canonical JSON */
   size_t json_len;
 } spi_snapshot;
@@ -73,18 +77,28 @@ struct spi_engine {
   void *log_user_data;
   int32_t log_level;
   spi_modentry *modules;
-  /* Readers pin the snapshot with an epoch counter instead of a lock; the
-   * writer swaps and waits for the old epoch's readers to leave. */
+  /* Readers pin the snapshot, the replica set and the index through one RCU
+   * domain instead of a lock; writers swap and wait for old readers. */
+  spi_rcu rcu;
   _Atomic(spi_snapshot *) snap;
-  atomic_uint epoch;
-  atomic_ulong readers[2];
   pthread_mutex_t config_lock;
+  /* Routing state that outlives configuration snapshots. */
+  spi_registry registry;
+  _Atomic(spi_prefix_index *) index;  /* swapped by configure (RCU) */
+  size_t index_budget;
+  /* Created at first use and fixed from then on (router.c). */
+  _Atomic(spi_ticket_table *) tickets;
+  _Atomic(spi_ledger *) ledger;
+  _Atomic(spi_metrics *) metrics;
+  size_t ledger_rows, metrics_families;
+  atomic_uint kv_level[4];   /* pool KV breaker level, by enum spi_pool */
   atomic_int configuring; /* set while module configure callbacks run */
   pthread_t config_owner;
   char errmsg[SPI_ERRMSG_CAP];
 };
 
-/* Pin the current snapshot; pass *pin to spi__snap_release(). */
+/* Pin the current snapshot (and with it the replica set and the index);
+ * pass *pin to spi__snap_release(). */
 spi_snapshot *spi__snap_acquire(spi_engine *e, unsigned *pin);
 void spi__snap_release(spi_engine *e, unsigned pin);
 
@@ -95,7 +109,7 @@ void spi__engine_log(const spi_engine *e, int32_t level, const char *fmt, ...)
 
 /* ---------------------------------------------------------------- request */
 
-enum { SPI_REQ_STR_MAX = 15, SPI_REQ_INT_MAX = 8 };
+enum { SPI_REQ_STR_MAX = 15, SPI_REQ_INT_MAX = 9 };
 
 typedef struct spi_msg {
   int32_t role; /* enum spi_role */
@@ -134,8 +148,45 @@ struct spi_request {
   spi_buf sysprompt;     /* system/developer messages joined */
   size_t last_user_off, last_user_len; /* into msgbuf or str[PROMPT] */
   int last_user_in_prompt;
+  /* Routing scratch, grown on demand and kept warm across routes. */
+  uint64_t *hashes;
+  size_t hashcap;
+  spi_candidate *cands;
+  size_t candcap;
   char errmsg[SPI_ERRMSG_CAP];
 };
+
+/* router.c */
+typedef struct spi_router_prep {
+  spi_prefix_index *index;
+  size_t index_budget;
+} spi_router_prep;
+struct cJSON;
+int spi__router_read_cfg(const struct cJSON *root, spi_router_cfg *c,
+                         char *err, size_t errcap);
+int spi__router_prepare(spi_engine *e, const spi_router_cfg *c,
+                        spi_router_prep *p, char *err, size_t errcap);
+void spi__router_discard(spi_engine *e, spi_router_prep *p);
+void spi__router_commit(spi_engine *e, spi_router_prep *p);
+int spi__router_ready(spi_engine *e, const spi_router_cfg *c);
+void spi__router_destroy(spi_engine *e);
+
+/* Module calls on a pinned snapshot (dispatch.c); errors go to req. */
+int spi__classify_in(spi_request *req, const spi_snapshot *s,
+                     spi_request_view *v, int32_t pressure,
+                     spi_classification *out);
+int spi__key_in(spi_request *req, const spi_snapshot *s,
+                const spi_request_view *v, spi_cache_key *out);
+int spi__blocks_in(spi_request *req, const spi_snapshot *s,
+                   const spi_request_view *v, const spi_cache_key *key,
+                   uint64_t *out, size_t cap, size_t *n_out);
+/* req may be NULL (pricing a finished ticket): errors are then bare. */
+int spi__price_in(spi_request *req, const spi_snapshot *s,
+                  const spi_request_view *v, int32_t pool, spi_price *out);
+
+/* Record an error on the engine and return status. */
+int spi__engine_fail(spi_engine *e, int status, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
 
 int spi__request_ok(const spi_request *r);
 /* Record an error on the request and return status. */

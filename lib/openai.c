@@ -96,8 +96,10 @@ static int message_content(reader *rd, const cJSON *msg, const char *path) {
     if (!cJSON_IsObject(part))
       return spi__req_fail(rd->r, SPI_ETYPE, "%s: must be an object", p);
     const cJSON *type = get(part, "type");
-    if (!type || !cJSON_IsString(type))
+    if (!type)
       return spi__req_fail(rd->r, SPI_EMISSING, "%s.type: missing", p);
+    if (!cJSON_IsString(type))
+      return spi__req_fail(rd->r, SPI_ETYPE, "%s.type: must be a string", p);
     int rc;
     if (strcmp(type->valuestring, "text") == 0) {
       const cJSON *text = get(part, "text");

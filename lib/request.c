@@ -44,12 +44,14 @@ static const char *const STR_NAMES[SPI_REQ_STR_MAX + 1] = {
     "decode_profile", "service_tier", "user", "class", "prompt", "request_id"};
 static const char *const INT_NAMES[SPI_REQ_INT_MAX] = {
     "", "priority", "sla_ms", "stream", "replayable", "max_output_tokens",
-    "expected_output_tokens", "prompt_tokens"};
+    "expected_output_tokens", "prompt_tokens", "model_tier"};
 
 /* Inclusive bounds of each integer attribute. */
-static const int64_t INT_MIN_V[SPI_REQ_INT_MAX] = {0, -1000000, 1, 0, 0, 1, 0, 0};
+static const int64_t INT_MIN_V[SPI_REQ_INT_MAX] = {0, -1000000, 1, 0, 0,
+                                                  1, 0, 0, SPI_TIER_SMALL};
 static const int64_t INT_MAX_V[SPI_REQ_INT_MAX] = {
-    0, 1000000, 86400000, 1, 1, 1000000000, 1000000000, 100000000000LL};
+    0, 1000000, 86400000, 1, 1, 1000000000, 1000000000, 100000000000LL,
+    SPI_TIER_LARGE};
 
 /* --------------------------------------------------------------- lifecycle */
 
@@ -79,6 +81,8 @@ void spi_request_free(spi_request *req) {
   spi__free(m, req->tokens);
   spi__buf_free(&req->prompt, m);
   spi__buf_free(&req->sysprompt, m);
+  spi__free(m, req->hashes);
+  spi__free(m, req->cands);
   req->magic = SPI_DEAD_MAGIC;
   spi__free(m, req);
 }

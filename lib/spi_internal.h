@@ -137,6 +137,10 @@ int spi__canon_json(const struct cJSON *v, spi_buf *out, const spi_mem *m);
 void spi__builtin_classifier(spi_classifier_module *out);
 void spi__builtin_key_builder(spi_key_builder_module *out);
 void spi__builtin_cost_model(spi_cost_model_module *out);
+#define SPI_BUILTIN_POLICY "reference"
+#define SPI_BUILTIN_POLICY_BASELINE "least-loaded"
+/* affinity 0 gives the affinity-blind baseline of the same pool rules. */
+void spi__builtin_policy(spi_policy_module *out, int affinity);
 
 /* The built-ins' state is the engine's allocator, so instances use it. */
 

@@ -19,9 +19,13 @@ const char *spi_strerror(int status) {
   case SPI_EIO: return "i/o error";
   case SPI_ENOTFOUND: return "not found";
   case SPI_EEXIST: return "already exists";
+  case SPI_ESTALE: return "stale ticket or replica";
+  case SPI_EFULL: return "table full";
   case SPI_EMODULE: return "module failed";
   case SPI_EABI: return "unsupported module ABI";
   case SPI_ENOTSUP: return "not supported";
+  case SPI_ESHED: return "shed under pressure, retry later";
+  case SPI_ENOCAPACITY: return "no capacity";
   default: return "unknown status";
   }
 }

@@ -96,11 +96,17 @@ enum spi_status {
   SPI_EIO = -41,       /* a file could not be read */
   SPI_ENOTFOUND = -42, /* no such module, option or item */
   SPI_EEXIST = -43,    /* a module of that kind and name already exists */
+  SPI_ESTALE = -44,    /* the ticket or replica is gone (finished, removed) */
+  SPI_EFULL = -45,     /* a bounded table (replicas, tickets) is full */
 
   /* Modules. */
   SPI_EMODULE = -60,  /* a module failed and its policy is to fail the call */
   SPI_EABI = -61,     /* a module struct has an unsupported abi_version/size */
-  SPI_ENOTSUP = -62   /* not supported by this version or module */
+  SPI_ENOTSUP = -62,  /* not supported by this version or module */
+
+  /* Routing outcomes that are not a decision to serve. */
+  SPI_ESHED = -80,      /* shed under KV pressure: retry later (HTTP 429) */
+  SPI_ENOCAPACITY = -81 /* no replica can serve it now (HTTP 503) */
 };
 
 /*
@@ -315,7 +321,9 @@ enum spi_request_int {
   SPI_REQ_REPLAYABLE = 4,        /* 0 or 1 */
   SPI_REQ_MAX_OUTPUT_TOKENS = 5, /* max_tokens / max_completion_tokens */
   SPI_REQ_EXPECTED_OUTPUT_TOKENS = 6,
-  SPI_REQ_PROMPT_TOKENS = 7      /* known prompt length in tokens */
+  SPI_REQ_PROMPT_TOKENS = 7,     /* known prompt length in tokens */
+  SPI_REQ_MODEL_TIER = 8         /* force a model tier (enum spi_model_tier),
+                                    e.g. the target after a draft failed */
 };
 
 /* Which OpenAI body spi_request_parse_openai() reads. */
@@ -540,7 +548,8 @@ SPI_API int spi_cost_max_sequences(double gpu_memory_bytes, double model_bytes,
 /* Pools a request can be priced on. */
 enum spi_pool {
   SPI_POOL_SPOT = 1,
-  SPI_POOL_ON_DEMAND = 2
+  SPI_POOL_ON_DEMAND = 2,
+  SPI_POOL_QUEUE = 3 /* hold the request and route it again later */
 };
 
 /* What serving one request costs on a pool (engine's cost config). */
@@ -560,6 +569,264 @@ typedef struct spi_price {
  * Errors: SPI_EINVAL, SPI_EMODULE.
  */
 SPI_API int spi_request_price(spi_request *req, int32_t pool, spi_price *out);
+
+
+/* --------------------------------------------------------------- replicas */
+
+#define SPI_ID_MAX 64 /* replica ids are 1..63 bytes */
+
+enum spi_replica_state {
+  SPI_REPLICA_ACTIVE = 1,   /* takes new requests */
+  SPI_REPLICA_DRAINING = 2, /* finishes what it has, takes nothing new */
+  SPI_REPLICA_NOTICED = 3   /* an interruption notice arrived: nothing new */
+};
+
+/* A serving replica: one inference server (vLLM, SGLang, ...) endpoint. */
+typedef struct spi_replica_info {
+  size_t struct_size;
+  const char *id;            size_t id_len;   /* unique, 1..63 bytes */
+  int32_t pool;              /* SPI_POOL_SPOT or SPI_POOL_ON_DEMAND */
+  int32_t model_tier;        /* SPI_TIER_LARGE (target) or SPI_TIER_SMALL
+                                (small / draft model pool); 0 = large */
+  const char *zone;          size_t zone_len;
+  const char *instance_type; size_t instance_type_len;
+  const char *models;        size_t models_len; /* comma-separated model
+                                names served; empty serves any model */
+  double usd_per_hour;       /* > 0 */
+  uint32_t max_inflight;     /* concurrent sequences it is sized for, >= 1 */
+  uint32_t reserved0;
+} spi_replica_info;
+
+/*
+ * Add a replica, or update every field of an existing one (same id). An
+ * update keeps its load, breaker and prefix-index entries unless its pool or
+ * models change, which purges its index entries. New replicas start ACTIVE
+ * with no load signal, which counts as saturated until the first report.
+ * Errors: SPI_EINVAL (bad field, message names it), SPI_EFULL
+ * (routing.max_replicas), SPI_EMISUSE.
+ */
+SPI_API int spi_replica_upsert(spi_engine *engine, const spi_replica_info *info);
+
+/* Remove a replica: it is never chosen again, its prefix-index entries are
+ * purged at once, and its open tickets can still be finished (they return
+ * SPI_ESTALE). Errors: SPI_ENOTFOUND, SPI_EINVAL. */
+SPI_API int spi_replica_remove(spi_engine *engine, const char *id,
+                               size_t id_len);
+
+/* Set a replica's state (enum spi_replica_state). DRAINING and NOTICED
+ * replicas are never chosen and their index entries are purged; ACTIVE
+ * makes one eligible again. Errors: SPI_ENOTFOUND, SPI_EINVAL. */
+SPI_API int spi_replica_set_state(spi_engine *engine, const char *id,
+                                  size_t id_len, int32_t state);
+
+/* A load signal. */
+typedef struct spi_load {
+  size_t struct_size;
+  double running;  /* requests running, >= 0 */
+  double waiting;  /* requests queued, >= 0 */
+  double kv_usage; /* KV-cache usage, 0..1 */
+  int64_t at_ns;   /* when measured, engine clock; 0 = now */
+} spi_load;
+
+/* Report a replica's load. A signal older than routing.load_max_age_ms
+ * counts as saturated, not idle. Errors: SPI_ENOTFOUND, SPI_ERANGE (NaN,
+ * negative, kv_usage > 1), SPI_EINVAL. */
+SPI_API int spi_replica_report_load(spi_engine *engine, const char *id,
+                                    size_t id_len, const spi_load *load);
+
+/*
+ * Parse the text of a vLLM or SGLang Prometheus /metrics page into a load
+ * signal: vllm:num_requests_running, vllm:num_requests_waiting,
+ * vllm:gpu_cache_usage_perc or vllm:kv_cache_usage_perc; sglang:num_running_reqs,
+ * sglang:num_queue_reqs, sglang:token_usage. Samples of one metric with
+ * several label sets are summed (usage: the maximum). out->at_ns is set to 0.
+ * Pure and thread-safe. Errors: SPI_EINVAL, SPI_EPARSE (malformed line),
+ * SPI_EMISSING (no known metric), SPI_ERANGE (NaN, negative, usage > 1).
+ */
+SPI_API int spi_metrics_parse(const char *text, size_t len, spi_load *out);
+
+/* spi_metrics_parse() then spi_replica_report_load() stamped now; the parse
+ * error, with its line number, is the engine's message. */
+SPI_API int spi_replica_report_metrics(spi_engine *engine, const char *id,
+                                       size_t id_len, const char *text,
+                                       size_t len);
+
+enum spi_breaker_state {
+  SPI_BREAKER_CLOSED = 0,
+  SPI_BREAKER_OPEN = 1,      /* cooling down after consecutive errors */
+  SPI_BREAKER_HALF_OPEN = 2  /* one probe request allowed */
+};
+
+/* What the engine knows of one replica. */
+typedef struct spi_replica_status {
+  size_t struct_size;
+  char id[SPI_ID_MAX];
+  int32_t pool;
+  int32_t model_tier;
+  int32_t state;            /* enum spi_replica_state */
+  int32_t breaker;          /* enum spi_breaker_state */
+  double running, waiting, kv_usage;
+  int64_t load_at_ns;       /* 0 = never reported */
+  int32_t load_fresh;       /* 1 if younger than routing.load_max_age_ms */
+  uint32_t inflight;        /* open tickets on it */
+  double usd_per_hour;
+  uint32_t max_inflight;
+  uint32_t consecutive_errors;
+} spi_replica_status;
+
+/* Number of replicas, and the status of one by index (0..count-1, order of
+ * addition; indices shift on removal) or by id. Errors: SPI_ENOTFOUND,
+ * SPI_EINVAL. */
+SPI_API size_t spi_replica_count(spi_engine *engine);
+SPI_API int spi_replica_status_at(spi_engine *engine, size_t index,
+                                  spi_replica_status *out);
+SPI_API int spi_replica_status_of(spi_engine *engine, const char *id,
+                                  size_t id_len, spi_replica_status *out);
+
+/* ---------------------------------------------------------------- routing */
+
+#define SPI_MAX_FALLBACKS 4
+
+/* Why a replica was chosen (or none). */
+enum spi_reason {
+  SPI_REASON_NONE = 0,
+  SPI_REASON_AFFINITY = 1,        /* its KV cache holds the prefix */
+  SPI_REASON_AFFINITY_LEFT = 2,   /* gold left a warm but slow replica */
+  SPI_REASON_IMBALANCE = 3,       /* the warm/placed replica was piled on */
+  SPI_REASON_RENDEZVOUS = 4,      /* cold prefix, placed by rendezvous hash */
+  SPI_REASON_LEAST_LOADED = 5,    /* the policy chose by load alone */
+  SPI_REASON_WAIT_WARM = 6,       /* bronze waits for its busy warm replica */
+  SPI_REASON_QUEUE_NO_SPOT = 7,   /* batch queued: no spot capacity is up */
+  SPI_REASON_SHED = 8,            /* KV-pressure breaker shed it */
+  SPI_REASON_NO_CAPACITY = 9,     /* nothing eligible */
+  SPI_REASON_HALF_OPEN_PROBE = 10 /* a probe to a recovering replica */
+};
+
+/* "affinity", "affinity_left", ...; "invalid" otherwise. Never NULL. */
+SPI_API const char *spi_reason_name(int32_t reason);
+
+/* What spi_route() decided. */
+typedef struct spi_decision {
+  size_t struct_size;
+  int32_t pool;              /* enum spi_pool; QUEUE: hold and retry */
+  int32_t klass;             /* enum spi_class */
+  int32_t replayable;
+  int32_t model_tier;
+  int32_t pressure;          /* enum spi_pressure of the chosen pool */
+  int32_t tools_allowed;     /* degrade plan at that pressure */
+  int64_t max_output_tokens; /* 0 = no cap */
+  char replica_id[SPI_ID_MAX];                       /* "" unless serving */
+  char fallback_ids[SPI_MAX_FALLBACKS][SPI_ID_MAX]; /* in order */
+  uint32_t n_fallbacks;
+  uint32_t matched_blocks;   /* prefix blocks the replica likely holds */
+  uint32_t total_blocks;
+  int32_t reason_code;       /* enum spi_reason */
+  char reason[160];          /* NUL-terminated, for logs */
+  uint64_t ticket;           /* report on it; 0 unless serving */
+  spi_cache_key key;
+  double est_ttft_ms;        /* the policy's estimate for the replica */
+  double est_usd;            /* the request's price on the chosen pool */
+  /* Shadow mode (routing.shadow_policy): what the other policy chose. */
+  int32_t shadow_pool;       /* 0 when shadow mode is off */
+  uint32_t shadow_matched_blocks;
+  char shadow_replica_id[SPI_ID_MAX];
+} spi_decision;
+
+/*
+ * Route a request: classify, key, look up the prefix index, choose the pool
+ * and the replica with the engine's policy module, open a ticket, and record
+ * the placement in the prefix index. out->struct_size must be set.
+ * On SPI_OK, pool is SPOT or ON_DEMAND with a replica and a ticket, or QUEUE
+ * (no ticket). SPI_ESHED and SPI_ENOCAPACITY still fill class, reason and key.
+ * A warm engine routes without allocating, locking or making a system call
+ * (the clock hook aside). Errors: SPI_EINVAL, SPI_EMISUSE, SPI_EMODULE,
+ * SPI_EFULL (routing.max_tickets open), SPI_ESHED, SPI_ENOCAPACITY.
+ */
+SPI_API int spi_route(spi_request *req, spi_decision *out);
+
+/* ---------------------------------------------------------------- tickets */
+
+enum spi_ticket_status {
+  SPI_TICKET_OK = 0,             /* completed */
+  SPI_TICKET_ERROR = 1,          /* the replica failed it (counts toward its
+                                    error breaker) */
+  SPI_TICKET_CANCELLED = 2,      /* the client went away */
+  SPI_TICKET_DRAFT_REJECTED = 3  /* the small/draft model's answer was
+                                    rejected; route again with
+                                    SPI_REQ_MODEL_TIER = SPI_TIER_LARGE */
+};
+
+/* How a ticket ended. Zero token counts or times mean "unknown"; times
+ * not given are measured with the engine clock. */
+typedef struct spi_ticket_result {
+  size_t struct_size;
+  int32_t status;           /* enum spi_ticket_status */
+  int32_t reserved0;
+  uint64_t prompt_tokens;
+  uint64_t output_tokens;
+  uint64_t cached_tokens;   /* prompt tokens served from the KV cache */
+  double ttft_ms;
+  double duration_ms;
+} spi_ticket_result;
+
+/* The first token was streamed (records TTFT by class). Errors: SPI_ESTALE
+ * (finished or unknown ticket, or its replica removed), SPI_EMISUSE. */
+SPI_API int spi_ticket_first_token(spi_engine *engine, uint64_t ticket);
+/* tokens_streamed so far (monotonic). Errors: SPI_ESTALE, SPI_ERANGE. */
+SPI_API int spi_ticket_progress(spi_engine *engine, uint64_t ticket,
+                                uint64_t tokens_streamed);
+/* The ticket ended: frees it and feeds the prefix index, load, error
+ * breaker, cost ledger and metrics. Finishing twice returns SPI_ESTALE and
+ * changes nothing. A ticket whose replica was removed is closed and still
+ * priced, and returns SPI_ESTALE. Errors: SPI_EINVAL, SPI_ERANGE. */
+SPI_API int spi_ticket_finish(spi_engine *engine, uint64_t ticket,
+                              const spi_ticket_result *result);
+
+/* ---------------------------------------------------- ledger and metrics */
+
+/* One row of the cost ledger: completed work by tenant, model, pool, class. */
+typedef struct spi_ledger_row {
+  size_t struct_size;
+  char tenant[SPI_ID_MAX];   /* "" when the request named none */
+  char model[SPI_ID_MAX];
+  int32_t pool;
+  int32_t klass;
+  uint64_t completed;        /* SPI_TICKET_OK */
+  uint64_t failed;           /* every other status */
+  uint64_t prompt_tokens, output_tokens, cached_tokens;
+  double gpu_seconds;
+  double usd;
+  double usd_per_completed;  /* usd / completed (0 if none) */
+  double tokens_per_gpu_second;
+} spi_ledger_row;
+
+/* Rows in the ledger (bounded by ledger.max_rows; further combinations are
+ * folded into a row with tenant "(other)"). */
+SPI_API size_t spi_ledger_count(spi_engine *engine);
+SPI_API int spi_ledger_row_at(spi_engine *engine, size_t index,
+                              spi_ledger_row *out);
+
+/* The autoscaling signals of the reference architecture. */
+typedef struct spi_signals {
+  size_t struct_size;
+  double queue_depth[4];     /* by class: open tickets without first token */
+  double p95_ttft_ms[4];     /* by class, from the TTFT histogram */
+  double cache_miss_rate;    /* 1 - matched / total prefix blocks routed */
+  uint32_t warm_on_demand;   /* ACTIVE on-demand replicas, fresh, not open */
+  uint32_t reserved0;
+  double draft_acceptance;   /* draft tickets OK / (OK + rejected) */
+} spi_signals;
+
+SPI_API int spi_engine_signals(spi_engine *engine, spi_signals *out);
+
+/*
+ * The engine's metrics in Prometheus text exposition format (counters,
+ * gauges, histograms; all names start with "spotinfer_"), copied into
+ * buf[0..cap) with a NUL; *needed (may be NULL) gets the length without it.
+ * SPI_EBUFSIZE when cap is too small (cap 0 asks for the size).
+ */
+SPI_API int spi_engine_metrics(spi_engine *engine, char *buf, size_t cap,
+                               size_t *needed);
 
 #ifdef __cplusplus
 }

@@ -45,7 +45,7 @@ extern "C" {
 enum spi_module_kind {
   SPI_MODULE_CLASSIFIER = 1,
   SPI_MODULE_KEY_BUILDER = 2,
-  SPI_MODULE_POLICY = 3,        /* reserved: routing policy */
+  SPI_MODULE_POLICY = 3,        /* pool and replica choice */
   SPI_MODULE_COST_MODEL = 4,
   SPI_MODULE_NOTICE_SOURCE = 5, /* reserved: interruption notices */
   SPI_MODULE_REPLAY_STORE = 6   /* reserved: durable replay queue */
@@ -104,6 +104,8 @@ typedef struct spi_request_view {
   /* The class the priority maps to through priority_map.vllm; set for the
    * classifier only, SPI_CLASS_UNSET when no priority was given. */
   int32_t priority_class;
+  /* SPI_REQ_MODEL_TIER if the caller forced one, else 0. */
+  int32_t forced_model_tier;
 } spi_request_view;
 
 /* ------------------------------------------------------------ classifier */
@@ -156,6 +158,70 @@ typedef struct spi_cost_model_module {
                int32_t pool, spi_price *out);
 } spi_cost_model_module;
 
+
+/* ---------------------------------------------------------------- policy */
+
+/* One replica the policy may choose, as the library sees it right now. */
+typedef struct spi_candidate {
+  const char *id;          size_t id_len;
+  int32_t pool;            /* SPI_POOL_SPOT or SPI_POOL_ON_DEMAND */
+  int32_t model_tier;
+  int32_t eligible;        /* 1: active, breaker allows, serves the model,
+                              right tier, pool not shedding this class */
+  int32_t probe;           /* 1: a half-open breaker's single probe */
+  int32_t fresh;           /* 1: load signal younger than the bound */
+  int32_t reserved0;
+  double running, waiting, kv_usage; /* stale signals read as saturated */
+  uint32_t inflight;       /* the library's own open tickets on it */
+  uint32_t max_inflight;
+  uint32_t matched_blocks; /* prefix blocks it likely holds for this req */
+  uint32_t reserved1;
+  uint64_t rendezvous;     /* rendezvous-hash weight for this request's
+                              prefix; the highest wins a cold placement */
+  double est_ttft_ms;      /* the library's TTFT estimate on it */
+  double usd_per_hour;
+} spi_candidate;
+
+/* Everything a policy decides from. Borrowed for the call. */
+typedef struct spi_route_context {
+  size_t struct_size;
+  size_t candidate_size;   /* sizeof(spi_candidate) the library was built with */
+  const spi_request_view *req;
+  const spi_classification *cls; /* at the pool pressure of ON_DEMAND */
+  const spi_candidate *candidates;
+  size_t n_candidates;
+  uint32_t total_blocks;
+  uint32_t max_fallbacks;  /* fill at most this many fallbacks */
+  int32_t pressure[4];     /* enum spi_pressure by enum spi_pool (1, 2) */
+  int32_t shed[4];         /* by pool: 1 = the pool sheds this class now */
+  int64_t now_ns;
+} spi_route_context;
+
+/* A policy's answer: indices into the candidates, best first. */
+typedef struct spi_policy_choice {
+  size_t struct_size;
+  int32_t pool;            /* SPOT, ON_DEMAND, QUEUE; 0 = none (no capacity
+                              or shed: see reason_code) */
+  int32_t reason_code;     /* enum spi_reason */
+  uint32_t n_order;        /* chosen replica then fallbacks, <= 1 + max */
+  uint32_t order[1 + SPI_MAX_FALLBACKS];
+  char reason[160];
+} spi_policy_choice;
+
+typedef struct spi_policy_module {
+  uint32_t abi_version;
+  uint32_t struct_size;
+  int32_t on_failure;
+  int32_t reserved0;
+  spi_module_configure_fn configure; /* required */
+  spi_module_release_fn release;
+  /* Choose for ctx. out->struct_size is set by the library, which then checks
+   * that every index is in range and eligible (or a probe), and that the
+   * first one is in out->pool. */
+  int (*choose)(void *state, void *instance, const spi_route_context *ctx,
+                spi_policy_choice *out);
+} spi_policy_module;
+
 /*
  * Register a module of a kind under a name (1..63 bytes of [A-Za-z0-9_.-]).
  * module points to the kind's struct (spi_classifier_module, ...), which is
@@ -165,7 +231,8 @@ typedef struct spi_cost_model_module {
  * Must not run concurrently with other calls on the engine.
  * Errors: SPI_EINVAL (bad name, NULL module or required callback),
  * SPI_EABI (abi_version or struct_size unsupported), SPI_EEXIST,
- * SPI_ENOTSUP (a reserved kind this version does not define yet),
+ * SPI_ENOTSUP (a reserved kind this version does not define yet:
+ * notice_source, replay_store),
  * SPI_ENOMEM.
  */
 SPI_API int spi_engine_register_module(spi_engine *engine, int32_t kind,

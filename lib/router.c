@@ -1,0 +1,194 @@
+/*
+ * router.c - the "router" configuration section and the routing state it
+ * sizes: prefix index, ticket table, cost ledger and metrics.
+ *
+ * The state outlives configuration snapshots. A reconfigure that changes a
+ * size builds the new object first (so a failure changes nothing), then
+ * swaps it in; the old prefix index is freed once no router can hold it.
+ * The ticket table cannot be resized while tickets are open: that reconfigure
+ * fails with a message rather than losing them.
+ */
+#include <stdio.h>
+#include <string.h>
+
+#include <cjson/cJSON.h>
+
+#include "engine.h"
+
+static const char *const CLASSES[] = {"gold", "silver", "bronze"};
+
+int spi__router_read_cfg(const cJSON *root, spi_router_cfg *c, char *err,
+                         size_t errcap) {
+  const cJSON *o = cJSON_GetObjectItemCaseSensitive(root, "router");
+  const char *S = "router";
+  int rc;
+  memset(c, 0, sizeof *c);
+  if (o && (rc = spi__cfg_check_keys(o, S, S, err, errcap))) return rc;
+  struct {
+    const char *path;
+    int64_t *dst;
+  } ints[] = {
+      {"router.max_replicas", &c->max_replicas},
+      {"router.max_tickets", &c->max_tickets},
+      {"router.index_bytes", &c->index_bytes},
+      {"router.load_max_age_ms", &c->load_max_age_ms},
+      {"router.error_threshold", &c->error_threshold},
+      {"router.error_cooldown_ms", &c->error_cooldown_ms},
+      {"router.max_fallbacks", &c->max_fallbacks},
+      {"router.weight_seconds", &c->weight_seconds},
+      {"router.ledger_max_rows", &c->ledger_max_rows},
+      {"router.metrics_max_families", &c->metrics_max_families},
+  };
+  for (size_t i = 0; i < sizeof ints / sizeof ints[0]; i++)
+    if ((rc = spi__cfg_int(o, ints[i].path, S, ints[i].dst, err, errcap)))
+      return rc;
+  struct {
+    const char *path;
+    double *dst;
+  } dbls[] = {
+      {"router.bytes_per_token", &c->bytes_per_token},
+      {"router.ttft_base_ms", &c->ttft_base_ms},
+      {"router.ttft_per_queued_ms", &c->ttft_per_queued_ms},
+      {"router.prefill_tokens_per_s", &c->prefill_tokens_per_s},
+      {"router.kv_open", &c->kv_open},
+      {"router.kv_close", &c->kv_close},
+      {"router.kv_silver_open", &c->kv_silver_open},
+      {"router.kv_silver_close", &c->kv_silver_close},
+  };
+  for (size_t i = 0; i < sizeof dbls / sizeof dbls[0]; i++)
+    if ((rc = spi__cfg_double(o, dbls[i].path, S, dbls[i].dst, err, errcap)))
+      return rc;
+  if (!(c->kv_close < c->kv_open && c->kv_silver_close < c->kv_silver_open &&
+        c->kv_open <= c->kv_silver_open && c->kv_close <= c->kv_silver_close)) {
+    spi__errf(err, errcap,
+              "router: need kv_close < kv_open <= kv_silver_open and "
+              "kv_silver_close < kv_silver_open, kv_close <= kv_silver_close");
+    return SPI_ERANGE;
+  }
+  const cJSON *w = o ? cJSON_GetObjectItemCaseSensitive(o, "class_weight") : NULL;
+  if (w && (rc = spi__cfg_check_keys(w, "router.class_weight",
+                                     "router.class_weight", err, errcap)))
+    return rc;
+  for (int k = 0; k < 3; k++) {
+    char path[64];
+    int64_t v = 1;
+    snprintf(path, sizeof path, "router.class_weight.%s", CLASSES[k]);
+    if ((rc = spi__cfg_int(w, path, "router.class_weight", &v, err, errcap)))
+      return rc;
+    c->class_weight[k + 1] = (int32_t)v;
+  }
+  const char *sp = "";
+  size_t splen = 0;
+  if ((rc = spi__cfg_string(o, "router.shadow_policy", S, &sp, &splen, err,
+                            errcap)))
+    return rc;
+  if (splen >= sizeof c->shadow_policy) {
+    spi__errf(err, errcap, "router.shadow_policy: at most %zu bytes",
+              sizeof c->shadow_policy - 1);
+    return SPI_ERANGE;
+  }
+  memcpy(c->shadow_policy, sp, splen);
+  c->shadow_policy[splen] = '\0';
+  return SPI_OK;
+}
+
+/* New objects a configuration needs, built before anything is swapped. */
+int spi__router_prepare(spi_engine *e, const spi_router_cfg *c,
+                        spi_router_prep *p, char *err, size_t errcap) {
+  memset(p, 0, sizeof *p);
+  /* Tables sized at first use cannot change under open tickets or
+   * accumulated counts; say so instead of silently ignoring the value. */
+  spi_ticket_table *t = atomic_load(&e->tickets);
+  if (t && spi__tickets_capacity(t) != (size_t)c->max_tickets) {
+    spi__errf(err, errcap,
+              "router.max_tickets: fixed at %zu once the engine has routed",
+              spi__tickets_capacity(t));
+    return SPI_EINVAL;
+  }
+  if (atomic_load(&e->ledger) && e->ledger_rows != (size_t)c->ledger_max_rows) {
+    spi__errf(err, errcap,
+              "router.ledger_max_rows: fixed at %zu once the engine has routed",
+              e->ledger_rows);
+    return SPI_EINVAL;
+  }
+  if (atomic_load(&e->metrics) &&
+      e->metrics_families != (size_t)c->metrics_max_families) {
+    spi__errf(err, errcap,
+              "router.metrics_max_families: fixed at %zu once the engine has "
+              "routed",
+              e->metrics_families);
+    return SPI_EINVAL;
+  }
+  if (!atomic_load(&e->index) || e->index_budget != (size_t)c->index_bytes) {
+    int rc = spi__index_new(&e->mem, (size_t)c->index_bytes, &p->index);
+    if (rc) {
+      spi__errf(err, errcap, "router.index_bytes: %s", spi_strerror(rc));
+      return rc;
+    }
+    p->index_budget = (size_t)c->index_bytes;
+  }
+  return SPI_OK;
+}
+
+void spi__router_discard(spi_engine *e, spi_router_prep *p) {
+  if (p->index) spi__index_free(&e->mem, p->index);
+  memset(p, 0, sizeof *p);
+}
+
+/* Swap the prepared objects in, after the new snapshot is published. A new
+ * index starts empty: the old one's entries were placed for a table of
+ * another size. */
+void spi__router_commit(spi_engine *e, spi_router_prep *p) {
+  if (p->index) {
+    spi_prefix_index *old = atomic_exchange(&e->index, p->index);
+    e->index_budget = p->index_budget;
+    spi__rcu_synchronize(&e->rcu);
+    if (old) spi__index_free(&e->mem, old);
+  }
+  memset(p, 0, sizeof *p);
+}
+
+/* Create the tables routing needs on first use, sized by the snapshot in
+ * force. Concurrent first routes race with a CAS; the loser frees its copy. */
+int spi__router_ready(spi_engine *e, const spi_router_cfg *c) {
+  const spi_mem *m = &e->mem;
+  if (!atomic_load(&e->metrics)) {
+    spi_metrics *x = NULL;
+    if (spi__metrics_new(m, (size_t)c->metrics_max_families, &x))
+      return SPI_ENOMEM;
+    spi_metrics *expect = NULL;
+    if (atomic_compare_exchange_strong(&e->metrics, &expect, x))
+      e->metrics_families = (size_t)c->metrics_max_families;
+    else
+      spi__metrics_free(m, x);
+  }
+  if (!atomic_load(&e->ledger)) {
+    spi_ledger *l = NULL;
+    if (spi__ledger_new(m, (size_t)c->ledger_max_rows, &l)) return SPI_ENOMEM;
+    spi_ledger *expect = NULL;
+    if (atomic_compare_exchange_strong(&e->ledger, &expect, l))
+      e->ledger_rows = (size_t)c->ledger_max_rows;
+    else
+      spi__ledger_free(m, l);
+  }
+  if (!atomic_load(&e->tickets)) {
+    spi_ticket_table *t = NULL;
+    if (spi__tickets_new(m, (size_t)c->max_tickets, &t)) return SPI_ENOMEM;
+    spi_ticket_table *expect = NULL;
+    if (!atomic_compare_exchange_strong(&e->tickets, &expect, t))
+      spi__tickets_free(m, t);
+  }
+  return SPI_OK;
+}
+
+void spi__router_destroy(spi_engine *e) {
+  const spi_mem *m = &e->mem;
+  spi_prefix_index *ix = atomic_exchange(&e->index, NULL);
+  if (ix) spi__index_free(m, ix);
+  spi_ticket_table *t = atomic_exchange(&e->tickets, NULL);
+  if (t) spi__tickets_free(m, t);
+  spi_ledger *l = atomic_exchange(&e->ledger, NULL);
+  if (l) spi__ledger_free(m, l);
+  spi_metrics *x = atomic_exchange(&e->metrics, NULL);
+  if (x) spi__metrics_free(m, x);
+}

@@ -1,0 +1,293 @@
+/*
+ * routing.h - internal interfaces of the routing core: the replica
+ * registry, the prefix index, breakers, tickets, the cost ledger and the
+ * metrics. Each lives in its own .c; route.c ties them together.
+ *
+ * Concurrency model. Routing (spi_route) takes no lock: it pins the engine's
+ * RCU domain, reads the immutable configuration snapshot and the immutable
+ * replica set, and touches per-replica and per-index state only through
+ * atomics. Writers that change structure (configure, replica upsert/remove)
+ * serialise on their own mutex, publish a new immutable object, and wait for
+ * pinned readers of the old one before freeing it (spi__rcu_synchronize).
+ * Reporting paths that are not the routing hot path (ticket finish into the
+ * ledger, metrics rendering) may take a short mutex.
+ */
+#ifndef SPI_ROUTING_H
+#define SPI_ROUTING_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+
+#include "spi_internal.h"
+
+/* --------------------------------------------------------------------- RCU */
+
+/* Two-slot epoch counter: readers pin with two atomic adds. */
+typedef struct spi_rcu {
+  atomic_uint epoch;
+  atomic_ulong readers[2];
+} spi_rcu;
+
+void spi__rcu_init(spi_rcu *r);
+unsigned spi__rcu_enter(spi_rcu *r);
+void spi__rcu_exit(spi_rcu *r, unsigned pin);
+/* Wait until every reader pinned before this call has left. Call after
+ * publishing the new object and before freeing the old one. */
+void spi__rcu_synchronize(spi_rcu *r);
+
+/* Doubles kept in atomics as their bit patterns. */
+static inline uint64_t spi__dbits(double d) {
+  uint64_t u;
+  __builtin_memcpy(&u, &d, sizeof u);
+  return u;
+}
+static inline double spi__bitsd(uint64_t u) {
+  double d;
+  __builtin_memcpy(&d, &u, sizeof d);
+  return d;
+}
+
+/* ------------------------------------------------------- router config */
+
+/* The "router" section: engine-level routing limits (config snapshot). */
+typedef struct spi_router_cfg {
+  int64_t max_replicas;      /* <= SPI_REPLICA_SLOTS */
+  int64_t max_tickets;
+  int64_t index_bytes;       /* hard cap of the prefix index */
+  int64_t load_max_age_ms;   /* older load signals count as saturated */
+  double kv_open, kv_close;  /* pool breaker: shed bronze above / below */
+  double kv_silver_open, kv_silver_close; /* ... and silver */
+  int64_t error_threshold;   /* consecutive ticket errors that open */
+  int64_t error_cooldown_ms; /* open -> half-open after this */
+  int64_t max_fallbacks;     /* <= SPI_MAX_FALLBACKS */
+  double bytes_per_token;    /* TTFT estimate inputs */
+  double ttft_base_ms, ttft_per_queued_ms, prefill_tokens_per_s;
+  int64_t weight_seconds;    /* index: one class-weight unit of recency */
+  int32_t class_weight[4];   /* index eviction weight by class */
+  int64_t ledger_max_rows;
+  int64_t metrics_max_families;
+  char shadow_policy[64];    /* "" = shadow mode off */
+} spi_router_cfg;
+
+/* ------------------------------------------------------------- replicas */
+
+#define SPI_REPLICA_SLOTS 4096 /* hard cap of router.max_replicas */
+
+/* Per-replica state that changes at run time, in a slot that never moves.
+ * All fields atomic: routers read them without a lock. */
+typedef struct spi_replica_slot {
+  atomic_uint gen;          /* bumped on remove, state change off ACTIVE,
+                               pool/models change: kills index entries */
+  atomic_int state;         /* enum spi_replica_state; 0 = slot free */
+  atomic_ullong running;    /* double bits */
+  atomic_ullong waiting;    /* double bits */
+  atomic_ullong kv_usage;   /* double bits */
+  atomic_llong load_at_ns;  /* 0 = never reported */
+  atomic_uint inflight;     /* open tickets */
+  /* error breaker (breaker.c) */
+  atomic_int breaker;       /* enum spi_breaker_state */
+  atomic_uint consecutive_errors;
+  atomic_llong open_until_ns;
+  atomic_int probe_taken;   /* half-open: the single probe is out */
+} spi_replica_slot;
+
+/* A replica's identity: immutable once published in a replica set. */
+typedef struct spi_replica_ident {
+  uint32_t slot;
+  int32_t pool;
+  int32_t model_tier;
+  uint32_t max_inflight;
+  double usd_per_hour;
+  uint64_t id_hash;         /* XXH3-64 of id: rendezvous weight input */
+  size_t id_len, zone_len, type_len, models_len;
+  char id[SPI_ID_MAX];
+  char zone[SPI_ID_MAX];
+  char instance_type[SPI_ID_MAX];
+  char models[512];         /* comma-separated; "" = any */
+} spi_replica_ident;
+
+/* The published set of replicas (immutable; replaced on every change). */
+typedef struct spi_replica_set {
+  size_t n;
+  spi_replica_ident *r;     /* n entries, in order of addition */
+} spi_replica_set;
+
+typedef struct spi_registry {
+  spi_replica_slot *slots;  /* SPI_REPLICA_SLOTS */
+  _Atomic(spi_replica_set *) set;
+  pthread_mutex_t lock;     /* writers */
+  uint32_t next_slot;       /* where the next free-slot search starts (under
+                               lock): slots are reused as late as possible */
+} spi_registry;
+
+struct spi_engine;
+int spi__registry_init(spi_registry *g, const spi_mem *m);
+void spi__registry_destroy(spi_registry *g, const spi_mem *m);
+/* The ident for an id in set, or NULL. */
+const spi_replica_ident *spi__registry_find(const spi_replica_set *set,
+                                            const char *id, size_t len);
+/* Whether ident serves model (its models list names it, or is empty). */
+int spi__replica_serves(const spi_replica_ident *r, const char *model,
+                        size_t len);
+/* The load as routing sees it: stale or missing -> saturated. */
+typedef struct spi_load_view {
+  double running, waiting, kv_usage;
+  int fresh;
+} spi_load_view;
+void spi__replica_load(const spi_replica_slot *s, int64_t now_ns,
+                       int64_t max_age_ns, spi_load_view *out);
+
+/* Prometheus text of a vLLM/SGLang /metrics page -> load (metrics_parse.c).
+ * On error, err gets "line N: ..." */
+int spi__metrics_parse(const char *text, size_t len, spi_load *out, char *err,
+                       size_t errcap);
+
+/* ------------------------------------------------------------- breakers */
+
+/* Pool KV-pressure breaker with hysteresis (breaker.c). level: 0 closed,
+ * 1 sheds bronze, 2 sheds silver and bronze. Returns the new level. */
+int spi__kv_breaker_step(int level, double pressure, const spi_router_cfg *c);
+/* Pressure level (enum spi_pressure) for the degrade plan of a pool. */
+int32_t spi__pressure_level(double pressure, const spi_router_cfg *c);
+/* "closed", "shed_bronze", "shed_silver"; "invalid" otherwise. */
+const char *spi__kv_level_name(int level);
+/* "closed", "open", "half_open" (enum spi_breaker_state); "invalid". */
+const char *spi__breaker_state_name(int32_t state);
+
+/* Replica error breaker: whether a new request may go there now; *probe = 1
+ * if it would be the half-open probe (claimed only by spi__breaker_claim). */
+int spi__breaker_allows(spi_replica_slot *s, int64_t now_ns, int *probe);
+int spi__breaker_claim_probe(spi_replica_slot *s);
+/* Hand back a claimed probe whose request ended without a verdict (e.g.
+ * cancelled), so the half-open breaker can send another one. */
+void spi__breaker_release_probe(spi_replica_slot *s);
+/* A ticket on the replica ended: ok or error. Returns 1 if it opened. */
+int spi__breaker_record(spi_replica_slot *s, int ok, int was_probe,
+                        int64_t now_ns, const spi_router_cfg *c);
+
+/* --------------------------------------------------------- prefix index */
+
+typedef struct spi_prefix_index spi_prefix_index;
+
+/* The index keeps only the low 12 bits of a replica's gen: the gen a live
+ * callback receives, and the gens spi__index_longest returns, are
+ * (gen & SPI_INDEX_GEN_MASK); spi__index_insert masks what it is given. */
+#define SPI_INDEX_GEN_MASK 0xfffu
+
+/* Liveness of an entry's (slot, gen): the registry's current gen, masked
+ * with SPI_INDEX_GEN_MASK, matches and the replica is ACTIVE. */
+typedef int (*spi_index_live_fn)(void *ctx, uint32_t slot, uint32_t gen);
+
+/* The largest table of 8-entry buckets within byte_budget (including the
+ * header). SPI_ERANGE if not even one bucket fits. */
+int spi__index_new(const spi_mem *m, size_t byte_budget,
+                   spi_prefix_index **out);
+void spi__index_free(const spi_mem *m, spi_prefix_index *ix);
+size_t spi__index_bytes(const spi_prefix_index *ix);    /* all memory used */
+size_t spi__index_capacity(const spi_prefix_index *ix); /* entries */
+size_t spi__index_live_entries(const spi_prefix_index *ix); /* O(capacity) */
+
+/*
+ * The longest prefix of hashes[0..n) some live replica likely holds, by
+ * binary search over the chain (O(log n) bucket probes, not one per block).
+ * Writes up to cap (slot, gen) pairs holding the deepest matched block into
+ * slots/gens and their count into *n_holders. Returns the matched length
+ * (0..n).
+ */
+uint32_t spi__index_longest(const spi_prefix_index *ix, const uint64_t *hashes,
+                            uint32_t n, spi_index_live_fn live, void *ctx,
+                            uint32_t *slots, uint32_t *gens, uint32_t cap,
+                            uint32_t *n_holders);
+/* Record that (slot, gen) holds blocks hashes[from..n): insert or refresh,
+ * evicting the bucket's lowest-value entry (dead first, then by recency plus
+ * weight * weight_seconds). O(1) per block. */
+void spi__index_insert(spi_prefix_index *ix, const uint64_t *hashes,
+                       uint32_t from, uint32_t n, uint32_t slot, uint32_t gen,
+                       uint32_t weight, uint32_t now_s, uint32_t weight_seconds,
+                       spi_index_live_fn live, void *ctx);
+
+/* ---------------------------------------------------------------- tickets */
+
+#define SPI_TICKET_HASHES 32 /* block hashes kept to refresh on finish */
+
+typedef struct spi_ticket {
+  atomic_ullong id;          /* current ticket id; 0 = free */
+  uint32_t slot, gen;        /* replica */
+  int32_t pool, klass, model_tier, probe;
+  int64_t start_ns;
+  atomic_llong first_token_ns;
+  atomic_ullong tokens_streamed;
+  uint64_t prompt_tokens_est;
+  uint32_t matched_blocks, total_blocks;
+  uint32_t n_hashes, weight;
+  uint64_t hashes[SPI_TICKET_HASHES];
+  char tenant[SPI_ID_MAX];
+  char model[SPI_ID_MAX];
+} spi_ticket;
+
+typedef struct spi_ticket_table spi_ticket_table;
+
+int spi__tickets_new(const spi_mem *m, size_t capacity, spi_ticket_table **out);
+void spi__tickets_free(const spi_mem *m, spi_ticket_table *t);
+size_t spi__tickets_capacity(const spi_ticket_table *t);
+size_t spi__tickets_open(const spi_ticket_table *t);
+/* Take a free ticket (lock-free); NULL when all are open. The caller fills
+ * it and then publishes it with spi__ticket_publish (which assigns the id). */
+spi_ticket *spi__ticket_take(spi_ticket_table *t);
+uint64_t spi__ticket_publish(spi_ticket_table *t, spi_ticket *k);
+/* The open ticket with this id, or NULL (stale, finished, never issued). */
+spi_ticket *spi__ticket_lookup(spi_ticket_table *t, uint64_t id);
+/* Claim the ticket for finishing: exactly one caller wins (others get 0). */
+int spi__ticket_claim(spi_ticket_table *t, spi_ticket *k, uint64_t id);
+/* Return a claimed ticket to the free list. */
+void spi__ticket_release(spi_ticket_table *t, spi_ticket *k);
+
+/* ----------------------------------------------------------------- ledger */
+
+typedef struct spi_ledger spi_ledger;
+int spi__ledger_new(const spi_mem *m, size_t max_rows, spi_ledger **out);
+void spi__ledger_free(const spi_mem *m, spi_ledger *l);
+/* Add one finished ticket (mutex inside). */
+void spi__ledger_add(spi_ledger *l, const char *tenant, const char *model,
+                     int32_t pool, int32_t klass, int ok,
+                     uint64_t prompt_tokens, uint64_t output_tokens,
+                     uint64_t cached_tokens, double gpu_seconds, double usd);
+size_t spi__ledger_count(spi_ledger *l);
+int spi__ledger_row(spi_ledger *l, size_t index, spi_ledger_row *out);
+
+/* ---------------------------------------------------------------- metrics */
+
+#define SPI_REASON_COUNT 11
+#define SPI_TTFT_BUCKETS 14
+
+typedef struct spi_metrics spi_metrics;
+int spi__metrics_new(const spi_mem *m, size_t max_families, spi_metrics **out);
+void spi__metrics_free(const spi_mem *m, spi_metrics *x);
+/* Counters (atomic, callable from any thread). */
+void spi__metrics_decision(spi_metrics *x, int32_t pool, int32_t klass,
+                           int32_t reason, uint64_t family,
+                           uint32_t matched_blocks, uint32_t total_blocks);
+void spi__metrics_shed(spi_metrics *x, int32_t klass);
+void spi__metrics_breaker_open(spi_metrics *x);
+void spi__metrics_ttft(spi_metrics *x, int32_t klass, double ttft_ms);
+void spi__metrics_queue_delta(spi_metrics *x, int32_t klass, int delta);
+void spi__metrics_draft(spi_metrics *x, int accepted);
+void spi__metrics_shadow(spi_metrics *x, int agreed, uint32_t matched_blocks);
+/* The p95 TTFT of a class from its histogram (0 if no sample). */
+double spi__metrics_p95_ttft(spi_metrics *x, int32_t klass);
+double spi__metrics_queue_depth(spi_metrics *x, int32_t klass);
+double spi__metrics_cache_miss_rate(spi_metrics *x);
+double spi__metrics_draft_acceptance(spi_metrics *x);
+/* Render everything, plus the per-replica gauges passed in, as Prometheus
+ * text into out. */
+typedef struct spi_replica_gauge {
+  const char *id;
+  int32_t pool, state, breaker;
+  uint32_t inflight;
+  double kv_usage;
+} spi_replica_gauge;
+int spi__metrics_render(spi_metrics *x, const spi_replica_gauge *g, size_t ng,
+                        const spi_signals *sig, spi_buf *out,
+                        const spi_mem *m);
+
+#endif /* SPI_ROUTING_H */
