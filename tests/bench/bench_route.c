@@ -1,0 +1,210 @@
+/*
+ * bench_route.c - routing decision time, as JSON lines.
+ *
+ * For 1, 8 and 64 KiB prompts and 8, 64 and 512 replicas, with the prefix
+ * index filled first: p50 and p99 of one spi_route() call, and both as a
+ * ratio to one XXH3_64bits pass over the same prompt measured in the same
+ * run. Then decisions per second (route + finish) on 1 and 2 threads.
+ * The engine runs on a fixed clock, so load signals never go stale and the
+ * clock costs nothing.
+ */
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <xxhash.h>
+
+#include "spotinfer/spotinfer.h"
+
+#define NREQ 64
+
+static int64_t fixed_clock(void *ud) {
+  (void)ud;
+  return 1700000000LL * 1000000000LL;
+}
+
+static double now_ns(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (double)ts.tv_sec * 1e9 + (double)ts.tv_nsec;
+}
+
+static int cmp_double(const void *a, const void *b) {
+  double x = *(const double *)a, y = *(const double *)b;
+  return x < y ? -1 : x > y;
+}
+
+static spi_engine *make_engine(int replicas) {
+  spi_hooks h;
+  memset(&h, 0, sizeof h);
+  h.struct_size = sizeof h;
+  h.clock = fixed_clock;
+  spi_engine *e = NULL;
+  if (spi_engine_new(&e, &h) != SPI_OK) return NULL;
+  const char *cfg = "{\"router\":{\"max_tickets\":65536,\"index_bytes\":67108864}}";
+  if (spi_engine_configure(e, cfg, strlen(cfg)) != SPI_OK) return NULL;
+  for (int i = 0; i < replicas; i++) {
+    char id[32];
+    snprintf(id, sizeof id, "replica-%03d", i);
+    spi_replica_info ri;
+    memset(&ri, 0, sizeof ri);
+    ri.struct_size = sizeof ri;
+    ri.id = id;
+    ri.id_len = strlen(id);
+    ri.pool = i % 2 ? SPI_POOL_ON_DEMAND : SPI_POOL_SPOT;
+    ri.usd_per_hour = i % 2 ? 4.5 : 1.8;
+    ri.max_inflight = 256;
+    if (spi_replica_upsert(e, &ri) != SPI_OK) return NULL;
+    spi_load l;
+    memset(&l, 0, sizeof l);
+    l.struct_size = sizeof l;
+    l.running = i % 7;
+    l.waiting = i % 3;
+    l.kv_usage = 0.3;
+    spi_replica_report_load(e, id, strlen(id), &l);
+  }
+  return e;
+}
+
+/* A prompt of size bytes whose first half is shared by its family. */
+static void fill_prompt(char *p, size_t size, int family, int unique) {
+  for (size_t i = 0; i < size; i++)
+    p[i] = (char)('a' + (i * 7 + (size_t)family * 13) % 26);
+  if (size > 16) snprintf(p + size / 2, 16, "u%08d", unique);
+}
+
+static int prepare(spi_engine *e, spi_request **reqs, size_t size, int salt) {
+  char *p = malloc(size);
+  for (int i = 0; i < NREQ; i++) {
+    if (spi_request_new(e, &reqs[i]) != SPI_OK) return -1;
+    fill_prompt(p, size, i % 16, salt * NREQ + i);
+    spi_request_set_str(reqs[i], SPI_REQ_MODEL, "llama", 5);
+    spi_request_set_str(reqs[i], SPI_REQ_PROMPT, p, size);
+    spi_request_set_int(reqs[i], SPI_REQ_REPLAYABLE, 1);
+  }
+  free(p);
+  return 0;
+}
+
+static void finish(spi_engine *e, uint64_t t) {
+  spi_ticket_result r;
+  memset(&r, 0, sizeof r);
+  r.struct_size = sizeof r;
+  r.output_tokens = 10;
+  spi_ticket_finish(e, t, &r);
+}
+
+static void bench_latency(size_t size, int replicas) {
+  spi_engine *e = make_engine(replicas);
+  if (!e) {
+    fprintf(stderr, "engine setup failed\n");
+    exit(1);
+  }
+  spi_request *warm[NREQ], *reqs[NREQ];
+  /* Fill the index with many prefixes first. */
+  for (int round = 0; round < 8; round++) {
+    prepare(e, warm, size, 1000 + round);
+    for (int i = 0; i < NREQ; i++) {
+      spi_decision d;
+      memset(&d, 0, sizeof d);
+      d.struct_size = sizeof d;
+      if (spi_route(warm[i], &d) == SPI_OK && d.ticket) finish(e, d.ticket);
+      spi_request_free(warm[i]);
+    }
+  }
+  prepare(e, reqs, size, 1);
+  enum { N = 4000 };
+  static double t[N];
+  for (int i = 0; i < N; i++) {
+    spi_decision d;
+    memset(&d, 0, sizeof d);
+    d.struct_size = sizeof d;
+    double t0 = now_ns();
+    int rc = spi_route(reqs[i % NREQ], &d);
+    t[i] = now_ns() - t0;
+    if (rc == SPI_OK && d.ticket) finish(e, d.ticket);
+  }
+  qsort(t, N, sizeof t[0], cmp_double);
+  /* One XXH3 pass over the same prompt, best of many. */
+  char *p = malloc(size);
+  fill_prompt(p, size, 0, 0);
+  double best = 1e30;
+  volatile uint64_t sink = 0;
+  for (int r = 0; r < 20; r++) {
+    int iters = 2000;
+    double t0 = now_ns();
+    for (int i = 0; i < iters; i++) sink += XXH3_64bits(p, size);
+    double dt = (now_ns() - t0) / iters;
+    if (dt < best) best = dt;
+  }
+  (void)sink;
+  free(p);
+  double p50 = t[N / 2], p99 = t[N * 99 / 100];
+  printf("{\"bench\":\"route\",\"prompt_bytes\":%zu,\"replicas\":%d,"
+         "\"p50_ns\":%.0f,\"p99_ns\":%.0f,\"xxh3_pass_ns\":%.1f,"
+         "\"p50_ratio\":%.2f,\"p99_ratio\":%.2f}\n",
+         size, replicas, p50, p99, best, p50 / best, p99 / best);
+  for (int i = 0; i < NREQ; i++) spi_request_free(reqs[i]);
+  spi_engine_free(e);
+}
+
+typedef struct tput {
+  spi_engine *e;
+  int seconds_ms;
+  long done;
+  int id;
+} tput;
+
+static void *throughput_thread(void *arg) {
+  tput *t = arg;
+  spi_request *reqs[NREQ];
+  prepare(t->e, reqs, 8192, 100 + t->id);
+  double end = now_ns() + t->seconds_ms * 1e6;
+  long n = 0;
+  while (now_ns() < end) {
+    for (int i = 0; i < 64; i++, n++) {
+      spi_decision d;
+      memset(&d, 0, sizeof d);
+      d.struct_size = sizeof d;
+      if (spi_route(reqs[n % NREQ], &d) == SPI_OK && d.ticket)
+        finish(t->e, d.ticket);
+    }
+  }
+  t->done = n;
+  for (int i = 0; i < NREQ; i++) spi_request_free(reqs[i]);
+  return NULL;
+}
+
+static void bench_throughput(int threads) {
+  spi_engine *e = make_engine(64);
+  tput t[2];
+  pthread_t th[2];
+  for (int i = 0; i < threads; i++) {
+    t[i].e = e;
+    t[i].seconds_ms = 1000;
+    t[i].done = 0;
+    t[i].id = i;
+    pthread_create(&th[i], NULL, throughput_thread, &t[i]);
+  }
+  long total = 0;
+  for (int i = 0; i < threads; i++) {
+    pthread_join(th[i], NULL);
+    total += t[i].done;
+  }
+  printf("{\"bench\":\"route_throughput\",\"threads\":%d,\"prompt_bytes\":8192,"
+         "\"replicas\":64,\"decisions_per_s\":%ld}\n",
+         threads, total);
+  spi_engine_free(e);
+}
+
+int main(void) {
+  size_t sizes[] = {1024, 8192, 65536};
+  int reps[] = {8, 64, 512};
+  for (int s = 0; s < 3; s++)
+    for (int r = 0; r < 3; r++) bench_latency(sizes[s], reps[r]);
+  bench_throughput(1);
+  bench_throughput(2);
+  return 0;
+}
