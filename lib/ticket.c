@@ -1,0 +1,184 @@
+/*
+ * ticket.c - the ticket table: a fixed number of ticket records, allocated
+ * once, handed out and taken back without a lock.
+ *
+ * Free tickets sit on a Treiber stack. Its head is one 64-bit atomic holding
+ * a 32-bit tag in the high half and (index + 1) of the top ticket in the low
+ * half (0 = empty); next[i] is (index + 1) of the ticket below ticket i.
+ * Every successful push and pop bumps the tag, so a pop that read head and
+ * next[top] before another thread popped top, popped what lay below it and
+ * pushed top back (the ABA case) fails its CAS instead of installing a stale
+ * next. next[] is atomic because a slow pop may still read next[top] while
+ * the new owner of top pushes it back and rewrites it; the value it reads is
+ * then thrown away by the failed CAS.
+ *
+ * A ticket id is (generation << 24) | (index + 1). The generation is per
+ * ticket record and is bumped at every publish, so an id is never issued
+ * twice (until the 40-bit generation wraps, after 2^40 uses of one record)
+ * and an id kept after its ticket finished never names the record's next
+ * use. The low 24 bits are never 0 and the capacity is at most 2^22, so no
+ * id is 0 and lookup can reject any 64-bit value by range and equality.
+ *
+ * Ownership of a record: the thread that took it fills and publishes it;
+ * after publish, the record's plain fields are read-only until one finisher
+ * wins spi__ticket_claim (CAS of id from the ticket's id to 0) and releases
+ * it. Push (release order) and pop (acquire order) carry the record's
+ * contents from one owner to the next; publish (release) and lookup
+ * (acquire) carry them to readers of an open ticket.
+ */
+#include <stdalign.h>
+#include <string.h>
+
+#include "routing.h"
+
+#define TICKET_INDEX_BITS 24
+#define TICKET_INDEX_MASK ((UINT64_C(1) << TICKET_INDEX_BITS) - 1)
+#define TICKET_GEN_MASK ((UINT64_C(1) << (64 - TICKET_INDEX_BITS)) - 1)
+#define TICKET_MAX_CAPACITY (UINT64_C(1) << 22)
+#define HEAD_INDEX_MASK UINT64_C(0xffffffff)
+
+struct spi_ticket_table {
+  size_t capacity;
+  spi_ticket *t;          /* capacity records */
+  uint64_t *gen;          /* per record; touched only by its owner */
+  atomic_uint *next;      /* free-stack links: index + 1, 0 = bottom */
+  /* head and the open counter are written by every take and release; the
+   * padding keeps them off the cache line of the read-mostly fields above
+   * (padding, not alignas: the allocator hook only promises malloc's
+   * alignment). */
+  char pad0[64];
+  _Atomic uint64_t head;
+  char pad1[64];
+  atomic_size_t open;
+};
+
+static size_t align_up(size_t n, size_t a) { return (n + a - 1) / a * a; }
+
+int spi__tickets_new(const spi_mem *m, size_t capacity,
+                     spi_ticket_table **out) {
+  if (!m || !out) return SPI_EINVAL;
+  *out = NULL;
+  if (capacity == 0 || (uint64_t)capacity > TICKET_MAX_CAPACITY)
+    return SPI_ERANGE;
+  /* One allocation: header, records, generations, links. */
+  size_t off_t = align_up(sizeof(spi_ticket_table), alignof(max_align_t));
+  size_t off_gen = off_t + capacity * sizeof(spi_ticket);
+  size_t off_next = off_gen + capacity * sizeof(uint64_t);
+  size_t total = off_next + capacity * sizeof(atomic_uint);
+  unsigned char *p = spi__alloc(m, total);
+  if (!p) return SPI_ENOMEM;
+  spi_ticket_table *tt = (spi_ticket_table *)(void *)p;
+  memset(p, 0, off_t);
+  tt->capacity = capacity;
+  tt->t = (spi_ticket *)(void *)(p + off_t);
+  tt->gen = (uint64_t *)(void *)(p + off_gen);
+  tt->next = (atomic_uint *)(void *)(p + off_next);
+  for (size_t i = 0; i < capacity; i++) {
+    spi_ticket *k = &tt->t[i];
+    memset(k, 0, sizeof *k);
+    atomic_init(&k->id, 0ull);
+    atomic_init(&k->first_token_ns, 0ll);
+    atomic_init(&k->tokens_streamed, 0ull);
+    tt->gen[i] = 0;
+    /* Stack from 0 at the top: record i lies on record i + 1. */
+    atomic_init(&tt->next[i], i + 1 < capacity ? (unsigned)(i + 2) : 0u);
+  }
+  atomic_init(&tt->head, 1ull); /* tag 0, top = record 0 */
+  atomic_init(&tt->open, (size_t)0);
+  *out = tt;
+  return SPI_OK;
+}
+
+void spi__tickets_free(const spi_mem *m, spi_ticket_table *t) {
+  if (t) spi__free(m, t);
+}
+
+size_t spi__tickets_capacity(const spi_ticket_table *t) {
+  return t ? t->capacity : 0;
+}
+
+size_t spi__tickets_open(const spi_ticket_table *t) {
+  return t ? atomic_load_explicit(&t->open, memory_order_relaxed) : 0;
+}
+
+static void ticket_reset(spi_ticket *k) {
+  k->slot = k->gen = 0;
+  k->pool = k->klass = k->model_tier = k->probe = 0;
+  k->start_ns = 0;
+  atomic_store_explicit(&k->first_token_ns, 0ll, memory_order_relaxed);
+  atomic_store_explicit(&k->tokens_streamed, 0ull, memory_order_relaxed);
+  k->prompt_tokens_est = 0;
+  k->matched_blocks = k->total_blocks = 0;
+  k->n_hashes = k->weight = 0;
+  memset(k->hashes, 0, sizeof k->hashes);
+  memset(k->tenant, 0, sizeof k->tenant);
+  memset(k->model, 0, sizeof k->model);
+}
+
+spi_ticket *spi__ticket_take(spi_ticket_table *t) {
+  if (!t) return NULL;
+  uint64_t old = atomic_load_explicit(&t->head, memory_order_acquire);
+  for (;;) {
+    uint64_t top = old & HEAD_INDEX_MASK;
+    if (top == 0) return NULL;
+    uint64_t below =
+        atomic_load_explicit(&t->next[top - 1], memory_order_relaxed);
+    uint64_t tag = (old >> 32) + 1;
+    uint64_t want = (tag << 32) | below;
+    if (atomic_compare_exchange_weak_explicit(&t->head, &old, want,
+                                              memory_order_acquire,
+                                              memory_order_acquire)) {
+      atomic_fetch_add_explicit(&t->open, 1, memory_order_relaxed);
+      spi_ticket *k = &t->t[top - 1];
+      ticket_reset(k);
+      return k;
+    }
+  }
+}
+
+uint64_t spi__ticket_publish(spi_ticket_table *t, spi_ticket *k) {
+  size_t i = (size_t)(k - t->t);
+  uint64_t g = (t->gen[i] + 1) & TICKET_GEN_MASK;
+  t->gen[i] = g;
+  uint64_t id = (g << TICKET_INDEX_BITS) | (uint64_t)(i + 1);
+  atomic_store_explicit(&k->id, id, memory_order_release);
+  return id;
+}
+
+spi_ticket *spi__ticket_lookup(spi_ticket_table *t, uint64_t id) {
+  if (!t || id == 0) return NULL;
+  uint64_t low = id & TICKET_INDEX_MASK;
+  if (low == 0 || low > t->capacity) return NULL;
+  spi_ticket *k = &t->t[low - 1];
+  if (atomic_load_explicit(&k->id, memory_order_acquire) != id) return NULL;
+  return k;
+}
+
+int spi__ticket_claim(spi_ticket_table *t, spi_ticket *k, uint64_t id) {
+  (void)t;
+  if (!k || id == 0) return 0;
+  unsigned long long expect = id;
+  return atomic_compare_exchange_strong_explicit(
+      &k->id, &expect, 0ull, memory_order_acq_rel, memory_order_relaxed);
+}
+
+void spi__ticket_release(spi_ticket_table *t, spi_ticket *k) {
+  if (!t || !k) return;
+  size_t i = (size_t)(k - t->t);
+  /* A record released without being claimed (taken, never published) must
+   * not stay findable. */
+  atomic_store_explicit(&k->id, 0ull, memory_order_relaxed);
+  /* Count it closed before it is back on the stack, so the open count never
+   * exceeds the capacity, even for a moment. */
+  atomic_fetch_sub_explicit(&t->open, 1, memory_order_relaxed);
+  uint64_t old = atomic_load_explicit(&t->head, memory_order_relaxed);
+  for (;;) {
+    atomic_store_explicit(&t->next[i], (unsigned)(old & HEAD_INDEX_MASK),
+                          memory_order_relaxed);
+    uint64_t want = (((old >> 32) + 1) << 32) | (uint64_t)(i + 1);
+    if (atomic_compare_exchange_weak_explicit(&t->head, &old, want,
+                                              memory_order_release,
+                                              memory_order_relaxed))
+      break;
+  }
+}
