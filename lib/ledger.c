@@ -1,0 +1,216 @@
+/*
+ * ledger.c - the cost ledger: completed work and its price, by tenant,
+ * model, pool and class.
+ *
+ * Rows live in one array allocated at creation, in order of first use, with
+ * an open-addressing hash of their keys beside it. Up to max_rows keys get a
+ * row of their own. After that, a new key is folded into the overflow row
+ * of its pool and class (tenant "(other)", model "(other)"); room for one
+ * such row per pool and class (4 x 4, out-of-range values count as 0) is
+ * reserved at creation, so adding never fails and never allocates. The
+ * ledger therefore holds at most max_rows + 16 rows.
+ *
+ * Finishing a ticket is not the routing hot path, so one mutex guards the
+ * whole ledger; holding it costs one hash probe and a few additions.
+ */
+#include <float.h>
+#include <stdalign.h>
+#include <string.h>
+
+#include "engine.h"
+#include "routing.h"
+
+#define LEDGER_POOLS 4
+#define LEDGER_CLASSES 4
+#define LEDGER_RESERVE (LEDGER_POOLS * LEDGER_CLASSES)
+#define LEDGER_OTHER "(other)"
+#define LEDGER_MAX_ROWS ((size_t)1 << 24)
+
+typedef struct ledger_row {
+  char tenant[SPI_ID_MAX];
+  char model[SPI_ID_MAX];
+  int32_t pool, klass;
+  uint64_t completed, failed;
+  uint64_t prompt_tokens, output_tokens, cached_tokens;
+  double gpu_seconds, usd;
+} ledger_row;
+
+struct spi_ledger {
+  pthread_mutex_t lock;
+  size_t max_rows;  /* keyed rows */
+  size_t n;         /* rows in use, keyed and overflow */
+  size_t n_keyed;
+  size_t hmask;     /* hash slots - 1 */
+  ledger_row *rows; /* max_rows + LEDGER_RESERVE */
+  uint32_t *hash;   /* row index + 1, 0 = empty */
+};
+
+static size_t align_up(size_t n, size_t a) { return (n + a - 1) / a * a; }
+
+int spi__ledger_new(const spi_mem *m, size_t max_rows, spi_ledger **out) {
+  if (!m || !out) return SPI_EINVAL;
+  *out = NULL;
+  if (max_rows > LEDGER_MAX_ROWS) return SPI_ERANGE;
+  size_t cap = max_rows + LEDGER_RESERVE;
+  /* At most half full: probes stay short and always end at an empty slot. */
+  size_t slots = 16;
+  while (slots < 2 * cap) slots *= 2;
+  size_t off_rows = align_up(sizeof(spi_ledger), alignof(max_align_t));
+  size_t off_hash = off_rows + cap * sizeof(ledger_row);
+  size_t total = off_hash + slots * sizeof(uint32_t);
+  unsigned char *p = spi__alloc(m, total);
+  if (!p) return SPI_ENOMEM;
+  memset(p, 0, total);
+  spi_ledger *l = (spi_ledger *)(void *)p;
+  if (pthread_mutex_init(&l->lock, NULL) != 0) {
+    spi__free(m, p);
+    return SPI_ENOMEM;
+  }
+  l->max_rows = max_rows;
+  l->hmask = slots - 1;
+  l->rows = (ledger_row *)(void *)(p + off_rows);
+  l->hash = (uint32_t *)(void *)(p + off_hash);
+  *out = l;
+  return SPI_OK;
+}
+
+void spi__ledger_free(const spi_mem *m, spi_ledger *l) {
+  if (!l) return;
+  pthread_mutex_destroy(&l->lock);
+  spi__free(m, l);
+}
+
+/* FNV-1a over tenant, model (each with its NUL), pool and class. */
+static uint64_t key_hash(const char *tenant, const char *model, int32_t pool,
+                         int32_t klass) {
+  uint64_t h = UINT64_C(0xcbf29ce484222325);
+  const uint64_t prime = UINT64_C(0x100000001b3);
+  for (const char *s = tenant;; s++) {
+    h = (h ^ (uint8_t)*s) * prime;
+    if (!*s) break;
+  }
+  for (const char *s = model;; s++) {
+    h = (h ^ (uint8_t)*s) * prime;
+    if (!*s) break;
+  }
+  h = (h ^ (uint32_t)pool) * prime;
+  h = (h ^ (uint32_t)klass) * prime;
+  return h ^ (h >> 29);
+}
+
+/* Copy s into a row field, cut to SPI_ID_MAX - 1 bytes. */
+static void copy_id(char dst[SPI_ID_MAX], const char *s) {
+  size_t n = 0;
+  if (s)
+    while (n < SPI_ID_MAX - 1 && s[n]) n++;
+  if (n) memcpy(dst, s, n);
+  dst[n] = '\0';
+}
+
+/* The row of a key (with the key already cut to field size), created if
+ * there is room of the right kind; NULL when a keyed row is wanted and the
+ * keyed rows are used up. Called with the lock held. */
+static ledger_row *find_or_add(spi_ledger *l, const char *tenant,
+                               const char *model, int32_t pool, int32_t klass,
+                               int overflow) {
+  size_t i = (size_t)key_hash(tenant, model, pool, klass) & l->hmask;
+  for (;; i = (i + 1) & l->hmask) {
+    uint32_t v = l->hash[i];
+    if (v == 0) break;
+    ledger_row *r = &l->rows[v - 1];
+    if (r->pool == pool && r->klass == klass &&
+        strcmp(r->tenant, tenant) == 0 && strcmp(r->model, model) == 0)
+      return r;
+  }
+  if (!overflow && l->n_keyed >= l->max_rows) return NULL;
+  /* Keyed rows stop at max_rows and overflow rows at one per pool and
+   * class, so n never passes max_rows + LEDGER_RESERVE. */
+  ledger_row *r = &l->rows[l->n];
+  memcpy(r->tenant, tenant, strlen(tenant) + 1);
+  memcpy(r->model, model, strlen(model) + 1);
+  r->pool = pool;
+  r->klass = klass;
+  l->hash[i] = (uint32_t)(l->n + 1);
+  l->n++;
+  if (!overflow) l->n_keyed++;
+  return r;
+}
+
+/* NaN, infinite and negative amounts add nothing rather than poison a row
+ * for good. */
+static double amount(double d) { return d >= 0.0 && d <= DBL_MAX ? d : 0.0; }
+
+void spi__ledger_add(spi_ledger *l, const char *tenant, const char *model,
+                     int32_t pool, int32_t klass, int ok,
+                     uint64_t prompt_tokens, uint64_t output_tokens,
+                     uint64_t cached_tokens, double gpu_seconds, double usd) {
+  if (!l) return;
+  char t[SPI_ID_MAX], mo[SPI_ID_MAX];
+  copy_id(t, tenant);
+  copy_id(mo, model);
+  if (pool < 0 || pool >= LEDGER_POOLS) pool = 0;
+  if (klass < 0 || klass >= LEDGER_CLASSES) klass = 0;
+  pthread_mutex_lock(&l->lock);
+  ledger_row *r = find_or_add(l, t, mo, pool, klass, 0);
+  if (!r) r = find_or_add(l, LEDGER_OTHER, LEDGER_OTHER, pool, klass, 1);
+  if (ok)
+    r->completed++;
+  else
+    r->failed++;
+  r->prompt_tokens += prompt_tokens;
+  r->output_tokens += output_tokens;
+  r->cached_tokens += cached_tokens;
+  r->gpu_seconds += amount(gpu_seconds);
+  r->usd += amount(usd);
+  pthread_mutex_unlock(&l->lock);
+}
+
+size_t spi__ledger_count(spi_ledger *l) {
+  if (!l) return 0;
+  pthread_mutex_lock(&l->lock);
+  size_t n = l->n;
+  pthread_mutex_unlock(&l->lock);
+  return n;
+}
+
+int spi__ledger_row(spi_ledger *l, size_t index, spi_ledger_row *out) {
+  if (!out) return SPI_EINVAL;
+  if (!l) return SPI_ENOTFOUND;
+  pthread_mutex_lock(&l->lock);
+  if (index >= l->n) {
+    pthread_mutex_unlock(&l->lock);
+    return SPI_ENOTFOUND;
+  }
+  ledger_row r = l->rows[index];
+  pthread_mutex_unlock(&l->lock);
+  memcpy(out->tenant, r.tenant, sizeof out->tenant);
+  memcpy(out->model, r.model, sizeof out->model);
+  out->pool = r.pool;
+  out->klass = r.klass;
+  out->completed = r.completed;
+  out->failed = r.failed;
+  out->prompt_tokens = r.prompt_tokens;
+  out->output_tokens = r.output_tokens;
+  out->cached_tokens = r.cached_tokens;
+  out->gpu_seconds = r.gpu_seconds;
+  out->usd = r.usd;
+  out->usd_per_completed = r.completed ? r.usd / (double)r.completed : 0.0;
+  out->tokens_per_gpu_second =
+      r.gpu_seconds > 0.0
+          ? (double)(r.prompt_tokens + r.output_tokens) / r.gpu_seconds
+          : 0.0;
+  return SPI_OK;
+}
+
+/* ------------------------------------------------------------ public API */
+
+size_t spi_ledger_count(spi_engine *engine) {
+  if (!spi__engine_ok(engine)) return 0;
+  return spi__ledger_count(atomic_load(&engine->ledger));
+}
+
+int spi_ledger_row_at(spi_engine *engine, size_t index, spi_ledger_row *out) {
+  if (!spi__engine_ok(engine)) return SPI_EMISUSE;
+  if (!out || out->struct_size < sizeof(spi_ledger_row)) return SPI_EINVAL;
+  return spi__ledger_row(atomic_load(&engine->ledger), index, out);
+}
