@@ -1,0 +1,381 @@
+/*
+ * metrics_parse.c - the load signal from a vLLM or SGLang /metrics page.
+ *
+ * The page is Prometheus text exposition format (version 0.0.4; the
+ * OpenMetrics additions a server may send when asked, "# EOF", "# UNIT" and
+ * exemplars, are accepted too):
+ *
+ *   # HELP vllm:num_requests_running Number of requests in model execution.
+ *   # TYPE vllm:num_requests_running gauge
+ *   vllm:num_requests_running{engine="0",model_name="m"} 3.0 [timestamp]
+ *
+ * Every line is checked against that grammar, whether or not its metric is
+ * one we read, so a page that is not metrics text is rejected rather than
+ * half-read. The parser works on pointer + length, never reads past len,
+ * needs no NUL and allocates nothing. Numbers are parsed by hand: strtod
+ * would need a NUL and follows the process locale's decimal point.
+ *
+ * A page must end with a line feed (as the format requires): a body cut off
+ * in the middle of "... 12" would otherwise read as 1.
+ */
+#include <math.h>
+#include <string.h>
+
+#include "routing.h"
+
+enum load_field { F_RUNNING = 0, F_WAITING = 1, F_USAGE = 2 };
+
+static const struct known_metric {
+  const char *name;
+  size_t len;
+  int field;
+} KNOWN[] = {
+#define K(n, f) {n, sizeof(n) - 1, f}
+    K("vllm:num_requests_running", F_RUNNING),
+    K("vllm:num_requests_waiting", F_WAITING),
+    K("vllm:gpu_cache_usage_perc", F_USAGE), /* before vLLM V1 */
+    K("vllm:kv_cache_usage_perc", F_USAGE),  /* its newer name */
+    K("sglang:num_running_reqs", F_RUNNING),
+    K("sglang:num_queue_reqs", F_WAITING),
+    K("sglang:token_usage", F_USAGE),
+#undef K
+};
+
+#define NKNOWN (sizeof KNOWN / sizeof KNOWN[0])
+
+/* ------------------------------------------------------------- characters */
+
+static int is_blank(char c) { return c == ' ' || c == '\t'; }
+static int is_digit(char c) { return c >= '0' && c <= '9'; }
+static int is_alpha_(char c) {
+  return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || c == '_';
+}
+
+static size_t skip_blanks(const char *s, size_t i, size_t n) {
+  while (i < n && is_blank(s[i])) i++;
+  return i;
+}
+
+/* [a-zA-Z_:][a-zA-Z0-9_:]*, or for labels [a-zA-Z_][a-zA-Z0-9_]*.
+ * Returns the end, equal to i when there is no name. */
+static size_t scan_name(const char *s, size_t i, size_t n, int colons) {
+  if (i >= n || !(is_alpha_(s[i]) || (colons && s[i] == ':'))) return i;
+  i++;
+  while (i < n && (is_alpha_(s[i]) || is_digit(s[i]) || (colons && s[i] == ':')))
+    i++;
+  return i;
+}
+
+static int lower_eq(const char *s, size_t n, const char *lit) {
+  size_t m = strlen(lit);
+  if (n != m) return 0;
+  for (size_t i = 0; i < n; i++) {
+    char c = s[i];
+    if (c >= 'A' && c <= 'Z') c = (char)(c - 'A' + 'a');
+    if (c != lit[i]) return 0;
+  }
+  return 1;
+}
+
+/* ---------------------------------------------------------------- numbers */
+
+static const double POW10[23] = {1e0,  1e1,  1e2,  1e3,  1e4,  1e5,
+                                 1e6,  1e7,  1e8,  1e9,  1e10, 1e11,
+                                 1e12, 1e13, 1e14, 1e15, 1e16, 1e17,
+                                 1e18, 1e19, 1e20, 1e21, 1e22};
+
+/* mant * 10^e10. Exact (correctly rounded) when mant < 2^53 and |e10| <= 22,
+ * which covers what inference servers print; otherwise within a few ulps,
+ * which is plenty for a load signal. */
+static double scale10(uint64_t mant, long e10) {
+  if (mant == 0) return 0.0;
+  double d = (double)mant;
+  if (mant <= (1ull << 53) && e10 >= -22 && e10 <= 22)
+    return e10 < 0 ? d / POW10[-e10] : d * POW10[e10];
+  if (e10 > 330) return HUGE_VAL;
+  if (e10 < -350) return 0.0; /* mant < 2^64 < 1e20 */
+  if (e10 > 300) return d * pow(10.0, (double)(e10 - 300)) * 1e300;
+  if (e10 < -300) return d * pow(10.0, (double)(e10 + 300)) * 1e-300;
+  return d * pow(10.0, (double)e10);
+}
+
+/*
+ * The whole of s[0..n) as a number: [+-] digits [. digits] [e [+-] digits]
+ * (digits on at least one side of the point), or Inf, Infinity, NaN in any
+ * case with an optional sign, as Prometheus accepts. Returns 0 on success.
+ */
+static int parse_number(const char *s, size_t n, double *out) {
+  size_t i = 0;
+  int neg = 0;
+  if (i < n && (s[i] == '+' || s[i] == '-')) neg = s[i++] == '-';
+  if (i < n && !is_digit(s[i]) && s[i] != '.') {
+    if (lower_eq(s + i, n - i, "inf") || lower_eq(s + i, n - i, "infinity")) {
+      *out = neg ? -HUGE_VAL : HUGE_VAL;
+      return 0;
+    }
+    if (lower_eq(s + i, n - i, "nan")) {
+      *out = NAN;
+      return 0;
+    }
+    return -1;
+  }
+  uint64_t mant = 0;
+  int ndig = 0;      /* significant digits kept in mant (at most 19) */
+  long e10 = 0;      /* decimal exponent of mant */
+  int any = 0;
+  for (; i < n && is_digit(s[i]); i++, any = 1) {
+    if (ndig < 19) {
+      mant = mant * 10 + (uint64_t)(s[i] - '0');
+      if (mant) ndig++;
+    } else {
+      e10++; /* a dropped integer digit */
+    }
+  }
+  if (i < n && s[i] == '.') {
+    for (i++; i < n && is_digit(s[i]); i++, any = 1) {
+      if (ndig < 19) {
+        mant = mant * 10 + (uint64_t)(s[i] - '0');
+        if (mant) ndig++;
+        e10--;
+      }
+    }
+  }
+  if (!any) return -1;
+  if (i < n && (s[i] == 'e' || s[i] == 'E')) {
+    i++;
+    int eneg = 0;
+    if (i < n && (s[i] == '+' || s[i] == '-')) eneg = s[i++] == '-';
+    if (i >= n || !is_digit(s[i])) return -1;
+    long ex = 0;
+    for (; i < n && is_digit(s[i]); i++)
+      if (ex < 100000) ex = ex * 10 + (s[i] - '0');
+    e10 += eneg ? -ex : ex;
+  }
+  if (i != n) return -1;
+  double d = scale10(mant, e10);
+  *out = neg ? -d : d;
+  return 0;
+}
+
+/* ---------------------------------------------------------------- parsing */
+
+typedef struct parse_state {
+  size_t line;
+  char *err;
+  size_t errcap;
+  double sum[3]; /* running, waiting: sums; usage: maximum */
+  int seen[3];
+} parse_state;
+
+static int fail(parse_state *ps, int status, const char *what) {
+  spi__errf(ps->err, ps->errcap, "line %zu: %s", ps->line, what);
+  return status;
+}
+
+/* A label set "{name="value",...}" starting at s[*pi] == '{'. Escapes in
+ * values: \\ \" \n; a trailing comma is allowed. */
+static int parse_labels(parse_state *ps, const char *s, size_t n, size_t *pi) {
+  size_t i = *pi + 1;
+  for (;;) {
+    i = skip_blanks(s, i, n);
+    if (i < n && s[i] == '}') break;
+    size_t e = scan_name(s, i, n, 0);
+    if (e == i) return fail(ps, SPI_EPARSE, "expected a label name or '}'");
+    i = skip_blanks(s, e, n);
+    if (i >= n || s[i] != '=')
+      return fail(ps, SPI_EPARSE, "expected '=' after a label name");
+    i = skip_blanks(s, i + 1, n);
+    if (i >= n || s[i] != '"')
+      return fail(ps, SPI_EPARSE, "expected '\"' to open a label value");
+    for (i++;; i++) {
+      if (i >= n) return fail(ps, SPI_EPARSE, "unterminated label value");
+      if (s[i] == '"') break;
+      if (s[i] == '\\') {
+        if (i + 1 >= n) return fail(ps, SPI_EPARSE, "unterminated label value");
+        char x = s[++i];
+        if (x != '\\' && x != '"' && x != 'n')
+          return fail(ps, SPI_EPARSE,
+                      "invalid escape in a label value (only \\\\ \\\" \\n)");
+      }
+    }
+    i = skip_blanks(s, i + 1, n);
+    if (i < n && s[i] == ',') {
+      i++;
+      continue;
+    }
+    if (i < n && s[i] == '}') break;
+    return fail(ps, SPI_EPARSE, "expected ',' or '}' after a label value");
+  }
+  *pi = i + 1;
+  return SPI_OK;
+}
+
+/* The blank-delimited token at s[i..) and its end. */
+static size_t token_end(const char *s, size_t i, size_t n) {
+  while (i < n && !is_blank(s[i])) i++;
+  return i;
+}
+
+/* An optional timestamp and an optional OpenMetrics exemplar
+ * ("# {labels} value [timestamp]") after a sample's value. */
+static int parse_tail(parse_state *ps, const char *s, size_t n, size_t i,
+                      int exemplar_ok) {
+  double v;
+  i = skip_blanks(s, i, n);
+  if (i < n && s[i] != '#') {
+    size_t e = token_end(s, i, n);
+    if (parse_number(s + i, e - i, &v) != 0 || !isfinite(v))
+      return fail(ps, SPI_EPARSE, "invalid timestamp");
+    if (e < n && !is_blank(s[e]))
+      return fail(ps, SPI_EPARSE, "unexpected text after the timestamp");
+    i = skip_blanks(s, e, n);
+  }
+  if (i >= n) return SPI_OK;
+  if (s[i] != '#' || !exemplar_ok)
+    return fail(ps, SPI_EPARSE, "unexpected text after the sample");
+  i = skip_blanks(s, i + 1, n);
+  if (i >= n || s[i] != '{')
+    return fail(ps, SPI_EPARSE, "expected '{' to open an exemplar's labels");
+  int rc = parse_labels(ps, s, n, &i);
+  if (rc != SPI_OK) return rc;
+  size_t j = skip_blanks(s, i, n);
+  if (j == i || j >= n)
+    return fail(ps, SPI_EPARSE, "expected a value after an exemplar's labels");
+  size_t e = token_end(s, j, n);
+  if (parse_number(s + j, e - j, &v) != 0)
+    return fail(ps, SPI_EPARSE, "invalid exemplar value");
+  return parse_tail(ps, s, n, e, 0);
+}
+
+static int record(parse_state *ps, const struct known_metric *k, double v) {
+  char msg[160];
+  if (isnan(v) || isinf(v)) {
+    spi__errf(msg, sizeof msg, "%s is %s", k->name, isnan(v) ? "NaN" : "infinite");
+    return fail(ps, SPI_ERANGE, msg);
+  }
+  if (v < 0) {
+    spi__errf(msg, sizeof msg, "%s is negative (%g)", k->name, v);
+    return fail(ps, SPI_ERANGE, msg);
+  }
+  if (k->field == F_USAGE) {
+    if (v > 1) {
+      spi__errf(msg, sizeof msg, "%s is %g, above 1", k->name, v);
+      return fail(ps, SPI_ERANGE, msg);
+    }
+    if (!ps->seen[F_USAGE] || v > ps->sum[F_USAGE]) ps->sum[F_USAGE] = v;
+  } else {
+    double sum = ps->sum[k->field] + v;
+    if (isinf(sum)) {
+      spi__errf(msg, sizeof msg, "the sum of %s overflows", k->name);
+      return fail(ps, SPI_ERANGE, msg);
+    }
+    ps->sum[k->field] = sum;
+  }
+  ps->seen[k->field] = 1;
+  return SPI_OK;
+}
+
+static int parse_sample(parse_state *ps, const char *s, size_t n, size_t i) {
+  size_t name_end = scan_name(s, i, n, 1);
+  if (name_end == i) return fail(ps, SPI_EPARSE, "expected a metric name");
+  const char *name = s + i;
+  size_t name_len = name_end - i;
+  i = skip_blanks(s, name_end, n);
+  int labels = i < n && s[i] == '{';
+  if (labels) {
+    int rc = parse_labels(ps, s, n, &i);
+    if (rc != SPI_OK) return rc;
+  } else {
+    i = name_end;
+  }
+  size_t j = skip_blanks(s, i, n);
+  if (j >= n) return fail(ps, SPI_EPARSE, "missing value");
+  /* "name{...}1" is valid; "name1" is a name, "name-1" is not a sample. */
+  if (j == i && !labels)
+    return fail(ps, SPI_EPARSE, "expected a blank before the value");
+  size_t e = token_end(s, j, n);
+  double v;
+  if (parse_number(s + j, e - j, &v) != 0)
+    return fail(ps, SPI_EPARSE, "invalid value");
+  int rc = parse_tail(ps, s, n, e, 1);
+  if (rc != SPI_OK) return rc;
+  for (size_t k = 0; k < NKNOWN; k++)
+    if (KNOWN[k].len == name_len && memcmp(KNOWN[k].name, name, name_len) == 0)
+      return record(ps, &KNOWN[k], v);
+  return SPI_OK;
+}
+
+static int parse_comment(parse_state *ps, const char *s, size_t n, size_t i) {
+  i = skip_blanks(s, i + 1, n);
+  size_t e = token_end(s, i, n);
+  int help = e - i == 4 && memcmp(s + i, "HELP", 4) == 0;
+  int type = e - i == 4 && memcmp(s + i, "TYPE", 4) == 0;
+  if (!help && !type) return SPI_OK; /* a plain comment */
+  i = skip_blanks(s, e, n);
+  size_t name_end = scan_name(s, i, n, 1);
+  if (name_end == i || (name_end < n && !is_blank(s[name_end])))
+    return fail(ps, SPI_EPARSE, help ? "# HELP needs a metric name"
+                                     : "# TYPE needs a metric name");
+  if (help) return SPI_OK; /* the docstring is free text */
+  i = skip_blanks(s, name_end, n);
+  e = token_end(s, i, n);
+  static const char *const TYPES[] = {"counter", "gauge",   "histogram",
+                                      "summary", "untyped", "unknown",
+                                      "info",    "stateset", "gaugehistogram"};
+  int ok = 0;
+  for (size_t t = 0; t < sizeof TYPES / sizeof TYPES[0] && !ok; t++)
+    ok = e - i == strlen(TYPES[t]) && memcmp(s + i, TYPES[t], e - i) == 0;
+  if (!ok) return fail(ps, SPI_EPARSE, "# TYPE has an unknown metric type");
+  if (skip_blanks(s, e, n) != n)
+    return fail(ps, SPI_EPARSE, "unexpected text after # TYPE");
+  return SPI_OK;
+}
+
+int spi__metrics_parse(const char *text, size_t len, spi_load *out, char *err,
+                       size_t errcap) {
+  if (!out || (!text && len)) {
+    spi__errf(err, errcap, "metrics: NULL %s", out ? "text" : "output");
+    return SPI_EINVAL;
+  }
+  parse_state ps;
+  memset(&ps, 0, sizeof ps);
+  ps.err = err;
+  ps.errcap = errcap;
+  size_t pos = 0;
+  while (pos < len) {
+    ps.line++;
+    const char *nl = memchr(text + pos, '\n', len - pos);
+    size_t end = nl ? (size_t)(nl - text) : len;
+    const char *s = text + pos;
+    size_t n = end - pos;
+    pos = nl ? end + 1 : len;
+    if (n && s[n - 1] == '\r') n--;
+    size_t i = skip_blanks(s, 0, n);
+    if (i == n) continue; /* blank line */
+    if (!nl)
+      return fail(&ps, SPI_EPARSE,
+                  "the last line has no line feed (the page was cut short?)");
+    int rc = s[i] == '#' ? parse_comment(&ps, s, n, i)
+                         : parse_sample(&ps, s, n, i);
+    if (rc != SPI_OK) return rc;
+  }
+  if (!ps.seen[F_RUNNING] && !ps.seen[F_WAITING] && !ps.seen[F_USAGE]) {
+    spi__errf(err, errcap,
+              "no load metric found (vllm:num_requests_running|waiting, "
+              "vllm:kv_cache_usage_perc, sglang:num_running_reqs, ...)");
+    return SPI_EMISSING;
+  }
+  out->running = ps.sum[F_RUNNING];
+  out->waiting = ps.sum[F_WAITING];
+  out->kv_usage = ps.sum[F_USAGE];
+  out->at_ns = 0;
+  return SPI_OK;
+}
+
+int spi_metrics_parse(const char *text, size_t len, spi_load *out) {
+  if (!out || out->struct_size < sizeof(spi_load)) return SPI_EINVAL;
+  spi_load tmp = *out;
+  int rc = spi__metrics_parse(text, len, &tmp, NULL, 0);
+  if (rc == SPI_OK) *out = tmp;
+  return rc;
+}

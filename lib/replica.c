@@ -1,0 +1,555 @@
+/*
+ * replica.c - the replica registry: identities, slots and load signals.
+ *
+ * A replica has two halves. Its identity (id, pool, tier, price, models)
+ * lives in an immutable spi_replica_set that is replaced whole on every
+ * change: writers serialise on registry.lock, publish the new set with an
+ * atomic exchange, wait for readers pinned on the old one
+ * (spi__rcu_synchronize) and free it. Its run-time state (lifecycle state,
+ * load, open tickets, error breaker) lives in a slot that never moves, all
+ * atomics, so routers and reporters touch it without a lock.
+ *
+ * A slot's gen is bumped whenever entries of the prefix index that name the
+ * slot must stop counting: on removal, when the replica leaves ACTIVE, and
+ * when its pool or models change. Freed slots are reused round-robin, as
+ * late as possible, and a reused slot starts with a new gen.
+ *
+ * Writers must not hold an RCU pin (synchronize would wait for themselves),
+ * and readers must not take registry.lock while pinned.
+ */
+#include <math.h>
+#include <string.h>
+#include <xxhash.h>
+
+#include "engine.h"
+
+/* What a stale or missing load signal reads as: more than any replica runs. */
+#define SATURATED 1e9
+#define DEFAULT_LOAD_MAX_AGE_MS 1000
+
+/* The set and its entries in one allocation. */
+typedef struct set_block {
+  spi_replica_set set;
+  spi_replica_ident r[];
+} set_block;
+
+static spi_replica_set *set_new(const spi_mem *m, size_t n) {
+  if (n > (SIZE_MAX - sizeof(set_block)) / sizeof(spi_replica_ident))
+    return NULL;
+  set_block *b = spi__alloc(m, sizeof(set_block) + n * sizeof(spi_replica_ident));
+  if (!b) return NULL;
+  b->set.n = n;
+  b->set.r = b->r;
+  return &b->set;
+}
+
+static void slot_reset(spi_replica_slot *s) {
+  atomic_store(&s->running, 0ull);
+  atomic_store(&s->waiting, 0ull);
+  atomic_store(&s->kv_usage, 0ull);
+  atomic_store(&s->load_at_ns, 0ll);
+  atomic_store(&s->inflight, 0u);
+  atomic_store(&s->breaker, SPI_BREAKER_CLOSED);
+  atomic_store(&s->consecutive_errors, 0u);
+  atomic_store(&s->open_until_ns, 0ll);
+  atomic_store(&s->probe_taken, 1); /* no probe outside HALF_OPEN */
+}
+
+int spi__registry_init(spi_registry *g, const spi_mem *m) {
+  g->slots = spi__alloc(m, SPI_REPLICA_SLOTS * sizeof *g->slots);
+  spi_replica_set *empty = set_new(m, 0);
+  if (!g->slots || !empty || pthread_mutex_init(&g->lock, NULL) != 0) {
+    spi__free(m, g->slots);
+    spi__free(m, empty);
+    g->slots = NULL;
+    return SPI_ENOMEM;
+  }
+  for (size_t i = 0; i < SPI_REPLICA_SLOTS; i++) {
+    spi_replica_slot *s = &g->slots[i];
+    atomic_init(&s->gen, 0u);
+    atomic_init(&s->state, 0);
+    atomic_init(&s->running, 0ull);
+    atomic_init(&s->waiting, 0ull);
+    atomic_init(&s->kv_usage, 0ull);
+    atomic_init(&s->load_at_ns, 0ll);
+    atomic_init(&s->inflight, 0u);
+    atomic_init(&s->breaker, SPI_BREAKER_CLOSED);
+    atomic_init(&s->consecutive_errors, 0u);
+    atomic_init(&s->open_until_ns, 0ll);
+    atomic_init(&s->probe_taken, 1);
+  }
+  atomic_init(&g->set, empty);
+  g->next_slot = 0;
+  return SPI_OK;
+}
+
+void spi__registry_destroy(spi_registry *g, const spi_mem *m) {
+  if (!g->slots) return;
+  spi__free(m, atomic_exchange(&g->set, NULL));
+  spi__free(m, g->slots);
+  g->slots = NULL;
+  pthread_mutex_destroy(&g->lock);
+}
+
+const spi_replica_ident *spi__registry_find(const spi_replica_set *set,
+                                            const char *id, size_t len) {
+  if (!set || !id) return NULL;
+  for (size_t i = 0; i < set->n; i++)
+    if (set->r[i].id_len == len && memcmp(set->r[i].id, id, len) == 0)
+      return &set->r[i];
+  return NULL;
+}
+
+int spi__replica_serves(const spi_replica_ident *r, const char *model,
+                        size_t len) {
+  /* No list serves every model; a request that names no model may go to
+   * any replica. */
+  if (r->models_len == 0 || len == 0) return 1;
+  const char *p = r->models, *end = r->models + r->models_len;
+  while (p < end) {
+    const char *comma = memchr(p, ',', (size_t)(end - p));
+    const char *a = p, *b = comma ? comma : end;
+    while (a < b && (*a == ' ' || *a == '\t')) a++;
+    while (b > a && (b[-1] == ' ' || b[-1] == '\t')) b--;
+    if ((size_t)(b - a) == len && memcmp(a, model, len) == 0) return 1;
+    p = comma ? comma + 1 : end;
+  }
+  return 0;
+}
+
+void spi__replica_load(const spi_replica_slot *s, int64_t now_ns,
+                       int64_t max_age_ns, spi_load_view *out) {
+  if (max_age_ns <= 0) max_age_ns = DEFAULT_LOAD_MAX_AGE_MS * 1000000ll;
+  int64_t at = atomic_load(&s->load_at_ns);
+  int64_t age;
+  /* A signal stamped further in the future than it may be old is as
+   * suspect as an old one (a clock or unit mix-up): it counts as stale. */
+  int fresh = at != 0 && !__builtin_sub_overflow(now_ns, at, &age) &&
+              age < max_age_ns && age > -max_age_ns;
+  if (!fresh) {
+    out->running = out->waiting = SATURATED;
+    out->kv_usage = 1.0;
+    out->fresh = 0;
+    return;
+  }
+  out->running = spi__bitsd(atomic_load(&s->running));
+  out->waiting = spi__bitsd(atomic_load(&s->waiting));
+  out->kv_usage = spi__bitsd(atomic_load(&s->kv_usage));
+  out->fresh = 1;
+}
+
+/* ------------------------------------------------------------- validation */
+
+static int valid_id(const char *id, size_t len) {
+  if (!id || len == 0 || len >= SPI_ID_MAX) return 0;
+  for (size_t i = 0; i < len; i++)
+    if ((unsigned char)id[i] <= 0x20 || (unsigned char)id[i] >= 0x7f) return 0;
+  return 1;
+}
+
+static int check_id(spi_engine *e, const char *id, size_t len) {
+  if (valid_id(id, len)) return SPI_OK;
+  return spi__engine_fail(
+      e, SPI_EINVAL,
+      "replica id: must be 1..63 bytes of printable ASCII without spaces");
+}
+
+/* Copy an optional text field of fewer than cap bytes without control
+ * characters. */
+static int copy_text(spi_engine *e, const spi_replica_info *in,
+                     const char *field, const char *v, size_t len, char *dst,
+                     size_t cap, size_t *dst_len) {
+  if (!v && len)
+    return spi__engine_fail(e, SPI_EINVAL, "replica \"%.*s\": %s is NULL",
+                            (int)in->id_len, in->id, field);
+  if (len >= cap)
+    return spi__engine_fail(e, SPI_EINVAL,
+                            "replica \"%.*s\": %s must be under %zu bytes",
+                            (int)in->id_len, in->id, field, cap);
+  for (size_t i = 0; i < len; i++)
+    if ((unsigned char)v[i] < 0x20 || v[i] == 0x7f)
+      return spi__engine_fail(e, SPI_EINVAL,
+                              "replica \"%.*s\": %s has a control character",
+                              (int)in->id_len, in->id, field);
+  if (len) memcpy(dst, v, len);
+  dst[len] = '\0';
+  *dst_len = len;
+  return SPI_OK;
+}
+
+/* Validate info and build its identity (slot left 0). */
+static int ident_from_info(spi_engine *e, const spi_replica_info *in,
+                           spi_replica_ident *r) {
+  if (!in) return spi__engine_fail(e, SPI_EINVAL, "replica: info is NULL");
+  if (in->struct_size < sizeof(spi_replica_info))
+    return spi__engine_fail(e, SPI_EINVAL,
+                            "replica: struct_size %zu is below "
+                            "sizeof(spi_replica_info) %zu",
+                            in->struct_size, sizeof(spi_replica_info));
+  int rc = check_id(e, in->id, in->id_len);
+  if (rc != SPI_OK) return rc;
+  int idl = (int)in->id_len;
+  memset(r, 0, sizeof *r);
+  if (in->pool != SPI_POOL_SPOT && in->pool != SPI_POOL_ON_DEMAND)
+    return spi__engine_fail(e, SPI_EINVAL,
+                            "replica \"%.*s\": pool %d is not valid "
+                            "(1 spot, 2 on_demand)",
+                            idl, in->id, (int)in->pool);
+  if (in->model_tier != 0 && in->model_tier != SPI_TIER_SMALL &&
+      in->model_tier != SPI_TIER_LARGE)
+    return spi__engine_fail(e, SPI_EINVAL,
+                            "replica \"%.*s\": model_tier %d is not valid "
+                            "(0 or 2 large, 1 small)",
+                            idl, in->id, (int)in->model_tier);
+  if (!isfinite(in->usd_per_hour) || !(in->usd_per_hour > 0))
+    return spi__engine_fail(e, SPI_EINVAL,
+                            "replica \"%.*s\": usd_per_hour must be finite "
+                            "and > 0 (got %g)",
+                            idl, in->id, in->usd_per_hour);
+  if (in->max_inflight < 1)
+    return spi__engine_fail(e, SPI_EINVAL,
+                            "replica \"%.*s\": max_inflight must be >= 1",
+                            idl, in->id);
+  if ((rc = copy_text(e, in, "zone", in->zone, in->zone_len, r->zone,
+                      sizeof r->zone, &r->zone_len)) != SPI_OK ||
+      (rc = copy_text(e, in, "instance_type", in->instance_type,
+                      in->instance_type_len, r->instance_type,
+                      sizeof r->instance_type, &r->type_len)) != SPI_OK ||
+      (rc = copy_text(e, in, "models", in->models, in->models_len, r->models,
+                      sizeof r->models, &r->models_len)) != SPI_OK)
+    return rc;
+  memcpy(r->id, in->id, in->id_len);
+  r->id[in->id_len] = '\0';
+  r->id_len = in->id_len;
+  r->pool = in->pool;
+  r->model_tier = in->model_tier ? in->model_tier : SPI_TIER_LARGE;
+  r->max_inflight = in->max_inflight;
+  r->usd_per_hour = in->usd_per_hour;
+  r->id_hash = XXH3_64bits(in->id, in->id_len);
+  return SPI_OK;
+}
+
+static int same_models(const spi_replica_ident *a, const spi_replica_ident *b) {
+  return a->models_len == b->models_len &&
+         memcmp(a->models, b->models, a->models_len) == 0;
+}
+
+static int same_ident(const spi_replica_ident *a, const spi_replica_ident *b) {
+  return a->slot == b->slot && a->pool == b->pool &&
+         a->model_tier == b->model_tier && a->max_inflight == b->max_inflight &&
+         a->usd_per_hour == b->usd_per_hour && a->id_len == b->id_len &&
+         memcmp(a->id, b->id, a->id_len) == 0 && a->zone_len == b->zone_len &&
+         memcmp(a->zone, b->zone, a->zone_len) == 0 &&
+         a->type_len == b->type_len &&
+         memcmp(a->instance_type, b->instance_type, a->type_len) == 0 &&
+         same_models(a, b);
+}
+
+/* ---------------------------------------------------------------- writers */
+
+/* Swap in next and free the set it replaces once no reader holds it.
+ * Called with registry.lock held. */
+static void publish(spi_engine *e, spi_replica_set *next) {
+  spi_replica_set *old = atomic_exchange(&e->registry.set, next);
+  spi__rcu_synchronize(&e->rcu);
+  spi__free(&e->mem, old);
+}
+
+static int64_t replica_limit(spi_engine *e) {
+  unsigned pin;
+  spi_snapshot *s = spi__snap_acquire(e, &pin);
+  int64_t limit = s ? s->router.max_replicas : 0;
+  spi__snap_release(e, pin);
+  if (limit <= 0 || limit > SPI_REPLICA_SLOTS) limit = SPI_REPLICA_SLOTS;
+  return limit;
+}
+
+/* A free slot, searched from where the last search ended so that a freed
+ * slot is reused as late as possible. -1 if none. */
+static long slot_alloc(spi_registry *g) {
+  for (uint32_t k = 0; k < SPI_REPLICA_SLOTS; k++) {
+    uint32_t i = (g->next_slot + k) % SPI_REPLICA_SLOTS;
+    if (atomic_load(&g->slots[i].state) == 0) {
+      g->next_slot = (i + 1) % SPI_REPLICA_SLOTS;
+      return (long)i;
+    }
+  }
+  return -1;
+}
+
+static int upsert_locked(spi_engine *e, spi_replica_ident *r, int64_t limit) {
+  spi_registry *g = &e->registry;
+  spi_replica_set *old = atomic_load(&g->set);
+  const spi_replica_ident *cur = spi__registry_find(old, r->id, r->id_len);
+  if (cur) {
+    r->slot = cur->slot;
+    if (same_ident(cur, r)) return SPI_OK;
+    spi_replica_set *next = set_new(&e->mem, old->n);
+    if (!next) return spi__engine_fail(e, SPI_ENOMEM, "replica: out of memory");
+    size_t at = (size_t)(cur - old->r);
+    memcpy(next->r, old->r, old->n * sizeof *old->r);
+    next->r[at] = *r;
+    /* Entries placed for the old pool or model list no longer hold. */
+    if (cur->pool != r->pool || !same_models(cur, r))
+      atomic_fetch_add(&g->slots[r->slot].gen, 1u);
+    publish(e, next);
+    return SPI_OK;
+  }
+  if ((int64_t)old->n >= limit)
+    return spi__engine_fail(e, SPI_EFULL,
+                            "replica \"%s\": %zu replicas are registered, "
+                            "the most router.max_replicas allows",
+                            r->id, old->n);
+  long slot = slot_alloc(g);
+  if (slot < 0)
+    return spi__engine_fail(e, SPI_EFULL, "replica \"%s\": no free slot",
+                            r->id);
+  spi_replica_set *next = set_new(&e->mem, old->n + 1);
+  if (!next) return spi__engine_fail(e, SPI_ENOMEM, "replica: out of memory");
+  r->slot = (uint32_t)slot;
+  if (old->n) memcpy(next->r, old->r, old->n * sizeof *old->r);
+  next->r[old->n] = *r;
+  /* The slot is in no published set yet: nobody reads it until publish. */
+  spi_replica_slot *s = &g->slots[slot];
+  slot_reset(s);
+  atomic_fetch_add(&s->gen, 1u);
+  atomic_store(&s->state, SPI_REPLICA_ACTIVE);
+  publish(e, next);
+  return SPI_OK;
+}
+
+int spi_replica_upsert(spi_engine *engine, const spi_replica_info *info) {
+  if (!spi__engine_ok(engine)) return SPI_EMISUSE;
+  spi_replica_ident r;
+  int rc = ident_from_info(engine, info, &r);
+  if (rc != SPI_OK) return rc;
+  int64_t limit = replica_limit(engine);
+  pthread_mutex_lock(&engine->registry.lock);
+  rc = upsert_locked(engine, &r, limit);
+  pthread_mutex_unlock(&engine->registry.lock);
+  return rc;
+}
+
+static int remove_locked(spi_engine *e, const char *id, size_t len) {
+  spi_registry *g = &e->registry;
+  spi_replica_set *old = atomic_load(&g->set);
+  const spi_replica_ident *cur = spi__registry_find(old, id, len);
+  if (!cur)
+    return spi__engine_fail(e, SPI_ENOTFOUND, "replica \"%.*s\": not found",
+                            (int)len, id);
+  spi_replica_set *next = set_new(&e->mem, old->n - 1);
+  if (!next) return spi__engine_fail(e, SPI_ENOMEM, "replica: out of memory");
+  size_t at = (size_t)(cur - old->r);
+  if (at) memcpy(next->r, old->r, at * sizeof *old->r);
+  if (old->n - at - 1)
+    memcpy(next->r + at, old->r + at + 1, (old->n - at - 1) * sizeof *old->r);
+  /* Ineligible at once for routers still reading the old set; the gen bump
+   * kills its prefix-index entries. */
+  spi_replica_slot *s = &g->slots[cur->slot];
+  atomic_store(&s->state, 0);
+  atomic_fetch_add(&s->gen, 1u);
+  publish(e, next);
+  return SPI_OK;
+}
+
+int spi_replica_remove(spi_engine *engine, const char *id, size_t id_len) {
+  if (!spi__engine_ok(engine)) return SPI_EMISUSE;
+  int rc = check_id(engine, id, id_len);
+  if (rc != SPI_OK) return rc;
+  pthread_mutex_lock(&engine->registry.lock);
+  rc = remove_locked(engine, id, id_len);
+  pthread_mutex_unlock(&engine->registry.lock);
+  return rc;
+}
+
+int spi_replica_set_state(spi_engine *engine, const char *id, size_t id_len,
+                          int32_t state) {
+  if (!spi__engine_ok(engine)) return SPI_EMISUSE;
+  int rc = check_id(engine, id, id_len);
+  if (rc != SPI_OK) return rc;
+  if (state < SPI_REPLICA_ACTIVE || state > SPI_REPLICA_NOTICED)
+    return spi__engine_fail(engine, SPI_EINVAL,
+                            "replica \"%.*s\": state %d is not valid "
+                            "(1 active, 2 draining, 3 noticed)",
+                            (int)id_len, id, (int)state);
+  /* Under the writers' lock so a concurrent remove cannot free the slot
+   * between the lookup and the store. */
+  spi_registry *g = &engine->registry;
+  pthread_mutex_lock(&g->lock);
+  const spi_replica_ident *cur =
+      spi__registry_find(atomic_load(&g->set), id, id_len);
+  if (!cur) {
+    rc = spi__engine_fail(engine, SPI_ENOTFOUND, "replica \"%.*s\": not found",
+                          (int)id_len, id);
+  } else {
+    spi_replica_slot *s = &g->slots[cur->slot];
+    int was = atomic_exchange(&s->state, state);
+    /* State first: a router that sees the old gen also saw ACTIVE, and its
+     * entries die with the bump. */
+    if (was == SPI_REPLICA_ACTIVE && state != SPI_REPLICA_ACTIVE)
+      atomic_fetch_add(&s->gen, 1u);
+  }
+  pthread_mutex_unlock(&g->lock);
+  return rc;
+}
+
+/* ------------------------------------------------------------------ load */
+
+static int check_load(spi_engine *e, const char *id, size_t id_len,
+                      const spi_load *l) {
+  if (!l) return spi__engine_fail(e, SPI_EINVAL, "replica load: NULL load");
+  if (l->struct_size < sizeof(spi_load))
+    return spi__engine_fail(e, SPI_EINVAL,
+                            "replica load: struct_size %zu is below "
+                            "sizeof(spi_load) %zu",
+                            l->struct_size, sizeof(spi_load));
+  const char *bad = NULL;
+  if (!isfinite(l->running) || l->running < 0) bad = "running must be finite and >= 0";
+  else if (!isfinite(l->waiting) || l->waiting < 0)
+    bad = "waiting must be finite and >= 0";
+  else if (!isfinite(l->kv_usage) || l->kv_usage < 0 || l->kv_usage > 1)
+    bad = "kv_usage must be in 0..1";
+  else if (l->at_ns < 0)
+    bad = "at_ns must be >= 0 (0 = now)";
+  if (bad)
+    return spi__engine_fail(e, SPI_ERANGE, "replica \"%.*s\": load.%s",
+                            (int)id_len, id, bad);
+  return SPI_OK;
+}
+
+/* Store a checked load signal (at_ns 0 = now). */
+static int store_load(spi_engine *e, const char *id, size_t id_len,
+                      const spi_load *l) {
+  int64_t at = l->at_ns ? l->at_ns : spi__engine_now(e);
+  if (at == 0) at = 1; /* 0 means "never reported" */
+  unsigned pin;
+  spi__snap_acquire(e, &pin);
+  const spi_replica_ident *cur =
+      spi__registry_find(atomic_load(&e->registry.set), id, id_len);
+  if (cur) {
+    /* Lock-free: a reader may see fields of two reports mixed, both recent;
+     * the time goes last so a first report is never read half-written. */
+    spi_replica_slot *s = &e->registry.slots[cur->slot];
+    atomic_store(&s->running, spi__dbits(l->running));
+    atomic_store(&s->waiting, spi__dbits(l->waiting));
+    atomic_store(&s->kv_usage, spi__dbits(l->kv_usage));
+    atomic_store(&s->load_at_ns, at);
+  }
+  spi__snap_release(e, pin);
+  if (!cur)
+    return spi__engine_fail(e, SPI_ENOTFOUND, "replica \"%.*s\": not found",
+                            (int)id_len, id);
+  return SPI_OK;
+}
+
+int spi_replica_report_load(spi_engine *engine, const char *id, size_t id_len,
+                            const spi_load *load) {
+  if (!spi__engine_ok(engine)) return SPI_EMISUSE;
+  int rc = check_id(engine, id, id_len);
+  if (rc == SPI_OK) rc = check_load(engine, id, id_len, load);
+  if (rc == SPI_OK) rc = store_load(engine, id, id_len, load);
+  return rc;
+}
+
+int spi_replica_report_metrics(spi_engine *engine, const char *id,
+                               size_t id_len, const char *text, size_t len) {
+  if (!spi__engine_ok(engine)) return SPI_EMISUSE;
+  int rc = check_id(engine, id, id_len);
+  if (rc != SPI_OK) return rc;
+  char err[SPI_ERRMSG_CAP] = "";
+  spi_load l;
+  memset(&l, 0, sizeof l);
+  l.struct_size = sizeof l;
+  rc = spi__metrics_parse(text, len, &l, err, sizeof err);
+  if (rc != SPI_OK)
+    return spi__engine_fail(engine, rc, "replica \"%.*s\" metrics: %s",
+                            (int)id_len, id, err);
+  return store_load(engine, id, id_len, &l);
+}
+
+/* ---------------------------------------------------------------- status */
+
+size_t spi_replica_count(spi_engine *engine) {
+  if (!spi__engine_ok(engine)) return 0;
+  unsigned pin;
+  spi__snap_acquire(engine, &pin);
+  spi_replica_set *set = atomic_load(&engine->registry.set);
+  size_t n = set ? set->n : 0;
+  spi__snap_release(engine, pin);
+  return n;
+}
+
+static int check_status_out(spi_engine *e, const spi_replica_status *out) {
+  if (!out) return spi__engine_fail(e, SPI_EINVAL, "replica status: NULL out");
+  if (out->struct_size < sizeof(spi_replica_status))
+    return spi__engine_fail(e, SPI_EINVAL,
+                            "replica status: struct_size %zu is below "
+                            "sizeof(spi_replica_status) %zu",
+                            out->struct_size, sizeof(spi_replica_status));
+  return SPI_OK;
+}
+
+/* Fill out for r; called pinned, with snap the pinned snapshot. */
+static void fill_status(spi_engine *e, const spi_snapshot *snap,
+                        const spi_replica_ident *r, spi_replica_status *out) {
+  const spi_replica_slot *s = &e->registry.slots[r->slot];
+  size_t size = out->struct_size;
+  memset(out, 0, sizeof *out);
+  out->struct_size = size;
+  memcpy(out->id, r->id, r->id_len + 1);
+  out->pool = r->pool;
+  out->model_tier = r->model_tier;
+  out->state = atomic_load(&s->state);
+  out->breaker = atomic_load(&s->breaker);
+  /* The last reported values, whatever their age; load_fresh says whether
+   * routing believes them. */
+  out->running = spi__bitsd(atomic_load(&s->running));
+  out->waiting = spi__bitsd(atomic_load(&s->waiting));
+  out->kv_usage = spi__bitsd(atomic_load(&s->kv_usage));
+  out->load_at_ns = atomic_load(&s->load_at_ns);
+  int64_t age_ms = snap ? snap->router.load_max_age_ms : 0;
+  if (age_ms <= 0) age_ms = DEFAULT_LOAD_MAX_AGE_MS;
+  spi_load_view v;
+  spi__replica_load(s, spi__engine_now(e), age_ms * 1000000, &v);
+  out->load_fresh = v.fresh;
+  out->inflight = atomic_load(&s->inflight);
+  out->usd_per_hour = r->usd_per_hour;
+  out->max_inflight = r->max_inflight;
+  out->consecutive_errors = atomic_load(&s->consecutive_errors);
+}
+
+int spi_replica_status_at(spi_engine *engine, size_t index,
+                          spi_replica_status *out) {
+  if (!spi__engine_ok(engine)) return SPI_EMISUSE;
+  int rc = check_status_out(engine, out);
+  if (rc != SPI_OK) return rc;
+  unsigned pin;
+  spi_snapshot *snap = spi__snap_acquire(engine, &pin);
+  spi_replica_set *set = atomic_load(&engine->registry.set);
+  if (set && index < set->n)
+    fill_status(engine, snap, &set->r[index], out);
+  else
+    rc = SPI_ENOTFOUND;
+  spi__snap_release(engine, pin);
+  if (rc != SPI_OK)
+    return spi__engine_fail(engine, rc, "replica index %zu: not found", index);
+  return SPI_OK;
+}
+
+int spi_replica_status_of(spi_engine *engine, const char *id, size_t id_len,
+                          spi_replica_status *out) {
+  if (!spi__engine_ok(engine)) return SPI_EMISUSE;
+  int rc = check_id(engine, id, id_len);
+  if (rc == SPI_OK) rc = check_status_out(engine, out);
+  if (rc != SPI_OK) return rc;
+  unsigned pin;
+  spi_snapshot *snap = spi__snap_acquire(engine, &pin);
+  const spi_replica_ident *r =
+      spi__registry_find(atomic_load(&engine->registry.set), id, id_len);
+  if (r) fill_status(engine, snap, r, out);
+  spi__snap_release(engine, pin);
+  if (!r)
+    return spi__engine_fail(engine, SPI_ENOTFOUND, "replica \"%.*s\": not found",
+                            (int)id_len, id);
+  return SPI_OK;
+}
