@@ -1,0 +1,114 @@
+"""Python binding of libspotinfer (ctypes, no dependencies).
+
+libspotinfer decides, for every LLM request and before any GPU work
+starts, its class (gold / silver / bronze), its versioned KV-cache key,
+what it costs, and which pool and replica serve it::
+
+    import spotinfer
+
+    with spotinfer.Engine({"cost": {"spot_usd_per_gpu_hour": 1.8}}) as engine:
+        req = engine.parse_openai({"model": "llama-3.1-70b", "stream": True,
+                                   "messages": [{"role": "user", "content": "Hi"}]})
+        c = req.classify()
+        print(c.klass.name, c.reason, req.cache_key(), req.price("spot").usd)
+
+The library is found through $SPOTINFER_LIBRARY, else its SONAME
+(libspotinfer.so.0) on the loader path. ``spotinfer.lib`` is the raw ctypes
+layer: every C function, declared once in ``spotinfer._native.FUNCTIONS``.
+"""
+
+from __future__ import annotations
+
+from ctypes import byref, c_size_t, create_string_buffer
+from typing import List, Union
+
+from . import _native
+from ._engine import Decision, Engine, Request, Ticket
+from ._native import lib
+from .cost import CostModel
+from .enums import (BreakerState, Class, LogLevel, ModelTier, ModuleKind,
+                    OnFailure, OpenAIKind, OptionType, Pool, PriorityScheme,
+                    Pressure, Reason, ReplicaState, ReqInt, ReqStr,
+                    ServiceTier, Status, TicketStatus)
+from .errors import *  # noqa: F401,F403 - the exception classes
+from .errors import __all__ as _errors_all
+from .modules import (Candidate, ClassifierModule, CostModelModule,
+                      KeyBuilderModule, PolicyChoice, PolicyModule,
+                      RequestView, RouteContext)
+from .types import (CacheKeyValue, Classification, LedgerRow, Load,
+                    OptionInfo, Price, ReplicaInfo, ReplicaStatus, Signals,
+                    SpotCost, TicketResult, Verdict)
+
+__version__ = "0.1.0"
+
+#: The loaded library's version, e.g. "0.1.0", and as MAJOR*10000+MINOR*100+PATCH.
+library_version: str = lib.version
+library_version_number: int = lib.version_number
+
+
+def _name(fn, value: int) -> str:
+    return (fn(int(value)) or b"").decode("utf-8", "replace")
+
+
+def strerror(status: int) -> str:
+    """The library's short description of any status integer."""
+    return _name(lib.spi_strerror, status)
+
+
+def class_name(klass: Union[Class, int]) -> str:
+    return _name(lib.spi_class_name, klass)
+
+
+def service_tier_name(tier: Union[ServiceTier, int]) -> str:
+    return _name(lib.spi_service_tier_name, tier)
+
+
+def reason_name(reason: Union[Reason, int]) -> str:
+    return _name(lib.spi_reason_name, reason)
+
+
+def module_kind_name(kind: Union[ModuleKind, int]) -> str:
+    return _name(lib.spi_module_kind_name, kind)
+
+
+def options() -> List[OptionInfo]:
+    """Every accepted configuration option: path, type, default, bounds, doc."""
+    out = []
+    info = _native.OptionInfo()
+    for i in range(int(lib.spi_option_count())):
+        lib.spi_option_get(i, byref(info))
+        out.append(OptionInfo._from(info))
+    return out
+
+
+def parse_metrics(text: Union[str, bytes]) -> Load:
+    """Parse a vLLM or SGLang Prometheus /metrics page into a load signal."""
+    data = text.encode("utf-8") if isinstance(text, str) else bytes(text)
+    out = _native.Load()
+    lib.spi_metrics_parse(data, len(data), byref(out))
+    return Load._from(out)
+
+
+def cache_key_hex(high64: int, low64: int) -> str:
+    """A 128-bit key as 32 lowercase hex digits, formatted by the library."""
+    key = _native.CacheKey(high64=high64, low64=low64)
+    buf = create_string_buffer(33)
+    lib.spi_cache_key_hex(byref(key), buf, 33)
+    return buf.value.decode("ascii")
+
+
+__all__ = [
+    "lib", "library_version", "library_version_number",
+    "Engine", "Request", "Decision", "Ticket", "CostModel",
+    "Classification", "Verdict", "CacheKeyValue", "Price", "SpotCost",
+    "OptionInfo", "Load", "ReplicaInfo", "ReplicaStatus", "LedgerRow",
+    "Signals", "TicketResult",
+    "RequestView", "Candidate", "RouteContext", "PolicyChoice",
+    "ClassifierModule", "KeyBuilderModule", "CostModelModule", "PolicyModule",
+    "Status", "LogLevel", "OptionType", "Class", "ModelTier", "PriorityScheme",
+    "ServiceTier", "ReqStr", "ReqInt", "OpenAIKind", "Pressure", "Pool",
+    "ReplicaState", "BreakerState", "Reason", "TicketStatus", "ModuleKind",
+    "OnFailure",
+    "strerror", "class_name", "service_tier_name", "reason_name",
+    "module_kind_name", "options", "parse_metrics", "cache_key_hex",
+] + list(_errors_all)

@@ -1,0 +1,917 @@
+"""Engine, Request, Decision and Ticket: the Pythonic face of libspotinfer."""
+
+from __future__ import annotations
+
+import array
+import itertools
+import json
+import os
+import threading
+import weakref
+from ctypes import (byref, c_char, c_int32, c_int64, c_size_t, c_uint32, c_uint64,
+                    c_void_p, create_string_buffer, string_at)
+from dataclasses import dataclass
+from typing import (Any, Callable, Dict, Iterable, List, Mapping, Optional,
+                    Sequence, Tuple, Union)
+
+from . import _native as _n
+from .enums import (Class, LogLevel, ModelTier, ModuleKind, OnFailure,
+                    OpenAIKind, Pool, PriorityScheme, Pressure, Reason,
+                    ReplicaState, ReqInt, ReqStr, ServiceTier, TicketStatus,
+                    coerce, maybe_enum)
+from .errors import (MisuseError, ModuleError, RoutingError, SpotinferError)
+from .types import (CacheKeyValue, Classification, LedgerRow, Load, Price,
+                    ReplicaInfo, ReplicaStatus, Signals, TicketResult)
+
+_lib = _n.lib
+
+Text = Union[str, bytes]
+Config = Union[str, bytes, Mapping[str, Any], "os.PathLike[str]", None]
+Body = Union[str, bytes, bytearray, memoryview, Mapping[str, Any]]
+
+__all__ = ["Engine", "Request", "Decision", "Ticket"]
+
+
+def _b(value: Text) -> bytes:
+    """Text as bytes. str is UTF-8, with lone surrogates (from bytes read
+    back through surrogateescape) turned back into the bytes they were."""
+    if isinstance(value, bytes):
+        return value
+    if isinstance(value, str):
+        return value.encode("utf-8", "surrogateescape")
+    if isinstance(value, (bytearray, memoryview)):
+        return bytes(value)
+    raise TypeError(f"expected str or bytes, got {type(value).__name__}")
+
+
+def _s(raw: bytes) -> str:
+    return raw.decode("utf-8", "surrogateescape")
+
+
+def _closed(what: str) -> MisuseError:
+    return MisuseError(-2, f"the {what} is closed", status_name="misuse")
+
+
+# ------------------------------------------------------------------ engine
+
+
+class _EngineState:
+    """What must outlive the Engine object until the C engine is freed.
+
+    It never refers to the Engine itself, so weakref.finalize can hold it.
+    """
+
+    def __init__(self) -> None:
+        self.ptr: Optional[c_void_p] = None
+        # ctypes callback objects and module adapters C may call; dropped
+        # only after spi_engine_free() returned.
+        self.keep: List[Any] = []
+        # Live requests: key -> (finalizer, weakref to the Request).
+        self.requests: Dict[int, Tuple[weakref.finalize, "weakref.ref[Request]"]] = {}
+        self.lock = threading.Lock()
+        self.seq = itertools.count(1)
+        # The last exception raised inside a Python module callback, per
+        # thread, so a failed call can chain it as the cause.
+        self.callback_error = threading.local()
+        self.has_py_modules = False
+
+    def free(self) -> None:
+        with self.lock:
+            reqs = list(self.requests.values())
+            self.requests.clear()
+        # Requests must be freed before their engine.
+        for fin, ref in reqs:
+            fin()
+            r = ref()
+            if r is not None:
+                r._ptr = None
+        ptr, self.ptr = self.ptr, None
+        if ptr is not None:
+            _lib.spi_engine_free(ptr)
+        self.keep.clear()
+
+
+def _json_text(config: Union[str, bytes, Mapping[str, Any]]) -> bytes:
+    if isinstance(config, Mapping):
+        return json.dumps(config, separators=(",", ":")).encode("utf-8")
+    return _b(config)
+
+
+class Engine:
+    """A libspotinfer engine: configuration, modules, replicas, routing.
+
+    ``config`` is JSON text (str/bytes), a dict, or a path (``pathlib.Path``
+    or any ``os.PathLike``) to a JSON file; None keeps the defaults.
+
+    Hooks: ``clock`` returns wall-clock nanoseconds since the Unix epoch (a
+    fake clock makes every time-dependent decision deterministic); ``log``
+    receives ``(LogLevel, message)`` for lines up to ``log_level``. Hooks
+    are called on the thread making the library call and must not call back
+    into this engine. An exception in a hook is swallowed (the clock then
+    reads the real time), because C cannot receive it.
+
+    Thread safety is the library's: many threads may classify, key, price
+    and route on one engine at once, each with its own Request; ``configure``
+    may run concurrently with them; ``register_*`` and ``close`` must not.
+
+    Use it as a context manager or call ``close()``; a finalizer frees the
+    engine if neither happened. Closing frees the engine's requests first.
+    """
+
+    def __init__(self, config: Config = None, *,
+                 clock: Optional[Callable[[], int]] = None,
+                 log: Optional[Callable[[LogLevel, str], None]] = None,
+                 log_level: Union[LogLevel, int] = LogLevel.WARN) -> None:
+        st = _EngineState()
+        self._st = st
+        hooks = None
+        if clock is not None or log is not None:
+            hooks = _n.Hooks()
+            if clock is not None:
+                hooks.clock = _n.CLOCK_FN(_clock_trampoline(clock))
+                st.keep.append(hooks.clock)
+            if log is not None:
+                hooks.log = _n.LOG_FN(_log_trampoline(log))
+                hooks.log_level = int(log_level)
+                st.keep.append(hooks.log)
+        ptr = c_void_p()
+        _lib.spi_engine_new(byref(ptr), byref(hooks) if hooks is not None else None)
+        st.ptr = ptr
+        self._finalizer = weakref.finalize(self, st.free)
+        if config is not None:
+            try:
+                self.configure(config)
+            except BaseException:
+                self.close()
+                raise
+
+    # -- life cycle
+
+    def close(self) -> None:
+        """Free the engine (and any request still open on it). Idempotent."""
+        self._finalizer()
+
+    @property
+    def closed(self) -> bool:
+        return self._st.ptr is None
+
+    def __enter__(self) -> "Engine":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self.closed else "open"
+        return f"<spotinfer.Engine {state} at {id(self):#x}>"
+
+    def _p(self) -> c_void_p:
+        p = self._st.ptr
+        if p is None:
+            raise _closed("engine")
+        return p
+
+    @property
+    def errmsg(self) -> str:
+        """The message of the last failed call on this engine ("" if none)."""
+        return _s(_lib.spi_engine_errmsg(self._p()) or b"")
+
+    # -- configuration
+
+    def configure(self, config: Config) -> None:
+        """Replace the configuration (all-or-nothing; errors name the key path)."""
+        if config is None:
+            config = "{}"
+        if isinstance(config, os.PathLike):
+            self.configure_file(config)
+            return
+        text = _json_text(config)
+        self._call_modules(_lib.spi_engine_configure, self._p(), text, len(text))
+
+    def configure_file(self, path: Union[str, "os.PathLike[str]"]) -> None:
+        """Replace the configuration with the contents of a JSON file."""
+        self._call_modules(_lib.spi_engine_configure_file, self._p(),
+                           os.fsencode(path))
+
+    def config_json(self) -> str:
+        """The effective configuration as canonical JSON, defaults filled in."""
+        return _s(_sized_text(_lib.spi_engine_config_json, self._p()))
+
+    @property
+    def config(self) -> Dict[str, Any]:
+        """The effective configuration, parsed."""
+        return json.loads(self.config_json())  # type: ignore[no-any-return]
+
+    # -- vocabularies
+
+    def class_to_priority(self, scheme: Union[PriorityScheme, int, str],
+                          klass: Union[Class, int, str]) -> int:
+        out = c_int32()
+        _lib.spi_engine_class_to_priority(self._p(), coerce(PriorityScheme, scheme),
+                                          coerce(Class, klass), byref(out))
+        return out.value
+
+    def class_from_priority(self, scheme: Union[PriorityScheme, int, str],
+                            priority: int) -> Class:
+        out = c_int32()
+        _lib.spi_engine_class_from_priority(self._p(), coerce(PriorityScheme, scheme),
+                                            int(priority), byref(out))
+        return maybe_enum(Class, out.value)  # type: ignore[return-value]
+
+    def class_to_service_tier(self, klass: Union[Class, int, str]) -> ServiceTier:
+        out = c_int32()
+        _lib.spi_engine_class_to_service_tier(self._p(), coerce(Class, klass),
+                                              byref(out))
+        return maybe_enum(ServiceTier, out.value)  # type: ignore[return-value]
+
+    def class_from_service_tier(self, tier: Union[ServiceTier, int, str]) -> Class:
+        out = c_int32()
+        _lib.spi_engine_class_from_service_tier(self._p(), coerce(ServiceTier, tier),
+                                                byref(out))
+        return maybe_enum(Class, out.value)  # type: ignore[return-value]
+
+    # -- requests
+
+    def request(self, **attrs: Any) -> "Request":
+        """A new empty request on this engine; keyword arguments set attributes."""
+        return Request(self, **attrs)
+
+    def parse_openai(self, body: Body,
+                     kind: Union[OpenAIKind, int, str] = OpenAIKind.AUTO) -> "Request":
+        """A new request read from an OpenAI chat or completions body."""
+        return Request.from_openai(self, body, kind)
+
+    # -- modules
+
+    def register_module(self, kind: Union[ModuleKind, int, str], name: str,
+                        module: Any, *,
+                        on_failure: Union[OnFailure, int, str, None] = None) -> None:
+        """Register a module implemented in Python under name.
+
+        ``module`` is an object with the kind's methods (see
+        :mod:`spotinfer.modules`). ``on_failure`` defaults to the object's
+        ``on_failure`` attribute, else ``OnFailure.ERROR``. Select it with
+        ``{"modules": {"<kind>": name}}``; its section of ``module_config``
+        is passed to ``configure``. Must not run concurrently with other
+        calls on the engine.
+        """
+        from .modules import build_module
+        kind_i = coerce(ModuleKind, kind)
+        if on_failure is None:
+            on_failure = getattr(module, "on_failure", OnFailure.ERROR)
+        adapter = build_module(kind_i, name, module, coerce(OnFailure, on_failure),
+                               self._st.callback_error)
+        nb = _b(name)
+        # Keep the adapter alive before C can call it; drop it again if
+        # registration fails (then destroy is never called).
+        self._st.keep.append(adapter)
+        try:
+            _lib.spi_engine_register_module(self._p(), kind_i, nb, len(nb),
+                                            byref(adapter.struct), None,
+                                            adapter.destroy_fn)
+        except BaseException:
+            self._st.keep.remove(adapter)
+            raise
+        self._st.has_py_modules = True
+
+    def register_classifier(self, name: str, module: Any, **kw: Any) -> None:
+        """Register a classifier module written in Python."""
+        self.register_module(ModuleKind.CLASSIFIER, name, module, **kw)
+
+    def register_key_builder(self, name: str, module: Any, **kw: Any) -> None:
+        """Register a key-builder module written in Python."""
+        self.register_module(ModuleKind.KEY_BUILDER, name, module, **kw)
+
+    def register_cost_model(self, name: str, module: Any, **kw: Any) -> None:
+        """Register a cost-model module written in Python."""
+        self.register_module(ModuleKind.COST_MODEL, name, module, **kw)
+
+    def register_policy(self, name: str, module: Any, **kw: Any) -> None:
+        """Register a routing policy module written in Python."""
+        self.register_module(ModuleKind.POLICY, name, module, **kw)
+
+    def module_names(self, kind: Union[ModuleKind, int, str]) -> List[str]:
+        """Names of the registered modules of a kind, in registration order."""
+        kind_i = coerce(ModuleKind, kind)
+        names: List[str] = []
+        out = c_void_p()
+        for i in itertools.count():
+            if _lib.spi_engine_module_name(self._p(), kind_i, i, byref(out)) < 0:
+                break
+            names.append(_s(string_at(out.value)))
+        return names
+
+    # -- replicas
+
+    def upsert_replica(self, info: Union[ReplicaInfo, str, None] = None,
+                       **fields: Any) -> None:
+        """Add or update a replica: a ReplicaInfo, or its fields as keywords
+        (``engine.upsert_replica(id="r1", pool=Pool.SPOT, usd_per_hour=1.8)``)."""
+        if info is None or isinstance(info, str):
+            if isinstance(info, str):
+                fields["id"] = info
+            info = ReplicaInfo(**fields)
+        elif fields:
+            raise TypeError("pass a ReplicaInfo or keyword fields, not both")
+        rid, zone, itype = _b(info.id), _b(info.zone), _b(info.instance_type)
+        models = info.models
+        mtext = _b(models if isinstance(models, (str, bytes)) else ",".join(models))
+        s = _n.ReplicaInfo(
+            id=rid, id_len=len(rid), pool=coerce(Pool, info.pool),
+            model_tier=coerce(ModelTier, info.model_tier), zone=zone,
+            zone_len=len(zone), instance_type=itype, instance_type_len=len(itype),
+            models=mtext, models_len=len(mtext),
+            usd_per_hour=float(info.usd_per_hour),
+            max_inflight=int(info.max_inflight))
+        _lib.spi_replica_upsert(self._p(), byref(s))
+
+    def remove_replica(self, replica_id: Text) -> None:
+        rid = _b(replica_id)
+        _lib.spi_replica_remove(self._p(), rid, len(rid))
+
+    def set_replica_state(self, replica_id: Text,
+                          state: Union[ReplicaState, int, str]) -> None:
+        rid = _b(replica_id)
+        _lib.spi_replica_set_state(self._p(), rid, len(rid),
+                                   coerce(ReplicaState, state))
+
+    def report_load(self, replica_id: Text, load: Optional[Load] = None, *,
+                    running: float = 0.0, waiting: float = 0.0,
+                    kv_usage: float = 0.0, at_ns: int = 0) -> None:
+        """Report a replica's load (a Load, or its fields as keywords)."""
+        if load is None:
+            load = Load(running, waiting, kv_usage, at_ns)
+        rid = _b(replica_id)
+        s = load._struct()
+        _lib.spi_replica_report_load(self._p(), rid, len(rid), byref(s))
+
+    def report_metrics(self, replica_id: Text, text: Text) -> None:
+        """Parse a vLLM/SGLang /metrics page and report it as the replica's load."""
+        rid, t = _b(replica_id), _b(text)
+        _lib.spi_replica_report_metrics(self._p(), rid, len(rid), t, len(t))
+
+    def replica_count(self) -> int:
+        return int(_lib.spi_replica_count(self._p()))
+
+    def replica_status(self, replica_id: Text) -> ReplicaStatus:
+        rid = _b(replica_id)
+        out = _n.ReplicaStatus()
+        _lib.spi_replica_status_of(self._p(), rid, len(rid), byref(out))
+        return ReplicaStatus._from(out)
+
+    def replica_status_at(self, index: int) -> ReplicaStatus:
+        out = _n.ReplicaStatus()
+        _lib.spi_replica_status_at(self._p(), int(index), byref(out))
+        return ReplicaStatus._from(out)
+
+    def replicas(self) -> List[ReplicaStatus]:
+        """The status of every replica, in order of addition."""
+        out: List[ReplicaStatus] = []
+        for i in range(self.replica_count()):
+            try:
+                out.append(self.replica_status_at(i))
+            except SpotinferError:  # removed meanwhile
+                break
+        return out
+
+    # -- tickets
+
+    def ticket(self, ticket_id: int) -> "Ticket":
+        """A Ticket object for a ticket id (e.g. one stored elsewhere)."""
+        return Ticket(self, int(ticket_id))
+
+    # -- ledger, signals, metrics
+
+    def ledger(self) -> List[LedgerRow]:
+        """The cost ledger's rows."""
+        rows: List[LedgerRow] = []
+        n = int(_lib.spi_ledger_count(self._p()))
+        out = _n.LedgerRow()
+        for i in range(n):
+            _lib.spi_ledger_row_at(self._p(), i, byref(out))
+            rows.append(LedgerRow._from(out))
+        return rows
+
+    def ledger_row(self, index: int) -> LedgerRow:
+        out = _n.LedgerRow()
+        _lib.spi_ledger_row_at(self._p(), int(index), byref(out))
+        return LedgerRow._from(out)
+
+    def ledger_count(self) -> int:
+        return int(_lib.spi_ledger_count(self._p()))
+
+    def signals(self) -> Signals:
+        out = _n.Signals()
+        _lib.spi_engine_signals(self._p(), byref(out))
+        return Signals._from(out)
+
+    def metrics(self) -> str:
+        """The engine's metrics in Prometheus text exposition format."""
+        return _s(_sized_text(_lib.spi_engine_metrics, self._p()))
+
+    # -- internals
+
+    def _call_modules(self, fn: Callable[..., int], *args: Any) -> int:
+        """Call fn; if it fails after a Python module callback raised, chain
+        that exception as the cause."""
+        st = self._st
+        if not st.has_py_modules:
+            return fn(*args)
+        st.callback_error.exc = None
+        try:
+            return fn(*args)
+        except SpotinferError as e:
+            cause = getattr(st.callback_error, "exc", None)
+            st.callback_error.exc = None
+            if cause is not None:
+                raise e from cause
+            raise
+
+
+def _sized_text(fn: Callable[..., int], handle: c_void_p) -> bytes:
+    """Call a (handle, buf, cap, needed) function that may say EBUFSIZE."""
+    needed = c_size_t(0)
+    cap = 4096
+    for _ in range(8):  # the text may grow between calls (a reload)
+        buf = create_string_buffer(cap)
+        if fn(handle, buf, cap, byref(needed)) == 0:
+            return buf.raw[:needed.value]
+        cap = needed.value + 1
+    raise RuntimeError(f"{fn.__name__}: text kept growing")
+
+
+def _clock_trampoline(clock: Callable[[], int]) -> Callable[[Any], int]:
+    import time
+
+    def tramp(_ud: Any) -> int:
+        try:
+            return int(clock())
+        except BaseException:  # C cannot take an exception; use real time
+            return time.time_ns()
+    return tramp
+
+
+def _log_trampoline(log: Callable[[LogLevel, str], None]) -> Callable[..., None]:
+    def tramp(_ud: Any, level: int, msg: Optional[int], n: int) -> None:
+        try:
+            text = string_at(msg, n).decode("utf-8", "replace") if msg else ""
+            log(maybe_enum(LogLevel, level), text)  # type: ignore[arg-type]
+        except BaseException:
+            pass
+    return tramp
+
+
+# ----------------------------------------------------------------- request
+
+
+class _StrAttr:
+    """A string attribute of a request, read and written through the C API."""
+
+    def __init__(self, field: ReqStr, doc: str = "") -> None:
+        self.field = int(field)
+        self.__doc__ = doc
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    def __get__(self, req: Optional["Request"], owner: type) -> Any:
+        if req is None:
+            return self
+        return _s(req.get_bytes(self.field))
+
+    def __set__(self, req: "Request", value: Optional[Text]) -> None:
+        req.set_str(self.field, b"" if value is None else value)
+
+
+class _IntAttr:
+    """An integer attribute; None reads as unset and unsets it."""
+
+    def __init__(self, field: ReqInt, as_bool: bool = False, doc: str = "") -> None:
+        self.field = int(field)
+        self.as_bool = as_bool
+        self.__doc__ = doc
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    def __get__(self, req: Optional["Request"], owner: type) -> Any:
+        if req is None:
+            return self
+        v = req.get_int(self.field)
+        if v is None or not self.as_bool:
+            return v
+        return bool(v)
+
+    def __set__(self, req: "Request", value: Optional[int]) -> None:
+        if value is None:
+            req.unset_int(self.field)
+        else:
+            req.set_int(self.field, int(value))
+
+
+class Request:
+    """One LLM request, built field by field or read from an OpenAI body.
+
+    A request belongs to its engine and is used by one thread at a time.
+    Attributes read and write through the library (unset strings read as
+    "", unset integers as None; assigning None unsets). Binary values round
+    trip: bytes that are not UTF-8 read back as str with surrogate escapes
+    and are written back unchanged.
+    """
+
+    model = _StrAttr(ReqStr.MODEL)
+    tokenizer_version = _StrAttr(ReqStr.TOKENIZER_VERSION)
+    system_prompt = _StrAttr(ReqStr.SYSTEM_PROMPT,
+                             "Overrides system messages for the key.")
+    tools_json = _StrAttr(ReqStr.TOOLS_JSON, "A JSON array of tool definitions.")
+    retrieval_template = _StrAttr(ReqStr.RETRIEVAL_TEMPLATE)
+    tenant = _StrAttr(ReqStr.TENANT)
+    tenant_tier = _StrAttr(ReqStr.TENANT_TIER)
+    tenant_salt = _StrAttr(ReqStr.TENANT_SALT)
+    decode_profile = _StrAttr(ReqStr.DECODE_PROFILE)
+    service_tier = _StrAttr(ReqStr.SERVICE_TIER, "OpenAI service_tier text.")
+    user = _StrAttr(ReqStr.USER)
+    prompt = _StrAttr(ReqStr.PROMPT, "Completions prompt text.")
+    request_id = _StrAttr(ReqStr.REQUEST_ID)
+
+    priority = _IntAttr(ReqInt.PRIORITY, doc="vLLM convention: lower is more urgent.")
+    sla_ms = _IntAttr(ReqInt.SLA_MS)
+    stream = _IntAttr(ReqInt.STREAM, as_bool=True)
+    replayable = _IntAttr(ReqInt.REPLAYABLE, as_bool=True)
+    max_output_tokens = _IntAttr(ReqInt.MAX_OUTPUT_TOKENS)
+    expected_output_tokens = _IntAttr(ReqInt.EXPECTED_OUTPUT_TOKENS)
+    prompt_tokens = _IntAttr(ReqInt.PROMPT_TOKENS)
+    model_tier = _IntAttr(ReqInt.MODEL_TIER, doc="Force a ModelTier.")
+
+    def __init__(self, engine: Engine, **attrs: Any) -> None:
+        st = engine._st
+        ptr = c_void_p()
+        _lib.spi_request_new(engine._p(), byref(ptr))
+        self._engine = engine
+        self._ptr: Optional[c_void_p] = ptr
+        self._blocks = (c_uint64 * 64)()
+        key = next(st.seq)
+        fin = weakref.finalize(self, _free_request, ptr, st, key)
+        fin.atexit = False  # the engine's finalizer frees what is left
+        with st.lock:
+            st.requests[key] = (fin, weakref.ref(self))
+        self._fin = fin
+        for k, v in attrs.items():
+            if k == "messages":
+                self.add_messages(v)
+            elif k == "metadata":
+                self.update_metadata(v)
+            elif k == "token_ids":
+                self.set_token_ids(v)
+            elif k == "tools":
+                self.set_tools(v)
+            elif k in ("klass", "explicit_class"):
+                self.explicit_class = v
+            elif isinstance(getattr(type(self), k, None), (_StrAttr, _IntAttr)):
+                setattr(self, k, v)
+            else:
+                raise TypeError(f"Request has no attribute {k!r}")
+
+    @classmethod
+    def from_openai(cls, engine: Engine, body: Body,
+                    kind: Union[OpenAIKind, int, str] = OpenAIKind.AUTO) -> "Request":
+        """A new request read from an OpenAI body (str, bytes or dict)."""
+        r = cls(engine)
+        try:
+            r.parse_openai(body, kind)
+        except BaseException:
+            r.close()
+            raise
+        return r
+
+    # -- life cycle
+
+    def close(self) -> None:
+        """Free the request. Idempotent."""
+        self._fin()
+        self._ptr = None
+
+    @property
+    def closed(self) -> bool:
+        return self._ptr is None
+
+    @property
+    def engine(self) -> Engine:
+        return self._engine
+
+    def __enter__(self) -> "Request":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def _p(self) -> c_void_p:
+        p = self._ptr
+        if p is None:
+            raise _closed("request")
+        return p
+
+    @property
+    def errmsg(self) -> str:
+        """The message of the last failed call on this request ("" if none)."""
+        return _s(_lib.spi_request_errmsg(self._p()) or b"")
+
+    def reset(self) -> None:
+        """Clear every attribute (keeps the memory for reuse)."""
+        _lib.spi_request_reset(self._p())
+
+    # -- fields
+
+    def parse_openai(self, body: Body,
+                     kind: Union[OpenAIKind, int, str] = OpenAIKind.AUTO) -> None:
+        """Reset, then fill from an OpenAI body. All-or-nothing: on error the
+        request is left empty and the exception names the field path."""
+        if isinstance(body, Mapping):
+            data = json.dumps(body, separators=(",", ":")).encode("utf-8")
+        else:
+            data = _b(body)
+        _lib.spi_request_parse_openai(self._p(), data, len(data),
+                                      coerce(OpenAIKind, kind))
+
+    def set_str(self, field: Union[ReqStr, int, str], value: Text) -> None:
+        v = _b(value)
+        _lib.spi_request_set_str(self._p(), coerce(ReqStr, field), v, len(v))
+
+    def get_bytes(self, field: Union[ReqStr, int, str]) -> bytes:
+        """A string attribute as the exact bytes the library holds."""
+        p, n = c_void_p(), c_size_t()
+        _lib.spi_request_get_str(self._p(), coerce(ReqStr, field), byref(p), byref(n))
+        return string_at(p.value, n.value) if n.value else b""
+
+    def get_str(self, field: Union[ReqStr, int, str]) -> str:
+        return _s(self.get_bytes(field))
+
+    def set_int(self, field: Union[ReqInt, int, str], value: int) -> None:
+        _lib.spi_request_set_int(self._p(), coerce(ReqInt, field), int(value))
+
+    def unset_int(self, field: Union[ReqInt, int, str]) -> None:
+        _lib.spi_request_unset_int(self._p(), coerce(ReqInt, field))
+
+    def get_int(self, field: Union[ReqInt, int, str]) -> Optional[int]:
+        """An integer attribute, or None when unset."""
+        v, is_set = c_int64(), c_int32()
+        _lib.spi_request_get_int(self._p(), coerce(ReqInt, field), byref(v),
+                                 byref(is_set))
+        return v.value if is_set.value else None
+
+    @property
+    def explicit_class(self) -> str:
+        """The explicit class ("gold", "silver", "bronze", or "" if none).
+        Accepts a Class or its name."""
+        return self.get_str(ReqStr.CLASS)
+
+    @explicit_class.setter
+    def explicit_class(self, value: Union[Class, str, None]) -> None:
+        if isinstance(value, Class):
+            value = value.name.lower()
+        self.set_str(ReqStr.CLASS, value or b"")
+
+    def set_tools(self, tools: Union[Sequence[Any], Text]) -> None:
+        """Tools as a list of definitions (serialised) or JSON text."""
+        if isinstance(tools, (str, bytes)):
+            self.set_str(ReqStr.TOOLS_JSON, tools)
+        else:
+            self.set_str(ReqStr.TOOLS_JSON, json.dumps(list(tools)))
+
+    def add_message(self, role: Text, content: Text) -> None:
+        """Append a chat message (system, developer, user, assistant, tool)."""
+        r, c = _b(role), _b(content)
+        _lib.spi_request_add_message(self._p(), r, len(r), c, len(c))
+
+    def add_messages(self, messages: Iterable[Any]) -> None:
+        """Append messages given as {"role", "content"} dicts or (role, content)."""
+        for m in messages:
+            if isinstance(m, Mapping):
+                self.add_message(m["role"], m.get("content") or "")
+            else:
+                role, content = m
+                self.add_message(role, content)
+
+    @property
+    def message_count(self) -> int:
+        return int(_lib.spi_request_message_count(self._p()))
+
+    def set_metadata(self, key: Text, value: Union[Text, int, bool]) -> None:
+        """Add a metadata pair; known keys (class, priority, sla_ms, ...) also
+        set their attribute. Integers and booleans are sent as text."""
+        if isinstance(value, bool):
+            value = "true" if value else "false"
+        elif isinstance(value, int):
+            value = str(value)
+        k, v = _b(key), _b(value)
+        _lib.spi_request_set_metadata(self._p(), k, len(k), v, len(v))
+
+    def update_metadata(self, pairs: Mapping[str, Any]) -> None:
+        for k, v in pairs.items():
+            self.set_metadata(k, v)
+
+    def set_token_ids(self, ids: Sequence[int]) -> None:
+        """Give the prompt as token ids (uint32); an empty sequence clears them."""
+        arr = ids if isinstance(ids, array.array) and ids.typecode == "I" \
+            else array.array("I", ids)
+        if arr.itemsize != 4:  # pragma: no cover - exotic platforms
+            arr = (c_uint32 * len(ids))(*ids)  # type: ignore[assignment]
+            _lib.spi_request_set_token_ids(self._p(), arr, len(ids))
+            return
+        addr, n = arr.buffer_info()
+        _lib.spi_request_set_token_ids(self._p(), addr if n else None, n)
+
+    def canonical_prompt(self) -> bytes:
+        """The canonical prompt text the prefix blocks are cut from."""
+        p, n = c_void_p(), c_size_t()
+        _lib.spi_request_canonical_prompt(self._p(), byref(p), byref(n))
+        return string_at(p.value, n.value) if n.value else b""
+
+    # -- decisions
+
+    def classify(self, pressure: Union[Pressure, int, str] = Pressure.NORMAL) -> Classification:
+        """Classify with the engine's classifier at a pressure level."""
+        out = _n.Classification()
+        self._engine._call_modules(_lib.spi_classify, self._p(),
+                                   coerce(Pressure, pressure), byref(out))
+        return Classification._from(out)
+
+    def cache_key(self) -> str:
+        """The versioned KV-cache key as 32 lowercase hex digits."""
+        return self.cache_key_value().hex
+
+    def cache_key_value(self) -> CacheKeyValue:
+        """The versioned KV-cache key as its two 64-bit halves."""
+        k = _n.CacheKey()
+        self._engine._call_modules(_lib.spi_request_cache_key, self._p(), byref(k))
+        return CacheKeyValue(k.high64, k.low64)
+
+    def block_hashes(self) -> List[int]:
+        """The chained hashes of the prompt's full prefix blocks."""
+        n = c_size_t()
+        buf = self._blocks
+        rc = self._engine._call_modules(_lib.spi_request_block_hashes, self._p(),
+                                        buf, len(buf), byref(n))
+        if rc != 0:  # EBUFSIZE: more blocks than the buffer holds
+            buf = self._blocks = (c_uint64 * n.value)()
+            self._engine._call_modules(_lib.spi_request_block_hashes, self._p(),
+                                       buf, len(buf), byref(n))
+        return buf[:n.value]
+
+    def block_count(self) -> int:
+        """How many full prefix blocks the prompt has (capped by max_blocks)."""
+        n = c_size_t()
+        self._engine._call_modules(_lib.spi_request_block_hashes, self._p(),
+                                   None, 0, byref(n))
+        return n.value
+
+    def price(self, pool: Union[Pool, int, str] = Pool.SPOT) -> Price:
+        """What serving this request costs on a pool."""
+        out = _n.Price()
+        self._engine._call_modules(_lib.spi_request_price, self._p(),
+                                   coerce(Pool, pool), byref(out))
+        return Price._from(out)
+
+    def route(self) -> "Decision":
+        """Route: classify, key, choose pool and replica, open a ticket.
+
+        Raises ShedError (retry later, HTTP 429) or NoCapacityError (HTTP
+        503), whose ``decision`` still carries the class, reason and key.
+        """
+        out = _n.Decision()
+        try:
+            self._engine._call_modules(_lib.spi_route, self._p(), byref(out))
+        except RoutingError as e:
+            e.decision = Decision._from(out, self._engine)
+            raise
+        return Decision._from(out, self._engine)
+
+    def __repr__(self) -> str:
+        if self.closed:
+            return "<spotinfer.Request closed>"
+        return f"<spotinfer.Request model={self.model!r} messages={self.message_count}>"
+
+
+def _free_request(ptr: c_void_p, st: _EngineState, key: int) -> None:
+    with st.lock:
+        st.requests.pop(key, None)
+    if st.ptr is not None:  # the engine's own free already released it
+        _lib.spi_request_free(ptr)
+
+
+# ------------------------------------------------------- decisions, tickets
+
+
+class Ticket:
+    """An open ticket of a routed request: report on it, then finish it.
+
+    As a context manager it finishes with OK on a normal exit and ERROR when
+    the block raises, unless it was finished inside the block.
+    """
+
+    __slots__ = ("engine", "id", "finished")
+
+    def __init__(self, engine: Engine, ticket_id: int) -> None:
+        self.engine = engine
+        self.id = ticket_id
+        self.finished = False
+
+    def first_token(self) -> None:
+        """The first token was streamed (records TTFT by class)."""
+        _lib.spi_ticket_first_token(self.engine._p(), self.id)
+
+    def progress(self, tokens_streamed: int) -> None:
+        """Tokens streamed so far (monotonic)."""
+        _lib.spi_ticket_progress(self.engine._p(), self.id, int(tokens_streamed))
+
+    def finish(self, status: Union[TicketStatus, int, str, TicketResult] = TicketStatus.OK, *,
+               prompt_tokens: int = 0, output_tokens: int = 0,
+               cached_tokens: int = 0, ttft_ms: float = 0.0,
+               duration_ms: float = 0.0) -> None:
+        """The ticket ended; feeds the prefix index, load, breaker, ledger
+        and metrics. Finishing twice raises StaleError."""
+        if isinstance(status, TicketResult):
+            res = status._struct()
+        else:
+            res = TicketResult(coerce(TicketStatus, status), prompt_tokens,  # type: ignore[arg-type]
+                               output_tokens, cached_tokens, ttft_ms,
+                               duration_ms)._struct()
+        self.finished = True
+        _lib.spi_ticket_finish(self.engine._p(), self.id, byref(res))
+
+    def __enter__(self) -> "Ticket":
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        if not self.finished:
+            self.finish(TicketStatus.ERROR if exc_type else TicketStatus.OK)
+
+    def __int__(self) -> int:
+        return self.id
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Ticket):
+            return self.id == other.id and self.engine is other.engine
+        return NotImplemented
+
+    def __hash__(self) -> int:
+        return hash(self.id)
+
+    def __repr__(self) -> str:
+        return f"<spotinfer.Ticket {self.id}>"
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What spi_route() decided (``spi_decision``)."""
+
+    pool: Pool                    # QUEUE: hold the request and route it later
+    klass: Class
+    replayable: bool
+    model_tier: ModelTier
+    pressure: Pressure
+    tools_allowed: bool
+    max_output_tokens: int        # 0 = no cap
+    replica_id: str               # "" unless serving
+    fallback_ids: Tuple[str, ...]
+    matched_blocks: int
+    total_blocks: int
+    reason_code: Reason
+    reason: str
+    ticket: Optional[Ticket]      # None unless serving
+    key: CacheKeyValue
+    est_ttft_ms: float
+    est_usd: float
+    shadow_pool: Pool             # NONE when shadow mode is off
+    shadow_matched_blocks: int
+    shadow_replica_id: str
+
+    @property
+    def serving(self) -> bool:
+        return self.ticket is not None
+
+    @classmethod
+    def _from(cls, d: _n.Decision, engine: Engine) -> "Decision":
+        n = min(int(d.n_fallbacks), _n.MAX_FALLBACKS)
+        return cls(
+            pool=maybe_enum(Pool, d.pool),  # type: ignore[arg-type]
+            klass=maybe_enum(Class, d.klass),  # type: ignore[arg-type]
+            replayable=bool(d.replayable),
+            model_tier=maybe_enum(ModelTier, d.model_tier),  # type: ignore[arg-type]
+            pressure=maybe_enum(Pressure, d.pressure),  # type: ignore[arg-type]
+            tools_allowed=bool(d.tools_allowed),
+            max_output_tokens=d.max_output_tokens,
+            replica_id=_s(d.replica_id),
+            fallback_ids=tuple(_s(d.fallback_ids[i].value) for i in range(n)),
+            matched_blocks=d.matched_blocks,
+            total_blocks=d.total_blocks,
+            reason_code=maybe_enum(Reason, d.reason_code),  # type: ignore[arg-type]
+            reason=_s(d.reason),
+            ticket=Ticket(engine, d.ticket) if d.ticket else None,
+            key=CacheKeyValue(d.key.high64, d.key.low64),
+            est_ttft_ms=d.est_ttft_ms,
+            est_usd=d.est_usd,
+            shadow_pool=maybe_enum(Pool, d.shadow_pool),  # type: ignore[arg-type]
+            shadow_matched_blocks=d.shadow_matched_blocks,
+            shadow_replica_id=_s(d.shadow_replica_id),
+        )

@@ -1,0 +1,700 @@
+"""The C ABI of libspotinfer as ctypes declarations.
+
+This module is the only place that knows the C signatures:
+
+* ``load_library()`` finds the shared library (``SPOTINFER_LIBRARY``, then
+  the SONAME ``libspotinfer.so.0`` on the loader path).
+* Structure mirrors of every public struct of spotinfer.h and
+  spotinfer_module.h. Their ``struct_size`` field (where the C struct has
+  one) is set by the constructor, so a fresh instance is ready to pass.
+  ``_c_name_`` names the C type; the test suite compiles a C program that
+  prints ``sizeof`` / ``offsetof`` of each and compares them field by field.
+* ``FUNCTIONS``: one table with the restype, argtypes and error handling of
+  every exported function. ctypes' default restype is a C int, which would
+  truncate pointers and sizes, so every entry sets it explicitly.
+
+Statuses are turned into exceptions by ``errcheck`` hooks built from the
+table's ``check`` column: the message comes from the handle in the first
+argument (engine or request), read right after the failed call on the same
+thread, as the C API documents.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import sys
+from ctypes import (CFUNCTYPE, POINTER, Structure, byref, c_char, c_char_p,
+                    c_double, c_int, c_int32, c_int64, c_size_t, c_uint32,
+                    c_uint64, c_void_p, sizeof)
+from typing import Any, Callable, Dict, FrozenSet, List, Optional, Sequence, Tuple
+
+from .errors import LibraryNotFoundError, NotSupportedError, error_for_status
+
+SONAMES: Tuple[str, ...] = ("libspotinfer.so.0",)
+if sys.platform == "darwin":  # the same library as CMake names it there
+    SONAMES = ("libspotinfer.0.dylib",) + SONAMES
+
+ENV_VAR = "SPOTINFER_LIBRARY"
+ABI_MAJOR = 0  # the SONAME major this binding mirrors
+
+ID_MAX = 64
+MAX_FALLBACKS = 4
+MODULE_ABI_VERSION = 1
+
+
+# ----------------------------------------------------------------- structs
+
+class _Struct(Structure):
+    """A C struct whose size field (if any) is filled in on construction."""
+
+    _c_name_ = ""
+
+    def __init__(self, *args: Any, **kw: Any) -> None:
+        super().__init__(*args, **kw)
+        names = [f[0] for f in self._fields_]
+        if "struct_size" in names and "struct_size" not in kw:
+            self.struct_size = sizeof(self)
+
+    def as_dict(self) -> Dict[str, Any]:
+        """Field name -> Python value (char arrays as text), for debugging."""
+        out: Dict[str, Any] = {}
+        for f in self._fields_:
+            v = getattr(self, f[0])
+            if isinstance(v, bytes):
+                v = v.decode("utf-8", "replace")
+            out[f[0]] = v
+        return out
+
+
+# Callback types of spi_hooks.
+ALLOC_FN = CFUNCTYPE(c_void_p, c_void_p, c_size_t)
+FREE_FN = CFUNCTYPE(None, c_void_p, c_void_p)
+CLOCK_FN = CFUNCTYPE(c_int64, c_void_p)
+LOG_FN = CFUNCTYPE(None, c_void_p, c_int32, c_void_p, c_size_t)
+
+
+class Hooks(_Struct):
+    _c_name_ = "spi_hooks"
+    _fields_ = [
+        ("struct_size", c_size_t),
+        ("alloc", ALLOC_FN),
+        ("free", FREE_FN),
+        ("alloc_user_data", c_void_p),
+        ("clock", CLOCK_FN),
+        ("clock_user_data", c_void_p),
+        ("log", LOG_FN),
+        ("log_user_data", c_void_p),
+        ("log_level", c_int32),
+        ("reserved0", c_int32),
+    ]
+
+
+class OptionInfo(_Struct):
+    _c_name_ = "spi_option_info"
+    _fields_ = [
+        ("struct_size", c_size_t),
+        ("path", c_char_p),
+        ("type", c_int32),
+        ("reserved0", c_int32),
+        ("default_json", c_char_p),
+        ("min_value", c_double),
+        ("max_value", c_double),
+        ("doc", c_char_p),
+    ]
+
+
+class Classification(_Struct):
+    _c_name_ = "spi_classification"
+    _fields_ = [
+        ("struct_size", c_size_t),
+        ("klass", c_int32),
+        ("replayable", c_int32),
+        ("model_tier", c_int32),
+        ("rule_index", c_int32),
+        ("complexity", c_double),
+        ("max_output_tokens", c_int64),
+        ("tools_allowed", c_int32),
+        ("defer", c_int32),
+        ("vllm_priority", c_int32),
+        ("llmd_priority", c_int32),
+        ("service_tier", c_int32),
+        ("pressure", c_int32),
+        ("reason", c_char * 120),
+    ]
+
+
+class CacheKey(_Struct):
+    _c_name_ = "spi_cache_key"
+    _fields_ = [
+        ("high64", c_uint64),
+        ("low64", c_uint64),
+    ]
+
+
+class SpotCost(_Struct):
+    _c_name_ = "spi_spot_cost"
+    _fields_ = [
+        ("struct_size", c_size_t),
+        ("effective_hours", c_double),
+        ("spot_cost", c_double),
+        ("cost_per_effective_hour", c_double),
+        ("on_demand_cost", c_double),
+        ("savings", c_double),
+        ("savings_fraction", c_double),
+        ("expected_interruptions", c_double),
+    ]
+
+
+class Price(_Struct):
+    _c_name_ = "spi_price"
+    _fields_ = [
+        ("struct_size", c_size_t),
+        ("pool", c_int32),
+        ("reserved0", c_int32),
+        ("prompt_tokens", c_double),
+        ("output_tokens", c_double),
+        ("gpu_seconds", c_double),
+        ("usd", c_double),
+        ("usd_per_million", c_double),
+    ]
+
+
+class ReplicaInfo(_Struct):
+    _c_name_ = "spi_replica_info"
+    _fields_ = [
+        ("struct_size", c_size_t),
+        ("id", c_char_p),
+        ("id_len", c_size_t),
+        ("pool", c_int32),
+        ("model_tier", c_int32),
+        ("zone", c_char_p),
+        ("zone_len", c_size_t),
+        ("instance_type", c_char_p),
+        ("instance_type_len", c_size_t),
+        ("models", c_char_p),
+        ("models_len", c_size_t),
+        ("usd_per_hour", c_double),
+        ("max_inflight", c_uint32),
+        ("reserved0", c_uint32),
+    ]
+
+
+class Load(_Struct):
+    _c_name_ = "spi_load"
+    _fields_ = [
+        ("struct_size", c_size_t),
+        ("running", c_double),
+        ("waiting", c_double),
+        ("kv_usage", c_double),
+        ("at_ns", c_int64),
+    ]
+
+
+class ReplicaStatus(_Struct):
+    _c_name_ = "spi_replica_status"
+    _fields_ = [
+        ("struct_size", c_size_t),
+        ("id", c_char * ID_MAX),
+        ("pool", c_int32),
+        ("model_tier", c_int32),
+        ("state", c_int32),
+        ("breaker", c_int32),
+        ("running", c_double),
+        ("waiting", c_double),
+        ("kv_usage", c_double),
+        ("load_at_ns", c_int64),
+        ("load_fresh", c_int32),
+        ("inflight", c_uint32),
+        ("usd_per_hour", c_double),
+        ("max_inflight", c_uint32),
+        ("consecutive_errors", c_uint32),
+    ]
+
+
+class Decision(_Struct):
+    _c_name_ = "spi_decision"
+    _fields_ = [
+        ("struct_size", c_size_t),
+        ("pool", c_int32),
+        ("klass", c_int32),
+        ("replayable", c_int32),
+        ("model_tier", c_int32),
+        ("pressure", c_int32),
+        ("tools_allowed", c_int32),
+        ("max_output_tokens", c_int64),
+        ("replica_id", c_char * ID_MAX),
+        ("fallback_ids", (c_char * ID_MAX) * MAX_FALLBACKS),
+        ("n_fallbacks", c_uint32),
+        ("matched_blocks", c_uint32),
+        ("total_blocks", c_uint32),
+        ("reason_code", c_int32),
+        ("reason", c_char * 160),
+        ("ticket", c_uint64),
+        ("key", CacheKey),
+        ("est_ttft_ms", c_double),
+        ("est_usd", c_double),
+        ("shadow_pool", c_int32),
+        ("shadow_matched_blocks", c_uint32),
+        ("shadow_replica_id", c_char * ID_MAX),
+    ]
+
+
+class TicketResult(_Struct):
+    _c_name_ = "spi_ticket_result"
+    _fields_ = [
+        ("struct_size", c_size_t),
+        ("status", c_int32),
+        ("reserved0", c_int32),
+        ("prompt_tokens", c_uint64),
+        ("output_tokens", c_uint64),
+        ("cached_tokens", c_uint64),
+        ("ttft_ms", c_double),
+        ("duration_ms", c_double),
+    ]
+
+
+class LedgerRow(_Struct):
+    _c_name_ = "spi_ledger_row"
+    _fields_ = [
+        ("struct_size", c_size_t),
+        ("tenant", c_char * ID_MAX),
+        ("model", c_char * ID_MAX),
+        ("pool", c_int32),
+        ("klass", c_int32),
+        ("completed", c_uint64),
+        ("failed", c_uint64),
+        ("prompt_tokens", c_uint64),
+        ("output_tokens", c_uint64),
+        ("cached_tokens", c_uint64),
+        ("gpu_seconds", c_double),
+        ("usd", c_double),
+        ("usd_per_completed", c_double),
+        ("tokens_per_gpu_second", c_double),
+    ]
+
+
+class Signals(_Struct):
+    _c_name_ = "spi_signals"
+    _fields_ = [
+        ("struct_size", c_size_t),
+        ("queue_depth", c_double * 4),
+        ("p95_ttft_ms", c_double * 4),
+        ("cache_miss_rate", c_double),
+        ("warm_on_demand", c_uint32),
+        ("reserved0", c_uint32),
+        ("draft_acceptance", c_double),
+    ]
+
+
+# ------------------------------------------------------- module structs
+
+class RequestView(_Struct):
+    _c_name_ = "spi_request_view"
+    _fields_ = [
+        ("struct_size", c_size_t),
+        ("model", c_void_p), ("model_len", c_size_t),
+        ("tokenizer_version", c_void_p), ("tokenizer_version_len", c_size_t),
+        ("system_prompt", c_void_p), ("system_prompt_len", c_size_t),
+        ("tools_canonical", c_void_p), ("tools_canonical_len", c_size_t),
+        ("retrieval_template", c_void_p), ("retrieval_template_len", c_size_t),
+        ("tenant", c_void_p), ("tenant_len", c_size_t),
+        ("tenant_tier", c_void_p), ("tenant_tier_len", c_size_t),
+        ("tenant_salt", c_void_p), ("tenant_salt_len", c_size_t),
+        ("decode_profile", c_void_p), ("decode_profile_len", c_size_t),
+        ("last_user_text", c_void_p), ("last_user_text_len", c_size_t),
+        ("prompt", c_void_p), ("prompt_len", c_size_t),
+        ("token_ids", POINTER(c_uint32)), ("token_count", c_size_t),
+        ("explicit_class", c_int32),
+        ("service_tier", c_int32),
+        ("priority", c_int64), ("priority_set", c_int32),
+        ("stream", c_int32),
+        ("sla_ms", c_int64), ("sla_ms_set", c_int32),
+        ("replayable", c_int32), ("replayable_set", c_int32),
+        ("max_output_tokens", c_int64), ("max_output_tokens_set", c_int32),
+        ("expected_output_tokens", c_int64),
+        ("expected_output_tokens_set", c_int32),
+        ("prompt_tokens", c_int64), ("prompt_tokens_set", c_int32),
+        ("has_tools", c_int32),
+        ("message_count", c_size_t),
+        ("priority_class", c_int32),
+        ("forced_model_tier", c_int32),
+    ]
+
+
+CONFIGURE_FN = CFUNCTYPE(c_int, c_void_p, c_void_p, c_size_t,
+                         POINTER(c_void_p), c_void_p, c_size_t)
+RELEASE_FN = CFUNCTYPE(None, c_void_p, c_void_p)
+DESTROY_FN = CFUNCTYPE(None, c_void_p)
+CLASSIFY_FN = CFUNCTYPE(c_int, c_void_p, c_void_p, POINTER(RequestView),
+                        c_int32, POINTER(Classification))
+BUILD_KEY_FN = CFUNCTYPE(c_int, c_void_p, c_void_p, POINTER(RequestView),
+                         POINTER(CacheKey))
+BLOCK_HASHES_FN = CFUNCTYPE(c_int, c_void_p, c_void_p, POINTER(RequestView),
+                            POINTER(CacheKey), POINTER(c_uint64), c_size_t,
+                            POINTER(c_size_t))
+PRICE_FN = CFUNCTYPE(c_int, c_void_p, c_void_p, POINTER(RequestView), c_int32,
+                     POINTER(Price))
+
+
+class _ModuleStruct(_Struct):
+    """Module structs: abi_version and a uint32 struct_size come first."""
+
+    def __init__(self, *args: Any, **kw: Any) -> None:
+        super().__init__(*args, **kw)
+        if "abi_version" not in kw:
+            self.abi_version = MODULE_ABI_VERSION
+
+
+class ClassifierModule(_ModuleStruct):
+    _c_name_ = "spi_classifier_module"
+    _fields_ = [
+        ("abi_version", c_uint32),
+        ("struct_size", c_uint32),
+        ("on_failure", c_int32),
+        ("reserved0", c_int32),
+        ("configure", CONFIGURE_FN),
+        ("release", RELEASE_FN),
+        ("classify", CLASSIFY_FN),
+    ]
+
+
+class KeyBuilderModule(_ModuleStruct):
+    _c_name_ = "spi_key_builder_module"
+    _fields_ = [
+        ("abi_version", c_uint32),
+        ("struct_size", c_uint32),
+        ("on_failure", c_int32),
+        ("reserved0", c_int32),
+        ("configure", CONFIGURE_FN),
+        ("release", RELEASE_FN),
+        ("build_key", BUILD_KEY_FN),
+        ("block_hashes", BLOCK_HASHES_FN),
+    ]
+
+
+class CostModelModule(_ModuleStruct):
+    _c_name_ = "spi_cost_model_module"
+    _fields_ = [
+        ("abi_version", c_uint32),
+        ("struct_size", c_uint32),
+        ("on_failure", c_int32),
+        ("reserved0", c_int32),
+        ("configure", CONFIGURE_FN),
+        ("release", RELEASE_FN),
+        ("price", PRICE_FN),
+    ]
+
+
+class Candidate(_Struct):
+    """One replica a policy may choose. No struct_size: the context's
+    candidate_size is the stride of the array."""
+    _c_name_ = "spi_candidate"
+    _fields_ = [
+        ("id", c_void_p), ("id_len", c_size_t),
+        ("pool", c_int32),
+        ("model_tier", c_int32),
+        ("eligible", c_int32),
+        ("probe", c_int32),
+        ("fresh", c_int32),
+        ("reserved0", c_int32),
+        ("running", c_double),
+        ("waiting", c_double),
+        ("kv_usage", c_double),
+        ("inflight", c_uint32),
+        ("max_inflight", c_uint32),
+        ("matched_blocks", c_uint32),
+        ("reserved1", c_uint32),
+        ("rendezvous", c_uint64),
+        ("est_ttft_ms", c_double),
+        ("usd_per_hour", c_double),
+    ]
+
+
+class RouteContext(_Struct):
+    _c_name_ = "spi_route_context"
+    _fields_ = [
+        ("struct_size", c_size_t),
+        ("candidate_size", c_size_t),
+        ("req", POINTER(RequestView)),
+        ("cls", POINTER(Classification)),
+        ("candidates", c_void_p),
+        ("n_candidates", c_size_t),
+        ("total_blocks", c_uint32),
+        ("max_fallbacks", c_uint32),
+        ("pressure", c_int32 * 4),
+        ("shed", c_int32 * 4),
+        ("now_ns", c_int64),
+    ]
+
+
+class PolicyChoice(_Struct):
+    _c_name_ = "spi_policy_choice"
+    _fields_ = [
+        ("struct_size", c_size_t),
+        ("pool", c_int32),
+        ("reason_code", c_int32),
+        ("n_order", c_uint32),
+        ("order", c_uint32 * (1 + MAX_FALLBACKS)),
+        ("reason", c_char * 160),
+    ]
+
+
+CHOOSE_FN = CFUNCTYPE(c_int, c_void_p, c_void_p, POINTER(RouteContext),
+                      POINTER(PolicyChoice))
+
+
+class PolicyModule(_ModuleStruct):
+    _c_name_ = "spi_policy_module"
+    _fields_ = [
+        ("abi_version", c_uint32),
+        ("struct_size", c_uint32),
+        ("on_failure", c_int32),
+        ("reserved0", c_int32),
+        ("configure", CONFIGURE_FN),
+        ("release", RELEASE_FN),
+        ("choose", CHOOSE_FN),
+    ]
+
+
+#: Every struct mirror, for the layout test and for introspection.
+STRUCTS: Tuple[type, ...] = (
+    Hooks, OptionInfo, Classification, CacheKey, SpotCost, Price,
+    ReplicaInfo, Load, ReplicaStatus, Decision, TicketResult, LedgerRow,
+    Signals, RequestView, ClassifierModule, KeyBuilderModule,
+    CostModelModule, Candidate, RouteContext, PolicyChoice, PolicyModule,
+)
+
+
+# -------------------------------------------------------- function table
+
+# Where a failed call's message lives: the handle in the first argument.
+ENGINE = "engine"    # spi_engine_errmsg(args[0])
+REQUEST = "request"  # spi_request_errmsg(args[0])
+PURE = "pure"        # no handle: the status name says it all
+NONE = None          # not a status (void, size_t, pointers, counts)
+
+_EBUFSIZE = -4
+_ENOTFOUND = -42
+
+P = POINTER
+_vp = c_void_p   # opaque handles (spi_engine *, spi_request *)
+
+# name, restype, argtypes, check[, statuses that are results, not errors]
+FUNCTIONS: Tuple[tuple, ...] = (
+    # version and status
+    ("spi_version_number", c_uint32, (), NONE),
+    ("spi_version_string", c_char_p, (), NONE),
+    ("spi_strerror", c_char_p, (c_int,), NONE),
+    # engine
+    ("spi_engine_new", c_int, (P(_vp), P(Hooks)), PURE),
+    ("spi_engine_free", None, (_vp,), NONE),
+    ("spi_engine_errmsg", c_char_p, (_vp,), NONE),
+    ("spi_engine_configure", c_int, (_vp, c_char_p, c_size_t), ENGINE),
+    ("spi_engine_configure_file", c_int, (_vp, c_char_p), ENGINE),
+    ("spi_engine_config_json", c_int, (_vp, c_void_p, c_size_t, P(c_size_t)),
+     ENGINE, frozenset({_EBUFSIZE})),
+    # options
+    ("spi_option_count", c_size_t, (), NONE),
+    ("spi_option_get", c_int, (c_size_t, P(OptionInfo)), PURE),
+    # classes and vocabularies
+    ("spi_class_name", c_char_p, (c_int32,), NONE),
+    ("spi_service_tier_name", c_char_p, (c_int32,), NONE),
+    ("spi_engine_class_to_priority", c_int,
+     (_vp, c_int32, c_int32, P(c_int32)), ENGINE),
+    ("spi_engine_class_from_priority", c_int,
+     (_vp, c_int32, c_int32, P(c_int32)), ENGINE),
+    ("spi_engine_class_to_service_tier", c_int,
+     (_vp, c_int32, P(c_int32)), ENGINE),
+    ("spi_engine_class_from_service_tier", c_int,
+     (_vp, c_int32, P(c_int32)), ENGINE),
+    # requests
+    ("spi_request_new", c_int, (_vp, P(_vp)), ENGINE),
+    ("spi_request_free", None, (_vp,), NONE),
+    ("spi_request_reset", c_int, (_vp,), REQUEST),
+    ("spi_request_errmsg", c_char_p, (_vp,), NONE),
+    ("spi_request_set_str", c_int, (_vp, c_int32, c_char_p, c_size_t), REQUEST),
+    ("spi_request_set_int", c_int, (_vp, c_int32, c_int64), REQUEST),
+    ("spi_request_unset_int", c_int, (_vp, c_int32), REQUEST),
+    ("spi_request_add_message", c_int,
+     (_vp, c_char_p, c_size_t, c_char_p, c_size_t), REQUEST),
+    ("spi_request_set_metadata", c_int,
+     (_vp, c_char_p, c_size_t, c_char_p, c_size_t), REQUEST),
+    ("spi_request_set_token_ids", c_int, (_vp, c_void_p, c_size_t), REQUEST),
+    ("spi_request_parse_openai", c_int, (_vp, c_char_p, c_size_t, c_int32),
+     REQUEST),
+    ("spi_request_get_str", c_int, (_vp, c_int32, P(c_void_p), P(c_size_t)),
+     REQUEST),
+    ("spi_request_get_int", c_int, (_vp, c_int32, P(c_int64), P(c_int32)),
+     REQUEST),
+    ("spi_request_message_count", c_size_t, (_vp,), NONE),
+    # classify, key, price
+    ("spi_classify", c_int, (_vp, c_int32, P(Classification)), REQUEST),
+    ("spi_cache_key_hex", c_int, (P(CacheKey), c_void_p, c_size_t), PURE),
+    ("spi_request_cache_key", c_int, (_vp, P(CacheKey)), REQUEST),
+    ("spi_request_block_hashes", c_int,
+     (_vp, c_void_p, c_size_t, P(c_size_t)), REQUEST, frozenset({_EBUFSIZE})),
+    ("spi_request_canonical_prompt", c_int, (_vp, P(c_void_p), P(c_size_t)),
+     REQUEST),
+    ("spi_request_price", c_int, (_vp, c_int32, P(Price)), REQUEST),
+    # cost formulas
+    ("spi_cost_per_million_tokens", c_int,
+     (c_double, c_uint32, c_double, P(c_double)), PURE),
+    ("spi_cost_break_even_tps", c_int,
+     (c_double, c_uint32, c_double, P(c_double)), PURE),
+    ("spi_cost_spot_effective", c_int,
+     (c_double, c_double, c_double, c_double, c_double, P(SpotCost)), PURE),
+    ("spi_cost_self_host_break_even", c_int,
+     (c_double, c_uint32, c_double, c_double, P(c_double)), PURE),
+    ("spi_cost_kv_bytes_per_sequence", c_int,
+     (c_uint32, c_uint32, c_uint32, c_uint32, c_double, P(c_double)), PURE),
+    ("spi_cost_max_sequences", c_int,
+     (c_double, c_double, c_double, c_double, P(c_uint64)), PURE),
+    # replicas
+    ("spi_replica_upsert", c_int, (_vp, P(ReplicaInfo)), ENGINE),
+    ("spi_replica_remove", c_int, (_vp, c_char_p, c_size_t), ENGINE),
+    ("spi_replica_set_state", c_int, (_vp, c_char_p, c_size_t, c_int32),
+     ENGINE),
+    ("spi_replica_report_load", c_int, (_vp, c_char_p, c_size_t, P(Load)),
+     ENGINE),
+    ("spi_metrics_parse", c_int, (c_char_p, c_size_t, P(Load)), PURE),
+    ("spi_replica_report_metrics", c_int,
+     (_vp, c_char_p, c_size_t, c_char_p, c_size_t), ENGINE),
+    ("spi_replica_count", c_size_t, (_vp,), NONE),
+    ("spi_replica_status_at", c_int, (_vp, c_size_t, P(ReplicaStatus)),
+     ENGINE),
+    ("spi_replica_status_of", c_int,
+     (_vp, c_char_p, c_size_t, P(ReplicaStatus)), ENGINE),
+    # routing and tickets
+    ("spi_reason_name", c_char_p, (c_int32,), NONE),
+    ("spi_route", c_int, (_vp, P(Decision)), REQUEST),
+    ("spi_ticket_first_token", c_int, (_vp, c_uint64), ENGINE),
+    ("spi_ticket_progress", c_int, (_vp, c_uint64, c_uint64), ENGINE),
+    ("spi_ticket_finish", c_int, (_vp, c_uint64, P(TicketResult)), ENGINE),
+    # ledger, signals, metrics
+    ("spi_ledger_count", c_size_t, (_vp,), NONE),
+    ("spi_ledger_row_at", c_int, (_vp, c_size_t, P(LedgerRow)), ENGINE),
+    ("spi_engine_signals", c_int, (_vp, P(Signals)), ENGINE),
+    ("spi_engine_metrics", c_int, (_vp, c_void_p, c_size_t, P(c_size_t)),
+     ENGINE, frozenset({_EBUFSIZE})),
+    # modules (spotinfer_module.h)
+    ("spi_module_kind_name", c_char_p, (c_int32,), NONE),
+    ("spi_engine_register_module", c_int,
+     (_vp, c_int32, c_char_p, c_size_t, c_void_p, c_void_p, DESTROY_FN),
+     ENGINE),
+    ("spi_engine_module_name", c_int, (_vp, c_int32, c_size_t, P(c_void_p)),
+     ENGINE, frozenset({_ENOTFOUND})),
+)
+
+
+def _decode(b: Optional[bytes]) -> str:
+    return b.decode("utf-8", "replace") if b else ""
+
+
+class Library:
+    """The loaded libspotinfer with every function of FUNCTIONS bound.
+
+    Attribute access gives the ctypes function (``lib.spi_classify``).
+    Functions the loaded library does not export are bound to a stub that
+    raises NotSupportedError naming the function, and listed in ``missing``.
+    """
+
+    def __init__(self, cdll: ctypes.CDLL, path: str) -> None:
+        self.cdll = cdll
+        self.path = path
+        self.missing: List[str] = []
+        self.names: Tuple[str, ...] = tuple(row[0] for row in FUNCTIONS)
+        for row in FUNCTIONS:
+            self._bind(*row)
+        self.version_number = int(self.spi_version_number())
+        self.version = _decode(self.spi_version_string())
+        if self.version_number // 10000 != ABI_MAJOR:
+            raise LibraryNotFoundError(
+                f"{path} is libspotinfer {self.version}; this binding needs "
+                f"major version {ABI_MAJOR}")
+
+    def _bind(self, name: str, restype: Any, argtypes: Sequence[Any],
+              check: Optional[str],
+              results: FrozenSet[int] = frozenset()) -> None:
+        try:
+            fn = getattr(self.cdll, name)
+        except AttributeError:
+            self.missing.append(name)
+            setattr(self, name, self._missing_stub(name))
+            return
+        fn.restype = restype
+        fn.argtypes = list(argtypes)
+        if check is not None:
+            fn.errcheck = self._errcheck(check, results)
+        setattr(self, name, fn)
+
+    def _missing_stub(self, name: str) -> Callable[..., Any]:
+        path = self.path
+
+        def missing(*args: Any, **kw: Any) -> Any:
+            raise NotSupportedError(
+                -62, f"{name} is not exported by {path} (an older "
+                "libspotinfer than this binding)", status_name="not supported",
+                function=name)
+        missing.__name__ = name
+        return missing
+
+    def _errcheck(self, check: str, results: FrozenSet[int]) -> Callable[..., Any]:
+        def errcheck(result: int, func: Any, args: Tuple[Any, ...]) -> int:
+            if result >= 0 or result in results:
+                return result
+            raise self.error(result, func.__name__, check, args[0] if args else None)
+        return errcheck
+
+    def error(self, code: int, function: str, check: str = PURE,
+              handle: Any = None) -> Exception:
+        """The exception for status code of function, with the handle's message."""
+        message = ""
+        if handle is not None and check == ENGINE:
+            message = _decode(self.cdll.spi_engine_errmsg(handle))
+        elif handle is not None and check == REQUEST:
+            message = _decode(self.cdll.spi_request_errmsg(handle))
+        return error_for_status(code, message, status_name=self.strerror(code),
+                                function=function)
+
+    def strerror(self, code: int) -> str:
+        return _decode(self.spi_strerror(code))
+
+    def has(self, name: str) -> bool:
+        """Whether the loaded library exports name."""
+        return name in self.names and name not in self.missing
+
+
+def _try_load(path: str) -> ctypes.CDLL:
+    return ctypes.CDLL(path)
+
+
+def load_library() -> Library:
+    """Load libspotinfer: $SPOTINFER_LIBRARY if set, else the SONAME.
+
+    An explicitly set SPOTINFER_LIBRARY that cannot be loaded is an error
+    rather than a silent fall-back to whatever the loader finds.
+    """
+    tried: List[str] = []
+    override = os.environ.get(ENV_VAR)
+    if override:
+        try:
+            return Library(_try_load(override), override)
+        except OSError as e:
+            raise LibraryNotFoundError(
+                f"cannot load libspotinfer from {ENV_VAR}={override!r}: {e}") from e
+    for name in SONAMES:
+        try:
+            return Library(_try_load(name), name)
+        except OSError as e:
+            tried.append(f"{name!r} ({e})")
+    raise LibraryNotFoundError(
+        "cannot load libspotinfer: tried " + ENV_VAR + " (not set), then "
+        + ", ".join(tried) + " on the loader path; install libspotinfer, or set "
+        + ENV_VAR + " to the path of libspotinfer.so.0, or add its directory "
+        "to LD_LIBRARY_PATH")
+
+
+lib = load_library()
+
+__all__ = ["lib", "load_library", "Library", "FUNCTIONS", "STRUCTS", "byref"]

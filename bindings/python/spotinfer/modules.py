@@ -1,0 +1,553 @@
+"""Modules written in Python: classifier, key builder, cost model, policy.
+
+A module is any object with the kind's methods; subclassing the base classes
+here is optional but documents the protocol::
+
+    class MyClassifier(spotinfer.ClassifierModule):
+        on_failure = spotinfer.OnFailure.FALLBACK
+
+        def configure(self, config: dict) -> object:
+            return config.get("threshold", 3)        # the instance
+
+        def classify(self, instance, req, pressure):
+            if req.stream and (req.sla_ms or 0) < instance * 1000:
+                return spotinfer.Verdict(spotinfer.Class.GOLD, reason="fast")
+            return spotinfer.Class.SILVER
+
+    engine.register_classifier("mine", MyClassifier())
+    engine.configure({"modules": {"classifier": "mine"},
+                      "module_config": {"mine": {"threshold": 2}}})
+
+How the C contract maps to Python:
+
+* ``configure(config: dict)`` runs on every configuration that selects the
+  module and returns an *instance* (any object, immutable by convention)
+  handed to the calls of that snapshot; ``release(instance)`` (optional)
+  runs when the snapshot retires. Without ``configure`` the instance is the
+  config dict itself.
+* Calls may run concurrently on several threads (each holds the GIL only
+  while in Python).
+* ``req`` is a :class:`RequestView`, valid only during the call.
+* Any exception inside a callback becomes an error status (the exception's
+  ``code`` for a SpotinferError, else SPI_EMODULE) and never crosses into C;
+  its text goes to the library's message where the callback has an error
+  buffer (configure). The engine then falls back to the built-in or fails
+  the call with ModuleFailedError according to ``on_failure``, and the
+  binding chains the Python exception as that error's ``__cause__``.
+* The binding keeps the module object and its ctypes callbacks alive until
+  the engine is freed, then calls the object's ``destroy()`` if it has one.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import threading
+from ctypes import POINTER, cast, c_uint32, c_uint64, memmove, sizeof, string_at
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+
+from . import _native as _n
+from .enums import (Class, ModelTier, ModuleKind, OnFailure, Pool, Pressure,
+                    Reason, ServiceTier, maybe_enum)
+from .errors import SpotinferError
+from .types import CacheKeyValue, Classification, Price, Verdict
+
+__all__ = [
+    "RequestView", "Candidate", "RouteContext", "PolicyChoice",
+    "ClassifierModule", "KeyBuilderModule", "CostModelModule", "PolicyModule",
+]
+
+_EMODULE = -60
+_EINVAL = -1
+
+
+# -------------------------------------------------------------- the views
+
+
+class RequestView:
+    """The module's read-only view of a request (``spi_request_view``).
+
+    Valid only during the callback it was passed to; reading it afterwards
+    raises RuntimeError. Text fields are str (UTF-8, with surrogate escapes
+    for bytes that are not), ``prompt`` is bytes; unset integers are None.
+    """
+
+    __slots__ = ("_v",)
+
+    def __init__(self, view: _n.RequestView) -> None:
+        self._v: Optional[_n.RequestView] = view
+
+    def _view(self) -> _n.RequestView:
+        v = self._v
+        if v is None:
+            raise RuntimeError("a RequestView is only valid during its callback")
+        return v
+
+    def _has(self, name: str) -> bool:
+        f = getattr(_n.RequestView, name)
+        return self._view().struct_size >= f.offset + f.size
+
+    def _bytes(self, name: str) -> bytes:
+        v = self._view()
+        n = getattr(v, name + "_len")
+        p = getattr(v, name)
+        return string_at(p, n) if n and p else b""
+
+    def _text(self, name: str) -> str:
+        return self._bytes(name).decode("utf-8", "surrogateescape")
+
+    def _opt(self, name: str) -> Optional[int]:
+        v = self._view()
+        return getattr(v, name) if getattr(v, name + "_set") else None
+
+    @property
+    def model(self) -> str: return self._text("model")
+    @property
+    def tokenizer_version(self) -> str: return self._text("tokenizer_version")
+    @property
+    def system_prompt(self) -> str: return self._text("system_prompt")
+    @property
+    def tools_canonical(self) -> str: return self._text("tools_canonical")
+    @property
+    def retrieval_template(self) -> str: return self._text("retrieval_template")
+    @property
+    def tenant(self) -> str: return self._text("tenant")
+    @property
+    def tenant_tier(self) -> str: return self._text("tenant_tier")
+    @property
+    def tenant_salt(self) -> str: return self._text("tenant_salt")
+    @property
+    def decode_profile(self) -> str: return self._text("decode_profile")
+    @property
+    def last_user_text(self) -> str: return self._text("last_user_text")
+
+    @property
+    def prompt(self) -> bytes:
+        """The canonical prompt text."""
+        return self._bytes("prompt")
+
+    @property
+    def token_ids(self) -> List[int]:
+        v = self._view()
+        return v.token_ids[:v.token_count] if v.token_count else []
+
+    @property
+    def explicit_class(self) -> Class:
+        return maybe_enum(Class, self._view().explicit_class)  # type: ignore[return-value]
+
+    @property
+    def service_tier(self) -> ServiceTier:
+        return maybe_enum(ServiceTier, self._view().service_tier)  # type: ignore[return-value]
+
+    @property
+    def priority(self) -> Optional[int]: return self._opt("priority")
+    @property
+    def sla_ms(self) -> Optional[int]: return self._opt("sla_ms")
+    @property
+    def max_output_tokens(self) -> Optional[int]: return self._opt("max_output_tokens")
+    @property
+    def expected_output_tokens(self) -> Optional[int]:
+        return self._opt("expected_output_tokens")
+    @property
+    def prompt_tokens(self) -> Optional[int]: return self._opt("prompt_tokens")
+
+    @property
+    def replayable(self) -> Optional[bool]:
+        r = self._opt("replayable")
+        return None if r is None else bool(r)
+
+    @property
+    def stream(self) -> bool: return bool(self._view().stream)
+    @property
+    def has_tools(self) -> bool: return bool(self._view().has_tools)
+    @property
+    def message_count(self) -> int: return int(self._view().message_count)
+
+    @property
+    def priority_class(self) -> Class:
+        """The class the priority maps to (classifier only; UNSET if none)."""
+        if not self._has("priority_class"):
+            return Class.UNSET
+        return maybe_enum(Class, self._view().priority_class)  # type: ignore[return-value]
+
+    @property
+    def forced_model_tier(self) -> ModelTier:
+        """SPI_REQ_MODEL_TIER if the caller forced one, else UNSET."""
+        if not self._has("forced_model_tier"):
+            return ModelTier.UNSET
+        return maybe_enum(ModelTier, self._view().forced_model_tier)  # type: ignore[return-value]
+
+    def __repr__(self) -> str:
+        if self._v is None:
+            return "<RequestView (expired)>"
+        return f"<RequestView model={self.model!r} stream={self.stream}>"
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One replica a policy may choose (``spi_candidate``)."""
+
+    index: int
+    id: str
+    pool: Pool
+    model_tier: ModelTier
+    eligible: bool
+    probe: bool
+    fresh: bool
+    running: float
+    waiting: float
+    kv_usage: float
+    inflight: int
+    max_inflight: int
+    matched_blocks: int
+    rendezvous: int
+    est_ttft_ms: float
+    usd_per_hour: float
+
+
+@dataclass(frozen=True)
+class RouteContext:
+    """Everything a policy decides from (``spi_route_context``)."""
+
+    req: RequestView
+    cls: Optional[Classification]   # at the ON_DEMAND pool's pressure
+    candidates: Tuple[Candidate, ...]
+    total_blocks: int
+    max_fallbacks: int
+    pressure: Tuple[int, int, int, int]  # by Pool
+    shed: Tuple[bool, bool, bool, bool]  # by Pool: the pool sheds this class
+    now_ns: int
+
+
+@dataclass(frozen=True)
+class PolicyChoice:
+    """A policy's answer: candidate indices, best first (``spi_policy_choice``).
+
+    pool NONE (0) with reason NO_CAPACITY or SHED means "none".
+    """
+
+    pool: Pool
+    order: Sequence[int] = ()
+    reason_code: Reason = Reason.LEAST_LOADED
+    reason: str = ""
+
+
+# ---------------------------------------------------------- base classes
+
+
+class _ModuleBase:
+    #: What the library does when a call of this module fails.
+    on_failure: OnFailure = OnFailure.ERROR
+
+    def configure(self, config: Dict[str, Any]) -> Any:
+        """Return the instance for a configuration snapshot."""
+        return config
+
+    def release(self, instance: Any) -> None:
+        """The snapshot that owned instance retired."""
+
+    def destroy(self) -> None:
+        """The engine was freed."""
+
+
+class ClassifierModule(_ModuleBase):
+    def classify(self, instance: Any, req: RequestView,
+                 pressure: Pressure) -> Union[Verdict, Classification, Class, int, Dict[str, Any]]:
+        raise NotImplementedError
+
+
+class KeyBuilderModule(_ModuleBase):
+    def build_key(self, instance: Any, req: RequestView) -> Union[CacheKeyValue, Tuple[int, int], int]:
+        raise NotImplementedError
+
+    def block_hashes(self, instance: Any, req: RequestView,
+                     key: CacheKeyValue) -> Sequence[int]:
+        raise NotImplementedError
+
+
+class CostModelModule(_ModuleBase):
+    def price(self, instance: Any, req: RequestView, pool: Pool) -> Union[Price, Dict[str, float]]:
+        raise NotImplementedError
+
+
+class PolicyModule(_ModuleBase):
+    def choose(self, instance: Any, ctx: RouteContext) -> Union[PolicyChoice, Dict[str, Any]]:
+        raise NotImplementedError
+
+
+# ---------------------------------------------------------------- adapters
+
+
+def _status_of(exc: BaseException) -> int:
+    if isinstance(exc, SpotinferError) and exc.code < 0:
+        return exc.code
+    return _EMODULE
+
+
+def _write_err(errbuf: Optional[int], errcap: int, text: str) -> None:
+    if not errbuf or errcap <= 0:
+        return
+    data = text.encode("utf-8", "replace")[:errcap - 1] + b"\0"
+    memmove(errbuf, data, len(data))
+
+
+def _verdict(result: Any) -> Verdict:
+    if isinstance(result, Verdict):
+        return result
+    if isinstance(result, Classification):
+        return Verdict(result.klass, result.replayable, result.model_tier,
+                       result.rule_index, result.complexity,
+                       result.max_output_tokens, result.tools_allowed,
+                       result.defer, result.reason)
+    if isinstance(result, dict):
+        return Verdict(**result)
+    if isinstance(result, int) and not isinstance(result, bool):
+        return Verdict(result)  # type: ignore[arg-type]
+    raise TypeError(f"classify returned {type(result).__name__}, expected "
+                    "Verdict, Classification, Class or dict")
+
+
+class _Adapter:
+    """The C module struct for one Python module object, with the ctypes
+    callbacks it points to. Lives until the engine is freed."""
+
+    def __init__(self, kind: int, name: str, impl: Any, on_failure: int,
+                 errors: threading.local) -> None:
+        self.kind = kind
+        self.name = name
+        self.impl = impl
+        self.errors = errors
+        self.instances: Dict[int, Any] = {}
+        self.ids = itertools.count(1)
+        self.configure_fn = _n.CONFIGURE_FN(self._configure)
+        self.release_fn = _n.RELEASE_FN(self._release)
+        self.destroy_fn = _n.DESTROY_FN(self._destroy)
+        self.struct: Any = None
+        self.on_failure = on_failure
+
+    def _failed(self, exc: BaseException) -> int:
+        self.errors.exc = exc
+        return _status_of(exc)
+
+    def _configure(self, _state: Any, text: Optional[int], n: int,
+                   out_inst: Any, errbuf: Optional[int], errcap: int) -> int:
+        try:
+            raw = string_at(text, n) if text and n else b"{}"
+            config = json.loads(raw)
+            conf = getattr(self.impl, "configure", None)
+            inst = conf(config) if conf is not None else config
+            key = next(self.ids)
+            self.instances[key] = inst
+            out_inst[0] = key
+            return 0
+        except BaseException as e:  # never let an exception reach C
+            _write_err(errbuf, errcap, f"{type(e).__name__}: {e}")
+            return self._failed(e)
+
+    def _release(self, _state: Any, inst: Optional[int]) -> None:
+        try:
+            obj = self.instances.pop(inst or 0, None)
+            rel = getattr(self.impl, "release", None)
+            if rel is not None:
+                rel(obj)
+        except BaseException as e:
+            self.errors.exc = e
+
+    def _destroy(self, _state: Any) -> None:
+        try:
+            self.instances.clear()
+            d = getattr(self.impl, "destroy", None)
+            if d is not None:
+                d()
+        except BaseException as e:
+            self.errors.exc = e
+
+    def _instance(self, inst: Optional[int]) -> Any:
+        return self.instances[inst or 0]
+
+
+class _ClassifierAdapter(_Adapter):
+    def __init__(self, *a: Any) -> None:
+        super().__init__(*a)
+        self.classify_fn = _n.CLASSIFY_FN(self._classify)
+        self.struct = _n.ClassifierModule(
+            on_failure=self.on_failure, configure=self.configure_fn,
+            release=self.release_fn, classify=self.classify_fn)
+
+    def _classify(self, _s: Any, inst: Optional[int], req: Any, pressure: int,
+                  out: Any) -> int:
+        view = RequestView(req.contents)
+        try:
+            res = self.impl.classify(self._instance(inst), view,
+                                     maybe_enum(Pressure, pressure))
+            _verdict(res)._fill(out.contents)
+            return 0
+        except BaseException as e:
+            return self._failed(e)
+        finally:
+            view._v = None
+
+
+class _KeyBuilderAdapter(_Adapter):
+    def __init__(self, *a: Any) -> None:
+        super().__init__(*a)
+        self.build_key_fn = _n.BUILD_KEY_FN(self._build_key)
+        self.block_hashes_fn = _n.BLOCK_HASHES_FN(self._block_hashes)
+        self.struct = _n.KeyBuilderModule(
+            on_failure=self.on_failure, configure=self.configure_fn,
+            release=self.release_fn, build_key=self.build_key_fn,
+            block_hashes=self.block_hashes_fn)
+
+    def _build_key(self, _s: Any, inst: Optional[int], req: Any, out: Any) -> int:
+        view = RequestView(req.contents)
+        try:
+            k = self.impl.build_key(self._instance(inst), view)
+            if isinstance(k, CacheKeyValue):
+                hi, lo = k.high64, k.low64
+            elif isinstance(k, tuple):
+                hi, lo = k
+            else:
+                hi, lo = int(k) >> 64, int(k) & (2**64 - 1)
+            out.contents.high64 = hi
+            out.contents.low64 = lo
+            return 0
+        except BaseException as e:
+            return self._failed(e)
+        finally:
+            view._v = None
+
+    def _block_hashes(self, _s: Any, inst: Optional[int], req: Any, key: Any,
+                      out: Any, cap: int, n_out: Any) -> int:
+        view = RequestView(req.contents)
+        try:
+            k = key.contents
+            hashes = list(self.impl.block_hashes(
+                self._instance(inst), view, CacheKeyValue(k.high64, k.low64)))
+            for i, h in enumerate(hashes[:cap]):
+                out[i] = h
+            n_out[0] = len(hashes)
+            return 0
+        except BaseException as e:
+            return self._failed(e)
+        finally:
+            view._v = None
+
+
+class _CostModelAdapter(_Adapter):
+    def __init__(self, *a: Any) -> None:
+        super().__init__(*a)
+        self.price_fn = _n.PRICE_FN(self._price)
+        self.struct = _n.CostModelModule(
+            on_failure=self.on_failure, configure=self.configure_fn,
+            release=self.release_fn, price=self.price_fn)
+
+    def _price(self, _s: Any, inst: Optional[int], req: Any, pool: int,
+               out: Any) -> int:
+        view = RequestView(req.contents)
+        try:
+            p = self.impl.price(self._instance(inst), view, maybe_enum(Pool, pool))
+            d = p if isinstance(p, dict) else {
+                k: getattr(p, k) for k in ("prompt_tokens", "output_tokens",
+                                           "gpu_seconds", "usd", "usd_per_million")}
+            o = out.contents
+            for k in ("prompt_tokens", "output_tokens", "gpu_seconds", "usd",
+                      "usd_per_million"):
+                setattr(o, k, float(d.get(k, 0.0)))
+            return 0
+        except BaseException as e:
+            return self._failed(e)
+        finally:
+            view._v = None
+
+
+def _candidates(ctx: _n.RouteContext) -> Tuple[Candidate, ...]:
+    out = []
+    stride = ctx.candidate_size or sizeof(_n.Candidate)
+    base = ctx.candidates or 0
+    for i in range(ctx.n_candidates):
+        c = cast(base + i * stride, POINTER(_n.Candidate)).contents
+        out.append(Candidate(
+            index=i,
+            id=string_at(c.id, c.id_len).decode("utf-8", "surrogateescape") if c.id else "",
+            pool=maybe_enum(Pool, c.pool), model_tier=maybe_enum(ModelTier, c.model_tier),  # type: ignore[arg-type]
+            eligible=bool(c.eligible), probe=bool(c.probe), fresh=bool(c.fresh),
+            running=c.running, waiting=c.waiting, kv_usage=c.kv_usage,
+            inflight=c.inflight, max_inflight=c.max_inflight,
+            matched_blocks=c.matched_blocks, rendezvous=c.rendezvous,
+            est_ttft_ms=c.est_ttft_ms, usd_per_hour=c.usd_per_hour))
+    return tuple(out)
+
+
+class _PolicyAdapter(_Adapter):
+    def __init__(self, *a: Any) -> None:
+        super().__init__(*a)
+        self.choose_fn = _n.CHOOSE_FN(self._choose)
+        self.struct = _n.PolicyModule(
+            on_failure=self.on_failure, configure=self.configure_fn,
+            release=self.release_fn, choose=self.choose_fn)
+
+    def _choose(self, _s: Any, inst: Optional[int], ctx_p: Any, out: Any) -> int:
+        c = ctx_p.contents
+        view = RequestView(c.req.contents) if c.req else None
+        try:
+            ctx = RouteContext(
+                req=view if view is not None else RequestView(_n.RequestView()),
+                cls=Classification._from(c.cls.contents) if c.cls else None,
+                candidates=_candidates(c),
+                total_blocks=c.total_blocks, max_fallbacks=c.max_fallbacks,
+                pressure=tuple(c.pressure),  # type: ignore[arg-type]
+                shed=tuple(bool(s) for s in c.shed),  # type: ignore[arg-type]
+                now_ns=c.now_ns)
+            ch = self.impl.choose(self._instance(inst), ctx)
+            if isinstance(ch, dict):
+                ch = PolicyChoice(**ch)
+            o = out.contents
+            order = list(ch.order)[:1 + _n.MAX_FALLBACKS]
+            o.pool = int(ch.pool)
+            o.reason_code = int(ch.reason_code)
+            o.n_order = len(order)
+            for i, idx in enumerate(order):
+                o.order[i] = int(idx)
+            o.reason = ch.reason.encode("utf-8")[:159]
+            return 0
+        except BaseException as e:
+            return self._failed(e)
+        finally:
+            if view is not None:
+                view._v = None
+
+
+_ADAPTERS = {
+    int(ModuleKind.CLASSIFIER): _ClassifierAdapter,
+    int(ModuleKind.KEY_BUILDER): _KeyBuilderAdapter,
+    int(ModuleKind.COST_MODEL): _CostModelAdapter,
+    int(ModuleKind.POLICY): _PolicyAdapter,
+}
+
+_REQUIRED = {
+    int(ModuleKind.CLASSIFIER): ("classify",),
+    int(ModuleKind.KEY_BUILDER): ("build_key", "block_hashes"),
+    int(ModuleKind.COST_MODEL): ("price",),
+    int(ModuleKind.POLICY): ("choose",),
+}
+
+
+def build_module(kind: int, name: str, impl: Any, on_failure: int,
+                 errors: threading.local) -> _Adapter:
+    """The adapter (C struct + callbacks) for a Python module object."""
+    cls = _ADAPTERS.get(kind)
+    if cls is None:
+        # The library decides what it supports (reserved kinds give
+        # NotSupportedError); hand it a bare classifier-shaped struct of the
+        # common fields so the status comes from C.
+        adapter = _Adapter(kind, name, impl, on_failure, errors)
+        adapter.struct = _n.ClassifierModule(
+            on_failure=on_failure, configure=adapter.configure_fn,
+            release=adapter.release_fn)
+        return adapter
+    for meth in _REQUIRED[kind]:
+        if not callable(getattr(impl, meth, None)):
+            raise TypeError(f"a {ModuleKind(kind).name.lower()} module needs a "
+                            f"{meth}() method; {type(impl).__name__} has none")
+    return cls(kind, name, impl, on_failure, errors)

@@ -1,0 +1,292 @@
+"""Plain-Python results of libspotinfer calls (frozen dataclasses).
+
+Each has a ``_from(struct)`` constructor that copies the ctypes struct, so a
+result never points into memory the library or the binding may reuse.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, List, Optional, Tuple
+
+from . import _native as _n
+from .enums import (BreakerState, Class, ModelTier, OptionType, Pool,
+                    Pressure, Reason, ReplicaState, ServiceTier, TicketStatus,
+                    maybe_enum)
+
+__all__ = [
+    "Classification", "Verdict", "CacheKeyValue", "Price", "SpotCost",
+    "OptionInfo", "Load", "ReplicaInfo", "ReplicaStatus", "LedgerRow",
+    "Signals", "TicketResult",
+]
+
+
+def _text(b: bytes) -> str:
+    return b.decode("utf-8", "replace")
+
+
+@dataclass(frozen=True)
+class Classification:
+    """The classifier's verdict on a request (``spi_classification``)."""
+
+    klass: Class
+    replayable: bool
+    model_tier: ModelTier
+    rule_index: int          # -1 for explicit class / priority / default
+    complexity: float
+    max_output_tokens: int   # degrade plan: cap to apply, 0 = none
+    tools_allowed: bool
+    defer: bool              # queue instead of serving now
+    vllm_priority: int
+    llmd_priority: int
+    service_tier: ServiceTier
+    pressure: Pressure
+    reason: str
+
+    @property
+    def class_name(self) -> str:
+        return self.klass.name.lower()
+
+    @classmethod
+    def _from(cls, c: _n.Classification) -> "Classification":
+        return cls(
+            klass=maybe_enum(Class, c.klass),
+            replayable=bool(c.replayable),
+            model_tier=maybe_enum(ModelTier, c.model_tier),
+            rule_index=c.rule_index,
+            complexity=c.complexity,
+            max_output_tokens=c.max_output_tokens,
+            tools_allowed=bool(c.tools_allowed),
+            defer=bool(c.defer),
+            vllm_priority=c.vllm_priority,
+            llmd_priority=c.llmd_priority,
+            service_tier=maybe_enum(ServiceTier, c.service_tier),
+            pressure=maybe_enum(Pressure, c.pressure),
+            reason=_text(c.reason),
+        )
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What a classifier module written in Python returns.
+
+    Only ``klass`` is required. The library checks every field (class 1..3,
+    tier SMALL or LARGE, 0/1 flags, a finite complexity, a cap >= 0) and
+    fills the priority and service-tier mappings itself.
+    """
+
+    klass: Class
+    replayable: bool = False
+    model_tier: ModelTier = ModelTier.LARGE
+    rule_index: int = -1
+    complexity: float = 0.0
+    max_output_tokens: int = 0
+    tools_allowed: bool = True
+    defer: bool = False
+    reason: str = ""
+
+    def _fill(self, out: _n.Classification) -> None:
+        out.klass = int(self.klass)
+        out.replayable = int(bool(self.replayable))
+        out.model_tier = int(self.model_tier)
+        out.rule_index = int(self.rule_index)
+        out.complexity = float(self.complexity)
+        out.max_output_tokens = int(self.max_output_tokens)
+        out.tools_allowed = int(bool(self.tools_allowed))
+        out.defer = int(bool(self.defer))
+        out.reason = self.reason.encode("utf-8")[:119]
+
+
+@dataclass(frozen=True)
+class CacheKeyValue:
+    """A 128-bit cache key; ``hex`` is its canonical big-endian text."""
+
+    high64: int
+    low64: int
+
+    @property
+    def hex(self) -> str:
+        return f"{self.high64:016x}{self.low64:016x}"
+
+    def __int__(self) -> int:
+        return (self.high64 << 64) | self.low64
+
+    def __str__(self) -> str:
+        return self.hex
+
+
+@dataclass(frozen=True)
+class Price:
+    """What serving one request costs on a pool (``spi_price``)."""
+
+    pool: Pool
+    prompt_tokens: float
+    output_tokens: float
+    gpu_seconds: float
+    usd: float
+    usd_per_million: float
+
+    @classmethod
+    def _from(cls, p: _n.Price) -> "Price":
+        return cls(maybe_enum(Pool, p.pool), p.prompt_tokens, p.output_tokens,
+                   p.gpu_seconds, p.usd, p.usd_per_million)
+
+
+@dataclass(frozen=True)
+class SpotCost:
+    """The spot-with-interruptions calculation (``spi_spot_cost``)."""
+
+    effective_hours: float
+    spot_cost: float
+    cost_per_effective_hour: float
+    on_demand_cost: float
+    savings: float
+    savings_fraction: float
+    expected_interruptions: float
+
+    @classmethod
+    def _from(cls, s: _n.SpotCost) -> "SpotCost":
+        return cls(s.effective_hours, s.spot_cost, s.cost_per_effective_hour,
+                   s.on_demand_cost, s.savings, s.savings_fraction,
+                   s.expected_interruptions)
+
+
+@dataclass(frozen=True)
+class OptionInfo:
+    """One accepted configuration option (``spi_option_info``)."""
+
+    path: str
+    type: OptionType
+    default_json: str
+    min_value: float
+    max_value: float
+    doc: str
+
+    @classmethod
+    def _from(cls, o: _n.OptionInfo) -> "OptionInfo":
+        return cls(_text(o.path or b""), maybe_enum(OptionType, o.type),
+                   _text(o.default_json or b""), o.min_value, o.max_value,
+                   _text(o.doc or b""))
+
+
+@dataclass(frozen=True)
+class Load:
+    """A replica's load signal (``spi_load``); at_ns 0 means now."""
+
+    running: float = 0.0
+    waiting: float = 0.0
+    kv_usage: float = 0.0
+    at_ns: int = 0
+
+    @classmethod
+    def _from(cls, l: _n.Load) -> "Load":
+        return cls(l.running, l.waiting, l.kv_usage, l.at_ns)
+
+    def _struct(self) -> _n.Load:
+        return _n.Load(running=float(self.running), waiting=float(self.waiting),
+                       kv_usage=float(self.kv_usage), at_ns=int(self.at_ns))
+
+
+@dataclass(frozen=True)
+class ReplicaInfo:
+    """A serving replica to add or update (``spi_replica_info``)."""
+
+    id: str
+    pool: Pool
+    usd_per_hour: float
+    max_inflight: int = 1
+    model_tier: ModelTier = ModelTier.UNSET  # 0 = large
+    zone: str = ""
+    instance_type: str = ""
+    models: Tuple[str, ...] = ()             # empty serves any model
+
+
+@dataclass(frozen=True)
+class ReplicaStatus:
+    """What the engine knows of one replica (``spi_replica_status``)."""
+
+    id: str
+    pool: Pool
+    model_tier: ModelTier
+    state: ReplicaState
+    breaker: BreakerState
+    running: float
+    waiting: float
+    kv_usage: float
+    load_at_ns: int
+    load_fresh: bool
+    inflight: int
+    usd_per_hour: float
+    max_inflight: int
+    consecutive_errors: int
+
+    @classmethod
+    def _from(cls, s: _n.ReplicaStatus) -> "ReplicaStatus":
+        return cls(_text(s.id), maybe_enum(Pool, s.pool),
+                   maybe_enum(ModelTier, s.model_tier),
+                   maybe_enum(ReplicaState, s.state),
+                   maybe_enum(BreakerState, s.breaker), s.running, s.waiting,
+                   s.kv_usage, s.load_at_ns, bool(s.load_fresh), s.inflight,
+                   s.usd_per_hour, s.max_inflight, s.consecutive_errors)
+
+
+@dataclass(frozen=True)
+class LedgerRow:
+    """Completed work by tenant, model, pool and class (``spi_ledger_row``)."""
+
+    tenant: str
+    model: str
+    pool: Pool
+    klass: Class
+    completed: int
+    failed: int
+    prompt_tokens: int
+    output_tokens: int
+    cached_tokens: int
+    gpu_seconds: float
+    usd: float
+    usd_per_completed: float
+    tokens_per_gpu_second: float
+
+    @classmethod
+    def _from(cls, r: _n.LedgerRow) -> "LedgerRow":
+        return cls(_text(r.tenant), _text(r.model), maybe_enum(Pool, r.pool),
+                   maybe_enum(Class, r.klass), r.completed, r.failed,
+                   r.prompt_tokens, r.output_tokens, r.cached_tokens,
+                   r.gpu_seconds, r.usd, r.usd_per_completed,
+                   r.tokens_per_gpu_second)
+
+
+@dataclass(frozen=True)
+class Signals:
+    """The autoscaling signals (``spi_signals``); lists are indexed by Class."""
+
+    queue_depth: Tuple[float, float, float, float]
+    p95_ttft_ms: Tuple[float, float, float, float]
+    cache_miss_rate: float
+    warm_on_demand: int
+    draft_acceptance: float
+
+    @classmethod
+    def _from(cls, s: _n.Signals) -> "Signals":
+        return cls(tuple(s.queue_depth), tuple(s.p95_ttft_ms),  # type: ignore[arg-type]
+                   s.cache_miss_rate, s.warm_on_demand, s.draft_acceptance)
+
+
+@dataclass(frozen=True)
+class TicketResult:
+    """How a ticket ended (``spi_ticket_result``); zeros mean unknown."""
+
+    status: TicketStatus = TicketStatus.OK
+    prompt_tokens: int = 0
+    output_tokens: int = 0
+    cached_tokens: int = 0
+    ttft_ms: float = 0.0
+    duration_ms: float = 0.0
+
+    def _struct(self) -> _n.TicketResult:
+        return _n.TicketResult(
+            status=int(self.status), prompt_tokens=int(self.prompt_tokens),
+            output_tokens=int(self.output_tokens),
+            cached_tokens=int(self.cached_tokens), ttft_ms=float(self.ttft_ms),
+            duration_ms=float(self.duration_ms))
