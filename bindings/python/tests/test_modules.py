@@ -1,0 +1,277 @@
+"""Modules written in Python, registered on an engine."""
+
+from __future__ import annotations
+
+import gc
+import threading
+
+import pytest
+
+import spotinfer
+from spotinfer import (Class, ClassifierModule, Engine, ModelTier, ModuleKind,
+                       OnFailure, Pool, Pressure, RequestView, Verdict)
+
+
+class ThresholdClassifier(ClassifierModule):
+    """Gold for short SLAs below a configured threshold, else bronze."""
+
+    def __init__(self):
+        self.configured = []
+        self.released = []
+        self.destroyed = False
+        self.seen = []
+
+    def configure(self, config):
+        self.configured.append(config)
+        if config.get("threshold_ms", 1) <= 0:
+            raise ValueError("threshold_ms must be positive")
+        return {"threshold_ms": config.get("threshold_ms", 1000)}
+
+    def release(self, instance):
+        self.released.append(instance)
+
+    def destroy(self):
+        self.destroyed = True
+
+    def classify(self, instance, req: RequestView, pressure: Pressure):
+        self.seen.append((req.model, req.stream, req.sla_ms, req.tenant,
+                          req.last_user_text, req.message_count, pressure))
+        if req.sla_ms is not None and req.sla_ms < instance["threshold_ms"]:
+            return Verdict(Class.GOLD, reason="python fast",
+                           max_output_tokens=100 * (int(pressure) + 1))
+        return Class.BRONZE
+
+
+def _use(engine, name, cfg=None):
+    engine.configure({"modules": {"classifier": name},
+                      "module_config": {name: cfg or {}}})
+
+
+def test_python_classifier(engine):
+    mod = ThresholdClassifier()
+    engine.register_classifier("py-threshold", mod)
+    assert "py-threshold" in engine.module_names(ModuleKind.CLASSIFIER)
+    _use(engine, "py-threshold", {"threshold_ms": 2000})
+    assert mod.configured[-1] == {"threshold_ms": 2000}
+    r = engine.request(model="m", sla_ms=1500, stream=True, tenant="acme",
+                       messages=[{"role": "user", "content": "why?"}])
+    c = r.classify(Pressure.HIGH)
+    assert c.klass is Class.GOLD and c.reason == "python fast"
+    assert c.max_output_tokens == 300 and c.model_tier is ModelTier.LARGE
+    # The library fills the vocabularies itself.
+    assert c.vllm_priority == -1 and c.pressure is Pressure.HIGH
+    assert mod.seen[-1] == ("m", True, 1500, "acme", "why?", 1, Pressure.HIGH)
+    r.sla_ms = 5000
+    assert r.classify().klass is Class.BRONZE
+    # Reconfiguring releases the previous instance.
+    _use(engine, "py-threshold", {"threshold_ms": 9000})
+    assert {"threshold_ms": 2000} in mod.released
+    assert r.classify().klass is Class.GOLD
+    engine.close()
+    assert mod.destroyed
+
+
+def test_configure_exception_becomes_config_error(engine):
+    mod = ThresholdClassifier()
+    engine.register_classifier("py", mod)
+    with pytest.raises(spotinfer.ModuleFailedError) as ei:
+        _use(engine, "py", {"threshold_ms": -5})
+    msg = ei.value.message
+    assert "py" in msg and "threshold_ms must be positive" in msg, msg
+    assert isinstance(ei.value.__cause__, ValueError)
+    # The previous configuration stays in force.
+    assert engine.config["modules"]["classifier"] == "reference"
+
+
+class Raises(ClassifierModule):
+    def __init__(self, exc):
+        self.exc = exc
+
+    def classify(self, instance, req, pressure):
+        raise self.exc
+
+
+def test_classify_exception_with_error_policy(engine):
+    engine.register_classifier("boom", Raises(KeyError("nope")))
+    _use(engine, "boom")
+    r = engine.request(model="m")
+    with pytest.raises(spotinfer.ModuleFailedError) as ei:
+        r.classify()
+    assert ei.value.code == spotinfer.Status.EMODULE
+    assert '"boom"' in ei.value.message
+    assert isinstance(ei.value.__cause__, KeyError)
+    # The engine keeps working after a failed callback.
+    with pytest.raises(spotinfer.ModuleFailedError):
+        r.classify()
+
+
+def test_classify_exception_with_fallback(engine):
+    engine.register_classifier("boom", Raises(RuntimeError("x")),
+                               on_failure=OnFailure.FALLBACK)
+    _use(engine, "boom")
+    r = engine.request(model="m", stream=True)
+    c = r.classify()
+    assert c.klass is Class.GOLD and c.reason == "rule interactive"
+
+
+def test_on_failure_attribute_is_used(engine):
+    mod = Raises(RuntimeError("x"))
+    mod.on_failure = OnFailure.FALLBACK
+    engine.register_classifier("boom", mod)
+    _use(engine, "boom")
+    assert engine.request(model="m").classify().klass is Class.SILVER
+
+
+def test_invalid_output_is_rejected(engine):
+    class Bad(ClassifierModule):
+        def classify(self, instance, req, pressure):
+            return Verdict(Class.GOLD, model_tier=7)
+
+    engine.register_classifier("bad", Bad())
+    _use(engine, "bad")
+    with pytest.raises(spotinfer.ModuleFailedError) as ei:
+        engine.request(model="m").classify()
+    assert "invalid" in ei.value.message
+
+
+def test_wrong_return_type(engine):
+    class Odd(ClassifierModule):
+        def classify(self, instance, req, pressure):
+            return "gold"
+
+    engine.register_classifier("odd", Odd())
+    _use(engine, "odd")
+    with pytest.raises(spotinfer.ModuleFailedError) as ei:
+        engine.request(model="m").classify()
+    assert isinstance(ei.value.__cause__, TypeError)
+
+
+def test_spotinfer_error_status_is_passed_through(engine):
+    class Oom(ClassifierModule):
+        def classify(self, instance, req, pressure):
+            raise spotinfer.NoMemoryError(-40, "out of memory")
+
+    engine.register_classifier("oom", Oom())
+    _use(engine, "oom")
+    with pytest.raises(spotinfer.ModuleFailedError) as ei:
+        engine.request(model="m").classify()
+    assert "out of memory" in ei.value.message
+
+
+def test_plain_object_and_dict_results(engine):
+    class Plain:  # no base class, no configure
+        def classify(self, instance, req, pressure):
+            assert instance == {"x": 1}
+            return {"klass": Class.SILVER, "replayable": True, "reason": "dict"}
+
+    engine.register_classifier("plain", Plain())
+    _use(engine, "plain", {"x": 1})
+    c = engine.request(model="m").classify()
+    assert (c.klass, c.replayable, c.reason) == (Class.SILVER, True, "dict")
+
+
+def test_registration_errors(engine):
+    engine.register_classifier("dup", ThresholdClassifier())
+    with pytest.raises(spotinfer.ExistsError):
+        engine.register_classifier("dup", ThresholdClassifier())
+    with pytest.raises(spotinfer.InvalidArgumentError):
+        engine.register_classifier("bad name!", ThresholdClassifier())
+    with pytest.raises(TypeError):
+        engine.register_classifier("nometh", object())
+    with pytest.raises(spotinfer.NotSupportedError):
+        engine.register_module(ModuleKind.NOTICE_SOURCE, "ns", object())
+    # A failed registration leaves nothing behind to keep alive.
+    names = engine.module_names(ModuleKind.CLASSIFIER)
+    assert names.count("dup") == 1 and "bad name!" not in names
+
+
+def test_callbacks_stay_alive_without_user_references():
+    with Engine() as e:
+        e.register_classifier("ephemeral", ThresholdClassifier())
+        gc.collect()
+        _use(e, "ephemeral", {"threshold_ms": 500})
+        gc.collect()
+        assert e.request(model="m", sla_ms=100).classify().klass is Class.GOLD
+
+
+def test_request_view_expires(engine):
+    kept = []
+
+    class Keeper(ClassifierModule):
+        def classify(self, instance, req, pressure):
+            kept.append(req)
+            return Class.SILVER
+
+    engine.register_classifier("keeper", Keeper())
+    _use(engine, "keeper")
+    engine.request(model="m").classify()
+    with pytest.raises(RuntimeError):
+        kept[0].model
+
+
+def test_python_key_builder(engine):
+    class Keys(spotinfer.KeyBuilderModule):
+        def build_key(self, instance, req):
+            return (len(req.model), 0xABC)
+
+        def block_hashes(self, instance, req, key):
+            return [key.low64 + i for i in range(len(req.prompt) // 10)]
+
+    engine.register_key_builder("py-keys", Keys())
+    engine.configure({"modules": {"key_builder": "py-keys"}})
+    r = engine.request(model="abcd", prompt="z" * 95)
+    assert r.cache_key() == f"{4:016x}{0xABC:016x}"
+    assert r.block_hashes() == [0xABC + i for i in range(9)]
+
+
+def test_python_cost_model(engine):
+    class Flat(spotinfer.CostModelModule):
+        def configure(self, config):
+            return float(config.get("usd", 0.01))
+
+        def price(self, instance, req, pool):
+            usd = instance * (2 if pool is Pool.ON_DEMAND else 1)
+            return {"prompt_tokens": 1, "output_tokens": 2, "gpu_seconds": 0.5,
+                    "usd": usd, "usd_per_million": 1.0}
+
+    engine.register_cost_model("flat", Flat())
+    engine.configure({"modules": {"cost_model": "flat"},
+                      "module_config": {"flat": {"usd": 0.25}}})
+    r = engine.request(model="m")
+    assert r.price(Pool.SPOT).usd == 0.25
+    assert r.price(Pool.ON_DEMAND).usd == 0.5
+
+
+def test_python_cost_model_negative_price_rejected(engine):
+    class Neg(spotinfer.CostModelModule):
+        def price(self, instance, req, pool):
+            return {"usd": -1.0}
+
+    engine.register_cost_model("neg", Neg())
+    engine.configure({"modules": {"cost_model": "neg"}})
+    with pytest.raises(spotinfer.ModuleFailedError):
+        engine.request(model="m").price()
+
+
+def test_module_called_from_many_threads(engine):
+    mod = ThresholdClassifier()
+    engine.register_classifier("py", mod)
+    _use(engine, "py", {"threshold_ms": 1000})
+    errors = []
+
+    def work(i):
+        try:
+            with engine.request(model=f"m{i}") as r:
+                for j in range(200):
+                    r.sla_ms = 500 if j % 2 else 5000
+                    want = Class.GOLD if j % 2 else Class.BRONZE
+                    assert r.classify().klass is want
+        except BaseException as e:  # pragma: no cover - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors

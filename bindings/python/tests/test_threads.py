@@ -1,0 +1,79 @@
+"""Several Python threads classifying and keying on one engine at once."""
+
+from __future__ import annotations
+
+import threading
+
+import spotinfer
+from spotinfer import Engine
+
+BODIES = [
+    {"model": "llama-3.1-70b", "stream": True,
+     "messages": [{"role": "user", "content": f"question {i} " * (i + 1) * 40}]}
+    for i in range(6)
+] + [
+    {"model": "llama-3.1-8b", "service_tier": "flex",
+     "messages": [{"role": "system", "content": "batch"},
+                  {"role": "user", "content": "x" * 5000}]},
+    {"model": "llama-3.1-8b", "metadata": {"sla_ms": "90000", "tenant": "t"},
+     "messages": [{"role": "user", "content": "report"}]},
+]
+
+
+def _answers(engine):
+    out = []
+    for b in BODIES:
+        with engine.parse_openai(b) as r:
+            out.append((r.classify(), r.cache_key(), r.block_hashes(),
+                        r.price("spot").usd))
+    return out
+
+
+def test_threads_share_one_engine():
+    with Engine({"cache_key": {"block_bytes": 128}}) as engine:
+        want = _answers(engine)
+        errors = []
+        barrier = threading.Barrier(8)
+
+        def worker():
+            try:
+                barrier.wait()
+                for _ in range(60):
+                    assert _answers(engine) == want
+            except BaseException as e:  # pragma: no cover - reported below
+                errors.append(e)
+
+        threads = [threading.Thread(target=worker) for _ in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert not errors, errors[0]
+
+
+def test_reconfigure_while_classifying():
+    with Engine() as engine:
+        stop = threading.Event()
+        errors = []
+
+        def worker():
+            try:
+                with engine.request(model="m", stream=True) as r:
+                    while not stop.is_set():
+                        c = r.classify()
+                        assert c.klass in (spotinfer.Class.GOLD,
+                                           spotinfer.Class.BRONZE)
+            except BaseException as e:  # pragma: no cover
+                errors.append(e)
+
+        threads = [threading.Thread(target=worker) for _ in range(4)]
+        for t in threads:
+            t.start()
+        flip = {"classifier": {"rules": [
+            {"name": "all-bronze", "when": {"stream": True}, "class": "bronze"}]}}
+        for i in range(100):
+            engine.configure(flip if i % 2 else {})
+        stop.set()
+        for t in threads:
+            t.join()
+        assert not errors, errors[0]
