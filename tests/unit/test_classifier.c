@@ -1125,8 +1125,8 @@ static void test_failed_configure_keeps_previous(void **state) {
 
   static const char *const bad[] = {
       "{\"classifier\":{\"rules\":[{\"class\":\"gold\"},{\"when\":{}}]}}",
-      "{\"classifier\":{\"default_class\":\"gold\",\"rules\":[{\"class\":"
-      "\"gold\",\"when\":{\"bogus\":1}}]}}",
+      ("{\"classifier\":{\"default_class\":\"gold\",\"rules\":[{\"class\":"
+       "\"gold\",\"when\":{\"bogus\":1}}]}}"),
       "{\"classifier\":{\"rules\":[],\"degrade\":{\"gold\":[]}}}",
       "{\"classifier\":{\"rules\":[]},\"limits\":{\"max_messages\":0}}",
       "{\"classifier\":{\"rules\":[]},\"bogus\":1}",

@@ -92,7 +92,7 @@ static void assert_empty_(spi_request *r, int line) {
     if (spi_request_get_str(r, f, &p, &n) != SPI_OK || n != 0 || p[0] != '\0')
       fail_msg("line %d: string field %d is not empty", line, (int)f);
   }
-  for (int32_t f = SPI_REQ_PRIORITY; f <= SPI_REQ_PROMPT_TOKENS; f++)
+  for (int32_t f = SPI_REQ_PRIORITY; f <= SPI_REQ_MODEL_TIER; f++)
     assert_unset_(r, f, line);
   if (r->ntokens != 0 || r->nmeta != 0 || r->explicit_class != SPI_CLASS_UNSET ||
       r->service_tier != SPI_SERVICE_TIER_UNSET)
@@ -298,6 +298,7 @@ static void test_int_ranges(void **state) {
       {SPI_REQ_MAX_OUTPUT_TOKENS, "max_output_tokens", 1, 1000000000},
       {SPI_REQ_EXPECTED_OUTPUT_TOKENS, "expected_output_tokens", 0, 1000000000},
       {SPI_REQ_PROMPT_TOKENS, "prompt_tokens", 0, 100000000000LL},
+      {SPI_REQ_MODEL_TIER, "model_tier", SPI_TIER_SMALL, SPI_TIER_LARGE},
   };
   for (size_t i = 0; i < sizeof rows / sizeof rows[0]; i++) {
     int32_t fld = rows[i].field;
@@ -325,7 +326,7 @@ static void test_int_ranges(void **state) {
   assert_int_equal(spi_request_get_int(r, SPI_REQ_STREAM, &v, NULL), SPI_OK);
   assert_int_equal(v, 0);
   /* Unknown fields. */
-  static const int32_t bad[] = {0, -1, SPI_REQ_PROMPT_TOKENS + 1, 99};
+  static const int32_t bad[] = {0, -1, SPI_REQ_MODEL_TIER + 1, 99};
   for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
     assert_int_equal(spi_request_set_int(r, bad[i], 1), SPI_EINVAL);
     assert_contains(spi_request_errmsg(r), "unknown integer field");
@@ -918,7 +919,10 @@ static const bad_body BAD_BODIES[] = {
      "messages[0].role:", "missing"},
     {"{\"model\":\"m\",\"messages\":[{\"role\":\"user\",\"content\":[{\"text\":"
      "\"a\"}]}]}",
-     0, SPI_EMISSING, "messages[0].content[0].type:", NULL},
+     0, SPI_EMISSING, "messages[0].content[0].type:", "missing"},
+    {"{\"model\":\"m\",\"messages\":[{\"role\":\"user\",\"content\":[{\"type\":"
+     "7,\"text\":\"a\"}]}]}",
+     0, SPI_ETYPE, "messages[0].content[0].type:", "string"},
     /* Wrong types, each naming its path. */
     {"{\"model\":5,\"prompt\":\"p\"}", 0, SPI_ETYPE, "model:", "string"},
     {"{\"model\":[\"m\"],\"prompt\":\"p\"}", 0, SPI_ETYPE, "model:", NULL},
@@ -1166,11 +1170,11 @@ static void test_parse_all_or_nothing(void **state) {
   /* The error sits at the very end, after model, messages, tools, stream
    * and the caps have all been read. */
   static const char *const late[] = {
-      "{\"model\":\"other\",\"messages\":[{\"role\":\"user\",\"content\":"
-      "\"new\"}],\"tools\":[],\"stream\":false,\"max_tokens\":5,\"user\":\"u\","
-      "\"priority\":1,\"metadata\":{\"tenant\":\"t\",\"sla_ms\":\"x\"}}",
-      "{\"model\":\"other\",\"messages\":[{\"role\":\"user\",\"content\":"
-      "\"new\"},{\"role\":\"bad\"}]}",
+      ("{\"model\":\"other\",\"messages\":[{\"role\":\"user\",\"content\":"
+       "\"new\"}],\"tools\":[],\"stream\":false,\"max_tokens\":5,\"user\":"
+       "\"u\",\"priority\":1,\"metadata\":{\"tenant\":\"t\",\"sla_ms\":\"x\"}}"),
+      ("{\"model\":\"other\",\"messages\":[{\"role\":\"user\",\"content\":"
+       "\"new\"},{\"role\":\"bad\"}]}"),
       "{\"model\":\"other\",\"prompt\":[1,2,3,\"x\"]}",
       "{\"model\":\"other\",\"prompt\":\"p\",\"service_tier\":\"nope\"}",
       "{\"model\":\"other\",\"prompt\":\"p\"",
