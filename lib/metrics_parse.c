@@ -221,18 +221,19 @@ static size_t token_end(const char *s, size_t i, size_t n) {
 static int parse_tail(parse_state *ps, const char *s, size_t n, size_t i,
                       int exemplar_ok) {
   double v;
+  int stamped = 0;
   i = skip_blanks(s, i, n);
   if (i < n && s[i] != '#') {
     size_t e = token_end(s, i, n);
     if (parse_number(s + i, e - i, &v) != 0 || !isfinite(v))
       return fail(ps, SPI_EPARSE, "invalid timestamp");
-    if (e < n && !is_blank(s[e]))
-      return fail(ps, SPI_EPARSE, "unexpected text after the timestamp");
     i = skip_blanks(s, e, n);
+    stamped = 1;
   }
   if (i >= n) return SPI_OK;
   if (s[i] != '#' || !exemplar_ok)
-    return fail(ps, SPI_EPARSE, "unexpected text after the sample");
+    return fail(ps, SPI_EPARSE, stamped ? "unexpected text after the timestamp"
+                                        : "unexpected text after the sample");
   i = skip_blanks(s, i + 1, n);
   if (i >= n || s[i] != '{')
     return fail(ps, SPI_EPARSE, "expected '{' to open an exemplar's labels");
@@ -254,12 +255,12 @@ static int record(parse_state *ps, const struct known_metric *k, double v) {
     return fail(ps, SPI_ERANGE, msg);
   }
   if (v < 0) {
-    spi__errf(msg, sizeof msg, "%s is negative (%g)", k->name, v);
+    spi__errf(msg, sizeof msg, "%s is negative (%.10g)", k->name, v);
     return fail(ps, SPI_ERANGE, msg);
   }
   if (k->field == F_USAGE) {
     if (v > 1) {
-      spi__errf(msg, sizeof msg, "%s is %g, above 1", k->name, v);
+      spi__errf(msg, sizeof msg, "%s is %.10g, above 1", k->name, v);
       return fail(ps, SPI_ERANGE, msg);
     }
     if (!ps->seen[F_USAGE] || v > ps->sum[F_USAGE]) ps->sum[F_USAGE] = v;
