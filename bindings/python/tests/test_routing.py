@@ -1,0 +1,355 @@
+"""Replicas, routing, tickets, ledger, signals and metrics."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+import spotinfer
+from spotinfer import (BreakerState, Class, Engine, Load, Pool, PolicyChoice,
+                       Reason, ReplicaInfo, ReplicaState, TicketStatus)
+
+from conftest import needs_routing
+
+pytestmark = needs_routing
+
+SEC = 1_000_000_000
+SYSTEM = "".join("abcdefgh "[i % 9] for i in range(4095))
+
+VLLM_METRICS = """\
+# HELP vllm:num_requests_running Number of requests running.
+# TYPE vllm:num_requests_running gauge
+vllm:num_requests_running{model_name="llama"} 3.0
+vllm:num_requests_waiting{model_name="llama"} 1.0
+vllm:gpu_cache_usage_perc{model_name="llama"} 0.42
+"""
+
+
+class Clock:
+    def __init__(self):
+        self.now = 1_700_000_000 * SEC
+
+    def __call__(self):
+        return self.now
+
+
+@pytest.fixture
+def world():
+    clock = Clock()
+    with Engine(clock=clock) as e:
+        for rid, pool in (("spot-a", Pool.SPOT), ("spot-b", Pool.SPOT),
+                          ("od-a", Pool.ON_DEMAND), ("od-b", Pool.ON_DEMAND)):
+            e.upsert_replica(id=rid, pool=pool, max_inflight=16,
+                             usd_per_hour=1.8 if pool is Pool.SPOT else 4.5,
+                             zone="z1", instance_type="g5.xlarge")
+            e.report_load(rid, running=1, waiting=0, kv_usage=0.2)
+        e.clock = clock
+        yield e
+
+
+def chat(engine, user="hi", *, stream=False, sla_ms=None, tier=None,
+         replayable=None, tenant=None):
+    r = engine.request(model="llama", stream=stream,
+                       messages=[("system", SYSTEM), ("user", user)])
+    if sla_ms:
+        r.sla_ms = sla_ms
+    if tier:
+        r.service_tier = tier
+    if replayable is not None:
+        r.replayable = replayable
+    if tenant:
+        r.tenant = tenant
+    return r
+
+
+def test_replica_management(engine):
+    engine.upsert_replica(ReplicaInfo("r1", Pool.SPOT, 1.8, max_inflight=8,
+                                      models=("llama", "qwen"), zone="us-1a"))
+    engine.upsert_replica("r2", pool="on_demand", usd_per_hour=4.5, max_inflight=4)
+    assert engine.replica_count() == 2
+    s = engine.replica_status("r1")
+    assert (s.id, s.pool, s.state, s.breaker) == ("r1", Pool.SPOT,
+                                                  ReplicaState.ACTIVE,
+                                                  BreakerState.CLOSED)
+    assert s.max_inflight == 8 and s.usd_per_hour == 1.8
+    assert s.load_at_ns == 0 and not s.load_fresh
+    assert [x.id for x in engine.replicas()] == ["r1", "r2"]
+    assert engine.replica_status_at(1).id == "r2"
+    engine.report_load("r1", Load(running=2, waiting=1, kv_usage=0.5))
+    s = engine.replica_status("r1")
+    assert (s.running, s.waiting, s.kv_usage, s.load_fresh) == (2, 1, 0.5, True)
+    engine.set_replica_state("r1", ReplicaState.DRAINING)
+    assert engine.replica_status("r1").state is ReplicaState.DRAINING
+    engine.remove_replica("r1")
+    assert engine.replica_count() == 1
+    with pytest.raises(spotinfer.NotFoundError):
+        engine.replica_status("r1")
+    with pytest.raises(spotinfer.NotFoundError):
+        engine.remove_replica("r1")
+    with pytest.raises(spotinfer.NotFoundError):
+        engine.replica_status_at(5)
+    with pytest.raises(spotinfer.InvalidArgumentError) as ei:
+        engine.upsert_replica("r3", pool=Pool.SPOT, usd_per_hour=0)
+    assert "usd_per_hour" in ei.value.message
+    with pytest.raises(spotinfer.RangeError):
+        engine.report_load("r2", kv_usage=1.5)
+
+
+def test_metrics_parse_and_report(engine):
+    load = spotinfer.parse_metrics(VLLM_METRICS)
+    assert (load.running, load.waiting, load.kv_usage, load.at_ns) == (3, 1, 0.42, 0)
+    sg = spotinfer.parse_metrics("sglang:num_running_reqs 2\nsglang:num_queue_reqs 5\n"
+                                 "sglang:token_usage 0.1\n")
+    assert (sg.running, sg.waiting) == (2, 5)
+    with pytest.raises(spotinfer.MissingFieldError):
+        spotinfer.parse_metrics("# nothing here\nother_metric 1\n")
+    with pytest.raises(spotinfer.ParseError):
+        spotinfer.parse_metrics("vllm:num_requests_running{ 1\n")
+    engine.upsert_replica("r1", pool=Pool.SPOT, usd_per_hour=1.8, max_inflight=8)
+    engine.report_metrics("r1", VLLM_METRICS)
+    s = engine.replica_status("r1")
+    assert (s.running, s.waiting, s.kv_usage) == (3, 1, 0.42)
+    with pytest.raises(spotinfer.ParseError) as ei:
+        engine.report_metrics("r1", "vllm:num_requests_running{ 1\n")
+    assert "line 1" in ei.value.message or "1" in ei.value.message
+
+
+def test_route_gold_and_ticket_life(world):
+    e = world
+    r = chat(e, stream=True, sla_ms=800, tenant="acme")
+    d = r.route()
+    assert d.klass is Class.GOLD and d.pool is Pool.ON_DEMAND
+    assert d.replica_id.startswith("od-") and d.serving
+    assert len(d.fallback_ids) >= 1 and d.replica_id not in d.fallback_ids
+    assert d.est_usd > 0 and d.total_blocks >= 3
+    assert d.key.hex == r.cache_key()
+    assert isinstance(d.reason_code, Reason) and d.reason
+    assert spotinfer.reason_name(d.reason_code) == d.reason_code.name.lower()
+    sig = e.signals()
+    assert sig.queue_depth[Class.GOLD] == 1
+    assert e.replica_status(d.replica_id).inflight == 1
+    e.clock.now += 300_000_000
+    d.ticket.first_token()
+    d.ticket.progress(10)
+    with pytest.raises(spotinfer.RangeError):
+        d.ticket.progress(5)
+    sig = e.signals()
+    assert sig.queue_depth[Class.GOLD] == 0
+    assert 200 < sig.p95_ttft_ms[Class.GOLD] <= 500
+    d.ticket.finish(TicketStatus.OK, prompt_tokens=1000, output_tokens=100)
+    assert e.replica_status(d.replica_id).inflight == 0
+    with pytest.raises(spotinfer.StaleError):
+        d.ticket.finish()
+    with pytest.raises(spotinfer.StaleError):
+        e.ticket(0xDEADBEEFCAFE).first_token()
+    rows = [row for row in e.ledger() if row.tenant == "acme"]
+    assert len(rows) == 1 and e.ledger_count() >= 1
+    row = rows[0]
+    assert (row.model, row.pool, row.klass, row.completed) == ("llama",
+                                                              Pool.ON_DEMAND,
+                                                              Class.GOLD, 1)
+    assert row.usd > 0 and row.usd_per_completed > 0
+    assert e.ledger_row(0) == e.ledger()[0]
+    text = e.metrics()
+    assert "spotinfer_" in text and "gold" in text
+
+
+def test_affinity(world):
+    d1 = chat(world, "first", sla_ms=5000, replayable=True).route()
+    assert d1.matched_blocks == 0 and d1.reason_code is Reason.RENDEZVOUS
+    d1.ticket.finish()
+    d2 = chat(world, "second", sla_ms=5000, replayable=True).route()
+    assert d2.replica_id == d1.replica_id and d2.reason_code is Reason.AFFINITY
+    assert d2.matched_blocks >= 3
+    d2.ticket.finish()
+
+
+def test_queue_when_no_spot(world):
+    world.set_replica_state("spot-a", ReplicaState.DRAINING)
+    world.set_replica_state("spot-b", "noticed")
+    d = chat(world, "summarise", tier="flex").route()
+    assert d.pool is Pool.QUEUE and d.reason_code is Reason.QUEUE_NO_SPOT
+    assert d.ticket is None and not d.serving
+
+
+def test_no_capacity_error_carries_decision(engine):
+    r = engine.request(model="llama", stream=True, sla_ms=800,
+                       messages=[("user", "hi")])
+    with pytest.raises(spotinfer.NoCapacityError) as ei:
+        r.route()
+    err = ei.value
+    assert err.code == -81 and "no eligible" in err.message
+    assert isinstance(err, spotinfer.RoutingError)
+    assert err.decision.klass is Class.GOLD
+    assert err.decision.reason_code is Reason.NO_CAPACITY
+    assert err.decision.key.hex == r.cache_key()
+
+
+def test_shed_error(world):
+    world.report_load("spot-a", running=1, kv_usage=0.9)
+    world.report_load("spot-b", running=1, kv_usage=0.9)
+    with pytest.raises(spotinfer.ShedError) as ei:
+        chat(world, "batch", tier="flex").route()
+    assert ei.value.decision.klass is Class.BRONZE
+    assert ei.value.decision.reason_code is Reason.SHED
+
+
+def test_error_breaker_and_ticket_context_manager():
+    clock = Clock()
+    with Engine({"router": {"error_threshold": 3, "error_cooldown_ms": 5000}},
+                clock=clock) as e:
+        e.upsert_replica("od-a", pool=Pool.ON_DEMAND, usd_per_hour=4.5, max_inflight=16)
+        e.upsert_replica("od-b", pool=Pool.ON_DEMAND, usd_per_hour=4.5, max_inflight=16)
+        e.report_load("od-a", running=0, kv_usage=0.1)
+        e.report_load("od-b", running=5, kv_usage=0.1)
+        r = chat(e, stream=True, sla_ms=800)
+        r.system_prompt = "x"
+        first = None
+        for _ in range(3):
+            d = r.route()
+            first = first or d.replica_id
+            assert d.replica_id == first
+            with pytest.raises(RuntimeError):
+                with d.ticket:
+                    raise RuntimeError("replica failed")  # finishes as ERROR
+        assert e.replica_status(first).breaker is BreakerState.OPEN
+        assert e.replica_status(first).consecutive_errors >= 3
+        other = r.route()
+        assert other.replica_id != first
+        other.ticket.finish()
+        with r.route().ticket as t:  # finishes OK
+            assert t.id
+        rows = e.ledger()
+        assert sum(row.failed for row in rows) == 3
+        assert sum(row.completed for row in rows) == 2
+        # After the cool-down the open breaker lets one probe through.
+        clock.now += 6 * SEC
+        e.report_load(first, running=0, kv_usage=0.1)
+        e.report_load(other.replica_id, running=12, waiting=8, kv_usage=0.1)
+        probe = r.route()
+        assert probe.replica_id == first
+        assert probe.reason_code is Reason.HALF_OPEN_PROBE
+        probe.ticket.finish()
+        assert e.replica_status(first).breaker is BreakerState.CLOSED
+
+
+def test_ticket_table_full():
+    with Engine({"router": {"max_tickets": 16}}) as e:
+        e.upsert_replica("s", pool=Pool.SPOT, usd_per_hour=1.8, max_inflight=64)
+        e.report_load("s", running=0, kv_usage=0.1)
+        r = e.request(model="llama", sla_ms=5000, replayable=True,
+                      messages=[("user", "hi")])
+        tickets = [r.route().ticket for _ in range(16)]
+        with pytest.raises(spotinfer.FullError):
+            r.route()
+        for t in tickets:
+            t.finish()
+        r.route().ticket.finish(spotinfer.TicketResult(TicketStatus.CANCELLED))
+
+
+def test_removed_replica_ticket_is_stale(world):
+    d = chat(world, stream=True, sla_ms=800).route()
+    world.remove_replica(d.replica_id)
+    with pytest.raises(spotinfer.StaleError):
+        d.ticket.finish()
+
+
+def test_shadow_policy():
+    with Engine({"router": {"shadow_policy": "least-loaded"}}) as e:
+        e.upsert_replica("s", pool=Pool.SPOT, usd_per_hour=1.8, max_inflight=16)
+        e.report_load("s", running=1, kv_usage=0.1)
+        d = e.request(model="m", sla_ms=5000, replayable=True,
+                      messages=[("user", "x")]).route()
+        assert d.shadow_pool is Pool.SPOT and d.shadow_replica_id == "s"
+        d.ticket.finish()
+
+
+class LeastLoaded(spotinfer.PolicyModule):
+    """Pick the eligible candidate with the least running + waiting."""
+
+    def __init__(self):
+        self.contexts = []
+
+    def choose(self, instance, ctx):
+        self.contexts.append((ctx.req.model, ctx.cls.klass if ctx.cls else None,
+                              len(ctx.candidates), ctx.max_fallbacks))
+        ok = [c for c in ctx.candidates if c.eligible or c.probe]
+        if not ok:
+            return PolicyChoice(Pool.NONE, reason_code=Reason.NO_CAPACITY,
+                                reason="nothing eligible")
+        ok.sort(key=lambda c: (c.running + c.waiting, c.index))
+        first = ok[0]
+        same = [c.index for c in ok if c.pool == first.pool]
+        return PolicyChoice(first.pool, same[:1 + ctx.max_fallbacks],
+                            Reason.LEAST_LOADED, "python least loaded")
+
+
+def test_python_policy(world):
+    pol = LeastLoaded()
+    world.register_policy("py-ll", pol)
+    assert "py-ll" in world.module_names("policy")
+    world.configure({"modules": {"policy": "py-ll"}})
+    world.report_load("spot-b", running=0, kv_usage=0.1)
+    d = chat(world, sla_ms=5000, replayable=True).route()
+    assert d.replica_id == "spot-b" and d.reason.startswith("python least loaded")
+    assert d.reason_code is Reason.LEAST_LOADED
+    assert pol.contexts[-1][0] == "llama" and pol.contexts[-1][2] == 4
+    d.ticket.finish()
+
+
+def test_python_policy_exception(world):
+    class Broken(spotinfer.PolicyModule):
+        def choose(self, instance, ctx):
+            raise ZeroDivisionError("bad policy")
+
+    world.register_policy("broken", Broken())
+    world.configure({"modules": {"policy": "broken"}})
+    with pytest.raises(spotinfer.ModuleFailedError) as ei:
+        chat(world, sla_ms=5000).route()
+    assert isinstance(ei.value.__cause__, ZeroDivisionError)
+    world.register_policy("broken-fb", Broken(), on_failure="fallback")
+    world.configure({"modules": {"policy": "broken-fb"}})
+    d = chat(world, sla_ms=5000, replayable=True).route()
+    assert d.serving
+    d.ticket.finish()
+
+
+def test_python_policy_bad_index_is_checked(world):
+    class OutOfRange(spotinfer.PolicyModule):
+        def choose(self, instance, ctx):
+            return PolicyChoice(Pool.SPOT, [99])
+
+    world.register_policy("oor", OutOfRange())
+    world.configure({"modules": {"policy": "oor"}})
+    with pytest.raises(spotinfer.ModuleFailedError):
+        chat(world, sla_ms=5000).route()
+
+
+def test_threads_route_on_one_engine(world):
+    errors = []
+    counts = []
+
+    def worker(i):
+        try:
+            n = 0
+            with chat(world, f"user {i}", sla_ms=5000, replayable=True) as r:
+                for _ in range(100):
+                    d = r.route()
+                    if d.ticket is not None:
+                        d.ticket.first_token()
+                        d.ticket.finish(output_tokens=10)
+                        n += 1
+            counts.append(n)
+        except BaseException as e:  # pragma: no cover
+            errors.append(e)
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors[0]
+    assert sum(counts) == 800
+    assert sum(r.completed for r in world.ledger()) == 800
+    assert all(s.inflight == 0 for s in world.replicas())
