@@ -37,8 +37,8 @@ typedef struct ledger_row {
 
 struct spi_ledger {
   pthread_mutex_t lock;
-  size_t max_rows;  /* keyed rows */
-  size_t n;         /* rows in use, keyed and overflow */
+  size_t max_rows; /* keyed rows */
+  size_t n;        /* rows in use, keyed and overflow */
   size_t n_keyed;
   size_t hmask;     /* hash slots - 1 */
   ledger_row *rows; /* max_rows + LEDGER_RESERVE */

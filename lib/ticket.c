@@ -39,9 +39,9 @@
 
 struct spi_ticket_table {
   size_t capacity;
-  spi_ticket *t;          /* capacity records */
-  uint64_t *gen;          /* per record; touched only by its owner */
-  atomic_uint *next;      /* free-stack links: index + 1, 0 = bottom */
+  spi_ticket *t;     /* capacity records */
+  uint64_t *gen;     /* per record; touched only by its owner */
+  atomic_uint *next; /* free-stack links: index + 1, 0 = bottom */
   /* head and the open counter are written by every take and release; the
    * padding keeps them off the cache line of the read-mostly fields above
    * (padding, not alignas: the allocator hook only promises malloc's
@@ -125,9 +125,8 @@ spi_ticket *spi__ticket_take(spi_ticket_table *t) {
         atomic_load_explicit(&t->next[top - 1], memory_order_relaxed);
     uint64_t tag = (old >> 32) + 1;
     uint64_t want = (tag << 32) | below;
-    if (atomic_compare_exchange_weak_explicit(&t->head, &old, want,
-                                              memory_order_acquire,
-                                              memory_order_acquire)) {
+    if (atomic_compare_exchange_weak_explicit(
+            &t->head, &old, want, memory_order_acquire, memory_order_acquire)) {
       atomic_fetch_add_explicit(&t->open, 1, memory_order_relaxed);
       spi_ticket *k = &t->t[top - 1];
       ticket_reset(k);
@@ -176,9 +175,8 @@ void spi__ticket_release(spi_ticket_table *t, spi_ticket *k) {
     atomic_store_explicit(&t->next[i], (unsigned)(old & HEAD_INDEX_MASK),
                           memory_order_relaxed);
     uint64_t want = (((old >> 32) + 1) << 32) | (uint64_t)(i + 1);
-    if (atomic_compare_exchange_weak_explicit(&t->head, &old, want,
-                                              memory_order_release,
-                                              memory_order_relaxed))
+    if (atomic_compare_exchange_weak_explicit(
+            &t->head, &old, want, memory_order_release, memory_order_relaxed))
       break;
   }
 }

@@ -4,6 +4,7 @@
  * adding at once, and the public row API on an engine.
  */
 #include <math.h>
+#include <pthread.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -11,7 +12,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <pthread.h>
 
 #include <cmocka.h>
 
@@ -48,8 +48,8 @@ static spi_ledger_row row_at(spi_ledger *l, size_t i) {
 }
 
 /* The row of a key; fails the test if there is none. */
-static spi_ledger_row find(spi_ledger *l, const char *tenant,
-                           const char *model, int32_t pool, int32_t klass) {
+static spi_ledger_row find(spi_ledger *l, const char *tenant, const char *model,
+                           int32_t pool, int32_t klass) {
   size_t n = spi__ledger_count(l);
   for (size_t i = 0; i < n; i++) {
     spi_ledger_row r = row_at(l, i);
@@ -80,16 +80,16 @@ static void test_accumulates_per_key(void **st) {
   spi__ledger_add(l, "acme", "llama-70b", SPI_POOL_SPOT, SPI_CLASS_SILVER, 0,
                   50, 0, 0, 0.0, 0.0);
   /* Each of these differs from the first key in one part. */
-  spi__ledger_add(l, "beta", "llama-70b", SPI_POOL_SPOT, SPI_CLASS_SILVER, 1,
-                  1, 1, 0, 1.0, 1.0);
-  spi__ledger_add(l, "acme", "llama-8b", SPI_POOL_SPOT, SPI_CLASS_SILVER, 1,
-                  2, 2, 0, 1.0, 1.0);
-  spi__ledger_add(l, "acme", "llama-70b", SPI_POOL_ON_DEMAND,
-                  SPI_CLASS_SILVER, 1, 3, 3, 0, 1.0, 1.0);
+  spi__ledger_add(l, "beta", "llama-70b", SPI_POOL_SPOT, SPI_CLASS_SILVER, 1, 1,
+                  1, 0, 1.0, 1.0);
+  spi__ledger_add(l, "acme", "llama-8b", SPI_POOL_SPOT, SPI_CLASS_SILVER, 1, 2,
+                  2, 0, 1.0, 1.0);
+  spi__ledger_add(l, "acme", "llama-70b", SPI_POOL_ON_DEMAND, SPI_CLASS_SILVER,
+                  1, 3, 3, 0, 1.0, 1.0);
   spi__ledger_add(l, "acme", "llama-70b", SPI_POOL_SPOT, SPI_CLASS_GOLD, 1, 4,
                   4, 0, 1.0, 1.0);
-  spi__ledger_add(l, "", "llama-70b", SPI_POOL_SPOT, SPI_CLASS_SILVER, 1, 5,
-                  5, 0, 1.0, 1.0);
+  spi__ledger_add(l, "", "llama-70b", SPI_POOL_SPOT, SPI_CLASS_SILVER, 1, 5, 5,
+                  0, 1.0, 1.0);
   assert_int_equal(spi__ledger_count(l), 6);
 
   /* Rows come in order of first use. */
@@ -348,10 +348,10 @@ static void test_public_api(void **st) {
 
   spi_ledger *l = new_ledger(4);
   atomic_store(&e->ledger, l);
-  spi__ledger_add(l, "acme", "m", SPI_POOL_SPOT, SPI_CLASS_GOLD, 1, 100, 50,
-                  0, 3.0, 0.6);
-  spi__ledger_add(l, "acme", "m", SPI_POOL_SPOT, SPI_CLASS_GOLD, 1, 100, 50,
-                  0, 3.0, 0.6);
+  spi__ledger_add(l, "acme", "m", SPI_POOL_SPOT, SPI_CLASS_GOLD, 1, 100, 50, 0,
+                  3.0, 0.6);
+  spi__ledger_add(l, "acme", "m", SPI_POOL_SPOT, SPI_CLASS_GOLD, 1, 100, 50, 0,
+                  3.0, 0.6);
   assert_int_equal(spi_ledger_count(e), 1);
   assert_int_equal(spi_ledger_row_at(e, 0, &r), SPI_OK);
   assert_string_equal(r.tenant, "acme");

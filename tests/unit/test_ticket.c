@@ -4,6 +4,8 @@
  * finish; exhaustion; and several threads taking, finishing and releasing
  * at once (also run under ThreadSanitizer).
  */
+#include <pthread.h>
+#include <sched.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stdatomic.h>
@@ -12,8 +14,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <pthread.h>
-#include <sched.h>
 
 #include <cmocka.h>
 
@@ -189,8 +189,7 @@ static void test_alloc_failure(void **st) {
   int calls = 0;
   const spi_mem failing = {fail_alloc, std_free, &calls};
   spi_ticket_table *t = (spi_ticket_table *)1;
-  assert_int_equal(spi__tickets_new(&failing, (size_t)1 << 22, &t),
-                   SPI_ENOMEM);
+  assert_int_equal(spi__tickets_new(&failing, (size_t)1 << 22, &t), SPI_ENOMEM);
   assert_null(t);
   assert_int_equal(calls, 1);
   assert_int_equal(spi__tickets_new(&failing, 16, &t), SPI_ENOMEM);
@@ -218,8 +217,8 @@ static void test_ids_unique(void **st) {
   qsort(ids, n, sizeof *ids, cmp_u64);
   assert_true(ids[0] != 0);
   for (size_t i = 1; i < n; i++)
-    if (ids[i] == ids[i - 1]) fail_msg("id %llx issued twice",
-                                       (unsigned long long)ids[i]);
+    if (ids[i] == ids[i - 1])
+      fail_msg("id %llx issued twice", (unsigned long long)ids[i]);
   free(ids);
   spi__tickets_free(&MEM, t);
 }
@@ -258,8 +257,8 @@ static void test_garbage_ids(void **st) {
   const uint64_t crafted[] = {
       0,
       UINT64_MAX,
-      UINT64_C(0xffffff),           /* index bits all ones */
-      UINT64_C(1) << 24,            /* generation 1, index bits 0 */
+      UINT64_C(0xffffff),              /* index bits all ones */
+      UINT64_C(1) << 24,               /* generation 1, index bits 0 */
       (UINT64_C(1) << 24) | (CAP + 1), /* just past the table */
       (UINT64_C(1) << 24) | (CAP + 1000),
       ids[0] + (UINT64_C(1) << 24), /* next generation of a live record */
