@@ -1,0 +1,387 @@
+/*
+ * prefix_index.c - the bounded prefix index: which replicas likely hold the
+ * KV cache of which prefix blocks.
+ *
+ * Memory
+ * ------
+ * One allocation: the header, up to 63 bytes of padding, then a table of
+ * buckets aligned to 64 bytes. A bucket is 8 entries of 16 bytes (a 64-bit
+ * tag and a 64-bit payload), stored as the 8 tags in one cache line and the
+ * 8 payloads in the next, so a probe that finds no tag touches one line.
+ * The bucket count is the largest that keeps header + padding + table
+ * within the byte budget; it is not rounded to a power of two, because the
+ * header would then push every power-of-two budget (the default 8 MiB among
+ * them) down to half a table. The bucket of a hash is
+ * ((hash >> 32) * buckets) >> 32: block hashes are already uniform, so the
+ * top 32 bits spread evenly over any bucket count below 2^32. Nothing is
+ * allocated after spi__index_new, whatever is inserted.
+ *
+ * Entries
+ * -------
+ *   tag     = version (8 bits) << 56 | key (56 bits)
+ *   key     = low 56 bits of the block hash; 0 and 1 are reserved (empty,
+ *             being written), so hashes whose low bits are 0 or 1 use 2, 3
+ *   payload = stamp (32) << 32 | weight (8) << 24 | gen (12) << 12 | slot (12)
+ * The high 8 bits of a hash can be dropped from the key because they pick
+ * the bucket: two hashes that differ only there live in different buckets
+ * once the table has 256 buckets (a 32 KiB budget). The version counts the
+ * rewrites of the entry; it lets a reader tell a rewritten entry from the
+ * one it started reading. The slot field has 12 bits, so no slot read from
+ * the table can reach SPI_REPLICA_SLOTS, torn or not. The gen is the
+ * replica's generation & SPI_INDEX_GEN_MASK; after 4096 generations of one
+ * slot an old entry may look live again, which costs at most one misplaced
+ * request. The stamp is in seconds and ages are taken modulo 2^32.
+ *
+ * Concurrency
+ * -----------
+ * Readers and writers only use atomics. A writer claims an entry by a CAS of
+ * its tag from the value it saw to "being written" (keeping the version),
+ * stores the payload (release), then publishes the tag with the next version
+ * (release). A writer that loses the CAS rescans the bucket once, then lets
+ * the block go: the index is a hint. A reader loads the tag (acquire), the
+ * payload (acquire) and the tag again, and drops the entry unless both tags
+ * are equal: if the payload came from a later claim, that claim's tag store
+ * precedes it, so the second load sees "being written" or a later version.
+ * Only 256 complete rewrites between the reader's two loads could pair a key
+ * with another entry's payload. Refreshing an entry (same key, slot and gen)
+ * changes only its stamp and weight, by a CAS on the payload, and skips the
+ * store when nothing changed, so a hot prefix does not bounce its cache line
+ * between routing threads.
+ *
+ * Longest match
+ * -------------
+ * A replica that holds block i held every block before it (block hashes are
+ * chained), so "some live replica holds block i" is true for a prefix of the
+ * chain and false after it, and a binary search finds its end. Block 0 is
+ * probed first, so a cold prompt costs one probe; the rest takes
+ * ceil(log2(n)) probes, each one bucket. Evictions can punch holes in a
+ * chain; the search then returns the end of some matched run, which is an
+ * acceptable answer for a hint.
+ *
+ * Eviction
+ * --------
+ * Inserting a block into a full bucket picks, in this order: an entry of the
+ * same block and slot from an older generation, an empty entry, an entry the
+ * live callback calls dead, and else the live entry of lowest value, where
+ * value = weight * weight_seconds - age. The new entry has value weight *
+ * weight_seconds; if even the lowest live entry is worth more, the new one
+ * is not stored, so a burst of bronze traffic cannot push out gold prefixes
+ * younger than (gold - bronze) * weight_seconds. The live callback's answers
+ * are remembered for the length of one call (16 slots, direct-mapped), since
+ * a chain's buckets mostly name the same few replicas.
+ */
+#include <stdatomic.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+
+#include "routing.h"
+
+#define IX_WAYS 8
+#define IX_LINE 64
+
+#define IX_KEY_BITS 56
+#define IX_KEY_MASK ((UINT64_C(1) << IX_KEY_BITS) - 1)
+#define IX_KEY_EMPTY UINT64_C(0)
+#define IX_KEY_BUSY UINT64_C(1)
+
+#define IX_SLOT(p) ((uint32_t)(p) & 0xfffu)
+#define IX_GEN(p) ((uint32_t)((p) >> 12) & SPI_INDEX_GEN_MASK)
+#define IX_WEIGHT(p) ((uint32_t)((p) >> 24) & 0xffu)
+#define IX_STAMP(p) ((uint32_t)((p) >> 32))
+
+_Static_assert(SPI_REPLICA_SLOTS <= 4096, "the slot field has 12 bits");
+_Static_assert(SPI_INDEX_GEN_MASK == 0xfffu, "the gen field has 12 bits");
+
+typedef struct ix_bucket {
+  _Alignas(IX_LINE) _Atomic(uint64_t) tag[IX_WAYS];
+  _Atomic(uint64_t) payload[IX_WAYS];
+} ix_bucket;
+
+_Static_assert(sizeof(ix_bucket) == 2 * IX_LINE, "a bucket is two lines");
+
+struct spi_prefix_index {
+  size_t bytes;      /* the whole allocation */
+  uint64_t nbuckets; /* 1 .. UINT32_MAX */
+  ix_bucket *b;      /* inside the allocation, 64-byte aligned */
+};
+
+/* ------------------------------------------------------------- helpers */
+
+static inline ix_bucket *bucket_of(const spi_prefix_index *ix, uint64_t h) {
+  return &ix->b[((h >> 32) * ix->nbuckets) >> 32];
+}
+
+static inline uint64_t key_of(uint64_t h) {
+  uint64_t k = h & IX_KEY_MASK;
+  return k > IX_KEY_BUSY ? k : k + 2;
+}
+
+static inline uint64_t pack(uint32_t slot, uint32_t gen, uint32_t weight,
+                            uint32_t stamp) {
+  return (uint64_t)stamp << 32 | (uint64_t)weight << 24 | (uint64_t)gen << 12 |
+         slot;
+}
+
+/* The payload of entry e if its tag is still t after reading it. */
+static inline int read_payload(ix_bucket *b, unsigned e, uint64_t t,
+                               uint64_t *p) {
+  *p = atomic_load_explicit(&b->payload[e], memory_order_acquire);
+  return atomic_load_explicit(&b->tag[e], memory_order_relaxed) == t;
+}
+
+/* Tags only (a lookup), or tags and payloads (an insert). */
+static inline void prefetch_bucket(const spi_prefix_index *ix, uint64_t h,
+                                   int both) {
+  ix_bucket *b = bucket_of(ix, h);
+  __builtin_prefetch(b->tag);
+  if (both) __builtin_prefetch(b->payload);
+}
+
+/* The live callback's answers during one call. */
+typedef struct ix_memo {
+  spi_index_live_fn fn;
+  void *ctx;
+  uint32_t key[16]; /* 1 << 24 | gen << 12 | slot; 0 = nothing yet */
+  uint8_t live[16];
+} ix_memo;
+
+static void memo_init(ix_memo *m, spi_index_live_fn fn, void *ctx) {
+  m->fn = fn;
+  m->ctx = ctx;
+  memset(m->key, 0, sizeof m->key);
+}
+
+static int memo_live(ix_memo *m, uint32_t slot, uint32_t gen) {
+  if (!m->fn) return 1;
+  uint32_t k = 1u << 24 | gen << 12 | slot;
+  unsigned i = slot & 15u;
+  if (m->key[i] != k) {
+    m->key[i] = k;
+    m->live[i] = m->fn(m->ctx, slot, gen) != 0;
+  }
+  return m->live[i];
+}
+
+/* ---------------------------------------------------------- lifecycle */
+
+int spi__index_new(const spi_mem *m, size_t byte_budget,
+                   spi_prefix_index **out) {
+  if (!out) return SPI_EINVAL;
+  *out = NULL;
+  if (!m) return SPI_EINVAL;
+  const size_t fixed = sizeof(spi_prefix_index) + (IX_LINE - 1);
+  if (byte_budget < fixed + sizeof(ix_bucket)) return SPI_ERANGE;
+  size_t nb = (byte_budget - fixed) / sizeof(ix_bucket);
+  if ((uint64_t)nb > UINT32_MAX) nb = UINT32_MAX;
+  size_t bytes = fixed + nb * sizeof(ix_bucket);
+  unsigned char *raw = spi__alloc(m, bytes);
+  if (!raw) return SPI_ENOMEM;
+  spi_prefix_index *ix = (spi_prefix_index *)(void *)raw;
+  unsigned char *first = raw + sizeof *ix;
+  size_t pad = (IX_LINE - (size_t)((uintptr_t)first % IX_LINE)) % IX_LINE;
+  ix->bytes = bytes;
+  ix->nbuckets = nb;
+  ix->b = (ix_bucket *)(void *)(first + pad);
+  for (size_t i = 0; i < nb; i++)
+    for (unsigned e = 0; e < IX_WAYS; e++) {
+      atomic_init(&ix->b[i].tag[e], 0);
+      atomic_init(&ix->b[i].payload[e], 0);
+    }
+  *out = ix;
+  return SPI_OK;
+}
+
+void spi__index_free(const spi_mem *m, spi_prefix_index *ix) {
+  if (ix) spi__free(m, ix);
+}
+
+size_t spi__index_bytes(const spi_prefix_index *ix) {
+  return ix ? ix->bytes : 0;
+}
+
+size_t spi__index_capacity(const spi_prefix_index *ix) {
+  return ix ? (size_t)ix->nbuckets * IX_WAYS : 0;
+}
+
+size_t spi__index_live_entries(const spi_prefix_index *ix) {
+  if (!ix) return 0;
+  size_t n = 0;
+  for (uint64_t i = 0; i < ix->nbuckets; i++)
+    for (unsigned e = 0; e < IX_WAYS; e++) {
+      uint64_t t = atomic_load_explicit(&ix->b[i].tag[e], memory_order_relaxed);
+      n += (t & IX_KEY_MASK) != IX_KEY_EMPTY;
+    }
+  return n;
+}
+
+/* -------------------------------------------------------------- lookup */
+
+/* Output of the deepest successful probe so far. */
+typedef struct ix_holders {
+  uint32_t *slots, *gens;
+  uint32_t cap, n;
+} ix_holders;
+
+/*
+ * One bucket probe: whether a live entry holds block hash h. On success the
+ * holders (deduplicated by slot, at most cap) replace those of the previous
+ * successful probe; a failed probe writes nothing.
+ */
+static int probe(const spi_prefix_index *ix, uint64_t h, ix_memo *lm,
+                 ix_holders *out) {
+  ix_bucket *b = bucket_of(ix, h);
+  uint64_t key = key_of(h);
+  int found = 0;
+  for (unsigned e = 0; e < IX_WAYS; e++) {
+    if ((atomic_load_explicit(&b->tag[e], memory_order_relaxed) &
+         IX_KEY_MASK) != key)
+      continue;
+    uint64_t t = atomic_load_explicit(&b->tag[e], memory_order_acquire), p;
+    if ((t & IX_KEY_MASK) != key || !read_payload(b, e, t, &p)) continue;
+    uint32_t slot = IX_SLOT(p), gen = IX_GEN(p);
+    if (!memo_live(lm, slot, gen)) continue;
+    if (!found) out->n = 0;
+    found = 1;
+    uint32_t j = 0;
+    while (j < out->n && out->slots[j] != slot) j++;
+    if (j == out->n && out->n < out->cap) {
+      out->slots[out->n] = slot;
+      out->gens[out->n] = gen;
+      out->n++;
+    }
+  }
+  return found;
+}
+
+uint32_t spi__index_longest(const spi_prefix_index *ix, const uint64_t *hashes,
+                            uint32_t n, spi_index_live_fn live, void *ctx,
+                            uint32_t *slots, uint32_t *gens, uint32_t cap,
+                            uint32_t *n_holders) {
+  ix_holders out = {slots, gens, slots && gens ? cap : 0, 0};
+  if (n_holders) *n_holders = 0;
+  if (!ix || !hashes || n == 0) return 0;
+  ix_memo lm;
+  memo_init(&lm, live, ctx);
+  /* Blocks [0, lo) are matched; the matched length is in [lo, hi]. Probing
+   * block mid - 1 halves the range. The next probe, or both candidates for
+   * it, are prefetched, so the table's cache misses overlap. */
+  if (n > 1) prefetch_bucket(ix, hashes[n / 2], 0);
+  if (!probe(ix, hashes[0], &lm, &out)) return 0;
+  uint64_t lo = 1, hi = n;
+  while (lo < hi) {
+    uint64_t mid = lo + (hi - lo + 1) / 2;
+    uint64_t up = mid + (hi - mid + 1) / 2, down = lo + (mid - lo) / 2;
+    if (up > mid) prefetch_bucket(ix, hashes[up - 1], 0);
+    if (down > lo) prefetch_bucket(ix, hashes[down - 1], 0);
+    if (probe(ix, hashes[mid - 1], &lm, &out))
+      lo = mid;
+    else
+      hi = mid - 1;
+  }
+  if (n_holders) *n_holders = out.n;
+  return (uint32_t)lo;
+}
+
+/* -------------------------------------------------------------- insert */
+
+/* What a block insert knows about itself. */
+typedef struct ix_new {
+  uint64_t payload;
+  int64_t value; /* weight * weight_seconds, at age 0 */
+  uint32_t slot, gen, now_s, weight_seconds;
+} ix_new;
+
+enum { RANK_TWIN, RANK_EMPTY, RANK_DEAD, RANK_LIVE, RANK_NONE };
+
+static void refresh(ix_bucket *b, unsigned e, uint64_t seen, uint64_t mine) {
+  if (seen == mine) return;
+  /* Fails only if the entry changed since it was read: let it be. */
+  atomic_compare_exchange_strong_explicit(&b->payload[e], &seen, mine,
+                                          memory_order_release,
+                                          memory_order_relaxed);
+}
+
+static void insert_block(spi_prefix_index *ix, uint64_t h, const ix_new *nw,
+                         ix_memo *lm) {
+  ix_bucket *b = bucket_of(ix, h);
+  uint64_t key = key_of(h);
+  for (int attempt = 0; attempt < 2; attempt++) {
+    uint64_t tags[IX_WAYS], pays[IX_WAYS];
+    unsigned occupied = 0, victim = 0;
+    int rank = RANK_NONE;
+    int64_t vvalue = 0;
+    for (unsigned e = 0; e < IX_WAYS; e++) {
+      uint64_t t = atomic_load_explicit(&b->tag[e], memory_order_acquire);
+      uint64_t k = t & IX_KEY_MASK;
+      tags[e] = t;
+      if (k == IX_KEY_BUSY) continue;
+      if (k == IX_KEY_EMPTY) {
+        if (rank > RANK_EMPTY) rank = RANK_EMPTY, victim = e;
+        continue;
+      }
+      if (!read_payload(b, e, t, &pays[e])) continue;
+      if (k == key && IX_SLOT(pays[e]) == nw->slot) {
+        if (IX_GEN(pays[e]) == nw->gen) {
+          refresh(b, e, pays[e], nw->payload);
+          return;
+        }
+        rank = RANK_TWIN, victim = e;
+        continue;
+      }
+      occupied |= 1u << e;
+    }
+    if (rank > RANK_EMPTY) {
+      for (unsigned e = 0; e < IX_WAYS && rank > RANK_DEAD; e++) {
+        if (!(occupied >> e & 1u)) continue;
+        uint64_t p = pays[e];
+        if (!memo_live(lm, IX_SLOT(p), IX_GEN(p))) {
+          rank = RANK_DEAD, victim = e;
+          break;
+        }
+        int64_t age = (int64_t)(int32_t)(nw->now_s - IX_STAMP(p));
+        int64_t v = (int64_t)IX_WEIGHT(p) * nw->weight_seconds - age;
+        if (rank == RANK_NONE || v < vvalue) {
+          rank = RANK_LIVE;
+          victim = e;
+          vvalue = v;
+        }
+      }
+    }
+    if (rank == RANK_NONE) return; /* every entry is being written */
+    if (rank == RANK_LIVE && vvalue > nw->value) return;
+    uint64_t seen = tags[victim];
+    uint64_t version = seen >> IX_KEY_BITS;
+    if (atomic_compare_exchange_strong_explicit(
+            &b->tag[victim], &seen, version << IX_KEY_BITS | IX_KEY_BUSY,
+            memory_order_acquire, memory_order_relaxed)) {
+      atomic_store_explicit(&b->payload[victim], nw->payload,
+                            memory_order_release);
+      atomic_store_explicit(&b->tag[victim],
+                            ((version + 1) & 0xffu) << IX_KEY_BITS | key,
+                            memory_order_release);
+      return;
+    }
+  }
+}
+
+void spi__index_insert(spi_prefix_index *ix, const uint64_t *hashes,
+                       uint32_t from, uint32_t n, uint32_t slot, uint32_t gen,
+                       uint32_t weight, uint32_t now_s, uint32_t weight_seconds,
+                       spi_index_live_fn live, void *ctx) {
+  if (!ix || !hashes || slot >= SPI_REPLICA_SLOTS) return;
+  if (weight > 255) weight = 255;
+  ix_new nw;
+  nw.slot = slot;
+  nw.gen = gen & SPI_INDEX_GEN_MASK;
+  nw.now_s = now_s;
+  nw.weight_seconds = weight_seconds;
+  nw.payload = pack(slot, nw.gen, weight, now_s);
+  nw.value = (int64_t)weight * weight_seconds;
+  ix_memo lm;
+  memo_init(&lm, live, ctx);
+  for (uint32_t i = from; i < n; i++) {
+    if (n - i > 2) prefetch_bucket(ix, hashes[i + 2], 1);
+    insert_block(ix, hashes[i], &nw, &lm);
+  }
+}
