@@ -24,7 +24,10 @@ static int derive(spi_request *r) {
   for (size_t i = 0; i < r->nmsgs && rc == SPI_OK; i++) {
     const spi_msg *g = &r->msgs[i];
     const char *role = spi__role_name(g->role);
-    const uint8_t *content = r->msgbuf.data + g->off;
+    /* An empty message may come before msgbuf has any memory: no offset
+     * may be applied to its NULL data. */
+    const uint8_t *content =
+        g->len ? r->msgbuf.data + g->off : (const uint8_t *)"";
     rc = spi__buf_reserve(&r->prompt, m, strlen(role) + g->len + 2);
     if (rc) break;
     spi__buf_append(&r->prompt, m, role, strlen(role));
