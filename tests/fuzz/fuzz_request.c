@@ -5,7 +5,10 @@
  *
  * Each input runs on two engines: one with the default configuration and
  * one with tight limits, so the SPI_ETOOBIG paths are reached by small
- * inputs too. Besides crashes and sanitizer reports, the target aborts when
+ * inputs too. The engines live for the whole run; every input gets fresh
+ * requests, so a crash reproduces from its input alone, then the same body
+ * is parsed once more into a request that held the previous input, which is
+ * the reuse a gateway makes. Besides crashes and sanitizer reports, the target aborts when
  * a contract is broken: a failed parse must leave the request empty and
  * explain itself; an accepted one must classify, key and price cleanly and
  * give the same answers twice.
@@ -32,7 +35,7 @@ static const char TIGHT_CONFIG[] =
 
 typedef struct target {
   spi_engine *engine;
-  spi_request *req;
+  spi_request *req; /* reused across inputs */
 } target;
 
 static target targets[2];
@@ -86,8 +89,7 @@ static void classify_all(spi_request *r) {
   }
 }
 
-static void run(target *t, const uint8_t *data, size_t size) {
-  spi_request *r = t->req;
+static void run(spi_request *r, const uint8_t *data, size_t size) {
   int rc = spi_request_parse_openai(r, (const char *)data, size,
                                     SPI_OPENAI_AUTO);
   if (rc != SPI_OK) {
@@ -144,6 +146,12 @@ static void run(target *t, const uint8_t *data, size_t size) {
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   if (!targets[0].engine) setup();
-  for (int i = 0; i < 2; i++) run(&targets[i], data, size);
+  for (int i = 0; i < 2; i++) {
+    spi_request *fresh = NULL;
+    CHECK(spi_request_new(targets[i].engine, &fresh) == SPI_OK);
+    run(fresh, data, size);
+    spi_request_free(fresh);
+    run(targets[i].req, data, size);
+  }
   return 0;
 }

@@ -392,6 +392,35 @@ static void test_messages_and_canonical_prompt(void **state) {
   assert_int_equal(spi_request_canonical_prompt(r, NULL, NULL), SPI_EINVAL);
 }
 
+/* Only empty messages on a request that never held any text: the message
+ * buffer has no memory yet, and deriving the prompt must cope. */
+static void test_empty_messages_fresh_request(void **state) {
+  fx *f = *state;
+  spi_request *r = f->r;
+  assert_int_equal(parse(r, "{\"model\":\"m\",\"messages\":[{\"role\":"
+                            "\"system\"},{\"role\":\"user\",\"content\":"
+                            "\"\"}]}"),
+                   SPI_OK);
+  assert_int_equal(spi_request_message_count(r), 2);
+  assert_prompt(r, "system\x1f\x1euser\x1f\x1e");
+  spi_classification c;
+  memset(&c, 0, sizeof c);
+  c.struct_size = sizeof c;
+  assert_int_equal(spi_classify(r, SPI_PRESSURE_NORMAL, &c), SPI_OK);
+  /* An empty system message is the same system prompt as none. */
+  spi_cache_key k = key_of(r);
+  spi_request *other = NULL;
+  assert_int_equal(spi_request_new(f->e, &other), SPI_OK);
+  assert_int_equal(spi_request_set_str(other, SPI_REQ_MODEL, LIT("m")), SPI_OK);
+  assert_int_equal(spi_request_add_message(other, LIT("user"), NULL, 0),
+                   SPI_OK);
+  assert_true(keys_equal(k, key_of(other)));
+  size_t n = 99;
+  assert_int_equal(spi_request_block_hashes(other, NULL, 0, &n), SPI_OK);
+  assert_int_equal(n, 0);
+  spi_request_free(other);
+}
+
 static void test_reset(void **state) {
   fx *f = *state;
   spi_request *r = f->r;
@@ -1719,6 +1748,8 @@ int main(void) {
                                       teardown),
       cmocka_unit_test_setup_teardown(test_int_ranges, setup, teardown),
       cmocka_unit_test_setup_teardown(test_messages_and_canonical_prompt, setup,
+                                      teardown),
+      cmocka_unit_test_setup_teardown(test_empty_messages_fresh_request, setup,
                                       teardown),
       cmocka_unit_test_setup_teardown(test_reset, setup, teardown),
       cmocka_unit_test_setup_teardown(test_tools_canonical, setup, teardown),
