@@ -56,10 +56,14 @@ void spi__engine_log(const spi_engine *e, int32_t level, const char *fmt, ...) {
 }
 
 int spi__engine_fail(spi_engine *e, int status, const char *fmt, ...) {
+  char msg[SPI_ERRMSG_CAP];
   va_list ap;
   va_start(ap, fmt);
-  spi__verrf(e->errmsg, sizeof e->errmsg, fmt, ap);
+  spi__verrf(msg, sizeof msg, fmt, ap);
   va_end(ap);
+  pthread_mutex_lock(&e->err_lock);
+  memcpy(e->errmsg, msg, sizeof msg);
+  pthread_mutex_unlock(&e->err_lock);
   return status;
 }
 
@@ -370,7 +374,13 @@ int spi_engine_new(spi_engine **out, const spi_hooks *hooks) {
     spi__free(&mem, e);
     return SPI_ENOMEM;
   }
+  if (pthread_mutex_init(&e->err_lock, NULL) != 0) {
+    pthread_mutex_destroy(&e->config_lock);
+    spi__free(&mem, e);
+    return SPI_ENOMEM;
+  }
   if (spi__registry_init(&e->registry, &e->mem) != SPI_OK) {
+    pthread_mutex_destroy(&e->err_lock);
     pthread_mutex_destroy(&e->config_lock);
     spi__free(&mem, e);
     return SPI_ENOMEM;
@@ -395,6 +405,7 @@ void spi_engine_free(spi_engine *engine) {
   spi__registry_destroy(&engine->registry, &engine->mem);
   free_modules(engine);
   pthread_mutex_destroy(&engine->config_lock);
+  pthread_mutex_destroy(&engine->err_lock);
   engine->magic = SPI_DEAD_MAGIC;
   spi__free(&mem, engine);
 }
@@ -705,7 +716,9 @@ static int configure_locked(spi_engine *e, const char *json, size_t len) {
   }
   snapshot_install(e, s);
   spi__router_commit(e, &prep);
+  pthread_mutex_lock(&e->err_lock);
   e->errmsg[0] = '\0';
+  pthread_mutex_unlock(&e->err_lock);
   return SPI_OK;
 }
 

@@ -94,6 +94,9 @@ struct spi_engine {
   atomic_uint kv_level[4];   /* pool KV breaker level, by enum spi_pool */
   atomic_int configuring; /* set while module configure callbacks run */
   pthread_t config_owner;
+  /* Calls that may run on many threads (replica reports, tickets) can fail
+   * at once: writers of errmsg take err_lock. */
+  pthread_mutex_t err_lock;
   char errmsg[SPI_ERRMSG_CAP];
 };
 

@@ -280,6 +280,10 @@ static int route_pinned(spi_request *req, spi_snapshot *snap,
   out->klass = cls.klass;
   out->replayable = cls.replayable;
   out->model_tier = v->forced_model_tier ? v->forced_model_tier : cls.model_tier;
+  if (ch.pool == SPI_POOL_SPOT || ch.pool == SPI_POOL_ON_DEMAND)
+    out->model_tier = req->cands[ch.order[first]].model_tier
+                          ? req->cands[ch.order[first]].model_tier
+                          : SPI_TIER_LARGE;
   out->pressure = level[chosen_pool];
   out->tools_allowed = cls.tools_allowed;
   out->max_output_tokens = cls.max_output_tokens;
@@ -386,12 +390,18 @@ int spi_ticket_first_token(spi_engine *engine, uint64_t ticket) {
   if (!k) return spi__engine_fail(engine, SPI_ESTALE, "ticket %llu is not open",
                                   (unsigned long long)ticket);
   int64_t now = spi__engine_now(engine);
+  int32_t klass = k->klass;
+  int64_t start = k->start_ns;
   int64_t zero = 0;
-  if (atomic_compare_exchange_strong(&k->first_token_ns, &zero, now ? now : 1)) {
+  /* Whoever moves first_token_ns off 0 (this, or finish with its sentinel)
+   * takes the ticket out of the queue-depth gauge, exactly once; the id
+   * re-check makes sure the fields read belonged to this ticket. */
+  if (atomic_compare_exchange_strong(&k->first_token_ns, &zero, now > 0 ? now : 1) &&
+      atomic_load(&k->id) == ticket) {
     spi_metrics *mx = atomic_load(&engine->metrics);
     if (mx) {
-      spi__metrics_ttft(mx, k->klass, (double)(now - k->start_ns) / 1e6);
-      spi__metrics_queue_delta(mx, k->klass, -1);
+      spi__metrics_ttft(mx, klass, (double)(now - start) / 1e6);
+      spi__metrics_queue_delta(mx, klass, -1);
     }
   }
   return SPI_OK;
@@ -474,8 +484,11 @@ int spi_ticket_finish(spi_engine *engine, uint64_t ticket,
   int stale = atomic_load(&slot->state) == 0 || atomic_load(&slot->gen) != k->gen;
   int ok = result->status == SPI_TICKET_OK;
   spi_metrics *mx = atomic_load(&engine->metrics);
+  int64_t zero = 0;
+  int no_first_token =
+      atomic_compare_exchange_strong(&k->first_token_ns, &zero, (int64_t)-1);
   if (mx) {
-    if (atomic_load(&k->first_token_ns) == 0) {
+    if (no_first_token) {
       spi__metrics_queue_delta(mx, k->klass, -1);
       if (result->ttft_ms > 0) spi__metrics_ttft(mx, k->klass, result->ttft_ms);
     }

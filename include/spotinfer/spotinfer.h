@@ -174,7 +174,8 @@ SPI_API void spi_engine_free(spi_engine *engine);
 
 /*
  * The message of the last failed call on this engine ("" if none). Borrowed:
- * valid until the next call on the engine from the same thread. Never NULL.
+ * valid until the next call on the engine. When several threads fail calls
+ * on one engine at once, it holds one of their messages. Never NULL.
  */
 SPI_API const char *spi_engine_errmsg(const spi_engine *engine);
 
@@ -800,8 +801,9 @@ typedef struct spi_ledger_row {
   double tokens_per_gpu_second;
 } spi_ledger_row;
 
-/* Rows in the ledger (bounded by ledger.max_rows; further combinations are
- * folded into a row with tenant "(other)"). */
+/* Rows in the ledger: at most router.ledger_max_rows keyed rows, plus one
+ * row per pool and class with tenant and model "(other)" into which further
+ * combinations fold. Rows keep their index once created. */
 SPI_API size_t spi_ledger_count(spi_engine *engine);
 SPI_API int spi_ledger_row_at(spi_engine *engine, size_t index,
                               spi_ledger_row *out);
@@ -817,6 +819,8 @@ typedef struct spi_signals {
   double draft_acceptance;   /* draft tickets OK / (OK + rejected) */
 } spi_signals;
 
+/* Fill the signals (out->struct_size set by the caller). Thread-safe.
+ * Errors: SPI_EMISUSE, SPI_EINVAL (NULL or struct_size too small). */
 SPI_API int spi_engine_signals(spi_engine *engine, spi_signals *out);
 
 /*

@@ -203,6 +203,7 @@ static void test_no_capacity(void **st) {
   load(w, "od-x", 0, 0, 0);
   assert_int_equal(route(w, &d), SPI_ENOCAPACITY);
   ri.models = "mistral,llama";
+  ri.models_len = 13;
   assert_int_equal(spi_replica_upsert(w->e, &ri), SPI_OK);
   assert_int_equal(route(w, &d), SPI_OK);
   assert_string_equal(d.replica_id, "od-x");
@@ -382,7 +383,7 @@ static void test_error_breaker(void **st) {
   add(w, "od-a", SPI_POOL_ON_DEMAND, 0, 16);
   add(w, "od-b", SPI_POOL_ON_DEMAND, 0, 16);
   load(w, "od-a", 0, 0, 0.1);
-  load(w, "od-b", 5, 0, 0.1);
+  load(w, "od-b", 14, 6, 0.1); /* piled on: never the first choice */
   spi_decision d;
   for (int i = 0; i < 3; i++) {
     chat(w, "hi", 1, 800, NULL, -1);
@@ -401,7 +402,7 @@ static void test_error_breaker(void **st) {
   finish(w, d.ticket, SPI_TICKET_OK);
   w->now += 6 * SEC;
   load(w, "od-a", 0, 0, 0.1);
-  load(w, "od-b", 5, 0, 0.1);
+  load(w, "od-b", 14, 6, 0.1);
   assert_int_equal(route(w, &d), SPI_OK);
   assert_string_equal(d.replica_id, "od-a");
   assert_int_equal(d.reason_code, SPI_REASON_HALF_OPEN_PROBE);
