@@ -488,7 +488,7 @@ static int ref_classify(void *state, void *inst, const spi_request_view *v,
   const rule *hit = NULL;
   if (in->honor_explicit && v->explicit_class != SPI_CLASS_UNSET) {
     out->klass = v->explicit_class;
-    spi__errf(out->reason, sizeof out->reason, "explicit class %s",
+    spi__join(out->reason, sizeof out->reason, "explicit class ", NULL,
               spi_class_name(out->klass));
   } else if (in->honor_priority && v->priority_class != SPI_CLASS_UNSET) {
     out->klass = v->priority_class;
@@ -502,12 +502,13 @@ static int ref_classify(void *state, void *inst, const spi_request_view *v,
       }
     }
     out->klass = hit ? hit->klass : in->default_class;
+    /* No printf on this path: classification runs on every route. */
     if (hit && hit->name[0])
-      spi__errf(out->reason, sizeof out->reason, "rule %s", hit->name);
+      spi__join(out->reason, sizeof out->reason, "rule ", NULL, hit->name);
     else if (hit)
       spi__errf(out->reason, sizeof out->reason, "rule #%d", out->rule_index);
     else
-      spi__errf(out->reason, sizeof out->reason, "default class %s",
+      spi__join(out->reason, sizeof out->reason, "default class ", NULL,
                 spi_class_name(out->klass));
   }
   /* The request's own word on replayability wins, then the rule's. */

@@ -121,76 +121,77 @@ static int usable(const spi_candidate *c, want w) {
          (!w.tier || c->model_tier == w.tier);
 }
 
-static int64_t best_by_ttft(const spi_route_context *x, want w, int64_t skip) {
-  int64_t best = -1;
-  for (size_t i = 0; i < x->n_candidates; i++) {
-    const spi_candidate *c = &x->candidates[i];
-    if ((int64_t)i == skip || !usable(c, w)) continue;
-    if (best < 0 || c->est_ttft_ms < x->candidates[best].est_ttft_ms)
-      best = (int64_t)i;
-  }
-  return best;
+/* Everything the policy needs to know about one pool and tier, from a
+ * single pass over the candidates. Indices are -1 when there is none. */
+typedef struct summary {
+  int64_t warm;     /* deepest match, then best TTFT */
+  int64_t best;     /* best TTFT */
+  int64_t second;   /* second-best TTFT (the alternative to best) */
+  int64_t least;    /* least loaded, relative to size */
+  int64_t rdv;      /* rendezvous winner among the not busy */
+  int any;
+} summary;
+
+static double rel_load(const spi_candidate *c) {
+  double cap = c->max_inflight ? (double)c->max_inflight : 1;
+  return (load_of(c) + c->inflight) / cap;
 }
 
-static int64_t least_loaded(const spi_route_context *x, want w) {
-  int64_t best = -1;
-  double bl = 0;
-  for (size_t i = 0; i < x->n_candidates; i++) {
-    const spi_candidate *c = &x->candidates[i];
-    if (!usable(c, w)) continue;
-    double l = load_of(c) / (c->max_inflight ? c->max_inflight : 1) +
-               (double)c->inflight / (c->max_inflight ? c->max_inflight : 1);
-    if (best < 0 || l < bl) {
-      best = (int64_t)i;
-      bl = l;
+/* Summaries of both pools for a tier, in one pass; values are kept beside
+ * the indices so each candidate is compared, not recomputed. */
+static void summarise(const spi_route_context *x, int32_t tier, summary *spot,
+                      summary *od) {
+  summary m[3] = {{-1, -1, -1, -1, -1, 0}, {-1, -1, -1, -1, -1, 0},
+                  {-1, -1, -1, -1, -1, 0}};
+  double best_t[3] = {0}, second_t[3] = {0}, least_l[3] = {0}, warm_t[3] = {0};
+  uint32_t warm_m[3] = {0};
+  uint64_t rdv_w[3] = {0};
+  const spi_candidate *cs = x->candidates;
+  for (size_t k = 0; k < x->n_candidates; k++) {
+    const spi_candidate *c = &cs[k];
+    if (!(c->eligible || c->probe) || (tier && c->model_tier != tier)) continue;
+    int pl = c->pool == SPI_POOL_SPOT ? 1 : c->pool == SPI_POOL_ON_DEMAND ? 2 : 0;
+    if (!pl) continue;
+    summary *sm = &m[pl];
+    int64_t i = (int64_t)k;
+    double t = c->est_ttft_ms;
+    sm->any = 1;
+    if (sm->best < 0 || t < best_t[pl]) {
+      sm->second = sm->best;
+      second_t[pl] = best_t[pl];
+      sm->best = i;
+      best_t[pl] = t;
+    } else if (sm->second < 0 || t < second_t[pl]) {
+      sm->second = i;
+      second_t[pl] = t;
+    }
+    double l = rel_load(c);
+    if (sm->least < 0 || l < least_l[pl]) {
+      sm->least = i;
+      least_l[pl] = l;
+    }
+    if (c->matched_blocks &&
+        (sm->warm < 0 || c->matched_blocks > warm_m[pl] ||
+         (c->matched_blocks == warm_m[pl] && t < warm_t[pl]))) {
+      sm->warm = i;
+      warm_m[pl] = c->matched_blocks;
+      warm_t[pl] = t;
+    }
+    if ((sm->rdv < 0 || c->rendezvous > rdv_w[pl]) && !busy(c)) {
+      sm->rdv = i;
+      rdv_w[pl] = c->rendezvous;
     }
   }
-  return best;
-}
-
-/* The deepest-matched holder with the best TTFT, or -1. */
-static int64_t best_warm(const spi_route_context *x, want w) {
-  int64_t best = -1;
-  for (size_t i = 0; i < x->n_candidates; i++) {
-    const spi_candidate *c = &x->candidates[i];
-    if (!usable(c, w) || c->matched_blocks == 0) continue;
-    const spi_candidate *b = best >= 0 ? &x->candidates[best] : NULL;
-    if (!b || c->matched_blocks > b->matched_blocks ||
-        (c->matched_blocks == b->matched_blocks &&
-         c->est_ttft_ms < b->est_ttft_ms))
-      best = (int64_t)i;
-  }
-  return best;
-}
-
-static int64_t rendezvous(const spi_route_context *x, want w) {
-  int64_t best = -1;
-  for (size_t i = 0; i < x->n_candidates; i++) {
-    const spi_candidate *c = &x->candidates[i];
-    if (!usable(c, w) || busy(c)) continue;
-    if (best < 0 || c->rendezvous > x->candidates[best].rendezvous)
-      best = (int64_t)i;
-  }
-  return best;
-}
-
-static int any_usable(const spi_route_context *x, want w) {
-  for (size_t i = 0; i < x->n_candidates; i++)
-    if (usable(&x->candidates[i], w)) return 1;
-  return 0;
-}
-
-static int any_warm(const spi_route_context *x, want w) {
-  return best_warm(x, w) >= 0;
+  *spot = m[1];
+  *od = m[2];
 }
 
 /* Whether chosen leads the least loaded by both thresholds. */
-static int imbalanced(const pinst *p, const spi_route_context *x, want w,
-                      int64_t chosen, int64_t *least) {
-  *least = least_loaded(x, w);
-  if (*least < 0 || *least == chosen) return 0;
-  double lc = load_of(&x->candidates[chosen]) + x->candidates[chosen].inflight;
-  double ll = load_of(&x->candidates[*least]) + x->candidates[*least].inflight;
+static int imbalanced(const pinst *p, const spi_route_context *x,
+                      const summary *m, int64_t chosen) {
+  if (m->least < 0 || m->least == chosen) return 0;
+  const spi_candidate *c = &x->candidates[chosen], *l = &x->candidates[m->least];
+  double lc = load_of(c) + c->inflight, ll = load_of(l) + l->inflight;
   return lc > ll + p->imb_abs && lc > ll * (1 + p->imb_rel);
 }
 
@@ -200,18 +201,18 @@ typedef struct pick {
   const char *why;
 } pick;
 
-/* Choose a replica in one pool; idx -1 when none (or QUEUE for bronze). */
-static pick choose_in_pool(const pinst *p, const spi_route_context *x, want w,
-                           int32_t klass) {
+/* Choose a replica in one pool; idx -1 when none, -2 to queue (bronze). */
+static pick choose_in_pool(const pinst *p, const spi_route_context *x,
+                           const summary *m, int32_t klass) {
   pick r = {-1, SPI_REASON_NONE, ""};
-  int64_t warm = p->affinity ? best_warm(x, w) : -1;
+  int64_t warm = p->affinity ? m->warm : -1;
   if (warm >= 0) {
     const spi_candidate *c = &x->candidates[warm];
     r.idx = warm;
     r.reason = SPI_REASON_AFFINITY;
     r.why = "holds the prefix";
     if (klass == SPI_CLASS_GOLD) {
-      int64_t alt = best_by_ttft(x, w, warm);
+      int64_t alt = m->best == warm ? m->second : m->best;
       if (alt >= 0 &&
           c->est_ttft_ms > x->candidates[alt].est_ttft_ms + p->leave_margin_ms) {
         r.idx = alt;
@@ -220,49 +221,55 @@ static pick choose_in_pool(const pinst *p, const spi_route_context *x, want w,
         return r;
       }
     } else if (klass == SPI_CLASS_BRONZE && p->bronze_wait && busy(c)) {
-      r.idx = -2; /* queue for it */
+      r.idx = -2;
       r.reason = SPI_REASON_WAIT_WARM;
       r.why = "waits for its busy warm replica";
       return r;
     }
   } else if (p->affinity) {
-    r.idx = rendezvous(x, w);
+    r.idx = m->rdv;
     r.reason = SPI_REASON_RENDEZVOUS;
     r.why = "cold prefix placed by rendezvous hash";
   }
   if (r.idx < 0) {
-    r.idx = least_loaded(x, w);
+    r.idx = m->least;
     r.reason = SPI_REASON_LEAST_LOADED;
     r.why = "least loaded";
     return r;
   }
-  int64_t least;
-  if (imbalanced(p, x, w, r.idx, &least)) {
-    r.idx = least;
+  if (imbalanced(p, x, m, r.idx)) {
+    r.idx = m->least;
     r.reason = SPI_REASON_IMBALANCE;
     r.why = "placed replica was piled on; least loaded instead";
   }
   return r;
 }
 
-/* Append usable candidates of w, best TTFT first, skipping what is listed. */
+/* Append the best-TTFT eligible candidates of w not yet listed, up to
+ * limit in all: one pass keeping a small sorted list. */
 static void add_fallbacks(const spi_route_context *x, want w,
                           spi_policy_choice *out, uint32_t limit) {
-  while (out->n_order < limit) {
-    int64_t best = -1;
-    for (size_t i = 0; i < x->n_candidates; i++) {
-      const spi_candidate *c = &x->candidates[i];
-      if (!usable(c, w) || !c->eligible) continue;
-      int listed = 0;
-      for (uint32_t k = 0; k < out->n_order && !listed; k++)
-        listed = out->order[k] == i;
-      if (listed) continue;
-      if (best < 0 || c->est_ttft_ms < x->candidates[best].est_ttft_ms)
-        best = (int64_t)i;
-    }
-    if (best < 0) return;
-    out->order[out->n_order++] = (uint32_t)best;
+  if (out->n_order >= limit) return;
+  uint32_t room = limit - out->n_order, n = 0;
+  uint32_t best[1 + SPI_MAX_FALLBACKS];
+  for (size_t i = 0; i < x->n_candidates; i++) {
+    const spi_candidate *c = &x->candidates[i];
+    if (!usable(c, w) || !c->eligible) continue;
+    int listed = 0;
+    for (uint32_t k = 0; k < out->n_order && !listed; k++)
+      listed = out->order[k] == i;
+    if (listed) continue;
+    /* Insertion into best[0..n), sorted by TTFT, capped at room. */
+    uint32_t pos = n;
+    while (pos > 0 && x->candidates[best[pos - 1]].est_ttft_ms > c->est_ttft_ms)
+      pos--;
+    if (pos >= room) continue;
+    uint32_t last = n < room ? n : room - 1;
+    for (uint32_t k = last; k > pos; k--) best[k] = best[k - 1];
+    best[pos] = (uint32_t)i;
+    if (n < room) n++;
   }
+  for (uint32_t k = 0; k < n; k++) out->order[out->n_order++] = best[k];
 }
 
 /* Expected output tokens, or -1 when nothing says. */
@@ -283,10 +290,12 @@ static int policy_choose(void *state, void *inst, const spi_route_context *x,
                  : p->speculative_first ? SPI_TIER_SMALL
                                         : cls->model_tier;
   want spot = {SPI_POOL_SPOT, tier}, od = {SPI_POOL_ON_DEMAND, tier};
+  summary ms, mo;
+  summarise(x, tier, &ms, &mo);
   /* No replica of the small tier at all: the target serves it. */
-  if (tier == SPI_TIER_SMALL && !v->forced_model_tier) {
-    want s2 = {SPI_POOL_SPOT, SPI_TIER_SMALL}, o2 = {SPI_POOL_ON_DEMAND, SPI_TIER_SMALL};
-    if (!any_usable(x, s2) && !any_usable(x, o2)) spot.tier = od.tier = SPI_TIER_LARGE;
+  if (tier == SPI_TIER_SMALL && !v->forced_model_tier && !ms.any && !mo.any) {
+    spot.tier = od.tier = SPI_TIER_LARGE;
+    summarise(x, SPI_TIER_LARGE, &ms, &mo);
   }
   int64_t out_tokens = expected_output(v);
 
@@ -299,9 +308,9 @@ static int policy_choose(void *state, void *inst, const spi_route_context *x,
     pool = SPI_POOL_ON_DEMAND;
     rule = "gold within its SLA: on-demand";
     if (p->gold_overflow == OVERFLOW_ALWAYS ||
-        (p->gold_overflow == OVERFLOW_WARM && any_warm(x, spot)))
+        (p->gold_overflow == OVERFLOW_WARM && ms.warm >= 0))
       fallback = SPI_POOL_SPOT;
-  } else if (p->affinity && any_warm(x, spot) && out_tokens >= 0 &&
+  } else if (p->affinity && ms.warm >= 0 && out_tokens >= 0 &&
              out_tokens < p->hit_max_output && klass != SPI_CLASS_GOLD) {
     pool = SPI_POOL_SPOT;
     rule = "spot cache hit with short output: spot";
@@ -326,33 +335,33 @@ static int policy_choose(void *state, void *inst, const spi_route_context *x,
   }
 
   want primary = pool == SPI_POOL_SPOT ? spot : od;
-  pick pk = choose_in_pool(p, x, primary, klass);
+  pick pk = choose_in_pool(p, x, pool == SPI_POOL_SPOT ? &ms : &mo, klass);
   if (pk.idx == -2) { /* bronze waits for its warm replica */
     out->pool = SPI_POOL_QUEUE;
     out->reason_code = pk.reason;
-    snprintf(out->reason, sizeof out->reason, "%s; %s", rule, pk.why);
+    spi__join(out->reason, sizeof out->reason, rule, "; ", pk.why);
     return SPI_OK;
   }
   if (pk.idx < 0 && (fallback == SPI_POOL_SPOT || fallback == SPI_POOL_ON_DEMAND)) {
     primary = fallback == SPI_POOL_SPOT ? spot : od;
     pool = fallback;
     fallback = 0;
-    pk = choose_in_pool(p, x, primary, klass);
+    pk = choose_in_pool(p, x, pool == SPI_POOL_SPOT ? &ms : &mo, klass);
     if (pk.idx == -2) pk.idx = -1;
   }
   if (pk.idx < 0) {
     if (fallback == SPI_POOL_QUEUE && !x->shed[SPI_POOL_SPOT]) {
       out->pool = SPI_POOL_QUEUE;
       out->reason_code = SPI_REASON_QUEUE_NO_SPOT;
-      snprintf(out->reason, sizeof out->reason, "%s; no spot capacity: queued",
-               rule);
+      spi__join(out->reason, sizeof out->reason, rule, "; ",
+                "no spot capacity: queued");
       return SPI_OK;
     }
     int shed = x->shed[pool] || (fallback && x->shed[fallback]);
     out->pool = 0;
     out->reason_code = shed ? SPI_REASON_SHED : SPI_REASON_NO_CAPACITY;
-    snprintf(out->reason, sizeof out->reason, "%s; %s", rule,
-             shed ? "KV pressure sheds this class" : "no eligible replica");
+    spi__join(out->reason, sizeof out->reason, rule, "; ",
+              shed ? "KV pressure sheds this class" : "no eligible replica");
     return SPI_OK;
   }
   out->pool = pool;
@@ -363,7 +372,7 @@ static int policy_choose(void *state, void *inst, const spi_route_context *x,
   add_fallbacks(x, primary, out, limit);
   if (fallback == SPI_POOL_SPOT || fallback == SPI_POOL_ON_DEMAND)
     add_fallbacks(x, fallback == SPI_POOL_SPOT ? spot : od, out, limit);
-  snprintf(out->reason, sizeof out->reason, "%s; %s", rule, pk.why);
+  spi__join(out->reason, sizeof out->reason, rule, "; ", pk.why);
   return SPI_OK;
 }
 

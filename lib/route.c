@@ -63,34 +63,6 @@ static uint64_t prompt_tokens(const spi_request_view *v, double bytes_per_token)
   return (uint64_t)ceil((double)v->prompt_len / bytes_per_token);
 }
 
-/* TTFT estimate: fixed part, queueing, and the uncached prefill slowed by
- * how busy the replica is. Saturated (stale) signals make it huge. */
-static double est_ttft(const spi_router_cfg *c, const spi_load_view *l,
-                       uint32_t max_inflight, uint64_t tokens, uint32_t matched,
-                       uint32_t total) {
-  double uncached = (double)tokens;
-  if (total) uncached *= 1.0 - (double)matched / (double)total;
-  double busy = l->running / (max_inflight ? max_inflight : 1);
-  return c->ttft_base_ms + l->waiting * c->ttft_per_queued_ms +
-         uncached / c->prefill_tokens_per_s * 1000.0 * (1.0 + busy);
-}
-
-/* Mean KV usage of a pool's ACTIVE replicas (stale counts as full). */
-static void pool_pressure(const spi_engine *e, const spi_replica_set *set,
-                          int64_t now, int64_t max_age_ns, double *out) {
-  double sum[4] = {0}, n[4] = {0};
-  for (size_t i = 0; i < set->n; i++) {
-    const spi_replica_ident *r = &set->r[i];
-    const spi_replica_slot *s = &e->registry.slots[r->slot];
-    if (atomic_load(&s->state) != SPI_REPLICA_ACTIVE) continue;
-    spi_load_view l;
-    spi__replica_load(s, now, max_age_ns, &l);
-    sum[r->pool] += l.kv_usage;
-    n[r->pool] += 1;
-  }
-  for (int p = 0; p < 4; p++) out[p] = n[p] ? sum[p] / n[p] : 0;
-}
-
 static int choice_ok(const spi_policy_choice *c, const spi_route_context *x) {
   if (c->pool == SPI_POOL_QUEUE || c->pool == 0) return 1;
   if (c->pool != SPI_POOL_SPOT && c->pool != SPI_POOL_ON_DEMAND) return 0;
@@ -146,19 +118,50 @@ static int route_pinned(spi_request *req, spi_snapshot *snap,
   if (rc) return rc;
   out->total_blocks = (uint32_t)nblocks;
 
-  /* Pool pressure, the KV breakers, and the class at that pressure. */
-  double press[4] = {0};
-  if (set) pool_pressure(e, set, now, max_age, press);
+  /* One pass over the replicas: their load as routing sees it, and the
+   * pools' mean KV usage (ACTIVE replicas; stale counts as full). */
+  double kv_sum[4] = {0}, kv_n[4] = {0};
+  for (size_t i = 0; i < nrep; i++) {
+    const spi_replica_ident *r = &set->r[i];
+    spi_replica_slot *s = &e->registry.slots[r->slot];
+    spi_candidate *c = &req->cands[i];
+    spi_load_view l;
+    spi__replica_load(s, now, max_age, &l);
+    c->id = r->id;
+    c->id_len = r->id_len;
+    c->pool = r->pool;
+    c->model_tier = r->model_tier;
+    c->eligible = atomic_load_explicit(&s->state, memory_order_relaxed) ==
+                  SPI_REPLICA_ACTIVE;
+    c->probe = 0;
+    c->fresh = l.fresh;
+    c->reserved0 = 0;
+    c->running = l.running;
+    c->waiting = l.waiting;
+    c->kv_usage = l.kv_usage;
+    c->inflight = atomic_load_explicit(&s->inflight, memory_order_relaxed);
+    c->max_inflight = r->max_inflight;
+    c->matched_blocks = 0;
+    c->reserved1 = 0;
+    c->usd_per_hour = r->usd_per_hour;
+    if (c->eligible) {
+      kv_sum[r->pool] += l.kv_usage;
+      kv_n[r->pool] += 1;
+    }
+  }
+
+  /* The KV breakers, and the class at the worse pool's pressure. */
   int32_t level[4] = {0}, kvl[4] = {0};
   for (int p = SPI_POOL_SPOT; p <= SPI_POOL_ON_DEMAND; p++) {
+    double press = kv_n[p] ? kv_sum[p] / kv_n[p] : 0;
     unsigned old = atomic_load(&e->kv_level[p]);
-    int nl = spi__kv_breaker_step((int)old, press[p], rc_cfg);
+    int nl = spi__kv_breaker_step((int)old, press, rc_cfg);
     if ((unsigned)nl != old &&
         atomic_compare_exchange_strong(&e->kv_level[p], &old, (unsigned)nl) &&
         nl > (int)old && atomic_load(&e->metrics))
       spi__metrics_breaker_open(atomic_load(&e->metrics));
     kvl[p] = nl;
-    level[p] = spi__pressure_level(press[p], rc_cfg);
+    level[p] = spi__pressure_level(press, rc_cfg);
   }
   spi_classification cls;
   memset(&cls, 0, sizeof cls);
@@ -172,38 +175,31 @@ static int route_pinned(spi_request *req, spi_snapshot *snap,
     matched = spi__index_longest(ix, req->hashes, (uint32_t)nblocks, entry_live,
                                  e, holders, hgens, 64, &nh);
 
-  /* Candidates, as the policy sees them. */
+  /* Second pass: eligibility for this class, TTFT estimate, rendezvous
+   * weight. The uncached prefill time has two values only (cold, or warm to
+   * the matched depth), so it is computed once, not per replica. */
   int32_t shed[4] = {0};
   for (int p = SPI_POOL_SPOT; p <= SPI_POOL_ON_DEMAND; p++)
     shed[p] = (kvl[p] >= 1 && cls.klass == SPI_CLASS_BRONZE) ||
               (kvl[p] >= 2 && cls.klass != SPI_CLASS_GOLD);
   uint64_t tokens = prompt_tokens(v, rc_cfg->bytes_per_token);
+  double ms_per_token = 1000.0 / rc_cfg->prefill_tokens_per_s;
+  double cold_ms = (double)tokens * ms_per_token;
+  double warm_ms = nblocks ? cold_ms * (1.0 - (double)matched / (double)nblocks)
+                           : cold_ms;
   uint64_t rkey = nblocks ? req->hashes[0] : out->key.low64;
   for (size_t i = 0; i < nrep; i++) {
     const spi_replica_ident *r = &set->r[i];
     spi_replica_slot *s = &e->registry.slots[r->slot];
     spi_candidate *c = &req->cands[i];
-    spi_load_view l;
-    spi__replica_load(s, now, max_age, &l);
-    memset(c, 0, sizeof *c);
-    c->id = r->id;
-    c->id_len = r->id_len;
-    c->pool = r->pool;
-    c->model_tier = r->model_tier;
-    c->fresh = l.fresh;
-    c->running = l.running;
-    c->waiting = l.waiting;
-    c->kv_usage = l.kv_usage;
-    c->inflight = atomic_load_explicit(&s->inflight, memory_order_relaxed);
-    c->max_inflight = r->max_inflight;
-    c->usd_per_hour = r->usd_per_hour;
-    c->rendezvous = mix64(r->id_hash ^ rkey);
     for (uint32_t h = 0; h < nh; h++)
       if (holders[h] == r->slot) c->matched_blocks = matched;
-    c->est_ttft_ms = est_ttft(rc_cfg, &l, r->max_inflight, tokens,
-                              c->matched_blocks, (uint32_t)nblocks);
+    double prefill = c->matched_blocks ? warm_ms : cold_ms;
+    c->est_ttft_ms = rc_cfg->ttft_base_ms + c->waiting * rc_cfg->ttft_per_queued_ms +
+                     prefill * (1.0 + c->running / (double)r->max_inflight);
+    c->rendezvous = mix64(r->id_hash ^ rkey);
     int probe = 0;
-    int ok = atomic_load(&s->state) == SPI_REPLICA_ACTIVE && !shed[r->pool] &&
+    int ok = c->eligible && !shed[r->pool] &&
              spi__replica_serves(r, v->model, v->model_len) &&
              spi__breaker_allows(s, now, &probe);
     c->eligible = ok && !probe;
@@ -267,7 +263,8 @@ static int route_pinned(spi_request *req, spi_snapshot *snap,
       first == ch.n_order) {
     ch.pool = 0;
     ch.reason_code = SPI_REASON_NO_CAPACITY;
-    snprintf(ch.reason, sizeof ch.reason, "recovering replica's probe taken");
+    spi__join(ch.reason, sizeof ch.reason, "recovering replica's probe taken",
+              NULL, NULL);
   }
 
   /* The plan at the chosen pool's own pressure. */
@@ -288,7 +285,7 @@ static int route_pinned(spi_request *req, spi_snapshot *snap,
   out->tools_allowed = cls.tools_allowed;
   out->max_output_tokens = cls.max_output_tokens;
   out->reason_code = ch.reason_code;
-  snprintf(out->reason, sizeof out->reason, "%s (%s)", ch.reason, cls.reason);
+  spi__join(out->reason, sizeof out->reason, ch.reason, " / ", cls.reason);
   spi_metrics *mx = atomic_load(&e->metrics);
   uint64_t family = out->key.high64;
 

@@ -55,6 +55,11 @@ void spi__errf(char *buf, size_t cap, const char *fmt, ...)
 void spi__verrf(char *buf, size_t cap, const char *fmt, va_list ap)
     __attribute__((format(printf, 3, 0)));
 
+/* dst = a sep b, truncated to cap (> 0) with a NUL; NULL parts are skipped.
+ * The routing path builds its reason strings with this, not printf. */
+size_t spi__join(char *dst, size_t cap, const char *a, const char *sep,
+                 const char *b);
+
 /* ----------------------------------------------------- configuration read */
 
 /*

@@ -199,7 +199,12 @@ static void bench_throughput(int threads) {
   spi_engine_free(e);
 }
 
-int main(void) {
+/* With arguments "<prompt bytes> <replicas>", run that one latency case. */
+int main(int argc, char **argv) {
+  if (argc == 3) {
+    bench_latency((size_t)atol(argv[1]), atoi(argv[2]));
+    return 0;
+  }
   size_t sizes[] = {1024, 8192, 65536};
   int reps[] = {8, 64, 512};
   for (int s = 0; s < 3; s++)
