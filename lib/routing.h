@@ -22,10 +22,18 @@
 
 /* --------------------------------------------------------------------- RCU */
 
-/* Two-slot epoch counter: readers pin with two atomic adds. */
+/* Two-epoch reader counters: readers pin with two atomic adds. The counters
+ * are striped over cache lines so threads routing at once do not bounce one
+ * line between cores; a reader picks its stripe from its stack address. */
+#define SPI_RCU_STRIPES 16
+typedef struct spi_rcu_stripe {
+  atomic_ulong n;
+  char pad[64 - sizeof(atomic_ulong)];
+} spi_rcu_stripe;
 typedef struct spi_rcu {
   atomic_uint epoch;
-  atomic_ulong readers[2];
+  char pad[64 - sizeof(atomic_uint)];
+  spi_rcu_stripe readers[2][SPI_RCU_STRIPES];
 } spi_rcu;
 
 void spi__rcu_init(spi_rcu *r);
