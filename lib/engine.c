@@ -93,7 +93,8 @@ static unsigned rcu_stripe(const void *stack_addr) {
 
 /* The pin holds the epoch parity in bit 0 and the stripe above it. */
 unsigned spi__rcu_enter(spi_rcu *r) {
-  unsigned stripe = rcu_stripe(&stripe);
+  char here;
+  unsigned stripe = rcu_stripe(&here);
   for (;;) {
     unsigned ep = atomic_load(&r->epoch) & 1u;
     atomic_fetch_add(&r->readers[ep][stripe].n, 1);
