@@ -93,7 +93,7 @@ static unsigned rcu_stripe(const void *stack_addr) {
 
 /* The pin holds the epoch parity in bit 0 and the stripe above it. */
 unsigned spi__rcu_enter(spi_rcu *r) {
-  char here;
+  char here = 0;
   unsigned stripe = rcu_stripe(&here);
   for (;;) {
     unsigned ep = atomic_load(&r->epoch) & 1u;
