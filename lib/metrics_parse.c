@@ -335,7 +335,7 @@ static int parse_comment(parse_state *ps, const char *s, size_t n, size_t i) {
 int spi__metrics_parse(const char *text, size_t len, spi_load *out, char *err,
                        size_t errcap) {
   if (!out || (!text && len)) {
-    spi__errf(err, errcap, "metrics: NULL %s", out ? "text" : "output");
+    spi__errf(err, errcap, "NULL %s", out ? "text" : "output");
     return SPI_EINVAL;
   }
   parse_state ps;
