@@ -13,7 +13,8 @@
 #   valgrind  every unit and api test program of build/ under memcheck
 #   install   cmake --install into a temporary prefix; scripts/consumer-test.sh
 #   python    bindings/python/tests with pytest in a venv (when present)
-#   go        go test in bindings/go (when present)
+#   go        go vet, go test, go test -race and a cgocheck2 run in
+#             bindings/go, then its go-vs-C benchmarks (when present)
 #   fuzz      clang-14 libFuzzer build in build-fuzz/; each target runs for
 #             SPI_FUZZ_SECONDS (default 20) over a copy of its corpus
 #
@@ -236,7 +237,20 @@ stage_go() {
   export PKG_CONFIG_PATH="$libdir/pkgconfig${PKG_CONFIG_PATH:+:$PKG_CONFIG_PATH}"
   export LD_LIBRARY_PATH="$libdir${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
   export CGO_ENABLED=1
-  (cd "$root/bindings/go" && go vet ./... && go test -count=1 ./...)
+  cd "$root/bindings/go"
+  note "go vet"
+  go vet ./...
+  note "go test"
+  go test -count=1 ./...
+  note "go test -race"
+  go test -count=1 -race ./...
+  # The full cgo pointer checks. Go 1.21 turned GODEBUG=cgocheck=2 into a
+  # build-time experiment (the runtime now refuses the GODEBUG form), and
+  # bindings/go/go.mod requires Go >= 1.21.
+  note "go test with GOEXPERIMENT=cgocheck2 (formerly GODEBUG=cgocheck=2)"
+  GOEXPERIMENT=cgocheck2 go test -count=1 ./...
+  note "benchmarks: each Go call next to the same call looped in C"
+  go test -count=1 -run '^$' -bench . -benchtime=20000x ./...
 }
 
 fuzz_toolchain_ok() {

@@ -1,0 +1,3 @@
+module github.com/spotinfer/spotinfer-go
+
+go 1.21

@@ -1,0 +1,513 @@
+package spotinfer
+
+/*
+#include <stdint.h>
+#include <string.h>
+#include <spotinfer/spotinfer_module.h>
+
+// The Go side of the callbacks (callbacks.go). Handles travel as uintptr_t
+// so no Go pointer is ever stored in C memory.
+extern int spiGoConfigure(uintptr_t state, char *json, size_t len,
+                          uintptr_t *out_instance, char *errbuf, size_t errcap);
+extern void spiGoRelease(uintptr_t state, uintptr_t instance);
+extern void spiGoDestroy(uintptr_t state);
+extern int spiGoClassify(uintptr_t state, uintptr_t instance,
+                         spi_request_view *req, int32_t pressure,
+                         spi_classification *out);
+extern int spiGoChoose(uintptr_t state, uintptr_t instance,
+                       spi_route_context *ctx, spi_policy_choice *out);
+
+static int spi_go_configure(void *state, const char *json, size_t len,
+                            void **out_instance, char *errbuf, size_t errcap) {
+  uintptr_t inst = 0;
+  int rc = spiGoConfigure((uintptr_t)state, (char *)json, len, &inst, errbuf,
+                          errcap);
+  *out_instance = (void *)inst;
+  return rc;
+}
+static void spi_go_release(void *state, void *instance) {
+  spiGoRelease((uintptr_t)state, (uintptr_t)instance);
+}
+static void spi_go_destroy(void *state) { spiGoDestroy((uintptr_t)state); }
+static int spi_go_classify(void *state, void *instance,
+                           const spi_request_view *req, int32_t pressure,
+                           spi_classification *out) {
+  return spiGoClassify((uintptr_t)state, (uintptr_t)instance,
+                       (spi_request_view *)req, pressure, out);
+}
+static int spi_go_choose(void *state, void *instance,
+                         const spi_route_context *ctx, spi_policy_choice *out) {
+  return spiGoChoose((uintptr_t)state, (uintptr_t)instance,
+                     (spi_route_context *)ctx, out);
+}
+
+static int spi_go_register_classifier(spi_engine *e, const char *name,
+                                      size_t name_len, int32_t on_failure,
+                                      uintptr_t state) {
+  spi_classifier_module m;
+  memset(&m, 0, sizeof m);
+  m.abi_version = SPI_MODULE_ABI_VERSION;
+  m.struct_size = sizeof m;
+  m.on_failure = on_failure;
+  m.configure = spi_go_configure;
+  m.release = spi_go_release;
+  m.classify = spi_go_classify;
+  return spi_engine_register_module(e, SPI_MODULE_CLASSIFIER, name, name_len,
+                                    &m, (void *)state, spi_go_destroy);
+}
+
+static int spi_go_register_policy(spi_engine *e, const char *name,
+                                  size_t name_len, int32_t on_failure,
+                                  uintptr_t state) {
+  spi_policy_module m;
+  memset(&m, 0, sizeof m);
+  m.abi_version = SPI_MODULE_ABI_VERSION;
+  m.struct_size = sizeof m;
+  m.on_failure = on_failure;
+  m.configure = spi_go_configure;
+  m.release = spi_go_release;
+  m.choose = spi_go_choose;
+  return spi_engine_register_module(e, SPI_MODULE_POLICY, name, name_len, &m,
+                                    (void *)state, spi_go_destroy);
+}
+
+// A candidate by index, with the stride the library says it uses.
+static const spi_candidate *spi_go_candidate(const spi_route_context *ctx,
+                                             size_t i) {
+  size_t stride = ctx->candidate_size ? ctx->candidate_size
+                                      : sizeof(spi_candidate);
+  return (const spi_candidate *)((const char *)ctx->candidates + i * stride);
+}
+*/
+import "C"
+
+import (
+	"errors"
+	"fmt"
+	"runtime"
+	"runtime/cgo"
+	"sync"
+	"unsafe"
+)
+
+// Classifier is a classifier module written in Go.
+//
+// Configure runs on every configuration that selects the module, with the
+// module's section of "module_config" as JSON ("{}" when absent), and
+// returns an instance used by the calls of that configuration snapshot.
+// Classify may run on many goroutines at once; req is valid only during
+// the call. An error or a panic becomes an error status in C; the engine
+// then falls back to the built-in classifier or fails the call with
+// ErrModule, as the module's OnFailure says.
+//
+// A Classifier may also implement Releaser (an instance's snapshot
+// retired) and Destroyer (the engine was freed).
+type Classifier interface {
+	Configure(config []byte) (instance any, err error)
+	Classify(instance any, req *RequestView, pressure Pressure) (Verdict, error)
+}
+
+// Policy is a routing policy module written in Go. Choose picks, from the
+// context's candidates, the pool and the replica indices (best first). The
+// library checks the answer (indices in range and eligible, the first one
+// in the chosen pool) before using it.
+type Policy interface {
+	Configure(config []byte) (instance any, err error)
+	Choose(instance any, ctx *RouteContext) (PolicyChoice, error)
+}
+
+// Releaser is implemented by modules that want to know when an instance
+// returned by Configure is no longer used.
+type Releaser interface{ Release(instance any) }
+
+// Destroyer is implemented by modules that want to know when the engine
+// that holds them is freed.
+type Destroyer interface{ Destroy() }
+
+// Verdict is what a Go classifier returns. Its zero value beyond Class is
+// a sensible default: the large model tier, tools allowed, no cap, no rule.
+type Verdict struct {
+	Class           Class
+	Replayable      bool
+	ModelTier       ModelTier // 0 means TierLarge
+	Rule            int32     // index of the matched rule + 1; 0 for none
+	Complexity      float64
+	MaxOutputTokens int64 // 0 = no cap
+	NoTools         bool  // strip tools / multi-step modes
+	Defer           bool  // queue instead of serving now
+	Reason          string
+}
+
+// PolicyChoice is a Go policy's answer.
+type PolicyChoice struct {
+	Pool       Pool  // PoolNone with ReasonNoCapacity or ReasonShed: none
+	Order      []int // candidate indices, chosen replica first, then fallbacks
+	ReasonCode Reason
+	Reason     string
+}
+
+// module is the state behind one registered Go module.
+type module struct {
+	name    string
+	impl    any
+	mu      sync.Mutex
+	handles map[cgo.Handle]struct{} // live instance handles
+	lastErr error
+}
+
+func (m *module) configure(config []byte) (uintptr, error) {
+	var inst any
+	var err error
+	switch impl := m.impl.(type) {
+	case Classifier:
+		inst, err = impl.Configure(config)
+	case Policy:
+		inst, err = impl.Configure(config)
+	default:
+		err = fmt.Errorf("module %q: unsupported type %T", m.name, m.impl)
+	}
+	if err != nil {
+		return 0, err
+	}
+	h := cgo.NewHandle(inst)
+	m.mu.Lock()
+	m.handles[h] = struct{}{}
+	m.mu.Unlock()
+	return uintptr(h), nil
+}
+
+func (m *module) release(instance uintptr) {
+	if instance == 0 {
+		return
+	}
+	h := cgo.Handle(instance)
+	m.mu.Lock()
+	_, ok := m.handles[h]
+	delete(m.handles, h)
+	m.mu.Unlock()
+	if !ok {
+		return
+	}
+	if r, ok := m.impl.(Releaser); ok {
+		r.Release(h.Value())
+	}
+	h.Delete()
+}
+
+func (m *module) destroy() {
+	m.mu.Lock()
+	hs := m.handles
+	m.handles = map[cgo.Handle]struct{}{}
+	m.mu.Unlock()
+	for h := range hs {
+		h.Delete()
+	}
+	if d, ok := m.impl.(Destroyer); ok {
+		d.Destroy()
+	}
+}
+
+func (m *module) setErr(err error) {
+	m.mu.Lock()
+	m.lastErr = err
+	m.mu.Unlock()
+}
+
+// statusOf is the C status for a module's error: its code for an *Error,
+// else SPI_EMODULE.
+func statusOf(err error) C.int {
+	var e *Error
+	if errors.As(err, &e) && e.Code < 0 {
+		return C.int(e.Code)
+	}
+	return C.SPI_EMODULE
+}
+
+func (e *Engine) register(kind ModuleKind, name string, impl any, onFailure OnFailure) error {
+	p, err := e.ptr("spi_engine_register_module")
+	if err != nil {
+		return err
+	}
+	m := &module{name: name, impl: impl, handles: map[cgo.Handle]struct{}{}}
+	h := cgo.NewHandle(m)
+	s, n := cstr(name)
+	var rc C.int
+	switch kind {
+	case ModuleClassifier:
+		rc = C.spi_go_register_classifier(p, s, n, C.int32_t(onFailure), C.uintptr_t(h))
+	case ModulePolicy:
+		rc = C.spi_go_register_policy(p, s, n, C.int32_t(onFailure), C.uintptr_t(h))
+	}
+	runtime.KeepAlive(name)
+	if rc != 0 {
+		h.Delete() // a failed registration never calls destroy
+		return e.fail(rc, "spi_engine_register_module")
+	}
+	runtime.KeepAlive(e)
+	return nil
+}
+
+// RegisterClassifier registers a classifier written in Go under name
+// (1..63 bytes of [A-Za-z0-9_.-]). Select it with
+// {"modules":{"classifier":name}}. Must not run concurrently with other
+// calls on the engine.
+func (e *Engine) RegisterClassifier(name string, c Classifier, onFailure OnFailure) error {
+	if c == nil {
+		return &Error{Code: StatusInvalid, Message: "nil classifier", Op: "spi_engine_register_module"}
+	}
+	return e.register(ModuleClassifier, name, c, onFailure)
+}
+
+// RegisterPolicy registers a routing policy written in Go under name.
+// Select it with {"modules":{"policy":name}}.
+func (e *Engine) RegisterPolicy(name string, p Policy, onFailure OnFailure) error {
+	if p == nil {
+		return &Error{Code: StatusInvalid, Message: "nil policy", Op: "spi_engine_register_module"}
+	}
+	return e.register(ModulePolicy, name, p, onFailure)
+}
+
+// ------------------------------------------------------------- the view
+
+// RequestView is a module's read-only view of a request. It is valid only
+// during the callback it was passed to; using it afterwards panics.
+type RequestView struct {
+	v *C.spi_request_view
+}
+
+func (r *RequestView) view() *C.spi_request_view {
+	if r.v == nil {
+		panic("spotinfer: RequestView used after its callback returned")
+	}
+	return r.v
+}
+
+func viewText(p *C.char, n C.size_t) string {
+	if p == nil || n == 0 {
+		return ""
+	}
+	return C.GoStringN(p, C.int(n))
+}
+
+// has reports whether the library's view struct is large enough to hold a
+// field that ends at end (views only grow at the end).
+func (r *RequestView) has(end uintptr) bool {
+	return uintptr(r.view().struct_size) >= end
+}
+
+func (r *RequestView) Model() string {
+	v := r.view()
+	return viewText(v.model, v.model_len)
+}
+func (r *RequestView) TokenizerVersion() string {
+	v := r.view()
+	return viewText(v.tokenizer_version, v.tokenizer_version_len)
+}
+func (r *RequestView) SystemPrompt() string {
+	v := r.view()
+	return viewText(v.system_prompt, v.system_prompt_len)
+}
+func (r *RequestView) ToolsCanonical() string {
+	v := r.view()
+	return viewText(v.tools_canonical, v.tools_canonical_len)
+}
+func (r *RequestView) RetrievalTemplate() string {
+	v := r.view()
+	return viewText(v.retrieval_template, v.retrieval_template_len)
+}
+func (r *RequestView) Tenant() string {
+	v := r.view()
+	return viewText(v.tenant, v.tenant_len)
+}
+func (r *RequestView) TenantTier() string {
+	v := r.view()
+	return viewText(v.tenant_tier, v.tenant_tier_len)
+}
+func (r *RequestView) TenantSalt() string {
+	v := r.view()
+	return viewText(v.tenant_salt, v.tenant_salt_len)
+}
+func (r *RequestView) DecodeProfile() string {
+	v := r.view()
+	return viewText(v.decode_profile, v.decode_profile_len)
+}
+
+// LastUserText is the last user message (the cascade scorer's query).
+func (r *RequestView) LastUserText() string {
+	v := r.view()
+	return viewText(v.last_user_text, v.last_user_text_len)
+}
+
+// Prompt is a copy of the canonical prompt text.
+func (r *RequestView) Prompt() []byte {
+	v := r.view()
+	if v.prompt == nil || v.prompt_len == 0 {
+		return nil
+	}
+	return C.GoBytes(unsafe.Pointer(v.prompt), C.int(v.prompt_len))
+}
+
+// TokenIDs is a copy of the token ids, if any were given.
+func (r *RequestView) TokenIDs() []uint32 {
+	v := r.view()
+	if v.token_ids == nil || v.token_count == 0 {
+		return nil
+	}
+	return append([]uint32(nil), unsafe.Slice((*uint32)(unsafe.Pointer(v.token_ids)), int(v.token_count))...)
+}
+
+func (r *RequestView) ExplicitClass() Class     { return Class(r.view().explicit_class) }
+func (r *RequestView) ServiceTier() ServiceTier { return ServiceTier(r.view().service_tier) }
+func (r *RequestView) Stream() bool             { return r.view().stream != 0 }
+func (r *RequestView) HasTools() bool           { return r.view().has_tools != 0 }
+func (r *RequestView) MessageCount() int        { return int(r.view().message_count) }
+
+func opt(v C.int64_t, set C.int32_t) (int64, bool) { return int64(v), set != 0 }
+
+// Priority is the vLLM-style priority; ok is false when unset.
+func (r *RequestView) Priority() (int64, bool) {
+	v := r.view()
+	return opt(v.priority, v.priority_set)
+}
+
+// SLAMs is the latency budget; ok is false when unset.
+func (r *RequestView) SLAMs() (int64, bool) {
+	v := r.view()
+	return opt(v.sla_ms, v.sla_ms_set)
+}
+
+// Replayable says whether the request may be replayed; ok false when unset.
+func (r *RequestView) Replayable() (replayable bool, ok bool) {
+	v := r.view()
+	return v.replayable != 0, v.replayable_set != 0
+}
+
+func (r *RequestView) MaxOutputTokens() (int64, bool) {
+	v := r.view()
+	return opt(v.max_output_tokens, v.max_output_tokens_set)
+}
+func (r *RequestView) ExpectedOutputTokens() (int64, bool) {
+	v := r.view()
+	return opt(v.expected_output_tokens, v.expected_output_tokens_set)
+}
+func (r *RequestView) PromptTokens() (int64, bool) {
+	v := r.view()
+	return opt(v.prompt_tokens, v.prompt_tokens_set)
+}
+
+// PriorityClass is the class the priority maps to (classifier only).
+func (r *RequestView) PriorityClass() Class {
+	var v C.spi_request_view
+	if !r.has(unsafe.Offsetof(v.priority_class) + unsafe.Sizeof(v.priority_class)) {
+		return ClassUnset
+	}
+	return Class(r.view().priority_class)
+}
+
+// ForcedModelTier is the tier the caller forced with FieldModelTier, or 0.
+func (r *RequestView) ForcedModelTier() ModelTier {
+	var v C.spi_request_view
+	if !r.has(unsafe.Offsetof(v.forced_model_tier) + unsafe.Sizeof(v.forced_model_tier)) {
+		return TierUnset
+	}
+	return ModelTier(r.view().forced_model_tier)
+}
+
+// ------------------------------------------------------- route context
+
+// Candidate is one replica a policy may choose.
+type Candidate struct {
+	Index                     int
+	ID                        string
+	Pool                      Pool
+	ModelTier                 ModelTier
+	Eligible, Probe, Fresh    bool
+	Running, Waiting, KVUsage float64
+	Inflight, MaxInflight     uint32
+	MatchedBlocks             uint32
+	Rendezvous                uint64
+	EstTTFTMs                 float64
+	USDPerHour                float64
+}
+
+// RouteContext is everything a policy decides from.
+type RouteContext struct {
+	Req            *RequestView
+	Classification *Classification // at the on-demand pool's pressure
+	Candidates     []Candidate
+	TotalBlocks    uint32
+	MaxFallbacks   uint32
+	Pressure       [4]Pressure // by Pool
+	Shed           [4]bool     // by Pool: the pool sheds this class now
+	NowNs          int64
+}
+
+func routeContextFrom(c *C.spi_route_context, view *RequestView) *RouteContext {
+	ctx := &RouteContext{Req: view, TotalBlocks: uint32(c.total_blocks),
+		MaxFallbacks: uint32(c.max_fallbacks), NowNs: int64(c.now_ns)}
+	if c.cls != nil {
+		cls := classificationFrom(c.cls)
+		ctx.Classification = &cls
+	}
+	for i := 0; i < 4; i++ {
+		ctx.Pressure[i] = Pressure(c.pressure[i])
+		ctx.Shed[i] = c.shed[i] != 0
+	}
+	n := int(c.n_candidates)
+	ctx.Candidates = make([]Candidate, n)
+	for i := 0; i < n; i++ {
+		k := C.spi_go_candidate(c, C.size_t(i))
+		ctx.Candidates[i] = Candidate{
+			Index: i, ID: viewText(k.id, k.id_len), Pool: Pool(k.pool),
+			ModelTier: ModelTier(k.model_tier), Eligible: k.eligible != 0,
+			Probe: k.probe != 0, Fresh: k.fresh != 0, Running: float64(k.running),
+			Waiting: float64(k.waiting), KVUsage: float64(k.kv_usage),
+			Inflight: uint32(k.inflight), MaxInflight: uint32(k.max_inflight),
+			MatchedBlocks: uint32(k.matched_blocks), Rendezvous: uint64(k.rendezvous),
+			EstTTFTMs: float64(k.est_ttft_ms), USDPerHour: float64(k.usd_per_hour),
+		}
+	}
+	return ctx
+}
+
+// copyReason writes s NUL-terminated into a fixed C char array.
+func copyReason(dst []C.char, s string) {
+	n := len(s)
+	if n > len(dst)-1 {
+		n = len(dst) - 1
+	}
+	for i := 0; i < n; i++ {
+		dst[i] = C.char(s[i])
+	}
+	dst[n] = 0
+}
+
+func fillVerdict(out *C.spi_classification, v Verdict) {
+	out.klass = C.int32_t(v.Class)
+	out.replayable = b2i(v.Replayable)
+	tier := v.ModelTier
+	if tier == TierUnset {
+		tier = TierLarge
+	}
+	out.model_tier = C.int32_t(tier)
+	out.rule_index = C.int32_t(v.Rule - 1)
+	out.complexity = C.double(v.Complexity)
+	out.max_output_tokens = C.int64_t(v.MaxOutputTokens)
+	out.tools_allowed = b2i(!v.NoTools)
+	out._defer = b2i(v.Defer)
+	copyReason(out.reason[:], v.Reason)
+}
+
+func fillChoice(out *C.spi_policy_choice, ch PolicyChoice) {
+	order := ch.Order
+	if len(order) > len(out.order) {
+		order = order[:len(out.order)]
+	}
+	out.pool = C.int32_t(ch.Pool)
+	out.reason_code = C.int32_t(ch.ReasonCode)
+	out.n_order = C.uint32_t(len(order))
+	for i, idx := range order {
+		out.order[i] = C.uint32_t(idx)
+	}
+	copyReason(out.reason[:], ch.Reason)
+}

@@ -1,0 +1,263 @@
+package spotinfer
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"runtime"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+)
+
+// threshold is a classifier written in Go: gold for SLAs under a
+// configured threshold, bronze otherwise.
+type threshold struct {
+	mu        sync.Mutex
+	configs   []string
+	released  []any
+	destroyed bool
+	calls     atomic.Int64
+}
+
+type thresholdInst struct{ ms int64 }
+
+func (m *threshold) Configure(config []byte) (any, error) {
+	m.mu.Lock()
+	m.configs = append(m.configs, string(config))
+	m.mu.Unlock()
+	var c struct {
+		ThresholdMs *int64 `json:"threshold_ms"`
+	}
+	if err := json.Unmarshal(config, &c); err != nil {
+		return nil, err
+	}
+	if c.ThresholdMs == nil {
+		return &thresholdInst{1000}, nil
+	}
+	if *c.ThresholdMs <= 0 {
+		return nil, fmt.Errorf("threshold_ms must be positive, got %d", *c.ThresholdMs)
+	}
+	return &thresholdInst{*c.ThresholdMs}, nil
+}
+
+func (m *threshold) Classify(inst any, req *RequestView, p Pressure) (Verdict, error) {
+	m.calls.Add(1)
+	sla, ok := req.SLAMs()
+	if ok && sla < inst.(*thresholdInst).ms {
+		return Verdict{Class: ClassGold, Reason: "go fast " + req.Model(),
+			MaxOutputTokens: 100 * int64(p+1)}, nil
+	}
+	return Verdict{Class: ClassBronze, Replayable: true, NoTools: true}, nil
+}
+
+func (m *threshold) Release(inst any) {
+	m.mu.Lock()
+	m.released = append(m.released, inst)
+	m.mu.Unlock()
+}
+
+func (m *threshold) Destroy() { m.destroyed = true }
+
+type failing struct {
+	err   error
+	panic bool
+}
+
+func (f failing) Configure([]byte) (any, error) { return nil, nil }
+func (f failing) Classify(any, *RequestView, Pressure) (Verdict, error) {
+	if f.panic {
+		panic("classifier exploded")
+	}
+	return Verdict{}, f.err
+}
+
+func useClassifier(t *testing.T, e *Engine, name, cfg string) error {
+	t.Helper()
+	return e.Configure(`{"modules":{"classifier":"` + name + `"},"module_config":{"` + name + `":` + cfg + `}}`)
+}
+
+func TestGoClassifier(t *testing.T) {
+	e, err := NewEngine("")
+	must(t, err)
+	m := &threshold{}
+	must(t, e.RegisterClassifier("go-threshold", m, OnFailureError))
+	names, _ := e.ModuleNames(ModuleClassifier)
+	if !strings.Contains(strings.Join(names, ","), "go-threshold") {
+		t.Fatal(names)
+	}
+	must(t, useClassifier(t, e, "go-threshold", `{"threshold_ms":2000}`))
+	r, err := e.NewRequest()
+	must(t, err)
+	must(t, r.SetStr(FieldModel, "llama"))
+	must(t, r.SetInt(FieldSLAMs, 1500))
+	c, err := r.Classify(PressureHigh)
+	must(t, err)
+	if c.Class != ClassGold || c.Reason != "go fast llama" || c.MaxOutputTokens != 300 ||
+		c.ModelTier != TierLarge || !c.ToolsAllowed || c.RuleIndex != -1 ||
+		c.VLLMPriority != -1 || c.Pressure != PressureHigh {
+		t.Fatalf("%+v", c)
+	}
+	must(t, r.SetInt(FieldSLAMs, 5000))
+	c, err = r.Classify(PressureNormal)
+	must(t, err)
+	if c.Class != ClassBronze || !c.Replayable || c.ToolsAllowed {
+		t.Fatalf("%+v", c)
+	}
+	// Reconfiguring releases the previous instance.
+	must(t, useClassifier(t, e, "go-threshold", `{"threshold_ms":9000}`))
+	if len(m.released) == 0 || m.released[0].(*thresholdInst).ms != 2000 {
+		t.Fatalf("released %v", m.released)
+	}
+	if c, _ := r.Classify(PressureNormal); c.Class != ClassGold {
+		t.Fatal(c.Class)
+	}
+	must(t, e.Close())
+	if !m.destroyed {
+		t.Fatal("destroy not called")
+	}
+}
+
+func TestGoClassifierConfigureError(t *testing.T) {
+	e := newEngine(t, "")
+	must(t, e.RegisterClassifier("go", &threshold{}, OnFailureError))
+	err := useClassifier(t, e, "go", `{"threshold_ms":-5}`)
+	if !errors.Is(err, ErrModule) || !strings.Contains(err.Error(), "threshold_ms must be positive") {
+		t.Fatalf("%v", err)
+	}
+	js, _ := e.ConfigJSON()
+	if !strings.Contains(js, `"classifier":"reference"`) {
+		t.Fatal("failed configure changed the configuration")
+	}
+	// A module's own *Error code is passed through.
+	must(t, e.RegisterClassifier("typed", typedErr{}, OnFailureError))
+	if err := useClassifier(t, e, "typed", `{}`); !errors.Is(err, ErrRange) {
+		t.Fatal(err)
+	}
+}
+
+type typedErr struct{}
+
+func (typedErr) Configure([]byte) (any, error) {
+	return nil, &Error{Code: StatusRange, Message: "out of range"}
+}
+func (typedErr) Classify(any, *RequestView, Pressure) (Verdict, error) { return Verdict{}, nil }
+
+func TestGoClassifierFailures(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		mod  failing
+	}{
+		{"err", failing{err: errors.New("boom")}},
+		{"panic", failing{panic: true}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			e := newEngine(t, "")
+			must(t, e.RegisterClassifier("bad", tc.mod, OnFailureError))
+			must(t, e.RegisterClassifier("bad-fb", tc.mod, OnFailureFallback))
+			must(t, useClassifier(t, e, "bad", "{}"))
+			r := newRequest(t, e)
+			must(t, r.SetStr(FieldModel, "m"))
+			must(t, r.SetBool(FieldStream, true))
+			_, err := r.Classify(PressureNormal)
+			if !errors.Is(err, ErrModule) || !strings.Contains(err.Error(), `"bad"`) {
+				t.Fatalf("%v", err)
+			}
+			// Still usable, and the fallback policy uses the built-in.
+			must(t, useClassifier(t, e, "bad-fb", "{}"))
+			c, err := r.Classify(PressureNormal)
+			must(t, err)
+			if c.Class != ClassGold || c.Reason != "rule interactive" {
+				t.Fatalf("%+v", c)
+			}
+		})
+	}
+}
+
+type badTier struct{ failing }
+
+func (badTier) Classify(any, *RequestView, Pressure) (Verdict, error) {
+	return Verdict{Class: ClassGold, ModelTier: 7}, nil
+}
+
+func TestGoClassifierOutputIsChecked(t *testing.T) {
+	e := newEngine(t, "")
+	must(t, e.RegisterClassifier("bad", badTier{}, OnFailureError))
+	must(t, useClassifier(t, e, "bad", "{}"))
+	r := newRequest(t, e)
+	if _, err := r.Classify(PressureNormal); !errors.Is(err, ErrModule) ||
+		!strings.Contains(err.Error(), "invalid") {
+		t.Fatal(err)
+	}
+}
+
+func TestRegistrationErrors(t *testing.T) {
+	e := newEngine(t, "")
+	must(t, e.RegisterClassifier("dup", &threshold{}, OnFailureError))
+	if err := e.RegisterClassifier("dup", &threshold{}, OnFailureError); !errors.Is(err, ErrExist) {
+		t.Fatal(err)
+	}
+	if err := e.RegisterClassifier("bad name!", &threshold{}, OnFailureError); !errors.Is(err, ErrInvalid) {
+		t.Fatal(err)
+	}
+	if err := e.RegisterClassifier("x", nil, OnFailureError); !errors.Is(err, ErrInvalid) {
+		t.Fatal(err)
+	}
+	if err := e.RegisterClassifier("badpolicy", &threshold{}, 7); !errors.Is(err, ErrInvalid) {
+		t.Fatal(err)
+	}
+}
+
+// viewKeeper keeps the view past its callback, which must then panic.
+type viewKeeper struct {
+	failing
+	kept *RequestView
+	seen []string
+}
+
+func (k *viewKeeper) Classify(_ any, req *RequestView, _ Pressure) (Verdict, error) {
+	k.kept = req
+	sla, slaOK := req.SLAMs()
+	k.seen = append(k.seen, req.Model(), req.Tenant(), req.LastUserText(),
+		fmt.Sprint(req.Stream(), sla, slaOK, req.MessageCount(), req.PriorityClass(),
+			req.ExplicitClass(), len(req.Prompt()), req.HasTools()))
+	return Verdict{Class: ClassSilver}, nil
+}
+
+func TestRequestView(t *testing.T) {
+	e := newEngine(t, "")
+	k := &viewKeeper{}
+	must(t, e.RegisterClassifier("keeper", k, OnFailureError))
+	must(t, useClassifier(t, e, "keeper", "{}"))
+	r, err := e.ParseOpenAI([]byte(`{"model":"m","stream":true,"priority":5,`+
+		`"metadata":{"tenant":"acme","sla_ms":"700"},`+
+		`"messages":[{"role":"user","content":"why?"}]}`), OpenAIAuto)
+	must(t, err)
+	defer r.Close()
+	_, err = r.Classify(PressureNormal)
+	must(t, err)
+	want := []string{"m", "acme", "why?", "true 700 true 1 bronze unset 10 false"}
+	if fmt.Sprint(k.seen) != fmt.Sprint(want) {
+		t.Fatalf("%q", k.seen)
+	}
+	defer func() {
+		if recover() == nil {
+			t.Fatal("a view used after its callback did not panic")
+		}
+	}()
+	_ = k.kept.Model()
+}
+
+func TestModuleSurvivesGC(t *testing.T) {
+	e := newEngine(t, "")
+	must(t, e.RegisterClassifier("ephemeral", &threshold{}, OnFailureError))
+	runtime.GC()
+	must(t, useClassifier(t, e, "ephemeral", `{"threshold_ms":500}`))
+	runtime.GC()
+	r := newRequest(t, e)
+	must(t, r.SetInt(FieldSLAMs, 100))
+	if c, err := r.Classify(PressureNormal); err != nil || c.Class != ClassGold {
+		t.Fatal(c, err)
+	}
+}
