@@ -751,7 +751,6 @@ static void test_probe_count(void **state) {
 
 /* ---------------------------------------------------------- concurrency */
 
-#define MT_ROOTS 64
 #define MT_MAX_BLOCKS 64
 
 /* Every block of root r's chains is only ever inserted for slot_of_root(r),
@@ -765,6 +764,7 @@ typedef struct mt_shared {
   spi_prefix_index *ix;
   registry *reg;
   long ops;
+  uint32_t roots, max_blocks; /* chains: roots x lengths 1..max_blocks */
   _Atomic uint32_t clock;
 } mt_shared;
 
@@ -782,10 +782,11 @@ static uint64_t next(uint64_t *s) {
   return *s;
 }
 
-static uint32_t random_chain(uint64_t *rng, uint64_t *h, uint32_t *root) {
-  uint32_t n = 1 + (uint32_t)(next(rng) % MT_MAX_BLOCKS);
-  *root = (uint32_t)(next(rng) % MT_ROOTS);
-  uint32_t split = (uint32_t)(next(rng) % (MT_MAX_BLOCKS + 1));
+static uint32_t random_chain(const mt_shared *sh, uint64_t *rng, uint64_t *h,
+                             uint32_t *root) {
+  uint32_t n = 1 + (uint32_t)(next(rng) % sh->max_blocks);
+  *root = (uint32_t)(next(rng) % sh->roots);
+  uint32_t split = (uint32_t)(next(rng) % (sh->max_blocks + 1));
   chain(h, n, *root, split, 0, next(rng) % 4);
   return n;
 }
@@ -795,7 +796,7 @@ static void *mt_run(void *arg) {
   mt_shared *sh = t->sh;
   uint64_t h[MT_MAX_BLOCKS];
   for (long op = 0; op < sh->ops; op++) {
-    uint32_t root, n = random_chain(&t->rng, h, &root);
+    uint32_t root, n = random_chain(sh, &t->rng, h, &root);
     uint32_t slot = slot_of_root(root);
     if (t->writer) {
       uint32_t now = atomic_fetch_add_explicit(&sh->clock, 1,
@@ -828,13 +829,16 @@ static void *mt_run(void *arg) {
 }
 
 /* Two writers and two readers on one index of `budget` bytes. */
-static void run_concurrent(size_t budget, long ops) {
+static void run_concurrent(size_t budget, long ops, uint32_t roots,
+                           uint32_t max_blocks) {
   fixture *f = fixture_new();
   registry *r = registry_new();
   mt_shared sh;
   sh.ix = index_of(f, budget);
   sh.reg = r;
   sh.ops = ops;
+  sh.roots = roots;
+  sh.max_blocks = max_blocks;
   atomic_init(&sh.clock, 0);
   const char *env = getenv("SPI_TEST_MT_OPS");
   if (env && atol(env) > 0) sh.ops = atol(env);
@@ -868,17 +872,18 @@ static void run_concurrent(size_t budget, long ops) {
  * time, and most lookups match a part of their chain. */
 static void test_concurrent(void **state) {
   (void)state;
-  run_concurrent(64 * 1024, 100000);
+  run_concurrent(64 * 1024, 60000, 64, MT_MAX_BLOCKS);
 }
 
-/* Two buckets: the writers fight over the same 16 entries, which is where a
- * tag could end up paired with the other writer's payload. */
+/* Two buckets and short chains of 4 roots: the writers fight over the same
+ * 16 entries, which is where a tag could end up paired with the other
+ * writer's payload, and the readers still find some of what they look for. */
 static void test_concurrent_contended(void **state) {
   (void)state;
   fixture *f = fixture_new();
   size_t budget = min_budget(f) + BUCKET_BYTES;
   fixture_free(f);
-  run_concurrent(budget, 100000);
+  run_concurrent(budget, 60000, 4, 4);
 }
 
 int main(void) {
