@@ -230,7 +230,8 @@ static int parse_rule(const cJSON *o, int idx, rule *r, parse_ctx *c) {
     return SPI_ERANGE;
   }
   memcpy(r->name, name, nlen);
-  if (!cJSON_GetObjectItemCaseSensitive(o, "class")) {
+  const cJSON *cls_item = cJSON_GetObjectItemCaseSensitive(o, "class");
+  if (!cls_item || cJSON_IsNull(cls_item)) {
     spi__errf(c->err, c->errcap, "%s.class: missing", shown);
     return SPI_EMISSING;
   }
@@ -453,7 +454,7 @@ static int rule_matches(const instance *in, const rule *r,
   return 1;
 }
 
-#define SCAN_MAX 65536
+#define SCAN_MAX 8192 /* classifier.cascade.scan_bytes max: a stack buffer */
 
 /*
  * The cascade score of the last user text. Keywords are matched

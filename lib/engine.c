@@ -74,12 +74,15 @@ const char *spi_version_string(void) { return SPI_VERSION_STRING; }
 
 /* --------------------------------------------------------------- snapshot */
 
-void spi__rcu_init(spi_rcu *r) {
+int spi__rcu_init(spi_rcu *r) {
   atomic_init(&r->epoch, 0u);
   for (int e = 0; e < 2; e++)
     for (int i = 0; i < SPI_RCU_STRIPES; i++)
       atomic_init(&r->readers[e][i].n, 0ul);
+  return pthread_mutex_init(&r->sync_lock, NULL) == 0 ? SPI_OK : SPI_ENOMEM;
 }
+
+void spi__rcu_destroy(spi_rcu *r) { pthread_mutex_destroy(&r->sync_lock); }
 
 /* Threads have separate stacks, so a mix of the stack address spreads them
  * over the stripes without thread-local state. */
@@ -111,9 +114,11 @@ void spi__rcu_exit(spi_rcu *r, unsigned pin) {
  * one that enters after it sees the new epoch and, having loaded the
  * published pointer after the writer stored it, the new object. */
 void spi__rcu_synchronize(spi_rcu *r) {
+  pthread_mutex_lock(&r->sync_lock);
   unsigned ep = atomic_fetch_add(&r->epoch, 1u) & 1u;
   for (int i = 0; i < SPI_RCU_STRIPES; i++)
     while (atomic_load(&r->readers[ep][i].n) != 0) sched_yield();
+  pthread_mutex_unlock(&r->sync_lock);
 }
 
 spi_snapshot *spi__snap_acquire(spi_engine *e, unsigned *pin) {
@@ -381,22 +386,28 @@ int spi_engine_new(spi_engine **out, const spi_hooks *hooks) {
     if (hooks->log) e->log_level = hooks->log_level;
   }
   atomic_init(&e->snap, NULL);
-  spi__rcu_init(&e->rcu);
+  if (spi__rcu_init(&e->rcu) != SPI_OK) {
+    spi__free(&mem, e);
+    return SPI_ENOMEM;
+  }
   atomic_init(&e->configuring, 0);
   atomic_init(&e->index, NULL);
   for (int p = 0; p < 4; p++) atomic_init(&e->kv_level[p], 0u);
   if (pthread_mutex_init(&e->config_lock, NULL) != 0) {
+    spi__rcu_destroy(&e->rcu);
     spi__free(&mem, e);
     return SPI_ENOMEM;
   }
   if (pthread_mutex_init(&e->err_lock, NULL) != 0) {
     pthread_mutex_destroy(&e->config_lock);
+    spi__rcu_destroy(&e->rcu);
     spi__free(&mem, e);
     return SPI_ENOMEM;
   }
   if (spi__registry_init(&e->registry, &e->mem) != SPI_OK) {
     pthread_mutex_destroy(&e->err_lock);
     pthread_mutex_destroy(&e->config_lock);
+    spi__rcu_destroy(&e->rcu);
     spi__free(&mem, e);
     return SPI_ENOMEM;
   }
@@ -421,6 +432,7 @@ void spi_engine_free(spi_engine *engine) {
   free_modules(engine);
   pthread_mutex_destroy(&engine->config_lock);
   pthread_mutex_destroy(&engine->err_lock);
+  spi__rcu_destroy(&engine->rcu);
   engine->magic = SPI_DEAD_MAGIC;
   spi__free(&mem, engine);
 }

@@ -210,7 +210,20 @@ static int read_metadata(reader *rd, const cJSON *md) {
   return SPI_OK;
 }
 
+/* A key given twice would be read one way here and maybe the other way by
+ * the server (Python's json keeps the last): refuse rather than guess. */
+static int no_duplicate_keys(reader *rd, const cJSON *body) {
+  for (const cJSON *a = body->child; a; a = a->next)
+    for (const cJSON *b = a->next; b; b = b->next)
+      if (a->string && b->string && strcmp(a->string, b->string) == 0)
+        return spi__req_fail(rd->r, SPI_EPARSE, "%.64s: duplicate key",
+                             a->string);
+  return SPI_OK;
+}
+
 static int read_body(reader *rd, const cJSON *body, int32_t kind) {
+  int dup = no_duplicate_keys(rd, body);
+  if (dup) return dup;
   const cJSON *msgs = get(body, "messages");
   const cJSON *prompt = get(body, "prompt");
   if (kind == SPI_OPENAI_AUTO) kind = msgs ? SPI_OPENAI_CHAT

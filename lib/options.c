@@ -155,7 +155,7 @@ static const spi_optdesc OPTIONS[] = {
      "small/large model choice from a complexity score"},
     {"classifier.cascade.enabled", B, "false", 0, 0,
      "score complexity and pick a model tier (off: always large, score 0)"},
-    {"classifier.cascade.scan_bytes", I, "2048", 64, 65536,
+    {"classifier.cascade.scan_bytes", I, "2048", 64, 8192,
      "keywords and question marks are looked for in this many leading bytes"},
     {"classifier.cascade.long_query_bytes", I, "300", 1, 1073741824,
      "a query longer than this scores length_weight"},

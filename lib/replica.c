@@ -67,6 +67,7 @@ int spi__registry_init(spi_registry *g, const spi_mem *m) {
   for (size_t i = 0; i < SPI_REPLICA_SLOTS; i++) {
     spi_replica_slot *s = &g->slots[i];
     atomic_init(&s->gen, 0u);
+    atomic_init(&s->incarnation, 0u);
     atomic_init(&s->state, 0);
     atomic_init(&s->running, 0ull);
     atomic_init(&s->waiting, 0ull);
@@ -313,6 +314,7 @@ static int upsert_locked(spi_engine *e, spi_replica_ident *r, int64_t limit) {
   spi_replica_slot *s = &g->slots[slot];
   slot_reset(s);
   atomic_fetch_add(&s->gen, 1u);
+  atomic_fetch_add(&s->incarnation, 1u);
   atomic_store(&s->state, SPI_REPLICA_ACTIVE);
   publish(e, next);
   return SPI_OK;
@@ -348,6 +350,7 @@ static int remove_locked(spi_engine *e, const char *id, size_t len) {
   spi_replica_slot *s = &g->slots[cur->slot];
   atomic_store(&s->state, 0);
   atomic_fetch_add(&s->gen, 1u);
+  atomic_fetch_add(&s->incarnation, 1u);
   publish(e, next);
   return SPI_OK;
 }

@@ -317,6 +317,7 @@ static int route_pinned(spi_request *req, spi_snapshot *snap,
   uint32_t gen = atomic_load(&s->gen);
   k->slot = r->slot;
   k->gen = gen;
+  k->incarnation = atomic_load(&s->incarnation);
   k->pool = r->pool;
   k->klass = cls.klass;
   k->model_tier = r->model_tier;
@@ -327,7 +328,8 @@ static int route_pinned(spi_request *req, spi_snapshot *snap,
   k->total_blocks = (uint32_t)nblocks;
   k->weight = (uint32_t)rc_cfg->class_weight[cls.klass];
   k->n_hashes = nblocks < SPI_TICKET_HASHES ? (uint32_t)nblocks : SPI_TICKET_HASHES;
-  memcpy(k->hashes, req->hashes, k->n_hashes * sizeof k->hashes[0]);
+  if (k->n_hashes)
+    memcpy(k->hashes, req->hashes, k->n_hashes * sizeof k->hashes[0]);
   copy_id(k->tenant, v->tenant, v->tenant_len);
   copy_id(k->model, v->model, v->model_len);
   out->ticket = spi__ticket_publish(tt, k);
@@ -478,7 +480,10 @@ int spi_ticket_finish(spi_engine *engine, uint64_t ticket,
   spi_snapshot *s = spi__snap_acquire(engine, &pin);
   int64_t now = spi__engine_now(engine);
   spi_replica_slot *slot = &engine->registry.slots[k->slot];
-  int stale = atomic_load(&slot->state) == 0 || atomic_load(&slot->gen) != k->gen;
+  /* Stale only if the replica itself went away: a drain or a notice changes
+   * gen (its index entries die) but its tickets still count on it. */
+  int stale = atomic_load(&slot->state) == 0 ||
+              atomic_load(&slot->incarnation) != k->incarnation;
   int ok = result->status == SPI_TICKET_OK;
   spi_metrics *mx = atomic_load(&engine->metrics);
   int64_t zero = 0;
@@ -495,13 +500,16 @@ int spi_ticket_finish(spi_engine *engine, uint64_t ticket,
   }
   if (!stale) {
     atomic_fetch_sub(&slot->inflight, 1);
-    if (result->status != SPI_TICKET_CANCELLED &&
-        spi__breaker_record(slot, result->status != SPI_TICKET_ERROR, k->probe,
-                            now, &s->router) &&
-        mx)
+    if (result->status == SPI_TICKET_CANCELLED) {
+      /* A cancelled probe says nothing about the replica: let another try. */
+      if (k->probe) spi__breaker_release_probe(slot);
+    } else if (spi__breaker_record(slot, result->status != SPI_TICKET_ERROR,
+                                   k->probe, now, &s->router) &&
+               mx) {
       spi__metrics_breaker_open(mx);
+    }
     spi_prefix_index *ix = atomic_load(&engine->index);
-    if (ok && ix && k->n_hashes)
+    if (ok && ix && k->n_hashes && atomic_load(&slot->gen) == k->gen)
       spi__index_insert(ix, k->hashes, 0, k->n_hashes, k->slot, k->gen,
                         k->weight, (uint32_t)(now / 1000000000),
                         (uint32_t)s->router.weight_seconds, entry_live, engine);

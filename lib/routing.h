@@ -34,9 +34,14 @@ typedef struct spi_rcu {
   atomic_uint epoch;
   char pad[64 - sizeof(atomic_uint)];
   spi_rcu_stripe readers[2][SPI_RCU_STRIPES];
+  /* Writers of different objects (configure, replica set) may synchronise
+   * at once; flip-and-wait must not interleave or a reader pinned two
+   * epochs back would be missed. */
+  pthread_mutex_t sync_lock;
 } spi_rcu;
 
-void spi__rcu_init(spi_rcu *r);
+int spi__rcu_init(spi_rcu *r);
+void spi__rcu_destroy(spi_rcu *r);
 unsigned spi__rcu_enter(spi_rcu *r);
 void spi__rcu_exit(spi_rcu *r, unsigned pin);
 /* Wait until every reader pinned before this call has left. Call after
@@ -86,6 +91,8 @@ typedef struct spi_router_cfg {
 typedef struct spi_replica_slot {
   atomic_uint gen;          /* bumped on remove, state change off ACTIVE,
                                pool/models change: kills index entries */
+  atomic_uint incarnation;  /* bumped only when the slot gets a new replica
+                               or loses one: what tickets compare against */
   atomic_int state;         /* enum spi_replica_state; 0 = slot free */
   atomic_ullong running;    /* double bits */
   atomic_ullong waiting;    /* double bits */
@@ -220,7 +227,8 @@ void spi__index_insert(spi_prefix_index *ix, const uint64_t *hashes,
 
 typedef struct spi_ticket {
   atomic_ullong id;          /* current ticket id; 0 = free */
-  uint32_t slot, gen;        /* replica */
+  uint32_t slot, gen;        /* replica; gen for the index entries */
+  uint32_t incarnation;      /* the slot's replica when the ticket opened */
   int32_t pool, klass, model_tier, probe;
   int64_t start_ns;
   atomic_llong first_token_ns;

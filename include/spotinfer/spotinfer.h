@@ -596,6 +596,11 @@ typedef struct spi_replica_info {
   double usd_per_hour;       /* > 0 */
   uint32_t max_inflight;     /* concurrent sequences it is sized for, >= 1 */
   uint32_t reserved0;
+  const char *node;          size_t node_len; /* the machine (cloud
+                                instance id) it runs on, which interruption
+                                notices name; empty = the replica id */
+  double decode_tokens_per_s; /* one stream's decode rate, for drain
+                                 estimates; 0 = router.decode_tokens_per_s */
 } spi_replica_info;
 
 /*
@@ -604,13 +609,13 @@ typedef struct spi_replica_info {
  * models change, which purges its index entries. New replicas start ACTIVE
  * with no load signal, which counts as saturated until the first report.
  * Errors: SPI_EINVAL (bad field, message names it), SPI_EFULL
- * (routing.max_replicas), SPI_EMISUSE.
+ * (router.max_replicas), SPI_ENOMEM, SPI_EMISUSE.
  */
 SPI_API int spi_replica_upsert(spi_engine *engine, const spi_replica_info *info);
 
 /* Remove a replica: it is never chosen again, its prefix-index entries are
  * purged at once, and its open tickets can still be finished (they return
- * SPI_ESTALE). Errors: SPI_ENOTFOUND, SPI_EINVAL. */
+ * SPI_ESTALE). Errors: SPI_ENOTFOUND, SPI_EINVAL, SPI_ENOMEM. */
 SPI_API int spi_replica_remove(spi_engine *engine, const char *id,
                                size_t id_len);
 
@@ -629,7 +634,7 @@ typedef struct spi_load {
   int64_t at_ns;   /* when measured, engine clock; 0 = now */
 } spi_load;
 
-/* Report a replica's load. A signal older than routing.load_max_age_ms
+/* Report a replica's load. A signal older than router.load_max_age_ms
  * counts as saturated, not idle. Errors: SPI_ENOTFOUND, SPI_ERANGE (NaN,
  * negative, kv_usage > 1), SPI_EINVAL. */
 SPI_API int spi_replica_report_load(spi_engine *engine, const char *id,
@@ -668,7 +673,7 @@ typedef struct spi_replica_status {
   int32_t breaker;          /* enum spi_breaker_state */
   double running, waiting, kv_usage;
   int64_t load_at_ns;       /* 0 = never reported */
-  int32_t load_fresh;       /* 1 if younger than routing.load_max_age_ms */
+  int32_t load_fresh;       /* 1 if younger than router.load_max_age_ms */
   uint32_t inflight;        /* open tickets on it */
   double usd_per_hour;
   uint32_t max_inflight;
@@ -727,7 +732,7 @@ typedef struct spi_decision {
   spi_cache_key key;
   double est_ttft_ms;        /* the policy's estimate for the replica */
   double est_usd;            /* the request's price on the chosen pool */
-  /* Shadow mode (routing.shadow_policy): what the other policy chose. */
+  /* Shadow mode (router.shadow_policy): what the other policy chose. */
   int32_t shadow_pool;       /* 0 when shadow mode is off */
   uint32_t shadow_matched_blocks;
   char shadow_replica_id[SPI_ID_MAX];
@@ -741,7 +746,7 @@ typedef struct spi_decision {
  * (no ticket). SPI_ESHED and SPI_ENOCAPACITY still fill class, reason and key.
  * A warm engine routes without allocating, locking or making a system call
  * (the clock hook aside). Errors: SPI_EINVAL, SPI_EMISUSE, SPI_EMODULE,
- * SPI_EFULL (routing.max_tickets open), SPI_ESHED, SPI_ENOCAPACITY.
+ * SPI_EFULL (router.max_tickets open), SPI_ESHED, SPI_ENOCAPACITY.
  */
 SPI_API int spi_route(spi_request *req, spi_decision *out);
 
@@ -831,6 +836,251 @@ SPI_API int spi_engine_signals(spi_engine *engine, spi_signals *out);
  */
 SPI_API int spi_engine_metrics(spi_engine *engine, char *buf, size_t cap,
                                size_t *needed);
+
+/* ----------------------------------------------------------------- notices */
+
+/* What a cloud says is about to happen to a machine. */
+enum spi_notice_kind {
+  SPI_NOTICE_NONE = 0,        /* no notice (404, empty, FALSE, NONE) */
+  SPI_NOTICE_TERMINATE = 1,
+  SPI_NOTICE_STOP = 2,
+  SPI_NOTICE_HIBERNATE = 3,
+  SPI_NOTICE_REBALANCE = 4,   /* advice: capacity at risk, no deadline */
+  SPI_NOTICE_MAINTENANCE = 5,
+  SPI_NOTICE_PREEMPT = 6
+};
+
+/* The body formats spi_notice_parse() reads. */
+enum spi_notice_format {
+  SPI_NOTICE_AWS_INSTANCE_ACTION = 1, /* IMDS spot/instance-action */
+  SPI_NOTICE_AWS_REBALANCE = 2,       /* IMDS events/recommendations/rebalance */
+  SPI_NOTICE_AWS_SCHEDULED = 3,       /* IMDS events/maintenance/scheduled */
+  SPI_NOTICE_AWS_EVENTBRIDGE = 4,     /* an EventBridge event envelope */
+  SPI_NOTICE_GCP_PREEMPTED = 5,       /* metadata instance/preempted */
+  SPI_NOTICE_GCP_MAINTENANCE = 6,     /* metadata instance/maintenance-event */
+  SPI_NOTICE_AZURE_SCHEDULED = 7      /* IMDS Scheduled Events document */
+};
+
+/* One notice, whatever cloud it came from. */
+typedef struct spi_notice {
+  size_t struct_size;
+  int32_t kind;            /* enum spi_notice_kind */
+  int32_t format;          /* enum spi_notice_format */
+  char node[SPI_ID_MAX];   /* the machine: from the body when it names one
+                              (EventBridge, Azure), else the caller's */
+  int64_t deadline_ns;     /* when the machine goes (wall clock, ns since
+                              the epoch); 0 for advice without a deadline */
+  int64_t received_ns;     /* the now_ns given to the parser */
+  int32_t active;          /* 0: a scheduled event that is completed or
+                              canceled (withdraws an earlier notice) */
+  int32_t reserved0;
+  char event_id[SPI_ID_MAX]; /* the cloud's event id, "" if none */
+  char dedup_key[160];     /* stable across polls of the same event: built
+                              from format, node, kind and event id, never
+                              from times a poller may move */
+} spi_notice;
+
+/* "none", "terminate", "stop", "hibernate", "rebalance", "maintenance",
+ * "preempt", or "invalid". Never NULL. */
+SPI_API const char *spi_notice_kind_name(int32_t kind);
+
+/*
+ * Parse a notice body as the cloud serves it. http_status is the status of
+ * the metadata request (404 means no notice; 0 is taken as 200). node names
+ * the machine that was polled (used when the body does not say). now_ns is
+ * the time of the poll: GCP gives no deadline, so a preemption's deadline is
+ * now + 30 s. Documents that carry several events (AWS scheduled, Azure)
+ * give one notice each: up to cap are written to out and *n_out gets the
+ * number found (0 = no notice); SPI_EBUFSIZE when cap is too small. Pure and
+ * thread-safe. Errors: SPI_EINVAL, SPI_EPARSE (malformed body, bad time),
+ * SPI_ETYPE (a field of the wrong type), SPI_EUNKNOWN (unknown action or
+ * event type), SPI_EBUFSIZE. errbuf (may be NULL) gets the message.
+ */
+SPI_API int spi_notice_parse(int32_t format, int32_t http_status,
+                             const char *body, size_t len, const char *node,
+                             size_t node_len, int64_t now_ns, spi_notice *out,
+                             size_t cap, size_t *n_out, char *errbuf,
+                             size_t errcap);
+
+/* -------------------------------------------------- nodes and their fate */
+
+/* A machine's state. Transitions follow one table (see README): ACTIVE ->
+ * ADVISED -> NOTICED -> DRAINING -> TERMINATED -> REMOVED, with ADVISED able
+ * to expire back to ACTIVE and a withdrawn notice returning a NOTICED node
+ * to ACTIVE before its deadline. */
+enum spi_node_state {
+  SPI_NODE_ACTIVE = 1,
+  SPI_NODE_ADVISED = 2,    /* rebalance advice: no new long requests */
+  SPI_NODE_NOTICED = 3,    /* interruption notice: no new requests at all */
+  SPI_NODE_DRAINING = 4,   /* in-flight work finishing or moving */
+  SPI_NODE_TERMINATED = 5, /* the machine is gone */
+  SPI_NODE_REMOVED = 6     /* forgotten */
+};
+
+/* "active", "advised", ...; "invalid" otherwise. Never NULL. */
+SPI_API const char *spi_node_state_name(int32_t state);
+
+/* What to do with one in-flight request on a noticed machine. */
+enum spi_ticket_action {
+  SPI_ACTION_DRAIN = 1,  /* let it finish where it is */
+  SPI_ACTION_REPLAY = 2  /* checkpoint its partial output and replay it on
+                            on-demand capacity */
+};
+
+/* The plan for one open ticket. */
+typedef struct spi_ticket_plan {
+  uint64_t ticket;
+  int32_t action;          /* enum spi_ticket_action */
+  int32_t klass;
+  double remaining_s;      /* expected time to finish where it is */
+  double deadline_s;       /* seconds left before the machine goes */
+  double progress;         /* tokens streamed / expected, 0..1 */
+  char replica_id[SPI_ID_MAX];
+} spi_ticket_plan;
+
+/*
+ * Hand in a notice. From this call on the machine's replicas get no new
+ * request (NOTICED) or no new long request (ADVISED); an interruption also
+ * cools down its spot pool (instance type and zone) for
+ * router.pool_cooldown_ms. For each open ticket on the machine, a plan is
+ * written to plans[0..cap) (*n_out gets the count; SPI_EBUFSIZE if cap is too
+ * small, the transition still happens): DRAIN when the tokens left at the
+ * replica's decode rate fit before the deadline minus router.drain_margin_ms,
+ * or when it is gold and past router.gold_drain_progress; otherwise REPLAY.
+ * A notice whose dedup_key was already handed in changes nothing and plans
+ * nothing. A notice for a machine no replica runs on is remembered, so a
+ * replica added there later starts NOTICED.
+ * Errors: SPI_EINVAL, SPI_EMISUSE, SPI_EBUFSIZE, SPI_EFULL.
+ */
+SPI_API int spi_engine_notice(spi_engine *engine, const spi_notice *notice,
+                              spi_ticket_plan *plans, size_t cap,
+                              size_t *n_out);
+
+/* Move a machine to a state by hand (e.g. DRAINING when the proxy starts
+ * moving work, TERMINATED when it is gone, REMOVED to forget it). Illegal
+ * transitions fail with SPI_EINVAL and a message naming both states.
+ * Errors: SPI_EINVAL, SPI_ENOTFOUND, SPI_EMISUSE. */
+SPI_API int spi_node_set_state(spi_engine *engine, const char *node,
+                               size_t node_len, int32_t state);
+/* A machine's state (ACTIVE for one the engine never heard of).
+ * Errors: SPI_EINVAL, SPI_EMISUSE. */
+SPI_API int spi_node_get_state(spi_engine *engine, const char *node,
+                               size_t node_len, int32_t *out_state);
+
+/* Called on every node transition, from the thread making the call that
+ * caused it, with no engine lock held; it must not call back into the
+ * engine. */
+typedef void (*spi_node_fn)(void *user_data, const char *node, size_t node_len,
+                            int32_t from_state, int32_t to_state);
+/* Set (or clear, with fn NULL) the transition callback. Not concurrent with
+ * other calls on the engine. Errors: SPI_EMISUSE. */
+SPI_API int spi_engine_on_node_transition(spi_engine *engine, spi_node_fn fn,
+                                          void *user_data);
+
+/* ------------------------------------------------------------ replay queue */
+
+typedef struct spi_replay_queue spi_replay_queue;
+
+/* A request to replay elsewhere, with what was already streamed. */
+typedef struct spi_envelope {
+  size_t struct_size;
+  const char *key;           size_t key_len;  /* idempotency key, 1..128 */
+  const char *body;          size_t body_len; /* the original OpenAI body */
+  int32_t openai_kind;       /* enum spi_openai_kind of body */
+  int32_t klass;             /* its class: the lane it waits in */
+  const char *partial_text;  size_t partial_text_len; /* streamed so far */
+  const uint32_t *partial_tokens; size_t partial_token_count;
+  uint64_t stream_offset;    /* tokens the client already has */
+  uint32_t attempts;         /* replays tried so far */
+  uint32_t flags;            /* SPI_ENVELOPE_* */
+  int64_t first_enqueued_ns; /* 0 = now at enqueue */
+  int64_t deadline_ns;       /* give up (dead-letter) after; 0 = none */
+  char tenant[SPI_ID_MAX];
+} spi_envelope;
+
+#define SPI_ENVELOPE_FROM_SCRATCH 1u /* guided / JSON-schema decoding: the
+                                        partial output cannot be continued */
+
+/*
+ * Open a replay queue with its store: {"store":"memory"} or
+ * {"store":"journal","dir":"/var/lib/spotinfer/replay","fsync":"always"|
+ * "batch"|"none", ...} (the accepted keys are listed by spi_option_get()
+ * under "replay."). The engine provides the allocator and the clock and must
+ * outlive the queue. A journal is recovered on open: every enqueue that
+ * returned SPI_OK is back unless it was acked or dead-lettered.
+ * Errors: SPI_EINVAL, SPI_EPARSE, SPI_EUNKNOWN, SPI_ERANGE, SPI_EIO, SPI_ENOMEM.
+ * On failure *out is NULL and the message is the engine's.
+ */
+SPI_API int spi_replay_open(spi_engine *engine, const char *config_json,
+                            size_t len, spi_replay_queue **out);
+/* Flush and close. NULL is harmless. */
+SPI_API void spi_replay_close(spi_replay_queue *queue);
+/* The last error on this queue ("" if none). Never NULL. */
+SPI_API const char *spi_replay_errmsg(const spi_replay_queue *queue);
+
+/* Add an envelope (copied). When this returns SPI_OK the envelope is as
+ * durable as the fsync policy says. An envelope whose key is already in the
+ * queue (or was acked) is not added again: *duplicate (may be NULL) is set to
+ * 1 and SPI_OK returned. Thread-safe. Errors: SPI_EINVAL, SPI_ETOOBIG,
+ * SPI_EFULL (replay.max_bytes), SPI_EIO, SPI_ENOMEM. */
+SPI_API int spi_replay_enqueue(spi_replay_queue *queue,
+                               const spi_envelope *env, int32_t *duplicate);
+
+/*
+ * Claim the next ready envelope from the lanes in class_mask (bit 1 << class;
+ * gold before silver before bronze; FIFO within a lane) with a lease of
+ * lease_ms (0 = replay.lease_ms). Its contents are copied into buf[0..cap)
+ * and *out points into buf; *needed (may be NULL) gets the bytes needed
+ * (SPI_EBUFSIZE when cap is too small: nothing is claimed). A claim not acked
+ * or nacked before its lease ends becomes ready again.
+ * Errors: SPI_ENOTFOUND (nothing ready), SPI_EBUFSIZE, SPI_EINVAL.
+ */
+SPI_API int spi_replay_claim(spi_replay_queue *queue, uint32_t class_mask,
+                             int64_t lease_ms, uint64_t *claim_id,
+                             spi_envelope *out, void *buf, size_t cap,
+                             size_t *needed);
+/* Done: the envelope leaves the queue for good. Errors: SPI_ESTALE (lease
+ * lost or unknown claim), SPI_EIO. */
+SPI_API int spi_replay_ack(spi_replay_queue *queue, uint64_t claim_id);
+/* Failed: ready again after an exponential backoff with jitter, or
+ * dead-lettered after replay.max_attempts or past its deadline.
+ * Errors: SPI_ESTALE, SPI_EIO. */
+SPI_API int spi_replay_nack(spi_replay_queue *queue, uint64_t claim_id);
+
+/* Counts of the queue. */
+typedef struct spi_replay_stats {
+  size_t struct_size;
+  uint64_t ready[4];      /* by class lane */
+  uint64_t leased;
+  uint64_t delayed;       /* waiting out a backoff */
+  uint64_t dead;          /* dead-lettered */
+  uint64_t enqueued, duplicates, acked, nacked, expired_leases;
+  uint64_t journal_bytes; /* on disk, 0 for memory */
+} spi_replay_stats;
+
+SPI_API int spi_replay_stats_get(spi_replay_queue *queue,
+                                 spi_replay_stats *out);
+
+/* Periodic work (lease expiry, group commit, compaction) also runs inside
+ * the other calls; call this when the queue is otherwise idle. */
+SPI_API int spi_replay_tick(spi_replay_queue *queue);
+
+/*
+ * The continuation of an envelope as an OpenAI body, so the client's stream
+ * resumes where it stopped: chat gets the streamed text as a final assistant
+ * message with "continue_final_message": true and "add_generation_prompt":
+ * false (vLLM and compatible servers); completions get it appended to the
+ * prompt; max_tokens / max_completion_tokens are reduced by what was
+ * streamed. A body with guided or JSON-schema decoding (response_format,
+ * guided_json, guided_regex, guided_grammar, guided_choice) is replayed from
+ * scratch and *flags gets SPI_ENVELOPE_FROM_SCRATCH. Written to buf[0..cap)
+ * with a NUL; *needed (may be NULL) gets the length. Pure and thread-safe.
+ * Errors: SPI_EINVAL, SPI_EPARSE (body), SPI_ERANGE (nothing left to
+ * generate), SPI_EBUFSIZE.
+ */
+SPI_API int spi_replay_continuation(const spi_envelope *env, char *buf,
+                                    size_t cap, size_t *needed,
+                                    uint32_t *flags);
 
 #ifdef __cplusplus
 }

@@ -595,7 +595,7 @@ static void test_cascade_defaults(void **state) {
   c = classify(r);
   assert_true(c.complexity == 1.0); /* length only */
   configure(f->e, "{\"classifier\":{\"cascade\":{\"enabled\":true,"
-                  "\"scan_bytes\":65536}}}");
+                  "\"scan_bytes\":8192}}}");
   c = classify(r);
   assert_true(c.complexity == 4.0); /* length, two keywords, questions */
   free(big);
@@ -942,7 +942,7 @@ static void test_config_errors(void **state) {
   config_error(e, "{\"classifier\":{\"cascade\":{\"scan_bytes\":63}}}",
                SPI_ERANGE,
                "classifier.cascade.scan_bytes: must be an integer in [64, "
-               "65536], got 63");
+               "8192], got 63");
   config_error(e, "{\"classifier\":{\"rules\":{}}}", SPI_ETYPE,
                "classifier.rules: must be an array");
   config_error(e, "{\"classifier\":{\"rules\":[\"gold\"]}}", SPI_ETYPE,
