@@ -29,9 +29,14 @@ from .cost import CostModel
 from .enums import (BreakerState, Class, LogLevel, ModelTier, ModuleKind,
                     OnFailure, OpenAIKind, OptionType, Pool, PriorityScheme,
                     Pressure, Reason, ReplicaState, ReqInt, ReqStr,
-                    ServiceTier, Status, TicketStatus)
+                    ServiceTier, Status, TicketStatus, NoticeKind,
+                    NoticeFormat, NodeState, TicketAction)
 from .errors import *  # noqa: F401,F403 - the exception classes
 from .errors import __all__ as _errors_all
+from .notices import (Notice, TicketPlan, node_state_name, notice_kind_name,
+                      parse_notice)
+from .replay import (ENVELOPE_FROM_SCRATCH, Claim, Envelope, ReplayQueue,
+                     ReplayStats, continuation)
 from .modules import (Candidate, ClassifierModule, CostModelModule,
                       KeyBuilderModule, PolicyChoice, PolicyModule,
                       RequestView, RouteContext)
@@ -108,7 +113,10 @@ __all__ = [
     "Status", "LogLevel", "OptionType", "Class", "ModelTier", "PriorityScheme",
     "ServiceTier", "ReqStr", "ReqInt", "OpenAIKind", "Pressure", "Pool",
     "ReplicaState", "BreakerState", "Reason", "TicketStatus", "ModuleKind",
-    "OnFailure",
+    "OnFailure", "NoticeKind", "NoticeFormat", "NodeState", "TicketAction",
+    "Notice", "TicketPlan", "parse_notice", "notice_kind_name",
+    "node_state_name", "Envelope", "Claim", "ReplayQueue", "ReplayStats",
+    "continuation", "ENVELOPE_FROM_SCRATCH",
     "strerror", "class_name", "service_tier_name", "reason_name",
     "module_kind_name", "options", "parse_metrics", "cache_key_hex",
 ] + list(_errors_all)

@@ -66,14 +66,26 @@ class _EngineState:
         # ctypes callback objects and module adapters C may call; dropped
         # only after spi_engine_free() returned.
         self.keep: List[Any] = []
-        # Live requests: key -> (finalizer, weakref to the Request).
-        self.requests: Dict[int, Tuple[weakref.finalize, "weakref.ref[Request]"]] = {}
+        # Live requests and replay queues: key -> (finalizer, weakref to
+        # the object); the engine frees them before itself.
+        self.requests: Dict[int, Tuple[weakref.finalize, "weakref.ref[Any]"]] = {}
         self.lock = threading.Lock()
         self.seq = itertools.count(1)
         # The last exception raised inside a Python module callback, per
         # thread, so a failed call can chain it as the cause.
         self.callback_error = threading.local()
         self.has_py_modules = False
+
+    def adopt(self, obj: Any, free_fn: Callable[[Any], None],
+              ptr: c_void_p) -> weakref.finalize:
+        """Track a C object owned by this engine; the returned finalizer
+        frees it (at most once, and never after the engine)."""
+        key = next(self.seq)
+        fin = weakref.finalize(obj, _free_child, free_fn, ptr, self, key)
+        fin.atexit = False  # the engine's finalizer frees what is left
+        with self.lock:
+            self.requests[key] = (fin, weakref.ref(obj))
+        return fin
 
     def free(self) -> None:
         with self.lock:
@@ -314,6 +326,7 @@ class Engine:
         elif fields:
             raise TypeError("pass a ReplicaInfo or keyword fields, not both")
         rid, zone, itype = _b(info.id), _b(info.zone), _b(info.instance_type)
+        node = _b(info.node)
         models = info.models
         mtext = _b(models if isinstance(models, (str, bytes)) else ",".join(models))
         s = _n.ReplicaInfo(
@@ -322,7 +335,8 @@ class Engine:
             zone_len=len(zone), instance_type=itype, instance_type_len=len(itype),
             models=mtext, models_len=len(mtext),
             usd_per_hour=float(info.usd_per_hour),
-            max_inflight=int(info.max_inflight))
+            max_inflight=int(info.max_inflight), node=node, node_len=len(node),
+            decode_tokens_per_s=float(info.decode_tokens_per_s))
         _lib.spi_replica_upsert(self._p(), byref(s))
 
     def remove_replica(self, replica_id: Text) -> None:
@@ -373,6 +387,75 @@ class Engine:
             except SpotinferError:  # removed meanwhile
                 break
         return out
+
+    # -- notices and nodes
+
+    def notice(self, notice: "Notice") -> List["TicketPlan"]:
+        """Hand in an interruption notice; returns the plan (DRAIN or
+        REPLAY) for every ticket open on the machine.
+
+        The library plans once per notice (a repeat is a no-op), so the
+        buffer is sized up front from the tickets open on the whole engine.
+        Should more tickets open meanwhile than it holds, BufferSizeError is
+        raised with the plans that fitted in its ``plans`` attribute.
+        """
+        from .notices import TicketPlan
+        c_notice = notice._struct()
+        open_now = sum(s.inflight for s in self.replicas()) if \
+            _lib.has("spi_replica_count") else 0
+        cap = 2 * open_now + 64
+        plans = (_n.TicketPlan * cap)()
+        n = c_size_t()
+        try:
+            _lib.spi_engine_notice(self._p(), byref(c_notice), plans, cap, byref(n))
+        except SpotinferError as e:
+            if e.code == -4:
+                e.plans = [TicketPlan._from(p) for p in plans]  # type: ignore[attr-defined]
+            raise
+        return [TicketPlan._from(plans[i]) for i in range(n.value)]
+
+    def set_node_state(self, node: Text, state: Union["NodeState", int, str]) -> None:
+        """Move a machine to a state by hand (DRAINING, TERMINATED, REMOVED...)."""
+        from .enums import NodeState
+        nb = _b(node)
+        _lib.spi_node_set_state(self._p(), nb, len(nb), coerce(NodeState, state))
+
+    def node_state(self, node: Text) -> "NodeState":
+        """A machine's state (ACTIVE for one the engine never heard of)."""
+        from .enums import NodeState
+        nb = _b(node)
+        out = c_int32()
+        _lib.spi_node_get_state(self._p(), nb, len(nb), byref(out))
+        return maybe_enum(NodeState, out.value)  # type: ignore[return-value]
+
+    def on_node_transition(self, fn: Optional[Callable[[str, "NodeState", "NodeState"], None]]) -> None:
+        """Call fn(node, from_state, to_state) on every node transition
+        (None clears it). fn runs on the thread whose call caused the
+        transition and must not call back into the engine; exceptions in it
+        are swallowed. Not concurrent with other calls on the engine."""
+        from .enums import NodeState
+        if fn is None:
+            _lib.spi_engine_on_node_transition(self._p(), _n.NODE_FN(), None)
+            return
+
+        def tramp(_ud: Any, node: Optional[int], n: int, a: int, b: int) -> None:
+            try:
+                name = _s(string_at(node, n)) if node and n else ""
+                fn(name, maybe_enum(NodeState, a), maybe_enum(NodeState, b))  # type: ignore[arg-type]
+            except BaseException:
+                pass
+        cb = _n.NODE_FN(tramp)
+        _lib.spi_engine_on_node_transition(self._p(), cb, None)
+        self._st.keep.append(cb)  # C may call it until the engine is freed
+
+    def tick(self) -> None:
+        """Periodic node work: expired rebalance advice, deadlines passed."""
+        _lib.spi_engine_tick(self._p())
+
+    def replay_queue(self, config: Union[str, bytes, Mapping[str, Any]] = '{"store":"memory"}') -> "ReplayQueue":
+        """Open a replay queue on this engine (see :class:`ReplayQueue`)."""
+        from .replay import ReplayQueue
+        return ReplayQueue(self, config)
 
     # -- tickets
 
@@ -542,6 +625,8 @@ class Request:
     expected_output_tokens = _IntAttr(ReqInt.EXPECTED_OUTPUT_TOKENS)
     prompt_tokens = _IntAttr(ReqInt.PROMPT_TOKENS)
     model_tier = _IntAttr(ReqInt.MODEL_TIER, doc="Force a ModelTier.")
+    replay_since_ns = _IntAttr(ReqInt.REPLAY_SINCE_NS,
+                               doc="This request replays one interrupted at this time.")
 
     def __init__(self, engine: Engine, **attrs: Any) -> None:
         st = engine._st
@@ -550,12 +635,7 @@ class Request:
         self._engine = engine
         self._ptr: Optional[c_void_p] = ptr
         self._blocks = (c_uint64 * 64)()
-        key = next(st.seq)
-        fin = weakref.finalize(self, _free_request, ptr, st, key)
-        fin.atexit = False  # the engine's finalizer frees what is left
-        with st.lock:
-            st.requests[key] = (fin, weakref.ref(self))
-        self._fin = fin
+        self._fin = st.adopt(self, _lib.spi_request_free, ptr)
         for k, v in attrs.items():
             if k == "messages":
                 self.add_messages(v)
@@ -792,11 +872,12 @@ class Request:
         return f"<spotinfer.Request model={self.model!r} messages={self.message_count}>"
 
 
-def _free_request(ptr: c_void_p, st: _EngineState, key: int) -> None:
+def _free_child(free_fn: Callable[[Any], None], ptr: c_void_p,
+                st: _EngineState, key: int) -> None:
     with st.lock:
         st.requests.pop(key, None)
     if st.ptr is not None:  # the engine's own free already released it
-        _lib.spi_request_free(ptr)
+        free_fn(ptr)
 
 
 # ------------------------------------------------------- decisions, tickets

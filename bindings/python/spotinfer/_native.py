@@ -177,6 +177,9 @@ class ReplicaInfo(_Struct):
         ("usd_per_hour", c_double),
         ("max_inflight", c_uint32),
         ("reserved0", c_uint32),
+        ("node", c_char_p),
+        ("node_len", c_size_t),
+        ("decode_tokens_per_s", c_double),
     ]
 
 
@@ -271,6 +274,13 @@ class LedgerRow(_Struct):
         ("usd", c_double),
         ("usd_per_completed", c_double),
         ("tokens_per_gpu_second", c_double),
+        ("interrupted", c_uint64),
+        ("wasted_output_tokens", c_uint64),
+        ("reprefilled_tokens", c_uint64),
+        ("wasted_usd", c_double),
+        ("replays", c_uint64),
+        ("replay_latency_ms", c_double),
+        ("fallback_on_demand_seconds", c_double),
     ]
 
 
@@ -285,6 +295,78 @@ class Signals(_Struct):
         ("reserved0", c_uint32),
         ("draft_acceptance", c_double),
     ]
+
+
+class Notice(_Struct):
+    _c_name_ = "spi_notice"
+    _fields_ = [
+        ("struct_size", c_size_t),
+        ("kind", c_int32),
+        ("format", c_int32),
+        ("node", c_char * ID_MAX),
+        ("deadline_ns", c_int64),
+        ("received_ns", c_int64),
+        ("active", c_int32),
+        ("reserved0", c_int32),
+        ("event_id", c_char * ID_MAX),
+        ("dedup_key", c_char * 160),
+    ]
+
+
+class TicketPlan(_Struct):
+    """No struct_size: an output array element of spi_engine_notice()."""
+    _c_name_ = "spi_ticket_plan"
+    _fields_ = [
+        ("ticket", c_uint64),
+        ("action", c_int32),
+        ("klass", c_int32),
+        ("remaining_s", c_double),
+        ("deadline_s", c_double),
+        ("progress", c_double),
+        ("replica_id", c_char * ID_MAX),
+    ]
+
+
+class Envelope(_Struct):
+    _c_name_ = "spi_envelope"
+    _fields_ = [
+        ("struct_size", c_size_t),
+        ("key", c_void_p), ("key_len", c_size_t),
+        ("body", c_void_p), ("body_len", c_size_t),
+        ("openai_kind", c_int32),
+        ("klass", c_int32),
+        ("partial_text", c_void_p), ("partial_text_len", c_size_t),
+        ("partial_tokens", POINTER(c_uint32)), ("partial_token_count", c_size_t),
+        ("stream_offset", c_uint64),
+        ("attempts", c_uint32),
+        ("flags", c_uint32),
+        ("first_enqueued_ns", c_int64),
+        ("deadline_ns", c_int64),
+        ("tenant", c_char * ID_MAX),
+    ]
+
+
+ENVELOPE_FROM_SCRATCH = 1
+
+
+class ReplayStats(_Struct):
+    _c_name_ = "spi_replay_stats"
+    _fields_ = [
+        ("struct_size", c_size_t),
+        ("ready", c_uint64 * 4),
+        ("leased", c_uint64),
+        ("delayed", c_uint64),
+        ("dead", c_uint64),
+        ("enqueued", c_uint64),
+        ("duplicates", c_uint64),
+        ("acked", c_uint64),
+        ("nacked", c_uint64),
+        ("expired_leases", c_uint64),
+        ("journal_bytes", c_uint64),
+    ]
+
+
+NODE_FN = CFUNCTYPE(None, c_void_p, c_void_p, c_size_t, c_int32, c_int32)
 
 
 # ------------------------------------------------------- module structs
@@ -461,7 +543,7 @@ class PolicyModule(_ModuleStruct):
 STRUCTS: Tuple[type, ...] = (
     Hooks, OptionInfo, Classification, CacheKey, SpotCost, Price,
     ReplicaInfo, Load, ReplicaStatus, Decision, TicketResult, LedgerRow,
-    Signals, RequestView, ClassifierModule, KeyBuilderModule,
+    Signals, Notice, TicketPlan, Envelope, ReplayStats, RequestView, ClassifierModule, KeyBuilderModule,
     CostModelModule, Candidate, RouteContext, PolicyChoice, PolicyModule,
 )
 
@@ -471,6 +553,8 @@ STRUCTS: Tuple[type, ...] = (
 # Where a failed call's message lives: the handle in the first argument.
 ENGINE = "engine"    # spi_engine_errmsg(args[0])
 REQUEST = "request"  # spi_request_errmsg(args[0])
+REPLAY = "replay"    # spi_replay_errmsg(args[0])
+ERRBUF = "errbuf"    # the caller's errbuf, the last-but-one argument
 PURE = "pure"        # no handle: the status name says it all
 NONE = None          # not a status (void, size_t, pointers, counts)
 
@@ -577,6 +661,35 @@ FUNCTIONS: Tuple[tuple, ...] = (
     ("spi_engine_signals", c_int, (_vp, P(Signals)), ENGINE),
     ("spi_engine_metrics", c_int, (_vp, c_void_p, c_size_t, P(c_size_t)),
      ENGINE, frozenset({_EBUFSIZE})),
+    # notices and nodes
+    ("spi_notice_kind_name", c_char_p, (c_int32,), NONE),
+    ("spi_notice_parse", c_int,
+     (c_int32, c_int32, c_char_p, c_size_t, c_char_p, c_size_t, c_int64,
+      c_void_p, c_size_t, P(c_size_t), c_void_p, c_size_t), ERRBUF,
+     frozenset({_EBUFSIZE})),
+    ("spi_node_state_name", c_char_p, (c_int32,), NONE),
+    ("spi_engine_notice", c_int,
+     (_vp, P(Notice), c_void_p, c_size_t, P(c_size_t)), ENGINE),
+    ("spi_node_set_state", c_int, (_vp, c_char_p, c_size_t, c_int32), ENGINE),
+    ("spi_node_get_state", c_int, (_vp, c_char_p, c_size_t, P(c_int32)),
+     ENGINE),
+    ("spi_engine_on_node_transition", c_int, (_vp, NODE_FN, c_void_p), ENGINE),
+    ("spi_engine_tick", c_int, (_vp,), ENGINE),
+    # replay queue
+    ("spi_replay_open", c_int, (_vp, c_char_p, c_size_t, P(_vp)), ENGINE),
+    ("spi_replay_close", None, (_vp,), NONE),
+    ("spi_replay_errmsg", c_char_p, (_vp,), NONE),
+    ("spi_replay_enqueue", c_int, (_vp, P(Envelope), P(c_int32)), REPLAY),
+    ("spi_replay_claim", c_int,
+     (_vp, c_uint32, c_int64, P(c_uint64), P(Envelope), c_void_p, c_size_t,
+      P(c_size_t)), REPLAY, frozenset({_EBUFSIZE, _ENOTFOUND})),
+    ("spi_replay_ack", c_int, (_vp, c_uint64), REPLAY),
+    ("spi_replay_nack", c_int, (_vp, c_uint64), REPLAY),
+    ("spi_replay_stats_get", c_int, (_vp, P(ReplayStats)), REPLAY),
+    ("spi_replay_tick", c_int, (_vp,), REPLAY),
+    ("spi_replay_continuation", c_int,
+     (P(Envelope), c_void_p, c_size_t, P(c_size_t), P(c_uint32)), PURE,
+     frozenset({_EBUFSIZE})),
     # modules (spotinfer_module.h)
     ("spi_module_kind_name", c_char_p, (c_int32,), NONE),
     ("spi_engine_register_module", c_int,
@@ -643,7 +756,13 @@ class Library:
         def errcheck(result: int, func: Any, args: Tuple[Any, ...]) -> int:
             if result >= 0 or result in results:
                 return result
-            raise self.error(result, func.__name__, check, args[0] if args else None)
+            if check == ERRBUF:
+                handle = args[-2] if len(args) >= 2 else None
+                if isinstance(handle, ctypes.Array):
+                    handle = ctypes.addressof(handle)
+            else:
+                handle = args[0] if args else None
+            raise self.error(result, func.__name__, check, handle)
         return errcheck
 
     def error(self, code: int, function: str, check: str = PURE,
@@ -654,6 +773,10 @@ class Library:
             message = _decode(self.cdll.spi_engine_errmsg(handle))
         elif handle is not None and check == REQUEST:
             message = _decode(self.cdll.spi_request_errmsg(handle))
+        elif handle is not None and check == REPLAY:
+            message = _decode(self.cdll.spi_replay_errmsg(handle))
+        elif handle is not None and check == ERRBUF:
+            message = _decode(ctypes.string_at(handle)) if handle else ""
         return error_for_status(code, message, status_name=self.strerror(code),
                                 function=function)
 

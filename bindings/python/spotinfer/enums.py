@@ -12,7 +12,8 @@ __all__ = [
     "Status", "LogLevel", "OptionType", "Class", "ModelTier",
     "PriorityScheme", "ServiceTier", "ReqStr", "ReqInt", "OpenAIKind",
     "Pressure", "Pool", "ReplicaState", "BreakerState", "Reason",
-    "TicketStatus", "ModuleKind", "OnFailure",
+    "TicketStatus", "ModuleKind", "OnFailure", "NoticeKind", "NoticeFormat",
+    "NodeState", "TicketAction",
 ]
 
 
@@ -112,6 +113,7 @@ class ReqInt(enum.IntEnum):
     EXPECTED_OUTPUT_TOKENS = 6
     PROMPT_TOKENS = 7
     MODEL_TIER = 8
+    REPLAY_SINCE_NS = 9
 
 
 class OpenAIKind(enum.IntEnum):
@@ -165,6 +167,41 @@ class TicketStatus(enum.IntEnum):
     ERROR = 1
     CANCELLED = 2
     DRAFT_REJECTED = 3
+    INTERRUPTED = 4
+
+
+class NoticeKind(enum.IntEnum):
+    NONE = 0
+    TERMINATE = 1
+    STOP = 2
+    HIBERNATE = 3
+    REBALANCE = 4
+    MAINTENANCE = 5
+    PREEMPT = 6
+
+
+class NoticeFormat(enum.IntEnum):
+    AWS_INSTANCE_ACTION = 1
+    AWS_REBALANCE = 2
+    AWS_SCHEDULED = 3
+    AWS_EVENTBRIDGE = 4
+    GCP_PREEMPTED = 5
+    GCP_MAINTENANCE = 6
+    AZURE_SCHEDULED = 7
+
+
+class NodeState(enum.IntEnum):
+    ACTIVE = 1
+    ADVISED = 2
+    NOTICED = 3
+    DRAINING = 4
+    TERMINATED = 5
+    REMOVED = 6
+
+
+class TicketAction(enum.IntEnum):
+    DRAIN = 1
+    REPLAY = 2
 
 
 class ModuleKind(enum.IntEnum):

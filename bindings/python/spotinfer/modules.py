@@ -59,7 +59,7 @@ __all__ = [
 ]
 
 _EMODULE = -60
-_EINVAL = -1
+_EBUFSIZE = -4
 
 
 # -------------------------------------------------------------- the views
@@ -427,7 +427,9 @@ class _KeyBuilderAdapter(_Adapter):
             for i, h in enumerate(hashes[:cap]):
                 out[i] = h
             n_out[0] = len(hashes)
-            return 0
+            # More blocks than room: the first cap are written, and the
+            # library asks again with a larger buffer.
+            return 0 if len(hashes) <= cap else _EBUFSIZE
         except BaseException as e:
             return self._failed(e)
         finally:

@@ -199,6 +199,8 @@ class ReplicaInfo:
     zone: str = ""
     instance_type: str = ""
     models: Tuple[str, ...] = ()             # empty serves any model
+    node: str = ""                           # the machine; "" = the id
+    decode_tokens_per_s: float = 0.0         # 0 = router.decode_tokens_per_s
 
 
 @dataclass(frozen=True)
@@ -247,6 +249,14 @@ class LedgerRow:
     usd: float
     usd_per_completed: float
     tokens_per_gpu_second: float
+    # Interruptions: spot work lost, and the replays that recovered it.
+    interrupted: int = 0
+    wasted_output_tokens: int = 0
+    reprefilled_tokens: int = 0
+    wasted_usd: float = 0.0
+    replays: int = 0
+    replay_latency_ms: float = 0.0     # sum over replays
+    fallback_on_demand_seconds: float = 0.0
 
     @classmethod
     def _from(cls, r: _n.LedgerRow) -> "LedgerRow":
@@ -254,7 +264,9 @@ class LedgerRow:
                    maybe_enum(Class, r.klass), r.completed, r.failed,
                    r.prompt_tokens, r.output_tokens, r.cached_tokens,
                    r.gpu_seconds, r.usd, r.usd_per_completed,
-                   r.tokens_per_gpu_second)
+                   r.tokens_per_gpu_second, r.interrupted,
+                   r.wasted_output_tokens, r.reprefilled_tokens, r.wasted_usd,
+                   r.replays, r.replay_latency_ms, r.fallback_on_demand_seconds)
 
 
 @dataclass(frozen=True)

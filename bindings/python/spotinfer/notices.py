@@ -1,0 +1,103 @@
+"""Interruption notices: parsing cloud notice bodies, and the plans the
+engine makes for the tickets on a noticed machine."""
+
+from __future__ import annotations
+
+import time
+from ctypes import byref, c_size_t, create_string_buffer
+from dataclasses import dataclass
+from typing import List, Union
+
+from . import _native as _n
+from .enums import Class, NoticeFormat, NoticeKind, TicketAction, coerce, maybe_enum
+
+_lib = _n.lib
+
+__all__ = ["Notice", "TicketPlan", "parse_notice", "notice_kind_name",
+           "node_state_name"]
+
+
+def _t(b: bytes) -> str:
+    return b.decode("utf-8", "replace")
+
+
+@dataclass(frozen=True)
+class Notice:
+    """One interruption notice, whatever cloud it came from (``spi_notice``)."""
+
+    kind: NoticeKind
+    format: NoticeFormat
+    node: str
+    deadline_ns: int = 0     # 0 for advice without a deadline
+    received_ns: int = 0
+    active: bool = True      # False: a scheduled event withdrawn or done
+    event_id: str = ""
+    dedup_key: str = ""
+
+    @classmethod
+    def _from(cls, n: _n.Notice) -> "Notice":
+        return cls(maybe_enum(NoticeKind, n.kind), maybe_enum(NoticeFormat, n.format),  # type: ignore[arg-type]
+                   _t(n.node), n.deadline_ns, n.received_ns, bool(n.active),
+                   _t(n.event_id), _t(n.dedup_key))
+
+    def _struct(self) -> _n.Notice:
+        return _n.Notice(kind=int(self.kind), format=int(self.format),
+                         node=self.node.encode()[:_n.ID_MAX - 1],
+                         deadline_ns=int(self.deadline_ns),
+                         received_ns=int(self.received_ns),
+                         active=int(bool(self.active)),
+                         event_id=self.event_id.encode()[:_n.ID_MAX - 1],
+                         dedup_key=self.dedup_key.encode()[:159])
+
+
+@dataclass(frozen=True)
+class TicketPlan:
+    """What to do with one in-flight request on a noticed machine."""
+
+    ticket: int
+    action: TicketAction
+    klass: Class
+    remaining_s: float   # expected time to finish where it is
+    deadline_s: float    # seconds left before the machine goes
+    progress: float      # tokens streamed / expected, 0..1
+    replica_id: str
+
+    @classmethod
+    def _from(cls, p: _n.TicketPlan) -> "TicketPlan":
+        return cls(p.ticket, maybe_enum(TicketAction, p.action),  # type: ignore[arg-type]
+                   maybe_enum(Class, p.klass), p.remaining_s, p.deadline_s,  # type: ignore[arg-type]
+                   p.progress, _t(p.replica_id))
+
+
+def parse_notice(format: Union[NoticeFormat, int, str], body: Union[str, bytes], *,
+                 http_status: int = 200, node: str = "",
+                 now_ns: Union[int, None] = None) -> List[Notice]:
+    """Parse a notice body as the cloud serves it; [] means no notice.
+
+    http_status is the status of the metadata request (404: no notice);
+    node names the polled machine; now_ns (default: now) is the poll time.
+    """
+    data = body.encode("utf-8") if isinstance(body, str) else bytes(body)
+    nb = node.encode("utf-8")
+    now = time.time_ns() if now_ns is None else int(now_ns)
+    cap = 8
+    while True:
+        out = (_n.Notice * cap)()
+        for o in out:
+            o.struct_size = _n.sizeof(_n.Notice)
+        n = c_size_t()
+        err = create_string_buffer(256)
+        rc = _lib.spi_notice_parse(coerce(NoticeFormat, format), int(http_status),
+                                   data, len(data), nb, len(nb), now, out, cap,
+                                   byref(n), err, len(err))
+        if rc == 0:
+            return [Notice._from(out[i]) for i in range(n.value)]
+        cap = max(n.value, 2 * cap)
+
+
+def notice_kind_name(kind: Union[NoticeKind, int]) -> str:
+    return _t(_lib.spi_notice_kind_name(int(kind)) or b"")
+
+
+def node_state_name(state: int) -> str:
+    return _t(_lib.spi_node_state_name(int(state)) or b"")

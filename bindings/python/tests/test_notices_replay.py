@@ -1,0 +1,171 @@
+"""Interruption notices, node states and the replay queue.
+
+These run once the loaded library exports the functions; until then each
+group is skipped with the names of the missing functions.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+import spotinfer
+from spotinfer import (Class, Engine, Envelope, NodeState, Notice, NoticeFormat,
+                       NoticeKind, Pool, TicketAction)
+
+
+def _needs(*names):
+    missing = [n for n in names if not spotinfer.lib.has(n)]
+    return pytest.mark.skipif(bool(missing), reason="the loaded libspotinfer "
+                              "does not export " + ", ".join(missing))
+
+
+needs_notices = _needs("spi_notice_parse", "spi_notice_kind_name")
+needs_nodes = _needs("spi_engine_notice", "spi_node_set_state",
+                     "spi_node_get_state", "spi_engine_on_node_transition",
+                     "spi_node_state_name")
+needs_replay = _needs("spi_replay_open", "spi_replay_enqueue", "spi_replay_claim",
+                      "spi_replay_ack", "spi_replay_nack", "spi_replay_stats_get",
+                      "spi_replay_tick", "spi_replay_close", "spi_replay_errmsg")
+needs_continuation = _needs("spi_replay_continuation")
+
+SEC = 1_000_000_000
+NOW = 1_700_000_000 * SEC
+
+
+def test_missing_functions_raise_not_supported():
+    missing = spotinfer.lib.missing
+    if not missing:
+        pytest.skip("every function is exported")
+    with pytest.raises(spotinfer.NotSupportedError) as ei:
+        getattr(spotinfer.lib, missing[0])()
+    assert missing[0] in str(ei.value)
+
+
+@needs_notices
+def test_parse_aws_instance_action():
+    body = json.dumps({"action": "terminate", "time": "2023-11-14T22:15:20Z"})
+    notices = spotinfer.parse_notice(NoticeFormat.AWS_INSTANCE_ACTION, body,
+                                     node="i-0abc", now_ns=NOW)
+    assert len(notices) == 1
+    n = notices[0]
+    assert n.kind is NoticeKind.TERMINATE and n.node == "i-0abc"
+    assert n.deadline_ns == 1_700_000_120 * SEC
+    assert n.received_ns == NOW and n.active and n.dedup_key
+    assert spotinfer.notice_kind_name(n.kind) == "terminate"
+
+
+@needs_notices
+def test_parse_no_notice_and_errors():
+    assert spotinfer.parse_notice("aws_instance_action", "", http_status=404,
+                                  node="i-1", now_ns=NOW) == []
+    gcp = spotinfer.parse_notice(NoticeFormat.GCP_PREEMPTED, "TRUE", node="vm-1",
+                                 now_ns=NOW)
+    assert [n.kind for n in gcp] == [NoticeKind.PREEMPT]
+    assert gcp[0].deadline_ns == NOW + 30 * SEC
+    assert spotinfer.parse_notice(NoticeFormat.GCP_PREEMPTED, "FALSE", node="vm-1",
+                                  now_ns=NOW) == []
+    with pytest.raises(spotinfer.InputError) as ei:
+        spotinfer.parse_notice(NoticeFormat.AWS_INSTANCE_ACTION, "{not json",
+                               node="i-1", now_ns=NOW)
+    assert ei.value.message  # from the parser's errbuf
+
+
+@needs_nodes
+def test_notice_plans_and_node_states():
+    clock = [NOW]
+    seen = []
+    with Engine(clock=lambda: clock[0]) as e:
+        e.on_node_transition(lambda node, a, b: seen.append((node, a, b)))
+        for rid, pool, node in (("spot-a", Pool.SPOT, "i-1"),
+                                ("od-a", Pool.ON_DEMAND, "i-2")):
+            e.upsert_replica(id=rid, pool=pool, usd_per_hour=2.0, max_inflight=16,
+                             node=node, zone="z1", instance_type="g5.xlarge")
+            e.report_load(rid, running=1, kv_usage=0.2)
+        assert e.node_state("i-1") is NodeState.ACTIVE
+        r = e.request(model="m", sla_ms=5000, replayable=True,
+                      messages=[("user", "hello")])
+        d = r.route()
+        assert d.replica_id == "spot-a"
+        notice = Notice(NoticeKind.TERMINATE, NoticeFormat.AWS_INSTANCE_ACTION,
+                        "i-1", deadline_ns=NOW + 120 * SEC, received_ns=NOW,
+                        dedup_key="aws:i-1:terminate")
+        plans = e.notice(notice)
+        assert [p.ticket for p in plans] == [d.ticket.id]
+        assert plans[0].action in (TicketAction.DRAIN, TicketAction.REPLAY)
+        assert plans[0].replica_id == "spot-a"
+        assert e.node_state("i-1") is NodeState.NOTICED
+        assert ("i-1", NodeState.ACTIVE, NodeState.NOTICED) in seen
+        assert e.notice(notice) == []  # the same notice again plans nothing
+        # Nothing new goes to the noticed machine.
+        d2 = r.route()
+        assert d2.replica_id != "spot-a"
+        e.set_node_state("i-1", NodeState.DRAINING)
+        assert e.node_state("i-1") is NodeState.DRAINING
+        with pytest.raises(spotinfer.InvalidArgumentError) as ei:
+            e.set_node_state("i-1", NodeState.ACTIVE)
+        assert "draining" in ei.value.message.lower()
+        e.on_node_transition(None)
+        assert spotinfer.node_state_name(NodeState.ADVISED) == "advised"
+
+
+@needs_replay
+def test_replay_queue_memory():
+    body = json.dumps({"model": "m", "messages": [{"role": "user", "content": "hi"}]})
+    with Engine() as e, e.replay_queue({"store": "memory"}) as q:
+        assert q.enqueue(key="a", body=body, klass=Class.BRONZE)
+        assert q.enqueue(Envelope("b", body, klass=Class.GOLD, partial_text="Hel",
+                                  stream_offset=1, tenant="acme"))
+        assert not q.enqueue(key="a", body=body, klass=Class.BRONZE)  # duplicate
+        st = q.stats()
+        assert st.ready[Class.GOLD] == 1 and st.ready[Class.BRONZE] == 1
+        assert st.duplicates == 1 and st.enqueued == 2
+        c = q.claim()
+        assert c.envelope.key == "b"  # gold first
+        assert c.envelope.partial_text == "Hel" and c.envelope.tenant == "acme"
+        assert json.loads(c.envelope.body) == json.loads(body)
+        c.ack()
+        with pytest.raises(spotinfer.StaleError):
+            c.ack()
+        c2 = q.claim(classes=[Class.BRONZE])
+        assert c2.envelope.key == "a"
+        c2.nack()
+        assert q.stats().acked == 1 and q.stats().nacked == 1
+        assert q.claim(classes=["gold"]) is None
+        q.tick()
+    assert q.closed
+
+
+@needs_replay
+def test_replay_queue_closed_with_engine():
+    e = Engine()
+    q = e.replay_queue()
+    e.close()
+    assert q.closed
+    with pytest.raises(spotinfer.MisuseError):
+        q.stats()
+
+
+@needs_replay
+def test_replay_open_errors(engine):
+    with pytest.raises(spotinfer.SpotinferError) as ei:
+        engine.replay_queue({"store": "carrier-pigeon"})
+    assert ei.value.message
+
+
+@needs_continuation
+def test_continuation():
+    body = json.dumps({"model": "m", "max_tokens": 100,
+                       "messages": [{"role": "user", "content": "count"}]})
+    text, flags = spotinfer.continuation(Envelope("k", body, partial_text="1 2 3",
+                                                  stream_offset=3))
+    cont = json.loads(text)
+    assert cont["messages"][-1] == {"role": "assistant", "content": "1 2 3"} or \
+        cont["messages"][-1]["content"] == "1 2 3"
+    assert cont.get("continue_final_message") is True
+    assert flags & spotinfer.ENVELOPE_FROM_SCRATCH == 0
+    guided = json.dumps({"model": "m", "response_format": {"type": "json_object"},
+                         "messages": [{"role": "user", "content": "json"}]})
+    _, flags = spotinfer.continuation(Envelope("g", guided, partial_text="{"))
+    assert flags & spotinfer.ENVELOPE_FROM_SCRATCH
