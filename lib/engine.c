@@ -411,6 +411,14 @@ int spi_engine_new(spi_engine **out, const spi_hooks *hooks) {
     spi__free(&mem, e);
     return SPI_ENOMEM;
   }
+  if (spi__nodes_new(e) != SPI_OK) {
+    spi__registry_destroy(&e->registry, &e->mem);
+    pthread_mutex_destroy(&e->err_lock);
+    pthread_mutex_destroy(&e->config_lock);
+    spi__rcu_destroy(&e->rcu);
+    spi__free(&mem, e);
+    return SPI_ENOMEM;
+  }
   e->magic = SPI_ENGINE_MAGIC;
   int rc = register_builtins(e);
   if (rc == SPI_OK) rc = spi_engine_configure(e, "{}", 2);
@@ -429,6 +437,7 @@ void spi_engine_free(spi_engine *engine) {
   snapshot_free(engine, atomic_exchange(&engine->snap, NULL));
   spi__router_destroy(engine);
   spi__registry_destroy(&engine->registry, &engine->mem);
+  spi__nodes_free(engine);
   free_modules(engine);
   pthread_mutex_destroy(&engine->config_lock);
   pthread_mutex_destroy(&engine->err_lock);

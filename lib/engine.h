@@ -92,6 +92,7 @@ struct spi_engine {
   _Atomic(spi_metrics *) metrics;
   size_t ledger_rows, metrics_families;
   atomic_uint kv_level[4];   /* pool KV breaker level, by enum spi_pool */
+  struct spi_nodes *nodes;   /* machines and their fate (node.c) */
   atomic_int configuring; /* set while module configure callbacks run */
   pthread_t config_owner;
   /* Calls that may run on many threads (replica reports, tickets) can fail
@@ -112,7 +113,7 @@ void spi__engine_log(const spi_engine *e, int32_t level, const char *fmt, ...)
 
 /* ---------------------------------------------------------------- request */
 
-enum { SPI_REQ_STR_MAX = 15, SPI_REQ_INT_MAX = 9 };
+enum { SPI_REQ_STR_MAX = 15, SPI_REQ_INT_MAX = 10 };
 
 typedef struct spi_msg {
   int32_t role; /* enum spi_role */
@@ -158,6 +159,20 @@ struct spi_request {
   size_t candcap;
   char errmsg[SPI_ERRMSG_CAP];
 };
+
+/* node.c */
+struct spi_nodes;
+int spi__nodes_new(spi_engine *e);
+void spi__nodes_free(spi_engine *e);
+/* Lock order: nodes, then the registry. Upserts take it to start a replica
+ * on a noticed machine or a cooling pool in the right state. */
+void spi__nodes_lock(spi_engine *e);
+void spi__nodes_unlock(spi_engine *e);
+/* With the nodes lock held: the state a new replica starts in, and its
+ * advice and cooldown deadlines. */
+int32_t spi__nodes_initial(spi_engine *e, const spi_replica_ident *r,
+                           int64_t now, int64_t *advised_until,
+                           int64_t *cooldown_until);
 
 /* router.c */
 typedef struct spi_router_prep {

@@ -33,6 +33,8 @@ typedef struct ledger_row {
   uint64_t completed, failed;
   uint64_t prompt_tokens, output_tokens, cached_tokens;
   double gpu_seconds, usd;
+  uint64_t interrupted, wasted_output_tokens, reprefilled_tokens, replays;
+  double wasted_usd, replay_latency_ms, fallback_on_demand_seconds;
 } ledger_row;
 
 struct spi_ledger {
@@ -165,6 +167,28 @@ void spi__ledger_add(spi_ledger *l, const char *tenant, const char *model,
   pthread_mutex_unlock(&l->lock);
 }
 
+void spi__ledger_add_extra(spi_ledger *l, const char *tenant, const char *model,
+                           int32_t pool, int32_t klass,
+                           const spi_ledger_extra *x) {
+  if (!l || !x) return;
+  char t[SPI_ID_MAX], mo[SPI_ID_MAX];
+  copy_id(t, tenant);
+  copy_id(mo, model);
+  if (pool < 0 || pool >= LEDGER_POOLS) pool = 0;
+  if (klass < 0 || klass >= LEDGER_CLASSES) klass = 0;
+  pthread_mutex_lock(&l->lock);
+  ledger_row *r = find_or_add(l, t, mo, pool, klass, 0);
+  if (!r) r = find_or_add(l, LEDGER_OTHER, LEDGER_OTHER, pool, klass, 1);
+  r->interrupted += x->interrupted ? 1u : 0u;
+  r->wasted_output_tokens += x->wasted_output_tokens;
+  r->reprefilled_tokens += x->reprefilled_tokens;
+  r->wasted_usd += amount(x->wasted_usd);
+  r->replays += x->replay ? 1u : 0u;
+  r->replay_latency_ms += amount(x->replay_latency_ms);
+  r->fallback_on_demand_seconds += amount(x->fallback_on_demand_seconds);
+  pthread_mutex_unlock(&l->lock);
+}
+
 size_t spi__ledger_count(spi_ledger *l) {
   if (!l) return 0;
   pthread_mutex_lock(&l->lock);
@@ -195,6 +219,13 @@ int spi__ledger_row(spi_ledger *l, size_t index, spi_ledger_row *out) {
   out->gpu_seconds = r.gpu_seconds;
   out->usd = r.usd;
   out->usd_per_completed = r.completed ? r.usd / (double)r.completed : 0.0;
+  out->interrupted = r.interrupted;
+  out->wasted_output_tokens = r.wasted_output_tokens;
+  out->reprefilled_tokens = r.reprefilled_tokens;
+  out->wasted_usd = r.wasted_usd;
+  out->replays = r.replays;
+  out->replay_latency_ms = r.replay_latency_ms;
+  out->fallback_on_demand_seconds = r.fallback_on_demand_seconds;
   out->tokens_per_gpu_second =
       r.gpu_seconds > 0.0
           ? (double)(r.prompt_tokens + r.output_tokens) / r.gpu_seconds

@@ -63,6 +63,7 @@ struct spi_metrics {
   atomic_llong queue[M_CLASSES];
   atomic_ullong draft_accepted, draft_rejected;
   atomic_ullong shadow_agreed, shadow_disagreed, shadow_matched;
+  atomic_ullong node_transitions[7][7]; /* [from][to], enum spi_node_state */
 };
 
 static size_t align_up(size_t n, size_t a) { return (n + a - 1) / a * a; }
@@ -454,6 +455,24 @@ static int class_has_ttft(const spi_metrics *x, int c) {
   return 0;
 }
 
+void spi__metrics_node_transition(spi_metrics *x, int32_t from, int32_t to) {
+  if (!x || from < 1 || from > 6 || to < 1 || to > 6) return;
+  add(&x->node_transitions[from][to], 1);
+}
+
+static void render_nodes(writer *w, const spi_metrics *x) {
+  const char *name = "spotinfer_node_transitions_total";
+  family(w, name, "counter",
+         "Machine state transitions (interruption state machine).");
+  for (int f = 1; f <= 6; f++)
+    for (int t = 1; t <= 6; t++) {
+      uint64_t v = get(&x->node_transitions[f][t]);
+      if (!v) continue;
+      labels l = {{"from", "to"}, {spi_node_state_name(f), spi_node_state_name(t)}, 2};
+      sample_u64(w, name, &l, v);
+    }
+}
+
 static void render_decisions(writer *w, const spi_metrics *x) {
   const char *name = "spotinfer_decisions_total";
   family(w, name, "counter",
@@ -666,6 +685,7 @@ int spi__metrics_render(spi_metrics *x, const spi_replica_gauge *g, size_t ng,
   render_ttft(&w, x);
   render_signals(&w, sig);
   render_outcomes(&w, x);
+  render_nodes(&w, x);
   render_replicas(&w, g, ng);
   spi__metrics_free(m, tmp);
   if (w.rc != SPI_OK) out->len = mark;

@@ -53,6 +53,8 @@ static void slot_reset(spi_replica_slot *s) {
   atomic_store(&s->consecutive_errors, 0u);
   atomic_store(&s->open_until_ns, 0ll);
   atomic_store(&s->probe_taken, 1); /* no probe outside HALF_OPEN */
+  atomic_store(&s->advised_until_ns, 0ll);
+  atomic_store(&s->cooldown_until_ns, 0ll);
 }
 
 int spi__registry_init(spi_registry *g, const spi_mem *m) {
@@ -68,6 +70,8 @@ int spi__registry_init(spi_registry *g, const spi_mem *m) {
     spi_replica_slot *s = &g->slots[i];
     atomic_init(&s->gen, 0u);
     atomic_init(&s->incarnation, 0u);
+    atomic_init(&s->advised_until_ns, 0ll);
+    atomic_init(&s->cooldown_until_ns, 0ll);
     atomic_init(&s->state, 0);
     atomic_init(&s->running, 0ull);
     atomic_init(&s->waiting, 0ull);
@@ -217,8 +221,16 @@ static int ident_from_info(spi_engine *e, const spi_replica_info *in,
                       in->instance_type_len, r->instance_type,
                       sizeof r->instance_type, &r->type_len)) != SPI_OK ||
       (rc = copy_text(e, in, "models", in->models, in->models_len, r->models,
-                      sizeof r->models, &r->models_len)) != SPI_OK)
+                      sizeof r->models, &r->models_len)) != SPI_OK ||
+      (rc = copy_text(e, in, "node", in->node, in->node_len, r->node,
+                      sizeof r->node, &r->node_len)) != SPI_OK)
     return rc;
+  if (!isfinite(in->decode_tokens_per_s) || in->decode_tokens_per_s < 0)
+    return spi__engine_fail(e, SPI_EINVAL,
+                            "replica \"%.*s\": decode_tokens_per_s must be "
+                            "finite and >= 0",
+                            idl, in->id);
+  r->decode_tps = in->decode_tokens_per_s;
   memcpy(r->id, in->id, in->id_len);
   r->id[in->id_len] = '\0';
   r->id_len = in->id_len;
@@ -227,6 +239,10 @@ static int ident_from_info(spi_engine *e, const spi_replica_info *in,
   r->max_inflight = in->max_inflight;
   r->usd_per_hour = in->usd_per_hour;
   r->id_hash = XXH3_64bits(in->id, in->id_len);
+  if (r->node_len == 0) { /* a replica is its own machine unless told */
+    memcpy(r->node, r->id, r->id_len + 1);
+    r->node_len = r->id_len;
+  }
   return SPI_OK;
 }
 
@@ -243,7 +259,9 @@ static int same_ident(const spi_replica_ident *a, const spi_replica_ident *b) {
          memcmp(a->zone, b->zone, a->zone_len) == 0 &&
          a->type_len == b->type_len &&
          memcmp(a->instance_type, b->instance_type, a->type_len) == 0 &&
-         same_models(a, b);
+         a->node_len == b->node_len &&
+         memcmp(a->node, b->node, a->node_len) == 0 &&
+         a->decode_tps == b->decode_tps && same_models(a, b);
 }
 
 /* ---------------------------------------------------------------- writers */
@@ -315,7 +333,12 @@ static int upsert_locked(spi_engine *e, spi_replica_ident *r, int64_t limit) {
   slot_reset(s);
   atomic_fetch_add(&s->gen, 1u);
   atomic_fetch_add(&s->incarnation, 1u);
-  atomic_store(&s->state, SPI_REPLICA_ACTIVE);
+  int64_t advised = 0, cooling = 0;
+  int32_t initial =
+      spi__nodes_initial(e, r, spi__engine_now(e), &advised, &cooling);
+  atomic_store(&s->advised_until_ns, advised);
+  atomic_store(&s->cooldown_until_ns, cooling);
+  atomic_store(&s->state, initial);
   publish(e, next);
   return SPI_OK;
 }
@@ -326,9 +349,13 @@ int spi_replica_upsert(spi_engine *engine, const spi_replica_info *info) {
   int rc = ident_from_info(engine, info, &r);
   if (rc != SPI_OK) return rc;
   int64_t limit = replica_limit(engine);
+  /* Lock order: nodes, then the registry, so a replica added on a noticed
+   * machine or in a cooling spot pool starts in the right state. */
+  spi__nodes_lock(engine);
   pthread_mutex_lock(&engine->registry.lock);
   rc = upsert_locked(engine, &r, limit);
   pthread_mutex_unlock(&engine->registry.lock);
+  spi__nodes_unlock(engine);
   return rc;
 }
 

@@ -44,14 +44,15 @@ static const char *const STR_NAMES[SPI_REQ_STR_MAX + 1] = {
     "decode_profile", "service_tier", "user", "class", "prompt", "request_id"};
 static const char *const INT_NAMES[SPI_REQ_INT_MAX] = {
     "", "priority", "sla_ms", "stream", "replayable", "max_output_tokens",
-    "expected_output_tokens", "prompt_tokens", "model_tier"};
+    "expected_output_tokens", "prompt_tokens", "model_tier",
+    "replay_since_ns"};
 
 /* Inclusive bounds of each integer attribute. */
-static const int64_t INT_MIN_V[SPI_REQ_INT_MAX] = {0, -1000000, 1, 0, 0,
-                                                  1, 0, 0, SPI_TIER_SMALL};
+static const int64_t INT_MIN_V[SPI_REQ_INT_MAX] = {
+    0, -1000000, 1, 0, 0, 1, 0, 0, SPI_TIER_SMALL, 1};
 static const int64_t INT_MAX_V[SPI_REQ_INT_MAX] = {
     0, 1000000, 86400000, 1, 1, 1000000000, 1000000000, 100000000000LL,
-    SPI_TIER_LARGE};
+    SPI_TIER_LARGE, INT64_MAX};
 
 /* --------------------------------------------------------------- lifecycle */
 

@@ -188,6 +188,10 @@ static int route_pinned(spi_request *req, spi_snapshot *snap,
   double warm_ms = nblocks ? cold_ms * (1.0 - (double)matched / (double)nblocks)
                            : cold_ms;
   uint64_t rkey = nblocks ? req->hashes[0] : out->key.low64;
+  int64_t expect_out = v->expected_output_tokens_set ? v->expected_output_tokens
+                       : v->max_output_tokens_set    ? v->max_output_tokens
+                                                     : 0;
+  int long_request = expect_out > rc_cfg->advised_max_output_tokens;
   for (size_t i = 0; i < nrep; i++) {
     const spi_replica_ident *r = &set->r[i];
     spi_replica_slot *s = &e->registry.slots[r->slot];
@@ -198,8 +202,17 @@ static int route_pinned(spi_request *req, spi_snapshot *snap,
     c->est_ttft_ms = rc_cfg->ttft_base_ms + c->waiting * rc_cfg->ttft_per_queued_ms +
                      prefill * (1.0 + c->running / (double)r->max_inflight);
     c->rendezvous = mix64(r->id_hash ^ rkey);
+    /* Interruption signals: a cooling spot pool takes nothing new; an
+     * advised machine takes no long request and weighs less. */
+    int cooling = r->pool == SPI_POOL_SPOT &&
+                  atomic_load_explicit(&s->cooldown_until_ns,
+                                       memory_order_relaxed) > now;
+    int advised =
+        atomic_load_explicit(&s->advised_until_ns, memory_order_relaxed) > now;
+    if (advised) c->est_ttft_ms += rc_cfg->advised_penalty_ms;
     int probe = 0;
-    int ok = c->eligible && !shed[r->pool] &&
+    int ok = c->eligible && !shed[r->pool] && !cooling &&
+             !(advised && long_request) &&
              spi__replica_serves(r, v->model, v->model_len) &&
              spi__breaker_allows(s, now, &probe);
     c->eligible = ok && !probe;
@@ -318,6 +331,12 @@ static int route_pinned(spi_request *req, spi_snapshot *snap,
   k->slot = r->slot;
   k->gen = gen;
   k->incarnation = atomic_load(&s->incarnation);
+  k->expected_output = expect_out > 0 ? (uint64_t)expect_out
+                       : cls.max_output_tokens > 0 ? (uint64_t)cls.max_output_tokens
+                                                   : 256;
+  k->replay_since_ns = req->iset[SPI_REQ_REPLAY_SINCE_NS]
+                           ? req->ival[SPI_REQ_REPLAY_SINCE_NS]
+                           : 0;
   k->pool = r->pool;
   k->klass = cls.klass;
   k->model_tier = r->model_tier;
@@ -428,7 +447,7 @@ int spi_ticket_progress(spi_engine *engine, uint64_t ticket,
 }
 
 static int result_ok(const spi_ticket_result *r) {
-  return r->status >= SPI_TICKET_OK && r->status <= SPI_TICKET_DRAFT_REJECTED &&
+  return r->status >= SPI_TICKET_OK && r->status <= SPI_TICKET_INTERRUPTED &&
          isfinite(r->ttft_ms) && r->ttft_ms >= 0 && isfinite(r->duration_ms) &&
          r->duration_ms >= 0 &&
          (r->prompt_tokens == 0 || r->cached_tokens <= r->prompt_tokens);
@@ -522,6 +541,33 @@ int spi_ticket_finish(spi_engine *engine, uint64_t ticket,
                     result->prompt_tokens ? result->prompt_tokens
                                           : k->prompt_tokens_est,
                     result->output_tokens, result->cached_tokens, gpu_s, usd);
+  /* Interruptions: the work cut off is wasted spot work, and a replay's
+   * latency and on-demand time are what recovering it cost. */
+  spi_ledger_extra x;
+  memset(&x, 0, sizeof x);
+  if (result->status == SPI_TICKET_INTERRUPTED) {
+    uint64_t out_tok = result->output_tokens ? result->output_tokens
+                                             : atomic_load(&k->tokens_streamed);
+    uint64_t prompt = result->prompt_tokens ? result->prompt_tokens
+                                            : k->prompt_tokens_est;
+    x.interrupted = 1;
+    x.wasted_output_tokens = out_tok;
+    x.reprefilled_tokens = prompt + out_tok;
+    x.wasted_usd = usd;
+  }
+  if (k->replay_since_ns) {
+    int64_t first = atomic_load(&k->first_token_ns);
+    int64_t at = first > 0 ? first : now;
+    x.replay = 1;
+    x.replay_latency_ms =
+        at > k->replay_since_ns ? (double)(at - k->replay_since_ns) / 1e6 : 0;
+    if (k->pool == SPI_POOL_ON_DEMAND)
+      x.fallback_on_demand_seconds =
+          result->duration_ms > 0 ? result->duration_ms / 1000.0
+                                  : (double)(now - k->start_ns) / 1e9;
+  }
+  if (lg && (x.interrupted || x.replay))
+    spi__ledger_add_extra(lg, k->tenant, k->model, k->pool, k->klass, &x);
   spi__snap_release(engine, pin);
   spi__ticket_release(tt, k);
   if (stale)

@@ -38,6 +38,11 @@ int spi__router_read_cfg(const cJSON *root, spi_router_cfg *c, char *err,
       {"router.weight_seconds", &c->weight_seconds},
       {"router.ledger_max_rows", &c->ledger_max_rows},
       {"router.metrics_max_families", &c->metrics_max_families},
+      {"router.drain_margin_ms", &c->drain_margin_ms},
+      {"router.pool_cooldown_ms", &c->pool_cooldown_ms},
+      {"router.advised_ttl_ms", &c->advised_ttl_ms},
+      {"router.advised_max_output_tokens", &c->advised_max_output_tokens},
+      {"router.default_window_ms", &c->default_window_ms},
   };
   for (size_t i = 0; i < sizeof ints / sizeof ints[0]; i++)
     if ((rc = spi__cfg_int(o, ints[i].path, S, ints[i].dst, err, errcap)))
@@ -54,6 +59,9 @@ int spi__router_read_cfg(const cJSON *root, spi_router_cfg *c, char *err,
       {"router.kv_close", &c->kv_close},
       {"router.kv_silver_open", &c->kv_silver_open},
       {"router.kv_silver_close", &c->kv_silver_close},
+      {"router.decode_tokens_per_s", &c->decode_tokens_per_s},
+      {"router.gold_drain_progress", &c->gold_drain_progress},
+      {"router.advised_penalty_ms", &c->advised_penalty_ms},
   };
   for (size_t i = 0; i < sizeof dbls / sizeof dbls[0]; i++)
     if ((rc = spi__cfg_double(o, dbls[i].path, S, dbls[i].dst, err, errcap)))

@@ -80,6 +80,15 @@ typedef struct spi_router_cfg {
   int64_t ledger_max_rows;
   int64_t metrics_max_families;
   char shadow_policy[64];    /* "" = shadow mode off */
+  /* Interruptions (node.c). */
+  double decode_tokens_per_s;      /* one stream, when a replica says none */
+  int64_t drain_margin_ms;         /* kept free before the deadline */
+  double gold_drain_progress;      /* gold past this progress drains */
+  int64_t pool_cooldown_ms;        /* spot pool unavailable after a notice */
+  int64_t advised_ttl_ms;          /* rebalance advice lasts this long */
+  int64_t advised_max_output_tokens; /* longer requests avoid advised nodes */
+  double advised_penalty_ms;       /* TTFT penalty of an advised replica */
+  int64_t default_window_ms;       /* deadline when a notice gives none */
 } spi_router_cfg;
 
 /* ------------------------------------------------------------- replicas */
@@ -104,6 +113,10 @@ typedef struct spi_replica_slot {
   atomic_uint consecutive_errors;
   atomic_llong open_until_ns;
   atomic_int probe_taken;   /* half-open: the single probe is out */
+  /* Interruption signals (node.c). */
+  atomic_llong advised_until_ns; /* rebalance advice: no long requests, and
+                                    a TTFT penalty, until then */
+  atomic_llong cooldown_until_ns; /* its spot pool is cooling down */
 } spi_replica_slot;
 
 /* A replica's identity: immutable once published in a replica set. */
@@ -119,6 +132,9 @@ typedef struct spi_replica_ident {
   char zone[SPI_ID_MAX];
   char instance_type[SPI_ID_MAX];
   char models[512];         /* comma-separated; "" = any */
+  char node[SPI_ID_MAX];    /* the machine it runs on (= id if not given) */
+  size_t node_len;
+  double decode_tps;        /* one stream's decode rate; 0 = router default */
 } spi_replica_ident;
 
 /* The published set of replicas (immutable; replaced on every change). */
@@ -229,6 +245,8 @@ typedef struct spi_ticket {
   atomic_ullong id;          /* current ticket id; 0 = free */
   uint32_t slot, gen;        /* replica; gen for the index entries */
   uint32_t incarnation;      /* the slot's replica when the ticket opened */
+  uint64_t expected_output;  /* for drain estimates at notice time */
+  int64_t replay_since_ns;   /* a replay: when the original was cut off */
   int32_t pool, klass, model_tier, probe;
   int64_t start_ns;
   atomic_llong first_token_ns;
@@ -255,6 +273,9 @@ uint64_t spi__ticket_publish(spi_ticket_table *t, spi_ticket *k);
 spi_ticket *spi__ticket_lookup(spi_ticket_table *t, uint64_t id);
 /* Claim the ticket for finishing: exactly one caller wins (others get 0). */
 int spi__ticket_claim(spi_ticket_table *t, spi_ticket *k, uint64_t id);
+/* The record at index i (0..capacity-1), open or not: for scans at notice
+ * time, which read its id atomically and skip free ones. */
+spi_ticket *spi__ticket_at(spi_ticket_table *t, size_t i);
 /* Return a claimed ticket to the free list. */
 void spi__ticket_release(spi_ticket_table *t, spi_ticket *k);
 
@@ -268,6 +289,17 @@ void spi__ledger_add(spi_ledger *l, const char *tenant, const char *model,
                      int32_t pool, int32_t klass, int ok,
                      uint64_t prompt_tokens, uint64_t output_tokens,
                      uint64_t cached_tokens, double gpu_seconds, double usd);
+/* Interruption accounting for a finished ticket (mutex inside). */
+typedef struct spi_ledger_extra {
+  int interrupted;
+  uint64_t wasted_output_tokens, reprefilled_tokens;
+  double wasted_usd;
+  int replay;
+  double replay_latency_ms, fallback_on_demand_seconds;
+} spi_ledger_extra;
+void spi__ledger_add_extra(spi_ledger *l, const char *tenant, const char *model,
+                           int32_t pool, int32_t klass,
+                           const spi_ledger_extra *x);
 size_t spi__ledger_count(spi_ledger *l);
 int spi__ledger_row(spi_ledger *l, size_t index, spi_ledger_row *out);
 
@@ -289,6 +321,7 @@ void spi__metrics_ttft(spi_metrics *x, int32_t klass, double ttft_ms);
 void spi__metrics_queue_delta(spi_metrics *x, int32_t klass, int delta);
 void spi__metrics_draft(spi_metrics *x, int accepted);
 void spi__metrics_shadow(spi_metrics *x, int agreed, uint32_t matched_blocks);
+void spi__metrics_node_transition(spi_metrics *x, int32_t from, int32_t to);
 /* The p95 TTFT of a class from its histogram (0 if no sample). */
 double spi__metrics_p95_ttft(spi_metrics *x, int32_t klass);
 double spi__metrics_queue_depth(spi_metrics *x, int32_t klass);

@@ -110,6 +110,9 @@ static void ticket_reset(spi_ticket *k) {
   k->prompt_tokens_est = 0;
   k->matched_blocks = k->total_blocks = 0;
   k->n_hashes = k->weight = 0;
+  k->incarnation = 0;
+  k->expected_output = 0;
+  k->replay_since_ns = 0;
   memset(k->hashes, 0, sizeof k->hashes);
   memset(k->tenant, 0, sizeof k->tenant);
   memset(k->model, 0, sizeof k->model);
@@ -142,6 +145,10 @@ uint64_t spi__ticket_publish(spi_ticket_table *t, spi_ticket *k) {
   uint64_t id = (g << TICKET_INDEX_BITS) | (uint64_t)(i + 1);
   atomic_store_explicit(&k->id, id, memory_order_release);
   return id;
+}
+
+spi_ticket *spi__ticket_at(spi_ticket_table *t, size_t i) {
+  return t && i < t->capacity ? &t->t[i] : NULL;
 }
 
 spi_ticket *spi__ticket_lookup(spi_ticket_table *t, uint64_t id) {

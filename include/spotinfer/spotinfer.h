@@ -323,8 +323,11 @@ enum spi_request_int {
   SPI_REQ_MAX_OUTPUT_TOKENS = 5, /* max_tokens / max_completion_tokens */
   SPI_REQ_EXPECTED_OUTPUT_TOKENS = 6,
   SPI_REQ_PROMPT_TOKENS = 7,     /* known prompt length in tokens */
-  SPI_REQ_MODEL_TIER = 8         /* force a model tier (enum spi_model_tier),
+  SPI_REQ_MODEL_TIER = 8,        /* force a model tier (enum spi_model_tier),
                                     e.g. the target after a draft failed */
+  SPI_REQ_REPLAY_SINCE_NS = 9    /* this request replays one interrupted at
+                                    this time (envelope first_enqueued_ns):
+                                    the ledger counts its replay latency */
 };
 
 /* Which OpenAI body spi_request_parse_openai() reads. */
@@ -757,9 +760,12 @@ enum spi_ticket_status {
   SPI_TICKET_ERROR = 1,          /* the replica failed it (counts toward its
                                     error breaker) */
   SPI_TICKET_CANCELLED = 2,      /* the client went away */
-  SPI_TICKET_DRAFT_REJECTED = 3  /* the small/draft model's answer was
+  SPI_TICKET_DRAFT_REJECTED = 3, /* the small/draft model's answer was
                                     rejected; route again with
                                     SPI_REQ_MODEL_TIER = SPI_TIER_LARGE */
+  SPI_TICKET_INTERRUPTED = 4     /* cut off by an interruption and replayed
+                                    elsewhere: its output so far is wasted
+                                    spot work in the ledger */
 };
 
 /* How a ticket ended. Zero token counts or times mean "unknown"; times
@@ -804,6 +810,14 @@ typedef struct spi_ledger_row {
   double usd;
   double usd_per_completed;  /* usd / completed (0 if none) */
   double tokens_per_gpu_second;
+  /* Interruptions (spot work lost, and the replays that recovered it). */
+  uint64_t interrupted;      /* tickets finished SPI_TICKET_INTERRUPTED */
+  uint64_t wasted_output_tokens; /* generated, then cut off */
+  uint64_t reprefilled_tokens;   /* prompt + partial output prefilled again */
+  double wasted_usd;         /* GPU time of the work that was lost */
+  uint64_t replays;          /* tickets that were replays (SPI_REQ_REPLAY_SINCE_NS) */
+  double replay_latency_ms;  /* sum: interruption to the replay's first token */
+  double fallback_on_demand_seconds; /* on-demand time spent on replays */
 } spi_ledger_row;
 
 /* Rows in the ledger: at most router.ledger_max_rows keyed rows, plus one
@@ -966,6 +980,11 @@ SPI_API int spi_node_set_state(spi_engine *engine, const char *node,
  * Errors: SPI_EINVAL, SPI_EMISUSE. */
 SPI_API int spi_node_get_state(spi_engine *engine, const char *node,
                                size_t node_len, int32_t *out_state);
+
+/* Periodic node work: rebalance advice that expired (ADVISED -> ACTIVE) and
+ * noticed machines past their deadline (-> TERMINATED). Also done inside
+ * spi_engine_notice() and spi_node_get_state(). Errors: SPI_EMISUSE. */
+SPI_API int spi_engine_tick(spi_engine *engine);
 
 /* Called on every node transition, from the thread making the call that
  * caused it, with no engine lock held; it must not call back into the

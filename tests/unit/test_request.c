@@ -326,7 +326,7 @@ static void test_int_ranges(void **state) {
   assert_int_equal(spi_request_get_int(r, SPI_REQ_STREAM, &v, NULL), SPI_OK);
   assert_int_equal(v, 0);
   /* Unknown fields. */
-  static const int32_t bad[] = {0, -1, SPI_REQ_MODEL_TIER + 1, 99};
+  static const int32_t bad[] = {0, -1, SPI_REQ_REPLAY_SINCE_NS + 1, 99};
   for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
     assert_int_equal(spi_request_set_int(r, bad[i], 1), SPI_EINVAL);
     assert_contains(spi_request_errmsg(r), "unknown integer field");

@@ -1,0 +1,490 @@
+/*
+ * node.c - machines (cloud instances), their interruption state machine, and
+ * what a notice does to the work on them.
+ *
+ * A notice is handed in once (spi_engine_notice) and acts at once: the
+ * machine's replicas stop taking requests before the call returns, the spot
+ * pool it belonged to (instance type and zone) cools down, and every ticket
+ * open on it gets a plan - drain it where it is or replay it elsewhere -
+ * computed against the real deadline.
+ *
+ * Node events are rare, so the table is guarded by one mutex (lock order:
+ * nodes, then the registry). Routing never takes it: it reads the effects
+ * from the replica slots (state, advice and cooldown deadlines) atomically.
+ */
+#include <math.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "engine.h"
+
+#define NODES_MAX SPI_REPLICA_SLOTS
+#define SEEN_MAX 1024  /* dedup keys remembered (a ring) */
+#define COOL_MAX 64    /* spot pools cooling down at once */
+#define MAX_EVENTS 16  /* transitions reported per call */
+
+typedef struct node {
+  char id[SPI_ID_MAX];
+  size_t len;
+  int32_t state;
+  int64_t deadline_ns;    /* NOTICED: when the machine goes */
+  int64_t advised_until;  /* ADVISED: when the advice lapses */
+} node;
+
+typedef struct cool {
+  char type[SPI_ID_MAX];
+  char zone[SPI_ID_MAX];
+  int64_t until;
+} cool;
+
+typedef struct event {
+  char id[SPI_ID_MAX];
+  size_t len;
+  int32_t from, to;
+} event;
+
+struct spi_nodes {
+  pthread_mutex_t lock;
+  node *v;
+  size_t n, cap;
+  char (*seen)[160];
+  size_t seen_n, seen_next;
+  cool cool[COOL_MAX];
+  size_t ncool;
+  spi_node_fn cb;
+  void *cb_ud;
+  /* Transitions made under the lock, reported after it is released. */
+  event ev[MAX_EVENTS];
+  size_t nev;
+};
+
+/* ------------------------------------------------------- the state table */
+
+/* ALLOWED[from][to]: the only transitions there are. A withdrawn notice or
+ * lapsed advice returns a machine to ACTIVE; a machine can be forgotten
+ * (REMOVED) from any state; nothing comes back from TERMINATED. */
+static const uint8_t ALLOWED[7][7] = {
+    /*            -  ACT ADV NOT DRN TRM REM */
+    /* -   */ {0, 0, 0, 0, 0, 0, 0},
+    /* ACT */ {0, 0, 1, 1, 1, 1, 1},
+    /* ADV */ {0, 1, 0, 1, 1, 1, 1},
+    /* NOT */ {0, 1, 0, 0, 1, 1, 1},
+    /* DRN */ {0, 0, 0, 0, 0, 1, 1},
+    /* TRM */ {0, 0, 0, 0, 0, 0, 1},
+    /* REM */ {0, 0, 0, 0, 0, 0, 0},
+};
+
+const char *spi_node_state_name(int32_t state) {
+  static const char *const names[] = {"invalid",  "active",     "advised",
+                                      "noticed",  "draining",   "terminated",
+                                      "removed"};
+  return state >= 1 && state <= 6 ? names[state] : "invalid";
+}
+
+/* -------------------------------------------------------------- the table */
+
+int spi__nodes_new(spi_engine *e) {
+  struct spi_nodes *t = spi__calloc(&e->mem, 1, sizeof *t);
+  if (!t) return SPI_ENOMEM;
+  t->seen = spi__calloc(&e->mem, SEEN_MAX, sizeof *t->seen);
+  if (!t->seen || pthread_mutex_init(&t->lock, NULL) != 0) {
+    spi__free(&e->mem, t->seen);
+    spi__free(&e->mem, t);
+    return SPI_ENOMEM;
+  }
+  e->nodes = t;
+  return SPI_OK;
+}
+
+void spi__nodes_free(spi_engine *e) {
+  struct spi_nodes *t = e->nodes;
+  if (!t) return;
+  pthread_mutex_destroy(&t->lock);
+  spi__free(&e->mem, t->v);
+  spi__free(&e->mem, t->seen);
+  spi__free(&e->mem, t);
+  e->nodes = NULL;
+}
+
+void spi__nodes_lock(spi_engine *e) { pthread_mutex_lock(&e->nodes->lock); }
+void spi__nodes_unlock(spi_engine *e) { pthread_mutex_unlock(&e->nodes->lock); }
+
+static node *find(struct spi_nodes *t, const char *id, size_t len) {
+  for (size_t i = 0; i < t->n; i++)
+    if (t->v[i].len == len && memcmp(t->v[i].id, id, len) == 0) return &t->v[i];
+  return NULL;
+}
+
+/* The node, created ACTIVE if new; NULL when the table is full or memory
+ * runs out (callers report SPI_EFULL / SPI_ENOMEM). */
+static node *get(spi_engine *e, const char *id, size_t len, int *rc) {
+  struct spi_nodes *t = e->nodes;
+  node *n = find(t, id, len);
+  if (n) return n;
+  if (t->n == t->cap) {
+    if (t->cap == NODES_MAX) {
+      *rc = SPI_EFULL;
+      return NULL;
+    }
+    size_t cap = t->cap ? t->cap * 2 : 16;
+    if (cap > NODES_MAX) cap = NODES_MAX;
+    node *v = spi__calloc(&e->mem, cap, sizeof *v);
+    if (!v) {
+      *rc = SPI_ENOMEM;
+      return NULL;
+    }
+    if (t->n) memcpy(v, t->v, t->n * sizeof *v);
+    spi__free(&e->mem, t->v);
+    t->v = v;
+    t->cap = cap;
+  }
+  n = &t->v[t->n++];
+  memset(n, 0, sizeof *n);
+  memcpy(n->id, id, len);
+  n->len = len;
+  n->state = SPI_NODE_ACTIVE;
+  return n;
+}
+
+static void forget(struct spi_nodes *t, node *n) {
+  size_t i = (size_t)(n - t->v);
+  t->v[i] = t->v[--t->n];
+}
+
+/* ----------------------------------------------- effects on the replicas */
+
+static int on_node(const spi_replica_ident *r, const node *n) {
+  return r->node_len == n->len && memcmp(r->node, n->id, n->len) == 0;
+}
+
+/* Make the replicas of n match its state. Registry lock held. */
+static void apply_to_replicas(spi_engine *e, const node *n) {
+  const spi_replica_set *set = atomic_load(&e->registry.set);
+  for (size_t i = 0; set && i < set->n; i++) {
+    const spi_replica_ident *r = &set->r[i];
+    if (!on_node(r, n)) continue;
+    spi_replica_slot *s = &e->registry.slots[r->slot];
+    int want = n->state == SPI_NODE_ACTIVE || n->state == SPI_NODE_ADVISED
+                   ? SPI_REPLICA_ACTIVE
+               : n->state == SPI_NODE_DRAINING ? SPI_REPLICA_DRAINING
+                                               : SPI_REPLICA_NOTICED;
+    int was = atomic_exchange(&s->state, want);
+    /* Off ACTIVE: its prefix-index entries die with the gen bump. */
+    if (was == SPI_REPLICA_ACTIVE && want != SPI_REPLICA_ACTIVE)
+      atomic_fetch_add(&s->gen, 1u);
+    atomic_store(&s->advised_until_ns,
+                 n->state == SPI_NODE_ADVISED ? n->advised_until : 0);
+  }
+}
+
+/* Cool down the spot pools (type, zone) of n's replicas. Registry lock
+ * held. */
+static void cool_pools(spi_engine *e, const node *n, int64_t until) {
+  struct spi_nodes *t = e->nodes;
+  const spi_replica_set *set = atomic_load(&e->registry.set);
+  for (size_t i = 0; set && i < set->n; i++) {
+    const spi_replica_ident *r = &set->r[i];
+    if (!on_node(r, n) || r->pool != SPI_POOL_SPOT) continue;
+    cool *c = NULL;
+    for (size_t k = 0; k < t->ncool && !c; k++)
+      if (!strcmp(t->cool[k].type, r->instance_type) &&
+          !strcmp(t->cool[k].zone, r->zone))
+        c = &t->cool[k];
+    if (!c) {
+      /* Full: reuse the entry that lapses first. */
+      size_t at = t->ncool < COOL_MAX ? t->ncool++ : 0;
+      for (size_t k = 0; t->ncool == COOL_MAX && k < COOL_MAX; k++)
+        if (t->cool[k].until < t->cool[at].until) at = k;
+      c = &t->cool[at];
+      memcpy(c->type, r->instance_type, sizeof c->type);
+      memcpy(c->zone, r->zone, sizeof c->zone);
+    }
+    if (until > c->until) c->until = until;
+    for (size_t j = 0; j < set->n; j++) {
+      const spi_replica_ident *o = &set->r[j];
+      if (o->pool == SPI_POOL_SPOT && !strcmp(o->instance_type, c->type) &&
+          !strcmp(o->zone, c->zone))
+        atomic_store(&e->registry.slots[o->slot].cooldown_until_ns, c->until);
+    }
+  }
+}
+
+int32_t spi__nodes_initial(spi_engine *e, const spi_replica_ident *r,
+                           int64_t now, int64_t *advised_until,
+                           int64_t *cooldown_until) {
+  struct spi_nodes *t = e->nodes;
+  *advised_until = *cooldown_until = 0;
+  for (size_t k = 0; r->pool == SPI_POOL_SPOT && k < t->ncool; k++)
+    if (t->cool[k].until > now && !strcmp(t->cool[k].type, r->instance_type) &&
+        !strcmp(t->cool[k].zone, r->zone))
+      *cooldown_until = t->cool[k].until;
+  const node *n = find(t, r->node, r->node_len);
+  if (!n) return SPI_REPLICA_ACTIVE;
+  if (n->state == SPI_NODE_ADVISED) *advised_until = n->advised_until;
+  return n->state == SPI_NODE_ACTIVE || n->state == SPI_NODE_ADVISED
+             ? SPI_REPLICA_ACTIVE
+         : n->state == SPI_NODE_DRAINING ? SPI_REPLICA_DRAINING
+                                         : SPI_REPLICA_NOTICED;
+}
+
+/* ------------------------------------------------------------ transitions */
+
+/* Move n to state if the table allows it; records the event. Nodes and
+ * registry locks held. Returns 1 if it moved. */
+static int move(spi_engine *e, node *n, int32_t to) {
+  if (!ALLOWED[n->state][to]) return 0;
+  struct spi_nodes *t = e->nodes;
+  int32_t from = n->state;
+  n->state = to;
+  if (to != SPI_NODE_ADVISED) n->advised_until = 0;
+  if (to == SPI_NODE_ACTIVE) n->deadline_ns = 0;
+  apply_to_replicas(e, n);
+  spi__metrics_node_transition(atomic_load(&e->metrics), from, to);
+  if (t->nev < MAX_EVENTS) {
+    event *ev = &t->ev[t->nev++];
+    memcpy(ev->id, n->id, n->len);
+    ev->len = n->len;
+    ev->from = from;
+    ev->to = to;
+  }
+  if (to == SPI_NODE_REMOVED) forget(t, n);
+  return 1;
+}
+
+/* Lapsed advice and passed deadlines. Both locks held. */
+static void expire(spi_engine *e, int64_t now) {
+  struct spi_nodes *t = e->nodes;
+  for (size_t i = 0; i < t->n; i++) {
+    node *n = &t->v[i];
+    if (n->state == SPI_NODE_ADVISED && n->advised_until <= now)
+      move(e, n, SPI_NODE_ACTIVE);
+    else if ((n->state == SPI_NODE_NOTICED || n->state == SPI_NODE_DRAINING) &&
+             n->deadline_ns && n->deadline_ns <= now)
+      move(e, n, SPI_NODE_TERMINATED);
+  }
+}
+
+/* Take both locks; release them and report the transitions made. */
+static void lock_all(spi_engine *e) {
+  pthread_mutex_lock(&e->nodes->lock);
+  pthread_mutex_lock(&e->registry.lock);
+}
+
+static void unlock_all_and_report(spi_engine *e) {
+  struct spi_nodes *t = e->nodes;
+  event ev[MAX_EVENTS];
+  size_t nev = t->nev;
+  memcpy(ev, t->ev, nev * sizeof ev[0]);
+  t->nev = 0;
+  spi_node_fn cb = t->cb;
+  void *ud = t->cb_ud;
+  pthread_mutex_unlock(&e->registry.lock);
+  pthread_mutex_unlock(&t->lock);
+  for (size_t i = 0; cb && i < nev; i++)
+    cb(ud, ev[i].id, ev[i].len, ev[i].from, ev[i].to);
+}
+
+/* ------------------------------------------------------------------ plans */
+
+/* For each open ticket on n's replicas: drain or replay. Both locks held. */
+static size_t plan(spi_engine *e, const node *n, const spi_router_cfg *c,
+                   int64_t now, spi_ticket_plan *plans, size_t cap) {
+  spi_ticket_table *tt = atomic_load(&e->tickets);
+  const spi_replica_set *set = atomic_load(&e->registry.set);
+  if (!tt || !set) return 0;
+  double deadline_s = (double)(n->deadline_ns - now) / 1e9;
+  double margin_s = (double)c->drain_margin_ms / 1000.0;
+  size_t found = 0, total = spi__tickets_capacity(tt);
+  for (size_t i = 0; i < total; i++) {
+    spi_ticket *k = spi__ticket_at(tt, i);
+    uint64_t id = atomic_load(&k->id);
+    if (!id || k->slot >= SPI_REPLICA_SLOTS) continue;
+    const spi_replica_ident *r = NULL;
+    for (size_t j = 0; j < set->n && !r; j++)
+      if (set->r[j].slot == k->slot && on_node(&set->r[j], n)) r = &set->r[j];
+    if (!r ||
+        atomic_load(&e->registry.slots[k->slot].incarnation) != k->incarnation)
+      continue;
+    uint64_t streamed = atomic_load(&k->tokens_streamed);
+    uint64_t expected = k->expected_output > streamed ? k->expected_output
+                                                      : streamed + 1;
+    double rate = r->decode_tps > 0 ? r->decode_tps : c->decode_tokens_per_s;
+    double remaining_s = (double)(expected - streamed) / rate;
+    double progress = (double)streamed / (double)expected;
+    int drain = remaining_s <= deadline_s - margin_s ||
+                (k->klass == SPI_CLASS_GOLD && progress >= c->gold_drain_progress);
+    /* Re-check: the ticket may have finished while we looked. */
+    if (atomic_load(&k->id) != id) continue;
+    if (found < cap) {
+      spi_ticket_plan *p = &plans[found];
+      memset(p, 0, sizeof *p);
+      p->ticket = id;
+      p->action = drain ? SPI_ACTION_DRAIN : SPI_ACTION_REPLAY;
+      p->klass = k->klass;
+      p->remaining_s = remaining_s;
+      p->deadline_s = deadline_s;
+      p->progress = progress;
+      memcpy(p->replica_id, r->id, r->id_len + 1);
+    }
+    found++;
+  }
+  return found;
+}
+
+/* ------------------------------------------------------------- public API */
+
+static int seen_before(struct spi_nodes *t, const char *key) {
+  for (size_t i = 0; i < t->seen_n; i++)
+    if (!strcmp(t->seen[i], key)) return 1;
+  return 0;
+}
+
+static void remember(struct spi_nodes *t, const char *key) {
+  snprintf(t->seen[t->seen_next], sizeof t->seen[0], "%s", key);
+  t->seen_next = (t->seen_next + 1) % SEEN_MAX;
+  if (t->seen_n < SEEN_MAX) t->seen_n++;
+}
+
+static size_t bounded_len(const char *s, size_t cap) {
+  const char *z = memchr(s, '\0', cap);
+  return z ? (size_t)(z - s) : cap;
+}
+
+int spi_engine_notice(spi_engine *engine, const spi_notice *notice,
+                      spi_ticket_plan *plans, size_t cap, size_t *n_out) {
+  if (!spi__engine_ok(engine)) return SPI_EMISUSE;
+  if (!notice || notice->struct_size < sizeof *notice || !n_out ||
+      (!plans && cap) || notice->kind < SPI_NOTICE_NONE ||
+      notice->kind > SPI_NOTICE_PREEMPT)
+    return spi__engine_fail(engine, SPI_EINVAL,
+                            "notice: NULL, bad struct_size or unknown kind");
+  size_t nlen = bounded_len(notice->node, sizeof notice->node);
+  size_t klen = bounded_len(notice->dedup_key, sizeof notice->dedup_key);
+  if (nlen == 0 || nlen == sizeof notice->node ||
+      klen == sizeof notice->dedup_key)
+    return spi__engine_fail(engine, SPI_EINVAL,
+                            "notice: node must be 1..63 bytes and both node "
+                            "and dedup_key NUL-terminated");
+  *n_out = 0;
+  if (notice->kind == SPI_NOTICE_NONE) return SPI_OK;
+  unsigned pin;
+  spi_snapshot *snap = spi__snap_acquire(engine, &pin);
+  const spi_router_cfg *c = &snap->router;
+  int64_t now = spi__engine_now(engine);
+  struct spi_nodes *t = engine->nodes;
+  int rc = SPI_OK;
+  lock_all(engine);
+  expire(engine, now);
+  if (klen && seen_before(t, notice->dedup_key)) goto out;
+  node *n = get(engine, notice->node, nlen, &rc);
+  if (!n) {
+    rc = spi__engine_fail(engine, rc, "notice: %s tracking machine %.63s",
+                          rc == SPI_EFULL ? "too many machines" : "out of memory",
+                          notice->node);
+    goto out;
+  }
+  if (klen) remember(t, notice->dedup_key);
+  if (!notice->active) {
+    /* A withdrawn event (completed, canceled): back to work if it was only
+     * noticed or advised, and its deadline has not come. */
+    if (n->state == SPI_NODE_NOTICED || n->state == SPI_NODE_ADVISED)
+      move(engine, n, SPI_NODE_ACTIVE);
+    goto out;
+  }
+  int advice = notice->kind == SPI_NOTICE_REBALANCE ||
+               (notice->kind == SPI_NOTICE_MAINTENANCE && notice->deadline_ns == 0);
+  if (advice) {
+    if (n->state == SPI_NODE_ACTIVE || n->state == SPI_NODE_ADVISED) {
+      n->advised_until = now + c->advised_ttl_ms * 1000000;
+      if (n->state == SPI_NODE_ADVISED)
+        apply_to_replicas(engine, n); /* extend the advice */
+      else
+        move(engine, n, SPI_NODE_ADVISED);
+    }
+    goto out;
+  }
+  int64_t deadline = notice->deadline_ns ? notice->deadline_ns
+                                         : now + c->default_window_ms * 1000000;
+  if (n->state == SPI_NODE_ACTIVE || n->state == SPI_NODE_ADVISED) {
+    n->deadline_ns = deadline;
+    move(engine, n, SPI_NODE_NOTICED);
+  } else if ((n->state == SPI_NODE_NOTICED || n->state == SPI_NODE_DRAINING) &&
+             deadline < n->deadline_ns) {
+    n->deadline_ns = deadline; /* a later notice may bring it forward */
+  }
+  if (n->state == SPI_NODE_NOTICED || n->state == SPI_NODE_DRAINING) {
+    cool_pools(engine, n, now + c->pool_cooldown_ms * 1000000);
+    size_t found = plan(engine, n, c, now, plans, cap);
+    *n_out = found;
+    if (found > cap)
+      rc = spi__engine_fail(engine, SPI_EBUFSIZE,
+                            "notice: %zu open tickets, room for %zu plans",
+                            found, cap);
+  }
+out:
+  unlock_all_and_report(engine);
+  spi__snap_release(engine, pin);
+  return rc;
+}
+
+int spi_node_set_state(spi_engine *engine, const char *id, size_t len,
+                       int32_t state) {
+  if (!spi__engine_ok(engine)) return SPI_EMISUSE;
+  if (!id || len == 0 || len >= SPI_ID_MAX)
+    return spi__engine_fail(engine, SPI_EINVAL, "node: id must be 1..63 bytes");
+  if (state < SPI_NODE_ACTIVE || state > SPI_NODE_REMOVED)
+    return spi__engine_fail(engine, SPI_EINVAL, "node: state %d is not valid",
+                            (int)state);
+  int rc = SPI_OK;
+  int64_t now = spi__engine_now(engine);
+  lock_all(engine);
+  expire(engine, now);
+  node *n = find(engine->nodes, id, len);
+  if (!n && state == SPI_NODE_ACTIVE) goto out; /* unknown is ACTIVE */
+  if (!n) n = get(engine, id, len, &rc);
+  if (!n) {
+    rc = spi__engine_fail(engine, rc, "node %.*s: cannot track it", (int)len, id);
+  } else if (n->state != state && !move(engine, n, state)) {
+    rc = spi__engine_fail(engine, SPI_EINVAL,
+                          "node %.*s: %s -> %s is not a legal transition",
+                          (int)len, id, spi_node_state_name(n->state),
+                          spi_node_state_name(state));
+  }
+out:
+  unlock_all_and_report(engine);
+  return rc;
+}
+
+int spi_node_get_state(spi_engine *engine, const char *id, size_t len,
+                       int32_t *out_state) {
+  if (!spi__engine_ok(engine)) return SPI_EMISUSE;
+  if (!id || len == 0 || len >= SPI_ID_MAX || !out_state)
+    return spi__engine_fail(engine, SPI_EINVAL,
+                            "node: id must be 1..63 bytes, out not NULL");
+  int64_t now = spi__engine_now(engine);
+  lock_all(engine);
+  expire(engine, now);
+  const node *n = find(engine->nodes, id, len);
+  *out_state = n ? n->state : SPI_NODE_ACTIVE;
+  unlock_all_and_report(engine);
+  return SPI_OK;
+}
+
+int spi_engine_tick(spi_engine *engine) {
+  if (!spi__engine_ok(engine)) return SPI_EMISUSE;
+  int64_t now = spi__engine_now(engine);
+  lock_all(engine);
+  expire(engine, now);
+  unlock_all_and_report(engine);
+  return SPI_OK;
+}
+
+int spi_engine_on_node_transition(spi_engine *engine, spi_node_fn fn,
+                                  void *user_data) {
+  if (!spi__engine_ok(engine)) return SPI_EMISUSE;
+  pthread_mutex_lock(&engine->nodes->lock);
+  engine->nodes->cb = fn;
+  engine->nodes->cb_ud = fn ? user_data : NULL;
+  pthread_mutex_unlock(&engine->nodes->lock);
+  return SPI_OK;
+}
