@@ -1,0 +1,447 @@
+/*
+ * test_node.c - interruption notices: the node state machine, what a notice
+ * does to routing at once, drain/replay plans, advice, pool cooldown, the
+ * transition callback and metric, and the ledger's interruption accounting.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "spotinfer/spotinfer.h"
+
+#define SEC 1000000000LL
+
+typedef struct world {
+  spi_engine *e;
+  spi_request *r;
+  int64_t now;
+  int transitions;
+  int32_t last_from, last_to;
+  char last_node[64];
+} world;
+
+static int64_t clock_fn(void *ud) { return ((world *)ud)->now; }
+
+static void on_transition(void *ud, const char *node, size_t len, int32_t from,
+                          int32_t to) {
+  world *w = ud;
+  w->transitions++;
+  w->last_from = from;
+  w->last_to = to;
+  snprintf(w->last_node, sizeof w->last_node, "%.*s", (int)len, node);
+}
+
+static world *mk(const char *config) {
+  world *w = calloc(1, sizeof *w);
+  w->now = 1700000000 * SEC;
+  spi_hooks h;
+  memset(&h, 0, sizeof h);
+  h.struct_size = sizeof h;
+  h.clock = clock_fn;
+  h.clock_user_data = w;
+  assert_int_equal(spi_engine_new(&w->e, &h), SPI_OK);
+  if (config)
+    assert_int_equal(spi_engine_configure(w->e, config, strlen(config)), SPI_OK);
+  assert_int_equal(spi_engine_on_node_transition(w->e, on_transition, w), SPI_OK);
+  assert_int_equal(spi_request_new(w->e, &w->r), SPI_OK);
+  return w;
+}
+
+static void done(world *w) {
+  spi_request_free(w->r);
+  spi_engine_free(w->e);
+  free(w);
+}
+
+static void add(world *w, const char *id, const char *node, int32_t pool,
+                const char *type, const char *zone) {
+  spi_replica_info ri;
+  memset(&ri, 0, sizeof ri);
+  ri.struct_size = sizeof ri;
+  ri.id = id;
+  ri.id_len = strlen(id);
+  ri.node = node;
+  ri.node_len = node ? strlen(node) : 0;
+  ri.pool = pool;
+  ri.instance_type = type;
+  ri.instance_type_len = strlen(type);
+  ri.zone = zone;
+  ri.zone_len = strlen(zone);
+  ri.usd_per_hour = pool == SPI_POOL_SPOT ? 1.8 : 4.5;
+  ri.max_inflight = 32;
+  ri.decode_tokens_per_s = 50;
+  assert_int_equal(spi_replica_upsert(w->e, &ri), SPI_OK);
+  spi_load l;
+  memset(&l, 0, sizeof l);
+  l.struct_size = sizeof l;
+  l.running = 1;
+  l.kv_usage = 0.2;
+  assert_int_equal(spi_replica_report_load(w->e, id, strlen(id), &l), SPI_OK);
+}
+
+static void refresh_loads(world *w) {
+  for (size_t i = 0; i < spi_replica_count(w->e); i++) {
+    spi_replica_status rs;
+    memset(&rs, 0, sizeof rs);
+    rs.struct_size = sizeof rs;
+    spi_replica_status_at(w->e, i, &rs);
+    spi_load l;
+    memset(&l, 0, sizeof l);
+    l.struct_size = sizeof l;
+    l.running = 1;
+    l.kv_usage = 0.2;
+    spi_replica_report_load(w->e, rs.id, strlen(rs.id), &l);
+  }
+}
+
+static int route(world *w, const char *cls, int64_t max_tokens,
+                 spi_decision *d) {
+  spi_request_reset(w->r);
+  spi_request_set_str(w->r, SPI_REQ_MODEL, "m", 1);
+  spi_request_set_str(w->r, SPI_REQ_PROMPT, "hello world", 11);
+  spi_request_set_str(w->r, SPI_REQ_CLASS, cls, strlen(cls));
+  if (max_tokens) spi_request_set_int(w->r, SPI_REQ_MAX_OUTPUT_TOKENS, max_tokens);
+  memset(d, 0, sizeof *d);
+  d->struct_size = sizeof *d;
+  return spi_route(w->r, d);
+}
+
+static spi_notice notice(const char *node, int32_t kind, int64_t deadline,
+                         const char *key) {
+  spi_notice n;
+  memset(&n, 0, sizeof n);
+  n.struct_size = sizeof n;
+  n.kind = kind;
+  n.format = SPI_NOTICE_AWS_INSTANCE_ACTION;
+  n.active = 1;
+  n.deadline_ns = deadline;
+  snprintf(n.node, sizeof n.node, "%s", node);
+  snprintf(n.dedup_key, sizeof n.dedup_key, "%s", key);
+  return n;
+}
+
+static int32_t node_state(world *w, const char *node) {
+  int32_t st = 0;
+  assert_int_equal(spi_node_get_state(w->e, node, strlen(node), &st), SPI_OK);
+  return st;
+}
+
+static void test_notice_stops_routing_at_once(void **st) {
+  (void)st;
+  world *w = mk(NULL);
+  add(w, "spot-a", "i-aaa", SPI_POOL_SPOT, "g5.xlarge", "use1-az1");
+  add(w, "spot-b", "i-bbb", SPI_POOL_SPOT, "g5.xlarge", "use1-az2");
+  spi_decision d;
+  /* Open some silver tickets: they land on either replica. */
+  uint64_t open[8];
+  int on_a = 0;
+  for (int i = 0; i < 8; i++) {
+    assert_int_equal(route(w, "silver", 400, &d), SPI_OK);
+    open[i] = d.ticket;
+    on_a += strcmp(d.replica_id, "spot-a") == 0;
+    spi_ticket_progress(w->e, d.ticket, (uint64_t)(i * 50));
+  }
+  spi_notice n = notice("i-aaa", SPI_NOTICE_TERMINATE, w->now + 120 * SEC,
+                        "aws:action:i-aaa:terminate");
+  spi_ticket_plan plans[16];
+  size_t np = 0;
+  assert_int_equal(spi_engine_notice(w->e, &n, plans, 16, &np), SPI_OK);
+  assert_int_equal((int)np, on_a);
+  for (size_t i = 0; i < np; i++) {
+    assert_string_equal(plans[i].replica_id, "spot-a");
+    /* 400 tokens at 50/s = 8 s at most, deadline 120 s: all drain. */
+    assert_int_equal(plans[i].action, SPI_ACTION_DRAIN);
+    assert_true(plans[i].deadline_s > 119 && plans[i].deadline_s <= 120);
+  }
+  assert_int_equal(node_state(w, "i-aaa"), SPI_NODE_NOTICED);
+  assert_int_equal(w->last_to, SPI_NODE_NOTICED);
+  assert_string_equal(w->last_node, "i-aaa");
+  /* From the moment the call returned: nothing new goes there. */
+  for (int i = 0; i < 20; i++) {
+    assert_int_equal(route(w, "silver", 400, &d), SPI_OK);
+    assert_string_equal(d.replica_id, "spot-b");
+    spi_ticket_result res;
+    memset(&res, 0, sizeof res);
+    res.struct_size = sizeof res;
+    spi_ticket_finish(w->e, d.ticket, &res);
+  }
+  /* The same notice polled again: no plans, no transition. */
+  int before = w->transitions;
+  np = 99;
+  assert_int_equal(spi_engine_notice(w->e, &n, plans, 16, &np), SPI_OK);
+  assert_int_equal(np, 0);
+  assert_int_equal(w->transitions, before);
+  for (int i = 0; i < 8; i++) {
+    spi_ticket_result res;
+    memset(&res, 0, sizeof res);
+    res.struct_size = sizeof res;
+    spi_ticket_finish(w->e, open[i], &res);
+  }
+  done(w);
+}
+
+static void test_drain_or_replay(void **st) {
+  (void)st;
+  world *w = mk(NULL);
+  add(w, "spot-a", "i-aaa", SPI_POOL_SPOT, "g5", "z1");
+  add(w, "od-a", "i-odd", SPI_POOL_ON_DEMAND, "g5", "z1");
+  spi_decision d;
+  /* A long silver request early in its stream, and a long gold request
+   * past 85 % of its output, both on the spot machine. */
+  assert_int_equal(route(w, "silver", 4000, &d), SPI_OK);
+  assert_string_equal(d.replica_id, "spot-a");
+  uint64_t silver = d.ticket;
+  spi_ticket_progress(w->e, silver, 100);
+  spi_request_reset(w->r);
+  assert_int_equal(route(w, "silver", 4000, &d), SPI_OK);
+  uint64_t silver2 = d.ticket;
+  spi_ticket_progress(w->e, silver2, 3900);
+  /* 30 s window (GCP): 3900 of 4000 at 50/s = 2 s left, fits; 3900 left
+   * = 78 s does not. */
+  spi_notice n = notice("i-aaa", SPI_NOTICE_PREEMPT, w->now + 30 * SEC, "k1");
+  spi_ticket_plan plans[4];
+  size_t np = 0;
+  assert_int_equal(spi_engine_notice(w->e, &n, plans, 4, &np), SPI_OK);
+  assert_int_equal(np, 2);
+  for (size_t i = 0; i < np; i++) {
+    if (plans[i].ticket == silver) {
+      assert_int_equal(plans[i].action, SPI_ACTION_REPLAY);
+      assert_true(plans[i].remaining_s > 70);
+    } else {
+      assert_int_equal(plans[i].ticket, silver2);
+      assert_int_equal(plans[i].action, SPI_ACTION_DRAIN);
+      assert_true(plans[i].progress > 0.97);
+    }
+  }
+  /* Room for one plan only: EBUFSIZE, the count, and the transition done. */
+  spi_notice n2 = notice("i-aaa", SPI_NOTICE_PREEMPT, w->now + 30 * SEC, "k2");
+  assert_int_equal(spi_engine_notice(w->e, &n2, plans, 1, &np), SPI_EBUFSIZE);
+  assert_int_equal(np, 2);
+  /* The replayed ticket is finished as interrupted: wasted spot work. */
+  spi_ticket_result res;
+  memset(&res, 0, sizeof res);
+  res.struct_size = sizeof res;
+  res.status = SPI_TICKET_INTERRUPTED;
+  res.prompt_tokens = 1000;
+  res.output_tokens = 100;
+  assert_int_equal(spi_ticket_finish(w->e, silver, &res), SPI_OK);
+  /* Its replay goes on-demand (spot pool cooling down) and is counted. */
+  spi_request_reset(w->r);
+  spi_request_set_str(w->r, SPI_REQ_MODEL, "m", 1);
+  spi_request_set_str(w->r, SPI_REQ_PROMPT, "hello world", 11);
+  spi_request_set_str(w->r, SPI_REQ_CLASS, "silver", 6);
+  spi_request_set_int(w->r, SPI_REQ_REPLAY_SINCE_NS, w->now);
+  memset(&d, 0, sizeof d);
+  d.struct_size = sizeof d;
+  assert_int_equal(spi_route(w->r, &d), SPI_OK);
+  assert_string_equal(d.replica_id, "od-a");
+  w->now += 2 * SEC;
+  spi_ticket_first_token(w->e, d.ticket);
+  res.status = SPI_TICKET_OK;
+  res.duration_ms = 5000;
+  assert_int_equal(spi_ticket_finish(w->e, d.ticket, &res), SPI_OK);
+  res.status = SPI_TICKET_OK;
+  spi_ticket_finish(w->e, silver2, &res);
+  uint64_t interrupted = 0, wasted = 0, replays = 0;
+  double latency = 0, od_s = 0;
+  for (size_t i = 0; i < spi_ledger_count(w->e); i++) {
+    spi_ledger_row row;
+    memset(&row, 0, sizeof row);
+    row.struct_size = sizeof row;
+    assert_int_equal(spi_ledger_row_at(w->e, i, &row), SPI_OK);
+    interrupted += row.interrupted;
+    wasted += row.wasted_output_tokens;
+    replays += row.replays;
+    latency += row.replay_latency_ms;
+    od_s += row.fallback_on_demand_seconds;
+    if (row.interrupted) {
+      assert_int_equal(row.pool, SPI_POOL_SPOT);
+      assert_int_equal(row.reprefilled_tokens, 1100);
+      assert_true(row.wasted_usd > 0);
+    }
+  }
+  assert_int_equal(interrupted, 1);
+  assert_int_equal(wasted, 100);
+  assert_int_equal(replays, 1);
+  assert_true(latency > 1999 && latency < 2001);
+  assert_true(od_s > 4.9 && od_s < 5.1);
+  done(w);
+}
+
+static void test_gold_past_progress_drains(void **st) {
+  (void)st;
+  world *w = mk(NULL);
+  add(w, "spot-a", "i-aaa", SPI_POOL_SPOT, "g5", "z1");
+  spi_decision d;
+  spi_request_reset(w->r);
+  spi_request_set_str(w->r, SPI_REQ_MODEL, "m", 1);
+  spi_request_set_str(w->r, SPI_REQ_PROMPT, "x", 1);
+  spi_request_set_str(w->r, SPI_REQ_CLASS, "gold", 4);
+  spi_request_set_int(w->r, SPI_REQ_MAX_OUTPUT_TOKENS, 10000);
+  memset(&d, 0, sizeof d);
+  d.struct_size = sizeof d;
+  /* gold overflows to spot only when warm; allow it always for this test */
+  const char *cfg = "{\"policy\":{\"gold_spot_overflow\":\"always\"}}";
+  assert_int_equal(spi_engine_configure(w->e, cfg, strlen(cfg)), SPI_OK);
+  assert_int_equal(spi_route(w->r, &d), SPI_OK);
+  spi_ticket_progress(w->e, d.ticket, 9000); /* 90 %, 1000 left = 20 s */
+  spi_notice n = notice("i-aaa", SPI_NOTICE_PREEMPT, w->now + 15 * SEC, "g");
+  spi_ticket_plan plans[2];
+  size_t np = 0;
+  assert_int_equal(spi_engine_notice(w->e, &n, plans, 2, &np), SPI_OK);
+  assert_int_equal(np, 1);
+  assert_int_equal(plans[0].action, SPI_ACTION_DRAIN); /* gold, past 85 % */
+  done(w);
+}
+
+static void test_advice_and_expiry(void **st) {
+  (void)st;
+  world *w = mk("{\"router\":{\"advised_ttl_ms\":60000}}");
+  add(w, "spot-a", "i-aaa", SPI_POOL_SPOT, "g5", "z1");
+  add(w, "spot-b", "i-bbb", SPI_POOL_SPOT, "g5", "z2");
+  spi_notice n = notice("i-aaa", SPI_NOTICE_REBALANCE, 0, "aws:rebalance:i-aaa");
+  size_t np = 9;
+  assert_int_equal(spi_engine_notice(w->e, &n, NULL, 0, &np), SPI_OK);
+  assert_int_equal(np, 0); /* advice moves no work */
+  assert_int_equal(node_state(w, "i-aaa"), SPI_NODE_ADVISED);
+  spi_decision d;
+  /* Long requests avoid the advised machine. */
+  for (int i = 0; i < 10; i++) {
+    assert_int_equal(route(w, "silver", 4000, &d), SPI_OK);
+    assert_string_equal(d.replica_id, "spot-b");
+    spi_ticket_result res;
+    memset(&res, 0, sizeof res);
+    res.struct_size = sizeof res;
+    spi_ticket_finish(w->e, d.ticket, &res);
+  }
+  /* It lapses. */
+  w->now += 61 * SEC;
+  refresh_loads(w);
+  assert_int_equal(spi_engine_tick(w->e), SPI_OK);
+  assert_int_equal(node_state(w, "i-aaa"), SPI_NODE_ACTIVE);
+  assert_int_equal(w->last_from, SPI_NODE_ADVISED);
+  assert_int_equal(w->last_to, SPI_NODE_ACTIVE);
+  done(w);
+}
+
+static void test_pool_cooldown(void **st) {
+  (void)st;
+  world *w = mk("{\"router\":{\"pool_cooldown_ms\":180000}}");
+  add(w, "spot-a", "i-aaa", SPI_POOL_SPOT, "g5.xlarge", "use1-az1");
+  add(w, "spot-c", "i-ccc", SPI_POOL_SPOT, "g5.xlarge", "use1-az1");
+  add(w, "spot-d", "i-ddd", SPI_POOL_SPOT, "g5.xlarge", "use1-az2");
+  spi_notice n = notice("i-aaa", SPI_NOTICE_TERMINATE, w->now + 120 * SEC, "t");
+  size_t np = 0;
+  assert_int_equal(spi_engine_notice(w->e, &n, NULL, 0, &np), SPI_OK);
+  spi_decision d;
+  for (int i = 0; i < 10; i++) {
+    assert_int_equal(route(w, "silver", 100, &d), SPI_OK);
+    assert_string_equal(d.replica_id, "spot-d"); /* az1 pool cooling */
+    spi_ticket_result res;
+    memset(&res, 0, sizeof res);
+    res.struct_size = sizeof res;
+    spi_ticket_finish(w->e, d.ticket, &res);
+  }
+  /* A replica added in the cooling pool starts cooling too. */
+  add(w, "spot-e", "i-eee", SPI_POOL_SPOT, "g5.xlarge", "use1-az1");
+  assert_int_equal(route(w, "silver", 100, &d), SPI_OK);
+  assert_string_not_equal(d.replica_id, "spot-e");
+  /* Three minutes later the pool is back. */
+  w->now += 181 * SEC;
+  refresh_loads(w);
+  int seen_az1 = 0;
+  for (int i = 0; i < 20; i++) {
+    char p[32];
+    snprintf(p, sizeof p, "prefix %d", i);
+    spi_request_reset(w->r);
+    spi_request_set_str(w->r, SPI_REQ_MODEL, "m", 1);
+    spi_request_set_str(w->r, SPI_REQ_PROMPT, p, strlen(p));
+    spi_request_set_str(w->r, SPI_REQ_SYSTEM_PROMPT, p, strlen(p));
+    spi_request_set_str(w->r, SPI_REQ_CLASS, "silver", 6);
+    memset(&d, 0, sizeof d);
+    d.struct_size = sizeof d;
+    assert_int_equal(spi_route(w->r, &d), SPI_OK);
+    seen_az1 += !strcmp(d.replica_id, "spot-c") || !strcmp(d.replica_id, "spot-e");
+  }
+  assert_true(seen_az1 > 0);
+  done(w);
+}
+
+static void test_state_machine(void **st) {
+  (void)st;
+  world *w = mk(NULL);
+  add(w, "spot-a", "i-aaa", SPI_POOL_SPOT, "g5", "z1");
+  assert_int_equal(node_state(w, "i-unknown"), SPI_NODE_ACTIVE);
+  assert_int_equal(spi_node_set_state(w->e, "i-aaa", 5, SPI_NODE_DRAINING), SPI_OK);
+  spi_replica_status rs;
+  memset(&rs, 0, sizeof rs);
+  rs.struct_size = sizeof rs;
+  spi_replica_status_of(w->e, "spot-a", 6, &rs);
+  assert_int_equal(rs.state, SPI_REPLICA_DRAINING);
+  /* Illegal: draining back to noticed or active. */
+  assert_int_equal(spi_node_set_state(w->e, "i-aaa", 5, SPI_NODE_NOTICED),
+                   SPI_EINVAL);
+  assert_non_null(strstr(spi_engine_errmsg(w->e), "draining -> noticed"));
+  assert_int_equal(spi_node_set_state(w->e, "i-aaa", 5, SPI_NODE_ACTIVE),
+                   SPI_EINVAL);
+  assert_int_equal(spi_node_set_state(w->e, "i-aaa", 5, SPI_NODE_TERMINATED),
+                   SPI_OK);
+  assert_int_equal(spi_node_set_state(w->e, "i-aaa", 5, SPI_NODE_ACTIVE),
+                   SPI_EINVAL);
+  assert_int_equal(spi_node_set_state(w->e, "i-aaa", 5, SPI_NODE_REMOVED),
+                   SPI_OK);
+  assert_int_equal(node_state(w, "i-aaa"), SPI_NODE_ACTIVE); /* forgotten */
+  assert_int_equal(spi_node_set_state(w->e, "i-aaa", 5, 42), SPI_EINVAL);
+  /* A withdrawn notice returns a noticed machine to work. */
+  spi_notice n = notice("i-bbb", SPI_NOTICE_MAINTENANCE, w->now + 600 * SEC,
+                        "aws:scheduled:ev-1");
+  size_t np;
+  assert_int_equal(spi_engine_notice(w->e, &n, NULL, 0, &np), SPI_OK);
+  assert_int_equal(node_state(w, "i-bbb"), SPI_NODE_NOTICED);
+  /* A replica added on a noticed machine starts noticed. */
+  add(w, "spot-b", "i-bbb", SPI_POOL_SPOT, "g5", "z2");
+  spi_replica_status_of(w->e, "spot-b", 6, &rs);
+  assert_int_equal(rs.state, SPI_REPLICA_NOTICED);
+  n.active = 0;
+  snprintf(n.dedup_key, sizeof n.dedup_key, "aws:scheduled:ev-1:canceled");
+  assert_int_equal(spi_engine_notice(w->e, &n, NULL, 0, &np), SPI_OK);
+  assert_int_equal(node_state(w, "i-bbb"), SPI_NODE_ACTIVE);
+  spi_replica_status_of(w->e, "spot-b", 6, &rs);
+  assert_int_equal(rs.state, SPI_REPLICA_ACTIVE);
+  /* Past its deadline a noticed machine is terminated. */
+  n = notice("i-bbb", SPI_NOTICE_TERMINATE, w->now + 10 * SEC, "t2");
+  assert_int_equal(spi_engine_notice(w->e, &n, NULL, 0, &np), SPI_OK);
+  w->now += 11 * SEC;
+  assert_int_equal(spi_engine_tick(w->e), SPI_OK);
+  assert_int_equal(node_state(w, "i-bbb"), SPI_NODE_TERMINATED);
+  /* Bad input. */
+  memset(&n, 0, sizeof n);
+  assert_int_equal(spi_engine_notice(w->e, &n, NULL, 0, &np), SPI_EINVAL);
+  n.struct_size = sizeof n;
+  n.kind = SPI_NOTICE_TERMINATE;
+  assert_int_equal(spi_engine_notice(w->e, &n, NULL, 0, &np), SPI_EINVAL);
+  /* The metric counts transitions. */
+  char buf[1 << 16];
+  size_t need;
+  assert_int_equal(spi_engine_metrics(w->e, buf, sizeof buf, &need), SPI_OK);
+  assert_non_null(strstr(buf, "spotinfer_node_transitions_total{from=\"active\",to=\"noticed\"}"));
+  done(w);
+}
+
+int main(void) {
+  const struct CMUnitTest tests[] = {
+      cmocka_unit_test(test_notice_stops_routing_at_once),
+      cmocka_unit_test(test_drain_or_replay),
+      cmocka_unit_test(test_gold_past_progress_drains),
+      cmocka_unit_test(test_advice_and_expiry),
+      cmocka_unit_test(test_pool_cooldown),
+      cmocka_unit_test(test_state_machine),
+  };
+  return cmocka_run_group_tests(tests, NULL, NULL);
+}
