@@ -104,6 +104,75 @@ func spiGoChoose(state, instance C.uintptr_t, ctx *C.spi_route_context,
 	return 0
 }
 
+//export spiGoBuildKey
+func spiGoBuildKey(state, instance C.uintptr_t, req *C.spi_request_view,
+	out *C.spi_cache_key) (rc C.int) {
+	m := cgo.Handle(state).Value().(*module)
+	view := &RequestView{v: req}
+	defer func() { view.v = nil }()
+	defer recovered(m, &rc, nil, 0)
+	k, err := m.impl.(KeyBuilder).BuildKey(cgo.Handle(instance).Value(), view)
+	if err != nil {
+		m.setErr(err)
+		return statusOf(err)
+	}
+	out.high64 = C.uint64_t(k.High)
+	out.low64 = C.uint64_t(k.Low)
+	return 0
+}
+
+//export spiGoBlockHashes
+func spiGoBlockHashes(state, instance C.uintptr_t, req *C.spi_request_view,
+	key *C.spi_cache_key, out *C.uint64_t, capacity C.size_t, nOut *C.size_t) (rc C.int) {
+	m := cgo.Handle(state).Value().(*module)
+	view := &RequestView{v: req}
+	defer func() { view.v = nil }()
+	defer recovered(m, &rc, nil, 0)
+	k := CacheKey{uint64(key.high64), uint64(key.low64)}
+	hashes, err := m.impl.(KeyBuilder).BlockHashes(cgo.Handle(instance).Value(), view, k, nil)
+	if err != nil {
+		m.setErr(err)
+		return statusOf(err)
+	}
+	if out != nil && capacity > 0 {
+		dst := unsafe.Slice((*uint64)(unsafe.Pointer(out)), int(capacity))
+		copy(dst, hashes)
+	}
+	*nOut = C.size_t(len(hashes))
+	if len(hashes) > int(capacity) {
+		// The first cap are written; the library asks again with room.
+		return C.SPI_EBUFSIZE
+	}
+	return 0
+}
+
+//export spiGoPrice
+func spiGoPrice(state, instance C.uintptr_t, req *C.spi_request_view,
+	pool C.int32_t, out *C.spi_price) (rc C.int) {
+	m := cgo.Handle(state).Value().(*module)
+	view := &RequestView{v: req}
+	defer func() { view.v = nil }()
+	defer recovered(m, &rc, nil, 0)
+	p, err := m.impl.(CostModel).Price(cgo.Handle(instance).Value(), view, Pool(pool))
+	if err != nil {
+		m.setErr(err)
+		return statusOf(err)
+	}
+	out.prompt_tokens = C.double(p.PromptTokens)
+	out.output_tokens = C.double(p.OutputTokens)
+	out.gpu_seconds = C.double(p.GPUSeconds)
+	out.usd = C.double(p.USD)
+	out.usd_per_million = C.double(p.USDPerMillion)
+	return 0
+}
+
+//export spiGoNodeTransition
+func spiGoNodeTransition(h C.uintptr_t, node *C.char, n C.size_t, from, to C.int32_t) {
+	defer func() { _ = recover() }()
+	fn := cgo.Handle(h).Value().(func(string, NodeState, NodeState))
+	fn(C.GoStringN(node, C.int(n)), NodeState(from), NodeState(to))
+}
+
 //export spiGoClock
 func spiGoClock(h C.uintptr_t) C.int64_t { return C.int64_t(hookClock(uintptr(h))) }
 

@@ -63,8 +63,10 @@ type Engine struct {
 	p *C.spi_engine
 
 	mu      sync.Mutex
-	reqs    map[*reqHandle]struct{} // requests still open on the engine
-	handles []cgo.Handle            // hooks; deleted after spi_engine_free
+	reqs    map[*reqHandle]struct{}   // requests still open on the engine
+	queues  map[*ReplayQueue]struct{} // replay queues still open on it
+	handles []cgo.Handle              // hooks; deleted after spi_engine_free
+	nodeFn  cgo.Handle                // the node transition callback
 }
 
 // reqHandle is the C side of a Request. The engine tracks these (not the
@@ -81,7 +83,7 @@ func NewEngine(config string) (*Engine, error) {
 
 // NewEngineWithHooks is NewEngine with a clock and/or log hook.
 func NewEngineWithHooks(config string, hooks Hooks) (*Engine, error) {
-	e := &Engine{reqs: make(map[*reqHandle]struct{})}
+	e := &Engine{reqs: make(map[*reqHandle]struct{}), queues: make(map[*ReplayQueue]struct{})}
 	var h cgo.Handle
 	if hooks.Clock != nil || hooks.Log != nil {
 		h = cgo.NewHandle(&hooks)
@@ -126,12 +128,19 @@ func (e *Engine) Close() error {
 		rh.p = nil
 	}
 	e.reqs = nil
+	for q := range e.queues {
+		q.closeLocked()
+	}
 	C.spi_engine_free(e.p) // calls the Go modules' destroy callbacks
 	e.p = nil
 	for _, h := range e.handles {
 		h.Delete()
 	}
 	e.handles = nil
+	if e.nodeFn != 0 {
+		e.nodeFn.Delete()
+		e.nodeFn = 0
+	}
 	return nil
 }
 

@@ -16,6 +16,13 @@ extern int spiGoClassify(uintptr_t state, uintptr_t instance,
                          spi_classification *out);
 extern int spiGoChoose(uintptr_t state, uintptr_t instance,
                        spi_route_context *ctx, spi_policy_choice *out);
+extern int spiGoBuildKey(uintptr_t state, uintptr_t instance,
+                         spi_request_view *req, spi_cache_key *out);
+extern int spiGoBlockHashes(uintptr_t state, uintptr_t instance,
+                            spi_request_view *req, spi_cache_key *key,
+                            uint64_t *out, size_t cap, size_t *n_out);
+extern int spiGoPrice(uintptr_t state, uintptr_t instance,
+                      spi_request_view *req, int32_t pool, spi_price *out);
 
 static int spi_go_configure(void *state, const char *json, size_t len,
                             void **out_instance, char *errbuf, size_t errcap) {
@@ -39,6 +46,73 @@ static int spi_go_choose(void *state, void *instance,
                          const spi_route_context *ctx, spi_policy_choice *out) {
   return spiGoChoose((uintptr_t)state, (uintptr_t)instance,
                      (spi_route_context *)ctx, out);
+}
+
+static int spi_go_build_key(void *state, void *instance,
+                            const spi_request_view *req, spi_cache_key *out) {
+  return spiGoBuildKey((uintptr_t)state, (uintptr_t)instance,
+                       (spi_request_view *)req, out);
+}
+static int spi_go_block_hashes(void *state, void *instance,
+                               const spi_request_view *req,
+                               const spi_cache_key *key, uint64_t *out,
+                               size_t cap, size_t *n_out) {
+  return spiGoBlockHashes((uintptr_t)state, (uintptr_t)instance,
+                          (spi_request_view *)req, (spi_cache_key *)key, out,
+                          cap, n_out);
+}
+static int spi_go_price(void *state, void *instance,
+                        const spi_request_view *req, int32_t pool,
+                        spi_price *out) {
+  return spiGoPrice((uintptr_t)state, (uintptr_t)instance,
+                    (spi_request_view *)req, pool, out);
+}
+
+static int spi_go_register_key_builder(spi_engine *e, const char *name,
+                                       size_t name_len, int32_t on_failure,
+                                       uintptr_t state) {
+  spi_key_builder_module m;
+  memset(&m, 0, sizeof m);
+  m.abi_version = SPI_MODULE_ABI_VERSION;
+  m.struct_size = sizeof m;
+  m.on_failure = on_failure;
+  m.configure = spi_go_configure;
+  m.release = spi_go_release;
+  m.build_key = spi_go_build_key;
+  m.block_hashes = spi_go_block_hashes;
+  return spi_engine_register_module(e, SPI_MODULE_KEY_BUILDER, name, name_len,
+                                    &m, (void *)state, spi_go_destroy);
+}
+
+static int spi_go_register_cost_model(spi_engine *e, const char *name,
+                                      size_t name_len, int32_t on_failure,
+                                      uintptr_t state) {
+  spi_cost_model_module m;
+  memset(&m, 0, sizeof m);
+  m.abi_version = SPI_MODULE_ABI_VERSION;
+  m.struct_size = sizeof m;
+  m.on_failure = on_failure;
+  m.configure = spi_go_configure;
+  m.release = spi_go_release;
+  m.price = spi_go_price;
+  return spi_engine_register_module(e, SPI_MODULE_COST_MODEL, name, name_len,
+                                    &m, (void *)state, spi_go_destroy);
+}
+
+// Any other kind, with only the common fields, so the library itself says
+// whether it supports it (reserved kinds answer SPI_ENOTSUP).
+static int spi_go_register_other(spi_engine *e, int32_t kind, const char *name,
+                                 size_t name_len, int32_t on_failure,
+                                 uintptr_t state) {
+  spi_classifier_module m;
+  memset(&m, 0, sizeof m);
+  m.abi_version = SPI_MODULE_ABI_VERSION;
+  m.struct_size = sizeof m;
+  m.on_failure = on_failure;
+  m.configure = spi_go_configure;
+  m.release = spi_go_release;
+  return spi_engine_register_module(e, kind, name, name_len, &m, (void *)state,
+                                    spi_go_destroy);
 }
 
 static int spi_go_register_classifier(spi_engine *e, const char *name,
@@ -116,6 +190,29 @@ type Policy interface {
 	Choose(instance any, ctx *RouteContext) (PolicyChoice, error)
 }
 
+// KeyBuilder is a key-builder module written in Go: the versioned cache
+// key of a request and the chained hashes of its prompt-prefix blocks.
+// Keys are a wire format; see the repository README before writing one.
+type KeyBuilder interface {
+	Configure(config []byte) (instance any, err error)
+	BuildKey(instance any, req *RequestView) (CacheKey, error)
+	// BlockHashes appends the block hashes of req, seeded by key, to dst.
+	BlockHashes(instance any, req *RequestView, key CacheKey, dst []uint64) ([]uint64, error)
+}
+
+// CostModel is a cost-model module written in Go. Every float it returns
+// must be finite and >= 0 (the library checks); Pool is set by the library.
+type CostModel interface {
+	Configure(config []byte) (instance any, err error)
+	Price(instance any, req *RequestView, pool Pool) (Price, error)
+}
+
+// Module is the common part of every module: Configure. Register accepts
+// any value implementing it plus the methods of the kind it registers as.
+type Module interface {
+	Configure(config []byte) (instance any, err error)
+}
+
 // Releaser is implemented by modules that want to know when an instance
 // returned by Configure is no longer used.
 type Releaser interface{ Release(instance any) }
@@ -156,16 +253,7 @@ type module struct {
 }
 
 func (m *module) configure(config []byte) (uintptr, error) {
-	var inst any
-	var err error
-	switch impl := m.impl.(type) {
-	case Classifier:
-		inst, err = impl.Configure(config)
-	case Policy:
-		inst, err = impl.Configure(config)
-	default:
-		err = fmt.Errorf("module %q: unsupported type %T", m.name, m.impl)
-	}
+	inst, err := m.impl.(Module).Configure(config)
 	if err != nil {
 		return 0, err
 	}
@@ -237,6 +325,12 @@ func (e *Engine) register(kind ModuleKind, name string, impl any, onFailure OnFa
 		rc = C.spi_go_register_classifier(p, s, n, C.int32_t(onFailure), C.uintptr_t(h))
 	case ModulePolicy:
 		rc = C.spi_go_register_policy(p, s, n, C.int32_t(onFailure), C.uintptr_t(h))
+	case ModuleKeyBuilder:
+		rc = C.spi_go_register_key_builder(p, s, n, C.int32_t(onFailure), C.uintptr_t(h))
+	case ModuleCostModel:
+		rc = C.spi_go_register_cost_model(p, s, n, C.int32_t(onFailure), C.uintptr_t(h))
+	default:
+		rc = C.spi_go_register_other(p, C.int32_t(kind), s, n, C.int32_t(onFailure), C.uintptr_t(h))
 	}
 	runtime.KeepAlive(name)
 	if rc != 0 {
@@ -256,6 +350,41 @@ func (e *Engine) RegisterClassifier(name string, c Classifier, onFailure OnFailu
 		return &Error{Code: StatusInvalid, Message: "nil classifier", Op: "spi_engine_register_module"}
 	}
 	return e.register(ModuleClassifier, name, c, onFailure)
+}
+
+// Register registers a module written in Go as a module of kind. The
+// value must implement the kind's interface (Classifier, KeyBuilder,
+// CostModel or Policy); reserved kinds are passed to the library, which
+// answers ErrNotSup.
+func (e *Engine) Register(kind ModuleKind, name string, m Module, onFailure OnFailure) error {
+	ok := m != nil
+	switch kind {
+	case ModuleClassifier:
+		_, ok = m.(Classifier)
+	case ModuleKeyBuilder:
+		_, ok = m.(KeyBuilder)
+	case ModuleCostModel:
+		_, ok = m.(CostModel)
+	case ModulePolicy:
+		_, ok = m.(Policy)
+	}
+	if !ok {
+		return &Error{Code: StatusInvalid, Op: "spi_engine_register_module",
+			Message: fmt.Sprintf("%T is not a %s module", m, kind)}
+	}
+	return e.register(kind, name, m, onFailure)
+}
+
+// RegisterKeyBuilder registers a key builder written in Go under name.
+// Select it with {"modules":{"key_builder":name}}.
+func (e *Engine) RegisterKeyBuilder(name string, k KeyBuilder, onFailure OnFailure) error {
+	return e.Register(ModuleKeyBuilder, name, k, onFailure)
+}
+
+// RegisterCostModel registers a cost model written in Go under name.
+// Select it with {"modules":{"cost_model":name}}.
+func (e *Engine) RegisterCostModel(name string, c CostModel, onFailure OnFailure) error {
+	return e.Register(ModuleCostModel, name, c, onFailure)
 }
 
 // RegisterPolicy registers a routing policy written in Go under name.

@@ -261,3 +261,78 @@ func TestModuleSurvivesGC(t *testing.T) {
 		t.Fatal(c, err)
 	}
 }
+
+type lenKeys struct{ failing }
+
+func (lenKeys) BuildKey(_ any, req *RequestView) (CacheKey, error) {
+	return CacheKey{High: uint64(len(req.Model())), Low: 0xabc}, nil
+}
+
+func (lenKeys) BlockHashes(_ any, req *RequestView, key CacheKey, dst []uint64) ([]uint64, error) {
+	for i := 0; i < len(req.Prompt())/10; i++ {
+		dst = append(dst, key.Low+uint64(i))
+	}
+	return dst, nil
+}
+
+type flatPrice struct{ usd float64 }
+
+func (f flatPrice) Configure(config []byte) (any, error) {
+	var c struct{ USD float64 }
+	if err := json.Unmarshal(config, &c); err != nil {
+		return nil, err
+	}
+	return c.USD, nil
+}
+
+func (f flatPrice) Price(inst any, _ *RequestView, pool Pool) (Price, error) {
+	usd := inst.(float64)
+	if pool == PoolOnDemand {
+		usd *= 2
+	}
+	if usd < 0 {
+		return Price{USD: usd}, nil // the library rejects it
+	}
+	return Price{PromptTokens: 1, OutputTokens: 2, GPUSeconds: 0.5, USD: usd, USDPerMillion: 1}, nil
+}
+
+func TestGoKeyBuilderAndCostModel(t *testing.T) {
+	e := newEngine(t, "")
+	must(t, e.RegisterKeyBuilder("go-keys", lenKeys{}, OnFailureError))
+	must(t, e.RegisterCostModel("go-flat", flatPrice{}, OnFailureError))
+	must(t, e.Configure(`{"modules":{"key_builder":"go-keys","cost_model":"go-flat"},`+
+		`"module_config":{"go-flat":{"usd":0.25}}}`))
+	r := newRequest(t, e)
+	must(t, r.SetStr(FieldModel, "abcd"))
+	must(t, r.SetStr(FieldPrompt, strings.Repeat("z", 95)))
+	k, err := r.CacheKey()
+	must(t, err)
+	if k != (CacheKey{4, 0xabc}) {
+		t.Fatal(k)
+	}
+	b, err := r.BlockHashes()
+	must(t, err)
+	if len(b) != 9 || b[8] != 0xabc+8 {
+		t.Fatal(b)
+	}
+	p, err := r.Price(PoolOnDemand)
+	must(t, err)
+	if p.USD != 0.5 || p.Pool != PoolOnDemand {
+		t.Fatalf("%+v", p)
+	}
+	must(t, e.Configure(`{"modules":{"cost_model":"go-flat"},"module_config":{"go-flat":{"usd":-1}}}`))
+	if _, err := r.Price(PoolSpot); !errors.Is(err, ErrModule) {
+		t.Fatal(err)
+	}
+}
+
+func TestRegisterKinds(t *testing.T) {
+	e := newEngine(t, "")
+	if err := e.Register(ModuleKeyBuilder, "x", &threshold{}, OnFailureError); !errors.Is(err, ErrInvalid) {
+		t.Fatal(err)
+	}
+	if err := e.Register(ModuleNoticeSource, "ns", &threshold{}, OnFailureError); !errors.Is(err, ErrNotSup) {
+		t.Fatal(err)
+	}
+	must(t, e.Register(ModuleClassifier, "generic", &threshold{}, OnFailureError))
+}

@@ -12,7 +12,8 @@ static int spi_go_replica_upsert(spi_engine *e, const char *id, size_t id_len,
                                  size_t zone_len, const char *itype,
                                  size_t itype_len, const char *models,
                                  size_t models_len, double usd,
-                                 uint32_t max_inflight) {
+                                 uint32_t max_inflight, const char *node,
+                                 size_t node_len, double decode_tps) {
   spi_replica_info ri;
   memset(&ri, 0, sizeof ri);
   ri.struct_size = sizeof ri;
@@ -28,6 +29,9 @@ static int spi_go_replica_upsert(spi_engine *e, const char *id, size_t id_len,
   ri.models_len = models_len;
   ri.usd_per_hour = usd;
   ri.max_inflight = max_inflight;
+  ri.node = node;
+  ri.node_len = node_len;
+  ri.decode_tokens_per_s = decode_tps;
   return spi_replica_upsert(e, &ri);
 }
 */
@@ -85,6 +89,7 @@ const (
 	TicketError         TicketStatus = C.SPI_TICKET_ERROR
 	TicketCancelled     TicketStatus = C.SPI_TICKET_CANCELLED
 	TicketDraftRejected TicketStatus = C.SPI_TICKET_DRAFT_REJECTED
+	TicketInterrupted   TicketStatus = C.SPI_TICKET_INTERRUPTED // replayed elsewhere
 )
 
 // MaxFallbacks is the most fallback replicas a decision carries.
@@ -100,6 +105,12 @@ type ReplicaInfo struct {
 	Models       []string // served models; empty serves any
 	USDPerHour   float64
 	MaxInflight  uint32
+	// Node is the machine (cloud instance id) the replica runs on, which
+	// interruption notices name; "" means the replica id.
+	Node string
+	// DecodeTokensPerS is one stream's decode rate, for drain estimates;
+	// 0 means router.decode_tokens_per_s.
+	DecodeTokensPerS float64
 }
 
 // UpsertReplica adds a replica or updates every field of an existing one.
@@ -113,9 +124,11 @@ func (e *Engine) UpsertReplica(info ReplicaInfo) error {
 	zone, zn := cstr(info.Zone)
 	it, itn := cstr(info.InstanceType)
 	ms, mn := cstr(models)
+	nd, ndn := cstr(info.Node)
 	rc := C.spi_go_replica_upsert(p, id, idn, C.int32_t(info.Pool),
 		C.int32_t(info.ModelTier), zone, zn, it, itn, ms, mn,
-		C.double(info.USDPerHour), C.uint32_t(info.MaxInflight))
+		C.double(info.USDPerHour), C.uint32_t(info.MaxInflight), nd, ndn,
+		C.double(info.DecodeTokensPerS))
 	runtime.KeepAlive(info)
 	runtime.KeepAlive(models)
 	if rc != 0 {
@@ -469,6 +482,14 @@ type LedgerRow struct {
 	PromptTokens, OutputTokens, CachedTokens uint64
 	GPUSeconds, USD                          float64
 	USDPerCompleted, TokensPerGPUSecond      float64
+	// Interruptions: spot work lost, and the replays that recovered it.
+	Interrupted             uint64
+	WastedOutputTokens      uint64
+	ReprefilledTokens       uint64
+	WastedUSD               float64
+	Replays                 uint64
+	ReplayLatencyMs         float64 // sum over replays
+	FallbackOnDemandSeconds float64
 }
 
 // LedgerCount is the number of ledger rows.
@@ -502,6 +523,10 @@ func (e *Engine) LedgerRowAt(index int) (LedgerRow, error) {
 		CachedTokens: uint64(r.cached_tokens), GPUSeconds: float64(r.gpu_seconds),
 		USD: float64(r.usd), USDPerCompleted: float64(r.usd_per_completed),
 		TokensPerGPUSecond: float64(r.tokens_per_gpu_second),
+		Interrupted:        uint64(r.interrupted), WastedOutputTokens: uint64(r.wasted_output_tokens),
+		ReprefilledTokens: uint64(r.reprefilled_tokens), WastedUSD: float64(r.wasted_usd),
+		Replays: uint64(r.replays), ReplayLatencyMs: float64(r.replay_latency_ms),
+		FallbackOnDemandSeconds: float64(r.fallback_on_demand_seconds),
 	}, nil
 }
 

@@ -144,6 +144,9 @@ const (
 	FieldExpectedOutputTokens IntField = C.SPI_REQ_EXPECTED_OUTPUT_TOKENS
 	FieldPromptTokens         IntField = C.SPI_REQ_PROMPT_TOKENS
 	FieldModelTier            IntField = C.SPI_REQ_MODEL_TIER
+	// FieldReplaySinceNs marks a replay of a request interrupted at this
+	// time (the envelope's FirstEnqueuedNs), for the ledger.
+	FieldReplaySinceNs IntField = C.SPI_REQ_REPLAY_SINCE_NS
 )
 
 // LogLevel of the log hook (enum spi_log_level).

@@ -1,0 +1,45 @@
+package spotinfer
+
+import (
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+)
+
+// Every function of the public headers is called somewhere in the
+// binding's (non-test) sources.
+func TestEveryHeaderFunctionIsBound(t *testing.T) {
+	root := repoRoot(t)
+	decl := regexp.MustCompile(`\bSPI_API\b[^;(]*?\b(spi_\w+)\s*\(`)
+	comment := regexp.MustCompile(`(?s)/\*.*?\*/`)
+	var want []string
+	for _, h := range []string{"spotinfer.h", "spotinfer_module.h"} {
+		b, err := os.ReadFile(filepath.Join(root, "include", "spotinfer", h))
+		must(t, err)
+		for _, m := range decl.FindAllStringSubmatch(comment.ReplaceAllString(string(b), ""), -1) {
+			want = append(want, m[1])
+		}
+	}
+	if len(want) < 40 {
+		t.Fatalf("found only %d functions in the headers", len(want))
+	}
+	var src strings.Builder
+	files, _ := filepath.Glob("*.go")
+	for _, f := range files {
+		if strings.HasSuffix(f, "_test.go") || f == "bench_support.go" {
+			continue
+		}
+		b, err := os.ReadFile(f)
+		must(t, err)
+		src.Write(b)
+	}
+	all := src.String()
+	for _, fn := range want {
+		// Called from Go (C.fn) or from a C helper in a preamble.
+		if !strings.Contains(all, "C."+fn+"(") && !strings.Contains(all, " "+fn+"(") {
+			t.Errorf("%s has no binding", fn)
+		}
+	}
+}

@@ -1,0 +1,191 @@
+package spotinfer
+
+import (
+	"encoding/json"
+	"errors"
+	"strings"
+	"testing"
+)
+
+const now = int64(1_700_000_000) * sec
+
+// skipUnlessExported skips a test whose functions the loaded library does
+// not export yet (the binding then answers ErrNotSup, checked here).
+func skipUnlessExported(t *testing.T, err error, what string) {
+	t.Helper()
+	if errors.Is(err, ErrNotSup) {
+		if !strings.Contains(err.Error(), "not exported") {
+			t.Fatalf("ErrNotSup without the reason: %v", err)
+		}
+		t.Skipf("the loaded libspotinfer does not export %s yet", what)
+	}
+}
+
+func TestParseNotice(t *testing.T) {
+	body := []byte(`{"action":"terminate","time":"2023-11-14T22:15:20Z"}`)
+	ns, err := ParseNotice(NoticeAWSInstanceAction, 200, body, "i-0abc", now)
+	skipUnlessExported(t, err, "spi_notice_parse")
+	must(t, err)
+	if len(ns) != 1 || ns[0].Kind != NoticeTerminate || ns[0].Node != "i-0abc" ||
+		ns[0].DeadlineNs != now+120*sec || ns[0].ReceivedNs != now || !ns[0].Active ||
+		ns[0].DedupKey == "" || ns[0].Kind.String() != "terminate" {
+		t.Fatalf("%+v", ns)
+	}
+	ns, err = ParseNotice(NoticeAWSInstanceAction, 404, nil, "i-0abc", now)
+	if err != nil || len(ns) != 0 {
+		t.Fatal(ns, err)
+	}
+	ns, err = ParseNotice(NoticeGCPPreempted, 200, []byte("TRUE"), "vm-1", now)
+	must(t, err)
+	if len(ns) != 1 || ns[0].Kind != NoticePreempt || ns[0].DeadlineNs != now+30*sec {
+		t.Fatalf("%+v", ns)
+	}
+	_, err = ParseNotice(NoticeAWSInstanceAction, 200, []byte("{not json"), "i-1", now)
+	var se *Error
+	if !errors.As(err, &se) || se.Code > StatusParse || se.Code < StatusTooBig || se.Message == "" {
+		t.Fatalf("%v", err)
+	}
+}
+
+func TestNoticePlansAndNodes(t *testing.T) {
+	e, _ := world(t, "")
+	var seen []string
+	err := e.OnNodeTransition(func(node string, from, to NodeState) {
+		seen = append(seen, node+":"+from.String()+">"+to.String())
+	})
+	skipUnlessExported(t, err, "spi_engine_on_node_transition")
+	must(t, err)
+	for _, r := range []struct {
+		id, node string
+		pool     Pool
+	}{{"spot-a", "i-1", PoolSpot}, {"od-a", "i-2", PoolOnDemand}} {
+		must(t, e.UpsertReplica(ReplicaInfo{ID: r.id, Pool: r.pool, USDPerHour: 2, MaxInflight: 16,
+			Node: r.node, Zone: "z1", InstanceType: "g5.xlarge"}))
+		must(t, e.ReportLoad(r.id, Load{Running: 1, KVUsage: 0.2}))
+	}
+	if st, err := e.NodeState("i-1"); err != nil || st != NodeActive {
+		t.Fatal(st, err)
+	}
+	r := newRequest(t, e)
+	must(t, r.SetStr(FieldModel, "m"))
+	must(t, r.SetInt(FieldSLAMs, 5000))
+	must(t, r.SetBool(FieldReplayable, true))
+	must(t, r.AddMessage("user", "hello"))
+	d, err := r.Route()
+	must(t, err)
+	if d.ReplicaID != "spot-a" {
+		t.Fatalf("%+v", d)
+	}
+	n := Notice{Kind: NoticeTerminate, Format: NoticeAWSInstanceAction, Node: "i-1",
+		DeadlineNs: now + 120*sec, ReceivedNs: now, Active: true, DedupKey: "aws:i-1:terminate"}
+	plans, err := e.Notice(n)
+	must(t, err)
+	if len(plans) != 1 || plans[0].Ticket != d.Ticket.ID || plans[0].ReplicaID != "spot-a" ||
+		(plans[0].Action != ActionDrain && plans[0].Action != ActionReplay) {
+		t.Fatalf("%+v", plans)
+	}
+	if st, _ := e.NodeState("i-1"); st != NodeNoticed {
+		t.Fatal(st)
+	}
+	if strings.Join(seen, ",") != "i-1:active>noticed" {
+		t.Fatalf("%q", seen)
+	}
+	if again, err := e.Notice(n); err != nil || len(again) != 0 {
+		t.Fatal(again, err)
+	}
+	d2, err := r.Route()
+	must(t, err)
+	if d2.ReplicaID == "spot-a" {
+		t.Fatal("routed to a noticed machine")
+	}
+	must(t, e.SetNodeState("i-1", NodeDraining))
+	if err := e.SetNodeState("i-1", NodeActive); !errors.Is(err, ErrInvalid) {
+		t.Fatal(err)
+	}
+	must(t, e.Tick())
+	must(t, e.OnNodeTransition(nil))
+}
+
+func TestReplayQueue(t *testing.T) {
+	e := newEngine(t, "")
+	q, err := e.OpenReplayQueue(`{"store":"memory"}`)
+	skipUnlessExported(t, err, "spi_replay_open")
+	must(t, err)
+	body := []byte(`{"model":"m","messages":[{"role":"user","content":"hi"}]}`)
+	dup, err := q.Enqueue(Envelope{Key: "a", Body: body, Class: ClassBronze})
+	must(t, err)
+	if dup {
+		t.Fatal("first enqueue is a duplicate")
+	}
+	_, err = q.Enqueue(Envelope{Key: "b", Body: body, Class: ClassGold, PartialText: "Hel",
+		StreamOffset: 1, Tenant: "acme", PartialTokens: []uint32{1, 2}})
+	must(t, err)
+	if dup, _ := q.Enqueue(Envelope{Key: "a", Body: body, Class: ClassBronze}); !dup {
+		t.Fatal("duplicate not reported")
+	}
+	st, err := q.Stats()
+	must(t, err)
+	if st.Ready[ClassGold] != 1 || st.Ready[ClassBronze] != 1 || st.Duplicates != 1 || st.Enqueued != 2 {
+		t.Fatalf("%+v", st)
+	}
+	c, ok, err := q.Claim(ClassMask(ClassGold, ClassSilver, ClassBronze), 0)
+	must(t, err)
+	if !ok || c.Envelope.Key != "b" || c.Envelope.PartialText != "Hel" || c.Envelope.Tenant != "acme" ||
+		len(c.Envelope.PartialTokens) != 2 || string(c.Envelope.Body) != string(body) {
+		t.Fatalf("%+v", c)
+	}
+	must(t, q.Ack(c.ID))
+	if err := q.Ack(c.ID); !errors.Is(err, ErrStale) {
+		t.Fatal(err)
+	}
+	c, ok, err = q.Claim(ClassMask(ClassBronze), 0)
+	must(t, err)
+	if !ok || c.Envelope.Key != "a" {
+		t.Fatalf("%+v", c)
+	}
+	must(t, q.Nack(c.ID))
+	if _, ok, err := q.Claim(ClassMask(ClassGold), 0); ok || err != nil {
+		t.Fatal(ok, err)
+	}
+	must(t, q.Tick())
+	must(t, q.Close())
+	must(t, q.Close())
+	if _, err := q.Stats(); !errors.Is(err, ErrMisuse) {
+		t.Fatal(err)
+	}
+	// Closing the engine closes its queues.
+	q2, err := e.OpenReplayQueue(`{"store":"memory"}`)
+	must(t, err)
+	must(t, e.Close())
+	if _, err := q2.Stats(); !errors.Is(err, ErrMisuse) {
+		t.Fatal(err)
+	}
+}
+
+func TestContinuation(t *testing.T) {
+	body := []byte(`{"model":"m","max_tokens":100,"messages":[{"role":"user","content":"count"}]}`)
+	text, flags, err := Continuation(Envelope{Key: "k", Body: body, PartialText: "1 2 3", StreamOffset: 3})
+	skipUnlessExported(t, err, "spi_replay_continuation")
+	must(t, err)
+	var cont map[string]any
+	must(t, json.Unmarshal([]byte(text), &cont))
+	if cont["continue_final_message"] != true || flags&EnvelopeFromScratch != 0 {
+		t.Fatalf("%s %d", text, flags)
+	}
+	guided := []byte(`{"model":"m","response_format":{"type":"json_object"},"messages":[{"role":"user","content":"j"}]}`)
+	_, flags, err = Continuation(Envelope{Key: "g", Body: guided, PartialText: "{"})
+	must(t, err)
+	if flags&EnvelopeFromScratch == 0 {
+		t.Fatal("guided decoding not replayed from scratch")
+	}
+}
+
+func TestNamesOfNewerEnums(t *testing.T) {
+	// Without the library functions the names read "invalid".
+	if s := NodeAdvised.String(); s != "advised" && s != "invalid" {
+		t.Fatal(s)
+	}
+	if s := NoticeRebalance.String(); s != "rebalance" && s != "invalid" {
+		t.Fatal(s)
+	}
+}
