@@ -299,13 +299,22 @@ static size_t plan(spi_engine *e, const node *n, const spi_router_cfg *c,
   if (!tt || !set) return 0;
   double deadline_s = (double)(n->deadline_ns - now) / 1e9;
   double margin_s = (double)c->drain_margin_ms / 1000.0;
-  size_t found = 0, total = spi__tickets_capacity(tt);
-  for (size_t i = 0; i < total; i++) {
+  /* The machine's replicas, once: tickets are matched against this short
+   * list, and only records ever handed out are scanned. */
+  const spi_replica_ident *mine[64];
+  size_t nmine = 0;
+  for (size_t j = 0; j < set->n && nmine < 64; j++)
+    if (on_node(&set->r[j], n)) mine[nmine++] = &set->r[j];
+  size_t found = 0, total = spi__tickets_high(tt);
+  for (size_t i = 0; nmine && i < total; i++) {
     spi_ticket *k = spi__ticket_at(tt, i);
     uint64_t id = atomic_load(&k->id);
-    if (!id || k->slot >= SPI_REPLICA_SLOTS) continue;
+    if (!id) continue;
     const spi_replica_ident *r = NULL;
-    for (size_t j = 0; j < set->n && !r; j++)
+    for (size_t j = 0; j < nmine && !r; j++)
+      if (mine[j]->slot == k->slot) r = mine[j];
+    /* A machine with more replicas than the short list: look them up. */
+    for (size_t j = 0; !r && nmine == 64 && j < set->n; j++)
       if (set->r[j].slot == k->slot && on_node(&set->r[j], n)) r = &set->r[j];
     if (!r ||
         atomic_load(&e->registry.slots[k->slot].incarnation) != k->incarnation)

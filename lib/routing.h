@@ -276,6 +276,8 @@ int spi__ticket_claim(spi_ticket_table *t, spi_ticket *k, uint64_t id);
 /* The record at index i (0..capacity-1), open or not: for scans at notice
  * time, which read its id atomically and skip free ones. */
 spi_ticket *spi__ticket_at(spi_ticket_table *t, size_t i);
+/* Records at or above this index have never been handed out. */
+size_t spi__tickets_high(spi_ticket_table *t);
 /* Return a claimed ticket to the free list. */
 void spi__ticket_release(spi_ticket_table *t, spi_ticket *k);
 

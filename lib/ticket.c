@@ -50,6 +50,10 @@ struct spi_ticket_table {
   _Atomic uint64_t head;
   char pad1[64];
   atomic_size_t open;
+  /* One past the highest record ever handed out: records are taken from
+   * the bottom of the free stack first, so scans stop here, not at the
+   * capacity. Written rarely (only when a new high is reached). */
+  atomic_size_t high;
 };
 
 static size_t align_up(size_t n, size_t a) { return (n + a - 1) / a * a; }
@@ -85,6 +89,7 @@ int spi__tickets_new(const spi_mem *m, size_t capacity,
   }
   atomic_init(&tt->head, 1ull); /* tag 0, top = record 0 */
   atomic_init(&tt->open, (size_t)0);
+  atomic_init(&tt->high, (size_t)0);
   *out = tt;
   return SPI_OK;
 }
@@ -131,6 +136,11 @@ spi_ticket *spi__ticket_take(spi_ticket_table *t) {
     if (atomic_compare_exchange_weak_explicit(
             &t->head, &old, want, memory_order_acquire, memory_order_acquire)) {
       atomic_fetch_add_explicit(&t->open, 1, memory_order_relaxed);
+      size_t hi = atomic_load_explicit(&t->high, memory_order_relaxed);
+      while (hi < top && !atomic_compare_exchange_weak_explicit(
+                             &t->high, &hi, (size_t)top, memory_order_relaxed,
+                             memory_order_relaxed)) {
+      }
       spi_ticket *k = &t->t[top - 1];
       ticket_reset(k);
       return k;
@@ -145,6 +155,10 @@ uint64_t spi__ticket_publish(spi_ticket_table *t, spi_ticket *k) {
   uint64_t id = (g << TICKET_INDEX_BITS) | (uint64_t)(i + 1);
   atomic_store_explicit(&k->id, id, memory_order_release);
   return id;
+}
+
+size_t spi__tickets_high(spi_ticket_table *t) {
+  return t ? atomic_load(&t->high) : 0;
 }
 
 spi_ticket *spi__ticket_at(spi_ticket_table *t, size_t i) {
