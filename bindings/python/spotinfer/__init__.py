@@ -30,7 +30,7 @@ from .enums import (BreakerState, Class, LogLevel, ModelTier, ModuleKind,
                     OnFailure, OpenAIKind, OptionType, Pool, PriorityScheme,
                     Pressure, Reason, ReplicaState, ReqInt, ReqStr,
                     ServiceTier, Status, TicketStatus, NoticeKind,
-                    NoticeFormat, NodeState, TicketAction)
+                    NoticeFormat, NodeState, TicketAction, ReplayRecordType)
 from .errors import *  # noqa: F401,F403 - the exception classes
 from .errors import __all__ as _errors_all
 from .notices import (Notice, TicketPlan, node_state_name, notice_kind_name,
@@ -39,6 +39,7 @@ from .replay import (ENVELOPE_FROM_SCRATCH, Claim, Envelope, ReplayQueue,
                      ReplayStats, continuation)
 from .modules import (Candidate, ClassifierModule, CostModelModule,
                       KeyBuilderModule, PolicyChoice, PolicyModule,
+                      ReplayRecord, ReplayStoreModule, ReplayStoreStats,
                       RequestView, RouteContext)
 from .types import (CacheKeyValue, Classification, LedgerRow, Load,
                     OptionInfo, Price, ReplicaInfo, ReplicaStatus, Signals,
@@ -116,7 +117,8 @@ __all__ = [
     "OnFailure", "NoticeKind", "NoticeFormat", "NodeState", "TicketAction",
     "Notice", "TicketPlan", "parse_notice", "notice_kind_name",
     "node_state_name", "Envelope", "Claim", "ReplayQueue", "ReplayStats",
-    "continuation", "ENVELOPE_FROM_SCRATCH",
+    "continuation", "ENVELOPE_FROM_SCRATCH", "ReplayRecordType",
+    "ReplayRecord", "ReplayStoreModule", "ReplayStoreStats",
     "strerror", "class_name", "service_tier_name", "reason_name",
     "module_kind_name", "options", "parse_metrics", "cache_key_hex",
 ] + list(_errors_all)

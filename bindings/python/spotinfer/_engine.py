@@ -302,6 +302,11 @@ class Engine:
         """Register a routing policy module written in Python."""
         self.register_module(ModuleKind.POLICY, name, module, **kw)
 
+    def register_replay_store(self, name: str, module: Any, **kw: Any) -> None:
+        """Register a replay store written in Python; select it with
+        ``{"store": name}`` in the replay queue's configuration."""
+        self.register_module(ModuleKind.REPLAY_STORE, name, module, **kw)
+
     def module_names(self, kind: Union[ModuleKind, int, str]) -> List[str]:
         """Names of the registered modules of a kind, in registration order."""
         kind_i = coerce(ModuleKind, kind)

@@ -539,12 +539,67 @@ class PolicyModule(_ModuleStruct):
     ]
 
 
+class ReplayRecord(_Struct):
+    _c_name_ = "spi_replay_record"
+    _fields_ = [
+        ("struct_size", c_size_t),
+        ("type", c_int32),
+        ("attempts", c_uint32),
+        ("key", c_void_p), ("key_len", c_size_t),
+        ("visible_ns", c_int64),
+        ("envelope", POINTER(Envelope)),
+    ]
+
+
+class ReplayStoreStats(_Struct):
+    _c_name_ = "spi_replay_store_stats"
+    _fields_ = [
+        ("struct_size", c_size_t),
+        ("bytes", c_uint64),
+        ("appended", c_uint64),
+        ("syncs", c_uint64),
+        ("recovered", c_uint64),
+        ("torn", c_uint64),
+        ("truncated_bytes", c_uint64),
+        ("compactions", c_uint64),
+    ]
+
+
+REPLAY_RECORD_FN = CFUNCTYPE(c_int, c_void_p, POINTER(ReplayRecord))
+RECOVER_FN = CFUNCTYPE(c_int, c_void_p, c_void_p, REPLAY_RECORD_FN, c_void_p,
+                       c_void_p, c_size_t)
+APPEND_FN = CFUNCTYPE(c_int, c_void_p, c_void_p, POINTER(ReplayRecord),
+                      POINTER(c_uint64), c_void_p, c_size_t)
+SYNC_FN = CFUNCTYPE(c_int, c_void_p, c_void_p, c_uint64, c_void_p, c_size_t)
+COMPACT_FN = CFUNCTYPE(c_int, c_void_p, c_void_p, POINTER(ReplayRecord),
+                       c_size_t, c_void_p, c_size_t)
+STORE_STATS_FN = CFUNCTYPE(c_int, c_void_p, c_void_p, POINTER(ReplayStoreStats))
+
+
+class ReplayStoreModule(_ModuleStruct):
+    _c_name_ = "spi_replay_store_module"
+    _fields_ = [
+        ("abi_version", c_uint32),
+        ("struct_size", c_uint32),
+        ("on_failure", c_int32),
+        ("reserved0", c_int32),
+        ("configure", CONFIGURE_FN),
+        ("release", RELEASE_FN),
+        ("recover", RECOVER_FN),
+        ("append", APPEND_FN),
+        ("sync", SYNC_FN),
+        ("compact", COMPACT_FN),
+        ("stats", STORE_STATS_FN),
+    ]
+
+
 #: Every struct mirror, for the layout test and for introspection.
 STRUCTS: Tuple[type, ...] = (
     Hooks, OptionInfo, Classification, CacheKey, SpotCost, Price,
     ReplicaInfo, Load, ReplicaStatus, Decision, TicketResult, LedgerRow,
     Signals, Notice, TicketPlan, Envelope, ReplayStats, RequestView, ClassifierModule, KeyBuilderModule,
     CostModelModule, Candidate, RouteContext, PolicyChoice, PolicyModule,
+    ReplayRecord, ReplayStoreStats, ReplayStoreModule,
 )
 
 

@@ -13,7 +13,7 @@ __all__ = [
     "PriorityScheme", "ServiceTier", "ReqStr", "ReqInt", "OpenAIKind",
     "Pressure", "Pool", "ReplicaState", "BreakerState", "Reason",
     "TicketStatus", "ModuleKind", "OnFailure", "NoticeKind", "NoticeFormat",
-    "NodeState", "TicketAction",
+    "NodeState", "TicketAction", "ReplayRecordType",
 ]
 
 
@@ -202,6 +202,13 @@ class NodeState(enum.IntEnum):
 class TicketAction(enum.IntEnum):
     DRAIN = 1
     REPLAY = 2
+
+
+class ReplayRecordType(enum.IntEnum):
+    ENQUEUE = 1  # the whole envelope: queued (or restated)
+    ACK = 2      # done for good; the key is remembered
+    NACK = 3     # retry later (attempts, visible_ns)
+    DEAD = 4     # dead-lettered
 
 
 class ModuleKind(enum.IntEnum):

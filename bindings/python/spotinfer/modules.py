@@ -45,17 +45,19 @@ import json
 import threading
 from ctypes import POINTER, cast, c_uint32, c_uint64, memmove, sizeof, string_at
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import (Any, Callable, Dict, Iterable, List, Optional, Sequence,
+                    Tuple, Union)
 
 from . import _native as _n
 from .enums import (Class, ModelTier, ModuleKind, OnFailure, Pool, Pressure,
-                    Reason, ServiceTier, maybe_enum)
+                    Reason, ReplayRecordType, ServiceTier, maybe_enum)
 from .errors import SpotinferError
 from .types import CacheKeyValue, Classification, Price, Verdict
 
 __all__ = [
     "RequestView", "Candidate", "RouteContext", "PolicyChoice",
     "ClassifierModule", "KeyBuilderModule", "CostModelModule", "PolicyModule",
+    "ReplayRecord", "ReplayStoreStats", "ReplayStoreModule",
 ]
 
 _EMODULE = -60
@@ -233,6 +235,53 @@ class PolicyChoice:
     reason: str = ""
 
 
+@dataclass(frozen=True)
+class ReplayRecord:
+    """One record of a replay store (``spi_replay_record``)."""
+
+    type: ReplayRecordType
+    key: str
+    attempts: int = 0          # NACK, DEAD
+    visible_ns: int = 0        # NACK: ready again at
+    envelope: Any = None       # ENQUEUE: a spotinfer.Envelope
+
+    @classmethod
+    def _from(cls, r: _n.ReplayRecord) -> "ReplayRecord":
+        from .replay import Envelope
+        env = Envelope._from(r.envelope.contents) if r.envelope else None
+        return cls(maybe_enum(ReplayRecordType, r.type),  # type: ignore[arg-type]
+                   string_at(r.key, r.key_len).decode("utf-8", "surrogateescape")
+                   if r.key and r.key_len else "",
+                   r.attempts, r.visible_ns, env)
+
+    def _struct(self) -> Tuple[_n.ReplayRecord, Tuple[Any, ...]]:
+        from ctypes import byref as _byref, c_void_p as _vp, create_string_buffer, pointer
+        key = self.key.encode("utf-8", "surrogateescape")
+        kb = create_string_buffer(key, len(key) or 1)
+        keep: Tuple[Any, ...] = (kb,)
+        rec = _n.ReplayRecord(type=int(self.type), attempts=int(self.attempts),
+                              key=cast(kb, _vp), key_len=len(key),
+                              visible_ns=int(self.visible_ns))
+        if self.envelope is not None:
+            env, ekeep = self.envelope._struct()
+            rec.envelope = pointer(env)
+            keep += (env, ekeep)
+        return rec, keep
+
+
+@dataclass(frozen=True)
+class ReplayStoreStats:
+    """What a replay store reports about itself."""
+
+    bytes: int = 0
+    appended: int = 0
+    syncs: int = 0
+    recovered: int = 0
+    torn: int = 0
+    truncated_bytes: int = 0
+    compactions: int = 0
+
+
 # ---------------------------------------------------------- base classes
 
 
@@ -274,6 +323,31 @@ class CostModelModule(_ModuleBase):
 class PolicyModule(_ModuleBase):
     def choose(self, instance: Any, ctx: RouteContext) -> Union[PolicyChoice, Dict[str, Any]]:
         raise NotImplementedError
+
+
+class ReplayStoreModule(_ModuleBase):
+    """Where a replay queue keeps its records.
+
+    ``configure(config)`` opens the store for one queue (it receives
+    ``replay.store_config``) and returns the open store as the instance;
+    ``release(instance)`` closes it. ``recover`` yields the stored records
+    in order; ``append`` stores one and returns an increasing sequence
+    number; ``sync(instance, seq)`` returns once records up to seq are
+    durable; ``compact`` (optional) replaces everything by the records
+    given. on_failure is not consulted: a failing store fails the queue call.
+    """
+
+    def recover(self, instance: Any) -> Iterable[ReplayRecord]:
+        raise NotImplementedError
+
+    def append(self, instance: Any, record: ReplayRecord) -> int:
+        raise NotImplementedError
+
+    def sync(self, instance: Any, seq: int) -> None:
+        raise NotImplementedError
+
+    def stats(self, instance: Any) -> ReplayStoreStats:
+        return ReplayStoreStats()
 
 
 # ---------------------------------------------------------------- adapters
@@ -520,11 +594,83 @@ class _PolicyAdapter(_Adapter):
                 view._v = None
 
 
+class _ReplayStoreAdapter(_Adapter):
+    def __init__(self, *a: Any) -> None:
+        super().__init__(*a)
+        self.recover_fn = _n.RECOVER_FN(self._recover)
+        self.append_fn = _n.APPEND_FN(self._append)
+        self.sync_fn = _n.SYNC_FN(self._sync)
+        self.compact_fn = _n.COMPACT_FN(self._compact)
+        self.stats_fn = _n.STORE_STATS_FN(self._stats)
+        self.struct = _n.ReplayStoreModule(
+            on_failure=self.on_failure, configure=self.configure_fn,
+            release=self.release_fn, recover=self.recover_fn,
+            append=self.append_fn, sync=self.sync_fn,
+            compact=self.compact_fn if callable(getattr(self.impl, "compact", None))
+            else _n.COMPACT_FN(), stats=self.stats_fn)
+
+    def _err(self, e: BaseException, errbuf: Optional[int], errcap: int) -> int:
+        _write_err(errbuf, errcap, f"{type(e).__name__}: {e}")
+        return self._failed(e)
+
+    def _recover(self, _s: Any, inst: Optional[int], fn: Any, ud: Optional[int],
+                 errbuf: Optional[int], errcap: int) -> int:
+        try:
+            for rec in self.impl.recover(self._instance(inst)):
+                c, keep = rec._struct()
+                rc = fn(ud, c)
+                del keep
+                if rc != 0:
+                    return int(rc)
+            return 0
+        except BaseException as e:
+            return self._err(e, errbuf, errcap)
+
+    def _append(self, _s: Any, inst: Optional[int], rec: Any, out_seq: Any,
+                errbuf: Optional[int], errcap: int) -> int:
+        try:
+            seq = self.impl.append(self._instance(inst), ReplayRecord._from(rec.contents))
+            out_seq[0] = int(seq)
+            return 0
+        except BaseException as e:
+            return self._err(e, errbuf, errcap)
+
+    def _sync(self, _s: Any, inst: Optional[int], seq: int, errbuf: Optional[int],
+              errcap: int) -> int:
+        try:
+            self.impl.sync(self._instance(inst), int(seq))
+            return 0
+        except BaseException as e:
+            return self._err(e, errbuf, errcap)
+
+    def _compact(self, _s: Any, inst: Optional[int], recs: Any, n: int,
+                 errbuf: Optional[int], errcap: int) -> int:
+        try:
+            self.impl.compact(self._instance(inst),
+                              [ReplayRecord._from(recs[i]) for i in range(n)])
+            return 0
+        except BaseException as e:
+            return self._err(e, errbuf, errcap)
+
+    def _stats(self, _s: Any, inst: Optional[int], out: Any) -> int:
+        try:
+            st = self.impl.stats(self._instance(inst))
+            o = out.contents
+            for k in ("bytes", "appended", "syncs", "recovered", "torn",
+                      "truncated_bytes", "compactions"):
+                setattr(o, k, int(getattr(st, k, 0) if not isinstance(st, dict)
+                                  else st.get(k, 0)))
+            return 0
+        except BaseException as e:
+            return self._failed(e)
+
+
 _ADAPTERS = {
     int(ModuleKind.CLASSIFIER): _ClassifierAdapter,
     int(ModuleKind.KEY_BUILDER): _KeyBuilderAdapter,
     int(ModuleKind.COST_MODEL): _CostModelAdapter,
     int(ModuleKind.POLICY): _PolicyAdapter,
+    int(ModuleKind.REPLAY_STORE): _ReplayStoreAdapter,
 }
 
 _REQUIRED = {
@@ -532,6 +678,7 @@ _REQUIRED = {
     int(ModuleKind.KEY_BUILDER): ("build_key", "block_hashes"),
     int(ModuleKind.COST_MODEL): ("price",),
     int(ModuleKind.POLICY): ("choose",),
+    int(ModuleKind.REPLAY_STORE): ("recover", "append", "sync"),
 }
 
 

@@ -169,3 +169,88 @@ def test_continuation():
                          "messages": [{"role": "user", "content": "json"}]})
     _, flags = spotinfer.continuation(Envelope("g", guided, partial_text="{"))
     assert flags & spotinfer.ENVELOPE_FROM_SCRATCH
+
+
+class ListStore(spotinfer.ReplayStoreModule):
+    """A replay store over a Python list, shared by every queue opened on it."""
+
+    def __init__(self):
+        self.records = []
+        self.syncs = 0
+        self.opened = 0
+        self.closed = 0
+
+    def configure(self, config):
+        self.opened += 1
+        return self
+
+    def release(self, instance):
+        self.closed += 1
+
+    def recover(self, instance):
+        return list(self.records)
+
+    def append(self, instance, record):
+        self.records.append(record)
+        return len(self.records)
+
+    def sync(self, instance, seq):
+        self.syncs += 1
+
+    def stats(self, instance):
+        return spotinfer.ReplayStoreStats(appended=len(self.records),
+                                          syncs=self.syncs)
+
+
+def test_replay_store_struct_and_registration_shape():
+    store = ListStore()
+    with Engine() as e:
+        try:
+            e.register_replay_store("py-list", store)
+        except spotinfer.NotSupportedError:
+            pytest.skip("the loaded libspotinfer does not take replay stores yet")
+        assert "py-list" in e.module_names("replay_store")
+        with pytest.raises(TypeError):
+            e.register_replay_store("incomplete", object())
+
+
+@needs_replay
+def test_python_replay_store_round_trip():
+    store = ListStore()
+    body = json.dumps({"model": "m", "messages": [{"role": "user", "content": "hi"}]})
+    with Engine() as e:
+        try:
+            e.register_replay_store("py-list", store)
+        except spotinfer.NotSupportedError:
+            pytest.skip("the loaded libspotinfer does not take replay stores yet")
+        with e.replay_queue({"store": "py-list"}) as q:
+            assert q.enqueue(key="k1", body=body, klass=Class.SILVER)
+            c = q.claim()
+            c.nack()
+        assert store.opened == 1 and store.closed == 1
+        types = [r.type for r in store.records]
+        assert types[0] is spotinfer.ReplayRecordType.ENQUEUE
+        assert store.records[0].key == "k1"
+        assert store.records[0].envelope.key == "k1"
+        assert spotinfer.ReplayRecordType.NACK in types
+        # A new queue over the same store recovers the envelope.
+        with e.replay_queue({"store": "py-list"}) as q2:
+            st = q2.stats()
+            assert st.ready[Class.SILVER] + st.delayed == 1
+
+
+@needs_replay
+def test_python_replay_store_failure_fails_the_call():
+    class Broken(ListStore):
+        def append(self, instance, record):
+            raise OSError("disk on fire")
+
+    with Engine() as e:
+        try:
+            e.register_replay_store("broken", Broken())
+        except spotinfer.NotSupportedError:
+            pytest.skip("the loaded libspotinfer does not take replay stores yet")
+        with e.replay_queue({"store": "broken"}) as q:
+            with pytest.raises(spotinfer.SpotinferError) as ei:
+                q.enqueue(key="k", body="{}")
+            assert isinstance(ei.value.__cause__, OSError) or "disk on fire" in ei.value.message
