@@ -153,7 +153,7 @@ static int route_pinned(spi_request *req, spi_snapshot *snap,
   /* The KV breakers, and the class at the worse pool's pressure. */
   int32_t level[4] = {0}, kvl[4] = {0};
   for (int p = SPI_POOL_SPOT; p <= SPI_POOL_ON_DEMAND; p++) {
-    double press = kv_n[p] ? kv_sum[p] / kv_n[p] : 0;
+    double press = kv_n[p] > 0 ? kv_sum[p] / kv_n[p] : 0;
     unsigned old = atomic_load(&e->kv_level[p]);
     int nl = spi__kv_breaker_step((int)old, press, rc_cfg);
     if ((unsigned)nl != old &&
@@ -410,7 +410,7 @@ int spi_ticket_first_token(spi_engine *engine, uint64_t ticket) {
   int64_t now = spi__engine_now(engine);
   int32_t klass = k->klass;
   int64_t start = k->start_ns;
-  int64_t zero = 0;
+  long long zero = 0;
   /* Whoever moves first_token_ns off 0 (this, or finish with its sentinel)
    * takes the ticket out of the queue-depth gauge, exactly once; the id
    * re-check makes sure the fields read belonged to this ticket. */
@@ -432,7 +432,7 @@ int spi_ticket_progress(spi_engine *engine, uint64_t ticket,
   spi_ticket *k = tt ? spi__ticket_lookup(tt, ticket) : NULL;
   if (!k) return spi__engine_fail(engine, SPI_ESTALE, "ticket %llu is not open",
                                   (unsigned long long)ticket);
-  uint64_t cur = atomic_load(&k->tokens_streamed);
+  unsigned long long cur = atomic_load(&k->tokens_streamed);
   while (tokens_streamed > cur &&
          !atomic_compare_exchange_weak(&k->tokens_streamed, &cur,
                                        tokens_streamed)) {
@@ -505,7 +505,7 @@ int spi_ticket_finish(spi_engine *engine, uint64_t ticket,
               atomic_load(&slot->incarnation) != k->incarnation;
   int ok = result->status == SPI_TICKET_OK;
   spi_metrics *mx = atomic_load(&engine->metrics);
-  int64_t zero = 0;
+  long long zero = 0;
   int no_first_token =
       atomic_compare_exchange_strong(&k->first_token_ns, &zero, (int64_t)-1);
   if (mx) {
