@@ -30,7 +30,10 @@ def test_table_covers_every_header_function():
     assert len(declared) > 40
     table = {row[0] for row in _native.FUNCTIONS}
     assert declared - table == set(), "functions without a binding"
-    assert table - declared == set(), "bindings of functions not in the header"
+    # The table may know functions of a newer header than this tree's;
+    # the loaded library then lacks them too and they raise NotSupportedError.
+    for name in table - declared:
+        assert not spotinfer.lib.has(name), f"{name} is exported but not declared"
     assert len(table) == len(_native.FUNCTIONS), "a function is declared twice"
 
 
@@ -50,8 +53,29 @@ def test_every_row_sets_restype_and_argtypes():
 
 def test_exported_symbols_are_all_bound():
     # Every spi_ function the loaded library exports has a row.
-    missing = [n for n in _header_functions() if not spotinfer.lib.has(n)]
-    assert set(missing) == set(spotinfer.lib.missing)
+    exported = _exported_functions()
+    if exported is None:
+        pytest.skip("no nm to list the library's symbols")
+    table = {row[0] for row in _native.FUNCTIONS}
+    assert exported - table == set(), "exported functions without a binding"
+    assert {n for n in table if spotinfer.lib.has(n)} == exported & table
+
+
+def _exported_functions():
+    import shutil
+    nm = shutil.which("nm")
+    if not nm:
+        return None
+    out = subprocess.run([nm, "-D", "--defined-only", spotinfer.lib.path],
+                         capture_output=True, text=True)
+    if out.returncode != 0:
+        return None
+    names = set()
+    for line in out.stdout.splitlines():
+        parts = line.split()
+        if len(parts) == 3 and parts[1] == "T" and parts[2].startswith("spi_"):
+            names.add(parts[2].split("@")[0])
+    return names
 
 
 def test_version_agrees():
