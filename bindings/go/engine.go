@@ -83,7 +83,7 @@ func NewEngine(config string) (*Engine, error) {
 
 // NewEngineWithHooks is NewEngine with a clock and/or log hook.
 func NewEngineWithHooks(config string, hooks Hooks) (*Engine, error) {
-	e := &Engine{reqs: make(map[*reqHandle]struct{}), queues: make(map[*ReplayQueue]struct{})}
+	e := &Engine{reqs: make(map[*reqHandle]struct{}), queues: make(map[*queueHandle]struct{})}
 	var h cgo.Handle
 	if hooks.Clock != nil || hooks.Log != nil {
 		h = cgo.NewHandle(&hooks)
@@ -128,8 +128,8 @@ func (e *Engine) Close() error {
 		rh.p = nil
 	}
 	e.reqs = nil
-	for q := range e.queues {
-		q.closeLocked()
+	for h := range e.queues {
+		e.closeQueueLocked(h)
 	}
 	C.spi_engine_free(e.p) // calls the Go modules' destroy callbacks
 	e.p = nil

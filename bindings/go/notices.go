@@ -192,7 +192,6 @@ import "C"
 import (
 	"runtime"
 	"runtime/cgo"
-	"sync"
 	"unsafe"
 )
 
@@ -532,9 +531,14 @@ func Continuation(env Envelope) (string, uint32, error) {
 // must outlive it (closing the engine closes its queues). Enqueue, Claim,
 // Ack and Nack are safe from many goroutines.
 type ReplayQueue struct {
-	e  *Engine
-	mu sync.Mutex // guards q against Close
-	q  *C.spi_replay_queue
+	e *Engine
+	h *queueHandle
+}
+
+// queueHandle is the C side of a ReplayQueue; the engine tracks these (not
+// the queues) so a forgotten queue can still be collected and finalized.
+type queueHandle struct {
+	q *C.spi_replay_queue
 }
 
 // OpenReplayQueue opens a replay queue: {"store":"memory"} or
@@ -545,14 +549,15 @@ func (e *Engine) OpenReplayQueue(config string) (*ReplayQueue, error) {
 	if e.p == nil {
 		return nil, closedError("spi_replay_open", "engine")
 	}
-	q := &ReplayQueue{e: e}
+	h := &queueHandle{}
 	s, n := cstr(config)
-	rc := C.spi_go_replay_open(e.p, s, n, &q.q)
+	rc := C.spi_go_replay_open(e.p, s, n, &h.q)
 	runtime.KeepAlive(config)
 	if rc != 0 {
 		return nil, e.failOrNotSup(rc, "spi_replay_open")
 	}
-	e.queues[q] = struct{}{}
+	e.queues[h] = struct{}{}
+	q := &ReplayQueue{e: e, h: h}
 	runtime.SetFinalizer(q, (*ReplayQueue).Close)
 	return q, nil
 }
@@ -561,31 +566,31 @@ func (e *Engine) OpenReplayQueue(config string) (*ReplayQueue, error) {
 func (q *ReplayQueue) Close() error {
 	q.e.mu.Lock()
 	defer q.e.mu.Unlock()
-	q.closeLocked()
+	runtime.SetFinalizer(q, nil)
+	q.e.closeQueueLocked(q.h)
 	return nil
 }
 
-func (q *ReplayQueue) closeLocked() {
-	runtime.SetFinalizer(q, nil)
-	if q.q != nil {
-		C.spi_go_replay_close(q.q)
-		q.q = nil
-		delete(q.e.queues, q)
+func (e *Engine) closeQueueLocked(h *queueHandle) {
+	if h.q != nil {
+		C.spi_go_replay_close(h.q)
+		h.q = nil
+		delete(e.queues, h)
 	}
 }
 
 func (q *ReplayQueue) ptr(op string) (*C.spi_replay_queue, error) {
-	if q.q == nil {
+	if q.h.q == nil {
 		return nil, closedError(op, "replay queue")
 	}
-	return q.q, nil
+	return q.h.q, nil
 }
 
 func (q *ReplayQueue) fail(rc C.int, op string) error {
 	if rc == C.SPI_GO_MISSING {
 		return missing(op)
 	}
-	msg := C.GoString(C.spi_go_replay_errmsg(q.q))
+	msg := C.GoString(C.spi_go_replay_errmsg(q.h.q))
 	runtime.KeepAlive(q)
 	return newError(rc, op, msg)
 }

@@ -412,12 +412,21 @@ type Ticket struct {
 	ID uint64
 }
 
+// engine is the ticket's engine handle; the zero Ticket (a decision that
+// opened none) answers ErrStale.
+func (t Ticket) engine(op string) (*C.spi_engine, error) {
+	if t.e == nil {
+		return nil, &Error{Code: StatusStale, Op: op, Message: "no ticket (the decision opened none)"}
+	}
+	return t.e.ptr(op)
+}
+
 // Ticket wraps a ticket id (e.g. one stored elsewhere) for reporting.
 func (e *Engine) Ticket(id uint64) Ticket { return Ticket{e: e, ID: id} }
 
 // FirstToken records that the first token was streamed (TTFT by class).
 func (t Ticket) FirstToken() error {
-	p, err := t.e.ptr("spi_ticket_first_token")
+	p, err := t.engine("spi_ticket_first_token")
 	if err != nil {
 		return err
 	}
@@ -430,7 +439,7 @@ func (t Ticket) FirstToken() error {
 
 // Progress records the tokens streamed so far (monotonic).
 func (t Ticket) Progress(tokensStreamed uint64) error {
-	p, err := t.e.ptr("spi_ticket_progress")
+	p, err := t.engine("spi_ticket_progress")
 	if err != nil {
 		return err
 	}
@@ -454,7 +463,7 @@ type TicketResult struct {
 // Finish ends the ticket and feeds the prefix index, load, error breaker,
 // ledger and metrics. Finishing twice returns ErrStale.
 func (t Ticket) Finish(res TicketResult) error {
-	p, err := t.e.ptr("spi_ticket_finish")
+	p, err := t.engine("spi_ticket_finish")
 	if err != nil {
 		return err
 	}

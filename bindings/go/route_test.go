@@ -325,3 +325,10 @@ func TestGoPolicy(t *testing.T) {
 	must(t, err)
 	must(t, d.Ticket.Finish(TicketResult{}))
 }
+
+func TestZeroTicket(t *testing.T) {
+	var tk Ticket
+	if err := tk.Finish(TicketResult{}); !errors.Is(err, ErrStale) {
+		t.Fatal(err)
+	}
+}
