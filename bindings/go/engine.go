@@ -64,7 +64,7 @@ type Engine struct {
 
 	mu      sync.Mutex
 	reqs    map[*reqHandle]struct{}   // requests still open on the engine
-	queues  map[*ReplayQueue]struct{} // replay queues still open on it
+	queues  map[*queueHandle]struct{} // replay queues still open on it
 	handles []cgo.Handle              // hooks; deleted after spi_engine_free
 	nodeFn  cgo.Handle                // the node transition callback
 }
