@@ -90,7 +90,7 @@ struct spi_engine {
   _Atomic(spi_ticket_table *) tickets;
   _Atomic(spi_ledger *) ledger;
   _Atomic(spi_metrics *) metrics;
-  size_t ledger_rows, metrics_families;
+  /* (the ledger and the metrics know the sizes they were made with) */
   atomic_uint kv_level[4];   /* pool KV breaker level, by enum spi_pool */
   struct spi_nodes *nodes;   /* machines and their fate (node.c) */
   atomic_int configuring; /* set while module configure callbacks run */

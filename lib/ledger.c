@@ -189,6 +189,8 @@ void spi__ledger_add_extra(spi_ledger *l, const char *tenant, const char *model,
   pthread_mutex_unlock(&l->lock);
 }
 
+size_t spi__ledger_max_rows(const spi_ledger *l) { return l ? l->max_rows : 0; }
+
 size_t spi__ledger_count(spi_ledger *l) {
   if (!l) return 0;
   pthread_mutex_lock(&l->lock);

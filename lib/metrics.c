@@ -84,6 +84,10 @@ static int class_index(int32_t klass) {
   return klass >= SPI_CLASS_GOLD && klass <= SPI_CLASS_BRONZE ? klass : 0;
 }
 
+size_t spi__metrics_max_families(const spi_metrics *x) {
+  return x ? x->max_families : 0;
+}
+
 int spi__metrics_new(const spi_mem *m, size_t max_families, spi_metrics **out) {
   if (!m || !out) return SPI_EINVAL;
   *out = NULL;

@@ -113,18 +113,19 @@ int spi__router_prepare(spi_engine *e, const spi_router_cfg *c,
               spi__tickets_capacity(t));
     return SPI_EINVAL;
   }
-  if (atomic_load(&e->ledger) && e->ledger_rows != (size_t)c->ledger_max_rows) {
+  spi_ledger *lg = atomic_load(&e->ledger);
+  if (lg && spi__ledger_max_rows(lg) != (size_t)c->ledger_max_rows) {
     spi__errf(err, errcap,
               "router.ledger_max_rows: fixed at %zu once the engine has routed",
-              e->ledger_rows);
+              spi__ledger_max_rows(lg));
     return SPI_EINVAL;
   }
-  if (atomic_load(&e->metrics) &&
-      e->metrics_families != (size_t)c->metrics_max_families) {
+  spi_metrics *mx = atomic_load(&e->metrics);
+  if (mx && spi__metrics_max_families(mx) != (size_t)c->metrics_max_families) {
     spi__errf(err, errcap,
               "router.metrics_max_families: fixed at %zu once the engine has "
               "routed",
-              e->metrics_families);
+              spi__metrics_max_families(mx));
     return SPI_EINVAL;
   }
   if (!atomic_load(&e->index) || e->index_budget != (size_t)c->index_bytes) {
@@ -165,18 +166,14 @@ int spi__router_ready(spi_engine *e, const spi_router_cfg *c) {
     if (spi__metrics_new(m, (size_t)c->metrics_max_families, &x))
       return SPI_ENOMEM;
     spi_metrics *expect = NULL;
-    if (atomic_compare_exchange_strong(&e->metrics, &expect, x))
-      e->metrics_families = (size_t)c->metrics_max_families;
-    else
+    if (!atomic_compare_exchange_strong(&e->metrics, &expect, x))
       spi__metrics_free(m, x);
   }
   if (!atomic_load(&e->ledger)) {
     spi_ledger *l = NULL;
     if (spi__ledger_new(m, (size_t)c->ledger_max_rows, &l)) return SPI_ENOMEM;
     spi_ledger *expect = NULL;
-    if (atomic_compare_exchange_strong(&e->ledger, &expect, l))
-      e->ledger_rows = (size_t)c->ledger_max_rows;
-    else
+    if (!atomic_compare_exchange_strong(&e->ledger, &expect, l))
       spi__ledger_free(m, l);
   }
   if (!atomic_load(&e->tickets)) {

@@ -303,6 +303,7 @@ void spi__ledger_add_extra(spi_ledger *l, const char *tenant, const char *model,
                            int32_t pool, int32_t klass,
                            const spi_ledger_extra *x);
 size_t spi__ledger_count(spi_ledger *l);
+size_t spi__ledger_max_rows(const spi_ledger *l);
 int spi__ledger_row(spi_ledger *l, size_t index, spi_ledger_row *out);
 
 /* ---------------------------------------------------------------- metrics */
@@ -313,6 +314,7 @@ int spi__ledger_row(spi_ledger *l, size_t index, spi_ledger_row *out);
 typedef struct spi_metrics spi_metrics;
 int spi__metrics_new(const spi_mem *m, size_t max_families, spi_metrics **out);
 void spi__metrics_free(const spi_mem *m, spi_metrics *x);
+size_t spi__metrics_max_families(const spi_metrics *x);
 /* Counters (atomic, callable from any thread). */
 void spi__metrics_decision(spi_metrics *x, int32_t pool, int32_t klass,
                            int32_t reason, uint64_t family,
