@@ -52,9 +52,13 @@ class _Struct(Structure):
 
     def __init__(self, *args: Any, **kw: Any) -> None:
         super().__init__(*args, **kw)
-        names = [f[0] for f in self._fields_]
-        if "struct_size" in names and "struct_size" not in kw:
-            self.struct_size = sizeof(self)
+        cls = type(self)
+        sized = cls.__dict__.get("_sized_")
+        if sized is None:  # computed once per class
+            sized = any(f[0] == "struct_size" for f in cls._fields_)
+            cls._sized_ = sized
+        if sized and "struct_size" not in kw:
+            self.struct_size = sizeof(cls)
 
     def as_dict(self) -> Dict[str, Any]:
         """Field name -> Python value (char arrays as text), for debugging."""

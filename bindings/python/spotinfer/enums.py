@@ -247,8 +247,6 @@ def coerce(enum_cls: type, value: object) -> int:
 
 
 def maybe_enum(enum_cls: type, value: int) -> int:
-    """value as a member of enum_cls when it is one, else the plain int."""
-    try:
-        return enum_cls(value)  # type: ignore[no-any-return]
-    except ValueError:
-        return value
+    """value as a member of enum_cls when it is one, else the plain int
+    (a value from a newer library). A dict lookup: this is on hot paths."""
+    return enum_cls._value2member_map_.get(value, value)  # type: ignore[attr-defined,no-any-return]
