@@ -906,9 +906,11 @@ SPI_API const char *spi_notice_kind_name(int32_t kind);
  * now + 30 s. Documents that carry several events (AWS scheduled, Azure)
  * give one notice each: up to cap are written to out and *n_out gets the
  * number found (0 = no notice); SPI_EBUFSIZE when cap is too small. Pure and
- * thread-safe. Errors: SPI_EINVAL, SPI_EPARSE (malformed body, bad time),
- * SPI_ETYPE (a field of the wrong type), SPI_EUNKNOWN (unknown action or
- * event type), SPI_EBUFSIZE. errbuf (may be NULL) gets the message.
+ * thread-safe. Errors: SPI_EINVAL (an argument, or a status neither 2xx
+ * nor 404), SPI_EPARSE (malformed body, bad time), SPI_ETYPE (a field of the
+ * wrong type), SPI_EUNKNOWN (unknown action or event type), SPI_EMISSING (a
+ * required field is absent), SPI_ETOOBIG (a body over 1 MiB, an id from the
+ * body over 63 bytes), SPI_EBUFSIZE. errbuf (may be NULL) gets the message.
  */
 SPI_API int spi_notice_parse(int32_t format, int32_t http_status,
                              const char *body, size_t len, const char *node,
