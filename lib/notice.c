@@ -179,8 +179,8 @@ static int take_word(cursor *c, const char *w) {
 /* hh:mm:ss, two digits each. */
 static int take_clock(cursor *c, civil *t) {
   int64_t h, mi, s;
-  if (!take_digits(c, 2, &h) || !take_char(c, ':') ||
-      !take_digits(c, 2, &mi) || !take_char(c, ':') || !take_digits(c, 2, &s))
+  if (!take_digits(c, 2, &h) || !take_char(c, ':') || !take_digits(c, 2, &mi) ||
+      !take_char(c, ':') || !take_digits(c, 2, &s))
     return 0;
   t->hour = (int)h;
   t->minute = (int)mi;
@@ -203,8 +203,8 @@ static const char *parse_rfc3339(const char *s, size_t n, int64_t *out) {
   int64_t mo, d;
   if (!take_digits(&c, 4, &t.year) || !take_char(&c, '-') ||
       !take_digits(&c, 2, &mo) || !take_char(&c, '-') ||
-      !take_digits(&c, 2, &d) ||
-      !(take_char(&c, 'T') || take_char(&c, 't')) || !take_clock(&c, &t))
+      !take_digits(&c, 2, &d) || !(take_char(&c, 'T') || take_char(&c, 't')) ||
+      !take_clock(&c, &t))
     return RFC3339_SHAPE;
   t.month = (int)mo;
   t.day = (int)d;
@@ -302,7 +302,7 @@ static const char *parse_day_month_year(const char *s, size_t n,
 
 typedef struct nctx {
   int32_t format;
-  const char *label; /* prefixes every message */
+  const char *label;     /* prefixes every message */
   char node[SPI_ID_MAX]; /* the caller's, NUL-terminated */
   size_t node_len;
   int64_t now_ns;
@@ -439,8 +439,8 @@ static int check_id(nctx *c, const char *path, const char *s) {
   char q[QUOTE_CAP];
   if (len == 0) return fail(c, SPI_EPARSE, "%s: empty", path);
   if (len >= SPI_ID_MAX)
-    return fail(c, SPI_ETOOBIG, "%s: %zu bytes, over the %d allowed", path,
-                len, SPI_ID_MAX - 1);
+    return fail(c, SPI_ETOOBIG, "%s: %zu bytes, over the %d allowed", path, len,
+                SPI_ID_MAX - 1);
   for (size_t i = 0; i < len; i++)
     if ((unsigned char)s[i] < 0x20 || s[i] == 0x7f)
       return fail(c, SPI_EPARSE, "%s: control character in %s", path,
@@ -566,8 +566,7 @@ static int aws_instance_action(nctx *c, const cJSON *root) {
   int64_t deadline = 0;
   if (action && (rc = one_of(c, "action", action, AWS_ACTIONS, 3, &a)) != 0)
     return rc;
-  if (time &&
-      (rc = parse_time(c, "time", time, parse_rfc3339, &deadline)) != 0)
+  if (time && (rc = parse_time(c, "time", time, parse_rfc3339, &deadline)) != 0)
     return rc;
   if (!action) return missing(c, "", "action");
   if (!time) return missing(c, "", "time");
@@ -593,9 +592,9 @@ static int aws_rebalance(nctx *c, const cJSON *root) {
 }
 
 static const char *const AWS_STATES[] = {"active", "completed", "canceled"};
-static const char *const AWS_CODES[] = {
-    "instance-reboot", "system-reboot", "system-maintenance",
-    "instance-retirement", "instance-stop"};
+static const char *const AWS_CODES[] = {"instance-reboot", "system-reboot",
+                                        "system-maintenance",
+                                        "instance-retirement", "instance-stop"};
 /* A retirement stops an EBS-backed instance and terminates the rest; for
  * the node either way the machine goes. */
 static const int32_t AWS_CODE_KINDS[] = {
@@ -659,8 +658,8 @@ static const char *const EB_TYPES[] = {
     "EC2 Spot Instance Interruption Warning",
     "EC2 Instance Rebalance Recommendation",
     "EC2 Instance State-change Notification"};
-static const char *const EC2_STATES[] = {"pending",  "running", "shutting-down",
-                                         "terminated", "stopping", "stopped"};
+static const char *const EC2_STATES[] = {
+    "pending", "running", "shutting-down", "terminated", "stopping", "stopped"};
 static const int32_t EC2_STATE_KINDS[] = {
     SPI_NOTICE_NONE,      SPI_NOTICE_NONE, SPI_NOTICE_TERMINATE,
     SPI_NOTICE_TERMINATE, SPI_NOTICE_STOP, SPI_NOTICE_STOP};
@@ -739,7 +738,8 @@ static int gcp_preempted(nctx *c, const char *body, size_t len) {
   if (text_is(body, len, "FALSE")) return SPI_OK;
   if (!text_is(body, len, "TRUE")) {
     char q[QUOTE_CAP];
-    if (len == 0) return fail(c, SPI_EPARSE, "empty body, expected TRUE or FALSE");
+    if (len == 0)
+      return fail(c, SPI_EPARSE, "empty body, expected TRUE or FALSE");
     return fail(c, SPI_EPARSE, "expected TRUE or FALSE, not %s",
                 quoted(q, sizeof q, body, len));
   }
@@ -757,9 +757,10 @@ static int gcp_maintenance(nctx *c, const char *body, size_t len) {
   trim(&body, &len);
   char q[QUOTE_CAP];
   if (len == 0)
-    return fail(c, SPI_EPARSE, "empty body, expected NONE, "
-                               "MIGRATE_ON_HOST_MAINTENANCE or "
-                               "TERMINATE_ON_HOST_MAINTENANCE");
+    return fail(c, SPI_EPARSE,
+                "empty body, expected NONE, "
+                "MIGRATE_ON_HOST_MAINTENANCE or "
+                "TERMINATE_ON_HOST_MAINTENANCE");
   size_t v = 3;
   for (size_t i = 0; i < 3 && v == 3; i++)
     if (text_is(body, len, VALUES[i])) v = i;
@@ -828,8 +829,7 @@ static int azure_event(nctx *c, const cJSON *ev, size_t i) {
   }
   if (status) {
     field_path(path, at, "EventStatus");
-    if ((rc = one_of(c, path, status, AZ_STATUSES, 2, &s)) != SPI_OK)
-      return rc;
+    if ((rc = one_of(c, path, status, AZ_STATUSES, 2, &s)) != SPI_OK) return rc;
   }
   if (not_before && not_before[0]) {
     field_path(path, at, "NotBefore");
@@ -854,8 +854,8 @@ static int azure_event(nctx *c, const cJSON *ev, size_t i) {
     /* Empty once started: it is happening now. Before that an empty time
      * would be a guessed deadline. */
     if (s != 1)
-      return fail(c, SPI_EMISSING, "%s.NotBefore: %s for a Scheduled event",
-                  at, not_before ? "empty" : "required");
+      return fail(c, SPI_EMISSING, "%s.NotBefore: %s for a Scheduled event", at,
+                  not_before ? "empty" : "required");
     deadline = c->now_ns;
   }
   draft d = {AZ_TYPE_KINDS[k], c->node, deadline, 1, id};
@@ -898,27 +898,43 @@ static int azure_scheduled(nctx *c, const cJSON *root) {
 
 SPI_API const char *spi_notice_kind_name(int32_t kind) {
   switch (kind) {
-  case SPI_NOTICE_NONE: return "none";
-  case SPI_NOTICE_TERMINATE: return "terminate";
-  case SPI_NOTICE_STOP: return "stop";
-  case SPI_NOTICE_HIBERNATE: return "hibernate";
-  case SPI_NOTICE_REBALANCE: return "rebalance";
-  case SPI_NOTICE_MAINTENANCE: return "maintenance";
-  case SPI_NOTICE_PREEMPT: return "preempt";
-  default: return "invalid";
+  case SPI_NOTICE_NONE:
+    return "none";
+  case SPI_NOTICE_TERMINATE:
+    return "terminate";
+  case SPI_NOTICE_STOP:
+    return "stop";
+  case SPI_NOTICE_HIBERNATE:
+    return "hibernate";
+  case SPI_NOTICE_REBALANCE:
+    return "rebalance";
+  case SPI_NOTICE_MAINTENANCE:
+    return "maintenance";
+  case SPI_NOTICE_PREEMPT:
+    return "preempt";
+  default:
+    return "invalid";
   }
 }
 
 static const char *format_label(int32_t format) {
   switch (format) {
-  case SPI_NOTICE_AWS_INSTANCE_ACTION: return "aws spot/instance-action";
-  case SPI_NOTICE_AWS_REBALANCE: return "aws events/recommendations/rebalance";
-  case SPI_NOTICE_AWS_SCHEDULED: return "aws events/maintenance/scheduled";
-  case SPI_NOTICE_AWS_EVENTBRIDGE: return "aws eventbridge";
-  case SPI_NOTICE_GCP_PREEMPTED: return "gcp instance/preempted";
-  case SPI_NOTICE_GCP_MAINTENANCE: return "gcp instance/maintenance-event";
-  case SPI_NOTICE_AZURE_SCHEDULED: return "azure scheduled events";
-  default: return NULL;
+  case SPI_NOTICE_AWS_INSTANCE_ACTION:
+    return "aws spot/instance-action";
+  case SPI_NOTICE_AWS_REBALANCE:
+    return "aws events/recommendations/rebalance";
+  case SPI_NOTICE_AWS_SCHEDULED:
+    return "aws events/maintenance/scheduled";
+  case SPI_NOTICE_AWS_EVENTBRIDGE:
+    return "aws eventbridge";
+  case SPI_NOTICE_GCP_PREEMPTED:
+    return "gcp instance/preempted";
+  case SPI_NOTICE_GCP_MAINTENANCE:
+    return "gcp instance/maintenance-event";
+  case SPI_NOTICE_AZURE_SCHEDULED:
+    return "azure scheduled events";
+  default:
+    return NULL;
   }
 }
 
@@ -960,13 +976,20 @@ static int parse_json_array(nctx *c, const char *body, size_t len,
 /* One pass over the parsed body. */
 static int walk(nctx *c, const cJSON *root, const char *body, size_t len) {
   switch (c->format) {
-  case SPI_NOTICE_AWS_INSTANCE_ACTION: return aws_instance_action(c, root);
-  case SPI_NOTICE_AWS_REBALANCE: return aws_rebalance(c, root);
-  case SPI_NOTICE_AWS_SCHEDULED: return aws_scheduled(c, root);
-  case SPI_NOTICE_AWS_EVENTBRIDGE: return aws_eventbridge(c, root);
-  case SPI_NOTICE_GCP_PREEMPTED: return gcp_preempted(c, body, len);
-  case SPI_NOTICE_GCP_MAINTENANCE: return gcp_maintenance(c, body, len);
-  default: return azure_scheduled(c, root);
+  case SPI_NOTICE_AWS_INSTANCE_ACTION:
+    return aws_instance_action(c, root);
+  case SPI_NOTICE_AWS_REBALANCE:
+    return aws_rebalance(c, root);
+  case SPI_NOTICE_AWS_SCHEDULED:
+    return aws_scheduled(c, root);
+  case SPI_NOTICE_AWS_EVENTBRIDGE:
+    return aws_eventbridge(c, root);
+  case SPI_NOTICE_GCP_PREEMPTED:
+    return gcp_preempted(c, body, len);
+  case SPI_NOTICE_GCP_MAINTENANCE:
+    return gcp_maintenance(c, body, len);
+  default:
+    return azure_scheduled(c, root);
   }
 }
 
@@ -980,8 +1003,8 @@ static int check_args(nctx *c, int32_t http_status, const char *body,
   if (!node && node_len)
     return fail(c, SPI_EINVAL, "node is NULL with length %zu", node_len);
   if (node_len >= SPI_ID_MAX)
-    return fail(c, SPI_EINVAL, "node: %zu bytes, over the %d allowed",
-                node_len, SPI_ID_MAX - 1);
+    return fail(c, SPI_EINVAL, "node: %zu bytes, over the %d allowed", node_len,
+                SPI_ID_MAX - 1);
   for (size_t i = 0; i < node_len; i++)
     if ((unsigned char)node[i] < 0x20 || node[i] == 0x7f)
       return fail(c, SPI_EINVAL, "node: control character at byte %zu", i);
@@ -1017,8 +1040,8 @@ SPI_API int spi_notice_parse(int32_t format, int32_t http_status,
                 (int)format);
   }
   c.now_ns = now_ns;
-  int rc = check_args(&c, http_status, body, len, node, node_len, out, cap,
-                      n_out);
+  int rc =
+      check_args(&c, http_status, body, len, node, node_len, out, cap, n_out);
   if (rc != SPI_OK) return rc;
   if (node_len) memcpy(c.node, node, node_len);
   c.node_len = node_len;
@@ -1026,8 +1049,8 @@ SPI_API int spi_notice_parse(int32_t format, int32_t http_status,
   /* The 404 body is the server's HTML error page: never read. */
   if (http_status == 404) return SPI_OK;
   if (len > SPI__NOTICE_MAX_BODY)
-    return fail(&c, SPI_ETOOBIG, "body of %zu bytes, over the %zu allowed",
-                len, SPI__NOTICE_MAX_BODY);
+    return fail(&c, SPI_ETOOBIG, "body of %zu bytes, over the %zu allowed", len,
+                SPI__NOTICE_MAX_BODY);
 
   int json = format != SPI_NOTICE_GCP_PREEMPTED &&
              format != SPI_NOTICE_GCP_MAINTENANCE;

@@ -60,10 +60,9 @@ static void check_notice(const spi_notice *nt, int32_t format,
   check_cstr(nt->dedup_key, sizeof nt->dedup_key);
   check(strncmp(nt->dedup_key, key_prefix, strlen(key_prefix)) == 0);
   check(nt->deadline_ns >= 0);
-  int interruption = nt->kind == SPI_NOTICE_TERMINATE ||
-                     nt->kind == SPI_NOTICE_STOP ||
-                     nt->kind == SPI_NOTICE_HIBERNATE ||
-                     nt->kind == SPI_NOTICE_PREEMPT;
+  int interruption =
+      nt->kind == SPI_NOTICE_TERMINATE || nt->kind == SPI_NOTICE_STOP ||
+      nt->kind == SPI_NOTICE_HIBERNATE || nt->kind == SPI_NOTICE_PREEMPT;
   if (interruption && nt->active) check(nt->deadline_ns > 0);
   if (nt->kind == SPI_NOTICE_REBALANCE || !nt->active)
     check(nt->deadline_ns == 0);
@@ -107,13 +106,13 @@ static void run(int32_t format, const char *label, const char *key_prefix,
 
     /* Cap 0 asks for the count; one slot gets the first notice. */
     size_t n3 = 0;
-    int rc3 = spi_notice_parse(format, 0, body, len, node, sizeof node - 1,
-                               NOW, NULL, 0, &n3, err, sizeof err);
+    int rc3 = spi_notice_parse(format, 0, body, len, node, sizeof node - 1, NOW,
+                               NULL, 0, &n3, err, sizeof err);
     check(n3 == n && rc3 == (n ? SPI_EBUFSIZE : SPI_OK));
     if (n > 1) {
       n3 = 0;
-      rc3 = spi_notice_parse(format, 200, body, len, node, sizeof node - 1,
-                             NOW, again, 1, &n3, err, sizeof err);
+      rc3 = spi_notice_parse(format, 200, body, len, node, sizeof node - 1, NOW,
+                             again, 1, &n3, err, sizeof err);
       check(rc3 == SPI_EBUFSIZE && n3 == n);
       check(memcmp(&again[0], &out[0], sizeof *out) == 0);
     }
@@ -121,15 +120,15 @@ static void run(int32_t format, const char *label, const char *key_prefix,
 
   /* A 404 is never read. */
   n = 1;
-  rc = spi_notice_parse(format, 404, body, len, node, sizeof node - 1, NOW,
-                        out, CAP, &n, err, sizeof err);
+  rc = spi_notice_parse(format, 404, body, len, node, sizeof node - 1, NOW, out,
+                        CAP, &n, err, sizeof err);
   check(rc == SPI_OK && n == 0);
   free(out);
   free(again);
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
-  run(SPI_NOTICE_AWS_INSTANCE_ACTION, "aws spot/instance-action", "aws:action:",
-      (const char *)data, size);
+  run(SPI_NOTICE_AWS_INSTANCE_ACTION, "aws spot/instance-action",
+      "aws:action:", (const char *)data, size);
   return 0;
 }

@@ -21,7 +21,7 @@
 
 #include "spotinfer/spotinfer.h"
 
-#define NS(s) ((int64_t)(s) * INT64_C(1000000000))
+#define NS(s) ((int64_t)(s)*INT64_C(1000000000))
 /* The poll time handed to the parser: 2026-11-22T06:01:40Z. */
 #define NOW (NS(1795327300) + 123)
 #define NODE "i-polled-node"
@@ -50,9 +50,9 @@ static void parse_full(result *r, int32_t format, int32_t status,
   memset(r, 0, sizeof *r);
   char *copy = body ? exact_copy(body, len) : NULL;
   r->n = 999;
-  r->rc = spi_notice_parse(format, status, copy, len, node,
-                           node ? strlen(node) : 0, now, r->out, 8, &r->n,
-                           r->err, sizeof r->err);
+  r->rc =
+      spi_notice_parse(format, status, copy, len, node, node ? strlen(node) : 0,
+                       now, r->out, 8, &r->n, r->err, sizeof r->err);
   free(copy);
   if (r->rc != SPI_OK) {
     assert_int_equal(r->n, 0);
@@ -76,8 +76,9 @@ static void expect_error(int32_t format, const char *text, int rc,
   result r;
   parse_text(&r, format, text);
   if (r.rc != rc || !strstr(r.err, needle))
-    print_error("body %s\n  rc %d (%s), message \"%s\"; wanted %d with \"%s\"\n",
-                text, r.rc, spi_strerror(r.rc), r.err, rc, needle);
+    print_error(
+        "body %s\n  rc %d (%s), message \"%s\"; wanted %d with \"%s\"\n", text,
+        r.rc, spi_strerror(r.rc), r.err, rc, needle);
   assert_int_equal(r.rc, rc);
   assert_non_null(strstr(r.err, needle));
 }
@@ -155,18 +156,33 @@ typedef struct fixture {
 #define AZ SPI_NOTICE_AZURE_SCHEDULED
 
 static const fixture FIXTURES[] = {
-    {"aws/imds_instance_action_terminate.json", IA, 200, 1,
+    {"aws/imds_instance_action_terminate.json",
+     IA,
+     200,
+     1,
      {{SPI_NOTICE_TERMINATE, NODE, NS(1795327320), 1, "",
        "aws:action:" NODE ":terminate"}}},
-    {"aws/imds_instance_action_stop.json", IA, 200, 1,
+    {"aws/imds_instance_action_stop.json",
+     IA,
+     200,
+     1,
      {{SPI_NOTICE_STOP, NODE, NS(1795327320), 1, "",
        "aws:action:" NODE ":stop"}}},
-    {"aws/imds_instance_action_hibernate.json", IA, 200, 1,
+    {"aws/imds_instance_action_hibernate.json",
+     IA,
+     200,
+     1,
      {{SPI_NOTICE_HIBERNATE, NODE, NS(1795327320), 1, "",
        "aws:action:" NODE ":hibernate"}}},
-    {"aws/imds_rebalance_recommendation.json", RB, 200, 1,
+    {"aws/imds_rebalance_recommendation.json",
+     RB,
+     200,
+     1,
      {{SPI_NOTICE_REBALANCE, NODE, 0, 1, "", "aws:rebalance:" NODE}}},
-    {"aws/imds_scheduled_events.json", SC, 200, 2,
+    {"aws/imds_scheduled_events.json",
+     SC,
+     200,
+     2,
      {{SPI_NOTICE_MAINTENANCE, NODE, NS(1548061243), 1,
        "instance-event-0d59937288b749b32",
        "aws:scheduled:instance-event-0d59937288b749b32"},
@@ -174,39 +190,66 @@ static const fixture FIXTURES[] = {
        "aws:scheduled:instance-event-0a1b2c3d4e5f60718:canceled"}}},
     {"aws/imds_scheduled_events_empty.json", SC, 200, 0, {{0}}},
     {"aws/imds_404_no_notice.html", IA, 404, 0, {{0}}},
-    {"aws/eventbridge_spot_interruption_warning.json", EB, 200, 1,
+    {"aws/eventbridge_spot_interruption_warning.json",
+     EB,
+     200,
+     1,
      {{SPI_NOTICE_TERMINATE, "i-1234567890abcdef0", NS(1795327200 + 120), 1,
        "1e5527d7-bb36-4607-3370-4164db56a40e",
        "aws:eb:i-1234567890abcdef0:terminate"}}},
-    {"aws/eventbridge_rebalance_recommendation.json", EB, 200, 1,
+    {"aws/eventbridge_rebalance_recommendation.json",
+     EB,
+     200,
+     1,
      {{SPI_NOTICE_REBALANCE, "i-0abcdef1234567890", 0, 1,
        "5d5555d5-dd55-5555-5555-5555dd55d55d",
        "aws:eb:i-0abcdef1234567890:rebalance"}}},
-    {"aws/eventbridge_state_change_shutting_down.json", EB, 200, 1,
+    {"aws/eventbridge_state_change_shutting_down.json",
+     EB,
+     200,
+     1,
      {{SPI_NOTICE_TERMINATE, "i-1234567890abcdef0", NS(1795327321), 1,
        "7bf73129-1428-4cd3-a780-95db273d1602",
        "aws:eb:i-1234567890abcdef0:terminate"}}},
-    {"gcp/preempted_true.txt", GP, 200, 1,
+    {"gcp/preempted_true.txt",
+     GP,
+     200,
+     1,
      {{SPI_NOTICE_PREEMPT, NODE, NOW + NS(30), 1, "", "gcp:preempted:" NODE}}},
     {"gcp/preempted_false.txt", GP, 200, 0, {{0}}},
     {"gcp/maintenance_event_none.txt", GM, 200, 0, {{0}}},
-    {"gcp/maintenance_event_migrate.txt", GM, 200, 1,
+    {"gcp/maintenance_event_migrate.txt",
+     GM,
+     200,
+     1,
      {{SPI_NOTICE_MAINTENANCE, NODE, 0, 1, "",
        "gcp:maintenance:" NODE ":MIGRATE_ON_HOST_MAINTENANCE"}}},
-    {"gcp/maintenance_event_terminate.txt", GM, 200, 1,
+    {"gcp/maintenance_event_terminate.txt",
+     GM,
+     200,
+     1,
      {{SPI_NOTICE_TERMINATE, NODE, NOW + NS(30), 1, "",
        "gcp:maintenance:" NODE ":TERMINATE_ON_HOST_MAINTENANCE"}}},
     {"azure/scheduled_events_empty.json", AZ, 200, 0, {{0}}},
-    {"azure/scheduled_events_preempt.json", AZ, 200, 1,
+    {"azure/scheduled_events_preempt.json",
+     AZ,
+     200,
+     1,
      {{SPI_NOTICE_PREEMPT, "myspotvm_3", NS(1795327230), 1,
        "A123BC45-1234-5678-AB90-ABCDEF123456",
        "azure:A123BC45-1234-5678-AB90-ABCDEF123456:myspotvm_3"}}},
-    {"azure/scheduled_events_terminate_rfc3339.json", AZ, 200, 1,
+    {"azure/scheduled_events_terminate_rfc3339.json",
+     AZ,
+     200,
+     1,
      {{SPI_NOTICE_TERMINATE, "myspotvm_3", NS(1795327800), 1,
        "B8E2C0AF-3F2A-4E0B-9A51-0E5C2A7D9F10",
        "azure:B8E2C0AF-3F2A-4E0B-9A51-0E5C2A7D9F10:myspotvm_3"}}},
     /* Started, NotBefore "": it is happening now. One notice per resource. */
-    {"azure/scheduled_events_freeze_started.json", AZ, 200, 2,
+    {"azure/scheduled_events_freeze_started.json",
+     AZ,
+     200,
+     2,
      {{SPI_NOTICE_MAINTENANCE, "WestNO_0", NOW, 1,
        "C7061BAC-AFDC-4513-B24B-AA5F13A16123",
        "azure:C7061BAC-AFDC-4513-B24B-AA5F13A16123:WestNO_0"},
@@ -267,7 +310,8 @@ static void test_every_fixture_is_listed(void **state) {
         if (strcmp(FIXTURES[f].file, rel) == 0) found = 1;
       for (size_t f = 0; f < sizeof MALFORMED / sizeof *MALFORMED; f++)
         if (strcmp(MALFORMED[f].file, rel) == 0) found = 1;
-      if (!found) fail_msg("fixture %s has no expectation in test_notice.c", rel);
+      if (!found)
+        fail_msg("fixture %s has no expectation in test_notice.c", rel);
       seen++;
     }
     closedir(d);
@@ -383,8 +427,10 @@ static void test_empty_bodies(void **state) {
 static void test_dedup_stable_across_polls(void **state) {
   (void)state;
   result a, b;
-  parse_text(&a, IA, "{\"action\":\"terminate\",\"time\":\"2026-11-22T06:02:00Z\"}");
-  parse_at(&b, IA, "{\"time\":\"2026-11-22T06:02:05.5Z\",\"action\":\"terminate\"}",
+  parse_text(&a, IA,
+             "{\"action\":\"terminate\",\"time\":\"2026-11-22T06:02:00Z\"}");
+  parse_at(&b, IA,
+           "{\"time\":\"2026-11-22T06:02:05.5Z\",\"action\":\"terminate\"}",
            NODE, NOW + NS(5));
   assert_int_equal(a.rc, SPI_OK);
   assert_int_equal(b.rc, SPI_OK);
@@ -394,7 +440,8 @@ static void test_dedup_stable_across_polls(void **state) {
   parse_text(&b, IA, "{\"action\":\"stop\",\"time\":\"2026-11-22T06:02:00Z\"}");
   assert_string_not_equal(a.out[0].dedup_key, b.out[0].dedup_key);
   /* So is the same action on another machine. */
-  parse_at(&b, IA, "{\"action\":\"terminate\",\"time\":\"2026-11-22T06:02:00Z\"}",
+  parse_at(&b, IA,
+           "{\"action\":\"terminate\",\"time\":\"2026-11-22T06:02:00Z\"}",
            "i-other", NOW);
   assert_int_equal(b.rc, SPI_OK);
   assert_string_not_equal(a.out[0].dedup_key, b.out[0].dedup_key);
@@ -706,7 +753,8 @@ static void test_aws_instance_action(void **state) {
                "time: must be a string, not null");
   expect_error(IA, "{\"action\":\"stop\",\"time\":1795327320}", SPI_ETYPE,
                "time: must be a string, not a number");
-  expect_error(IA, "{\"action\":\"Terminate\",\"time\":\"2026-11-22T06:02:00Z\"}",
+  expect_error(IA,
+               "{\"action\":\"Terminate\",\"time\":\"2026-11-22T06:02:00Z\"}",
                SPI_EUNKNOWN, "expected terminate, stop or hibernate");
   /* Types first, then values, then absence. */
   expect_error(IA, "{\"action\":\"explode\",\"time\":7}", SPI_ETYPE, "time:");
@@ -726,8 +774,8 @@ static void test_aws_instance_action(void **state) {
   assert_int_equal(r.rc, SPI_OK);
   assert_int_equal(r.out[0].kind, SPI_NOTICE_STOP);
   /* The caller must name the machine. */
-  parse_at(&r, IA, "{\"action\":\"stop\",\"time\":\"2026-11-22T06:02:00Z\"}", "",
-           NOW);
+  parse_at(&r, IA, "{\"action\":\"stop\",\"time\":\"2026-11-22T06:02:00Z\"}",
+           "", NOW);
   assert_int_equal(r.rc, SPI_EINVAL);
   assert_non_null(strstr(r.err, "node: empty"));
 }
@@ -808,9 +856,10 @@ static void test_aws_eventbridge(void **state) {
   static const int32_t kinds[] = {SPI_NOTICE_TERMINATE, SPI_NOTICE_STOP,
                                   SPI_NOTICE_HIBERNATE};
   for (size_t i = 0; i < 3; i++) {
-    snprintf(body, sizeof body,
-             "%s\"detail\":{\"instance-id\":\"i-9\",\"instance-action\":\"%s\"}}",
-             WARNING_HEAD, actions[i]);
+    snprintf(
+        body, sizeof body,
+        "%s\"detail\":{\"instance-id\":\"i-9\",\"instance-action\":\"%s\"}}",
+        WARNING_HEAD, actions[i]);
     result r;
     parse_full(&r, EB, 200, body, strlen(body), NULL, NOW); /* node unused */
     assert_int_equal(r.rc, SPI_OK);
@@ -841,9 +890,9 @@ static void test_aws_eventbridge(void **state) {
     assert_int_equal(r.n, states[i].kind != SPI_NOTICE_NONE);
     if (r.n)
       expect_notice(&r.out[0], EB, states[i].kind, "i-9", NS(1795327321), 1,
-                    "ev", states[i].kind == SPI_NOTICE_STOP
-                              ? "aws:eb:i-9:stop"
-                              : "aws:eb:i-9:terminate");
+                    "ev",
+                    states[i].kind == SPI_NOTICE_STOP ? "aws:eb:i-9:stop"
+                                                      : "aws:eb:i-9:terminate");
   }
   expect_error(EB,
                "{\"detail-type\":\"EC2 Instance State-change Notification\","
@@ -861,12 +910,13 @@ static void test_aws_eventbridge(void **state) {
   snprintf(body, sizeof body, "%s\"detail\":{\"instance-id\":\"i-9\"}}",
            WARNING_HEAD);
   expect_error(EB, body, SPI_EMISSING, "detail.instance-action: required");
-  snprintf(body, sizeof body,
-           "%s\"detail\":{\"instance-action\":\"stop\"}}", WARNING_HEAD);
-  expect_error(EB, body, SPI_EMISSING, "detail.instance-id: required");
-  snprintf(body, sizeof body,
-           "%s\"detail\":{\"instance-id\":\"i-9\",\"instance-action\":\"pause\"}}",
+  snprintf(body, sizeof body, "%s\"detail\":{\"instance-action\":\"stop\"}}",
            WARNING_HEAD);
+  expect_error(EB, body, SPI_EMISSING, "detail.instance-id: required");
+  snprintf(
+      body, sizeof body,
+      "%s\"detail\":{\"instance-id\":\"i-9\",\"instance-action\":\"pause\"}}",
+      WARNING_HEAD);
   expect_error(EB, body, SPI_EUNKNOWN, "detail.instance-action");
   expect_error(EB,
                "{\"detail-type\":\"EC2 Instance Rebalance Recommendation\","
@@ -876,8 +926,7 @@ static void test_aws_eventbridge(void **state) {
                "{\"detail-type\":\"EC2 Instance Rebalance Recommendation\","
                "\"detail\":{\"instance-id\":\"i-9\"}}",
                SPI_EMISSING, "time: required");
-  expect_error(EB,
-               "{\"detail-type\":42,\"time\":\"2026-11-22T06:00:00Z\"}",
+  expect_error(EB, "{\"detail-type\":42,\"time\":\"2026-11-22T06:00:00Z\"}",
                SPI_ETYPE, "detail-type: must be a string");
   /* An instance id the node field cannot hold is refused, not cut. */
   char id63[64], id64[65];
@@ -885,16 +934,18 @@ static void test_aws_eventbridge(void **state) {
   id63[63] = '\0';
   memset(id64, 'x', 64);
   id64[64] = '\0';
-  snprintf(body, sizeof body,
-           "%s\"detail\":{\"instance-id\":\"%s\",\"instance-action\":\"stop\"}}",
-           WARNING_HEAD, id63);
+  snprintf(
+      body, sizeof body,
+      "%s\"detail\":{\"instance-id\":\"%s\",\"instance-action\":\"stop\"}}",
+      WARNING_HEAD, id63);
   result r;
   parse_text(&r, EB, body);
   assert_int_equal(r.rc, SPI_OK);
   assert_string_equal(r.out[0].node, id63);
-  snprintf(body, sizeof body,
-           "%s\"detail\":{\"instance-id\":\"%s\",\"instance-action\":\"stop\"}}",
-           WARNING_HEAD, id64);
+  snprintf(
+      body, sizeof body,
+      "%s\"detail\":{\"instance-id\":\"%s\",\"instance-action\":\"stop\"}}",
+      WARNING_HEAD, id64);
   expect_error(EB, body, SPI_ETOOBIG, "detail.instance-id: 64 bytes");
   snprintf(body, sizeof body,
            "%s\"id\":\"%s\",\"detail\":{\"instance-id\":\"i\","
@@ -1055,8 +1106,7 @@ static void test_azure(void **state) {
                "Events: required");
   expect_error(AZ, "{\"DocumentIncarnation\":1,\"Events\":null}", SPI_ETYPE,
                "Events: must be an array, not null");
-  expect_error(AZ,
-               "{\"DocumentIncarnation\":1,\"Events\":[],\"Events\":[{}]}",
+  expect_error(AZ, "{\"DocumentIncarnation\":1,\"Events\":[],\"Events\":[{}]}",
                SPI_EPARSE, "Events: duplicate key");
 }
 
@@ -1088,8 +1138,8 @@ static void test_cap_and_ebufsize(void **state) {
   assert_non_null(strstr(err, "4 notices, room for 0"));
   /* A short cap gets the first notices and the full count. */
   memset(out, 0xab, sizeof out);
-  assert_int_equal(spi_notice_parse(AZ, 200, AZURE_FOUR, len, NULL, 0, NOW,
-                                    out, 2, &n, err, sizeof err),
+  assert_int_equal(spi_notice_parse(AZ, 200, AZURE_FOUR, len, NULL, 0, NOW, out,
+                                    2, &n, err, sizeof err),
                    SPI_EBUFSIZE);
   assert_int_equal(n, 4);
   assert_string_equal(out[0].node, "vm0");
@@ -1099,8 +1149,8 @@ static void test_cap_and_ebufsize(void **state) {
   assert_memory_equal(&out[2], pattern, sizeof pattern);
   /* Enough room. */
   memset(out, 0xab, sizeof out);
-  assert_int_equal(spi_notice_parse(AZ, 200, AZURE_FOUR, len, NULL, 0, NOW,
-                                    out, 5, &n, err, sizeof err),
+  assert_int_equal(spi_notice_parse(AZ, 200, AZURE_FOUR, len, NULL, 0, NOW, out,
+                                    5, &n, err, sizeof err),
                    SPI_OK);
   assert_int_equal(n, 4);
   for (size_t i = 0; i < 4; i++) assert_string_equal(out[i].node, nodes[i]);
@@ -1150,13 +1200,13 @@ static void test_arguments(void **state) {
   size_t n;
   char err[256];
   static const char t[] = "TRUE";
-  assert_int_equal(spi_notice_parse(0, 200, t, 4, "n", 1, NOW, out, 1, &n, err,
-                                    sizeof err),
-                   SPI_EINVAL);
+  assert_int_equal(
+      spi_notice_parse(0, 200, t, 4, "n", 1, NOW, out, 1, &n, err, sizeof err),
+      SPI_EINVAL);
   assert_non_null(strstr(err, "format 0"));
-  assert_int_equal(spi_notice_parse(8, 200, t, 4, "n", 1, NOW, out, 1, &n, err,
-                                    sizeof err),
-                   SPI_EINVAL);
+  assert_int_equal(
+      spi_notice_parse(8, 200, t, 4, "n", 1, NOW, out, 1, &n, err, sizeof err),
+      SPI_EINVAL);
   assert_int_equal(spi_notice_parse(GP, 200, t, 4, "n", 1, NOW, out, 1, NULL,
                                     err, sizeof err),
                    SPI_EINVAL);
@@ -1169,9 +1219,9 @@ static void test_arguments(void **state) {
   assert_int_equal(spi_notice_parse(GP, 200, t, 4, NULL, 1, NOW, out, 1, &n,
                                     err, sizeof err),
                    SPI_EINVAL);
-  assert_int_equal(spi_notice_parse(GP, 200, t, 4, "n", 1, -1, out, 1, &n, err,
-                                    sizeof err),
-                   SPI_EINVAL);
+  assert_int_equal(
+      spi_notice_parse(GP, 200, t, 4, "n", 1, -1, out, 1, &n, err, sizeof err),
+      SPI_EINVAL);
   assert_int_equal(spi_notice_parse(GP, 200, t, 4, "n", 1, INT64_MAX, out, 1,
                                     &n, err, sizeof err),
                    SPI_EINVAL);
@@ -1191,14 +1241,14 @@ static void test_arguments(void **state) {
                    SPI_EINVAL);
   assert_non_null(strstr(err, "node: 64 bytes"));
   /* errbuf may be NULL or tiny; the message is cut, never overrun. */
-  assert_int_equal(spi_notice_parse(GP, 200, "MAYBE", 5, "n", 1, NOW, out, 1,
-                                    &n, NULL, 0),
-                   SPI_EPARSE);
+  assert_int_equal(
+      spi_notice_parse(GP, 200, "MAYBE", 5, "n", 1, NOW, out, 1, &n, NULL, 0),
+      SPI_EPARSE);
   char tiny[8];
   memset(tiny, 'z', sizeof tiny);
-  assert_int_equal(spi_notice_parse(GP, 200, "MAYBE", 5, "n", 1, NOW, out, 1,
-                                    &n, tiny, 5),
-                   SPI_EPARSE);
+  assert_int_equal(
+      spi_notice_parse(GP, 200, "MAYBE", 5, "n", 1, NOW, out, 1, &n, tiny, 5),
+      SPI_EPARSE);
   assert_int_equal(strlen(tiny), 4);
   assert_int_equal(tiny[5], 'z');
   /* Over the body limit, whatever it holds. */
@@ -1206,11 +1256,11 @@ static void test_arguments(void **state) {
   char *huge = malloc(big);
   assert_non_null(huge);
   memset(huge, ' ', big);
-  assert_int_equal(spi_notice_parse(IA, 200, huge, big, "n", 1, NOW, out, 1,
-                                    &n, err, sizeof err),
+  assert_int_equal(spi_notice_parse(IA, 200, huge, big, "n", 1, NOW, out, 1, &n,
+                                    err, sizeof err),
                    SPI_ETOOBIG);
-  assert_int_equal(spi_notice_parse(IA, 404, huge, big, "n", 1, NOW, out, 1,
-                                    &n, err, sizeof err),
+  assert_int_equal(spi_notice_parse(IA, 404, huge, big, "n", 1, NOW, out, 1, &n,
+                                    err, sizeof err),
                    SPI_OK);
   free(huge);
 }
@@ -1243,8 +1293,8 @@ static void *parse_loop(void *arg) {
                          out, 4, &n, err, sizeof err) != SPI_OK ||
         n != 4 || memcmp(out, ref, sizeof out) != 0)
       *failed = 1;
-    if (spi_notice_parse(IA, 200, "{\"action\":1}", 12, "n", 1, NOW, out, 4,
-                         &n, err, sizeof err) != SPI_ETYPE)
+    if (spi_notice_parse(IA, 200, "{\"action\":1}", 12, "n", 1, NOW, out, 4, &n,
+                         err, sizeof err) != SPI_ETYPE)
       *failed = 1;
   }
   return NULL;
