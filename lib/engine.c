@@ -201,6 +201,7 @@ static int copy_module(spi_engine *e, int32_t kind, const void *module,
   case SPI_MODULE_KEY_BUILDER: need = sizeof(spi_key_builder_module); break;
   case SPI_MODULE_COST_MODEL: need = sizeof(spi_cost_model_module); break;
   case SPI_MODULE_POLICY: need = sizeof(spi_policy_module); break;
+  case SPI_MODULE_REPLAY_STORE: need = sizeof(spi_replay_store_module); break;
   default:
     return spi__engine_fail(e, SPI_ENOTSUP,
                        "module kind %s is reserved and not defined in %s",
@@ -230,6 +231,15 @@ static int copy_module(spi_engine *e, int32_t kind, const void *module,
     m->release = m->m.policy.release;
     m->on_failure = m->m.policy.on_failure;
     if (!m->m.policy.choose) goto missing;
+    break;
+  case SPI_MODULE_REPLAY_STORE:
+    m->configure = m->m.replay_store.configure;
+    m->release = m->m.replay_store.release;
+    m->on_failure = m->m.replay_store.on_failure;
+    if (!m->m.replay_store.release || !m->m.replay_store.recover ||
+        !m->m.replay_store.append || !m->m.replay_store.sync ||
+        !m->m.replay_store.stats)
+      goto missing;
     break;
   default:
     m->configure = m->m.cost_model.configure;
@@ -341,6 +351,22 @@ static int register_builtins(spi_engine *e) {
     rc = register_module(e, SPI_MODULE_POLICY, SPI_BUILTIN_POLICY_BASELINE,
                          strlen(SPI_BUILTIN_POLICY_BASELINE), &ll, &e->mem,
                          NULL, "policy");
+  /* Replay stores: the journal first (the default), then memory. */
+  spi_replay_store_module js, ms;
+  spi__builtin_store_journal(&js);
+  spi__builtin_store_memory(&ms);
+  void *jstate = rc == SPI_OK ? spi__journal_state_new(&e->mem) : NULL;
+  if (rc == SPI_OK && !jstate) rc = SPI_ENOMEM;
+  if (rc == SPI_OK) {
+    rc = register_module(e, SPI_MODULE_REPLAY_STORE, SPI_BUILTIN_STORE_JOURNAL,
+                         strlen(SPI_BUILTIN_STORE_JOURNAL), &js, jstate,
+                         spi__journal_state_free, "replay");
+    if (rc != SPI_OK) spi__journal_state_free(jstate);
+  }
+  if (rc == SPI_OK)
+    rc = register_module(e, SPI_MODULE_REPLAY_STORE, SPI_BUILTIN_STORE_MEMORY,
+                         strlen(SPI_BUILTIN_STORE_MEMORY), &ms, &e->mem, NULL,
+                         "replay");
   return rc;
 }
 
@@ -735,6 +761,7 @@ static int configure_locked(spi_engine *e, const char *json, size_t len) {
   rc = spi__cfg_check_keys(root, "", "", err, sizeof err);
   if (rc == SPI_OK) rc = read_limits(root, &s->limits, err, sizeof err);
   if (rc == SPI_OK) rc = read_priority_map(root, s, err, sizeof err);
+  if (rc == SPI_OK) rc = spi__replay_check_section(e, root, err, sizeof err);
   if (rc == SPI_OK) rc = spi__router_read_cfg(root, &s->router, err, sizeof err);
   if (rc == SPI_OK) rc = configure_modules(e, root, s, err, sizeof err);
   spi_router_prep prep;

@@ -29,6 +29,7 @@ typedef struct spi_modentry {
     spi_key_builder_module key_builder;
     spi_cost_model_module cost_model;
     spi_policy_module policy;
+    spi_replay_store_module replay_store;
   } m;
   spi_module_configure_fn configure;
   spi_module_release_fn release;

@@ -277,6 +277,48 @@ static const spi_optdesc OPTIONS[] = {
     {"cache_key.max_blocks", I, "8192", 1, 1048576,
      "most prefix blocks hashed per request"},
 
+    /* replay: the replay queue (replay.c) and its stores (journal.c,
+     * store_memory.c). The engine's section gives every queue opened on it
+     * its defaults; the JSON given to spi_replay_open() overrides them. */
+    {"replay", O, "{}", 0, 0, "replay queue defaults (spi_replay_open)"},
+    {"replay.store", S, "\"journal\"", 0, 0,
+     "replay store module: journal, memory, or a user's"},
+    {"replay.dir", S, "\"\"", 0, 0,
+     "journal directory (the journal store requires one)"},
+    {"replay.fsync", E, "\"batch\"", 0, 0,
+     "journal durability: always|batch|none (none survives a killed "
+     "process, not a machine crash)"},
+    {"replay.group_commit_ms", I, "0", 0, 1000,
+     "batch: the syncing caller first waits this long for others to share "
+     "its fsync"},
+    {"replay.segment_bytes", I, "67108864", 4096, 1073741824,
+     "journal segment size at which the next segment starts"},
+    {"replay.compact_min_bytes", I, "8388608", 0, 1099511627776.0,
+     "journal size below which it is never compacted"},
+    {"replay.compact_ratio", D, "2", 1.1, 1000,
+     "compact once the journal is this many times its live records"},
+    {"replay.lease_ms", I, "30000", 1, 86400000,
+     "claim lease (visibility timeout) when a claim names none"},
+    {"replay.backoff_base_ms", I, "1000", 1, 86400000,
+     "retry delay after the first failure; doubles per failure"},
+    {"replay.backoff_max_ms", I, "60000", 1, 86400000,
+     "longest retry delay, at least backoff_base_ms"},
+    {"replay.backoff_jitter", D, "0.5", 0, 1,
+     "retry delays are shortened by up to this fraction (fixed per key and "
+     "attempt)"},
+    {"replay.max_attempts", I, "5", 1, 1000,
+     "failed attempts (nacks, expired leases) before the dead-letter"},
+    {"replay.max_bytes", I, "268435456", 4096, 1099511627776.0,
+     "memory for queued and dead envelopes; enqueue beyond it is SPI_EFULL"},
+    {"replay.max_envelope_bytes", I, "16777216", 64, 1073741824,
+     "largest envelope (key, body and partial output), else SPI_ETOOBIG"},
+    {"replay.max_acked_keys", I, "65536", 0, 16777216,
+     "acked keys remembered so a duplicate enqueue is refused"},
+    {"replay.max_dead", I, "1024", 0, 16777216,
+     "dead-lettered envelopes kept; beyond, the oldest keeps only its key"},
+    {"replay.store_config", O, "{}", 0, 0,
+     "free-form configuration handed to a user's replay store"},
+
     /* cost: the built-in "reference" cost model. */
     {"cost", O, "{}", 0, 0, "the reference cost model"},
     {"cost.spot_usd_per_gpu_hour", D, "1.8", 0.0001, 1000,

@@ -147,6 +147,23 @@ void spi__builtin_cost_model(spi_cost_model_module *out);
 /* affinity 0 gives the affinity-blind baseline of the same pool rules. */
 void spi__builtin_policy(spi_policy_module *out, int affinity);
 
+/* Replay stores (store_memory.c, journal.c). The memory store's state is
+ * the engine's allocator; the journal's state (spi__journal_state_new) also
+ * tracks the directories open through it, so one engine cannot open a
+ * directory twice. */
+#define SPI_BUILTIN_STORE_JOURNAL "journal"
+#define SPI_BUILTIN_STORE_MEMORY "memory"
+void spi__builtin_store_memory(spi_replay_store_module *out);
+void spi__builtin_store_journal(spi_replay_store_module *out);
+void *spi__journal_state_new(const spi_mem *m);
+void spi__journal_state_free(void *state);
+
+/* Validate the "replay" section of an engine configuration (replay.c): the
+ * defaults of every queue spi_replay_open() opens on that engine.
+ * Errors: SPI_ETYPE, SPI_ERANGE, SPI_EUNKNOWN, SPI_ENOTFOUND (store). */
+int spi__replay_check_section(spi_engine *e, const struct cJSON *root,
+                              char *err, size_t errcap);
+
 /* The built-ins' state is the engine's allocator, so instances use it. */
 
 /* Fill a view of req (derived fields computed on demand).

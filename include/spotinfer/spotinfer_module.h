@@ -48,7 +48,7 @@ enum spi_module_kind {
   SPI_MODULE_POLICY = 3,        /* pool and replica choice */
   SPI_MODULE_COST_MODEL = 4,
   SPI_MODULE_NOTICE_SOURCE = 5, /* reserved: interruption notices */
-  SPI_MODULE_REPLAY_STORE = 6   /* reserved: durable replay queue */
+  SPI_MODULE_REPLAY_STORE = 6   /* where a replay queue keeps its records */
 };
 
 /* "classifier", "key_builder", "policy", "cost_model", "notice_source",
@@ -222,6 +222,96 @@ typedef struct spi_policy_module {
                 spi_policy_choice *out);
 } spi_policy_module;
 
+/* ---------------------------------------------------------- replay store */
+
+/*
+ * A replay store keeps the records of a replay queue (spi_replay_open). The
+ * queue holds its state in memory and writes every change of it to the store
+ * as one record, in the order the changes happen; on open it rebuilds itself
+ * from the records the store hands back, in the same order. Leases are not
+ * records: a claim still open when the process died is ready again after
+ * recovery (at-least-once). Built-ins: "journal" (a directory of
+ * append-only, checksummed segment files; the default) and "memory" (keeps
+ * nothing: the queue lives and dies with the process). A store over another
+ * backend (e.g. Redis Streams: XADD per record, XRANGE to recover, XTRIM or
+ * a rewritten stream to compact) implements the same calls.
+ */
+enum spi_replay_record_type {
+  SPI_REPLAY_REC_ENQUEUE = 1, /* the whole envelope: queued (or restated) */
+  SPI_REPLAY_REC_ACK = 2,     /* key: done for good; the key is remembered */
+  SPI_REPLAY_REC_NACK = 3,    /* key, attempts, visible_ns: retry later */
+  SPI_REPLAY_REC_DEAD = 4     /* key, attempts: dead-lettered */
+};
+
+/* One record. Pointers are borrowed for the call. */
+typedef struct spi_replay_record {
+  size_t struct_size;
+  int32_t type;                 /* enum spi_replay_record_type */
+  uint32_t attempts;            /* NACK, DEAD: failed attempts so far */
+  const char *key;  size_t key_len; /* every type: 1..128 bytes */
+  int64_t visible_ns;           /* NACK: ready again at (wall clock) */
+  const spi_envelope *envelope; /* ENQUEUE: the envelope (its key is key);
+                                   NULL for the other types */
+} spi_replay_record;
+
+/* Receives each recovered record in order; a non-OK return stops recovery
+ * and is returned by recover(). */
+typedef int (*spi_replay_record_fn)(void *user_data,
+                                    const spi_replay_record *rec);
+
+/* What a store reports about itself (spi_replay_stats shows bytes). */
+typedef struct spi_replay_store_stats {
+  size_t struct_size;
+  uint64_t bytes;           /* held now (on disk for the journal) */
+  uint64_t appended;        /* records appended since open */
+  uint64_t syncs;           /* flushes to stable storage since open */
+  uint64_t recovered;       /* records handed back by recover() */
+  uint64_t torn;            /* torn or corrupt records cut off at recovery */
+  uint64_t truncated_bytes; /* bytes cut off (or set aside) at recovery */
+  uint64_t compactions;
+} spi_replay_store_stats;
+
+/*
+ * The replay-store module. configure opens the store for one queue: built-in
+ * stores get the queue's whole "replay" configuration, a user's store gets
+ * replay.store_config; the instance it returns is the open store, and
+ * release closes it (flushing what is pending). on_failure is not consulted:
+ * a store that fails always fails the queue call (a queue never changes
+ * store behind the caller's back).
+ *
+ * Calling discipline: recover, append and compact are called one at a time,
+ * under the queue's lock, in the order of the queue's state changes; sync
+ * may be called from several threads at once and without that lock; stats
+ * at any time. errbuf (errcap > 0) takes a message on failure.
+ */
+typedef struct spi_replay_store_module {
+  uint32_t abi_version; /* SPI_MODULE_ABI_VERSION */
+  uint32_t struct_size; /* sizeof(spi_replay_store_module) */
+  int32_t on_failure;   /* ignored, see above */
+  int32_t reserved0;
+  spi_module_configure_fn configure; /* required: open */
+  spi_module_release_fn release;     /* required: close */
+  /* Hand every stored record to fn in order, once, right after open. A
+   * damaged tail is cut off and recovery still succeeds: then errbuf holds a
+   * warning naming what was cut off. */
+  int (*recover)(void *state, void *instance, spi_replay_record_fn fn,
+                 void *user_data, char *errbuf, size_t errcap);
+  /* Append one record. *out_seq gets a number that increases with every
+   * append, to pass to sync. A failed append stores nothing. */
+  int (*append)(void *state, void *instance, const spi_replay_record *rec,
+                uint64_t *out_seq, char *errbuf, size_t errcap);
+  /* Return once every record up to seq is as durable as the store's policy
+   * promises. */
+  int (*sync)(void *state, void *instance, uint64_t seq, char *errbuf,
+              size_t errcap);
+  /* Replace everything stored by recs[0..n), which restate the queue's
+   * whole state; all or nothing. May be NULL (never compacts). */
+  int (*compact)(void *state, void *instance, const spi_replay_record *recs,
+                 size_t n, char *errbuf, size_t errcap);
+  /* Fill out (struct_size set by the caller). */
+  int (*stats)(void *state, void *instance, spi_replay_store_stats *out);
+} spi_replay_store_module;
+
 /*
  * Register a module of a kind under a name (1..63 bytes of [A-Za-z0-9_.-]).
  * module points to the kind's struct (spi_classifier_module, ...), which is
@@ -232,7 +322,7 @@ typedef struct spi_policy_module {
  * Errors: SPI_EINVAL (bad name, NULL module or required callback),
  * SPI_EABI (abi_version or struct_size unsupported), SPI_EEXIST,
  * SPI_ENOTSUP (a reserved kind this version does not define yet:
- * notice_source, replay_store),
+ * notice_source),
  * SPI_ENOMEM.
  */
 SPI_API int spi_engine_register_module(spi_engine *engine, int32_t kind,

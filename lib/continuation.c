@@ -1,0 +1,330 @@
+/*
+ * continuation.c - spi_replay_continuation(): the request that resumes an
+ * interrupted stream on another replica.
+ *
+ * Chat bodies get what was streamed as a final assistant message (or added
+ * to a trailing assistant message) with "continue_final_message": true and
+ * "add_generation_prompt": false, which vLLM and compatible servers read as
+ * "continue this message"; completions bodies get it appended to the prompt
+ * (text to a string prompt, token ids to a token-id prompt). max_tokens and
+ * max_completion_tokens shrink by the tokens the client already has, and
+ * vLLM's min_tokens with them.
+ *
+ * Output that decoding constrained (response_format json_object or
+ * json_schema, vLLM's guided_* keys, structured_outputs) cannot be resumed
+ * mid-way, so such a body is replayed from scratch: the original bytes,
+ * flagged SPI_ENVELOPE_FROM_SCRATCH. So is a body whose partial output is
+ * in a form the prompt cannot take (token ids for a chat or text prompt,
+ * text for a token-id prompt).
+ *
+ * Pure: cJSON's own allocator, no engine, no state.
+ */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cjson/cJSON.h>
+
+#include "spi_internal.h"
+
+/* Keys that constrain decoding (vLLM's extra parameters). */
+static const char *const GUIDED_KEYS[] = {
+    "guided_json",   "guided_regex",    "guided_grammar",
+    "guided_choice", "guided_decoding", "structured_outputs",
+};
+
+/* Well-formed UTF-8 without NUL (cJSON strings end at a NUL). */
+static int utf8_ok(const uint8_t *s, size_t n) {
+  size_t i = 0;
+  while (i < n) {
+    uint8_t c = s[i];
+    if (c == 0) return 0;
+    if (c < 0x80) {
+      i++;
+      continue;
+    }
+    size_t len;
+    uint32_t min, cp;
+    if ((c & 0xe0) == 0xc0) {
+      len = 2;
+      min = 0x80;
+      cp = c & 0x1fu;
+    } else if ((c & 0xf0) == 0xe0) {
+      len = 3;
+      min = 0x800;
+      cp = c & 0x0fu;
+    } else if ((c & 0xf8) == 0xf0) {
+      len = 4;
+      min = 0x10000;
+      cp = c & 0x07u;
+    } else {
+      return 0;
+    }
+    if (n - i < len) return 0;
+    for (size_t k = 1; k < len; k++) {
+      if ((s[i + k] & 0xc0) != 0x80) return 0;
+      cp = cp << 6 | (s[i + k] & 0x3fu);
+    }
+    if (cp < min || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff)) return 0;
+    i += len;
+  }
+  return 1;
+}
+
+static int has_dup_keys(const cJSON *obj) {
+  for (const cJSON *a = obj->child; a; a = a->next)
+    for (const cJSON *b = a->next; b; b = b->next)
+      if (a->string && b->string && strcmp(a->string, b->string) == 0)
+        return 1;
+  return 0;
+}
+
+/* Decoding constrained by a schema, a grammar or a choice. */
+static int is_guided(const cJSON *root) {
+  for (size_t i = 0; i < sizeof GUIDED_KEYS / sizeof GUIDED_KEYS[0]; i++) {
+    const cJSON *it = cJSON_GetObjectItemCaseSensitive(root, GUIDED_KEYS[i]);
+    if (it && !cJSON_IsNull(it)) return 1;
+  }
+  const cJSON *rf = cJSON_GetObjectItemCaseSensitive(root, "response_format");
+  const cJSON *t = cJSON_IsObject(rf)
+                       ? cJSON_GetObjectItemCaseSensitive(rf, "type")
+                       : NULL;
+  if (cJSON_IsString(t) && (strcmp(t->valuestring, "json_schema") == 0 ||
+                            strcmp(t->valuestring, "json_object") == 0))
+    return 1;
+  return 0;
+}
+
+/* Put item under key, replacing what was there. Takes item either way. */
+static int set_item(cJSON *obj, const char *key, cJSON *item) {
+  if (!item) return SPI_ENOMEM;
+  if (cJSON_GetObjectItemCaseSensitive(obj, key)) {
+    if (cJSON_ReplaceItemInObjectCaseSensitive(obj, key, item)) return SPI_OK;
+  } else if (cJSON_AddItemToObject(obj, key, item)) {
+    return SPI_OK;
+  }
+  cJSON_Delete(item);
+  return SPI_ENOMEM;
+}
+
+/* A cJSON string of a + b. */
+static cJSON *joined(const char *a, const char *b, size_t blen) {
+  size_t alen = strlen(a);
+  char *s = malloc(alen + blen + 1);
+  if (!s) return NULL;
+  memcpy(s, a, alen);
+  memcpy(s + alen, b, blen);
+  s[alen + blen] = '\0';
+  cJSON *item = cJSON_CreateString(s);
+  free(s);
+  return item;
+}
+
+static cJSON *text_of(const spi_envelope *env) {
+  return joined("", env->partial_text, env->partial_text_len);
+}
+
+static int is_role(const cJSON *msg, const char *role) {
+  const cJSON *r = cJSON_GetObjectItemCaseSensitive(msg, "role");
+  return cJSON_IsString(r) && strcmp(r->valuestring, role) == 0;
+}
+
+/* A message with tool calls is an action, not text to continue. */
+static int has_tool_calls(const cJSON *msg) {
+  const cJSON *tc = cJSON_GetObjectItemCaseSensitive(msg, "tool_calls");
+  return tc && !cJSON_IsNull(tc) &&
+         !(cJSON_IsArray(tc) && cJSON_GetArraySize(tc) == 0);
+}
+
+static int continue_chat(cJSON *root, const spi_envelope *env) {
+  cJSON *msgs = cJSON_GetObjectItemCaseSensitive(root, "messages");
+  if (!cJSON_IsArray(msgs)) return SPI_EPARSE;
+  cJSON *last = NULL;
+  for (cJSON *m = msgs->child; m; m = m->next) last = m;
+  int rc;
+  if (last && cJSON_IsObject(last) && is_role(last, "assistant") &&
+      !has_tool_calls(last) && !has_dup_keys(last)) {
+    cJSON *content = cJSON_GetObjectItemCaseSensitive(last, "content");
+    if (cJSON_IsString(content)) {
+      rc = set_item(last, "content", joined(content->valuestring,
+                                            env->partial_text,
+                                            env->partial_text_len));
+    } else if (!content || cJSON_IsNull(content)) {
+      rc = set_item(last, "content", text_of(env));
+    } else if (cJSON_IsArray(content)) {
+      cJSON *part = cJSON_CreateObject();
+      if (!part || !cJSON_AddStringToObject(part, "type", "text") ||
+          !cJSON_AddItemToObject(part, "text", text_of(env)) ||
+          !cJSON_AddItemToArray(content, part)) {
+        cJSON_Delete(part);
+        return SPI_ENOMEM;
+      }
+      rc = SPI_OK;
+    } else {
+      return SPI_EPARSE;
+    }
+  } else {
+    cJSON *m = cJSON_CreateObject();
+    if (!m || !cJSON_AddStringToObject(m, "role", "assistant") ||
+        !cJSON_AddItemToObject(m, "content", text_of(env)) ||
+        !cJSON_AddItemToArray(msgs, m)) {
+      cJSON_Delete(m);
+      return SPI_ENOMEM;
+    }
+    rc = SPI_OK;
+  }
+  if (rc == SPI_OK) rc = set_item(root, "continue_final_message", cJSON_CreateTrue());
+  if (rc == SPI_OK) rc = set_item(root, "add_generation_prompt", cJSON_CreateFalse());
+  return rc;
+}
+
+static int is_token_array(const cJSON *a) {
+  if (!cJSON_IsArray(a) || !a->child) return 0;
+  for (const cJSON *t = a->child; t; t = t->next) {
+    if (!cJSON_IsNumber(t)) return 0;
+    double v = t->valuedouble;
+    if (!(v >= 0 && v <= 4294967295.0) || v != floor(v)) return 0;
+  }
+  return 1;
+}
+
+/* SPI_OK, SPI_EPARSE, SPI_ENOMEM, or 1: the partial output does not fit
+ * the prompt's form (replay from scratch). */
+static int continue_completion(cJSON *root, const spi_envelope *env) {
+  cJSON *prompt = cJSON_GetObjectItemCaseSensitive(root, "prompt");
+  /* A one-element list is one prompt. */
+  cJSON *holder = root;
+  const char *key = "prompt";
+  if (cJSON_IsArray(prompt) && cJSON_GetArraySize(prompt) == 1 &&
+      (cJSON_IsString(prompt->child) || is_token_array(prompt->child))) {
+    holder = prompt;
+    prompt = prompt->child;
+    key = NULL;
+  }
+  cJSON *next;
+  if (cJSON_IsString(prompt)) {
+    if (!env->partial_text_len) return 1;
+    next = joined(prompt->valuestring, env->partial_text, env->partial_text_len);
+  } else if (is_token_array(prompt)) {
+    if (!env->partial_token_count) return 1;
+    next = cJSON_Duplicate(prompt, 1);
+    for (size_t i = 0; next && i < env->partial_token_count; i++) {
+      cJSON *n = cJSON_CreateNumber((double)env->partial_tokens[i]);
+      if (!n || !cJSON_AddItemToArray(next, n)) {
+        cJSON_Delete(n);
+        cJSON_Delete(next);
+        next = NULL;
+      }
+    }
+  } else {
+    return SPI_EPARSE; /* absent, a batch, or not a prompt */
+  }
+  if (!next) return SPI_ENOMEM;
+  if (key) return set_item(holder, key, next);
+  if (!cJSON_ReplaceItemInArray(holder, 0, next)) {
+    cJSON_Delete(next);
+    return SPI_ENOMEM;
+  }
+  return SPI_OK;
+}
+
+/* Shrink the output budget by what the client already has. */
+static int reduce_budget(cJSON *root, uint64_t offset) {
+  static const char *const caps[] = {"max_tokens", "max_completion_tokens"};
+  for (int i = 0; i < 3; i++) {
+    const char *k = i < 2 ? caps[i] : "min_tokens";
+    cJSON *it = cJSON_GetObjectItemCaseSensitive(root, k);
+    if (!it || cJSON_IsNull(it)) continue;
+    if (!cJSON_IsNumber(it)) return SPI_EPARSE;
+    double v = it->valuedouble;
+    if (!(v >= 0) || v != floor(v) || v > 9007199254740992.0) return SPI_EPARSE;
+    double left = v - (double)offset;
+    if (i < 2 && left < 1) return SPI_ERANGE;
+    if (left < 0) left = 0;
+    cJSON_SetNumberValue(it, left);
+  }
+  return SPI_OK;
+}
+
+static int emit(const char *text, size_t len, char *buf, size_t cap,
+                size_t *needed) {
+  if (needed) *needed = len;
+  if (cap < len + 1) return SPI_EBUFSIZE;
+  memcpy(buf, text, len);
+  buf[len] = '\0';
+  return SPI_OK;
+}
+
+static int parse_body(const spi_envelope *env, cJSON **out) {
+  *out = NULL;
+  if (!env->body || env->body_len == 0) return SPI_EPARSE;
+  const char *end = NULL;
+  cJSON *root = cJSON_ParseWithLengthOpts(env->body, env->body_len, &end, 0);
+  if (!root) return SPI_EPARSE;
+  for (const char *p = end ? end : env->body + env->body_len;
+       p < env->body + env->body_len; p++) {
+    if (*p != ' ' && *p != '\t' && *p != '\n' && *p != '\r') {
+      cJSON_Delete(root);
+      return SPI_EPARSE;
+    }
+  }
+  if (!cJSON_IsObject(root) || has_dup_keys(root)) {
+    cJSON_Delete(root);
+    return SPI_EPARSE;
+  }
+  *out = root;
+  return SPI_OK;
+}
+
+int spi_replay_continuation(const spi_envelope *env, char *buf, size_t cap,
+                            size_t *needed, uint32_t *flags) {
+  if (!env || env->struct_size < sizeof *env || (!buf && cap))
+    return SPI_EINVAL;
+  if ((env->partial_text_len && !env->partial_text) ||
+      (env->partial_token_count && !env->partial_tokens) ||
+      (env->body_len && !env->body))
+    return SPI_EINVAL;
+  if (env->partial_text_len &&
+      !utf8_ok((const uint8_t *)env->partial_text, env->partial_text_len))
+    return SPI_EINVAL;
+  cJSON *root = NULL;
+  int rc = parse_body(env, &root);
+  if (rc != SPI_OK) return rc;
+  uint32_t out_flags = env->flags;
+  int kind = env->openai_kind;
+  if (kind == SPI_OPENAI_AUTO)
+    kind = cJSON_GetObjectItemCaseSensitive(root, "messages")
+               ? SPI_OPENAI_CHAT
+               : SPI_OPENAI_COMPLETIONS;
+  int streamed = env->partial_text_len || env->partial_token_count ||
+                 env->stream_offset;
+  int scratch = (out_flags & SPI_ENVELOPE_FROM_SCRATCH) || is_guided(root);
+  if (!scratch && streamed) {
+    if (kind == SPI_OPENAI_CHAT)
+      rc = env->partial_text_len ? continue_chat(root, env) : 1;
+    else if (kind == SPI_OPENAI_COMPLETIONS)
+      rc = continue_completion(root, env);
+    else
+      rc = SPI_EINVAL;
+    if (rc == 1) {
+      scratch = 1;
+      rc = SPI_OK;
+    } else if (rc == SPI_OK) {
+      rc = reduce_budget(root, env->stream_offset);
+    }
+  }
+  if (scratch) out_flags |= SPI_ENVELOPE_FROM_SCRATCH;
+  if (flags) *flags = out_flags;
+  if (rc == SPI_OK) {
+    if (scratch || !streamed) {
+      /* The request as it came: nothing to continue. */
+      rc = emit(env->body, env->body_len, buf, cap, needed);
+    } else {
+      char *text = cJSON_PrintUnformatted(root);
+      rc = text ? emit(text, strlen(text), buf, cap, needed) : SPI_ENOMEM;
+      cJSON_free(text);
+    }
+  }
+  cJSON_Delete(root);
+  return rc;
+}
