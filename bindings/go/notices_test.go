@@ -189,3 +189,29 @@ func TestNamesOfNewerEnums(t *testing.T) {
 		t.Fatal(s)
 	}
 }
+
+func TestJournalSurvivesReopen(t *testing.T) {
+	e := newEngine(t, "")
+	cfg := `{"store":"journal","dir":` + jsonString(t.TempDir()) + `,"fsync":"always"}`
+	q, err := e.OpenReplayQueue(cfg)
+	skipUnlessExported(t, err, "spi_replay_open")
+	must(t, err)
+	body := []byte(`{"model":"m","messages":[{"role":"user","content":"hi"}]}`)
+	_, err = q.Enqueue(Envelope{Key: "durable", Body: body, Class: ClassGold, PartialText: "par", StreamOffset: 2})
+	must(t, err)
+	must(t, q.Close())
+	q, err = e.OpenReplayQueue(cfg)
+	must(t, err)
+	defer q.Close()
+	c, ok, err := q.Claim(ClassMask(ClassGold), 0)
+	must(t, err)
+	if !ok || c.Envelope.Key != "durable" || c.Envelope.PartialText != "par" || c.Envelope.StreamOffset != 2 {
+		t.Fatalf("%+v", c)
+	}
+	must(t, q.Ack(c.ID))
+}
+
+func jsonString(s string) string {
+	b, _ := json.Marshal(s)
+	return string(b)
+}

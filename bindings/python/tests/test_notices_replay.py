@@ -254,3 +254,24 @@ def test_python_replay_store_failure_fails_the_call():
             with pytest.raises(spotinfer.SpotinferError) as ei:
                 q.enqueue(key="k", body="{}")
             assert isinstance(ei.value.__cause__, OSError) or "disk on fire" in ei.value.message
+
+
+@needs_replay
+def test_journal_survives_reopen(tmp_path):
+    cfg = {"store": "journal", "dir": str(tmp_path), "fsync": "always"}
+    body = json.dumps({"model": "m", "messages": [{"role": "user", "content": "hi"}]})
+    with Engine() as e:
+        with e.replay_queue(cfg) as q:
+            assert q.enqueue(key="durable", body=body, klass=Class.GOLD,
+                             partial_text="par", stream_offset=2)
+            assert q.enqueue(key="done", body=body, klass=Class.SILVER)
+            c = q.claim(classes=[Class.SILVER])
+            c.ack()
+            assert q.stats().journal_bytes > 0
+        with e.replay_queue(cfg) as q:
+            c = q.claim()
+            assert c.envelope.key == "durable" and c.envelope.partial_text == "par"
+            assert c.envelope.stream_offset == 2
+            assert q.claim() is None  # the acked one stays gone
+            # An acked key is remembered: enqueueing it again is a duplicate.
+            assert not q.enqueue(key="done", body=body, klass=Class.SILVER)
