@@ -1,11 +1,27 @@
 package spotinfer
 
 /*
+#include <stdint.h>
 #include <string.h>
 #include <spotinfer/spotinfer.h>
 
 // The same calls as the Go benchmarks, looped in C, so a benchmark can
 // report the cost of crossing cgo next to the cost of the call itself.
+static int64_t spi_go_bench_fixed_clock(void *ud) {
+  (void)ud;
+  return 1700000000LL * 1000000000LL;
+}
+
+// An engine on a fixed C clock, as tests/bench/bench_route.c uses, so the
+// route benchmarks do not pay a C-to-Go callback per clock read.
+static int spi_go_bench_engine(spi_engine **out) {
+  spi_hooks h;
+  memset(&h, 0, sizeof h);
+  h.struct_size = sizeof h;
+  h.clock = spi_go_bench_fixed_clock;
+  return spi_engine_new(out, &h);
+}
+
 static int spi_go_bench_classify(spi_request *r, int n) {
   spi_classification c;
   memset(&c, 0, sizeof c);
@@ -35,6 +51,20 @@ static int spi_go_bench_route(spi_engine *e, spi_request **reqs, int nreq,
 import "C"
 
 import "runtime"
+
+// newBenchEngine is NewEngine on a fixed C clock (benchmarks only).
+func newBenchEngine(config string) (*Engine, error) {
+	e := &Engine{reqs: make(map[*reqHandle]struct{}), queues: make(map[*queueHandle]struct{})}
+	if rc := C.spi_go_bench_engine(&e.p); rc != 0 {
+		return nil, newError(rc, "spi_engine_new", "")
+	}
+	runtime.SetFinalizer(e, (*Engine).Close)
+	if err := e.Configure(config); err != nil {
+		e.Close()
+		return nil, err
+	}
+	return e, nil
+}
 
 // benchClassifyC runs n classify calls on r in a C loop (pressure i&3, as
 // the Go benchmark does).
