@@ -284,6 +284,9 @@ int spi_replay_continuation(const spi_envelope *env, char *buf, size_t cap,
       (env->partial_token_count && !env->partial_tokens) ||
       (env->body_len && !env->body))
     return SPI_EINVAL;
+  if (env->openai_kind < SPI_OPENAI_AUTO ||
+      env->openai_kind > SPI_OPENAI_COMPLETIONS)
+    return SPI_EINVAL;
   if (env->partial_text_len &&
       !utf8_ok((const uint8_t *)env->partial_text, env->partial_text_len))
     return SPI_EINVAL;
@@ -302,10 +305,8 @@ int spi_replay_continuation(const spi_envelope *env, char *buf, size_t cap,
   if (!scratch && streamed) {
     if (kind == SPI_OPENAI_CHAT)
       rc = env->partial_text_len ? continue_chat(root, env) : 1;
-    else if (kind == SPI_OPENAI_COMPLETIONS)
-      rc = continue_completion(root, env);
     else
-      rc = SPI_EINVAL;
+      rc = continue_completion(root, env);
     if (rc == 1) {
       scratch = 1;
       rc = SPI_OK;
