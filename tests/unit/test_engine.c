@@ -472,7 +472,7 @@ static void test_register_errors(void **st) {
   assert_int_equal(spi_engine_register_module(e, SPI_MODULE_CLASSIFIER, "x", 1,
                                               NULL, &u, uc_destroy),
                    SPI_EINVAL);
-  assert_int_equal(spi_engine_register_module(e, SPI_MODULE_REPLAY_STORE, "x",
+  assert_int_equal(spi_engine_register_module(e, SPI_MODULE_NOTICE_SOURCE, "x",
                                               1, &m, &u, uc_destroy),
                    SPI_ENOTSUP);
   spi_classifier_module bad = m;
