@@ -52,7 +52,7 @@
 enum { UNKNOWN = 0, ENQ_STARTED, ENQUEUED, ACK_STARTED, ACKED };
 
 typedef struct msg {
-  uint32_t op; /* 'e', 'E', 'a', 'A' */
+  uint32_t op; /* 'R' (recovered), 'e', 'E', 'a', 'A' */
   uint32_t reserved;
   uint64_t key; /* round * MAX_PER_ROUND + n */
 } msg;
@@ -110,6 +110,7 @@ static void child(const char *dir, int round, int wfd) {
   config(cfg, sizeof cfg, dir, round);
   spi_replay_queue *q = NULL;
   if (spi_replay_open(e, cfg, strlen(cfg), &q) != SPI_OK) _exit(4);
+  send_msg(wfd, 'R', 0);
   static uint8_t buf[65536];
   for (uint64_t n = 0; n < MAX_PER_ROUND; n++) {
     uint64_t key = (uint64_t)round * MAX_PER_ROUND + n;
@@ -152,9 +153,14 @@ typedef struct model {
   size_t rbuf_len;
   uint8_t rbuf[sizeof(msg)];
   uint64_t acks, enqueues;
+  int ready; /* the child has recovered and started */
 } model;
 
 static void apply(model *m, const msg *x) {
+  if (x->op == 'R') {
+    m->ready = 1;
+    return;
+  }
   assert_true(x->key < (uint64_t)MAX_ROUNDS * MAX_PER_ROUND);
   uint8_t *s = &m->state[x->key];
   switch (x->op) {
@@ -328,10 +334,18 @@ static void test_sigkill_loop(void **st) {
       child(dir, round, fds[1]);
     }
     close(fds[1]);
-    double delay = (double)(rng_next(&rng) % 30000) / 1e6; /* 0..30 ms */
-    double until = mono_s() + delay;
+    /* Mostly 0..30 ms after the child has recovered; one round in five
+     * 0..30 ms after the fork, which can land inside recovery itself. */
+    double delay = (double)(rng_next(&rng) % 30000) / 1e6;
+    int armed = rng_next(&rng) % 5 == 0; /* timer runs from the fork */
+    double until = mono_s() + (armed ? delay : 60.0);
+    m.ready = 0;
     uint8_t chunk[4096];
     for (;;) {
+      if (!armed && m.ready) {
+        until = mono_s() + delay;
+        armed = 1;
+      }
       double left = until - mono_s();
       if (left <= 0) break;
       struct pollfd p = {fds[0], POLLIN, 0};
