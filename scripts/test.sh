@@ -237,6 +237,10 @@ stage_go() {
   export PKG_CONFIG_PATH="$libdir/pkgconfig${PKG_CONFIG_PATH:+:$PKG_CONFIG_PATH}"
   export LD_LIBRARY_PATH="$libdir${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
   export CGO_ENABLED=1
+  # The .pc file is relocatable, so its text is the same for every install
+  # prefix; naming the prefix in the cgo flags keeps Go's build cache from
+  # linking against an earlier, since-deleted prefix.
+  export CGO_LDFLAGS="-L$libdir${CGO_LDFLAGS:+ $CGO_LDFLAGS}"
   cd "$root/bindings/go"
   note "go vet"
   go vet ./...
