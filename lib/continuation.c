@@ -74,8 +74,7 @@ static int utf8_ok(const uint8_t *s, size_t n) {
 static int has_dup_keys(const cJSON *obj) {
   for (const cJSON *a = obj->child; a; a = a->next)
     for (const cJSON *b = a->next; b; b = b->next)
-      if (a->string && b->string && strcmp(a->string, b->string) == 0)
-        return 1;
+      if (a->string && b->string && strcmp(a->string, b->string) == 0) return 1;
   return 0;
 }
 
@@ -86,9 +85,8 @@ static int is_guided(const cJSON *root) {
     if (it && !cJSON_IsNull(it)) return 1;
   }
   const cJSON *rf = cJSON_GetObjectItemCaseSensitive(root, "response_format");
-  const cJSON *t = cJSON_IsObject(rf)
-                       ? cJSON_GetObjectItemCaseSensitive(rf, "type")
-                       : NULL;
+  const cJSON *t =
+      cJSON_IsObject(rf) ? cJSON_GetObjectItemCaseSensitive(rf, "type") : NULL;
   if (cJSON_IsString(t) && (strcmp(t->valuestring, "json_schema") == 0 ||
                             strcmp(t->valuestring, "json_object") == 0))
     return 1;
@@ -146,9 +144,9 @@ static int continue_chat(cJSON *root, const spi_envelope *env) {
       !has_tool_calls(last) && !has_dup_keys(last)) {
     cJSON *content = cJSON_GetObjectItemCaseSensitive(last, "content");
     if (cJSON_IsString(content)) {
-      rc = set_item(last, "content", joined(content->valuestring,
-                                            env->partial_text,
-                                            env->partial_text_len));
+      rc = set_item(last, "content",
+                    joined(content->valuestring, env->partial_text,
+                           env->partial_text_len));
     } else if (!content || cJSON_IsNull(content)) {
       rc = set_item(last, "content", text_of(env));
     } else if (cJSON_IsArray(content)) {
@@ -173,8 +171,10 @@ static int continue_chat(cJSON *root, const spi_envelope *env) {
     }
     rc = SPI_OK;
   }
-  if (rc == SPI_OK) rc = set_item(root, "continue_final_message", cJSON_CreateTrue());
-  if (rc == SPI_OK) rc = set_item(root, "add_generation_prompt", cJSON_CreateFalse());
+  if (rc == SPI_OK)
+    rc = set_item(root, "continue_final_message", cJSON_CreateTrue());
+  if (rc == SPI_OK)
+    rc = set_item(root, "add_generation_prompt", cJSON_CreateFalse());
   return rc;
 }
 
@@ -204,7 +204,8 @@ static int continue_completion(cJSON *root, const spi_envelope *env) {
   cJSON *next;
   if (cJSON_IsString(prompt)) {
     if (!env->partial_text_len) return 1;
-    next = joined(prompt->valuestring, env->partial_text, env->partial_text_len);
+    next =
+        joined(prompt->valuestring, env->partial_text, env->partial_text_len);
   } else if (is_token_array(prompt)) {
     if (!env->partial_token_count) return 1;
     next = cJSON_Duplicate(prompt, 1);
@@ -299,8 +300,8 @@ int spi_replay_continuation(const spi_envelope *env, char *buf, size_t cap,
     kind = cJSON_GetObjectItemCaseSensitive(root, "messages")
                ? SPI_OPENAI_CHAT
                : SPI_OPENAI_COMPLETIONS;
-  int streamed = env->partial_text_len || env->partial_token_count ||
-                 env->stream_offset;
+  int streamed =
+      env->partial_text_len || env->partial_token_count || env->stream_offset;
   int scratch = (out_flags & SPI_ENVELOPE_FROM_SCRATCH) || is_guided(root);
   if (!scratch && streamed) {
     if (kind == SPI_OPENAI_CHAT)

@@ -57,7 +57,7 @@ typedef struct rq_key {
   struct rq_key *prev, *next; /* done-set FIFO */
   uint64_t hash;
   size_t len;
-  char key[];                 /* len bytes + NUL */
+  char key[]; /* len bytes + NUL */
 } rq_key;
 
 typedef struct rq_entry {
@@ -65,14 +65,14 @@ typedef struct rq_entry {
   struct rq_entry *cnext;       /* claim table chain */
   struct rq_entry *prev, *next; /* ready lane or dead list */
   rq_key *k;
-  uint64_t claim_id;            /* while LEASED */
-  int64_t due_ns;               /* LEASED: lease end; DELAYED: visible at */
-  size_t heap_idx;              /* in the timer heap, or SIZE_MAX */
-  size_t bytes;                 /* counted against max_bytes */
-  uint64_t est;                 /* journal bytes a compaction restates */
+  uint64_t claim_id; /* while LEASED */
+  int64_t due_ns;    /* LEASED: lease end; DELAYED: visible at */
+  size_t heap_idx;   /* in the timer heap, or SIZE_MAX */
+  size_t bytes;      /* counted against max_bytes */
+  uint64_t est;      /* journal bytes a compaction restates */
   int32_t state;
   int32_t reserved0;
-  spi_envelope env;             /* points into this allocation and k */
+  spi_envelope env; /* points into this allocation and k */
 } rq_entry;
 
 typedef struct rq_list {
@@ -115,10 +115,10 @@ struct spi_replay_queue {
   size_t heaplen, heapcap;
   uint64_t nleased, ndelayed;
   size_t bytes;
-  uint64_t live_est;        /* what a compaction would write */
+  uint64_t live_est; /* what a compaction would write */
   uint64_t compact_retry_at;
   uint64_t next_claim;
-  uint64_t last_seq;        /* of the newest append */
+  uint64_t last_seq; /* of the newest append */
   uint64_t enqueued, duplicates, acked, nacked, expired_leases;
   pthread_mutex_t err_lock;
   char errmsg[SPI_ERRMSG_CAP];
@@ -166,7 +166,8 @@ int64_t spi__replay_backoff_ms(const char *key, size_t key_len,
   uint8_t buf[RQ_KEY_MAX + 4];
   if (key_len > RQ_KEY_MAX) key_len = RQ_KEY_MAX;
   if (key_len) memcpy(buf, key, key_len);
-  for (int i = 0; i < 4; i++) buf[key_len + (size_t)i] = (uint8_t)(attempt >> (8 * i));
+  for (int i = 0; i < 4; i++)
+    buf[key_len + (size_t)i] = (uint8_t)(attempt >> (8 * i));
   uint64_t h = XXH3_64bits(buf, key_len + 4);
   double u = (double)(h >> 11) * (1.0 / 9007199254740992.0); /* [0, 1) */
   if (!(jitter > 0)) jitter = 0;
@@ -278,10 +279,14 @@ static void done_remove(spi_replay_queue *q, rq_key *k) {
       *p = k->hnext;
       break;
     }
-  if (k->prev) k->prev->next = k->next;
-  else q->done_head = k->next;
-  if (k->next) k->next->prev = k->prev;
-  else q->done_tail = k->prev;
+  if (k->prev)
+    k->prev->next = k->next;
+  else
+    q->done_head = k->next;
+  if (k->next)
+    k->next->prev = k->prev;
+  else
+    q->done_tail = k->prev;
   q->ndone--;
   q->live_est -= done_est(k);
 }
@@ -300,8 +305,10 @@ static void done_add(spi_replay_queue *q, rq_key *k) {
   q->donetab[s] = k;
   k->next = NULL;
   k->prev = q->done_tail;
-  if (q->done_tail) q->done_tail->next = k;
-  else q->done_head = k;
+  if (q->done_tail)
+    q->done_tail->next = k;
+  else
+    q->done_head = k;
   q->done_tail = k;
   q->live_est += done_est(k);
   while (q->ndone > (size_t)q->cfg.max_acked_keys) {
@@ -316,17 +323,23 @@ static void done_add(spi_replay_queue *q, rq_key *k) {
 static void list_push(rq_list *l, rq_entry *e) {
   e->next = NULL;
   e->prev = l->tail;
-  if (l->tail) l->tail->next = e;
-  else l->head = e;
+  if (l->tail)
+    l->tail->next = e;
+  else
+    l->head = e;
   l->tail = e;
   l->n++;
 }
 
 static void list_remove(rq_list *l, rq_entry *e) {
-  if (e->prev) e->prev->next = e->next;
-  else l->head = e->next;
-  if (e->next) e->next->prev = e->prev;
-  else l->tail = e->prev;
+  if (e->prev)
+    e->prev->next = e->next;
+  else
+    l->head = e->next;
+  if (e->next)
+    e->next->prev = e->prev;
+  else
+    l->tail = e->prev;
   e->prev = e->next = NULL;
   l->n--;
 }
@@ -457,7 +470,9 @@ static void entry_add(spi_replay_queue *q, rq_entry *e) {
 /* Take e out of whatever holds it for its state. */
 static void entry_detach(spi_replay_queue *q, rq_entry *e) {
   switch (e->state) {
-  case RQ_READY: list_remove(&q->lane[e->env.klass], e); break;
+  case RQ_READY:
+    list_remove(&q->lane[e->env.klass], e);
+    break;
   case RQ_LEASED:
     heap_remove(q, e);
     claim_remove(q, e);
@@ -467,8 +482,11 @@ static void entry_detach(spi_replay_queue *q, rq_entry *e) {
     heap_remove(q, e);
     q->ndelayed--;
     break;
-  case RQ_DEAD: list_remove(&q->dead, e); break;
-  default: break;
+  case RQ_DEAD:
+    list_remove(&q->dead, e);
+    break;
+  default:
+    break;
   }
 }
 
@@ -478,8 +496,10 @@ static void entry_drop(spi_replay_queue *q, rq_entry *e, int remember) {
   keytab_remove(q, e);
   q->bytes -= e->bytes;
   q->live_est -= e->est;
-  if (remember) done_add(q, e->k);
-  else spi__free(&q->mem, e->k);
+  if (remember)
+    done_add(q, e->k);
+  else
+    spi__free(&q->mem, e->k);
   spi__free(&q->mem, e);
 }
 
@@ -605,8 +625,9 @@ static int compact_locked(spi_replay_queue *q) {
       rc = SPI_EMODULE;
     qfail(q, rc, "replay store \"%s\": compact: %s", q->cfg.store,
           err[0] ? err : spi_strerror(rc));
-    spi__engine_log(q->engine, SPI_LOG_ERROR, "replay store \"%s\": compact: %s",
-                    q->cfg.store, err[0] ? err : spi_strerror(rc));
+    spi__engine_log(q->engine, SPI_LOG_ERROR,
+                    "replay store \"%s\": compact: %s", q->cfg.store,
+                    err[0] ? err : spi_strerror(rc));
     return rc;
   }
   spi__engine_log(q->engine, SPI_LOG_INFO,
@@ -620,13 +641,15 @@ static void maybe_compact(spi_replay_queue *q) {
   if (!q->store->compact) return;
   spi_replay_store_stats st;
   if (store_stats(q, &st) != SPI_OK) return;
-  if (st.bytes < (uint64_t)q->cfg.compact_min_bytes || st.bytes < q->compact_retry_at)
+  if (st.bytes < (uint64_t)q->cfg.compact_min_bytes ||
+      st.bytes < q->compact_retry_at)
     return;
   if ((double)st.bytes < q->cfg.compact_ratio * (double)q->live_est) return;
   if (compact_locked(q) != SPI_OK) {
     /* Not again until it has grown by as much once more. */
     uint64_t step = (uint64_t)q->cfg.compact_min_bytes;
-    q->compact_retry_at = st.bytes + (step > st.bytes / 2 ? step : st.bytes / 2);
+    q->compact_retry_at =
+        st.bytes + (step > st.bytes / 2 ? step : st.bytes / 2);
   } else {
     q->compact_retry_at = 0;
   }
@@ -723,8 +746,8 @@ static int read_cfg(spi_engine *e, const cJSON *obj, rq_cfg *c, char *err,
   if (rc == SPI_OK)
     rc = spi__cfg_string(obj, "replay.dir", "replay", &s, &slen, err, cap);
   if (rc == SPI_OK)
-    rc = spi__cfg_enum(obj, "replay.fsync", "replay", FSYNC_NAMES, 3, &idx,
-                       err, cap);
+    rc = spi__cfg_enum(obj, "replay.fsync", "replay", FSYNC_NAMES, 3, &idx, err,
+                       cap);
   struct {
     const char *path;
     int64_t *dst;
@@ -786,8 +809,8 @@ static int merged_config(spi_engine *e, const char *json, size_t len,
   spi_snapshot *s = spi__snap_acquire(e, &pin);
   cJSON *root = cJSON_ParseWithLength(s->json, s->json_len);
   spi__snap_release(e, pin);
-  cJSON *sec = root ? cJSON_DetachItemFromObjectCaseSensitive(root, "replay")
-                    : NULL;
+  cJSON *sec =
+      root ? cJSON_DetachItemFromObjectCaseSensitive(root, "replay") : NULL;
   cJSON_Delete(root);
   if (!sec) sec = cJSON_CreateObject();
   if (!sec) {
@@ -801,7 +824,8 @@ static int merged_config(spi_engine *e, const char *json, size_t len,
   cJSON *user = NULL;
   int rc = spi__json_parse_object(json, len, RQ_CONFIG_MAX, "replay", &user,
                                   err, cap);
-  if (rc == SPI_OK) rc = spi__cfg_check_keys(user, "replay", "replay", err, cap);
+  if (rc == SPI_OK)
+    rc = spi__cfg_check_keys(user, "replay", "replay", err, cap);
   for (cJSON *c = user ? user->child : NULL; c && rc == SPI_OK; c = c->next) {
     cJSON *dup = cJSON_Duplicate(c, 1);
     cJSON_DeleteItemFromObjectCaseSensitive(sec, c->string);
@@ -838,7 +862,8 @@ static int apply_record(void *user, const spi_replay_record *rec) {
         (env->body_len && !env->body) ||
         (env->partial_text_len && !env->partial_text) ||
         (env->partial_token_count && !env->partial_tokens))
-      return qfail(q, SPI_EMODULE, "replay: the store recovered a bad envelope");
+      return qfail(q, SPI_EMODULE,
+                   "replay: the store recovered a bad envelope");
     rq_entry *n = entry_new(q, env, rec->key, rec->key_len, h);
     if (!n || heap_reserve(q, q->nentries + 1) != SPI_OK) {
       if (n) {
@@ -873,8 +898,10 @@ static int apply_record(void *user, const spi_replay_record *rec) {
   case SPI_REPLAY_REC_NACK:
     if (!e) break;
     e->env.attempts = rec->attempts;
-    if (rec->visible_ns > now) make_delayed(q, e, rec->visible_ns);
-    else make_ready(q, e);
+    if (rec->visible_ns > now)
+      make_delayed(q, e, rec->visible_ns);
+    else
+      make_ready(q, e);
     break;
   case SPI_REPLAY_REC_DEAD:
     if (!e) {
@@ -887,8 +914,10 @@ static int apply_record(void *user, const spi_replay_record *rec) {
     make_dead(q, e);
     break;
   default:
-    return qfail(q, SPI_EMODULE, "replay: the store recovered a record of "
-                                 "unknown type %d", (int)rec->type);
+    return qfail(q, SPI_EMODULE,
+                 "replay: the store recovered a record of "
+                 "unknown type %d",
+                 (int)rec->type);
   }
   return SPI_OK;
 }
@@ -970,15 +999,17 @@ static int open_store(spi_replay_queue *q, const cJSON *sec, char *err,
   const cJSON *what = sec;
   if (!q->mod->builtin)
     what = cJSON_GetObjectItemCaseSensitive(sec, "store_config");
-  char *text = what && !cJSON_IsNull(what) ? cJSON_PrintUnformatted(what) : NULL;
+  char *text =
+      what && !cJSON_IsNull(what) ? cJSON_PrintUnformatted(what) : NULL;
   if (what && !cJSON_IsNull(what) && !text) {
     spi__errf(err, cap, "replay: out of memory");
     return SPI_ENOMEM;
   }
   char merr[SPI_ERRMSG_CAP] = "";
   void *inst = NULL;
-  int rc = q->store->configure(q->mod->state, text ? text : "{}",
-                               text ? strlen(text) : 2, &inst, merr, sizeof merr);
+  int rc =
+      q->store->configure(q->mod->state, text ? text : "{}",
+                          text ? strlen(text) : 2, &inst, merr, sizeof merr);
   cJSON_free(text);
   if (rc != SPI_OK) {
     if (rc > 0 || strcmp(spi_strerror(rc), "unknown status") == 0)
@@ -993,12 +1024,16 @@ static int open_store(spi_replay_queue *q, const cJSON *sec, char *err,
   }
   q->inst = inst;
   merr[0] = '\0';
-  rc = q->store->recover(q->mod->state, inst, apply_record, q, merr, sizeof merr);
+  rc = q->store->recover(q->mod->state, inst, apply_record, q, merr,
+                         sizeof merr);
   if (rc != SPI_OK) {
     if (rc > 0 || strcmp(spi_strerror(rc), "unknown status") == 0)
       rc = SPI_EMODULE;
-    if (merr[0]) spi__errf(err, cap, "replay recovery: %s", merr);
-    else spi__errf(err, cap, "replay recovery: %s", q->errmsg[0] ? q->errmsg : spi_strerror(rc));
+    if (merr[0])
+      spi__errf(err, cap, "replay recovery: %s", merr);
+    else
+      spi__errf(err, cap, "replay recovery: %s",
+                q->errmsg[0] ? q->errmsg : spi_strerror(rc));
     q->store->release(q->mod->state, inst);
     q->inst = NULL;
     return rc;
@@ -1017,7 +1052,8 @@ int spi_replay_open(spi_engine *engine, const char *config_json, size_t len,
   *out = NULL;
   if (!spi__engine_ok(engine)) return SPI_EMISUSE;
   if (!config_json && len)
-    return spi__engine_fail(engine, SPI_EINVAL, "replay: NULL config with length %zu", len);
+    return spi__engine_fail(engine, SPI_EINVAL,
+                            "replay: NULL config with length %zu", len);
   char err[SPI_ERRMSG_CAP] = "";
   cJSON *sec = NULL;
   rq_cfg cfg;
@@ -1067,7 +1103,8 @@ static int check_envelope(spi_replay_queue *q, const spi_envelope *env) {
   if (!env || env->struct_size < sizeof *env)
     return qfail(q, SPI_EINVAL, "envelope: NULL or struct_size too small");
   if (!env->key || env->key_len == 0 || env->key_len > RQ_KEY_MAX)
-    return qfail(q, SPI_EINVAL, "envelope.key: must be 1..%d bytes", RQ_KEY_MAX);
+    return qfail(q, SPI_EINVAL, "envelope.key: must be 1..%d bytes",
+                 RQ_KEY_MAX);
   if (!env->body || env->body_len == 0)
     return qfail(q, SPI_EINVAL, "envelope.body: missing");
   if ((env->partial_text_len && !env->partial_text) ||
@@ -1208,7 +1245,8 @@ int spi_replay_claim(spi_replay_queue *queue, uint32_t class_mask,
   run_timers(q, now);
   rq_entry *e = NULL;
   int rc = SPI_OK;
-  for (int c = SPI_CLASS_GOLD; c <= SPI_CLASS_BRONZE && !e && rc == SPI_OK; c++) {
+  for (int c = SPI_CLASS_GOLD; c <= SPI_CLASS_BRONZE && !e && rc == SPI_OK;
+       c++) {
     if (!(class_mask & (1u << c))) continue;
     while ((e = q->lane[c].head) != NULL && deadline_passed(e, now)) {
       rc = dead_letter(q, e, e->env.attempts, now);
@@ -1259,8 +1297,9 @@ int spi_replay_ack(spi_replay_queue *queue, uint64_t claim_id) {
   rq_entry *e = claimed(q, claim_id);
   if (!e) {
     unlock(q);
-    return qfail(q, SPI_ESTALE, "replay ack: claim %llu is not held (lease "
-                                "ended, already acked, or unknown)",
+    return qfail(q, SPI_ESTALE,
+                 "replay ack: claim %llu is not held (lease "
+                 "ended, already acked, or unknown)",
                  (unsigned long long)claim_id);
   }
   int rc = key_record(q, SPI_REPLAY_REC_ACK, e, e->env.attempts, 0);
@@ -1285,8 +1324,9 @@ int spi_replay_nack(spi_replay_queue *queue, uint64_t claim_id) {
   rq_entry *e = claimed(q, claim_id);
   if (!e) {
     unlock(q);
-    return qfail(q, SPI_ESTALE, "replay nack: claim %llu is not held (lease "
-                                "ended, already acked, or unknown)",
+    return qfail(q, SPI_ESTALE,
+                 "replay nack: claim %llu is not held (lease "
+                 "ended, already acked, or unknown)",
                  (unsigned long long)claim_id);
   }
   uint32_t attempts = e->env.attempts + 1;
@@ -1294,10 +1334,9 @@ int spi_replay_nack(spi_replay_queue *queue, uint64_t claim_id) {
   if (attempts >= (uint64_t)q->cfg.max_attempts || deadline_passed(e, now)) {
     rc = dead_letter(q, e, attempts, now);
   } else {
-    int64_t delay = spi__replay_backoff_ms(e->k->key, e->k->len, attempts,
-                                           q->cfg.backoff_base_ms,
-                                           q->cfg.backoff_max_ms,
-                                           q->cfg.backoff_jitter);
+    int64_t delay = spi__replay_backoff_ms(
+        e->k->key, e->k->len, attempts, q->cfg.backoff_base_ms,
+        q->cfg.backoff_max_ms, q->cfg.backoff_jitter);
     int64_t visible = now + delay * 1000000;
     rc = key_record(q, SPI_REPLAY_REC_NACK, e, attempts, visible);
     if (rc == SPI_OK) {

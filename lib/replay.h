@@ -33,9 +33,10 @@ uint32_t spi__crc32c(uint32_t crc, const void *data, size_t n);
 
 /* Why a scan stopped. */
 enum spi_jr_stop {
-  SPI_JR_END = 0,    /* clean end of the data */
-  SPI_JR_TORN = 1,   /* the last record is incomplete (cut off mid-write) */
-  SPI_JR_CORRUPT = 2 /* bad magic, type, length, checksum, sequence or payload */
+  SPI_JR_END = 0,  /* clean end of the data */
+  SPI_JR_TORN = 1, /* the last record is incomplete (cut off mid-write) */
+  SPI_JR_CORRUPT =
+      2 /* bad magic, type, length, checksum, sequence or payload */
 };
 
 typedef struct spi_jr_scan {
@@ -44,7 +45,7 @@ typedef struct spi_jr_scan {
   uint64_t last_seq;    /* sequence of the last good record (or after_seq) */
   int32_t stop;         /* enum spi_jr_stop */
   int32_t reserved0;
-  char why[160];        /* what was wrong, for the warning */
+  char why[160]; /* what was wrong, for the warning */
 } spi_jr_scan;
 
 /* Encode rec as one framed record with sequence seq, appended to b.

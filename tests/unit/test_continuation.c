@@ -42,7 +42,8 @@ static const char *cont(const spi_envelope *v, uint32_t *flags, int *rc) {
   return buf;
 }
 
-static void expect(const spi_envelope *v, const char *want, uint32_t want_flags) {
+static void expect(const spi_envelope *v, const char *want,
+                   uint32_t want_flags) {
   uint32_t flags = 0xdead;
   int rc;
   const char *got = cont(v, &flags, &rc);
@@ -80,19 +81,20 @@ static void test_chat_new_assistant_message(void **st) {
   v.openai_kind = SPI_OPENAI_AUTO;
   uint32_t flags;
   int rc;
-  assert_non_null(strstr(cont(&v, &flags, &rc), "\"continue_final_message\":true"));
+  assert_non_null(
+      strstr(cont(&v, &flags, &rc), "\"continue_final_message\":true"));
   assert_int_equal(rc, SPI_OK);
 }
 
 static void test_chat_extends_trailing_assistant(void **st) {
   (void)st;
   /* A prefilled assistant message grows; existing flags are overwritten. */
-  spi_envelope v = env_of(
-      "{\"messages\":[{\"role\":\"user\",\"content\":\"q\"},{\"role\":"
-      "\"assistant\",\"content\":\"The answer is\"}],"
-      "\"continue_final_message\":false,\"add_generation_prompt\":true,"
-      "\"max_completion_tokens\":10}",
-      SPI_OPENAI_CHAT, " 42", 2);
+  spi_envelope v =
+      env_of("{\"messages\":[{\"role\":\"user\",\"content\":\"q\"},{\"role\":"
+             "\"assistant\",\"content\":\"The answer is\"}],"
+             "\"continue_final_message\":false,\"add_generation_prompt\":true,"
+             "\"max_completion_tokens\":10}",
+             SPI_OPENAI_CHAT, " 42", 2);
   expect(&v,
          "{\"messages\":[{\"role\":\"user\",\"content\":\"q\"},{\"role\":"
          "\"assistant\",\"content\":\"The answer is 42\"}],"
@@ -155,7 +157,8 @@ static void test_budgets(void **st) {
              "t", 3);
   expect_rc(&v, SPI_ERANGE);
   /* Budgets of the wrong kind. */
-  v = env_of("{\"messages\":[],\"max_tokens\":\"10\"}", SPI_OPENAI_CHAT, "t", 1);
+  v = env_of("{\"messages\":[],\"max_tokens\":\"10\"}", SPI_OPENAI_CHAT, "t",
+             1);
   expect_rc(&v, SPI_EPARSE);
   v = env_of("{\"messages\":[],\"max_tokens\":2.5}", SPI_OPENAI_CHAT, "t", 1);
   expect_rc(&v, SPI_EPARSE);
@@ -177,11 +180,13 @@ static void test_completions(void **st) {
   spi_envelope v = env_of("{\"model\":\"m\",\"prompt\":\"The sky is\","
                           "\"max_tokens\":16}",
                           SPI_OPENAI_COMPLETIONS, " blue", 1);
-  expect(&v, "{\"model\":\"m\",\"prompt\":\"The sky is blue\",\"max_tokens\":15}",
+  expect(&v,
+         "{\"model\":\"m\",\"prompt\":\"The sky is blue\",\"max_tokens\":15}",
          0);
   /* AUTO without messages is completions. */
   v.openai_kind = SPI_OPENAI_AUTO;
-  expect(&v, "{\"model\":\"m\",\"prompt\":\"The sky is blue\",\"max_tokens\":15}",
+  expect(&v,
+         "{\"model\":\"m\",\"prompt\":\"The sky is blue\",\"max_tokens\":15}",
          0);
   /* Token ids extend a token-id prompt. */
   static const uint32_t toks[] = {7, 4294967295u};
@@ -211,8 +216,8 @@ static void test_completions(void **st) {
 static void test_from_scratch(void **st) {
   (void)st;
   static const char *const guided[] = {
-      "{\"messages\":[],\"response_format\":{\"type\":\"json_schema\","
-      "\"json_schema\":{}},\"max_tokens\":9}",
+      ("{\"messages\":[],\"response_format\":{\"type\":\"json_schema\","
+       "\"json_schema\":{}},\"max_tokens\":9}"),
       "{\"messages\":[],\"response_format\":{\"type\":\"json_object\"}}",
       "{\"messages\":[],\"guided_json\":{\"type\":\"object\"}}",
       "{\"messages\":[],\"guided_regex\":\"[a-z]+\"}",
@@ -253,7 +258,8 @@ static void test_from_scratch(void **st) {
   v = env_of("{\"messages\":[]}", SPI_OPENAI_CHAT, NULL, 3); /* offset only */
   expect(&v, "{\"messages\":[]}", SPI_ENVELOPE_FROM_SCRATCH);
   /* Nothing streamed: the request as it came, not flagged. */
-  v = env_of("{ \"messages\" : [] , \"max_tokens\":4 }", SPI_OPENAI_CHAT, NULL, 0);
+  v = env_of("{ \"messages\" : [] , \"max_tokens\":4 }", SPI_OPENAI_CHAT, NULL,
+             0);
   expect(&v, "{ \"messages\" : [] , \"max_tokens\":4 }", 0);
 }
 
@@ -289,7 +295,8 @@ static void test_errors(void **st) {
   spi_envelope v = env_of("{\"prompt\":\"a\"}", SPI_OPENAI_COMPLETIONS, "b", 1);
   assert_int_equal(spi_replay_continuation(NULL, buf, sizeof buf, NULL, NULL),
                    SPI_EINVAL);
-  assert_int_equal(spi_replay_continuation(&v, NULL, 5, NULL, NULL), SPI_EINVAL);
+  assert_int_equal(spi_replay_continuation(&v, NULL, 5, NULL, NULL),
+                   SPI_EINVAL);
   spi_envelope b = v;
   b.struct_size = 4;
   expect_rc(&b, SPI_EINVAL);
@@ -325,7 +332,11 @@ static void test_errors(void **st) {
   expect_rc(&b, SPI_EINVAL);
   /* Bodies. */
   static const char *const bad[] = {
-      "{", "[1]", "\"s\"", "{\"prompt\":\"a\"} x", "{\"prompt\":\"a\",\"prompt\":\"b\"}",
+      "{",
+      "[1]",
+      "\"s\"",
+      "{\"prompt\":\"a\"} x",
+      "{\"prompt\":\"a\",\"prompt\":\"b\"}",
   };
   for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
     b = env_of(bad[i], SPI_OPENAI_COMPLETIONS, "x", 1);

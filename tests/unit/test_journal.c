@@ -50,7 +50,8 @@ static void *f_alloc(void *ud, size_t n) {
   fixture *f = ud;
   /* Threads allocate at once in some tests: count atomically. */
   long fail_at = __atomic_load_n(&f->fail_at, __ATOMIC_SEQ_CST);
-  if (fail_at >= 0 && __atomic_load_n(&f->allocs, __ATOMIC_SEQ_CST) == fail_at) {
+  if (fail_at >= 0 &&
+      __atomic_load_n(&f->allocs, __ATOMIC_SEQ_CST) == fail_at) {
     __atomic_store_n(&f->fail_at, -1, __ATOMIC_SEQ_CST);
     return NULL;
   }
@@ -69,12 +70,13 @@ static void rm_rf(const char *dir) {
   struct dirent *de;
   char path[512];
   while ((de = readdir(d)) != NULL) {
-    if (strcmp(de->d_name, ".") == 0 || strcmp(de->d_name, "..") == 0)
-      continue;
+    if (strcmp(de->d_name, ".") == 0 || strcmp(de->d_name, "..") == 0) continue;
     snprintf(path, sizeof path, "%s/%s", dir, de->d_name);
     struct stat sb;
-    if (lstat(path, &sb) == 0 && S_ISDIR(sb.st_mode)) rm_rf(path);
-    else unlink(path);
+    if (lstat(path, &sb) == 0 && S_ISDIR(sb.st_mode))
+      rm_rf(path);
+    else
+      unlink(path);
   }
   closedir(d);
   rmdir(dir);
@@ -144,7 +146,8 @@ static void enqueue(fixture *f, const char *key, int32_t klass) {
   spi_envelope v = env_of(key, klass);
   int32_t dup = -1;
   int rc = spi_replay_enqueue(f->q, &v, &dup);
-  if (rc != SPI_OK) print_error("enqueue %s: %s\n", key, spi_replay_errmsg(f->q));
+  if (rc != SPI_OK)
+    print_error("enqueue %s: %s\n", key, spi_replay_errmsg(f->q));
   assert_int_equal(rc, SPI_OK);
   assert_int_equal(dup, 0);
 }
@@ -232,7 +235,8 @@ static void write_all(const char *path, const uint8_t *b, size_t n) {
   fclose(fp);
 }
 
-static void seg_path(fixture *f, int no, const char *ext, char *buf, size_t cap) {
+static void seg_path(fixture *f, int no, const char *ext, char *buf,
+                     size_t cap) {
   snprintf(buf, cap, "%s/%06d.%s", f->dir, no, ext);
 }
 
@@ -320,7 +324,8 @@ static size_t build_records(spi_buf *b) {
   r[2].attempts = 4;
   r[3].type = SPI_REPLAY_REC_ACK;
   for (int i = 0; i < 4; i++)
-    assert_int_equal(spi__journal_encode(b, &MEM, &r[i], (uint64_t)(10 + i)), SPI_OK);
+    assert_int_equal(spi__journal_encode(b, &MEM, &r[i], (uint64_t)(10 + i)),
+                     SPI_OK);
   return 4;
 }
 
@@ -331,8 +336,8 @@ static void test_framing(void **st) {
   collected c;
   memset(&c, 0, sizeof c);
   spi_jr_scan sc;
-  assert_int_equal(spi__journal_scan_mem(&MEM, b.data, b.len, 0, collect, &c, &sc),
-                   SPI_OK);
+  assert_int_equal(
+      spi__journal_scan_mem(&MEM, b.data, b.len, 0, collect, &c, &sc), SPI_OK);
   assert_int_equal(sc.stop, SPI_JR_END);
   assert_int_equal(sc.records, 4);
   assert_int_equal(sc.valid_bytes, b.len);
@@ -368,7 +373,8 @@ static void test_framing(void **st) {
                      SPI_OK);
     /* The first record of what is left ends where the next starts. */
     uint32_t len = (uint32_t)b.data[at + 8] | (uint32_t)b.data[at + 9] << 8 |
-                   (uint32_t)b.data[at + 10] << 16 | (uint32_t)b.data[at + 11] << 24;
+                   (uint32_t)b.data[at + 10] << 16 |
+                   (uint32_t)b.data[at + 11] << 24;
     at += SPI_JR_HEADER_BYTES + len + SPI_JR_TRAILER_BYTES;
     ends[i] = at;
   }
@@ -376,8 +382,8 @@ static void test_framing(void **st) {
   for (size_t cut = 0; cut <= b.len; cut++) {
     int whole = 0;
     while (whole < 4 && ends[whole] <= cut) whole++;
-    assert_int_equal(spi__journal_scan_mem(&MEM, b.data, cut, 0, NULL, NULL, &sc),
-                     SPI_OK);
+    assert_int_equal(
+        spi__journal_scan_mem(&MEM, b.data, cut, 0, NULL, NULL, &sc), SPI_OK);
     assert_int_equal(sc.records, whole);
     size_t good = whole ? ends[whole - 1] : 0;
     assert_int_equal(sc.valid_bytes, good);
@@ -387,8 +393,9 @@ static void test_framing(void **st) {
   for (size_t i = 0; i < b.len; i++) {
     for (int bit = 0; bit < 8; bit++) {
       b.data[i] ^= (uint8_t)(1u << bit);
-      assert_int_equal(spi__journal_scan_mem(&MEM, b.data, b.len, 0, NULL, NULL, &sc),
-                       SPI_OK);
+      assert_int_equal(
+          spi__journal_scan_mem(&MEM, b.data, b.len, 0, NULL, NULL, &sc),
+          SPI_OK);
       b.data[i] ^= (uint8_t)(1u << bit);
       int rec = 0;
       while (ends[rec] <= i) rec++;
@@ -397,8 +404,8 @@ static void test_framing(void **st) {
     }
   }
   /* Sequences must increase. */
-  assert_int_equal(spi__journal_scan_mem(&MEM, b.data, b.len, 10, NULL, NULL, &sc),
-                   SPI_OK);
+  assert_int_equal(
+      spi__journal_scan_mem(&MEM, b.data, b.len, 10, NULL, NULL, &sc), SPI_OK);
   assert_int_equal(sc.records, 0);
   assert_int_equal(sc.stop, SPI_JR_CORRUPT);
   assert_non_null(strstr(sc.why, "sequence"));
@@ -413,9 +420,10 @@ static void test_framing(void **st) {
   assert_int_equal(spi__journal_encode(&b2, &MEM, &ack, 1), SPI_OK);
   b2.data[SPI_JR_HEADER_BYTES + 1] = 9; /* key_len */
   uint32_t crc = spi__crc32c(0, b2.data, b2.len - 4);
-  for (int k = 0; k < 4; k++) b2.data[b2.len - 4 + (size_t)k] = (uint8_t)(crc >> (8 * k));
-  assert_int_equal(spi__journal_scan_mem(&MEM, b2.data, b2.len, 0, NULL, NULL, &sc),
-                   SPI_OK);
+  for (int k = 0; k < 4; k++)
+    b2.data[b2.len - 4 + (size_t)k] = (uint8_t)(crc >> (8 * k));
+  assert_int_equal(
+      spi__journal_scan_mem(&MEM, b2.data, b2.len, 0, NULL, NULL, &sc), SPI_OK);
   assert_int_equal(sc.stop, SPI_JR_CORRUPT);
   assert_non_null(strstr(sc.why, "payload"));
   /* Out-of-range records are not encoded. */
@@ -561,7 +569,8 @@ static void test_torn_tail_every_offset(void **st) {
     reopen(f, "");
     assert_int_equal(sstats(f).torn, 0);
     assert_int_equal(ready(f), 10);
-    assert_int_equal(count_files(f->dir, ".corrupt"), 0); /* torn: nothing kept */
+    assert_int_equal(count_files(f->dir, ".corrupt"),
+                     0); /* torn: nothing kept */
     spi_replay_close(f->q);
     f->q = NULL;
   }
@@ -616,7 +625,7 @@ static void test_bit_flips(void **st) {
   /* A flip in the middle: recovery stops there; the records after it are
    * set aside, not destroyed. */
   memcpy(copy, orig, len);
-  uint64_t rs = start / 9; /* ten records of one size */
+  uint64_t rs = start / 9;                        /* ten records of one size */
   copy[4 * rs + SPI_JR_HEADER_BYTES + 9] ^= 0x10; /* 5th record's attempts */
   write_all(path, copy, len);
   assert_int_equal(open_j(f, ""), SPI_OK);
@@ -681,8 +690,10 @@ static void test_compaction(void **st) {
   /* Ack 180, dead-letter 5, leave 5 leased and 10 ready. */
   for (int i = 0; i < 190; i++) {
     assert_int_equal(claim(f, &c), SPI_OK);
-    if (i < 180) assert_int_equal(spi_replay_ack(f->q, c.id), SPI_OK);
-    else if (i < 185) assert_int_equal(spi_replay_nack(f->q, c.id), SPI_OK);
+    if (i < 180)
+      assert_int_equal(spi_replay_ack(f->q, c.id), SPI_OK);
+    else if (i < 185)
+      assert_int_equal(spi_replay_nack(f->q, c.id), SPI_OK);
   }
   spi_replay_stats s = stats(f);
   uint64_t big = s.journal_bytes;
@@ -731,7 +742,8 @@ static void test_compaction_automatic(void **st) {
   reopen(f, cfg);
   assert_int_equal(ready(f), 0);
   assert_int_equal(is_dup(f, "auto-2999"), 1);
-  assert_int_equal(is_dup(f, "auto-0"), 0); /* forgotten: beyond max_acked_keys */
+  assert_int_equal(is_dup(f, "auto-0"),
+                   0); /* forgotten: beyond max_acked_keys */
   teardown(f);
 }
 
@@ -823,7 +835,8 @@ static void *batch_worker(void *arg) {
 static void test_batch_shares_syncs(void **st) {
   (void)st;
   fixture *f = setup();
-  assert_int_equal(open_j(f, "\"fsync\":\"batch\",\"group_commit_ms\":5"), SPI_OK);
+  assert_int_equal(open_j(f, "\"fsync\":\"batch\",\"group_commit_ms\":5"),
+                   SPI_OK);
   pthread_t t[4];
   bworker w[4];
   for (int i = 0; i < 4; i++) {

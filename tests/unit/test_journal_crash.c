@@ -164,11 +164,26 @@ static void apply(model *m, const msg *x) {
   assert_true(x->key < (uint64_t)MAX_ROUNDS * MAX_PER_ROUND);
   uint8_t *s = &m->state[x->key];
   switch (x->op) {
-  case 'e': assert_int_equal(*s, UNKNOWN); *s = ENQ_STARTED; break;
-  case 'E': assert_int_equal(*s, ENQ_STARTED); *s = ENQUEUED; m->enqueues++; break;
-  case 'a': assert_int_equal(*s, ENQUEUED); *s = ACK_STARTED; break;
-  case 'A': assert_int_equal(*s, ACK_STARTED); *s = ACKED; m->acks++; break;
-  default: fail_msg("bad message op %u", x->op);
+  case 'e':
+    assert_int_equal(*s, UNKNOWN);
+    *s = ENQ_STARTED;
+    break;
+  case 'E':
+    assert_int_equal(*s, ENQ_STARTED);
+    *s = ENQUEUED;
+    m->enqueues++;
+    break;
+  case 'a':
+    assert_int_equal(*s, ENQUEUED);
+    *s = ACK_STARTED;
+    break;
+  case 'A':
+    assert_int_equal(*s, ACK_STARTED);
+    *s = ACKED;
+    m->acks++;
+    break;
+  default:
+    fail_msg("bad message op %u", x->op);
   }
 }
 
@@ -215,8 +230,8 @@ static int last_log(const char *dir, char *out, size_t cap) {
   while ((de = readdir(d)) != NULL) {
     unsigned no = 0;
     char ext[16] = "";
-    if (sscanf(de->d_name, "%u.%15s", &no, ext) == 2 && strcmp(ext, "log") == 0 &&
-        no > best)
+    if (sscanf(de->d_name, "%u.%15s", &no, ext) == 2 &&
+        strcmp(ext, "log") == 0 && no > best)
       best = no;
   }
   closedir(d);
@@ -240,7 +255,8 @@ static void damage_tail(const char *dir, int kind, uint64_t *rng) {
     rec[0] = 'S', rec[1] = 'P', rec[2] = 'J', rec[3] = 'R';
     rec[4] = SPI_REPLAY_REC_ACK;
     rec[8] = 10; /* payload length: 8 + key "kx" */
-    n = 1 + rng_next(rng) % (SPI_JR_HEADER_BYTES + 10 + SPI_JR_TRAILER_BYTES - 1);
+    n = 1 +
+        rng_next(rng) % (SPI_JR_HEADER_BYTES + 10 + SPI_JR_TRAILER_BYTES - 1);
     memcpy(junk, rec, n < sizeof rec ? n : sizeof rec);
   } else {
     n = 16 + rng_next(rng) % 200;
@@ -312,7 +328,8 @@ static void test_sigkill_loop(void **st) {
   double budget = secs_env ? atof(secs_env) : 20.0;
   const char *tmp = getenv("TMPDIR");
   char dir[256];
-  snprintf(dir, sizeof dir, "%s/spi-crash-XXXXXX", tmp && tmp[0] ? tmp : "/tmp");
+  snprintf(dir, sizeof dir, "%s/spi-crash-XXXXXX",
+           tmp && tmp[0] ? tmp : "/tmp");
   assert_non_null(mkdtemp(dir));
   model m;
   memset(&m, 0, sizeof m);

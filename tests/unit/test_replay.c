@@ -29,7 +29,8 @@ typedef struct fixture {
   spi_engine *e;
   spi_replay_queue *q;
   /* allocator */
-  long allocs, frees, fail_at; /* fail_at: allocation number to fail, -1 never */
+  long allocs, frees,
+      fail_at; /* fail_at: allocation number to fail, -1 never */
   int logged_dead;
 } fixture;
 
@@ -41,7 +42,8 @@ static void *f_alloc(void *ud, size_t n) {
   fixture *f = ud;
   /* Threads allocate at once in some tests: count atomically. */
   long fail_at = __atomic_load_n(&f->fail_at, __ATOMIC_SEQ_CST);
-  if (fail_at >= 0 && __atomic_load_n(&f->allocs, __ATOMIC_SEQ_CST) == fail_at) {
+  if (fail_at >= 0 &&
+      __atomic_load_n(&f->allocs, __ATOMIC_SEQ_CST) == fail_at) {
     __atomic_store_n(&f->fail_at, -1, __ATOMIC_SEQ_CST);
     return NULL;
   }
@@ -106,7 +108,8 @@ static spi_envelope env_of(const char *key, int32_t klass) {
   v.struct_size = sizeof v;
   v.key = key;
   v.key_len = strlen(key);
-  v.body = "{\"model\":\"m\",\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}]}";
+  v.body =
+      "{\"model\":\"m\",\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}]}";
   v.body_len = strlen(v.body);
   v.klass = klass;
   return v;
@@ -116,7 +119,8 @@ static void enqueue(fixture *f, const char *key, int32_t klass) {
   spi_envelope v = env_of(key, klass);
   int32_t dup = -1;
   int rc = spi_replay_enqueue(f->q, &v, &dup);
-  if (rc != SPI_OK) print_error("enqueue %s: %s\n", key, spi_replay_errmsg(f->q));
+  if (rc != SPI_OK)
+    print_error("enqueue %s: %s\n", key, spi_replay_errmsg(f->q));
   assert_int_equal(rc, SPI_OK);
   assert_int_equal(dup, 0);
 }
@@ -164,7 +168,8 @@ static spi_replay_stats stats(fixture *f) {
   return s;
 }
 
-#define ALL ((1u << SPI_CLASS_GOLD) | (1u << SPI_CLASS_SILVER) | (1u << SPI_CLASS_BRONZE))
+#define ALL                                                                    \
+  ((1u << SPI_CLASS_GOLD) | (1u << SPI_CLASS_SILVER) | (1u << SPI_CLASS_BRONZE))
 
 /* ------------------------------------------------------------ configuration */
 
@@ -401,9 +406,11 @@ static void test_backoff_values(void **st) {
   /* Without jitter: base doubling up to the cap. */
   static const int64_t want[] = {100, 200, 400, 800, 1000, 1000, 1000};
   for (uint32_t a = 1; a <= 7; a++)
-    assert_int_equal(spi__replay_backoff_ms("k", 1, a, 100, 1000, 0), want[a - 1]);
+    assert_int_equal(spi__replay_backoff_ms("k", 1, a, 100, 1000, 0),
+                     want[a - 1]);
   assert_int_equal(spi__replay_backoff_ms("k", 1, 0, 100, 1000, 0), 100);
-  assert_int_equal(spi__replay_backoff_ms("k", 1, 4000000000u, 100, 1000, 0), 1000);
+  assert_int_equal(spi__replay_backoff_ms("k", 1, 4000000000u, 100, 1000, 0),
+                   1000);
   /* With jitter: within [d (1 - j), d], reproducible, spread over keys. */
   int64_t first = -1;
   int differ = 0;
@@ -413,7 +420,8 @@ static void test_backoff_values(void **st) {
     for (uint32_t a = 1; a <= 5; a++) {
       int64_t d = want[a - 1];
       int64_t v = spi__replay_backoff_ms(key, strlen(key), a, 100, 1000, 0.5);
-      assert_int_equal(v, spi__replay_backoff_ms(key, strlen(key), a, 100, 1000, 0.5));
+      assert_int_equal(
+          v, spi__replay_backoff_ms(key, strlen(key), a, 100, 1000, 0.5));
       assert_true(v <= d && v >= d / 2);
       if (a == 1) {
         if (first >= 0 && v != first) differ = 1;
@@ -452,7 +460,8 @@ static void test_backoff_values(void **st) {
   teardown(f);
 }
 
-/* -------------------------------------------------------------- dead letters */
+/* -------------------------------------------------------------- dead letters
+ */
 
 static void test_dead_letter(void **st) {
   (void)st;
@@ -509,7 +518,8 @@ static void test_dead_letter(void **st) {
 /* Only replay.max_dead dead-letters are kept; older ones keep their key. */
 static void test_max_dead(void **st) {
   (void)st;
-  fixture *f = setup("{\"store\":\"memory\",\"max_attempts\":1,\"max_dead\":1}");
+  fixture *f =
+      setup("{\"store\":\"memory\",\"max_attempts\":1,\"max_dead\":1}");
   enqueue(f, "d1", SPI_CLASS_GOLD);
   enqueue(f, "d2", SPI_CLASS_GOLD);
   claimed c;
@@ -600,20 +610,22 @@ static void test_claim_buffer(void **st) {
   assert_int_equal(need, want);
   uint8_t *buf = malloc(need + 1);
   assert_non_null(buf);
-  assert_int_equal(spi_replay_claim(f->q, ALL, 0, &id, &out, buf, need - 1, &need),
-                   SPI_EBUFSIZE);
+  assert_int_equal(
+      spi_replay_claim(f->q, ALL, 0, &id, &out, buf, need - 1, &need),
+      SPI_EBUFSIZE);
   /* Nothing was claimed. */
   assert_int_equal(stats(f).ready[SPI_CLASS_GOLD], 1);
   assert_int_equal(stats(f).leased, 0);
   /* Any alignment of the buffer works with the size reported. */
-  assert_int_equal(spi_replay_claim(f->q, ALL, 0, &id, &out, buf + 1, need, NULL),
-                   SPI_OK);
+  assert_int_equal(
+      spi_replay_claim(f->q, ALL, 0, &id, &out, buf + 1, need, NULL), SPI_OK);
   assert_int_equal(((uintptr_t)out.partial_tokens) % 4, 0);
   assert_memory_equal(out.partial_tokens, toks, sizeof toks);
   assert_memory_equal(out.key, "buf", 4);
   assert_memory_equal(out.partial_text, "abc", 4);
   assert_memory_equal(out.body, v.body, v.body_len + 1);
-  assert_true((uint8_t *)out.key >= buf + 1 && (uint8_t *)out.body < buf + 1 + need);
+  assert_true((uint8_t *)out.key >= buf + 1 &&
+              (uint8_t *)out.body < buf + 1 + need);
   free(buf);
   teardown(f);
 }
@@ -711,23 +723,30 @@ static void test_arguments(void **st) {
   out.struct_size = sizeof out;
   uint64_t id;
   uint8_t buf[512];
-  assert_int_equal(spi_replay_claim(NULL, ALL, 0, &id, &out, buf, sizeof buf, NULL),
-                   SPI_EMISUSE);
-  assert_int_equal(spi_replay_claim(f->q, 0, 0, &id, &out, buf, sizeof buf, NULL),
-                   SPI_EINVAL);
-  assert_int_equal(spi_replay_claim(f->q, 1, 0, &id, &out, buf, sizeof buf, NULL),
-                   SPI_EINVAL);
-  assert_int_equal(spi_replay_claim(f->q, 1u << 4, 0, &id, &out, buf, sizeof buf, NULL),
-                   SPI_EINVAL);
-  assert_int_equal(spi_replay_claim(f->q, ALL, -1, &id, &out, buf, sizeof buf, NULL),
-                   SPI_EINVAL);
-  assert_int_equal(spi_replay_claim(f->q, ALL, 0, NULL, &out, buf, sizeof buf, NULL),
-                   SPI_EINVAL);
+  assert_int_equal(
+      spi_replay_claim(NULL, ALL, 0, &id, &out, buf, sizeof buf, NULL),
+      SPI_EMISUSE);
+  assert_int_equal(
+      spi_replay_claim(f->q, 0, 0, &id, &out, buf, sizeof buf, NULL),
+      SPI_EINVAL);
+  assert_int_equal(
+      spi_replay_claim(f->q, 1, 0, &id, &out, buf, sizeof buf, NULL),
+      SPI_EINVAL);
+  assert_int_equal(
+      spi_replay_claim(f->q, 1u << 4, 0, &id, &out, buf, sizeof buf, NULL),
+      SPI_EINVAL);
+  assert_int_equal(
+      spi_replay_claim(f->q, ALL, -1, &id, &out, buf, sizeof buf, NULL),
+      SPI_EINVAL);
+  assert_int_equal(
+      spi_replay_claim(f->q, ALL, 0, NULL, &out, buf, sizeof buf, NULL),
+      SPI_EINVAL);
   assert_int_equal(spi_replay_claim(f->q, ALL, 0, &id, &out, NULL, 10, NULL),
                    SPI_EINVAL);
   out.struct_size = 0;
-  assert_int_equal(spi_replay_claim(f->q, ALL, 0, &id, &out, buf, sizeof buf, NULL),
-                   SPI_EINVAL);
+  assert_int_equal(
+      spi_replay_claim(f->q, ALL, 0, &id, &out, buf, sizeof buf, NULL),
+      SPI_EINVAL);
   assert_int_equal(spi_replay_ack(NULL, 1), SPI_EMISUSE);
   assert_int_equal(spi_replay_ack(f->q, 0), SPI_ESTALE);
   assert_int_equal(spi_replay_nack(f->q, 12345), SPI_ESTALE);
@@ -801,8 +820,8 @@ typedef struct user_store {
   char config[128];
 } user_store;
 
-static int us_configure(void *state, const char *json, size_t len,
-                        void **out, char *err, size_t cap) {
+static int us_configure(void *state, const char *json, size_t len, void **out,
+                        char *err, size_t cap) {
   user_store *s = state;
   s->configured++;
   snprintf(s->config, sizeof s->config, "%.*s", (int)len, json);
@@ -912,19 +931,24 @@ static void test_user_store(void **st) {
                                               "streams", 7, &m, s, NULL),
                    SPI_OK);
   const char *name = NULL;
-  assert_int_equal(spi_engine_module_name(f->e, SPI_MODULE_REPLAY_STORE, 0, &name), SPI_OK);
+  assert_int_equal(
+      spi_engine_module_name(f->e, SPI_MODULE_REPLAY_STORE, 0, &name), SPI_OK);
   assert_string_equal(name, "journal");
-  assert_int_equal(spi_engine_module_name(f->e, SPI_MODULE_REPLAY_STORE, 1, &name), SPI_OK);
+  assert_int_equal(
+      spi_engine_module_name(f->e, SPI_MODULE_REPLAY_STORE, 1, &name), SPI_OK);
   assert_string_equal(name, "memory");
-  assert_int_equal(spi_engine_module_name(f->e, SPI_MODULE_REPLAY_STORE, 2, &name), SPI_OK);
+  assert_int_equal(
+      spi_engine_module_name(f->e, SPI_MODULE_REPLAY_STORE, 2, &name), SPI_OK);
   assert_string_equal(name, "streams");
 
   /* A user store's configure gets replay.store_config. */
-  assert_int_equal(open_q(f, "{\"store\":\"streams\",\"store_config\":{\"fail\":true}}"),
-                   SPI_EIO);
+  assert_int_equal(
+      open_q(f, "{\"store\":\"streams\",\"store_config\":{\"fail\":true}}"),
+      SPI_EIO);
   assert_non_null(strstr(spi_engine_errmsg(f->e), "refused"));
-  assert_int_equal(open_q(f, "{\"store\":\"streams\",\"store_config\":{\"url\":\"x\"}}"),
-                   SPI_OK);
+  assert_int_equal(
+      open_q(f, "{\"store\":\"streams\",\"store_config\":{\"url\":\"x\"}}"),
+      SPI_OK);
   assert_string_equal(s->config, "{\"url\":\"x\"}");
   enqueue(f, "a", SPI_CLASS_GOLD);
   enqueue(f, "b", SPI_CLASS_SILVER);
@@ -1058,7 +1082,8 @@ static void test_threads(void **st) {
   spi_replay_stats s = stats(f);
   assert_int_equal(s.enqueued, THREADS * PER_THREAD);
   assert_int_equal(s.acked, THREADS * PER_THREAD);
-  assert_int_equal(s.leased + s.delayed + s.ready[1] + s.ready[2] + s.ready[3], 0);
+  assert_int_equal(s.leased + s.delayed + s.ready[1] + s.ready[2] + s.ready[3],
+                   0);
   free(seen);
   teardown(f);
 }
