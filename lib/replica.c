@@ -237,6 +237,7 @@ static int ident_from_info(spi_engine *e, const spi_replica_info *in,
   r->pool = in->pool;
   r->model_tier = in->model_tier ? in->model_tier : SPI_TIER_LARGE;
   r->max_inflight = in->max_inflight;
+  r->inv_max_inflight = 1.0 / (double)in->max_inflight;
   r->usd_per_hour = in->usd_per_hour;
   r->id_hash = XXH3_64bits(in->id, in->id_len);
   if (r->node_len == 0) { /* a replica is its own machine unless told */

@@ -200,7 +200,7 @@ static int route_pinned(spi_request *req, spi_snapshot *snap,
       if (holders[h] == r->slot) c->matched_blocks = matched;
     double prefill = c->matched_blocks ? warm_ms : cold_ms;
     c->est_ttft_ms = rc_cfg->ttft_base_ms + c->waiting * rc_cfg->ttft_per_queued_ms +
-                     prefill * (1.0 + c->running / (double)r->max_inflight);
+                     prefill * (1.0 + c->running * r->inv_max_inflight);
     c->rendezvous = mix64(r->id_hash ^ rkey);
     /* Interruption signals: a cooling spot pool takes nothing new; an
      * advised machine takes no long request and weighs less. */
@@ -211,10 +211,14 @@ static int route_pinned(spi_request *req, spi_snapshot *snap,
         atomic_load_explicit(&s->advised_until_ns, memory_order_relaxed) > now;
     if (advised) c->est_ttft_ms += rc_cfg->advised_penalty_ms;
     int probe = 0;
+    /* Fast paths first: most replicas serve any model, most breakers are
+     * closed. */
     int ok = c->eligible && !shed[r->pool] && !cooling &&
              !(advised && long_request) &&
-             spi__replica_serves(r, v->model, v->model_len) &&
-             spi__breaker_allows(s, now, &probe);
+             (r->models_len == 0 || spi__replica_serves(r, v->model, v->model_len)) &&
+             (atomic_load_explicit(&s->breaker, memory_order_relaxed) ==
+                  SPI_BREAKER_CLOSED ||
+              spi__breaker_allows(s, now, &probe));
     c->eligible = ok && !probe;
     c->probe = ok && probe;
   }

@@ -121,20 +121,22 @@ typedef struct spi_replica_slot {
 
 /* A replica's identity: immutable once published in a replica set. */
 typedef struct spi_replica_ident {
+  /* What every route reads, first and together (two cache lines). */
   uint32_t slot;
   int32_t pool;
   int32_t model_tier;
   uint32_t max_inflight;
+  double inv_max_inflight;  /* 1 / max_inflight */
   double usd_per_hour;
   uint64_t id_hash;         /* XXH3-64 of id: rendezvous weight input */
-  size_t id_len, zone_len, type_len, models_len;
+  size_t id_len, zone_len, type_len, models_len, node_len;
+  double decode_tps;        /* one stream's decode rate; 0 = router default */
+  /* The text, read when chosen or when models are listed. */
   char id[SPI_ID_MAX];
   char zone[SPI_ID_MAX];
   char instance_type[SPI_ID_MAX];
-  char models[512];         /* comma-separated; "" = any */
   char node[SPI_ID_MAX];    /* the machine it runs on (= id if not given) */
-  size_t node_len;
-  double decode_tps;        /* one stream's decode rate; 0 = router default */
+  char models[512];         /* comma-separated; "" = any */
 } spi_replica_ident;
 
 /* The published set of replicas (immutable; replaced on every change). */
