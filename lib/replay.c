@@ -1271,6 +1271,7 @@ int spi_replay_claim(spi_replay_queue *queue, uint32_t class_mask,
   list_remove(&q->lane[e->env.klass], e);
   e->state = RQ_LEASED;
   e->due_ns = now + lease_ms * 1000000;
+  if (q->next_claim == 0) q->next_claim = 1; /* 0 is never a claim */
   e->claim_id = q->next_claim++;
   claim_insert(q, e);
   heap_push(q, e);
