@@ -946,7 +946,8 @@ static int cut_file(journal *j, const jr_file *f, int fd, const spi_jr_scan *sc,
   return SPI_OK;
 }
 
-/* Rename the chain's files after index i aside; returns how many. */
+/* Rename the chain's files from index from on aside, adding their sizes to
+ * *bytes. */
 static int set_aside_after(journal *j, jr_file *v, size_t from, size_t n,
                            uint64_t *bytes, char *err, size_t cap) {
   for (size_t k = from; k < n; k++) {
@@ -1051,9 +1052,12 @@ static int j_recover(void *state, void *instance, spi_replay_record_fn fn,
     if (sc.stop != SPI_JR_END) {
       char aside[JR_NAME_MAX + 32];
       uint64_t dropped = v[i].size - sc.valid_bytes;
-      rc = cut_file(j, &v[i], fd, &sc, aside, sizeof aside, err, cap);
+      /* Later segments first: killed half-way, the next recovery stops at
+       * the same damaged record again instead of reading past it. */
+      aside[0] = '\0';
+      rc = set_aside_after(j, v, i + 1, n, &dropped, err, cap);
       if (rc == SPI_OK)
-        rc = set_aside_after(j, v, i + 1, n, &dropped, err, cap);
+        rc = cut_file(j, &v[i], fd, &sc, aside, sizeof aside, err, cap);
       if (rc == SPI_OK) {
         char name[JR_NAME_MAX];
         seg_name(v[i].no, v[i].snap, name, sizeof name);
