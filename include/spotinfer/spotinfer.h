@@ -1029,7 +1029,9 @@ typedef struct spi_envelope {
  * under "replay."). The engine provides the allocator and the clock and must
  * outlive the queue. A journal is recovered on open: every enqueue that
  * returned SPI_OK is back unless it was acked or dead-lettered.
- * Errors: SPI_EINVAL, SPI_EPARSE, SPI_EUNKNOWN, SPI_ERANGE, SPI_EIO, SPI_ENOMEM.
+ * A NULL or empty config uses the engine's "replay" section as is.
+ * Errors: SPI_EINVAL, SPI_EPARSE, SPI_ETYPE, SPI_EUNKNOWN, SPI_ENOTFOUND
+ * (unknown store), SPI_ERANGE, SPI_EIO, SPI_ENOMEM.
  * On failure *out is NULL and the message is the engine's.
  */
 SPI_API int spi_replay_open(spi_engine *engine, const char *config_json,
@@ -1054,7 +1056,8 @@ SPI_API int spi_replay_enqueue(spi_replay_queue *queue,
  * and *out points into buf; *needed (may be NULL) gets the bytes needed
  * (SPI_EBUFSIZE when cap is too small: nothing is claimed). A claim not acked
  * or nacked before its lease ends becomes ready again.
- * Errors: SPI_ENOTFOUND (nothing ready), SPI_EBUFSIZE, SPI_EINVAL.
+ * Errors: SPI_ENOTFOUND (nothing ready), SPI_EBUFSIZE, SPI_EINVAL, SPI_EIO
+ * (dead-lettering an expired envelope could not be written).
  */
 SPI_API int spi_replay_claim(spi_replay_queue *queue, uint32_t class_mask,
                              int64_t lease_ms, uint64_t *claim_id,
