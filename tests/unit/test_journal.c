@@ -898,6 +898,7 @@ static void test_directory_lock(void **st) {
     if (spi_engine_new(&e, NULL) != SPI_OK) _exit(2);
     int rc = spi_replay_open(e, cfg, strlen(cfg), &q2);
     int ok = rc == SPI_EIO && strstr(spi_engine_errmsg(e), "in use by process");
+    spi_engine_free(e);
     _exit(ok ? 0 : 1);
   }
   int status = 0;
