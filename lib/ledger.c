@@ -142,11 +142,9 @@ static ledger_row *find_or_add(spi_ledger *l, const char *tenant,
  * for good. */
 static double amount(double d) { return d >= 0.0 && d <= DBL_MAX ? d : 0.0; }
 
-void spi__ledger_add(spi_ledger *l, const char *tenant, const char *model,
-                     int32_t pool, int32_t klass, int ok,
-                     uint64_t prompt_tokens, uint64_t output_tokens,
-                     uint64_t cached_tokens, double gpu_seconds, double usd) {
-  if (!l) return;
+/* Lock the ledger and return the row for the key, or its overflow row. */
+static ledger_row *lock_row(spi_ledger *l, const char *tenant,
+                            const char *model, int32_t pool, int32_t klass) {
   char t[SPI_ID_MAX], mo[SPI_ID_MAX];
   copy_id(t, tenant);
   copy_id(mo, model);
@@ -154,7 +152,15 @@ void spi__ledger_add(spi_ledger *l, const char *tenant, const char *model,
   if (klass < 0 || klass >= LEDGER_CLASSES) klass = 0;
   pthread_mutex_lock(&l->lock);
   ledger_row *r = find_or_add(l, t, mo, pool, klass, 0);
-  if (!r) r = find_or_add(l, LEDGER_OTHER, LEDGER_OTHER, pool, klass, 1);
+  return r ? r : find_or_add(l, LEDGER_OTHER, LEDGER_OTHER, pool, klass, 1);
+}
+
+void spi__ledger_add(spi_ledger *l, const char *tenant, const char *model,
+                     int32_t pool, int32_t klass, int ok,
+                     uint64_t prompt_tokens, uint64_t output_tokens,
+                     uint64_t cached_tokens, double gpu_seconds, double usd) {
+  if (!l) return;
+  ledger_row *r = lock_row(l, tenant, model, pool, klass);
   if (ok)
     r->completed++;
   else
@@ -171,14 +177,7 @@ void spi__ledger_add_extra(spi_ledger *l, const char *tenant, const char *model,
                            int32_t pool, int32_t klass,
                            const spi_ledger_extra *x) {
   if (!l || !x) return;
-  char t[SPI_ID_MAX], mo[SPI_ID_MAX];
-  copy_id(t, tenant);
-  copy_id(mo, model);
-  if (pool < 0 || pool >= LEDGER_POOLS) pool = 0;
-  if (klass < 0 || klass >= LEDGER_CLASSES) klass = 0;
-  pthread_mutex_lock(&l->lock);
-  ledger_row *r = find_or_add(l, t, mo, pool, klass, 0);
-  if (!r) r = find_or_add(l, LEDGER_OTHER, LEDGER_OTHER, pool, klass, 1);
+  ledger_row *r = lock_row(l, tenant, model, pool, klass);
   r->interrupted += x->interrupted ? 1u : 0u;
   r->wasted_output_tokens += x->wasted_output_tokens;
   r->reprefilled_tokens += x->reprefilled_tokens;
