@@ -1,0 +1,114 @@
+/*
+ * sim.h - shared declarations of spotinfer_sim, the discrete-event simulator
+ * that replays request traces and spot-capacity traces through libspotinfer
+ * using only its public API.
+ */
+#ifndef SPOTINFER_SIM_H
+#define SPOTINFER_SIM_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "spotinfer/spotinfer.h"
+#include "spotinfer/spotinfer_module.h"
+
+/* One trace block is this many prompt tokens (Mooncake's hash_ids unit). */
+#define SIM_BLOCK_TOKENS 512
+/* A trace block is handed to the library as this many synthesized token
+ * ids, and cache_key.block_tokens is set to the same number, so one trace
+ * block is exactly one library block. */
+#define SIM_IDS_PER_BLOCK 4
+
+/* ---------------------------------------------------------------- PRNG */
+
+typedef struct sim_rng {
+  uint64_t s[4];
+} sim_rng;
+
+void sim_rng_seed(sim_rng *r, uint64_t seed);
+uint64_t sim_rng_next(sim_rng *r);
+double sim_rng_unit(sim_rng *r); /* [0, 1) */
+uint64_t sim_mix64(uint64_t x);  /* splitmix64 finaliser */
+
+/* -------------------------------------------------------------- traces */
+
+typedef struct sim_trace_req {
+  int64_t arrival_ns;   /* from the start of the run */
+  uint32_t in_tokens;
+  uint32_t out_tokens;
+  uint32_t nblocks;     /* prompt blocks (hash ids) */
+  uint32_t klass;       /* enum spi_class */
+  size_t block_off;     /* into sim_trace.blocks / chain */
+} sim_trace_req;
+
+typedef struct sim_trace {
+  sim_trace_req *reqs;
+  size_t n, cap;
+  uint64_t *blocks;     /* trace block ids, per request in order */
+  uint64_t *chain;      /* chained prefix hashes of the same blocks */
+  size_t nb, bcap;
+  size_t bad_lines;     /* lines that could not be read, skipped */
+  char first_bad[160];  /* what was wrong with the first of them */
+  const char *source;   /* "generator", or the file name */
+} sim_trace;
+
+typedef struct sim_gen_opts {
+  size_t requests;
+  double rate_per_s;
+  uint64_t seed;
+  double mix[4]; /* by class: gold, silver, bronze shares */
+} sim_gen_opts;
+
+void sim_trace_free(sim_trace *t);
+int sim_trace_generate(sim_trace *t, const sim_gen_opts *o);
+/* Mooncake JSONL or Azure CSV, by content. limit 0 = all. Classes come
+ * from mix with seed. Returns 0, or -1 with msg when the file is unusable. */
+int sim_trace_read(sim_trace *t, const char *path, size_t limit,
+                   const double mix[4], uint64_t seed, char *msg,
+                   size_t msgcap);
+/* Fill chain[] from blocks[] (call after the requests are read). */
+void sim_trace_chain(sim_trace *t);
+
+/* A spot-capacity trace: one value per tick, > 0 means available. */
+typedef struct sim_spot_trace {
+  double gap_s;
+  int32_t *v;
+  size_t n;
+  char zone[48];
+  char cloud[8]; /* "aws" or "gcp" */
+  double lead_s; /* notice lead time of the cloud */
+} sim_spot_trace;
+
+int sim_spot_read(sim_spot_trace *s, const char *path, char *msg,
+                  size_t msgcap);
+void sim_spot_generate(sim_spot_trace *s, const char *zone, const char *cloud,
+                       double horizon_s, uint64_t seed);
+void sim_spot_free(sim_spot_trace *s);
+
+/* ------------------------------------------------------------ policies */
+
+/* Register the simulator's comparison policies on an engine:
+ * "sim-round-robin", "sim-least-loaded", "sim-consistent-hash",
+ * "sim-gateway-scorer". Returns a status. */
+int sim_register_policies(spi_engine *engine);
+
+/* ----------------------------------------------------------------- LRU */
+
+typedef struct sim_lru {
+  uint64_t *keys;    /* hash slots: key+1, 0 = empty */
+  uint32_t *slot_node;
+  uint32_t mask;
+  uint64_t *node_key;
+  uint32_t *prev, *next, *node_slot;
+  uint32_t cap, size, head, tail, free_head;
+} sim_lru;
+
+int sim_lru_init(sim_lru *l, uint32_t capacity);
+void sim_lru_free(sim_lru *l);
+void sim_lru_clear(sim_lru *l);
+/* 1 if present (and made most recent). */
+int sim_lru_touch(sim_lru *l, uint64_t key);
+int sim_lru_contains(const sim_lru *l, uint64_t key);
+void sim_lru_insert(sim_lru *l, uint64_t key);
+
+#endif

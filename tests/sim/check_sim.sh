@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# Checks of examples/spotinfer_sim: conservation (every request completes or
+# is reported lost, and none is lost), determinism (same seed, same bytes),
+# the oracle bound (no policy's hit rate above the unlimited-cache oracle),
+# bad trace lines counted rather than fatal, and a short run on the shared
+# Mooncake and spot traces when they are present.
+#
+#   check_sim.sh <spotinfer_sim> <shared data dir>
+set -euo pipefail
+sim=$1
+data=${2:-}
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+fail() { echo "FAIL: $*" >&2; exit 1; }
+
+# The simulator exits 3 when a request is lost or conservation breaks.
+"$sim" --quiet --requests 6000 --rate 200 --seed 7 --json "$tmp/a.json" --svg "$tmp/a.svg" >"$tmp/a.txt" \
+  || fail "generator run exited $?"
+"$sim" --quiet --requests 6000 --rate 200 --seed 7 --json "$tmp/b.json" >"$tmp/b.txt" \
+  || fail "second generator run exited $?"
+cmp -s "$tmp/a.txt" "$tmp/b.txt" || fail "same seed, different output"
+cmp -s "$tmp/a.json" "$tmp/b.json" || fail "same seed, different JSON"
+[[ $(grep -c 'conservation ok' "$tmp/a.txt") -eq 6 ]] || fail "conservation not ok for every policy"
+grep -q 'BROKEN' "$tmp/a.txt" && fail "conservation broken"
+grep -q '"lost":[1-9]' "$tmp/a.json" && fail "requests lost"
+grep -q '"replays":[1-9]' "$tmp/a.json" || fail "no replay was exercised"
+grep -q '</svg>' "$tmp/a.svg" || fail "SVG not written"
+
+oracle_bound() {
+  local json=$1
+  local oracle
+  oracle=$(sed -n 's/.*"oracle_hit":\([0-9.]*\).*/\1/p' "$json")
+  [[ -n $oracle ]] || fail "no oracle in $json"
+  grep -o '"hit":[0-9.]*' "$json" | cut -d: -f2 | while read -r hit; do
+    awk -v h="$hit" -v o="$oracle" 'BEGIN { exit !(h <= o + 1e-9) }' \
+      || fail "hit rate $hit above the oracle $oracle in $json"
+  done
+}
+oracle_bound "$tmp/a.json"
+
+# A different seed gives a different run.
+"$sim" --quiet --requests 2000 --seed 8 --policies library >"$tmp/c.txt" || fail "seed 8 run"
+"$sim" --quiet --requests 2000 --seed 9 --policies library >"$tmp/d.txt" || fail "seed 9 run"
+cmp -s "$tmp/c.txt" "$tmp/d.txt" && fail "different seeds, same output"
+
+# Bad lines are counted and skipped.
+printf '{"timestamp": 0, "input_length": 1024, "output_length": 8, "hash_ids": [1, 2]}\nnot json\n{"timestamp": 5}\n{"timestamp": 9, "input_length": 1024, "output_length": 8, "hash_ids": [1, 3]}\n' >"$tmp/bad.jsonl"
+"$sim" --quiet --trace "$tmp/bad.jsonl" >"$tmp/bad.txt" || fail "run on a trace with bad lines"
+grep -q '2 bad lines skipped' "$tmp/bad.txt" || fail "bad lines not reported"
+printf 'not a spot trace' >"$tmp/bad_spot.json"
+set +e
+"$sim" --quiet --requests 100 --spot-trace "$tmp/bad_spot.json" >/dev/null 2>&1
+rc=$?
+set -e
+[[ $rc -eq 1 ]] || fail "a malformed spot trace should be refused with status 1, got $rc"
+
+# The shared traces, when present.
+if [[ -n $data && -f $data/traces/mooncake_synthetic_trace.jsonl ]]; then
+  "$sim" --quiet --trace "$data/traces/mooncake_synthetic_trace.jsonl" --limit 1500 \
+    --spot-trace "$data/spot/gcp-c3-preemption-2023-04/us-central1-a_c3-88.json" \
+    --spot-trace "$data/spot/aws-v100-availability-2023-02/us-east-2a_v100_1.json" \
+    --json "$tmp/m.json" >"$tmp/m.txt" || fail "Mooncake run exited $?"
+  oracle_bound "$tmp/m.json"
+  "$sim" --quiet --trace "$data/traces/azure_llm_code_2023.csv" --limit 1500 \
+    --spot-trace "$data/spot/aws-v100-availability-2023-02/us-west-2b_v100_1.json" \
+    --policies library,round-robin >"$tmp/z.txt" || fail "Azure run exited $?"
+  [[ $(grep -c 'conservation ok' "$tmp/z.txt") -eq 3 ]] || fail "Azure conservation"
+else
+  echo "shared data not found; the trace runs are skipped"
+fi
+echo "simulator checks passed"
