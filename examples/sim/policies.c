@@ -122,7 +122,7 @@ static int ch_choose(void *state, void *inst, const spi_route_context *ctx,
  * Score = 3 * prefix match share + 2 * (1 - queue / max queue)
  *       + 2 * (1 - KV usage); the highest wins.
  */
-#define GW_SLOTS (1u << 20)
+#define GW_SLOTS (1u << 18)
 #define GW_WAYS 4
 
 typedef struct gw_entry {
