@@ -13,7 +13,7 @@
  *   spotinfer_sim [--requests N] [--rate R] [--seed S] [--replicas N]
  *                 [--on-demand N] [--trace FILE] [--limit N]
  *                 [--spot-trace FILE]... [--spot-offset S] [--mix G,S,B]
- *                 [--kv-blocks N] [--json FILE] [--svg FILE]
+ *                 [--kv-blocks N] [--cluster FILE] [--json FILE] [--svg FILE]
  *                 [--policies a,b,...] [--quiet]
  *
  * The same arguments and seed give byte-identical standard output; the
@@ -35,10 +35,27 @@ static void usage(void) {
           "usage: spotinfer_sim [--requests N] [--rate R] [--seed S]\n"
           "  [--replicas N] [--on-demand N] [--kv-blocks N] [--mix G,S,B]\n"
           "  [--trace mooncake.jsonl|azure.csv] [--limit N]\n"
-          "  [--spot-trace skypilot.json]... [--spot-offset SECONDS]\n"
+          "  [--cluster cluster.json]\n"
+          "  [--spot-trace [aws:|gcp:|azure:]skypilot.json]... [--spot-offset SECONDS]\n"
           "  [--policies p1,p2,...] [--json FILE] [--svg FILE] [--quiet]\n"
           "policies: library, round-robin, least-loaded, consistent-hash,\n"
-          "  gateway-scorer (all-on-demand is always run as the baseline)\n");
+          "  gateway-scorer (all-on-demand is always run as the baseline)\n"
+          "--spot-trace: a SkyPilot capacity series for one spot zone (at most 8).\n"
+          "  The prefix chooses the cloud, its notice lead time and the notice body\n"
+          "  handed to the library: aws: instance-action, 120 s; gcp: preempted,\n"
+          "  30 s; azure: Scheduled Events Preempt, NotBefore = now + 30 s. With no\n"
+          "  prefix a path containing \"gcp\" is GCP, anything else AWS.\n"
+          "--cluster: JSON {\"groups\": [{\"pool\": \"spot\"|\"on_demand\",\n"
+          "  \"zone\", \"instance_type\", \"count\", \"usd_per_hour\",\n"
+          "  \"prefill_tokens_per_s\", \"decode_tokens_per_s\" (a stream),\n"
+          "  \"kv_blocks\", \"max_batch\"}, ...]}, optional per group\n"
+          "  \"on_demand_usd_per_hour\" (a spot group's price in the all-on-demand\n"
+          "  baseline; default: an on_demand group of the same instance_type) and\n"
+          "  \"cloud\" (aws|gcp|azure, for a spot zone's built-in capacity trace).\n"
+          "  It replaces --replicas, --on-demand and --kv-blocks. The i-th\n"
+          "  --spot-trace drives the i-th distinct spot zone in file order; give one\n"
+          "  per spot zone, or none for built-in capacity traces.\n"
+          "Progress goes to standard error (each 5%%, at most every 2 s).\n");
 }
 
 static int parse_u64(const char *s, uint64_t *out) {
@@ -53,6 +70,8 @@ static int parse_u64(const char *s, uint64_t *out) {
 int main(int argc, char **argv) {
   sim_opts o;
   sim_opts_default(&o);
+  const char *cluster_path = NULL;
+  int sized = 0;
   for (int i = 1; i < argc; i++) {
     const char *a = argv[i];
     const char *v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -62,11 +81,12 @@ int main(int argc, char **argv) {
     if (!strcmp(a, "--requests")) { NEEDV(); bad = parse_u64(v, &u); o.gen.requests = (size_t)u; }
     else if (!strcmp(a, "--rate")) { NEEDV(); o.gen.rate_per_s = atof(v); bad = !(o.gen.rate_per_s > 0); }
     else if (!strcmp(a, "--seed")) { NEEDV(); bad = parse_u64(v, &o.gen.seed); }
-    else if (!strcmp(a, "--replicas")) { NEEDV(); bad = parse_u64(v, &u) || u < 2 || u > 1000; o.replicas = (uint32_t)u; }
-    else if (!strcmp(a, "--on-demand")) { NEEDV(); bad = parse_u64(v, &u) || u < 1; o.on_demand = (uint32_t)u; }
-    else if (!strcmp(a, "--kv-blocks")) { NEEDV(); bad = parse_u64(v, &u) || u < 16 || u > 100000000; o.kv_blocks = (uint32_t)u; }
+    else if (!strcmp(a, "--replicas")) { NEEDV(); sized = 1; bad = parse_u64(v, &u) || u < 2 || u > 1000; o.replicas = (uint32_t)u; }
+    else if (!strcmp(a, "--on-demand")) { NEEDV(); sized = 1; bad = parse_u64(v, &u) || u < 1; o.on_demand = (uint32_t)u; }
+    else if (!strcmp(a, "--kv-blocks")) { NEEDV(); sized = 1; bad = parse_u64(v, &u) || u < 16 || u > 100000000; o.kv_blocks = (uint32_t)u; }
     else if (!strcmp(a, "--limit")) { NEEDV(); bad = parse_u64(v, &u); o.limit = (size_t)u; }
     else if (!strcmp(a, "--trace")) { NEEDV(); o.trace = v; }
+    else if (!strcmp(a, "--cluster")) { NEEDV(); cluster_path = v; }
     else if (!strcmp(a, "--spot-trace")) { NEEDV(); bad = o.n_spot >= SIM_MAX_ZONES; if (!bad) o.spot[o.n_spot++] = v; }
     else if (!strcmp(a, "--spot-offset")) { NEEDV(); o.spot_offset_s = atof(v); bad = o.spot_offset_s < 0; }
     else if (!strcmp(a, "--mix")) {
@@ -83,6 +103,26 @@ int main(int argc, char **argv) {
     else { fprintf(stderr, "spotinfer_sim: unknown argument %s\n", a); usage(); return 2; }
 #undef NEEDV
     if (bad) { fprintf(stderr, "spotinfer_sim: bad value for %s\n", a); return 2; }
+  }
+  if (cluster_path) {
+    static sim_cluster cluster;
+    char msg[256];
+    if (sized) {
+      fprintf(stderr, "spotinfer_sim: --cluster replaces --replicas, --on-demand and --kv-blocks\n");
+      return 2;
+    }
+    if (sim_cluster_read(&cluster, cluster_path, msg, sizeof msg)) {
+      fprintf(stderr, "spotinfer_sim: bad cluster file: %s\n", msg);
+      return 2;
+    }
+    if (o.n_spot && o.n_spot != cluster.nzones) {
+      fprintf(stderr, "spotinfer_sim: %zu --spot-trace for %zu spot zones in %s "
+              "(give one per spot zone, in file order, or none)\n",
+              o.n_spot, cluster.nzones, cluster_path);
+      return 2;
+    }
+    o.cluster = &cluster;
+    return sim_main(&o);
   }
   if (o.on_demand >= o.replicas) {
     fprintf(stderr, "spotinfer_sim: --on-demand must be below --replicas\n");

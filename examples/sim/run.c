@@ -33,6 +33,12 @@ void sim_opts_default(sim_opts *o) {
   o->spot_usd_h = 1.80;
 }
 
+static double sim_wall_s(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
 /* -------------------------------------------------------------- events */
 
 enum { EV_ARRIVE, EV_FIRST, EV_FINISH, EV_ZNOTICE, EV_ZGONE, EV_ZBACK, EV_PUMP };
@@ -112,6 +118,9 @@ typedef struct replica {
   int up;
   uint32_t incarnation;
   double usd_h;
+  double prefill_tps, decode_tps; /* decode per stream */
+  uint32_t kv_blocks, max_batch;
+  const char *itype;
   sim_lru lru;
   uint32_t running, waiting_n, running_blocks;
   int32_t head; /* members (waiting and running), intrusive list */
@@ -159,7 +168,7 @@ static int64_t clock_hook(void *ud) { return SIM_EPOCH_NS + ((sim *)ud)->now; }
 
 static void report_load(sim *s, replica *p) {
   spi_load l = {sizeof l, (double)p->running, (double)p->waiting_n, 0, 0};
-  double kv = (double)p->running_blocks / (double)s->o->kv_blocks;
+  double kv = (double)p->running_blocks / (double)p->kv_blocks;
   l.kv_usage = kv > 1 ? 1 : kv;
   spi_replica_report_load(s->eng, p->id, strlen(p->id), &l);
 }
@@ -172,12 +181,12 @@ static int replica_upsert(sim *s, replica *p) {
   ri.pool = p->pool;
   ri.zone = p->zone < 0 ? "on-demand" : s->zones[p->zone].tr.zone;
   ri.zone_len = strlen(ri.zone);
-  ri.instance_type = "gpu-1x", ri.instance_type_len = 6;
+  ri.instance_type = p->itype, ri.instance_type_len = strlen(p->itype);
   ri.usd_per_hour = p->usd_h;
-  ri.max_inflight = s->o->max_batch;
+  ri.max_inflight = p->max_batch;
   snprintf(p->node, sizeof p->node, "%s-i%u", p->id, p->incarnation);
   ri.node = p->node, ri.node_len = strlen(p->node);
-  ri.decode_tokens_per_s = s->o->decode_tps;
+  ri.decode_tokens_per_s = p->decode_tps;
   int rc = spi_replica_upsert(s->eng, &ri);
   if (rc == SPI_OK) report_load(s, p);
   return rc;
@@ -234,11 +243,11 @@ static void start_one(sim *s, replica *p, uint32_t i) {
   uint64_t cached = (uint64_t)hit * SIM_BLOCK_TOKENS;
   if (cached >= q->prompt_tokens) cached = q->prompt_tokens ? q->prompt_tokens - 1 : 0;
   q->cached_tokens = (uint32_t)cached;
-  double prefill_s = (double)(q->prompt_tokens - cached) / s->o->prefill_tps;
+  double prefill_s = (double)(q->prompt_tokens - cached) / p->prefill_tps;
   int64_t start = p->prefill_free_at > s->now ? p->prefill_free_at : s->now;
   q->prefill_end = start + (int64_t)(prefill_s * 1e9);
   p->prefill_free_at = q->prefill_end;
-  int64_t end = q->prefill_end + (int64_t)((double)q->out_left / s->o->decode_tps * 1e9);
+  int64_t end = q->prefill_end + (int64_t)((double)q->out_left / p->decode_tps * 1e9);
   q->state = RQ_RUNNING;
   q->blocks_held = t->nblocks;
   p->running++;
@@ -249,7 +258,7 @@ static void start_one(sim *s, replica *p, uint32_t i) {
 }
 
 static void try_start(sim *s, replica *p) {
-  while (p->running < s->o->max_batch && p->wq_head < p->wq_tail) {
+  while (p->running < p->max_batch && p->wq_head < p->wq_tail) {
     uint32_t i = p->wq[p->wq_head++ % p->wq_cap];
     sreq *q = &s->r[i];
     if (q->state != RQ_WAITING || q->replica != (int32_t)(p - s->reps)) continue;
@@ -303,9 +312,6 @@ static int route(sim *s, uint32_t i) {
   d.struct_size = sizeof d;
   int rc = spi_route(s->rq, &d);
   if (rc != SPI_OK || !d.ticket) {
-    if (getenv("SIM_DEBUG"))
-      fprintf(stderr, "t=%.3f req %u class %u: rc %d pool %d reason %s\n", (double)s->now / 1e9,
-              i, s->tr->reqs[i].klass, rc, d.pool, d.reason);
     if (rc != SPI_OK && rc != SPI_ESHED && rc != SPI_ENOCAPACITY) {
       if (!s->res->route_errors++ && !s->o->quiet)
         fprintf(stderr, "route: %s: %s\n", spi_strerror(rc), spi_engine_errmsg(s->eng));
@@ -341,7 +347,7 @@ static void cut(sim *s, uint32_t i) {
   uint32_t streamed = 0;
   if (q->state == RQ_RUNNING) {
     if (s->now > q->prefill_end) {
-      double st = (double)(s->now - q->prefill_end) / 1e9 * s->o->decode_tps;
+      double st = (double)(s->now - q->prefill_end) / 1e9 * p->decode_tps;
       streamed = st >= (double)(q->out_left - 1) ? q->out_left - 1 : (uint32_t)st;
     }
     p->running--;
@@ -490,11 +496,27 @@ static void schedule_zones(sim *s, double horizon_s) {
 
 static void notice_replica(sim *s, replica *p, int64_t gone_at) {
   const zone *z = &s->zones[p->zone];
-  char body[128];
+  char body[512];
   int32_t fmt;
   if (!strcmp(z->tr.cloud, "gcp")) {
     fmt = SPI_NOTICE_GCP_PREEMPTED;
     snprintf(body, sizeof body, "TRUE");
+  } else if (!strcmp(z->tr.cloud, "azure")) {
+    /* An IMDS Scheduled Events document with one Preempt event for this
+     * machine; NotBefore is when it goes (now + the 30 s lead). */
+    fmt = SPI_NOTICE_AZURE_SCHEDULED;
+    time_t tt = (time_t)((SIM_EPOCH_NS + gone_at) / 1000000000ll);
+    struct tm tm;
+    gmtime_r(&tt, &tm);
+    char ts[48];
+    strftime(ts, sizeof ts, "%a, %d %b %Y %H:%M:%S GMT", &tm);
+    snprintf(body, sizeof body,
+             "{\"DocumentIncarnation\": %u, \"Events\": [{\"EventId\": \"preempt-%s\", "
+             "\"EventType\": \"Preempt\", \"ResourceType\": \"VirtualMachine\", "
+             "\"Resources\": [\"%s\"], \"EventStatus\": \"Scheduled\", "
+             "\"NotBefore\": \"%s\", \"Description\": \"\", \"EventSource\": \"Platform\", "
+             "\"DurationInSeconds\": -1}]}",
+             p->incarnation + 1, p->node, p->node, ts);
   } else {
     fmt = SPI_NOTICE_AWS_INSTANCE_ACTION;
     time_t tt = (time_t)((SIM_EPOCH_NS + gone_at) / 1000000000ll);
@@ -520,7 +542,7 @@ static void notice_replica(sim *s, replica *p, int64_t gone_at) {
   for (int32_t i = p->head; i >= 0; i = s->r[i].next) {
     sreq *q = &s->r[i];
     if (q->state == RQ_RUNNING && s->now > q->prefill_end) {
-      double st = (double)(s->now - q->prefill_end) / 1e9 * s->o->decode_tps;
+      double st = (double)(s->now - q->prefill_end) / 1e9 * p->decode_tps;
       spi_ticket_progress(s->eng, q->ticket, (uint64_t)st);
     }
   }
@@ -667,6 +689,26 @@ static int run_policy(const sim_opts *o, const sim_trace *tr, zone *zones,
   hk.clock_user_data = &s;
   int rc = spi_engine_new(&s.eng, &hk);
   if (rc == SPI_OK) rc = sim_register_policies(s.eng);
+  /* The engine's fleet-wide estimates: with a cluster file, replica-weighted
+   * means (prices per pool; spot replicas count as on-demand ones in the
+   * all-on-demand baseline). */
+  double pre = o->prefill_tps, dec = o->decode_tps, batch = o->max_batch;
+  double spot_h = o->spot_usd_h, od_h = o->od_usd_h;
+  if (o->cluster) {
+    double n = 0, ns = 0, no = 0, ss = 0, so = 0;
+    pre = dec = batch = 0;
+    for (size_t g = 0; g < o->cluster->n; g++) {
+      const sim_group *G = &o->cluster->g[g];
+      double c = G->count;
+      n += c;
+      pre += c * G->prefill_tps, dec += c * G->decode_tps, batch += c * G->max_batch;
+      if (G->pool == SPI_POOL_SPOT && !all_od) ns += c, ss += c * G->usd_h;
+      else no += c, so += c * G->od_usd_h;
+    }
+    pre /= n, dec /= n, batch /= n;
+    od_h = so / no;
+    spot_h = ns > 0 ? ss / ns : od_h;
+  }
   char cfg[1024];
   snprintf(cfg, sizeof cfg,
            "{\"modules\":{\"policy\":\"%s\"},"
@@ -677,8 +719,8 @@ static int run_policy(const sim_opts *o, const sim_trace *tr, zone *zones,
            "\"index_bytes\":33554432},"
            "\"cost\":{\"spot_usd_per_gpu_hour\":%g,\"on_demand_usd_per_gpu_hour\":%g,"
            "\"prefill_tokens_per_s\":%g,\"decode_tokens_per_s\":%g}}",
-           policy, all_od ? "false" : "true", SIM_IDS_PER_BLOCK, o->prefill_tps, o->decode_tps, o->spot_usd_h,
-           o->od_usd_h, o->prefill_tps, o->decode_tps * o->max_batch);
+           policy, all_od ? "false" : "true", SIM_IDS_PER_BLOCK, pre, dec, spot_h, od_h, pre,
+           dec * batch);
   if (rc == SPI_OK) rc = spi_engine_configure(s.eng, cfg, strlen(cfg));
   if (rc != SPI_OK) {
     fprintf(stderr, "engine: %s: %s\n", spi_strerror(rc),
@@ -704,20 +746,39 @@ static int run_policy(const sim_opts *o, const sim_trace *tr, zone *zones,
     fprintf(stderr, "setup: %s: %s\n", spi_strerror(rc), spi_engine_errmsg(s.eng));
     return -1;
   }
-  /* Replicas: on-demand first, then spot spread over the zones. */
-  s.nrep = o->replicas;
+  /* Replicas: without a cluster file, on-demand first, then spot spread
+   * over the zones; with one, its groups in file order. */
+  const sim_cluster *cl = o->cluster;
+  s.nrep = cl ? cl->replicas : o->replicas;
   s.reps = calloc(s.nrep, sizeof *s.reps);
   s.r = calloc(tr->n ? tr->n : 1, sizeof *s.r);
   if (!s.reps || !s.r) abort();
-  for (uint32_t k = 0; k < s.nrep; k++) {
+  for (uint32_t k = 0, gi = 0, gk = 0; k < s.nrep; k++) {
     replica *p = &s.reps[k];
-    int spot = !all_od && k >= o->on_demand && s.nz > 0;
+    int spot;
+    if (cl) {
+      while (gk == cl->g[gi].count) gi++, gk = 0;
+      const sim_group *g = &cl->g[gi];
+      gk++;
+      spot = !all_od && g->pool == SPI_POOL_SPOT;
+      p->zone = spot ? g->zone_index : -1;
+      p->usd_h = spot ? g->usd_h : g->od_usd_h;
+      p->prefill_tps = g->prefill_tps, p->decode_tps = g->decode_tps;
+      p->kv_blocks = g->kv_blocks, p->max_batch = g->max_batch;
+      p->itype = g->instance_type;
+      snprintf(p->id, sizeof p->id, "r%u-%s", k, spot ? g->zone : "od");
+    } else {
+      spot = !all_od && k >= o->on_demand && s.nz > 0;
+      p->zone = spot ? (int32_t)((k - o->on_demand) % s.nz) : -1;
+      p->usd_h = spot ? o->spot_usd_h : o->od_usd_h;
+      p->prefill_tps = o->prefill_tps, p->decode_tps = o->decode_tps;
+      p->kv_blocks = o->kv_blocks, p->max_batch = o->max_batch;
+      p->itype = "gpu-1x";
+      snprintf(p->id, sizeof p->id, "r%u-%s", k, spot ? s.zones[p->zone].tr.zone : "od");
+    }
     p->pool = spot ? SPI_POOL_SPOT : SPI_POOL_ON_DEMAND;
-    p->zone = spot ? (int32_t)((k - o->on_demand) % s.nz) : -1;
-    p->usd_h = spot ? o->spot_usd_h : o->od_usd_h;
     p->head = -1;
-    snprintf(p->id, sizeof p->id, "r%u-%s", k, spot ? s.zones[p->zone].tr.zone : "od");
-    if (sim_lru_init(&p->lru, o->kv_blocks)) abort();
+    if (sim_lru_init(&p->lru, p->kv_blocks)) abort();
   }
   if (!all_od) schedule_zones(&s, horizon_s);
   for (uint32_t k = 0; k < s.nrep; k++) {
@@ -728,15 +789,6 @@ static int run_policy(const sim_opts *o, const sim_trace *tr, zone *zones,
       return -1;
     }
   }
-  if (getenv("SIM_DEBUG"))
-    for (size_t k = 0; k < spi_replica_count(s.eng); k++) {
-      spi_replica_status st;
-      memset(&st, 0, sizeof st);
-      st.struct_size = sizeof st;
-      spi_replica_status_at(s.eng, k, &st);
-      fprintf(stderr, "%s pool %d state %d fresh %d run %g\n", st.id, st.pool, st.state,
-              st.load_fresh, st.running);
-    }
   for (size_t i = 0; i < tr->n; i++) {
     sreq *q = &s.r[i];
     q->replica = q->prev = q->next = -1;
@@ -748,7 +800,11 @@ static int run_policy(const sim_opts *o, const sim_trace *tr, zone *zones,
   size_t next_arrival = 0;
   if (tr->n) heap_push(&s.h, tr->reqs[0].arrival_ns, EV_ARRIVE, 0, 1);
   next_arrival = 1;
-  size_t progress_step = tr->n / 10, next_progress = progress_step;
+  /* Progress on standard error at each 5% of the requests done, but at most
+   * once every 2 s of wall time, so short runs print none. */
+  size_t progress_step = tr->n / 20 ? tr->n / 20 : 1, next_progress = progress_step;
+  double last_progress = sim_wall_s();
+  int progressed = 0, tty = isatty(2);
   while (s.h.n && s.done_n < tr->n) {
     event ev = heap_pop(&s.h);
     s.now = ev.t;
@@ -784,13 +840,19 @@ static int run_policy(const sim_opts *o, const sim_trace *tr, zone *zones,
     default:
       zone_event(&s, ev.type, ev.a);
     }
-    if (!o->quiet && progress_step >= 20000 && s.done_n >= next_progress) {
-      fprintf(stderr, "\r  %-20s %3d%%", res->name,
-              (int)(100.0 * (double)s.done_n / (double)tr->n));
-      next_progress += progress_step;
+    if (s.done_n >= next_progress) {
+      while (next_progress <= s.done_n) next_progress += progress_step;
+      double w = sim_wall_s();
+      if (!o->quiet && w - last_progress >= 2.0) {
+        fprintf(stderr, "%s  %-16s %3d%% (%zu of %zu requests done)%s", tty ? "\r" : "",
+                res->name, (int)(100.0 * (double)s.done_n / (double)tr->n), (size_t)s.done_n,
+                tr->n, tty ? "" : "\n");
+        last_progress = w;
+        progressed = 1;
+      }
     }
   }
-  if (!o->quiet && progress_step >= 20000) fprintf(stderr, "\r%40s\r", "");
+  if (progressed && tty) fprintf(stderr, "\r%70s\r", "");
   summarise(&s);
   spi_request_free(s.rq);
   spi_request_free(s.scratch);
@@ -821,7 +883,14 @@ static void compute_ceilings(const sim_opts *o, const sim_trace *tr, ceilings *c
   while (slots < tr->nb * 2) slots <<= 1;
   uint64_t *set = calloc(slots, sizeof *set);
   sim_lru pooled;
-  if (!set || sim_lru_init(&pooled, o->kv_blocks * o->replicas)) abort();
+  uint64_t kv = (uint64_t)o->kv_blocks * o->replicas;
+  if (o->cluster) {
+    kv = 0;
+    for (size_t g = 0; g < o->cluster->n; g++)
+      kv += (uint64_t)o->cluster->g[g].kv_blocks * o->cluster->g[g].count;
+  }
+  if (kv > 0xffffffffu / 2) kv = 0xffffffffu / 2;
+  if (!set || sim_lru_init(&pooled, (uint32_t)kv)) abort();
   for (size_t i = 0; i < tr->n; i++) {
     const sim_trace_req *q = &tr->reqs[i];
     const uint64_t *ch = tr->chain + q->block_off;
@@ -869,10 +938,23 @@ static void print_tables(const sim_opts *o, const sim_trace *tr, const ceilings 
   printf("trace: %s, %zu requests, %zu prompt blocks of %d tokens",
          tr->source, tr->n, tr->nb, SIM_BLOCK_TOKENS);
   if (tr->bad_lines) printf(", %zu bad lines skipped (first: %s)", tr->bad_lines, tr->first_bad);
-  printf("\ncluster: %u replicas (%u on-demand at $%.2f/h, %u spot at $%.2f/h), "
-         "%u KV blocks each, batch %u, prefill %.0f tok/s, decode %.0f tok/s a stream\n",
-         o->replicas, o->on_demand, o->od_usd_h, o->replicas - o->on_demand, o->spot_usd_h,
-         o->kv_blocks, o->max_batch, o->prefill_tps, o->decode_tps);
+  if (o->cluster) {
+    printf("\ncluster: %u replicas in %zu groups\n", o->cluster->replicas, o->cluster->n);
+    for (size_t g = 0; g < o->cluster->n; g++) {
+      const sim_group *G = &o->cluster->g[g];
+      printf("  %u x %s %s in %s at $%.2f/h", G->count,
+             G->pool == SPI_POOL_SPOT ? "spot" : "on-demand", G->instance_type, G->zone,
+             G->usd_h);
+      if (G->pool == SPI_POOL_SPOT) printf(" ($%.2f/h on demand)", G->od_usd_h);
+      printf(", %u KV blocks, batch %u, prefill %.0f tok/s, decode %.0f tok/s a stream\n",
+             G->kv_blocks, G->max_batch, G->prefill_tps, G->decode_tps);
+    }
+  } else {
+    printf("\ncluster: %u replicas (%u on-demand at $%.2f/h, %u spot at $%.2f/h), "
+           "%u KV blocks each, batch %u, prefill %.0f tok/s, decode %.0f tok/s a stream\n",
+           o->replicas, o->on_demand, o->od_usd_h, o->replicas - o->on_demand, o->spot_usd_h,
+           o->kv_blocks, o->max_batch, o->prefill_tps, o->decode_tps);
+  }
   printf("spot zones:");
   for (size_t z = 0; z < nz; z++)
     printf(" %s (%s, %.0f s notice)", zones[z].tr.zone, zones[z].tr.cloud, zones[z].tr.lead_s);
@@ -1015,11 +1097,6 @@ static int wanted(const char *list, const char *name) {
   return 0;
 }
 
-static double now_s(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
 
 int sim_main(const sim_opts *o) {
   sim_trace tr;
@@ -1041,8 +1118,15 @@ int sim_main(const sim_opts *o) {
         fprintf(stderr, "spotinfer_sim: %s\n", msg);
         return 1;
       }
+      /* With a cluster file the i-th trace drives its i-th spot zone. */
+      if (o->cluster)
+        snprintf(zones[nz].tr.zone, sizeof zones[nz].tr.zone, "%s", o->cluster->zones[k]);
       nz++;
     }
+  } else if (o->cluster) {
+    for (; nz < o->cluster->nzones; nz++)
+      sim_spot_generate(&zones[nz].tr, o->cluster->zones[nz], o->cluster->zone_cloud[nz],
+                        horizon_s, o->gen.seed * 1000003u + nz);
   } else {
     static const char *zn[4][2] = {{"us-east-1a", "aws"}, {"us-west-2b", "aws"},
                                    {"us-central1-a", "gcp"}, {"us-east1-b", "gcp"}};
@@ -1055,7 +1139,7 @@ int sim_main(const sim_opts *o) {
   result rs[N_POLICIES + 1];
   memset(rs, 0, sizeof rs);
   size_t n = 0;
-  double t0 = now_s();
+  double t0 = sim_wall_s();
   uint64_t simulated = 0;
   for (size_t k = 0; k <= N_POLICIES; k++) {
     int od = k == N_POLICIES;
@@ -1068,7 +1152,7 @@ int sim_main(const sim_opts *o) {
     simulated += tr.n;
     n++;
   }
-  double el = now_s() - t0;
+  double el = sim_wall_s() - t0;
   print_tables(o, &tr, &c, rs, n, zones, nz);
   if (o->json) write_json(o->json, &tr, &c, rs, n);
   if (o->svg) write_svg(o->svg, &c, rs, n);

@@ -75,11 +75,12 @@ typedef struct sim_spot_trace {
   int32_t *v;
   size_t n;
   char zone[48];
-  char cloud[8]; /* "aws" or "gcp" */
+  char cloud[8]; /* "aws", "gcp" or "azure" */
   double lead_s; /* notice lead time of the cloud */
 } sim_spot_trace;
 
-int sim_spot_read(sim_spot_trace *s, const char *path, char *msg,
+/* arg: [aws:|gcp:|azure:]FILE; the prefix chooses the cloud. */
+int sim_spot_read(sim_spot_trace *s, const char *arg, char *msg,
                   size_t msgcap);
 void sim_spot_generate(sim_spot_trace *s, const char *zone, const char *cloud,
                        double horizon_s, uint64_t seed);

@@ -289,15 +289,28 @@ int sim_trace_read(sim_trace *t, const char *path, size_t limit,
 
 /* --------------------------------------------------------- spot traces */
 
-static void cloud_of(sim_spot_trace *s, const char *path) {
-  int gcp = strstr(path, "gcp") != NULL;
-  snprintf(s->cloud, sizeof s->cloud, "%s", gcp ? "gcp" : "aws");
-  s->lead_s = gcp ? 30.0 : 120.0;
+/* Notice lead time by cloud: AWS instance-action 120 s, GCP preemption
+ * 30 s, Azure Scheduled Events Preempt 30 s. */
+static void set_cloud(sim_spot_trace *s, const char *cloud) {
+  snprintf(s->cloud, sizeof s->cloud, "%s", cloud);
+  s->lead_s = strcmp(cloud, "aws") ? 30.0 : 120.0;
 }
 
-int sim_spot_read(sim_spot_trace *s, const char *path, char *msg,
+/* "aws:FILE", "gcp:FILE" or "azure:FILE" name the cloud; a bare FILE is
+ * taken as GCP when its path says "gcp", else as AWS. */
+int sim_spot_read(sim_spot_trace *s, const char *arg, char *msg,
                   size_t msgcap) {
   memset(s, 0, sizeof *s);
+  static const char *const CLOUDS[3] = {"aws", "gcp", "azure"};
+  const char *path = arg, *cloud = strstr(arg, "gcp") ? "gcp" : "aws";
+  for (int k = 0; k < 3; k++) {
+    size_t n = strlen(CLOUDS[k]);
+    if (!strncmp(arg, CLOUDS[k], n) && arg[n] == ':') {
+      cloud = CLOUDS[k];
+      path = arg + n + 1;
+      break;
+    }
+  }
   FILE *f = fopen(path, "rb");
   if (!f) return snprintf(msg, msgcap, "%s: cannot open", path), -1;
   char *buf = NULL;
@@ -342,7 +355,7 @@ int sim_spot_read(sim_spot_trace *s, const char *path, char *msg,
   base = base ? base + 1 : path;
   size_t zl = strcspn(base, "_.");
   snprintf(s->zone, sizeof s->zone, "%.*s", (int)(zl < 40 ? zl : 40), base);
-  cloud_of(s, path);
+  set_cloud(s, cloud);
   return 0;
 }
 
@@ -366,8 +379,7 @@ void sim_spot_generate(sim_spot_trace *s, const char *zone, const char *cloud,
     up = !up;
   }
   snprintf(s->zone, sizeof s->zone, "%s", zone);
-  snprintf(s->cloud, sizeof s->cloud, "%s", cloud);
-  s->lead_s = strcmp(cloud, "gcp") ? 120.0 : 30.0;
+  set_cloud(s, cloud);
 }
 
 void sim_spot_free(sim_spot_trace *s) {

@@ -2,8 +2,9 @@
 # Checks of examples/spotinfer_sim: conservation (every request completes or
 # is reported lost, and none is lost), determinism (same seed, same bytes),
 # the oracle bound (no policy's hit rate above the unlimited-cache oracle),
-# bad trace lines counted rather than fatal, and a short run on the shared
-# Mooncake and spot traces when they are present.
+# bad trace lines counted rather than fatal, a --cluster file (and bad ones
+# refused), and short runs on the shared Mooncake and spot traces (one of
+# them as an Azure zone) when they are present.
 #
 #   check_sim.sh <spotinfer_sim> <shared data dir>
 set -euo pipefail
@@ -54,6 +55,38 @@ rc=$?
 set -e
 [[ $rc -eq 1 ]] || fail "a malformed spot trace should be refused with status 1, got $rc"
 
+# A cluster file: groups per pool, zone and instance type.
+cluster=$(dirname "$0")/../../examples/sim/cluster.example.json
+"$sim" --quiet --requests 6000 --rate 200 --seed 3 --cluster "$cluster" --json "$tmp/k1.json" >"$tmp/k1.txt" \
+  || fail "cluster run exited $?"
+"$sim" --quiet --requests 6000 --rate 200 --seed 3 --cluster "$cluster" --json "$tmp/k2.json" >"$tmp/k2.txt" \
+  || fail "second cluster run exited $?"
+cmp -s "$tmp/k1.txt" "$tmp/k2.txt" || fail "cluster run: same seed, different output"
+cmp -s "$tmp/k1.json" "$tmp/k2.json" || fail "cluster run: same seed, different JSON"
+[[ $(grep -c 'conservation ok' "$tmp/k1.txt") -eq 6 ]] || fail "cluster run: conservation"
+grep -q '"lost":[1-9]' "$tmp/k1.json" && fail "cluster run: requests lost"
+grep -q 'cluster: 40 replicas in 5 groups' "$tmp/k1.txt" || fail "cluster run: groups not reported"
+oracle_bound "$tmp/k1.json"
+
+# Bad cluster files are refused with status 2 and the key path.
+bad_cluster() {
+  local want=$1 body=$2
+  printf '%s' "$body" >"$tmp/bad_cluster.json"
+  set +e
+  "$sim" --quiet --requests 100 --cluster "$tmp/bad_cluster.json" >/dev/null 2>"$tmp/bad_cluster.err"
+  local rc=$?
+  set -e
+  [[ $rc -eq 2 ]] || fail "bad cluster ($want) should exit 2, got $rc"
+  grep -q -- "$want" "$tmp/bad_cluster.err" || fail "bad cluster: no \"$want\" in: $(cat "$tmp/bad_cluster.err")"
+}
+g='"pool":"on_demand","zone":"z1","instance_type":"t","count":2,"usd_per_hour":1,"prefill_tokens_per_s":1000,"decode_tokens_per_s":50,"kv_blocks":64'
+bad_cluster 'groups\[0\].colour: unknown key' "{\"groups\":[{$g,\"max_batch\":4,\"colour\":1}]}"
+bad_cluster 'groups\[0\].max_batch: required' "{\"groups\":[{$g}]}"
+bad_cluster 'groups\[0\].max_batch: must be a number' "{\"groups\":[{$g,\"max_batch\":\"4\"}]}"
+bad_cluster 'groups\[0\].max_batch: must be an integer' "{\"groups\":[{$g,\"max_batch\":0}]}"
+bad_cluster 'malformed JSON' '{"groups":['
+bad_cluster 'at least one on_demand' '{"groups":[{"pool":"spot","zone":"z1","instance_type":"t","count":2,"usd_per_hour":1,"prefill_tokens_per_s":1000,"decode_tokens_per_s":50,"kv_blocks":64,"max_batch":4}]}'
+
 # The shared traces, when present.
 if [[ -n $data && -f $data/traces/mooncake_synthetic_trace.jsonl ]]; then
   "$sim" --quiet --trace "$data/traces/mooncake_synthetic_trace.jsonl" --limit 1500 \
@@ -65,6 +98,22 @@ if [[ -n $data && -f $data/traces/mooncake_synthetic_trace.jsonl ]]; then
     --spot-trace "$data/spot/aws-v100-availability-2023-02/us-west-2b_v100_1.json" \
     --policies library,round-robin >"$tmp/z.txt" || fail "Azure run exited $?"
   [[ $(grep -c 'conservation ok' "$tmp/z.txt") -eq 3 ]] || fail "Azure conservation"
+  # Any capacity series can stand for an Azure zone: Scheduled Events
+  # Preempt notices with a 30 s lead (the offset puts a take-away in range).
+  "$sim" --quiet --requests 6000 --rate 200 --spot-offset 2500 \
+    --spot-trace "azure:$data/spot/aws-v100-availability-2023-02/us-east-2a_v100_1.json" \
+    --json "$tmp/az.json" >"$tmp/az.txt" || fail "azure spot run exited $?"
+  grep -q 'us-east-2a (azure, 30 s notice)' "$tmp/az.txt" || fail "azure zone not reported"
+  [[ $(grep -c 'conservation ok' "$tmp/az.txt") -eq 6 ]] || fail "azure run: conservation"
+  grep -q '"lost":[1-9]' "$tmp/az.json" && fail "azure run: requests lost"
+  grep -q '"notices":[1-9]' "$tmp/az.json" || fail "azure run: no notice was handled"
+  # With a cluster file the traces drive its spot zones in order.
+  "$sim" --quiet --requests 3000 --cluster "$cluster" \
+    --spot-trace "aws:$data/spot/aws-v100-availability-2023-02/us-west-2b_v100_1.json" \
+    --spot-trace "azure:$data/spot/aws-v100-availability-2023-02/us-east-2a_v100_1.json" \
+    --spot-trace "gcp:$data/spot/gcp-c3-preemption-2023-04/us-central1-a_c3-88.json" \
+    >"$tmp/kz.txt" || fail "cluster run on shared spot traces exited $?"
+  grep -q 'us-west-2b (azure, 30 s notice)' "$tmp/kz.txt" || fail "cluster zones not tied to traces in order"
 else
   echo "shared data not found; the trace runs are skipped"
 fi
