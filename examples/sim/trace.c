@@ -146,12 +146,15 @@ int sim_trace_generate(sim_trace *t, const sim_gen_opts *o) {
     q->nblocks = s->len;
     q->in_tokens = s->len * SIM_BLOCK_TOKENS -
                    (uint32_t)(sim_rng_next(&r) % (SIM_BLOCK_TOKENS / 2));
-    /* One in ten is a long generation (reports, code), which is what a
-     * 30 s notice cannot drain. */
-    q->out_tokens = 16 + (uint32_t)(sim_rng_unit(&r) < 0.1
-                                        ? fmin(rng_exp(&r, 1500.0), 8000.0)
-                                        : fmin(rng_exp(&r, 150.0), 2000.0));
     q->klass = sim_rng_unit(&r) < 0.8 ? s->klass : pick_class(&r, o->mix);
+    /* Interactive answers are short; batch work (reports, code) has the
+     * long generations, a third of them longer than a 30 s notice can
+     * drain. */
+    q->out_tokens =
+        16 + (uint32_t)(q->klass == 3 ? (sim_rng_unit(&r) < 0.3
+                                             ? fmin(rng_exp(&r, 1500.0), 8000.0)
+                                             : fmin(rng_exp(&r, 300.0), 2000.0))
+                                      : fmin(rng_exp(&r, 100.0), 500.0));
     for (uint32_t b = 0; b < s->len; b++)
       if (add_block(t, s->ids[b])) break;
     t->n++;
