@@ -1107,7 +1107,11 @@ int sim_main(const sim_opts *o) {
     fprintf(stderr, "spotinfer_sim: %s\n", o->trace ? msg : "generator failed");
     return 1;
   }
-  if (!tr.chain) { fprintf(stderr, "spotinfer_sim: out of memory\n"); return 1; }
+  if (!tr.chain) {
+    fprintf(stderr, "spotinfer_sim: out of memory\n");
+    sim_trace_free(&tr);
+    return 1;
+  }
   double horizon_s = (double)tr.reqs[tr.n - 1].arrival_ns / 1e9 + 3600;
   zone zones[SIM_MAX_ZONES];
   size_t nz = 0;
@@ -1116,6 +1120,8 @@ int sim_main(const sim_opts *o) {
     for (size_t k = 0; k < o->n_spot; k++) {
       if (sim_spot_read(&zones[nz].tr, o->spot[k], msg, sizeof msg)) {
         fprintf(stderr, "spotinfer_sim: %s\n", msg);
+        for (size_t z = 0; z < nz; z++) sim_spot_free(&zones[z].tr);
+        sim_trace_free(&tr);
         return 1;
       }
       /* With a cluster file the i-th trace drives its i-th spot zone. */
@@ -1146,8 +1152,11 @@ int sim_main(const sim_opts *o) {
     if (!od && !wanted(o->policies, POLICIES[k].name)) continue;
     snprintf(rs[n].name, sizeof rs[n].name, "%s", od ? "all-on-demand" : POLICIES[k].name);
     if (run_policy(o, &tr, zones, nz, od ? "reference" : POLICIES[k].module, od, &rs[n],
-                   horizon_s))
+                   horizon_s)) {
+      for (size_t z = 0; z < nz; z++) sim_spot_free(&zones[z].tr);
+      sim_trace_free(&tr);
       return 1;
+    }
     check_slos(&rs[n], &c);
     simulated += tr.n;
     n++;
