@@ -14,7 +14,7 @@ endforeach()
 find_program(NM NAMES nm llvm-nm llvm-nm-14 REQUIRED)
 find_program(READELF NAMES readelf llvm-readelf llvm-readelf-14 REQUIRED)
 
-# Version nodes declared in the map, e.g. SPOTINFER_0.
+# Version nodes declared in the map, e.g. SPI_0.
 set(_nodes "")
 if(DEFINED MAP AND EXISTS "${MAP}")
   file(STRINGS "${MAP}" _map_lines REGEX "^[A-Za-z_][A-Za-z0-9_.]*[ \t]*{")
