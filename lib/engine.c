@@ -558,8 +558,9 @@ static char *section_text(const cJSON *sec) {
   return cJSON_PrintUnformatted(sec);
 }
 
+/* Whether rc is one of enum spi_status (a module may return anything). */
 static int known_status(int rc) {
-  return spi_strerror(rc)[0] != '\0' && strcmp(spi_strerror(rc), "unknown status") != 0;
+  return strcmp(spi_strerror(rc), spi_strerror(INT32_MIN)) != 0;
 }
 
 static int configure_one(spi_engine *e, spi_modentry *m, const cJSON *sec,
