@@ -157,6 +157,14 @@ static int on_node(const spi_replica_ident *r, const node *n) {
   return r->node_len == n->len && memcmp(r->node, n->id, n->len) == 0;
 }
 
+/* The state a machine's replicas are in while it is in node_state. */
+static int32_t replica_state_for(int32_t node_state) {
+  return node_state == SPI_NODE_ACTIVE || node_state == SPI_NODE_ADVISED
+             ? SPI_REPLICA_ACTIVE
+         : node_state == SPI_NODE_DRAINING ? SPI_REPLICA_DRAINING
+                                           : SPI_REPLICA_NOTICED;
+}
+
 /* Make the replicas of n match its state. Registry lock held. */
 static void apply_to_replicas(spi_engine *e, const node *n) {
   const spi_replica_set *set = atomic_load(&e->registry.set);
@@ -164,14 +172,7 @@ static void apply_to_replicas(spi_engine *e, const node *n) {
     const spi_replica_ident *r = &set->r[i];
     if (!on_node(r, n)) continue;
     spi_replica_slot *s = &e->registry.slots[r->slot];
-    int want = n->state == SPI_NODE_ACTIVE || n->state == SPI_NODE_ADVISED
-                   ? SPI_REPLICA_ACTIVE
-               : n->state == SPI_NODE_DRAINING ? SPI_REPLICA_DRAINING
-                                               : SPI_REPLICA_NOTICED;
-    int was = atomic_exchange(&s->state, want);
-    /* Off ACTIVE: its prefix-index entries die with the gen bump. */
-    if (was == SPI_REPLICA_ACTIVE && want != SPI_REPLICA_ACTIVE)
-      atomic_fetch_add(&s->gen, 1u);
+    spi__replica_slot_set_state(s, replica_state_for(n->state));
     atomic_store(&s->advised_until_ns,
                  n->state == SPI_NODE_ADVISED ? n->advised_until : 0);
   }
@@ -221,10 +222,7 @@ int32_t spi__nodes_initial(spi_engine *e, const spi_replica_ident *r,
   const node *n = find(t, r->node, r->node_len);
   if (!n) return SPI_REPLICA_ACTIVE;
   if (n->state == SPI_NODE_ADVISED) *advised_until = n->advised_until;
-  return n->state == SPI_NODE_ACTIVE || n->state == SPI_NODE_ADVISED
-             ? SPI_REPLICA_ACTIVE
-         : n->state == SPI_NODE_DRAINING ? SPI_REPLICA_DRAINING
-                                         : SPI_REPLICA_NOTICED;
+  return replica_state_for(n->state);
 }
 
 /* ------------------------------------------------------------ transitions */

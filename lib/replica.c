@@ -393,6 +393,14 @@ int spi_replica_remove(spi_engine *engine, const char *id, size_t id_len) {
   return rc;
 }
 
+void spi__replica_slot_set_state(spi_replica_slot *s, int32_t state) {
+  int was = atomic_exchange(&s->state, state);
+  /* State first: a router that sees the old gen also saw ACTIVE, and its
+   * prefix-index entries die with the bump. */
+  if (was == SPI_REPLICA_ACTIVE && state != SPI_REPLICA_ACTIVE)
+    atomic_fetch_add(&s->gen, 1u);
+}
+
 int spi_replica_set_state(spi_engine *engine, const char *id, size_t id_len,
                           int32_t state) {
   if (!spi__engine_ok(engine)) return SPI_EMISUSE;
@@ -413,12 +421,7 @@ int spi_replica_set_state(spi_engine *engine, const char *id, size_t id_len,
     rc = spi__engine_fail(engine, SPI_ENOTFOUND, "replica \"%.*s\": not found",
                           (int)id_len, id);
   } else {
-    spi_replica_slot *s = &g->slots[cur->slot];
-    int was = atomic_exchange(&s->state, state);
-    /* State first: a router that sees the old gen also saw ACTIVE, and its
-     * entries die with the bump. */
-    if (was == SPI_REPLICA_ACTIVE && state != SPI_REPLICA_ACTIVE)
-      atomic_fetch_add(&s->gen, 1u);
+    spi__replica_slot_set_state(&g->slots[cur->slot], state);
   }
   pthread_mutex_unlock(&g->lock);
   return rc;

@@ -159,6 +159,9 @@ void spi__registry_destroy(spi_registry *g, const spi_mem *m);
 /* The ident for an id in set, or NULL. */
 const spi_replica_ident *spi__registry_find(const spi_replica_set *set,
                                             const char *id, size_t len);
+/* Set a live slot's state; leaving ACTIVE kills its prefix-index entries.
+ * Registry lock held. */
+void spi__replica_slot_set_state(spi_replica_slot *s, int32_t state);
 /* Whether ident serves model (its models list names it, or is empty). */
 int spi__replica_serves(const spi_replica_ident *r, const char *model,
                         size_t len);
