@@ -231,6 +231,10 @@ static int copy_module(spi_engine *e, int32_t kind, const void *module,
     m->release = m->m.policy.release;
     m->on_failure = m->m.policy.on_failure;
     if (!m->m.policy.choose) goto missing;
+    if (m->m.policy.flags & ~(int32_t)SPI_POLICY_SUMMARIES_ONLY)
+      return spi__engine_fail(e, SPI_EINVAL,
+                              "policy module flags 0x%x: unknown bits",
+                              (unsigned)m->m.policy.flags);
     break;
   case SPI_MODULE_REPLAY_STORE:
     m->configure = m->m.replay_store.configure;

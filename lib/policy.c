@@ -110,19 +110,14 @@ static int busy(const spi_candidate *c) {
   return c->inflight >= c->max_inflight || load_of(c) >= cap;
 }
 
-/* Candidate filter for one pool and tier. */
-typedef struct want {
-  int32_t pool;
-  int32_t tier; /* 0 = any */
-} want;
-
-static int usable(const spi_candidate *c, want w) {
-  return (c->eligible || c->probe) && c->pool == w.pool &&
-         (!w.tier || c->model_tier == w.tier);
+static double rel_load(const spi_candidate *c) {
+  double cap = c->max_inflight ? (double)c->max_inflight : 1;
+  return (load_of(c) + c->inflight) / cap;
 }
 
-/* Everything the policy needs to know about one pool and tier, from a
- * single pass over the candidates. Indices are -1 when there is none. */
+/* What the policy knows about one pool and tier: the library's summaries
+ * of that pool, merged over the tiers asked for. Indices are -1 when there
+ * is none; top is every summarised candidate, best TTFT first. */
 typedef struct summary {
   int64_t warm;     /* deepest match, then best TTFT */
   int64_t best;     /* best TTFT */
@@ -130,60 +125,72 @@ typedef struct summary {
   int64_t least;    /* least loaded, relative to size */
   int64_t rdv;      /* rendezvous winner among the not busy */
   int any;
+  uint32_t n_top;
+  int32_t top[2 * SPI_SUMMARY_TOP];
 } summary;
 
-static double rel_load(const spi_candidate *c) {
-  double cap = c->max_inflight ? (double)c->max_inflight : 1;
-  return (load_of(c) + c->inflight) / cap;
+static const spi_pool_summary *cell(const spi_route_context *x, int32_t pool,
+                                    int32_t tier) {
+  int i = SPI_SUMMARY_INDEX(pool, tier);
+  if (i < 0 || (size_t)i >= x->n_summaries) return NULL;
+  return (const spi_pool_summary *)(const void *)((const char *)x->summaries +
+                                                  (size_t)i * x->summary_size);
 }
 
-/* Summaries of both pools for a tier, in one pass; values are kept beside
- * the indices so each candidate is compared, not recomputed. */
-static void summarise(const spi_route_context *x, int32_t tier, summary *spot,
-                      summary *od) {
-  summary m[3] = {{-1, -1, -1, -1, -1, 0}, {-1, -1, -1, -1, -1, 0},
-                  {-1, -1, -1, -1, -1, 0}};
-  double best_t[3] = {0}, second_t[3] = {0}, least_l[3] = {0}, warm_t[3] = {0};
-  uint32_t warm_m[3] = {0};
-  uint64_t rdv_w[3] = {0};
+static int ttft_before(const spi_route_context *x, int32_t a, int32_t b) {
+  double ta = x->candidates[a].est_ttft_ms, tb = x->candidates[b].est_ttft_ms;
+  return ta < tb || (ta == tb && a < b);
+}
+
+/* Fold one summary into m. Every candidate a summary names is usable. */
+static void fold(const spi_route_context *x, const spi_pool_summary *s,
+                 summary *m) {
   const spi_candidate *cs = x->candidates;
-  for (size_t k = 0; k < x->n_candidates; k++) {
-    const spi_candidate *c = &cs[k];
-    if (!(c->eligible || c->probe) || (tier && c->model_tier != tier)) continue;
-    int pl = c->pool == SPI_POOL_SPOT ? 1 : c->pool == SPI_POOL_ON_DEMAND ? 2 : 0;
-    if (!pl) continue;
-    summary *sm = &m[pl];
-    int64_t i = (int64_t)k;
-    double t = c->est_ttft_ms;
-    sm->any = 1;
-    if (sm->best < 0 || t < best_t[pl]) {
-      sm->second = sm->best;
-      second_t[pl] = best_t[pl];
-      sm->best = i;
-      best_t[pl] = t;
-    } else if (sm->second < 0 || t < second_t[pl]) {
-      sm->second = i;
-      second_t[pl] = t;
-    }
-    double l = rel_load(c);
-    if (sm->least < 0 || l < least_l[pl]) {
-      sm->least = i;
-      least_l[pl] = l;
-    }
-    if (c->matched_blocks &&
-        (sm->warm < 0 || c->matched_blocks > warm_m[pl] ||
-         (c->matched_blocks == warm_m[pl] && t < warm_t[pl]))) {
-      sm->warm = i;
-      warm_m[pl] = c->matched_blocks;
-      warm_t[pl] = t;
-    }
-    if ((sm->rdv < 0 || c->rendezvous > rdv_w[pl]) && !busy(c)) {
-      sm->rdv = i;
-      rdv_w[pl] = c->rendezvous;
-    }
+  if (!s || s->usable == 0) return;
+  m->any = 1;
+  /* Merge s->top into m->top, both sorted. */
+  int32_t merged[2 * SPI_SUMMARY_TOP];
+  uint32_t i = 0, j = 0, n = 0, ns = s->n_top < SPI_SUMMARY_TOP ? s->n_top
+                                                               : SPI_SUMMARY_TOP;
+  while ((i < m->n_top || j < ns) && n < 2 * SPI_SUMMARY_TOP) {
+    if (j >= ns || (i < m->n_top && ttft_before(x, m->top[i], s->top[j])))
+      merged[n++] = m->top[i++];
+    else
+      merged[n++] = s->top[j++];
   }
-  *spot = m[1];
-  *od = m[2];
+  memcpy(m->top, merged, n * sizeof merged[0]);
+  m->n_top = n;
+  m->best = n > 0 ? m->top[0] : -1;
+  m->second = n > 1 ? m->top[1] : -1;
+  if (s->warm >= 0) {
+    const spi_candidate *c = &cs[s->warm];
+    if (m->warm < 0 || c->matched_blocks > cs[m->warm].matched_blocks ||
+        (c->matched_blocks == cs[m->warm].matched_blocks &&
+         ttft_before(x, s->warm, (int32_t)m->warm)))
+      m->warm = s->warm;
+  }
+  if (s->least >= 0) {
+    double l = rel_load(&cs[s->least]);
+    if (m->least < 0 || l < rel_load(&cs[m->least]) ||
+        (l == rel_load(&cs[m->least]) && s->least < m->least))
+      m->least = s->least;
+  }
+  if (s->rendezvous >= 0) {
+    uint64_t w = cs[s->rendezvous].rendezvous;
+    if (m->rdv < 0 || w > cs[m->rdv].rendezvous ||
+        (w == cs[m->rdv].rendezvous && s->rendezvous < m->rdv))
+      m->rdv = s->rendezvous;
+  }
+}
+
+/* The summary of pool for tier (0 = any tier). */
+static void summarise(const spi_route_context *x, int32_t pool, int32_t tier,
+                      summary *m) {
+  m->warm = m->best = m->second = m->least = m->rdv = -1;
+  m->any = 0;
+  m->n_top = 0;
+  if (tier != SPI_TIER_LARGE) fold(x, cell(x, pool, SPI_TIER_SMALL), m);
+  if (tier != SPI_TIER_SMALL) fold(x, cell(x, pool, SPI_TIER_LARGE), m);
 }
 
 /* Whether chosen leads the least loaded by both thresholds. */
@@ -245,31 +252,18 @@ static pick choose_in_pool(const pinst *p, const spi_route_context *x,
   return r;
 }
 
-/* Append the best-TTFT eligible candidates of w not yet listed, up to
- * limit in all: one pass keeping a small sorted list. */
-static void add_fallbacks(const spi_route_context *x, want w,
+/* Append the best-TTFT eligible candidates of the pool's summary not yet
+ * listed, up to limit in all. */
+static void add_fallbacks(const spi_route_context *x, const summary *m,
                           spi_policy_choice *out, uint32_t limit) {
-  if (out->n_order >= limit) return;
-  uint32_t room = limit - out->n_order, n = 0;
-  uint32_t best[1 + SPI_MAX_FALLBACKS];
-  for (size_t i = 0; i < x->n_candidates; i++) {
-    const spi_candidate *c = &x->candidates[i];
-    if (!usable(c, w) || !c->eligible) continue;
+  for (uint32_t k = 0; k < m->n_top && out->n_order < limit; k++) {
+    uint32_t i = (uint32_t)m->top[k];
+    if (!x->candidates[i].eligible) continue;
     int listed = 0;
-    for (uint32_t k = 0; k < out->n_order && !listed; k++)
-      listed = out->order[k] == i;
-    if (listed) continue;
-    /* Insertion into best[0..n), sorted by TTFT, capped at room. */
-    uint32_t pos = n;
-    while (pos > 0 && x->candidates[best[pos - 1]].est_ttft_ms > c->est_ttft_ms)
-      pos--;
-    if (pos >= room) continue;
-    uint32_t last = n < room ? n : room - 1;
-    for (uint32_t k = last; k > pos; k--) best[k] = best[k - 1];
-    best[pos] = (uint32_t)i;
-    if (n < room) n++;
+    for (uint32_t j = 0; j < out->n_order && !listed; j++)
+      listed = out->order[j] == i;
+    if (!listed) out->order[out->n_order++] = i;
   }
-  for (uint32_t k = 0; k < n; k++) out->order[out->n_order++] = best[k];
 }
 
 /* Expected output tokens, or -1 when nothing says. */
@@ -289,13 +283,13 @@ static int policy_choose(void *state, void *inst, const spi_route_context *x,
   int32_t tier = v->forced_model_tier ? v->forced_model_tier
                  : p->speculative_first ? SPI_TIER_SMALL
                                         : cls->model_tier;
-  want spot = {SPI_POOL_SPOT, tier}, od = {SPI_POOL_ON_DEMAND, tier};
   summary ms, mo;
-  summarise(x, tier, &ms, &mo);
+  summarise(x, SPI_POOL_SPOT, tier, &ms);
+  summarise(x, SPI_POOL_ON_DEMAND, tier, &mo);
   /* No replica of the small tier at all: the target serves it. */
   if (tier == SPI_TIER_SMALL && !v->forced_model_tier && !ms.any && !mo.any) {
-    spot.tier = od.tier = SPI_TIER_LARGE;
-    summarise(x, SPI_TIER_LARGE, &ms, &mo);
+    summarise(x, SPI_POOL_SPOT, SPI_TIER_LARGE, &ms);
+    summarise(x, SPI_POOL_ON_DEMAND, SPI_TIER_LARGE, &mo);
   }
   int64_t out_tokens = expected_output(v);
 
@@ -334,7 +328,7 @@ static int policy_choose(void *state, void *inst, const spi_route_context *x,
     fallback = pool == SPI_POOL_SPOT ? SPI_POOL_ON_DEMAND : 0;
   }
 
-  want primary = pool == SPI_POOL_SPOT ? spot : od;
+  const summary *primary = pool == SPI_POOL_SPOT ? &ms : &mo;
   pick pk = choose_in_pool(p, x, pool == SPI_POOL_SPOT ? &ms : &mo, klass);
   if (pk.idx == -2) { /* bronze waits for its warm replica */
     out->pool = SPI_POOL_QUEUE;
@@ -343,7 +337,7 @@ static int policy_choose(void *state, void *inst, const spi_route_context *x,
     return SPI_OK;
   }
   if (pk.idx < 0 && (fallback == SPI_POOL_SPOT || fallback == SPI_POOL_ON_DEMAND)) {
-    primary = fallback == SPI_POOL_SPOT ? spot : od;
+    primary = fallback == SPI_POOL_SPOT ? &ms : &mo;
     pool = fallback;
     fallback = 0;
     pk = choose_in_pool(p, x, pool == SPI_POOL_SPOT ? &ms : &mo, klass);
@@ -371,7 +365,7 @@ static int policy_choose(void *state, void *inst, const spi_route_context *x,
   uint32_t limit = 1 + x->max_fallbacks;
   add_fallbacks(x, primary, out, limit);
   if (fallback == SPI_POOL_SPOT || fallback == SPI_POOL_ON_DEMAND)
-    add_fallbacks(x, fallback == SPI_POOL_SPOT ? spot : od, out, limit);
+    add_fallbacks(x, fallback == SPI_POOL_SPOT ? &ms : &mo, out, limit);
   spi__join(out->reason, sizeof out->reason, rule, "; ", pk.why);
   return SPI_OK;
 }
@@ -381,6 +375,7 @@ void spi__builtin_policy(spi_policy_module *out, int affinity) {
   out->abi_version = SPI_MODULE_ABI_VERSION;
   out->struct_size = sizeof *out;
   out->on_failure = SPI_ON_FAILURE_ERROR;
+  out->flags = SPI_POLICY_SUMMARIES_ONLY;
   out->configure = affinity ? ref_configure : baseline_configure;
   out->release = policy_release;
   out->choose = policy_choose;

@@ -283,6 +283,13 @@ uint32_t spi__index_longest(const spi_prefix_index *ix, const uint64_t *hashes,
   return (uint32_t)lo;
 }
 
+void spi__index_prefetch(const spi_prefix_index *ix, const uint64_t *hashes,
+                         uint32_t n) {
+  if (!ix || !hashes) return;
+  if (n > SPI_INDEX_PREFETCH_MAX) n = SPI_INDEX_PREFETCH_MAX;
+  for (uint32_t i = 0; i < n; i++) prefetch_bucket(ix, hashes[i], 1);
+}
+
 /* -------------------------------------------------------------- insert */
 
 /* What a block insert knows about itself. */

@@ -23,15 +23,15 @@
 
 #include "engine.h"
 
-/* What a stale or missing load signal reads as: more than any replica runs. */
-#define SATURATED 1e9
-#define DEFAULT_LOAD_MAX_AGE_MS 1000
 
-/* The set and its entries in one allocation. */
+/* The set, its slot-to-position map and its entries in one allocation. */
 typedef struct set_block {
   spi_replica_set set;
+  uint16_t pos_of_slot[SPI_REPLICA_SLOTS];
   spi_replica_ident r[];
 } set_block;
+
+_Static_assert(SPI_REPLICA_SLOTS <= SPI_NO_POS, "positions fit 16 bits");
 
 static spi_replica_set *set_new(const spi_mem *m, size_t n) {
   if (n > (SIZE_MAX - sizeof(set_block)) / sizeof(spi_replica_ident))
@@ -40,7 +40,15 @@ static spi_replica_set *set_new(const spi_mem *m, size_t n) {
   if (!b) return NULL;
   b->set.n = n;
   b->set.r = b->r;
+  b->set.pos_of_slot = b->pos_of_slot;
+  memset(b->pos_of_slot, 0xff, sizeof b->pos_of_slot);
   return &b->set;
+}
+
+/* Fill the slot-to-position map once the entries are final. */
+static void set_index(spi_replica_set *set) {
+  for (size_t i = 0; i < set->n; i++)
+    set->pos_of_slot[set->r[i].slot] = (uint16_t)i;
 }
 
 static void slot_reset(spi_replica_slot *s) {
@@ -120,27 +128,6 @@ int spi__replica_serves(const spi_replica_ident *r, const char *model,
     p = comma ? comma + 1 : end;
   }
   return 0;
-}
-
-void spi__replica_load(const spi_replica_slot *s, int64_t now_ns,
-                       int64_t max_age_ns, spi_load_view *out) {
-  if (max_age_ns <= 0) max_age_ns = DEFAULT_LOAD_MAX_AGE_MS * 1000000ll;
-  int64_t at = atomic_load(&s->load_at_ns);
-  int64_t age;
-  /* A signal stamped further in the future than it may be old is as
-   * suspect as an old one (a clock or unit mix-up): it counts as stale. */
-  int fresh = at != 0 && !__builtin_sub_overflow(now_ns, at, &age) &&
-              age < max_age_ns && age > -max_age_ns;
-  if (!fresh) {
-    out->running = out->waiting = SATURATED;
-    out->kv_usage = 1.0;
-    out->fresh = 0;
-    return;
-  }
-  out->running = spi__bitsd(atomic_load(&s->running));
-  out->waiting = spi__bitsd(atomic_load(&s->waiting));
-  out->kv_usage = spi__bitsd(atomic_load(&s->kv_usage));
-  out->fresh = 1;
 }
 
 /* ------------------------------------------------------------- validation */
@@ -238,6 +225,8 @@ static int ident_from_info(spi_engine *e, const spi_replica_info *in,
   r->model_tier = in->model_tier ? in->model_tier : SPI_TIER_LARGE;
   r->max_inflight = in->max_inflight;
   r->inv_max_inflight = 1.0 / (double)in->max_inflight;
+  r->cap = (double)in->max_inflight;
+  r->cell = SPI_SUMMARY_INDEX(r->pool, r->model_tier);
   r->usd_per_hour = in->usd_per_hour;
   r->id_hash = XXH3_64bits(in->id, in->id_len);
   if (r->node_len == 0) { /* a replica is its own machine unless told */
@@ -270,6 +259,7 @@ static int same_ident(const spi_replica_ident *a, const spi_replica_ident *b) {
 /* Swap in next and free the set it replaces once no reader holds it.
  * Called with registry.lock held. */
 static void publish(spi_engine *e, spi_replica_set *next) {
+  set_index(next);
   spi_replica_set *old = atomic_exchange(&e->registry.set, next);
   spi__rcu_synchronize(&e->rcu);
   spi__free(&e->mem, old);
@@ -542,7 +532,7 @@ static void fill_status(spi_engine *e, const spi_snapshot *snap,
   out->kv_usage = spi__bitsd(atomic_load(&s->kv_usage));
   out->load_at_ns = atomic_load(&s->load_at_ns);
   int64_t age_ms = snap ? snap->router.load_max_age_ms : 0;
-  if (age_ms <= 0) age_ms = DEFAULT_LOAD_MAX_AGE_MS;
+  if (age_ms <= 0) age_ms = SPI_DEFAULT_LOAD_MAX_AGE_MS;
   spi_load_view v;
   spi__replica_load(s, spi__engine_now(e), age_ms * 1000000, &v);
   out->load_fresh = v.fresh;

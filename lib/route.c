@@ -57,6 +57,312 @@ static int grow_scratch(spi_request *r, size_t hashes, size_t cands) {
   return SPI_OK;
 }
 
+/* ------------------------------------------------- the pass over replicas */
+
+/* What one route needs to evaluate a replica, fixed for the route. */
+typedef struct route_env {
+  spi_engine *e;
+  const spi_router_cfg *cfg;
+  const spi_request_view *v;
+  int64_t now, max_age;
+  double cold_ms, warm_ms;  /* uncached prefill: cold, or warm to the match */
+  uint64_t rkey;            /* rendezvous key of the prefix */
+  int long_request;         /* too long for an advised machine */
+} route_env;
+
+/* One replica as this request sees it. */
+typedef struct replica_eval {
+  double running, waiting, kv_usage; /* stale reads as saturated */
+  double t;                 /* est TTFT, ms */
+  uint64_t rdv;             /* rendezvous weight */
+  uint32_t inflight, matched;
+  uint8_t active, usable, probe, busy, fresh, advised;
+} replica_eval;
+
+static double est_ttft(const route_env *x, const replica_eval *ev,
+                       const spi_replica_ident *r, double prefill_ms) {
+  const spi_router_cfg *c = x->cfg;
+  double t = c->ttft_base_ms + ev->waiting * c->ttft_per_queued_ms +
+             prefill_ms * (1.0 + ev->running * r->inv_max_inflight);
+  return ev->advised ? t + c->advised_penalty_ms : t;
+}
+
+static double rel_load(const replica_eval *ev, const spi_replica_ident *r) {
+  return (ev->running + ev->waiting + ev->inflight) * r->inv_max_inflight;
+}
+
+/* Evaluate one replica: load, eligibility (all but the pool's KV shedding,
+ * which depends on the class), TTFT estimate and rendezvous weight. */
+static inline void eval_replica(const route_env *x, const spi_replica_ident *r,
+                                uint32_t matched, replica_eval *o) {
+  spi_replica_slot *s = &x->e->registry.slots[r->slot];
+  spi_load_view l;
+  spi__replica_load(s, x->now, x->max_age, &l);
+  o->running = l.running;
+  o->waiting = l.waiting;
+  o->kv_usage = l.kv_usage;
+  o->fresh = (uint8_t)l.fresh;
+  o->inflight = atomic_load_explicit(&s->inflight, memory_order_relaxed);
+  o->matched = matched;
+  o->active = atomic_load_explicit(&s->state, memory_order_relaxed) ==
+              SPI_REPLICA_ACTIVE;
+  o->advised =
+      atomic_load_explicit(&s->advised_until_ns, memory_order_relaxed) > x->now;
+  o->t = est_ttft(x, o, r, matched ? x->warm_ms : x->cold_ms);
+  o->rdv = mix64(r->id_hash ^ x->rkey);
+  o->busy = o->inflight >= r->max_inflight || l.running + l.waiting >= r->cap;
+  /* Interruption signals: a cooling spot pool takes nothing new; an
+   * advised machine takes no long request. Fast paths first: most replicas
+   * serve any model, most breakers are closed. */
+  int probe = 0;
+  int ok = o->active &&
+           !(r->pool == SPI_POOL_SPOT &&
+             atomic_load_explicit(&s->cooldown_until_ns, memory_order_relaxed) >
+                 x->now) &&
+           !(o->advised && x->long_request) &&
+           (r->models_len == 0 ||
+            spi__replica_serves(r, x->v->model, x->v->model_len)) &&
+           (atomic_load_explicit(&s->breaker, memory_order_relaxed) ==
+                SPI_BREAKER_CLOSED ||
+            spi__breaker_allows(s, x->now, &probe));
+  o->usable = (uint8_t)ok;
+  o->probe = (uint8_t)(ok && probe);
+}
+
+static void fill_candidate(spi_candidate *c, const spi_replica_ident *r,
+                           const replica_eval *ev) {
+  c->id = r->id;
+  c->id_len = r->id_len;
+  c->pool = r->pool;
+  c->model_tier = r->model_tier;
+  c->eligible = ev->usable && !ev->probe;
+  c->probe = ev->probe;
+  c->fresh = ev->fresh;
+  c->reserved0 = 0;
+  c->running = ev->running;
+  c->waiting = ev->waiting;
+  c->kv_usage = ev->kv_usage;
+  c->inflight = ev->inflight;
+  c->max_inflight = r->max_inflight;
+  c->matched_blocks = ev->matched;
+  c->reserved1 = 0;
+  c->rendezvous = ev->rdv;
+  c->est_ttft_ms = ev->t;
+  c->usd_per_hour = r->usd_per_hour;
+}
+
+/*
+ * The summaries being accumulated. Their entries point into an arena of
+ * evaluations, so the candidates built at the end are exactly what was
+ * ranked even if a load report lands meanwhile; an evaluation is copied
+ * there only when a summary takes the replica. The arena is small and
+ * fixed: when it fills, the evaluations no summary points to any more are
+ * dropped (at most SPI_SUMMARY_CELLS * (SPI_SUMMARY_TOP + 3) are kept).
+ */
+#define NO_EV UINT32_MAX
+#define ARENA_CAP 96
+#define ARENA_KEEP (SPI_SUMMARY_CELLS * (SPI_SUMMARY_TOP + 3))
+_Static_assert(ARENA_CAP > ARENA_KEEP, "the arena must have room after a sweep");
+
+typedef struct top_ent {
+  double t;
+  uint32_t pos, ei;
+} top_ent;
+
+typedef struct cell_acc {
+  uint32_t usable, n_top;
+  top_ent top[SPI_SUMMARY_TOP];
+  uint32_t least, rdv, warm; /* arena indices, or NO_EV */
+  double least_rel;
+  uint64_t rdv_w;
+} cell_acc;
+
+typedef struct ev_arena {
+  uint32_t n;
+  uint32_t pos[ARENA_CAP];
+  replica_eval ev[ARENA_CAP];
+} ev_arena;
+
+typedef struct scan {
+  cell_acc cell[SPI_SUMMARY_CELLS];
+  ev_arena a;
+} scan;
+
+static void cell_clear(cell_acc *c) {
+  c->usable = c->n_top = 0;
+  c->least = c->rdv = c->warm = NO_EV;
+}
+
+/* Drop the evaluations no summary points to; renumber the rest. */
+static void arena_sweep(scan *sc) {
+  uint32_t map[ARENA_CAP];
+  for (uint32_t i = 0; i < sc->a.n; i++) map[i] = NO_EV;
+  for (int k = 0; k < SPI_SUMMARY_CELLS; k++) {
+    cell_acc *c = &sc->cell[k];
+    for (uint32_t j = 0; j < c->n_top; j++) map[c->top[j].ei] = 0;
+    if (c->least != NO_EV) map[c->least] = 0;
+    if (c->rdv != NO_EV) map[c->rdv] = 0;
+    if (c->warm != NO_EV) map[c->warm] = 0;
+  }
+  uint32_t n = 0;
+  for (uint32_t i = 0; i < sc->a.n; i++) {
+    if (map[i] == NO_EV) continue;
+    sc->a.pos[n] = sc->a.pos[i];
+    sc->a.ev[n] = sc->a.ev[i];
+    map[i] = n++;
+  }
+  sc->a.n = n;
+  for (int k = 0; k < SPI_SUMMARY_CELLS; k++) {
+    cell_acc *c = &sc->cell[k];
+    for (uint32_t j = 0; j < c->n_top; j++) c->top[j].ei = map[c->top[j].ei];
+    if (c->least != NO_EV) c->least = map[c->least];
+    if (c->rdv != NO_EV) c->rdv = map[c->rdv];
+    if (c->warm != NO_EV) c->warm = map[c->warm];
+  }
+}
+
+static uint32_t arena_put(scan *sc, uint32_t pos, const replica_eval *ev) {
+  if (sc->a.n == ARENA_CAP) arena_sweep(sc);
+  uint32_t i = sc->a.n++;
+  sc->a.pos[i] = pos;
+  sc->a.ev[i] = *ev;
+  return i;
+}
+
+/* Ranking by TTFT, ties to the lower position. */
+static int ttft_before(double ta, uint32_t pa, double tb, uint32_t pb) {
+  return ta < tb || (ta == tb && pa < pb);
+}
+
+static void top_insert(cell_acc *c, double t, uint32_t pos, uint32_t ei) {
+  uint32_t n = c->n_top;
+  if (n == SPI_SUMMARY_TOP &&
+      !ttft_before(t, pos, c->top[n - 1].t, c->top[n - 1].pos))
+    return;
+  uint32_t at = n < SPI_SUMMARY_TOP ? n : n - 1;
+  while (at > 0 && ttft_before(t, pos, c->top[at - 1].t, c->top[at - 1].pos)) {
+    c->top[at] = c->top[at - 1];
+    at--;
+  }
+  c->top[at].t = t;
+  c->top[at].pos = pos;
+  c->top[at].ei = ei;
+  if (n < SPI_SUMMARY_TOP) c->n_top = n + 1;
+}
+
+/* A usable replica, met in position order. */
+static inline void cell_add(scan *sc, int k, uint32_t pos,
+                            const spi_replica_ident *r,
+                            const replica_eval *ev) {
+  cell_acc *c = &sc->cell[k];
+  uint32_t ei = NO_EV;
+  c->usable++;
+  if (c->n_top < SPI_SUMMARY_TOP || ev->t < c->top[SPI_SUMMARY_TOP - 1].t) {
+    ei = arena_put(sc, pos, ev);
+    top_insert(c, ev->t, pos, ei);
+  }
+  double rel = rel_load(ev, r);
+  if (c->least == NO_EV || rel < c->least_rel) {
+    if (ei == NO_EV) ei = arena_put(sc, pos, ev);
+    c->least = ei;
+    c->least_rel = rel;
+  }
+  if (!ev->busy && (c->rdv == NO_EV || ev->rdv > c->rdv_w)) {
+    if (ei == NO_EV) ei = arena_put(sc, pos, ev);
+    c->rdv = ei;
+    c->rdv_w = ev->rdv;
+  }
+}
+
+/* The arena index of the scan's evaluation of pos in cell c, or NO_EV. */
+static uint32_t cell_find(const cell_acc *c, const ev_arena *a, uint32_t pos) {
+  for (uint32_t k = 0; k < c->n_top; k++)
+    if (c->top[k].pos == pos) return c->top[k].ei;
+  if (c->least != NO_EV && a->pos[c->least] == pos) return c->least;
+  if (c->rdv != NO_EV && a->pos[c->rdv] == pos) return c->rdv;
+  return NO_EV;
+}
+
+/* A usable replica of cell k holds the matched prefix. Its evaluation (the
+ * scan's when a summary kept one, updated in place, so every reference
+ * agrees) has the warm TTFT: re-rank it, and let it compete for warm. */
+static void cell_warm(scan *sc, int k, uint32_t pos, uint32_t ei) {
+  cell_acc *c = &sc->cell[k];
+  const replica_eval *ev = &sc->a.ev[ei];
+  for (uint32_t j = 0; j < c->n_top; j++)
+    if (c->top[j].pos == pos) {
+      for (; j + 1 < c->n_top; j++) c->top[j] = c->top[j + 1];
+      c->n_top--;
+      break;
+    }
+  top_insert(c, ev->t, pos, ei);
+  if (c->warm == NO_EV) {
+    c->warm = ei;
+    return;
+  }
+  const replica_eval *w = &sc->a.ev[c->warm];
+  if (ev->matched > w->matched ||
+      (ev->matched == w->matched &&
+       ttft_before(ev->t, pos, w->t, sc->a.pos[c->warm])))
+    c->warm = ei;
+}
+
+/* Positions named by the summaries, ascending and distinct, with the
+ * evaluation each was ranked by. */
+typedef struct named_set {
+  uint32_t n;
+  uint32_t pos[ARENA_KEEP];
+  uint32_t ei[ARENA_KEEP];
+} named_set;
+
+static void named_add(named_set *ns, const ev_arena *a, uint32_t ei) {
+  uint32_t pos = a->pos[ei], at = ns->n;
+  while (at > 0 && ns->pos[at - 1] > pos) at--;
+  if (at > 0 && ns->pos[at - 1] == pos) return;
+  for (uint32_t k = ns->n; k > at; k--) {
+    ns->pos[k] = ns->pos[k - 1];
+    ns->ei[k] = ns->ei[k - 1];
+  }
+  ns->pos[at] = pos;
+  ns->ei[at] = ei;
+  ns->n++;
+}
+
+/* The index of pos in the candidates: itself (full), or its rank among
+ * the named positions (compact). */
+static int32_t index_of(const named_set *ns, uint32_t pos) {
+  if (!ns) return (int32_t)pos;
+  uint32_t lo = 0, hi = ns->n;
+  while (lo < hi) {
+    uint32_t mid = (lo + hi) / 2;
+    if (ns->pos[mid] < pos)
+      lo = mid + 1;
+    else
+      hi = mid;
+  }
+  return (int32_t)lo;
+}
+
+static void summary_out(const scan *sc, int k, const named_set *ns,
+                        spi_pool_summary *o) {
+  const cell_acc *c = &sc->cell[k];
+  memset(o, 0, sizeof *o);
+  o->pool = k / 2 + SPI_POOL_SPOT;
+  o->model_tier = k % 2 + SPI_TIER_SMALL;
+  o->usable = c->usable;
+  o->n_top = c->n_top;
+  for (uint32_t j = 0; j < SPI_SUMMARY_TOP; j++)
+    o->top[j] = j < c->n_top ? index_of(ns, c->top[j].pos) : -1;
+  o->warm = c->warm != NO_EV ? index_of(ns, sc->a.pos[c->warm]) : -1;
+  o->least = c->least != NO_EV ? index_of(ns, sc->a.pos[c->least]) : -1;
+  o->rendezvous = c->rdv != NO_EV ? index_of(ns, sc->a.pos[c->rdv]) : -1;
+}
+
+/* The candidate array position of a policy's index. */
+static uint32_t pos_of(const named_set *ns, uint32_t idx) {
+  return ns ? ns->pos[idx] : idx;
+}
+
 static uint64_t prompt_tokens(const spi_request_view *v, double bytes_per_token) {
   if (v->prompt_tokens_set) return (uint64_t)v->prompt_tokens;
   if (v->token_count) return v->token_count;
@@ -109,45 +415,59 @@ static int route_pinned(spi_request *req, spi_snapshot *snap,
   size_t nblocks = 0;
   rc = spi__blocks_in(req, snap, v, &out->key, req->hashes, req->hashcap,
                       &nblocks);
-  if (rc == SPI_EBUFSIZE || req->candcap < nrep) {
-    if (grow_scratch(req, nblocks, nrep))
+  if (rc == SPI_EBUFSIZE) {
+    if (grow_scratch(req, nblocks, 0))
       return spi__req_fail(req, SPI_ENOMEM, "route: out of memory");
     rc = spi__blocks_in(req, snap, v, &out->key, req->hashes, req->hashcap,
                         &nblocks);
   }
   if (rc) return rc;
   out->total_blocks = (uint32_t)nblocks;
+  if (ix) spi__index_prefetch(ix, req->hashes, (uint32_t)nblocks);
 
-  /* One pass over the replicas: their load as routing sees it, and the
-   * pools' mean KV usage (ACTIVE replicas; stale counts as full). */
+  /* Which policies read every candidate: the others get the summaries and
+   * only the candidates those name. */
+  const spi_slot *sl = &snap->slot[SPI_MODULE_POLICY];
+  int full = !(sl->mod->m.policy.flags & SPI_POLICY_SUMMARIES_ONLY) ||
+             (snap->shadow.mod &&
+              !(snap->shadow.mod->m.policy.flags & SPI_POLICY_SUMMARIES_ONLY));
+  if (full && req->candcap < nrep) {
+    if (grow_scratch(req, 0, nrep))
+      return spi__req_fail(req, SPI_ENOMEM, "route: out of memory");
+  }
+
+  route_env env;
+  env.e = e;
+  env.cfg = rc_cfg;
+  env.v = v;
+  env.now = now;
+  env.max_age = max_age;
+  uint64_t tokens = prompt_tokens(v, rc_cfg->bytes_per_token);
+  env.cold_ms = (double)tokens * (1000.0 / rc_cfg->prefill_tokens_per_s);
+  env.warm_ms = env.cold_ms;
+  env.rkey = nblocks ? req->hashes[0] : out->key.low64;
+  int64_t expect_out = v->expected_output_tokens_set ? v->expected_output_tokens
+                       : v->max_output_tokens_set    ? v->max_output_tokens
+                                                     : 0;
+  env.long_request = expect_out > rc_cfg->advised_max_output_tokens;
+
+  /* One pass over the replicas: each one's load and eligibility, the
+   * pools' mean KV usage (ACTIVE replicas; stale counts as full), and the
+   * per pool and tier summaries. */
   double kv_sum[4] = {0}, kv_n[4] = {0};
+  scan sc;
+  sc.a.n = 0;
+  for (int k = 0; k < SPI_SUMMARY_CELLS; k++) cell_clear(&sc.cell[k]);
   for (size_t i = 0; i < nrep; i++) {
     const spi_replica_ident *r = &set->r[i];
-    spi_replica_slot *s = &e->registry.slots[r->slot];
-    spi_candidate *c = &req->cands[i];
-    spi_load_view l;
-    spi__replica_load(s, now, max_age, &l);
-    c->id = r->id;
-    c->id_len = r->id_len;
-    c->pool = r->pool;
-    c->model_tier = r->model_tier;
-    c->eligible = atomic_load_explicit(&s->state, memory_order_relaxed) ==
-                  SPI_REPLICA_ACTIVE;
-    c->probe = 0;
-    c->fresh = l.fresh;
-    c->reserved0 = 0;
-    c->running = l.running;
-    c->waiting = l.waiting;
-    c->kv_usage = l.kv_usage;
-    c->inflight = atomic_load_explicit(&s->inflight, memory_order_relaxed);
-    c->max_inflight = r->max_inflight;
-    c->matched_blocks = 0;
-    c->reserved1 = 0;
-    c->usd_per_hour = r->usd_per_hour;
-    if (c->eligible) {
-      kv_sum[r->pool] += l.kv_usage;
+    replica_eval ev;
+    eval_replica(&env, r, 0, &ev);
+    if (ev.active) {
+      kv_sum[r->pool] += ev.kv_usage;
       kv_n[r->pool] += 1;
     }
+    if (full) fill_candidate(&req->cands[i], r, &ev);
+    if (ev.usable && r->cell >= 0) cell_add(&sc, r->cell, (uint32_t)i, r, &ev);
   }
 
   /* The KV breakers, and the class at the worse pool's pressure. */
@@ -169,59 +489,71 @@ static int route_pinned(spi_request *req, spi_snapshot *snap,
   int32_t worst = level[1] > level[2] ? level[1] : level[2];
   if ((rc = spi__classify_in(req, snap, v, worst, &cls))) return rc;
 
-  /* Which replicas likely hold the prefix. */
+  /* A pool that sheds this class has no usable replica. */
+  int32_t shed[4] = {0};
+  for (int p = SPI_POOL_SPOT; p <= SPI_POOL_ON_DEMAND; p++) {
+    shed[p] = (kvl[p] >= 1 && cls.klass == SPI_CLASS_BRONZE) ||
+              (kvl[p] >= 2 && cls.klass != SPI_CLASS_GOLD);
+    if (!shed[p]) continue;
+    cell_clear(&sc.cell[SPI_SUMMARY_INDEX(p, SPI_TIER_SMALL)]);
+    cell_clear(&sc.cell[SPI_SUMMARY_INDEX(p, SPI_TIER_LARGE)]);
+    if (full)
+      for (size_t i = 0; i < nrep; i++)
+        if (req->cands[i].pool == p) req->cands[i].eligible = req->cands[i].probe = 0;
+  }
+
+  /* Which replicas likely hold the prefix (its buckets were prefetched
+   * before the pass), and their warm TTFT. */
   uint32_t holders[64], hgens[64], nh = 0, matched = 0;
   if (ix && nblocks)
     matched = spi__index_longest(ix, req->hashes, (uint32_t)nblocks, entry_live,
                                  e, holders, hgens, 64, &nh);
-
-  /* Second pass: eligibility for this class, TTFT estimate, rendezvous
-   * weight. The uncached prefill time has two values only (cold, or warm to
-   * the matched depth), so it is computed once, not per replica. */
-  int32_t shed[4] = {0};
-  for (int p = SPI_POOL_SPOT; p <= SPI_POOL_ON_DEMAND; p++)
-    shed[p] = (kvl[p] >= 1 && cls.klass == SPI_CLASS_BRONZE) ||
-              (kvl[p] >= 2 && cls.klass != SPI_CLASS_GOLD);
-  uint64_t tokens = prompt_tokens(v, rc_cfg->bytes_per_token);
-  double ms_per_token = 1000.0 / rc_cfg->prefill_tokens_per_s;
-  double cold_ms = (double)tokens * ms_per_token;
-  double warm_ms = nblocks ? cold_ms * (1.0 - (double)matched / (double)nblocks)
-                           : cold_ms;
-  uint64_t rkey = nblocks ? req->hashes[0] : out->key.low64;
-  int64_t expect_out = v->expected_output_tokens_set ? v->expected_output_tokens
-                       : v->max_output_tokens_set    ? v->max_output_tokens
-                                                     : 0;
-  int long_request = expect_out > rc_cfg->advised_max_output_tokens;
-  for (size_t i = 0; i < nrep; i++) {
-    const spi_replica_ident *r = &set->r[i];
-    spi_replica_slot *s = &e->registry.slots[r->slot];
-    spi_candidate *c = &req->cands[i];
-    for (uint32_t h = 0; h < nh; h++)
-      if (holders[h] == r->slot) c->matched_blocks = matched;
-    double prefill = c->matched_blocks ? warm_ms : cold_ms;
-    c->est_ttft_ms = rc_cfg->ttft_base_ms + c->waiting * rc_cfg->ttft_per_queued_ms +
-                     prefill * (1.0 + c->running * r->inv_max_inflight);
-    c->rendezvous = mix64(r->id_hash ^ rkey);
-    /* Interruption signals: a cooling spot pool takes nothing new; an
-     * advised machine takes no long request and weighs less. */
-    int cooling = r->pool == SPI_POOL_SPOT &&
-                  atomic_load_explicit(&s->cooldown_until_ns,
-                                       memory_order_relaxed) > now;
-    int advised =
-        atomic_load_explicit(&s->advised_until_ns, memory_order_relaxed) > now;
-    if (advised) c->est_ttft_ms += rc_cfg->advised_penalty_ms;
-    int probe = 0;
-    /* Fast paths first: most replicas serve any model, most breakers are
-     * closed. */
-    int ok = c->eligible && !shed[r->pool] && !cooling &&
-             !(advised && long_request) &&
-             (r->models_len == 0 || spi__replica_serves(r, v->model, v->model_len)) &&
-             (atomic_load_explicit(&s->breaker, memory_order_relaxed) ==
-                  SPI_BREAKER_CLOSED ||
-              spi__breaker_allows(s, now, &probe));
-    c->eligible = ok && !probe;
-    c->probe = ok && probe;
+  if (matched)
+    env.warm_ms = env.cold_ms * (1.0 - (double)matched / (double)nblocks);
+  for (uint32_t h = 0; h < nh; h++) {
+    uint16_t pos = set->pos_of_slot[holders[h]];
+    if (pos == SPI_NO_POS || pos >= nrep) continue;
+    const spi_replica_ident *r = &set->r[pos];
+    int k = r->cell >= 0 && !shed[r->pool] ? r->cell : -1;
+    uint32_t ei = k >= 0 ? cell_find(&sc.cell[k], &sc.a, pos) : NO_EV;
+    replica_eval fresh, *ev = &fresh;
+    if (ei != NO_EV) {
+      ev = &sc.a.ev[ei];
+      ev->matched = matched;
+      ev->t = est_ttft(&env, ev, r, env.warm_ms);
+    } else {
+      eval_replica(&env, r, matched, &fresh);
+    }
+    if (full) {
+      req->cands[pos].matched_blocks = matched;
+      req->cands[pos].est_ttft_ms = ev->t;
+    }
+    if (!ev->usable || k < 0) continue;
+    if (ei == NO_EV) ei = arena_put(&sc, pos, ev);
+    cell_warm(&sc, k, pos, ei);
   }
+
+  /* The candidates a summaries-only policy reads: those named. */
+  named_set named, *ns = NULL;
+  size_t ncand = nrep;
+  if (!full) {
+    ns = &named;
+    named.n = 0;
+    for (int k = 0; k < SPI_SUMMARY_CELLS; k++) {
+      const cell_acc *c = &sc.cell[k];
+      for (uint32_t j = 0; j < c->n_top; j++) named_add(&named, &sc.a, c->top[j].ei);
+      if (c->warm != NO_EV) named_add(&named, &sc.a, c->warm);
+      if (c->least != NO_EV) named_add(&named, &sc.a, c->least);
+      if (c->rdv != NO_EV) named_add(&named, &sc.a, c->rdv);
+    }
+    if (req->candcap < named.n && grow_scratch(req, 0, named.n))
+      return spi__req_fail(req, SPI_ENOMEM, "route: out of memory");
+    for (uint32_t j = 0; j < named.n; j++)
+      fill_candidate(&req->cands[j], &set->r[named.pos[j]], &sc.a.ev[named.ei[j]]);
+    ncand = named.n;
+  }
+  spi_pool_summary sums[SPI_SUMMARY_CELLS];
+  for (int k = 0; k < SPI_SUMMARY_CELLS; k++) summary_out(&sc, k, ns, &sums[k]);
 
   spi_route_context x;
   memset(&x, 0, sizeof x);
@@ -230,7 +562,7 @@ static int route_pinned(spi_request *req, spi_snapshot *snap,
   x.req = v;
   x.cls = &cls;
   x.candidates = req->cands;
-  x.n_candidates = nrep;
+  x.n_candidates = ncand;
   x.total_blocks = (uint32_t)nblocks;
   x.max_fallbacks = (uint32_t)rc_cfg->max_fallbacks;
   for (int p = 0; p < 4; p++) {
@@ -238,9 +570,11 @@ static int route_pinned(spi_request *req, spi_snapshot *snap,
     x.shed[p] = shed[p];
   }
   x.now_ns = now;
+  x.summaries = sums;
+  x.summary_size = sizeof(spi_pool_summary);
+  x.n_summaries = SPI_SUMMARY_CELLS;
 
   spi_policy_choice ch;
-  const spi_slot *sl = &snap->slot[SPI_MODULE_POLICY];
   rc = run_policy(sl->mod, sl->inst, &x, &ch);
   if (rc != SPI_OK && sl->mod != sl->builtin &&
       sl->mod->on_failure == SPI_ON_FAILURE_FALLBACK)
@@ -269,7 +603,7 @@ static int route_pinned(spi_request *req, spi_snapshot *snap,
   while ((ch.pool == SPI_POOL_SPOT || ch.pool == SPI_POOL_ON_DEMAND) &&
          first < ch.n_order && req->cands[ch.order[first]].probe) {
     spi_replica_slot *s =
-        &e->registry.slots[set->r[ch.order[first]].slot];
+        &e->registry.slots[set->r[pos_of(ns, ch.order[first])].slot];
     if (spi__breaker_claim_probe(s)) {
       ch.reason_code = SPI_REASON_HALF_OPEN_PROBE;
       break;
@@ -322,7 +656,7 @@ static int route_pinned(spi_request *req, spi_snapshot *snap,
 
   /* Serve: open a ticket, count it on the replica, record the placement. */
   const spi_candidate *c = &req->cands[ch.order[first]];
-  const spi_replica_ident *r = &set->r[ch.order[first]];
+  const spi_replica_ident *r = &set->r[pos_of(ns, ch.order[first])];
   spi_replica_slot *s = &e->registry.slots[r->slot];
   spi_ticket_table *tt = atomic_load(&e->tickets);
   spi_ticket *k = tt ? spi__ticket_take(tt) : NULL;

@@ -127,6 +127,8 @@ typedef struct spi_replica_ident {
   int32_t model_tier;
   uint32_t max_inflight;
   double inv_max_inflight;  /* 1 / max_inflight */
+  double cap;               /* max_inflight as a double */
+  int32_t cell;             /* SPI_SUMMARY_INDEX(pool, model_tier) */
   double usd_per_hour;
   uint64_t id_hash;         /* XXH3-64 of id: rendezvous weight input */
   size_t id_len, zone_len, type_len, models_len, node_len;
@@ -140,9 +142,12 @@ typedef struct spi_replica_ident {
 } spi_replica_ident;
 
 /* The published set of replicas (immutable; replaced on every change). */
+#define SPI_NO_POS 0xffffu
 typedef struct spi_replica_set {
   size_t n;
   spi_replica_ident *r;     /* n entries, in order of addition */
+  uint16_t *pos_of_slot;    /* SPI_REPLICA_SLOTS: index into r, or
+                               SPI_NO_POS (the prefix index names slots) */
 } spi_replica_set;
 
 typedef struct spi_registry {
@@ -170,8 +175,30 @@ typedef struct spi_load_view {
   double running, waiting, kv_usage;
   int fresh;
 } spi_load_view;
-void spi__replica_load(const spi_replica_slot *s, int64_t now_ns,
-                       int64_t max_age_ns, spi_load_view *out);
+/* What a stale or missing load signal reads as: more than any replica runs. */
+#define SPI_LOAD_SATURATED 1e9
+#define SPI_DEFAULT_LOAD_MAX_AGE_MS 1000
+/* Inline: routing reads every replica's load on every route. */
+static inline void spi__replica_load(const spi_replica_slot *s, int64_t now_ns,
+                                     int64_t max_age_ns, spi_load_view *out) {
+  if (max_age_ns <= 0) max_age_ns = SPI_DEFAULT_LOAD_MAX_AGE_MS * 1000000ll;
+  int64_t at = atomic_load_explicit(&s->load_at_ns, memory_order_acquire);
+  int64_t age;
+  /* A signal stamped further in the future than it may be old is as
+   * suspect as an old one (a clock or unit mix-up): it counts as stale. */
+  int fresh = at != 0 && !__builtin_sub_overflow(now_ns, at, &age) &&
+              age < max_age_ns && age > -max_age_ns;
+  if (!fresh) {
+    out->running = out->waiting = SPI_LOAD_SATURATED;
+    out->kv_usage = 1.0;
+    out->fresh = 0;
+    return;
+  }
+  out->running = spi__bitsd(atomic_load_explicit(&s->running, memory_order_relaxed));
+  out->waiting = spi__bitsd(atomic_load_explicit(&s->waiting, memory_order_relaxed));
+  out->kv_usage = spi__bitsd(atomic_load_explicit(&s->kv_usage, memory_order_relaxed));
+  out->fresh = 1;
+}
 
 /* Prometheus text of a vLLM/SGLang /metrics page -> load (metrics_parse.c).
  * On error, err gets "line N: ..." */
@@ -234,6 +261,14 @@ uint32_t spi__index_longest(const spi_prefix_index *ix, const uint64_t *hashes,
                             uint32_t n, spi_index_live_fn live, void *ctx,
                             uint32_t *slots, uint32_t *gens, uint32_t cap,
                             uint32_t *n_holders);
+/* Start loading the buckets (tags and payloads) of the first blocks of a
+ * chain, up to SPI_INDEX_PREFETCH_MAX, without waiting for them. Called as
+ * soon as the hashes are known, so the table's cache misses overlap the
+ * routing work that follows instead of adding up inside the binary search
+ * and the insert, which read those same buckets. */
+#define SPI_INDEX_PREFETCH_MAX 32
+void spi__index_prefetch(const spi_prefix_index *ix, const uint64_t *hashes,
+                         uint32_t n);
 /* Record that (slot, gen) holds blocks hashes[from..n): insert or refresh,
  * evicting the bucket's lowest-value entry (dead first, then by recency plus
  * weight * weight_seconds). O(1) per block. */

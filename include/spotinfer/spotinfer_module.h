@@ -182,6 +182,41 @@ typedef struct spi_candidate {
   double usd_per_hour;
 } spi_candidate;
 
+/*
+ * The usable candidates (eligible, or a half-open probe) of one pool and
+ * model tier, as the library summarised them in its one pass over the
+ * replicas. Every index names an entry of ctx->candidates; -1 means none.
+ * A pool that sheds the request's class has no usable candidate, so its
+ * summaries are empty. "Busy" below means inflight >= max_inflight or
+ * running + waiting >= max_inflight.
+ *
+ * Since: 0.2.0.
+ */
+#define SPI_SUMMARY_TOP (3 + SPI_MAX_FALLBACKS)
+#define SPI_SUMMARY_CELLS 4 /* (spot, on-demand) x (small, large) */
+typedef struct spi_pool_summary {
+  int32_t pool;             /* SPI_POOL_SPOT or SPI_POOL_ON_DEMAND */
+  int32_t model_tier;       /* SPI_TIER_SMALL or SPI_TIER_LARGE */
+  uint32_t usable;          /* how many usable candidates there are */
+  uint32_t n_top;           /* entries of top[] in use */
+  int32_t top[SPI_SUMMARY_TOP]; /* lowest est_ttft_ms first; ties go to the
+                                   lower index */
+  int32_t warm;             /* most matched_blocks (> 0), then lowest
+                               est_ttft_ms */
+  int32_t least;            /* lowest (running + waiting + inflight) /
+                               max_inflight */
+  int32_t rendezvous;       /* highest rendezvous weight among the not busy */
+  int32_t reserved0;
+} spi_pool_summary;
+
+/* Where the summary of a pool and tier is in ctx->summaries: spot small,
+ * spot large, on-demand small, on-demand large. -1 when out of range. */
+#define SPI_SUMMARY_INDEX(pool, tier)                                      \
+  (((pool) == SPI_POOL_SPOT || (pool) == SPI_POOL_ON_DEMAND) &&            \
+           ((tier) == SPI_TIER_SMALL || (tier) == SPI_TIER_LARGE)          \
+       ? ((pool) - SPI_POOL_SPOT) * 2 + ((tier) - SPI_TIER_SMALL)          \
+       : -1)
+
 /* Everything a policy decides from. Borrowed for the call. */
 typedef struct spi_route_context {
   size_t struct_size;
@@ -195,6 +230,11 @@ typedef struct spi_route_context {
   int32_t pressure[4];     /* enum spi_pressure by enum spi_pool (1, 2) */
   int32_t shed[4];         /* by pool: 1 = the pool sheds this class now */
   int64_t now_ns;
+  /* Since 0.2.0 (struct_size covers them): SPI_SUMMARY_CELLS summaries in
+   * SPI_SUMMARY_INDEX order, each summary_size bytes apart. */
+  const spi_pool_summary *summaries;
+  size_t summary_size;
+  size_t n_summaries;
 } spi_route_context;
 
 /* A policy's answer: indices into the candidates, best first. */
@@ -208,11 +248,23 @@ typedef struct spi_policy_choice {
   char reason[160];
 } spi_policy_choice;
 
+/* spi_policy_module.flags. */
+enum spi_policy_flags {
+  /* The policy reads nothing of the candidates but ctx->summaries and the
+   * candidates they name. The library then builds only those: ctx->
+   * candidates is compact (in replica order), and every index, in the
+   * summaries and in the choice, refers to that compact array. This saves
+   * building one spi_candidate per replica on every route; both built-in
+   * policies set it. A policy without the flag gets every replica, and the
+   * summaries index that full array. Since: 0.2.0. */
+  SPI_POLICY_SUMMARIES_ONLY = 1
+};
+
 typedef struct spi_policy_module {
   uint32_t abi_version;
   uint32_t struct_size;
   int32_t on_failure;
-  int32_t reserved0;
+  int32_t flags;           /* enum spi_policy_flags; 0 before 0.2.0 */
   spi_module_configure_fn configure; /* required */
   spi_module_release_fn release;
   /* Choose for ctx. out->struct_size is set by the library, which then checks
