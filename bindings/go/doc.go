@@ -48,5 +48,15 @@
 // A classifier or routing policy can be written in Go (the Classifier and
 // Policy interfaces) and registered on an engine; the library calls it
 // through runtime/cgo handles and small C trampolines. A panic or error in a
-// module becomes an error status in C, never a crash.
+// module becomes an error status in C, never a crash. Key builders and cost
+// models can be written in Go the same way.
+//
+// A Policy decides from a RouteContext: the candidates (replicas) and, from
+// library 0.2.0 on, Summaries, one PoolSummary per pool and model tier (see
+// SummaryIndex and RouteContext.Summary) naming the best-TTFT, warm, least
+// loaded and rendezvous candidates by index. A policy that implements
+// PolicyFlagger and returns PolicySummariesOnly reads only those: the
+// library then passes only the candidates the summaries name, and every
+// index, in the summaries and in the PolicyChoice, refers to that compact
+// slice.
 package spotinfer

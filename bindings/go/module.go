@@ -1,6 +1,7 @@
 package spotinfer
 
 /*
+#include <stddef.h>
 #include <stdint.h>
 #include <string.h>
 #include <spotinfer/spotinfer_module.h>
@@ -132,12 +133,13 @@ static int spi_go_register_classifier(spi_engine *e, const char *name,
 
 static int spi_go_register_policy(spi_engine *e, const char *name,
                                   size_t name_len, int32_t on_failure,
-                                  uintptr_t state) {
+                                  int32_t flags, uintptr_t state) {
   spi_policy_module m;
   memset(&m, 0, sizeof m);
   m.abi_version = SPI_MODULE_ABI_VERSION;
   m.struct_size = sizeof m;
   m.on_failure = on_failure;
+  m.flags = flags;
   m.configure = spi_go_configure;
   m.release = spi_go_release;
   m.choose = spi_go_choose;
@@ -151,6 +153,23 @@ static const spi_candidate *spi_go_candidate(const spi_route_context *ctx,
   size_t stride = ctx->candidate_size ? ctx->candidate_size
                                       : sizeof(spi_candidate);
   return (const spi_candidate *)((const char *)ctx->candidates + i * stride);
+}
+
+// The number of pool summaries, 0 when the library's context predates them
+// (struct_size does not cover the fields).
+static size_t spi_go_n_summaries(const spi_route_context *ctx) {
+  size_t end = offsetof(spi_route_context, n_summaries) +
+               sizeof ctx->n_summaries;
+  if (ctx->struct_size < end || !ctx->summaries) return 0;
+  return ctx->n_summaries;
+}
+
+// A pool summary by index, with the stride the library says it uses.
+static const spi_pool_summary *spi_go_summary(const spi_route_context *ctx,
+                                              size_t i) {
+  size_t stride = ctx->summary_size ? ctx->summary_size
+                                    : sizeof(spi_pool_summary);
+  return (const spi_pool_summary *)((const char *)ctx->summaries + i * stride);
 }
 */
 import "C"
@@ -189,6 +208,23 @@ type Policy interface {
 	Configure(config []byte) (instance any, err error)
 	Choose(instance any, ctx *RouteContext) (PolicyChoice, error)
 }
+
+// PolicyFlags say what a policy reads (enum spi_policy_flags).
+type PolicyFlags int32
+
+// PolicySummariesOnly declares that a policy reads nothing of the
+// candidates but RouteContext.Summaries and the candidates they name. The
+// library then passes only those candidates (in replica order), so
+// RouteContext.Candidates is compact and every index, in the summaries and
+// in the PolicyChoice, refers to that compact slice. Both built-in policies
+// set it. A library older than 0.2.0 passes every replica and no summaries.
+const PolicySummariesOnly PolicyFlags = C.SPI_POLICY_SUMMARIES_ONLY
+
+// PolicyFlagger is implemented by a Policy that declares PolicyFlags when it
+// is registered (e.g. PolicySummariesOnly). A Policy without it declares
+// none and gets every replica as a candidate. Unknown bits are refused at
+// registration with ErrInvalid.
+type PolicyFlagger interface{ PolicyFlags() PolicyFlags }
 
 // KeyBuilder is a key-builder module written in Go: the versioned cache
 // key of a request and the chained hashes of its prompt-prefix blocks.
@@ -324,7 +360,11 @@ func (e *Engine) register(kind ModuleKind, name string, impl any, onFailure OnFa
 	case ModuleClassifier:
 		rc = C.spi_go_register_classifier(p, s, n, C.int32_t(onFailure), C.uintptr_t(h))
 	case ModulePolicy:
-		rc = C.spi_go_register_policy(p, s, n, C.int32_t(onFailure), C.uintptr_t(h))
+		var flags PolicyFlags
+		if f, ok := impl.(PolicyFlagger); ok {
+			flags = f.PolicyFlags()
+		}
+		rc = C.spi_go_register_policy(p, s, n, C.int32_t(onFailure), C.int32_t(flags), C.uintptr_t(h))
 	case ModuleKeyBuilder:
 		rc = C.spi_go_register_key_builder(p, s, n, C.int32_t(onFailure), C.uintptr_t(h))
 	case ModuleCostModel:
@@ -564,16 +604,67 @@ type Candidate struct {
 	USDPerHour                float64
 }
 
+// SummaryTop is the most candidates PoolSummary.Top names
+// (SPI_SUMMARY_TOP); SummaryCells is the number of summaries, one per pool
+// and model tier (SPI_SUMMARY_CELLS).
+const (
+	SummaryTop   = C.SPI_SUMMARY_TOP
+	SummaryCells = C.SPI_SUMMARY_CELLS
+)
+
+// SummaryIndex is where the summary of pool and tier is in
+// RouteContext.Summaries (SPI_SUMMARY_INDEX): spot small, spot large,
+// on-demand small, on-demand large. -1 when out of range.
+func SummaryIndex(pool Pool, tier ModelTier) int {
+	if (pool != PoolSpot && pool != PoolOnDemand) || (tier != TierSmall && tier != TierLarge) {
+		return -1
+	}
+	return int(pool-PoolSpot)*2 + int(tier-TierSmall)
+}
+
+// PoolSummary is the library's summary of the usable candidates (eligible,
+// or a half-open probe) of one pool and model tier, from its one pass over
+// the replicas. Every index is into RouteContext.Candidates; -1 means none.
+// A pool that sheds the request's class has no usable candidate. "Busy"
+// means Inflight >= MaxInflight or Running + Waiting >= MaxInflight.
+type PoolSummary struct {
+	Pool      Pool
+	ModelTier ModelTier
+	Usable    int   // how many usable candidates there are
+	Top       []int // up to SummaryTop, lowest EstTTFTMs first; ties to the lower index
+	// Warm has the most MatchedBlocks (> 0), then the lowest EstTTFTMs.
+	Warm int
+	// Least has the lowest (Running + Waiting + Inflight) / MaxInflight.
+	Least int
+	// Rendezvous has the highest Rendezvous weight among the not busy.
+	Rendezvous int
+}
+
 // RouteContext is everything a policy decides from.
 type RouteContext struct {
 	Req            *RequestView
 	Classification *Classification // at the on-demand pool's pressure
-	Candidates     []Candidate
-	TotalBlocks    uint32
-	MaxFallbacks   uint32
-	Pressure       [4]Pressure // by Pool
-	Shed           [4]bool     // by Pool: the pool sheds this class now
-	NowNs          int64
+	// Candidates are every replica, or, for a PolicySummariesOnly policy,
+	// only those the summaries name (in replica order).
+	Candidates   []Candidate
+	TotalBlocks  uint32
+	MaxFallbacks uint32
+	Pressure     [4]Pressure // by Pool
+	Shed         [4]bool     // by Pool: the pool sheds this class now
+	NowNs        int64
+	// Summaries are SummaryCells summaries in SummaryIndex order (see
+	// Summary); nil from a library older than 0.2.0.
+	Summaries []PoolSummary
+}
+
+// Summary is the summary of pool and tier, or nil if there is none (pool
+// or tier out of range, or a library without summaries).
+func (c *RouteContext) Summary(pool Pool, tier ModelTier) *PoolSummary {
+	i := SummaryIndex(pool, tier)
+	if i < 0 || i >= len(c.Summaries) {
+		return nil
+	}
+	return &c.Summaries[i]
 }
 
 func routeContextFrom(c *C.spi_route_context, view *RequestView) *RouteContext {
@@ -599,6 +690,26 @@ func routeContextFrom(c *C.spi_route_context, view *RequestView) *RouteContext {
 			Inflight: uint32(k.inflight), MaxInflight: uint32(k.max_inflight),
 			MatchedBlocks: uint32(k.matched_blocks), Rendezvous: uint64(k.rendezvous),
 			EstTTFTMs: float64(k.est_ttft_ms), USDPerHour: float64(k.usd_per_hour),
+		}
+	}
+	if ns := int(C.spi_go_n_summaries(c)); ns > 0 {
+		ctx.Summaries = make([]PoolSummary, ns)
+		tops := make([]int, 0, ns*SummaryTop)
+		for i := 0; i < ns; i++ {
+			s := C.spi_go_summary(c, C.size_t(i))
+			nt := int(s.n_top)
+			if nt > SummaryTop {
+				nt = SummaryTop
+			}
+			at := len(tops)
+			for j := 0; j < nt; j++ {
+				tops = append(tops, int(s.top[j]))
+			}
+			ctx.Summaries[i] = PoolSummary{
+				Pool: Pool(s.pool), ModelTier: ModelTier(s.model_tier),
+				Usable: int(s.usable), Top: tops[at:len(tops):len(tops)],
+				Warm: int(s.warm), Least: int(s.least), Rendezvous: int(s.rendezvous),
+			}
 		}
 	}
 	return ctx
