@@ -66,14 +66,18 @@ static void slot_reset(spi_replica_slot *s) {
 }
 
 int spi__registry_init(spi_registry *g, const spi_mem *m) {
-  g->slots = spi__alloc(m, SPI_REPLICA_SLOTS * sizeof *g->slots);
+  /* Slots are cache-line aligned; the allocator only promises malloc's. */
+  g->slots_raw = spi__alloc(m, SPI_REPLICA_SLOTS * sizeof *g->slots + 63);
   spi_replica_set *empty = set_new(m, 0);
-  if (!g->slots || !empty || pthread_mutex_init(&g->lock, NULL) != 0) {
-    spi__free(m, g->slots);
+  if (!g->slots_raw || !empty || pthread_mutex_init(&g->lock, NULL) != 0) {
+    spi__free(m, g->slots_raw);
     spi__free(m, empty);
+    g->slots_raw = NULL;
     g->slots = NULL;
     return SPI_ENOMEM;
   }
+  g->slots = (spi_replica_slot *)(void *)((uintptr_t)((char *)g->slots_raw + 63) &
+                                          ~(uintptr_t)63);
   for (size_t i = 0; i < SPI_REPLICA_SLOTS; i++) {
     spi_replica_slot *s = &g->slots[i];
     atomic_init(&s->gen, 0u);
@@ -99,7 +103,8 @@ int spi__registry_init(spi_registry *g, const spi_mem *m) {
 void spi__registry_destroy(spi_registry *g, const spi_mem *m) {
   if (!g->slots) return;
   spi__free(m, atomic_exchange(&g->set, NULL));
-  spi__free(m, g->slots);
+  spi__free(m, g->slots_raw);
+  g->slots_raw = NULL;
   g->slots = NULL;
   pthread_mutex_destroy(&g->lock);
 }
@@ -202,13 +207,14 @@ static int ident_from_info(spi_engine *e, const spi_replica_info *in,
     return spi__engine_fail(e, SPI_EINVAL,
                             "replica \"%.*s\": max_inflight must be >= 1",
                             idl, in->id);
+  size_t models_len = 0;
   if ((rc = copy_text(e, in, "zone", in->zone, in->zone_len, r->zone,
                       sizeof r->zone, &r->zone_len)) != SPI_OK ||
       (rc = copy_text(e, in, "instance_type", in->instance_type,
                       in->instance_type_len, r->instance_type,
                       sizeof r->instance_type, &r->type_len)) != SPI_OK ||
       (rc = copy_text(e, in, "models", in->models, in->models_len, r->models,
-                      sizeof r->models, &r->models_len)) != SPI_OK ||
+                      sizeof r->models, &models_len)) != SPI_OK ||
       (rc = copy_text(e, in, "node", in->node, in->node_len, r->node,
                       sizeof r->node, &r->node_len)) != SPI_OK)
     return rc;
@@ -218,6 +224,7 @@ static int ident_from_info(spi_engine *e, const spi_replica_info *in,
                             "finite and >= 0",
                             idl, in->id);
   r->decode_tps = in->decode_tokens_per_s;
+  r->models_len = (uint32_t)models_len; /* < sizeof r->models */
   memcpy(r->id, in->id, in->id_len);
   r->id[in->id_len] = '\0';
   r->id_len = in->id_len;

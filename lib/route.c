@@ -79,12 +79,20 @@ typedef struct replica_eval {
   uint8_t active, usable, probe, busy, fresh, advised;
 } replica_eval;
 
+/* The TTFT estimate: every caller goes through here, so the same inputs
+ * give the same bits whichever pass computed them. */
+static inline double ttft_of(const spi_router_cfg *c, double running,
+                             double waiting, double inv_cap, double prefill_ms,
+                             int advised) {
+  double t = c->ttft_base_ms + waiting * c->ttft_per_queued_ms +
+             prefill_ms * (1.0 + running * inv_cap);
+  return advised ? t + c->advised_penalty_ms : t;
+}
+
 static double est_ttft(const route_env *x, const replica_eval *ev,
                        const spi_replica_ident *r, double prefill_ms) {
-  const spi_router_cfg *c = x->cfg;
-  double t = c->ttft_base_ms + ev->waiting * c->ttft_per_queued_ms +
-             prefill_ms * (1.0 + ev->running * r->inv_max_inflight);
-  return ev->advised ? t + c->advised_penalty_ms : t;
+  return ttft_of(x->cfg, ev->running, ev->waiting, r->inv_max_inflight,
+                 prefill_ms, ev->advised);
 }
 
 static double rel_load(const replica_eval *ev, const spi_replica_ident *r) {
@@ -92,39 +100,52 @@ static double rel_load(const replica_eval *ev, const spi_replica_ident *r) {
 }
 
 /* Evaluate one replica: load, eligibility (all but the pool's KV shedding,
- * which depends on the class), TTFT estimate and rendezvous weight. */
+ * which depends on the class), TTFT estimate and rendezvous weight. Every
+ * field it reads of the slot is in the slot's first cache line, and the
+ * common case (fresh load, closed breaker, no interruption signal, any
+ * model) takes no branch that depends on the replica. */
 static inline void eval_replica(const route_env *x, const spi_replica_ident *r,
                                 uint32_t matched, replica_eval *o) {
   spi_replica_slot *s = &x->e->registry.slots[r->slot];
-  spi_load_view l;
-  spi__replica_load(s, x->now, x->max_age, &l);
-  o->running = l.running;
-  o->waiting = l.waiting;
-  o->kv_usage = l.kv_usage;
-  o->fresh = (uint8_t)l.fresh;
-  o->inflight = atomic_load_explicit(&s->inflight, memory_order_relaxed);
+  int64_t at = atomic_load_explicit(&s->load_at_ns, memory_order_acquire);
+  double run = spi__bitsd(atomic_load_explicit(&s->running, memory_order_relaxed));
+  double wait = spi__bitsd(atomic_load_explicit(&s->waiting, memory_order_relaxed));
+  double kv = spi__bitsd(atomic_load_explicit(&s->kv_usage, memory_order_relaxed));
+  uint32_t inflight = atomic_load_explicit(&s->inflight, memory_order_relaxed);
+  int32_t state = atomic_load_explicit(&s->state, memory_order_relaxed);
+  int32_t breaker = atomic_load_explicit(&s->breaker, memory_order_relaxed);
+  int64_t advised_until =
+      atomic_load_explicit(&s->advised_until_ns, memory_order_relaxed);
+  int64_t cooldown_until =
+      atomic_load_explicit(&s->cooldown_until_ns, memory_order_relaxed);
+  /* Fresh: -max_age < now - at < max_age, in wrapping arithmetic (the same
+   * test as spi__replica_load). A stale signal reads as saturated. */
+  uint64_t ma = (uint64_t)x->max_age;
+  int fresh = at != 0 && (uint64_t)x->now - (uint64_t)at + ma - 1 < 2 * ma - 1;
+  if (!fresh) {
+    run = wait = SPI_LOAD_SATURATED;
+    kv = 1.0;
+  }
+  o->running = run;
+  o->waiting = wait;
+  o->kv_usage = kv;
+  o->fresh = (uint8_t)fresh;
+  o->inflight = inflight;
   o->matched = matched;
-  o->active = atomic_load_explicit(&s->state, memory_order_relaxed) ==
-              SPI_REPLICA_ACTIVE;
-  o->advised =
-      atomic_load_explicit(&s->advised_until_ns, memory_order_relaxed) > x->now;
+  o->active = state == SPI_REPLICA_ACTIVE;
+  o->advised = advised_until > x->now;
   o->t = est_ttft(x, o, r, matched ? x->warm_ms : x->cold_ms);
   o->rdv = mix64(r->id_hash ^ x->rkey);
-  o->busy = o->inflight >= r->max_inflight || l.running + l.waiting >= r->cap;
+  o->busy = (inflight >= r->max_inflight) | (run + wait >= r->cap);
   /* Interruption signals: a cooling spot pool takes nothing new; an
-   * advised machine takes no long request. Fast paths first: most replicas
-   * serve any model, most breakers are closed. */
+   * advised machine takes no long request. */
+  int ok = o->active & !(r->pool == SPI_POOL_SPOT && cooldown_until > x->now) &
+           !(o->advised & x->long_request);
   int probe = 0;
-  int ok = o->active &&
-           !(r->pool == SPI_POOL_SPOT &&
-             atomic_load_explicit(&s->cooldown_until_ns, memory_order_relaxed) >
-                 x->now) &&
-           !(o->advised && x->long_request) &&
-           (r->models_len == 0 ||
-            spi__replica_serves(r, x->v->model, x->v->model_len)) &&
-           (atomic_load_explicit(&s->breaker, memory_order_relaxed) ==
-                SPI_BREAKER_CLOSED ||
-            spi__breaker_allows(s, x->now, &probe));
+  if (ok && r->models_len)
+    ok = spi__replica_serves(r, x->v->model, x->v->model_len);
+  if (ok && breaker != SPI_BREAKER_CLOSED)
+    ok = spi__breaker_allows(s, x->now, &probe);
   o->usable = (uint8_t)ok;
   o->probe = (uint8_t)(ok && probe);
 }
@@ -172,8 +193,10 @@ typedef struct top_ent {
 typedef struct cell_acc {
   uint32_t usable, n_top;
   top_ent top[SPI_SUMMARY_TOP];
+  double thr_t;              /* a TTFT below this enters top (in the scan,
+                                where positions only grow) */
   uint32_t least, rdv, warm; /* arena indices, or NO_EV */
-  double least_rel;
+  double least_rel;          /* +inf while least is NO_EV */
   uint64_t rdv_w;
 } cell_acc;
 
@@ -190,7 +213,10 @@ typedef struct scan {
 
 static void cell_clear(cell_acc *c) {
   c->usable = c->n_top = 0;
+  c->thr_t = HUGE_VAL;
   c->least = c->rdv = c->warm = NO_EV;
+  c->least_rel = HUGE_VAL;
+  c->rdv_w = 0;
 }
 
 /* Drop the evaluations no summary points to; renumber the rest. */
@@ -248,21 +274,20 @@ static void top_insert(cell_acc *c, double t, uint32_t pos, uint32_t ei) {
   c->top[at].pos = pos;
   c->top[at].ei = ei;
   if (n < SPI_SUMMARY_TOP) c->n_top = n + 1;
+  if (c->n_top == SPI_SUMMARY_TOP) c->thr_t = c->top[SPI_SUMMARY_TOP - 1].t;
 }
 
-/* A usable replica, met in position order. */
-static inline void cell_add(scan *sc, int k, uint32_t pos,
-                            const spi_replica_ident *r,
-                            const replica_eval *ev) {
+/* A usable replica, met in position order and already counted in usable:
+ * let it into whatever it ranks in. */
+static void cell_offer(scan *sc, int k, uint32_t pos, double rel,
+                       const replica_eval *ev) {
   cell_acc *c = &sc->cell[k];
   uint32_t ei = NO_EV;
-  c->usable++;
-  if (c->n_top < SPI_SUMMARY_TOP || ev->t < c->top[SPI_SUMMARY_TOP - 1].t) {
+  if (ev->t < c->thr_t) {
     ei = arena_put(sc, pos, ev);
     top_insert(c, ev->t, pos, ei);
   }
-  double rel = rel_load(ev, r);
-  if (c->least == NO_EV || rel < c->least_rel) {
+  if (rel < c->least_rel) {
     if (ei == NO_EV) ei = arena_put(sc, pos, ev);
     c->least = ei;
     c->least_rel = rel;
@@ -271,6 +296,84 @@ static inline void cell_add(scan *sc, int k, uint32_t pos,
     if (ei == NO_EV) ei = arena_put(sc, pos, ev);
     c->rdv = ei;
     c->rdv_w = ev->rdv;
+  }
+}
+
+static void cell_add(scan *sc, int k, uint32_t pos, const spi_replica_ident *r,
+                     const replica_eval *ev) {
+  sc->cell[k].usable++;
+  cell_offer(sc, k, pos, rel_load(ev, r), ev);
+}
+
+/*
+ * The pass over the replicas when no policy needs every candidate. Most
+ * replicas rank in nothing (they are not among the best TTFTs, not the least
+ * loaded, not the rendezvous winner so far), so the common case is computed
+ * in registers from the two cache lines of the replica and compared against
+ * the summaries' thresholds; only a replica that gets in, or one that is not
+ * plainly eligible (breaker not closed, a models list, an interruption
+ * signal), takes the general path.
+ */
+static void scan_lean(const route_env *x, const spi_replica_set *set,
+                      size_t nrep, scan *sc, double *kv_sum, double *kv_n) {
+  const spi_router_cfg *cfg = x->cfg;
+  spi_replica_slot *slots = x->e->registry.slots;
+  const uint64_t ma = (uint64_t)x->max_age, now = (uint64_t)x->now;
+  for (size_t i = 0; i < nrep; i++) {
+    const spi_replica_ident *r = &set->r[i];
+    spi_replica_slot *s = &slots[r->slot];
+    int64_t at = atomic_load_explicit(&s->load_at_ns, memory_order_acquire);
+    double run = spi__bitsd(atomic_load_explicit(&s->running, memory_order_relaxed));
+    double wait = spi__bitsd(atomic_load_explicit(&s->waiting, memory_order_relaxed));
+    double kv = spi__bitsd(atomic_load_explicit(&s->kv_usage, memory_order_relaxed));
+    uint32_t inflight = atomic_load_explicit(&s->inflight, memory_order_relaxed);
+    int32_t state = atomic_load_explicit(&s->state, memory_order_relaxed);
+    int32_t breaker = atomic_load_explicit(&s->breaker, memory_order_relaxed);
+    int64_t adv = atomic_load_explicit(&s->advised_until_ns, memory_order_relaxed);
+    int64_t cool = atomic_load_explicit(&s->cooldown_until_ns, memory_order_relaxed);
+    int fresh = at != 0 && now - (uint64_t)at + ma - 1 < 2 * ma - 1;
+    if (!fresh) {
+      run = wait = SPI_LOAD_SATURATED;
+      kv = 1.0;
+    }
+    if (state != SPI_REPLICA_ACTIVE) continue;
+    kv_sum[r->pool] += kv;
+    kv_n[r->pool] += 1;
+    if (r->cell < 0) continue;
+    int advised = adv > x->now;
+    if (breaker != SPI_BREAKER_CLOSED || r->models_len ||
+        (r->pool == SPI_POOL_SPOT && cool > x->now) ||
+        (advised && x->long_request)) {
+      replica_eval ev;
+      eval_replica(x, r, 0, &ev);
+      if (ev.usable) cell_add(sc, r->cell, (uint32_t)i, r, &ev);
+      continue;
+    }
+    cell_acc *c = &sc->cell[r->cell];
+    c->usable++;
+    double load = run + wait;
+    double t = ttft_of(cfg, run, wait, r->inv_max_inflight, x->cold_ms, advised);
+    double rel = (load + inflight) * r->inv_max_inflight;
+    int busy = (inflight >= r->max_inflight) | (load >= r->cap);
+    uint64_t w = mix64(r->id_hash ^ x->rkey);
+    if (t < c->thr_t || rel < c->least_rel ||
+        (!busy && (w > c->rdv_w || c->rdv == NO_EV))) {
+      replica_eval ev;
+      ev.running = run;
+      ev.waiting = wait;
+      ev.kv_usage = kv;
+      ev.t = t;
+      ev.rdv = w;
+      ev.inflight = inflight;
+      ev.matched = 0;
+      ev.active = 1;
+      ev.usable = 1;
+      ev.probe = 0;
+      ev.busy = (uint8_t)busy;
+      ev.fresh = (uint8_t)fresh;
+      ev.advised = (uint8_t)advised;
+      cell_offer(sc, r->cell, (uint32_t)i, rel, &ev);
+    }
   }
 }
 
@@ -408,6 +511,7 @@ static int route_pinned(spi_request *req, spi_snapshot *snap,
   if (rc) return spi__req_fail(req, rc, "route: out of memory");
   int64_t now = spi__engine_now(e);
   int64_t max_age = rc_cfg->load_max_age_ms * 1000000;
+  if (max_age <= 0) max_age = SPI_DEFAULT_LOAD_MAX_AGE_MS * 1000000ll;
   size_t nrep = set ? set->n : 0;
 
   /* Key and prefix blocks, into the request's warm scratch. */
@@ -458,7 +562,8 @@ static int route_pinned(spi_request *req, spi_snapshot *snap,
   scan sc;
   sc.a.n = 0;
   for (int k = 0; k < SPI_SUMMARY_CELLS; k++) cell_clear(&sc.cell[k]);
-  for (size_t i = 0; i < nrep; i++) {
+  if (!full) scan_lean(&env, set, nrep, &sc, kv_sum, kv_n);
+  for (size_t i = 0; full && i < nrep; i++) {
     const spi_replica_ident *r = &set->r[i];
     replica_eval ev;
     eval_replica(&env, r, 0, &ev);
@@ -466,7 +571,7 @@ static int route_pinned(spi_request *req, spi_snapshot *snap,
       kv_sum[r->pool] += ev.kv_usage;
       kv_n[r->pool] += 1;
     }
-    if (full) fill_candidate(&req->cands[i], r, &ev);
+    fill_candidate(&req->cands[i], r, &ev);
     if (ev.usable && r->cell >= 0) cell_add(&sc, r->cell, (uint32_t)i, r, &ev);
   }
 

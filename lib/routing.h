@@ -17,6 +17,7 @@
 
 #include <pthread.h>
 #include <stdatomic.h>
+#include <stddef.h>
 
 #include "spi_internal.h"
 
@@ -96,42 +97,50 @@ typedef struct spi_router_cfg {
 #define SPI_REPLICA_SLOTS 4096 /* hard cap of router.max_replicas */
 
 /* Per-replica state that changes at run time, in a slot that never moves.
- * All fields atomic: routers read them without a lock. */
+ * All fields atomic: routers read them without a lock. What every route
+ * reads of every replica is in the first cache line; the rest is read when
+ * something happens to the replica. */
 typedef struct spi_replica_slot {
+  _Alignas(64) atomic_int state; /* enum spi_replica_state; 0 = slot free */
+  atomic_uint inflight;     /* open tickets */
+  atomic_int breaker;       /* enum spi_breaker_state (breaker.c) */
   atomic_uint gen;          /* bumped on remove, state change off ACTIVE,
                                pool/models change: kills index entries */
-  atomic_uint incarnation;  /* bumped only when the slot gets a new replica
-                               or loses one: what tickets compare against */
-  atomic_int state;         /* enum spi_replica_state; 0 = slot free */
+  atomic_llong load_at_ns;  /* 0 = never reported */
   atomic_ullong running;    /* double bits */
   atomic_ullong waiting;    /* double bits */
   atomic_ullong kv_usage;   /* double bits */
-  atomic_llong load_at_ns;  /* 0 = never reported */
-  atomic_uint inflight;     /* open tickets */
-  /* error breaker (breaker.c) */
-  atomic_int breaker;       /* enum spi_breaker_state */
-  atomic_uint consecutive_errors;
-  atomic_llong open_until_ns;
-  atomic_int probe_taken;   /* half-open: the single probe is out */
   /* Interruption signals (node.c). */
   atomic_llong advised_until_ns; /* rebalance advice: no long requests, and
                                     a TTFT penalty, until then */
   atomic_llong cooldown_until_ns; /* its spot pool is cooling down */
+  /* Second line. */
+  atomic_uint incarnation;  /* bumped only when the slot gets a new replica
+                               or loses one: what tickets compare against */
+  atomic_uint consecutive_errors;
+  atomic_llong open_until_ns;
+  atomic_int probe_taken;   /* half-open: the single probe is out */
 } spi_replica_slot;
+
+_Static_assert(offsetof(spi_replica_slot, cooldown_until_ns) + 8 <= 64,
+               "the fields every route reads share one cache line");
 
 /* A replica's identity: immutable once published in a replica set. */
 typedef struct spi_replica_ident {
-  /* What every route reads, first and together (two cache lines). */
+  /* What every route reads of every replica, in one cache line. */
   uint32_t slot;
   int32_t pool;
   int32_t model_tier;
+  int32_t cell;             /* SPI_SUMMARY_INDEX(pool, model_tier) */
   uint32_t max_inflight;
+  uint32_t models_len;      /* 0: serves any model */
   double inv_max_inflight;  /* 1 / max_inflight */
   double cap;               /* max_inflight as a double */
-  int32_t cell;             /* SPI_SUMMARY_INDEX(pool, model_tier) */
-  double usd_per_hour;
   uint64_t id_hash;         /* XXH3-64 of id: rendezvous weight input */
-  size_t id_len, zone_len, type_len, models_len, node_len;
+  double usd_per_hour;
+  size_t id_len;
+  /* The rest is read when the replica is chosen or listed. */
+  size_t zone_len, type_len, node_len;
   double decode_tps;        /* one stream's decode rate; 0 = router default */
   /* The text, read when chosen or when models are listed. */
   char id[SPI_ID_MAX];
@@ -151,7 +160,8 @@ typedef struct spi_replica_set {
 } spi_replica_set;
 
 typedef struct spi_registry {
-  spi_replica_slot *slots;  /* SPI_REPLICA_SLOTS */
+  spi_replica_slot *slots;  /* SPI_REPLICA_SLOTS, 64-byte aligned */
+  void *slots_raw;          /* the allocation they are in */
   _Atomic(spi_replica_set *) set;
   pthread_mutex_t lock;     /* writers */
   uint32_t next_slot;       /* where the next free-slot search starts (under
