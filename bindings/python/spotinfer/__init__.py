@@ -30,7 +30,9 @@ from .enums import (BreakerState, Class, LogLevel, ModelTier, ModuleKind,
                     OnFailure, OpenAIKind, OptionType, Pool, PriorityScheme,
                     Pressure, Reason, ReplicaState, ReqInt, ReqStr,
                     ServiceTier, Status, TicketStatus, NoticeKind,
-                    NoticeFormat, NodeState, TicketAction, ReplayRecordType)
+                    NoticeFormat, NodeState, TicketAction, ReplayRecordType,
+                    PolicyFlags)
+from .enums import coerce as _coerce
 from .errors import *  # noqa: F401,F403 - the exception classes
 from .errors import __all__ as _errors_all
 from .notices import (Notice, TicketPlan, node_state_name, notice_kind_name,
@@ -39,13 +41,25 @@ from .replay import (ENVELOPE_FROM_SCRATCH, Claim, Envelope, ReplayQueue,
                      ReplayStats, continuation)
 from .modules import (Candidate, ClassifierModule, CostModelModule,
                       KeyBuilderModule, PolicyChoice, PolicyModule,
-                      ReplayRecord, ReplayStoreModule, ReplayStoreStats,
-                      RequestView, RouteContext)
+                      PoolSummary, ReplayRecord, ReplayStoreModule,
+                      ReplayStoreStats, RequestView, RouteContext)
 from .types import (CacheKeyValue, Classification, LedgerRow, Load,
                     OptionInfo, Price, ReplicaInfo, ReplicaStatus, Signals,
                     SpotCost, TicketResult, Verdict)
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
+
+#: Entries of PoolSummary.top at most (SPI_SUMMARY_TOP), and summaries in a
+#: RouteContext (SPI_SUMMARY_CELLS: (spot, on-demand) x (small, large)).
+SUMMARY_TOP: int = _native.SUMMARY_TOP
+SUMMARY_CELLS: int = _native.SUMMARY_CELLS
+
+
+def summary_index(pool: Union[Pool, int, str],
+                  model_tier: Union[ModelTier, int, str]) -> int:
+    """SPI_SUMMARY_INDEX: the position of a pool and model tier's summary in
+    RouteContext.summaries, or -1 when either is out of range."""
+    return _native.summary_index(_coerce(Pool, pool), _coerce(ModelTier, model_tier))
 
 #: The loaded library's version, e.g. "0.1.0", and as MAJOR*10000+MINOR*100+PATCH.
 library_version: str = lib.version
@@ -111,6 +125,8 @@ __all__ = [
     "Signals", "TicketResult",
     "RequestView", "Candidate", "RouteContext", "PolicyChoice",
     "ClassifierModule", "KeyBuilderModule", "CostModelModule", "PolicyModule",
+    "PoolSummary", "PolicyFlags", "SUMMARY_TOP", "SUMMARY_CELLS",
+    "summary_index",
     "Status", "LogLevel", "OptionType", "Class", "ModelTier", "PriorityScheme",
     "ServiceTier", "ReqStr", "ReqInt", "OpenAIKind", "Pressure", "Pool",
     "ReplicaState", "BreakerState", "Reason", "TicketStatus", "ModuleKind",

@@ -16,9 +16,9 @@ from typing import (Any, Callable, Dict, Iterable, List, Mapping, Optional,
 
 from . import _native as _n
 from .enums import (Class, LogLevel, ModelTier, ModuleKind, OnFailure,
-                    OpenAIKind, Pool, PriorityScheme, Pressure, Reason,
-                    ReplicaState, ReqInt, ReqStr, ServiceTier, TicketStatus,
-                    coerce, maybe_enum)
+                    OpenAIKind, PolicyFlags, Pool, PriorityScheme, Pressure,
+                    Reason, ReplicaState, ReqInt, ReqStr, ServiceTier,
+                    TicketStatus, coerce, maybe_enum)
 from .errors import (MisuseError, ModuleError, RoutingError, SpotinferError)
 from .types import (CacheKeyValue, Classification, LedgerRow, Load, Price,
                     ReplicaInfo, ReplicaStatus, Signals, TicketResult)
@@ -257,7 +257,9 @@ class Engine:
 
     def register_module(self, kind: Union[ModuleKind, int, str], name: str,
                         module: Any, *,
-                        on_failure: Union[OnFailure, int, str, None] = None) -> None:
+                        on_failure: Union[OnFailure, int, str, None] = None,
+                        flags: Union[PolicyFlags, int, None] = None,
+                        summaries_only: Optional[bool] = None) -> None:
         """Register a module implemented in Python under name.
 
         ``module`` is an object with the kind's methods (see
@@ -266,13 +268,26 @@ class Engine:
         ``{"modules": {"<kind>": name}}``; its section of ``module_config``
         is passed to ``configure``. Must not run concurrently with other
         calls on the engine.
+
+        Policies only: ``flags`` (PolicyFlags) go to the module struct as
+        given (the library refuses bits it does not know with
+        InvalidArgumentError); ``summaries_only`` adds
+        ``PolicyFlags.SUMMARIES_ONLY`` and defaults to the object's
+        ``summaries_only`` attribute, else False.
         """
-        from .modules import build_module
+        from .modules import build_module, policy_flags
         kind_i = coerce(ModuleKind, kind)
         if on_failure is None:
             on_failure = getattr(module, "on_failure", OnFailure.ERROR)
+        if kind_i == ModuleKind.POLICY:
+            raw = None if flags is None else coerce(PolicyFlags, flags)
+            mflags = policy_flags(module, raw, summaries_only)
+        elif flags is not None or summaries_only is not None:
+            raise TypeError("flags and summaries_only apply to policy modules only")
+        else:
+            mflags = 0
         adapter = build_module(kind_i, name, module, coerce(OnFailure, on_failure),
-                               self._st.callback_error)
+                               self._st.callback_error, mflags)
         nb = _b(name)
         # Keep the adapter alive before C can call it; drop it again if
         # registration fails (then destroy is never called).
@@ -299,7 +314,9 @@ class Engine:
         self.register_module(ModuleKind.COST_MODEL, name, module, **kw)
 
     def register_policy(self, name: str, module: Any, **kw: Any) -> None:
-        """Register a routing policy module written in Python."""
+        """Register a routing policy module written in Python
+        (``summaries_only=True``: it reads only the summaries and the
+        candidates they name, see :class:`spotinfer.RouteContext`)."""
         self.register_module(ModuleKind.POLICY, name, module, **kw)
 
     def register_replay_store(self, name: str, module: Any, **kw: Any) -> None:

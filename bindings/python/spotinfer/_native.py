@@ -42,6 +42,22 @@ ID_MAX = 64
 MAX_FALLBACKS = 4
 MODULE_ABI_VERSION = 1
 
+# The per pool and tier summaries of a route context (since 0.2.0).
+SUMMARY_TOP = 3 + MAX_FALLBACKS  # SPI_SUMMARY_TOP: entries of top[]
+SUMMARY_CELLS = 4                # SPI_SUMMARY_CELLS: (spot, on-demand) x (small, large)
+POLICY_SUMMARIES_ONLY = 1        # spi_policy_module.flags
+_POOL_SPOT, _POOL_ON_DEMAND = 1, 2
+_TIER_SMALL, _TIER_LARGE = 1, 2
+
+
+def summary_index(pool: int, tier: int) -> int:
+    """SPI_SUMMARY_INDEX: where the summary of pool and model tier is in a
+    route context's summaries (spot small, spot large, on-demand small,
+    on-demand large); -1 when either is out of range."""
+    if pool in (_POOL_SPOT, _POOL_ON_DEMAND) and tier in (_TIER_SMALL, _TIER_LARGE):
+        return (pool - _POOL_SPOT) * 2 + (tier - _TIER_SMALL)
+    return -1
+
 
 # ----------------------------------------------------------------- structs
 
@@ -497,7 +513,26 @@ class Candidate(_Struct):
     ]
 
 
+class PoolSummary(_Struct):
+    """The usable candidates of one pool and model tier (since 0.2.0). No
+    struct_size: the context's summary_size is the stride of the array.
+    Every index names an entry of the context's candidates, or is -1."""
+    _c_name_ = "spi_pool_summary"
+    _fields_ = [
+        ("pool", c_int32),
+        ("model_tier", c_int32),
+        ("usable", c_uint32),
+        ("n_top", c_uint32),
+        ("top", c_int32 * SUMMARY_TOP),
+        ("warm", c_int32),
+        ("least", c_int32),
+        ("rendezvous", c_int32),
+        ("reserved0", c_int32),
+    ]
+
+
 class RouteContext(_Struct):
+    """struct_size tells whether the summaries fields (0.2.0) are there."""
     _c_name_ = "spi_route_context"
     _fields_ = [
         ("struct_size", c_size_t),
@@ -511,6 +546,9 @@ class RouteContext(_Struct):
         ("pressure", c_int32 * 4),
         ("shed", c_int32 * 4),
         ("now_ns", c_int64),
+        ("summaries", c_void_p),      # since 0.2.0
+        ("summary_size", c_size_t),
+        ("n_summaries", c_size_t),
     ]
 
 
@@ -536,7 +574,7 @@ class PolicyModule(_ModuleStruct):
         ("abi_version", c_uint32),
         ("struct_size", c_uint32),
         ("on_failure", c_int32),
-        ("reserved0", c_int32),
+        ("flags", c_int32),           # POLICY_*; reserved0 before 0.2.0
         ("configure", CONFIGURE_FN),
         ("release", RELEASE_FN),
         ("choose", CHOOSE_FN),
@@ -602,8 +640,8 @@ STRUCTS: Tuple[type, ...] = (
     Hooks, OptionInfo, Classification, CacheKey, SpotCost, Price,
     ReplicaInfo, Load, ReplicaStatus, Decision, TicketResult, LedgerRow,
     Signals, Notice, TicketPlan, Envelope, ReplayStats, RequestView, ClassifierModule, KeyBuilderModule,
-    CostModelModule, Candidate, RouteContext, PolicyChoice, PolicyModule,
-    ReplayRecord, ReplayStoreStats, ReplayStoreModule,
+    CostModelModule, Candidate, PoolSummary, RouteContext, PolicyChoice,
+    PolicyModule, ReplayRecord, ReplayStoreStats, ReplayStoreModule,
 )
 
 

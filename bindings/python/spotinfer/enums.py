@@ -13,7 +13,7 @@ __all__ = [
     "PriorityScheme", "ServiceTier", "ReqStr", "ReqInt", "OpenAIKind",
     "Pressure", "Pool", "ReplicaState", "BreakerState", "Reason",
     "TicketStatus", "ModuleKind", "OnFailure", "NoticeKind", "NoticeFormat",
-    "NodeState", "TicketAction", "ReplayRecordType",
+    "NodeState", "TicketAction", "ReplayRecordType", "PolicyFlags",
 ]
 
 
@@ -224,6 +224,14 @@ class OnFailure(enum.IntEnum):
     """What the library does when a module call fails."""
     ERROR = 0     # fail the library call with SPI_EMODULE
     FALLBACK = 1  # use the built-in module of the same kind
+
+
+class PolicyFlags(enum.IntFlag):
+    """``spi_policy_module.flags`` (since 0.2.0)."""
+    # The policy reads only the context's summaries and the candidates they
+    # name; the library then passes only those candidates (compact, in
+    # replica order) and every index refers to that compact array.
+    SUMMARIES_ONLY = 1
 
 
 def coerce(enum_cls: type, value: object) -> int:

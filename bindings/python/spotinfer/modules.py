@@ -36,6 +36,13 @@ How the C contract maps to Python:
   binding chains the Python exception as that error's ``__cause__``.
 * The binding keeps the module object and its ctypes callbacks alive until
   the engine is freed, then calls the object's ``destroy()`` if it has one.
+
+A policy's :class:`RouteContext` carries the library's per pool and tier
+:class:`PoolSummary` entries (``ctx.summaries``, ``ctx.summary(pool,
+tier)``). A policy that reads nothing but those and the candidates they name
+sets ``summaries_only = True``: it then gets only the named candidates (fewer
+than the replicas on a large fleet), and every index, in the summaries and
+in its answer, refers to that compact tuple.
 """
 
 from __future__ import annotations
@@ -43,19 +50,21 @@ from __future__ import annotations
 import itertools
 import json
 import threading
-from ctypes import POINTER, cast, c_uint32, c_uint64, memmove, sizeof, string_at
+from ctypes import (POINTER, byref, cast, c_uint32, c_uint64, memmove, sizeof,
+                    string_at)
 from dataclasses import dataclass, field
 from typing import (Any, Callable, Dict, Iterable, List, Optional, Sequence,
                     Tuple, Union)
 
 from . import _native as _n
-from .enums import (Class, ModelTier, ModuleKind, OnFailure, Pool, Pressure,
-                    Reason, ReplayRecordType, ServiceTier, maybe_enum)
+from .enums import (Class, ModelTier, ModuleKind, OnFailure, PolicyFlags, Pool,
+                    Pressure, Reason, ReplayRecordType, ServiceTier, coerce,
+                    maybe_enum)
 from .errors import SpotinferError
 from .types import CacheKeyValue, Classification, Price, Verdict
 
 __all__ = [
-    "RequestView", "Candidate", "RouteContext", "PolicyChoice",
+    "RequestView", "Candidate", "PoolSummary", "RouteContext", "PolicyChoice",
     "ClassifierModule", "KeyBuilderModule", "CostModelModule", "PolicyModule",
     "ReplayRecord", "ReplayStoreStats", "ReplayStoreModule",
 ]
@@ -209,8 +218,50 @@ class Candidate:
 
 
 @dataclass(frozen=True)
+class PoolSummary:
+    """The usable candidates (eligible, or a half-open probe) of one pool and
+    model tier, as the library summarised them (``spi_pool_summary``).
+
+    Every index is into the context's ``candidates``; None where the C
+    struct has -1 (none), so that a missing entry can never be mistaken for
+    the last candidate. A pool that sheds the request's class has no usable
+    candidate. "Busy" means inflight >= max_inflight or running + waiting >=
+    max_inflight.
+    """
+
+    pool: Pool
+    model_tier: ModelTier
+    usable: int                # how many usable candidates there are
+    top: Tuple[int, ...]       # lowest est_ttft_ms first; ties to the lower index
+    warm: Optional[int]        # most matched_blocks (> 0), then lowest est_ttft_ms
+    least: Optional[int]       # lowest (running + waiting + inflight) / max_inflight
+    rendezvous: Optional[int]  # highest rendezvous weight among the not busy
+
+    @property
+    def best(self) -> Optional[int]:
+        """The usable candidate with the lowest TTFT estimate (top[0])."""
+        return self.top[0] if self.top else None
+
+    @classmethod
+    def _from(cls, s: _n.PoolSummary) -> "PoolSummary":
+        n = min(int(s.n_top), _n.SUMMARY_TOP)
+        return cls(
+            pool=maybe_enum(Pool, s.pool),  # type: ignore[arg-type]
+            model_tier=maybe_enum(ModelTier, s.model_tier),  # type: ignore[arg-type]
+            usable=int(s.usable), top=tuple(s.top[:n]),
+            warm=s.warm if s.warm >= 0 else None,
+            least=s.least if s.least >= 0 else None,
+            rendezvous=s.rendezvous if s.rendezvous >= 0 else None)
+
+
+@dataclass(frozen=True)
 class RouteContext:
-    """Everything a policy decides from (``spi_route_context``)."""
+    """Everything a policy decides from (``spi_route_context``).
+
+    ``candidates`` holds every replica, or, for a ``summaries_only`` policy,
+    only those the summaries name (in replica order); ``Candidate.index``
+    and every summary index refer to this tuple either way.
+    """
 
     req: RequestView
     cls: Optional[Classification]   # at the ON_DEMAND pool's pressure
@@ -220,6 +271,17 @@ class RouteContext:
     pressure: Tuple[int, int, int, int]  # by Pool
     shed: Tuple[bool, bool, bool, bool]  # by Pool: the pool sheds this class
     now_ns: int
+    # In SPI_SUMMARY_INDEX order (see summary_index); empty from a library
+    # older than 0.2.0.
+    summaries: Tuple[PoolSummary, ...] = ()
+
+    def summary(self, pool: Union[Pool, int, str],
+                model_tier: Union[ModelTier, int, str]) -> Optional[PoolSummary]:
+        """The summary of pool (SPOT or ON_DEMAND) and model tier (SMALL or
+        LARGE); None for any other pool or tier, or when the library passed
+        no summaries."""
+        i = _n.summary_index(coerce(Pool, pool), coerce(ModelTier, model_tier))
+        return self.summaries[i] if 0 <= i < len(self.summaries) else None
 
 
 @dataclass(frozen=True)
@@ -321,6 +383,10 @@ class CostModelModule(_ModuleBase):
 
 
 class PolicyModule(_ModuleBase):
+    #: True: the policy reads only ``ctx.summaries`` and the candidates they
+    #: name (PolicyFlags.SUMMARIES_ONLY), so the library passes only those.
+    summaries_only: bool = False
+
     def choose(self, instance: Any, ctx: RouteContext) -> Union[PolicyChoice, Dict[str, Any]]:
         raise NotImplementedError
 
@@ -387,8 +453,9 @@ class _Adapter:
     callbacks it points to. Lives until the engine is freed."""
 
     def __init__(self, kind: int, name: str, impl: Any, on_failure: int,
-                 errors: threading.local) -> None:
+                 errors: threading.local, flags: int = 0) -> None:
         self.kind = kind
+        self.flags = flags
         self.name = name
         self.impl = impl
         self.errors = errors
@@ -555,13 +622,55 @@ def _candidates(ctx: _n.RouteContext) -> Tuple[Candidate, ...]:
     return tuple(out)
 
 
+_SUMMARIES_END = _n.RouteContext.n_summaries.offset + _n.RouteContext.n_summaries.size
+
+
+def _blank_summary() -> _n.PoolSummary:
+    s = _n.PoolSummary(warm=-1, least=-1, rendezvous=-1)
+    for j in range(_n.SUMMARY_TOP):
+        s.top[j] = -1
+    return s
+
+
+def _summaries(ctx: _n.RouteContext) -> Tuple[PoolSummary, ...]:
+    """The context's summaries, when its struct_size covers them; each is
+    summary_size bytes after the previous one."""
+    if ctx.struct_size < _SUMMARIES_END or not ctx.summaries or not ctx.n_summaries:
+        return ()
+    stride = ctx.summary_size or sizeof(_n.PoolSummary)
+    base = ctx.summaries
+    out = []
+    for i in range(ctx.n_summaries):
+        if stride >= sizeof(_n.PoolSummary):
+            s = cast(base + i * stride, POINTER(_n.PoolSummary)).contents
+        else:  # a shorter struct than this binding knows: the rest is "none"
+            s = _blank_summary()
+            memmove(byref(s), base + i * stride, stride)
+        out.append(PoolSummary._from(s))
+    return tuple(out)
+
+
+def policy_flags(impl: Any, flags: Optional[int] = None,
+                 summaries_only: Optional[bool] = None) -> int:
+    """spi_policy_module.flags for a policy object: the flags given, plus
+    SUMMARIES_ONLY from the argument, else from the object's
+    ``summaries_only`` attribute."""
+    out = 0 if flags is None else int(flags)
+    if summaries_only is None:
+        summaries_only = bool(getattr(impl, "summaries_only", False))
+    if summaries_only:
+        out |= int(PolicyFlags.SUMMARIES_ONLY)
+    return out
+
+
 class _PolicyAdapter(_Adapter):
     def __init__(self, *a: Any) -> None:
         super().__init__(*a)
         self.choose_fn = _n.CHOOSE_FN(self._choose)
         self.struct = _n.PolicyModule(
-            on_failure=self.on_failure, configure=self.configure_fn,
-            release=self.release_fn, choose=self.choose_fn)
+            on_failure=self.on_failure, flags=self.flags,
+            configure=self.configure_fn, release=self.release_fn,
+            choose=self.choose_fn)
 
     def _choose(self, _s: Any, inst: Optional[int], ctx_p: Any, out: Any) -> int:
         c = ctx_p.contents
@@ -574,7 +683,7 @@ class _PolicyAdapter(_Adapter):
                 total_blocks=c.total_blocks, max_fallbacks=c.max_fallbacks,
                 pressure=tuple(c.pressure),  # type: ignore[arg-type]
                 shed=tuple(bool(s) for s in c.shed),  # type: ignore[arg-type]
-                now_ns=c.now_ns)
+                now_ns=c.now_ns, summaries=_summaries(c))
             ch = self.impl.choose(self._instance(inst), ctx)
             if isinstance(ch, dict):
                 ch = PolicyChoice(**ch)
@@ -683,8 +792,9 @@ _REQUIRED = {
 
 
 def build_module(kind: int, name: str, impl: Any, on_failure: int,
-                 errors: threading.local) -> _Adapter:
-    """The adapter (C struct + callbacks) for a Python module object."""
+                 errors: threading.local, flags: int = 0) -> _Adapter:
+    """The adapter (C struct + callbacks) for a Python module object;
+    flags go to a policy's spi_policy_module.flags."""
     cls = _ADAPTERS.get(kind)
     if cls is None:
         # The library decides what it supports (reserved kinds give
@@ -699,4 +809,4 @@ def build_module(kind: int, name: str, impl: Any, on_failure: int,
         if not callable(getattr(impl, meth, None)):
             raise TypeError(f"a {ModuleKind(kind).name.lower()} module needs a "
                             f"{meth}() method; {type(impl).__name__} has none")
-    return cls(kind, name, impl, on_failure, errors)
+    return cls(kind, name, impl, on_failure, errors, flags)

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import gc
 import threading
+from ctypes import Structure, addressof, c_char, sizeof
 
 import pytest
 
 import spotinfer
 from spotinfer import (Class, ClassifierModule, Engine, ModelTier, ModuleKind,
                        OnFailure, Pool, Pressure, RequestView, Verdict)
+from spotinfer import _native
+from spotinfer.modules import _summaries
 
 
 class ThresholdClassifier(ClassifierModule):
@@ -275,3 +278,68 @@ def test_module_called_from_many_threads(engine):
     for t in threads:
         t.join()
     assert not errors, errors
+
+
+def _summary_array(stride_pad=0, n=4):
+    """n C summaries, stride_pad bytes apart beyond sizeof(spi_pool_summary)
+    (a newer library's longer struct); only the first names candidates."""
+    class Wide(Structure):
+        _fields_ = [("s", _native.PoolSummary), ("pad", c_char * stride_pad)]
+
+    arr = (Wide * n)()
+    for k in range(n):
+        s = arr[k].s
+        s.pool, s.model_tier = k // 2 + 1, k % 2 + 1
+        s.usable = 9 if k == 0 else 0
+        s.n_top = 3 if k == 0 else 0
+        for j in range(_native.SUMMARY_TOP):
+            s.top[j] = j if k == 0 and j < 3 else -1
+        s.warm = s.least = s.rendezvous = -1
+        if k == 0:
+            s.warm, s.least, s.rendezvous = 2, 0, 1
+        arr[k].pad = b"\xff" * stride_pad
+    return arr, sizeof(Wide)
+
+
+def test_route_context_summaries_are_read_by_summary_size():
+    for pad in (0, 8, 40):
+        arr, stride = _summary_array(pad)
+        c = _native.RouteContext(summaries=addressof(arr), summary_size=stride,
+                                 n_summaries=4)
+        got = _summaries(c)
+        assert [(s.pool, s.model_tier) for s in got] == [
+            (Pool.SPOT, ModelTier.SMALL), (Pool.SPOT, ModelTier.LARGE),
+            (Pool.ON_DEMAND, ModelTier.SMALL), (Pool.ON_DEMAND, ModelTier.LARGE)]
+        first = got[0]
+        assert (first.usable, first.top, first.warm, first.least,
+                first.rendezvous, first.best) == (9, (0, 1, 2), 2, 0, 1, 0)
+        for s in got[1:]:
+            assert (s.usable, s.top, s.warm, s.least, s.rendezvous, s.best) == \
+                (0, (), None, None, None, None)
+        ctx = spotinfer.RouteContext(
+            req=None, cls=None, candidates=(), total_blocks=0, max_fallbacks=0,
+            pressure=(0, 0, 0, 0), shed=(False,) * 4, now_ns=0, summaries=got)
+        assert ctx.summary("spot", "small") is got[0]
+        assert ctx.summary(Pool.ON_DEMAND, ModelTier.LARGE) is got[3]
+        assert ctx.summary(Pool.QUEUE, ModelTier.SMALL) is None
+
+    # A context from before 0.2.0: struct_size ends before the summaries.
+    arr, stride = _summary_array()
+    c = _native.RouteContext(summaries=addressof(arr), summary_size=stride,
+                             n_summaries=4)
+    c.struct_size = _native.RouteContext.summaries.offset
+    assert _summaries(c) == ()
+    c.struct_size = sizeof(_native.RouteContext)
+    c.n_summaries = 0
+    assert _summaries(c) == ()
+
+
+def test_route_context_short_summary_stride():
+    """A summary shorter than this binding's: what is past it reads as none."""
+    arr, _ = _summary_array()
+    short = _native.PoolSummary.warm.offset  # pool .. top only
+    c = _native.RouteContext(summaries=addressof(arr), summary_size=short,
+                             n_summaries=1)
+    (s,) = _summaries(c)
+    assert (s.pool, s.usable, s.top) == (Pool.SPOT, 9, (0, 1, 2))
+    assert (s.warm, s.least, s.rendezvous) == (None, None, None)

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 
 import pytest
 
 import spotinfer
-from spotinfer import (BreakerState, Class, Engine, Load, Pool, PolicyChoice,
-                       Reason, ReplicaInfo, ReplicaState, TicketStatus)
+from spotinfer import (BreakerState, Class, Engine, Load, ModelTier, Pool,
+                       PolicyChoice, Reason, ReplicaInfo, ReplicaState,
+                       TicketStatus)
 
 from conftest import needs_routing
 
@@ -353,3 +355,260 @@ def test_threads_route_on_one_engine(world):
     assert sum(counts) == 800
     assert sum(r.completed for r in world.ledger()) == 800
     assert all(s.inflight == 0 for s in world.replicas())
+
+
+# ------------------------------------------------- pool summaries (0.2.0)
+
+SUMMARY_FLEET = (  # (id prefix, pool, tier, how many)
+    ("spot-l", Pool.SPOT, ModelTier.LARGE, 16),
+    ("spot-s", Pool.SPOT, ModelTier.SMALL, 4),
+    ("od-l", Pool.ON_DEMAND, ModelTier.LARGE, 6),
+    ("od-s", Pool.ON_DEMAND, ModelTier.SMALL, 2),
+)
+FLEET_SIZE = sum(n for *_, n in SUMMARY_FLEET)
+
+
+def summary_world(clock):
+    """An engine with a fleet of FLEET_SIZE replicas over the four cells:
+    loads that tie (same load, same TTFT), busy ones, one never reported
+    (stale: saturated, but usable), a draining one and one that does not
+    serve the model (neither is usable)."""
+    e = Engine(clock=clock)
+    e.clock = clock
+    for prefix, pool, tier, n in SUMMARY_FLEET:
+        for i in range(n):
+            rid = f"{prefix}{i}"
+            e.upsert_replica(id=rid, pool=pool, model_tier=tier, max_inflight=16,
+                             usd_per_hour=1.8 if pool is Pool.SPOT else 4.5,
+                             models=("other",) if rid == "spot-l3" else ())
+            if rid == "spot-l13":
+                continue
+            busy = i % 5 == 4  # running + waiting >= max_inflight
+            # Replicas i and i + 9 carry the same load.
+            e.report_load(rid, running=12 if busy else i % 3,
+                          waiting=4 if busy else (i // 3) % 3, kv_usage=0.2)
+    e.set_replica_state("spot-l7", ReplicaState.DRAINING)
+    return e
+
+
+def busy(c):
+    return c.inflight >= c.max_inflight or c.running + c.waiting >= c.max_inflight
+
+
+def check_summaries(ctx, compact):
+    """The summaries against a brute-force pass over the candidates, by the
+    header's definitions. A compact candidate tuple holds every candidate a
+    summary names (so the best of each kind is among them) but not every
+    usable one, so only the full tuple can be counted."""
+    assert len(ctx.summaries) == spotinfer.SUMMARY_CELLS
+    for k, s in enumerate(ctx.summaries):
+        assert spotinfer.summary_index(s.pool, s.model_tier) == k
+        assert ctx.summary(s.pool, s.model_tier) is s
+        us = [c for c in ctx.candidates if (c.eligible or c.probe)
+              and c.pool == s.pool and c.model_tier == s.model_tier]
+        if compact:
+            assert s.usable >= len(us)
+        else:
+            assert s.usable == len(us)
+        top = sorted(us, key=lambda c: (c.est_ttft_ms, c.index))
+        assert s.top == tuple(c.index for c in top[:spotinfer.SUMMARY_TOP])
+        assert len(s.top) == min(s.usable, spotinfer.SUMMARY_TOP)
+        assert s.best == (s.top[0] if s.top else None)
+        least = min(us, default=None, key=lambda c: (
+            (c.running + c.waiting + c.inflight) / c.max_inflight, c.index))
+        assert s.least == (least.index if least else None)
+        rdv = min((c for c in us if not busy(c)), default=None,
+                  key=lambda c: (-c.rendezvous, c.index))
+        assert s.rendezvous == (rdv.index if rdv else None)
+        warm = min((c for c in us if c.matched_blocks > 0), default=None,
+                   key=lambda c: (-c.matched_blocks, c.est_ttft_ms, c.index))
+        assert s.warm == (warm.index if warm else None)
+
+
+def named(ctx):
+    """The candidate indices the summaries name."""
+    out = set()
+    for s in ctx.summaries:
+        out.update(s.top)
+        out.update(i for i in (s.warm, s.least, s.rendezvous) if i is not None)
+    return out
+
+
+class SummaryPolicy(spotinfer.PolicyModule):
+    """Route from the summaries only: the spot large cell's pick (best,
+    least or rendezvous) first, then its top as fallbacks; on-demand large
+    when spot has nothing usable."""
+
+    def __init__(self, pick="best", summaries_only=False):
+        self.pick = pick
+        self.summaries_only = summaries_only
+        self.contexts = []
+
+    def choose(self, instance, ctx):
+        self.contexts.append(ctx)
+        for pool in (Pool.SPOT, Pool.ON_DEMAND):
+            s = ctx.summary(pool, ModelTier.LARGE)
+            first = getattr(s, self.pick)
+            if first is None:
+                continue
+            order = [first] + [i for i in s.top if i != first]
+            return PolicyChoice(pool, order[:1 + ctx.max_fallbacks],
+                                Reason.LEAST_LOADED, f"summary {self.pick}")
+        return PolicyChoice(Pool.NONE, reason_code=Reason.NO_CAPACITY,
+                            reason="no usable large replica")
+
+
+def test_summaries_index_every_replica_without_the_flag():
+    clock = Clock()
+    pol = SummaryPolicy()
+    with summary_world(clock) as e:
+        e.register_policy("py-sum", pol)
+        e.configure({"modules": {"policy": "py-sum"}})
+        decisions = []
+        # Open tickets raise inflight, which the least loaded counts.
+        for i in range(3):
+            decisions.append(chat(e, f"question {i}", sla_ms=5000,
+                                  replayable=True).route())
+        for ctx, d in zip(pol.contexts, decisions):
+            assert len(ctx.candidates) == FLEET_SIZE
+            assert [c.index for c in ctx.candidates] == list(range(FLEET_SIZE))
+            assert [c.id for c in ctx.candidates] == [r.id for r in e.replicas()]
+            check_summaries(ctx, compact=False)
+            s = ctx.summary(Pool.SPOT, ModelTier.LARGE)
+            assert s.usable == 14  # 16 less the draining and the other model's
+            assert len(s.top) == spotinfer.SUMMARY_TOP
+            assert d.replica_id == ctx.candidates[s.best].id
+            assert d.reason.startswith("summary best")
+        assert sum(c.inflight for c in pol.contexts[-1].candidates) == 2
+        ids = {c.id: c for c in pol.contexts[-1].candidates}
+        assert not ids["spot-l3"].eligible and not ids["spot-l7"].eligible
+        assert ids["spot-l13"].eligible and not ids["spot-l13"].fresh
+        assert busy(ids["spot-l13"])
+        # No cell is out of range, and nothing else has a summary.
+        assert pol.contexts[0].summary(Pool.QUEUE, ModelTier.LARGE) is None
+        assert pol.contexts[0].summary(Pool.SPOT, ModelTier.UNSET) is None
+        for d in decisions:
+            d.ticket.finish()
+
+        # The same prefix again: the replica that served it is warm.
+        d = chat(e, "question 9", sla_ms=5000, replayable=True).route()
+        ctx = pol.contexts[-1]
+        check_summaries(ctx, compact=False)
+        warm = ctx.summary(Pool.SPOT, ModelTier.LARGE).warm
+        assert warm is not None and ctx.candidates[warm].matched_blocks >= 3
+        assert ctx.candidates[warm].id in {x.replica_id for x in decisions}
+        d.ticket.finish()
+
+        # All spot large replicas busy but one: that one is the rendezvous
+        # pick whatever its weight; all busy: none.
+        live = [c for c in ctx.candidates if c.eligible
+                and c.pool is Pool.SPOT and c.model_tier is ModelTier.LARGE]
+        for c in live[1:]:
+            e.report_load(c.id, running=10, waiting=6, kv_usage=0.2)
+        d = chat(e, "question 10", sla_ms=5000, replayable=True).route()
+        check_summaries(pol.contexts[-1], compact=False)
+        assert pol.contexts[-1].summary(Pool.SPOT, ModelTier.LARGE).rendezvous == live[0].index
+        d.ticket.finish()
+        e.report_load(live[0].id, running=16, kv_usage=0.2)
+        d = chat(e, "question 11", sla_ms=5000, replayable=True).route()
+        check_summaries(pol.contexts[-1], compact=False)
+        assert pol.contexts[-1].summary(Pool.SPOT, ModelTier.LARGE).rendezvous is None
+        d.ticket.finish()
+
+
+def test_summaries_of_a_shed_pool_are_empty(world):
+    pol = SummaryPolicy()
+    world.register_policy("py-sum", pol)
+    world.configure({"modules": {"policy": "py-sum"}})
+    world.report_load("spot-a", running=1, kv_usage=0.9)
+    world.report_load("spot-b", running=1, kv_usage=0.9)
+    d = chat(world, "batch", tier="flex").route()  # bronze: spot sheds it
+    ctx = pol.contexts[-1]
+    assert ctx.shed[Pool.SPOT] and not ctx.shed[Pool.ON_DEMAND]
+    check_summaries(ctx, compact=False)
+    for tier in (ModelTier.SMALL, ModelTier.LARGE):
+        s = ctx.summary(Pool.SPOT, tier)
+        assert (s.usable, s.top, s.least, s.rendezvous, s.warm) == (0, (), None, None, None)
+    assert ctx.summary(Pool.ON_DEMAND, ModelTier.LARGE).usable == 2
+    assert d.pool is Pool.ON_DEMAND
+    d.ticket.finish()
+
+
+@pytest.mark.parametrize("pick", ["best", "least", "rendezvous"])
+def test_summaries_only_policy_gets_compact_candidates(pick):
+    clock = Clock()
+    full, compact = SummaryPolicy(pick), SummaryPolicy(pick, summaries_only=True)
+    with summary_world(clock) as ef, summary_world(clock) as ec:
+        ef.register_policy("py-sum", full)
+        ec.register_policy("py-sum", compact)
+        for e in (ef, ec):
+            e.configure({"modules": {"policy": "py-sum"}})
+        for i in range(3):
+            df = chat(ef, f"q{i}", sla_ms=5000, replayable=True).route()
+            dc = chat(ec, f"q{i}", sla_ms=5000, replayable=True).route()
+            f, c = full.contexts[-1], compact.contexts[-1]
+            # Only the candidates the summaries name, in replica order.
+            assert len(c.candidates) < FLEET_SIZE == len(f.candidates)
+            assert named(c) == set(range(len(c.candidates)))
+            assert [x.index for x in c.candidates] == list(range(len(c.candidates)))
+            ids = {f.candidates[j].id for j in named(f)}
+            assert [x.id for x in c.candidates] == [x.id for x in f.candidates
+                                                    if x.id in ids]
+            check_summaries(c, compact=True)
+            # The same summaries as the full array's, by replica.
+            for sf, sc in zip(f.summaries, c.summaries):
+                assert sf.usable == sc.usable and len(sf.top) == len(sc.top)
+                fid = lambda j: f.candidates[j].id if j is not None else None
+                cid = lambda j: c.candidates[j].id if j is not None else None
+                assert [fid(j) for j in sf.top] == [cid(j) for j in sc.top]
+                for attr in ("warm", "least", "rendezvous"):
+                    assert fid(getattr(sf, attr)) == cid(getattr(sc, attr)), attr
+            for x in c.candidates:
+                y = next(y for y in f.candidates if y.id == x.id)
+                assert dataclasses.replace(y, index=x.index) == x
+            # The policy routed by the summaries alone.
+            s = c.summary(Pool.SPOT, ModelTier.LARGE)
+            assert dc.replica_id == c.candidates[getattr(s, pick)].id
+            assert dc.replica_id == df.replica_id
+            assert dc.fallback_ids == df.fallback_ids
+            assert dc.reason.startswith(f"summary {pick}")
+
+
+def test_policy_flags_at_registration(world):
+    class Plain:  # no summaries_only attribute
+        def __init__(self):
+            self.n = []
+
+        def choose(self, instance, ctx):
+            self.n.append(len(ctx.candidates))
+            s = ctx.summary(Pool.ON_DEMAND, ModelTier.LARGE)
+            return PolicyChoice(Pool.ON_DEMAND, [s.best])
+
+    world.upsert_replica(id="od-off", pool=Pool.ON_DEMAND, max_inflight=16,
+                         usd_per_hour=4.5)
+    world.set_replica_state("od-off", ReplicaState.DRAINING)  # not usable
+    by_flag, by_kw, overridden = Plain(), Plain(), SummaryPolicy(summaries_only=True)
+    world.register_policy("by-flag", by_flag, flags=spotinfer.PolicyFlags.SUMMARIES_ONLY)
+    world.register_policy("by-kw", by_kw, summaries_only=True)
+    world.register_policy("overridden", overridden, summaries_only=False)
+    for name in ("by-flag", "by-kw", "overridden"):
+        world.configure({"modules": {"policy": name}})
+        chat(world, sla_ms=5000, replayable=True).route().ticket.finish()
+    # Five replicas; the summaries name at most the four usable ones.
+    assert by_flag.n[-1] < 5 and by_kw.n[-1] < 5
+    assert len(overridden.contexts[-1].candidates) == 5
+
+    # Bits the library does not know are refused, and nothing is registered.
+    with pytest.raises(spotinfer.InvalidArgumentError) as ei:
+        world.register_policy("unknown-bit", Plain(), flags=2)
+    assert "flags" in ei.value.message
+    with pytest.raises(spotinfer.InvalidArgumentError):
+        world.register_policy("unknown-bit",
+                              SummaryPolicy(summaries_only=True), flags=1 << 30)
+    assert "unknown-bit" not in world.module_names("policy")
+    # Flags are a policy's only.
+    with pytest.raises(TypeError):
+        world.register_classifier("cls", spotinfer.ClassifierModule(), flags=1)
+    with pytest.raises(TypeError):
+        world.register_classifier("cls", spotinfer.ClassifierModule(),
+                                  summaries_only=True)
