@@ -95,8 +95,16 @@ static double est_ttft(const route_env *x, const replica_eval *ev,
                  prefill_ms, ev->advised);
 }
 
+/* Divided, not multiplied by the inverse: the header defines it so, and
+ * equal ratios must compare equal across replica sizes. */
 static double rel_load(const replica_eval *ev, const spi_replica_ident *r) {
-  return (ev->running + ev->waiting + ev->inflight) * r->inv_max_inflight;
+  return (ev->running + ev->waiting + ev->inflight) / r->cap;
+}
+
+/* Fresh: -max_age < now - at < max_age, in wrapping arithmetic (the test of
+ * spi__replica_load), for a max_age > 0. */
+static inline int load_fresh(int64_t at, uint64_t now, uint64_t max_age) {
+  return at != 0 && now - (uint64_t)at + max_age - 1 < 2 * max_age - 1;
 }
 
 /* Evaluate one replica: load, eligibility (all but the pool's KV shedding,
@@ -118,10 +126,8 @@ static inline void eval_replica(const route_env *x, const spi_replica_ident *r,
       atomic_load_explicit(&s->advised_until_ns, memory_order_relaxed);
   int64_t cooldown_until =
       atomic_load_explicit(&s->cooldown_until_ns, memory_order_relaxed);
-  /* Fresh: -max_age < now - at < max_age, in wrapping arithmetic (the same
-   * test as spi__replica_load). A stale signal reads as saturated. */
-  uint64_t ma = (uint64_t)x->max_age;
-  int fresh = at != 0 && (uint64_t)x->now - (uint64_t)at + ma - 1 < 2 * ma - 1;
+  /* A stale signal reads as saturated. */
+  int fresh = load_fresh(at, (uint64_t)x->now, (uint64_t)x->max_age);
   if (!fresh) {
     run = wait = SPI_LOAD_SATURATED;
     kv = 1.0;
@@ -159,7 +165,7 @@ static void fill_candidate(spi_candidate *c, const spi_replica_ident *r,
   c->eligible = ev->usable && !ev->probe;
   c->probe = ev->probe;
   c->fresh = ev->fresh;
-  c->reserved0 = 0;
+  c->advised = ev->advised;
   c->running = ev->running;
   c->waiting = ev->waiting;
   c->kv_usage = ev->kv_usage;
@@ -209,7 +215,17 @@ typedef struct ev_arena {
 typedef struct scan {
   cell_acc cell[SPI_SUMMARY_CELLS];
   ev_arena a;
+  /* Positions the pass counted as usable: a prefix holder the summaries
+   * did not keep is re-read later, and must have been one of them. */
+  uint64_t counted[SPI_REPLICA_SLOTS / 64];
 } scan;
+
+static void mark_counted(scan *sc, size_t pos) {
+  sc->counted[pos / 64] |= UINT64_C(1) << (pos % 64);
+}
+static int was_counted(const scan *sc, size_t pos) {
+  return (int)(sc->counted[pos / 64] >> (pos % 64) & 1u);
+}
 
 static void cell_clear(cell_acc *c) {
   c->usable = c->n_top = 0;
@@ -302,6 +318,7 @@ static void cell_offer(scan *sc, int k, uint32_t pos, double rel,
 static void cell_add(scan *sc, int k, uint32_t pos, const spi_replica_ident *r,
                      const replica_eval *ev) {
   sc->cell[k].usable++;
+  mark_counted(sc, pos);
   cell_offer(sc, k, pos, rel_load(ev, r), ev);
 }
 
@@ -331,7 +348,7 @@ static void scan_lean(const route_env *x, const spi_replica_set *set,
     int32_t breaker = atomic_load_explicit(&s->breaker, memory_order_relaxed);
     int64_t adv = atomic_load_explicit(&s->advised_until_ns, memory_order_relaxed);
     int64_t cool = atomic_load_explicit(&s->cooldown_until_ns, memory_order_relaxed);
-    int fresh = at != 0 && now - (uint64_t)at + ma - 1 < 2 * ma - 1;
+    int fresh = load_fresh(at, now, ma);
     if (!fresh) {
       run = wait = SPI_LOAD_SATURATED;
       kv = 1.0;
@@ -351,9 +368,10 @@ static void scan_lean(const route_env *x, const spi_replica_set *set,
     }
     cell_acc *c = &sc->cell[r->cell];
     c->usable++;
+    mark_counted(sc, i);
     double load = run + wait;
     double t = ttft_of(cfg, run, wait, r->inv_max_inflight, x->cold_ms, advised);
-    double rel = (load + inflight) * r->inv_max_inflight;
+    double rel = (load + inflight) / r->cap;
     int busy = (inflight >= r->max_inflight) | (load >= r->cap);
     uint64_t w = mix64(r->id_hash ^ x->rkey);
     if (t < c->thr_t || rel < c->least_rel ||
@@ -561,6 +579,7 @@ static int route_pinned(spi_request *req, spi_snapshot *snap,
   double kv_sum[4] = {0}, kv_n[4] = {0};
   scan sc;
   sc.a.n = 0;
+  memset(sc.counted, 0, (nrep + 63) / 64 * sizeof sc.counted[0]);
   for (int k = 0; k < SPI_SUMMARY_CELLS; k++) cell_clear(&sc.cell[k]);
   if (!full) scan_lean(&env, set, nrep, &sc, kv_sum, kv_n);
   for (size_t i = 0; full && i < nrep; i++) {
@@ -626,8 +645,27 @@ static int route_pinned(spi_request *req, spi_snapshot *snap,
       ev = &sc.a.ev[ei];
       ev->matched = matched;
       ev->t = est_ttft(&env, ev, r, env.warm_ms);
-    } else {
+    } else if (full) {
+      /* What the candidate already says, so it stays one reading. */
+      const spi_candidate *c = &req->cands[pos];
+      fresh.running = c->running;
+      fresh.waiting = c->waiting;
+      fresh.kv_usage = c->kv_usage;
+      fresh.rdv = c->rendezvous;
+      fresh.inflight = c->inflight;
+      fresh.matched = matched;
+      fresh.active = 1;
+      fresh.usable = (uint8_t)(c->eligible || c->probe);
+      fresh.probe = (uint8_t)c->probe;
+      fresh.busy = (uint8_t)(c->inflight >= r->max_inflight ||
+                             c->running + c->waiting >= r->cap);
+      fresh.fresh = (uint8_t)c->fresh;
+      fresh.advised = (uint8_t)c->advised;
+      fresh.t = est_ttft(&env, &fresh, r, env.warm_ms);
+    } else if (k >= 0 && was_counted(&sc, pos)) {
       eval_replica(&env, r, matched, &fresh);
+    } else {
+      continue; /* not usable when the pass met it */
     }
     if (full) {
       req->cands[pos].matched_blocks = matched;

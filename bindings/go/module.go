@@ -602,6 +602,9 @@ type Candidate struct {
 	Rendezvous                uint64
 	EstTTFTMs                 float64
 	USDPerHour                float64
+	// Advised: its machine has rebalance advice; EstTTFTMs carries the
+	// penalty. Since 0.2.0.
+	Advised bool
 }
 
 // SummaryTop is the most candidates PoolSummary.Top names
@@ -690,6 +693,7 @@ func routeContextFrom(c *C.spi_route_context, view *RequestView) *RouteContext {
 			Inflight: uint32(k.inflight), MaxInflight: uint32(k.max_inflight),
 			MatchedBlocks: uint32(k.matched_blocks), Rendezvous: uint64(k.rendezvous),
 			EstTTFTMs: float64(k.est_ttft_ms), USDPerHour: float64(k.usd_per_hour),
+			Advised: k.advised != 0,
 		}
 	}
 	if ns := int(C.spi_go_n_summaries(c)); ns > 0 {

@@ -57,16 +57,16 @@ extern "C" {
 /* --------------------------------------------------------------- version */
 
 #define SPI_VERSION_MAJOR 0
-#define SPI_VERSION_MINOR 1
+#define SPI_VERSION_MINOR 2
 #define SPI_VERSION_PATCH 0
 /* MAJOR * 10000 + MINOR * 100 + PATCH */
 #define SPI_VERSION_NUMBER \
   (SPI_VERSION_MAJOR * 10000 + SPI_VERSION_MINOR * 100 + SPI_VERSION_PATCH)
-#define SPI_VERSION_STRING "0.1.0"
+#define SPI_VERSION_STRING "0.2.0"
 
 /* The version of the library actually loaded, as SPI_VERSION_NUMBER. */
 SPI_API uint32_t spi_version_number(void);
-/* The version of the library actually loaded, e.g. "0.1.0". Static storage. */
+/* The version of the library actually loaded, e.g. "0.2.0". Static storage. */
 SPI_API const char *spi_version_string(void);
 
 /* ---------------------------------------------------------------- status */

@@ -170,7 +170,8 @@ typedef struct spi_candidate {
                               right tier, pool not shedding this class */
   int32_t probe;           /* 1: a half-open breaker's single probe */
   int32_t fresh;           /* 1: load signal younger than the bound */
-  int32_t reserved0;
+  int32_t advised;         /* 1: its machine has rebalance advice; the TTFT
+                              estimate carries the penalty (since 0.2.0) */
   double running, waiting, kv_usage; /* stale signals read as saturated */
   uint32_t inflight;       /* the library's own open tickets on it */
   uint32_t max_inflight;

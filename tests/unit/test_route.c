@@ -618,6 +618,245 @@ static void test_user_policy_checked(void **st) {
   done(w);
 }
 
+
+/* ------------------------------------------------------------- summaries */
+
+static int check_failures;
+static size_t seen_candidates;
+
+static int usable_c(const spi_candidate *c) { return c->eligible || c->probe; }
+static double rel_c(const spi_candidate *c) {
+  return (c->running + c->waiting + c->inflight) / (double)c->max_inflight;
+}
+static int busy_c(const spi_candidate *c) {
+  return c->inflight >= c->max_inflight ||
+         c->running + c->waiting >= (double)c->max_inflight;
+}
+
+#define CHECK(cond)                                                        \
+  do {                                                                     \
+    if (!(cond)) {                                                         \
+      print_error("summary check failed: %s (line %d)\n", #cond, __LINE__); \
+      check_failures++;                                                    \
+    }                                                                      \
+  } while (0)
+
+/* Every summary against a brute-force pass over the candidates. With all
+ * candidates (full) the counts and winners must match exactly; with the
+ * compact array each named candidate must still rank as stated. */
+static void check_summaries(const spi_route_context *x, int full) {
+  CHECK(x->struct_size >= offsetof(spi_route_context, n_summaries) + sizeof(size_t));
+  CHECK(x->n_summaries == SPI_SUMMARY_CELLS);
+  CHECK(x->summary_size == sizeof(spi_pool_summary));
+  for (int pool = SPI_POOL_SPOT; pool <= SPI_POOL_ON_DEMAND; pool++)
+    for (int tier = SPI_TIER_SMALL; tier <= SPI_TIER_LARGE; tier++) {
+      const spi_pool_summary *s = &x->summaries[SPI_SUMMARY_INDEX(pool, tier)];
+      CHECK(s->pool == pool && s->model_tier == tier);
+      uint32_t usable = 0;
+      int32_t best = -1, least = -1, rdv = -1, warm = -1;
+      for (size_t i = 0; i < x->n_candidates; i++) {
+        const spi_candidate *c = &x->candidates[i];
+        if (!usable_c(c) || c->pool != pool || c->model_tier != tier) continue;
+        usable++;
+        int32_t k = (int32_t)i;
+        if (best < 0 || c->est_ttft_ms < x->candidates[best].est_ttft_ms) best = k;
+        if (least < 0 || rel_c(c) < rel_c(&x->candidates[least])) least = k;
+        if (!busy_c(c) &&
+            (rdv < 0 || c->rendezvous > x->candidates[rdv].rendezvous))
+          rdv = k;
+        if (c->matched_blocks &&
+            (warm < 0 || c->matched_blocks > x->candidates[warm].matched_blocks ||
+             (c->matched_blocks == x->candidates[warm].matched_blocks &&
+              c->est_ttft_ms < x->candidates[warm].est_ttft_ms)))
+          warm = k;
+      }
+      if (full) {
+        CHECK(s->usable == usable);
+        CHECK(s->n_top == (usable < SPI_SUMMARY_TOP ? usable : SPI_SUMMARY_TOP));
+        CHECK(s->least == least);
+        CHECK(s->rendezvous == rdv);
+        CHECK(s->warm == warm);
+      } else {
+        CHECK(s->usable >= usable || s->usable == 0);
+      }
+      CHECK(s->n_top == 0 || s->top[0] == best);
+      for (uint32_t j = 0; j < SPI_SUMMARY_TOP; j++) {
+        if (j >= s->n_top) {
+          CHECK(s->top[j] == -1);
+          continue;
+        }
+        CHECK(s->top[j] >= 0 && (size_t)s->top[j] < x->n_candidates);
+        const spi_candidate *c = &x->candidates[s->top[j]];
+        CHECK(usable_c(c) && c->pool == pool && c->model_tier == tier);
+        if (j > 0) {
+          const spi_candidate *p = &x->candidates[s->top[j - 1]];
+          CHECK(p->est_ttft_ms < c->est_ttft_ms ||
+                (p->est_ttft_ms == c->est_ttft_ms && s->top[j - 1] < s->top[j]));
+        }
+      }
+    }
+}
+
+/* Checks the summaries, then serves from the first pool with a usable
+ * replica of the large tier, best TTFT first. */
+static int summary_choose(void *state, void *inst, const spi_route_context *x,
+                          spi_policy_choice *out) {
+  int full = *(const int *)state;
+  (void)inst;
+  check_summaries(x, full);
+  seen_candidates = x->n_candidates;
+  for (int pool = SPI_POOL_SPOT; pool <= SPI_POOL_ON_DEMAND; pool++) {
+    const spi_pool_summary *s =
+        &x->summaries[SPI_SUMMARY_INDEX(pool, SPI_TIER_LARGE)];
+    if (!s->n_top) continue;
+    out->pool = pool;
+    out->reason_code = SPI_REASON_LEAST_LOADED;
+    out->order[out->n_order++] = (uint32_t)s->top[0];
+    for (uint32_t j = 1; j < s->n_top && out->n_order < 1 + x->max_fallbacks; j++)
+      if (x->candidates[s->top[j]].eligible)
+        out->order[out->n_order++] = (uint32_t)s->top[j];
+    return SPI_OK;
+  }
+  out->pool = 0;
+  out->reason_code = SPI_REASON_NO_CAPACITY;
+  return SPI_OK;
+}
+
+static int summary_configure(void *state, const char *j, size_t n, void **inst,
+                             char *err, size_t cap) {
+  (void)j;
+  (void)n;
+  (void)err;
+  (void)cap;
+  *inst = state;
+  return SPI_OK;
+}
+
+static void register_summary_policy(world *w, const char *name, int *full) {
+  spi_policy_module m;
+  memset(&m, 0, sizeof m);
+  m.abi_version = SPI_MODULE_ABI_VERSION;
+  m.struct_size = sizeof m;
+  m.on_failure = SPI_ON_FAILURE_ERROR;
+  m.flags = *full ? 0 : SPI_POLICY_SUMMARIES_ONLY;
+  m.configure = summary_configure;
+  m.choose = summary_choose;
+  assert_int_equal(spi_engine_register_module(w->e, SPI_MODULE_POLICY, name,
+                                              strlen(name), &m, full, NULL),
+                   SPI_OK);
+}
+
+/* A mixed fleet: both pools, both tiers, ties in load, a draining replica,
+ * an open breaker, a busy one. */
+static void big_fleet(world *w, int n) {
+  for (int i = 0; i < n; i++) {
+    char id[32];
+    snprintf(id, sizeof id, "r%02d", i);
+    add(w, id, i % 3 ? SPI_POOL_SPOT : SPI_POOL_ON_DEMAND,
+        i % 5 ? SPI_TIER_LARGE : SPI_TIER_SMALL, i == 7 ? 2 : 16);
+    load(w, id, i % 4, i % 3, 0.1 + 0.01 * (i % 6));
+  }
+  spi_replica_set_state(w->e, "r03", 3, SPI_REPLICA_DRAINING);
+}
+
+static void route_checked(world *w, int n_routes, int keep_open) {
+  for (int i = 0; i < n_routes; i++) {
+    char user[32];
+    snprintf(user, sizeof user, "question %d", i % 5);
+    chat(w, user, 1, 0, "flex", 1);
+    spi_decision d;
+    int rc = route(w, &d);
+    if (rc) print_error("%s\n", spi_request_errmsg(w->r));
+    assert_int_equal(rc, SPI_OK);
+    if (!keep_open || i % 2) finish(w, d.ticket, SPI_TICKET_OK);
+  }
+}
+
+static void test_summaries_full(void **st) {
+  (void)st;
+  world *w = mk(NULL);
+  static int full = 1;
+  register_summary_policy(w, "sumfull", &full);
+  const char *cfg = "{\"modules\":{\"policy\":\"sumfull\"}}";
+  assert_int_equal(spi_engine_configure(w->e, cfg, strlen(cfg)), SPI_OK);
+  big_fleet(w, 24);
+  check_failures = 0;
+  route_checked(w, 40, 1);
+  assert_int_equal(check_failures, 0);
+  assert_int_equal(seen_candidates, 24);
+  done(w);
+}
+
+static void test_summaries_compact(void **st) {
+  (void)st;
+  world *w = mk(NULL);
+  static int full = 0;
+  register_summary_policy(w, "sumonly", &full);
+  const char *cfg = "{\"modules\":{\"policy\":\"sumonly\"}}";
+  assert_int_equal(spi_engine_configure(w->e, cfg, strlen(cfg)), SPI_OK);
+  big_fleet(w, 40);
+  check_failures = 0;
+  route_checked(w, 40, 1);
+  assert_int_equal(check_failures, 0);
+  assert_true(seen_candidates > 0 && seen_candidates < 40);
+  /* Unknown flag bits are refused. */
+  spi_policy_module m;
+  memset(&m, 0, sizeof m);
+  m.abi_version = SPI_MODULE_ABI_VERSION;
+  m.struct_size = sizeof m;
+  m.flags = 0x40;
+  m.configure = summary_configure;
+  m.choose = summary_choose;
+  assert_int_equal(spi_engine_register_module(w->e, SPI_MODULE_POLICY, "odd", 3,
+                                              &m, &full, NULL),
+                   SPI_EINVAL);
+  assert_non_null(strstr(spi_engine_errmsg(w->e), "flags"));
+  done(w);
+}
+
+/* The built-in policy decides the same from the compact candidates as from
+ * all of them: engine b has a shadow policy that needs every candidate, so
+ * its built-in policy runs on the full array. */
+static void test_compact_matches_full(void **st) {
+  (void)st;
+  world *a = mk(NULL), *b = mk(NULL);
+  static int full = 1;
+  register_summary_policy(b, "needsall", &full);
+  const char *cfg = "{\"router\":{\"shadow_policy\":\"needsall\"}}";
+  assert_int_equal(spi_engine_configure(b->e, cfg, strlen(cfg)), SPI_OK);
+  big_fleet(a, 40);
+  big_fleet(b, 40);
+  const char *tiers[] = {"priority", "default", "flex", NULL};
+  for (int i = 0; i < 300; i++) {
+    char user[32], id[32];
+    snprintf(user, sizeof user, "q%d", i % 9);
+    spi_decision da, db;
+    int ra, rb;
+    chat(a, user, i % 2, i % 3 ? 0 : 500, tiers[i % 4], i % 5 ? 1 : 0);
+    chat(b, user, i % 2, i % 3 ? 0 : 500, tiers[i % 4], i % 5 ? 1 : 0);
+    ra = route(a, &da);
+    rb = route(b, &db);
+    assert_int_equal(ra, rb);
+    assert_int_equal(da.pool, db.pool);
+    assert_string_equal(da.replica_id, db.replica_id);
+    assert_int_equal(da.reason_code, db.reason_code);
+    assert_int_equal(da.n_fallbacks, db.n_fallbacks);
+    for (uint32_t f = 0; f < da.n_fallbacks; f++)
+      assert_string_equal(da.fallback_ids[f], db.fallback_ids[f]);
+    assert_int_equal(da.matched_blocks, db.matched_blocks);
+    if (ra == SPI_OK && da.ticket && i % 3) {
+      finish(a, da.ticket, SPI_TICKET_OK);
+      finish(b, db.ticket, SPI_TICKET_OK);
+    }
+    /* Loads move between routes, the same on both. */
+    snprintf(id, sizeof id, "r%02d", (i * 7) % 40);
+    load(a, id, i % 6, i % 4, 0.05 * (i % 10));
+    load(b, id, i % 6, i % 4, 0.05 * (i % 10));
+  }
+  done(a);
+  done(b);
+}
+
 /* ---------------------------------------------------- hot path, bad input */
 
 static void test_warm_route_allocates_nothing(void **st) {
@@ -684,6 +923,9 @@ int main(void) {
       cmocka_unit_test(test_metrics_and_shadow),
       cmocka_unit_test(test_speculative),
       cmocka_unit_test(test_user_policy_checked),
+      cmocka_unit_test(test_summaries_full),
+      cmocka_unit_test(test_summaries_compact),
+      cmocka_unit_test(test_compact_matches_full),
       cmocka_unit_test(test_warm_route_allocates_nothing),
       cmocka_unit_test(test_bad_input),
   };

@@ -499,7 +499,7 @@ class Candidate(_Struct):
         ("eligible", c_int32),
         ("probe", c_int32),
         ("fresh", c_int32),
-        ("reserved0", c_int32),
+        ("advised", c_int32),         # since 0.2.0; reserved0 before
         ("running", c_double),
         ("waiting", c_double),
         ("kv_usage", c_double),

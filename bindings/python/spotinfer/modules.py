@@ -215,6 +215,7 @@ class Candidate:
     rendezvous: int
     est_ttft_ms: float
     usd_per_hour: float
+    advised: bool = False  # rebalance advice on its machine (since 0.2.0)
 
 
 @dataclass(frozen=True)
@@ -618,7 +619,8 @@ def _candidates(ctx: _n.RouteContext) -> Tuple[Candidate, ...]:
             running=c.running, waiting=c.waiting, kv_usage=c.kv_usage,
             inflight=c.inflight, max_inflight=c.max_inflight,
             matched_blocks=c.matched_blocks, rendezvous=c.rendezvous,
-            est_ttft_ms=c.est_ttft_ms, usd_per_hour=c.usd_per_hour))
+            est_ttft_ms=c.est_ttft_ms, usd_per_hour=c.usd_per_hour,
+            advised=bool(c.advised)))
     return tuple(out)
 
 
