@@ -198,7 +198,8 @@ typedef struct top_ent {
 
 typedef struct cell_acc {
   uint32_t usable, n_top;
-  top_ent top[SPI_SUMMARY_TOP];
+  top_ent top[SPI_SUMMARY_TOP]; /* unordered until top_sort */
+  uint32_t worst;            /* the entry a better one replaces, once full */
   double thr_t;              /* a TTFT below this enters top (in the scan,
                                 where positions only grow) */
   uint32_t least, rdv, warm; /* arena indices, or NO_EV */
@@ -276,21 +277,44 @@ static int ttft_before(double ta, uint32_t pa, double tb, uint32_t pb) {
   return ta < tb || (ta == tb && pa < pb);
 }
 
+/* Once top is full: find its worst entry, the one the next better
+ * replica replaces, and the threshold the scan tests against. A fixed
+ * short loop rather than a sorted insert: most insertions happen early in
+ * the pass, when keeping order would shift entries every time. */
+static void top_find_worst(cell_acc *c) {
+  uint32_t w = 0;
+  for (uint32_t j = 1; j < c->n_top; j++)
+    if (ttft_before(c->top[w].t, c->top[w].pos, c->top[j].t, c->top[j].pos))
+      w = j;
+  c->worst = w;
+  c->thr_t = c->top[w].t;
+}
+
 static void top_insert(cell_acc *c, double t, uint32_t pos, uint32_t ei) {
-  uint32_t n = c->n_top;
-  if (n == SPI_SUMMARY_TOP &&
-      !ttft_before(t, pos, c->top[n - 1].t, c->top[n - 1].pos))
-    return;
-  uint32_t at = n < SPI_SUMMARY_TOP ? n : n - 1;
-  while (at > 0 && ttft_before(t, pos, c->top[at - 1].t, c->top[at - 1].pos)) {
-    c->top[at] = c->top[at - 1];
-    at--;
+  top_ent *slot;
+  if (c->n_top < SPI_SUMMARY_TOP) {
+    slot = &c->top[c->n_top++];
+  } else {
+    slot = &c->top[c->worst];
+    if (!ttft_before(t, pos, slot->t, slot->pos)) return;
   }
-  c->top[at].t = t;
-  c->top[at].pos = pos;
-  c->top[at].ei = ei;
-  if (n < SPI_SUMMARY_TOP) c->n_top = n + 1;
-  if (c->n_top == SPI_SUMMARY_TOP) c->thr_t = c->top[SPI_SUMMARY_TOP - 1].t;
+  slot->t = t;
+  slot->pos = pos;
+  slot->ei = ei;
+  if (c->n_top == SPI_SUMMARY_TOP) top_find_worst(c);
+}
+
+/* Best first, ties to the lower position: what the summary promises. */
+static void top_sort(cell_acc *c) {
+  for (uint32_t j = 1; j < c->n_top; j++) {
+    top_ent x = c->top[j];
+    uint32_t at = j;
+    while (at > 0 && ttft_before(x.t, x.pos, c->top[at - 1].t, c->top[at - 1].pos)) {
+      c->top[at] = c->top[at - 1];
+      at--;
+    }
+    c->top[at] = x;
+  }
 }
 
 /* A usable replica, met in position order and already counted in usable:
@@ -410,13 +434,15 @@ static uint32_t cell_find(const cell_acc *c, const ev_arena *a, uint32_t pos) {
 static void cell_warm(scan *sc, int k, uint32_t pos, uint32_t ei) {
   cell_acc *c = &sc->cell[k];
   const replica_eval *ev = &sc->a.ev[ei];
-  for (uint32_t j = 0; j < c->n_top; j++)
-    if (c->top[j].pos == pos) {
-      for (; j + 1 < c->n_top; j++) c->top[j] = c->top[j + 1];
-      c->n_top--;
-      break;
-    }
-  top_insert(c, ev->t, pos, ei);
+  uint32_t j = 0;
+  while (j < c->n_top && c->top[j].pos != pos) j++;
+  if (j < c->n_top) { /* its TTFT only drops: it stays in */
+    c->top[j].t = ev->t;
+    c->top[j].ei = ei;
+    if (c->n_top == SPI_SUMMARY_TOP) top_find_worst(c);
+  } else {
+    top_insert(c, ev->t, pos, ei);
+  }
   if (c->warm == NO_EV) {
     c->warm = ei;
     return;
@@ -429,17 +455,24 @@ static void cell_warm(scan *sc, int k, uint32_t pos, uint32_t ei) {
 }
 
 /* Positions named by the summaries, ascending and distinct, with the
- * evaluation each was ranked by. */
+ * evaluation each was ranked by, and the compact index of every arena
+ * entry named (a named position has exactly one arena entry: a cell keeps
+ * one per replica, and a replica is in one cell). */
+#define NOT_NAMED 0xffu
+#define SEEN 0xfeu
+_Static_assert(ARENA_KEEP < SEEN, "compact indices fit a byte");
 typedef struct named_set {
   uint32_t n;
   uint32_t pos[ARENA_KEEP];
   uint32_t ei[ARENA_KEEP];
+  uint8_t cidx[ARENA_CAP];
 } named_set;
 
 static void named_add(named_set *ns, const ev_arena *a, uint32_t ei) {
+  if (ns->cidx[ei] != NOT_NAMED) return;
+  ns->cidx[ei] = SEEN;
   uint32_t pos = a->pos[ei], at = ns->n;
   while (at > 0 && ns->pos[at - 1] > pos) at--;
-  if (at > 0 && ns->pos[at - 1] == pos) return;
   for (uint32_t k = ns->n; k > at; k--) {
     ns->pos[k] = ns->pos[k - 1];
     ns->ei[k] = ns->ei[k - 1];
@@ -449,34 +482,26 @@ static void named_add(named_set *ns, const ev_arena *a, uint32_t ei) {
   ns->n++;
 }
 
-/* The index of pos in the candidates: itself (full), or its rank among
- * the named positions (compact). */
-static int32_t index_of(const named_set *ns, uint32_t pos) {
-  if (!ns) return (int32_t)pos;
-  uint32_t lo = 0, hi = ns->n;
-  while (lo < hi) {
-    uint32_t mid = (lo + hi) / 2;
-    if (ns->pos[mid] < pos)
-      lo = mid + 1;
-    else
-      hi = mid;
-  }
-  return (int32_t)lo;
+/* The candidate index of arena entry ei: its position (full), or its rank
+ * among the named positions (compact). */
+static int32_t index_of(const named_set *ns, const ev_arena *a, uint32_t ei) {
+  return ns ? (int32_t)ns->cidx[ei] : (int32_t)a->pos[ei];
 }
 
 static void summary_out(const scan *sc, int k, const named_set *ns,
                         spi_pool_summary *o) {
   const cell_acc *c = &sc->cell[k];
-  memset(o, 0, sizeof *o);
+  const ev_arena *a = &sc->a;
   o->pool = k / 2 + SPI_POOL_SPOT;
   o->model_tier = k % 2 + SPI_TIER_SMALL;
   o->usable = c->usable;
   o->n_top = c->n_top;
   for (uint32_t j = 0; j < SPI_SUMMARY_TOP; j++)
-    o->top[j] = j < c->n_top ? index_of(ns, c->top[j].pos) : -1;
-  o->warm = c->warm != NO_EV ? index_of(ns, sc->a.pos[c->warm]) : -1;
-  o->least = c->least != NO_EV ? index_of(ns, sc->a.pos[c->least]) : -1;
-  o->rendezvous = c->rdv != NO_EV ? index_of(ns, sc->a.pos[c->rdv]) : -1;
+    o->top[j] = j < c->n_top ? index_of(ns, a, c->top[j].ei) : -1;
+  o->warm = c->warm != NO_EV ? index_of(ns, a, c->warm) : -1;
+  o->least = c->least != NO_EV ? index_of(ns, a, c->least) : -1;
+  o->rendezvous = c->rdv != NO_EV ? index_of(ns, a, c->rdv) : -1;
+  o->reserved0 = 0;
 }
 
 /* The candidate array position of a policy's index. */
@@ -676,12 +701,19 @@ static int route_pinned(spi_request *req, spi_snapshot *snap,
     cell_warm(&sc, k, pos, ei);
   }
 
+  for (int k = 0; k < SPI_SUMMARY_CELLS; k++) top_sort(&sc.cell[k]);
+
   /* The candidates a summaries-only policy reads: those named. */
   named_set named, *ns = NULL;
   size_t ncand = nrep;
+  /* The compact array lives on the stack: it is small, and so it is in
+   * cache on every route and never allocated. */
+  spi_candidate compact[ARENA_KEEP];
+  spi_candidate *cands = req->cands;
   if (!full) {
     ns = &named;
     named.n = 0;
+    memset(named.cidx, NOT_NAMED, sizeof named.cidx);
     for (int k = 0; k < SPI_SUMMARY_CELLS; k++) {
       const cell_acc *c = &sc.cell[k];
       for (uint32_t j = 0; j < c->n_top; j++) named_add(&named, &sc.a, c->top[j].ei);
@@ -689,10 +721,11 @@ static int route_pinned(spi_request *req, spi_snapshot *snap,
       if (c->least != NO_EV) named_add(&named, &sc.a, c->least);
       if (c->rdv != NO_EV) named_add(&named, &sc.a, c->rdv);
     }
-    if (req->candcap < named.n && grow_scratch(req, 0, named.n))
-      return spi__req_fail(req, SPI_ENOMEM, "route: out of memory");
-    for (uint32_t j = 0; j < named.n; j++)
-      fill_candidate(&req->cands[j], &set->r[named.pos[j]], &sc.a.ev[named.ei[j]]);
+    cands = compact;
+    for (uint32_t j = 0; j < named.n; j++) {
+      named.cidx[named.ei[j]] = (uint8_t)j;
+      fill_candidate(&compact[j], &set->r[named.pos[j]], &sc.a.ev[named.ei[j]]);
+    }
     ncand = named.n;
   }
   spi_pool_summary sums[SPI_SUMMARY_CELLS];
@@ -704,7 +737,7 @@ static int route_pinned(spi_request *req, spi_snapshot *snap,
   x.candidate_size = sizeof(spi_candidate);
   x.req = v;
   x.cls = &cls;
-  x.candidates = req->cands;
+  x.candidates = cands;
   x.n_candidates = ncand;
   x.total_blocks = (uint32_t)nblocks;
   x.max_fallbacks = (uint32_t)rc_cfg->max_fallbacks;
@@ -734,7 +767,7 @@ static int route_pinned(spi_request *req, spi_snapshot *snap,
     if (run_policy(snap->shadow.mod, snap->shadow.inst, &x, &sh) == SPI_OK) {
       out->shadow_pool = sh.pool ? sh.pool : -1;
       if (sh.n_order && (sh.pool == SPI_POOL_SPOT || sh.pool == SPI_POOL_ON_DEMAND)) {
-        const spi_candidate *c = &req->cands[sh.order[0]];
+        const spi_candidate *c = &cands[sh.order[0]];
         copy_id(out->shadow_replica_id, c->id, c->id_len);
         out->shadow_matched_blocks = c->matched_blocks;
       }
@@ -744,7 +777,7 @@ static int route_pinned(spi_request *req, spi_snapshot *snap,
   /* A half-open replica takes one probe; losing that race means the next. */
   uint32_t first = 0;
   while ((ch.pool == SPI_POOL_SPOT || ch.pool == SPI_POOL_ON_DEMAND) &&
-         first < ch.n_order && req->cands[ch.order[first]].probe) {
+         first < ch.n_order && cands[ch.order[first]].probe) {
     spi_replica_slot *s =
         &e->registry.slots[set->r[pos_of(ns, ch.order[first])].slot];
     if (spi__breaker_claim_probe(s)) {
@@ -772,8 +805,8 @@ static int route_pinned(spi_request *req, spi_snapshot *snap,
   out->replayable = cls.replayable;
   out->model_tier = v->forced_model_tier ? v->forced_model_tier : cls.model_tier;
   if (ch.pool == SPI_POOL_SPOT || ch.pool == SPI_POOL_ON_DEMAND)
-    out->model_tier = req->cands[ch.order[first]].model_tier
-                          ? req->cands[ch.order[first]].model_tier
+    out->model_tier = cands[ch.order[first]].model_tier
+                          ? cands[ch.order[first]].model_tier
                           : SPI_TIER_LARGE;
   out->pressure = level[chosen_pool];
   out->tools_allowed = cls.tools_allowed;
@@ -798,7 +831,7 @@ static int route_pinned(spi_request *req, spi_snapshot *snap,
   }
 
   /* Serve: open a ticket, count it on the replica, record the placement. */
-  const spi_candidate *c = &req->cands[ch.order[first]];
+  const spi_candidate *c = &cands[ch.order[first]];
   const spi_replica_ident *r = &set->r[pos_of(ns, ch.order[first])];
   spi_replica_slot *s = &e->registry.slots[r->slot];
   spi_ticket_table *tt = atomic_load(&e->tickets);
@@ -842,7 +875,7 @@ static int route_pinned(spi_request *req, spi_snapshot *snap,
   out->matched_blocks = c->matched_blocks;
   out->est_ttft_ms = c->est_ttft_ms;
   for (uint32_t i = first + 1; i < ch.n_order && out->n_fallbacks < SPI_MAX_FALLBACKS; i++) {
-    const spi_candidate *f = &req->cands[ch.order[i]];
+    const spi_candidate *f = &cands[ch.order[i]];
     copy_id(out->fallback_ids[out->n_fallbacks++], f->id, f->id_len);
   }
   spi_price price;
