@@ -70,6 +70,7 @@
  * are remembered for the length of one call (16 slots, direct-mapped), since
  * a chain's buckets mostly name the same few replicas.
  */
+#define _DEFAULT_SOURCE /* MADV_HUGEPAGE */
 #include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
