@@ -5,7 +5,11 @@
  * index filled first: p50 and p99 of one spi_route() call, and both as a
  * ratio to the p50 of one XXH3_64bits pass over the same prompt, each pass
  * timed just before its route (xxh3_pass_ns; xxh3_best_ns is the best of
- * many back-to-back passes, for reference). Both include one clock read. Then decisions per second (route + finish) on 1 and 2 threads.
+ * many back-to-back passes, for reference). Both include one clock read.
+ * The plain XXH3_64bits pass is the yardstick the targets are stated in;
+ * xxh3_avx2_best_ns and p50_ratio_avx2 compare against libxxhash's
+ * run-time dispatched XXH3 (AVX2 / AVX-512 where the CPU has them), the
+ * one the library hashes with when it is available. Then decisions per second (route + finish) on 1 and 2 threads.
  * The engine runs on a fixed clock, so load signals never go stale and the
  * clock costs nothing.
  */
@@ -16,6 +20,16 @@
 #include <time.h>
 
 #include <xxhash.h>
+
+#include "spi_internal.h" /* spi__xxh3_avx2 */
+
+/* The XXH3 build the library hashes blocks with: AVX2 when the CPU has it. */
+static uint64_t wide_xxh3(const void *p, size_t n) {
+#if SPI_HAVE_XXH_AVX2
+  if (__builtin_cpu_supports("avx2")) return spi__xxh3_avx2(p, n);
+#endif
+  return XXH3_64bits(p, n);
+}
 
 #include "spotinfer/spotinfer.h"
 
@@ -157,12 +171,25 @@ static void bench_latency(size_t size, int replicas) {
     double dt = (now_ns() - t0) / iters;
     if (dt < best) best = dt;
   }
+  /* The AVX2 build of XXH3 the library hashes blocks with (when the CPU
+   * has AVX2), best of many passes: a stricter yardstick than the plain
+   * libxxhash pass. */
+  double wide = 1e30;
+  for (int r = 0; r < 20; r++) {
+    int iters = 2000;
+    double t0 = now_ns();
+    for (int i = 0; i < iters; i++) sink += wide_xxh3(texts[0], size);
+    double dt = (now_ns() - t0) / iters;
+    if (dt < wide) wide = dt;
+  }
   (void)sink;
   double p50 = t[N / 2], p99 = t[N * 99 / 100], pass = x[N / 2];
   printf("{\"bench\":\"route\",\"prompt_bytes\":%zu,\"replicas\":%d,"
          "\"p50_ns\":%.0f,\"p99_ns\":%.0f,\"xxh3_pass_ns\":%.1f,"
-         "\"xxh3_best_ns\":%.1f,\"p50_ratio\":%.2f,\"p99_ratio\":%.2f}\n",
-         size, replicas, p50, p99, pass, best, p50 / pass, p99 / pass);
+         "\"xxh3_best_ns\":%.1f,\"p50_ratio\":%.2f,\"p99_ratio\":%.2f,"
+         "\"xxh3_avx2_best_ns\":%.1f,\"p50_ratio_avx2\":%.2f}\n",
+         size, replicas, p50, p99, pass, best, p50 / pass, p99 / pass, wide,
+         p50 / wide);
   for (int i = 0; i < NREQ; i++) free(texts[i]);
   for (int i = 0; i < NREQ; i++) spi_request_free(reqs[i]);
   spi_engine_free(e);

@@ -19,6 +19,8 @@
 #include <cmocka.h>
 #include <cjson/cJSON.h>
 
+#include <xxhash.h>
+
 #include "spi_internal.h"
 
 #ifndef SPI_SOURCE_DIR
@@ -427,6 +429,36 @@ static void test_golden_vectors(void **st) {
 }
 
 /* ------------------------------------------------------------ module */
+
+
+/* The block hashes go through the AVX2 build of XXH3 where the CPU has it:
+ * it must give libxxhash's bits for every length (the short, mid and long
+ * paths, stripe and block edges) and seed. */
+static void test_wide_xxh3_matches(void **st) {
+  (void)st;
+  static unsigned char buf[4500];
+  uint64_t x = 0x9e3779b97f4a7c15ull;
+  for (size_t i = 0; i < sizeof buf; i++) {
+    x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+    buf[i] = (unsigned char)x;
+  }
+  for (size_t n = 0; n <= sizeof buf; n += n < 300 ? 1 : 37) {
+    uint64_t seeds[] = {0, 1, x, UINT64_MAX};
+    for (int k = 0; k < 4; k++)
+      assert_true(spi__xxh3_seeded(buf + (n % 7), n - (n % 7 && n >= 7 ? 7 : 0),
+                                   seeds[k]) ==
+                  XXH3_64bits_withSeed(buf + (n % 7),
+                                       n - (n % 7 && n >= 7 ? 7 : 0), seeds[k]));
+  }
+#if SPI_HAVE_XXH_AVX2
+  if (__builtin_cpu_supports("avx2"))
+    for (size_t n = 0; n <= sizeof buf; n += 61) {
+      assert_true(spi__xxh3_avx2(buf, n) == XXH3_64bits(buf, n));
+      assert_true(spi__xxh3_seeded_avx2(buf, n, n) ==
+                  XXH3_64bits_withSeed(buf, n, n));
+    }
+#endif
+}
 
 static void test_module_struct(void **st) {
   (void)st;
@@ -989,6 +1021,7 @@ int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_golden_vectors),
       cmocka_unit_test(test_golden_vectors_public_api),
+      cmocka_unit_test(test_wide_xxh3_matches),
       cmocka_unit_test(test_module_struct),
       cmocka_unit_test(test_defaults_from_table),
       cmocka_unit_test(test_null_arguments),
