@@ -272,9 +272,10 @@ static uint32_t arena_put(scan *sc, uint32_t pos, const replica_eval *ev) {
   return i;
 }
 
-/* Ranking by TTFT, ties to the lower position. */
-static int ttft_before(double ta, uint32_t pa, double tb, uint32_t pb) {
-  return ta < tb || (ta == tb && pa < pb);
+/* Ranking by TTFT, ties to the lower position. Bitwise, not short-circuit:
+ * the outcome is data, and a branch on it would be mispredicted often. */
+static inline int ttft_before(double ta, uint32_t pa, double tb, uint32_t pb) {
+  return (ta < tb) | ((ta == tb) & (pa < pb));
 }
 
 /* Once top is full: find its worst entry, the one the next better
@@ -283,11 +284,16 @@ static int ttft_before(double ta, uint32_t pa, double tb, uint32_t pb) {
  * the pass, when keeping order would shift entries every time. */
 static void top_find_worst(cell_acc *c) {
   uint32_t w = 0;
-  for (uint32_t j = 1; j < c->n_top; j++)
-    if (ttft_before(c->top[w].t, c->top[w].pos, c->top[j].t, c->top[j].pos))
-      w = j;
+  double wt = c->top[0].t;
+  uint32_t wp = c->top[0].pos;
+  for (uint32_t j = 1; j < SPI_SUMMARY_TOP; j++) {
+    int later = ttft_before(wt, wp, c->top[j].t, c->top[j].pos);
+    w = later ? j : w;
+    wt = later ? c->top[j].t : wt;
+    wp = later ? c->top[j].pos : wp;
+  }
   c->worst = w;
-  c->thr_t = c->top[w].t;
+  c->thr_t = wt;
 }
 
 static void top_insert(cell_acc *c, double t, uint32_t pos, uint32_t ei) {
@@ -360,7 +366,17 @@ static void scan_lean(const route_env *x, const spi_replica_set *set,
   const spi_router_cfg *cfg = x->cfg;
   spi_replica_slot *slots = x->e->registry.slots;
   const uint64_t ma = (uint64_t)x->max_age, now = (uint64_t)x->now;
+  /* Tallies stay in registers: adding to memory every iteration would chain
+   * the iterations through store-to-load forwarding. */
+  uint64_t counts = 0;  /* usable per cell, 16 bits each (nrep <= 4096) */
+  uint64_t word = 0;    /* the counted bits of positions [i & ~63, i] */
+  uint64_t kv_count = 0; /* ACTIVE per pool, 32 bits each */
+  double kv_spot = 0, kv_od = 0;
   for (size_t i = 0; i < nrep; i++) {
+    if (i && i % 64 == 0) {
+      sc->counted[i / 64 - 1] = word;
+      word = 0;
+    }
     const spi_replica_ident *r = &set->r[i];
     spi_replica_slot *s = &slots[r->slot];
     int64_t at = atomic_load_explicit(&s->load_at_ns, memory_order_acquire);
@@ -378,29 +394,33 @@ static void scan_lean(const route_env *x, const spi_replica_set *set,
       kv = 1.0;
     }
     if (state != SPI_REPLICA_ACTIVE) continue;
-    kv_sum[r->pool] += kv;
-    kv_n[r->pool] += 1;
+    int spot = r->pool == SPI_POOL_SPOT;
+    kv_spot += spot ? kv : 0.0;
+    kv_od += spot ? 0.0 : kv;
+    kv_count += spot ? 1u : UINT64_C(1) << 32;
     if (r->cell < 0) continue;
     int advised = adv > x->now;
+    replica_eval ev;
     if (breaker != SPI_BREAKER_CLOSED || r->models_len ||
-        (r->pool == SPI_POOL_SPOT && cool > x->now) ||
-        (advised && x->long_request)) {
-      replica_eval ev;
+        (spot && cool > x->now) || (advised && x->long_request)) {
       eval_replica(x, r, 0, &ev);
-      if (ev.usable) cell_add(sc, r->cell, (uint32_t)i, r, &ev);
+      if (!ev.usable) continue;
+      counts += UINT64_C(1) << (16 * r->cell);
+      word |= UINT64_C(1) << (i % 64);
+      cell_offer(sc, r->cell, (uint32_t)i, rel_load(&ev, r), &ev);
       continue;
     }
     cell_acc *c = &sc->cell[r->cell];
-    c->usable++;
-    mark_counted(sc, i);
+    counts += UINT64_C(1) << (16 * r->cell);
+    word |= UINT64_C(1) << (i % 64);
     double load = run + wait;
     double t = ttft_of(cfg, run, wait, r->inv_max_inflight, x->cold_ms, advised);
     double rel = (load + inflight) / r->cap;
     int busy = (inflight >= r->max_inflight) | (load >= r->cap);
     uint64_t w = mix64(r->id_hash ^ x->rkey);
-    if (t < c->thr_t || rel < c->least_rel ||
-        (!busy && (w > c->rdv_w || c->rdv == NO_EV))) {
-      replica_eval ev;
+    /* One branch for "ranks in anything". */
+    if ((t < c->thr_t) | (rel < c->least_rel) |
+        ((!busy) & ((w > c->rdv_w) | (c->rdv == NO_EV)))) {
       ev.running = run;
       ev.waiting = wait;
       ev.kv_usage = kv;
@@ -417,6 +437,13 @@ static void scan_lean(const route_env *x, const spi_replica_set *set,
       cell_offer(sc, r->cell, (uint32_t)i, rel, &ev);
     }
   }
+  if (nrep) sc->counted[(nrep - 1) / 64] = word;
+  for (int k = 0; k < SPI_SUMMARY_CELLS; k++)
+    sc->cell[k].usable += (uint32_t)(counts >> (16 * k) & 0xffffu);
+  kv_sum[SPI_POOL_SPOT] += kv_spot;
+  kv_sum[SPI_POOL_ON_DEMAND] += kv_od;
+  kv_n[SPI_POOL_SPOT] += (double)(kv_count & 0xffffffffu);
+  kv_n[SPI_POOL_ON_DEMAND] += (double)(kv_count >> 32);
 }
 
 /* The arena index of the scan's evaluation of pos in cell c, or NO_EV. */
