@@ -95,8 +95,6 @@ static double est_ttft(const route_env *x, const replica_eval *ev,
                  prefill_ms, ev->advised);
 }
 
-/* Divided, not multiplied by the inverse: the header defines it so, and
- * equal ratios must compare equal across replica sizes. */
 static double rel_load(const replica_eval *ev, const spi_replica_ident *r) {
   return (ev->running + ev->waiting + ev->inflight) / r->cap;
 }
@@ -107,53 +105,95 @@ static inline int load_fresh(int64_t at, uint64_t now, uint64_t max_age) {
   return at != 0 && now - (uint64_t)at + max_age - 1 < 2 * max_age - 1;
 }
 
-/* Evaluate one replica: load, eligibility (all but the pool's KV shedding,
- * which depends on the class), TTFT estimate and rendezvous weight. Every
- * field it reads of the slot is in the slot's first cache line, and the
- * common case (fresh load, closed breaker, no interruption signal, any
- * model) takes no branch that depends on the replica. */
+/* What routing reads of a replica's slot (all in its first cache line),
+ * with a stale load already read as saturated. */
+typedef struct slot_read {
+  double run, wait, kv;
+  int64_t advised_until, cooldown_until;
+  uint32_t inflight;
+  int32_t state, breaker;
+  int fresh;
+} slot_read;
+
+static inline void read_slot(const route_env *x, const spi_replica_slot *s,
+                             slot_read *o) {
+  int64_t at = atomic_load_explicit(&s->load_at_ns, memory_order_acquire);
+  o->run = spi__bitsd(atomic_load_explicit(&s->running, memory_order_relaxed));
+  o->wait = spi__bitsd(atomic_load_explicit(&s->waiting, memory_order_relaxed));
+  o->kv = spi__bitsd(atomic_load_explicit(&s->kv_usage, memory_order_relaxed));
+  o->inflight = atomic_load_explicit(&s->inflight, memory_order_relaxed);
+  o->state = atomic_load_explicit(&s->state, memory_order_relaxed);
+  o->breaker = atomic_load_explicit(&s->breaker, memory_order_relaxed);
+  o->advised_until =
+      atomic_load_explicit(&s->advised_until_ns, memory_order_relaxed);
+  o->cooldown_until =
+      atomic_load_explicit(&s->cooldown_until_ns, memory_order_relaxed);
+  o->fresh = load_fresh(at, (uint64_t)x->now, (uint64_t)x->max_age);
+  if (!o->fresh) {
+    o->run = o->wait = SPI_LOAD_SATURATED;
+    o->kv = 1.0;
+  }
+}
+
+static inline int busy_of(const spi_replica_ident *r, const slot_read *rd) {
+  return (rd->inflight >= r->max_inflight) | (rd->run + rd->wait >= r->cap);
+}
+
+/* Divided, not multiplied by the inverse: the header defines it so, and
+ * equal ratios must compare equal across replica sizes. */
+static inline double rel_of(const spi_replica_ident *r, const slot_read *rd) {
+  return (rd->run + rd->wait + rd->inflight) / r->cap;
+}
+
+/* Whether the replica takes a request now, all but the pool's KV shedding
+ * (which depends on the class): ACTIVE, its spot pool not cooling down, no
+ * advice against a long request, serving the model, its breaker letting it
+ * (*probe: as the half-open probe). The common case takes no branch that
+ * depends on the replica: most serve any model, most breakers are closed. */
+static inline int usable_of(const route_env *x, const spi_replica_ident *r,
+                            spi_replica_slot *s, const slot_read *rd,
+                            int *probe) {
+  int advised = rd->advised_until > x->now;
+  int ok = (rd->state == SPI_REPLICA_ACTIVE) &
+           !(r->pool == SPI_POOL_SPOT && rd->cooldown_until > x->now) &
+           !(advised & x->long_request);
+  *probe = 0;
+  if (ok && r->models_len)
+    ok = spi__replica_serves(r, x->v->model, x->v->model_len);
+  if (ok && rd->breaker != SPI_BREAKER_CLOSED)
+    ok = spi__breaker_allows(s, x->now, probe);
+  return ok;
+}
+
+/* The evaluation of what was read, with usable and probe as given. */
+static inline void eval_of(const route_env *x, const spi_replica_ident *r,
+                           const slot_read *rd, uint32_t matched, int usable,
+                           int probe, replica_eval *o) {
+  o->running = rd->run;
+  o->waiting = rd->wait;
+  o->kv_usage = rd->kv;
+  o->fresh = (uint8_t)rd->fresh;
+  o->inflight = rd->inflight;
+  o->matched = matched;
+  o->active = rd->state == SPI_REPLICA_ACTIVE;
+  o->advised = rd->advised_until > x->now;
+  o->t = est_ttft(x, o, r, matched ? x->warm_ms : x->cold_ms);
+  o->rdv = mix64(r->id_hash ^ x->rkey);
+  o->busy = (uint8_t)busy_of(r, rd);
+  o->usable = (uint8_t)usable;
+  o->probe = (uint8_t)(usable && probe);
+}
+
+/* Evaluate one replica: load, eligibility (all but shedding), TTFT
+ * estimate and rendezvous weight. */
 static inline void eval_replica(const route_env *x, const spi_replica_ident *r,
                                 uint32_t matched, replica_eval *o) {
   spi_replica_slot *s = &x->e->registry.slots[r->slot];
-  int64_t at = atomic_load_explicit(&s->load_at_ns, memory_order_acquire);
-  double run = spi__bitsd(atomic_load_explicit(&s->running, memory_order_relaxed));
-  double wait = spi__bitsd(atomic_load_explicit(&s->waiting, memory_order_relaxed));
-  double kv = spi__bitsd(atomic_load_explicit(&s->kv_usage, memory_order_relaxed));
-  uint32_t inflight = atomic_load_explicit(&s->inflight, memory_order_relaxed);
-  int32_t state = atomic_load_explicit(&s->state, memory_order_relaxed);
-  int32_t breaker = atomic_load_explicit(&s->breaker, memory_order_relaxed);
-  int64_t advised_until =
-      atomic_load_explicit(&s->advised_until_ns, memory_order_relaxed);
-  int64_t cooldown_until =
-      atomic_load_explicit(&s->cooldown_until_ns, memory_order_relaxed);
-  /* A stale signal reads as saturated. */
-  int fresh = load_fresh(at, (uint64_t)x->now, (uint64_t)x->max_age);
-  if (!fresh) {
-    run = wait = SPI_LOAD_SATURATED;
-    kv = 1.0;
-  }
-  o->running = run;
-  o->waiting = wait;
-  o->kv_usage = kv;
-  o->fresh = (uint8_t)fresh;
-  o->inflight = inflight;
-  o->matched = matched;
-  o->active = state == SPI_REPLICA_ACTIVE;
-  o->advised = advised_until > x->now;
-  o->t = est_ttft(x, o, r, matched ? x->warm_ms : x->cold_ms);
-  o->rdv = mix64(r->id_hash ^ x->rkey);
-  o->busy = (inflight >= r->max_inflight) | (run + wait >= r->cap);
-  /* Interruption signals: a cooling spot pool takes nothing new; an
-   * advised machine takes no long request. */
-  int ok = o->active & !(r->pool == SPI_POOL_SPOT && cooldown_until > x->now) &
-           !(o->advised & x->long_request);
-  int probe = 0;
-  if (ok && r->models_len)
-    ok = spi__replica_serves(r, x->v->model, x->v->model_len);
-  if (ok && breaker != SPI_BREAKER_CLOSED)
-    ok = spi__breaker_allows(s, x->now, &probe);
-  o->usable = (uint8_t)ok;
-  o->probe = (uint8_t)(ok && probe);
+  slot_read rd;
+  read_slot(x, s, &rd);
+  int probe;
+  int ok = usable_of(x, r, s, &rd, &probe);
+  eval_of(x, r, &rd, matched, ok, probe, o);
 }
 
 static void fill_candidate(spi_candidate *c, const spi_replica_ident *r,
@@ -365,7 +405,6 @@ static void scan_lean(const route_env *x, const spi_replica_set *set,
                       size_t nrep, scan *sc, double *kv_sum, double *kv_n) {
   const spi_router_cfg *cfg = x->cfg;
   spi_replica_slot *slots = x->e->registry.slots;
-  const uint64_t ma = (uint64_t)x->max_age, now = (uint64_t)x->now;
   /* Tallies stay in registers: adding to memory every iteration would chain
    * the iterations through store-to-load forwarding. */
   uint64_t counts = 0;  /* usable per cell, 16 bits each (nrep <= 4096) */
@@ -379,61 +418,29 @@ static void scan_lean(const route_env *x, const spi_replica_set *set,
     }
     const spi_replica_ident *r = &set->r[i];
     spi_replica_slot *s = &slots[r->slot];
-    int64_t at = atomic_load_explicit(&s->load_at_ns, memory_order_acquire);
-    double run = spi__bitsd(atomic_load_explicit(&s->running, memory_order_relaxed));
-    double wait = spi__bitsd(atomic_load_explicit(&s->waiting, memory_order_relaxed));
-    double kv = spi__bitsd(atomic_load_explicit(&s->kv_usage, memory_order_relaxed));
-    uint32_t inflight = atomic_load_explicit(&s->inflight, memory_order_relaxed);
-    int32_t state = atomic_load_explicit(&s->state, memory_order_relaxed);
-    int32_t breaker = atomic_load_explicit(&s->breaker, memory_order_relaxed);
-    int64_t adv = atomic_load_explicit(&s->advised_until_ns, memory_order_relaxed);
-    int64_t cool = atomic_load_explicit(&s->cooldown_until_ns, memory_order_relaxed);
-    int fresh = load_fresh(at, now, ma);
-    if (!fresh) {
-      run = wait = SPI_LOAD_SATURATED;
-      kv = 1.0;
-    }
-    if (state != SPI_REPLICA_ACTIVE) continue;
+    slot_read rd;
+    read_slot(x, s, &rd);
+    if (rd.state != SPI_REPLICA_ACTIVE) continue;
     int spot = r->pool == SPI_POOL_SPOT;
-    kv_spot += spot ? kv : 0.0;
-    kv_od += spot ? 0.0 : kv;
+    kv_spot += spot ? rd.kv : 0.0;
+    kv_od += spot ? 0.0 : rd.kv;
     kv_count += spot ? 1u : UINT64_C(1) << 32;
-    if (r->cell < 0) continue;
-    int advised = adv > x->now;
-    replica_eval ev;
-    if (breaker != SPI_BREAKER_CLOSED || r->models_len ||
-        (spot && cool > x->now) || (advised && x->long_request)) {
-      eval_replica(x, r, 0, &ev);
-      if (!ev.usable) continue;
-      counts += UINT64_C(1) << (16 * r->cell);
-      word |= UINT64_C(1) << (i % 64);
-      cell_offer(sc, r->cell, (uint32_t)i, rel_load(&ev, r), &ev);
-      continue;
-    }
-    cell_acc *c = &sc->cell[r->cell];
+    int probe;
+    if (r->cell < 0 || !usable_of(x, r, s, &rd, &probe)) continue;
     counts += UINT64_C(1) << (16 * r->cell);
     word |= UINT64_C(1) << (i % 64);
-    double load = run + wait;
-    double t = ttft_of(cfg, run, wait, r->inv_max_inflight, x->cold_ms, advised);
-    double rel = (load + inflight) / r->cap;
-    int busy = (inflight >= r->max_inflight) | (load >= r->cap);
+    cell_acc *c = &sc->cell[r->cell];
+    int advised = rd.advised_until > x->now;
+    double t = ttft_of(cfg, rd.run, rd.wait, r->inv_max_inflight, x->cold_ms,
+                       advised);
+    double rel = rel_of(r, &rd);
+    int busy = busy_of(r, &rd);
     uint64_t w = mix64(r->id_hash ^ x->rkey);
-    /* One branch for "ranks in anything". */
+    /* One branch for "ranks in anything"; only then the full evaluation. */
     if ((t < c->thr_t) | (rel < c->least_rel) |
         ((!busy) & ((w > c->rdv_w) | (c->rdv == NO_EV)))) {
-      ev.running = run;
-      ev.waiting = wait;
-      ev.kv_usage = kv;
-      ev.t = t;
-      ev.rdv = w;
-      ev.inflight = inflight;
-      ev.matched = 0;
-      ev.active = 1;
-      ev.usable = 1;
-      ev.probe = 0;
-      ev.busy = (uint8_t)busy;
-      ev.fresh = (uint8_t)fresh;
-      ev.advised = (uint8_t)advised;
+      replica_eval ev;
+      eval_of(x, r, &rd, 0, 1, probe, &ev);
       cell_offer(sc, r->cell, (uint32_t)i, rel, &ev);
     }
   }
