@@ -722,16 +722,6 @@ static int summary_choose(void *state, void *inst, const spi_route_context *x,
   return SPI_OK;
 }
 
-static int summary_configure(void *state, const char *j, size_t n, void **inst,
-                             char *err, size_t cap) {
-  (void)j;
-  (void)n;
-  (void)err;
-  (void)cap;
-  *inst = state;
-  return SPI_OK;
-}
-
 static void register_summary_policy(world *w, const char *name, int *full) {
   spi_policy_module m;
   memset(&m, 0, sizeof m);
@@ -739,7 +729,7 @@ static void register_summary_policy(world *w, const char *name, int *full) {
   m.struct_size = sizeof m;
   m.on_failure = SPI_ON_FAILURE_ERROR;
   m.flags = *full ? 0 : SPI_POLICY_SUMMARIES_ONLY;
-  m.configure = summary_configure;
+  m.configure = plain_configure;
   m.choose = summary_choose;
   assert_int_equal(spi_engine_register_module(w->e, SPI_MODULE_POLICY, name,
                                               strlen(name), &m, full, NULL),
@@ -805,7 +795,7 @@ static void test_summaries_compact(void **st) {
   m.abi_version = SPI_MODULE_ABI_VERSION;
   m.struct_size = sizeof m;
   m.flags = 0x40;
-  m.configure = summary_configure;
+  m.configure = plain_configure;
   m.choose = summary_choose;
   assert_int_equal(spi_engine_register_module(w->e, SPI_MODULE_POLICY, "odd", 3,
                                               &m, &full, NULL),
