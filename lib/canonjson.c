@@ -22,7 +22,8 @@
  * length it had on entry.
  *
  * cJSON keeps strings NUL-terminated, so a "\u0000" inside a parsed string
- * truncates it there; that is a property of the parser, not of this file.
+ * would truncate it there; the callers refuse such text before it gets here
+ * (spi__json_nul_escape), so two different tool lists never key the same.
  */
 #include <cjson/cJSON.h>
 #include <inttypes.h>

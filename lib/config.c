@@ -27,6 +27,26 @@ static void shown_path(char *buf, size_t cap, const char *shown,
     spi__errf(buf, cap, "%s", key);
 }
 
+size_t spi__json_nul_escape(const char *text, size_t len) {
+  int in_string = 0;
+  for (size_t i = 0; i < len; i++) {
+    char c = text[i];
+    if (!in_string) {
+      in_string = c == '"';
+      continue;
+    }
+    if (c == '"') {
+      in_string = 0;
+    } else if (c == '\\' && i + 1 < len) {
+      if (text[i + 1] == 'u' && i + 5 < len && text[i + 2] == '0' &&
+          text[i + 3] == '0' && text[i + 4] == '0' && text[i + 5] == '0')
+        return i;
+      i++; /* the escaped character, whatever it is */
+    }
+  }
+  return SIZE_MAX;
+}
+
 int spi__json_parse_object(const char *text, size_t len, size_t max_len,
                            const char *what, cJSON **out, char *err,
                            size_t errcap) {
@@ -74,6 +94,15 @@ int spi__json_parse_object(const char *text, size_t len, size_t max_len,
     spi__errf(err, errcap, "%s: top level must be a JSON object", what);
     cJSON_Delete(root);
     return SPI_ETYPE;
+  }
+  size_t nul = spi__json_nul_escape(text, len);
+  if (nul != SIZE_MAX) {
+    spi__errf(err, errcap,
+              "%s: \\u0000 inside a string at byte offset %zu is not "
+              "supported",
+              what, nul);
+    cJSON_Delete(root);
+    return SPI_EPARSE;
   }
   *out = root;
   return SPI_OK;

@@ -171,6 +171,14 @@ static int set_tools(spi_request *r, const spi_limits *l, const char *v,
     cJSON_Delete(root);
     return spi__req_fail(r, SPI_EPARSE, "tools: must be a JSON array");
   }
+  size_t nul = spi__json_nul_escape(v, len);
+  if (nul != SIZE_MAX) {
+    cJSON_Delete(root);
+    return spi__req_fail(r, SPI_EPARSE,
+                         "tools: \\u0000 inside a string at byte offset %zu "
+                         "is not supported",
+                         nul);
+  }
   /* Canonicalise behind the current value in the buffer the request keeps,
    * then move it to the front: a warm request allocates nothing, and on
    * error (spi__canon_json restores the length) the old value stays. */

@@ -81,6 +81,10 @@ const spi_optdesc *spi__opt_table(size_t *count);
 /* The descriptor for an exact table path, or NULL. */
 const spi_optdesc *spi__opt_find(const char *path);
 
+/* The byte offset of the first "\u0000" escape inside a string of the
+ * well-formed JSON text, or SIZE_MAX. cJSON keeps strings NUL-terminated and
+ * cuts them there, so such text is refused rather than silently shortened. */
+size_t spi__json_nul_escape(const char *text, size_t len);
 /*
  * Parse text as a JSON object (cJSON_ParseWithLengthOpts, so no NUL is
  * needed). On error: SPI_EPARSE with the byte offset, SPI_ETYPE when the

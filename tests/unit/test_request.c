@@ -530,6 +530,18 @@ static void test_tools_errors(void **state) {
   assert_int_equal(spi_request_set_str(r, SPI_REQ_TOOLS_JSON, "[3]]]]", 3),
                    SPI_OK);
   assert_str(r, SPI_REQ_TOOLS_JSON, "[3]");
+  /* An escaped NUL would cut a name short, and two different lists would
+   * key the same: refused. An escaped backslash before u0000 is text. */
+  assert_int_equal(spi_request_set_str(r, SPI_REQ_TOOLS_JSON,
+                                       LIT("[{\"name\":\"a\\u0000b\"}]")),
+                   SPI_EPARSE);
+  assert_contains(spi_request_errmsg(r), "\\u0000 inside a string at byte offset 11");
+  assert_str(r, SPI_REQ_TOOLS_JSON, "[3]");
+  assert_int_equal(spi_request_set_str(r, SPI_REQ_TOOLS_JSON,
+                                       LIT("[\"a\\\\u0000\"]")),
+                   SPI_OK);
+  assert_int_equal(spi_request_set_str(r, SPI_REQ_TOOLS_JSON, LIT("[3]")),
+                   SPI_OK);
   /* Duplicate keys are ambiguous. */
   assert_int_equal(
       spi_request_set_str(r, SPI_REQ_TOOLS_JSON, LIT("[{\"a\":1,\"a\":2}]")),
@@ -924,6 +936,13 @@ static const bad_body BAD_BODIES[] = {
     {"{\"model\":\"\xff\",\"prompt\":nul}", 0, SPI_EPARSE, "body:",
      "byte offset"},
     {"", 0, SPI_EPARSE, "body:", "empty"},
+    /* An escaped NUL would cut the string short: refused, not shortened. */
+    {"{\"model\":\"m\",\"prompt\":\"ab\\u0000cd\"}", 0, SPI_EPARSE, "body:",
+     "\\u0000 inside a string at byte offset 25"},
+    {"{\"model\":\"m\",\"messages\":[{\"role\":\"user\",\"content\":\"x\\u0000\"}]}",
+     0, SPI_EPARSE, "body:", "u0000"},
+    /* An escaped backslash before "u0000" is text, not a NUL. */
+    {"{\"model\":\"m\",\"prompt\":\"a\\\\u0000\"}", 0, SPI_OK, "", NULL},
     {"   ", 0, SPI_EPARSE, "body:", "byte offset"},
     /* Top level not an object. */
     {"[{\"model\":\"m\"}]", 0, SPI_ETYPE, "body:", "object"},
@@ -1047,7 +1066,8 @@ static const bad_body BAD_BODIES[] = {
      0, SPI_ETOOBIG, "metadata:", "more than 16"},
     {"{" CHAT_OK ",\"metadata\":{\"\":\"v\"}}", 0, SPI_ETOOBIG, "metadata:",
      NULL},
-    {"{" CHAT_OK ",\"metadata\":{\"k\":\"a\\u0000b\"}}", 0, SPI_OK, NULL, NULL},
+    {"{" CHAT_OK ",\"metadata\":{\"k\":\"a\\u0000b\"}}", 0, SPI_EPARSE, "body:",
+     "u0000"},
     /* Ranges. */
     {"{" CHAT_OK ",\"max_tokens\":0}", 0, SPI_ERANGE, "max_tokens:", NULL},
     {"{" CHAT_OK ",\"max_tokens\":-5}", 0, SPI_ERANGE, "max_tokens:", NULL},
