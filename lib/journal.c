@@ -501,49 +501,59 @@ int spi__journal_scan_mem(const spi_mem *m, const uint8_t *data, size_t len,
 
 /* ----------------------------------------------------- per-engine state */
 
-/* Directories open through one engine: fcntl() locks are per process, so
- * they cannot stop the same process opening a directory twice. */
+/* Directories open in this process. fcntl() locks are per process, so they
+ * cannot stop one process opening a directory twice (one engine twice, or
+ * two engines); this list, shared by every engine of the process, does.
+ * An entry is allocated with the allocator of the engine that claimed it
+ * and records that engine's state, so freeing an engine drops whatever it
+ * still held. */
 typedef struct jr_open {
   dev_t dev;
   ino_t ino;
+  pid_t pid;         /* a child of fork() inherits the list, not the claims */
+  const void *owner; /* the jr_state that claimed it */
+  spi_mem mem;
   struct jr_open *next;
 } jr_open;
 
+static pthread_mutex_t open_lock = PTHREAD_MUTEX_INITIALIZER;
+static jr_open *open_dirs;
+
 typedef struct jr_state {
   spi_mem mem;
-  pthread_mutex_t lock;
-  jr_open *open;
 } jr_state;
 
 void *spi__journal_state_new(const spi_mem *m) {
   jr_state *st = spi__calloc(m, 1, sizeof *st);
   if (!st) return NULL;
   st->mem = *m;
-  if (pthread_mutex_init(&st->lock, NULL) != 0) {
-    spi__free(m, st);
-    return NULL;
-  }
   return st;
 }
 
 void spi__journal_state_free(void *state) {
   jr_state *st = state;
   if (!st) return;
-  spi_mem m = st->mem;
-  while (st->open) {
-    jr_open *n = st->open->next;
-    spi__free(&m, st->open);
-    st->open = n;
+  pthread_mutex_lock(&open_lock);
+  for (jr_open **p = &open_dirs; *p;) {
+    jr_open *o = *p;
+    if (o->owner == st) {
+      *p = o->next;
+      spi__free(&o->mem, o);
+    } else {
+      p = &o->next;
+    }
   }
-  pthread_mutex_destroy(&st->lock);
+  pthread_mutex_unlock(&open_lock);
+  spi_mem m = st->mem;
   spi__free(&m, st);
 }
 
 static int state_claim(jr_state *st, dev_t dev, ino_t ino) {
-  pthread_mutex_lock(&st->lock);
+  pthread_mutex_lock(&open_lock);
   int rc = SPI_OK;
-  for (jr_open *o = st->open; o; o = o->next)
-    if (o->dev == dev && o->ino == ino) rc = SPI_EIO;
+  pid_t self = getpid();
+  for (jr_open *o = open_dirs; o; o = o->next)
+    if (o->dev == dev && o->ino == ino && o->pid == self) rc = SPI_EIO;
   if (rc == SPI_OK) {
     jr_open *o = spi__alloc(&st->mem, sizeof *o);
     if (!o) {
@@ -551,25 +561,28 @@ static int state_claim(jr_state *st, dev_t dev, ino_t ino) {
     } else {
       o->dev = dev;
       o->ino = ino;
-      o->next = st->open;
-      st->open = o;
+      o->pid = self;
+      o->owner = st;
+      o->mem = st->mem;
+      o->next = open_dirs;
+      open_dirs = o;
     }
   }
-  pthread_mutex_unlock(&st->lock);
+  pthread_mutex_unlock(&open_lock);
   return rc;
 }
 
 static void state_release(jr_state *st, dev_t dev, ino_t ino) {
-  pthread_mutex_lock(&st->lock);
-  for (jr_open **p = &st->open; *p; p = &(*p)->next) {
-    if ((*p)->dev == dev && (*p)->ino == ino) {
+  pthread_mutex_lock(&open_lock);
+  for (jr_open **p = &open_dirs; *p; p = &(*p)->next) {
+    if ((*p)->dev == dev && (*p)->ino == ino && (*p)->owner == st) {
       jr_open *o = *p;
       *p = o->next;
-      spi__free(&st->mem, o);
+      spi__free(&o->mem, o);
       break;
     }
   }
-  pthread_mutex_unlock(&st->lock);
+  pthread_mutex_unlock(&open_lock);
 }
 
 /* --------------------------------------------------------------- journal */
@@ -791,7 +804,7 @@ static int j_configure(void *state, const char *config_json, size_t config_len,
       j->ino = sb.st_ino;
       rc = state_claim(st, j->dev, j->ino);
       if (rc == SPI_EIO)
-        spi__errf(err, cap, "journal %.160s: already open in this engine",
+        spi__errf(err, cap, "journal %.160s: already open in this process",
                   j->dir);
       else if (rc != SPI_OK)
         spi__errf(err, cap, "journal: out of memory");

@@ -890,6 +890,15 @@ static void test_directory_lock(void **st) {
   spi_replay_queue *q2 = NULL;
   assert_int_equal(spi_replay_open(f->e, cfg, strlen(cfg), &q2), SPI_EIO);
   assert_non_null(strstr(spi_engine_errmsg(f->e), "already open"));
+  /* Another engine of the same process: fcntl() locks cannot tell it from
+   * the first, the process-wide list does. Freeing it drops nothing of the
+   * first engine's claim. */
+  spi_engine *e2 = NULL;
+  assert_int_equal(spi_engine_new(&e2, NULL), SPI_OK);
+  assert_int_equal(spi_replay_open(e2, cfg, strlen(cfg), &q2), SPI_EIO);
+  assert_non_null(strstr(spi_engine_errmsg(e2), "already open in this process"));
+  spi_engine_free(e2);
+  assert_int_equal(spi_replay_open(f->e, cfg, strlen(cfg), &q2), SPI_EIO);
   /* Another process. It reports through a pipe, not its exit status: a
    * memory checker may rewrite a forked child's status. */
   int fds[2];
