@@ -33,6 +33,7 @@
  * in "batch" mode share them. Time is the engine's clock hook.
  */
 #include <pthread.h>
+#include <stddef.h>
 #include <string.h>
 
 #include <cjson/cJSON.h>
@@ -1361,26 +1362,39 @@ int spi_replay_nack(spi_replay_queue *queue, uint64_t claim_id) {
 int spi_replay_stats_get(spi_replay_queue *queue, spi_replay_stats *out) {
   if (!queue_ok(queue)) return SPI_EMISUSE;
   spi_replay_queue *q = queue;
-  if (!out || out->struct_size < sizeof *out)
+  /* The struct as of 0.1.0 ended with journal_bytes; a caller built then
+   * gets the fields it knows, a newer one all of them. */
+  const size_t v1 = offsetof(spi_replay_stats, journal_bytes) +
+                    sizeof out->journal_bytes;
+  if (!out || out->struct_size < v1)
     return qfail(q, SPI_EINVAL, "replay stats: NULL or struct_size too small");
   size_t ss = out->struct_size;
+  spi_replay_stats all;
+  memset(&all, 0, sizeof all);
   if (lock(q) != SPI_OK) return SPI_EMISUSE;
   run_timers(q, spi__engine_now(q->engine));
-  memset(out, 0, sizeof *out);
-  out->struct_size = ss;
   for (int c = SPI_CLASS_GOLD; c <= SPI_CLASS_BRONZE; c++)
-    out->ready[c] = q->lane[c].n;
-  out->leased = q->nleased;
-  out->delayed = q->ndelayed;
-  out->dead = q->dead.n;
-  out->enqueued = q->enqueued;
-  out->duplicates = q->duplicates;
-  out->acked = q->acked;
-  out->nacked = q->nacked;
-  out->expired_leases = q->expired_leases;
+    all.ready[c] = q->lane[c].n;
+  all.leased = q->nleased;
+  all.delayed = q->ndelayed;
+  all.dead = q->dead.n;
+  all.enqueued = q->enqueued;
+  all.duplicates = q->duplicates;
+  all.acked = q->acked;
+  all.nacked = q->nacked;
+  all.expired_leases = q->expired_leases;
   spi_replay_store_stats st;
-  if (store_stats(q, &st) == SPI_OK) out->journal_bytes = st.bytes;
+  if (store_stats(q, &st) == SPI_OK) {
+    all.journal_bytes = st.bytes;
+    all.recovered = st.recovered;
+    all.torn = st.torn;
+    all.truncated_bytes = st.truncated_bytes;
+    all.syncs = st.syncs;
+    all.compactions = st.compactions;
+  }
   unlock(q);
+  all.struct_size = ss;
+  memcpy(out, &all, ss < sizeof all ? ss : sizeof all);
   return SPI_OK;
 }
 

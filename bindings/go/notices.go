@@ -728,6 +728,10 @@ type ReplayStats struct {
 	Leased, Delayed, Dead                              uint64
 	Enqueued, Duplicates, Acked, Nacked, ExpiredLeases uint64
 	JournalBytes                                       uint64
+	// The store's own counts since the queue opened (since 0.2.0):
+	// records read back when it opened, torn or corrupt records cut off
+	// then and their bytes, flushes to stable storage, compactions.
+	Recovered, Torn, TruncatedBytes, Syncs, Compactions uint64
 }
 
 // Stats reads the queue's counts.
@@ -745,7 +749,9 @@ func (q *ReplayQueue) Stats() (ReplayStats, error) {
 	out := ReplayStats{Leased: uint64(s.leased), Delayed: uint64(s.delayed), Dead: uint64(s.dead),
 		Enqueued: uint64(s.enqueued), Duplicates: uint64(s.duplicates), Acked: uint64(s.acked),
 		Nacked: uint64(s.nacked), ExpiredLeases: uint64(s.expired_leases),
-		JournalBytes: uint64(s.journal_bytes)}
+		JournalBytes: uint64(s.journal_bytes), Recovered: uint64(s.recovered),
+		Torn: uint64(s.torn), TruncatedBytes: uint64(s.truncated_bytes),
+		Syncs: uint64(s.syncs), Compactions: uint64(s.compactions)}
 	for i := range out.Ready {
 		out.Ready[i] = uint64(s.ready[i])
 	}

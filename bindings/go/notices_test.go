@@ -215,3 +215,28 @@ func jsonString(s string) string {
 	b, _ := json.Marshal(s)
 	return string(b)
 }
+
+func TestReplayJournalStats(t *testing.T) {
+	e := newEngine(t, "")
+	cfg := `{"store":"journal","fsync":"always","dir":"` + t.TempDir() + `"}`
+	q, err := e.OpenReplayQueue(cfg)
+	skipUnlessExported(t, err, "spi_replay_open")
+	must(t, err)
+	body := []byte(`{"model":"m","messages":[{"role":"user","content":"hi"}]}`)
+	_, err = q.Enqueue(Envelope{Key: "a", Body: body, Class: ClassGold})
+	must(t, err)
+	st, err := q.Stats()
+	must(t, err)
+	if st.Syncs == 0 || st.JournalBytes == 0 {
+		t.Fatalf("after a durable enqueue: %+v", st)
+	}
+	must(t, q.Close())
+	q, err = e.OpenReplayQueue(cfg)
+	must(t, err)
+	defer q.Close()
+	st, err = q.Stats()
+	must(t, err)
+	if st.Recovered == 0 || st.Torn != 0 || st.TruncatedBytes != 0 || st.Ready[ClassGold] != 1 {
+		t.Fatalf("after reopening: %+v", st)
+	}
+}

@@ -1080,8 +1080,17 @@ typedef struct spi_replay_stats {
   uint64_t dead;          /* dead-lettered */
   uint64_t enqueued, duplicates, acked, nacked, expired_leases;
   uint64_t journal_bytes; /* on disk, 0 for memory */
+  /* Since 0.2.0 (filled when struct_size covers them): the store's own
+   * counts since the queue opened. */
+  uint64_t recovered;       /* records read back when it opened */
+  uint64_t torn;            /* torn or corrupt records cut off then */
+  uint64_t truncated_bytes; /* bytes cut off (or set aside) then */
+  uint64_t syncs;           /* flushes to stable storage */
+  uint64_t compactions;
 } spi_replay_stats;
 
+/* Fills as much of *out as out->struct_size covers; it must reach at least
+ * journal_bytes (the struct of 0.1.0). Errors: SPI_EINVAL. */
 SPI_API int spi_replay_stats_get(spi_replay_queue *queue,
                                  spi_replay_stats *out);
 

@@ -186,6 +186,23 @@ static spi_replay_stats stats(fixture *f) {
   return s;
 }
 
+/* A caller built against 0.1.0 passes the struct as it was then (up to
+ * journal_bytes): it is filled that far and not a byte further. */
+static void check_v1_stats(fixture *f) {
+  union {
+    spi_replay_stats s;
+    unsigned char b[sizeof(spi_replay_stats)];
+  } u;
+  memset(&u, 0xab, sizeof u);
+  size_t v1 = offsetof(spi_replay_stats, journal_bytes) + sizeof(uint64_t);
+  u.s.struct_size = v1;
+  assert_int_equal(spi_replay_stats_get(f->q, &u.s), SPI_OK);
+  assert_int_equal(u.s.struct_size, v1);
+  for (size_t i = v1; i < sizeof u; i++) assert_int_equal(u.b[i], 0xab);
+  u.s.struct_size = v1 - 1;
+  assert_int_equal(spi_replay_stats_get(f->q, &u.s), SPI_EINVAL);
+}
+
 static spi_replay_store_stats sstats(fixture *f) {
   spi_replay_store_stats s;
   memset(&s, 0, sizeof s);
@@ -555,6 +572,11 @@ static void test_torn_tail_every_offset(void **st) {
     assert_int_equal(ss.recovered, 9);
     assert_int_equal(ss.torn, cut > start ? 1 : 0);
     assert_int_equal(ss.truncated_bytes, cut - start);
+    /* The public stats say the same. */
+    spi_replay_stats ps = stats(f);
+    assert_int_equal(ps.recovered, 9);
+    assert_int_equal(ps.torn, ss.torn);
+    assert_int_equal(ps.truncated_bytes, ss.truncated_bytes);
     if (cut > start) {
       assert_non_null(strstr(spi_replay_errmsg(f->q), "torn record"));
       assert_non_null(strstr(spi_replay_errmsg(f->q), "000001.log"));
@@ -563,6 +585,7 @@ static void test_torn_tail_every_offset(void **st) {
     }
     assert_int_equal(is_dup(f, "r8"), 1);
     assert_int_equal(is_dup(f, "r0"), 1);
+    if (cut == start) check_v1_stats(f);
     /* The cut was made durable: the next open is clean, and appends after
      * it read back. */
     enqueue(f, "after", SPI_CLASS_GOLD);

@@ -383,6 +383,12 @@ class ReplayStats(_Struct):
         ("nacked", c_uint64),
         ("expired_leases", c_uint64),
         ("journal_bytes", c_uint64),
+        # since 0.2.0
+        ("recovered", c_uint64),
+        ("torn", c_uint64),
+        ("truncated_bytes", c_uint64),
+        ("syncs", c_uint64),
+        ("compactions", c_uint64),
     ]
 
 

@@ -107,12 +107,19 @@ class ReplayStats:
     nacked: int
     expired_leases: int
     journal_bytes: int
+    # The store's own counts since the queue opened (since 0.2.0).
+    recovered: int = 0        # records read back when it opened
+    torn: int = 0             # torn or corrupt records cut off then
+    truncated_bytes: int = 0  # bytes cut off (or set aside) then
+    syncs: int = 0            # flushes to stable storage
+    compactions: int = 0
 
     @classmethod
     def _from(cls, s: _n.ReplayStats) -> "ReplayStats":
         return cls(tuple(s.ready), s.leased, s.delayed, s.dead, s.enqueued,  # type: ignore[arg-type]
                    s.duplicates, s.acked, s.nacked, s.expired_leases,
-                   s.journal_bytes)
+                   s.journal_bytes, s.recovered, s.torn, s.truncated_bytes,
+                   s.syncs, s.compactions)
 
 
 class ReplayQueue:

@@ -269,6 +269,8 @@ def test_journal_survives_reopen(tmp_path):
             c.ack()
             assert q.stats().journal_bytes > 0
         with e.replay_queue(cfg) as q:
+            st = q.stats()
+            assert st.recovered > 0 and st.torn == 0 and st.truncated_bytes == 0
             c = q.claim()
             assert c.envelope.key == "durable" and c.envelope.partial_text == "par"
             assert c.envelope.stream_offset == 2
