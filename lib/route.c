@@ -491,35 +491,41 @@ static void cell_warm(scan *sc, int k, uint32_t pos, uint32_t ei) {
 /* Positions named by the summaries, ascending and distinct, with the
  * evaluation each was ranked by, and the compact index of every arena
  * entry named (a named position has exactly one arena entry: a cell keeps
- * one per replica, and a replica is in one cell). */
+ * one per replica, and a replica is in one cell). Positions are gathered
+ * in a bitmap, so they come out sorted without a sort. */
 #define NOT_NAMED 0xffu
-#define SEEN 0xfeu
-_Static_assert(ARENA_KEEP < SEEN, "compact indices fit a byte");
+_Static_assert(ARENA_CAP < NOT_NAMED, "arena indices fit a byte");
 typedef struct named_set {
   uint32_t n;
   uint32_t pos[ARENA_KEEP];
   uint32_t ei[ARENA_KEEP];
   uint8_t cidx[ARENA_CAP];
+  uint64_t bits[SPI_REPLICA_SLOTS / 64];
+  uint8_t ei_of[SPI_REPLICA_SLOTS]; /* read only where bits are set */
 } named_set;
 
-static void named_add(named_set *ns, const ev_arena *a, uint32_t ei) {
-  if (ns->cidx[ei] != NOT_NAMED) return;
-  ns->cidx[ei] = SEEN;
-  uint32_t pos = a->pos[ei], at = ns->n;
-  while (at > 0 && ns->pos[at - 1] > pos) at--;
-  for (uint32_t k = ns->n; k > at; k--) {
-    ns->pos[k] = ns->pos[k - 1];
-    ns->ei[k] = ns->ei[k - 1];
-  }
-  ns->pos[at] = pos;
-  ns->ei[at] = ei;
-  ns->n++;
+static void named_mark(named_set *ns, const ev_arena *a, uint32_t ei) {
+  uint32_t pos = a->pos[ei];
+  ns->bits[pos / 64] |= UINT64_C(1) << (pos % 64);
+  ns->ei_of[pos] = (uint8_t)ei;
+}
+
+static void named_collect(named_set *ns, size_t nrep) {
+  ns->n = 0;
+  for (size_t w = 0; w < (nrep + 63) / 64; w++)
+    for (uint64_t b = ns->bits[w]; b; b &= b - 1) {
+      uint32_t pos = (uint32_t)(w * 64 + (size_t)__builtin_ctzll(b));
+      ns->pos[ns->n] = pos;
+      ns->ei[ns->n] = ns->ei_of[pos];
+      ns->n++;
+    }
 }
 
 /* The candidate index of arena entry ei: its position (full), or its rank
  * among the named positions (compact). */
 static int32_t index_of(const named_set *ns, const ev_arena *a, uint32_t ei) {
-  return ns ? (int32_t)ns->cidx[ei] : (int32_t)a->pos[ei];
+  if (!ns) return (int32_t)a->pos[ei];
+  return ns->cidx[ei] == NOT_NAMED ? -1 : (int32_t)ns->cidx[ei];
 }
 
 static void summary_out(const scan *sc, int k, const named_set *ns,
@@ -746,15 +752,16 @@ static int route_pinned(spi_request *req, spi_snapshot *snap,
   spi_candidate *cands = req->cands;
   if (!full) {
     ns = &named;
-    named.n = 0;
     memset(named.cidx, NOT_NAMED, sizeof named.cidx);
+    memset(named.bits, 0, (nrep + 63) / 64 * sizeof named.bits[0]);
     for (int k = 0; k < SPI_SUMMARY_CELLS; k++) {
       const cell_acc *c = &sc.cell[k];
-      for (uint32_t j = 0; j < c->n_top; j++) named_add(&named, &sc.a, c->top[j].ei);
-      if (c->warm != NO_EV) named_add(&named, &sc.a, c->warm);
-      if (c->least != NO_EV) named_add(&named, &sc.a, c->least);
-      if (c->rdv != NO_EV) named_add(&named, &sc.a, c->rdv);
+      for (uint32_t j = 0; j < c->n_top; j++) named_mark(&named, &sc.a, c->top[j].ei);
+      if (c->warm != NO_EV) named_mark(&named, &sc.a, c->warm);
+      if (c->least != NO_EV) named_mark(&named, &sc.a, c->least);
+      if (c->rdv != NO_EV) named_mark(&named, &sc.a, c->rdv);
     }
+    named_collect(&named, nrep);
     cands = compact;
     for (uint32_t j = 0; j < named.n; j++) {
       named.cidx[named.ei[j]] = (uint8_t)j;
