@@ -238,8 +238,7 @@ typedef struct top_ent {
 
 typedef struct cell_acc {
   uint32_t usable, n_top;
-  top_ent top[SPI_SUMMARY_TOP]; /* unordered until top_sort */
-  uint32_t worst;            /* the entry a better one replaces, once full */
+  top_ent top[SPI_SUMMARY_TOP]; /* best first */
   double thr_t;              /* a TTFT below this enters top (in the scan,
                                 where positions only grow) */
   uint32_t least, rdv, warm; /* arena indices, or NO_EV */
@@ -318,49 +317,24 @@ static inline int ttft_before(double ta, uint32_t pa, double tb, uint32_t pb) {
   return (ta < tb) | ((ta == tb) & (pa < pb));
 }
 
-/* Once top is full: find its worst entry, the one the next better
- * replica replaces, and the threshold the scan tests against. A fixed
- * short loop rather than a sorted insert: most insertions happen early in
- * the pass, when keeping order would shift entries every time. */
-static void top_find_worst(cell_acc *c) {
-  uint32_t w = 0;
-  double wt = c->top[0].t;
-  uint32_t wp = c->top[0].pos;
-  for (uint32_t j = 1; j < SPI_SUMMARY_TOP; j++) {
-    int later = ttft_before(wt, wp, c->top[j].t, c->top[j].pos);
-    w = later ? j : w;
-    wt = later ? c->top[j].t : wt;
-    wp = later ? c->top[j].pos : wp;
-  }
-  c->worst = w;
-  c->thr_t = wt;
-}
-
+/* Keep top sorted, best first (ties to the lower position, as the summary
+ * promises): a better replica shifts the worse ones down, and the last one
+ * drops out once top is full. */
 static void top_insert(cell_acc *c, double t, uint32_t pos, uint32_t ei) {
-  top_ent *slot;
-  if (c->n_top < SPI_SUMMARY_TOP) {
-    slot = &c->top[c->n_top++];
-  } else {
-    slot = &c->top[c->worst];
-    if (!ttft_before(t, pos, slot->t, slot->pos)) return;
+  uint32_t n = c->n_top;
+  if (n == SPI_SUMMARY_TOP &&
+      !ttft_before(t, pos, c->top[n - 1].t, c->top[n - 1].pos))
+    return;
+  uint32_t at = n < SPI_SUMMARY_TOP ? n : n - 1;
+  while (at > 0 && ttft_before(t, pos, c->top[at - 1].t, c->top[at - 1].pos)) {
+    c->top[at] = c->top[at - 1];
+    at--;
   }
-  slot->t = t;
-  slot->pos = pos;
-  slot->ei = ei;
-  if (c->n_top == SPI_SUMMARY_TOP) top_find_worst(c);
-}
-
-/* Best first, ties to the lower position: what the summary promises. */
-static void top_sort(cell_acc *c) {
-  for (uint32_t j = 1; j < c->n_top; j++) {
-    top_ent x = c->top[j];
-    uint32_t at = j;
-    while (at > 0 && ttft_before(x.t, x.pos, c->top[at - 1].t, c->top[at - 1].pos)) {
-      c->top[at] = c->top[at - 1];
-      at--;
-    }
-    c->top[at] = x;
-  }
+  c->top[at].t = t;
+  c->top[at].pos = pos;
+  c->top[at].ei = ei;
+  if (n < SPI_SUMMARY_TOP) c->n_top = n + 1;
+  if (c->n_top == SPI_SUMMARY_TOP) c->thr_t = c->top[SPI_SUMMARY_TOP - 1].t;
 }
 
 /* A usable replica, met in position order and already counted in usable:
@@ -468,15 +442,15 @@ static uint32_t cell_find(const cell_acc *c, const ev_arena *a, uint32_t pos) {
 static void cell_warm(scan *sc, int k, uint32_t pos, uint32_t ei) {
   cell_acc *c = &sc->cell[k];
   const replica_eval *ev = &sc->a.ev[ei];
-  uint32_t j = 0;
-  while (j < c->n_top && c->top[j].pos != pos) j++;
-  if (j < c->n_top) { /* its TTFT only drops: it stays in */
-    c->top[j].t = ev->t;
-    c->top[j].ei = ei;
-    if (c->n_top == SPI_SUMMARY_TOP) top_find_worst(c);
-  } else {
-    top_insert(c, ev->t, pos, ei);
-  }
+  /* Its TTFT only drops: take it out and put it back in its new place. */
+  for (uint32_t j = 0; j < c->n_top; j++)
+    if (c->top[j].pos == pos) {
+      for (; j + 1 < c->n_top; j++) c->top[j] = c->top[j + 1];
+      c->n_top--;
+      c->thr_t = HUGE_VAL;
+      break;
+    }
+  top_insert(c, ev->t, pos, ei);
   if (c->warm == NO_EV) {
     c->warm = ei;
     return;
@@ -740,8 +714,6 @@ static int route_pinned(spi_request *req, spi_snapshot *snap,
     if (ei == NO_EV) ei = arena_put(&sc, pos, ev);
     cell_warm(&sc, k, pos, ei);
   }
-
-  for (int k = 0; k < SPI_SUMMARY_CELLS; k++) top_sort(&sc.cell[k]);
 
   /* The candidates a summaries-only policy reads: those named. */
   named_set named, *ns = NULL;
