@@ -847,6 +847,49 @@ static void test_compact_matches_full(void **st) {
   done(b);
 }
 
+/* A large fleet whose later replicas are ever less loaded, so nearly every
+ * replica enters a summary as the pass meets it: the pass's arena of
+ * evaluations fills and is swept many times. Decisions must still match
+ * the full-array ones. */
+static void test_compact_matches_full_large(void **st) {
+  (void)st;
+  world *a = mk(NULL), *b = mk(NULL);
+  static int full = 1;
+  register_summary_policy(b, "needsall", &full);
+  const char *cfg = "{\"router\":{\"shadow_policy\":\"needsall\"}}";
+  assert_int_equal(spi_engine_configure(b->e, cfg, strlen(cfg)), SPI_OK);
+  enum { N = 300 };
+  world *ws[2] = {a, b};
+  for (int k = 0; k < 2; k++)
+    for (int i = 0; i < N; i++) {
+      char id[32];
+      snprintf(id, sizeof id, "big%03d", i);
+      add(ws[k], id, i % 2 ? SPI_POOL_SPOT : SPI_POOL_ON_DEMAND,
+          i % 7 ? SPI_TIER_LARGE : SPI_TIER_SMALL, 64);
+      load(ws[k], id, (N - i) * 0.1, (N - i) % 5, 0.2);
+    }
+  for (int i = 0; i < 120; i++) {
+    char user[32];
+    snprintf(user, sizeof user, "large q%d", i % 11);
+    spi_decision da, db;
+    chat(a, user, 1, i % 4 ? 0 : 500, i % 3 ? "flex" : NULL, 1);
+    chat(b, user, 1, i % 4 ? 0 : 500, i % 3 ? "flex" : NULL, 1);
+    int ra = route(a, &da), rb = route(b, &db);
+    assert_int_equal(ra, rb);
+    assert_string_equal(da.replica_id, db.replica_id);
+    assert_int_equal(da.reason_code, db.reason_code);
+    assert_int_equal(da.n_fallbacks, db.n_fallbacks);
+    for (uint32_t f = 0; f < da.n_fallbacks; f++)
+      assert_string_equal(da.fallback_ids[f], db.fallback_ids[f]);
+    if (ra == SPI_OK) {
+      finish(a, da.ticket, SPI_TICKET_OK);
+      finish(b, db.ticket, SPI_TICKET_OK);
+    }
+  }
+  done(a);
+  done(b);
+}
+
 /* ---------------------------------------------------- hot path, bad input */
 
 static void test_warm_route_allocates_nothing(void **st) {
@@ -916,6 +959,7 @@ int main(void) {
       cmocka_unit_test(test_summaries_full),
       cmocka_unit_test(test_summaries_compact),
       cmocka_unit_test(test_compact_matches_full),
+      cmocka_unit_test(test_compact_matches_full_large),
       cmocka_unit_test(test_warm_route_allocates_nothing),
       cmocka_unit_test(test_bad_input),
   };
