@@ -95,14 +95,20 @@ static double est_ttft(const route_env *x, const replica_eval *ev,
                  prefill_ms, ev->advised);
 }
 
-static double rel_load(const replica_eval *ev, const spi_replica_ident *r) {
-  return (ev->running + ev->waiting + ev->inflight) / r->cap;
+/* The summary's definitions, one place each. Load is divided by the
+ * capacity, not multiplied by its inverse: the header defines it so, and
+ * equal ratios must compare equal across replica sizes. */
+static inline double rel_ratio(const spi_replica_ident *r, double running,
+                               double waiting, uint32_t inflight) {
+  return (running + waiting + inflight) / r->cap;
+}
+static inline int is_busy(const spi_replica_ident *r, double running,
+                          double waiting, uint32_t inflight) {
+  return (inflight >= r->max_inflight) | (running + waiting >= r->cap);
 }
 
-/* Fresh: -max_age < now - at < max_age, in wrapping arithmetic (the test of
- * spi__replica_load), for a max_age > 0. */
-static inline int load_fresh(int64_t at, uint64_t now, uint64_t max_age) {
-  return at != 0 && now - (uint64_t)at + max_age - 1 < 2 * max_age - 1;
+static double rel_load(const replica_eval *ev, const spi_replica_ident *r) {
+  return rel_ratio(r, ev->running, ev->waiting, ev->inflight);
 }
 
 /* What routing reads of a replica's slot (all in its first cache line),
@@ -117,10 +123,12 @@ typedef struct slot_read {
 
 static inline void read_slot(const route_env *x, const spi_replica_slot *s,
                              slot_read *o) {
-  int64_t at = atomic_load_explicit(&s->load_at_ns, memory_order_acquire);
-  o->run = spi__bitsd(atomic_load_explicit(&s->running, memory_order_relaxed));
-  o->wait = spi__bitsd(atomic_load_explicit(&s->waiting, memory_order_relaxed));
-  o->kv = spi__bitsd(atomic_load_explicit(&s->kv_usage, memory_order_relaxed));
+  spi_load_view l;
+  spi__replica_load(s, x->now, x->max_age, &l);
+  o->run = l.running;
+  o->wait = l.waiting;
+  o->kv = l.kv_usage;
+  o->fresh = l.fresh;
   o->inflight = atomic_load_explicit(&s->inflight, memory_order_relaxed);
   o->state = atomic_load_explicit(&s->state, memory_order_relaxed);
   o->breaker = atomic_load_explicit(&s->breaker, memory_order_relaxed);
@@ -128,21 +136,14 @@ static inline void read_slot(const route_env *x, const spi_replica_slot *s,
       atomic_load_explicit(&s->advised_until_ns, memory_order_relaxed);
   o->cooldown_until =
       atomic_load_explicit(&s->cooldown_until_ns, memory_order_relaxed);
-  o->fresh = load_fresh(at, (uint64_t)x->now, (uint64_t)x->max_age);
-  if (!o->fresh) {
-    o->run = o->wait = SPI_LOAD_SATURATED;
-    o->kv = 1.0;
-  }
 }
 
 static inline int busy_of(const spi_replica_ident *r, const slot_read *rd) {
-  return (rd->inflight >= r->max_inflight) | (rd->run + rd->wait >= r->cap);
+  return is_busy(r, rd->run, rd->wait, rd->inflight);
 }
 
-/* Divided, not multiplied by the inverse: the header defines it so, and
- * equal ratios must compare equal across replica sizes. */
 static inline double rel_of(const spi_replica_ident *r, const slot_read *rd) {
-  return (rd->run + rd->wait + rd->inflight) / r->cap;
+  return rel_ratio(r, rd->run, rd->wait, rd->inflight);
 }
 
 /* Whether the replica takes a request now, all but the pool's KV shedding
@@ -568,7 +569,6 @@ static int route_pinned(spi_request *req, spi_snapshot *snap,
   if (rc) return spi__req_fail(req, rc, "route: out of memory");
   int64_t now = spi__engine_now(e);
   int64_t max_age = rc_cfg->load_max_age_ms * 1000000;
-  if (max_age <= 0) max_age = SPI_DEFAULT_LOAD_MAX_AGE_MS * 1000000ll;
   size_t nrep = set ? set->n : 0;
 
   /* Key and prefix blocks, into the request's warm scratch. */
@@ -696,8 +696,7 @@ static int route_pinned(spi_request *req, spi_snapshot *snap,
       fresh.active = 1;
       fresh.usable = (uint8_t)(c->eligible || c->probe);
       fresh.probe = (uint8_t)c->probe;
-      fresh.busy = (uint8_t)(c->inflight >= r->max_inflight ||
-                             c->running + c->waiting >= r->cap);
+      fresh.busy = (uint8_t)is_busy(r, c->running, c->waiting, c->inflight);
       fresh.fresh = (uint8_t)c->fresh;
       fresh.advised = (uint8_t)c->advised;
       fresh.t = est_ttft(&env, &fresh, r, env.warm_ms);

@@ -23,6 +23,8 @@
 
 #include "spi_internal.h" /* spi__xxh3_avx2 */
 
+static uint64_t plain_xxh3(const void *p, size_t n) { return XXH3_64bits(p, n); }
+
 /* The XXH3 build the library hashes blocks with: AVX2 when the CPU has it. */
 static uint64_t wide_xxh3(const void *p, size_t n) {
 #if SPI_HAVE_XXH_AVX2
@@ -44,6 +46,22 @@ static double now_ns(void) {
   struct timespec ts;
   clock_gettime(CLOCK_MONOTONIC, &ts);
   return (double)ts.tv_sec * 1e9 + (double)ts.tv_nsec;
+}
+
+/* The best ns per pass of hash over p[0..n), over many back-to-back runs. */
+static double best_pass(uint64_t (*hash)(const void *, size_t), const char *p,
+                        size_t n) {
+  volatile uint64_t sink = 0;
+  double best = 1e30;
+  for (int r = 0; r < 20; r++) {
+    int iters = 2000;
+    double t0 = now_ns();
+    for (int i = 0; i < iters; i++) sink += hash(p, n);
+    double dt = (now_ns() - t0) / iters;
+    if (dt < best) best = dt;
+  }
+  (void)sink;
+  return best;
 }
 
 static int cmp_double(const void *a, const void *b) {
@@ -162,26 +180,11 @@ static void bench_latency(size_t size, int replicas) {
   }
   qsort(t, N, sizeof t[0], cmp_double);
   qsort(x, N, sizeof x[0], cmp_double);
-  /* Also the best of many back-to-back passes, for reference. */
-  double best = 1e30;
-  for (int r = 0; r < 20; r++) {
-    int iters = 2000;
-    double t0 = now_ns();
-    for (int i = 0; i < iters; i++) sink += XXH3_64bits(texts[0], size);
-    double dt = (now_ns() - t0) / iters;
-    if (dt < best) best = dt;
-  }
-  /* The AVX2 build of XXH3 the library hashes blocks with (when the CPU
-   * has AVX2), best of many passes: a stricter yardstick than the plain
-   * libxxhash pass. */
-  double wide = 1e30;
-  for (int r = 0; r < 20; r++) {
-    int iters = 2000;
-    double t0 = now_ns();
-    for (int i = 0; i < iters; i++) sink += wide_xxh3(texts[0], size);
-    double dt = (now_ns() - t0) / iters;
-    if (dt < wide) wide = dt;
-  }
+  /* Also the best of many back-to-back passes, for reference, and the same
+   * for the AVX2 build of XXH3 the library hashes blocks with (when the
+   * CPU has AVX2): a stricter yardstick than the plain libxxhash pass. */
+  double best = best_pass(plain_xxh3, texts[0], size);
+  double wide = best_pass(wide_xxh3, texts[0], size);
   (void)sink;
   double p50 = t[N / 2], p99 = t[N * 99 / 100], pass = x[N / 2];
   printf("{\"bench\":\"route\",\"prompt_bytes\":%zu,\"replicas\":%d,"

@@ -807,13 +807,34 @@ static void test_summaries_compact(void **st) {
 /* The built-in policy decides the same from the compact candidates as from
  * all of them: engine b has a shadow policy that needs every candidate, so
  * its built-in policy runs on the full array. */
-static void test_compact_matches_full(void **st) {
-  (void)st;
-  world *a = mk(NULL), *b = mk(NULL);
+/* An engine whose shadow policy needs every candidate, so its built-in
+ * policy runs on the full array. */
+static world *full_array_world(void) {
+  world *b = mk(NULL);
   static int full = 1;
   register_summary_policy(b, "needsall", &full);
   const char *cfg = "{\"router\":{\"shadow_policy\":\"needsall\"}}";
   assert_int_equal(spi_engine_configure(b->e, cfg, strlen(cfg)), SPI_OK);
+  return b;
+}
+
+/* Two routes of the same request on engines in the same state decided the
+ * same. */
+static void assert_same_decision(int ra, int rb, const spi_decision *da,
+                                 const spi_decision *db) {
+  assert_int_equal(ra, rb);
+  assert_int_equal(da->pool, db->pool);
+  assert_string_equal(da->replica_id, db->replica_id);
+  assert_int_equal(da->reason_code, db->reason_code);
+  assert_int_equal(da->n_fallbacks, db->n_fallbacks);
+  for (uint32_t f = 0; f < da->n_fallbacks; f++)
+    assert_string_equal(da->fallback_ids[f], db->fallback_ids[f]);
+  assert_int_equal(da->matched_blocks, db->matched_blocks);
+}
+
+static void test_compact_matches_full(void **st) {
+  (void)st;
+  world *a = mk(NULL), *b = full_array_world();
   big_fleet(a, 40);
   big_fleet(b, 40);
   const char *tiers[] = {"priority", "default", "flex", NULL};
@@ -826,14 +847,7 @@ static void test_compact_matches_full(void **st) {
     chat(b, user, i % 2, i % 3 ? 0 : 500, tiers[i % 4], i % 5 ? 1 : 0);
     ra = route(a, &da);
     rb = route(b, &db);
-    assert_int_equal(ra, rb);
-    assert_int_equal(da.pool, db.pool);
-    assert_string_equal(da.replica_id, db.replica_id);
-    assert_int_equal(da.reason_code, db.reason_code);
-    assert_int_equal(da.n_fallbacks, db.n_fallbacks);
-    for (uint32_t f = 0; f < da.n_fallbacks; f++)
-      assert_string_equal(da.fallback_ids[f], db.fallback_ids[f]);
-    assert_int_equal(da.matched_blocks, db.matched_blocks);
+    assert_same_decision(ra, rb, &da, &db);
     if (ra == SPI_OK && da.ticket && i % 3) {
       finish(a, da.ticket, SPI_TICKET_OK);
       finish(b, db.ticket, SPI_TICKET_OK);
@@ -853,11 +867,7 @@ static void test_compact_matches_full(void **st) {
  * the full-array ones. */
 static void test_compact_matches_full_large(void **st) {
   (void)st;
-  world *a = mk(NULL), *b = mk(NULL);
-  static int full = 1;
-  register_summary_policy(b, "needsall", &full);
-  const char *cfg = "{\"router\":{\"shadow_policy\":\"needsall\"}}";
-  assert_int_equal(spi_engine_configure(b->e, cfg, strlen(cfg)), SPI_OK);
+  world *a = mk(NULL), *b = full_array_world();
   enum { N = 300 };
   world *ws[2] = {a, b};
   for (int k = 0; k < 2; k++)
@@ -875,12 +885,7 @@ static void test_compact_matches_full_large(void **st) {
     chat(a, user, 1, i % 4 ? 0 : 500, i % 3 ? "flex" : NULL, 1);
     chat(b, user, 1, i % 4 ? 0 : 500, i % 3 ? "flex" : NULL, 1);
     int ra = route(a, &da), rb = route(b, &db);
-    assert_int_equal(ra, rb);
-    assert_string_equal(da.replica_id, db.replica_id);
-    assert_int_equal(da.reason_code, db.reason_code);
-    assert_int_equal(da.n_fallbacks, db.n_fallbacks);
-    for (uint32_t f = 0; f < da.n_fallbacks; f++)
-      assert_string_equal(da.fallback_ids[f], db.fallback_ids[f]);
+    assert_same_decision(ra, rb, &da, &db);
     if (ra == SPI_OK) {
       finish(a, da.ticket, SPI_TICKET_OK);
       finish(b, db.ticket, SPI_TICKET_OK);
