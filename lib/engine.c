@@ -423,6 +423,8 @@ int spi_engine_new(spi_engine **out, const spi_hooks *hooks) {
   atomic_init(&e->configuring, 0);
   atomic_init(&e->index, NULL);
   for (int p = 0; p < 4; p++) atomic_init(&e->kv_level[p], 0u);
+  for (int k = 0; k < SPI_SUMMARY_CELLS; k++)
+    for (int h = 0; h < 2; h++) atomic_init(&e->route_hint[k][h], 0u);
   if (pthread_mutex_init(&e->config_lock, NULL) != 0) {
     spi__rcu_destroy(&e->rcu);
     spi__free(&mem, e);

@@ -93,6 +93,13 @@ struct spi_engine {
   _Atomic(spi_metrics *) metrics;
   /* (the ledger and the metrics know the sizes they were made with) */
   atomic_uint kv_level[4];   /* pool KV breaker level, by enum spi_pool */
+  /* Which replicas ranked best in the last route, per summary cell: a hint
+   * the next route evaluates first (route.c). Written only when it changes,
+   * on a line of its own so routing threads do not share it with anything
+   * they write more often. */
+  char hint_pad0[64];
+  atomic_ullong route_hint[SPI_SUMMARY_CELLS][2];
+  char hint_pad1[64];
   struct spi_nodes *nodes;   /* machines and their fate (node.c) */
   atomic_int configuring; /* set while module configure callbacks run */
   pthread_t config_owner;

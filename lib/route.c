@@ -240,10 +240,14 @@ typedef struct top_ent {
 typedef struct cell_acc {
   uint32_t usable, n_top;
   top_ent top[SPI_SUMMARY_TOP]; /* best first */
-  double thr_t;              /* a TTFT below this enters top (in the scan,
-                                where positions only grow) */
+  /* What a replica must beat to enter each summary, as (value, position)
+   * pairs: every summary is a minimum or maximum under a total order, so
+   * the outcome does not depend on the order replicas are met in. */
+  double thr_t;              /* the last top entry's TTFT, +inf until full */
+  uint32_t thr_pos;          /* ... and position, UINT32_MAX until full */
   uint32_t least, rdv, warm; /* arena indices, or NO_EV */
   double least_rel;          /* +inf while least is NO_EV */
+  uint32_t least_pos, rdv_pos; /* UINT32_MAX while NO_EV */
   uint64_t rdv_w;
 } cell_acc;
 
@@ -271,8 +275,10 @@ static int was_counted(const scan *sc, size_t pos) {
 static void cell_clear(cell_acc *c) {
   c->usable = c->n_top = 0;
   c->thr_t = HUGE_VAL;
+  c->thr_pos = UINT32_MAX;
   c->least = c->rdv = c->warm = NO_EV;
   c->least_rel = HUGE_VAL;
+  c->least_pos = c->rdv_pos = UINT32_MAX;
   c->rdv_w = 0;
 }
 
@@ -318,14 +324,24 @@ static inline int ttft_before(double ta, uint32_t pa, double tb, uint32_t pb) {
   return (ta < tb) | ((ta == tb) & (pa < pb));
 }
 
+/* Whether a replica enters each summary now. Bitwise, like ttft_before.
+ * An empty cell takes anything: (+inf, UINT32_MAX) loses to every finite
+ * value, and weight 0 at UINT32_MAX to every weight at a real position. */
+static inline int top_enters(const cell_acc *c, double t, uint32_t pos) {
+  return ttft_before(t, pos, c->thr_t, c->thr_pos);
+}
+static inline int least_enters(const cell_acc *c, double rel, uint32_t pos) {
+  return (rel < c->least_rel) | ((rel == c->least_rel) & (pos < c->least_pos));
+}
+static inline int rdv_enters(const cell_acc *c, uint64_t w, uint32_t pos) {
+  return (w > c->rdv_w) | ((w == c->rdv_w) & (pos < c->rdv_pos));
+}
+
 /* Keep top sorted, best first (ties to the lower position, as the summary
  * promises): a better replica shifts the worse ones down, and the last one
- * drops out once top is full. */
+ * drops out once top is full. The caller checked top_enters. */
 static void top_insert(cell_acc *c, double t, uint32_t pos, uint32_t ei) {
   uint32_t n = c->n_top;
-  if (n == SPI_SUMMARY_TOP &&
-      !ttft_before(t, pos, c->top[n - 1].t, c->top[n - 1].pos))
-    return;
   uint32_t at = n < SPI_SUMMARY_TOP ? n : n - 1;
   while (at > 0 && ttft_before(t, pos, c->top[at - 1].t, c->top[at - 1].pos)) {
     c->top[at] = c->top[at - 1];
@@ -335,28 +351,33 @@ static void top_insert(cell_acc *c, double t, uint32_t pos, uint32_t ei) {
   c->top[at].pos = pos;
   c->top[at].ei = ei;
   if (n < SPI_SUMMARY_TOP) c->n_top = n + 1;
-  if (c->n_top == SPI_SUMMARY_TOP) c->thr_t = c->top[SPI_SUMMARY_TOP - 1].t;
+  if (c->n_top == SPI_SUMMARY_TOP) {
+    c->thr_t = c->top[SPI_SUMMARY_TOP - 1].t;
+    c->thr_pos = c->top[SPI_SUMMARY_TOP - 1].pos;
+  }
 }
 
-/* A usable replica, met in position order and already counted in usable:
- * let it into whatever it ranks in. */
+/* A usable replica, already counted in usable: let it into whatever it
+ * ranks in. */
 static void cell_offer(scan *sc, int k, uint32_t pos, double rel,
                        const replica_eval *ev) {
   cell_acc *c = &sc->cell[k];
   uint32_t ei = NO_EV;
-  if (ev->t < c->thr_t) {
+  if (top_enters(c, ev->t, pos)) {
     ei = arena_put(sc, pos, ev);
     top_insert(c, ev->t, pos, ei);
   }
-  if (rel < c->least_rel) {
+  if (least_enters(c, rel, pos)) {
     if (ei == NO_EV) ei = arena_put(sc, pos, ev);
     c->least = ei;
     c->least_rel = rel;
+    c->least_pos = pos;
   }
-  if (!ev->busy && (c->rdv == NO_EV || ev->rdv > c->rdv_w)) {
+  if (!ev->busy && rdv_enters(c, ev->rdv, pos)) {
     if (ei == NO_EV) ei = arena_put(sc, pos, ev);
     c->rdv = ei;
     c->rdv_w = ev->rdv;
+    c->rdv_pos = pos;
   }
 }
 
@@ -368,38 +389,133 @@ static void cell_add(scan *sc, int k, uint32_t pos, const spi_replica_ident *r,
 }
 
 /*
- * The pass over the replicas when no policy needs every candidate. Most
- * replicas rank in nothing (they are not among the best TTFTs, not the least
- * loaded, not the rendezvous winner so far), so the common case is computed
- * in registers from the two cache lines of the replica and compared against
- * the summaries' thresholds; only a replica that gets in, or one that is not
- * plainly eligible (breaker not closed, a models list, an interruption
+ * The hint: for each cell, the positions of the last route's top entries
+ * and of its least loaded replica, plus one (0 = none), 16 bits each. The
+ * pass evaluates them first, so the summaries' thresholds are tight from
+ * the start and few of the other replicas get in: a replica that enters a
+ * summary costs several times one that does not. The summaries are the
+ * same whatever the hint says (they do not depend on the order replicas
+ * are met in, and every replica is still read once), so a stale hint, one
+ * from an older replica set, or one torn by two routes storing at once
+ * only costs time.
+ */
+#define HINT_PER_WORD 4
+#define HINT_N (2 * HINT_PER_WORD)
+_Static_assert(SPI_SUMMARY_TOP + 1 <= HINT_N, "top and least fit the hint");
+_Static_assert(SPI_REPLICA_SLOTS < 0xffff, "a position plus one fits 16 bits");
+
+/* The pools' KV usage, summed as it is met. In fixed point, so the sum is
+ * exact and does not depend on the order replicas are added in (the hint
+ * changes that order): usage is in [0, 1], and 4096 replicas of 2^51 fit
+ * 64 bits. Truncating keeps a usage exactly at a threshold from reading
+ * as above it. */
+#define KV_ONE 2251799813685248.0 /* 2^51 */
+_Static_assert(SPI_REPLICA_SLOTS <= 4096, "the KV sum fits 64 bits");
+typedef struct kv_tally {
+  uint64_t fx[2];  /* by pool: spot, on-demand */
+  uint64_t n[2];   /* ACTIVE replicas met */
+} kv_tally;
+
+static inline uint64_t kv_fixed(double kv) {
+  return (uint64_t)(int64_t)(kv * KV_ONE); /* a signed convert is one instruction */
+}
+
+/* Mean KV usage of a pool's ACTIVE replicas (stale ones read as full). */
+static double kv_mean(const kv_tally *k, int pool) {
+  int i = pool == SPI_POOL_SPOT ? 0 : 1;
+  return k->n[i] ? (double)k->fx[i] / (double)k->n[i] / KV_ONE : 0.0;
+}
+
+/* Evaluate the hinted replicas of every cell and offer the usable ones.
+ * Each is counted here, marked in sc->counted (which the pass then skips)
+ * and added to kv; the usable counts per cell go to *counts, 16 bits each.
+ * sc->counted must be clear. */
+static void seed_from_hint(const route_env *x, const spi_replica_set *set,
+                           size_t nrep, scan *sc, kv_tally *kv,
+                           uint64_t *counts) {
+  spi_replica_slot *slots = x->e->registry.slots;
+  for (int k = 0; k < SPI_SUMMARY_CELLS; k++)
+    for (int h = 0; h < 2; h++) {
+      uint64_t word = atomic_load_explicit(&x->e->route_hint[k][h],
+                                           memory_order_relaxed);
+      for (int j = 0; j < HINT_PER_WORD; j++, word >>= 16) {
+        uint32_t v = (uint32_t)(word & 0xffffu);
+        if (v == 0 || v > nrep || was_counted(sc, v - 1)) continue;
+        uint32_t pos = v - 1;
+        const spi_replica_ident *r = &set->r[pos];
+        if (r->cell != k) continue;
+        spi_replica_slot *s = &slots[r->slot];
+        slot_read rd;
+        read_slot(x, s, &rd);
+        int probe;
+        if (!usable_of(x, r, s, &rd, &probe)) continue;
+        replica_eval ev;
+        eval_of(x, r, &rd, 0, 1, probe, &ev);
+        mark_counted(sc, pos);
+        int od = r->pool != SPI_POOL_SPOT;
+        kv->fx[od] += kv_fixed(rd.kv);
+        kv->n[od]++;
+        *counts += UINT64_C(1) << (16 * k);
+        cell_offer(sc, k, pos, rel_of(r, &rd), &ev);
+      }
+    }
+}
+
+/* Leave this route's ranking as the next one's hint; store only what
+ * changed, so routes that agree do not write the shared line. */
+static void hint_store(spi_engine *e, const scan *sc) {
+  for (int k = 0; k < SPI_SUMMARY_CELLS; k++) {
+    const cell_acc *c = &sc->cell[k];
+    uint64_t w[2] = {0, 0};
+    for (uint32_t j = 0; j < c->n_top; j++)
+      w[j / HINT_PER_WORD] |= (uint64_t)(c->top[j].pos + 1)
+                              << (16 * (j % HINT_PER_WORD));
+    if (c->least != NO_EV)
+      w[1] |= (uint64_t)(c->least_pos + 1) << (16 * (HINT_N - 1 - HINT_PER_WORD));
+    for (int h = 0; h < 2; h++)
+      if (atomic_load_explicit(&e->route_hint[k][h], memory_order_relaxed) != w[h])
+        atomic_store_explicit(&e->route_hint[k][h], w[h], memory_order_relaxed);
+  }
+}
+
+/*
+ * The pass over the replicas when no policy needs every candidate. The
+ * hinted replicas go first (seed_from_hint); then, in position order, most
+ * replicas rank in nothing (not among the best TTFTs, not the least loaded,
+ * not the rendezvous winner so far), so the common case is computed in
+ * registers from the two cache lines of the replica and compared against
+ * the summaries' thresholds; only a replica that gets in, or one that is
+ * not plainly eligible (breaker not closed, a models list, an interruption
  * signal), takes the general path.
  */
 static void scan_lean(const route_env *x, const spi_replica_set *set,
-                      size_t nrep, scan *sc, double *kv_sum, double *kv_n) {
+                      size_t nrep, scan *sc, kv_tally *kv) {
   const spi_router_cfg *cfg = x->cfg;
   spi_replica_slot *slots = x->e->registry.slots;
+  uint64_t counts = 0;  /* usable per cell, 16 bits each (nrep <= 4096) */
+  seed_from_hint(x, set, nrep, sc, kv, &counts);
   /* Tallies stay in registers: adding to memory every iteration would chain
    * the iterations through store-to-load forwarding. */
-  uint64_t counts = 0;  /* usable per cell, 16 bits each (nrep <= 4096) */
-  uint64_t word = 0;    /* the counted bits of positions [i & ~63, i] */
-  uint64_t kv_count = 0; /* ACTIVE per pool, 32 bits each */
-  double kv_spot = 0, kv_od = 0;
+  uint64_t word = nrep ? sc->counted[0] : 0; /* counted bits of the 64
+                                                 positions around i */
+  uint64_t fx_spot = 0, fx_od = 0, n_spot = 0, n_od = 0;
   for (size_t i = 0; i < nrep; i++) {
     if (i && i % 64 == 0) {
       sc->counted[i / 64 - 1] = word;
-      word = 0;
+      word = sc->counted[i / 64];
     }
+    if (word >> (i % 64) & 1) continue; /* seeded: counted already */
     const spi_replica_ident *r = &set->r[i];
     spi_replica_slot *s = &slots[r->slot];
     slot_read rd;
     read_slot(x, s, &rd);
     if (rd.state != SPI_REPLICA_ACTIVE) continue;
     int spot = r->pool == SPI_POOL_SPOT;
-    kv_spot += spot ? rd.kv : 0.0;
-    kv_od += spot ? 0.0 : rd.kv;
-    kv_count += spot ? 1u : UINT64_C(1) << 32;
+    uint64_t f = kv_fixed(rd.kv);
+    fx_spot += spot ? f : 0;
+    fx_od += spot ? 0 : f;
+    n_spot += (uint64_t)spot;
+    n_od += (uint64_t)!spot;
     int probe;
     if (r->cell < 0 || !usable_of(x, r, s, &rd, &probe)) continue;
     counts += UINT64_C(1) << (16 * r->cell);
@@ -411,21 +527,23 @@ static void scan_lean(const route_env *x, const spi_replica_set *set,
     double rel = rel_of(r, &rd);
     int busy = busy_of(r, &rd);
     uint64_t w = mix64(r->id_hash ^ x->rkey);
+    uint32_t pos = (uint32_t)i;
     /* One branch for "ranks in anything"; only then the full evaluation. */
-    if ((t < c->thr_t) | (rel < c->least_rel) |
-        ((!busy) & ((w > c->rdv_w) | (c->rdv == NO_EV)))) {
+    if (top_enters(c, t, pos) | least_enters(c, rel, pos) |
+        ((!busy) & rdv_enters(c, w, pos))) {
       replica_eval ev;
       eval_of(x, r, &rd, 0, 1, probe, &ev);
-      cell_offer(sc, r->cell, (uint32_t)i, rel, &ev);
+      cell_offer(sc, r->cell, pos, rel, &ev);
     }
   }
   if (nrep) sc->counted[(nrep - 1) / 64] = word;
   for (int k = 0; k < SPI_SUMMARY_CELLS; k++)
     sc->cell[k].usable += (uint32_t)(counts >> (16 * k) & 0xffffu);
-  kv_sum[SPI_POOL_SPOT] += kv_spot;
-  kv_sum[SPI_POOL_ON_DEMAND] += kv_od;
-  kv_n[SPI_POOL_SPOT] += (double)(kv_count & 0xffffffffu);
-  kv_n[SPI_POOL_ON_DEMAND] += (double)(kv_count >> 32);
+  kv->fx[0] += fx_spot;
+  kv->fx[1] += fx_od;
+  kv->n[0] += n_spot;
+  kv->n[1] += n_od;
+  hint_store(x->e, sc);
 }
 
 /* The arena index of the scan's evaluation of pos in cell c, or NO_EV. */
@@ -449,9 +567,10 @@ static void cell_warm(scan *sc, int k, uint32_t pos, uint32_t ei) {
       for (; j + 1 < c->n_top; j++) c->top[j] = c->top[j + 1];
       c->n_top--;
       c->thr_t = HUGE_VAL;
+      c->thr_pos = UINT32_MAX;
       break;
     }
-  top_insert(c, ev->t, pos, ei);
+  if (top_enters(c, ev->t, pos)) top_insert(c, ev->t, pos, ei);
   if (c->warm == NO_EV) {
     c->warm = ei;
     return;
@@ -615,19 +734,21 @@ static int route_pinned(spi_request *req, spi_snapshot *snap,
   /* One pass over the replicas: each one's load and eligibility, the
    * pools' mean KV usage (ACTIVE replicas; stale counts as full), and the
    * per pool and tier summaries. */
-  double kv_sum[4] = {0}, kv_n[4] = {0};
+  kv_tally kv;
+  memset(&kv, 0, sizeof kv);
   scan sc;
   sc.a.n = 0;
   memset(sc.counted, 0, (nrep + 63) / 64 * sizeof sc.counted[0]);
   for (int k = 0; k < SPI_SUMMARY_CELLS; k++) cell_clear(&sc.cell[k]);
-  if (!full) scan_lean(&env, set, nrep, &sc, kv_sum, kv_n);
+  if (!full) scan_lean(&env, set, nrep, &sc, &kv);
   for (size_t i = 0; full && i < nrep; i++) {
     const spi_replica_ident *r = &set->r[i];
     replica_eval ev;
     eval_replica(&env, r, 0, &ev);
     if (ev.active) {
-      kv_sum[r->pool] += ev.kv_usage;
-      kv_n[r->pool] += 1;
+      int od = r->pool != SPI_POOL_SPOT;
+      kv.fx[od] += kv_fixed(ev.kv_usage);
+      kv.n[od]++;
     }
     fill_candidate(&req->cands[i], r, &ev);
     if (ev.usable && r->cell >= 0) cell_add(&sc, r->cell, (uint32_t)i, r, &ev);
@@ -636,7 +757,7 @@ static int route_pinned(spi_request *req, spi_snapshot *snap,
   /* The KV breakers, and the class at the worse pool's pressure. */
   int32_t level[4] = {0}, kvl[4] = {0};
   for (int p = SPI_POOL_SPOT; p <= SPI_POOL_ON_DEMAND; p++) {
-    double press = kv_n[p] > 0 ? kv_sum[p] / kv_n[p] : 0;
+    double press = kv_mean(&kv, p);
     unsigned old = atomic_load(&e->kv_level[p]);
     int nl = spi__kv_breaker_step((int)old, press, rc_cfg);
     if ((unsigned)nl != old &&

@@ -895,6 +895,46 @@ static void test_compact_matches_full_large(void **st) {
   done(b);
 }
 
+/* Replicas leave and come back between routes, so positions shift and the
+ * ranking the last route leaves for the next one names replicas that moved,
+ * changed cell or are gone. Decisions must still match the full-array
+ * ones, route after route. */
+static void test_compact_matches_full_churn(void **st) {
+  (void)st;
+  world *a = mk(NULL), *b = full_array_world();
+  world *ws[2] = {a, b};
+  big_fleet(a, 40);
+  big_fleet(b, 40);
+  for (int i = 0; i < 200; i++) {
+    char user[32], id[32];
+    snprintf(user, sizeof user, "churn q%d", i % 7);
+    snprintf(id, sizeof id, "r%02d", (i * 11) % 40);
+    for (int k = 0; k < 2; k++) {
+      if (i % 5 == 1) {
+        /* Gone (it may already be), or back in the other pool and tier,
+         * at the end of the set. */
+        int rc = spi_replica_remove(ws[k]->e, id, strlen(id));
+        assert_true(rc == SPI_OK || rc == SPI_ENOTFOUND);
+      } else if (i % 5 == 3) {
+        add(ws[k], id, i % 2 ? SPI_POOL_SPOT : SPI_POOL_ON_DEMAND,
+            i % 3 ? SPI_TIER_LARGE : SPI_TIER_SMALL, 8 + (uint32_t)(i % 9));
+        load(ws[k], id, i % 3, i % 2, 0.3);
+      }
+    }
+    spi_decision da, db;
+    chat(a, user, 1, i % 4 ? 0 : 500, i % 3 ? "flex" : NULL, 1);
+    chat(b, user, 1, i % 4 ? 0 : 500, i % 3 ? "flex" : NULL, 1);
+    int ra = route(a, &da), rb = route(b, &db);
+    assert_same_decision(ra, rb, &da, &db);
+    if (ra == SPI_OK && da.ticket && i % 2) {
+      finish(a, da.ticket, SPI_TICKET_OK);
+      finish(b, db.ticket, SPI_TICKET_OK);
+    }
+  }
+  done(a);
+  done(b);
+}
+
 /* ---------------------------------------------------- hot path, bad input */
 
 static void test_warm_route_allocates_nothing(void **st) {
@@ -965,6 +1005,7 @@ int main(void) {
       cmocka_unit_test(test_summaries_compact),
       cmocka_unit_test(test_compact_matches_full),
       cmocka_unit_test(test_compact_matches_full_large),
+      cmocka_unit_test(test_compact_matches_full_churn),
       cmocka_unit_test(test_warm_route_allocates_nothing),
       cmocka_unit_test(test_bad_input),
   };
