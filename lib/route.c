@@ -257,12 +257,22 @@ typedef struct ev_arena {
   replica_eval ev[ARENA_CAP];
 } ev_arena;
 
+/* The hint of a cell (see seed_from_hint): two words of four positions. */
+#define HINT_PER_WORD 4
+#define HINT_N (2 * HINT_PER_WORD)
+_Static_assert(SPI_SUMMARY_TOP + 1 <= HINT_N, "top and least fit the hint");
+_Static_assert(SPI_SUMMARY_CELLS * HINT_N <= 255, "a seed index fits a byte");
+
 typedef struct scan {
   cell_acc cell[SPI_SUMMARY_CELLS];
   ev_arena a;
   /* Positions the pass counted as usable: a prefix holder the summaries
    * did not keep is re-read later, and must have been one of them. */
   uint64_t counted[SPI_REPLICA_SLOTS / 64];
+  /* The hinted replicas evaluated first: their KV usage, by position (read
+   * only where counted is set before the pass). */
+  double seed_kv[SPI_SUMMARY_CELLS * HINT_N];
+  uint8_t seed_of[SPI_REPLICA_SLOTS];
 } scan;
 
 static void mark_counted(scan *sc, size_t pos) {
@@ -399,41 +409,16 @@ static void cell_add(scan *sc, int k, uint32_t pos, const spi_replica_ident *r,
  * from an older replica set, or one torn by two routes storing at once
  * only costs time.
  */
-#define HINT_PER_WORD 4
-#define HINT_N (2 * HINT_PER_WORD)
-_Static_assert(SPI_SUMMARY_TOP + 1 <= HINT_N, "top and least fit the hint");
 _Static_assert(SPI_REPLICA_SLOTS < 0xffff, "a position plus one fits 16 bits");
 
-/* The pools' KV usage, summed as it is met. In fixed point, so the sum is
- * exact and does not depend on the order replicas are added in (the hint
- * changes that order): usage is in [0, 1], and 4096 replicas of 2^51 fit
- * 64 bits. Truncating keeps a usage exactly at a threshold from reading
- * as above it. */
-#define KV_ONE 2251799813685248.0 /* 2^51 */
-_Static_assert(SPI_REPLICA_SLOTS <= 4096, "the KV sum fits 64 bits");
-typedef struct kv_tally {
-  uint64_t fx[2];  /* by pool: spot, on-demand */
-  uint64_t n[2];   /* ACTIVE replicas met */
-} kv_tally;
-
-static inline uint64_t kv_fixed(double kv) {
-  return (uint64_t)(int64_t)(kv * KV_ONE); /* a signed convert is one instruction */
-}
-
-/* Mean KV usage of a pool's ACTIVE replicas (stale ones read as full). */
-static double kv_mean(const kv_tally *k, int pool) {
-  int i = pool == SPI_POOL_SPOT ? 0 : 1;
-  return k->n[i] ? (double)k->fx[i] / (double)k->n[i] / KV_ONE : 0.0;
-}
-
 /* Evaluate the hinted replicas of every cell and offer the usable ones.
- * Each is counted here, marked in sc->counted (which the pass then skips)
- * and added to kv; the usable counts per cell go to *counts, 16 bits each.
- * sc->counted must be clear. */
+ * Each is marked in sc->counted (which must be clear), so the pass counts
+ * it without reading it again, and its KV usage is kept for the pass to add
+ * in position order (the sum then has the same bits as the full pass's). */
 static void seed_from_hint(const route_env *x, const spi_replica_set *set,
-                           size_t nrep, scan *sc, kv_tally *kv,
-                           uint64_t *counts) {
+                           size_t nrep, scan *sc) {
   spi_replica_slot *slots = x->e->registry.slots;
+  uint32_t n = 0;
   for (int k = 0; k < SPI_SUMMARY_CELLS; k++)
     for (int h = 0; h < 2; h++) {
       uint64_t word = atomic_load_explicit(&x->e->route_hint[k][h],
@@ -452,10 +437,8 @@ static void seed_from_hint(const route_env *x, const spi_replica_set *set,
         replica_eval ev;
         eval_of(x, r, &rd, 0, 1, probe, &ev);
         mark_counted(sc, pos);
-        int od = r->pool != SPI_POOL_SPOT;
-        kv->fx[od] += kv_fixed(rd.kv);
-        kv->n[od]++;
-        *counts += UINT64_C(1) << (16 * k);
+        sc->seed_kv[n] = rd.kv;
+        sc->seed_of[pos] = (uint8_t)n++;
         cell_offer(sc, k, pos, rel_of(r, &rd), &ev);
       }
     }
@@ -489,33 +472,42 @@ static void hint_store(spi_engine *e, const scan *sc) {
  * signal), takes the general path.
  */
 static void scan_lean(const route_env *x, const spi_replica_set *set,
-                      size_t nrep, scan *sc, kv_tally *kv) {
+                      size_t nrep, scan *sc, double *kv_sum, double *kv_n) {
   const spi_router_cfg *cfg = x->cfg;
   spi_replica_slot *slots = x->e->registry.slots;
-  uint64_t counts = 0;  /* usable per cell, 16 bits each (nrep <= 4096) */
-  seed_from_hint(x, set, nrep, sc, kv, &counts);
+  seed_from_hint(x, set, nrep, sc);
   /* Tallies stay in registers: adding to memory every iteration would chain
    * the iterations through store-to-load forwarding. */
-  uint64_t word = nrep ? sc->counted[0] : 0; /* counted bits of the 64
-                                                 positions around i */
-  uint64_t fx_spot = 0, fx_od = 0, n_spot = 0, n_od = 0;
+  uint64_t counts = 0;  /* usable per cell, 16 bits each (nrep <= 4096) */
+  uint64_t seeded = nrep ? sc->counted[0] : 0; /* of the 64 around i */
+  uint64_t word = 0;    /* the counted bits of positions [i & ~63, i] */
+  uint64_t kv_count = 0; /* ACTIVE per pool, 32 bits each */
+  double kv_spot = 0, kv_od = 0;
   for (size_t i = 0; i < nrep; i++) {
     if (i && i % 64 == 0) {
       sc->counted[i / 64 - 1] = word;
-      word = sc->counted[i / 64];
+      word = 0;
+      seeded = sc->counted[i / 64];
     }
-    if (word >> (i % 64) & 1) continue; /* seeded: counted already */
     const spi_replica_ident *r = &set->r[i];
+    int spot = r->pool == SPI_POOL_SPOT;
+    if (seeded >> (i % 64) & 1) {
+      /* Read and offered already: only counted here, in order. */
+      double kv = sc->seed_kv[sc->seed_of[i]];
+      kv_spot += spot ? kv : 0.0;
+      kv_od += spot ? 0.0 : kv;
+      kv_count += spot ? 1u : UINT64_C(1) << 32;
+      counts += UINT64_C(1) << (16 * r->cell);
+      word |= UINT64_C(1) << (i % 64);
+      continue;
+    }
     spi_replica_slot *s = &slots[r->slot];
     slot_read rd;
     read_slot(x, s, &rd);
     if (rd.state != SPI_REPLICA_ACTIVE) continue;
-    int spot = r->pool == SPI_POOL_SPOT;
-    uint64_t f = kv_fixed(rd.kv);
-    fx_spot += spot ? f : 0;
-    fx_od += spot ? 0 : f;
-    n_spot += (uint64_t)spot;
-    n_od += (uint64_t)!spot;
+    kv_spot += spot ? rd.kv : 0.0;
+    kv_od += spot ? 0.0 : rd.kv;
+    kv_count += spot ? 1u : UINT64_C(1) << 32;
     int probe;
     if (r->cell < 0 || !usable_of(x, r, s, &rd, &probe)) continue;
     counts += UINT64_C(1) << (16 * r->cell);
@@ -539,10 +531,10 @@ static void scan_lean(const route_env *x, const spi_replica_set *set,
   if (nrep) sc->counted[(nrep - 1) / 64] = word;
   for (int k = 0; k < SPI_SUMMARY_CELLS; k++)
     sc->cell[k].usable += (uint32_t)(counts >> (16 * k) & 0xffffu);
-  kv->fx[0] += fx_spot;
-  kv->fx[1] += fx_od;
-  kv->n[0] += n_spot;
-  kv->n[1] += n_od;
+  kv_sum[SPI_POOL_SPOT] += kv_spot;
+  kv_sum[SPI_POOL_ON_DEMAND] += kv_od;
+  kv_n[SPI_POOL_SPOT] += (double)(kv_count & 0xffffffffu);
+  kv_n[SPI_POOL_ON_DEMAND] += (double)(kv_count >> 32);
   hint_store(x->e, sc);
 }
 
@@ -734,21 +726,19 @@ static int route_pinned(spi_request *req, spi_snapshot *snap,
   /* One pass over the replicas: each one's load and eligibility, the
    * pools' mean KV usage (ACTIVE replicas; stale counts as full), and the
    * per pool and tier summaries. */
-  kv_tally kv;
-  memset(&kv, 0, sizeof kv);
+  double kv_sum[4] = {0}, kv_n[4] = {0};
   scan sc;
   sc.a.n = 0;
   memset(sc.counted, 0, (nrep + 63) / 64 * sizeof sc.counted[0]);
   for (int k = 0; k < SPI_SUMMARY_CELLS; k++) cell_clear(&sc.cell[k]);
-  if (!full) scan_lean(&env, set, nrep, &sc, &kv);
+  if (!full) scan_lean(&env, set, nrep, &sc, kv_sum, kv_n);
   for (size_t i = 0; full && i < nrep; i++) {
     const spi_replica_ident *r = &set->r[i];
     replica_eval ev;
     eval_replica(&env, r, 0, &ev);
     if (ev.active) {
-      int od = r->pool != SPI_POOL_SPOT;
-      kv.fx[od] += kv_fixed(ev.kv_usage);
-      kv.n[od]++;
+      kv_sum[r->pool] += ev.kv_usage;
+      kv_n[r->pool] += 1;
     }
     fill_candidate(&req->cands[i], r, &ev);
     if (ev.usable && r->cell >= 0) cell_add(&sc, r->cell, (uint32_t)i, r, &ev);
@@ -757,7 +747,7 @@ static int route_pinned(spi_request *req, spi_snapshot *snap,
   /* The KV breakers, and the class at the worse pool's pressure. */
   int32_t level[4] = {0}, kvl[4] = {0};
   for (int p = SPI_POOL_SPOT; p <= SPI_POOL_ON_DEMAND; p++) {
-    double press = kv_mean(&kv, p);
+    double press = kv_n[p] > 0 ? kv_sum[p] / kv_n[p] : 0;
     unsigned old = atomic_load(&e->kv_level[p]);
     int nl = spi__kv_breaker_step((int)old, press, rc_cfg);
     if ((unsigned)nl != old &&

@@ -368,6 +368,22 @@ static void test_kv_breaker(void **st) {
   assert_int_equal(route(w, &d), SPI_OK);
   assert_int_equal(d.pool, SPI_POOL_ON_DEMAND);
   finish(w, d.ticket, SPI_TICKET_OK);
+  /* The thresholds are exact: a pool at exactly kv_open sheds bronze, and
+   * one at exactly kv_close is not below it, so it keeps shedding. */
+  load(w, "spot-a", 1, 0, 0.6);
+  load(w, "spot-b", 1, 0, 0.6);
+  chat(w, "batch", 0, 0, "flex", -1);
+  assert_int_equal(route(w, &d), SPI_OK);
+  finish(w, d.ticket, SPI_TICKET_OK);
+  load(w, "spot-a", 1, 0, 0.85);
+  load(w, "spot-b", 1, 0, 0.85);
+  assert_int_equal(route(w, &d), SPI_ESHED);
+  load(w, "spot-a", 1, 0, 0.75);
+  load(w, "spot-b", 1, 0, 0.75);
+  assert_int_equal(route(w, &d), SPI_ESHED);
+  load(w, "spot-a", 1, 0, 0.7);
+  assert_int_equal(route(w, &d), SPI_OK);
+  finish(w, d.ticket, SPI_TICKET_OK);
   /* Gold is never shed by pressure. */
   load(w, "od-a", 1, 0, 0.99);
   load(w, "od-b", 1, 0, 0.99);
