@@ -460,6 +460,40 @@ static void test_wide_xxh3_matches(void **st) {
 #endif
 }
 
+#if SPI_HAVE_XXH_AVX2
+#include <cpuid.h>
+/* Whether the upper halves of the vector registers may be non-zero (the
+ * AVX bit of XINUSE, read with XGETBV 1), or -1 if the CPU cannot say. */
+static int upper_state_dirty(void) {
+  unsigned a, b, c, d;
+  if (!__get_cpuid_count(0xd, 1, &a, &b, &c, &d) || !(a & 4u)) return -1;
+  unsigned lo, hi;
+  __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(1u));
+  (void)hi;
+  return (int)(lo >> 2 & 1u);
+}
+#endif
+
+/* The AVX2 build hands the vector registers back clean: dirty upper halves
+ * would slow every SSE instruction the caller's process runs afterwards. */
+static void test_wide_xxh3_leaves_upper_state_clean(void **st) {
+  (void)st;
+#if SPI_HAVE_XXH_AVX2
+  if (!__builtin_cpu_supports("avx2") || upper_state_dirty() < 0) skip();
+  static unsigned char buf[8192];
+  memset(buf, 'x', sizeof buf);
+  volatile uint64_t sink = spi__xxh3_seeded_avx2(buf, sizeof buf, 7);
+  assert_int_equal(upper_state_dirty(), 0);
+  sink += spi__xxh3_avx2(buf, sizeof buf);
+  assert_int_equal(upper_state_dirty(), 0);
+  sink += spi__xxh3_seeded(buf, 1024, 9);
+  assert_int_equal(upper_state_dirty(), 0);
+  (void)sink;
+#else
+  skip();
+#endif
+}
+
 static void test_module_struct(void **st) {
   (void)st;
   spi_key_builder_module m;
@@ -1022,6 +1056,7 @@ int main(void) {
       cmocka_unit_test(test_golden_vectors),
       cmocka_unit_test(test_golden_vectors_public_api),
       cmocka_unit_test(test_wide_xxh3_matches),
+      cmocka_unit_test(test_wide_xxh3_leaves_upper_state_clean),
       cmocka_unit_test(test_module_struct),
       cmocka_unit_test(test_defaults_from_table),
       cmocka_unit_test(test_null_arguments),
