@@ -407,40 +407,46 @@ static void cell_add(scan *sc, int k, uint32_t pos, const spi_replica_ident *r,
  * same whatever the hint says (they do not depend on the order replicas
  * are met in, and every replica is still read once), so a stale hint, one
  * from an older replica set, or one torn by two routes storing at once
- * only costs time.
+ * only costs time. (The rendezvous winner depends on the prefix, so it is
+ * not hinted: a table of recent prefixes' winners took the pass's
+ * rendezvous offers to nearly none and saved no time, the evaluations it
+ * added costing what the offers had.)
  */
 _Static_assert(SPI_REPLICA_SLOTS < 0xffff, "a position plus one fits 16 bits");
 
-/* Evaluate the hinted replicas of every cell and offer the usable ones.
- * Each is marked in sc->counted (which must be clear), so the pass counts
- * it without reading it again, and its KV usage is kept for the pass to add
- * in position order (the sum then has the same bits as the full pass's). */
+/* Evaluate the replica at hinted v (position + 1) for cell k, once, and
+ * offer it if usable: it is then marked in sc->counted (which was clear),
+ * so the pass counts it without reading it again, and its KV usage is kept
+ * for the pass to add in position order (the sum then has the same bits as
+ * the full pass's). */
+static void seed_one(const route_env *x, const spi_replica_set *set,
+                     size_t nrep, scan *sc, int k, uint32_t v, uint32_t *n) {
+  if (v == 0 || v > nrep || was_counted(sc, v - 1)) return;
+  uint32_t pos = v - 1;
+  const spi_replica_ident *r = &set->r[pos];
+  if (r->cell != k) return;
+  spi_replica_slot *s = &x->e->registry.slots[r->slot];
+  slot_read rd;
+  read_slot(x, s, &rd);
+  int probe;
+  if (!usable_of(x, r, s, &rd, &probe)) return;
+  replica_eval ev;
+  eval_of(x, r, &rd, 0, 1, probe, &ev);
+  mark_counted(sc, pos);
+  sc->seed_kv[*n] = rd.kv;
+  sc->seed_of[pos] = (uint8_t)(*n)++;
+  cell_offer(sc, k, pos, rel_of(r, &rd), &ev);
+}
+
 static void seed_from_hint(const route_env *x, const spi_replica_set *set,
                            size_t nrep, scan *sc) {
-  spi_replica_slot *slots = x->e->registry.slots;
   uint32_t n = 0;
   for (int k = 0; k < SPI_SUMMARY_CELLS; k++)
     for (int h = 0; h < 2; h++) {
       uint64_t word = atomic_load_explicit(&x->e->route_hint[k][h],
                                            memory_order_relaxed);
-      for (int j = 0; j < HINT_PER_WORD; j++, word >>= 16) {
-        uint32_t v = (uint32_t)(word & 0xffffu);
-        if (v == 0 || v > nrep || was_counted(sc, v - 1)) continue;
-        uint32_t pos = v - 1;
-        const spi_replica_ident *r = &set->r[pos];
-        if (r->cell != k) continue;
-        spi_replica_slot *s = &slots[r->slot];
-        slot_read rd;
-        read_slot(x, s, &rd);
-        int probe;
-        if (!usable_of(x, r, s, &rd, &probe)) continue;
-        replica_eval ev;
-        eval_of(x, r, &rd, 0, 1, probe, &ev);
-        mark_counted(sc, pos);
-        sc->seed_kv[n] = rd.kv;
-        sc->seed_of[pos] = (uint8_t)n++;
-        cell_offer(sc, k, pos, rel_of(r, &rd), &ev);
-      }
+      for (int j = 0; j < HINT_PER_WORD; j++, word >>= 16)
+        seed_one(x, set, nrep, sc, k, (uint32_t)(word & 0xffffu), &n);
     }
 }
 
