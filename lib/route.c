@@ -526,9 +526,13 @@ static void scan_lean(const route_env *x, const spi_replica_set *set,
     int busy = busy_of(r, &rd);
     uint64_t w = mix64(r->id_hash ^ x->rkey);
     uint32_t pos = (uint32_t)i;
-    /* One branch for "ranks in anything"; only then the full evaluation. */
-    if (top_enters(c, t, pos) | least_enters(c, rel, pos) |
-        ((!busy) & rdv_enters(c, w, pos))) {
+    /* One branch for "may rank in anything": a value at most a threshold
+     * (ties with one are rare), then the exact test with positions; only
+     * then the full evaluation. */
+    if (((t <= c->thr_t) | (rel <= c->least_rel) |
+         ((!busy) & (w >= c->rdv_w))) &&
+        (top_enters(c, t, pos) | least_enters(c, rel, pos) |
+         ((!busy) & rdv_enters(c, w, pos)))) {
       replica_eval ev;
       eval_of(x, r, &rd, 0, 1, probe, &ev);
       cell_offer(sc, r->cell, pos, rel, &ev);
