@@ -637,9 +637,11 @@ type PoolSummary struct {
 	Top       []int // up to SummaryTop, lowest EstTTFTMs first; ties to the lower index
 	// Warm has the most MatchedBlocks (> 0), then the lowest EstTTFTMs.
 	Warm int
-	// Least has the lowest (Running + Waiting + Inflight) / MaxInflight.
+	// Least has the lowest (Running + Waiting + Inflight) / MaxInflight;
+	// ties go to the lower index.
 	Least int
-	// Rendezvous has the highest Rendezvous weight among the not busy.
+	// Rendezvous has the highest Rendezvous weight among the not busy; ties
+	// go to the lower index.
 	Rendezvous int
 }
 

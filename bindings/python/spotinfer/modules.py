@@ -235,8 +235,10 @@ class PoolSummary:
     usable: int                # how many usable candidates there are
     top: Tuple[int, ...]       # lowest est_ttft_ms first; ties to the lower index
     warm: Optional[int]        # most matched_blocks (> 0), then lowest est_ttft_ms
-    least: Optional[int]       # lowest (running + waiting + inflight) / max_inflight
-    rendezvous: Optional[int]  # highest rendezvous weight among the not busy
+    least: Optional[int]       # lowest (running + waiting + inflight) / max_inflight,
+                               # ties to the lower index
+    rendezvous: Optional[int]  # highest rendezvous weight among the not busy,
+                               # ties to the lower index
 
     @property
     def best(self) -> Optional[int]:
