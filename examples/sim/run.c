@@ -494,6 +494,15 @@ static void schedule_zones(sim *s, double horizon_s) {
   }
 }
 
+/* Simulated time at (ns since the simulation began) as UTC wall-clock text,
+ * in a cloud's notice format. */
+static void format_utc(char *out, size_t cap, const char *fmt, int64_t at) {
+  time_t tt = (time_t)((SIM_EPOCH_NS + at) / 1000000000ll);
+  struct tm tm;
+  gmtime_r(&tt, &tm);
+  strftime(out, cap, fmt, &tm);
+}
+
 static void notice_replica(sim *s, replica *p, int64_t gone_at) {
   const zone *z = &s->zones[p->zone];
   char body[512];
@@ -505,11 +514,8 @@ static void notice_replica(sim *s, replica *p, int64_t gone_at) {
     /* An IMDS Scheduled Events document with one Preempt event for this
      * machine; NotBefore is when it goes (now + the 30 s lead). */
     fmt = SPI_NOTICE_AZURE_SCHEDULED;
-    time_t tt = (time_t)((SIM_EPOCH_NS + gone_at) / 1000000000ll);
-    struct tm tm;
-    gmtime_r(&tt, &tm);
     char ts[48];
-    strftime(ts, sizeof ts, "%a, %d %b %Y %H:%M:%S GMT", &tm);
+    format_utc(ts, sizeof ts, "%a, %d %b %Y %H:%M:%S GMT", gone_at);
     snprintf(body, sizeof body,
              "{\"DocumentIncarnation\": %u, \"Events\": [{\"EventId\": \"preempt-%s\", "
              "\"EventType\": \"Preempt\", \"ResourceType\": \"VirtualMachine\", "
@@ -519,11 +525,8 @@ static void notice_replica(sim *s, replica *p, int64_t gone_at) {
              p->incarnation + 1, p->node, p->node, ts);
   } else {
     fmt = SPI_NOTICE_AWS_INSTANCE_ACTION;
-    time_t tt = (time_t)((SIM_EPOCH_NS + gone_at) / 1000000000ll);
-    struct tm tm;
-    gmtime_r(&tt, &tm);
     char ts[32];
-    strftime(ts, sizeof ts, "%Y-%m-%dT%H:%M:%SZ", &tm);
+    format_utc(ts, sizeof ts, "%Y-%m-%dT%H:%M:%SZ", gone_at);
     snprintf(body, sizeof body, "{\"action\": \"terminate\", \"time\": \"%s\"}", ts);
   }
   spi_notice nt;

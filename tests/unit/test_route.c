@@ -848,6 +848,26 @@ static void assert_same_decision(int ra, int rb, const spi_decision *da,
   assert_int_equal(da->matched_blocks, db->matched_blocks);
 }
 
+/* The same chat request routed on both engines; the decisions must agree.
+ * Returns the status; tickets[] get both engines' tickets. */
+static int route_twins(world *a, world *b, const char *user, int stream,
+                       int sla_ms, const char *tier, int replayable,
+                       uint64_t tickets[2]) {
+  spi_decision da, db;
+  chat(a, user, stream, sla_ms, tier, replayable);
+  chat(b, user, stream, sla_ms, tier, replayable);
+  int ra = route(a, &da), rb = route(b, &db);
+  assert_same_decision(ra, rb, &da, &db);
+  tickets[0] = da.ticket;
+  tickets[1] = db.ticket;
+  return ra;
+}
+
+static void finish_twins(world *a, world *b, const uint64_t tickets[2]) {
+  finish(a, tickets[0], SPI_TICKET_OK);
+  finish(b, tickets[1], SPI_TICKET_OK);
+}
+
 static void test_compact_matches_full(void **st) {
   (void)st;
   world *a = mk(NULL), *b = full_array_world();
@@ -857,17 +877,11 @@ static void test_compact_matches_full(void **st) {
   for (int i = 0; i < 300; i++) {
     char user[32], id[32];
     snprintf(user, sizeof user, "q%d", i % 9);
-    spi_decision da, db;
-    int ra, rb;
-    chat(a, user, i % 2, i % 3 ? 0 : 500, tiers[i % 4], i % 5 ? 1 : 0);
-    chat(b, user, i % 2, i % 3 ? 0 : 500, tiers[i % 4], i % 5 ? 1 : 0);
-    ra = route(a, &da);
-    rb = route(b, &db);
-    assert_same_decision(ra, rb, &da, &db);
-    if (ra == SPI_OK && da.ticket && i % 3) {
-      finish(a, da.ticket, SPI_TICKET_OK);
-      finish(b, db.ticket, SPI_TICKET_OK);
-    }
+    uint64_t t[2];
+    if (route_twins(a, b, user, i % 2, i % 3 ? 0 : 500, tiers[i % 4],
+                    i % 5 ? 1 : 0, t) == SPI_OK &&
+        t[0] && i % 3)
+      finish_twins(a, b, t);
     /* Loads move between routes, the same on both. */
     snprintf(id, sizeof id, "r%02d", (i * 7) % 40);
     load(a, id, i % 6, i % 4, 0.05 * (i % 10));
@@ -897,15 +911,10 @@ static void test_compact_matches_full_large(void **st) {
   for (int i = 0; i < 120; i++) {
     char user[32];
     snprintf(user, sizeof user, "large q%d", i % 11);
-    spi_decision da, db;
-    chat(a, user, 1, i % 4 ? 0 : 500, i % 3 ? "flex" : NULL, 1);
-    chat(b, user, 1, i % 4 ? 0 : 500, i % 3 ? "flex" : NULL, 1);
-    int ra = route(a, &da), rb = route(b, &db);
-    assert_same_decision(ra, rb, &da, &db);
-    if (ra == SPI_OK) {
-      finish(a, da.ticket, SPI_TICKET_OK);
-      finish(b, db.ticket, SPI_TICKET_OK);
-    }
+    uint64_t t[2];
+    if (route_twins(a, b, user, 1, i % 4 ? 0 : 500, i % 3 ? "flex" : NULL, 1,
+                    t) == SPI_OK)
+      finish_twins(a, b, t);
   }
   done(a);
   done(b);
@@ -937,15 +946,11 @@ static void test_compact_matches_full_churn(void **st) {
         load(ws[k], id, i % 3, i % 2, 0.3);
       }
     }
-    spi_decision da, db;
-    chat(a, user, 1, i % 4 ? 0 : 500, i % 3 ? "flex" : NULL, 1);
-    chat(b, user, 1, i % 4 ? 0 : 500, i % 3 ? "flex" : NULL, 1);
-    int ra = route(a, &da), rb = route(b, &db);
-    assert_same_decision(ra, rb, &da, &db);
-    if (ra == SPI_OK && da.ticket && i % 2) {
-      finish(a, da.ticket, SPI_TICKET_OK);
-      finish(b, db.ticket, SPI_TICKET_OK);
-    }
+    uint64_t t[2];
+    if (route_twins(a, b, user, 1, i % 4 ? 0 : 500, i % 3 ? "flex" : NULL, 1,
+                    t) == SPI_OK &&
+        t[0] && i % 2)
+      finish_twins(a, b, t);
   }
   done(a);
   done(b);
