@@ -258,6 +258,46 @@ stage_go() {
   GOEXPERIMENT=cgocheck2 go test -count=1 ./...
   note "benchmarks: each Go call next to the same call looped in C"
   go test -count=1 -run '^$' -bench . -benchtime=20000x ./...
+  go_consumer
+}
+
+# A program in its own module that imports the binding by its published path
+# and resolves it to this checkout with the replace line the README shows.
+go_consumer() {
+  local mod="$root/build/go-consumer" out
+  rm -rf "$mod"
+  mkdir -p "$mod"
+  cat >"$mod/go.mod" <<EOF
+module example.com/consumer
+
+go 1.21
+
+require github.com/libspotinfer/libspotinfer/bindings/go v0.2.0
+
+replace github.com/libspotinfer/libspotinfer/bindings/go => $root/bindings/go
+EOF
+  cat >"$mod/main.go" <<'EOF'
+package main
+
+import (
+	"fmt"
+
+	spotinfer "github.com/libspotinfer/libspotinfer/bindings/go"
+)
+
+func main() {
+	e, err := spotinfer.NewEngine(`{}`)
+	if err != nil {
+		panic(err)
+	}
+	defer e.Close()
+	fmt.Println("spotinfer", spotinfer.Version(), "ok")
+}
+EOF
+  note "a separate module imports the binding through its module path"
+  out=$(cd "$mod" && go run .)
+  echo "$out"
+  [[ "$out" == "spotinfer "*" ok" ]]
 }
 
 fuzz_toolchain_ok() {

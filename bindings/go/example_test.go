@@ -4,7 +4,7 @@ import (
 	"errors"
 	"fmt"
 
-	spotinfer "github.com/spotinfer/spotinfer-go"
+	spotinfer "github.com/libspotinfer/libspotinfer/bindings/go"
 )
 
 func Example() {

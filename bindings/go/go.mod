@@ -1,3 +1,3 @@
-module github.com/spotinfer/spotinfer-go
+module github.com/libspotinfer/libspotinfer/bindings/go
 
 go 1.21
