@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Build and run a tiny program against an INSTALLED libspotinfer, the ways a
-# user would: pkg-config (shared and static) and find_package (shared and
-# static targets). Nothing from the build tree is used.
+# user would: pkg-config (shared and static), find_package (shared and
+# static targets) and the README's first program. Nothing from the build
+# tree is used, and no program is given LD_LIBRARY_PATH.
 #
 #   bash scripts/consumer-test.sh <install-prefix>
 set -euo pipefail
@@ -21,7 +22,6 @@ if [[ -z "$pc" ]]; then
   exit 1
 fi
 pcdir=$(dirname "$pc")
-libdir=$(dirname "$pcdir")
 export PKG_CONFIG_PATH="$pcdir${PKG_CONFIG_PATH:+:$PKG_CONFIG_PATH}"
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/spotinfer-consumer.XXXXXX")
@@ -43,14 +43,10 @@ run() {
     fail=$((fail + 1))
     return
   fi
-  if [[ "$dynamic" == yes ]]; then
-    out=$(LD_LIBRARY_PATH="$libdir${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" "$bin" 2>&1) || {
-      echo "FAIL $name: exit $?: $out"; fail=$((fail + 1)); return; }
-  else
-    # A static consumer must run with the installed .so out of reach.
-    out=$(env -u LD_LIBRARY_PATH "$bin" 2>&1) || {
-      echo "FAIL $name: exit $?: $out"; fail=$((fail + 1)); return; }
-  fi
+  # Every program runs with LD_LIBRARY_PATH unset: a shared consumer finds
+  # the installed library through its rpath, a static one needs no .so.
+  out=$(env -u LD_LIBRARY_PATH "$bin" 2>&1) || {
+    echo "FAIL $name: exit $?: $out"; fail=$((fail + 1)); return; }
   if [[ "$out" != "$expect" ]]; then
     echo "FAIL $name: printed '$out', expected '$expect'"
     fail=$((fail + 1))
@@ -62,11 +58,26 @@ run() {
 
 echo "consumer-test: prefix $prefix ($(pkg-config --modversion spotinfer))"
 
-# 1. pkg-config, shared library.
+# 1. pkg-config, shared library, with the rpath the README spells out.
+rpath="-Wl,-rpath,$(pkg-config --variable=libdir spotinfer)"
 # shellcheck disable=SC2046
 "$cc" -std=c99 -Wall -Wextra -Werror $(pkg-config --cflags spotinfer) \
-  "$src" -o "$work/pc_shared" $(pkg-config --libs spotinfer)
+  "$src" -o "$work/pc_shared" $(pkg-config --libs spotinfer) "$rpath"
 run pkg-config-shared "$work/pc_shared" yes
+
+# 1b. The README's first program (the first C block of "## Installing"),
+# built with the README's command line.
+awk '/^## Installing/{s=1; next} s&&/^## /{exit} s&&/^```c$/{c=1; next}
+     c&&/^```$/{exit} c{print}' "$root/README.md" >"$work/hello.c"
+if [[ ! -s "$work/hello.c" ]]; then
+  echo "FAIL readme-hello: no C block in the README's Installing section"
+  fail=$((fail + 1))
+else
+  # shellcheck disable=SC2046
+  (cd "$work" && "$cc" hello.c $(pkg-config --cflags --libs spotinfer) \
+    -Wl,-rpath,"$(pkg-config --variable=libdir spotinfer)" -o hello)
+  run readme-hello "$work/hello" yes
+fi
 
 # 2. pkg-config --static: the archive plus Requires.private / Libs.private.
 # -Bstatic picks libspotinfer.a over the .so for that one library only.
@@ -88,6 +99,18 @@ cmake --build "$work/cmake" >>"$work/cmake.log" 2>&1 || {
   cat "$work/cmake.log"; echo "FAIL find_package: build failed"; exit 1; }
 run find_package-shared "$work/cmake/consumer_shared" yes
 run find_package-static "$work/cmake/consumer_static" no
+
+# The licence travels with the install and with both binding packages.
+for f in "$prefix/share/doc/spotinfer/LICENSE" "$root/bindings/python/LICENSE" \
+  "$root/bindings/go/LICENSE"; do
+  if cmp -s "$root/LICENSE" "$f"; then
+    echo "ok   licence $f"
+    pass=$((pass + 1))
+  else
+    echo "FAIL licence: $f is missing or differs from LICENSE"
+    fail=$((fail + 1))
+  fi
+done
 
 echo "consumer-test: $pass passed, $fail failed"
 [[ $fail -eq 0 ]]
