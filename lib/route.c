@@ -679,6 +679,27 @@ static void copy_id(char dst[SPI_ID_MAX], const char *src, size_t len) {
   dst[len] = '\0';
 }
 
+/* What a route has taken that it must give back if it fails: the
+ * half-open probe it claimed, and a ticket it took but did not publish. */
+typedef struct route_taken {
+  spi_replica_slot *probe;
+  spi_ticket_table *tt;
+  spi_ticket *ticket;
+} route_taken;
+
+/* The one way out of a route that fails after taking something: give all
+ * of it back, so a failed route leaves no trace (a probe kept here would
+ * leave its replica half-open for good). Returns rc. */
+static int route_unwind(route_taken *t, spi_decision *out, int rc) {
+  if (t->ticket) spi__ticket_release(t->tt, t->ticket);
+  if (t->probe) spi__breaker_release_probe(t->probe);
+  t->ticket = NULL;
+  t->probe = NULL;
+  out->pool = 0;
+  out->ticket = 0;
+  return rc;
+}
+
 /* Route with a pinned snapshot. */
 static int route_pinned(spi_request *req, spi_snapshot *snap,
                         spi_request_view *v, spi_decision *out) {
@@ -907,7 +928,10 @@ static int route_pinned(spi_request *req, spi_snapshot *snap,
     }
   }
 
-  /* A half-open replica takes one probe; losing that race means the next. */
+  /* A half-open replica takes one probe; losing that race means the next.
+   * From here on, a failure goes through route_unwind, which gives back
+   * whatever the route has taken. */
+  route_taken taken = {NULL, NULL, NULL};
   uint32_t first = 0;
   while ((ch.pool == SPI_POOL_SPOT || ch.pool == SPI_POOL_ON_DEMAND) &&
          first < ch.n_order && cands[ch.order[first]].probe) {
@@ -915,6 +939,7 @@ static int route_pinned(spi_request *req, spi_snapshot *snap,
         &e->registry.slots[set->r[pos_of(ns, ch.order[first])].slot];
     if (spi__breaker_claim_probe(s)) {
       ch.reason_code = SPI_REASON_HALF_OPEN_PROBE;
+      taken.probe = s;
       break;
     }
     first++;
@@ -932,7 +957,7 @@ static int route_pinned(spi_request *req, spi_snapshot *snap,
                                                  : SPI_POOL_ON_DEMAND;
   if (level[chosen_pool] != worst &&
       (rc = spi__classify_in(req, snap, v, level[chosen_pool], &cls)))
-    return rc;
+    return route_unwind(&taken, out, rc);
   out->pool = ch.pool;
   out->klass = cls.klass;
   out->replayable = cls.replayable;
@@ -969,11 +994,11 @@ static int route_pinned(spi_request *req, spi_snapshot *snap,
   spi_replica_slot *s = &e->registry.slots[r->slot];
   spi_ticket_table *tt = atomic_load(&e->tickets);
   spi_ticket *k = tt ? spi__ticket_take(tt) : NULL;
-  if (!k) {
-    out->pool = 0;
-    return spi__req_fail(req, SPI_EFULL, "route: all %lld tickets are open",
-                         (long long)rc_cfg->max_tickets);
-  }
+  if (!k)
+    return route_unwind(&taken, out,
+                        spi__req_fail(req, SPI_EFULL,
+                                      "route: all %lld tickets are open",
+                                      (long long)rc_cfg->max_tickets));
   uint32_t gen = atomic_load(&s->gen);
   k->slot = r->slot;
   k->gen = gen;
