@@ -1073,12 +1073,40 @@ int spi_route(spi_request *req, spi_decision *out) {
 
 /* ---------------------------------------------------------------- tickets */
 
-int spi_ticket_first_token(spi_engine *engine, uint64_t ticket) {
-  if (!spi__engine_ok(engine)) return SPI_EMISUSE;
+/* Whether the replica a ticket was opened on has gone (removed, or its
+ * slot given to another replica). A drain or a notice is not that: it
+ * changes gen, but the replica's tickets still count on it. */
+static int ticket_replica_gone(const spi_engine *e, const spi_ticket *k) {
+  const spi_replica_slot *s = &e->registry.slots[k->slot];
+  return atomic_load(&s->state) == 0 ||
+         atomic_load(&s->incarnation) != k->incarnation;
+}
+
+/* The open ticket a stream report names, whose replica is still there; NULL
+ * after recording SPI_ESTALE on the engine. The report changes nothing on
+ * a removed replica's ticket: finish still closes and prices it. */
+static spi_ticket *reported_ticket(spi_engine *engine, uint64_t ticket) {
   spi_ticket_table *tt = atomic_load(&engine->tickets);
   spi_ticket *k = tt ? spi__ticket_lookup(tt, ticket) : NULL;
-  if (!k) return spi__engine_fail(engine, SPI_ESTALE, "ticket %llu is not open",
-                                  (unsigned long long)ticket);
+  if (!k) {
+    spi__engine_fail(engine, SPI_ESTALE, "ticket %llu is not open",
+                     (unsigned long long)ticket);
+    return NULL;
+  }
+  if (ticket_replica_gone(engine, k)) {
+    spi__engine_fail(engine, SPI_ESTALE,
+                     "ticket %llu: its replica was removed; finish it to "
+                     "close and price it",
+                     (unsigned long long)ticket);
+    return NULL;
+  }
+  return k;
+}
+
+int spi_ticket_first_token(spi_engine *engine, uint64_t ticket) {
+  if (!spi__engine_ok(engine)) return SPI_EMISUSE;
+  spi_ticket *k = reported_ticket(engine, ticket);
+  if (!k) return SPI_ESTALE;
   int64_t now = spi__engine_now(engine);
   int32_t klass = k->klass;
   int64_t start = k->start_ns;
@@ -1100,10 +1128,8 @@ int spi_ticket_first_token(spi_engine *engine, uint64_t ticket) {
 int spi_ticket_progress(spi_engine *engine, uint64_t ticket,
                         uint64_t tokens_streamed) {
   if (!spi__engine_ok(engine)) return SPI_EMISUSE;
-  spi_ticket_table *tt = atomic_load(&engine->tickets);
-  spi_ticket *k = tt ? spi__ticket_lookup(tt, ticket) : NULL;
-  if (!k) return spi__engine_fail(engine, SPI_ESTALE, "ticket %llu is not open",
-                                  (unsigned long long)ticket);
+  spi_ticket *k = reported_ticket(engine, ticket);
+  if (!k) return SPI_ESTALE;
   unsigned long long cur = atomic_load(&k->tokens_streamed);
   while (tokens_streamed > cur &&
          !atomic_compare_exchange_weak(&k->tokens_streamed, &cur,
@@ -1171,10 +1197,7 @@ int spi_ticket_finish(spi_engine *engine, uint64_t ticket,
   spi_snapshot *s = spi__snap_acquire(engine, &pin);
   int64_t now = spi__engine_now(engine);
   spi_replica_slot *slot = &engine->registry.slots[k->slot];
-  /* Stale only if the replica itself went away: a drain or a notice changes
-   * gen (its index entries die) but its tickets still count on it. */
-  int stale = atomic_load(&slot->state) == 0 ||
-              atomic_load(&slot->incarnation) != k->incarnation;
+  int stale = ticket_replica_gone(engine, k);
   int ok = result->status == SPI_TICKET_OK;
   spi_metrics *mx = atomic_load(&engine->metrics);
   long long zero = 0;

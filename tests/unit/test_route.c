@@ -507,6 +507,46 @@ static void test_tickets(void **st) {
   done(w);
 }
 
+/* A removed replica's ticket: first token and progress answer SPI_ESTALE
+ * and change nothing (the queue-depth gauge still counts the ticket until
+ * finish closes and prices it). */
+static void test_removed_replica_ticket_reports(void **st) {
+  (void)st;
+  world *w = mk(NULL);
+  fleet(w);
+  spi_decision d;
+  chat(w, "hi", 1, 800, NULL, -1);
+  assert_int_equal(route(w, &d), SPI_OK);
+  assert_int_equal(spi_ticket_progress(w->e, d.ticket, 3), SPI_OK);
+  assert_int_equal(spi_replica_remove(w->e, d.replica_id, strlen(d.replica_id)),
+                   SPI_OK);
+  w->now += 200000000; /* 200 ms */
+  assert_int_equal(spi_ticket_first_token(w->e, d.ticket), SPI_ESTALE);
+  assert_non_null(strstr(spi_engine_errmsg(w->e), "removed"));
+  assert_int_equal(spi_ticket_progress(w->e, d.ticket, 10), SPI_ESTALE);
+  assert_non_null(strstr(spi_engine_errmsg(w->e), "removed"));
+  spi_signals sg;
+  memset(&sg, 0, sizeof sg);
+  sg.struct_size = sizeof sg;
+  assert_int_equal(spi_engine_signals(w->e, &sg), SPI_OK);
+  assert_true(sg.queue_depth[SPI_CLASS_GOLD] == 1);
+  assert_true(sg.p95_ttft_ms[SPI_CLASS_GOLD] == 0);
+  /* The same replica id added again is another replica: still stale. */
+  add(w, d.replica_id, SPI_POOL_ON_DEMAND, 0, 16);
+  assert_int_equal(spi_ticket_first_token(w->e, d.ticket), SPI_ESTALE);
+  assert_int_equal(spi_ticket_progress(w->e, d.ticket, 10), SPI_ESTALE);
+  spi_ticket_result res;
+  memset(&res, 0, sizeof res);
+  res.struct_size = sizeof res;
+  res.status = SPI_TICKET_OK;
+  assert_int_equal(spi_ticket_finish(w->e, d.ticket, &res), SPI_ESTALE);
+  assert_int_equal(spi_engine_signals(w->e, &sg), SPI_OK);
+  assert_true(sg.queue_depth[SPI_CLASS_GOLD] == 0);
+  assert_int_equal(spi_ticket_first_token(w->e, d.ticket), SPI_ESTALE);
+  assert_int_equal(spi_ticket_progress(w->e, d.ticket, 11), SPI_ESTALE);
+  done(w);
+}
+
 static void test_ticket_exhaustion(void **st) {
   (void)st;
   world *w = mk("{\"router\":{\"max_tickets\":16}}");
@@ -1018,6 +1058,7 @@ int main(void) {
       cmocka_unit_test(test_kv_breaker),
       cmocka_unit_test(test_error_breaker),
       cmocka_unit_test(test_tickets),
+      cmocka_unit_test(test_removed_replica_ticket_reports),
       cmocka_unit_test(test_ticket_exhaustion),
       cmocka_unit_test(test_metrics_and_shadow),
       cmocka_unit_test(test_speculative),
