@@ -9,7 +9,12 @@
  * The plain XXH3_64bits pass is the yardstick the targets are stated in;
  * xxh3_avx2_best_ns and p50_ratio_avx2 compare against libxxhash's
  * run-time dispatched XXH3 (AVX2 / AVX-512 where the CPU has them), the
- * one the library hashes with when it is available. Then decisions per second (route + finish) on 1 and 2 threads.
+ * one the library hashes with when it is available. Then the 8 KiB case
+ * again where every prompt starts with the same first block and most of
+ * the fleet holds it ("shared_first":1, "holders" replicas of "replicas"
+ * served it during the warm-up): the prefix match then names many
+ * replicas at once. Then decisions per second (route + finish) on 1 and 2
+ * threads.
  * The engine runs on a fixed clock, so load signals never go stale and the
  * clock costs nothing.
  */
@@ -69,7 +74,7 @@ static int cmp_double(const void *a, const void *b) {
   return x < y ? -1 : x > y;
 }
 
-static spi_engine *make_engine(int replicas) {
+static spi_engine *make_engine(int replicas, uint32_t max_inflight) {
   spi_hooks h;
   memset(&h, 0, sizeof h);
   h.struct_size = sizeof h;
@@ -88,7 +93,7 @@ static spi_engine *make_engine(int replicas) {
     ri.id_len = strlen(id);
     ri.pool = i % 2 ? SPI_POOL_ON_DEMAND : SPI_POOL_SPOT;
     ri.usd_per_hour = i % 2 ? 4.5 : 1.8;
-    ri.max_inflight = 256;
+    ri.max_inflight = max_inflight;
     if (spi_replica_upsert(e, &ri) != SPI_OK) return NULL;
     spi_load l;
     memset(&l, 0, sizeof l);
@@ -101,21 +106,29 @@ static spi_engine *make_engine(int replicas) {
   return e;
 }
 
-/* A prompt of size bytes whose first half is shared by its family. */
-static void fill_prompt(char *p, size_t size, int family, int unique) {
-  for (size_t i = 0; i < size; i++)
-    p[i] = (char)('a' + (i * 7 + (size_t)family * 13) % 26);
+#define BLOCK_BYTES 1024 /* cache_key.block_bytes, the default */
+
+/* A prompt of size bytes whose first half is shared by its family (16
+ * families, each its own text: the step between families, 3, is prime to
+ * 26, so families 0..15 start at 16 different letters of the cycle). With
+ * shared_first, the first block is the same for every family. */
+static void fill_prompt(char *p, size_t size, int family, int unique,
+                        int shared_first) {
+  for (size_t i = 0; i < size; i++) {
+    int f = shared_first && i < BLOCK_BYTES ? 16 : family;
+    p[i] = (char)('a' + (i * 7 + (size_t)f * 3) % 26);
+  }
   if (size > 16) snprintf(p + size / 2, 16, "u%08d", unique);
 }
 
 /* Builds NREQ requests; if texts is not NULL, each request's prompt is
  * also left there (the caller frees them). */
 static int prepare_texts(spi_engine *e, spi_request **reqs, size_t size,
-                         int salt, char **texts) {
+                         int salt, int shared_first, char **texts) {
   for (int i = 0; i < NREQ; i++) {
     char *p = malloc(size);
     if (spi_request_new(e, &reqs[i]) != SPI_OK) return -1;
-    fill_prompt(p, size, i % 16, salt * NREQ + i);
+    fill_prompt(p, size, i % 16, salt * NREQ + i, shared_first);
     spi_request_set_str(reqs[i], SPI_REQ_MODEL, "llama", 5);
     spi_request_set_str(reqs[i], SPI_REQ_PROMPT, p, size);
     spi_request_set_int(reqs[i], SPI_REQ_REPLAYABLE, 1);
@@ -127,8 +140,9 @@ static int prepare_texts(spi_engine *e, spi_request **reqs, size_t size,
   return 0;
 }
 
-static int prepare(spi_engine *e, spi_request **reqs, size_t size, int salt) {
-  return prepare_texts(e, reqs, size, salt, NULL);
+static int prepare(spi_engine *e, spi_request **reqs, size_t size, int salt,
+                   int shared_first) {
+  return prepare_texts(e, reqs, size, salt, shared_first, NULL);
 }
 
 static void finish(spi_engine *e, uint64_t t) {
@@ -139,16 +153,62 @@ static void finish(spi_engine *e, uint64_t t) {
   spi_ticket_finish(e, t, &r);
 }
 
-static void bench_latency(size_t size, int replicas) {
-  spi_engine *e = make_engine(replicas);
+/* Spread the shared first block over the fleet: with tickets held open on
+ * replicas that take few at once, a holder of the block is soon full and
+ * the next request goes to another replica, which then holds it too.
+ * Returns how many replicas served one of these requests. */
+static int spread_first_block(spi_engine *e, size_t size, int replicas,
+                              uint32_t max_inflight) {
+  int n = replicas * (int)max_inflight;
+  uint64_t *held = calloc((size_t)n, sizeof *held);
+  char *seen = calloc((size_t)replicas, 1);
+  int holders = 0;
+  spi_request *reqs[NREQ];
+  for (int i = 0; i < n; i += NREQ) {
+    prepare(e, reqs, size, 5000 + i / NREQ, 1);
+    for (int j = 0; j < NREQ; j++) {
+      /* Half of them interactive gold, which goes on-demand, so that half
+       * of the fleet gets the block too. */
+      if (j % 2) {
+        spi_request_set_int(reqs[j], SPI_REQ_STREAM, 1);
+        spi_request_set_int(reqs[j], SPI_REQ_SLA_MS, 800);
+      }
+      spi_decision d;
+      memset(&d, 0, sizeof d);
+      d.struct_size = sizeof d;
+      if (i + j < n && spi_route(reqs[j], &d) == SPI_OK && d.ticket) {
+        held[i + j] = d.ticket;
+        int at = atoi(d.replica_id + strlen("replica-"));
+        if (at >= 0 && at < replicas && !seen[at]) {
+          seen[at] = 1;
+          holders++;
+        }
+      }
+      spi_request_free(reqs[j]);
+    }
+  }
+  for (int i = 0; i < n; i++)
+    if (held[i]) finish(e, held[i]);
+  free(held);
+  free(seen);
+  return holders;
+}
+
+static void bench_latency(size_t size, int replicas, int shared_first) {
+  /* Replicas that take few requests at once let the warm-up spread the
+   * shared first block; the others take many, as a large server does. */
+  uint32_t max_inflight = shared_first ? 4 : 256;
+  spi_engine *e = make_engine(replicas, max_inflight);
   if (!e) {
     fprintf(stderr, "engine setup failed\n");
     exit(1);
   }
+  int holders = shared_first ? spread_first_block(e, size, replicas, max_inflight)
+                             : 0;
   spi_request *warm[NREQ], *reqs[NREQ];
   /* Fill the index with many prefixes first. */
   for (int round = 0; round < 8; round++) {
-    prepare(e, warm, size, 1000 + round);
+    prepare(e, warm, size, 1000 + round, shared_first);
     for (int i = 0; i < NREQ; i++) {
       spi_decision d;
       memset(&d, 0, sizeof d);
@@ -158,7 +218,7 @@ static void bench_latency(size_t size, int replicas) {
     }
   }
   char *texts[NREQ];
-  prepare_texts(e, reqs, size, 1, texts);
+  prepare_texts(e, reqs, size, 1, shared_first, texts);
   /* Each route is timed right after one XXH3 pass over a copy of the same
    * prompt, so both are measured in the same moments and their ratio holds
    * even when the machine's speed drifts during the run. */
@@ -188,10 +248,10 @@ static void bench_latency(size_t size, int replicas) {
   (void)sink;
   double p50 = t[N / 2], p99 = t[N * 99 / 100], pass = x[N / 2];
   printf("{\"bench\":\"route\",\"prompt_bytes\":%zu,\"replicas\":%d,"
-         "\"p50_ns\":%.0f,\"p99_ns\":%.0f,\"xxh3_pass_ns\":%.1f,"
+         "\"shared_first\":%d,\"holders\":%d,\"p50_ns\":%.0f,\"p99_ns\":%.0f,\"xxh3_pass_ns\":%.1f,"
          "\"xxh3_best_ns\":%.1f,\"p50_ratio\":%.2f,\"p99_ratio\":%.2f,"
          "\"xxh3_avx2_best_ns\":%.1f,\"p50_ratio_avx2\":%.2f}\n",
-         size, replicas, p50, p99, pass, best, p50 / pass, p99 / pass, wide,
+         size, replicas, shared_first, holders, p50, p99, pass, best, p50 / pass, p99 / pass, wide,
          p50 / wide);
   for (int i = 0; i < NREQ; i++) free(texts[i]);
   for (int i = 0; i < NREQ; i++) spi_request_free(reqs[i]);
@@ -208,7 +268,7 @@ typedef struct tput {
 static void *throughput_thread(void *arg) {
   tput *t = arg;
   spi_request *reqs[NREQ];
-  prepare(t->e, reqs, 8192, 100 + t->id);
+  prepare(t->e, reqs, 8192, 100 + t->id, 0);
   double end = now_ns() + t->seconds_ms * 1e6;
   long n = 0;
   while (now_ns() < end) {
@@ -226,7 +286,7 @@ static void *throughput_thread(void *arg) {
 }
 
 static void bench_throughput(int threads) {
-  spi_engine *e = make_engine(64);
+  spi_engine *e = make_engine(64, 256);
   tput t[2];
   pthread_t th[2];
   for (int i = 0; i < threads; i++) {
@@ -247,16 +307,19 @@ static void bench_throughput(int threads) {
   spi_engine_free(e);
 }
 
-/* With arguments "<prompt bytes> <replicas>", run that one latency case. */
+/* With arguments "<prompt bytes> <replicas> [shared_first]", run that one
+ * latency case. */
 int main(int argc, char **argv) {
-  if (argc == 3) {
-    bench_latency((size_t)atol(argv[1]), atoi(argv[2]));
+  if (argc == 3 || argc == 4) {
+    bench_latency((size_t)atol(argv[1]), atoi(argv[2]),
+                  argc == 4 ? atoi(argv[3]) : 0);
     return 0;
   }
   size_t sizes[] = {1024, 8192, 65536};
   int reps[] = {8, 64, 512};
   for (int s = 0; s < 3; s++)
-    for (int r = 0; r < 3; r++) bench_latency(sizes[s], reps[r]);
+    for (int r = 0; r < 3; r++) bench_latency(sizes[s], reps[r], 0);
+  for (int r = 0; r < 3; r++) bench_latency(8192, reps[r], 1);
   bench_throughput(1);
   bench_throughput(2);
   return 0;
