@@ -251,6 +251,9 @@ typedef struct spi_prefix_index spi_prefix_index;
  * with SPI_INDEX_GEN_MASK, matches and the replica is ACTIVE. */
 typedef int (*spi_index_live_fn)(void *ctx, uint32_t slot, uint32_t gen);
 
+/* The engine's liveness test (route.c): ctx is the spi_engine. */
+int spi__entry_live(void *ctx, uint32_t slot, uint32_t gen);
+
 /* The largest table of 8-entry buckets within byte_budget (including the
  * header). SPI_ERANGE if not even one bucket fits. */
 int spi__index_new(const spi_mem *m, size_t byte_budget,
