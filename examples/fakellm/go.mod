@@ -1,0 +1,3 @@
+module github.com/libspotinfer/libspotinfer/examples/fakellm
+
+go 1.21

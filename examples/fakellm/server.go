@@ -1,0 +1,564 @@
+package main
+
+import (
+	"bytes"
+	"container/list"
+	"encoding/json"
+	"fmt"
+	"hash/fnv"
+	"io"
+	"net/http"
+	"os"
+	"strings"
+	"sync"
+	"time"
+)
+
+type server struct {
+	o     options
+	slots chan struct{} // one per sequence decoded at once
+
+	mu         sync.Mutex
+	running    int
+	waiting    int
+	kvInUse    float64 // tokens held by running sequences
+	cache      *prefixCache
+	queries    uint64 // prompt tokens looked up in the prefix cache
+	hits       uint64 // of which were cached
+	promptToks uint64
+	genToks    uint64
+	requests   map[string]uint64 // finished requests by finish reason
+
+	logMu sync.Mutex
+	logF  *os.File
+	seq   uint64
+}
+
+func newServer(o options) (*server, error) {
+	s := &server{o: o, slots: make(chan struct{}, o.maxRunning),
+		cache: newPrefixCache(o.prefixBlocks, o.prefixTTL), requests: map[string]uint64{}}
+	if o.logPath != "" {
+		f, err := os.OpenFile(o.logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+		if err != nil {
+			return nil, err
+		}
+		s.logF = f
+	}
+	return s, nil
+}
+
+// event appends one JSON line to the log, written at once (no buffer), so
+// the log is complete even when the process dies at -die-at.
+func (s *server) event(fields map[string]any) {
+	if s.logF == nil {
+		return
+	}
+	fields["t"] = float64(time.Now().UnixNano()) / 1e9
+	fields["server"] = s.o.id
+	b, _ := json.Marshal(fields)
+	s.logMu.Lock()
+	s.logF.Write(append(b, '\n'))
+	s.logMu.Unlock()
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	json.NewEncoder(w).Encode(v)
+}
+
+// apiError answers in vLLM's error shape.
+func apiError(w http.ResponseWriter, status int, msg string) {
+	writeJSON(w, status, map[string]any{"object": "error", "message": msg,
+		"type": http.StatusText(status), "param": nil, "code": status})
+}
+
+// job is one generation: where its sequence starts and how far it goes.
+type job struct {
+	kind         string // "chat" or "text"
+	seed         uint64
+	offset       int // tokens already generated (a continuation)
+	count        int // tokens to generate now
+	finish       string
+	promptTokens int
+	cachedTokens int
+	stream       bool
+	usage        bool
+	created      int64
+	id           string
+}
+
+type chatBody struct {
+	Model    string `json:"model"`
+	Messages []struct {
+		Role    string          `json:"role"`
+		Content json.RawMessage `json:"content"`
+	} `json:"messages"`
+	MaxTokens            *int  `json:"max_tokens"`
+	MaxCompletionTokens  *int  `json:"max_completion_tokens"`
+	Stream               bool  `json:"stream"`
+	ContinueFinalMessage bool  `json:"continue_final_message"`
+	AddGenerationPrompt  *bool `json:"add_generation_prompt"`
+	StreamOptions        *struct {
+		IncludeUsage bool `json:"include_usage"`
+	} `json:"stream_options"`
+}
+
+// text of a message content: a string, or the text parts of a list.
+func contentText(raw json.RawMessage) (string, error) {
+	if len(raw) == 0 || string(raw) == "null" {
+		return "", nil
+	}
+	var s string
+	if json.Unmarshal(raw, &s) == nil {
+		return s, nil
+	}
+	var parts []struct {
+		Type string `json:"type"`
+		Text string `json:"text"`
+	}
+	if err := json.Unmarshal(raw, &parts); err != nil {
+		return "", fmt.Errorf("content must be a string or a list of parts")
+	}
+	var b strings.Builder
+	for _, p := range parts {
+		if p.Type == "text" {
+			b.WriteString(p.Text)
+		}
+	}
+	return b.String(), nil
+}
+
+func decodeBody(r *http.Request, v any) error {
+	b, err := io.ReadAll(io.LimitReader(r.Body, 8<<20))
+	if err != nil {
+		return err
+	}
+	d := json.NewDecoder(bytes.NewReader(b))
+	if err := d.Decode(v); err != nil {
+		return fmt.Errorf("malformed JSON body: %v", err)
+	}
+	return nil
+}
+
+func (s *server) chat(w http.ResponseWriter, r *http.Request) {
+	var b chatBody
+	if err := decodeBody(r, &b); err != nil {
+		apiError(w, http.StatusBadRequest, err.Error())
+		return
+	}
+	if len(b.Messages) == 0 {
+		apiError(w, http.StatusBadRequest, "messages must be a non-empty list")
+		return
+	}
+	addGen := b.AddGenerationPrompt == nil || *b.AddGenerationPrompt
+	if b.ContinueFinalMessage && addGen {
+		// vLLM refuses this combination the same way.
+		apiError(w, http.StatusBadRequest, "continue_final_message and add_generation_prompt cannot both be true")
+		return
+	}
+	var prompt, system, partial strings.Builder
+	msgs := b.Messages
+	last := len(msgs) - 1
+	if b.ContinueFinalMessage {
+		if msgs[last].Role != "assistant" {
+			apiError(w, http.StatusBadRequest, "continue_final_message needs a final assistant message")
+			return
+		}
+		t, err := contentText(msgs[last].Content)
+		if err != nil {
+			apiError(w, http.StatusBadRequest, "messages["+fmt.Sprint(last)+"]: "+err.Error())
+			return
+		}
+		partial.WriteString(t)
+		msgs = msgs[:last]
+	}
+	for i, m := range msgs {
+		t, err := contentText(m.Content)
+		if err != nil {
+			apiError(w, http.StatusBadRequest, fmt.Sprintf("messages[%d]: %v", i, err))
+			return
+		}
+		if m.Role == "system" || m.Role == "developer" {
+			system.WriteString(t)
+		}
+		fmt.Fprintf(&prompt, "%s\x1f%s\x1e", m.Role, t)
+	}
+	maxTokens := b.MaxTokens
+	if b.MaxCompletionTokens != nil {
+		maxTokens = b.MaxCompletionTokens
+	}
+	j, ok := s.plan(w, "chat", prompt.String(), partial.String(), maxTokens)
+	if !ok {
+		return
+	}
+	j.stream = b.Stream
+	j.usage = b.StreamOptions != nil && b.StreamOptions.IncludeUsage
+	s.event(map[string]any{"event": "request", "path": r.URL.Path, "system": hash(system.String()),
+		"prompt": hash(prompt.String()), "continuation": b.ContinueFinalMessage, "offset": j.offset,
+		"count": j.count, "stream": j.stream, "cached_tokens": j.cachedTokens})
+	s.serve(w, r, j)
+}
+
+type completionBody struct {
+	Model         string          `json:"model"`
+	Prompt        json.RawMessage `json:"prompt"`
+	MaxTokens     *int            `json:"max_tokens"`
+	Stream        bool            `json:"stream"`
+	StreamOptions *struct {
+		IncludeUsage bool `json:"include_usage"`
+	} `json:"stream_options"`
+}
+
+func (s *server) completions(w http.ResponseWriter, r *http.Request) {
+	var b completionBody
+	if err := decodeBody(r, &b); err != nil {
+		apiError(w, http.StatusBadRequest, err.Error())
+		return
+	}
+	var p string
+	if err := json.Unmarshal(b.Prompt, &p); err != nil {
+		var one []string
+		if json.Unmarshal(b.Prompt, &one) != nil || len(one) != 1 {
+			apiError(w, http.StatusBadRequest, "prompt must be a string (or a list of one string)")
+			return
+		}
+		p = one[0]
+	}
+	head, _ := splitCompletionPrompt(p)
+	j, ok := s.plan(w, "text", head, p[len(head):], b.MaxTokens)
+	if !ok {
+		return
+	}
+	j.stream = b.Stream
+	j.usage = b.StreamOptions != nil && b.StreamOptions.IncludeUsage
+	s.event(map[string]any{"event": "request", "path": r.URL.Path, "system": "",
+		"prompt": hash(head), "continuation": j.offset > 0, "offset": j.offset,
+		"count": j.count, "stream": j.stream, "cached_tokens": j.cachedTokens})
+	s.serve(w, r, j)
+}
+
+func hash(s string) string {
+	if s == "" {
+		return ""
+	}
+	h := fnv.New64a()
+	h.Write([]byte(s))
+	return fmt.Sprintf("%016x", h.Sum64())
+}
+
+// plan works out what a request generates: the sequence of its prompt, from
+// where the already streamed text ends, up to the answer's natural end or
+// max_tokens. The prompt (with the partial text) goes through the prefix
+// cache, which sets the time to first token.
+func (s *server) plan(w http.ResponseWriter, kind, prompt, partial string, maxTokens *int) (job, bool) {
+	j := job{kind: kind, seed: seedOf(prompt), created: time.Now().Unix()}
+	k, ok := continuedTokens(j.seed, partial)
+	if !ok {
+		apiError(w, http.StatusBadRequest, fmt.Sprintf(
+			"the final message does not continue this prompt's answer (it matches %d tokens, then differs)", k))
+		return j, false
+	}
+	j.offset = k
+	limit := s.o.defaultMaxTokens
+	if maxTokens != nil {
+		if *maxTokens < 1 {
+			apiError(w, http.StatusBadRequest, "max_tokens must be at least 1")
+			return j, false
+		}
+		limit = *maxTokens
+	}
+	left := s.o.answerTokens - k
+	if left < 1 {
+		apiError(w, http.StatusBadRequest, "the final message already holds the whole answer")
+		return j, false
+	}
+	j.count, j.finish = left, "stop"
+	if limit < left {
+		j.count, j.finish = limit, "length"
+	}
+	full := prompt + partial
+	j.promptTokens = (len(full) + 3) / 4
+	s.mu.Lock()
+	matched := s.cache.lookupInsert(full, time.Now())
+	j.cachedTokens = matched * blockBytes / 4
+	if j.cachedTokens > j.promptTokens {
+		j.cachedTokens = j.promptTokens
+	}
+	s.queries += uint64(j.promptTokens)
+	s.hits += uint64(j.cachedTokens)
+	s.seq++
+	j.id = fmt.Sprintf("%s-%d", s.o.id, s.seq)
+	s.mu.Unlock()
+	return j, true
+}
+
+func (s *server) ttft(j job) time.Duration {
+	if j.promptTokens == 0 {
+		return s.o.warmTTFT
+	}
+	uncached := float64(j.promptTokens-j.cachedTokens) / float64(j.promptTokens)
+	return s.o.warmTTFT + time.Duration(uncached*float64(s.o.coldTTFT-s.o.warmTTFT))
+}
+
+// admit waits for a decode slot (the request counts as waiting meanwhile).
+func (s *server) admit(r *http.Request, j job) bool {
+	s.mu.Lock()
+	s.waiting++
+	s.mu.Unlock()
+	select {
+	case s.slots <- struct{}{}:
+	case <-r.Context().Done():
+		s.mu.Lock()
+		s.waiting--
+		s.mu.Unlock()
+		return false
+	}
+	s.mu.Lock()
+	s.waiting--
+	s.running++
+	s.kvInUse += float64(j.promptTokens + j.count)
+	s.promptToks += uint64(j.promptTokens)
+	s.mu.Unlock()
+	return true
+}
+
+func (s *server) release(j job, generated int, finish string) {
+	<-s.slots
+	s.mu.Lock()
+	s.running--
+	s.kvInUse -= float64(j.promptTokens + j.count)
+	s.genToks += uint64(generated)
+	s.requests[finish]++
+	s.mu.Unlock()
+	s.event(map[string]any{"event": "done", "id": j.id, "generated": generated, "finish": finish})
+}
+
+func (s *server) chunk(j job, i int, finish string) map[string]any {
+	var choice map[string]any
+	if j.kind == "chat" {
+		delta := map[string]any{}
+		switch {
+		case i < 0:
+			delta["role"], delta["content"] = "assistant", ""
+		case finish == "":
+			delta["content"] = token(j.seed, j.offset+i)
+		}
+		choice = map[string]any{"index": 0, "delta": delta, "logprobs": nil}
+	} else {
+		text := ""
+		if i >= 0 && finish == "" {
+			text = token(j.seed, j.offset+i)
+		}
+		choice = map[string]any{"index": 0, "text": text, "logprobs": nil, "stop_reason": nil}
+	}
+	if finish != "" {
+		choice["finish_reason"] = finish
+	} else {
+		choice["finish_reason"] = nil
+	}
+	return s.envelope(j, []any{choice}, true)
+}
+
+func (s *server) envelope(j job, choices []any, stream bool) map[string]any {
+	obj := "text_completion"
+	if j.kind == "chat" {
+		obj = "chat.completion"
+		if stream {
+			obj = "chat.completion.chunk"
+		}
+	}
+	return map[string]any{"id": j.id, "object": obj, "created": j.created,
+		"model": s.o.model, "system_fingerprint": s.o.id, "choices": choices}
+}
+
+func (s *server) usage(j job, generated int) map[string]any {
+	u := map[string]any{"prompt_tokens": j.promptTokens, "completion_tokens": generated,
+		"total_tokens": j.promptTokens + generated}
+	if j.cachedTokens > 0 {
+		u["prompt_tokens_details"] = map[string]any{"cached_tokens": j.cachedTokens}
+	}
+	return u
+}
+
+// serve generates the job: a stream of server-sent events flushed one per
+// token, or one JSON answer after the same time.
+func (s *server) serve(w http.ResponseWriter, r *http.Request, j job) {
+	if !s.admit(r, j) {
+		s.event(map[string]any{"event": "done", "id": j.id, "generated": 0, "finish": "client_gone"})
+		return
+	}
+	generated, finish := 0, "client_gone"
+	defer func() { s.release(j, generated, finish) }()
+	timer := time.NewTimer(s.ttft(j))
+	defer timer.Stop()
+	per := time.Duration(float64(time.Second) / s.o.tokenRate)
+	wait := func() bool {
+		select {
+		case <-timer.C:
+			timer.Reset(per)
+			return true
+		case <-r.Context().Done():
+			return false
+		}
+	}
+	if !j.stream {
+		for generated < j.count {
+			if !wait() {
+				return
+			}
+			generated++
+		}
+		var text strings.Builder
+		for i := 0; i < j.count; i++ {
+			text.WriteString(token(j.seed, j.offset+i))
+		}
+		choice := map[string]any{"index": 0, "finish_reason": j.finish, "logprobs": nil}
+		if j.kind == "chat" {
+			choice["message"] = map[string]any{"role": "assistant", "content": text.String()}
+		} else {
+			choice["text"] = text.String()
+		}
+		resp := s.envelope(j, []any{choice}, false)
+		resp["usage"] = s.usage(j, generated)
+		writeJSON(w, http.StatusOK, resp)
+		finish = j.finish
+		return
+	}
+	fl, _ := w.(http.Flusher)
+	w.Header().Set("Content-Type", "text/event-stream")
+	w.Header().Set("Cache-Control", "no-cache")
+	w.WriteHeader(http.StatusOK)
+	send := func(v any) bool {
+		b, _ := json.Marshal(v)
+		if _, err := fmt.Fprintf(w, "data: %s\n\n", b); err != nil {
+			return false
+		}
+		if fl != nil {
+			fl.Flush()
+		}
+		return true
+	}
+	if !wait() {
+		return
+	}
+	if j.kind == "chat" && !send(s.chunk(j, -1, "")) {
+		return
+	}
+	for generated < j.count {
+		if generated > 0 && !wait() {
+			return
+		}
+		if !send(s.chunk(j, generated, "")) {
+			return
+		}
+		generated++
+	}
+	if !send(s.chunk(j, generated, j.finish)) {
+		return
+	}
+	if j.usage {
+		u := s.envelope(j, []any{}, true)
+		u["usage"] = s.usage(j, generated)
+		if !send(u) {
+			return
+		}
+	}
+	fmt.Fprint(w, "data: [DONE]\n\n")
+	if fl != nil {
+		fl.Flush()
+	}
+	finish = j.finish
+}
+
+// metrics serves vLLM's own metric names (V1 engine; -legacy-metrics
+// gives the V0 name of KV usage), labelled as vLLM labels them.
+func (s *server) metrics(w http.ResponseWriter, r *http.Request) {
+	s.mu.Lock()
+	running, waiting := s.running, s.waiting
+	usage := s.kvInUse / s.o.kvTokens
+	if usage > 1 {
+		usage = 1
+	}
+	q, h, pt, gt := s.queries, s.hits, s.promptToks, s.genToks
+	reqs := make(map[string]uint64, len(s.requests))
+	for k, v := range s.requests {
+		reqs[k] = v
+	}
+	s.mu.Unlock()
+	labels := fmt.Sprintf(`{engine="0",model_name=%q}`, s.o.model)
+	usageName := "vllm:kv_cache_usage_perc"
+	if s.o.legacyMetrics {
+		usageName = "vllm:gpu_cache_usage_perc"
+	}
+	var b strings.Builder
+	gauge := func(name, help string, v float64) {
+		fmt.Fprintf(&b, "# HELP %s %s\n# TYPE %s gauge\n%s%s %g\n", name, help, name, name, labels, v)
+	}
+	counter := func(name, help string, v uint64) {
+		fmt.Fprintf(&b, "# HELP %s %s\n# TYPE %s counter\n%s_total%s %d.0\n", name, help, name, name, labels, v)
+	}
+	gauge("vllm:num_requests_running", "Number of requests in model execution batches.", float64(running))
+	gauge("vllm:num_requests_waiting", "Number of requests waiting to be processed.", float64(waiting))
+	gauge(usageName, "KV-cache usage. 1 means 100 percent usage.", usage)
+	counter("vllm:prefix_cache_queries", "Prefix cache queries, in terms of number of queried tokens.", q)
+	counter("vllm:prefix_cache_hits", "Prefix cache hits, in terms of number of cached tokens.", h)
+	counter("vllm:prompt_tokens", "Number of prefill tokens processed.", pt)
+	counter("vllm:generation_tokens", "Number of generation tokens processed.", gt)
+	b.WriteString("# HELP vllm:request_success Count of successfully processed requests.\n# TYPE vllm:request_success counter\n")
+	for _, reason := range []string{"stop", "length"} {
+		fmt.Fprintf(&b, "vllm:request_success_total{engine=\"0\",finished_reason=%q,model_name=%q} %d.0\n",
+			reason, s.o.model, reqs[reason])
+	}
+	w.Header().Set("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
+	io.WriteString(w, b.String())
+}
+
+// prefixCache holds chained hashes of 256-byte prompt blocks, least
+// recently used first out, each warm for a TTL: a prompt's matched prefix
+// is the run of leading blocks found.
+const blockBytes = 256
+
+type prefixCache struct {
+	cap   int
+	ttl   time.Duration
+	order *list.List // of uint64, most recent at the front
+	items map[uint64]*list.Element
+	seen  map[uint64]time.Time
+}
+
+func newPrefixCache(capacity int, ttl time.Duration) *prefixCache {
+	return &prefixCache{cap: capacity, ttl: ttl, order: list.New(),
+		items: map[uint64]*list.Element{}, seen: map[uint64]time.Time{}}
+}
+
+// lookupInsert returns how many leading full blocks of text were cached,
+// then caches all of them.
+func (c *prefixCache) lookupInsert(text string, now time.Time) int {
+	if c.cap == 0 {
+		return 0
+	}
+	matched, prefix := 0, true
+	h := fnv.New64a()
+	for off := 0; off+blockBytes <= len(text); off += blockBytes {
+		h.Write([]byte(text[off : off+blockBytes]))
+		k := h.Sum64()
+		if at, ok := c.seen[k]; prefix && ok && now.Sub(at) <= c.ttl {
+			matched++
+		} else {
+			prefix = false
+		}
+		c.seen[k] = now
+		if e, ok := c.items[k]; ok {
+			c.order.MoveToFront(e)
+		} else {
+			c.items[k] = c.order.PushFront(k)
+		}
+		for c.order.Len() > c.cap {
+			old := c.order.Remove(c.order.Back()).(uint64)
+			delete(c.items, old)
+			delete(c.seen, old)
+		}
+	}
+	return matched
+}

@@ -1,0 +1,195 @@
+package main
+
+import (
+	"bufio"
+	"encoding/json"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+)
+
+func testServer(t *testing.T, args ...string) (*httptest.Server, *server) {
+	t.Helper()
+	o, err := parseFlags(append([]string{"-token-rate", "2000", "-ttft", "1ms", "-cached-ttft", "0s"}, args...))
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := newServer(o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ts := httptest.NewServer(s.routes())
+	t.Cleanup(ts.Close)
+	return ts, s
+}
+
+// streamText posts body and returns the streamed text, the finish reason
+// and the usage chunk's completion tokens (-1 without one).
+func streamText(t *testing.T, url, body string) (string, string, int) {
+	t.Helper()
+	resp, err := http.Post(url, "application/json", strings.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != 200 {
+		b, _ := io.ReadAll(resp.Body)
+		t.Fatalf("status %d: %s", resp.StatusCode, b)
+	}
+	var text strings.Builder
+	finish, usage, done := "", -1, false
+	sc := bufio.NewScanner(resp.Body)
+	for sc.Scan() {
+		line := sc.Text()
+		if !strings.HasPrefix(line, "data: ") {
+			continue
+		}
+		data := strings.TrimPrefix(line, "data: ")
+		if data == "[DONE]" {
+			done = true
+			continue
+		}
+		var c struct {
+			Choices []struct {
+				Delta        struct{ Content string }
+				Text         string
+				FinishReason *string `json:"finish_reason"`
+			}
+			Usage *struct {
+				CompletionTokens int `json:"completion_tokens"`
+			}
+		}
+		if err := json.Unmarshal([]byte(data), &c); err != nil {
+			t.Fatalf("bad chunk %q: %v", data, err)
+		}
+		for _, ch := range c.Choices {
+			text.WriteString(ch.Delta.Content + ch.Text)
+			if ch.FinishReason != nil {
+				finish = *ch.FinishReason
+			}
+		}
+		if c.Usage != nil {
+			usage = c.Usage.CompletionTokens
+		}
+	}
+	if !done {
+		t.Fatal("stream ended without [DONE]")
+	}
+	return text.String(), finish, usage
+}
+
+func TestChatStreamIsDeterministicAndContinues(t *testing.T) {
+	ts, _ := testServer(t, "-answer-tokens", "20")
+	url := ts.URL + "/v1/chat/completions"
+	body := `{"model":"m","stream":true,"stream_options":{"include_usage":true},
+	  "messages":[{"role":"system","content":"be brief"},{"role":"user","content":"hi"}]}`
+	full, finish, usage := streamText(t, url, body)
+	again, _, _ := streamText(t, url, body)
+	if full != again || finish != "stop" || usage != 20 || len(strings.Fields(full)) != 20 {
+		t.Fatalf("full %q (%s, usage %d), again %q", full, finish, usage, again)
+	}
+	// Cut after 7 tokens and continue as the library's continuation does.
+	var cut int
+	for i, n := 0, 0; i < len(full); i++ {
+		if full[i] == ' ' {
+			if n == 7 {
+				cut = i
+				break
+			}
+			n++
+		}
+	}
+	partial := full[:cut]
+	pj, _ := json.Marshal(partial)
+	cont := `{"model":"m","stream":true,"max_tokens":13,"stream_options":{"include_usage":true},
+	  "continue_final_message":true,"add_generation_prompt":false,
+	  "messages":[{"role":"system","content":"be brief"},{"role":"user","content":"hi"},
+	  {"role":"assistant","content":` + string(pj) + `}]}`
+	rest, finish, usage := streamText(t, url, cont)
+	if partial+rest != full || usage != 13 || finish != "stop" {
+		t.Fatalf("partial %q + rest %q != %q (finish %s, usage %d)", partial, rest, full, finish, usage)
+	}
+}
+
+func TestCompletionsContinue(t *testing.T) {
+	ts, _ := testServer(t, "-answer-tokens", "12")
+	url := ts.URL + "/v1/completions"
+	full, _, _ := streamText(t, url, `{"model":"m","prompt":"Once upon a time","stream":true}`)
+	k := strings.Index(full[1:], " ") + 1
+	k += strings.Index(full[k+1:], " ") + 1 // two tokens
+	pj, _ := json.Marshal("Once upon a time" + full[:k])
+	rest, _, _ := streamText(t, url, `{"model":"m","prompt":`+string(pj)+`,"stream":true}`)
+	if full[:k]+rest != full {
+		t.Fatalf("%q + %q != %q", full[:k], rest, full)
+	}
+}
+
+func TestContinuationThatDoesNotMatchIsRefused(t *testing.T) {
+	ts, _ := testServer(t)
+	for _, body := range []string{
+		`{"messages":[{"role":"user","content":"hi"},{"role":"assistant","content":" not-a-token"}],"continue_final_message":true,"add_generation_prompt":false}`,
+		`{"messages":[{"role":"user","content":"hi"},{"role":"assistant","content":"x"}],"continue_final_message":true}`,
+		`{"messages":[]}`,
+		`{"messages":`,
+	} {
+		resp, err := http.Post(ts.URL+"/v1/chat/completions", "application/json", strings.NewReader(body))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var e struct{ Message string }
+		json.NewDecoder(resp.Body).Decode(&e)
+		resp.Body.Close()
+		if resp.StatusCode != 400 || e.Message == "" {
+			t.Errorf("%s: status %d message %q", body, resp.StatusCode, e.Message)
+		}
+	}
+}
+
+func TestMetricsAndPrefixCache(t *testing.T) {
+	ts, s := testServer(t, "-ttft", "300ms", "-cached-ttft", "1ms")
+	sys := strings.Repeat("You are a careful assistant. ", 40)
+	body := `{"model":"m","max_tokens":2,"messages":[{"role":"system","content":"` + sys +
+		`"},{"role":"user","content":"q"}]}`
+	var took [2]time.Duration
+	for i := range took {
+		start := time.Now()
+		resp, err := http.Post(ts.URL+"/v1/chat/completions", "application/json", strings.NewReader(body))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var out struct {
+			Usage struct {
+				Details *struct {
+					Cached int `json:"cached_tokens"`
+				} `json:"prompt_tokens_details"`
+			}
+		}
+		json.NewDecoder(resp.Body).Decode(&out)
+		resp.Body.Close()
+		took[i] = time.Since(start)
+		if (out.Usage.Details != nil) != (i == 1) {
+			t.Errorf("request %d: cached tokens reported %v", i, out.Usage.Details)
+		}
+	}
+	if took[1] >= took[0]/2 {
+		t.Errorf("a cached prefix did not lower the time to first token: %v then %v", took[0], took[1])
+	}
+	resp, err := http.Get(ts.URL + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	for _, name := range []string{"vllm:num_requests_running{", "vllm:num_requests_waiting{",
+		"vllm:kv_cache_usage_perc{", "vllm:prefix_cache_hits_total{"} {
+		if !strings.Contains(string(b), name) {
+			t.Errorf("metrics lack %s:\n%s", name, b)
+		}
+	}
+	if s.hits == 0 {
+		t.Error("no prefix cache hits counted")
+	}
+}
