@@ -15,6 +15,9 @@
 #   python    bindings/python/tests with pytest in a venv (when present)
 #   go        go vet, go test, go test -race and a cgocheck2 run in
 #             bindings/go, then its go-vs-C benchmarks (when present)
+#   gateway   examples/fakellm and examples/gateway: go vet, go test (-race
+#             for the gateway) against the installed library, then the
+#             spot-interruption drill (examples/gateway/drill.sh)
 #   fuzz      clang-14 libFuzzer build in build-fuzz/; each target runs for
 #             SPI_FUZZ_SECONDS (default 20) over a copy of its corpus
 #
@@ -300,6 +303,21 @@ EOF
   [[ "$out" == "spotinfer "*" ok" ]]
 }
 
+# The fake model server and the gateway example, built against the
+# installed library the way a user builds them.
+stage_gateway() {
+  local libdir
+  libdir=$(installed_libdir)
+  export PKG_CONFIG_PATH="$libdir/pkgconfig${PKG_CONFIG_PATH:+:$PKG_CONFIG_PATH}"
+  export LD_LIBRARY_PATH="$libdir${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+  export CGO_ENABLED=1
+  export CGO_LDFLAGS="-L$libdir${CGO_LDFLAGS:+ $CGO_LDFLAGS}"
+  note "examples/fakellm: go vet, go test"
+  (cd "$root/examples/fakellm" && go vet ./... && go test -count=1 ./...)
+  note "examples/gateway: go vet, go test -race"
+  (cd "$root/examples/gateway" && go vet ./... && go test -count=1 -race ./...)
+}
+
 fuzz_toolchain_ok() {
   command -v clang-14 >/dev/null 2>&1 || return 1
   local probe
@@ -403,6 +421,14 @@ elif ! command -v go >/dev/null 2>&1; then
   fail_stage go "no go toolchain"
 else
   run_stage go "Go binding tests (go test)" stage_go
+fi
+
+if [[ $install_ok != yes ]]; then
+  fail_stage gateway "no installed library (install stage failed)"
+elif ! command -v go >/dev/null 2>&1; then
+  fail_stage gateway "no go toolchain"
+else
+  run_stage gateway "gateway example, fake model server, spot-interruption drill" stage_gateway
 fi
 
 if fuzz_toolchain_ok; then

@@ -1,0 +1,430 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	spotinfer "github.com/libspotinfer/libspotinfer/bindings/go"
+)
+
+const maxBodyBytes = 8 << 20
+
+type gateway struct {
+	o        options
+	eng      *spotinfer.Engine // nil with -balancer roundrobin
+	queue    *spotinfer.ReplayQueue
+	backends []*backend
+	byID     map[string]*backend
+	client   *http.Client
+	reqs     sync.Pool // *spotinfer.Request, reused: parsing refills one
+	rr       atomic.Uint64
+	seq      atomic.Uint64
+	ready    atomic.Bool
+
+	// Open streams by ticket, so a REPLAY plan can cut its backend leg,
+	// and cut streams by envelope key, waiting for the replay worker.
+	mu      sync.Mutex
+	open    map[uint64]*stream
+	waiting map[string]*stream
+	wake    chan struct{} // an envelope was enqueued
+
+	events  *eventLog
+	stats   counters
+	timings timings
+}
+
+func newGateway(o options) (*gateway, error) {
+	list, err := loadBackends(o.backendsPath)
+	if err != nil {
+		return nil, err
+	}
+	g := &gateway{o: o, backends: list, byID: map[string]*backend{},
+		open: map[uint64]*stream{}, waiting: map[string]*stream{}, wake: make(chan struct{}, 1)}
+	for _, b := range list {
+		g.byID[b.ID] = b
+	}
+	// Streams have no overall timeout (answers can be long); connecting and
+	// waiting for headers do.
+	tr := &http.Transport{
+		DialContext:           (&net.Dialer{Timeout: 2 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
+		MaxIdleConns:          1024,
+		MaxIdleConnsPerHost:   256,
+		IdleConnTimeout:       90 * time.Second,
+		ResponseHeaderTimeout: 60 * time.Second,
+		DisableCompression:    true,
+	}
+	g.client = &http.Client{Transport: tr}
+	if o.eventsPath != "" {
+		f, err := os.OpenFile(o.eventsPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+		if err != nil {
+			return nil, err
+		}
+		g.events = &eventLog{f: f}
+	}
+	if o.balancer == "roundrobin" {
+		g.ready.Store(true)
+		return g, nil
+	}
+	if g.eng, err = newEngine(o.configPath); err != nil {
+		return nil, err
+	}
+	if err := register(g.eng, list); err != nil {
+		g.eng.Close()
+		return nil, err
+	}
+	// The in-memory store: a gateway that restarts loses its clients'
+	// connections anyway. A journal ({"store":"journal","dir":...}) keeps
+	// envelopes across restarts for workers that answer asynchronously.
+	if g.queue, err = g.eng.OpenReplayQueue(`{"store":"memory"}`); err != nil {
+		g.eng.Close()
+		return nil, err
+	}
+	g.reqs.New = func() any {
+		r, err := g.eng.NewRequest()
+		if err != nil {
+			return nil
+		}
+		return r
+	}
+	return g, nil
+}
+
+func (g *gateway) close() {
+	if g.queue != nil {
+		g.queue.Close()
+	}
+	if g.eng != nil {
+		g.eng.Close()
+	}
+	if g.events != nil {
+		g.events.f.Close()
+	}
+}
+
+// start runs the background work: load scraping, notice polling, the
+// library's periodic tick and the replay workers. It returns once every
+// backend has given a first load reading (a replica without one counts as
+// saturated) or -ready-wait has passed.
+func (g *gateway) start(ctx context.Context) {
+	if g.eng == nil {
+		return
+	}
+	var first sync.WaitGroup
+	for _, b := range g.backends {
+		first.Add(1)
+		go g.scrape(ctx, b, first.Done)
+		if b.MetadataURL != "" {
+			go g.pollNotices(ctx, b)
+		}
+	}
+	go g.tick(ctx)
+	for i := 0; i < g.o.replayWorkers; i++ {
+		go g.replayWorker(ctx)
+	}
+	done := make(chan struct{})
+	go func() { first.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(g.o.readyWait):
+	}
+	g.ready.Store(true)
+}
+
+func (g *gateway) tick(ctx context.Context) {
+	t := time.NewTicker(100 * time.Millisecond)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			g.eng.Tick()
+			g.queue.Tick()
+		}
+	}
+}
+
+func (g *gateway) routes() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("/v1/chat/completions", g.completion(spotinfer.OpenAIChat))
+	mux.HandleFunc("/v1/completions", g.completion(spotinfer.OpenAICompletions))
+	mux.HandleFunc("/metrics", g.metrics)
+	mux.HandleFunc("/healthz", g.healthz)
+	mux.HandleFunc("/debug/timing", g.timing)
+	return mux
+}
+
+// apiError answers in the OpenAI error shape.
+func apiError(w http.ResponseWriter, status int, typ, msg string) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	json.NewEncoder(w).Encode(map[string]any{"error": map[string]any{
+		"message": msg, "type": typ, "param": nil, "code": nil}})
+}
+
+func (g *gateway) completion(kind spotinfer.OpenAIKind) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		if r.Method != http.MethodPost {
+			w.Header().Set("Allow", "POST")
+			apiError(w, http.StatusMethodNotAllowed, "invalid_request_error", "use POST")
+			return
+		}
+		if !g.ready.Load() {
+			w.Header().Set("Retry-After", "1")
+			apiError(w, http.StatusServiceUnavailable, "unavailable", "starting: no load reading yet")
+			return
+		}
+		body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxBodyBytes))
+		if err != nil {
+			var mbe *http.MaxBytesError
+			if errors.As(err, &mbe) {
+				apiError(w, http.StatusRequestEntityTooLarge, "invalid_request_error",
+					fmt.Sprintf("body over %d bytes", maxBodyBytes))
+			} else {
+				g.stats.cancelled.Add(1)
+			}
+			return
+		}
+		if g.eng == nil {
+			g.serveRoundRobin(w, r, body)
+			return
+		}
+		g.serveRouted(w, r, body, kind)
+	}
+}
+
+// serveRoundRobin is the yardstick: the same forwarding and stream relay,
+// with the backend taken in turn and no library call at all.
+func (g *gateway) serveRoundRobin(w http.ResponseWriter, r *http.Request, body []byte) {
+	b := g.backends[int(g.rr.Add(1)-1)%len(g.backends)]
+	resp, err := g.forward(r.Context(), b, r.URL.Path, body)
+	if err != nil {
+		g.stats.failed.Add(1)
+		apiError(w, http.StatusBadGateway, "upstream_error", err.Error())
+		return
+	}
+	defer resp.Body.Close()
+	st := &stream{g: g}
+	if isEventStream(resp) {
+		st.relayPassive(w, resp)
+		return
+	}
+	copyWhole(w, resp)
+}
+
+// route asks the library where the request goes. A request the library
+// queues (batch work while no spot capacity is up) is routed again until
+// -queue-wait has passed.
+func (g *gateway) route(ctx context.Context, req *spotinfer.Request, body []byte,
+	kind spotinfer.OpenAIKind) (spotinfer.Decision, time.Duration, error) {
+	deadline := time.Now().Add(g.o.queueWait)
+	var spent time.Duration
+	for {
+		t0 := time.Now()
+		var d spotinfer.Decision
+		err := req.ParseOpenAI(body, kind)
+		if err != nil {
+			err = badRequest{err}
+		} else {
+			d, err = req.Route()
+		}
+		spent += time.Since(t0)
+		if err != nil || d.Pool != spotinfer.PoolQueue {
+			return d, spent, err
+		}
+		if time.Now().After(deadline) {
+			return d, spent, spotinfer.ErrNoCapacity
+		}
+		select {
+		case <-ctx.Done():
+			return d, spent, ctx.Err()
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}
+
+func (g *gateway) serveRouted(w http.ResponseWriter, r *http.Request, body []byte, kind spotinfer.OpenAIKind) {
+	req, _ := g.reqs.Get().(*spotinfer.Request)
+	if req == nil {
+		apiError(w, http.StatusInternalServerError, "internal_error", "no request handle")
+		return
+	}
+	d, spent, err := g.route(r.Context(), req, body, kind)
+	g.reqs.Put(req)
+	g.timings.decision.add(spent)
+	switch {
+	case errors.Is(err, spotinfer.ErrShed):
+		g.stats.shed.Add(1)
+		w.Header().Set("Retry-After", "1")
+		apiError(w, http.StatusTooManyRequests, "rate_limit_error", "shed under KV-cache pressure: "+d.Reason)
+		return
+	case errors.Is(err, spotinfer.ErrNoCapacity):
+		g.stats.noCapacity.Add(1)
+		w.Header().Set("Retry-After", "1")
+		apiError(w, http.StatusServiceUnavailable, "unavailable", "no capacity: "+d.Reason)
+		return
+	case errors.Is(err, context.Canceled):
+		g.stats.cancelled.Add(1)
+		return
+	case err != nil:
+		var br badRequest
+		if errors.As(err, &br) {
+			// The library's message names the field (and the byte offset
+			// of malformed JSON).
+			g.stats.badRequest.Add(1)
+			msg := br.err.Error()
+			var se *spotinfer.Error
+			if errors.As(br.err, &se) && se.Message != "" {
+				msg = se.Message
+			}
+			apiError(w, http.StatusBadRequest, "invalid_request_error", msg)
+			return
+		}
+		g.stats.failed.Add(1)
+		apiError(w, http.StatusInternalServerError, "internal_error", err.Error())
+		return
+	}
+	st := &stream{g: g, key: fmt.Sprintf("%x-%d", time.Now().UnixNano(), g.seq.Add(1)),
+		body: body, kind: kind, class: d.Class, replayable: d.Replayable, started: time.Now(),
+		ctx: r.Context(), path: r.URL.Path}
+	g.events.write(map[string]any{"event": "route", "key": st.key, "replica": d.ReplicaID,
+		"ticket": d.Ticket.ID, "class": d.Class.String(), "reason": d.ReasonCode.String(),
+		"matched_blocks": d.MatchedBlocks})
+	// A leg has its own context so that a REPLAY plan can cut it without
+	// touching the client's connection.
+	lctx, cancel := context.WithCancel(r.Context())
+	resp, leg, err := g.firstLeg(lctx, r.URL.Path, body, d)
+	if err != nil {
+		cancel()
+		g.stats.failed.Add(1)
+		apiError(w, http.StatusBadGateway, "upstream_error", err.Error())
+		return
+	}
+	leg.cancel = cancel
+	if !isEventStream(resp) {
+		defer cancel()
+		defer resp.Body.Close()
+		st.relayWhole(w, resp, leg)
+		return
+	}
+	st.relay(w, r.Context(), resp, leg)
+}
+
+// firstLeg sends the request to the chosen replica, then to the fallbacks
+// in order when a replica cannot be reached or answers 5xx before the first
+// byte. The chosen replica's ticket records such a failure (its error
+// breaker counts it); a fallback is served without a ticket.
+func (g *gateway) firstLeg(ctx context.Context, path string, body []byte,
+	d spotinfer.Decision) (*http.Response, leg, error) {
+	targets := append([]string{d.ReplicaID}, d.FallbackIDs...)
+	var lastErr error
+	for i, id := range targets {
+		b := g.byID[id]
+		if b == nil {
+			lastErr = fmt.Errorf("the library chose %q, which is not a configured backend", id)
+			continue
+		}
+		l := leg{replica: id, sent: time.Now()}
+		if i == 0 {
+			l.ticket = d.Ticket
+		} else {
+			g.stats.fallbacks.Add(1)
+		}
+		resp, err := g.forward(ctx, b, path, body)
+		if err == nil && resp.StatusCode < 500 {
+			return resp, l, nil
+		}
+		if err == nil {
+			msg, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
+			resp.Body.Close()
+			err = fmt.Errorf("%s answered %d: %s", id, resp.StatusCode, bytes.TrimSpace(msg))
+		}
+		lastErr = err
+		if l.ticket.ID != 0 {
+			status := spotinfer.TicketError
+			if ctx.Err() != nil {
+				status = spotinfer.TicketCancelled
+			}
+			g.finish(l.ticket, spotinfer.TicketResult{Status: status})
+		}
+		if ctx.Err() != nil {
+			break
+		}
+	}
+	return nil, leg{}, lastErr
+}
+
+func (g *gateway) forward(ctx context.Context, b *backend, path string, body []byte) (*http.Response, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, b.URL+path, bytes.NewReader(body))
+	if err != nil {
+		return nil, err
+	}
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("Accept", "application/json, text/event-stream")
+	return g.client.Do(req)
+}
+
+func isEventStream(resp *http.Response) bool {
+	ct := resp.Header.Get("Content-Type")
+	return resp.StatusCode == http.StatusOK && len(ct) >= 17 && ct[:17] == "text/event-stream"
+}
+
+func copyWhole(w http.ResponseWriter, resp *http.Response) {
+	if ct := resp.Header.Get("Content-Type"); ct != "" {
+		w.Header().Set("Content-Type", ct)
+	}
+	w.WriteHeader(resp.StatusCode)
+	io.Copy(w, resp.Body)
+}
+
+// finish reports a ticket's end; the time it takes is the library's share.
+func (g *gateway) finish(t spotinfer.Ticket, res spotinfer.TicketResult) {
+	if t.ID == 0 {
+		return
+	}
+	t0 := time.Now()
+	t.Finish(res)
+	g.timings.ticket.add(time.Since(t0))
+}
+
+type counters struct {
+	ok, failed, cancelled, shed, noCapacity, badRequest, fallbacks atomic.Uint64
+	notices, replayEnqueued, replayResumed, replayFailed           atomic.Uint64
+	interrupted                                                    atomic.Uint64
+}
+
+// eventLog writes JSON lines; nil writes nothing.
+type eventLog struct {
+	mu sync.Mutex
+	f  *os.File
+}
+
+func (l *eventLog) write(fields map[string]any) {
+	if l == nil {
+		return
+	}
+	fields["t"] = float64(time.Now().UnixNano()) / 1e9
+	b, _ := json.Marshal(fields)
+	l.mu.Lock()
+	l.f.Write(append(b, '\n'))
+	l.mu.Unlock()
+}
+
+// badRequest marks an error of the client's body.
+type badRequest struct{ err error }
+
+func (b badRequest) Error() string { return b.err.Error() }
+func (b badRequest) Unwrap() error { return b.err }
+
+func itoa(v uint64) string { return strconv.FormatUint(v, 10) }

@@ -1,0 +1,125 @@
+// gateway is an OpenAI-compatible reverse proxy that asks libspotinfer,
+// in process, where every request goes: it routes chat and text
+// completions to the backends the library picks, reports each stream's
+// ticket, feeds the library the backends' /metrics and their machines'
+// spot interruption notices (AWS IMDS, IMDSv2 token flow), and resumes a
+// stream cut by an interruption on another backend from the replay queue,
+// so the client sees one uninterrupted answer.
+//
+//	gateway -config spotinfer.json -backends backends.json -addr 127.0.0.1:8080
+//
+// -balancer roundrobin runs the same proxy without the library (plain round
+// robin over the backends), the yardstick of the load run.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"log"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	spotinfer "github.com/libspotinfer/libspotinfer/bindings/go"
+)
+
+type options struct {
+	addr, addrFile, configPath, backendsPath, eventsPath, balancer string
+	scrapeEvery, noticeEvery, readyWait, replayWait, queueWait     time.Duration
+	replayWorkers                                                  int
+}
+
+func parseFlags(args []string) (options, error) {
+	var o options
+	fs := flag.NewFlagSet("gateway", flag.ContinueOnError)
+	fs.StringVar(&o.addr, "addr", "127.0.0.1:8080", "listen address (port 0: any free port)")
+	fs.StringVar(&o.addrFile, "addr-file", "", "write the bound host:port here once ready")
+	fs.StringVar(&o.configPath, "config", "", "the library's JSON configuration (default: its defaults)")
+	fs.StringVar(&o.backendsPath, "backends", "", "JSON list of backends (required)")
+	fs.StringVar(&o.eventsPath, "events", "", "append one JSON line per routing, notice and replay event here")
+	fs.StringVar(&o.balancer, "balancer", "spotinfer", "spotinfer, or roundrobin (no library: the yardstick)")
+	fs.DurationVar(&o.scrapeEvery, "scrape-interval", 250*time.Millisecond, "how often each backend's /metrics is read")
+	fs.DurationVar(&o.noticeEvery, "notice-interval", 200*time.Millisecond, "how often each machine's metadata is polled")
+	fs.DurationVar(&o.readyWait, "ready-wait", 5*time.Second, "longest wait for a first load reading of every backend")
+	fs.DurationVar(&o.replayWait, "replay-wait", 60*time.Second, "longest a cut stream waits to be resumed")
+	fs.DurationVar(&o.queueWait, "queue-wait", 2*time.Second, "longest a request the library queues is held")
+	fs.IntVar(&o.replayWorkers, "replay-workers", 4, "goroutines resuming streams from the replay queue")
+	if err := fs.Parse(args); err != nil {
+		return o, err
+	}
+	switch {
+	case fs.NArg() > 0:
+		return o, fmt.Errorf("unexpected argument %q", fs.Arg(0))
+	case o.backendsPath == "":
+		return o, errors.New("-backends is required")
+	case o.balancer != "spotinfer" && o.balancer != "roundrobin":
+		return o, fmt.Errorf("-balancer: spotinfer or roundrobin (got %q)", o.balancer)
+	case o.scrapeEvery <= 0 || o.noticeEvery <= 0 || o.replayWorkers < 1:
+		return o, errors.New("-scrape-interval, -notice-interval and -replay-workers must be positive")
+	}
+	return o, nil
+}
+
+func main() {
+	log.SetFlags(0)
+	log.SetPrefix("gateway: ")
+	o, err := parseFlags(os.Args[1:])
+	if err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			os.Exit(0)
+		}
+		log.Fatal(err)
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	g, err := newGateway(o)
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer g.close()
+	ln, err := net.Listen("tcp", o.addr)
+	if err != nil {
+		log.Fatal(err)
+	}
+	g.start(ctx)
+	if o.addrFile != "" {
+		tmp := o.addrFile + ".tmp"
+		if err := os.WriteFile(tmp, []byte(ln.Addr().String()+"\n"), 0o644); err != nil {
+			log.Fatal(err)
+		}
+		if err := os.Rename(tmp, o.addrFile); err != nil {
+			log.Fatal(err)
+		}
+	}
+	srv := &http.Server{Handler: g.routes(), ReadHeaderTimeout: 10 * time.Second}
+	go func() {
+		<-ctx.Done()
+		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		srv.Shutdown(sctx)
+	}()
+	log.Printf("%s balancer on %s, %d backends", o.balancer, ln.Addr(), len(g.backends))
+	if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		log.Fatal(err)
+	}
+}
+
+// newEngine builds the engine from the library's JSON configuration file.
+func newEngine(path string) (*spotinfer.Engine, error) {
+	e, err := spotinfer.NewEngine("")
+	if err != nil {
+		return nil, err
+	}
+	if path != "" {
+		if err := e.ConfigureFile(path); err != nil {
+			e.Close()
+			return nil, fmt.Errorf("%s: %v", path, err)
+		}
+	}
+	return e, nil
+}

@@ -1,0 +1,245 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"time"
+
+	spotinfer "github.com/libspotinfer/libspotinfer/bindings/go"
+)
+
+// register makes the leg's ticket findable by a REPLAY plan.
+func (st *stream) register(l *leg) {
+	st.mu.Lock()
+	st.cut, st.cancel = false, l.cancel
+	st.mu.Unlock()
+	if l.ticket.ID == 0 {
+		return
+	}
+	st.g.mu.Lock()
+	st.g.open[l.ticket.ID] = st
+	st.g.mu.Unlock()
+}
+
+func (st *stream) unregister(l *leg) {
+	if l.ticket.ID == 0 {
+		return
+	}
+	st.g.mu.Lock()
+	delete(st.g.open, l.ticket.ID)
+	st.g.mu.Unlock()
+}
+
+func (st *stream) wasCut() bool {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	return st.cut
+}
+
+// interrupt cuts the leg holding a ticket, for a REPLAY plan: the stream
+// then checkpoints what the client has and waits to be resumed.
+func (g *gateway) interrupt(ticket uint64) bool {
+	g.mu.Lock()
+	st := g.open[ticket]
+	g.mu.Unlock()
+	if st == nil {
+		return false // finished meanwhile
+	}
+	st.mu.Lock()
+	st.cut = true
+	cancel := st.cancel
+	st.mu.Unlock()
+	if cancel != nil {
+		cancel()
+	}
+	return true
+}
+
+// resumeAfterCut checkpoints the stream into the replay queue and waits
+// for a replay worker to hand back a continuation leg.
+func (st *stream) resumeAfterCut(ctx context.Context, cause error) (*http.Response, leg, bool) {
+	g := st.g
+	st.mu.Lock()
+	if st.firstCut == 0 {
+		st.firstCut = time.Now().UnixNano()
+	}
+	st.attempts++
+	env := spotinfer.Envelope{Key: fmt.Sprintf("%s/%d", st.key, st.attempts), Body: st.body,
+		OpenAIKind: st.kind, Class: st.class, PartialText: st.text.String(),
+		StreamOffset: uint64(st.tokens), Attempts: st.attempts - 1, FirstEnqueuedNs: st.firstCut}
+	st.resume = make(chan resumption, 1)
+	resume := st.resume
+	st.mu.Unlock()
+	g.mu.Lock()
+	g.waiting[env.Key] = st
+	g.mu.Unlock()
+	defer func() {
+		g.mu.Lock()
+		delete(g.waiting, env.Key)
+		g.mu.Unlock()
+	}()
+	if _, err := g.queue.Enqueue(env); err != nil {
+		g.stats.replayFailed.Add(1)
+		g.events.write(map[string]any{"event": "replay_failed", "key": env.Key, "error": err.Error()})
+		return nil, leg{}, false
+	}
+	g.stats.replayEnqueued.Add(1)
+	g.events.write(map[string]any{"event": "replay_enqueued", "key": env.Key,
+		"offset": env.StreamOffset, "cause": cause.Error()})
+	select {
+	case g.wake <- struct{}{}:
+	default:
+	}
+	select {
+	case r := <-resume:
+		if r.err != nil {
+			g.stats.replayFailed.Add(1)
+			g.events.write(map[string]any{"event": "replay_failed", "key": env.Key, "error": r.err.Error()})
+			return nil, leg{}, false
+		}
+		g.stats.replayResumed.Add(1)
+		g.events.write(map[string]any{"event": "replay_resumed", "key": env.Key, "replica": r.leg.replica,
+			"ticket": r.leg.ticket.ID, "offset": r.leg.offset})
+		return r.resp, r.leg, true
+	case <-ctx.Done():
+		return nil, leg{}, false
+	case <-time.After(g.o.replayWait):
+		return nil, leg{}, false
+	}
+}
+
+// replayWorker claims envelopes and resumes their streams.
+func (g *gateway) replayWorker(ctx context.Context) {
+	all := spotinfer.ClassMask(spotinfer.ClassGold, spotinfer.ClassSilver, spotinfer.ClassBronze)
+	poll := time.NewTicker(25 * time.Millisecond)
+	defer poll.Stop()
+	for {
+		c, ok, err := g.queue.Claim(all, 10000)
+		if err != nil || !ok {
+			select {
+			case <-ctx.Done():
+				return
+			case <-g.wake:
+			case <-poll.C:
+			}
+			continue
+		}
+		g.resumeClaim(ctx, c)
+	}
+}
+
+// resumeClaim builds the continuation of a claimed envelope, routes it
+// (the library keeps it off the noticed machine), opens the leg and hands
+// it to the waiting stream. The claim is acked once the stream has the leg
+// and nacked (retried after a backoff) when no leg could be opened.
+func (g *gateway) resumeClaim(ctx context.Context, c spotinfer.Claim) {
+	env := c.Envelope
+	g.mu.Lock()
+	st := g.waiting[env.Key]
+	g.mu.Unlock()
+	if st == nil {
+		g.queue.Ack(c.ID) // the client is gone: nothing to resume
+		return
+	}
+	give := func(r resumption) {
+		select {
+		case st.resume <- r:
+		default:
+		}
+	}
+	cont, flags, err := spotinfer.Continuation(env)
+	if err != nil {
+		g.queue.Ack(c.ID)
+		give(resumption{err: err})
+		return
+	}
+	resp, l, err := g.openContinuation(ctx, st, []byte(cont), env)
+	if err != nil {
+		g.events.write(map[string]any{"event": "replay_retry", "key": env.Key, "error": err.Error()})
+		if errors.Is(err, spotinfer.ErrNoCapacity) || errors.Is(err, spotinfer.ErrShed) ||
+			errors.Is(err, errUpstream) {
+			g.queue.Nack(c.ID)
+			return
+		}
+		g.queue.Ack(c.ID)
+		give(resumption{err: err})
+		return
+	}
+	l.offset = int(env.StreamOffset)
+	if flags&spotinfer.EnvelopeFromScratch != 0 {
+		l.offset, l.skip = 0, env.PartialText
+	}
+	g.queue.Ack(c.ID)
+	select {
+	case st.resume <- resumption{resp: resp, leg: l}:
+	default:
+		resp.Body.Close()
+		l.cancel()
+		g.finish(l.ticket, spotinfer.TicketResult{Status: spotinfer.TicketCancelled})
+	}
+}
+
+var errUpstream = errors.New("upstream")
+
+func (g *gateway) openContinuation(ctx context.Context, st *stream, body []byte,
+	env spotinfer.Envelope) (*http.Response, leg, error) {
+	req, _ := g.reqs.Get().(*spotinfer.Request)
+	if req == nil {
+		return nil, leg{}, errors.New("no request handle")
+	}
+	t0 := time.Now()
+	err := req.ParseOpenAI(body, env.OpenAIKind)
+	if err == nil {
+		err = req.SetInt(spotinfer.FieldReplaySinceNs, env.FirstEnqueuedNs)
+	}
+	var d spotinfer.Decision
+	if err == nil {
+		d, err = req.Route()
+	}
+	g.reqs.Put(req)
+	g.timings.decision.add(time.Since(t0))
+	if err != nil {
+		return nil, leg{}, err
+	}
+	if !d.Serving() {
+		return nil, leg{}, fmt.Errorf("%w: the library queued the replay", spotinfer.ErrNoCapacity)
+	}
+	g.events.write(map[string]any{"event": "route", "key": env.Key, "replica": d.ReplicaID,
+		"ticket": d.Ticket.ID, "class": d.Class.String(), "reason": d.ReasonCode.String(),
+		"replay": true})
+	b := g.byID[d.ReplicaID]
+	if b == nil {
+		g.finish(d.Ticket, spotinfer.TicketResult{Status: spotinfer.TicketError})
+		return nil, leg{}, fmt.Errorf("the library chose %q, which is not a configured backend", d.ReplicaID)
+	}
+	// The leg lives as long as the client's stream, not the worker.
+	lctx, cancel := context.WithCancel(context.Background())
+	go func() {
+		select {
+		case <-st.ctx.Done():
+			cancel()
+		case <-lctx.Done():
+		}
+	}()
+	l := leg{replica: d.ReplicaID, ticket: d.Ticket, sent: time.Now(), cancel: cancel}
+	resp, err := g.forward(lctx, b, st.path, body)
+	if err == nil && resp.StatusCode != http.StatusOK {
+		msg, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
+		resp.Body.Close()
+		err = fmt.Errorf("%s answered %d: %s", d.ReplicaID, resp.StatusCode, msg)
+		if resp.StatusCode >= 500 {
+			err = fmt.Errorf("%w: %v", errUpstream, err)
+		}
+	} else if err != nil {
+		err = fmt.Errorf("%w: %v", errUpstream, err)
+	}
+	if err != nil {
+		cancel()
+		g.finish(d.Ticket, spotinfer.TicketResult{Status: spotinfer.TicketError})
+		return nil, leg{}, err
+	}
+	return resp, l, nil
+}

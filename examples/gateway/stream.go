@@ -1,0 +1,412 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"strings"
+	"sync"
+	"time"
+
+	spotinfer "github.com/libspotinfer/libspotinfer/bindings/go"
+)
+
+// leg is one backend response feeding a client's stream: the first, or a
+// continuation after an interruption.
+type leg struct {
+	replica   string
+	ticket    spotinfer.Ticket // zero for a fallback without a ticket
+	sent      time.Time
+	offset    int    // tokens the client had when this leg started
+	skip      string // a from-scratch replay: text the client already has
+	claimDone func(ok bool)
+	cancel    context.CancelFunc
+}
+
+// stream is one client's answer, across however many legs it takes.
+type stream struct {
+	g          *gateway
+	key        string // the replay envelope's idempotency key
+	path       string
+	body       []byte
+	kind       spotinfer.OpenAIKind
+	class      spotinfer.Class
+	replayable bool
+	started    time.Time
+	ctx        context.Context // the client's request
+	firstCut   int64           // when it was first interrupted (ns), 0 before
+
+	mu       sync.Mutex
+	cut      bool               // a REPLAY plan asked for this leg to stop
+	cancel   context.CancelFunc // cancels the current leg
+	resume   chan resumption
+	text     strings.Builder // what the client has
+	tokens   int
+	attempts uint32
+}
+
+// resumption is what the replay worker hands a waiting stream.
+type resumption struct {
+	resp *http.Response
+	leg  leg
+	err  error // the stream cannot be resumed
+}
+
+// event is one server-sent event's data, as far as the gateway reads it.
+type event struct {
+	Choices []struct {
+		Delta struct {
+			Role    string `json:"role"`
+			Content string `json:"content"`
+		} `json:"delta"`
+		Text         string  `json:"text"`
+		FinishReason *string `json:"finish_reason"`
+	} `json:"choices"`
+	Usage *struct {
+		PromptTokens     uint64 `json:"prompt_tokens"`
+		CompletionTokens uint64 `json:"completion_tokens"`
+		Details          *struct {
+			CachedTokens uint64 `json:"cached_tokens"`
+		} `json:"prompt_tokens_details"`
+	} `json:"usage"`
+}
+
+func (e *event) content() string {
+	var s string
+	for _, c := range e.Choices {
+		s += c.Delta.Content + c.Text
+	}
+	return s
+}
+
+// sseReader yields the data of each server-sent event.
+type sseReader struct{ r *bufio.Reader }
+
+func (s *sseReader) next() ([]byte, error) {
+	var data []byte
+	for {
+		line, err := s.r.ReadSlice('\n')
+		if err != nil {
+			if errors.Is(err, bufio.ErrBufferFull) {
+				return nil, errors.New("an event line over the buffer")
+			}
+			if err == io.EOF && len(line) == 0 && data != nil {
+				return data, nil
+			}
+			return nil, err
+		}
+		line = bytes.TrimRight(line, "\r\n")
+		if len(line) == 0 {
+			if data != nil {
+				return data, nil
+			}
+			continue
+		}
+		if bytes.HasPrefix(line, []byte("data:")) {
+			d := bytes.TrimPrefix(bytes.TrimPrefix(line, []byte("data:")), []byte(" "))
+			data = append(data, d...)
+		}
+	}
+}
+
+var errCut = errors.New("interrupted")
+
+// relay passes the backend's events to the client one at a time, flushing
+// each, and reports the ticket. When a leg breaks before the answer ends
+// (the machine died, or a REPLAY plan cut it) and the request may be
+// replayed, the stream is checkpointed into the replay queue and resumed
+// from the leg a replay worker hands back.
+func (st *stream) relay(w http.ResponseWriter, ctx context.Context, resp *http.Response, l leg) {
+	g := st.g
+	fl, _ := w.(http.Flusher)
+	w.Header().Set("Content-Type", "text/event-stream")
+	w.Header().Set("Cache-Control", "no-cache")
+	w.WriteHeader(http.StatusOK)
+	if fl != nil {
+		fl.Flush()
+	}
+	for {
+		done, err := st.relayLeg(w, fl, resp, &l)
+		resp.Body.Close()
+		if l.cancel != nil {
+			l.cancel()
+		}
+		if done {
+			g.stats.ok.Add(1)
+			return
+		}
+		if ctx.Err() != nil {
+			g.stats.cancelled.Add(1)
+			return
+		}
+		if !st.replayable {
+			g.stats.failed.Add(1)
+			writeStreamError(w, fl, fmt.Sprintf("the backend stream broke: %v", err))
+			return
+		}
+		var ok bool
+		if resp, l, ok = st.resumeAfterCut(ctx, err); !ok {
+			g.stats.failed.Add(1)
+			writeStreamError(w, fl, "the stream was interrupted and could not be resumed")
+			return
+		}
+	}
+}
+
+func writeStreamError(w io.Writer, fl http.Flusher, msg string) {
+	b, _ := json.Marshal(map[string]any{"error": map[string]any{"message": msg, "type": "upstream_error"}})
+	fmt.Fprintf(w, "data: %s\n\n", b)
+	if fl != nil {
+		fl.Flush()
+	}
+}
+
+// relayLeg relays one leg; done is true when the answer ended ([DONE]).
+func (st *stream) relayLeg(w io.Writer, fl http.Flusher, resp *http.Response, l *leg) (done bool, err error) {
+	g := st.g
+	st.register(l)
+	defer st.unregister(l)
+	rd := &sseReader{r: bufio.NewReaderSize(resp.Body, 64<<10)}
+	legTokens := 0
+	var firstAt time.Time
+	var usage *struct {
+		prompt, completion, cached uint64
+	}
+	end := func(status spotinfer.TicketStatus) {
+		res := spotinfer.TicketResult{Status: status, OutputTokens: uint64(legTokens),
+			DurationMs: float64(time.Since(l.sent)) / 1e6}
+		if !firstAt.IsZero() {
+			res.TTFTMs = float64(firstAt.Sub(l.sent)) / 1e6
+		}
+		if usage != nil && status == spotinfer.TicketOK {
+			res.PromptTokens, res.OutputTokens, res.CachedTokens = usage.prompt, usage.completion, usage.cached
+		}
+		g.finish(l.ticket, res)
+	}
+	for {
+		data, rerr := rd.next()
+		if rerr != nil {
+			if st.wasCut() {
+				rerr = errCut
+			}
+			status := spotinfer.TicketError
+			if rerr == errCut {
+				status = spotinfer.TicketInterrupted
+			} else if errors.Is(rerr, context.Canceled) {
+				status = spotinfer.TicketCancelled
+			}
+			if st.replayable && status != spotinfer.TicketCancelled {
+				status = spotinfer.TicketInterrupted
+			}
+			end(status)
+			return false, rerr
+		}
+		if string(data) == "[DONE]" {
+			if _, err := io.WriteString(w, "data: [DONE]\n\n"); err != nil {
+				end(spotinfer.TicketCancelled)
+				return false, err
+			}
+			if fl != nil {
+				fl.Flush()
+			}
+			end(spotinfer.TicketOK)
+			if l.claimDone != nil {
+				l.claimDone(true)
+			}
+			return true, nil
+		}
+		var ev event
+		if json.Unmarshal(data, &ev) != nil {
+			continue // not JSON: pass nothing on
+		}
+		text := ev.content()
+		if l.offset > 0 || l.skip != "" {
+			var drop bool
+			if data, drop = st.continuedEvent(data, &ev, &text, l); drop {
+				continue
+			}
+		}
+		if ev.Usage != nil {
+			usage = &struct{ prompt, completion, cached uint64 }{ev.Usage.PromptTokens,
+				ev.Usage.CompletionTokens, 0}
+			if ev.Usage.Details != nil {
+				usage.cached = ev.Usage.Details.CachedTokens
+			}
+		}
+		// The client gets the event before the text counts as delivered:
+		// what a checkpoint holds is what the client has.
+		if _, err := fmt.Fprintf(w, "data: %s\n\n", data); err != nil {
+			end(spotinfer.TicketCancelled)
+			return false, context.Canceled
+		}
+		if fl != nil {
+			fl.Flush()
+		}
+		if text != "" {
+			st.mu.Lock()
+			st.text.WriteString(text)
+			st.tokens++
+			st.mu.Unlock()
+			legTokens++
+			if firstAt.IsZero() {
+				firstAt = time.Now()
+				if l.ticket.ID != 0 {
+					t0 := time.Now()
+					l.ticket.FirstToken()
+					g.timings.ticket.add(time.Since(t0))
+				}
+			}
+			if l.ticket.ID != 0 {
+				t0 := time.Now()
+				l.ticket.Progress(uint64(legTokens))
+				g.timings.ticket.add(time.Since(t0))
+			}
+		}
+	}
+}
+
+// continuedEvent adapts an event of a continuation leg: the role-only
+// opening chunk is dropped (the client had it), a from-scratch replay's
+// text the client already has is skipped, and the usage chunk counts the
+// tokens of every leg.
+func (st *stream) continuedEvent(data []byte, ev *event, text *string, l *leg) ([]byte, bool) {
+	if len(ev.Choices) == 1 && ev.Choices[0].Delta.Role != "" && *text == "" &&
+		ev.Choices[0].FinishReason == nil {
+		return data, true
+	}
+	if l.skip != "" && *text != "" {
+		n := len(l.skip)
+		if len(*text) < n {
+			n = len(*text)
+		}
+		if (*text)[:n] != l.skip[:n] {
+			l.skip = "" // diverged: nothing more can be matched, pass it on
+		} else {
+			l.skip = l.skip[n:]
+			if n == len(*text) {
+				return data, true
+			}
+			*text = (*text)[n:]
+			data = rewriteText(data, *text)
+		}
+	}
+	if ev.Usage != nil && l.offset > 0 {
+		var m map[string]any
+		if json.Unmarshal(data, &m) == nil {
+			if u, ok := m["usage"].(map[string]any); ok {
+				c, _ := u["completion_tokens"].(float64)
+				t, _ := u["total_tokens"].(float64)
+				u["completion_tokens"], u["total_tokens"] = c+float64(l.offset), t+float64(l.offset)
+				ev.Usage.CompletionTokens += uint64(l.offset)
+				if b, err := json.Marshal(m); err == nil {
+					data = b
+				}
+			}
+		}
+	}
+	return data, false
+}
+
+// rewriteText sets the text of the event's only choice.
+func rewriteText(data []byte, text string) []byte {
+	var m map[string]any
+	if json.Unmarshal(data, &m) != nil {
+		return data
+	}
+	cs, _ := m["choices"].([]any)
+	if len(cs) != 1 {
+		return data
+	}
+	c, _ := cs[0].(map[string]any)
+	if d, ok := c["delta"].(map[string]any); ok {
+		d["content"] = text
+	} else {
+		c["text"] = text
+	}
+	b, err := json.Marshal(m)
+	if err != nil {
+		return data
+	}
+	return b
+}
+
+// relayPassive is the yardstick's relay: the same event reading, writing
+// and flushing, without tickets or replays.
+func (st *stream) relayPassive(w http.ResponseWriter, resp *http.Response) {
+	fl, _ := w.(http.Flusher)
+	w.Header().Set("Content-Type", "text/event-stream")
+	w.Header().Set("Cache-Control", "no-cache")
+	w.WriteHeader(http.StatusOK)
+	rd := &sseReader{r: bufio.NewReaderSize(resp.Body, 64<<10)}
+	tokens := 0
+	for {
+		data, err := rd.next()
+		if err != nil {
+			st.g.stats.failed.Add(1)
+			writeStreamError(w, fl, fmt.Sprintf("the backend stream broke: %v", err))
+			return
+		}
+		if string(data) != "[DONE]" {
+			var ev event
+			if json.Unmarshal(data, &ev) == nil && ev.content() != "" {
+				tokens++
+			}
+		}
+		if _, err := fmt.Fprintf(w, "data: %s\n\n", data); err != nil {
+			st.g.stats.cancelled.Add(1)
+			return
+		}
+		if fl != nil {
+			fl.Flush()
+		}
+		if string(data) == "[DONE]" {
+			st.g.stats.ok.Add(1)
+			return
+		}
+	}
+}
+
+// relayWhole passes a non-streamed answer on and reports its usage.
+func (st *stream) relayWhole(w http.ResponseWriter, resp *http.Response, l leg) {
+	g := st.g
+	body, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
+	status := spotinfer.TicketOK
+	res := spotinfer.TicketResult{}
+	switch {
+	case err != nil:
+		status = spotinfer.TicketError
+	case resp.StatusCode >= 400:
+		status = spotinfer.TicketCancelled // the request's fault, not the replica's
+	default:
+		var out struct {
+			Usage *struct {
+				PromptTokens     uint64 `json:"prompt_tokens"`
+				CompletionTokens uint64 `json:"completion_tokens"`
+			} `json:"usage"`
+		}
+		if json.Unmarshal(body, &out) == nil && out.Usage != nil {
+			res.PromptTokens, res.OutputTokens = out.Usage.PromptTokens, out.Usage.CompletionTokens
+		}
+	}
+	res.Status = status
+	res.DurationMs = float64(time.Since(l.sent)) / 1e6
+	g.finish(l.ticket, res)
+	if err != nil {
+		g.stats.failed.Add(1)
+		apiError(w, http.StatusBadGateway, "upstream_error", err.Error())
+		return
+	}
+	if resp.StatusCode < 400 {
+		g.stats.ok.Add(1)
+	}
+	if ct := resp.Header.Get("Content-Type"); ct != "" {
+		w.Header().Set("Content-Type", ct)
+	}
+	w.WriteHeader(resp.StatusCode)
+	w.Write(body)
+}
