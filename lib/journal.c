@@ -13,16 +13,30 @@
  *                                 continue from it
  *   LOCK                          held with an fcntl() write lock while open
  *   compact.tmp                   a compaction being written (never read)
- *   *.corrupt                     bytes recovery set aside (never read)
+ *   *.corrupt                     damaged bytes kept for the operator
+ *                                 (never read, never overwritten)
  *
- * Every record is framed (replay.h): header, payload, CRC-32C over both. On
- * open, recovery reads the newest snapshot (if any) and the logs after it in
- * order, hands every good record to the queue, and stops at the first torn
- * or corrupt one: the file is truncated there, and what followed (the rest
- * of a damaged file, later segments) is renamed aside as *.corrupt rather
- * than deleted, so a fully written record is never destroyed silently. A
- * torn tail (a record cut off by a crash) is simply cut off: its append never
- * returned SPI_OK.
+ * Every record is framed (journal_codec.h): magic, length, sequence,
+ * payload, CRC-32C. On open, recovery reads the newest snapshot (if any) and
+ * every log after it in order and hands every good record to the queue. A
+ * damaged record is skipped: the scan finds the next good record and goes
+ * on, so one bad record never hides the ones after it, in its segment or in
+ * later ones. Nothing is renamed or deleted for it:
+ *   - damage inside a segment stays where it is (the segment is only read),
+ *     so every later open skips and reports it again, until a compaction
+ *     replaces the segment; then the whole segment is kept as
+ *     NNNNNN.log.corrupt instead of being removed;
+ *   - damage at the end of the log appends go to is cut off so appends go on
+ *     after good records: a torn record (cut off mid-write by a crash; its
+ *     append never returned SPI_OK) is dropped, anything else is first
+ *     copied to NNNNNN.log.<offset>.corrupt.
+ * Evidence files are created with O_EXCL under a fresh name, so a later
+ * recovery never overwrites an earlier one's. Every open counts them
+ * (stats aside_files) and says so in its warning until they are removed.
+ *
+ * Files are opened relative to the directory, never through a symbolic link
+ * (O_NOFOLLOW), and must be regular files with one link, owned by this user:
+ * anything else is refused with SPI_EIO, and its target is never touched.
  *
  * Durability, by replay.fsync:
  *   always  every append is written and fdatasync()ed before it returns;
@@ -44,13 +58,14 @@
  * journal refuses every further append with SPI_EIO: what reached the disk
  * is no longer known, and reopening (recovery) is the way back.
  *
- * Only POSIX calls: open, read, write, fdatasync, fsync, ftruncate, rename,
- * unlink, opendir, fcntl.
+ * Only POSIX calls: openat, read, write, fdatasync, fsync, ftruncate,
+ * renameat, linkat, unlinkat, fdopendir, fcntl.
  */
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -60,444 +75,8 @@
 
 #include <cjson/cJSON.h>
 
+#include "journal_codec.h"
 #include "replay.h"
-
-/* --------------------------------------------------------------- CRC-32C */
-
-/* The byte-at-a-time table of the reflected polynomial 0x82F63B78. */
-static const uint32_t CRC32C_TABLE[256] = {
-    0x00000000u, 0xf26b8303u, 0xe13b70f7u, 0x1350f3f4u, 0xc79a971fu,
-    0x35f1141cu, 0x26a1e7e8u, 0xd4ca64ebu, 0x8ad958cfu, 0x78b2dbccu,
-    0x6be22838u, 0x9989ab3bu, 0x4d43cfd0u, 0xbf284cd3u, 0xac78bf27u,
-    0x5e133c24u, 0x105ec76fu, 0xe235446cu, 0xf165b798u, 0x030e349bu,
-    0xd7c45070u, 0x25afd373u, 0x36ff2087u, 0xc494a384u, 0x9a879fa0u,
-    0x68ec1ca3u, 0x7bbcef57u, 0x89d76c54u, 0x5d1d08bfu, 0xaf768bbcu,
-    0xbc267848u, 0x4e4dfb4bu, 0x20bd8edeu, 0xd2d60dddu, 0xc186fe29u,
-    0x33ed7d2au, 0xe72719c1u, 0x154c9ac2u, 0x061c6936u, 0xf477ea35u,
-    0xaa64d611u, 0x580f5512u, 0x4b5fa6e6u, 0xb93425e5u, 0x6dfe410eu,
-    0x9f95c20du, 0x8cc531f9u, 0x7eaeb2fau, 0x30e349b1u, 0xc288cab2u,
-    0xd1d83946u, 0x23b3ba45u, 0xf779deaeu, 0x05125dadu, 0x1642ae59u,
-    0xe4292d5au, 0xba3a117eu, 0x4851927du, 0x5b016189u, 0xa96ae28au,
-    0x7da08661u, 0x8fcb0562u, 0x9c9bf696u, 0x6ef07595u, 0x417b1dbcu,
-    0xb3109ebfu, 0xa0406d4bu, 0x522bee48u, 0x86e18aa3u, 0x748a09a0u,
-    0x67dafa54u, 0x95b17957u, 0xcba24573u, 0x39c9c670u, 0x2a993584u,
-    0xd8f2b687u, 0x0c38d26cu, 0xfe53516fu, 0xed03a29bu, 0x1f682198u,
-    0x5125dad3u, 0xa34e59d0u, 0xb01eaa24u, 0x42752927u, 0x96bf4dccu,
-    0x64d4cecfu, 0x77843d3bu, 0x85efbe38u, 0xdbfc821cu, 0x2997011fu,
-    0x3ac7f2ebu, 0xc8ac71e8u, 0x1c661503u, 0xee0d9600u, 0xfd5d65f4u,
-    0x0f36e6f7u, 0x61c69362u, 0x93ad1061u, 0x80fde395u, 0x72966096u,
-    0xa65c047du, 0x5437877eu, 0x4767748au, 0xb50cf789u, 0xeb1fcbadu,
-    0x197448aeu, 0x0a24bb5au, 0xf84f3859u, 0x2c855cb2u, 0xdeeedfb1u,
-    0xcdbe2c45u, 0x3fd5af46u, 0x7198540du, 0x83f3d70eu, 0x90a324fau,
-    0x62c8a7f9u, 0xb602c312u, 0x44694011u, 0x5739b3e5u, 0xa55230e6u,
-    0xfb410cc2u, 0x092a8fc1u, 0x1a7a7c35u, 0xe811ff36u, 0x3cdb9bddu,
-    0xceb018deu, 0xdde0eb2au, 0x2f8b6829u, 0x82f63b78u, 0x709db87bu,
-    0x63cd4b8fu, 0x91a6c88cu, 0x456cac67u, 0xb7072f64u, 0xa457dc90u,
-    0x563c5f93u, 0x082f63b7u, 0xfa44e0b4u, 0xe9141340u, 0x1b7f9043u,
-    0xcfb5f4a8u, 0x3dde77abu, 0x2e8e845fu, 0xdce5075cu, 0x92a8fc17u,
-    0x60c37f14u, 0x73938ce0u, 0x81f80fe3u, 0x55326b08u, 0xa759e80bu,
-    0xb4091bffu, 0x466298fcu, 0x1871a4d8u, 0xea1a27dbu, 0xf94ad42fu,
-    0x0b21572cu, 0xdfeb33c7u, 0x2d80b0c4u, 0x3ed04330u, 0xccbbc033u,
-    0xa24bb5a6u, 0x502036a5u, 0x4370c551u, 0xb11b4652u, 0x65d122b9u,
-    0x97baa1bau, 0x84ea524eu, 0x7681d14du, 0x2892ed69u, 0xdaf96e6au,
-    0xc9a99d9eu, 0x3bc21e9du, 0xef087a76u, 0x1d63f975u, 0x0e330a81u,
-    0xfc588982u, 0xb21572c9u, 0x407ef1cau, 0x532e023eu, 0xa145813du,
-    0x758fe5d6u, 0x87e466d5u, 0x94b49521u, 0x66df1622u, 0x38cc2a06u,
-    0xcaa7a905u, 0xd9f75af1u, 0x2b9cd9f2u, 0xff56bd19u, 0x0d3d3e1au,
-    0x1e6dcdeeu, 0xec064eedu, 0xc38d26c4u, 0x31e6a5c7u, 0x22b65633u,
-    0xd0ddd530u, 0x0417b1dbu, 0xf67c32d8u, 0xe52cc12cu, 0x1747422fu,
-    0x49547e0bu, 0xbb3ffd08u, 0xa86f0efcu, 0x5a048dffu, 0x8ecee914u,
-    0x7ca56a17u, 0x6ff599e3u, 0x9d9e1ae0u, 0xd3d3e1abu, 0x21b862a8u,
-    0x32e8915cu, 0xc083125fu, 0x144976b4u, 0xe622f5b7u, 0xf5720643u,
-    0x07198540u, 0x590ab964u, 0xab613a67u, 0xb831c993u, 0x4a5a4a90u,
-    0x9e902e7bu, 0x6cfbad78u, 0x7fab5e8cu, 0x8dc0dd8fu, 0xe330a81au,
-    0x115b2b19u, 0x020bd8edu, 0xf0605beeu, 0x24aa3f05u, 0xd6c1bc06u,
-    0xc5914ff2u, 0x37faccf1u, 0x69e9f0d5u, 0x9b8273d6u, 0x88d28022u,
-    0x7ab90321u, 0xae7367cau, 0x5c18e4c9u, 0x4f48173du, 0xbd23943eu,
-    0xf36e6f75u, 0x0105ec76u, 0x12551f82u, 0xe03e9c81u, 0x34f4f86au,
-    0xc69f7b69u, 0xd5cf889du, 0x27a40b9eu, 0x79b737bau, 0x8bdcb4b9u,
-    0x988c474du, 0x6ae7c44eu, 0xbe2da0a5u, 0x4c4623a6u, 0x5f16d052u,
-    0xad7d5351u,
-};
-
-uint32_t spi__crc32c(uint32_t crc, const void *data, size_t n) {
-  const uint8_t *p = data;
-  crc = ~crc;
-  while (n--) crc = CRC32C_TABLE[(crc ^ *p++) & 0xffu] ^ (crc >> 8);
-  return ~crc;
-}
-
-/* ------------------------------------------------------ little-endian I/O */
-
-static void put16(uint8_t *p, uint16_t v) {
-  p[0] = (uint8_t)v;
-  p[1] = (uint8_t)(v >> 8);
-}
-
-static void put32(uint8_t *p, uint32_t v) {
-  for (int i = 0; i < 4; i++) p[i] = (uint8_t)(v >> (8 * i));
-}
-
-static void put64(uint8_t *p, uint64_t v) {
-  for (int i = 0; i < 8; i++) p[i] = (uint8_t)(v >> (8 * i));
-}
-
-static uint16_t get16(const uint8_t *p) {
-  return (uint16_t)(p[0] | (uint16_t)(p[1] << 8));
-}
-
-static uint32_t get32(const uint8_t *p) {
-  uint32_t v = 0;
-  for (int i = 3; i >= 0; i--) v = v << 8 | p[i];
-  return v;
-}
-
-static uint64_t get64(const uint8_t *p) {
-  uint64_t v = 0;
-  for (int i = 7; i >= 0; i--) v = v << 8 | p[i];
-  return v;
-}
-
-/* -------------------------------------------------------- record payload */
-
-/*
- * Payload, version 1 (all integers little-endian):
- *
- *   ENQUEUE  u8 version | u8 key_len | u8 tenant_len | u8 openai_kind |
- *            u8 class | u8[3] 0 | u32 attempts | u32 flags |
- *            u64 stream_offset | i64 first_enqueued_ns | i64 deadline_ns |
- *            u32 body_len | u32 text_len | u32 token_count |
- *            key | tenant | body | text | token ids (u32 each)
- *   ACK,DEAD u8 version | u8 key_len | u16 0 | u32 attempts | key
- *   NACK     u8 version | u8 key_len | u16 0 | u32 attempts |
- *            i64 visible_ns | key
- */
-#define JR_VERSION 1u
-#define JR_ENQ_FIXED 52u
-#define JR_KEY_FIXED 8u
-#define JR_NACK_FIXED 16u
-#define JR_KEY_MAX 128u
-
-static size_t tenant_len(const spi_envelope *env) {
-  const void *nul = memchr(env->tenant, '\0', sizeof env->tenant);
-  return nul ? (size_t)((const char *)nul - env->tenant) : sizeof env->tenant;
-}
-
-static int payload_len(const spi_replay_record *rec, uint64_t *out) {
-  if (!rec->key || rec->key_len == 0 || rec->key_len > JR_KEY_MAX)
-    return SPI_EINVAL;
-  switch (rec->type) {
-  case SPI_REPLAY_REC_ENQUEUE: {
-    const spi_envelope *e = rec->envelope;
-    if (!e || tenant_len(e) >= sizeof e->tenant) return SPI_EINVAL;
-    if (e->body_len > UINT32_MAX || e->partial_text_len > UINT32_MAX ||
-        e->partial_token_count > UINT32_MAX / 4)
-      return SPI_EINVAL;
-    if ((e->body_len && !e->body) ||
-        (e->partial_text_len && !e->partial_text) ||
-        (e->partial_token_count && !e->partial_tokens))
-      return SPI_EINVAL;
-    if (e->openai_kind < 0 || e->openai_kind > 2 || e->klass < 1 ||
-        e->klass > 3)
-      return SPI_EINVAL;
-    *out = JR_ENQ_FIXED + rec->key_len + tenant_len(e) + e->body_len +
-           e->partial_text_len + 4 * (uint64_t)e->partial_token_count;
-    break;
-  }
-  case SPI_REPLAY_REC_ACK:
-  case SPI_REPLAY_REC_DEAD:
-    *out = JR_KEY_FIXED + rec->key_len;
-    break;
-  case SPI_REPLAY_REC_NACK:
-    *out = JR_NACK_FIXED + rec->key_len;
-    break;
-  default:
-    return SPI_EINVAL;
-  }
-  return *out > SPI_JR_MAX_PAYLOAD ? SPI_EINVAL : SPI_OK;
-}
-
-static uint8_t *put_bytes(uint8_t *p, const void *src, size_t n) {
-  if (n) memcpy(p, src, n);
-  return p + n;
-}
-
-int spi__journal_encode(spi_buf *b, const spi_mem *m,
-                        const spi_replay_record *rec, uint64_t seq) {
-  uint64_t plen = 0;
-  int rc = payload_len(rec, &plen);
-  if (rc != SPI_OK) return rc;
-  size_t total = SPI_JR_HEADER_BYTES + (size_t)plen + SPI_JR_TRAILER_BYTES;
-  if ((rc = spi__buf_reserve(b, m, total)) != SPI_OK) return rc;
-  uint8_t *start = b->data + b->len, *p = start;
-  put32(p, SPI_JR_MAGIC);
-  put16(p + 4, (uint16_t)rec->type);
-  put16(p + 6, 0);
-  put32(p + 8, (uint32_t)plen);
-  put64(p + 12, seq);
-  p += SPI_JR_HEADER_BYTES;
-  p[0] = JR_VERSION;
-  p[1] = (uint8_t)rec->key_len;
-  if (rec->type == SPI_REPLAY_REC_ENQUEUE) {
-    const spi_envelope *e = rec->envelope;
-    size_t tl = tenant_len(e);
-    p[2] = (uint8_t)tl;
-    p[3] = (uint8_t)e->openai_kind;
-    p[4] = (uint8_t)e->klass;
-    p[5] = p[6] = p[7] = 0;
-    put32(p + 8, e->attempts);
-    put32(p + 12, e->flags);
-    put64(p + 16, e->stream_offset);
-    put64(p + 24, (uint64_t)e->first_enqueued_ns);
-    put64(p + 32, (uint64_t)e->deadline_ns);
-    put32(p + 40, (uint32_t)e->body_len);
-    put32(p + 44, (uint32_t)e->partial_text_len);
-    put32(p + 48, (uint32_t)e->partial_token_count);
-    p += JR_ENQ_FIXED;
-    p = put_bytes(p, rec->key, rec->key_len);
-    p = put_bytes(p, e->tenant, tl);
-    p = put_bytes(p, e->body, e->body_len);
-    p = put_bytes(p, e->partial_text, e->partial_text_len);
-    for (size_t i = 0; i < e->partial_token_count; i++, p += 4)
-      put32(p, e->partial_tokens[i]);
-  } else {
-    put16(p + 2, 0);
-    put32(p + 4, rec->attempts);
-    if (rec->type == SPI_REPLAY_REC_NACK) {
-      put64(p + 8, (uint64_t)rec->visible_ns);
-      p += JR_NACK_FIXED;
-    } else {
-      p += JR_KEY_FIXED;
-    }
-    p = put_bytes(p, rec->key, rec->key_len);
-  }
-  put32(p, spi__crc32c(0, start, SPI_JR_HEADER_BYTES + (size_t)plen));
-  b->len += total;
-  return SPI_OK;
-}
-
-/* Decode a checksummed payload into rec (and env for ENQUEUE). Token ids
- * are copied into scratch, since the payload holds them unaligned. Returns
- * SPI_OK, SPI_EPARSE (inconsistent payload) or SPI_ENOMEM. */
-static int decode_payload(int32_t type, const uint8_t *p, uint32_t len,
-                          spi_replay_record *rec, spi_envelope *env,
-                          spi_buf *scratch, const spi_mem *m) {
-  memset(rec, 0, sizeof *rec);
-  rec->struct_size = sizeof *rec;
-  rec->type = type;
-  if (len < JR_KEY_FIXED || p[0] != JR_VERSION) return SPI_EPARSE;
-  size_t klen = p[1];
-  if (klen == 0 || klen > JR_KEY_MAX) return SPI_EPARSE;
-  if (type == SPI_REPLAY_REC_ENQUEUE) {
-    if (len < JR_ENQ_FIXED) return SPI_EPARSE;
-    size_t tl = p[2];
-    if (tl >= sizeof env->tenant || p[3] > 2 || p[4] < 1 || p[4] > 3 || p[5] ||
-        p[6] || p[7])
-      return SPI_EPARSE;
-    uint64_t body = get32(p + 40), text = get32(p + 44), ntok = get32(p + 48);
-    if ((uint64_t)JR_ENQ_FIXED + klen + tl + body + text + 4 * ntok != len)
-      return SPI_EPARSE;
-    memset(env, 0, sizeof *env);
-    env->struct_size = sizeof *env;
-    env->openai_kind = p[3];
-    env->klass = p[4];
-    env->attempts = get32(p + 8);
-    env->flags = get32(p + 12);
-    env->stream_offset = get64(p + 16);
-    env->first_enqueued_ns = (int64_t)get64(p + 24);
-    env->deadline_ns = (int64_t)get64(p + 32);
-    const uint8_t *q = p + JR_ENQ_FIXED;
-    env->key = (const char *)q;
-    env->key_len = klen;
-    q += klen;
-    memcpy(env->tenant, q, tl);
-    env->tenant[tl] = '\0';
-    q += tl;
-    env->body = (const char *)q;
-    env->body_len = (size_t)body;
-    q += body;
-    env->partial_text = (const char *)q;
-    env->partial_text_len = (size_t)text;
-    q += text;
-    if (ntok) {
-      spi__buf_clear(scratch);
-      if (spi__buf_reserve(scratch, m, (size_t)ntok * 4) != SPI_OK)
-        return SPI_ENOMEM;
-      uint32_t *ids = (uint32_t *)(void *)scratch->data;
-      for (size_t i = 0; i < ntok; i++) ids[i] = get32(q + 4 * i);
-      env->partial_tokens = ids;
-      env->partial_token_count = (size_t)ntok;
-    }
-    rec->key = env->key;
-    rec->key_len = klen;
-    rec->attempts = env->attempts;
-    rec->envelope = env;
-    return SPI_OK;
-  }
-  if (get16(p + 2) != 0) return SPI_EPARSE;
-  rec->attempts = get32(p + 4);
-  size_t fixed = type == SPI_REPLAY_REC_NACK ? JR_NACK_FIXED : JR_KEY_FIXED;
-  if (fixed + klen != len) return SPI_EPARSE;
-  if (type == SPI_REPLAY_REC_NACK) rec->visible_ns = (int64_t)get64(p + 8);
-  rec->key = (const char *)p + fixed;
-  rec->key_len = klen;
-  return SPI_OK;
-}
-
-/* ---------------------------------------------------------------- reader */
-
-/* A window over a file (fd >= 0) or over a whole image in memory. */
-typedef struct jr_reader {
-  int fd;
-  const uint8_t *data; /* image, or own */
-  uint8_t *own;
-  size_t cap;        /* of own */
-  size_t start, end; /* unread bytes are data[start..end) */
-  uint64_t base;     /* offset of data[0] in the file */
-  uint64_t size;     /* of the file or image */
-  int eof;
-  int err; /* errno of a failed read */
-  const spi_mem *m;
-} jr_reader;
-
-/* Make n bytes available at data[start]: 1 when they are, 0 when the data
- * ends first, -1 on a read error (err set), -2 out of memory. */
-static int rd_need(jr_reader *r, size_t n) {
-  if (r->end - r->start >= n) return 1;
-  if (r->fd < 0 || r->eof) return 0;
-  if (r->start) {
-    memmove(r->own, r->own + r->start, r->end - r->start);
-    r->base += r->start;
-    r->end -= r->start;
-    r->start = 0;
-  }
-  if (n > r->cap) {
-    size_t cap = r->cap ? r->cap : 65536;
-    while (cap < n) cap *= 2;
-    uint8_t *p = spi__alloc(r->m, cap);
-    if (!p) return -2;
-    if (r->end) memcpy(p, r->own, r->end);
-    spi__free(r->m, r->own);
-    r->own = p;
-    r->data = p;
-    r->cap = cap;
-  }
-  while (r->end < n) {
-    ssize_t got = read(r->fd, r->own + r->end, r->cap - r->end);
-    if (got < 0) {
-      if (errno == EINTR) continue;
-      r->err = errno;
-      return -1;
-    }
-    if (got == 0) {
-      r->eof = 1;
-      return 0;
-    }
-    r->end += (size_t)got;
-  }
-  return 1;
-}
-
-/* What is wrong with a record header, or NULL. */
-static const char *header_problem(const uint8_t *h) {
-  uint16_t type = get16(h + 4);
-  if (get32(h) != SPI_JR_MAGIC) return "bad magic";
-  if (type < SPI_REPLAY_REC_ENQUEUE || type > SPI_REPLAY_REC_DEAD)
-    return "bad type";
-  if (get16(h + 6) != 0) return "bad flags";
-  if (get32(h + 8) > SPI_JR_MAX_PAYLOAD) return "bad length";
-  return NULL;
-}
-
-/*
- * The scan both recovery and the fuzz target run. Returns SPI_OK with out
- * filled, fn's status, SPI_ENOMEM, or SPI_EIO (read error, errno in r->err).
- */
-static int scan(jr_reader *r, uint64_t after_seq, spi_replay_record_fn fn,
-                void *user, spi_buf *scratch, spi_jr_scan *out) {
-  memset(out, 0, sizeof *out);
-  out->last_seq = after_seq;
-  out->valid_bytes = r->base + r->start;
-  for (;;) {
-    int got = rd_need(r, SPI_JR_HEADER_BYTES);
-    if (got < 0) return got == -2 ? SPI_ENOMEM : SPI_EIO;
-    uint64_t at = r->base + r->start;
-    if (got == 0) {
-      if (r->end == r->start) return SPI_OK; /* clean end */
-      out->stop = SPI_JR_TORN;
-      spi__errf(out->why, sizeof out->why, "incomplete header at offset %llu",
-                (unsigned long long)at);
-      return SPI_OK;
-    }
-    const uint8_t *h = r->data + r->start;
-    const char *bad = header_problem(h);
-    uint32_t len = get32(h + 8);
-    uint64_t seq = get64(h + 12);
-    if (bad) {
-      out->stop = SPI_JR_CORRUPT;
-      spi__errf(out->why, sizeof out->why, "%s at offset %llu", bad,
-                (unsigned long long)at);
-      return SPI_OK;
-    }
-    size_t total = SPI_JR_HEADER_BYTES + (size_t)len + SPI_JR_TRAILER_BYTES;
-    /* A length past the end is a torn record: no buffer is grown for it. */
-    got = at + total > r->size ? 0 : rd_need(r, total);
-    if (got < 0) return got == -2 ? SPI_ENOMEM : SPI_EIO;
-    if (got == 0) {
-      out->stop = SPI_JR_TORN;
-      spi__errf(out->why, sizeof out->why,
-                "record of %zu bytes at offset %llu runs past the end (%llu "
-                "bytes left)",
-                total, (unsigned long long)at,
-                (unsigned long long)(r->size - at));
-      return SPI_OK;
-    }
-    h = r->data + r->start;
-    uint32_t crc = get32(h + SPI_JR_HEADER_BYTES + len);
-    if (spi__crc32c(0, h, SPI_JR_HEADER_BYTES + (size_t)len) != crc)
-      bad = "checksum mismatch";
-    else if (seq <= out->last_seq)
-      bad = "sequence does not increase";
-    spi_replay_record rec;
-    spi_envelope env;
-    if (!bad) {
-      int rc = decode_payload(get16(h + 4), h + SPI_JR_HEADER_BYTES, len, &rec,
-                              &env, scratch, r->m);
-      if (rc == SPI_ENOMEM) return rc;
-      if (rc != SPI_OK) bad = "inconsistent payload";
-    }
-    if (bad) {
-      out->stop = SPI_JR_CORRUPT;
-      spi__errf(out->why, sizeof out->why, "%s at offset %llu (sequence %llu)",
-                bad, (unsigned long long)at, (unsigned long long)seq);
-      return SPI_OK;
-    }
-    if (fn) {
-      int rc = fn(user, &rec);
-      if (rc != SPI_OK) return rc;
-    }
-    r->start += total;
-    out->records++;
-    out->last_seq = seq;
-    out->valid_bytes = r->base + r->start;
-  }
-}
-
-int spi__journal_scan_mem(const spi_mem *m, const uint8_t *data, size_t len,
-                          uint64_t after_seq, spi_replay_record_fn fn,
-                          void *user_data, spi_jr_scan *out) {
-  jr_reader r;
-  memset(&r, 0, sizeof r);
-  r.fd = -1;
-  r.data = data;
-  r.end = data ? len : 0;
-  r.size = r.end;
-  r.m = m;
-  spi_buf scratch = {0};
-  int rc = scan(&r, after_seq, fn, user_data, &scratch, out);
-  spi__buf_free(&scratch, m);
-  return rc;
-}
 
 /* ----------------------------------------------------- per-engine state */
 
@@ -613,23 +192,33 @@ typedef struct journal {
   int failed;  /* sticky: see the top of the file */
   char failmsg[SPI_ERRMSG_CAP];
   uint64_t bytes; /* of the files recovery reads */
+  uint64_t aside_bytes; /* of the *.corrupt files */
+  uint32_t *damaged;    /* numbers of segments left in place with damage */
+  size_t ndamaged;
   spi_replay_store_stats stats;
   spi_buf enc;
 } journal;
 
-static void jpath(const journal *j, const char *name, char *buf, size_t cap) {
-  snprintf(buf, cap, "%s/%s", j->dir, name);
-}
-
 static void seg_name(uint32_t no, int snap, char *buf, size_t cap) {
   snprintf(buf, cap, "%06u.%s", (unsigned)no, snap ? "snap" : "log");
+}
+
+/* open_seg's errno for a file that is there but not one the journal made. */
+#define JR_ENOTOURS (-1000)
+
+static const char *errno_text(int errnum) {
+  if (errnum == JR_ENOTOURS)
+    return "not a regular file with one link owned by this user; refused";
+  /* O_NOFOLLOW on a final component that is a link. */
+  if (errnum == ELOOP) return "a symbolic link; refused (links are never followed)";
+  return strerror(errnum);
 }
 
 /* An I/O failure: message with the path and errno text, SPI_EIO. */
 static int io_fail(char *err, size_t cap, const journal *j, const char *name,
                    const char *op, int errnum) {
   spi__errf(err, cap, "journal %.160s/%s: %s: %s", j->dir, name ? name : "", op,
-            strerror(errnum));
+            errno_text(errnum));
   return SPI_EIO;
 }
 
@@ -669,13 +258,51 @@ static int sync_dir(journal *j) {
   return r;
 }
 
+/*
+ * Open a file of the directory by name, relative to the directory's fd and
+ * never through a symbolic link: a link planted as 000001.log would
+ * otherwise have its target truncated and written. What opens must be a
+ * regular file with a single link, owned by this user, as the journal
+ * creates them (a hard link to someone else's file fails the check).
+ * Returns the fd, or -1 with errno (JR_ENOTOURS for a failed check).
+ */
 static int open_seg(journal *j, const char *name, int flags) {
-  char path[JR_DIR_MAX + JR_NAME_MAX + 2];
-  jpath(j, name, path, sizeof path);
   int fd;
-  do fd = open(path, flags | O_CLOEXEC, 0600);
+  do fd = openat(j->dirfd, name, flags | O_CLOEXEC | O_NOFOLLOW, 0600);
   while (fd < 0 && errno == EINTR);
+  if (fd < 0) return -1;
+  struct stat sb;
+  int e = 0;
+  if (fstat(fd, &sb) != 0)
+    e = errno;
+  else if (!S_ISREG(sb.st_mode) || sb.st_nlink != 1 || sb.st_uid != geteuid())
+    e = JR_ENOTOURS;
+  if (e) {
+    close(fd);
+    errno = e;
+    return -1;
+  }
   return fd;
+}
+
+static int unlink_name(journal *j, const char *name) {
+  return unlinkat(j->dirfd, name, 0);
+}
+
+/* A new file name for evidence: base, or base.1, base.2, ... whichever does
+ * not exist yet, made with O_EXCL so nothing earlier is ever overwritten.
+ * Returns the fd (name in out) or -1 with errno. */
+static int create_aside(journal *j, const char *base, char *out, size_t cap) {
+  for (int k = 0; k < 1000; k++) {
+    if (k == 0)
+      snprintf(out, cap, "%s.corrupt", base);
+    else
+      snprintf(out, cap, "%s.%d.corrupt", base, k);
+    int fd = open_seg(j, out, O_WRONLY | O_CREAT | O_EXCL);
+    if (fd >= 0 || errno != EEXIST) return fd;
+  }
+  errno = EEXIST;
+  return -1;
 }
 
 /* ------------------------------------------------------------- configure */
@@ -752,6 +379,7 @@ static void journal_free(journal *j) {
   pthread_cond_destroy(&j->cv);
   pthread_mutex_destroy(&j->mu);
   spi__buf_free(&j->enc, &j->mem);
+  spi__free(&j->mem, j->damaged);
   spi__free(&j->mem, j->dir);
   spi__free(&j->mem, j);
 }
@@ -854,16 +482,25 @@ static int cmp_file(const void *a, const void *b) {
   return y->snap - x->snap; /* a snapshot before a log of the same number */
 }
 
-/* The segment files, sorted; removes a leftover compact.tmp. */
+/* The directory's files: the segments sorted (out, n), the highest number
+ * any name carries (never reused), and the evidence files (*.corrupt)
+ * counted into j->stats. Removes a leftover compact.tmp. */
 static int list_files(journal *j, jr_file **out, size_t *n, uint32_t *max_no,
                       char *err, size_t cap) {
   *out = NULL;
   *n = 0;
   *max_no = 0;
-  DIR *d = opendir(j->dir);
-  if (!d) return io_fail(err, cap, j, NULL, "opendir", errno);
+  /* A fresh descriptor of the directory: its own read position. */
+  int dfd = openat(j->dirfd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  DIR *d = dfd >= 0 ? fdopendir(dfd) : NULL;
+  if (!d) {
+    int e = errno;
+    if (dfd >= 0) close(dfd);
+    return io_fail(err, cap, j, NULL, "opendir", e);
+  }
   jr_file *v = NULL;
   size_t len = 0, vcap = 0;
+  uint64_t aside = 0, aside_bytes = 0;
   int rc = SPI_OK;
   for (;;) {
     errno = 0;
@@ -873,10 +510,15 @@ static int list_files(journal *j, jr_file **out, size_t *n, uint32_t *max_no,
       break;
     }
     if (strcmp(de->d_name, "compact.tmp") == 0) {
-      char path[JR_DIR_MAX + JR_NAME_MAX + 2];
-      jpath(j, de->d_name, path, sizeof path);
-      (void)unlink(path); /* an unfinished compaction: never committed */
+      (void)unlink_name(j, de->d_name); /* never committed */
       continue;
+    }
+    size_t nl = strlen(de->d_name);
+    if (nl > 8 && strcmp(de->d_name + nl - 8, ".corrupt") == 0) {
+      struct stat sb;
+      aside++;
+      if (fstatat(j->dirfd, de->d_name, &sb, AT_SYMLINK_NOFOLLOW) == 0)
+        aside_bytes += (uint64_t)sb.st_size;
     }
     /* Any number, including set-aside files, is never reused. */
     uint64_t num = 0;
@@ -900,9 +542,9 @@ static int list_files(journal *j, jr_file **out, size_t *n, uint32_t *max_no,
       v = nv;
       vcap = nc;
     }
+    memset(&v[len], 0, sizeof v[len]);
     v[len].no = no;
     v[len].snap = snap;
-    v[len].size = 0;
     len++;
   }
   closedir(d);
@@ -911,14 +553,18 @@ static int list_files(journal *j, jr_file **out, size_t *n, uint32_t *max_no,
     return rc;
   }
   if (len) qsort(v, len, sizeof *v, cmp_file);
+  j->stats.aside_files = aside;
+  j->aside_bytes = aside_bytes;
   *out = v;
   *n = len;
   return SPI_OK;
 }
 
-/* Copy bytes [from, end) of the open file fd into aside (a new file). */
-static int copy_tail(journal *j, int fd, uint64_t from, const char *aside) {
-  int out = open_seg(j, aside, O_WRONLY | O_CREAT | O_TRUNC);
+/* Copy bytes [from, end) of the open file fd into a new evidence file named
+ * after base; its name goes to aside. */
+static int copy_tail(journal *j, int fd, uint64_t from, const char *base,
+                     char *aside, size_t aside_cap) {
+  int out = create_aside(j, base, aside, aside_cap);
   if (out < 0) return -1;
   uint8_t buf[8192];
   int rc = 0;
@@ -939,18 +585,22 @@ static int copy_tail(journal *j, int fd, uint64_t from, const char *aside) {
   return rc;
 }
 
-/* Cut file f (open as fd) at the end of its good prefix; set the rest aside
- * when it is corruption rather than a torn tail. */
-static int cut_file(journal *j, const jr_file *f, int fd, const spi_jr_scan *sc,
-                    char *aside_name, size_t aside_cap, char *err, size_t cap) {
+/* Cut the log appends go to (open as fd) after its last good record, so
+ * appends follow good records; damage that is not a torn record is copied
+ * aside first. */
+static int cut_tail(journal *j, const jr_file *f, int fd, const spi_jr_scan *sc,
+                    char *aside, size_t aside_cap, char *err, size_t cap) {
   char name[JR_NAME_MAX];
   seg_name(f->no, f->snap, name, sizeof name);
-  aside_name[0] = '\0';
-  if (sc->stop == SPI_JR_CORRUPT && f->size > sc->valid_bytes) {
-    snprintf(aside_name, aside_cap, "%s.%llu.corrupt", name,
+  aside[0] = '\0';
+  if (sc->stop == SPI_JR_CORRUPT) {
+    char base[JR_NAME_MAX + 24];
+    snprintf(base, sizeof base, "%s.%llu", name,
              (unsigned long long)sc->valid_bytes);
-    if (copy_tail(j, fd, sc->valid_bytes, aside_name) != 0)
-      return io_fail(err, cap, j, aside_name, "write", errno);
+    if (copy_tail(j, fd, sc->valid_bytes, base, aside, aside_cap) != 0)
+      return io_fail(err, cap, j, aside[0] ? aside : base, "set aside", errno);
+    j->stats.aside_files++;
+    j->aside_bytes += f->size - sc->valid_bytes;
   }
   if (ftruncate(fd, (off_t)sc->valid_bytes) != 0)
     return io_fail(err, cap, j, name, "ftruncate", errno);
@@ -959,28 +609,11 @@ static int cut_file(journal *j, const jr_file *f, int fd, const spi_jr_scan *sc,
   return SPI_OK;
 }
 
-/* Rename the chain's files from index from on aside, adding their sizes to
- * *bytes. */
-static int set_aside_after(journal *j, jr_file *v, size_t from, size_t n,
-                           uint64_t *bytes, char *err, size_t cap) {
-  for (size_t k = from; k < n; k++) {
-    char name[JR_NAME_MAX], aside[JR_NAME_MAX + 16];
-    char p1[JR_DIR_MAX + JR_NAME_MAX + 2], p2[JR_DIR_MAX + JR_NAME_MAX + 18];
-    seg_name(v[k].no, v[k].snap, name, sizeof name);
-    snprintf(aside, sizeof aside, "%s.corrupt", name);
-    jpath(j, name, p1, sizeof p1);
-    jpath(j, aside, p2, sizeof p2);
-    struct stat sb;
-    if (stat(p1, &sb) == 0) *bytes += (uint64_t)sb.st_size;
-    if (rename(p1, p2) != 0) return io_fail(err, cap, j, name, "rename", errno);
-  }
-  return SPI_OK;
-}
-
-/* Read one chain file into fn. *sc says where it stopped. */
+/* Read one chain file into fn. *sc says what it found; *fd_out is the file,
+ * still open. */
 static int read_file(journal *j, jr_file *f, int *fd_out, uint64_t after_seq,
-                     spi_replay_record_fn fn, void *user, spi_buf *scratch,
-                     spi_jr_scan *sc, char *err, size_t cap) {
+                     spi_replay_record_fn fn, void *user, spi_jr_scan *sc,
+                     char *err, size_t cap) {
   char name[JR_NAME_MAX];
   seg_name(f->no, f->snap, name, sizeof name);
   int fd = open_seg(j, name, O_RDWR);
@@ -992,13 +625,10 @@ static int read_file(journal *j, jr_file *f, int *fd_out, uint64_t after_seq,
     return io_fail(err, cap, j, name, "fstat", e);
   }
   f->size = (uint64_t)sb.st_size;
-  jr_reader r;
-  memset(&r, 0, sizeof r);
-  r.fd = fd;
-  r.size = f->size;
-  r.m = &j->mem;
-  int rc = scan(&r, after_seq, fn, user, scratch, sc);
-  spi__free(&j->mem, r.own);
+  spi_jr_reader r;
+  spi__jr_reader_file(&r, fd, f->size, &j->mem);
+  int rc = spi__jr_scan(&r, after_seq, fn, user, sc);
+  spi__jr_reader_free(&r);
   if (rc == SPI_EIO)
     rc = io_fail(err, cap, j, name, "read", r.err);
   else if (rc == SPI_ENOMEM)
@@ -1033,6 +663,102 @@ static int open_active(journal *j, const jr_file *last, uint32_t max_no,
   return SPI_OK;
 }
 
+/* Add "; " and a formatted part to the warning w (cut at its size). */
+static void warn_add(char *w, size_t cap, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static void warn_add(char *w, size_t cap, const char *fmt, ...) {
+  size_t used = strlen(w);
+  if (used + 3 >= cap) return;
+  if (used) {
+    memcpy(w + used, "; ", 3);
+    used += 2;
+  }
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(w + used, cap - used, fmt, ap);
+  va_end(ap);
+}
+
+/* Remember that segment no holds damage: a compaction keeps it aside. */
+static int note_damaged(journal *j, uint32_t no) {
+  uint32_t *nv = spi__calloc(&j->mem, j->ndamaged + 1, sizeof *nv);
+  if (!nv) return SPI_ENOMEM;
+  if (j->ndamaged) memcpy(nv, j->damaged, j->ndamaged * sizeof *nv);
+  nv[j->ndamaged++] = no;
+  spi__free(&j->mem, j->damaged);
+  j->damaged = nv;
+  return SPI_OK;
+}
+
+/*
+ * Account for what the scan of chain file f found, and cut the tail of the
+ * log appends go to (active). Adds to the warning w.
+ */
+static int handle_damage(journal *j, jr_file *f, int fd, int active,
+                         const spi_jr_scan *sc, char *w, size_t wcap,
+                         char *err, size_t cap) {
+  char name[JR_NAME_MAX];
+  seg_name(f->no, f->snap, name, sizeof name);
+  uint64_t tail = sc->stop == SPI_JR_END ? 0 : f->size - sc->valid_bytes;
+  j->stats.skipped += sc->skipped;
+  j->stats.skipped_bytes += sc->skipped_bytes;
+  /* torn and truncated_bytes count every damaged range, as they always
+   * have: a monitor that only knows them still sees the damage. */
+  j->stats.torn += sc->skipped + (sc->stop != SPI_JR_END);
+  j->stats.truncated_bytes += sc->skipped_bytes + tail;
+  if (sc->skipped)
+    warn_add(w, wcap,
+             "journal %.96s/%s: corrupt record: %s; skipped %llu damaged "
+             "range(s), %llu bytes, left in place; every good record after "
+             "them was read",
+             j->dir, name, sc->why, (unsigned long long)sc->skipped,
+             (unsigned long long)sc->skipped_bytes);
+  if (sc->stop == SPI_JR_END) return sc->skipped ? note_damaged(j, f->no) : 0;
+  const char *kind = sc->stop == SPI_JR_TORN ? "torn" : "corrupt";
+  if (!active) {
+    warn_add(w, wcap,
+             "journal %.96s/%s: %s record at the end: %s; %llu bytes left in "
+             "place (later segments were read)",
+             j->dir, name, kind, sc->skipped ? "see above" : sc->why,
+             (unsigned long long)tail);
+    return note_damaged(j, f->no);
+  }
+  char aside[JR_NAME_MAX + 40];
+  int rc = cut_tail(j, f, fd, sc, aside, sizeof aside, err, cap);
+  if (rc != SPI_OK) return rc;
+  warn_add(w, wcap, "journal %.96s/%s: %s record: %s; cut off %llu bytes%s%s",
+           j->dir, name, kind,
+           sc->skipped ? "at the end" : sc->why, (unsigned long long)tail,
+           aside[0] ? ", kept as " : "", aside);
+  f->size = sc->valid_bytes;
+  return sc->skipped ? note_damaged(j, f->no) : SPI_OK;
+}
+
+/* Read the chain v[first..n) into fn; *last_seq gets the newest sequence,
+ * *damaged whether the first file (a snapshot) had damage. */
+static int read_chain(journal *j, jr_file *v, size_t first, size_t n,
+                      spi_replay_record_fn fn, void *user, uint64_t *last_seq,
+                      int *damaged, char *w, size_t wcap, char *err,
+                      size_t cap) {
+  int rc = SPI_OK;
+  for (size_t i = first; i < n && rc == SPI_OK; i++) {
+    int fd = -1;
+    spi_jr_scan sc;
+    rc = read_file(j, &v[i], &fd, *last_seq, fn, user, &sc, err, cap);
+    if (rc != SPI_OK) break;
+    j->stats.recovered += sc.records;
+    *last_seq = sc.last_seq;
+    if (sc.skipped || sc.stop != SPI_JR_END) {
+      if (i == first) *damaged = 1;
+      int active = i + 1 == n && !v[i].snap;
+      rc = handle_damage(j, &v[i], fd, active, &sc, w, wcap, err, cap);
+      if (rc == SPI_ENOMEM) spi__errf(err, cap, "journal: out of memory");
+    }
+    close(fd);
+  }
+  return rc;
+}
+
 static int j_recover(void *state, void *instance, spi_replay_record_fn fn,
                      void *user, char *err, size_t cap) {
   (void)state;
@@ -1046,65 +772,28 @@ static int j_recover(void *state, void *instance, spi_replay_record_fn fn,
   uint32_t max_no = 0;
   int rc = list_files(j, &v, &n, &max_no, err, cap);
   if (rc != SPI_OK) return rc;
+  uint64_t aside_before = j->stats.aside_files;
   size_t first = 0; /* the newest snapshot starts the chain */
   for (size_t i = 0; i < n; i++)
     if (v[i].snap) first = i;
-  spi_buf scratch = {0};
-  spi_jr_scan sc;
-  memset(&sc, 0, sizeof sc);
   uint64_t last_seq = 0;
-  size_t end = n; /* chain is v[first..end) after any cut */
-  int changed = 0, damaged = 0;
+  int damaged = 0, created = 0;
   char warn[SPI_ERRMSG_CAP] = "";
-  for (size_t i = first; i < n && rc == SPI_OK; i++) {
-    int fd = -1;
-    rc = read_file(j, &v[i], &fd, last_seq, fn, user, &scratch, &sc, err, cap);
-    if (rc != SPI_OK) break;
-    j->stats.recovered += sc.records;
-    last_seq = sc.last_seq;
-    if (sc.stop != SPI_JR_END) {
-      char aside[JR_NAME_MAX + 32];
-      uint64_t dropped = v[i].size - sc.valid_bytes;
-      /* Later segments first: killed half-way, the next recovery stops at
-       * the same damaged record again instead of reading past it. */
-      aside[0] = '\0';
-      rc = set_aside_after(j, v, i + 1, n, &dropped, err, cap);
-      if (rc == SPI_OK)
-        rc = cut_file(j, &v[i], fd, &sc, aside, sizeof aside, err, cap);
-      if (rc == SPI_OK) {
-        char name[JR_NAME_MAX];
-        seg_name(v[i].no, v[i].snap, name, sizeof name);
-        spi__errf(warn, sizeof warn,
-                  "journal %.96s/%s: %s record: %s; cut off %llu bytes%s%s%s",
-                  j->dir, name, sc.stop == SPI_JR_TORN ? "torn" : "corrupt",
-                  sc.why, (unsigned long long)dropped,
-                  aside[0] ? ", kept as " : "", aside,
-                  i + 1 < n ? " (later segments set aside as *.corrupt)" : "");
-        j->stats.torn++;
-        j->stats.truncated_bytes += dropped;
-        v[i].size = sc.valid_bytes;
-        end = i + 1;
-        changed = damaged = 1;
-      }
-    }
-    close(fd);
-    if (damaged) break;
-  }
-  spi__buf_free(&scratch, &j->mem);
-  int created = 0;
+  rc = read_chain(j, v, first, n, fn, user, &last_seq, &damaged, warn,
+                  sizeof warn, err, cap);
+  int changed = j->stats.truncated_bytes > 0;
   if (rc == SPI_OK) {
-    for (size_t i = first; i < end; i++) j->bytes += v[i].size;
-    rc = open_active(j, end > first ? &v[end - 1] : NULL, max_no, &created, err,
+    for (size_t i = first; i < n; i++) j->bytes += v[i].size;
+    rc = open_active(j, n > first ? &v[n - 1] : NULL, max_no, &created, err,
                      cap);
   }
   if (rc == SPI_OK && created) changed = 1;
   /* Files the snapshot replaced; only once it read back whole. */
   if (rc == SPI_OK && !damaged && n && v[first].snap) {
     for (size_t i = 0; i < first; i++) {
-      char name[JR_NAME_MAX], path[JR_DIR_MAX + JR_NAME_MAX + 2];
+      char name[JR_NAME_MAX];
       seg_name(v[i].no, v[i].snap, name, sizeof name);
-      jpath(j, name, path, sizeof path);
-      if (unlink(path) == 0) changed = 1;
+      if (unlink_name(j, name) == 0) changed = 1;
     }
   }
   if (rc == SPI_OK && changed && j->policy != FSYNC_NONE && sync_dir(j) != 0)
@@ -1114,6 +803,13 @@ static int j_recover(void *state, void *instance, spi_replay_record_fn fn,
   j->next_seq = last_seq + 1;
   j->written_seq = j->synced_seq = last_seq;
   j->recovered = 1;
+  /* Evidence from earlier opens is named on every open until removed. */
+  if (aside_before)
+    warn_add(warn, sizeof warn,
+             "journal %.96s: %llu file(s) of damaged records (*.corrupt, "
+             "%llu bytes) are kept for inspection; remove them once seen",
+             j->dir, (unsigned long long)j->stats.aside_files,
+             (unsigned long long)j->aside_bytes);
   if (warn[0]) spi__errf(err, cap, "%s", warn);
   return SPI_OK;
 }
@@ -1269,17 +965,38 @@ static int j_sync(void *state, void *instance, uint64_t seq, char *err,
 
 /* ------------------------------------------------------------ compaction */
 
-static void unlink_name(journal *j, const char *name) {
-  char path[JR_DIR_MAX + JR_NAME_MAX + 2];
-  jpath(j, name, path, sizeof path);
-  (void)unlink(path);
+static int was_damaged(const journal *j, uint32_t no) {
+  for (size_t i = 0; i < j->ndamaged; i++)
+    if (j->damaged[i] == no) return 1;
+  return 0;
+}
+
+/* Move segment name to a fresh NAME.corrupt (a new link, then the old name
+ * goes), never over an existing file. Best effort: on failure the segment
+ * simply stays (the next recovery reads it again, harmlessly). */
+static void keep_aside(journal *j, const char *name) {
+  char aside[JR_NAME_MAX + 24];
+  for (int k = 0; k < 1000; k++) {
+    if (k == 0)
+      snprintf(aside, sizeof aside, "%s.corrupt", name);
+    else
+      snprintf(aside, sizeof aside, "%s.%d.corrupt", name, k);
+    if (linkat(j->dirfd, name, j->dirfd, aside, 0) == 0) {
+      (void)unlink_name(j, name);
+      return;
+    }
+    if (errno != EEXIST) return;
+  }
 }
 
 /* Write recs to compact.tmp with sequences from *seq on; syncs it. */
 static int write_snapshot(journal *j, const spi_replay_record *recs, size_t n,
                           uint64_t *seq, uint64_t *size, char *err,
                           size_t cap) {
-  int fd = open_seg(j, "compact.tmp", O_WRONLY | O_CREAT | O_TRUNC);
+  /* Whatever is there (an unfinished compaction, or a planted link) goes;
+   * the new file is created, never opened through a name that exists. */
+  (void)unlink_name(j, "compact.tmp");
+  int fd = open_seg(j, "compact.tmp", O_WRONLY | O_CREAT | O_EXCL);
   if (fd < 0) return io_fail(err, cap, j, "compact.tmp", "create", errno);
   spi_buf b = {0};
   int rc = SPI_OK;
@@ -1338,10 +1055,7 @@ static int j_compact(void *state, void *instance, const spi_replay_record *recs,
     }
   }
   if (rc == SPI_OK) {
-    char p1[JR_DIR_MAX + JR_NAME_MAX + 2], p2[JR_DIR_MAX + JR_NAME_MAX + 2];
-    jpath(j, "compact.tmp", p1, sizeof p1);
-    jpath(j, snap, p2, sizeof p2);
-    if (rename(p1, p2) != 0) {
+    if (renameat(j->dirfd, "compact.tmp", j->dirfd, snap) != 0) {
       rc = io_fail(err, cap, j, snap, "rename", errno);
       close(fd);
       unlink_name(j, logname);
@@ -1373,8 +1087,12 @@ static int j_compact(void *state, void *instance, const spi_replay_record *recs,
           if (v[i].no >= snap_no) continue;
           char name[JR_NAME_MAX];
           seg_name(v[i].no, v[i].snap, name, sizeof name);
-          unlink_name(j, name);
+          if (!v[i].snap && was_damaged(j, v[i].no))
+            keep_aside(j, name); /* its damaged bytes stay readable */
+          else
+            unlink_name(j, name);
         }
+        j->ndamaged = 0;
         spi__free(&j->mem, v);
         if (j->policy != FSYNC_NONE) (void)sync_dir(j);
       }

@@ -1391,6 +1391,9 @@ int spi_replay_stats_get(spi_replay_queue *queue, spi_replay_stats *out) {
     all.truncated_bytes = st.truncated_bytes;
     all.syncs = st.syncs;
     all.compactions = st.compactions;
+    all.skipped = st.skipped;
+    all.skipped_bytes = st.skipped_bytes;
+    all.aside_files = st.aside_files;
   }
   unlock(q);
   all.struct_size = ss;

@@ -729,9 +729,13 @@ type ReplayStats struct {
 	Enqueued, Duplicates, Acked, Nacked, ExpiredLeases uint64
 	JournalBytes                                       uint64
 	// The store's own counts since the queue opened (since 0.2.0):
-	// records read back when it opened, torn or corrupt records cut off
-	// then and their bytes, flushes to stable storage, compactions.
+	// records read back when it opened, damaged ranges met then (cut off
+	// or skipped) and their bytes, flushes to stable storage, compactions.
 	Recovered, Torn, TruncatedBytes, Syncs, Compactions uint64
+	// Since 0.3.0: damaged ranges skipped with every good record after
+	// them kept, their bytes, and the files of damaged bytes kept in the
+	// journal directory (*.corrupt) until an operator removes them.
+	Skipped, SkippedBytes, AsideFiles uint64
 }
 
 // Stats reads the queue's counts.
@@ -751,7 +755,9 @@ func (q *ReplayQueue) Stats() (ReplayStats, error) {
 		Nacked: uint64(s.nacked), ExpiredLeases: uint64(s.expired_leases),
 		JournalBytes: uint64(s.journal_bytes), Recovered: uint64(s.recovered),
 		Torn: uint64(s.torn), TruncatedBytes: uint64(s.truncated_bytes),
-		Syncs: uint64(s.syncs), Compactions: uint64(s.compactions)}
+		Syncs: uint64(s.syncs), Compactions: uint64(s.compactions),
+		Skipped: uint64(s.skipped), SkippedBytes: uint64(s.skipped_bytes),
+		AsideFiles: uint64(s.aside_files)}
 	for i := range out.Ready {
 		out.Ready[i] = uint64(s.ready[i])
 	}

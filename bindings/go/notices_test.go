@@ -236,7 +236,8 @@ func TestReplayJournalStats(t *testing.T) {
 	defer q.Close()
 	st, err = q.Stats()
 	must(t, err)
-	if st.Recovered == 0 || st.Torn != 0 || st.TruncatedBytes != 0 || st.Ready[ClassGold] != 1 {
+	if st.Recovered == 0 || st.Torn != 0 || st.TruncatedBytes != 0 || st.Ready[ClassGold] != 1 ||
+		st.Skipped != 0 || st.SkippedBytes != 0 || st.AsideFiles != 0 {
 		t.Fatalf("after reopening: %+v", st)
 	}
 }

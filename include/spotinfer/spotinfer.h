@@ -1083,10 +1083,17 @@ typedef struct spi_replay_stats {
   /* Since 0.2.0 (filled when struct_size covers them): the store's own
    * counts since the queue opened. */
   uint64_t recovered;       /* records read back when it opened */
-  uint64_t torn;            /* torn or corrupt records cut off then */
-  uint64_t truncated_bytes; /* bytes cut off (or set aside) then */
+  uint64_t torn;            /* damaged ranges met then (cut off or skipped) */
+  uint64_t truncated_bytes; /* their bytes */
   uint64_t syncs;           /* flushes to stable storage */
   uint64_t compactions;
+  /* Since 0.3.0: damage recovery skipped over. A damaged range inside the
+   * journal is skipped and every good record after it is read; aside_files
+   * counts the files of damaged bytes kept in the directory (*.corrupt),
+   * from this open or earlier ones, until an operator removes them. */
+  uint64_t skipped;         /* damaged ranges skipped, good records after */
+  uint64_t skipped_bytes;
+  uint64_t aside_files;
 } spi_replay_stats;
 
 /* Fills as much of *out as out->struct_size covers; it must reach at least

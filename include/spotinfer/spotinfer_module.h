@@ -320,9 +320,13 @@ typedef struct spi_replay_store_stats {
   uint64_t appended;        /* records appended since open */
   uint64_t syncs;           /* flushes to stable storage since open */
   uint64_t recovered;       /* records handed back by recover() */
-  uint64_t torn;            /* torn or corrupt records cut off at recovery */
-  uint64_t truncated_bytes; /* bytes cut off (or set aside) at recovery */
+  uint64_t torn;            /* damaged ranges met at recovery */
+  uint64_t truncated_bytes; /* their bytes */
   uint64_t compactions;
+  /* Since 0.3.0 (see spi_replay_stats). */
+  uint64_t skipped;         /* damaged ranges skipped, good records after */
+  uint64_t skipped_bytes;
+  uint64_t aside_files;     /* files of damaged bytes kept for inspection */
 } spi_replay_store_stats;
 
 /*
@@ -345,9 +349,9 @@ typedef struct spi_replay_store_module {
   int32_t reserved0;
   spi_module_configure_fn configure; /* required: open */
   spi_module_release_fn release;     /* required: close */
-  /* Hand every stored record to fn in order, once, right after open. A
-   * damaged tail is cut off and recovery still succeeds: then errbuf holds a
-   * warning naming what was cut off. */
+  /* Hand every stored record to fn in order, once, right after open.
+   * Damage is skipped (every good record after it is still handed over) and
+   * recovery still succeeds: then errbuf holds a warning naming it. */
   int (*recover)(void *state, void *instance, spi_replay_record_fn fn,
                  void *user_data, char *errbuf, size_t errcap);
   /* Append one record. *out_seq gets a number that increases with every

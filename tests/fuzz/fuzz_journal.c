@@ -3,12 +3,13 @@
  *
  * Each input is scanned twice: in memory (spi__journal_scan_mem, the same
  * framing and payload checks recovery runs) and as the only segment file of
- * a journal directory opened by a replay queue, which recovers it, cuts it
- * at the first torn or corrupt record and replays the rest into the queue.
- * Neither may crash, and both must agree: the file is cut exactly where the
- * in-memory scan stopped, and the damaged tail is kept aside exactly when
- * the scan found corruption rather than a cut-off record. Records handed out
- * must be well-formed.
+ * a journal directory opened by a replay queue, which recovers it: damaged
+ * ranges are skipped (the scan resynchronises on the next good record), a
+ * damaged tail is cut off, and every good record is replayed into the
+ * queue. Neither may crash, and both must agree: the file is cut exactly
+ * after the last good record, every damaged range is counted, and the tail
+ * is kept aside exactly when the scan found corruption rather than a
+ * cut-off record. Records handed out must be well-formed.
  */
 #include <dirent.h>
 #include <stdint.h>
@@ -128,6 +129,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   CHECK(sc.records == seen);
   CHECK(sc.valid_bytes <= size);
   CHECK((sc.stop == SPI_JR_END) == (sc.valid_bytes == size));
+  CHECK(sc.skipped_bytes <= sc.valid_bytes);
+  CHECK((sc.skipped == 0) == (sc.skipped_bytes == 0));
 
   /* 2. As a segment file, through a queue. */
   clear_dir();
@@ -148,13 +151,15 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   ss.struct_size = sizeof ss;
   CHECK(spi__replay_store_stats(q, &ss) == SPI_OK);
   CHECK(ss.recovered == sc.records);
-  CHECK(ss.torn == (sc.stop != SPI_JR_END));
+  CHECK(ss.torn == sc.skipped + (sc.stop != SPI_JR_END));
+  CHECK(ss.skipped == sc.skipped && ss.skipped_bytes == sc.skipped_bytes);
   CHECK(ss.bytes == sc.valid_bytes);
   struct stat sb;
   CHECK(stat(path, &sb) == 0);
   CHECK((uint64_t)sb.st_size == sc.valid_bytes);
   CHECK(count_suffix(".corrupt") == (sc.stop == SPI_JR_CORRUPT));
-  CHECK((spi_replay_errmsg(q)[0] != '\0') == (sc.stop != SPI_JR_END));
+  CHECK((spi_replay_errmsg(q)[0] != '\0') ==
+        (sc.stop != SPI_JR_END || sc.skipped > 0));
   /* Whatever came back can be claimed and acked. */
   static uint8_t buf[1 << 16];
   for (int i = 0; i < 64; i++) {

@@ -389,6 +389,10 @@ class ReplayStats(_Struct):
         ("truncated_bytes", c_uint64),
         ("syncs", c_uint64),
         ("compactions", c_uint64),
+        # since 0.3.0
+        ("skipped", c_uint64),
+        ("skipped_bytes", c_uint64),
+        ("aside_files", c_uint64),
     ]
 
 
@@ -610,6 +614,9 @@ class ReplayStoreStats(_Struct):
         ("torn", c_uint64),
         ("truncated_bytes", c_uint64),
         ("compactions", c_uint64),
+        ("skipped", c_uint64),
+        ("skipped_bytes", c_uint64),
+        ("aside_files", c_uint64),
     ]
 
 

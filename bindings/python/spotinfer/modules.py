@@ -345,6 +345,9 @@ class ReplayStoreStats:
     torn: int = 0
     truncated_bytes: int = 0
     compactions: int = 0
+    skipped: int = 0
+    skipped_bytes: int = 0
+    aside_files: int = 0
 
 
 # ---------------------------------------------------------- base classes
@@ -770,7 +773,8 @@ class _ReplayStoreAdapter(_Adapter):
             st = self.impl.stats(self._instance(inst))
             o = out.contents
             for k in ("bytes", "appended", "syncs", "recovered", "torn",
-                      "truncated_bytes", "compactions"):
+                      "truncated_bytes", "compactions", "skipped",
+                      "skipped_bytes", "aside_files"):
                 setattr(o, k, int(getattr(st, k, 0) if not isinstance(st, dict)
                                   else st.get(k, 0)))
             return 0

@@ -109,17 +109,24 @@ class ReplayStats:
     journal_bytes: int
     # The store's own counts since the queue opened (since 0.2.0).
     recovered: int = 0        # records read back when it opened
-    torn: int = 0             # torn or corrupt records cut off then
-    truncated_bytes: int = 0  # bytes cut off (or set aside) then
+    torn: int = 0             # damaged ranges met then (cut off or skipped)
+    truncated_bytes: int = 0  # their bytes
     syncs: int = 0            # flushes to stable storage
     compactions: int = 0
+    # Since 0.3.0: damaged ranges skipped with every good record after them
+    # kept, their bytes, and the files of damaged bytes kept in the journal
+    # directory (*.corrupt) for an operator to inspect and remove.
+    skipped: int = 0
+    skipped_bytes: int = 0
+    aside_files: int = 0
 
     @classmethod
     def _from(cls, s: _n.ReplayStats) -> "ReplayStats":
         return cls(tuple(s.ready), s.leased, s.delayed, s.dead, s.enqueued,  # type: ignore[arg-type]
                    s.duplicates, s.acked, s.nacked, s.expired_leases,
                    s.journal_bytes, s.recovered, s.torn, s.truncated_bytes,
-                   s.syncs, s.compactions)
+                   s.syncs, s.compactions, s.skipped, s.skipped_bytes,
+                   s.aside_files)
 
 
 class ReplayQueue:

@@ -271,6 +271,7 @@ def test_journal_survives_reopen(tmp_path):
         with e.replay_queue(cfg) as q:
             st = q.stats()
             assert st.recovered > 0 and st.torn == 0 and st.truncated_bytes == 0
+            assert st.skipped == 0 and st.skipped_bytes == 0 and st.aside_files == 0
             c = q.claim()
             assert c.envelope.key == "durable" and c.envelope.partial_text == "par"
             assert c.envelope.stream_offset == 2

@@ -1,0 +1,483 @@
+/*
+ * journal_codec.c - the journal's record codec: one record to bytes, and
+ * bytes back to records, resynchronising past damage.
+ *
+ * Recovery must never let one bad record hide the good ones after it (a
+ * flipped bit or a cut-off write in the middle of a segment). Every record
+ * carries a magic, its length and a CRC-32C over header and payload, so
+ * after a record fails its checks the scan looks for the next offset where
+ * a complete record starts whose checksum holds and whose sequence is past
+ * the last good one, and carries on from there. The damaged range is
+ * skipped and counted; only damage with nothing good after it (the tail)
+ * ends the scan.
+ *
+ * The first candidate tried is where the damaged record's own header says
+ * it ends: when only its payload or checksum is damaged, that is where the
+ * next record starts, and a search inside its payload (which may hold
+ * caller bytes that look like a record) is never needed.
+ */
+#include <errno.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "journal_codec.h"
+
+/* ------------------------------------------------------ little-endian I/O */
+
+static void put16(uint8_t *p, uint16_t v) {
+  p[0] = (uint8_t)v;
+  p[1] = (uint8_t)(v >> 8);
+}
+
+static void put32(uint8_t *p, uint32_t v) {
+  for (int i = 0; i < 4; i++) p[i] = (uint8_t)(v >> (8 * i));
+}
+
+static void put64(uint8_t *p, uint64_t v) {
+  for (int i = 0; i < 8; i++) p[i] = (uint8_t)(v >> (8 * i));
+}
+
+static uint16_t get16(const uint8_t *p) {
+  return (uint16_t)(p[0] | (uint16_t)(p[1] << 8));
+}
+
+static uint32_t get32(const uint8_t *p) {
+  uint32_t v = 0;
+  for (int i = 3; i >= 0; i--) v = v << 8 | p[i];
+  return v;
+}
+
+static uint64_t get64(const uint8_t *p) {
+  uint64_t v = 0;
+  for (int i = 7; i >= 0; i--) v = v << 8 | p[i];
+  return v;
+}
+
+/* -------------------------------------------------------- record payload */
+
+/*
+ * Payload, version 1 (all integers little-endian):
+ *
+ *   ENQUEUE  u8 version | u8 key_len | u8 tenant_len | u8 openai_kind |
+ *            u8 class | u8[3] 0 | u32 attempts | u32 flags |
+ *            u64 stream_offset | i64 first_enqueued_ns | i64 deadline_ns |
+ *            u32 body_len | u32 text_len | u32 token_count |
+ *            key | tenant | body | text | token ids (u32 each)
+ *   ACK,DEAD u8 version | u8 key_len | u16 0 | u32 attempts | key
+ *   NACK     u8 version | u8 key_len | u16 0 | u32 attempts |
+ *            i64 visible_ns | key
+ */
+#define JR_VERSION 1u
+#define JR_ENQ_FIXED 52u
+#define JR_KEY_FIXED 8u
+#define JR_NACK_FIXED 16u
+#define JR_KEY_MAX 128u
+
+static size_t tenant_len(const spi_envelope *env) {
+  const void *nul = memchr(env->tenant, '\0', sizeof env->tenant);
+  return nul ? (size_t)((const char *)nul - env->tenant) : sizeof env->tenant;
+}
+
+static int payload_len(const spi_replay_record *rec, uint64_t *out) {
+  if (!rec->key || rec->key_len == 0 || rec->key_len > JR_KEY_MAX)
+    return SPI_EINVAL;
+  switch (rec->type) {
+  case SPI_REPLAY_REC_ENQUEUE: {
+    const spi_envelope *e = rec->envelope;
+    if (!e || tenant_len(e) >= sizeof e->tenant) return SPI_EINVAL;
+    if (e->body_len > UINT32_MAX || e->partial_text_len > UINT32_MAX ||
+        e->partial_token_count > UINT32_MAX / 4)
+      return SPI_EINVAL;
+    if ((e->body_len && !e->body) ||
+        (e->partial_text_len && !e->partial_text) ||
+        (e->partial_token_count && !e->partial_tokens))
+      return SPI_EINVAL;
+    if (e->openai_kind < 0 || e->openai_kind > 2 || e->klass < 1 ||
+        e->klass > 3)
+      return SPI_EINVAL;
+    *out = JR_ENQ_FIXED + rec->key_len + tenant_len(e) + e->body_len +
+           e->partial_text_len + 4 * (uint64_t)e->partial_token_count;
+    break;
+  }
+  case SPI_REPLAY_REC_ACK:
+  case SPI_REPLAY_REC_DEAD:
+    *out = JR_KEY_FIXED + rec->key_len;
+    break;
+  case SPI_REPLAY_REC_NACK:
+    *out = JR_NACK_FIXED + rec->key_len;
+    break;
+  default:
+    return SPI_EINVAL;
+  }
+  return *out > SPI_JR_MAX_PAYLOAD ? SPI_EINVAL : SPI_OK;
+}
+
+static uint8_t *put_bytes(uint8_t *p, const void *src, size_t n) {
+  if (n) memcpy(p, src, n);
+  return p + n;
+}
+
+int spi__journal_encode(spi_buf *b, const spi_mem *m,
+                        const spi_replay_record *rec, uint64_t seq) {
+  uint64_t plen = 0;
+  int rc = payload_len(rec, &plen);
+  if (rc != SPI_OK) return rc;
+  size_t total = SPI_JR_HEADER_BYTES + (size_t)plen + SPI_JR_TRAILER_BYTES;
+  if ((rc = spi__buf_reserve(b, m, total)) != SPI_OK) return rc;
+  uint8_t *start = b->data + b->len, *p = start;
+  put32(p, SPI_JR_MAGIC);
+  put16(p + 4, (uint16_t)rec->type);
+  put16(p + 6, 0);
+  put32(p + 8, (uint32_t)plen);
+  put64(p + 12, seq);
+  p += SPI_JR_HEADER_BYTES;
+  p[0] = JR_VERSION;
+  p[1] = (uint8_t)rec->key_len;
+  if (rec->type == SPI_REPLAY_REC_ENQUEUE) {
+    const spi_envelope *e = rec->envelope;
+    size_t tl = tenant_len(e);
+    p[2] = (uint8_t)tl;
+    p[3] = (uint8_t)e->openai_kind;
+    p[4] = (uint8_t)e->klass;
+    p[5] = p[6] = p[7] = 0;
+    put32(p + 8, e->attempts);
+    put32(p + 12, e->flags);
+    put64(p + 16, e->stream_offset);
+    put64(p + 24, (uint64_t)e->first_enqueued_ns);
+    put64(p + 32, (uint64_t)e->deadline_ns);
+    put32(p + 40, (uint32_t)e->body_len);
+    put32(p + 44, (uint32_t)e->partial_text_len);
+    put32(p + 48, (uint32_t)e->partial_token_count);
+    p += JR_ENQ_FIXED;
+    p = put_bytes(p, rec->key, rec->key_len);
+    p = put_bytes(p, e->tenant, tl);
+    p = put_bytes(p, e->body, e->body_len);
+    p = put_bytes(p, e->partial_text, e->partial_text_len);
+    for (size_t i = 0; i < e->partial_token_count; i++, p += 4)
+      put32(p, e->partial_tokens[i]);
+  } else {
+    put16(p + 2, 0);
+    put32(p + 4, rec->attempts);
+    if (rec->type == SPI_REPLAY_REC_NACK) {
+      put64(p + 8, (uint64_t)rec->visible_ns);
+      p += JR_NACK_FIXED;
+    } else {
+      p += JR_KEY_FIXED;
+    }
+    p = put_bytes(p, rec->key, rec->key_len);
+  }
+  put32(p, spi__crc32c(0, start, SPI_JR_HEADER_BYTES + (size_t)plen));
+  b->len += total;
+  return SPI_OK;
+}
+
+/* Decode a checksummed payload into rec (and env for ENQUEUE). Token ids
+ * are copied into scratch, since the payload holds them unaligned. Returns
+ * SPI_OK, SPI_EPARSE (inconsistent payload) or SPI_ENOMEM. */
+static int decode_payload(int32_t type, const uint8_t *p, uint32_t len,
+                          spi_replay_record *rec, spi_envelope *env,
+                          spi_buf *scratch, const spi_mem *m) {
+  memset(rec, 0, sizeof *rec);
+  rec->struct_size = sizeof *rec;
+  rec->type = type;
+  if (len < JR_KEY_FIXED || p[0] != JR_VERSION) return SPI_EPARSE;
+  size_t klen = p[1];
+  if (klen == 0 || klen > JR_KEY_MAX) return SPI_EPARSE;
+  if (type == SPI_REPLAY_REC_ENQUEUE) {
+    if (len < JR_ENQ_FIXED) return SPI_EPARSE;
+    size_t tl = p[2];
+    if (tl >= sizeof env->tenant || p[3] > 2 || p[4] < 1 || p[4] > 3 || p[5] ||
+        p[6] || p[7])
+      return SPI_EPARSE;
+    uint64_t body = get32(p + 40), text = get32(p + 44), ntok = get32(p + 48);
+    if ((uint64_t)JR_ENQ_FIXED + klen + tl + body + text + 4 * ntok != len)
+      return SPI_EPARSE;
+    memset(env, 0, sizeof *env);
+    env->struct_size = sizeof *env;
+    env->openai_kind = p[3];
+    env->klass = p[4];
+    env->attempts = get32(p + 8);
+    env->flags = get32(p + 12);
+    env->stream_offset = get64(p + 16);
+    env->first_enqueued_ns = (int64_t)get64(p + 24);
+    env->deadline_ns = (int64_t)get64(p + 32);
+    const uint8_t *q = p + JR_ENQ_FIXED;
+    env->key = (const char *)q;
+    env->key_len = klen;
+    q += klen;
+    memcpy(env->tenant, q, tl);
+    env->tenant[tl] = '\0';
+    q += tl;
+    env->body = (const char *)q;
+    env->body_len = (size_t)body;
+    q += body;
+    env->partial_text = (const char *)q;
+    env->partial_text_len = (size_t)text;
+    q += text;
+    if (ntok) {
+      spi__buf_clear(scratch);
+      if (spi__buf_reserve(scratch, m, (size_t)ntok * 4) != SPI_OK)
+        return SPI_ENOMEM;
+      uint32_t *ids = (uint32_t *)(void *)scratch->data;
+      for (size_t i = 0; i < ntok; i++) ids[i] = get32(q + 4 * i);
+      env->partial_tokens = ids;
+      env->partial_token_count = (size_t)ntok;
+    }
+    rec->key = env->key;
+    rec->key_len = klen;
+    rec->attempts = env->attempts;
+    rec->envelope = env;
+    return SPI_OK;
+  }
+  if (get16(p + 2) != 0) return SPI_EPARSE;
+  rec->attempts = get32(p + 4);
+  size_t fixed = type == SPI_REPLAY_REC_NACK ? JR_NACK_FIXED : JR_KEY_FIXED;
+  if (fixed + klen != len) return SPI_EPARSE;
+  if (type == SPI_REPLAY_REC_NACK) rec->visible_ns = (int64_t)get64(p + 8);
+  rec->key = (const char *)p + fixed;
+  rec->key_len = klen;
+  return SPI_OK;
+}
+
+/* ---------------------------------------------------------------- reader */
+
+void spi__jr_reader_file(spi_jr_reader *r, int fd, uint64_t size,
+                         const spi_mem *m) {
+  memset(r, 0, sizeof *r);
+  r->fd = fd;
+  r->size = size;
+  r->m = m;
+}
+
+void spi__jr_reader_free(spi_jr_reader *r) {
+  spi__free(r->m, r->own);
+  r->own = NULL;
+  r->data = NULL;
+}
+
+/* Make n bytes available at data[start]: 1 when they are, 0 when the data
+ * ends first, -1 on a read error (err set), -2 out of memory. */
+static int rd_need(spi_jr_reader *r, size_t n) {
+  if (r->end - r->start >= n) return 1;
+  if (r->fd < 0 || r->eof) return 0;
+  if (r->start) {
+    memmove(r->own, r->own + r->start, r->end - r->start);
+    r->base += r->start;
+    r->end -= r->start;
+    r->start = 0;
+  }
+  if (n > r->cap) {
+    size_t cap = r->cap ? r->cap : 65536;
+    while (cap < n) cap *= 2;
+    uint8_t *p = spi__alloc(r->m, cap);
+    if (!p) return -2;
+    if (r->end) memcpy(p, r->own, r->end);
+    spi__free(r->m, r->own);
+    r->own = p;
+    r->data = p;
+    r->cap = cap;
+  }
+  while (r->end < n) {
+    ssize_t got = read(r->fd, r->own + r->end, r->cap - r->end);
+    if (got < 0) {
+      if (errno == EINTR) continue;
+      r->err = errno;
+      return -1;
+    }
+    if (got == 0) {
+      r->eof = 1;
+      return 0;
+    }
+    r->end += (size_t)got;
+  }
+  return 1;
+}
+
+static uint64_t rd_pos(const spi_jr_reader *r) { return r->base + r->start; }
+
+/* Move the window to absolute offset pos. */
+static void rd_seek(spi_jr_reader *r, uint64_t pos) {
+  if (pos >= r->base && pos - r->base <= r->end) {
+    r->start = (size_t)(pos - r->base);
+    return;
+  }
+  /* Outside what is buffered (a file only): drop the window, read anew. */
+  r->base = pos;
+  r->start = r->end = 0;
+  r->eof = 0;
+  if (lseek(r->fd, (off_t)pos, SEEK_SET) < 0) {
+    r->err = errno;
+    r->eof = 1;
+  }
+}
+
+/* --------------------------------------------------------------- framing */
+
+/* What is wrong with a record header, or NULL. */
+static const char *header_problem(const uint8_t *h) {
+  uint16_t type = get16(h + 4);
+  if (get32(h) != SPI_JR_MAGIC) return "bad magic";
+  if (type < SPI_REPLAY_REC_ENQUEUE || type > SPI_REPLAY_REC_DEAD)
+    return "bad type";
+  if (get16(h + 6) != 0) return "bad flags";
+  if (get32(h + 8) > SPI_JR_MAX_PAYLOAD) return "bad length";
+  return NULL;
+}
+
+enum { FR_OK = 0, FR_END = 1, FR_TORN = 2, FR_BAD = 3 };
+
+/* One decoded frame. */
+typedef struct jr_frame {
+  spi_replay_record rec;
+  spi_envelope env;
+  size_t total;   /* bytes of the whole frame */
+  uint64_t seq;
+  const char *bad; /* FR_TORN, FR_BAD: why */
+} jr_frame;
+
+/*
+ * Check the frame at the reader's position without moving it: FR_OK (fr
+ * decoded, its pointers into the window), FR_END (no bytes left), FR_TORN
+ * (it runs past the end of the data), FR_BAD (it fails a check); or a
+ * negative status (SPI_ENOMEM, SPI_EIO).
+ */
+static int frame_at(spi_jr_reader *r, uint64_t last_seq, spi_buf *scratch,
+                    jr_frame *fr) {
+  fr->bad = NULL;
+  fr->total = 0;
+  int got = rd_need(r, SPI_JR_HEADER_BYTES);
+  if (got < 0) return got == -2 ? SPI_ENOMEM : SPI_EIO;
+  uint64_t at = rd_pos(r);
+  if (got == 0) {
+    if (r->end == r->start) return FR_END;
+    fr->bad = "incomplete header";
+    return FR_TORN;
+  }
+  const uint8_t *h = r->data + r->start;
+  if ((fr->bad = header_problem(h)) != NULL) return FR_BAD;
+  uint32_t len = get32(h + 8);
+  fr->seq = get64(h + 12);
+  fr->total = SPI_JR_HEADER_BYTES + (size_t)len + SPI_JR_TRAILER_BYTES;
+  /* A length past the end is a torn record: no buffer is grown for it. */
+  got = at + fr->total > r->size ? 0 : rd_need(r, fr->total);
+  if (got < 0) return got == -2 ? SPI_ENOMEM : SPI_EIO;
+  if (got == 0) {
+    fr->bad = "record runs past the end";
+    return FR_TORN;
+  }
+  h = r->data + r->start;
+  uint32_t crc = get32(h + SPI_JR_HEADER_BYTES + len);
+  if (spi__crc32c(0, h, SPI_JR_HEADER_BYTES + (size_t)len) != crc)
+    fr->bad = "checksum mismatch";
+  else if (fr->seq <= last_seq)
+    fr->bad = "sequence does not increase";
+  if (fr->bad) return FR_BAD;
+  int rc = decode_payload(get16(h + 4), h + SPI_JR_HEADER_BYTES, len, &fr->rec,
+                          &fr->env, scratch, r->m);
+  if (rc == SPI_ENOMEM) return rc;
+  if (rc != SPI_OK) {
+    fr->bad = "inconsistent payload";
+    return FR_BAD;
+  }
+  return FR_OK;
+}
+
+/*
+ * After damage at offset at: move to the next offset where a good frame
+ * starts (1), or to the end (0); negative: SPI_ENOMEM, SPI_EIO. hint is
+ * where the damaged record's header says it ends (0 if it says nothing).
+ */
+static int resync(spi_jr_reader *r, uint64_t at, uint64_t hint,
+                  uint64_t last_seq, spi_buf *scratch) {
+  jr_frame fr;
+  if (hint > at && hint < r->size) {
+    rd_seek(r, hint);
+    int k = frame_at(r, last_seq, scratch, &fr);
+    if (k < 0) return k;
+    if (k == FR_OK) return 1;
+  }
+  /* A byte at a time, looking for the magic in what is buffered. */
+  static const uint8_t MAGIC[4] = {'S', 'P', 'J', 'R'};
+  rd_seek(r, at + 1);
+  for (;;) {
+    int got = rd_need(r, 4);
+    if (got < 0) return got == -2 ? SPI_ENOMEM : SPI_EIO;
+    if (got == 0) {
+      rd_seek(r, r->size); /* nothing good after the damage */
+      return 0;
+    }
+    const uint8_t *p = r->data + r->start, *stop = r->data + r->end - 3;
+    while (p < stop && memcmp(p, MAGIC, 4) != 0) {
+      p = memchr(p + 1, 'S', (size_t)(stop - p - 1));
+      if (!p) p = stop;
+    }
+    r->start = (size_t)(p - r->data);
+    if (p == stop) continue; /* refill, keeping the last 3 bytes */
+    int k = frame_at(r, last_seq, scratch, &fr);
+    if (k < 0) return k;
+    if (k == FR_OK) return 1;
+    r->start++;
+  }
+}
+
+static int scan_loop(spi_jr_reader *r, uint64_t after_seq,
+                     spi_replay_record_fn fn, void *user, spi_buf *scratch,
+                     spi_jr_scan *out) {
+  memset(out, 0, sizeof *out);
+  out->last_seq = after_seq;
+  out->valid_bytes = rd_pos(r);
+  for (;;) {
+    jr_frame fr;
+    int k = frame_at(r, out->last_seq, scratch, &fr);
+    if (k < 0) return k;
+    if (k == FR_END) return SPI_OK;
+    uint64_t at = rd_pos(r);
+    if (k == FR_OK) {
+      if (fn) {
+        int rc = fn(user, &fr.rec);
+        if (rc != SPI_OK) return rc;
+      }
+      r->start += fr.total;
+      out->records++;
+      out->last_seq = fr.seq;
+      out->valid_bytes = rd_pos(r);
+      continue;
+    }
+    if (!out->why[0]) {
+      out->first_bad = at;
+      spi__errf(out->why, sizeof out->why, "%s at offset %llu", fr.bad,
+                (unsigned long long)at);
+    }
+    uint64_t hint = k == FR_BAD && fr.total ? at + fr.total : 0;
+    int found = resync(r, at, hint, out->last_seq, scratch);
+    if (found < 0) return found;
+    if (!found) {
+      out->stop = k == FR_TORN ? SPI_JR_TORN : SPI_JR_CORRUPT;
+      return SPI_OK;
+    }
+    out->skipped++;
+    out->skipped_bytes += rd_pos(r) - at;
+  }
+}
+
+int spi__jr_scan(spi_jr_reader *r, uint64_t after_seq, spi_replay_record_fn fn,
+                 void *user_data, spi_jr_scan *out) {
+  spi_buf scratch = {0};
+  int rc = scan_loop(r, after_seq, fn, user_data, &scratch, out);
+  spi__buf_free(&scratch, r->m);
+  if (rc == SPI_OK && r->err) rc = SPI_EIO; /* a failed seek while skipping */
+  return rc;
+}
+
+int spi__journal_scan_mem(const spi_mem *m, const uint8_t *data, size_t len,
+                          uint64_t after_seq, spi_replay_record_fn fn,
+                          void *user_data, spi_jr_scan *out) {
+  spi_jr_reader r;
+  memset(&r, 0, sizeof r);
+  r.fd = -1;
+  r.data = data;
+  r.end = data ? len : 0;
+  r.size = r.end;
+  r.m = m;
+  return spi__jr_scan(&r, after_seq, fn, user_data, out);
+}

@@ -1,0 +1,95 @@
+/*
+ * journal_codec.h - the journal's record format: encoding one record, and
+ * scanning a segment (a file or an image in memory) back into records,
+ * resynchronising past damage. No file names, directories or fsync here:
+ * those are journal.c's (segment I/O).
+ */
+#ifndef SPI_JOURNAL_CODEC_H
+#define SPI_JOURNAL_CODEC_H
+
+#include "crc32c.h"
+#include "spi_internal.h"
+
+/*
+ * One record on disk, all integers little-endian:
+ *
+ *   u32 magic "SPJR" | u16 type | u16 flags (0) | u32 length | u64 sequence
+ *   payload[length]
+ *   u32 CRC-32C of the header and the payload
+ *
+ * The payload starts with a format version byte (1); see journal_codec.c.
+ * The magic, the length and the checksum are what let a scan find the next
+ * good record after a damaged one.
+ */
+#define SPI_JR_MAGIC 0x524a5053u /* bytes 'S' 'P' 'J' 'R' */
+#define SPI_JR_HEADER_BYTES 20u
+#define SPI_JR_TRAILER_BYTES 4u
+#define SPI_JR_MAX_PAYLOAD (1u << 30)
+
+/* What follows the last good record of a scan. */
+enum spi_jr_stop {
+  SPI_JR_END = 0,  /* nothing: a clean end of the data */
+  SPI_JR_TORN = 1, /* an incomplete record (cut off mid-write) */
+  SPI_JR_CORRUPT =
+      2 /* bad magic, type, length, checksum, sequence or payload */
+};
+
+typedef struct spi_jr_scan {
+  uint64_t records;       /* good records handed to fn */
+  uint64_t valid_bytes;   /* end of the last good record (or the start) */
+  uint64_t last_seq;      /* sequence of the last good record (or after_seq) */
+  uint64_t skipped;       /* damaged ranges skipped before valid_bytes, each
+                             followed by a good record */
+  uint64_t skipped_bytes; /* their bytes */
+  uint64_t first_bad;     /* offset of the first damage (skipped or tail) */
+  int32_t stop;           /* enum spi_jr_stop: what follows valid_bytes */
+  int32_t reserved0;
+  char why[160]; /* the first thing wrong, for the warning */
+} spi_jr_scan;
+
+/* Encode rec as one framed record with sequence seq, appended to b.
+ * Errors: SPI_EINVAL (a field out of range), SPI_ENOMEM. */
+int spi__journal_encode(spi_buf *b, const spi_mem *m,
+                        const spi_replay_record *rec, uint64_t seq);
+
+/* A window over a file (fd >= 0) or over an image in memory. */
+typedef struct spi_jr_reader {
+  int fd;
+  int eof;
+  int err; /* errno of a failed read */
+  int reserved0;
+  const uint8_t *data; /* image, or own */
+  uint8_t *own;
+  size_t cap;        /* of own */
+  size_t start, end; /* unread bytes are data[start..end) */
+  uint64_t base;     /* offset of data[0] in the file */
+  uint64_t size;     /* of the file or image */
+  const spi_mem *m;
+} spi_jr_reader;
+
+/* A reader over the open file fd of size bytes, read from its current
+ * offset (0); spi__jr_reader_free releases its buffer, not fd. */
+void spi__jr_reader_file(spi_jr_reader *r, int fd, uint64_t size,
+                         const spi_mem *m);
+void spi__jr_reader_free(spi_jr_reader *r);
+
+/*
+ * Scan from the reader's position: hand each good record to fn (may be
+ * NULL) in order. A damaged range (a record that fails its checks) is
+ * skipped by searching forward for the next complete record whose checksum
+ * holds and whose sequence is past the last good one; the scan then goes on
+ * from there and counts the range in out->skipped. Damage with no good
+ * record after it is the tail: out->stop says whether it looks cut off
+ * (TORN) or damaged (CORRUPT). Sequences must increase from after_seq.
+ * Returns SPI_OK (then *out says what was found), fn's status, SPI_ENOMEM,
+ * or SPI_EIO (a read failed; errno in r->err).
+ */
+int spi__jr_scan(spi_jr_reader *r, uint64_t after_seq, spi_replay_record_fn fn,
+                 void *user_data, spi_jr_scan *out);
+
+/* The same scan over an image in memory (the fuzz target and the tests). */
+int spi__journal_scan_mem(const spi_mem *m, const uint8_t *data, size_t len,
+                          uint64_t after_seq, spi_replay_record_fn fn,
+                          void *user_data, spi_jr_scan *out);
+
+#endif /* SPI_JOURNAL_CODEC_H */

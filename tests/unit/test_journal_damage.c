@@ -1,0 +1,526 @@
+/*
+ * test_journal_damage.c - recovery keeps every good record around damage,
+ * and opens only the files the journal made.
+ *
+ * A small journal of three segments is damaged in every record in turn: a
+ * flipped byte, seven bytes cut out of the record (the rest of the file
+ * kept), and the segment truncated seven bytes before each record boundary.
+ * Each time every good record outside the damage must come back, open must
+ * succeed and say what it skipped, and the damage must stay visible on the
+ * next open. Then: the issue's repro (300 records, record 15 flipped), a
+ * second recovery never overwriting the first one's evidence, and symbolic
+ * and hard links planted under the journal's names, whose targets must stay
+ * untouched.
+ */
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+
+#include "replay.h"
+
+#define ALL 0xeu
+#define SEG_CFG "\"segment_bytes\":4096,\"fsync\":\"none\""
+#define NREC 24
+
+/* ---------------------------------------------------------------- helpers */
+
+typedef struct fixture {
+  spi_engine *e;
+  spi_replay_queue *q;
+  char dir[256];
+} fixture;
+
+static void rm_rf(const char *dir) {
+  DIR *d = opendir(dir);
+  if (!d) return;
+  struct dirent *de;
+  char path[600];
+  while ((de = readdir(d)) != NULL) {
+    if (strcmp(de->d_name, ".") == 0 || strcmp(de->d_name, "..") == 0) continue;
+    snprintf(path, sizeof path, "%s/%s", dir, de->d_name);
+    unlink(path);
+  }
+  closedir(d);
+  rmdir(dir);
+}
+
+static fixture *setup(void) {
+  fixture *f = calloc(1, sizeof *f);
+  assert_non_null(f);
+  const char *tmp = getenv("TMPDIR");
+  snprintf(f->dir, sizeof f->dir, "%s/spi-damage-XXXXXX",
+           tmp && tmp[0] ? tmp : "/tmp");
+  assert_non_null(mkdtemp(f->dir));
+  assert_int_equal(spi_engine_new(&f->e, NULL), SPI_OK);
+  return f;
+}
+
+static void teardown(fixture *f) {
+  spi_replay_close(f->q);
+  spi_engine_free(f->e);
+  rm_rf(f->dir);
+  free(f);
+}
+
+static int open_j(fixture *f, const char *extra) {
+  char cfg[1024];
+  snprintf(cfg, sizeof cfg, "{\"store\":\"journal\",\"dir\":\"%s\"%s%s}",
+           f->dir, extra[0] ? "," : "", extra);
+  f->q = NULL;
+  return spi_replay_open(f->e, cfg, strlen(cfg), &f->q);
+}
+
+static void close_j(fixture *f) {
+  spi_replay_close(f->q);
+  f->q = NULL;
+}
+
+static void enqueue(fixture *f, const char *key) {
+  spi_envelope v;
+  memset(&v, 0, sizeof v);
+  v.struct_size = sizeof v;
+  v.key = key;
+  v.key_len = strlen(key);
+  /* About 450 bytes a record: a few segments of 4096 bytes. */
+  static char body[512];
+  if (!body[0]) {
+    int n = snprintf(body, sizeof body, "{\"model\":\"m\",\"prompt\":\"");
+    for (; n < 400; n++) body[n] = (char)('a' + n % 26);
+    snprintf(body + n, sizeof body - (size_t)n, "\"}");
+  }
+  v.body = body;
+  v.body_len = strlen(v.body);
+  v.openai_kind = SPI_OPENAI_COMPLETIONS;
+  v.klass = SPI_CLASS_SILVER;
+  int32_t dup = -1;
+  assert_int_equal(spi_replay_enqueue(f->q, &v, &dup), SPI_OK);
+  assert_int_equal(dup, 0);
+}
+
+/* Claim everything; mark which of keys k0..k(n-1) came back. */
+static int drain(fixture *f, uint8_t *seen, int n) {
+  static uint8_t buf[8192];
+  int count = 0;
+  memset(seen, 0, (size_t)n);
+  for (;;) {
+    spi_envelope out;
+    memset(&out, 0, sizeof out);
+    out.struct_size = sizeof out;
+    uint64_t id = 0;
+    int rc = spi_replay_claim(f->q, ALL, 0, &id, &out, buf, sizeof buf, NULL);
+    if (rc == SPI_ENOTFOUND) break;
+    assert_int_equal(rc, SPI_OK);
+    int k = -1;
+    assert_int_equal(sscanf(out.key, "k%d", &k), 1);
+    assert_true(k >= 0 && k < n);
+    assert_int_equal(seen[k], 0);
+    seen[k] = 1;
+    count++;
+  }
+  return count;
+}
+
+static spi_replay_stats qstats(fixture *f) {
+  spi_replay_stats s;
+  memset(&s, 0, sizeof s);
+  s.struct_size = sizeof s;
+  assert_int_equal(spi_replay_stats_get(f->q, &s), SPI_OK);
+  return s;
+}
+
+static uint8_t *read_all(const char *path, size_t *len) {
+  FILE *fp = fopen(path, "rb");
+  assert_non_null(fp);
+  fseek(fp, 0, SEEK_END);
+  long n = ftell(fp);
+  fseek(fp, 0, SEEK_SET);
+  uint8_t *b = malloc((size_t)n + 1);
+  assert_non_null(b);
+  assert_int_equal(fread(b, 1, (size_t)n, fp), (size_t)n);
+  fclose(fp);
+  *len = (size_t)n;
+  return b;
+}
+
+static void write_all(const char *path, const uint8_t *b, size_t n) {
+  FILE *fp = fopen(path, "wb");
+  assert_non_null(fp);
+  assert_int_equal(fwrite(b, 1, n, fp), n);
+  fclose(fp);
+}
+
+static int count_suffix(const char *dir, const char *suffix) {
+  DIR *d = opendir(dir);
+  assert_non_null(d);
+  int n = 0;
+  struct dirent *de;
+  size_t sl = strlen(suffix);
+  while ((de = readdir(d)) != NULL) {
+    size_t l = strlen(de->d_name);
+    if (l >= sl && strcmp(de->d_name + l - sl, suffix) == 0) n++;
+  }
+  closedir(d);
+  return n;
+}
+
+static void remove_suffix(const char *dir, const char *suffix) {
+  DIR *d = opendir(dir);
+  assert_non_null(d);
+  struct dirent *de;
+  size_t sl = strlen(suffix);
+  char path[600];
+  while ((de = readdir(d)) != NULL) {
+    size_t l = strlen(de->d_name);
+    if (l >= sl && strcmp(de->d_name + l - sl, suffix) == 0) {
+      snprintf(path, sizeof path, "%s/%s", dir, de->d_name);
+      unlink(path);
+    }
+  }
+  closedir(d);
+}
+
+/* ------------------------------------------------------ a small journal */
+
+typedef struct seg {
+  char path[600];
+  uint8_t *data;
+  size_t len;
+  int nrec;
+  size_t end[NREC]; /* end of each record in the file */
+  int first_key;    /* key number of its first record */
+} seg;
+
+typedef struct journal_image {
+  seg segs[8];
+  int nsegs;
+} journal_image;
+
+/* NREC enqueues of k0..k23 over several segments, and their layout. */
+static void build(fixture *f, journal_image *img) {
+  assert_int_equal(open_j(f, SEG_CFG), SPI_OK);
+  char key[16];
+  for (int i = 0; i < NREC; i++) {
+    snprintf(key, sizeof key, "k%d", i);
+    enqueue(f, key);
+  }
+  close_j(f);
+  memset(img, 0, sizeof *img);
+  int key_no = 0;
+  for (int no = 1; no < 9; no++) {
+    seg *s = &img->segs[img->nsegs];
+    snprintf(s->path, sizeof s->path, "%s/%06d.log", f->dir, no);
+    if (access(s->path, F_OK) != 0) break;
+    s->data = read_all(s->path, &s->len);
+    s->first_key = key_no;
+    size_t at = 0;
+    while (at < s->len) {
+      uint32_t plen = (uint32_t)s->data[at + 8] |
+                      (uint32_t)s->data[at + 9] << 8 |
+                      (uint32_t)s->data[at + 10] << 16 |
+                      (uint32_t)s->data[at + 11] << 24;
+      at += SPI_JR_HEADER_BYTES + plen + SPI_JR_TRAILER_BYTES;
+      s->end[s->nrec++] = at;
+      key_no++;
+    }
+    assert_int_equal(at, s->len);
+    img->nsegs++;
+  }
+  assert_int_equal(key_no, NREC);
+  assert_true(img->nsegs >= 3);
+}
+
+static void restore(fixture *f, const journal_image *img) {
+  for (int i = 0; i < img->nsegs; i++)
+    write_all(img->segs[i].path, img->segs[i].data, img->segs[i].len);
+  remove_suffix(f->dir, ".corrupt");
+}
+
+static void free_image(journal_image *img) {
+  for (int i = 0; i < img->nsegs; i++) free(img->segs[i].data);
+}
+
+/* Open, check that exactly the keys outside [lost_from, lost_to) came back,
+ * and that the damage was reported. */
+static void expect(fixture *f, int lost_from, int lost_to, const char *what,
+                   int round) {
+  assert_int_equal(open_j(f, SEG_CFG), SPI_OK);
+  spi_replay_stats st = qstats(f);
+  assert_true(st.torn >= 1);
+  assert_true(spi_replay_errmsg(f->q)[0] != '\0');
+  uint8_t seen[NREC];
+  int got = drain(f, seen, NREC);
+  for (int k = 0; k < NREC; k++) {
+    int lost = k >= lost_from && k < lost_to;
+    if (seen[k] == lost)
+      fail_msg("%s, round %d: k%d %s", what, round, k,
+               lost ? "came back" : "was lost");
+  }
+  assert_int_equal(got, NREC - (lost_to - lost_from));
+  close_j(f);
+}
+
+/* ------------------------------------------------------------------ tests */
+
+static void test_flip_every_record(void **state) {
+  (void)state;
+  fixture *f = setup();
+  journal_image img;
+  build(f, &img);
+  for (int s = 0; s < img.nsegs; s++) {
+    seg *sg = &img.segs[s];
+    for (int r = 0; r < sg->nrec; r++) {
+      restore(f, &img);
+      size_t start = r ? sg->end[r - 1] : 0;
+      /* Header, payload and checksum bytes, not every one of them. */
+      for (size_t at = start; at < sg->end[r];
+           at += at < start + 24 ? 3 : 61) {
+        restore(f, &img);
+        uint8_t *copy = malloc(sg->len);
+        assert_non_null(copy);
+        memcpy(copy, sg->data, sg->len);
+        copy[at] ^= 0x5a;
+        write_all(sg->path, copy, sg->len);
+        free(copy);
+        int key = sg->first_key + r;
+        expect(f, key, key + 1, "flipped byte", (int)at);
+      }
+    }
+  }
+  free_image(&img);
+  teardown(f);
+}
+
+/* Seven bytes cut out of the end of each record, the rest of the file kept:
+ * only that record is lost. */
+static void test_cut_inside_every_record(void **state) {
+  (void)state;
+  fixture *f = setup();
+  journal_image img;
+  build(f, &img);
+  for (int s = 0; s < img.nsegs; s++) {
+    seg *sg = &img.segs[s];
+    for (int r = 0; r < sg->nrec; r++) {
+      restore(f, &img);
+      size_t cut = sg->end[r] - 7;
+      uint8_t *copy = malloc(sg->len);
+      assert_non_null(copy);
+      memcpy(copy, sg->data, cut);
+      memcpy(copy + cut, sg->data + sg->end[r], sg->len - sg->end[r]);
+      write_all(sg->path, copy, sg->len - 7);
+      free(copy);
+      int key = sg->first_key + r;
+      expect(f, key, key + 1, "record cut short", r);
+    }
+  }
+  free_image(&img);
+  teardown(f);
+}
+
+/* Each segment truncated seven bytes before each record boundary: what the
+ * truncation removed is lost, every other segment is read whole. */
+static void test_truncate_every_boundary(void **state) {
+  (void)state;
+  fixture *f = setup();
+  journal_image img;
+  build(f, &img);
+  for (int s = 0; s < img.nsegs; s++) {
+    seg *sg = &img.segs[s];
+    for (int r = 0; r < sg->nrec; r++) {
+      restore(f, &img);
+      write_all(sg->path, sg->data, sg->end[r] - 7);
+      int key = sg->first_key + r;
+      expect(f, key, sg->first_key + sg->nrec, "segment truncated", r);
+    }
+  }
+  free_image(&img);
+  teardown(f);
+}
+
+/* The report: 300 envelopes, one flipped byte in record 15. Before, 286 of
+ * them were gone with SPI_OK; now only the damaged one is, the open says so
+ * on every open, and the stats count it. */
+static void test_one_flip_in_300(void **state) {
+  (void)state;
+  fixture *f = setup();
+  assert_int_equal(open_j(f, "\"segment_bytes\":16384"), SPI_OK);
+  char key[16];
+  for (int i = 0; i < 300; i++) {
+    snprintf(key, sizeof key, "k%d", i);
+    enqueue(f, key);
+  }
+  close_j(f);
+  char path[600];
+  snprintf(path, sizeof path, "%s/000001.log", f->dir);
+  size_t len = 0;
+  uint8_t *b = read_all(path, &len);
+  size_t at = 0;
+  for (int r = 0; r < 14; r++) {
+    uint32_t plen = (uint32_t)b[at + 8] | (uint32_t)b[at + 9] << 8;
+    at += SPI_JR_HEADER_BYTES + plen + SPI_JR_TRAILER_BYTES;
+  }
+  b[at + SPI_JR_HEADER_BYTES + 30] ^= 0x04; /* record 15's payload */
+  write_all(path, b, len);
+  free(b);
+  for (int round = 0; round < 2; round++) {
+    assert_int_equal(open_j(f, "\"segment_bytes\":16384"), SPI_OK);
+    spi_replay_stats st = qstats(f);
+    assert_int_equal(st.ready[SPI_CLASS_SILVER], 299);
+    assert_int_equal(st.skipped, 1);
+    assert_true(st.skipped_bytes > 0);
+    assert_int_equal(st.torn, 1);
+    assert_non_null(strstr(spi_replay_errmsg(f->q), "checksum mismatch"));
+    assert_non_null(strstr(spi_replay_errmsg(f->q), "000001.log"));
+    close_j(f);
+  }
+  /* Nothing was renamed away. */
+  assert_int_equal(count_suffix(f->dir, ".corrupt"), 0);
+  teardown(f);
+}
+
+/* Two recoveries that each set a damaged tail aside at the same offset of
+ * the same segment: the second never overwrites the first's file. */
+static void test_evidence_never_overwritten(void **state) {
+  (void)state;
+  fixture *f = setup();
+  assert_int_equal(open_j(f, ""), SPI_OK);
+  enqueue(f, "k0");
+  close_j(f);
+  char path[600];
+  snprintf(path, sizeof path, "%s/000001.log", f->dir);
+  size_t good = 0;
+  free(read_all(path, &good));
+  const char junk1[] = "first damage, kept as evidence";
+  const char junk2[] = "second damage at the same offset";
+  for (int round = 0; round < 2; round++) {
+    FILE *fp = fopen(path, "ab");
+    assert_non_null(fp);
+    const char *j = round ? junk2 : junk1;
+    fwrite(j, 1, strlen(j), fp);
+    fclose(fp);
+    assert_int_equal(open_j(f, ""), SPI_OK);
+    assert_non_null(strstr(spi_replay_errmsg(f->q), "kept as"));
+    assert_int_equal(qstats(f).aside_files, (uint64_t)round + 1);
+    close_j(f);
+  }
+  assert_int_equal(count_suffix(f->dir, ".corrupt"), 2);
+  char aside[700];
+  snprintf(aside, sizeof aside, "%s/000001.log.%zu.corrupt", f->dir, good);
+  size_t n = 0;
+  uint8_t *first = read_all(aside, &n);
+  assert_int_equal(n, strlen(junk1));
+  assert_memory_equal(first, junk1, n);
+  free(first);
+  /* Every later open still names the evidence. */
+  assert_int_equal(open_j(f, ""), SPI_OK);
+  assert_non_null(strstr(spi_replay_errmsg(f->q), "kept for inspection"));
+  assert_int_equal(qstats(f).aside_files, 2);
+  assert_int_equal(qstats(f).torn, 0);
+  close_j(f);
+  teardown(f);
+}
+
+/* ------------------------------------------------------------- links */
+
+static const char VICTIM[] = "the victim's data, which must stay as it is\n";
+
+static void make_victim(const char *path) {
+  write_all(path, (const uint8_t *)VICTIM, strlen(VICTIM));
+}
+
+static void check_victim(const char *path) {
+  size_t n = 0;
+  uint8_t *b = read_all(path, &n);
+  assert_int_equal(n, strlen(VICTIM));
+  assert_memory_equal(b, VICTIM, n);
+  free(b);
+}
+
+static void test_planted_symlinks(void **state) {
+  (void)state;
+  fixture *f = setup();
+  char victim[600], link_path[600];
+  snprintf(victim, sizeof victim, "%s.victim", f->dir);
+  make_victim(victim);
+  const char *names[] = {"000001.log", "LOCK"};
+  for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
+    snprintf(link_path, sizeof link_path, "%s/%s", f->dir, names[i]);
+    unlink(link_path); /* LOCK was made by the open before */
+    assert_int_equal(symlink(victim, link_path), 0);
+    assert_int_equal(open_j(f, ""), SPI_EIO);
+    assert_non_null(strstr(spi_engine_errmsg(f->e), "symbolic link"));
+    assert_non_null(strstr(spi_engine_errmsg(f->e), names[i]));
+    check_victim(victim);
+    unlink(link_path);
+  }
+  /* A hard link to another file is refused too. */
+  snprintf(link_path, sizeof link_path, "%s/000001.log", f->dir);
+  assert_int_equal(link(victim, link_path), 0);
+  assert_int_equal(open_j(f, ""), SPI_EIO);
+  assert_non_null(strstr(spi_engine_errmsg(f->e), "one link"));
+  check_victim(victim);
+  unlink(link_path);
+  /* Links at the names the journal creates later: the next segment and a
+   * compaction's file. Neither target is written. */
+  assert_int_equal(open_j(f, "\"segment_bytes\":4096"), SPI_OK);
+  int n = 0;
+  char key[16];
+  while (qstats(f).journal_bytes + 600 < 4096) {
+    snprintf(key, sizeof key, "k%d", n++);
+    enqueue(f, key);
+  }
+  snprintf(link_path, sizeof link_path, "%s/000002.log", f->dir);
+  assert_int_equal(symlink(victim, link_path), 0);
+  char tmp_link[600];
+  snprintf(tmp_link, sizeof tmp_link, "%s/compact.tmp", f->dir);
+  assert_int_equal(symlink(victim, tmp_link), 0);
+  spi_envelope v;
+  memset(&v, 0, sizeof v);
+  v.struct_size = sizeof v;
+  v.key = "big";
+  v.key_len = 3;
+  static char big[1024];
+  memset(big, 'x', sizeof big - 1);
+  v.body = big;
+  v.body_len = sizeof big - 1;
+  v.klass = SPI_CLASS_GOLD;
+  /* It would start 000002.log: refused, nothing written through the link. */
+  assert_int_equal(spi_replay_enqueue(f->q, &v, NULL), SPI_EIO);
+  assert_non_null(strstr(spi_replay_errmsg(f->q), "000002.log"));
+  check_victim(victim);
+  assert_int_equal(spi__replay_compact(f->q), SPI_OK);
+  check_victim(victim);
+  struct stat sb;
+  assert_int_equal(lstat(tmp_link, &sb), -1); /* the link itself went */
+  close_j(f);
+  unlink(link_path);
+  assert_int_equal(open_j(f, ""), SPI_OK);
+  uint8_t seen[64];
+  assert_int_equal(drain(f, seen, 64), n);
+  close_j(f);
+  check_victim(victim);
+  unlink(victim);
+  teardown(f);
+}
+
+int main(void) {
+  const struct CMUnitTest tests[] = {
+      cmocka_unit_test(test_flip_every_record),
+      cmocka_unit_test(test_cut_inside_every_record),
+      cmocka_unit_test(test_truncate_every_boundary),
+      cmocka_unit_test(test_one_flip_in_300),
+      cmocka_unit_test(test_evidence_never_overwritten),
+      cmocka_unit_test(test_planted_symlinks),
+  };
+  return cmocka_run_group_tests(tests, NULL, NULL);
+}
