@@ -36,8 +36,15 @@ for p in "${packages[@]}"; do
   fi
 done
 
+# The gateway drill's real components (pip and Go modules), once the
+# Debian packages they need are in.
+gateway_deps() {
+  bash "$(dirname "${BASH_SOURCE[0]}")/setup-gateway-deps.sh"
+}
+
 if [[ ${#missing[@]} -eq 0 ]]; then
   echo "setup-deps: all ${#packages[@]} packages already installed"
+  gateway_deps
   exit 0
 fi
 
@@ -56,3 +63,4 @@ export DEBIAN_FRONTEND=noninteractive
 "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
   --no-install-recommends -o Dpkg::Use-Pty=0 "${missing[@]}" >/dev/null
 echo "setup-deps: done"
+gateway_deps

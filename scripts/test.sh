@@ -316,6 +316,8 @@ stage_gateway() {
   (cd "$root/examples/fakellm" && go vet ./... && go test -count=1 ./...)
   note "examples/gateway: go vet, go test -race"
   (cd "$root/examples/gateway" && go vet ./... && go test -count=1 -race ./...)
+  note "the spot-interruption drill (examples/gateway/drill.sh)"
+  bash "$root/examples/gateway/drill.sh"
 }
 
 fuzz_toolchain_ok() {

@@ -1,0 +1,265 @@
+"""The spot-interruption drill's clients and checks.
+
+Real OpenAI clients (the official `openai` package) send concurrent streamed
+chat requests that share a few system prompts through the gateway while one
+spot backend gets an interruption notice and dies at its deadline. The same
+requests sent straight to a reference backend give the uninterrupted texts.
+Then the checks: every request succeeded with the full text, nothing new
+reached the noticed backend after the notice, requests sharing a system
+prompt stuck to one backend while it was healthy, the gateway's /metrics
+shows the notice and the replays, and the replay queue is empty.
+
+    python drill.py --gateway http://127.0.0.1:PORT --reference http://... \
+        --events gw.jsonl --backend-logs a.jsonl,b.jsonl,c.jsonl --noticed spot-a
+
+Exit status 0 when every check holds; each check prints one line.
+"""
+
+import argparse
+import hashlib
+import json
+import sys
+import threading
+import time
+import urllib.request
+
+import openai
+
+SYSTEM_PROMPTS = [
+    "You are a support agent for a bicycle shop. Answer in short sentences. " * 12,
+    "You translate technical English into plain words for new engineers. " * 12,
+    "You are a travel planner who always lists three options with prices. " * 12,
+    "You review SQL queries for mistakes and explain each fix briefly. " * 12,
+    "You write release notes from commit messages, grouped by area. " * 12,
+    "You answer questions about tide tables for a small harbor office. " * 12,
+]
+
+MODEL = "fake-model"
+
+
+def fnv64(text):
+    """The fake server's hash of a system prompt (FNV-1a, 64 bit)."""
+    h = 0xCBF29CE484222325
+    for b in text.encode():
+        h ^= b
+        h = (h * 0x100000001B3) & 0xFFFFFFFFFFFFFFFF
+    return "%016x" % h
+
+
+def make_requests(waves, per_wave):
+    reqs = []
+    for w in range(waves):
+        for i in range(per_wave):
+            n = w * per_wave + i
+            reqs.append({
+                "n": n,
+                "wave": w,
+                "system": SYSTEM_PROMPTS[n % len(SYSTEM_PROMPTS)],
+                "user": "question %d: %s" % (n, hashlib.sha1(str(n).encode()).hexdigest()[:12]),
+            })
+    return reqs
+
+
+def messages(r):
+    return [{"role": "system", "content": r["system"]}, {"role": "user", "content": r["user"]}]
+
+
+def stream_one(client, r, max_tokens, out):
+    res = {"n": r["n"], "text": "", "finish": None, "fingerprints": [], "error": None,
+           "usage": None, "start": time.time()}
+    try:
+        stream = client.chat.completions.create(
+            model=MODEL, messages=messages(r), stream=True, max_tokens=max_tokens,
+            stream_options={"include_usage": True}, metadata={"class": "silver"})
+        for chunk in stream:
+            fp = chunk.system_fingerprint
+            if fp and (not res["fingerprints"] or res["fingerprints"][-1] != fp):
+                res["fingerprints"].append(fp)
+            if chunk.usage is not None:
+                res["usage"] = chunk.usage.completion_tokens
+            for c in chunk.choices:
+                if c.delta and c.delta.content:
+                    res["text"] += c.delta.content
+                if c.finish_reason:
+                    res["finish"] = c.finish_reason
+    except Exception as e:  # any failure is a failed check, reported below
+        res["error"] = "%s: %s" % (type(e).__name__, e)
+    res["end"] = time.time()
+    out[r["n"]] = res
+
+
+def reference_one(client, r, max_tokens, out):
+    try:
+        c = client.chat.completions.create(model=MODEL, messages=messages(r), max_tokens=max_tokens)
+        out[r["n"]] = c.choices[0].message.content
+    except Exception as e:
+        out[r["n"]] = "ERROR %s" % e
+
+
+def run_clients(args, reqs):
+    client = openai.OpenAI(base_url=args.gateway + "/v1", api_key="drill", max_retries=0,
+                           timeout=120)
+    results, threads = {}, []
+    t0 = time.time()
+    for r in reqs:
+        # Waves start at fixed times, so requests are in flight when the
+        # notice comes and new ones arrive after it.
+        delay = t0 + r["wave"] * args.interval - time.time()
+        if delay > 0:
+            time.sleep(delay)
+        t = threading.Thread(target=stream_one, args=(client, r, args.max_tokens, results))
+        t.start()
+        threads.append(t)
+    for t in threads:
+        t.join(timeout=180)
+    ref_client = openai.OpenAI(base_url=args.reference + "/v1", api_key="drill", max_retries=0,
+                               timeout=60)
+    expected, rthreads = {}, []
+    for r in reqs:
+        t = threading.Thread(target=reference_one, args=(ref_client, r, args.max_tokens, expected))
+        t.start()
+        rthreads.append(t)
+    for t in rthreads:
+        t.join(timeout=60)
+    return results, expected
+
+
+def read_jsonl(path):
+    out = []
+    with open(path) as f:
+        for line in f:
+            line = line.strip()
+            if line:
+                out.append(json.loads(line))
+    return out
+
+
+def scrape(url):
+    with urllib.request.urlopen(url + "/metrics", timeout=5) as resp:
+        text = resp.read().decode()
+    samples = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            samples[name] = float(value)
+    return samples
+
+
+class Checks:
+    def __init__(self):
+        self.failed = 0
+        self.passed = 0
+
+    def check(self, ok, what, detail=""):
+        print("%s %s%s" % ("ok  " if ok else "FAIL", what, (": " + detail) if detail else ""))
+        if ok:
+            self.passed += 1
+        else:
+            self.failed += 1
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--gateway", required=True)
+    ap.add_argument("--reference", required=True)
+    ap.add_argument("--events", required=True, help="the gateway's -events file")
+    ap.add_argument("--backend-logs", required=True, help="comma-separated fakellm -log files")
+    ap.add_argument("--noticed", required=True, help="the backend that gets the notice")
+    ap.add_argument("--waves", type=int, default=8)
+    ap.add_argument("--per-wave", type=int, default=6)
+    ap.add_argument("--interval", type=float, default=1.0)
+    ap.add_argument("--max-tokens", type=int, default=120)
+    ap.add_argument("--grace", type=float, default=0.25,
+                    help="seconds after the notice for requests already on the wire")
+    ap.add_argument("--report", help="write the per-request results here (JSON)")
+    args = ap.parse_args()
+
+    reqs = make_requests(args.waves, args.per_wave)
+    results, expected = run_clients(args, reqs)
+    # Let the gateway finish its bookkeeping (tickets, acks) after the last byte.
+    time.sleep(0.5)
+    events = read_jsonl(args.events)
+    backend = []
+    for p in args.backend_logs.split(","):
+        backend += read_jsonl(p)
+    metrics = scrape(args.gateway)
+    c = Checks()
+
+    # 1. No client request fails.
+    errors = [r for r in results.values() if r["error"] or not r["finish"]]
+    c.check(len(results) == len(reqs) and not errors,
+            "all %d streamed requests completed" % len(reqs),
+            "; ".join("#%d %s" % (r["n"], r["error"] or "no finish_reason") for r in errors[:5]))
+
+    # 2. Interrupted streams complete with the same full text.
+    interrupted = [r for r in results.values() if len(r["fingerprints"]) > 1]
+    wrong = [n for n, r in results.items() if r["text"] != expected.get(n)]
+    c.check(len(interrupted) > 0, "streams were interrupted and resumed on another backend",
+            "%d of %d" % (len(interrupted), len(reqs)))
+    c.check(not wrong, "every stream has the text of an uninterrupted run",
+            "differ: %s" % wrong[:10])
+    bad_usage = [r["n"] for r in results.values() if r["usage"] is not None and r["usage"] != args.max_tokens]
+    c.check(not bad_usage, "usage chunks count every streamed token across legs", str(bad_usage[:10]))
+
+    # 3. Nothing new reaches the noticed backend after the notice.
+    notices = [e for e in events if e["event"] == "notice" and e["replica"] == args.noticed]
+    c.check(len(notices) == 1, "the gateway handed in one notice for %s" % args.noticed,
+            json.dumps(notices))
+    if notices:
+        t_notice = notices[0]["t"]
+        before = [e for e in backend if e["server"] == args.noticed and e["event"] == "request"
+                  and e["t"] < t_notice]
+        after = [e for e in backend if e["server"] == args.noticed and e["event"] == "request"
+                 and e["t"] > t_notice + args.grace]
+        routed_after = [e for e in events if e["event"] == "route" and e["replica"] == args.noticed
+                        and e["t"] > t_notice + args.grace]
+        c.check(len(before) > 0, "%s served requests before the notice" % args.noticed,
+                "%d" % len(before))
+        c.check(not after and not routed_after,
+                "no request reached %s after the notice" % args.noticed,
+                "%d arrived, %d routed" % (len(after), len(routed_after)))
+        print("     notice: %d plans, %s replay, %s drain" % (
+            notices[0]["plans"], notices[0].get("replay"), notices[0].get("drain")))
+
+        # 4. Requests sharing a system prompt stick to one backend while it
+        # is healthy: before the notice, and among new requests after it.
+        def stickiness(sel):
+            by = {}
+            for e in backend:
+                if e["event"] == "request" and not e["continuation"] and sel(e["t"]):
+                    by.setdefault(e["system"], set()).add(e["server"])
+            return by
+
+        for name, sel in (("before the notice", lambda t: t < t_notice),
+                          ("after the notice", lambda t: t > t_notice + args.grace)):
+            by = stickiness(sel)
+            split = {k[:8]: sorted(v) for k, v in by.items() if len(v) > 1}
+            c.check(len(by) > 0 and not split,
+                    "each system prompt stuck to one backend %s" % name,
+                    "%d prompts; split: %s" % (len(by), split) if split else "%d prompts" % len(by))
+
+    # 5. /metrics shows the notice and the replays.
+    noticed = sum(v for k, v in metrics.items()
+                  if k.startswith("spotinfer_node_transitions_total{") and 'to="noticed"' in k)
+    c.check(noticed >= 1 and metrics.get("gateway_notices_total", 0) >= 1,
+            "/metrics shows the notice", "node transitions to noticed: %d" % noticed)
+    enq = metrics.get('gateway_replays_total{step="enqueued"}', 0)
+    res = metrics.get('gateway_replays_total{step="resumed"}', 0)
+    fail = metrics.get('gateway_replays_total{step="failed"}', 0)
+    c.check(res >= len(interrupted) and res == enq and fail == 0,
+            "/metrics shows the replays", "enqueued %d, resumed %d, failed %d" % (enq, res, fail))
+
+    # 6. Nothing is left in the replay queue.
+    left = {s: metrics.get('gateway_replay_queue{state="%s"}' % s, -1)
+            for s in ("ready", "leased", "delayed", "dead")}
+    c.check(all(v == 0 for v in left.values()), "the replay queue is empty", json.dumps(left))
+
+    if args.report:
+        with open(args.report, "w") as f:
+            json.dump({"results": results, "expected": expected}, f, indent=1)
+    print("drill: %d passed, %d failed" % (c.passed, c.failed))
+    return 1 if c.failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
