@@ -9,9 +9,16 @@
  *   # TYPE vllm:num_requests_running gauge
  *   vllm:num_requests_running{engine="0",model_name="m"} 3.0 [timestamp]
  *
+ * Prometheus 3's quoted names ({"name",label="v"}, quoted label names and
+ * # TYPE "name") are read too.
+ *
  * Every line is checked against that grammar, whether or not its metric is
  * one we read, so a page that is not metrics text is rejected rather than
- * half-read. The parser works on pointer + length, never reads past len,
+ * half-read. Servers add syntax, though, so a line that is well-formed up to
+ * a part this version does not read - a composite (native-histogram) value,
+ * or an annotation such as OpenMetrics 2.0's start time "st@<seconds>" after
+ * the value - is skipped and counted instead of refusing the whole page;
+ * the load is read from the other lines. The parser works on pointer + length, never reads past len,
  * needs no NUL and allocates nothing. Numbers are parsed by hand: strtod
  * would need a NUL and follows the process locale's decimal point.
  *
@@ -159,12 +166,21 @@ static int parse_number(const char *s, size_t n, double *out) {
 
 /* ---------------------------------------------------------------- parsing */
 
+/* parse_sample's answer for a line in syntax newer than this parser reads:
+ * not an error, the line is counted and left out (never a spi_status). */
+#define SKIP_LINE 1
+
 typedef struct parse_state {
   size_t line;
   char *err;
   size_t errcap;
   double sum[3]; /* running, waiting: sums; usage: maximum */
   int seen[3];
+  size_t found;         /* samples of a load metric read */
+  size_t skipped;       /* lines in newer syntax, left out */
+  size_t first_skipped; /* line number of the first */
+  const char *skip_why; /* what the current line has that we do not read */
+  const char *first_why;
 } parse_state;
 
 static int fail(parse_state *ps, int status, const char *what) {
@@ -172,14 +188,84 @@ static int fail(parse_state *ps, int status, const char *what) {
   return status;
 }
 
-/* A label set "{name="value",...}" starting at s[*pi] == '{'. Escapes in
- * values: \\ \" \n; a trailing comma is allowed. */
-static int parse_labels(parse_state *ps, const char *s, size_t n, size_t *pi) {
+/* A line this version does not read: why, for the message. */
+static int skip_line(parse_state *ps, const char *why) {
+  ps->skip_why = why;
+  return SKIP_LINE;
+}
+
+/* A double-quoted string starting at s[*pi] == '"', left at the closing
+ * quote. Escapes: \\ \" \n. what names it in a message. */
+static int parse_string(parse_state *ps, const char *s, size_t n, size_t *pi,
+                        const char *what) {
+  char msg[96];
+  for (size_t i = *pi + 1;; i++) {
+    if (i >= n) {
+      spi__errf(msg, sizeof msg, "unterminated %s", what);
+      return fail(ps, SPI_EPARSE, msg);
+    }
+    if (s[i] == '"') {
+      *pi = i;
+      return SPI_OK;
+    }
+    if (s[i] == '\\') {
+      if (i + 1 >= n) {
+        spi__errf(msg, sizeof msg, "unterminated %s", what);
+        return fail(ps, SPI_EPARSE, msg);
+      }
+      char x = s[++i];
+      if (x != '\\' && x != '"' && x != 'n') {
+        spi__errf(msg, sizeof msg, "invalid escape in a %s (only \\\\ \\\" \\n)",
+                  what);
+        return fail(ps, SPI_EPARSE, msg);
+      }
+    }
+  }
+}
+
+/* The metric name quoted as the first member of a label set (Prometheus
+ * 3's UTF-8 names: {"name", label="value"}), s[*pi] == '"'. Sets *name and
+ * *name_len to the text between the quotes and leaves *pi after them. */
+static int parse_quoted_name(parse_state *ps, const char *s, size_t n,
+                             size_t *pi, const char **name, size_t *name_len) {
+  size_t i = *pi;
+  int rc = parse_string(ps, s, n, &i, "quoted metric name");
+  if (rc != SPI_OK) return rc;
+  size_t j = skip_blanks(s, i + 1, n);
+  /* {"object":"error",...} is JSON, not a metric. */
+  if (j >= n || (s[j] != ',' && s[j] != '}'))
+    return fail(ps, SPI_EPARSE,
+                "expected a metric name (a quoted name is followed by ',' or "
+                "'}')");
+  *name = s + *pi + 1;
+  *name_len = i - *pi - 1;
+  *pi = s[j] == ',' ? j + 1 : j;
+  return SPI_OK;
+}
+
+/* A label set "{name="value",...}" starting at s[*pi] == '{'. Label names
+ * bare or quoted; escapes in values: \\ \" \n; a trailing comma is
+ * allowed. With name non-NULL the set opens the line and must start with
+ * the quoted metric name, which *name and *name_len get. */
+static int parse_labels(parse_state *ps, const char *s, size_t n, size_t *pi,
+                        const char **name, size_t *name_len) {
   size_t i = *pi + 1;
+  if (name) {
+    i = skip_blanks(s, i, n);
+    if (i >= n || s[i] != '"')
+      return fail(ps, SPI_EPARSE, "expected a metric name");
+    int rc = parse_quoted_name(ps, s, n, &i, name, name_len);
+    if (rc != SPI_OK) return rc;
+  }
   for (;;) {
     i = skip_blanks(s, i, n);
     if (i < n && s[i] == '}') break;
     size_t e = scan_name(s, i, n, 0);
+    if (e == i && i < n && s[i] == '"') {
+      int rc = parse_string(ps, s, n, &i, "quoted label name");
+      if (rc != SPI_OK) return rc;
+      e = i + 1;
+    }
     if (e == i) return fail(ps, SPI_EPARSE, "expected a label name or '}'");
     i = skip_blanks(s, e, n);
     if (i >= n || s[i] != '=')
@@ -187,17 +273,8 @@ static int parse_labels(parse_state *ps, const char *s, size_t n, size_t *pi) {
     i = skip_blanks(s, i + 1, n);
     if (i >= n || s[i] != '"')
       return fail(ps, SPI_EPARSE, "expected '\"' to open a label value");
-    for (i++;; i++) {
-      if (i >= n) return fail(ps, SPI_EPARSE, "unterminated label value");
-      if (s[i] == '"') break;
-      if (s[i] == '\\') {
-        if (i + 1 >= n) return fail(ps, SPI_EPARSE, "unterminated label value");
-        char x = s[++i];
-        if (x != '\\' && x != '"' && x != 'n')
-          return fail(ps, SPI_EPARSE,
-                      "invalid escape in a label value (only \\\\ \\\" \\n)");
-      }
-    }
+    int rc = parse_string(ps, s, n, &i, "label value");
+    if (rc != SPI_OK) return rc;
     i = skip_blanks(s, i + 1, n);
     if (i < n && s[i] == ',') {
       i++;
@@ -216,6 +293,14 @@ static size_t token_end(const char *s, size_t i, size_t n) {
   return i;
 }
 
+/* A token "word@..." after the value: an annotation this version does not
+ * read (OpenMetrics 2.0 writes a counter's start time as st@<seconds>). */
+static int is_annotation(const char *s, size_t i, size_t e) {
+  size_t j = i;
+  while (j < e && (is_alpha_(s[j]) || is_digit(s[j]))) j++;
+  return j > i && j < e && s[j] == '@';
+}
+
 /* An optional timestamp and an optional OpenMetrics exemplar
  * ("# {labels} value [timestamp]") after a sample's value. */
 static int parse_tail(parse_state *ps, const char *s, size_t n, size_t i,
@@ -225,19 +310,23 @@ static int parse_tail(parse_state *ps, const char *s, size_t n, size_t i,
   i = skip_blanks(s, i, n);
   if (i < n && s[i] != '#') {
     size_t e = token_end(s, i, n);
+    if (is_annotation(s, i, e))
+      return skip_line(ps, "an annotation after the value (such as st@)");
     if (parse_number(s + i, e - i, &v) != 0 || !isfinite(v))
       return fail(ps, SPI_EPARSE, "invalid timestamp");
     i = skip_blanks(s, e, n);
     stamped = 1;
   }
   if (i >= n) return SPI_OK;
+  if (s[i] != '#' && is_annotation(s, i, token_end(s, i, n)))
+    return skip_line(ps, "an annotation after the timestamp (such as st@)");
   if (s[i] != '#' || !exemplar_ok)
     return fail(ps, SPI_EPARSE, stamped ? "unexpected text after the timestamp"
                                         : "unexpected text after the sample");
   i = skip_blanks(s, i + 1, n);
   if (i >= n || s[i] != '{')
     return fail(ps, SPI_EPARSE, "expected '{' to open an exemplar's labels");
-  int rc = parse_labels(ps, s, n, &i);
+  int rc = parse_labels(ps, s, n, &i, NULL, NULL);
   if (rc != SPI_OK) return rc;
   size_t j = skip_blanks(s, i, n);
   if (j == i || j >= n)
@@ -273,32 +362,63 @@ static int record(parse_state *ps, const struct known_metric *k, double v) {
     ps->sum[k->field] = sum;
   }
   ps->seen[k->field] = 1;
+  ps->found++;
   return SPI_OK;
 }
 
-static int parse_sample(parse_state *ps, const char *s, size_t n, size_t i) {
+/* Whether the '{' at s[i] opens a composite value ({count:12,sum:...}, a
+ * native histogram) rather than a label set: a name then ':' in it. */
+static int is_composite(const char *s, size_t i, size_t n) {
+  size_t j = skip_blanks(s, i + 1, n);
+  size_t e = scan_name(s, j, n, 0);
+  return e > j && e < n && s[e] == ':';
+}
+
+/* The metric name, bare or (Prometheus 3) quoted inside the label set,
+ * and the label set; *pi is left after them. */
+static int parse_series(parse_state *ps, const char *s, size_t n, size_t *pi,
+                        const char **name, size_t *name_len, int *labels) {
+  size_t i = *pi;
+  if (s[i] == '{') {
+    *labels = 1;
+    int rc = parse_labels(ps, s, n, pi, name, name_len);
+    return rc;
+  }
   size_t name_end = scan_name(s, i, n, 1);
   if (name_end == i) return fail(ps, SPI_EPARSE, "expected a metric name");
-  const char *name = s + i;
-  size_t name_len = name_end - i;
+  *name = s + i;
+  *name_len = name_end - i;
   i = skip_blanks(s, name_end, n);
-  int labels = i < n && s[i] == '{';
-  if (labels) {
-    int rc = parse_labels(ps, s, n, &i);
+  *labels = i < n && s[i] == '{' && !(i > name_end && is_composite(s, i, n));
+  if (*labels) {
+    int rc = parse_labels(ps, s, n, &i, NULL, NULL);
     if (rc != SPI_OK) return rc;
   } else {
     i = name_end;
   }
+  *pi = i;
+  return SPI_OK;
+}
+
+static int parse_sample(parse_state *ps, const char *s, size_t n, size_t i) {
+  const char *name = NULL;
+  size_t name_len = 0;
+  int labels = 0;
+  int rc = parse_series(ps, s, n, &i, &name, &name_len, &labels);
+  if (rc != SPI_OK) return rc;
   size_t j = skip_blanks(s, i, n);
   if (j >= n) return fail(ps, SPI_EPARSE, "missing value");
   /* "name{...}1" is valid; "name1" is a name, "name-1" is not a sample. */
   if (j == i && !labels)
     return fail(ps, SPI_EPARSE, "expected a blank before the value");
+  /* A composite value, {count:...,sum:...,buckets:...}: a native
+   * histogram in text form, which no load metric is. */
+  if (s[j] == '{') return skip_line(ps, "a native-histogram value");
   size_t e = token_end(s, j, n);
   double v;
   if (parse_number(s + j, e - j, &v) != 0)
     return fail(ps, SPI_EPARSE, "invalid value");
-  int rc = parse_tail(ps, s, n, e, 1);
+  rc = parse_tail(ps, s, n, e, 1);
   if (rc != SPI_OK) return rc;
   for (size_t k = 0; k < NKNOWN; k++)
     if (KNOWN[k].len == name_len && memcmp(KNOWN[k].name, name, name_len) == 0)
@@ -314,6 +434,12 @@ static int parse_comment(parse_state *ps, const char *s, size_t n, size_t i) {
   if (!help && !type) return SPI_OK; /* a plain comment */
   i = skip_blanks(s, e, n);
   size_t name_end = scan_name(s, i, n, 1);
+  if (name_end == i && i < n && s[i] == '"') { /* a Prometheus 3 name */
+    size_t q = i;
+    int rc = parse_string(ps, s, n, &q, "quoted metric name");
+    if (rc != SPI_OK) return rc;
+    name_end = q + 1;
+  }
   if (name_end == i || (name_end < n && !is_blank(s[name_end])))
     return fail(ps, SPI_EPARSE, help ? "# HELP needs a metric name"
                                      : "# TYPE needs a metric name");
@@ -332,12 +458,38 @@ static int parse_comment(parse_state *ps, const char *s, size_t n, size_t i) {
   return SPI_OK;
 }
 
-int spi__metrics_parse(const char *text, size_t len, spi_load *out, char *err,
-                       size_t errcap) {
+/* One line; blank and comment lines included. */
+static int parse_line(parse_state *ps, const char *s, size_t n) {
+  size_t i = skip_blanks(s, 0, n);
+  if (i == n) return SPI_OK;
+  int rc = s[i] == '#' ? parse_comment(ps, s, n, i) : parse_sample(ps, s, n, i);
+  if (rc != SKIP_LINE) return rc;
+  if (ps->skipped++ == 0) {
+    ps->first_skipped = ps->line;
+    ps->first_why = ps->skip_why;
+  }
+  return SPI_OK;
+}
+
+/* The message for a page read with lines skipped (or, with no load metric
+ * left, the reason why it may have none). */
+static void skip_note(const parse_state *ps, char *err, size_t errcap,
+                      const char *head) {
+  spi__errf(err, errcap,
+            "%sskipped %zu line%s in syntax this version does not read "
+            "(first: line %zu, %s)",
+            head, ps->skipped, ps->skipped == 1 ? "" : "s", ps->first_skipped,
+            ps->first_why);
+}
+
+int spi__metrics_parse_report(const char *text, size_t len, spi_load *out,
+                              spi_parse_report *report, char *err,
+                              size_t errcap) {
   if (!out || (!text && len)) {
     spi__errf(err, errcap, "NULL %s", out ? "text" : "output");
     return SPI_EINVAL;
   }
+  if (err && errcap) err[0] = '\0';
   parse_state ps;
   memset(&ps, 0, sizeof ps);
   ps.err = err;
@@ -351,21 +503,29 @@ int spi__metrics_parse(const char *text, size_t len, spi_load *out, char *err,
     size_t n = end - pos;
     pos = nl ? end + 1 : len;
     if (n && s[n - 1] == '\r') n--;
-    size_t i = skip_blanks(s, 0, n);
-    if (i == n) continue; /* blank line */
-    if (!nl)
+    if (!nl && skip_blanks(s, 0, n) != n)
       return fail(&ps, SPI_EPARSE,
                   "the last line has no line feed (the page was cut short?)");
-    int rc = s[i] == '#' ? parse_comment(&ps, s, n, i)
-                         : parse_sample(&ps, s, n, i);
+    int rc = parse_line(&ps, s, n);
     if (rc != SPI_OK) return rc;
   }
+  if (report) {
+    report->found = ps.found;
+    report->skipped = ps.skipped;
+    report->first_skipped = ps.first_skipped;
+  }
   if (!ps.seen[F_RUNNING] && !ps.seen[F_WAITING] && !ps.seen[F_USAGE]) {
-    spi__errf(err, errcap,
-              "no load metric found (vllm:num_requests_running|waiting, "
-              "vllm:kv_cache_usage_perc, sglang:num_running_reqs, ...)");
+    if (ps.skipped)
+      skip_note(&ps, err, errcap,
+                "no load metric found (vllm:num_requests_running|waiting, "
+                "vllm:kv_cache_usage_perc, sglang:num_running_reqs, ...); ");
+    else
+      spi__errf(err, errcap,
+                "no load metric found (vllm:num_requests_running|waiting, "
+                "vllm:kv_cache_usage_perc, sglang:num_running_reqs, ...)");
     return SPI_EMISSING;
   }
+  if (ps.skipped) skip_note(&ps, err, errcap, "");
   out->running = ps.sum[F_RUNNING];
   out->waiting = ps.sum[F_WAITING];
   out->kv_usage = ps.sum[F_USAGE];
@@ -373,10 +533,35 @@ int spi__metrics_parse(const char *text, size_t len, spi_load *out, char *err,
   return SPI_OK;
 }
 
+int spi__metrics_parse(const char *text, size_t len, spi_load *out, char *err,
+                       size_t errcap) {
+  return spi__metrics_parse_report(text, len, out, NULL, err, errcap);
+}
+
 int spi_metrics_parse(const char *text, size_t len, spi_load *out) {
   if (!out || out->struct_size < sizeof(spi_load)) return SPI_EINVAL;
   spi_load tmp = *out;
   int rc = spi__metrics_parse(text, len, &tmp, NULL, 0);
+  if (rc == SPI_OK) *out = tmp;
+  return rc;
+}
+
+int spi_metrics_parse_v2(const char *text, size_t len, spi_load *out,
+                         spi_parse_report *report, char *errbuf,
+                         size_t errcap) {
+  if (errbuf && errcap) errbuf[0] = '\0';
+  if (!out || out->struct_size < sizeof(spi_load) || !report ||
+      report->struct_size < sizeof(spi_parse_report)) {
+    spi__errf(errbuf, errcap,
+              "metrics: %s is NULL or its struct_size is too small",
+              !out || out->struct_size < sizeof(spi_load) ? "out" : "report");
+    return SPI_EINVAL;
+  }
+  size_t size = report->struct_size;
+  memset(report, 0, sizeof *report);
+  report->struct_size = size;
+  spi_load tmp = *out;
+  int rc = spi__metrics_parse_report(text, len, &tmp, report, errbuf, errcap);
   if (rc == SPI_OK) *out = tmp;
   return rc;
 }

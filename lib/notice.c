@@ -12,6 +12,12 @@
  *    values (SPI_EUNKNOWN, SPI_EPARSE), then absent required fields
  *    (SPI_EMISSING). A key that appears twice in one object is SPI_EPARSE:
  *    which of two values the cloud meant would be a guess.
+ *  - Clouds add event types without warning. In the documents that list
+ *    events (AWS scheduled, Azure) and in EventBridge envelopes, an event
+ *    whose type or state is not one this version knows is skipped and
+ *    counted, after its fields' types are checked, and the other events are
+ *    still read: one new event type must not hide a Preempt beside it. A
+ *    known event that is broken still fails the whole document.
  *  - Ids taken from a body (instance ids, resource names, event ids) must
  *    be 1..63 bytes without control characters; a longer one is
  *    SPI_ETOOBIG, never truncated (a truncated node or event id could
@@ -300,6 +306,9 @@ static const char *parse_day_month_year(const char *s, size_t n,
 
 /* --------------------------------------------------------------- context */
 
+#define QUOTE_CAP 56
+#define PATH_CAP 96
+
 typedef struct nctx {
   int32_t format;
   const char *label;     /* prefixes every message */
@@ -309,6 +318,12 @@ typedef struct nctx {
   spi_notice *out; /* NULL while validating and counting */
   size_t cap;
   size_t n; /* notices found so far */
+  /* Entries of a type or state this version does not know: skipped, not
+   * fatal, since clouds add event types without notice. Counted on the
+   * first pass only; what the first one was goes into the message. */
+  size_t skipped;
+  size_t first_skipped; /* its 1-based entry index */
+  char skip_note[PATH_CAP + QUOTE_CAP];
   char *err;
   size_t errcap;
 } nctx;
@@ -356,9 +371,6 @@ static const char *quoted(char *buf, size_t cap, const char *s, size_t n) {
   buf[o] = '\0';
   return buf;
 }
-
-#define QUOTE_CAP 56
-#define PATH_CAP 96
 
 static void field_path(char *buf, const char *parent, const char *key) {
   if (parent[0])
@@ -467,6 +479,31 @@ static int one_of(nctx *c, const char *path, const char *value,
                           names[i]);
   return fail(c, SPI_EUNKNOWN, "%s: unknown value %s (expected %s)", path,
               quoted(q, sizeof q, value, strlen(value)), list);
+}
+
+/* Whether value is one of names[0..n); *index gets which. */
+static int known(const char *value, const char *const *names, size_t n,
+                 size_t *index) {
+  for (size_t i = 0; i < n; i++)
+    if (strcmp(value, names[i]) == 0) {
+      *index = i;
+      return 1;
+    }
+  return 0;
+}
+
+/* Entry i (0-based) names a type or state this version does not know:
+ * count it and remember the first, then carry on with the next entry. Only
+ * the counting pass records, so a document is counted once. */
+static int skip_entry(nctx *c, size_t i, const char *path, const char *value) {
+  if (c->out) return SPI_OK;
+  if (c->skipped++ == 0) {
+    char q[QUOTE_CAP];
+    c->first_skipped = i + 1;
+    spi__errf(c->skip_note, sizeof c->skip_note, "%s %s", path,
+              quoted(q, sizeof q, value, strlen(value)));
+  }
+  return SPI_OK;
 }
 
 typedef const char *(*time_parser)(const char *s, size_t n, int64_t *out);
@@ -616,13 +653,15 @@ static int aws_scheduled_event(nctx *c, const cJSON *ev, size_t i) {
     return rc;
   size_t k = 0, s = 0;
   int64_t deadline = 0;
-  if (code) {
+  /* A code or state this version does not know is a newer kind of event,
+   * not a broken document: skipped and counted, the others still read. */
+  if (code && !known(code, AWS_CODES, 5, &k)) {
     field_path(path, at, "Code");
-    if ((rc = one_of(c, path, code, AWS_CODES, 5, &k)) != SPI_OK) return rc;
+    return skip_entry(c, i, path, code);
   }
-  if (state) {
+  if (state && !known(state, AWS_STATES, 3, &s)) {
     field_path(path, at, "State");
-    if ((rc = one_of(c, path, state, AWS_STATES, 3, &s)) != SPI_OK) return rc;
+    return skip_entry(c, i, path, state);
   }
   if (not_before) {
     field_path(path, at, "NotBefore");
@@ -673,8 +712,10 @@ static int aws_eventbridge(nctx *c, const cJSON *root) {
   int rc;
   if ((rc = get_string(c, root, "", "detail-type", &type)) != SPI_OK) return rc;
   if (!type) return missing(c, "", "detail-type");
-  if ((rc = one_of(c, "detail-type", type, EB_TYPES, 3, &t)) != SPI_OK)
-    return rc;
+  /* An EventBridge rule may well forward EC2 events this version does not
+   * read: skipped and counted, not an error. */
+  if (!known(type, EB_TYPES, 3, &t))
+    return skip_entry(c, 0, "detail-type", type);
   /* What detail says happens: the action, or the new state. */
   const char *arg_key = t == 0 ? "instance-action" : "state";
   if ((rc = get_string(c, root, "", "time", &time)) != SPI_OK ||
@@ -823,13 +864,15 @@ static int azure_event(nctx *c, const cJSON *ev, size_t i) {
   }
   size_t k = 0, s = 0;
   int64_t deadline = 0;
-  if (type) {
+  /* Azure adds event types (and may add states): such an event is skipped
+   * and counted, and the document's other events are still read. */
+  if (type && !known(type, AZ_TYPES, 5, &k)) {
     field_path(path, at, "EventType");
-    if ((rc = one_of(c, path, type, AZ_TYPES, 5, &k)) != SPI_OK) return rc;
+    return skip_entry(c, i, path, type);
   }
-  if (status) {
+  if (status && !known(status, AZ_STATUSES, 2, &s)) {
     field_path(path, at, "EventStatus");
-    if ((rc = one_of(c, path, status, AZ_STATUSES, 2, &s)) != SPI_OK) return rc;
+    return skip_entry(c, i, path, status);
   }
   if (not_before && not_before[0]) {
     field_path(path, at, "NotBefore");
@@ -1021,11 +1064,55 @@ static int check_args(nctx *c, int32_t http_status, const char *body,
   return SPI_OK;
 }
 
-SPI_API int spi_notice_parse(int32_t format, int32_t http_status,
-                             const char *body, size_t len, const char *node,
-                             size_t node_len, int64_t now_ns, spi_notice *out,
-                             size_t cap, size_t *n_out, char *errbuf,
-                             size_t errcap) {
+/* The message for a document that parsed with entries skipped. */
+static void skip_message(nctx *c) {
+  spi__errf(c->err, c->errcap,
+            "%s: skipped %zu %s of a type or state this version does not "
+            "read (first: %s)",
+            c->label, c->skipped, c->skipped == 1 ? "entry" : "entries",
+            c->skip_note);
+}
+
+/* Validate and count with nothing written, then write. */
+static int parse_body(nctx *c, int32_t format, const char *body, size_t len,
+                      spi_notice *out, size_t cap, size_t *found) {
+  int json = format != SPI_NOTICE_GCP_PREEMPTED &&
+             format != SPI_NOTICE_GCP_MAINTENANCE;
+  cJSON *root = NULL;
+  int rc;
+  if (json) {
+    if (is_blank(body, len)) {
+      if (format == SPI_NOTICE_AWS_INSTANCE_ACTION ||
+          format == SPI_NOTICE_AWS_REBALANCE ||
+          format == SPI_NOTICE_AWS_SCHEDULED)
+        return SPI_OK;
+      return fail(c, SPI_EPARSE, "empty body, expected a JSON %s",
+                  format == SPI_NOTICE_AWS_SCHEDULED ? "array" : "object");
+    }
+    if (format == SPI_NOTICE_AWS_SCHEDULED)
+      rc = parse_json_array(c, body, len, &root);
+    else
+      rc = spi__json_parse_object(body, len, SPI__NOTICE_MAX_BODY, c->label,
+                                  &root, c->err, c->errcap);
+    if (rc != SPI_OK) return rc;
+  }
+  rc = walk(c, root, body, len);
+  *found = c->n;
+  if (rc == SPI_OK && *found > 0 && cap > 0) {
+    c->out = out;
+    c->cap = cap;
+    c->n = 0;
+    rc = walk(c, root, body, len);
+  }
+  cJSON_Delete(root);
+  return rc;
+}
+
+static int notice_parse(int32_t format, int32_t http_status, const char *body,
+                        size_t len, const char *node, size_t node_len,
+                        int64_t now_ns, spi_notice *out, size_t cap,
+                        size_t *n_out, spi_parse_report *report, char *errbuf,
+                        size_t errcap) {
   nctx c;
   memset(&c, 0, sizeof c);
   c.err = errbuf;
@@ -1051,40 +1138,48 @@ SPI_API int spi_notice_parse(int32_t format, int32_t http_status,
   if (len > SPI__NOTICE_MAX_BODY)
     return fail(&c, SPI_ETOOBIG, "body of %zu bytes, over the %zu allowed", len,
                 SPI__NOTICE_MAX_BODY);
-
-  int json = format != SPI_NOTICE_GCP_PREEMPTED &&
-             format != SPI_NOTICE_GCP_MAINTENANCE;
-  cJSON *root = NULL;
-  if (json) {
-    if (is_blank(body, len)) {
-      if (format == SPI_NOTICE_AWS_INSTANCE_ACTION ||
-          format == SPI_NOTICE_AWS_REBALANCE ||
-          format == SPI_NOTICE_AWS_SCHEDULED)
-        return SPI_OK;
-      return fail(&c, SPI_EPARSE, "empty body, expected a JSON %s",
-                  format == SPI_NOTICE_AWS_SCHEDULED ? "array" : "object");
-    }
-    if (format == SPI_NOTICE_AWS_SCHEDULED)
-      rc = parse_json_array(&c, body, len, &root);
-    else
-      rc = spi__json_parse_object(body, len, SPI__NOTICE_MAX_BODY, c.label,
-                                  &root, errbuf, errcap);
-    if (rc != SPI_OK) return rc;
-  }
-
-  /* Validate and count with nothing written, then write. */
-  rc = walk(&c, root, body, len);
-  size_t found = c.n;
-  if (rc == SPI_OK && found > 0 && cap > 0) {
-    c.out = out;
-    c.cap = cap;
-    c.n = 0;
-    rc = walk(&c, root, body, len);
-  }
-  cJSON_Delete(root);
+  size_t found = 0;
+  rc = parse_body(&c, format, body, len, out, cap, &found);
   if (rc != SPI_OK) return rc;
   *n_out = found;
+  if (report) {
+    report->found = found;
+    report->skipped = c.skipped;
+    report->first_skipped = c.first_skipped;
+  }
   if (found > cap)
     return fail(&c, SPI_EBUFSIZE, "%zu notices, room for %zu", found, cap);
+  if (c.skipped) skip_message(&c);
   return SPI_OK;
+}
+
+SPI_API int spi_notice_parse(int32_t format, int32_t http_status,
+                             const char *body, size_t len, const char *node,
+                             size_t node_len, int64_t now_ns, spi_notice *out,
+                             size_t cap, size_t *n_out, char *errbuf,
+                             size_t errcap) {
+  return notice_parse(format, http_status, body, len, node, node_len, now_ns,
+                      out, cap, n_out, NULL, errbuf, errcap);
+}
+
+SPI_API int spi_notice_parse_v2(int32_t format, int32_t http_status,
+                                const char *body, size_t len, const char *node,
+                                size_t node_len, int64_t now_ns,
+                                spi_notice *out, size_t cap,
+                                spi_parse_report *report, char *errbuf,
+                                size_t errcap) {
+  if (errbuf && errcap) errbuf[0] = '\0';
+  if (!report || report->struct_size < sizeof(spi_parse_report)) {
+    spi__errf(errbuf, errcap, "notice: report is NULL or its struct_size is "
+                              "below sizeof(spi_parse_report)");
+    return SPI_EINVAL;
+  }
+  size_t size = report->struct_size;
+  memset(report, 0, sizeof *report);
+  report->struct_size = size;
+  size_t n = 0;
+  int rc = notice_parse(format, http_status, body, len, node, node_len, now_ns,
+                        out, cap, &n, report, errbuf, errcap);
+  report->found = n;
+  return rc;
 }

@@ -214,6 +214,11 @@ static inline void spi__replica_load(const spi_replica_slot *s, int64_t now_ns,
  * On error, err gets "line N: ..." */
 int spi__metrics_parse(const char *text, size_t len, spi_load *out, char *err,
                        size_t errcap);
+/* The same, also filling report (may be NULL): lines in newer syntax are
+ * skipped and counted, and on SPI_OK err says which was the first. */
+int spi__metrics_parse_report(const char *text, size_t len, spi_load *out,
+                              spi_parse_report *report, char *err,
+                              size_t errcap);
 
 /* ------------------------------------------------------------- breakers */
 

@@ -654,6 +654,30 @@ SPI_API int spi_replica_report_load(spi_engine *engine, const char *id,
  */
 SPI_API int spi_metrics_parse(const char *text, size_t len, spi_load *out);
 
+/*
+ * What a parser of outside text read and what it left out. Clouds add event
+ * types and servers add exposition syntax without warning, so an entry of a
+ * type or state this version does not know (a notice document's event) or a
+ * line in newer syntax (a metrics page's native-histogram value or start
+ * timestamp) is skipped and counted rather than failing the whole body; a
+ * body that is malformed still fails.
+ */
+typedef struct spi_parse_report {
+  size_t struct_size;
+  size_t found;         /* notices found, or load samples read */
+  size_t skipped;       /* entries or lines skipped as unknown */
+  size_t first_skipped; /* the first of them: 1-based entry index in the
+                           document or line number on the page; 0 = none */
+} spi_parse_report;
+
+/* spi_metrics_parse() that also reports what it skipped (report required,
+ * struct_size set) and gives the message: the error with its line number,
+ * or on SPI_OK with lines skipped, which line was the first and why. errbuf
+ * (may be NULL) gets "" otherwise. */
+SPI_API int spi_metrics_parse_v2(const char *text, size_t len, spi_load *out,
+                                 spi_parse_report *report, char *errbuf,
+                                 size_t errcap);
+
 /* spi_metrics_parse() then spi_replica_report_load() stamped now; the parse
  * error, with its line number, is the engine's message. */
 SPI_API int spi_replica_report_metrics(spi_engine *engine, const char *id,
@@ -908,7 +932,9 @@ SPI_API const char *spi_notice_kind_name(int32_t kind);
  * number found (0 = no notice); SPI_EBUFSIZE when cap is too small. Pure and
  * thread-safe. Errors: SPI_EINVAL (an argument, or a status neither 2xx
  * nor 404), SPI_EPARSE (malformed body, bad time), SPI_ETYPE (a field of the
- * wrong type), SPI_EUNKNOWN (unknown action or event type), SPI_EMISSING (a
+ * wrong type), SPI_EUNKNOWN (an unknown action, instance state or GCP value:
+ * an event of unknown type in a list is skipped, see spi_notice_parse_v2),
+ * SPI_ENOMEM (out of memory while parsing), SPI_EMISSING (a
  * required field is absent), SPI_ETOOBIG (a body over 1 MiB, an id from the
  * body over 63 bytes), SPI_EBUFSIZE. errbuf (may be NULL) gets the message.
  */
@@ -917,6 +943,20 @@ SPI_API int spi_notice_parse(int32_t format, int32_t http_status,
                              size_t node_len, int64_t now_ns, spi_notice *out,
                              size_t cap, size_t *n_out, char *errbuf,
                              size_t errcap);
+
+/* spi_notice_parse() that also reports the entries it skipped: an event
+ * whose type or state this version does not know (Azure EventType or
+ * EventStatus, AWS scheduled Code or State, EventBridge detail-type) is
+ * skipped and counted, and the document's other events are still read.
+ * report (required, struct_size set) replaces n_out: report->found is what
+ * *n_out would be. On SPI_OK with entries skipped, errbuf gets a message
+ * naming the first (spi_notice_parse() writes that message too). */
+SPI_API int spi_notice_parse_v2(int32_t format, int32_t http_status,
+                                const char *body, size_t len, const char *node,
+                                size_t node_len, int64_t now_ns,
+                                spi_notice *out, size_t cap,
+                                spi_parse_report *report, char *errbuf,
+                                size_t errcap);
 
 /* -------------------------------------------------- nodes and their fate */
 

@@ -8,7 +8,10 @@
  *   - a parse or range error names its line ("line N: ..."), every error has
  *     a message, and the public function leaves *out untouched on failure;
  *   - the public and internal entry points agree, and parsing is
- *     deterministic.
+ *     deterministic;
+ *   - lines skipped as newer syntax are counted with the first named, a
+ *     success has a message exactly when something was skipped, and one
+ *     reads at least one load sample.
  */
 #include <math.h>
 #include <stddef.h>
@@ -54,6 +57,26 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     check(memcmp(&a, &b, sizeof a) == 0);
   } else {
     check(memcmp(&before, &b, sizeof b) == 0);
+  }
+
+  spi_load c;
+  memset(&c, 0, sizeof c);
+  c.struct_size = sizeof c;
+  spi_parse_report rep;
+  memset(&rep, 0x5a, sizeof rep);
+  rep.struct_size = sizeof rep;
+  char err3[SPI_ERRMSG_CAP];
+  int rc3 = spi_metrics_parse_v2(size ? text : NULL, size, &c, &rep, err3,
+                                 sizeof err3);
+  check(rc3 == rc);
+  check((rep.skipped == 0) == (rep.first_skipped == 0));
+  if (rc == SPI_OK) {
+    check(memcmp(&a, &c, sizeof a) == 0);
+    check(rep.found > 0);
+    check(rep.skipped ? strstr(err3, "skipped") != NULL : err3[0] == '\0');
+    check(strcmp(err, err3) == 0);
+  } else {
+    check(err3[0] != '\0');
   }
   return 0;
 }

@@ -6,6 +6,8 @@
  * size bytes and is never NUL-terminated), it checks, and aborts when one
  * fails:
  *   - the status is one the parser documents for a valid call;
+ *   - entries skipped as unknown are counted with the first named, and a
+ *     success has a message exactly when something was skipped;
  *   - a failure has a message that starts with the format's label, reports
  *     no notices and leaves out[] untouched;
  *   - every notice has struct_size and format set, a kind in 1..6, active
@@ -79,9 +81,16 @@ static void run(int32_t format, const char *label, const char *key_prefix,
   memset(out, 0x5a, CAP * sizeof *out);
   char err[256];
   err[0] = '\0';
-  size_t n = 12345;
-  int rc = spi_notice_parse(format, 200, body, len, node, sizeof node - 1, NOW,
-                            out, CAP, &n, err, sizeof err);
+  spi_parse_report rep;
+  memset(&rep, 0x5a, sizeof rep);
+  rep.struct_size = sizeof rep;
+  int rc = spi_notice_parse_v2(format, 200, body, len, node, sizeof node - 1,
+                               NOW, out, CAP, &rep, err, sizeof err);
+  size_t n = rep.found;
+  /* Skipped entries are counted, the first named, and never an error. */
+  check(rep.struct_size == sizeof rep);
+  check((rep.skipped == 0) == (rep.first_skipped == 0));
+  if (rc != SPI_OK && rc != SPI_EBUFSIZE) check(rep.found == 0);
   check(rc == SPI_OK || rc == SPI_EPARSE || rc == SPI_ETYPE ||
         rc == SPI_EUNKNOWN || rc == SPI_EMISSING || rc == SPI_ETOOBIG ||
         rc == SPI_EBUFSIZE);
@@ -92,7 +101,11 @@ static void run(int32_t format, const char *label, const char *key_prefix,
     for (size_t i = 0; i < CAP * sizeof *out; i++)
       check(((const unsigned char *)out)[i] == 0x5a);
   } else {
-    check(rc == SPI_OK ? err[0] == '\0' && n <= CAP : n > CAP);
+    check(rc == SPI_OK ? n <= CAP : n > CAP);
+    if (rc == SPI_OK && rep.skipped)
+      check(strncmp(err, label, strlen(label)) == 0 && strstr(err, "skipped"));
+    else if (rc == SPI_OK)
+      check(err[0] == '\0');
     size_t shown = n < CAP ? n : CAP;
     for (size_t i = 0; i < shown; i++)
       check_notice(&out[i], format, key_prefix);

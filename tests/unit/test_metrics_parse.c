@@ -470,6 +470,105 @@ static void test_line_structure(void **st) {
   expect_err("# HELP x y", SPI_EPARSE, "line 1: ");
 }
 
+/* -------------------------------------------- newer syntax (bug 3) */
+
+/* A page from a newer server: Prometheus 3 quoted names are read; a
+ * native-histogram value and an OpenMetrics 2.0 start timestamp are lines
+ * this version does not read, skipped and counted while the load is still
+ * read. Before, the first such line refused the whole page. */
+static const char NEWER[] =
+    "# HELP \"vllm:num_requests_running\" Number of requests running.\n"
+    "# TYPE \"vllm:num_requests_running\" gauge\n"
+    "{\"vllm:num_requests_running\",engine=\"0\"} 3\n"
+    "{\"vllm.num_requests.other\", \"label.with.dots\"=\"x\"} 99\n"
+    "vllm:num_requests_waiting{\"model.name\"=\"m\",engine=\"0\"} 2\n"
+    "# TYPE vllm:time_to_first_token_seconds histogram\n"
+    "vllm:time_to_first_token_seconds{engine=\"0\"} {count:12,sum:100.5,"
+    "schema:3,zero_threshold:1e-128,zero_count:0,positive_spans:[0:2],"
+    "positive_deltas:[3,1]}\n"
+    "vllm:request_success_total{finished_reason=\"stop\"} 17 st@1520430000.1\n"
+    "vllm:num_requests_running{engine=\"1\"} 4 1731602148 st@1731602000\n"
+    "vllm:kv_cache_usage_perc{engine=\"0\"} 0.5 # {trace_id=\"ab\"} 0.5\n"
+    "# EOF\n";
+
+static void test_newer_syntax(void **st) {
+  (void)st;
+  spi_load l;
+  memset(&l, 0, sizeof l);
+  l.struct_size = sizeof l;
+  spi_parse_report rep;
+  memset(&rep, 0, sizeof rep);
+  rep.struct_size = sizeof rep;
+  char err[256] = "x";
+  assert_int_equal(spi_metrics_parse_v2(NEWER, strlen(NEWER), &l, &rep, err,
+                                        sizeof err),
+                   SPI_OK);
+  assert_true(l.running == 3 && l.waiting == 2 && l.kv_usage == 0.5);
+  assert_int_equal(rep.found, 3);
+  assert_int_equal(rep.skipped, 3);
+  assert_int_equal(rep.first_skipped, 7);
+  assert_non_null(strstr(err, "skipped 3 lines"));
+  assert_non_null(strstr(err, "line 7, a native-histogram value"));
+  /* The first interface reads the same load. */
+  expect_ok(NEWER, 3, 2, 0.5);
+  /* A start timestamp alone, after the value or after a timestamp. */
+  static const char ST[] = "vllm:num_requests_running 1\nx_total 2 st@1.5\n";
+  assert_int_equal(
+      spi_metrics_parse_v2(ST, strlen(ST), &l, &rep, err, sizeof err), SPI_OK);
+  assert_int_equal(rep.skipped, 1);
+  assert_int_equal(rep.first_skipped, 2);
+  assert_non_null(strstr(err, "line 2, an annotation after the value"));
+  /* A composite value without labels: "name {count:...}" is not a label
+   * set with a blank before it. */
+  static const char NH[] = "h {count:2,sum:1}\nvllm:num_requests_waiting 4\n";
+  assert_int_equal(
+      spi_metrics_parse_v2(NH, strlen(NH), &l, &rep, err, sizeof err), SPI_OK);
+  assert_true(l.waiting == 4);
+  assert_int_equal(rep.skipped, 1);
+  assert_int_equal(rep.first_skipped, 1);
+  expect_ok("vllm:num_requests_running { a = \"1\" } 2\n", 2, 0, 0);
+  /* Nothing skipped: an empty message and zero counts. */
+  assert_int_equal(spi_metrics_parse_v2(VLLM_V1, strlen(VLLM_V1), &l, &rep,
+                                        err, sizeof err),
+                   SPI_OK);
+  assert_string_equal(err, "");
+  assert_int_equal(rep.skipped, 0);
+  assert_int_equal(rep.first_skipped, 0);
+  assert_int_equal(rep.found, 3);
+  /* Every load line skipped: no load, and the message says why. */
+  static const char ALL[] = "vllm:num_requests_running 1 st@2\n";
+  assert_int_equal(
+      spi_metrics_parse_v2(ALL, strlen(ALL), &l, &rep, err, sizeof err),
+      SPI_EMISSING);
+  assert_non_null(strstr(err, "no load metric"));
+  assert_non_null(strstr(err, "skipped 1 line "));
+  /* Malformed is still malformed, quoted or not. */
+  expect_err("{\"vllm:num_requests_running\" 3\n", SPI_EPARSE,
+             "line 1: expected a metric name");
+  expect_err("{\"vllm:num_requests_running} 3\n", SPI_EPARSE,
+             "line 1: unterminated quoted metric name");
+  expect_err("x{\"a.b\"} 3\n", SPI_EPARSE,
+             "line 1: expected '=' after a label name");
+  expect_err("x{\"a\\tb\"=\"c\"} 3\n", SPI_EPARSE,
+             "line 1: invalid escape in a quoted label name");
+  expect_err("# TYPE \"a b gauge\n", SPI_EPARSE,
+             "line 1: unterminated quoted metric name");
+  expect_err("vllm:num_requests_running 1 @2\n", SPI_EPARSE,
+             "line 1: invalid timestamp");
+  expect_err("vllm:num_requests_running 1 2 @3\n", SPI_EPARSE,
+             "line 1: unexpected text after the timestamp");
+  /* Arguments. */
+  rep.struct_size = 0;
+  assert_int_equal(spi_metrics_parse_v2(VLLM_V1, strlen(VLLM_V1), &l, &rep,
+                                        err, sizeof err),
+                   SPI_EINVAL);
+  assert_non_null(strstr(err, "report"));
+  rep.struct_size = sizeof rep;
+  assert_int_equal(spi_metrics_parse_v2(VLLM_V1, strlen(VLLM_V1), NULL, &rep,
+                                        NULL, 0),
+                   SPI_EINVAL);
+}
+
 /* ----------------------------------------------------------------- errors */
 
 static void test_parse_errors(void **st) {
@@ -671,6 +770,7 @@ int main(void) {
       cmocka_unit_test(test_bad_numbers),
       cmocka_unit_test(test_locale_independent),
       cmocka_unit_test(test_line_structure),
+      cmocka_unit_test(test_newer_syntax),
       cmocka_unit_test(test_parse_errors),
       cmocka_unit_test(test_range_errors),
       cmocka_unit_test(test_missing),

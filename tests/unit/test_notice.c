@@ -83,6 +83,43 @@ static void expect_error(int32_t format, const char *text, int rc,
   assert_non_null(strstr(r.err, needle));
 }
 
+/* A body that parses with entries skipped: SPI_OK, n notices, the skip
+ * counted and the first one named in the message (both entry points). */
+static void expect_skipped(int32_t format, const char *text, size_t n,
+                           size_t skipped, size_t first, const char *needle) {
+  spi_notice out[8];
+  spi_parse_report rep;
+  memset(&rep, 0, sizeof rep);
+  rep.struct_size = sizeof rep;
+  char err[256] = "x";
+  char *copy = exact_copy(text, strlen(text));
+  int rc = spi_notice_parse_v2(format, 200, copy, strlen(text), NODE,
+                               strlen(NODE), NOW, out, 8, &rep, err,
+                               sizeof err);
+  if (rc != SPI_OK || rep.found != n || rep.skipped != skipped ||
+      rep.first_skipped != first || !strstr(err, needle))
+    print_error("body %s\n  rc %d found %zu skipped %zu first %zu \"%s\"; "
+                "wanted %zu %zu %zu \"%s\"\n",
+                text, rc, rep.found, rep.skipped, rep.first_skipped, err, n,
+                skipped, first, needle);
+  assert_int_equal(rc, SPI_OK);
+  assert_int_equal(rep.found, n);
+  assert_int_equal(rep.skipped, skipped);
+  assert_int_equal(rep.first_skipped, first);
+  assert_non_null(strstr(err, needle));
+  assert_non_null(strstr(err, "skipped"));
+  /* The first interface reads the same and writes the same message. */
+  size_t n1 = 99;
+  char err1[256] = "";
+  assert_int_equal(spi_notice_parse(format, 200, copy, strlen(text), NODE,
+                                    strlen(NODE), NOW, out, 8, &n1, err1,
+                                    sizeof err1),
+                   SPI_OK);
+  assert_int_equal(n1, n);
+  assert_string_equal(err1, err);
+  free(copy);
+}
+
 static void expect_notice(const spi_notice *nt, int32_t format, int32_t kind,
                           const char *node, int64_t deadline, int32_t active,
                           const char *event_id, const char *dedup) {
@@ -802,16 +839,17 @@ static void test_aws_scheduled(void **state) {
   expect_error(SC, "[1]", SPI_ETYPE, "[0]: must be an object");
   expect_error(SC, "[] []", SPI_EPARSE, "trailing data");
   expect_error(SC, "[{\"Code\":", SPI_EPARSE, "malformed JSON at byte");
-  expect_error(SC,
-               "[{\"Code\":\"system-reboot\",\"EventId\":\"e\",\"State\":"
-               "\"active\",\"NotBefore\":\"21 Jan 2019 09:00:43 GMT\"},"
-               "{\"Code\":\"meteor-strike\",\"EventId\":\"f\",\"State\":"
-               "\"active\",\"NotBefore\":\"21 Jan 2019 09:00:43 GMT\"}]",
-               SPI_EUNKNOWN, "[1].Code: unknown value \"meteor-strike\"");
-  expect_error(SC,
-               "[{\"Code\":\"system-reboot\",\"EventId\":\"e\",\"State\":"
-               "\"pending\",\"NotBefore\":\"21 Jan 2019 09:00:43 GMT\"}]",
-               SPI_EUNKNOWN, "[0].State: unknown value");
+  /* An unknown code or state is a newer kind of event: skipped, counted. */
+  expect_skipped(SC,
+                 "[{\"Code\":\"system-reboot\",\"EventId\":\"e\",\"State\":"
+                 "\"active\",\"NotBefore\":\"21 Jan 2019 09:00:43 GMT\"},"
+                 "{\"Code\":\"meteor-strike\",\"EventId\":\"f\",\"State\":"
+                 "\"active\",\"NotBefore\":\"21 Jan 2019 09:00:43 GMT\"}]",
+                 1, 1, 2, "[1].Code \"meteor-strike\"");
+  expect_skipped(SC,
+                 "[{\"Code\":\"system-reboot\",\"EventId\":\"e\",\"State\":"
+                 "\"pending\",\"NotBefore\":\"21 Jan 2019 09:00:43 GMT\"}]",
+                 0, 1, 1, "[0].State \"pending\"");
   expect_error(SC,
                "[{\"Code\":\"system-reboot\",\"State\":\"active\","
                "\"NotBefore\":\"21 Jan 2019 09:00:43 GMT\"}]",
@@ -905,10 +943,12 @@ static void test_aws_eventbridge(void **state) {
                "\"time\":\"2026-11-22T06:02:01Z\",\"detail\":{"
                "\"instance-id\":\"i-9\",\"state\":\"exploded\"}}",
                SPI_EUNKNOWN, "detail.state: unknown value \"exploded\"");
-  expect_error(EB,
-               "{\"detail-type\":\"EC2 Instance Scheduled Change\",\"time\":"
-               "\"2026-11-22T06:02:01Z\",\"detail\":{}}",
-               SPI_EUNKNOWN, "detail-type: unknown value");
+  /* A rule may forward EC2 events this version does not read: skipped. */
+  expect_skipped(EB,
+                 "{\"detail-type\":\"EC2 Instance Scheduled Change\",\"time\":"
+                 "\"2026-11-22T06:02:01Z\",\"detail\":{}}",
+                 0, 1, 1, "detail-type \"EC2 Instance Scheduled Change\"");
+  expect_error(EB, "{\"detail-type\":7}", SPI_ETYPE, "detail-type: must be");
   expect_error(EB, "{\"time\":\"2026-11-22T06:02:01Z\"}", SPI_EMISSING,
                "detail-type: required");
   snprintf(body, sizeof body, "%s\"detail\":[]}", WARNING_HEAD);
@@ -1077,9 +1117,7 @@ static void test_azure(void **state) {
   snprintf(body, sizeof body, "%s\"EventStatus\":\"Scheduled\"}]}", ev_head);
   expect_error(AZ, body, SPI_EMISSING, "Events[0].NotBefore: required");
   snprintf(body, sizeof body, "%s\"EventStatus\":\"Completed\"}]}", ev_head);
-  expect_error(AZ, body, SPI_EUNKNOWN,
-               "EventStatus: unknown value \"Completed\" (expected Scheduled "
-               "or Started)");
+  expect_skipped(AZ, body, 0, 1, 1, "Events[0].EventStatus \"Completed\"");
   snprintf(body, sizeof body,
            "%s\"EventStatus\":\"Started\",\"Resources\":[\"a\",7]}]}", ev_head);
   expect_error(AZ, body, SPI_ETYPE,
@@ -1090,10 +1128,20 @@ static void test_azure(void **state) {
   snprintf(body, sizeof body,
            "%s\"EventStatus\":\"Started\",\"Resources\":[\"\"]}]}", ev_head);
   expect_error(AZ, body, SPI_EPARSE, "Events[0].Resources[0]: empty");
+  /* An unknown type is skipped whatever else the event lacks: its fields
+   * are not this version's to judge. Types are still checked first. */
+  expect_skipped(AZ,
+                 "{\"DocumentIncarnation\":1,\"Events\":[{\"EventType\":"
+                 "\"Explode\",\"EventStatus\":\"Started\"}]}",
+                 0, 1, 1, "Events[0].EventType \"Explode\"");
   expect_error(AZ,
                "{\"DocumentIncarnation\":1,\"Events\":[{\"EventType\":"
-               "\"Explode\",\"EventStatus\":\"Started\"}]}",
-               SPI_EUNKNOWN, "Events[0].EventType: unknown value \"Explode\"");
+               "\"Explode\",\"EventStatus\":7}]}",
+               SPI_ETYPE, "Events[0].EventStatus: must be a string");
+  expect_error(AZ,
+               "{\"DocumentIncarnation\":1,\"Events\":[{\"EventType\":"
+               "[\"Preempt\"],\"EventStatus\":\"Started\"}]}",
+               SPI_ETYPE, "Events[0].EventType: must be a string");
   expect_error(AZ,
                "{\"DocumentIncarnation\":1,\"Events\":[{\"EventType\":"
                "\"Reboot\",\"EventStatus\":\"Started\"}]}",
@@ -1114,6 +1162,98 @@ static void test_azure(void **state) {
                "Events: must be an array, not null");
   expect_error(AZ, "{\"DocumentIncarnation\":1,\"Events\":[],\"Events\":[{}]}",
                SPI_EPARSE, "Events: duplicate key");
+}
+
+/* ------------------------------------------- unknown entries (bug 3) */
+
+/* A Scheduled Events document with a Preempt beside an event type this
+ * version has never seen: the Preempt is read, the other counted. Before,
+ * the whole document was refused and the Preempt lost. */
+static void test_unknown_entries_skipped(void **state) {
+  (void)state;
+  static const char AZ_MIXED[] =
+      "{\"DocumentIncarnation\":7,\"Events\":["
+      "{\"EventId\":\"N1\",\"EventType\":\"LiveMigrate\",\"EventStatus\":"
+      "\"Scheduled\",\"NotBefore\":\"Sun, 22 Nov 2026 06:30:00 GMT\","
+      "\"Resources\":[\"vm9\"],\"DurationInSeconds\":12},"
+      "{\"EventId\":\"P1\",\"EventType\":\"Preempt\",\"EventStatus\":"
+      "\"Scheduled\",\"NotBefore\":\"Sun, 22 Nov 2026 06:00:30 GMT\","
+      "\"Resources\":[\"myspotvm_3\"]},"
+      "{\"EventId\":\"N2\",\"EventType\":\"Hibernate\",\"EventStatus\":"
+      "\"Pending\",\"NotBefore\":\"not a time we read\"}]}";
+  expect_skipped(AZ, AZ_MIXED, 1, 2, 1, "Events[0].EventType \"LiveMigrate\"");
+  expect_skipped(AZ, AZ_MIXED, 1, 2, 1, "skipped 2 entries");
+  result r;
+  spi_parse_report rep = {sizeof rep, 0, 0, 0};
+  assert_int_equal(spi_notice_parse_v2(AZ, 200, AZ_MIXED, strlen(AZ_MIXED),
+                                       NODE, strlen(NODE), NOW, r.out, 8, &rep,
+                                       r.err, sizeof r.err),
+                   SPI_OK);
+  expect_notice(&r.out[0], AZ, SPI_NOTICE_PREEMPT, "myspotvm_3",
+                NS(1795327230), 1, "P1", "azure:P1:myspotvm_3");
+  /* cap 0 counts notices, not skipped entries. */
+  assert_int_equal(spi_notice_parse_v2(AZ, 200, AZ_MIXED, strlen(AZ_MIXED),
+                                       NODE, strlen(NODE), NOW, NULL, 0, &rep,
+                                       r.err, sizeof r.err),
+                   SPI_EBUFSIZE);
+  assert_int_equal(rep.found, 1);
+  assert_int_equal(rep.skipped, 2);
+
+  /* AWS scheduled events: a retirement beside a code from the future. */
+  static const char SC_MIXED[] =
+      "[{\"Code\":\"instance-hibernate\",\"EventId\":\"instance-event-1\","
+      "\"State\":\"active\",\"NotBefore\":\"21 Jan 2019 09:00:43 GMT\"},"
+      "{\"Code\":\"instance-retirement\",\"EventId\":\"instance-event-2\","
+      "\"State\":\"active\",\"NotBefore\":\"2 Feb 2019 07:00:00 GMT\"},"
+      "{\"Code\":\"system-reboot\",\"EventId\":\"instance-event-3\","
+      "\"State\":\"in-progress\",\"NotBefore\":\"2 Feb 2019 07:00:00 GMT\"}]";
+  expect_skipped(SC, SC_MIXED, 1, 2, 1, "[0].Code \"instance-hibernate\"");
+  assert_int_equal(spi_notice_parse(SC, 200, SC_MIXED, strlen(SC_MIXED), NODE,
+                                    strlen(NODE), NOW, r.out, 8, &r.n, r.err,
+                                    sizeof r.err),
+                   SPI_OK);
+  assert_int_equal(r.n, 1);
+  assert_int_equal(r.out[0].kind, SPI_NOTICE_TERMINATE);
+  assert_string_equal(r.out[0].event_id, "instance-event-2");
+
+  /* Nothing skipped: no message, zero counts. */
+  static const char AZURE_PREEMPT_BODY[] =
+      "{\"DocumentIncarnation\":3,\"Events\":[{\"EventId\":\"P1\","
+      "\"EventType\":\"Preempt\",\"EventStatus\":\"Scheduled\","
+      "\"NotBefore\":\"Sun, 22 Nov 2026 06:00:30 GMT\"}]}";
+  memset(&rep, 0x77, sizeof rep);
+  rep.struct_size = sizeof rep;
+  assert_int_equal(spi_notice_parse_v2(AZ, 200, AZURE_PREEMPT_BODY,
+                                       strlen(AZURE_PREEMPT_BODY), NODE,
+                                       strlen(NODE), NOW, r.out, 8, &rep,
+                                       r.err, sizeof r.err),
+                   SPI_OK);
+  assert_string_equal(r.err, "");
+  assert_int_equal(rep.found, 1);
+  assert_int_equal(rep.skipped, 0);
+  assert_int_equal(rep.first_skipped, 0);
+
+  /* A known event that is broken still fails the whole document, and an
+   * unknown one does not hide it. */
+  static const char AZ_BROKEN[] =
+      "{\"DocumentIncarnation\":7,\"Events\":["
+      "{\"EventId\":\"N1\",\"EventType\":\"LiveMigrate\",\"EventStatus\":"
+      "\"Scheduled\"},"
+      "{\"EventId\":\"P1\",\"EventType\":\"Preempt\",\"EventStatus\":"
+      "\"Scheduled\",\"NotBefore\":\"Mon, 99 Foo 2026 99:99:99 GMT\"}]}";
+  expect_error(AZ, AZ_BROKEN, SPI_EPARSE, "Events[1].NotBefore");
+
+  /* The report is required and checked. */
+  rep.struct_size = sizeof rep - 1;
+  assert_int_equal(spi_notice_parse_v2(AZ, 200, AZ_MIXED, strlen(AZ_MIXED),
+                                       NODE, strlen(NODE), NOW, r.out, 8, &rep,
+                                       r.err, sizeof r.err),
+                   SPI_EINVAL);
+  assert_non_null(strstr(r.err, "report"));
+  assert_int_equal(spi_notice_parse_v2(AZ, 200, AZ_MIXED, strlen(AZ_MIXED),
+                                       NODE, strlen(NODE), NOW, r.out, 8, NULL,
+                                       NULL, 0),
+                   SPI_EINVAL);
 }
 
 /* ----------------------------------------------------- caps and output */
@@ -1336,6 +1476,7 @@ int main(void) {
       cmocka_unit_test(test_aws_eventbridge),
       cmocka_unit_test(test_gcp),
       cmocka_unit_test(test_azure),
+      cmocka_unit_test(test_unknown_entries_skipped),
       cmocka_unit_test(test_cap_and_ebufsize),
       cmocka_unit_test(test_failure_leaves_output),
       cmocka_unit_test(test_arguments),

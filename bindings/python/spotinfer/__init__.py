@@ -20,7 +20,7 @@ layer: every C function, declared once in ``spotinfer._native.FUNCTIONS``.
 from __future__ import annotations
 
 from ctypes import byref, c_size_t, create_string_buffer
-from typing import List, Union
+from typing import List, Tuple, Union
 
 from . import _native
 from ._engine import Decision, Engine, Request, Ticket
@@ -36,14 +36,14 @@ from .enums import coerce as _coerce
 from .errors import *  # noqa: F401,F403 - the exception classes
 from .errors import __all__ as _errors_all
 from .notices import (Notice, TicketPlan, node_state_name, notice_kind_name,
-                      parse_notice)
+                      parse_notice, parse_notice_report)
 from .replay import (ENVELOPE_FROM_SCRATCH, Claim, Envelope, ReplayQueue,
                      ReplayStats, continuation)
 from .modules import (Candidate, ClassifierModule, CostModelModule,
                       KeyBuilderModule, PolicyChoice, PolicyModule,
                       PoolSummary, ReplayRecord, ReplayStoreModule,
                       ReplayStoreStats, RequestView, RouteContext)
-from .types import (CacheKeyValue, Classification, LedgerRow, Load,
+from .types import (CacheKeyValue, Classification, LedgerRow, Load, ParseReport,
                     OptionInfo, Price, ReplicaInfo, ReplicaStatus, Signals,
                     SpotCost, TicketResult, Verdict)
 
@@ -109,6 +109,19 @@ def parse_metrics(text: Union[str, bytes]) -> Load:
     return Load._from(out)
 
 
+def parse_metrics_report(text: Union[str, bytes]) -> Tuple[Load, ParseReport]:
+    """parse_metrics() that also says which lines, in syntax newer than this
+    library reads (a native-histogram value, an st@ start time), it skipped
+    while still reading the load."""
+    data = text.encode("utf-8") if isinstance(text, str) else bytes(text)
+    out = _native.Load()
+    rep = _native.ParseReport()
+    err = create_string_buffer(256)
+    lib.spi_metrics_parse_v2(data, len(data), byref(out), byref(rep), err,
+                             len(err))
+    return Load._from(out), ParseReport._from(rep, err.value)
+
+
 def cache_key_hex(high64: int, low64: int) -> str:
     """A 128-bit key as 32 lowercase hex digits, formatted by the library."""
     key = _native.CacheKey(high64=high64, low64=low64)
@@ -131,7 +144,8 @@ __all__ = [
     "ServiceTier", "ReqStr", "ReqInt", "OpenAIKind", "Pressure", "Pool",
     "ReplicaState", "BreakerState", "Reason", "TicketStatus", "ModuleKind",
     "OnFailure", "NoticeKind", "NoticeFormat", "NodeState", "TicketAction",
-    "Notice", "TicketPlan", "parse_notice", "notice_kind_name",
+    "Notice", "TicketPlan", "parse_notice", "parse_notice_report",
+    "notice_kind_name", "ParseReport", "parse_metrics_report",
     "node_state_name", "Envelope", "Claim", "ReplayQueue", "ReplayStats",
     "continuation", "ENVELOPE_FROM_SCRATCH", "ReplayRecordType",
     "ReplayRecord", "ReplayStoreModule", "ReplayStoreStats",

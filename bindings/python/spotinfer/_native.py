@@ -317,6 +317,16 @@ class Signals(_Struct):
     ]
 
 
+class ParseReport(_Struct):
+    _c_name_ = "spi_parse_report"
+    _fields_ = [
+        ("struct_size", c_size_t),
+        ("found", c_size_t),
+        ("skipped", c_size_t),
+        ("first_skipped", c_size_t),
+    ]
+
+
 class Notice(_Struct):
     _c_name_ = "spi_notice"
     _fields_ = [
@@ -652,7 +662,7 @@ class ReplayStoreModule(_ModuleStruct):
 STRUCTS: Tuple[type, ...] = (
     Hooks, OptionInfo, Classification, CacheKey, SpotCost, Price,
     ReplicaInfo, Load, ReplicaStatus, Decision, TicketResult, LedgerRow,
-    Signals, Notice, TicketPlan, Envelope, ReplayStats, RequestView, ClassifierModule, KeyBuilderModule,
+    Signals, ParseReport, Notice, TicketPlan, Envelope, ReplayStats, RequestView, ClassifierModule, KeyBuilderModule,
     CostModelModule, Candidate, PoolSummary, RouteContext, PolicyChoice,
     PolicyModule, ReplayRecord, ReplayStoreStats, ReplayStoreModule,
 )
@@ -752,6 +762,9 @@ FUNCTIONS: Tuple[tuple, ...] = (
     ("spi_replica_report_load", c_int, (_vp, c_char_p, c_size_t, P(Load)),
      ENGINE),
     ("spi_metrics_parse", c_int, (c_char_p, c_size_t, P(Load)), PURE),
+    ("spi_metrics_parse_v2", c_int,
+     (c_char_p, c_size_t, P(Load), P(ParseReport), c_void_p, c_size_t),
+     ERRBUF),
     ("spi_replica_report_metrics", c_int,
      (_vp, c_char_p, c_size_t, c_char_p, c_size_t), ENGINE),
     ("spi_replica_count", c_size_t, (_vp,), NONE),
@@ -776,6 +789,10 @@ FUNCTIONS: Tuple[tuple, ...] = (
     ("spi_notice_parse", c_int,
      (c_int32, c_int32, c_char_p, c_size_t, c_char_p, c_size_t, c_int64,
       c_void_p, c_size_t, P(c_size_t), c_void_p, c_size_t), ERRBUF,
+     frozenset({_EBUFSIZE})),
+    ("spi_notice_parse_v2", c_int,
+     (c_int32, c_int32, c_char_p, c_size_t, c_char_p, c_size_t, c_int64,
+      c_void_p, c_size_t, P(ParseReport), c_void_p, c_size_t), ERRBUF,
      frozenset({_EBUFSIZE})),
     ("spi_node_state_name", c_char_p, (c_int32,), NONE),
     ("spi_engine_notice", c_int,

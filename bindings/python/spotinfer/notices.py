@@ -6,14 +6,16 @@ from __future__ import annotations
 import time
 from ctypes import byref, c_size_t, create_string_buffer
 from dataclasses import dataclass
-from typing import List, Union
+from typing import List, Tuple, Union
 
 from . import _native as _n
 from .enums import Class, NoticeFormat, NoticeKind, TicketAction, coerce, maybe_enum
+from .types import ParseReport
 
 _lib = _n.lib
 
-__all__ = ["Notice", "TicketPlan", "parse_notice", "notice_kind_name",
+__all__ = ["Notice", "TicketPlan", "parse_notice", "parse_notice_report",
+           "notice_kind_name",
            "node_state_name"]
 
 
@@ -93,6 +95,33 @@ def parse_notice(format: Union[NoticeFormat, int, str], body: Union[str, bytes],
         if rc == 0:
             return [Notice._from(out[i]) for i in range(n.value)]
         cap = max(n.value, 2 * cap)
+
+
+def parse_notice_report(format: Union[NoticeFormat, int, str],
+                        body: Union[str, bytes], *, http_status: int = 200,
+                        node: str = "", now_ns: Union[int, None] = None
+                        ) -> Tuple[List[Notice], ParseReport]:
+    """parse_notice() that also says which events it skipped: an event whose
+    type or state this library does not know is counted and left out, and
+    the document's other events are still read."""
+    data = body.encode("utf-8") if isinstance(body, str) else bytes(body)
+    nb = node.encode("utf-8")
+    now = time.time_ns() if now_ns is None else int(now_ns)
+    cap = 8
+    while True:
+        out = (_n.Notice * cap)()
+        for o in out:
+            o.struct_size = _n.sizeof(_n.Notice)
+        rep = _n.ParseReport()
+        err = create_string_buffer(256)
+        rc = _lib.spi_notice_parse_v2(coerce(NoticeFormat, format),
+                                      int(http_status), data, len(data), nb,
+                                      len(nb), now, out, cap, byref(rep), err,
+                                      len(err))
+        if rc == 0:
+            notices = [Notice._from(out[i]) for i in range(rep.found)]
+            return notices, ParseReport._from(rep, err.value)
+        cap = max(rep.found, 2 * cap)
 
 
 def notice_kind_name(kind: Union[NoticeKind, int]) -> str:

@@ -196,6 +196,27 @@ class Load:
 
 
 @dataclass(frozen=True)
+class ParseReport:
+    """What a parser of outside text read and skipped (``spi_parse_report``).
+
+    found: notices found or load samples read; skipped: event entries or
+    metrics lines of a kind this version does not read, left out rather than
+    failing the whole body; first_skipped: the 1-based entry index or line
+    number of the first (0: none); message names it ("" when none).
+    """
+
+    found: int = 0
+    skipped: int = 0
+    first_skipped: int = 0
+    message: str = ""
+
+    @classmethod
+    def _from(cls, r: _n.ParseReport, message: bytes) -> "ParseReport":
+        return cls(r.found, r.skipped, r.first_skipped,
+                   message.decode("utf-8", "replace"))
+
+
+@dataclass(frozen=True)
 class ReplicaInfo:
     """A serving replica to add or update (``spi_replica_info``)."""
 

@@ -278,3 +278,28 @@ def test_journal_survives_reopen(tmp_path):
             assert q.claim() is None  # the acked one stays gone
             # An acked key is remembered: enqueueing it again is a duplicate.
             assert not q.enqueue(key="done", body=body, klass=Class.SILVER)
+
+
+@_needs("spi_notice_parse_v2")
+def test_parse_notice_report_skips_unknown_events():
+    body = json.dumps({"DocumentIncarnation": 7, "Events": [
+        {"EventId": "N1", "EventType": "LiveMigrate", "EventStatus": "Scheduled",
+         "NotBefore": "Sun, 22 Nov 2026 06:30:00 GMT", "Resources": ["vm9"]},
+        {"EventId": "P1", "EventType": "Preempt", "EventStatus": "Scheduled",
+         "NotBefore": "Sun, 22 Nov 2026 06:00:30 GMT", "Resources": ["vm3"]}]})
+    notices, rep = spotinfer.parse_notice_report(NoticeFormat.AZURE_SCHEDULED,
+                                                 body, now_ns=NOW)
+    assert [n.kind for n in notices] == [NoticeKind.PREEMPT]
+    assert notices[0].node == "vm3"
+    assert (rep.found, rep.skipped, rep.first_skipped) == (1, 1, 1)
+    assert "LiveMigrate" in rep.message
+    # The first interface reads the same Preempt.
+    assert spotinfer.parse_notice(NoticeFormat.AZURE_SCHEDULED, body,
+                                  now_ns=NOW) == notices
+    # Malformed is still an error.
+    with pytest.raises(spotinfer.ParseError):
+        spotinfer.parse_notice_report(NoticeFormat.AZURE_SCHEDULED, "{\"Ev",
+                                      now_ns=NOW)
+    _, clean = spotinfer.parse_notice_report(
+        NoticeFormat.AWS_SCHEDULED, "[]", node="i-1", now_ns=NOW)
+    assert (clean.found, clean.skipped, clean.message) == (0, 0, "")

@@ -117,6 +117,23 @@ def test_metrics_parse_and_report(engine):
     assert "line 1" in ei.value.message or "1" in ei.value.message
 
 
+@pytest.mark.skipif(not spotinfer.lib.has("spi_metrics_parse_v2"),
+                    reason="the loaded libspotinfer predates it")
+def test_metrics_parse_report_skips_newer_syntax():
+    page = ("{\"vllm:num_requests_running\",engine=\"0\"} 3\n"
+            "vllm:ttft_seconds {count:2,sum:0.5,schema:0}\n"
+            "vllm:request_success_total 9 st@1731602000\n"
+            "vllm:num_requests_waiting 1\n")
+    load, rep = spotinfer.parse_metrics_report(page)
+    assert (load.running, load.waiting) == (3, 1)
+    assert (rep.found, rep.skipped, rep.first_skipped) == (2, 2, 2)
+    assert "native-histogram" in rep.message
+    assert spotinfer.parse_metrics(page) == load
+    with pytest.raises(spotinfer.ParseError) as ei:
+        spotinfer.parse_metrics_report("vllm:num_requests_running{ 1\n")
+    assert "line 1" in ei.value.message
+
+
 def test_route_gold_and_ticket_life(world):
     e = world
     r = chat(e, stream=True, sla_ms=800, tenant="acme")
