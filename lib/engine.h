@@ -186,6 +186,9 @@ int32_t spi__nodes_initial(spi_engine *e, const spi_replica_ident *r,
 typedef struct spi_router_prep {
   spi_prefix_index *index;
   size_t index_budget;
+  spi_ticket_table *tickets; /* new routing tables (router.c) */
+  spi_ledger *ledger;
+  spi_metrics *metrics;
 } spi_router_prep;
 struct cJSON;
 int spi__router_read_cfg(const struct cJSON *root, spi_router_cfg *c,
@@ -194,7 +197,6 @@ int spi__router_prepare(spi_engine *e, const spi_router_cfg *c,
                         spi_router_prep *p, char *err, size_t errcap);
 void spi__router_discard(spi_engine *e, spi_router_prep *p);
 void spi__router_commit(spi_engine *e, spi_router_prep *p);
-int spi__router_ready(spi_engine *e, const spi_router_cfg *c);
 void spi__router_destroy(spi_engine *e);
 
 /* Module calls on a pinned snapshot (dispatch.c); errors go to req. */

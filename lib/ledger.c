@@ -236,13 +236,22 @@ int spi__ledger_row(spi_ledger *l, size_t index, spi_ledger_row *out) {
 
 /* ------------------------------------------------------------ public API */
 
+/* Pinned: configure may replace a ledger nothing was written to yet. */
 size_t spi_ledger_count(spi_engine *engine) {
   if (!spi__engine_ok(engine)) return 0;
-  return spi__ledger_count(atomic_load(&engine->ledger));
+  unsigned pin;
+  spi__snap_acquire(engine, &pin);
+  size_t n = spi__ledger_count(atomic_load(&engine->ledger));
+  spi__snap_release(engine, pin);
+  return n;
 }
 
 int spi_ledger_row_at(spi_engine *engine, size_t index, spi_ledger_row *out) {
   if (!spi__engine_ok(engine)) return SPI_EMISUSE;
   if (!out || out->struct_size < sizeof(spi_ledger_row)) return SPI_EINVAL;
-  return spi__ledger_row(atomic_load(&engine->ledger), index, out);
+  unsigned pin;
+  spi__snap_acquire(engine, &pin);
+  int rc = spi__ledger_row(atomic_load(&engine->ledger), index, out);
+  spi__snap_release(engine, pin);
+  return rc;
 }

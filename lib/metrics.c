@@ -112,6 +112,36 @@ void spi__metrics_free(const spi_mem *m, spi_metrics *x) {
   if (x) spi__free(m, x);
 }
 
+static int any_set(const atomic_ullong *a, size_t n) {
+  for (size_t i = 0; i < n; i++)
+    if (get(&a[i])) return 1;
+  return 0;
+}
+
+/* Whether anything was ever counted (configure may still resize it). */
+int spi__metrics_untouched(const spi_metrics *x) {
+  if (!x) return 1;
+  const atomic_ullong *one[] = {&x->breaker_opens,  &x->blocks_matched,
+                                &x->blocks_total,   &x->other_matched,
+                                &x->other_total,    &x->draft_accepted,
+                                &x->draft_rejected, &x->shadow_agreed,
+                                &x->shadow_disagreed, &x->shadow_matched};
+  for (size_t i = 0; i < sizeof one / sizeof one[0]; i++)
+    if (get(one[i])) return 0;
+  if (any_set(&x->decisions[0][0][0], sizeof x->decisions / sizeof(atomic_ullong)) ||
+      any_set(x->shed, M_CLASSES) ||
+      any_set(&x->ttft_bucket[0][0], sizeof x->ttft_bucket / sizeof(atomic_ullong)) ||
+      any_set(x->ttft_sum, M_CLASSES) ||
+      any_set(&x->node_transitions[0][0],
+              sizeof x->node_transitions / sizeof(atomic_ullong)))
+    return 0;
+  for (int k = 0; k < M_CLASSES; k++)
+    if (atomic_load_explicit((atomic_llong *)&x->queue[k], memory_order_relaxed))
+      return 0;
+  return atomic_load_explicit((atomic_size_t *)&x->fam_claimed,
+                              memory_order_relaxed) == 0;
+}
+
 /* --------------------------------------------------------------- counters */
 
 /* The table entry of a family, claiming one if the budget allows; NULL for

@@ -264,11 +264,6 @@ static void expire(spi_engine *e, int64_t now) {
 
 /* Take both locks; release them and report the transitions made. */
 static void lock_all(spi_engine *e) {
-  /* Transitions are counted in the metrics, which exist from first use. */
-  unsigned pin;
-  spi_snapshot *snap = spi__snap_acquire(e, &pin);
-  spi__router_ready(e, &snap->router);
-  spi__snap_release(e, pin);
   pthread_mutex_lock(&e->nodes->lock);
   pthread_mutex_lock(&e->registry.lock);
 }

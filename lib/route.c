@@ -708,8 +708,7 @@ static int route_pinned(spi_request *req, spi_snapshot *snap,
   const spi_router_cfg *rc_cfg = &snap->router;
   const spi_replica_set *set = atomic_load(&e->registry.set);
   spi_prefix_index *ix = atomic_load(&e->index);
-  int rc = spi__router_ready(e, rc_cfg);
-  if (rc) return spi__req_fail(req, rc, "route: out of memory");
+  int rc;
   int64_t now = spi__engine_now(e);
   int64_t max_age = rc_cfg->load_max_age_ms * 1000000;
   size_t nrep = set ? set->n : 0;

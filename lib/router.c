@@ -2,11 +2,12 @@
  * router.c - the "router" configuration section and the routing state it
  * sizes: prefix index, ticket table, cost ledger and metrics.
  *
- * The state outlives configuration snapshots. A reconfigure that changes a
- * size builds the new object first (so a failure changes nothing), then
- * swaps it in; the old prefix index is freed once no router can hold it.
- * The ticket table cannot be resized while tickets are open: that reconfigure
- * fails with a message rather than losing them.
+ * The state outlives configuration snapshots and is built by configure,
+ * never by a route. A reconfigure that changes a size builds the new
+ * object first (so a failure changes nothing), then swaps it in; the old
+ * one is freed once no router can hold it. A table the engine has used
+ * keeps its size: that reconfigure fails with a message rather than losing
+ * open tickets, ledger rows or counts.
  */
 #include <stdio.h>
 #include <string.h>
@@ -100,37 +101,71 @@ int spi__router_read_cfg(const cJSON *root, spi_router_cfg *c, char *err,
   return SPI_OK;
 }
 
-/* New objects a configuration needs, built before anything is swapped. */
+/* The routing tables (ticket table, cost ledger, metrics) exist from the
+ * engine's first configuration on, so no route creates them. Until the
+ * engine has used one (a ticket handed out, a ledger row, a counter), a
+ * configuration may still size it anew: spi_engine_new configures the
+ * defaults before the caller's own configuration arrives. Once used it
+ * keeps its size, since resizing would lose open tickets or counts.
+ * (A route running at the very moment of the configuration that resizes
+ * an unused table takes its ticket from the table it pinned; the caller
+ * that routes on other threads while still configuring the engine owns
+ * that race.) */
+static int tables_prepare(spi_engine *e, const spi_router_cfg *c,
+                          spi_router_prep *p, char *err, size_t errcap) {
+  const spi_mem *m = &e->mem;
+  spi_ticket_table *t = atomic_load(&e->tickets);
+  if (!t || spi__tickets_capacity(t) != (size_t)c->max_tickets) {
+    if (t && spi__tickets_high(t) != 0) {
+      spi__errf(err, errcap,
+                "router.max_tickets: fixed at %zu once the engine has routed",
+                spi__tickets_capacity(t));
+      return SPI_EINVAL;
+    }
+    if (spi__tickets_new(m, (size_t)c->max_tickets, &p->tickets)) goto oom;
+  }
+  spi_ledger *lg = atomic_load(&e->ledger);
+  if (!lg || spi__ledger_max_rows(lg) != (size_t)c->ledger_max_rows) {
+    if (lg && spi__ledger_count(lg) != 0) {
+      spi__errf(err, errcap,
+                "router.ledger_max_rows: fixed at %zu once the engine has routed",
+                spi__ledger_max_rows(lg));
+      return SPI_EINVAL;
+    }
+    if (spi__ledger_new(m, (size_t)c->ledger_max_rows, &p->ledger)) goto oom;
+  }
+  spi_metrics *mx = atomic_load(&e->metrics);
+  if (!mx || spi__metrics_max_families(mx) != (size_t)c->metrics_max_families) {
+    if (mx && !spi__metrics_untouched(mx)) {
+      spi__errf(err, errcap,
+                "router.metrics_max_families: fixed at %zu once the engine "
+                "has routed",
+                spi__metrics_max_families(mx));
+      return SPI_EINVAL;
+    }
+    if (spi__metrics_new(m, (size_t)c->metrics_max_families, &p->metrics))
+      goto oom;
+  }
+  return SPI_OK;
+oom:
+  spi__errf(err, errcap, "router: out of memory for the routing tables");
+  return SPI_ENOMEM;
+}
+
+/* New objects a configuration needs, built before anything is swapped (so
+ * a failure changes nothing). */
 int spi__router_prepare(spi_engine *e, const spi_router_cfg *c,
                         spi_router_prep *p, char *err, size_t errcap) {
   memset(p, 0, sizeof *p);
-  /* Tables sized at first use cannot change under open tickets or
-   * accumulated counts; say so instead of silently ignoring the value. */
-  spi_ticket_table *t = atomic_load(&e->tickets);
-  if (t && spi__tickets_capacity(t) != (size_t)c->max_tickets) {
-    spi__errf(err, errcap,
-              "router.max_tickets: fixed at %zu once the engine has routed",
-              spi__tickets_capacity(t));
-    return SPI_EINVAL;
-  }
-  spi_ledger *lg = atomic_load(&e->ledger);
-  if (lg && spi__ledger_max_rows(lg) != (size_t)c->ledger_max_rows) {
-    spi__errf(err, errcap,
-              "router.ledger_max_rows: fixed at %zu once the engine has routed",
-              spi__ledger_max_rows(lg));
-    return SPI_EINVAL;
-  }
-  spi_metrics *mx = atomic_load(&e->metrics);
-  if (mx && spi__metrics_max_families(mx) != (size_t)c->metrics_max_families) {
-    spi__errf(err, errcap,
-              "router.metrics_max_families: fixed at %zu once the engine has "
-              "routed",
-              spi__metrics_max_families(mx));
-    return SPI_EINVAL;
+  int rc = tables_prepare(e, c, p, err, errcap);
+  if (rc) {
+    spi__router_discard(e, p);
+    return rc;
   }
   if (!atomic_load(&e->index) || e->index_budget != (size_t)c->index_bytes) {
-    int rc = spi__index_new(&e->mem, (size_t)c->index_bytes, &p->index);
+    rc = spi__index_new(&e->mem, (size_t)c->index_bytes, &p->index);
     if (rc) {
+      spi__router_discard(e, p);
       spi__errf(err, errcap, "router.index_bytes: %s", spi_strerror(rc));
       return rc;
     }
@@ -140,50 +175,30 @@ int spi__router_prepare(spi_engine *e, const spi_router_cfg *c,
 }
 
 void spi__router_discard(spi_engine *e, spi_router_prep *p) {
-  if (p->index) spi__index_free(&e->mem, p->index);
-  memset(p, 0, sizeof *p);
-}
-
-/* Swap the prepared objects in, after the new snapshot is published. A new
- * index starts empty: the old one's entries were placed for a table of
- * another size. */
-void spi__router_commit(spi_engine *e, spi_router_prep *p) {
-  if (p->index) {
-    spi_prefix_index *old = atomic_exchange(&e->index, p->index);
-    e->index_budget = p->index_budget;
-    spi__rcu_synchronize(&e->rcu);
-    if (old) spi__index_free(&e->mem, old);
-  }
-  memset(p, 0, sizeof *p);
-}
-
-/* Create the tables routing needs on first use, sized by the snapshot in
- * force. Concurrent first routes race with a CAS; the loser frees its copy. */
-int spi__router_ready(spi_engine *e, const spi_router_cfg *c) {
   const spi_mem *m = &e->mem;
-  if (!atomic_load(&e->metrics)) {
-    spi_metrics *x = NULL;
-    if (spi__metrics_new(m, (size_t)c->metrics_max_families, &x))
-      return SPI_ENOMEM;
-    spi_metrics *expect = NULL;
-    if (!atomic_compare_exchange_strong(&e->metrics, &expect, x))
-      spi__metrics_free(m, x);
-  }
-  if (!atomic_load(&e->ledger)) {
-    spi_ledger *l = NULL;
-    if (spi__ledger_new(m, (size_t)c->ledger_max_rows, &l)) return SPI_ENOMEM;
-    spi_ledger *expect = NULL;
-    if (!atomic_compare_exchange_strong(&e->ledger, &expect, l))
-      spi__ledger_free(m, l);
-  }
-  if (!atomic_load(&e->tickets)) {
-    spi_ticket_table *t = NULL;
-    if (spi__tickets_new(m, (size_t)c->max_tickets, &t)) return SPI_ENOMEM;
-    spi_ticket_table *expect = NULL;
-    if (!atomic_compare_exchange_strong(&e->tickets, &expect, t))
-      spi__tickets_free(m, t);
-  }
-  return SPI_OK;
+  if (p->index) spi__index_free(m, p->index);
+  if (p->tickets) spi__tickets_free(m, p->tickets);
+  if (p->ledger) spi__ledger_free(m, p->ledger);
+  if (p->metrics) spi__metrics_free(m, p->metrics);
+  memset(p, 0, sizeof *p);
+}
+
+/* Swap the prepared objects in, after the new snapshot is published, and
+ * free the old ones once no router can hold them. A new index starts
+ * empty: the old one's entries were placed for a table of another size. */
+void spi__router_commit(spi_engine *e, spi_router_prep *p) {
+  const spi_mem *m = &e->mem;
+  spi_prefix_index *ix = p->index ? atomic_exchange(&e->index, p->index) : NULL;
+  if (p->index) e->index_budget = p->index_budget;
+  spi_ticket_table *t = p->tickets ? atomic_exchange(&e->tickets, p->tickets) : NULL;
+  spi_ledger *l = p->ledger ? atomic_exchange(&e->ledger, p->ledger) : NULL;
+  spi_metrics *x = p->metrics ? atomic_exchange(&e->metrics, p->metrics) : NULL;
+  if (ix || t || l || x) spi__rcu_synchronize(&e->rcu);
+  if (ix) spi__index_free(m, ix);
+  if (t) spi__tickets_free(m, t);
+  if (l) spi__ledger_free(m, l);
+  if (x) spi__metrics_free(m, x);
+  memset(p, 0, sizeof *p);
 }
 
 void spi__router_destroy(spi_engine *e) {

@@ -373,6 +373,7 @@ typedef struct spi_metrics spi_metrics;
 int spi__metrics_new(const spi_mem *m, size_t max_families, spi_metrics **out);
 void spi__metrics_free(const spi_mem *m, spi_metrics *x);
 size_t spi__metrics_max_families(const spi_metrics *x);
+int spi__metrics_untouched(const spi_metrics *x);
 /* Counters (atomic, callable from any thread). */
 void spi__metrics_decision(spi_metrics *x, int32_t pool, int32_t klass,
                            int32_t reason, uint64_t family,

@@ -42,8 +42,9 @@ static spi_ticket *reported_ticket(spi_engine *engine, uint64_t ticket) {
   return k;
 }
 
-int spi_ticket_first_token(spi_engine *engine, uint64_t ticket) {
-  if (!spi__engine_ok(engine)) return SPI_EMISUSE;
+/* Report the first token on an open ticket. The ticket table is read
+ * pinned: configure may replace one that never handed out a ticket. */
+static int first_token_pinned(spi_engine *engine, uint64_t ticket) {
   spi_ticket *k = reported_ticket(engine, ticket);
   if (!k) return SPI_ESTALE;
   int64_t now = spi__engine_now(engine);
@@ -64,9 +65,17 @@ int spi_ticket_first_token(spi_engine *engine, uint64_t ticket) {
   return SPI_OK;
 }
 
-int spi_ticket_progress(spi_engine *engine, uint64_t ticket,
-                        uint64_t tokens_streamed) {
+int spi_ticket_first_token(spi_engine *engine, uint64_t ticket) {
   if (!spi__engine_ok(engine)) return SPI_EMISUSE;
+  unsigned pin;
+  spi__snap_acquire(engine, &pin);
+  int rc = first_token_pinned(engine, ticket);
+  spi__snap_release(engine, pin);
+  return rc;
+}
+
+static int progress_pinned(spi_engine *engine, uint64_t ticket,
+                           uint64_t tokens_streamed) {
   spi_ticket *k = reported_ticket(engine, ticket);
   if (!k) return SPI_ESTALE;
   unsigned long long cur = atomic_load(&k->tokens_streamed);
@@ -81,6 +90,16 @@ int spi_ticket_progress(spi_engine *engine, uint64_t ticket,
                             (unsigned long long)tokens_streamed,
                             (unsigned long long)cur);
   return SPI_OK;
+}
+
+int spi_ticket_progress(spi_engine *engine, uint64_t ticket,
+                        uint64_t tokens_streamed) {
+  if (!spi__engine_ok(engine)) return SPI_EMISUSE;
+  unsigned pin;
+  spi__snap_acquire(engine, &pin);
+  int rc = progress_pinned(engine, ticket, tokens_streamed);
+  spi__snap_release(engine, pin);
+  return rc;
 }
 
 static int result_ok(const spi_ticket_result *r) {
@@ -126,14 +145,18 @@ int spi_ticket_finish(spi_engine *engine, uint64_t ticket,
                             "ticket result: NULL, bad struct_size, unknown "
                             "status, negative or non-finite time, or more "
                             "cached than prompt tokens");
+  /* Pinned before the ticket table is read: configure may replace one
+   * that never handed out a ticket. */
+  unsigned pin;
+  spi_snapshot *s = spi__snap_acquire(engine, &pin);
   spi_ticket_table *tt = atomic_load(&engine->tickets);
   spi_ticket *k = tt ? spi__ticket_lookup(tt, ticket) : NULL;
-  if (!k || !spi__ticket_claim(tt, k, ticket))
+  if (!k || !spi__ticket_claim(tt, k, ticket)) {
+    spi__snap_release(engine, pin);
     return spi__engine_fail(engine, SPI_ESTALE,
                             "ticket %llu is not open (finished twice?)",
                             (unsigned long long)ticket);
-  unsigned pin;
-  spi_snapshot *s = spi__snap_acquire(engine, &pin);
+  }
   int64_t now = spi__engine_now(engine);
   spi_replica_slot *slot = &engine->registry.slots[k->slot];
   int stale = ticket_replica_gone(engine, k);
@@ -203,8 +226,8 @@ int spi_ticket_finish(spi_engine *engine, uint64_t ticket,
   }
   if (lg && (x.interrupted || x.replay))
     spi__ledger_add_extra(lg, k->tenant, k->model, k->pool, k->klass, &x);
-  spi__snap_release(engine, pin);
   spi__ticket_release(tt, k);
+  spi__snap_release(engine, pin);
   if (stale)
     return spi__engine_fail(engine, SPI_ESTALE,
                             "ticket %llu: its replica was removed; closed and "

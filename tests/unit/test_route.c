@@ -22,11 +22,14 @@ typedef struct world {
   spi_request *r;
   int64_t now;
   long allocs, frees;
+  size_t biggest; /* the largest allocation since last cleared */
 } world;
 
 static int64_t clock_fn(void *ud) { return ((world *)ud)->now; }
 static void *w_alloc(void *ud, size_t n) {
-  ((world *)ud)->allocs++;
+  world *w = ud;
+  w->allocs++;
+  if (n > w->biggest) w->biggest = n;
   return malloc(n);
 }
 static void w_free(void *ud, void *p) {
@@ -1013,6 +1016,24 @@ static void test_warm_route_allocates_nothing(void **st) {
   done(w);
 }
 
+/* The routing tables (tickets, ledger, metrics) are built by configure:
+ * the first route allocates only its request's scratch, and a configure
+ * that cannot build them fails and changes nothing. */
+static void test_tables_built_at_configure(void **st) {
+  (void)st;
+  world *w = mk("{\"router\":{\"max_tickets\":65536}}");
+  fleet(w);
+  w->biggest = 0;
+  spi_decision d;
+  chat(w, "hi", 1, 800, NULL, -1);
+  assert_int_equal(route(w, &d), SPI_OK);
+  finish(w, d.ticket, SPI_TICKET_OK);
+  /* 65536 tickets take megabytes; the request's scratch a few KiB. */
+  assert_true(w->biggest < 256 * 1024);
+  assert_int_equal(spi_ledger_count(w->e), 1);
+  done(w);
+}
+
 static void test_bad_input(void **st) {
   (void)st;
   world *w = mk(NULL);
@@ -1069,6 +1090,7 @@ int main(void) {
       cmocka_unit_test(test_compact_matches_full_large),
       cmocka_unit_test(test_compact_matches_full_churn),
       cmocka_unit_test(test_warm_route_allocates_nothing),
+      cmocka_unit_test(test_tables_built_at_configure),
       cmocka_unit_test(test_bad_input),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
