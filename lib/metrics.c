@@ -48,6 +48,7 @@ typedef struct fam_entry {
   atomic_ullong matched, total;
 } fam_entry;
 
+/* A counter added here is also checked by spi__metrics_untouched. */
 struct spi_metrics {
   size_t max_families;
   size_t fam_mask; /* table slots - 1 */
