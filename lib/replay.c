@@ -71,6 +71,7 @@ typedef struct rq_entry {
   size_t heap_idx;   /* in the timer heap, or SIZE_MAX */
   size_t bytes;      /* counted against max_bytes */
   uint64_t est;      /* journal bytes a compaction restates */
+  uint64_t seq;      /* store sequence of its ENQUEUE (0: recovered) */
   int32_t state;
   int32_t reserved0;
   spi_envelope env; /* points into this allocation and k */
@@ -120,6 +121,9 @@ struct spi_replay_queue {
   uint64_t compact_retry_at;
   uint64_t next_claim;
   uint64_t last_seq; /* of the newest append */
+  /* Every append up to here is known to be as durable as the store's
+   * policy promises (updated without mu, atomically, after a sync). */
+  uint64_t durable_seq;
   uint64_t enqueued, duplicates, acked, nacked, expired_leases;
   pthread_mutex_t err_lock;
   char errmsg[SPI_ERRMSG_CAP];
@@ -570,6 +574,19 @@ static int store_sync(spi_replay_queue *q, uint64_t seq) {
                     q->cfg.store, err[0] ? err : spi_strerror(rc));
   }
   return rc;
+}
+
+/* Outside mu: wait until seq is durable, unless it is known to be. */
+static int make_durable(spi_replay_queue *q, uint64_t seq) {
+  if (seq <= __atomic_load_n(&q->durable_seq, __ATOMIC_ACQUIRE)) return SPI_OK;
+  int rc = store_sync(q, seq);
+  if (rc != SPI_OK) return rc;
+  uint64_t cur = __atomic_load_n(&q->durable_seq, __ATOMIC_RELAXED);
+  while (cur < seq &&
+         !__atomic_compare_exchange_n(&q->durable_seq, &cur, seq, 1,
+                                      __ATOMIC_RELEASE, __ATOMIC_RELAXED)) {
+  }
+  return SPI_OK;
 }
 
 static int store_stats(spi_replay_queue *q, spi_replay_store_stats *out) {
@@ -1135,6 +1152,22 @@ static int check_envelope(spi_replay_queue *q, const spi_envelope *env) {
   return SPI_OK;
 }
 
+/* An enqueue whose record could not be made durable was never
+ * acknowledged: its entry goes again, so it can be neither claimed nor
+ * taken for the original of a retry. e is only compared, never read, until
+ * it is found under its key with its sequence. */
+static void undo_enqueue(spi_replay_queue *q, const rq_entry *e,
+                         const char *key, size_t key_len, uint64_t h,
+                         uint64_t seq) {
+  if (lock(q) != SPI_OK) return;
+  rq_entry *now = find_entry(q, key, key_len, h);
+  if (now == e && now->seq == seq) {
+    entry_drop(q, now, 0);
+    q->enqueued--;
+  }
+  unlock(q);
+}
+
 int spi_replay_enqueue(spi_replay_queue *queue, const spi_envelope *env,
                        int32_t *duplicate) {
   if (!queue_ok(queue)) return SPI_EMISUSE;
@@ -1149,12 +1182,18 @@ int spi_replay_enqueue(spi_replay_queue *queue, const spi_envelope *env,
   if (lock(q) != SPI_OK) return SPI_EMISUSE;
   int64_t now = spi__engine_now(q->engine);
   run_timers(q, now);
-  if (find_entry(q, env->key, env->key_len, h) ||
-      find_done(q, env->key, env->key_len, h)) {
+  rq_entry *old = find_entry(q, env->key, env->key_len, h);
+  if (old || find_done(q, env->key, env->key_len, h)) {
+    /* Acknowledged no sooner than the original: its record may still be
+     * waiting for its fsync (an acked key's envelope was durable before
+     * it could be claimed). */
+    uint64_t wait = old ? old->seq : 0;
     q->duplicates++;
     unlock(q);
     spi__free(&q->mem, e->k);
     spi__free(&q->mem, e);
+    rc = make_durable(q, wait);
+    if (rc != SPI_OK) return rc;
     if (duplicate) *duplicate = 1;
     return SPI_OK;
   }
@@ -1188,11 +1227,14 @@ int spi_replay_enqueue(spi_replay_queue *queue, const spi_envelope *env,
     spi__free(&q->mem, e);
     return rc;
   }
+  e->seq = q->last_seq;
   entry_add(q, e);
   q->enqueued++;
-  uint64_t seq = q->last_seq;
+  uint64_t seq = e->seq;
   unlock(q);
-  return store_sync(q, seq);
+  rc = make_durable(q, seq);
+  if (rc != SPI_OK) undo_enqueue(q, e, env->key, env->key_len, h, seq);
+  return rc;
 }
 
 /* ----------------------------------------------------------------- claim */
@@ -1226,6 +1268,24 @@ static void claim_copy(const rq_entry *e, spi_envelope *out, uint8_t *buf) {
   out->partial_text = (const char *)p;
 }
 
+/* The first ready entry of the lanes in mask (NULL if none), with mu held;
+ * heads past their deadline are dead-lettered on the way. */
+static int next_ready(spi_replay_queue *q, uint32_t mask, int64_t now,
+                      rq_entry **out) {
+  rq_entry *e = NULL;
+  int rc = SPI_OK;
+  for (int c = SPI_CLASS_GOLD; c <= SPI_CLASS_BRONZE && !e && rc == SPI_OK;
+       c++) {
+    if (!(mask & (1u << c))) continue;
+    while ((e = q->lane[c].head) != NULL && deadline_passed(e, now)) {
+      rc = dead_letter(q, e, e->env.attempts, now);
+      if (rc != SPI_OK) break;
+    }
+  }
+  *out = rc == SPI_OK ? e : NULL;
+  return rc;
+}
+
 int spi_replay_claim(spi_replay_queue *queue, uint32_t class_mask,
                      int64_t lease_ms, uint64_t *claim_id, spi_envelope *out,
                      void *buf, size_t cap, size_t *needed) {
@@ -1241,22 +1301,26 @@ int spi_replay_claim(spi_replay_queue *queue, uint32_t class_mask,
     return qfail(q, SPI_EINVAL, "replay claim: lease_ms %lld not in [0, %d]",
                  (long long)lease_ms, RQ_LEASE_MAX_MS);
   if (lease_ms == 0) lease_ms = q->cfg.lease_ms;
-  if (lock(q) != SPI_OK) return SPI_EMISUSE;
-  int64_t now = spi__engine_now(q->engine);
-  run_timers(q, now);
   rq_entry *e = NULL;
-  int rc = SPI_OK;
-  for (int c = SPI_CLASS_GOLD; c <= SPI_CLASS_BRONZE && !e && rc == SPI_OK;
-       c++) {
-    if (!(class_mask & (1u << c))) continue;
-    while ((e = q->lane[c].head) != NULL && deadline_passed(e, now)) {
-      rc = dead_letter(q, e, e->env.attempts, now);
-      if (rc != SPI_OK) break;
+  int64_t now = 0;
+  for (;;) {
+    if (lock(q) != SPI_OK) return SPI_EMISUSE;
+    now = spi__engine_now(q->engine);
+    run_timers(q, now);
+    int rc = next_ready(q, class_mask, now, &e);
+    if (rc != SPI_OK) {
+      unlock(q);
+      return rc;
     }
-  }
-  if (rc != SPI_OK) {
+    /* An envelope is claimed only once its enqueue is durable: a claim
+     * would otherwise hand out (and a worker act on) what a power loss can
+     * still take back. Wait for its sync outside the lock, then look
+     * again: the head may have changed meanwhile. */
+    uint64_t seq = e ? e->seq : 0;
+    if (seq <= __atomic_load_n(&q->durable_seq, __ATOMIC_ACQUIRE)) break;
     unlock(q);
-    return rc;
+    rc = make_durable(q, seq);
+    if (rc != SPI_OK) return rc;
   }
   if (!e) {
     unlock(q);

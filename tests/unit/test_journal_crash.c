@@ -21,8 +21,11 @@
  * record (a prefix of a valid one) or garbage to the last segment and checks
  * that recovery reports it and still loses nothing.
  *
- * Seeded (SPI_CRASH_SEED), at most 100 rounds and about 20 s in all
- * (SPI_CRASH_SECONDS).
+ * Seeded (SPI_CRASH_SEED). By default at most 100 rounds and about 20 s in
+ * all, for CI; SPI_CRASH_ROUNDS sets the rounds (up to 100000) and then the
+ * time limit is off unless SPI_CRASH_SECONDS sets one. The long run:
+ *
+ *   SPI_CRASH_ROUNDS=1000 build/tests/test_journal_crash
  */
 #include <dirent.h>
 #include <errno.h>
@@ -45,7 +48,8 @@
 
 #include "replay.h"
 
-#define MAX_ROUNDS 100
+#define DEFAULT_ROUNDS 100
+#define MAX_ROUNDS 100000
 #define MAX_PER_ROUND 20000
 #define ALL 0xeu
 
@@ -148,7 +152,8 @@ static void child(const char *dir, int round, int wfd) {
 }
 
 typedef struct model {
-  uint8_t *state; /* MAX_ROUNDS * MAX_PER_ROUND */
+  uint64_t total;  /* rounds * MAX_PER_ROUND keys */
+  uint8_t *state;  /* by key */
   uint8_t *seen;
   size_t rbuf_len;
   uint8_t rbuf[sizeof(msg)];
@@ -161,7 +166,7 @@ static void apply(model *m, const msg *x) {
     m->ready = 1;
     return;
   }
-  assert_true(x->key < (uint64_t)MAX_ROUNDS * MAX_PER_ROUND);
+  assert_true(x->key < m->total);
   uint8_t *s = &m->state[x->key];
   switch (x->op) {
   case 'e':
@@ -285,7 +290,7 @@ static void verify(model *m, const char *dir, int round, int damaged) {
     const char *msg_ = spi_replay_errmsg(q);
     assert_true(strstr(msg_, "torn record") || strstr(msg_, "corrupt record"));
   }
-  size_t total = (size_t)MAX_ROUNDS * MAX_PER_ROUND;
+  size_t total = (size_t)m->total;
   memset(m->seen, 0, total);
   static uint8_t buf[65536];
   for (;;) {
@@ -325,7 +330,13 @@ static void test_sigkill_loop(void **st) {
   const char *secs_env = getenv("SPI_CRASH_SECONDS");
   uint64_t rng = seed_env ? strtoull(seed_env, NULL, 0) : 0x5eedf00dULL;
   if (!rng) rng = 1;
-  double budget = secs_env ? atof(secs_env) : 20.0;
+  const char *rounds_env = getenv("SPI_CRASH_ROUNDS");
+  int max_rounds = rounds_env ? atoi(rounds_env) : DEFAULT_ROUNDS;
+  if (max_rounds < 10 || max_rounds > MAX_ROUNDS)
+    fail_msg("SPI_CRASH_ROUNDS=%s: 10 .. %d", rounds_env, MAX_ROUNDS);
+  /* An explicit round count runs them all unless a time limit is set too;
+   * 0 means no limit. */
+  double budget = secs_env ? atof(secs_env) : rounds_env ? 0.0 : 20.0;
   const char *tmp = getenv("TMPDIR");
   char dir[256];
   snprintf(dir, sizeof dir, "%s/spi-crash-XXXXXX",
@@ -333,15 +344,16 @@ static void test_sigkill_loop(void **st) {
   assert_non_null(mkdtemp(dir));
   model m;
   memset(&m, 0, sizeof m);
-  m.state = calloc((size_t)MAX_ROUNDS * MAX_PER_ROUND, 1);
-  m.seen = calloc((size_t)MAX_ROUNDS * MAX_PER_ROUND, 1);
+  m.total = (uint64_t)max_rounds * MAX_PER_ROUND;
+  m.state = calloc((size_t)m.total, 1);
+  m.seen = calloc((size_t)m.total, 1);
   assert_non_null(m.state);
   assert_non_null(m.seen);
   double start = mono_s();
   int rounds = 0, damaged_rounds = 0, compacted_rounds = 0;
   unsigned snap = 0;
-  for (int round = 0; round < MAX_ROUNDS; round++) {
-    if (round >= 10 && mono_s() - start > budget) break;
+  for (int round = 0; round < max_rounds; round++) {
+    if (round >= 10 && budget > 0 && mono_s() - start > budget) break;
     int fds[2];
     assert_int_equal(pipe(fds), 0);
     pid_t pid = fork();
