@@ -1,6 +1,36 @@
 /*
  * engine.h - the engine, its module registry and its configuration snapshot.
  * Internal; shared by engine.c, request.c and dispatch.c.
+ *
+ * LOCK ORDER - the one written order for every lock and wait in the library.
+ *
+ * Readers do not lock. They pin: an RCU pin (spi__snap_acquire) keeps the
+ * snapshot, the replica set and the prefix index alive; a ticket pin
+ * (spi__ticket_pin) keeps one ticket record from being reset. Mutexes, outer
+ * first (a thread holding one may take only those below it):
+ *
+ *   1. config_lock          spi_engine_configure only
+ *   2. nodes->lock          node.c: notices, node states, ticks
+ *   3. registry.lock        replica.c: replica set writers
+ *   4. replay queue mu      replay.c, then the journal's mu, then its
+ *                           process-wide open_lock (journal.c)
+ *   5. leaves               err_lock, the ledger's lock, the memory store's
+ *                           mu, a queue's err_lock: nothing is taken under them
+ *
+ * Two rules make pins and locks safe together:
+ *   A. A pinned thread may take any lock, in the order above. So nobody may
+ *      wait for pins to end (spi__rcu_synchronize; ticket release waiting for
+ *      a record's pins) while holding a lock from 2-5: writers swap under
+ *      their lock, release it, then wait and free (replica.c retire()).
+ *      config_lock (1) may be held across the wait because no pinned thread
+ *      takes it. Waiting for RCU pins while holding one waits for oneself;
+ *      waiting for ticket pins while RCU-pinned (a finish) is fine, because a
+ *      ticket pin's holder never waits for anything.
+ *   B. Callbacks into the caller's code that may call back into the engine
+ *      (node transitions) run with no lock and no pin held. Module callbacks
+ *      run pinned: a module's configure calling spi_engine_configure gets
+ *      SPI_EMISUSE, and modules must not change replicas or configuration.
+ * tests/unit/test_lock_order.c and test_storm.c hold these rules to account.
  */
 #ifndef SPI_ENGINE_H
 #define SPI_ENGINE_H

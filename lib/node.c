@@ -284,6 +284,45 @@ static void unlock_all_and_report(spi_engine *e) {
 
 /* ------------------------------------------------------------------ plans */
 
+/* The plan for one pinned open ticket k (id) if it runs on n's replicas:
+ * writes it to *p unless p is NULL (no room) and returns 1; else 0. */
+static size_t plan_one(spi_engine *e, const node *n, const spi_router_cfg *c,
+                       const spi_ticket *k, uint64_t id,
+                       const spi_replica_ident *const *mine, size_t nmine,
+                       const spi_replica_set *set, double deadline_s,
+                       double margin_s, spi_ticket_plan *p) {
+  const spi_replica_ident *r = NULL;
+  for (size_t j = 0; j < nmine && !r; j++)
+    if (mine[j]->slot == k->slot) r = mine[j];
+  /* A machine with more replicas than the short list: look them up. */
+  for (size_t j = 0; !r && nmine == 64 && j < set->n; j++)
+    if (set->r[j].slot == k->slot && on_node(&set->r[j], n)) r = &set->r[j];
+  if (!r ||
+      atomic_load(&e->registry.slots[k->slot].incarnation) != k->incarnation)
+    return 0;
+  uint64_t streamed = atomic_load(&k->tokens_streamed);
+  uint64_t expected =
+      k->expected_output > streamed ? k->expected_output : streamed + 1;
+  double rate = r->decode_tps > 0 ? r->decode_tps : c->decode_tokens_per_s;
+  double remaining_s = (double)(expected - streamed) / rate;
+  double progress = (double)streamed / (double)expected;
+  int drain = remaining_s <= deadline_s - margin_s ||
+              (k->klass == SPI_CLASS_GOLD && progress >= c->gold_drain_progress);
+  /* Re-check: the ticket may have finished while we looked. */
+  if (atomic_load(&k->id) != id) return 0;
+  if (p) {
+    memset(p, 0, sizeof *p);
+    p->ticket = id;
+    p->action = drain ? SPI_ACTION_DRAIN : SPI_ACTION_REPLAY;
+    p->klass = k->klass;
+    p->remaining_s = remaining_s;
+    p->deadline_s = deadline_s;
+    p->progress = progress;
+    memcpy(p->replica_id, r->id, r->id_len + 1);
+  }
+  return 1;
+}
+
 /* For each open ticket on n's replicas: drain or replay. Both locks held. */
 static size_t plan(spi_engine *e, const node *n, const spi_router_cfg *c,
                    int64_t now, spi_ticket_plan *plans, size_t cap) {
@@ -300,43 +339,17 @@ static size_t plan(spi_engine *e, const node *n, const spi_router_cfg *c,
     if (on_node(&set->r[j], n)) mine[nmine++] = &set->r[j];
   size_t found = 0, total = spi__tickets_high(tt);
   for (size_t i = 0; nmine && i < total; i++) {
-    spi_ticket *k = spi__ticket_at(tt, i);
-    uint64_t id = atomic_load(&k->id);
+    /* Pinned: a route may otherwise reset the record while it is read. */
+    uint64_t id = spi__ticket_pin(tt, i);
     if (!id) continue;
-    const spi_replica_ident *r = NULL;
-    for (size_t j = 0; j < nmine && !r; j++)
-      if (mine[j]->slot == k->slot) r = mine[j];
-    /* A machine with more replicas than the short list: look them up. */
-    for (size_t j = 0; !r && nmine == 64 && j < set->n; j++)
-      if (set->r[j].slot == k->slot && on_node(&set->r[j], n)) r = &set->r[j];
-    if (!r ||
-        atomic_load(&e->registry.slots[k->slot].incarnation) != k->incarnation)
-      continue;
-    uint64_t streamed = atomic_load(&k->tokens_streamed);
-    uint64_t expected = k->expected_output > streamed ? k->expected_output
-                                                      : streamed + 1;
-    double rate = r->decode_tps > 0 ? r->decode_tps : c->decode_tokens_per_s;
-    double remaining_s = (double)(expected - streamed) / rate;
-    double progress = (double)streamed / (double)expected;
-    int drain = remaining_s <= deadline_s - margin_s ||
-                (k->klass == SPI_CLASS_GOLD && progress >= c->gold_drain_progress);
-    /* Re-check: the ticket may have finished while we looked. */
-    if (atomic_load(&k->id) != id) continue;
-    if (found < cap) {
-      spi_ticket_plan *p = &plans[found];
-      memset(p, 0, sizeof *p);
-      p->ticket = id;
-      p->action = drain ? SPI_ACTION_DRAIN : SPI_ACTION_REPLAY;
-      p->klass = k->klass;
-      p->remaining_s = remaining_s;
-      p->deadline_s = deadline_s;
-      p->progress = progress;
-      memcpy(p->replica_id, r->id, r->id_len + 1);
-    }
-    found++;
+    spi_ticket *k = spi__ticket_at(tt, i);
+    found += plan_one(e, n, c, k, id, mine, nmine, set, deadline_s, margin_s,
+                      found < cap ? &plans[found] : NULL);
+    spi__ticket_unpin(tt, i);
   }
   return found;
 }
+
 
 /* ------------------------------------------------------------- public API */
 
@@ -374,9 +387,12 @@ int spi_engine_notice(spi_engine *engine, const spi_notice *notice,
                             "and dedup_key NUL-terminated");
   *n_out = 0;
   if (notice->kind == SPI_NOTICE_NONE) return SPI_OK;
+  /* A copy of the settings, not a pin: the transition callback runs at the
+   * end and may upsert or remove replicas, which wait for pins to end. */
   unsigned pin;
-  spi_snapshot *snap = spi__snap_acquire(engine, &pin);
-  const spi_router_cfg *c = &snap->router;
+  spi_router_cfg cfg = spi__snap_acquire(engine, &pin)->router;
+  spi__snap_release(engine, pin);
+  const spi_router_cfg *c = &cfg;
   int64_t now = spi__engine_now(engine);
   struct spi_nodes *t = engine->nodes;
   int rc = SPI_OK;
@@ -430,7 +446,6 @@ int spi_engine_notice(spi_engine *engine, const spi_notice *notice,
   }
 out:
   unlock_all_and_report(engine);
-  spi__snap_release(engine, pin);
   return rc;
 }
 

@@ -4,8 +4,8 @@
  * A replica has two halves. Its identity (id, pool, tier, price, models)
  * lives in an immutable spi_replica_set that is replaced whole on every
  * change: writers serialise on registry.lock, publish the new set with an
- * atomic exchange, wait for readers pinned on the old one
- * (spi__rcu_synchronize) and free it. Its run-time state (lifecycle state,
+ * atomic exchange and, once the lock is released, wait for readers pinned on
+ * the old one (spi__rcu_synchronize) and free it (lock order: engine.h). Its run-time state (lifecycle state,
  * load, open tickets, error breaker) lives in a slot that never moves, all
  * atomics, so routers and reporters touch it without a lock.
  *
@@ -15,7 +15,8 @@
  * late as possible, and a reused slot starts with a new gen.
  *
  * Writers must not hold an RCU pin (synchronize would wait for themselves),
- * and readers must not take registry.lock while pinned.
+ * nor any lock while they wait: a pinned notice takes the nodes and registry
+ * locks, so waiting for it under them would hang both.
  */
 #include <math.h>
 #include <string.h>
@@ -263,11 +264,18 @@ static int same_ident(const spi_replica_ident *a, const spi_replica_ident *b) {
 
 /* ---------------------------------------------------------------- writers */
 
-/* Swap in next and free the set it replaces once no reader holds it.
- * Called with registry.lock held. */
-static void publish(spi_engine *e, spi_replica_set *next) {
+/* Swap in next; the set it replaces goes to *retired, which the caller frees
+ * with retire() after releasing the locks. Called with registry.lock held. */
+static void publish(spi_engine *e, spi_replica_set *next,
+                    spi_replica_set **retired) {
   set_index(next);
-  spi_replica_set *old = atomic_exchange(&e->registry.set, next);
+  *retired = atomic_exchange(&e->registry.set, next);
+}
+
+/* Free a replaced set once no reader can hold it. Called with no lock held
+ * and no pin (lock order: engine.h). */
+static void retire(spi_engine *e, spi_replica_set *old) {
+  if (!old) return;
   spi__rcu_synchronize(&e->rcu);
   spi__free(&e->mem, old);
 }
@@ -294,7 +302,8 @@ static long slot_alloc(spi_registry *g) {
   return -1;
 }
 
-static int upsert_locked(spi_engine *e, spi_replica_ident *r, int64_t limit) {
+static int upsert_locked(spi_engine *e, spi_replica_ident *r, int64_t limit,
+                         spi_replica_set **retired) {
   spi_registry *g = &e->registry;
   spi_replica_set *old = atomic_load(&g->set);
   const spi_replica_ident *cur = spi__registry_find(old, r->id, r->id_len);
@@ -309,7 +318,7 @@ static int upsert_locked(spi_engine *e, spi_replica_ident *r, int64_t limit) {
     /* Entries placed for the old pool or model list no longer hold. */
     if (cur->pool != r->pool || !same_models(cur, r))
       atomic_fetch_add(&g->slots[r->slot].gen, 1u);
-    publish(e, next);
+    publish(e, next, retired);
     return SPI_OK;
   }
   if ((int64_t)old->n >= limit)
@@ -337,7 +346,7 @@ static int upsert_locked(spi_engine *e, spi_replica_ident *r, int64_t limit) {
   atomic_store(&s->advised_until_ns, advised);
   atomic_store(&s->cooldown_until_ns, cooling);
   atomic_store(&s->state, initial);
-  publish(e, next);
+  publish(e, next, retired);
   return SPI_OK;
 }
 
@@ -349,15 +358,18 @@ int spi_replica_upsert(spi_engine *engine, const spi_replica_info *info) {
   int64_t limit = replica_limit(engine);
   /* Lock order: nodes, then the registry, so a replica added on a noticed
    * machine or in a cooling spot pool starts in the right state. */
+  spi_replica_set *retired = NULL;
   spi__nodes_lock(engine);
   pthread_mutex_lock(&engine->registry.lock);
-  rc = upsert_locked(engine, &r, limit);
+  rc = upsert_locked(engine, &r, limit, &retired);
   pthread_mutex_unlock(&engine->registry.lock);
   spi__nodes_unlock(engine);
+  retire(engine, retired);
   return rc;
 }
 
-static int remove_locked(spi_engine *e, const char *id, size_t len) {
+static int remove_locked(spi_engine *e, const char *id, size_t len,
+                         spi_replica_set **retired) {
   spi_registry *g = &e->registry;
   spi_replica_set *old = atomic_load(&g->set);
   const spi_replica_ident *cur = spi__registry_find(old, id, len);
@@ -376,7 +388,7 @@ static int remove_locked(spi_engine *e, const char *id, size_t len) {
   atomic_store(&s->state, 0);
   atomic_fetch_add(&s->gen, 1u);
   atomic_fetch_add(&s->incarnation, 1u);
-  publish(e, next);
+  publish(e, next, retired);
   return SPI_OK;
 }
 
@@ -384,9 +396,11 @@ int spi_replica_remove(spi_engine *engine, const char *id, size_t id_len) {
   if (!spi__engine_ok(engine)) return SPI_EMISUSE;
   int rc = check_id(engine, id, id_len);
   if (rc != SPI_OK) return rc;
+  spi_replica_set *retired = NULL;
   pthread_mutex_lock(&engine->registry.lock);
-  rc = remove_locked(engine, id, id_len);
+  rc = remove_locked(engine, id, id_len, &retired);
   pthread_mutex_unlock(&engine->registry.lock);
+  retire(engine, retired);
   return rc;
 }
 

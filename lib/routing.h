@@ -301,6 +301,7 @@ void spi__index_insert(spi_prefix_index *ix, const uint64_t *hashes,
 
 typedef struct spi_ticket {
   atomic_ullong id;          /* current ticket id; 0 = free */
+  atomic_uint readers;       /* scans reading this record (ticket pins) */
   uint32_t slot, gen;        /* replica; gen for the index entries */
   uint32_t incarnation;      /* the slot's replica when the ticket opened */
   uint64_t expected_output;  /* for drain estimates at notice time */
@@ -336,6 +337,13 @@ int spi__ticket_claim(spi_ticket_table *t, spi_ticket *k, uint64_t id);
 spi_ticket *spi__ticket_at(spi_ticket_table *t, size_t i);
 /* Records at or above this index have never been handed out. */
 size_t spi__tickets_high(spi_ticket_table *t);
+/* Pin the record at index i for reading while it is open: returns its id, or
+ * 0 (then nothing is pinned) when it is free. While pinned, the record's
+ * plain fields stay as published: releasing it waits for its pins to end,
+ * so the next route cannot reset it under the reader. Readers that are not
+ * the ticket's finisher (notice plans) read plain fields only while pinned. */
+uint64_t spi__ticket_pin(spi_ticket_table *t, size_t i);
+void spi__ticket_unpin(spi_ticket_table *t, size_t i);
 /* Return a claimed ticket to the free list. */
 void spi__ticket_release(spi_ticket_table *t, spi_ticket *k);
 

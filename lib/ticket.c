@@ -25,7 +25,16 @@
  * it. Push (release order) and pop (acquire order) carry the record's
  * contents from one owner to the next; publish (release) and lookup
  * (acquire) carry them to readers of an open ticket.
+ *
+ * A reader that is not the finisher (a notice's plan scan) may still be
+ * reading a record when its ticket finishes. It pins the record first
+ * (readers + 1, then checks id); release clears id and then waits for the
+ * record's pins to end before pushing it back. Both sides use sequentially
+ * consistent order, so either the reader sees id 0 and skips the record, or
+ * release sees its pin and waits: a record is never reset under a reader.
+ * The wait is on the finish path, never on the route's take.
  */
+#include <sched.h>
 #include <stdalign.h>
 #include <string.h>
 
@@ -81,6 +90,7 @@ int spi__tickets_new(const spi_mem *m, size_t capacity,
     spi_ticket *k = &tt->t[i];
     memset(k, 0, sizeof *k);
     atomic_init(&k->id, 0ull);
+    atomic_init(&k->readers, 0u);
     atomic_init(&k->first_token_ns, 0ll);
     atomic_init(&k->tokens_streamed, 0ull);
     tt->gen[i] = 0;
@@ -161,6 +171,20 @@ size_t spi__tickets_high(spi_ticket_table *t) {
   return t ? atomic_load(&t->high) : 0;
 }
 
+uint64_t spi__ticket_pin(spi_ticket_table *t, size_t i) {
+  if (!t || i >= t->capacity) return 0;
+  spi_ticket *k = &t->t[i];
+  atomic_fetch_add_explicit(&k->readers, 1u, memory_order_seq_cst);
+  uint64_t id = atomic_load_explicit(&k->id, memory_order_seq_cst);
+  if (!id) atomic_fetch_sub_explicit(&k->readers, 1u, memory_order_release);
+  return id;
+}
+
+void spi__ticket_unpin(spi_ticket_table *t, size_t i) {
+  if (t && i < t->capacity)
+    atomic_fetch_sub_explicit(&t->t[i].readers, 1u, memory_order_release);
+}
+
 spi_ticket *spi__ticket_at(spi_ticket_table *t, size_t i) {
   return t && i < t->capacity ? &t->t[i] : NULL;
 }
@@ -179,7 +203,7 @@ int spi__ticket_claim(spi_ticket_table *t, spi_ticket *k, uint64_t id) {
   if (!k || id == 0) return 0;
   unsigned long long expect = id;
   return atomic_compare_exchange_strong_explicit(
-      &k->id, &expect, 0ull, memory_order_acq_rel, memory_order_relaxed);
+      &k->id, &expect, 0ull, memory_order_seq_cst, memory_order_relaxed);
 }
 
 void spi__ticket_release(spi_ticket_table *t, spi_ticket *k) {
@@ -187,7 +211,10 @@ void spi__ticket_release(spi_ticket_table *t, spi_ticket *k) {
   size_t i = (size_t)(k - t->t);
   /* A record released without being claimed (taken, never published) must
    * not stay findable. */
-  atomic_store_explicit(&k->id, 0ull, memory_order_relaxed);
+  atomic_store_explicit(&k->id, 0ull, memory_order_seq_cst);
+  /* A scan that pinned it before id went to 0 is still reading it. */
+  while (atomic_load_explicit(&k->readers, memory_order_seq_cst) != 0)
+    sched_yield();
   /* Count it closed before it is back on the stack, so the open count never
    * exceeds the capacity, even for a moment. */
   atomic_fetch_sub_explicit(&t->open, 1, memory_order_relaxed);
