@@ -93,14 +93,31 @@ static int is_guided(const cJSON *root) {
   return 0;
 }
 
-/* Put item under key, replacing what was there. Takes item either way. */
+/* Put item under key, replacing what was there (in its place). Takes item
+ * either way. Not cJSON_ReplaceItemInObject: cJSON 1.7.15 ignores a failed
+ * copy of the key there and leaves the item with no name, which printed
+ * {"":...} with SPI_OK when that one allocation failed. */
 static int set_item(cJSON *obj, const char *key, cJSON *item) {
   if (!item) return SPI_ENOMEM;
-  if (cJSON_GetObjectItemCaseSensitive(obj, key)) {
-    if (cJSON_ReplaceItemInObjectCaseSensitive(obj, key, item)) return SPI_OK;
-  } else if (cJSON_AddItemToObject(obj, key, item)) {
-    return SPI_OK;
+  cJSON *old = cJSON_GetObjectItemCaseSensitive(obj, key);
+  if (!old) {
+    if (cJSON_AddItemToObject(obj, key, item)) return SPI_OK;
+    cJSON_Delete(item);
+    return SPI_ENOMEM;
   }
+  size_t n = strlen(key) + 1;
+  char *name = cJSON_malloc(n);
+  if (!name) {
+    cJSON_Delete(item);
+    return SPI_ENOMEM;
+  }
+  memcpy(name, key, n);
+  if (item->string && !(item->type & cJSON_StringIsConst))
+    cJSON_free(item->string);
+  item->string = name;
+  item->type &= ~cJSON_StringIsConst;
+  /* Relinks and frees old; allocates nothing. */
+  if (cJSON_ReplaceItemViaPointer(obj, old, item)) return SPI_OK;
   cJSON_Delete(item);
   return SPI_ENOMEM;
 }
@@ -116,6 +133,14 @@ static cJSON *joined(const char *a, const char *b, size_t blen) {
   cJSON *item = cJSON_CreateString(s);
   free(s);
   return item;
+}
+
+/* Add item to obj under key. cJSON leaves an item it could not add (the
+ * copy of the key failed) to the caller: it is freed here. 1 if added. */
+static int add_owned(cJSON *obj, const char *key, cJSON *item) {
+  if (item && cJSON_AddItemToObject(obj, key, item)) return 1;
+  cJSON_Delete(item);
+  return 0;
 }
 
 static cJSON *text_of(const spi_envelope *env) {
@@ -152,7 +177,7 @@ static int continue_chat(cJSON *root, const spi_envelope *env) {
     } else if (cJSON_IsArray(content)) {
       cJSON *part = cJSON_CreateObject();
       if (!part || !cJSON_AddStringToObject(part, "type", "text") ||
-          !cJSON_AddItemToObject(part, "text", text_of(env)) ||
+          !add_owned(part, "text", text_of(env)) ||
           !cJSON_AddItemToArray(content, part)) {
         cJSON_Delete(part);
         return SPI_ENOMEM;
@@ -164,7 +189,7 @@ static int continue_chat(cJSON *root, const spi_envelope *env) {
   } else {
     cJSON *m = cJSON_CreateObject();
     if (!m || !cJSON_AddStringToObject(m, "role", "assistant") ||
-        !cJSON_AddItemToObject(m, "content", text_of(env)) ||
+        !add_owned(m, "content", text_of(env)) ||
         !cJSON_AddItemToArray(msgs, m)) {
       cJSON_Delete(m);
       return SPI_ENOMEM;

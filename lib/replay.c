@@ -827,8 +827,14 @@ static int merged_config(spi_engine *e, const char *json, size_t len,
   spi_snapshot *s = spi__snap_acquire(e, &pin);
   cJSON *root = cJSON_ParseWithLength(s->json, s->json_len);
   spi__snap_release(e, pin);
-  cJSON *sec =
-      root ? cJSON_DetachItemFromObjectCaseSensitive(root, "replay") : NULL;
+  /* The snapshot is canonical JSON the engine wrote: it always parses, so
+   * a failure here is memory, and going on with defaults would silently
+   * drop the engine's section (fsync and all). */
+  if (!root) {
+    spi__errf(err, cap, "replay: out of memory reading the engine's config");
+    return SPI_ENOMEM;
+  }
+  cJSON *sec = cJSON_DetachItemFromObjectCaseSensitive(root, "replay");
   cJSON_Delete(root);
   if (!sec) sec = cJSON_CreateObject();
   if (!sec) {

@@ -14,6 +14,8 @@
 
 #include <cmocka.h>
 
+#include <cjson/cJSON.h>
+
 #include "spi_internal.h"
 
 static spi_envelope env_of(const char *body, int32_t kind, const char *text,
@@ -352,6 +354,66 @@ static void test_errors(void **st) {
   expect(&b, "{\"prompt\":\"ax\"}", 0);
 }
 
+
+/* -------------------------------------------------- allocation failures */
+
+/* cJSON's allocations, counted, and the Nth one failed. The library never
+ * sets cJSON's hooks; this test process does, to reach the continuation's
+ * own cJSON calls. */
+static long cj_calls, cj_live, cj_fail_at = -1;
+
+static void *cj_malloc(size_t n) {
+  if (cj_calls++ == cj_fail_at) return NULL;
+  void *p = malloc(n);
+  if (p) cj_live++;
+  return p;
+}
+
+static void cj_free(void *p) {
+  if (p) cj_live--;
+  free(p);
+}
+
+/* Every allocation of a continuation fails in turn: each time the call
+ * answers SPI_ENOMEM (or SPI_EPARSE when the body's own parse is what
+ * failed, which cJSON cannot tell from bad JSON) and frees everything. */
+static void test_alloc_failures(void **st) {
+  (void)st;
+  const char *bodies[] = {
+      "{\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}],"
+      "\"max_tokens\":50}",
+      "{\"messages\":[{\"role\":\"user\",\"content\":\"hi\"},"
+      "{\"role\":\"assistant\",\"content\":[{\"type\":\"text\","
+      "\"text\":\"a\"}]}],\"max_tokens\":50}",
+      "{\"prompt\":\"Once\",\"max_tokens\":50}",
+  };
+  cJSON_Hooks hooks = {cj_malloc, cj_free};
+  cJSON_InitHooks(&hooks);
+  for (size_t b = 0; b < sizeof bodies / sizeof bodies[0]; b++) {
+    spi_envelope v = env_of(bodies[b], SPI_OPENAI_AUTO, " upon", 3);
+    int done = 0;
+    for (long n = 0; !done && n < 10000; n++) {
+      cj_calls = 0;
+      cj_live = 0;
+      cj_fail_at = n;
+      char buf[4096];
+      int rc = spi_replay_continuation(&v, buf, sizeof buf, NULL, NULL);
+      if (cj_live != 0)
+        fail_msg("body %zu, allocation %ld failed: %ld cJSON blocks leaked",
+                 b, n, cj_live);
+      if (cj_calls <= n) {
+        assert_int_equal(rc, SPI_OK); /* no allocation was failed */
+        done = 1;
+      } else if (rc != SPI_ENOMEM && rc != SPI_EPARSE) {
+        fail_msg("body %zu, allocation %ld failed: status %d", b, n, rc);
+      }
+    }
+    assert_true(done);
+  }
+  cj_fail_at = -1;
+  cJSON_InitHooks(NULL);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_chat_new_assistant_message),
@@ -361,6 +423,7 @@ int main(void) {
       cmocka_unit_test(test_from_scratch),
       cmocka_unit_test(test_buffer),
       cmocka_unit_test(test_errors),
+      cmocka_unit_test(test_alloc_failures),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

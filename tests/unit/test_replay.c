@@ -15,6 +15,7 @@
 #include <string.h>
 
 #include <cmocka.h>
+#include <cjson/cJSON.h>
 
 #include "engine.h"
 #include "replay.h"
@@ -804,6 +805,58 @@ static void test_alloc_failures(void **st) {
   teardown(f);
 }
 
+
+/* cJSON's own allocations (the engine's snapshot is parsed with them), the
+ * Nth one failed. The library never sets cJSON's hooks; this test does. */
+static long cj_calls, cj_fail_at = -1;
+
+static void *cj_malloc(size_t n) {
+  if (cj_calls++ == cj_fail_at) return NULL;
+  return malloc(n);
+}
+
+/* An allocation failure inside spi_replay_open either fails the open with
+ * SPI_ENOMEM or opens with the engine's "replay" section; it never opens
+ * with the defaults instead (before, most failure points did). */
+static void test_open_keeps_engine_section(void **st) {
+  (void)st;
+  fixture *f = setup_engine();
+  const char *cfg =
+      "{\"replay\":{\"store\":\"memory\",\"max_envelope_bytes\":200}}";
+  assert_int_equal(spi_engine_configure(f->e, cfg, strlen(cfg)), SPI_OK);
+  static char big[400];
+  memset(big, 'x', sizeof big - 1);
+  cJSON_Hooks hooks = {cj_malloc, free};
+  cJSON_InitHooks(&hooks);
+  int opened = 0, failed = 0;
+  for (long n = 0; n < 2000; n++) {
+    cj_calls = 0;
+    cj_fail_at = n;
+    spi_replay_queue *q = NULL;
+    int rc = spi_replay_open(f->e, NULL, 0, &q);
+    long calls = cj_calls;
+    cj_fail_at = -1;
+    if (rc != SPI_OK) {
+      assert_int_equal(rc, SPI_ENOMEM);
+      assert_null(q);
+      failed++;
+      continue;
+    }
+    opened++;
+    spi_envelope v = env_of("big", SPI_CLASS_GOLD);
+    v.body = big;
+    v.body_len = strlen(big);
+    /* The engine's 200-byte bound holds (the default is far larger). */
+    assert_int_equal(spi_replay_enqueue(q, &v, NULL), SPI_ETOOBIG);
+    spi_replay_close(q);
+    if (calls <= n) break; /* no allocation was failed: done */
+  }
+  cJSON_InitHooks(NULL);
+  assert_true(failed > 0);
+  assert_true(opened > 0);
+  teardown(f);
+}
+
 /* -------------------------------------------------------------- user store */
 
 /* A store kept in the test: records in an array, as a Redis Streams store
@@ -1092,6 +1145,7 @@ int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_open_errors),
       cmocka_unit_test(test_engine_section_defaults),
+      cmocka_unit_test(test_open_keeps_engine_section),
       cmocka_unit_test(test_round_trip),
       cmocka_unit_test(test_lanes_and_fifo),
       cmocka_unit_test(test_lease_expiry),
