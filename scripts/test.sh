@@ -17,7 +17,8 @@
 #             bindings/go, then its go-vs-C benchmarks (when present)
 #   gateway   examples/fakellm and examples/gateway: go vet, go test (-race
 #             for the gateway) against the installed library, then the
-#             spot-interruption drill (examples/gateway/drill.sh)
+#             spot-interruption drill (examples/gateway/drill.sh) and a
+#             short load run (examples/gateway/loadrun.sh --smoke)
 #   fuzz      clang-14 libFuzzer build in build-fuzz/; each target runs for
 #             SPI_FUZZ_SECONDS (default 20) over a copy of its corpus
 #
@@ -318,6 +319,8 @@ stage_gateway() {
   (cd "$root/examples/gateway" && go vet ./... && go test -count=1 -race ./...)
   note "the spot-interruption drill (examples/gateway/drill.sh)"
   bash "$root/examples/gateway/drill.sh"
+  note "the load run, short (examples/gateway/loadrun.sh --smoke)"
+  bash "$root/examples/gateway/loadrun.sh" --smoke
 }
 
 fuzz_toolchain_ok() {

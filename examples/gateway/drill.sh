@@ -32,18 +32,8 @@ mock="$root/build/tools/bin/ec2-metadata-mock"
 [[ -x "$mock" ]] || die "no $mock: run scripts/setup-deps.sh"
 command -v go >/dev/null || die "no go toolchain: run scripts/setup-deps.sh"
 
-if ! pkg-config --exists spotinfer 2>/dev/null; then
-  say "building the library into build-drill/"
-  cmake -S "$root" -B "$root/build-drill" -DCMAKE_BUILD_TYPE=RelWithDebInfo \
-    -DSPI_BUILD_TESTS=OFF -DSPI_BUILD_EXAMPLES=OFF -DSPI_BUILD_BENCH=OFF >/dev/null
-  cmake --build "$root/build-drill" -j 2 >/dev/null
-  cmake --install "$root/build-drill" --prefix "$root/build-drill/prefix" >/dev/null
-  libdir=$(dirname "$(dirname "$(find "$root/build-drill/prefix" -name spotinfer.pc | head -n 1)")")
-  export PKG_CONFIG_PATH="$libdir/pkgconfig"
-  export LD_LIBRARY_PATH="$libdir${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
-  export CGO_LDFLAGS="-L$libdir"
-fi
-export CGO_ENABLED=1
+# shellcheck source=libenv.sh
+source "$root/examples/gateway/libenv.sh"
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/spotinfer-drill.XXXXXX")
 pids=()
