@@ -18,7 +18,16 @@
 
 #include "engine.h"
 
+/* Bounded memory: at most this many machines are tracked. Entries carry
+ * information only while a machine is advised, noticed, draining, or
+ * terminated with replicas still registered on it; the rest are dropped
+ * (see expire and make_room), so a flood of notices for machines that run
+ * nothing can never crowd out one that runs replicas. */
 #define NODES_MAX SPI_REPLICA_SLOTS
+/* When the table is full, this many of the oldest entries for machines that
+ * run no replica are dropped at once, so the scan that finds them is paid
+ * once per EVICT_BATCH new machines, not once per machine. */
+#define EVICT_BATCH 64
 #define SEEN_MAX 1024  /* dedup keys remembered (a ring) */
 #define COOL_MAX 64    /* spot pools cooling down at once */
 #define MAX_EVENTS 16  /* transitions reported per call */
@@ -115,17 +124,21 @@ static node *find(struct spi_nodes *t, const char *id, size_t len) {
   return NULL;
 }
 
-/* The node, created ACTIVE if new; NULL when the table is full or memory
- * runs out (callers report SPI_EFULL / SPI_ENOMEM). */
+static int make_room(spi_engine *e);
+
+/* The node, created ACTIVE if new; NULL when the table is full of machines
+ * that run replicas or memory runs out (callers report SPI_EFULL /
+ * SPI_ENOMEM). Entries stay in the order they were made, oldest first.
+ * Both locks held. */
 static node *get(spi_engine *e, const char *id, size_t len, int *rc) {
   struct spi_nodes *t = e->nodes;
   node *n = find(t, id, len);
   if (n) return n;
+  if (t->n == NODES_MAX && !make_room(e)) {
+    *rc = SPI_EFULL;
+    return NULL;
+  }
   if (t->n == t->cap) {
-    if (t->cap == NODES_MAX) {
-      *rc = SPI_EFULL;
-      return NULL;
-    }
     size_t cap = t->cap ? t->cap * 2 : 16;
     if (cap > NODES_MAX) cap = NODES_MAX;
     node *v = spi__calloc(&e->mem, cap, sizeof *v);
@@ -146,15 +159,25 @@ static node *get(spi_engine *e, const char *id, size_t len, int *rc) {
   return n;
 }
 
+/* Drop n, keeping the others in the order they were made. */
 static void forget(struct spi_nodes *t, node *n) {
   size_t i = (size_t)(n - t->v);
-  t->v[i] = t->v[--t->n];
+  memmove(&t->v[i], &t->v[i + 1], (t->n - i - 1) * sizeof *n);
+  t->n--;
 }
 
 /* ----------------------------------------------- effects on the replicas */
 
 static int on_node(const spi_replica_ident *r, const node *n) {
   return r->node_len == n->len && memcmp(r->node, n->id, n->len) == 0;
+}
+
+/* Whether any registered replica runs on n. Registry lock held. */
+static int runs_replicas(const spi_engine *e, const node *n) {
+  const spi_replica_set *set = atomic_load(&e->registry.set);
+  for (size_t i = 0; set && i < set->n; i++)
+    if (on_node(&set->r[i], n)) return 1;
+  return 0;
 }
 
 /* The state a machine's replicas are in while it is in node_state. */
@@ -227,16 +250,9 @@ int32_t spi__nodes_initial(spi_engine *e, const spi_replica_ident *r,
 
 /* ------------------------------------------------------------ transitions */
 
-/* Move n to state if the table allows it; records the event. Nodes and
- * registry locks held. Returns 1 if it moved. */
-static int move(spi_engine *e, node *n, int32_t to) {
-  if (!ALLOWED[n->state][to]) return 0;
+/* Count a transition and queue it for the callback. Nodes lock held. */
+static void record(spi_engine *e, const node *n, int32_t from, int32_t to) {
   struct spi_nodes *t = e->nodes;
-  int32_t from = n->state;
-  n->state = to;
-  if (to != SPI_NODE_ADVISED) n->advised_until = 0;
-  if (to == SPI_NODE_ACTIVE) n->deadline_ns = 0;
-  apply_to_replicas(e, n);
   spi__metrics_node_transition(atomic_load(&e->metrics), from, to);
   if (t->nev < MAX_EVENTS) {
     event *ev = &t->ev[t->nev++];
@@ -245,13 +261,38 @@ static int move(spi_engine *e, node *n, int32_t to) {
     ev->from = from;
     ev->to = to;
   }
-  if (to == SPI_NODE_REMOVED) forget(t, n);
+}
+
+/* Move n to state if the table allows it; records the event. Nodes and
+ * registry locks held. Returns 1 if it moved. */
+static int move(spi_engine *e, node *n, int32_t to) {
+  if (!ALLOWED[n->state][to]) return 0;
+  int32_t from = n->state;
+  n->state = to;
+  if (to != SPI_NODE_ADVISED) n->advised_until = 0;
+  if (to == SPI_NODE_ACTIVE) n->deadline_ns = 0;
+  apply_to_replicas(e, n);
+  record(e, n, from, to);
+  if (to == SPI_NODE_REMOVED) forget(e->nodes, n);
   return 1;
 }
 
-/* Lapsed advice and passed deadlines. Both locks held. */
+/* Whether n says anything a lookup would not: an ACTIVE entry never does
+ * (an unknown machine is ACTIVE), and a machine terminated past its
+ * deadline matters only while replicas are still registered on it. */
+static int worth_keeping(const spi_engine *e, const node *n, int64_t now) {
+  if (n->state == SPI_NODE_ACTIVE) return 0;
+  if (n->state == SPI_NODE_TERMINATED && n->deadline_ns <= now)
+    return runs_replicas(e, n);
+  return 1;
+}
+
+/* Lapsed advice and passed deadlines; then entries that say nothing any
+ * more are dropped (a terminated one as a move to REMOVED), in one pass
+ * that keeps the order. Both locks held. */
 static void expire(spi_engine *e, int64_t now) {
   struct spi_nodes *t = e->nodes;
+  size_t w = 0;
   for (size_t i = 0; i < t->n; i++) {
     node *n = &t->v[i];
     if (n->state == SPI_NODE_ADVISED && n->advised_until <= now)
@@ -259,7 +300,36 @@ static void expire(spi_engine *e, int64_t now) {
     else if ((n->state == SPI_NODE_NOTICED || n->state == SPI_NODE_DRAINING) &&
              n->deadline_ns && n->deadline_ns <= now)
       move(e, n, SPI_NODE_TERMINATED);
+    if (!worth_keeping(e, n, now)) {
+      if (n->state != SPI_NODE_ACTIVE)
+        record(e, n, n->state, SPI_NODE_REMOVED);
+      continue;
+    }
+    if (w != i) t->v[w] = *n;
+    w++;
   }
+  t->n = w;
+}
+
+/* The table is full: forget the oldest EVICT_BATCH machines that run no
+ * replica (their notices can change no routing now; a replica added there
+ * later starts ACTIVE). Returns how many were dropped; 0 when every entry
+ * is a machine with replicas. Both locks held. */
+static int make_room(spi_engine *e) {
+  struct spi_nodes *t = e->nodes;
+  size_t w = 0, dropped = 0;
+  for (size_t i = 0; i < t->n; i++) {
+    node *n = &t->v[i];
+    if (dropped < EVICT_BATCH && !runs_replicas(e, n)) {
+      record(e, n, n->state, SPI_NODE_REMOVED);
+      dropped++;
+      continue;
+    }
+    if (w != i) t->v[w] = *n;
+    w++;
+  }
+  t->n = w;
+  return dropped > 0;
 }
 
 /* Take both locks; release them and report the transitions made. */

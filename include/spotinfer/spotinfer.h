@@ -1004,8 +1004,11 @@ typedef struct spi_ticket_plan {
  * replica's decode rate fit before the deadline minus router.drain_margin_ms,
  * or when it is gold and past router.gold_drain_progress; otherwise REPLAY.
  * A notice whose dedup_key was already handed in changes nothing and plans
- * nothing. A notice for a machine no replica runs on is remembered, so a
- * replica added there later starts NOTICED.
+ * nothing. A notice for a machine no replica runs on is remembered until
+ * its deadline (advice: until it lapses), so a replica added there
+ * meanwhile starts NOTICED. At most 4,096 machines are tracked; when full,
+ * the oldest machines that run no replica are forgotten to make room, so
+ * SPI_EFULL means every tracked machine runs replicas.
  * Errors: SPI_EINVAL, SPI_EMISUSE, SPI_EBUFSIZE, SPI_EFULL.
  */
 SPI_API int spi_engine_notice(spi_engine *engine, const spi_notice *notice,

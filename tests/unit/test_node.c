@@ -22,6 +22,7 @@ typedef struct world {
   spi_request *r;
   int64_t now;
   int transitions;
+  int removed; /* transitions to REMOVED: machines forgotten */
   int32_t last_from, last_to;
   char last_node[64];
 } world;
@@ -32,6 +33,7 @@ static void on_transition(void *ud, const char *node, size_t len, int32_t from,
                           int32_t to) {
   world *w = ud;
   w->transitions++;
+  w->removed += to == SPI_NODE_REMOVED;
   w->last_from = from;
   w->last_to = to;
   snprintf(w->last_node, sizeof w->last_node, "%.*s", (int)len, node);
@@ -434,6 +436,115 @@ static void test_state_machine(void **st) {
   done(w);
 }
 
+static int32_t replica_state(world *w, const char *id) {
+  spi_replica_status rs;
+  memset(&rs, 0, sizeof rs);
+  rs.struct_size = sizeof rs;
+  assert_int_equal(spi_replica_status_of(w->e, id, strlen(id), &rs), SPI_OK);
+  return rs.state;
+}
+
+static int hand_in(world *w, const char *node, int32_t kind, int64_t deadline) {
+  char key[96];
+  snprintf(key, sizeof key, "k:%s:%d:%lld", node, (int)kind,
+           (long long)deadline);
+  spi_notice n = notice(node, kind, deadline, key);
+  size_t np = 0;
+  return spi_engine_notice(w->e, &n, NULL, 0, &np);
+}
+
+/* Issue 12 item 7: advisory notices for 4,096 machines that run nothing
+ * filled the node table for good, and a terminate notice for a machine
+ * that does run a replica was refused with SPI_EFULL, its replica left
+ * ACTIVE. Entries for machines that run nothing now expire after their
+ * notice's deadline, and when the table is full the oldest of them make
+ * room, so such a flood never crowds out a machine with replicas. */
+static void test_node_table_flood(void **st) {
+  (void)st;
+  world *w = mk("{\"router\":{\"advised_ttl_ms\":60000}}");
+  add(w, "busy-r", "i-busy", SPI_POOL_SPOT, "g5", "z1");
+  char node[32];
+  for (int i = 0; i < 4096; i++) {
+    snprintf(node, sizeof node, "m-%05d", i);
+    assert_int_equal(hand_in(w, node, SPI_NOTICE_REBALANCE, 0), SPI_OK);
+  }
+  assert_int_equal(w->removed, 0);
+  assert_int_equal(hand_in(w, "i-busy", SPI_NOTICE_TERMINATE, w->now + 120 * SEC),
+                   SPI_OK);
+  assert_int_equal(node_state(w, "i-busy"), SPI_NODE_NOTICED);
+  assert_int_equal(replica_state(w, "busy-r"), SPI_REPLICA_NOTICED);
+  /* Room was made by forgetting the oldest advised machines, in a batch. */
+  assert_true(w->removed >= 1 && w->removed <= 64);
+  assert_int_equal(node_state(w, "m-00000"), SPI_NODE_ACTIVE);
+  assert_int_equal(node_state(w, "m-04095"), SPI_NODE_ADVISED);
+
+  /* A longer flood of interruption notices for machines that run nothing:
+   * every one is taken, the busy machine is never the one forgotten, and
+   * the newest are remembered (a replica added there starts NOTICED). */
+  for (int i = 0; i < 10000; i++) {
+    snprintf(node, sizeof node, "x-%05d", i);
+    assert_int_equal(
+        hand_in(w, node, SPI_NOTICE_TERMINATE, w->now + 600 * SEC), SPI_OK);
+  }
+  assert_int_equal(node_state(w, "i-busy"), SPI_NODE_NOTICED);
+  assert_int_equal(node_state(w, "x-00000"), SPI_NODE_ACTIVE);
+  assert_int_equal(node_state(w, "x-09999"), SPI_NODE_NOTICED);
+  add(w, "late-r", "x-09999", SPI_POOL_SPOT, "g5", "z2");
+  assert_int_equal(replica_state(w, "late-r"), SPI_REPLICA_NOTICED);
+
+  /* Past the deadlines: machines that run nothing are forgotten, those
+   * with replicas stay TERMINATED until their replicas are removed. */
+  w->now += 601 * SEC;
+  int before = w->removed;
+  assert_int_equal(spi_engine_tick(w->e), SPI_OK);
+  assert_true(w->removed > before);
+  assert_int_equal(node_state(w, "x-09998"), SPI_NODE_ACTIVE);
+  assert_int_equal(node_state(w, "i-busy"), SPI_NODE_TERMINATED);
+  assert_int_equal(node_state(w, "x-09999"), SPI_NODE_TERMINATED);
+  assert_int_equal(spi_replica_remove(w->e, "late-r", 6), SPI_OK);
+  assert_int_equal(spi_engine_tick(w->e), SPI_OK);
+  assert_int_equal(node_state(w, "x-09999"), SPI_NODE_ACTIVE);
+  assert_int_equal(node_state(w, "i-busy"), SPI_NODE_TERMINATED);
+
+  /* Advice lapses and its entries go with it: a second advisory flood of
+   * 4,096 machines needs no eviction at all. */
+  for (int i = 0; i < 4000; i++) {
+    snprintf(node, sizeof node, "a-%05d", i);
+    assert_int_equal(hand_in(w, node, SPI_NOTICE_REBALANCE, 0), SPI_OK);
+  }
+  w->now += 61 * SEC;
+  assert_int_equal(spi_engine_tick(w->e), SPI_OK);
+  before = w->removed;
+  for (int i = 0; i < 4095; i++) {
+    snprintf(node, sizeof node, "b-%05d", i);
+    assert_int_equal(hand_in(w, node, SPI_NOTICE_REBALANCE, 0), SPI_OK);
+  }
+  assert_int_equal(w->removed, before);
+  assert_int_equal(node_state(w, "b-00000"), SPI_NODE_ADVISED);
+  assert_int_equal(node_state(w, "i-busy"), SPI_NODE_TERMINATED);
+  done(w);
+}
+
+/* When every tracked machine runs a replica there is nothing to forget:
+ * a notice for yet another machine that runs nothing is refused. */
+static void test_node_table_full_of_replicas(void **st) {
+  (void)st;
+  world *w = mk("{\"router\":{\"max_replicas\":4096}}");
+  char id[32], node[32];
+  for (int i = 0; i < 4096; i++) {
+    snprintf(id, sizeof id, "r-%05d", i);
+    snprintf(node, sizeof node, "n-%05d", i);
+    add(w, id, node, SPI_POOL_SPOT, "g5", "z1");
+    assert_int_equal(hand_in(w, node, SPI_NOTICE_REBALANCE, 0), SPI_OK);
+  }
+  assert_int_equal(hand_in(w, "n-extra", SPI_NOTICE_TERMINATE, w->now + SEC),
+                   SPI_EFULL);
+  assert_non_null(strstr(spi_engine_errmsg(w->e), "too many machines"));
+  assert_int_equal(w->removed, 0);
+  assert_int_equal(node_state(w, "n-00000"), SPI_NODE_ADVISED);
+  done(w);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_notice_stops_routing_at_once),
@@ -442,6 +553,8 @@ int main(void) {
       cmocka_unit_test(test_advice_and_expiry),
       cmocka_unit_test(test_pool_cooldown),
       cmocka_unit_test(test_state_machine),
+      cmocka_unit_test(test_node_table_flood),
+      cmocka_unit_test(test_node_table_full_of_replicas),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
