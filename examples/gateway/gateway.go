@@ -296,7 +296,7 @@ func (g *gateway) serveRouted(w http.ResponseWriter, r *http.Request, body []byt
 		return
 	}
 	st := &stream{g: g, key: fmt.Sprintf("%x-%d", time.Now().UnixNano(), g.seq.Add(1)),
-		body: body, kind: kind, class: d.Class, replayable: d.Replayable, started: time.Now(),
+		body: body, kind: kind, class: d.Class, replayable: d.Replayable,
 		ctx: r.Context(), path: r.URL.Path}
 	g.events.write(map[string]any{"event": "route", "key": st.key, "replica": d.ReplicaID,
 		"ticket": d.Ticket.ID, "class": d.Class.String(), "reason": d.ReasonCode.String(),

@@ -22,6 +22,8 @@ import (
 // cutAfter > 0 it drops the connection after that many words, once.
 type fakeBackend struct {
 	n        int
+	delay    time.Duration // between words; default 2 ms
+	kv       string        // KV-cache usage on /metrics; default 0.1
 	cutAfter atomic.Int32
 	mu       sync.Mutex
 	bodies   []map[string]any
@@ -29,7 +31,11 @@ type fakeBackend struct {
 
 func (f *fakeBackend) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if r.URL.Path == "/metrics" {
-		io.WriteString(w, "vllm:num_requests_running{model_name=\"m\"} 0\nvllm:num_requests_waiting{model_name=\"m\"} 0\nvllm:kv_cache_usage_perc{model_name=\"m\"} 0.1\n")
+		kv := f.kv
+		if kv == "" {
+			kv = "0.1"
+		}
+		fmt.Fprintf(w, "vllm:num_requests_running{model_name=\"m\"} 0\nvllm:num_requests_waiting{model_name=\"m\"} 0\nvllm:kv_cache_usage_perc{model_name=\"m\"} %s\n", kv)
 		return
 	}
 	var body map[string]any
@@ -72,7 +78,11 @@ func (f *fakeBackend) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 		fmt.Fprintf(w, "data: {\"choices\":[{\"delta\":{\"content\":\" w%d\"}}]}\n\n", i)
 		fl.Flush()
-		time.Sleep(2 * time.Millisecond)
+		if f.delay > 0 {
+			time.Sleep(f.delay)
+		} else {
+			time.Sleep(2 * time.Millisecond)
+		}
 	}
 	fmt.Fprintf(w, "data: {\"choices\":[{\"delta\":{},\"finish_reason\":\"stop\"}]}\n\n")
 	fmt.Fprintf(w, "data: {\"choices\":[],\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":%d,\"total_tokens\":%d}}\n\n", f.n-start, f.n-start+3)
@@ -80,7 +90,8 @@ func (f *fakeBackend) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	fl.Flush()
 }
 
-func newTestGateway(t *testing.T, backends map[string]*fakeBackend, pools map[string]string, balancer string) *httptest.Server {
+func newTestGateway(t *testing.T, backends map[string]*fakeBackend, pools map[string]string, balancer string,
+	extra ...string) *httptest.Server {
 	t.Helper()
 	dir := t.TempDir()
 	var list []map[string]any
@@ -91,15 +102,19 @@ func newTestGateway(t *testing.T, backends map[string]*fakeBackend, pools map[st
 		}
 		srv := httptest.NewServer(fb)
 		t.Cleanup(srv.Close)
-		list = append(list, map[string]any{"id": id, "url": srv.URL, "pool": pools[id],
-			"zone": "z-" + id, "instance_type": "g5.xlarge", "usd_per_hour": 1.0})
+		b := map[string]any{"id": id, "url": srv.URL, "pool": pools[id],
+			"zone": "z-" + id, "instance_type": "g5.xlarge", "usd_per_hour": 1.0}
+		if u, ok := pools[id+".metadata"]; ok {
+			b["metadata_url"] = u
+		}
+		list = append(list, b)
 	}
 	raw, _ := json.Marshal(list)
 	path := filepath.Join(dir, "backends.json")
 	if err := os.WriteFile(path, raw, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	o, err := parseFlags([]string{"-backends", path, "-balancer", balancer, "-replay-wait", "5s"})
+	o, err := parseFlags(append([]string{"-backends", path, "-balancer", balancer, "-replay-wait", "5s"}, extra...))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -247,4 +262,155 @@ func TestRoundRobinRelays(t *testing.T) {
 
 func contextWithCancel() (context.Context, context.CancelFunc) {
 	return context.WithCancel(context.Background())
+}
+
+// fakeIMDS is an AWS instance metadata service that only answers IMDSv2:
+// a token from PUT /latest/api/token, then GETs carrying it (401 without).
+type fakeIMDS struct {
+	notice    atomic.Bool
+	deadline  time.Time
+	tokens    atomic.Int32
+	unauthGet atomic.Int32
+}
+
+func (m *fakeIMDS) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	switch {
+	case r.Method == http.MethodPut && r.URL.Path == "/latest/api/token":
+		if r.Header.Get("X-aws-ec2-metadata-token-ttl-seconds") == "" {
+			http.Error(w, "ttl header required", 400)
+			return
+		}
+		m.tokens.Add(1)
+		io.WriteString(w, "tok-1")
+	case r.Header.Get("X-aws-ec2-metadata-token") != "tok-1":
+		m.unauthGet.Add(1)
+		w.WriteHeader(http.StatusUnauthorized)
+	case r.URL.Path == "/latest/meta-data/spot/instance-action" && m.notice.Load():
+		fmt.Fprintf(w, `{"action":"terminate","time":%q}`, m.deadline.UTC().Format(time.RFC3339))
+	default:
+		http.NotFound(w, r)
+	}
+}
+
+func get(t *testing.T, url string) string {
+	t.Helper()
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return string(b)
+}
+
+// A notice for the spot backend's machine, read from its IMDS with the
+// token flow: the open stream there is cut and resumed on on-demand with
+// the same text, and no new request goes to the noticed backend.
+func TestNoticeCutsStreamAndResumesOnDemand(t *testing.T) {
+	a, od := &fakeBackend{n: 300, delay: 5 * time.Millisecond}, &fakeBackend{n: 300, delay: time.Millisecond}
+	imds := &fakeIMDS{deadline: time.Now().Add(time.Second)}
+	meta := httptest.NewServer(imds)
+	defer meta.Close()
+	srv := newTestGateway(t, map[string]*fakeBackend{"spot-a": a, "od-1": od},
+		map[string]string{"spot-a": "spot", "spot-a.metadata": meta.URL, "od-1": "on_demand"},
+		"spotinfer", "-notice-interval", "20ms")
+	done := make(chan string)
+	go func() {
+		resp, err := http.Post(srv.URL+"/v1/chat/completions", "application/json", strings.NewReader(silverStream))
+		if err != nil {
+			done <- err.Error()
+			return
+		}
+		text, ok, roles := readStream(t, resp)
+		if !ok || roles != 1 {
+			text += fmt.Sprintf(" (done=%v roles=%d)", ok, roles)
+		}
+		done <- text
+	}()
+	time.Sleep(200 * time.Millisecond) // about 40 words streamed from spot-a
+	imds.notice.Store(true)
+	if text := <-done; text != want(300) {
+		t.Fatalf("got %q", text)
+	}
+	a.mu.Lock()
+	onA := len(a.bodies)
+	a.mu.Unlock()
+	od.mu.Lock()
+	conts := 0
+	for _, b := range od.bodies {
+		if b["continue_final_message"] == true {
+			conts++
+		}
+	}
+	od.mu.Unlock()
+	if onA != 1 || conts != 1 {
+		t.Fatalf("spot-a got %d requests, od-1 %d continuations", onA, conts)
+	}
+	// New work avoids the noticed machine.
+	resp, err := http.Post(srv.URL+"/v1/chat/completions", "application/json", strings.NewReader(silverStream))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if text, ok, _ := readStream(t, resp); text != want(300) || !ok {
+		t.Fatalf("after the notice: %q", text)
+	}
+	if len(a.bodies) != 1 {
+		t.Fatalf("spot-a got a request after the notice")
+	}
+	if imds.tokens.Load() < 1 || imds.unauthGet.Load() != 0 {
+		t.Fatalf("IMDSv2: %d tokens taken, %d GETs without one", imds.tokens.Load(), imds.unauthGet.Load())
+	}
+	m := get(t, srv.URL+"/metrics")
+	for _, s := range []string{`spotinfer_node_transitions_total{from="active",to="noticed"} 1`,
+		"gateway_notices_total 1", `gateway_replays_total{step="resumed"} 1`,
+		`gateway_replay_queue{state="ready"} 0`, `gateway_replay_queue{state="leased"} 0`} {
+		if !strings.Contains(m, s) {
+			t.Errorf("/metrics lacks %s", s)
+		}
+	}
+}
+
+// With its only backend noticed, the gateway answers 503 with Retry-After.
+func TestNoCapacityIs503(t *testing.T) {
+	imds := &fakeIMDS{deadline: time.Now().Add(time.Minute)}
+	imds.notice.Store(true)
+	meta := httptest.NewServer(imds)
+	defer meta.Close()
+	srv := newTestGateway(t, map[string]*fakeBackend{"spot-a": {n: 3}},
+		map[string]string{"spot-a": "spot", "spot-a.metadata": meta.URL}, "spotinfer",
+		"-notice-interval", "20ms")
+	for i := 0; ; i++ {
+		if strings.Contains(get(t, srv.URL+"/metrics"), "gateway_notices_total 1") {
+			break
+		}
+		if i > 200 {
+			t.Fatal("the notice was not handed in")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	resp, err := http.Post(srv.URL+"/v1/chat/completions", "application/json", strings.NewReader(silverStream))
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 503 || resp.Header.Get("Retry-After") == "" {
+		t.Fatalf("status %d, Retry-After %q: %s", resp.StatusCode, resp.Header.Get("Retry-After"), b)
+	}
+}
+
+// A backend whose /metrics reports a nearly full KV cache makes the library
+// shed silver work: 429 with Retry-After.
+func TestShedIs429(t *testing.T) {
+	srv := newTestGateway(t, map[string]*fakeBackend{"spot-a": {n: 3, kv: "0.9"}},
+		map[string]string{"spot-a": "spot"}, "spotinfer")
+	resp, err := http.Post(srv.URL+"/v1/chat/completions", "application/json", strings.NewReader(strings.Replace(silverStream, "silver", "bronze", 1)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 429 || resp.Header.Get("Retry-After") == "" {
+		t.Fatalf("status %d, Retry-After %q: %s", resp.StatusCode, resp.Header.Get("Retry-After"), b)
+	}
 }

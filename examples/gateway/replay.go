@@ -60,7 +60,7 @@ func (g *gateway) interrupt(ticket uint64) bool {
 
 // resumeAfterCut checkpoints the stream into the replay queue and waits
 // for a replay worker to hand back a continuation leg.
-func (st *stream) resumeAfterCut(ctx context.Context, cause error) (*http.Response, leg, bool) {
+func (st *stream) resumeAfterCut(ctx context.Context, cause error) resumption {
 	g := st.g
 	st.mu.Lock()
 	if st.firstCut == 0 {
@@ -84,7 +84,7 @@ func (st *stream) resumeAfterCut(ctx context.Context, cause error) (*http.Respon
 	if _, err := g.queue.Enqueue(env); err != nil {
 		g.stats.replayFailed.Add(1)
 		g.events.write(map[string]any{"event": "replay_failed", "key": env.Key, "error": err.Error()})
-		return nil, leg{}, false
+		return resumption{err: err}
 	}
 	g.stats.replayEnqueued.Add(1)
 	g.events.write(map[string]any{"event": "replay_enqueued", "key": env.Key,
@@ -98,16 +98,16 @@ func (st *stream) resumeAfterCut(ctx context.Context, cause error) (*http.Respon
 		if r.err != nil {
 			g.stats.replayFailed.Add(1)
 			g.events.write(map[string]any{"event": "replay_failed", "key": env.Key, "error": r.err.Error()})
-			return nil, leg{}, false
+			return r
 		}
 		g.stats.replayResumed.Add(1)
 		g.events.write(map[string]any{"event": "replay_resumed", "key": env.Key, "replica": r.leg.replica,
-			"ticket": r.leg.ticket.ID, "offset": r.leg.offset})
-		return r.resp, r.leg, true
+			"ticket": r.leg.ticket.ID, "offset": r.leg.offset, "complete": r.complete})
+		return r
 	case <-ctx.Done():
-		return nil, leg{}, false
+		return resumption{err: ctx.Err()}
 	case <-time.After(g.o.replayWait):
-		return nil, leg{}, false
+		return resumption{err: fmt.Errorf("not resumed within %v", g.o.replayWait)}
 	}
 }
 
@@ -151,6 +151,12 @@ func (g *gateway) resumeClaim(ctx context.Context, c spotinfer.Claim) {
 		}
 	}
 	cont, flags, err := spotinfer.Continuation(env)
+	if errors.Is(err, spotinfer.ErrRange) {
+		// The client already has every token the request allowed.
+		g.queue.Ack(c.ID)
+		give(resumption{complete: true})
+		return
+	}
 	if err != nil {
 		g.queue.Ack(c.ID)
 		give(resumption{err: err})

@@ -19,13 +19,12 @@ import (
 // leg is one backend response feeding a client's stream: the first, or a
 // continuation after an interruption.
 type leg struct {
-	replica   string
-	ticket    spotinfer.Ticket // zero for a fallback without a ticket
-	sent      time.Time
-	offset    int    // tokens the client had when this leg started
-	skip      string // a from-scratch replay: text the client already has
-	claimDone func(ok bool)
-	cancel    context.CancelFunc
+	replica string
+	ticket  spotinfer.Ticket // zero for a fallback without a ticket
+	sent    time.Time
+	offset  int    // tokens the client had when this leg started
+	skip    string // a from-scratch replay: text the client already has
+	cancel  context.CancelFunc
 }
 
 // stream is one client's answer, across however many legs it takes.
@@ -37,7 +36,6 @@ type stream struct {
 	kind       spotinfer.OpenAIKind
 	class      spotinfer.Class
 	replayable bool
-	started    time.Time
 	ctx        context.Context // the client's request
 	firstCut   int64           // when it was first interrupted (ns), 0 before
 
@@ -52,9 +50,10 @@ type stream struct {
 
 // resumption is what the replay worker hands a waiting stream.
 type resumption struct {
-	resp *http.Response
-	leg  leg
-	err  error // the stream cannot be resumed
+	resp     *http.Response
+	leg      leg
+	complete bool  // nothing was left to generate: the client has it all
+	err      error // the stream cannot be resumed
 }
 
 // event is one server-sent event's data, as far as the gateway reads it.
@@ -149,12 +148,26 @@ func (st *stream) relay(w http.ResponseWriter, ctx context.Context, resp *http.R
 			writeStreamError(w, fl, fmt.Sprintf("the backend stream broke: %v", err))
 			return
 		}
-		var ok bool
-		if resp, l, ok = st.resumeAfterCut(ctx, err); !ok {
+		var r resumption
+		if r = st.resumeAfterCut(ctx, err); r.err != nil {
+			if ctx.Err() != nil {
+				g.stats.cancelled.Add(1)
+				return
+			}
 			g.stats.failed.Add(1)
-			writeStreamError(w, fl, "the stream was interrupted and could not be resumed")
+			writeStreamError(w, fl, "the stream was interrupted and could not be resumed: "+r.err.Error())
 			return
 		}
+		if r.complete {
+			// Cut after the last token and before [DONE].
+			io.WriteString(w, "data: [DONE]\n\n")
+			if fl != nil {
+				fl.Flush()
+			}
+			g.stats.ok.Add(1)
+			return
+		}
+		resp, l = r.resp, r.leg
 	}
 }
 
@@ -215,9 +228,6 @@ func (st *stream) relayLeg(w io.Writer, fl http.Flusher, resp *http.Response, l 
 				fl.Flush()
 			}
 			end(spotinfer.TicketOK)
-			if l.claimDone != nil {
-				l.claimDone(true)
-			}
 			return true, nil
 		}
 		var ev event
