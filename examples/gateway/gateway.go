@@ -254,30 +254,82 @@ func (g *gateway) route(ctx context.Context, req *spotinfer.Request, body []byte
 	}
 }
 
+// maxReroutes bounds how often a request cut before its first byte (its
+// machine got a notice while the backend was still prefilling) is routed
+// again.
+const maxReroutes = 3
+
 func (g *gateway) serveRouted(w http.ResponseWriter, r *http.Request, body []byte, kind spotinfer.OpenAIKind) {
+	st := &stream{g: g, key: fmt.Sprintf("%x-%d", time.Now().UnixNano(), g.seq.Add(1)),
+		body: body, kind: kind, ctx: r.Context(), path: r.URL.Path}
+	for attempt := 0; ; attempt++ {
+		d, ok := g.decide(w, r, body, kind)
+		if !ok {
+			return
+		}
+		st.class, st.replayable = d.Class, d.Replayable
+		g.events.write(map[string]any{"event": "route", "key": st.key, "replica": d.ReplicaID,
+			"ticket": d.Ticket.ID, "class": d.Class.String(), "reason": d.ReasonCode.String(),
+			"matched_blocks": d.MatchedBlocks, "attempt": attempt})
+		// A leg has its own context so that a REPLAY plan can cut it
+		// without touching the client's connection; the ticket is findable
+		// from the start, so a plan reaches a request still waiting for
+		// its first byte.
+		lctx, cancel := context.WithCancel(r.Context())
+		first := leg{ticket: d.Ticket, cancel: cancel}
+		st.register(&first)
+		resp, l, err := g.firstLeg(lctx, r.URL.Path, body, d, st.wasCut)
+		st.unregister(&first)
+		if err != nil {
+			cancel()
+			if st.wasCut() && r.Context().Err() == nil && attempt < maxReroutes {
+				// Nothing reached the client yet: route it again; the
+				// library keeps it off the noticed machine.
+				g.stats.rerouted.Add(1)
+				continue
+			}
+			g.stats.failed.Add(1)
+			apiError(w, http.StatusBadGateway, "upstream_error", err.Error())
+			return
+		}
+		l.cancel = cancel
+		if !isEventStream(resp) {
+			defer cancel()
+			defer resp.Body.Close()
+			st.relayWhole(w, resp, l)
+			return
+		}
+		st.relay(w, r.Context(), resp, l)
+		return
+	}
+}
+
+// decide asks the library where the request goes; when it goes nowhere,
+// the client has its answer (400, 429, 503) and ok is false.
+func (g *gateway) decide(w http.ResponseWriter, r *http.Request, body []byte,
+	kind spotinfer.OpenAIKind) (spotinfer.Decision, bool) {
 	req, _ := g.reqs.Get().(*spotinfer.Request)
 	if req == nil {
 		apiError(w, http.StatusInternalServerError, "internal_error", "no request handle")
-		return
+		return spotinfer.Decision{}, false
 	}
 	d, spent, err := g.route(r.Context(), req, body, kind)
 	g.reqs.Put(req)
 	g.timings.decision.add(spent)
 	switch {
+	case err == nil:
+		return d, true
 	case errors.Is(err, spotinfer.ErrShed):
 		g.stats.shed.Add(1)
 		w.Header().Set("Retry-After", "1")
 		apiError(w, http.StatusTooManyRequests, "rate_limit_error", "shed under KV-cache pressure: "+d.Reason)
-		return
 	case errors.Is(err, spotinfer.ErrNoCapacity):
 		g.stats.noCapacity.Add(1)
 		w.Header().Set("Retry-After", "1")
 		apiError(w, http.StatusServiceUnavailable, "unavailable", "no capacity: "+d.Reason)
-		return
 	case errors.Is(err, context.Canceled):
 		g.stats.cancelled.Add(1)
-		return
-	case err != nil:
+	default:
 		var br badRequest
 		if errors.As(err, &br) {
 			// The library's message names the field (and the byte offset
@@ -289,36 +341,12 @@ func (g *gateway) serveRouted(w http.ResponseWriter, r *http.Request, body []byt
 				msg = se.Message
 			}
 			apiError(w, http.StatusBadRequest, "invalid_request_error", msg)
-			return
+			break
 		}
 		g.stats.failed.Add(1)
 		apiError(w, http.StatusInternalServerError, "internal_error", err.Error())
-		return
 	}
-	st := &stream{g: g, key: fmt.Sprintf("%x-%d", time.Now().UnixNano(), g.seq.Add(1)),
-		body: body, kind: kind, class: d.Class, replayable: d.Replayable,
-		ctx: r.Context(), path: r.URL.Path}
-	g.events.write(map[string]any{"event": "route", "key": st.key, "replica": d.ReplicaID,
-		"ticket": d.Ticket.ID, "class": d.Class.String(), "reason": d.ReasonCode.String(),
-		"matched_blocks": d.MatchedBlocks})
-	// A leg has its own context so that a REPLAY plan can cut it without
-	// touching the client's connection.
-	lctx, cancel := context.WithCancel(r.Context())
-	resp, leg, err := g.firstLeg(lctx, r.URL.Path, body, d)
-	if err != nil {
-		cancel()
-		g.stats.failed.Add(1)
-		apiError(w, http.StatusBadGateway, "upstream_error", err.Error())
-		return
-	}
-	leg.cancel = cancel
-	if !isEventStream(resp) {
-		defer cancel()
-		defer resp.Body.Close()
-		st.relayWhole(w, resp, leg)
-		return
-	}
-	st.relay(w, r.Context(), resp, leg)
+	return d, false
 }
 
 // firstLeg sends the request to the chosen replica, then to the fallbacks
@@ -326,7 +354,7 @@ func (g *gateway) serveRouted(w http.ResponseWriter, r *http.Request, body []byt
 // byte. The chosen replica's ticket records such a failure (its error
 // breaker counts it); a fallback is served without a ticket.
 func (g *gateway) firstLeg(ctx context.Context, path string, body []byte,
-	d spotinfer.Decision) (*http.Response, leg, error) {
+	d spotinfer.Decision, cut func() bool) (*http.Response, leg, error) {
 	targets := append([]string{d.ReplicaID}, d.FallbackIDs...)
 	var lastErr error
 	for i, id := range targets {
@@ -353,7 +381,9 @@ func (g *gateway) firstLeg(ctx context.Context, path string, body []byte,
 		lastErr = err
 		if l.ticket.ID != 0 {
 			status := spotinfer.TicketError
-			if ctx.Err() != nil {
+			if cut() {
+				status = spotinfer.TicketInterrupted
+			} else if ctx.Err() != nil {
 				status = spotinfer.TicketCancelled
 			}
 			g.finish(l.ticket, spotinfer.TicketResult{Status: status})
@@ -401,7 +431,7 @@ func (g *gateway) finish(t spotinfer.Ticket, res spotinfer.TicketResult) {
 type counters struct {
 	ok, failed, cancelled, shed, noCapacity, badRequest, fallbacks atomic.Uint64
 	notices, replayEnqueued, replayResumed, replayFailed           atomic.Uint64
-	interrupted                                                    atomic.Uint64
+	interrupted, rerouted                                          atomic.Uint64
 }
 
 // eventLog writes JSON lines; nil writes nothing.

@@ -24,6 +24,7 @@ type fakeBackend struct {
 	n        int
 	delay    time.Duration // between words; default 2 ms
 	kv       string        // KV-cache usage on /metrics; default 0.1
+	ttft     time.Duration // before the response headers, once
 	cutAfter atomic.Int32
 	mu       sync.Mutex
 	bodies   []map[string]any
@@ -45,7 +46,16 @@ func (f *fakeBackend) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	f.mu.Lock()
 	f.bodies = append(f.bodies, body)
+	ttft := f.ttft
+	f.ttft = 0
 	f.mu.Unlock()
+	if ttft > 0 {
+		select {
+		case <-time.After(ttft):
+		case <-r.Context().Done():
+			return
+		}
+	}
 	start := 0
 	if body["continue_final_message"] == true {
 		msgs := body["messages"].([]any)
@@ -412,5 +422,45 @@ func TestShedIs429(t *testing.T) {
 	resp.Body.Close()
 	if resp.StatusCode != 429 || resp.Header.Get("Retry-After") == "" {
 		t.Fatalf("status %d, Retry-After %q: %s", resp.StatusCode, resp.Header.Get("Retry-After"), b)
+	}
+}
+
+// A notice that comes while the request still waits for its first byte
+// (the backend is prefilling) routes it again, away from the machine.
+func TestNoticeBeforeFirstByteRoutesAgain(t *testing.T) {
+	a, od := &fakeBackend{n: 20, ttft: 5 * time.Second}, &fakeBackend{n: 20}
+	imds := &fakeIMDS{deadline: time.Now().Add(time.Second)}
+	meta := httptest.NewServer(imds)
+	defer meta.Close()
+	srv := newTestGateway(t, map[string]*fakeBackend{"spot-a": a, "od-1": od},
+		map[string]string{"spot-a": "spot", "spot-a.metadata": meta.URL, "od-1": "on_demand"},
+		"spotinfer", "-notice-interval", "20ms")
+	go func() {
+		time.Sleep(150 * time.Millisecond)
+		imds.notice.Store(true)
+	}()
+	start := time.Now()
+	resp, err := http.Post(srv.URL+"/v1/chat/completions", "application/json", strings.NewReader(silverStream))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if text, ok, _ := readStream(t, resp); text != want(20) || !ok {
+		t.Fatalf("got %q", text)
+	}
+	if took := time.Since(start); took > 3*time.Second {
+		t.Fatalf("took %v: it waited for the noticed backend", took)
+	}
+	a.mu.Lock()
+	onA := len(a.bodies)
+	a.mu.Unlock()
+	od.mu.Lock()
+	onOD := len(od.bodies)
+	fresh := onOD == 1 && od.bodies[0]["continue_final_message"] == nil
+	od.mu.Unlock()
+	if onA != 1 || !fresh {
+		t.Fatalf("spot-a got %d, od-1 %d (a fresh request: %v)", onA, onOD, fresh)
+	}
+	if m := get(t, srv.URL+"/metrics"); !strings.Contains(m, "gateway_rerouted_total 1") {
+		t.Errorf("/metrics: no reroute counted")
 	}
 }
