@@ -14,7 +14,9 @@
  *                 [--on-demand N] [--trace FILE] [--limit N]
  *                 [--spot-trace FILE]... [--spot-offset S] [--mix G,S,B]
  *                 [--kv-blocks N] [--cluster FILE] [--json FILE] [--svg FILE]
- *                 [--policies a,b,...] [--quiet]
+ *                 [--policies a,b,...] [--config FILE] [--horizon S]
+ *                 [--no-interruptions] [--scenario replay] [--targets DIR]
+ *                 [--quiet]
  *
  * The same arguments and seed give byte-identical standard output; the
  * rate and progress go to standard error.
@@ -38,9 +40,25 @@ static void usage(void) {
           "  [--cluster cluster.json]\n"
           "  [--spot-trace [aws:|gcp:|azure:]skypilot.json]... [--spot-offset SECONDS]\n"
           "  [--policies p1,p2,...] [--json FILE] [--svg FILE] [--quiet]\n"
-          "policies: library, round-robin, least-loaded, consistent-hash,\n"
-          "  gateway-scorer (all-on-demand is always run as the baseline)\n"
-          "--spot-trace: a SkyPilot capacity series for one spot zone (at most 8).\n"
+          "  [--config library.json] [--horizon SECONDS] [--no-interruptions]\n"
+          "  [--family NAME] [--scenario replay] [--targets DATA_DIR]\n"
+          "policies: library, greedy, sglang, epp, round-robin, least-loaded,\n"
+          "  consistent-hash (all-on-demand is always run as the baseline)\n"
+          "--on-demand: 0 makes a spot-only cluster, --replicas an on-demand-only one.\n"
+          "--config: a library config (JSON) each run starts from; the simulator\n"
+          "  sets the policy under test and cache_key.block_tokens, and fills in\n"
+          "  router and cost settings the file does not give.\n"
+          "--horizon: simulated seconds after the last arrival before the run stops;\n"
+          "  what is still queued then is reported, not retried (default 3600).\n"
+          "--no-interruptions: spot zones keep all their capacity (a calm run).\n"
+          "--family: generator traffic: mixed (default), global-prompt, tenants,\n"
+          "  long-sessions, agents, bursts, long-gen.\n"
+          "--scenario replay: GCP zones (30 s notices) that preempt often, long\n"
+          "  generations, 4 on-demand + 12 spot: drains cannot finish, replays happen.\n"
+          "--targets DATA_DIR: the targets program: every trace in DATA_DIR/traces\n"
+          "  and every generator family, JSON lines on standard output.\n"
+          "--spot-trace: a SkyPilot capacity series for one spot zone (at most 8);\n"
+          "  values above 1 count nodes: the zone runs that many of its replicas.\n"
           "  The prefix chooses the cloud, its notice lead time and the notice body\n"
           "  handed to the library: aws: instance-action, 120 s; gcp: preempted,\n"
           "  30 s; azure: Scheduled Events Preempt, NotBefore = now + 30 s. With no\n"
@@ -67,22 +85,52 @@ static int parse_u64(const char *s, uint64_t *out) {
   return 0;
 }
 
+/* The whole file as a string (free() it), or NULL with msg. */
+static char *read_file(const char *path, char *msg, size_t cap) {
+  FILE *f = fopen(path, "rb");
+  if (!f) return snprintf(msg, cap, "%s: cannot open", path), NULL;
+  size_t len = 0, sz = 4096;
+  char *buf = malloc(sz);
+  while (buf) {
+    len += fread(buf + len, 1, sz - len - 1, f);
+    if (len < sz - 1) break;
+    char *p = realloc(buf, sz * 2);
+    if (!p) free(buf);
+    buf = p;
+    sz *= 2;
+  }
+  int err = ferror(f);
+  fclose(f);
+  if (!buf) return snprintf(msg, cap, "out of memory"), NULL;
+  if (err) {
+    free(buf);
+    return snprintf(msg, cap, "%s: read error", path), NULL;
+  }
+  buf[len] = 0;
+  return buf;
+}
+
+/* The --config text lives until exit; freed there so leak checkers stay quiet. */
+static char *config_buf;
+static void free_config(void) { free(config_buf); }
+
 int main(int argc, char **argv) {
+  atexit(free_config);
   sim_opts o;
   sim_opts_default(&o);
-  const char *cluster_path = NULL;
-  int sized = 0;
+  const char *cluster_path = NULL, *config_path = NULL, *targets = NULL;
+  int sized = 0, scenario = 0;
   for (int i = 1; i < argc; i++) {
     const char *a = argv[i];
     const char *v = i + 1 < argc ? argv[i + 1] : NULL;
     uint64_t u = 0;
     int bad = 0;
 #define NEEDV() do { if (!v) { usage(); return 2; } i++; } while (0)
-    if (!strcmp(a, "--requests")) { NEEDV(); bad = parse_u64(v, &u); o.gen.requests = (size_t)u; }
-    else if (!strcmp(a, "--rate")) { NEEDV(); o.gen.rate_per_s = atof(v); bad = !(o.gen.rate_per_s > 0); }
+    if (!strcmp(a, "--requests")) { NEEDV(); bad = parse_u64(v, &u) || u < 1; o.gen.requests = (size_t)u; o.requests_given = 1; }
+    else if (!strcmp(a, "--rate")) { NEEDV(); o.gen.rate_per_s = atof(v); bad = !(o.gen.rate_per_s > 0); o.rate_given = 1; }
     else if (!strcmp(a, "--seed")) { NEEDV(); bad = parse_u64(v, &o.gen.seed); }
     else if (!strcmp(a, "--replicas")) { NEEDV(); sized = 1; bad = parse_u64(v, &u) || u < 2 || u > 1000; o.replicas = (uint32_t)u; }
-    else if (!strcmp(a, "--on-demand")) { NEEDV(); sized = 1; bad = parse_u64(v, &u) || u < 1; o.on_demand = (uint32_t)u; }
+    else if (!strcmp(a, "--on-demand")) { NEEDV(); sized = 1; bad = parse_u64(v, &u) || u > 1000; o.on_demand = (uint32_t)u; }
     else if (!strcmp(a, "--kv-blocks")) { NEEDV(); sized = 1; bad = parse_u64(v, &u) || u < 16 || u > 100000000; o.kv_blocks = (uint32_t)u; }
     else if (!strcmp(a, "--limit")) { NEEDV(); bad = parse_u64(v, &u); o.limit = (size_t)u; }
     else if (!strcmp(a, "--trace")) { NEEDV(); o.trace = v; }
@@ -99,11 +147,34 @@ int main(int argc, char **argv) {
     else if (!strcmp(a, "--json")) { NEEDV(); o.json = v; }
     else if (!strcmp(a, "--svg")) { NEEDV(); o.svg = v; }
     else if (!strcmp(a, "--quiet")) o.quiet = 1;
+    else if (!strcmp(a, "--config")) { NEEDV(); config_path = v; }
+    else if (!strcmp(a, "--horizon")) { NEEDV(); o.horizon_s = atof(v); bad = !(o.horizon_s > 0); }
+    else if (!strcmp(a, "--no-interruptions")) o.no_interruptions = 1;
+    else if (!strcmp(a, "--family")) { NEEDV(); bad = sim_family_parse(v, &o.gen.family); }
+    else if (!strcmp(a, "--scenario")) { NEEDV(); bad = strcmp(v, "replay") != 0; scenario = 1; }
+    else if (!strcmp(a, "--targets")) { NEEDV(); targets = v; }
     else if (!strcmp(a, "--help") || !strcmp(a, "-h")) { usage(); return 0; }
     else { fprintf(stderr, "spotinfer_sim: unknown argument %s\n", a); usage(); return 2; }
 #undef NEEDV
     if (bad) { fprintf(stderr, "spotinfer_sim: bad value for %s\n", a); return 2; }
   }
+  if (config_path) {
+    char msg[256];
+    config_buf = read_file(config_path, msg, sizeof msg);
+    o.config_json = config_buf;
+    if (!config_buf) {
+      fprintf(stderr, "spotinfer_sim: --config: %s\n", msg);
+      return 2;
+    }
+  }
+  if (scenario) {
+    if (sized || cluster_path || o.trace || o.n_spot) {
+      fprintf(stderr, "spotinfer_sim: --scenario replay sets the cluster, traffic and zones\n");
+      return 2;
+    }
+    sim_scenario_replay(&o);
+  }
+  if (targets) return sim_targets(&o, targets) ? 1 : 0;
   if (cluster_path) {
     static sim_cluster cluster;
     char msg[256];
@@ -124,8 +195,8 @@ int main(int argc, char **argv) {
     o.cluster = &cluster;
     return sim_main(&o);
   }
-  if (o.on_demand >= o.replicas) {
-    fprintf(stderr, "spotinfer_sim: --on-demand must be below --replicas\n");
+  if (o.on_demand > o.replicas) {
+    fprintf(stderr, "spotinfer_sim: --on-demand cannot exceed --replicas\n");
     return 2;
   }
   return sim_main(&o);

@@ -249,10 +249,9 @@ int sim_cluster_read(sim_cluster *c, const char *path, char *msg, size_t cap) {
     }
   }
   c->n = gi;
-  if (!has_od) {
-    bad(msg, cap, path, "groups", "needs at least one on_demand group");
-    goto out;
-  }
+  /* A spot-only cluster is allowed: its spot groups then carry their
+   * on-demand price themselves (checked below). */
+  (void)has_od;
   /* A spot group's on-demand price defaults to that of an on-demand group
    * of the same instance type. */
   for (size_t i = 0; i < c->n; i++) {

@@ -1,19 +1,20 @@
 /*
- * policies.c - the comparison routing policies, as policy modules registered
- * through the public module API: round robin, least loaded, consistent
- * hashing on the prompt prefix, and an approximate-prefix scorer weighted
- * with queue depth and KV usage in the style of the Kubernetes inference
- * gateway's scheduler. None of them looks at the library's prefix index:
- * each sees only what a gateway without the library would see.
+ * policies.c - the simple comparison routing policies, as policy modules
+ * registered through the public module API: round robin, least loaded
+ * (fewest running + waiting, then fewest in flight) and consistent hashing
+ * on the prompt's first block (rendezvous over replica ids). The published
+ * policies (greedy, SGLang, the endpoint picker) are in baselines.c. None
+ * of them looks at the library's prefix index: each sees only what a
+ * gateway without the library would see.
  *
  * The simulator is single-threaded, so the mutable state these modules keep
- * (a counter, the approximate index) needs no synchronisation.
+ * (a counter) needs no synchronisation.
  */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "sim.h"
+#include "baselines.h"
 
 static int cfg_none(void *state, const char *json, size_t len, void **out,
                     char *errbuf, size_t errcap) {
@@ -114,115 +115,10 @@ static int ch_choose(void *state, void *inst, const spi_route_context *ctx,
   return SPI_OK;
 }
 
-/* ------------------------------------------------------ gateway scorer */
-
-/*
- * The gateway keeps its own approximate index: block hash -> the last few
- * servers it sent that block to, in a fixed table (collisions overwrite).
- * Score = 3 * prefix match share + 2 * (1 - queue / max queue)
- *       + 2 * (1 - KV usage); the highest wins.
- */
-#define GW_SLOTS (1u << 18)
-#define GW_WAYS 4
-
-typedef struct gw_entry {
-  uint64_t block;
-  uint64_t server[GW_WAYS];
-} gw_entry;
-
-typedef struct gw_state {
-  gw_entry *table;
-  uint64_t *blocks;
-  size_t blocks_cap;
-  uint32_t *matched;
-  size_t matched_cap;
-} gw_state;
-
-static int gw_choose(void *state, void *inst, const spi_route_context *ctx,
-                     spi_policy_choice *out) {
-  (void)inst;
-  gw_state *s = state;
-  const spi_request_view *rq = ctx->req;
-  size_t nb = rq->token_count / SIM_IDS_PER_BLOCK;
-  if (nb > s->blocks_cap) {
-    uint64_t *p = realloc(s->blocks, nb * sizeof *p);
-    if (!p) return SPI_ENOMEM;
-    s->blocks = p;
-    s->blocks_cap = nb;
-  }
-  if (ctx->n_candidates > s->matched_cap) {
-    uint32_t *p = realloc(s->matched, ctx->n_candidates * sizeof *p);
-    if (!p) return SPI_ENOMEM;
-    s->matched = p;
-    s->matched_cap = ctx->n_candidates;
-  }
-  uint64_t h = 0x47574149ull;
-  for (size_t b = 0; b < nb; b++) {
-    h = sim_mix64(h ^ hash_bytes((const char *)(rq->token_ids + b * SIM_IDS_PER_BLOCK),
-                                 SIM_IDS_PER_BLOCK * sizeof(uint32_t)));
-    s->blocks[b] = h;
-  }
-  double max_wait = 1;
-  for (size_t i = 0; i < ctx->n_candidates; i++) {
-    const spi_candidate *c = &ctx->candidates[i];
-    if (c->eligible && c->waiting > max_wait) max_wait = c->waiting;
-    uint64_t sid = hash_bytes(c->id, c->id_len);
-    uint32_t m = 0;
-    while (m < nb) {
-      const gw_entry *e = &s->table[s->blocks[m] & (GW_SLOTS - 1)];
-      int hit = 0;
-      if (e->block == s->blocks[m])
-        for (int w = 0; w < GW_WAYS; w++) hit |= e->server[w] == sid;
-      if (!hit) break;
-      m++;
-    }
-    s->matched[i] = m;
-  }
-  size_t best = SIZE_MAX;
-  double bs = 0;
-  for (size_t i = 0; i < ctx->n_candidates; i++) {
-    const spi_candidate *c = &ctx->candidates[i];
-    if (!c->eligible) continue;
-    double prefix = nb ? (double)s->matched[i] / (double)nb : 0;
-    double kv = c->kv_usage > 1 ? 1 : c->kv_usage;
-    double score = 3 * prefix + 2 * (1 - c->waiting / max_wait) + 2 * (1 - kv);
-    if (best == SIZE_MAX || score > bs) best = i, bs = score;
-  }
-  if (best == SIZE_MAX) return no_capacity(out);
-  const spi_candidate *c = &ctx->candidates[best];
-  uint64_t sid = hash_bytes(c->id, c->id_len);
-  for (size_t b = 0; b < nb; b++) {
-    gw_entry *e = &s->table[s->blocks[b] & (GW_SLOTS - 1)];
-    if (e->block != s->blocks[b]) {
-      memset(e, 0, sizeof *e);
-      e->block = s->blocks[b];
-    }
-    int w = 0;
-    while (w < GW_WAYS - 1 && e->server[w] != sid) w++;
-    memmove(&e->server[1], &e->server[0], (size_t)w * sizeof e->server[0]);
-    e->server[0] = sid;
-  }
-  finish(ctx, best, out,
-         s->matched[best] ? SPI_REASON_AFFINITY : SPI_REASON_LEAST_LOADED,
-         "gateway prefix/queue/kv scorer");
-  return SPI_OK;
-}
-
-static void gw_destroy(void *state) {
-  gw_state *s = state;
-  if (!s) return;
-  free(s->table);
-  free(s->blocks);
-  free(s->matched);
-  free(s);
-}
-
 /* --------------------------------------------------------- registration */
 
-static int reg(spi_engine *e, const char *name,
-               int (*choose)(void *, void *, const spi_route_context *,
-                             spi_policy_choice *),
-               void *state, spi_module_destroy_fn destroy) {
+static int reg(spi_engine *e, const char *name, sim_choose_fn choose, void *state,
+               spi_module_destroy_fn destroy) {
   spi_policy_module m;
   memset(&m, 0, sizeof m);
   m.abi_version = SPI_MODULE_ABI_VERSION;
@@ -236,19 +132,12 @@ static int reg(spi_engine *e, const char *name,
   return rc;
 }
 
-int sim_register_policies(spi_engine *e) {
+int sim_register_policies(spi_engine *e, const sim_gw_view *view) {
   rr_state *rr = calloc(1, sizeof *rr);
-  gw_state *gw = calloc(1, sizeof *gw);
-  if (gw) gw->table = calloc(GW_SLOTS, sizeof *gw->table);
-  if (!rr || !gw || !gw->table) {
-    free(rr);
-    gw_destroy(gw);
-    return SPI_ENOMEM;
-  }
+  if (!rr) return SPI_ENOMEM;
   int rc = reg(e, "sim-round-robin", rr_choose, rr, free);
   if (rc == SPI_OK) rc = reg(e, "sim-least-loaded", ll_choose, NULL, NULL);
   if (rc == SPI_OK) rc = reg(e, "sim-consistent-hash", ch_choose, NULL, NULL);
-  if (rc == SPI_OK) rc = reg(e, "sim-gateway-scorer", gw_choose, gw, gw_destroy);
-  else gw_destroy(gw);
+  if (rc == SPI_OK) rc = sim_register_baselines(e, view, reg);
   return rc;
 }

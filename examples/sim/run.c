@@ -103,18 +103,16 @@ typedef struct sreq {
   int32_t replica, prev, next;
   uint32_t epoch, out_left, prompt_tokens, cached_tokens, streamed;
   uint32_t replays, blocks_held;
+  double gw_tokens; /* what the gateway view charged its replica */
   uint8_t state, hits_counted;
   float ttft_ms, done_ms;
 } sreq;
 
-typedef struct zone {
-  sim_spot_trace tr;
-  int up;
-} zone;
 
 typedef struct replica {
   char id[32], node[48];
   int32_t pool, zone; /* zone -1: on-demand */
+  uint32_t zslot;     /* its place in the zone: it runs while zslot < cap */
   int up;
   uint32_t incarnation;
   double usd_h;
@@ -129,23 +127,14 @@ typedef struct replica {
   int64_t prefill_free_at, up_since;
   double up_seconds;
   uint64_t starts;
+  double tokens_served; /* prompt + output of the requests started here */
 } replica;
 
-typedef struct result {
-  char name[32];
-  double usd, usd_fleet, tokens;
-  double hit_blocks, total_blocks, oracle_blocks;
-  double ttft[4][3], done[4][3]; /* p50 p95 p99 by class, ms */
-  uint64_t completed, lost, replays, replay_ok, requeued, notices, drains;
-  uint64_t route_errors, spot_served, od_served;
-  double imbalance;
-  int slo[4];
-} result;
 
 typedef struct sim {
   const sim_opts *o;
   const sim_trace *tr;
-  zone *zones;
+  sim_zone *zones;
   size_t nz;
   int all_on_demand;
   int64_t now;
@@ -160,8 +149,9 @@ typedef struct sim {
   size_t ids_cap;
   int pump_pending;
   char dir[64];
-  result *res;
+  sim_result *res;
   uint64_t done_n;
+  sim_gw_view view;
 } sim;
 
 static int64_t clock_hook(void *ud) { return SIM_EPOCH_NS + ((sim *)ud)->now; }
@@ -253,6 +243,7 @@ static void start_one(sim *s, replica *p, uint32_t i) {
   p->running++;
   p->running_blocks += t->nblocks;
   p->starts++;
+  p->tokens_served += (double)q->prompt_tokens + (double)q->out_left;
   heap_push(&s->h, q->prefill_end, EV_FIRST, i, q->epoch);
   heap_push(&s->h, end, EV_FINISH, i, q->epoch);
 }
@@ -325,6 +316,8 @@ static int route(sim *s, uint32_t i) {
   q->ticket = d.ticket;
   q->replica = (int32_t)ri;
   q->state = RQ_WAITING;
+  q->gw_tokens = (double)q->prompt_tokens + (double)q->out_left;
+  s->view.tokens[ri] += q->gw_tokens;
   member_add(s, p, i);
   p->waiting_n++;
   wq_push(p, i);
@@ -364,6 +357,8 @@ static void cut(sim *s, uint32_t i) {
   tr.cached_tokens = q->state == RQ_RUNNING ? q->cached_tokens : 0;
   spi_ticket_finish(s->eng, q->ticket, &tr);
   member_del(s, p, i);
+  s->view.tokens[q->replica] -= q->gw_tokens;
+  q->gw_tokens = 0;
   q->epoch++;
   q->state = RQ_REPLAY;
   q->replays++;
@@ -450,11 +445,12 @@ static void finish_req(sim *s, uint32_t i) {
   p->running--;
   p->running_blocks -= q->blocks_held;
   member_del(s, p, i);
+  s->view.tokens[q->replica] -= q->gw_tokens;
+  q->gw_tokens = 0;
   q->state = RQ_DONE;
   q->done_ms = (float)((double)(s->now - t->arrival_ns) / 1e6);
   s->res->completed++;
   s->res->tokens += (double)t->in_tokens + (double)t->out_tokens;
-  if (q->replays) s->res->replay_ok++;
   s->done_n++;
   try_start(s, p);
   report_load(s, p);
@@ -462,34 +458,41 @@ static void finish_req(sim *s, uint32_t i) {
 
 /* --------------------------------------------------------------- spot */
 
-static int zone_up_at(const zone *z, double offset_s, double t_s) {
-  if (!z->tr.n) return 1;
-  size_t k = (size_t)((offset_s + t_s) / z->tr.gap_s) % z->tr.n;
-  return z->tr.v[k] > 0;
+/* How many of the zone's replicas may run at t_s: all or none for a 0/1
+ * trace, else the node count (at most the zone's size). --no-interruptions
+ * keeps every zone whole. */
+static uint32_t zone_cap_at(const sim *s, const sim_zone *z, double t_s) {
+  if (!z->tr.n || s->o->no_interruptions) return z->size;
+  size_t k = (size_t)((s->o->spot_offset_s + t_s) / z->tr.gap_s) % z->tr.n;
+  int32_t v = z->tr.v[k];
+  if (z->tr.vmax <= 1) return v > 0 ? z->size : 0;
+  return (uint32_t)v < z->size ? (uint32_t)v : z->size;
 }
 
-/* Zone transitions over [0, horizon): notice lead before each take-away. */
+/* Zone capacity changes over [0, horizon): a notice `lead` before each
+ * drop (never before the previous change), the new capacity in the event. */
 static void schedule_zones(sim *s, double horizon_s) {
   for (size_t zi = 0; zi < s->nz; zi++) {
-    zone *z = &s->zones[zi];
+    sim_zone *z = &s->zones[zi];
     double gap = z->tr.gap_s, off = s->o->spot_offset_s;
-    z->up = zone_up_at(z, off, 0);
-    int up = z->up;
-    double last_up = 0;
+    z->cap = zone_cap_at(s, z, 0);
+    uint32_t cap = z->cap;
+    double last_change = 0;
+    if (!z->tr.n || s->o->no_interruptions) continue;
     double first_tick = (floor(off / gap) + 1) * gap - off;
     for (double t = first_tick; t < horizon_s; t += gap) {
-      int u = zone_up_at(z, off, t + gap * 0.5);
-      if (u == up) continue;
-      if (!u) {
+      uint32_t c = zone_cap_at(s, z, t + gap * 0.5);
+      if (c == cap) continue;
+      if (c < cap) {
         double nt = t - z->tr.lead_s;
-        if (nt < last_up) nt = last_up;
-        heap_push(&s->h, (int64_t)(nt * 1e9), EV_ZNOTICE, (uint32_t)zi, 0);
-        heap_push(&s->h, (int64_t)(t * 1e9), EV_ZGONE, (uint32_t)zi, 0);
+        if (nt < last_change) nt = last_change;
+        heap_push(&s->h, (int64_t)(nt * 1e9), EV_ZNOTICE, (uint32_t)zi, c);
+        heap_push(&s->h, (int64_t)(t * 1e9), EV_ZGONE, (uint32_t)zi, c);
       } else {
-        heap_push(&s->h, (int64_t)(t * 1e9), EV_ZBACK, (uint32_t)zi, 0);
-        last_up = t;
+        heap_push(&s->h, (int64_t)(t * 1e9), EV_ZBACK, (uint32_t)zi, c);
       }
-      up = u;
+      last_change = t;
+      cap = c;
     }
   }
 }
@@ -504,7 +507,7 @@ static void format_utc(char *out, size_t cap, const char *fmt, int64_t at) {
 }
 
 static void notice_replica(sim *s, replica *p, int64_t gone_at) {
-  const zone *z = &s->zones[p->zone];
+  const sim_zone *z = &s->zones[p->zone];
   char body[512];
   int32_t fmt;
   if (!strcmp(z->tr.cloud, "gcp")) {
@@ -567,12 +570,16 @@ static void notice_replica(sim *s, replica *p, int64_t gone_at) {
   report_load(s, p);
 }
 
-static void zone_event(sim *s, uint32_t type, uint32_t zi) {
-  zone *z = &s->zones[zi];
+/* A capacity change of zone zi to cap replicas: notices to, removal of,
+ * or return of the replicas at or above cap in the zone's order. */
+static void zone_event(sim *s, uint32_t type, uint32_t zi, uint32_t cap) {
+  sim_zone *z = &s->zones[zi];
   int64_t gone_at = s->now + (int64_t)(z->tr.lead_s * 1e9);
   for (uint32_t k = 0; k < s->nrep; k++) {
     replica *p = &s->reps[k];
     if (p->zone != (int32_t)zi) continue;
+    if (type != EV_ZBACK && p->zslot < cap) continue;
+    if (type == EV_ZBACK && p->zslot >= cap) continue;
     if (type == EV_ZNOTICE && p->up) {
       notice_replica(s, p, gone_at);
     } else if (type == EV_ZGONE && p->up) {
@@ -588,10 +595,11 @@ static void zone_event(sim *s, uint32_t type, uint32_t zi) {
       p->incarnation++;
       p->up = 1;
       p->up_since = s->now;
+      s->view.epoch[k]++;
       replica_upsert(s, p);
     }
   }
-  z->up = type == EV_ZBACK;
+  if (type != EV_ZNOTICE) z->cap = cap;
   if (type == EV_ZGONE) schedule_pump(s, s->now);
 }
 
@@ -610,10 +618,17 @@ static double pct(const float *v, size_t n, double p) {
 }
 
 static void summarise(sim *s) {
-  result *r = s->res;
+  sim_result *r = s->res;
   size_t n = s->tr->n;
   float *a = malloc((n ? n : 1) * sizeof *a), *b = malloc((n ? n : 1) * sizeof *b);
   if (!a || !b) abort();
+  for (size_t i = 0; i < n; i++) {
+    const sreq *q = &s->r[i];
+    r->n_class[s->tr->reqs[i].klass & 3]++;
+    if (!q->replays) continue;
+    r->replayed++;
+    if (q->state == RQ_DONE && q->first_token_at >= 0) r->replayed_ok++;
+  }
   for (uint32_t c = 1; c <= 3; c++) {
     size_t m = 0;
     for (size_t i = 0; i < n; i++)
@@ -631,33 +646,45 @@ static void summarise(sim *s) {
   }
   free(a);
   free(b);
-  double mx = 0, sum = 0;
+  /* Imbalance per second a replica was up, so a spot replica that was
+   * away half the run is not read as idle. */
+  double mx = 0, sum = 0, smx = 0, ssum = 0;
   uint32_t cnt = 0;
   for (uint32_t k = 0; k < s->nrep; k++) {
     replica *p = &s->reps[k];
     if (p->up) p->up_seconds += (double)(s->now - p->up_since) / 1e9;
     r->usd_fleet += p->up_seconds / 3600.0 * p->usd_h;
     if (p->up_seconds > 0) {
-      double v = (double)p->starts;
+      double v = p->tokens_served / p->up_seconds, w = (double)p->starts / p->up_seconds;
       if (v > mx) mx = v;
+      if (w > smx) smx = w;
       sum += v;
+      ssum += w;
       cnt++;
     }
   }
   r->imbalance = sum > 0 ? mx / (sum / cnt) : 0;
+  r->start_imbalance = ssum > 0 ? smx / (ssum / cnt) : 0;
   for (size_t k = 0; k < spi_ledger_count(s->eng); k++) {
     spi_ledger_row row;
     memset(&row, 0, sizeof row);
     row.struct_size = sizeof row;
-    if (spi_ledger_row_at(s->eng, k, &row) == SPI_OK) r->usd += row.usd;
+    if (spi_ledger_row_at(s->eng, k, &row) == SPI_OK) {
+      r->usd += row.usd;
+      r->usd_class[row.klass & 3] += row.usd;
+    }
   }
   spi_replay_stats st;
   memset(&st, 0, sizeof st);
   st.struct_size = sizeof st;
   spi_replay_stats_get(s->q, &st);
-  r->lost += st.dead;
+  /* Dead letters ran out of attempts or time: expired. Everything else not
+   * done is still queued (or running) when the run reached its horizon. */
+  uint64_t open = 0;
   for (size_t i = 0; i < n; i++)
-    if (s->r[i].state != RQ_DONE) r->lost++;
+    if (s->r[i].state != RQ_DONE) open++;
+  r->expired = st.dead < open ? st.dead : open;
+  r->at_horizon = open - r->expired;
 }
 
 /* ------------------------------------------------------------ one run */
@@ -677,9 +704,35 @@ static void rm_dir(const char *dir) {
   rmdir(dir);
 }
 
-static int run_policy(const sim_opts *o, const sim_trace *tr, zone *zones,
-                      size_t nz, const char *policy, int all_od, result *res,
-                      double horizon_s) {
+static int view_init(sim_gw_view *v, const sim_opts *o, const sim_trace *tr, uint32_t nrep) {
+  memset(v, 0, sizeof *v);
+  v->nrep = nrep;
+  v->tokens = calloc(nrep, sizeof *v->tokens);
+  v->kv_blocks = calloc(nrep, sizeof *v->kv_blocks);
+  v->epoch = calloc(nrep, sizeof *v->epoch);
+  if (!v->tokens || !v->kv_blocks || !v->epoch) return -1;
+  for (uint32_t k = 0, gi = 0, gk = 0; k < nrep; k++) {
+    if (!o->cluster) {
+      v->kv_blocks[k] = o->kv_blocks;
+      continue;
+    }
+    while (gk == o->cluster->g[gi].count) gi++, gk = 0;
+    gk++;
+    v->kv_blocks[k] = o->cluster->g[gi].kv_blocks;
+  }
+  v->refs = tr->nb;
+  v->seed = o->gen.seed;
+  return 0;
+}
+
+static void view_free(sim_gw_view *v) {
+  free(v->tokens);
+  free(v->kv_blocks);
+  free(v->epoch);
+}
+
+int sim_run_policy(const sim_opts *o, const sim_trace *tr, sim_zone *zones, size_t nz,
+                   const char *policy, int all_od, sim_result *res, double horizon_s) {
   sim s;
   memset(&s, 0, sizeof s);
   s.o = o, s.tr = tr, s.zones = zones, s.nz = all_od ? 0 : nz;
@@ -690,45 +743,55 @@ static int run_policy(const sim_opts *o, const sim_trace *tr, zone *zones,
   hk.struct_size = sizeof hk;
   hk.clock = clock_hook;
   hk.clock_user_data = &s;
+  const sim_cluster *cl = o->cluster;
+  s.nrep = cl ? cl->replicas : o->replicas;
+  if (view_init(&s.view, o, tr, s.nrep)) abort();
   int rc = spi_engine_new(&s.eng, &hk);
-  if (rc == SPI_OK) rc = sim_register_policies(s.eng);
+  if (rc == SPI_OK) rc = sim_register_policies(s.eng, &s.view);
   /* The engine's fleet-wide estimates: with a cluster file, replica-weighted
-   * means (prices per pool; spot replicas count as on-demand ones in the
-   * all-on-demand baseline). */
+   * means (a spot replica counts at its on-demand price in the all-on-demand
+   * baseline and in the on-demand price estimate). */
   double pre = o->prefill_tps, dec = o->decode_tps, batch = o->max_batch;
   double spot_h = o->spot_usd_h, od_h = o->od_usd_h;
-  if (o->cluster) {
-    double n = 0, ns = 0, no = 0, ss = 0, so = 0;
+  if (cl) {
+    double n = 0, ns = 0, ss = 0, so = 0;
     pre = dec = batch = 0;
-    for (size_t g = 0; g < o->cluster->n; g++) {
-      const sim_group *G = &o->cluster->g[g];
+    for (size_t g = 0; g < cl->n; g++) {
+      const sim_group *G = &cl->g[g];
       double c = G->count;
       n += c;
       pre += c * G->prefill_tps, dec += c * G->decode_tps, batch += c * G->max_batch;
       if (G->pool == SPI_POOL_SPOT && !all_od) ns += c, ss += c * G->usd_h;
-      else no += c, so += c * G->od_usd_h;
+      so += c * G->od_usd_h;
     }
     pre /= n, dec /= n, batch /= n;
-    od_h = so / no;
+    od_h = so / n;
     spot_h = ns > 0 ? ss / ns : od_h;
   }
-  char cfg[1024];
-  snprintf(cfg, sizeof cfg,
-           "{\"modules\":{\"policy\":\"%s\"},"
-           "\"policy\":{\"bronze_queue_without_spot\":%s},"
-           "\"cache_key\":{\"block_tokens\":%d},"
-           "\"router\":{\"load_max_age_ms\":3600000,\"max_tickets\":262144,"
-           "\"prefill_tokens_per_s\":%g,\"decode_tokens_per_s\":%g,"
-           "\"index_bytes\":33554432},"
-           "\"cost\":{\"spot_usd_per_gpu_hour\":%g,\"on_demand_usd_per_gpu_hour\":%g,"
-           "\"prefill_tokens_per_s\":%g,\"decode_tokens_per_s\":%g}}",
-           policy, all_od ? "false" : "true", SIM_IDS_PER_BLOCK, pre, dec, spot_h, od_h, pre,
-           dec * batch);
+  /* Bronze may wait for spot capacity only where there is spot capacity
+   * to wait for: on an on-demand-only cluster it would wait for ever. */
+  int has_spot = 0;
+  if (cl) {
+    for (size_t g = 0; g < cl->n; g++) has_spot |= cl->g[g].pool == SPI_POOL_SPOT;
+  } else {
+    has_spot = o->on_demand < o->replicas;
+  }
+  sim_engine_params ep = {policy, all_od || !has_spot, pre, dec, batch, spot_h, od_h};
+  char msg[256];
+  char *cfg = rc == SPI_OK ? sim_engine_config(o->config_json, &ep, msg, sizeof msg) : NULL;
+  if (rc == SPI_OK && !cfg) {
+    fprintf(stderr, "spotinfer_sim: %s\n", msg);
+    spi_engine_free(s.eng);
+    view_free(&s.view);
+    return -1;
+  }
   if (rc == SPI_OK) rc = spi_engine_configure(s.eng, cfg, strlen(cfg));
+  free(cfg);
   if (rc != SPI_OK) {
     fprintf(stderr, "engine: %s: %s\n", spi_strerror(rc),
             s.eng ? spi_engine_errmsg(s.eng) : "");
     spi_engine_free(s.eng);
+    view_free(&s.view);
     return -1;
   }
   snprintf(s.dir, sizeof s.dir, "/tmp/spotinfer-sim-XXXXXX");
@@ -751,9 +814,8 @@ static int run_policy(const sim_opts *o, const sim_trace *tr, zone *zones,
   }
   /* Replicas: without a cluster file, on-demand first, then spot spread
    * over the zones; with one, its groups in file order. */
-  const sim_cluster *cl = o->cluster;
-  s.nrep = cl ? cl->replicas : o->replicas;
   s.reps = calloc(s.nrep, sizeof *s.reps);
+  for (size_t z = 0; z < nz; z++) zones[z].size = 0;
   s.r = calloc(tr->n ? tr->n : 1, sizeof *s.r);
   if (!s.reps || !s.r) abort();
   for (uint32_t k = 0, gi = 0, gk = 0; k < s.nrep; k++) {
@@ -780,13 +842,14 @@ static int run_policy(const sim_opts *o, const sim_trace *tr, zone *zones,
       snprintf(p->id, sizeof p->id, "r%u-%s", k, spot ? s.zones[p->zone].tr.zone : "od");
     }
     p->pool = spot ? SPI_POOL_SPOT : SPI_POOL_ON_DEMAND;
+    if (spot) p->zslot = s.zones[p->zone].size++;
     p->head = -1;
     if (sim_lru_init(&p->lru, p->kv_blocks)) abort();
   }
   if (!all_od) schedule_zones(&s, horizon_s);
   for (uint32_t k = 0; k < s.nrep; k++) {
     replica *p = &s.reps[k];
-    p->up = p->zone < 0 || s.zones[p->zone].up;
+    p->up = p->zone < 0 || p->zslot < s.zones[p->zone].cap;
     if (p->up && replica_upsert(&s, p) != SPI_OK) {
       fprintf(stderr, "replica: %s\n", spi_engine_errmsg(s.eng));
       return -1;
@@ -808,8 +871,15 @@ static int run_policy(const sim_opts *o, const sim_trace *tr, zone *zones,
   size_t progress_step = tr->n / 20 ? tr->n / 20 : 1, next_progress = progress_step;
   double last_progress = sim_wall_s();
   int progressed = 0, tty = isatty(2);
+  /* The horizon bounds the run: traffic that can never be placed is left
+   * queued there and counted, not retried for ever. */
+  const int64_t horizon_ns = (int64_t)(horizon_s * 1e9);
   while (s.h.n && s.done_n < tr->n) {
     event ev = heap_pop(&s.h);
+    if (ev.t > horizon_ns) {
+      s.now = horizon_ns;
+      break;
+    }
     s.now = ev.t;
     switch (ev.type) {
     case EV_ARRIVE:
@@ -841,7 +911,7 @@ static int run_policy(const sim_opts *o, const sim_trace *tr, zone *zones,
       pump(&s);
       break;
     default:
-      zone_event(&s, ev.type, ev.a);
+      zone_event(&s, ev.type, ev.a, ev.epoch);
     }
     if (s.done_n >= next_progress) {
       while (next_progress <= s.done_n) next_progress += progress_step;
@@ -870,310 +940,7 @@ static int run_policy(const sim_opts *o, const sim_trace *tr, zone *zones,
   free(s.r);
   free(s.ids);
   free(s.h.e);
+  view_free(&s.view);
   return 0;
 }
 
-/* ----------------------------------------------------------- ceilings */
-
-typedef struct ceilings {
-  double total, oracle, pooled;
-} ceilings;
-
-static void compute_ceilings(const sim_opts *o, const sim_trace *tr, ceilings *c) {
-  memset(c, 0, sizeof c[0]);
-  /* Oracle: a set large enough for every block of the trace. */
-  size_t slots = 16;
-  while (slots < tr->nb * 2) slots <<= 1;
-  uint64_t *set = calloc(slots, sizeof *set);
-  sim_lru pooled;
-  uint64_t kv = (uint64_t)o->kv_blocks * o->replicas;
-  if (o->cluster) {
-    kv = 0;
-    for (size_t g = 0; g < o->cluster->n; g++)
-      kv += (uint64_t)o->cluster->g[g].kv_blocks * o->cluster->g[g].count;
-  }
-  if (kv > 0xffffffffu / 2) kv = 0xffffffffu / 2;
-  if (!set || sim_lru_init(&pooled, (uint32_t)kv)) abort();
-  for (size_t i = 0; i < tr->n; i++) {
-    const sim_trace_req *q = &tr->reqs[i];
-    const uint64_t *ch = tr->chain + q->block_off;
-    c->total += q->nblocks;
-    for (uint32_t b = 0; b < q->nblocks; b++) {
-      uint64_t k = ch[b] | 1;
-      size_t j = (size_t)sim_mix64(k) & (slots - 1);
-      while (set[j] && set[j] != k) j = (j + 1) & (slots - 1);
-      if (set[j]) c->oracle++;
-      else set[j] = k;
-    }
-    c->pooled += lru_prefix_fill(&pooled, ch, q->nblocks);
-  }
-  free(set);
-  sim_lru_free(&pooled);
-}
-
-/* ------------------------------------------------------------ reports */
-
-static const char *CLS[4] = {"", "gold", "silver", "bronze"};
-static const char *SLO_NAMES[4] = {"gold p95 TTFT < 800 ms", "silver p99 completion < 8 s",
-                                   "hot-prefix hit > 70%", "replay success > 99%"};
-
-static double hit_pct(const result *r) {
-  return r->total_blocks > 0 ? 100.0 * r->hit_blocks / r->total_blocks : 0;
-}
-static double hot_pct(const result *r, const ceilings *c) {
-  return c->oracle > 0 ? 100.0 * r->hit_blocks / c->oracle : 0;
-}
-static double replay_pct(const result *r) {
-  return r->replays ? 100.0 * (double)(r->replays - r->lost) / (double)r->replays : 100.0;
-}
-
-static void check_slos(result *r, const ceilings *c) {
-  r->slo[0] = r->ttft[1][1] < 800;
-  r->slo[1] = r->done[2][2] < 8000;
-  r->slo[2] = hot_pct(r, c) > 70;
-  r->slo[3] = replay_pct(r) > 99;
-}
-
-static void print_tables(const sim_opts *o, const sim_trace *tr, const ceilings *c,
-                         const result *rs, size_t n, const zone *zones, size_t nz) {
-  const result *base = &rs[n - 1];
-  printf("# spotinfer simulator\n\n");
-  printf("trace: %s, %zu requests, %zu prompt blocks of %d tokens",
-         tr->source, tr->n, tr->nb, SIM_BLOCK_TOKENS);
-  if (tr->bad_lines) printf(", %zu bad lines skipped (first: %s)", tr->bad_lines, tr->first_bad);
-  if (o->cluster) {
-    printf("\ncluster: %u replicas in %zu groups\n", o->cluster->replicas, o->cluster->n);
-    for (size_t g = 0; g < o->cluster->n; g++) {
-      const sim_group *G = &o->cluster->g[g];
-      printf("  %u x %s %s in %s at $%.2f/h", G->count,
-             G->pool == SPI_POOL_SPOT ? "spot" : "on-demand", G->instance_type, G->zone,
-             G->usd_h);
-      if (G->pool == SPI_POOL_SPOT) printf(" ($%.2f/h on demand)", G->od_usd_h);
-      printf(", %u KV blocks, batch %u, prefill %.0f tok/s, decode %.0f tok/s a stream\n",
-             G->kv_blocks, G->max_batch, G->prefill_tps, G->decode_tps);
-    }
-  } else {
-    printf("\ncluster: %u replicas (%u on-demand at $%.2f/h, %u spot at $%.2f/h), "
-           "%u KV blocks each, batch %u, prefill %.0f tok/s, decode %.0f tok/s a stream\n",
-           o->replicas, o->on_demand, o->od_usd_h, o->replicas - o->on_demand, o->spot_usd_h,
-           o->kv_blocks, o->max_batch, o->prefill_tps, o->decode_tps);
-  }
-  printf("spot zones:");
-  for (size_t z = 0; z < nz; z++)
-    printf(" %s (%s, %.0f s notice)", zones[z].tr.zone, zones[z].tr.cloud, zones[z].tr.lead_s);
-  printf("\nhit-rate ceilings: oracle (unlimited cache) %.1f%%, pooled LRU (whole cluster's KV) %.1f%%\n\n",
-         c->total > 0 ? 100 * c->oracle / c->total : 0,
-         c->total > 0 ? 100 * c->pooled / c->total : 0);
-  printf("| policy | total $ | $/1M tok | savings | hit %% | hot hit %% | p95 TTFT gold ms | "
-         "p99 done silver s | replays | replay ok %% | lost | imbalance | SLOs |\n");
-  printf("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|\n");
-  for (size_t k = 0; k < n; k++) {
-    const result *r = &rs[k];
-    double sav = base->usd > 0 ? 100.0 * (1 - r->usd / base->usd) : 0;
-    int ok = r->slo[0] + r->slo[1] + r->slo[2] + r->slo[3];
-    printf("| %s | %.2f | %.3f | %.1f%% | %.1f | %.1f | %.0f | %.2f | %" PRIu64
-           " | %.2f | %" PRIu64 " | %.2f | %d/4 %s |\n",
-           r->name, r->usd, r->tokens > 0 ? r->usd / r->tokens * 1e6 : 0, sav, hit_pct(r),
-           hot_pct(r, c), r->ttft[1][1], r->done[2][2] / 1000, r->replays, replay_pct(r),
-           r->lost, r->imbalance, ok, ok == 4 ? "pass" : "FAIL");
-  }
-  printf("\n| policy | class | TTFT p50 / p95 / p99 ms | completion p50 / p95 / p99 s |\n");
-  printf("|---|---|---|---|\n");
-  for (size_t k = 0; k < n; k++)
-    for (int cl = 1; cl <= 3; cl++)
-      printf("| %s | %s | %.0f / %.0f / %.0f | %.2f / %.2f / %.2f |\n", rs[k].name, CLS[cl],
-             rs[k].ttft[cl][0], rs[k].ttft[cl][1], rs[k].ttft[cl][2], rs[k].done[cl][0] / 1000,
-             rs[k].done[cl][1] / 1000, rs[k].done[cl][2] / 1000);
-  printf("\nSLOs: %s; %s; %s; %s.\n", SLO_NAMES[0], SLO_NAMES[1], SLO_NAMES[2], SLO_NAMES[3]);
-  for (size_t k = 0; k < n; k++) {
-    printf("%s:", rs[k].name);
-    for (int j = 0; j < 4; j++) printf(" %s", rs[k].slo[j] ? "ok" : "miss");
-    printf("; conservation %s (%" PRIu64 " completed + %" PRIu64 " lost of %zu), "
-           "%" PRIu64 " notices, %" PRIu64 " drains, %" PRIu64 " requeues, %" PRIu64
-           " spot / %" PRIu64 " on-demand placements, fleet $%.2f\n",
-           rs[k].completed + rs[k].lost == tr->n ? "ok" : "BROKEN", rs[k].completed,
-           rs[k].lost, tr->n, rs[k].notices, rs[k].drains, rs[k].requeued, rs[k].spot_served,
-           rs[k].od_served, rs[k].usd_fleet);
-  }
-}
-
-static void write_json(const char *path, const sim_trace *tr, const ceilings *c,
-                       const result *rs, size_t n) {
-  FILE *f = fopen(path, "w");
-  if (!f) { perror(path); return; }
-  fprintf(f, "{\"trace\":{\"requests\":%zu,\"blocks\":%zu,\"bad_lines\":%zu},\n",
-          tr->n, tr->nb, tr->bad_lines);
-  fprintf(f, " \"ceilings\":{\"oracle_hit\":%.6f,\"pooled_lru_hit\":%.6f},\n \"policies\":[\n",
-          c->total > 0 ? c->oracle / c->total : 0, c->total > 0 ? c->pooled / c->total : 0);
-  for (size_t k = 0; k < n; k++) {
-    const result *r = &rs[k];
-    fprintf(f, "  {\"name\":\"%s\",\"usd\":%.4f,\"usd_fleet\":%.4f,\"usd_per_million\":%.6f,"
-               "\"hit\":%.6f,\"completed\":%" PRIu64 ",\"lost\":%" PRIu64 ",\"replays\":%" PRIu64
-               ",\"replay_success\":%.6f,\"imbalance\":%.4f,\"notices\":%" PRIu64 ",",
-            r->name, r->usd, r->usd_fleet, r->tokens > 0 ? r->usd / r->tokens * 1e6 : 0,
-            r->total_blocks > 0 ? r->hit_blocks / r->total_blocks : 0, r->completed, r->lost,
-            r->replays, replay_pct(r) / 100, r->imbalance, r->notices);
-    fprintf(f, "\"classes\":{");
-    for (int cl = 1; cl <= 3; cl++)
-      fprintf(f, "%s\"%s\":{\"ttft_ms\":[%.3f,%.3f,%.3f],\"completion_ms\":[%.3f,%.3f,%.3f]}",
-              cl > 1 ? "," : "", CLS[cl], r->ttft[cl][0], r->ttft[cl][1], r->ttft[cl][2],
-              r->done[cl][0], r->done[cl][1], r->done[cl][2]);
-    fprintf(f, "},\"slo\":{\"gold_p95_ttft\":%s,\"silver_p99_completion\":%s,"
-               "\"hot_prefix_hit\":%s,\"replay_success\":%s}}%s\n",
-            r->slo[0] ? "true" : "false", r->slo[1] ? "true" : "false",
-            r->slo[2] ? "true" : "false", r->slo[3] ? "true" : "false", k + 1 < n ? "," : "");
-  }
-  fprintf(f, " ]}\n");
-  fclose(f);
-}
-
-/* Three bar groups per policy: $/1M tokens, hit rate, gold p95 TTFT, each
- * scaled to its own maximum; the ceilings as dashed lines on the hit bars. */
-static void write_svg(const char *path, const ceilings *c, const result *rs, size_t n) {
-  FILE *f = fopen(path, "w");
-  if (!f) { perror(path); return; }
-  const int W = 900, H = 420, left = 60, top = 50, ph = 280;
-  double mx[3] = {1e-9, 1e-9, 1e-9};
-  double v[16][3];
-  for (size_t k = 0; k < n && k < 16; k++) {
-    v[k][0] = rs[k].tokens > 0 ? rs[k].usd / rs[k].tokens * 1e6 : 0;
-    v[k][1] = hit_pct(&rs[k]);
-    v[k][2] = rs[k].ttft[1][1];
-    for (int j = 0; j < 3; j++) if (v[k][j] > mx[j]) mx[j] = v[k][j];
-  }
-  mx[1] = 100;
-  const char *col[3] = {"#4e79a7", "#59a14f", "#e15759"};
-  const char *lab[3] = {"$ per 1M tokens", "prefix-cache hit %", "gold p95 TTFT ms"};
-  fprintf(f, "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"%d\" height=\"%d\" "
-             "font-family=\"sans-serif\" font-size=\"12\">\n", W, H);
-  fprintf(f, "<rect width=\"%d\" height=\"%d\" fill=\"white\"/>\n", W, H);
-  fprintf(f, "<text x=\"%d\" y=\"24\" font-size=\"16\">spotinfer simulator: policies side by side "
-             "(bars scaled per metric)</text>\n", left);
-  double gw = (double)(W - left - 20) / (double)n, bw = gw / 4.5;
-  for (size_t k = 0; k < n; k++) {
-    double x0 = left + gw * (double)k + bw * 0.5;
-    for (int j = 0; j < 3; j++) {
-      double h = ph * v[k][j] / mx[j];
-      fprintf(f, "<rect x=\"%.1f\" y=\"%.1f\" width=\"%.1f\" height=\"%.1f\" fill=\"%s\">"
-                 "<title>%s %s: %.3f</title></rect>\n",
-              x0 + bw * j, top + ph - h, bw * 0.9, h, col[j], rs[k].name, lab[j], v[k][j]);
-      fprintf(f, "<text x=\"%.1f\" y=\"%.1f\" font-size=\"9\" text-anchor=\"middle\">%.*f</text>\n",
-              x0 + bw * j + bw * 0.45, top + ph - h - 3, j == 0 ? 2 : 0, v[k][j]);
-    }
-    fprintf(f, "<text x=\"%.1f\" y=\"%d\" text-anchor=\"middle\">%s</text>\n",
-            x0 + bw * 1.5, top + ph + 18, rs[k].name);
-  }
-  double ys[2] = {c->total > 0 ? 100 * c->oracle / c->total : 0,
-                  c->total > 0 ? 100 * c->pooled / c->total : 0};
-  const char *yl[2] = {"oracle hit ceiling", "pooled LRU hit ceiling"};
-  for (int j = 0; j < 2; j++) {
-    double y = top + ph - ph * ys[j] / 100;
-    fprintf(f, "<line x1=\"%d\" x2=\"%d\" y1=\"%.1f\" y2=\"%.1f\" stroke=\"#59a14f\" "
-               "stroke-dasharray=\"%s\"/>\n<text x=\"%d\" y=\"%.1f\" fill=\"#59a14f\" "
-               "font-size=\"10\" text-anchor=\"end\">%s %.1f%%</text>\n",
-            left, W - 20, y, y, j ? "2,3" : "6,3", W - 22, y - 3, yl[j], ys[j]);
-  }
-  for (int j = 0; j < 3; j++)
-    fprintf(f, "<rect x=\"%d\" y=\"%d\" width=\"12\" height=\"12\" fill=\"%s\"/>"
-               "<text x=\"%d\" y=\"%d\">%s</text>\n",
-            left + 200 * j, H - 40, col[j], left + 200 * j + 16, H - 30, lab[j]);
-  fprintf(f, "</svg>\n");
-  fclose(f);
-}
-
-/* --------------------------------------------------------------- main */
-
-static const struct { const char *name, *module; } POLICIES[] = {
-    {"library", "reference"},
-    {"round-robin", "sim-round-robin"},
-    {"least-loaded", "sim-least-loaded"},
-    {"consistent-hash", "sim-consistent-hash"},
-    {"gateway-scorer", "sim-gateway-scorer"},
-};
-#define N_POLICIES (sizeof POLICIES / sizeof POLICIES[0])
-
-static int wanted(const char *list, const char *name) {
-  if (!list) return 1;
-  size_t n = strlen(name);
-  for (const char *p = list; (p = strstr(p, name)); p += n)
-    if ((p == list || p[-1] == ',') && (p[n] == ',' || !p[n])) return 1;
-  return 0;
-}
-
-
-int sim_main(const sim_opts *o) {
-  sim_trace tr;
-  char msg[256];
-  int rc = o->trace ? sim_trace_read(&tr, o->trace, o->limit, o->gen.mix, o->gen.seed, msg, sizeof msg)
-                    : sim_trace_generate(&tr, &o->gen);
-  if (rc) {
-    fprintf(stderr, "spotinfer_sim: %s\n", o->trace ? msg : "generator failed");
-    return 1;
-  }
-  if (!tr.chain) {
-    fprintf(stderr, "spotinfer_sim: out of memory\n");
-    sim_trace_free(&tr);
-    return 1;
-  }
-  double horizon_s = (double)tr.reqs[tr.n - 1].arrival_ns / 1e9 + 3600;
-  zone zones[SIM_MAX_ZONES];
-  size_t nz = 0;
-  memset(zones, 0, sizeof zones);
-  if (o->n_spot) {
-    for (size_t k = 0; k < o->n_spot; k++) {
-      if (sim_spot_read(&zones[nz].tr, o->spot[k], msg, sizeof msg)) {
-        fprintf(stderr, "spotinfer_sim: %s\n", msg);
-        for (size_t z = 0; z < nz; z++) sim_spot_free(&zones[z].tr);
-        sim_trace_free(&tr);
-        return 1;
-      }
-      /* With a cluster file the i-th trace drives its i-th spot zone. */
-      if (o->cluster)
-        snprintf(zones[nz].tr.zone, sizeof zones[nz].tr.zone, "%s", o->cluster->zones[k]);
-      nz++;
-    }
-  } else if (o->cluster) {
-    for (; nz < o->cluster->nzones; nz++)
-      sim_spot_generate(&zones[nz].tr, o->cluster->zones[nz], o->cluster->zone_cloud[nz],
-                        horizon_s, o->gen.seed * 1000003u + nz);
-  } else {
-    static const char *zn[4][2] = {{"us-east-1a", "aws"}, {"us-west-2b", "aws"},
-                                   {"us-central1-a", "gcp"}, {"us-east1-b", "gcp"}};
-    for (; nz < 4; nz++)
-      sim_spot_generate(&zones[nz].tr, zn[nz][0], zn[nz][1], horizon_s,
-                        o->gen.seed * 1000003u + nz);
-  }
-  ceilings c;
-  compute_ceilings(o, &tr, &c);
-  result rs[N_POLICIES + 1];
-  memset(rs, 0, sizeof rs);
-  size_t n = 0;
-  double t0 = sim_wall_s();
-  uint64_t simulated = 0;
-  for (size_t k = 0; k <= N_POLICIES; k++) {
-    int od = k == N_POLICIES;
-    if (!od && !wanted(o->policies, POLICIES[k].name)) continue;
-    snprintf(rs[n].name, sizeof rs[n].name, "%s", od ? "all-on-demand" : POLICIES[k].name);
-    if (run_policy(o, &tr, zones, nz, od ? "reference" : POLICIES[k].module, od, &rs[n],
-                   horizon_s)) {
-      for (size_t z = 0; z < nz; z++) sim_spot_free(&zones[z].tr);
-      sim_trace_free(&tr);
-      return 1;
-    }
-    check_slos(&rs[n], &c);
-    simulated += tr.n;
-    n++;
-  }
-  double el = sim_wall_s() - t0;
-  print_tables(o, &tr, &c, rs, n, zones, nz);
-  if (o->json) write_json(o->json, &tr, &c, rs, n);
-  if (o->svg) write_svg(o->svg, &c, rs, n);
-  if (!o->quiet)
-    fprintf(stderr, "simulated %" PRIu64 " requests (%zu policies x %zu) in %.2f s: %.0f requests/s\n",
-            simulated, n, tr.n, el, el > 0 ? (double)simulated / el : 0);
-  int bad = 0;
-  for (size_t k = 0; k < n; k++) bad |= rs[k].lost != 0 || rs[k].completed + rs[k].lost != tr.n;
-  for (size_t z = 0; z < nz; z++) sim_spot_free(&zones[z].tr);
-  sim_trace_free(&tr);
-  return bad ? 3 : 0;
-}

@@ -37,7 +37,8 @@ typedef struct sim_trace_req {
   uint32_t in_tokens;
   uint32_t out_tokens;
   uint32_t nblocks;     /* prompt blocks (hash ids) */
-  uint32_t klass;       /* enum spi_class */
+  uint32_t klass;       /* enum spi_class, drawn per session */
+  uint64_t session;     /* conversation (or tenant) it belongs to */
   size_t block_off;     /* into sim_trace.blocks / chain */
 } sim_trace_req;
 
@@ -52,12 +53,28 @@ typedef struct sim_trace {
   const char *source;   /* "generator", or the file name */
 } sim_trace;
 
+/* The generator's traffic families (see trace.c). */
+enum {
+  SIM_FAMILY_MIXED,
+  SIM_FAMILY_GLOBAL_PROMPT,
+  SIM_FAMILY_TENANTS,
+  SIM_FAMILY_LONG_SESSIONS,
+  SIM_FAMILY_AGENTS,
+  SIM_FAMILY_BURSTS,
+  SIM_FAMILY_LONG_GEN,
+  SIM_FAMILIES
+};
+
 typedef struct sim_gen_opts {
   size_t requests;
   double rate_per_s;
   uint64_t seed;
   double mix[4]; /* by class: gold, silver, bronze shares */
+  int family;    /* SIM_FAMILY_* */
 } sim_gen_opts;
+
+const char *sim_family_name(int family);
+int sim_family_parse(const char *name, int *family); /* 0, or -1 unknown */
 
 void sim_trace_free(sim_trace *t);
 int sim_trace_generate(sim_trace *t, const sim_gen_opts *o);
@@ -69,11 +86,15 @@ int sim_trace_read(sim_trace *t, const char *path, size_t limit,
 /* Fill chain[] from blocks[] (call after the requests are read). */
 void sim_trace_chain(sim_trace *t);
 
-/* A spot-capacity trace: one value per tick, > 0 means available. */
+/* A spot-capacity trace: one value per tick, the instances available. A
+ * trace whose values are only 0 and 1 is availability of the whole zone;
+ * one with larger values counts nodes, and the zone then runs that many of
+ * its replicas. */
 typedef struct sim_spot_trace {
   double gap_s;
   int32_t *v;
   size_t n;
+  int32_t vmax;  /* largest value */
   char zone[48];
   char cloud[8]; /* "aws", "gcp" or "azure" */
   double lead_s; /* notice lead time of the cloud */
@@ -88,10 +109,24 @@ void sim_spot_free(sim_spot_trace *s);
 
 /* ------------------------------------------------------------ policies */
 
+/* What a gateway knows of its fleet without the library, kept current by
+ * the simulator: the work it sent each replica and has not seen finish, each
+ * replica's KV capacity, and a counter bumped when a replica comes back
+ * with an empty cache. Indexed by replica. */
+typedef struct sim_gw_view {
+  uint32_t nrep;
+  double *tokens;      /* outstanding: prompt + output still to come */
+  uint32_t *kv_blocks;
+  uint32_t *epoch;
+  uint64_t refs;       /* block references in the trace (bounds tables) */
+  uint64_t seed;       /* for the policies that break ties at random */
+} sim_gw_view;
+
 /* Register the simulator's comparison policies on an engine:
  * "sim-round-robin", "sim-least-loaded", "sim-consistent-hash",
- * "sim-gateway-scorer". Returns a status. */
-int sim_register_policies(spi_engine *engine);
+ * "sim-greedy", "sim-sglang", "sim-epp". The view must outlive the
+ * engine. Returns a status. */
+int sim_register_policies(spi_engine *engine, const sim_gw_view *view);
 
 /* ----------------------------------------------------------------- LRU */
 

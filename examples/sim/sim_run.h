@@ -48,10 +48,90 @@ typedef struct sim_opts {
   const sim_cluster *cluster; /* NULL: the flags above describe it */
   const char *policies;
   const char *json, *svg;
+  const char *config_json; /* --config: a library config to start from */
+  double horizon_s;        /* simulated time after the last arrival */
+  int no_interruptions;    /* spot zones never lose capacity */
+  const char *zone_cloud;  /* built-in zones: this cloud for all four */
+  int requests_given, rate_given; /* --requests / --rate were on the command line */
   int quiet;
 } sim_opts;
 
+/* What the simulator sets in a run's library config (see engine_config.c). */
+typedef struct sim_engine_params {
+  const char *policy;
+  int all_on_demand;
+  double prefill_tps, decode_tps, batch, spot_usd_h, od_usd_h;
+} sim_engine_params;
+
+/* The run's config as JSON (free() it), or NULL with msg. */
+char *sim_engine_config(const char *user_json, const sim_engine_params *p, char *msg,
+                        size_t msgcap);
+
+/* A spot zone during a run. */
+typedef struct sim_zone {
+  sim_spot_trace tr;
+  uint32_t size; /* replicas in the zone */
+  uint32_t cap;  /* how many of them may run now */
+} sim_zone;
+
+/* What one policy's run measured. */
+typedef struct sim_result {
+  char name[32];
+  double usd, usd_fleet, tokens;
+  double usd_class[4];  /* ledger cost by class */
+  double hit_blocks, total_blocks, oracle_blocks;
+  double ttft[4][3], done[4][3]; /* p50 p95 p99 by class, ms */
+  uint64_t n_class[4];  /* requests by class (0: the class shows n/a) */
+  uint64_t completed, lost, expired, at_horizon;
+  uint64_t replays, replayed, replayed_ok, requeued, notices, drains;
+  uint64_t route_errors, spot_served, od_served;
+  double imbalance;       /* token load per up-second, max / mean */
+  double start_imbalance; /* request starts per up-second, max / mean */
+  int slo[4];             /* 1 met, 0 missed, -1 n/a */
+} sim_result;
+
+/* Hit-rate ceilings of a trace on a cluster. */
+typedef struct sim_ceilings {
+  double total, oracle, pooled; /* blocks: all, oracle hits, pooled-LRU hits */
+} sim_ceilings;
+
+/* A trace, its spot zones and ceilings, ready for runs. */
+typedef struct sim_setup {
+  sim_trace tr;
+  sim_zone zones[SIM_MAX_ZONES];
+  size_t nz;
+  double horizon_s;
+  sim_ceilings ceil;
+} sim_setup;
+
+typedef struct sim_policy_name {
+  const char *name, *module;
+} sim_policy_name;
+extern const sim_policy_name SIM_POLICIES[];
+extern const size_t SIM_N_POLICIES;
+
+int sim_setup_load(sim_setup *su, const sim_opts *o);
+void sim_setup_free(sim_setup *su);
+int sim_wanted(const char *list, const char *name);
+double sim_cpu_s(void);
+double sim_hit_pct(const sim_result *r);
+double sim_of_pooled_pct(const sim_result *r, const sim_ceilings *c);
+double sim_of_oracle_pct(const sim_result *r, const sim_ceilings *c);
+double sim_replay_success_pct(const sim_result *r);
+int sim_conserved(const sim_result *r, size_t n);
+void sim_savings(const sim_opts *o, const sim_result *r, const sim_result *base,
+                 double *saving_pct, double *max_pct);
+
 void sim_opts_default(sim_opts *o);
+/* The table program: every policy on one trace, tables on stdout. */
 int sim_main(const sim_opts *o);
+/* One run of the policy module `policy` (all_od: every replica on demand,
+ * no spot zones). Returns 0, or -1 when the engine cannot be set up. */
+int sim_run_policy(const sim_opts *o, const sim_trace *tr, sim_zone *zones, size_t nz,
+                   const char *policy, int all_od, sim_result *res, double horizon_s);
+/* The targets program (--targets DIR): JSON lines on stdout. */
+int sim_targets(const sim_opts *o, const char *data_dir);
+/* --scenario replay: GCP zones, long generations, 4 on-demand + 12 spot. */
+void sim_scenario_replay(sim_opts *o);
 
 #endif

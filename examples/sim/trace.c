@@ -48,6 +48,14 @@ static uint32_t pick_class(sim_rng *r, const double mix[4]) {
   return SPI_CLASS_BRONZE;
 }
 
+/* A session's class: the same for every request of the session, drawn
+ * from the mix with the run's seed (r only carries the seed). */
+static uint32_t session_class(const sim_rng *r, const double mix[4], uint64_t session) {
+  sim_rng x;
+  sim_rng_seed(&x, r->s[0] ^ sim_mix64(session));
+  return pick_class(&x, mix);
+}
+
 /* -------------------------------------------------------------- traces */
 
 void sim_trace_free(sim_trace *t) {
@@ -98,68 +106,176 @@ void sim_trace_chain(sim_trace *t) {
 }
 
 /*
- * The generator: conversations over shared system prompts. A few prompt
- * families (Zipf-popular) share long prefixes; each request continues one
- * of a pool of live conversations (its earlier turns are its prefix) or
- * starts a new one; output lengths are long-tailed.
+ * The generator: named families of traffic with the patterns real traffic
+ * has. Every family builds prompts as conversations: a conversation's turn
+ * is its earlier turns plus 1-3 new blocks, so its earlier turns are its
+ * prefix. The families differ in what comes before the conversation and how
+ * requests arrive:
+ *
+ *   mixed          Zipf-popular system prompts (24 of 2-11 blocks); the
+ *                  default, and the traffic of earlier releases.
+ *   global-prompt  one 4-block system prompt in front of everything, then
+ *                  the mixed family's prompts.
+ *   tenants        a 2-block global prompt, then one of 32 Zipf-popular
+ *                  tenants' own prompts (3-8 blocks); the class is the
+ *                  tenant's.
+ *   long-sessions  few conversations that run for up to 160 blocks (80k
+ *                  tokens) before they restart.
+ *   agents         tool-agent loops: a task makes 4-24 calls 0.3-3 s apart,
+ *                  each adding one tool-output block, short answers; six
+ *                  agent types share their tool prompts (6 blocks).
+ *   bursts         the mixed family, arriving in bursts: one minute in six
+ *                  at 4x the mean rate, the rest at 0.4x.
+ *   long-gen       the mixed family with long generations for every
+ *                  non-gold request (1,500-8,000 tokens), so a 30 s notice
+ *                  cannot drain them.
+ *
+ * Classes are drawn per conversation (per tenant in "tenants"), never per
+ * request, so the turns of one conversation share a class.
  */
-int sim_trace_generate(sim_trace *t, const sim_gen_opts *o) {
-  enum { FAMILIES = 24, SESSIONS = 4096, MAX_TURN_BLOCKS = 48 };
+static int cmp_arrival(const void *a, const void *b);
+
+static const char *const FAMILY_NAMES[SIM_FAMILIES] = {
+    "mixed", "global-prompt", "tenants", "long-sessions", "agents", "bursts", "long-gen"};
+
+const char *sim_family_name(int f) {
+  return f >= 0 && f < SIM_FAMILIES ? FAMILY_NAMES[f] : "?";
+}
+
+int sim_family_parse(const char *name, int *out) {
+  for (int f = 0; f < SIM_FAMILIES; f++)
+    if (!strcmp(name, FAMILY_NAMES[f])) return *out = f, 0;
+  return -1;
+}
+
+enum { GEN_FAMILIES = 24, GEN_TENANTS = 32, GEN_MAX_BLOCKS = 176 };
+
+typedef struct gen_session {
+  uint64_t id;
+  uint32_t len, klass;
+  uint64_t ids[GEN_MAX_BLOCKS];
+} gen_session;
+
+typedef struct gen_state {
+  sim_trace *t;
+  const sim_gen_opts *o;
   sim_rng r;
-  sim_rng_seed(&r, o->seed ^ 0x47454e31ull);
+  uint64_t next_id, next_session;
+  double zipf[GEN_TENANTS > GEN_FAMILIES ? GEN_TENANTS : GEN_FAMILIES];
+  uint32_t fam_len[GEN_FAMILIES], tenant_len[GEN_TENANTS], tenant_class[GEN_TENANTS];
+} gen_state;
+
+static uint32_t zipf_pick(gen_state *g, uint32_t n) {
+  double u = sim_rng_unit(&g->r) * g->zipf[n - 1];
+  uint32_t f = 0;
+  while (f + 1 < n && g->zipf[f] < u) f++;
+  return f;
+}
+
+static uint32_t out_tokens(gen_state *g, uint32_t klass) {
+  sim_rng *r = &g->r;
+  if (g->o->family == SIM_FAMILY_LONG_GEN && klass != SPI_CLASS_GOLD)
+    return 1500 + (uint32_t)fmin(rng_exp(r, 2000.0), 6500.0);
+  if (g->o->family == SIM_FAMILY_AGENTS) return 30 + (uint32_t)fmin(rng_exp(r, 60.0), 400.0);
+  /* Interactive answers are short; batch work (reports, code) has the
+   * long generations, a third of them longer than a 30 s notice can drain. */
+  return 16 + (uint32_t)(klass == 3 ? (sim_rng_unit(r) < 0.3 ? fmin(rng_exp(r, 1500.0), 8000.0)
+                                                             : fmin(rng_exp(r, 300.0), 2000.0))
+                                    : fmin(rng_exp(r, 100.0), 500.0));
+}
+
+/* A new conversation in slot s: its fixed prefix and its class. */
+static void gen_restart(gen_state *g, gen_session *s) {
+  int fam = g->o->family;
+  s->len = 0;
+  s->id = ++g->next_session;
+  s->klass = pick_class(&g->r, g->o->mix);
+  uint32_t global = fam == SIM_FAMILY_GLOBAL_PROMPT ? 4 : fam == SIM_FAMILY_TENANTS ? 2 : 0;
+  for (uint32_t b = 0; b < global; b++) s->ids[s->len++] = (7ull << 40) | b;
+  if (fam == SIM_FAMILY_TENANTS) {
+    uint32_t t = zipf_pick(g, GEN_TENANTS);
+    s->klass = g->tenant_class[t];
+    s->id = (1ull << 62) | t; /* the tenant is the unit of class */
+    for (uint32_t b = 0; b < g->tenant_len[t]; b++) s->ids[s->len++] = (8ull << 40) | (t << 8) | b;
+  } else if (fam == SIM_FAMILY_AGENTS) {
+    uint32_t a = (uint32_t)(sim_rng_next(&g->r) % 6);
+    for (uint32_t b = 0; b < 6; b++) s->ids[s->len++] = (9ull << 40) | (a << 8) | b;
+  } else {
+    uint32_t f = zipf_pick(g, GEN_FAMILIES);
+    for (uint32_t b = 0; b < g->fam_len[f]; b++) s->ids[s->len++] = ((uint64_t)f << 8) | b;
+  }
+}
+
+static int gen_emit(gen_state *g, gen_session *s, double at, uint32_t add) {
+  uint32_t cap = g->o->family == SIM_FAMILY_LONG_SESSIONS ? GEN_MAX_BLOCKS - 16 : 48;
+  if (s->len + add > cap) gen_restart(g, s);
+  for (uint32_t b = 0; b < add; b++) s->ids[s->len++] = g->next_id++;
+  sim_trace_req *q = add_req(g->t);
+  if (!q) return -1;
+  q->arrival_ns = (int64_t)(at * 1e9);
+  q->nblocks = s->len;
+  q->in_tokens = s->len * SIM_BLOCK_TOKENS - (uint32_t)(sim_rng_next(&g->r) % (SIM_BLOCK_TOKENS / 2));
+  q->klass = s->klass;
+  q->session = s->id;
+  q->out_tokens = out_tokens(g, q->klass);
+  for (uint32_t b = 0; b < s->len; b++)
+    if (add_block(g->t, s->ids[b])) return -1;
+  g->t->n++;
+  return 0;
+}
+
+/* The arrival-rate multiplier at time t: bursts one minute in six. */
+static double burst_rate(gen_state *g, double t) {
+  if (g->o->family != SIM_FAMILY_BURSTS) return 1.0;
+  uint64_t minute = (uint64_t)(t / 60.0);
+  return sim_mix64(minute ^ g->o->seed ^ 0x42555253ull) % 6 == 0 ? 4.0 : 0.4;
+}
+
+int sim_trace_generate(sim_trace *t, const sim_gen_opts *o) {
+  int fam = o->family;
+  uint32_t nsess = fam == SIM_FAMILY_LONG_SESSIONS ? 512 : 4096;
+  double new_conv = fam == SIM_FAMILY_LONG_SESSIONS ? 0.02 : 0.25;
+  gen_state g;
+  memset(&g, 0, sizeof g);
   memset(t, 0, sizeof *t);
   t->source = "generator";
-  uint64_t next_id = 1u << 20;
-  uint32_t fam_len[FAMILIES];
-  double fam_cdf[FAMILIES], sum = 0;
-  for (int f = 0; f < FAMILIES; f++) {
-    fam_len[f] = 2 + (uint32_t)(sim_rng_next(&r) % 10);
+  g.t = t, g.o = o;
+  sim_rng_seed(&g.r, o->seed ^ 0x47454e31ull);
+  g.next_id = 1u << 20;
+  double sum = 0;
+  for (int f = 0; f < GEN_TENANTS || f < GEN_FAMILIES; f++) {
     sum += 1.0 / (f + 1);
-    fam_cdf[f] = sum;
+    g.zipf[f] = sum;
   }
-  typedef struct {
-    uint32_t fam, len, klass;
-    uint64_t ids[MAX_TURN_BLOCKS];
-  } session;
-  session *ss = calloc(SESSIONS, sizeof *ss);
+  for (int f = 0; f < GEN_FAMILIES; f++) g.fam_len[f] = 2 + (uint32_t)(sim_rng_next(&g.r) % 10);
+  for (int f = 0; f < GEN_TENANTS; f++) {
+    g.tenant_len[f] = 3 + (uint32_t)(sim_rng_next(&g.r) % 6);
+    g.tenant_class[f] = pick_class(&g.r, o->mix);
+  }
+  gen_session *ss = calloc(nsess, sizeof *ss);
   if (!ss) return -1;
   double now = 0;
-  for (size_t i = 0; i < o->requests; i++) {
-    now += rng_exp(&r, 1.0 / o->rate_per_s);
-    session *s = &ss[sim_rng_next(&r) % SESSIONS];
-    if (s->len == 0 || s->len + 3 > MAX_TURN_BLOCKS ||
-        sim_rng_unit(&r) < 0.25) { /* a new conversation */
-      double u = sim_rng_unit(&r) * sum;
-      uint32_t f = 0;
-      while (f + 1 < FAMILIES && fam_cdf[f] < u) f++;
-      s->fam = f;
-      s->len = 0;
-      s->klass = pick_class(&r, o->mix);
-      for (uint32_t b = 0; b < fam_len[f]; b++)
-        s->ids[s->len++] = ((uint64_t)f << 8) | b; /* shared system prompt */
+  int rc = 0;
+  while (t->n < o->requests && !rc) {
+    now += rng_exp(&g.r, 1.0 / (o->rate_per_s * burst_rate(&g, now)));
+    gen_session *s = &ss[sim_rng_next(&g.r) % nsess];
+    if (fam == SIM_FAMILY_AGENTS) {
+      /* One agent task: a loop of tool calls, each one block longer. */
+      gen_restart(&g, s);
+      uint32_t calls = 4 + (uint32_t)(sim_rng_next(&g.r) % 21);
+      double at = now;
+      for (uint32_t c = 0; c < calls && t->n < o->requests && !rc; c++) {
+        rc = gen_emit(&g, s, at, c ? 1 : 2);
+        at += 0.3 + 2.7 * sim_rng_unit(&g.r);
+      }
+      continue; /* tasks overlap: the next starts at its own arrival */
     }
-    uint32_t add = 1 + (uint32_t)(sim_rng_next(&r) % 3);
-    for (uint32_t b = 0; b < add; b++) s->ids[s->len++] = next_id++;
-    sim_trace_req *q = add_req(t);
-    if (!q) break;
-    q->arrival_ns = (int64_t)(now * 1e9);
-    q->nblocks = s->len;
-    q->in_tokens = s->len * SIM_BLOCK_TOKENS -
-                   (uint32_t)(sim_rng_next(&r) % (SIM_BLOCK_TOKENS / 2));
-    q->klass = sim_rng_unit(&r) < 0.8 ? s->klass : pick_class(&r, o->mix);
-    /* Interactive answers are short; batch work (reports, code) has the
-     * long generations, a third of them longer than a 30 s notice can
-     * drain. */
-    q->out_tokens =
-        16 + (uint32_t)(q->klass == 3 ? (sim_rng_unit(&r) < 0.3
-                                             ? fmin(rng_exp(&r, 1500.0), 8000.0)
-                                             : fmin(rng_exp(&r, 300.0), 2000.0))
-                                      : fmin(rng_exp(&r, 100.0), 500.0));
-    for (uint32_t b = 0; b < s->len; b++)
-      if (add_block(t, s->ids[b])) break;
-    t->n++;
+    if (s->len == 0 || sim_rng_unit(&g.r) < new_conv) gen_restart(&g, s);
+    rc = gen_emit(&g, s, now, 1 + (uint32_t)(sim_rng_next(&g.r) % 3));
   }
   free(ss);
+  if (rc) return -1;
+  qsort(t->reqs, t->n, sizeof *t->reqs, cmp_arrival);
   sim_trace_chain(t);
   return 0;
 }
@@ -199,7 +315,10 @@ static int read_mooncake_line(sim_trace *t, const char *line, size_t len,
   q->in_tokens = (uint32_t)in->valuedouble;
   q->out_tokens = (uint32_t)out->valuedouble;
   q->nblocks = (uint32_t)(t->nb - q->block_off);
-  q->klass = pick_class(r, mix);
+  /* The trace names no session; its conversations are the requests that
+   * share a first block, so that block stands for the session. */
+  q->session = q->nblocks ? t->blocks[q->block_off] : ((uint64_t)1 << 63) | t->n;
+  q->klass = session_class(r, mix, q->session);
   t->n++;
   cJSON_Delete(o);
   return 0;
@@ -237,7 +356,8 @@ static int read_azure_line(sim_trace *t, char *line, size_t lineno,
   q->nblocks = (q->in_tokens + SIM_BLOCK_TOKENS - 1) / SIM_BLOCK_TOKENS;
   for (uint32_t b = 0; b < q->nblocks; b++)
     if (add_block(t, (1ull << 62) | ((uint64_t)t->n << 16) | b)) return -1;
-  q->klass = pick_class(r, mix);
+  q->session = ((uint64_t)1 << 63) | t->n; /* no sessions: each its own */
+  q->klass = session_class(r, mix, q->session);
   t->n++;
   return 0;
 }
@@ -351,8 +471,14 @@ int sim_spot_read(sim_spot_trace *s, const char *arg, char *msg,
   s->v = calloc(n ? n : 1, sizeof *s->v);
   if (!s->v) { cJSON_Delete(o); return snprintf(msg, msgcap, "out of memory"), -1; }
   const cJSON *x;
-  cJSON_ArrayForEach(x, data) /* a non-number tick reads as unavailable */
-    s->v[s->n++] = cJSON_IsNumber(x) && x->valuedouble > 0 ? 1 : 0;
+  /* Each value is how many instances are available (SkyPilot's README);
+   * a non-number tick reads as none. */
+  cJSON_ArrayForEach(x, data) {
+    double d = cJSON_IsNumber(x) && x->valuedouble > 0 ? x->valuedouble : 0;
+    int32_t v = d > 1e6 ? 1000000 : (int32_t)d;
+    if (v > s->vmax) s->vmax = v;
+    s->v[s->n++] = v;
+  }
   cJSON_Delete(o);
   const char *base = strrchr(path, '/');
   base = base ? base + 1 : path;
@@ -381,6 +507,7 @@ void sim_spot_generate(sim_spot_trace *s, const char *zone, const char *cloud,
     for (size_t k = 0; k < ticks && i < s->n; k++) s->v[i++] = up;
     up = !up;
   }
+  s->vmax = 1;
   snprintf(s->zone, sizeof s->zone, "%s", zone);
   set_cloud(s, cloud);
 }

@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
-# Checks of examples/spotinfer_sim: conservation (every request completes or
-# is reported lost, and none is lost), determinism (same seed, same bytes),
-# the oracle bound (no policy's hit rate above the unlimited-cache oracle),
-# bad trace lines counted rather than fatal, a --cluster file (and bad ones
-# refused), and short runs on the shared Mooncake and spot traces (one of
-# them as an Azure zone) when they are present.
+# Checks of examples/spotinfer_sim: conservation (every request completes, or
+# is reported lost, expired or still queued at the horizon, and none is
+# lost), determinism (same seed, same bytes), the oracle bound (no policy's
+# hit rate above the unlimited-cache oracle) on every generator family, the
+# replay scenario and the shared traces; termination when spot zones never
+# come back; node-count spot traces; spot-only and on-demand-only clusters;
+# --config; classes with no requests; bad trace lines counted rather than
+# fatal; a --cluster file (and bad ones refused).
 #
 #   check_sim.sh <spotinfer_sim> <shared data dir>
 set -euo pipefail
@@ -21,7 +23,8 @@ fail() { echo "FAIL: $*" >&2; exit 1; }
   || fail "second generator run exited $?"
 cmp -s "$tmp/a.txt" "$tmp/b.txt" || fail "same seed, different output"
 cmp -s "$tmp/a.json" "$tmp/b.json" || fail "same seed, different JSON"
-[[ $(grep -c 'conservation ok' "$tmp/a.txt") -eq 6 ]] || fail "conservation not ok for every policy"
+npol=8 # seven policies and the all-on-demand baseline
+[[ $(grep -c 'conservation ok' "$tmp/a.txt") -eq $npol ]] || fail "conservation not ok for every policy"
 grep -q 'BROKEN' "$tmp/a.txt" && fail "conservation broken"
 grep -q '"lost":[1-9]' "$tmp/a.json" && fail "requests lost"
 grep -q '"replays":[1-9]' "$tmp/a.json" || fail "no replay was exercised"
@@ -63,7 +66,7 @@ cluster=$(dirname "$0")/../../examples/sim/cluster.example.json
   || fail "second cluster run exited $?"
 cmp -s "$tmp/k1.txt" "$tmp/k2.txt" || fail "cluster run: same seed, different output"
 cmp -s "$tmp/k1.json" "$tmp/k2.json" || fail "cluster run: same seed, different JSON"
-[[ $(grep -c 'conservation ok' "$tmp/k1.txt") -eq 6 ]] || fail "cluster run: conservation"
+[[ $(grep -c 'conservation ok' "$tmp/k1.txt") -eq $npol ]] || fail "cluster run: conservation"
 grep -q '"lost":[1-9]' "$tmp/k1.json" && fail "cluster run: requests lost"
 grep -q 'cluster: 40 replicas in 5 groups' "$tmp/k1.txt" || fail "cluster run: groups not reported"
 oracle_bound "$tmp/k1.json"
@@ -85,7 +88,78 @@ bad_cluster 'groups\[0\].max_batch: required' "{\"groups\":[{$g}]}"
 bad_cluster 'groups\[0\].max_batch: must be a number' "{\"groups\":[{$g,\"max_batch\":\"4\"}]}"
 bad_cluster 'groups\[0\].max_batch: must be an integer' "{\"groups\":[{$g,\"max_batch\":0}]}"
 bad_cluster 'malformed JSON' '{"groups":['
-bad_cluster 'at least one on_demand' '{"groups":[{"pool":"spot","zone":"z1","instance_type":"t","count":2,"usd_per_hour":1,"prefill_tokens_per_s":1000,"decode_tokens_per_s":50,"kv_blocks":64,"max_batch":4}]}'
+bad_cluster 'groups\[0\].on_demand_usd_per_hour: required' '{"groups":[{"pool":"spot","zone":"z1","instance_type":"t","count":2,"usd_per_hour":1,"prefill_tokens_per_s":1000,"decode_tokens_per_s":50,"kv_blocks":64,"max_batch":4}]}'
+
+# Every generator family and the replay scenario: conservation, no loss,
+# determinism and the oracle bound hold on each.
+for fam in mixed global-prompt tenants long-sessions agents bursts long-gen; do
+  "$sim" --quiet --requests 2500 --rate 60 --seed 5 --family "$fam" --json "$tmp/f1.json" >"$tmp/f1.txt" \
+    || fail "family $fam exited $?"
+  "$sim" --quiet --requests 2500 --rate 60 --seed 5 --family "$fam" --json "$tmp/f2.json" >"$tmp/f2.txt" \
+    || fail "family $fam second run exited $?"
+  cmp -s "$tmp/f1.txt" "$tmp/f2.txt" || fail "family $fam: same seed, different output"
+  [[ $(grep -c 'conservation ok' "$tmp/f1.txt") -eq $npol ]] || fail "family $fam: conservation"
+  grep -q '"lost":[1-9]' "$tmp/f1.json" && fail "family $fam: requests lost"
+  oracle_bound "$tmp/f1.json"
+done
+"$sim" --quiet --scenario replay --policies library,greedy --json "$tmp/r.json" >"$tmp/r.txt" \
+  || fail "replay scenario exited $?"
+[[ $(grep -c 'conservation ok' "$tmp/r.txt") -eq 3 ]] || fail "replay scenario: conservation"
+grep -q '"lost":[1-9]' "$tmp/r.json" && fail "replay scenario: requests lost"
+oracle_bound "$tmp/r.json"
+# Replays happen (at least 100 replayed requests for the library) and their
+# success is measured on them.
+replayed=$(grep -o '"name":"library"[^{]*"replayed":[0-9]*' "$tmp/r.json" | grep -o '[0-9]*$')
+[[ ${replayed:-0} -ge 100 ]] || fail "replay scenario: only ${replayed:-0} replayed requests"
+grep -q '"name":"library".*"replay_success":[01]\.' "$tmp/r.json" || fail "replay success not measured"
+
+# Spot zones that go away and never come back, on a spot-only cluster: the
+# run ends at its horizon with the unplaceable traffic counted, not looping.
+printf '{"metadata": {"gap_seconds": 30}, "data": [1, 1, 0]}' >"$tmp/never.json"
+sed 's/\[1, 1, 0\]/[1, 1, '"$(printf '0, %.0s' {1..400})"'0]/' "$tmp/never.json" >"$tmp/never2.json"
+timeout 120 "$sim" --quiet --requests 3000 --rate 20 --replicas 6 --on-demand 0 --horizon 300 \
+  --spot-trace "gcp:$tmp/never2.json" --policies library,round-robin --json "$tmp/n.json" >"$tmp/n.txt" \
+  || fail "never-back run exited $? (or did not end)"
+[[ $(grep -c 'conservation ok' "$tmp/n.txt") -eq 3 ]] || fail "never-back: conservation"
+grep -q '"at_horizon":[1-9]' "$tmp/n.json" || fail "never-back: nothing reported still queued at the horizon"
+grep -q 'still queued at the horizon' "$tmp/n.txt" || fail "never-back: table does not say what was left"
+
+# A node-count trace: a zone of 4 replicas drops from 4 nodes to 1, so
+# exactly 3 replicas get notices.
+printf '{"metadata": {"gap_seconds": 60}, "data": [4, 4, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1]}' >"$tmp/nodes.json"
+"$sim" --quiet --requests 2000 --rate 20 --replicas 5 --on-demand 1 --spot-trace "aws:$tmp/nodes.json" \
+  --policies library --json "$tmp/nc.json" >"$tmp/nc.txt" || fail "node-count run exited $?"
+grep -q 'node counts' "$tmp/nc.txt" || fail "node-count trace not recognised"
+[[ $(grep -o '"name":"library"[^{]*"notices":[0-9]*' "$tmp/nc.json" | grep -o '[0-9]*$') -eq 3 ]] \
+  || fail "losing 3 of 4 nodes should notice 3 replicas: $(grep -o '"notices":[0-9]*' "$tmp/nc.json" | head -1)"
+
+# On-demand-only: nothing on spot, nothing queued for spot that never comes.
+"$sim" --quiet --requests 2000 --rate 40 --replicas 8 --on-demand 8 --json "$tmp/od.json" >"$tmp/od.txt" \
+  || fail "on-demand-only run exited $?"
+[[ $(grep -c 'conservation ok' "$tmp/od.txt") -eq $npol ]] || fail "on-demand-only: conservation"
+grep -q '"at_horizon":[1-9]' "$tmp/od.json" && fail "on-demand-only: traffic left queued"
+grep -q ' [1-9][0-9]* spot / ' "$tmp/od.txt" && fail "on-demand-only: spot placements"
+
+# A class with no requests shows n/a, not a passed SLO.
+"$sim" --quiet --requests 1500 --mix 0,1,1 --policies library --json "$tmp/na.json" >"$tmp/na.txt" \
+  || fail "no-gold run exited $?"
+grep -q '| library | gold | 0 | n/a | n/a |' "$tmp/na.txt" || fail "empty class not shown as n/a"
+grep -q '"gold_p95_ttft":null' "$tmp/na.json" || fail "empty class SLO not null in JSON"
+
+# --config: a library config the runs start from; a bad one is refused
+# with the key path.
+printf '{"cost":{"spot_usd_per_gpu_hour":0.5,"on_demand_usd_per_gpu_hour":9}}' >"$tmp/cfg.json"
+"$sim" --quiet --requests 1500 --policies library --config "$tmp/cfg.json" >"$tmp/cfg.txt" \
+  || fail "--config run exited $?"
+cmp -s "$tmp/cfg.txt" <("$sim" --quiet --requests 1500 --policies library) \
+  && fail "--config changed nothing"
+printf '{"router":{"no_such_key":1}}' >"$tmp/badcfg.json"
+set +e
+"$sim" --quiet --requests 100 --policies library --config "$tmp/badcfg.json" >/dev/null 2>"$tmp/badcfg.err"
+rc=$?
+set -e
+[[ $rc -ne 0 ]] || fail "a bad --config was accepted"
+grep -q 'no_such_key' "$tmp/badcfg.err" || fail "bad --config: no key path in: $(cat "$tmp/badcfg.err")"
 
 # The shared traces, when present.
 if [[ -n $data && -f $data/traces/mooncake_synthetic_trace.jsonl ]]; then
@@ -104,7 +178,7 @@ if [[ -n $data && -f $data/traces/mooncake_synthetic_trace.jsonl ]]; then
     --spot-trace "azure:$data/spot/aws-v100-availability-2023-02/us-east-2a_v100_1.json" \
     --json "$tmp/az.json" >"$tmp/az.txt" || fail "azure spot run exited $?"
   grep -q 'us-east-2a (azure, 30 s notice)' "$tmp/az.txt" || fail "azure zone not reported"
-  [[ $(grep -c 'conservation ok' "$tmp/az.txt") -eq 6 ]] || fail "azure run: conservation"
+  [[ $(grep -c 'conservation ok' "$tmp/az.txt") -eq $npol ]] || fail "azure run: conservation"
   grep -q '"lost":[1-9]' "$tmp/az.json" && fail "azure run: requests lost"
   grep -q '"notices":[1-9]' "$tmp/az.json" || fail "azure run: no notice was handled"
   # With a cluster file the traces drive its spot zones in order.

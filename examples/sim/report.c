@@ -1,0 +1,441 @@
+/*
+ * report.c - the table program: every policy on the same trace and spot
+ * schedule, the hit-rate ceilings, and the tables, JSON and SVG.
+ */
+#include <inttypes.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "sim_run.h"
+
+/* ----------------------------------------------------------- ceilings */
+
+static double wall_s(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+/* CPU time of this process: the simulator's speed is reported per second of
+ * one core, so other work on the machine does not change the figure. */
+double sim_cpu_s(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+  return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+static uint32_t prefix_fill(sim_lru *l, const uint64_t *chain, uint32_t n) {
+  uint32_t hit = 0;
+  while (hit < n && sim_lru_touch(l, chain[hit])) hit++;
+  for (uint32_t b = hit; b < n; b++) sim_lru_insert(l, chain[b]);
+  return hit;
+}
+
+static void compute_ceilings(const sim_opts *o, const sim_trace *tr, sim_ceilings *c) {
+  memset(c, 0, sizeof c[0]);
+  /* Oracle: a set large enough for every block of the trace. */
+  size_t slots = 16;
+  while (slots < tr->nb * 2) slots <<= 1;
+  uint64_t *set = calloc(slots, sizeof *set);
+  sim_lru pooled;
+  uint64_t kv = (uint64_t)o->kv_blocks * o->replicas;
+  if (o->cluster) {
+    kv = 0;
+    for (size_t g = 0; g < o->cluster->n; g++)
+      kv += (uint64_t)o->cluster->g[g].kv_blocks * o->cluster->g[g].count;
+  }
+  if (kv > 0xffffffffu / 2) kv = 0xffffffffu / 2;
+  if (!set || sim_lru_init(&pooled, (uint32_t)kv)) abort();
+  for (size_t i = 0; i < tr->n; i++) {
+    const sim_trace_req *q = &tr->reqs[i];
+    const uint64_t *ch = tr->chain + q->block_off;
+    c->total += q->nblocks;
+    for (uint32_t b = 0; b < q->nblocks; b++) {
+      uint64_t k = ch[b] | 1;
+      size_t j = (size_t)sim_mix64(k) & (slots - 1);
+      while (set[j] && set[j] != k) j = (j + 1) & (slots - 1);
+      if (set[j]) c->oracle++;
+      else set[j] = k;
+    }
+    c->pooled += prefix_fill(&pooled, ch, q->nblocks);
+  }
+  free(set);
+  sim_lru_free(&pooled);
+}
+
+/* Spot price over on-demand price of the same machines, replica-weighted
+ * over the spot replicas; 1 when the cluster has none. */
+static double spot_price_ratio(const sim_opts *o) {
+  if (!o->cluster) return o->on_demand < o->replicas ? o->spot_usd_h / o->od_usd_h : 1;
+  double sp = 0, od = 0;
+  for (size_t g = 0; g < o->cluster->n; g++) {
+    const sim_group *G = &o->cluster->g[g];
+    if (G->pool != SPI_POOL_SPOT) continue;
+    sp += G->count * G->usd_h;
+    od += G->count * G->od_usd_h;
+  }
+  return od > 0 ? sp / od : 1;
+}
+
+/* ------------------------------------------------------------- set-up */
+
+int sim_setup_load(sim_setup *su, const sim_opts *o) {
+  char msg[256];
+  memset(su, 0, sizeof *su);
+  int rc = o->trace ? sim_trace_read(&su->tr, o->trace, o->limit, o->gen.mix, o->gen.seed,
+                                     msg, sizeof msg)
+                    : sim_trace_generate(&su->tr, &o->gen);
+  if (rc) {
+    fprintf(stderr, "spotinfer_sim: %s\n", o->trace ? msg : "generator failed");
+    return -1;
+  }
+  if (!su->tr.chain) {
+    fprintf(stderr, "spotinfer_sim: out of memory\n");
+    sim_trace_free(&su->tr);
+    return -1;
+  }
+  su->horizon_s = (double)su->tr.reqs[su->tr.n - 1].arrival_ns / 1e9 +
+                  (o->horizon_s > 0 ? o->horizon_s : 3600);
+  sim_zone *zones = su->zones;
+  size_t nz = 0;
+  if (o->n_spot) {
+    for (size_t k = 0; k < o->n_spot; k++) {
+      if (sim_spot_read(&zones[nz].tr, o->spot[k], msg, sizeof msg)) {
+        fprintf(stderr, "spotinfer_sim: %s\n", msg);
+        su->nz = nz;
+        sim_setup_free(su);
+        return -1;
+      }
+      /* With a cluster file the i-th trace drives its i-th spot zone. */
+      if (o->cluster)
+        snprintf(zones[nz].tr.zone, sizeof zones[nz].tr.zone, "%s", o->cluster->zones[k]);
+      nz++;
+    }
+  } else if (o->cluster) {
+    for (; nz < o->cluster->nzones; nz++)
+      sim_spot_generate(&zones[nz].tr, o->cluster->zones[nz], o->cluster->zone_cloud[nz],
+                        su->horizon_s, o->gen.seed * 1000003u + nz);
+  } else {
+    static const char *zn[4][2] = {{"us-east-1a", "aws"}, {"us-west-2b", "aws"},
+                                   {"us-central1-a", "gcp"}, {"us-east1-b", "gcp"}};
+    for (; nz < 4; nz++)
+      sim_spot_generate(&zones[nz].tr, zn[nz][0], o->zone_cloud ? o->zone_cloud : zn[nz][1],
+                        su->horizon_s, o->gen.seed * 1000003u + nz);
+  }
+  su->nz = nz;
+  compute_ceilings(o, &su->tr, &su->ceil);
+  return 0;
+}
+
+void sim_setup_free(sim_setup *su) {
+  for (size_t z = 0; z < su->nz; z++) sim_spot_free(&su->zones[z].tr);
+  sim_trace_free(&su->tr);
+  su->nz = 0;
+}
+
+/* ------------------------------------------------------------ metrics */
+
+double sim_hit_pct(const sim_result *r) {
+  return r->total_blocks > 0 ? 100.0 * r->hit_blocks / r->total_blocks : 0;
+}
+double sim_of_pooled_pct(const sim_result *r, const sim_ceilings *c) {
+  return c->pooled > 0 ? 100.0 * r->hit_blocks / c->pooled : 0;
+}
+double sim_of_oracle_pct(const sim_result *r, const sim_ceilings *c) {
+  return c->oracle > 0 ? 100.0 * r->hit_blocks / c->oracle : 0;
+}
+/* Of the requests that were interrupted and replayed, the share that
+ * completed; -1 (n/a) when nothing was replayed. */
+double sim_replay_success_pct(const sim_result *r) {
+  return r->replayed ? 100.0 * (double)r->replayed_ok / (double)r->replayed : -1;
+}
+int sim_conserved(const sim_result *r, size_t n) {
+  return r->completed + r->lost + r->expired + r->at_horizon == n;
+}
+
+/* Savings against the all-on-demand run (base), and the most a policy
+ * could save while keeping gold on demand: every non-gold request's cost
+ * at the spot price. */
+void sim_savings(const sim_opts *o, const sim_result *r, const sim_result *base,
+                 double *saving_pct, double *max_pct) {
+  *saving_pct = base->usd > 0 ? 100.0 * (1 - r->usd / base->usd) : 0;
+  double nongold = base->usd - base->usd_class[SPI_CLASS_GOLD];
+  *max_pct = base->usd > 0 ? 100.0 * nongold / base->usd * (1 - spot_price_ratio(o)) : 0;
+}
+
+/* ------------------------------------------------------------ reports */
+
+static const char *CLS[4] = {"", "gold", "silver", "bronze"};
+static const char *SLO_NAMES[4] = {"gold p95 TTFT < 800 ms", "silver p99 completion < 8 s",
+                                   "hit >= 70% of the oracle", "replay success > 99%"};
+
+static void check_slos(sim_result *r, const sim_ceilings *c) {
+  r->slo[0] = r->n_class[SPI_CLASS_GOLD] ? r->ttft[1][1] < 800 : -1;
+  r->slo[1] = r->n_class[SPI_CLASS_SILVER] ? r->done[2][2] < 8000 : -1;
+  r->slo[2] = c->oracle > 0 ? sim_of_oracle_pct(r, c) >= 70 : -1;
+  r->slo[3] = r->replayed ? sim_replay_success_pct(r) > 99 : -1;
+}
+
+/* A latency cell: n/a when the class had no requests. */
+static void cell(char *buf, size_t cap, const sim_result *r, int cl, double v, double scale,
+                 int prec) {
+  if (!r->n_class[cl]) snprintf(buf, cap, "n/a");
+  else snprintf(buf, cap, "%.*f", prec, v / scale);
+}
+
+static void print_tables(const sim_opts *o, const sim_setup *su, const sim_result *rs,
+                         size_t n) {
+  const sim_result *base = &rs[n - 1];
+  const sim_trace *tr = &su->tr;
+  const sim_ceilings *c = &su->ceil;
+  printf("# spotinfer simulator\n\n");
+  printf("trace: %s, %zu requests, %zu prompt blocks of %d tokens",
+         tr->source, tr->n, tr->nb, SIM_BLOCK_TOKENS);
+  if (tr->bad_lines) printf(", %zu bad lines skipped (first: %s)", tr->bad_lines, tr->first_bad);
+  if (o->cluster) {
+    printf("\ncluster: %u replicas in %zu groups\n", o->cluster->replicas, o->cluster->n);
+    for (size_t g = 0; g < o->cluster->n; g++) {
+      const sim_group *G = &o->cluster->g[g];
+      printf("  %u x %s %s in %s at $%.2f/h", G->count,
+             G->pool == SPI_POOL_SPOT ? "spot" : "on-demand", G->instance_type, G->zone,
+             G->usd_h);
+      if (G->pool == SPI_POOL_SPOT) printf(" ($%.2f/h on demand)", G->od_usd_h);
+      printf(", %u KV blocks, batch %u, prefill %.0f tok/s, decode %.0f tok/s a stream\n",
+             G->kv_blocks, G->max_batch, G->prefill_tps, G->decode_tps);
+    }
+  } else {
+    printf("\ncluster: %u replicas (%u on-demand at $%.2f/h, %u spot at $%.2f/h), "
+           "%u KV blocks each, batch %u, prefill %.0f tok/s, decode %.0f tok/s a stream\n",
+           o->replicas, o->on_demand, o->od_usd_h, o->replicas - o->on_demand, o->spot_usd_h,
+           o->kv_blocks, o->max_batch, o->prefill_tps, o->decode_tps);
+  }
+  printf("spot zones:");
+  for (size_t z = 0; z < su->nz; z++)
+    printf(" %s (%s, %.0f s notice%s)", su->zones[z].tr.zone, su->zones[z].tr.cloud,
+           su->zones[z].tr.lead_s, su->zones[z].tr.vmax > 1 ? ", node counts" : "");
+  if (o->no_interruptions) printf(" (no interruptions)");
+  printf("\nhit-rate ceilings: oracle (unlimited cache) %.1f%%, pooled LRU (whole cluster's KV) %.1f%%\n\n",
+         c->total > 0 ? 100 * c->oracle / c->total : 0,
+         c->total > 0 ? 100 * c->pooled / c->total : 0);
+  printf("| policy | total $ | $/1M tok | savings | max saving | hit %% | %% of pooled | "
+         "%% of oracle | p95 TTFT gold ms | p99 done silver s | replays | replay ok %% | lost | "
+         "imbalance tok | imbalance starts | SLOs |\n");
+  printf("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|\n");
+  for (size_t k = 0; k < n; k++) {
+    const sim_result *r = &rs[k];
+    double sav, mx;
+    sim_savings(o, r, base, &sav, &mx);
+    int ok = 0, na = 0;
+    for (int j = 0; j < 4; j++) ok += r->slo[j] == 1, na += r->slo[j] < 0;
+    char g95[24], s99[24], rok[24];
+    cell(g95, sizeof g95, r, SPI_CLASS_GOLD, r->ttft[1][1], 1, 0);
+    cell(s99, sizeof s99, r, SPI_CLASS_SILVER, r->done[2][2], 1000, 2);
+    if (r->replayed) snprintf(rok, sizeof rok, "%.2f", sim_replay_success_pct(r));
+    else snprintf(rok, sizeof rok, "n/a");
+    printf("| %s | %.2f | %.3f | %.1f%% | %.1f%% | %.1f | %.1f | %.1f | %s | %s | %" PRIu64
+           " | %s | %" PRIu64 " | %.2f | %.2f | %d/%d %s |\n",
+           r->name, r->usd, r->tokens > 0 ? r->usd / r->tokens * 1e6 : 0, sav, mx, sim_hit_pct(r),
+           sim_of_pooled_pct(r, c), sim_of_oracle_pct(r, c), g95, s99, r->replays, rok, r->lost,
+           r->imbalance, r->start_imbalance, ok, 4 - na, ok == 4 - na ? "pass" : "FAIL");
+  }
+  printf("\n| policy | class | requests | TTFT p50 / p95 / p99 ms | completion p50 / p95 / p99 s |\n");
+  printf("|---|---|---:|---|---|\n");
+  for (size_t k = 0; k < n; k++)
+    for (int cl = 1; cl <= 3; cl++) {
+      if (!rs[k].n_class[cl]) {
+        printf("| %s | %s | 0 | n/a | n/a |\n", rs[k].name, CLS[cl]);
+        continue;
+      }
+      printf("| %s | %s | %" PRIu64 " | %.0f / %.0f / %.0f | %.2f / %.2f / %.2f |\n", rs[k].name,
+             CLS[cl], rs[k].n_class[cl], rs[k].ttft[cl][0], rs[k].ttft[cl][1], rs[k].ttft[cl][2],
+             rs[k].done[cl][0] / 1000, rs[k].done[cl][1] / 1000, rs[k].done[cl][2] / 1000);
+    }
+  printf("\nSLOs: %s; %s; %s; %s (n/a: no such requests).\n", SLO_NAMES[0], SLO_NAMES[1],
+         SLO_NAMES[2], SLO_NAMES[3]);
+  for (size_t k = 0; k < n; k++) {
+    printf("%s:", rs[k].name);
+    for (int j = 0; j < 4; j++) printf(" %s", rs[k].slo[j] < 0 ? "n/a" : rs[k].slo[j] ? "ok" : "miss");
+    printf("; conservation %s (%" PRIu64 " completed + %" PRIu64 " lost + %" PRIu64
+           " expired + %" PRIu64 " still queued at the horizon of %zu), %" PRIu64
+           " replayed requests, %" PRIu64 " notices, %" PRIu64 " drains, %" PRIu64
+           " requeues, %" PRIu64 " spot / %" PRIu64 " on-demand placements, fleet $%.2f\n",
+           sim_conserved(&rs[k], tr->n) ? "ok" : "BROKEN", rs[k].completed, rs[k].lost,
+           rs[k].expired, rs[k].at_horizon, tr->n, rs[k].replayed, rs[k].notices, rs[k].drains,
+           rs[k].requeued, rs[k].spot_served, rs[k].od_served, rs[k].usd_fleet);
+  }
+}
+
+static void json_num_or_null(FILE *f, int have, double v) {
+  if (have) fprintf(f, "%.3f", v);
+  else fprintf(f, "null");
+}
+
+static void write_json(const char *path, const sim_opts *o, const sim_setup *su,
+                       const sim_result *rs, size_t n) {
+  FILE *f = fopen(path, "w");
+  if (!f) { perror(path); return; }
+  const sim_trace *tr = &su->tr;
+  const sim_ceilings *c = &su->ceil;
+  fprintf(f, "{\"trace\":{\"requests\":%zu,\"blocks\":%zu,\"bad_lines\":%zu},\n",
+          tr->n, tr->nb, tr->bad_lines);
+  fprintf(f, " \"ceilings\":{\"oracle_hit\":%.6f,\"pooled_lru_hit\":%.6f},\n \"policies\":[\n",
+          c->total > 0 ? c->oracle / c->total : 0, c->total > 0 ? c->pooled / c->total : 0);
+  for (size_t k = 0; k < n; k++) {
+    const sim_result *r = &rs[k];
+    double sav, mx;
+    sim_savings(o, r, &rs[n - 1], &sav, &mx);
+    fprintf(f, "  {\"name\":\"%s\",\"usd\":%.4f,\"usd_fleet\":%.4f,\"usd_per_million\":%.6f,"
+               "\"savings_pct\":%.3f,\"max_savings_pct\":%.3f,"
+               "\"hit\":%.6f,\"hit_of_pooled_pct\":%.3f,\"hit_of_oracle_pct\":%.3f,"
+               "\"completed\":%" PRIu64 ",\"lost\":%" PRIu64 ",\"expired\":%" PRIu64
+               ",\"at_horizon\":%" PRIu64 ",\"replays\":%" PRIu64 ",\"replayed\":%" PRIu64
+               ",\"replay_success\":",
+            r->name, r->usd, r->usd_fleet, r->tokens > 0 ? r->usd / r->tokens * 1e6 : 0, sav, mx,
+            r->total_blocks > 0 ? r->hit_blocks / r->total_blocks : 0, sim_of_pooled_pct(r, c),
+            sim_of_oracle_pct(r, c), r->completed, r->lost, r->expired, r->at_horizon,
+            r->replays, r->replayed);
+    if (r->replayed) fprintf(f, "%.6f", sim_replay_success_pct(r) / 100);
+    else fprintf(f, "null");
+    fprintf(f, ",\"imbalance\":%.4f,\"start_imbalance\":%.4f,\"notices\":%" PRIu64 ",",
+            r->imbalance, r->start_imbalance, r->notices);
+    fprintf(f, "\"classes\":{");
+    for (int cl = 1; cl <= 3; cl++) {
+      int h = r->n_class[cl] > 0;
+      fprintf(f, "%s\"%s\":{\"requests\":%" PRIu64 ",\"ttft_ms\":[", cl > 1 ? "," : "", CLS[cl],
+              r->n_class[cl]);
+      for (int j = 0; j < 3; j++) {
+        if (j) fputc(',', f);
+        json_num_or_null(f, h, r->ttft[cl][j]);
+      }
+      fprintf(f, "],\"completion_ms\":[");
+      for (int j = 0; j < 3; j++) {
+        if (j) fputc(',', f);
+        json_num_or_null(f, h, r->done[cl][j]);
+      }
+      fprintf(f, "]}");
+    }
+    static const char *SLO_KEYS[4] = {"gold_p95_ttft", "silver_p99_completion",
+                                      "hit_of_oracle", "replay_success"};
+    fprintf(f, "},\"slo\":{");
+    for (int j = 0; j < 4; j++)
+      fprintf(f, "%s\"%s\":%s", j ? "," : "", SLO_KEYS[j],
+              r->slo[j] < 0 ? "null" : r->slo[j] ? "true" : "false");
+    fprintf(f, "}}%s\n", k + 1 < n ? "," : "");
+  }
+  fprintf(f, " ]}\n");
+  fclose(f);
+}
+
+/* Three bar groups per policy: $/1M tokens, hit rate, gold p95 TTFT, each
+ * scaled to its own maximum; the ceilings as dashed lines on the hit bars. */
+static void write_svg(const char *path, const sim_ceilings *c, const sim_result *rs, size_t n) {
+  FILE *f = fopen(path, "w");
+  if (!f) { perror(path); return; }
+  const int W = 900, H = 420, left = 60, top = 50, ph = 280;
+  double mx[3] = {1e-9, 1e-9, 1e-9};
+  double v[16][3];
+  for (size_t k = 0; k < n && k < 16; k++) {
+    v[k][0] = rs[k].tokens > 0 ? rs[k].usd / rs[k].tokens * 1e6 : 0;
+    v[k][1] = sim_hit_pct(&rs[k]);
+    v[k][2] = rs[k].ttft[1][1];
+    for (int j = 0; j < 3; j++) if (v[k][j] > mx[j]) mx[j] = v[k][j];
+  }
+  mx[1] = 100;
+  const char *col[3] = {"#4e79a7", "#59a14f", "#e15759"};
+  const char *lab[3] = {"$ per 1M tokens", "prefix-cache hit %", "gold p95 TTFT ms"};
+  fprintf(f, "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"%d\" height=\"%d\" "
+             "font-family=\"sans-serif\" font-size=\"12\">\n", W, H);
+  fprintf(f, "<rect width=\"%d\" height=\"%d\" fill=\"white\"/>\n", W, H);
+  fprintf(f, "<text x=\"%d\" y=\"24\" font-size=\"16\">spotinfer simulator: policies side by side "
+             "(bars scaled per metric)</text>\n", left);
+  double gw = (double)(W - left - 20) / (double)n, bw = gw / 4.5;
+  for (size_t k = 0; k < n; k++) {
+    double x0 = left + gw * (double)k + bw * 0.5;
+    for (int j = 0; j < 3; j++) {
+      double h = ph * v[k][j] / mx[j];
+      fprintf(f, "<rect x=\"%.1f\" y=\"%.1f\" width=\"%.1f\" height=\"%.1f\" fill=\"%s\">"
+                 "<title>%s %s: %.3f</title></rect>\n",
+              x0 + bw * j, top + ph - h, bw * 0.9, h, col[j], rs[k].name, lab[j], v[k][j]);
+      fprintf(f, "<text x=\"%.1f\" y=\"%.1f\" font-size=\"9\" text-anchor=\"middle\">%.*f</text>\n",
+              x0 + bw * j + bw * 0.45, top + ph - h - 3, j == 0 ? 2 : 0, v[k][j]);
+    }
+    fprintf(f, "<text x=\"%.1f\" y=\"%d\" text-anchor=\"middle\">%s</text>\n",
+            x0 + bw * 1.5, top + ph + 18, rs[k].name);
+  }
+  double ys[2] = {c->total > 0 ? 100 * c->oracle / c->total : 0,
+                  c->total > 0 ? 100 * c->pooled / c->total : 0};
+  const char *yl[2] = {"oracle hit ceiling", "pooled LRU hit ceiling"};
+  for (int j = 0; j < 2; j++) {
+    double y = top + ph - ph * ys[j] / 100;
+    fprintf(f, "<line x1=\"%d\" x2=\"%d\" y1=\"%.1f\" y2=\"%.1f\" stroke=\"#59a14f\" "
+               "stroke-dasharray=\"%s\"/>\n<text x=\"%d\" y=\"%.1f\" fill=\"#59a14f\" "
+               "font-size=\"10\" text-anchor=\"end\">%s %.1f%%</text>\n",
+            left, W - 20, y, y, j ? "2,3" : "6,3", W - 22, y - 3, yl[j], ys[j]);
+  }
+  for (int j = 0; j < 3; j++)
+    fprintf(f, "<rect x=\"%d\" y=\"%d\" width=\"12\" height=\"12\" fill=\"%s\"/>"
+               "<text x=\"%d\" y=\"%d\">%s</text>\n",
+            left + 200 * j, H - 40, col[j], left + 200 * j + 16, H - 30, lab[j]);
+  fprintf(f, "</svg>\n");
+  fclose(f);
+}
+
+/* --------------------------------------------------------------- main */
+
+const sim_policy_name SIM_POLICIES[] = {
+    {"library", "reference"},
+    {"greedy", "sim-greedy"},
+    {"sglang", "sim-sglang"},
+    {"epp", "sim-epp"},
+    {"round-robin", "sim-round-robin"},
+    {"least-loaded", "sim-least-loaded"},
+    {"consistent-hash", "sim-consistent-hash"},
+};
+const size_t SIM_N_POLICIES = sizeof SIM_POLICIES / sizeof SIM_POLICIES[0];
+
+int sim_wanted(const char *list, const char *name) {
+  if (!list) return 1;
+  size_t n = strlen(name);
+  for (const char *p = list; (p = strstr(p, name)); p += n)
+    if ((p == list || p[-1] == ',') && (p[n] == ',' || !p[n])) return 1;
+  return 0;
+}
+
+int sim_main(const sim_opts *o) {
+  sim_setup su;
+  if (sim_setup_load(&su, o)) return 1;
+  sim_result rs[16];
+  memset(rs, 0, sizeof rs);
+  size_t n = 0;
+  double t0 = wall_s(), c0 = sim_cpu_s();
+  uint64_t simulated = 0;
+  for (size_t k = 0; k <= SIM_N_POLICIES; k++) {
+    int od = k == SIM_N_POLICIES;
+    if (!od && !sim_wanted(o->policies, SIM_POLICIES[k].name)) continue;
+    snprintf(rs[n].name, sizeof rs[n].name, "%s", od ? "all-on-demand" : SIM_POLICIES[k].name);
+    if (sim_run_policy(o, &su.tr, su.zones, su.nz, od ? "reference" : SIM_POLICIES[k].module,
+                       od, &rs[n], su.horizon_s)) {
+      sim_setup_free(&su);
+      return 1;
+    }
+    check_slos(&rs[n], &su.ceil);
+    simulated += su.tr.n;
+    n++;
+  }
+  double el = wall_s() - t0, cpu = sim_cpu_s() - c0;
+  print_tables(o, &su, rs, n);
+  if (o->json) write_json(o->json, o, &su, rs, n);
+  if (o->svg) write_svg(o->svg, &su.ceil, rs, n);
+  if (!o->quiet)
+    fprintf(stderr, "simulated %" PRIu64 " requests (%zu policies x %zu) on %u replicas in "
+            "%.2f s of one core (%.2f s wall): %.0f requests/s\n",
+            simulated, n, su.tr.n, o->cluster ? o->cluster->replicas : o->replicas, cpu, el,
+            cpu > 0 ? (double)simulated / cpu : 0);
+  int bad = 0;
+  for (size_t k = 0; k < n; k++) bad |= rs[k].lost != 0 || !sim_conserved(&rs[k], su.tr.n);
+  sim_setup_free(&su);
+  return bad ? 3 : 0;
+}

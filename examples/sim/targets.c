@@ -1,0 +1,238 @@
+/*
+ * targets.c - the targets program (--targets DATA_DIR) and the built-in
+ * replay scenario (--scenario replay).
+ *
+ * The targets program runs every policy on every request trace in
+ * DATA_DIR/traces and on every generator family, in three set-ups, and
+ * prints one JSON object a line (a benchmark's output, not a test: it
+ * judges nothing, the reader compares):
+ *
+ *   "hit":    one pool of 16 on-demand replicas x 1,024 KV blocks; hit rate
+ *             as % of the pooled-LRU ceiling, token-load imbalance (max /
+ *             mean) and request-start imbalance;
+ *   "spot":   4 on-demand + 12 spot replicas, the spot zones driven by the
+ *             capacity traces in DATA_DIR/spot; savings against all on
+ *             demand beside the class-feasible maximum, lost, expired,
+ *             replays and replay success, and gold p95 TTFT beside the same
+ *             run without interruptions;
+ *   "replay": the replay scenario (below), where replays really happen;
+ *   "speed":  the simulator's own rate on 64 replicas (16 on-demand + 48
+ *             spot) per trace, in simulated requests per second of one
+ *             core (CPU time, so a busy machine does not change it much).
+ */
+#include <dirent.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "sim_run.h"
+
+#define TARGET_MAX_FILES 16
+
+/* Regular files under dir whose names end in one of exts, sorted. */
+static size_t list_files(const char *dir, const char *const *exts, size_t next,
+                         char out[][512], size_t max) {
+  DIR *d = opendir(dir);
+  size_t n = 0;
+  if (!d) return 0;
+  struct dirent *e;
+  while ((e = readdir(d)) && n < max) {
+    size_t l = strlen(e->d_name);
+    for (size_t k = 0; k < next; k++) {
+      size_t el = strlen(exts[k]);
+      if (l > el && !strcmp(e->d_name + l - el, exts[k])) {
+        snprintf(out[n++], 512, "%s/%s", dir, e->d_name);
+        break;
+      }
+    }
+  }
+  closedir(d);
+  qsort(out, n, 512, (int (*)(const void *, const void *))strcmp);
+  return n;
+}
+
+/* Spot capacity traces: DATA_DIR/spot/<set>/<zone>.json, each prefixed
+ * with its cloud (a set named gcp-... is GCP, anything else AWS). */
+static size_t list_spot(const char *data, char out[][512], size_t max) {
+  char dir[512];
+  snprintf(dir, sizeof dir, "%s/spot", data);
+  DIR *d = opendir(dir);
+  if (!d) return 0;
+  char sets[TARGET_MAX_FILES][512];
+  size_t ns = 0, n = 0;
+  struct dirent *e;
+  while ((e = readdir(d)) && ns < TARGET_MAX_FILES)
+    if (e->d_name[0] != '.') snprintf(sets[ns++], 512, "%s/%s", dir, e->d_name);
+  closedir(d);
+  qsort(sets, ns, 512, (int (*)(const void *, const void *))strcmp);
+  static const char *const json[] = {".json"};
+  for (size_t k = 0; k < ns && n < max; k++) {
+    char files[TARGET_MAX_FILES][512];
+    size_t nf = list_files(sets[k], json, 1, files, TARGET_MAX_FILES);
+    const char *base = strrchr(sets[k], '/') + 1;
+    for (size_t f = 0; f < nf && n < max; f++)
+      snprintf(out[n++], 512, "%s:%s", strncmp(base, "gcp", 3) ? "aws" : "gcp", files[f]);
+  }
+  return n;
+}
+
+static void json_or_null(double v, int have) {
+  if (have) printf("%.3f", v);
+  else printf("null");
+}
+
+/* One run; 0 or -1. The result's name is the policy's. */
+static int run(const sim_opts *o, const sim_setup *su, const char *name, const char *module,
+               int all_od, sim_result *r) {
+  memset(r, 0, sizeof *r);
+  snprintf(r->name, sizeof r->name, "%s", name);
+  sim_zone zones[SIM_MAX_ZONES];
+  memcpy(zones, su->zones, sizeof zones);
+  return sim_run_policy(o, &su->tr, zones, su->nz, module, all_od, r, su->horizon_s);
+}
+
+static int target_hit(const sim_opts *base, const char *label) {
+  sim_opts o = *base;
+  o.replicas = 16, o.on_demand = 16, o.kv_blocks = 1024, o.n_spot = 0;
+  sim_setup su;
+  if (sim_setup_load(&su, &o)) return -1;
+  for (size_t k = 0; k < SIM_N_POLICIES; k++) {
+    sim_result r;
+    if (run(&o, &su, SIM_POLICIES[k].name, SIM_POLICIES[k].module, 0, &r)) {
+      sim_setup_free(&su);
+      return -1;
+    }
+    printf("{\"target\":\"hit\",\"trace\":\"%s\",\"setup\":\"16 on-demand x 1024 blocks\","
+           "\"policy\":\"%s\",\"requests\":%zu,\"hit_pct\":%.3f,\"pooled_ceiling_pct\":%.3f,"
+           "\"hit_of_pooled_pct\":%.3f,\"token_imbalance\":%.3f,\"start_imbalance\":%.3f,"
+           "\"conserved\":%s}\n",
+           label, r.name, su.tr.n, sim_hit_pct(&r),
+           su.ceil.total > 0 ? 100 * su.ceil.pooled / su.ceil.total : 0,
+           sim_of_pooled_pct(&r, &su.ceil), r.imbalance, r.start_imbalance,
+           sim_conserved(&r, su.tr.n) ? "true" : "false");
+    fflush(stdout);
+  }
+  sim_setup_free(&su);
+  return 0;
+}
+
+static void print_spot(const char *target, const char *label, const sim_opts *o,
+                       const sim_setup *su, const sim_result *r, const sim_result *calm,
+                       const sim_result *base) {
+  double sav, mx;
+  sim_savings(o, r, base, &sav, &mx);
+  int gold = r->n_class[SPI_CLASS_GOLD] > 0;
+  printf("{\"target\":\"%s\",\"trace\":\"%s\",\"setup\":\"%u on-demand + %u spot\","
+         "\"policy\":\"%s\",\"requests\":%zu,\"savings_pct\":%.3f,\"max_savings_pct\":%.3f,"
+         "\"savings_of_max_pct\":",
+         target, label, o->on_demand, o->replicas - o->on_demand, r->name, su->tr.n, sav, mx);
+  json_or_null(mx > 0 ? 100 * sav / mx : 0, mx > 0);
+  printf(",\"lost\":%" PRIu64 ",\"expired\":%" PRIu64 ",\"at_horizon\":%" PRIu64
+         ",\"notices\":%" PRIu64 ",\"replays\":%" PRIu64 ",\"replayed_requests\":%" PRIu64
+         ",\"replay_success_pct\":",
+         r->lost, r->expired, r->at_horizon, r->notices, r->replays, r->replayed);
+  json_or_null(sim_replay_success_pct(r), r->replayed > 0);
+  printf(",\"gold_p95_ttft_ms\":");
+  json_or_null(r->ttft[SPI_CLASS_GOLD][1], gold);
+  if (calm) {
+    printf(",\"gold_p95_ttft_calm_ms\":");
+    json_or_null(calm->ttft[SPI_CLASS_GOLD][1], gold);
+    printf(",\"gold_p95_vs_calm\":");
+    json_or_null(calm->ttft[SPI_CLASS_GOLD][1] > 0
+                     ? r->ttft[SPI_CLASS_GOLD][1] / calm->ttft[SPI_CLASS_GOLD][1] : 0,
+                 gold && calm->ttft[SPI_CLASS_GOLD][1] > 0);
+  }
+  printf(",\"conserved\":%s}\n", sim_conserved(r, su->tr.n) ? "true" : "false");
+  fflush(stdout);
+}
+
+/* Every policy, the all-on-demand baseline, and (with calm) each policy
+ * again with no interruptions, for the gold TTFT comparison. */
+static int target_spot(const char *target, const sim_opts *o, const char *label, int calm) {
+  sim_setup su;
+  if (sim_setup_load(&su, o)) return -1;
+  sim_result base, r, c;
+  int rc = run(o, &su, "all-on-demand", "reference", 1, &base);
+  sim_opts oc = *o;
+  oc.no_interruptions = 1;
+  for (size_t k = 0; k < SIM_N_POLICIES && !rc; k++) {
+    rc = run(o, &su, SIM_POLICIES[k].name, SIM_POLICIES[k].module, 0, &r);
+    if (!rc && calm) rc = run(&oc, &su, SIM_POLICIES[k].name, SIM_POLICIES[k].module, 0, &c);
+    if (!rc) print_spot(target, label, o, &su, &r, calm ? &c : NULL, &base);
+  }
+  sim_setup_free(&su);
+  return rc;
+}
+
+static int target_speed(const sim_opts *base, const char *label) {
+  sim_opts o = *base;
+  o.replicas = 64, o.on_demand = 16, o.kv_blocks = 1024;
+  sim_setup su;
+  if (sim_setup_load(&su, &o)) return -1;
+  sim_result r;
+  double c0 = sim_cpu_s();
+  int rc = run(&o, &su, "library", "reference", 0, &r);
+  double cpu = sim_cpu_s() - c0;
+  if (!rc)
+    printf("{\"target\":\"speed\",\"trace\":\"%s\",\"setup\":\"16 on-demand + 48 spot\","
+           "\"policy\":\"library\",\"requests\":%zu,\"cpu_s\":%.3f,"
+           "\"requests_per_cpu_s\":%.0f}\n",
+           label, su.tr.n, cpu, cpu > 0 ? (double)su.tr.n / cpu : 0);
+  fflush(stdout);
+  sim_setup_free(&su);
+  return rc;
+}
+
+void sim_scenario_replay(sim_opts *o) {
+  o->gen.family = SIM_FAMILY_LONG_GEN;
+  if (!o->requests_given) o->gen.requests = 6000;
+  if (!o->rate_given) o->gen.rate_per_s = 8;
+  o->replicas = 16, o->on_demand = 4;
+  o->zone_cloud = "gcp";
+  o->n_spot = 0;
+}
+
+int sim_targets(const sim_opts *base, const char *data) {
+  char traces[TARGET_MAX_FILES][512], spot[SIM_MAX_ZONES][512], dir[512];
+  snprintf(dir, sizeof dir, "%s/traces", data);
+  static const char *const exts[] = {".jsonl", ".csv"};
+  size_t nt = list_files(dir, exts, 2, traces, TARGET_MAX_FILES);
+  size_t nsp = list_spot(data, spot, SIM_MAX_ZONES);
+  if (!nt || !nsp) {
+    fprintf(stderr, "spotinfer_sim: --targets: no traces in %s/traces or no spot traces in "
+            "%s/spot\n", data, data);
+    return -1;
+  }
+  sim_opts o = *base;
+  o.quiet = 1;
+  if (!o.requests_given) o.gen.requests = 5000;
+  if (!o.rate_given) o.gen.rate_per_s = 20;
+  int rc = 0;
+  for (size_t k = 0; k < nt + SIM_FAMILIES && !rc; k++) {
+    sim_opts t = o;
+    char label[96];
+    if (k < nt) {
+      t.trace = traces[k];
+      const char *b = strrchr(traces[k], '/');
+      snprintf(label, sizeof label, "%s", b ? b + 1 : traces[k]);
+    } else {
+      t.trace = NULL;
+      t.gen.family = (int)(k - nt);
+      snprintf(label, sizeof label, "generator:%s", sim_family_name(t.gen.family));
+    }
+    rc = target_hit(&t, label);
+    sim_opts s = t;
+    s.replicas = 16, s.on_demand = 4, s.kv_blocks = 1024, s.n_spot = nsp;
+    for (size_t z = 0; z < nsp; z++) s.spot[z] = spot[z];
+    if (!rc) rc = target_spot("spot", &s, label, 1);
+    if (!rc && k < nt) rc = target_speed(&t, label);
+  }
+  if (!rc) {
+    sim_opts r = o;
+    r.requests_given = base->requests_given, r.rate_given = base->rate_given;
+    sim_scenario_replay(&r);
+    rc = target_spot("replay", &r, "scenario:replay", 1);
+  }
+  return rc;
+}
