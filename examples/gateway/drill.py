@@ -218,6 +218,10 @@ def main():
         c.check(not after and not routed_after,
                 "no request reached %s after the notice" % args.noticed,
                 "%d arrived, %d routed" % (len(after), len(routed_after)))
+        died = [e for e in backend if e["server"] == args.noticed and e["event"] == "died"]
+        c.check(len(died) == 1 and died[0]["t"] >= notices[0]["deadline"] - 1,
+                "%s died at its deadline" % args.noticed,
+                "deadline %.1f, died %s" % (notices[0]["deadline"], [round(e["t"], 1) for e in died]))
         print("     notice: %d plans, %s replay, %s drain" % (
             notices[0]["plans"], notices[0].get("replay"), notices[0].get("drain")))
 

@@ -25,6 +25,7 @@ type fakeBackend struct {
 	delay    time.Duration // between words; default 2 ms
 	kv       string        // KV-cache usage on /metrics; default 0.1
 	ttft     time.Duration // before the response headers, once
+	fail     atomic.Int32  // answer this many requests 500
 	cutAfter atomic.Int32
 	mu       sync.Mutex
 	bodies   []map[string]any
@@ -42,6 +43,11 @@ func (f *fakeBackend) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	var body map[string]any
 	if err := json.NewDecoder(r.Body).Decode(&body); err != nil {
 		http.Error(w, err.Error(), 400)
+		return
+	}
+	if f.fail.Load() > 0 {
+		f.fail.Add(-1)
+		http.Error(w, "engine dead", http.StatusInternalServerError)
 		return
 	}
 	f.mu.Lock()
@@ -462,5 +468,27 @@ func TestNoticeBeforeFirstByteRoutesAgain(t *testing.T) {
 	}
 	if m := get(t, srv.URL+"/metrics"); !strings.Contains(m, "gateway_rerouted_total 1") {
 		t.Errorf("/metrics: no reroute counted")
+	}
+}
+
+// A 5xx before the first byte moves the request to the decision's
+// fallbacks.
+func TestFallbackOn5xx(t *testing.T) {
+	a, od := &fakeBackend{n: 10}, &fakeBackend{n: 10}
+	a.fail.Store(1)
+	srv := newTestGateway(t, map[string]*fakeBackend{"spot-a": a, "od-1": od},
+		map[string]string{"spot-a": "spot", "od-1": "on_demand"}, "spotinfer")
+	resp, err := http.Post(srv.URL+"/v1/chat/completions", "application/json", strings.NewReader(silverStream))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if text, ok, _ := readStream(t, resp); text != want(10) || !ok {
+		t.Fatalf("got %q", text)
+	}
+	if a.fail.Load() != 0 || len(od.bodies) != 1 {
+		t.Fatalf("spot-a failures left %d, od-1 got %d", a.fail.Load(), len(od.bodies))
+	}
+	if m := get(t, srv.URL+"/metrics"); !strings.Contains(m, "gateway_fallbacks_total 1") {
+		t.Errorf("/metrics: no fallback counted")
 	}
 }
