@@ -83,10 +83,10 @@ func newGateway(o options) (*gateway, error) {
 		g.eng.Close()
 		return nil, err
 	}
-	// The in-memory store: a gateway that restarts loses its clients'
-	// connections anyway. A journal ({"store":"journal","dir":...}) keeps
-	// envelopes across restarts for workers that answer asynchronously.
-	if g.queue, err = g.eng.OpenReplayQueue(`{"store":"memory"}`); err != nil {
+	// The in-memory store by default: a gateway that restarts loses its
+	// clients' connections anyway. A journal keeps envelopes across
+	// restarts, for replays whose answers are delivered another way.
+	if g.queue, err = g.eng.OpenReplayQueue(o.replayConfig); err != nil {
 		g.eng.Close()
 		return nil, err
 	}

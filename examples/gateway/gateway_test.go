@@ -492,3 +492,23 @@ func TestFallbackOn5xx(t *testing.T) {
 		t.Errorf("/metrics: no fallback counted")
 	}
 }
+
+// The same with the replay queue in a journal on disk.
+func TestCutStreamIsResumedFromAJournal(t *testing.T) {
+	a, od := &fakeBackend{n: 40}, &fakeBackend{n: 40}
+	a.cutAfter.Store(7)
+	dir := t.TempDir()
+	srv := newTestGateway(t, map[string]*fakeBackend{"spot-a": a, "od-1": od},
+		map[string]string{"spot-a": "spot", "od-1": "on_demand"}, "spotinfer",
+		"-replay", `{"store":"journal","dir":"`+dir+`","fsync":"always"}`)
+	resp, err := http.Post(srv.URL+"/v1/chat/completions", "application/json", strings.NewReader(silverStream))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if text, done, roles := readStream(t, resp); text != want(40) || !done || roles != 1 {
+		t.Fatalf("got %q done=%v roles=%d", text, done, roles)
+	}
+	if files, _ := os.ReadDir(dir); len(files) == 0 {
+		t.Fatal("nothing written to the journal directory")
+	}
+}

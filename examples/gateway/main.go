@@ -30,6 +30,7 @@ import (
 
 type options struct {
 	addr, addrFile, configPath, backendsPath, eventsPath, balancer string
+	replayConfig                                                   string
 	scrapeEvery, noticeEvery, readyWait, replayWait, queueWait     time.Duration
 	replayWorkers                                                  int
 }
@@ -43,6 +44,8 @@ func parseFlags(args []string) (options, error) {
 	fs.StringVar(&o.backendsPath, "backends", "", "JSON list of backends (required)")
 	fs.StringVar(&o.eventsPath, "events", "", "append one JSON line per routing, notice and replay event here")
 	fs.StringVar(&o.balancer, "balancer", "spotinfer", "spotinfer, or roundrobin (no library: the yardstick)")
+	fs.StringVar(&o.replayConfig, "replay", `{"store":"memory"}`,
+		`the replay queue's store, e.g. {"store":"journal","dir":"/var/lib/gateway/replay"}`)
 	fs.DurationVar(&o.scrapeEvery, "scrape-interval", 250*time.Millisecond, "how often each backend's /metrics is read")
 	fs.DurationVar(&o.noticeEvery, "notice-interval", 200*time.Millisecond, "how often each machine's metadata is polled")
 	fs.DurationVar(&o.readyWait, "ready-wait", 5*time.Second, "longest wait for a first load reading of every backend")

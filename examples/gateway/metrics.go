@@ -9,6 +9,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	spotinfer "github.com/libspotinfer/libspotinfer/bindings/go"
 )
 
 // metrics serves the library's Prometheus text and the gateway's own
@@ -77,7 +79,7 @@ func (g *gateway) healthz(w http.ResponseWriter, r *http.Request) {
 		}
 		list := make([]map[string]any, 0, len(reps))
 		for _, rs := range reps {
-			list = append(list, map[string]any{"id": rs.ID, "state": int(rs.State),
+			list = append(list, map[string]any{"id": rs.ID, "state": replicaStateName(rs.State),
 				"load_fresh": rs.LoadFresh, "inflight": rs.Inflight, "running": rs.Running})
 		}
 		out["replicas"] = list
@@ -130,4 +132,16 @@ func (s *samples) summary() map[string]any {
 	q := func(p float64) int64 { return v[int(p*float64(len(v)-1))] }
 	out["p50_ns"], out["p99_ns"], out["mean_ns"] = q(0.5), q(0.99), int64(total)/int64(n)
 	return out
+}
+
+func replicaStateName(s spotinfer.ReplicaState) string {
+	switch s {
+	case spotinfer.ReplicaActive:
+		return "active"
+	case spotinfer.ReplicaDraining:
+		return "draining"
+	case spotinfer.ReplicaNoticed:
+		return "noticed"
+	}
+	return fmt.Sprintf("state %d", int(s))
 }
