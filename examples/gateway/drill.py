@@ -65,7 +65,7 @@ def messages(r):
 
 
 def stream_one(client, r, max_tokens, out):
-    res = {"n": r["n"], "text": "", "finish": None, "fingerprints": [], "error": None,
+    res = {"n": r["n"], "text": "", "finish": None, "fingerprints": [], "ids": [], "error": None,
            "usage": None, "start": time.time()}
     try:
         stream = client.chat.completions.create(
@@ -75,6 +75,8 @@ def stream_one(client, r, max_tokens, out):
             fp = chunk.system_fingerprint
             if fp and (not res["fingerprints"] or res["fingerprints"][-1] != fp):
                 res["fingerprints"].append(fp)
+            if chunk.id and chunk.id not in res["ids"]:
+                res["ids"].append(chunk.id)
             if chunk.usage is not None:
                 res["usage"] = chunk.usage.completion_tokens
             for c in chunk.choices:
@@ -198,6 +200,8 @@ def main():
             "%d of %d" % (len(interrupted), len(reqs)))
     c.check(not wrong, "every stream has the text of an uninterrupted run",
             "differ: %s" % wrong[:10])
+    many_ids = [r["n"] for r in results.values() if len(r["ids"]) != 1]
+    c.check(not many_ids, "every stream kept one id across legs", str(many_ids[:10]))
     bad_usage = [r["n"] for r in results.values() if r["usage"] is not None and r["usage"] != args.max_tokens]
     c.check(not bad_usage, "usage chunks count every streamed token across legs", str(bad_usage[:10]))
 

@@ -81,7 +81,10 @@ func (f *fakeBackend) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("Content-Type", "text/event-stream")
 	fl := w.(http.Flusher)
 	cut := int(f.cutAfter.Swap(0))
-	fmt.Fprintf(w, "data: {\"choices\":[{\"delta\":{\"role\":\"assistant\",\"content\":\"\"}}]}\n\n")
+	f.mu.Lock()
+	id := fmt.Sprintf("chatcmpl-%p-%d", f, len(f.bodies))
+	f.mu.Unlock()
+	fmt.Fprintf(w, "data: {\"id\":%q,\"choices\":[{\"delta\":{\"role\":\"assistant\",\"content\":\"\"}}]}\n\n", id)
 	for i := start; i < f.n; i++ {
 		if cut > 0 && i == cut {
 			fl.Flush()
@@ -92,7 +95,7 @@ func (f *fakeBackend) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			}
 			return
 		}
-		fmt.Fprintf(w, "data: {\"choices\":[{\"delta\":{\"content\":\" w%d\"}}]}\n\n", i)
+		fmt.Fprintf(w, "data: {\"id\":%q,\"choices\":[{\"delta\":{\"content\":\" w%d\"}}]}\n\n", id, i)
 		fl.Flush()
 		if f.delay > 0 {
 			time.Sleep(f.delay)
@@ -100,8 +103,8 @@ func (f *fakeBackend) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			time.Sleep(2 * time.Millisecond)
 		}
 	}
-	fmt.Fprintf(w, "data: {\"choices\":[{\"delta\":{},\"finish_reason\":\"stop\"}]}\n\n")
-	fmt.Fprintf(w, "data: {\"choices\":[],\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":%d,\"total_tokens\":%d}}\n\n", f.n-start, f.n-start+3)
+	fmt.Fprintf(w, "data: {\"id\":%q,\"choices\":[{\"delta\":{},\"finish_reason\":\"stop\"}]}\n\n", id)
+	fmt.Fprintf(w, "data: {\"id\":%q,\"choices\":[],\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":%d,\"total_tokens\":%d}}\n\n", id, f.n-start, f.n-start+3)
 	fmt.Fprintf(w, "data: [DONE]\n\n")
 	fl.Flush()
 }
@@ -147,10 +150,21 @@ func newTestGateway(t *testing.T, backends map[string]*fakeBackend, pools map[st
 
 // readStream returns the streamed text and whether [DONE] arrived.
 func readStream(t *testing.T, resp *http.Response) (string, bool, int) {
+	text, done, roles, ids, _ := readStreamAll(t, resp)
+	if len(ids) > 1 {
+		t.Errorf("the stream changed its id: %v", ids)
+	}
+	return text, done, roles
+}
+
+// readStreamAll also returns the distinct event ids and the usage chunk's
+// completion tokens (-1 without one).
+func readStreamAll(t *testing.T, resp *http.Response) (string, bool, int, []string, int) {
 	t.Helper()
 	defer resp.Body.Close()
 	var text strings.Builder
-	done, roles := false, 0
+	done, roles, usage := false, 0, -1
+	var ids []string
 	sc := bufio.NewScanner(resp.Body)
 	for sc.Scan() {
 		data, ok := strings.CutPrefix(sc.Text(), "data: ")
@@ -171,9 +185,15 @@ func readStream(t *testing.T, resp *http.Response) (string, bool, int) {
 		if len(ev.Choices) > 0 && ev.Choices[0].Delta.Role != "" {
 			roles++
 		}
+		if ev.ID != "" && (len(ids) == 0 || ids[len(ids)-1] != ev.ID) {
+			ids = append(ids, ev.ID)
+		}
+		if ev.Usage != nil {
+			usage = int(ev.Usage.CompletionTokens)
+		}
 		text.WriteString(ev.content())
 	}
-	return text.String(), done, roles
+	return text.String(), done, roles, ids, usage
 }
 
 func want(n int) string {
@@ -237,9 +257,9 @@ func TestCutStreamIsResumedElsewhere(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	text, done, roles := readStream(t, resp)
-	if text != want(40) || !done || roles != 1 {
-		t.Fatalf("got %q done=%v roles=%d", text, done, roles)
+	text, done, roles, ids, usage := readStreamAll(t, resp)
+	if text != want(40) || !done || roles != 1 || len(ids) != 1 || usage != 40 {
+		t.Fatalf("got %q done=%v roles=%d ids=%v usage=%d", text, done, roles, ids, usage)
 	}
 	// Nothing noticed the machine, so the library may pick it again: one
 	// of the two must have got the continuation.

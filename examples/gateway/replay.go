@@ -174,7 +174,7 @@ func (g *gateway) resumeClaim(ctx context.Context, c spotinfer.Claim) {
 		give(resumption{err: err})
 		return
 	}
-	l.offset = int(env.StreamOffset)
+	l.offset, l.resumed = int(env.StreamOffset), true
 	if flags&spotinfer.EnvelopeFromScratch != 0 {
 		l.offset, l.skip = 0, env.PartialText
 	}

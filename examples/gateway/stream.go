@@ -23,6 +23,7 @@ type leg struct {
 	ticket  spotinfer.Ticket // zero for a fallback without a ticket
 	sent    time.Time
 	offset  int    // tokens the client had when this leg started
+	resumed bool   // a continuation after a cut
 	skip    string // a from-scratch replay: text the client already has
 	cancel  context.CancelFunc
 }
@@ -38,6 +39,7 @@ type stream struct {
 	replayable bool
 	ctx        context.Context // the client's request
 	firstCut   int64           // when it was first interrupted (ns), 0 before
+	streamID   string          // the id of the first leg's events
 
 	mu       sync.Mutex
 	cut      bool               // a REPLAY plan asked for this leg to stop
@@ -58,6 +60,7 @@ type resumption struct {
 
 // event is one server-sent event's data, as far as the gateway reads it.
 type event struct {
+	ID      string `json:"id"`
 	Choices []struct {
 		Delta struct {
 			Role    string `json:"role"`
@@ -235,7 +238,10 @@ func (st *stream) relayLeg(w io.Writer, fl http.Flusher, resp *http.Response, l 
 			continue // not JSON: pass nothing on
 		}
 		text := ev.content()
-		if l.offset > 0 || l.skip != "" {
+		if st.streamID == "" {
+			st.streamID = ev.ID
+		}
+		if l.resumed {
 			var drop bool
 			if data, drop = st.continuedEvent(data, &ev, &text, l); drop {
 				continue
@@ -305,17 +311,24 @@ func (st *stream) continuedEvent(data []byte, ev *event, text *string, l *leg) (
 			data = rewriteText(data, *text)
 		}
 	}
-	if ev.Usage != nil && l.offset > 0 {
+	// The client sees one stream: the first leg's id, and usage counting
+	// every leg's tokens.
+	newID := st.streamID != "" && ev.ID != "" && ev.ID != st.streamID
+	addUsage := ev.Usage != nil && l.offset > 0
+	if newID || addUsage {
 		var m map[string]any
 		if json.Unmarshal(data, &m) == nil {
-			if u, ok := m["usage"].(map[string]any); ok {
+			if newID {
+				m["id"] = st.streamID
+			}
+			if u, ok := m["usage"].(map[string]any); ok && addUsage {
 				c, _ := u["completion_tokens"].(float64)
 				t, _ := u["total_tokens"].(float64)
 				u["completion_tokens"], u["total_tokens"] = c+float64(l.offset), t+float64(l.offset)
 				ev.Usage.CompletionTokens += uint64(l.offset)
-				if b, err := json.Marshal(m); err == nil {
-					data = b
-				}
+			}
+			if b, err := json.Marshal(m); err == nil {
+				data = b
 			}
 		}
 	}
