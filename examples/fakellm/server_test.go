@@ -6,6 +6,9 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"os"
+	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -191,5 +194,68 @@ func TestMetricsAndPrefixCache(t *testing.T) {
 	}
 	if s.hits == 0 {
 		t.Error("no prefix cache hits counted")
+	}
+}
+
+// TestHelperProcess runs main() when the test binary is started by
+// TestDieAt (the process must really exit).
+func TestHelperProcess(t *testing.T) {
+	if os.Getenv("FAKELLM_HELPER") != "1" {
+		return
+	}
+	args := os.Args
+	for i, a := range args {
+		if a == "--" {
+			args = args[i+1:]
+			break
+		}
+	}
+	os.Args = append([]string{"fakellm"}, args...)
+	main()
+}
+
+// -die-at ends the process mid-stream, as a reclaimed machine does: the
+// client's stream breaks without [DONE] and the process exits with 3.
+func TestDieAt(t *testing.T) {
+	dir := t.TempDir()
+	addrFile := filepath.Join(dir, "addr")
+	logFile := filepath.Join(dir, "log")
+	at := time.Now().Add(700 * time.Millisecond)
+	cmd := exec.Command(os.Args[0], "-test.run=^TestHelperProcess$", "--", "-addr-file", addrFile,
+		"-log", logFile, "-token-rate", "50", "-answer-tokens", "200",
+		"-die-at", at.Format(time.RFC3339Nano))
+	cmd.Env = append(os.Environ(), "FAKELLM_HELPER=1")
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer cmd.Process.Kill()
+	var addr []byte
+	for i := 0; i < 100 && len(addr) == 0; i++ {
+		time.Sleep(20 * time.Millisecond)
+		addr, _ = os.ReadFile(addrFile)
+	}
+	if len(addr) == 0 {
+		t.Fatal("no address written")
+	}
+	resp, err := http.Post("http://"+strings.TrimSpace(string(addr))+"/v1/chat/completions", "application/json",
+		strings.NewReader(`{"stream":true,"messages":[{"role":"user","content":"hi"}]}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if strings.Contains(string(body), "[DONE]") || !strings.Contains(string(body), `"content"`) {
+		t.Fatalf("the stream was not cut mid-way: %q", body)
+	}
+	err = cmd.Wait()
+	if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 3 {
+		t.Fatalf("exit: %v", err)
+	}
+	if time.Now().Before(at) {
+		t.Fatal("died before its time")
+	}
+	log, _ := os.ReadFile(logFile)
+	if !strings.Contains(string(log), `"event":"died"`) {
+		t.Fatalf("log lacks the death: %s", log)
 	}
 }
