@@ -1,6 +1,7 @@
 /*
- * engine.c - engine life cycle, hooks, the module registry and configuration
- * snapshots.
+ * engine.c - the roof: engine life cycle and configuration snapshots. It
+ * builds everything on the floor (floor.c, rcu.c) and the module registry
+ * (modules.c); nothing below calls back up into it.
  *
  * Configuration is an immutable snapshot. spi_engine_configure() builds a new
  * one completely (every module configured) before it is swapped in, so a bad
@@ -10,125 +11,14 @@
  * epoch and waits for the old slot's readers to drain before freeing.
  */
 #include <errno.h>
-#include <sched.h>
 #include <stdio.h>
-#include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include <cjson/cJSON.h>
 
 #include "engine.h"
 
-static void *default_alloc(void *ud, size_t size) {
-  (void)ud;
-  return malloc(size);
-}
-
-static void default_free(void *ud, void *ptr) {
-  (void)ud;
-  free(ptr);
-}
-
-static int64_t default_clock(void *ud) {
-  (void)ud;
-  struct timespec ts;
-  clock_gettime(CLOCK_REALTIME, &ts);
-  return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
-}
-
-int spi__engine_ok(const spi_engine *e) {
-  return e && e->magic == SPI_ENGINE_MAGIC;
-}
-
-int64_t spi__engine_now(const spi_engine *e) {
-  return e->clock(e->clock_user_data);
-}
-
-void spi__engine_log(const spi_engine *e, int32_t level, const char *fmt, ...) {
-  if (!e->log || level > e->log_level) return;
-  char line[SPI_ERRMSG_CAP];
-  va_list ap;
-  va_start(ap, fmt);
-  spi__verrf(line, sizeof line, fmt, ap);
-  va_end(ap);
-  e->log(e->log_user_data, level, line, strlen(line));
-}
-
-int spi__engine_fail(spi_engine *e, int status, const char *fmt, ...) {
-  char msg[SPI_ERRMSG_CAP];
-  va_list ap;
-  va_start(ap, fmt);
-  spi__verrf(msg, sizeof msg, fmt, ap);
-  va_end(ap);
-  pthread_mutex_lock(&e->err_lock);
-  memcpy(e->errmsg, msg, sizeof msg);
-  pthread_mutex_unlock(&e->err_lock);
-  return status;
-}
-
-/* ---------------------------------------------------------------- version */
-
-uint32_t spi_version_number(void) { return SPI_VERSION_NUMBER; }
-const char *spi_version_string(void) { return SPI_VERSION_STRING; }
-
 /* --------------------------------------------------------------- snapshot */
-
-int spi__rcu_init(spi_rcu *r) {
-  atomic_init(&r->epoch, 0u);
-  for (int e = 0; e < 2; e++)
-    for (int i = 0; i < SPI_RCU_STRIPES; i++)
-      atomic_init(&r->readers[e][i].n, 0ul);
-  return pthread_mutex_init(&r->sync_lock, NULL) == 0 ? SPI_OK : SPI_ENOMEM;
-}
-
-void spi__rcu_destroy(spi_rcu *r) { pthread_mutex_destroy(&r->sync_lock); }
-
-/* Threads have separate stacks, so a mix of the stack address spreads them
- * over the stripes without thread-local state. */
-static unsigned rcu_stripe(const void *stack_addr) {
-  uint64_t x = (uint64_t)(uintptr_t)stack_addr >> 12;
-  x ^= x >> 17;
-  x *= 0xed5ad4bbu;
-  x ^= x >> 11;
-  return (unsigned)(x & (SPI_RCU_STRIPES - 1));
-}
-
-/* The pin holds the epoch parity in bit 0 and the stripe above it. */
-unsigned spi__rcu_enter(spi_rcu *r) {
-  char here = 0;
-  unsigned stripe = rcu_stripe(&here);
-  for (;;) {
-    unsigned ep = atomic_load(&r->epoch) & 1u;
-    atomic_fetch_add(&r->readers[ep][stripe].n, 1);
-    if ((atomic_load(&r->epoch) & 1u) == ep) return stripe << 1 | ep;
-    atomic_fetch_sub(&r->readers[ep][stripe].n, 1);
-  }
-}
-
-void spi__rcu_exit(spi_rcu *r, unsigned pin) {
-  atomic_fetch_sub(&r->readers[pin & 1u][pin >> 1].n, 1);
-}
-
-/* A reader that entered before the flip counted itself in the old epoch;
- * one that enters after it sees the new epoch and, having loaded the
- * published pointer after the writer stored it, the new object. */
-void spi__rcu_synchronize(spi_rcu *r) {
-  pthread_mutex_lock(&r->sync_lock);
-  unsigned ep = atomic_fetch_add(&r->epoch, 1u) & 1u;
-  for (int i = 0; i < SPI_RCU_STRIPES; i++)
-    while (atomic_load(&r->readers[ep][i].n) != 0) sched_yield();
-  pthread_mutex_unlock(&r->sync_lock);
-}
-
-spi_snapshot *spi__snap_acquire(spi_engine *e, unsigned *pin) {
-  *pin = spi__rcu_enter(&e->rcu);
-  return atomic_load(&e->snap);
-}
-
-void spi__snap_release(spi_engine *e, unsigned pin) {
-  spi__rcu_exit(&e->rcu, pin);
-}
 
 static void snapshot_free(spi_engine *e, spi_snapshot *s) {
   if (!s) return;
@@ -153,242 +43,12 @@ static void snapshot_install(spi_engine *e, spi_snapshot *s) {
   snapshot_free(e, old);
 }
 
-/* --------------------------------------------------------------- registry */
-
-const char *spi_module_kind_name(int32_t kind) {
-  switch (kind) {
-  case SPI_MODULE_CLASSIFIER: return "classifier";
-  case SPI_MODULE_KEY_BUILDER: return "key_builder";
-  case SPI_MODULE_POLICY: return "policy";
-  case SPI_MODULE_COST_MODEL: return "cost_model";
-  case SPI_MODULE_NOTICE_SOURCE: return "notice_source";
-  case SPI_MODULE_REPLAY_STORE: return "replay_store";
-  default: return "invalid";
-  }
-}
-
-static spi_modentry *find_module(const spi_engine *e, int32_t kind,
-                                 const char *name, size_t len) {
-  for (spi_modentry *m = e->modules; m; m = m->next)
-    if (m->kind == kind && strlen(m->name) == len &&
-        memcmp(m->name, name, len) == 0)
-      return m;
-  return NULL;
-}
-
-static int valid_module_name(const char *name, size_t len) {
-  if (!name || len == 0 || len > SPI_MODULE_NAME_MAX) return 0;
-  for (size_t i = 0; i < len; i++) {
-    char c = name[i];
-    if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
-          (c >= '0' && c <= '9') || c == '_' || c == '.' || c == '-'))
-      return 0;
-  }
-  return 1;
-}
-
-/* Check the struct header every kind shares and copy the kind's struct. */
-static int copy_module(spi_engine *e, int32_t kind, const void *module,
-                       spi_modentry *m) {
-  const uint32_t *hdr = module;
-  uint32_t abi = hdr[0], size = hdr[1];
-  if (abi != SPI_MODULE_ABI_VERSION)
-    return spi__engine_fail(e, SPI_EABI, "module abi_version %u unsupported (%u)",
-                       abi, (unsigned)SPI_MODULE_ABI_VERSION);
-  size_t need = 0;
-  switch (kind) {
-  case SPI_MODULE_CLASSIFIER: need = sizeof(spi_classifier_module); break;
-  case SPI_MODULE_KEY_BUILDER: need = sizeof(spi_key_builder_module); break;
-  case SPI_MODULE_COST_MODEL: need = sizeof(spi_cost_model_module); break;
-  case SPI_MODULE_POLICY: need = sizeof(spi_policy_module); break;
-  case SPI_MODULE_REPLAY_STORE: need = sizeof(spi_replay_store_module); break;
-  default:
-    return spi__engine_fail(e, SPI_ENOTSUP,
-                       "module kind %s is reserved and not defined in %s",
-                       spi_module_kind_name(kind), SPI_VERSION_STRING);
-  }
-  /* Version 1 structs have no optional tail yet: they must be complete. */
-  if (size != need)
-    return spi__engine_fail(e, SPI_EABI, "%s module struct_size %u, expected %zu",
-                       spi_module_kind_name(kind), size, need);
-  memcpy(&m->m, module, need);
-  switch (kind) {
-  case SPI_MODULE_CLASSIFIER:
-    m->configure = m->m.classifier.configure;
-    m->release = m->m.classifier.release;
-    m->on_failure = m->m.classifier.on_failure;
-    if (!m->m.classifier.classify) goto missing;
-    break;
-  case SPI_MODULE_KEY_BUILDER:
-    m->configure = m->m.key_builder.configure;
-    m->release = m->m.key_builder.release;
-    m->on_failure = m->m.key_builder.on_failure;
-    if (!m->m.key_builder.build_key || !m->m.key_builder.block_hashes)
-      goto missing;
-    break;
-  case SPI_MODULE_POLICY:
-    m->configure = m->m.policy.configure;
-    m->release = m->m.policy.release;
-    m->on_failure = m->m.policy.on_failure;
-    if (!m->m.policy.choose) goto missing;
-    if (m->m.policy.flags & ~(int32_t)SPI_POLICY_SUMMARIES_ONLY)
-      return spi__engine_fail(e, SPI_EINVAL,
-                              "policy module flags 0x%x: unknown bits",
-                              (unsigned)m->m.policy.flags);
-    break;
-  case SPI_MODULE_REPLAY_STORE:
-    m->configure = m->m.replay_store.configure;
-    m->release = m->m.replay_store.release;
-    m->on_failure = m->m.replay_store.on_failure;
-    if (!m->m.replay_store.release || !m->m.replay_store.recover ||
-        !m->m.replay_store.append || !m->m.replay_store.sync ||
-        !m->m.replay_store.stats)
-      goto missing;
-    break;
-  default:
-    m->configure = m->m.cost_model.configure;
-    m->release = m->m.cost_model.release;
-    m->on_failure = m->m.cost_model.on_failure;
-    if (!m->m.cost_model.price) goto missing;
-    break;
-  }
-  if (!m->configure) goto missing;
-  if (m->on_failure != SPI_ON_FAILURE_ERROR &&
-      m->on_failure != SPI_ON_FAILURE_FALLBACK)
-    return spi__engine_fail(e, SPI_EINVAL, "module on_failure %d is not valid",
-                       (int)m->on_failure);
-  return SPI_OK;
-missing:
-  return spi__engine_fail(e, SPI_EINVAL, "%s module lacks a required callback",
-                     spi_module_kind_name(kind));
-}
-
-static int register_module(spi_engine *e, int32_t kind, const char *name,
-                           size_t name_len, const void *module, void *state,
-                           spi_module_destroy_fn destroy, const char *section) {
-  if (kind < SPI_MODULE_CLASSIFIER || kind > SPI_MODULE_REPLAY_STORE)
-    return spi__engine_fail(e, SPI_EINVAL, "module kind %d is not valid", (int)kind);
-  if (!valid_module_name(name, name_len))
-    return spi__engine_fail(e, SPI_EINVAL,
-                       "module name must be 1..63 bytes of [A-Za-z0-9_.-]");
-  if (!module) return spi__engine_fail(e, SPI_EINVAL, "module struct is NULL");
-  if (find_module(e, kind, name, name_len))
-    return spi__engine_fail(e, SPI_EEXIST, "a %s module named \"%.*s\" exists",
-                       spi_module_kind_name(kind), (int)name_len, name);
-  spi_modentry tmp;
-  memset(&tmp, 0, sizeof tmp);
-  int rc = copy_module(e, kind, module, &tmp);
-  if (rc != SPI_OK) return rc;
-  spi_modentry *m = spi__alloc(&e->mem, sizeof *m);
-  if (!m) return spi__engine_fail(e, SPI_ENOMEM, "out of memory registering module");
-  *m = tmp;
-  m->kind = kind;
-  memcpy(m->name, name, name_len);
-  m->name[name_len] = '\0';
-  m->builtin = section != NULL;
-  m->section = section;
-  m->state = state;
-  m->destroy = destroy;
-  /* Append: listing order is registration order. */
-  spi_modentry **tail = &e->modules;
-  while (*tail) tail = &(*tail)->next;
-  *tail = m;
-  return SPI_OK;
-}
-
-int spi_engine_register_module(spi_engine *engine, int32_t kind,
-                               const char *name, size_t name_len,
-                               const void *module, void *state,
-                               spi_module_destroy_fn destroy) {
-  if (!spi__engine_ok(engine)) return SPI_EMISUSE;
-  if (atomic_load(&engine->configuring)) return SPI_EMISUSE;
-  return register_module(engine, kind, name, name_len, module, state, destroy,
-                         NULL);
-}
-
-int spi_engine_module_name(spi_engine *engine, int32_t kind, size_t index,
-                           const char **out) {
-  if (!spi__engine_ok(engine)) return SPI_EMISUSE;
-  if (!out) return SPI_EINVAL;
-  size_t i = 0;
-  for (spi_modentry *m = engine->modules; m; m = m->next) {
-    if (m->kind != kind) continue;
-    if (i++ == index) {
-      *out = m->name;
-      return SPI_OK;
-    }
-  }
-  return SPI_ENOTFOUND;
-}
-
 /* ----------------------------------------------------------- engine life */
-
-static int register_builtins(spi_engine *e) {
-  spi_classifier_module c;
-  spi_key_builder_module k;
-  spi_cost_model_module m;
-  spi_policy_module p, ll;
-  spi__builtin_classifier(&c);
-  spi__builtin_key_builder(&k);
-  spi__builtin_cost_model(&m);
-  spi__builtin_policy(&p, 1);
-  spi__builtin_policy(&ll, 0);
-  /* Built-ins allocate through the engine's allocator: their state is it. */
-  int rc = register_module(e, SPI_MODULE_CLASSIFIER, SPI_BUILTIN_CLASSIFIER,
-                           strlen(SPI_BUILTIN_CLASSIFIER), &c, &e->mem, NULL,
-                           "classifier");
-  if (rc == SPI_OK)
-    rc = register_module(e, SPI_MODULE_KEY_BUILDER, SPI_BUILTIN_KEY_BUILDER,
-                         strlen(SPI_BUILTIN_KEY_BUILDER), &k, &e->mem, NULL,
-                         "cache_key");
-  if (rc == SPI_OK)
-    rc = register_module(e, SPI_MODULE_COST_MODEL, SPI_BUILTIN_COST_MODEL,
-                         strlen(SPI_BUILTIN_COST_MODEL), &m, &e->mem, NULL,
-                         "cost");
-  /* The first built-in of a kind is its fallback: reference, then the
-   * affinity-blind baseline that shadow mode compares against. */
-  if (rc == SPI_OK)
-    rc = register_module(e, SPI_MODULE_POLICY, SPI_BUILTIN_POLICY,
-                         strlen(SPI_BUILTIN_POLICY), &p, &e->mem, NULL,
-                         "policy");
-  if (rc == SPI_OK)
-    rc = register_module(e, SPI_MODULE_POLICY, SPI_BUILTIN_POLICY_BASELINE,
-                         strlen(SPI_BUILTIN_POLICY_BASELINE), &ll, &e->mem,
-                         NULL, "policy");
-  /* Replay stores: the journal first (the default), then memory. */
-  spi_replay_store_module js, ms;
-  spi__builtin_store_journal(&js);
-  spi__builtin_store_memory(&ms);
-  void *jstate = rc == SPI_OK ? spi__journal_state_new(&e->mem) : NULL;
-  if (rc == SPI_OK && !jstate) rc = SPI_ENOMEM;
-  if (rc == SPI_OK) {
-    rc = register_module(e, SPI_MODULE_REPLAY_STORE, SPI_BUILTIN_STORE_JOURNAL,
-                         strlen(SPI_BUILTIN_STORE_JOURNAL), &js, jstate,
-                         spi__journal_state_free, "replay");
-    if (rc != SPI_OK) spi__journal_state_free(jstate);
-  }
-  if (rc == SPI_OK)
-    rc = register_module(e, SPI_MODULE_REPLAY_STORE, SPI_BUILTIN_STORE_MEMORY,
-                         strlen(SPI_BUILTIN_STORE_MEMORY), &ms, &e->mem, NULL,
-                         "replay");
-  return rc;
-}
-
-static void free_modules(spi_engine *e) {
-  spi_modentry *m = e->modules;
-  while (m) {
-    spi_modentry *next = m->next;
-    if (m->destroy) m->destroy(m->state);
-    spi__free(&e->mem, m);
-    m = next;
-  }
-  e->modules = NULL;
-}
 
 int spi_engine_new(spi_engine **out, const spi_hooks *hooks) {
   if (!out) return SPI_EINVAL;
   *out = NULL;
-  spi_mem mem = {default_alloc, default_free, NULL};
+  spi_mem mem = {spi__default_alloc, spi__default_free, NULL};
   if (hooks) {
     if (hooks->struct_size < sizeof(spi_hooks)) return SPI_EINVAL;
     if (!hooks->alloc != !hooks->free) return SPI_EINVAL;
@@ -404,7 +64,7 @@ int spi_engine_new(spi_engine **out, const spi_hooks *hooks) {
   if (!e) return SPI_ENOMEM;
   memset(e, 0, sizeof *e);
   e->mem = mem;
-  e->clock = default_clock;
+  e->clock = spi__default_clock;
   e->log_level = SPI_LOG_WARN;
   if (hooks) {
     if (hooks->clock) {
@@ -452,7 +112,7 @@ int spi_engine_new(spi_engine **out, const spi_hooks *hooks) {
     return SPI_ENOMEM;
   }
   e->magic = SPI_ENGINE_MAGIC;
-  int rc = register_builtins(e);
+  int rc = spi__modules_register_builtins(e);
   if (rc == SPI_OK) rc = spi_engine_configure(e, "{}", 2);
   if (rc != SPI_OK) {
     spi_engine_free(e);
@@ -470,17 +130,12 @@ void spi_engine_free(spi_engine *engine) {
   spi__router_destroy(engine);
   spi__registry_destroy(&engine->registry, &engine->mem);
   spi__nodes_free(engine);
-  free_modules(engine);
+  spi__modules_free(engine);
   pthread_mutex_destroy(&engine->config_lock);
   pthread_mutex_destroy(&engine->err_lock);
   spi__rcu_destroy(&engine->rcu);
   engine->magic = SPI_DEAD_MAGIC;
   spi__free(&mem, engine);
-}
-
-const char *spi_engine_errmsg(const spi_engine *engine) {
-  if (!spi__engine_ok(engine)) return "invalid engine handle";
-  return engine->errmsg;
 }
 
 /* --------------------------------------------------------- configuration */
@@ -611,7 +266,7 @@ static int configure_shadow(spi_engine *e, const cJSON *root, spi_snapshot *s,
                             char *err, size_t errcap) {
   const char *name = s->router.shadow_policy;
   if (!name[0]) return SPI_OK;
-  spi_modentry *m = find_module(e, SPI_MODULE_POLICY, name, strlen(name));
+  spi_modentry *m = spi__module_find(e, SPI_MODULE_POLICY, name, strlen(name));
   if (!m) {
     spi__errf(err, errcap, "router.shadow_policy: no policy module named \"%s\"",
               name);
@@ -673,7 +328,7 @@ static int configure_modules(spi_engine *e, const cJSON *root, spi_snapshot *s,
     size_t nlen = 0;
     if ((rc = spi__cfg_string(mods, path, "modules", &name, &nlen, err, errcap)))
       return rc;
-    spi_modentry *sel = find_module(e, kind, name, nlen);
+    spi_modentry *sel = spi__module_find(e, kind, name, nlen);
     if (!sel) {
       spi__errf(err, errcap, "%s: no %s module named \"%.*s\"", path,
                 KIND_KEYS[i].key, (int)(nlen > 64 ? 64 : nlen), name);
@@ -853,103 +508,4 @@ int spi_engine_config_json(spi_engine *engine, char *buf, size_t cap,
   }
   spi__snap_release(engine, pin);
   return rc;
-}
-
-/* ------------------------------------------------------ class vocabularies */
-
-const char *spi_class_name(int32_t klass) {
-  switch (klass) {
-  case SPI_CLASS_UNSET: return "unset";
-  case SPI_CLASS_GOLD: return "gold";
-  case SPI_CLASS_SILVER: return "silver";
-  case SPI_CLASS_BRONZE: return "bronze";
-  default: return "invalid";
-  }
-}
-
-const char *spi_service_tier_name(int32_t tier) {
-  switch (tier) {
-  case SPI_SERVICE_TIER_UNSET: return "";
-  case SPI_SERVICE_TIER_AUTO: return "auto";
-  case SPI_SERVICE_TIER_DEFAULT: return "default";
-  case SPI_SERVICE_TIER_FLEX: return "flex";
-  case SPI_SERVICE_TIER_PRIORITY: return "priority";
-  case SPI_SERVICE_TIER_SCALE: return "scale";
-  default: return "invalid";
-  }
-}
-
-static int valid_class(int32_t c) {
-  return c >= SPI_CLASS_GOLD && c <= SPI_CLASS_BRONZE;
-}
-
-int spi_engine_class_to_priority(spi_engine *engine, int32_t scheme,
-                                 int32_t klass, int32_t *out_priority) {
-  if (!spi__engine_ok(engine)) return SPI_EMISUSE;
-  if (!out_priority || !valid_class(klass)) return SPI_EINVAL;
-  if (scheme != SPI_PRIO_VLLM && scheme != SPI_PRIO_LLMD) return SPI_EINVAL;
-  unsigned pin;
-  spi_snapshot *s = spi__snap_acquire(engine, &pin);
-  *out_priority = scheme == SPI_PRIO_VLLM ? s->vllm_prio[klass]
-                                          : s->llmd_prio[klass];
-  spi__snap_release(engine, pin);
-  return SPI_OK;
-}
-
-int spi_engine_class_from_priority(spi_engine *engine, int32_t scheme,
-                                   int32_t priority, int32_t *out_class) {
-  if (!spi__engine_ok(engine)) return SPI_EMISUSE;
-  if (!out_class) return SPI_EINVAL;
-  if (scheme != SPI_PRIO_VLLM && scheme != SPI_PRIO_LLMD) return SPI_EINVAL;
-  unsigned pin;
-  spi_snapshot *s = spi__snap_acquire(engine, &pin);
-  /* Thresholds: anything at least as urgent as a class's value is that class;
-   * llm-d's negative (sheddable) values land in bronze. */
-  if (scheme == SPI_PRIO_VLLM)
-    *out_class = priority <= s->vllm_prio[1]   ? SPI_CLASS_GOLD
-                 : priority <= s->vllm_prio[2] ? SPI_CLASS_SILVER
-                                               : SPI_CLASS_BRONZE;
-  else
-    *out_class = priority >= s->llmd_prio[1]   ? SPI_CLASS_GOLD
-                 : priority >= s->llmd_prio[2] ? SPI_CLASS_SILVER
-                                               : SPI_CLASS_BRONZE;
-  spi__snap_release(engine, pin);
-  return SPI_OK;
-}
-
-int spi_engine_class_to_service_tier(spi_engine *engine, int32_t klass,
-                                     int32_t *out_tier) {
-  if (!spi__engine_ok(engine)) return SPI_EMISUSE;
-  if (!out_tier || !valid_class(klass)) return SPI_EINVAL;
-  unsigned pin;
-  spi_snapshot *s = spi__snap_acquire(engine, &pin);
-  *out_tier = s->service_tier[klass];
-  spi__snap_release(engine, pin);
-  return SPI_OK;
-}
-
-int spi_engine_class_from_service_tier(spi_engine *engine, int32_t tier,
-                                       int32_t *out_class) {
-  if (!spi__engine_ok(engine)) return SPI_EMISUSE;
-  if (!out_class || tier < SPI_SERVICE_TIER_UNSET ||
-      tier > SPI_SERVICE_TIER_SCALE)
-    return SPI_EINVAL;
-  if (tier == SPI_SERVICE_TIER_UNSET) {
-    *out_class = SPI_CLASS_UNSET;
-    return SPI_OK;
-  }
-  unsigned pin;
-  spi_snapshot *s = spi__snap_acquire(engine, &pin);
-  /* The first class mapped to this tier; tiers no class maps to ("auto",
-   * and by default "scale") are the default tier's class. */
-  int32_t c = SPI_CLASS_UNSET;
-  for (int32_t k = SPI_CLASS_GOLD; k <= SPI_CLASS_BRONZE && !c; k++)
-    if (s->service_tier[k] == tier) c = k;
-  if (!c && tier == SPI_SERVICE_TIER_SCALE) c = SPI_CLASS_GOLD;
-  for (int32_t k = SPI_CLASS_GOLD; k <= SPI_CLASS_BRONZE && !c; k++)
-    if (s->service_tier[k] == SPI_SERVICE_TIER_DEFAULT) c = k;
-  if (!c) c = SPI_CLASS_SILVER;
-  *out_class = c;
-  spi__snap_release(engine, pin);
-  return SPI_OK;
 }

@@ -139,6 +139,8 @@ struct spi_engine {
   char errmsg[SPI_ERRMSG_CAP];
 };
 
+/* ------------------------------------------------------ floor (floor.c) */
+
 /* Pin the current snapshot (and with it the replica set and the index);
  * pass *pin to spi__snap_release(). */
 spi_snapshot *spi__snap_acquire(spi_engine *e, unsigned *pin);
@@ -148,6 +150,21 @@ int spi__engine_ok(const spi_engine *e);
 int64_t spi__engine_now(const spi_engine *e);
 void spi__engine_log(const spi_engine *e, int32_t level, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
+/* Record an error on the engine and return status. */
+int spi__engine_fail(spi_engine *e, int status, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+/* The hooks an engine gets when its caller sets none. */
+void *spi__default_alloc(void *ud, size_t size);
+void spi__default_free(void *ud, void *ptr);
+int64_t spi__default_clock(void *ud);
+
+/* --------------------------------------------- module registry (modules.c) */
+
+/* The registered module of this kind and name, or NULL. */
+spi_modentry *spi__module_find(const spi_engine *e, int32_t kind,
+                               const char *name, size_t len);
+int spi__modules_register_builtins(spi_engine *e);
+void spi__modules_free(spi_engine *e);
 
 /* ---------------------------------------------------------------- request */
 
@@ -241,10 +258,6 @@ int spi__blocks_in(spi_request *req, const spi_snapshot *s,
 /* req may be NULL (pricing a finished ticket): errors are then bare. */
 int spi__price_in(spi_request *req, const spi_snapshot *s,
                   const spi_request_view *v, int32_t pool, spi_price *out);
-
-/* Record an error on the engine and return status. */
-int spi__engine_fail(spi_engine *e, int status, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
 
 int spi__request_ok(const spi_request *r);
 /* Record an error on the request and return status. */

@@ -729,35 +729,6 @@ int spi__metrics_render(spi_metrics *x, const spi_replica_gauge *g, size_t ng,
 
 /* ------------------------------------------------------------- public API */
 
-const char *spi_reason_name(int32_t reason) {
-  switch (reason) {
-  case SPI_REASON_NONE:
-    return "none";
-  case SPI_REASON_AFFINITY:
-    return "affinity";
-  case SPI_REASON_AFFINITY_LEFT:
-    return "affinity_left";
-  case SPI_REASON_IMBALANCE:
-    return "imbalance";
-  case SPI_REASON_RENDEZVOUS:
-    return "rendezvous";
-  case SPI_REASON_LEAST_LOADED:
-    return "least_loaded";
-  case SPI_REASON_WAIT_WARM:
-    return "wait_warm";
-  case SPI_REASON_QUEUE_NO_SPOT:
-    return "queue_no_spot";
-  case SPI_REASON_SHED:
-    return "shed";
-  case SPI_REASON_NO_CAPACITY:
-    return "no_capacity";
-  case SPI_REASON_HALF_OPEN_PROBE:
-    return "half_open_probe";
-  default:
-    return "invalid";
-  }
-}
-
 /* Replicas of the pinned set that are on-demand, ACTIVE, with a closed
  * breaker and a load signal younger than router.load_max_age_ms. */
 static uint32_t warm_on_demand(spi_engine *e, const spi_snapshot *s,

@@ -83,13 +83,6 @@ static const uint8_t ALLOWED[7][7] = {
     /* REM */ {0, 0, 0, 0, 0, 0, 0},
 };
 
-const char *spi_node_state_name(int32_t state) {
-  static const char *const names[] = {"invalid",  "active",     "advised",
-                                      "noticed",  "draining",   "terminated",
-                                      "removed"};
-  return state >= 1 && state <= 6 ? names[state] : "invalid";
-}
-
 /* -------------------------------------------------------------- the table */
 
 int spi__nodes_new(spi_engine *e) {

@@ -939,27 +939,6 @@ static int azure_scheduled(nctx *c, const cJSON *root) {
 
 /* ------------------------------------------------------------------ API */
 
-SPI_API const char *spi_notice_kind_name(int32_t kind) {
-  switch (kind) {
-  case SPI_NOTICE_NONE:
-    return "none";
-  case SPI_NOTICE_TERMINATE:
-    return "terminate";
-  case SPI_NOTICE_STOP:
-    return "stop";
-  case SPI_NOTICE_HIBERNATE:
-    return "hibernate";
-  case SPI_NOTICE_REBALANCE:
-    return "rebalance";
-  case SPI_NOTICE_MAINTENANCE:
-    return "maintenance";
-  case SPI_NOTICE_PREEMPT:
-    return "preempt";
-  default:
-    return "invalid";
-  }
-}
-
 static const char *format_label(int32_t format) {
   switch (format) {
   case SPI_NOTICE_AWS_INSTANCE_ACTION:

@@ -1,0 +1,224 @@
+/*
+ * modules.c - the engine's module registry: registration checks and copies a
+ * module struct, lists names, and registers the built-ins. Configure (the
+ * roof, engine.c) selects and configures registered modules by name.
+ */
+#include <string.h>
+
+#include "engine.h"
+
+spi_modentry *spi__module_find(const spi_engine *e, int32_t kind,
+                                 const char *name, size_t len) {
+  for (spi_modentry *m = e->modules; m; m = m->next)
+    if (m->kind == kind && strlen(m->name) == len &&
+        memcmp(m->name, name, len) == 0)
+      return m;
+  return NULL;
+}
+
+static int valid_module_name(const char *name, size_t len) {
+  if (!name || len == 0 || len > SPI_MODULE_NAME_MAX) return 0;
+  for (size_t i = 0; i < len; i++) {
+    char c = name[i];
+    if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
+          (c >= '0' && c <= '9') || c == '_' || c == '.' || c == '-'))
+      return 0;
+  }
+  return 1;
+}
+
+/* Check the struct header every kind shares and copy the kind's struct. */
+static int copy_module(spi_engine *e, int32_t kind, const void *module,
+                       spi_modentry *m) {
+  const uint32_t *hdr = module;
+  uint32_t abi = hdr[0], size = hdr[1];
+  if (abi != SPI_MODULE_ABI_VERSION)
+    return spi__engine_fail(e, SPI_EABI, "module abi_version %u unsupported (%u)",
+                       abi, (unsigned)SPI_MODULE_ABI_VERSION);
+  size_t need = 0;
+  switch (kind) {
+  case SPI_MODULE_CLASSIFIER: need = sizeof(spi_classifier_module); break;
+  case SPI_MODULE_KEY_BUILDER: need = sizeof(spi_key_builder_module); break;
+  case SPI_MODULE_COST_MODEL: need = sizeof(spi_cost_model_module); break;
+  case SPI_MODULE_POLICY: need = sizeof(spi_policy_module); break;
+  case SPI_MODULE_REPLAY_STORE: need = sizeof(spi_replay_store_module); break;
+  default:
+    return spi__engine_fail(e, SPI_ENOTSUP,
+                       "module kind %s is reserved and not defined in %s",
+                       spi_module_kind_name(kind), SPI_VERSION_STRING);
+  }
+  /* Version 1 structs have no optional tail yet: they must be complete. */
+  if (size != need)
+    return spi__engine_fail(e, SPI_EABI, "%s module struct_size %u, expected %zu",
+                       spi_module_kind_name(kind), size, need);
+  memcpy(&m->m, module, need);
+  switch (kind) {
+  case SPI_MODULE_CLASSIFIER:
+    m->configure = m->m.classifier.configure;
+    m->release = m->m.classifier.release;
+    m->on_failure = m->m.classifier.on_failure;
+    if (!m->m.classifier.classify) goto missing;
+    break;
+  case SPI_MODULE_KEY_BUILDER:
+    m->configure = m->m.key_builder.configure;
+    m->release = m->m.key_builder.release;
+    m->on_failure = m->m.key_builder.on_failure;
+    if (!m->m.key_builder.build_key || !m->m.key_builder.block_hashes)
+      goto missing;
+    break;
+  case SPI_MODULE_POLICY:
+    m->configure = m->m.policy.configure;
+    m->release = m->m.policy.release;
+    m->on_failure = m->m.policy.on_failure;
+    if (!m->m.policy.choose) goto missing;
+    if (m->m.policy.flags & ~(int32_t)SPI_POLICY_SUMMARIES_ONLY)
+      return spi__engine_fail(e, SPI_EINVAL,
+                              "policy module flags 0x%x: unknown bits",
+                              (unsigned)m->m.policy.flags);
+    break;
+  case SPI_MODULE_REPLAY_STORE:
+    m->configure = m->m.replay_store.configure;
+    m->release = m->m.replay_store.release;
+    m->on_failure = m->m.replay_store.on_failure;
+    if (!m->m.replay_store.release || !m->m.replay_store.recover ||
+        !m->m.replay_store.append || !m->m.replay_store.sync ||
+        !m->m.replay_store.stats)
+      goto missing;
+    break;
+  default:
+    m->configure = m->m.cost_model.configure;
+    m->release = m->m.cost_model.release;
+    m->on_failure = m->m.cost_model.on_failure;
+    if (!m->m.cost_model.price) goto missing;
+    break;
+  }
+  if (!m->configure) goto missing;
+  if (m->on_failure != SPI_ON_FAILURE_ERROR &&
+      m->on_failure != SPI_ON_FAILURE_FALLBACK)
+    return spi__engine_fail(e, SPI_EINVAL, "module on_failure %d is not valid",
+                       (int)m->on_failure);
+  return SPI_OK;
+missing:
+  return spi__engine_fail(e, SPI_EINVAL, "%s module lacks a required callback",
+                     spi_module_kind_name(kind));
+}
+
+static int register_module(spi_engine *e, int32_t kind, const char *name,
+                           size_t name_len, const void *module, void *state,
+                           spi_module_destroy_fn destroy, const char *section) {
+  if (kind < SPI_MODULE_CLASSIFIER || kind > SPI_MODULE_REPLAY_STORE)
+    return spi__engine_fail(e, SPI_EINVAL, "module kind %d is not valid", (int)kind);
+  if (!valid_module_name(name, name_len))
+    return spi__engine_fail(e, SPI_EINVAL,
+                       "module name must be 1..63 bytes of [A-Za-z0-9_.-]");
+  if (!module) return spi__engine_fail(e, SPI_EINVAL, "module struct is NULL");
+  if (spi__module_find(e, kind, name, name_len))
+    return spi__engine_fail(e, SPI_EEXIST, "a %s module named \"%.*s\" exists",
+                       spi_module_kind_name(kind), (int)name_len, name);
+  spi_modentry tmp;
+  memset(&tmp, 0, sizeof tmp);
+  int rc = copy_module(e, kind, module, &tmp);
+  if (rc != SPI_OK) return rc;
+  spi_modentry *m = spi__alloc(&e->mem, sizeof *m);
+  if (!m) return spi__engine_fail(e, SPI_ENOMEM, "out of memory registering module");
+  *m = tmp;
+  m->kind = kind;
+  memcpy(m->name, name, name_len);
+  m->name[name_len] = '\0';
+  m->builtin = section != NULL;
+  m->section = section;
+  m->state = state;
+  m->destroy = destroy;
+  /* Append: listing order is registration order. */
+  spi_modentry **tail = &e->modules;
+  while (*tail) tail = &(*tail)->next;
+  *tail = m;
+  return SPI_OK;
+}
+
+int spi_engine_register_module(spi_engine *engine, int32_t kind,
+                               const char *name, size_t name_len,
+                               const void *module, void *state,
+                               spi_module_destroy_fn destroy) {
+  if (!spi__engine_ok(engine)) return SPI_EMISUSE;
+  if (atomic_load(&engine->configuring)) return SPI_EMISUSE;
+  return register_module(engine, kind, name, name_len, module, state, destroy,
+                         NULL);
+}
+
+int spi_engine_module_name(spi_engine *engine, int32_t kind, size_t index,
+                           const char **out) {
+  if (!spi__engine_ok(engine)) return SPI_EMISUSE;
+  if (!out) return SPI_EINVAL;
+  size_t i = 0;
+  for (spi_modentry *m = engine->modules; m; m = m->next) {
+    if (m->kind != kind) continue;
+    if (i++ == index) {
+      *out = m->name;
+      return SPI_OK;
+    }
+  }
+  return SPI_ENOTFOUND;
+}
+
+int spi__modules_register_builtins(spi_engine *e) {
+  spi_classifier_module c;
+  spi_key_builder_module k;
+  spi_cost_model_module m;
+  spi_policy_module p, ll;
+  spi__builtin_classifier(&c);
+  spi__builtin_key_builder(&k);
+  spi__builtin_cost_model(&m);
+  spi__builtin_policy(&p, 1);
+  spi__builtin_policy(&ll, 0);
+  /* Built-ins allocate through the engine's allocator: their state is it. */
+  int rc = register_module(e, SPI_MODULE_CLASSIFIER, SPI_BUILTIN_CLASSIFIER,
+                           strlen(SPI_BUILTIN_CLASSIFIER), &c, &e->mem, NULL,
+                           "classifier");
+  if (rc == SPI_OK)
+    rc = register_module(e, SPI_MODULE_KEY_BUILDER, SPI_BUILTIN_KEY_BUILDER,
+                         strlen(SPI_BUILTIN_KEY_BUILDER), &k, &e->mem, NULL,
+                         "cache_key");
+  if (rc == SPI_OK)
+    rc = register_module(e, SPI_MODULE_COST_MODEL, SPI_BUILTIN_COST_MODEL,
+                         strlen(SPI_BUILTIN_COST_MODEL), &m, &e->mem, NULL,
+                         "cost");
+  /* The first built-in of a kind is its fallback: reference, then the
+   * affinity-blind baseline that shadow mode compares against. */
+  if (rc == SPI_OK)
+    rc = register_module(e, SPI_MODULE_POLICY, SPI_BUILTIN_POLICY,
+                         strlen(SPI_BUILTIN_POLICY), &p, &e->mem, NULL,
+                         "policy");
+  if (rc == SPI_OK)
+    rc = register_module(e, SPI_MODULE_POLICY, SPI_BUILTIN_POLICY_BASELINE,
+                         strlen(SPI_BUILTIN_POLICY_BASELINE), &ll, &e->mem,
+                         NULL, "policy");
+  /* Replay stores: the journal first (the default), then memory. */
+  spi_replay_store_module js, ms;
+  spi__builtin_store_journal(&js);
+  spi__builtin_store_memory(&ms);
+  void *jstate = rc == SPI_OK ? spi__journal_state_new(&e->mem) : NULL;
+  if (rc == SPI_OK && !jstate) rc = SPI_ENOMEM;
+  if (rc == SPI_OK) {
+    rc = register_module(e, SPI_MODULE_REPLAY_STORE, SPI_BUILTIN_STORE_JOURNAL,
+                         strlen(SPI_BUILTIN_STORE_JOURNAL), &js, jstate,
+                         spi__journal_state_free, "replay");
+    if (rc != SPI_OK) spi__journal_state_free(jstate);
+  }
+  if (rc == SPI_OK)
+    rc = register_module(e, SPI_MODULE_REPLAY_STORE, SPI_BUILTIN_STORE_MEMORY,
+                         strlen(SPI_BUILTIN_STORE_MEMORY), &ms, &e->mem, NULL,
+                         "replay");
+  return rc;
+}
+
+void spi__modules_free(spi_engine *e) {
+  spi_modentry *m = e->modules;
+  while (m) {
+    spi_modentry *next = m->next;
+    if (m->destroy) m->destroy(m->state);
+    spi__free(&e->mem, m);
+    m = next;
+  }
+  e->modules = NULL;
+}
