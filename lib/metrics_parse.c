@@ -18,9 +18,10 @@
  * a part this version does not read - a composite (native-histogram) value,
  * or an annotation such as OpenMetrics 2.0's start time "st@<seconds>" after
  * the value - is skipped and counted instead of refusing the whole page;
- * the load is read from the other lines. The parser works on pointer + length, never reads past len,
- * needs no NUL and allocates nothing. Numbers are parsed by hand: strtod
- * would need a NUL and follows the process locale's decimal point.
+ * the load is read from the other lines. The parser works on pointer + length,
+ * never reads past len, needs no NUL and allocates nothing. Numbers are parsed
+ * by hand: strtod would need a NUL and follows the process locale's decimal
+ * point.
  *
  * A page must end with a line feed (as the format requires): a body cut off
  * in the middle of "... 12" would otherwise read as 1.
@@ -215,8 +216,8 @@ static int parse_string(parse_state *ps, const char *s, size_t n, size_t *pi,
       }
       char x = s[++i];
       if (x != '\\' && x != '"' && x != 'n') {
-        spi__errf(msg, sizeof msg, "invalid escape in a %s (only \\\\ \\\" \\n)",
-                  what);
+        spi__errf(msg, sizeof msg,
+                  "invalid escape in a %s (only \\\\ \\\" \\n)", what);
         return fail(ps, SPI_EPARSE, msg);
       }
     }
