@@ -31,6 +31,8 @@ type gateway struct {
 	rr       atomic.Uint64
 	seq      atomic.Uint64
 	ready    atomic.Bool
+	stop     context.CancelFunc // ends the background work
+	bg       sync.WaitGroup
 
 	// Open streams by ticket, so a REPLAY plan can cut its backend leg,
 	// and cut streams by envelope key, waiting for the replay worker.
@@ -100,7 +102,14 @@ func newGateway(o options) (*gateway, error) {
 	return g, nil
 }
 
+// close stops the background work, waits for it, then frees the queue and
+// the engine (which must not be closed under a running call). Requests
+// must be finished first.
 func (g *gateway) close() {
+	if g.stop != nil {
+		g.stop()
+		g.bg.Wait()
+	}
 	if g.queue != nil {
 		g.queue.Close()
 	}
@@ -116,21 +125,28 @@ func (g *gateway) close() {
 // library's periodic tick and the replay workers. It returns once every
 // backend has given a first load reading (a replica without one counts as
 // saturated) or -ready-wait has passed.
-func (g *gateway) start(ctx context.Context) {
+func (g *gateway) start(parent context.Context) {
 	if g.eng == nil {
 		return
 	}
+	ctx, cancel := context.WithCancel(parent)
+	g.stop = cancel
+	run := func(f func(context.Context)) {
+		g.bg.Add(1)
+		go func() { defer g.bg.Done(); f(ctx) }()
+	}
 	var first sync.WaitGroup
 	for _, b := range g.backends {
+		b := b
 		first.Add(1)
-		go g.scrape(ctx, b, first.Done)
+		run(func(ctx context.Context) { g.scrape(ctx, b, first.Done) })
 		if b.MetadataURL != "" {
-			go g.pollNotices(ctx, b)
+			run(func(ctx context.Context) { g.pollNotices(ctx, b) })
 		}
 	}
-	go g.tick(ctx)
+	run(g.tick)
 	for i := 0; i < g.o.replayWorkers; i++ {
-		go g.replayWorker(ctx)
+		run(g.replayWorker)
 	}
 	done := make(chan struct{})
 	go func() { first.Wait(); close(done) }()

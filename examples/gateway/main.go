@@ -84,7 +84,6 @@ func main() {
 	if err != nil {
 		log.Fatal(err)
 	}
-	defer g.close()
 	ln, err := net.Listen("tcp", o.addr)
 	if err != nil {
 		log.Fatal(err)
@@ -100,16 +99,24 @@ func main() {
 		}
 	}
 	srv := &http.Server{Handler: g.routes(), ReadHeaderTimeout: 10 * time.Second}
+	shut := make(chan error, 1)
 	go func() {
 		<-ctx.Done()
 		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
-		srv.Shutdown(sctx)
+		shut <- srv.Shutdown(sctx)
 	}()
 	log.Printf("%s balancer on %s, %d backends", o.balancer, ln.Addr(), len(g.backends))
 	if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
 		log.Fatal(err)
 	}
+	// Serve returns as soon as shutdown starts; the engine is freed only
+	// once no handler can be inside a library call.
+	if err := <-shut; err != nil {
+		log.Printf("exiting with streams still open: %v", err)
+		return
+	}
+	g.close()
 }
 
 // newEngine builds the engine from the library's JSON configuration file.
