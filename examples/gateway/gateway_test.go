@@ -97,10 +97,14 @@ func (f *fakeBackend) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 		fmt.Fprintf(w, "data: {\"id\":%q,\"choices\":[{\"delta\":{\"content\":\" w%d\"}}]}\n\n", id, i)
 		fl.Flush()
-		if f.delay > 0 {
-			time.Sleep(f.delay)
-		} else {
-			time.Sleep(2 * time.Millisecond)
+		d := f.delay
+		if d == 0 {
+			d = 2 * time.Millisecond
+		}
+		select {
+		case <-time.After(d):
+		case <-r.Context().Done():
+			return
 		}
 	}
 	fmt.Fprintf(w, "data: {\"id\":%q,\"choices\":[{\"delta\":{},\"finish_reason\":\"stop\"}]}\n\n", id)
@@ -530,5 +534,39 @@ func TestCutStreamIsResumedFromAJournal(t *testing.T) {
 	}
 	if files, _ := os.ReadDir(dir); len(files) == 0 {
 		t.Fatal("nothing written to the journal directory")
+	}
+}
+
+// A client that goes away mid-stream is not replayed: its ticket ends
+// cancelled and nothing enters the replay queue.
+func TestClientGoneIsNotReplayed(t *testing.T) {
+	a := &fakeBackend{n: 500, delay: 5 * time.Millisecond}
+	srv := newTestGateway(t, map[string]*fakeBackend{"spot-a": a},
+		map[string]string{"spot-a": "spot"}, "spotinfer")
+	ctx, cancel := context.WithCancel(context.Background())
+	req, _ := http.NewRequestWithContext(ctx, http.MethodPost, srv.URL+"/v1/chat/completions",
+		strings.NewReader(silverStream))
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 512)
+	if _, err := resp.Body.Read(buf); err != nil {
+		t.Fatal(err)
+	}
+	cancel()
+	resp.Body.Close()
+	for i := 0; ; i++ {
+		m := get(t, srv.URL+"/metrics")
+		if strings.Contains(m, `gateway_requests_total{outcome="cancelled"} 1`) {
+			if !strings.Contains(m, `gateway_replays_total{step="enqueued"} 0`) {
+				t.Fatalf("a gone client was replayed:\n%s", m)
+			}
+			break
+		}
+		if i > 300 {
+			t.Fatalf("the cancellation was not counted:\n%s", m)
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 }

@@ -116,7 +116,10 @@ func (s *sseReader) next() ([]byte, error) {
 	}
 }
 
-var errCut = errors.New("interrupted")
+var (
+	errCut        = errors.New("interrupted")
+	errClientGone = errors.New("the client went away")
+)
 
 // relay passes the backend's events to the client one at a time, flushing
 // each, and reports the ticket. When a leg breaks before the answer ends
@@ -142,7 +145,7 @@ func (st *stream) relay(w http.ResponseWriter, ctx context.Context, resp *http.R
 			g.stats.ok.Add(1)
 			return
 		}
-		if ctx.Err() != nil {
+		if ctx.Err() != nil || errors.Is(err, errClientGone) {
 			g.stats.cancelled.Add(1)
 			return
 		}
@@ -225,7 +228,7 @@ func (st *stream) relayLeg(w io.Writer, fl http.Flusher, resp *http.Response, l 
 		if string(data) == "[DONE]" {
 			if _, err := io.WriteString(w, "data: [DONE]\n\n"); err != nil {
 				end(spotinfer.TicketCancelled)
-				return false, err
+				return false, errClientGone
 			}
 			if fl != nil {
 				fl.Flush()
@@ -241,24 +244,24 @@ func (st *stream) relayLeg(w io.Writer, fl http.Flusher, resp *http.Response, l 
 		if st.streamID == "" {
 			st.streamID = ev.ID
 		}
-		if l.resumed {
-			var drop bool
-			if data, drop = st.continuedEvent(data, &ev, &text, l); drop {
-				continue
-			}
-		}
-		if ev.Usage != nil {
+		if ev.Usage != nil { // this leg's own counts, for its ticket
 			usage = &struct{ prompt, completion, cached uint64 }{ev.Usage.PromptTokens,
 				ev.Usage.CompletionTokens, 0}
 			if ev.Usage.Details != nil {
 				usage.cached = ev.Usage.Details.CachedTokens
 			}
 		}
+		if l.resumed {
+			var drop bool
+			if data, drop = st.continuedEvent(data, &ev, &text, l); drop {
+				continue
+			}
+		}
 		// The client gets the event before the text counts as delivered:
 		// what a checkpoint holds is what the client has.
 		if _, err := fmt.Fprintf(w, "data: %s\n\n", data); err != nil {
 			end(spotinfer.TicketCancelled)
-			return false, context.Canceled
+			return false, errClientGone
 		}
 		if fl != nil {
 			fl.Flush()
