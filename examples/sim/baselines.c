@@ -482,16 +482,20 @@ static epp_state *epp_new(const sim_gw_view *v) {
 
 /* --------------------------------------------------------- registration */
 
-int sim_register_baselines(spi_engine *e, const sim_gw_view *view, sim_reg_fn reg) {
-  greedy_state *g = greedy_new(view);
-  if (!g) return SPI_ENOMEM;
-  int rc = reg(e, "sim-greedy", greedy_choose, g, greedy_destroy);
-  if (rc != SPI_OK) return rc;
-  sgl_state *s = sgl_new(view);
-  if (!s) return SPI_ENOMEM;
-  rc = reg(e, "sim-sglang", sgl_choose, s, sgl_destroy);
-  if (rc != SPI_OK) return rc;
-  epp_state *p = epp_new(view);
-  if (!p) return SPI_ENOMEM;
-  return reg(e, "sim-epp", epp_choose, p, epp_destroy);
+int sim_register_baselines(spi_engine *e, const sim_gw_view *view, sim_reg_fn reg,
+                           const char *only) {
+  int rc = SPI_OK;
+  if (!only || !strcmp(only, "sim-greedy")) {
+    greedy_state *g = greedy_new(view);
+    rc = g ? reg(e, "sim-greedy", greedy_choose, g, greedy_destroy) : SPI_ENOMEM;
+  }
+  if (rc == SPI_OK && (!only || !strcmp(only, "sim-sglang"))) {
+    sgl_state *s = sgl_new(view);
+    rc = s ? reg(e, "sim-sglang", sgl_choose, s, sgl_destroy) : SPI_ENOMEM;
+  }
+  if (rc == SPI_OK && (!only || !strcmp(only, "sim-epp"))) {
+    epp_state *p = epp_new(view);
+    rc = p ? reg(e, "sim-epp", epp_choose, p, epp_destroy) : SPI_ENOMEM;
+  }
+  return rc;
 }

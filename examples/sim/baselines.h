@@ -15,7 +15,9 @@ uint32_t sim_cand_replica(const spi_candidate *c);
 /* The prompt's blocks as chained hashes into *buf; the count or -1. */
 int sim_prompt_chain(const spi_request_view *rq, uint64_t **buf, size_t *cap);
 
-/* Registers "sim-greedy", "sim-sglang" and "sim-epp". */
-int sim_register_baselines(spi_engine *e, const sim_gw_view *view, sim_reg_fn reg);
+/* Registers "sim-greedy", "sim-sglang" and "sim-epp" (only: just that one,
+ * or none when it names another module). */
+int sim_register_baselines(spi_engine *e, const sim_gw_view *view, sim_reg_fn reg,
+                           const char *only);
 
 #endif

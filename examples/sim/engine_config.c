@@ -53,10 +53,16 @@ char *sim_engine_config(const char *user_json, const sim_engine_params *p, char 
     cJSON_AddBoolToObject(policy, "bronze_queue_without_spot", !p->all_on_demand);
   /* Load reports arrive on every change, so any age is fresh. */
   put_default(router, "load_max_age_ms", 3600000);
-  put_default(router, "max_tickets", 262144);
+  /* Tables sized to the trace: no more tickets than requests can be open,
+   * and 64 bytes of index a block reference keeps every prefix the trace
+   * can make; larger tables only cost the time to clear them. */
+  double tickets = 16384, index = 1 << 20;
+  while (tickets < (double)p->requests + 1024 && tickets < 262144) tickets *= 2;
+  while (index < (double)p->block_refs * 64 && index < 33554432) index *= 2;
+  put_default(router, "max_tickets", tickets);
   put_default(router, "prefill_tokens_per_s", p->prefill_tps);
   put_default(router, "decode_tokens_per_s", p->decode_tps);
-  put_default(router, "index_bytes", 33554432);
+  put_default(router, "index_bytes", index);
   put_default(cost, "spot_usd_per_gpu_hour", p->spot_usd_h);
   put_default(cost, "on_demand_usd_per_gpu_hour", p->od_usd_h);
   put_default(cost, "prefill_tokens_per_s", p->prefill_tps);

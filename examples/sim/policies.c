@@ -132,12 +132,17 @@ static int reg(spi_engine *e, const char *name, sim_choose_fn choose, void *stat
   return rc;
 }
 
-int sim_register_policies(spi_engine *e, const sim_gw_view *view) {
-  rr_state *rr = calloc(1, sizeof *rr);
-  if (!rr) return SPI_ENOMEM;
-  int rc = reg(e, "sim-round-robin", rr_choose, rr, free);
-  if (rc == SPI_OK) rc = reg(e, "sim-least-loaded", ll_choose, NULL, NULL);
-  if (rc == SPI_OK) rc = reg(e, "sim-consistent-hash", ch_choose, NULL, NULL);
-  if (rc == SPI_OK) rc = sim_register_baselines(e, view, reg);
+int sim_register_policies(spi_engine *e, const sim_gw_view *view, const char *only) {
+  int rc = SPI_OK;
+  if (!only || !strcmp(only, "sim-round-robin")) {
+    rr_state *rr = calloc(1, sizeof *rr);
+    if (!rr) return SPI_ENOMEM;
+    rc = reg(e, "sim-round-robin", rr_choose, rr, free);
+  }
+  if (rc == SPI_OK && (!only || !strcmp(only, "sim-least-loaded")))
+    rc = reg(e, "sim-least-loaded", ll_choose, NULL, NULL);
+  if (rc == SPI_OK && (!only || !strcmp(only, "sim-consistent-hash")))
+    rc = reg(e, "sim-consistent-hash", ch_choose, NULL, NULL);
+  if (rc == SPI_OK) rc = sim_register_baselines(e, view, reg, only);
   return rc;
 }

@@ -41,7 +41,12 @@ static double sim_wall_s(void) {
 
 /* -------------------------------------------------------------- events */
 
-enum { EV_ARRIVE, EV_FIRST, EV_FINISH, EV_ZNOTICE, EV_ZGONE, EV_ZBACK, EV_PUMP };
+enum { EV_ARRIVE, EV_FIRST, EV_FINISH, EV_ZNOTICE, EV_ZGONE, EV_ZBACK, EV_PUMP, EV_UNPARK };
+
+/* Requests the library held for spot capacity wait in the simulated
+ * gateway and are offered again when a zone regains capacity, and at the
+ * latest after this long (a breaker, not a zone, may have held them). */
+#define SIM_PARK_POLL_NS MS(30000)
 
 typedef struct event {
   int64_t t;
@@ -145,9 +150,9 @@ typedef struct sim {
   replica *reps;
   uint32_t nrep;
   sreq *r;
-  uint32_t *ids;
-  size_t ids_cap;
-  int pump_pending;
+  int pump_pending, unpark_pending;
+  uint32_t *parked; /* FIFO of requests held for spot */
+  size_t n_parked, parked_cap;
   char dir[64];
   sim_result *res;
   uint64_t done_n;
@@ -269,17 +274,6 @@ static int build_request(sim *s, uint32_t i, spi_request *rq) {
   const sim_trace_req *t = &s->tr->reqs[i];
   sreq *q = &s->r[i];
   size_t n = (size_t)t->nblocks * SIM_IDS_PER_BLOCK;
-  if (n > s->ids_cap) {
-    uint32_t *p = realloc(s->ids, n * sizeof *p);
-    if (!p) return SPI_ENOMEM;
-    s->ids = p;
-    s->ids_cap = n;
-  }
-  for (uint32_t b = 0; b < t->nblocks; b++) {
-    uint64_t h = sim_mix64(s->tr->blocks[t->block_off + b] ^ 0x424c4b31ull);
-    for (uint32_t k = 0; k < SIM_IDS_PER_BLOCK; k++)
-      s->ids[b * SIM_IDS_PER_BLOCK + k] = (uint32_t)(sim_mix64(h + k) % 128000u);
-  }
   spi_request_reset(rq);
   const char *cls = spi_class_name((int32_t)t->klass);
   spi_request_set_str(rq, SPI_REQ_MODEL, "sim-model", 9);
@@ -291,10 +285,11 @@ static int build_request(sim *s, uint32_t i, spi_request *rq) {
   spi_request_set_int(rq, SPI_REQ_MAX_OUTPUT_TOKENS, q->out_left);
   if (q->replay_since)
     spi_request_set_int(rq, SPI_REQ_REPLAY_SINCE_NS, SIM_EPOCH_NS + q->replay_since);
-  return spi_request_set_token_ids(rq, s->ids, n);
+  return spi_request_set_token_ids(rq, s->tr->ids + t->block_off * SIM_IDS_PER_BLOCK, n);
 }
 
-/* Route request i; 1 when it landed on a replica. */
+/* Route request i; 1 when it landed on a replica, 0 when refused, 2 when
+ * the library holds it for spot capacity that is not up. */
 static int route(sim *s, uint32_t i) {
   sreq *q = &s->r[i];
   if (build_request(s, i, s->rq) != SPI_OK) return s->res->route_errors++, 0;
@@ -307,7 +302,7 @@ static int route(sim *s, uint32_t i) {
       if (!s->res->route_errors++ && !s->o->quiet)
         fprintf(stderr, "route: %s: %s\n", spi_strerror(rc), spi_engine_errmsg(s->eng));
     }
-    return 0;
+    return rc == SPI_OK && d.reason_code == SPI_REASON_QUEUE_NO_SPOT ? 2 : 0;
   }
   uint32_t ri = replica_of(s, d.replica_id);
   replica *p = &s->reps[ri];
@@ -324,6 +319,29 @@ static int route(sim *s, uint32_t i) {
   try_start(s, p);
   report_load(s, p);
   return 1;
+}
+
+static void park(sim *s, uint32_t i) {
+  if (s->n_parked == s->parked_cap) {
+    size_t c = s->parked_cap ? s->parked_cap * 2 : 256;
+    uint32_t *p = realloc(s->parked, c * sizeof *p);
+    if (!p) abort();
+    s->parked = p;
+    s->parked_cap = c;
+  }
+  s->parked[s->n_parked++] = i;
+  if (!s->unpark_pending) {
+    s->unpark_pending = 1;
+    heap_push(&s->h, s->now + SIM_PARK_POLL_NS, EV_UNPARK, 0, 0);
+  }
+}
+
+/* Offer every held request again now, in the order they were held (zone:
+ * a zone's capacity came back; 0: the poll). */
+static void unpark(sim *s, int zone) {
+  if (!zone) s->unpark_pending = 0;
+  for (size_t k = 0; k < s->n_parked; k++) heap_push(&s->h, s->now, EV_ARRIVE, s->parked[k], 0);
+  s->n_parked = 0;
 }
 
 static void schedule_pump(sim *s, int64_t at) {
@@ -415,7 +433,7 @@ static void pump(sim *s) {
         spi_request_parse_openai(s->scratch, cont, need, SPI_OPENAI_COMPLETIONS) == SPI_OK)
       spi_request_get_int(s->scratch, SPI_REQ_MAX_OUTPUT_TOKENS, &left, NULL);
     if (left != (int64_t)q->out_left) s->res->route_errors++;
-    if (route(s, i)) {
+    if (route(s, i) == 1) {
       spi_replay_ack(s->q, claim);
     } else {
       spi_replay_nack(s->q, claim);
@@ -600,6 +618,7 @@ static void zone_event(sim *s, uint32_t type, uint32_t zi, uint32_t cap) {
     }
   }
   if (type != EV_ZNOTICE) z->cap = cap;
+  if (type == EV_ZBACK) unpark(s, 1);
   if (type == EV_ZGONE) schedule_pump(s, s->now);
 }
 
@@ -747,7 +766,7 @@ int sim_run_policy(const sim_opts *o, const sim_trace *tr, sim_zone *zones, size
   s.nrep = cl ? cl->replicas : o->replicas;
   if (view_init(&s.view, o, tr, s.nrep)) abort();
   int rc = spi_engine_new(&s.eng, &hk);
-  if (rc == SPI_OK) rc = sim_register_policies(s.eng, &s.view);
+  if (rc == SPI_OK) rc = sim_register_policies(s.eng, &s.view, policy);
   /* The engine's fleet-wide estimates: with a cluster file, replica-weighted
    * means (a spot replica counts at its on-demand price in the all-on-demand
    * baseline and in the on-demand price estimate). */
@@ -776,7 +795,8 @@ int sim_run_policy(const sim_opts *o, const sim_trace *tr, sim_zone *zones, size
   } else {
     has_spot = o->on_demand < o->replicas;
   }
-  sim_engine_params ep = {policy, all_od || !has_spot, pre, dec, batch, spot_h, od_h};
+  sim_engine_params ep = {policy, all_od || !has_spot, pre, dec, batch, spot_h, od_h,
+                          tr->n, tr->nb};
   char msg[256];
   char *cfg = rc == SPI_OK ? sim_engine_config(o->config_json, &ep, msg, sizeof msg) : NULL;
   if (rc == SPI_OK && !cfg) {
@@ -888,10 +908,20 @@ int sim_run_policy(const sim_opts *o, const sim_trace *tr, sim_zone *zones, size
                   (uint32_t)next_arrival, 1);
         next_arrival++;
       }
-      if (!route(&s, ev.a)) {
+      switch (route(&s, ev.a)) {
+      case 1:
+        break;
+      case 2: /* held for spot: offered again when spot capacity returns */
+        res->requeued++;
+        park(&s, ev.a);
+        break;
+      default: /* refused (busy, shed): offered again in 500 ms */
         res->requeued++;
         heap_push(&s.h, s.now + MS(500), EV_ARRIVE, ev.a, 0);
       }
+      break;
+    case EV_UNPARK:
+      unpark(&s, 0);
       break;
     case EV_FIRST: {
       sreq *q = &s.r[ev.a];
@@ -938,7 +968,7 @@ int sim_run_policy(const sim_opts *o, const sim_trace *tr, sim_zone *zones, size
   }
   free(s.reps);
   free(s.r);
-  free(s.ids);
+  free(s.parked);
   free(s.h.e);
   view_free(&s.view);
   return 0;

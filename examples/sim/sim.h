@@ -47,6 +47,7 @@ typedef struct sim_trace {
   size_t n, cap;
   uint64_t *blocks;     /* trace block ids, per request in order */
   uint64_t *chain;      /* chained prefix hashes of the same blocks */
+  uint32_t *ids;        /* SIM_IDS_PER_BLOCK synthesized token ids a block */
   size_t nb, bcap;
   size_t bad_lines;     /* lines that could not be read, skipped */
   char first_bad[160];  /* what was wrong with the first of them */
@@ -124,9 +125,10 @@ typedef struct sim_gw_view {
 
 /* Register the simulator's comparison policies on an engine:
  * "sim-round-robin", "sim-least-loaded", "sim-consistent-hash",
- * "sim-greedy", "sim-sglang", "sim-epp". The view must outlive the
- * engine. Returns a status. */
-int sim_register_policies(spi_engine *engine, const sim_gw_view *view);
+ * "sim-greedy", "sim-sglang", "sim-epp"; with only set, just the one of
+ * that name (a run needs only its own: the others' tables cost time to
+ * build). The view must outlive the engine. Returns a status. */
+int sim_register_policies(spi_engine *engine, const sim_gw_view *view, const char *only);
 
 /* ----------------------------------------------------------------- LRU */
 

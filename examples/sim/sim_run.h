@@ -61,6 +61,7 @@ typedef struct sim_engine_params {
   const char *policy;
   int all_on_demand;
   double prefill_tps, decode_tps, batch, spot_usd_h, od_usd_h;
+  size_t requests, block_refs; /* of the trace: size the tables to it */
 } sim_engine_params;
 
 /* The run's config as JSON (free() it), or NULL with msg. */

@@ -62,6 +62,7 @@ void sim_trace_free(sim_trace *t) {
   free(t->reqs);
   free(t->blocks);
   free(t->chain);
+  free(t->ids);
   memset(t, 0, sizeof *t);
 }
 
@@ -93,8 +94,22 @@ static int add_block(sim_trace *t, uint64_t id) {
 
 void sim_trace_chain(sim_trace *t) {
   free(t->chain);
+  free(t->ids);
   t->chain = malloc((t->nb ? t->nb : 1) * sizeof *t->chain);
-  if (!t->chain) return;
+  t->ids = malloc((t->nb ? t->nb : 1) * SIM_IDS_PER_BLOCK * sizeof *t->ids);
+  if (!t->chain || !t->ids) {
+    free(t->chain);
+    free(t->ids);
+    t->chain = NULL, t->ids = NULL;
+    return;
+  }
+  /* The token ids a block stands for, made once: a request's ids are then
+   * the contiguous run of its blocks' ids. */
+  for (size_t b = 0; b < t->nb; b++) {
+    uint64_t h = sim_mix64(t->blocks[b] ^ 0x424c4b31ull);
+    for (uint32_t k = 0; k < SIM_IDS_PER_BLOCK; k++)
+      t->ids[b * SIM_IDS_PER_BLOCK + k] = (uint32_t)(sim_mix64(h + k) % 128000u);
+  }
   for (size_t i = 0; i < t->n; i++) {
     const sim_trace_req *q = &t->reqs[i];
     uint64_t h = 0x5350494d43484e31ull; /* "SPIMCHN1" */
