@@ -80,7 +80,9 @@ static int none_eligible(spi_policy_choice *out) {
  * a replica and not yet seen finish (prompt tokens plus the output still to
  * come). Skip every replica whose token load is above 1.25x the mean of the
  * eligible ones; among the rest take the longest cached prefix, then the
- * lowest token load, then the lower index. The cache it consults is its own
+ * lowest token load, then one of the tied at random (as the published
+ * policies below break ties; taking the lowest index would pile a lightly
+ * loaded fleet's work onto replica 0). The cache it consults is its own
  * mirror of each replica's LRU (same capacity, fed with what it sent), so
  * it is the idealised greedy: it knows each cache exactly.
  */
@@ -88,6 +90,7 @@ static int none_eligible(spi_policy_choice *out) {
 
 typedef struct greedy_state {
   const sim_gw_view *view;
+  sim_rng rng;
   sim_lru *mirror;
   uint32_t *epoch;
   uint64_t *chain;
@@ -116,7 +119,7 @@ static int greedy_choose(void *state, void *inst, const spi_route_context *ctx,
   }
   if (!n) return none_eligible(out);
   double cap = GREEDY_CAP * sum / (double)n;
-  size_t best = SIZE_MAX;
+  size_t best = SIZE_MAX, ties = 0;
   uint32_t bm = 0;
   double bl = 0;
   for (size_t i = 0; i < ctx->n_candidates; i++) {
@@ -130,7 +133,8 @@ static int greedy_choose(void *state, void *inst, const spi_route_context *ctx,
       s->epoch[r] = s->view->epoch[r];
     }
     uint32_t m = mirror_match(&s->mirror[r], s->chain, nb);
-    if (best == SIZE_MAX || m > bm || (m == bm && load < bl)) best = i, bm = m, bl = load;
+    if (best == SIZE_MAX || m > bm || (m == bm && load < bl)) best = i, bm = m, bl = load, ties = 1;
+    else if (m == bm && load == bl && sim_rng_next(&s->rng) % ++ties == 0) best = i;
   }
   uint32_t r = sim_cand_replica(&ctx->candidates[best]);
   for (int b = 0; b < nb; b++) sim_lru_insert(&s->mirror[r], s->chain[b]);
@@ -154,6 +158,7 @@ static greedy_state *greedy_new(const sim_gw_view *v) {
   greedy_state *s = calloc(1, sizeof *s);
   if (!s) return NULL;
   s->view = v;
+  sim_rng_seed(&s->rng, v->seed ^ 0x47524459ull);
   s->mirror = calloc(v->nrep, sizeof *s->mirror);
   s->epoch = calloc(v->nrep, sizeof *s->epoch);
   if (!s->mirror || !s->epoch) return greedy_destroy(s), NULL;
