@@ -570,3 +570,35 @@ func TestClientGoneIsNotReplayed(t *testing.T) {
 		time.Sleep(10 * time.Millisecond)
 	}
 }
+
+// A body with constrained decoding is replayed from scratch: the gateway
+// skips the text the client already has, so it still gets it once.
+func TestFromScratchReplaySkipsWhatTheClientHas(t *testing.T) {
+	a, od := &fakeBackend{n: 40}, &fakeBackend{n: 40}
+	a.cutAfter.Store(9)
+	srv := newTestGateway(t, map[string]*fakeBackend{"spot-a": a, "od-1": od},
+		map[string]string{"spot-a": "spot", "od-1": "on_demand"}, "spotinfer")
+	body := strings.Replace(silverStream, `"stream":true,`, `"stream":true,"response_format":{"type":"json_object"},`, 1)
+	resp, err := http.Post(srv.URL+"/v1/chat/completions", "application/json", strings.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	text, done, roles, ids, _ := readStreamAll(t, resp)
+	if text != want(40) || !done || roles != 1 || len(ids) != 1 {
+		t.Fatalf("got %q done=%v roles=%d ids=%v", text, done, roles, ids)
+	}
+	n := 0
+	for _, fb := range []*fakeBackend{a, od} {
+		fb.mu.Lock()
+		for _, b := range fb.bodies {
+			if b["continue_final_message"] == true {
+				t.Errorf("a constrained body was continued: %v", b)
+			}
+			n++
+		}
+		fb.mu.Unlock()
+	}
+	if n != 2 {
+		t.Fatalf("%d requests reached the backends, want 2", n)
+	}
+}

@@ -117,7 +117,8 @@ func (g *gateway) replayWorker(ctx context.Context) {
 	poll := time.NewTicker(25 * time.Millisecond)
 	defer poll.Stop()
 	for {
-		c, ok, err := g.queue.Claim(all, 10000)
+		// The lease outlasts the longest wait for a backend's headers.
+		c, ok, err := g.queue.Claim(all, replayLeaseMs)
 		if err != nil || !ok {
 			select {
 			case <-ctx.Done():
@@ -178,17 +179,28 @@ func (g *gateway) resumeClaim(ctx context.Context, c spotinfer.Claim) {
 	if flags&spotinfer.EnvelopeFromScratch != 0 {
 		l.offset, l.skip = 0, env.PartialText
 	}
-	g.queue.Ack(c.ID)
-	select {
-	case st.resume <- resumption{resp: resp, leg: l}:
-	default:
+	// Acked before the hand-over: a claim whose lease ran out meanwhile
+	// belongs to another worker now, and only one leg may feed the stream.
+	drop := func() {
 		resp.Body.Close()
 		l.cancel()
 		g.finish(l.ticket, spotinfer.TicketResult{Status: spotinfer.TicketCancelled})
 	}
+	if err := g.queue.Ack(c.ID); err != nil {
+		g.events.write(map[string]any{"event": "replay_dropped", "key": env.Key, "error": err.Error()})
+		drop()
+		return
+	}
+	select {
+	case st.resume <- resumption{resp: resp, leg: l}:
+	default:
+		drop()
+	}
 }
 
 var errUpstream = errors.New("upstream")
+
+const replayLeaseMs = 90000
 
 func (g *gateway) openContinuation(ctx context.Context, st *stream, body []byte,
 	env spotinfer.Envelope) (*http.Response, leg, error) {
