@@ -69,8 +69,12 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 
 // apiError answers in vLLM's error shape.
 func apiError(w http.ResponseWriter, status int, msg string) {
+	typ := "BadRequestError"
+	if status == http.StatusMethodNotAllowed {
+		typ = "MethodNotAllowed"
+	}
 	writeJSON(w, status, map[string]any{"object": "error", "message": msg,
-		"type": http.StatusText(status), "param": nil, "code": status})
+		"type": typ, "param": nil, "code": status})
 }
 
 // job is one generation: where its sequence starts and how far it goes.
