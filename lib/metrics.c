@@ -21,8 +21,10 @@
  *
  * TTFT. Each class has SPI_TTFT_BUCKETS counters, one per bucket (not
  * cumulative: one increment per sample), and a sum kept as the bits of a
- * double. Rendering accumulates the buckets and prints the total as the
- * histogram's _count, so _count always equals the +Inf bucket.
+ * double, both in milliseconds as the library measures. Rendering
+ * accumulates the buckets and prints the total as the histogram's _count, so
+ * _count always equals the +Inf bucket, and converts bounds, sum and the p95
+ * signal to seconds (spotinfer_ttft_seconds, spotinfer_ttft_p95_seconds).
  */
 #include <float.h>
 #include <inttypes.h>
@@ -38,10 +40,15 @@
 #define M_CLASSES 4 /* index = enum spi_class; 0 = unset or invalid */
 #define M_MAX_FAMILIES ((size_t)1 << 20)
 
-/* Upper bounds of the TTFT buckets in milliseconds; the last is +Inf. */
+/* Upper bounds of the TTFT buckets in milliseconds (the unit the library
+ * measures in); the last is +Inf. The text shows them in seconds, the base
+ * unit Prometheus names and tools expect, as TTFT_LE_SECONDS. */
 static const double TTFT_LE[SPI_TTFT_BUCKETS] = {
     25,   50,   100,  200,  300,   500,   800,
     1000, 1500, 2500, 5000, 10000, 30000, INFINITY};
+static const char *const TTFT_LE_SECONDS[SPI_TTFT_BUCKETS] = {
+    "0.025", "0.05", "0.1", "0.2", "0.3", "0.5", "0.8",
+    "1",     "1.5",  "2.5", "5",   "10",  "30",  "+Inf"};
 
 typedef struct fam_entry {
   _Atomic uint64_t id; /* 0 = free */
@@ -573,26 +580,21 @@ static void render_prefix(writer *w, const spi_metrics *x) {
 }
 
 static void render_ttft(writer *w, const spi_metrics *x) {
-  family(w, "spotinfer_ttft_milliseconds", "histogram",
-         "Time to first token in milliseconds, by class.");
+  family(w, "spotinfer_ttft_seconds", "histogram",
+         "Time to first token in seconds, by class.");
   for (int c = 1; c <= M_CLASSES; c++) {
     int ci = c % M_CLASSES;
     if (ci == 0 && !class_has_ttft(x, 0)) continue;
     uint64_t cum = 0;
     for (int b = 0; b < SPI_TTFT_BUCKETS; b++) {
       cum += get(&x->ttft_bucket[ci][b]);
-      char le[32];
-      if (b == SPI_TTFT_BUCKETS - 1)
-        snprintf(le, sizeof le, "+Inf");
-      else
-        snprintf(le, sizeof le, "%" PRId64, (int64_t)TTFT_LE[b]);
-      labels l = {{"class", "le"}, {class_label(ci), le}, 2};
-      sample_u64(w, "spotinfer_ttft_milliseconds_bucket", &l, cum);
+      labels l = {{"class", "le"}, {class_label(ci), TTFT_LE_SECONDS[b]}, 2};
+      sample_u64(w, "spotinfer_ttft_seconds_bucket", &l, cum);
     }
     labels l = {{"class"}, {class_label(ci)}, 1};
-    sample_double(w, "spotinfer_ttft_milliseconds_sum", &l,
-                  spi__bitsd(get(&x->ttft_sum[ci])));
-    sample_u64(w, "spotinfer_ttft_milliseconds_count", &l, cum);
+    sample_double(w, "spotinfer_ttft_seconds_sum", &l,
+                  spi__bitsd(get(&x->ttft_sum[ci])) / 1000.0);
+    sample_u64(w, "spotinfer_ttft_seconds_count", &l, cum);
   }
 }
 
@@ -604,12 +606,13 @@ static void render_signals(writer *w, const spi_signals *s) {
     labels l = {{"class"}, {class_label(c)}, 1};
     sample_double(w, name, &l, s->queue_depth[c]);
   }
-  name = "spotinfer_ttft_p95_milliseconds";
+  name = "spotinfer_ttft_p95_seconds";
   family(w, name, "gauge",
-         "95th percentile time to first token from the histogram, by class.");
+         "95th percentile time to first token in seconds from the histogram, "
+         "by class.");
   for (int c = SPI_CLASS_GOLD; c <= SPI_CLASS_BRONZE; c++) {
     labels l = {{"class"}, {class_label(c)}, 1};
-    sample_double(w, name, &l, s->p95_ttft_ms[c]);
+    sample_double(w, name, &l, s->p95_ttft_ms[c] / 1000.0);
   }
   name = "spotinfer_cache_miss_ratio";
   family(w, name, "gauge",

@@ -14,7 +14,9 @@
 #   install   cmake --install into a temporary prefix; scripts/consumer-test.sh
 #   python    bindings/python/tests with pytest in a venv (when present)
 #   go        go vet, go test, go test -race and a cgocheck2 run in
-#             bindings/go, then its go-vs-C benchmarks (when present)
+#             bindings/go, then its go-vs-C benchmarks, a module built
+#             through the README's replace line, and the metrics text
+#             through Prometheus' parser and linter (tests/promlint)
 #   gateway   examples/fakellm and examples/gateway: go vet, go test (-race
 #             for the gateway) against the installed library, then the
 #             spot-interruption drill (examples/gateway/drill.sh) and a
@@ -221,7 +223,9 @@ stage_python() {
   if [[ ! -x "$venv/bin/python" ]]; then
     python3 -m venv "$venv"
   fi
-  "$venv/bin/python" -m pip install -q --disable-pip-version-check pytest
+  # Pinned: pytest runs the tests, prometheus_client parses the metrics text.
+  "$venv/bin/python" -m pip install -q --disable-pip-version-check \
+    pytest==8.3.4 prometheus_client==0.21.1
   if [[ -f "$pkg/pyproject.toml" || -f "$pkg/setup.py" ]]; then
     "$venv/bin/python" -m pip install -q --disable-pip-version-check "$pkg"
   else
@@ -263,6 +267,10 @@ stage_go() {
   note "benchmarks: each Go call next to the same call looped in C"
   go test -count=1 -run '^$' -bench . -benchtime=20000x ./...
   go_consumer
+  # The metrics text through the Prometheus client library's parser and
+  # linter (the checks of `promtool check metrics`), pinned in its go.sum.
+  note "metrics text: Prometheus client parser and promlint"
+  (cd "$root/tests/promlint" && go run .)
 }
 
 # A program in its own module that imports the binding by its published path

@@ -197,6 +197,12 @@ func TestRouteTicketsLedger(t *testing.T) {
 	if !strings.Contains(text, "spotinfer_") || !strings.Contains(text, "gold") {
 		t.Fatalf("%.300s", text)
 	}
+	// Times are in seconds, Prometheus' base unit.
+	if !strings.Contains(text, "# TYPE spotinfer_ttft_seconds histogram\n") ||
+		!strings.Contains(text, `spotinfer_ttft_seconds_bucket{class="gold",le="0.025"} `) ||
+		strings.Contains(text, "millisecond") {
+		t.Fatalf("TTFT not in seconds: %.600s", text)
+	}
 	// A removed replica's ticket finishes with ErrStale.
 	chat(t, r, "hi", true, 800, "", -1)
 	d, err = r.Route()

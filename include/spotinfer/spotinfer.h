@@ -868,7 +868,8 @@ SPI_API int spi_engine_signals(spi_engine *engine, spi_signals *out);
 
 /*
  * The engine's metrics in Prometheus text exposition format (counters,
- * gauges, histograms; all names start with "spotinfer_"), copied into
+ * gauges, histograms; all names start with "spotinfer_"; times are in
+ * seconds, the base unit Prometheus expects), copied into
  * buf[0..cap) with a NUL; *needed (may be NULL) gets the length without it.
  * SPI_EBUFSIZE when cap is too small (cap 0 asks for the size).
  */

@@ -341,7 +341,7 @@ static void test_null_metrics(void **st) {
   assert_true(
       has_line(t, "spotinfer_prefix_family_blocks_total{family=\"other\"} 0"));
   assert_true(
-      has_line(t, "spotinfer_ttft_milliseconds_count{class=\"gold\"} 0"));
+      has_line(t, "spotinfer_ttft_seconds_count{class=\"gold\"} 0"));
   free(t);
 
   spi_metrics *x = (spi_metrics *)1;
@@ -368,29 +368,30 @@ static void test_histogram_buckets(void **st) {
   static const struct {
     const char *le;
     int cum;
-  } want[] = {{"25", 3},     {"50", 5},   {"100", 6},  {"200", 6},
-              {"300", 6},    {"500", 6},  {"800", 7},  {"1000", 8},
-              {"1500", 9},   {"2500", 9}, {"5000", 9}, {"10000", 9},
-              {"30000", 10}, {"+Inf", 13}};
+  } want[] = {{"0.025", 3}, {"0.05", 5}, {"0.1", 6}, {"0.2", 6},
+              {"0.3", 6},   {"0.5", 6},  {"0.8", 7}, {"1", 8},
+              {"1.5", 9},   {"2.5", 9},  {"5", 9},   {"10", 9},
+              {"30", 10},   {"+Inf", 13}};
   assert_int_equal(sizeof want / sizeof want[0], SPI_TTFT_BUCKETS);
   for (size_t i = 0; i < SPI_TTFT_BUCKETS; i++) {
     char series[128];
     snprintf(series, sizeof series,
-             "spotinfer_ttft_milliseconds_bucket{class=\"gold\",le=\"%s\"}",
+             "spotinfer_ttft_seconds_bucket{class=\"gold\",le=\"%s\"}",
              want[i].le);
     NEAR(value_of(t, series), want[i].cum);
   }
-  NEAR(value_of(t, "spotinfer_ttft_milliseconds_count{class=\"gold\"}"), 13);
-  NEAR(value_of(t, "spotinfer_ttft_milliseconds_sum{class=\"gold\"}"),
-       0 + 0 + 25 + 25.001 + 50 + 99.9 + 800 + 1000 + 1001 + 30000 + 30000.5 +
-           1e9);
-  NEAR(value_of(t, "spotinfer_ttft_milliseconds_bucket{class=\"bronze\","
-                   "le=\"300\"}"),
+  NEAR(value_of(t, "spotinfer_ttft_seconds_count{class=\"gold\"}"), 13);
+  NEAR(value_of(t, "spotinfer_ttft_seconds_sum{class=\"gold\"}"),
+       (0 + 0 + 25 + 25.001 + 50 + 99.9 + 800 + 1000 + 1001 + 30000 + 30000.5 +
+        1e9) /
+           1000);
+  NEAR(value_of(t, "spotinfer_ttft_seconds_bucket{class=\"bronze\","
+                   "le=\"0.3\"}"),
        0);
-  NEAR(value_of(t, "spotinfer_ttft_milliseconds_bucket{class=\"bronze\","
-                   "le=\"500\"}"),
+  NEAR(value_of(t, "spotinfer_ttft_seconds_bucket{class=\"bronze\","
+                   "le=\"0.5\"}"),
        1);
-  NEAR(value_of(t, "spotinfer_ttft_milliseconds_count{class=\"silver\"}"), 0);
+  NEAR(value_of(t, "spotinfer_ttft_seconds_count{class=\"silver\"}"), 0);
   free(t);
   spi__metrics_free(&MEM, x);
 }
@@ -421,8 +422,8 @@ static void test_p95_interpolation(void **st) {
 
   /* The signal in the text matches; classes are independent. */
   char *t = render(x, NULL, 0, NULL);
-  NEAR(value_of(t, "spotinfer_ttft_p95_milliseconds{class=\"gold\"}"), 150);
-  NEAR(value_of(t, "spotinfer_ttft_p95_milliseconds{class=\"silver\"}"), 490);
+  NEAR(value_of(t, "spotinfer_ttft_p95_seconds{class=\"gold\"}"), 0.15);
+  NEAR(value_of(t, "spotinfer_ttft_p95_seconds{class=\"silver\"}"), 0.49);
   free(t);
   spi__metrics_free(&MEM, x);
 
@@ -560,7 +561,7 @@ static void test_threads(void **st) {
   for (int c = 1; c <= 3; c++) {
     char series[96];
     snprintf(series, sizeof series,
-             "spotinfer_ttft_milliseconds_count{class=\"%s\"}",
+             "spotinfer_ttft_seconds_count{class=\"%s\"}",
              spi_class_name(c));
     ttft += value_of(t, series);
     assert_true(spi__metrics_queue_depth(x, c) == 0);
@@ -618,7 +619,7 @@ static void test_replica_gauges_and_escaping(void **st) {
   check_exposition(t);
   assert_true(has_line(t, "spotinfer_queue_depth{class=\"silver\"} 4"));
   assert_true(
-      has_line(t, "spotinfer_ttft_p95_milliseconds{class=\"gold\"} 812.5"));
+      has_line(t, "spotinfer_ttft_p95_seconds{class=\"gold\"} 0.8125"));
   assert_true(has_line(t, "spotinfer_cache_miss_ratio 0.3"));
   assert_true(has_line(t, "spotinfer_warm_on_demand_replicas 2"));
   assert_true(has_line(t, "spotinfer_draft_acceptance_ratio 0.68"));
@@ -646,7 +647,7 @@ static void test_locale(void **st) {
   assert_true(has_line(
       t, "spotinfer_replica_kv_usage{replica=\"r\",pool=\"spot\"} 0.625"));
   assert_true(
-      has_line(t, "spotinfer_ttft_milliseconds_sum{class=\"gold\"} 12.5"));
+      has_line(t, "spotinfer_ttft_seconds_sum{class=\"gold\"} 0.0125"));
   free(t);
   spi__metrics_free(&MEM, x);
 }

@@ -629,3 +629,27 @@ def test_policy_flags_at_registration(world):
     with pytest.raises(TypeError):
         world.register_classifier("cls", spotinfer.ClassifierModule(),
                                   summaries_only=True)
+
+
+def test_metrics_text_parses_in_base_units(world):
+    """The metrics text parses with the Prometheus client library's parser,
+    and the TTFT histogram is in seconds with bounds in seconds."""
+    parser = pytest.importorskip("prometheus_client.parser")
+    d = chat(world, "first", stream=True, sla_ms=800).route()
+    d.ticket.finish(output_tokens=5, ttft_ms=250.0, duration_ms=900.0)
+    families = {f.name: f for f in
+                parser.text_string_to_metric_families(world.metrics())}
+    assert not [name for name in families if "millisecond" in name]
+    ttft = families["spotinfer_ttft_seconds"]
+    assert ttft.type == "histogram"
+    bounds = sorted({float(s.labels["le"]) for s in ttft.samples
+                     if s.name == "spotinfer_ttft_seconds_bucket"})
+    assert bounds[0] == 0.025 and bounds[-2] == 30.0
+    assert bounds[-1] == float("inf")
+    total = sum(s.value for s in ttft.samples
+                if s.name == "spotinfer_ttft_seconds_sum")
+    count = sum(s.value for s in ttft.samples
+                if s.name == "spotinfer_ttft_seconds_count")
+    assert count == 1 and total == pytest.approx(0.25)
+    assert families["spotinfer_ttft_p95_seconds"].type == "gauge"
+    assert families["spotinfer_decisions"].type == "counter"
