@@ -30,7 +30,7 @@ static void put_forced(cJSON *obj, const char *key, cJSON *v) {
   else cJSON_AddItemToObject(obj, key, v);
 }
 
-char *sim_engine_config(const char *user_json, const sim_engine_params *p, char *msg,
+char *sim_engine_config(const char *user_json, sim_engine_params *p, char *msg,
                         size_t msgcap) {
   cJSON *root = user_json ? cJSON_Parse(user_json) : cJSON_CreateObject();
   if (!cJSON_IsObject(root)) {
@@ -67,6 +67,12 @@ char *sim_engine_config(const char *user_json, const sim_engine_params *p, char 
   put_default(cost, "on_demand_usd_per_gpu_hour", p->od_usd_h);
   put_default(cost, "prefill_tokens_per_s", p->prefill_tps);
   put_default(cost, "decode_tokens_per_s", p->decode_tps * p->batch);
+  /* The prices the ledger will use, the user's where given: the
+   * class-feasible maximum saving is reckoned with them. */
+  const cJSON *sp = cJSON_GetObjectItemCaseSensitive(cost, "spot_usd_per_gpu_hour");
+  const cJSON *od = cJSON_GetObjectItemCaseSensitive(cost, "on_demand_usd_per_gpu_hour");
+  p->price_ratio = cJSON_IsNumber(sp) && cJSON_IsNumber(od) && od->valuedouble > 0
+                       ? sp->valuedouble / od->valuedouble : 1;
   char *out = cJSON_PrintUnformatted(root);
   cJSON_Delete(root);
   if (!out) snprintf(msg, msgcap, "out of memory");

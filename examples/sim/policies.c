@@ -73,16 +73,21 @@ static int rr_choose(void *state, void *inst, const spi_route_context *ctx,
 
 /* --------------------------------------------------------- least loaded */
 
+/* Fewest running + waiting, then fewest in flight, then one of the tied
+ * at random (the lowest index would pile an idle fleet's work on one). */
 static int ll_choose(void *state, void *inst, const spi_route_context *ctx,
                      spi_policy_choice *out) {
-  (void)state, (void)inst;
-  size_t best = SIZE_MAX;
+  (void)inst;
+  sim_rng *rng = state;
+  size_t best = SIZE_MAX, ties = 0;
   for (size_t i = 0; i < ctx->n_candidates; i++) {
     const spi_candidate *c = &ctx->candidates[i];
     if (!c->eligible) continue;
-    if (best == SIZE_MAX || load_of(c) < load_of(&ctx->candidates[best]) ||
-        (load_of(c) == load_of(&ctx->candidates[best]) &&
-         c->inflight < ctx->candidates[best].inflight))
+    const spi_candidate *b = best == SIZE_MAX ? NULL : &ctx->candidates[best];
+    if (!b || load_of(c) < load_of(b) || (load_of(c) == load_of(b) && c->inflight < b->inflight))
+      best = i, ties = 1;
+    else if (load_of(c) == load_of(b) && c->inflight == b->inflight &&
+             sim_rng_next(rng) % ++ties == 0)
       best = i;
   }
   if (best == SIZE_MAX) return no_capacity(out);
@@ -117,18 +122,68 @@ static int ch_choose(void *state, void *inst, const spi_route_context *ctx,
 
 /* --------------------------------------------------------- registration */
 
+/*
+ * Every comparison policy keeps the one class rule a spot deployment
+ * cannot do without: gold goes to on-demand replicas while any is
+ * eligible. Without it a policy would "save" by running gold on spot and
+ * beat the class-feasible maximum. The wrapper hides spot candidates from
+ * the policy for a gold request and leaves everything else as it was.
+ */
+typedef struct class_rule {
+  sim_choose_fn choose;
+  void *state;
+  spi_module_destroy_fn destroy;
+  spi_candidate *buf;
+  size_t cap;
+} class_rule;
+
+static int rule_choose(void *state, void *inst, const spi_route_context *ctx,
+                       spi_policy_choice *out) {
+  class_rule *w = state;
+  int od = 0;
+  if (ctx->cls && ctx->cls->klass == SPI_CLASS_GOLD)
+    for (size_t i = 0; i < ctx->n_candidates && !od; i++)
+      od = ctx->candidates[i].eligible && ctx->candidates[i].pool == SPI_POOL_ON_DEMAND;
+  if (!od) return w->choose(w->state, inst, ctx, out);
+  if (ctx->n_candidates > w->cap) {
+    spi_candidate *b = realloc(w->buf, ctx->n_candidates * sizeof *b);
+    if (!b) return SPI_ENOMEM;
+    w->buf = b;
+    w->cap = ctx->n_candidates;
+  }
+  memcpy(w->buf, ctx->candidates, ctx->n_candidates * sizeof *w->buf);
+  for (size_t i = 0; i < ctx->n_candidates; i++)
+    if (w->buf[i].pool != SPI_POOL_ON_DEMAND) w->buf[i].eligible = 0;
+  spi_route_context c = *ctx;
+  c.candidates = w->buf;
+  return w->choose(w->state, inst, &c, out);
+}
+
+static void rule_destroy(void *state) {
+  class_rule *w = state;
+  if (w->destroy) w->destroy(w->state);
+  free(w->buf);
+  free(w);
+}
+
 static int reg(spi_engine *e, const char *name, sim_choose_fn choose, void *state,
                spi_module_destroy_fn destroy) {
+  class_rule *w = calloc(1, sizeof *w);
+  if (!w) {
+    if (destroy) destroy(state);
+    return SPI_ENOMEM;
+  }
+  w->choose = choose, w->state = state, w->destroy = destroy;
   spi_policy_module m;
   memset(&m, 0, sizeof m);
   m.abi_version = SPI_MODULE_ABI_VERSION;
   m.struct_size = sizeof m;
   m.on_failure = SPI_ON_FAILURE_ERROR;
   m.configure = cfg_none;
-  m.choose = choose;
+  m.choose = rule_choose;
   int rc = spi_engine_register_module(e, SPI_MODULE_POLICY, name, strlen(name),
-                                      &m, state, destroy);
-  if (rc != SPI_OK && destroy) destroy(state);
+                                      &m, w, rule_destroy);
+  if (rc != SPI_OK) rule_destroy(w);
   return rc;
 }
 
@@ -139,8 +194,12 @@ int sim_register_policies(spi_engine *e, const sim_gw_view *view, const char *on
     if (!rr) return SPI_ENOMEM;
     rc = reg(e, "sim-round-robin", rr_choose, rr, free);
   }
-  if (rc == SPI_OK && (!only || !strcmp(only, "sim-least-loaded")))
-    rc = reg(e, "sim-least-loaded", ll_choose, NULL, NULL);
+  if (rc == SPI_OK && (!only || !strcmp(only, "sim-least-loaded"))) {
+    sim_rng *rng = malloc(sizeof *rng);
+    if (!rng) return SPI_ENOMEM;
+    sim_rng_seed(rng, view->seed ^ 0x4c4c31ull);
+    rc = reg(e, "sim-least-loaded", ll_choose, rng, free);
+  }
   if (rc == SPI_OK && (!only || !strcmp(only, "sim-consistent-hash")))
     rc = reg(e, "sim-consistent-hash", ch_choose, NULL, NULL);
   if (rc == SPI_OK) rc = sim_register_baselines(e, view, reg, only);

@@ -66,20 +66,6 @@ static void compute_ceilings(const sim_opts *o, const sim_trace *tr, sim_ceiling
   sim_lru_free(&pooled);
 }
 
-/* Spot price over on-demand price of the same machines, replica-weighted
- * over the spot replicas; 1 when the cluster has none. */
-static double spot_price_ratio(const sim_opts *o) {
-  if (!o->cluster) return o->on_demand < o->replicas ? o->spot_usd_h / o->od_usd_h : 1;
-  double sp = 0, od = 0;
-  for (size_t g = 0; g < o->cluster->n; g++) {
-    const sim_group *G = &o->cluster->g[g];
-    if (G->pool != SPI_POOL_SPOT) continue;
-    sp += G->count * G->usd_h;
-    od += G->count * G->od_usd_h;
-  }
-  return od > 0 ? sp / od : 1;
-}
-
 /* ------------------------------------------------------------- set-up */
 
 int sim_setup_load(sim_setup *su, const sim_opts *o) {
@@ -163,7 +149,10 @@ void sim_savings(const sim_opts *o, const sim_result *r, const sim_result *base,
                  double *saving_pct, double *max_pct) {
   *saving_pct = base->usd > 0 ? 100.0 * (1 - r->usd / base->usd) : 0;
   double nongold = base->usd - base->usd_class[SPI_CLASS_GOLD];
-  *max_pct = base->usd > 0 ? 100.0 * nongold / base->usd * (1 - spot_price_ratio(o)) : 0;
+  /* No spot capacity: nothing can be saved. */
+  int spot = o->cluster ? o->cluster->nzones > 0 : o->on_demand < o->replicas;
+  double ratio = r->price_ratio < 1 ? r->price_ratio : 1;
+  *max_pct = base->usd > 0 && spot ? 100.0 * nongold / base->usd * (1 - ratio) : 0;
 }
 
 /* ------------------------------------------------------------ reports */

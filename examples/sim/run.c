@@ -780,7 +780,7 @@ int sim_run_policy(const sim_opts *o, const sim_trace *tr, sim_zone *zones, size
       double c = G->count;
       n += c;
       pre += c * G->prefill_tps, dec += c * G->decode_tps, batch += c * G->max_batch;
-      if (G->pool == SPI_POOL_SPOT && !all_od) ns += c, ss += c * G->usd_h;
+      if (G->pool == SPI_POOL_SPOT) ns += c, ss += c * G->usd_h;
       so += c * G->od_usd_h;
     }
     pre /= n, dec /= n, batch /= n;
@@ -796,9 +796,10 @@ int sim_run_policy(const sim_opts *o, const sim_trace *tr, sim_zone *zones, size
     has_spot = o->on_demand < o->replicas;
   }
   sim_engine_params ep = {policy, all_od || !has_spot, pre, dec, batch, spot_h, od_h,
-                          tr->n, tr->nb};
+                          tr->n, tr->nb, 1};
   char msg[256];
   char *cfg = rc == SPI_OK ? sim_engine_config(o->config_json, &ep, msg, sizeof msg) : NULL;
+  res->price_ratio = ep.price_ratio;
   if (rc == SPI_OK && !cfg) {
     fprintf(stderr, "spotinfer_sim: %s\n", msg);
     spi_engine_free(s.eng);

@@ -62,10 +62,11 @@ typedef struct sim_engine_params {
   int all_on_demand;
   double prefill_tps, decode_tps, batch, spot_usd_h, od_usd_h;
   size_t requests, block_refs; /* of the trace: size the tables to it */
+  double price_ratio; /* out: spot / on-demand $ per GPU-hour the run uses */
 } sim_engine_params;
 
 /* The run's config as JSON (free() it), or NULL with msg. */
-char *sim_engine_config(const char *user_json, const sim_engine_params *p, char *msg,
+char *sim_engine_config(const char *user_json, sim_engine_params *p, char *msg,
                         size_t msgcap);
 
 /* A spot zone during a run. */
@@ -86,6 +87,7 @@ typedef struct sim_result {
   uint64_t completed, lost, expired, at_horizon;
   uint64_t replays, replayed, replayed_ok, requeued, notices, drains;
   uint64_t route_errors, spot_served, od_served;
+  double price_ratio;     /* spot / on-demand price in the run's config */
   double imbalance;       /* token load per up-second, max / mean */
   double start_imbalance; /* request starts per up-second, max / mean */
   int slo[4];             /* 1 met, 0 missed, -1 n/a */
