@@ -198,7 +198,7 @@ func (s *server) chat(w http.ResponseWriter, r *http.Request) {
 	}
 	j.stream = b.Stream
 	j.usage = b.StreamOptions != nil && b.StreamOptions.IncludeUsage
-	s.event(map[string]any{"event": "request", "path": r.URL.Path, "system": hash(system.String()),
+	s.event(map[string]any{"event": "request", "path": r.URL.Path, "request_id": r.Header.Get("X-Request-Id"), "system": hash(system.String()),
 		"prompt": hash(prompt.String()), "continuation": b.ContinueFinalMessage, "offset": j.offset,
 		"count": j.count, "stream": j.stream, "cached_tokens": j.cachedTokens})
 	s.serve(w, r, j)
@@ -236,7 +236,7 @@ func (s *server) completions(w http.ResponseWriter, r *http.Request) {
 	}
 	j.stream = b.Stream
 	j.usage = b.StreamOptions != nil && b.StreamOptions.IncludeUsage
-	s.event(map[string]any{"event": "request", "path": r.URL.Path, "system": "",
+	s.event(map[string]any{"event": "request", "path": r.URL.Path, "request_id": r.Header.Get("X-Request-Id"), "system": "",
 		"prompt": hash(head), "continuation": j.offset > 0, "offset": j.offset,
 		"count": j.count, "stream": j.stream, "cached_tokens": j.cachedTokens})
 	s.serve(w, r, j)

@@ -224,7 +224,7 @@ func (g *gateway) completion(kind spotinfer.OpenAIKind) http.HandlerFunc {
 // with the backend taken in turn and no library call at all.
 func (g *gateway) serveRoundRobin(w http.ResponseWriter, r *http.Request, body []byte) {
 	b := g.backends[int(g.rr.Add(1)-1)%len(g.backends)]
-	resp, err := g.forward(r.Context(), b, r.URL.Path, body)
+	resp, err := g.forward(r.Context(), b, r.URL.Path, "", body)
 	if err != nil {
 		g.stats.failed.Add(1)
 		apiError(w, http.StatusBadGateway, "upstream_error", err.Error())
@@ -243,13 +243,12 @@ func (g *gateway) serveRoundRobin(w http.ResponseWriter, r *http.Request, body [
 // queues (batch work while no spot capacity is up) is routed again until
 // -queue-wait has passed.
 func (g *gateway) route(ctx context.Context, req *spotinfer.Request, body []byte,
-	kind spotinfer.OpenAIKind) (spotinfer.Decision, time.Duration, error) {
+	kind spotinfer.OpenAIKind) (d spotinfer.Decision, spent time.Duration, t0 time.Time, err error) {
 	deadline := time.Now().Add(g.o.queueWait)
-	var spent time.Duration
 	for {
-		t0 := time.Now()
-		var d spotinfer.Decision
-		err := req.ParseOpenAI(body, kind)
+		t0 = time.Now()
+		d = spotinfer.Decision{}
+		err = req.ParseOpenAI(body, kind)
 		if err != nil {
 			err = badRequest{err}
 		} else {
@@ -257,14 +256,14 @@ func (g *gateway) route(ctx context.Context, req *spotinfer.Request, body []byte
 		}
 		spent += time.Since(t0)
 		if err != nil || d.Pool != spotinfer.PoolQueue {
-			return d, spent, err
+			return d, spent, t0, err
 		}
 		if time.Now().After(deadline) {
-			return d, spent, spotinfer.ErrNoCapacity
+			return d, spent, t0, spotinfer.ErrNoCapacity
 		}
 		select {
 		case <-ctx.Done():
-			return d, spent, ctx.Err()
+			return d, spent, t0, ctx.Err()
 		case <-time.After(50 * time.Millisecond):
 		}
 	}
@@ -279,14 +278,14 @@ func (g *gateway) serveRouted(w http.ResponseWriter, r *http.Request, body []byt
 	st := &stream{g: g, key: fmt.Sprintf("%x-%d", time.Now().UnixNano(), g.seq.Add(1)),
 		body: body, kind: kind, ctx: r.Context(), path: r.URL.Path}
 	for attempt := 0; ; attempt++ {
-		d, ok := g.decide(w, r, body, kind)
+		d, started, ok := g.decide(w, r, body, kind)
 		if !ok {
 			return
 		}
 		st.class, st.replayable = d.Class, d.Replayable
 		g.events.write(map[string]any{"event": "route", "key": st.key, "replica": d.ReplicaID,
 			"ticket": d.Ticket.ID, "class": d.Class.String(), "reason": d.ReasonCode.String(),
-			"matched_blocks": d.MatchedBlocks, "attempt": attempt})
+			"matched_blocks": d.MatchedBlocks, "attempt": attempt, "route_start": unixSeconds(started)})
 		// A leg has its own context so that a REPLAY plan can cut it
 		// without touching the client's connection; the ticket is findable
 		// from the start, so a plan reaches a request still waiting for
@@ -294,7 +293,7 @@ func (g *gateway) serveRouted(w http.ResponseWriter, r *http.Request, body []byt
 		lctx, cancel := context.WithCancel(r.Context())
 		first := leg{ticket: d.Ticket, cancel: cancel}
 		st.register(&first)
-		resp, l, err := g.firstLeg(lctx, r.URL.Path, body, d, st.wasCut)
+		resp, l, err := g.firstLeg(lctx, r.URL.Path, st.key, body, d, st.wasCut)
 		st.unregister(&first)
 		if err != nil {
 			cancel()
@@ -323,18 +322,18 @@ func (g *gateway) serveRouted(w http.ResponseWriter, r *http.Request, body []byt
 // decide asks the library where the request goes; when it goes nowhere,
 // the client has its answer (400, 429, 503) and ok is false.
 func (g *gateway) decide(w http.ResponseWriter, r *http.Request, body []byte,
-	kind spotinfer.OpenAIKind) (spotinfer.Decision, bool) {
+	kind spotinfer.OpenAIKind) (spotinfer.Decision, time.Time, bool) {
 	req, _ := g.reqs.Get().(*spotinfer.Request)
 	if req == nil {
 		apiError(w, http.StatusInternalServerError, "internal_error", "no request handle")
-		return spotinfer.Decision{}, false
+		return spotinfer.Decision{}, time.Time{}, false
 	}
-	d, spent, err := g.route(r.Context(), req, body, kind)
+	d, spent, started, err := g.route(r.Context(), req, body, kind)
 	g.reqs.Put(req)
 	g.timings.decision.add(spent)
 	switch {
 	case err == nil:
-		return d, true
+		return d, started, true
 	case errors.Is(err, spotinfer.ErrShed):
 		g.stats.shed.Add(1)
 		w.Header().Set("Retry-After", "1")
@@ -362,14 +361,14 @@ func (g *gateway) decide(w http.ResponseWriter, r *http.Request, body []byte,
 		g.stats.failed.Add(1)
 		apiError(w, http.StatusInternalServerError, "internal_error", err.Error())
 	}
-	return d, false
+	return d, started, false
 }
 
 // firstLeg sends the request to the chosen replica, then to the fallbacks
 // in order when a replica cannot be reached or answers 5xx before the first
 // byte. The chosen replica's ticket records such a failure (its error
 // breaker counts it); a fallback is served without a ticket.
-func (g *gateway) firstLeg(ctx context.Context, path string, body []byte,
+func (g *gateway) firstLeg(ctx context.Context, path, key string, body []byte,
 	d spotinfer.Decision, cut func() bool) (*http.Response, leg, error) {
 	targets := append([]string{d.ReplicaID}, d.FallbackIDs...)
 	var lastErr error
@@ -385,7 +384,7 @@ func (g *gateway) firstLeg(ctx context.Context, path string, body []byte,
 		} else {
 			g.stats.fallbacks.Add(1)
 		}
-		resp, err := g.forward(ctx, b, path, body)
+		resp, err := g.forward(ctx, b, path, key, body)
 		if err == nil && resp.StatusCode < 500 {
 			return resp, l, nil
 		}
@@ -411,13 +410,18 @@ func (g *gateway) firstLeg(ctx context.Context, path string, body []byte,
 	return nil, leg{}, lastErr
 }
 
-func (g *gateway) forward(ctx context.Context, b *backend, path string, body []byte) (*http.Response, error) {
+// forward posts the body to a backend; id (when not "") goes as
+// X-Request-Id, which vLLM takes as the request's id.
+func (g *gateway) forward(ctx context.Context, b *backend, path, id string, body []byte) (*http.Response, error) {
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, b.URL+path, bytes.NewReader(body))
 	if err != nil {
 		return nil, err
 	}
 	req.Header.Set("Content-Type", "application/json")
 	req.Header.Set("Accept", "application/json, text/event-stream")
+	if id != "" {
+		req.Header.Set("X-Request-Id", id)
+	}
 	return g.client.Do(req)
 }
 
@@ -472,5 +476,7 @@ type badRequest struct{ err error }
 
 func (b badRequest) Error() string { return b.err.Error() }
 func (b badRequest) Unwrap() error { return b.err }
+
+func unixSeconds(t time.Time) float64 { return float64(t.UnixNano()) / 1e9 }
 
 func itoa(v uint64) string { return strconv.FormatUint(v, 10) }

@@ -227,7 +227,7 @@ func (g *gateway) openContinuation(ctx context.Context, st *stream, body []byte,
 	}
 	g.events.write(map[string]any{"event": "route", "key": env.Key, "replica": d.ReplicaID,
 		"ticket": d.Ticket.ID, "class": d.Class.String(), "reason": d.ReasonCode.String(),
-		"replay": true})
+		"replay": true, "route_start": unixSeconds(t0)})
 	b := g.byID[d.ReplicaID]
 	if b == nil {
 		g.finish(d.Ticket, spotinfer.TicketResult{Status: spotinfer.TicketError})
@@ -243,7 +243,7 @@ func (g *gateway) openContinuation(ctx context.Context, st *stream, body []byte,
 		}
 	}()
 	l := leg{replica: d.ReplicaID, ticket: d.Ticket, sent: time.Now(), cancel: cancel}
-	resp, err := g.forward(lctx, b, st.path, body)
+	resp, err := g.forward(lctx, b, st.path, env.Key, body)
 	if err == nil && resp.StatusCode != http.StatusOK {
 		msg, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
 		resp.Body.Close()

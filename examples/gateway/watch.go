@@ -118,9 +118,11 @@ func (g *gateway) pollNotices(ctx context.Context, b *backend) {
 
 func (g *gateway) handleNotice(b *backend, n spotinfer.Notice) {
 	plans, err := g.eng.Notice(n)
+	// From here on no route may choose the machine's replicas.
+	handed := time.Now()
 	g.stats.notices.Add(1)
 	ev := map[string]any{"event": "notice", "replica": b.ID, "node": n.Node, "kind": n.Kind.String(),
-		"deadline": float64(n.DeadlineNs) / 1e9, "plans": len(plans)}
+		"deadline": float64(n.DeadlineNs) / 1e9, "plans": len(plans), "handed_in": unixSeconds(handed)}
 	if err != nil {
 		ev["error"] = err.Error()
 	}
