@@ -90,14 +90,14 @@ int spi_engine_new(spi_engine **out, const spi_hooks *hooks) {
     spi__free(&mem, e);
     return SPI_ENOMEM;
   }
-  if (pthread_mutex_init(&e->err_lock, NULL) != 0) {
+  if (spi__errtab_init(&e->err) != SPI_OK) {
     pthread_mutex_destroy(&e->config_lock);
     spi__rcu_destroy(&e->rcu);
     spi__free(&mem, e);
     return SPI_ENOMEM;
   }
   if (spi__registry_init(&e->registry, &e->mem) != SPI_OK) {
-    pthread_mutex_destroy(&e->err_lock);
+    spi__errtab_destroy(&e->err);
     pthread_mutex_destroy(&e->config_lock);
     spi__rcu_destroy(&e->rcu);
     spi__free(&mem, e);
@@ -105,7 +105,7 @@ int spi_engine_new(spi_engine **out, const spi_hooks *hooks) {
   }
   if (spi__nodes_new(e) != SPI_OK) {
     spi__registry_destroy(&e->registry, &e->mem);
-    pthread_mutex_destroy(&e->err_lock);
+    spi__errtab_destroy(&e->err);
     pthread_mutex_destroy(&e->config_lock);
     spi__rcu_destroy(&e->rcu);
     spi__free(&mem, e);
@@ -118,7 +118,7 @@ int spi_engine_new(spi_engine **out, const spi_hooks *hooks) {
     spi_engine_free(e);
     return rc == SPI_ENOMEM ? SPI_ENOMEM : rc;
   }
-  e->errmsg[0] = '\0';
+  spi__errtab_clear(&e->err);
   *out = e;
   return SPI_OK;
 }
@@ -132,7 +132,7 @@ void spi_engine_free(spi_engine *engine) {
   spi__nodes_free(engine);
   spi__modules_free(engine);
   pthread_mutex_destroy(&engine->config_lock);
-  pthread_mutex_destroy(&engine->err_lock);
+  spi__errtab_destroy(&engine->err);
   spi__rcu_destroy(&engine->rcu);
   engine->magic = SPI_DEAD_MAGIC;
   spi__free(&mem, engine);
@@ -441,9 +441,7 @@ static int configure_locked(spi_engine *e, const char *json, size_t len) {
   }
   snapshot_install(e, s);
   spi__router_commit(e, &prep);
-  pthread_mutex_lock(&e->err_lock);
-  e->errmsg[0] = '\0';
-  pthread_mutex_unlock(&e->err_lock);
+  spi__errtab_clear(&e->err);
   return SPI_OK;
 }
 

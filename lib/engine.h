@@ -14,8 +14,8 @@
  *   3. registry.lock        replica.c: replica set writers
  *   4. replay queue mu      replay.c, then the journal's mu, then its
  *                           process-wide open_lock (journal.c)
- *   5. leaves               err_lock, the ledger's lock, the memory store's
- *                           mu, a queue's err_lock: nothing is taken under them
+ *   5. leaves               err.lock (errtab), the ledger's lock, the memory store's
+ *                           mu, a queue's err.lock: nothing is taken under them
  *
  * Two rules make pins and locks safe together:
  *   A. A pinned thread may take any lock, in the order above. So nobody may
@@ -133,10 +133,8 @@ struct spi_engine {
   struct spi_nodes *nodes;   /* machines and their fate (node.c) */
   atomic_int configuring; /* set while module configure callbacks run */
   pthread_t config_owner;
-  /* Calls that may run on many threads (replica reports, tickets) can fail
-   * at once: writers of errmsg take err_lock. */
-  pthread_mutex_t err_lock;
-  char errmsg[SPI_ERRMSG_CAP];
+  /* Error detail, one message per calling thread (errtab.c). */
+  spi_errtab err;
 };
 
 /* ------------------------------------------------------ floor (floor.c) */

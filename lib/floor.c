@@ -52,9 +52,7 @@ int spi__engine_fail(spi_engine *e, int status, const char *fmt, ...) {
   va_start(ap, fmt);
   spi__verrf(msg, sizeof msg, fmt, ap);
   va_end(ap);
-  pthread_mutex_lock(&e->err_lock);
-  memcpy(e->errmsg, msg, sizeof msg);
-  pthread_mutex_unlock(&e->err_lock);
+  spi__errtab_set(&e->err, msg);
   return status;
 }
 
@@ -73,5 +71,7 @@ void spi__snap_release(spi_engine *e, unsigned pin) {
 
 const char *spi_engine_errmsg(const spi_engine *engine) {
   if (!spi__engine_ok(engine)) return "invalid engine handle";
-  return engine->errmsg;
+  /* The table's lock is a mutex: reading it does not change the engine as
+   * the caller sees it, hence the const in the signature. */
+  return spi__errtab_get((spi_errtab *)&engine->err);
 }

@@ -125,8 +125,7 @@ struct spi_replay_queue {
    * policy promises (updated without mu, atomically, after a sync). */
   uint64_t durable_seq;
   uint64_t enqueued, duplicates, acked, nacked, expired_leases;
-  pthread_mutex_t err_lock;
-  char errmsg[SPI_ERRMSG_CAP];
+  spi_errtab err; /* per calling thread (errtab.c) */
 };
 
 /* ------------------------------------------------------------- messages */
@@ -140,9 +139,7 @@ static int qfail(spi_replay_queue *q, int status, const char *fmt, ...) {
   va_start(ap, fmt);
   spi__verrf(msg, sizeof msg, fmt, ap);
   va_end(ap);
-  pthread_mutex_lock(&q->err_lock);
-  memcpy(q->errmsg, msg, sizeof msg);
-  pthread_mutex_unlock(&q->err_lock);
+  spi__errtab_set(&q->err, msg);
   return status;
 }
 
@@ -975,7 +972,7 @@ static void queue_free(spi_replay_queue *q) {
   spi__free(&q->mem, q->donetab);
   spi__free(&q->mem, q->heap);
   pthread_mutex_destroy(&q->mu);
-  pthread_mutex_destroy(&q->err_lock);
+  spi__errtab_destroy(&q->err);
   q->magic = SPI_DEAD_MAGIC;
   spi_mem m = q->mem;
   spi__free(&m, q);
@@ -997,7 +994,7 @@ static spi_replay_queue *queue_new(spi_engine *e) {
     spi__free(&e->mem, q);
     return NULL;
   }
-  if (pthread_mutex_init(&q->err_lock, NULL) != 0) {
+  if (spi__errtab_init(&q->err) != SPI_OK) {
     pthread_mutex_destroy(&q->mu);
     spi__free(&e->mem, q);
     return NULL;
@@ -1055,9 +1052,11 @@ static int open_store(spi_replay_queue *q, const cJSON *sec, char *err,
       rc = SPI_EMODULE;
     if (merr[0])
       spi__errf(err, cap, "replay recovery: %s", merr);
-    else
-      spi__errf(err, cap, "replay recovery: %s",
-                q->errmsg[0] ? q->errmsg : spi_strerror(rc));
+    else {
+      /* apply_record reports through qfail on this thread. */
+      const char *qm = spi__errtab_get(&q->err);
+      spi__errf(err, cap, "replay recovery: %s", qm[0] ? qm : spi_strerror(rc));
+    }
     q->store->release(q->mod->state, inst);
     q->inst = NULL;
     return rc;
@@ -1118,7 +1117,7 @@ void spi_replay_close(spi_replay_queue *queue) {
 
 const char *spi_replay_errmsg(const spi_replay_queue *queue) {
   if (!queue_ok(queue)) return "invalid replay queue handle";
-  return queue->errmsg;
+  return spi__errtab_get((spi_errtab *)&queue->err);
 }
 
 /* --------------------------------------------------------------- enqueue */

@@ -61,11 +61,7 @@ int spi_request_new(spi_engine *engine, spi_request **out) {
   *out = NULL;
   if (!spi__engine_ok(engine)) return SPI_EMISUSE;
   spi_request *r = spi__calloc(&engine->mem, 1, sizeof *r);
-  if (!r) {
-    spi__errf(engine->errmsg, sizeof engine->errmsg,
-              "request: out of memory");
-    return SPI_ENOMEM;
-  }
+  if (!r) return spi__engine_fail(engine, SPI_ENOMEM, "request: out of memory");
   r->magic = SPI_REQUEST_MAGIC;
   r->engine = engine;
   *out = r;

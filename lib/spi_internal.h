@@ -5,6 +5,7 @@
 #ifndef SPI_INTERNAL_H
 #define SPI_INTERNAL_H
 
+#include <pthread.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -54,6 +55,41 @@ void spi__errf(char *buf, size_t cap, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 void spi__verrf(char *buf, size_t cap, const char *fmt, va_list ap)
     __attribute__((format(printf, 3, 0)));
+
+/*
+ * Error detail per calling thread on a shared handle (errtab.c). The rule,
+ * for every handle many threads share (engine, replay queue): a failing call
+ * records its message in the calling thread's slot, and the errmsg getter
+ * returns the calling thread's slot, so a message always belongs to the
+ * caller's own last failed call on that handle. A request is used by one
+ * thread at a time and keeps a single message.
+ */
+#define SPI_ERRTAB_SLOTS 32
+typedef struct spi_errslot {
+  pthread_t owner;
+  int used;
+  uint64_t stamp; /* when it was last set: the oldest is taken over */
+  char msg[SPI_ERRMSG_CAP];
+} spi_errslot;
+typedef struct spi_errtab {
+  pthread_mutex_t lock; /* a leaf lock (LOCK ORDER in engine.h) */
+  uint64_t stamp;
+  spi_errslot slot[SPI_ERRTAB_SLOTS];
+  /* Threads whose slot was taken over by another: they read LOST. */
+  pthread_t evicted[SPI_ERRTAB_SLOTS];
+  uint8_t evicted_used[SPI_ERRTAB_SLOTS];
+  size_t evicted_next;
+} spi_errtab;
+extern const char SPI_ERRTAB_LOST[];
+int spi__errtab_init(spi_errtab *t);
+void spi__errtab_destroy(spi_errtab *t);
+/* This thread's message on the handle is now msg (copied, truncated). */
+void spi__errtab_set(spi_errtab *t, const char *msg);
+/* This thread's message on the handle is now "". */
+void spi__errtab_clear(spi_errtab *t);
+/* This thread's message: "", its last failure's, or SPI_ERRTAB_LOST.
+ * Borrowed until this thread's next call on the handle. */
+const char *spi__errtab_get(spi_errtab *t);
 
 /* dst = a sep b, truncated to cap (> 0) with a NUL; NULL parts are skipped.
  * The routing path builds its reason strings with this, not printf. */

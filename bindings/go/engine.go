@@ -151,14 +151,18 @@ func (e *Engine) ptr(op string) (*C.spi_engine, error) {
 	return e.p, nil
 }
 
-// errmsg reads the engine's message right after a failed call.
+// fail reads the engine's message right after a failed call. The library
+// keeps one message per OS thread, so every method that may call fail locks
+// its goroutine to the OS thread from the C call through this read.
 func (e *Engine) fail(rc C.int, op string) error {
 	msg := C.GoString(C.spi_engine_errmsg(e.p))
 	runtime.KeepAlive(e)
 	return newError(rc, op, msg)
 }
 
-// ErrMsg is the message of the last failed call on the engine.
+// ErrMsg is the message of the last failed call made on the engine from the
+// current OS thread. A goroutine may change threads between calls: the
+// message of a method's own failure is in the error it returns.
 func (e *Engine) ErrMsg() string {
 	p, err := e.ptr("spi_engine_errmsg")
 	if err != nil {
@@ -173,6 +177,8 @@ func (e *Engine) ErrMsg() string {
 // is validated first; on error nothing changes and the message names the
 // key's path.
 func (e *Engine) Configure(config string) error {
+	runtime.LockOSThread() // the call and its errmsg on one OS thread
+	defer runtime.UnlockOSThread()
 	p, err := e.ptr("spi_engine_configure")
 	if err != nil {
 		return err
@@ -198,6 +204,8 @@ func (e *Engine) ConfigureValue(v any) error {
 
 // ConfigureFile applies the JSON configuration in a file.
 func (e *Engine) ConfigureFile(path string) error {
+	runtime.LockOSThread() // the call and its errmsg on one OS thread
+	defer runtime.UnlockOSThread()
 	p, err := e.ptr("spi_engine_configure_file")
 	if err != nil {
 		return err
@@ -232,6 +240,8 @@ func sizedText(call func(buf *C.char, cap C.size_t, needed *C.size_t) C.int) (st
 // ConfigJSON is the effective configuration as canonical JSON, with every
 // default filled in.
 func (e *Engine) ConfigJSON() (string, error) {
+	runtime.LockOSThread() // the call and its errmsg on one OS thread
+	defer runtime.UnlockOSThread()
 	p, err := e.ptr("spi_engine_config_json")
 	if err != nil {
 		return "", err
@@ -248,6 +258,8 @@ func (e *Engine) ConfigJSON() (string, error) {
 
 // ClassToPriority maps a class to a priority value of a scheme.
 func (e *Engine) ClassToPriority(scheme PriorityScheme, c Class) (int32, error) {
+	runtime.LockOSThread() // the call and its errmsg on one OS thread
+	defer runtime.UnlockOSThread()
 	p, err := e.ptr("spi_engine_class_to_priority")
 	if err != nil {
 		return 0, err
@@ -263,6 +275,8 @@ func (e *Engine) ClassToPriority(scheme PriorityScheme, c Class) (int32, error) 
 
 // ClassFromPriority maps a priority value of a scheme back to a class.
 func (e *Engine) ClassFromPriority(scheme PriorityScheme, priority int32) (Class, error) {
+	runtime.LockOSThread() // the call and its errmsg on one OS thread
+	defer runtime.UnlockOSThread()
 	p, err := e.ptr("spi_engine_class_from_priority")
 	if err != nil {
 		return 0, err
@@ -278,6 +292,8 @@ func (e *Engine) ClassFromPriority(scheme PriorityScheme, priority int32) (Class
 
 // ClassToServiceTier maps a class to an OpenAI service tier.
 func (e *Engine) ClassToServiceTier(c Class) (ServiceTier, error) {
+	runtime.LockOSThread() // the call and its errmsg on one OS thread
+	defer runtime.UnlockOSThread()
 	p, err := e.ptr("spi_engine_class_to_service_tier")
 	if err != nil {
 		return 0, err
@@ -293,6 +309,8 @@ func (e *Engine) ClassToServiceTier(c Class) (ServiceTier, error) {
 
 // ClassFromServiceTier maps an OpenAI service tier to a class.
 func (e *Engine) ClassFromServiceTier(t ServiceTier) (Class, error) {
+	runtime.LockOSThread() // the call and its errmsg on one OS thread
+	defer runtime.UnlockOSThread()
 	p, err := e.ptr("spi_engine_class_from_service_tier")
 	if err != nil {
 		return 0, err
@@ -308,6 +326,8 @@ func (e *Engine) ClassFromServiceTier(t ServiceTier) (Class, error) {
 
 // ModuleNames lists the registered modules of a kind in registration order.
 func (e *Engine) ModuleNames(kind ModuleKind) ([]string, error) {
+	runtime.LockOSThread() // the call and its errmsg on one OS thread
+	defer runtime.UnlockOSThread()
 	p, err := e.ptr("spi_engine_module_name")
 	if err != nil {
 		return nil, err

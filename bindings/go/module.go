@@ -348,6 +348,8 @@ func statusOf(err error) C.int {
 }
 
 func (e *Engine) register(kind ModuleKind, name string, impl any, onFailure OnFailure) error {
+	runtime.LockOSThread() // the call and its errmsg on one OS thread
+	defer runtime.UnlockOSThread()
 	p, err := e.ptr("spi_engine_register_module")
 	if err != nil {
 		return err

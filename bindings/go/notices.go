@@ -328,6 +328,8 @@ type TicketPlan struct {
 // whole engine; should more open meanwhile than it holds, the plans that
 // fitted are returned with ErrBufSize.
 func (e *Engine) Notice(n Notice) ([]TicketPlan, error) {
+	runtime.LockOSThread() // the call and its errmsg on one OS thread
+	defer runtime.UnlockOSThread()
 	p, err := e.ptr("spi_engine_notice")
 	if err != nil {
 		return nil, err
@@ -378,6 +380,8 @@ func missing(op string) error {
 // SetNodeState moves a machine to a state by hand (DRAINING when work
 // starts moving, TERMINATED when it is gone, REMOVED to forget it).
 func (e *Engine) SetNodeState(node string, state NodeState) error {
+	runtime.LockOSThread() // the call and its errmsg on one OS thread
+	defer runtime.UnlockOSThread()
 	p, err := e.ptr("spi_node_set_state")
 	if err != nil {
 		return err
@@ -394,6 +398,8 @@ func (e *Engine) SetNodeState(node string, state NodeState) error {
 
 // NodeState is a machine's state (NodeActive for one never heard of).
 func (e *Engine) NodeState(node string) (NodeState, error) {
+	runtime.LockOSThread() // the call and its errmsg on one OS thread
+	defer runtime.UnlockOSThread()
 	p, err := e.ptr("spi_node_get_state")
 	if err != nil {
 		return 0, err
@@ -412,6 +418,8 @@ func (e *Engine) NodeState(node string) (NodeState, error) {
 // Tick does the periodic node work: expired rebalance advice, passed
 // deadlines.
 func (e *Engine) Tick() error {
+	runtime.LockOSThread() // the call and its errmsg on one OS thread
+	defer runtime.UnlockOSThread()
 	p, err := e.ptr("spi_engine_tick")
 	if err != nil {
 		return err
@@ -427,6 +435,8 @@ func (e *Engine) Tick() error {
 // the goroutine whose call caused it; fn must not call back into the
 // engine. nil clears it. Not concurrent with other calls on the engine.
 func (e *Engine) OnNodeTransition(fn func(node string, from, to NodeState)) error {
+	runtime.LockOSThread() // the call and its errmsg on one OS thread
+	defer runtime.UnlockOSThread()
 	p, err := e.ptr("spi_engine_on_node_transition")
 	if err != nil {
 		return err
@@ -544,6 +554,8 @@ type queueHandle struct {
 // OpenReplayQueue opens a replay queue: {"store":"memory"} or
 // {"store":"journal","dir":...,"fsync":"always"|"batch"|"none",...}.
 func (e *Engine) OpenReplayQueue(config string) (*ReplayQueue, error) {
+	runtime.LockOSThread() // the call and its errmsg on one OS thread
+	defer runtime.UnlockOSThread()
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	if e.p == nil {
@@ -586,6 +598,8 @@ func (q *ReplayQueue) ptr(op string) (*C.spi_replay_queue, error) {
 	return q.h.q, nil
 }
 
+// fail reads the queue's message (kept per OS thread, like the engine's)
+// right after a failed call; callers lock the OS thread across both.
 func (q *ReplayQueue) fail(rc C.int, op string) error {
 	if rc == C.SPI_GO_MISSING {
 		return missing(op)
@@ -595,7 +609,8 @@ func (q *ReplayQueue) fail(rc C.int, op string) error {
 	return newError(rc, op, msg)
 }
 
-// ErrMsg is the last error on the queue.
+// ErrMsg is the message of the last failed call made on the queue from the
+// current OS thread; a method's own failure is in the error it returns.
 func (q *ReplayQueue) ErrMsg() string {
 	p, err := q.ptr("spi_replay_errmsg")
 	if err != nil {
@@ -609,6 +624,8 @@ func (q *ReplayQueue) ErrMsg() string {
 // Enqueue adds an envelope (copied). duplicate is true when an envelope
 // with the same key is queued already or was acked (nothing is added).
 func (q *ReplayQueue) Enqueue(env Envelope) (duplicate bool, err error) {
+	runtime.LockOSThread() // the call and its errmsg on one OS thread
+	defer runtime.UnlockOSThread()
 	p, err := q.ptr("spi_replay_enqueue")
 	if err != nil {
 		return false, err
@@ -644,6 +661,8 @@ func ClassMask(classes ...Class) uint32 {
 // gold first, FIFO within a lane) with a lease (0 = replay.lease_ms).
 // ok is false when nothing is ready.
 func (q *ReplayQueue) Claim(mask uint32, leaseMs int64) (c Claim, ok bool, err error) {
+	runtime.LockOSThread() // the call and its errmsg on one OS thread
+	defer runtime.UnlockOSThread()
 	p, err := q.ptr("spi_replay_claim")
 	if err != nil {
 		return Claim{}, false, err
@@ -698,6 +717,8 @@ func envelopeFrom(e *C.spi_envelope) Envelope {
 
 // Ack finishes a claim: the envelope leaves the queue for good.
 func (q *ReplayQueue) Ack(claimID uint64) error {
+	runtime.LockOSThread() // the call and its errmsg on one OS thread
+	defer runtime.UnlockOSThread()
 	p, err := q.ptr("spi_replay_ack")
 	if err != nil {
 		return err
@@ -711,6 +732,8 @@ func (q *ReplayQueue) Ack(claimID uint64) error {
 
 // Nack fails a claim: ready again after a backoff, or dead-lettered.
 func (q *ReplayQueue) Nack(claimID uint64) error {
+	runtime.LockOSThread() // the call and its errmsg on one OS thread
+	defer runtime.UnlockOSThread()
 	p, err := q.ptr("spi_replay_nack")
 	if err != nil {
 		return err
@@ -740,6 +763,8 @@ type ReplayStats struct {
 
 // Stats reads the queue's counts.
 func (q *ReplayQueue) Stats() (ReplayStats, error) {
+	runtime.LockOSThread() // the call and its errmsg on one OS thread
+	defer runtime.UnlockOSThread()
 	p, err := q.ptr("spi_replay_stats_get")
 	if err != nil {
 		return ReplayStats{}, err
@@ -767,6 +792,8 @@ func (q *ReplayQueue) Stats() (ReplayStats, error) {
 // Tick runs the queue's periodic work (lease expiry, group commit,
 // compaction) when it is otherwise idle.
 func (q *ReplayQueue) Tick() error {
+	runtime.LockOSThread() // the call and its errmsg on one OS thread
+	defer runtime.UnlockOSThread()
 	p, err := q.ptr("spi_replay_tick")
 	if err != nil {
 		return err

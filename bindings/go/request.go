@@ -27,6 +27,8 @@ type Request struct {
 
 // NewRequest creates an empty request on the engine.
 func (e *Engine) NewRequest() (*Request, error) {
+	runtime.LockOSThread() // the call and its errmsg on one OS thread
+	defer runtime.UnlockOSThread()
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	if e.p == nil {

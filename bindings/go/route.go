@@ -115,6 +115,8 @@ type ReplicaInfo struct {
 
 // UpsertReplica adds a replica or updates every field of an existing one.
 func (e *Engine) UpsertReplica(info ReplicaInfo) error {
+	runtime.LockOSThread() // the call and its errmsg on one OS thread
+	defer runtime.UnlockOSThread()
 	p, err := e.ptr("spi_replica_upsert")
 	if err != nil {
 		return err
@@ -140,6 +142,8 @@ func (e *Engine) UpsertReplica(info ReplicaInfo) error {
 
 // RemoveReplica removes a replica; its open tickets finish with ErrStale.
 func (e *Engine) RemoveReplica(id string) error {
+	runtime.LockOSThread() // the call and its errmsg on one OS thread
+	defer runtime.UnlockOSThread()
 	p, err := e.ptr("spi_replica_remove")
 	if err != nil {
 		return err
@@ -156,6 +160,8 @@ func (e *Engine) RemoveReplica(id string) error {
 
 // SetReplicaState sets a replica ACTIVE, DRAINING or NOTICED.
 func (e *Engine) SetReplicaState(id string, state ReplicaState) error {
+	runtime.LockOSThread() // the call and its errmsg on one OS thread
+	defer runtime.UnlockOSThread()
 	p, err := e.ptr("spi_replica_set_state")
 	if err != nil {
 		return err
@@ -188,6 +194,8 @@ func (l Load) c() C.spi_load {
 
 // ReportLoad reports a replica's load.
 func (e *Engine) ReportLoad(id string, load Load) error {
+	runtime.LockOSThread() // the call and its errmsg on one OS thread
+	defer runtime.UnlockOSThread()
 	p, err := e.ptr("spi_replica_report_load")
 	if err != nil {
 		return err
@@ -206,6 +214,8 @@ func (e *Engine) ReportLoad(id string, load Load) error {
 // ReportMetrics parses a vLLM or SGLang /metrics page and reports it as the
 // replica's load, stamped now.
 func (e *Engine) ReportMetrics(id string, text []byte) error {
+	runtime.LockOSThread() // the call and its errmsg on one OS thread
+	defer runtime.UnlockOSThread()
 	p, err := e.ptr("spi_replica_report_metrics")
 	if err != nil {
 		return err
@@ -278,6 +288,8 @@ func (e *Engine) ReplicaCount() int {
 
 // ReplicaStatusAt is the status of the replica at index (order of addition).
 func (e *Engine) ReplicaStatusAt(index int) (ReplicaStatus, error) {
+	runtime.LockOSThread() // the call and its errmsg on one OS thread
+	defer runtime.UnlockOSThread()
 	p, err := e.ptr("spi_replica_status_at")
 	if err != nil {
 		return ReplicaStatus{}, err
@@ -293,6 +305,8 @@ func (e *Engine) ReplicaStatusAt(index int) (ReplicaStatus, error) {
 
 // ReplicaStatusOf is the status of the replica with an id.
 func (e *Engine) ReplicaStatusOf(id string) (ReplicaStatus, error) {
+	runtime.LockOSThread() // the call and its errmsg on one OS thread
+	defer runtime.UnlockOSThread()
 	p, err := e.ptr("spi_replica_status_of")
 	if err != nil {
 		return ReplicaStatus{}, err
@@ -426,6 +440,8 @@ func (e *Engine) Ticket(id uint64) Ticket { return Ticket{e: e, ID: id} }
 
 // FirstToken records that the first token was streamed (TTFT by class).
 func (t Ticket) FirstToken() error {
+	runtime.LockOSThread() // the call and its errmsg on one OS thread
+	defer runtime.UnlockOSThread()
 	p, err := t.engine("spi_ticket_first_token")
 	if err != nil {
 		return err
@@ -439,6 +455,8 @@ func (t Ticket) FirstToken() error {
 
 // Progress records the tokens streamed so far (monotonic).
 func (t Ticket) Progress(tokensStreamed uint64) error {
+	runtime.LockOSThread() // the call and its errmsg on one OS thread
+	defer runtime.UnlockOSThread()
 	p, err := t.engine("spi_ticket_progress")
 	if err != nil {
 		return err
@@ -463,6 +481,8 @@ type TicketResult struct {
 // Finish ends the ticket and feeds the prefix index, load, error breaker,
 // ledger and metrics. Finishing twice returns ErrStale.
 func (t Ticket) Finish(res TicketResult) error {
+	runtime.LockOSThread() // the call and its errmsg on one OS thread
+	defer runtime.UnlockOSThread()
 	p, err := t.engine("spi_ticket_finish")
 	if err != nil {
 		return err
@@ -514,6 +534,8 @@ func (e *Engine) LedgerCount() int {
 
 // LedgerRowAt reads one ledger row.
 func (e *Engine) LedgerRowAt(index int) (LedgerRow, error) {
+	runtime.LockOSThread() // the call and its errmsg on one OS thread
+	defer runtime.UnlockOSThread()
 	p, err := e.ptr("spi_ledger_row_at")
 	if err != nil {
 		return LedgerRow{}, err
@@ -564,6 +586,8 @@ type Signals struct {
 
 // Signals reads the engine's autoscaling signals.
 func (e *Engine) Signals() (Signals, error) {
+	runtime.LockOSThread() // the call and its errmsg on one OS thread
+	defer runtime.UnlockOSThread()
 	p, err := e.ptr("spi_engine_signals")
 	if err != nil {
 		return Signals{}, err
@@ -585,6 +609,8 @@ func (e *Engine) Signals() (Signals, error) {
 
 // Metrics is the engine's metrics in Prometheus text exposition format.
 func (e *Engine) Metrics() (string, error) {
+	runtime.LockOSThread() // the call and its errmsg on one OS thread
+	defer runtime.UnlockOSThread()
 	p, err := e.ptr("spi_engine_metrics")
 	if err != nil {
 		return "", err

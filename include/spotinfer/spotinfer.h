@@ -11,8 +11,16 @@
  *  - Every exported symbol starts with spi_ and every macro with SPI_.
  *  - Functions that can fail return an int status: SPI_OK (0) or a negative
  *    value of enum spi_status. spi_strerror() names any integer.
- *  - Error detail (a message naming what was wrong) lives on the handle the
- *    call was made on: spi_engine_errmsg(), spi_request_errmsg().
+ *  - Error detail (a message naming what was wrong) belongs to the call that
+ *    failed. It is kept on the handle the call was made on, per calling
+ *    thread: spi_engine_errmsg() and spi_replay_errmsg() return the message
+ *    of the calling thread's last failed call on that engine or queue, so
+ *    threads sharing a handle never read each other's. Read it on the
+ *    thread that made the call (bindings whose threads migrate pin the call
+ *    and the read to one OS thread). A handle keeps messages for 32 threads;
+ *    a thread whose slot was taken by later failures on other threads reads
+ *    a note saying so, never another thread's text. A spi_request is used by
+ *    one thread at a time and keeps its own message (spi_request_errmsg()).
  *  - Text arrives as pointer + length and is never assumed NUL-terminated.
  *    A NULL pointer with length 0 is the empty string.
  *  - The library copies everything it is given before the call returns.
@@ -173,9 +181,9 @@ SPI_API int spi_engine_new(spi_engine **out, const spi_hooks *hooks);
 SPI_API void spi_engine_free(spi_engine *engine);
 
 /*
- * The message of the last failed call on this engine ("" if none). Borrowed:
- * valid until the next call on the engine. When several threads fail calls
- * on one engine at once, it holds one of their messages. Never NULL.
+ * The message of the calling thread's last failed call on this engine (""
+ * if it has none; see the error detail convention at the top). Borrowed:
+ * valid until this thread's next call on the engine. Never NULL.
  */
 SPI_API const char *spi_engine_errmsg(const spi_engine *engine);
 
@@ -1082,7 +1090,8 @@ SPI_API int spi_replay_open(spi_engine *engine, const char *config_json,
                             size_t len, spi_replay_queue **out);
 /* Flush and close. NULL is harmless. */
 SPI_API void spi_replay_close(spi_replay_queue *queue);
-/* The last error on this queue ("" if none). Never NULL. */
+/* The message of the calling thread's last failed call on this queue (""
+ * if none), as for spi_engine_errmsg(). Never NULL. */
 SPI_API const char *spi_replay_errmsg(const spi_replay_queue *queue);
 
 /* Add an envelope (copied). When this returns SPI_OK the envelope is as

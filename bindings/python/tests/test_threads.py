@@ -77,3 +77,33 @@ def test_reconfigure_while_classifying():
         for t in threads:
             t.join()
         assert not errors, errors[0]
+
+
+def test_error_messages_do_not_cross():
+    """Threads failing calls on one engine at once each read their own
+    message: the library keeps one per calling thread."""
+    ids = ["alpha-replica", "beta-replica", "gamma-replica", "delta-replica"]
+    with Engine() as engine:
+        for rid in ids:
+            engine.upsert_replica(id=rid, pool=spotinfer.Pool.ON_DEMAND,
+                                  usd_per_hour=1.0, max_inflight=4)
+        crossed = {rid: 0 for rid in ids}
+        barrier = threading.Barrier(len(ids))
+
+        def worker(rid):
+            barrier.wait()
+            for _ in range(2000):
+                try:
+                    engine.report_metrics(rid, "x{")
+                except spotinfer.SpotinferError as e:
+                    if rid not in e.message:
+                        crossed[rid] += 1
+                else:
+                    crossed[rid] += 1
+
+        threads = [threading.Thread(target=worker, args=(r,)) for r in ids]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert crossed == {rid: 0 for rid in ids}
