@@ -66,6 +66,11 @@ int spi__json_parse_object(const char *text, size_t len, size_t max_len,
   }
   const char *end = NULL;
   cJSON *root = cJSON_ParseWithLengthOpts(text, len, &end, 0);
+  if (!root && spi__json_well_formed(text, len)) {
+    /* cJSON answers NULL for both; well-formed text means it ran out. */
+    spi__errf(err, errcap, "%s: out of memory while parsing JSON", what);
+    return SPI_ENOMEM;
+  }
   if (!root) {
     /* cJSON sets end to where it stopped; on allocation failure it may not. */
     size_t off = (end && end >= text && end <= text + len) ? (size_t)(end - text)

@@ -80,6 +80,8 @@ static int parse_json_array(nctx *c, const char *body, size_t len,
   const char *end = NULL;
   *out = NULL;
   cJSON *root = cJSON_ParseWithLengthOpts(body, len, &end, 0);
+  if (!root && spi__json_well_formed(body, len))
+    return spi__notice_fail(c, SPI_ENOMEM, "out of memory while parsing JSON");
   if (!root) {
     size_t off =
         (end && end >= body && end <= body + len) ? (size_t)(end - body) : 0;

@@ -130,6 +130,10 @@ size_t spi__json_nul_escape(const char *text, size_t len);
 int spi__json_parse_object(const char *text, size_t len, size_t max_len,
                            const char *what, struct cJSON **out, char *err,
                            size_t errcap);
+/* Whether text starts with a JSON value cJSON would parse (json_syntax.c),
+ * checked without allocating. Asked after cJSON returned NULL: yes means
+ * cJSON ran out of memory (SPI_ENOMEM), no means the text is malformed. */
+int spi__json_well_formed(const char *text, size_t len);
 
 /*
  * Typed readers for one key of obj. table_path is the option's path in the

@@ -545,6 +545,91 @@ static void test_node_table_full_of_replicas(void **st) {
   done(w);
 }
 
+typedef struct counting {
+  long allocs, frees, fail_at; /* fail_at -1: never */
+} counting;
+
+static void *c_alloc(void *ud, size_t n) {
+  counting *c = ud;
+  if (c->allocs == c->fail_at) {
+    c->fail_at = -1;
+    return NULL;
+  }
+  c->allocs++;
+  return malloc(n);
+}
+
+static void c_free(void *ud, void *p) {
+  if (p) ((counting *)ud)->frees++;
+  free(p);
+}
+
+/* The notice and metrics paths under the engine's allocator hook, failing
+ * each allocation in turn: a call either works or answers SPI_ENOMEM
+ * saying so (never another status), the engine keeps working, and nothing
+ * leaks. Reading a /metrics page allocates nothing at all. */
+static void test_alloc_failure(void **st) {
+  (void)st;
+  static const char PAGE[] =
+      "vllm:num_requests_running 3\nh {count:2,sum:1}\nvllm:num_requests_"
+      "waiting 1 st@5\n";
+  long injected = 0;
+  for (long k = 0;; k++) {
+    counting c = {0, 0, -1};
+    spi_hooks h;
+    memset(&h, 0, sizeof h);
+    h.struct_size = sizeof h;
+    h.alloc = c_alloc;
+    h.free = c_free;
+    h.alloc_user_data = &c;
+    spi_engine *e = NULL;
+    assert_int_equal(spi_engine_new(&e, &h), SPI_OK);
+    spi_replica_info ri;
+    memset(&ri, 0, sizeof ri);
+    ri.struct_size = sizeof ri;
+    ri.id = "r1";
+    ri.id_len = 2;
+    ri.node = "i-1";
+    ri.node_len = 3;
+    ri.pool = SPI_POOL_SPOT;
+    ri.usd_per_hour = 1;
+    ri.max_inflight = 4;
+    assert_int_equal(spi_replica_upsert(e, &ri), SPI_OK);
+    long base = c.allocs;
+    c.fail_at = base + k;
+    assert_int_equal(spi_replica_report_metrics(e, "r1", 2, PAGE,
+                                                strlen(PAGE)),
+                     SPI_OK);
+    assert_int_equal(c.allocs, base); /* the page parser allocates nothing */
+    int failed = 0;
+    for (int i = 0; i < 40; i++) {
+      char node[16];
+      snprintf(node, sizeof node, "n-%d", i);
+      spi_notice n = notice(node, SPI_NOTICE_TERMINATE,
+                            4000000000LL * SEC, node);
+      size_t np = 0;
+      int rc = spi_engine_notice(e, &n, NULL, 0, &np);
+      if (rc == SPI_ENOMEM) {
+        failed = 1;
+        assert_non_null(strstr(spi_engine_errmsg(e), "out of memory"));
+        /* The same notice with memory back goes through. */
+        rc = spi_engine_notice(e, &n, NULL, 0, &np);
+      }
+      assert_int_equal(rc, SPI_OK);
+    }
+    int32_t state = 0;
+    assert_int_equal(spi_node_get_state(e, "n-39", 4, &state), SPI_OK);
+    assert_true(state == SPI_NODE_NOTICED || state == SPI_NODE_TERMINATED);
+    int done_all = c.fail_at >= 0; /* never reached: nothing left to fail */
+    spi_engine_free(e);
+    assert_int_equal(c.allocs, c.frees);
+    if (done_all) break;
+    injected += failed;
+  }
+  print_message("%ld allocation failures on the notice path\n", injected);
+  assert_true(injected >= 1);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_notice_stops_routing_at_once),
@@ -555,6 +640,7 @@ int main(void) {
       cmocka_unit_test(test_state_machine),
       cmocka_unit_test(test_node_table_flood),
       cmocka_unit_test(test_node_table_full_of_replicas),
+      cmocka_unit_test(test_alloc_failure),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -18,6 +18,7 @@
 #include <string.h>
 
 #include <cmocka.h>
+#include <cjson/cJSON.h>
 
 #include "spotinfer/spotinfer.h"
 
@@ -1318,6 +1319,87 @@ static void test_cap_and_ebufsize(void **state) {
   assert_int_equal(n, 0);
 }
 
+/* ------------------------------------------------------ out of memory */
+
+/* cJSON allocates the parse tree through its process-wide hooks (the
+ * library never sets them); the test sets them to fail one allocation. */
+static long cj_allocs, cj_fail_at = -1;
+
+static void *cj_malloc(size_t n) {
+  if (cj_allocs++ == cj_fail_at) return NULL;
+  return malloc(n);
+}
+
+/* Issue 12.6: running out of memory inside the JSON parser was reported as
+ * "malformed JSON" (SPI_EPARSE). Failing each of cJSON's allocations in
+ * turn, every failure is SPI_ENOMEM saying so, writes nothing, and the
+ * next call with memory parses as usual; a malformed body stays SPI_EPARSE
+ * however allocation goes. */
+static void test_out_of_memory(void **state) {
+  (void)state;
+  static const struct {
+    int32_t format;
+    const char *body;
+  } BODIES[] = {
+      {AZ, AZURE_FOUR},
+      {SC, "[{\"Code\":\"system-reboot\",\"EventId\":\"e\",\"State\":"
+           "\"active\",\"NotBefore\":\"21 Jan 2019 09:00:43 GMT\"}]"},
+      {IA, "{\"action\":\"terminate\",\"time\":\"2026-11-22T06:02:00Z\"}"},
+      {EB, "{\"detail-type\":\"EC2 Spot Instance Interruption Warning\","
+           "\"time\":\"2026-11-22T06:02:01Z\",\"id\":\"x\",\"detail\":{"
+           "\"instance-id\":\"i-9\",\"instance-action\":\"terminate\"}}"},
+  };
+  cJSON_Hooks hooks = {cj_malloc, free};
+  size_t points = 0;
+  for (size_t b = 0; b < sizeof BODIES / sizeof BODIES[0]; b++) {
+    const char *body = BODIES[b].body;
+    for (long k = 0;; k++) {
+      spi_notice out[8];
+      memset(out, 0x5a, sizeof out);
+      unsigned char before[sizeof out];
+      memcpy(before, out, sizeof out);
+      size_t n = 99;
+      char err[256] = "";
+      cj_allocs = 0;
+      cj_fail_at = k;
+      cJSON_InitHooks(&hooks);
+      int rc = spi_notice_parse(BODIES[b].format, 200, body, strlen(body),
+                                NODE, strlen(NODE), NOW, out, 8, &n, err,
+                                sizeof err);
+      cJSON_InitHooks(NULL);
+      if (cj_allocs <= k) { /* nothing failed: the whole parse ran */
+        assert_int_equal(rc, SPI_OK);
+        assert_true(n >= 1);
+        break;
+      }
+      points++;
+      if (rc != SPI_ENOMEM)
+        print_error("body %zu, allocation %ld: rc %d \"%s\"\n", b, k, rc,
+                    err);
+      assert_int_equal(rc, SPI_ENOMEM);
+      assert_non_null(strstr(err, "out of memory while parsing JSON"));
+      assert_int_equal(n, 0);
+      assert_memory_equal(out, before, sizeof out);
+    }
+  }
+  print_message("%zu allocation failures injected, each SPI_ENOMEM\n", points);
+  assert_true(points >= 20);
+  /* Malformed stays malformed whichever allocation fails. */
+  static const char TRUNC[] = "{\"action\": \"terminate\", \"time\": \"2026";
+  for (long k = 0; k < 8; k++) {
+    size_t n;
+    char err[256] = "";
+    cj_allocs = 0;
+    cj_fail_at = k;
+    cJSON_InitHooks(&hooks);
+    int rc = spi_notice_parse(IA, 200, TRUNC, strlen(TRUNC), NODE,
+                              strlen(NODE), NOW, NULL, 0, &n, err, sizeof err);
+    cJSON_InitHooks(NULL);
+    assert_int_equal(rc, SPI_EPARSE);
+    assert_non_null(strstr(err, "malformed JSON"));
+  }
+}
+
 /* A document that fails part way writes nothing: out[] is untouched. */
 static void test_failure_leaves_output(void **state) {
   (void)state;
@@ -1477,6 +1559,7 @@ int main(void) {
       cmocka_unit_test(test_gcp),
       cmocka_unit_test(test_azure),
       cmocka_unit_test(test_unknown_entries_skipped),
+      cmocka_unit_test(test_out_of_memory),
       cmocka_unit_test(test_cap_and_ebufsize),
       cmocka_unit_test(test_failure_leaves_output),
       cmocka_unit_test(test_arguments),

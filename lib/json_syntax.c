@@ -1,0 +1,184 @@
+/*
+ * json_syntax.c - whether text starts with a JSON value that cJSON would
+ * parse, checked without allocating anything.
+ *
+ * cJSON answers NULL both for malformed text and when an allocation fails
+ * part way, so on its own a parse failure cannot tell "malformed JSON" from
+ * "out of memory". Asked after cJSON failed, this check tells them apart:
+ * text it accepts is text cJSON accepts too, so cJSON's NULL on it can only
+ * be an allocation failure, which the caller reports as SPI_ENOMEM.
+ *
+ * For that it must never be looser than cJSON (1.7): it follows cJSON where
+ * cJSON is stricter than the JSON grammar - nesting deeper than
+ * CJSON_NESTING_LIMIT, a number of 64 or more characters (cJSON copies
+ * numbers into a 64-byte buffer), a lone or unpaired UTF-16 surrogate
+ * escape - and is stricter than cJSON elsewhere (only space, tab, CR and LF
+ * as whitespace, the grammar's number form, four hex digits after \u, no
+ * raw control characters in strings). Being stricter costs nothing worse
+ * than the old "malformed" message for such text when memory runs out.
+ */
+#include <string.h>
+
+#include <cjson/cJSON.h>
+
+#include "spi_internal.h"
+
+typedef struct jcur {
+  const unsigned char *p, *end;
+} jcur;
+
+static int is_digit(unsigned char ch) { return ch >= '0' && ch <= '9'; }
+
+static void skip_ws(jcur *c) {
+  while (c->p < c->end &&
+         (*c->p == ' ' || *c->p == '\t' || *c->p == '\n' || *c->p == '\r'))
+    c->p++;
+}
+
+static int take(jcur *c, const char *word) {
+  size_t n = strlen(word);
+  if ((size_t)(c->end - c->p) < n || memcmp(c->p, word, n) != 0) return 0;
+  c->p += n;
+  return 1;
+}
+
+static int hex4(const unsigned char *p, unsigned *out) {
+  unsigned v = 0;
+  for (int i = 0; i < 4; i++) {
+    unsigned char ch = p[i];
+    unsigned d = is_digit(ch)               ? (unsigned)(ch - '0')
+                 : (ch >= 'a' && ch <= 'f') ? (unsigned)(ch - 'a' + 10)
+                 : (ch >= 'A' && ch <= 'F') ? (unsigned)(ch - 'A' + 10)
+                                            : 16u;
+    if (d == 16u) return 0;
+    v = v << 4 | d;
+  }
+  *out = v;
+  return 1;
+}
+
+/* \uXXXX at c->p (inside a string): a surrogate must be a high one
+ * followed by a low one, as cJSON requires. */
+static int unicode_escape(jcur *c) {
+  unsigned hi, lo;
+  if (c->end - c->p < 6 || !hex4(c->p + 2, &hi)) return 0;
+  if (hi >= 0xDC00 && hi <= 0xDFFF) return 0;
+  if (hi < 0xD800 || hi > 0xDBFF) {
+    c->p += 6;
+    return 1;
+  }
+  if (c->end - c->p < 12 || c->p[6] != '\\' || c->p[7] != 'u' ||
+      !hex4(c->p + 8, &lo) || lo < 0xDC00 || lo > 0xDFFF)
+    return 0;
+  c->p += 12;
+  return 1;
+}
+
+static int string(jcur *c) {
+  c->p++; /* the opening quote */
+  while (c->p < c->end) {
+    unsigned char ch = *c->p;
+    if (ch == '"') {
+      c->p++;
+      return 1;
+    }
+    if (ch < 0x20) return 0;
+    if (ch != '\\') {
+      c->p++;
+      continue;
+    }
+    if (c->end - c->p < 2) return 0;
+    ch = c->p[1];
+    if (ch == 'u') {
+      if (!unicode_escape(c)) return 0;
+    } else if (ch && strchr("bfnrt\"\\/", ch)) {
+      c->p += 2;
+    } else {
+      return 0;
+    }
+  }
+  return 0;
+}
+
+static int number(jcur *c) {
+  const unsigned char *start = c->p;
+  if (*c->p == '-') c->p++;
+  if (c->p >= c->end || !is_digit(*c->p)) return 0;
+  if (*c->p == '0')
+    c->p++;
+  else
+    while (c->p < c->end && is_digit(*c->p)) c->p++;
+  if (c->p < c->end && *c->p == '.') {
+    c->p++;
+    if (c->p >= c->end || !is_digit(*c->p)) return 0;
+    while (c->p < c->end && is_digit(*c->p)) c->p++;
+  }
+  if (c->p < c->end && (*c->p == 'e' || *c->p == 'E')) {
+    c->p++;
+    if (c->p < c->end && (*c->p == '+' || *c->p == '-')) c->p++;
+    if (c->p >= c->end || !is_digit(*c->p)) return 0;
+    while (c->p < c->end && is_digit(*c->p)) c->p++;
+  }
+  return c->p - start < 64;
+}
+
+static int value(jcur *c, int depth);
+
+/* An array or object at c->p, depth counting it. */
+static int container(jcur *c, int depth) {
+  int object = *c->p == '{';
+  char close = object ? '}' : ']';
+  if (depth > CJSON_NESTING_LIMIT) return 0;
+  c->p++;
+  skip_ws(c);
+  if (c->p < c->end && *c->p == close) {
+    c->p++;
+    return 1;
+  }
+  for (;;) {
+    if (object) {
+      if (c->p >= c->end || *c->p != '"' || !string(c)) return 0;
+      skip_ws(c);
+      if (c->p >= c->end || *c->p != ':') return 0;
+      c->p++;
+      skip_ws(c);
+    }
+    if (!value(c, depth)) return 0;
+    skip_ws(c);
+    if (c->p >= c->end) return 0;
+    if (*c->p == close) {
+      c->p++;
+      return 1;
+    }
+    if (*c->p != ',') return 0;
+    c->p++;
+    skip_ws(c);
+  }
+}
+
+static int value(jcur *c, int depth) {
+  if (c->p >= c->end) return 0;
+  switch (*c->p) {
+  case '"':
+    return string(c);
+  case '{':
+  case '[':
+    return container(c, depth + 1);
+  case 't':
+    return take(c, "true");
+  case 'f':
+    return take(c, "false");
+  case 'n':
+    return take(c, "null");
+  default:
+    return (*c->p == '-' || is_digit(*c->p)) && number(c);
+  }
+}
+
+int spi__json_well_formed(const char *text, size_t len) {
+  if (!text) return 0;
+  jcur c = {(const unsigned char *)text, (const unsigned char *)text + len};
+  if (len >= 3 && memcmp(text, "\xEF\xBB\xBF", 3) == 0) c.p += 3; /* BOM */
+  skip_ws(&c);
+  return value(&c, 0);
+}

@@ -1,0 +1,156 @@
+/*
+ * test_json_syntax.c - the allocation-free JSON check that tells cJSON's
+ * out-of-memory NULL from malformed text: its answers on the edges where
+ * cJSON is stricter than the JSON grammar (nesting, long numbers,
+ * surrogates), and that every text it accepts, cJSON parses.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cjson/cJSON.h>
+#include <cmocka.h>
+
+#include "spi_internal.h"
+
+static int check(const char *text, size_t len) {
+  int ok = spi__json_well_formed(text, len);
+  cJSON *root = cJSON_ParseWithLengthOpts(text, len, NULL, 0);
+  /* Accepted means cJSON parses it too: its NULL can only be memory. */
+  if (ok) assert_non_null(root);
+  cJSON_Delete(root);
+  return ok;
+}
+
+static int ck(const char *text) { return check(text, strlen(text)); }
+
+static char *repeat(const char *open, size_t n, const char *close) {
+  size_t lo = strlen(open), lc = strlen(close);
+  char *s = malloc(n * (lo + lc) + 1);
+  assert_non_null(s);
+  for (size_t i = 0; i < n; i++) memcpy(s + i * lo, open, lo);
+  for (size_t i = 0; i < n; i++) memcpy(s + n * lo + i * lc, close, lc);
+  s[n * (lo + lc)] = '\0';
+  return s;
+}
+
+static void test_values(void **st) {
+  (void)st;
+  assert_true(ck("{\"a\": [1, -2.5e+3, 0, -0.0, 1E9, true, false, null], "
+                 "\"b\": {}, \"c\": []}"));
+  assert_true(ck("\"x\\u00e9\\ud83d\\ude00\\n\\/\""));
+  assert_true(ck("\xEF\xBB\xBF {\"a\":1}"));
+  assert_true(ck(" 7 trailing is not this check's business"));
+  assert_false(ck(""));
+  assert_false(ck("   "));
+  assert_false(ck("{\"a\":1,}"));
+  assert_false(ck("[1,]"));
+  assert_false(ck("{\"a\" 1}"));
+  assert_false(ck("{a:1}"));
+  assert_false(ck("[tru]"));
+  assert_false(ck("{\"action\": \"terminate\", \"time\": \"2026"));
+  assert_false(ck("[\"a\x01\"]"));
+  assert_false(ck("[\"\\x\"]"));
+  assert_false(ck("[01]"));
+  assert_false(ck("[.5]"));
+  assert_false(ck("[1.]"));
+  assert_false(ck("[-]"));
+  assert_false(ck("[1e]"));
+  assert_false(ck("[\"\\u00zz\"]"));
+  /* NULL text, and bytes past len never read. */
+  assert_false(spi__json_well_formed(NULL, 0));
+  assert_true(check("[1]]]", 3));
+  assert_false(check("[1]", 2));
+}
+
+/* Where cJSON refuses what the grammar allows, the check refuses too. */
+static void test_cjson_limits(void **st) {
+  (void)st;
+  assert_false(ck("[\"\\udc00\"]"));        /* a lone low surrogate */
+  assert_false(ck("[\"\\ud800\"]"));        /* a high one alone */
+  assert_false(ck("[\"\\ud800\\u0041\"]")); /* followed by no low one */
+  assert_true(ck("[\"\\ud800\\udc00\"]"));
+  char num[80];
+  memset(num, '1', sizeof num);
+  num[0] = '[';
+  num[64] = ']';
+  num[65] = '\0';
+  assert_true(ck(num)); /* 63 digits */
+  num[64] = '1';
+  num[65] = ']';
+  num[66] = '\0';
+  assert_false(ck(num)); /* 64 digits: cJSON reads numbers into 64 bytes */
+  char *deep = repeat("[", CJSON_NESTING_LIMIT, "]");
+  assert_true(ck(deep));
+  free(deep);
+  deep = repeat("[", CJSON_NESTING_LIMIT + 1, "]");
+  assert_false(ck(deep));
+  free(deep);
+  deep = repeat("{\"a\":", CJSON_NESTING_LIMIT, "}");
+  assert_false(ck(deep)); /* the innermost value is missing */
+  free(deep);
+}
+
+static long cj_allocs, cj_fail_at = -1;
+
+static void *cj_malloc(size_t n) {
+  if (cj_allocs++ == cj_fail_at) return NULL;
+  return malloc(n);
+}
+
+/* spi__json_parse_object (config, classifier, cost, replay sections, the
+ * request body, the cloud notices) reports an allocation failure inside
+ * cJSON as SPI_ENOMEM, failing each allocation in turn; malformed text
+ * stays SPI_EPARSE. */
+static void test_parse_object_out_of_memory(void **st) {
+  (void)st;
+  static const char CFG[] =
+      "{\"router\":{\"index_bytes\":65536,\"max_tickets\":64},"
+      "\"classes\":[\"a\",\"b\",{\"c\":[1,2,3]}]}";
+  cJSON_Hooks hooks = {cj_malloc, free};
+  long points = 0;
+  for (long k = 0;; k++) {
+    cJSON *root = NULL;
+    char err[128] = "";
+    cj_allocs = 0;
+    cj_fail_at = k;
+    cJSON_InitHooks(&hooks);
+    int rc = spi__json_parse_object(CFG, strlen(CFG), 4096, "config", &root,
+                                    err, sizeof err);
+    cJSON_InitHooks(NULL);
+    if (cj_allocs <= k) {
+      assert_int_equal(rc, SPI_OK);
+      cJSON_Delete(root);
+      break;
+    }
+    points++;
+    assert_int_equal(rc, SPI_ENOMEM);
+    assert_null(root);
+    assert_string_equal(err, "config: out of memory while parsing JSON");
+  }
+  assert_true(points >= 10);
+  for (long k = 0; k < 4; k++) {
+    cJSON *root = NULL;
+    char err[128] = "";
+    cj_allocs = 0;
+    cj_fail_at = k;
+    cJSON_InitHooks(&hooks);
+    int rc = spi__json_parse_object("{\"a\":[1,", 8, 4096, "config", &root, err,
+                                    sizeof err);
+    cJSON_InitHooks(NULL);
+    assert_int_equal(rc, SPI_EPARSE);
+    assert_non_null(strstr(err, "malformed JSON"));
+  }
+}
+
+int main(void) {
+  const struct CMUnitTest tests[] = {
+      cmocka_unit_test(test_values),
+      cmocka_unit_test(test_cjson_limits),
+      cmocka_unit_test(test_parse_object_out_of_memory),
+  };
+  return cmocka_run_group_tests(tests, NULL, NULL);
+}
