@@ -10,16 +10,33 @@
  *   4. bronze (batch)                            -> spot, else queue
  *   5. silver (low priority)                     -> spot, on-demand fallback
  *   6. otherwise                                 -> policy.default_pool
- * Replica choice inside the pool trades prefix affinity against load:
- *   - the warm replica (deepest prefix match) is preferred;
- *   - gold leaves it when its TTFT estimate is worse than the best
- *     alternative by more than gold_leave_warm_margin_ms;
- *   - bronze may queue for its busy warm replica (bronze_wait_for_warm);
- *   - the imbalance switch moves any choice whose load leads the least
- *     loaded replica by both imbalance_abs and imbalance_rel;
- *   - a cold prefix goes to the rendezvous-hash winner, so proxies that
- *     share no state still agree on where a new prefix lives.
- * The policy only reads its arguments: no allocation, no lock.
+ * A conversation stays in one pool: the rules read the class and the
+ * request, never load, and a pool is left for the fallback only when it
+ * has no usable replica at all (no load guard empties it), so load noise
+ * never moves a conversation's turns away from its cache. Rule 2 applies
+ * only where the prefix lives deepest, so a short turn of a conversation
+ * held on on-demand is not split off to spot.
+ *
+ * Replica choice inside the pool is by an explicit cost, in time, from the
+ * library's TTFT model (prefill_model.h): on each candidate,
+ *
+ *   cost = w_class * wait + (est_ttft - wait)
+ *
+ * where wait is the time behind the prefill already queued there and the
+ * rest is this request's own prefill of what the replica does not hold.
+ * Gold pays for every millisecond (w = 1: the lowest TTFT); silver and
+ * bronze weigh waiting less than prefill, so they wait for a replica that
+ * saves them prefill. Costs within one block's prefill of the lowest are
+ * ties the model cannot tell apart (a block every replica holds, such as
+ * a global system prompt, saves the same everywhere and so weighs
+ * nothing); of those the replica sent the fewest tokens wins, so ties
+ * spread work. A replica that would be sent more than
+ * policy.load_share_cap times its pool's mean is not chosen while another
+ * is under it: the guard is relative to the fleet, so it holds at any
+ * load. A prefix nobody holds goes to the rendezvous-hash winner (so
+ * proxies that share no state agree on where it lives) unless that costs
+ * more than the prefill one later hit there would save. The policy only
+ * reads its arguments: no allocation, no lock.
  */
 #include <math.h>
 #include <stdio.h>
@@ -37,9 +54,8 @@ typedef struct pinst {
   int32_t gold_overflow;
   int64_t hit_max_output;
   int32_t replayable_to_spot, bronze_queue, silver_fallback, default_pool;
-  double leave_margin_ms;
-  int32_t bronze_wait;
-  double imb_abs, imb_rel;
+  double wait_weight[4]; /* by class */
+  double load_cap;
   int32_t speculative_first;
 } pinst;
 
@@ -70,10 +86,10 @@ static int policy_configure_with(void *state, const char *json, size_t len,
   if (!rc) rc = spi__cfg_bool(o, "policy.bronze_queue_without_spot", S, &p->bronze_queue, err, errcap);
   if (!rc) rc = spi__cfg_bool(o, "policy.silver_on_demand_fallback", S, &p->silver_fallback, err, errcap);
   if (!rc) rc = spi__cfg_enum(o, "policy.default_pool", S, pools, 2, &dp, err, errcap);
-  if (!rc) rc = spi__cfg_double(o, "policy.gold_leave_warm_margin_ms", S, &p->leave_margin_ms, err, errcap);
-  if (!rc) rc = spi__cfg_bool(o, "policy.bronze_wait_for_warm", S, &p->bronze_wait, err, errcap);
-  if (!rc) rc = spi__cfg_double(o, "policy.imbalance_abs", S, &p->imb_abs, err, errcap);
-  if (!rc) rc = spi__cfg_double(o, "policy.imbalance_rel", S, &p->imb_rel, err, errcap);
+  if (!rc) rc = spi__cfg_double(o, "policy.gold_wait_weight", S, &p->wait_weight[SPI_CLASS_GOLD], err, errcap);
+  if (!rc) rc = spi__cfg_double(o, "policy.silver_wait_weight", S, &p->wait_weight[SPI_CLASS_SILVER], err, errcap);
+  if (!rc) rc = spi__cfg_double(o, "policy.bronze_wait_weight", S, &p->wait_weight[SPI_CLASS_BRONZE], err, errcap);
+  if (!rc) rc = spi__cfg_double(o, "policy.load_share_cap", S, &p->load_cap, err, errcap);
   if (!rc) rc = spi__cfg_bool(o, "policy.speculative_first", S, &p->speculative_first, err, errcap);
   cJSON_Delete(o);
   if (rc) {
@@ -81,6 +97,7 @@ static int policy_configure_with(void *state, const char *json, size_t len,
     return rc;
   }
   p->gold_overflow = ov;
+  p->wait_weight[SPI_CLASS_UNSET] = 1.0; /* unclassified pays like gold */
   p->default_pool = dp == 0 ? SPI_POOL_SPOT : SPI_POOL_ON_DEMAND;
   if (affinity_forced_off) p->affinity = 0;
   *out = p;
@@ -105,11 +122,6 @@ static void policy_release(void *state, void *inst) {
 
 static double load_of(const spi_candidate *c) { return c->running + c->waiting; }
 
-static int busy(const spi_candidate *c) {
-  double cap = c->max_inflight ? (double)c->max_inflight : 1;
-  return c->inflight >= c->max_inflight || load_of(c) >= cap;
-}
-
 static double rel_load(const spi_candidate *c) {
   double cap = c->max_inflight ? (double)c->max_inflight : 1;
   return (load_of(c) + c->inflight) / cap;
@@ -125,6 +137,7 @@ typedef struct summary {
   int64_t least;    /* least loaded, relative to size */
   int64_t rdv;      /* rendezvous winner among the not busy */
   int any;
+  uint32_t usable;  /* usable candidates in the pool (the tiers asked) */
   uint32_t n_top;
   int32_t top[2 * SPI_SUMMARY_TOP];
 } summary;
@@ -148,6 +161,7 @@ static void fold(const spi_route_context *x, const spi_pool_summary *s,
   const spi_candidate *cs = x->candidates;
   if (!s || s->usable == 0) return;
   m->any = 1;
+  m->usable += s->usable;
   /* Merge s->top into m->top, both sorted. */
   int32_t merged[2 * SPI_SUMMARY_TOP];
   uint32_t i = 0, j = 0, n = 0, ns = s->n_top < SPI_SUMMARY_TOP ? s->n_top
@@ -188,18 +202,69 @@ static void summarise(const spi_route_context *x, int32_t pool, int32_t tier,
                       summary *m) {
   m->warm = m->best = m->second = m->least = m->rdv = -1;
   m->any = 0;
+  m->usable = 0;
   m->n_top = 0;
   if (tier != SPI_TIER_LARGE) fold(x, cell(x, pool, SPI_TIER_SMALL), m);
   if (tier != SPI_TIER_SMALL) fold(x, cell(x, pool, SPI_TIER_LARGE), m);
 }
 
-/* Whether chosen leads the least loaded by both thresholds. */
-static int imbalanced(const pinst *p, const spi_route_context *x,
-                      const summary *m, int64_t chosen) {
-  if (m->least < 0 || m->least == chosen) return 0;
-  const spi_candidate *c = &x->candidates[chosen], *l = &x->candidates[m->least];
-  double lc = load_of(c) + c->inflight, ll = load_of(l) + l->inflight;
-  return lc > ll + p->imb_abs && lc > ll * (1 + p->imb_rel);
+/* The cost of serving on c, in weighted ms: the wait behind queued
+ * prefill counts w, the rest of the TTFT (its own prefill) counts fully. */
+static double cost_of(const spi_candidate *c, double w) {
+  return w * c->est_wait_ms + (c->est_ttft_ms - c->est_wait_ms);
+}
+
+/* The prompt tokens this request brings, as served_tokens counts them. */
+static double request_tokens(const spi_route_context *x) {
+  return x->prompt_tokens;
+}
+
+/* The prefill c saves by holding the prefix, ms (the TTFT model's own
+ * prefill term for the matched part, prefill_model.h). */
+static double saved_ms(const spi_route_context *x, const spi_candidate *c) {
+  if (x->total_blocks == 0 || c->matched_blocks == 0 ||
+      !(c->prefill_tokens_per_s > 0))
+    return 0;
+  double cap = c->max_inflight ? (double)c->max_inflight : 1.0;
+  return request_tokens(x) * (double)c->matched_blocks /
+         (double)x->total_blocks * 1000.0 / c->prefill_tokens_per_s *
+         (1.0 + c->running / cap);
+}
+
+/* The time one prompt block takes to prefill on c, ms: the resolution of
+ * the cost model (a replica saves whole blocks). */
+static double block_ms(const spi_route_context *x, const spi_candidate *c) {
+  if (x->total_blocks == 0 || !(c->prefill_tokens_per_s > 0)) return 0;
+  return request_tokens(x) / (double)x->total_blocks * 1000.0 /
+         c->prefill_tokens_per_s;
+}
+
+/* Whether c, sent this request too, would have more than its share of
+ * the pool's work: its lead over the pool's mean (both counting this
+ * request) above (policy.load_share_cap - 1) times that mean. Work comes in
+ * whole requests, so a lead of one request is placement granularity, never
+ * imbalance. The guard depends on the history served, never on the load of
+ * the moment, so it holds at any load; it engages from the start (a guard
+ * that waits for a few requests a replica lets a hot prefix pile up, and
+ * the pool pays for it long after). n: usable replicas in the pool. */
+static int over_share(const pinst *p, const spi_route_context *x,
+                      const spi_candidate *c, uint32_t n) {
+  double mean = x->mean_served_tokens[c->pool == SPI_POOL_SPOT
+                                          ? SPI_POOL_SPOT
+                                          : SPI_POOL_ON_DEMAND];
+  double req = request_tokens(x);
+  double after = mean + req / (double)(n ? n : 1);
+  double allowed = (p->load_cap - 1.0) * after;
+  return c->served_tokens + req - after > (allowed > req ? allowed : req);
+}
+
+/* The cost c competes with: a replica over its share gets no credit for
+ * the prefix it holds (it competes on its wait alone, as if cold), so work
+ * drifts to the others without ever queueing behind a busier one. */
+static double guarded_cost(const pinst *p, const spi_route_context *x,
+                           const spi_candidate *c, uint32_t n, double w) {
+  double cost = cost_of(c, w);
+  return over_share(p, x, c, n) ? cost + saved_ms(x, c) : cost;
 }
 
 typedef struct pick {
@@ -208,46 +273,99 @@ typedef struct pick {
   const char *why;
 } pick;
 
-/* Choose a replica in one pool; idx -1 when none, -2 to queue (bronze). */
+/* Whether a should win over b among near-ties: the one sent fewer tokens,
+ * then the higher rendezvous weight (so proxies sharing no state still
+ * break ties alike), then the lower index. */
+static int tie_before(const spi_route_context *x, int64_t a, int64_t b) {
+  const spi_candidate *ca = &x->candidates[a], *cb = &x->candidates[b];
+  if (ca->served_tokens != cb->served_tokens)
+    return ca->served_tokens < cb->served_tokens;
+  if (ca->rendezvous != cb->rendezvous) return ca->rendezvous > cb->rendezvous;
+  return a < b;
+}
+
+/* The candidate to serve on among the usable ones the summary names: of
+ * those whose guarded cost is within one block's prefill of the lowest,
+ * the one sent the fewest tokens (tie_before). Costs closer than a block
+ * are below what the model can tell apart (a block every replica holds,
+ * such as a global system prompt, saves the same everywhere), and there
+ * the share of work decides, so ties spread work instead of piling it on
+ * one replica. The answer does not depend on the order the summary lists
+ * them in. With w <= 1 the named ones hold the lowest cost but in corner
+ * cases: a replica not named is slower than every best-TTFT one, so it
+ * could only win by holding the prefix, and the warm one holds it at least
+ * as deep and, of those that do, has the lowest TTFT (the lowest cost too
+ * unless their rates or batches differ). -1 when none is usable. */
+static int64_t cheapest(const pinst *p, const spi_route_context *x,
+                        const summary *m, double w) {
+  int64_t named[2 * SPI_SUMMARY_TOP + 3];
+  double cost[2 * SPI_SUMMARY_TOP + 3];
+  uint32_t n = 0;
+  for (uint32_t k = 0; k < m->n_top; k++) named[n++] = m->top[k];
+  named[n++] = m->warm;
+  named[n++] = m->least;
+  named[n++] = m->rdv;
+  double low = HUGE_VAL;
+  for (uint32_t k = 0; k < n; k++) {
+    int64_t i = named[k];
+    const spi_candidate *c = i >= 0 ? &x->candidates[i] : NULL;
+    if (!c || !(c->eligible || c->probe)) {
+      named[k] = -1;
+      continue;
+    }
+    cost[k] = guarded_cost(p, x, c, m->usable, w);
+    if (cost[k] < low) low = cost[k];
+  }
+  int64_t best = -1;
+  for (uint32_t k = 0; k < n; k++) {
+    int64_t i = named[k];
+    if (i < 0 || cost[k] > low + block_ms(x, &x->candidates[i])) continue;
+    if (best < 0 || tie_before(x, i, best)) best = i;
+  }
+  return best;
+}
+
+/* Choose a replica in one pool; idx -1 when none. */
 static pick choose_in_pool(const pinst *p, const spi_route_context *x,
                            const summary *m, int32_t klass) {
   pick r = {-1, SPI_REASON_NONE, ""};
-  int64_t warm = p->affinity ? m->warm : -1;
-  if (warm >= 0) {
-    const spi_candidate *c = &x->candidates[warm];
-    r.idx = warm;
-    r.reason = SPI_REASON_AFFINITY;
-    r.why = "holds the prefix";
-    if (klass == SPI_CLASS_GOLD) {
-      int64_t alt = m->best == warm ? m->second : m->best;
-      if (alt >= 0 &&
-          c->est_ttft_ms > x->candidates[alt].est_ttft_ms + p->leave_margin_ms) {
-        r.idx = alt;
-        r.reason = SPI_REASON_AFFINITY_LEFT;
-        r.why = "warm replica's TTFT exceeds the best by more than the margin";
-        return r;
-      }
-    } else if (klass == SPI_CLASS_BRONZE && p->bronze_wait && busy(c)) {
-      r.idx = -2;
-      r.reason = SPI_REASON_WAIT_WARM;
-      r.why = "waits for its busy warm replica";
-      return r;
-    }
-  } else if (p->affinity) {
-    r.idx = m->rdv;
-    r.reason = SPI_REASON_RENDEZVOUS;
-    r.why = "cold prefix placed by rendezvous hash";
-  }
-  if (r.idx < 0) {
+  if (!p->affinity) {
     r.idx = m->least;
     r.reason = SPI_REASON_LEAST_LOADED;
     r.why = "least loaded";
     return r;
   }
-  if (imbalanced(p, x, m, r.idx)) {
-    r.idx = m->least;
+  double w = p->wait_weight[klass >= 0 && klass < 4 ? klass : 0];
+  int64_t best = cheapest(p, x, m, w);
+  if (best < 0) return r;
+  const spi_candidate *b = &x->candidates[best];
+  r.idx = best;
+  if (m->warm < 0) {
+    /* A prefix nobody holds: its rendezvous winner, so proxies agree,
+     * unless that costs more than the prefill one later hit there saves. */
+    int64_t v = m->rdv;
+    if (v >= 0 && v != best) {
+      const spi_candidate *c = &x->candidates[v];
+      if (!over_share(p, x, c, m->usable) &&
+          cost_of(c, w) - cost_of(b, w) <= c->est_ttft_ms - c->est_wait_ms)
+        r.idx = v;
+    }
+    r.reason = r.idx == m->rdv ? SPI_REASON_RENDEZVOUS : SPI_REASON_LEAST_LOADED;
+    r.why = r.idx == m->rdv ? "cold prefix placed by rendezvous hash"
+                            : "cold prefix: lowest estimated cost";
+    return r;
+  }
+  const spi_candidate *wm = &x->candidates[m->warm];
+  if (b->matched_blocks > 0) {
+    r.reason = SPI_REASON_AFFINITY;
+    r.why = "holds the prefix: lowest estimated cost";
+  } else if (cost_of(wm, w) <= cost_of(b, w) + block_ms(x, b)) {
+    /* It would have won on cost: only the guard moved the request. */
     r.reason = SPI_REASON_IMBALANCE;
-    r.why = "placed replica was piled on; least loaded instead";
+    r.why = "warm replica over its share of the pool's work";
+  } else {
+    r.reason = SPI_REASON_AFFINITY_LEFT;
+    r.why = "warm replica's wait costs more than the prefill it saves";
   }
   return r;
 }
@@ -305,7 +423,11 @@ static int policy_choose(void *state, void *inst, const spi_route_context *x,
         (p->gold_overflow == OVERFLOW_WARM && ms.warm >= 0))
       fallback = SPI_POOL_SPOT;
   } else if (p->affinity && ms.warm >= 0 && out_tokens >= 0 &&
-             out_tokens < p->hit_max_output && klass != SPI_CLASS_GOLD) {
+             out_tokens < p->hit_max_output && klass != SPI_CLASS_GOLD &&
+             (mo.warm < 0 || x->candidates[ms.warm].matched_blocks >=
+                                 x->candidates[mo.warm].matched_blocks)) {
+    /* Only where the prefix lives deepest: one short turn of a
+     * conversation held on on-demand does not split it off to spot. */
     pool = SPI_POOL_SPOT;
     rule = "spot cache hit with short output: spot";
     fallback = klass == SPI_CLASS_BRONZE ? 0 : SPI_POOL_ON_DEMAND;
@@ -329,19 +451,12 @@ static int policy_choose(void *state, void *inst, const spi_route_context *x,
   }
 
   const summary *primary = pool == SPI_POOL_SPOT ? &ms : &mo;
-  pick pk = choose_in_pool(p, x, pool == SPI_POOL_SPOT ? &ms : &mo, klass);
-  if (pk.idx == -2) { /* bronze waits for its warm replica */
-    out->pool = SPI_POOL_QUEUE;
-    out->reason_code = pk.reason;
-    spi__join(out->reason, sizeof out->reason, rule, "; ", pk.why);
-    return SPI_OK;
-  }
+  pick pk = choose_in_pool(p, x, primary, klass);
   if (pk.idx < 0 && (fallback == SPI_POOL_SPOT || fallback == SPI_POOL_ON_DEMAND)) {
     primary = fallback == SPI_POOL_SPOT ? &ms : &mo;
     pool = fallback;
     fallback = 0;
-    pk = choose_in_pool(p, x, pool == SPI_POOL_SPOT ? &ms : &mo, klass);
-    if (pk.idx == -2) pk.idx = -1;
+    pk = choose_in_pool(p, x, primary, klass);
   }
   if (pk.idx < 0) {
     if (fallback == SPI_POOL_QUEUE && !x->shed[SPI_POOL_SPOT]) {

@@ -64,6 +64,25 @@ static void slot_reset(spi_replica_slot *s) {
   atomic_store(&s->probe_taken, 1); /* no probe outside HALF_OPEN */
   atomic_store(&s->advised_until_ns, 0ll);
   atomic_store(&s->cooldown_until_ns, 0ll);
+  atomic_store(&s->prefill_queued, 0ull);
+  atomic_store(&s->served_tokens, 0ull);
+  atomic_store(&s->prefill_rate, 0ull);
+  atomic_store(&s->rate_samples, 0u);
+}
+
+/* What a replica joining pool starts with as tokens served: the mean of
+ * the pool's live replicas, so the fleet-relative load guard (policy.c)
+ * neither floods a newcomer nor shuns it. Registry lock held. */
+static uint64_t pool_mean_served(spi_registry *g, const spi_replica_set *set,
+                                 int32_t pool) {
+  uint64_t sum = 0, n = 0;
+  for (size_t i = 0; i < set->n; i++) {
+    const spi_replica_slot *o = &g->slots[set->r[i].slot];
+    if (set->r[i].pool != pool || atomic_load(&o->state) == 0) continue;
+    sum += atomic_load(&o->served_tokens);
+    n++;
+  }
+  return n ? sum / n : 0;
 }
 
 int spi__registry_init(spi_registry *g, const spi_mem *m) {
@@ -95,6 +114,10 @@ int spi__registry_init(spi_registry *g, const spi_mem *m) {
     atomic_init(&s->consecutive_errors, 0u);
     atomic_init(&s->open_until_ns, 0ll);
     atomic_init(&s->probe_taken, 1);
+    atomic_init(&s->prefill_queued, 0ull);
+    atomic_init(&s->served_tokens, 0ull);
+    atomic_init(&s->prefill_rate, 0ull);
+    atomic_init(&s->rate_samples, 0u);
   }
   atomic_init(&g->set, empty);
   g->next_slot = 0;
@@ -338,6 +361,7 @@ static int upsert_locked(spi_engine *e, spi_replica_ident *r, int64_t limit,
   /* The slot is in no published set yet: nobody reads it until publish. */
   spi_replica_slot *s = &g->slots[slot];
   slot_reset(s);
+  atomic_store(&s->served_tokens, pool_mean_served(g, old, r->pool));
   atomic_fetch_add(&s->gen, 1u);
   atomic_fetch_add(&s->incarnation, 1u);
   int64_t advised = 0, cooling = 0;

@@ -15,6 +15,7 @@
 #include <string.h>
 
 #include "engine.h"
+#include "prefill_model.h"
 
 /* A 64-bit mix (splitmix64's finaliser) for rendezvous weights. */
 static uint64_t mix64(uint64_t x) {
@@ -66,7 +67,9 @@ typedef struct route_env {
   const spi_router_cfg *cfg;
   const spi_request_view *v;
   int64_t now, max_age;
-  double cold_ms, warm_ms;  /* uncached prefill: cold, or warm to the match */
+  double cold_tok, warm_tok; /* uncached prompt tokens: cold, or warm to the
+                                match */
+  double default_rate;      /* router.prefill_tokens_per_s */
   uint64_t rkey;            /* rendezvous key of the prefix */
   int long_request;         /* too long for an advised machine */
 } route_env;
@@ -75,25 +78,19 @@ typedef struct route_env {
 typedef struct replica_eval {
   double running, waiting, kv_usage; /* stale reads as saturated */
   double t;                 /* est TTFT, ms */
+  double wait_ms, served, rate; /* the TTFT model's parts (prefill_model.h) */
   uint64_t rdv;             /* rendezvous weight */
   uint32_t inflight, matched;
   uint8_t active, usable, probe, busy, fresh, advised;
 } replica_eval;
 
-/* The TTFT estimate: every caller goes through here, so the same inputs
- * give the same bits whichever pass computed them. */
-static inline double ttft_of(const spi_router_cfg *c, double running,
-                             double waiting, double inv_cap, double prefill_ms,
-                             int advised) {
-  double t = c->ttft_base_ms + waiting * c->ttft_per_queued_ms +
-             prefill_ms * (1.0 + running * inv_cap);
-  return advised ? t + c->advised_penalty_ms : t;
-}
-
+/* The TTFT estimate (prefill_model.h): every caller goes through there,
+ * so the same inputs give the same bits whichever pass computed them. */
 static double est_ttft(const route_env *x, const replica_eval *ev,
-                       const spi_replica_ident *r, double prefill_ms) {
-  return ttft_of(x->cfg, ev->running, ev->waiting, r->inv_max_inflight,
-                 prefill_ms, ev->advised);
+                       const spi_replica_ident *r, double uncached) {
+  return spi__prefill_ttft_ms(x->cfg, ev->wait_ms, ev->running,
+                              r->inv_max_inflight, uncached, ev->rate,
+                              ev->advised);
 }
 
 /* The summary's definitions, one place each. Load is divided by the
@@ -116,6 +113,7 @@ static double rel_load(const replica_eval *ev, const spi_replica_ident *r) {
  * with a stale load already read as saturated. */
 typedef struct slot_read {
   double run, wait, kv;
+  spi_prefill_read pf;
   int64_t advised_until, cooldown_until;
   uint32_t inflight;
   int32_t state, breaker;
@@ -130,6 +128,7 @@ static inline void read_slot(const route_env *x, const spi_replica_slot *s,
   o->wait = l.waiting;
   o->kv = l.kv_usage;
   o->fresh = l.fresh;
+  spi__prefill_read(s, x->default_rate, &o->pf);
   o->inflight = atomic_load_explicit(&s->inflight, memory_order_relaxed);
   o->state = atomic_load_explicit(&s->state, memory_order_relaxed);
   o->breaker = atomic_load_explicit(&s->breaker, memory_order_relaxed);
@@ -179,7 +178,10 @@ static inline void eval_of(const route_env *x, const spi_replica_ident *r,
   o->matched = matched;
   o->active = rd->state == SPI_REPLICA_ACTIVE;
   o->advised = rd->advised_until > x->now;
-  o->t = est_ttft(x, o, r, matched ? x->warm_ms : x->cold_ms);
+  o->rate = rd->pf.rate;
+  o->served = rd->pf.served;
+  o->wait_ms = spi__prefill_wait_ms(x->cfg, rd->wait, rd->pf.queued, rd->pf.rate);
+  o->t = est_ttft(x, o, r, matched ? x->warm_tok : x->cold_tok);
   o->rdv = mix64(r->id_hash ^ x->rkey);
   o->busy = (uint8_t)busy_of(r, rd);
   o->usable = (uint8_t)usable;
@@ -218,6 +220,9 @@ static void fill_candidate(spi_candidate *c, const spi_replica_ident *r,
   c->rendezvous = ev->rdv;
   c->est_ttft_ms = ev->t;
   c->usd_per_hour = r->usd_per_hour;
+  c->est_wait_ms = ev->wait_ms;
+  c->served_tokens = ev->served;
+  c->prefill_tokens_per_s = ev->rate;
 }
 
 /*
@@ -273,6 +278,7 @@ typedef struct scan {
   /* The hinted replicas evaluated first: their KV usage, by position (read
    * only where counted is set before the pass). */
   double seed_kv[SPI_SUMMARY_CELLS * HINT_N];
+  double seed_served[SPI_SUMMARY_CELLS * HINT_N]; /* ... and tokens served */
   uint8_t seed_of[SPI_REPLICA_SLOTS];
 } scan;
 
@@ -435,6 +441,7 @@ static void seed_one(const route_env *x, const spi_replica_set *set,
   eval_of(x, r, &rd, 0, 1, probe, &ev);
   mark_counted(sc, pos);
   sc->seed_kv[*n] = rd.kv;
+  sc->seed_served[*n] = rd.pf.served;
   sc->seed_of[pos] = (uint8_t)(*n)++;
   cell_offer(sc, k, pos, rel_of(r, &rd), &ev);
 }
@@ -479,7 +486,8 @@ static void hint_store(spi_engine *e, const scan *sc) {
  * signal), takes the general path.
  */
 static void scan_lean(const route_env *x, const spi_replica_set *set,
-                      size_t nrep, scan *sc, double *kv_sum, double *kv_n) {
+                      size_t nrep, scan *sc, double *kv_sum, double *kv_n,
+                      double *served_sum) {
   const spi_router_cfg *cfg = x->cfg;
   spi_replica_slot *slots = x->e->registry.slots;
   seed_from_hint(x, set, nrep, sc);
@@ -490,6 +498,7 @@ static void scan_lean(const route_env *x, const spi_replica_set *set,
   uint64_t word = 0;    /* the counted bits of positions [i & ~63, i] */
   uint64_t kv_count = 0; /* ACTIVE per pool, 32 bits each */
   double kv_spot = 0, kv_od = 0;
+  double sv_spot = 0, sv_od = 0; /* tokens served by the usable */
   for (size_t i = 0; i < nrep; i++) {
     if (i && i % 64 == 0) {
       sc->counted[i / 64 - 1] = word;
@@ -501,8 +510,11 @@ static void scan_lean(const route_env *x, const spi_replica_set *set,
     if (seeded >> (i % 64) & 1) {
       /* Read and offered already: only counted here, in order. */
       double kv = sc->seed_kv[sc->seed_of[i]];
+      double sv = sc->seed_served[sc->seed_of[i]];
       kv_spot += spot ? kv : 0.0;
       kv_od += spot ? 0.0 : kv;
+      sv_spot += spot ? sv : 0.0;
+      sv_od += spot ? 0.0 : sv;
       kv_count += spot ? 1u : UINT64_C(1) << 32;
       counts += UINT64_C(1) << (16 * r->cell);
       word |= UINT64_C(1) << (i % 64);
@@ -519,10 +531,13 @@ static void scan_lean(const route_env *x, const spi_replica_set *set,
     if (r->cell < 0 || !usable_of(x, r, s, &rd, &probe)) continue;
     counts += UINT64_C(1) << (16 * r->cell);
     word |= UINT64_C(1) << (i % 64);
+    sv_spot += spot ? rd.pf.served : 0.0;
+    sv_od += spot ? 0.0 : rd.pf.served;
     cell_acc *c = &sc->cell[r->cell];
     int advised = rd.advised_until > x->now;
-    double t = ttft_of(cfg, rd.run, rd.wait, r->inv_max_inflight, x->cold_ms,
-                       advised);
+    double wait = spi__prefill_wait_ms(cfg, rd.wait, rd.pf.queued, rd.pf.rate);
+    double t = spi__prefill_ttft_ms(cfg, wait, rd.run, r->inv_max_inflight,
+                                    x->cold_tok, rd.pf.rate, advised);
     double rel = rel_of(r, &rd);
     int busy = busy_of(r, &rd);
     uint64_t w = mix64(r->id_hash ^ x->rkey);
@@ -546,6 +561,8 @@ static void scan_lean(const route_env *x, const spi_replica_set *set,
   kv_sum[SPI_POOL_ON_DEMAND] += kv_od;
   kv_n[SPI_POOL_SPOT] += (double)(kv_count & 0xffffffffu);
   kv_n[SPI_POOL_ON_DEMAND] += (double)(kv_count >> 32);
+  served_sum[SPI_POOL_SPOT] += sv_spot;
+  served_sum[SPI_POOL_ON_DEMAND] += sv_od;
   hint_store(x->e, sc);
 }
 
@@ -746,8 +763,9 @@ static int route_pinned(spi_request *req, spi_snapshot *snap,
   env.now = now;
   env.max_age = max_age;
   uint64_t tokens = prompt_tokens(v, rc_cfg->bytes_per_token);
-  env.cold_ms = (double)tokens * (1000.0 / rc_cfg->prefill_tokens_per_s);
-  env.warm_ms = env.cold_ms;
+  env.cold_tok = (double)tokens;
+  env.warm_tok = env.cold_tok;
+  env.default_rate = rc_cfg->prefill_tokens_per_s;
   env.rkey = nblocks ? req->hashes[0] : out->key.low64;
   int64_t expect_out = v->expected_output_tokens_set ? v->expected_output_tokens
                        : v->max_output_tokens_set    ? v->max_output_tokens
@@ -757,12 +775,12 @@ static int route_pinned(spi_request *req, spi_snapshot *snap,
   /* One pass over the replicas: each one's load and eligibility, the
    * pools' mean KV usage (ACTIVE replicas; stale counts as full), and the
    * per pool and tier summaries. */
-  double kv_sum[4] = {0}, kv_n[4] = {0};
+  double kv_sum[4] = {0}, kv_n[4] = {0}, served_sum[4] = {0};
   scan sc;
   sc.a.n = 0;
   memset(sc.counted, 0, (nrep + 63) / 64 * sizeof sc.counted[0]);
   for (int k = 0; k < SPI_SUMMARY_CELLS; k++) cell_clear(&sc.cell[k]);
-  if (!full) scan_lean(&env, set, nrep, &sc, kv_sum, kv_n);
+  if (!full) scan_lean(&env, set, nrep, &sc, kv_sum, kv_n, served_sum);
   for (size_t i = 0; full && i < nrep; i++) {
     const spi_replica_ident *r = &set->r[i];
     replica_eval ev;
@@ -772,7 +790,17 @@ static int route_pinned(spi_request *req, spi_snapshot *snap,
       kv_n[r->pool] += 1;
     }
     fill_candidate(&req->cands[i], r, &ev);
-    if (ev.usable && r->cell >= 0) cell_add(&sc, r->cell, (uint32_t)i, r, &ev);
+    if (ev.usable && r->cell >= 0) {
+      served_sum[r->pool] += ev.served;
+      cell_add(&sc, r->cell, (uint32_t)i, r, &ev);
+    }
+  }
+  /* The pools' mean tokens served, before shedding empties any. */
+  double mean_served[4] = {0};
+  for (int p = SPI_POOL_SPOT; p <= SPI_POOL_ON_DEMAND; p++) {
+    uint32_t n = sc.cell[SPI_SUMMARY_INDEX(p, SPI_TIER_SMALL)].usable +
+                 sc.cell[SPI_SUMMARY_INDEX(p, SPI_TIER_LARGE)].usable;
+    mean_served[p] = n ? served_sum[p] / (double)n : 0.0;
   }
 
   /* The KV breakers, and the class at the worse pool's pressure. */
@@ -814,7 +842,7 @@ static int route_pinned(spi_request *req, spi_snapshot *snap,
     matched = spi__index_longest(ix, req->hashes, (uint32_t)nblocks,
                                  spi__entry_live, e, holders, hgens, 64, &nh);
   if (matched)
-    env.warm_ms = env.cold_ms * (1.0 - (double)matched / (double)nblocks);
+    env.warm_tok = env.cold_tok * (1.0 - (double)matched / (double)nblocks);
   for (uint32_t h = 0; h < nh; h++) {
     uint16_t pos = set->pos_of_slot[holders[h]];
     if (pos == SPI_NO_POS || pos >= nrep) continue;
@@ -825,7 +853,7 @@ static int route_pinned(spi_request *req, spi_snapshot *snap,
     if (ei != NO_EV) {
       ev = &sc.a.ev[ei];
       ev->matched = matched;
-      ev->t = est_ttft(&env, ev, r, env.warm_ms);
+      ev->t = est_ttft(&env, ev, r, env.warm_tok);
     } else if (full) {
       /* What the candidate already says, so it stays one reading. */
       const spi_candidate *c = &req->cands[pos];
@@ -841,7 +869,10 @@ static int route_pinned(spi_request *req, spi_snapshot *snap,
       fresh.busy = (uint8_t)is_busy(r, c->running, c->waiting, c->inflight);
       fresh.fresh = (uint8_t)c->fresh;
       fresh.advised = (uint8_t)c->advised;
-      fresh.t = est_ttft(&env, &fresh, r, env.warm_ms);
+      fresh.wait_ms = c->est_wait_ms;
+      fresh.served = c->served_tokens;
+      fresh.rate = c->prefill_tokens_per_s;
+      fresh.t = est_ttft(&env, &fresh, r, env.warm_tok);
     } else if (k >= 0 && was_counted(&sc, pos)) {
       eval_replica(&env, r, matched, &fresh);
     } else {
@@ -903,6 +934,8 @@ static int route_pinned(spi_request *req, spi_snapshot *snap,
   x.summaries = sums;
   x.summary_size = sizeof(spi_pool_summary);
   x.n_summaries = SPI_SUMMARY_CELLS;
+  for (int p = 0; p < 4; p++) x.mean_served_tokens[p] = mean_served[p];
+  x.prompt_tokens = (double)tokens;
 
   spi_policy_choice ch;
   rc = run_policy(sl->mod, sl->inst, &x, &ch);
@@ -1023,6 +1056,14 @@ static int route_pinned(spi_request *req, spi_snapshot *snap,
     memcpy(k->hashes, req->hashes, k->n_hashes * sizeof k->hashes[0]);
   copy_id(k->tenant, v->tenant, v->tenant_len);
   copy_id(k->model, v->model, v->model_len);
+  /* The cost model's counters: the prefill this ticket queues there (the
+   * part of the prompt the replica does not hold) and the prompt it was
+   * sent; the slowdown at open lets its first token teach the rate. */
+  double uncached = c->matched_blocks ? env.warm_tok : env.cold_tok;
+  uint64_t cached = tokens - (uint64_t)ceil(uncached < (double)tokens ? uncached
+                                                                       : (double)tokens);
+  spi__prefill_open(s, k, tokens, cached,
+                    c->fresh ? 1.0 + c->running * r->inv_max_inflight : 0.0);
   out->ticket = spi__ticket_publish(tt, k);
   atomic_fetch_add(&s->inflight, 1);
   if (ix && nblocks > c->matched_blocks)

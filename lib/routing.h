@@ -120,6 +120,16 @@ typedef struct spi_replica_slot {
   atomic_uint consecutive_errors;
   atomic_llong open_until_ns;
   atomic_int probe_taken;   /* half-open: the single probe is out */
+  /* The cost model's per-replica state (prefill_model.h), kept
+   * incrementally by tickets so a route only reads it: prefill this library
+   * queued there and that has no first token yet, in uncached prompt
+   * tokens; the prompt tokens sent there since it joined (it joins at its
+   * pool's mean, replica.c); and the prefill rate learnt from first
+   * tokens. */
+  atomic_ullong prefill_queued;
+  atomic_ullong served_tokens;
+  atomic_ullong prefill_rate; /* double bits, tokens/s; 0 = not learnt */
+  atomic_uint rate_samples;
 } spi_replica_slot;
 
 _Static_assert(offsetof(spi_replica_slot, cooldown_until_ns) + 8 <= 64,
@@ -313,6 +323,11 @@ typedef struct spi_ticket {
   uint64_t prompt_tokens_est;
   uint32_t matched_blocks, total_blocks;
   uint32_t n_hashes, weight;
+  /* What the ticket added to its replica's cost-model counters (taken back
+   * at first token, or at finish if none came), and the prefill queued
+   * ahead of it when it opened (for learning the rate). */
+  uint64_t prefill_tokens, ahead_tokens;
+  double slowdown;           /* 1 + running / max_inflight at open; 0 unknown */
   uint64_t hashes[SPI_TICKET_HASHES];
   char tenant[SPI_ID_MAX];
   char model[SPI_ID_MAX];

@@ -125,6 +125,8 @@ static void ticket_reset(spi_ticket *k) {
   k->prompt_tokens_est = 0;
   k->matched_blocks = k->total_blocks = 0;
   k->n_hashes = k->weight = 0;
+  k->prefill_tokens = k->ahead_tokens = 0;
+  k->slowdown = 0;
   k->incarnation = 0;
   k->expected_output = 0;
   k->replay_since_ns = 0;

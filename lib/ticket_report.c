@@ -11,6 +11,7 @@
 #include <string.h>
 
 #include "engine.h"
+#include "prefill_model.h"
 
 /* Whether the replica a ticket was opened on has gone (removed, or its
  * slot given to another replica). A drain or a notice is not that: it
@@ -44,7 +45,8 @@ static spi_ticket *reported_ticket(spi_engine *engine, uint64_t ticket) {
 
 /* Report the first token on an open ticket. The ticket table is read
  * pinned: configure may replace one that never handed out a ticket. */
-static int first_token_pinned(spi_engine *engine, uint64_t ticket) {
+static int first_token_pinned(spi_engine *engine, const spi_snapshot *snap,
+                              uint64_t ticket) {
   spi_ticket *k = reported_ticket(engine, ticket);
   if (!k) return SPI_ESTALE;
   int64_t now = spi__engine_now(engine);
@@ -61,6 +63,9 @@ static int first_token_pinned(spi_engine *engine, uint64_t ticket) {
       spi__metrics_ttft(mx, klass, (double)(now - start) / 1e6);
       spi__metrics_queue_delta(mx, klass, -1);
     }
+    /* Its prefill is done: off the replica's queue, and a rate sample. */
+    spi__prefill_first_token(&engine->registry.slots[k->slot], k, now,
+                             &snap->router);
   }
   return SPI_OK;
 }
@@ -68,8 +73,8 @@ static int first_token_pinned(spi_engine *engine, uint64_t ticket) {
 int spi_ticket_first_token(spi_engine *engine, uint64_t ticket) {
   if (!spi__engine_ok(engine)) return SPI_EMISUSE;
   unsigned pin;
-  spi__snap_acquire(engine, &pin);
-  int rc = first_token_pinned(engine, ticket);
+  const spi_snapshot *snap = spi__snap_acquire(engine, &pin);
+  int rc = first_token_pinned(engine, snap, ticket);
   spi__snap_release(engine, pin);
   return rc;
 }
@@ -176,6 +181,7 @@ int spi_ticket_finish(spi_engine *engine, uint64_t ticket,
   }
   if (!stale) {
     atomic_fetch_sub(&slot->inflight, 1);
+    if (no_first_token) spi__prefill_end(slot, k);
     if (result->status == SPI_TICKET_CANCELLED) {
       /* A cancelled probe says nothing about the replica: let another try. */
       if (k->probe) spi__breaker_release_probe(slot);

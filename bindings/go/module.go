@@ -155,6 +155,18 @@ static const spi_candidate *spi_go_candidate(const spi_route_context *ctx,
   return (const spi_candidate *)((const char *)ctx->candidates + i * stride);
 }
 
+// Whether the candidates carry the TTFT model's parts (since 0.3.0).
+static int spi_go_candidate_has_model(const spi_route_context *ctx) {
+  return ctx->candidate_size >= offsetof(spi_candidate, prefill_tokens_per_s) +
+                                    sizeof(double);
+}
+
+// Whether the context carries the pools' mean served tokens (since 0.3.0).
+static int spi_go_ctx_has_model(const spi_route_context *ctx) {
+  return ctx->struct_size >= offsetof(spi_route_context, prompt_tokens) +
+                                 sizeof ctx->prompt_tokens;
+}
+
 // The number of pool summaries, 0 when the library's context predates them
 // (struct_size does not cover the fields).
 static size_t spi_go_n_summaries(const spi_route_context *ctx) {
@@ -607,6 +619,11 @@ type Candidate struct {
 	// Advised: its machine has rebalance advice; EstTTFTMs carries the
 	// penalty. Since 0.2.0.
 	Advised bool
+	// The TTFT model's parts (since 0.3.0; 0 from an older library):
+	// EstTTFTMs = router.ttft_base_ms + EstWaitMs + its own prefill.
+	EstWaitMs         float64 // behind the prefill queued there
+	ServedTokens      float64 // prompt tokens sent since it joined
+	PrefillTokensPerS float64 // learnt (or configured) prefill rate
 }
 
 // SummaryTop is the most candidates PoolSummary.Top names
@@ -662,6 +679,11 @@ type RouteContext struct {
 	// Summaries are SummaryCells summaries in SummaryIndex order (see
 	// Summary); nil from a library older than 0.2.0.
 	Summaries []PoolSummary
+	// MeanServedTokens is, by Pool, the mean ServedTokens of its usable
+	// replicas; PromptTokens is this request's prompt as ServedTokens
+	// counts it. Since 0.3.0 (zeros from an older library).
+	MeanServedTokens [4]float64
+	PromptTokens     float64
 }
 
 // Summary is the summary of pool and tier, or nil if there is none (pool
@@ -685,6 +707,13 @@ func routeContextFrom(c *C.spi_route_context, view *RequestView) *RouteContext {
 		ctx.Pressure[i] = Pressure(c.pressure[i])
 		ctx.Shed[i] = c.shed[i] != 0
 	}
+	if C.spi_go_ctx_has_model(c) != 0 {
+		for i := 0; i < 4; i++ {
+			ctx.MeanServedTokens[i] = float64(c.mean_served_tokens[i])
+		}
+		ctx.PromptTokens = float64(c.prompt_tokens)
+	}
+	model := C.spi_go_candidate_has_model(c) != 0
 	n := int(c.n_candidates)
 	ctx.Candidates = make([]Candidate, n)
 	for i := 0; i < n; i++ {
@@ -698,6 +727,11 @@ func routeContextFrom(c *C.spi_route_context, view *RequestView) *RouteContext {
 			MatchedBlocks: uint32(k.matched_blocks), Rendezvous: uint64(k.rendezvous),
 			EstTTFTMs: float64(k.est_ttft_ms), USDPerHour: float64(k.usd_per_hour),
 			Advised: k.advised != 0,
+		}
+		if model {
+			ctx.Candidates[i].EstWaitMs = float64(k.est_wait_ms)
+			ctx.Candidates[i].ServedTokens = float64(k.served_tokens)
+			ctx.Candidates[i].PrefillTokensPerS = float64(k.prefill_tokens_per_s)
 		}
 	}
 	if ns := int(C.spi_go_n_summaries(c)); ns > 0 {

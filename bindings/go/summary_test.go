@@ -320,9 +320,13 @@ func TestGoPolicySummariesOnly(t *testing.T) {
 		if i > 0 && pos[ctx.Candidates[i-1].ID] >= pos[c.ID] {
 			t.Fatal("compact candidates out of replica order")
 		}
-		// As the full array has it, but for the index.
+		// As the full array has it, but for the index and the tokens the
+		// route in between sent to its replica.
 		f := want.Candidates[pos[c.ID]]
 		f.Index = i
+		if c.ID == d.ReplicaID {
+			f.ServedTokens += want.PromptTokens
+		}
 		if c != f {
 			t.Fatalf("\n%+v\n%+v", c, f)
 		}
@@ -373,4 +377,43 @@ func TestPolicyFlagsAreChecked(t *testing.T) {
 	}
 	must(t, e.RegisterPolicy("flagged", &flagged{flags: PolicySummariesOnly}, OnFailureError))
 	must(t, e.RegisterPolicy("unflagged", &flagged{}, OnFailureError))
+}
+
+// A Go policy reads the TTFT model's parts: the wait behind queued prefill,
+// tokens served, the prefill rate, and the pools' means.
+func TestPolicySeesTTFTModel(t *testing.T) {
+	e, _ := world(t, "")
+	fleet(t, e)
+	p := &recorder{pick: "spot-a"}
+	must(t, e.RegisterPolicy("go-model", p, OnFailureError))
+	must(t, e.Configure(`{"modules":{"policy":"go-model"}}`))
+	r := newRequest(t, e)
+	chat(t, r, "hi", false, 5000, "", 1)
+	d1, err := r.Route() // stays open: its prefill is queued on spot-a
+	must(t, err)
+	first := p.context()
+	if first.PromptTokens <= 0 || first.MeanServedTokens != [4]float64{} {
+		t.Fatalf("%+v", first)
+	}
+	for _, c := range first.Candidates {
+		if c.ServedTokens != 0 || c.EstWaitMs != 0 || c.PrefillTokensPerS != 10000 {
+			t.Fatalf("%+v", c)
+		}
+	}
+	d2, err := r.Route()
+	must(t, err)
+	second := p.context()
+	var on *Candidate
+	for i := range second.Candidates {
+		if second.Candidates[i].ID == "spot-a" {
+			on = &second.Candidates[i]
+		}
+	}
+	if on == nil || on.ServedTokens != first.PromptTokens ||
+		on.EstWaitMs != first.PromptTokens*1000/10000 ||
+		second.MeanServedTokens[PoolSpot] != first.PromptTokens/2 {
+		t.Fatalf("%+v %+v", on, second.MeanServedTokens)
+	}
+	must(t, d1.Ticket.Finish(TicketResult{}))
+	must(t, d2.Ticket.Finish(TicketResult{}))
 }

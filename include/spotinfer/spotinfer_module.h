@@ -181,6 +181,14 @@ typedef struct spi_candidate {
                               prefix; the highest wins a cold placement */
   double est_ttft_ms;      /* the library's TTFT estimate on it */
   double usd_per_hour;
+  /* Since 0.3.0 (candidate_size covers them). The parts of the TTFT model
+   * (README, "Replica choice"): est_ttft_ms = router.ttft_base_ms +
+   * est_wait_ms + its own prefill (+ the advice penalty). */
+  double est_wait_ms;      /* behind the prefill queued there, ms */
+  double served_tokens;    /* prompt tokens the library sent it since it
+                              joined (a replica joins at its pool's mean) */
+  double prefill_tokens_per_s; /* its prefill rate, learnt from first tokens
+                              (router.prefill_tokens_per_s until then) */
 } spi_candidate;
 
 /*
@@ -237,6 +245,10 @@ typedef struct spi_route_context {
   const spi_pool_summary *summaries;
   size_t summary_size;
   size_t n_summaries;
+  /* Since 0.3.0: by pool, the mean served_tokens of its usable replicas
+   * (0 when it has none), so a load guard can be relative to the fleet. */
+  double mean_served_tokens[4];
+  double prompt_tokens;    /* this request's, as served_tokens counts them */
 } spi_route_context;
 
 /* A policy's answer: indices into the candidates, best first. */

@@ -234,12 +234,12 @@ static void test_affinity(void **st) {
   assert_true(d2.matched_blocks >= 3);
   finish(w, d2.ticket, SPI_TICKET_OK);
 
-  /* Piled on: the imbalance switch moves it. */
+  /* Piled on: its wait costs more than the prefill it saves. */
   load(w, d1.replica_id, 16, 30, 0.5);
   chat(w, "third question", 0, 5000, NULL, 1);
   assert_int_equal(route(w, &d2), SPI_OK);
   assert_string_not_equal(d2.replica_id, d1.replica_id);
-  assert_int_equal(d2.reason_code, SPI_REASON_IMBALANCE);
+  assert_int_equal(d2.reason_code, SPI_REASON_AFFINITY_LEFT);
   finish(w, d2.ticket, SPI_TICKET_OK);
 
   /* A noticed replica's entries die at once and it is never chosen. */
@@ -285,11 +285,16 @@ static void test_bronze_waits_for_warm(void **st) {
   chat(w, "batch", 0, 0, "flex", -1);
   assert_int_equal(route(w, &d1), SPI_OK);
   finish(w, d1.ticket, SPI_TICKET_OK);
-  load(w, d1.replica_id, 16, 0, 0.5); /* at capacity */
+  /* At capacity with a queue: bronze weighs the wait at a quarter, so it
+   * waits there for the prefill it saves (in the replica's queue, not the
+   * library's). */
+  load(w, d1.replica_id, 16, 4, 0.5);
   chat(w, "batch 2", 0, 0, "flex", -1);
   assert_int_equal(route(w, &d2), SPI_OK);
-  assert_int_equal(d2.pool, SPI_POOL_QUEUE);
-  assert_int_equal(d2.reason_code, SPI_REASON_WAIT_WARM);
+  assert_int_equal(d2.pool, SPI_POOL_SPOT);
+  assert_string_equal(d2.replica_id, d1.replica_id);
+  assert_int_equal(d2.reason_code, SPI_REASON_AFFINITY);
+  finish(w, d2.ticket, SPI_TICKET_OK);
   done(w);
 }
 

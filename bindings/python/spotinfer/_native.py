@@ -530,6 +530,9 @@ class Candidate(_Struct):
         ("rendezvous", c_uint64),
         ("est_ttft_ms", c_double),
         ("usd_per_hour", c_double),
+        ("est_wait_ms", c_double),    # since 0.3.0 (candidate_size covers)
+        ("served_tokens", c_double),
+        ("prefill_tokens_per_s", c_double),
     ]
 
 
@@ -569,6 +572,8 @@ class RouteContext(_Struct):
         ("summaries", c_void_p),      # since 0.2.0
         ("summary_size", c_size_t),
         ("n_summaries", c_size_t),
+        ("mean_served_tokens", c_double * 4),  # since 0.3.0
+        ("prompt_tokens", c_double),
     ]
 
 

@@ -216,6 +216,11 @@ class Candidate:
     est_ttft_ms: float
     usd_per_hour: float
     advised: bool = False  # rebalance advice on its machine (since 0.2.0)
+    # The TTFT model's parts (since 0.3.0; 0 from an older library):
+    # est_ttft_ms = router.ttft_base_ms + est_wait_ms + its own prefill.
+    est_wait_ms: float = 0.0           # behind the prefill queued there
+    served_tokens: float = 0.0         # prompt tokens sent since it joined
+    prefill_tokens_per_s: float = 0.0  # learnt (or configured) prefill rate
 
 
 @dataclass(frozen=True)
@@ -277,6 +282,11 @@ class RouteContext:
     # In SPI_SUMMARY_INDEX order (see summary_index); empty from a library
     # older than 0.2.0.
     summaries: Tuple[PoolSummary, ...] = ()
+    # By Pool, the mean served_tokens of its usable replicas, and this
+    # request's prompt tokens as served_tokens counts them (since 0.3.0;
+    # zeros from an older library).
+    mean_served_tokens: Tuple[float, float, float, float] = (0.0, 0.0, 0.0, 0.0)
+    prompt_tokens: float = 0.0
 
     def summary(self, pool: Union[Pool, int, str],
                 model_tier: Union[ModelTier, int, str]) -> Optional[PoolSummary]:
@@ -615,7 +625,11 @@ def _candidates(ctx: _n.RouteContext) -> Tuple[Candidate, ...]:
     stride = ctx.candidate_size or sizeof(_n.Candidate)
     base = ctx.candidates or 0
     for i in range(ctx.n_candidates):
-        c = cast(base + i * stride, POINTER(_n.Candidate)).contents
+        if stride >= sizeof(_n.Candidate):
+            c = cast(base + i * stride, POINTER(_n.Candidate)).contents
+        else:  # an older library's shorter struct: the rest reads as 0
+            c = _n.Candidate()
+            memmove(byref(c), base + i * stride, stride)
         out.append(Candidate(
             index=i,
             id=string_at(c.id, c.id_len).decode("utf-8", "surrogateescape") if c.id else "",
@@ -625,8 +639,21 @@ def _candidates(ctx: _n.RouteContext) -> Tuple[Candidate, ...]:
             inflight=c.inflight, max_inflight=c.max_inflight,
             matched_blocks=c.matched_blocks, rendezvous=c.rendezvous,
             est_ttft_ms=c.est_ttft_ms, usd_per_hour=c.usd_per_hour,
-            advised=bool(c.advised)))
+            advised=bool(c.advised), est_wait_ms=c.est_wait_ms,
+            served_tokens=c.served_tokens,
+            prefill_tokens_per_s=c.prefill_tokens_per_s))
     return tuple(out)
+
+
+_MODEL_END = _n.RouteContext.prompt_tokens.offset + _n.RouteContext.prompt_tokens.size
+
+
+def _model_fields(ctx: _n.RouteContext) -> Dict[str, Any]:
+    """mean_served_tokens and prompt_tokens, when struct_size covers them."""
+    if ctx.struct_size < _MODEL_END:
+        return {}
+    return {"mean_served_tokens": tuple(ctx.mean_served_tokens),
+            "prompt_tokens": ctx.prompt_tokens}
 
 
 _SUMMARIES_END = _n.RouteContext.n_summaries.offset + _n.RouteContext.n_summaries.size
@@ -690,7 +717,7 @@ class _PolicyAdapter(_Adapter):
                 total_blocks=c.total_blocks, max_fallbacks=c.max_fallbacks,
                 pressure=tuple(c.pressure),  # type: ignore[arg-type]
                 shed=tuple(bool(s) for s in c.shed),  # type: ignore[arg-type]
-                now_ns=c.now_ns, summaries=_summaries(c))
+                now_ns=c.now_ns, summaries=_summaries(c), **_model_fields(c))
             ch = self.impl.choose(self._instance(inst), ctx)
             if isinstance(ch, dict):
                 ch = PolicyChoice(**ch)

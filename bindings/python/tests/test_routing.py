@@ -221,7 +221,10 @@ def test_error_breaker_and_ticket_context_manager():
         e.upsert_replica("od-a", pool=Pool.ON_DEMAND, usd_per_hour=4.5, max_inflight=16)
         e.upsert_replica("od-b", pool=Pool.ON_DEMAND, usd_per_hour=4.5, max_inflight=16)
         e.report_load("od-a", running=0, kv_usage=0.1)
-        e.report_load("od-b", running=5, kv_usage=0.1)
+        # Piled on: never the first choice, even once od-a has served more
+        # than its share (the spread of near-ties by share would take a
+        # merely busier od-b).
+        e.report_load("od-b", running=14, waiting=6, kv_usage=0.1)
         r = chat(e, stream=True, sla_ms=800)
         r.system_prompt = "x"
         first = None
@@ -302,6 +305,35 @@ class LeastLoaded(spotinfer.PolicyModule):
         same = [c.index for c in ok if c.pool == first.pool]
         return PolicyChoice(first.pool, same[:1 + ctx.max_fallbacks],
                             Reason.LEAST_LOADED, "python least loaded")
+
+
+def test_python_policy_sees_the_ttft_model(world):
+    """A Python policy reads the TTFT model's parts: the wait behind queued
+    prefill, tokens served, the prefill rate, and the pools' means."""
+    pol = LeastLoaded()
+    seen = []
+    inner = pol.choose
+
+    def choose(instance, ctx):
+        seen.append(ctx)
+        return inner(instance, ctx)
+
+    pol.choose = choose
+    world.register_policy("py-model", pol)
+    world.configure({"modules": {"policy": "py-model"}})
+    d1 = chat(world, sla_ms=5000, replayable=True).route()  # stays open
+    d2 = chat(world, sla_ms=5000, replayable=True).route()
+    first, second = seen
+    assert first.prompt_tokens > 0 and first.mean_served_tokens == (0, 0, 0, 0)
+    for c in first.candidates:
+        assert c.served_tokens == 0 and c.est_wait_ms == 0
+        assert c.prefill_tokens_per_s == 10000  # router.prefill_tokens_per_s
+    on = next(c for c in second.candidates if c.id == d1.replica_id)
+    assert on.served_tokens == first.prompt_tokens
+    assert on.est_wait_ms == pytest.approx(first.prompt_tokens * 1000 / 10000)
+    assert second.mean_served_tokens[int(on.pool)] == first.prompt_tokens / 2
+    d1.ticket.finish()
+    d2.ticket.finish()
 
 
 def test_python_policy(world):

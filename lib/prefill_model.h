@@ -1,0 +1,83 @@
+/*
+ * prefill_model.h - the time-to-first-token model routing ranks replicas
+ * by, and the per-replica state it reads (kept by tickets, prefill_model.c).
+ *
+ * With continuous batching a new request waits for the prefill queued
+ * ahead of it, then runs its own prefill; decodes already running do not
+ * make it wait, they slow every token a little. So, on replica r:
+ *
+ *   wait_r = max(queued_r / rate_r, waiting_r * router.ttft_per_queued_ms)
+ *   TTFT_r = ttft_base_ms + wait_r
+ *            + (prompt - cached_r) / rate_r * (1 + running_r / max_inflight_r)
+ *
+ * queued_r: uncached prompt tokens of this library's open tickets there
+ * without a first token; waiting_r: the queue the replica itself reports
+ * (other proxies' work too); rate_r: its prefill rate learnt from first
+ * tokens, router.prefill_tokens_per_s until PREFILL_MIN_SAMPLES have been
+ * seen; cached_r: the prefix it holds. A stale load reads as saturated, so
+ * its wait and slowdown are huge.
+ *
+ * Everything here is inline: the pass over the replicas evaluates it for
+ * every replica on every route, with no allocation, lock or syscall.
+ */
+#ifndef SPI_PREFILL_MODEL_H
+#define SPI_PREFILL_MODEL_H
+
+#include "routing.h"
+
+/* First tokens seen before a replica's own rate replaces the configured
+ * one: a single TTFT is noisy (it carries network and scheduling time). */
+#define SPI_PREFILL_MIN_SAMPLES 8u
+
+/* The cost-model counters of one slot, as a route reads them. */
+typedef struct spi_prefill_read {
+  double queued;   /* uncached prompt tokens queued, no first token yet */
+  double served;   /* prompt tokens sent there since it joined */
+  double rate;     /* prefill tokens/s in use for the estimate */
+} spi_prefill_read;
+
+static inline void spi__prefill_read(const spi_replica_slot *s,
+                                     double default_rate,
+                                     spi_prefill_read *o) {
+  unsigned n = atomic_load_explicit(&s->rate_samples, memory_order_relaxed);
+  double learnt = spi__bitsd(
+      atomic_load_explicit(&s->prefill_rate, memory_order_relaxed));
+  o->queued = (double)atomic_load_explicit(&s->prefill_queued,
+                                           memory_order_relaxed);
+  o->served =
+      (double)atomic_load_explicit(&s->served_tokens, memory_order_relaxed);
+  o->rate = n >= SPI_PREFILL_MIN_SAMPLES && learnt > 0 ? learnt : default_rate;
+}
+
+/* The wait behind queued prefill, ms. */
+static inline double spi__prefill_wait_ms(const spi_router_cfg *c,
+                                          double waiting, double queued,
+                                          double rate) {
+  double own = queued * 1000.0 / rate;
+  double reported = waiting * c->ttft_per_queued_ms;
+  return own > reported ? own : reported;
+}
+
+/* The TTFT estimate, ms, given the wait and the uncached prompt tokens. */
+static inline double spi__prefill_ttft_ms(const spi_router_cfg *c,
+                                          double wait_ms, double running,
+                                          double inv_cap, double uncached,
+                                          double rate, int advised) {
+  double t = c->ttft_base_ms + wait_ms +
+             uncached * 1000.0 / rate * (1.0 + running * inv_cap);
+  return advised ? t + c->advised_penalty_ms : t;
+}
+
+/* Ticket reports (prefill_model.c). Opening adds the ticket's prefill to
+ * its replica's queue and its prompt to what the replica was sent; the
+ * first token (or a finish without one) takes the prefill back and, for a
+ * first token, teaches the replica its rate. */
+struct spi_ticket;
+void spi__prefill_open(spi_replica_slot *s, struct spi_ticket *k,
+                       uint64_t prompt_tokens, uint64_t cached_tokens,
+                       double slowdown);
+void spi__prefill_first_token(spi_replica_slot *s, const struct spi_ticket *k,
+                              int64_t now_ns, const spi_router_cfg *c);
+void spi__prefill_end(spi_replica_slot *s, const struct spi_ticket *k);
+
+#endif /* SPI_PREFILL_MODEL_H */

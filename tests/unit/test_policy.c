@@ -1,0 +1,404 @@
+/*
+ * test_policy.c - the reference policy's cost model, pinned on hand-made
+ * fleets: what a held prefix is worth against load, how the class weights
+ * the wait, the prefill queued by tickets, the rate learnt from first
+ * tokens, and the fleet-relative share guard.
+ *
+ * Blocks are 4 token ids and every request says it has 512 prompt tokens a
+ * block, so at router.prefill_tokens_per_s (10000) a block is 51.2 ms of
+ * prefill; router.ttft_per_queued_ms is 50 ms a reported waiting request.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "spotinfer/spotinfer.h"
+
+#define SEC 1000000000LL
+#define MS 1000000LL
+#define IDS_PER_BLOCK 4
+#define TOKENS_PER_BLOCK 512
+#define UNIVERSAL 1u /* the block every request starts with */
+
+typedef struct world {
+  spi_engine *e;
+  spi_request *r;
+  int64_t now;
+} world;
+
+static int64_t clock_fn(void *ud) { return ((world *)ud)->now; }
+
+static world *mk(const char *policy_json) {
+  world *w = calloc(1, sizeof *w);
+  w->now = 1700000000 * SEC;
+  spi_hooks h;
+  memset(&h, 0, sizeof h);
+  h.struct_size = sizeof h;
+  h.clock = clock_fn;
+  h.clock_user_data = w;
+  assert_int_equal(spi_engine_new(&w->e, &h), SPI_OK);
+  char cfg[512];
+  snprintf(cfg, sizeof cfg,
+           "{\"cache_key\":{\"block_tokens\":%d},"
+           "\"router\":{\"load_max_age_ms\":3600000}%s%s}",
+           IDS_PER_BLOCK, policy_json ? ",\"policy\":" : "",
+           policy_json ? policy_json : "");
+  int rc = spi_engine_configure(w->e, cfg, strlen(cfg));
+  if (rc) print_error("%s\n", spi_engine_errmsg(w->e));
+  assert_int_equal(rc, SPI_OK);
+  assert_int_equal(spi_request_new(w->e, &w->r), SPI_OK);
+  return w;
+}
+
+static void done(world *w) {
+  spi_request_free(w->r);
+  spi_engine_free(w->e);
+  free(w);
+}
+
+static void add(world *w, const char *id, int32_t pool) {
+  spi_replica_info ri;
+  memset(&ri, 0, sizeof ri);
+  ri.struct_size = sizeof ri;
+  ri.id = id;
+  ri.id_len = strlen(id);
+  ri.pool = pool;
+  ri.usd_per_hour = pool == SPI_POOL_SPOT ? 1.8 : 4.5;
+  ri.max_inflight = 16;
+  assert_int_equal(spi_replica_upsert(w->e, &ri), SPI_OK);
+}
+
+static void load(world *w, const char *id, double running, double waiting) {
+  spi_load l;
+  memset(&l, 0, sizeof l);
+  l.struct_size = sizeof l;
+  l.running = running;
+  l.waiting = waiting;
+  l.kv_usage = 0.2;
+  assert_int_equal(spi_replica_report_load(w->e, id, strlen(id), &l), SPI_OK);
+}
+
+/* n replicas "r0".."r{n-1}" in pool, all idle. */
+static void fleet(world *w, int n, int32_t pool) {
+  for (int i = 0; i < n; i++) {
+    char id[8];
+    snprintf(id, sizeof id, "r%d", i);
+    add(w, id, pool);
+    load(w, id, 0, 0);
+  }
+}
+
+/* A request whose prompt is the given blocks (ids), of the given class. */
+static void prompt(world *w, const uint32_t *blocks, size_t n,
+                   const char *klass) {
+  uint32_t ids[64 * IDS_PER_BLOCK];
+  assert_true(n <= 64);
+  for (size_t b = 0; b < n; b++)
+    for (int k = 0; k < IDS_PER_BLOCK; k++)
+      ids[b * IDS_PER_BLOCK + (size_t)k] = blocks[b] * 16 + (uint32_t)k;
+  spi_request_reset(w->r);
+  spi_request_set_str(w->r, SPI_REQ_MODEL, "m", 1);
+  spi_request_set_str(w->r, SPI_REQ_CLASS, klass, strlen(klass));
+  spi_request_set_int(w->r, SPI_REQ_REPLAYABLE, strcmp(klass, "gold") != 0);
+  spi_request_set_int(w->r, SPI_REQ_PROMPT_TOKENS,
+                      (int64_t)n * TOKENS_PER_BLOCK);
+  spi_request_set_int(w->r, SPI_REQ_EXPECTED_OUTPUT_TOKENS, 100);
+  assert_int_equal(spi_request_set_token_ids(w->r, ids, n * IDS_PER_BLOCK),
+                   SPI_OK);
+}
+
+/* Blocks UNIVERSAL, then first..first+n-1. */
+static size_t chain(uint32_t *out, uint32_t first, size_t n) {
+  out[0] = UNIVERSAL;
+  for (size_t i = 0; i < n; i++) out[1 + i] = first + (uint32_t)i;
+  return n + 1;
+}
+
+static int route(world *w, spi_decision *d) {
+  memset(d, 0, sizeof *d);
+  d->struct_size = sizeof *d;
+  int rc = spi_route(w->r, d);
+  if (rc) print_error("%s\n", spi_request_errmsg(w->r));
+  return rc;
+}
+
+static void finish(world *w, uint64_t t) {
+  spi_ticket_result res;
+  memset(&res, 0, sizeof res);
+  res.struct_size = sizeof res;
+  res.status = SPI_TICKET_OK;
+  assert_int_equal(spi_ticket_finish(w->e, t, &res), SPI_OK);
+}
+
+/* Serve blocks on replica `on` only: every other replica of the fleet reads
+ * as saturated meanwhile (its load is made stale), then all are idle again.
+ */
+static void seed_as(world *w, int n, const char *on, const uint32_t *blocks,
+                    size_t nb, const char *klass) {
+  w->now += 2 * 3600 * SEC; /* every load report is now stale */
+  load(w, on, 0, 0);
+  prompt(w, blocks, nb, klass);
+  spi_decision d;
+  assert_int_equal(route(w, &d), SPI_OK);
+  assert_string_equal(d.replica_id, on);
+  finish(w, d.ticket);
+  for (int i = 0; i < n; i++) {
+    char id[8];
+    snprintf(id, sizeof id, "r%d", i);
+    load(w, id, 0, 0);
+  }
+}
+
+static void seed(world *w, int n, const char *on, const uint32_t *blocks,
+                 size_t nb) {
+  seed_as(w, n, on, blocks, nb, "gold");
+}
+
+/* Give every replica but `except` a history: nb blocks of their own, so
+ * the fleet has served evenly before the test's request (a share guard
+ * has nothing to say then). */
+static void history(world *w, int n, const char *except, size_t nb,
+                    const char *klass) {
+  uint32_t b[64];
+  for (int i = 0; i < n; i++) {
+    char id[8];
+    snprintf(id, sizeof id, "r%d", i);
+    if (strcmp(id, except) == 0) continue;
+    for (size_t k = 0; k < nb; k++) b[k] = 9000 + 100 * (uint32_t)i + (uint32_t)k;
+    seed_as(w, n, id, b, nb, klass);
+  }
+}
+
+/* A replica holding only the block every request starts with is not
+ * preferred over an idle one: that block saves the same everywhere. */
+static void test_universal_block_is_not_affinity(void **st) {
+  (void)st;
+  world *w = mk(NULL);
+  fleet(w, 4, SPI_POOL_ON_DEMAND);
+  uint32_t b[32];
+  seed(w, 4, "r2", b, chain(b, 100, 3)); /* r2 holds U + 3 of its own */
+  /* A new conversation: only U in common with r2. Idle or slightly busy,
+   * r2 is not chosen over an idle replica. */
+  for (int busy = 0; busy < 2; busy++) {
+    load(w, "r2", busy ? 2 : 0, 0);
+    prompt(w, b, chain(b, 200 + 10 * (uint32_t)busy, 5), "gold");
+    spi_decision d;
+    assert_int_equal(route(w, &d), SPI_OK);
+    assert_string_not_equal(d.replica_id, "r2");
+    finish(w, d.ticket);
+  }
+  done(w);
+
+  /* Every replica holds U (a global system prompt): all are "warm" to the
+   * same depth, and the one with a queue loses to the idle ones. */
+  w = mk(NULL);
+  fleet(w, 3, SPI_POOL_ON_DEMAND);
+  for (int i = 0; i < 3; i++) {
+    char id[8];
+    snprintf(id, sizeof id, "r%d", i);
+    seed(w, 3, id, b, chain(b, 300 + 10 * (uint32_t)i, 2));
+  }
+  load(w, "r0", 1, 1);
+  prompt(w, b, chain(b, 400, 4), "gold");
+  spi_decision d;
+  assert_int_equal(route(w, &d), SPI_OK);
+  assert_int_equal(d.matched_blocks, 1);
+  assert_string_not_equal(d.replica_id, "r0");
+  finish(w, d.ticket);
+  done(w);
+}
+
+/* A replica holding 20 more blocks wins against a slightly busier one and
+ * loses against a saturated one. */
+static void test_twenty_blocks_against_load(void **st) {
+  (void)st;
+  world *w = mk(NULL);
+  fleet(w, 4, SPI_POOL_ON_DEMAND);
+  uint32_t b[32];
+  seed(w, 4, "r1", b, chain(b, 500, 20)); /* U + 20 conversation blocks */
+  history(w, 4, "r1", 21, "gold");
+
+  /* Slightly busier: a few decodes and one request queued (50 ms). */
+  load(w, "r1", 4, 1);
+  prompt(w, b, chain(b, 500, 21), "gold");
+  spi_decision d;
+  assert_int_equal(route(w, &d), SPI_OK);
+  assert_string_equal(d.replica_id, "r1");
+  assert_int_equal(d.reason_code, SPI_REASON_AFFINITY);
+  assert_int_equal(d.matched_blocks, 21);
+  finish(w, d.ticket);
+
+  /* Saturated: a full batch and 40 queued (2 s) outweigh the 1 s of prefill
+   * the 20 blocks save. */
+  load(w, "r1", 16, 40);
+  prompt(w, b, chain(b, 500, 22), "gold");
+  assert_int_equal(route(w, &d), SPI_OK);
+  assert_string_not_equal(d.replica_id, "r1");
+  assert_int_equal(d.reason_code, SPI_REASON_AFFINITY_LEFT);
+  finish(w, d.ticket);
+
+  /* A stale load signal reads as saturated too. */
+  load(w, "r1", 0, 0);
+  w->now += 2 * 3600 * SEC;
+  for (int i = 0; i < 4; i++)
+    if (i != 1) {
+      char id[8];
+      snprintf(id, sizeof id, "r%d", i);
+      load(w, id, 0, 0);
+    }
+  prompt(w, b, chain(b, 500, 21), "gold");
+  assert_int_equal(route(w, &d), SPI_OK);
+  assert_string_not_equal(d.replica_id, "r1");
+  finish(w, d.ticket);
+  done(w);
+}
+
+/* The class weighs the wait: with the same queue on the warm replica, a
+ * class that pays for every millisecond leaves it, one that may wait stays.
+ * 20 blocks save 1024 ms; 30 queued requests are 1500 ms of wait. */
+static void test_class_weighs_the_wait(void **st) {
+  (void)st;
+  const char *cfg[2] = {"{\"silver_wait_weight\":1}",
+                        "{\"silver_wait_weight\":0.25}"};
+  for (int k = 0; k < 2; k++) {
+    world *w = mk(cfg[k]);
+    fleet(w, 3, SPI_POOL_SPOT);
+    uint32_t b[32];
+    seed_as(w, 3, "r0", b, chain(b, 700, 20), "silver");
+    history(w, 3, "r0", 21, "silver");
+    load(w, "r0", 2, 30);
+    prompt(w, b, chain(b, 700, 21), "silver");
+    spi_decision d;
+    assert_int_equal(route(w, &d), SPI_OK);
+    assert_int_equal(d.pool, SPI_POOL_SPOT);
+    if (k == 0)
+      assert_string_not_equal(d.replica_id, "r0");
+    else
+      assert_string_equal(d.replica_id, "r0");
+    finish(w, d.ticket);
+    done(w);
+  }
+  /* The weights are bounded: above 1 would rank by something the
+   * summaries do not hold the best of. */
+  world *w = calloc(1, sizeof *w);
+  assert_int_equal(spi_engine_new(&w->e, NULL), SPI_OK);
+  const char *bad = "{\"policy\":{\"bronze_wait_weight\":1.5}}";
+  assert_int_equal(spi_engine_configure(w->e, bad, strlen(bad)), SPI_ERANGE);
+  assert_non_null(strstr(spi_engine_errmsg(w->e), "policy.bronze_wait_weight"));
+  const char *gone = "{\"policy\":{\"imbalance_abs\":8}}";
+  assert_int_equal(spi_engine_configure(w->e, gone, strlen(gone)), SPI_EUNKNOWN);
+  spi_engine_free(w->e);
+  free(w);
+}
+
+/* Prefill the library queued on a replica (open tickets without a first
+ * token) is a wait there; the first token takes it off. */
+static void test_queued_prefill_is_a_wait(void **st) {
+  (void)st;
+  world *w = mk(NULL);
+  fleet(w, 2, SPI_POOL_ON_DEMAND);
+  uint32_t b[32];
+  size_t n = chain(b, 900, 9); /* 10 blocks: 5120 tokens, 512 ms */
+  prompt(w, b, n, "gold");
+  spi_decision d1, d2;
+  assert_int_equal(route(w, &d1), SPI_OK);
+  /* Another cold prompt: the replica with 512 ms queued is not taken. */
+  prompt(w, b, chain(b, 950, 9), "gold");
+  assert_int_equal(route(w, &d2), SPI_OK);
+  assert_string_not_equal(d2.replica_id, d1.replica_id);
+  /* Its estimate there carries no wait; after both first tokens, a third
+   * cold prompt sees no queue anywhere. */
+  double cold = d2.est_ttft_ms;
+  assert_int_equal(spi_ticket_first_token(w->e, d1.ticket), SPI_OK);
+  assert_int_equal(spi_ticket_first_token(w->e, d2.ticket), SPI_OK);
+  spi_decision d3;
+  prompt(w, b, chain(b, 980, 9), "gold");
+  assert_int_equal(route(w, &d3), SPI_OK);
+  assert_true(d3.est_ttft_ms <= cold + 1e-9);
+  finish(w, d1.ticket);
+  finish(w, d2.ticket);
+  finish(w, d3.ticket);
+  done(w);
+}
+
+/* A replica's prefill rate is learnt from first tokens: the configured one
+ * until 8 are seen, then what they say. */
+static void test_rate_is_learnt(void **st) {
+  (void)st;
+  world *w = mk(NULL);
+  fleet(w, 1, SPI_POOL_ON_DEMAND);
+  uint32_t b[32];
+  spi_decision d;
+  for (uint32_t k = 0; k < 9; k++) {
+    for (uint32_t i = 0; i < 10; i++) b[i] = 2000 + 20 * k + i;
+    prompt(w, b, 10, "gold"); /* 5120 tokens, nothing in common */
+    assert_int_equal(route(w, &d), SPI_OK);
+    if (k < 8) /* configured: 20 ms + 5120 / 10000 s */
+      assert_true(d.est_ttft_ms > 531 && d.est_ttft_ms < 533);
+    else /* learnt: 5120 tokens in 1 s */
+      assert_true(d.est_ttft_ms > 1019 && d.est_ttft_ms < 1021);
+    w->now += 1020 * MS; /* 20 ms fixed part + 1 s of prefill */
+    assert_int_equal(spi_ticket_first_token(w->e, d.ticket), SPI_OK);
+    finish(w, d.ticket);
+    load(w, "r0", 0, 0);
+  }
+  done(w);
+}
+
+/* Requests for one hot prefix spread once its holder would carry more than
+ * policy.load_share_cap times the pool's mean; requests for prefixes nobody
+ * holds fill the others. The share stays bounded at any load. */
+/* The largest share of 80 routes: three in four share one long prefix
+ * (each with its own last block), the rest are prefixes nobody holds. */
+static double max_share(const char *policy_json) {
+  world *w = mk(policy_json);
+  fleet(w, 4, SPI_POOL_ON_DEMAND);
+  uint32_t b[32];
+  double served[4] = {0};
+  for (uint32_t k = 0; k < 80; k++) {
+    size_t n = k % 4 ? chain(b, 3000, 12) : chain(b, 4000 + 20 * k, 12);
+    b[n - 1] = 5000 + k;
+    prompt(w, b, n, "gold");
+    spi_decision d;
+    assert_int_equal(route(w, &d), SPI_OK);
+    served[d.replica_id[1] - '0'] += (double)n * TOKENS_PER_BLOCK;
+    finish(w, d.ticket); /* light load: nothing ever queues */
+  }
+  double mx = 0, sum = 0;
+  for (int i = 0; i < 4; i++) {
+    sum += served[i];
+    if (served[i] > mx) mx = served[i];
+  }
+  done(w);
+  return mx / (sum / 4);
+}
+
+/* Requests for one hot prefix spread once its holder would carry more than
+ * policy.load_share_cap times the pool's mean, at light load too: without
+ * the guard (a cap of 100) its holder takes most of them. */
+static void test_share_guard_is_fleet_relative(void **st) {
+  (void)st;
+  double guarded = max_share(NULL);
+  double loose = max_share("{\"load_share_cap\":100}");
+  print_message("max/mean share: %.3f guarded, %.3f without\n", guarded, loose);
+  assert_true(guarded <= 1.25 + 1e-9);
+  assert_true(loose > 2.0);
+}
+
+int main(void) {
+  const struct CMUnitTest tests[] = {
+      cmocka_unit_test(test_universal_block_is_not_affinity),
+      cmocka_unit_test(test_twenty_blocks_against_load),
+      cmocka_unit_test(test_class_weighs_the_wait),
+      cmocka_unit_test(test_queued_prefill_is_a_wait),
+      cmocka_unit_test(test_rate_is_learnt),
+      cmocka_unit_test(test_share_guard_is_fleet_relative),
+  };
+  return cmocka_run_group_tests(tests, NULL, NULL);
+}
