@@ -18,6 +18,7 @@ Exit status 0 when every check holds; each check prints one line.
 import argparse
 import hashlib
 import json
+import os
 import sys
 import threading
 import time
@@ -162,8 +163,9 @@ class Checks:
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--gateway", required=True)
-    ap.add_argument("--reference", required=True)
+    ap.add_argument("--gateway", required=True, help="URL, or @file holding host:port")
+    ap.add_argument("--reference", required=True, help="URL, or @file holding host:port")
+    ap.add_argument("--go-file", help="start once this file exists")
     ap.add_argument("--events", required=True, help="the gateway's -events file")
     ap.add_argument("--backend-logs", required=True, help="comma-separated fakellm -log files")
     ap.add_argument("--noticed", required=True, help="the backend that gets the notice")
@@ -174,6 +176,20 @@ def main():
     ap.add_argument("--report", help="write the per-request results here (JSON)")
     args = ap.parse_args()
 
+    if args.go_file:
+        # Started before the servers, so the import above is done when they
+        # are up: wait for the word, then read their addresses.
+        t_end = time.time() + 120
+        while not os.path.exists(args.go_file):
+            if time.time() > t_end:
+                print("drill: the servers never came up")
+                return 1
+            time.sleep(0.02)
+    for name in ("gateway", "reference"):
+        v = getattr(args, name)
+        if v.startswith("@"):
+            with open(v[1:]) as f:
+                setattr(args, name, "http://" + f.read().strip())
     reqs = make_requests(args.waves, args.per_wave)
     results, expected = run_clients(args, reqs)
     # Let the gateway finish its bookkeeping (tickets, acks) after the last byte.
