@@ -54,11 +54,11 @@ char *sim_engine_config(const char *user_json, sim_engine_params *p, char *msg,
   /* Load reports arrive on every change, so any age is fresh. */
   put_default(router, "load_max_age_ms", 3600000);
   /* Tables sized to the trace: no more tickets than requests can be open,
-   * and 64 bytes of index a block reference keeps every prefix the trace
+   * and 32 bytes of index (two entries) per block reference keep every prefix the trace
    * can make; larger tables only cost the time to clear them. */
   double tickets = 16384, index = 1 << 20;
   while (tickets < (double)p->requests + 1024 && tickets < 262144) tickets *= 2;
-  while (index < (double)p->block_refs * 64 && index < 33554432) index *= 2;
+  while (index < (double)p->block_refs * 32 && index < 33554432) index *= 2;
   put_default(router, "max_tickets", tickets);
   put_default(router, "prefill_tokens_per_s", p->prefill_tps);
   put_default(router, "decode_tokens_per_s", p->decode_tps);

@@ -54,8 +54,12 @@ void sim_lru_clear(sim_lru *l) {
   l->free_head = 0;
 }
 
+/* Keys are hashes already (chained block hashes, mixed pairs), so their
+ * low bits pick the slot without mixing again. */
+static uint32_t home_of(uint64_t key) { return (uint32_t)(key ^ (key >> 32)); }
+
 static uint32_t find_slot(const sim_lru *l, uint64_t key) {
-  uint32_t i = (uint32_t)sim_mix64(key) & l->mask;
+  uint32_t i = home_of(key) & l->mask;
   while (l->keys[i]) {
     if (l->keys[i] == key + 1) return i;
     i = (i + 1) & l->mask;
@@ -84,7 +88,7 @@ static void delete_slot(sim_lru *l, uint32_t i) {
   for (;;) {
     j = (j + 1) & l->mask;
     if (!l->keys[j]) break;
-    uint32_t home = (uint32_t)sim_mix64(l->keys[j] - 1) & l->mask;
+    uint32_t home = home_of(l->keys[j] - 1) & l->mask;
     int between = i <= j ? (i < home && home <= j) : (i < home || home <= j);
     if (between) continue;
     l->keys[i] = l->keys[j];
@@ -122,7 +126,7 @@ void sim_lru_insert(sim_lru *l, uint64_t key) {
     unlink_node(l, n);
     delete_slot(l, l->node_slot[n]);
   }
-  uint32_t i = (uint32_t)sim_mix64(key) & l->mask;
+  uint32_t i = home_of(key) & l->mask;
   while (l->keys[i]) i = (i + 1) & l->mask;
   l->keys[i] = key + 1;
   l->slot_node[i] = n;
