@@ -478,9 +478,11 @@ static void finish_req(sim *s, uint32_t i) {
 
 /* How many of the zone's replicas may run at t_s: all or none for a 0/1
  * trace, else the node count (at most the zone's size). --no-interruptions
- * keeps every zone whole. */
+ * keeps every zone at its capacity of the first moment: the same run, with
+ * nothing taken away or given back. */
 static uint32_t zone_cap_at(const sim *s, const sim_zone *z, double t_s) {
-  if (!z->tr.n || s->o->no_interruptions) return z->size;
+  if (!z->tr.n) return z->size;
+  if (s->o->no_interruptions) t_s = 0;
   size_t k = (size_t)((s->o->spot_offset_s + t_s) / z->tr.gap_s) % z->tr.n;
   int32_t v = z->tr.v[k];
   if (z->tr.vmax <= 1) return v > 0 ? z->size : 0;

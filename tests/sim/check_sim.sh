@@ -113,11 +113,18 @@ replayed=$(grep -o '"name":"library"[^{]*"replayed":[0-9]*' "$tmp/r.json" | grep
 [[ ${replayed:-0} -ge 100 ]] || fail "replay scenario: only ${replayed:-0} replayed requests"
 grep -q '"name":"library".*"replay_success":[01]\.' "$tmp/r.json" || fail "replay success not measured"
 
+# --no-interruptions: the same run with zones kept at their first capacity:
+# no notice, no replay.
+"$sim" --quiet --scenario replay --policies library --no-interruptions --json "$tmp/calm.json" >"$tmp/calm.txt" \
+  || fail "calm replay scenario exited $?"
+grep -q '"notices":[1-9]' "$tmp/calm.json" && fail "--no-interruptions still sent notices"
+grep -q '"replays":[1-9]' "$tmp/calm.json" && fail "--no-interruptions still replayed"
+
 # Spot zones that go away and never come back, on a spot-only cluster: the
 # run ends at its horizon with the unplaceable traffic counted, not looping.
 printf '{"metadata": {"gap_seconds": 30}, "data": [1, 1, 0]}' >"$tmp/never.json"
 sed 's/\[1, 1, 0\]/[1, 1, '"$(printf '0, %.0s' {1..400})"'0]/' "$tmp/never.json" >"$tmp/never2.json"
-timeout 120 "$sim" --quiet --requests 3000 --rate 20 --replicas 6 --on-demand 0 --horizon 300 \
+timeout 600 "$sim" --quiet --requests 400 --rate 4 --replicas 6 --on-demand 0 --horizon 120 \
   --spot-trace "gcp:$tmp/never2.json" --policies library,round-robin --json "$tmp/n.json" >"$tmp/n.txt" \
   || fail "never-back run exited $? (or did not end)"
 [[ $(grep -c 'conservation ok' "$tmp/n.txt") -eq 3 ]] || fail "never-back: conservation"
