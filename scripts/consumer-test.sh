@@ -100,6 +100,30 @@ cmake --build "$work/cmake" >>"$work/cmake.log" 2>&1 || {
 run find_package-shared "$work/cmake/consumer_shared" yes
 run find_package-static "$work/cmake/consumer_static" no
 
+# The installed command-line tool runs with no LD_LIBRARY_PATH (its rpath is
+# relative to its own directory) and its man page is installed.
+cli="$prefix/bin/spotinfer"
+if [[ ! -x "$cli" ]]; then
+  echo "FAIL spotinfer: $cli is not installed"
+  fail=$((fail + 1))
+elif out=$(env -u LD_LIBRARY_PATH "$cli" --json version 2>&1) &&
+  [[ "$out" == *"\"version\":"*"\"$(pkg-config --modversion spotinfer)\""* ]] &&
+  env -u LD_LIBRARY_PATH "$cli" cost per-million --usd-per-gpu-hour 3.5 \
+    --gpus 1 --tokens-per-s 1000 >/dev/null; then
+  echo "ok   spotinfer (installed, runpath $(readelf -d "$cli" | sed -n 's/.*runpath: \[\(.*\)\]/\1/p'))"
+  pass=$((pass + 1))
+else
+  echo "FAIL spotinfer: installed tool does not run: $out"
+  fail=$((fail + 1))
+fi
+if [[ -f "$prefix/share/man/man1/spotinfer.1" ]]; then
+  echo "ok   man page"
+  pass=$((pass + 1))
+else
+  echo "FAIL man page: $prefix/share/man/man1/spotinfer.1 is not installed"
+  fail=$((fail + 1))
+fi
+
 # The licence travels with the install and with both binding packages.
 for f in "$prefix/share/doc/spotinfer/LICENSE" "$root/bindings/python/LICENSE" \
   "$root/bindings/go/LICENSE"; do

@@ -1,0 +1,206 @@
+#!/usr/bin/env bash
+# Tests of the spotinfer command-line tool, run by ctest:
+#   bash tests/cli/test_cli.sh <path to spotinfer> <source dir>
+# Every subcommand: its answer (text and --json), invalid input (exit 1,
+# message on stderr, {"ok": false} with --json), usage errors (exit 2) and
+# --help (exit 0). Notice bodies come from the shared data set when it is
+# beside the source tree, else from the fuzz corpora.
+set -uo pipefail
+
+bin=$1
+src=$2
+here="$src/tests/cli"
+work=$(mktemp -d "${TMPDIR:-/tmp}/spotinfer-cli.XXXXXX")
+trap 'rm -rf "$work"' EXIT
+pass=0
+fail=0
+
+# run <want-status> <args...>: runs the tool; stdout in $out, stderr in $err.
+run() {
+  local want=$1
+  shift
+  "$bin" "$@" >"$work/out" 2>"$work/err"
+  local got=$?
+  out=$(cat "$work/out")
+  err=$(cat "$work/err")
+  if [[ $got -ne $want ]]; then
+    echo "FAIL spotinfer $*: exit $got, expected $want"
+    echo "  stdout: ${out:0:400}"
+    echo "  stderr: ${err:0:400}"
+    fail=$((fail + 1))
+    return 1
+  fi
+  return 0
+}
+
+ok() { echo "ok   $1"; pass=$((pass + 1)); }
+bad() { echo "FAIL $1"; echo "  stdout: ${out:0:600}"; echo "  stderr: ${err:0:300}"; fail=$((fail + 1)); }
+
+# has <name> <text>: the output holds the text (fixed string).
+has() {
+  if [[ "$out" == *"$2"* ]]; then ok "$1"; else bad "$1: no '$2'"; fi
+}
+
+# jq_eq <name> <python expression on j> : the --json output is one JSON
+# object for which the expression holds.
+jq_eq() {
+  if python3 -c 'import json,sys; j=json.load(open(sys.argv[1])); sys.exit(0 if eval(sys.argv[2]) else 1)' \
+    "$work/out" "$2" 2>"$work/pyerr"; then
+    ok "$1"
+  else
+    bad "$1: $2 $(cat "$work/pyerr")"
+  fi
+}
+
+# ------------------------------------------------------------- top level
+run 0 --help && has "help lists commands" "notice parse"
+run 2 && has "no command is a usage error" "" && [[ "$err" == *Usage* ]] && ok "usage on stderr"
+run 2 frobnicate && [[ "$err" == *"unknown command"* ]] && ok "unknown command"
+run 0 version --json && jq_eq "version" 'j["version"].count(".") == 2'
+
+# ---------------------------------------------------------- config check
+printf '{"router": {"max_replicas": 0}}' >"$work/bad.json"
+printf '{"cost": {"spot_usd_per_gpu_hour": 2.5}}' >"$work/good.json"
+run 0 config check "$work/good.json" && has "config check prints the effective config" '"spot_usd_per_gpu_hour":2.5'
+run 0 config check --json "$work/good.json" &&
+  jq_eq "config check --json" 'j["ok"] and j["config"]["cost"]["spot_usd_per_gpu_hour"] == 2.5 and "router" in j["config"]'
+run 1 config check "$work/bad.json" && [[ "$err" == *"router.max_replicas"* ]] && ok "config error names the key path"
+run 1 config check --json "$work/bad.json" &&
+  jq_eq "config error --json" 'not j["ok"] and "router.max_replicas" in j["error"]'
+printf '{"router": ' >"$work/trunc.json"
+run 1 config check "$work/trunc.json" && ok "truncated config is invalid"
+printf '{"no_such_section": {}}' >"$work/unknown.json"
+run 1 config check "$work/unknown.json" && [[ "$err" == *no_such_section* ]] && ok "unknown key named"
+run 0 config check - <"$work/good.json" && ok "config from stdin"
+run 1 config check "$work/missing.json" && [[ "$err" == *"missing.json"* ]] && ok "unreadable file is exit 1"
+run 2 config check && ok "config check without FILE"
+run 2 config check a b && ok "config check with two FILEs"
+run 2 config check --bogus x && ok "config check unknown option"
+run 0 config check --help && has "config check --help" "key path"
+
+# --------------------------------------------------------------- options
+run 0 options && has "options lists router.max_replicas" "router.max_replicas"
+run 0 options --json &&
+  jq_eq "options --json: every option has path, type, default, doc" \
+    'len(j["options"]) > 20 and all({"path","type","default","doc"} <= set(o) for o in j["options"]) and any(o["path"] == "router.max_replicas" and o["min"] >= 1 for o in j["options"])'
+run 0 options --json cost. && jq_eq "options PREFIX filters" 'all(o["path"].startswith("cost.") for o in j["options"]) and j["options"]'
+run 1 options no.such.prefix && ok "options with an unknown prefix is exit 1"
+run 2 options --bogus && ok "options unknown flag"
+run 0 options --help && has "options --help" "PREFIX"
+
+# ---------------------------------------------------------- notice parse
+data=$(cd "$src/.." && pwd)/shared/data/notices
+if [[ ! -d "$data" ]]; then data=""; fi
+now=1700000000000000000
+if [[ -n "$data" ]]; then
+  run 0 notice parse --node i-0abc --now-ns $now "$data/aws/imds_instance_action_terminate.json" &&
+    has "aws instance-action: terminate" "notices.0.kind terminate"
+  run 0 notice parse --json "$data/azure/scheduled_events_preempt.json" &&
+    jq_eq "azure preempt from the body alone" 'j["format"] == "azure-scheduled" and j["notices"][0]["kind"] == "preempt"'
+  run 0 notice parse --json --cloud aws "$data/aws/eventbridge_spot_interruption_warning.json" &&
+    jq_eq "aws eventbridge" 'j["format"] == "aws-eventbridge" and j["found"] == 1 and j["notices"][0]["node"]'
+  run 0 notice parse --json --cloud gcp --node vm-1 --now-ns $now "$data/gcp/preempted_true.txt" &&
+    jq_eq "gcp preempted: deadline now + 30 s" 'j["notices"][0]["kind"] == "preempt" and j["notices"][0]["seconds_left"] == 30 and j["notices"][0]["deadline"] == "2023-11-14T22:13:50Z"'
+  run 0 notice parse --json --cloud gcp "$data/gcp/maintenance_event_none.txt" &&
+    jq_eq "gcp NONE: no notice" 'j["found"] == 0 and j["notices"] == []'
+  run 1 notice parse --cloud aws "$data/malformed/aws_unknown_action.json" && [[ "$err" == *explode* ]] &&
+    ok "unknown aws action is invalid"
+  run 1 notice parse --json "$data/malformed/aws_bad_time.json" &&
+    jq_eq "bad time --json" 'not j["ok"] and "time" in j["error"]'
+else
+  echo "note: /work/shared/data/notices is not beside the tree; notice bodies are written here"
+fi
+printf '{"action": "stop", "time": "2023-11-14T22:15:00Z"}' >"$work/stop.json"
+run 0 notice parse --json --format aws-instance-action --node i-9 --now-ns $now "$work/stop.json" &&
+  jq_eq "--format and seconds_left" 'j["notices"][0]["kind"] == "stop" and abs(j["notices"][0]["seconds_left"] - 100) < 1e-6 and j["notices"][0]["dedup_key"]'
+run 0 notice parse --node i-9 - <"$work/stop.json" && has "notice from stdin" "kind stop"
+run 0 notice parse --json --status 404 --cloud aws --node i-9 "$work/stop.json" &&
+  jq_eq "404 means no notice" 'j["found"] == 0'
+printf 'hello' >"$work/hello.txt"
+run 1 notice parse "$work/hello.txt" && [[ "$err" == *"--cloud"* ]] && ok "unrecognisable body names --cloud"
+run 2 notice parse --cloud moon "$work/stop.json" && ok "unknown cloud is usage"
+run 2 notice parse --format nope "$work/stop.json" && ok "unknown format is usage"
+run 2 notice parse --status abc "$work/stop.json" && ok "bad status is usage"
+run 2 notice parse && ok "notice parse without FILE"
+run 0 notice parse --help && has "notice parse --help" "azure-scheduled"
+
+# --------------------------------------------------------- metrics parse
+cat >"$work/vllm.txt" <<'PAGE'
+# HELP vllm:num_requests_running Number of requests running.
+# TYPE vllm:num_requests_running gauge
+vllm:num_requests_running{model_name="llama"} 3.0
+vllm:num_requests_waiting{model_name="llama"} 1.0
+vllm:gpu_cache_usage_perc{model_name="llama"} 0.42
+PAGE
+run 0 metrics parse "$work/vllm.txt" && has "metrics parse text" "running 3" && has "kv usage" "kv_usage 0.42"
+run 0 metrics parse --json - <"$work/vllm.txt" &&
+  jq_eq "metrics parse --json" 'j["running"] == 3 and j["waiting"] == 1 and j["kv_usage"] == 0.42 and j["samples"] == 3'
+printf 'vllm:num_requests_running{model_name="x} 1\n' >"$work/badpage.txt"
+run 1 metrics parse "$work/badpage.txt" && [[ "$err" == *"line 1"* ]] && ok "malformed page names the line"
+printf 'other_metric 1\n' >"$work/nothing.txt"
+run 1 metrics parse --json "$work/nothing.txt" && jq_eq "no load metric --json" 'not j["ok"]'
+run 2 metrics parse && ok "metrics parse without FILE"
+run 0 metrics parse --help && has "metrics parse --help" "SGLang"
+
+# ----------------------------------------------------------------- route
+cfg="$here/config.json"
+reps="$here/replicas.json"
+run 0 route --config "$cfg" --replicas "$reps" "$here/chat.json" &&
+  has "route text" "replica od-a" && has "route class" "class gold"
+run 0 route --json --config "$cfg" --replicas "$reps" "$here/chat.json" &&
+  jq_eq "gold chat on on-demand" 'j["outcome"] == "serve" and j["class"] == "gold" and j["pool"] == "on_demand" and len(j["key"]) == 32 and j["price"]["spot"]["usd"] < j["price"]["on_demand"]["usd"]'
+run 0 route --json --config "$cfg" --replicas "$reps" "$here/batch.json" &&
+  jq_eq "flex batch on spot" 'j["class"] == "bronze" and j["pool"] == "spot" and j["replica"] == "spot-a" and j["reason_code"]'
+printf '[{"id": "od-a", "pool": "on_demand", "usd_per_hour": 4.5, "max_inflight": 4, "load": {"running": 0, "waiting": 0, "kv_usage": 0.1}}]' >"$work/od.json"
+run 0 route --json --config "$cfg" --replicas "$work/od.json" "$here/batch.json" &&
+  jq_eq "batch without spot is queued" 'j["outcome"] == "queued" and j["pool"] == "queue" and j["replica"] == ""'
+printf '[]' >"$work/none.json"
+run 0 route --json --config "$cfg" --replicas "$work/none.json" "$here/chat.json" &&
+  jq_eq "no replicas: no_capacity" 'j["outcome"] == "no_capacity" and j["class"] == "gold"'
+printf '[{"id": "x", "pool": "moon", "usd_per_hour": 1, "max_inflight": 1}]' >"$work/r1.json"
+run 1 route --config "$cfg" --replicas "$work/r1.json" "$here/chat.json" && [[ "$err" == *"replicas[0].pool"* ]] && ok "bad pool named"
+printf '[{"id": "x", "pool": "spot", "usd_per_hour": 1, "max_inflight": 1, "colour": "red"}]' >"$work/r2.json"
+run 1 route --json --config "$cfg" --replicas "$work/r2.json" "$here/chat.json" &&
+  jq_eq "unknown replica key named" '"replicas[0].colour" in j["error"]'
+printf '[{"id": "x", "pool": "spot", "max_inflight": 1}]' >"$work/r3.json"
+run 1 route --config "$cfg" --replicas "$work/r3.json" "$here/chat.json" && [[ "$err" == *usd_per_hour* ]] && ok "missing usd_per_hour named"
+printf '[{"id": "x", "pool": "spot", "usd_per_hour": 1, "max_inflight": 1, "load": {"kv_usage": 2}}]' >"$work/r4.json"
+run 1 route --config "$cfg" --replicas "$work/r4.json" "$here/chat.json" && ok "load out of range is invalid"
+printf '{"model": "llama", "messages": "hi"}' >"$work/badbody.json"
+run 1 route --config "$cfg" --replicas "$reps" "$work/badbody.json" && [[ "$err" == *messages* ]] && ok "bad body names the field"
+run 1 route --config "$work/bad.json" --replicas "$reps" "$here/chat.json" && [[ "$err" == *max_replicas* ]] && ok "bad config in route"
+run 0 route --config "$cfg" --replicas "$reps" - <"$here/chat.json" && ok "route body from stdin"
+run 2 route --replicas "$reps" "$here/chat.json" && [[ "$err" == *"--config"* ]] && ok "route without --config"
+run 2 route --config "$cfg" --replicas "$reps" && ok "route without BODY"
+run 2 route --config "$cfg" --replicas "$reps" --pressure extreme "$here/chat.json" && ok "bad pressure"
+run 0 route --json --pressure critical --config "$cfg" --replicas "$reps" "$here/batch.json" &&
+  jq_eq "plan at critical pressure" 'j["plan"]["pressure"] == "critical" and j["plan"]["defer"] in (True, False)'
+
+run 0 route --help && has "route --help" "max_inflight"
+
+# ------------------------------------------------------------------ cost
+run 0 cost per-million --usd-per-gpu-hour 3.5 --gpus 1 --tokens-per-s 1000 &&
+  has "per-million text" "usd_per_million 0.972222222222222"
+run 0 cost --json per-million --usd-per-gpu-hour 3.5 --gpus 1 --tokens-per-s 1000 &&
+  jq_eq "per-million (README: 0.972)" 'abs(j["usd_per_million"] - 0.9722222222) < 1e-9'
+run 0 cost --json spot --spot-hours 100 --spot-usd-per-hour 1.8 --on-demand-usd-per-hour 4.5 \
+  --interruption-rate 0.05 --restart-overhead-hours 0.1 &&
+  jq_eq "spot" 'j["spot_cost"] == 180 and j["expected_interruptions"] == 5 and abs(j["effective_hours"] - 99.5) < 1e-9'
+run 0 cost --json break-even-tps --usd-per-gpu-hour 3.5 --gpus 1 --target-usd-per-million 0.9722222222222222 &&
+  jq_eq "break-even-tps inverts per-million" 'abs(j["tokens_per_s"] - 1000) < 1e-6'
+run 0 cost --json self-host --usd-per-gpu-hour 2 --gpus 8 --hours-per-month 730 --api-usd-per-million 10 &&
+  jq_eq "self-host" 'abs(j["tokens_per_month"] - 2*8*730/10*1e6) < 1'
+run 0 cost --json kv-bytes --layers 32 --kv-heads 8 --head-dim 128 --seq-len 4096 --bytes-per-element 2 &&
+  jq_eq "kv-bytes" 'j["bytes"] == 2*32*8*128*4096*2'
+run 0 cost --json max-sequences --gpu-memory-bytes 80e9 --model-bytes 16e9 --utilization 0.9 --kv-bytes-per-sequence 536870912 &&
+  jq_eq "max-sequences" 'j["sequences"] == int((80e9-16e9)*0.9/536870912)'
+run 1 cost per-million --usd-per-gpu-hour -1 --gpus 1 --tokens-per-s 1000 && [[ "$err" == *range* ]] && ok "negative price is invalid"
+run 1 cost --json per-million --usd-per-gpu-hour 3.5 --gpus 1.5 --tokens-per-s 1000 && jq_eq "fractional gpus --json" 'not j["ok"]'
+run 2 cost per-million --usd-per-gpu-hour 3.5 --gpus 1 && [[ "$err" == *tokens-per-s* ]] && ok "missing flag named"
+run 2 cost per-million --usd-per-gpu-hour abc --gpus 1 --tokens-per-s 1 && ok "non-number is usage"
+run 2 cost warp-drive && ok "unknown formula"
+run 2 cost && ok "cost without formula"
+run 0 cost --help && has "cost --help lists formulas" "max-sequences"
+
+echo "cli: $pass passed, $fail failed"
+[[ $fail -eq 0 ]]

@@ -1,0 +1,58 @@
+/*
+ * cli.h - shared pieces of the spotinfer command-line tool.
+ *
+ * The tool is built on the public API (spotinfer.h) only. Every subcommand
+ * builds its answer as a cJSON tree, which out_print() writes either as
+ * JSON (--json) or as "key value" lines, so both forms carry the same
+ * fields.
+ *
+ * Exit statuses: CLI_OK (0) the input was read and is valid; CLI_INVALID
+ * (1) the input is invalid or cannot be read (the message says why);
+ * CLI_USAGE (2) the command line is wrong.
+ */
+#ifndef SPOTINFER_CLI_H
+#define SPOTINFER_CLI_H
+
+#include <stddef.h>
+
+#include <cjson/cJSON.h>
+
+enum { CLI_OK = 0, CLI_INVALID = 1, CLI_USAGE = 2 };
+
+typedef struct cli_ctx {
+  int json;         /* --json */
+  const char *prog; /* argv[0] for messages */
+} cli_ctx;
+
+/* Read FILE ("-" = stdin) whole into a NUL-terminated buffer. NULL with a
+ * message on stderr when it cannot be read. */
+char *cli_read_input(const char *path, size_t *len);
+
+/* Print a finished answer (takes ownership of root). */
+void cli_print(const cli_ctx *c, cJSON *root);
+
+/* Report invalid input: the message on stderr and, with --json, an
+ * {"ok": false, "status", "error"} object on stdout. Returns CLI_INVALID. */
+int cli_invalid(const cli_ctx *c, const char *what, int status,
+                const char *msg);
+
+/* A usage error: the message and a pointer to --help. Returns CLI_USAGE. */
+int cli_usage(const cli_ctx *c, const char *cmd, const char *fmt, ...);
+
+/* 1 if arg is --help or -h. */
+int cli_is_help(const char *arg);
+
+/* Parse a finite double or an unsigned integer option value; 0 on success. */
+int cli_double(const char *s, double *out);
+int cli_u64(const char *s, unsigned long long *out);
+int cli_i64(const char *s, long long *out);
+
+/* The subcommands: argv starts after the subcommand's name(s). */
+int cmd_config_check(const cli_ctx *c, int argc, char **argv);
+int cmd_options(const cli_ctx *c, int argc, char **argv);
+int cmd_notice_parse(const cli_ctx *c, int argc, char **argv);
+int cmd_metrics_parse(const cli_ctx *c, int argc, char **argv);
+int cmd_route(const cli_ctx *c, int argc, char **argv);
+int cmd_cost(const cli_ctx *c, int argc, char **argv);
+
+#endif
