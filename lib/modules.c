@@ -47,10 +47,13 @@ static int copy_module(spi_engine *e, int32_t kind, const void *module,
                        "module kind %s is reserved and not defined in %s",
                        spi_module_kind_name(kind), SPI_VERSION_STRING);
   }
-  /* Version 1 structs have no optional tail yet: they must be complete. */
-  if (size != need)
-    return spi__engine_fail(e, SPI_EABI, "%s module struct_size %u, expected %zu",
-                       spi_module_kind_name(kind), size, need);
+  /* Version 1 structs have no optional tail yet: they must be complete. A
+   * newer caller's larger struct is accepted: the fields this version knows
+   * are copied, the tail it does not know is ignored. */
+  if (size < need)
+    return spi__engine_fail(e, SPI_EABI,
+                            "%s module struct_size %u, expected at least %zu",
+                            spi_module_kind_name(kind), size, need);
   memcpy(&m->m, module, need);
   switch (kind) {
   case SPI_MODULE_CLASSIFIER:

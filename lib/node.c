@@ -374,7 +374,9 @@ static size_t plan_one(spi_engine *e, const node *n, const spi_router_cfg *c,
   /* Re-check: the ticket may have finished while we looked. */
   if (atomic_load(&k->id) != id) return 0;
   if (p) {
-    memset(p, 0, sizeof *p);
+    size_t size = p->struct_size; /* the caller's element size, checked */
+    memset(p, 0, size);
+    p->struct_size = size;
     p->ticket = id;
     p->action = drain ? SPI_ACTION_DRAIN : SPI_ACTION_REPLAY;
     p->klass = k->klass;
@@ -386,9 +388,19 @@ static size_t plan_one(spi_engine *e, const node *n, const spi_router_cfg *c,
   return 1;
 }
 
+/* Element i of the caller's plan array, whose element size is stride; it
+ * gets that size in struct_size before plan_one fills it. */
+static spi_ticket_plan *plan_at(spi_ticket_plan *plans, size_t stride,
+                                size_t i) {
+  spi_ticket_plan *p = (spi_ticket_plan *)(void *)((char *)plans + i * stride);
+  p->struct_size = stride;
+  return p;
+}
+
 /* For each open ticket on n's replicas: drain or replay. Both locks held. */
 static size_t plan(spi_engine *e, const node *n, const spi_router_cfg *c,
-                   int64_t now, spi_ticket_plan *plans, size_t cap) {
+                   int64_t now, spi_ticket_plan *plans, size_t cap,
+                   size_t stride) {
   spi_ticket_table *tt = atomic_load(&e->tickets);
   const spi_replica_set *set = atomic_load(&e->registry.set);
   if (!tt || !set) return 0;
@@ -407,7 +419,7 @@ static size_t plan(spi_engine *e, const node *n, const spi_router_cfg *c,
     if (!id) continue;
     spi_ticket *k = spi__ticket_at(tt, i);
     found += plan_one(e, n, c, k, id, mine, nmine, set, deadline_s, margin_s,
-                      found < cap ? &plans[found] : NULL);
+                      found < cap ? plan_at(plans, stride, found) : NULL);
     spi__ticket_unpin(tt, i);
   }
   return found;
@@ -441,6 +453,15 @@ int spi_engine_notice(spi_engine *engine, const spi_notice *notice,
       notice->kind > SPI_NOTICE_PREEMPT)
     return spi__engine_fail(engine, SPI_EINVAL,
                             "notice: NULL, bad struct_size or unknown kind");
+  /* The array's element size: this version's struct or a newer, larger
+   * one (its tail is zeroed), aligned as the struct is. */
+  size_t stride = cap ? plans[0].struct_size : sizeof *plans;
+  if (stride < sizeof *plans || stride % _Alignof(spi_ticket_plan) != 0 ||
+      (cap && stride > SIZE_MAX / cap))
+    return spi__engine_fail(engine, SPI_EINVAL,
+                            "notice: plans[0].struct_size %zu is below "
+                            "sizeof(spi_ticket_plan) %zu or misaligned",
+                            stride, sizeof *plans);
   size_t nlen = bounded_len(notice->node, sizeof notice->node);
   size_t klen = bounded_len(notice->dedup_key, sizeof notice->dedup_key);
   if (nlen == 0 || nlen == sizeof notice->node ||
@@ -500,7 +521,7 @@ int spi_engine_notice(spi_engine *engine, const spi_notice *notice,
   }
   if (n->state == SPI_NODE_NOTICED || n->state == SPI_NODE_DRAINING) {
     cool_pools(engine, n, now + c->pool_cooldown_ms * 1000000);
-    size_t found = plan(engine, n, c, now, plans, cap);
+    size_t found = plan(engine, n, c, now, plans, cap, stride);
     *n_out = found;
     if (found > cap)
       rc = spi__engine_fail(engine, SPI_EBUFSIZE,

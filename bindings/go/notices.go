@@ -342,6 +342,7 @@ func (e *Engine) Notice(n Notice) ([]TicketPlan, error) {
 	}
 	capacity := 2*open + 64
 	plans := make([]C.spi_ticket_plan, capacity)
+	plans[0].struct_size = C.sizeof_spi_ticket_plan // the element size
 	cn := n.c()
 	var count C.size_t
 	rc := C.spi_go_engine_notice(p, &cn, &plans[0], C.size_t(capacity), &count)

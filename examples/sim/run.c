@@ -573,6 +573,7 @@ static void notice_replica(sim *s, replica *p, int64_t gone_at) {
     }
   }
   static spi_ticket_plan plans[16384];
+  plans[0].struct_size = sizeof plans[0];
   size_t np = 0;
   rc = spi_engine_notice(s->eng, &nt, plans, sizeof plans / sizeof plans[0], &np);
   s->res->notices++;

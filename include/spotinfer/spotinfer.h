@@ -992,8 +992,11 @@ enum spi_ticket_action {
                             on-demand capacity */
 };
 
-/* The plan for one open ticket. */
+/* The plan for one open ticket. An array element: the caller sets
+ * plans[0].struct_size, which is the array's element size; every plan
+ * written carries it (since 0.3.0; 0.2.0's struct had no struct_size). */
 typedef struct spi_ticket_plan {
+  size_t struct_size;
   uint64_t ticket;
   int32_t action;          /* enum spi_ticket_action */
   int32_t klass;
@@ -1008,7 +1011,9 @@ typedef struct spi_ticket_plan {
  * request (NOTICED) or no new long request (ADVISED); an interruption also
  * cools down its spot pool (instance type and zone) for
  * router.pool_cooldown_ms. For each open ticket on the machine, a plan is
- * written to plans[0..cap) (*n_out gets the count; SPI_EBUFSIZE if cap is too
+ * written to plans[0..cap), elements plans[0].struct_size bytes apart (at
+ * least sizeof(spi_ticket_plan); a newer caller's larger struct gets its
+ * unknown tail zeroed) (*n_out gets the count; SPI_EBUFSIZE if cap is too
  * small, the transition still happens): DRAIN when the tokens left at the
  * replica's decode rate fit before the deadline minus router.drain_margin_ms,
  * or when it is gold and past router.gold_drain_progress; otherwise REPLAY.

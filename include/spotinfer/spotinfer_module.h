@@ -26,7 +26,10 @@
  *
  * Structs only grow at the end; abi_version stays SPI_MODULE_ABI_VERSION for
  * as long as old structs remain valid, and struct_size tells which fields a
- * caller knows about.
+ * caller knows about. Registration accepts a module struct larger than this
+ * version's (a module built against a newer header): the fields this version
+ * knows are used and the rest ignored; a smaller one than this version's
+ * first is SPI_EABI.
  *
  * Since: 0.1.0.
  */
@@ -390,7 +393,8 @@ typedef struct spi_replay_store_module {
  * and the caller keeps state.
  * Must not run concurrently with other calls on the engine.
  * Errors: SPI_EINVAL (bad name, NULL module or required callback),
- * SPI_EABI (abi_version or struct_size unsupported), SPI_EEXIST,
+ * SPI_EABI (abi_version unsupported, struct_size below the kind's struct),
+ * SPI_EEXIST,
  * SPI_ENOTSUP (a reserved kind this version does not define yet:
  * notice_source),
  * SPI_ENOMEM.

@@ -80,6 +80,7 @@ static void run(int open_tickets) {
     spi_route(r, &d);
   }
   static spi_ticket_plan plans[65536];
+  plans[0].struct_size = sizeof plans[0];
   double t[R];
   int leaked = 0;
   for (int i = 0; i < R; i++) {

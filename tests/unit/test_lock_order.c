@@ -61,6 +61,7 @@ static void load(spi_engine *e, const char *id) {
 static void *noticer(void *arg) {
   shared *s = arg;
   spi_ticket_plan plans[64];
+  plans[0].struct_size = sizeof plans[0];
   for (int i = 0; i < ROUNDS && !atomic_load(&s->stop); i++) {
     spi_notice n;
     memset(&n, 0, sizeof n);

@@ -152,6 +152,7 @@ static void test_notice_stops_routing_at_once(void **st) {
   spi_notice n = notice("i-aaa", SPI_NOTICE_TERMINATE, w->now + 120 * SEC,
                         "aws:action:i-aaa:terminate");
   spi_ticket_plan plans[16];
+  plans[0].struct_size = sizeof plans[0];
   size_t np = 0;
   assert_int_equal(spi_engine_notice(w->e, &n, plans, 16, &np), SPI_OK);
   assert_int_equal((int)np, on_a);
@@ -208,6 +209,7 @@ static void test_drain_or_replay(void **st) {
    * = 78 s does not. */
   spi_notice n = notice("i-aaa", SPI_NOTICE_PREEMPT, w->now + 30 * SEC, "k1");
   spi_ticket_plan plans[4];
+  plans[0].struct_size = sizeof plans[0];
   size_t np = 0;
   assert_int_equal(spi_engine_notice(w->e, &n, plans, 4, &np), SPI_OK);
   assert_int_equal(np, 2);
@@ -295,6 +297,7 @@ static void test_gold_past_progress_drains(void **st) {
   spi_ticket_progress(w->e, d.ticket, 9000); /* 90 %, 1000 left = 20 s */
   spi_notice n = notice("i-aaa", SPI_NOTICE_PREEMPT, w->now + 15 * SEC, "g");
   spi_ticket_plan plans[2];
+  plans[0].struct_size = sizeof plans[0];
   size_t np = 0;
   assert_int_equal(spi_engine_notice(w->e, &n, plans, 2, &np), SPI_OK);
   assert_int_equal(np, 1);

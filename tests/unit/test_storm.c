@@ -184,6 +184,7 @@ static void *configurer(void *arg) {
 static void *noticer(void *arg) {
   storm *s = arg;
   spi_ticket_plan plans[32];
+  plans[0].struct_size = sizeof plans[0];
   for (int i = 0; !atomic_load(&s->stop); i++) {
     spi_notice n;
     memset(&n, 0, sizeof n);

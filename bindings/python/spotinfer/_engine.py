@@ -9,7 +9,7 @@ import os
 import threading
 import weakref
 from ctypes import (byref, c_char, c_int32, c_int64, c_size_t, c_uint32, c_uint64,
-                    c_void_p, create_string_buffer, string_at)
+                    c_void_p, create_string_buffer, sizeof, string_at)
 from dataclasses import dataclass
 from typing import (Any, Callable, Dict, Iterable, List, Mapping, Optional,
                     Sequence, Tuple, Union)
@@ -427,6 +427,7 @@ class Engine:
             _lib.has("spi_replica_count") else 0
         cap = 2 * open_now + 64
         plans = (_n.TicketPlan * cap)()
+        plans[0].struct_size = sizeof(_n.TicketPlan)  # the element size
         n = c_size_t()
         try:
             _lib.spi_engine_notice(self._p(), byref(c_notice), plans, cap, byref(n))

@@ -344,9 +344,11 @@ class Notice(_Struct):
 
 
 class TicketPlan(_Struct):
-    """No struct_size: an output array element of spi_engine_notice()."""
+    """An output array element of spi_engine_notice(): plans[0].struct_size
+    is the array's element size."""
     _c_name_ = "spi_ticket_plan"
     _fields_ = [
+        ("struct_size", c_size_t),
         ("ticket", c_uint64),
         ("action", c_int32),
         ("klass", c_int32),
