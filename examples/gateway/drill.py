@@ -27,12 +27,12 @@ import urllib.request
 import openai
 
 SYSTEM_PROMPTS = [
-    "You are a support agent for a bicycle shop. Answer in short sentences. " * 12,
-    "You translate technical English into plain words for new engineers. " * 12,
-    "You are a travel planner who always lists three options with prices. " * 12,
-    "You review SQL queries for mistakes and explain each fix briefly. " * 12,
-    "You write release notes from commit messages, grouped by area. " * 12,
-    "You answer questions about tide tables for a small harbor office. " * 12,
+    "You are a support agent for a bicycle shop. Answer in short sentences. " * 40,
+    "You translate technical English into plain words for new engineers. " * 40,
+    "You are a travel planner who always lists three options with prices. " * 40,
+    "You review SQL queries for mistakes and explain each fix briefly. " * 40,
+    "You write release notes from commit messages, grouped by area. " * 40,
+    "You answer questions about tide tables for a small harbor office. " * 40,
 ]
 
 MODEL = "fake-model"

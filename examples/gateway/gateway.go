@@ -285,7 +285,8 @@ func (g *gateway) serveRouted(w http.ResponseWriter, r *http.Request, body []byt
 		st.class, st.replayable = d.Class, d.Replayable
 		g.events.write(map[string]any{"event": "route", "key": st.key, "replica": d.ReplicaID,
 			"ticket": d.Ticket.ID, "class": d.Class.String(), "reason": d.ReasonCode.String(),
-			"matched_blocks": d.MatchedBlocks, "attempt": attempt, "route_start": unixSeconds(started)})
+			"matched_blocks": d.MatchedBlocks, "total_blocks": d.TotalBlocks, "why": d.Reason,
+			"attempt": attempt, "route_start": unixSeconds(started)})
 		// A leg has its own context so that a REPLAY plan can cut it
 		// without touching the client's connection; the ticket is findable
 		// from the start, so a plan reaches a request still waiting for
