@@ -50,7 +50,7 @@ typedef struct sim_opts {
   const char *json, *svg;
   const char *config_json; /* --config: a library config to start from */
   double horizon_s;        /* simulated time after the last arrival */
-  int no_interruptions;    /* spot zones keep their starting capacity */
+  int no_interruptions;    /* spot zones gain capacity, never lose any */
   const char *zone_cloud;  /* built-in zones: this cloud for all four */
   int requests_given, rate_given; /* --requests / --rate were on the command line */
   int quiet;

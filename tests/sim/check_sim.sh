@@ -113,8 +113,8 @@ replayed=$(grep -o '"name":"library"[^{]*"replayed":[0-9]*' "$tmp/r.json" | grep
 [[ ${replayed:-0} -ge 100 ]] || fail "replay scenario: only ${replayed:-0} replayed requests"
 grep -q '"name":"library".*"replay_success":[01]\.' "$tmp/r.json" || fail "replay success not measured"
 
-# --no-interruptions: the same run with zones kept at their first capacity:
-# no notice, no replay.
+# --no-interruptions: the same run with zones that never lose capacity: no
+# notice, no replay.
 "$sim" --quiet --scenario replay --policies library --no-interruptions --json "$tmp/calm.json" >"$tmp/calm.txt" \
   || fail "calm replay scenario exited $?"
 grep -q '"notices":[1-9]' "$tmp/calm.json" && fail "--no-interruptions still sent notices"
