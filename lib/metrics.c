@@ -72,6 +72,7 @@ struct spi_metrics {
   atomic_ullong draft_accepted, draft_rejected;
   atomic_ullong shadow_agreed, shadow_disagreed, shadow_matched;
   atomic_ullong node_transitions[7][7]; /* [from][to], enum spi_node_state */
+  atomic_ullong lines_skipped; /* /metrics lines in newer syntax, not read */
 };
 
 static size_t align_up(size_t n, size_t a) { return (n + a - 1) / a * a; }
@@ -133,7 +134,8 @@ int spi__metrics_untouched(const spi_metrics *x) {
                                 &x->blocks_total,   &x->other_matched,
                                 &x->other_total,    &x->draft_accepted,
                                 &x->draft_rejected, &x->shadow_agreed,
-                                &x->shadow_disagreed, &x->shadow_matched};
+                                &x->shadow_disagreed, &x->shadow_matched,
+                                &x->lines_skipped};
   for (size_t i = 0; i < sizeof one / sizeof one[0]; i++)
     if (get(one[i])) return 0;
   if (any_set(&x->decisions[0][0][0], sizeof x->decisions / sizeof(atomic_ullong)) ||
@@ -502,6 +504,18 @@ void spi__metrics_node_transition(spi_metrics *x, int32_t from, int32_t to) {
   add(&x->node_transitions[from][to], 1);
 }
 
+void spi__metrics_lines_skipped(spi_metrics *x, uint64_t n) {
+  if (x && n) add(&x->lines_skipped, n);
+}
+
+static void render_inputs(writer *w, const spi_metrics *x) {
+  const char *name = "spotinfer_metrics_lines_skipped_total";
+  family(w, name, "counter",
+         "Lines of replicas' /metrics pages in syntax this version does not "
+         "read, skipped.");
+  sample_u64(w, name, NULL, get(&x->lines_skipped));
+}
+
 static void render_nodes(writer *w, const spi_metrics *x) {
   const char *name = "spotinfer_node_transitions_total";
   family(w, name, "counter",
@@ -724,6 +738,7 @@ int spi__metrics_render(spi_metrics *x, const spi_replica_gauge *g, size_t ng,
   render_signals(&w, sig);
   render_outcomes(&w, x);
   render_nodes(&w, x);
+  render_inputs(&w, x);
   render_replicas(&w, g, ng);
   spi__metrics_free(m, tmp);
   if (w.rc != SPI_OK) out->len = mark;

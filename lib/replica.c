@@ -529,7 +529,13 @@ int spi_replica_report_metrics(spi_engine *engine, const char *id,
   spi_load l;
   memset(&l, 0, sizeof l);
   l.struct_size = sizeof l;
-  rc = spi__metrics_parse(text, len, &l, err, sizeof err);
+  spi_parse_report rep;
+  memset(&rep, 0, sizeof rep);
+  rep.struct_size = sizeof rep;
+  rc = spi__metrics_parse_report(text, len, &l, &rep, err, sizeof err);
+  /* Lines in newer syntax are skipped, not fatal: counted where an
+   * operator sees them, since this call returns no report. */
+  spi__metrics_lines_skipped(atomic_load(&engine->metrics), rep.skipped);
   if (rc != SPI_OK)
     return spi__engine_fail(engine, rc, "replica \"%.*s\" metrics: %s",
                             (int)id_len, id, err);

@@ -408,6 +408,8 @@ void spi__metrics_queue_delta(spi_metrics *x, int32_t klass, int delta);
 void spi__metrics_draft(spi_metrics *x, int accepted);
 void spi__metrics_shadow(spi_metrics *x, int agreed, uint32_t matched_blocks);
 void spi__metrics_node_transition(spi_metrics *x, int32_t from, int32_t to);
+/* Count lines of a /metrics page skipped as newer syntax. */
+void spi__metrics_lines_skipped(spi_metrics *x, uint64_t n);
 /* The p95 TTFT of a class from its histogram (0 if no sample). */
 double spi__metrics_p95_ttft(spi_metrics *x, int32_t klass);
 double spi__metrics_queue_depth(spi_metrics *x, int32_t klass);

@@ -569,6 +569,42 @@ static void test_newer_syntax(void **st) {
                    SPI_EINVAL);
 }
 
+/* Through the engine, which returns no report, skipped lines are counted
+ * in spotinfer_metrics_lines_skipped_total and the load is still read. */
+static void test_engine_counts_skipped(void **st) {
+  (void)st;
+  spi_engine *e = NULL;
+  assert_int_equal(spi_engine_new(&e, NULL), SPI_OK);
+  assert_int_equal(spi_engine_configure(e, "{}", 2), SPI_OK);
+  spi_replica_info ri;
+  memset(&ri, 0, sizeof ri);
+  ri.struct_size = sizeof ri;
+  ri.id = "r1";
+  ri.id_len = 2;
+  ri.pool = SPI_POOL_ON_DEMAND;
+  ri.usd_per_hour = 1;
+  ri.max_inflight = 4;
+  assert_int_equal(spi_replica_upsert(e, &ri), SPI_OK);
+  static char buf[1 << 17];
+  size_t need = 0;
+  assert_int_equal(spi_engine_metrics(e, buf, sizeof buf, &need), SPI_OK);
+  assert_non_null(strstr(buf, "\nspotinfer_metrics_lines_skipped_total 0\n"));
+  assert_int_equal(spi_replica_report_metrics(e, "r1", 2, NEWER, strlen(NEWER)),
+                   SPI_OK);
+  assert_int_equal(spi_replica_report_metrics(e, "r1", 2, NEWER, strlen(NEWER)),
+                   SPI_OK);
+  spi_replica_status rs;
+  memset(&rs, 0, sizeof rs);
+  rs.struct_size = sizeof rs;
+  assert_int_equal(spi_replica_status_of(e, "r1", 2, &rs), SPI_OK);
+  assert_true(rs.running == 3 && rs.waiting == 2 && rs.kv_usage == 0.5);
+  assert_int_equal(spi_engine_metrics(e, buf, sizeof buf, &need), SPI_OK);
+  assert_non_null(strstr(buf, "# TYPE spotinfer_metrics_lines_skipped_total "
+                              "counter\n"));
+  assert_non_null(strstr(buf, "\nspotinfer_metrics_lines_skipped_total 6\n"));
+  spi_engine_free(e);
+}
+
 /* ----------------------------------------------------------------- errors */
 
 static void test_parse_errors(void **st) {
@@ -771,6 +807,7 @@ int main(void) {
       cmocka_unit_test(test_locale_independent),
       cmocka_unit_test(test_line_structure),
       cmocka_unit_test(test_newer_syntax),
+      cmocka_unit_test(test_engine_counts_skipped),
       cmocka_unit_test(test_parse_errors),
       cmocka_unit_test(test_range_errors),
       cmocka_unit_test(test_missing),
