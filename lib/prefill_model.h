@@ -34,10 +34,15 @@ typedef struct spi_prefill_read {
   double queued;   /* uncached prompt tokens queued, no first token yet */
   double served;   /* prompt tokens sent there since it joined */
   double rate;     /* prefill tokens/s in use for the estimate */
+  double ms_tok;   /* ... as ms a token: 1000 / rate */
 } spi_prefill_read;
 
+/* default_ms_tok: 1000 / default_rate, computed once a route (the same
+ * bits as here), so a replica still on the configured rate costs no
+ * division. */
 static inline void spi__prefill_read(const spi_replica_slot *s,
                                      double default_rate,
+                                     double default_ms_tok,
                                      spi_prefill_read *o) {
   unsigned n = atomic_load_explicit(&s->rate_samples, memory_order_relaxed);
   double learnt = spi__bitsd(
@@ -46,14 +51,16 @@ static inline void spi__prefill_read(const spi_replica_slot *s,
                                            memory_order_relaxed);
   o->served =
       (double)atomic_load_explicit(&s->served_tokens, memory_order_relaxed);
-  o->rate = n >= SPI_PREFILL_MIN_SAMPLES && learnt > 0 ? learnt : default_rate;
+  int own = n >= SPI_PREFILL_MIN_SAMPLES && learnt > 0;
+  o->rate = own ? learnt : default_rate;
+  o->ms_tok = own ? 1000.0 / learnt : default_ms_tok;
 }
 
-/* The wait behind queued prefill, ms. */
+/* The wait behind queued prefill, ms; ms_tok is 1000 / the rate. */
 static inline double spi__prefill_wait_ms(const spi_router_cfg *c,
                                           double waiting, double queued,
-                                          double rate) {
-  double own = queued * 1000.0 / rate;
+                                          double ms_tok) {
+  double own = queued * ms_tok;
   double reported = waiting * c->ttft_per_queued_ms;
   return own > reported ? own : reported;
 }
@@ -62,9 +69,9 @@ static inline double spi__prefill_wait_ms(const spi_router_cfg *c,
 static inline double spi__prefill_ttft_ms(const spi_router_cfg *c,
                                           double wait_ms, double running,
                                           double inv_cap, double uncached,
-                                          double rate, int advised) {
+                                          double ms_tok, int advised) {
   double t = c->ttft_base_ms + wait_ms +
-             uncached * 1000.0 / rate * (1.0 + running * inv_cap);
+             uncached * ms_tok * (1.0 + running * inv_cap);
   return advised ? t + c->advised_penalty_ms : t;
 }
 
