@@ -103,53 +103,55 @@ int spi__router_read_cfg(const cJSON *root, spi_router_cfg *c, char *err,
 
 /* The routing tables (ticket table, cost ledger, metrics) exist from the
  * engine's first configuration on, so no route creates them. Until the
- * engine has used one (a ticket handed out, a ledger row, a counter), a
- * configuration may still size it anew: spi_engine_new configures the
- * defaults before the caller's own configuration arrives. Once used it
- * keeps its size, since resizing would lose open tickets or counts.
- * (A route running at the very moment of the configuration that resizes
- * an unused table takes its ticket from the table it pinned; the caller
- * that routes on other threads while still configuring the engine owns
- * that race.) */
+ * engine has used them (a ticket handed out, a ledger row, a count), a
+ * configuration may still size them anew: spi_engine_new configures the
+ * defaults before the caller's own configuration arrives. The three are
+ * replaced together, and only once the old ticket table is sealed (see
+ * spi__router_commit). Once used they keep their sizes, since resizing
+ * would lose open tickets or counts. */
+static int tables_fixed(spi_engine *e, const spi_router_cfg *c, char *err,
+                        size_t errcap) {
+  spi_ticket_table *t = atomic_load(&e->tickets);
+  spi_ledger *lg = atomic_load(&e->ledger);
+  spi_metrics *mx = atomic_load(&e->metrics);
+  int used = spi__tickets_high(t) != 0 || spi__ledger_count(lg) != 0 ||
+             !spi__metrics_untouched(mx);
+  if (!used) return SPI_OK;
+  if (spi__tickets_capacity(t) != (size_t)c->max_tickets)
+    spi__errf(err, errcap,
+              "router.max_tickets: fixed at %zu once the engine has routed",
+              spi__tickets_capacity(t));
+  else if (spi__ledger_max_rows(lg) != (size_t)c->ledger_max_rows)
+    spi__errf(err, errcap,
+              "router.ledger_max_rows: fixed at %zu once the engine has routed",
+              spi__ledger_max_rows(lg));
+  else
+    spi__errf(err, errcap,
+              "router.metrics_max_families: fixed at %zu once the engine "
+              "has routed",
+              spi__metrics_max_families(mx));
+  return SPI_EINVAL;
+}
+
 static int tables_prepare(spi_engine *e, const spi_router_cfg *c,
                           spi_router_prep *p, char *err, size_t errcap) {
   const spi_mem *m = &e->mem;
   spi_ticket_table *t = atomic_load(&e->tickets);
-  if (!t || spi__tickets_capacity(t) != (size_t)c->max_tickets) {
-    if (t && spi__tickets_high(t) != 0) {
-      spi__errf(err, errcap,
-                "router.max_tickets: fixed at %zu once the engine has routed",
-                spi__tickets_capacity(t));
-      return SPI_EINVAL;
-    }
-    if (spi__tickets_new(m, (size_t)c->max_tickets, &p->tickets)) goto oom;
-  }
   spi_ledger *lg = atomic_load(&e->ledger);
-  if (!lg || spi__ledger_max_rows(lg) != (size_t)c->ledger_max_rows) {
-    if (lg && spi__ledger_count(lg) != 0) {
-      spi__errf(err, errcap,
-                "router.ledger_max_rows: fixed at %zu once the engine has routed",
-                spi__ledger_max_rows(lg));
-      return SPI_EINVAL;
-    }
-    if (spi__ledger_new(m, (size_t)c->ledger_max_rows, &p->ledger)) goto oom;
-  }
   spi_metrics *mx = atomic_load(&e->metrics);
-  if (!mx || spi__metrics_max_families(mx) != (size_t)c->metrics_max_families) {
-    if (mx && !spi__metrics_untouched(mx)) {
-      spi__errf(err, errcap,
-                "router.metrics_max_families: fixed at %zu once the engine "
-                "has routed",
-                spi__metrics_max_families(mx));
-      return SPI_EINVAL;
-    }
-    if (spi__metrics_new(m, (size_t)c->metrics_max_families, &p->metrics))
-      goto oom;
+  if (t && lg && mx && spi__tickets_capacity(t) == (size_t)c->max_tickets &&
+      spi__ledger_max_rows(lg) == (size_t)c->ledger_max_rows &&
+      spi__metrics_max_families(mx) == (size_t)c->metrics_max_families)
+    return SPI_OK;
+  int rc = t ? tables_fixed(e, c, err, errcap) : SPI_OK;
+  if (rc) return rc;
+  if (spi__tickets_new(m, (size_t)c->max_tickets, &p->tickets) ||
+      spi__ledger_new(m, (size_t)c->ledger_max_rows, &p->ledger) ||
+      spi__metrics_new(m, (size_t)c->metrics_max_families, &p->metrics)) {
+    spi__errf(err, errcap, "router: out of memory for the routing tables");
+    return SPI_ENOMEM;
   }
   return SPI_OK;
-oom:
-  spi__errf(err, errcap, "router: out of memory for the routing tables");
-  return SPI_ENOMEM;
 }
 
 /* New objects a configuration needs, built before anything is swapped (so
@@ -183,22 +185,38 @@ void spi__router_discard(spi_engine *e, spi_router_prep *p) {
   memset(p, 0, sizeof *p);
 }
 
+/* Replace the routing tables with the prepared ones. The old ticket table
+ * is sealed first: from then on no route can take a ticket from it (one
+ * that tries takes it from the new table instead, or, in the instant
+ * between the seal and the swap, answers SPI_EFULL), so none is lost; a
+ * count a refused route makes in that instant may be. If a
+ * route took one since spi__router_prepare looked, the engine has routed
+ * and the old tables stay, as if they had been used before. Either way p
+ * is left holding what the caller frees once no reader can hold it. */
+static void tables_swap(spi_engine *e, spi_router_prep *p) {
+  spi_ticket_table *old = atomic_load(&e->tickets);
+  if (old && !spi__tickets_seal(old)) {
+    spi__engine_log(e, SPI_LOG_WARN,
+                    "router: routing began during this configuration; the "
+                    "ticket table, ledger and metrics keep their sizes");
+    return; /* the prepared tables stay in p and are freed */
+  }
+  p->tickets = atomic_exchange(&e->tickets, p->tickets);
+  p->ledger = atomic_exchange(&e->ledger, p->ledger);
+  p->metrics = atomic_exchange(&e->metrics, p->metrics);
+}
+
 /* Swap the prepared objects in, after the new snapshot is published, and
  * free the old ones once no router can hold them. A new index starts
  * empty: the old one's entries were placed for a table of another size. */
 void spi__router_commit(spi_engine *e, spi_router_prep *p) {
-  const spi_mem *m = &e->mem;
-  spi_prefix_index *ix = p->index ? atomic_exchange(&e->index, p->index) : NULL;
-  if (p->index) e->index_budget = p->index_budget;
-  spi_ticket_table *t = p->tickets ? atomic_exchange(&e->tickets, p->tickets) : NULL;
-  spi_ledger *l = p->ledger ? atomic_exchange(&e->ledger, p->ledger) : NULL;
-  spi_metrics *x = p->metrics ? atomic_exchange(&e->metrics, p->metrics) : NULL;
-  if (ix || t || l || x) spi__rcu_synchronize(&e->rcu);
-  if (ix) spi__index_free(m, ix);
-  if (t) spi__tickets_free(m, t);
-  if (l) spi__ledger_free(m, l);
-  if (x) spi__metrics_free(m, x);
-  memset(p, 0, sizeof *p);
+  if (p->index) {
+    p->index = atomic_exchange(&e->index, p->index);
+    e->index_budget = p->index_budget;
+  }
+  if (p->tickets) tables_swap(e, p);
+  if (p->index || p->tickets) spi__rcu_synchronize(&e->rcu);
+  spi__router_discard(e, p); /* now the old objects, or unused new ones */
 }
 
 void spi__router_destroy(spi_engine *e) {

@@ -359,6 +359,10 @@ size_t spi__tickets_high(spi_ticket_table *t);
  * the ticket's finisher (notice plans) read plain fields only while pinned. */
 uint64_t spi__ticket_pin(spi_ticket_table *t, size_t i);
 void spi__ticket_unpin(spi_ticket_table *t, size_t i);
+/* Make a table that never handed out a ticket hand out none from now on
+ * (its free list reads empty), so it can be replaced without losing one.
+ * Returns 0 if a ticket was ever taken: the table must stay. */
+int spi__tickets_seal(spi_ticket_table *t);
 /* Return a claimed ticket to the free list. */
 void spi__ticket_release(spi_ticket_table *t, spi_ticket *k);
 

@@ -169,6 +169,13 @@ uint64_t spi__ticket_publish(spi_ticket_table *t, spi_ticket *k) {
   return id;
 }
 
+int spi__tickets_seal(spi_ticket_table *t) {
+  /* The head still holds its first value (tag 0, record 0 on top) only if
+   * no take or release ever happened: every one bumps the tag. */
+  uint64_t fresh = 1ull;
+  return t && atomic_compare_exchange_strong(&t->head, &fresh, 0ull);
+}
+
 size_t spi__tickets_high(spi_ticket_table *t) {
   return t ? atomic_load(&t->high) : 0;
 }
