@@ -19,7 +19,7 @@
 
 #include <cjson/cJSON.h>
 
-#include "spi_internal.h"
+#include "routing.h" /* spi__classifier_plan_at */
 
 #define MAX_RULES 64
 #define MAX_KEYWORDS 64
@@ -529,6 +529,19 @@ static int ref_classify(void *state, void *inst, const spi_request_view *v,
                         ? SPI_TIER_SMALL
                         : SPI_TIER_LARGE;
   return SPI_OK;
+}
+
+/* The plan at another pressure for a request this classifier classified:
+ * its class, rule and tier do not depend on the pressure, only the plan
+ * does, so routing asks for the plan instead of classifying again. */
+void spi__classifier_plan_at(const void *inst, int32_t pressure,
+                             spi_classification *c) {
+  const instance *in = inst;
+  const plan *p = &in->degrade[c->klass][pressure];
+  c->max_output_tokens = p->max_output_tokens;
+  c->tools_allowed = p->tools;
+  c->defer = p->defer;
+  c->pressure = pressure;
 }
 
 void spi__builtin_classifier(spi_classifier_module *out) {

@@ -230,6 +230,14 @@ int spi__metrics_parse_report(const char *text, size_t len, spi_load *out,
                               spi_parse_report *report, char *err,
                               size_t errcap);
 
+/* ----------------------------------------------------------- classifier */
+
+/* The built-in classifier's plan (max_output_tokens, tools_allowed, defer,
+ * pressure) at pressure for a request it classified into c (classifier.c);
+ * inst is its instance. */
+void spi__classifier_plan_at(const void *inst, int32_t pressure,
+                             spi_classification *c);
+
 /* ------------------------------------------------------------- breakers */
 
 /* Pool KV-pressure breaker with hysteresis (breaker.c). level: 0 closed,

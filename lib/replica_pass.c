@@ -1,0 +1,686 @@
+/*
+ * replica_pass.c - the pass over the replicas one route makes: what every
+ * replica's slot says now (load, eligibility, breaker), the summaries the
+ * policy reads, the prefix holders' warm re-ranking, and the candidates.
+ * The per-replica work is inlined into the two passes (lean and full), so
+ * its cost is a few compares for most replicas.
+ */
+#include <math.h>
+#include <string.h>
+
+#include "replica_pass.h"
+
+/* A 64-bit mix (splitmix64's finaliser) for rendezvous weights. */
+static uint64_t mix64(uint64_t x) {
+  x ^= x >> 30;
+  x *= 0xbf58476d1ce4e5b9ULL;
+  x ^= x >> 27;
+  x *= 0x94d049bb133111ebULL;
+  x ^= x >> 31;
+  return x;
+}
+
+
+/* The TTFT estimate (prefill_model.h): every caller goes through there,
+ * so the same inputs give the same bits whichever pass computed them. */
+static double est_ttft(const route_env *x, const replica_eval *ev,
+                       const spi_replica_ident *r, double uncached) {
+  return spi__prefill_ttft_ms(x->cfg, ev->wait_ms, ev->running,
+                              r->inv_max_inflight, uncached, ev->ms_tok,
+                              ev->advised);
+}
+
+/* The summary's definitions, one place each. Load is divided by the
+ * capacity, not multiplied by its inverse: the header defines it so, and
+ * equal ratios must compare equal across replica sizes. */
+static inline double rel_ratio(const spi_replica_ident *r, double running,
+                               double waiting, uint32_t inflight) {
+  return (running + waiting + inflight) / r->cap;
+}
+static inline int is_busy(const spi_replica_ident *r, double running,
+                          double waiting, uint32_t inflight) {
+  return (inflight >= r->max_inflight) | (running + waiting >= r->cap);
+}
+
+static double rel_load(const replica_eval *ev, const spi_replica_ident *r) {
+  return rel_ratio(r, ev->running, ev->waiting, ev->inflight);
+}
+
+/* What routing reads of a replica's slot (all in its first cache line),
+ * with a stale load already read as saturated. */
+typedef struct slot_read {
+  double run, wait, kv;
+  spi_prefill_read pf;
+  int64_t advised_until, cooldown_until;
+  uint32_t inflight;
+  int32_t state, breaker;
+  int fresh;
+} slot_read;
+
+/* Always inlined: the pass calls it for every replica, and a call per
+ * replica (which gcc chose once the cost model's reads made it longer)
+ * cost about a quarter of a route over 512 replicas. */
+__attribute__((always_inline)) static inline void
+read_slot(const route_env *x, const spi_replica_slot *s, slot_read *o) {
+  spi_load_view l;
+  spi__replica_load(s, x->now, x->max_age, &l);
+  o->run = l.running;
+  o->wait = l.waiting;
+  o->kv = l.kv_usage;
+  o->fresh = l.fresh;
+  spi__prefill_read(s, x->default_rate, x->default_ms_tok, &o->pf);
+  o->inflight = atomic_load_explicit(&s->inflight, memory_order_relaxed);
+  o->state = atomic_load_explicit(&s->state, memory_order_relaxed);
+  o->breaker = atomic_load_explicit(&s->breaker, memory_order_relaxed);
+  o->advised_until =
+      atomic_load_explicit(&s->advised_until_ns, memory_order_relaxed);
+  o->cooldown_until =
+      atomic_load_explicit(&s->cooldown_until_ns, memory_order_relaxed);
+}
+
+static inline int busy_of(const spi_replica_ident *r, const slot_read *rd) {
+  return is_busy(r, rd->run, rd->wait, rd->inflight);
+}
+
+static inline double rel_of(const spi_replica_ident *r, const slot_read *rd) {
+  return rel_ratio(r, rd->run, rd->wait, rd->inflight);
+}
+
+/* Whether the replica takes a request now, all but the pool's KV shedding
+ * (which depends on the class): ACTIVE, its spot pool not cooling down, no
+ * advice against a long request, serving the model, its breaker letting it
+ * (*probe: as the half-open probe). The common case takes no branch that
+ * depends on the replica: most serve any model, most breakers are closed. */
+static inline int usable_of(const route_env *x, const spi_replica_ident *r,
+                            spi_replica_slot *s, const slot_read *rd,
+                            int *probe) {
+  int advised = rd->advised_until > x->now;
+  int ok = (rd->state == SPI_REPLICA_ACTIVE) &
+           !(r->pool == SPI_POOL_SPOT && rd->cooldown_until > x->now) &
+           !(advised & x->long_request);
+  *probe = 0;
+  if (ok && r->models_len)
+    ok = spi__replica_serves(r, x->v->model, x->v->model_len);
+  if (ok && rd->breaker != SPI_BREAKER_CLOSED)
+    ok = spi__breaker_allows(s, x->now, probe);
+  return ok;
+}
+
+/* The evaluation of what was read, with usable and probe as given. */
+static inline void eval_of(const route_env *x, const spi_replica_ident *r,
+                           const slot_read *rd, uint32_t matched, int usable,
+                           int probe, replica_eval *o) {
+  o->running = rd->run;
+  o->waiting = rd->wait;
+  o->kv_usage = rd->kv;
+  o->fresh = (uint8_t)rd->fresh;
+  o->inflight = rd->inflight;
+  o->matched = matched;
+  o->active = rd->state == SPI_REPLICA_ACTIVE;
+  o->advised = rd->advised_until > x->now;
+  o->rate = rd->pf.rate;
+  o->ms_tok = rd->pf.ms_tok;
+  o->served = rd->pf.served;
+  o->wait_ms = spi__prefill_wait_ms(x->cfg, rd->wait, rd->pf.queued, rd->pf.ms_tok);
+  o->t = est_ttft(x, o, r, matched ? x->warm_tok : x->cold_tok);
+  o->rdv = mix64(r->id_hash ^ x->rkey);
+  o->busy = (uint8_t)busy_of(r, rd);
+  o->usable = (uint8_t)usable;
+  o->probe = (uint8_t)(usable && probe);
+}
+
+/* Evaluate one replica: load, eligibility (all but shedding), TTFT
+ * estimate and rendezvous weight. */
+static inline void eval_replica(const route_env *x, const spi_replica_ident *r,
+                                uint32_t matched, replica_eval *o) {
+  spi_replica_slot *s = &x->e->registry.slots[r->slot];
+  slot_read rd;
+  read_slot(x, s, &rd);
+  int probe;
+  int ok = usable_of(x, r, s, &rd, &probe);
+  eval_of(x, r, &rd, matched, ok, probe, o);
+}
+
+static void fill_candidate(spi_candidate *c, const spi_replica_ident *r,
+                           const replica_eval *ev) {
+  c->id = r->id;
+  c->id_len = r->id_len;
+  c->pool = r->pool;
+  c->model_tier = r->model_tier;
+  c->eligible = ev->usable && !ev->probe;
+  c->probe = ev->probe;
+  c->fresh = ev->fresh;
+  c->advised = ev->advised;
+  c->running = ev->running;
+  c->waiting = ev->waiting;
+  c->kv_usage = ev->kv_usage;
+  c->inflight = ev->inflight;
+  c->max_inflight = r->max_inflight;
+  c->matched_blocks = ev->matched;
+  c->reserved1 = 0;
+  c->rendezvous = ev->rdv;
+  c->est_ttft_ms = ev->t;
+  c->usd_per_hour = r->usd_per_hour;
+  c->est_wait_ms = ev->wait_ms;
+  c->served_tokens = ev->served;
+  c->prefill_tokens_per_s = ev->rate;
+}
+
+
+static void mark_counted(scan *sc, size_t pos) {
+  sc->counted[pos / 64] |= UINT64_C(1) << (pos % 64);
+}
+static int was_counted(const scan *sc, size_t pos) {
+  return (int)(sc->counted[pos / 64] >> (pos % 64) & 1u);
+}
+
+static void cell_clear(cell_acc *c) {
+  c->usable = c->n_top = 0;
+  c->thr_t = HUGE_VAL;
+  c->thr_pos = UINT32_MAX;
+  c->least = c->rdv = c->warm = NO_EV;
+  c->least_rel = HUGE_VAL;
+  c->least_pos = c->rdv_pos = UINT32_MAX;
+  c->rdv_w = 0;
+}
+
+/* Drop the evaluations no summary points to; renumber the rest. */
+static void arena_sweep(scan *sc) {
+  uint32_t map[ARENA_CAP];
+  for (uint32_t i = 0; i < sc->a.n; i++) map[i] = NO_EV;
+  for (int k = 0; k < SPI_SUMMARY_CELLS; k++) {
+    cell_acc *c = &sc->cell[k];
+    for (uint32_t j = 0; j < c->n_top; j++) map[c->top[j].ei] = 0;
+    if (c->least != NO_EV) map[c->least] = 0;
+    if (c->rdv != NO_EV) map[c->rdv] = 0;
+    if (c->warm != NO_EV) map[c->warm] = 0;
+  }
+  uint32_t n = 0;
+  for (uint32_t i = 0; i < sc->a.n; i++) {
+    if (map[i] == NO_EV) continue;
+    sc->a.pos[n] = sc->a.pos[i];
+    sc->a.ev[n] = sc->a.ev[i];
+    map[i] = n++;
+  }
+  sc->a.n = n;
+  for (int k = 0; k < SPI_SUMMARY_CELLS; k++) {
+    cell_acc *c = &sc->cell[k];
+    for (uint32_t j = 0; j < c->n_top; j++) c->top[j].ei = map[c->top[j].ei];
+    if (c->least != NO_EV) c->least = map[c->least];
+    if (c->rdv != NO_EV) c->rdv = map[c->rdv];
+    if (c->warm != NO_EV) c->warm = map[c->warm];
+  }
+}
+
+static uint32_t arena_put(scan *sc, uint32_t pos, const replica_eval *ev) {
+  if (sc->a.n == ARENA_CAP) arena_sweep(sc);
+  uint32_t i = sc->a.n++;
+  sc->a.pos[i] = pos;
+  sc->a.ev[i] = *ev;
+  return i;
+}
+
+/* Ranking by TTFT, ties to the lower position. Bitwise, not short-circuit:
+ * the outcome is data, and a branch on it would be mispredicted often. */
+static inline int ttft_before(double ta, uint32_t pa, double tb, uint32_t pb) {
+  return (ta < tb) | ((ta == tb) & (pa < pb));
+}
+
+/* Whether a replica enters each summary now. Bitwise, like ttft_before.
+ * An empty cell takes anything: (+inf, UINT32_MAX) loses to every finite
+ * value, and weight 0 at UINT32_MAX to every weight at a real position. */
+static inline int top_enters(const cell_acc *c, double t, uint32_t pos) {
+  return ttft_before(t, pos, c->thr_t, c->thr_pos);
+}
+static inline int least_enters(const cell_acc *c, double rel, uint32_t pos) {
+  return (rel < c->least_rel) | ((rel == c->least_rel) & (pos < c->least_pos));
+}
+static inline int rdv_enters(const cell_acc *c, uint64_t w, uint32_t pos) {
+  return (w > c->rdv_w) | ((w == c->rdv_w) & (pos < c->rdv_pos));
+}
+
+/* Keep top sorted, best first (ties to the lower position, as the summary
+ * promises): a better replica shifts the worse ones down, and the last one
+ * drops out once top is full. The caller checked top_enters. */
+static void top_insert(cell_acc *c, double t, uint32_t pos, uint32_t ei) {
+  uint32_t n = c->n_top;
+  uint32_t at = n < SPI_SUMMARY_TOP ? n : n - 1;
+  while (at > 0 && ttft_before(t, pos, c->top[at - 1].t, c->top[at - 1].pos)) {
+    c->top[at] = c->top[at - 1];
+    at--;
+  }
+  c->top[at].t = t;
+  c->top[at].pos = pos;
+  c->top[at].ei = ei;
+  if (n < SPI_SUMMARY_TOP) c->n_top = n + 1;
+  if (c->n_top == SPI_SUMMARY_TOP) {
+    c->thr_t = c->top[SPI_SUMMARY_TOP - 1].t;
+    c->thr_pos = c->top[SPI_SUMMARY_TOP - 1].pos;
+  }
+}
+
+/* A usable replica, already counted in usable: let it into whatever it
+ * ranks in. */
+static void cell_offer(scan *sc, int k, uint32_t pos, double rel,
+                       const replica_eval *ev) {
+  cell_acc *c = &sc->cell[k];
+  uint32_t ei = NO_EV;
+  if (top_enters(c, ev->t, pos)) {
+    ei = arena_put(sc, pos, ev);
+    top_insert(c, ev->t, pos, ei);
+  }
+  if (least_enters(c, rel, pos)) {
+    if (ei == NO_EV) ei = arena_put(sc, pos, ev);
+    c->least = ei;
+    c->least_rel = rel;
+    c->least_pos = pos;
+  }
+  if (!ev->busy && rdv_enters(c, ev->rdv, pos)) {
+    if (ei == NO_EV) ei = arena_put(sc, pos, ev);
+    c->rdv = ei;
+    c->rdv_w = ev->rdv;
+    c->rdv_pos = pos;
+  }
+}
+
+static void cell_add(scan *sc, int k, uint32_t pos, const spi_replica_ident *r,
+                     const replica_eval *ev) {
+  sc->cell[k].usable++;
+  mark_counted(sc, pos);
+  cell_offer(sc, k, pos, rel_load(ev, r), ev);
+}
+
+/*
+ * The hint: for each cell, the positions of the last route's top entries
+ * and of its least loaded replica, plus one (0 = none), 16 bits each. The
+ * pass evaluates them first, so the summaries' thresholds are tight from
+ * the start and few of the other replicas get in: a replica that enters a
+ * summary costs several times one that does not. The summaries are the
+ * same whatever the hint says (they do not depend on the order replicas
+ * are met in, and every replica is still read once), so a stale hint, one
+ * from an older replica set, or one torn by two routes storing at once
+ * only costs time. (The rendezvous winner depends on the prefix, so it is
+ * not hinted: a table of recent prefixes' winners took the pass's
+ * rendezvous offers to nearly none and saved no time, the evaluations it
+ * added costing what the offers had.)
+ */
+_Static_assert(SPI_REPLICA_SLOTS < 0xffff, "a position plus one fits 16 bits");
+
+/* Evaluate the replica at hinted v (position + 1) for cell k, once, and
+ * offer it if usable: it is then marked in sc->counted (which was clear),
+ * so the pass counts it without reading it again, and its KV usage is kept
+ * for the pass to add in position order (the sum then has the same bits as
+ * the full pass's). */
+static void seed_one(const route_env *x, const spi_replica_set *set,
+                     size_t nrep, scan *sc, int k, uint32_t v, uint32_t *n) {
+  if (v == 0 || v > nrep || was_counted(sc, v - 1)) return;
+  uint32_t pos = v - 1;
+  const spi_replica_ident *r = &set->r[pos];
+  if (r->cell != k) return;
+  spi_replica_slot *s = &x->e->registry.slots[r->slot];
+  slot_read rd;
+  read_slot(x, s, &rd);
+  int probe;
+  if (!usable_of(x, r, s, &rd, &probe)) return;
+  replica_eval ev;
+  eval_of(x, r, &rd, 0, 1, probe, &ev);
+  mark_counted(sc, pos);
+  sc->seed_kv[*n] = rd.kv;
+  sc->seed_served[*n] = rd.pf.served;
+  sc->byte_of[pos] = (uint8_t)(*n)++;
+  cell_offer(sc, k, pos, rel_of(r, &rd), &ev);
+}
+
+static void seed_from_hint(const route_env *x, const spi_replica_set *set,
+                           size_t nrep, scan *sc) {
+  uint32_t n = 0;
+  for (int k = 0; k < SPI_SUMMARY_CELLS; k++)
+    for (int h = 0; h < 2; h++) {
+      uint64_t word = atomic_load_explicit(&x->e->route_hint[k][h],
+                                           memory_order_relaxed);
+      for (int j = 0; j < HINT_PER_WORD; j++, word >>= 16)
+        seed_one(x, set, nrep, sc, k, (uint32_t)(word & 0xffffu), &n);
+    }
+}
+
+/* Leave this route's ranking as the next one's hint; store only what
+ * changed, so routes that agree do not write the shared line. */
+static void hint_store(spi_engine *e, const scan *sc) {
+  for (int k = 0; k < SPI_SUMMARY_CELLS; k++) {
+    const cell_acc *c = &sc->cell[k];
+    uint64_t w[2] = {0, 0};
+    for (uint32_t j = 0; j < c->n_top; j++)
+      w[j / HINT_PER_WORD] |= (uint64_t)(c->top[j].pos + 1)
+                              << (16 * (j % HINT_PER_WORD));
+    if (c->least != NO_EV)
+      w[1] |= (uint64_t)(c->least_pos + 1) << (16 * (HINT_N - 1 - HINT_PER_WORD));
+    for (int h = 0; h < 2; h++)
+      if (atomic_load_explicit(&e->route_hint[k][h], memory_order_relaxed) != w[h])
+        atomic_store_explicit(&e->route_hint[k][h], w[h], memory_order_relaxed);
+  }
+}
+
+/*
+ * The pass over the replicas when no policy needs every candidate. The
+ * hinted replicas go first (seed_from_hint); then, in position order, most
+ * replicas rank in nothing (not among the best TTFTs, not the least loaded,
+ * not the rendezvous winner so far), so the common case is computed in
+ * registers from the two cache lines of the replica and compared against
+ * the summaries' thresholds; only a replica that gets in, or one that is
+ * not plainly eligible (breaker not closed, a models list, an interruption
+ * signal), takes the general path.
+ */
+static void scan_lean(const route_env *env, const spi_replica_set *set,
+                      size_t nrep, scan *sc, pool_sums *sums) {
+  /* A copy the loop reads: through the caller's pointer, every store into
+   * the scan could have changed it, and each replica would reload it. */
+  const route_env local = *env;
+  const route_env *x = &local;
+  const spi_router_cfg *cfg = x->cfg;
+  spi_replica_slot *slots = x->e->registry.slots;
+  seed_from_hint(x, set, nrep, sc);
+  /* Tallies stay in registers: adding to memory every iteration would chain
+   * the iterations through store-to-load forwarding. */
+  uint64_t counts = 0;  /* usable per cell, 16 bits each (nrep <= 4096) */
+  uint64_t seeded = nrep ? sc->counted[0] : 0; /* of the 64 around i */
+  uint64_t word = 0;    /* the counted bits of positions [i & ~63, i] */
+  uint64_t kv_count = 0; /* ACTIVE per pool, 32 bits each */
+  double kv_spot = 0, kv_od = 0;
+  double sv_spot = 0, sv_od = 0; /* tokens served by the usable */
+  for (size_t i = 0; i < nrep; i++) {
+    if (i && i % 64 == 0) {
+      sc->counted[i / 64 - 1] = word;
+      word = 0;
+      seeded = sc->counted[i / 64];
+    }
+    const spi_replica_ident *r = &set->r[i];
+    int spot = r->pool == SPI_POOL_SPOT;
+    if (seeded >> (i % 64) & 1) {
+      /* Read and offered already: only counted here, in order. */
+      double kv = sc->seed_kv[sc->byte_of[i]];
+      double sv = sc->seed_served[sc->byte_of[i]];
+      kv_spot += spot ? kv : 0.0;
+      kv_od += spot ? 0.0 : kv;
+      sv_spot += spot ? sv : 0.0;
+      sv_od += spot ? 0.0 : sv;
+      kv_count += spot ? 1u : UINT64_C(1) << 32;
+      counts += UINT64_C(1) << (16 * r->cell);
+      word |= UINT64_C(1) << (i % 64);
+      continue;
+    }
+    spi_replica_slot *s = &slots[r->slot];
+    slot_read rd;
+    read_slot(x, s, &rd);
+    if (rd.state != SPI_REPLICA_ACTIVE) continue;
+    kv_spot += spot ? rd.kv : 0.0;
+    kv_od += spot ? 0.0 : rd.kv;
+    kv_count += spot ? 1u : UINT64_C(1) << 32;
+    int probe;
+    if (r->cell < 0 || !usable_of(x, r, s, &rd, &probe)) continue;
+    counts += UINT64_C(1) << (16 * r->cell);
+    word |= UINT64_C(1) << (i % 64);
+    sv_spot += spot ? rd.pf.served : 0.0;
+    sv_od += spot ? 0.0 : rd.pf.served;
+    cell_acc *c = &sc->cell[r->cell];
+    int advised = rd.advised_until > x->now;
+    double wait = spi__prefill_wait_ms(cfg, rd.wait, rd.pf.queued, rd.pf.ms_tok);
+    double t = spi__prefill_ttft_ms(cfg, wait, rd.run, r->inv_max_inflight,
+                                    x->cold_tok, rd.pf.ms_tok, advised);
+    double rel = rel_of(r, &rd);
+    int busy = busy_of(r, &rd);
+    uint64_t w = mix64(r->id_hash ^ x->rkey);
+    uint32_t pos = (uint32_t)i;
+    /* One branch for "may rank in anything": a value at most a threshold
+     * (ties with one are rare), then the exact test with positions; only
+     * then the full evaluation. */
+    if (((t <= c->thr_t) | (rel <= c->least_rel) |
+         ((!busy) & (w >= c->rdv_w))) &&
+        (top_enters(c, t, pos) | least_enters(c, rel, pos) |
+         ((!busy) & rdv_enters(c, w, pos)))) {
+      replica_eval ev;
+      eval_of(x, r, &rd, 0, 1, probe, &ev);
+      cell_offer(sc, r->cell, pos, rel, &ev);
+    }
+  }
+  if (nrep) sc->counted[(nrep - 1) / 64] = word;
+  for (int k = 0; k < SPI_SUMMARY_CELLS; k++)
+    sc->cell[k].usable += (uint32_t)(counts >> (16 * k) & 0xffffu);
+  sums->kv_sum[SPI_POOL_SPOT] += kv_spot;
+  sums->kv_sum[SPI_POOL_ON_DEMAND] += kv_od;
+  sums->kv_n[SPI_POOL_SPOT] += (double)(kv_count & 0xffffffffu);
+  sums->kv_n[SPI_POOL_ON_DEMAND] += (double)(kv_count >> 32);
+  sums->served[SPI_POOL_SPOT] += sv_spot;
+  sums->served[SPI_POOL_ON_DEMAND] += sv_od;
+  hint_store(x->e, sc);
+}
+
+/* The arena index of the scan's evaluation of pos in cell c, or NO_EV. */
+static uint32_t cell_find(const cell_acc *c, const ev_arena *a, uint32_t pos) {
+  for (uint32_t k = 0; k < c->n_top; k++)
+    if (c->top[k].pos == pos) return c->top[k].ei;
+  if (c->least != NO_EV && a->pos[c->least] == pos) return c->least;
+  if (c->rdv != NO_EV && a->pos[c->rdv] == pos) return c->rdv;
+  return NO_EV;
+}
+
+/* A usable replica of cell k holds the matched prefix. Its evaluation (the
+ * scan's when a summary kept one, updated in place, so every reference
+ * agrees) has the warm TTFT: re-rank it, and let it compete for warm. */
+static void cell_warm(scan *sc, int k, uint32_t pos, uint32_t ei) {
+  cell_acc *c = &sc->cell[k];
+  const replica_eval *ev = &sc->a.ev[ei];
+  /* Its TTFT only drops: take it out and put it back in its new place. */
+  for (uint32_t j = 0; j < c->n_top; j++)
+    if (c->top[j].pos == pos) {
+      for (; j + 1 < c->n_top; j++) c->top[j] = c->top[j + 1];
+      c->n_top--;
+      c->thr_t = HUGE_VAL;
+      c->thr_pos = UINT32_MAX;
+      break;
+    }
+  if (top_enters(c, ev->t, pos)) top_insert(c, ev->t, pos, ei);
+  if (c->warm == NO_EV) {
+    c->warm = ei;
+    return;
+  }
+  const replica_eval *w = &sc->a.ev[c->warm];
+  if (ev->matched > w->matched ||
+      (ev->matched == w->matched &&
+       ttft_before(ev->t, pos, w->t, sc->a.pos[c->warm])))
+    c->warm = ei;
+}
+
+
+static void named_mark(scan *sc, uint32_t ei) {
+  uint32_t pos = sc->a.pos[ei];
+  sc->named.bits[pos / 64] |= UINT64_C(1) << (pos % 64);
+  sc->byte_of[pos] = (uint8_t)ei;
+}
+
+static void named_collect(scan *sc, size_t nrep) {
+  named_set *ns = &sc->named;
+  ns->n = 0;
+  for (size_t w = 0; w < (nrep + 63) / 64; w++)
+    for (uint64_t b = ns->bits[w]; b; b &= b - 1) {
+      uint32_t pos = (uint32_t)(w * 64 + (size_t)__builtin_ctzll(b));
+      ns->pos[ns->n] = pos;
+      ns->ei[ns->n] = sc->byte_of[pos];
+      ns->n++;
+    }
+}
+
+/* The candidate index of arena entry ei: its position (full), or its rank
+ * among the named positions (compact). */
+static int32_t index_of(const named_set *ns, const ev_arena *a, uint32_t ei) {
+  if (!ns) return (int32_t)a->pos[ei];
+  return ns->cidx[ei] == NOT_NAMED ? -1 : (int32_t)ns->cidx[ei];
+}
+
+static void summary_out(const scan *sc, int k, const named_set *ns,
+                        spi_pool_summary *o) {
+  const cell_acc *c = &sc->cell[k];
+  const ev_arena *a = &sc->a;
+  o->pool = k / 2 + SPI_POOL_SPOT;
+  o->model_tier = k % 2 + SPI_TIER_SMALL;
+  o->usable = c->usable;
+  o->n_top = c->n_top;
+  for (uint32_t j = 0; j < SPI_SUMMARY_TOP; j++)
+    o->top[j] = j < c->n_top ? index_of(ns, a, c->top[j].ei) : -1;
+  o->warm = c->warm != NO_EV ? index_of(ns, a, c->warm) : -1;
+  o->least = c->least != NO_EV ? index_of(ns, a, c->least) : -1;
+  o->rendezvous = c->rdv != NO_EV ? index_of(ns, a, c->rdv) : -1;
+  o->reserved0 = 0;
+}
+
+
+/* ------------------------------------------------------ what route.c calls */
+
+/* The full pass: every replica evaluated and made a candidate. */
+static void scan_full(const route_env *x, const spi_replica_set *set,
+                      size_t nrep, scan *sc, spi_candidate *cands,
+                      pool_sums *sums) {
+  for (size_t i = 0; i < nrep; i++) {
+    const spi_replica_ident *r = &set->r[i];
+    replica_eval ev;
+    eval_replica(x, r, 0, &ev);
+    if (ev.active) {
+      sums->kv_sum[r->pool] += ev.kv_usage;
+      sums->kv_n[r->pool] += 1;
+    }
+    fill_candidate(&cands[i], r, &ev);
+    if (ev.usable && r->cell >= 0) {
+      sums->served[r->pool] += ev.served;
+      cell_add(sc, r->cell, (uint32_t)i, r, &ev);
+    }
+  }
+}
+
+void spi__pass_run(scan *sc, const route_env *x, const spi_replica_set *set,
+                   size_t nrep, spi_candidate *cands, pool_sums *sums) {
+  sc->a.n = 0;
+  memset(sc->counted, 0, (nrep + 63) / 64 * sizeof sc->counted[0]);
+  for (int k = 0; k < SPI_SUMMARY_CELLS; k++) cell_clear(&sc->cell[k]);
+  if (cands)
+    scan_full(x, set, nrep, sc, cands, sums);
+  else
+    scan_lean(x, set, nrep, sc, sums);
+}
+
+void spi__pass_mean_served(const scan *sc, const pool_sums *sums,
+                           double mean[4]) {
+  mean[0] = mean[3] = 0.0;
+  for (int p = SPI_POOL_SPOT; p <= SPI_POOL_ON_DEMAND; p++) {
+    uint32_t n = sc->cell[SPI_SUMMARY_INDEX(p, SPI_TIER_SMALL)].usable +
+                 sc->cell[SPI_SUMMARY_INDEX(p, SPI_TIER_LARGE)].usable;
+    mean[p] = n ? sums->served[p] / (double)n : 0.0;
+  }
+}
+
+void spi__pass_shed(scan *sc, int32_t pool, spi_candidate *cands, size_t nrep) {
+  cell_clear(&sc->cell[SPI_SUMMARY_INDEX(pool, SPI_TIER_SMALL)]);
+  cell_clear(&sc->cell[SPI_SUMMARY_INDEX(pool, SPI_TIER_LARGE)]);
+  for (size_t i = 0; cands && i < nrep; i++)
+    if (cands[i].pool == pool) cands[i].eligible = cands[i].probe = 0;
+}
+
+/* A full candidate's reading as an evaluation, so it stays one reading. */
+static void eval_from_candidate(const route_env *x, const spi_replica_ident *r,
+                                const spi_candidate *c, uint32_t matched,
+                                replica_eval *o) {
+  o->running = c->running;
+  o->waiting = c->waiting;
+  o->kv_usage = c->kv_usage;
+  o->rdv = c->rendezvous;
+  o->inflight = c->inflight;
+  o->matched = matched;
+  o->active = 1;
+  o->usable = (uint8_t)(c->eligible || c->probe);
+  o->probe = (uint8_t)c->probe;
+  o->busy = (uint8_t)is_busy(r, c->running, c->waiting, c->inflight);
+  o->fresh = (uint8_t)c->fresh;
+  o->advised = (uint8_t)c->advised;
+  o->wait_ms = c->est_wait_ms;
+  o->served = c->served_tokens;
+  o->rate = c->prefill_tokens_per_s;
+  /* The same division as spi__prefill_read's, so the same bits. */
+  o->ms_tok = 1000.0 / o->rate;
+  o->t = est_ttft(x, o, r, x->warm_tok);
+}
+
+/* One prefix holder at position pos: its warm evaluation (the scan's when a
+ * summary kept one, updated in place, so every reference agrees), then
+ * its place in the summaries if it is usable. */
+static void prefix_holder(scan *sc, const route_env *x,
+                          const spi_replica_set *set, uint32_t pos,
+                          const int32_t shed[4], spi_candidate *cands,
+                          uint32_t matched) {
+  const spi_replica_ident *r = &set->r[pos];
+  int k = r->cell >= 0 && !shed[r->pool] ? r->cell : -1;
+  uint32_t ei = k >= 0 ? cell_find(&sc->cell[k], &sc->a, pos) : NO_EV;
+  replica_eval fresh, *ev = &fresh;
+  if (ei != NO_EV) {
+    ev = &sc->a.ev[ei];
+    ev->matched = matched;
+    ev->t = est_ttft(x, ev, r, x->warm_tok);
+  } else if (cands) {
+    eval_from_candidate(x, r, &cands[pos], matched, &fresh);
+  } else if (k >= 0 && was_counted(sc, pos)) {
+    eval_replica(x, r, matched, &fresh);
+  } else {
+    return; /* not usable when the pass met it */
+  }
+  if (cands) {
+    cands[pos].matched_blocks = matched;
+    cands[pos].est_ttft_ms = ev->t;
+  }
+  if (!ev->usable || k < 0) return;
+  if (ei == NO_EV) ei = arena_put(sc, pos, ev);
+  cell_warm(sc, k, pos, ei);
+}
+
+uint32_t spi__pass_prefix(scan *sc, route_env *x, const spi_replica_set *set,
+                          size_t nrep, const int32_t shed[4],
+                          spi_candidate *cands, spi_prefix_index *ix,
+                          const uint64_t *hashes, uint32_t nblocks) {
+  uint32_t holders[64], hgens[64], nh = 0, matched = 0;
+  if (ix && nblocks)
+    matched = spi__index_longest(ix, hashes, nblocks, spi__entry_live, x->e,
+                                 holders, hgens, 64, &nh);
+  if (matched)
+    x->warm_tok = x->cold_tok * (1.0 - (double)matched / (double)nblocks);
+  for (uint32_t h = 0; h < nh; h++) {
+    uint16_t pos = set->pos_of_slot[holders[h]];
+    if (pos == SPI_NO_POS || pos >= nrep) continue;
+    prefix_holder(sc, x, set, pos, shed, cands, matched);
+  }
+  return matched;
+}
+
+/* The candidates a summaries-only policy reads: those the summaries name. */
+static size_t named_candidates(scan *sc, const spi_replica_set *set,
+                               size_t nrep, spi_candidate *out) {
+  named_set *ns = &sc->named;
+  memset(ns->cidx, NOT_NAMED, sizeof ns->cidx);
+  memset(ns->bits, 0, (nrep + 63) / 64 * sizeof ns->bits[0]);
+  for (int k = 0; k < SPI_SUMMARY_CELLS; k++) {
+    const cell_acc *c = &sc->cell[k];
+    for (uint32_t j = 0; j < c->n_top; j++) named_mark(sc, c->top[j].ei);
+    if (c->warm != NO_EV) named_mark(sc, c->warm);
+    if (c->least != NO_EV) named_mark(sc, c->least);
+    if (c->rdv != NO_EV) named_mark(sc, c->rdv);
+  }
+  named_collect(sc, nrep);
+  for (uint32_t j = 0; j < ns->n; j++) {
+    ns->cidx[ns->ei[j]] = (uint8_t)j;
+    fill_candidate(&out[j], &set->r[ns->pos[j]], &sc->a.ev[ns->ei[j]]);
+  }
+  return ns->n;
+}
+
+size_t spi__pass_candidates(scan *sc, const spi_replica_set *set, size_t nrep,
+                            spi_candidate *named, spi_pool_summary *sums) {
+  size_t n = named ? named_candidates(sc, set, nrep, named) : nrep;
+  for (int k = 0; k < SPI_SUMMARY_CELLS; k++)
+    summary_out(sc, k, named ? &sc->named : NULL, &sums[k]);
+  return n;
+}

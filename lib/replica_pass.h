@@ -1,0 +1,156 @@
+/*
+ * replica_pass.h - the pass over the replicas that one route makes
+ * (replica_pass.c): each replica's load and eligibility, the pools' mean
+ * KV usage, the per pool and tier summaries a policy reads, the re-ranking
+ * of the prefix holders, and the candidates built from all of it.
+ *
+ * Everything here lives in the route's own scan (on its stack), so a warm
+ * route allocates nothing; route.c calls these in its phases.
+ */
+#ifndef SPI_REPLICA_PASS_H
+#define SPI_REPLICA_PASS_H
+
+#include "engine.h"
+#include "prefill_model.h"
+
+/* What one route needs to evaluate a replica, fixed for the route. */
+typedef struct route_env {
+  spi_engine *e;
+  const spi_router_cfg *cfg;
+  const spi_request_view *v;
+  int64_t now, max_age;
+  double cold_tok, warm_tok; /* uncached prompt tokens: cold, or warm to the
+                                match */
+  double default_rate;      /* router.prefill_tokens_per_s */
+  double default_ms_tok;    /* 1000 / default_rate */
+  uint64_t rkey;            /* rendezvous key of the prefix */
+  int long_request;         /* too long for an advised machine */
+} route_env;
+
+/* One replica as this request sees it. */
+typedef struct replica_eval {
+  double running, waiting, kv_usage; /* stale reads as saturated */
+  double t;                 /* est TTFT, ms */
+  double wait_ms, served, rate, ms_tok; /* the TTFT model's parts
+                                           (prefill_model.h) */
+  uint64_t rdv;             /* rendezvous weight */
+  uint32_t inflight, matched;
+  uint8_t active, usable, probe, busy, fresh, advised;
+} replica_eval;
+
+/*
+ * The summaries being accumulated. Their entries point into an arena of
+ * evaluations, so the candidates built at the end are exactly what was
+ * ranked even if a load report lands meanwhile; an evaluation is copied
+ * there only when a summary takes the replica. The arena is small and
+ * fixed: when it fills, the evaluations no summary points to any more are
+ * dropped (at most SPI_SUMMARY_CELLS * (SPI_SUMMARY_TOP + 3) are kept).
+ */
+#define NO_EV UINT32_MAX
+#define ARENA_CAP 96
+#define ARENA_KEEP (SPI_SUMMARY_CELLS * (SPI_SUMMARY_TOP + 3))
+_Static_assert(ARENA_CAP > ARENA_KEEP, "the arena must have room after a sweep");
+
+typedef struct top_ent {
+  double t;
+  uint32_t pos, ei;
+} top_ent;
+
+typedef struct cell_acc {
+  uint32_t usable, n_top;
+  top_ent top[SPI_SUMMARY_TOP]; /* best first */
+  /* What a replica must beat to enter each summary, as (value, position)
+   * pairs: every summary is a minimum or maximum under a total order, so
+   * the outcome does not depend on the order replicas are met in. */
+  double thr_t;              /* the last top entry's TTFT, +inf until full */
+  uint32_t thr_pos;          /* ... and position, UINT32_MAX until full */
+  uint32_t least, rdv, warm; /* arena indices, or NO_EV */
+  double least_rel;          /* +inf while least is NO_EV */
+  uint32_t least_pos, rdv_pos; /* UINT32_MAX while NO_EV */
+  uint64_t rdv_w;
+} cell_acc;
+
+typedef struct ev_arena {
+  uint32_t n;
+  uint32_t pos[ARENA_CAP];
+  replica_eval ev[ARENA_CAP];
+} ev_arena;
+
+/* The hint of a cell (see seed_from_hint): two words of four positions. */
+#define HINT_PER_WORD 4
+#define HINT_N (2 * HINT_PER_WORD)
+_Static_assert(SPI_SUMMARY_TOP + 1 <= HINT_N, "top and least fit the hint");
+_Static_assert(SPI_SUMMARY_CELLS * HINT_N <= 255, "a seed index fits a byte");
+
+/* Positions named by the summaries, ascending and distinct, with the
+ * evaluation each was ranked by, and the compact index of every arena
+ * entry named (a named position has exactly one arena entry: a cell keeps
+ * one per replica, and a replica is in one cell). Positions are gathered
+ * in a bitmap, so they come out sorted without a sort. */
+#define NOT_NAMED 0xffu
+_Static_assert(ARENA_CAP < NOT_NAMED, "arena indices fit a byte");
+typedef struct named_set {
+  uint32_t n;
+  uint32_t pos[ARENA_KEEP];
+  uint32_t ei[ARENA_KEEP];
+  uint8_t cidx[ARENA_CAP];
+  uint64_t bits[SPI_REPLICA_SLOTS / 64];
+} named_set;
+
+typedef struct scan {
+  cell_acc cell[SPI_SUMMARY_CELLS];
+  ev_arena a;
+  /* Positions the pass counted as usable: a prefix holder the summaries
+   * did not keep is re-read later, and must have been one of them. */
+  uint64_t counted[SPI_REPLICA_SLOTS / 64];
+  /* The hinted replicas evaluated first: their KV usage, by position (read
+   * only where counted is set before the pass). */
+  double seed_kv[SPI_SUMMARY_CELLS * HINT_N];
+  double seed_served[SPI_SUMMARY_CELLS * HINT_N]; /* ... and tokens served */
+  /* One byte per position, read only where a bitmap says so: during the
+   * pass, a hinted replica's index in seed_kv (where counted is set
+   * before the pass); once the summaries are final, a named replica's
+   * arena entry (where named.bits is set). One array serves both: the
+   * first use has ended when the second begins. */
+  uint8_t byte_of[SPI_REPLICA_SLOTS];
+  named_set named; /* compact candidates only */
+} scan;
+
+/* What the pass adds up per pool (index enum spi_pool). */
+typedef struct pool_sums {
+  double kv_sum[4], kv_n[4]; /* KV usage of ACTIVE replicas, their count */
+  double served[4];          /* tokens served by the usable */
+} pool_sums;
+
+/* Pass over every replica of set: cands (full candidates, nrep of them)
+ * filled when not NULL, else the lean pass that evaluates only replicas
+ * that may rank in a summary. Adds to sums (cleared by the caller). */
+void spi__pass_run(scan *sc, const route_env *x, const spi_replica_set *set,
+                   size_t nrep, spi_candidate *cands, pool_sums *sums);
+/* Each pool's mean tokens served by its usable replicas (before shedding
+ * empties any). */
+void spi__pass_mean_served(const scan *sc, const pool_sums *sums,
+                           double mean[4]);
+/* A pool that sheds the route's class: no usable replica there. */
+void spi__pass_shed(scan *sc, int32_t pool, spi_candidate *cands, size_t nrep);
+/* The replicas that likely hold the longest matched prefix of hashes: their
+ * warm TTFT (x->warm_tok is set), re-ranked, and the warm summary. Returns
+ * the matched length in blocks. */
+uint32_t spi__pass_prefix(scan *sc, route_env *x, const spi_replica_set *set,
+                          size_t nrep, const int32_t shed[4],
+                          spi_candidate *cands, spi_prefix_index *ix,
+                          const uint64_t *hashes, uint32_t nblocks);
+/* The candidates and summaries the policy reads. With named (room for
+ * ARENA_KEEP), a summaries-only policy's: only the replicas the summaries
+ * name are made candidates, into named, and the summaries index them;
+ * else every replica is a candidate (filled by the pass) and the
+ * summaries give positions. Returns the number of candidates. */
+size_t spi__pass_candidates(scan *sc, const spi_replica_set *set, size_t nrep,
+                            spi_candidate *named, spi_pool_summary *sums);
+/* The replica position of a policy's candidate index. */
+static inline uint32_t spi__pass_position(const scan *sc, int compact,
+                                          uint32_t idx) {
+  return compact ? sc->named.pos[idx] : idx;
+}
+
+#endif /* SPI_REPLICA_PASS_H */
