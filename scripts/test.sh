@@ -12,7 +12,9 @@
 #   tsan      ThreadSanitizer build in build-tsan/; ctest
 #   valgrind  every unit and api test program of build/ under memcheck
 #   install   cmake --install into a temporary prefix; scripts/consumer-test.sh
-#   python    bindings/python/tests with pytest in a venv (when present)
+#   python    pip install ./bindings/python in a fresh venv (the wheel
+#             carries the library), mypy --strict on a user's script, the
+#             sdist, then bindings/python/tests with pytest
 #   go        go vet, go test, go test -race and a cgocheck2 run in
 #             bindings/go, then its go-vs-C benchmarks, a module built
 #             through the README's replace line, and the metrics text
@@ -218,19 +220,49 @@ installed_libdir() {
 }
 
 stage_python() {
-  local libdir venv="$root/build/venv" pkg="$root/bindings/python"
+  local libdir venv="$root/build/venv" pkg="$root/bindings/python" out
   libdir=$(installed_libdir)
-  if [[ ! -x "$venv/bin/python" ]]; then
-    python3 -m venv "$venv"
-  fi
-  # Pinned: pytest runs the tests, prometheus_client parses the metrics text.
+  # A fresh venv each run: the package must bring everything it needs.
+  rm -rf "$venv"
+  python3 -m venv "$venv"
+  # Pinned: pytest runs the tests, prometheus_client parses the metrics
+  # text, mypy checks a user's script, build makes the sdist.
   "$venv/bin/python" -m pip install -q --disable-pip-version-check \
-    pytest==8.3.4 prometheus_client==0.21.1
-  if [[ -f "$pkg/pyproject.toml" || -f "$pkg/setup.py" ]]; then
-    "$venv/bin/python" -m pip install -q --disable-pip-version-check "$pkg"
-  else
-    export PYTHONPATH="$pkg${PYTHONPATH:+:$PYTHONPATH}"
-  fi
+    pytest==8.3.4 prometheus_client==0.21.1 mypy==1.13.0 build==1.2.2
+  note "pip install ./bindings/python (builds the C library into the wheel)"
+  (cd "$root" && "$venv/bin/python" -m pip install -q \
+    --disable-pip-version-check ./bindings/python)
+  # Outside the source tree and with no library path, so that only the
+  # installed package (and the library inside it) can answer.
+  local away
+  away=$(mktemp -d "${TMPDIR:-/tmp}/spotinfer-py.XXXXXX")
+  cp "$pkg/tests/typing/user_script.py" "$away/"
+  note "the installed package loads the library it carries"
+  out=$(cd "$away" && env -u SPOTINFER_LIBRARY -u LD_LIBRARY_PATH \
+    "$venv/bin/python" -c 'import os, spotinfer
+p = spotinfer.lib.path
+assert os.path.dirname(p) == os.path.dirname(spotinfer.__file__), p
+print(p)')
+  echo "$out"
+  (cd "$away" && env -u SPOTINFER_LIBRARY -u LD_LIBRARY_PATH \
+    "$venv/bin/python" user_script.py)
+  note "mypy --strict on a user's script"
+  (cd "$away" && "$venv/bin/mypy" --strict --no-incremental user_script.py)
+  rm -rf "$away"
+  note "sdist: the package and the C sources it builds"
+  rm -rf "$root/build/sdist"
+  bash "$root/scripts/python-sdist.sh" "$root/build/sdist" "$venv/bin/python"
+  local listing
+  listing=$(tar tzf "$root/build/sdist"/spotinfer-*.tar.gz)
+  for f in pyproject.toml CMakeLists.txt LICENSE spotinfer/_native.py \
+    csrc/CMakeLists.txt csrc/lib/spotinfer.map csrc/lib/route.c \
+    csrc/include/spotinfer/spotinfer.h; do
+    if ! grep -q "^spotinfer-[0-9.]*/$f\$" <<<"$listing"; then
+      note "the sdist lacks $f"
+      return 1
+    fi
+  done
+  note "pytest (against the library installed by the install stage)"
   export SPOTINFER_LIBRARY="$libdir/libspotinfer.so.0"
   export LD_LIBRARY_PATH="$libdir${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
   local rc=0

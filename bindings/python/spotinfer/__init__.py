@@ -151,4 +151,14 @@ __all__ = [
     "ReplayRecord", "ReplayStoreModule", "ReplayStoreStats",
     "strerror", "class_name", "service_tier_name", "reason_name",
     "module_kind_name", "options", "parse_metrics", "cache_key_hex",
-] + list(_errors_all)
+    # The exception classes, listed here (not added from errors.__all__) so
+    # that type checkers see them as exported.
+    "SpotinferError", "LibraryNotFoundError", "UsageError",
+    "InvalidArgumentError", "MisuseError", "RangeError", "BufferSizeError",
+    "InputError", "ParseError", "TypeMismatchError", "UnknownNameError",
+    "MissingFieldError", "TooBigError", "ResourceError", "NoMemoryError",
+    "ReadError", "NotFoundError", "ExistsError", "StaleError", "FullError",
+    "ModuleError", "ModuleFailedError", "ABIError", "NotSupportedError",
+    "RoutingError", "ShedError", "NoCapacityError", "error_for_status",
+]
+assert set(_errors_all) <= set(__all__), "an exception class is not exported"

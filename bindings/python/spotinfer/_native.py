@@ -3,7 +3,8 @@
 This module is the only place that knows the C signatures:
 
 * ``load_library()`` finds the shared library (``SPOTINFER_LIBRARY``, then
-  the SONAME ``libspotinfer.so.0`` on the loader path).
+  the copy a wheel carries beside this module, then the SONAME
+  ``libspotinfer.so.0`` on the loader path).
 * Structure mirrors of every public struct of spotinfer.h and
   spotinfer_module.h. Their ``struct_size`` field (where the C struct has
   one) is set by the constructor, so a fresh instance is ready to pass.
@@ -927,7 +928,8 @@ def _try_load(path: str) -> ctypes.CDLL:
 
 
 def load_library() -> Library:
-    """Load libspotinfer: $SPOTINFER_LIBRARY if set, else the SONAME.
+    """Load libspotinfer: $SPOTINFER_LIBRARY if set, else the wheel's copy
+    beside this module, else the SONAME on the loader path.
 
     An explicitly set SPOTINFER_LIBRARY that cannot be loaded is an error
     rather than a silent fall-back to whatever the loader finds.
@@ -940,7 +942,10 @@ def load_library() -> Library:
         except OSError as e:
             raise LibraryNotFoundError(
                 f"cannot load libspotinfer from {ENV_VAR}={override!r}: {e}") from e
-    for name in SONAMES:
+    # The copy a wheel carries beside the package, then the installed one.
+    here = os.path.dirname(os.path.abspath(__file__))
+    bundled = [os.path.join(here, n) for n in SONAMES]
+    for name in [p for p in bundled if os.path.exists(p)] + list(SONAMES):
         try:
             return Library(_try_load(name), name)
         except OSError as e:
