@@ -149,6 +149,9 @@ static int set_tools(spi_request *r, const spi_limits *l, const char *v,
   }
   const char *end = NULL;
   cJSON *root = cJSON_ParseWithLengthOpts(v, len, &end, 0);
+  /* cJSON answers NULL for both; well-formed text means it ran out. */
+  if (!root && spi__json_well_formed(v, len))
+    return spi__req_fail(r, SPI_ENOMEM, "tools: out of memory while parsing JSON");
   if (!root) {
     size_t off = (end && end >= v && end <= v + len) ? (size_t)(end - v) : 0;
     return spi__req_fail(r, SPI_EPARSE, "tools: malformed JSON at byte offset %zu",
