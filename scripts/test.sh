@@ -6,6 +6,8 @@
 # Stages (each prints a header; the run goes on after a failed stage where it
 # can and exits nonzero at the end if any stage failed):
 #   deps      scripts/setup-deps.sh
+#   length    scripts/check-length.py: no function in lib/ over 120 lines
+#             unless a comment containing "length:" above it says why
 #   build     RelWithDebInfo build in build/, warnings as errors in the
 #             library, examples and API tests; ctest
 #   asan      ASan + UBSan build in build-asan/; ctest
@@ -111,6 +113,22 @@ fail_stage() { # <name> <why>
 
 stage_deps() {
   bash "$root/scripts/setup-deps.sh"
+}
+
+stage_length() {
+  python3 "$root/scripts/check-length.py" --limit 120
+  # The floor and the roof: lib/engine.c (configure, engine life) builds on
+  # everything else, so no other file of lib/ may call what it defines.
+  local fn bad=0
+  for fn in $(grep -oE '^[a-z][a-z0-9_ *]*\b(spi_[a-z0-9_]+)\(' "$root/lib/engine.c" |
+      grep -oE 'spi_[a-z0-9_]+'); do
+    if grep -lw "$fn" "$root"/lib/*.c | grep -v '/engine\.c$' |
+        xargs -r grep -Hnw "$fn" | grep -v '^[^:]*:[0-9]*: *\*'; then
+      note "lib/ calls $fn, which lib/engine.c (the roof) defines"
+      bad=1
+    fi
+  done
+  return "$bad"
 }
 
 # Build a tree and show the compiler warnings it printed, if any.
@@ -429,6 +447,8 @@ stage_fuzz() {
 overall_start=$SECONDS
 
 run_stage deps "install build dependencies (scripts/setup-deps.sh)" stage_deps
+
+run_stage length "function length in lib/ (scripts/check-length.py)" stage_length
 
 run_stage build "RelWithDebInfo build in build/ + ctest" stage_build
 if [[ "${results[-1]}" == PASS* ]]; then build_ok=yes; fi
