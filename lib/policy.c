@@ -325,7 +325,14 @@ static int64_t cheapest(const pinst *p, const spi_route_context *x,
   return best;
 }
 
-/* Choose a replica in one pool; idx -1 when none. */
+/* Whether c is at capacity: as many open tickets or running and waiting
+ * requests as it takes at once. */
+static int full(const spi_candidate *c) {
+  double cap = c->max_inflight ? (double)c->max_inflight : 1;
+  return c->inflight >= c->max_inflight || c->running + c->waiting >= cap;
+}
+
+/* Choose a replica in one pool; idx -1 when none, -2 to queue (bronze). */
 static pick choose_in_pool(const pinst *p, const spi_route_context *x,
                            const summary *m, int32_t klass) {
   pick r = {-1, SPI_REASON_NONE, ""};
@@ -356,7 +363,14 @@ static pick choose_in_pool(const pinst *p, const spi_route_context *x,
     return r;
   }
   const spi_candidate *wm = &x->candidates[m->warm];
-  if (b->matched_blocks > 0) {
+  if (b->matched_blocks > 0 && klass == SPI_CLASS_BRONZE && full(b)) {
+    /* Bronze waits for its warm replica in the library's queue, not in
+     * the replica's, where it would be served ahead of the classes that
+     * pay for every millisecond. */
+    r.idx = -2;
+    r.reason = SPI_REASON_WAIT_WARM;
+    r.why = "waits for its busy warm replica";
+  } else if (b->matched_blocks > 0) {
     r.reason = SPI_REASON_AFFINITY;
     r.why = "holds the prefix: lowest estimated cost";
   } else if (cost_of(wm, w) <= cost_of(b, w) + block_ms(x, b)) {
@@ -452,11 +466,18 @@ static int policy_choose(void *state, void *inst, const spi_route_context *x,
 
   const summary *primary = pool == SPI_POOL_SPOT ? &ms : &mo;
   pick pk = choose_in_pool(p, x, primary, klass);
+  if (pk.idx == -2) { /* bronze waits for its warm replica */
+    out->pool = SPI_POOL_QUEUE;
+    out->reason_code = pk.reason;
+    spi__join(out->reason, sizeof out->reason, rule, "; ", pk.why);
+    return SPI_OK;
+  }
   if (pk.idx < 0 && (fallback == SPI_POOL_SPOT || fallback == SPI_POOL_ON_DEMAND)) {
     primary = fallback == SPI_POOL_SPOT ? &ms : &mo;
     pool = fallback;
     fallback = 0;
     pk = choose_in_pool(p, x, primary, klass);
+    if (pk.idx == -2) pk.idx = -1;
   }
   if (pk.idx < 0) {
     if (fallback == SPI_POOL_QUEUE && !x->shed[SPI_POOL_SPOT]) {

@@ -3,6 +3,7 @@ package spotinfer
 import (
 	"errors"
 	"fmt"
+	"math"
 	"sort"
 	"sync"
 	"testing"
@@ -410,7 +411,7 @@ func TestPolicySeesTTFTModel(t *testing.T) {
 		}
 	}
 	if on == nil || on.ServedTokens != first.PromptTokens ||
-		on.EstWaitMs != first.PromptTokens*1000/10000 ||
+		math.Abs(on.EstWaitMs-first.PromptTokens*1000/10000) > 1e-9 ||
 		second.MeanServedTokens[PoolSpot] != first.PromptTokens/2 {
 		t.Fatalf("%+v %+v", on, second.MeanServedTokens)
 	}

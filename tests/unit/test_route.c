@@ -285,11 +285,16 @@ static void test_bronze_waits_for_warm(void **st) {
   chat(w, "batch", 0, 0, "flex", -1);
   assert_int_equal(route(w, &d1), SPI_OK);
   finish(w, d1.ticket, SPI_TICKET_OK);
-  /* At capacity with a queue: bronze weighs the wait at a quarter, so it
-   * waits there for the prefill it saves (in the replica's queue, not the
-   * library's). */
-  load(w, d1.replica_id, 16, 4, 0.5);
+  /* At capacity: it waits in the library's queue, not ahead of the other
+   * classes in the replica's. */
+  load(w, d1.replica_id, 16, 0, 0.5);
   chat(w, "batch 2", 0, 0, "flex", -1);
+  assert_int_equal(route(w, &d2), SPI_OK);
+  assert_int_equal(d2.pool, SPI_POOL_QUEUE);
+  assert_int_equal(d2.reason_code, SPI_REASON_WAIT_WARM);
+  /* A queue but room: bronze weighs the wait at a quarter, so it waits
+   * there for the prefill it saves. */
+  load(w, d1.replica_id, 8, 4, 0.5);
   assert_int_equal(route(w, &d2), SPI_OK);
   assert_int_equal(d2.pool, SPI_POOL_SPOT);
   assert_string_equal(d2.replica_id, d1.replica_id);
