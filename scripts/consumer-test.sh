@@ -79,6 +79,27 @@ else
   run readme-hello "$work/hello" yes
 fi
 
+# 1c. The README's short example (the C block of "## A short example"): it
+# routes a body over two replicas and reports the ticket.
+awk '/^## A short example/{s=1; next} s&&/^## /{exit} s&&/^```c$/{c=1; next}
+     c&&/^```$/{exit} c{print}' "$root/README.md" >"$work/demo.c"
+# shellcheck disable=SC2046
+if "$cc" -std=c99 -Wall -Wextra -Werror "$work/demo.c" -o "$work/demo" \
+  $(pkg-config --cflags --libs spotinfer) "$rpath" 2>"$work/demo.log"; then
+  if out=$(env -u LD_LIBRARY_PATH "$work/demo" 2>&1) &&
+    [[ "$out" =~ ^gold\ key\ [0-9a-f]{32}\ -\>\ od-a\ \(.+\),\ \$0\.[0-9]{6}$ ]]; then
+    echo "ok   readme-example: $out"
+    pass=$((pass + 1))
+  else
+    echo "FAIL readme-example: printed '$out'"
+    fail=$((fail + 1))
+  fi
+else
+  cat "$work/demo.log"
+  echo "FAIL readme-example: does not compile"
+  fail=$((fail + 1))
+fi
+
 # 2. pkg-config --static: the archive plus Requires.private / Libs.private.
 # -Bstatic picks libspotinfer.a over the .so for that one library only.
 static_libs=$(pkg-config --static --libs spotinfer)
