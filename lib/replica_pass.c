@@ -370,12 +370,8 @@ static void hint_store(spi_engine *e, const scan *sc) {
  * not plainly eligible (breaker not closed, a models list, an interruption
  * signal), takes the general path.
  */
-static void scan_lean(const route_env *env, const spi_replica_set *set,
+static void scan_lean(const route_env *x, const spi_replica_set *set,
                       size_t nrep, scan *sc, pool_sums *sums) {
-  /* A copy the loop reads: through the caller's pointer, every store into
-   * the scan could have changed it, and each replica would reload it. */
-  const route_env local = *env;
-  const route_env *x = &local;
   const spi_router_cfg *cfg = x->cfg;
   spi_replica_slot *slots = x->e->registry.slots;
   seed_from_hint(x, set, nrep, sc);
