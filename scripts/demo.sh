@@ -30,4 +30,5 @@ echo "== running $sim --json build/sim.json --svg build/sim.svg $*"
 "$sim" --json build/sim.json --svg build/sim.svg "$@"
 echo
 echo "The table is explained in README.md (\"The demo: the simulator\")."
-echo "Chart: build/sim.svg   Numbers: build/sim.json"
+echo "Chart: build/sim.svg (cost, prefix hits, gold TTFT, spot timeline; open it in a browser)"
+echo "Numbers: build/sim.json"

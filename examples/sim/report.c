@@ -162,8 +162,8 @@ static const char *SLO_NAMES[4] = {"gold p95 TTFT < 800 ms", "silver p99 complet
                                    "hit >= 70% of the oracle", "replay success > 99%"};
 
 static void check_slos(sim_result *r, const sim_ceilings *c) {
-  r->slo[0] = r->n_class[SPI_CLASS_GOLD] ? r->ttft[1][1] < 800 : -1;
-  r->slo[1] = r->n_class[SPI_CLASS_SILVER] ? r->done[2][2] < 8000 : -1;
+  r->slo[0] = r->n_class[SPI_CLASS_GOLD] ? r->ttft[1][1] < SIM_SLO_GOLD_TTFT_P95_MS : -1;
+  r->slo[1] = r->n_class[SPI_CLASS_SILVER] ? r->done[2][2] < SIM_SLO_SILVER_DONE_P99_MS : -1;
   r->slo[2] = c->oracle > 0 ? sim_of_oracle_pct(r, c) >= 70 : -1;
   r->slo[3] = r->replayed ? sim_replay_success_pct(r) > 99 : -1;
 }
@@ -318,60 +318,6 @@ static void write_json(const char *path, const sim_opts *o, const sim_setup *su,
   fclose(f);
 }
 
-/* Three bar groups per policy: $/1M tokens, hit rate, gold p95 TTFT, each
- * scaled to its own maximum; the ceilings as dashed lines on the hit bars. */
-static void write_svg(const char *path, const sim_ceilings *c, const sim_result *rs, size_t n) {
-  FILE *f = fopen(path, "w");
-  if (!f) { perror(path); return; }
-  const int W = 900, H = 420, left = 60, top = 50, ph = 280;
-  double mx[3] = {1e-9, 1e-9, 1e-9};
-  double v[16][3];
-  for (size_t k = 0; k < n && k < 16; k++) {
-    v[k][0] = rs[k].tokens > 0 ? rs[k].usd / rs[k].tokens * 1e6 : 0;
-    v[k][1] = sim_hit_pct(&rs[k]);
-    v[k][2] = rs[k].ttft[1][1];
-    for (int j = 0; j < 3; j++) if (v[k][j] > mx[j]) mx[j] = v[k][j];
-  }
-  mx[1] = 100;
-  const char *col[3] = {"#4e79a7", "#59a14f", "#e15759"};
-  const char *lab[3] = {"$ per 1M tokens", "prefix-cache hit %", "gold p95 TTFT ms"};
-  fprintf(f, "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"%d\" height=\"%d\" "
-             "font-family=\"sans-serif\" font-size=\"12\">\n", W, H);
-  fprintf(f, "<rect width=\"%d\" height=\"%d\" fill=\"white\"/>\n", W, H);
-  fprintf(f, "<text x=\"%d\" y=\"24\" font-size=\"16\">spotinfer simulator: policies side by side "
-             "(bars scaled per metric)</text>\n", left);
-  double gw = (double)(W - left - 20) / (double)n, bw = gw / 4.5;
-  for (size_t k = 0; k < n; k++) {
-    double x0 = left + gw * (double)k + bw * 0.5;
-    for (int j = 0; j < 3; j++) {
-      double h = ph * v[k][j] / mx[j];
-      fprintf(f, "<rect x=\"%.1f\" y=\"%.1f\" width=\"%.1f\" height=\"%.1f\" fill=\"%s\">"
-                 "<title>%s %s: %.3f</title></rect>\n",
-              x0 + bw * j, top + ph - h, bw * 0.9, h, col[j], rs[k].name, lab[j], v[k][j]);
-      fprintf(f, "<text x=\"%.1f\" y=\"%.1f\" font-size=\"9\" text-anchor=\"middle\">%.*f</text>\n",
-              x0 + bw * j + bw * 0.45, top + ph - h - 3, j == 0 ? 2 : 0, v[k][j]);
-    }
-    fprintf(f, "<text x=\"%.1f\" y=\"%d\" text-anchor=\"middle\">%s</text>\n",
-            x0 + bw * 1.5, top + ph + 18, rs[k].name);
-  }
-  double ys[2] = {c->total > 0 ? 100 * c->oracle / c->total : 0,
-                  c->total > 0 ? 100 * c->pooled / c->total : 0};
-  const char *yl[2] = {"oracle hit ceiling", "pooled LRU hit ceiling"};
-  for (int j = 0; j < 2; j++) {
-    double y = top + ph - ph * ys[j] / 100;
-    fprintf(f, "<line x1=\"%d\" x2=\"%d\" y1=\"%.1f\" y2=\"%.1f\" stroke=\"#59a14f\" "
-               "stroke-dasharray=\"%s\"/>\n<text x=\"%d\" y=\"%.1f\" fill=\"#59a14f\" "
-               "font-size=\"10\" text-anchor=\"end\">%s %.1f%%</text>\n",
-            left, W - 20, y, y, j ? "2,3" : "6,3", W - 22, y - 3, yl[j], ys[j]);
-  }
-  for (int j = 0; j < 3; j++)
-    fprintf(f, "<rect x=\"%d\" y=\"%d\" width=\"12\" height=\"12\" fill=\"%s\"/>"
-               "<text x=\"%d\" y=\"%d\">%s</text>\n",
-            left + 200 * j, H - 40, col[j], left + 200 * j + 16, H - 30, lab[j]);
-  fprintf(f, "</svg>\n");
-  fclose(f);
-}
-
 /* --------------------------------------------------------------- main */
 
 const sim_policy_name SIM_POLICIES[] = {
@@ -417,7 +363,7 @@ int sim_main(const sim_opts *o) {
   double el = wall_s() - t0, cpu = sim_cpu_s() - c0;
   print_tables(o, &su, rs, n);
   if (o->json) write_json(o->json, o, &su, rs, n);
-  if (o->svg) write_svg(o->svg, &su.ceil, rs, n);
+  if (o->svg && sim_write_chart(o->svg, &su, rs, n)) perror(o->svg);
   if (!o->quiet)
     fprintf(stderr, "simulated %" PRIu64 " requests (%zu policies x %zu) on %u replicas in "
             "%.2f s of one core (%.2f s wall): %.0f requests/s\n",

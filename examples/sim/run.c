@@ -381,6 +381,7 @@ static void cut(sim *s, uint32_t i) {
   q->state = RQ_REPLAY;
   q->replays++;
   s->res->replays++;
+  sim_timeline_count(&s->res->tl, (double)s->now / 1e9, SIM_TL_REPLAY);
   if (!q->replay_since) q->replay_since = s->now;
 
   char key[48], body[160];
@@ -576,6 +577,7 @@ static void notice_replica(sim *s, replica *p, int64_t gone_at) {
   size_t np = 0;
   rc = spi_engine_notice(s->eng, &nt, plans, sizeof plans / sizeof plans[0], &np);
   s->res->notices++;
+  sim_timeline_count(&s->res->tl, (double)s->now / 1e9, SIM_TL_NOTICE);
   if (rc != SPI_OK) {
     if (!s->o->quiet) fprintf(stderr, "notice: %s: %s\n", spi_strerror(rc), spi_engine_errmsg(s->eng));
     return;
@@ -585,7 +587,10 @@ static void notice_replica(sim *s, replica *p, int64_t gone_at) {
     while (i >= 0 && s->r[i].ticket != plans[k].ticket) i = s->r[i].next;
     if (i < 0) continue;
     if (plans[k].action == SPI_ACTION_REPLAY) cut(s, (uint32_t)i);
-    else s->res->drains++;
+    else {
+      s->res->drains++;
+      sim_timeline_count(&s->res->tl, (double)s->now / 1e9, SIM_TL_DRAIN);
+    }
   }
   report_load(s, p);
 }
@@ -619,7 +624,10 @@ static void zone_event(sim *s, uint32_t type, uint32_t zi, uint32_t cap) {
       replica_upsert(s, p);
     }
   }
-  if (type != EV_ZNOTICE) z->cap = cap;
+  if (type != EV_ZNOTICE) {
+    z->cap = cap;
+    sim_timeline_cap(&s->res->tl, (double)s->now / 1e9, zi, cap);
+  }
   if (type == EV_ZBACK) unpark(s, 1);
   if (type == EV_ZGONE) schedule_pump(s, s->now);
 }
@@ -870,6 +878,11 @@ int sim_run_policy(const sim_opts *o, const sim_trace *tr, sim_zone *zones, size
     if (sim_lru_init(&p->lru, p->kv_blocks)) abort();
   }
   if (!all_od) schedule_zones(&s, horizon_s);
+  sim_timeline_init(&res->tl, (uint32_t)s.nz);
+  for (size_t z = 0; z < s.nz && z < SIM_MAX_ZONES; z++) {
+    res->tl.zone_size[z] = zones[z].size;
+    sim_timeline_cap(&res->tl, 0, (uint32_t)z, zones[z].cap);
+  }
   for (uint32_t k = 0; k < s.nrep; k++) {
     replica *p = &s.reps[k];
     p->up = p->zone < 0 || p->zslot < s.zones[p->zone].cap;
@@ -959,6 +972,7 @@ int sim_run_policy(const sim_opts *o, const sim_trace *tr, sim_zone *zones, size
     }
   }
   if (progressed && tty) fprintf(stderr, "\r%70s\r", "");
+  res->tl.end_s = (double)s.now / 1e9;
   summarise(&s);
   spi_request_free(s.rq);
   spi_request_free(s.scratch);

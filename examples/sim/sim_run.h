@@ -7,6 +7,9 @@
 #define SIM_MAX_ZONES 8
 #define SIM_MAX_GROUPS 64
 #define SIM_NAME_MAX 40
+/* The report's service-level objectives (see check_slos in report.c). */
+#define SIM_SLO_GOLD_TTFT_P95_MS 800.0
+#define SIM_SLO_SILVER_DONE_P99_MS 8000.0
 
 /* One group of identical replicas from a --cluster file. */
 typedef struct sim_group {
@@ -76,6 +79,31 @@ typedef struct sim_zone {
   uint32_t cap;  /* how many of them may run now */
 } sim_zone;
 
+/* Spot capacity and interruption events over a run, in a fixed number of
+ * bins: when an event falls past the last bin, neighbouring bins are merged
+ * and the bin width doubles, so memory stays bounded whatever the run's
+ * length and the bins always span it. */
+#define SIM_TL_BINS 256
+#define SIM_TL_UNSET 0xFFFFu
+typedef struct sim_timeline {
+  double bin_s;          /* width of a bin, seconds */
+  double end_s;          /* simulated time the run ended */
+  uint32_t used;         /* bins up to the latest event */
+  uint32_t nz;           /* zones recorded */
+  uint32_t zone_size[SIM_MAX_ZONES];
+  uint16_t cap_min[SIM_TL_BINS][SIM_MAX_ZONES];  /* SIM_TL_UNSET: no change */
+  uint16_t cap_last[SIM_TL_BINS][SIM_MAX_ZONES];
+  uint32_t notices[SIM_TL_BINS], drains[SIM_TL_BINS], replays[SIM_TL_BINS];
+} sim_timeline;
+
+enum { SIM_TL_NOTICE, SIM_TL_DRAIN, SIM_TL_REPLAY };
+
+void sim_timeline_init(sim_timeline *t, uint32_t nz);
+void sim_timeline_cap(sim_timeline *t, double at_s, uint32_t zone, uint32_t cap);
+void sim_timeline_count(sim_timeline *t, double at_s, int kind);
+/* Capacity of zone z in bin b: the last change at or before it. */
+uint32_t sim_timeline_cap_at(const sim_timeline *t, uint32_t b, uint32_t z);
+
 /* What one policy's run measured. */
 typedef struct sim_result {
   char name[32];
@@ -91,6 +119,7 @@ typedef struct sim_result {
   double imbalance;       /* token load per up-second, max / mean */
   double start_imbalance; /* request starts per up-second, max / mean */
   int slo[4];             /* 1 met, 0 missed, -1 n/a */
+  sim_timeline tl;
 } sim_result;
 
 /* Hit-rate ceilings of a trace on a cluster. */
@@ -128,6 +157,8 @@ void sim_savings(const sim_opts *o, const sim_result *r, const sim_result *base,
 void sim_opts_default(sim_opts *o);
 /* The table program: every policy on one trace, tables on stdout. */
 int sim_main(const sim_opts *o);
+/* The chart (--svg): four panels in one SVG. Returns 0, or -1 with errno. */
+int sim_write_chart(const char *path, const sim_setup *su, const sim_result *rs, size_t n);
 /* One run of the policy module `policy` (all_od: every replica on demand,
  * no spot zones). Returns 0, or -1 when the engine cannot be set up. */
 int sim_run_policy(const sim_opts *o, const sim_trace *tr, sim_zone *zones, size_t nz,

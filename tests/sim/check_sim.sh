@@ -28,7 +28,30 @@ npol=8 # seven policies and the all-on-demand baseline
 grep -q 'BROKEN' "$tmp/a.txt" && fail "conservation broken"
 grep -q '"lost":[1-9]' "$tmp/a.json" && fail "requests lost"
 grep -q '"replays":[1-9]' "$tmp/a.json" || fail "no replay was exercised"
-grep -q '</svg>' "$tmp/a.svg" || fail "SVG not written"
+# The chart: well-formed XML, the four panels, cost labels that differ
+# between policies (they once all read 0.01), and a timeline whose event
+# lanes hold the library run's notices and replays (the JSON's totals).
+python3 - "$tmp/a.svg" "$tmp/a.json" <<'PY' || fail "chart check failed"
+import sys
+import xml.etree.ElementTree as ET
+ns = "{http://www.w3.org/2000/svg}"
+root = ET.parse(sys.argv[1]).getroot()
+panels = {g.get("id"): g for g in root.iter(ns + "g")}
+want = ["panel-cost", "panel-hits", "panel-ttft", "panel-timeline"]
+missing = [p for p in want if p not in panels]
+assert not missing, f"missing panels: {missing}"
+costs = [t.text for t in panels["panel-cost"].iter(ns + "text")
+         if "cost" in (t.get("class") or "").split()]
+assert len(costs) == 8, f"expected 8 cost labels, got {costs}"
+assert len(set(c.split()[0] for c in costs)) > 1, f"cost labels all identical: {costs}"
+import json
+lib = next(p for p in json.load(open(sys.argv[2]))["policies"] if p["name"] == "library")
+labels = [t.text or "" for t in panels["panel-timeline"].iter(ns + "text")]
+for kind in ("notices", "replays"):
+    shown = [int(l.split()[1]) for l in labels if l.startswith(kind + " ")]
+    assert shown == [lib[kind]], f"timeline {kind} {shown}, library run {lib[kind]}"
+assert lib["notices"] > 0, "no notice in the library run"
+PY
 
 oracle_bound() {
   local json=$1
