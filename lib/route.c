@@ -481,8 +481,13 @@ static int serve(route_state *rs) {
   double tokens = (double)rs->tokens;
   uint64_t cached =
       rs->tokens - (uint64_t)ceil(uncached < tokens ? uncached : tokens);
+  /* A first token teaches the rate only if the request went straight to
+   * prefill: behind a full batch its TTFT is the wait for a slot. */
+  int straight = c->fresh && c->waiting == 0 &&
+                 c->running + 1 <= (double)r->max_inflight &&
+                 c->inflight < r->max_inflight;
   spi__prefill_open(s, k, rs->tokens, cached,
-                    c->fresh ? 1.0 + c->running * r->inv_max_inflight : 0.0);
+                    straight ? 1.0 + c->running * r->inv_max_inflight : 0.0);
   rs->out->ticket = spi__ticket_publish(tt, k);
   rs->taken.ticket = NULL; /* published: the caller's to finish */
   rs->taken.probe = NULL;  /* ... and the probe goes with it */

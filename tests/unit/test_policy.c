@@ -349,6 +349,27 @@ static void test_rate_is_learnt(void **st) {
     load(w, "r0", 0, 0);
   }
   done(w);
+
+  /* Behind a full batch a TTFT is the wait for a slot, not prefill: such
+   * first tokens teach nothing, and the configured rate stays. */
+  w = mk(NULL);
+  fleet(w, 1, SPI_POOL_ON_DEMAND);
+  for (uint32_t k = 0; k < 10; k++) {
+    load(w, "r0", 16, 3);
+    for (uint32_t i = 0; i < 10; i++) b[i] = 3000 + 20 * k + i;
+    prompt(w, b, 10, "gold");
+    assert_int_equal(route(w, &d), SPI_OK);
+    w->now += 5020 * MS;
+    assert_int_equal(spi_ticket_first_token(w->e, d.ticket), SPI_OK);
+    finish(w, d.ticket);
+  }
+  load(w, "r0", 0, 0);
+  for (uint32_t i = 0; i < 10; i++) b[i] = 3900 + i;
+  prompt(w, b, 10, "gold");
+  assert_int_equal(route(w, &d), SPI_OK);
+  assert_true(d.est_ttft_ms > 531 && d.est_ttft_ms < 533);
+  finish(w, d.ticket);
+  done(w);
 }
 
 /* Requests for one hot prefix spread once its holder would carry more than
