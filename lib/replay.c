@@ -1328,8 +1328,12 @@ int spi_replay_claim(spi_replay_queue *queue, uint32_t class_mask,
     if (rc != SPI_OK) return rc;
   }
   if (!e) {
+    /* An empty queue is the normal state of an idle worker, not an error:
+     * SPI_OK with no claim, and no message. */
     unlock(q);
-    return qfail(q, SPI_ENOTFOUND, "replay claim: nothing ready");
+    *claim_id = 0;
+    if (needed) *needed = 0;
+    return SPI_OK;
   }
   size_t need = claim_size(e);
   if (needed) *needed = need;

@@ -682,14 +682,16 @@ func (q *ReplayQueue) Claim(mask uint32, leaseMs int64) (c Claim, ok bool, err e
 			capacity = needed + 1
 			continue
 		}
-		if rc == C.SPI_ENOTFOUND {
+		if rc != 0 && rc != C.SPI_ENOTFOUND {
+			C.free(buf)
+			return Claim{}, false, q.fail(rc, "spi_replay_claim")
+		}
+		// Nothing ready is SPI_OK with claim id 0, not an error (a library
+		// before 0.3.0 said SPI_ENOTFOUND).
+		if rc != 0 || id == 0 {
 			C.free(buf)
 			runtime.KeepAlive(q)
 			return Claim{}, false, nil
-		}
-		if rc != 0 {
-			C.free(buf)
-			return Claim{}, false, q.fail(rc, "spi_replay_claim")
 		}
 		c = Claim{ID: uint64(id), Envelope: envelopeFrom(out)}
 		C.free(buf)

@@ -59,6 +59,10 @@ func (g *gateway) metrics(w http.ResponseWriter, r *http.Request) {
 				fmt.Fprintf(&b, "gateway_replay_queue{state=%q} %d\n", o.name, o.v)
 			}
 			counter("gateway_replay_queue_acked_total", "Envelopes acked (resumed or given up for a gone client).", qs.Acked)
+			// A damaged journal opens with SPI_OK; these say it was damaged.
+			counter("gateway_replay_journal_damaged_ranges_total", "Damaged journal ranges met when the queue opened (skipped or cut off).", qs.Torn)
+			counter("gateway_replay_journal_damaged_bytes_total", "Bytes of those ranges.", qs.TruncatedBytes)
+			fmt.Fprintf(&b, "# HELP gateway_replay_journal_aside_files Files of damaged journal bytes kept for inspection (*.corrupt).\n# TYPE gateway_replay_journal_aside_files gauge\ngateway_replay_journal_aside_files %d\n", qs.AsideFiles)
 		}
 	}
 	w.Header().Set("Content-Type", "text/plain; version=0.0.4; charset=utf-8")

@@ -423,7 +423,7 @@ static void pump(sim *s) {
     env.struct_size = sizeof env;
     uint64_t claim = 0;
     int rc = spi_replay_claim(s->q, 0xE, 0, &claim, &env, buf, sizeof buf, NULL);
-    if (rc != SPI_OK) break;
+    if (rc != SPI_OK || claim == 0) break; /* claim 0: nothing ready */
     uint32_t i = (uint32_t)strtoul(env.key + 1, NULL, 10);
     sreq *q = &s->r[i];
     size_t need = 0;

@@ -1113,9 +1113,12 @@ SPI_API int spi_replay_enqueue(spi_replay_queue *queue,
  * lease_ms (0 = replay.lease_ms). Its contents are copied into buf[0..cap)
  * and *out points into buf; *needed (may be NULL) gets the bytes needed
  * (SPI_EBUFSIZE when cap is too small: nothing is claimed). A claim not acked
- * or nacked before its lease ends becomes ready again.
- * Errors: SPI_ENOTFOUND (nothing ready), SPI_EBUFSIZE, SPI_EINVAL, SPI_EIO
- * (dead-lettering an expired envelope could not be written).
+ * or nacked before its lease ends becomes ready again. Nothing ready is not
+ * an error: SPI_OK with *claim_id 0 (never a claim), *needed 0 and *out
+ * untouched. (Before 0.3.0 that was SPI_ENOTFOUND.) An envelope is handed
+ * out only once its enqueue is durable: the call may wait for its fsync.
+ * Errors: SPI_EBUFSIZE, SPI_EINVAL, SPI_EIO (a sync failed, or dead-lettering
+ * an expired envelope could not be written).
  */
 SPI_API int spi_replay_claim(spi_replay_queue *queue, uint32_t class_mask,
                              int64_t lease_ms, uint64_t *claim_id,

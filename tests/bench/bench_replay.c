@@ -205,7 +205,8 @@ static void bench_claim_ack(spi_engine *e, const char *store, const char *fsync,
       out.struct_size = sizeof out;
       uint64_t id = 0;
       if (spi_replay_claim(q, 0xe, 0, &id, &out, buf, sizeof buf, NULL) !=
-          SPI_OK)
+              SPI_OK ||
+          id == 0)
         die("claim", spi_replay_errmsg(q));
       if (spi_replay_ack(q, id) != SPI_OK) die("ack", spi_replay_errmsg(q));
       claim_ack_s += now_s() - a;

@@ -168,7 +168,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     out.struct_size = sizeof out;
     uint64_t id = 0;
     rc = spi_replay_claim(q, 0xe, 0, &id, &out, buf, sizeof buf, NULL);
-    if (rc != SPI_OK) break;
+    if (rc != SPI_OK || id == 0) break;
     CHECK(spi_replay_ack(q, id) == SPI_OK);
   }
   spi_replay_close(q);

@@ -20,6 +20,9 @@
 #include "engine.h"
 #include "replay.h"
 
+/* What the claim helpers answer when nothing is ready; the library's answer
+ * is SPI_OK with claim id 0 (SPI_ENOTFOUND before 0.3.0). */
+#define NOTHING_READY 1
 #define MS 1000000LL
 #define T0 (1700000000LL * 1000000000LL)
 
@@ -147,6 +150,11 @@ static int claim(fixture *f, uint32_t mask, int64_t lease_ms, claimed *c) {
   size_t need = 0;
   int rc = spi_replay_claim(f->q, mask, lease_ms, &c->id, &c->env, c->buf,
                             sizeof c->buf, &need);
+  if (rc == SPI_OK && c->id == 0) {
+    assert_int_equal(need, 0);
+    assert_null(c->env.key); /* untouched */
+    return NOTHING_READY;
+  }
   if (rc == SPI_OK) {
     assert_true(need <= sizeof c->buf);
     memcpy(c->key, c->env.key, c->env.key_len);
@@ -303,7 +311,7 @@ static void test_round_trip(void **st) {
   assert_int_equal(spi_replay_ack(f->q, c.id), SPI_ESTALE);
   assert_non_null(strstr(spi_replay_errmsg(f->q), "not held"));
   assert_int_equal(spi_replay_nack(f->q, c.id), SPI_ESTALE);
-  assert_int_equal(claim(f, ALL, 0, &c), SPI_ENOTFOUND);
+  assert_int_equal(claim(f, ALL, 0, &c), NOTHING_READY);
   s = stats(f);
   assert_int_equal(s.leased, 0);
   assert_int_equal(s.enqueued, 1);
@@ -347,11 +355,11 @@ static void test_lanes_and_fifo(void **st) {
     claim_ok(f, ALL, &c);
     assert_string_equal(c.key, order[i]);
   }
-  assert_int_equal(claim(f, ALL, 0, &c), SPI_ENOTFOUND);
+  assert_int_equal(claim(f, ALL, 0, &c), NOTHING_READY);
   assert_int_equal(stats(f).leased, 6);
   /* A gold lane that is empty does not block the others. */
   enqueue(f, "b3", SPI_CLASS_BRONZE);
-  assert_int_equal(claim(f, 1u << SPI_CLASS_GOLD, 0, &c), SPI_ENOTFOUND);
+  assert_int_equal(claim(f, 1u << SPI_CLASS_GOLD, 0, &c), NOTHING_READY);
   claim_ok(f, ALL, &c);
   assert_string_equal(c.key, "b3");
   teardown(f);
@@ -454,7 +462,7 @@ static void test_backoff_values(void **st) {
     assert_int_equal(s.delayed, 1);
     assert_int_equal(s.nacked, a);
     f->now += d * MS - 1;
-    assert_int_equal(claim(f, ALL, 0, &c), SPI_ENOTFOUND);
+    assert_int_equal(claim(f, ALL, 0, &c), NOTHING_READY);
     f->now += 1;
     assert_int_equal(stats(f).delayed, 0);
   }
@@ -485,7 +493,7 @@ static void test_dead_letter(void **st) {
   assert_int_equal(s.delayed, 0);
   assert_int_equal(s.ready[SPI_CLASS_GOLD], 0);
   assert_int_equal(f->logged_dead, 1);
-  assert_int_equal(claim(f, ALL, 0, &c), SPI_ENOTFOUND);
+  assert_int_equal(claim(f, ALL, 0, &c), NOTHING_READY);
   assert_int_equal(is_dup(f, "poison"), 1);
 
   /* Past the deadline: dead at claim time, and at nack time. */
@@ -493,7 +501,7 @@ static void test_dead_letter(void **st) {
   v.deadline_ns = f->now + 1000 * MS;
   assert_int_equal(spi_replay_enqueue(f->q, &v, NULL), SPI_OK);
   f->now += 1000 * MS;
-  assert_int_equal(claim(f, ALL, 0, &c), SPI_ENOTFOUND);
+  assert_int_equal(claim(f, ALL, 0, &c), NOTHING_READY);
   assert_int_equal(stats(f).dead, 2);
   v = env_of("late2", SPI_CLASS_GOLD);
   v.deadline_ns = f->now + 50 * MS;
@@ -857,6 +865,35 @@ static void test_open_keeps_engine_section(void **st) {
   teardown(f);
 }
 
+
+/* Nothing ready is SPI_OK with claim id 0, needed 0, the envelope untouched
+ * and no message: an idle worker's normal answer, not an error. */
+static void test_empty_claim(void **st) {
+  (void)st;
+  fixture *f = setup("{\"store\":\"memory\"}");
+  spi_envelope out;
+  memset(&out, 0x5a, sizeof out);
+  out.struct_size = sizeof out;
+  spi_envelope before = out;
+  uint64_t id = 77;
+  size_t need = 99;
+  uint8_t buf[64];
+  assert_int_equal(
+      spi_replay_claim(f->q, ALL, 0, &id, &out, buf, sizeof buf, &need),
+      SPI_OK);
+  assert_int_equal(id, 0);
+  assert_int_equal(need, 0);
+  assert_memory_equal(&out, &before, sizeof out);
+  assert_string_equal(spi_replay_errmsg(f->q), "");
+  /* Lanes without anything ready answer the same while another has one. */
+  enqueue(f, "b", SPI_CLASS_BRONZE);
+  assert_int_equal(spi_replay_claim(f->q, 1u << SPI_CLASS_GOLD, 0, &id, &out,
+                                    buf, sizeof buf, NULL),
+                   SPI_OK);
+  assert_int_equal(id, 0);
+  teardown(f);
+}
+
 /* -------------------------------------------------------------- user store */
 
 /* A store kept in the test: records in an array, as a Redis Streams store
@@ -1072,7 +1109,7 @@ static void *consumer(void *arg) {
   while (idle < 2000) {
     claimed c;
     int rc = claim(w->f, ALL, 60000, &c);
-    if (rc == SPI_ENOTFOUND) {
+    if (rc == NOTHING_READY) {
       idle++;
       sched_yield();
       continue;
@@ -1146,6 +1183,7 @@ int main(void) {
       cmocka_unit_test(test_open_errors),
       cmocka_unit_test(test_engine_section_defaults),
       cmocka_unit_test(test_open_keeps_engine_section),
+      cmocka_unit_test(test_empty_claim),
       cmocka_unit_test(test_round_trip),
       cmocka_unit_test(test_lanes_and_fifo),
       cmocka_unit_test(test_lease_expiry),

@@ -195,11 +195,13 @@ class ReplayQueue:
             buf = self._buf
             rc = _lib.spi_replay_claim(self._p(), mask, int(lease_ms), byref(cid),
                                        byref(out), buf, len(buf), byref(needed))
-            if rc == -42:  # ENOTFOUND: nothing ready
-                return None
             if rc == -4:   # EBUFSIZE: nothing was claimed; grow and retry
                 self._buf = create_string_buffer(needed.value + 1)
                 continue
+            # Nothing ready is SPI_OK with claim id 0 (a library before
+            # 0.3.0 said ENOTFOUND).
+            if cid.value == 0 or rc == -42:
+                return None
             return Claim(cid.value, Envelope._from(out), self)
 
     def ack(self, claim_id: int) -> None:
