@@ -147,8 +147,9 @@ static void panel_cost(FILE *f, const sim_result *rs, size_t n) {
     double bh, y = row_y(&p, k, n, &bh), v = per_million(&rs[k]), w = p.pw * v / mx;
     rect(f, p.px, y - bh / 2, w, bh, policy_colour(&rs[k]));
     char save[48] = "";
+    double d = base && base->usd > 0 ? round(-100.0 * (1 - rs[k].usd / base->usd)) : 0;
     if (base && base != &rs[k] && base->usd > 0)
-      snprintf(save, sizeof save, " (%+.0f%%)", -100.0 * (1 - rs[k].usd / base->usd));
+      snprintf(save, sizeof save, d == 0 ? " (0%%)" : " (%+.0f%%)", d);
     text(f, p.px + w + 4, y + 4, "start", "value cost", "#222", "$%#.3g%s", v, save);
   }
   panel_close(&p);
@@ -330,14 +331,16 @@ static void panel_timeline(FILE *f, const sim_setup *su, const sim_result *rs, s
   panel p = panel_open(f, 1, 1, 20, "panel-timeline", "4. What did spot capacity do over the run?");
   const sim_result *r = timeline_run(rs, n);
   const sim_timeline *t = r ? &r->tl : NULL;
-  if (!t || !t->nz) {
+  uint32_t spot = 0;
+  for (uint32_t z = 0; t && z < t->nz; z++) spot += t->zone_size[z];
+  if (!spot) {
     text(f, p.x + PANEL_W / 2.0, p.py + p.ph / 2, "middle", "sub", "#555",
-         "no spot zones in this run: nothing was interrupted");
+         "no spot replicas in this run: nothing was interrupted");
     panel_close(&p);
     return;
   }
   text(f, p.x + 10, p.y + 38, "start", "sub", "#555",
-       "replicas up per zone (green), and per time bin in the %s run:", r->name);
+       "replicas up per zone (green; grey: down) and events per time bin, %s run", r->name);
   uint32_t bins = (uint32_t)ceil(t->end_s / t->bin_s);
   bins = bins < 1 ? 1 : bins > SIM_TL_BINS ? SIM_TL_BINS : bins;
   double ev_h = 22, ev_gap = 6, lanes_h = p.ph - 3 * (ev_h + ev_gap);
@@ -364,8 +367,8 @@ static void header(FILE *f, const sim_setup *su) {
              "</style>\n");
   rect(f, 0, 0, CH_W, CH_H, "white");
   text(f, 20, 30, "start", "title", "#111", "spotinfer simulator: policies on one trace");
-  text(f, 20, 50, "start", "sub", "#444", "trace: %s, %zu requests; %zu spot zone%s",
-       su->tr.source ? su->tr.source : "?", su->tr.n, su->nz, su->nz == 1 ? "" : "s");
+  text(f, 20, 50, "start", "sub", "#444", "trace: %s, %zu requests",
+       su->tr.source ? su->tr.source : "?", su->tr.n);
 }
 
 int sim_write_chart(const char *path, const sim_setup *su, const sim_result *rs, size_t n) {
