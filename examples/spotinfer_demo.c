@@ -19,6 +19,7 @@
 #include <string.h>
 
 #include "spotinfer/spotinfer.h"
+#include "spotinfer/spotinfer_extras.h"
 
 /* The cost figures the engine is configured with; the summary reuses them. */
 #define SPOT_USD_PER_GPU_HOUR 1.80

@@ -12,6 +12,7 @@
 
 #include "spotinfer/spotinfer.h"
 #include "spotinfer/spotinfer_module.h"
+#include "spotinfer/spotinfer_extras.h"
 
 struct cJSON;
 

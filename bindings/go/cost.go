@@ -2,6 +2,7 @@ package spotinfer
 
 /*
 #include <spotinfer/spotinfer.h>
+#include <spotinfer/spotinfer_extras.h>
 */
 import "C"
 

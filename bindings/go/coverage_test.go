@@ -15,7 +15,7 @@ func TestEveryHeaderFunctionIsBound(t *testing.T) {
 	decl := regexp.MustCompile(`\bSPI_API\b[^;(]*?\b(spi_\w+)\s*\(`)
 	comment := regexp.MustCompile(`(?s)/\*.*?\*/`)
 	var want []string
-	for _, h := range []string{"spotinfer.h", "spotinfer_module.h"} {
+	for _, h := range []string{"spotinfer.h", "spotinfer_module.h", "spotinfer_extras.h"} {
 		b, err := os.ReadFile(filepath.Join(root, "include", "spotinfer", h))
 		must(t, err)
 		for _, m := range decl.FindAllStringSubmatch(comment.ReplaceAllString(string(b), ""), -1) {

@@ -5,6 +5,7 @@ package spotinfer
 #include <stdlib.h>
 #include <string.h>
 #include <spotinfer/spotinfer_module.h>
+#include <spotinfer/spotinfer_extras.h>
 
 extern int64_t spiGoClock(uintptr_t h);
 extern void spiGoLog(uintptr_t h, int32_t level, char *msg, size_t len);

@@ -3,6 +3,7 @@ package spotinfer
 /*
 #include <string.h>
 #include <spotinfer/spotinfer.h>
+#include <spotinfer/spotinfer_extras.h>
 
 // spi_replica_info holds pointers, so it is built here from Go string
 // views (passed as call arguments, which the cgo rules allow) instead of in

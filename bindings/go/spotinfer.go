@@ -5,6 +5,7 @@ package spotinfer
 #include <stdlib.h>
 #include <spotinfer/spotinfer.h>
 #include <spotinfer/spotinfer_module.h>
+#include <spotinfer/spotinfer_extras.h>
 */
 import "C"
 

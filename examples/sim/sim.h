@@ -11,6 +11,7 @@
 
 #include "spotinfer/spotinfer.h"
 #include "spotinfer/spotinfer_module.h"
+#include "spotinfer/spotinfer_extras.h"
 
 /* One trace block is this many prompt tokens (Mooncake's hash_ids unit). */
 #define SIM_BLOCK_TOKENS 512

@@ -18,6 +18,7 @@
 #include <cmocka.h>
 
 #include <spotinfer/spotinfer.h>
+#include <spotinfer/spotinfer_extras.h>
 #include <spotinfer/spotinfer_module.h>
 
 static void test_version_getters_match_macros(void **state) {

@@ -15,6 +15,7 @@
 #include <string.h>
 
 #include "spotinfer/spotinfer.h"
+#include "spotinfer/spotinfer_extras.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 

@@ -14,6 +14,7 @@
 #include <cmocka.h>
 
 #include "spotinfer/spotinfer.h"
+#include "spotinfer/spotinfer_extras.h"
 
 #define SEC 1000000000LL
 

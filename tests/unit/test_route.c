@@ -13,6 +13,7 @@
 #include <cmocka.h>
 
 #include "spotinfer/spotinfer.h"
+#include "spotinfer/spotinfer_extras.h"
 #include "spotinfer/spotinfer_module.h"
 
 #define SEC 1000000000LL

@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include <spotinfer/spotinfer.h>
+#include <spotinfer/spotinfer_extras.h>
 
 #include "cli.h"
 

@@ -18,7 +18,7 @@ from conftest import INCLUDE, REPO
 
 def _header_functions() -> set:
     names = set()
-    for h in ("spotinfer.h", "spotinfer_module.h"):
+    for h in ("spotinfer.h", "spotinfer_module.h", "spotinfer_extras.h"):
         text = (INCLUDE / "spotinfer" / h).read_text()
         text = re.sub(r"/\*.*?\*/", "", text, flags=re.S)
         names.update(re.findall(r"\bSPI_API\b[^;(]*?\b(spi_\w+)\s*\(", text))

@@ -24,7 +24,7 @@ from conftest import INCLUDE
 def _header_structs() -> set:
     import re
     names = set()
-    for h in ("spotinfer.h", "spotinfer_module.h"):
+    for h in ("spotinfer.h", "spotinfer_module.h", "spotinfer_extras.h"):
         text = re.sub(r"/\*.*?\*/", "", (INCLUDE / "spotinfer" / h).read_text(),
                       flags=re.S)
         names.update(re.findall(r"typedef struct (spi_\w+) \{", text))
@@ -36,7 +36,8 @@ HEADER_STRUCTS = _header_structs()
 
 def _c_program() -> str:
     lines = ['#include <stddef.h>', '#include <stdio.h>',
-             '#include "spotinfer/spotinfer_module.h"', 'int main(void) {']
+             '#include "spotinfer/spotinfer_module.h"',
+             '#include "spotinfer/spotinfer_extras.h"', 'int main(void) {']
     for s in _native.STRUCTS:
         if s._c_name_ not in HEADER_STRUCTS:
             continue
@@ -88,13 +89,14 @@ MODULE_CONSTANTS = (
 
 def _header_text() -> str:
     return "".join((INCLUDE / "spotinfer" / h).read_text()
-                   for h in ("spotinfer.h", "spotinfer_module.h"))
+                   for h in ("spotinfer.h", "spotinfer_module.h", "spotinfer_extras.h"))
 
 
 @pytest.fixture(scope="module")
 def c_constants(tmp_path_factory):
     text = _header_text()
     lines = ['#include <stdio.h>', '#include "spotinfer/spotinfer_module.h"',
+             '#include "spotinfer/spotinfer_extras.h"',
              'int main(void) {']
     for c, _ in MODULE_CONSTANTS:
         if c in text:
