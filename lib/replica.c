@@ -118,6 +118,7 @@ int spi__registry_init(spi_registry *g, const spi_mem *m) {
     atomic_init(&s->served_tokens, 0ull);
     atomic_init(&s->prefill_rate, 0ull);
     atomic_init(&s->rate_samples, 0u);
+    atomic_init(&s->held, 0);
   }
   atomic_init(&g->set, empty);
   g->next_slot = 0;
@@ -317,7 +318,8 @@ static int64_t replica_limit(spi_engine *e) {
 static long slot_alloc(spi_registry *g) {
   for (uint32_t k = 0; k < SPI_REPLICA_SLOTS; k++) {
     uint32_t i = (g->next_slot + k) % SPI_REPLICA_SLOTS;
-    if (atomic_load(&g->slots[i].state) == 0) {
+    if (atomic_load(&g->slots[i].state) == 0 &&
+        atomic_load(&g->slots[i].held) == 0) {
       g->next_slot = (i + 1) % SPI_REPLICA_SLOTS;
       return (long)i;
     }
@@ -358,7 +360,8 @@ static int upsert_locked(spi_engine *e, spi_replica_ident *r, int64_t limit,
   r->slot = (uint32_t)slot;
   if (old->n) memcpy(next->r, old->r, old->n * sizeof *old->r);
   next->r[old->n] = *r;
-  /* The slot is in no published set yet: nobody reads it until publish. */
+  /* Free and not held: no reader that saw its last replica is left, and
+   * none reads it until publish. */
   spi_replica_slot *s = &g->slots[slot];
   slot_reset(s);
   atomic_store(&s->served_tokens, pool_mean_served(g, old, r->pool));
@@ -393,7 +396,7 @@ int spi_replica_upsert(spi_engine *engine, const spi_replica_info *info) {
 }
 
 static int remove_locked(spi_engine *e, const char *id, size_t len,
-                         spi_replica_set **retired) {
+                         spi_replica_set **retired, spi_replica_slot **held) {
   spi_registry *g = &e->registry;
   spi_replica_set *old = atomic_load(&g->set);
   const spi_replica_ident *cur = spi__registry_find(old, id, len);
@@ -407,8 +410,14 @@ static int remove_locked(spi_engine *e, const char *id, size_t len,
   if (old->n - at - 1)
     memcpy(next->r + at, old->r + at + 1, (old->n - at - 1) * sizeof *old->r);
   /* Ineligible at once for routers still reading the old set; the gen bump
-   * kills its prefix-index entries. */
+   * kills its prefix-index entries. Held until those routers and the ticket
+   * reports pinned with them are gone: one of them may still add to or take
+   * from its counters (a route that chose it, a finish that found it
+   * there), and a new replica reset into the slot meanwhile would be
+   * charged for the old one's ticket. */
   spi_replica_slot *s = &g->slots[cur->slot];
+  atomic_store(&s->held, 1);
+  *held = s;
   atomic_store(&s->state, 0);
   atomic_fetch_add(&s->gen, 1u);
   atomic_fetch_add(&s->incarnation, 1u);
@@ -421,10 +430,12 @@ int spi_replica_remove(spi_engine *engine, const char *id, size_t id_len) {
   int rc = check_id(engine, id, id_len);
   if (rc != SPI_OK) return rc;
   spi_replica_set *retired = NULL;
+  spi_replica_slot *held = NULL;
   pthread_mutex_lock(&engine->registry.lock);
-  rc = remove_locked(engine, id, id_len, &retired);
+  rc = remove_locked(engine, id, id_len, &retired, &held);
   pthread_mutex_unlock(&engine->registry.lock);
-  retire(engine, retired);
+  retire(engine, retired); /* waits for every reader of the old set */
+  if (held) atomic_store(&held->held, 0);
   return rc;
 }
 

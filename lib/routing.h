@@ -130,6 +130,9 @@ typedef struct spi_replica_slot {
   atomic_ullong served_tokens;
   atomic_ullong prefill_rate; /* double bits, tokens/s; 0 = not learnt */
   atomic_uint rate_samples;
+  /* Removed, but routes and ticket reports that saw its replica may still
+   * be counting on it: not reusable until they are gone (replica.c). */
+  atomic_int held;
 } spi_replica_slot;
 
 _Static_assert(offsetof(spi_replica_slot, cooldown_until_ns) + 8 <= 64,
