@@ -12,8 +12,11 @@
 # read. SPI_FUZZ_JOBS runs that many targets at once (default 1: the run is
 # long, and the machine is usually shared). Exit status 1 if any target
 # failed. Not part of scripts/test.sh (its fuzz stage runs each target for
-# SPI_FUZZ_SECONDS); at 10M executions a target takes from minutes to about
-# an hour.
+# SPI_FUZZ_SECONDS). Rates differ a lot: the parsers run thousands of inputs
+# a second, but fuzz_journal opens a journal directory per input (about 150
+# a second on a shared 2-core machine), so its 10M take most of a day; give
+# it its own run (scripts/fuzz-long.sh 1000000 fuzz_journal) if that is too
+# long.
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
