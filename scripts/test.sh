@@ -8,6 +8,8 @@
 #   deps      scripts/setup-deps.sh
 #   length    scripts/check-length.py: no function in lib/ over 120 lines
 #             unless a comment containing "length:" above it says why
+#   docs      scripts/check-doc-links.py: every relative link of README.md,
+#             CHANGELOG.md, docs/*.md and the bindings' READMEs resolves
 #   build     RelWithDebInfo build in build/, warnings as errors in the
 #             library, examples and API tests; ctest
 #   asan      ASan + UBSan build in build-asan/; ctest
@@ -19,7 +21,8 @@
 #             sdist, then bindings/python/tests with pytest
 #   go        go vet, go test, go test -race and a cgocheck2 run in
 #             bindings/go, then its go-vs-C benchmarks, a module built
-#             through the README's replace line, and the metrics text
+#             through the replace line of
+#             docs/bindings.md, and the metrics text
 #             through Prometheus' parser and linter (tests/promlint)
 #   gateway   examples/fakellm and examples/gateway: go vet, go test (-race
 #             for the gateway) against the installed library, then the
@@ -129,6 +132,10 @@ stage_length() {
     fi
   done
   return "$bad"
+}
+
+stage_docs() {
+  python3 "$root/scripts/check-doc-links.py" "$root"
 }
 
 # Build a tree and show the compiler warnings it printed, if any.
@@ -324,7 +331,7 @@ stage_go() {
 }
 
 # A program in its own module that imports the binding by its published path
-# and resolves it to this checkout with the replace line the README shows.
+# and resolves it to this checkout with the replace line docs/bindings.md shows.
 go_consumer() {
   local mod="$root/build/go-consumer" out
   rm -rf "$mod"
@@ -449,6 +456,8 @@ overall_start=$SECONDS
 run_stage deps "install build dependencies (scripts/setup-deps.sh)" stage_deps
 
 run_stage length "function length in lib/ (scripts/check-length.py)" stage_length
+
+run_stage docs "relative links of the documentation (scripts/check-doc-links.py)" stage_docs
 
 run_stage build "RelWithDebInfo build in build/ + ctest" stage_build
 if [[ "${results[-1]}" == PASS* ]]; then build_ok=yes; fi
