@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Build and run a tiny program against an INSTALLED libspotinfer, the ways a
 # user would: pkg-config (shared and static), find_package (shared and
-# static targets) and the README's first program. Nothing from the build
+# static targets), the first program of docs/install.md and the README's
+# short example. Nothing from the build
 # tree is used, and no program is given LD_LIBRARY_PATH.
 #
 #   bash scripts/consumer-test.sh <install-prefix>
@@ -65,12 +66,12 @@ rpath="-Wl,-rpath,$(pkg-config --variable=libdir spotinfer)"
   "$src" -o "$work/pc_shared" $(pkg-config --libs spotinfer) "$rpath"
 run pkg-config-shared "$work/pc_shared" yes
 
-# 1b. The README's first program (the first C block of "## Installing"),
-# built with the README's command line.
-awk '/^## Installing/{s=1; next} s&&/^## /{exit} s&&/^```c$/{c=1; next}
-     c&&/^```$/{exit} c{print}' "$root/README.md" >"$work/hello.c"
+# 1b. The first program of docs/install.md (its first C block), built with
+# the command line printed there.
+awk '/^```c$/{c=1; next} c&&/^```$/{exit} c{print}' \
+  "$root/docs/install.md" >"$work/hello.c"
 if [[ ! -s "$work/hello.c" ]]; then
-  echo "FAIL readme-hello: no C block in the README's Installing section"
+  echo "FAIL readme-hello: no C block in docs/install.md"
   fail=$((fail + 1))
 else
   # shellcheck disable=SC2046

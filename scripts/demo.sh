@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The demo: install dependencies, build, and run the simulator on its
-# built-in traffic generator (no external data): six routing policies side by
-# side on the same simulated spot + on-demand cluster, printed as a table and
-# written as build/sim.json and build/sim.svg.
+# built-in traffic generator (no external data): seven routing policies and
+# the all-on-demand baseline side by side on the same simulated spot +
+# on-demand cluster, printed as a table and written as build/sim.json and
+# build/sim.svg (docs/simulator.md explains both).
 #
 #   bash scripts/demo.sh [arguments for spotinfer_sim]
 #
@@ -29,6 +30,6 @@ fi
 echo "== running $sim --json build/sim.json --svg build/sim.svg $*"
 "$sim" --json build/sim.json --svg build/sim.svg "$@"
 echo
-echo "The table is explained in README.md (\"The demo: the simulator\")."
+echo "The table and the chart are explained in docs/simulator.md."
 echo "Chart: build/sim.svg (cost, prefix hits, gold TTFT, spot timeline; open it in a browser)"
 echo "Numbers: build/sim.json"

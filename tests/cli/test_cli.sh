@@ -182,7 +182,7 @@ run 0 route --help && has "route --help" "max_inflight"
 run 0 cost per-million --usd-per-gpu-hour 3.5 --gpus 1 --tokens-per-s 1000 &&
   has "per-million text" "usd_per_million 0.972222222222222"
 run 0 cost --json per-million --usd-per-gpu-hour 3.5 --gpus 1 --tokens-per-s 1000 &&
-  jq_eq "per-million (README: 0.972)" 'abs(j["usd_per_million"] - 0.9722222222) < 1e-9'
+  jq_eq "per-million (docs/cost.md: 0.972)" 'abs(j["usd_per_million"] - 0.9722222222) < 1e-9'
 run 0 cost --json spot --spot-hours 100 --spot-usd-per-hour 1.8 --on-demand-usd-per-hour 4.5 \
   --interruption-rate 0.05 --restart-overhead-hours 0.1 &&
   jq_eq "spot" 'j["spot_cost"] == 180 and j["expected_interruptions"] == 5 and abs(j["effective_hours"] - 99.5) < 1e-9'
