@@ -153,7 +153,8 @@ typedef void (*spi_log_fn)(void *user_data, int32_t level, const char *msg,
  * fill what you need. alloc and free are set together or not at all (then
  * malloc/free are used). clock NULL means CLOCK_REALTIME. log NULL means no
  * logging. Hooks are copied; they are called from the thread making the
- * library call, and must not call back into the same engine.
+ * library call, so on an engine shared by threads they run concurrently and
+ * must be thread-safe; they must not call back into the same engine.
  */
 typedef struct spi_hooks {
   size_t struct_size;

@@ -28,7 +28,9 @@
 typedef struct world {
   spi_engine *e;
   atomic_llong now;
-  long allocs, frees;
+  /* Hooks run on whichever thread makes the call, so they count
+   * atomically: replica writers free retired sets concurrently. */
+  atomic_long allocs, frees;
   long fail_at; /* -1: never; else fail the allocation with this number */
 } world;
 
