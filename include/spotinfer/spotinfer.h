@@ -2,9 +2,9 @@
  * spotinfer.h - the stable public API of libspotinfer.
  *
  * libspotinfer decides, for every LLM request and before any GPU work starts,
- * its class (gold / silver / bronze), its versioned KV-cache key, and what it
- * costs. Later versions add pool and replica choice, spot interruption
- * handling and a durable replay queue behind the same conventions.
+ * its class (gold / silver / bronze), its versioned KV-cache key, which pool
+ * and replica serve it, what happens to it when a spot machine is reclaimed
+ * (drain, or replay from a durable queue), and what it costs.
  *
  * Conventions that hold for every function in this header:
  *
