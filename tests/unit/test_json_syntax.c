@@ -43,6 +43,10 @@ static void test_values(void **st) {
                  "\"b\": {}, \"c\": []}"));
   assert_true(ck("\"x\\u00e9\\ud83d\\ude00\\n\\/\""));
   assert_true(ck("\xEF\xBB\xBF {\"a\":1}"));
+  /* cJSON skips a byte-order mark only in a text of five bytes or more. */
+  assert_true(ck("\xEF\xBB\xBF{}"));
+  assert_false(ck("\xEF\xBB\xBF" "4"));
+  assert_false(ck("\xEF\xBB\xBF "));
   assert_true(ck(" 7 trailing is not this check's business"));
   assert_false(ck(""));
   assert_false(ck("   "));
