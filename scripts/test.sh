@@ -204,6 +204,9 @@ PY
     supp=(--suppressions="$root/cmake/valgrind.supp")
   fi
   local pass=0 fail=0 name wd cmd
+  # valgrind runs a program's threads one at a time: the concurrency tests
+  # get ten times their watchdog limits.
+  export SPI_WATCHDOG_SCALE=10
   while IFS=$'\t' read -r -a fields; do
     name=${fields[0]}
     wd=${fields[1]:-$root/build/tests}
