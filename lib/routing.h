@@ -370,6 +370,12 @@ size_t spi__tickets_high(spi_ticket_table *t);
  * the ticket's finisher (notice plans) read plain fields only while pinned. */
 uint64_t spi__ticket_pin(spi_ticket_table *t, size_t i);
 void spi__ticket_unpin(spi_ticket_table *t, size_t i);
+/* Pin the open ticket with this id (as spi__ticket_pin): its record, or
+ * NULL (nothing pinned) when the id names no open ticket. Stream reports
+ * read a ticket's plain fields only while it is pinned like this; a finish
+ * that claims it meanwhile waits in its release until the pin ends. */
+spi_ticket *spi__ticket_pin_id(spi_ticket_table *t, uint64_t id);
+void spi__ticket_unpin_record(spi_ticket_table *t, spi_ticket *k);
 /* Make a table that never handed out a ticket hand out none from now on
  * (its free list reads empty), so it can be replaced without losing one.
  * Returns 0 if a ticket was ever taken: the table must stay. */

@@ -194,6 +194,22 @@ void spi__ticket_unpin(spi_ticket_table *t, size_t i) {
     atomic_fetch_sub_explicit(&t->t[i].readers, 1u, memory_order_release);
 }
 
+spi_ticket *spi__ticket_pin_id(spi_ticket_table *t, uint64_t id) {
+  if (!t || id == 0) return NULL;
+  uint64_t low = id & TICKET_INDEX_MASK;
+  if (low == 0 || low > t->capacity) return NULL;
+  /* The id is checked after the pin is taken: a record reused since names
+   * another id, so a matching id means these are this ticket's fields. */
+  uint64_t got = spi__ticket_pin(t, (size_t)(low - 1));
+  if (got == id) return &t->t[low - 1];
+  if (got) spi__ticket_unpin(t, (size_t)(low - 1)); /* 0: nothing pinned */
+  return NULL;
+}
+
+void spi__ticket_unpin_record(spi_ticket_table *t, spi_ticket *k) {
+  if (t && k) spi__ticket_unpin(t, (size_t)(k - t->t));
+}
+
 spi_ticket *spi__ticket_at(spi_ticket_table *t, size_t i) {
   return t && i < t->capacity ? &t->t[i] : NULL;
 }

@@ -22,18 +22,23 @@ static int ticket_replica_gone(const spi_engine *e, const spi_ticket *k) {
          atomic_load(&s->incarnation) != k->incarnation;
 }
 
-/* The open ticket a stream report names, whose replica is still there; NULL
- * after recording SPI_ESTALE on the engine. The report changes nothing on
- * a removed replica's ticket: finish still closes and prices it. */
-static spi_ticket *reported_ticket(spi_engine *engine, uint64_t ticket) {
-  spi_ticket_table *tt = atomic_load(&engine->tickets);
-  spi_ticket *k = tt ? spi__ticket_lookup(tt, ticket) : NULL;
+/* The open ticket a stream report names, pinned, whose replica is still
+ * there; NULL (nothing pinned) after recording SPI_ESTALE on the engine.
+ * The pin keeps the record's plain fields this ticket's until
+ * spi__ticket_unpin_record: without it, a finish and the next route could
+ * reset and refill the record while the report reads it. The report
+ * changes nothing on a removed replica's ticket: finish still closes and
+ * prices it. */
+static spi_ticket *reported_ticket(spi_engine *engine, spi_ticket_table *tt,
+                                   uint64_t ticket) {
+  spi_ticket *k = spi__ticket_pin_id(tt, ticket);
   if (!k) {
     spi__engine_fail(engine, SPI_ESTALE, "ticket %llu is not open",
                      (unsigned long long)ticket);
     return NULL;
   }
   if (ticket_replica_gone(engine, k)) {
+    spi__ticket_unpin_record(tt, k);
     spi__engine_fail(engine, SPI_ESTALE,
                      "ticket %llu: its replica was removed; finish it to "
                      "close and price it",
@@ -44,29 +49,30 @@ static spi_ticket *reported_ticket(spi_engine *engine, uint64_t ticket) {
 }
 
 /* Report the first token on an open ticket. The ticket table is read
- * pinned: configure may replace one that never handed out a ticket. */
+ * pinned: configure may replace one that never handed out a ticket. The
+ * clock is read before the ticket is pinned: a pin's holder calls out to
+ * nothing (lib/engine.h, rule A). */
 static int first_token_pinned(spi_engine *engine, const spi_snapshot *snap,
                               uint64_t ticket) {
-  spi_ticket *k = reported_ticket(engine, ticket);
-  if (!k) return SPI_ESTALE;
   int64_t now = spi__engine_now(engine);
-  int32_t klass = k->klass;
-  int64_t start = k->start_ns;
+  spi_ticket_table *tt = atomic_load(&engine->tickets);
+  spi_ticket *k = reported_ticket(engine, tt, ticket);
+  if (!k) return SPI_ESTALE;
   long long zero = 0;
   /* Whoever moves first_token_ns off 0 (this, or finish with its sentinel)
-   * takes the ticket out of the queue-depth gauge, exactly once; the id
-   * re-check makes sure the fields read belonged to this ticket. */
-  if (atomic_compare_exchange_strong(&k->first_token_ns, &zero, now > 0 ? now : 1) &&
-      atomic_load(&k->id) == ticket) {
+   * takes the ticket out of the queue-depth gauge, exactly once. */
+  if (atomic_compare_exchange_strong(&k->first_token_ns, &zero,
+                                     now > 0 ? now : 1)) {
     spi_metrics *mx = atomic_load(&engine->metrics);
     if (mx) {
-      spi__metrics_ttft(mx, klass, (double)(now - start) / 1e6);
-      spi__metrics_queue_delta(mx, klass, -1);
+      spi__metrics_ttft(mx, k->klass, (double)(now - k->start_ns) / 1e6);
+      spi__metrics_queue_delta(mx, k->klass, -1);
     }
     /* Its prefill is done: off the replica's queue, and a rate sample. */
     spi__prefill_first_token(&engine->registry.slots[k->slot], k, now,
                              &snap->router);
   }
+  spi__ticket_unpin_record(tt, k);
   return SPI_OK;
 }
 
@@ -81,13 +87,15 @@ int spi_ticket_first_token(spi_engine *engine, uint64_t ticket) {
 
 static int progress_pinned(spi_engine *engine, uint64_t ticket,
                            uint64_t tokens_streamed) {
-  spi_ticket *k = reported_ticket(engine, ticket);
+  spi_ticket_table *tt = atomic_load(&engine->tickets);
+  spi_ticket *k = reported_ticket(engine, tt, ticket);
   if (!k) return SPI_ESTALE;
   unsigned long long cur = atomic_load(&k->tokens_streamed);
   while (tokens_streamed > cur &&
          !atomic_compare_exchange_weak(&k->tokens_streamed, &cur,
                                        tokens_streamed)) {
   }
+  spi__ticket_unpin_record(tt, k);
   if (tokens_streamed < cur)
     return spi__engine_fail(engine, SPI_ERANGE,
                             "ticket %llu: progress %llu is below %llu",

@@ -1,0 +1,181 @@
+/*
+ * test_ticket_report.c - stream reports (first token) read the ticket they
+ * name, never the next ticket given the same record.
+ *
+ * The interleaving is forced, not raced: the engine's clock hook, which a
+ * first-token report calls, lets another thread finish the reported ticket
+ * and route a new request of another class, which takes the same ticket
+ * record (the free list hands back the record freed last). A report that
+ * found its record before that and reads it after (without a pin) takes
+ * the new ticket's class and start time, marks the new ticket as having
+ * its first token, and answers SPI_OK for a ticket already finished: the
+ * new ticket's first token is then never counted and it stays in the
+ * queue-depth gauge for good.
+ */
+#include <pthread.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "fake_world.h"
+#include "watchdog.h"
+
+static void add(world *w, const char *id, int32_t pool) {
+  spi_replica_info ri;
+  memset(&ri, 0, sizeof ri);
+  ri.struct_size = sizeof ri;
+  ri.id = id;
+  ri.id_len = strlen(id);
+  ri.pool = pool;
+  ri.usd_per_hour = pool == SPI_POOL_SPOT ? 1.8 : 4.5;
+  ri.max_inflight = 16;
+  assert_int_equal(spi_replica_upsert(w->e, &ri), SPI_OK);
+  spi_load l;
+  memset(&l, 0, sizeof l);
+  l.struct_size = sizeof l;
+  l.running = 1;
+  l.kv_usage = 0.2;
+  assert_int_equal(spi_replica_report_load(w->e, id, strlen(id), &l), SPI_OK);
+}
+
+/* Route a short chat request of a class on its own request object. */
+static uint64_t route_class(world *w, spi_request *r, const char *klass) {
+  static const char user[] = "what is the capital of France?";
+  spi_request_reset(r);
+  spi_request_set_str(r, SPI_REQ_MODEL, "llama", 5);
+  spi_request_set_str(r, SPI_REQ_CLASS, klass, strlen(klass));
+  spi_request_add_message(r, "user", 4, user, sizeof user - 1);
+  spi_decision d;
+  memset(&d, 0, sizeof d);
+  d.struct_size = sizeof d;
+  int rc = spi_route(r, &d);
+  if (rc) print_error("%s\n", spi_engine_errmsg(w->e));
+  assert_int_equal(rc, SPI_OK);
+  assert_true(d.ticket != 0);
+  return d.ticket;
+}
+
+static void finish(world *w, uint64_t t) {
+  spi_ticket_result res;
+  memset(&res, 0, sizeof res);
+  res.struct_size = sizeof res;
+  res.status = SPI_TICKET_OK;
+  res.prompt_tokens = 100;
+  res.output_tokens = 10;
+  assert_int_equal(spi_ticket_finish(w->e, t, &res), SPI_OK);
+}
+
+static spi_signals signals(world *w) {
+  spi_signals s;
+  memset(&s, 0, sizeof s);
+  s.struct_size = sizeof s;
+  assert_int_equal(spi_engine_signals(w->e, &s), SPI_OK);
+  return s;
+}
+
+/* What the other thread does inside the report. */
+typedef struct meddler {
+  world *w;
+  pthread_t reporter;  /* the thread whose clock read sets it off */
+  atomic_int armed;
+  uint64_t finished;   /* finished by the meddler */
+  uint64_t routed;     /* routed by the meddler: same record, other class */
+  int finish_rc, route_rc;
+} meddler;
+
+static void *meddle(void *arg) {
+  meddler *m = arg;
+  spi_ticket_result res;
+  memset(&res, 0, sizeof res);
+  res.struct_size = sizeof res;
+  res.status = SPI_TICKET_OK;
+  res.prompt_tokens = 100;
+  res.output_tokens = 10;
+  m->finish_rc = spi_ticket_finish(m->w->e, m->finished, &res);
+  spi_request *r = NULL;
+  m->route_rc = spi_request_new(m->w->e, &r);
+  if (m->route_rc == SPI_OK) {
+    static const char user[] = "a different question entirely";
+    spi_request_set_str(r, SPI_REQ_MODEL, "llama", 5);
+    spi_request_set_str(r, SPI_REQ_CLASS, "gold", 4);
+    spi_request_add_message(r, "user", 4, user, sizeof user - 1);
+    spi_decision d;
+    memset(&d, 0, sizeof d);
+    d.struct_size = sizeof d;
+    m->route_rc = spi_route(r, &d);
+    m->routed = d.ticket;
+    spi_request_free(r);
+  }
+  return NULL;
+}
+
+/* The clock hook: on the reporting thread, once, finish and reroute on
+ * another thread and wait for it. */
+static void on_clock(world *w) {
+  meddler *m = w->user;
+  if (!pthread_equal(pthread_self(), m->reporter)) return;
+  int one = 1;
+  if (!atomic_compare_exchange_strong(&m->armed, &one, 0)) return;
+  pthread_t th;
+  assert_int_equal(pthread_create(&th, NULL, meddle, m), 0);
+  pthread_join(th, NULL);
+}
+
+static void test_first_token_reads_its_own_ticket(void **st) {
+  (void)st;
+  spi_test_watchdog("first token vs a reused record", 30);
+  world *w = mk(NULL);
+  add(w, "spot-a", SPI_POOL_SPOT);
+  add(w, "od-a", SPI_POOL_ON_DEMAND);
+  meddler m;
+  memset(&m, 0, sizeof m);
+  m.w = w;
+  m.reporter = pthread_self();
+  m.finished = route_class(w, w->r, "silver");
+  assert_int_equal(signals(w).queue_depth[SPI_CLASS_SILVER], 1);
+  w->user = &m;
+  w->on_clock = on_clock;
+  atomic_store(&m.armed, 1);
+  w->now += 40 * MS;
+  int rc = spi_ticket_first_token(w->e, m.finished);
+  assert_int_equal(atomic_load(&m.armed), 0); /* the hook did run */
+  w->on_clock = NULL;
+  assert_int_equal(m.finish_rc, SPI_OK);
+  assert_int_equal(m.route_rc, SPI_OK);
+  assert_true(m.routed != 0 && m.routed != m.finished);
+  /* The new ticket has the same record: the id's low bits are its index. */
+  assert_int_equal(m.routed & 0xffffff, m.finished & 0xffffff);
+
+  /* The reported ticket was finished before the report read it. */
+  assert_int_equal(rc, SPI_ESTALE);
+  spi_signals s = signals(w);
+  assert_int_equal(s.queue_depth[SPI_CLASS_SILVER], 0);
+  assert_int_equal(s.queue_depth[SPI_CLASS_GOLD], 1);
+  assert_true(s.p95_ttft_ms[SPI_CLASS_SILVER] == 0);
+
+  /* The new ticket's own first token counts, once, in its own class. */
+  w->now += 100 * MS;
+  assert_int_equal(spi_ticket_first_token(w->e, m.routed), SPI_OK);
+  s = signals(w);
+  assert_int_equal(s.queue_depth[SPI_CLASS_GOLD], 0);
+  assert_true(s.p95_ttft_ms[SPI_CLASS_GOLD] > 0);
+  assert_true(s.p95_ttft_ms[SPI_CLASS_SILVER] == 0);
+  finish(w, m.routed);
+  s = signals(w);
+  for (int c = 0; c < 4; c++) assert_true(s.queue_depth[c] == 0);
+  done(w);
+  spi_test_watchdog("test", 0);
+}
+
+int main(void) {
+  const struct CMUnitTest tests[] = {
+      cmocka_unit_test(test_first_token_reads_its_own_ticket),
+  };
+  return cmocka_run_group_tests(tests, NULL, NULL);
+}
