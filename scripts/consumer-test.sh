@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Build and run a tiny program against an INSTALLED libspotinfer, the ways a
 # user would: pkg-config (shared and static), find_package (shared and
-# static targets), the first program of docs/install.md and the README's
-# short example. Nothing from the build
+# static targets), the first program of docs/install.md, the README's
+# short example and the longer one of docs/example.md. Nothing from the build
 # tree is used, and no program is given LD_LIBRARY_PATH.
 #
 #   bash scripts/consumer-test.sh <install-prefix>
@@ -98,6 +98,43 @@ if "$cc" -std=c99 -Wall -Wextra -Werror "$work/demo.c" -o "$work/demo" \
 else
   cat "$work/demo.log"
   echo "FAIL readme-example: does not compile"
+  fail=$((fail + 1))
+fi
+# Its error path: the same program with a body that is not JSON exits 1 and
+# says why on standard error.
+sed 's/\\"stream\\":true,/\\"stream\\":tru,/' "$work/demo.c" >"$work/demo_bad.c"
+# shellcheck disable=SC2046
+if ! cmp -s "$work/demo.c" "$work/demo_bad.c" &&
+  "$cc" -std=c99 -Wall -Wextra -Werror "$work/demo_bad.c" -o "$work/demo_bad" \
+    $(pkg-config --cflags --libs spotinfer) "$rpath" &&
+  ! out=$(env -u LD_LIBRARY_PATH "$work/demo_bad" 2>&1) &&
+  [[ "$out" == "malformed input: body: malformed JSON at byte offset "* ]]; then
+  echo "ok   readme-example-error: $out"
+  pass=$((pass + 1))
+else
+  echo "FAIL readme-example-error: printed '${out:-}'"
+  fail=$((fail + 1))
+fi
+
+# 1d. The longer example of docs/example.md: three bodies, a 200, a 200 and
+# a 400.
+awk '/^```c$/{c=1; next} c&&/^```$/{exit} c{print}' \
+  "$root/docs/example.md" >"$work/example.c"
+want='^gold key [0-9a-f]{32} -> od-a \(.+\), \$0\.[0-9]{6}
+HTTP 200
+bronze key [0-9a-f]{32} -> spot-a \(.+\), \$0\.[0-9]{6}
+HTTP 200
+HTTP 400$'
+# shellcheck disable=SC2046
+if "$cc" -std=c99 -Wall -Wextra -Werror "$work/example.c" -o "$work/example" \
+  $(pkg-config --cflags --libs spotinfer) "$rpath" 2>"$work/example.log" &&
+  out=$(env -u LD_LIBRARY_PATH "$work/example" 2>/dev/null) &&
+  [[ "$out" =~ $want ]]; then
+  echo "ok   docs-example: $(wc -l <<<"$out") lines"
+  pass=$((pass + 1))
+else
+  cat "$work/example.log"
+  echo "FAIL docs-example: printed '${out:-}'"
   fail=$((fail + 1))
 fi
 

@@ -12,15 +12,18 @@ what it costs, and which pool and replica serve it::
         c = req.classify()
         print(c.klass.name, c.reason, req.cache_key(), req.price("spot").usd)
 
-The library is found through $SPOTINFER_LIBRARY, else its SONAME
-(libspotinfer.so.0) on the loader path. ``spotinfer.lib`` is the raw ctypes
-layer: every C function, declared once in ``spotinfer._native.FUNCTIONS``.
+The C library is loaded on first use, not on import: from
+$SPOTINFER_LIBRARY if set, else the copy the wheel carries, else its SONAME
+(libspotinfer.so.0) on the loader path. When it cannot be loaded, the first
+call raises ``LibraryNotFoundError`` saying what is missing and how to
+install it. ``spotinfer.lib`` is the raw ctypes layer: every C function,
+declared once in ``spotinfer._native.FUNCTIONS``.
 """
 
 from __future__ import annotations
 
 from ctypes import byref, c_size_t, create_string_buffer
-from typing import List, Tuple, Union
+from typing import TYPE_CHECKING, Callable, List, Optional, Tuple, Union
 
 from . import _native
 from ._engine import Decision, Engine, Request, Ticket
@@ -61,12 +64,22 @@ def summary_index(pool: Union[Pool, int, str],
     RouteContext.summaries, or -1 when either is out of range."""
     return _native.summary_index(_coerce(Pool, pool), _coerce(ModelTier, model_tier))
 
-#: The loaded library's version, e.g. "0.1.0", and as MAJOR*10000+MINOR*100+PATCH.
-library_version: str = lib.version
-library_version_number: int = lib.version_number
+#: The loaded library's version, e.g. "0.2.0", and as MAJOR*10000+MINOR*100+PATCH.
+#: Reading either loads the library (see ``lib``); they are module attributes
+#: computed on first use, declared here for type checkers.
+if TYPE_CHECKING:
+    library_version: str
+    library_version_number: int
+else:
+    def __getattr__(name: str) -> object:
+        if name == "library_version":
+            return lib.version
+        if name == "library_version_number":
+            return lib.version_number
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def _name(fn, value: int) -> str:
+def _name(fn: Callable[[int], Optional[bytes]], value: int) -> str:
     return (fn(int(value)) or b"").decode("utf-8", "replace")
 
 

@@ -2,9 +2,10 @@
 
 This module is the only place that knows the C signatures:
 
-* ``load_library()`` finds the shared library (``SPOTINFER_LIBRARY``, then
-  the copy a wheel carries beside this module, then the SONAME
-  ``libspotinfer.so.0`` on the loader path).
+* ``lib``, the ``Library`` every module calls through, loads the shared
+  library on first use, not on import (``find_library()``:
+  ``SPOTINFER_LIBRARY``, then the copy a wheel carries beside this module,
+  then the SONAME ``libspotinfer.so.0`` on the loader path).
 * Structure mirrors of every public struct of spotinfer.h and
   spotinfer_module.h. Their ``struct_size`` field (where the C struct has
   one) is set by the constructor, so a fresh instance is ready to pass.
@@ -25,6 +26,7 @@ from __future__ import annotations
 import ctypes
 import os
 import sys
+import threading
 from ctypes import (CFUNCTYPE, POINTER, Structure, byref, c_char, c_char_p,
                     c_double, c_int, c_int32, c_int64, c_size_t, c_uint32,
                     c_uint64, c_void_p, sizeof)
@@ -66,6 +68,7 @@ class _Struct(Structure):
     """A C struct whose size field (if any) is filled in on construction."""
 
     _c_name_ = ""
+    _sized_: Optional[bool] = None
 
     def __init__(self, *args: Any, **kw: Any) -> None:
         super().__init__(*args, **kw)
@@ -693,7 +696,7 @@ P = POINTER
 _vp = c_void_p   # opaque handles (spi_engine *, spi_request *)
 
 # name, restype, argtypes, check[, statuses that are results, not errors]
-FUNCTIONS: Tuple[tuple, ...] = (
+FUNCTIONS: Tuple[Tuple[Any, ...], ...] = (
     # version and status
     ("spi_version_number", c_uint32, (), NONE),
     ("spi_version_string", c_char_p, (), NONE),
@@ -839,19 +842,66 @@ def _decode(b: Optional[bytes]) -> str:
     return b.decode("utf-8", "replace") if b else ""
 
 
+# Shared libraries libspotinfer.so.0 itself needs at run time, with the
+# Debian / Ubuntu package that provides each (named in the load error).
+RUNTIME_DEPENDENCIES: Tuple[Tuple[str, str], ...] = (
+    ("libcjson.so.1", "libcjson1"),
+    ("libxxhash.so.0", "libxxhash0"),
+)
+
+
 class Library:
-    """The loaded libspotinfer with every function of FUNCTIONS bound.
+    """libspotinfer with every function of FUNCTIONS bound, loaded on first use.
+
+    ``Library()`` loads nothing: the first attribute that is not yet there
+    (``lib.spi_classify``, ``lib.path``, ``lib.version``, ...) finds and
+    loads the shared library (see ``load_library``) and binds every
+    function, so ``import spotinfer`` works on a machine without the C
+    library and the first call raises LibraryNotFoundError saying what is
+    missing and how to install it. A failed load is tried again on the
+    next use. ``Library(cdll, path)`` binds an already loaded library.
 
     Attribute access gives the ctypes function (``lib.spi_classify``).
     Functions the loaded library does not export are bound to a stub that
     raises NotSupportedError naming the function, and listed in ``missing``.
     """
 
-    def __init__(self, cdll: ctypes.CDLL, path: str) -> None:
+    cdll: ctypes.CDLL
+    path: str
+    missing: List[str]
+    names: Tuple[str, ...]
+    version: str
+    version_number: int
+
+    def __init__(self, cdll: Optional[ctypes.CDLL] = None,
+                 path: Optional[str] = None) -> None:
+        self.__dict__["_lock"] = threading.Lock()
+        if cdll is not None:
+            self._bind_all(cdll, path or str(cdll._name))
+
+    def __getattr__(self, name: str) -> Any:
+        # Called only for attributes not set yet: load, then look again.
+        if name.startswith("__") or "_loaded" in self.__dict__:
+            raise AttributeError(name)
+        with self.__dict__["_lock"]:
+            if "_loaded" not in self.__dict__:
+                # Bound in full on a new object, then taken over whole, so
+                # a library refused half-way leaves nothing bound here.
+                done = load_library().__dict__
+                self.__dict__.update(
+                    (k, v) for k, v in done.items() if k != "_lock")
+        return object.__getattribute__(self, name)
+
+    @property
+    def loaded(self) -> bool:
+        """Whether the shared library has been loaded (without loading it)."""
+        return "_loaded" in self.__dict__
+
+    def _bind_all(self, cdll: ctypes.CDLL, path: str) -> None:
         self.cdll = cdll
         self.path = path
-        self.missing: List[str] = []
-        self.names: Tuple[str, ...] = tuple(row[0] for row in FUNCTIONS)
+        self.missing = []
+        self.names = tuple(row[0] for row in FUNCTIONS)
         for row in FUNCTIONS:
             self._bind(*row)
         self.version_number = int(self.spi_version_number())
@@ -860,6 +910,7 @@ class Library:
             raise LibraryNotFoundError(
                 f"{path} is libspotinfer {self.version}; this binding needs "
                 f"major version {ABI_MAJOR}")
+        self.__dict__["_loaded"] = True
 
     def _bind(self, name: str, restype: Any, argtypes: Sequence[Any],
               check: Optional[str],
@@ -927,36 +978,64 @@ def _try_load(path: str) -> ctypes.CDLL:
     return ctypes.CDLL(path)
 
 
-def load_library() -> Library:
-    """Load libspotinfer: $SPOTINFER_LIBRARY if set, else the wheel's copy
-    beside this module, else the SONAME on the loader path.
+def _install_hint(error: str) -> str:
+    """What to do about a loader error that names a missing dependency."""
+    for soname, package in RUNTIME_DEPENDENCIES:
+        if soname in error:
+            return (f"; libspotinfer needs {soname}, which is missing: "
+                    f"install it with `sudo apt-get install {package}` "
+                    "(Debian, Ubuntu)")
+    return ""
+
+
+def find_library() -> Tuple[ctypes.CDLL, str]:
+    """Load the shared library: $SPOTINFER_LIBRARY if set, else the wheel's
+    copy beside this module, else the SONAME on the loader path.
 
     An explicitly set SPOTINFER_LIBRARY that cannot be loaded is an error
-    rather than a silent fall-back to whatever the loader finds.
+    rather than a silent fall-back to whatever the loader finds. When the
+    library is found but a library it needs is not (libcjson.so.1,
+    libxxhash.so.0), the error names the package that provides it.
     """
     tried: List[str] = []
     override = os.environ.get(ENV_VAR)
     if override:
         try:
-            return Library(_try_load(override), override)
+            return _try_load(override), override
         except OSError as e:
             raise LibraryNotFoundError(
-                f"cannot load libspotinfer from {ENV_VAR}={override!r}: {e}") from e
+                f"cannot load libspotinfer from {ENV_VAR}={override!r}: {e}"
+                + _install_hint(str(e))) from e
     # The copy a wheel carries beside the package, then the installed one.
     here = os.path.dirname(os.path.abspath(__file__))
     bundled = [os.path.join(here, n) for n in SONAMES]
+    hint = ""
     for name in [p for p in bundled if os.path.exists(p)] + list(SONAMES):
         try:
-            return Library(_try_load(name), name)
+            return _try_load(name), name
         except OSError as e:
             tried.append(f"{name!r} ({e})")
+            hint = hint or _install_hint(str(e))
+    if hint:
+        raise LibraryNotFoundError(
+            "cannot load libspotinfer: tried " + ", ".join(tried) + hint)
     raise LibraryNotFoundError(
         "cannot load libspotinfer: tried " + ENV_VAR + " (not set), then "
-        + ", ".join(tried) + " on the loader path; install libspotinfer, or set "
-        + ENV_VAR + " to the path of libspotinfer.so.0, or add its directory "
-        "to LD_LIBRARY_PATH")
+        + ", ".join(tried) + " on the loader path; install the package with "
+        "`pip install ./bindings/python` (its wheel carries the library), or "
+        "install libspotinfer (docs/install.md) and run `sudo ldconfig`, or "
+        "set " + ENV_VAR + " to the path of libspotinfer.so.0")
 
 
-lib = load_library()
+def load_library() -> Library:
+    """Find and load libspotinfer now (see find_library); raises
+    LibraryNotFoundError when it cannot."""
+    cdll, path = find_library()
+    return Library(cdll, path)
 
-__all__ = ["lib", "load_library", "Library", "FUNCTIONS", "STRUCTS", "byref"]
+
+#: The library every module of the package calls through, loaded on first use.
+lib = Library()
+
+__all__ = ["lib", "load_library", "find_library", "Library", "FUNCTIONS",
+           "STRUCTS", "RUNTIME_DEPENDENCIES", "byref", "sizeof"]
