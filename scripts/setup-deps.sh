@@ -40,6 +40,8 @@ done
 # Debian packages they need are in.
 gateway_deps() {
   bash "$(dirname "${BASH_SOURCE[0]}")/setup-gateway-deps.sh"
+  # hiredis before the build, so build/ has libspotinfer_redis
+  bash "$(dirname "${BASH_SOURCE[0]}")/setup-redis-deps.sh"
 }
 
 if [[ ${#missing[@]} -eq 0 ]]; then

@@ -28,6 +28,13 @@
 #             for the gateway) against the installed library, then the
 #             spot-interruption drill (examples/gateway/drill.sh) and a
 #             short load run (examples/gateway/loadrun.sh --smoke)
+#   redis     scripts/setup-redis-deps.sh, then a throwaway redis-server
+#             (tests/redis/redis-server.sh: 127.0.0.1, a port it picks, AOF
+#             with appendfsync always, a temp dir) for the tests labelled
+#             `redis` of build/ (libspotinfer_redis: connection, the Redis
+#             replay store, the replay-queue tests on it, several processes,
+#             server killed / stopped), each also under valgrind, and the
+#             replay-store benchmark (journal vs Redis, 1 and 4 processes)
 #   fuzz      clang-14 libFuzzer build in build-fuzz/; each target runs for
 #             SPI_FUZZ_SECONDS (default 20) over a copy of its corpus
 #
@@ -391,6 +398,26 @@ stage_gateway() {
   bash "$root/examples/gateway/loadrun.sh" --smoke
 }
 
+# libspotinfer_redis against a real server the stage starts and stops.
+stage_redis() {
+  bash "$root/scripts/setup-redis-deps.sh"
+  if [[ ! -e "$root/build/redis/libspotinfer_redis.so" ]]; then
+    note "build/ has no libspotinfer_redis (was hiredis installed before the build stage?)"
+    return 1
+  fi
+  local port dir pid rc=0
+  read -r port dir pid < <(bash "$root/tests/redis/redis-server.sh")
+  note "redis-server pid $pid on 127.0.0.1:$port (data in $dir)"
+  export SPI_REDIS_PORT=$port SPI_REDIS_DIR=$dir
+  export SPI_REDIS_LIBRARY="$root/build/redis/libspotinfer_redis.so.0"
+  ctest --test-dir "$root/build" -L redis --output-on-failure --timeout 300 || rc=1
+  if [[ $rc -eq 0 && -x "$root/tests/redis/valgrind-redis.sh" ]]; then
+    bash "$root/tests/redis/valgrind-redis.sh" "$root/build" || rc=1
+  fi
+  bash "$root/tests/redis/redis-server.sh" --stop "$dir"
+  return "$rc"
+}
+
 fuzz_toolchain_ok() {
   command -v clang-14 >/dev/null 2>&1 || return 1
   local probe
@@ -506,6 +533,12 @@ elif ! command -v go >/dev/null 2>&1; then
   fail_stage gateway "no go toolchain"
 else
   run_stage gateway "gateway example, fake model server, spot-interruption drill" stage_gateway
+fi
+
+if [[ $build_ok == yes ]]; then
+  run_stage redis "libspotinfer_redis against a real redis-server" stage_redis
+else
+  skip_stage redis "the normal build failed"
 fi
 
 if fuzz_toolchain_ok; then

@@ -1,0 +1,474 @@
+/*
+ * redis_conn.c - a blocking Redis client with a deadline on every command
+ * (redis_conn.h). hiredis does the protocol (formatting commands, parsing
+ * replies); the transport is ours: a non-blocking socket driven by poll(),
+ * with OpenSSL on top when TLS is configured, so connect, TLS handshake,
+ * AUTH and every command are bounded by the configured timeouts.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <time.h>
+#include <unistd.h>
+
+#ifdef SPR_HAVE_TLS
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+#include <openssl/x509v3.h>
+#endif
+
+#include "spotinfer/spotinfer.h"
+#include "redis_conn.h"
+
+struct spr_conn {
+  spr_config cfg;
+  char addr[SPR_HOST_MAX + 24];
+  int fd;                 /* -1 when not connected */
+  redisReader *reader;
+  int64_t retry_at_ms;    /* no reconnect before this (monotonic) */
+  int64_t backoff_ms;
+  char last_err[256];
+  uint64_t failures, connects;
+#ifdef SPR_HAVE_TLS
+  SSL_CTX *ctx;
+  SSL *ssl;
+#endif
+};
+
+static int efail(char *err, size_t cap, int rc, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+
+static int efail(char *err, size_t cap, int rc, const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  if (cap) vsnprintf(err, cap, fmt, ap);
+  va_end(ap);
+  return rc;
+}
+
+int64_t spr_now_ms(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+uint64_t spr_conn_failures(const spr_conn *c) { return c->failures; }
+uint64_t spr_conn_connects(const spr_conn *c) { return c->connects; }
+int spr_conn_up(const spr_conn *c) { return c->fd >= 0; }
+
+/* ------------------------------------------------------------- transport */
+
+/* Wait until fd is readable (want_read) or writable, up to deadline. */
+static int wait_fd(int fd, int want_read, int64_t deadline) {
+  for (;;) {
+    int64_t left = deadline - spr_now_ms();
+    if (left <= 0) return ETIMEDOUT;
+    struct pollfd p = {.fd = fd, .events = want_read ? POLLIN : POLLOUT};
+    int n = poll(&p, 1, (int)left);
+    if (n > 0) return 0;
+    if (n == 0) return ETIMEDOUT;
+    if (errno != EINTR) return errno;
+  }
+}
+
+#ifdef SPR_HAVE_TLS
+static const char *tls_error(char *buf, size_t cap) {
+  unsigned long e = ERR_get_error();
+  if (!e) {
+    snprintf(buf, cap, "TLS error");
+  } else {
+    ERR_error_string_n(e, buf, cap);
+  }
+  ERR_clear_error();
+  return buf;
+}
+
+/* Drive an SSL call that wants I/O: 0 to retry, else an errno. */
+static int tls_wait(spr_conn *c, int r, int64_t deadline) {
+  int e = SSL_get_error(c->ssl, r);
+  if (e == SSL_ERROR_WANT_READ) return wait_fd(c->fd, 1, deadline);
+  if (e == SSL_ERROR_WANT_WRITE) return wait_fd(c->fd, 0, deadline);
+  if (e == SSL_ERROR_ZERO_RETURN) return ECONNRESET;
+  if (e == SSL_ERROR_SYSCALL && errno) return errno;
+  return EPROTO;
+}
+#endif
+
+static int send_all(spr_conn *c, const char *p, size_t n, int64_t deadline) {
+  while (n > 0) {
+#ifdef SPR_HAVE_TLS
+    if (c->ssl) {
+      ERR_clear_error();
+      int w = SSL_write(c->ssl, p, n > 1 << 30 ? 1 << 30 : (int)n);
+      if (w > 0) {
+        p += w;
+        n -= (size_t)w;
+        continue;
+      }
+      int e = tls_wait(c, w, deadline);
+      if (e) return e;
+      continue;
+    }
+#endif
+    ssize_t w = send(c->fd, p, n, MSG_NOSIGNAL);
+    if (w > 0) {
+      p += w;
+      n -= (size_t)w;
+    } else if (w < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+      int e = wait_fd(c->fd, 0, deadline);
+      if (e) return e;
+    } else if (w < 0 && errno != EINTR) {
+      return errno;
+    }
+  }
+  return 0;
+}
+
+/* Read what is there (at least one byte) into buf; *got its count. */
+static int recv_some(spr_conn *c, char *buf, size_t cap, size_t *got,
+                     int64_t deadline) {
+  for (;;) {
+#ifdef SPR_HAVE_TLS
+    if (c->ssl) {
+      ERR_clear_error();
+      int r = SSL_read(c->ssl, buf, (int)cap);
+      if (r > 0) {
+        *got = (size_t)r;
+        return 0;
+      }
+      int e = tls_wait(c, r, deadline);
+      if (e) return e;
+      continue;
+    }
+#endif
+    ssize_t r = recv(c->fd, buf, cap, 0);
+    if (r > 0) {
+      *got = (size_t)r;
+      return 0;
+    }
+    if (r == 0) return ECONNRESET;
+    if (errno == EAGAIN || errno == EWOULDBLOCK) {
+      int e = wait_fd(c->fd, 1, deadline);
+      if (e) return e;
+    } else if (errno != EINTR) {
+      return errno;
+    }
+  }
+}
+
+static void close_conn(spr_conn *c) {
+#ifdef SPR_HAVE_TLS
+  if (c->ssl) {
+    SSL_free(c->ssl);
+    c->ssl = NULL;
+  }
+#endif
+  if (c->fd >= 0) close(c->fd);
+  c->fd = -1;
+  if (c->reader) redisReaderFree(c->reader);
+  c->reader = NULL;
+}
+
+/* A non-blocking socket connected to one address, or -1 with *e set. */
+static int connect_addr(const struct sockaddr *sa, socklen_t salen, int family,
+                        int64_t deadline, int *e) {
+  int fd = socket(family, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+  if (fd < 0) {
+    *e = errno;
+    return -1;
+  }
+  if (connect(fd, sa, salen) != 0) {
+    if (errno != EINPROGRESS) {
+      *e = errno;
+      close(fd);
+      return -1;
+    }
+    int w = wait_fd(fd, 0, deadline);
+    int soerr = 0;
+    socklen_t sl = sizeof soerr;
+    if (!w && getsockopt(fd, SOL_SOCKET, SO_ERROR, &soerr, &sl) != 0)
+      soerr = errno;
+    if (w || soerr) {
+      *e = w ? w : soerr;
+      close(fd);
+      return -1;
+    }
+  }
+  if (family != AF_UNIX) {
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof one);
+  }
+  return fd;
+}
+
+static int open_socket(spr_conn *c, int64_t deadline, char *err, size_t cap) {
+  int e = 0;
+  if (c->cfg.unix_path[0]) {
+    struct sockaddr_un sun;
+    memset(&sun, 0, sizeof sun);
+    sun.sun_family = AF_UNIX;
+    memcpy(sun.sun_path, c->cfg.unix_path, strlen(c->cfg.unix_path) + 1);
+    c->fd = connect_addr((struct sockaddr *)&sun, sizeof sun, AF_UNIX,
+                         deadline, &e);
+  } else {
+    struct addrinfo hints, *res = NULL;
+    memset(&hints, 0, sizeof hints);
+    hints.ai_socktype = SOCK_STREAM;
+    char port[16];
+    snprintf(port, sizeof port, "%d", c->cfg.port);
+    int g = getaddrinfo(c->cfg.host, port, &hints, &res);
+    if (g != 0)
+      return efail(err, cap, SPI_EIO, "redis %s: cannot resolve: %s", c->addr,
+                   gai_strerror(g));
+    for (struct addrinfo *a = res; a && c->fd < 0; a = a->ai_next)
+      c->fd = connect_addr(a->ai_addr, a->ai_addrlen, a->ai_family, deadline,
+                           &e);
+    freeaddrinfo(res);
+  }
+  if (c->fd < 0)
+    return efail(err, cap, SPI_EIO, "redis %s: connect: %s", c->addr,
+                 e == ETIMEDOUT ? "timed out" : strerror(e));
+  return SPI_OK;
+}
+
+#ifdef SPR_HAVE_TLS
+static int tls_setup_ctx(spr_conn *c, char *err, size_t cap) {
+  char tb[200];
+  c->ctx = SSL_CTX_new(TLS_client_method());
+  if (!c->ctx)
+    return efail(err, cap, SPI_ENOMEM, "redis tls: %s", tls_error(tb, sizeof tb));
+  SSL_CTX_set_min_proto_version(c->ctx, TLS1_2_VERSION);
+  const spr_config *f = &c->cfg;
+  int ok = f->tls_ca_file[0]
+               ? SSL_CTX_load_verify_locations(c->ctx, f->tls_ca_file, NULL)
+               : SSL_CTX_set_default_verify_paths(c->ctx);
+  if (ok != 1)
+    return efail(err, cap, SPI_EINVAL, "store_config.tls.ca_file: %s",
+                 tls_error(tb, sizeof tb));
+  if (f->tls_cert_file[0] &&
+      (SSL_CTX_use_certificate_chain_file(c->ctx, f->tls_cert_file) != 1 ||
+       SSL_CTX_use_PrivateKey_file(c->ctx, f->tls_key_file, SSL_FILETYPE_PEM) !=
+           1))
+    return efail(err, cap, SPI_EINVAL, "store_config.tls.cert_file: %s",
+                 tls_error(tb, sizeof tb));
+  SSL_CTX_set_verify(c->ctx, f->tls_verify ? SSL_VERIFY_PEER : SSL_VERIFY_NONE,
+                     NULL);
+  return SPI_OK;
+}
+
+static int tls_handshake(spr_conn *c, int64_t deadline, char *err, size_t cap) {
+  char tb[200];
+  const char *name = c->cfg.tls_server_name[0] ? c->cfg.tls_server_name
+                                               : c->cfg.host;
+  c->ssl = SSL_new(c->ctx);
+  if (!c->ssl || SSL_set_fd(c->ssl, c->fd) != 1)
+    return efail(err, cap, SPI_EIO, "redis %s: tls: %s", c->addr,
+                 tls_error(tb, sizeof tb));
+  SSL_set_tlsext_host_name(c->ssl, name);
+  if (c->cfg.tls_verify) {
+    X509_VERIFY_PARAM *vp = SSL_get0_param(c->ssl);
+    X509_VERIFY_PARAM_set_hostflags(vp, X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS);
+    if (X509_VERIFY_PARAM_set1_host(vp, name, 0) != 1)
+      return efail(err, cap, SPI_EIO, "redis %s: tls: bad server name",
+                   c->addr);
+  }
+  for (;;) {
+    ERR_clear_error();
+    int r = SSL_connect(c->ssl);
+    if (r == 1) return SPI_OK;
+    int e = SSL_get_error(c->ssl, r);
+    int w = e == SSL_ERROR_WANT_READ    ? wait_fd(c->fd, 1, deadline)
+            : e == SSL_ERROR_WANT_WRITE ? wait_fd(c->fd, 0, deadline)
+                                        : -1;
+    if (w == 0) continue;
+    if (w == ETIMEDOUT)
+      return efail(err, cap, SPI_EIO, "redis %s: tls handshake timed out",
+                   c->addr);
+    long v = SSL_get_verify_result(c->ssl);
+    if (v != X509_V_OK)
+      return efail(err, cap, SPI_EIO, "redis %s: tls: certificate: %s",
+                   c->addr, X509_verify_cert_error_string(v));
+    return efail(err, cap, SPI_EIO, "redis %s: tls handshake: %s", c->addr,
+                 tls_error(tb, sizeof tb));
+  }
+}
+#endif
+
+/* ------------------------------------------------------------- commands */
+
+/* Write one formatted command and read one reply, before deadline. */
+static int roundtrip(spr_conn *c, const char *cmd, size_t len,
+                     redisReply **out, int64_t deadline, char *err,
+                     size_t cap) {
+  *out = NULL;
+  int e = send_all(c, cmd, len, deadline);
+  if (e)
+    return efail(err, cap, SPI_EIO, "redis %s: write: %s", c->addr,
+                 e == ETIMEDOUT ? "timed out" : strerror(e));
+  for (;;) {
+    void *reply = NULL;
+    if (redisReaderGetReply(c->reader, &reply) != REDIS_OK)
+      return efail(err, cap, SPI_EIO, "redis %s: protocol error: %s", c->addr,
+                   c->reader->errstr);
+    if (reply) {
+      *out = reply;
+      return SPI_OK;
+    }
+    char buf[16384];
+    size_t got = 0;
+    e = recv_some(c, buf, sizeof buf, &got, deadline);
+    if (e)
+      return efail(err, cap, SPI_EIO, "redis %s: read: %s", c->addr,
+                   e == ETIMEDOUT ? "timed out" : strerror(e));
+    if (redisReaderFeed(c->reader, buf, got) != REDIS_OK)
+      return efail(err, cap, SPI_ENOMEM, "redis %s: out of memory", c->addr);
+  }
+}
+
+static int argv_roundtrip(spr_conn *c, int argc, const char **argv,
+                          const size_t *lens, redisReply **out,
+                          int64_t deadline, char *err, size_t cap) {
+  char *cmd = NULL;
+  int len = redisFormatCommandArgv(&cmd, argc, argv, lens);
+  if (len < 0 || !cmd)
+    return efail(err, cap, SPI_ENOMEM, "redis: out of memory");
+  int rc = roundtrip(c, cmd, (size_t)len, out, deadline, err, cap);
+  redisFreeCommand(cmd);
+  return rc;
+}
+
+/* A command of the handshake whose reply must be OK-ish. */
+static int hello_step(spr_conn *c, int argc, const char **argv,
+                      int64_t deadline, const char *what, char *err,
+                      size_t cap) {
+  size_t lens[4];
+  for (int i = 0; i < argc; i++) lens[i] = strlen(argv[i]);
+  redisReply *r = NULL;
+  int rc = argv_roundtrip(c, argc, argv, lens, &r, deadline, err, cap);
+  if (rc != SPI_OK) return rc;
+  if (r->type == REDIS_REPLY_ERROR) {
+    rc = efail(err, cap, SPI_EIO, "redis %s: %s refused: %.160s", c->addr,
+               what, r->str);
+  }
+  freeReplyObject(r);
+  return rc;
+}
+
+static int handshake(spr_conn *c, int64_t deadline, char *err, size_t cap) {
+  int rc = SPI_OK;
+  if (c->cfg.password[0]) {
+    const char *a3[] = {"AUTH", c->cfg.username, c->cfg.password};
+    const char *a2[] = {"AUTH", c->cfg.password};
+    rc = c->cfg.username[0]
+             ? hello_step(c, 3, a3, deadline, "AUTH", err, cap)
+             : hello_step(c, 2, a2, deadline, "AUTH", err, cap);
+  }
+  if (rc == SPI_OK && c->cfg.db) {
+    char db[16];
+    snprintf(db, sizeof db, "%d", c->cfg.db);
+    const char *s[] = {"SELECT", db};
+    rc = hello_step(c, 2, s, deadline, "SELECT", err, cap);
+  }
+  if (rc == SPI_OK) {
+    const char *p[] = {"PING"};
+    rc = hello_step(c, 1, p, deadline, "PING", err, cap);
+  }
+  return rc;
+}
+
+static int do_connect(spr_conn *c, char *err, size_t cap) {
+  int64_t deadline = spr_now_ms() + c->cfg.connect_timeout_ms;
+  c->reader = redisReaderCreate();
+  if (!c->reader) return efail(err, cap, SPI_ENOMEM, "redis: out of memory");
+  int rc = open_socket(c, deadline, err, cap);
+#ifdef SPR_HAVE_TLS
+  if (rc == SPI_OK && c->cfg.tls) rc = tls_handshake(c, deadline, err, cap);
+#endif
+  if (rc == SPI_OK) rc = handshake(c, deadline, err, cap);
+  return rc;
+}
+
+/* A failure: close, remember it, and hold reconnects back for a while. */
+static int failed(spr_conn *c, int rc, const char *err) {
+  close_conn(c);
+  c->failures++;
+  snprintf(c->last_err, sizeof c->last_err, "%s", err);
+  int64_t b = c->backoff_ms ? c->backoff_ms * 2 : c->cfg.reconnect_min_ms;
+  if (b > c->cfg.reconnect_max_ms) b = c->cfg.reconnect_max_ms;
+  c->backoff_ms = b;
+  c->retry_at_ms = spr_now_ms() + b;
+  return rc;
+}
+
+int spr_conn_open(spr_conn *c, char *err, size_t cap) {
+  if (c->fd >= 0) return SPI_OK;
+  int64_t now = spr_now_ms();
+  if (now < c->retry_at_ms)
+    return efail(err, cap, SPI_EIO, "%s (retrying in %lld ms)", c->last_err,
+                 (long long)(c->retry_at_ms - now));
+  int rc = do_connect(c, err, cap);
+  if (rc != SPI_OK) return failed(c, rc, err);
+  c->connects++;
+  c->backoff_ms = 0;
+  return SPI_OK;
+}
+
+int spr_conn_command(spr_conn *c, int argc, const char **argv,
+                     const size_t *lens, redisReply **out, char *err,
+                     size_t cap) {
+  *out = NULL;
+  int rc = spr_conn_open(c, err, cap);
+  if (rc != SPI_OK) return rc;
+  int64_t deadline = spr_now_ms() + c->cfg.timeout_ms;
+  rc = argv_roundtrip(c, argc, argv, lens, out, deadline, err, cap);
+  if (rc != SPI_OK) return failed(c, rc, err);
+  return SPI_OK;
+}
+
+int spr_conn_new(const spr_config *cfg, spr_conn **out, char *err,
+                 size_t cap) {
+  *out = NULL;
+  spr_conn *c = calloc(1, sizeof *c);
+  if (!c) return efail(err, cap, SPI_ENOMEM, "redis: out of memory");
+  c->cfg = *cfg;
+  c->fd = -1;
+  spr_config_address(cfg, c->addr, sizeof c->addr);
+  if (cfg->tls) {
+#ifdef SPR_HAVE_TLS
+    int rc = tls_setup_ctx(c, err, cap);
+    if (rc != SPI_OK) {
+      spr_conn_free(c);
+      return rc;
+    }
+#else
+    free(c);
+    return efail(err, cap, SPI_ENOTSUP,
+                 "store_config.tls: this libspotinfer_redis was built "
+                 "without TLS");
+#endif
+  }
+  *out = c;
+  return SPI_OK;
+}
+
+void spr_conn_free(spr_conn *c) {
+  if (!c) return;
+  close_conn(c);
+#ifdef SPR_HAVE_TLS
+  if (c->ctx) SSL_CTX_free(c->ctx);
+#endif
+  /* The password leaves no copy behind in freed memory. */
+  volatile char *p = c->cfg.password;
+  for (size_t i = 0; i < sizeof c->cfg.password; i++) p[i] = 0;
+  free(c);
+}

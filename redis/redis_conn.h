@@ -1,0 +1,101 @@
+/*
+ * redis_conn.h - the connection of libspotinfer_redis to one Redis server:
+ * its configuration (parsed from JSON and checked), a blocking client with a
+ * deadline on every command, TLS and AUTH, and reconnection by itself.
+ *
+ * Every module of libspotinfer_redis opens its own spr_conn from the same
+ * configuration object (spr_config_parse), so "address", "key_prefix",
+ * "timeout_ms", TLS and AUTH mean the same thing everywhere. Nothing here is
+ * exported from the library.
+ *
+ * Errors: a command that cannot be written or answered in time (refused,
+ * reset, timed out, TLS or AUTH failure) returns SPI_EIO with a message
+ * naming the server and what failed, and closes the connection; the next
+ * command reconnects, but not before a backoff (reconnect_min_ms doubling
+ * up to reconnect_max_ms) has passed since the last failure: until then
+ * commands fail at once with the last error, so an unreachable server costs
+ * a caller one timeout per backoff period, not one per call. An error reply
+ * from a healthy server is returned as the reply (type REDIS_REPLY_ERROR).
+ *
+ * An spr_conn is not thread-safe; its owner serialises calls.
+ */
+#ifndef SPI_REDIS_CONN_H
+#define SPI_REDIS_CONN_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include <hiredis/hiredis.h>
+
+#define SPR_HOST_MAX 255
+#define SPR_PATH_MAX 1023
+#define SPR_NAME_MAX 127
+#define SPR_SECRET_MAX 511
+
+typedef struct spr_config {
+  char host[SPR_HOST_MAX + 1];   /* "address" host part, or "" for a socket */
+  int port;                      /* "address" port part (default 6379) */
+  char unix_path[108];           /* "address" "unix:/path" */
+  char key_prefix[SPR_NAME_MAX + 1];
+  char consumer[SPR_NAME_MAX + 1];
+  char group[SPR_NAME_MAX + 1];
+  int db;
+  int connect_timeout_ms;
+  int timeout_ms;
+  int reconnect_min_ms;
+  int reconnect_max_ms;
+  char username[SPR_NAME_MAX + 1];
+  char password[SPR_SECRET_MAX + 1];
+  int tls;                       /* 0/1 */
+  int tls_verify;                /* 0/1: check the server's certificate */
+  char tls_ca_file[SPR_PATH_MAX + 1];
+  char tls_cert_file[SPR_PATH_MAX + 1];
+  char tls_key_file[SPR_PATH_MAX + 1];
+  char tls_server_name[SPR_HOST_MAX + 1];
+} spr_config;
+
+/* Parse and check a configuration object (JSON text, len bytes): every key
+ * is known, of its type and in its range; absent keys take their defaults
+ * (address 127.0.0.1:6379, key_prefix "spotinfer:", consumer from the host
+ * name and process id, group "spotinfer", timeout_ms 1000, ...). Keys that
+ * only one module reads are passed in extra_keys (NULL-terminated list of
+ * names) so the check accepts them; that module reads them itself. err gets
+ * "<path>.<key>: what is wrong" under the prefix path.
+ * Errors: SPI_EPARSE, SPI_ETYPE, SPI_EUNKNOWN, SPI_ERANGE, SPI_EINVAL. */
+int spr_config_parse(const char *json, size_t len, const char *path,
+                     const char *const *extra_keys, spr_config *out,
+                     char *err, size_t cap);
+
+/* "host:port" or "unix:/path", for messages. */
+const char *spr_config_address(const spr_config *c, char *buf, size_t cap);
+
+typedef struct spr_conn spr_conn;
+
+/* A connection (not yet connected: the first command connects).
+ * Errors: SPI_ENOMEM, SPI_EINVAL (TLS files unusable), SPI_ENOTSUP (TLS
+ * asked for in a build without it); err says which. */
+int spr_conn_new(const spr_config *c, spr_conn **out, char *err, size_t cap);
+void spr_conn_free(spr_conn *c);
+
+/* Connect now (AUTH, SELECT, a PING); SPI_OK when connected already. */
+int spr_conn_open(spr_conn *c, char *err, size_t cap);
+
+/* Run one command (argv[0..argc) with lengths) and wait for its reply until
+ * timeout_ms. *out gets the reply (free it with freeReplyObject), which may
+ * be an error reply. Errors: SPI_EIO (not connected, timed out, connection
+ * lost: err says which), SPI_ENOMEM. */
+int spr_conn_command(spr_conn *c, int argc, const char **argv,
+                     const size_t *lens, redisReply **out, char *err,
+                     size_t cap);
+
+/* Commands that have failed with SPI_EIO, and connections made, since the
+ * spr_conn was created. */
+uint64_t spr_conn_failures(const spr_conn *c);
+uint64_t spr_conn_connects(const spr_conn *c);
+/* 1 while connected. */
+int spr_conn_up(const spr_conn *c);
+
+/* Milliseconds on a monotonic clock. */
+int64_t spr_now_ms(void);
+
+#endif /* SPI_REDIS_CONN_H */

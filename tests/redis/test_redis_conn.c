@@ -1,0 +1,236 @@
+/*
+ * test_redis_conn.c - libspotinfer_redis's connection layer: configuration
+ * parsing and checks, then (when SPI_REDIS_PORT names a running server on
+ * 127.0.0.1, as the `redis` stage of scripts/test.sh provides) commands,
+ * AUTH with an ACL user and a wrong password, an unreachable server and the
+ * reconnect backoff.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "spotinfer/spotinfer.h"
+#include "spotinfer/spotinfer_redis.h"
+#include "redis_conn.h"
+
+static int parse(const char *json, spr_config *c, char *err, size_t cap) {
+  return spr_config_parse(json, strlen(json), "replay.store_config", NULL, c,
+                          err, cap);
+}
+
+static void expect_error(const char *json, int status, const char *part) {
+  spr_config c;
+  char err[256] = "";
+  int rc = parse(json, &c, err, sizeof err);
+  if (rc != status || !strstr(err, part))
+    print_error("%s: got %d \"%s\", want %d with \"%s\"\n", json, rc, err,
+                status, part);
+  assert_int_equal(rc, status);
+  assert_non_null(strstr(err, part));
+}
+
+static void test_config_defaults(void **st) {
+  (void)st;
+  spr_config c;
+  char err[256] = "";
+  assert_int_equal(parse("{}", &c, err, sizeof err), SPI_OK);
+  assert_string_equal(c.host, "127.0.0.1");
+  assert_int_equal(c.port, 6379);
+  assert_string_equal(c.key_prefix, "spotinfer:");
+  assert_string_equal(c.group, "spotinfer");
+  assert_true(strlen(c.consumer) > 0);
+  assert_int_equal(c.timeout_ms, 1000);
+  assert_int_equal(c.tls, 0);
+  assert_int_equal(parse("{\"address\":\"redis.local:7000\",\"key_prefix\":"
+                         "\"p:\",\"consumer\":\"a\",\"timeout_ms\":50,"
+                         "\"username\":\"u\",\"password\":\"pw\",\"db\":2,"
+                         "\"tls\":{\"server_name\":\"r.example\"}}",
+                         &c, err, sizeof err),
+                   SPI_OK);
+  assert_string_equal(c.host, "redis.local");
+  assert_int_equal(c.port, 7000);
+  assert_string_equal(c.consumer, "a");
+  assert_int_equal(c.timeout_ms, 50);
+  assert_int_equal(c.db, 2);
+  assert_int_equal(c.tls, 1);
+  assert_int_equal(c.tls_verify, 1);
+  assert_string_equal(c.tls_server_name, "r.example");
+  char buf[300];
+  assert_string_equal(spr_config_address(&c, buf, sizeof buf),
+                      "redis.local:7000");
+  assert_int_equal(parse("{\"address\":\"[::1]:6380\"}", &c, err, sizeof err),
+                   SPI_OK);
+  assert_string_equal(spr_config_address(&c, buf, sizeof buf), "[::1]:6380");
+  assert_int_equal(parse("{\"address\":\"unix:/tmp/r.sock\"}", &c, err,
+                         sizeof err),
+                   SPI_OK);
+  assert_string_equal(c.unix_path, "/tmp/r.sock");
+  /* A module's own keys pass when it names them. */
+  const char *extra[] = {"lanes", NULL};
+  assert_int_equal(spr_config_parse("{\"lanes\":3}", 11, "x", extra, &c, err,
+                                    sizeof err),
+                   SPI_OK);
+}
+
+static void test_config_errors(void **st) {
+  (void)st;
+  expect_error("{\"adress\":\"x\"}", SPI_EUNKNOWN,
+               "replay.store_config.adress: unknown key");
+  expect_error("{\"address\":7}", SPI_ETYPE, "address: must be a string");
+  expect_error("{\"address\":\"h:0\"}", SPI_ERANGE, "port must be 1..65535");
+  expect_error("{\"address\":\"h:70000\"}", SPI_ERANGE, "port");
+  expect_error("{\"address\":\"h:12x\"}", SPI_ERANGE, "port");
+  expect_error("{\"address\":\"::1\"}", SPI_EINVAL, "[addr]:port");
+  expect_error("{\"address\":\"\"}", SPI_ERANGE, "address: must not be empty");
+  expect_error("{\"timeout_ms\":0}", SPI_ERANGE, "timeout_ms: 0 is not in");
+  expect_error("{\"timeout_ms\":1.5}", SPI_ETYPE, "must be an integer");
+  expect_error("{\"reconnect_min_ms\":500,\"reconnect_max_ms\":100}",
+               SPI_ERANGE, "reconnect_max_ms");
+  expect_error("{\"username\":\"u\"}", SPI_EINVAL, "needs a password");
+  expect_error("{\"tls\":true}", SPI_ETYPE, "tls: must be an object");
+  expect_error("{\"tls\":{\"cafile\":\"x\"}}", SPI_EUNKNOWN,
+               "tls.cafile: unknown key");
+  expect_error("{\"tls\":{\"cert_file\":\"x\"}}", SPI_EINVAL,
+               "cert_file and key_file go together");
+  expect_error("{\"address\":\"unix:/x\",\"tls\":{}}", SPI_EINVAL,
+               "not over a unix socket");
+  expect_error("[1]", SPI_ETYPE, "must be an object");
+  expect_error("{", SPI_EPARSE, "not valid JSON");
+}
+
+/* ------------------------------------------------------- with a server */
+
+static int server_port(void) {
+  const char *p = getenv("SPI_REDIS_PORT");
+  return p && *p ? atoi(p) : 0;
+}
+
+static spr_conn *conn_to(const char *json) {
+  spr_config c;
+  char err[256] = "";
+  assert_int_equal(parse(json, &c, err, sizeof err), SPI_OK);
+  spr_conn *conn = NULL;
+  int rc = spr_conn_new(&c, &conn, err, sizeof err);
+  if (rc != SPI_OK) print_error("conn: %s\n", err);
+  assert_int_equal(rc, SPI_OK);
+  return conn;
+}
+
+static int cmd(spr_conn *c, redisReply **r, char *err, size_t cap, int argc,
+               ...) {
+  const char *argv[8];
+  size_t lens[8];
+  va_list ap;
+  va_start(ap, argc);
+  for (int i = 0; i < argc; i++) {
+    argv[i] = va_arg(ap, const char *);
+    lens[i] = strlen(argv[i]);
+  }
+  va_end(ap);
+  return spr_conn_command(c, argc, argv, lens, r, err, cap);
+}
+
+static void test_commands(void **st) {
+  (void)st;
+  int port = server_port();
+  if (!port) skip();
+  char json[256], err[256] = "";
+  snprintf(json, sizeof json, "{\"address\":\"127.0.0.1:%d\"}", port);
+  spr_conn *c = conn_to(json);
+  redisReply *r = NULL;
+  assert_int_equal(cmd(c, &r, err, sizeof err, 3, "SET", "spi:test:conn", "v"),
+                   SPI_OK);
+  freeReplyObject(r);
+  assert_int_equal(cmd(c, &r, err, sizeof err, 2, "GET", "spi:test:conn"),
+                   SPI_OK);
+  assert_int_equal(r->type, REDIS_REPLY_STRING);
+  assert_string_equal(r->str, "v");
+  freeReplyObject(r);
+  /* An error reply is a reply, not a broken connection. */
+  assert_int_equal(cmd(c, &r, err, sizeof err, 2, "NOSUCHCOMMAND", "x"),
+                   SPI_OK);
+  assert_int_equal(r->type, REDIS_REPLY_ERROR);
+  freeReplyObject(r);
+  assert_true(spr_conn_up(c));
+  assert_int_equal(spr_conn_connects(c), 1);
+  assert_int_equal(cmd(c, &r, err, sizeof err, 2, "DEL", "spi:test:conn"),
+                   SPI_OK);
+  freeReplyObject(r);
+  spr_conn_free(c);
+}
+
+static void test_auth(void **st) {
+  (void)st;
+  int port = server_port();
+  if (!port) skip();
+  char json[256], err[256] = "";
+  snprintf(json, sizeof json, "{\"address\":\"127.0.0.1:%d\"}", port);
+  spr_conn *admin = conn_to(json);
+  redisReply *r = NULL;
+  assert_int_equal(cmd(admin, &r, err, sizeof err, 7, "ACL", "SETUSER",
+                       "spitest", "on", ">right-pw", "~*", "+@all"),
+                   SPI_OK);
+  assert_int_equal(r->type, REDIS_REPLY_STATUS);
+  freeReplyObject(r);
+  snprintf(json, sizeof json,
+           "{\"address\":\"127.0.0.1:%d\",\"username\":\"spitest\","
+           "\"password\":\"wrong-pw\"}",
+           port);
+  spr_conn *bad = conn_to(json);
+  int rc = spr_conn_open(bad, err, sizeof err);
+  assert_int_equal(rc, SPI_EIO);
+  assert_non_null(strstr(err, "AUTH refused"));
+  assert_non_null(strstr(err, "WRONGPASS"));
+  /* The secret is not in the message. */
+  assert_null(strstr(err, "wrong-pw"));
+  spr_conn_free(bad);
+  snprintf(json, sizeof json,
+           "{\"address\":\"127.0.0.1:%d\",\"username\":\"spitest\","
+           "\"password\":\"right-pw\"}",
+           port);
+  spr_conn *good = conn_to(json);
+  assert_int_equal(spr_conn_open(good, err, sizeof err), SPI_OK);
+  spr_conn_free(good);
+  assert_int_equal(
+      cmd(admin, &r, err, sizeof err, 3, "ACL", "DELUSER", "spitest"), SPI_OK);
+  freeReplyObject(r);
+  spr_conn_free(admin);
+}
+
+static void test_unreachable_backoff(void **st) {
+  (void)st;
+  /* Port 1 on loopback refuses at once. */
+  spr_conn *c = conn_to("{\"address\":\"127.0.0.1:1\",\"reconnect_min_ms\":"
+                        "200,\"reconnect_max_ms\":400,\"timeout_ms\":100}");
+  char err[256] = "";
+  redisReply *r = NULL;
+  assert_int_equal(cmd(c, &r, err, sizeof err, 1, "PING"), SPI_EIO);
+  assert_null(r);
+  assert_non_null(strstr(err, "redis 127.0.0.1:1: connect:"));
+  /* Within the backoff: fails at once with the last error. */
+  int64_t t0 = spr_now_ms();
+  assert_int_equal(cmd(c, &r, err, sizeof err, 1, "PING"), SPI_EIO);
+  assert_true(spr_now_ms() - t0 < 100);
+  assert_non_null(strstr(err, "retrying in"));
+  assert_int_equal(spr_conn_failures(c), 1);
+  assert_int_equal(spr_conn_connects(c), 0);
+  assert_false(spr_conn_up(c));
+  spr_conn_free(c);
+}
+
+int main(void) {
+  const struct CMUnitTest tests[] = {
+      cmocka_unit_test(test_config_defaults),
+      cmocka_unit_test(test_config_errors),
+      cmocka_unit_test(test_unreachable_backoff),
+      cmocka_unit_test(test_commands),
+      cmocka_unit_test(test_auth),
+  };
+  return cmocka_run_group_tests(tests, NULL, NULL);
+}
