@@ -17,7 +17,6 @@
 #include <stdalign.h>
 #include <string.h>
 
-#include "engine.h"
 #include "routing.h"
 
 #define LEDGER_POOLS 4
@@ -26,24 +25,13 @@
 #define LEDGER_OTHER "(other)"
 #define LEDGER_MAX_ROWS ((size_t)1 << 24)
 
-typedef struct ledger_row {
-  char tenant[SPI_ID_MAX];
-  char model[SPI_ID_MAX];
-  int32_t pool, klass;
-  uint64_t completed, failed;
-  uint64_t prompt_tokens, output_tokens, cached_tokens;
-  double gpu_seconds, usd;
-  uint64_t interrupted, wasted_output_tokens, reprefilled_tokens, replays;
-  double wasted_usd, replay_latency_ms, fallback_on_demand_seconds;
-} ledger_row;
-
 struct spi_ledger {
   pthread_mutex_t lock;
   size_t max_rows; /* keyed rows */
   size_t n;        /* rows in use, keyed and overflow */
   size_t n_keyed;
   size_t hmask;     /* hash slots - 1 */
-  ledger_row *rows; /* max_rows + LEDGER_RESERVE */
+  spi_ledger_totals *rows; /* max_rows + LEDGER_RESERVE */
   uint32_t *hash;   /* row index + 1, 0 = empty */
 };
 
@@ -58,7 +46,7 @@ int spi__ledger_new(const spi_mem *m, size_t max_rows, spi_ledger **out) {
   size_t slots = 16;
   while (slots < 2 * cap) slots *= 2;
   size_t off_rows = align_up(sizeof(spi_ledger), alignof(max_align_t));
-  size_t off_hash = off_rows + cap * sizeof(ledger_row);
+  size_t off_hash = off_rows + cap * sizeof(spi_ledger_totals);
   size_t total = off_hash + slots * sizeof(uint32_t);
   unsigned char *p = spi__alloc(m, total);
   if (!p) return SPI_ENOMEM;
@@ -70,7 +58,7 @@ int spi__ledger_new(const spi_mem *m, size_t max_rows, spi_ledger **out) {
   }
   l->max_rows = max_rows;
   l->hmask = slots - 1;
-  l->rows = (ledger_row *)(void *)(p + off_rows);
+  l->rows = (spi_ledger_totals *)(void *)(p + off_rows);
   l->hash = (uint32_t *)(void *)(p + off_hash);
   *out = l;
   return SPI_OK;
@@ -112,14 +100,14 @@ static void copy_id(char dst[SPI_ID_MAX], const char *s) {
 /* The row of a key (with the key already cut to field size), created if
  * there is room of the right kind; NULL when a keyed row is wanted and the
  * keyed rows are used up. Called with the lock held. */
-static ledger_row *find_or_add(spi_ledger *l, const char *tenant,
+static spi_ledger_totals *find_or_add(spi_ledger *l, const char *tenant,
                                const char *model, int32_t pool, int32_t klass,
                                int overflow) {
   size_t i = (size_t)key_hash(tenant, model, pool, klass) & l->hmask;
   for (;; i = (i + 1) & l->hmask) {
     uint32_t v = l->hash[i];
     if (v == 0) break;
-    ledger_row *r = &l->rows[v - 1];
+    spi_ledger_totals *r = &l->rows[v - 1];
     if (r->pool == pool && r->klass == klass &&
         strcmp(r->tenant, tenant) == 0 && strcmp(r->model, model) == 0)
       return r;
@@ -127,7 +115,7 @@ static ledger_row *find_or_add(spi_ledger *l, const char *tenant,
   if (!overflow && l->n_keyed >= l->max_rows) return NULL;
   /* Keyed rows stop at max_rows and overflow rows at one per pool and
    * class, so n never passes max_rows + LEDGER_RESERVE. */
-  ledger_row *r = &l->rows[l->n];
+  spi_ledger_totals *r = &l->rows[l->n];
   memcpy(r->tenant, tenant, strlen(tenant) + 1);
   memcpy(r->model, model, strlen(model) + 1);
   r->pool = pool;
@@ -143,7 +131,7 @@ static ledger_row *find_or_add(spi_ledger *l, const char *tenant,
 static double amount(double d) { return d >= 0.0 && d <= DBL_MAX ? d : 0.0; }
 
 /* Lock the ledger and return the row for the key, or its overflow row. */
-static ledger_row *lock_row(spi_ledger *l, const char *tenant,
+static spi_ledger_totals *lock_row(spi_ledger *l, const char *tenant,
                             const char *model, int32_t pool, int32_t klass) {
   char t[SPI_ID_MAX], mo[SPI_ID_MAX];
   copy_id(t, tenant);
@@ -151,7 +139,7 @@ static ledger_row *lock_row(spi_ledger *l, const char *tenant,
   if (pool < 0 || pool >= LEDGER_POOLS) pool = 0;
   if (klass < 0 || klass >= LEDGER_CLASSES) klass = 0;
   pthread_mutex_lock(&l->lock);
-  ledger_row *r = find_or_add(l, t, mo, pool, klass, 0);
+  spi_ledger_totals *r = find_or_add(l, t, mo, pool, klass, 0);
   return r ? r : find_or_add(l, LEDGER_OTHER, LEDGER_OTHER, pool, klass, 1);
 }
 
@@ -160,7 +148,7 @@ void spi__ledger_add(spi_ledger *l, const char *tenant, const char *model,
                      uint64_t prompt_tokens, uint64_t output_tokens,
                      uint64_t cached_tokens, double gpu_seconds, double usd) {
   if (!l) return;
-  ledger_row *r = lock_row(l, tenant, model, pool, klass);
+  spi_ledger_totals *r = lock_row(l, tenant, model, pool, klass);
   if (ok)
     r->completed++;
   else
@@ -177,7 +165,7 @@ void spi__ledger_add_extra(spi_ledger *l, const char *tenant, const char *model,
                            int32_t pool, int32_t klass,
                            const spi_ledger_extra *x) {
   if (!l || !x) return;
-  ledger_row *r = lock_row(l, tenant, model, pool, klass);
+  spi_ledger_totals *r = lock_row(l, tenant, model, pool, klass);
   r->interrupted += x->interrupted ? 1u : 0u;
   r->wasted_output_tokens += x->wasted_output_tokens;
   r->reprefilled_tokens += x->reprefilled_tokens;
@@ -198,60 +186,12 @@ size_t spi__ledger_count(spi_ledger *l) {
   return n;
 }
 
-int spi__ledger_row(spi_ledger *l, size_t index, spi_ledger_row *out) {
+int spi__ledger_totals_at(spi_ledger *l, size_t index, spi_ledger_totals *out) {
   if (!out) return SPI_EINVAL;
   if (!l) return SPI_ENOTFOUND;
   pthread_mutex_lock(&l->lock);
-  if (index >= l->n) {
-    pthread_mutex_unlock(&l->lock);
-    return SPI_ENOTFOUND;
-  }
-  ledger_row r = l->rows[index];
+  int found = index < l->n;
+  if (found) *out = l->rows[index];
   pthread_mutex_unlock(&l->lock);
-  memcpy(out->tenant, r.tenant, sizeof out->tenant);
-  memcpy(out->model, r.model, sizeof out->model);
-  out->pool = r.pool;
-  out->klass = r.klass;
-  out->completed = r.completed;
-  out->failed = r.failed;
-  out->prompt_tokens = r.prompt_tokens;
-  out->output_tokens = r.output_tokens;
-  out->cached_tokens = r.cached_tokens;
-  out->gpu_seconds = r.gpu_seconds;
-  out->usd = r.usd;
-  out->usd_per_completed = r.completed ? r.usd / (double)r.completed : 0.0;
-  out->interrupted = r.interrupted;
-  out->wasted_output_tokens = r.wasted_output_tokens;
-  out->reprefilled_tokens = r.reprefilled_tokens;
-  out->wasted_usd = r.wasted_usd;
-  out->replays = r.replays;
-  out->replay_latency_ms = r.replay_latency_ms;
-  out->fallback_on_demand_seconds = r.fallback_on_demand_seconds;
-  out->tokens_per_gpu_second =
-      r.gpu_seconds > 0.0
-          ? (double)(r.prompt_tokens + r.output_tokens) / r.gpu_seconds
-          : 0.0;
-  return SPI_OK;
-}
-
-/* ------------------------------------------------------------ public API */
-
-/* Pinned: configure may replace a ledger nothing was written to yet. */
-size_t spi_ledger_count(spi_engine *engine) {
-  if (!spi__engine_ok(engine)) return 0;
-  unsigned pin;
-  spi__snap_acquire(engine, &pin);
-  size_t n = spi__ledger_count(atomic_load(&engine->ledger));
-  spi__snap_release(engine, pin);
-  return n;
-}
-
-int spi_ledger_row_at(spi_engine *engine, size_t index, spi_ledger_row *out) {
-  if (!spi__engine_ok(engine)) return SPI_EMISUSE;
-  if (!out || out->struct_size < sizeof(spi_ledger_row)) return SPI_EINVAL;
-  unsigned pin;
-  spi__snap_acquire(engine, &pin);
-  int rc = spi__ledger_row(atomic_load(&engine->ledger), index, out);
-  spi__snap_release(engine, pin);
-  return rc;
+  return found ? SPI_OK : SPI_ENOTFOUND;
 }

@@ -406,6 +406,20 @@ void spi__ledger_add_extra(spi_ledger *l, const char *tenant, const char *model,
                            const spi_ledger_extra *x);
 size_t spi__ledger_count(spi_ledger *l);
 size_t spi__ledger_max_rows(const spi_ledger *l);
+/* One row's key and totals, as the ledger keeps them. */
+typedef struct spi_ledger_totals {
+  char tenant[SPI_ID_MAX];
+  char model[SPI_ID_MAX];
+  int32_t pool, klass;
+  uint64_t completed, failed;
+  uint64_t prompt_tokens, output_tokens, cached_tokens;
+  double gpu_seconds, usd;
+  uint64_t interrupted, wasted_output_tokens, reprefilled_tokens, replays;
+  double wasted_usd, replay_latency_ms, fallback_on_demand_seconds;
+} spi_ledger_totals;
+/* A copy of row index (mutex inside); SPI_ENOTFOUND past the last row. */
+int spi__ledger_totals_at(spi_ledger *l, size_t index, spi_ledger_totals *out);
+/* Row index as the public read-back shows it (readout.c). */
 int spi__ledger_row(spi_ledger *l, size_t index, spi_ledger_row *out);
 
 /* ---------------------------------------------------------------- metrics */
@@ -431,13 +445,15 @@ void spi__metrics_shadow(spi_metrics *x, int agreed, uint32_t matched_blocks);
 void spi__metrics_node_transition(spi_metrics *x, int32_t from, int32_t to);
 /* Count lines of a /metrics page skipped as newer syntax. */
 void spi__metrics_lines_skipped(spi_metrics *x, uint64_t n);
-/* The p95 TTFT of a class from its histogram (0 if no sample). */
+/* Read-outs (readout.c). The p95 TTFT of a class from its histogram (0 if
+ * no sample). */
 double spi__metrics_p95_ttft(spi_metrics *x, int32_t klass);
 double spi__metrics_queue_depth(spi_metrics *x, int32_t klass);
 double spi__metrics_cache_miss_rate(spi_metrics *x);
 double spi__metrics_draft_acceptance(spi_metrics *x);
+void spi__metrics_signals(spi_metrics *x, spi_signals *s);
 /* Render everything, plus the per-replica gauges passed in, as Prometheus
- * text into out. */
+ * text into out (readout_text.c). */
 typedef struct spi_replica_gauge {
   const char *id;
   int32_t pool, state, breaker;
