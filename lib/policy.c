@@ -12,8 +12,9 @@
  *   6. otherwise                                 -> policy.default_pool
  * A conversation stays in one pool: the rules read the class and the
  * request, never load, and a pool is left for the fallback only when it
- * has no usable replica at all (no load guard empties it), so load noise
- * never moves a conversation's turns away from its cache. Rule 2 applies
+ * has no usable replica at all (no load guard empties it, and a pool
+ * whose KV breaker sheds the class sheds it rather than passing it on),
+ * so load never moves a conversation's turns away from its cache. Rule 2 applies
  * only where the prefix lives deepest, so a short turn of a conversation
  * held on on-demand is not split off to spot.
  *
@@ -472,7 +473,12 @@ static int policy_choose(void *state, void *inst, const spi_route_context *x,
     spi__join(out->reason, sizeof out->reason, rule, "; ", pk.why);
     return SPI_OK;
   }
-  if (pk.idx < 0 && (fallback == SPI_POOL_SPOT || fallback == SPI_POOL_ON_DEMAND)) {
+  /* A pool whose KV breaker sheds this class is loaded, not gone: the
+   * class is shed (and retried), never pushed into the fallback pool,
+   * where it would land cold, split its conversation across pools and
+   * queue ahead of the class that pool serves. */
+  if (pk.idx < 0 && !x->shed[pool] &&
+      (fallback == SPI_POOL_SPOT || fallback == SPI_POOL_ON_DEMAND)) {
     primary = fallback == SPI_POOL_SPOT ? &ms : &mo;
     pool = fallback;
     fallback = 0;

@@ -412,6 +412,46 @@ static void test_share_guard_is_fleet_relative(void **st) {
   assert_true(loose > 2.0);
 }
 
+/* A spot pool whose KV breaker sheds silver is loaded, not gone: silver
+ * is shed there (and retried), never moved cold into the on-demand pool,
+ * which would split its conversation and queue it ahead of gold. Gold
+ * still goes on demand, and silver falls back to on-demand when spot has
+ * no replica at all. */
+static void test_shed_pool_is_not_left_for_the_fallback(void **st) {
+  (void)st;
+  world *w = mk(NULL);
+  add(w, "s0", SPI_POOL_SPOT);
+  add(w, "s1", SPI_POOL_SPOT);
+  add(w, "d0", SPI_POOL_ON_DEMAND);
+  spi_load l;
+  memset(&l, 0, sizeof l);
+  l.struct_size = sizeof l;
+  l.running = 4;
+  l.kv_usage = 0.99;
+  assert_int_equal(spi_replica_report_load(w->e, "s0", 2, &l), SPI_OK);
+  assert_int_equal(spi_replica_report_load(w->e, "s1", 2, &l), SPI_OK);
+  load(w, "d0", 0, 0);
+  uint32_t b[32];
+  prompt(w, b, chain(b, 300, 4), "silver");
+  spi_decision d;
+  memset(&d, 0, sizeof d);
+  d.struct_size = sizeof d;
+  assert_int_equal(spi_route(w->r, &d), SPI_ESHED);
+  assert_int_equal(d.ticket, 0);
+  prompt(w, b, chain(b, 300, 4), "gold");
+  assert_int_equal(route(w, &d), SPI_OK);
+  assert_string_equal(d.replica_id, "d0");
+  finish(w, d.ticket);
+  /* No spot replica at all: the fallback is what it is for. */
+  assert_int_equal(spi_replica_remove(w->e, "s0", 2), SPI_OK);
+  assert_int_equal(spi_replica_remove(w->e, "s1", 2), SPI_OK);
+  prompt(w, b, chain(b, 300, 4), "silver");
+  assert_int_equal(route(w, &d), SPI_OK);
+  assert_string_equal(d.replica_id, "d0");
+  finish(w, d.ticket);
+  done(w);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_universal_block_is_not_affinity),
@@ -420,6 +460,7 @@ int main(void) {
       cmocka_unit_test(test_queued_prefill_is_a_wait),
       cmocka_unit_test(test_rate_is_learnt),
       cmocka_unit_test(test_share_guard_is_fleet_relative),
+      cmocka_unit_test(test_shed_pool_is_not_left_for_the_fallback),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
