@@ -9,6 +9,10 @@
 #
 # examples/spotinfer_demo (the request-by-request walkthrough of classify,
 # key and price) is built too: run build/examples/spotinfer_demo.
+#
+# The run is deterministic, and docs/sim.svg is its chart: the docrun stage
+# of scripts/test.sh fails when they differ. Refresh it with
+#   bash scripts/demo.sh && cp build/sim.svg docs/sim.svg
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)

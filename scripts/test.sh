@@ -9,20 +9,25 @@
 #   length    scripts/check-length.py: no function in lib/ over 120 lines
 #             unless a comment containing "length:" above it says why
 #   docs      scripts/check-doc-links.py: every relative link of README.md,
-#             CHANGELOG.md, docs/*.md and the bindings' READMEs resolves
+#             CHANGELOG.md, docs/*.md and the bindings' READMEs resolves;
+#             scripts/check-doc-blocks.py: every code block of those pages
+#             is run by a test or marked as not a command
 #   build     RelWithDebInfo build in build/, warnings as errors in the
 #             library, examples and API tests; ctest
 #   asan      ASan + UBSan build in build-asan/; ctest
 #   tsan      ThreadSanitizer build in build-tsan/; ctest
 #   valgrind  every unit and api test program of build/ under memcheck
 #   install   cmake --install into a temporary prefix; scripts/consumer-test.sh
+#   docrun    the documentation's shell blocks marked `run` against that
+#             prefix (scripts/check-doc-blocks.py --run), scripts/demo.sh,
+#             and docs/sim.svg compared with the chart the demo draws
 #   python    pip install ./bindings/python in a fresh venv (the wheel
 #             carries the library), mypy --strict on a user's script, the
 #             sdist, then bindings/python/tests with pytest
 #   go        go vet, go test, go test -race and a cgocheck2 run in
 #             bindings/go, then its go-vs-C benchmarks, a module built
 #             through the replace line of
-#             docs/bindings.md, and the metrics text
+#             docs/bindings.md (its Go program, run), and the metrics text
 #             through Prometheus' parser and linter (tests/promlint)
 #   gateway   examples/fakellm and examples/gateway: go vet, go test (-race
 #             for the gateway) against the installed library, then the
@@ -143,6 +148,24 @@ stage_length() {
 
 stage_docs() {
   python3 "$root/scripts/check-doc-links.py" "$root"
+  python3 "$root/scripts/check-doc-blocks.py" "$root"
+}
+
+# The documentation's commands against the installed library, the README's
+# demo command as printed, and the chart it draws against docs/sim.svg.
+stage_docrun() {
+  python3 "$root/scripts/check-doc-blocks.py" --run --prefix "$install_prefix" \
+    --build "$root/build" "$root"
+  note "bash scripts/demo.sh (the README's first command)"
+  bash "$root/scripts/demo.sh" >"$root/build/demo.log" 2>&1 || {
+    tail -n 40 "$root/build/demo.log"; return 1; }
+  tail -n 4 "$root/build/demo.log"
+  if ! cmp -s "$root/build/sim.svg" "$root/docs/sim.svg"; then
+    note "docs/sim.svg is not the chart the demo draws now; refresh it with"
+    note "  bash scripts/demo.sh && cp build/sim.svg docs/sim.svg"
+    return 1
+  fi
+  note "docs/sim.svg is the chart the demo draws"
 }
 
 # Build a tree and show the compiler warnings it printed, if any.
@@ -340,43 +363,36 @@ stage_go() {
   (cd "$root/tests/promlint" && go run .)
 }
 
-# A program in its own module that imports the binding by its published path
-# and resolves it to this checkout with the replace line docs/bindings.md shows.
+# The Go program of docs/bindings.md (the same as bindings/go/README.md's),
+# in its own module whose go.mod has the require and replace lines printed
+# there, with the checkout's path for /path/to/libspotinfer: it imports the
+# binding by its published path, routes a body and reports the ticket.
 go_consumer() {
-  local mod="$root/build/go-consumer" out
+  local mod="$root/build/go-consumer" out page
   rm -rf "$mod"
   mkdir -p "$mod"
-  cat >"$mod/go.mod" <<EOF
-module example.com/consumer
-
-go 1.21
-
-require github.com/libspotinfer/libspotinfer/bindings/go v0.2.0
-
-replace github.com/libspotinfer/libspotinfer/bindings/go => $root/bindings/go
-EOF
-  cat >"$mod/main.go" <<'EOF'
-package main
-
-import (
-	"fmt"
-
-	spotinfer "github.com/libspotinfer/libspotinfer/bindings/go"
-)
-
-func main() {
-	e, err := spotinfer.NewEngine(`{}`)
-	if err != nil {
-		panic(err)
-	}
-	defer e.Close()
-	fmt.Println("spotinfer", spotinfer.Version(), "ok")
-}
-EOF
-  note "a separate module imports the binding through its module path"
+  for page in docs/bindings.md bindings/go/README.md; do
+    awk '/^```go$/{c=1; next} c&&/^```$/{exit} c{print}' "$root/$page" >"$mod/$(basename "$page").go.txt"
+  done
+  if ! cmp "$mod/bindings.md.go.txt" "$mod/README.md.go.txt"; then
+    note "docs/bindings.md and bindings/go/README.md show different Go programs"
+    return 1
+  fi
+  mv "$mod/bindings.md.go.txt" "$mod/main.go"
+  rm "$mod/README.md.go.txt"
+  { printf 'module example.com/consumer\n\ngo 1.21\n\n'
+    grep -E '^(require|replace) github.com/libspotinfer/' "$root/docs/bindings.md" |
+      sed "s#/path/to/libspotinfer#$root#"
+  } >"$mod/go.mod"
+  if [[ $(grep -c '^re' "$mod/go.mod") -ne 2 ]]; then
+    note "docs/bindings.md does not show the require and replace lines"
+    return 1
+  fi
+  note "the Go program of docs/bindings.md, in a module of its own"
+  (cd "$mod" && gofmt -l . | { ! grep .; }) || { note "main.go is not gofmt'ed"; return 1; }
   out=$(cd "$mod" && go run .)
   echo "$out"
-  [[ "$out" == "spotinfer "*" ok" ]]
+  [[ "$out" =~ ^gold\ key\ [0-9a-f]{32}\ -\>\ od-a\ \(.+\),\ \$0\.[0-9]{6}$ ]]
 }
 
 # The fake model server and the gateway example, built against the
@@ -507,6 +523,12 @@ if [[ $build_ok == yes ]]; then
   if [[ "${results[-1]}" == PASS* ]]; then install_ok=yes; fi
 else
   skip_stage install "the normal build failed"
+fi
+
+if [[ $install_ok == yes ]]; then
+  run_stage docrun "the documentation's commands, the demo, docs/sim.svg" stage_docrun
+else
+  fail_stage docrun "no installed library (install stage failed)"
 fi
 
 if [[ ! -d "$root/bindings/python/tests" ]]; then
