@@ -172,17 +172,57 @@ static int use_fallback(const spi_slot *sl) {
 
 /* ------------------------------------------------------------- classify */
 
+/* Which classifier gave a request's last classification, and so where the
+ * plan at another pressure comes from. */
+enum spi_cls_from {
+  CLS_BUILTIN = 0, /* the built-in: its degrade table */
+  CLS_LEVELS = 1,  /* a module's classify_levels: req->cls_levels */
+  CLS_ASK = 2      /* a module's classify: asked again */
+};
+
+static int levels_ok(const spi_degrade_levels *l) {
+  for (int p = 0; p < 4; p++)
+    if (l->max_output_tokens[p] < 0 ||
+        (l->tools_allowed[p] != 0 && l->tools_allowed[p] != 1) ||
+        (l->defer[p] != 0 && l->defer[p] != 1))
+      return 0;
+  return 1;
+}
+
+static void plan_of(const spi_degrade_levels *l, int32_t pressure,
+                    spi_classification *out) {
+  out->max_output_tokens = l->max_output_tokens[pressure];
+  out->tools_allowed = l->tools_allowed[pressure];
+  out->defer = l->defer[pressure];
+}
+
+/* One classifier call; a module with classify_levels also leaves every
+ * pressure's plan in *lv. */
 static int run_classifier(const spi_modentry *m, void *inst,
                           const spi_request_view *v, int32_t pressure,
-                          spi_classification *out) {
+                          spi_classification *out, spi_degrade_levels *lv) {
   size_t size = out->struct_size;
   memset(out, 0, sizeof *out);
   out->struct_size = size;
   out->rule_index = -1;
-  int rc = m->m.classifier.classify(m->state, inst, v, pressure, out);
+  int rc;
+  if (m->m.classifier.classify_levels) {
+    memset(lv, 0, sizeof *lv);
+    lv->struct_size = sizeof *lv;
+    rc = m->m.classifier.classify_levels(m->state, inst, v, out, lv);
+    if (rc == SPI_OK && !levels_ok(lv)) rc = BAD_OUTPUT;
+    plan_of(lv, pressure, out);
+  } else {
+    rc = m->m.classifier.classify(m->state, inst, v, pressure, out);
+  }
   out->struct_size = size;
   if (rc == SPI_OK && !classification_ok(out)) rc = BAD_OUTPUT;
   return rc;
+}
+
+static int32_t answered_by(const spi_modentry *m, const spi_slot *sl) {
+  if (m == sl->builtin) return CLS_BUILTIN;
+  return m->m.classifier.classify_levels ? CLS_LEVELS : CLS_ASK;
 }
 
 int spi__classify_in(spi_request *req, const spi_snapshot *s,
@@ -196,15 +236,19 @@ int spi__classify_in(spi_request *req, const spi_snapshot *s,
     v->priority_class = v->priority <= s->vllm_prio[1]   ? SPI_CLASS_GOLD
                         : v->priority <= s->vllm_prio[2] ? SPI_CLASS_SILVER
                                                          : SPI_CLASS_BRONZE;
-  int rc = run_classifier(sl->mod, sl->inst, v, pressure, out);
+  const spi_modentry *by = sl->mod;
+  int rc = run_classifier(sl->mod, sl->inst, v, pressure, out, &req->cls_levels);
   if (rc != SPI_OK && use_fallback(sl)) {
     spi__engine_log(req->engine, SPI_LOG_WARN,
                     "classifier \"%s\" failed; using built-in", sl->mod->name);
-    rc = run_classifier(sl->builtin, sl->builtin_inst, v, pressure, out);
+    by = sl->builtin;
+    rc = run_classifier(sl->builtin, sl->builtin_inst, v, pressure, out,
+                        &req->cls_levels);
     if (rc != SPI_OK) rc = module_failed(req, sl->builtin, rc, "classification");
   } else if (rc != SPI_OK) {
     rc = module_failed(req, sl->mod, rc, "classification");
   }
+  req->cls_from = answered_by(by, sl);
   if (rc == SPI_OK) {
     out->vllm_priority = s->vllm_prio[out->klass];
     out->llmd_priority = s->llmd_prio[out->klass];
@@ -212,6 +256,23 @@ int spi__classify_in(spi_request *req, const spi_snapshot *s,
     out->pressure = pressure;
   }
   return rc;
+}
+
+int spi__classify_plan_at(spi_request *req, const spi_snapshot *s,
+                          spi_request_view *v, int32_t pressure,
+                          spi_classification *out) {
+  const spi_slot *sl = &s->slot[SPI_MODULE_CLASSIFIER];
+  switch (req->cls_from) {
+  case CLS_BUILTIN:
+    spi__classifier_plan_at(sl->builtin_inst, pressure, out);
+    return SPI_OK;
+  case CLS_LEVELS:
+    plan_of(&req->cls_levels, pressure, out);
+    out->pressure = pressure;
+    return SPI_OK;
+  default:
+    return spi__classify_in(req, s, v, pressure, out);
+  }
 }
 
 int spi_classify(spi_request *req, int32_t pressure, spi_classification *out) {

@@ -210,6 +210,10 @@ struct spi_request {
   size_t hashcap;
   spi_candidate *cands;
   size_t candcap;
+  /* Where the last classification's answer came from (enum spi_cls_from,
+   * dispatch.c), and its plans when a module gave every pressure's. */
+  int32_t cls_from;
+  spi_degrade_levels cls_levels;
   char errmsg[SPI_ERRMSG_CAP];
 };
 
@@ -248,6 +252,12 @@ void spi__router_destroy(spi_engine *e);
 int spi__classify_in(spi_request *req, const spi_snapshot *s,
                      spi_request_view *v, int32_t pressure,
                      spi_classification *out);
+/* The plan at another pressure for the classification spi__classify_in
+ * just made on req: from the built-in's table or the module's levels when
+ * the answer came from there, else by asking the module again. */
+int spi__classify_plan_at(spi_request *req, const spi_snapshot *s,
+                          spi_request_view *v, int32_t pressure,
+                          spi_classification *out);
 int spi__key_in(spi_request *req, const spi_snapshot *s,
                 const spi_request_view *v, spi_cache_key *out);
 int spi__blocks_in(spi_request *req, const spi_snapshot *s,

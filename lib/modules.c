@@ -3,6 +3,7 @@
  * module struct, lists names, and registers the built-ins. Configure (the
  * roof, engine.c) selects and configures registered modules by name.
  */
+#include <stddef.h>
 #include <string.h>
 
 #include "engine.h"
@@ -35,9 +36,12 @@ static int copy_module(spi_engine *e, int32_t kind, const void *module,
   if (abi != SPI_MODULE_ABI_VERSION)
     return spi__engine_fail(e, SPI_EABI, "module abi_version %u unsupported (%u)",
                        abi, (unsigned)SPI_MODULE_ABI_VERSION);
-  size_t need = 0;
+  size_t need = 0, full = 0;
   switch (kind) {
-  case SPI_MODULE_CLASSIFIER: need = sizeof(spi_classifier_module); break;
+  case SPI_MODULE_CLASSIFIER:
+    need = offsetof(spi_classifier_module, classify_levels);
+    full = sizeof(spi_classifier_module);
+    break;
   case SPI_MODULE_KEY_BUILDER: need = sizeof(spi_key_builder_module); break;
   case SPI_MODULE_COST_MODEL: need = sizeof(spi_cost_model_module); break;
   case SPI_MODULE_POLICY: need = sizeof(spi_policy_module); break;
@@ -47,20 +51,25 @@ static int copy_module(spi_engine *e, int32_t kind, const void *module,
                        "module kind %s is reserved and not defined in %s",
                        spi_module_kind_name(kind), SPI_VERSION_STRING);
   }
-  /* Version 1 structs have no optional tail yet: they must be complete. A
-   * newer caller's larger struct is accepted: the fields this version knows
-   * are copied, the tail it does not know is ignored. */
+  /* A struct must reach the end of its kind's first version (need). Fields
+   * added since are an optional tail: an older caller's struct ends before
+   * them and they read as NULL. A newer caller's larger struct is accepted:
+   * the fields this version knows are copied, the tail it does not know is
+   * ignored. */
+  if (!full) full = need;
   if (size < need)
     return spi__engine_fail(e, SPI_EABI,
                             "%s module struct_size %u, expected at least %zu",
                             spi_module_kind_name(kind), size, need);
-  memcpy(&m->m, module, need);
+  memset(&m->m, 0, sizeof m->m);
+  memcpy(&m->m, module, size >= full ? full : need);
   switch (kind) {
   case SPI_MODULE_CLASSIFIER:
     m->configure = m->m.classifier.configure;
     m->release = m->m.classifier.release;
     m->on_failure = m->m.classifier.on_failure;
-    if (!m->m.classifier.classify) goto missing;
+    if (!m->m.classifier.classify && !m->m.classifier.classify_levels)
+      goto missing;
     break;
   case SPI_MODULE_KEY_BUILDER:
     m->configure = m->m.key_builder.configure;

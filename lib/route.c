@@ -337,18 +337,13 @@ static void claim_probe(route_state *rs) {
 }
 
 /* The classification at the chosen pool's own pressure. The built-in
- * classifier's class, rule and tier do not depend on the pressure, only
- * its degrade plan does, which comes from its table: it runs once per
- * route. A module of the caller's may answer differently at each
- * pressure, so it is asked again when the pressures differ. */
+ * classifier and a module with classify_levels gave every pressure's plan
+ * with the class: neither is asked again. A module with classify only may
+ * answer differently at each pressure, so it is asked again when the
+ * pressures differ (dispatch.c). */
 static int plan_at(route_state *rs, int32_t pressure) {
   if (pressure == rs->worst) return SPI_OK;
-  const spi_slot *sl = &rs->snap->slot[SPI_MODULE_CLASSIFIER];
-  if (sl->mod == sl->builtin) {
-    spi__classifier_plan_at(sl->inst, pressure, rs->cls);
-    return SPI_OK;
-  }
-  return spi__classify_in(rs->req, rs->snap, rs->v, pressure, rs->cls);
+  return spi__classify_plan_at(rs->req, rs->snap, rs->v, pressure, rs->cls);
 }
 
 /* The decision's fields that every outcome has. */

@@ -113,6 +113,24 @@ typedef struct spi_request_view {
 
 /* ------------------------------------------------------------ classifier */
 
+/* The degrade plan at every pressure level (index = enum spi_pressure), as
+ * a classifier's classify_levels fills it: the fields of
+ * spi_classification's plan, one per pressure. */
+typedef struct spi_degrade_levels {
+  size_t struct_size;           /* set by the library */
+  int64_t max_output_tokens[4]; /* cap to apply; 0 = no cap */
+  int32_t tools_allowed[4];     /* 0 = strip tools / multi-step modes */
+  int32_t defer[4];             /* 1 = queue instead of serving now */
+} spi_degrade_levels;
+
+/*
+ * A route classifies a request once, at the higher of the two pools'
+ * pressures, and needs the plan at the pressure of the pool it chose.
+ * A module with classify_levels answers for every pressure in that one
+ * call. A module with classify only (such as one built against a header
+ * older than classify_levels, whose struct_size ends before it) is asked
+ * again, at the chosen pool's pressure, when the two pressures differ.
+ */
 typedef struct spi_classifier_module {
   uint32_t abi_version; /* SPI_MODULE_ABI_VERSION */
   uint32_t struct_size; /* sizeof(spi_classifier_module) */
@@ -122,9 +140,19 @@ typedef struct spi_classifier_module {
   spi_module_release_fn release;     /* may be NULL */
   /* Fill out (struct_size already set by the library) for pressure. The
    * library validates klass, model_tier and the plan, and fills the
-   * priority / service-tier mappings itself. */
+   * priority / service-tier mappings itself. Required unless
+   * classify_levels is set; not called when it is. */
   int (*classify)(void *state, void *instance, const spi_request_view *req,
                   int32_t pressure, spi_classification *out);
+  /* Optional (since 0.3.0; NULL = use classify). Fill out's class,
+   * replayable, model_tier, rule_index, complexity and reason, which must
+   * not depend on the pressure, and levels (struct_size already set by the
+   * library, every field 0) with the plan at each pressure. The library
+   * checks every level, then copies the one it needs into the
+   * classification; out's own plan fields are ignored. */
+  int (*classify_levels)(void *state, void *instance,
+                         const spi_request_view *req, spi_classification *out,
+                         spi_degrade_levels *levels);
 } spi_classifier_module;
 
 /* ----------------------------------------------------------- key builder */

@@ -456,6 +456,20 @@ RELEASE_FN = CFUNCTYPE(None, c_void_p, c_void_p)
 DESTROY_FN = CFUNCTYPE(None, c_void_p)
 CLASSIFY_FN = CFUNCTYPE(c_int, c_void_p, c_void_p, POINTER(RequestView),
                         c_int32, POINTER(Classification))
+
+
+class DegradeLevels(_Struct):
+    _c_name_ = "spi_degrade_levels"
+    _fields_ = [
+        ("struct_size", c_size_t),
+        ("max_output_tokens", c_int64 * 4),
+        ("tools_allowed", c_int32 * 4),
+        ("defer", c_int32 * 4),
+    ]
+
+
+CLASSIFY_LEVELS_FN = CFUNCTYPE(c_int, c_void_p, c_void_p, POINTER(RequestView),
+                               POINTER(Classification), POINTER(DegradeLevels))
 BUILD_KEY_FN = CFUNCTYPE(c_int, c_void_p, c_void_p, POINTER(RequestView),
                          POINTER(CacheKey))
 BLOCK_HASHES_FN = CFUNCTYPE(c_int, c_void_p, c_void_p, POINTER(RequestView),
@@ -484,6 +498,7 @@ class ClassifierModule(_ModuleStruct):
         ("configure", CONFIGURE_FN),
         ("release", RELEASE_FN),
         ("classify", CLASSIFY_FN),
+        ("classify_levels", CLASSIFY_LEVELS_FN),
     ]
 
 
@@ -673,7 +688,8 @@ class ReplayStoreModule(_ModuleStruct):
 STRUCTS: Tuple[type, ...] = (
     Hooks, OptionInfo, Classification, CacheKey, SpotCost, Price,
     ReplicaInfo, Load, ReplicaStatus, Decision, TicketResult, LedgerRow,
-    Signals, ParseReport, Notice, TicketPlan, Envelope, ReplayStats, RequestView, ClassifierModule, KeyBuilderModule,
+    Signals, ParseReport, Notice, TicketPlan, Envelope, ReplayStats, RequestView,
+    DegradeLevels, ClassifierModule, KeyBuilderModule,
     CostModelModule, Candidate, PoolSummary, RouteContext, PolicyChoice,
     PolicyModule, ReplayRecord, ReplayStoreStats, ReplayStoreModule,
 )
