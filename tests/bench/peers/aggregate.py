@@ -1,0 +1,119 @@
+#!/usr/bin/env python3
+"""Pools the per-run samples of scripts/bench-peers.sh into JSON lines.
+
+    aggregate.py <run dir> [--markdown FILE]
+
+<run dir>/runs.jsonl holds one line per harness run (as the harness printed
+it, plus "samples": the file of its times in ns, one per line). Every
+case (prompt bytes x replicas) gets one line per peer with p50/p99 over
+all of that peer's samples in the case, and both as a ratio to spi_route's
+in the same case: the runs of a case alternate between the peers round by
+round, so the ratios come from the same minutes of the same machine.
+A last line says whether spi_route had the lowest p50 in every case.
+With --markdown, also writes the table for docs/performance.md.
+"""
+import json
+import os
+import sys
+
+SPI = "spi_route"
+ORDER = [SPI, "dynamo_kv_router", "sglang_kv_index", "gie_epp"]
+LABEL = {
+    SPI: "spi_route",
+    "dynamo_kv_router": "Dynamo KV router core",
+    "sglang_kv_index": "SGLang cache-aware (kv-index)",
+    "gie_epp": "GIE EPP v1.5.0 default profile",
+}
+
+
+def pct(sorted_ns, q):
+    return sorted_ns[min(len(sorted_ns) - 1, len(sorted_ns) * q // 100)]
+
+
+def load(run_dir):
+    cases = {}
+    with open(os.path.join(run_dir, "runs.jsonl")) as f:
+        for line in f:
+            if not line.strip():
+                continue
+            run = json.loads(line)
+            key = (run["prompt_bytes"], run["replicas"])
+            peer = cases.setdefault(key, {}).setdefault(
+                run["peer"], {"ns": [], "runs": 0, "chosen": 0, "fnv": set()})
+            with open(run["samples"]) as s:
+                peer["ns"].extend(int(x) for x in s if x.strip())
+            peer["runs"] += 1
+            peer["chosen"] = max(peer["chosen"], run["replicas_chosen"])
+            peer["fnv"].add(run["prompts_fnv"])
+    return cases
+
+
+def summarize(cases):
+    lines = []
+    lowest = True
+    for (size, reps) in sorted(cases):
+        peers = cases[(size, reps)]
+        fnvs = set().union(*(p["fnv"] for p in peers.values()))
+        if len(fnvs) != 1:
+            sys.exit("aggregate: the peers saw different prompts in case %d/%d" % (size, reps))
+        stats = {}
+        for name, p in peers.items():
+            ns = sorted(p["ns"])
+            stats[name] = (pct(ns, 50), pct(ns, 99), len(ns), p["runs"], p["chosen"])
+        spi = stats.get(SPI)
+        for name in sorted(stats, key=lambda n: ORDER.index(n) if n in ORDER else 99):
+            p50, p99, n, runs, chosen = stats[name]
+            line = {"bench": "peers", "peer": name, "prompt_bytes": size, "replicas": reps,
+                    "runs": runs, "samples": n, "replicas_chosen": chosen,
+                    "p50_ns": p50, "p99_ns": p99}
+            if spi:
+                line["p50_ratio_to_spi"] = round(p50 / spi[0], 2)
+                line["p99_ratio_to_spi"] = round(p99 / spi[1], 2)
+                if name != SPI and p50 <= spi[0]:
+                    lowest = False
+            lines.append(line)
+        if not spi:
+            lowest = False
+    lines.append({"bench": "peers_summary", "cases": len(cases),
+                  "spi_route_lowest_p50_in_every_case": lowest})
+    return lines
+
+
+def fmt_us(ns):
+    return "%.1f" % (ns / 1000.0) if ns < 100000 else "%.0f" % (ns / 1000.0)
+
+
+def markdown(lines, path):
+    rows = [l for l in lines if l["bench"] == "peers"]
+    peers = [p for p in ORDER if any(r["peer"] == p for r in rows)]
+    head = "| prompt | replicas | " + " | ".join(LABEL[p] for p in peers) + " |"
+    out = [head, "|" + "---|" * (2 + len(peers))]
+    for size, reps in sorted({(r["prompt_bytes"], r["replicas"]) for r in rows}):
+        cells = []
+        for p in peers:
+            r = next((r for r in rows if r["peer"] == p and r["prompt_bytes"] == size
+                      and r["replicas"] == reps), None)
+            if r is None:
+                cells.append("-")
+            elif p == SPI:
+                cells.append("**%s** / %s" % (fmt_us(r["p50_ns"]), fmt_us(r["p99_ns"])))
+            else:
+                cells.append("%s / %s (%.2gx)" % (fmt_us(r["p50_ns"]), fmt_us(r["p99_ns"]),
+                                                   r.get("p50_ratio_to_spi", 0)))
+        out.append("| %d KiB | %d | %s |" % (size // 1024, reps, " | ".join(cells)))
+    with open(path, "w") as f:
+        f.write("\n".join(out) + "\n")
+
+
+def main():
+    if len(sys.argv) not in (2, 4) or (len(sys.argv) == 4 and sys.argv[2] != "--markdown"):
+        sys.exit(__doc__)
+    lines = summarize(load(sys.argv[1]))
+    for line in lines:
+        print(json.dumps(line, separators=(",", ":")))
+    if len(sys.argv) == 4:
+        markdown(lines, sys.argv[3])
+
+
+if __name__ == "__main__":
+    main()

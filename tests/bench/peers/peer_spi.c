@@ -1,0 +1,156 @@
+/*
+ * peer_spi.c - spi_route() on the shared peer workload (README.md).
+ *
+ *   peer_spi <prompt bytes> <replicas> <decisions> <samples file>
+ *
+ * Builds the fleet, routes the eight warm-up batches (each decision
+ * finished at once), then times <decisions> calls of spi_route() over the
+ * measured batch, finishing each ticket outside the timed span. Writes
+ * one time in ns per line to <samples file> and prints one JSON line.
+ * The engine runs on a fixed clock, as in bench_route, so load reports
+ * never go stale.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "spotinfer/spotinfer.h"
+#include "prompts.h"
+
+static int64_t fixed_clock(void *ud) {
+  (void)ud;
+  return 1700000000LL * 1000000000LL;
+}
+
+static int64_t now_ns(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+}
+
+static int cmp_i64(const void *a, const void *b) {
+  int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
+  return x < y ? -1 : x > y;
+}
+
+static void die(const char *what) {
+  fprintf(stderr, "peer_spi: %s\n", what);
+  exit(1);
+}
+
+static spi_engine *make_fleet(int replicas) {
+  spi_hooks h;
+  memset(&h, 0, sizeof h);
+  h.struct_size = sizeof h;
+  h.clock = fixed_clock;
+  spi_engine *e = NULL;
+  if (spi_engine_new(&e, &h) != SPI_OK) die("spi_engine_new failed");
+  const char *cfg = "{\"router\":{\"max_tickets\":65536,\"index_bytes\":67108864}}";
+  if (spi_engine_configure(e, cfg, strlen(cfg)) != SPI_OK) die("configure failed");
+  for (int i = 0; i < replicas; i++) {
+    char id[32];
+    snprintf(id, sizeof id, "replica-%03d", i);
+    spi_replica_info ri;
+    memset(&ri, 0, sizeof ri);
+    ri.struct_size = sizeof ri;
+    ri.id = id;
+    ri.id_len = strlen(id);
+    ri.pool = i % 2 ? SPI_POOL_ON_DEMAND : SPI_POOL_SPOT;
+    ri.usd_per_hour = i % 2 ? 4.5 : 1.8;
+    ri.max_inflight = 256;
+    if (spi_replica_upsert(e, &ri) != SPI_OK) die("upsert failed");
+    spi_load l;
+    memset(&l, 0, sizeof l);
+    l.struct_size = sizeof l;
+    l.running = (uint32_t)peers_running(i);
+    l.waiting = (uint32_t)peers_waiting(i);
+    l.kv_usage = 0.3;
+    if (spi_replica_report_load(e, id, strlen(id), &l) != SPI_OK) die("load failed");
+  }
+  return e;
+}
+
+/* The batch of round (-1: the measured one) as requests. */
+static void make_batch(spi_engine *e, spi_request **reqs, size_t size, int round,
+                       char *scratch) {
+  for (int j = 0; j < PEERS_BATCH; j++) {
+    peers_prompt(scratch, size, j % PEERS_FAMILIES, peers_unique(round, j));
+    if (spi_request_new(e, &reqs[j]) != SPI_OK) die("spi_request_new failed");
+    spi_request_set_str(reqs[j], SPI_REQ_MODEL, "llama", 5);
+    spi_request_set_str(reqs[j], SPI_REQ_PROMPT, scratch, size);
+    spi_request_set_int(reqs[j], SPI_REQ_REPLAYABLE, 1);
+  }
+}
+
+static void finish(spi_engine *e, uint64_t t) {
+  spi_ticket_result r;
+  memset(&r, 0, sizeof r);
+  r.struct_size = sizeof r;
+  r.output_tokens = 10;
+  spi_ticket_finish(e, t, &r);
+}
+
+/* One route; returns the replica number it chose, or -1. */
+static int route_once(spi_engine *e, spi_request *req, int64_t *ns) {
+  spi_decision d;
+  memset(&d, 0, sizeof d);
+  d.struct_size = sizeof d;
+  int64_t t0 = now_ns();
+  int rc = spi_route(req, &d);
+  int64_t t1 = now_ns();
+  if (ns) *ns = t1 - t0;
+  if (rc != SPI_OK || !d.ticket) return -1;
+  int at = atoi(d.replica_id + strlen("replica-"));
+  finish(e, d.ticket);
+  return at;
+}
+
+int main(int argc, char **argv) {
+  if (argc != 5) die("usage: peer_spi <prompt bytes> <replicas> <decisions> <samples file>");
+  size_t size = (size_t)atol(argv[1]);
+  int replicas = atoi(argv[2]), n = atoi(argv[3]);
+  if (replicas < 1 || replicas > 999 || n < 1 || !peers_golden(size)) die("bad arguments");
+  char *scratch = malloc(size);
+  int64_t *t = malloc(sizeof *t * (size_t)n);
+  char *seen = calloc((size_t)replicas, 1);
+  if (!scratch || !t || !seen) die("out of memory");
+  uint64_t sum = peers_checksum(size, scratch);
+  if (sum != peers_golden(size)) die("prompt checksum differs from the golden one");
+  spi_engine *e = make_fleet(replicas);
+  spi_request *reqs[PEERS_BATCH];
+  for (int round = 0; round < PEERS_WARM_ROUNDS; round++) {
+    make_batch(e, reqs, size, round, scratch);
+    for (int j = 0; j < PEERS_BATCH; j++) {
+      route_once(e, reqs[j], NULL);
+      spi_request_free(reqs[j]);
+    }
+  }
+  make_batch(e, reqs, size, -1, scratch);
+  int distinct = 0, failed = 0;
+  for (int i = 0; i < n; i++) {
+    int at = route_once(e, reqs[i % PEERS_BATCH], &t[i]);
+    if (at < 0 || at >= replicas) {
+      failed++;
+    } else if (!seen[at]) {
+      seen[at] = 1;
+      distinct++;
+    }
+  }
+  FILE *f = fopen(argv[4], "w");
+  if (!f) die("cannot write the samples file");
+  for (int i = 0; i < n; i++) fprintf(f, "%lld\n", (long long)t[i]);
+  fclose(f);
+  qsort(t, (size_t)n, sizeof t[0], cmp_i64);
+  printf("{\"peer\":\"spi_route\",\"prompt_bytes\":%zu,\"replicas\":%d,\"decisions\":%d,"
+         "\"prompts_fnv\":\"%016llx\",\"replicas_chosen\":%d,\"failed\":%d,"
+         "\"p50_ns\":%lld,\"p99_ns\":%lld}\n",
+         size, replicas, n, (unsigned long long)sum, distinct, failed,
+         (long long)t[n / 2], (long long)t[(size_t)n * 99 / 100]);
+  for (int j = 0; j < PEERS_BATCH; j++) spi_request_free(reqs[j]);
+  spi_engine_free(e);
+  free(scratch);
+  free(t);
+  free(seen);
+  return failed ? 1 : 0;
+}
