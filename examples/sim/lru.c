@@ -134,3 +134,20 @@ void sim_lru_insert(sim_lru *l, uint64_t key) {
   l->node_key[n] = key;
   push_front(l, n);
 }
+
+/* A request's prompt meets a replica's cache: the leading blocks present
+ * are hits; then the cache holds the whole chain, its head the most
+ * recently used. Engines evict the tail of a chain first (vLLM frees a
+ * finished request's blocks last to first; SGLang's radix tree evicts
+ * leaves), so a cached prefix is never cut off at its head while its tail
+ * stays useless. The hits are touched first, so the blocks inserted after
+ * them cannot evict them (a running request's blocks are in use), then the
+ * missing blocks are inserted last to first, then the hits again last to
+ * first. */
+uint32_t sim_lru_prefix_fill(sim_lru *l, const uint64_t *chain, uint32_t n) {
+  uint32_t hit = 0;
+  while (hit < n && sim_lru_touch(l, chain[hit])) hit++;
+  for (uint32_t b = n; b-- > hit;) sim_lru_insert(l, chain[b]);
+  for (uint32_t b = hit; b-- > 0;) sim_lru_touch(l, chain[b]);
+  return hit;
+}

@@ -27,12 +27,6 @@ double sim_cpu_s(void) {
   return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
 }
 
-static uint32_t prefix_fill(sim_lru *l, const uint64_t *chain, uint32_t n) {
-  uint32_t hit = 0;
-  while (hit < n && sim_lru_touch(l, chain[hit])) hit++;
-  for (uint32_t b = hit; b < n; b++) sim_lru_insert(l, chain[b]);
-  return hit;
-}
 
 static void compute_ceilings(const sim_opts *o, const sim_trace *tr, sim_ceilings *c) {
   memset(c, 0, sizeof c[0]);
@@ -60,7 +54,7 @@ static void compute_ceilings(const sim_opts *o, const sim_trace *tr, sim_ceiling
       if (set[j]) c->oracle++;
       else set[j] = k;
     }
-    c->pooled += prefix_fill(&pooled, ch, q->nblocks);
+    c->pooled += sim_lru_prefix_fill(&pooled, ch, q->nblocks);
   }
   free(set);
   sim_lru_free(&pooled);

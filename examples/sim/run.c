@@ -219,17 +219,11 @@ static void wq_push(replica *p, uint32_t i) {
 }
 
 /* Leading prompt blocks present in an LRU, then all of them inserted. */
-static uint32_t lru_prefix_fill(sim_lru *l, const uint64_t *chain, uint32_t n) {
-  uint32_t hit = 0;
-  while (hit < n && sim_lru_touch(l, chain[hit])) hit++;
-  for (uint32_t b = hit; b < n; b++) sim_lru_insert(l, chain[b]);
-  return hit;
-}
 
 static void start_one(sim *s, replica *p, uint32_t i) {
   sreq *q = &s->r[i];
   const sim_trace_req *t = &s->tr->reqs[i];
-  uint32_t hit = lru_prefix_fill(&p->lru, s->tr->chain + t->block_off, t->nblocks);
+  uint32_t hit = sim_lru_prefix_fill(&p->lru, s->tr->chain + t->block_off, t->nblocks);
   if (!q->hits_counted) {
     q->hits_counted = 1;
     s->res->hit_blocks += hit;
@@ -308,6 +302,8 @@ static int route(sim *s, uint32_t i) {
   replica *p = &s->reps[ri];
   if (d.pool == SPI_POOL_SPOT) s->res->spot_served++;
   else s->res->od_served++;
+  if (getenv("SIM_DEBUG_REASON"))
+    fprintf(stderr, "DBG %d %u %u %.0f %s\n", d.reason_code, d.matched_blocks, s->tr->reqs[i].nblocks, (double)s->now/1e9, d.reason);
   q->ticket = d.ticket;
   q->replica = (int32_t)ri;
   q->state = RQ_WAITING;

@@ -149,5 +149,6 @@ void sim_lru_clear(sim_lru *l);
 int sim_lru_touch(sim_lru *l, uint64_t key);
 int sim_lru_contains(const sim_lru *l, uint64_t key);
 void sim_lru_insert(sim_lru *l, uint64_t key);
+uint32_t sim_lru_prefix_fill(sim_lru *l, const uint64_t *chain, uint32_t n);
 
 #endif
