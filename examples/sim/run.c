@@ -302,8 +302,6 @@ static int route(sim *s, uint32_t i) {
   replica *p = &s->reps[ri];
   if (d.pool == SPI_POOL_SPOT) s->res->spot_served++;
   else s->res->od_served++;
-  if (getenv("SIM_DEBUG_REASON"))
-    fprintf(stderr, "DBG %d %u %u %.0f %s\n", d.reason_code, d.matched_blocks, s->tr->reqs[i].nblocks, (double)s->now/1e9, d.reason);
   q->ticket = d.ticket;
   q->replica = (int32_t)ri;
   q->state = RQ_WAITING;
