@@ -8,6 +8,9 @@
  *   w->fail_at = next_alloc(w); refuse the next allocation
  *   done(w);                    frees everything; nothing may leak
  *
+ * and a few calls most of those tests make: add_replica, report_load,
+ * finish_rc.
+ *
  * The hooks run on whichever thread makes the call, so everything they
  * touch is atomic: replica writers free retired sets concurrently, and a
  * route's allocation may race a report's.
@@ -100,6 +103,57 @@ static inline void done(world *w) {
   spi_engine_free(w->e);
   assert_int_equal(atomic_load(&w->allocs), atomic_load(&w->frees));
   free(w);
+}
+
+/* cmocka fixtures: each test gets *state, a world on the defaults. */
+static inline int world_setup(void **state) {
+  *state = mk(NULL);
+  return 0;
+}
+
+static inline int world_teardown(void **state) {
+  done(*state);
+  return 0;
+}
+
+/* A replica of pool taking max_inflight requests at once (spot at 1.8
+ * $/h, on-demand at 4.5). */
+static inline void add_replica(world *w, const char *id, int32_t pool,
+                               uint32_t max_inflight) {
+  spi_replica_info ri;
+  memset(&ri, 0, sizeof ri);
+  ri.struct_size = sizeof ri;
+  ri.id = id;
+  ri.id_len = strlen(id);
+  ri.pool = pool;
+  ri.usd_per_hour = pool == SPI_POOL_SPOT ? 1.8 : 4.5;
+  ri.max_inflight = max_inflight;
+  int rc = spi_replica_upsert(w->e, &ri);
+  if (rc) print_error("%s\n", spi_engine_errmsg(w->e));
+  assert_int_equal(rc, SPI_OK);
+}
+
+/* A load report measured now. */
+static inline void report_load(world *w, const char *id, double running,
+                               double waiting, double kv_usage) {
+  spi_load l;
+  memset(&l, 0, sizeof l);
+  l.struct_size = sizeof l;
+  l.running = running;
+  l.waiting = waiting;
+  l.kv_usage = kv_usage;
+  assert_int_equal(spi_replica_report_load(w->e, id, strlen(id), &l), SPI_OK);
+}
+
+/* Finish ticket t with status (100 prompt and 10 output tokens). */
+static inline int finish_rc(world *w, uint64_t t, int32_t status) {
+  spi_ticket_result res;
+  memset(&res, 0, sizeof res);
+  res.struct_size = sizeof res;
+  res.status = status;
+  res.prompt_tokens = 100;
+  res.output_tokens = 10;
+  return spi_ticket_finish(w->e, t, &res);
 }
 
 #endif /* SPI_TEST_FAKE_WORLD_H */

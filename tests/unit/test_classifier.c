@@ -19,32 +19,13 @@
 #include <cmocka.h>
 
 #include "engine.h"
+#include "fake_world.h"
 
 #define LIT(s) (s), (sizeof(s) - 1)
 
 /* ------------------------------------------------------------- fixtures */
 
-typedef struct fx {
-  spi_engine *e;
-  spi_request *r;
-} fx;
-
-static int setup(void **state) {
-  fx *f = calloc(1, sizeof *f);
-  if (!f) return -1;
-  if (spi_engine_new(&f->e, NULL) != SPI_OK) return -1;
-  if (spi_request_new(f->e, &f->r) != SPI_OK) return -1;
-  *state = f;
-  return 0;
-}
-
-static int teardown(void **state) {
-  fx *f = *state;
-  spi_request_free(f->r);
-  spi_engine_free(f->e);
-  free(f);
-  return 0;
-}
+/* Each test gets a world (fake_world.h) as its cmocka state. */
 
 static void configure_(spi_engine *e, const char *json, int line) {
   int rc = spi_engine_configure(e, json, strlen(json));
@@ -108,7 +89,7 @@ static void config_error_(spi_engine *e, const char *json, int status,
 /* ------------------------------------------------------- default rules */
 
 static void test_default_rules(void **state) {
-  fx *f = *state;
+  world *f = *state;
   spi_request *r = f->r;
 
   /* Nothing said: the default class. */
@@ -201,7 +182,7 @@ static void test_default_rules(void **state) {
 /* ------------------------------------------------------------ precedence */
 
 static void test_explicit_class_precedence(void **state) {
-  fx *f = *state;
+  world *f = *state;
   spi_request *r = f->r;
   /* Every rule says gold; the explicit class wins. */
   set_int(r, SPI_REQ_STREAM, 1);
@@ -231,7 +212,7 @@ static void test_explicit_class_precedence(void **state) {
 }
 
 static void test_priority_precedence(void **state) {
-  fx *f = *state;
+  world *f = *state;
   spi_request *r = f->r;
   static const struct {
     int64_t prio;
@@ -294,7 +275,7 @@ static void test_priority_precedence(void **state) {
 /* ----------------------------------------------------------- replayable */
 
 static void test_replayable(void **state) {
-  fx *f = *state;
+  world *f = *state;
   spi_request *r = f->r;
   configure(f->e,
             "{\"classifier\":{\"rules\":["
@@ -358,7 +339,7 @@ static void test_replayable(void **state) {
 /* -------------------------------------------------------- degrade plans */
 
 static void test_degrade_defaults(void **state) {
-  fx *f = *state;
+  world *f = *state;
   spi_request *r = f->r;
   static const struct {
     const char *klass;
@@ -400,7 +381,7 @@ static void test_degrade_defaults(void **state) {
 }
 
 static void test_degrade_custom(void **state) {
-  fx *f = *state;
+  world *f = *state;
   spi_request *r = f->r;
   configure(f->e,
             "{\"classifier\":{\"degrade\":{"
@@ -431,7 +412,7 @@ static void test_degrade_custom(void **state) {
 /* ------------------------------------------------- vocabularies in verdict */
 
 static void test_priority_map_in_verdict(void **state) {
-  fx *f = *state;
+  world *f = *state;
   spi_request *r = f->r;
   static const struct {
     const char *klass;
@@ -489,7 +470,7 @@ static double complexity_of(spi_request *r, const char *text, int32_t *tier) {
 }
 
 static void test_cascade_off_by_default(void **state) {
-  fx *f = *state;
+  world *f = *state;
   spi_request *r = f->r;
   /* Without cascade routing every request goes to the large model and
    * scores 0, however complex it looks. */
@@ -508,7 +489,7 @@ static void test_cascade_off_by_default(void **state) {
 }
 
 static void test_cascade_defaults(void **state) {
-  fx *f = *state;
+  world *f = *state;
   spi_request *r = f->r;
   configure(f->e, "{\"classifier\":{\"cascade\":{\"enabled\":true}}}");
   int32_t tier = 0;
@@ -602,7 +583,7 @@ static void test_cascade_defaults(void **state) {
 }
 
 static void test_cascade_custom(void **state) {
-  fx *f = *state;
+  world *f = *state;
   spi_request *r = f->r;
   configure(f->e, "{\"classifier\":{\"cascade\":{\"enabled\":true,"
                   "\"keywords\":[\"Prove\","
@@ -676,7 +657,7 @@ static void match_(spi_request *r, int want, int line) {
 #define NO_MATCH(r) match_((r), 0, __LINE__)
 
 static void test_rule_conditions(void **state) {
-  fx *f = *state;
+  world *f = *state;
   spi_engine *e = f->e;
   spi_request *r = f->r;
 
@@ -869,7 +850,7 @@ static void test_rule_conditions(void **state) {
 }
 
 static void test_rule_sets(void **state) {
-  fx *f = *state;
+  world *f = *state;
   spi_request *r = f->r;
   /* First match wins; unnamed rules are shown by index; tenant tiers of
    * several rules do not mix. */
@@ -920,7 +901,7 @@ static void test_rule_sets(void **state) {
 /* ------------------------------------------------------- config errors */
 
 static void test_config_errors(void **state) {
-  fx *f = *state;
+  world *f = *state;
   spi_engine *e = f->e;
   config_error(e, "{\"classifier\":{\"rules\":[{\"class\":\"gold\"},{\"when\":{}}]}}",
                SPI_EMISSING, "classifier.rules[1].class: missing");
@@ -1108,7 +1089,7 @@ static void test_config_errors(void **state) {
 
 /* A failed configure leaves the previous classifier, and its dump, alone. */
 static void test_failed_configure_keeps_previous(void **state) {
-  fx *f = *state;
+  world *f = *state;
   spi_engine *e = f->e;
   spi_request *r = f->r;
   configure(e, "{\"classifier\":{\"default_class\":\"bronze\",\"rules\":["
@@ -1159,7 +1140,7 @@ static void test_failed_configure_keeps_previous(void **state) {
 /* ----------------------------------------------------------- mapping API */
 
 static void test_mapping_api_defaults(void **state) {
-  fx *f = *state;
+  world *f = *state;
   spi_engine *e = f->e;
   int32_t v = 12345;
   static const int32_t vllm[4] = {0, -1, 0, 1}, llmd[4] = {0, 1, 0, -1};
@@ -1276,7 +1257,7 @@ static void test_mapping_api_defaults(void **state) {
 }
 
 static void test_mapping_api_custom(void **state) {
-  fx *f = *state;
+  world *f = *state;
   spi_engine *e = f->e;
   configure(e, "{\"priority_map\":{\"vllm\":{\"gold\":-10,\"silver\":5,"
                "\"bronze\":20},\"llmd\":{\"gold\":100,\"silver\":50,"
@@ -1344,7 +1325,7 @@ static void test_mapping_api_custom(void **state) {
 /* ---------------------------------------------------- config round trip */
 
 static void test_config_dump_round_trip(void **state) {
-  fx *f = *state;
+  world *f = *state;
   spi_engine *e = f->e;
   configure(e, "{\"classifier\":{\"rules\":[{\"name\":\"x\",\"class\":"
                "\"bronze\",\"when\":{\"tenant_tier\":[\"free\"],"
@@ -1376,29 +1357,29 @@ static void test_config_dump_round_trip(void **state) {
 
 int main(void) {
   const struct CMUnitTest tests[] = {
-      cmocka_unit_test_setup_teardown(test_default_rules, setup, teardown),
-      cmocka_unit_test_setup_teardown(test_explicit_class_precedence, setup,
-                                      teardown),
-      cmocka_unit_test_setup_teardown(test_priority_precedence, setup, teardown),
-      cmocka_unit_test_setup_teardown(test_replayable, setup, teardown),
-      cmocka_unit_test_setup_teardown(test_degrade_defaults, setup, teardown),
-      cmocka_unit_test_setup_teardown(test_degrade_custom, setup, teardown),
-      cmocka_unit_test_setup_teardown(test_priority_map_in_verdict, setup,
-                                      teardown),
-      cmocka_unit_test_setup_teardown(test_cascade_off_by_default, setup,
-                                      teardown),
-      cmocka_unit_test_setup_teardown(test_cascade_defaults, setup, teardown),
-      cmocka_unit_test_setup_teardown(test_cascade_custom, setup, teardown),
-      cmocka_unit_test_setup_teardown(test_rule_conditions, setup, teardown),
-      cmocka_unit_test_setup_teardown(test_rule_sets, setup, teardown),
-      cmocka_unit_test_setup_teardown(test_config_errors, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_default_rules, world_setup, world_teardown),
+      cmocka_unit_test_setup_teardown(test_explicit_class_precedence, world_setup,
+                                      world_teardown),
+      cmocka_unit_test_setup_teardown(test_priority_precedence, world_setup, world_teardown),
+      cmocka_unit_test_setup_teardown(test_replayable, world_setup, world_teardown),
+      cmocka_unit_test_setup_teardown(test_degrade_defaults, world_setup, world_teardown),
+      cmocka_unit_test_setup_teardown(test_degrade_custom, world_setup, world_teardown),
+      cmocka_unit_test_setup_teardown(test_priority_map_in_verdict, world_setup,
+                                      world_teardown),
+      cmocka_unit_test_setup_teardown(test_cascade_off_by_default, world_setup,
+                                      world_teardown),
+      cmocka_unit_test_setup_teardown(test_cascade_defaults, world_setup, world_teardown),
+      cmocka_unit_test_setup_teardown(test_cascade_custom, world_setup, world_teardown),
+      cmocka_unit_test_setup_teardown(test_rule_conditions, world_setup, world_teardown),
+      cmocka_unit_test_setup_teardown(test_rule_sets, world_setup, world_teardown),
+      cmocka_unit_test_setup_teardown(test_config_errors, world_setup, world_teardown),
       cmocka_unit_test_setup_teardown(test_failed_configure_keeps_previous,
-                                      setup, teardown),
-      cmocka_unit_test_setup_teardown(test_mapping_api_defaults, setup,
-                                      teardown),
-      cmocka_unit_test_setup_teardown(test_mapping_api_custom, setup, teardown),
-      cmocka_unit_test_setup_teardown(test_config_dump_round_trip, setup,
-                                      teardown),
+                                      world_setup, world_teardown),
+      cmocka_unit_test_setup_teardown(test_mapping_api_defaults, world_setup,
+                                      world_teardown),
+      cmocka_unit_test_setup_teardown(test_mapping_api_custom, world_setup, world_teardown),
+      cmocka_unit_test_setup_teardown(test_config_dump_round_trip, world_setup,
+                                      world_teardown),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -85,23 +85,6 @@ static spi_classifier_module module(int levels, int plain) {
   return m;
 }
 
-static void add(world *w, const char *id, int32_t pool, double kv) {
-  spi_replica_info ri;
-  memset(&ri, 0, sizeof ri);
-  ri.struct_size = sizeof ri;
-  ri.id = id;
-  ri.id_len = strlen(id);
-  ri.pool = pool;
-  ri.usd_per_hour = pool == SPI_POOL_SPOT ? 1.8 : 4.5;
-  ri.max_inflight = 64;
-  assert_int_equal(spi_replica_upsert(w->e, &ri), SPI_OK);
-  spi_load l;
-  memset(&l, 0, sizeof l);
-  l.struct_size = sizeof l;
-  l.kv_usage = kv;
-  assert_int_equal(spi_replica_report_load(w->e, id, strlen(id), &l), SPI_OK);
-}
-
 /* A world whose classifier is m (state c), spot hot or not. */
 static world *with(const spi_classifier_module *m, counter *c, double spot_kv) {
   world *w = mk(NULL);
@@ -110,8 +93,10 @@ static world *with(const spi_classifier_module *m, counter *c, double spot_kv) {
                    SPI_OK);
   const char *cfg = "{\"modules\":{\"classifier\":\"counting\"}}";
   assert_int_equal(spi_engine_configure(w->e, cfg, strlen(cfg)), SPI_OK);
-  add(w, "od-a", SPI_POOL_ON_DEMAND, 0.1);
-  add(w, "spot-a", SPI_POOL_SPOT, spot_kv);
+  add_replica(w, "od-a", SPI_POOL_ON_DEMAND, 64);
+  add_replica(w, "spot-a", SPI_POOL_SPOT, 64);
+  report_load(w, "od-a", 0, 0, 0.1);
+  report_load(w, "spot-a", 0, 0, spot_kv);
   return w;
 }
 
@@ -123,13 +108,8 @@ static int route(world *w, spi_decision *d) {
   memset(d, 0, sizeof *d);
   d->struct_size = sizeof *d;
   int rc = spi_route(w->r, d);
-  if (rc == SPI_OK && d->ticket) {
-    spi_ticket_result res;
-    memset(&res, 0, sizeof res);
-    res.struct_size = sizeof res;
-    res.status = SPI_TICKET_OK;
-    assert_int_equal(spi_ticket_finish(w->e, d->ticket, &res), SPI_OK);
-  }
+  if (rc == SPI_OK && d->ticket)
+    assert_int_equal(finish_rc(w, d->ticket, SPI_TICKET_OK), SPI_OK);
   return rc;
 }
 

@@ -17,20 +17,9 @@
 
 #include "engine.h"
 #include "routing.h"
+#include "std_mem.h"
 
 /* ---------------------------------------------------------------- helpers */
-
-static void *std_alloc(void *ud, size_t n) {
-  (void)ud;
-  return malloc(n);
-}
-
-static void std_free(void *ud, void *p) {
-  (void)ud;
-  free(p);
-}
-
-static const spi_mem MEM = {std_alloc, std_free, NULL};
 
 static spi_ledger *new_ledger(size_t rows) {
   spi_ledger *l = NULL;

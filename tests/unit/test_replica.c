@@ -19,65 +19,9 @@
 #include <cmocka.h>
 
 #include "engine.h"
-
-#define MS 1000000LL
-#define SEC 1000000000LL
+#include "fake_world.h"
 
 /* ---------------------------------------------------------------- helpers */
-
-typedef struct world {
-  spi_engine *e;
-  atomic_llong now;
-  /* Hooks run on whichever thread makes the call, so they count
-   * atomically: replica writers free retired sets concurrently. */
-  atomic_long allocs, frees;
-  long fail_at; /* -1: never; else fail the allocation with this number */
-} world;
-
-static int64_t w_clock(void *ud) { return atomic_load(&((world *)ud)->now); }
-
-static void *w_alloc(void *ud, size_t n) {
-  world *w = ud;
-  if (w->fail_at >= 0 && w->allocs == w->fail_at) {
-    w->fail_at = -1;
-    return NULL;
-  }
-  w->allocs++;
-  return malloc(n);
-}
-
-static void w_free(void *ud, void *p) {
-  ((world *)ud)->frees++;
-  free(p);
-}
-
-static world *mk(const char *config) {
-  world *w = calloc(1, sizeof *w);
-  assert_non_null(w);
-  atomic_init(&w->now, 1700000000 * SEC);
-  w->fail_at = -1;
-  spi_hooks h;
-  memset(&h, 0, sizeof h);
-  h.struct_size = sizeof h;
-  h.clock = w_clock;
-  h.clock_user_data = w;
-  h.alloc = w_alloc;
-  h.free = w_free;
-  h.alloc_user_data = w;
-  assert_int_equal(spi_engine_new(&w->e, &h), SPI_OK);
-  if (config) {
-    int rc = spi_engine_configure(w->e, config, strlen(config));
-    if (rc) print_error("%s\n", spi_engine_errmsg(w->e));
-    assert_int_equal(rc, SPI_OK);
-  }
-  return w;
-}
-
-static void done(world *w) {
-  spi_engine_free(w->e);
-  assert_int_equal(w->allocs, w->frees);
-  free(w);
-}
 
 static spi_replica_info info(const char *id, int32_t pool) {
   spi_replica_info ri;
@@ -688,7 +632,7 @@ static void test_alloc_failure(void **st) {
   add(w, "keep", SPI_POOL_SPOT);
   for (int step = 0; step < 3; step++) {
     long before = w->allocs;
-    w->fail_at = w->allocs;
+    w->fail_at = next_alloc(w);
     spi_replica_info ri = info("new", SPI_POOL_SPOT);
     int rc;
     if (step == 0) {

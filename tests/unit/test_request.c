@@ -20,6 +20,7 @@
 #include <cmocka.h>
 
 #include "engine.h"
+#include "fake_world.h"
 
 /* ---------------------------------------------------------------- helpers */
 
@@ -141,27 +142,7 @@ static int has_meta(const spi_request *r, const char *k, const char *v) {
 
 /* ------------------------------------------------------------- fixtures */
 
-typedef struct fx {
-  spi_engine *e;
-  spi_request *r;
-} fx;
-
-static int setup(void **state) {
-  fx *f = calloc(1, sizeof *f);
-  if (!f) return -1;
-  if (spi_engine_new(&f->e, NULL) != SPI_OK) return -1;
-  if (spi_request_new(f->e, &f->r) != SPI_OK) return -1;
-  *state = f;
-  return 0;
-}
-
-static int teardown(void **state) {
-  fx *f = *state;
-  spi_request_free(f->r);
-  spi_engine_free(f->e);
-  free(f);
-  return 0;
-}
+/* Each test gets a world (fake_world.h) as its cmocka state. */
 
 static void configure(spi_engine *e, const char *json) {
   int rc = spi_engine_configure(e, json, strlen(json));
@@ -172,7 +153,7 @@ static void configure(spi_engine *e, const char *json) {
 /* ------------------------------------------------------- string fields */
 
 static void test_str_set_get(void **state) {
-  fx *f = *state;
+  world *f = *state;
   spi_request *r = f->r;
   static const int32_t plain[] = {
       SPI_REQ_MODEL,       SPI_REQ_TOKENIZER_VERSION, SPI_REQ_SYSTEM_PROMPT,
@@ -214,7 +195,7 @@ static void test_str_set_get(void **state) {
 }
 
 static void test_str_errors(void **state) {
-  fx *f = *state;
+  world *f = *state;
   spi_request *r = f->r;
   static const int32_t bad[] = {0, -1, SPI_REQ_REQUEST_ID + 1, 1000};
   for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
@@ -239,7 +220,7 @@ static void test_str_errors(void **state) {
 }
 
 static void test_class_and_service_tier_names(void **state) {
-  fx *f = *state;
+  world *f = *state;
   spi_request *r = f->r;
   static const char *const classes[] = {"gold", "silver", "bronze"};
   for (int i = 0; i < 3; i++) {
@@ -284,7 +265,7 @@ static void test_class_and_service_tier_names(void **state) {
 /* ------------------------------------------------------ integer fields */
 
 static void test_int_ranges(void **state) {
-  fx *f = *state;
+  world *f = *state;
   spi_request *r = f->r;
   static const struct {
     int32_t field;
@@ -340,7 +321,7 @@ static void test_int_ranges(void **state) {
 /* ------------------------------------------------------------ messages */
 
 static void test_messages_and_canonical_prompt(void **state) {
-  fx *f = *state;
+  world *f = *state;
   spi_request *r = f->r;
   assert_prompt(r, "");
   assert_int_equal(spi_request_add_message(r, LIT("system"), LIT("Be brief.")),
@@ -395,7 +376,7 @@ static void test_messages_and_canonical_prompt(void **state) {
 /* Only empty messages on a request that never held any text: the message
  * buffer has no memory yet, and deriving the prompt must cope. */
 static void test_empty_messages_fresh_request(void **state) {
-  fx *f = *state;
+  world *f = *state;
   spi_request *r = f->r;
   assert_int_equal(parse(r, "{\"model\":\"m\",\"messages\":[{\"role\":"
                             "\"system\"},{\"role\":\"user\",\"content\":"
@@ -422,7 +403,7 @@ static void test_empty_messages_fresh_request(void **state) {
 }
 
 static void test_reset(void **state) {
-  fx *f = *state;
+  world *f = *state;
   spi_request *r = f->r;
   assert_int_equal(parse(r, "{\"model\":\"m\",\"messages\":[{\"role\":\"user\","
                             "\"content\":\"hi\"}],\"stream\":true,"
@@ -449,7 +430,7 @@ static void test_reset(void **state) {
   "\"type\":\"object\"}},\"type\":\"function\"}]"
 
 static void test_tools_canonical(void **state) {
-  fx *f = *state;
+  world *f = *state;
   spi_request *r = f->r;
   const char *a =
       "[{\"type\":\"function\",\"function\":{\"name\":\"get_weather\","
@@ -499,7 +480,7 @@ static void test_tools_canonical(void **state) {
 }
 
 static void test_tools_errors(void **state) {
-  fx *f = *state;
+  world *f = *state;
   spi_request *r = f->r;
   assert_int_equal(spi_request_set_str(r, SPI_REQ_TOOLS_JSON, LIT("[1,2]")),
                    SPI_OK);
@@ -560,7 +541,7 @@ static void test_tools_errors(void **state) {
 /* ---------------------------------------------------------------- limits */
 
 static void test_limits_from_config(void **state) {
-  fx *f = *state;
+  world *f = *state;
   spi_request *r = f->r;
   configure(f->e, "{\"limits\":{\"max_messages\":2,\"max_field_bytes\":16,"
                   "\"max_metadata_pairs\":1,\"max_token_ids\":4,"
@@ -705,7 +686,7 @@ static const char CHAT_BODY[] =
     "}\n";
 
 static void test_parse_chat(void **state) {
-  fx *f = *state;
+  world *f = *state;
   spi_request *r = f->r;
   assert_int_equal(spi_request_parse_openai(r, CHAT_BODY, sizeof CHAT_BODY - 1,
                                             SPI_OPENAI_AUTO),
@@ -775,7 +756,7 @@ static void test_parse_chat(void **state) {
 }
 
 static void test_parse_chat_variants(void **state) {
-  fx *f = *state;
+  world *f = *state;
   spi_request *r = f->r;
   /* Minimal chat; stream false; order of the caps does not matter. */
   assert_int_equal(
@@ -851,7 +832,7 @@ static void test_parse_chat_variants(void **state) {
 }
 
 static void test_parse_completions(void **state) {
-  fx *f = *state;
+  world *f = *state;
   spi_request *r = f->r;
   assert_int_equal(parse(r, "{\"model\":\"gpt-3.5-turbo-instruct\",\"prompt\":"
                             "\"Say this is a test\",\"max_tokens\":7,"
@@ -1090,7 +1071,7 @@ static const bad_body BAD_BODIES[] = {
 };
 
 static void test_parse_errors(void **state) {
-  fx *f = *state;
+  world *f = *state;
   spi_request *r = f->r;
   for (size_t i = 0; i < sizeof BAD_BODIES / sizeof BAD_BODIES[0]; i++) {
     const bad_body *b = &BAD_BODIES[i];
@@ -1116,7 +1097,7 @@ static void test_parse_errors(void **state) {
 }
 
 static void test_parse_deep_and_large(void **state) {
-  fx *f = *state;
+  world *f = *state;
   spi_request *r = f->r;
   /* A length far beyond the buffer is refused before anything is read. */
   const char tiny[] = "{";
@@ -1214,7 +1195,7 @@ static void test_parse_deep_and_large(void **state) {
 /* A failed parse replaces nothing it did not finish: the request is empty,
  * not a mix of the old and the new body. */
 static void test_parse_all_or_nothing(void **state) {
-  fx *f = *state;
+  world *f = *state;
   spi_request *r = f->r;
   /* The error sits at the very end, after model, messages, tools, stream
    * and the caps have all been read. */
@@ -1279,7 +1260,7 @@ static spi_cache_key chat_key(spi_request *r, const char *sys_role,
 }
 
 static void test_system_prompt_in_key(void **state) {
-  fx *f = *state;
+  world *f = *state;
   spi_request *r = f->r;
   spi_cache_key base = chat_key(r, "system", "Be nice.", "hi", NULL);
   /* The conversation itself is not in the key; the system prompt is. */
@@ -1582,7 +1563,7 @@ static void test_alloc_failure_loop(void **state) {
 /* --------------------------------------------------------------- misuse */
 
 static void test_misuse(void **state) {
-  fx *f = *state;
+  world *f = *state;
   spi_request fake;
   memset(&fake, 0, sizeof fake);
   spi_request *r = &fake;
@@ -1665,7 +1646,7 @@ static void test_misuse(void **state) {
 /* -------------------------------------------------------------- metadata */
 
 static void test_metadata_setter(void **state) {
-  fx *f = *state;
+  world *f = *state;
   spi_request *r = f->r;
   static const struct {
     const char *key, *value;
@@ -1739,7 +1720,7 @@ static void test_metadata_setter(void **state) {
 }
 
 static void test_token_ids(void **state) {
-  fx *f = *state;
+  world *f = *state;
   spi_request *r = f->r;
   uint32_t ids[48];
   for (uint32_t i = 0; i < 48; i++) ids[i] = i;
@@ -1762,36 +1743,36 @@ static void test_token_ids(void **state) {
 
 int main(void) {
   const struct CMUnitTest tests[] = {
-      cmocka_unit_test_setup_teardown(test_str_set_get, setup, teardown),
-      cmocka_unit_test_setup_teardown(test_str_errors, setup, teardown),
-      cmocka_unit_test_setup_teardown(test_class_and_service_tier_names, setup,
-                                      teardown),
-      cmocka_unit_test_setup_teardown(test_int_ranges, setup, teardown),
-      cmocka_unit_test_setup_teardown(test_messages_and_canonical_prompt, setup,
-                                      teardown),
-      cmocka_unit_test_setup_teardown(test_empty_messages_fresh_request, setup,
-                                      teardown),
-      cmocka_unit_test_setup_teardown(test_reset, setup, teardown),
-      cmocka_unit_test_setup_teardown(test_tools_canonical, setup, teardown),
-      cmocka_unit_test_setup_teardown(test_tools_errors, setup, teardown),
-      cmocka_unit_test_setup_teardown(test_limits_from_config, setup, teardown),
-      cmocka_unit_test_setup_teardown(test_metadata_setter, setup, teardown),
-      cmocka_unit_test_setup_teardown(test_token_ids, setup, teardown),
-      cmocka_unit_test_setup_teardown(test_parse_chat, setup, teardown),
-      cmocka_unit_test_setup_teardown(test_parse_chat_variants, setup,
-                                      teardown),
-      cmocka_unit_test_setup_teardown(test_parse_completions, setup, teardown),
-      cmocka_unit_test_setup_teardown(test_parse_errors, setup, teardown),
-      cmocka_unit_test_setup_teardown(test_parse_deep_and_large, setup,
-                                      teardown),
-      cmocka_unit_test_setup_teardown(test_parse_all_or_nothing, setup,
-                                      teardown),
-      cmocka_unit_test_setup_teardown(test_system_prompt_in_key, setup,
-                                      teardown),
+      cmocka_unit_test_setup_teardown(test_str_set_get, world_setup, world_teardown),
+      cmocka_unit_test_setup_teardown(test_str_errors, world_setup, world_teardown),
+      cmocka_unit_test_setup_teardown(test_class_and_service_tier_names, world_setup,
+                                      world_teardown),
+      cmocka_unit_test_setup_teardown(test_int_ranges, world_setup, world_teardown),
+      cmocka_unit_test_setup_teardown(test_messages_and_canonical_prompt, world_setup,
+                                      world_teardown),
+      cmocka_unit_test_setup_teardown(test_empty_messages_fresh_request, world_setup,
+                                      world_teardown),
+      cmocka_unit_test_setup_teardown(test_reset, world_setup, world_teardown),
+      cmocka_unit_test_setup_teardown(test_tools_canonical, world_setup, world_teardown),
+      cmocka_unit_test_setup_teardown(test_tools_errors, world_setup, world_teardown),
+      cmocka_unit_test_setup_teardown(test_limits_from_config, world_setup, world_teardown),
+      cmocka_unit_test_setup_teardown(test_metadata_setter, world_setup, world_teardown),
+      cmocka_unit_test_setup_teardown(test_token_ids, world_setup, world_teardown),
+      cmocka_unit_test_setup_teardown(test_parse_chat, world_setup, world_teardown),
+      cmocka_unit_test_setup_teardown(test_parse_chat_variants, world_setup,
+                                      world_teardown),
+      cmocka_unit_test_setup_teardown(test_parse_completions, world_setup, world_teardown),
+      cmocka_unit_test_setup_teardown(test_parse_errors, world_setup, world_teardown),
+      cmocka_unit_test_setup_teardown(test_parse_deep_and_large, world_setup,
+                                      world_teardown),
+      cmocka_unit_test_setup_teardown(test_parse_all_or_nothing, world_setup,
+                                      world_teardown),
+      cmocka_unit_test_setup_teardown(test_system_prompt_in_key, world_setup,
+                                      world_teardown),
       cmocka_unit_test(test_warm_path_no_alloc),
       cmocka_unit_test(test_warm_path_no_alloc_tokens),
       cmocka_unit_test(test_alloc_failure_loop),
-      cmocka_unit_test_setup_teardown(test_misuse, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_misuse, world_setup, world_teardown),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

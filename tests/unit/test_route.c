@@ -15,56 +15,7 @@
 #include "spotinfer/spotinfer.h"
 #include "spotinfer/spotinfer_extras.h"
 #include "spotinfer/spotinfer_module.h"
-
-#define SEC 1000000000LL
-
-typedef struct world {
-  spi_engine *e;
-  spi_request *r;
-  int64_t now;
-  long allocs, frees;
-  size_t biggest; /* the largest allocation since last cleared */
-} world;
-
-static int64_t clock_fn(void *ud) { return ((world *)ud)->now; }
-static void *w_alloc(void *ud, size_t n) {
-  world *w = ud;
-  w->allocs++;
-  if (n > w->biggest) w->biggest = n;
-  return malloc(n);
-}
-static void w_free(void *ud, void *p) {
-  ((world *)ud)->frees++;
-  free(p);
-}
-
-static world *mk(const char *config) {
-  world *w = calloc(1, sizeof *w);
-  w->now = 1700000000 * SEC;
-  spi_hooks h;
-  memset(&h, 0, sizeof h);
-  h.struct_size = sizeof h;
-  h.clock = clock_fn;
-  h.clock_user_data = w;
-  h.alloc = w_alloc;
-  h.free = w_free;
-  h.alloc_user_data = w;
-  assert_int_equal(spi_engine_new(&w->e, &h), SPI_OK);
-  if (config) {
-    int rc = spi_engine_configure(w->e, config, strlen(config));
-    if (rc) print_error("%s\n", spi_engine_errmsg(w->e));
-    assert_int_equal(rc, SPI_OK);
-  }
-  assert_int_equal(spi_request_new(w->e, &w->r), SPI_OK);
-  return w;
-}
-
-static void done(world *w) {
-  spi_request_free(w->r);
-  spi_engine_free(w->e);
-  assert_int_equal(w->allocs, w->frees);
-  free(w);
-}
+#include "fake_world.h"
 
 static void add(world *w, const char *id, int32_t pool, int32_t tier,
                 uint32_t max_inflight) {
@@ -687,7 +638,6 @@ static void test_user_policy_checked(void **st) {
   finish(w, d.ticket, SPI_TICKET_OK);
   done(w);
 }
-
 
 /* ------------------------------------------------------------- summaries */
 

@@ -20,80 +20,7 @@
 
 #include "spotinfer/spotinfer.h"
 #include "spotinfer/spotinfer_module.h"
-
-#define SEC 1000000000LL
-
-typedef struct world {
-  spi_engine *e;
-  spi_request *r;
-  int64_t now;
-  long allocs, frees;
-  long fail_at; /* fail the allocation with this number; 0 = never */
-  long failed;  /* allocations refused */
-} world;
-
-static int64_t clock_fn(void *ud) { return ((world *)ud)->now; }
-static void *w_alloc(void *ud, size_t n) {
-  world *w = ud;
-  if (w->fail_at && w->allocs + w->failed + 1 == w->fail_at) {
-    w->failed++;
-    return NULL;
-  }
-  w->allocs++;
-  return malloc(n);
-}
-static void w_free(void *ud, void *p) {
-  if (p) ((world *)ud)->frees++;
-  free(p);
-}
-
-static world *mk(const char *config) {
-  world *w = calloc(1, sizeof *w);
-  w->now = 1700000000 * SEC;
-  spi_hooks h;
-  memset(&h, 0, sizeof h);
-  h.struct_size = sizeof h;
-  h.clock = clock_fn;
-  h.clock_user_data = w;
-  h.alloc = w_alloc;
-  h.free = w_free;
-  h.alloc_user_data = w;
-  assert_int_equal(spi_engine_new(&w->e, &h), SPI_OK);
-  if (config) {
-    int rc = spi_engine_configure(w->e, config, strlen(config));
-    if (rc) print_error("%s\n", spi_engine_errmsg(w->e));
-    assert_int_equal(rc, SPI_OK);
-  }
-  assert_int_equal(spi_request_new(w->e, &w->r), SPI_OK);
-  return w;
-}
-
-static void done(world *w) {
-  spi_request_free(w->r);
-  spi_engine_free(w->e);
-  assert_int_equal(w->allocs, w->frees);
-  free(w);
-}
-
-static void add(world *w, const char *id, int32_t pool, uint32_t max_inflight) {
-  spi_replica_info ri;
-  memset(&ri, 0, sizeof ri);
-  ri.struct_size = sizeof ri;
-  ri.id = id;
-  ri.id_len = strlen(id);
-  ri.pool = pool;
-  ri.usd_per_hour = pool == SPI_POOL_SPOT ? 1.8 : 4.5;
-  ri.max_inflight = max_inflight;
-  assert_int_equal(spi_replica_upsert(w->e, &ri), SPI_OK);
-}
-
-static void load(world *w, const char *id, double kv) {
-  spi_load l;
-  memset(&l, 0, sizeof l);
-  l.struct_size = sizeof l;
-  l.kv_usage = kv;
-  assert_int_equal(spi_replica_report_load(w->e, id, strlen(id), &l), SPI_OK);
-}
+#include "fake_world.h"
 
 /* An interactive gold chat: the built-in rules send it on-demand. */
 static void gold(spi_request *r) {
@@ -114,16 +41,6 @@ static int route_req(spi_request *r, spi_decision *d) {
 static int route(world *w, spi_decision *d) {
   gold(w->r);
   return route_req(w->r, d);
-}
-
-static int finish_rc(world *w, uint64_t t, int32_t status) {
-  spi_ticket_result res;
-  memset(&res, 0, sizeof res);
-  res.struct_size = sizeof res;
-  res.status = status;
-  res.prompt_tokens = 100;
-  res.output_tokens = 10;
-  return spi_ticket_finish(w->e, t, &res);
 }
 
 static void finish(world *w, uint64_t t, int32_t status) {
@@ -150,7 +67,7 @@ static void trip(world *w) {
 /* After the cooldown od-a takes one probe, and the probe closes it. */
 static void expect_probe_then_closed(world *w) {
   spi_decision d;
-  load(w, "od-a", 0.1);
+  report_load(w, "od-a", 0, 0, 0.1);
   assert_int_equal(route(w, &d), SPI_OK);
   assert_string_equal(d.replica_id, "od-a");
   assert_int_equal(d.reason_code, SPI_REASON_HALF_OPEN_PROBE);
@@ -174,11 +91,11 @@ static void test_probe_returned_when_tickets_full(void **st) {
   (void)st;
   world *w = mk("{\"router\":{\"error_threshold\":1,\"error_cooldown_ms\":5000,"
                 "\"max_tickets\":16}}");
-  add(w, "od-a", SPI_POOL_ON_DEMAND, 64);
-  load(w, "od-a", 0.1);
+  add_replica(w, "od-a", SPI_POOL_ON_DEMAND, 64);
+  report_load(w, "od-a", 0, 0, 0.1);
   trip(w);
-  add(w, "holder", SPI_POOL_ON_DEMAND, 64);
-  load(w, "holder", 0.1);
+  add_replica(w, "holder", SPI_POOL_ON_DEMAND, 64);
+  report_load(w, "holder", 0, 0, 0.1);
   uint64_t held[16];
   spi_decision d;
   for (int i = 0; i < 16; i++) {
@@ -189,7 +106,7 @@ static void test_probe_returned_when_tickets_full(void **st) {
   assert_int_equal(spi_replica_set_state(w->e, "holder", 6, SPI_REPLICA_DRAINING),
                    SPI_OK);
   w->now += 6 * SEC;
-  load(w, "od-a", 0.1);
+  report_load(w, "od-a", 0, 0, 0.1);
   assert_int_equal(route(w, &d), SPI_EFULL);
   assert_int_equal(d.ticket, 0);
   assert_int_equal(status_of(w, "od-a").inflight, 0);
@@ -243,15 +160,15 @@ static void test_probe_returned_when_classifier_fails(void **st) {
   const char *cfg = "{\"modules\":{\"classifier\":\"picky\"},"
                     "\"router\":{\"error_threshold\":1,\"error_cooldown_ms\":5000}}";
   assert_int_equal(spi_engine_configure(w->e, cfg, strlen(cfg)), SPI_OK);
-  add(w, "od-a", SPI_POOL_ON_DEMAND, 64);
-  add(w, "spot-a", SPI_POOL_SPOT, 64);
-  load(w, "od-a", 0.1);
-  load(w, "spot-a", 0.9);
+  add_replica(w, "od-a", SPI_POOL_ON_DEMAND, 64);
+  add_replica(w, "spot-a", SPI_POOL_SPOT, 64);
+  report_load(w, "od-a", 0, 0, 0.1);
+  report_load(w, "spot-a", 0, 0, 0.9);
   /* Only od-a is on-demand: the gold request goes there. */
   trip(w);
   w->now += 6 * SEC;
-  load(w, "od-a", 0.1);
-  load(w, "spot-a", 0.9);
+  report_load(w, "od-a", 0, 0, 0.1);
+  report_load(w, "spot-a", 0, 0, 0.9);
   fail_at_normal = 1;
   spi_decision d;
   assert_int_equal(route(w, &d), SPI_EMODULE);
@@ -259,7 +176,7 @@ static void test_probe_returned_when_classifier_fails(void **st) {
   fail_at_normal = 0;
   assert_int_equal(status_of(w, "od-a").inflight, 0);
   assert_int_equal(status_of(w, "od-a").breaker, SPI_BREAKER_HALF_OPEN);
-  load(w, "spot-a", 0.9);
+  report_load(w, "spot-a", 0, 0, 0.9);
   expect_probe_then_closed(w);
   done(w);
 }
@@ -273,13 +190,13 @@ static void test_probe_returned_when_classifier_fails(void **st) {
 static void test_alloc_failures_keep_probe(void **st) {
   (void)st;
   world *w = mk("{\"router\":{\"error_threshold\":1,\"error_cooldown_ms\":5000}}");
-  add(w, "od-a", SPI_POOL_ON_DEMAND, 64);
-  load(w, "od-a", 0.1);
+  add_replica(w, "od-a", SPI_POOL_ON_DEMAND, 64);
+  report_load(w, "od-a", 0, 0, 0.1);
   trip(w);
   w->now += 6 * SEC;
   int reached_end = 0, failures = 0;
   for (long n = 1; n < 200 && !reached_end; n++) {
-    load(w, "od-a", 0.1);
+    report_load(w, "od-a", 0, 0, 0.1);
     /* Open past its cooldown (the first route moves it to half-open) or
      * half-open with the probe free. */
     assert_int_not_equal(status_of(w, "od-a").breaker, SPI_BREAKER_CLOSED);
@@ -287,7 +204,7 @@ static void test_alloc_failures_keep_probe(void **st) {
     spi_decision d;
     memset(&d, 0, sizeof d);
     w->failed = 0;
-    w->fail_at = w->allocs + n;
+    w->fail_at = next_alloc(w) + n - 1;
     int rc = spi_request_new(w->e, &r);
     if (rc == SPI_OK) {
       gold(r);

@@ -18,20 +18,9 @@
 #include <cmocka.h>
 
 #include "routing.h"
+#include "std_mem.h"
 
 /* ---------------------------------------------------------------- helpers */
-
-static void *std_alloc(void *ud, size_t n) {
-  (void)ud;
-  return malloc(n);
-}
-
-static void std_free(void *ud, void *p) {
-  (void)ud;
-  free(p);
-}
-
-static const spi_mem MEM = {std_alloc, std_free, NULL};
 
 static spi_ticket_table *new_table(size_t cap) {
   spi_ticket_table *t = NULL;

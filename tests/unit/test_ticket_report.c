@@ -27,21 +27,8 @@
 #include "watchdog.h"
 
 static void add(world *w, const char *id, int32_t pool) {
-  spi_replica_info ri;
-  memset(&ri, 0, sizeof ri);
-  ri.struct_size = sizeof ri;
-  ri.id = id;
-  ri.id_len = strlen(id);
-  ri.pool = pool;
-  ri.usd_per_hour = pool == SPI_POOL_SPOT ? 1.8 : 4.5;
-  ri.max_inflight = 16;
-  assert_int_equal(spi_replica_upsert(w->e, &ri), SPI_OK);
-  spi_load l;
-  memset(&l, 0, sizeof l);
-  l.struct_size = sizeof l;
-  l.running = 1;
-  l.kv_usage = 0.2;
-  assert_int_equal(spi_replica_report_load(w->e, id, strlen(id), &l), SPI_OK);
+  add_replica(w, id, pool, 16);
+  report_load(w, id, 1, 0, 0.2);
 }
 
 /* Route a short chat request of a class on its own request object. */
@@ -59,16 +46,6 @@ static uint64_t route_class(world *w, spi_request *r, const char *klass) {
   assert_int_equal(rc, SPI_OK);
   assert_true(d.ticket != 0);
   return d.ticket;
-}
-
-static void finish(world *w, uint64_t t) {
-  spi_ticket_result res;
-  memset(&res, 0, sizeof res);
-  res.struct_size = sizeof res;
-  res.status = SPI_TICKET_OK;
-  res.prompt_tokens = 100;
-  res.output_tokens = 10;
-  assert_int_equal(spi_ticket_finish(w->e, t, &res), SPI_OK);
 }
 
 static spi_signals signals(world *w) {
@@ -91,13 +68,7 @@ typedef struct meddler {
 
 static void *meddle(void *arg) {
   meddler *m = arg;
-  spi_ticket_result res;
-  memset(&res, 0, sizeof res);
-  res.struct_size = sizeof res;
-  res.status = SPI_TICKET_OK;
-  res.prompt_tokens = 100;
-  res.output_tokens = 10;
-  m->finish_rc = spi_ticket_finish(m->w->e, m->finished, &res);
+  m->finish_rc = finish_rc(m->w, m->finished, SPI_TICKET_OK);
   spi_request *r = NULL;
   m->route_rc = spi_request_new(m->w->e, &r);
   if (m->route_rc == SPI_OK) {
@@ -166,7 +137,7 @@ static void test_first_token_reads_its_own_ticket(void **st) {
   assert_int_equal(s.queue_depth[SPI_CLASS_GOLD], 0);
   assert_true(s.p95_ttft_ms[SPI_CLASS_GOLD] > 0);
   assert_true(s.p95_ttft_ms[SPI_CLASS_SILVER] == 0);
-  finish(w, m.routed);
+  assert_int_equal(finish_rc(w, m.routed, SPI_TICKET_OK), SPI_OK);
   s = signals(w);
   for (int c = 0; c < 4; c++) assert_true(s.queue_depth[c] == 0);
   done(w);
