@@ -13,10 +13,11 @@
 # long, and the machine is usually shared). Exit status 1 if any target
 # failed. Not part of scripts/test.sh (its fuzz stage runs each target for
 # SPI_FUZZ_SECONDS). Rates differ a lot: the parsers run thousands of inputs
-# a second, but fuzz_journal opens a journal directory per input (about 150
-# a second on a shared 2-core machine), so its 10M take most of a day; give
-# it its own run (scripts/fuzz-long.sh 1000000 fuzz_journal) if that is too
-# long.
+# a second, but fuzz_journal opens a journal directory per input (about 400
+# a second on a busy shared 2-core machine with its directory on /dev/shm,
+# which it uses when it can; 150 on a disk, SPI_FUZZ_DIR=/tmp), so its 10M
+# take about 7 hours; give it its own run (scripts/fuzz-long.sh 1000000
+# fuzz_journal) if that is too long.
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)

@@ -10,6 +10,15 @@
  * after the last good record, every damaged range is counted, and the tail
  * is kept aside exactly when the scan found corruption rather than a
  * cut-off record. Records handed out must be well-formed.
+ *
+ * Speed: the queue runs with fsync "none", but closing a queue still
+ * flushes what it wrote (the acks), and every input creates, truncates and
+ * unlinks files. On a disk file system that costs a real fdatasync and
+ * journal commits per input (about 150 inputs/s); on a memory file system
+ * it costs nothing. So the directory is made under $SPI_FUZZ_DIR if set,
+ * else /dev/shm when it is a writable directory, else $TMPDIR or /tmp; it
+ * is made once and reused, and between inputs only the files an input
+ * leaves (segments, set-aside tails) are removed, not the lock file.
  */
 #include <dirent.h>
 #include <stdint.h>
@@ -41,19 +50,23 @@ static void f_free(void *ud, void *p) {
 static const spi_mem MEM = {f_alloc, f_free, NULL};
 
 static char dir[256];
+static char cfg[512];
 static volatile uint32_t sink;
 static spi_engine *engine;
 
 int LLVMFuzzerInitialize(int *argc, char ***argv);
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
-static void clear_dir(void) {
+/* Remove what an input left in the directory; the lock file stays unless
+ * all is set (at exit). */
+static void clear_dir(int all) {
   DIR *d = opendir(dir);
   if (!d) return;
   struct dirent *de;
   char path[512];
   while ((de = readdir(d)) != NULL) {
     if (de->d_name[0] == '.') continue;
+    if (!all && strcmp(de->d_name, "LOCK") == 0) continue;
     snprintf(path, sizeof path, "%s/%s", dir, de->d_name);
     unlink(path);
   }
@@ -61,18 +74,30 @@ static void clear_dir(void) {
 }
 
 static void cleanup(void) {
-  clear_dir();
+  clear_dir(1);
   rmdir(dir);
   spi_engine_free(engine);
+}
+
+/* Where the journal directory goes: see the comment at the top. */
+static const char *base_dir(void) {
+  const char *env = getenv("SPI_FUZZ_DIR");
+  if (env && env[0]) return env;
+  struct stat sb;
+  if (stat("/dev/shm", &sb) == 0 && S_ISDIR(sb.st_mode) &&
+      access("/dev/shm", W_OK | X_OK) == 0)
+    return "/dev/shm";
+  env = getenv("TMPDIR");
+  return env && env[0] ? env : "/tmp";
 }
 
 int LLVMFuzzerInitialize(int *argc, char ***argv) {
   (void)argc;
   (void)argv;
-  const char *tmp = getenv("TMPDIR");
-  snprintf(dir, sizeof dir, "%s/spi-fuzz-journal-XXXXXX",
-           tmp && tmp[0] ? tmp : "/tmp");
+  snprintf(dir, sizeof dir, "%s/spi-fuzz-journal-XXXXXX", base_dir());
   CHECK(mkdtemp(dir) != NULL);
+  snprintf(cfg, sizeof cfg,
+           "{\"store\":\"journal\",\"dir\":\"%s\",\"fsync\":\"none\"}", dir);
   CHECK(spi_engine_new(&engine, NULL) == SPI_OK);
   atexit(cleanup);
   return 0;
@@ -133,16 +158,13 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   CHECK((sc.skipped == 0) == (sc.skipped_bytes == 0));
 
   /* 2. As a segment file, through a queue. */
-  clear_dir();
+  clear_dir(0);
   char path[512];
   snprintf(path, sizeof path, "%s/000001.log", dir);
   FILE *fp = fopen(path, "wb");
   CHECK(fp != NULL);
   CHECK(fwrite(data, 1, size, fp) == size);
   CHECK(fclose(fp) == 0);
-  char cfg[512];
-  snprintf(cfg, sizeof cfg,
-           "{\"store\":\"journal\",\"dir\":\"%s\",\"fsync\":\"none\"}", dir);
   spi_replay_queue *q = NULL;
   int rc = spi_replay_open(engine, cfg, strlen(cfg), &q);
   CHECK(rc == SPI_OK);
