@@ -98,8 +98,9 @@ def markdown(lines, path):
             elif p == SPI:
                 cells.append("**%s** / %s" % (fmt_us(r["p50_ns"]), fmt_us(r["p99_ns"])))
             else:
-                cells.append("%s / %s (%.2gx)" % (fmt_us(r["p50_ns"]), fmt_us(r["p99_ns"]),
-                                                   r.get("p50_ratio_to_spi", 0)))
+                ratio = r.get("p50_ratio_to_spi", 0)
+                cells.append("%s / %s (%s)" % (fmt_us(r["p50_ns"]), fmt_us(r["p99_ns"]),
+                                               ("%.2f×" if ratio < 10 else "%.0f×") % ratio))
         out.append("| %d KiB | %d | %s |" % (size // 1024, reps, " | ".join(cells)))
     with open(path, "w") as f:
         f.write("\n".join(out) + "\n")
