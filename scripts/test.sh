@@ -40,6 +40,11 @@
 #             replay store, the replay-queue tests on it, several processes,
 #             server killed / stopped), each also under valgrind, and the
 #             replay-store benchmark (journal vs Redis, 1 and 4 processes)
+#   litellm   the LiteLLM routing strategy (bindings/python/spotinfer/litellm.py)
+#             with the real litellm package, pinned, in build/venv-litellm
+#             (scripts/setup-litellm-deps.sh) against examples/fakellm
+#             backends: tests/litellm with pytest, then the Router with and
+#             without the strategy (tests/litellm/bench.py --smoke)
 #   fuzz      clang-14 libFuzzer build in build-fuzz/; each target runs for
 #             SPI_FUZZ_SECONDS (default 20) over a copy of its corpus
 #
@@ -434,6 +439,25 @@ stage_redis() {
   return "$rc"
 }
 
+# The LiteLLM strategy against the installed library, the way the python
+# stage runs the binding's tests.
+stage_litellm() {
+  local libdir venv="$root/build/venv-litellm" out="$root/build/litellm"
+  libdir=$(installed_libdir)
+  bash "$root/scripts/setup-litellm-deps.sh" "$venv"
+  mkdir -p "$out"
+  note "examples/fakellm: go build"
+  (cd "$root/examples/fakellm" && go build -o "$out/fakellm" .)
+  export SPOTINFER_LIBRARY="$libdir/libspotinfer.so.0"
+  export SPI_FAKELLM="$out/fakellm"
+  export LITELLM_LOCAL_MODEL_COST_MAP=True
+  note "pytest tests/litellm"
+  (cd "$root/tests/litellm" && "$venv/bin/python" -m pytest -q -p no:cacheprovider \
+    -W ignore::DeprecationWarning .)
+  note "the Router with and without the strategy (tests/litellm/bench.py --smoke)"
+  "$venv/bin/python" "$root/tests/litellm/bench.py" --smoke
+}
+
 fuzz_toolchain_ok() {
   command -v clang-14 >/dev/null 2>&1 || return 1
   local probe
@@ -561,6 +585,14 @@ if [[ $build_ok == yes ]]; then
   run_stage redis "libspotinfer_redis against a real redis-server" stage_redis
 else
   skip_stage redis "the normal build failed"
+fi
+
+if [[ $install_ok != yes ]]; then
+  fail_stage litellm "no installed library (install stage failed)"
+elif ! command -v go >/dev/null 2>&1; then
+  fail_stage litellm "no go toolchain"
+else
+  run_stage litellm "LiteLLM routing strategy with the real litellm (build/venv-litellm)" stage_litellm
 fi
 
 if fuzz_toolchain_ok; then

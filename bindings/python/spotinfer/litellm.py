@@ -1,0 +1,552 @@
+"""A LiteLLM routing strategy that asks libspotinfer where each request goes.
+
+Install with the extra, which pins the LiteLLM version this is tested with::
+
+    pip install 'spotinfer[litellm]'
+
+Then, on a Router whose deployments say their pool and price in
+``model_info.spotinfer`` (see :mod:`spotinfer.litellm_deployments`)::
+
+    from litellm import Router
+    from spotinfer.litellm import SpotinferRouting
+
+    router = Router(model_list=model_list)
+    routing = SpotinferRouting.install(router, config={"cost": {...}})
+    ...
+    await router.acompletion(model="llama-70b", messages=[...])
+    routing.close()
+
+The strategy is one object with two faces: LiteLLM's custom routing
+strategy (``async_get_available_deployment`` / ``get_available_deployment``:
+the library classifies the request, keys its prefix, picks pool and replica
+and opens a ticket) and a LiteLLM callback (``CustomLogger``: the success
+and failure events finish the ticket with the status, token counts and time
+to first token). Background threads keep each replica's load fresh (its
+/metrics page, or the strategy's own count where there is none) and call
+the engine's periodic tick. A shed request raises LiteLLM's RateLimitError
+(HTTP 429, ``retry-after`` header), no capacity its ServiceUnavailableError
+(503), a body the library refuses its BadRequestError (400, the library's
+message naming the field).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import threading
+import time
+import urllib.request
+from datetime import datetime
+from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
+
+try:
+    import httpx
+    import litellm
+    from litellm.integrations.custom_logger import CustomLogger
+    from litellm.types.router import CustomRoutingStrategyBase
+except ImportError as e:  # pragma: no cover - the message is the point
+    raise ImportError(f"spotinfer.litellm needs LiteLLM ({e}): "
+                      "pip install 'spotinfer[litellm]'") from e
+
+from . import Engine, NoCapacityError, ShedError
+from .enums import OpenAIKind, Pool, TicketStatus
+from .errors import InputError
+from .litellm_deployments import Replica, replicas_of
+from .notices import TicketPlan, parse_notice
+from .types import TicketResult
+
+#: The LiteLLM version the ``litellm`` extra pins and the tests run against.
+LITELLM_VERSION = "1.109.3"
+
+#: Metadata keys passed on to the library (it reads them as request
+#: attributes: docs/requests.md); LiteLLM's own metadata stays out.
+METADATA_KEYS = ("class", "priority", "sla_ms", "replayable",
+                 "expected_output_tokens", "tenant", "tenant_tier",
+                 "tenant_salt", "decode_profile", "tokenizer_version",
+                 "retrieval_template")
+
+#: Body keys of a chat request that the library reads.
+BODY_KEYS = ("stream", "max_tokens", "max_completion_tokens", "service_tier",
+             "user", "priority", "tools")
+
+#: Where the ticket id rides in a request's metadata, from the route to the
+#: callbacks.
+TICKET_KEY = "spotinfer_ticket"
+
+
+def _jsonable(obj: Any) -> Any:
+    dump = getattr(obj, "model_dump", None)
+    if callable(dump):
+        return dump()
+    return str(obj)
+
+
+def request_body(model: str, messages: Optional[List[Any]], input: Any,
+                 kwargs: Mapping[str, Any]) -> Tuple[bytes, OpenAIKind]:
+    """The OpenAI body the library reads, from what LiteLLM passes a
+    routing strategy (the request's keyword arguments)."""
+    body: Dict[str, Any] = {"model": model}
+    if messages is not None:
+        body["messages"] = messages
+        kind = OpenAIKind.CHAT
+    else:
+        prompt = input if isinstance(input, str) else " ".join(
+            str(x) for x in (input or ()))
+        body["prompt"] = prompt
+        kind = OpenAIKind.COMPLETIONS
+    for k in BODY_KEYS:
+        v = kwargs.get(k)
+        if v is not None:
+            body[k] = v
+    meta = kwargs.get("metadata") or {}
+    hints = {k: meta[k] for k in METADATA_KEYS
+             if isinstance(meta.get(k), (str, int, bool))}
+    if "tenant" not in hints and isinstance(meta.get("user_api_key_team_id"), str):
+        hints["tenant"] = meta["user_api_key_team_id"]   # the proxy's team
+    if hints:
+        body["metadata"] = hints
+    text = json.dumps(body, separators=(",", ":"), default=_jsonable)
+    return text.encode("utf-8"), kind
+
+
+def _ms(later: Any, earlier: Any) -> float:
+    """Milliseconds between two LiteLLM timestamps (datetimes or seconds)."""
+    if later is None or earlier is None:
+        return 0.0
+    if isinstance(later, datetime) and isinstance(earlier, datetime):
+        return max(0.0, (later - earlier).total_seconds() * 1000.0)
+    if isinstance(later, (int, float)) and isinstance(earlier, (int, float)):
+        return max(0.0, (later - earlier) * 1000.0)
+    return 0.0
+
+
+def ticket_result(status: TicketStatus, kwargs: Mapping[str, Any],
+                  response_obj: Any, start_time: Any, end_time: Any) -> TicketResult:
+    """A ticket's result from a LiteLLM success or failure event."""
+    usage = getattr(response_obj, "usage", None)
+    if usage is None and isinstance(response_obj, Mapping):
+        usage = response_obj.get("usage")
+    prompt = output = cached = 0
+    if usage is not None:
+        get = usage.get if isinstance(usage, Mapping) else (
+            lambda k, d=None: getattr(usage, k, d))
+        prompt = int(get("prompt_tokens", 0) or 0)
+        output = int(get("completion_tokens", 0) or 0)
+        details = get("prompt_tokens_details", None)
+        if details is not None:
+            c = details.get("cached_tokens") if isinstance(details, Mapping) \
+                else getattr(details, "cached_tokens", None)
+            cached = int(c or 0)
+    # The time to first token as the backend gave it: from the call to the
+    # first chunk of a stream (a whole answer has no first token of its own).
+    ttft = 0.0
+    if kwargs.get("stream") and kwargs.get("completion_start_time") is not None:
+        sent = kwargs.get("api_call_start_time") or start_time
+        ttft = _ms(kwargs.get("completion_start_time"), sent)
+    return TicketResult(status=status, prompt_tokens=prompt, output_tokens=output,
+                        cached_tokens=cached, ttft_ms=ttft,
+                        duration_ms=_ms(end_time, start_time))
+
+
+_instances = itertools.count(1)
+
+
+class _Open:
+    """A ticket between its route and its callback."""
+
+    __slots__ = ("replica", "opened")
+
+    def __init__(self, replica: str) -> None:
+        self.replica = replica
+        self.opened = time.monotonic()
+
+
+class SpotinferRouting(CustomLogger, CustomRoutingStrategyBase):  # type: ignore[misc]
+    """libspotinfer as a LiteLLM Router's routing strategy and callback.
+
+    ``config`` is the library's configuration (JSON text, dict or path);
+    ``engine`` an engine to use instead (the strategy then does not close
+    it). Options: ``scrape_interval_s`` (load scrape period, under the
+    library's ``router.load_max_age_ms``), ``scrape_timeout_s``,
+    ``queue_wait_s`` (how long a request the library queues is routed
+    again before it is a 503), ``retry_after_s`` (the shed answer's
+    retry-after), ``ticket_timeout_s`` (a ticket no callback finished by
+    then is finished as CANCELLED), ``respect_litellm_health`` (take only
+    deployments LiteLLM's own checks call healthy: cooldowns, allowed
+    fails), ``ready_wait_s`` (start() waits this long for a first load
+    reading of every replica).
+    """
+
+    def __init__(self, router: Any, config: Any = None, *,
+                 engine: Optional[Engine] = None,
+                 scrape_interval_s: float = 0.25, scrape_timeout_s: float = 1.0,
+                 queue_wait_s: float = 5.0, retry_after_s: int = 1,
+                 ticket_timeout_s: float = 600.0,
+                 respect_litellm_health: bool = True,
+                 ready_wait_s: float = 5.0) -> None:
+        CustomLogger.__init__(self)
+        # LiteLLM keeps one callback per class and public scalar attributes:
+        # a number of its own keeps two strategies (two routers) apart.
+        self.instance = next(_instances)
+        self._router = router
+        self._own_engine = engine is None
+        self.engine = engine if engine is not None else Engine(config)
+        self.scrape_interval_s = float(scrape_interval_s)
+        self.scrape_timeout_s = float(scrape_timeout_s)
+        self.queue_wait_s = float(queue_wait_s)
+        self.retry_after_s = int(retry_after_s)
+        self.ticket_timeout_s = float(ticket_timeout_s)
+        self.respect_litellm_health = bool(respect_litellm_health)
+        self.ready_wait_s = float(ready_wait_s)
+        self._lock = threading.Lock()
+        self._open: Dict[int, _Open] = {}
+        self._replicas: Dict[str, Replica] = {}
+        self._deployments: Dict[str, Any] = {}
+        self._fresh: Dict[str, threading.Event] = {}
+        self._stop = threading.Event()
+        self._threads: List[threading.Thread] = []
+        self._reqs: List[Any] = []          # idle Request handles, reused
+        self.sync_deployments()
+
+    # -- set-up
+
+    @classmethod
+    def install(cls, router: Any, config: Any = None, **options: Any) -> "SpotinferRouting":
+        """Make a strategy, plug it into the router (its routing and the
+        callbacks), start its load threads and wait for first readings."""
+        self = cls(router, config, **options)
+        register = getattr(router, "register_plugin", None)
+        if register is None:                # LiteLLM before register_plugin
+            register = router.set_custom_routing_strategy
+        register(self)
+        self.add_callback()
+        self.start()
+        return self
+
+    def add_callback(self) -> None:
+        """Put the strategy in litellm.callbacks, where LiteLLM (the Router
+        and the proxy alike) finds its success and failure callbacks."""
+        manager = getattr(litellm, "logging_callback_manager", None)
+        if manager is not None:
+            manager.add_litellm_callback(self)
+        elif self not in litellm.callbacks:
+            litellm.callbacks.append(self)
+
+    def remove_callback(self) -> None:
+        """Take the strategy out of every callback list LiteLLM copied it
+        into (a strategy left there would still be called after close)."""
+        manager = getattr(litellm, "logging_callback_manager", None)
+        if manager is not None and hasattr(manager, "remove_callback_from_all_lists"):
+            manager.remove_callback_from_all_lists(self, require_self=False)
+        for lst in (litellm.callbacks, litellm.success_callback, litellm.failure_callback,
+                    litellm._async_success_callback, litellm._async_failure_callback):
+            while self in lst:
+                lst.remove(self)
+
+    def _model_list(self) -> List[Any]:
+        registry = getattr(self._router, "registry", None)
+        if callable(registry):
+            return list(registry().all())
+        return list(self._router.model_list)
+
+    def sync_deployments(self) -> None:
+        """Read the router's deployments again: add or update their
+        replicas, remove the replicas of deployments that are gone."""
+        deployments = self._model_list()
+        reps = replicas_of(deployments)
+        by_id = {r.info.id: d for r, d in zip(reps, deployments)}
+        for r in reps:
+            self.engine.upsert_replica(r.info)
+        with self._lock:
+            gone = set(self._replicas) - set(by_id)
+            self._replicas = {r.info.id: r for r in reps}
+            self._deployments = by_id
+            for rid in self._replicas:
+                self._fresh.setdefault(rid, threading.Event())
+        for rid in gone:
+            self.engine.remove_replica(rid)
+
+    def start(self) -> None:
+        """Start the load threads (one per replica, so a slow /metrics holds
+        up no other) and the tick thread; wait up to ready_wait_s for a first
+        reading of every replica (one without counts as saturated)."""
+        if self._threads:
+            return
+        for rid in list(self._replicas):
+            t = threading.Thread(target=self._load_loop, args=(rid,),
+                                 name=f"spotinfer-load-{rid}", daemon=True)
+            self._threads.append(t)
+        self._threads.append(threading.Thread(target=self._tick_loop,
+                                              name="spotinfer-tick", daemon=True))
+        for t in self._threads:
+            t.start()
+        deadline = time.monotonic() + self.ready_wait_s
+        for ev in list(self._fresh.values()):
+            ev.wait(max(0.0, deadline - time.monotonic()))
+
+    def close(self) -> None:
+        """Stop the threads, take the strategy out of litellm.callbacks,
+        finish the tickets still open (CANCELLED) and close the engine if
+        the strategy made it. Idempotent."""
+        self._stop.set()
+        for t in self._threads:
+            t.join()
+        self._threads = []
+        self.remove_callback()
+        with self._lock:
+            left = list(self._open)
+            self._open.clear()
+            reqs, self._reqs = self._reqs, []
+        if self.engine.closed:
+            return
+        for tid in left:
+            self._finish(tid, TicketResult(status=TicketStatus.CANCELLED))
+        for r in reqs:
+            r.close()
+        if self._own_engine:
+            self.engine.close()
+
+    def __enter__(self) -> "SpotinferRouting":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    # -- load and ticks
+
+    def _scrape(self, url: str) -> str:
+        with urllib.request.urlopen(url, timeout=self.scrape_timeout_s) as resp:
+            return resp.read().decode("utf-8", "replace")
+
+    def _load_loop(self, rid: str) -> None:
+        while not self._stop.is_set():
+            rep = self._replicas.get(rid)
+            if rep is None:
+                return
+            try:
+                if rep.metrics_url is not None:
+                    self.engine.report_metrics(rid, self._scrape(rep.metrics_url))
+                else:
+                    # No /metrics: the reading stays fresh with no backend
+                    # queue, and the library counts its own open tickets.
+                    self.engine.report_load(rid, running=0.0)
+                self._fresh[rid].set()
+            except Exception:  # noqa: BLE001 - unreachable: its load goes stale
+                pass
+            self._stop.wait(self.scrape_interval_s)
+
+    def _tick_loop(self) -> None:
+        while not self._stop.wait(0.1):
+            try:
+                self.engine.tick()
+                self._expire_tickets()
+            except Exception:  # noqa: BLE001 - the engine closed under us
+                return
+
+    def _expire_tickets(self) -> None:
+        cutoff = time.monotonic() - self.ticket_timeout_s
+        with self._lock:
+            old = [tid for tid, o in self._open.items() if o.opened < cutoff]
+            for tid in old:
+                del self._open[tid]
+        for tid in old:
+            self._finish(tid, TicketResult(status=TicketStatus.CANCELLED))
+
+    # -- notices
+
+    def notice(self, format: Any, body: Union[str, bytes], *, node: str = "",
+               http_status: int = 200) -> List[TicketPlan]:
+        """Hand in an interruption notice as the cloud serves it (any format
+        of ``spotinfer.NoticeFormat``; ``node`` is the machine it came from,
+        matched against each deployment's ``node``, else its id). From the
+        call on, no new request goes to that machine's deployments. Returns
+        the library's plan for each ticket open there (LiteLLM cannot move
+        a stream that has started, so they run on where they are)."""
+        plans: List[TicketPlan] = []
+        for n in parse_notice(format, body, node=node, http_status=http_status):
+            plans.extend(self.engine.notice(n))
+        return plans
+
+    def metrics(self) -> str:
+        """The library's Prometheus text (serve it from the proxy's app or
+        push it where the rest of the metrics go)."""
+        return self.engine.metrics()
+
+    # -- routing
+
+    def _request(self) -> Any:
+        with self._lock:
+            if self._reqs:
+                return self._reqs.pop()
+        return self.engine.request()
+
+    def _release(self, req: Any) -> None:
+        with self._lock:
+            if len(self._reqs) < 256:
+                self._reqs.append(req)
+                return
+        req.close()
+
+    def _retry_after(self) -> Dict[str, str]:
+        return {"retry-after": str(self.retry_after_s)}
+
+    def _answer(self, status: int) -> httpx.Response:
+        """The HTTP answer an error carries: LiteLLM's retries and its proxy
+        read retry-after from it."""
+        return httpx.Response(status, headers=self._retry_after(),
+                              request=httpx.Request("POST", "http://spotinfer.invalid/route"))
+
+    def _decide(self, model: str, body: bytes, kind: OpenAIKind) -> Any:
+        """One spi_route: the decision, or a LiteLLM exception."""
+        req = self._request()
+        try:
+            req.parse_openai(body, kind)
+            return req.route()
+        except ShedError as e:
+            d = e.decision
+            raise litellm.RateLimitError(
+                message=f"shed under KV-cache pressure: {d.reason if d else e.message}",
+                llm_provider="spotinfer", model=model,
+                response=self._answer(429), headers=self._retry_after()) from None
+        except NoCapacityError as e:
+            d = e.decision
+            raise litellm.ServiceUnavailableError(
+                message=f"no capacity: {d.reason if d else e.message}",
+                llm_provider="spotinfer", model=model,
+                response=self._answer(503)) from None
+        except InputError as e:
+            raise litellm.BadRequestError(message=e.message or str(e), model=model,
+                                          llm_provider="spotinfer") from None
+        finally:
+            self._release(req)
+
+    def _place(self, d: Any, allowed: Optional[set], kwargs: Dict[str, Any]) -> Any:
+        """The deployment for a serving decision: its replica, else (when
+        LiteLLM's health checks rule that one out) the first allowed
+        fallback, served without a ticket."""
+        with self._lock:
+            deps = self._deployments
+        targets = (d.replica_id,) + tuple(d.fallback_ids)
+        for i, rid in enumerate(targets):
+            dep = deps.get(rid)
+            if dep is None or (allowed is not None and rid not in allowed):
+                continue
+            if i == 0:
+                with self._lock:
+                    self._open[d.ticket.id] = _Open(rid)
+                meta = kwargs.setdefault("metadata", {})
+                meta[TICKET_KEY] = d.ticket.id
+            else:
+                self._finish(d.ticket.id, TicketResult(status=TicketStatus.CANCELLED))
+            return dep
+        self._finish(d.ticket.id, TicketResult(status=TicketStatus.CANCELLED))
+        return None
+
+    async def async_get_available_deployment(
+            self, model: str, messages: Optional[List[Dict[str, str]]] = None,
+            input: Union[str, List[Any], None] = None,
+            specific_deployment: Optional[bool] = False,
+            request_kwargs: Optional[Dict[str, Any]] = None) -> Any:
+        kwargs = request_kwargs if request_kwargs is not None else {}
+        allowed = None
+        if self.respect_litellm_health or specific_deployment:
+            healthy = await self._router.select(
+                model, kwargs, kind="healthy", messages=messages, input=input,
+                specific_deployment=specific_deployment)
+            if isinstance(healthy, dict):   # one named deployment: no choice
+                return healthy
+            allowed = {h["model_info"]["id"] for h in healthy or ()}
+        body, kind = request_body(model, messages, input, kwargs)
+        deadline = time.monotonic() + self.queue_wait_s
+        while True:
+            d = self._decide(model, body, kind)
+            if d.pool != Pool.QUEUE:
+                break
+            if time.monotonic() >= deadline:
+                raise self._queue_timeout(model, d)
+            await asyncio.sleep(0.05)
+        return self._placed(model, d, allowed, kwargs)
+
+    def get_available_deployment(
+            self, model: str, messages: Optional[List[Dict[str, str]]] = None,
+            input: Union[str, List[Any], None] = None,
+            specific_deployment: Optional[bool] = False,
+            request_kwargs: Optional[Dict[str, Any]] = None) -> Any:
+        kwargs = request_kwargs if request_kwargs is not None else {}
+        body, kind = request_body(model, messages, input, kwargs)
+        deadline = time.monotonic() + self.queue_wait_s
+        while True:
+            d = self._decide(model, body, kind)
+            if d.pool != Pool.QUEUE:
+                break
+            if time.monotonic() >= deadline:
+                raise self._queue_timeout(model, d)
+            time.sleep(0.05)
+        return self._placed(model, d, None, kwargs)
+
+    def _queue_timeout(self, model: str, d: Any) -> Exception:
+        return litellm.ServiceUnavailableError(
+            message=f"no capacity: queued over {self.queue_wait_s:g} s ({d.reason})",
+            llm_provider="spotinfer", model=model, response=self._answer(503))
+
+    def _placed(self, model: str, d: Any, allowed: Optional[set],
+                kwargs: Dict[str, Any]) -> Any:
+        dep = self._place(d, allowed, kwargs)
+        if dep is None:
+            raise litellm.ServiceUnavailableError(
+                message=f"no capacity: {d.replica_id} and its fallbacks are "
+                        "unavailable to LiteLLM (cooldown)",
+                llm_provider="spotinfer", model=model, response=self._answer(503))
+        return dep
+
+    # -- tickets, from LiteLLM's callbacks
+
+    def _finish(self, tid: int, result: TicketResult) -> None:
+        try:
+            self.engine.ticket(tid).finish(result)
+        except Exception:  # noqa: BLE001 - finished already, or engine closed
+            pass
+
+    def _done(self, status: TicketStatus, kwargs: Mapping[str, Any],
+              response_obj: Any, start_time: Any, end_time: Any) -> None:
+        params = kwargs.get("litellm_params") or {}
+        meta = params.get("metadata") or kwargs.get("metadata") or {}
+        tid = meta.get(TICKET_KEY)
+        if not isinstance(tid, int):
+            return
+        with self._lock:
+            if self._open.pop(tid, None) is None:
+                return                      # another event finished it
+        self._finish(tid, ticket_result(status, kwargs, response_obj,
+                                        start_time, end_time))
+
+    async def async_log_success_event(self, kwargs: Any, response_obj: Any,
+                                      start_time: Any, end_time: Any) -> None:
+        self._done(TicketStatus.OK, kwargs, response_obj, start_time, end_time)
+
+    async def async_log_failure_event(self, kwargs: Any, response_obj: Any,
+                                      start_time: Any, end_time: Any) -> None:
+        self._done(_failure_status(kwargs), kwargs, response_obj, start_time, end_time)
+
+    def log_success_event(self, kwargs: Any, response_obj: Any,
+                          start_time: Any, end_time: Any) -> None:
+        self._done(TicketStatus.OK, kwargs, response_obj, start_time, end_time)
+
+    def log_failure_event(self, kwargs: Any, response_obj: Any,
+                          start_time: Any, end_time: Any) -> None:
+        self._done(_failure_status(kwargs), kwargs, response_obj, start_time, end_time)
+
+
+def _failure_status(kwargs: Mapping[str, Any]) -> TicketStatus:
+    """A client that went away is CANCELLED (no fault of the replica's);
+    anything else counts against it as ERROR."""
+    exc = kwargs.get("exception")
+    if isinstance(exc, (asyncio.CancelledError,)) or \
+            type(exc).__name__ in ("CancelledError", "ClientDisconnect"):
+        return TicketStatus.CANCELLED
+    return TicketStatus.ERROR
+
+
+__all__ = ["SpotinferRouting", "LITELLM_VERSION", "request_body",
+           "ticket_result", "TICKET_KEY", "METADATA_KEYS"]

@@ -1,0 +1,160 @@
+"""LiteLLM deployments as libspotinfer replicas (no LiteLLM import).
+
+A LiteLLM deployment (one entry of a Router's ``model_list``) becomes one
+replica of the engine. What the library needs to know about the machine
+goes in the deployment's ``model_info``, under ``spotinfer``::
+
+    - model_name: llama-70b                  # the model group: what clients ask for
+      litellm_params:
+        model: openai/llama-70b
+        api_base: http://10.0.0.7:8000/v1
+      model_info:
+        id: spot-a                           # the replica id (stable across restarts)
+        spotinfer:
+          pool: spot                         # spot | on_demand (default on_demand)
+          usd_per_hour: 1.8                  # what the replica costs
+          zone: us-east-1a
+          instance_type: g6e.12xlarge
+          node: i-0abc                       # the machine notices name (default: the id)
+          max_inflight: 64                   # sequences it serves at once (default 64)
+          model_tier: large                  # small | large (default large)
+          decode_tokens_per_s: 0             # 0: the engine's router.decode_tokens_per_s
+          metrics_url: http://10.0.0.7:8000/metrics   # default: api_base less /v1, + /metrics; false: none
+
+``model_info`` is where LiteLLM keeps a deployment's own facts (it is never
+sent to the model server, unlike ``litellm_params``), and LiteLLM keeps it
+as given, so the proxy's config.yaml and a Router's ``model_list`` say it
+the same way. ``model_info.id`` is LiteLLM's deployment id: without one,
+LiteLLM derives a hash from the parameters, which works but changes when
+they do; naming it keeps the library's per-replica state (prefix index,
+breaker, metrics labels) under a stable name.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Mapping, Optional, Tuple
+
+from .enums import ModelTier, Pool, coerce
+from .types import ReplicaInfo
+
+#: Keys read from model_info.spotinfer; any other key is an error, so a
+#: misspelt one (``usd_per_hr``) is found at start-up, not by a wrong price.
+KEYS = frozenset({"pool", "usd_per_hour", "zone", "instance_type", "node",
+                  "max_inflight", "model_tier", "decode_tokens_per_s",
+                  "metrics_url"})
+
+DEFAULT_MAX_INFLIGHT = 64
+
+
+class DeploymentError(ValueError):
+    """A deployment whose spotinfer settings cannot be read; the message
+    names the deployment and the key."""
+
+
+@dataclass(frozen=True)
+class Replica:
+    """One deployment as the engine sees it."""
+
+    info: ReplicaInfo
+    model_group: str
+    metrics_url: Optional[str]     # None: the strategy reports load itself
+
+
+def _get(obj: Any, key: str) -> Any:
+    """A key of a dict or an attribute of a pydantic model (LiteLLM hands
+    out either, depending on the call)."""
+    if obj is None:
+        return None
+    if isinstance(obj, Mapping):
+        return obj.get(key)
+    return getattr(obj, key, None)
+
+
+def default_metrics_url(api_base: Optional[str]) -> Optional[str]:
+    """vLLM and SGLang serve /metrics at the server's root, beside /v1."""
+    if not api_base:
+        return None
+    base = str(api_base).rstrip("/")
+    if base.endswith("/v1"):
+        base = base[: -len("/v1")]
+    return base + "/metrics"
+
+
+def _number(where: str, key: str, value: Any, kind: type) -> Any:
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise DeploymentError(f"{where}: {key} must be a number, not {value!r}")
+    try:
+        out = kind(value)
+    except ValueError:
+        raise DeploymentError(f"{where}: {key} must be a number, not {value!r}") from None
+    if out < 0:
+        raise DeploymentError(f"{where}: {key} must not be negative")
+    return out
+
+
+def _metrics_url(where: str, settings: Mapping[str, Any], api_base: Any) -> Optional[str]:
+    if "metrics_url" not in settings:
+        return default_metrics_url(api_base)
+    url = settings["metrics_url"]
+    if url is False or url is None or url == "":
+        return None
+    if not isinstance(url, str) or not url.startswith(("http://", "https://")):
+        raise DeploymentError(f"{where}: metrics_url must be an http(s) URL or false, not {url!r}")
+    return url
+
+
+def replica_of(deployment: Any) -> Replica:
+    """Read one deployment (a dict of ``model_list`` or LiteLLM's
+    Deployment model). Raises DeploymentError on a bad setting."""
+    model_info = _get(deployment, "model_info") or {}
+    params = _get(deployment, "litellm_params") or {}
+    group = _get(deployment, "model_name")
+    rid = _get(model_info, "id")
+    if not rid:
+        raise DeploymentError(f"deployment of {group!r} has no model_info.id")
+    rid = str(rid)
+    where = f"deployment {rid!r} (model_info.spotinfer)"
+    settings = _get(model_info, "spotinfer") or {}
+    if not isinstance(settings, Mapping):
+        raise DeploymentError(f"{where}: must be a mapping, not {type(settings).__name__}")
+    unknown = sorted(set(settings) - KEYS)
+    if unknown:
+        raise DeploymentError(f"{where}: unknown key {unknown[0]!r} "
+                              f"(known: {', '.join(sorted(KEYS))})")
+    try:
+        pool = Pool(coerce(Pool, settings.get("pool", "on_demand")))
+        tier = ModelTier(coerce(ModelTier, settings.get("model_tier", "large")))
+    except (ValueError, TypeError) as e:
+        raise DeploymentError(f"{where}: {e}") from None
+    if pool not in (Pool.SPOT, Pool.ON_DEMAND):
+        raise DeploymentError(f"{where}: pool must be spot or on_demand")
+    max_inflight = _number(where, "max_inflight",
+                           settings.get("max_inflight", DEFAULT_MAX_INFLIGHT), int)
+    if max_inflight < 1:
+        raise DeploymentError(f"{where}: max_inflight must be at least 1")
+    info = ReplicaInfo(
+        id=rid, pool=pool, model_tier=tier,
+        usd_per_hour=_number(where, "usd_per_hour", settings.get("usd_per_hour", 0.0), float),
+        max_inflight=max_inflight,
+        zone=str(settings.get("zone", "")),
+        instance_type=str(settings.get("instance_type", "")),
+        node=str(settings.get("node", "")),
+        models=(str(group),) if group else (),
+        decode_tokens_per_s=_number(where, "decode_tokens_per_s",
+                                    settings.get("decode_tokens_per_s", 0.0), float))
+    return Replica(info, str(group or ""),
+                   _metrics_url(where, settings, _get(params, "api_base")))
+
+
+def replicas_of(model_list: Any) -> Tuple[Replica, ...]:
+    """Every deployment of a model list; two with one id are an error."""
+    out = []
+    seen = set()
+    for dep in model_list or ():
+        r = replica_of(dep)
+        if r.info.id in seen:
+            raise DeploymentError(f"two deployments have model_info.id {r.info.id!r}")
+        seen.add(r.info.id)
+        out.append(r)
+    return tuple(out)

@@ -1,0 +1,107 @@
+"""LiteLLM deployments read as replicas (spotinfer.litellm_deployments needs
+no LiteLLM; the strategy itself is tested in tests/litellm)."""
+
+import pytest
+
+from spotinfer import Engine, ModelTier, Pool
+from spotinfer.litellm_deployments import (DeploymentError, default_metrics_url,
+                                           replica_of, replicas_of)
+
+
+def dep(rid="spot-a", api_base="http://10.0.0.7:8000/v1", **settings):
+    d = {"model_name": "llama-70b",
+         "litellm_params": {"model": "openai/llama-70b", "api_base": api_base},
+         "model_info": {"id": rid}}
+    if settings:
+        d["model_info"]["spotinfer"] = settings
+    return d
+
+
+def test_a_full_entry():
+    r = replica_of(dep(pool="spot", usd_per_hour=1.8, zone="us-east-1a",
+                       instance_type="g6e.12xlarge", node="i-0abc", max_inflight=32,
+                       model_tier="small", decode_tokens_per_s=40,
+                       metrics_url="http://10.0.0.7:9000/metrics"))
+    i = r.info
+    assert (i.id, i.pool, i.usd_per_hour, i.zone, i.instance_type, i.node) == \
+        ("spot-a", Pool.SPOT, 1.8, "us-east-1a", "g6e.12xlarge", "i-0abc")
+    assert (i.max_inflight, i.model_tier, i.decode_tokens_per_s) == (32, ModelTier.SMALL, 40.0)
+    assert i.models == ("llama-70b",)
+    assert r.model_group == "llama-70b"
+    assert r.metrics_url == "http://10.0.0.7:9000/metrics"
+
+
+def test_defaults():
+    r = replica_of(dep())
+    assert (r.info.pool, r.info.usd_per_hour, r.info.max_inflight, r.info.model_tier) == \
+        (Pool.ON_DEMAND, 0.0, 64, ModelTier.LARGE)
+    assert r.info.node == "" and r.info.zone == ""
+    # vLLM serves /metrics beside /v1.
+    assert r.metrics_url == "http://10.0.0.7:8000/metrics"
+
+
+@pytest.mark.parametrize("base,url", [
+    ("http://h:8000/v1", "http://h:8000/metrics"),
+    ("http://h:8000/v1/", "http://h:8000/metrics"),
+    ("http://h:8000", "http://h:8000/metrics"),
+    ("https://h/serving/v1", "https://h/serving/metrics"),
+    (None, None), ("", None)])
+def test_default_metrics_url(base, url):
+    assert default_metrics_url(base) == url
+
+
+def test_no_metrics_url():
+    assert replica_of(dep(metrics_url=False)).metrics_url is None
+    assert replica_of(dep(api_base=None)).metrics_url is None
+
+
+@pytest.mark.parametrize("settings,needle", [
+    ({"usd_per_hr": 1.8}, "unknown key 'usd_per_hr'"),
+    ({"pool": "preemptible"}, "unknown Pool"),
+    ({"pool": "queue"}, "pool must be spot or on_demand"),
+    ({"usd_per_hour": "cheap"}, "usd_per_hour must be a number"),
+    ({"usd_per_hour": -1}, "usd_per_hour must not be negative"),
+    ({"max_inflight": 0}, "max_inflight must be at least 1"),
+    ({"max_inflight": True}, "max_inflight must be a number"),
+    ({"metrics_url": "10.0.0.7/metrics"}, "metrics_url must be an http(s) URL"),
+])
+def test_bad_settings_name_the_deployment_and_key(settings, needle):
+    with pytest.raises(DeploymentError) as ei:
+        replica_of(dep(**settings))
+    assert "'spot-a'" in str(ei.value)
+    assert needle in str(ei.value)
+
+
+def test_settings_must_be_a_mapping():
+    d = dep()
+    d["model_info"]["spotinfer"] = ["spot"]
+    with pytest.raises(DeploymentError, match="must be a mapping"):
+        replica_of(d)
+
+
+def test_an_id_is_required_and_unique():
+    d = dep()
+    del d["model_info"]["id"]
+    with pytest.raises(DeploymentError, match="no model_info.id"):
+        replica_of(d)
+    with pytest.raises(DeploymentError, match="two deployments have model_info.id 'x'"):
+        replicas_of([dep("x"), dep("x")])
+
+
+def test_pydantic_like_objects_are_read_too():
+    class Obj:
+        def __init__(self, **kw):
+            self.__dict__.update(kw)
+    d = Obj(model_name="m", litellm_params=Obj(api_base="http://h/v1"),
+            model_info=Obj(id="od-1", spotinfer={"pool": "on_demand", "usd_per_hour": 4.5}))
+    r = replica_of(d)
+    assert (r.info.id, r.info.pool, r.metrics_url) == ("od-1", Pool.ON_DEMAND, "http://h/metrics")
+
+
+def test_the_engine_takes_what_is_read():
+    with Engine() as e:
+        for r in replicas_of([dep("spot-a", pool="spot", usd_per_hour=1.8),
+                              dep("od-1", usd_per_hour=4.5)]):
+            e.upsert_replica(r.info)
+        assert [(s.id, s.pool) for s in e.replicas()] == \
+            [("spot-a", Pool.SPOT), ("od-1", Pool.ON_DEMAND)]

@@ -1,0 +1,245 @@
+"""The LiteLLM routing strategy with the real LiteLLM Router (the version
+the package's `litellm` extra pins) against fakellm backends on loopback."""
+
+import asyncio
+import json
+import time
+import urllib.request
+
+import litellm
+import pytest
+from litellm import Router
+from prometheus_client.parser import text_string_to_metric_families
+
+import spotinfer
+from spotinfer import Pool, ReplicaState
+from spotinfer.litellm import LITELLM_VERSION, TICKET_KEY, SpotinferRouting
+
+from conftest import MODEL, ROOT, deployment
+
+# Six system prompts of about 2.8 KB, as a chat product's would be.
+SYSTEMS = [
+    "You are a support agent for a bicycle shop. Answer in short sentences. " * 40,
+    "You translate technical English into plain words for new engineers. " * 40,
+    "You are a travel planner who always lists three options with prices. " * 40,
+    "You review SQL queries for mistakes and explain each fix briefly. " * 40,
+]
+
+FAST = ("-token-rate", "2000", "-answer-tokens", "12", "-ttft", "20ms",
+        "-cached-ttft", "2ms")
+
+# Stickiness as the gateway drill configures it: a prompt's warm replica
+# keeps it while its share of the load is under twice the fair share.
+CONFIG = {"policy": {"load_share_cap": 2}}
+
+
+def messages(system, user):
+    return [{"role": "system", "content": system}, {"role": "user", "content": user}]
+
+
+# One event loop for every test, as an application has: LiteLLM binds its
+# logging worker (which runs the callbacks) to the loop it first sees.
+LOOP = asyncio.new_event_loop()
+
+
+def run(coro):
+    return LOOP.run_until_complete(coro)
+
+
+@pytest.fixture
+def closing():
+    made = []
+    yield made.append
+    for r in made:
+        r.close()
+
+
+def test_the_pinned_version_runs():
+    """The tests run the LiteLLM the extra pins (pyproject.toml)."""
+    from importlib.metadata import version
+    import tomllib
+    assert version("litellm") == LITELLM_VERSION
+    with open(ROOT / "bindings" / "python" / "pyproject.toml", "rb") as f:
+        extra = tomllib.load(f)["project"]["optional-dependencies"]["litellm"]
+    assert extra == [f"litellm=={LITELLM_VERSION}"]
+
+
+def test_prefix_affinity_streams_and_tickets(backends, closing):
+    for rid in ("spot-a", "spot-b", "spot-c"):
+        backends.start(rid, *FAST)
+    router = Router(model_list=[deployment(backends, r) for r in ("spot-a", "spot-b", "spot-c")],
+                    num_retries=0)
+    routing = SpotinferRouting.install(router, CONFIG)
+    closing(routing)
+
+    async def one(n, system, stream):
+        kw = {"metadata": {"class": "silver"}}
+        if stream:
+            resp = await router.acompletion(model=MODEL, messages=messages(system, f"q{n}"),
+                                            stream=True, stream_options={"include_usage": True}, **kw)
+            text, fp, chunks = [], None, 0
+            async for c in resp:
+                chunks += 1
+                fp = c.system_fingerprint or fp
+                if c.choices and c.choices[0].delta.content:
+                    text.append(c.choices[0].delta.content)
+            return fp, "".join(text), chunks
+        r = await router.acompletion(model=MODEL, messages=messages(system, f"q{n}"), **kw)
+        return r.system_fingerprint, r.choices[0].message.content, 1
+
+    async def waves():
+        out = []
+        for w in range(4):
+            out += await asyncio.gather(*[one(w * 10 + i, s, stream=(w % 2 == 1))
+                                          for i, s in enumerate(SYSTEMS)])
+            await asyncio.sleep(0.05)   # let the success callbacks run
+        return out
+
+    results = run(waves())
+    # Affinity: every request with one system prompt went to one backend.
+    by_prompt = {}
+    for i, (fp, text, chunks) in enumerate(results):
+        assert fp in ("spot-a", "spot-b", "spot-c"), fp
+        assert text
+        by_prompt.setdefault(i % len(SYSTEMS), set()).add(fp)
+    assert all(len(s) == 1 for s in by_prompt.values()), by_prompt
+    # Streams were passed through chunk by chunk, with the backend's text:
+    # the same as the backend answers the same request straight.
+    streamed = [r for i, r in enumerate(results) if (i // len(SYSTEMS)) % 2 == 1]
+    assert all(chunks > 5 for _, _, chunks in streamed)
+    fp, text, _ = streamed[0]
+    body = {"model": MODEL, "messages": messages(SYSTEMS[0], "q10")}
+    req = urllib.request.Request(backends.url(fp) + "/chat/completions",
+                                 data=json.dumps(body).encode(),
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        direct = json.load(resp)["choices"][0]["message"]["content"]
+    assert text == direct
+    # Tickets: each finished once, as completed work with its tokens.
+    wait_for(lambda: sum(r.completed for r in routing.engine.ledger()) == len(results))
+    rows = routing.engine.ledger()
+    assert sum(r.failed for r in rows) == 0
+    assert sum(r.output_tokens for r in rows) == 12 * len(results)
+    assert sum(r.prompt_tokens for r in rows) > 0
+    assert all(r.pool is Pool.SPOT for r in rows)
+    assert all(s.inflight == 0 for s in routing.engine.replicas())
+    assert not routing._open
+    # The metrics text parses; it counts the affinity decisions, the
+    # matched prefix blocks and one TTFT sample per stream.
+    samples = metric_samples(routing.metrics())
+    assert total(samples, "spotinfer_decisions_total", reason="affinity") > 0
+    assert total(samples, "spotinfer_prefix_blocks_matched_total") > 0
+    assert total(samples, "spotinfer_ttft_seconds_count") == len(streamed)
+
+
+def metric_samples(text):
+    return [s for f in text_string_to_metric_families(text) for s in f.samples]
+
+
+def total(samples, name, **labels):
+    return sum(s.value for s in samples if s.name == name and
+               all(s.labels.get(k) == v for k, v in labels.items()))
+
+
+def wait_for(cond, timeout=5.0):
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        time.sleep(0.02)
+
+
+def test_shed_is_429_and_no_capacity_503(backends, closing):
+    """Load reported by hand (the strategy not started): KV pressure on the
+    spot pool sheds a bronze request; with every replica drained nothing
+    is eligible."""
+    for rid in ("spot-a", "spot-b"):
+        backends.start(rid, *FAST)
+    router = Router(model_list=[deployment(backends, r) for r in ("spot-a", "spot-b")],
+                    num_retries=0)
+    routing = SpotinferRouting(router, CONFIG, retry_after_s=3)
+    closing(routing)
+    router.register_plugin(routing)
+    routing.add_callback()
+    for rid in ("spot-a", "spot-b"):
+        routing.engine.report_load(rid, running=1, kv_usage=0.9)
+
+    async def ask(cls):
+        return await router.acompletion(model=MODEL, messages=messages(SYSTEMS[0], "x"),
+                                        metadata={"class": cls})
+    with pytest.raises(litellm.RateLimitError) as ei:
+        run(ask("bronze"))
+    assert ei.value.status_code == 429
+    assert "shed" in str(ei.value)
+    assert ei.value.headers == {"retry-after": "3"}
+    assert ei.value.response.headers.get("retry-after") == "3"
+    # Silver still goes through at 0.9 (its threshold is 0.95).
+    r = run(ask("silver"))
+    assert r.system_fingerprint in ("spot-a", "spot-b")
+    for rid in ("spot-a", "spot-b"):
+        routing.engine.set_replica_state(rid, ReplicaState.DRAINING)
+    with pytest.raises(litellm.ServiceUnavailableError) as ei:
+        run(ask("silver"))
+    assert ei.value.status_code == 503
+    assert "no capacity" in str(ei.value)
+    samples = metric_samples(routing.metrics())
+    assert total(samples, "spotinfer_shed_total") == 1
+    assert total(samples, "spotinfer_decisions_total", reason="no_capacity") == 1
+
+
+def aws_notice(seconds_ahead=120):
+    at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + seconds_ahead))
+    return json.dumps({"action": "terminate", "time": at})
+
+
+def test_a_notice_stops_routing_there_at_once(backends, closing):
+    for rid in ("spot-a", "spot-b"):
+        backends.start(rid, *FAST)
+    router = Router(model_list=[deployment(backends, "spot-a", node="i-aaa", zone="us-east-1a"),
+                                deployment(backends, "spot-b", node="i-bbb", zone="us-east-1b")],
+                    num_retries=0)
+    routing = SpotinferRouting.install(router, CONFIG)
+    closing(routing)
+
+    async def ask(n):
+        r = await router.acompletion(model=MODEL, messages=messages(SYSTEMS[1], f"n{n}"),
+                                     metadata={"class": "silver"})
+        await settle(routing, n + 1)
+        return r.system_fingerprint
+
+    async def scenario():
+        first = await ask(0)
+        assert await ask(1) == first          # warm: it stays
+        node = "i-aaa" if first == "spot-a" else "i-bbb"
+        routing.notice(spotinfer.NoticeFormat.AWS_INSTANCE_ACTION, aws_notice(), node=node)
+        return first, [await ask(n) for n in range(2, 8)]
+
+    first, after = run(scenario())
+    other = "spot-b" if first == "spot-a" else "spot-a"
+    assert after == [other] * 6
+    assert routing.engine.replica_status(first).state is not ReplicaState.ACTIVE
+
+
+async def settle(routing, completed, timeout=5.0):
+    """Wait (in the event loop, where LiteLLM runs its callbacks) until the
+    ledger counts that many completed requests."""
+    deadline = time.monotonic() + timeout
+    while sum(r.completed for r in routing.engine.ledger()) < completed:
+        assert time.monotonic() < deadline, "tickets not finished in time"
+        await asyncio.sleep(0.01)
+
+
+def test_a_failed_call_finishes_its_ticket_as_failed(backends, closing):
+    backends.start("spot-a", *FAST)
+    router = Router(model_list=[deployment(backends, "spot-a")], num_retries=0)
+    # A long load age: the dead backend's last reading stays usable, so the
+    # library routes to it and the call fails.
+    routing = SpotinferRouting.install(router, {"router": {"load_max_age_ms": 60000}})
+    closing(routing)
+    backends.stop("spot-a")
+    with pytest.raises((litellm.InternalServerError, litellm.APIConnectionError)):
+        run(router.acompletion(model=MODEL, messages=messages("s", "u"),
+                               metadata={"class": "silver"}))
+    wait_for(lambda: sum(r.failed for r in routing.engine.ledger()) == 1)
+    assert sum(r.completed for r in routing.engine.ledger()) == 0
+    assert not routing._open
