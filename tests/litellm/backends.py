@@ -30,11 +30,11 @@ class Backends:
         self.procs = {}
         self.addrs = {}
 
-    def start(self, rid, *args):
+    def start(self, rid, *args, model=MODEL):
         addr_file = Path(self.workdir) / f"{rid}.addr"
         log = Path(self.workdir) / f"{rid}.jsonl"
         p = subprocess.Popen([self.binary, "-addr", "127.0.0.1:0", "-addr-file",
-                              str(addr_file), "-id", rid, "-model", MODEL,
+                              str(addr_file), "-id", rid, "-model", model,
                               "-log", str(log), *args],
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         self.procs[rid] = p

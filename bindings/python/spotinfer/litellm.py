@@ -155,11 +155,12 @@ _instances = itertools.count(1)
 class _Open:
     """A ticket between its route and its callback."""
 
-    __slots__ = ("replica", "opened")
+    __slots__ = ("replica", "opened", "streamed")
 
     def __init__(self, replica: str) -> None:
         self.replica = replica
         self.opened = time.monotonic()
+        self.streamed = False
 
 
 class SpotinferRouting(CustomLogger, CustomRoutingStrategyBase):  # type: ignore[misc]
@@ -510,16 +511,55 @@ class SpotinferRouting(CustomLogger, CustomRoutingStrategyBase):  # type: ignore
 
     def _done(self, status: TicketStatus, kwargs: Mapping[str, Any],
               response_obj: Any, start_time: Any, end_time: Any) -> None:
-        params = kwargs.get("litellm_params") or {}
-        meta = params.get("metadata") or kwargs.get("metadata") or {}
-        tid = meta.get(TICKET_KEY)
-        if not isinstance(tid, int):
+        tid = _ticket_of(kwargs)
+        if tid is None:
             return
         with self._lock:
             if self._open.pop(tid, None) is None:
                 return                      # another event finished it
         self._finish(tid, ticket_result(status, kwargs, response_obj,
                                         start_time, end_time))
+
+    # The deployment hooks run inline, before LiteLLM hands the answer to
+    # the caller; the logging events run later, from LiteLLM's logging
+    # worker. A whole answer finishes its ticket in the hook, so the next
+    # request of the conversation, sent as soon as this one returns, finds
+    # the prefix where it went; a stream reports its first token from the
+    # hook and finishes in the success event, which has its usage.
+
+    async def async_post_call_success_deployment_hook(
+            self, request_data: Dict[str, Any], response: Any, call_type: Any) -> Any:
+        if not isinstance(response, litellm.ModelResponse):
+            return None
+        tid = _ticket_of(request_data)
+        if tid is None:
+            return None
+        with self._lock:
+            o = self._open.pop(tid, None)
+        if o is not None:
+            res = ticket_result(TicketStatus.OK, {}, response, None, None)
+            self._finish(tid, TicketResult(
+                status=res.status, prompt_tokens=res.prompt_tokens,
+                output_tokens=res.output_tokens, cached_tokens=res.cached_tokens,
+                duration_ms=(time.monotonic() - o.opened) * 1000.0))
+        return None
+
+    async def async_post_call_streaming_deployment_hook(
+            self, request_data: Dict[str, Any], response_chunk: Any, call_type: Any) -> Any:
+        tid = _ticket_of(request_data)
+        if tid is None:
+            return None
+        with self._lock:
+            o = self._open.get(tid)
+            first = o is not None and not o.streamed
+            if first:
+                o.streamed = True
+        if first:
+            try:
+                self.engine.ticket(tid).first_token()
+            except Exception:  # noqa: BLE001 - finished meanwhile
+                pass
+        return None
 
     async def async_log_success_event(self, kwargs: Any, response_obj: Any,
                                       start_time: Any, end_time: Any) -> None:
@@ -536,6 +576,18 @@ class SpotinferRouting(CustomLogger, CustomRoutingStrategyBase):  # type: ignore
     def log_failure_event(self, kwargs: Any, response_obj: Any,
                           start_time: Any, end_time: Any) -> None:
         self._done(_failure_status(kwargs), kwargs, response_obj, start_time, end_time)
+
+
+def _ticket_of(data: Mapping[str, Any]) -> Optional[int]:
+    """The ticket id a call carries: in its metadata, or in the metadata of
+    its litellm_params (where the logging events have it)."""
+    for meta in (data.get("metadata"), (data.get("litellm_params") or {}).get("metadata"),
+                 data.get("litellm_metadata")):
+        if isinstance(meta, Mapping):
+            tid = meta.get(TICKET_KEY)
+            if isinstance(tid, int) and not isinstance(tid, bool):
+                return tid
+    return None
 
 
 def _failure_status(kwargs: Mapping[str, Any]) -> TicketStatus:
