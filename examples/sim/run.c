@@ -228,6 +228,10 @@ static void start_one(sim *s, replica *p, uint32_t i) {
     q->hits_counted = 1;
     s->res->hit_blocks += hit;
     s->res->total_blocks += t->nblocks;
+    if (p->pool == SPI_POOL_SPOT) {
+      s->res->spot_hit_blocks += hit;
+      s->res->spot_total_blocks += t->nblocks;
+    }
   }
   uint64_t cached = (uint64_t)hit * SIM_BLOCK_TOKENS;
   if (cached >= q->prompt_tokens) cached = q->prompt_tokens ? q->prompt_tokens - 1 : 0;
@@ -671,12 +675,13 @@ static void summarise(sim *s) {
   free(b);
   /* Imbalance per second a replica was up, so a spot replica that was
    * away half the run is not read as idle. */
-  double mx = 0, sum = 0, smx = 0, ssum = 0;
+  double mx = 0, sum = 0, smx = 0, ssum = 0, spot_up = 0;
   uint32_t cnt = 0;
   for (uint32_t k = 0; k < s->nrep; k++) {
     replica *p = &s->reps[k];
     if (p->up) p->up_seconds += (double)(s->now - p->up_since) / 1e9;
     r->usd_fleet += p->up_seconds / 3600.0 * p->usd_h;
+    if (p->pool == SPI_POOL_SPOT) spot_up += p->up_seconds;
     if (p->up_seconds > 0) {
       double v = p->tokens_served / p->up_seconds, w = (double)p->starts / p->up_seconds;
       if (v > mx) mx = v;
@@ -686,6 +691,9 @@ static void summarise(sim *s) {
       cnt++;
     }
   }
+  /* Spot replicas up, on average over the run: what the spot pool had to
+   * serve its classes with. */
+  r->spot_up_mean = s->now > 0 ? spot_up / ((double)s->now / 1e9) : 0;
   r->imbalance = sum > 0 ? mx / (sum / cnt) : 0;
   r->start_imbalance = ssum > 0 ? smx / (ssum / cnt) : 0;
   for (size_t k = 0; k < spi_ledger_count(s->eng); k++) {

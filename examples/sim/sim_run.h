@@ -110,6 +110,8 @@ typedef struct sim_result {
   double usd, usd_fleet, tokens;
   double usd_class[4];  /* ledger cost by class */
   double hit_blocks, total_blocks, oracle_blocks;
+  double spot_hit_blocks, spot_total_blocks; /* of the requests on spot */
+  double spot_up_mean;  /* spot replicas up, mean over the run */
   double ttft[4][3], done[4][3]; /* p50 p95 p99 by class, ms */
   uint64_t n_class[4];  /* requests by class (0: the class shows n/a) */
   uint64_t completed, lost, expired, at_horizon;

@@ -133,6 +133,10 @@ static void print_spot(const char *target, const char *label, const sim_opts *o,
          ",\"replay_success_pct\":",
          r->lost, r->expired, r->at_horizon, r->notices, r->replays, r->replayed);
   json_or_null(sim_replay_success_pct(r), r->replayed > 0);
+  printf(",\"spot_replicas_up_mean\":%.2f,\"spot_hit_pct\":", r->spot_up_mean);
+  json_or_null(r->spot_total_blocks > 0 ? 100 * r->spot_hit_blocks / r->spot_total_blocks : 0,
+               r->spot_total_blocks > 0);
+  printf(",\"hit_pct\":%.3f", sim_hit_pct(r));
   printf(",\"gold_p95_ttft_ms\":");
   json_or_null(r->ttft[SPI_CLASS_GOLD][1], gold);
   if (calm) {
