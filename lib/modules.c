@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "engine.h"
+#include "replay.h" /* spi__module_register_loaded */
 
 spi_modentry *spi__module_find(const spi_engine *e, int32_t kind,
                                  const char *name, size_t len) {
@@ -45,7 +46,11 @@ static int copy_module(spi_engine *e, int32_t kind, const void *module,
   case SPI_MODULE_KEY_BUILDER: need = sizeof(spi_key_builder_module); break;
   case SPI_MODULE_COST_MODEL: need = sizeof(spi_cost_model_module); break;
   case SPI_MODULE_POLICY: need = sizeof(spi_policy_module); break;
-  case SPI_MODULE_REPLAY_STORE: need = sizeof(spi_replay_store_module); break;
+  case SPI_MODULE_REPLAY_STORE:
+    /* The queue-store callbacks (since 0.3.0) are an optional tail. */
+    need = offsetof(spi_replay_store_module, enqueue);
+    full = sizeof(spi_replay_store_module);
+    break;
   default:
     return spi__engine_fail(e, SPI_ENOTSUP,
                        "module kind %s is reserved and not defined in %s",
@@ -92,9 +97,12 @@ static int copy_module(spi_engine *e, int32_t kind, const void *module,
     m->configure = m->m.replay_store.configure;
     m->release = m->m.replay_store.release;
     m->on_failure = m->m.replay_store.on_failure;
-    if (!m->m.replay_store.release || !m->m.replay_store.recover ||
-        !m->m.replay_store.append || !m->m.replay_store.sync ||
-        !m->m.replay_store.stats)
+    if (!m->m.replay_store.release || !m->m.replay_store.stats) goto missing;
+    if (m->m.replay_store.enqueue
+            ? !m->m.replay_store.claim || !m->m.replay_store.ack ||
+                  !m->m.replay_store.nack || !m->m.replay_store.queue_stats
+            : !m->m.replay_store.recover || !m->m.replay_store.append ||
+                  !m->m.replay_store.sync)
       goto missing;
     break;
   default:
@@ -141,11 +149,20 @@ static int register_module(spi_engine *e, int32_t kind, const char *name,
   m->section = section;
   m->state = state;
   m->destroy = destroy;
-  /* Append: listing order is registration order. */
+  /* Append: listing order is registration order. Published with release
+   * order: a module loaded while other threads walk the list (replay.store
+   * "redis", spi__module_register_loaded) is seen whole or not at all. */
   spi_modentry **tail = &e->modules;
   while (*tail) tail = &(*tail)->next;
-  *tail = m;
+  __atomic_store_n(tail, m, __ATOMIC_RELEASE);
   return SPI_OK;
+}
+
+int spi__module_register_loaded(spi_engine *e, int32_t kind, const char *name,
+                                size_t name_len, const void *module,
+                                void *state, spi_module_destroy_fn destroy) {
+  return register_module(e, kind, name, name_len, module, state, destroy,
+                         NULL);
 }
 
 int spi_engine_register_module(spi_engine *engine, int32_t kind,

@@ -317,6 +317,9 @@ static const spi_optdesc OPTIONS[] = {
      "acked keys remembered so a duplicate enqueue is refused"},
     {"replay.max_dead", I, "1024", 0, 16777216,
      "dead-lettered envelopes kept; beyond, the oldest keeps only its key"},
+    {"replay.fallback", E, "\"none\"", 0, 0,
+     "queue store (e.g. redis) unreachable: none (fail) or journal (keep "
+     "enqueues in replay.dir, moved to the store when it answers)"},
     {"replay.store_config", O, "{}", 0, 0,
      "free-form configuration handed to a user's replay store"},
 

@@ -84,6 +84,7 @@ typedef struct rq_list {
 
 typedef struct rq_cfg {
   char store[SPI_MODULE_NAME_MAX + 1];
+  int32_t fallback; /* 1: "journal" (queue stores only) */
   int64_t lease_ms, backoff_base_ms, backoff_max_ms, max_attempts;
   int64_t max_bytes, max_envelope_bytes, max_acked_keys, max_dead;
   int64_t compact_min_bytes;
@@ -126,6 +127,9 @@ struct spi_replay_queue {
   uint64_t durable_seq;
   uint64_t enqueued, duplicates, acked, nacked, expired_leases;
   spi_errtab err; /* per calling thread (errtab.c) */
+  /* A queue store keeps the queue: every call goes to it
+   * (replay_shared.c) and the tables above stay empty. */
+  spi_rqs *sh;
 };
 
 /* ------------------------------------------------------------- messages */
@@ -728,6 +732,7 @@ static void run_timers(spi_replay_queue *q, int64_t now) {
 /* --------------------------------------------------------- configuration */
 
 static const char *const FSYNC_NAMES[] = {"always", "batch", "none"};
+static const char *const FALLBACK_NAMES[] = {"none", "journal"};
 
 static const spi_modentry *find_store(const spi_engine *e, const char *name,
                                       size_t len) {
@@ -760,9 +765,13 @@ static int read_cfg(spi_engine *e, const cJSON *obj, rq_cfg *c, char *err,
   }
   if (rc == SPI_OK)
     rc = spi__cfg_string(obj, "replay.dir", "replay", &s, &slen, err, cap);
+  size_t dir_len = rc == SPI_OK ? slen : 0;
   if (rc == SPI_OK)
     rc = spi__cfg_enum(obj, "replay.fsync", "replay", FSYNC_NAMES, 3, &idx, err,
                        cap);
+  if (rc == SPI_OK)
+    rc = spi__cfg_enum(obj, "replay.fallback", "replay", FALLBACK_NAMES, 2,
+                       &c->fallback, err, cap);
   struct {
     const char *path;
     int64_t *dst;
@@ -797,6 +806,19 @@ static int read_cfg(spi_engine *e, const cJSON *obj, rq_cfg *c, char *err,
       rc = SPI_ETYPE;
     }
   }
+  if (rc == SPI_OK && c->fallback) {
+    const spi_modentry *m = find_store(e, c->store, strlen(c->store));
+    if (!m->m.replay_store.enqueue) {
+      spi__errf(err, cap,
+                "replay.fallback: only a queue store (e.g. \"redis\") has a "
+                "fallback; \"%s\" is not one",
+                c->store);
+      rc = SPI_EINVAL;
+    } else if (dir_len == 0) {
+      spi__errf(err, cap, "replay.fallback: \"journal\" needs replay.dir");
+      rc = SPI_EINVAL;
+    }
+  }
   if (rc == SPI_OK && c->backoff_max_ms < c->backoff_base_ms) {
     spi__errf(err, cap,
               "replay.backoff_max_ms: must be at least replay.backoff_base_ms "
@@ -807,12 +829,50 @@ static int read_cfg(spi_engine *e, const cJSON *obj, rq_cfg *c, char *err,
   return rc;
 }
 
+/* A "replay.store" nobody registered that the engine knows how to load
+ * (replay_load.c) is loaded now; any other name is read_cfg's to refuse.
+ * The caller holds config_lock. */
+static int load_store(spi_engine *e, const cJSON *sec, char *err, size_t cap) {
+  const cJSON *st = cJSON_GetObjectItemCaseSensitive(sec, "store");
+  if (!cJSON_IsString(st)) return SPI_OK;
+  size_t n = strlen(st->valuestring);
+  if (find_store(e, st->valuestring, n)) return SPI_OK;
+  char lerr[SPI_ERRMSG_CAP] = "";
+  int rc = spi__replay_autoload(e, st->valuestring, n, lerr, sizeof lerr);
+  if (rc == SPI_OK || !lerr[0]) return SPI_OK; /* read_cfg says the rest */
+  spi__errf(err, cap, "%s", lerr);
+  return rc;
+}
+
 int spi__replay_check_section(spi_engine *e, const cJSON *root, char *err,
                               size_t errcap) {
   const cJSON *sec = cJSON_GetObjectItemCaseSensitive(root, "replay");
   if (!sec) return SPI_OK;
+  /* spi_engine_configure holds config_lock: a loadable store may load. */
+  int rc = load_store(e, sec, err, errcap);
   rq_cfg c;
-  return read_cfg(e, sec, &c, err, errcap);
+  return rc == SPI_OK ? read_cfg(e, sec, &c, err, errcap) : rc;
+}
+
+/* spi_replay_open: a store that is not registered but loadable loads under
+ * config_lock (never from inside a module callback of a configure, which
+ * holds it: SPI_EMISUSE). */
+static int load_store_locking(spi_engine *e, const cJSON *sec, char *err,
+                              size_t cap) {
+  const cJSON *st = cJSON_GetObjectItemCaseSensitive(sec, "store");
+  if (!cJSON_IsString(st) ||
+      find_store(e, st->valuestring, strlen(st->valuestring)))
+    return SPI_OK;
+  if (atomic_load(&e->configuring) &&
+      pthread_equal(e->config_owner, pthread_self())) {
+    spi__errf(err, cap, "replay.store: \"%.64s\" cannot be loaded from a "
+              "module callback", st->valuestring);
+    return SPI_EMISUSE;
+  }
+  pthread_mutex_lock(&e->config_lock);
+  int rc = load_store(e, sec, err, cap);
+  pthread_mutex_unlock(&e->config_lock);
+  return rc;
 }
 
 /* The engine's "replay" section (defaults filled in) overridden key by key
@@ -1044,6 +1104,7 @@ static int open_store(spi_replay_queue *q, const cJSON *sec, char *err,
     return rc;
   }
   q->inst = inst;
+  if (q->store->enqueue) return SPI_OK; /* a queue store: nothing to replay */
   merr[0] = '\0';
   rc = q->store->recover(q->mod->state, inst, apply_record, q, merr,
                          sizeof merr);
@@ -1069,6 +1130,54 @@ static int open_store(spi_replay_queue *q, const cJSON *sec, char *err,
   return SPI_OK;
 }
 
+/* The fallback journal of a queue store: the same "replay" section as a
+ * journal queue of its own. */
+static int open_fallback(spi_replay_queue *q, const cJSON *sec,
+                         spi_replay_queue **out, char *err, size_t cap) {
+  cJSON *fb = cJSON_Duplicate(sec, 1);
+  if (fb) {
+    cJSON_DeleteItemFromObjectCaseSensitive(fb, "store");
+    cJSON_DeleteItemFromObjectCaseSensitive(fb, "store_config");
+    cJSON_DeleteItemFromObjectCaseSensitive(fb, "fallback");
+  }
+  char *text = NULL;
+  if (fb && cJSON_AddStringToObject(fb, "store", SPI_BUILTIN_STORE_JOURNAL))
+    text = cJSON_PrintUnformatted(fb);
+  cJSON_Delete(fb);
+  if (!text) {
+    spi__errf(err, cap, "replay: out of memory");
+    return SPI_ENOMEM;
+  }
+  int rc = spi_replay_open(q->engine, text, strlen(text), out);
+  cJSON_free(text);
+  if (rc != SPI_OK)
+    spi__errf(err, cap, "replay.fallback: %s", spi_engine_errmsg(q->engine));
+  return rc;
+}
+
+/* A queue store's queue: everything goes to it (replay_shared.c). */
+static int open_shared(spi_replay_queue *q, const cJSON *sec, char *err,
+                       size_t cap) {
+  spi_replay_queue *fb = NULL;
+  int rc = q->cfg.fallback ? open_fallback(q, sec, &fb, err, cap) : SPI_OK;
+  spi_rqs_cfg c = {q->cfg.store,         q->cfg.lease_ms,
+                   q->cfg.backoff_base_ms, q->cfg.backoff_max_ms,
+                   q->cfg.max_attempts,  q->cfg.max_bytes,
+                   q->cfg.max_acked_keys, q->cfg.max_dead,
+                   q->cfg.backoff_jitter};
+  if (rc == SPI_OK) {
+    rc = spi__rqs_new(q->engine, &q->mem, &q->err, q->store, q->mod->state,
+                      q->inst, &c, fb, &q->sh);
+    if (rc != SPI_OK) spi__errf(err, cap, "replay: out of memory");
+  }
+  if (rc != SPI_OK) {
+    spi_replay_close(fb);
+    q->store->release(q->mod->state, q->inst);
+  }
+  q->inst = NULL; /* q->sh owns it, or it is gone */
+  return rc;
+}
+
 int spi_replay_open(spi_engine *engine, const char *config_json, size_t len,
                     spi_replay_queue **out) {
   if (!out) return SPI_EINVAL;
@@ -1081,6 +1190,7 @@ int spi_replay_open(spi_engine *engine, const char *config_json, size_t len,
   cJSON *sec = NULL;
   rq_cfg cfg;
   int rc = merged_config(engine, config_json, len, &sec, err, sizeof err);
+  if (rc == SPI_OK) rc = load_store_locking(engine, sec, err, sizeof err);
   if (rc == SPI_OK) rc = read_cfg(engine, sec, &cfg, err, sizeof err);
   if (rc != SPI_OK) {
     cJSON_Delete(sec);
@@ -1095,8 +1205,9 @@ int spi_replay_open(spi_engine *engine, const char *config_json, size_t len,
   q->mod = find_store(engine, cfg.store, strlen(cfg.store));
   q->store = &q->mod->m.replay_store;
   rc = open_store(q, sec, err, sizeof err);
+  if (rc == SPI_OK && q->store->enqueue) rc = open_shared(q, sec, err, sizeof err);
   cJSON_Delete(sec);
-  if (rc == SPI_OK) after_recovery(q);
+  if (rc == SPI_OK && !q->sh) after_recovery(q);
   if (rc != SPI_OK) {
     queue_free(q);
     return spi__engine_fail(engine, rc, "%s", err);
@@ -1111,7 +1222,10 @@ void spi_replay_close(spi_replay_queue *queue) {
   spi_replay_queue *q = queue;
   unlock(q);
   q->magic = SPI_DEAD_MAGIC;
-  if (q->inst) q->store->release(q->mod->state, q->inst);
+  if (q->sh)
+    spi__rqs_free(q->sh); /* releases the store instance */
+  else if (q->inst)
+    q->store->release(q->mod->state, q->inst);
   queue_free(q);
 }
 
@@ -1180,6 +1294,7 @@ int spi_replay_enqueue(spi_replay_queue *queue, const spi_envelope *env,
   if (duplicate) *duplicate = 0;
   int rc = check_envelope(q, env);
   if (rc != SPI_OK) return rc;
+  if (q->sh) return spi__rqs_enqueue(q->sh, env, duplicate);
   uint64_t h = key_hash(env->key, env->key_len);
   /* Allocate before taking the lock; a duplicate frees it again. */
   rq_entry *e = entry_new(q, env, env->key, env->key_len, h);
@@ -1244,33 +1359,46 @@ int spi_replay_enqueue(spi_replay_queue *queue, const spi_envelope *env,
 
 /* ----------------------------------------------------------------- claim */
 
-/* Bytes claim copies an entry into: token ids (aligned, so up to 3 bytes of
- * padding) then key, body and text, each NUL-terminated. */
-static size_t claim_size(const rq_entry *e) {
-  size_t n = e->k->len + 1 + e->env.body_len + 1 + e->env.partial_text_len + 1;
-  if (e->env.partial_token_count) n += 3 + 4 * e->env.partial_token_count;
+/* Bytes claim copies an envelope into: token ids (aligned, so up to 3 bytes
+ * of padding) then key, body and text, each NUL-terminated. */
+size_t spi__replay_env_size(const spi_envelope *e) {
+  size_t n = e->key_len + 1 + e->body_len + 1 + e->partial_text_len + 1;
+  if (e->partial_token_count) n += 3 + 4 * e->partial_token_count;
   return n;
 }
 
-static void claim_copy(const rq_entry *e, spi_envelope *out, uint8_t *buf) {
+static uint8_t *put_str(uint8_t *p, const char *s, size_t n, const char **at) {
+  if (n) memcpy(p, s, n);
+  p[n] = '\0';
+  *at = (const char *)p;
+  return p + n + 1;
+}
+
+void spi__replay_env_copy(const spi_envelope *e, spi_envelope *out,
+                          uint8_t *buf) {
   size_t ss = out->struct_size;
-  *out = e->env;
+  *out = *e;
   out->struct_size = ss;
   uint8_t *p = buf;
-  if (e->env.partial_token_count) {
+  if (e->partial_token_count) {
     p += (4 - (uintptr_t)p % 4) % 4;
-    memcpy(p, e->env.partial_tokens, 4 * e->env.partial_token_count);
+    memcpy(p, e->partial_tokens, 4 * e->partial_token_count);
     out->partial_tokens = (const uint32_t *)(void *)p;
-    p += 4 * e->env.partial_token_count;
+    p += 4 * e->partial_token_count;
+  } else {
+    out->partial_tokens = NULL;
   }
-  memcpy(p, e->k->key, e->k->len + 1);
-  out->key = (const char *)p;
-  p += e->k->len + 1;
-  memcpy(p, e->env.body, e->env.body_len + 1);
-  out->body = (const char *)p;
-  p += e->env.body_len + 1;
-  memcpy(p, e->env.partial_text, e->env.partial_text_len + 1);
-  out->partial_text = (const char *)p;
+  p = put_str(p, e->key, e->key_len, &out->key);
+  p = put_str(p, e->body, e->body_len, &out->body);
+  put_str(p, e->partial_text, e->partial_text_len, &out->partial_text);
+}
+
+static size_t claim_size(const rq_entry *e) {
+  return spi__replay_env_size(&e->env);
+}
+
+static void claim_copy(const rq_entry *e, spi_envelope *out, uint8_t *buf) {
+  spi__replay_env_copy(&e->env, out, buf);
 }
 
 /* The first ready entry of the lanes in mask (NULL if none), with mu held;
@@ -1306,6 +1434,9 @@ int spi_replay_claim(spi_replay_queue *queue, uint32_t class_mask,
     return qfail(q, SPI_EINVAL, "replay claim: lease_ms %lld not in [0, %d]",
                  (long long)lease_ms, RQ_LEASE_MAX_MS);
   if (lease_ms == 0) lease_ms = q->cfg.lease_ms;
+  if (q->sh)
+    return spi__rqs_claim(q->sh, class_mask, lease_ms, claim_id, out, buf, cap,
+                          needed);
   rq_entry *e = NULL;
   int64_t now = 0;
   for (;;) {
@@ -1367,6 +1498,7 @@ static rq_entry *claimed(spi_replay_queue *q, uint64_t claim_id) {
 int spi_replay_ack(spi_replay_queue *queue, uint64_t claim_id) {
   if (!queue_ok(queue)) return SPI_EMISUSE;
   spi_replay_queue *q = queue;
+  if (q->sh) return spi__rqs_ack(q->sh, claim_id);
   if (lock(q) != SPI_OK) return SPI_EMISUSE;
   run_timers(q, spi__engine_now(q->engine));
   rq_entry *e = claimed(q, claim_id);
@@ -1393,6 +1525,7 @@ int spi_replay_ack(spi_replay_queue *queue, uint64_t claim_id) {
 int spi_replay_nack(spi_replay_queue *queue, uint64_t claim_id) {
   if (!queue_ok(queue)) return SPI_EMISUSE;
   spi_replay_queue *q = queue;
+  if (q->sh) return spi__rqs_nack(q->sh, claim_id);
   if (lock(q) != SPI_OK) return SPI_EMISUSE;
   int64_t now = spi__engine_now(q->engine);
   run_timers(q, now);
@@ -1444,6 +1577,13 @@ int spi_replay_stats_get(spi_replay_queue *queue, spi_replay_stats *out) {
   size_t ss = out->struct_size;
   spi_replay_stats all;
   memset(&all, 0, sizeof all);
+  if (q->sh) {
+    int rc = spi__rqs_stats(q->sh, &all);
+    if (rc != SPI_OK) return rc;
+    all.struct_size = ss;
+    memcpy(out, &all, ss < sizeof all ? ss : sizeof all);
+    return SPI_OK;
+  }
   if (lock(q) != SPI_OK) return SPI_EMISUSE;
   run_timers(q, spi__engine_now(q->engine));
   for (int c = SPI_CLASS_GOLD; c <= SPI_CLASS_BRONZE; c++)
@@ -1477,6 +1617,7 @@ int spi_replay_stats_get(spi_replay_queue *queue, spi_replay_stats *out) {
 int spi_replay_tick(spi_replay_queue *queue) {
   if (!queue_ok(queue)) return SPI_EMISUSE;
   spi_replay_queue *q = queue;
+  if (q->sh) return spi__rqs_tick(q->sh);
   if (lock(q) != SPI_OK) return SPI_EMISUSE;
   run_timers(q, spi__engine_now(q->engine));
   maybe_compact(q);
@@ -1490,6 +1631,7 @@ int spi_replay_tick(spi_replay_queue *queue) {
 int spi__replay_store_stats(spi_replay_queue *q, spi_replay_store_stats *out) {
   if (!queue_ok(q)) return SPI_EMISUSE;
   if (!out) return SPI_EINVAL;
+  if (q->sh) return SPI_ENOTSUP;
   if (lock(q) != SPI_OK) return SPI_EMISUSE;
   int rc = store_stats(q, out);
   unlock(q);
@@ -1498,10 +1640,42 @@ int spi__replay_store_stats(spi_replay_queue *q, spi_replay_store_stats *out) {
 
 int spi__replay_compact(spi_replay_queue *q) {
   if (!queue_ok(q)) return SPI_EMISUSE;
+  if (q->sh) return SPI_ENOTSUP;
   if (lock(q) != SPI_OK) return SPI_EMISUSE;
   int rc = compact_locked(q);
   uint64_t seq = q->last_seq;
   unlock(q);
   if (rc == SPI_OK) rc = store_sync(q, seq);
+  return rc;
+}
+
+int spi__replay_drain(spi_replay_queue *q,
+                      int (*push)(void *ud, const spi_envelope *env),
+                      void *ud, size_t max, size_t *moved) {
+  *moved = 0;
+  if (!queue_ok(q) || q->sh) return SPI_EMISUSE;
+  int rc = SPI_OK;
+  while (rc == SPI_OK && *moved < max) {
+    if (lock(q) != SPI_OK) return SPI_EMISUSE;
+    run_timers(q, spi__engine_now(q->engine));
+    rq_entry *e = NULL;
+    for (int c = SPI_CLASS_GOLD; c <= SPI_CLASS_BRONZE && !e; c++)
+      e = q->lane[c].head;
+    /* Pushed under the lock: the entry stays what push saw, and only a
+     * drain takes entries out of a fallback journal. The store's enqueue
+     * is idempotent, so an ACK record lost after a push only means the
+     * next drain pushes a duplicate, which the store refuses. */
+    if (e) rc = push(ud, &e->env);
+    if (e && rc == SPI_OK) rc = key_record(q, SPI_REPLAY_REC_ACK, e, 0, 0);
+    if (e && rc == SPI_OK) {
+      entry_drop(q, e, 1);
+      q->acked++;
+      (*moved)++;
+    }
+    uint64_t seq = q->last_seq;
+    unlock(q);
+    if (!e) break;
+    if (rc == SPI_OK) rc = store_sync(q, seq);
+  }
   return rc;
 }

@@ -356,8 +356,10 @@ static int hello_step(spr_conn *c, int argc, const char **argv,
   redisReply *r = NULL;
   int rc = argv_roundtrip(c, argc, argv, lens, &r, deadline, err, cap);
   if (rc != SPI_OK) return rc;
+  /* A server that answers and refuses is a configuration error (wrong
+   * credentials, no such db), not an outage: SPI_EINVAL. */
   if (r->type == REDIS_REPLY_ERROR) {
-    rc = efail(err, cap, SPI_EIO, "redis %s: %s refused: %.160s", c->addr,
+    rc = efail(err, cap, SPI_EINVAL, "redis %s: %s refused: %.160s", c->addr,
                what, r->str);
   }
   freeReplyObject(r);

@@ -77,7 +77,9 @@ typedef struct spr_conn spr_conn;
 int spr_conn_new(const spr_config *c, spr_conn **out, char *err, size_t cap);
 void spr_conn_free(spr_conn *c);
 
-/* Connect now (AUTH, SELECT, a PING); SPI_OK when connected already. */
+/* Connect now (AUTH, SELECT, a PING); SPI_OK when connected already.
+ * SPI_EINVAL when the server answered and refused (AUTH, SELECT), SPI_EIO
+ * when it could not be reached. */
 int spr_conn_open(spr_conn *c, char *err, size_t cap);
 
 /* Run one command (argv[0..argc) with lengths) and wait for its reply until

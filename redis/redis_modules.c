@@ -17,6 +17,8 @@ typedef struct spr_module_row {
 
 /* One row per module; the table ends with a row of kind 0. */
 static const spr_module_row ROWS[] = {
+    {SPI_MODULE_REPLAY_STORE, SPI_REDIS_STORE_NAME,
+     sizeof(spi_replay_store_module), spr_store_fill},
     {0, NULL, 0, NULL},
 };
 

@@ -330,8 +330,10 @@ typedef struct spi_policy_module {
  * recovery (at-least-once). Built-ins: "journal" (a directory of
  * append-only, checksummed segment files; the default) and "memory" (keeps
  * nothing: the queue lives and dies with the process). A store over another
- * backend (e.g. Redis Streams: XADD per record, XRANGE to recover, XTRIM or
- * a rewritten stream to compact) implements the same calls.
+ * backend implements the same calls. A queue store (since 0.3.0, the
+ * optional fields at the end of spi_replay_store_module) keeps the queue
+ * itself, shared by every process that opens it: libspotinfer_redis's
+ * "redis" store is one (spotinfer_redis.h).
  */
 enum spi_replay_record_type {
   SPI_REPLAY_REC_ENQUEUE = 1, /* the whole envelope: queued (or restated) */
@@ -373,6 +375,47 @@ typedef struct spi_replay_store_stats {
 } spi_replay_store_stats;
 
 /*
+ * What a queue store's calls get (since 0.3.0): the queue's settings as the
+ * "replay" configuration has them, and the time.
+ */
+typedef struct spi_replay_ctx {
+  size_t struct_size;
+  int64_t now_ns;            /* the engine's clock (wall clock by default) */
+  int64_t lease_ms;          /* claim: this claim's lease */
+  uint32_t max_attempts;     /* replay.max_attempts: an expired lease that
+                                reaches it dead-letters the envelope */
+  uint32_t reserved0;
+  int64_t max_bytes;         /* replay.max_bytes: SPI_EFULL beyond */
+  int64_t max_acked_keys;    /* replay.max_acked_keys: keys remembered */
+  int64_t max_dead;          /* replay.max_dead: dead letters kept */
+} spi_replay_ctx;
+
+/*
+ * A queue store's claim hands the claimed envelope to this function, once,
+ * borrowed for the call; its key, attempts (failed attempts so far) and
+ * deadline_ns must be the ones the store will act on. A non-OK return is
+ * the claim's answer: the store keeps the claim (it is returned by claim's
+ * *claim_id as usual) and the library holds on to it.
+ */
+typedef int (*spi_replay_envelope_fn)(void *fn_data, const spi_envelope *env);
+
+/*
+ * The queue store's claim, in full: claim the next ready envelope from the
+ * lanes in class_mask (gold before silver before bronze, FIFO within a lane)
+ * with a lease of ctx->lease_ms; first promote backoffs that are due and
+ * put back, as a failed attempt, leases that expired (dead-lettering those
+ * that reach ctx->max_attempts or their deadline); dead-letter ready
+ * envelopes past their deadline instead of handing them out. *claim_id gets
+ * a nonzero id unique within the instance, or 0 when nothing is ready.
+ * ack: done for good, the key is remembered (a later enqueue of it is a
+ * duplicate); SPI_ESTALE when the claim is not held (lease lost, unknown).
+ * nack: the library decided: dead (dead-letter it) or ready again at
+ * visible_ns with attempts; SPI_ESTALE as for ack.
+ * queue_stats fills ready[], leased, delayed, dead and expired_leases (the
+ * shared queue's counts), and journal_bytes (what it holds, or 0).
+ */
+
+/*
  * The replay-store module. configure opens the store for one queue: built-in
  * stores get the queue's whole "replay" configuration, a user's store gets
  * replay.store_config; the instance it returns is the open store, and
@@ -411,6 +454,46 @@ typedef struct spi_replay_store_module {
                  size_t n, char *errbuf, size_t errcap);
   /* Fill out (struct_size set by the caller). */
   int (*stats)(void *state, void *instance, spi_replay_store_stats *out);
+
+  /* ---- Since 0.3.0 (struct_size covers them): a queue store. ----
+   *
+   * A record store (above) keeps a log; the queue lives in the process that
+   * opened it. A queue store keeps the queue itself, so several processes
+   * (each with its own engine and spi_replay_queue) can share one: leases,
+   * lanes, backoff and dead letters live in the store, and a lease another
+   * process let expire is claimed by whoever claims next. A store is a
+   * queue store when enqueue is set; then claim, ack, nack and queue_stats
+   * must be set too, and recover, append, sync and compact may be NULL (they
+   * are never called). The library keeps the rest of the contract: it
+   * checks envelopes and arguments before calling, computes the backoff and
+   * decides dead-lettering on nack (replay.max_attempts, the deadline), and,
+   * with "replay.fallback": "journal", keeps enqueues in a local journal
+   * while the store answers SPI_EIO and hands them to the store, once, when
+   * it answers again (docs/redis.md).
+   *
+   * Every call gets the queue's settings and the engine's clock in ctx.
+   * Calls may come from several threads at once; a queue store synchronises
+   * itself. Return SPI_EIO when the backend cannot be reached or did not
+   * answer in time (nothing was done, or the call is safe to repeat), any
+   * other status for the rest; errbuf takes the message. */
+  int (*enqueue)(void *state, void *instance, const spi_replay_ctx *ctx,
+                 const spi_envelope *env, int32_t *duplicate, char *errbuf,
+                 size_t errcap);
+  int (*claim)(void *state, void *instance, const spi_replay_ctx *ctx,
+               uint32_t class_mask, spi_replay_envelope_fn fn, void *fn_data,
+               uint64_t *claim_id, char *errbuf, size_t errcap);
+  int (*ack)(void *state, void *instance, const spi_replay_ctx *ctx,
+             uint64_t claim_id, char *errbuf, size_t errcap);
+  int (*nack)(void *state, void *instance, const spi_replay_ctx *ctx,
+              uint64_t claim_id, uint32_t attempts, int64_t visible_ns,
+              int32_t dead, char *errbuf, size_t errcap);
+  int (*queue_stats)(void *state, void *instance,
+                     const spi_replay_ctx *ctx, spi_replay_stats *out,
+                     char *errbuf, size_t errcap);
+  /* Periodic work (promote due backoffs, reclaim expired leases); may be
+   * NULL. */
+  int (*tick)(void *state, void *instance, const spi_replay_ctx *ctx,
+              char *errbuf, size_t errcap);
 } spi_replay_store_module;
 
 /*

@@ -184,7 +184,7 @@ static void test_auth(void **st) {
            port);
   spr_conn *bad = conn_to(json);
   int rc = spr_conn_open(bad, err, sizeof err);
-  assert_int_equal(rc, SPI_EIO);
+  assert_int_equal(rc, SPI_EINVAL);
   assert_non_null(strstr(err, "AUTH refused"));
   assert_non_null(strstr(err, "WRONGPASS"));
   /* The secret is not in the message. */

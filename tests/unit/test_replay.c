@@ -1,5 +1,10 @@
 /*
  * test_replay.c - the replay queue on the memory store and a fake clock:
+ * (With SPI_REPLAY_TEST_STORE=redis and SPI_REDIS_PORT, the same bodies run
+ * on the "redis" queue store of libspotinfer_redis instead: every memory
+ * store a test opens becomes a Redis one on a fresh key prefix; the few
+ * tests about the memory store itself or the local queue's allocations
+ * skip. tests/redis runs it that way.)
  * configuration, the round trip of an envelope, lanes and FIFO order,
  * leases, backoff values, dead-letters, duplicates, claim buffers, memory
  * bounds, argument checks, allocation failures, a user store module, and
@@ -13,6 +18,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include <cmocka.h>
 #include <cjson/cJSON.h>
@@ -87,8 +93,50 @@ static fixture *setup_engine(void) {
   return f;
 }
 
+/* ------------------------------------------------- the store under test */
+
+static int redis_mode(void) {
+  const char *s = getenv("SPI_REPLAY_TEST_STORE");
+  return s && strcmp(s, "redis") == 0;
+}
+
+/* Tests about the memory store or the local queue's own memory. */
+#define LOCAL_ONLY()                                                           \
+  do {                                                                         \
+    if (redis_mode()) skip();                                                  \
+  } while (0)
+
+/* json, or under redis_mode() its memory store made a Redis one with a key
+ * prefix of its own. Free with free(). */
+static char *store_json(const char *json) {
+  cJSON *o = redis_mode() ? cJSON_Parse(json) : NULL;
+  const cJSON *st = o ? cJSON_GetObjectItemCaseSensitive(o, "store") : NULL;
+  if (!o || !cJSON_IsString(st) || strcmp(st->valuestring, "memory") != 0) {
+    cJSON_Delete(o);
+    return strdup(json);
+  }
+  static int opened;
+  char sc[256];
+  snprintf(sc, sizeof sc,
+           "{\"address\":\"127.0.0.1:%s\",\"key_prefix\":"
+           "\"spitest:%ld:%d:\"}",
+           getenv("SPI_REDIS_PORT"), (long)getpid(), opened++);
+  cJSON_DeleteItemFromObjectCaseSensitive(o, "store");
+  cJSON_AddStringToObject(o, "store", "redis");
+  cJSON_AddItemToObject(o, "store_config", cJSON_Parse(sc));
+  char *out = cJSON_PrintUnformatted(o);
+  cJSON_Delete(o);
+  char *copy = strdup(out);
+  cJSON_free(out);
+  return copy;
+}
+
 static int open_q(fixture *f, const char *json) {
-  return spi_replay_open(f->e, json, strlen(json), &f->q);
+  char *j = store_json(json);
+  assert_non_null(j);
+  int rc = spi_replay_open(f->e, j, strlen(j), &f->q);
+  free(j);
+  return rc;
 }
 
 static fixture *setup(const char *json) {
@@ -196,6 +244,7 @@ static void expect_open_error(const char *json, int status, const char *part) {
 
 static void test_open_errors(void **st) {
   (void)st;
+  LOCAL_ONLY();
   expect_open_error("{\"store\":\"memory\",\"bogus\":1}", SPI_EUNKNOWN,
                     "replay.bogus");
   expect_open_error("{\"store\":\"memory\",\"lease_ms\":0}", SPI_ERANGE,
@@ -226,6 +275,7 @@ static void test_open_errors(void **st) {
 /* The engine's "replay" section gives every queue its defaults. */
 static void test_engine_section_defaults(void **st) {
   (void)st;
+  LOCAL_ONLY();
   fixture *f = setup_engine();
   const char *cfg = "{\"replay\":{\"store\":\"memory\",\"lease_ms\":50}}";
   assert_int_equal(spi_engine_configure(f->e, cfg, strlen(cfg)), SPI_OK);
@@ -233,7 +283,7 @@ static void test_engine_section_defaults(void **st) {
   const char *bad = "{\"replay\":{\"max_attempts\":0}}";
   assert_int_equal(spi_engine_configure(f->e, bad, strlen(bad)), SPI_ERANGE);
   assert_non_null(strstr(spi_engine_errmsg(f->e), "replay.max_attempts"));
-  bad = "{\"replay\":{\"store\":\"redis\"}}";
+  bad = "{\"replay\":{\"store\":\"nosuch\"}}";
   assert_int_equal(spi_engine_configure(f->e, bad, strlen(bad)), SPI_ENOTFOUND);
   /* NULL config: the engine's section as is. */
   assert_int_equal(spi_replay_open(f->e, NULL, 0, &f->q), SPI_OK);
@@ -775,6 +825,7 @@ static void test_arguments(void **st) {
  * nothing leaks. */
 static void test_alloc_failures(void **st) {
   (void)st;
+  LOCAL_ONLY();
   fixture *f = setup("{\"store\":\"memory\"}");
   int failed = 0;
   for (long n = 0; n < 64; n++) {
@@ -828,6 +879,7 @@ static void *cj_malloc(size_t n) {
  * with the defaults instead (before, most failure points did). */
 static void test_open_keeps_engine_section(void **st) {
   (void)st;
+  LOCAL_ONLY();
   fixture *f = setup_engine();
   const char *cfg =
       "{\"replay\":{\"store\":\"memory\",\"max_envelope_bytes\":200}}";
@@ -994,6 +1046,7 @@ static int us_stats(void *state, void *inst, spi_replay_store_stats *out) {
 
 static void test_user_store(void **st) {
   (void)st;
+  LOCAL_ONLY();
   fixture *f = setup_engine();
   user_store *s = calloc(1, sizeof *s);
   assert_non_null(s);
@@ -1179,6 +1232,10 @@ static void test_threads(void **st) {
 }
 
 int main(void) {
+  if (redis_mode() && !getenv("SPI_REDIS_PORT")) {
+    fprintf(stderr, "SPI_REPLAY_TEST_STORE=redis needs SPI_REDIS_PORT\n");
+    return 77; /* skipped */
+  }
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_open_errors),
       cmocka_unit_test(test_engine_section_defaults),

@@ -1,0 +1,474 @@
+/*
+ * replay_shared.c - a replay queue on a queue store (spotinfer_module.h):
+ * the queue lives in the store, shared by every process that opens it, and
+ * this file keeps only what one process must know itself.
+ *
+ *   - The claims it handed out (claim id -> key, attempts, deadline), so a
+ *     nack can compute the backoff and decide dead-lettering with the same
+ *     rules as the local queue (spi__replay_backoff_ms, replay.max_attempts,
+ *     the deadline) and hand the store the decision.
+ *   - A claim the caller's buffer cannot take (SPI_EBUFSIZE) is given back
+ *     at once (a nack with its attempts unchanged, ready now), so nothing
+ *     is claimed, as with the local queue; in a shared queue it goes back
+ *     to its lane's tail.
+ *   - The fallback journal ("replay.fallback": "journal"): an enqueue the
+ *     store answers with SPI_EIO (unreachable, timed out) goes to a local
+ *     journal queue instead and the call succeeds as durable as that
+ *     journal's fsync policy. Every later call first drains the journal into
+ *     the store, oldest first: an envelope is acknowledged in the journal
+ *     only after the store took it, and the store's enqueue is idempotent
+ *     on the key, so each envelope reaches the store exactly once even if
+ *     the process dies in between. While the store is unreachable, draining
+ *     is tried again at most every 100 ms.
+ *
+ * One mutex guards the claim table and the counters; store calls run
+ * outside it (a queue store synchronises itself).
+ */
+#include <pthread.h>
+#include <stdarg.h>
+#include <string.h>
+
+#include <xxhash.h>
+
+#include "engine.h"
+#include "replay.h"
+
+#define RQS_DRAIN_BATCH 256
+#define RQS_DRAIN_RETRY_NS (100 * 1000000LL)
+
+typedef struct rqs_claim {
+  struct rqs_claim *next; /* table chain */
+  uint64_t id;
+  size_t size;            /* of the copy in data */
+  spi_envelope env;       /* points into data */
+  uint8_t data[];
+} rqs_claim;
+
+struct spi_rqs {
+  spi_engine *engine;
+  spi_mem mem;
+  spi_errtab *err;
+  const spi_replay_store_module *store;
+  void *mstate, *inst;
+  spi_rqs_cfg cfg;
+  char store_name[SPI_MODULE_NAME_MAX + 1];
+  spi_replay_queue *fallback;
+  pthread_mutex_t mu;
+  rqs_claim **tab;
+  size_t mask, n;
+  uint64_t enqueued, duplicates, acked, nacked;
+  int64_t drain_after_ns;
+  int draining;
+};
+
+static int sfail(spi_rqs *s, int status, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+static int sfail(spi_rqs *s, int status, const char *fmt, ...) {
+  char msg[SPI_ERRMSG_CAP];
+  va_list ap;
+  va_start(ap, fmt);
+  spi__verrf(msg, sizeof msg, fmt, ap);
+  va_end(ap);
+  spi__errtab_set(s->err, msg);
+  return status;
+}
+
+/* A store's failure: its status (unknown ones become SPI_EMODULE) with its
+ * message, named, and logged. */
+static int store_failed(spi_rqs *s, const char *call, int rc, const char *msg) {
+  if (rc > 0 || strcmp(spi_strerror(rc), "unknown status") == 0)
+    rc = SPI_EMODULE;
+  const char *m = msg[0] ? msg : spi_strerror(rc);
+  spi__engine_log(s->engine, SPI_LOG_ERROR, "replay store \"%s\": %s: %s",
+                  s->store_name, call, m);
+  return sfail(s, rc, "replay store \"%s\": %s: %s", s->store_name, call, m);
+}
+
+static spi_replay_ctx make_ctx(const spi_rqs *s, int64_t lease_ms) {
+  spi_replay_ctx c;
+  memset(&c, 0, sizeof c);
+  c.struct_size = sizeof c;
+  c.now_ns = spi__engine_now(s->engine);
+  c.lease_ms = lease_ms ? lease_ms : s->cfg.lease_ms;
+  c.max_attempts = (uint32_t)s->cfg.max_attempts;
+  c.max_bytes = s->cfg.max_bytes;
+  c.max_acked_keys = s->cfg.max_acked_keys;
+  c.max_dead = s->cfg.max_dead;
+  return c;
+}
+
+/* ------------------------------------------------------- the claim table */
+
+static size_t slot(const spi_rqs *s, uint64_t id) {
+  return (size_t)(XXH3_64bits(&id, sizeof id) & s->mask);
+}
+
+static void tab_grow(spi_rqs *s) {
+  if (s->n <= s->mask + 1) return;
+  size_t ncap = (s->mask + 1) * 2;
+  rqs_claim **nt = spi__calloc(&s->mem, ncap, sizeof *nt);
+  if (!nt) return; /* chains only get longer */
+  size_t omask = s->mask;
+  s->mask = ncap - 1;
+  for (size_t i = 0; i <= omask; i++)
+    for (rqs_claim *c = s->tab[i], *n; c; c = n) {
+      n = c->next;
+      size_t k = slot(s, c->id);
+      c->next = nt[k];
+      nt[k] = c;
+    }
+  spi__free(&s->mem, s->tab);
+  s->tab = nt;
+}
+
+static void tab_put(spi_rqs *s, rqs_claim *c) {
+  s->n++;
+  tab_grow(s);
+  size_t k = slot(s, c->id);
+  c->next = s->tab[k];
+  s->tab[k] = c;
+}
+
+/* Take the claim id out of the table (NULL when not there). */
+static rqs_claim *tab_take(spi_rqs *s, uint64_t id) {
+  for (rqs_claim **p = &s->tab[slot(s, id)]; *p; p = &(*p)->next)
+    if ((*p)->id == id) {
+      rqs_claim *c = *p;
+      *p = c->next;
+      s->n--;
+      return c;
+    }
+  return NULL;
+}
+
+static rqs_claim *tab_find(const spi_rqs *s, uint64_t id) {
+  for (rqs_claim *c = s->tab[slot(s, id)]; c; c = c->next)
+    if (c->id == id) return c;
+  return NULL;
+}
+
+/* ------------------------------------------------------------ life cycle */
+
+int spi__rqs_new(spi_engine *e, const spi_mem *mem, spi_errtab *err,
+                 const spi_replay_store_module *store, void *mstate,
+                 void *inst, const spi_rqs_cfg *cfg, spi_replay_queue *fallback,
+                 spi_rqs **out) {
+  *out = NULL;
+  spi_rqs *s = spi__calloc(mem, 1, sizeof *s);
+  if (!s) return SPI_ENOMEM;
+  s->tab = spi__calloc(mem, 64, sizeof *s->tab);
+  if (!s->tab || pthread_mutex_init(&s->mu, NULL) != 0) {
+    spi__free(mem, s->tab);
+    spi__free(mem, s);
+    return SPI_ENOMEM;
+  }
+  s->mask = 63;
+  s->engine = e;
+  s->mem = *mem;
+  s->err = err;
+  s->store = store;
+  s->mstate = mstate;
+  s->inst = inst;
+  s->cfg = *cfg;
+  size_t nl = strlen(cfg->store_name);
+  if (nl > SPI_MODULE_NAME_MAX) nl = SPI_MODULE_NAME_MAX;
+  memcpy(s->store_name, cfg->store_name, nl);
+  s->store_name[nl] = '\0';
+  s->cfg.store_name = s->store_name;
+  s->fallback = fallback;
+  *out = s;
+  return SPI_OK;
+}
+
+void spi__rqs_free(spi_rqs *s) {
+  if (!s) return;
+  /* Held claims are not given back: their leases end in the store, which
+   * then hands them to another consumer (at-least-once). */
+  s->store->release(s->mstate, s->inst);
+  spi_replay_close(s->fallback);
+  for (size_t i = 0; i <= s->mask; i++)
+    for (rqs_claim *c = s->tab[i], *n; c; c = n) {
+      n = c->next;
+      spi__free(&s->mem, c);
+    }
+  spi__free(&s->mem, s->tab);
+  pthread_mutex_destroy(&s->mu);
+  spi_mem m = s->mem;
+  spi__free(&m, s);
+}
+
+/* ------------------------------------------------------------- fallback */
+
+static int push_to_store(void *ud, const spi_envelope *env) {
+  spi_rqs *s = ud;
+  char err[SPI_ERRMSG_CAP] = "";
+  int32_t dup = 0;
+  spi_replay_ctx ctx = make_ctx(s, 0);
+  int rc = s->store->enqueue(s->mstate, s->inst, &ctx, env, &dup, err,
+                             sizeof err);
+  /* A duplicate is a success: the store has it (from an earlier drain that
+   * died before the journal's ack) or had it. */
+  if (rc != SPI_OK && rc != SPI_EIO)
+    spi__engine_log(s->engine, SPI_LOG_ERROR,
+                    "replay: draining the fallback journal: %.*s: %s",
+                    (int)env->key_len, env->key, err);
+  return rc;
+}
+
+/* Move what the fallback journal holds into the store, unless the store
+ * failed less than RQS_DRAIN_RETRY_NS ago. One thread drains at a time. */
+static void drain(spi_rqs *s) {
+  if (!s->fallback) return;
+  int64_t now = spi__engine_now(s->engine);
+  pthread_mutex_lock(&s->mu);
+  int go = !s->draining && now >= s->drain_after_ns;
+  if (go) s->draining = 1;
+  pthread_mutex_unlock(&s->mu);
+  if (!go) return;
+  size_t moved = 0, total = 0;
+  int rc;
+  do {
+    moved = 0;
+    rc = spi__replay_drain(s->fallback, push_to_store, s, RQS_DRAIN_BATCH,
+                           &moved);
+    total += moved;
+  } while (rc == SPI_OK && moved == RQS_DRAIN_BATCH);
+  if (total)
+    spi__engine_log(s->engine, SPI_LOG_INFO,
+                    "replay: %zu envelope(s) moved from the fallback journal "
+                    "to store \"%s\"",
+                    total, s->store_name);
+  pthread_mutex_lock(&s->mu);
+  s->draining = 0;
+  s->drain_after_ns = rc == SPI_OK ? 0 : now + RQS_DRAIN_RETRY_NS;
+  pthread_mutex_unlock(&s->mu);
+}
+
+/* --------------------------------------------------------------- enqueue */
+
+int spi__rqs_enqueue(spi_rqs *s, const spi_envelope *env, int32_t *duplicate) {
+  drain(s);
+  spi_envelope v = *env;
+  spi_replay_ctx ctx = make_ctx(s, 0);
+  if (!v.first_enqueued_ns) v.first_enqueued_ns = ctx.now_ns;
+  char err[SPI_ERRMSG_CAP] = "";
+  int32_t dup = 0;
+  int rc = s->store->enqueue(s->mstate, s->inst, &ctx, &v, &dup, err,
+                             sizeof err);
+  if (rc == SPI_EIO && s->fallback) {
+    spi__engine_log(s->engine, SPI_LOG_WARN,
+                    "replay store \"%s\": %s; %.*s goes to the fallback "
+                    "journal",
+                    s->store_name, err, (int)v.key_len, v.key);
+    rc = spi_replay_enqueue(s->fallback, &v, &dup);
+    if (rc != SPI_OK)
+      return sfail(s, rc, "replay: store \"%s\" unreachable (%s) and the "
+                   "fallback journal failed: %s",
+                   s->store_name, err, spi_replay_errmsg(s->fallback));
+    pthread_mutex_lock(&s->mu);
+    s->drain_after_ns = ctx.now_ns + RQS_DRAIN_RETRY_NS;
+    pthread_mutex_unlock(&s->mu);
+  } else if (rc != SPI_OK) {
+    return store_failed(s, "enqueue", rc, err);
+  }
+  pthread_mutex_lock(&s->mu);
+  if (dup)
+    s->duplicates++;
+  else
+    s->enqueued++;
+  pthread_mutex_unlock(&s->mu);
+  if (duplicate) *duplicate = dup ? 1 : 0;
+  return SPI_OK;
+}
+
+/* ----------------------------------------------------------------- claim */
+
+typedef struct sink_data {
+  spi_rqs *s;
+  rqs_claim *c;
+} sink_data;
+
+/* The store's claimed envelope, copied whole. */
+static int sink(void *ud, const spi_envelope *env) {
+  sink_data *d = ud;
+  if (!env || !env->key || !env->key_len || (env->body_len && !env->body) ||
+      (env->partial_text_len && !env->partial_text) ||
+      (env->partial_token_count && !env->partial_tokens) ||
+      env->klass < SPI_CLASS_GOLD || env->klass > SPI_CLASS_BRONZE)
+    return SPI_EMODULE;
+  size_t size = spi__replay_env_size(env);
+  rqs_claim *c = spi__alloc(&d->s->mem, sizeof *c + size);
+  if (!c) return SPI_ENOMEM;
+  memset(c, 0, sizeof *c);
+  c->size = size;
+  c->env.struct_size = sizeof c->env;
+  spi__replay_env_copy(env, &c->env, c->data);
+  d->c = c;
+  return SPI_OK;
+}
+
+/* Hand c out into the caller's buffer, or say how much is needed. */
+static int hand_out(rqs_claim *c, uint64_t *claim_id, spi_envelope *out,
+                    void *buf, size_t cap, size_t *needed) {
+  if (needed) *needed = c->size;
+  if (cap < c->size) return SPI_EBUFSIZE;
+  size_t ss = out->struct_size;
+  out->struct_size = sizeof *out;
+  spi__replay_env_copy(&c->env, out, buf);
+  out->struct_size = ss;
+  *claim_id = c->id;
+  return SPI_OK;
+}
+
+int spi__rqs_claim(spi_rqs *s, uint32_t class_mask, int64_t lease_ms,
+                   uint64_t *claim_id, spi_envelope *out, void *buf,
+                   size_t cap, size_t *needed) {
+  drain(s);
+  spi_replay_ctx ctx = make_ctx(s, lease_ms);
+  sink_data d = {s, NULL};
+  char err[SPI_ERRMSG_CAP] = "";
+  uint64_t id = 0;
+  int rc = s->store->claim(s->mstate, s->inst, &ctx, class_mask, sink, &d, &id,
+                       err, sizeof err);
+  if (rc != SPI_OK || (id && !d.c) || (!id && d.c)) {
+    spi__free(&s->mem, d.c);
+    if (rc == SPI_OK) rc = SPI_EMODULE;
+    return store_failed(s, "claim", rc,
+                        err[0] ? err : "claim and envelope do not match");
+  }
+  if (!id) {
+    *claim_id = 0;
+    if (needed) *needed = 0;
+    return SPI_OK;
+  }
+  rqs_claim *c = d.c;
+  c->id = id;
+  rc = hand_out(c, claim_id, out, buf, cap, needed);
+  if (rc == SPI_OK) {
+    pthread_mutex_lock(&s->mu);
+    tab_put(s, c);
+    pthread_mutex_unlock(&s->mu);
+    return SPI_OK;
+  }
+  /* Too small a buffer: give it back, no attempt counted. */
+  size_t size = c->size;
+  int grc = s->store->nack(s->mstate, s->inst, &ctx, id, c->env.attempts,
+                           ctx.now_ns, 0, err, sizeof err);
+  spi__free(&s->mem, c);
+  if (grc != SPI_OK)
+    spi__engine_log(s->engine, SPI_LOG_WARN,
+                    "replay store \"%s\": giving back a claim too large for "
+                    "the caller's buffer: %s (its lease will end)",
+                    s->store_name, err);
+  return sfail(s, SPI_EBUFSIZE, "replay claim: %zu bytes needed, %zu given",
+               size, cap);
+}
+
+/* ------------------------------------------------------------ ack, nack */
+
+/* What a nack needs of a held claim, copied under the lock. */
+typedef struct held {
+  uint32_t attempts;
+  int64_t deadline_ns;
+  char key[129];
+  size_t key_len;
+} held;
+
+static int find_held(spi_rqs *s, uint64_t id, held *h) {
+  pthread_mutex_lock(&s->mu);
+  rqs_claim *c = id ? tab_find(s, id) : NULL;
+  if (c) {
+    h->attempts = c->env.attempts;
+    h->deadline_ns = c->env.deadline_ns;
+    h->key_len = c->env.key_len < 128 ? c->env.key_len : 128;
+    memcpy(h->key, c->env.key, h->key_len);
+  }
+  pthread_mutex_unlock(&s->mu);
+  return c != NULL;
+}
+
+/* The store answered for the claim: forget it (unless it could not be
+ * reached: the claim may still be held, the caller may try again). */
+static void settle(spi_rqs *s, uint64_t id, int rc, uint64_t *counter) {
+  if (rc == SPI_EIO) return;
+  pthread_mutex_lock(&s->mu);
+  rqs_claim *c = tab_take(s, id);
+  if (c && rc == SPI_OK) (*counter)++;
+  pthread_mutex_unlock(&s->mu);
+  spi__free(&s->mem, c);
+}
+
+int spi__rqs_ack(spi_rqs *s, uint64_t claim_id) {
+  held h;
+  if (!find_held(s, claim_id, &h))
+    return sfail(s, SPI_ESTALE,
+                 "replay ack: claim %llu is not held (lease ended, already "
+                 "acked, or unknown)",
+                 (unsigned long long)claim_id);
+  spi_replay_ctx ctx = make_ctx(s, 0);
+  char err[SPI_ERRMSG_CAP] = "";
+  int rc = s->store->ack(s->mstate, s->inst, &ctx, claim_id, err, sizeof err);
+  settle(s, claim_id, rc, &s->acked);
+  return rc == SPI_OK ? SPI_OK : store_failed(s, "ack", rc, err);
+}
+
+int spi__rqs_nack(spi_rqs *s, uint64_t claim_id) {
+  held h;
+  if (!find_held(s, claim_id, &h))
+    return sfail(s, SPI_ESTALE,
+                 "replay nack: claim %llu is not held (lease ended, already "
+                 "acked, or unknown)",
+                 (unsigned long long)claim_id);
+  spi_replay_ctx ctx = make_ctx(s, 0);
+  uint32_t attempts = h.attempts + 1;
+  int dead = attempts >= (uint64_t)s->cfg.max_attempts ||
+             (h.deadline_ns != 0 && ctx.now_ns >= h.deadline_ns);
+  int64_t visible = 0;
+  if (!dead)
+    visible = ctx.now_ns +
+              spi__replay_backoff_ms(h.key, h.key_len, attempts,
+                                     s->cfg.backoff_base_ms,
+                                     s->cfg.backoff_max_ms,
+                                     s->cfg.backoff_jitter) *
+                  1000000;
+  char err[SPI_ERRMSG_CAP] = "";
+  int rc = s->store->nack(s->mstate, s->inst, &ctx, claim_id, attempts,
+                          visible, dead, err, sizeof err);
+  settle(s, claim_id, rc, &s->nacked);
+  if (rc == SPI_OK && dead)
+    spi__engine_log(s->engine, SPI_LOG_WARN,
+                    "replay: %.*s dead-lettered after %u attempts%s",
+                    (int)h.key_len, h.key, attempts,
+                    attempts < (uint64_t)s->cfg.max_attempts
+                        ? " (past its deadline)"
+                        : "");
+  return rc == SPI_OK ? SPI_OK : store_failed(s, "nack", rc, err);
+}
+
+/* ------------------------------------------------------- stats and tick */
+
+int spi__rqs_stats(spi_rqs *s, spi_replay_stats *all) {
+  spi_replay_ctx ctx = make_ctx(s, 0);
+  char err[SPI_ERRMSG_CAP] = "";
+  all->struct_size = sizeof *all;
+  int rc = s->store->queue_stats(s->mstate, s->inst, &ctx, all, err,
+                                 sizeof err);
+  if (rc != SPI_OK) return store_failed(s, "stats", rc, err);
+  pthread_mutex_lock(&s->mu);
+  all->enqueued = s->enqueued;
+  all->duplicates = s->duplicates;
+  all->acked = s->acked;
+  all->nacked = s->nacked;
+  pthread_mutex_unlock(&s->mu);
+  return SPI_OK;
+}
+
+int spi__rqs_tick(spi_rqs *s) {
+  drain(s);
+  if (!s->store->tick) return SPI_OK;
+  spi_replay_ctx ctx = make_ctx(s, 0);
+  char err[SPI_ERRMSG_CAP] = "";
+  int rc = s->store->tick(s->mstate, s->inst, &ctx, err, sizeof err);
+  return rc == SPI_OK ? SPI_OK : store_failed(s, "tick", rc, err);
+}

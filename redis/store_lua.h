@@ -1,0 +1,174 @@
+/*
+ * store_lua.h - the server side of the "redis" replay store: Lua scripts
+ * that Redis runs atomically, so each queue operation is all or nothing
+ * whatever happens to the client (store_redis.c describes the keys).
+ *
+ * Every script gets the same KEYS (lane 1..3 streams, delayed, leases,
+ * keys, done, dead, bytes, seq) and starts with the same housekeeping:
+ * backoffs that are due go back to their lane's tail, and expired leases go
+ * back too as a failed attempt (or to the dead stream at max_attempts or
+ * past the deadline), a bounded number per call. Times are milliseconds of
+ * the caller's clock (ARGV[1] now, ARGV[2] max_attempts, ARGV[3] group,
+ * ARGV[4] max_dead, ARGV[5] max_acked_keys).
+ */
+#ifndef SPI_REDIS_STORE_LUA_H
+#define SPI_REDIS_STORE_LUA_H
+
+#define SPR_LUA_COMMON                                                         \
+  "local now = tonumber(ARGV[1])\n"                                            \
+  "local maxatt = tonumber(ARGV[2])\n"                                         \
+  "local group = ARGV[3]\n"                                                    \
+  "local maxdead = tonumber(ARGV[4])\n"                                        \
+  "local maxdone = tonumber(ARGV[5])\n"                                        \
+  "local K_DELAYED, K_LEASES, K_KEYS, K_DONE, K_DEAD, K_BYTES, K_SEQ =\n"      \
+  "  KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[10]\n"         \
+  "local function fields(arr)\n"                                               \
+  "  local f = {}\n"                                                           \
+  "  for i = 1, #arr, 2 do f[arr[i]] = arr[i + 1] end\n"                       \
+  "  return f\n"                                                               \
+  "end\n"                                                                      \
+  "local function remember(k)\n"                                               \
+  "  redis.call('HDEL', K_KEYS, k)\n"                                          \
+  "  if maxdone <= 0 then return end\n"                                        \
+  "  redis.call('ZADD', K_DONE, redis.call('INCR', K_SEQ), k)\n"               \
+  "  local n = redis.call('ZCARD', K_DONE)\n"                                  \
+  "  if n > maxdone then\n"                                                    \
+  "    redis.call('ZREMRANGEBYRANK', K_DONE, 0, n - maxdone - 1)\n"            \
+  "  end\n"                                                                    \
+  "end\n"                                                                      \
+  "local function gone(f)\n"                                                   \
+  "  redis.call('DECRBY', K_BYTES, #f.e + #f.k)\n"                             \
+  "end\n"                                                                      \
+  "local function dead(f, att, why)\n"                                         \
+  "  gone(f)\n"                                                                \
+  "  if maxdead <= 0 then remember(f.k) return end\n"                          \
+  "  redis.call('HSET', K_KEYS, f.k, 'dead')\n"                                \
+  "  redis.call('XADD', K_DEAD, '*', 'k', f.k, 'a', att, 'dl', f.dl,\n"        \
+  "    'l', f.l, 'why', why, 'e', f.e)\n"                                      \
+  "  while redis.call('XLEN', K_DEAD) > maxdead do\n"                          \
+  "    local old = redis.call('XRANGE', K_DEAD, '-', '+', 'COUNT', 1)[1]\n"    \
+  "    remember(fields(old[2]).k)\n"                                           \
+  "    redis.call('XDEL', K_DEAD, old[1])\n"                                   \
+  "  end\n"                                                                    \
+  "end\n"                                                                      \
+  "local function past(f)\n"                                                   \
+  "  local dl = tonumber(f.dl)\n"                                              \
+  "  return dl > 0 and now >= dl\n"                                            \
+  "end\n"                                                                      \
+  "local function requeue(f, att)\n"                                           \
+  "  local id = redis.call('XADD', KEYS[tonumber(f.l)], '*', 'k', f.k,\n"      \
+  "    'a', att, 'dl', f.dl, 'l', f.l, 'e', f.e)\n"                            \
+  "  redis.call('HSET', K_KEYS, f.k, f.l .. ':' .. id)\n"                      \
+  "end\n"                                                                      \
+  "local function take(lane, id)\n"                                            \
+  "  local key = KEYS[tonumber(lane)]\n"                                       \
+  "  local r = redis.call('XRANGE', key, id, id)\n"                            \
+  "  redis.call('XACK', key, group, id)\n"                                     \
+  "  redis.call('XDEL', key, id)\n"                                            \
+  "  if #r == 0 then return nil end\n"                                         \
+  "  return fields(r[1][2])\n"                                                 \
+  "end\n"                                                                      \
+  "local expired = 0\n"                                                        \
+  "local function housekeeping()\n"                                            \
+  "  local due = redis.call('ZRANGEBYSCORE', K_DELAYED, '-inf', now,\n"        \
+  "    'LIMIT', 0, 128)\n"                                                     \
+  "  for _, m in ipairs(due) do\n"                                             \
+  "    redis.call('ZREM', K_DELAYED, m)\n"                                     \
+  "    local f = cmsgpack.unpack(m)\n"                                         \
+  "    if past(f) then dead(f, f.a, 'deadline') else requeue(f, f.a) end\n"    \
+  "  end\n"                                                                    \
+  "  local exp = redis.call('ZRANGEBYSCORE', K_LEASES, '-inf', now,\n"         \
+  "    'LIMIT', 0, 128)\n"                                                     \
+  "  for _, m in ipairs(exp) do\n"                                             \
+  "    redis.call('ZREM', K_LEASES, m)\n"                                      \
+  "    local lane, id = string.match(m, '^(%d):(.+)$')\n"                      \
+  "    local f = take(lane, id)\n"                                             \
+  "    if f then\n"                                                            \
+  "      expired = expired + 1\n"                                              \
+  "      local att = tonumber(f.a) + 1\n"                                      \
+  "      if att >= maxatt or past(f) then\n"                                   \
+  "        dead(f, att, past(f) and 'deadline' or 'attempts')\n"               \
+  "      else requeue(f, att) end\n"                                           \
+  "    end\n"                                                                  \
+  "  end\n"                                                                    \
+  "end\n"                                                                      \
+  "housekeeping()\n"
+
+/* ARGV[6] key, [7] lane, [8] attempts, [9] deadline ms, [10] blob,
+ * [11] max_bytes. -> {expired, status}: 0 added, 1 duplicate, 2 full (then held bytes). */
+#define SPR_LUA_ENQUEUE                                                        \
+  SPR_LUA_COMMON                                                               \
+  "local k = ARGV[6]\n"                                                        \
+  "if redis.call('HEXISTS', K_KEYS, k) == 1 or\n"                              \
+  "   redis.call('ZSCORE', K_DONE, k) then return {expired, 1} end\n"          \
+  "local size = #ARGV[10] + #k\n"                                              \
+  "local held = tonumber(redis.call('GET', K_BYTES) or '0')\n"                 \
+  "local maxb = tonumber(ARGV[11])\n"                                          \
+  "if maxb > 0 and held + size > maxb then return {expired, 2, held} end\n"    \
+  "redis.call('INCRBY', K_BYTES, size)\n"                                      \
+  "requeue({k = k, l = ARGV[7], dl = ARGV[9], e = ARGV[10]}, ARGV[8])\n"       \
+  "return {expired, 0}\n"
+
+/* ARGV[6] consumer, [7] lease end ms, [8] class mask.
+ * -> {expired} (nothing ready) or {expired, lane, id, key, attempts, blob} */
+#define SPR_LUA_CLAIM                                                          \
+  SPR_LUA_COMMON                                                               \
+  "local mask = tonumber(ARGV[8])\n"                                           \
+  "for lane = 1, 3 do\n"                                                       \
+  "  if math.floor(mask / (2 ^ lane)) % 2 == 1 then\n"                         \
+  "    while true do\n"                                                        \
+  "      local r = redis.call('XREADGROUP', 'GROUP', group, ARGV[6],\n"        \
+  "        'COUNT', 1, 'STREAMS', KEYS[lane], '>')\n"                          \
+  "      if not r or #r == 0 or #r[1][2] == 0 then break end\n"                \
+  "      local id = r[1][2][1][1]\n"                                           \
+  "      local f = fields(r[1][2][1][2])\n"                                    \
+  "      if past(f) then\n"                                                    \
+  "        redis.call('XACK', KEYS[lane], group, id)\n"                        \
+  "        redis.call('XDEL', KEYS[lane], id)\n"                               \
+  "        dead(f, f.a, 'deadline')\n"                                         \
+  "      else\n"                                                               \
+  "        redis.call('ZADD', K_LEASES, ARGV[7], lane .. ':' .. id)\n"         \
+  "        return {expired, lane, id, f.k, f.a, f.e}\n"                        \
+  "      end\n"                                                                \
+  "    end\n"                                                                  \
+  "  end\n"                                                                    \
+  "end\n"                                                                      \
+  "return {expired}\n"
+
+/* ARGV[6] lane, [7] id, [8] what: 0 ack, 1 retry, 2 dead;
+ * [9] attempts, [10] visible ms. -> {expired, status}: 0 done, 1 stale. */
+#define SPR_LUA_SETTLE                                                         \
+  SPR_LUA_COMMON                                                               \
+  "local member = ARGV[6] .. ':' .. ARGV[7]\n"                                 \
+  "if redis.call('ZREM', K_LEASES, member) == 0 then return {expired, 1} end\n" \
+  "local f = take(ARGV[6], ARGV[7])\n"                                         \
+  "if not f then return {expired, 1} end\n"                                    \
+  "local what = ARGV[8]\n"                                                     \
+  "if what == '0' then gone(f) remember(f.k)\n"                                \
+  "elseif what == '2' then dead(f, ARGV[9], 'attempts')\n"                     \
+  "else\n"                                                                     \
+  "  f.a = ARGV[9]\n"                                                          \
+  "  redis.call('ZADD', K_DELAYED, ARGV[10], cmsgpack.pack(f))\n"              \
+  "  redis.call('HSET', K_KEYS, f.k, 'delayed')\n"                             \
+  "end\n"                                                                      \
+  "return {expired, 0}\n"
+
+/* -> {expired, ready1, ready2, ready3, leased, delayed, dead, bytes} */
+#define SPR_LUA_STATS                                                          \
+  SPR_LUA_COMMON                                                               \
+  "local out = {expired}\n"                                                    \
+  "for lane = 1, 3 do\n"                                                       \
+  "  local n = redis.call('XLEN', KEYS[lane])\n"                               \
+  "  local p = redis.call('XPENDING', KEYS[lane], group)\n"                    \
+  "  out[#out + 1] = n - tonumber(p[1])\n"                                     \
+  "end\n"                                                                      \
+  "out[#out + 1] = redis.call('ZCARD', K_LEASES)\n"                            \
+  "out[#out + 1] = redis.call('ZCARD', K_DELAYED)\n"                           \
+  "out[#out + 1] = redis.call('XLEN', K_DEAD)\n"                               \
+  "out[#out + 1] = tonumber(redis.call('GET', K_BYTES) or '0')\n"              \
+  "return out\n"
+
+/* Housekeeping only. -> {expired} */
+#define SPR_LUA_TICK SPR_LUA_COMMON "return {expired}\n"
+
+#endif /* SPI_REDIS_STORE_LUA_H */

@@ -1,0 +1,602 @@
+/*
+ * store_redis.c - the "redis" replay store: a queue store
+ * (spotinfer_module.h) on Redis Streams, shared by every process that opens
+ * it with the same address and key_prefix.
+ *
+ * Keys (P = key_prefix):
+ *   P lane:1, lane:2, lane:3  a stream per class lane (gold, silver,
+ *                             bronze), one consumer group ("group"); an
+ *                             entry holds k (key), a (failed attempts),
+ *                             dl (deadline, ms, 0 none), l (lane), e (the
+ *                             envelope, encoded below)
+ *   P leases    sorted set: "lane:id" of every claimed entry by lease end
+ *   P delayed   sorted set: nacked entries (whole, msgpack) by visible time
+ *   P keys      hash: key -> "lane:id", "delayed" or "dead" (kept while
+ *               in the dead stream), every key the queue holds
+ *   P done      sorted set: remembered keys (acked, dead letters trimmed
+ *               from the dead stream), newest last,
+ *               trimmed to replay.max_acked_keys
+ *   P dead      stream of dead letters, trimmed to replay.max_dead
+ *   P bytes     bytes held (keys and envelopes), for replay.max_bytes
+ *   P seq       counter ordering the done set
+ *
+ * Each call is one Lua script (store_lua.h), so it is atomic on the server:
+ * an enqueue is a duplicate check and XADD at once (idempotent on the
+ * key), a claim is XREADGROUP for this consumer plus a lease, an ack is
+ * XACK + XDEL + remembering the key, a nack moves the entry to the delayed
+ * set (or the dead stream). Leases are per claim (spi_replay_claim's
+ * lease_ms), so expiry is kept in the leases set by lease end rather than
+ * by XAUTOCLAIM's idle time: any consumer's next call puts an expired
+ * entry back at its lane's tail as a failed attempt, where the next claim,
+ * by whichever process, takes it; the consumer group's pending list still
+ * shows who holds what (XPENDING). Times are the callers' clocks, in ms.
+ *
+ * The store keeps one connection (redis_conn.h) behind a mutex; claim ids
+ * name (lane, stream id) in a table of this instance. A call whose reply
+ * is lost (timeout) may still have run on the server: an enqueue is
+ * repeated safely (idempotent), a claim's lease simply runs out.
+ */
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "spotinfer/spotinfer_redis.h"
+#include "redis_conn.h"
+#include "redis_modules.h"
+#include "store_lua.h"
+
+enum { S_ENQUEUE, S_CLAIM, S_SETTLE, S_STATS, S_TICK, S_COUNT };
+static const char *const SCRIPTS[S_COUNT] = {
+    SPR_LUA_ENQUEUE, SPR_LUA_CLAIM, SPR_LUA_SETTLE, SPR_LUA_STATS,
+    SPR_LUA_TICK};
+static const char *const SCRIPT_NAMES[S_COUNT] = {"enqueue", "claim", "ack/nack",
+                                                  "stats", "tick"};
+
+enum { NKEYS = 10 };
+static const char *const KEY_NAMES[NKEYS] = {
+    "lane:1", "lane:2", "lane:3", "delayed", "leases",
+    "keys",   "done",   "dead",   "bytes",   "seq"};
+
+#define ENV_MAGIC 0x31455053u /* "SPE1" */
+#define ENV_HEAD 56
+
+typedef struct held_claim {
+  struct held_claim *next;
+  uint64_t id;
+  int lane;
+  char sid[48]; /* stream entry id */
+} held_claim;
+
+typedef struct redis_store {
+  spr_config cfg;
+  spr_conn *conn;
+  pthread_mutex_t mu;
+  char keys[NKEYS][SPR_NAME_MAX + 16];
+  char sha[S_COUNT][48]; /* "" until loaded on this connection */
+  uint64_t setup_for;    /* spr_conn_connects() the groups were made for */
+  held_claim **tab;
+  size_t mask, n;
+  uint64_t next_id;
+  uint64_t expired, calls;
+} redis_store;
+
+static int rfail(char *err, size_t cap, int rc, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+
+static int rfail(char *err, size_t cap, int rc, const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  if (cap) vsnprintf(err, cap, fmt, ap);
+  va_end(ap);
+  return rc;
+}
+
+/* ------------------------------------------------------ envelope codec */
+
+static void put32(uint8_t *p, uint32_t v) {
+  for (int i = 0; i < 4; i++) p[i] = (uint8_t)(v >> (8 * i));
+}
+static void put64(uint8_t *p, uint64_t v) {
+  for (int i = 0; i < 8; i++) p[i] = (uint8_t)(v >> (8 * i));
+}
+static uint32_t get32(const uint8_t *p) {
+  uint32_t v = 0;
+  for (int i = 0; i < 4; i++) v |= (uint32_t)p[i] << (8 * i);
+  return v;
+}
+static uint64_t get64(const uint8_t *p) {
+  uint64_t v = 0;
+  for (int i = 0; i < 8; i++) v |= (uint64_t)p[i] << (8 * i);
+  return v;
+}
+
+/* The envelope (all but key and attempts, which have fields of their own)
+ * as bytes: a fixed little-endian head, then tenant, body, text, tokens. */
+static uint8_t *env_encode(const spi_envelope *e, size_t *len) {
+  size_t tl = strnlen(e->tenant, sizeof e->tenant);
+  size_t n = ENV_HEAD + tl + e->body_len + e->partial_text_len +
+             4 * e->partial_token_count;
+  uint8_t *b = malloc(n ? n : 1);
+  if (!b) return NULL;
+  put32(b, ENV_MAGIC);
+  put32(b + 4, (uint32_t)e->openai_kind);
+  put32(b + 8, (uint32_t)e->klass);
+  put32(b + 12, e->flags);
+  put64(b + 16, e->stream_offset);
+  put64(b + 24, (uint64_t)e->first_enqueued_ns);
+  put64(b + 32, (uint64_t)e->deadline_ns);
+  put32(b + 40, (uint32_t)tl);
+  put32(b + 44, (uint32_t)e->body_len);
+  put32(b + 48, (uint32_t)e->partial_text_len);
+  put32(b + 52, (uint32_t)e->partial_token_count);
+  uint8_t *p = b + ENV_HEAD;
+  memcpy(p, e->tenant, tl);
+  p += tl;
+  if (e->body_len) memcpy(p, e->body, e->body_len);
+  p += e->body_len;
+  if (e->partial_text_len) memcpy(p, e->partial_text, e->partial_text_len);
+  p += e->partial_text_len;
+  for (size_t i = 0; i < e->partial_token_count; i++, p += 4)
+    put32(p, e->partial_tokens[i]);
+  *len = n;
+  return b;
+}
+
+/* Decode b into *e, borrowing b; token ids go to *toks (malloc'd, free it).
+ * SPI_EMODULE when the bytes are not an envelope. */
+static int env_decode(const uint8_t *b, size_t n, spi_envelope *e,
+                      uint32_t **toks) {
+  *toks = NULL;
+  if (n < ENV_HEAD || get32(b) != ENV_MAGIC) return SPI_EMODULE;
+  uint64_t tl = get32(b + 40), bl = get32(b + 44), xl = get32(b + 48),
+           nt = get32(b + 52);
+  if (tl >= sizeof e->tenant || ENV_HEAD + tl + bl + xl + 4 * nt != n)
+    return SPI_EMODULE;
+  e->openai_kind = (int32_t)get32(b + 4);
+  e->klass = (int32_t)get32(b + 8);
+  e->flags = get32(b + 12);
+  e->stream_offset = get64(b + 16);
+  e->first_enqueued_ns = (int64_t)get64(b + 24);
+  e->deadline_ns = (int64_t)get64(b + 32);
+  const uint8_t *p = b + ENV_HEAD;
+  memset(e->tenant, 0, sizeof e->tenant);
+  memcpy(e->tenant, p, tl);
+  p += tl;
+  e->body = (const char *)p;
+  e->body_len = bl;
+  p += bl;
+  e->partial_text = (const char *)p;
+  e->partial_text_len = xl;
+  p += xl;
+  e->partial_token_count = nt;
+  e->partial_tokens = NULL;
+  if (nt) {
+    uint32_t *t = malloc(4 * nt);
+    if (!t) return SPI_ENOMEM;
+    for (size_t i = 0; i < nt; i++) t[i] = get32(p + 4 * i);
+    e->partial_tokens = t;
+    *toks = t;
+  }
+  return SPI_OK;
+}
+
+/* ---------------------------------------------------------- claim table */
+
+static size_t cslot(const redis_store *s, uint64_t id) {
+  return (size_t)((id * 0x9e3779b97f4a7c15ull) >> 20) & s->mask;
+}
+
+static void claim_put(redis_store *s, held_claim *c) {
+  if (s->n + 1 > s->mask + 1) {
+    size_t ncap = (s->mask + 1) * 2;
+    held_claim **nt = calloc(ncap, sizeof *nt);
+    if (nt) {
+      size_t om = s->mask;
+      s->mask = ncap - 1;
+      for (size_t i = 0; i <= om; i++)
+        for (held_claim *x = s->tab[i], *nx; x; x = nx) {
+          nx = x->next;
+          size_t k = cslot(s, x->id);
+          x->next = nt[k];
+          nt[k] = x;
+        }
+      free(s->tab);
+      s->tab = nt;
+    }
+  }
+  size_t k = cslot(s, c->id);
+  c->next = s->tab[k];
+  s->tab[k] = c;
+  s->n++;
+}
+
+static held_claim *claim_take(redis_store *s, uint64_t id) {
+  for (held_claim **p = &s->tab[cslot(s, id)]; *p; p = &(*p)->next)
+    if ((*p)->id == id) {
+      held_claim *c = *p;
+      *p = c->next;
+      s->n--;
+      return c;
+    }
+  return NULL;
+}
+
+/* ------------------------------------------------------------- commands */
+
+static int command(redis_store *s, int argc, const char **argv,
+                   const size_t *lens, redisReply **r, char *err, size_t cap) {
+  return spr_conn_command(s->conn, argc, argv, lens, r, err, cap);
+}
+
+static int simple(redis_store *s, int argc, const char **argv,
+                  redisReply **r, char *err, size_t cap) {
+  size_t lens[8];
+  for (int i = 0; i < argc; i++) lens[i] = strlen(argv[i]);
+  return command(s, argc, argv, lens, r, err, cap);
+}
+
+/* After each (re)connect: the consumer groups exist, scripts are loaded. */
+static int setup(redis_store *s, char *err, size_t cap) {
+  int rc = spr_conn_open(s->conn, err, cap);
+  if (rc != SPI_OK) return rc;
+  if (s->setup_for == spr_conn_connects(s->conn)) return SPI_OK;
+  for (int lane = 0; lane < 3 && rc == SPI_OK; lane++) {
+    const char *a[] = {"XGROUP", "CREATE", s->keys[lane], s->cfg.group, "0",
+                       "MKSTREAM"};
+    redisReply *r = NULL;
+    rc = simple(s, 6, a, &r, err, cap);
+    if (rc == SPI_OK && r->type == REDIS_REPLY_ERROR &&
+        strncmp(r->str, "BUSYGROUP", 9) != 0)
+      rc = rfail(err, cap, SPI_EMODULE, "redis: XGROUP CREATE %s: %.160s",
+                 s->keys[lane], r->str);
+    freeReplyObject(r);
+  }
+  for (int i = 0; i < S_COUNT && rc == SPI_OK; i++) {
+    const char *a[] = {"SCRIPT", "LOAD", SCRIPTS[i]};
+    redisReply *r = NULL;
+    rc = simple(s, 3, a, &r, err, cap);
+    if (rc == SPI_OK && r->type != REDIS_REPLY_STRING)
+      rc = rfail(err, cap, SPI_EMODULE, "redis: SCRIPT LOAD %s: %.160s",
+                 SCRIPT_NAMES[i], r->type == REDIS_REPLY_ERROR ? r->str : "?");
+    else if (rc == SPI_OK)
+      snprintf(s->sha[i], sizeof s->sha[i], "%s", r->str);
+    freeReplyObject(r);
+  }
+  if (rc == SPI_OK) s->setup_for = spr_conn_connects(s->conn);
+  return rc;
+}
+
+/* Run script which with the common arguments and extra ones; *out gets an
+ * array reply. With s->mu held. */
+static int run(redis_store *s, int which, const spi_replay_ctx *ctx,
+               int nextra, const char **extra, const size_t *extra_lens,
+               redisReply **out, char *err, size_t cap) {
+  *out = NULL;
+  enum { NCOMMON = 5 };
+  const char *argv[3 + NKEYS + NCOMMON + 8];
+  size_t lens[3 + NKEYS + NCOMMON + 8];
+  char now[24], maxatt[24], maxdead[24], maxdone[24];
+  snprintf(now, sizeof now, "%lld", (long long)(ctx->now_ns / 1000000));
+  snprintf(maxatt, sizeof maxatt, "%u", ctx->max_attempts);
+  snprintf(maxdead, sizeof maxdead, "%lld", (long long)ctx->max_dead);
+  snprintf(maxdone, sizeof maxdone, "%lld", (long long)ctx->max_acked_keys);
+  const char *common[NCOMMON] = {now, maxatt, s->cfg.group, maxdead, maxdone};
+  for (int attempt = 0; attempt < 2; attempt++) {
+    int rc = setup(s, err, cap);
+    if (rc != SPI_OK) return rc;
+    int n = 0;
+    argv[n++] = "EVALSHA";
+    argv[n++] = s->sha[which];
+    argv[n++] = "10";
+    for (int i = 0; i < NKEYS; i++) argv[n++] = s->keys[i];
+    for (int i = 0; i < NCOMMON; i++) argv[n++] = common[i];
+    for (int i = 0; i < n; i++) lens[i] = strlen(argv[i]);
+    for (int i = 0; i < nextra; i++, n++) {
+      argv[n] = extra[i];
+      lens[n] = extra_lens ? extra_lens[i] : strlen(extra[i]);
+    }
+    redisReply *r = NULL;
+    rc = command(s, n, argv, lens, &r, err, cap);
+    if (rc != SPI_OK) return rc;
+    s->calls++;
+    if (r->type == REDIS_REPLY_ARRAY && r->elements >= 1 &&
+        r->element[0]->type == REDIS_REPLY_INTEGER) {
+      s->expired += (uint64_t)r->element[0]->integer;
+      *out = r;
+      return SPI_OK;
+    }
+    /* Scripts or groups gone (a server restarted without its data, or
+     * flushed): set up again once. */
+    int again = r->type == REDIS_REPLY_ERROR &&
+                (strncmp(r->str, "NOSCRIPT", 8) == 0 ||
+                 strstr(r->str, "NOGROUP") != NULL);
+    if (!again || attempt == 1) {
+      rc = rfail(err, cap, SPI_EMODULE, "redis: %s script: %.200s",
+                 SCRIPT_NAMES[which],
+                 r->type == REDIS_REPLY_ERROR ? r->str : "unexpected reply");
+      freeReplyObject(r);
+      return rc;
+    }
+    freeReplyObject(r);
+    s->setup_for = 0;
+  }
+  return SPI_EMODULE; /* not reached */
+}
+
+static long long int_at(const redisReply *r, size_t i) {
+  return i < r->elements && r->element[i]->type == REDIS_REPLY_INTEGER
+             ? r->element[i]->integer
+             : -1;
+}
+
+/* ------------------------------------------------------------ callbacks */
+
+static int64_t ceil_ms(int64_t ns) { return ns <= 0 ? 0 : (ns + 999999) / 1000000; }
+
+static int r_enqueue(void *state, void *inst, const spi_replay_ctx *ctx,
+                     const spi_envelope *env, int32_t *duplicate, char *err,
+                     size_t cap) {
+  (void)state;
+  redis_store *s = inst;
+  size_t blen = 0;
+  uint8_t *blob = env_encode(env, &blen);
+  if (!blob) return rfail(err, cap, SPI_ENOMEM, "redis: out of memory");
+  char lane[8], att[16], dl[24], maxb[24];
+  snprintf(lane, sizeof lane, "%d", (int)env->klass);
+  snprintf(att, sizeof att, "%u", env->attempts);
+  snprintf(dl, sizeof dl, "%lld", (long long)ceil_ms(env->deadline_ns));
+  snprintf(maxb, sizeof maxb, "%lld", (long long)ctx->max_bytes);
+  const char *x[] = {env->key, lane, att, dl, (const char *)blob, maxb};
+  size_t xl[] = {env->key_len, strlen(lane), strlen(att), strlen(dl), blen,
+                 strlen(maxb)};
+  redisReply *r = NULL;
+  pthread_mutex_lock(&s->mu);
+  int rc = run(s, S_ENQUEUE, ctx, 6, x, xl, &r, err, cap);
+  pthread_mutex_unlock(&s->mu);
+  free(blob);
+  if (rc != SPI_OK) return rc;
+  long long st = int_at(r, 1);
+  if (st == 2)
+    rc = rfail(err, cap, SPI_EFULL,
+               "the queue holds %lld bytes; replay.max_bytes is %lld",
+               int_at(r, 2), (long long)ctx->max_bytes);
+  else if (st != 0 && st != 1)
+    rc = rfail(err, cap, SPI_EMODULE, "redis: enqueue: unexpected reply");
+  else
+    *duplicate = st == 1;
+  freeReplyObject(r);
+  return rc;
+}
+
+/* Hand the claimed entry of reply r to fn; the claim id on success. */
+static int hand_claim(redis_store *s, const redisReply *r,
+                      spi_replay_envelope_fn fn, void *fn_data,
+                      uint64_t *claim_id, char *err, size_t cap) {
+  const redisReply *id = r->element[2], *k = r->element[3], *a = r->element[4],
+                   *e = r->element[5];
+  if (id->type != REDIS_REPLY_STRING || k->type != REDIS_REPLY_STRING ||
+      a->type != REDIS_REPLY_STRING || e->type != REDIS_REPLY_STRING ||
+      id->len >= sizeof(((held_claim *)0)->sid) || k->len == 0 || k->len > 128)
+    return rfail(err, cap, SPI_EMODULE, "redis: claim: malformed entry");
+  spi_envelope env;
+  memset(&env, 0, sizeof env);
+  env.struct_size = sizeof env;
+  uint32_t *toks = NULL;
+  int rc = env_decode((const uint8_t *)e->str, e->len, &env, &toks);
+  if (rc != SPI_OK)
+    return rfail(err, cap, rc, "redis: claim: entry %.*s of %.*s is not an "
+                 "envelope", (int)id->len, id->str, (int)k->len, k->str);
+  env.key = k->str;
+  env.key_len = k->len;
+  env.attempts = (uint32_t)strtoul(a->str, NULL, 10);
+  held_claim *c = calloc(1, sizeof *c);
+  if (!c) {
+    free(toks);
+    return rfail(err, cap, SPI_ENOMEM, "redis: out of memory");
+  }
+  c->lane = (int)int_at(r, 1);
+  memcpy(c->sid, id->str, id->len);
+  rc = fn(fn_data, &env);
+  free(toks);
+  /* Kept whatever fn said: the lease is ours until acked or expired. */
+  pthread_mutex_lock(&s->mu);
+  c->id = s->next_id++;
+  claim_put(s, c);
+  pthread_mutex_unlock(&s->mu);
+  *claim_id = c->id;
+  if (rc != SPI_OK)
+    return rfail(err, cap, rc, "claim: the envelope could not be taken");
+  return SPI_OK;
+}
+
+static int r_claim(void *state, void *inst, const spi_replay_ctx *ctx,
+                   uint32_t class_mask, spi_replay_envelope_fn fn,
+                   void *fn_data, uint64_t *claim_id, char *err, size_t cap) {
+  (void)state;
+  redis_store *s = inst;
+  *claim_id = 0;
+  char until[24], mask[16];
+  snprintf(until, sizeof until, "%lld",
+           (long long)(ctx->now_ns / 1000000 + ctx->lease_ms));
+  snprintf(mask, sizeof mask, "%u", class_mask);
+  const char *x[] = {s->cfg.consumer, until, mask};
+  redisReply *r = NULL;
+  pthread_mutex_lock(&s->mu);
+  int rc = run(s, S_CLAIM, ctx, 3, x, NULL, &r, err, cap);
+  pthread_mutex_unlock(&s->mu);
+  if (rc != SPI_OK) return rc;
+  if (r->elements >= 6)
+    rc = hand_claim(s, r, fn, fn_data, claim_id, err, cap);
+  else if (r->elements != 1)
+    rc = rfail(err, cap, SPI_EMODULE, "redis: claim: unexpected reply");
+  freeReplyObject(r);
+  return rc;
+}
+
+/* Ack (what 0), retry (1) or dead-letter (2) a held claim. */
+static int settle(redis_store *s, const spi_replay_ctx *ctx, uint64_t id,
+                  int what, uint32_t attempts, int64_t visible_ns, char *err,
+                  size_t cap) {
+  pthread_mutex_lock(&s->mu);
+  held_claim *c = claim_take(s, id);
+  if (!c) {
+    pthread_mutex_unlock(&s->mu);
+    return rfail(err, cap, SPI_ESTALE, "claim %llu is not held here",
+                 (unsigned long long)id);
+  }
+  char lane[8], w[4], att[16], vis[24];
+  snprintf(lane, sizeof lane, "%d", c->lane);
+  snprintf(w, sizeof w, "%d", what);
+  snprintf(att, sizeof att, "%u", attempts);
+  snprintf(vis, sizeof vis, "%lld", (long long)ceil_ms(visible_ns));
+  const char *x[] = {lane, c->sid, w, att, vis};
+  redisReply *r = NULL;
+  int rc = run(s, S_SETTLE, ctx, 5, x, NULL, &r, err, cap);
+  if (rc == SPI_EIO)
+    claim_put(s, c); /* may still be held: the caller may try again */
+  else
+    free(c);
+  pthread_mutex_unlock(&s->mu);
+  if (rc != SPI_OK) return rc;
+  long long st = int_at(r, 1);
+  freeReplyObject(r);
+  if (st == 1)
+    return rfail(err, cap, SPI_ESTALE,
+                 "claim %llu: the lease ended (another consumer may hold it)",
+                 (unsigned long long)id);
+  return st == 0 ? SPI_OK
+                 : rfail(err, cap, SPI_EMODULE, "redis: unexpected reply");
+}
+
+static int r_ack(void *state, void *inst, const spi_replay_ctx *ctx,
+                 uint64_t claim_id, char *err, size_t cap) {
+  (void)state;
+  return settle(inst, ctx, claim_id, 0, 0, 0, err, cap);
+}
+
+static int r_nack(void *state, void *inst, const spi_replay_ctx *ctx,
+                  uint64_t claim_id, uint32_t attempts, int64_t visible_ns,
+                  int32_t dead, char *err, size_t cap) {
+  (void)state;
+  return settle(inst, ctx, claim_id, dead ? 2 : 1, attempts, visible_ns, err,
+                cap);
+}
+
+static int r_queue_stats(void *state, void *inst, const spi_replay_ctx *ctx,
+                         spi_replay_stats *out, char *err, size_t cap) {
+  (void)state;
+  redis_store *s = inst;
+  redisReply *r = NULL;
+  pthread_mutex_lock(&s->mu);
+  int rc = run(s, S_STATS, ctx, 0, NULL, NULL, &r, err, cap);
+  uint64_t expired = s->expired;
+  pthread_mutex_unlock(&s->mu);
+  if (rc != SPI_OK) return rc;
+  if (r->elements < 8) {
+    freeReplyObject(r);
+    return rfail(err, cap, SPI_EMODULE, "redis: stats: unexpected reply");
+  }
+  for (int c = 1; c <= 3; c++) out->ready[c] = (uint64_t)int_at(r, (size_t)c);
+  out->leased = (uint64_t)int_at(r, 4);
+  out->delayed = (uint64_t)int_at(r, 5);
+  out->dead = (uint64_t)int_at(r, 6);
+  out->journal_bytes = (uint64_t)int_at(r, 7);
+  out->expired_leases = expired;
+  freeReplyObject(r);
+  return SPI_OK;
+}
+
+static int r_tick(void *state, void *inst, const spi_replay_ctx *ctx,
+                  char *err, size_t cap) {
+  (void)state;
+  redis_store *s = inst;
+  redisReply *r = NULL;
+  pthread_mutex_lock(&s->mu);
+  int rc = run(s, S_TICK, ctx, 0, NULL, NULL, &r, err, cap);
+  pthread_mutex_unlock(&s->mu);
+  freeReplyObject(r);
+  return rc;
+}
+
+static int r_stats(void *state, void *inst, spi_replay_store_stats *out) {
+  (void)state;
+  redis_store *s = inst;
+  pthread_mutex_lock(&s->mu);
+  out->appended = s->calls;
+  pthread_mutex_unlock(&s->mu);
+  return SPI_OK;
+}
+
+/* ------------------------------------------------------ open and close */
+
+static void r_release(void *state, void *inst) {
+  (void)state;
+  redis_store *s = inst;
+  if (!s) return;
+  spr_conn_free(s->conn);
+  for (size_t i = 0; s->tab && i <= s->mask; i++)
+    for (held_claim *c = s->tab[i], *n; c; c = n) {
+      n = c->next;
+      free(c);
+    }
+  free(s->tab);
+  pthread_mutex_destroy(&s->mu);
+  free(s);
+}
+
+static int r_configure(void *state, const char *json, size_t len,
+                       void **out, char *err, size_t cap) {
+  (void)state;
+  *out = NULL;
+  redis_store *s = calloc(1, sizeof *s);
+  if (!s) return rfail(err, cap, SPI_ENOMEM, "redis: out of memory");
+  s->mask = 255;
+  s->tab = calloc(s->mask + 1, sizeof *s->tab);
+  if (!s->tab || pthread_mutex_init(&s->mu, NULL) != 0) {
+    free(s->tab);
+    free(s);
+    return rfail(err, cap, SPI_ENOMEM, "redis: out of memory");
+  }
+  int rc = spr_config_parse(json, len, "replay.store_config", NULL, &s->cfg,
+                            err, cap);
+  for (int i = 0; rc == SPI_OK && i < NKEYS; i++)
+    snprintf(s->keys[i], sizeof s->keys[i], "%s%s", s->cfg.key_prefix,
+             KEY_NAMES[i]);
+  if (rc == SPI_OK) rc = spr_conn_new(&s->cfg, &s->conn, err, cap);
+  /* Claim ids from the clock: a reopened queue does not reuse old ones. */
+  s->next_id = ((uint64_t)spr_now_ms() << 16) | 1;
+  /* A server that refuses (AUTH, SELECT) or a broken setup fails the open;
+   * one that cannot be reached now is tried again by every call. */
+  if (rc == SPI_OK) {
+    rc = setup(s, err, cap);
+    if (rc == SPI_EIO) rc = SPI_OK;
+  }
+  if (rc != SPI_OK) {
+    r_release(NULL, s);
+    return rc;
+  }
+  err[0] = '\0';
+  *out = s;
+  return SPI_OK;
+}
+
+int spr_store_fill(void *module, void **state, spi_module_destroy_fn *destroy) {
+  spi_replay_store_module *m = module;
+  m->abi_version = SPI_MODULE_ABI_VERSION;
+  m->struct_size = sizeof *m;
+  m->on_failure = SPI_ON_FAILURE_ERROR;
+  m->configure = r_configure;
+  m->release = r_release;
+  m->stats = r_stats;
+  m->enqueue = r_enqueue;
+  m->claim = r_claim;
+  m->ack = r_ack;
+  m->nack = r_nack;
+  m->queue_stats = r_queue_stats;
+  m->tick = r_tick;
+  *state = NULL;
+  *destroy = NULL;
+  return SPI_OK;
+}
