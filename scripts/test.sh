@@ -45,6 +45,12 @@
 #             (scripts/setup-litellm-deps.sh) against examples/fakellm
 #             backends: tests/litellm with pytest, then the Router with and
 #             without the strategy (tests/litellm/bench.py --smoke)
+#   nginx     scripts/setup-nginx-deps.sh, then the nginx module
+#             (bindings/nginx) built against Debian's nginx-dev and loaded
+#             by its nginx with fakellm backends: tests/nginx/run.sh (nginx
+#             -t errors, affinity, streams, 400/429/503, pushed notices in
+#             every worker, fallbacks, metrics through tests/promlint, one
+#             worker under valgrind), then tests/nginx/bench.sh --smoke
 #   fuzz      clang-14 libFuzzer build in build-fuzz/; each target runs for
 #             SPI_FUZZ_SECONDS (default 20) over a copy of its corpus
 #
@@ -458,6 +464,19 @@ stage_litellm() {
   "$venv/bin/python" "$root/tests/litellm/bench.py" --smoke
 }
 
+# The nginx module against Debian's nginx, built against the installed
+# library the way a user builds it.
+stage_nginx() {
+  local libdir
+  bash "$root/scripts/setup-nginx-deps.sh"
+  libdir=$(installed_libdir)
+  export PKG_CONFIG_PATH="$libdir/pkgconfig${PKG_CONFIG_PATH:+:$PKG_CONFIG_PATH}"
+  export LD_LIBRARY_PATH="$libdir${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+  bash "$root/tests/nginx/run.sh"
+  note "nginx with the module vs its round robin, short (tests/nginx/bench.sh --smoke)"
+  bash "$root/tests/nginx/bench.sh" --smoke
+}
+
 fuzz_toolchain_ok() {
   command -v clang-14 >/dev/null 2>&1 || return 1
   local probe
@@ -593,6 +612,14 @@ elif ! command -v go >/dev/null 2>&1; then
   fail_stage litellm "no go toolchain"
 else
   run_stage litellm "LiteLLM routing strategy with the real litellm (build/venv-litellm)" stage_litellm
+fi
+
+if [[ $install_ok != yes ]]; then
+  fail_stage nginx "no installed library (install stage failed)"
+elif ! command -v go >/dev/null 2>&1; then
+  fail_stage nginx "no go toolchain"
+else
+  run_stage nginx "nginx module in Debian's nginx, fakellm backends, valgrind" stage_nginx
 fi
 
 if fuzz_toolchain_ok; then

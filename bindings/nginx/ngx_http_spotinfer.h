@@ -1,0 +1,175 @@
+/*
+ * ngx_http_spotinfer: libspotinfer inside nginx.
+ *
+ * One engine per upstream per worker process, configured from the
+ * library's JSON file named by the "spotinfer" directive; the replicas are
+ * the upstream's servers, described by "spotinfer_replica" lines. Pushed
+ * interruption notices go through a shared memory ring that every worker
+ * reads before it routes, so a notice stops new requests in all workers.
+ */
+
+#ifndef _NGX_HTTP_SPOTINFER_H_INCLUDED_
+#define _NGX_HTTP_SPOTINFER_H_INCLUDED_
+
+
+#include <ngx_config.h>
+#include <ngx_core.h>
+#include <ngx_http.h>
+
+#include <spotinfer/spotinfer.h>
+
+
+#define NGX_HTTP_SPI_NOTICE_RING    64
+#define NGX_HTTP_SPI_SCRAPE_MAX     (4 * 1024 * 1024)
+#define NGX_HTTP_SPI_SCRAPE_TIMEOUT 2000
+#define NGX_HTTP_SPI_TICK           100
+
+
+typedef struct ngx_http_spi_upstream_s  ngx_http_spi_upstream_t;
+
+
+/* One backend's /metrics read, per worker. */
+typedef struct {
+    ngx_http_spi_upstream_t        *up;
+    ngx_uint_t                      index;     /* in up->replicas */
+    ngx_peer_connection_t           pc;
+    u_char                         *buf;
+    size_t                          cap;
+    size_t                          len;
+    size_t                          sent;
+    ngx_str_t                       request;
+    unsigned                        busy:1;
+    unsigned                        failing:1;
+} ngx_http_spi_scrape_t;
+
+
+typedef struct {
+    ngx_str_t                       server;    /* as in "server" */
+    ngx_str_t                       id;
+    ngx_str_t                       zone;
+    ngx_str_t                       instance_type;
+    ngx_str_t                       models;
+    ngx_str_t                       node;
+    ngx_int_t                       pool;      /* SPI_POOL_* */
+    double                          price;
+    double                          decode_tps;
+    ngx_uint_t                      max_inflight;
+
+    /* from the upstream's server, set when the upstream is initialised */
+    struct sockaddr                *sockaddr;
+    socklen_t                       socklen;
+    ngx_str_t                       name;
+    ngx_uint_t                      found;
+
+    ngx_http_spi_scrape_t           scrape;    /* per worker */
+} ngx_http_spi_replica_t;
+
+
+/* The shared ring of pushed notices; seq counts every notice written. */
+typedef struct {
+    ngx_atomic_t                    seq;
+    spi_notice                      ring[NGX_HTTP_SPI_NOTICE_RING];
+} ngx_http_spi_shm_t;
+
+
+struct ngx_http_spi_upstream_s {
+    ngx_str_t                       name;
+    ngx_str_t                       config_path;
+    ngx_str_t                       config_json;
+    ngx_msec_t                      scrape_interval;
+    ngx_array_t                     replicas;  /* ngx_http_spi_replica_t */
+    ngx_http_upstream_srv_conf_t   *uscf;
+    ngx_shm_zone_t                 *shm_zone;
+    ngx_http_spi_shm_t             *shm;
+    ngx_slab_pool_t                *shpool;
+    unsigned                        defined:1;
+    u_char                         *conf_file;
+    ngx_uint_t                      conf_line;
+
+    /* per worker */
+    spi_engine                     *engine;
+    spi_request                    *req;
+    ngx_atomic_uint_t               seen_seq;
+    ngx_event_t                     timer;
+    ngx_msec_t                      last_scrape;
+    ngx_log_t                      *log;
+};
+
+
+typedef struct {
+    ngx_array_t                     upstreams; /* ngx_http_spi_upstream_t * */
+} ngx_http_spi_main_conf_t;
+
+
+typedef struct {
+    ngx_http_spi_upstream_t        *up;
+} ngx_http_spi_srv_conf_t;
+
+
+typedef struct {
+    ngx_http_spi_upstream_t        *route;
+    ngx_int_t                       kind;      /* SPI_OPENAI_* */
+    ngx_http_spi_upstream_t        *metrics;
+    ngx_http_spi_upstream_t        *notice;
+} ngx_http_spi_loc_conf_t;
+
+
+/* One request's routing, from the decision to the log phase. */
+typedef struct {
+    ngx_http_spi_upstream_t        *up;
+    uint64_t                        ticket;
+    ngx_uint_t                      targets[1 + SPI_MAX_FALLBACKS];
+    ngx_uint_t                      ntargets;
+    ngx_uint_t                      next;
+    int64_t                         routed_us;     /* monotonic */
+    int64_t                         first_byte_us;
+    uint64_t                        events;
+    ngx_uint_t                      sse_state;
+    ngx_int_t                       phase_rc;
+    unsigned                        routed:1;
+    unsigned                        stream:1;
+    unsigned                        body_seen:1;
+    unsigned                        counting:1;
+} ngx_http_spi_ctx_t;
+
+
+extern ngx_module_t  ngx_http_spotinfer_module;
+
+
+/* ngx_http_spotinfer_conf.c */
+ngx_http_spi_upstream_t *ngx_http_spi_upstream_get(ngx_conf_t *cf,
+    ngx_str_t *name);
+ngx_int_t ngx_http_spi_engine_open(ngx_http_spi_upstream_t *up,
+    ngx_log_t *log);
+void ngx_http_spi_engine_close(ngx_http_spi_upstream_t *up);
+
+/* ngx_http_spotinfer_route.c */
+ngx_int_t ngx_http_spi_route_handler(ngx_http_request_t *r);
+ngx_int_t ngx_http_spi_send_error(ngx_http_request_t *r, ngx_uint_t status,
+    const char *type, ngx_str_t *msg, ngx_uint_t retry_after);
+ngx_int_t ngx_http_spi_read_body(ngx_http_request_t *r, ngx_str_t *out);
+
+/* ngx_http_spotinfer_peer.c */
+ngx_int_t ngx_http_spi_init_upstream(ngx_conf_t *cf,
+    ngx_http_upstream_srv_conf_t *us);
+ngx_int_t ngx_http_spi_log_handler(ngx_http_request_t *r);
+ngx_int_t ngx_http_spi_body_filter_init(ngx_conf_t *cf);
+void ngx_http_spi_ticket_mark(ngx_http_spi_ctx_t *ctx);
+void ngx_http_spi_ticket_end(ngx_http_spi_ctx_t *ctx, ngx_int_t status,
+    ngx_uint_t http_status);
+void ngx_http_spi_ticket_cleanup(void *data);
+
+/* ngx_http_spotinfer_scrape.c */
+void ngx_http_spi_scrape_start(ngx_http_spi_replica_t *rep);
+void ngx_http_spi_scrape_stop(ngx_http_spi_replica_t *rep);
+
+/* ngx_http_spotinfer_notice.c */
+ngx_int_t ngx_http_spi_shm_init(ngx_shm_zone_t *zone, void *data);
+void ngx_http_spi_notice_sync(ngx_http_spi_upstream_t *up);
+ngx_int_t ngx_http_spi_notice_handler(ngx_http_request_t *r);
+ngx_int_t ngx_http_spi_metrics_handler(ngx_http_request_t *r);
+ngx_int_t ngx_http_spi_send_text(ngx_http_request_t *r, ngx_uint_t status,
+    const char *type, ngx_str_t *text);
+
+
+#endif /* _NGX_HTTP_SPOTINFER_H_INCLUDED_ */

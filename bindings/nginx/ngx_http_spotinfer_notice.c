@@ -1,0 +1,360 @@
+/*
+ * ngx_http_spotinfer: pushed interruption notices and the metrics text.
+ *
+ * A node poller (the way node-termination handlers do) POSTs the body the
+ * cloud served to a location with "spotinfer_notice", naming its format
+ * and machine in the query: ?format=aws_instance_action&node=i-0a1b2c3d.
+ * The worker that takes it parses it, appends each notice to the shared
+ * ring and hands it to its own engine at once; every other worker reads
+ * the ring before its next routing decision (and on its 100 ms tick), so
+ * no worker routes to the machine once the POST has been answered.
+ */
+
+#include "ngx_http_spotinfer.h"
+
+
+#define NGX_HTTP_SPI_PARSE_MAX  16
+#define NGX_HTTP_SPI_PLANS      64
+
+
+static void ngx_http_spi_notice_body(ngx_http_request_t *r);
+
+
+static const struct {
+    const char  *name;
+    int32_t      format;
+} ngx_http_spi_formats[] = {
+    { "aws_instance_action", SPI_NOTICE_AWS_INSTANCE_ACTION },
+    { "aws_rebalance", SPI_NOTICE_AWS_REBALANCE },
+    { "aws_scheduled", SPI_NOTICE_AWS_SCHEDULED },
+    { "aws_eventbridge", SPI_NOTICE_AWS_EVENTBRIDGE },
+    { "gcp_preempted", SPI_NOTICE_GCP_PREEMPTED },
+    { "gcp_maintenance", SPI_NOTICE_GCP_MAINTENANCE },
+    { "azure_scheduled", SPI_NOTICE_AZURE_SCHEDULED }
+};
+
+
+ngx_int_t
+ngx_http_spi_shm_init(ngx_shm_zone_t *zone, void *data)
+{
+    ngx_http_spi_upstream_t  *up = zone->data;
+    ngx_http_spi_upstream_t  *old = data;
+
+    if (old != NULL) {
+        up->shpool = old->shpool;
+        up->shm = old->shm;
+        return NGX_OK;
+    }
+
+    up->shpool = (ngx_slab_pool_t *) zone->shm.addr;
+
+    if (zone->shm.exists) {
+        up->shm = up->shpool->data;
+        return NGX_OK;
+    }
+
+    up->shm = ngx_slab_calloc(up->shpool, sizeof(ngx_http_spi_shm_t));
+    if (up->shm == NULL) {
+        return NGX_ERROR;
+    }
+
+    up->shpool->data = up->shm;
+
+    return NGX_OK;
+}
+
+
+static void
+ngx_http_spi_notice_apply(ngx_http_spi_upstream_t *up, spi_notice *n)
+{
+    int               st;
+    size_t            nplans;
+    spi_ticket_plan   plans[NGX_HTTP_SPI_PLANS];
+
+    plans[0].struct_size = sizeof(spi_ticket_plan);
+    nplans = 0;
+
+    st = spi_engine_notice(up->engine, n, plans, NGX_HTTP_SPI_PLANS, &nplans);
+
+    if (st != SPI_OK && st != SPI_EBUFSIZE) {
+        ngx_log_error(NGX_LOG_ERR, up->log, 0,
+                      "spotinfer: notice for \"%s\": %s", n->node,
+                      spi_engine_errmsg(up->engine));
+        return;
+    }
+
+    ngx_log_error(NGX_LOG_INFO, up->log, 0,
+                  "spotinfer: notice \"%s\" for machine \"%s\": %uz open "
+                  "requests on it finish where they are", n->dedup_key,
+                  n->node, nplans);
+}
+
+
+/* Notices other workers wrote since this one last looked. */
+void
+ngx_http_spi_notice_sync(ngx_http_spi_upstream_t *up)
+{
+    ngx_uint_t         i, n;
+    ngx_atomic_uint_t  seq, from;
+
+    static spi_notice  copy[NGX_HTTP_SPI_NOTICE_RING];
+
+    if (up->shm == NULL || up->engine == NULL) {
+        return;
+    }
+
+    seq = up->shm->seq;
+    if (seq == up->seen_seq) {
+        return;
+    }
+
+    ngx_shmtx_lock(&up->shpool->mutex);
+
+    seq = up->shm->seq;
+    from = up->seen_seq;
+
+    if (seq - from > NGX_HTTP_SPI_NOTICE_RING) {
+        from = seq - NGX_HTTP_SPI_NOTICE_RING;
+    }
+
+    for (n = 0; from + n < seq; n++) {
+        copy[n] = up->shm->ring[(from + n) % NGX_HTTP_SPI_NOTICE_RING];
+    }
+
+    ngx_shmtx_unlock(&up->shpool->mutex);
+
+    up->seen_seq = seq;
+
+    for (i = 0; i < n; i++) {
+        ngx_http_spi_notice_apply(up, &copy[i]);
+    }
+}
+
+
+static void
+ngx_http_spi_notice_publish(ngx_http_spi_upstream_t *up, spi_notice *n,
+    size_t count)
+{
+    size_t             i;
+    ngx_atomic_uint_t  seq;
+
+    ngx_shmtx_lock(&up->shpool->mutex);
+
+    seq = up->shm->seq;
+
+    for (i = 0; i < count; i++) {
+        up->shm->ring[seq % NGX_HTTP_SPI_NOTICE_RING] = n[i];
+        seq++;
+    }
+
+    up->shm->seq = seq;
+
+    ngx_shmtx_unlock(&up->shpool->mutex);
+}
+
+
+ngx_int_t
+ngx_http_spi_notice_handler(ngx_http_request_t *r)
+{
+    ngx_int_t  rc;
+
+    if (r->method != NGX_HTTP_POST) {
+        return NGX_HTTP_NOT_ALLOWED;
+    }
+
+    rc = ngx_http_read_client_request_body(r, ngx_http_spi_notice_body);
+    if (rc >= NGX_HTTP_SPECIAL_RESPONSE) {
+        return rc;
+    }
+
+    return NGX_DONE;
+}
+
+
+static ngx_int_t
+ngx_http_spi_notice_format(ngx_http_request_t *r, int32_t *format)
+{
+    ngx_str_t   v;
+    ngx_uint_t  i;
+
+    if (ngx_http_arg(r, (u_char *) "format", 6, &v) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
+    for (i = 0; i < sizeof(ngx_http_spi_formats)
+                    / sizeof(ngx_http_spi_formats[0]); i++)
+    {
+        if (v.len == ngx_strlen(ngx_http_spi_formats[i].name)
+            && ngx_strncmp(v.data, ngx_http_spi_formats[i].name, v.len) == 0)
+        {
+            *format = ngx_http_spi_formats[i].format;
+            return NGX_OK;
+        }
+    }
+
+    return NGX_ERROR;
+}
+
+
+static int64_t
+ngx_http_spi_wall_ns(void)
+{
+    struct timespec  ts;
+
+    (void) clock_gettime(CLOCK_REALTIME, &ts);
+
+    return (int64_t) ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+
+static ngx_int_t
+ngx_http_spi_notice_take(ngx_http_request_t *r)
+{
+    int                       st;
+    size_t                    n;
+    u_char                    errbuf[256], out[64];
+    int32_t                   format;
+    ngx_int_t                 status;
+    ngx_str_t                 body, node, v, msg;
+    spi_notice                notices[NGX_HTTP_SPI_PARSE_MAX];
+    ngx_http_spi_loc_conf_t  *lcf;
+
+    lcf = ngx_http_get_module_loc_conf(r, ngx_http_spotinfer_module);
+
+    if (lcf->notice->engine == NULL || lcf->notice->shm == NULL
+        || ngx_http_spi_read_body(r, &body) != NGX_OK)
+    {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    if (ngx_http_spi_notice_format(r, &format) != NGX_OK) {
+        ngx_str_set(&msg, "format: one of aws_instance_action, aws_rebalance, "
+                    "aws_scheduled, aws_eventbridge, gcp_preempted, "
+                    "gcp_maintenance, azure_scheduled");
+        return ngx_http_spi_send_error(r, NGX_HTTP_BAD_REQUEST,
+                                       "invalid_request_error", &msg, 0);
+    }
+
+    if (ngx_http_arg(r, (u_char *) "node", 4, &node) != NGX_OK) {
+        ngx_str_null(&node);
+    }
+
+    status = 200;
+    if (ngx_http_arg(r, (u_char *) "status", 6, &v) == NGX_OK) {
+        status = ngx_atoi(v.data, v.len);
+    }
+
+    ngx_memzero(notices, sizeof(notices));
+    st = spi_notice_parse(format, status == NGX_ERROR ? -1 : (int32_t) status,
+                          (const char *) body.data, body.len,
+                          (const char *) node.data, node.len,
+                          ngx_http_spi_wall_ns(), notices,
+                          NGX_HTTP_SPI_PARSE_MAX, &n, (char *) errbuf,
+                          sizeof(errbuf));
+    if (st != SPI_OK) {
+        msg.data = errbuf;
+        msg.len = ngx_strlen(errbuf);
+        return ngx_http_spi_send_error(r, NGX_HTTP_BAD_REQUEST,
+                                       "invalid_request_error", &msg, 0);
+    }
+
+    ngx_http_spi_notice_publish(lcf->notice, notices, n);
+    ngx_http_spi_notice_sync(lcf->notice);
+
+    msg.data = out;
+    msg.len = ngx_sprintf(out, "{\"notices\":%uz}\n", n) - out;
+
+    return ngx_http_spi_send_text(r, NGX_HTTP_OK, "application/json", &msg);
+}
+
+
+static void
+ngx_http_spi_notice_body(ngx_http_request_t *r)
+{
+    ngx_http_finalize_request(r, ngx_http_spi_notice_take(r));
+}
+
+
+ngx_int_t
+ngx_http_spi_send_text(ngx_http_request_t *r, ngx_uint_t status,
+    const char *type, ngx_str_t *text)
+{
+    ngx_int_t     rc;
+    ngx_buf_t    *b;
+    ngx_chain_t   out;
+
+    b = ngx_calloc_buf(r->pool);
+    if (b == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    b->pos = text->data;
+    b->last = text->data + text->len;
+    b->memory = 1;
+    b->last_buf = (r == r->main) ? 1 : 0;
+    b->last_in_chain = 1;
+
+    r->headers_out.status = status;
+    r->headers_out.content_length_n = text->len;
+    r->headers_out.content_type.data = (u_char *) type;
+    r->headers_out.content_type.len = ngx_strlen(type);
+    r->headers_out.content_type_len = r->headers_out.content_type.len;
+
+    rc = ngx_http_send_header(r);
+    if (rc == NGX_ERROR || rc > NGX_OK || r->header_only) {
+        return rc;
+    }
+
+    out.buf = b;
+    out.next = NULL;
+
+    return ngx_http_output_filter(r, &out);
+}
+
+
+ngx_int_t
+ngx_http_spi_metrics_handler(ngx_http_request_t *r)
+{
+    size_t                    needed;
+    ngx_int_t                 rc;
+    ngx_str_t                 text;
+    ngx_http_spi_loc_conf_t  *lcf;
+
+    if (!(r->method & (NGX_HTTP_GET|NGX_HTTP_HEAD))) {
+        return NGX_HTTP_NOT_ALLOWED;
+    }
+
+    rc = ngx_http_discard_request_body(r);
+    if (rc != NGX_OK) {
+        return rc;
+    }
+
+    lcf = ngx_http_get_module_loc_conf(r, ngx_http_spotinfer_module);
+
+    if (lcf->metrics->engine == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    ngx_http_spi_notice_sync(lcf->metrics);
+
+    needed = 0;
+    (void) spi_engine_metrics(lcf->metrics->engine, NULL, 0, &needed);
+
+    text.data = ngx_pnalloc(r->pool, needed + 1);
+    if (text.data == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    if (spi_engine_metrics(lcf->metrics->engine, (char *) text.data,
+                           needed + 1, &needed)
+        != SPI_OK)
+    {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    text.len = needed;
+
+    return ngx_http_spi_send_text(r, NGX_HTTP_OK,
+                                  "text/plain; version=0.0.4; charset=utf-8",
+                                  &text);
+}

@@ -1,0 +1,401 @@
+/*
+ * ngx_http_spotinfer: the balancer (the replica the library chose, then
+ * its fallbacks, which is what proxy_next_upstream tries next), the body
+ * filter that sees the first byte and counts streamed events, and the log
+ * phase that finishes the ticket.
+ */
+
+#include "ngx_http_spotinfer.h"
+
+
+static ngx_int_t ngx_http_spi_init_peer(ngx_http_request_t *r,
+    ngx_http_upstream_srv_conf_t *us);
+static ngx_int_t ngx_http_spi_get_peer(ngx_peer_connection_t *pc,
+    void *data);
+static void ngx_http_spi_free_peer(ngx_peer_connection_t *pc, void *data,
+    ngx_uint_t state);
+static ngx_int_t ngx_http_spi_body_filter(ngx_http_request_t *r,
+    ngx_chain_t *in);
+
+
+static ngx_http_output_body_filter_pt  ngx_http_next_body_filter;
+
+
+static ngx_int_t
+ngx_http_spi_match_server(ngx_conf_t *cf, ngx_http_spi_upstream_t *up,
+    ngx_http_upstream_server_t *server)
+{
+    ngx_uint_t               j;
+    ngx_http_spi_replica_t  *rep;
+
+    rep = up->replicas.elts;
+
+    for (j = 0; j < up->replicas.nelts; j++) {
+        if (rep[j].server.len == server->name.len
+            && ngx_strncmp(rep[j].server.data, server->name.data,
+                           server->name.len) == 0)
+        {
+            break;
+        }
+    }
+
+    if (j == up->replicas.nelts) {
+        ngx_log_error(NGX_LOG_EMERG, cf->log, 0,
+                      "spotinfer: upstream \"%V\": server \"%V\" has no "
+                      "spotinfer_replica line (pool, zone, price)",
+                      &up->name, &server->name);
+        return NGX_ERROR;
+    }
+
+    if (server->backup || server->naddrs != 1 || rep[j].found) {
+        ngx_log_error(NGX_LOG_EMERG, cf->log, 0,
+                      "spotinfer: upstream \"%V\": server \"%V\" must be "
+                      "one address, listed once and not a backup (the "
+                      "library's fallbacks are the backups)",
+                      &up->name, &server->name);
+        return NGX_ERROR;
+    }
+
+    rep[j].sockaddr = server->addrs[0].sockaddr;
+    rep[j].socklen = server->addrs[0].socklen;
+    rep[j].name = server->addrs[0].name;
+    rep[j].found = 1;
+
+    return NGX_OK;
+}
+
+
+static ngx_int_t
+ngx_http_spi_check_replicas(ngx_conf_t *cf, ngx_http_spi_upstream_t *up)
+{
+    ngx_uint_t               i, j;
+    ngx_http_spi_replica_t  *rep;
+
+    rep = up->replicas.elts;
+
+    for (i = 0; i < up->replicas.nelts; i++) {
+        if (!rep[i].found) {
+            ngx_log_error(NGX_LOG_EMERG, cf->log, 0,
+                          "spotinfer: upstream \"%V\": spotinfer_replica "
+                          "\"%V\" names no server of the upstream",
+                          &up->name, &rep[i].server);
+            return NGX_ERROR;
+        }
+
+        for (j = 0; j < i; j++) {
+            if (rep[j].id.len == rep[i].id.len
+                && ngx_strncmp(rep[j].id.data, rep[i].id.data,
+                               rep[i].id.len) == 0)
+            {
+                ngx_log_error(NGX_LOG_EMERG, cf->log, 0,
+                              "spotinfer: upstream \"%V\": replica id "
+                              "\"%V\" is used twice", &up->name, &rep[i].id);
+                return NGX_ERROR;
+            }
+        }
+
+        rep[i].scrape.up = up;
+        rep[i].scrape.index = i;
+    }
+
+    return NGX_OK;
+}
+
+
+/* At configuration time: every server is a replica, and an engine built
+ * from the configuration accepts them all (so "nginx -t" fails on what a
+ * worker would fail on). */
+ngx_int_t
+ngx_http_spi_init_upstream(ngx_conf_t *cf, ngx_http_upstream_srv_conf_t *us)
+{
+    ngx_uint_t                   i;
+    ngx_http_spi_srv_conf_t     *scf;
+    ngx_http_spi_upstream_t     *up;
+    ngx_http_upstream_server_t  *server;
+
+    scf = ngx_http_conf_upstream_srv_conf(us, ngx_http_spotinfer_module);
+    up = scf->up;
+
+    if (us->servers == NULL || us->servers->nelts == 0) {
+        ngx_log_error(NGX_LOG_EMERG, cf->log, 0,
+                      "spotinfer: upstream \"%V\" has no servers", &up->name);
+        return NGX_ERROR;
+    }
+
+    server = us->servers->elts;
+
+    for (i = 0; i < us->servers->nelts; i++) {
+        if (ngx_http_spi_match_server(cf, up, &server[i]) != NGX_OK) {
+            return NGX_ERROR;
+        }
+    }
+
+    if (ngx_http_spi_check_replicas(cf, up) != NGX_OK
+        || ngx_http_spi_engine_open(up, cf->log) != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
+    ngx_http_spi_engine_close(up);
+
+    us->peer.init = ngx_http_spi_init_peer;
+
+    return NGX_OK;
+}
+
+
+static ngx_int_t
+ngx_http_spi_init_peer(ngx_http_request_t *r,
+    ngx_http_upstream_srv_conf_t *us)
+{
+    ngx_http_spi_ctx_t       *ctx;
+    ngx_http_spi_srv_conf_t  *scf;
+
+    scf = ngx_http_conf_upstream_srv_conf(us, ngx_http_spotinfer_module);
+    ctx = ngx_http_get_module_ctx(r->main, ngx_http_spotinfer_module);
+
+    if (ctx == NULL || !ctx->routed || ctx->up != scf->up) {
+        ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
+                      "spotinfer: upstream \"%V\" is used by a location "
+                      "without \"spotinfer_route %V\"",
+                      &scf->up->name, &scf->up->name);
+        return NGX_ERROR;
+    }
+
+    ctx->next = 0;
+
+    r->upstream->peer.data = ctx;
+    r->upstream->peer.get = ngx_http_spi_get_peer;
+    r->upstream->peer.free = ngx_http_spi_free_peer;
+    r->upstream->peer.tries = ctx->ntargets;
+
+    return NGX_OK;
+}
+
+
+static ngx_int_t
+ngx_http_spi_get_peer(ngx_peer_connection_t *pc, void *data)
+{
+    ngx_http_spi_ctx_t      *ctx = data;
+    ngx_http_spi_replica_t  *rep;
+
+    if (ctx->next >= ctx->ntargets) {
+        return NGX_BUSY;
+    }
+
+    rep = ctx->up->replicas.elts;
+    rep = &rep[ctx->targets[ctx->next++]];
+
+    pc->sockaddr = rep->sockaddr;
+    pc->socklen = rep->socklen;
+    pc->name = &rep->name;
+    pc->cached = 0;
+    pc->connection = NULL;
+
+    return NGX_OK;
+}
+
+
+/* The chosen replica failing before the answer counts against it; a
+ * fallback is served without a ticket. */
+static void
+ngx_http_spi_free_peer(ngx_peer_connection_t *pc, void *data,
+    ngx_uint_t state)
+{
+    ngx_http_spi_ctx_t  *ctx = data;
+
+    if (ctx->next == 1 && (state & NGX_PEER_FAILED)) {
+        ngx_http_spi_ticket_end(ctx, SPI_TICKET_ERROR, 0);
+    }
+
+    if (pc->tries) {
+        pc->tries--;
+    }
+}
+
+
+static int64_t
+ngx_http_spi_now_us(void)
+{
+    struct timespec  ts;
+
+    (void) clock_gettime(CLOCK_MONOTONIC, &ts);
+
+    return (int64_t) ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
+
+void
+ngx_http_spi_ticket_mark(ngx_http_spi_ctx_t *ctx)
+{
+    ctx->routed_us = ngx_http_spi_now_us();
+}
+
+
+void
+ngx_http_spi_ticket_end(ngx_http_spi_ctx_t *ctx, ngx_int_t status,
+    ngx_uint_t http_status)
+{
+    spi_ticket_result  res;
+
+    if (ctx->ticket == 0 || ctx->up->engine == NULL) {
+        ctx->ticket = 0;
+        return;
+    }
+
+    ngx_memzero(&res, sizeof(spi_ticket_result));
+    res.struct_size = sizeof(spi_ticket_result);
+    res.status = (int32_t) status;
+    res.output_tokens = ctx->stream ? ctx->events : 0;
+    res.duration_ms = (double) (ngx_http_spi_now_us() - ctx->routed_us)
+                      / 1000.0;
+
+    if (ctx->first_byte_us) {
+        res.ttft_ms = (double) (ctx->first_byte_us - ctx->routed_us) / 1000.0;
+    }
+
+    (void) spi_ticket_finish(ctx->up->engine, ctx->ticket, &res);
+
+    ctx->ticket = 0;
+}
+
+
+void
+ngx_http_spi_ticket_cleanup(void *data)
+{
+    ngx_http_spi_ctx_t  *ctx = data;
+
+    ngx_http_spi_ticket_end(ctx, SPI_TICKET_CANCELLED, 0);
+}
+
+
+ngx_int_t
+ngx_http_spi_log_handler(ngx_http_request_t *r)
+{
+    ngx_int_t            status;
+    ngx_uint_t           code;
+    ngx_http_spi_ctx_t  *ctx;
+
+    ctx = ngx_http_get_module_ctx(r, ngx_http_spotinfer_module);
+
+    if (ctx == NULL || ctx->ticket == 0) {
+        return NGX_OK;
+    }
+
+    code = r->headers_out.status;
+
+    if (r->connection->error || code == NGX_HTTP_CLIENT_CLOSED_REQUEST) {
+        status = SPI_TICKET_CANCELLED;
+
+    } else if (code == 0 || code >= NGX_HTTP_INTERNAL_SERVER_ERROR) {
+        status = SPI_TICKET_ERROR;
+
+    } else {
+        status = SPI_TICKET_OK;
+    }
+
+    ngx_http_spi_ticket_end(ctx, status, code);
+
+    return NGX_OK;
+}
+
+
+ngx_int_t
+ngx_http_spi_body_filter_init(ngx_conf_t *cf)
+{
+    ngx_http_next_body_filter = ngx_http_top_body_filter;
+    ngx_http_top_body_filter = ngx_http_spi_body_filter;
+
+    return NGX_OK;
+}
+
+
+/* Server-sent events: a line "data: {" is one chunk of the answer (one
+ * token on vLLM's streams); "data: [DONE]" is not. */
+static void
+ngx_http_spi_count_events(ngx_http_spi_ctx_t *ctx, u_char *p, u_char *last)
+{
+    static const u_char  prefix[] = "data: ";
+
+    for ( /* void */ ; p < last; p++) {
+        if (*p == '\n') {
+            ctx->sse_state = 0;
+
+        } else if (ctx->sse_state < 6) {
+            ctx->sse_state = (*p == prefix[ctx->sse_state])
+                             ? ctx->sse_state + 1 : 7;
+
+        } else if (ctx->sse_state == 6) {
+            ctx->events += (*p != '[');
+            ctx->sse_state = 7;
+        }
+    }
+}
+
+
+static void
+ngx_http_spi_first_body(ngx_http_request_t *r, ngx_http_spi_ctx_t *ctx)
+{
+    ngx_str_t  *ct;
+
+    ctx->body_seen = 1;
+
+    if (r->upstream == NULL || r->upstream->headers_in.status_n < 200
+        || r->upstream->headers_in.status_n >= 300)
+    {
+        ctx->counting = 0;
+        return;
+    }
+
+    ctx->counting = 1;
+    ct = &r->headers_out.content_type;
+    ctx->stream = (ct->len >= 17
+                   && ngx_strncasecmp(ct->data, (u_char *) "text/event-stream",
+                                      17) == 0);
+}
+
+
+static ngx_int_t
+ngx_http_spi_body_filter(ngx_http_request_t *r, ngx_chain_t *in)
+{
+    uint64_t             before;
+    ngx_chain_t         *cl;
+    ngx_http_spi_ctx_t  *ctx;
+
+    ctx = ngx_http_get_module_ctx(r, ngx_http_spotinfer_module);
+
+    if (ctx == NULL || ctx->ticket == 0 || in == NULL || r != r->main) {
+        return ngx_http_next_body_filter(r, in);
+    }
+
+    if (!ctx->body_seen) {
+        ngx_http_spi_first_body(r, ctx);
+    }
+
+    if (!ctx->counting) {
+        return ngx_http_next_body_filter(r, in);
+    }
+
+    before = ctx->events;
+
+    for (cl = in; cl; cl = cl->next) {
+        if (!ngx_buf_in_memory(cl->buf) || cl->buf->last == cl->buf->pos) {
+            continue;
+        }
+
+        if (ctx->first_byte_us == 0) {
+            ctx->first_byte_us = ngx_http_spi_now_us();
+            (void) spi_ticket_first_token(ctx->up->engine, ctx->ticket);
+        }
+
+        if (ctx->stream) {
+            ngx_http_spi_count_events(ctx, cl->buf->pos, cl->buf->last);
+        }
+    }
+
+    if (ctx->events != before) {
+        (void) spi_ticket_progress(ctx->up->engine, ctx->ticket, ctx->events);
+    }
+
+    return ngx_http_next_body_filter(r, in);
+}

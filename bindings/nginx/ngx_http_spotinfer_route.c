@@ -1,0 +1,358 @@
+/*
+ * ngx_http_spotinfer: the routing decision, taken in the precontent phase
+ * once the whole body is read, and the answers when there is none
+ * (400, 429, 503 in the OpenAI error shape).
+ */
+
+#include "ngx_http_spotinfer.h"
+
+
+static void ngx_http_spi_body_handler(ngx_http_request_t *r);
+static ngx_int_t ngx_http_spi_decide(ngx_http_request_t *r,
+    ngx_http_spi_ctx_t *ctx, ngx_http_spi_loc_conf_t *lcf);
+
+
+ngx_int_t
+ngx_http_spi_route_handler(ngx_http_request_t *r)
+{
+    ngx_int_t                 rc;
+    ngx_str_t                 msg;
+    ngx_http_spi_ctx_t       *ctx;
+    ngx_http_spi_loc_conf_t  *lcf;
+
+    lcf = ngx_http_get_module_loc_conf(r, ngx_http_spotinfer_module);
+
+    if (lcf->route == NULL || r != r->main) {
+        return NGX_DECLINED;
+    }
+
+    ctx = ngx_http_get_module_ctx(r, ngx_http_spotinfer_module);
+    if (ctx != NULL) {
+        return ctx->phase_rc;
+    }
+
+    if (r->method != NGX_HTTP_POST) {
+        rc = ngx_http_discard_request_body(r);
+        if (rc != NGX_OK) {
+            return rc;
+        }
+
+        ngx_str_set(&msg, "use POST");
+        rc = ngx_http_spi_send_error(r, NGX_HTTP_NOT_ALLOWED,
+                                     "invalid_request_error", &msg, 0);
+        ngx_http_finalize_request(r, rc);
+        return NGX_DONE;
+    }
+
+    ctx = ngx_pcalloc(r->pool, sizeof(ngx_http_spi_ctx_t));
+    if (ctx == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    ctx->up = lcf->route;
+    ctx->phase_rc = NGX_DONE;
+    ngx_http_set_ctx(r, ctx, ngx_http_spotinfer_module);
+
+    rc = ngx_http_read_client_request_body(r, ngx_http_spi_body_handler);
+    if (rc >= NGX_HTTP_SPECIAL_RESPONSE) {
+        return rc;
+    }
+
+    ngx_http_finalize_request(r, NGX_DONE);
+
+    return NGX_DONE;
+}
+
+
+static void
+ngx_http_spi_body_handler(ngx_http_request_t *r)
+{
+    ngx_int_t                 rc;
+    ngx_http_spi_ctx_t       *ctx;
+    ngx_http_spi_loc_conf_t  *lcf;
+
+    ctx = ngx_http_get_module_ctx(r, ngx_http_spotinfer_module);
+    lcf = ngx_http_get_module_loc_conf(r, ngx_http_spotinfer_module);
+
+    rc = ngx_http_spi_decide(r, ctx, lcf);
+
+    if (rc != NGX_DECLINED) {
+        /* answered here (or failed): the phases do not go on */
+        ctx->phase_rc = NGX_DONE;
+        ngx_http_finalize_request(r, rc);
+        return;
+    }
+
+    ctx->phase_rc = NGX_DECLINED;
+    r->preserve_body = 1;
+    r->write_event_handler = ngx_http_core_run_phases;
+    ngx_http_core_run_phases(r);
+}
+
+
+/* The body in one piece: the buffered body is a chain of memory and file
+ * buffers (a body over client_body_buffer_size is in a file). */
+ngx_int_t
+ngx_http_spi_read_body(ngx_http_request_t *r, ngx_str_t *out)
+{
+    u_char       *p;
+    off_t         size;
+    ssize_t       n;
+    ngx_buf_t    *b;
+    ngx_chain_t  *cl;
+
+    out->len = 0;
+    out->data = NULL;
+
+    if (r->request_body == NULL || r->request_body->bufs == NULL) {
+        return NGX_OK;
+    }
+
+    cl = r->request_body->bufs;
+
+    if (cl->next == NULL && !cl->buf->in_file) {
+        out->data = cl->buf->pos;
+        out->len = cl->buf->last - cl->buf->pos;
+        return NGX_OK;
+    }
+
+    size = 0;
+    for (cl = r->request_body->bufs; cl; cl = cl->next) {
+        size += ngx_buf_size(cl->buf);
+    }
+
+    p = ngx_pnalloc(r->pool, (size_t) size + 1);
+    if (p == NULL) {
+        return NGX_ERROR;
+    }
+
+    out->data = p;
+
+    for (cl = r->request_body->bufs; cl; cl = cl->next) {
+        b = cl->buf;
+
+        if (!b->in_file) {
+            p = ngx_cpymem(p, b->pos, b->last - b->pos);
+            continue;
+        }
+
+        n = ngx_read_file(b->file, p, (size_t) (b->file_last - b->file_pos),
+                          b->file_pos);
+        if (n != (ssize_t) (b->file_last - b->file_pos)) {
+            return NGX_ERROR;
+        }
+
+        p += n;
+    }
+
+    out->len = p - out->data;
+
+    return NGX_OK;
+}
+
+
+static void
+ngx_http_spi_take(ngx_http_spi_ctx_t *ctx, spi_decision *d)
+{
+    ngx_uint_t               i, j, n;
+    const char              *ids[1 + SPI_MAX_FALLBACKS];
+    ngx_http_spi_replica_t  *rep;
+
+    ids[0] = d->replica_id;
+    n = 1;
+
+    for (i = 0; i < d->n_fallbacks && i < SPI_MAX_FALLBACKS; i++) {
+        ids[n++] = d->fallback_ids[i];
+    }
+
+    rep = ctx->up->replicas.elts;
+    ctx->ntargets = 0;
+
+    for (i = 0; i < n; i++) {
+        for (j = 0; j < ctx->up->replicas.nelts; j++) {
+            if (rep[j].id.len == ngx_strlen(ids[i])
+                && ngx_strncmp(rep[j].id.data, ids[i], rep[j].id.len) == 0)
+            {
+                ctx->targets[ctx->ntargets++] = j;
+                break;
+            }
+        }
+    }
+
+    ctx->ticket = d->ticket;
+    ctx->routed = 1;
+    ngx_http_spi_ticket_mark(ctx);
+}
+
+
+/* NGX_DECLINED when routed (the phases go on to proxy_pass); otherwise
+ * what finalizes the request. */
+static ngx_int_t
+ngx_http_spi_decide(ngx_http_request_t *r, ngx_http_spi_ctx_t *ctx,
+    ngx_http_spi_loc_conf_t *lcf)
+{
+    int                       st;
+    ngx_str_t                 body, msg;
+    spi_decision              d;
+    ngx_pool_cleanup_t       *cln;
+    ngx_http_spi_upstream_t  *up = ctx->up;
+
+    if (up->engine == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    if (ngx_http_spi_read_body(r, &body) != NGX_OK) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    ngx_http_spi_notice_sync(up);
+
+    st = spi_request_parse_openai(up->req, (const char *) body.data, body.len,
+                                  (int32_t) lcf->kind);
+    if (st != SPI_OK) {
+        msg.data = (u_char *) spi_request_errmsg(up->req);
+        msg.len = ngx_strlen(msg.data);
+        return ngx_http_spi_send_error(r, NGX_HTTP_BAD_REQUEST,
+                                       "invalid_request_error", &msg, 0);
+    }
+
+    ngx_memzero(&d, sizeof(spi_decision));
+    d.struct_size = sizeof(spi_decision);
+
+    st = spi_route(up->req, &d);
+
+    if (st == SPI_OK && d.pool != SPI_POOL_QUEUE) {
+        ngx_http_spi_take(ctx, &d);
+
+        cln = ngx_pool_cleanup_add(r->pool, 0);
+        if (cln == NULL || ctx->ntargets == 0) {
+            ngx_http_spi_ticket_end(ctx, SPI_TICKET_ERROR, 0);
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+
+        /* the log phase finishes the ticket; this is for a request that
+         * never gets there with this context (an internal redirect) */
+        cln->handler = ngx_http_spi_ticket_cleanup;
+        cln->data = ctx;
+
+        return NGX_DECLINED;
+    }
+
+    msg.data = (u_char *) d.reason;
+    msg.len = ngx_strlen(d.reason);
+
+    if (st == SPI_ESHED) {
+        return ngx_http_spi_send_error(r, NGX_HTTP_TOO_MANY_REQUESTS,
+                                       "rate_limit_error", &msg, 1);
+    }
+
+    if (st == SPI_OK || st == SPI_ENOCAPACITY) {
+        /* a queued (batch) request is not held here: it comes back later */
+        return ngx_http_spi_send_error(r, NGX_HTTP_SERVICE_UNAVAILABLE,
+                                       "unavailable", &msg, 1);
+    }
+
+    msg.data = (u_char *) spi_engine_errmsg(up->engine);
+    msg.len = ngx_strlen(msg.data);
+    ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
+                  "spotinfer: route failed: %s: %V", spi_strerror(st), &msg);
+
+    return ngx_http_spi_send_error(r, NGX_HTTP_INTERNAL_SERVER_ERROR,
+                                   "internal_error", &msg, 0);
+}
+
+
+static u_char *
+ngx_http_spi_json_escape(u_char *p, ngx_str_t *s)
+{
+    u_char      c;
+    ngx_uint_t  i;
+
+    static u_char  hex[] = "0123456789abcdef";
+
+    for (i = 0; i < s->len; i++) {
+        c = s->data[i];
+
+        if (c == '"' || c == '\\') {
+            *p++ = '\\';
+            *p++ = c;
+
+        } else if (c < 0x20) {
+            p = ngx_cpymem(p, "\\u00", 4);
+            *p++ = hex[c >> 4];
+            *p++ = hex[c & 0xf];
+
+        } else {
+            *p++ = c;
+        }
+    }
+
+    return p;
+}
+
+
+static ngx_int_t
+ngx_http_spi_retry_after(ngx_http_request_t *r)
+{
+    ngx_table_elt_t  *h;
+
+    h = ngx_list_push(&r->headers_out.headers);
+    if (h == NULL) {
+        return NGX_ERROR;
+    }
+
+    h->hash = 1;
+    ngx_str_set(&h->key, "Retry-After");
+    ngx_str_set(&h->value, "1");
+
+    return NGX_OK;
+}
+
+
+/* {"error":{"message":...,"type":...,"param":null,"code":null}} */
+ngx_int_t
+ngx_http_spi_send_error(ngx_http_request_t *r, ngx_uint_t status,
+    const char *type, ngx_str_t *msg, ngx_uint_t retry_after)
+{
+    u_char       *p;
+    size_t        len;
+    ngx_int_t     rc;
+    ngx_buf_t    *b;
+    ngx_chain_t   out;
+
+    len = sizeof("{\"error\":{\"message\":\"\",\"type\":\"\","
+                 "\"param\":null,\"code\":null}}\n") - 1
+          + msg->len * 6 + ngx_strlen(type);
+
+    b = ngx_create_temp_buf(r->pool, len);
+    if (b == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    p = ngx_cpymem(b->last, "{\"error\":{\"message\":\"", 21);
+    p = ngx_http_spi_json_escape(p, msg);
+    p = ngx_sprintf(p, "\",\"type\":\"%s\",\"param\":null,\"code\":null}}\n",
+                    type);
+    b->last = p;
+    b->last_buf = (r == r->main) ? 1 : 0;
+    b->last_in_chain = 1;
+
+    if (retry_after && ngx_http_spi_retry_after(r) != NGX_OK) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    r->headers_out.status = status;
+    r->headers_out.content_length_n = b->last - b->pos;
+    ngx_str_set(&r->headers_out.content_type, "application/json");
+    r->headers_out.content_type_len = r->headers_out.content_type.len;
+
+    rc = ngx_http_send_header(r);
+    if (rc == NGX_ERROR || rc > NGX_OK || r->header_only) {
+        return rc;
+    }
+
+    out.buf = b;
+    out.next = NULL;
+
+    return ngx_http_output_filter(r, &out);
+}

@@ -1,0 +1,322 @@
+"""Checks of the nginx module against a running nginx and fakellm backends.
+
+Run by tests/nginx/run.sh, which starts everything. Requests go through the
+official openai client and through plain HTTP (a new connection each, so
+both worker processes take some); the access log
+('$pid $status "$upstream_addr" $request_uri') shows which worker served a
+request and which backends nginx tried.
+"""
+
+import argparse
+import json
+import os
+import re
+import signal
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+
+import httpx
+import openai
+
+SYSTEM = ("You are the support assistant of a company that sells spot GPU capacity. "
+          "Answer briefly, cite the runbook, never invent prices. ") * 24
+OTHER_SYSTEM = ("You translate short English sentences into formal French, one line each. ") * 40
+DEADLINE = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + 600))
+
+
+def fail(msg):
+    print(f"check: FAILED: {msg}", file=sys.stderr)
+    sys.exit(1)
+
+
+def say(msg):
+    print(f"   {msg}", flush=True)
+
+
+def http(method, url, body=None, timeout=30.0):
+    """(status, headers, body bytes) on a new connection."""
+    data = None if body is None else (body if isinstance(body, bytes) else json.dumps(body).encode())
+    req = urllib.request.Request(url, data=data, method=method,
+                                 headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            return resp.status, resp.headers, resp.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.headers, e.read()
+
+
+def chat(system, user, **extra):
+    body = {"model": "fake-model", "max_tokens": 6,
+            "messages": [{"role": "system", "content": system}, {"role": "user", "content": user}]}
+    body.update(extra)
+    return body
+
+
+def client(base):
+    # No kept-alive connections: each request may land on another worker.
+    hc = httpx.Client(limits=httpx.Limits(max_keepalive_connections=0), timeout=30.0)
+    return openai.OpenAI(base_url=base + "/v1", api_key="unused", max_retries=0, http_client=hc)
+
+
+def wait_ready(base, seconds):
+    end = time.time() + seconds
+    last = None
+    while time.time() < end:
+        try:
+            last = http("POST", base + "/v1/chat/completions", chat("ready?", "ping"))
+        except urllib.error.URLError as e:  # not listening yet
+            last = (0, None, str(e).encode())
+        if last[0] == 200:
+            return
+        time.sleep(0.2)
+    fail(f"nginx never routed a request: last answer {last[0]} {last[2][:200]!r}")
+
+
+def served_by(resp):
+    return resp.system_fingerprint
+
+
+def check_affinity(oa):
+    owners = {served_by(oa.chat.completions.create(**chat(SYSTEM, f"question {i}"))) for i in range(6)}
+    if len(owners) != 1:
+        fail(f"six requests sharing a system prompt went to {sorted(owners)}")
+    other = {served_by(oa.chat.completions.create(**chat(OTHER_SYSTEM, f"sentence {i}"))) for i in range(4)}
+    if len(other) != 1:
+        fail(f"four requests sharing another system prompt went to {sorted(other)}")
+    owner = owners.pop()
+    say(f"affinity: 6 requests with one system prompt all on {owner}, 4 with another all on {other.pop()}")
+    return owner
+
+
+NORMALIZE = re.compile(rb'"(id|created|system_fingerprint)":("[^"]*"|\d+)')
+
+
+def check_stream(oa, base, backends):
+    body = chat(SYSTEM, "stream me an answer", stream=True, max_tokens=24)
+    chunks = list(oa.chat.completions.create(**body))
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    owner = chunks[0].system_fingerprint
+    direct = openai.OpenAI(base_url=f"http://{backends[owner]}/v1", api_key="unused", max_retries=0)
+    ref = list(direct.chat.completions.create(**body))
+    ref_text = "".join(c.choices[0].delta.content or "" for c in ref if c.choices)
+    if text != ref_text or len(chunks) != len(ref):
+        fail(f"stream through nginx: {len(chunks)} chunks {text!r}; direct: {len(ref)} chunks {ref_text!r}")
+    # The bytes too: only the per-request id, time and server name differ.
+    _, h1, raw = http("POST", base + "/v1/chat/completions", body)
+    _, _, raw_ref = http("POST", f"http://{backends[owner]}/v1/chat/completions", body)
+    if NORMALIZE.sub(b"", raw) != NORMALIZE.sub(b"", raw_ref):
+        fail("the event stream through nginx differs from the backend's")
+    if not h1.get("Content-Type", "").startswith("text/event-stream"):
+        fail(f"stream Content-Type {h1.get('Content-Type')!r}")
+    say(f"stream: {len(chunks)} chunks, text and bytes as the backend sends them")
+
+
+def check_bad_requests(oa, base):
+    status, _, raw = http("POST", base + "/v1/chat/completions", b'{"model": "m", "messages": [')
+    err = json.loads(raw)["error"]
+    if status != 400 or err["type"] != "invalid_request_error" or "malformed JSON at byte offset" not in err["message"]:
+        fail(f"malformed body: {status} {raw!r}")
+    try:
+        oa.chat.completions.create(model="m", messages=[{"role": "wizard", "content": "hi"}])
+        fail("a message with an unknown role was served")
+    except openai.BadRequestError as e:
+        msg = e.body.get("message", "") if isinstance(e.body, dict) else ""
+        if "role" not in msg:
+            fail(f"unknown role: message {msg!r}")
+        say(f"400: malformed JSON -> {err['message']!r}; unknown role -> {msg!r}")
+    status, _, _ = http("GET", base + "/v1/chat/completions")
+    if status != 405:
+        fail(f"GET on the routed location: {status}")
+
+
+def access_lines(path, probe):
+    """(pid, status, upstream_addr) of the requests whose URI holds probe.
+    A client has its answer a moment before nginx logs the request."""
+    time.sleep(0.2)
+    out = []
+    with open(path) as f:
+        for line in f:
+            m = re.match(r'(\d+) (\d+) "([^"]*)" (\S+)', line)
+            if m and probe in m.group(4):
+                out.append((m.group(1), int(m.group(2)), m.group(3)))
+    return out
+
+
+def notice(base, location, node):
+    status, _, raw = http("POST", f"{base}/{location}?format=aws_instance_action&node={node}",
+                          {"action": "terminate", "time": DEADLINE})
+    if status != 200 or json.loads(raw) != {"notices": 1}:
+        fail(f"notice for {node}: {status} {raw!r}")
+
+
+def check_notice(base, owner, nodes, addrs, log, workers):
+    """The owner's machine gets a notice: from then on no worker routes to it."""
+    notice(base, "notice", nodes[owner])
+    seen = set()
+    for i in range(60):
+        status, _, raw = http("POST", f"{base}/v1/chat/completions?probe=notice-{i}",
+                              chat(SYSTEM, f"after the notice {i}"))
+        if status != 200:
+            fail(f"after the notice: {status} {raw!r}")
+        got = json.loads(raw)["system_fingerprint"]
+        if got == owner:
+            fail(f"request {i} after the notice went to the noticed {owner}")
+        seen.add(got)
+        pids = {p for p, _, _ in access_lines(log, "probe=notice-")}
+        if i >= 11 and len(pids) >= workers:
+            break
+    lines = access_lines(log, "probe=notice-")
+    pids = {p for p, _, _ in lines}
+    if len(pids) < workers:
+        fail(f"{len(lines)} requests after the notice were all served by worker(s) {pids}")
+    if any(addrs[owner] in a for _, _, a in lines):
+        fail(f"nginx connected to the noticed {owner} after the notice")
+    say(f"notice: {owner}'s machine noticed; {len(lines)} requests from {len(pids)} workers "
+        f"avoided it at once (now on {sorted(seen)})")
+    return seen.pop() if len(seen) == 1 else None
+
+
+def check_fallback(base, victim, pids, addrs, log):
+    """A backend dies: the library still routes the prompt to it (warm, its
+    last load reading fresh), nginx fails to connect and proxy_next_upstream
+    takes the decision's fallback."""
+    os.kill(pids[victim], signal.SIGKILL)
+    time.sleep(0.1)
+    for i in range(3):
+        status, _, raw = http("POST", f"{base}/v1/chat/completions?probe=fallback-{i}",
+                              chat(SYSTEM, f"after the crash {i}"))
+        if status != 200:
+            fail(f"request {i} after {victim} died: {status} {raw!r}")
+    lines = access_lines(log, "probe=fallback-")
+    tried = [a for _, _, a in lines if a.startswith(addrs[victim] + ", ")]
+    if not tried:
+        fail(f"no request tried {victim} and then a fallback: {lines}")
+    say(f"fallback: {victim} killed; {len(tried)} of {len(lines)} requests tried it, then "
+        f"proxy_next_upstream took the fallback ({tried[0]})")
+
+
+def kv_usage(addr):
+    _, _, raw = http("GET", f"http://{addr}/metrics")
+    m = re.search(rb"^vllm:kv_cache_usage_perc\{[^}]*\} (\S+)$", raw, re.M)
+    return float(m.group(1)) if m else 0.0
+
+
+def hold_kv(addr, stop):
+    """A long stream straight to the backend: it fills the KV cache until
+    stop is set."""
+    body = chat("hold", "a long answer", stream=True, max_tokens=95)
+    with httpx.stream("POST", f"http://{addr}/v1/chat/completions", json=body, timeout=60) as r:
+        for _ in r.iter_bytes():
+            if stop.is_set():
+                return
+
+
+def wait_kv(addr, above):
+    end = time.time() + 10
+    while (kv_usage(addr) >= 0.9) != above:
+        if time.time() > end:
+            fail(f"the KV usage of {addr} did not {'rise' if above else 'fall'}")
+        time.sleep(0.05)
+    time.sleep(0.5)  # a few scrapes by every worker
+
+
+def check_shed_and_capacity(base, hot_addr, hot_node):
+    """hot's KV cache fills: bronze is shed (429). It empties: silver is
+    served; its machine gets a notice: nothing is left (503)."""
+    stop = threading.Event()
+    t = threading.Thread(target=hold_kv, args=(hot_addr, stop), daemon=True)
+    t.start()
+    try:
+        wait_kv(hot_addr, True)
+        bronze = chat("batch", "summarise", metadata={"class": "bronze"})
+        status, headers, raw = http("POST", base + "/hot/v1/chat/completions", bronze)
+        if status != 429 or not headers.get("Retry-After") or json.loads(raw)["error"]["type"] != "rate_limit_error":
+            fail(f"bronze on a full KV cache: {status} Retry-After={headers.get('Retry-After')} {raw!r}")
+        oa = openai.OpenAI(base_url=base + "/hot/v1", api_key="unused", max_retries=0)
+        try:
+            oa.chat.completions.create(**bronze)
+            fail("the openai client got an answer from a shed request")
+        except openai.RateLimitError:
+            pass
+        say(f"429: bronze shed on a full KV cache, Retry-After {headers['Retry-After']}: "
+            f"{json.loads(raw)['error']['message']!r}")
+    finally:
+        stop.set()
+    t.join(10)
+    wait_kv(hot_addr, False)
+    silver = chat("interactive", "now", metadata={"class": "silver"})
+    status, _, raw = http("POST", base + "/hot/v1/chat/completions", silver)
+    if status != 200:
+        fail(f"silver on an idle spot replica: {status} {raw!r}")
+    notice(base, "hot-notice", hot_node)
+    status, headers, raw = http("POST", base + "/hot/v1/chat/completions", silver)
+    if status != 503 or not headers.get("Retry-After") or json.loads(raw)["error"]["type"] != "unavailable":
+        fail(f"no capacity: {status} {raw!r}")
+    say(f"503: silver served, then its only replica noticed: Retry-After {headers['Retry-After']}: "
+        f"{json.loads(raw)['error']['message']!r}")
+
+
+def check_metrics(base, out):
+    status, headers, raw = http("GET", base + "/metrics")
+    if status != 200 or not headers.get("Content-Type", "").startswith("text/plain"):
+        fail(f"/metrics: {status} {headers.get('Content-Type')}")
+    text = raw.decode()
+    if 'spotinfer_node_transitions_total{from="active",to="noticed"} 1' not in text:
+        fail("the worker that served /metrics does not count the pushed notice")
+    with open(out, "w") as f:
+        f.write(text)
+    say(f"metrics: {len(text.splitlines())} lines, the pushed notice counted")
+
+
+def valgrind_round(base, backends):
+    """Every kind of request once, slowly (nginx runs under valgrind)."""
+    wait_ready(base, 90)
+    oa = client(base)
+    oa.chat.completions.create(**chat(SYSTEM, "under valgrind"))
+    list(oa.chat.completions.create(**chat(SYSTEM, "streamed", stream=True)))
+    check_bad_requests(oa, base)
+    notice(base, "notice", "i-0000000000000000c")
+    status, _, _ = http("GET", base + "/metrics")
+    bronze = chat("batch", "x", metadata={"class": "bronze"})
+    http("POST", base + "/hot/v1/chat/completions", bronze)
+    if status != 200:
+        fail(f"/metrics under valgrind: {status}")
+    say("valgrind round: chat, stream, 400, 405, notice, metrics")
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--base", required=True)
+    ap.add_argument("--backends", required=True, help="id=host:port,...")
+    ap.add_argument("--pids", default="")
+    ap.add_argument("--access-log")
+    ap.add_argument("--metrics-out")
+    ap.add_argument("--workers", type=int, default=1)
+    ap.add_argument("--valgrind-round", action="store_true")
+    a = ap.parse_args()
+    addrs = dict(kv.split("=", 1) for kv in a.backends.split(","))
+    if a.valgrind_round:
+        valgrind_round(a.base, addrs)
+        return
+    pids = {k: int(v) for k, v in (kv.split("=", 1) for kv in a.pids.split(","))}
+    nodes = {"spot-a": "i-0000000000000000a", "spot-b": "i-0000000000000000b",
+             "od-1": "i-0000000000000000c"}
+    wait_ready(a.base, 20)
+    oa = client(a.base)
+    owner = check_affinity(oa)
+    check_stream(oa, a.base, addrs)
+    check_bad_requests(oa, a.base)
+    heir = check_notice(a.base, owner, nodes, addrs, a.access_log, a.workers)
+    if heir is None:
+        fail("after the notice the prompt did not settle on one backend")
+    check_fallback(a.base, heir, pids, addrs, a.access_log)
+    check_shed_and_capacity(a.base, addrs["hot"], "i-00000000000000ff0")
+    check_metrics(a.base, a.metrics_out)
+    print("check: all passed")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,212 @@
+#!/usr/bin/env bash
+# The nginx module against Debian's nginx, on 127.0.0.1 only:
+#
+#   bash tests/nginx/run.sh
+#
+# Builds bindings/nginx into build/nginx/, starts four fake model servers
+# (examples/fakellm: spot-a, spot-b, od-1 behind upstream "llm"; hot, alone
+# behind upstream "hot") and a real nginx (its own prefix in a temporary
+# directory, master process, two workers) that loads the module, then:
+#   - checks that "nginx -t" rejects bad configurations with a clear message;
+#   - runs tests/nginx/check.py (the official openai client, curl-like
+#     requests, the access log) for affinity, streams, 400/429/503, pushed
+#     notices across workers and proxy_next_upstream onto the fallbacks;
+#   - parses the metrics text with Prometheus' parser (tests/promlint);
+#   - runs nginx once more with one worker under valgrind (master_process
+#     off, daemon off), sends every kind of request, and fails on any
+#     memory error or leak.
+# Every port is picked by the OS or by a bind to port 0; everything started
+# is stopped on exit.
+#
+# Needs: scripts/setup-nginx-deps.sh, scripts/setup-gateway-deps.sh (openai
+# in build/venv-gateway), Go, and the library found with pkg-config
+# (PKG_CONFIG_PATH) or else built and installed into build-drill/.
+set -euo pipefail
+
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+here="$root/tests/nginx"
+python="$root/build/venv-gateway/bin/python"
+
+die() { echo "nginx test: $*" >&2; exit 1; }
+note() { echo "-- $*"; }
+
+command -v nginx >/dev/null || die "no nginx: run scripts/setup-nginx-deps.sh"
+command -v valgrind >/dev/null || die "no valgrind: run scripts/setup-deps.sh"
+[[ -x "$python" ]] && "$python" -c 'import openai' 2>/dev/null ||
+  die "no openai package in build/venv-gateway: run scripts/setup-deps.sh"
+
+# shellcheck source=../../examples/gateway/libenv.sh
+source "$root/examples/gateway/libenv.sh"
+
+work=$(mktemp -d "${TMPDIR:-/tmp}/spotinfer-nginx.XXXXXX")
+pids=()
+cleanup() {
+  local p
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  [[ -f "$work/prefix/logs/nginx.pid" ]] && kill -TERM "$(cat "$work/prefix/logs/nginx.pid")" 2>/dev/null
+  for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
+  if [[ ${keep:-yes} == yes ]]; then echo "nginx test: logs kept in $work" >&2; else rm -rf "$work"; fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+note "building the module (bindings/nginx/build.sh)"
+module=$(bash "$root/bindings/nginx/build.sh" "$root/build/nginx")
+(cd "$root/examples/fakellm" && go build -o "$work/fakellm" .)
+
+fake() { # <id> [flags...]
+  local id=$1
+  shift
+  "$work/fakellm" -id "$id" -addr-file "$work/$id.addr" -log "$work/$id.jsonl" "$@" \
+    >"$work/$id.out" 2>&1 &
+  pids+=($!)
+  echo $! >"$work/$id.pid"
+}
+fake spot-a -token-rate 400
+fake spot-b -token-rate 400
+fake od-1 -token-rate 400
+# hot: a tiny KV cache, so one long request fills it (the shed check)
+fake hot -token-rate 4 -kv-tokens 100 -answer-tokens 200
+for id in spot-a spot-b od-1 hot; do
+  for _ in $(seq 1 100); do [[ -s "$work/$id.addr" ]] && break; sleep 0.1; done
+  [[ -s "$work/$id.addr" ]] || die "fakellm $id did not start"
+done
+free_port() { "$python" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+port=$(free_port)
+
+mkdir -p "$work/prefix/logs" "$work/prefix/conf"
+# A stale load reading counts as saturated after 5 s (the fallback check
+# needs a killed backend to look alive for a moment). A warm backend keeps
+# its prompts up to twice its pool's mean load (the default, 1.25, moves
+# some sequential requests of one prompt off the busier backend by design).
+cat >"$work/prefix/conf/spotinfer.json" <<JSON
+{"router": {"load_max_age_ms": 5000}, "policy": {"load_share_cap": 2}}
+JSON
+
+# conf <file> <workers> <master> <port> [extra upstream lines]
+conf() {
+  local a b c h
+  a=$(cat "$work/spot-a.addr") b=$(cat "$work/spot-b.addr")
+  c=$(cat "$work/od-1.addr") h=$(cat "$work/hot.addr")
+  cat >"$work/prefix/conf/$1" <<CONF
+load_module $module;
+worker_processes $2;
+master_process $3;
+daemon $3;
+pid $work/prefix/logs/${1%.conf}.pid;
+error_log $work/prefix/logs/${1%.conf}-error.log info;
+events { worker_connections 256; }
+http {
+  log_format spi '\$pid \$status "\$upstream_addr" \$request_uri';
+  access_log $work/prefix/logs/${1%.conf}-access.log spi;
+  client_body_temp_path $work/prefix/body;
+  proxy_temp_path $work/prefix/proxy;
+
+  upstream llm {
+    spotinfer spotinfer.json scrape_interval=200ms;
+    server $a;
+    server $b;
+    server $c;
+    spotinfer_replica $a id=spot-a pool=spot zone=us-east-1a price=0.45 node=i-0000000000000000a;
+    spotinfer_replica $b id=spot-b pool=spot zone=us-east-1b price=0.45 node=i-0000000000000000b;
+    spotinfer_replica $c id=od-1 pool=on_demand zone=us-east-1a price=1.01 node=i-0000000000000000c;
+    ${5:-}
+  }
+  upstream hot {
+    spotinfer spotinfer.json scrape_interval=100ms;
+    server $h;
+    spotinfer_replica $h id=hot pool=spot zone=us-east-1a price=0.45 node=i-00000000000000ff0;
+  }
+
+  server {
+    listen 127.0.0.1:$4;
+    location /v1/ {
+      spotinfer_route llm;
+      proxy_pass http://llm;
+      proxy_http_version 1.1;
+      proxy_buffering off;
+      proxy_next_upstream error timeout http_502 http_503;
+    }
+    location /hot/ {
+      spotinfer_route hot;
+      proxy_pass http://hot/;
+      proxy_buffering off;
+    }
+    location = /metrics { spotinfer_metrics llm; }
+    location = /notice { spotinfer_notice llm; }
+    location = /hot-notice { spotinfer_notice hot; }
+  }
+}
+CONF
+}
+
+# expect_t_fail <what> <text the message must hold>: nginx -t on nginx.conf
+expect_t_fail() {
+  local out
+  if out=$(nginx -p "$work/prefix" -c conf/bad.conf -t 2>&1); then
+    die "nginx -t accepted $1"
+  fi
+  grep -qF -- "$2" <<<"$out" || die "nginx -t on $1 said: $out"
+  note "nginx -t rejects $1: $(grep -F -- "$2" <<<"$out" | head -n 1 | sed 's/^nginx: //')"
+}
+
+note "nginx -t on bad configurations"
+conf bad.conf 1 on "$port" 'server 127.0.0.1:9;'
+expect_t_fail "a server without spotinfer_replica" 'server "127.0.0.1:9" has no spotinfer_replica line'
+conf bad.conf 1 on "$port" 'spotinfer_replica 127.0.0.1:9 pool=cloud price=1;'
+expect_t_fail "an unknown pool" 'invalid parameter "pool=cloud"'
+conf bad.conf 1 on "$port" 'spotinfer_replica 127.0.0.1:9 pool=spot price=1;'
+expect_t_fail "a replica that is no server" 'spotinfer_replica "127.0.0.1:9" names no server'
+cp "$work/prefix/conf/spotinfer.json" "$work/good.json"
+echo '{"router": {"load_max_age_ms": 0}}' >"$work/prefix/conf/spotinfer.json"
+conf bad.conf 1 on "$port"
+expect_t_fail "a library configuration out of range" 'router.load_max_age_ms'
+cp "$work/good.json" "$work/prefix/conf/spotinfer.json"
+conf bad.conf 1 on "$port"
+sed -i 's/spotinfer_route llm;/spotinfer_route nowhere;/' "$work/prefix/conf/bad.conf"
+expect_t_fail "a route to an upstream without spotinfer" 'upstream "nowhere" is named by a spotinfer directive'
+
+note "nginx with the module: master process, 2 workers, port $port"
+conf nginx.conf 2 on "$port"
+nginx -p "$work/prefix" -c conf/nginx.conf -t 2>&1 | sed 's/^/   /'
+nginx -p "$work/prefix" -c conf/nginx.conf
+
+ids="spot-a=$(cat "$work/spot-a.addr"),spot-b=$(cat "$work/spot-b.addr"),od-1=$(cat "$work/od-1.addr"),hot=$(cat "$work/hot.addr")"
+pidlist="spot-a=$(cat "$work/spot-a.pid"),spot-b=$(cat "$work/spot-b.pid"),od-1=$(cat "$work/od-1.pid")"
+timeout 120 "$python" "$here/check.py" --base "http://127.0.0.1:$port" --backends "$ids" \
+  --pids "$pidlist" --access-log "$work/prefix/logs/nginx-access.log" \
+  --metrics-out "$work/metrics.txt" --workers 2
+
+note "metrics text: Prometheus parser and promlint (tests/promlint)"
+(cd "$root/tests/promlint" && go run . "$work/metrics.txt")
+
+grep -E '\[(alert|emerg|crit)\]|signal [0-9]+ .*exited|core dumped' "$work/prefix/logs/nginx-error.log" &&
+  die "nginx logged a crash or an alert (above)"
+kill -QUIT "$(cat "$work/prefix/logs/nginx.pid")"
+for _ in $(seq 1 50); do [[ -f "$work/prefix/logs/nginx.pid" ]] || break; sleep 0.1; done
+
+note "one worker under valgrind (master_process off, daemon off)"
+vport=$(free_port)
+conf valgrind.conf 1 off "$vport"
+valgrind --quiet --leak-check=full --errors-for-leak-kinds=definite,indirect \
+  --error-exitcode=99 --suppressions="$here/nginx.supp" --log-file="$work/valgrind.log" \
+  nginx -p "$work/prefix" -c conf/valgrind.conf &
+vg=$!
+pids+=("$vg")
+timeout 120 "$python" "$here/check.py" --base "http://127.0.0.1:$vport" --backends "$ids" \
+  --valgrind-round
+kill -QUIT "$(cat "$work/prefix/logs/valgrind.pid")"
+set +e
+wait "$vg"
+rc=$?
+set -e
+if [[ $rc -ne 0 ]]; then
+  cat "$work/valgrind.log" >&2
+  die "valgrind: exit $rc"
+fi
+# The engines were freed (what is still reachable at exit is not a leak to
+# valgrind, so the exit path is checked by its log line).
+[[ $(grep -c 'engine freed' "$work/prefix/logs/valgrind-error.log") -eq 2 ]] ||
+  die "the worker did not free its two engines on exit"
+note "valgrind: no memory error, no leak"
+keep=no
