@@ -9,7 +9,8 @@
 # untouched), configured with the package's own flags (so the module is
 # binary compatible with /usr/sbin/nginx) and "make modules" is run; the
 # module is OUTDIR/ngx_http_spotinfer_module.so, linked to libspotinfer with
-# an rpath to its directory. Needs scripts/setup-nginx-deps.sh.
+# an rpath to its directory. A module built from the same sources against
+# the same library directory is kept. Needs scripts/setup-nginx-deps.sh.
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -21,13 +22,22 @@ pkg-config --exists spotinfer || { echo "build.sh: pkg-config finds no spotinfer
 
 mkdir -p "$out"
 out=$(cd "$out" && pwd)
+libdir=$(pkg-config --variable=libdir spotinfer)
+
+# Built already from these sources against this library: nothing to do.
+stamp="$out/ngx_http_spotinfer_module.stamp"
+if [[ -f "$out/ngx_http_spotinfer_module.so" && "$(cat "$stamp" 2>/dev/null)" == "$libdir" ]] &&
+    [[ -z $(find "$here" -newer "$out/ngx_http_spotinfer_module.so" -type f) ]]; then
+  echo "$out/ngx_http_spotinfer_module.so"
+  exit 0
+fi
+rm -f "$stamp"
 rm -rf "$out/nginx-src"
 cp -r "$src" "$out/nginx-src"
 
 # conf_flags sets NGX_CONF_FLAGS, the flags Debian's nginx was built with.
 # shellcheck disable=SC1091
 source "$src/conf_flags"
-libdir=$(pkg-config --variable=libdir spotinfer)
 
 cd "$out/nginx-src"
 ./configure "${NGX_CONF_FLAGS[@]}" \
@@ -38,4 +48,5 @@ cd "$out/nginx-src"
 make -j"${SPI_JOBS:-2}" -f objs/Makefile modules >"$out/make.log" 2>&1 ||
   { grep -B2 -A6 -E 'error|warning' "$out/make.log" >&2 || tail -30 "$out/make.log" >&2; exit 1; }
 cp objs/ngx_http_spotinfer_module.so "$out/"
+echo "$libdir" >"$stamp"
 echo "$out/ngx_http_spotinfer_module.so"

@@ -184,8 +184,6 @@ ngx_http_spi_scrape_write(ngx_event_t *wev)
         ngx_del_timer(wev);
     }
 
-    wev->handler = ngx_http_spi_scrape_write;
-
     if (ngx_handle_read_event(c->read, 0) != NGX_OK) {
         ngx_http_spi_scrape_fail(s, "event error");
     }

@@ -166,6 +166,46 @@ conf bad.conf 1 on "$port"
 sed -i 's/spotinfer_route llm;/spotinfer_route nowhere;/' "$work/prefix/conf/bad.conf"
 expect_t_fail "a route to an upstream without spotinfer" 'upstream "nowhere" is named by a spotinfer directive'
 
+note "the README's nginx.conf, with the test's addresses and paths"
+"$python" - "$root/README.md" "$work/prefix/conf/readme.conf" <<PY
+import re, sys
+text = open(sys.argv[1]).read()
+block = re.search(r"## Linking it into nginx.*?<!-- doc-check: by tests/nginx/run.sh -->\n\`\`\`nginx\n(.*?)\`\`\`",
+                  text, re.S).group(1)
+for old, new in [("/usr/lib/nginx/modules/ngx_http_spotinfer_module.so", "$module"),
+                 ("/etc/nginx/spotinfer.json", "$work/prefix/conf/spotinfer.json"),
+                 ("10.0.1.10:8000", "$(cat "$work/spot-a.addr")"),
+                 ("10.0.1.11:8000", "$(cat "$work/spot-b.addr")"),
+                 ("10.0.2.10:8000", "$(cat "$work/od-1.addr")"),
+                 ("listen 8080;", "listen 127.0.0.1:$port;"),
+                 ("http {", "http {\n    access_log off;\n    client_body_temp_path $work/prefix/body;\n"
+                            "    proxy_temp_path $work/prefix/proxy;")]:
+    if old not in block:
+        sys.exit(f"the README's nginx.conf has no {old!r}")
+    block = block.replace(old, new)
+open(sys.argv[2], "w").write(block)
+PY
+readme_nginx() {
+  nginx -p "$work/prefix" -c conf/readme.conf \
+    -g "pid $work/prefix/logs/readme.pid; error_log $work/prefix/logs/readme-error.log info;" "$@"
+}
+readme_nginx -t 2>&1 | sed 's/^/   /'
+readme_nginx
+code=0
+for _ in $(seq 1 100); do
+  code=$(curl -s -o "$work/readme.out" -w '%{http_code}' -H 'Content-Type: application/json' \
+    -d '{"model":"fake-model","messages":[{"role":"user","content":"hello"}]}' \
+    "http://127.0.0.1:$port/v1/chat/completions" || true)
+  [[ $code == 200 ]] && break
+  sleep 0.1
+done
+[[ $code == 200 ]] || die "the README's configuration answered $code: $(cat "$work/readme.out")"
+mcode=$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$port/metrics")
+[[ $mcode == 403 ]] || die "the README's /metrics is open to 127.0.0.1 ($mcode)"
+kill -QUIT "$(cat "$work/prefix/logs/readme.pid")"
+for _ in $(seq 1 50); do [[ -f "$work/prefix/logs/readme.pid" ]] || break; sleep 0.1; done
+note "README's nginx.conf: nginx -t passes, a chat completion is routed, /metrics is closed to others"
+
 note "nginx with the module: master process, 2 workers, port $port"
 conf nginx.conf 2 on "$port"
 nginx -p "$work/prefix" -c conf/nginx.conf -t 2>&1 | sed 's/^/   /'
