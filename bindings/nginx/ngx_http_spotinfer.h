@@ -126,6 +126,11 @@ typedef struct {
     uint64_t                        events;
     ngx_uint_t                      sse_state;
     ngx_int_t                       phase_rc;
+    int32_t                         klass;
+    int32_t                         reason;
+    uint32_t                        matched_blocks;
+    uint32_t                        total_blocks;
+    unsigned                        decided:1;
     unsigned                        routed:1;
     unsigned                        stream:1;
     unsigned                        body_seen:1;
@@ -158,6 +163,9 @@ void ngx_http_spi_ticket_mark(ngx_http_spi_ctx_t *ctx);
 void ngx_http_spi_ticket_end(ngx_http_spi_ctx_t *ctx, ngx_int_t status,
     ngx_uint_t http_status);
 void ngx_http_spi_ticket_cleanup(void *data);
+
+/* ngx_http_spotinfer_vars.c */
+ngx_int_t ngx_http_spi_add_variables(ngx_conf_t *cf);
 
 /* ngx_http_spotinfer_scrape.c */
 void ngx_http_spi_scrape_start(ngx_http_spi_replica_t *rep);

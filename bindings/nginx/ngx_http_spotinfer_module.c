@@ -77,7 +77,7 @@ static ngx_command_t  ngx_http_spi_commands[] = {
 
 
 static ngx_http_module_t  ngx_http_spi_module_ctx = {
-    NULL,                                  /* preconfiguration */
+    ngx_http_spi_add_variables,            /* preconfiguration */
     ngx_http_spi_postconfiguration,        /* postconfiguration */
 
     ngx_http_spi_create_main_conf,         /* create main configuration */

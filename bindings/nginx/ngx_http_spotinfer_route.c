@@ -221,6 +221,12 @@ ngx_http_spi_decide(ngx_http_request_t *r, ngx_http_spi_ctx_t *ctx,
 
     st = spi_route(up->req, &d);
 
+    ctx->decided = 1;
+    ctx->klass = d.klass;
+    ctx->reason = d.reason_code;
+    ctx->matched_blocks = d.matched_blocks;
+    ctx->total_blocks = d.total_blocks;
+
     if (st == SPI_OK && d.pool != SPI_POOL_QUEUE) {
         ngx_http_spi_take(ctx, &d);
 

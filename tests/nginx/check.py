@@ -2,9 +2,10 @@
 
 Run by tests/nginx/run.sh, which starts everything. Requests go through the
 official openai client and through plain HTTP (a new connection each, so
-both worker processes take some); the access log
-('$pid $status "$upstream_addr" $request_uri') shows which worker served a
-request and which backends nginx tried.
+both worker processes take some); the access log ('$pid $status
+"$upstream_addr" $request_uri "$spotinfer_replica" $spotinfer_class
+$spotinfer_reason $spotinfer_blocks $spotinfer_tokens') shows which worker
+served a request, which backends nginx tried and what the library decided.
 """
 
 import argparse
@@ -79,24 +80,42 @@ def served_by(resp):
     return resp.system_fingerprint
 
 
-def check_affinity(oa):
-    owners = {served_by(oa.chat.completions.create(**chat(SYSTEM, f"question {i}"))) for i in range(6)}
+def check_affinity(oa, log):
+    owners = {served_by(oa.chat.completions.create(**chat(SYSTEM, f"question {i}"),
+                                                   extra_query={"probe": f"affinity-{i}"}))
+              for i in range(6)}
     if len(owners) != 1:
         fail(f"six requests sharing a system prompt went to {sorted(owners)}")
+    # The library says why. Each worker has its engine: the first request a
+    # worker sees places the cold prefix by rendezvous hash (the same
+    # replica in every worker), the next ones find it held there.
+    entries = access_log(log, "probe=affinity-")
+    seen = set()
+    for e in entries:
+        want = "affinity" if e["pid"] in seen else "rendezvous"
+        seen.add(e["pid"])
+        held = int(e["blocks"].split("/")[0])
+        if e["replica"] not in owners or e["reason"] != want or (want == "affinity") != (held > 0):
+            fail(f"the decisions of the six requests: {entries}")
+    warm = [e for e in entries if e["reason"] == "affinity"]
+    if len(entries) != 6 or not warm:
+        fail(f"the decisions of the six requests: {entries}")
     other = {served_by(oa.chat.completions.create(**chat(OTHER_SYSTEM, f"sentence {i}"))) for i in range(4)}
     if len(other) != 1:
         fail(f"four requests sharing another system prompt went to {sorted(other)}")
     owner = owners.pop()
-    say(f"affinity: 6 requests with one system prompt all on {owner}, 4 with another all on {other.pop()}")
+    say(f"affinity: 6 requests with one system prompt all on {owner} (placed by rendezvous hash in "
+        f"each of {len(seen)} workers, then {len(warm)} by affinity, {warm[-1]['blocks']} blocks "
+        f"held), 4 with another all on {other.pop()}")
     return owner
 
 
 NORMALIZE = re.compile(rb'"(id|created|system_fingerprint)":("[^"]*"|\d+)')
 
 
-def check_stream(oa, base, backends):
+def check_stream(oa, base, backends, log):
     body = chat(SYSTEM, "stream me an answer", stream=True, max_tokens=24)
-    chunks = list(oa.chat.completions.create(**body))
+    chunks = list(oa.chat.completions.create(**body, extra_query={"probe": "stream"}))
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     owner = chunks[0].system_fingerprint
     direct = openai.OpenAI(base_url=f"http://{backends[owner]}/v1", api_key="unused", max_retries=0)
@@ -111,7 +130,11 @@ def check_stream(oa, base, backends):
         fail("the event stream through nginx differs from the backend's")
     if not h1.get("Content-Type", "").startswith("text/event-stream"):
         fail(f"stream Content-Type {h1.get('Content-Type')!r}")
-    say(f"stream: {len(chunks)} chunks, text and bytes as the backend sends them")
+    logged = access_log(log, "probe=stream")
+    if len(logged) != 1 or logged[0]["tokens"] != str(len(chunks)):
+        fail(f"the stream's {len(chunks)} chunks were counted as {logged}")
+    say(f"stream: {len(chunks)} chunks, text and bytes as the backend sends them; "
+        f"the ticket counted {logged[0]['tokens']}")
 
 
 def check_bad_requests(oa, base):
@@ -132,17 +155,24 @@ def check_bad_requests(oa, base):
         fail(f"GET on the routed location: {status}")
 
 
-def access_lines(path, probe):
-    """(pid, status, upstream_addr) of the requests whose URI holds probe.
-    A client has its answer a moment before nginx logs the request."""
+def access_log(path, probe):
+    """The access log's entries of the requests whose URI holds probe. A
+    client has its answer a moment before nginx logs the request."""
     time.sleep(0.2)
     out = []
     with open(path) as f:
         for line in f:
-            m = re.match(r'(\d+) (\d+) "([^"]*)" (\S+)', line)
+            m = re.match(r'(\d+) (\d+) "([^"]*)" (\S+) "([^"]*)" (\S+) (\S+) (\S+) (\S+)$', line)
             if m and probe in m.group(4):
-                out.append((m.group(1), int(m.group(2)), m.group(3)))
+                out.append(dict(pid=m.group(1), status=int(m.group(2)), upstream=m.group(3),
+                                replica=m.group(5), klass=m.group(6), reason=m.group(7),
+                                blocks=m.group(8), tokens=m.group(9)))
     return out
+
+
+def access_lines(path, probe):
+    """(pid, status, upstream_addr) of the requests whose URI holds probe."""
+    return [(e["pid"], e["status"], e["upstream"]) for e in access_log(path, probe)]
 
 
 def notice(base, location, node):
@@ -223,7 +253,7 @@ def wait_kv(addr, above):
     time.sleep(0.5)  # a few scrapes by every worker
 
 
-def check_shed_and_capacity(base, hot_addr, hot_node):
+def check_shed_and_capacity(base, hot_addr, hot_node, log):
     """hot's KV cache fills: bronze is shed (429). It empties: silver is
     served; its machine gets a notice: nothing is left (503)."""
     stop = threading.Event()
@@ -232,7 +262,7 @@ def check_shed_and_capacity(base, hot_addr, hot_node):
     try:
         wait_kv(hot_addr, True)
         bronze = chat("batch", "summarise", metadata={"class": "bronze"})
-        status, headers, raw = http("POST", base + "/hot/v1/chat/completions", bronze)
+        status, headers, raw = http("POST", base + "/hot/v1/chat/completions?probe=shed", bronze)
         if status != 429 or not headers.get("Retry-After") or json.loads(raw)["error"]["type"] != "rate_limit_error":
             fail(f"bronze on a full KV cache: {status} Retry-After={headers.get('Retry-After')} {raw!r}")
         oa = openai.OpenAI(base_url=base + "/hot/v1", api_key="unused", max_retries=0)
@@ -241,6 +271,9 @@ def check_shed_and_capacity(base, hot_addr, hot_node):
             fail("the openai client got an answer from a shed request")
         except openai.RateLimitError:
             pass
+        logged = access_log(log, "probe=shed")
+        if [(e["status"], e["replica"], e["klass"], e["reason"]) for e in logged] != [(429, "", "bronze", "shed")]:
+            fail(f"the shed request was logged as {logged}")
         say(f"429: bronze shed on a full KV cache, Retry-After {headers['Retry-After']}: "
             f"{json.loads(raw)['error']['message']!r}")
     finally:
@@ -266,9 +299,18 @@ def check_metrics(base, out):
     text = raw.decode()
     if 'spotinfer_node_transitions_total{from="active",to="noticed"} 1' not in text:
         fail("the worker that served /metrics does not count the pushed notice")
+    # Every ticket was finished (in the log phase, or when the chosen
+    # replica failed), and finished tickets carried their first byte.
+    inflight = re.findall(r"^spotinfer_replica_inflight\{[^}]*\} (\S+)$", text, re.M)
+    if len(inflight) != 3 or any(float(v) != 0 for v in inflight):
+        fail(f"open tickets after every request ended: {inflight}")
+    ttft = sum(float(v) for v in re.findall(r"^spotinfer_ttft_seconds_count\{[^}]*\} (\S+)$", text, re.M))
+    if ttft < 1:
+        fail("no ticket reported a first byte")
     with open(out, "w") as f:
         f.write(text)
-    say(f"metrics: {len(text.splitlines())} lines, the pushed notice counted")
+    say(f"metrics: {len(text.splitlines())} lines, the pushed notice counted, no open ticket, "
+        f"{ttft:.0f} first bytes in this worker's TTFT histogram")
 
 
 def valgrind_round(base, backends):
@@ -306,14 +348,14 @@ def main():
              "od-1": "i-0000000000000000c"}
     wait_ready(a.base, 20)
     oa = client(a.base)
-    owner = check_affinity(oa)
-    check_stream(oa, a.base, addrs)
+    owner = check_affinity(oa, a.access_log)
+    check_stream(oa, a.base, addrs, a.access_log)
     check_bad_requests(oa, a.base)
     heir = check_notice(a.base, owner, nodes, addrs, a.access_log, a.workers)
     if heir is None:
         fail("after the notice the prompt did not settle on one backend")
     check_fallback(a.base, heir, pids, addrs, a.access_log)
-    check_shed_and_capacity(a.base, addrs["hot"], "i-00000000000000ff0")
+    check_shed_and_capacity(a.base, addrs["hot"], "i-00000000000000ff0", a.access_log)
     check_metrics(a.base, a.metrics_out)
     print("check: all passed")
 

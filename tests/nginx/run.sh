@@ -97,7 +97,8 @@ pid $work/prefix/logs/${1%.conf}.pid;
 error_log $work/prefix/logs/${1%.conf}-error.log info;
 events { worker_connections 256; }
 http {
-  log_format spi '\$pid \$status "\$upstream_addr" \$request_uri';
+  log_format spi '\$pid \$status "\$upstream_addr" \$request_uri "\$spotinfer_replica" '
+                 '\$spotinfer_class \$spotinfer_reason \$spotinfer_blocks \$spotinfer_tokens';
   access_log $work/prefix/logs/${1%.conf}-access.log spi;
   client_body_temp_path $work/prefix/body;
   proxy_temp_path $work/prefix/proxy;
