@@ -20,6 +20,9 @@
 # For every case the peers take turns, SPI_PEERS_ROUNDS rounds (default 5,
 # smoke 1) of SPI_PEERS_DECISIONS decisions each (default 2000, smoke 500),
 # the order rotated every round, so all four see the same machine load.
+# Each decision's request is finished at once, as in bench_route; with
+# SPI_PEERS_IN_FLIGHT=64 the last 64 stay open (the oldest finished as each
+# new one is routed), so loads and caches spread over the fleet.
 # Prints JSON lines (one per peer and case, then a summary); the runs' raw
 # samples and docs-ready table stay in build-peers/run-<date>/.
 set -euo pipefail
@@ -29,6 +32,7 @@ cd "$root"
 out="$root/build-peers"
 peers_src="$root/tests/bench/peers"
 jobs=${SPI_JOBS:-2}
+in_flight=${SPI_PEERS_IN_FLIGHT:-0}
 smoke=no
 if [[ "${1:-}" == "--smoke" ]]; then
   smoke=yes
@@ -68,7 +72,7 @@ nice -n 10 cc -O2 -std=c11 -D_POSIX_C_SOURCE=200809L -Wall -Wextra -Werror \
   $(pkg-config --libs libcjson libxxhash) -pthread -lm -o "$out/peer_spi"
 
 say "building the EPP harness (Go modules pinned by tests/bench/peers/go/go.sum)"
-(cd "$peers_src/go" && nice -n 10 go build -mod=readonly -p "$jobs" -o "$out/peer-epp" .)
+(cd "$peers_src/go" && nice -n 10 go build -mod=readonly -buildvcs=false -p "$jobs" -o "$out/peer-epp" .)
 
 say "building the Rust harness (crates pinned by tests/bench/peers/rust/Cargo.lock)"
 CARGO_TARGET_DIR="$out/cargo" nice -n 10 cargo build --release --locked -j "$jobs" \
@@ -79,13 +83,13 @@ run_dir="$out/run-$(date -u +%Y%m%dT%H%M%SZ)"
 mkdir -p "$run_dir"
 cpu=$(grep -m1 'model name' /proc/cpuinfo 2>/dev/null | sed 's/.*: //' || echo unknown)
 python3 - "$cpu" "$(nproc)" "$(go env GOVERSION)" "$(rustc --version)" \
-  "$(cc --version | head -1)" "$smoke" "$rounds" "$decisions" <<'EOF'
+  "$(cc --version | head -1)" "$smoke" "$rounds" "$decisions" "$in_flight" <<'EOF'
 import json, sys, datetime
 a = sys.argv[1:]
 print(json.dumps({"bench": "peers_env",
                   "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
                   "cpu": a[0], "cpus": int(a[1]), "go": a[2], "rustc": a[3], "cc": a[4],
-                  "smoke": a[5] == "yes", "rounds": int(a[6]), "decisions_per_run": int(a[7]),
+                  "smoke": a[5] == "yes", "rounds": int(a[6]), "decisions_per_run": int(a[7]), "in_flight": int(a[8]),
                   "gateway_api_inference_extension": "v1.5.0", "kv_index": "2.0.0",
                   "dynamo_kv_router": "1.6.1"}, separators=(",", ":")))
 EOF
@@ -103,7 +107,7 @@ for size in "${sizes[@]}"; do
           *) cmd=("$out/cargo/release/peer-rust" "$p") ;;
         esac
         samples="$run_dir/$p-$size-$reps-$r.txt"
-        line=$(timeout 600 nice -n 10 "${cmd[@]}" "$size" "$reps" "$decisions" "$samples")
+        line=$(timeout 600 nice -n 10 "${cmd[@]}" "$size" "$reps" "$decisions" "$samples" "$in_flight")
         echo "${line%\}},\"samples\":\"$samples\"}" >>"$run_dir/runs.jsonl"
       done
     done

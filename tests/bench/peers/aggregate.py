@@ -37,7 +37,7 @@ def load(run_dir):
             if not line.strip():
                 continue
             run = json.loads(line)
-            key = (run["prompt_bytes"], run["replicas"])
+            key = (run["prompt_bytes"], run["replicas"], run.get("in_flight", 0))
             peer = cases.setdefault(key, {}).setdefault(
                 run["peer"], {"ns": [], "runs": 0, "chosen": 0, "fnv": set()})
             with open(run["samples"]) as s:
@@ -51,8 +51,8 @@ def load(run_dir):
 def summarize(cases):
     lines = []
     lowest = True
-    for (size, reps) in sorted(cases):
-        peers = cases[(size, reps)]
+    for (size, reps, in_flight) in sorted(cases):
+        peers = cases[(size, reps, in_flight)]
         fnvs = set().union(*(p["fnv"] for p in peers.values()))
         if len(fnvs) != 1:
             sys.exit("aggregate: the peers saw different prompts in case %d/%d" % (size, reps))
@@ -64,7 +64,7 @@ def summarize(cases):
         for name in sorted(stats, key=lambda n: ORDER.index(n) if n in ORDER else 99):
             p50, p99, n, runs, chosen = stats[name]
             line = {"bench": "peers", "peer": name, "prompt_bytes": size, "replicas": reps,
-                    "runs": runs, "samples": n, "replicas_chosen": chosen,
+                    "in_flight": in_flight, "runs": runs, "samples": n, "replicas_chosen": chosen,
                     "p50_ns": p50, "p99_ns": p99}
             if spi:
                 line["p50_ratio_to_spi"] = round(p50 / spi[0], 2)
@@ -96,7 +96,7 @@ def markdown(lines, path):
             if r is None:
                 cells.append("-")
             elif p == SPI:
-                cells.append("**%s** / %s" % (fmt_us(r["p50_ns"]), fmt_us(r["p99_ns"])))
+                cells.append("%s / %s" % (fmt_us(r["p50_ns"]), fmt_us(r["p99_ns"])))
             else:
                 ratio = r.get("p50_ratio_to_spi", 0)
                 cells.append("%s / %s (%s)" % (fmt_us(r["p50_ns"]), fmt_us(r["p99_ns"]),

@@ -1,11 +1,12 @@
 /*
  * peer_spi.c - spi_route() on the shared peer workload (README.md).
  *
- *   peer_spi <prompt bytes> <replicas> <decisions> <samples file>
+ *   peer_spi <prompt bytes> <replicas> <decisions> <samples file> [in flight]
  *
- * Builds the fleet, routes the eight warm-up batches (each decision
- * finished at once), then times <decisions> calls of spi_route() over the
- * measured batch, finishing each ticket outside the timed span. Writes
+ * Builds the fleet, routes the eight warm-up batches, then times
+ * <decisions> calls of spi_route() over the measured batch. Each ticket is
+ * finished outside the timed span: at once, or with [in flight] > 0 when
+ * that many later decisions have been made (the oldest open one first). Writes
  * one time in ns per line to <samples file> and prints one JSON line.
  * The engine runs on a fixed clock, as in bench_route, so load reports
  * never go stale.
@@ -91,8 +92,25 @@ static void finish(spi_engine *e, uint64_t t) {
   spi_ticket_finish(e, t, &r);
 }
 
+/* Tickets held open: ring[0..n), the oldest finished when a new one needs
+ * its slot. */
+typedef struct window {
+  uint64_t *ring;
+  int n, next;
+} window;
+
+static void hold(spi_engine *e, window *w, uint64_t t) {
+  if (w->n == 0) {
+    finish(e, t);
+    return;
+  }
+  if (w->ring[w->next]) finish(e, w->ring[w->next]);
+  w->ring[w->next] = t;
+  w->next = (w->next + 1) % w->n;
+}
+
 /* One route; returns the replica number it chose, or -1. */
-static int route_once(spi_engine *e, spi_request *req, int64_t *ns) {
+static int route_once(spi_engine *e, window *w, spi_request *req, int64_t *ns) {
   spi_decision d;
   memset(&d, 0, sizeof d);
   d.struct_size = sizeof d;
@@ -102,19 +120,23 @@ static int route_once(spi_engine *e, spi_request *req, int64_t *ns) {
   if (ns) *ns = t1 - t0;
   if (rc != SPI_OK || !d.ticket) return -1;
   int at = atoi(d.replica_id + strlen("replica-"));
-  finish(e, d.ticket);
+  hold(e, w, d.ticket);
   return at;
 }
 
 int main(int argc, char **argv) {
-  if (argc != 5) die("usage: peer_spi <prompt bytes> <replicas> <decisions> <samples file>");
+  if (argc != 5 && argc != 6)
+    die("usage: peer_spi <prompt bytes> <replicas> <decisions> <samples file> [in flight]");
   size_t size = (size_t)atol(argv[1]);
   int replicas = atoi(argv[2]), n = atoi(argv[3]);
-  if (replicas < 1 || replicas > 999 || n < 1 || !peers_golden(size)) die("bad arguments");
+  window w = {NULL, argc == 6 ? atoi(argv[5]) : 0, 0};
+  if (replicas < 1 || replicas > 999 || n < 1 || w.n < 0 || w.n > 4096 || !peers_golden(size))
+    die("bad arguments");
+  w.ring = calloc((size_t)w.n + 1, sizeof *w.ring);
   char *scratch = malloc(size);
   int64_t *t = malloc(sizeof *t * (size_t)n);
   char *seen = calloc((size_t)replicas, 1);
-  if (!scratch || !t || !seen) die("out of memory");
+  if (!scratch || !t || !seen || !w.ring) die("out of memory");
   uint64_t sum = peers_checksum(size, scratch);
   if (sum != peers_golden(size)) die("prompt checksum differs from the golden one");
   spi_engine *e = make_fleet(replicas);
@@ -122,14 +144,14 @@ int main(int argc, char **argv) {
   for (int round = 0; round < PEERS_WARM_ROUNDS; round++) {
     make_batch(e, reqs, size, round, scratch);
     for (int j = 0; j < PEERS_BATCH; j++) {
-      route_once(e, reqs[j], NULL);
+      route_once(e, &w, reqs[j], NULL);
       spi_request_free(reqs[j]);
     }
   }
   make_batch(e, reqs, size, -1, scratch);
   int distinct = 0, failed = 0;
   for (int i = 0; i < n; i++) {
-    int at = route_once(e, reqs[i % PEERS_BATCH], &t[i]);
+    int at = route_once(e, &w, reqs[i % PEERS_BATCH], &t[i]);
     if (at < 0 || at >= replicas) {
       failed++;
     } else if (!seen[at]) {
@@ -142,13 +164,17 @@ int main(int argc, char **argv) {
   for (int i = 0; i < n; i++) fprintf(f, "%lld\n", (long long)t[i]);
   fclose(f);
   qsort(t, (size_t)n, sizeof t[0], cmp_i64);
-  printf("{\"peer\":\"spi_route\",\"prompt_bytes\":%zu,\"replicas\":%d,\"decisions\":%d,"
+  printf("{\"peer\":\"spi_route\",\"prompt_bytes\":%zu,\"replicas\":%d,\"in_flight\":%d,"
+         "\"decisions\":%d,"
          "\"prompts_fnv\":\"%016llx\",\"replicas_chosen\":%d,\"failed\":%d,"
          "\"p50_ns\":%lld,\"p99_ns\":%lld}\n",
-         size, replicas, n, (unsigned long long)sum, distinct, failed,
+         size, replicas, w.n, n, (unsigned long long)sum, distinct, failed,
          (long long)t[n / 2], (long long)t[(size_t)n * 99 / 100]);
+  for (int i = 0; i < w.n; i++)
+    if (w.ring[i]) finish(e, w.ring[i]);
   for (int j = 0; j < PEERS_BATCH; j++) spi_request_free(reqs[j]);
   spi_engine_free(e);
+  free(w.ring);
   free(scratch);
   free(t);
   free(seen);

@@ -1,7 +1,7 @@
 // Command peer-epp drives the Gateway API Inference Extension endpoint
 // picker (EPP) in-process on the shared peer workload (../README.md):
 //
-//	peer-epp <prompt bytes> <replicas> <decisions> <samples file>
+//	peer-epp <prompt bytes> <replicas> <decisions> <samples file> [in flight]
 //
 // The scheduler is built as the EPP's default configuration builds it: one
 // profile with the queue scorer (weight 2), the KV-cache utilization scorer
@@ -13,6 +13,9 @@
 // records the prompt's blocks for the chosen endpoint). The candidate
 // endpoints are built once and kept, with their metrics updated in place
 // (the director snapshots them for every request; that cost is left out).
+// A request is finished outside the timed span: at once, or with [in
+// flight] > 0 when that many later decisions have been made (the oldest
+// open one first).
 package main
 
 import (
@@ -135,9 +138,30 @@ func (e *epp) route(k int) int {
 
 func (e *epp) finish(at int) { e.endpoints[at].GetMetrics().RunningRequestsSize-- }
 
+// window holds open requests (their replicas), oldest finished first.
+type window struct {
+	open  []int
+	limit int
+}
+
+func (w *window) hold(e *epp, at int) {
+	w.open = append(w.open, at)
+	if len(w.open) > w.limit {
+		e.finish(w.open[0])
+		w.open = w.open[1:]
+	}
+}
+
 func main() {
-	if len(os.Args) != 5 {
-		die("usage: peer-epp <prompt bytes> <replicas> <decisions> <samples file>")
+	if len(os.Args) != 5 && len(os.Args) != 6 {
+		die("usage: peer-epp <prompt bytes> <replicas> <decisions> <samples file> [in flight]")
+	}
+	w := &window{}
+	if len(os.Args) == 6 {
+		var err error
+		if w.limit, err = strconv.Atoi(os.Args[5]); err != nil || w.limit < 0 || w.limit > 4096 {
+			die("bad in-flight count")
+		}
 	}
 	size, _ := strconv.Atoi(os.Args[1])
 	replicas, _ := strconv.Atoi(os.Args[2])
@@ -153,7 +177,7 @@ func main() {
 	}
 	e := newEpp(replicas, all)
 	for k := 0; k < batch*warmRounds; k++ {
-		e.finish(e.route(k))
+		w.hold(e, e.route(k))
 	}
 	// The producer records blocks on a goroutine: let the warm-up's land.
 	time.Sleep(200 * time.Millisecond)
@@ -165,7 +189,7 @@ func main() {
 		t0 := time.Now()
 		at := e.route(k)
 		t[i] = int64(time.Since(t0))
-		e.finish(at)
+		w.hold(e, at)
 		if !seen[at] {
 			seen[at] = true
 			distinct++
@@ -180,7 +204,7 @@ func main() {
 		die("cannot write samples: %v", err)
 	}
 	sort.Slice(t, func(a, b int) bool { return t[a] < t[b] })
-	fmt.Printf("{\"peer\":\"gie_epp\",\"prompt_bytes\":%d,\"replicas\":%d,\"decisions\":%d,"+
+	fmt.Printf("{\"peer\":\"gie_epp\",\"prompt_bytes\":%d,\"replicas\":%d,\"in_flight\":%d,\"decisions\":%d,"+
 		"\"prompts_fnv\":\"%016x\",\"replicas_chosen\":%d,\"failed\":0,\"p50_ns\":%d,\"p99_ns\":%d}\n",
-		size, replicas, n, sum, distinct, t[n/2], t[n*99/100])
+		size, replicas, w.limit, n, sum, distinct, t[n/2], t[n*99/100])
 }

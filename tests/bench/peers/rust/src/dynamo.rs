@@ -14,7 +14,7 @@
 //! decode; a routed request adds its uncached tokens and its blocks until it
 //! finishes.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 
 use dynamo_kv_router::protocols::{
     compute_block_hash_for_seq, compute_seq_hash_for_block, BlockHashOptions,
@@ -62,9 +62,12 @@ pub struct Dynamo {
     workers: HashMap<WorkerId, Worker>,
     request: SchedulingRequest,
     tokens: Vec<Vec<u32>>,
-    /// Per route: whether the chosen worker lacked some of its blocks (to
-    /// store after it), and the tokens it added to the worker's prefill.
-    pending: Option<(bool, usize)>,
+    /// The last route's worker and prompt when the worker lacked some of
+    /// its blocks: stored by `settle`.
+    to_store: Option<(usize, usize)>,
+    /// Per open request, oldest first: the tokens it added to its worker's
+    /// prefill.
+    pending: VecDeque<usize>,
     event_id: u64,
 }
 
@@ -128,7 +131,8 @@ impl Dynamo {
             workers,
             request,
             tokens,
-            pending: None,
+            to_store: None,
+            pending: VecDeque::new(),
             event_id: 0,
         }
     }
@@ -204,26 +208,32 @@ impl Peer for Dynamo {
             l.active_decode_blocks += nblocks;
             l.active_requests += 1;
         }
-        self.pending = Some((cached < nblocks, new_tokens));
+        self.pending.push_back(new_tokens);
+        if cached < nblocks {
+            self.to_store = Some((w.worker_id as usize, k));
+        }
         w.worker_id as usize
     }
 
+    fn settle(&mut self) {
+        if let Some((worker, k)) = self.to_store.take() {
+            let hashes = compute_block_hash_for_seq(
+                &self.tokens[k],
+                BLOCK_SIZE,
+                BlockHashOptions::default(),
+            );
+            self.store(worker, hashes);
+        }
+    }
+
     fn finish(&mut self, replica: usize, k: usize) {
-        let (store, new_tokens) = self.pending.take().unwrap_or_default();
+        let new_tokens = self.pending.pop_front().unwrap_or_default();
         let blocks = self.tokens[k].len() / BLOCK_SIZE as usize;
         let w = WorkerWithDpRank::from_worker_id(replica as WorkerId);
         if let Some(l) = self.request.worker_loads.get_mut(&w) {
             l.active_prefill_tokens -= new_tokens;
             l.active_decode_blocks -= blocks;
             l.active_requests -= 1;
-        }
-        if store {
-            let hashes = compute_block_hash_for_seq(
-                &self.tokens[k],
-                BLOCK_SIZE,
-                BlockHashOptions::default(),
-            );
-            self.store(replica, hashes);
         }
     }
 }
