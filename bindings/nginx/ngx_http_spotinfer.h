@@ -114,6 +114,24 @@ typedef struct {
 } ngx_http_spi_loc_conf_t;
 
 
+/* A "key": number in a JSON answer, found across buffer boundaries. */
+typedef struct {
+    size_t                          matched;   /* bytes of the key seen */
+    uint64_t                        value;     /* the number being read */
+    uint64_t                        last;      /* the last one read */
+    unsigned                        digits:1;
+    unsigned                        found:1;
+} ngx_http_spi_scan_t;
+
+
+enum {
+    NGX_HTTP_SPI_USAGE_PROMPT = 0,
+    NGX_HTTP_SPI_USAGE_COMPLETION,
+    NGX_HTTP_SPI_USAGE_CACHED,
+    NGX_HTTP_SPI_USAGE_N
+};
+
+
 /* One request's routing, from the decision to the log phase. */
 typedef struct {
     ngx_http_spi_upstream_t        *up;
@@ -125,6 +143,7 @@ typedef struct {
     int64_t                         first_byte_us;
     uint64_t                        events;
     ngx_uint_t                      sse_state;
+    ngx_http_spi_scan_t             usage[NGX_HTTP_SPI_USAGE_N];
     ngx_int_t                       phase_rc;
     int32_t                         klass;
     int32_t                         reason;
@@ -163,6 +182,7 @@ void ngx_http_spi_ticket_mark(ngx_http_spi_ctx_t *ctx);
 void ngx_http_spi_ticket_end(ngx_http_spi_ctx_t *ctx, ngx_int_t status,
     ngx_uint_t http_status);
 void ngx_http_spi_ticket_cleanup(void *data);
+uint64_t ngx_http_spi_output_tokens(ngx_http_spi_ctx_t *ctx);
 
 /* ngx_http_spotinfer_vars.c */
 ngx_int_t ngx_http_spi_add_variables(ngx_conf_t *cf);

@@ -246,7 +246,9 @@ ngx_http_spi_ticket_end(ngx_http_spi_ctx_t *ctx, ngx_int_t status,
     ngx_memzero(&res, sizeof(spi_ticket_result));
     res.struct_size = sizeof(spi_ticket_result);
     res.status = (int32_t) status;
-    res.output_tokens = ctx->stream ? ctx->events : 0;
+    res.output_tokens = ngx_http_spi_output_tokens(ctx);
+    res.prompt_tokens = ctx->usage[NGX_HTTP_SPI_USAGE_PROMPT].last;
+    res.cached_tokens = ctx->usage[NGX_HTTP_SPI_USAGE_CACHED].last;
     res.duration_ms = (double) (ngx_http_spi_now_us() - ctx->routed_us)
                       / 1000.0;
 
@@ -307,6 +309,73 @@ ngx_http_spi_body_filter_init(ngx_conf_t *cf)
     ngx_http_top_body_filter = ngx_http_spi_body_filter;
 
     return NGX_OK;
+}
+
+
+/* The answer's own count when it has one (a whole answer's "usage", or
+ * the usage chunk of a stream asked with include_usage), else the chunks
+ * counted; 0 (unknown) for a whole answer without usage. */
+uint64_t
+ngx_http_spi_output_tokens(ngx_http_spi_ctx_t *ctx)
+{
+    if (ctx->usage[NGX_HTTP_SPI_USAGE_COMPLETION].found) {
+        return ctx->usage[NGX_HTTP_SPI_USAGE_COMPLETION].last;
+    }
+
+    return ctx->stream ? ctx->events : 0;
+}
+
+
+static void
+ngx_http_spi_scan(ngx_http_spi_scan_t *s, const ngx_str_t *key, u_char c)
+{
+    if (s->matched < key->len) {
+        s->matched = (c == key->data[s->matched]) ? s->matched + 1
+                     : (c == key->data[0]);
+
+        if (s->matched == key->len) {
+            s->value = 0;
+            s->digits = 0;
+        }
+
+        return;
+    }
+
+    if (c == ' ' && !s->digits) {
+        return;
+    }
+
+    if (c >= '0' && c <= '9' && s->value < NGX_MAX_UINT32_VALUE) {
+        s->value = s->value * 10 + (c - '0');
+        s->digits = 1;
+        return;
+    }
+
+    if (s->digits) {
+        s->last = s->value;
+        s->found = 1;
+    }
+
+    s->matched = (c == key->data[0]);
+}
+
+
+static void
+ngx_http_spi_scan_usage(ngx_http_spi_ctx_t *ctx, u_char *p, u_char *last)
+{
+    ngx_uint_t  k;
+
+    static const ngx_str_t  keys[NGX_HTTP_SPI_USAGE_N] = {
+        ngx_string("\"prompt_tokens\":"),
+        ngx_string("\"completion_tokens\":"),
+        ngx_string("\"cached_tokens\":")
+    };
+
+    for ( /* void */ ; p < last; p++) {
+        for (k = 0; k < NGX_HTTP_SPI_USAGE_N; k++) {
+            ngx_http_spi_scan(&ctx->usage[k], &keys[k], *p);
+        }
+    }
 }
 
 
@@ -391,6 +460,8 @@ ngx_http_spi_body_filter(ngx_http_request_t *r, ngx_chain_t *in)
         if (ctx->stream) {
             ngx_http_spi_count_events(ctx, cl->buf->pos, cl->buf->last);
         }
+
+        ngx_http_spi_scan_usage(ctx, cl->buf->pos, cl->buf->last);
     }
 
     if (ctx->events != before) {

@@ -7,8 +7,9 @@
  *   $spotinfer_reason   affinity, rendezvous, shed, no_capacity, ...
  *   $spotinfer_blocks   prefix blocks the replica likely holds / the
  *                       prompt's blocks, e.g. "3/4"
- *   $spotinfer_tokens   streamed chunks counted so far (at log time: the
- *                       output tokens the ticket was finished with)
+ *   $spotinfer_tokens   output tokens: the answer's usage when it has one,
+ *                       else the streamed chunks counted (at log time:
+ *                       what the ticket was finished with)
  */
 
 #include "ngx_http_spotinfer.h"
@@ -126,8 +127,10 @@ ngx_http_spi_variable(ngx_http_request_t *r, ngx_http_variable_value_t *v,
                                   ctx->matched_blocks, ctx->total_blocks)
                                   - p);
         } else {
-            ngx_http_spi_var_text(v, p, ngx_sprintf(p, "%uL", ctx->events)
-                                        - p);
+            ngx_http_spi_var_text(v, p,
+                                  ngx_sprintf(p, "%uL",
+                                              ngx_http_spi_output_tokens(ctx))
+                                  - p);
         }
 
         return NGX_OK;

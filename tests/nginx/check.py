@@ -133,8 +133,16 @@ def check_stream(oa, base, backends, log):
     logged = access_log(log, "probe=stream")
     if len(logged) != 1 or logged[0]["tokens"] != str(len(chunks)):
         fail(f"the stream's {len(chunks)} chunks were counted as {logged}")
-    say(f"stream: {len(chunks)} chunks, text and bytes as the backend sends them; "
-        f"the ticket counted {logged[0]['tokens']}")
+    # With a usage chunk (or a whole answer's usage) its count is the one.
+    used = list(oa.chat.completions.create(**body, stream_options={"include_usage": True},
+                                           extra_query={"probe": "usage-stream"}))
+    whole = oa.chat.completions.create(**chat(SYSTEM, "a whole answer"), extra_query={"probe": "usage-whole"})
+    got = [e["tokens"] for p in ("usage-stream", "usage-whole") for e in access_log(log, "probe=" + p)]
+    want = [str(used[-1].usage.completion_tokens), str(whole.usage.completion_tokens)]
+    if got != want or len(used) == used[-1].usage.completion_tokens:
+        fail(f"usage: tickets got {got} output tokens, the answers said {want}")
+    say(f"stream: {len(chunks)} chunks, text and bytes as the backend sends them; the ticket counted "
+        f"{logged[0]['tokens']}; with usage the tickets take its count ({', '.join(want)})")
 
 
 def check_bad_requests(oa, base):
