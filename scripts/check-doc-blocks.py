@@ -26,6 +26,7 @@ language (sh, c, python, go, ...) and no verdict fails the check, so a new
 command cannot go into the docs untested.
 
 Usage:
+  check-doc-blocks.py --self-test                 the check on made-up pages
   check-doc-blocks.py [root]                      static check (docs stage)
   check-doc-blocks.py --run --prefix P --build B [root]
                                                   also run the run/config
@@ -140,7 +141,40 @@ def run_block(where, body, env, cwd):
     return bad
 
 
+def self_test():
+    """The check on made-up pages: what must fail fails, what must pass
+    passes (in a scratch root, so the repository is not read)."""
+    cases = [
+        ("```sh\nls\n```\n", 1),                               # unmarked command
+        ("<!-- doc-check: skip shown only -->\n```sh\nls\n```\n", 0),
+        ("<!-- doc-check: skip -->\n```sh\nls\n```\n", 1),    # no reason
+        ("<!-- doc-check: by no/such/test.sh -->\n```c\nx\n```\n", 1),
+        ("```json\n{\"a\": 1,}\n```\n", 1),                   # not JSON
+        ("```\nA -> B\n```\n", 0),                               # text
+        ("<!-- doc-check: run -->\n```sh\ntrue\n```\n", 0),
+        ("<!-- doc-check: run -->\n```sh\nfalse\n```\n", 1),  # fails in --run
+        ("<!-- doc-check: bogus -->\n```sh\nls\n```\n", 1),
+    ]
+    bad = 0
+    for text, want in cases:
+        d = tempfile.mkdtemp(prefix="spotinfer-doccheck-self.")
+        try:
+            with open(os.path.join(d, "README.md"), "w", encoding="utf-8") as f:
+                f.write(text)
+            r = subprocess.run([sys.executable, __file__, "--run", "--prefix", d, d],
+                               capture_output=True, text=True)
+        finally:
+            shutil.rmtree(d, ignore_errors=True)
+        if (r.returncode != 0) != bool(want):
+            bad += 1
+            print(f"self-test: exit {r.returncode} for {text!r}: {r.stdout.strip()}")
+    print(f"check-doc-blocks self-test: {len(cases) - bad} passed, {bad} failed")
+    return 1 if bad else 0
+
+
 def main():
+    if sys.argv[1:] == ["--self-test"]:
+        return self_test()
     ap = argparse.ArgumentParser()
     ap.add_argument("root", nargs="?",
                     default=os.path.join(os.path.dirname(__file__), ".."))

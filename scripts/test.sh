@@ -11,7 +11,8 @@
 #   docs      scripts/check-doc-links.py: every relative link of README.md,
 #             CHANGELOG.md, docs/*.md and the bindings' READMEs resolves;
 #             scripts/check-doc-blocks.py: every code block of those pages
-#             is run by a test or marked as not a command
+#             is run by a test or marked as not a command (and its
+#             --self-test on made-up pages)
 #   build     RelWithDebInfo build in build/, warnings as errors in the
 #             library, examples and API tests; ctest
 #   asan      ASan + UBSan build in build-asan/; ctest
@@ -159,6 +160,7 @@ stage_length() {
 
 stage_docs() {
   python3 "$root/scripts/check-doc-links.py" "$root"
+  python3 "$root/scripts/check-doc-blocks.py" --self-test
   python3 "$root/scripts/check-doc-blocks.py" "$root"
 }
 
