@@ -30,7 +30,7 @@ fi
 echo "setup-litellm-deps: installing litellm==$LITELLM_VERSION into $venv"
 rm -rf "$venv"
 python3 -m venv "$venv"
-PIP_CACHE_DIR="$root/build/pip-cache" "$venv/bin/python" -m pip install -q \
+PIP_CACHE_DIR="$root/build/pip-cache" "$venv/bin/python" -m pip install -q --no-compile \
   --disable-pip-version-check -c "$constraints" "litellm==$LITELLM_VERSION" "${TOOLS[@]}"
 echo "$want" >"$stamp"
 echo "setup-litellm-deps: litellm $LITELLM_VERSION ready in $venv"

@@ -9,6 +9,7 @@ import urllib.request
 import litellm
 import pytest
 from litellm import Router
+from litellm.types.router import Deployment
 from prometheus_client.parser import text_string_to_metric_families
 
 import spotinfer
@@ -243,3 +244,35 @@ def test_a_failed_call_finishes_its_ticket_as_failed(backends, closing):
     wait_for(lambda: sum(r.failed for r in routing.engine.ledger()) == 1)
     assert sum(r.completed for r in routing.engine.ledger()) == 0
     assert not routing._open
+
+
+def test_the_sync_api_routes_and_finishes_too(backends, closing):
+    for rid in ("spot-a", "spot-b"):
+        backends.start(rid, *FAST)
+    router = Router(model_list=[deployment(backends, r) for r in ("spot-a", "spot-b")],
+                    num_retries=0)
+    routing = SpotinferRouting.install(router, CONFIG)
+    closing(routing)
+    fps = []
+    for n in range(3):
+        r = router.completion(model=MODEL, messages=messages(SYSTEMS[2], f"s{n}"),
+                              metadata={"class": "silver"})
+        fps.append(r.system_fingerprint)
+        wait_for(lambda: sum(x.completed for x in routing.engine.ledger()) == n + 1)
+    assert fps[0] in ("spot-a", "spot-b") and fps == [fps[0]] * 3
+    assert not routing._open
+
+
+def test_deployments_added_later_are_routed_to(backends, closing):
+    backends.start("spot-a", *FAST)
+    router = Router(model_list=[deployment(backends, "spot-a")], num_retries=0)
+    routing = SpotinferRouting.install(router, CONFIG)
+    closing(routing)
+    routing.engine.set_replica_state("spot-a", ReplicaState.DRAINING)
+    backends.start("spot-b", *FAST)
+    router.add_deployment(Deployment(**deployment(backends, "spot-b")))
+    routing.sync_deployments()
+    wait_for(routing._fresh["spot-b"].is_set)   # its first load reading
+    r = run(router.acompletion(model=MODEL, messages=messages("s", "u"),
+                               metadata={"class": "silver"}))
+    assert r.system_fingerprint == "spot-b"

@@ -267,6 +267,17 @@ class SpotinferRouting(CustomLogger, CustomRoutingStrategyBase):  # type: ignore
                 self._fresh.setdefault(rid, threading.Event())
         for rid in gone:
             self.engine.remove_replica(rid)
+        if self._threads:                   # started: new replicas get theirs
+            running = {t.name for t in self._threads if t.is_alive()}
+            for rid in self._replicas:
+                if f"spotinfer-load-{rid}" not in running:
+                    self._spawn(rid).start()
+
+    def _spawn(self, rid: str) -> threading.Thread:
+        t = threading.Thread(target=self._load_loop, args=(rid,),
+                             name=f"spotinfer-load-{rid}", daemon=True)
+        self._threads.append(t)
+        return t
 
     def start(self) -> None:
         """Start the load threads (one per replica, so a slow /metrics holds
@@ -275,9 +286,7 @@ class SpotinferRouting(CustomLogger, CustomRoutingStrategyBase):  # type: ignore
         if self._threads:
             return
         for rid in list(self._replicas):
-            t = threading.Thread(target=self._load_loop, args=(rid,),
-                                 name=f"spotinfer-load-{rid}", daemon=True)
-            self._threads.append(t)
+            self._spawn(rid)
         self._threads.append(threading.Thread(target=self._tick_loop,
                                               name="spotinfer-tick", daemon=True))
         for t in self._threads:
