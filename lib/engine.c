@@ -32,6 +32,7 @@ static void snapshot_free(spi_engine *e, spi_snapshot *s) {
   }
   if (s->shadow.mod && s->shadow.inst && s->shadow.mod->release)
     s->shadow.mod->release(s->shadow.mod->state, s->shadow.inst);
+  spi__fleet_ref_drop(e, s->fleet);
   spi__free(&e->mem, s->json);
   spi__free(&e->mem, s);
 }
@@ -254,6 +255,12 @@ static int configure_one(spi_engine *e, spi_modentry *m, const cJSON *sec,
   return SPI_OK;
 }
 
+int spi__module_configure(spi_engine *e, spi_modentry *m, const cJSON *sec,
+                          const char *shown, void **out_inst, char *err,
+                          size_t errcap) {
+  return configure_one(e, m, sec, shown, out_inst, err, errcap);
+}
+
 /* The section a module reads: a built-in's own, else module_config.<name>. */
 static const cJSON *module_section(const cJSON *root, const spi_modentry *m) {
   if (m->builtin) return cJSON_GetObjectItemCaseSensitive(root, m->section);
@@ -426,6 +433,7 @@ static int configure_locked(spi_engine *e, const char *json, size_t len) {
   if (rc == SPI_OK) rc = spi__replay_check_section(e, root, err, sizeof err);
   if (rc == SPI_OK) rc = spi__router_read_cfg(root, &s->router, err, sizeof err);
   if (rc == SPI_OK) rc = configure_modules(e, root, s, err, sizeof err);
+  if (rc == SPI_OK) rc = spi__fleet_configure(e, root, s, err, sizeof err);
   spi_router_prep prep;
   memset(&prep, 0, sizeof prep);
   if (rc == SPI_OK) rc = spi__router_prepare(e, &s->router, &prep, err, sizeof err);

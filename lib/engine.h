@@ -44,7 +44,7 @@
 #define SPI_ENGINE_MAGIC 0x53504945u  /* "SPIE" */
 #define SPI_REQUEST_MAGIC 0x53504952u /* "SPIR" */
 #define SPI_DEAD_MAGIC 0xdeadbeefu
-#define SPI_KIND_MAX 7 /* kinds are 1..6 */
+#define SPI_KIND_MAX 8 /* kinds are 1..7 */
 #define SPI_MODULE_NAME_MAX 63
 #define SPI_CONFIG_MAX_BYTES (16u << 20)
 
@@ -60,6 +60,7 @@ typedef struct spi_modentry {
     spi_cost_model_module cost_model;
     spi_policy_module policy;
     spi_replay_store_module replay_store;
+    spi_fleet_bus_module fleet_bus;
   } m;
   spi_module_configure_fn configure;
   spi_module_release_fn release;
@@ -95,6 +96,7 @@ typedef struct spi_snapshot {
   spi_slot slot[SPI_KIND_MAX];
   spi_router_cfg router;
   spi_slot shadow;           /* routing.shadow_policy's instance, if any */
+  struct spi_fleet_ref *fleet; /* the fleet bus's instance, if any */
   char *json; /* effective configuration, canonical JSON */
   size_t json_len;
 } spi_snapshot;
@@ -230,6 +232,47 @@ void spi__nodes_unlock(spi_engine *e);
 int32_t spi__nodes_initial(spi_engine *e, const spi_replica_ident *r,
                            int64_t now, int64_t *advised_until,
                            int64_t *cooldown_until);
+
+struct cJSON;
+/* Configure module m with its section sec (engine.c), as configure does
+ * for every kind; messages name it as shown. */
+int spi__module_configure(spi_engine *e, spi_modentry *m, const struct cJSON *sec,
+                          const char *shown, void **out_inst, char *err,
+                          size_t errcap);
+
+/* notice_bus.c: the fleet bus (spotinfer_module.h). The bus's instance is
+ * held by the snapshot and by each call in flight (a reference count), so
+ * module calls run with no pin held. */
+struct spi_fleet_ref;
+struct spi_fleet;
+struct spi_fleet *spi__fleet_new(const spi_mem *m);
+void spi__fleet_free(struct spi_fleet *f, const spi_mem *m);
+/* Read modules.fleet_bus and the fleet section; configure the module. */
+int spi__fleet_configure(spi_engine *e, const struct cJSON *root,
+                         spi_snapshot *s, char *err, size_t errcap);
+/* The snapshot's reference, dropped when the snapshot is freed. */
+void spi__fleet_ref_drop(spi_engine *e, struct spi_fleet_ref *r);
+
+/* node.c and notice_bus.c: what the bus hands back, applied as
+ * spi_engine_notice would but not published again and not planned (the
+ * caller holds no lock). Returns 1 if it changed anything here, 0 if it was
+ * a duplicate; a negative status when the engine cannot take it. */
+int spi__nodes_apply_remote(spi_engine *e, const spi_notice *n);
+int spi__nodes_apply_cooldown(spi_engine *e, const char *type,
+                              const char *zone, int64_t until);
+/* Publish a notice this engine accepted and the cooldowns it started
+ * (notice_bus.c; no lock held). */
+typedef struct spi_fleet_cool {
+  char type[SPI_ID_MAX];
+  char zone[SPI_ID_MAX];
+  int64_t until;
+} spi_fleet_cool;
+void spi__fleet_publish_notice(spi_engine *e, const spi_notice *n,
+                               int64_t deadline, const spi_fleet_cool *cool,
+                               size_t ncool);
+/* Inside spi_engine_tick: send what failed before, poll, apply. */
+int spi__fleet_tick(spi_engine *e);
+struct spi_fleet *spi__nodes_fleet(spi_engine *e);
 
 /* router.c */
 typedef struct spi_router_prep {

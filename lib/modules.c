@@ -51,6 +51,7 @@ static int copy_module(spi_engine *e, int32_t kind, const void *module,
     need = offsetof(spi_replay_store_module, enqueue);
     full = sizeof(spi_replay_store_module);
     break;
+  case SPI_MODULE_FLEET_BUS: need = sizeof(spi_fleet_bus_module); break;
   default:
     return spi__engine_fail(e, SPI_ENOTSUP,
                        "module kind %s is reserved and not defined in %s",
@@ -105,6 +106,14 @@ static int copy_module(spi_engine *e, int32_t kind, const void *module,
                   !m->m.replay_store.sync)
       goto missing;
     break;
+  case SPI_MODULE_FLEET_BUS:
+    m->configure = m->m.fleet_bus.configure;
+    m->release = m->m.fleet_bus.release;
+    m->on_failure = SPI_ON_FAILURE_ERROR; /* not consulted: see the header */
+    if (!m->m.fleet_bus.release || !m->m.fleet_bus.publish ||
+        !m->m.fleet_bus.poll)
+      goto missing;
+    break;
   default:
     m->configure = m->m.cost_model.configure;
     m->release = m->m.cost_model.release;
@@ -126,7 +135,7 @@ missing:
 static int register_module(spi_engine *e, int32_t kind, const char *name,
                            size_t name_len, const void *module, void *state,
                            spi_module_destroy_fn destroy, const char *section) {
-  if (kind < SPI_MODULE_CLASSIFIER || kind > SPI_MODULE_REPLAY_STORE)
+  if (kind < SPI_MODULE_CLASSIFIER || kind > SPI_MODULE_FLEET_BUS)
     return spi__engine_fail(e, SPI_EINVAL, "module kind %d is not valid", (int)kind);
   if (!valid_module_name(name, name_len))
     return spi__engine_fail(e, SPI_EINVAL,

@@ -60,6 +60,7 @@ static const char *const MODULE_KINDS[] = {
     [SPI_MODULE_COST_MODEL] = "cost_model",
     [SPI_MODULE_NOTICE_SOURCE] = "notice_source",
     [SPI_MODULE_REPLAY_STORE] = "replay_store",
+    [SPI_MODULE_FLEET_BUS] = "fleet_bus",
 };
 
 const char *spi_module_kind_name(int32_t kind) {

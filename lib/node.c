@@ -11,6 +11,13 @@
  * Node events are rare, so the table is guarded by one mutex (lock order:
  * nodes, then the registry). Routing never takes it: it reads the effects
  * from the replica slots (state, advice and cooldown deadlines) atomically.
+ *
+ * With a fleet bus (notice_bus.c), a notice accepted here is published
+ * after it has acted and the locks are released, with the spot pools it
+ * cooled; what other engines published comes back through tick and acts
+ * here the same way, but is neither published again nor planned (the
+ * host asks spi_engine_node_plans), and is dropped if this engine applied
+ * it already (a second ring, by machine, kind, deadline and event).
  */
 #include <math.h>
 #include <stdio.h>
@@ -31,6 +38,12 @@
 #define SEEN_MAX 1024  /* dedup keys remembered (a ring) */
 #define COOL_MAX 64    /* spot pools cooling down at once */
 #define MAX_EVENTS 16  /* transitions reported per call */
+/* Notices from the fleet bus already applied here, by machine, kind,
+ * deadline and event (a ring): own echoes and repeats act once. */
+#define BUS_SEEN_MAX 512
+#define BUS_KEY_CAP 256
+/* Distinct spot pools one notice's cooldown is published for. */
+#define COOL_PUBLISH_MAX 4
 
 typedef struct node {
   char id[SPI_ID_MAX];
@@ -58,6 +71,9 @@ struct spi_nodes {
   size_t n, cap;
   char (*seen)[160];
   size_t seen_n, seen_next;
+  char (*bus_seen)[BUS_KEY_CAP];
+  size_t bus_n, bus_next;
+  struct spi_fleet *fleet; /* its own lock; see notice_bus.c */
   cool cool[COOL_MAX];
   size_t ncool;
   spi_node_fn cb;
@@ -89,7 +105,12 @@ int spi__nodes_new(spi_engine *e) {
   struct spi_nodes *t = spi__calloc(&e->mem, 1, sizeof *t);
   if (!t) return SPI_ENOMEM;
   t->seen = spi__calloc(&e->mem, SEEN_MAX, sizeof *t->seen);
-  if (!t->seen || pthread_mutex_init(&t->lock, NULL) != 0) {
+  t->bus_seen = spi__calloc(&e->mem, BUS_SEEN_MAX, sizeof *t->bus_seen);
+  t->fleet = spi__fleet_new(&e->mem);
+  if (!t->seen || !t->bus_seen || !t->fleet ||
+      pthread_mutex_init(&t->lock, NULL) != 0) {
+    spi__fleet_free(t->fleet, &e->mem);
+    spi__free(&e->mem, t->bus_seen);
     spi__free(&e->mem, t->seen);
     spi__free(&e->mem, t);
     return SPI_ENOMEM;
@@ -104,9 +125,13 @@ void spi__nodes_free(spi_engine *e) {
   pthread_mutex_destroy(&t->lock);
   spi__free(&e->mem, t->v);
   spi__free(&e->mem, t->seen);
+  spi__free(&e->mem, t->bus_seen);
+  spi__fleet_free(t->fleet, &e->mem);
   spi__free(&e->mem, t);
   e->nodes = NULL;
 }
+
+struct spi_fleet *spi__nodes_fleet(spi_engine *e) { return e->nodes->fleet; }
 
 void spi__nodes_lock(spi_engine *e) { pthread_mutex_lock(&e->nodes->lock); }
 void spi__nodes_unlock(spi_engine *e) { pthread_mutex_unlock(&e->nodes->lock); }
@@ -194,35 +219,57 @@ static void apply_to_replicas(spi_engine *e, const node *n) {
   }
 }
 
-/* Cool down the spot pools (type, zone) of n's replicas. Registry lock
+/* Cool the spot pool (type, zone) down until `until` (a later end wins)
+ * and stamp its replicas. Returns 1 if that moved its end. Both locks
  * held. */
-static void cool_pools(spi_engine *e, const node *n, int64_t until) {
+static int cool_one(spi_engine *e, const char *type, const char *zone,
+                    int64_t until) {
   struct spi_nodes *t = e->nodes;
+  cool *c = NULL;
+  for (size_t k = 0; k < t->ncool && !c; k++)
+    if (!strcmp(t->cool[k].type, type) && !strcmp(t->cool[k].zone, zone))
+      c = &t->cool[k];
+  if (!c) {
+    /* Full: reuse the entry that lapses first. */
+    size_t at = t->ncool < COOL_MAX ? t->ncool++ : 0;
+    for (size_t k = 0; t->ncool == COOL_MAX && k < COOL_MAX; k++)
+      if (t->cool[k].until < t->cool[at].until) at = k;
+    c = &t->cool[at];
+    snprintf(c->type, sizeof c->type, "%s", type);
+    snprintf(c->zone, sizeof c->zone, "%s", zone);
+    c->until = 0;
+  }
+  if (until <= c->until) return 0;
+  c->until = until;
+  const spi_replica_set *set = atomic_load(&e->registry.set);
+  for (size_t j = 0; set && j < set->n; j++) {
+    const spi_replica_ident *o = &set->r[j];
+    if (o->pool == SPI_POOL_SPOT && !strcmp(o->instance_type, c->type) &&
+        !strcmp(o->zone, c->zone))
+      atomic_store(&e->registry.slots[o->slot].cooldown_until_ns, c->until);
+  }
+  return 1;
+}
+
+/* Cool down the spot pools (type, zone) of n's replicas; the distinct
+ * pools go to out[0..*nout) (at most COOL_PUBLISH_MAX) for the bus. Both
+ * locks held. */
+static void cool_pools(spi_engine *e, const node *n, int64_t until,
+                       spi_fleet_cool *out, size_t *nout) {
   const spi_replica_set *set = atomic_load(&e->registry.set);
   for (size_t i = 0; set && i < set->n; i++) {
     const spi_replica_ident *r = &set->r[i];
     if (!on_node(r, n) || r->pool != SPI_POOL_SPOT) continue;
-    cool *c = NULL;
-    for (size_t k = 0; k < t->ncool && !c; k++)
-      if (!strcmp(t->cool[k].type, r->instance_type) &&
-          !strcmp(t->cool[k].zone, r->zone))
-        c = &t->cool[k];
-    if (!c) {
-      /* Full: reuse the entry that lapses first. */
-      size_t at = t->ncool < COOL_MAX ? t->ncool++ : 0;
-      for (size_t k = 0; t->ncool == COOL_MAX && k < COOL_MAX; k++)
-        if (t->cool[k].until < t->cool[at].until) at = k;
-      c = &t->cool[at];
-      memcpy(c->type, r->instance_type, sizeof c->type);
-      memcpy(c->zone, r->zone, sizeof c->zone);
-    }
-    if (until > c->until) c->until = until;
-    for (size_t j = 0; j < set->n; j++) {
-      const spi_replica_ident *o = &set->r[j];
-      if (o->pool == SPI_POOL_SPOT && !strcmp(o->instance_type, c->type) &&
-          !strcmp(o->zone, c->zone))
-        atomic_store(&e->registry.slots[o->slot].cooldown_until_ns, c->until);
-    }
+    cool_one(e, r->instance_type, r->zone, until);
+    size_t k = 0;
+    while (k < *nout && (strcmp(out[k].type, r->instance_type) ||
+                         strcmp(out[k].zone, r->zone)))
+      k++;
+    if (k < *nout || *nout == COOL_PUBLISH_MAX) continue;
+    snprintf(out[k].type, sizeof out[k].type, "%s", r->instance_type);
+    snprintf(out[k].zone, sizeof out[k].zone, "%s", r->zone);
+    out[k].until = until;
+    (*nout)++;
   }
 }
 
@@ -440,9 +487,116 @@ static void remember(struct spi_nodes *t, const char *key) {
   if (t->seen_n < SEEN_MAX) t->seen_n++;
 }
 
+/* The bus's dedup key of a notice: the machine, what and when. */
+static void bus_key(char *buf, const spi_notice *n, int64_t deadline) {
+  snprintf(buf, BUS_KEY_CAP, "%d|%d|%lld|%.63s|%.159s", (int)n->kind,
+           n->active ? 1 : 0, (long long)deadline, n->node, n->dedup_key);
+}
+
+/* Whether the bus key was applied here; remembers it if not. Nodes lock
+ * held. */
+static int bus_seen_before(struct spi_nodes *t, const char *key) {
+  for (size_t i = 0; i < t->bus_n; i++)
+    if (!strcmp(t->bus_seen[i], key)) return 1;
+  snprintf(t->bus_seen[t->bus_next], BUS_KEY_CAP, "%s", key);
+  t->bus_next = (t->bus_next + 1) % BUS_SEEN_MAX;
+  if (t->bus_n < BUS_SEEN_MAX) t->bus_n++;
+  return 0;
+}
+
 static size_t bounded_len(const char *s, size_t cap) {
   const char *z = memchr(s, '\0', cap);
   return z ? (size_t)(z - s) : cap;
+}
+
+/* One notice acting here: its input and what it did. */
+typedef struct notice_run {
+  const spi_router_cfg *c;
+  int64_t now;
+  int plan;                /* 0: the bus's, plans are asked for later */
+  spi_ticket_plan *plans;
+  size_t cap, stride, found;
+  int64_t deadline;        /* what the bus is told */
+  spi_fleet_cool cool[COOL_PUBLISH_MAX];
+  size_t ncool;
+} notice_run;
+
+/* Advice: no new long requests until it lapses. Both locks held. */
+static void advise(spi_engine *e, node *n, const notice_run *run) {
+  if (n->state != SPI_NODE_ACTIVE && n->state != SPI_NODE_ADVISED) return;
+  n->advised_until = run->now + run->c->advised_ttl_ms * 1000000;
+  if (n->state == SPI_NODE_ADVISED)
+    apply_to_replicas(e, n); /* extend the advice */
+  else
+    move(e, n, SPI_NODE_ADVISED);
+}
+
+/* What a new notice does to its machine; its dedup key is remembered
+ * once the machine is tracked, if remember_key. Both locks held. */
+static int notice_act(spi_engine *e, const spi_notice *notice, size_t nlen,
+                      int remember_key, notice_run *run) {
+  int rc = SPI_OK;
+  node *n = get(e, notice->node, nlen, &rc);
+  if (!n)
+    return spi__engine_fail(e, rc, "notice: %s tracking machine %.63s",
+                            rc == SPI_EFULL ? "too many machines"
+                                            : "out of memory",
+                            notice->node);
+  if (remember_key) remember(e->nodes, notice->dedup_key);
+  run->deadline = notice->deadline_ns;
+  if (!notice->active) {
+    /* A withdrawn event (completed, canceled): back to work if it was only
+     * noticed or advised, and its deadline has not come. */
+    if (n->state == SPI_NODE_NOTICED || n->state == SPI_NODE_ADVISED)
+      move(e, n, SPI_NODE_ACTIVE);
+    return SPI_OK;
+  }
+  if (notice->kind == SPI_NOTICE_REBALANCE ||
+      (notice->kind == SPI_NOTICE_MAINTENANCE && notice->deadline_ns == 0)) {
+    advise(e, n, run);
+    return SPI_OK;
+  }
+  int64_t deadline = notice->deadline_ns
+                         ? notice->deadline_ns
+                         : run->now + run->c->default_window_ms * 1000000;
+  run->deadline = deadline;
+  if (n->state == SPI_NODE_ACTIVE || n->state == SPI_NODE_ADVISED) {
+    n->deadline_ns = deadline;
+    move(e, n, SPI_NODE_NOTICED);
+  } else if ((n->state == SPI_NODE_NOTICED || n->state == SPI_NODE_DRAINING) &&
+             deadline < n->deadline_ns) {
+    n->deadline_ns = deadline; /* a later notice may bring it forward */
+  }
+  if (n->state != SPI_NODE_NOTICED && n->state != SPI_NODE_DRAINING)
+    return SPI_OK;
+  cool_pools(e, n, run->now + run->c->pool_cooldown_ms * 1000000, run->cool,
+             &run->ncool);
+  if (!run->plan) return SPI_OK;
+  run->found = plan(e, n, run->c, run->now, run->plans, run->cap, run->stride);
+  if (run->found > run->cap)
+    rc = spi__engine_fail(e, SPI_EBUFSIZE,
+                          "notice: %zu open tickets, room for %zu plans",
+                          run->found, run->cap);
+  return rc;
+}
+
+/* The element size of a caller's plan array (plans[0].struct_size), or 0
+ * when it is not acceptable. */
+static size_t plan_stride(const spi_ticket_plan *plans, size_t cap) {
+  size_t stride = cap ? plans[0].struct_size : sizeof *plans;
+  if (stride < sizeof *plans || stride % _Alignof(spi_ticket_plan) != 0 ||
+      (cap && stride > SIZE_MAX / cap))
+    return 0;
+  return stride;
+}
+
+/* A copy of the settings, not a pin: the transition callback runs at the
+ * end and may upsert or remove replicas, which wait for pins to end. */
+static spi_router_cfg router_cfg(spi_engine *e) {
+  unsigned pin;
+  spi_router_cfg cfg = spi__snap_acquire(e, &pin)->router;
+  spi__snap_release(e, pin);
+  return cfg;
 }
 
 int spi_engine_notice(spi_engine *engine, const spi_notice *notice,
@@ -455,13 +609,12 @@ int spi_engine_notice(spi_engine *engine, const spi_notice *notice,
                             "notice: NULL, bad struct_size or unknown kind");
   /* The array's element size: this version's struct or a newer, larger
    * one (its tail is zeroed), aligned as the struct is. */
-  size_t stride = cap ? plans[0].struct_size : sizeof *plans;
-  if (stride < sizeof *plans || stride % _Alignof(spi_ticket_plan) != 0 ||
-      (cap && stride > SIZE_MAX / cap))
+  size_t stride = plan_stride(plans, cap);
+  if (!stride)
     return spi__engine_fail(engine, SPI_EINVAL,
                             "notice: plans[0].struct_size %zu is below "
                             "sizeof(spi_ticket_plan) %zu or misaligned",
-                            stride, sizeof *plans);
+                            plans[0].struct_size, sizeof *plans);
   size_t nlen = bounded_len(notice->node, sizeof notice->node);
   size_t klen = bounded_len(notice->dedup_key, sizeof notice->dedup_key);
   if (nlen == 0 || nlen == sizeof notice->node ||
@@ -471,64 +624,97 @@ int spi_engine_notice(spi_engine *engine, const spi_notice *notice,
                             "and dedup_key NUL-terminated");
   *n_out = 0;
   if (notice->kind == SPI_NOTICE_NONE) return SPI_OK;
-  /* A copy of the settings, not a pin: the transition callback runs at the
-   * end and may upsert or remove replicas, which wait for pins to end. */
-  unsigned pin;
-  spi_router_cfg cfg = spi__snap_acquire(engine, &pin)->router;
-  spi__snap_release(engine, pin);
-  const spi_router_cfg *c = &cfg;
-  int64_t now = spi__engine_now(engine);
+  spi_router_cfg cfg = router_cfg(engine);
+  notice_run run;
+  memset(&run, 0, sizeof run);
+  run.c = &cfg;
+  run.now = spi__engine_now(engine);
+  run.plan = 1;
+  run.plans = plans;
+  run.cap = cap;
+  run.stride = stride;
   struct spi_nodes *t = engine->nodes;
+  int rc = SPI_OK, fresh = 0;
+  lock_all(engine);
+  expire(engine, run.now);
+  if (!klen || !seen_before(t, notice->dedup_key)) {
+    rc = notice_act(engine, notice, nlen, klen > 0, &run);
+    *n_out = run.found;
+    fresh = rc == SPI_OK || rc == SPI_EBUFSIZE;
+    char key[BUS_KEY_CAP];
+    bus_key(key, notice, run.deadline);
+    if (fresh) bus_seen_before(t, key); /* so its own echo is skipped */
+  }
+  unlock_all_and_report(engine);
+  /* Local first, then the fleet: a bus that fails loses nothing here. */
+  if (fresh)
+    spi__fleet_publish_notice(engine, notice, run.deadline, run.cool,
+                              run.ncool);
+  return rc;
+}
+
+int spi__nodes_apply_remote(spi_engine *e, const spi_notice *notice) {
+  size_t nlen = bounded_len(notice->node, sizeof notice->node);
+  spi_router_cfg cfg = router_cfg(e);
+  notice_run run;
+  memset(&run, 0, sizeof run);
+  run.c = &cfg;
+  run.now = spi__engine_now(e);
+  struct spi_nodes *t = e->nodes;
+  char key[BUS_KEY_CAP];
+  bus_key(key, notice, notice->deadline_ns);
+  int rc = 0;
+  lock_all(e);
+  expire(e, run.now);
+  /* Handed in here already (the same event from this engine's own
+   * poller) or applied from the bus before: nothing new. The dedup key is
+   * not remembered, so this engine's own poller still gets its plans. */
+  if (!bus_seen_before(t, key) &&
+      !(notice->dedup_key[0] && seen_before(t, notice->dedup_key))) {
+    rc = notice_act(e, notice, nlen, 0, &run);
+    if (rc == SPI_OK) rc = 1;
+  }
+  unlock_all_and_report(e);
+  return rc;
+}
+
+int spi__nodes_apply_cooldown(spi_engine *e, const char *type,
+                              const char *zone, int64_t until) {
+  int64_t now = spi__engine_now(e);
+  lock_all(e);
+  expire(e, now);
+  int moved = until > now && cool_one(e, type, zone, until);
+  unlock_all_and_report(e);
+  return moved;
+}
+
+int spi_engine_node_plans(spi_engine *engine, const char *id, size_t len,
+                          spi_ticket_plan *plans, size_t cap, size_t *n_out) {
+  if (!spi__engine_ok(engine)) return SPI_EMISUSE;
+  if (!id || len == 0 || len >= SPI_ID_MAX || !n_out || (!plans && cap))
+    return spi__engine_fail(engine, SPI_EINVAL,
+                            "node plans: id must be 1..63 bytes, n_out not "
+                            "NULL, plans not NULL with a cap");
+  size_t stride = plan_stride(plans, cap);
+  if (!stride)
+    return spi__engine_fail(engine, SPI_EINVAL,
+                            "node plans: plans[0].struct_size %zu is below "
+                            "sizeof(spi_ticket_plan) %zu or misaligned",
+                            plans[0].struct_size, sizeof *plans);
+  *n_out = 0;
+  spi_router_cfg cfg = router_cfg(engine);
+  int64_t now = spi__engine_now(engine);
   int rc = SPI_OK;
   lock_all(engine);
   expire(engine, now);
-  if (klen && seen_before(t, notice->dedup_key)) goto out;
-  node *n = get(engine, notice->node, nlen, &rc);
-  if (!n) {
-    rc = spi__engine_fail(engine, rc, "notice: %s tracking machine %.63s",
-                          rc == SPI_EFULL ? "too many machines" : "out of memory",
-                          notice->node);
-    goto out;
-  }
-  if (klen) remember(t, notice->dedup_key);
-  if (!notice->active) {
-    /* A withdrawn event (completed, canceled): back to work if it was only
-     * noticed or advised, and its deadline has not come. */
-    if (n->state == SPI_NODE_NOTICED || n->state == SPI_NODE_ADVISED)
-      move(engine, n, SPI_NODE_ACTIVE);
-    goto out;
-  }
-  int advice = notice->kind == SPI_NOTICE_REBALANCE ||
-               (notice->kind == SPI_NOTICE_MAINTENANCE && notice->deadline_ns == 0);
-  if (advice) {
-    if (n->state == SPI_NODE_ACTIVE || n->state == SPI_NODE_ADVISED) {
-      n->advised_until = now + c->advised_ttl_ms * 1000000;
-      if (n->state == SPI_NODE_ADVISED)
-        apply_to_replicas(engine, n); /* extend the advice */
-      else
-        move(engine, n, SPI_NODE_ADVISED);
-    }
-    goto out;
-  }
-  int64_t deadline = notice->deadline_ns ? notice->deadline_ns
-                                         : now + c->default_window_ms * 1000000;
-  if (n->state == SPI_NODE_ACTIVE || n->state == SPI_NODE_ADVISED) {
-    n->deadline_ns = deadline;
-    move(engine, n, SPI_NODE_NOTICED);
-  } else if ((n->state == SPI_NODE_NOTICED || n->state == SPI_NODE_DRAINING) &&
-             deadline < n->deadline_ns) {
-    n->deadline_ns = deadline; /* a later notice may bring it forward */
-  }
-  if (n->state == SPI_NODE_NOTICED || n->state == SPI_NODE_DRAINING) {
-    cool_pools(engine, n, now + c->pool_cooldown_ms * 1000000);
-    size_t found = plan(engine, n, c, now, plans, cap, stride);
-    *n_out = found;
-    if (found > cap)
+  const node *n = find(engine->nodes, id, len);
+  if (n && (n->state == SPI_NODE_NOTICED || n->state == SPI_NODE_DRAINING)) {
+    *n_out = plan(engine, n, &cfg, now, plans, cap, stride);
+    if (*n_out > cap)
       rc = spi__engine_fail(engine, SPI_EBUFSIZE,
-                            "notice: %zu open tickets, room for %zu plans",
-                            found, cap);
+                            "node plans: %zu open tickets, room for %zu",
+                            *n_out, cap);
   }
-out:
   unlock_all_and_report(engine);
   return rc;
 }
@@ -582,7 +768,8 @@ int spi_engine_tick(spi_engine *engine) {
   lock_all(engine);
   expire(engine, now);
   unlock_all_and_report(engine);
-  return SPI_OK;
+  /* Then what the other engines learnt (no lock held: see notice_bus.c). */
+  return spi__fleet_tick(engine);
 }
 
 int spi_engine_on_node_transition(spi_engine *engine, spi_node_fn fn,

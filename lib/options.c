@@ -42,8 +42,16 @@ static const spi_optdesc OPTIONS[] = {
     {"modules.cost_model", S, "\"reference\"", 0, 0, "cost model module"},
     {"modules.policy", S, "\"reference\"", 0, 0,
      "routing policy module (reference, least-loaded, or a user's)"},
+    {"modules.fleet_bus", S, "\"\"", 0, 0,
+     "fleet bus module sharing notices and cooldowns between engines "
+     "(\"\" = none)"},
     {"module_config", O, "{}", 0, 0,
      "free-form configuration of user modules, by module name"},
+
+    /* fleet: what the engine does with its fleet bus (notice_bus.c). */
+    {"fleet", O, "{}", 0, 0, "sharing notices and cooldowns (modules.fleet_bus)"},
+    {"fleet.max_per_poll", I, "256", 1, 65536,
+     "most bus messages one tick takes; the rest wait for the next"},
 
     /* limits: absurd input is refused before it costs memory. */
     {"limits", O, "{}", 0, 0, "size limits on request input"},

@@ -51,11 +51,13 @@ enum spi_module_kind {
   SPI_MODULE_POLICY = 3,        /* pool and replica choice */
   SPI_MODULE_COST_MODEL = 4,
   SPI_MODULE_NOTICE_SOURCE = 5, /* reserved: interruption notices */
-  SPI_MODULE_REPLAY_STORE = 6   /* where a replay queue keeps its records */
+  SPI_MODULE_REPLAY_STORE = 6,  /* where a replay queue keeps its records */
+  SPI_MODULE_FLEET_BUS = 7      /* notices and cooldowns shared between
+                                   engines (since 0.3.0) */
 };
 
 /* "classifier", "key_builder", "policy", "cost_model", "notice_source",
- * "replay_store", or "invalid". Never NULL. */
+ * "replay_store", "fleet_bus", or "invalid". Never NULL. */
 SPI_API const char *spi_module_kind_name(int32_t kind);
 
 /* What the library does when a module call returns an error. */
@@ -495,6 +497,101 @@ typedef struct spi_replay_store_module {
   int (*tick)(void *state, void *instance, const spi_replay_ctx *ctx,
               char *errbuf, size_t errcap);
 } spi_replay_store_module;
+
+/* ------------------------------------------------------------- fleet bus */
+
+/*
+ * A fleet bus carries what one engine learns to the other engines of a
+ * deployment (one engine per proxy process): the interruption notices
+ * handed to spi_engine_notice() and the spot-pool cooldowns they start. The
+ * library still starts no thread and does no I/O of its own: it publishes
+ * from inside spi_engine_notice() (after the notice has acted locally) and
+ * polls from inside spi_engine_tick(), so a notice handed to any engine
+ * stops routing to its machine in every engine within one tick.
+ *
+ * The bus is a transport of opaque messages: the library writes and reads
+ * them (compact JSON text, at most SPI_FLEET_MSG_MAX bytes, a versioned
+ * format of its own); a module only moves bytes. Every engine hands back
+ * every message, its own included; the library drops what it has already
+ * applied (by machine, kind and deadline), applies the rest as if they had
+ * been handed to spi_engine_notice() (without plans: see
+ * spi_engine_node_plans) and never publishes them again. Messages it cannot
+ * read are skipped and counted (spi_engine_fleet_stats).
+ *
+ * Selected by {"modules": {"fleet_bus": "<name>"}}; the module gets
+ * module_config.<name> at configure ("{}" when absent). A failed configure
+ * fails spi_engine_configure with the module's message (an unreachable
+ * server, a refused password). on_failure is not consulted: a failed
+ * publish or poll never fails or undoes the local notice. A failed publish
+ * is kept (at most SPI_FLEET_PENDING_MAX messages, the oldest dropped and
+ * counted beyond) and sent again on the next tick; spi_engine_tick returns
+ * SPI_EMODULE with the module's message when the bus failed in it.
+ *
+ * Calling discipline: the library calls the module with no lock and no pin
+ * held (a slow bus never stalls routing or replica updates); the instance
+ * stays alive for the call even if a configure retires its snapshot
+ * meanwhile. poll is called by one thread at a time; publish may run at the
+ * same time as poll and as other publishes.
+ */
+#define SPI_FLEET_MSG_MAX 4096
+#define SPI_FLEET_PENDING_MAX 256
+
+/* Takes one message (borrowed for the call). SPI_OK: taken. Any other
+ * status: not taken; the module stops and hands it again on the next
+ * poll (the engine has taken as many as it wants this time). */
+typedef int (*spi_fleet_msg_fn)(void *user_data, const char *msg, size_t len);
+
+typedef struct spi_fleet_bus_module {
+  uint32_t abi_version; /* SPI_MODULE_ABI_VERSION */
+  uint32_t struct_size; /* sizeof(spi_fleet_bus_module) */
+  int32_t on_failure;   /* ignored, see above */
+  int32_t reserved0;
+  spi_module_configure_fn configure; /* required: connect */
+  spi_module_release_fn release;     /* required: disconnect */
+  /* Send msg (len bytes, no NUL needed) to every engine on the bus. Must
+   * return within the module's own timeout. */
+  int (*publish)(void *state, void *instance, const char *msg, size_t len,
+                 char *errbuf, size_t errcap);
+  /* Hand fn the messages published since this instance's last poll, in
+   * order, at most max of them, without waiting for more. */
+  int (*poll)(void *state, void *instance, size_t max, spi_fleet_msg_fn fn,
+              void *user_data, char *errbuf, size_t errcap);
+} spi_fleet_bus_module;
+
+/* What an engine's bus did since the engine was made. */
+typedef struct spi_fleet_stats {
+  size_t struct_size;
+  int32_t configured;   /* 1: a fleet bus is selected */
+  int32_t reserved0;
+  uint64_t published;   /* messages the bus took */
+  uint64_t publish_failed; /* publish calls that failed (retried later) */
+  uint64_t pending;     /* failed messages waiting to be sent again */
+  uint64_t dropped;     /* pending messages dropped, over the bound */
+  uint64_t polls;       /* poll calls */
+  uint64_t poll_failed;
+  uint64_t received;    /* messages handed back by polls */
+  uint64_t applied;     /* notices and cooldowns that acted here */
+  uint64_t duplicates;  /* already applied here (own echoes included) */
+  uint64_t malformed;   /* unreadable: skipped */
+  uint64_t unknown;     /* a newer version's message type: skipped */
+  char last_error[256]; /* the last bus failure or skipped message, "" */
+} spi_fleet_stats;
+
+/* Fill *out (out->struct_size set, at least sizeof(spi_fleet_stats)).
+ * Thread-safe. Errors: SPI_EMISUSE, SPI_EINVAL. Since: 0.3.0. */
+SPI_API int spi_engine_fleet_stats(spi_engine *engine, spi_fleet_stats *out);
+
+/*
+ * The plans for the open tickets on a machine that is NOTICED or DRAINING,
+ * computed now against its deadline, exactly as spi_engine_notice() writes
+ * them (same array rules: plans[0].struct_size is the element size). For a
+ * machine a fleet bus noticed inside spi_engine_tick(), whose transition
+ * callback says so, or after SPI_EBUFSIZE. Any other machine has none:
+ * *n_out = 0. Errors: SPI_EMISUSE, SPI_EINVAL, SPI_EBUFSIZE. Since: 0.3.0.
+ */
+SPI_API int spi_engine_node_plans(spi_engine *engine, const char *node,
+                                  size_t node_len, spi_ticket_plan *plans,
+                                  size_t cap, size_t *n_out);
 
 /*
  * Register a module of a kind under a name (1..63 bytes of [A-Za-z0-9_.-]).

@@ -157,7 +157,8 @@ static void test_module_kind_names(void **state) {
   (void)state;
   const int32_t valid[] = {SPI_MODULE_CLASSIFIER,    SPI_MODULE_KEY_BUILDER,
                            SPI_MODULE_POLICY,        SPI_MODULE_COST_MODEL,
-                           SPI_MODULE_NOTICE_SOURCE, SPI_MODULE_REPLAY_STORE};
+                           SPI_MODULE_NOTICE_SOURCE, SPI_MODULE_REPLAY_STORE,
+                           SPI_MODULE_FLEET_BUS};
   sweep_names(spi_module_kind_name, valid, sizeof valid / sizeof valid[0],
               "spi_module_kind_name");
   assert_string_equal(spi_module_kind_name(SPI_MODULE_CLASSIFIER),
@@ -171,8 +172,10 @@ static void test_module_kind_names(void **state) {
                       "notice_source");
   assert_string_equal(spi_module_kind_name(SPI_MODULE_REPLAY_STORE),
                       "replay_store");
+  assert_string_equal(spi_module_kind_name(SPI_MODULE_FLEET_BUS),
+                      "fleet_bus");
   assert_string_equal(spi_module_kind_name(0), "invalid");
-  assert_string_equal(spi_module_kind_name(7), "invalid");
+  assert_string_equal(spi_module_kind_name(8), "invalid");
 }
 
 static void test_free_null_is_harmless(void **state) {

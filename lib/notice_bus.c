@@ -1,0 +1,566 @@
+/*
+ * notice_bus.c - the fleet bus: notices and spot-pool cooldowns shared
+ * between the engines of a deployment through a module that moves bytes
+ * (spotinfer_module.h, "fleet bus").
+ *
+ * The library owns the message format, so every module carries the same
+ * text and a bad message is found here, not in each module. A message is
+ * one JSON object in canonical form (sorted keys, no spaces), version 1:
+ *
+ *   {"active":true,"dedup_key":"...","deadline_ns":"1700000120000000000",
+ *    "event_id":"...","kind":"terminate","node":"i-0abc","type":"notice",
+ *    "v":1}
+ *   {"instance_type":"g5.xlarge","type":"cooldown",
+ *    "until_ns":"1700000180000000000","v":1,"zone":"us-east-1a"}
+ *
+ * Times are decimal strings: JSON numbers are doubles to most readers and
+ * would round nanoseconds. A reader skips (and counts) a message of a
+ * version or type it does not know, so a newer engine on the same bus is
+ * not an error; it ignores members it does not know.
+ *
+ * Module calls run with no engine lock and no pin held: the bus's instance
+ * is reference-counted (the snapshot holds one reference, each call in
+ * flight another), so a configure that retires the snapshot while a slow
+ * publish runs frees the instance only when the publish returns. The
+ * engine's fleet state has one mutex, a leaf (engine.h's order, 5): the
+ * queue of messages a failed publish left and the last error; counters are
+ * atomic. One thread polls at a time (a tick finding another poll running
+ * skips its own).
+ */
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+
+#include <cjson/cJSON.h>
+
+#include "engine.h"
+
+#define MSG_VERSION 1
+
+struct spi_fleet_ref {
+  atomic_uint refs;
+  spi_modentry *mod;
+  void *inst;
+  size_t max_per_poll;
+};
+
+typedef struct pending_msg {
+  char *text;
+  size_t len;
+} pending_msg;
+
+struct spi_fleet {
+  pthread_mutex_t mu; /* pending, flushing, last_error */
+  pending_msg pending[SPI_FLEET_PENDING_MAX]; /* a ring, oldest at head */
+  size_t head, npending;
+  int flushing;       /* a tick is sending pending messages */
+  atomic_int polling; /* a tick is polling */
+  atomic_ullong published, publish_failed, dropped, polls, poll_failed;
+  atomic_ullong received, applied, duplicates, malformed, unknown;
+  char last_error[256];
+};
+
+/* -------------------------------------------------------------- the state */
+
+struct spi_fleet *spi__fleet_new(const spi_mem *m) {
+  struct spi_fleet *f = spi__calloc(m, 1, sizeof *f);
+  if (!f) return NULL;
+  if (pthread_mutex_init(&f->mu, NULL) != 0) {
+    spi__free(m, f);
+    return NULL;
+  }
+  return f;
+}
+
+void spi__fleet_free(struct spi_fleet *f, const spi_mem *m) {
+  if (!f) return;
+  for (size_t i = 0; i < f->npending; i++)
+    spi__free(m, f->pending[(f->head + i) % SPI_FLEET_PENDING_MAX].text);
+  pthread_mutex_destroy(&f->mu);
+  spi__free(m, f);
+}
+
+static void set_error(struct spi_fleet *f, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+static void set_error(struct spi_fleet *f, const char *fmt, ...) {
+  char msg[sizeof f->last_error];
+  va_list ap;
+  va_start(ap, fmt);
+  spi__verrf(msg, sizeof msg, fmt, ap);
+  va_end(ap);
+  pthread_mutex_lock(&f->mu);
+  memcpy(f->last_error, msg, sizeof msg);
+  pthread_mutex_unlock(&f->mu);
+}
+
+/* ---------------------------------------------------- the bus's instance */
+
+static struct spi_fleet_ref *ref_acquire(spi_engine *e) {
+  unsigned pin;
+  spi_snapshot *s = spi__snap_acquire(e, &pin);
+  struct spi_fleet_ref *r = s->fleet;
+  if (r) atomic_fetch_add(&r->refs, 1);
+  spi__snap_release(e, pin);
+  return r;
+}
+
+void spi__fleet_ref_drop(spi_engine *e, struct spi_fleet_ref *r) {
+  if (!r || atomic_fetch_sub(&r->refs, 1) != 1) return;
+  if (r->inst) r->mod->release(r->mod->state, r->inst);
+  spi__free(&e->mem, r);
+}
+
+int spi__fleet_configure(spi_engine *e, const cJSON *root, spi_snapshot *s,
+                         char *err, size_t errcap) {
+  const cJSON *mods = cJSON_GetObjectItemCaseSensitive(root, "modules");
+  const cJSON *fl = cJSON_GetObjectItemCaseSensitive(root, "fleet");
+  const char *name = NULL;
+  size_t nlen = 0;
+  int64_t max_per_poll = 0;
+  int rc = spi__cfg_string(mods, "modules.fleet_bus", "modules", &name, &nlen,
+                           err, errcap);
+  if (rc == SPI_OK && fl)
+    rc = spi__cfg_check_keys(fl, "fleet", "fleet", err, errcap);
+  if (rc == SPI_OK)
+    rc = spi__cfg_int(fl, "fleet.max_per_poll", "fleet", &max_per_poll, err,
+                      errcap);
+  if (rc != SPI_OK || nlen == 0) return rc;
+  spi_modentry *m = spi__module_find(e, SPI_MODULE_FLEET_BUS, name, nlen);
+  if (!m) {
+    spi__errf(err, errcap, "modules.fleet_bus: no fleet_bus module named \"%.*s\"",
+              (int)(nlen > 64 ? 64 : nlen), name);
+    return SPI_ENOTFOUND;
+  }
+  struct spi_fleet_ref *r = spi__calloc(&e->mem, 1, sizeof *r);
+  if (!r) {
+    spi__errf(err, errcap, "modules.fleet_bus: out of memory");
+    return SPI_ENOMEM;
+  }
+  atomic_init(&r->refs, 1u);
+  r->mod = m;
+  r->max_per_poll = (size_t)max_per_poll;
+  const cJSON *mcfg = cJSON_GetObjectItemCaseSensitive(root, "module_config");
+  char shown[96];
+  snprintf(shown, sizeof shown, "module_config.%s", m->name);
+  rc = spi__module_configure(
+      e, m, mcfg ? cJSON_GetObjectItemCaseSensitive(mcfg, m->name) : NULL,
+      shown, &r->inst, err, errcap);
+  if (rc != SPI_OK) {
+    spi__free(&e->mem, r);
+    return rc;
+  }
+  s->fleet = r;
+  return SPI_OK;
+}
+
+/* ---------------------------------------------------------- the messages */
+
+static int add_i64(cJSON *o, const char *key, int64_t v) {
+  char num[24];
+  snprintf(num, sizeof num, "%lld", (long long)v);
+  return cJSON_AddStringToObject(o, key, num) != NULL;
+}
+
+/* The canonical text of o into out (engine memory); frees o. */
+static int finish(spi_engine *e, cJSON *o, int ok, spi_buf *out) {
+  int rc = ok ? spi__canon_json(o, out, &e->mem) : SPI_ENOMEM;
+  cJSON_Delete(o);
+  if (rc == SPI_OK && out->len > SPI_FLEET_MSG_MAX) rc = SPI_ETOOBIG;
+  return rc;
+}
+
+static int encode_notice(spi_engine *e, const spi_notice *n, int64_t deadline,
+                         spi_buf *out) {
+  cJSON *o = cJSON_CreateObject();
+  int ok = o && cJSON_AddNumberToObject(o, "v", MSG_VERSION) &&
+           cJSON_AddStringToObject(o, "type", "notice") &&
+           cJSON_AddStringToObject(o, "node", n->node) &&
+           cJSON_AddStringToObject(o, "kind", spi_notice_kind_name(n->kind)) &&
+           add_i64(o, "deadline_ns", deadline) &&
+           cJSON_AddBoolToObject(o, "active", n->active != 0) &&
+           cJSON_AddStringToObject(o, "dedup_key", n->dedup_key) &&
+           cJSON_AddStringToObject(o, "event_id", n->event_id);
+  return finish(e, o, ok, out);
+}
+
+static int encode_cooldown(spi_engine *e, const spi_fleet_cool *c,
+                           spi_buf *out) {
+  cJSON *o = cJSON_CreateObject();
+  int ok = o && cJSON_AddNumberToObject(o, "v", MSG_VERSION) &&
+           cJSON_AddStringToObject(o, "type", "cooldown") &&
+           cJSON_AddStringToObject(o, "instance_type", c->type) &&
+           cJSON_AddStringToObject(o, "zone", c->zone) &&
+           add_i64(o, "until_ns", c->until);
+  return finish(e, o, ok, out);
+}
+
+/* What a message decodes to. */
+enum { MSG_NOTICE = 1, MSG_COOLDOWN = 2, MSG_UNKNOWN = 3 };
+typedef struct decoded {
+  spi_notice notice;
+  spi_fleet_cool cool;
+} decoded;
+
+/* A string member copied into dst (cap bytes with its NUL): at least
+ * min_len bytes, no control characters. */
+static int get_str(const cJSON *o, const char *key, char *dst, size_t cap,
+                   size_t min_len, char *err, size_t errcap) {
+  const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
+  if (!cJSON_IsString(v) || !v->valuestring) {
+    spi__errf(err, errcap, "%s: missing or not a string", key);
+    return SPI_EPARSE;
+  }
+  size_t len = strlen(v->valuestring);
+  if (len < min_len || len >= cap) {
+    spi__errf(err, errcap, "%s: %zu bytes, expected %zu..%zu", key, len,
+              min_len, cap - 1);
+    return SPI_EPARSE;
+  }
+  for (size_t i = 0; i < len; i++)
+    if ((unsigned char)v->valuestring[i] < 0x20) {
+      spi__errf(err, errcap, "%s: control character at byte %zu", key, i);
+      return SPI_EPARSE;
+    }
+  memcpy(dst, v->valuestring, len + 1);
+  return SPI_OK;
+}
+
+/* A time: a string of 1..19 decimal digits that fits an int64. */
+static int get_time(const cJSON *o, const char *key, int64_t *out, char *err,
+                    size_t errcap) {
+  char s[24];
+  int rc = get_str(o, key, s, 20, 1, err, errcap);
+  if (rc != SPI_OK) return rc;
+  uint64_t v = 0;
+  for (const char *p = s; *p; p++) {
+    if (*p < '0' || *p > '9' || v > (uint64_t)(INT64_MAX - (*p - '0')) / 10) {
+      spi__errf(err, errcap, "%s: not a time in nanoseconds", key);
+      return SPI_EPARSE;
+    }
+    v = v * 10 + (uint64_t)(*p - '0');
+  }
+  *out = (int64_t)v;
+  return SPI_OK;
+}
+
+static int decode_notice(const cJSON *o, spi_notice *n, char *err,
+                         size_t errcap) {
+  memset(n, 0, sizeof *n);
+  n->struct_size = sizeof *n;
+  char kind[16];
+  int rc = get_str(o, "node", n->node, sizeof n->node, 1, err, errcap);
+  if (rc == SPI_OK) rc = get_str(o, "kind", kind, sizeof kind, 1, err, errcap);
+  if (rc == SPI_OK) rc = get_time(o, "deadline_ns", &n->deadline_ns, err, errcap);
+  if (rc == SPI_OK)
+    rc = get_str(o, "dedup_key", n->dedup_key, sizeof n->dedup_key, 0, err,
+                 errcap);
+  if (rc == SPI_OK)
+    rc = get_str(o, "event_id", n->event_id, sizeof n->event_id, 0, err,
+                 errcap);
+  if (rc != SPI_OK) return rc;
+  const cJSON *active = cJSON_GetObjectItemCaseSensitive(o, "active");
+  if (!cJSON_IsBool(active)) {
+    spi__errf(err, errcap, "active: missing or not a boolean");
+    return SPI_EPARSE;
+  }
+  n->active = cJSON_IsTrue(active);
+  for (int32_t k = SPI_NOTICE_TERMINATE; k <= SPI_NOTICE_PREEMPT; k++)
+    if (!strcmp(kind, spi_notice_kind_name(k))) n->kind = k;
+  if (n->kind == SPI_NOTICE_NONE) {
+    spi__errf(err, errcap, "kind: \"%s\" is not a notice kind", kind);
+    return SPI_EPARSE;
+  }
+  return SPI_OK;
+}
+
+/* MSG_NOTICE, MSG_COOLDOWN or MSG_UNKNOWN, or SPI_EPARSE with the reason. */
+static int decode(const char *text, size_t len, decoded *d, char *err,
+                  size_t errcap) {
+  cJSON *o = NULL;
+  int rc = spi__json_parse_object(text, len, SPI_FLEET_MSG_MAX, "message", &o,
+                                  err, errcap);
+  if (rc != SPI_OK) return rc == SPI_ENOMEM ? rc : SPI_EPARSE;
+  const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, "v");
+  const cJSON *type = cJSON_GetObjectItemCaseSensitive(o, "type");
+  if (!cJSON_IsNumber(v) || !cJSON_IsString(type)) {
+    spi__errf(err, errcap, "v and type: missing or of the wrong type");
+    rc = SPI_EPARSE;
+  } else if (v->valuedouble != MSG_VERSION) {
+    spi__errf(err, errcap, "version %g is not one this engine reads",
+              v->valuedouble);
+    rc = MSG_UNKNOWN;
+  } else if (!strcmp(type->valuestring, "notice")) {
+    rc = decode_notice(o, &d->notice, err, errcap);
+    if (rc == SPI_OK) rc = MSG_NOTICE;
+  } else if (!strcmp(type->valuestring, "cooldown")) {
+    spi_fleet_cool *c = &d->cool;
+    rc = get_str(o, "instance_type", c->type, sizeof c->type, 0, err, errcap);
+    if (rc == SPI_OK) rc = get_str(o, "zone", c->zone, sizeof c->zone, 0, err, errcap);
+    if (rc == SPI_OK) rc = get_time(o, "until_ns", &c->until, err, errcap);
+    if (rc == SPI_OK) rc = MSG_COOLDOWN;
+  } else {
+    spi__errf(err, errcap, "type \"%.32s\" is not one this engine reads",
+              type->valuestring);
+    rc = MSG_UNKNOWN;
+  }
+  cJSON_Delete(o);
+  return rc;
+}
+
+/* ------------------------------------------------------------- publishing */
+
+/* Keep a message a publish could not send (copied); beyond the bound the
+ * oldest goes. f->mu held. */
+static void pending_push(spi_engine *e, struct spi_fleet *f, const char *msg,
+                         size_t len) {
+  char *copy = spi__strndup(&e->mem, msg, len);
+  if (!copy) {
+    atomic_fetch_add(&f->dropped, 1);
+    return;
+  }
+  if (f->npending == SPI_FLEET_PENDING_MAX) {
+    spi__free(&e->mem, f->pending[f->head].text);
+    f->head = (f->head + 1) % SPI_FLEET_PENDING_MAX;
+    f->npending--;
+    atomic_fetch_add(&f->dropped, 1);
+  }
+  pending_msg *p = &f->pending[(f->head + f->npending) % SPI_FLEET_PENDING_MAX];
+  p->text = copy;
+  p->len = len;
+  f->npending++;
+}
+
+static int call_publish(spi_engine *e, struct spi_fleet *f,
+                        struct spi_fleet_ref *r, const char *msg, size_t len,
+                        char *err, size_t errcap) {
+  char merr[SPI_ERRMSG_CAP] = "";
+  int rc = r->mod->m.fleet_bus.publish(r->mod->state, r->inst, msg, len, merr,
+                                       sizeof merr);
+  if (rc == SPI_OK) {
+    atomic_fetch_add(&f->published, 1);
+    return SPI_OK;
+  }
+  atomic_fetch_add(&f->publish_failed, 1);
+  spi__errf(err, errcap, "fleet bus \"%s\": publish: %s", r->mod->name,
+            merr[0] ? merr : spi_strerror(rc));
+  set_error(f, "%s", err);
+  spi__engine_log(e, SPI_LOG_WARN, "%s (kept to send again)", err);
+  return SPI_EMODULE;
+}
+
+/* Send one message, or keep it behind those waiting so the bus keeps
+ * their order (a withdrawal must not overtake its notice). */
+static void send_or_keep(spi_engine *e, struct spi_fleet *f,
+                         struct spi_fleet_ref *r, const spi_buf *b) {
+  pthread_mutex_lock(&f->mu);
+  int queue = f->npending > 0 || f->flushing;
+  if (queue) pending_push(e, f, (const char *)b->data, b->len);
+  pthread_mutex_unlock(&f->mu);
+  if (queue) return;
+  char err[SPI_ERRMSG_CAP];
+  if (call_publish(e, f, r, (const char *)b->data, b->len, err, sizeof err) ==
+      SPI_OK)
+    return;
+  pthread_mutex_lock(&f->mu);
+  pending_push(e, f, (const char *)b->data, b->len);
+  pthread_mutex_unlock(&f->mu);
+}
+
+void spi__fleet_publish_notice(spi_engine *e, const spi_notice *n,
+                               int64_t deadline, const spi_fleet_cool *cool,
+                               size_t ncool) {
+  struct spi_fleet_ref *r = ref_acquire(e);
+  if (!r) return;
+  struct spi_fleet *f = spi__nodes_fleet(e);
+  spi_buf b = {0};
+  for (size_t i = 0; i <= ncool; i++) {
+    spi__buf_clear(&b);
+    int rc = i == 0 ? encode_notice(e, n, deadline, &b)
+                    : encode_cooldown(e, &cool[i - 1], &b);
+    if (rc == SPI_OK) {
+      send_or_keep(e, f, r, &b);
+    } else {
+      atomic_fetch_add(&f->dropped, 1);
+      set_error(f, "fleet bus: a message for %.63s could not be written: %s",
+                n->node, spi_strerror(rc));
+    }
+  }
+  spi__buf_free(&b, &e->mem);
+  spi__fleet_ref_drop(e, r);
+}
+
+/* Put a message that failed again back at the head; if the ring filled
+ * meanwhile, it is the one dropped. f->mu held. */
+static void pending_unshift(spi_engine *e, struct spi_fleet *f,
+                            pending_msg p) {
+  if (f->npending == SPI_FLEET_PENDING_MAX) {
+    spi__free(&e->mem, p.text);
+    atomic_fetch_add(&f->dropped, 1);
+    return;
+  }
+  f->head = (f->head + SPI_FLEET_PENDING_MAX - 1) % SPI_FLEET_PENDING_MAX;
+  f->pending[f->head] = p;
+  f->npending++;
+}
+
+/* Send what failed before, oldest first, until one fails again. While
+ * this runs, new messages queue behind (flushing), so order holds. */
+static int flush_pending(spi_engine *e, struct spi_fleet *f,
+                         struct spi_fleet_ref *r, char *err, size_t errcap) {
+  int rc = SPI_OK;
+  pthread_mutex_lock(&f->mu);
+  f->flushing = 1;
+  while (f->npending > 0) {
+    pending_msg p = f->pending[f->head];
+    f->head = (f->head + 1) % SPI_FLEET_PENDING_MAX;
+    f->npending--;
+    pthread_mutex_unlock(&f->mu);
+    rc = call_publish(e, f, r, p.text, p.len, err, errcap);
+    pthread_mutex_lock(&f->mu);
+    if (rc != SPI_OK) {
+      pending_unshift(e, f, p);
+      break;
+    }
+    spi__free(&e->mem, p.text);
+  }
+  f->flushing = 0;
+  pthread_mutex_unlock(&f->mu);
+  return rc;
+}
+
+/* ---------------------------------------------------------------- polling */
+
+/* What one poll took: length-prefixed copies, applied once the module has
+ * returned (so no module lock is held while the engine's are taken). */
+typedef struct taken {
+  spi_engine *e;
+  struct spi_fleet *f;
+  spi_buf buf;
+  size_t n, max;
+} taken;
+
+static int take(void *user_data, const char *msg, size_t len) {
+  taken *t = user_data;
+  if (t->n >= t->max) return SPI_EFULL;
+  if ((!msg && len) || len > SPI_FLEET_MSG_MAX) {
+    t->n++;
+    atomic_fetch_add(&t->f->received, 1);
+    atomic_fetch_add(&t->f->malformed, 1);
+    set_error(t->f, "fleet bus: message skipped: %s",
+              msg ? "over SPI_FLEET_MSG_MAX bytes" : "NULL with a length");
+    return SPI_OK;
+  }
+  uint32_t l = (uint32_t)len;
+  if (spi__buf_append(&t->buf, &t->e->mem, &l, sizeof l) != SPI_OK ||
+      spi__buf_append(&t->buf, &t->e->mem, msg, len) != SPI_OK)
+    return SPI_ENOMEM; /* not taken: the module keeps it for next time */
+  t->n++;
+  atomic_fetch_add(&t->f->received, 1);
+  return SPI_OK;
+}
+
+static void apply_one(spi_engine *e, struct spi_fleet *f, const char *text,
+                      size_t len) {
+  decoded d;
+  char err[200] = "";
+  int kind = decode(text, len, &d, err, sizeof err);
+  if (kind == MSG_UNKNOWN || kind < 0) {
+    atomic_fetch_add(kind == MSG_UNKNOWN ? &f->unknown : &f->malformed, 1);
+    set_error(f, "fleet bus: message skipped: %s", err);
+    spi__engine_log(e, SPI_LOG_WARN, "fleet bus: message skipped: %s", err);
+    return;
+  }
+  int rc = kind == MSG_NOTICE
+               ? spi__nodes_apply_remote(e, &d.notice)
+               : spi__nodes_apply_cooldown(e, d.cool.type, d.cool.zone,
+                                           d.cool.until);
+  if (rc >= 0) {
+    atomic_fetch_add(rc > 0 ? &f->applied : &f->duplicates, 1);
+    return;
+  }
+  set_error(f, "fleet bus: notice for %.63s not applied: %s", d.notice.node,
+            spi_strerror(rc));
+  spi__engine_log(e, SPI_LOG_WARN, "fleet bus: notice for %.63s not applied: %s",
+                  d.notice.node, spi_strerror(rc));
+}
+
+static int poll_once(spi_engine *e, struct spi_fleet *f,
+                     struct spi_fleet_ref *r, char *err, size_t errcap) {
+  taken t;
+  memset(&t, 0, sizeof t);
+  t.e = e;
+  t.f = f;
+  t.max = r->max_per_poll;
+  char merr[SPI_ERRMSG_CAP] = "";
+  atomic_fetch_add(&f->polls, 1);
+  int rc = r->mod->m.fleet_bus.poll(r->mod->state, r->inst, t.max, take, &t,
+                                    merr, sizeof merr);
+  if (rc != SPI_OK) {
+    atomic_fetch_add(&f->poll_failed, 1);
+    spi__errf(err, errcap, "fleet bus \"%s\": poll: %s", r->mod->name,
+              merr[0] ? merr : spi_strerror(rc));
+    set_error(f, "%s", err);
+    spi__engine_log(e, SPI_LOG_WARN, "%s", err);
+    rc = SPI_EMODULE;
+  }
+  /* What was taken before a failure still acts. */
+  for (size_t off = 0; off < t.buf.len;) {
+    uint32_t l;
+    memcpy(&l, t.buf.data + off, sizeof l);
+    apply_one(e, f, (const char *)t.buf.data + off + sizeof l, l);
+    off += sizeof l + l;
+  }
+  spi__buf_free(&t.buf, &e->mem);
+  return rc;
+}
+
+int spi__fleet_tick(spi_engine *e) {
+  struct spi_fleet_ref *r = ref_acquire(e);
+  if (!r) return SPI_OK;
+  struct spi_fleet *f = spi__nodes_fleet(e);
+  int idle = 0;
+  if (!atomic_compare_exchange_strong(&f->polling, &idle, 1)) {
+    spi__fleet_ref_drop(e, r); /* another thread is at it right now */
+    return SPI_OK;
+  }
+  char ferr[SPI_ERRMSG_CAP] = "", perr[SPI_ERRMSG_CAP] = "";
+  int frc = flush_pending(e, f, r, ferr, sizeof ferr);
+  int prc = poll_once(e, f, r, perr, sizeof perr);
+  atomic_store(&f->polling, 0);
+  spi__fleet_ref_drop(e, r);
+  if (prc != SPI_OK) return spi__engine_fail(e, SPI_EMODULE, "%s", perr);
+  if (frc != SPI_OK) return spi__engine_fail(e, SPI_EMODULE, "%s", ferr);
+  return SPI_OK;
+}
+
+/* ------------------------------------------------------------------ stats */
+
+int spi_engine_fleet_stats(spi_engine *engine, spi_fleet_stats *out) {
+  if (!spi__engine_ok(engine)) return SPI_EMISUSE;
+  if (!out || out->struct_size < sizeof *out)
+    return spi__engine_fail(engine, SPI_EINVAL,
+                            "fleet stats: out is NULL or its struct_size is "
+                            "below sizeof(spi_fleet_stats)");
+  size_t size = out->struct_size;
+  memset(out, 0, size); /* a newer caller's tail too */
+  out->struct_size = size;
+  unsigned pin;
+  out->configured = spi__snap_acquire(engine, &pin)->fleet != NULL;
+  spi__snap_release(engine, pin);
+  struct spi_fleet *f = spi__nodes_fleet(engine);
+  out->published = atomic_load(&f->published);
+  out->publish_failed = atomic_load(&f->publish_failed);
+  out->dropped = atomic_load(&f->dropped);
+  out->polls = atomic_load(&f->polls);
+  out->poll_failed = atomic_load(&f->poll_failed);
+  out->received = atomic_load(&f->received);
+  out->applied = atomic_load(&f->applied);
+  out->duplicates = atomic_load(&f->duplicates);
+  out->malformed = atomic_load(&f->malformed);
+  out->unknown = atomic_load(&f->unknown);
+  pthread_mutex_lock(&f->mu);
+  out->pending = f->npending;
+  memcpy(out->last_error, f->last_error, sizeof out->last_error);
+  pthread_mutex_unlock(&f->mu);
+  return SPI_OK;
+}
