@@ -426,10 +426,10 @@ func (e *Engine) Register(kind ModuleKind, name string, m Module, onFailure OnFa
 		return &Error{Code: StatusInvalid, Op: "spi_engine_register_module",
 			Message: fmt.Sprintf("%T is not a %s module", m, kind)}
 	}
-	if kind == ModuleReplayStore {
+	if kind == ModuleReplayStore || kind == ModuleFleetBus {
 		// Its struct is not the common one the library would be handed.
 		return &Error{Code: StatusNotSup, Op: "spi_engine_register_module",
-			Message: "replay stores written in Go are not supported by this binding"}
+			Message: kind.String() + " modules written in Go are not supported by this binding"}
 	}
 	return e.register(kind, name, m, onFailure)
 }

@@ -170,6 +170,7 @@ const (
 	ModuleCostModel    ModuleKind = C.SPI_MODULE_COST_MODEL
 	ModuleNoticeSource ModuleKind = C.SPI_MODULE_NOTICE_SOURCE
 	ModuleReplayStore  ModuleKind = C.SPI_MODULE_REPLAY_STORE
+	ModuleFleetBus     ModuleKind = C.SPI_MODULE_FLEET_BUS
 )
 
 // String is "classifier", "key_builder", ... or "invalid".

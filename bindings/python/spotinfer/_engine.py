@@ -472,8 +472,42 @@ class Engine:
         self._st.keep.append(cb)  # C may call it until the engine is freed
 
     def tick(self) -> None:
-        """Periodic node work: expired rebalance advice, deadlines passed."""
+        """Periodic node work: expired rebalance advice, deadlines passed,
+        and, with a fleet bus, what other engines published (ModuleError
+        when the bus failed in it; local state is kept either way)."""
         _lib.spi_engine_tick(self._p())
+
+    def node_plans(self, node: Text) -> List["TicketPlan"]:
+        """The plan for every ticket open on a noticed or draining machine,
+        computed now: for a machine a fleet bus noticed inside tick() (the
+        node transition callback says so). Any other machine has none."""
+        from .notices import TicketPlan
+        nb = _b(node)
+        cap = 64
+        while True:
+            plans = (_n.TicketPlan * cap)()
+            plans[0].struct_size = sizeof(_n.TicketPlan)  # the element size
+            n = c_size_t()
+            try:
+                _lib.spi_engine_node_plans(self._p(), nb, len(nb), plans, cap,
+                                           byref(n))
+            except SpotinferError as e:
+                if e.code == -4 and n.value > cap:
+                    cap = n.value + 64  # tickets opened meanwhile
+                    continue
+                raise
+            return [TicketPlan._from(plans[i]) for i in range(n.value)]
+
+    def fleet_stats(self) -> Dict[str, Any]:
+        """What the fleet bus ({"modules": {"fleet_bus": name}}) did since
+        the engine was made: the spi_fleet_stats fields by name."""
+        out = _n.FleetStats()
+        _lib.spi_engine_fleet_stats(self._p(), byref(out))
+        stats: Dict[str, Any] = {f[0]: getattr(out, f[0]) for f in out._fields_
+                                 if f[0] not in ("struct_size", "reserved0")}
+        stats["configured"] = bool(stats["configured"])
+        stats["last_error"] = _s(out.last_error)
+        return stats
 
     def replay_queue(self, config: Union[str, bytes, Mapping[str, Any]] = '{"store":"memory"}') -> "ReplayQueue":
         """Open a replay queue on this engine (see :class:`ReplayQueue`)."""

@@ -695,6 +695,54 @@ STRUCTS: Tuple[type, ...] = (
 )
 
 
+# The fleet bus (spotinfer_module.h): notices and cooldowns shared between
+# engines. Python code reads its stats; a bus is a C module (for example
+# libspotinfer_redis's), selected by configuration.
+FLEET_MSG_FN = CFUNCTYPE(c_int, c_void_p, c_void_p, c_size_t)
+FLEET_PUBLISH_FN = CFUNCTYPE(c_int, c_void_p, c_void_p, c_void_p, c_size_t,
+                             c_void_p, c_size_t)
+FLEET_POLL_FN = CFUNCTYPE(c_int, c_void_p, c_void_p, c_size_t, FLEET_MSG_FN,
+                          c_void_p, c_void_p, c_size_t)
+
+
+class FleetBusModule(_ModuleStruct):
+    _c_name_ = "spi_fleet_bus_module"
+    _fields_ = [
+        ("abi_version", c_uint32),
+        ("struct_size", c_uint32),
+        ("on_failure", c_int32),
+        ("reserved0", c_int32),
+        ("configure", CONFIGURE_FN),
+        ("release", RELEASE_FN),
+        ("publish", FLEET_PUBLISH_FN),
+        ("poll", FLEET_POLL_FN),
+    ]
+
+
+class FleetStats(_Struct):
+    _c_name_ = "spi_fleet_stats"
+    _fields_ = [
+        ("struct_size", c_size_t),
+        ("configured", c_int32),
+        ("reserved0", c_int32),
+        ("published", c_uint64),
+        ("publish_failed", c_uint64),
+        ("pending", c_uint64),
+        ("dropped", c_uint64),
+        ("polls", c_uint64),
+        ("poll_failed", c_uint64),
+        ("received", c_uint64),
+        ("applied", c_uint64),
+        ("duplicates", c_uint64),
+        ("malformed", c_uint64),
+        ("unknown", c_uint64),
+        ("last_error", c_char * 256),
+    ]
+
+
+STRUCTS += (FleetBusModule, FleetStats)
+
+
 # -------------------------------------------------------- function table
 
 # Where a failed call's message lives: the handle in the first argument.
@@ -828,6 +876,10 @@ FUNCTIONS: Tuple[Tuple[Any, ...], ...] = (
     ("spi_node_get_state", c_int, (_vp, c_char_p, c_size_t, P(c_int32)),
      ENGINE),
     ("spi_engine_on_node_transition", c_int, (_vp, NODE_FN, c_void_p), ENGINE),
+    ("spi_engine_node_plans", c_int,
+     (_vp, c_char_p, c_size_t, c_void_p, c_size_t, P(c_size_t)), ENGINE,
+     frozenset({_EBUFSIZE})),
+    ("spi_engine_fleet_stats", c_int, (_vp, P(FleetStats)), ENGINE),
     ("spi_engine_tick", c_int, (_vp,), ENGINE),
     # replay queue
     ("spi_replay_open", c_int, (_vp, c_char_p, c_size_t, P(_vp)), ENGINE),

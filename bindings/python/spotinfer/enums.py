@@ -218,6 +218,7 @@ class ModuleKind(enum.IntEnum):
     COST_MODEL = 4
     NOTICE_SOURCE = 5
     REPLAY_STORE = 6
+    FLEET_BUS = 7
 
 
 class OnFailure(enum.IntEnum):
