@@ -430,7 +430,7 @@ stage_gateway() {
 # libspotinfer_redis against a real server the stage starts and stops.
 stage_redis() {
   bash "$root/scripts/setup-redis-deps.sh"
-  if [[ ! -e "$root/build/redis/libspotinfer_redis.so" ]]; then
+  if [[ ! -e "$root/build/libspotinfer_redis.so" ]]; then
     note "build/ has no libspotinfer_redis (was hiredis installed before the build stage?)"
     return 1
   fi
@@ -438,10 +438,12 @@ stage_redis() {
   read -r port dir pid < <(bash "$root/tests/redis/redis-server.sh")
   note "redis-server pid $pid on 127.0.0.1:$port (data in $dir)"
   export SPI_REDIS_PORT=$port SPI_REDIS_DIR=$dir
-  export SPI_REDIS_LIBRARY="$root/build/redis/libspotinfer_redis.so.0"
   ctest --test-dir "$root/build" -L redis --output-on-failure --timeout 300 || rc=1
-  if [[ $rc -eq 0 && -x "$root/tests/redis/valgrind-redis.sh" ]]; then
+  if [[ $rc -eq 0 ]]; then
+    note "the same programs under valgrind memcheck"
     bash "$root/tests/redis/valgrind-redis.sh" "$root/build" || rc=1
+    note "replay store benchmark: journal vs Redis, 1 and 4 processes (JSON lines)"
+    bash "$root/tests/redis/bench.sh" "$root/build/tests/redis/redis_worker" || rc=1
   fi
   bash "$root/tests/redis/redis-server.sh" --stop "$dir"
   return "$rc"
