@@ -43,7 +43,7 @@
 #             replay-store benchmark (journal vs Redis, 1 and 4 processes)
 #   litellm   the LiteLLM routing strategy (bindings/python/spotinfer/litellm.py)
 #             with the real litellm package, pinned, in build/venv-litellm
-#             (scripts/setup-litellm-deps.sh) against examples/fakellm
+#             (scripts/setup-litellm-deps.sh: uv, pinned) against examples/fakellm
 #             backends: tests/litellm with pytest, then the Router with and
 #             without the strategy (tests/litellm/bench.py --smoke)
 #   nginx     scripts/setup-nginx-deps.sh, then the nginx module
