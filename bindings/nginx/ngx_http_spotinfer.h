@@ -23,6 +23,8 @@
 #define NGX_HTTP_SPI_SCRAPE_MAX     (4 * 1024 * 1024)
 #define NGX_HTTP_SPI_SCRAPE_TIMEOUT 2000
 #define NGX_HTTP_SPI_TICK           100
+#define NGX_HTTP_SPI_METRIC_SLOTS   64
+#define NGX_HTTP_SPI_ZONE_SIZE      (8 * 1024 * 1024)
 
 
 typedef struct ngx_http_spi_upstream_s  ngx_http_spi_upstream_t;
@@ -65,10 +67,22 @@ typedef struct {
 } ngx_http_spi_replica_t;
 
 
-/* The shared ring of pushed notices; seq counts every notice written. */
+/* One worker's metrics text, copied in every second. */
+typedef struct {
+    u_char                         *text;      /* in the zone's slab */
+    size_t                          len;
+    size_t                          cap;
+    time_t                          updated;
+    ngx_uint_t                      worker;    /* nginx's worker number */
+} ngx_http_spi_slot_t;
+
+
+/* The upstream's shared zone: the ring of pushed notices (seq counts every
+ * notice written) and the workers' metrics. */
 typedef struct {
     ngx_atomic_t                    seq;
     spi_notice                      ring[NGX_HTTP_SPI_NOTICE_RING];
+    ngx_http_spi_slot_t             slots[NGX_HTTP_SPI_METRIC_SLOTS];
 } ngx_http_spi_shm_t;
 
 
@@ -92,6 +106,10 @@ struct ngx_http_spi_upstream_s {
     ngx_atomic_uint_t               seen_seq;
     ngx_event_t                     timer;
     ngx_msec_t                      last_scrape;
+    ngx_msec_t                      last_publish;
+    u_char                         *text;      /* rendering buffer */
+    size_t                          text_cap;
+    unsigned                        zone_full_logged:1;
     ngx_log_t                      *log;
 };
 
@@ -184,6 +202,10 @@ void ngx_http_spi_ticket_end(ngx_http_spi_ctx_t *ctx, ngx_int_t status,
 void ngx_http_spi_ticket_cleanup(void *data);
 uint64_t ngx_http_spi_output_tokens(ngx_http_spi_ctx_t *ctx);
 
+/* ngx_http_spotinfer_metrics.c */
+ngx_int_t ngx_http_spi_metrics_publish(ngx_http_spi_upstream_t *up);
+ngx_int_t ngx_http_spi_metrics_handler(ngx_http_request_t *r);
+
 /* ngx_http_spotinfer_vars.c */
 ngx_int_t ngx_http_spi_add_variables(ngx_conf_t *cf);
 
@@ -195,7 +217,6 @@ void ngx_http_spi_scrape_stop(ngx_http_spi_replica_t *rep);
 ngx_int_t ngx_http_spi_shm_init(ngx_shm_zone_t *zone, void *data);
 void ngx_http_spi_notice_sync(ngx_http_spi_upstream_t *up);
 ngx_int_t ngx_http_spi_notice_handler(ngx_http_request_t *r);
-ngx_int_t ngx_http_spi_metrics_handler(ngx_http_request_t *r);
 ngx_int_t ngx_http_spi_send_text(ngx_http_request_t *r, ngx_uint_t status,
     const char *type, ngx_str_t *text);
 

@@ -313,7 +313,8 @@ ngx_http_spi_add_zone(ngx_conf_t *cf, ngx_http_spi_upstream_t *up)
 
     ngx_sprintf(name.data, "spotinfer_%V", &up->name);
 
-    size = ngx_align(sizeof(ngx_http_spi_shm_t) + 8 * ngx_pagesize,
+    /* the notice ring, and room for 64 workers' metrics texts */
+    size = ngx_align(sizeof(ngx_http_spi_shm_t) + NGX_HTTP_SPI_ZONE_SIZE,
                      ngx_pagesize);
 
     up->shm_zone = ngx_shared_memory_add(cf, &name, size,
@@ -884,6 +885,10 @@ ngx_http_spi_exit_process(ngx_cycle_t *cycle)
 
         ngx_http_spi_engine_close(ups[i]);
 
+        ngx_free(ups[i]->text);
+        ups[i]->text = NULL;
+        ups[i]->text_cap = 0;
+
         ngx_log_error(NGX_LOG_NOTICE, cycle->log, 0,
                       "spotinfer: upstream \"%V\": engine freed",
                       &ups[i]->name);
@@ -906,6 +911,11 @@ ngx_http_spi_tick(ngx_event_t *ev)
 
     ngx_http_spi_notice_sync(up);
     (void) spi_engine_tick(up->engine);
+
+    if (up->last_publish == 0 || ngx_current_msec - up->last_publish >= 1000) {
+        up->last_publish = ngx_current_msec;
+        (void) ngx_http_spi_metrics_publish(up);
+    }
 
     if (up->last_scrape == 0
         || ngx_current_msec - up->last_scrape >= up->scrape_interval)

@@ -1,5 +1,5 @@
 /*
- * ngx_http_spotinfer: pushed interruption notices and the metrics text.
+ * ngx_http_spotinfer: pushed interruption notices.
  *
  * A node poller (the way node-termination handlers do) POSTs the body the
  * cloud served to a location with "spotinfer_notice", naming its format
@@ -309,52 +309,4 @@ ngx_http_spi_send_text(ngx_http_request_t *r, ngx_uint_t status,
     out.next = NULL;
 
     return ngx_http_output_filter(r, &out);
-}
-
-
-ngx_int_t
-ngx_http_spi_metrics_handler(ngx_http_request_t *r)
-{
-    size_t                    needed;
-    ngx_int_t                 rc;
-    ngx_str_t                 text;
-    ngx_http_spi_loc_conf_t  *lcf;
-
-    if (!(r->method & (NGX_HTTP_GET|NGX_HTTP_HEAD))) {
-        return NGX_HTTP_NOT_ALLOWED;
-    }
-
-    rc = ngx_http_discard_request_body(r);
-    if (rc != NGX_OK) {
-        return rc;
-    }
-
-    lcf = ngx_http_get_module_loc_conf(r, ngx_http_spotinfer_module);
-
-    if (lcf->metrics->engine == NULL) {
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
-    }
-
-    ngx_http_spi_notice_sync(lcf->metrics);
-
-    needed = 0;
-    (void) spi_engine_metrics(lcf->metrics->engine, NULL, 0, &needed);
-
-    text.data = ngx_pnalloc(r->pool, needed + 1);
-    if (text.data == NULL) {
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
-    }
-
-    if (spi_engine_metrics(lcf->metrics->engine, (char *) text.data,
-                           needed + 1, &needed)
-        != SPI_OK)
-    {
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
-    }
-
-    text.len = needed;
-
-    return ngx_http_spi_send_text(r, NGX_HTTP_OK,
-                                  "text/plain; version=0.0.4; charset=utf-8",
-                                  &text);
 }

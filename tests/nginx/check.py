@@ -172,7 +172,7 @@ def access_log(path, probe):
         for line in f:
             m = re.match(r'(\d+) (\d+) "([^"]*)" (\S+) "([^"]*)" (\S+) (\S+) (\S+) (\S+)$', line)
             if m and probe in m.group(4):
-                out.append(dict(pid=m.group(1), status=int(m.group(2)), upstream=m.group(3),
+                out.append(dict(pid=m.group(1), status=int(m.group(2)), upstream=m.group(3), uri=m.group(4),
                                 replica=m.group(5), klass=m.group(6), reason=m.group(7),
                                 blocks=m.group(8), tokens=m.group(9)))
     return out
@@ -300,25 +300,36 @@ def check_shed_and_capacity(base, hot_addr, hot_node, log):
         f"{json.loads(raw)['error']['message']!r}")
 
 
-def check_metrics(base, out):
+def check_metrics(base, out, log, workers):
+    """One scrape has every worker's samples, labelled worker="N"."""
+    time.sleep(1.2)  # every worker has copied its text in since the last request
     status, headers, raw = http("GET", base + "/metrics")
     if status != 200 or not headers.get("Content-Type", "").startswith("text/plain"):
         fail(f"/metrics: {status} {headers.get('Content-Type')}")
     text = raw.decode()
-    if 'spotinfer_node_transitions_total{from="active",to="noticed"} 1' not in text:
-        fail("the worker that served /metrics does not count the pushed notice")
+
+    def samples(name, labels=""):
+        pat = rf'^{name}\{{worker="(\d+)"{labels}[^}}]*\}} (\S+)$'
+        return [(w, float(v)) for w, v in re.findall(pat, text, re.M)]
+
+    noticed = samples("spotinfer_node_transitions_total", ',from="active",to="noticed"')
+    if len(noticed) != workers or any(v != 1 for _, v in noticed):
+        fail(f"the pushed notice in each worker's engine: {noticed}")
     # Every ticket was finished (in the log phase, or when the chosen
     # replica failed), and finished tickets carried their first byte.
-    inflight = re.findall(r"^spotinfer_replica_inflight\{[^}]*\} (\S+)$", text, re.M)
-    if len(inflight) != 3 or any(float(v) != 0 for v in inflight):
+    inflight = samples("spotinfer_replica_inflight")
+    if len(inflight) != 3 * workers or any(v != 0 for _, v in inflight):
         fail(f"open tickets after every request ended: {inflight}")
-    ttft = sum(float(v) for v in re.findall(r"^spotinfer_ttft_seconds_count\{[^}]*\} (\S+)$", text, re.M))
-    if ttft < 1:
-        fail("no ticket reported a first byte")
+    ttft = sum(v for _, v in samples("spotinfer_ttft_seconds_count"))
+    # The workers' decisions add up to the requests routed through "llm".
+    decisions = sum(v for _, v in samples("spotinfer_decisions_total"))
+    routed = [e for e in access_log(log, "/v1/") if e["uri"].startswith("/v1/") and e["klass"] != "-"]
+    if decisions != len(routed) or ttft < 1:
+        fail(f"{decisions:.0f} decisions over the workers, {len(routed)} routed requests logged; ttft {ttft}")
     with open(out, "w") as f:
         f.write(text)
-    say(f"metrics: {len(text.splitlines())} lines, the pushed notice counted, no open ticket, "
-        f"{ttft:.0f} first bytes in this worker's TTFT histogram")
+    say(f"metrics: {len(text.splitlines())} lines from {workers} workers: the pushed notice in each, "
+        f"no open ticket, {decisions:.0f} decisions = the {len(routed)} routed requests logged")
 
 
 def valgrind_round(base, backends):
@@ -364,7 +375,7 @@ def main():
         fail("after the notice the prompt did not settle on one backend")
     check_fallback(a.base, heir, pids, addrs, a.access_log)
     check_shed_and_capacity(a.base, addrs["hot"], "i-00000000000000ff0", a.access_log)
-    check_metrics(a.base, a.metrics_out)
+    check_metrics(a.base, a.metrics_out, a.access_log, a.workers)
     print("check: all passed")
 
 
