@@ -1,0 +1,290 @@
+/*
+ * test_redis_store.c - the "redis" store as the engine sees it: loaded by
+ * configuration (the engine dlopen()s libspotinfer_redis), the fallback
+ * option's checks, store_config errors at open, a server that cannot be
+ * reached (SPI_EIO with a message, or the fallback journal, moved into
+ * Redis once it answers: with SPI_REDIS_PORT), and the module struct rules
+ * for queue stores (a record store built before them still registers).
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+
+#include "spotinfer/spotinfer.h"
+#include "spotinfer/spotinfer_module.h"
+#include "spotinfer/spotinfer_redis.h"
+
+static spi_envelope env_of(const char *key) {
+  spi_envelope v;
+  memset(&v, 0, sizeof v);
+  v.struct_size = sizeof v;
+  v.key = key;
+  v.key_len = strlen(key);
+  v.body = "{\"model\":\"m\",\"messages\":[]}";
+  v.body_len = strlen(v.body);
+  v.klass = SPI_CLASS_GOLD;
+  return v;
+}
+
+static int open_q(spi_engine *e, const char *json, spi_replay_queue **q) {
+  return spi_replay_open(e, json, strlen(json), q);
+}
+
+static void expect_open(const char *json, int status, const char *part) {
+  spi_engine *e = NULL;
+  assert_int_equal(spi_engine_new(&e, NULL), SPI_OK);
+  spi_replay_queue *q = NULL;
+  int rc = open_q(e, json, &q);
+  if (rc != status || !strstr(spi_engine_errmsg(e), part))
+    print_error("%s: got %d \"%s\"\n", json, rc, spi_engine_errmsg(e));
+  assert_int_equal(rc, status);
+  assert_null(q);
+  assert_non_null(strstr(spi_engine_errmsg(e), part));
+  spi_engine_free(e);
+}
+
+static void test_loaded_by_configuration(void **st) {
+  (void)st;
+  spi_engine *e = NULL;
+  assert_int_equal(spi_engine_new(&e, NULL), SPI_OK);
+  const char *name = NULL;
+  assert_int_equal(spi_engine_module_name(e, SPI_MODULE_REPLAY_STORE, 2, &name),
+                   SPI_ENOTFOUND);
+  const char *cfg = "{\"replay\":{\"store\":\"redis\"}}";
+  assert_int_equal(spi_engine_configure(e, cfg, strlen(cfg)), SPI_OK);
+  assert_int_equal(spi_engine_module_name(e, SPI_MODULE_REPLAY_STORE, 2, &name),
+                   SPI_OK);
+  assert_string_equal(name, "redis");
+  /* Configuring again finds it registered. */
+  assert_int_equal(spi_engine_configure(e, cfg, strlen(cfg)), SPI_OK);
+  assert_int_equal(spi_engine_module_name(e, SPI_MODULE_REPLAY_STORE, 3, &name),
+                   SPI_ENOTFOUND);
+  spi_engine_free(e);
+  /* spi_replay_open loads it too, on an engine that never configured it. */
+  assert_int_equal(spi_engine_new(&e, NULL), SPI_OK);
+  spi_replay_queue *q = NULL;
+  assert_int_equal(open_q(e,
+                          "{\"store\":\"redis\",\"store_config\":{\"address\":"
+                          "\"127.0.0.1:1\"}}",
+                          &q),
+                   SPI_OK);
+  spi_replay_close(q);
+  spi_engine_free(e);
+}
+
+static void test_config_errors(void **st) {
+  (void)st;
+  expect_open("{\"store\":\"memory\",\"fallback\":\"journal\",\"dir\":\"/tmp\"}",
+              SPI_EINVAL, "replay.fallback: only a queue store");
+  expect_open("{\"store\":\"redis\",\"fallback\":\"journal\"}", SPI_EINVAL,
+              "\"journal\" needs replay.dir");
+  expect_open("{\"store\":\"redis\",\"fallback\":\"disk\"}", SPI_EUNKNOWN,
+              "replay.fallback");
+  expect_open("{\"store\":\"redis\",\"store_config\":{\"adress\":\"x\"}}",
+              SPI_EUNKNOWN, "replay.store_config.adress: unknown key");
+  expect_open("{\"store\":\"redis\",\"store_config\":{\"timeout_ms\":0}}",
+              SPI_ERANGE, "replay.store_config.timeout_ms");
+}
+
+static void test_unreachable(void **st) {
+  (void)st;
+  spi_engine *e = NULL;
+  assert_int_equal(spi_engine_new(&e, NULL), SPI_OK);
+  spi_replay_queue *q = NULL;
+  assert_int_equal(open_q(e,
+                          "{\"store\":\"redis\",\"store_config\":{\"address\":"
+                          "\"127.0.0.1:1\",\"timeout_ms\":100}}",
+                          &q),
+                   SPI_OK);
+  spi_envelope v = env_of("u1");
+  assert_int_equal(spi_replay_enqueue(q, &v, NULL), SPI_EIO);
+  assert_non_null(strstr(spi_replay_errmsg(q), "redis 127.0.0.1:1"));
+  uint64_t id = 9;
+  spi_envelope out;
+  memset(&out, 0, sizeof out);
+  out.struct_size = sizeof out;
+  char buf[256];
+  assert_int_equal(spi_replay_claim(q, 0xe, 0, &id, &out, buf, sizeof buf,
+                                    NULL),
+                   SPI_EIO);
+  assert_int_equal(spi_replay_tick(q), SPI_EIO);
+  spi_replay_stats s;
+  memset(&s, 0, sizeof s);
+  s.struct_size = sizeof s;
+  assert_int_equal(spi_replay_stats_get(q, &s), SPI_EIO);
+  spi_replay_close(q);
+  spi_engine_free(e);
+}
+
+/* Unreachable with a fallback journal: enqueues succeed; a queue on the
+ * same directory and a server that answers moves them over, once. */
+static void test_fallback_moves_once(void **st) {
+  (void)st;
+  const char *port = getenv("SPI_REDIS_PORT");
+  char dir[] = "/tmp/spotinfer-fb.XXXXXX";
+  assert_non_null(mkdtemp(dir));
+  char json[512];
+  snprintf(json, sizeof json,
+           "{\"store\":\"redis\",\"fallback\":\"journal\",\"dir\":\"%s\","
+           "\"store_config\":{\"address\":\"127.0.0.1:1\",\"timeout_ms\":"
+           "100}}",
+           dir);
+  spi_engine *e = NULL;
+  assert_int_equal(spi_engine_new(&e, NULL), SPI_OK);
+  spi_replay_queue *q = NULL;
+  assert_int_equal(open_q(e, json, &q), SPI_OK);
+  const char *keys[] = {"f1", "f2", "f3"};
+  for (int i = 0; i < 3; i++) {
+    spi_envelope v = env_of(keys[i]);
+    int32_t dup = -1;
+    assert_int_equal(spi_replay_enqueue(q, &v, &dup), SPI_OK);
+    assert_int_equal(dup, 0);
+  }
+  spi_replay_close(q);
+  if (port) {
+    snprintf(json, sizeof json,
+             "{\"store\":\"redis\",\"fallback\":\"journal\",\"dir\":\"%s\","
+             "\"store_config\":{\"address\":\"127.0.0.1:%s\",\"key_prefix\":"
+             "\"fb:%ld:\"}}",
+             dir, port, (long)getpid());
+    assert_int_equal(open_q(e, json, &q), SPI_OK);
+    assert_int_equal(spi_replay_tick(q), SPI_OK);
+    spi_replay_stats s;
+    memset(&s, 0, sizeof s);
+    s.struct_size = sizeof s;
+    assert_int_equal(spi_replay_stats_get(q, &s), SPI_OK);
+    assert_int_equal(s.ready[SPI_CLASS_GOLD], 3);
+    /* A second queue on it finds nothing left to move. */
+    spi_replay_close(q);
+    assert_int_equal(open_q(e, json, &q), SPI_OK);
+    assert_int_equal(spi_replay_tick(q), SPI_OK);
+    assert_int_equal(spi_replay_stats_get(q, &s), SPI_OK);
+    assert_int_equal(s.ready[SPI_CLASS_GOLD], 3);
+    for (int i = 0; i < 3; i++) {
+      uint64_t id = 0;
+      spi_envelope out;
+      memset(&out, 0, sizeof out);
+      out.struct_size = sizeof out;
+      char buf[256];
+      assert_int_equal(spi_replay_claim(q, 0xe, 0, &id, &out, buf, sizeof buf,
+                                        NULL),
+                       SPI_OK);
+      assert_true(id != 0);
+      assert_memory_equal(out.key, keys[i], 3); /* oldest first */
+      assert_int_equal(spi_replay_ack(q, id), SPI_OK);
+    }
+    spi_replay_close(q);
+  }
+  spi_engine_free(e);
+  char cmd[128];
+  snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
+  assert_int_equal(system(cmd), 0);
+}
+
+/* ---------------------------------------------------- module structs */
+
+static int x_configure(void *st, const char *j, size_t n, void **out,
+                       char *err, size_t cap) {
+  (void)st, (void)j, (void)n, (void)err, (void)cap;
+  *out = st;
+  return SPI_OK;
+}
+static void x_release(void *st, void *inst) { (void)st, (void)inst; }
+static int x_recover(void *st, void *inst, spi_replay_record_fn fn, void *ud,
+                     char *err, size_t cap) {
+  (void)st, (void)inst, (void)fn, (void)ud, (void)err, (void)cap;
+  return SPI_OK;
+}
+static int x_append(void *st, void *inst, const spi_replay_record *r,
+                    uint64_t *seq, char *err, size_t cap) {
+  (void)st, (void)inst, (void)r, (void)err, (void)cap;
+  *seq = 1;
+  return SPI_OK;
+}
+static int x_sync(void *st, void *inst, uint64_t seq, char *err, size_t cap) {
+  (void)st, (void)inst, (void)seq, (void)err, (void)cap;
+  return SPI_OK;
+}
+static int x_stats(void *st, void *inst, spi_replay_store_stats *out) {
+  (void)st, (void)inst, (void)out;
+  return SPI_OK;
+}
+
+static void test_module_structs(void **st) {
+  (void)st;
+  spi_engine *e = NULL;
+  assert_int_equal(spi_engine_new(&e, NULL), SPI_OK);
+  /* A record store as built before queue stores: its struct ends where the
+   * queue callbacks begin. */
+  spi_replay_store_module m;
+  memset(&m, 0, sizeof m);
+  m.abi_version = SPI_MODULE_ABI_VERSION;
+  m.struct_size = (uint32_t)offsetof(spi_replay_store_module, enqueue);
+  m.configure = x_configure;
+  m.release = x_release;
+  m.recover = x_recover;
+  m.append = x_append;
+  m.sync = x_sync;
+  m.stats = x_stats;
+  assert_int_equal(spi_engine_register_module(e, SPI_MODULE_REPLAY_STORE,
+                                              "old", 3, &m, NULL, NULL),
+                   SPI_OK);
+  m.struct_size = (uint32_t)offsetof(spi_replay_store_module, enqueue) - 8;
+  assert_int_equal(spi_engine_register_module(e, SPI_MODULE_REPLAY_STORE,
+                                              "short", 5, &m, NULL, NULL),
+                   SPI_EABI);
+  /* The Redis store by hand, under a name of its own. */
+  spi_replay_store_module r;
+  void *state = NULL;
+  spi_module_destroy_fn destroy = NULL;
+  assert_int_equal(spi_redis_get_module(SPI_MODULE_REPLAY_STORE,
+                                        SPI_REDIS_STORE_NAME, &r, sizeof r,
+                                        &state, &destroy),
+                   SPI_OK);
+  assert_int_equal(spi_redis_get_module(SPI_MODULE_REPLAY_STORE, "nosuch", &r,
+                                        sizeof r, &state, &destroy),
+                   SPI_ENOTFOUND);
+  assert_int_equal(spi_redis_get_module(SPI_MODULE_REPLAY_STORE,
+                                        SPI_REDIS_STORE_NAME, &r, 8, &state,
+                                        &destroy),
+                   SPI_EABI);
+  assert_int_equal(spi_redis_get_module(SPI_MODULE_REPLAY_STORE,
+                                        SPI_REDIS_STORE_NAME, &r, sizeof r,
+                                        &state, &destroy),
+                   SPI_OK);
+  /* A queue store must have every queue callback. */
+  spi_replay_store_module bad = r;
+  bad.ack = NULL;
+  assert_int_equal(spi_engine_register_module(e, SPI_MODULE_REPLAY_STORE,
+                                              "bad", 3, &bad, state, destroy),
+                   SPI_EINVAL);
+  assert_int_equal(spi_engine_register_module(e, SPI_MODULE_REPLAY_STORE,
+                                              "shared", 6, &r, state, destroy),
+                   SPI_OK);
+  spi_replay_queue *q = NULL;
+  assert_int_equal(open_q(e,
+                          "{\"store\":\"shared\",\"store_config\":{\"address\":"
+                          "\"127.0.0.1:1\"}}",
+                          &q),
+                   SPI_OK);
+  spi_replay_close(q);
+  spi_engine_free(e);
+}
+
+int main(void) {
+  const struct CMUnitTest tests[] = {
+      cmocka_unit_test(test_loaded_by_configuration),
+      cmocka_unit_test(test_config_errors),
+      cmocka_unit_test(test_unreachable),
+      cmocka_unit_test(test_fallback_moves_once),
+      cmocka_unit_test(test_module_structs),
+  };
+  return cmocka_run_group_tests(tests, NULL, NULL);
+}
