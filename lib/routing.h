@@ -207,11 +207,15 @@ static inline void spi__replica_load(const spi_replica_slot *s, int64_t now_ns,
   if (max_age_ns <= 0) max_age_ns = SPI_DEFAULT_LOAD_MAX_AGE_MS * 1000000ll;
   int64_t at = atomic_load_explicit(&s->load_at_ns, memory_order_acquire);
   int64_t age;
-  /* A signal stamped further in the future than it may be old is as
-   * suspect as an old one (a clock or unit mix-up): it counts as stale. */
-  int fresh = at != 0 && !__builtin_sub_overflow(now_ns, at, &age) &&
-              age < max_age_ns && age > -max_age_ns;
-  if (!fresh) {
+  /* Missing, or older than max_age_ns, is stale. A signal stamped further
+   * in the future than it may be old is as suspect as an old one (a clock
+   * or unit mix-up): it counts as stale too. Each test is its own branch,
+   * the stale case said to be rare: written as one flag, gcc laid the
+   * stale case out as the straight path of the routing pass's loop and
+   * jumped out of it for every fresh replica. */
+  if (__builtin_expect(at == 0, 0) ||
+      __builtin_expect(__builtin_sub_overflow(now_ns, at, &age), 0) ||
+      __builtin_expect(age >= max_age_ns || age <= -max_age_ns, 0)) {
     out->running = out->waiting = SPI_LOAD_SATURATED;
     out->kv_usage = 1.0;
     out->fresh = 0;
