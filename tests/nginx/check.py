@@ -348,6 +348,28 @@ def valgrind_round(base, backends):
     say("valgrind round: chat, stream, 400, 405, notice, metrics")
 
 
+def after_reload(base, workers):
+    """nginx -s reload started new workers with new engines: they read the
+    notices already in the shared ring, so spot-a stays avoided."""
+    time.sleep(1.5)  # the new workers have ticked and published
+    _, _, raw = http("GET", base + "/metrics")
+    noticed = re.findall(r'^spotinfer_node_transitions_total\{worker="(\d+)",from="active",'
+                         r'to="noticed"\} 1$', raw.decode(), re.M)
+    if len(noticed) < workers:
+        fail(f"after the reload the notice is in the engines of workers {noticed} only")
+    # Silver goes to spot first; spot-a is the only spot replica with a
+    # load reading (spot-b is dead), so without the notice it would get
+    # these. With it, the spot pool has nothing to give.
+    answers = set()
+    for i in range(8):
+        status, _, raw = http("POST", base + "/v1/chat/completions", chat(SYSTEM, f"after the reload {i}"))
+        if status == 200 and json.loads(raw)["system_fingerprint"] == "spot-a":
+            fail(f"after the reload request {i} went to the noticed spot-a")
+        answers.add(status)
+    say(f"reload: the new workers ({len(noticed)}) took the earlier notice from the shared zone; "
+        f"spot-a still gets nothing (answers {sorted(answers)})")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--base", required=True)
@@ -357,10 +379,14 @@ def main():
     ap.add_argument("--metrics-out")
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--valgrind-round", action="store_true")
+    ap.add_argument("--after-reload", action="store_true")
     a = ap.parse_args()
     addrs = dict(kv.split("=", 1) for kv in a.backends.split(","))
     if a.valgrind_round:
         valgrind_round(a.base, addrs)
+        return
+    if a.after_reload:
+        after_reload(a.base, a.workers)
         return
     pids = {k: int(v) for k, v in (kv.split("=", 1) for kv in a.pids.split(","))}
     nodes = {"spot-a": "i-0000000000000000a", "spot-b": "i-0000000000000000b",

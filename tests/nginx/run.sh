@@ -221,6 +221,11 @@ timeout 120 "$python" "$here/check.py" --base "http://127.0.0.1:$port" --backend
 note "metrics text: Prometheus parser and promlint (tests/promlint)"
 (cd "$root/tests/promlint" && go run . "$work/metrics.txt")
 
+note "nginx -s reload: new workers, new engines, the same shared zone"
+nginx -p "$work/prefix" -c conf/nginx.conf -s reload
+timeout 60 "$python" "$here/check.py" --base "http://127.0.0.1:$port" --backends "$ids" \
+  --workers 2 --after-reload
+
 grep -E '\[(alert|emerg|crit)\]|signal [0-9]+ .*exited|core dumped' "$work/prefix/logs/nginx-error.log" &&
   die "nginx logged a crash or an alert (above)"
 kill -QUIT "$(cat "$work/prefix/logs/nginx.pid")"
