@@ -1140,8 +1140,11 @@ static int open_fallback(spi_replay_queue *q, const cJSON *sec,
     cJSON_DeleteItemFromObjectCaseSensitive(fb, "store_config");
     cJSON_DeleteItemFromObjectCaseSensitive(fb, "fallback");
   }
+  /* Every key is given, so nothing of the engine's section (its store,
+   * its fallback) can override these. */
   char *text = NULL;
-  if (fb && cJSON_AddStringToObject(fb, "store", SPI_BUILTIN_STORE_JOURNAL))
+  if (fb && cJSON_AddStringToObject(fb, "store", SPI_BUILTIN_STORE_JOURNAL) &&
+      cJSON_AddStringToObject(fb, "fallback", "none"))
     text = cJSON_PrintUnformatted(fb);
   cJSON_Delete(fb);
   if (!text) {

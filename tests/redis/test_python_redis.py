@@ -6,13 +6,13 @@ SPI_REDIS_PORT to the `redis` stage's server; without a server: skipped
 import os
 import sys
 
-import spotinfer
-from spotinfer.replay import ReplayQueue
-
 port = os.environ.get("SPI_REDIS_PORT")
-if not port:
+if not port:  # before loading anything (sanitizer builds run this too)
     print("test_python_redis: needs SPI_REDIS_PORT")
     sys.exit(77)
+
+import spotinfer  # noqa: E402
+from spotinfer.replay import ReplayQueue  # noqa: E402
 
 config = {"store": "redis", "lease_ms": 5000,
           "store_config": {"address": "127.0.0.1:" + port,

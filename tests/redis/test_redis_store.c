@@ -140,13 +140,21 @@ static void test_fallback_moves_once(void **st) {
   assert_int_equal(spi_engine_new(&e, NULL), SPI_OK);
   spi_replay_queue *q = NULL;
   assert_int_equal(open_q(e, json, &q), SPI_OK);
-  const char *keys[] = {"f1", "f2", "f3"};
+  const char *keys[] = {"f1", "f2", "f3", "f4"};
   for (int i = 0; i < 3; i++) {
     spi_envelope v = env_of(keys[i]);
     int32_t dup = -1;
     assert_int_equal(spi_replay_enqueue(q, &v, &dup), SPI_OK);
     assert_int_equal(dup, 0);
   }
+  spi_replay_close(q);
+  /* The same from the engine's own "replay" section. */
+  char cfg[600];
+  snprintf(cfg, sizeof cfg, "{\"replay\":%s}", json);
+  assert_int_equal(spi_engine_configure(e, cfg, strlen(cfg)), SPI_OK);
+  assert_int_equal(spi_replay_open(e, NULL, 0, &q), SPI_OK);
+  spi_envelope v4 = env_of("f4");
+  assert_int_equal(spi_replay_enqueue(q, &v4, NULL), SPI_OK);
   spi_replay_close(q);
   if (port) {
     snprintf(json, sizeof json,
@@ -160,14 +168,14 @@ static void test_fallback_moves_once(void **st) {
     memset(&s, 0, sizeof s);
     s.struct_size = sizeof s;
     assert_int_equal(spi_replay_stats_get(q, &s), SPI_OK);
-    assert_int_equal(s.ready[SPI_CLASS_GOLD], 3);
+    assert_int_equal(s.ready[SPI_CLASS_GOLD], 4);
     /* A second queue on it finds nothing left to move. */
     spi_replay_close(q);
     assert_int_equal(open_q(e, json, &q), SPI_OK);
     assert_int_equal(spi_replay_tick(q), SPI_OK);
     assert_int_equal(spi_replay_stats_get(q, &s), SPI_OK);
-    assert_int_equal(s.ready[SPI_CLASS_GOLD], 3);
-    for (int i = 0; i < 3; i++) {
+    assert_int_equal(s.ready[SPI_CLASS_GOLD], 4);
+    for (int i = 0; i < 4; i++) {
       uint64_t id = 0;
       spi_envelope out;
       memset(&out, 0, sizeof out);
