@@ -55,7 +55,9 @@ port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0));
 rport=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 
 mkdir -p "$work/prefix/logs" "$work/prefix/conf"
-echo '{}' >"$work/prefix/conf/spotinfer.json"
+# A load reading counts as fresh for 5 s (1 s by default): on a machine
+# this busy a scrape can be late, and a stale replica would get no work.
+echo '{"router": {"load_max_age_ms": 5000}}' >"$work/prefix/conf/spotinfer.json"
 cat >"$work/prefix/conf/nginx.conf" <<CONF
 load_module $module;
 worker_processes 2;

@@ -302,11 +302,18 @@ def check_shed_and_capacity(base, hot_addr, hot_node, log):
 
 def check_metrics(base, out, log, workers):
     """One scrape has every worker's samples, labelled worker="N"."""
-    time.sleep(1.2)  # every worker has copied its text in since the last request
-    status, headers, raw = http("GET", base + "/metrics")
-    if status != 200 or not headers.get("Content-Type", "").startswith("text/plain"):
-        fail(f"/metrics: {status} {headers.get('Content-Type')}")
-    text = raw.decode()
+    # Another worker's copy is up to a second old: read until every worker
+    # has copied its text in since the last request (bounded).
+    routed = [e for e in access_log(log, "/v1/") if e["uri"].startswith("/v1/") and e["klass"] != "-"]
+    for _ in range(20):
+        status, headers, raw = http("GET", base + "/metrics")
+        if status != 200 or not headers.get("Content-Type", "").startswith("text/plain"):
+            fail(f"/metrics: {status} {headers.get('Content-Type')}")
+        text = raw.decode()
+        total = sum(float(v) for v in re.findall(r"^spotinfer_decisions_total\{[^}]*\} (\S+)$", text, re.M))
+        if total == len(routed):
+            break
+        time.sleep(0.5)
 
     def samples(name, labels=""):
         pat = rf'^{name}\{{worker="(\d+)"{labels}[^}}]*\}} (\S+)$'
@@ -323,7 +330,6 @@ def check_metrics(base, out, log, workers):
     ttft = sum(v for _, v in samples("spotinfer_ttft_seconds_count"))
     # The workers' decisions add up to the requests routed through "llm".
     decisions = sum(v for _, v in samples("spotinfer_decisions_total"))
-    routed = [e for e in access_log(log, "/v1/") if e["uri"].startswith("/v1/") and e["klass"] != "-"]
     if decisions != len(routed) or ttft < 1:
         fail(f"{decisions:.0f} decisions over the workers, {len(routed)} routed requests logged; ttft {ttft}")
     with open(out, "w") as f:
