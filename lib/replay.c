@@ -848,7 +848,7 @@ int spi__replay_check_section(spi_engine *e, const cJSON *root, char *err,
                               size_t errcap) {
   const cJSON *sec = cJSON_GetObjectItemCaseSensitive(root, "replay");
   if (!sec) return SPI_OK;
-  /* spi_engine_configure holds config_lock: a loadable store may load. */
+  /* The engine's configure holds config_lock: a store may load here. */
   int rc = load_store(e, sec, err, errcap);
   rq_cfg c;
   return rc == SPI_OK ? read_cfg(e, sec, &c, err, errcap) : rc;
