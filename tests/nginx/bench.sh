@@ -31,7 +31,9 @@ work=$(mktemp -d "${TMPDIR:-/tmp}/spotinfer-nginx-bench.XXXXXX")
 pids=()
 cleanup() {
   local p
-  [[ -f "$work/prefix/logs/nginx.pid" ]] && kill -TERM "$(cat "$work/prefix/logs/nginx.pid")" 2>/dev/null
+  if [[ -s "$work/prefix/logs/nginx.pid" ]]; then
+    kill -TERM "$(cat "$work/prefix/logs/nginx.pid")" 2>/dev/null || true
+  fi
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
   for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
   rm -rf "$work"

@@ -43,7 +43,9 @@ pids=()
 cleanup() {
   local p
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  [[ -f "$work/prefix/logs/nginx.pid" ]] && kill -TERM "$(cat "$work/prefix/logs/nginx.pid")" 2>/dev/null
+  for p in "$work"/prefix/logs/*.pid; do
+    if [[ -s "$p" ]]; then kill -TERM "$(cat "$p")" 2>/dev/null || true; fi
+  done
   for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
   if [[ ${keep:-yes} == yes ]]; then echo "nginx test: logs kept in $work" >&2; else rm -rf "$work"; fi
 }
