@@ -55,6 +55,9 @@ KNOWN = {
     ("docs/simulator.md", "build/examples/spotinfer_sim --requests 20000 --rate 200 \\"):
         "run",
     ("docs/configuration.md", "{"): "config",
+    # The same calls, checked, in the redis stage's store test.
+    ("docs/redis.md", "spi_replay_store_module m;"):
+        "by tests/redis/test_redis_store.c",
 }
 
 
