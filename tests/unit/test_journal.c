@@ -24,6 +24,8 @@
 
 #include <cmocka.h>
 
+#include "journal_files.h"
+
 #include "engine.h"
 #include "replay.h"
 
@@ -65,24 +67,6 @@ static void *f_alloc(void *ud, size_t n) {
 static void f_free(void *ud, void *p) {
   __atomic_fetch_add(&((fixture *)ud)->frees, 1, __ATOMIC_SEQ_CST);
   free(p);
-}
-
-static void rm_rf(const char *dir) {
-  DIR *d = opendir(dir);
-  if (!d) return;
-  struct dirent *de;
-  char path[512];
-  while ((de = readdir(d)) != NULL) {
-    if (strcmp(de->d_name, ".") == 0 || strcmp(de->d_name, "..") == 0) continue;
-    snprintf(path, sizeof path, "%s/%s", dir, de->d_name);
-    struct stat sb;
-    if (lstat(path, &sb) == 0 && S_ISDIR(sb.st_mode))
-      rm_rf(path);
-    else
-      unlink(path);
-  }
-  closedir(d);
-  rmdir(dir);
 }
 
 static fixture *setup(void) {
@@ -218,42 +202,6 @@ static spi_replay_store_stats sstats(fixture *f) {
 static uint64_t ready(fixture *f) {
   spi_replay_stats s = stats(f);
   return s.ready[1] + s.ready[2] + s.ready[3];
-}
-
-/* Names in the directory ending in suffix. */
-static int count_files(const char *dir, const char *suffix) {
-  DIR *d = opendir(dir);
-  assert_non_null(d);
-  int n = 0;
-  struct dirent *de;
-  size_t sl = strlen(suffix);
-  while ((de = readdir(d)) != NULL) {
-    size_t l = strlen(de->d_name);
-    if (l >= sl && strcmp(de->d_name + l - sl, suffix) == 0) n++;
-  }
-  closedir(d);
-  return n;
-}
-
-static uint8_t *read_all(const char *path, size_t *len) {
-  FILE *fp = fopen(path, "rb");
-  assert_non_null(fp);
-  fseek(fp, 0, SEEK_END);
-  long n = ftell(fp);
-  fseek(fp, 0, SEEK_SET);
-  uint8_t *b = malloc((size_t)n + 1);
-  assert_non_null(b);
-  assert_int_equal(fread(b, 1, (size_t)n, fp), (size_t)n);
-  fclose(fp);
-  *len = (size_t)n;
-  return b;
-}
-
-static void write_all(const char *path, const uint8_t *b, size_t n) {
-  FILE *fp = fopen(path, "wb");
-  assert_non_null(fp);
-  assert_int_equal(fwrite(b, 1, n, fp), n);
-  fclose(fp);
 }
 
 static void seg_path(fixture *f, int no, const char *ext, char *buf,
@@ -610,7 +558,7 @@ static void test_torn_tail_every_offset(void **st) {
     reopen(f, "");
     assert_int_equal(sstats(f).torn, 0);
     assert_int_equal(ready(f), 10);
-    assert_int_equal(count_files(f->dir, ".corrupt"),
+    assert_int_equal(count_suffix(f->dir, ".corrupt"),
                      0); /* torn: nothing kept */
     spi_replay_close(f->q);
     f->q = NULL;
@@ -645,7 +593,7 @@ static void test_bit_flips(void **st) {
     /* A flipped length can make the record look cut off; anything else is
      * corruption, whose bytes are kept aside. */
     if (strstr(msg, "corrupt record")) {
-      assert_int_equal(count_files(f->dir, ".corrupt"), 1);
+      assert_int_equal(count_suffix(f->dir, ".corrupt"), 1);
     } else {
       assert_non_null(strstr(msg, "torn record"));
       assert_true(at >= start + 8 && at < start + 12);
@@ -682,7 +630,7 @@ static void test_bit_flips(void **st) {
     assert_int_equal(ss.skipped, 1);
     assert_int_equal(ss.skipped_bytes, rs);
     assert_int_equal(stats(f).skipped, 1);
-    assert_int_equal(count_files(f->dir, ".corrupt"), 0);
+    assert_int_equal(count_suffix(f->dir, ".corrupt"), 0);
     spi_replay_close(f->q);
     f->q = NULL;
   }
@@ -705,7 +653,7 @@ static void test_damage_in_earlier_segment(void **st) {
   }
   spi_replay_close(f->q);
   f->q = NULL;
-  int logs = count_files(f->dir, ".log");
+  int logs = count_suffix(f->dir, ".log");
   assert_true(logs >= 3);
   char path[512];
   seg_path(f, 1, "log", path, sizeof path);
@@ -719,8 +667,8 @@ static void test_damage_in_earlier_segment(void **st) {
   assert_int_equal(n, 119); /* all but the damaged record */
   assert_int_equal(sstats(f).torn, 1);
   assert_non_null(strstr(spi_replay_errmsg(f->q), "later segments were read"));
-  assert_int_equal(count_files(f->dir, ".corrupt"), 0);
-  assert_int_equal(count_files(f->dir, ".log"), logs);
+  assert_int_equal(count_suffix(f->dir, ".corrupt"), 0);
+  assert_int_equal(count_suffix(f->dir, ".log"), logs);
   /* Appends continue in the last segment, and recover with the rest; the
    * damage is reported again. */
   enqueue(f, "new", SPI_CLASS_GOLD);
@@ -730,7 +678,7 @@ static void test_damage_in_earlier_segment(void **st) {
   /* A compaction replaces the damaged segment: it is kept aside whole, and
    * every later open names it until it is removed. */
   assert_int_equal(spi__replay_compact(f->q), SPI_OK);
-  assert_int_equal(count_files(f->dir, ".log.corrupt"), 1);
+  assert_int_equal(count_suffix(f->dir, ".log.corrupt"), 1);
   reopen(f, "\"segment_bytes\":4096");
   assert_int_equal(ready(f), n + 1);
   assert_int_equal(sstats(f).torn, 0);
@@ -769,8 +717,8 @@ static void test_compaction(void **st) {
   spi_replay_store_stats ss = sstats(f);
   assert_int_equal(ss.compactions, 1);
   assert_true(ss.bytes < big / 2);
-  assert_int_equal(count_files(f->dir, ".snap"), 1);
-  assert_int_equal(count_files(f->dir, ".log"), 1);
+  assert_int_equal(count_suffix(f->dir, ".snap"), 1);
+  assert_int_equal(count_suffix(f->dir, ".log"), 1);
   /* Exactly the live records come back, and the acked keys stay known. */
   enqueue(f, "after", SPI_CLASS_GOLD);
   reopen(f, cfg);
@@ -841,7 +789,7 @@ static void test_compaction_interrupted(void **st) {
   assert_int_equal(open_j(f, ""), SPI_OK);
   assert_int_equal(ready(f), 2); /* b, c */
   assert_int_equal(is_dup(f, "a"), 1);
-  assert_int_equal(count_files(f->dir, ".tmp"), 0);
+  assert_int_equal(count_suffix(f->dir, ".tmp"), 0);
   assert_int_equal(access(path, F_OK), -1); /* replaced by the snapshot */
   free(old);
   teardown(f);
@@ -930,7 +878,7 @@ static void test_segments_roll(void **st) {
     snprintf(key, sizeof key, "g%d", i);
     enqueue(f, key, SPI_CLASS_BRONZE);
   }
-  int logs = count_files(f->dir, ".log");
+  int logs = count_suffix(f->dir, ".log");
   assert_true(logs >= 3);
   reopen(f, "\"segment_bytes\":4096");
   assert_int_equal(ready(f), 100);

@@ -46,6 +46,8 @@
 
 #include <cmocka.h>
 
+#include "journal_files.h"
+
 #include "replay.h"
 
 #define DEFAULT_ROUNDS 100
@@ -75,20 +77,6 @@ static double mono_s(void) {
   struct timespec ts;
   clock_gettime(CLOCK_MONOTONIC, &ts);
   return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
-static void rm_rf(const char *dir) {
-  DIR *d = opendir(dir);
-  if (!d) return;
-  struct dirent *de;
-  char path[600];
-  while ((de = readdir(d)) != NULL) {
-    if (de->d_name[0] == '.') continue;
-    snprintf(path, sizeof path, "%s/%s", dir, de->d_name);
-    unlink(path);
-  }
-  closedir(d);
-  rmdir(dir);
 }
 
 static void config(char *buf, size_t cap, const char *dir, int round) {

@@ -27,6 +27,8 @@
 
 #include <cmocka.h>
 
+#include "journal_files.h"
+
 #include "replay.h"
 
 #define ALL 0xeu
@@ -40,20 +42,6 @@ typedef struct fixture {
   spi_replay_queue *q;
   char dir[256];
 } fixture;
-
-static void rm_rf(const char *dir) {
-  DIR *d = opendir(dir);
-  if (!d) return;
-  struct dirent *de;
-  char path[600];
-  while ((de = readdir(d)) != NULL) {
-    if (strcmp(de->d_name, ".") == 0 || strcmp(de->d_name, "..") == 0) continue;
-    snprintf(path, sizeof path, "%s/%s", dir, de->d_name);
-    unlink(path);
-  }
-  closedir(d);
-  rmdir(dir);
-}
 
 static fixture *setup(void) {
   fixture *f = calloc(1, sizeof *f);
@@ -137,57 +125,6 @@ static spi_replay_stats qstats(fixture *f) {
   s.struct_size = sizeof s;
   assert_int_equal(spi_replay_stats_get(f->q, &s), SPI_OK);
   return s;
-}
-
-static uint8_t *read_all(const char *path, size_t *len) {
-  FILE *fp = fopen(path, "rb");
-  assert_non_null(fp);
-  fseek(fp, 0, SEEK_END);
-  long n = ftell(fp);
-  fseek(fp, 0, SEEK_SET);
-  uint8_t *b = malloc((size_t)n + 1);
-  assert_non_null(b);
-  assert_int_equal(fread(b, 1, (size_t)n, fp), (size_t)n);
-  fclose(fp);
-  *len = (size_t)n;
-  return b;
-}
-
-static void write_all(const char *path, const uint8_t *b, size_t n) {
-  FILE *fp = fopen(path, "wb");
-  assert_non_null(fp);
-  assert_int_equal(fwrite(b, 1, n, fp), n);
-  fclose(fp);
-}
-
-static int count_suffix(const char *dir, const char *suffix) {
-  DIR *d = opendir(dir);
-  assert_non_null(d);
-  int n = 0;
-  struct dirent *de;
-  size_t sl = strlen(suffix);
-  while ((de = readdir(d)) != NULL) {
-    size_t l = strlen(de->d_name);
-    if (l >= sl && strcmp(de->d_name + l - sl, suffix) == 0) n++;
-  }
-  closedir(d);
-  return n;
-}
-
-static void remove_suffix(const char *dir, const char *suffix) {
-  DIR *d = opendir(dir);
-  assert_non_null(d);
-  struct dirent *de;
-  size_t sl = strlen(suffix);
-  char path[600];
-  while ((de = readdir(d)) != NULL) {
-    size_t l = strlen(de->d_name);
-    if (l >= sl && strcmp(de->d_name + l - sl, suffix) == 0) {
-      snprintf(path, sizeof path, "%s/%s", dir, de->d_name);
-      unlink(path);
-    }
-  }
-  closedir(d);
 }
 
 /* ------------------------------------------------------ a small journal */

@@ -41,6 +41,8 @@
 
 #include <cmocka.h>
 
+#include "journal_files.h"
+
 #include "replay.h"
 
 /* What the claim helpers answer when nothing is ready; the library's answer
@@ -230,20 +232,6 @@ typedef struct fixture {
   spi_replay_queue *q;
   char dir[256];
 } fixture;
-
-static void rm_rf(const char *dir) {
-  DIR *d = opendir(dir);
-  if (!d) return;
-  struct dirent *de;
-  char path[600];
-  while ((de = readdir(d)) != NULL) {
-    if (strcmp(de->d_name, ".") == 0 || strcmp(de->d_name, "..") == 0) continue;
-    snprintf(path, sizeof path, "%s/%s", dir, de->d_name);
-    unlink(path);
-  }
-  closedir(d);
-  rmdir(dir);
-}
 
 static fixture *setup(void) {
   fixture *f = calloc(1, sizeof *f);
