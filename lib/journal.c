@@ -166,8 +166,8 @@ static void state_release(jr_state *st, dev_t dev, ino_t ino) {
 
 /* --------------------------------------------------------------- journal */
 
+/* The order of replay.fsync's names (spi_journal_cfg.fsync). */
 enum { FSYNC_ALWAYS = 0, FSYNC_BATCH = 1, FSYNC_NONE = 2 };
-static const char *const FSYNC_NAMES[] = {"always", "batch", "none"};
 
 #define JR_DIR_MAX 3800 /* leaves room for a file name within PATH_MAX */
 #define JR_NAME_MAX 48
@@ -313,19 +313,12 @@ static int parse_cfg(journal *j, const char *text, size_t len, char *err,
   int rc =
       spi__json_parse_object(text, len, 1u << 20, "replay", &root, err, cap);
   if (rc != SPI_OK) return rc;
-  const char *dir = NULL;
-  size_t dlen = 0;
-  int32_t pol = FSYNC_BATCH;
-  int64_t seg = 0;
-  rc = spi__cfg_string(root, "replay.dir", "replay", &dir, &dlen, err, cap);
-  if (rc == SPI_OK)
-    rc = spi__cfg_enum(root, "replay.fsync", "replay", FSYNC_NAMES, 3, &pol,
-                       err, cap);
-  if (rc == SPI_OK)
-    rc = spi__cfg_int(root, "replay.group_commit_ms", "replay",
-                      &j->group_commit_ms, err, cap);
-  if (rc == SPI_OK)
-    rc = spi__cfg_int(root, "replay.segment_bytes", "replay", &seg, err, cap);
+  /* The keys are read where the queue reads them (replay.c). */
+  spi_journal_cfg jc;
+  rc = spi__replay_journal_cfg(root, &jc, err, cap);
+  const char *dir = jc.dir;
+  size_t dlen = rc == SPI_OK ? jc.dir_len : 0;
+  j->group_commit_ms = jc.group_commit_ms;
   if (rc == SPI_OK && dlen == 0) {
     spi__errf(err, cap, "replay.dir: the journal store needs a directory");
     rc = SPI_EINVAL;
@@ -342,8 +335,8 @@ static int parse_cfg(journal *j, const char *text, size_t len, char *err,
       rc = SPI_ENOMEM;
     }
   }
-  j->policy = pol;
-  j->segment_bytes = (uint64_t)seg;
+  j->policy = rc == SPI_OK ? jc.fsync : FSYNC_BATCH;
+  j->segment_bytes = (uint64_t)jc.segment_bytes;
   cJSON_Delete(root);
   return rc;
 }

@@ -743,6 +743,23 @@ static const spi_modentry *find_store(const spi_engine *e, const char *name,
   return NULL;
 }
 
+int spi__replay_journal_cfg(const cJSON *obj, spi_journal_cfg *out, char *err,
+                            size_t cap) {
+  memset(out, 0, sizeof *out);
+  int rc = spi__cfg_string(obj, "replay.dir", "replay", &out->dir,
+                           &out->dir_len, err, cap);
+  if (rc == SPI_OK)
+    rc = spi__cfg_enum(obj, "replay.fsync", "replay", FSYNC_NAMES, 3,
+                       &out->fsync, err, cap);
+  if (rc == SPI_OK)
+    rc = spi__cfg_int(obj, "replay.group_commit_ms", "replay",
+                      &out->group_commit_ms, err, cap);
+  if (rc == SPI_OK)
+    rc = spi__cfg_int(obj, "replay.segment_bytes", "replay",
+                      &out->segment_bytes, err, cap);
+  return rc;
+}
+
 /* Read and check a "replay" object (absent keys take the table defaults). */
 static int read_cfg(spi_engine *e, const cJSON *obj, rq_cfg *c, char *err,
                     size_t cap) {
@@ -750,7 +767,6 @@ static int read_cfg(spi_engine *e, const cJSON *obj, rq_cfg *c, char *err,
   int rc = spi__cfg_check_keys(obj, "replay", "replay", err, cap);
   const char *s = NULL;
   size_t slen = 0;
-  int32_t idx = 0;
   if (rc == SPI_OK)
     rc = spi__cfg_string(obj, "replay.store", "replay", &s, &slen, err, cap);
   if (rc == SPI_OK) {
@@ -763,12 +779,9 @@ static int read_cfg(spi_engine *e, const cJSON *obj, rq_cfg *c, char *err,
       c->store[slen] = '\0';
     }
   }
-  if (rc == SPI_OK)
-    rc = spi__cfg_string(obj, "replay.dir", "replay", &s, &slen, err, cap);
-  size_t dir_len = rc == SPI_OK ? slen : 0;
-  if (rc == SPI_OK)
-    rc = spi__cfg_enum(obj, "replay.fsync", "replay", FSYNC_NAMES, 3, &idx, err,
-                       cap);
+  spi_journal_cfg jc;
+  if (rc == SPI_OK) rc = spi__replay_journal_cfg(obj, &jc, err, cap);
+  size_t dir_len = rc == SPI_OK ? jc.dir_len : 0;
   if (rc == SPI_OK)
     rc = spi__cfg_enum(obj, "replay.fallback", "replay", FALLBACK_NAMES, 2,
                        &c->fallback, err, cap);
@@ -776,8 +789,6 @@ static int read_cfg(spi_engine *e, const cJSON *obj, rq_cfg *c, char *err,
     const char *path;
     int64_t *dst;
   } ints[] = {
-      {"replay.group_commit_ms", NULL},
-      {"replay.segment_bytes", NULL},
       {"replay.compact_min_bytes", &c->compact_min_bytes},
       {"replay.lease_ms", &c->lease_ms},
       {"replay.backoff_base_ms", &c->backoff_base_ms},
@@ -788,11 +799,8 @@ static int read_cfg(spi_engine *e, const cJSON *obj, rq_cfg *c, char *err,
       {"replay.max_acked_keys", &c->max_acked_keys},
       {"replay.max_dead", &c->max_dead},
   };
-  for (size_t i = 0; rc == SPI_OK && i < sizeof ints / sizeof ints[0]; i++) {
-    int64_t scratch = 0;
-    rc = spi__cfg_int(obj, ints[i].path, "replay",
-                      ints[i].dst ? ints[i].dst : &scratch, err, cap);
-  }
+  for (size_t i = 0; rc == SPI_OK && i < sizeof ints / sizeof ints[0]; i++)
+    rc = spi__cfg_int(obj, ints[i].path, "replay", ints[i].dst, err, cap);
   if (rc == SPI_OK)
     rc = spi__cfg_double(obj, "replay.backoff_jitter", "replay",
                          &c->backoff_jitter, err, cap);

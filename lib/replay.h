@@ -30,6 +30,19 @@ int spi__replay_store_stats(spi_replay_queue *q, spi_replay_store_stats *out);
  * cannot compact. */
 int spi__replay_compact(spi_replay_queue *q);
 
+/* The journal's keys of a "replay" section (dir, fsync, group_commit_ms,
+ * segment_bytes), read and range-checked in one place (replay.c) for both
+ * the queue's check of the section and the journal store's configure.
+ * dir points into obj. fsync: 0 always, 1 batch, 2 none. */
+typedef struct spi_journal_cfg {
+  const char *dir;
+  size_t dir_len;
+  int32_t fsync;
+  int64_t group_commit_ms, segment_bytes;
+} spi_journal_cfg;
+int spi__replay_journal_cfg(const struct cJSON *obj, spi_journal_cfg *out,
+                            char *err, size_t cap);
+
 /* --------------------------------------------- queue stores (replay_shared.c)
  *
  * A queue whose store is a queue store (spotinfer_module.h, enqueue set)
