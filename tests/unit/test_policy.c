@@ -2,7 +2,9 @@
  * test_policy.c - the reference policy's cost model, pinned on hand-made
  * fleets: what a held prefix is worth against load, how the class weights
  * the wait, the prefill queued by tickets, the rate learnt from first
- * tokens, and the fleet-relative share guard.
+ * tokens, and the fleet-relative share guard. Then the summaries the
+ * lean pass builds against those of the pass that makes every replica a
+ * candidate, on random histories (SPI_EQ_SEEDS seeds).
  *
  * Blocks are 4 token ids and every request says it has 512 prompt tokens a
  * block, so at router.prefill_tokens_per_s (10000) a block is 51.2 ms of
@@ -19,6 +21,7 @@
 #include <cmocka.h>
 
 #include "spotinfer/spotinfer.h"
+#include "spotinfer/spotinfer_module.h"
 
 #define SEC 1000000000LL
 #define MS 1000000LL
@@ -452,6 +455,364 @@ static void test_shed_pool_is_not_left_for_the_fallback(void **st) {
   done(w);
 }
 
+/* ------------------------------------------- summaries against every replica
+ *
+ * The built-in policy reads per pool and tier summaries (the best few by
+ * TTFT, the least loaded, the rendezvous winner, the prefix holders) that
+ * the lean pass builds without making every replica a candidate. Twin
+ * engines get the same random history: on one the built-in policy reads
+ * the summaries' named candidates; on the other a shadow policy needs
+ * every candidate, so the pass fills them all. Every decision must be the
+ * same, across random fleets, churn, stale and future-stamped loads, open
+ * breakers and their probes, advice, interruptions that cool a spot pool,
+ * model lists, drains, learnt rates and queued prefill. SPI_EQ_SEEDS sets
+ * how many seeds run (8 by default; the first is SPI_EQ_SEED_BASE). */
+
+typedef struct seen seen;
+typedef struct twin {
+  world *w[2];       /* [0] summaries only, [1] every candidate */
+  seen *saw[2];      /* what each one's shadow policy saw */
+  uint64_t rng;
+  uint64_t open[2][48]; /* open tickets, the same request on both */
+  uint32_t n_open;
+  uint32_t n_ids;    /* replica ids "q0".."q{n_ids-1}" */
+  uint32_t notices;
+} twin;
+
+static uint32_t rnd(twin *t, uint32_t n) {
+  uint64_t x = (t->rng += 0x9e3779b97f4a7c15ULL);
+  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL;
+  x = (x ^ (x >> 27)) * 0x94d049bb133111ebULL;
+  return (uint32_t)((x ^ (x >> 31)) % n);
+}
+
+/* What a shadow policy saw: every summary, with the named candidates as
+ * ids and the numbers the policy reads, rendered as text. */
+typedef struct seen {
+  char text[8192];
+} seen;
+
+static void seen_cand(seen *o, size_t *at, const spi_route_context *x,
+                      int32_t i) {
+  if (i < 0) {
+    *at += (size_t)snprintf(o->text + *at, sizeof o->text - *at, " -");
+    return;
+  }
+  const spi_candidate *c = &x->candidates[i];
+  *at += (size_t)snprintf(o->text + *at, sizeof o->text - *at,
+                          " %.*s/%d%d/%a/%a/%a/%u/%u/%a/%a/%a", (int)c->id_len,
+                          c->id, c->eligible, c->probe, c->est_ttft_ms,
+                          c->est_wait_ms, c->running + c->waiting,
+                          c->inflight, c->matched_blocks, c->kv_usage,
+                          c->served_tokens, c->prefill_tokens_per_s);
+}
+
+static int seen_choose(void *state, void *inst, const spi_route_context *x,
+                       spi_policy_choice *out) {
+  (void)state;
+  seen *o = inst;
+  size_t at = (size_t)snprintf(o->text, sizeof o->text, "%a %a %d%d %d%d",
+                               x->mean_served_tokens[SPI_POOL_SPOT],
+                               x->mean_served_tokens[SPI_POOL_ON_DEMAND],
+                               x->shed[1], x->shed[2], x->pressure[1],
+                               x->pressure[2]);
+  for (size_t k = 0; k < x->n_summaries && at < sizeof o->text - 512; k++) {
+    const spi_pool_summary *m = &x->summaries[k];
+    at += (size_t)snprintf(o->text + at, sizeof o->text - at, "\n%u:", m->usable);
+    for (uint32_t j = 0; j < m->n_top; j++) seen_cand(o, &at, x, m->top[j]);
+    seen_cand(o, &at, x, m->warm);
+    seen_cand(o, &at, x, m->least);
+    seen_cand(o, &at, x, m->rendezvous);
+  }
+  out->pool = SPI_POOL_QUEUE;
+  return SPI_OK;
+}
+
+static int seen_configure(void *state, const char *j, size_t n, void **inst,
+                          char *err, size_t cap) {
+  (void)j;
+  (void)n;
+  (void)err;
+  (void)cap;
+  *inst = state;
+  return SPI_OK;
+}
+
+/* An engine on the reference policy with a shadow that records what it
+ * saw into o: reading only the summaries, or every candidate. */
+static world *mk_twin(int every_candidate, seen *o) {
+  world *w = calloc(1, sizeof *w);
+  w->now = 1700000000 * SEC;
+  spi_hooks h;
+  memset(&h, 0, sizeof h);
+  h.struct_size = sizeof h;
+  h.clock = clock_fn;
+  h.clock_user_data = w;
+  assert_int_equal(spi_engine_new(&w->e, &h), SPI_OK);
+  spi_policy_module m;
+  memset(&m, 0, sizeof m);
+  m.abi_version = SPI_MODULE_ABI_VERSION;
+  m.struct_size = sizeof m;
+  m.on_failure = SPI_ON_FAILURE_ERROR;
+  m.flags = every_candidate ? 0 : SPI_POLICY_SUMMARIES_ONLY;
+  m.configure = seen_configure;
+  m.choose = seen_choose;
+  assert_int_equal(spi_engine_register_module(w->e, SPI_MODULE_POLICY, "seen",
+                                              4, &m, o, NULL),
+                   SPI_OK);
+  char cfg[512];
+  snprintf(cfg, sizeof cfg,
+           "{\"cache_key\":{\"block_tokens\":%d},"
+           "\"router\":{\"load_max_age_ms\":4000,\"error_threshold\":2,"
+           "\"error_cooldown_ms\":700,\"pool_cooldown_ms\":1500,"
+           "\"max_fallbacks\":4,\"shadow_policy\":\"seen\"}}",
+           IDS_PER_BLOCK);
+  int rc = spi_engine_configure(w->e, cfg, strlen(cfg));
+  if (rc) print_error("%s\n", spi_engine_errmsg(w->e));
+  assert_int_equal(rc, SPI_OK);
+  assert_int_equal(spi_request_new(w->e, &w->r), SPI_OK);
+  return w;
+}
+
+/* Add or change replica q<i> on both: pool, tier, size, models, machine. */
+static void twin_upsert(twin *t, uint32_t i) {
+  static const char *const models[] = {"", "", "", "m", "x,m", "x"};
+  static const uint32_t caps[] = {1, 2, 4, 16, 64};
+  char id[16], node[16], zone[8], type[8];
+  snprintf(id, sizeof id, "q%u", i);
+  snprintf(node, sizeof node, "n%u", i % 7 == 0 ? i : i % 11);
+  snprintf(zone, sizeof zone, "z%u", rnd(t, 2));
+  snprintf(type, sizeof type, "t%u", rnd(t, 2));
+  const char *mo = models[rnd(t, 6)];
+  spi_replica_info ri;
+  memset(&ri, 0, sizeof ri);
+  ri.struct_size = sizeof ri;
+  ri.id = id;
+  ri.id_len = strlen(id);
+  ri.pool = rnd(t, 2) ? SPI_POOL_SPOT : SPI_POOL_ON_DEMAND;
+  ri.model_tier = rnd(t, 4) ? SPI_TIER_LARGE : SPI_TIER_SMALL;
+  ri.zone = zone;
+  ri.zone_len = strlen(zone);
+  ri.instance_type = type;
+  ri.instance_type_len = strlen(type);
+  ri.models = mo;
+  ri.models_len = strlen(mo);
+  ri.usd_per_hour = ri.pool == SPI_POOL_SPOT ? 1.8 : 4.5;
+  ri.max_inflight = caps[rnd(t, 5)];
+  ri.node = node;
+  ri.node_len = strlen(node);
+  for (int k = 0; k < 2; k++)
+    assert_int_equal(spi_replica_upsert(t->w[k]->e, &ri), SPI_OK);
+}
+
+/* A load report on q<i>: fresh, old (maybe stale), or stamped ahead. */
+static void twin_load(twin *t, uint32_t i) {
+  char id[16];
+  snprintf(id, sizeof id, "q%u", i);
+  spi_load l;
+  memset(&l, 0, sizeof l);
+  l.struct_size = sizeof l;
+  l.running = rnd(t, 5) ? (double)rnd(t, 20) : 0.5 * rnd(t, 9);
+  l.waiting = rnd(t, 3) ? 0 : (double)rnd(t, 6);
+  l.kv_usage = rnd(t, 6) ? 0.006 * rnd(t, 101) : 0.97;
+  uint32_t age = rnd(t, 12);
+  l.at_ns = age < 8 ? 0
+            : age < 11 ? t->w[0]->now - (int64_t)rnd(t, 6000) * MS
+                      : t->w[0]->now + (int64_t)rnd(t, 6000) * MS;
+  int rc[2];
+  for (int k = 0; k < 2; k++)
+    rc[k] = spi_replica_report_load(t->w[k]->e, id, strlen(id), &l);
+  assert_int_equal(rc[0], rc[1]);
+}
+
+/* Finish open ticket j on both with status, and forget it. */
+static void twin_finish(twin *t, uint32_t j, int32_t status) {
+  spi_ticket_result res;
+  memset(&res, 0, sizeof res);
+  res.struct_size = sizeof res;
+  res.status = status;
+  res.output_tokens = 10;
+  int rc[2];
+  for (int k = 0; k < 2; k++)
+    rc[k] = spi_ticket_finish(t->w[k]->e, t->open[k][j], &res);
+  assert_int_equal(rc[0], rc[1]);
+  t->n_open--;
+  for (int k = 0; k < 2; k++) t->open[k][j] = t->open[k][t->n_open];
+}
+
+/* The same random request on both requests. */
+static void twin_request(twin *t) {
+  static const char *const classes[] = {"gold", "silver", "bronze", ""};
+  uint32_t ids[24 * IDS_PER_BLOCK];
+  uint32_t nb = 1 + rnd(t, 24), family = rnd(t, 6), shared = rnd(t, nb + 1);
+  uint32_t tail = rnd(t, 1u << 20);
+  for (uint32_t b = 0; b < nb; b++)
+    for (uint32_t k = 0; k < IDS_PER_BLOCK; k++)
+      ids[b * IDS_PER_BLOCK + k] =
+          (b < shared ? family * 1000 + b : tail * 64 + b) * 16 + k;
+  const char *klass = classes[rnd(t, 4)];
+  uint32_t out = rnd(t, 5), sla = rnd(t, 4), tier = rnd(t, 8);
+  int stream = (int)rnd(t, 2), model_x = rnd(t, 10) == 0;
+  for (int k = 0; k < 2; k++) {
+    spi_request *r = t->w[k]->r;
+    spi_request_reset(r);
+    spi_request_set_str(r, SPI_REQ_MODEL, model_x ? "x" : "m", 1);
+    if (*klass) spi_request_set_str(r, SPI_REQ_CLASS, klass, strlen(klass));
+    spi_request_set_int(r, SPI_REQ_REPLAYABLE, out % 2);
+    spi_request_set_int(r, SPI_REQ_STREAM, stream);
+    spi_request_set_int(r, SPI_REQ_PROMPT_TOKENS, (int64_t)nb * 100);
+    if (out < 3)
+      spi_request_set_int(r, SPI_REQ_EXPECTED_OUTPUT_TOKENS,
+                          out == 0 ? 50 : out == 1 ? 300 : 4000);
+    if (sla == 0) spi_request_set_int(r, SPI_REQ_SLA_MS, 400);
+    if (sla == 1) spi_request_set_int(r, SPI_REQ_SLA_MS, 9000);
+    if (tier == 0) spi_request_set_int(r, SPI_REQ_MODEL_TIER, SPI_TIER_SMALL);
+    if (tier == 1) spi_request_set_int(r, SPI_REQ_MODEL_TIER, SPI_TIER_LARGE);
+    assert_int_equal(spi_request_set_token_ids(r, ids, nb * IDS_PER_BLOCK),
+                     SPI_OK);
+  }
+}
+
+/* Route the same request on both; the decisions must agree. The ticket is
+ * kept open, finished, or given its first token (which teaches a rate). */
+static void twin_route(twin *t, uint32_t step) {
+  twin_request(t);
+  spi_decision d[2];
+  int rc[2];
+  for (int k = 0; k < 2; k++) {
+    memset(&d[k], 0, sizeof d[k]);
+    d[k].struct_size = sizeof d[k];
+    t->saw[k]->text[0] = '\0';
+    rc[k] = spi_route(t->w[k]->r, &d[k]);
+  }
+  if (strcmp(t->saw[0]->text, t->saw[1]->text))
+    print_error("step %u:\n%s\n----\n%s\n", step, t->saw[0]->text,
+                t->saw[1]->text);
+  assert_string_equal(t->saw[0]->text, t->saw[1]->text);
+  if (rc[0] != rc[1] || strcmp(d[0].replica_id, d[1].replica_id) ||
+      d[0].reason_code != d[1].reason_code)
+    print_error("step %u: rc %d/%d, %s/%s, reason %d/%d\n", step, rc[0], rc[1],
+                d[0].replica_id, d[1].replica_id, d[0].reason_code,
+                d[1].reason_code);
+  assert_int_equal(rc[0], rc[1]);
+  assert_int_equal(d[0].pool, d[1].pool);
+  assert_string_equal(d[0].replica_id, d[1].replica_id);
+  assert_int_equal(d[0].reason_code, d[1].reason_code);
+  assert_int_equal(d[0].klass, d[1].klass);
+  assert_int_equal(d[0].model_tier, d[1].model_tier);
+  assert_int_equal(d[0].matched_blocks, d[1].matched_blocks);
+  assert_true(d[0].est_ttft_ms == d[1].est_ttft_ms);
+  assert_int_equal(d[0].n_fallbacks, d[1].n_fallbacks);
+  for (uint32_t f = 0; f < d[0].n_fallbacks; f++)
+    assert_string_equal(d[0].fallback_ids[f], d[1].fallback_ids[f]);
+  assert_int_equal(d[0].ticket != 0, d[1].ticket != 0);
+  if (!d[0].ticket) return;
+  if (t->n_open == 48) twin_finish(t, rnd(t, 48), SPI_TICKET_OK);
+  for (int k = 0; k < 2; k++) t->open[k][t->n_open] = d[k].ticket;
+  t->n_open++;
+  uint32_t what = rnd(t, 10);
+  if (what < 3) {
+    twin_finish(t, t->n_open - 1, SPI_TICKET_OK);
+  } else if (what < 4) {
+    twin_finish(t, t->n_open - 1, SPI_TICKET_ERROR);
+  } else if (what < 6) {
+    int64_t dt = (int64_t)(20 + rnd(t, 200)) * MS;
+    for (int k = 0; k < 2; k++) t->w[k]->now += dt;
+    int r0 = spi_ticket_first_token(t->w[0]->e, d[0].ticket);
+    int r1 = spi_ticket_first_token(t->w[1]->e, d[1].ticket);
+    assert_int_equal(r0, r1);
+  }
+}
+
+/* A notice on a machine of the fleet: advice, or an interruption (which
+ * also cools down the spot pool of its replicas). */
+static void twin_notice(twin *t) {
+  spi_notice n;
+  memset(&n, 0, sizeof n);
+  n.struct_size = sizeof n;
+  uint32_t i = rnd(t, t->n_ids);
+  snprintf(n.node, sizeof n.node, "n%u", i % 7 == 0 ? i : i % 11);
+  n.kind = rnd(t, 3) ? SPI_NOTICE_REBALANCE : SPI_NOTICE_TERMINATE;
+  n.format = SPI_NOTICE_AWS_INSTANCE_ACTION;
+  n.active = 1;
+  n.received_ns = t->w[0]->now;
+  n.deadline_ns = n.kind == SPI_NOTICE_REBALANCE
+                      ? t->w[0]->now + (int64_t)rnd(t, 3000) * MS
+                      : t->w[0]->now + 120 * SEC;
+  snprintf(n.dedup_key, sizeof n.dedup_key, "eq-%u", t->notices++);
+  spi_ticket_plan plans[64];
+  plans[0].struct_size = sizeof plans[0];
+  size_t got[2];
+  int rc[2];
+  for (int k = 0; k < 2; k++)
+    rc[k] = spi_engine_notice(t->w[k]->e, &n, plans, 64, &got[k]);
+  assert_int_equal(rc[0], rc[1]);
+}
+
+/* One step of the shared history. */
+static void twin_step(twin *t, uint32_t step) {
+  uint32_t op = rnd(t, 100), i = rnd(t, t->n_ids);
+  char id[16];
+  snprintf(id, sizeof id, "q%u", i);
+  int rc[2];
+  if (op < 45) {
+    twin_route(t, step);
+  } else if (op < 64) {
+    twin_load(t, i);
+    twin_load(t, rnd(t, t->n_ids));
+  } else if (op < 68) {
+    if (t->n_open) twin_finish(t, rnd(t, t->n_open),
+                               rnd(t, 3) ? SPI_TICKET_OK : SPI_TICKET_ERROR);
+  } else if (op < 71) {
+    for (int k = 0; k < 2; k++)
+      rc[k] = spi_replica_remove(t->w[k]->e, id, strlen(id));
+    assert_int_equal(rc[0], rc[1]);
+  } else if (op < 75) {
+    twin_upsert(t, i);
+    if (rnd(t, 2)) twin_load(t, i);
+  } else if (op < 79) {
+    int32_t st = rnd(t, 2) ? SPI_REPLICA_DRAINING : SPI_REPLICA_ACTIVE;
+    for (int k = 0; k < 2; k++)
+      rc[k] = spi_replica_set_state(t->w[k]->e, id, strlen(id), st);
+    assert_int_equal(rc[0], rc[1]);
+  } else if (op < 82) {
+    twin_notice(t);
+  } else {
+    int64_t dt = (int64_t)rnd(t, 150) * MS;
+    for (int k = 0; k < 2; k++) {
+      t->w[k]->now += dt;
+      if (op == 99) spi_engine_tick(t->w[k]->e);
+    }
+  }
+}
+
+static void test_summaries_match_every_candidate(void **st) {
+  (void)st;
+  const char *s = getenv("SPI_EQ_SEEDS"), *b = getenv("SPI_EQ_SEED_BASE");
+  uint32_t seeds = s ? (uint32_t)strtoul(s, NULL, 10) : 8;
+  uint64_t base = b ? strtoull(b, NULL, 10) : 1;
+  for (uint64_t seed = base; seed < base + seeds; seed++) {
+    twin t;
+    memset(&t, 0, sizeof t);
+    t.rng = seed * 0x2545f4914f6cdd1dULL;
+    seen saw[2];
+    t.saw[0] = &saw[0];
+    t.saw[1] = &saw[1];
+    t.w[0] = mk_twin(0, &saw[0]);
+    t.w[1] = mk_twin(1, &saw[1]);
+    t.n_ids = 2 + rnd(&t, seed % 4 == 0 ? 300 : 90);
+    for (uint32_t i = 0; i < t.n_ids; i++)
+      if (rnd(&t, 10) < 8) {
+        twin_upsert(&t, i);
+        if (rnd(&t, 8)) twin_load(&t, i);
+      }
+    for (uint32_t step = 0; step < 600; step++) twin_step(&t, step);
+    while (t.n_open) twin_finish(&t, 0, SPI_TICKET_OK);
+    done(t.w[0]);
+    done(t.w[1]);
+  }
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_universal_block_is_not_affinity),
@@ -461,6 +822,7 @@ int main(void) {
       cmocka_unit_test(test_rate_is_learnt),
       cmocka_unit_test(test_share_guard_is_fleet_relative),
       cmocka_unit_test(test_shed_pool_is_not_left_for_the_fallback),
+      cmocka_unit_test(test_summaries_match_every_candidate),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
