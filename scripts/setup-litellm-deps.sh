@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install what the litellm stage runs, pinned: the litellm package (the
 # version the spotinfer[litellm] extra pins, every dependency pinned by
-# tests/litellm/constraints.txt), pytest and prometheus_client, in a venv at
+# tests/litellm/constraints.txt), what its proxy needs
+# (tests/litellm/proxy-requirements.txt), pytest and prometheus_client, in a venv at
 # build/venv-litellm, with uv (pinned, from PyPI). Safe to run again:
 # nothing is installed when the venv already holds exactly these pins.
 #
@@ -11,6 +12,7 @@ set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 venv=${1:-$root/build/venv-litellm}
 constraints="$root/tests/litellm/constraints.txt"
+proxy_reqs="$root/tests/litellm/proxy-requirements.txt"
 LITELLM_VERSION=$(sed -n 's/^litellm==//p' "$constraints")
 TOOLS=(pytest==8.3.4 prometheus_client==0.21.1)
 UV_VERSION=0.13.8
@@ -22,7 +24,7 @@ if [[ "$extra" != "litellm==$LITELLM_VERSION" ]]; then
 fi
 
 stamp="$venv/.spotinfer-litellm.pins"
-want=$(cat "$constraints" <(printf '%s\n' "${TOOLS[@]}" "uv==$UV_VERSION") | sha256sum | cut -d' ' -f1)
+want=$(cat "$constraints" "$proxy_reqs" <(printf '%s\n' "${TOOLS[@]}" "uv==$UV_VERSION") | sha256sum | cut -d' ' -f1)
 if [[ -x "$venv/bin/python" && "$(cat "$stamp" 2>/dev/null)" == "$want" ]]; then
   echo "setup-litellm-deps: litellm $LITELLM_VERSION ready in $venv"
   exit 0
@@ -44,6 +46,6 @@ export UV_CACHE_DIR="$root/build/uv-cache"
 rm -rf "$venv"
 "$uv_venv/bin/uv" venv -q --python "$(command -v python3)" "$venv"
 "$uv_venv/bin/uv" pip install -q --python "$venv/bin/python" -c "$constraints" \
-  "litellm==$LITELLM_VERSION" "${TOOLS[@]}"
+  "litellm==$LITELLM_VERSION" -r "$proxy_reqs" "${TOOLS[@]}"
 echo "$want" >"$stamp"
 echo "setup-litellm-deps: litellm $LITELLM_VERSION ready in $venv"

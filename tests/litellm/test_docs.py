@@ -14,11 +14,11 @@ from conftest import ROOT
 PAGE = ROOT / "docs" / "litellm.md"
 
 
-def fenced(lang):
-    text = PAGE.read_text()
-    found = re.findall(r"^```%s\n(.*?)^```$" % lang, text, re.S | re.M)
-    assert len(found) == 1, f"expected one {lang} block in {PAGE}"
-    return found[0]
+def fenced(lang, index=0):
+    """The index-th block of a language on the page."""
+    found = re.findall(r"^```%s\n(.*?)^```$" % lang, PAGE.read_text(), re.S | re.M)
+    assert len(found) > index, f"no {lang} block {index} in {PAGE}"
+    return found[index]
 
 
 def test_the_page_runs(backends, tmp_path):

@@ -317,6 +317,11 @@ class SpotinferRouting(CustomLogger, CustomRoutingStrategyBase):  # type: ignore
         if self._own_engine:
             self.engine.close()
 
+    @property
+    def router(self) -> Any:
+        """The LiteLLM Router the strategy routes for."""
+        return self._router
+
     def __enter__(self) -> "SpotinferRouting":
         return self
 
