@@ -183,6 +183,16 @@ def access_lines(path, probe):
     return [(e["pid"], e["status"], e["upstream"]) for e in access_log(path, probe)]
 
 
+def bad_notice(base):
+    """A notice body the parser rejects: 400 with its message."""
+    status, _, raw = http("POST", f"{base}/notice?format=aws_instance_action&node=i-1",
+                          {"action": "explode", "time": DEADLINE})
+    err = json.loads(raw)["error"]
+    if status != 400 or "action" not in err["message"]:
+        fail(f"a notice with an unknown action: {status} {raw!r}")
+    return err["message"]
+
+
 def notice(base, location, node):
     status, _, raw = http("POST", f"{base}/{location}?format=aws_instance_action&node={node}",
                           {"action": "terminate", "time": DEADLINE})
@@ -192,6 +202,7 @@ def notice(base, location, node):
 
 def check_notice(base, owner, nodes, addrs, log, workers):
     """The owner's machine gets a notice: from then on no worker routes to it."""
+    msg = bad_notice(base)
     notice(base, "notice", nodes[owner])
     seen = set()
     for i in range(60):
@@ -213,7 +224,7 @@ def check_notice(base, owner, nodes, addrs, log, workers):
     if any(addrs[owner] in a for _, _, a in lines):
         fail(f"nginx connected to the noticed {owner} after the notice")
     say(f"notice: {owner}'s machine noticed; {len(lines)} requests from {len(pids)} workers "
-        f"avoided it at once (now on {sorted(seen)})")
+        f"avoided it at once (now on {sorted(seen)}); a bad body got 400 {msg!r}")
     return seen.pop() if len(seen) == 1 else None
 
 
@@ -292,11 +303,19 @@ def check_shed_and_capacity(base, hot_addr, hot_node, log):
     status, _, raw = http("POST", base + "/hot/v1/chat/completions", silver)
     if status != 200:
         fail(f"silver on an idle spot replica: {status} {raw!r}")
-    notice(base, "hot-notice", hot_node)
+    # This time as an EventBridge event, which names the machine itself.
+    event = {"version": "0", "id": "7d2c4c8e-1b7a-4f7e-9a43-2f7e1c0b9d11",
+             "detail-type": "EC2 Spot Instance Interruption Warning", "source": "aws.ec2",
+             "account": "123456789012", "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+             "region": "us-east-1", "resources": [f"arn:aws:ec2:us-east-1a:instance/{hot_node}"],
+             "detail": {"instance-id": hot_node, "instance-action": "terminate"}}
+    status, _, raw = http("POST", f"{base}/hot-notice?format=aws_eventbridge", event)
+    if status != 200 or json.loads(raw) != {"notices": 1}:
+        fail(f"EventBridge notice for {hot_node}: {status} {raw!r}")
     status, headers, raw = http("POST", base + "/hot/v1/chat/completions", silver)
     if status != 503 or not headers.get("Retry-After") or json.loads(raw)["error"]["type"] != "unavailable":
         fail(f"no capacity: {status} {raw!r}")
-    say(f"503: silver served, then its only replica noticed: Retry-After {headers['Retry-After']}: "
+    say(f"503: silver served, then its only replica noticed (EventBridge): Retry-After {headers['Retry-After']}: "
         f"{json.loads(raw)['error']['message']!r}")
 
 
@@ -345,6 +364,7 @@ def valgrind_round(base, backends):
     oa.chat.completions.create(**chat(SYSTEM, "under valgrind"))
     list(oa.chat.completions.create(**chat(SYSTEM, "streamed", stream=True)))
     check_bad_requests(oa, base)
+    bad_notice(base)
     notice(base, "notice", "i-0000000000000000c")
     status, _, _ = http("GET", base + "/metrics")
     bronze = chat("batch", "x", metadata={"class": "bronze"})
