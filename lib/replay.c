@@ -41,6 +41,7 @@
 
 #include "engine.h"
 #include "replay.h"
+#include "replay_ds.h"
 
 #define RQ_MAGIC 0x53505251u /* "SPRQ" */
 #define RQ_KEY_MAX 128
@@ -54,7 +55,7 @@ enum rq_state { RQ_READY = 1, RQ_LEASED = 2, RQ_DELAYED = 3, RQ_DEAD = 4 };
 /* A key. Lives with its entry, then (acked or forgotten dead) in the done
  * set, so acking never allocates. */
 typedef struct rq_key {
-  struct rq_key *hnext;       /* done-set hash chain */
+  spi_hnode hn;               /* in the done set */
   struct rq_key *prev, *next; /* done-set FIFO */
   uint64_t hash;
   size_t len;
@@ -62,13 +63,13 @@ typedef struct rq_key {
 } rq_key;
 
 typedef struct rq_entry {
-  struct rq_entry *hnext;       /* key table chain */
-  struct rq_entry *cnext;       /* claim table chain */
+  spi_hnode kn;                 /* in the key table */
+  spi_hnode cn;                 /* in the claim table (hash: claim id) */
   struct rq_entry *prev, *next; /* ready lane or dead list */
   rq_key *k;
   uint64_t claim_id; /* while LEASED */
-  int64_t due_ns;    /* LEASED: lease end; DELAYED: visible at */
-  size_t heap_idx;   /* in the timer heap, or SIZE_MAX */
+  spi_hpnode tn;     /* in the timer heap; key: LEASED lease end, DELAYED
+                        visible at */
   size_t bytes;      /* counted against max_bytes */
   uint64_t est;      /* journal bytes a compaction restates */
   uint64_t seq;      /* store sequence of its ENQUEUE (0: recovered) */
@@ -102,20 +103,13 @@ struct spi_replay_queue {
   /* Error-checking: a store callback that calls back into its queue finds
    * the lock already held by its thread and gets SPI_EMISUSE. */
   pthread_mutex_t mu;
-  /* key -> entry (every state but acked) */
-  rq_entry **keytab;
-  size_t keymask, nentries;
-  /* claim id -> LEASED entry */
-  rq_entry **claimtab;
-  size_t claimmask, nclaims;
-  /* acked keys */
-  rq_key **donetab;
-  size_t donemask, ndone;
+  spi_htab keytab;   /* key -> entry (every state but acked) */
+  spi_htab claimtab; /* claim id -> LEASED entry */
+  spi_htab donetab;  /* acked keys */
   rq_key *done_head, *done_tail;
   rq_list lane[4]; /* by enum spi_class */
   rq_list dead;
-  rq_entry **heap;
-  size_t heaplen, heapcap;
+  spi_heap heap;     /* LEASED and DELAYED entries by due time */
   uint64_t nleased, ndelayed;
   size_t bytes;
   uint64_t live_est; /* what a compaction would write */
@@ -187,91 +181,52 @@ static uint64_t key_hash(const char *key, size_t len) {
   return XXH3_64bits(key, len);
 }
 
-static size_t claim_slot(const spi_replay_queue *q, uint64_t id) {
-  return (size_t)((id * 0x9e3779b97f4a7c15ull) >> 17) & q->claimmask;
-}
-
-/* Double a chained table when it is fuller than one entry per bucket; a
- * failed allocation only leaves the chains longer. */
-#define GROW_TABLE(q, T, tab, mask, count, next, slot_of)                      \
-  do {                                                                         \
-    if ((count) <= (mask) + 1) break;                                          \
-    size_t ncap_ = ((mask) + 1) * 2;                                           \
-    T **nt_ = spi__calloc(&(q)->mem, ncap_, sizeof *nt_);                      \
-    if (!nt_) break;                                                           \
-    size_t omask_ = (mask);                                                    \
-    (mask) = ncap_ - 1;                                                        \
-    for (size_t i_ = 0; i_ <= omask_; i_++) {                                  \
-      T *x_ = (tab)[i_];                                                       \
-      while (x_) {                                                             \
-        T *n_ = x_->next;                                                      \
-        size_t s_ = slot_of;                                                   \
-        x_->next = nt_[s_];                                                    \
-        nt_[s_] = x_;                                                          \
-        x_ = n_;                                                               \
-      }                                                                        \
-    }                                                                          \
-    spi__free(&(q)->mem, (tab));                                               \
-    (tab) = nt_;                                                               \
-  } while (0)
+/* A claim id spread over the table's bits. */
+static uint64_t claim_hash(uint64_t id) { return id * 0x9e3779b97f4a7c15ull; }
 
 static rq_entry *find_entry(const spi_replay_queue *q, const char *key,
                             size_t len, uint64_t h) {
-  for (rq_entry *e = q->keytab[h & q->keymask]; e; e = e->hnext)
-    if (e->k->hash == h && e->k->len == len && memcmp(e->k->key, key, len) == 0)
-      return e;
+  for (spi_hnode *n = spi__htab_first(&q->keytab, h); n;
+       n = spi__htab_next(n, h)) {
+    rq_entry *e = SPI_CONTAINER(n, rq_entry, kn);
+    if (e->k->len == len && memcmp(e->k->key, key, len) == 0) return e;
+  }
   return NULL;
 }
 
 static void keytab_insert(spi_replay_queue *q, rq_entry *e) {
-  q->nentries++;
-  GROW_TABLE(q, rq_entry, q->keytab, q->keymask, q->nentries, hnext,
-             x_->k->hash & q->keymask);
-  size_t s = e->k->hash & q->keymask;
-  e->hnext = q->keytab[s];
-  q->keytab[s] = e;
+  spi__htab_insert(&q->keytab, &q->mem, &e->kn, e->k->hn.hash);
 }
 
 static void keytab_remove(spi_replay_queue *q, rq_entry *e) {
-  for (rq_entry **p = &q->keytab[e->k->hash & q->keymask]; *p; p = &(*p)->hnext)
-    if (*p == e) {
-      *p = e->hnext;
-      q->nentries--;
-      return;
-    }
+  spi__htab_remove(&q->keytab, &e->kn);
 }
 
 static rq_entry *find_claim(const spi_replay_queue *q, uint64_t id) {
-  for (rq_entry *e = q->claimtab[claim_slot(q, id)]; e; e = e->cnext)
+  uint64_t h = claim_hash(id);
+  for (spi_hnode *n = spi__htab_first(&q->claimtab, h); n;
+       n = spi__htab_next(n, h)) {
+    rq_entry *e = SPI_CONTAINER(n, rq_entry, cn);
     if (e->claim_id == id) return e;
+  }
   return NULL;
 }
 
 static void claim_insert(spi_replay_queue *q, rq_entry *e) {
-  q->nclaims++;
-  GROW_TABLE(q, rq_entry, q->claimtab, q->claimmask, q->nclaims, cnext,
-             claim_slot(q, x_->claim_id));
-  size_t s = claim_slot(q, e->claim_id);
-  e->cnext = q->claimtab[s];
-  q->claimtab[s] = e;
+  spi__htab_insert(&q->claimtab, &q->mem, &e->cn, claim_hash(e->claim_id));
 }
 
 static void claim_remove(spi_replay_queue *q, rq_entry *e) {
-  for (rq_entry **p = &q->claimtab[claim_slot(q, e->claim_id)]; *p;
-       p = &(*p)->cnext)
-    if (*p == e) {
-      *p = e->cnext;
-      q->nclaims--;
-      e->claim_id = 0;
-      return;
-    }
+  if (spi__htab_remove(&q->claimtab, &e->cn)) e->claim_id = 0;
 }
 
 static rq_key *find_done(const spi_replay_queue *q, const char *key, size_t len,
                          uint64_t h) {
-  for (rq_key *k = q->donetab[h & q->donemask]; k; k = k->hnext)
-    if (k->hash == h && k->len == len && memcmp(k->key, key, len) == 0)
-      return k;
+  for (spi_hnode *n = spi__htab_first(&q->donetab, h); n;
+       n = spi__htab_next(n, h)) {
+    rq_key *k = SPI_CONTAINER(n, rq_key, hn);
+    if (k->len == len && memcmp(k->key, key, len) == 0) return k;
+  }
   return NULL;
 }
 
@@ -280,11 +235,7 @@ static uint64_t done_est(const rq_key *k) {
 }
 
 static void done_remove(spi_replay_queue *q, rq_key *k) {
-  for (rq_key **p = &q->donetab[k->hash & q->donemask]; *p; p = &(*p)->hnext)
-    if (*p == k) {
-      *p = k->hnext;
-      break;
-    }
+  spi__htab_remove(&q->donetab, &k->hn);
   if (k->prev)
     k->prev->next = k->next;
   else
@@ -293,7 +244,6 @@ static void done_remove(spi_replay_queue *q, rq_key *k) {
     k->next->prev = k->prev;
   else
     q->done_tail = k->prev;
-  q->ndone--;
   q->live_est -= done_est(k);
 }
 
@@ -303,12 +253,7 @@ static void done_add(spi_replay_queue *q, rq_key *k) {
     spi__free(&q->mem, k);
     return;
   }
-  q->ndone++;
-  GROW_TABLE(q, rq_key, q->donetab, q->donemask, q->ndone, hnext,
-             x_->hash & q->donemask);
-  size_t s = k->hash & q->donemask;
-  k->hnext = q->donetab[s];
-  q->donetab[s] = k;
+  spi__htab_insert(&q->donetab, &q->mem, &k->hn, k->hn.hash);
   k->next = NULL;
   k->prev = q->done_tail;
   if (q->done_tail)
@@ -317,7 +262,7 @@ static void done_add(spi_replay_queue *q, rq_key *k) {
     q->done_head = k;
   q->done_tail = k;
   q->live_est += done_est(k);
-  while (q->ndone > (size_t)q->cfg.max_acked_keys) {
+  while (q->donetab.n > (size_t)q->cfg.max_acked_keys) {
     rq_key *old = q->done_head;
     done_remove(q, old);
     spi__free(&q->mem, old);
@@ -350,62 +295,23 @@ static void list_remove(rq_list *l, rq_entry *e) {
   l->n--;
 }
 
-static void heap_set(spi_replay_queue *q, size_t i, rq_entry *e) {
-  q->heap[i] = e;
-  e->heap_idx = i;
-}
-
-static void heap_up(spi_replay_queue *q, size_t i) {
-  rq_entry *e = q->heap[i];
-  while (i > 0) {
-    size_t p = (i - 1) / 2;
-    if (q->heap[p]->due_ns <= e->due_ns) break;
-    heap_set(q, i, q->heap[p]);
-    i = p;
-  }
-  heap_set(q, i, e);
-}
-
-static void heap_down(spi_replay_queue *q, size_t i) {
-  rq_entry *e = q->heap[i];
-  for (;;) {
-    size_t c = 2 * i + 1;
-    if (c >= q->heaplen) break;
-    if (c + 1 < q->heaplen && q->heap[c + 1]->due_ns < q->heap[c]->due_ns) c++;
-    if (e->due_ns <= q->heap[c]->due_ns) break;
-    heap_set(q, i, q->heap[c]);
-    i = c;
-  }
-  heap_set(q, i, e);
-}
-
 /* Room is reserved at enqueue (heap_reserve), so pushing cannot fail. */
 static void heap_push(spi_replay_queue *q, rq_entry *e) {
-  heap_set(q, q->heaplen++, e);
-  heap_up(q, e->heap_idx);
+  spi__heap_push(&q->heap, &e->tn);
 }
 
 static void heap_remove(spi_replay_queue *q, rq_entry *e) {
-  size_t i = e->heap_idx;
-  e->heap_idx = SIZE_MAX;
-  rq_entry *last = q->heap[--q->heaplen];
-  if (i == q->heaplen) return;
-  heap_set(q, i, last);
-  heap_down(q, i);
-  heap_up(q, last->heap_idx);
+  spi__heap_remove(&q->heap, &e->tn);
 }
 
 static int heap_reserve(spi_replay_queue *q, size_t n) {
-  if (n <= q->heapcap) return SPI_OK;
-  size_t cap = q->heapcap ? q->heapcap : 64;
-  while (cap < n) cap *= 2;
-  rq_entry **h = spi__calloc(&q->mem, cap, sizeof *h);
-  if (!h) return SPI_ENOMEM;
-  if (q->heaplen) memcpy(h, q->heap, q->heaplen * sizeof *h);
-  spi__free(&q->mem, q->heap);
-  q->heap = h;
-  q->heapcap = cap;
-  return SPI_OK;
+  return spi__heap_reserve(&q->heap, &q->mem, n);
+}
+
+/* The entry due first (NULL when none is leased or delayed). */
+static rq_entry *heap_top(const spi_replay_queue *q) {
+  spi_hpnode *t = spi__heap_top(&q->heap);
+  return t ? SPI_CONTAINER(t, rq_entry, tn) : NULL;
 }
 
 /* ------------------------------------------------------------ entries */
@@ -431,12 +337,12 @@ static rq_entry *entry_new(spi_replay_queue *q, const spi_envelope *env,
   }
   memset(e, 0, sizeof *e);
   memset(k, 0, sizeof *k);
-  k->hash = h;
+  k->hn.hash = h;
   k->len = key_len;
   memcpy(k->key, key, key_len);
   k->key[key_len] = '\0';
   e->k = k;
-  e->heap_idx = SIZE_MAX;
+  e->tn.idx = SIZE_MAX;
   e->state = RQ_READY;
   e->bytes = size + sizeof(rq_key) + key_len + 1;
   e->env = *env;
@@ -518,7 +424,7 @@ static void make_ready(spi_replay_queue *q, rq_entry *e) {
 static void make_delayed(spi_replay_queue *q, rq_entry *e, int64_t visible) {
   entry_detach(q, e);
   e->state = RQ_DELAYED;
-  e->due_ns = visible;
+  e->tn.key = visible;
   heap_push(q, e);
   q->ndelayed++;
 }
@@ -601,7 +507,7 @@ static int store_stats(spi_replay_queue *q, spi_replay_store_stats *out) {
  * letters, ready lanes in order, then leased and delayed entries. */
 static int compact_locked(spi_replay_queue *q) {
   if (!q->store->compact) return SPI_ENOTSUP;
-  size_t n = q->ndone + 2 * q->nentries;
+  size_t n = q->donetab.n + 2 * q->keytab.n;
   spi_replay_record *recs = spi__calloc(&q->mem, n ? n : 1, sizeof *recs);
   if (!recs) return qfail(q, SPI_ENOMEM, "replay: compaction: out of memory");
   size_t i = 0;
@@ -629,11 +535,11 @@ static int compact_locked(spi_replay_queue *q) {
   for (int c = SPI_CLASS_GOLD; c <= SPI_CLASS_BRONZE; c++)
     for (rq_entry *e = q->lane[c].head; e; e = e->next)
       PUT(SPI_REPLAY_REC_ENQUEUE, e, e->env.attempts, 0);
-  for (size_t h = 0; h < q->heaplen; h++) {
-    rq_entry *e = q->heap[h];
+  for (size_t h = 0; h < q->heap.len; h++) {
+    rq_entry *e = SPI_CONTAINER(q->heap.a[h], rq_entry, tn);
     PUT(SPI_REPLAY_REC_ENQUEUE, e, e->env.attempts, 0);
     if (e->state == RQ_DELAYED)
-      PUT(SPI_REPLAY_REC_NACK, e, e->env.attempts, e->due_ns);
+      PUT(SPI_REPLAY_REC_NACK, e, e->env.attempts, e->tn.key);
   }
 #undef PUT
   char err[SPI_ERRMSG_CAP] = "";
@@ -651,7 +557,7 @@ static int compact_locked(spi_replay_queue *q) {
   }
   spi__engine_log(q->engine, SPI_LOG_INFO,
                   "replay: compacted to %zu records (%zu keys remembered)", i,
-                  q->ndone);
+                  q->donetab.n);
   return SPI_OK;
 }
 
@@ -714,8 +620,8 @@ static int expire_lease(spi_replay_queue *q, rq_entry *e, int64_t now) {
 /* Expire leases and end backoffs that are due. A failed record stops the
  * pass; the next call tries again. */
 static void run_timers(spi_replay_queue *q, int64_t now) {
-  while (q->heaplen && q->heap[0]->due_ns <= now) {
-    rq_entry *e = q->heap[0];
+  rq_entry *e;
+  while ((e = heap_top(q)) != NULL && e->tn.key <= now) {
     int rc;
     if (e->state == RQ_LEASED) {
       rc = expire_lease(q, e, now);
@@ -954,7 +860,7 @@ static int apply_record(void *user, const spi_replay_record *rec) {
       return qfail(q, SPI_EMODULE,
                    "replay: the store recovered a bad envelope");
     rq_entry *n = entry_new(q, env, rec->key, rec->key_len, h);
-    if (!n || heap_reserve(q, q->nentries + 1) != SPI_OK) {
+    if (!n || heap_reserve(q, q->keytab.n + 1) != SPI_OK) {
       if (n) {
         spi__free(&q->mem, n->k);
         spi__free(&q->mem, n);
@@ -977,7 +883,7 @@ static int apply_record(void *user, const spi_replay_record *rec) {
       rq_key *k = spi__alloc(&q->mem, sizeof(rq_key) + rec->key_len + 1);
       if (!k) return qfail(q, SPI_ENOMEM, "replay: recovery: out of memory");
       memset(k, 0, sizeof *k);
-      k->hash = h;
+      k->hn.hash = h;
       k->len = rec->key_len;
       memcpy(k->key, rec->key, rec->key_len);
       k->key[rec->key_len] = '\0';
@@ -1019,26 +925,25 @@ static void after_recovery(spi_replay_queue *q) {
 
 /* ------------------------------------------------------------ open, close */
 
+static void free_entry(spi_hnode *n, void *ud) {
+  spi_replay_queue *q = ud;
+  rq_entry *e = SPI_CONTAINER(n, rq_entry, kn);
+  spi__free(&q->mem, e->k);
+  spi__free(&q->mem, e);
+}
+
 static void queue_free(spi_replay_queue *q) {
-  for (size_t i = 0; q->keytab && i <= q->keymask; i++) {
-    rq_entry *e = q->keytab[i];
-    while (e) {
-      rq_entry *n = e->hnext;
-      spi__free(&q->mem, e->k);
-      spi__free(&q->mem, e);
-      e = n;
-    }
-  }
+  spi__htab_each(&q->keytab, free_entry, q);
   rq_key *k = q->done_head;
   while (k) {
     rq_key *n = k->next;
     spi__free(&q->mem, k);
     k = n;
   }
-  spi__free(&q->mem, q->keytab);
-  spi__free(&q->mem, q->claimtab);
-  spi__free(&q->mem, q->donetab);
-  spi__free(&q->mem, q->heap);
+  spi__htab_free(&q->keytab, &q->mem);
+  spi__htab_free(&q->claimtab, &q->mem);
+  spi__htab_free(&q->donetab, &q->mem);
+  spi__heap_free(&q->heap, &q->mem);
   pthread_mutex_destroy(&q->mu);
   spi__errtab_destroy(&q->err);
   q->magic = SPI_DEAD_MAGIC;
@@ -1067,12 +972,11 @@ static spi_replay_queue *queue_new(spi_engine *e) {
     spi__free(&e->mem, q);
     return NULL;
   }
-  q->keymask = q->claimmask = q->donemask = 63;
-  q->keytab = spi__calloc(&e->mem, 64, sizeof *q->keytab);
-  q->claimtab = spi__calloc(&e->mem, 64, sizeof *q->claimtab);
-  q->donetab = spi__calloc(&e->mem, 64, sizeof *q->donetab);
-  if (!q->keytab || !q->claimtab || !q->donetab ||
-      heap_reserve(q, 64) != SPI_OK) {
+  int rc = spi__htab_init(&q->keytab, &q->mem, 64);
+  if (rc == SPI_OK) rc = spi__htab_init(&q->claimtab, &q->mem, 64);
+  if (rc == SPI_OK) rc = spi__htab_init(&q->donetab, &q->mem, 64);
+  if (rc == SPI_OK) rc = heap_reserve(q, 64);
+  if (rc != SPI_OK) {
     queue_free(q);
     return NULL;
   }
@@ -1339,7 +1243,7 @@ int spi_replay_enqueue(spi_replay_queue *queue, const spi_envelope *env,
                  held, (long long)q->cfg.max_bytes);
   }
   if (!e->env.first_enqueued_ns) e->env.first_enqueued_ns = now;
-  rc = heap_reserve(q, q->nentries + 1);
+  rc = heap_reserve(q, q->keytab.n + 1);
   if (rc != SPI_OK) {
     qfail(q, rc, "replay enqueue: out of memory");
   } else {
@@ -1486,7 +1390,7 @@ int spi_replay_claim(spi_replay_queue *queue, uint32_t class_mask,
   }
   list_remove(&q->lane[e->env.klass], e);
   e->state = RQ_LEASED;
-  e->due_ns = now + lease_ms * 1000000;
+  e->tn.key = now + lease_ms * 1000000;
   if (q->next_claim == 0) q->next_claim = 1; /* 0 is never a claim */
   e->claim_id = q->next_claim++;
   claim_insert(q, e);

@@ -32,12 +32,13 @@
 
 #include "engine.h"
 #include "replay.h"
+#include "replay_ds.h"
 
 #define RQS_DRAIN_BATCH 256
 #define RQS_DRAIN_RETRY_NS (100 * 1000000LL)
 
 typedef struct rqs_claim {
-  struct rqs_claim *next; /* table chain */
+  spi_hnode hn; /* in the claim table (hash: spread id) */
   uint64_t id;
   size_t size;            /* of the copy in data */
   spi_envelope env;       /* points into data */
@@ -54,8 +55,7 @@ struct spi_rqs {
   char store_name[SPI_MODULE_NAME_MAX + 1];
   spi_replay_queue *fallback;
   pthread_mutex_t mu;
-  rqs_claim **tab;
-  size_t mask, n;
+  spi_htab tab;
   uint64_t enqueued, duplicates, acked, nacked;
   int64_t drain_after_ns;
   int draining;
@@ -100,52 +100,32 @@ static spi_replay_ctx make_ctx(const spi_rqs *s, int64_t lease_ms) {
 
 /* ------------------------------------------------------- the claim table */
 
-static size_t slot(const spi_rqs *s, uint64_t id) {
-  return (size_t)(XXH3_64bits(&id, sizeof id) & s->mask);
-}
-
-static void tab_grow(spi_rqs *s) {
-  if (s->n <= s->mask + 1) return;
-  size_t ncap = (s->mask + 1) * 2;
-  rqs_claim **nt = spi__calloc(&s->mem, ncap, sizeof *nt);
-  if (!nt) return; /* chains only get longer */
-  size_t omask = s->mask;
-  s->mask = ncap - 1;
-  for (size_t i = 0; i <= omask; i++)
-    for (rqs_claim *c = s->tab[i], *n; c; c = n) {
-      n = c->next;
-      size_t k = slot(s, c->id);
-      c->next = nt[k];
-      nt[k] = c;
-    }
-  spi__free(&s->mem, s->tab);
-  s->tab = nt;
-}
+static uint64_t id_hash(uint64_t id) { return XXH3_64bits(&id, sizeof id); }
 
 static void tab_put(spi_rqs *s, rqs_claim *c) {
-  s->n++;
-  tab_grow(s);
-  size_t k = slot(s, c->id);
-  c->next = s->tab[k];
-  s->tab[k] = c;
+  spi__htab_insert(&s->tab, &s->mem, &c->hn, id_hash(c->id));
+}
+
+static rqs_claim *tab_find(const spi_rqs *s, uint64_t id) {
+  uint64_t h = id_hash(id);
+  for (spi_hnode *n = spi__htab_first(&s->tab, h); n;
+       n = spi__htab_next(n, h)) {
+    rqs_claim *c = SPI_CONTAINER(n, rqs_claim, hn);
+    if (c->id == id) return c;
+  }
+  return NULL;
 }
 
 /* Take the claim id out of the table (NULL when not there). */
 static rqs_claim *tab_take(spi_rqs *s, uint64_t id) {
-  for (rqs_claim **p = &s->tab[slot(s, id)]; *p; p = &(*p)->next)
-    if ((*p)->id == id) {
-      rqs_claim *c = *p;
-      *p = c->next;
-      s->n--;
-      return c;
-    }
-  return NULL;
+  rqs_claim *c = tab_find(s, id);
+  if (c) spi__htab_remove(&s->tab, &c->hn);
+  return c;
 }
 
-static rqs_claim *tab_find(const spi_rqs *s, uint64_t id) {
-  for (rqs_claim *c = s->tab[slot(s, id)]; c; c = c->next)
-    if (c->id == id) return c;
-  return NULL;
+static void free_claim(spi_hnode *n, void *ud) {
+  spi_rqs *s = ud;
+  spi__free(&s->mem, SPI_CONTAINER(n, rqs_claim, hn));
 }
 
 /* ------------------------------------------------------------ life cycle */
@@ -157,13 +137,12 @@ int spi__rqs_new(spi_engine *e, const spi_mem *mem, spi_errtab *err,
   *out = NULL;
   spi_rqs *s = spi__calloc(mem, 1, sizeof *s);
   if (!s) return SPI_ENOMEM;
-  s->tab = spi__calloc(mem, 64, sizeof *s->tab);
-  if (!s->tab || pthread_mutex_init(&s->mu, NULL) != 0) {
-    spi__free(mem, s->tab);
+  if (spi__htab_init(&s->tab, mem, 64) != SPI_OK ||
+      pthread_mutex_init(&s->mu, NULL) != 0) {
+    spi__htab_free(&s->tab, mem);
     spi__free(mem, s);
     return SPI_ENOMEM;
   }
-  s->mask = 63;
   s->engine = e;
   s->mem = *mem;
   s->err = err;
@@ -187,12 +166,8 @@ void spi__rqs_free(spi_rqs *s) {
    * then hands them to another consumer (at-least-once). */
   s->store->release(s->mstate, s->inst);
   spi_replay_close(s->fallback);
-  for (size_t i = 0; i <= s->mask; i++)
-    for (rqs_claim *c = s->tab[i], *n; c; c = n) {
-      n = c->next;
-      spi__free(&s->mem, c);
-    }
-  spi__free(&s->mem, s->tab);
+  spi__htab_each(&s->tab, free_claim, s);
+  spi__htab_free(&s->tab, &s->mem);
   pthread_mutex_destroy(&s->mu);
   spi_mem m = s->mem;
   spi__free(&m, s);
