@@ -163,6 +163,18 @@ def check_bad_requests(oa, base):
         fail(f"GET on the routed location: {status}")
 
 
+def check_big_body(oa, log):
+    """A body over client_body_buffer_size waits in a temporary file: the
+    module reads it back to route it, and proxy_pass sends it on."""
+    big = "Here is the whole incident log to summarise. " + "line of the log; " * 3000
+    resp = oa.chat.completions.create(**chat(big, "summarise"), extra_query={"probe": "big"})
+    logged = access_log(log, "probe=big")
+    if len(logged) != 1 or logged[0]["status"] != 200 or resp.usage.prompt_tokens < 5000:
+        fail(f"a {len(big)}-byte prompt: {logged}, usage {resp.usage}")
+    say(f"a {len(big) // 1024} KiB body (buffered in a file): routed to {logged[0]['replica']} "
+        f"({logged[0]['blocks']} blocks), {resp.usage.prompt_tokens} prompt tokens arrived")
+
+
 def access_log(path, probe):
     """The access log's entries of the requests whose URI holds probe. A
     client has its answer a moment before nginx logs the request."""
@@ -422,6 +434,7 @@ def main():
     owner = check_affinity(oa, a.access_log)
     check_stream(oa, a.base, addrs, a.access_log)
     check_bad_requests(oa, a.base)
+    check_big_body(oa, a.access_log)
     heir = check_notice(a.base, owner, nodes, addrs, a.access_log, a.workers)
     if heir is None:
         fail("after the notice the prompt did not settle on one backend")

@@ -39,6 +39,9 @@ command -v valgrind >/dev/null || die "no valgrind: run scripts/setup-deps.sh"
 source "$root/examples/gateway/libenv.sh"
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/spotinfer-nginx.XXXXXX")
+# nginx's workers (nobody, when the master runs as root) write bodies over
+# client_body_buffer_size into the prefix's temporary directory.
+chmod 755 "$work"
 pids=()
 cleanup() {
   local p
@@ -219,6 +222,9 @@ pidlist="spot-a=$(cat "$work/spot-a.pid"),spot-b=$(cat "$work/spot-b.pid"),od-1=
 timeout 120 "$python" "$here/check.py" --base "http://127.0.0.1:$port" --backends "$ids" \
   --pids "$pidlist" --access-log "$work/prefix/logs/nginx-access.log" \
   --metrics-out "$work/metrics.txt" --workers 2
+
+grep -q "a client request body is buffered to a temporary file" "$work/prefix/logs/nginx-error.log" ||
+  die "the big body was not buffered in a file: the module's file path went untested"
 
 note "metrics text: Prometheus parser and promlint (tests/promlint)"
 (cd "$root/tests/promlint" && go run . "$work/metrics.txt")
