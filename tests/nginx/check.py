@@ -163,6 +163,20 @@ def check_bad_requests(oa, base):
         fail(f"GET on the routed location: {status}")
 
 
+def check_cancel(base, log):
+    """A client that goes away mid-stream: its ticket is finished too (the
+    metrics check later finds no ticket open)."""
+    body = chat(SYSTEM, "a long story", stream=True, max_tokens=400)
+    with httpx.stream("POST", base + "/v1/chat/completions?probe=cancel", json=body, timeout=30) as r:
+        for _ in r.iter_lines():
+            break
+    time.sleep(0.5)
+    logged = access_log(log, "probe=cancel")
+    if len(logged) != 1 or logged[0]["replica"] == "":
+        fail(f"the cancelled stream: {logged}")
+    say(f"cancel: a client left a stream on {logged[0]['replica']} after its first chunk")
+
+
 def check_big_body(oa, log):
     """A body over client_body_buffer_size waits in a temporary file: the
     module reads it back to route it, and proxy_pass sends it on."""
@@ -435,6 +449,7 @@ def main():
     check_stream(oa, a.base, addrs, a.access_log)
     check_bad_requests(oa, a.base)
     check_big_body(oa, a.access_log)
+    check_cancel(a.base, a.access_log)
     heir = check_notice(a.base, owner, nodes, addrs, a.access_log, a.workers)
     if heir is None:
         fail("after the notice the prompt did not settle on one backend")
