@@ -413,8 +413,9 @@ typedef int (*spi_replay_envelope_fn)(void *fn_data, const spi_envelope *env);
  * duplicate); SPI_ESTALE when the claim is not held (lease lost, unknown).
  * nack: the library decided: dead (dead-letter it) or ready again at
  * visible_ns with attempts; SPI_ESTALE as for ack.
- * queue_stats fills ready[], leased, delayed, dead and expired_leases (the
- * shared queue's counts), and journal_bytes (what it holds, or 0).
+ * queue_stats fills ready[], leased, delayed and dead (the shared queue's
+ * counts), expired_leases (leases this instance's calls found expired and
+ * put back) and journal_bytes (what the queue holds, or 0).
  */
 
 /*
