@@ -12,6 +12,7 @@ packages=(
   libhiredis-dev   # hiredis + hiredis_ssl (headers, pkg-config files)
   libssl-dev       # what hiredis_ssl.pc requires
   redis-server     # redis-server and redis-cli for the tests
+  openssl          # certificates for the TLS test
 )
 
 missing=()

@@ -3,7 +3,7 @@
  * parsing and checks, then (when SPI_REDIS_PORT names a running server on
  * 127.0.0.1, as the `redis` stage of scripts/test.sh provides) commands,
  * AUTH with an ACL user and a wrong password, an unreachable server and the
- * reconnect backoff.
+ * reconnect backoff; TLS when tests/redis/tls.sh runs it.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -224,6 +224,66 @@ static void test_unreachable_backoff(void **st) {
   spr_conn_free(c);
 }
 
+/* TLS, against the TLS-only server tests/redis/tls.sh starts
+ * (SPI_REDIS_TLS_PORT, its CA in SPI_REDIS_TLS_CA, a certificate for
+ * "localhost"). */
+static void test_tls(void **st) {
+  (void)st;
+  const char *port = getenv("SPI_REDIS_TLS_PORT");
+  const char *ca = getenv("SPI_REDIS_TLS_CA");
+  if (!port || !ca) skip();
+  char json[1024], err[256] = "";
+  snprintf(json, sizeof json,
+           "{\"address\":\"127.0.0.1:%s\",\"tls\":{\"ca_file\":\"%s\","
+           "\"server_name\":\"localhost\"}}",
+           port, ca);
+  spr_conn *c = conn_to(json);
+  redisReply *r = NULL;
+  int rc = cmd(c, &r, err, sizeof err, 3, "SET", "spi:test:tls", "v");
+  if (rc != SPI_OK) print_error("tls: %s\n", err);
+  assert_int_equal(rc, SPI_OK);
+  freeReplyObject(r);
+  assert_int_equal(cmd(c, &r, err, sizeof err, 2, "GET", "spi:test:tls"),
+                   SPI_OK);
+  assert_string_equal(r->str, "v");
+  freeReplyObject(r);
+  spr_conn_free(c);
+  /* The certificate is checked: not for this name. */
+  snprintf(json, sizeof json,
+           "{\"address\":\"127.0.0.1:%s\",\"tls\":{\"ca_file\":\"%s\","
+           "\"server_name\":\"redis.example\"}}",
+           port, ca);
+  c = conn_to(json);
+  assert_int_equal(spr_conn_open(c, err, sizeof err), SPI_EIO);
+  assert_non_null(strstr(err, "certificate"));
+  spr_conn_free(c);
+  /* Nor signed by a CA the system trusts. */
+  snprintf(json, sizeof json,
+           "{\"address\":\"127.0.0.1:%s\",\"tls\":{\"server_name\":"
+           "\"localhost\"}}",
+           port);
+  c = conn_to(json);
+  assert_int_equal(spr_conn_open(c, err, sizeof err), SPI_EIO);
+  assert_non_null(strstr(err, "certificate"));
+  spr_conn_free(c);
+  /* Plain text to a TLS port: an error, not a hang. */
+  snprintf(json, sizeof json,
+           "{\"address\":\"127.0.0.1:%s\",\"connect_timeout_ms\":300}",
+           port);
+  c = conn_to(json);
+  assert_int_equal(spr_conn_open(c, err, sizeof err), SPI_EIO);
+  spr_conn_free(c);
+  /* A CA file that does not exist fails at creation. */
+  spr_config cfg;
+  assert_int_equal(parse("{\"tls\":{\"ca_file\":\"/nonexistent/ca.pem\"}}",
+                         &cfg, err, sizeof err),
+                   SPI_OK);
+  spr_conn *none = NULL;
+  assert_int_equal(spr_conn_new(&cfg, &none, err, sizeof err), SPI_EINVAL);
+  assert_null(none);
+  assert_non_null(strstr(err, "ca_file"));
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_config_defaults),
@@ -231,6 +291,7 @@ int main(void) {
       cmocka_unit_test(test_unreachable_backoff),
       cmocka_unit_test(test_commands),
       cmocka_unit_test(test_auth),
+      cmocka_unit_test(test_tls),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
