@@ -432,8 +432,10 @@ static int configure_locked(spi_engine *e, const char *json, size_t len) {
   if (rc == SPI_OK) rc = read_priority_map(root, s, err, sizeof err);
   if (rc == SPI_OK) rc = spi__replay_check_section(e, root, err, sizeof err);
   if (rc == SPI_OK) rc = spi__router_read_cfg(root, &s->router, err, sizeof err);
-  if (rc == SPI_OK) rc = configure_modules(e, root, s, err, sizeof err);
+  /* The fleet bus first: it may load its module (modules.fleet_bus
+   * "redis"), whose module_config section configure_modules then accepts. */
   if (rc == SPI_OK) rc = spi__fleet_configure(e, root, s, err, sizeof err);
+  if (rc == SPI_OK) rc = configure_modules(e, root, s, err, sizeof err);
   spi_router_prep prep;
   memset(&prep, 0, sizeof prep);
   if (rc == SPI_OK) rc = spi__router_prepare(e, &s->router, &prep, err, sizeof err);

@@ -252,6 +252,11 @@ int spi__fleet_configure(spi_engine *e, const struct cJSON *root,
                          spi_snapshot *s, char *err, size_t errcap);
 /* The snapshot's reference, dropped when the snapshot is freed. */
 void spi__fleet_ref_drop(spi_engine *e, struct spi_fleet_ref *r);
+/* notice_bus_load.c: register the bus of libspotinfer_redis for "redis";
+ * SPI_ENOTFOUND for any other name (err empty) or a missing library (err
+ * says). config_lock held. */
+int spi__fleet_autoload(spi_engine *e, const char *name, size_t len,
+                        char *err, size_t cap);
 
 /* node.c and notice_bus.c: what the bus hands back, applied as
  * spi_engine_notice would but not published again and not planned (the

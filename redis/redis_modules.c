@@ -19,6 +19,8 @@ typedef struct spr_module_row {
 static const spr_module_row ROWS[] = {
     {SPI_MODULE_REPLAY_STORE, SPI_REDIS_STORE_NAME,
      sizeof(spi_replay_store_module), spr_store_fill},
+    {SPI_MODULE_FLEET_BUS, SPI_REDIS_STORE_NAME, sizeof(spi_fleet_bus_module),
+     spr_bus_fill},
     {0, NULL, 0, NULL},
 };
 

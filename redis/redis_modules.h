@@ -14,5 +14,7 @@ typedef int (*spr_module_fill_fn)(void *module, void **state,
 
 /* store_redis.c: the "redis" replay store. */
 int spr_store_fill(void *module, void **state, spi_module_destroy_fn *destroy);
+/* bus_redis.c: the "redis" fleet bus. */
+int spr_bus_fill(void *module, void **state, spi_module_destroy_fn *destroy);
 
 #endif /* SPI_REDIS_MODULES_H */

@@ -1,7 +1,11 @@
 /*
  * spotinfer_redis.h - libspotinfer_redis, the optional Redis modules of
  * libspotinfer: a replay store whose queue lives in Redis Streams, so that
- * several proxy processes share one replay queue (docs/redis.md).
+ * several proxy processes share one replay queue (docs/redis.md), and a
+ * fleet bus (kind fleet_bus, also named "redis": {"modules": {"fleet_bus":
+ * "redis"}}) through which the engines share interruption notices and
+ * spot-pool cooldowns on one stream (README, "Running several proxy
+ * instances"); the engine loads it by itself for that name too.
  *
  * The library depends on hiredis (and OpenSSL for TLS), not on
  * libspotinfer itself: it only hands out module structs, which the engine

@@ -1,0 +1,394 @@
+/*
+ * test_redis_bus.c - the "redis" fleet bus against a real redis-server (the
+ * `redis` stage of scripts/test.sh starts one and sets SPI_REDIS_PORT;
+ * without it these tests skip).
+ *
+ *  - Two processes: A (this one, the module registered by hand) gets a
+ *    notice; B (a child process configured by its JSON alone, so the engine
+ *    loads libspotinfer_redis itself, as the bindings do) stops routing to
+ *    that machine after one tick, and cools the spot pool A's other notice
+ *    cooled, where B runs nothing on the noticed machine.
+ *  - The stream survives a dropped connection: messages published while
+ *    B's connection is gone arrive after it reconnects, once each.
+ *  - A refused login is an error at configure, with the server's words.
+ */
+#include <errno.h>
+#include <setjmp.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/types.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+
+#include "engine.h"
+#include "redis_conn.h"
+#include "spotinfer/spotinfer.h"
+#include "spotinfer/spotinfer_redis.h"
+
+#define SEC 1000000000LL
+
+static int server_port(void) {
+  const char *p = getenv("SPI_REDIS_PORT");
+  return p && *p ? atoi(p) : 0;
+}
+
+/* The bus's configuration: this server, a key prefix of this run. */
+static void bus_config(char *buf, size_t cap, int port, const char *prefix,
+                       const char *extra) {
+  snprintf(buf, cap,
+           "{\"modules\":{\"fleet_bus\":\"redis\"},\"module_config\":{"
+           "\"redis\":{\"address\":\"127.0.0.1:%d\",\"key_prefix\":\"%s\","
+           "\"lookback_ms\":0%s%s}}}",
+           port, prefix, extra ? "," : "", extra ? extra : "");
+}
+
+static spi_engine *engine_new(void) {
+  spi_engine *e = NULL;
+  assert_int_equal(spi_engine_new(&e, NULL), SPI_OK);
+  return e;
+}
+
+/* Register libspotinfer_redis's bus by hand (what the engine otherwise
+ * loads by itself). */
+static void register_bus(spi_engine *e) {
+  spi_fleet_bus_module m;
+  void *state = NULL;
+  spi_module_destroy_fn destroy = NULL;
+  assert_int_equal(spi_redis_get_module(SPI_MODULE_FLEET_BUS, "redis", &m,
+                                        sizeof m, &state, &destroy),
+                   SPI_OK);
+  int rc = spi_engine_register_module(e, SPI_MODULE_FLEET_BUS, "redis", 5, &m,
+                                      state, destroy);
+  if (rc != SPI_OK) destroy(state);
+  assert_int_equal(rc, SPI_OK);
+}
+
+static void configure(spi_engine *e, const char *json) {
+  int rc = spi_engine_configure(e, json, strlen(json));
+  if (rc != SPI_OK) print_error("configure: %s\n", spi_engine_errmsg(e));
+  assert_int_equal(rc, SPI_OK);
+}
+
+static void add(spi_engine *e, const char *id, const char *node, int32_t pool,
+                const char *type, const char *zone) {
+  spi_replica_info ri;
+  memset(&ri, 0, sizeof ri);
+  ri.struct_size = sizeof ri;
+  ri.id = id;
+  ri.id_len = strlen(id);
+  ri.node = node;
+  ri.node_len = strlen(node);
+  ri.pool = pool;
+  ri.instance_type = type;
+  ri.instance_type_len = strlen(type);
+  ri.zone = zone;
+  ri.zone_len = strlen(zone);
+  ri.usd_per_hour = pool == SPI_POOL_SPOT ? 1.8 : 4.5;
+  ri.max_inflight = 64;
+  assert_int_equal(spi_replica_upsert(e, &ri), SPI_OK);
+  spi_load l;
+  memset(&l, 0, sizeof l);
+  l.struct_size = sizeof l;
+  l.running = 1;
+  l.kv_usage = 0.2;
+  assert_int_equal(spi_replica_report_load(e, id, strlen(id), &l), SPI_OK);
+}
+
+static spi_notice notice(const char *node, const char *key) {
+  spi_notice n;
+  memset(&n, 0, sizeof n);
+  n.struct_size = sizeof n;
+  n.kind = SPI_NOTICE_TERMINATE;
+  n.format = SPI_NOTICE_AWS_INSTANCE_ACTION;
+  n.active = 1;
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  n.deadline_ns = (int64_t)ts.tv_sec * SEC + ts.tv_nsec + 120 * SEC;
+  snprintf(n.node, sizeof n.node, "%s", node);
+  snprintf(n.dedup_key, sizeof n.dedup_key, "%s", key);
+  return n;
+}
+
+static spi_fleet_stats stats(spi_engine *e) {
+  spi_fleet_stats s;
+  memset(&s, 0, sizeof s);
+  s.struct_size = sizeof s;
+  assert_int_equal(spi_engine_fleet_stats(e, &s), SPI_OK);
+  return s;
+}
+
+static int32_t state_of(spi_engine *e, const char *node) {
+  int32_t st = 0;
+  assert_int_equal(spi_node_get_state(e, node, strlen(node), &st), SPI_OK);
+  return st;
+}
+
+/* The replica a silver request with prompt p goes to ("" if none). */
+static void route_to(spi_engine *e, const char *p, char *id, size_t cap) {
+  spi_request *r = NULL;
+  assert_int_equal(spi_request_new(e, &r), SPI_OK);
+  spi_request_set_str(r, SPI_REQ_MODEL, "m", 1);
+  spi_request_set_str(r, SPI_REQ_PROMPT, p, strlen(p));
+  spi_request_set_str(r, SPI_REQ_SYSTEM_PROMPT, p, strlen(p));
+  spi_request_set_str(r, SPI_REQ_CLASS, "silver", 6);
+  spi_decision d;
+  memset(&d, 0, sizeof d);
+  d.struct_size = sizeof d;
+  id[0] = '\0';
+  if (spi_route(r, &d) == SPI_OK) {
+    snprintf(id, cap, "%s", d.replica_id);
+    spi_ticket_result res;
+    memset(&res, 0, sizeof res);
+    res.struct_size = sizeof res;
+    if (d.ticket) spi_ticket_finish(e, d.ticket, &res);
+  }
+  spi_request_free(r);
+}
+
+/* A prompt that e routes to replica id. */
+static int prompt_for(spi_engine *e, const char *id, char *p, size_t cap) {
+  char got[SPI_ID_MAX];
+  for (int i = 0; i < 2000; i++) {
+    snprintf(p, cap, "prefix %d", i);
+    route_to(e, p, got, sizeof got);
+    if (!strcmp(got, id)) return 1;
+  }
+  return 0;
+}
+
+/* ------------------------------------------------------------ process B */
+
+#define CHECK(cond)                                                        \
+  do {                                                                     \
+    if (!(cond)) {                                                         \
+      fprintf(stderr, "B: %s:%d: %s\n", __FILE__, __LINE__, #cond);        \
+      return 1;                                                            \
+    }                                                                      \
+  } while (0)
+
+static int child_checks(spi_engine *e, const char *pa, const char *pd) {
+  char got[SPI_ID_MAX];
+  int32_t st = 0;
+  CHECK(spi_node_get_state(e, "i-aaa", 5, &st) == SPI_OK &&
+        st == SPI_NODE_NOTICED);
+  for (int i = 0; i < 20; i++) {
+    route_to(e, pa, got, sizeof got);
+    CHECK(got[0] && strcmp(got, "spot-a") != 0);
+  }
+  /* The pool (g6, z3) cools because A said so: B runs nothing on i-xxx. */
+  const spi_replica_set *set = atomic_load(&e->registry.set);
+  int64_t until = 0;
+  for (size_t i = 0; set && i < set->n; i++)
+    if (!strcmp(set->r[i].id, "spot-d"))
+      until = atomic_load(&e->registry.slots[set->r[i].slot].cooldown_until_ns);
+  CHECK(until > spi__engine_now(e) + 100 * SEC);
+  route_to(e, pd, got, sizeof got);
+  CHECK(strcmp(got, "spot-d") != 0);
+  spi_fleet_stats s;
+  memset(&s, 0, sizeof s);
+  s.struct_size = sizeof s;
+  CHECK(spi_engine_fleet_stats(e, &s) == SPI_OK);
+  CHECK(s.configured && s.published == 0 && s.applied >= 3 &&
+        s.malformed == 0);
+  return 0;
+}
+
+/* B: configured by JSON alone; says "ready" once it reads the stream,
+ * then after "go" ticks once and checks. Exit status 0 when all held. */
+static int child(int port, const char *prefix, int rfd, int wfd) {
+  spi_engine *e = NULL;
+  if (spi_engine_new(&e, NULL) != SPI_OK) return 2;
+  char cfg[512];
+  bus_config(cfg, sizeof cfg, port, prefix, NULL);
+  if (spi_engine_configure(e, cfg, strlen(cfg)) != SPI_OK) {
+    fprintf(stderr, "B: configure: %s\n", spi_engine_errmsg(e));
+    return 2;
+  }
+  add(e, "spot-a", "i-aaa", SPI_POOL_SPOT, "g5.xlarge", "z1");
+  add(e, "spot-b", "i-bbb", SPI_POOL_SPOT, "g5.xlarge", "z2");
+  add(e, "spot-d", "i-ddd", SPI_POOL_SPOT, "g6.xlarge", "z3");
+  char pa[32], pd[32];
+  CHECK(prompt_for(e, "spot-a", pa, sizeof pa));
+  CHECK(prompt_for(e, "spot-d", pd, sizeof pd));
+  CHECK(spi_engine_tick(e) == SPI_OK); /* the cursor is set */
+  char buf[8];
+  CHECK(write(wfd, "ready\n", 6) == 6);
+  CHECK(read(rfd, buf, 3) == 3 && !memcmp(buf, "go\n", 3));
+  int rc = spi_engine_tick(e); /* one tick */
+  if (rc != SPI_OK) fprintf(stderr, "B: tick: %s\n", spi_engine_errmsg(e));
+  CHECK(rc == SPI_OK);
+  rc = child_checks(e, pa, pd);
+  spi_engine_free(e);
+  return rc;
+}
+
+/* ------------------------------------------------------------ process A */
+
+/* Start B: this program again, with the library's directory on the loader
+ * path so its engine can load libspotinfer_redis by itself. */
+static pid_t spawn(const char *self, int port, const char *prefix, int rfd,
+                   int wfd) {
+  pid_t pid = fork();
+  if (pid != 0) return pid;
+  const char *lib = getenv("SPI_REDIS_LIBRARY");
+  if (lib) {
+    char dir[1024];
+    snprintf(dir, sizeof dir, "%s", lib);
+    char *slash = strrchr(dir, '/');
+    if (slash) *slash = '\0';
+    setenv("LD_LIBRARY_PATH", dir, 1);
+  }
+  char p[16], r[16], w[16];
+  snprintf(p, sizeof p, "%d", port);
+  snprintf(r, sizeof r, "%d", rfd);
+  snprintf(w, sizeof w, "%d", wfd);
+  execl(self, self, "--child", p, prefix, r, w, (char *)NULL);
+  _exit(3);
+}
+
+static char self_path[4096];
+
+static void test_two_processes(void **st) {
+  (void)st;
+  int port = server_port();
+  if (!port) skip();
+  char prefix[64];
+  snprintf(prefix, sizeof prefix, "spi:test:bus:%d:", (int)getpid());
+  int to_b[2], from_b[2];
+  assert_int_equal(pipe(to_b), 0);
+  assert_int_equal(pipe(from_b), 0);
+  pid_t pid = spawn(self_path, port, prefix, to_b[0], from_b[1]);
+  assert_true(pid > 0);
+  spi_engine *a = engine_new();
+  register_bus(a);
+  char cfg[512];
+  bus_config(cfg, sizeof cfg, port, prefix, NULL);
+  configure(a, cfg);
+  add(a, "spot-a", "i-aaa", SPI_POOL_SPOT, "g5.xlarge", "z1");
+  add(a, "spot-x", "i-xxx", SPI_POOL_SPOT, "g6.xlarge", "z3");
+  char buf[8] = "";
+  assert_int_equal(read(from_b[0], buf, 6), 6);
+  assert_memory_equal(buf, "ready\n", 6);
+  spi_notice n1 = notice("i-aaa", "aws:i-aaa"), n2 = notice("i-xxx", "aws:i-xxx");
+  size_t np = 0;
+  assert_int_equal(spi_engine_notice(a, &n1, NULL, 0, &np), SPI_OK);
+  assert_int_equal(spi_engine_notice(a, &n2, NULL, 0, &np), SPI_OK);
+  spi_fleet_stats s = stats(a);
+  assert_int_equal(s.published, 4); /* two notices, two cooldowns */
+  assert_int_equal(s.publish_failed, 0);
+  assert_int_equal(write(to_b[1], "go\n", 3), 3);
+  int status = 0;
+  assert_int_equal(waitpid(pid, &status, 0), pid);
+  assert_true(WIFEXITED(status));
+  assert_int_equal(WEXITSTATUS(status), 0);
+  /* A reads its own messages back and applies none of them again. */
+  assert_int_equal(spi_engine_tick(a), SPI_OK);
+  s = stats(a);
+  assert_int_equal(s.received, 4);
+  assert_int_equal(s.applied, 0);
+  spi_engine_free(a);
+  close(to_b[0]), close(to_b[1]), close(from_b[0]), close(from_b[1]);
+}
+
+/* Drop every client connection of the server (from a connection of our
+ * own, which goes too). */
+static void kill_clients(int port) {
+  char json[64], err[256] = "";
+  snprintf(json, sizeof json, "{\"address\":\"127.0.0.1:%d\"}", port);
+  spr_config c;
+  assert_int_equal(spr_config_parse(json, strlen(json), "t", NULL, &c, err,
+                                    sizeof err),
+                   SPI_OK);
+  spr_conn *k = NULL;
+  assert_int_equal(spr_conn_new(&c, &k, err, sizeof err), SPI_OK);
+  const char *argv[] = {"CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes"};
+  size_t lens[6];
+  for (int i = 0; i < 6; i++) lens[i] = strlen(argv[i]);
+  redisReply *r = NULL;
+  assert_int_equal(spr_conn_command(k, 6, argv, lens, &r, err, sizeof err),
+                   SPI_OK);
+  assert_int_equal(r->type, REDIS_REPLY_INTEGER);
+  assert_true(r->integer >= 2);
+  freeReplyObject(r);
+  spr_conn_free(k);
+}
+
+static void test_survives_a_dropped_connection(void **st) {
+  (void)st;
+  int port = server_port();
+  if (!port) skip();
+  char prefix[64], cfg[512];
+  snprintf(prefix, sizeof prefix, "spi:test:bus-drop:%d:", (int)getpid());
+  bus_config(cfg, sizeof cfg, port, prefix,
+             "\"reconnect_min_ms\":1,\"reconnect_max_ms\":5");
+  spi_engine *a = engine_new(), *b = engine_new();
+  register_bus(a);
+  register_bus(b);
+  configure(a, cfg);
+  configure(b, cfg);
+  assert_int_equal(spi_engine_tick(b), SPI_OK); /* connected, cursor set */
+  kill_clients(port);
+  /* A's publish meets the dead connection or reconnects; either way the
+   * notice reaches the stream by A's next tick. */
+  spi_notice n = notice("i-drop", "drop");
+  size_t np = 0;
+  assert_int_equal(spi_engine_notice(a, &n, NULL, 0, &np), SPI_OK);
+  int a_ok = 0, b_seen = 0;
+  for (int i = 0; i < 200 && !(a_ok && b_seen); i++) {
+    usleep(10000);
+    a_ok = spi_engine_tick(a) == SPI_OK && stats(a).pending == 0;
+    spi_engine_tick(b); /* the first may fail: the connection is gone */
+    b_seen = state_of(b, "i-drop") == SPI_NODE_NOTICED;
+  }
+  assert_true(a_ok);
+  assert_true(b_seen);
+  spi_fleet_stats s = stats(b);
+  assert_int_equal(s.applied, 1);
+  assert_int_equal(s.malformed, 0);
+  spi_engine_free(a);
+  spi_engine_free(b);
+}
+
+static void test_refused_login(void **st) {
+  (void)st;
+  int port = server_port();
+  if (!port) skip();
+  char cfg[512];
+  bus_config(cfg, sizeof cfg, port, "spi:test:auth:",
+             "\"username\":\"nobody\",\"password\":\"wrong\"");
+  spi_engine *e = engine_new();
+  register_bus(e);
+  int rc = spi_engine_configure(e, cfg, strlen(cfg));
+  assert_int_not_equal(rc, SPI_OK);
+  const char *msg = spi_engine_errmsg(e);
+  if (!strstr(msg, "WRONGPASS") && !strstr(msg, "AUTH"))
+    fail_msg("message: %s", msg);
+  /* Bad options of the bus itself name their path. */
+  bus_config(cfg, sizeof cfg, port, "p:", "\"max_len\":3");
+  assert_int_equal(spi_engine_configure(e, cfg, strlen(cfg)), SPI_ERANGE);
+  assert_non_null(strstr(spi_engine_errmsg(e), "module_config.redis.max_len"));
+  spi_engine_free(e);
+}
+
+int main(int argc, char **argv) {
+  if (argc == 6 && !strcmp(argv[1], "--child"))
+    return child(atoi(argv[2]), argv[3], atoi(argv[4]), atoi(argv[5]));
+  /* This program's file (read now: under valgrind, /proc/self/exe itself
+   * would name the tool). */
+  ssize_t n = readlink("/proc/self/exe", self_path, sizeof self_path - 1);
+  if (n <= 0) snprintf(self_path, sizeof self_path, "%s", argv[0]);
+  const struct CMUnitTest tests[] = {
+      cmocka_unit_test(test_two_processes),
+      cmocka_unit_test(test_survives_a_dropped_connection),
+      cmocka_unit_test(test_refused_login),
+  };
+  return cmocka_run_group_tests(tests, NULL, NULL);
+}
