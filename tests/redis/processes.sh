@@ -130,7 +130,7 @@ started+=("$w")
 wait_for 30 at_least ok "$tmp/enq3" 20 || fail "no enqueues"
 kill -STOP "$(redis_pid)"
 before=$(count ok "$tmp/enq3")
-sleep 1.5
+sleep 2.5
 during=$(($(count ok "$tmp/enq3") - before))
 held=$(du -sb "$tmp/fb3" | cut -f1)
 kill -CONT "$(redis_pid)"
@@ -139,7 +139,10 @@ wait "$w" || fail "enqueuer: $(tail -n 3 "$tmp/enq3")"
   fail "every enqueue should succeed: $(grep -m 3 '^err' "$tmp/enq3")"
 [[ $during -gt 5 ]] || fail "only $during enqueues while Redis was stopped"
 slowest=$(awk '$1 == "ok" {if ($3 > m) m = $3} END {printf "%d", m}' "$tmp/enq3")
-[[ $slowest -le 700 ]] || fail "an enqueue took $slowest ms (timeout 200 ms, plus the fallback journal's fsync)"
+# Bounded by the 200 ms timeout plus the fallback journal's fsync; the
+# bound is loose so a loaded machine's fsync cannot fail it, and still far
+# below the 2.5 s a call without a timeout would wait for SIGCONT.
+[[ $slowest -le 1200 ]] || fail "an enqueue took $slowest ms (timeout 200 ms)"
 "$worker" "$c" drain 100 >"$tmp/drain3" || fail "drain: $(cat "$tmp/drain3")"
 [[ $(cli HLEN "${p}keys") -eq 100 && $(cli XLEN "${p}lane:2") -eq 100 ]] ||
   fail "Redis holds $(cli XLEN "${p}lane:2") entries for $(cli HLEN "${p}keys") keys, want 100 and 100"
