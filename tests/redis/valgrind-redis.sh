@@ -25,6 +25,7 @@ run() { # <name> <command...> (the environment is this script's)
 }
 export SPI_REDIS_PORT
 run test_redis_conn "$build/tests/redis/test_redis_conn"
+run test_redis_bus "$build/tests/redis/test_redis_bus"
 LD_LIBRARY_PATH=$build run test_redis_store "$build/tests/redis/test_redis_store"
 SPI_REPLAY_TEST_STORE=redis LD_LIBRARY_PATH=$build \
   run test_replay_on_redis "$build/tests/test_replay"
