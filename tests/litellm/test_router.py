@@ -47,6 +47,22 @@ def run(coro):
     return LOOP.run_until_complete(coro)
 
 
+@pytest.fixture(scope="module", autouse=True)
+def close_the_loop():
+    """The loop ends as an application's does: LiteLLM's pending tasks (its
+    logging worker) cancelled and awaited, then the loop closed."""
+    yield
+    pending = [t for t in asyncio.all_tasks(LOOP) if not t.done()]
+    for t in pending:
+        t.cancel()
+
+    async def drain():
+        await asyncio.gather(*pending, return_exceptions=True)
+    LOOP.run_until_complete(drain())
+    LOOP.run_until_complete(LOOP.shutdown_asyncgens())
+    LOOP.close()
+
+
 @pytest.fixture
 def closing():
     made = []
@@ -158,7 +174,9 @@ def test_shed_is_429_and_no_capacity_503(backends, closing):
         backends.start(rid, *FAST)
     router = Router(model_list=[deployment(backends, r) for r in ("spot-a", "spot-b")],
                     num_retries=0)
-    routing = SpotinferRouting(router, CONFIG, retry_after_s=3)
+    # Readings by hand stay fresh for the test, however slow the machine.
+    routing = SpotinferRouting(router, {**CONFIG, "router": {"load_max_age_ms": 600000}},
+                               retry_after_s=3)
     closing(routing)
     router.register_plugin(routing)
     routing.add_callback()
