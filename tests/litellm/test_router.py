@@ -250,16 +250,18 @@ async def settle(routing, completed, timeout=5.0):
 
 def test_a_failed_call_finishes_its_ticket_as_failed(backends, closing):
     backends.start("spot-a", *FAST)
-    router = Router(model_list=[deployment(backends, "spot-a")], num_retries=0)
+    router = Router(model_list=[deployment(backends, "spot-a")], num_retries=1,
+                    retry_after=0)
     # A long load age: the dead backend's last reading stays usable, so the
-    # library routes to it and the call fails.
+    # library routes to it and the call fails, and so does LiteLLM's retry:
+    # each try's ticket ends as a failure.
     routing = SpotinferRouting.install(router, {"router": {"load_max_age_ms": 60000}})
     closing(routing)
     backends.stop("spot-a")
     with pytest.raises((litellm.InternalServerError, litellm.APIConnectionError)):
         run(router.acompletion(model=MODEL, messages=messages("s", "u"),
                                metadata={"class": "silver"}))
-    wait_for(lambda: sum(r.failed for r in routing.engine.ledger()) == 1)
+    wait_for(lambda: sum(r.failed for r in routing.engine.ledger()) == 2)
     assert sum(r.completed for r in routing.engine.ledger()) == 0
     assert not routing._open
 
@@ -294,3 +296,15 @@ def test_deployments_added_later_are_routed_to(backends, closing):
     r = run(router.acompletion(model=MODEL, messages=messages("s", "u"),
                                metadata={"class": "silver"}))
     assert r.system_fingerprint == "spot-b"
+
+
+def test_a_body_the_library_refuses_is_400_with_its_message(backends, closing):
+    backends.start("spot-a", *FAST)
+    router = Router(model_list=[deployment(backends, "spot-a")], num_retries=0)
+    routing = SpotinferRouting.install(router, CONFIG)
+    closing(routing)
+    with pytest.raises(litellm.BadRequestError) as ei:
+        run(router.acompletion(model=MODEL, messages=[{"role": "user", "content": 5}]))
+    assert ei.value.status_code == 400
+    assert "messages[0].content" in str(ei.value)
+    assert sum(r.completed + r.failed for r in routing.engine.ledger()) == 0

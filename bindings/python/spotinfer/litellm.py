@@ -453,6 +453,7 @@ class SpotinferRouting(CustomLogger, CustomRoutingStrategyBase):  # type: ignore
                 meta = kwargs.setdefault("metadata", {})
                 meta[TICKET_KEY] = d.ticket.id
             else:
+                kwargs.get("metadata", {}).pop(TICKET_KEY, None)   # an earlier try's
                 self._finish(d.ticket.id, TicketResult(status=TicketStatus.CANCELLED))
             return dep
         self._finish(d.ticket.id, TicketResult(status=TicketStatus.CANCELLED))
@@ -529,10 +530,16 @@ class SpotinferRouting(CustomLogger, CustomRoutingStrategyBase):  # type: ignore
         if tid is None:
             return
         with self._lock:
-            if self._open.pop(tid, None) is None:
-                return                      # another event finished it
-        self._finish(tid, ticket_result(status, kwargs, response_obj,
-                                        start_time, end_time))
+            o = self._open.pop(tid, None)
+        if o is None:
+            return                          # another event finished it
+        res = ticket_result(status, kwargs, response_obj, start_time, end_time)
+        if start_time is None:              # a hook: no LiteLLM timestamps
+            res = TicketResult(status=res.status, prompt_tokens=res.prompt_tokens,
+                               output_tokens=res.output_tokens,
+                               cached_tokens=res.cached_tokens,
+                               duration_ms=(time.monotonic() - o.opened) * 1000.0)
+        self._finish(tid, res)
 
     # The deployment hooks run inline, before LiteLLM hands the answer to
     # the caller; the logging events run later, from LiteLLM's logging
@@ -543,20 +550,19 @@ class SpotinferRouting(CustomLogger, CustomRoutingStrategyBase):  # type: ignore
 
     async def async_post_call_success_deployment_hook(
             self, request_data: Dict[str, Any], response: Any, call_type: Any) -> Any:
-        if not isinstance(response, litellm.ModelResponse):
-            return None
-        tid = _ticket_of(request_data)
-        if tid is None:
-            return None
-        with self._lock:
-            o = self._open.pop(tid, None)
-        if o is not None:
-            res = ticket_result(TicketStatus.OK, {}, response, None, None)
-            self._finish(tid, TicketResult(
-                status=res.status, prompt_tokens=res.prompt_tokens,
-                output_tokens=res.output_tokens, cached_tokens=res.cached_tokens,
-                duration_ms=(time.monotonic() - o.opened) * 1000.0))
+        if isinstance(response, litellm.ModelResponse):
+            self._done(TicketStatus.OK, request_data, response, None, None)
         return None
+
+    async def async_post_call_failure_deployment_hook(
+            self, request_data: Mapping[str, Any], exception: Exception,
+            call_type: Any, fallback_depth: Optional[int] = None) -> None:
+        # Inline, once per failed try, before LiteLLM retries: the try's
+        # ticket ends before a retry's route puts another ticket in the
+        # request's metadata (the failure event runs later, from LiteLLM's
+        # logging worker, and finds it finished).
+        self._done(_failure_status({"exception": exception}), request_data,
+                   None, None, None)
 
     async def async_post_call_streaming_deployment_hook(
             self, request_data: Dict[str, Any], response_chunk: Any, call_type: Any) -> Any:
