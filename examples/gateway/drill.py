@@ -47,18 +47,28 @@ def fnv64(text):
     return "%016x" % h
 
 
-def make_requests(waves, per_wave):
+def make_wave(w, per_wave):
     reqs = []
-    for w in range(waves):
-        for i in range(per_wave):
-            n = w * per_wave + i
-            reqs.append({
-                "n": n,
-                "wave": w,
-                "system": SYSTEM_PROMPTS[n % len(SYSTEM_PROMPTS)],
-                "user": "question %d: %s" % (n, hashlib.sha1(str(n).encode()).hexdigest()[:12]),
-            })
+    for i in range(per_wave):
+        n = w * per_wave + i
+        reqs.append({
+            "n": n,
+            "wave": w,
+            "system": SYSTEM_PROMPTS[n % len(SYSTEM_PROMPTS)],
+            "user": "question %d: %s" % (n, hashlib.sha1(str(n).encode()).hexdigest()[:12]),
+        })
     return reqs
+
+
+def notice_handed_in(events_path):
+    """When the gateway handed in its first notice (None before it has)."""
+    try:
+        for e in read_jsonl(events_path):
+            if e.get("event") == "notice":
+                return e["handed_in"]
+    except (OSError, ValueError):
+        pass
+    return None
 
 
 def messages(r):
@@ -99,20 +109,36 @@ def reference_one(client, r, max_tokens, out):
         out[r["n"]] = "ERROR %s" % e
 
 
-def run_clients(args, reqs):
+def more_waves(args, w):
+    """Waves go on past --waves until requests have arrived for a while
+    after the notice (its time depends on how fast the machine started
+    everything), bounded by --max-waves."""
+    if w < args.waves:
+        return True
+    if w >= args.max_waves:
+        return False
+    t_notice = notice_handed_in(args.events)
+    return t_notice is None or time.time() < t_notice + 2.0 * args.interval + 1.0
+
+
+def run_clients(args):
     client = openai.OpenAI(base_url=args.gateway + "/v1", api_key="drill", max_retries=0,
                            timeout=120)
-    results, threads = {}, []
+    reqs, results, threads = [], {}, []
     t0 = time.time()
-    for r in reqs:
+    w = 0
+    while more_waves(args, w):
         # Waves start at fixed times, so requests are in flight when the
         # notice comes and new ones arrive after it.
-        delay = t0 + r["wave"] * args.interval - time.time()
+        delay = t0 + w * args.interval - time.time()
         if delay > 0:
             time.sleep(delay)
-        t = threading.Thread(target=stream_one, args=(client, r, args.max_tokens, results))
-        t.start()
-        threads.append(t)
+        for r in make_wave(w, args.per_wave):
+            t = threading.Thread(target=stream_one, args=(client, r, args.max_tokens, results))
+            t.start()
+            threads.append(t)
+            reqs.append(r)
+        w += 1
     for t in threads:
         t.join(timeout=180)
     ref_client = openai.OpenAI(base_url=args.reference + "/v1", api_key="drill", max_retries=0,
@@ -124,7 +150,7 @@ def run_clients(args, reqs):
         rthreads.append(t)
     for t in rthreads:
         t.join(timeout=60)
-    return results, expected
+    return reqs, results, expected
 
 
 def read_jsonl(path):
@@ -169,7 +195,9 @@ def main():
     ap.add_argument("--events", required=True, help="the gateway's -events file")
     ap.add_argument("--backend-logs", required=True, help="comma-separated fakellm -log files")
     ap.add_argument("--noticed", required=True, help="the backend that gets the notice")
-    ap.add_argument("--waves", type=int, default=8)
+    ap.add_argument("--waves", type=int, default=8, help="waves sent at least")
+    ap.add_argument("--max-waves", type=int, default=20,
+                    help="waves sent at most, waiting for requests after the notice")
     ap.add_argument("--per-wave", type=int, default=6)
     ap.add_argument("--interval", type=float, default=1.0)
     ap.add_argument("--max-tokens", type=int, default=120)
@@ -190,8 +218,7 @@ def main():
         if v.startswith("@"):
             with open(v[1:]) as f:
                 setattr(args, name, "http://" + f.read().strip())
-    reqs = make_requests(args.waves, args.per_wave)
-    results, expected = run_clients(args, reqs)
+    reqs, results, expected = run_clients(args)
     # Let the gateway finish its bookkeeping (tickets, acks) after the last byte.
     time.sleep(0.5)
     events = read_jsonl(args.events)
