@@ -914,7 +914,11 @@ SPI_API int spi_node_get_state(spi_engine *engine, const char *node,
 
 /* Periodic node work: rebalance advice that expired (ADVISED -> ACTIVE) and
  * noticed machines past their deadline (-> TERMINATED). Also done inside
- * spi_engine_notice() and spi_node_get_state(). Errors: SPI_EMISUSE. */
+ * spi_engine_notice() and spi_node_get_state(). With a fleet bus configured
+ * (modules.fleet_bus) it also polls the bus and applies what other
+ * instances published, and resends what failed to publish.
+ * Errors: SPI_EMISUSE, SPI_EMODULE (the bus failed; local state is kept and
+ * the message says why; see spi_engine_fleet_stats()). */
 SPI_API int spi_engine_tick(spi_engine *engine);
 
 /* Called on every node transition, from the thread making the call that
