@@ -758,6 +758,28 @@ static int load_store(spi_engine *e, const cJSON *sec, char *err, size_t cap) {
   return rc;
 }
 
+/* A user's store checks its store_config, when it can, without opening. */
+static int check_store(spi_engine *e, const rq_cfg *c, const cJSON *sec,
+                       char *err, size_t cap) {
+  const spi_modentry *m = find_store(e, c->store, strlen(c->store));
+  if (m->builtin || !m->m.replay_store.check) return SPI_OK;
+  const cJSON *sc = cJSON_GetObjectItemCaseSensitive(sec, "store_config");
+  char *text = sc && !cJSON_IsNull(sc) ? cJSON_PrintUnformatted(sc) : NULL;
+  if (sc && !cJSON_IsNull(sc) && !text) {
+    spi__errf(err, cap, "replay: out of memory");
+    return SPI_ENOMEM;
+  }
+  char merr[SPI_ERRMSG_CAP] = "";
+  int rc = m->m.replay_store.check(m->state, text ? text : "{}",
+                                   text ? strlen(text) : 2, merr, sizeof merr);
+  cJSON_free(text);
+  if (rc == SPI_OK) return SPI_OK;
+  if (rc > 0 || strcmp(spi_strerror(rc), "unknown status") == 0)
+    rc = SPI_EMODULE;
+  spi__errf(err, cap, "%s", merr[0] ? merr : spi_strerror(rc));
+  return rc;
+}
+
 int spi__replay_check_section(spi_engine *e, const cJSON *root, char *err,
                               size_t errcap) {
   const cJSON *sec = cJSON_GetObjectItemCaseSensitive(root, "replay");
@@ -765,7 +787,9 @@ int spi__replay_check_section(spi_engine *e, const cJSON *root, char *err,
   /* The engine's configure holds config_lock: a store may load here. */
   int rc = load_store(e, sec, err, errcap);
   rq_cfg c;
-  return rc == SPI_OK ? read_cfg(e, sec, &c, err, errcap) : rc;
+  if (rc == SPI_OK) rc = read_cfg(e, sec, &c, err, errcap);
+  if (rc == SPI_OK) rc = check_store(e, &c, sec, err, errcap);
+  return rc;
 }
 
 /* spi_replay_open: a store that is not registered but loadable loads under

@@ -582,6 +582,21 @@ static int r_configure(void *state, const char *json, size_t len,
   return SPI_OK;
 }
 
+static int r_check(void *state, const char *json, size_t len, char *err,
+                   size_t cap) {
+  (void)state;
+  spr_config c;
+  int rc = spr_config_parse(json, len, "replay.store_config", NULL, &c, err,
+                            cap);
+#ifndef SPR_HAVE_TLS
+  if (rc == SPI_OK && c.tls)
+    rc = rfail(err, cap, SPI_ENOTSUP,
+               "replay.store_config.tls: this libspotinfer_redis was built "
+               "without TLS");
+#endif
+  return rc;
+}
+
 int spr_store_fill(void *module, void **state, spi_module_destroy_fn *destroy) {
   spi_replay_store_module *m = module;
   m->abi_version = SPI_MODULE_ABI_VERSION;
@@ -596,6 +611,7 @@ int spr_store_fill(void *module, void **state, spi_module_destroy_fn *destroy) {
   m->nack = r_nack;
   m->queue_stats = r_queue_stats;
   m->tick = r_tick;
+  m->check = r_check;
   *state = NULL;
   *destroy = NULL;
   return SPI_OK;

@@ -497,6 +497,12 @@ typedef struct spi_replay_store_module {
    * NULL. */
   int (*tick)(void *state, void *instance, const spi_replay_ctx *ctx,
               char *errbuf, size_t errcap);
+  /* Any store, since 0.3.0; may be NULL. Check a configuration (what
+   * configure would get) without opening anything: spi_engine_configure
+   * calls it for the "replay" section's store, so a bad store_config is
+   * refused there like every other option, not only at spi_replay_open. */
+  int (*check)(void *state, const char *config_json, size_t config_len,
+               char *errbuf, size_t errcap);
 } spi_replay_store_module;
 
 /* ------------------------------------------------------------- fleet bus */

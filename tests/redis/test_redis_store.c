@@ -62,6 +62,16 @@ static void test_loaded_by_configuration(void **st) {
   assert_int_equal(spi_engine_module_name(e, SPI_MODULE_REPLAY_STORE, 2, &name),
                    SPI_OK);
   assert_string_equal(name, "redis");
+  /* store_config is checked at configure time, like every option. */
+  const char *bad =
+      "{\"replay\":{\"store\":\"redis\",\"store_config\":{\"adress\":1}}}";
+  assert_int_equal(spi_engine_configure(e, bad, strlen(bad)), SPI_EUNKNOWN);
+  assert_non_null(
+      strstr(spi_engine_errmsg(e), "replay.store_config.adress: unknown key"));
+  bad = "{\"replay\":{\"store\":\"redis\",\"store_config\":"
+        "{\"address\":\"h:0\"}}}";
+  assert_int_equal(spi_engine_configure(e, bad, strlen(bad)), SPI_ERANGE);
+  assert_non_null(strstr(spi_engine_errmsg(e), "port must be 1..65535"));
   /* Configuring again finds it registered. */
   assert_int_equal(spi_engine_configure(e, cfg, strlen(cfg)), SPI_OK);
   assert_int_equal(spi_engine_module_name(e, SPI_MODULE_REPLAY_STORE, 3, &name),
