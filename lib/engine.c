@@ -214,53 +214,6 @@ static int read_priority_map(const cJSON *root, spi_snapshot *s, char *err,
   return SPI_OK;
 }
 
-/* JSON text of a subtree for a module's configure ("{}" when absent). */
-static char *section_text(const cJSON *sec) {
-  if (!sec) return NULL;
-  return cJSON_PrintUnformatted(sec);
-}
-
-/* Whether rc is one of enum spi_status (a module may return anything). */
-static int known_status(int rc) {
-  return strcmp(spi_strerror(rc), spi_strerror(INT32_MIN)) != 0;
-}
-
-static int configure_one(spi_engine *e, spi_modentry *m, const cJSON *sec,
-                         const char *shown, void **out_inst, char *err,
-                         size_t errcap) {
-  char *text = section_text(sec);
-  if (sec && !text) {
-    spi__errf(err, errcap, "%s: out of memory", shown);
-    return SPI_ENOMEM;
-  }
-  char merr[SPI_ERRMSG_CAP] = "";
-  void *inst = NULL;
-  atomic_store(&e->configuring, 1);
-  int rc = m->configure(m->state, text ? text : "{}", text ? strlen(text) : 2,
-                        &inst, merr, sizeof merr);
-  atomic_store(&e->configuring, 0);
-  cJSON_free(text);
-  if (rc != SPI_OK) {
-    if (rc > 0 || !known_status(rc)) rc = SPI_EMODULE;
-    if (m->builtin)
-      spi__errf(err, errcap, "%s", merr[0] ? merr : spi_strerror(rc));
-    else
-      spi__errf(err, errcap, "%s: %s module \"%s\": %s", shown,
-                spi_module_kind_name(m->kind), m->name,
-                merr[0] ? merr : spi_strerror(rc));
-    if (inst && m->release) m->release(m->state, inst);
-    return rc;
-  }
-  *out_inst = inst;
-  return SPI_OK;
-}
-
-int spi__module_configure(spi_engine *e, spi_modentry *m, const cJSON *sec,
-                          const char *shown, void **out_inst, char *err,
-                          size_t errcap) {
-  return configure_one(e, m, sec, shown, out_inst, err, errcap);
-}
-
 /* The section a module reads: a built-in's own, else module_config.<name>. */
 static const cJSON *module_section(const cJSON *root, const spi_modentry *m) {
   if (m->builtin) return cJSON_GetObjectItemCaseSensitive(root, m->section);
@@ -284,8 +237,8 @@ static int configure_shadow(spi_engine *e, const cJSON *root, spi_snapshot *s,
            m->builtin ? m->section : m->name);
   s->shadow.mod = m;
   s->shadow.builtin = m;
-  return configure_one(e, m, module_section(root, m), shown, &s->shadow.inst,
-                       err, errcap);
+  return spi__module_configure(e, m, module_section(root, m), shown,
+                               &s->shadow.inst, err, errcap);
 }
 
 static const struct {
@@ -349,8 +302,8 @@ static int configure_modules(spi_engine *e, const cJSON *root, spi_snapshot *s,
     sl->mod = sel;
     /* The built-in is always configured: it is the fallback. */
     const cJSON *bsec = cJSON_GetObjectItemCaseSensitive(root, bi->section);
-    if ((rc = configure_one(e, bi, bsec, bi->section, &sl->builtin_inst, err,
-                            errcap)))
+    if ((rc = spi__module_configure(e, bi, bsec, bi->section,
+                                    &sl->builtin_inst, err, errcap)))
       return rc;
     if (sel == bi) {
       sl->inst = sl->builtin_inst;
@@ -359,7 +312,8 @@ static int configure_modules(spi_engine *e, const cJSON *root, spi_snapshot *s,
       snprintf(shown, sizeof shown, "module_config.%s", sel->name);
       const cJSON *usec =
           mcfg ? cJSON_GetObjectItemCaseSensitive(mcfg, sel->name) : NULL;
-      if ((rc = configure_one(e, sel, usec, shown, &sl->inst, err, errcap)))
+      if ((rc = spi__module_configure(e, sel, usec, shown, &sl->inst, err,
+                                      errcap)))
         return rc;
     }
   }

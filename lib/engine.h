@@ -234,7 +234,7 @@ int32_t spi__nodes_initial(spi_engine *e, const spi_replica_ident *r,
                            int64_t *cooldown_until);
 
 struct cJSON;
-/* Configure module m with its section sec (engine.c), as configure does
+/* Configure module m with its section sec (modules.c), as configure does
  * for every kind; messages name it as shown. */
 int spi__module_configure(spi_engine *e, spi_modentry *m, const struct cJSON *sec,
                           const char *shown, void **out_inst, char *err,

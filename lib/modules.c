@@ -1,10 +1,15 @@
 /*
  * modules.c - the engine's module registry: registration checks and copies a
  * module struct, lists names, and registers the built-ins. Configure (the
- * roof, engine.c) selects and configures registered modules by name.
+ * roof, engine.c) selects registered modules by name and configures each
+ * through spi__module_configure.
  */
 #include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
 #include <string.h>
+
+#include <cjson/cJSON.h>
 
 #include "engine.h"
 #include "replay.h" /* spi__module_register_loaded */
@@ -259,4 +264,48 @@ void spi__modules_free(spi_engine *e) {
     m = next;
   }
   e->modules = NULL;
+}
+
+/* JSON text of a subtree for a module's configure ("{}" when absent). */
+static char *section_text(const cJSON *sec) {
+  if (!sec) return NULL;
+  return cJSON_PrintUnformatted(sec);
+}
+
+/* Whether rc is one of enum spi_status (a module may return anything). */
+static int known_status(int rc) {
+  return strcmp(spi_strerror(rc), spi_strerror(INT32_MIN)) != 0;
+}
+
+/* Configure one module from its config section (NULL: "{}"), naming it as
+ * shown in messages. The roof (engine.c) calls it for every selected module
+ * and the fleet bus (notice_bus.c) for its own. */
+int spi__module_configure(spi_engine *e, spi_modentry *m, const cJSON *sec,
+                          const char *shown, void **out_inst, char *err,
+                          size_t errcap) {
+  char *text = section_text(sec);
+  if (sec && !text) {
+    spi__errf(err, errcap, "%s: out of memory", shown);
+    return SPI_ENOMEM;
+  }
+  char merr[SPI_ERRMSG_CAP] = "";
+  void *inst = NULL;
+  atomic_store(&e->configuring, 1);
+  int rc = m->configure(m->state, text ? text : "{}", text ? strlen(text) : 2,
+                        &inst, merr, sizeof merr);
+  atomic_store(&e->configuring, 0);
+  cJSON_free(text);
+  if (rc != SPI_OK) {
+    if (rc > 0 || !known_status(rc)) rc = SPI_EMODULE;
+    if (m->builtin)
+      spi__errf(err, errcap, "%s", merr[0] ? merr : spi_strerror(rc));
+    else
+      spi__errf(err, errcap, "%s: %s module \"%s\": %s", shown,
+                spi_module_kind_name(m->kind), m->name,
+                merr[0] ? merr : spi_strerror(rc));
+    if (inst && m->release) m->release(m->state, inst);
+    return rc;
+  }
+  *out_inst = inst;
+  return SPI_OK;
 }
