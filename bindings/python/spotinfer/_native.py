@@ -667,6 +667,40 @@ COMPACT_FN = CFUNCTYPE(c_int, c_void_p, c_void_p, POINTER(ReplayRecord),
 STORE_STATS_FN = CFUNCTYPE(c_int, c_void_p, c_void_p, POINTER(ReplayStoreStats))
 
 
+class ReplayCtx(_Struct):
+    """What a queue store's calls get: the queue's settings and the time."""
+    _c_name_ = "spi_replay_ctx"
+    _fields_ = [
+        ("struct_size", c_size_t),
+        ("now_ns", c_int64),
+        ("lease_ms", c_int64),
+        ("max_attempts", c_uint32),
+        ("reserved0", c_uint32),
+        ("max_bytes", c_int64),
+        ("max_acked_keys", c_int64),
+        ("max_dead", c_int64),
+    ]
+
+
+# A queue store's callbacks (since 0.3.0). The binding mirrors them so the
+# struct's layout is the header's; a queue store is a C module (for example
+# libspotinfer_redis's "redis"), selected by configuration.
+ENVELOPE_FN = CFUNCTYPE(c_int, c_void_p, c_void_p)
+Q_ENQUEUE_FN = CFUNCTYPE(c_int, c_void_p, c_void_p, POINTER(ReplayCtx), c_void_p,
+                         POINTER(c_int32), c_void_p, c_size_t)
+Q_CLAIM_FN = CFUNCTYPE(c_int, c_void_p, c_void_p, POINTER(ReplayCtx), c_uint32,
+                       ENVELOPE_FN, c_void_p, POINTER(c_uint64), c_void_p, c_size_t)
+Q_ACK_FN = CFUNCTYPE(c_int, c_void_p, c_void_p, POINTER(ReplayCtx), c_uint64,
+                     c_void_p, c_size_t)
+Q_NACK_FN = CFUNCTYPE(c_int, c_void_p, c_void_p, POINTER(ReplayCtx), c_uint64,
+                      c_uint32, c_int64, c_int32, c_void_p, c_size_t)
+Q_STATS_FN = CFUNCTYPE(c_int, c_void_p, c_void_p, POINTER(ReplayCtx), c_void_p,
+                       c_void_p, c_size_t)
+Q_TICK_FN = CFUNCTYPE(c_int, c_void_p, c_void_p, POINTER(ReplayCtx), c_void_p,
+                      c_size_t)
+STORE_CHECK_FN = CFUNCTYPE(c_int, c_void_p, c_void_p, c_size_t, c_void_p, c_size_t)
+
+
 class ReplayStoreModule(_ModuleStruct):
     _c_name_ = "spi_replay_store_module"
     _fields_ = [
@@ -681,6 +715,13 @@ class ReplayStoreModule(_ModuleStruct):
         ("sync", SYNC_FN),
         ("compact", COMPACT_FN),
         ("stats", STORE_STATS_FN),
+        ("enqueue", Q_ENQUEUE_FN),
+        ("claim", Q_CLAIM_FN),
+        ("ack", Q_ACK_FN),
+        ("nack", Q_NACK_FN),
+        ("queue_stats", Q_STATS_FN),
+        ("tick", Q_TICK_FN),
+        ("check", STORE_CHECK_FN),
     ]
 
 
@@ -691,7 +732,7 @@ STRUCTS: Tuple[type, ...] = (
     Signals, ParseReport, Notice, TicketPlan, Envelope, ReplayStats, RequestView,
     DegradeLevels, ClassifierModule, KeyBuilderModule,
     CostModelModule, Candidate, PoolSummary, RouteContext, PolicyChoice,
-    PolicyModule, ReplayRecord, ReplayStoreStats, ReplayStoreModule,
+    PolicyModule, ReplayRecord, ReplayStoreStats, ReplayCtx, ReplayStoreModule,
 )
 
 
