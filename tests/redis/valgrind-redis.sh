@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# The redis-labelled test programs of a build tree under valgrind memcheck,
+# The redis-labelled test programs of a build tree under valgrind memcheck
+# (each with the build tree on LD_LIBRARY_PATH, where a statically linked
+# engine finds libspotinfer_redis, as ctest gives them; each bounded),
 # against the server of the `redis` stage (SPI_REDIS_PORT): any error or
 # definite/indirect leak fails. The replay-queue tests run on the Redis
 # store, so the engine's dlopen()ed libspotinfer_redis is checked too.
@@ -15,7 +17,9 @@ rc=0
 run() { # <name> <command...> (the environment is this script's)
   local name=$1 log="$build/valgrind-redis.$1.log"
   shift
-  if "${vg[@]}" "$@" >"$log" 2>&1; then
+  # Bounded: a test that hangs (a child that cannot load the library and
+  # a parent waiting for it) fails here instead of holding the stage.
+  if timeout 600 "${vg[@]}" "$@" >"$log" 2>&1; then
     echo "ok   $name (valgrind)"
   else
     echo "FAIL $name (valgrind), log $log:"
@@ -25,7 +29,7 @@ run() { # <name> <command...> (the environment is this script's)
 }
 export SPI_REDIS_PORT
 run test_redis_conn "$build/tests/redis/test_redis_conn"
-run test_redis_bus "$build/tests/redis/test_redis_bus"
+LD_LIBRARY_PATH=$build run test_redis_bus "$build/tests/redis/test_redis_bus"
 LD_LIBRARY_PATH=$build run test_redis_store "$build/tests/redis/test_redis_store"
 SPI_REPLAY_TEST_STORE=redis LD_LIBRARY_PATH=$build \
   run test_replay_on_redis "$build/tests/test_replay"
