@@ -15,7 +15,10 @@
  *   4. replay queue mu      replay.c, then the journal's mu, then its
  *                           process-wide open_lock (journal.c)
  *   5. leaves               err.lock (errtab), the ledger's lock, the memory store's
- *                           mu, a queue's err.lock: nothing is taken under them
+ *                           mu, a queue's err.lock, a queue store's mu
+ *                           (replay_shared.c), the loader's process-wide
+ *                           load_mu (module_load.c, taken under config_lock):
+ *                           nothing is taken under them
  *
  * Two rules make pins and locks safe together:
  *   A. A pinned thread may take any lock, in the order above. So nobody may
@@ -252,11 +255,14 @@ int spi__fleet_configure(spi_engine *e, const struct cJSON *root,
                          spi_snapshot *s, char *err, size_t errcap);
 /* The snapshot's reference, dropped when the snapshot is freed. */
 void spi__fleet_ref_drop(spi_engine *e, struct spi_fleet_ref *r);
-/* notice_bus_load.c: register the bus of libspotinfer_redis for "redis";
- * SPI_ENOTFOUND for any other name (err empty) or a missing library (err
- * says). config_lock held. */
-int spi__fleet_autoload(spi_engine *e, const char *name, size_t len,
-                        char *err, size_t cap);
+/* module_load.c: a module of kind (a replay store or a fleet bus) the
+ * engine can load by itself: name "redis" loads libspotinfer_redis.so.0
+ * and registers its module of that kind. what names the option in
+ * messages. The caller holds config_lock. SPI_OK when registered (or
+ * already there); SPI_ENOTFOUND for a name that is not loadable (err
+ * empty) or a missing library (err says); SPI_EMODULE, SPI_ENOMEM. */
+int spi__module_autoload(spi_engine *e, int32_t kind, const char *name,
+                         size_t len, const char *what, char *err, size_t cap);
 
 /* node.c and notice_bus.c: what the bus hands back, applied as
  * spi_engine_notice would but not published again and not planned (the

@@ -127,9 +127,10 @@ int spi__fleet_configure(spi_engine *e, const cJSON *root, spi_snapshot *s,
   if (rc != SPI_OK || nlen == 0) return rc;
   spi_modentry *m = spi__module_find(e, SPI_MODULE_FLEET_BUS, name, nlen);
   if (!m) {
-    /* "redis": loaded from libspotinfer_redis (notice_bus_load.c). */
+    /* "redis": loaded from libspotinfer_redis (module_load.c). */
     char lerr[SPI_ERRMSG_CAP] = "";
-    rc = spi__fleet_autoload(e, name, nlen, lerr, sizeof lerr);
+    rc = spi__module_autoload(e, SPI_MODULE_FLEET_BUS, name, nlen,
+                              "modules.fleet_bus", lerr, sizeof lerr);
     if (rc == SPI_OK) m = spi__module_find(e, SPI_MODULE_FLEET_BUS, name, nlen);
     if (!m && lerr[0]) {
       spi__errf(err, errcap, "%s", lerr);

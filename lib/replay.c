@@ -744,7 +744,7 @@ static int read_cfg(spi_engine *e, const cJSON *obj, rq_cfg *c, char *err,
 }
 
 /* A "replay.store" nobody registered that the engine knows how to load
- * (replay_load.c) is loaded now; any other name is read_cfg's to refuse.
+ * (module_load.c) is loaded now; any other name is read_cfg's to refuse.
  * The caller holds config_lock. */
 static int load_store(spi_engine *e, const cJSON *sec, char *err, size_t cap) {
   const cJSON *st = cJSON_GetObjectItemCaseSensitive(sec, "store");
@@ -752,7 +752,8 @@ static int load_store(spi_engine *e, const cJSON *sec, char *err, size_t cap) {
   size_t n = strlen(st->valuestring);
   if (find_store(e, st->valuestring, n)) return SPI_OK;
   char lerr[SPI_ERRMSG_CAP] = "";
-  int rc = spi__replay_autoload(e, st->valuestring, n, lerr, sizeof lerr);
+  int rc = spi__module_autoload(e, SPI_MODULE_REPLAY_STORE, st->valuestring,
+                                 n, "replay.store", lerr, sizeof lerr);
   if (rc == SPI_OK || !lerr[0]) return SPI_OK; /* read_cfg says the rest */
   spi__errf(err, cap, "%s", lerr);
   return rc;

@@ -88,14 +88,6 @@ int spi__replay_drain(spi_replay_queue *q,
                       int (*push)(void *ud, const spi_envelope *env),
                       void *ud, size_t max, size_t *moved);
 
-/* ---------------------------------------------- loading (replay_load.c) */
-
-/* A replay store the engine can load by itself (name "redis": loads
- * libspotinfer_redis.so.0 and registers its store). The caller holds the
- * engine's config_lock. SPI_ENOTFOUND (not a loadable name, or the library
- * is missing: err says), SPI_EMODULE, SPI_ENOMEM. */
-int spi__replay_autoload(spi_engine *e, const char *name, size_t len,
-                         char *err, size_t cap);
 
 /* modules.c: register a module loaded at run time (not a built-in). */
 int spi__module_register_loaded(spi_engine *e, int32_t kind, const char *name,

@@ -1,9 +1,9 @@
 /*
- * replay_load.c - optional modules the engine loads by itself: a
- * "replay.store" of "redis" that nobody registered loads
- * libspotinfer_redis.so.0 (spotinfer_redis.h), asks its one entry point for
- * the store module and registers it under that name, so a configuration is
- * all a binding needs.
+ * module_load.c - optional modules the engine loads by itself. A
+ * "replay.store" or "modules.fleet_bus" of "redis" that nobody registered
+ * loads libspotinfer_redis.so.0 (spotinfer_redis.h), asks its one entry
+ * point for the module of that kind and registers it under that name, so a
+ * configuration is all a binding needs.
  *
  * Where the file is looked for: beside the libspotinfer that runs (so an
  * installed prefix, a wheel or a build tree finds its own copy), then by
@@ -11,11 +11,12 @@
  * A library once loaded stays loaded for the life of the process (it is
  * never dlclose()d: engines freed later still run its destroy callback).
  *
- * Registration must not race other calls on the engine's module list:
- * it runs under config_lock (spi_engine_configure holds it already when it
- * validates "replay"; spi_replay_open takes it), and the module is appended
- * to the list with a release store, so a thread walking the list without
- * the lock (spi_engine_module_name) sees it whole or not at all.
+ * Registration must not race other calls on the engine's module list: it
+ * runs under config_lock (spi_engine_configure holds it already when it
+ * reads "replay" and "modules"; spi_replay_open takes it), and the module
+ * is appended to the list with a release store, so a thread walking the
+ * list without the lock (spi_engine_module_name) sees it whole or not at
+ * all. load_mu, process-wide, is taken under config_lock and is a leaf.
  */
 #define _GNU_SOURCE /* dladdr */
 #include <dlfcn.h>
@@ -23,7 +24,7 @@
 #include <string.h>
 
 #include "engine.h"
-#include "replay.h"
+#include "replay.h" /* spi__module_register_loaded */
 
 #define LOAD_NAME "redis"
 #define LOAD_FILE "libspotinfer_redis.so.0"
@@ -35,7 +36,6 @@ typedef int (*get_module_fn)(int32_t kind, const char *name, void *module,
 
 /* Process-wide: one dlopen, whatever the number of engines. */
 static pthread_mutex_t load_mu = PTHREAD_MUTEX_INITIALIZER;
-static void *load_handle;
 static get_module_fn load_entry;
 
 /* The directory of the libspotinfer this code runs in, with a '/', or "". */
@@ -51,8 +51,9 @@ static void own_dir(char *buf, size_t cap) {
   buf[n] = '\0';
 }
 
-/* With load_mu held: the entry point, loading the library the first time. */
-static get_module_fn entry_locked(char *err, size_t cap) {
+/* With load_mu held: the entry point, loading the library the first time.
+ * what names the option in messages. */
+static get_module_fn entry_locked(const char *what, char *err, size_t cap) {
   if (load_entry) return load_entry;
   char path[4096];
   own_dir(path, sizeof path - sizeof LOAD_FILE);
@@ -65,47 +66,51 @@ static get_module_fn entry_locked(char *err, size_t cap) {
   if (!h) {
     const char *why = dlerror();
     spi__errf(err, cap,
-              "replay.store: \"" LOAD_NAME "\" needs " LOAD_FILE
+              "%s: \"" LOAD_NAME "\" needs " LOAD_FILE
               " (libspotinfer_redis, built when hiredis is installed): %s",
-              why ? why : "not found");
+              what, why ? why : "not found");
     return NULL;
   }
   void *sym = dlsym(h, LOAD_ENTRY);
   if (!sym) {
-    spi__errf(err, cap, "replay.store: " LOAD_FILE " has no " LOAD_ENTRY);
+    spi__errf(err, cap, "%s: " LOAD_FILE " has no " LOAD_ENTRY, what);
     dlclose(h);
     return NULL;
   }
-  load_handle = h;
   /* POSIX: a function pointer round-trips through void *. */
   memcpy(&load_entry, &sym, sizeof sym);
   return load_entry;
 }
 
-int spi__replay_autoload(spi_engine *e, const char *name, size_t len,
-                         char *err, size_t cap) {
+int spi__module_autoload(spi_engine *e, int32_t kind, const char *name,
+                         size_t len, const char *what, char *err, size_t cap) {
   if (len != strlen(LOAD_NAME) || memcmp(name, LOAD_NAME, len) != 0)
     return SPI_ENOTFOUND;
-  if (spi__module_find(e, SPI_MODULE_REPLAY_STORE, name, len)) return SPI_OK;
+  if (kind != SPI_MODULE_REPLAY_STORE && kind != SPI_MODULE_FLEET_BUS)
+    return SPI_ENOTFOUND;
+  if (spi__module_find(e, kind, name, len)) return SPI_OK;
   pthread_mutex_lock(&load_mu);
-  get_module_fn get = entry_locked(err, cap);
+  get_module_fn get = entry_locked(what, err, cap);
   pthread_mutex_unlock(&load_mu);
   if (!get) return SPI_ENOTFOUND;
-  spi_replay_store_module m;
+  union {
+    spi_replay_store_module store;
+    spi_fleet_bus_module bus;
+  } m;
+  size_t size = kind == SPI_MODULE_REPLAY_STORE ? sizeof m.store : sizeof m.bus;
   void *state = NULL;
   spi_module_destroy_fn destroy = NULL;
-  int rc = get(SPI_MODULE_REPLAY_STORE, LOAD_NAME, &m, sizeof m, &state,
-               &destroy);
+  int rc = get(kind, LOAD_NAME, &m, size, &state, &destroy);
   if (rc != SPI_OK) {
-    spi__errf(err, cap, "replay.store: " LOAD_FILE ": " LOAD_ENTRY ": %s",
-              spi_strerror(rc));
+    spi__errf(err, cap, "%s: " LOAD_FILE ": " LOAD_ENTRY " has no %s: %s",
+              what, spi_module_kind_name(kind), spi_strerror(rc));
     return rc == SPI_ENOMEM ? rc : SPI_EMODULE;
   }
-  rc = spi__module_register_loaded(e, SPI_MODULE_REPLAY_STORE, LOAD_NAME,
-                                   len, &m, state, destroy);
+  rc = spi__module_register_loaded(e, kind, LOAD_NAME, len, &m, state,
+                                   destroy);
   if (rc != SPI_OK) {
     if (destroy) destroy(state);
-    spi__errf(err, cap, "replay.store: registering \"" LOAD_NAME "\": %s",
+    spi__errf(err, cap, "%s: registering \"" LOAD_NAME "\": %s", what,
               spi_strerror(rc));
   }
   return rc;
