@@ -69,7 +69,10 @@ class _EngineState:
         # Live requests and replay queues: key -> (finalizer, weakref to
         # the object); the engine frees them before itself.
         self.requests: Dict[int, Tuple[weakref.finalize, "weakref.ref[Any]"]] = {}
-        self.lock = threading.Lock()
+        # Reentrant: the garbage collector may run a request's finalizer
+        # (_free_child, which takes it) at any allocation, including one
+        # made while this thread holds it.
+        self.lock = threading.RLock()
         self.seq = itertools.count(1)
         # The last exception raised inside a Python module callback, per
         # thread, so a failed call can chain it as the cause.
@@ -88,11 +91,13 @@ class _EngineState:
         return fin
 
     def free(self) -> None:
+        # Swap the table out under the lock; a finalizer the collector runs
+        # meanwhile pops from the new, empty one, never from the one read.
         with self.lock:
-            reqs = list(self.requests.values())
-            self.requests.clear()
-        # Requests must be freed before their engine.
-        for fin, ref in reqs:
+            taken, self.requests = self.requests, {}
+        # Requests must be freed before their engine (a finalizer that
+        # already ran makes fin() do nothing).
+        for fin, ref in list(taken.values()):
             fin()
             r = ref()
             if r is not None:
