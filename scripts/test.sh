@@ -337,7 +337,8 @@ print(p)')
   export SPOTINFER_LIBRARY="$libdir/libspotinfer.so.0"
   export LD_LIBRARY_PATH="$libdir${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
   local rc=0
-  (cd "$pkg" && "$venv/bin/python" -m pytest -q tests) || rc=$?
+  # Bounded: a hang fails the stage instead of the whole run.
+  (cd "$pkg" && timeout 900 "$venv/bin/python" -m pytest -q tests) || rc=$?
   if [[ $rc -eq 5 ]]; then
     note "bindings/python/tests holds no tests"
     return 1
@@ -462,7 +463,7 @@ stage_litellm() {
   export SPI_FAKELLM="$out/fakellm"
   export LITELLM_LOCAL_MODEL_COST_MAP=True
   note "pytest tests/litellm"
-  (cd "$root/tests/litellm" && "$venv/bin/python" -m pytest -q -p no:cacheprovider \
+  (cd "$root/tests/litellm" && timeout 900 "$venv/bin/python" -m pytest -q -p no:cacheprovider \
     -W ignore::DeprecationWarning .)
   note "the Router with and without the strategy (tests/litellm/bench.py --smoke)"
   "$venv/bin/python" "$root/tests/litellm/bench.py" --smoke
