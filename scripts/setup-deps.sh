@@ -28,14 +28,6 @@ if ! command -v go >/dev/null 2>&1; then
   packages+=(golang-go)
 fi
 
-missing=()
-for p in "${packages[@]}"; do
-  status=$(dpkg-query -W -f='${Status}' "$p" 2>/dev/null || true)
-  if [[ "$status" != "install ok installed" ]]; then
-    missing+=("$p")
-  fi
-done
-
 # The gateway drill's real components (pip and Go modules), once the
 # Debian packages they need are in.
 gateway_deps() {
@@ -44,25 +36,5 @@ gateway_deps() {
   bash "$(dirname "${BASH_SOURCE[0]}")/setup-redis-deps.sh"
 }
 
-if [[ ${#missing[@]} -eq 0 ]]; then
-  echo "setup-deps: all ${#packages[@]} packages already installed"
-  gateway_deps
-  exit 0
-fi
-
-if [[ $(id -u) -eq 0 ]]; then
-  sudo=()
-elif command -v sudo >/dev/null 2>&1; then
-  sudo=(sudo)
-else
-  echo "setup-deps: missing packages (${missing[*]}) and not root, no sudo" >&2
-  exit 1
-fi
-
-echo "setup-deps: installing ${missing[*]}"
-export DEBIAN_FRONTEND=noninteractive
-"${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -qq
-"${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
-  --no-install-recommends -o Dpkg::Use-Pty=0 "${missing[@]}" >/dev/null
-echo "setup-deps: done"
+bash "$(dirname "${BASH_SOURCE[0]}")/apt-install.sh" --name setup-deps "${packages[@]}"
 gateway_deps

@@ -5,7 +5,9 @@
 #
 # Stages (each prints a header; the run goes on after a failed stage where it
 # can and exits nonzero at the end if any stage failed):
-#   deps      scripts/setup-deps.sh
+#   deps      tests/scripts/test_apt_install.sh (scripts/apt-install.sh, the
+#             setup scripts' apt step, on a made-up machine), then
+#             scripts/setup-deps.sh
 #   length    scripts/check-length.py: no function in lib/ over 120 lines
 #             unless a comment containing "length:" above it says why
 #   docs      scripts/check-doc-links.py: every relative link of README.md,
@@ -139,6 +141,7 @@ fail_stage() { # <name> <why>
 # --------------------------------------------------------------- stages
 
 stage_deps() {
+  bash "$root/tests/scripts/test_apt_install.sh"
   bash "$root/scripts/setup-deps.sh"
 }
 
