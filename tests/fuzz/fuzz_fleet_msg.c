@@ -15,6 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "../unit/fake_bus.h"
 #include "spotinfer/spotinfer.h"
 #include "spotinfer/spotinfer_module.h"
 
@@ -62,19 +63,7 @@ static int f_poll(void *state, void *inst, size_t max, spi_fleet_msg_fn fn,
 
 static void add(const char *id, const char *node, const char *type,
                 const char *zone) {
-  spi_replica_info ri;
-  memset(&ri, 0, sizeof ri);
-  ri.struct_size = sizeof ri;
-  ri.id = id;
-  ri.id_len = strlen(id);
-  ri.node = node;
-  ri.node_len = strlen(node);
-  ri.pool = SPI_POOL_SPOT;
-  ri.instance_type = type;
-  ri.instance_type_len = strlen(type);
-  ri.zone = zone;
-  ri.zone_len = strlen(zone);
-  ri.usd_per_hour = 1.8;
+  spi_replica_info ri = fb_replica(id, node, SPI_POOL_SPOT, type, zone);
   ri.max_inflight = 8;
   CHECK(spi_replica_upsert(engine, &ri) == SPI_OK);
 }
@@ -90,14 +79,7 @@ static void setup(void) {
   h.struct_size = sizeof h;
   h.clock = fixed_clock;
   CHECK(spi_engine_new(&engine, &h) == SPI_OK);
-  spi_fleet_bus_module m;
-  memset(&m, 0, sizeof m);
-  m.abi_version = SPI_MODULE_ABI_VERSION;
-  m.struct_size = sizeof m;
-  m.configure = f_configure;
-  m.release = f_release;
-  m.publish = f_publish;
-  m.poll = f_poll;
+  spi_fleet_bus_module m = fb_module(f_configure, f_release, f_publish, f_poll);
   CHECK(spi_engine_register_module(engine, SPI_MODULE_FLEET_BUS, "fuzz", 4,
                                    &m, NULL, NULL) == SPI_OK);
   static const char cfg[] = "{\"modules\":{\"fleet_bus\":\"fuzz\"}}";

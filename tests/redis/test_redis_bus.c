@@ -32,8 +32,9 @@
 #include "redis_conn.h"
 #include "spotinfer/spotinfer.h"
 #include "spotinfer/spotinfer_redis.h"
+#include "unit/fake_bus.h"
 
-#define SEC 1000000000LL
+#define SEC FB_SEC
 
 static int server_port(void) {
   const char *p = getenv("SPI_REDIS_PORT");
@@ -79,56 +80,16 @@ static void configure(spi_engine *e, const char *json) {
 
 static void add(spi_engine *e, const char *id, const char *node, int32_t pool,
                 const char *type, const char *zone) {
-  spi_replica_info ri;
-  memset(&ri, 0, sizeof ri);
-  ri.struct_size = sizeof ri;
-  ri.id = id;
-  ri.id_len = strlen(id);
-  ri.node = node;
-  ri.node_len = strlen(node);
-  ri.pool = pool;
-  ri.instance_type = type;
-  ri.instance_type_len = strlen(type);
-  ri.zone = zone;
-  ri.zone_len = strlen(zone);
-  ri.usd_per_hour = pool == SPI_POOL_SPOT ? 1.8 : 4.5;
-  ri.max_inflight = 64;
-  assert_int_equal(spi_replica_upsert(e, &ri), SPI_OK);
-  spi_load l;
-  memset(&l, 0, sizeof l);
-  l.struct_size = sizeof l;
-  l.running = 1;
-  l.kv_usage = 0.2;
-  assert_int_equal(spi_replica_report_load(e, id, strlen(id), &l), SPI_OK);
+  spi_replica_info ri = fb_replica(id, node, pool, type, zone);
+  fb_add_loaded(e, &ri);
 }
 
+/* A terminate notice for node, due in two minutes of the real clock. */
 static spi_notice notice(const char *node, const char *key) {
-  spi_notice n;
-  memset(&n, 0, sizeof n);
-  n.struct_size = sizeof n;
-  n.kind = SPI_NOTICE_TERMINATE;
-  n.format = SPI_NOTICE_AWS_INSTANCE_ACTION;
-  n.active = 1;
   struct timespec ts;
   clock_gettime(CLOCK_REALTIME, &ts);
-  n.deadline_ns = (int64_t)ts.tv_sec * SEC + ts.tv_nsec + 120 * SEC;
-  snprintf(n.node, sizeof n.node, "%s", node);
-  snprintf(n.dedup_key, sizeof n.dedup_key, "%s", key);
-  return n;
-}
-
-static spi_fleet_stats stats(spi_engine *e) {
-  spi_fleet_stats s;
-  memset(&s, 0, sizeof s);
-  s.struct_size = sizeof s;
-  assert_int_equal(spi_engine_fleet_stats(e, &s), SPI_OK);
-  return s;
-}
-
-static int32_t state_of(spi_engine *e, const char *node) {
-  int32_t st = 0;
-  assert_int_equal(spi_node_get_state(e, node, strlen(node), &st), SPI_OK);
-  return st;
+  return fb_notice(node, (int64_t)ts.tv_sec * SEC + ts.tv_nsec + 120 * SEC,
+                   key);
 }
 
 /* The replica a silver request with prompt p goes to ("" if none). */
@@ -281,7 +242,7 @@ static void test_two_processes(void **st) {
   size_t np = 0;
   assert_int_equal(spi_engine_notice(a, &n1, NULL, 0, &np), SPI_OK);
   assert_int_equal(spi_engine_notice(a, &n2, NULL, 0, &np), SPI_OK);
-  spi_fleet_stats s = stats(a);
+  spi_fleet_stats s = fb_stats(a);
   assert_int_equal(s.published, 4); /* two notices, two cooldowns */
   assert_int_equal(s.publish_failed, 0);
   assert_int_equal(write(to_b[1], "go\n", 3), 3);
@@ -291,7 +252,7 @@ static void test_two_processes(void **st) {
   assert_int_equal(WEXITSTATUS(status), 0);
   /* A reads its own messages back and applies none of them again. */
   assert_int_equal(spi_engine_tick(a), SPI_OK);
-  s = stats(a);
+  s = fb_stats(a);
   assert_int_equal(s.received, 4);
   assert_int_equal(s.applied, 0);
   spi_engine_free(a);
@@ -344,13 +305,13 @@ static void test_survives_a_dropped_connection(void **st) {
   int a_ok = 0, b_seen = 0;
   for (int i = 0; i < 200 && !(a_ok && b_seen); i++) {
     usleep(10000);
-    a_ok = spi_engine_tick(a) == SPI_OK && stats(a).pending == 0;
+    a_ok = spi_engine_tick(a) == SPI_OK && fb_stats(a).pending == 0;
     spi_engine_tick(b); /* the first may fail: the connection is gone */
-    b_seen = state_of(b, "i-drop") == SPI_NODE_NOTICED;
+    b_seen = fb_state(b, "i-drop") == SPI_NODE_NOTICED;
   }
   assert_true(a_ok);
   assert_true(b_seen);
-  spi_fleet_stats s = stats(b);
+  spi_fleet_stats s = fb_stats(b);
   assert_int_equal(s.applied, 1);
   assert_int_equal(s.malformed, 0);
   spi_engine_free(a);

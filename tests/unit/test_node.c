@@ -15,80 +15,18 @@
 
 #include "spotinfer/spotinfer.h"
 #include "spotinfer/spotinfer_extras.h"
+#include "unit/fake_bus.h"
 
-#define SEC 1000000000LL
+#define SEC FB_SEC
 
-typedef struct world {
-  spi_engine *e;
-  spi_request *r;
-  int64_t now;
-  int transitions;
-  int removed; /* transitions to REMOVED: machines forgotten */
-  int32_t last_from, last_to;
-  char last_node[64];
-} world;
-
-static int64_t clock_fn(void *ud) { return ((world *)ud)->now; }
-
-static void on_transition(void *ud, const char *node, size_t len, int32_t from,
-                          int32_t to) {
-  world *w = ud;
-  w->transitions++;
-  w->removed += to == SPI_NODE_REMOVED;
-  w->last_from = from;
-  w->last_to = to;
-  snprintf(w->last_node, sizeof w->last_node, "%.*s", (int)len, node);
-}
-
-static world *mk(const char *config) {
-  world *w = calloc(1, sizeof *w);
-  w->now = 1700000000 * SEC;
-  spi_hooks h;
-  memset(&h, 0, sizeof h);
-  h.struct_size = sizeof h;
-  h.clock = clock_fn;
-  h.clock_user_data = w;
-  assert_int_equal(spi_engine_new(&w->e, &h), SPI_OK);
-  if (config)
-    assert_int_equal(spi_engine_configure(w->e, config, strlen(config)), SPI_OK);
-  assert_int_equal(spi_engine_on_node_transition(w->e, on_transition, w), SPI_OK);
-  assert_int_equal(spi_request_new(w->e, &w->r), SPI_OK);
+/* An engine on a fake clock; its replicas take 32 streams each. */
+static fb_world *mk(const char *config) {
+  fb_world *w = fb_mk(NULL, config);
+  w->max_inflight = 32;
   return w;
 }
 
-static void done(world *w) {
-  spi_request_free(w->r);
-  spi_engine_free(w->e);
-  free(w);
-}
-
-static void add(world *w, const char *id, const char *node, int32_t pool,
-                const char *type, const char *zone) {
-  spi_replica_info ri;
-  memset(&ri, 0, sizeof ri);
-  ri.struct_size = sizeof ri;
-  ri.id = id;
-  ri.id_len = strlen(id);
-  ri.node = node;
-  ri.node_len = node ? strlen(node) : 0;
-  ri.pool = pool;
-  ri.instance_type = type;
-  ri.instance_type_len = strlen(type);
-  ri.zone = zone;
-  ri.zone_len = strlen(zone);
-  ri.usd_per_hour = pool == SPI_POOL_SPOT ? 1.8 : 4.5;
-  ri.max_inflight = 32;
-  ri.decode_tokens_per_s = 50;
-  assert_int_equal(spi_replica_upsert(w->e, &ri), SPI_OK);
-  spi_load l;
-  memset(&l, 0, sizeof l);
-  l.struct_size = sizeof l;
-  l.running = 1;
-  l.kv_usage = 0.2;
-  assert_int_equal(spi_replica_report_load(w->e, id, strlen(id), &l), SPI_OK);
-}
-
-static void refresh_loads(world *w) {
+static void refresh_loads(fb_world *w) {
   for (size_t i = 0; i < spi_replica_count(w->e); i++) {
     spi_replica_status rs;
     memset(&rs, 0, sizeof rs);
@@ -103,7 +41,7 @@ static void refresh_loads(world *w) {
   }
 }
 
-static int route(world *w, const char *cls, int64_t max_tokens,
+static int route(fb_world *w, const char *cls, int64_t max_tokens,
                  spi_decision *d) {
   spi_request_reset(w->r);
   spi_request_set_str(w->r, SPI_REQ_MODEL, "m", 1);
@@ -117,29 +55,16 @@ static int route(world *w, const char *cls, int64_t max_tokens,
 
 static spi_notice notice(const char *node, int32_t kind, int64_t deadline,
                          const char *key) {
-  spi_notice n;
-  memset(&n, 0, sizeof n);
-  n.struct_size = sizeof n;
+  spi_notice n = fb_notice(node, deadline, key);
   n.kind = kind;
-  n.format = SPI_NOTICE_AWS_INSTANCE_ACTION;
-  n.active = 1;
-  n.deadline_ns = deadline;
-  snprintf(n.node, sizeof n.node, "%s", node);
-  snprintf(n.dedup_key, sizeof n.dedup_key, "%s", key);
   return n;
-}
-
-static int32_t node_state(world *w, const char *node) {
-  int32_t st = 0;
-  assert_int_equal(spi_node_get_state(w->e, node, strlen(node), &st), SPI_OK);
-  return st;
 }
 
 static void test_notice_stops_routing_at_once(void **st) {
   (void)st;
-  world *w = mk(NULL);
-  add(w, "spot-a", "i-aaa", SPI_POOL_SPOT, "g5.xlarge", "use1-az1");
-  add(w, "spot-b", "i-bbb", SPI_POOL_SPOT, "g5.xlarge", "use1-az2");
+  fb_world *w = mk(NULL);
+  fb_add(w, "spot-a", "i-aaa", SPI_POOL_SPOT, "g5.xlarge", "use1-az1");
+  fb_add(w, "spot-b", "i-bbb", SPI_POOL_SPOT, "g5.xlarge", "use1-az2");
   spi_decision d;
   /* Open some silver tickets: they land on either replica. */
   uint64_t open[8];
@@ -163,7 +88,7 @@ static void test_notice_stops_routing_at_once(void **st) {
     assert_int_equal(plans[i].action, SPI_ACTION_DRAIN);
     assert_true(plans[i].deadline_s > 119 && plans[i].deadline_s <= 120);
   }
-  assert_int_equal(node_state(w, "i-aaa"), SPI_NODE_NOTICED);
+  assert_int_equal(fb_state(w->e, "i-aaa"), SPI_NODE_NOTICED);
   assert_int_equal(w->last_to, SPI_NODE_NOTICED);
   assert_string_equal(w->last_node, "i-aaa");
   /* From the moment the call returned: nothing new goes there. */
@@ -187,14 +112,14 @@ static void test_notice_stops_routing_at_once(void **st) {
     res.struct_size = sizeof res;
     spi_ticket_finish(w->e, open[i], &res);
   }
-  done(w);
+  fb_done(w);
 }
 
 static void test_drain_or_replay(void **st) {
   (void)st;
-  world *w = mk(NULL);
-  add(w, "spot-a", "i-aaa", SPI_POOL_SPOT, "g5", "z1");
-  add(w, "od-a", "i-odd", SPI_POOL_ON_DEMAND, "g5", "z1");
+  fb_world *w = mk(NULL);
+  fb_add(w, "spot-a", "i-aaa", SPI_POOL_SPOT, "g5", "z1");
+  fb_add(w, "od-a", "i-odd", SPI_POOL_ON_DEMAND, "g5", "z1");
   spi_decision d;
   /* A long silver request early in its stream, and a long gold request
    * past 85 % of its output, both on the spot machine. */
@@ -276,13 +201,13 @@ static void test_drain_or_replay(void **st) {
   assert_int_equal(replays, 1);
   assert_true(latency > 1999 && latency < 2001);
   assert_true(od_s > 4.9 && od_s < 5.1);
-  done(w);
+  fb_done(w);
 }
 
 static void test_gold_past_progress_drains(void **st) {
   (void)st;
-  world *w = mk(NULL);
-  add(w, "spot-a", "i-aaa", SPI_POOL_SPOT, "g5", "z1");
+  fb_world *w = mk(NULL);
+  fb_add(w, "spot-a", "i-aaa", SPI_POOL_SPOT, "g5", "z1");
   spi_decision d;
   spi_request_reset(w->r);
   spi_request_set_str(w->r, SPI_REQ_MODEL, "m", 1);
@@ -303,19 +228,19 @@ static void test_gold_past_progress_drains(void **st) {
   assert_int_equal(spi_engine_notice(w->e, &n, plans, 2, &np), SPI_OK);
   assert_int_equal(np, 1);
   assert_int_equal(plans[0].action, SPI_ACTION_DRAIN); /* gold, past 85 % */
-  done(w);
+  fb_done(w);
 }
 
 static void test_advice_and_expiry(void **st) {
   (void)st;
-  world *w = mk("{\"router\":{\"advised_ttl_ms\":60000}}");
-  add(w, "spot-a", "i-aaa", SPI_POOL_SPOT, "g5", "z1");
-  add(w, "spot-b", "i-bbb", SPI_POOL_SPOT, "g5", "z2");
+  fb_world *w = mk("{\"router\":{\"advised_ttl_ms\":60000}}");
+  fb_add(w, "spot-a", "i-aaa", SPI_POOL_SPOT, "g5", "z1");
+  fb_add(w, "spot-b", "i-bbb", SPI_POOL_SPOT, "g5", "z2");
   spi_notice n = notice("i-aaa", SPI_NOTICE_REBALANCE, 0, "aws:rebalance:i-aaa");
   size_t np = 9;
   assert_int_equal(spi_engine_notice(w->e, &n, NULL, 0, &np), SPI_OK);
   assert_int_equal(np, 0); /* advice moves no work */
-  assert_int_equal(node_state(w, "i-aaa"), SPI_NODE_ADVISED);
+  assert_int_equal(fb_state(w->e, "i-aaa"), SPI_NODE_ADVISED);
   spi_decision d;
   /* Long requests avoid the advised machine. */
   for (int i = 0; i < 10; i++) {
@@ -330,18 +255,18 @@ static void test_advice_and_expiry(void **st) {
   w->now += 61 * SEC;
   refresh_loads(w);
   assert_int_equal(spi_engine_tick(w->e), SPI_OK);
-  assert_int_equal(node_state(w, "i-aaa"), SPI_NODE_ACTIVE);
+  assert_int_equal(fb_state(w->e, "i-aaa"), SPI_NODE_ACTIVE);
   assert_int_equal(w->last_from, SPI_NODE_ADVISED);
   assert_int_equal(w->last_to, SPI_NODE_ACTIVE);
-  done(w);
+  fb_done(w);
 }
 
 static void test_pool_cooldown(void **st) {
   (void)st;
-  world *w = mk("{\"router\":{\"pool_cooldown_ms\":180000}}");
-  add(w, "spot-a", "i-aaa", SPI_POOL_SPOT, "g5.xlarge", "use1-az1");
-  add(w, "spot-c", "i-ccc", SPI_POOL_SPOT, "g5.xlarge", "use1-az1");
-  add(w, "spot-d", "i-ddd", SPI_POOL_SPOT, "g5.xlarge", "use1-az2");
+  fb_world *w = mk("{\"router\":{\"pool_cooldown_ms\":180000}}");
+  fb_add(w, "spot-a", "i-aaa", SPI_POOL_SPOT, "g5.xlarge", "use1-az1");
+  fb_add(w, "spot-c", "i-ccc", SPI_POOL_SPOT, "g5.xlarge", "use1-az1");
+  fb_add(w, "spot-d", "i-ddd", SPI_POOL_SPOT, "g5.xlarge", "use1-az2");
   spi_notice n = notice("i-aaa", SPI_NOTICE_TERMINATE, w->now + 120 * SEC, "t");
   size_t np = 0;
   assert_int_equal(spi_engine_notice(w->e, &n, NULL, 0, &np), SPI_OK);
@@ -355,7 +280,7 @@ static void test_pool_cooldown(void **st) {
     spi_ticket_finish(w->e, d.ticket, &res);
   }
   /* A replica added in the cooling pool starts cooling too. */
-  add(w, "spot-e", "i-eee", SPI_POOL_SPOT, "g5.xlarge", "use1-az1");
+  fb_add(w, "spot-e", "i-eee", SPI_POOL_SPOT, "g5.xlarge", "use1-az1");
   assert_int_equal(route(w, "silver", 100, &d), SPI_OK);
   assert_string_not_equal(d.replica_id, "spot-e");
   /* Three minutes later the pool is back. */
@@ -376,14 +301,14 @@ static void test_pool_cooldown(void **st) {
     seen_az1 += !strcmp(d.replica_id, "spot-c") || !strcmp(d.replica_id, "spot-e");
   }
   assert_true(seen_az1 > 0);
-  done(w);
+  fb_done(w);
 }
 
 static void test_state_machine(void **st) {
   (void)st;
-  world *w = mk(NULL);
-  add(w, "spot-a", "i-aaa", SPI_POOL_SPOT, "g5", "z1");
-  assert_int_equal(node_state(w, "i-unknown"), SPI_NODE_ACTIVE);
+  fb_world *w = mk(NULL);
+  fb_add(w, "spot-a", "i-aaa", SPI_POOL_SPOT, "g5", "z1");
+  assert_int_equal(fb_state(w->e, "i-unknown"), SPI_NODE_ACTIVE);
   assert_int_equal(spi_node_set_state(w->e, "i-aaa", 5, SPI_NODE_DRAINING), SPI_OK);
   spi_replica_status rs;
   memset(&rs, 0, sizeof rs);
@@ -402,22 +327,22 @@ static void test_state_machine(void **st) {
                    SPI_EINVAL);
   assert_int_equal(spi_node_set_state(w->e, "i-aaa", 5, SPI_NODE_REMOVED),
                    SPI_OK);
-  assert_int_equal(node_state(w, "i-aaa"), SPI_NODE_ACTIVE); /* forgotten */
+  assert_int_equal(fb_state(w->e, "i-aaa"), SPI_NODE_ACTIVE); /* forgotten */
   assert_int_equal(spi_node_set_state(w->e, "i-aaa", 5, 42), SPI_EINVAL);
   /* A withdrawn notice returns a noticed machine to work. */
   spi_notice n = notice("i-bbb", SPI_NOTICE_MAINTENANCE, w->now + 600 * SEC,
                         "aws:scheduled:ev-1");
   size_t np;
   assert_int_equal(spi_engine_notice(w->e, &n, NULL, 0, &np), SPI_OK);
-  assert_int_equal(node_state(w, "i-bbb"), SPI_NODE_NOTICED);
+  assert_int_equal(fb_state(w->e, "i-bbb"), SPI_NODE_NOTICED);
   /* A replica added on a noticed machine starts noticed. */
-  add(w, "spot-b", "i-bbb", SPI_POOL_SPOT, "g5", "z2");
+  fb_add(w, "spot-b", "i-bbb", SPI_POOL_SPOT, "g5", "z2");
   spi_replica_status_of(w->e, "spot-b", 6, &rs);
   assert_int_equal(rs.state, SPI_REPLICA_NOTICED);
   n.active = 0;
   snprintf(n.dedup_key, sizeof n.dedup_key, "aws:scheduled:ev-1:canceled");
   assert_int_equal(spi_engine_notice(w->e, &n, NULL, 0, &np), SPI_OK);
-  assert_int_equal(node_state(w, "i-bbb"), SPI_NODE_ACTIVE);
+  assert_int_equal(fb_state(w->e, "i-bbb"), SPI_NODE_ACTIVE);
   spi_replica_status_of(w->e, "spot-b", 6, &rs);
   assert_int_equal(rs.state, SPI_REPLICA_ACTIVE);
   /* Past its deadline a noticed machine is terminated. */
@@ -425,7 +350,7 @@ static void test_state_machine(void **st) {
   assert_int_equal(spi_engine_notice(w->e, &n, NULL, 0, &np), SPI_OK);
   w->now += 11 * SEC;
   assert_int_equal(spi_engine_tick(w->e), SPI_OK);
-  assert_int_equal(node_state(w, "i-bbb"), SPI_NODE_TERMINATED);
+  assert_int_equal(fb_state(w->e, "i-bbb"), SPI_NODE_TERMINATED);
   /* Bad input. */
   memset(&n, 0, sizeof n);
   assert_int_equal(spi_engine_notice(w->e, &n, NULL, 0, &np), SPI_EINVAL);
@@ -437,10 +362,10 @@ static void test_state_machine(void **st) {
   size_t need;
   assert_int_equal(spi_engine_metrics(w->e, buf, sizeof buf, &need), SPI_OK);
   assert_non_null(strstr(buf, "spotinfer_node_transitions_total{from=\"active\",to=\"noticed\"}"));
-  done(w);
+  fb_done(w);
 }
 
-static int32_t replica_state(world *w, const char *id) {
+static int32_t replica_state(fb_world *w, const char *id) {
   spi_replica_status rs;
   memset(&rs, 0, sizeof rs);
   rs.struct_size = sizeof rs;
@@ -448,7 +373,7 @@ static int32_t replica_state(world *w, const char *id) {
   return rs.state;
 }
 
-static int hand_in(world *w, const char *node, int32_t kind, int64_t deadline) {
+static int hand_in(fb_world *w, const char *node, int32_t kind, int64_t deadline) {
   char key[96];
   snprintf(key, sizeof key, "k:%s:%d:%lld", node, (int)kind,
            (long long)deadline);
@@ -465,8 +390,8 @@ static int hand_in(world *w, const char *node, int32_t kind, int64_t deadline) {
  * room, so such a flood never crowds out a machine with replicas. */
 static void test_node_table_flood(void **st) {
   (void)st;
-  world *w = mk("{\"router\":{\"advised_ttl_ms\":60000}}");
-  add(w, "busy-r", "i-busy", SPI_POOL_SPOT, "g5", "z1");
+  fb_world *w = mk("{\"router\":{\"advised_ttl_ms\":60000}}");
+  fb_add(w, "busy-r", "i-busy", SPI_POOL_SPOT, "g5", "z1");
   char node[32];
   for (int i = 0; i < 4096; i++) {
     snprintf(node, sizeof node, "m-%05d", i);
@@ -475,12 +400,12 @@ static void test_node_table_flood(void **st) {
   assert_int_equal(w->removed, 0);
   assert_int_equal(hand_in(w, "i-busy", SPI_NOTICE_TERMINATE, w->now + 120 * SEC),
                    SPI_OK);
-  assert_int_equal(node_state(w, "i-busy"), SPI_NODE_NOTICED);
+  assert_int_equal(fb_state(w->e, "i-busy"), SPI_NODE_NOTICED);
   assert_int_equal(replica_state(w, "busy-r"), SPI_REPLICA_NOTICED);
   /* Room was made by forgetting the oldest advised machines, in a batch. */
   assert_true(w->removed >= 1 && w->removed <= 64);
-  assert_int_equal(node_state(w, "m-00000"), SPI_NODE_ACTIVE);
-  assert_int_equal(node_state(w, "m-04095"), SPI_NODE_ADVISED);
+  assert_int_equal(fb_state(w->e, "m-00000"), SPI_NODE_ACTIVE);
+  assert_int_equal(fb_state(w->e, "m-04095"), SPI_NODE_ADVISED);
 
   /* A longer flood of interruption notices for machines that run nothing:
    * every one is taken, the busy machine is never the one forgotten, and
@@ -490,10 +415,10 @@ static void test_node_table_flood(void **st) {
     assert_int_equal(
         hand_in(w, node, SPI_NOTICE_TERMINATE, w->now + 600 * SEC), SPI_OK);
   }
-  assert_int_equal(node_state(w, "i-busy"), SPI_NODE_NOTICED);
-  assert_int_equal(node_state(w, "x-00000"), SPI_NODE_ACTIVE);
-  assert_int_equal(node_state(w, "x-09999"), SPI_NODE_NOTICED);
-  add(w, "late-r", "x-09999", SPI_POOL_SPOT, "g5", "z2");
+  assert_int_equal(fb_state(w->e, "i-busy"), SPI_NODE_NOTICED);
+  assert_int_equal(fb_state(w->e, "x-00000"), SPI_NODE_ACTIVE);
+  assert_int_equal(fb_state(w->e, "x-09999"), SPI_NODE_NOTICED);
+  fb_add(w, "late-r", "x-09999", SPI_POOL_SPOT, "g5", "z2");
   assert_int_equal(replica_state(w, "late-r"), SPI_REPLICA_NOTICED);
 
   /* Past the deadlines: machines that run nothing are forgotten, those
@@ -502,13 +427,13 @@ static void test_node_table_flood(void **st) {
   int before = w->removed;
   assert_int_equal(spi_engine_tick(w->e), SPI_OK);
   assert_true(w->removed > before);
-  assert_int_equal(node_state(w, "x-09998"), SPI_NODE_ACTIVE);
-  assert_int_equal(node_state(w, "i-busy"), SPI_NODE_TERMINATED);
-  assert_int_equal(node_state(w, "x-09999"), SPI_NODE_TERMINATED);
+  assert_int_equal(fb_state(w->e, "x-09998"), SPI_NODE_ACTIVE);
+  assert_int_equal(fb_state(w->e, "i-busy"), SPI_NODE_TERMINATED);
+  assert_int_equal(fb_state(w->e, "x-09999"), SPI_NODE_TERMINATED);
   assert_int_equal(spi_replica_remove(w->e, "late-r", 6), SPI_OK);
   assert_int_equal(spi_engine_tick(w->e), SPI_OK);
-  assert_int_equal(node_state(w, "x-09999"), SPI_NODE_ACTIVE);
-  assert_int_equal(node_state(w, "i-busy"), SPI_NODE_TERMINATED);
+  assert_int_equal(fb_state(w->e, "x-09999"), SPI_NODE_ACTIVE);
+  assert_int_equal(fb_state(w->e, "i-busy"), SPI_NODE_TERMINATED);
 
   /* Advice lapses and its entries go with it: a second advisory flood of
    * 4,096 machines needs no eviction at all. */
@@ -524,29 +449,29 @@ static void test_node_table_flood(void **st) {
     assert_int_equal(hand_in(w, node, SPI_NOTICE_REBALANCE, 0), SPI_OK);
   }
   assert_int_equal(w->removed, before);
-  assert_int_equal(node_state(w, "b-00000"), SPI_NODE_ADVISED);
-  assert_int_equal(node_state(w, "i-busy"), SPI_NODE_TERMINATED);
-  done(w);
+  assert_int_equal(fb_state(w->e, "b-00000"), SPI_NODE_ADVISED);
+  assert_int_equal(fb_state(w->e, "i-busy"), SPI_NODE_TERMINATED);
+  fb_done(w);
 }
 
 /* When every tracked machine runs a replica there is nothing to forget:
  * a notice for yet another machine that runs nothing is refused. */
 static void test_node_table_full_of_replicas(void **st) {
   (void)st;
-  world *w = mk("{\"router\":{\"max_replicas\":4096}}");
+  fb_world *w = mk("{\"router\":{\"max_replicas\":4096}}");
   char id[32], node[32];
   for (int i = 0; i < 4096; i++) {
     snprintf(id, sizeof id, "r-%05d", i);
     snprintf(node, sizeof node, "n-%05d", i);
-    add(w, id, node, SPI_POOL_SPOT, "g5", "z1");
+    fb_add(w, id, node, SPI_POOL_SPOT, "g5", "z1");
     assert_int_equal(hand_in(w, node, SPI_NOTICE_REBALANCE, 0), SPI_OK);
   }
   assert_int_equal(hand_in(w, "n-extra", SPI_NOTICE_TERMINATE, w->now + SEC),
                    SPI_EFULL);
   assert_non_null(strstr(spi_engine_errmsg(w->e), "too many machines"));
   assert_int_equal(w->removed, 0);
-  assert_int_equal(node_state(w, "n-00000"), SPI_NODE_ADVISED);
-  done(w);
+  assert_int_equal(fb_state(w->e, "n-00000"), SPI_NODE_ADVISED);
+  fb_done(w);
 }
 
 typedef struct counting {
