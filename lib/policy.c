@@ -123,6 +123,14 @@ static void policy_release(void *state, void *inst) {
 
 static double load_of(const spi_candidate *c) { return c->running + c->waiting; }
 
+/* Whether the policy may serve on c: eligible (or the breaker's probe) and
+ * with a fresh load. A replica whose load is stale or missing reads as
+ * saturated and is likely gone: a pool with no other is empty, and the
+ * fallback rules apply, rather than a request being sent to it. */
+static int servable(const spi_candidate *c) {
+  return (c->eligible || c->probe) && c->fresh;
+}
+
 static double rel_load(const spi_candidate *c) {
   double cap = c->max_inflight ? (double)c->max_inflight : 1;
   return (load_of(c) + c->inflight) / cap;
@@ -310,7 +318,7 @@ static int64_t cheapest(const pinst *p, const spi_route_context *x,
   for (uint32_t k = 0; k < n; k++) {
     int64_t i = named[k];
     const spi_candidate *c = i >= 0 ? &x->candidates[i] : NULL;
-    if (!c || !(c->eligible || c->probe)) {
+    if (!c || !servable(c)) {
       named[k] = -1;
       continue;
     }
@@ -338,7 +346,7 @@ static pick choose_in_pool(const pinst *p, const spi_route_context *x,
                            const summary *m, int32_t klass) {
   pick r = {-1, SPI_REASON_NONE, ""};
   if (!p->affinity) {
-    r.idx = m->least;
+    r.idx = m->least >= 0 && servable(&x->candidates[m->least]) ? m->least : -1;
     r.reason = SPI_REASON_LEAST_LOADED;
     r.why = "least loaded";
     return r;
@@ -391,7 +399,7 @@ static void add_fallbacks(const spi_route_context *x, const summary *m,
                           spi_policy_choice *out, uint32_t limit) {
   for (uint32_t k = 0; k < m->n_top && out->n_order < limit; k++) {
     uint32_t i = (uint32_t)m->top[k];
-    if (!x->candidates[i].eligible) continue;
+    if (!x->candidates[i].eligible || !x->candidates[i].fresh) continue;
     int listed = 0;
     for (uint32_t j = 0; j < out->n_order && !listed; j++)
       listed = out->order[j] == i;

@@ -325,7 +325,7 @@ static void seed_one(const route_env *x, const spi_replica_set *set,
   replica_eval ev;
   eval_of(x, r, &rd, 0, 1, probe, &ev);
   mark_counted(sc, pos);
-  sc->seed_kv[*n] = rd.kv;
+  sc->seed_kv[*n] = rd.fresh ? rd.kv : -1.0; /* -1: no KV pressure */
   sc->seed_served[*n] = rd.pf.served;
   sc->byte_of[pos] = (uint8_t)(*n)++;
   cell_offer(sc, k, pos, rel_of(r, &rd), &ev);
@@ -380,7 +380,7 @@ static void scan_lean(const route_env *x, const spi_replica_set *set,
   uint64_t counts = 0;  /* usable per cell, 16 bits each (nrep <= 4096) */
   uint64_t seeded = nrep ? sc->counted[0] : 0; /* of the 64 around i */
   uint64_t word = 0;    /* the counted bits of positions [i & ~63, i] */
-  uint64_t kv_count = 0; /* ACTIVE per pool, 32 bits each */
+  uint64_t kv_count = 0; /* ACTIVE and fresh per pool, 32 bits each */
   double kv_spot = 0, kv_od = 0;
   double sv_spot = 0, sv_od = 0; /* tokens served by the usable */
   for (size_t i = 0; i < nrep; i++) {
@@ -395,11 +395,12 @@ static void scan_lean(const route_env *x, const spi_replica_set *set,
       /* Read and offered already: only counted here, in order. */
       double kv = sc->seed_kv[sc->byte_of[i]];
       double sv = sc->seed_served[sc->byte_of[i]];
-      kv_spot += spot ? kv : 0.0;
-      kv_od += spot ? 0.0 : kv;
+      uint64_t one = kv >= 0; /* -1: its load is stale, no KV pressure */
+      kv_spot += spot && one ? kv : 0.0;
+      kv_od += spot || !one ? 0.0 : kv;
       sv_spot += spot ? sv : 0.0;
       sv_od += spot ? 0.0 : sv;
-      kv_count += spot ? 1u : UINT64_C(1) << 32;
+      kv_count += spot ? one : one << 32;
       counts += UINT64_C(1) << (16 * r->cell);
       word |= UINT64_C(1) << (i % 64);
       continue;
@@ -408,9 +409,10 @@ static void scan_lean(const route_env *x, const spi_replica_set *set,
     slot_read rd;
     read_slot(x, s, &rd);
     if (rd.state != SPI_REPLICA_ACTIVE) continue;
-    kv_spot += spot ? rd.kv : 0.0;
-    kv_od += spot ? 0.0 : rd.kv;
-    kv_count += spot ? 1u : UINT64_C(1) << 32;
+    uint64_t one = (uint64_t)rd.fresh; /* a stale load: no KV pressure */
+    kv_spot += spot && one ? rd.kv : 0.0;
+    kv_od += spot || !one ? 0.0 : rd.kv;
+    kv_count += spot ? one : one << 32;
     int probe;
     if (r->cell < 0 || !usable_of(x, r, s, &rd, &probe)) continue;
     counts += UINT64_C(1) << (16 * r->cell);
@@ -539,7 +541,7 @@ static void scan_full(const route_env *x, const spi_replica_set *set,
     const spi_replica_ident *r = &set->r[i];
     replica_eval ev;
     eval_replica(x, r, 0, &ev);
-    if (ev.active) {
+    if (ev.active && ev.fresh) { /* a stale load says nothing of KV */
       sums->kv_sum[r->pool] += ev.kv_usage;
       sums->kv_n[r->pool] += 1;
     }

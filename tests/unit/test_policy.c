@@ -455,6 +455,47 @@ static void test_shed_pool_is_not_left_for_the_fallback(void **st) {
   done(w);
 }
 
+/* A spot replica whose load is stale or missing (dead, or not scraped yet
+ * after a reload) is saturated for choice but says nothing of the pool's
+ * KV pressure: one healthy replica at 0.8 beside four silent ones serves
+ * silver instead of shedding it (counted as full, the silent ones put the
+ * pool's mean at 0.96, above the silver breaker's 0.95). With no fresh
+ * replica left the pool is empty, and the fallback rules apply. */
+static void test_stale_replica_is_not_kv_pressure(void **st) {
+  (void)st;
+  world *w = mk(NULL);
+  add(w, "s0", SPI_POOL_SPOT);
+  for (int i = 1; i <= 4; i++) {
+    char id[8];
+    snprintf(id, sizeof id, "s%d", i);
+    add(w, id, SPI_POOL_SPOT);
+  }
+  add(w, "d0", SPI_POOL_ON_DEMAND);
+  spi_load l;
+  memset(&l, 0, sizeof l);
+  l.struct_size = sizeof l;
+  l.running = 2;
+  l.kv_usage = 0.8;
+  assert_int_equal(spi_replica_report_load(w->e, "s0", 2, &l), SPI_OK);
+  load(w, "d0", 0, 0);
+  uint32_t b[32];
+  spi_decision d;
+  for (int k = 0; k < 3; k++) {
+    prompt(w, b, chain(b, 300 + 10 * (uint32_t)k, 4), k ? "bronze" : "silver");
+    assert_int_equal(route(w, &d), SPI_OK);
+    assert_string_equal(d.replica_id, "s0");
+    finish(w, d.ticket);
+  }
+  /* An hour on, only d0 reports: spot has no replica with a fresh load. */
+  w->now += 3601 * SEC;
+  load(w, "d0", 0, 0);
+  prompt(w, b, chain(b, 400, 4), "silver");
+  assert_int_equal(route(w, &d), SPI_OK);
+  assert_string_equal(d.replica_id, "d0");
+  finish(w, d.ticket);
+  done(w);
+}
+
 /* ------------------------------------------- summaries against every replica
  *
  * The built-in policy reads per pool and tier summaries (the best few by
@@ -822,6 +863,7 @@ int main(void) {
       cmocka_unit_test(test_rate_is_learnt),
       cmocka_unit_test(test_share_guard_is_fleet_relative),
       cmocka_unit_test(test_shed_pool_is_not_left_for_the_fallback),
+      cmocka_unit_test(test_stale_replica_is_not_kv_pressure),
       cmocka_unit_test(test_summaries_match_every_candidate),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
