@@ -7,6 +7,9 @@
  * parsed by the module that owns it (classifier.c, keybuilder.c, cost.c) or
  * by the engine (modules, module_config, limits, priority_map).
  */
+#include <pthread.h>
+#include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "spi_internal.h"
@@ -357,9 +360,48 @@ const spi_optdesc *spi__opt_table(size_t *count) {
   return OPTIONS;
 }
 
+#define N_OPTIONS (sizeof OPTIONS / sizeof OPTIONS[0])
+
+/*
+ * Lookups by path. OPTIONS stays in listing order (spi_option_get shows the
+ * sections in the order a reader wants them), so a path is looked up in
+ * BY_PATH: the row numbers ordered by path, sorted once per process, then
+ * searched by halving. Every configure looks up each option it reads (about
+ * 140); a scan with string compares over the whole table made that lookup
+ * most of the cost of spi_engine_configure and spi_replay_open.
+ */
+static uint16_t BY_PATH[N_OPTIONS];
+static pthread_once_t by_path_once = PTHREAD_ONCE_INIT;
+
+static int cmp_rows(const void *a, const void *b) {
+  return strcmp(OPTIONS[*(const uint16_t *)a].path,
+                OPTIONS[*(const uint16_t *)b].path);
+}
+
+static void sort_by_path(void) {
+  for (size_t i = 0; i < N_OPTIONS; i++) BY_PATH[i] = (uint16_t)i;
+  qsort(BY_PATH, N_OPTIONS, sizeof BY_PATH[0], cmp_rows);
+}
+
+const uint16_t *spi__opt_by_path(size_t *count) {
+  pthread_once(&by_path_once, sort_by_path);
+  *count = N_OPTIONS;
+  return BY_PATH;
+}
+
 const spi_optdesc *spi__opt_find(const char *path) {
-  for (size_t i = 0; i < sizeof OPTIONS / sizeof OPTIONS[0]; i++)
-    if (strcmp(OPTIONS[i].path, path) == 0) return &OPTIONS[i];
+  size_t n;
+  const uint16_t *rows = spi__opt_by_path(&n);
+  size_t lo = 0, hi = n; /* the path, if present, is in rows[lo, hi) */
+  while (lo < hi) {
+    size_t mid = lo + (hi - lo) / 2;
+    int c = strcmp(path, OPTIONS[rows[mid]].path);
+    if (c == 0) return &OPTIONS[rows[mid]];
+    if (c < 0)
+      hi = mid;
+    else
+      lo = mid + 1;
+  }
   return NULL;
 }
 

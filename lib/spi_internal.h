@@ -115,8 +115,11 @@ typedef struct spi_optdesc {
 } spi_optdesc;
 
 const spi_optdesc *spi__opt_table(size_t *count);
-/* The descriptor for an exact table path, or NULL. */
+/* The descriptor for an exact table path, or NULL (binary search). */
 const spi_optdesc *spi__opt_find(const char *path);
+/* The table's row numbers ordered by path (strcmp), as spi__opt_find
+ * searches them; *count rows. */
+const uint16_t *spi__opt_by_path(size_t *count);
 
 /* The byte offset of the first "\u0000" escape inside a string of the
  * well-formed JSON text, or SIZE_MAX. cJSON keeps strings NUL-terminated and

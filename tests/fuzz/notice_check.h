@@ -38,12 +38,19 @@ static void check(int cond) {
   if (!cond) abort();
 }
 
+/* The byte checks below compare whole ranges with memcmp rather than
+ * looping over bytes: every comparison in this file is instrumented for
+ * coverage, and a byte loop over the 64 untouched notices cost most of each
+ * input's time (a target ran 8k inputs a second, 85k without them). */
+static const char zeros[256];
+static unsigned char pristine[CAP * sizeof(spi_notice)]; /* all 0x5a */
+
 /* A char array holds a NUL-terminated string followed only by zeros. */
 static size_t check_cstr(const char *s, size_t cap) {
   const char *nul = memchr(s, '\0', cap);
-  check(nul != NULL);
+  check(nul != NULL && cap <= sizeof zeros);
   size_t len = (size_t)(nul - s);
-  for (size_t i = len; i < cap; i++) check(s[i] == '\0');
+  check(memcmp(nul, zeros, cap - len) == 0);
   return len;
 }
 
@@ -78,6 +85,7 @@ static void run(int32_t format, const char *label, const char *key_prefix,
   spi_notice *out = malloc(CAP * sizeof *out);
   spi_notice *again = malloc(CAP * sizeof *again);
   check(out && again);
+  if (pristine[0] != 0x5a) memset(pristine, 0x5a, sizeof pristine);
   memset(out, 0x5a, CAP * sizeof *out);
   char err[256];
   err[0] = '\0';
@@ -98,8 +106,7 @@ static void run(int32_t format, const char *label, const char *key_prefix,
     size_t ll = strlen(label);
     check(strncmp(err, label, ll) == 0 && err[ll] == ':' && err[ll + 2]);
     check(n == 0);
-    for (size_t i = 0; i < CAP * sizeof *out; i++)
-      check(((const unsigned char *)out)[i] == 0x5a);
+    check(memcmp(out, pristine, CAP * sizeof *out) == 0);
   } else {
     check(rc == SPI_OK ? n <= CAP : n > CAP);
     if (rc == SPI_OK && rep.skipped)
