@@ -32,8 +32,9 @@
 #             through the replace line of
 #             docs/bindings.md (its Go program, run), and the metrics text
 #             through Prometheus' parser and linter (tests/promlint)
-#   gateway   examples/fakellm and examples/gateway: go vet, go test (-race
-#             for the gateway) against the installed library, then the
+#   gateway   examples/internal, examples/fakellm and examples/gateway: go
+#             vet, go test (-race for the gateway) against the installed
+#             library, then the
 #             spot-interruption drill (examples/gateway/drill.sh) and a
 #             short load run (examples/gateway/loadrun.sh --smoke)
 #   redis     scripts/setup-redis-deps.sh, then a throwaway redis-server
@@ -421,6 +422,8 @@ stage_gateway() {
   export LD_LIBRARY_PATH="$libdir${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
   export CGO_ENABLED=1
   export CGO_LDFLAGS="-L$libdir${CGO_LDFLAGS:+ $CGO_LDFLAGS}"
+  note "examples/internal (shared by both): go vet, go test"
+  (cd "$root/examples/internal" && go vet ./... && go test -count=1 ./...)
   note "examples/fakellm: go vet, go test"
   (cd "$root/examples/fakellm" && go vet ./... && go test -count=1 ./...)
   note "examples/gateway: go vet, go test -race"

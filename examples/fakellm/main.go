@@ -21,6 +21,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/libspotinfer/libspotinfer/examples/internal/addrfile"
 )
 
 type options struct {
@@ -105,12 +107,7 @@ func main() {
 		log.Fatal(err)
 	}
 	if o.addrFile != "" {
-		// Written whole then renamed, so a reader never sees half an address.
-		tmp := o.addrFile + ".tmp"
-		if err := os.WriteFile(tmp, []byte(ln.Addr().String()+"\n"), 0o644); err != nil {
-			log.Fatal(err)
-		}
-		if err := os.Rename(tmp, o.addrFile); err != nil {
+		if err := addrfile.Write(o.addrFile, ln.Addr().String()); err != nil {
 			log.Fatal(err)
 		}
 	}

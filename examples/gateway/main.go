@@ -26,6 +26,7 @@ import (
 	"time"
 
 	spotinfer "github.com/libspotinfer/libspotinfer/bindings/go"
+	"github.com/libspotinfer/libspotinfer/examples/internal/addrfile"
 )
 
 type options struct {
@@ -90,11 +91,7 @@ func main() {
 	}
 	g.start(ctx)
 	if o.addrFile != "" {
-		tmp := o.addrFile + ".tmp"
-		if err := os.WriteFile(tmp, []byte(ln.Addr().String()+"\n"), 0o644); err != nil {
-			log.Fatal(err)
-		}
-		if err := os.Rename(tmp, o.addrFile); err != nil {
+		if err := addrfile.Write(o.addrFile, ln.Addr().String()); err != nil {
 			log.Fatal(err)
 		}
 	}

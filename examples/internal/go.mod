@@ -1,0 +1,3 @@
+module github.com/libspotinfer/libspotinfer/examples/internal
+
+go 1.21
