@@ -16,7 +16,7 @@
  *                 [--kv-blocks N] [--cluster FILE] [--json FILE] [--svg FILE]
  *                 [--policies a,b,...] [--config FILE] [--horizon S]
  *                 [--no-interruptions] [--scenario replay] [--targets DIR]
- *                 [--quiet]
+ *                 [--speed DIR] [--quiet]
  *
  * The same arguments and seed give byte-identical standard output; the
  * rate and progress go to standard error.
@@ -58,6 +58,9 @@ static void usage(void) {
           "  generations, 4 on-demand + 12 spot: drains cannot finish, replays happen.\n"
           "--targets DATA_DIR: the targets program: every trace in DATA_DIR/traces\n"
           "  and every generator family, JSON lines on standard output.\n"
+          "--speed DATA_DIR: the simulator's own speed on every trace in\n"
+          "  DATA_DIR/traces and the generator, 64 and 16 replicas: simulated requests\n"
+          "  per CPU-second of the event loop, JSON lines on standard output.\n"
           "--spot-trace: a SkyPilot capacity series for one spot zone (at most 8);\n"
           "  values above 1 count nodes: the zone runs that many of its replicas.\n"
           "  The prefix chooses the cloud, its notice lead time and the notice body\n"
@@ -119,7 +122,7 @@ int main(int argc, char **argv) {
   atexit(free_config);
   sim_opts o;
   sim_opts_default(&o);
-  const char *cluster_path = NULL, *config_path = NULL, *targets = NULL;
+  const char *cluster_path = NULL, *config_path = NULL, *targets = NULL, *speed = NULL;
   int sized = 0, scenario = 0;
   for (int i = 1; i < argc; i++) {
     const char *a = argv[i];
@@ -154,6 +157,7 @@ int main(int argc, char **argv) {
     else if (!strcmp(a, "--family")) { NEEDV(); bad = sim_family_parse(v, &o.gen.family); }
     else if (!strcmp(a, "--scenario")) { NEEDV(); bad = strcmp(v, "replay") != 0; scenario = 1; }
     else if (!strcmp(a, "--targets")) { NEEDV(); targets = v; }
+    else if (!strcmp(a, "--speed")) { NEEDV(); speed = v; }
     else if (!strcmp(a, "--help") || !strcmp(a, "-h")) { usage(); return 0; }
     else { fprintf(stderr, "spotinfer_sim: unknown argument %s\n", a); usage(); return 2; }
 #undef NEEDV
@@ -176,6 +180,7 @@ int main(int argc, char **argv) {
     sim_scenario_replay(&o);
   }
   if (targets) return sim_targets(&o, targets) ? 1 : 0;
+  if (speed) return sim_speed(&o, speed) ? 1 : 0;
   if (cluster_path) {
     static sim_cluster cluster;
     char msg[256];

@@ -121,6 +121,11 @@ typedef struct sim_result {
   double imbalance;       /* token load per up-second, max / mean */
   double start_imbalance; /* request starts per up-second, max / mean */
   int slo[4];             /* 1 met, 0 missed, -1 n/a */
+  /* CPU time of the calling thread (CLOCK_THREAD_CPUTIME_ID), so other
+   * processes on the machine do not enter it: the event loop alone, and
+   * the rest of sim_run_policy (engine, replicas and replay queue set up,
+   * the summary, tear-down). */
+  double loop_cpu_s, other_cpu_s;
   sim_timeline tl;
 } sim_result;
 
@@ -148,6 +153,8 @@ int sim_setup_load(sim_setup *su, const sim_opts *o);
 void sim_setup_free(sim_setup *su);
 int sim_wanted(const char *list, const char *name);
 double sim_cpu_s(void);
+/* CPU time of the calling thread, seconds. */
+double sim_thread_cpu_s(void);
 double sim_hit_pct(const sim_result *r);
 double sim_of_pooled_pct(const sim_result *r, const sim_ceilings *c);
 double sim_of_oracle_pct(const sim_result *r, const sim_ceilings *c);
@@ -167,6 +174,8 @@ int sim_run_policy(const sim_opts *o, const sim_trace *tr, sim_zone *zones, size
                    const char *policy, int all_od, sim_result *res, double horizon_s);
 /* The targets program (--targets DIR): JSON lines on stdout. */
 int sim_targets(const sim_opts *o, const char *data_dir);
+/* The simulator's speed (--speed DIR): JSON lines on stdout (speed.c). */
+int sim_speed(const sim_opts *o, const char *data_dir);
 /* --scenario replay: GCP zones, long generations, 4 on-demand + 12 spot. */
 void sim_scenario_replay(sim_opts *o);
 
