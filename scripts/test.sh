@@ -25,8 +25,9 @@
 #             prefix (scripts/check-doc-blocks.py --run), scripts/demo.sh,
 #             and docs/sim.svg compared with the chart the demo draws
 #   python    pip install ./bindings/python in a fresh venv (the wheel
-#             carries the library), mypy --strict on a user's script, the
-#             sdist, then bindings/python/tests with pytest
+#             carries the library), mypy --strict on a user's script and on
+#             the package's source, the sdist, then bindings/python/tests
+#             with pytest
 #   go        go vet, go test, go test -race and a cgocheck2 run in
 #             bindings/go, then its go-vs-C benchmarks, a module built
 #             through the replace line of
@@ -323,6 +324,10 @@ print(p)')
     "$venv/bin/python" user_script.py)
   note "mypy --strict on a user's script"
   (cd "$away" && "$venv/bin/mypy" --strict --no-incremental user_script.py)
+  note "mypy --strict on the package's own source (litellm*.py aside: they import litellm)"
+  local own=()
+  mapfile -t own < <(find "$pkg/spotinfer" -maxdepth 1 -name '*.py' ! -name 'litellm*' | sort)
+  (cd "$pkg" && "$venv/bin/mypy" --strict --no-incremental --cache-dir=/dev/null "${own[@]}")
   rm -rf "$away"
   note "sdist: the package and the C sources it builds"
   rm -rf "$root/build/sdist"

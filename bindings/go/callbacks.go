@@ -85,6 +85,23 @@ func spiGoClassify(state, instance C.uintptr_t, req *C.spi_request_view,
 	return 0
 }
 
+//export spiGoClassifyLevels
+func spiGoClassifyLevels(state, instance C.uintptr_t, req *C.spi_request_view,
+	out *C.spi_classification, levels *C.spi_degrade_levels) (rc C.int) {
+	m := cgo.Handle(state).Value().(*module)
+	view := &RequestView{v: req}
+	defer func() { view.v = nil }()
+	defer recovered(m, &rc, nil, 0)
+	v, lv, err := m.impl.(LevelsClassifier).ClassifyLevels(cgo.Handle(instance).Value(), view)
+	if err != nil {
+		m.setErr(err)
+		return statusOf(err)
+	}
+	fillVerdict(out, v)
+	fillLevels(levels, lv)
+	return 0
+}
+
 //export spiGoChoose
 func spiGoChoose(state, instance C.uintptr_t, ctx *C.spi_route_context,
 	out *C.spi_policy_choice) (rc C.int) {

@@ -43,3 +43,31 @@ func TestEveryHeaderFunctionIsBound(t *testing.T) {
 		}
 	}
 }
+
+// Every callback of the module structs the binding registers (classifier,
+// key builder, cost model, policy) is set by module.go's C helpers, so a
+// field added to the header is not silently left NULL for Go modules.
+func TestEveryModuleCallbackIsBound(t *testing.T) {
+	b, err := os.ReadFile(filepath.Join(repoRoot(t), "include", "spotinfer", "spotinfer_module.h"))
+	must(t, err)
+	text := regexp.MustCompile(`(?s)/\*.*?\*/`).ReplaceAllString(string(b), "")
+	src, err := os.ReadFile("module.go")
+	must(t, err)
+	field := regexp.MustCompile(`\(\*(\w+)\)\s*\(`)
+	n := 0
+	for _, kind := range []string{"classifier", "key_builder", "cost_model", "policy"} {
+		body := regexp.MustCompile(`(?s)typedef struct spi_` + kind + `_module \{(.*?)\}`).FindStringSubmatch(text)
+		if body == nil {
+			t.Fatalf("no spi_%s_module in the header", kind)
+		}
+		for _, f := range field.FindAllStringSubmatch(body[1], -1) {
+			n++
+			if !strings.Contains(string(src), "m."+f[1]+" = ") {
+				t.Errorf("spi_%s_module.%s is never set by the binding", kind, f[1])
+			}
+		}
+	}
+	if n < 6 {
+		t.Fatalf("found only %d callbacks", n)
+	}
+}

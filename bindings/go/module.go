@@ -15,6 +15,9 @@ extern void spiGoDestroy(uintptr_t state);
 extern int spiGoClassify(uintptr_t state, uintptr_t instance,
                          spi_request_view *req, int32_t pressure,
                          spi_classification *out);
+extern int spiGoClassifyLevels(uintptr_t state, uintptr_t instance,
+                               spi_request_view *req, spi_classification *out,
+                               spi_degrade_levels *levels);
 extern int spiGoChoose(uintptr_t state, uintptr_t instance,
                        spi_route_context *ctx, spi_policy_choice *out);
 extern int spiGoBuildKey(uintptr_t state, uintptr_t instance,
@@ -42,6 +45,13 @@ static int spi_go_classify(void *state, void *instance,
                            spi_classification *out) {
   return spiGoClassify((uintptr_t)state, (uintptr_t)instance,
                        (spi_request_view *)req, pressure, out);
+}
+static int spi_go_classify_levels(void *state, void *instance,
+                                  const spi_request_view *req,
+                                  spi_classification *out,
+                                  spi_degrade_levels *levels) {
+  return spiGoClassifyLevels((uintptr_t)state, (uintptr_t)instance,
+                             (spi_request_view *)req, out, levels);
 }
 static int spi_go_choose(void *state, void *instance,
                          const spi_route_context *ctx, spi_policy_choice *out) {
@@ -116,9 +126,10 @@ static int spi_go_register_other(spi_engine *e, int32_t kind, const char *name,
                                     spi_go_destroy);
 }
 
+// levels: the module answers for every pressure at once (classify_levels).
 static int spi_go_register_classifier(spi_engine *e, const char *name,
                                       size_t name_len, int32_t on_failure,
-                                      uintptr_t state) {
+                                      int levels, uintptr_t state) {
   spi_classifier_module m;
   memset(&m, 0, sizeof m);
   m.abi_version = SPI_MODULE_ABI_VERSION;
@@ -127,6 +138,7 @@ static int spi_go_register_classifier(spi_engine *e, const char *name,
   m.configure = spi_go_configure;
   m.release = spi_go_release;
   m.classify = spi_go_classify;
+  if (levels) m.classify_levels = spi_go_classify_levels;
   return spi_engine_register_module(e, SPI_MODULE_CLASSIFIER, name, name_len,
                                     &m, (void *)state, spi_go_destroy);
 }
@@ -205,11 +217,37 @@ import (
 // then falls back to the built-in classifier or fails the call with
 // ErrModule, as the module's OnFailure says.
 //
-// A Classifier may also implement Releaser (an instance's snapshot
-// retired) and Destroyer (the engine was freed).
+// A Classifier may also implement LevelsClassifier (every pressure's plan
+// in one call), Releaser (an instance's snapshot retired) and Destroyer
+// (the engine was freed).
 type Classifier interface {
 	Configure(config []byte) (instance any, err error)
 	Classify(instance any, req *RequestView, pressure Pressure) (Verdict, error)
+}
+
+// LevelsClassifier is implemented by a Classifier that answers for every
+// pressure in one call (the C module's classify_levels, since 0.3.0). A
+// route classifies once, at the higher of the two pools' pressures, and
+// needs the degrade plan at the pressure of the pool it chose: a
+// LevelsClassifier is asked once per route and Classify is never called,
+// where a plain Classifier is asked again when the two pressures differ.
+//
+// The Verdict's class, replayability, model tier, rule, complexity and
+// reason must not depend on the pressure; its plan fields (MaxOutputTokens,
+// NoTools, Defer) are ignored: the plan at each pressure is the
+// DegradeLevels entry of that pressure. The library checks every level.
+type LevelsClassifier interface {
+	ClassifyLevels(instance any, req *RequestView) (Verdict, DegradeLevels, error)
+}
+
+// DegradeLevels is the degrade plan at every pressure, indexed by Pressure
+// (PressureNormal .. PressureCritical), as a LevelsClassifier returns it
+// (spi_degrade_levels). Its zero value is no cap, tools allowed, nothing
+// deferred, at every pressure.
+type DegradeLevels struct {
+	MaxOutputTokens [4]int64 // 0 = no cap
+	NoTools         [4]bool  // strip tools / multi-step modes
+	Defer           [4]bool  // queue instead of serving now
 }
 
 // Policy is a routing policy module written in Go. Choose picks, from the
@@ -372,7 +410,11 @@ func (e *Engine) register(kind ModuleKind, name string, impl any, onFailure OnFa
 	var rc C.int
 	switch kind {
 	case ModuleClassifier:
-		rc = C.spi_go_register_classifier(p, s, n, C.int32_t(onFailure), C.uintptr_t(h))
+		var levels C.int
+		if _, ok := impl.(LevelsClassifier); ok {
+			levels = 1
+		}
+		rc = C.spi_go_register_classifier(p, s, n, C.int32_t(onFailure), levels, C.uintptr_t(h))
 	case ModulePolicy:
 		var flags PolicyFlags
 		if f, ok := impl.(PolicyFlagger); ok {
@@ -783,6 +825,14 @@ func fillVerdict(out *C.spi_classification, v Verdict) {
 	out.tools_allowed = b2i(!v.NoTools)
 	out._defer = b2i(v.Defer)
 	copyReason(out.reason[:], v.Reason)
+}
+
+func fillLevels(out *C.spi_degrade_levels, lv DegradeLevels) {
+	for i := range lv.MaxOutputTokens {
+		out.max_output_tokens[i] = C.int64_t(lv.MaxOutputTokens[i])
+		out.tools_allowed[i] = b2i(!lv.NoTools[i])
+		out._defer[i] = b2i(lv.Defer[i])
+	}
 }
 
 func fillChoice(out *C.spi_policy_choice, ch PolicyChoice) {

@@ -336,3 +336,81 @@ func TestRegisterKinds(t *testing.T) {
 	}
 	must(t, e.Register(ModuleClassifier, "generic", &threshold{}, OnFailureError))
 }
+
+// tiers is a LevelsClassifier: silver, with a cap that tightens and tools
+// that go as the pressure rises, and bronze deferred at critical pressure.
+type tiers struct {
+	levels   atomic.Int64
+	classify atomic.Int64
+	bad      bool
+}
+
+func (m *tiers) Configure([]byte) (any, error) { return nil, nil }
+
+func (m *tiers) Classify(any, *RequestView, Pressure) (Verdict, error) {
+	m.classify.Add(1)
+	return Verdict{Class: ClassBronze, Reason: "classify"}, nil
+}
+
+func (m *tiers) ClassifyLevels(_ any, req *RequestView) (Verdict, DegradeLevels, error) {
+	m.levels.Add(1)
+	lv := DegradeLevels{
+		MaxOutputTokens: [4]int64{0, 800, 400, 100},
+		NoTools:         [4]bool{false, false, true, true},
+		Defer:           [4]bool{false, false, false, true},
+	}
+	if m.bad {
+		lv.MaxOutputTokens[3] = -1
+	}
+	// The plan fields of the verdict are ignored.
+	return Verdict{Class: ClassSilver, Replayable: true, Reason: "levels " + req.Model(),
+		MaxOutputTokens: 7, NoTools: true, Defer: true}, lv, nil
+}
+
+func TestGoLevelsClassifier(t *testing.T) {
+	e := newEngine(t, "")
+	m := &tiers{}
+	must(t, e.RegisterClassifier("go-levels", m, OnFailureError))
+	must(t, useClassifier(t, e, "go-levels", "{}"))
+	r := newRequest(t, e)
+	must(t, r.SetStr(FieldModel, "llama"))
+	want := []struct {
+		cap      int64
+		tools    bool
+		deferred bool
+	}{{0, true, false}, {800, true, false}, {400, false, false}, {100, false, true}}
+	for p, w := range want {
+		c, err := r.Classify(Pressure(p))
+		must(t, err)
+		if c.Class != ClassSilver || !c.Replayable || c.Reason != "levels llama" ||
+			c.MaxOutputTokens != w.cap || c.ToolsAllowed != w.tools || c.Defer != w.deferred ||
+			c.Pressure != Pressure(p) {
+			t.Fatalf("pressure %d: %+v", p, c)
+		}
+	}
+	if m.levels.Load() != 4 || m.classify.Load() != 0 {
+		t.Fatalf("ClassifyLevels %d calls, Classify %d", m.levels.Load(), m.classify.Load())
+	}
+	// Every level is checked, not only the one asked for.
+	m.bad = true
+	if _, err := r.Classify(PressureNormal); !errors.Is(err, ErrModule) ||
+		!strings.Contains(err.Error(), "invalid") {
+		t.Fatal(err)
+	}
+}
+
+// A classifier without ClassifyLevels is registered without it: Classify
+// answers.
+func TestGoClassifierWithoutLevels(t *testing.T) {
+	e := newEngine(t, "")
+	m := &threshold{}
+	must(t, e.RegisterClassifier("go-plain", m, OnFailureError))
+	must(t, useClassifier(t, e, "go-plain", "{}"))
+	r := newRequest(t, e)
+	if c, err := r.Classify(PressureHigh); err != nil || c.Class != ClassBronze {
+		t.Fatal(c, err)
+	}
+	if m.calls.Load() != 1 {
+		t.Fatal(m.calls.Load())
+	}
+}

@@ -46,9 +46,9 @@ from .modules import (Candidate, ClassifierModule, CostModelModule,
                       KeyBuilderModule, PolicyChoice, PolicyModule,
                       PoolSummary, ReplayRecord, ReplayStoreModule,
                       ReplayStoreStats, RequestView, RouteContext)
-from .types import (CacheKeyValue, Classification, LedgerRow, Load, ParseReport,
-                    OptionInfo, Price, ReplicaInfo, ReplicaStatus, Signals,
-                    SpotCost, TicketResult, Verdict)
+from .types import (CacheKeyValue, Classification, DegradeLevels, LedgerRow,
+                    Load, ParseReport, OptionInfo, Price, ReplicaInfo,
+                    ReplicaStatus, Signals, SpotCost, TicketResult, Verdict)
 
 __version__ = "0.2.0"
 
@@ -146,8 +146,8 @@ def cache_key_hex(high64: int, low64: int) -> str:
 __all__ = [
     "lib", "library_version", "library_version_number",
     "Engine", "Request", "Decision", "Ticket", "CostModel",
-    "Classification", "Verdict", "CacheKeyValue", "Price", "SpotCost",
-    "OptionInfo", "Load", "ReplicaInfo", "ReplicaStatus", "LedgerRow",
+    "Classification", "Verdict", "DegradeLevels", "CacheKeyValue", "Price",
+    "SpotCost", "OptionInfo", "Load", "ReplicaInfo", "ReplicaStatus", "LedgerRow",
     "Signals", "TicketResult",
     "RequestView", "Candidate", "RouteContext", "PolicyChoice",
     "ClassifierModule", "KeyBuilderModule", "CostModelModule", "PolicyModule",

@@ -11,8 +11,8 @@ import weakref
 from ctypes import (byref, c_char, c_int32, c_int64, c_size_t, c_uint32, c_uint64,
                     c_void_p, create_string_buffer, sizeof, string_at)
 from dataclasses import dataclass
-from typing import (Any, Callable, Dict, Iterable, List, Mapping, Optional,
-                    Sequence, Tuple, Union)
+from typing import (TYPE_CHECKING, Any, Callable, Dict, Iterable, List,
+                    Mapping, Optional, Sequence, Tuple, Union, cast)
 
 from . import _native as _n
 from .enums import (Class, LogLevel, ModelTier, ModuleKind, OnFailure,
@@ -22,6 +22,11 @@ from .enums import (Class, LogLevel, ModelTier, ModuleKind, OnFailure,
 from .errors import (MisuseError, ModuleError, RoutingError, SpotinferError)
 from .types import (CacheKeyValue, Classification, LedgerRow, Load, Price,
                     ReplicaInfo, ReplicaStatus, Signals, TicketResult)
+
+if TYPE_CHECKING:  # imported where used, at run time
+    from .enums import NodeState
+    from .notices import Notice, TicketPlan
+    from .replay import ReplayQueue
 
 _lib = _n.lib
 
@@ -233,19 +238,19 @@ class Engine:
         out = c_int32()
         _lib.spi_engine_class_from_priority(self._p(), coerce(PriorityScheme, scheme),
                                             int(priority), byref(out))
-        return maybe_enum(Class, out.value)  # type: ignore[return-value]
+        return maybe_enum(Class, out.value)
 
     def class_to_service_tier(self, klass: Union[Class, int, str]) -> ServiceTier:
         out = c_int32()
         _lib.spi_engine_class_to_service_tier(self._p(), coerce(Class, klass),
                                               byref(out))
-        return maybe_enum(ServiceTier, out.value)  # type: ignore[return-value]
+        return maybe_enum(ServiceTier, out.value)
 
     def class_from_service_tier(self, tier: Union[ServiceTier, int, str]) -> Class:
         out = c_int32()
         _lib.spi_engine_class_from_service_tier(self._p(), coerce(ServiceTier, tier),
                                                 byref(out))
-        return maybe_enum(Class, out.value)  # type: ignore[return-value]
+        return maybe_enum(Class, out.value)
 
     # -- requests
 
@@ -337,7 +342,7 @@ class Engine:
         for i in itertools.count():
             if _lib.spi_engine_module_name(self._p(), kind_i, i, byref(out)) < 0:
                 break
-            names.append(_s(string_at(out.value)))
+            names.append(_s(string_at(cast(int, out.value))))
         return names
 
     # -- replicas
@@ -454,7 +459,7 @@ class Engine:
         nb = _b(node)
         out = c_int32()
         _lib.spi_node_get_state(self._p(), nb, len(nb), byref(out))
-        return maybe_enum(NodeState, out.value)  # type: ignore[return-value]
+        return maybe_enum(NodeState, out.value)
 
     def on_node_transition(self, fn: Optional[Callable[[str, "NodeState", "NodeState"], None]]) -> None:
         """Call fn(node, from_state, to_state) on every node transition
@@ -469,7 +474,7 @@ class Engine:
         def tramp(_ud: Any, node: Optional[int], n: int, a: int, b: int) -> None:
             try:
                 name = _s(string_at(node, n)) if node and n else ""
-                fn(name, maybe_enum(NodeState, a), maybe_enum(NodeState, b))  # type: ignore[arg-type]
+                fn(name, maybe_enum(NodeState, a), maybe_enum(NodeState, b))
             except BaseException:
                 pass
         cb = _n.NODE_FN(tramp)
@@ -600,7 +605,7 @@ def _log_trampoline(log: Callable[[LogLevel, str], None]) -> Callable[..., None]
     def tramp(_ud: Any, level: int, msg: Optional[int], n: int) -> None:
         try:
             text = string_at(msg, n).decode("utf-8", "replace") if msg else ""
-            log(maybe_enum(LogLevel, level), text)  # type: ignore[arg-type]
+            log(maybe_enum(LogLevel, level), text)
         except BaseException:
             pass
     return tramp
@@ -783,7 +788,7 @@ class Request:
         """A string attribute as the exact bytes the library holds."""
         p, n = c_void_p(), c_size_t()
         _lib.spi_request_get_str(self._p(), coerce(ReqStr, field), byref(p), byref(n))
-        return string_at(p.value, n.value) if n.value else b""
+        return string_at(cast(int, p.value), n.value) if n.value else b""
 
     def get_str(self, field: Union[ReqStr, int, str]) -> str:
         return _s(self.get_bytes(field))
@@ -867,7 +872,7 @@ class Request:
         """The canonical prompt text the prefix blocks are cut from."""
         p, n = c_void_p(), c_size_t()
         _lib.spi_request_canonical_prompt(self._p(), byref(p), byref(n))
-        return string_at(p.value, n.value) if n.value else b""
+        return string_at(cast(int, p.value), n.value) if n.value else b""
 
     # -- decisions
 
@@ -1037,24 +1042,24 @@ class Decision:
     def _from(cls, d: _n.Decision, engine: Engine) -> "Decision":
         n = min(int(d.n_fallbacks), _n.MAX_FALLBACKS)
         return cls(
-            pool=maybe_enum(Pool, d.pool),  # type: ignore[arg-type]
-            klass=maybe_enum(Class, d.klass),  # type: ignore[arg-type]
+            pool=maybe_enum(Pool, d.pool),
+            klass=maybe_enum(Class, d.klass),
             replayable=bool(d.replayable),
-            model_tier=maybe_enum(ModelTier, d.model_tier),  # type: ignore[arg-type]
-            pressure=maybe_enum(Pressure, d.pressure),  # type: ignore[arg-type]
+            model_tier=maybe_enum(ModelTier, d.model_tier),
+            pressure=maybe_enum(Pressure, d.pressure),
             tools_allowed=bool(d.tools_allowed),
             max_output_tokens=d.max_output_tokens,
             replica_id=_s(d.replica_id),
             fallback_ids=tuple(_s(d.fallback_ids[i].value) for i in range(n)),
             matched_blocks=d.matched_blocks,
             total_blocks=d.total_blocks,
-            reason_code=maybe_enum(Reason, d.reason_code),  # type: ignore[arg-type]
+            reason_code=maybe_enum(Reason, d.reason_code),
             reason=_s(d.reason),
             ticket=Ticket(engine, d.ticket) if d.ticket else None,
             key=CacheKeyValue(d.key.high64, d.key.low64),
             est_ttft_ms=d.est_ttft_ms,
             est_usd=d.est_usd,
-            shadow_pool=maybe_enum(Pool, d.shadow_pool),  # type: ignore[arg-type]
+            shadow_pool=maybe_enum(Pool, d.shadow_pool),
             shadow_matched_blocks=d.shadow_matched_blocks,
             shadow_replica_id=_s(d.shadow_replica_id),
         )

@@ -7,6 +7,7 @@ integer (or, where the library has names for them, the name as text).
 from __future__ import annotations
 
 import enum
+from typing import Type, TypeVar
 
 __all__ = [
     "Status", "LogLevel", "OptionType", "Class", "ModelTier",
@@ -255,7 +256,13 @@ def coerce(enum_cls: type, value: object) -> int:
                     f"got {type(value).__name__}")
 
 
-def maybe_enum(enum_cls: type, value: int) -> int:
+_E = TypeVar("_E", bound=enum.IntEnum)
+
+
+def maybe_enum(enum_cls: Type[_E], value: int) -> _E:
     """value as a member of enum_cls when it is one, else the plain int
-    (a value from a newer library). A dict lookup: this is on hot paths."""
-    return enum_cls._value2member_map_.get(value, value)  # type: ignore[attr-defined,no-any-return]
+    (a value from a newer library). A dict lookup: this is on hot paths.
+
+    Typed as the enum, as the fields it fills are declared: a plain int is
+    an int like the members, and only a newer library produces one."""
+    return enum_cls._value2member_map_.get(value, value)  # type: ignore[arg-type,return-value]

@@ -28,6 +28,15 @@ How the C contract maps to Python:
 * Calls may run concurrently on several threads (each holds the GIL only
   while in Python).
 * ``req`` is a :class:`RequestView`, valid only during the call.
+* A classifier may define ``classify_levels(instance, req)`` instead of (or
+  besides) ``classify``: it returns the verdict and a
+  :class:`DegradeLevels`, the plan at every pressure, in one call. A route
+  classifies once, at the higher of the two pools' pressures, and needs the
+  plan at the pressure of the pool it chose: such a classifier is asked
+  once per route and ``classify`` is never called, where one with
+  ``classify`` only is asked again when the two pressures differ. The
+  verdict's plan fields (``max_output_tokens``, ``tools_allowed``,
+  ``defer``) are then ignored, and the rest must not depend on pressure.
 * Any exception inside a callback becomes an error status (the exception's
   ``code`` for a SpotinferError, else SPI_EMODULE) and never crosses into C;
   its text goes to the library's message where the callback has an error
@@ -61,7 +70,7 @@ from .enums import (Class, ModelTier, ModuleKind, OnFailure, PolicyFlags, Pool,
                     Pressure, Reason, ReplayRecordType, ServiceTier, coerce,
                     maybe_enum)
 from .errors import SpotinferError
-from .types import CacheKeyValue, Classification, Price, Verdict
+from .types import CacheKeyValue, Classification, DegradeLevels, Price, Verdict
 
 __all__ = [
     "RequestView", "Candidate", "PoolSummary", "RouteContext", "PolicyChoice",
@@ -97,7 +106,7 @@ class RequestView:
 
     def _has(self, name: str) -> bool:
         f = getattr(_n.RequestView, name)
-        return self._view().struct_size >= f.offset + f.size
+        return bool(self._view().struct_size >= f.offset + f.size)
 
     def _bytes(self, name: str) -> bytes:
         v = self._view()
@@ -145,11 +154,11 @@ class RequestView:
 
     @property
     def explicit_class(self) -> Class:
-        return maybe_enum(Class, self._view().explicit_class)  # type: ignore[return-value]
+        return maybe_enum(Class, self._view().explicit_class)
 
     @property
     def service_tier(self) -> ServiceTier:
-        return maybe_enum(ServiceTier, self._view().service_tier)  # type: ignore[return-value]
+        return maybe_enum(ServiceTier, self._view().service_tier)
 
     @property
     def priority(self) -> Optional[int]: return self._opt("priority")
@@ -180,14 +189,14 @@ class RequestView:
         """The class the priority maps to (classifier only; UNSET if none)."""
         if not self._has("priority_class"):
             return Class.UNSET
-        return maybe_enum(Class, self._view().priority_class)  # type: ignore[return-value]
+        return maybe_enum(Class, self._view().priority_class)
 
     @property
     def forced_model_tier(self) -> ModelTier:
         """SPI_REQ_MODEL_TIER if the caller forced one, else UNSET."""
         if not self._has("forced_model_tier"):
             return ModelTier.UNSET
-        return maybe_enum(ModelTier, self._view().forced_model_tier)  # type: ignore[return-value]
+        return maybe_enum(ModelTier, self._view().forced_model_tier)
 
     def __repr__(self) -> str:
         if self._v is None:
@@ -254,8 +263,8 @@ class PoolSummary:
     def _from(cls, s: _n.PoolSummary) -> "PoolSummary":
         n = min(int(s.n_top), _n.SUMMARY_TOP)
         return cls(
-            pool=maybe_enum(Pool, s.pool),  # type: ignore[arg-type]
-            model_tier=maybe_enum(ModelTier, s.model_tier),  # type: ignore[arg-type]
+            pool=maybe_enum(Pool, s.pool),
+            model_tier=maybe_enum(ModelTier, s.model_tier),
             usable=int(s.usable), top=tuple(s.top[:n]),
             warm=s.warm if s.warm >= 0 else None,
             least=s.least if s.least >= 0 else None,
@@ -324,7 +333,7 @@ class ReplayRecord:
     def _from(cls, r: _n.ReplayRecord) -> "ReplayRecord":
         from .replay import Envelope
         env = Envelope._from(r.envelope.contents) if r.envelope else None
-        return cls(maybe_enum(ReplayRecordType, r.type),  # type: ignore[arg-type]
+        return cls(maybe_enum(ReplayRecordType, r.type),
                    string_at(r.key, r.key_len).decode("utf-8", "surrogateescape")
                    if r.key and r.key_len else "",
                    r.attempts, r.visible_ns, env)
@@ -378,9 +387,19 @@ class _ModuleBase:
         """The engine was freed."""
 
 
+VerdictLike = Union[Verdict, Classification, Class, int, Dict[str, Any]]
+
+
 class ClassifierModule(_ModuleBase):
     def classify(self, instance: Any, req: RequestView,
-                 pressure: Pressure) -> Union[Verdict, Classification, Class, int, Dict[str, Any]]:
+                 pressure: Pressure) -> VerdictLike:
+        raise NotImplementedError
+
+    def classify_levels(
+            self, instance: Any, req: RequestView
+    ) -> Tuple[VerdictLike, Union[DegradeLevels, Dict[str, Any]]]:
+        """Optional: the verdict and the plan at every pressure at once
+        (see the module's documentation). Not used unless overridden."""
         raise NotImplementedError
 
 
@@ -524,6 +543,23 @@ class _Adapter:
         return self.instances[inst or 0]
 
 
+def _levels(result: Any) -> DegradeLevels:
+    if isinstance(result, DegradeLevels):
+        return result
+    if isinstance(result, dict):
+        return DegradeLevels(**{k: tuple(v) for k, v in result.items()})
+    raise TypeError(f"classify_levels returned {type(result).__name__} for "
+                    "the levels, expected DegradeLevels or dict")
+
+
+def _has_levels(impl: Any) -> bool:
+    """Whether impl answers classify_levels (not the base class's stub)."""
+    fn = getattr(impl, "classify_levels", None)
+    if not callable(fn):
+        return False
+    return getattr(fn, "__func__", None) is not ClassifierModule.classify_levels
+
+
 class _ClassifierAdapter(_Adapter):
     def __init__(self, *a: Any) -> None:
         super().__init__(*a)
@@ -531,6 +567,23 @@ class _ClassifierAdapter(_Adapter):
         self.struct = _n.ClassifierModule(
             on_failure=self.on_failure, configure=self.configure_fn,
             release=self.release_fn, classify=self.classify_fn)
+        if _has_levels(self.impl):
+            self.classify_levels_fn = _n.CLASSIFY_LEVELS_FN(
+                self._classify_levels)
+            self.struct.classify_levels = self.classify_levels_fn
+
+    def _classify_levels(self, _s: Any, inst: Optional[int], req: Any,
+                         out: Any, levels: Any) -> int:
+        view = RequestView(req.contents)
+        try:
+            verdict, lv = self.impl.classify_levels(self._instance(inst), view)
+            _verdict(verdict)._fill(out.contents)
+            _levels(lv)._fill(levels.contents)
+            return 0
+        except BaseException as e:
+            return self._failed(e)
+        finally:
+            view._v = None
 
     def _classify(self, _s: Any, inst: Optional[int], req: Any, pressure: int,
                   out: Any) -> int:
@@ -633,7 +686,7 @@ def _candidates(ctx: _n.RouteContext) -> Tuple[Candidate, ...]:
         out.append(Candidate(
             index=i,
             id=string_at(c.id, c.id_len).decode("utf-8", "surrogateescape") if c.id else "",
-            pool=maybe_enum(Pool, c.pool), model_tier=maybe_enum(ModelTier, c.model_tier),  # type: ignore[arg-type]
+            pool=maybe_enum(Pool, c.pool), model_tier=maybe_enum(ModelTier, c.model_tier),
             eligible=bool(c.eligible), probe=bool(c.probe), fresh=bool(c.fresh),
             running=c.running, waiting=c.waiting, kv_usage=c.kv_usage,
             inflight=c.inflight, max_inflight=c.max_inflight,
@@ -715,7 +768,7 @@ class _PolicyAdapter(_Adapter):
                 cls=Classification._from(c.cls.contents) if c.cls else None,
                 candidates=_candidates(c),
                 total_blocks=c.total_blocks, max_fallbacks=c.max_fallbacks,
-                pressure=tuple(c.pressure),  # type: ignore[arg-type]
+                pressure=tuple(c.pressure),
                 shed=tuple(bool(s) for s in c.shed),  # type: ignore[arg-type]
                 now_ns=c.now_ns, summaries=_summaries(c), **_model_fields(c))
             ch = self.impl.choose(self._instance(inst), ctx)
@@ -841,6 +894,8 @@ def build_module(kind: int, name: str, impl: Any, on_failure: int,
             release=adapter.release_fn)
         return adapter
     for meth in _REQUIRED[kind]:
+        if kind == ModuleKind.CLASSIFIER and _has_levels(impl):
+            break  # classify_levels answers every call
         if not callable(getattr(impl, meth, None)):
             raise TypeError(f"a {ModuleKind(kind).name.lower()} module needs a "
                             f"{meth}() method; {type(impl).__name__} has none")

@@ -38,7 +38,7 @@ class Notice:
 
     @classmethod
     def _from(cls, n: _n.Notice) -> "Notice":
-        return cls(maybe_enum(NoticeKind, n.kind), maybe_enum(NoticeFormat, n.format),  # type: ignore[arg-type]
+        return cls(maybe_enum(NoticeKind, n.kind), maybe_enum(NoticeFormat, n.format),
                    _t(n.node), n.deadline_ns, n.received_ns, bool(n.active),
                    _t(n.event_id), _t(n.dedup_key))
 
@@ -66,8 +66,8 @@ class TicketPlan:
 
     @classmethod
     def _from(cls, p: _n.TicketPlan) -> "TicketPlan":
-        return cls(p.ticket, maybe_enum(TicketAction, p.action),  # type: ignore[arg-type]
-                   maybe_enum(Class, p.klass), p.remaining_s, p.deadline_s,  # type: ignore[arg-type]
+        return cls(p.ticket, maybe_enum(TicketAction, p.action),
+                   maybe_enum(Class, p.klass), p.remaining_s, p.deadline_s,
                    p.progress, _t(p.replica_id))
 
 

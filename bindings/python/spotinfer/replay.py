@@ -71,8 +71,8 @@ class Envelope:
         return cls(
             key=raw(e.key, e.key_len).decode("utf-8", "surrogateescape"),
             body=raw(e.body, e.body_len),
-            klass=maybe_enum(Class, e.klass),  # type: ignore[arg-type]
-            openai_kind=maybe_enum(OpenAIKind, e.openai_kind),  # type: ignore[arg-type]
+            klass=maybe_enum(Class, e.klass),
+            openai_kind=maybe_enum(OpenAIKind, e.openai_kind),
             partial_text=raw(e.partial_text, e.partial_text_len).decode("utf-8", "surrogateescape"),
             partial_tokens=tuple(toks), stream_offset=e.stream_offset,
             attempts=e.attempts, flags=e.flags,
@@ -122,7 +122,7 @@ class ReplayStats:
 
     @classmethod
     def _from(cls, s: _n.ReplayStats) -> "ReplayStats":
-        return cls(tuple(s.ready), s.leased, s.delayed, s.dead, s.enqueued,  # type: ignore[arg-type]
+        return cls(tuple(s.ready), s.leased, s.delayed, s.dead, s.enqueued,
                    s.duplicates, s.acked, s.nacked, s.expired_leases,
                    s.journal_bytes, s.recovered, s.torn, s.truncated_bytes,
                    s.syncs, s.compactions, s.skipped, s.skipped_bytes,

@@ -15,8 +15,8 @@ from .enums import (BreakerState, Class, ModelTier, OptionType, Pool,
                     maybe_enum)
 
 __all__ = [
-    "Classification", "Verdict", "CacheKeyValue", "Price", "SpotCost",
-    "OptionInfo", "Load", "ReplicaInfo", "ReplicaStatus", "LedgerRow",
+    "Classification", "Verdict", "DegradeLevels", "CacheKeyValue", "Price",
+    "SpotCost", "OptionInfo", "Load", "ReplicaInfo", "ReplicaStatus", "LedgerRow",
     "Signals", "TicketResult",
 ]
 
@@ -103,6 +103,32 @@ class Verdict:
         out.tools_allowed = int(bool(self.tools_allowed))
         out.defer = int(bool(self.defer))
         out.reason = self.reason.encode("utf-8")[:119]
+
+
+@dataclass(frozen=True)
+class DegradeLevels:
+    """The degrade plan at every pressure, indexed by :class:`Pressure`
+    (NORMAL .. CRITICAL), as a classifier's ``classify_levels`` returns it
+    (``spi_degrade_levels``). Each field holds four values; the default is
+    no cap, tools allowed, nothing deferred, at every pressure. The library
+    checks every level (caps >= 0).
+    """
+
+    max_output_tokens: Tuple[int, int, int, int] = (0, 0, 0, 0)
+    tools_allowed: Tuple[bool, bool, bool, bool] = (True, True, True, True)
+    defer: Tuple[bool, bool, bool, bool] = (False, False, False, False)
+
+    def __post_init__(self) -> None:
+        for name in ("max_output_tokens", "tools_allowed", "defer"):
+            if len(getattr(self, name)) != 4:
+                raise ValueError(f"DegradeLevels.{name} needs one value per "
+                                 f"pressure (4), got {len(getattr(self, name))}")
+
+    def _fill(self, out: _n.DegradeLevels) -> None:
+        for i in range(4):
+            out.max_output_tokens[i] = int(self.max_output_tokens[i])
+            out.tools_allowed[i] = int(bool(self.tools_allowed[i]))
+            out.defer[i] = int(bool(self.defer[i]))
 
 
 @dataclass(frozen=True)
@@ -310,7 +336,7 @@ class Signals:
 
     @classmethod
     def _from(cls, s: _n.Signals) -> "Signals":
-        return cls(tuple(s.queue_depth), tuple(s.p95_ttft_ms),  # type: ignore[arg-type]
+        return cls(tuple(s.queue_depth), tuple(s.p95_ttft_ms),
                    s.cache_miss_rate, s.warm_on_demand, s.draft_acceptance)
 
 

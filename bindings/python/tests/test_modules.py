@@ -9,8 +9,9 @@ from ctypes import Structure, addressof, c_char, sizeof
 import pytest
 
 import spotinfer
-from spotinfer import (Class, ClassifierModule, Engine, ModelTier, ModuleKind,
-                       OnFailure, Pool, Pressure, RequestView, Verdict)
+from spotinfer import (Class, ClassifierModule, DegradeLevels, Engine,
+                       ModelTier, ModuleKind, OnFailure, Pool, Pressure,
+                       RequestView, Verdict)
 from spotinfer import _native
 from spotinfer.modules import _summaries
 
@@ -171,6 +172,77 @@ def test_plain_object_and_dict_results(engine):
     _use(engine, "plain", {"x": 1})
     c = engine.request(model="m").classify()
     assert (c.klass, c.replayable, c.reason) == (Class.SILVER, True, "dict")
+
+
+class Tiers(ClassifierModule):
+    """Silver for every pressure, with a cap that tightens and tools that go
+    as the pressure rises, deferred at CRITICAL: all in one call."""
+
+    def __init__(self, levels=None):
+        self.levels_calls = 0
+        self.classify_calls = 0
+        self.levels = levels or DegradeLevels(
+            max_output_tokens=(0, 800, 400, 100),
+            tools_allowed=(True, True, False, False),
+            defer=(False, False, False, True))
+
+    def classify(self, instance, req, pressure):
+        self.classify_calls += 1
+        return Class.BRONZE
+
+    def classify_levels(self, instance, req):
+        self.levels_calls += 1
+        # The verdict's own plan fields are ignored.
+        return (Verdict(Class.SILVER, replayable=True, reason="levels " + req.model,
+                        max_output_tokens=7, tools_allowed=False, defer=True),
+                self.levels)
+
+
+def test_classify_levels(engine):
+    mod = Tiers()
+    engine.register_classifier("py-levels", mod)
+    _use(engine, "py-levels")
+    r = engine.request(model="m")
+    want = [(0, True, False), (800, True, False), (400, False, False),
+            (100, False, True)]
+    for p, (cap, tools, defer) in zip(Pressure, want):
+        c = r.classify(p)
+        assert (c.klass, c.replayable, c.reason) == (Class.SILVER, True, "levels m")
+        assert (c.max_output_tokens, c.tools_allowed, c.defer) == (cap, tools, defer)
+        assert c.pressure is p
+    assert (mod.levels_calls, mod.classify_calls) == (4, 0)
+
+
+def test_classify_levels_checked_and_dicts(engine):
+    # Every level is checked, not only the one asked for.
+    bad = Tiers(DegradeLevels(max_output_tokens=(0, 0, 0, -1)))
+    engine.register_classifier("py-bad-levels", bad)
+    _use(engine, "py-bad-levels")
+    with pytest.raises(spotinfer.ModuleFailedError) as ei:
+        engine.request(model="m").classify(Pressure.NORMAL)
+    assert "invalid" in ei.value.message
+
+    class Plain:  # no base class and no classify: classify_levels suffices
+        def classify_levels(self, instance, req):
+            return ({"klass": Class.GOLD},
+                    {"max_output_tokens": [10, 20, 30, 40]})
+
+    engine.register_classifier("plain-levels", Plain())
+    _use(engine, "plain-levels")
+    c = engine.request(model="m").classify(Pressure.HIGH)
+    assert (c.klass, c.max_output_tokens, c.tools_allowed) == (Class.GOLD, 30, True)
+    with pytest.raises(ValueError):
+        DegradeLevels(defer=(True,))
+
+
+def test_classify_without_levels_is_asked(engine):
+    # A subclass that keeps the base class's classify_levels registers
+    # classify only.
+    mod = ThresholdClassifier()
+    engine.register_classifier("py-plain", mod)
+    _use(engine, "py-plain")
+    assert engine.request(model="m").classify().klass is Class.BRONZE
+    assert len(mod.seen) == 1
 
 
 def test_registration_errors(engine):
@@ -343,3 +415,25 @@ def test_route_context_short_summary_stride():
     (s,) = _summaries(c)
     assert (s.pool, s.usable, s.top) == (Pool.SPOT, 9, (0, 1, 2))
     assert (s.warm, s.least, s.rendezvous) == (None, None, None)
+
+
+@pytest.mark.parametrize("kind", [ModuleKind.CLASSIFIER, ModuleKind.KEY_BUILDER,
+                                  ModuleKind.COST_MODEL, ModuleKind.POLICY])
+def test_every_module_callback_is_bound(kind):
+    """Every callback of the C module struct is set for a module that has
+    every method, so a field added to the header is not left NULL."""
+    class Full:
+        def classify(self, instance, req, pressure): ...
+        def classify_levels(self, instance, req): ...
+        def build_key(self, instance, req): ...
+        def block_hashes(self, instance, req, key): ...
+        def price(self, instance, req, pool): ...
+        def choose(self, instance, ctx): ...
+
+    from spotinfer.modules import build_module
+    adapter = build_module(int(kind), "full", Full(), 0, threading.local())
+    callbacks = [name for name, typ in adapter.struct._fields_
+                 if hasattr(typ, "argtypes")]
+    assert len(callbacks) >= 3
+    for name in callbacks:
+        assert getattr(adapter.struct, name), f"{name} is not bound"
