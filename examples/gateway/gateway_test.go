@@ -152,6 +152,28 @@ func newTestGateway(t *testing.T, backends map[string]*fakeBackend, pools map[st
 	return srv
 }
 
+// postChat posts body to the gateway's chat completions endpoint at url; a
+// transport error fails the test.
+func postChat(t *testing.T, url, body string) *http.Response {
+	t.Helper()
+	resp, err := http.Post(url+"/v1/chat/completions", "application/json", strings.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return resp
+}
+
+// wantRetryAfter reads and closes resp, and fails the test unless it has
+// the status and a Retry-After header.
+func wantRetryAfter(t *testing.T, resp *http.Response, status int) {
+	t.Helper()
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != status || resp.Header.Get("Retry-After") == "" {
+		t.Fatalf("status %d, Retry-After %q: %s", resp.StatusCode, resp.Header.Get("Retry-After"), b)
+	}
+}
+
 // readStream returns the streamed text and whether [DONE] arrived.
 func readStream(t *testing.T, resp *http.Response) (string, bool, int) {
 	text, done, roles, ids, _ := readStreamAll(t, resp)
@@ -215,27 +237,20 @@ func TestStreamPassesThroughAndBadBodyIs400(t *testing.T) {
 	fb := &fakeBackend{n: 30}
 	srv := newTestGateway(t, map[string]*fakeBackend{"spot-a": fb},
 		map[string]string{"spot-a": "spot"}, "spotinfer")
-	resp, err := http.Post(srv.URL+"/v1/chat/completions", "application/json", strings.NewReader(silverStream))
-	if err != nil {
-		t.Fatal(err)
-	}
+	resp := postChat(t, srv.URL, silverStream)
 	if resp.StatusCode != 200 || resp.Header.Get("Content-Type") != "text/event-stream" {
 		t.Fatalf("status %d, %s", resp.StatusCode, resp.Header.Get("Content-Type"))
 	}
 	if text, done, _ := readStream(t, resp); text != want(30) || !done {
 		t.Fatalf("got %q done=%v", text, done)
 	}
-	resp, err = http.Post(srv.URL+"/v1/chat/completions", "application/json",
-		strings.NewReader(`{"model":"m","messages":[{"role":"user","content":1}]}`))
-	if err != nil {
-		t.Fatal(err)
-	}
+	resp = postChat(t, srv.URL, `{"model":"m","messages":[{"role":"user","content":1}]}`)
 	b, _ := io.ReadAll(resp.Body)
 	resp.Body.Close()
 	if resp.StatusCode != 400 || !strings.Contains(string(b), "messages[0].content") {
 		t.Fatalf("status %d: %s", resp.StatusCode, b)
 	}
-	resp, err = http.Get(srv.URL + "/metrics")
+	resp, err := http.Get(srv.URL + "/metrics")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -257,10 +272,7 @@ func TestCutStreamIsResumedElsewhere(t *testing.T) {
 	a.cutAfter.Store(13)
 	srv := newTestGateway(t, map[string]*fakeBackend{"spot-a": a, "od-1": od},
 		map[string]string{"spot-a": "spot", "od-1": "on_demand"}, "spotinfer")
-	resp, err := http.Post(srv.URL+"/v1/chat/completions", "application/json", strings.NewReader(silverStream))
-	if err != nil {
-		t.Fatal(err)
-	}
+	resp := postChat(t, srv.URL, silverStream)
 	text, done, roles, ids, usage := readStreamAll(t, resp)
 	if text != want(40) || !done || roles != 1 || len(ids) != 1 || usage != 40 {
 		t.Fatalf("got %q done=%v roles=%d ids=%v usage=%d", text, done, roles, ids, usage)
@@ -287,10 +299,7 @@ func TestRoundRobinRelays(t *testing.T) {
 	srv := newTestGateway(t, map[string]*fakeBackend{"spot-a": a, "spot-b": b},
 		map[string]string{"spot-a": "spot", "spot-b": "spot"}, "roundrobin")
 	for i := 0; i < 4; i++ {
-		resp, err := http.Post(srv.URL+"/v1/chat/completions", "application/json", strings.NewReader(silverStream))
-		if err != nil {
-			t.Fatal(err)
-		}
+		resp := postChat(t, srv.URL, silverStream)
 		if text, done, _ := readStream(t, resp); text != want(5) || !done {
 			t.Fatalf("got %q", text)
 		}
@@ -387,10 +396,7 @@ func TestNoticeCutsStreamAndResumesOnDemand(t *testing.T) {
 		t.Fatalf("spot-a got %d requests, od-1 %d continuations", onA, conts)
 	}
 	// New work avoids the noticed machine.
-	resp, err := http.Post(srv.URL+"/v1/chat/completions", "application/json", strings.NewReader(silverStream))
-	if err != nil {
-		t.Fatal(err)
-	}
+	resp := postChat(t, srv.URL, silverStream)
 	if text, ok, _ := readStream(t, resp); text != want(300) || !ok {
 		t.Fatalf("after the notice: %q", text)
 	}
@@ -428,15 +434,8 @@ func TestNoCapacityIs503(t *testing.T) {
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
-	resp, err := http.Post(srv.URL+"/v1/chat/completions", "application/json", strings.NewReader(silverStream))
-	if err != nil {
-		t.Fatal(err)
-	}
-	b, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
-	if resp.StatusCode != 503 || resp.Header.Get("Retry-After") == "" {
-		t.Fatalf("status %d, Retry-After %q: %s", resp.StatusCode, resp.Header.Get("Retry-After"), b)
-	}
+	resp := postChat(t, srv.URL, silverStream)
+	wantRetryAfter(t, resp, 503)
 }
 
 // A backend whose /metrics reports a nearly full KV cache makes the library
@@ -444,15 +443,8 @@ func TestNoCapacityIs503(t *testing.T) {
 func TestShedIs429(t *testing.T) {
 	srv := newTestGateway(t, map[string]*fakeBackend{"spot-a": {n: 3, kv: "0.9"}},
 		map[string]string{"spot-a": "spot"}, "spotinfer")
-	resp, err := http.Post(srv.URL+"/v1/chat/completions", "application/json", strings.NewReader(strings.Replace(silverStream, "silver", "bronze", 1)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	b, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
-	if resp.StatusCode != 429 || resp.Header.Get("Retry-After") == "" {
-		t.Fatalf("status %d, Retry-After %q: %s", resp.StatusCode, resp.Header.Get("Retry-After"), b)
-	}
+	resp := postChat(t, srv.URL, strings.Replace(silverStream, "silver", "bronze", 1))
+	wantRetryAfter(t, resp, 429)
 }
 
 // A notice that comes while the request still waits for its first byte
@@ -470,10 +462,7 @@ func TestNoticeBeforeFirstByteRoutesAgain(t *testing.T) {
 		imds.notice.Store(true)
 	}()
 	start := time.Now()
-	resp, err := http.Post(srv.URL+"/v1/chat/completions", "application/json", strings.NewReader(silverStream))
-	if err != nil {
-		t.Fatal(err)
-	}
+	resp := postChat(t, srv.URL, silverStream)
 	if text, ok, _ := readStream(t, resp); text != want(20) || !ok {
 		t.Fatalf("got %q", text)
 	}
@@ -502,10 +491,7 @@ func TestFallbackOn5xx(t *testing.T) {
 	a.fail.Store(1)
 	srv := newTestGateway(t, map[string]*fakeBackend{"spot-a": a, "od-1": od},
 		map[string]string{"spot-a": "spot", "od-1": "on_demand"}, "spotinfer")
-	resp, err := http.Post(srv.URL+"/v1/chat/completions", "application/json", strings.NewReader(silverStream))
-	if err != nil {
-		t.Fatal(err)
-	}
+	resp := postChat(t, srv.URL, silverStream)
 	if text, ok, _ := readStream(t, resp); text != want(10) || !ok {
 		t.Fatalf("got %q", text)
 	}
@@ -525,10 +511,7 @@ func TestCutStreamIsResumedFromAJournal(t *testing.T) {
 	srv := newTestGateway(t, map[string]*fakeBackend{"spot-a": a, "od-1": od},
 		map[string]string{"spot-a": "spot", "od-1": "on_demand"}, "spotinfer",
 		"-replay", `{"store":"journal","dir":"`+dir+`","fsync":"always"}`)
-	resp, err := http.Post(srv.URL+"/v1/chat/completions", "application/json", strings.NewReader(silverStream))
-	if err != nil {
-		t.Fatal(err)
-	}
+	resp := postChat(t, srv.URL, silverStream)
 	if text, done, roles := readStream(t, resp); text != want(40) || !done || roles != 1 {
 		t.Fatalf("got %q done=%v roles=%d", text, done, roles)
 	}
@@ -579,10 +562,7 @@ func TestFromScratchReplaySkipsWhatTheClientHas(t *testing.T) {
 	srv := newTestGateway(t, map[string]*fakeBackend{"spot-a": a, "od-1": od},
 		map[string]string{"spot-a": "spot", "od-1": "on_demand"}, "spotinfer")
 	body := strings.Replace(silverStream, `"stream":true,`, `"stream":true,"response_format":{"type":"json_object"},`, 1)
-	resp, err := http.Post(srv.URL+"/v1/chat/completions", "application/json", strings.NewReader(body))
-	if err != nil {
-		t.Fatal(err)
-	}
+	resp := postChat(t, srv.URL, body)
 	text, done, roles, ids, _ := readStreamAll(t, resp)
 	if text != want(40) || !done || roles != 1 || len(ids) != 1 {
 		t.Fatalf("got %q done=%v roles=%d ids=%v", text, done, roles, ids)

@@ -4,7 +4,7 @@ engine makes for the tickets on a noticed machine."""
 from __future__ import annotations
 
 import time
-from ctypes import byref, c_size_t, create_string_buffer
+from ctypes import Array, byref, c_size_t, create_string_buffer
 from dataclasses import dataclass
 from typing import List, Tuple, Union
 
@@ -71,6 +71,22 @@ class TicketPlan:
                    p.progress, _t(p.replica_id))
 
 
+def _parse_args(body: Union[str, bytes], node: str,
+                now_ns: Union[int, None]) -> Tuple[bytes, bytes, int]:
+    """The body and node as bytes, and the poll time (default: now)."""
+    data = body.encode("utf-8") if isinstance(body, str) else bytes(body)
+    return data, node.encode("utf-8"), (time.time_ns() if now_ns is None
+                                        else int(now_ns))
+
+
+def _notices(cap: int) -> Array[_n.Notice]:
+    """An array of cap spi_notice structs, their struct_size set."""
+    out = (_n.Notice * cap)()
+    for o in out:
+        o.struct_size = _n.sizeof(_n.Notice)
+    return out
+
+
 def parse_notice(format: Union[NoticeFormat, int, str], body: Union[str, bytes], *,
                  http_status: int = 200, node: str = "",
                  now_ns: Union[int, None] = None) -> List[Notice]:
@@ -79,14 +95,10 @@ def parse_notice(format: Union[NoticeFormat, int, str], body: Union[str, bytes],
     http_status is the status of the metadata request (404: no notice);
     node names the polled machine; now_ns (default: now) is the poll time.
     """
-    data = body.encode("utf-8") if isinstance(body, str) else bytes(body)
-    nb = node.encode("utf-8")
-    now = time.time_ns() if now_ns is None else int(now_ns)
+    data, nb, now = _parse_args(body, node, now_ns)
     cap = 8
     while True:
-        out = (_n.Notice * cap)()
-        for o in out:
-            o.struct_size = _n.sizeof(_n.Notice)
+        out = _notices(cap)
         n = c_size_t()
         err = create_string_buffer(256)
         rc = _lib.spi_notice_parse(coerce(NoticeFormat, format), int(http_status),
@@ -104,14 +116,10 @@ def parse_notice_report(format: Union[NoticeFormat, int, str],
     """parse_notice() that also says which events it skipped: an event whose
     type or state this library does not know is counted and left out, and
     the document's other events are still read."""
-    data = body.encode("utf-8") if isinstance(body, str) else bytes(body)
-    nb = node.encode("utf-8")
-    now = time.time_ns() if now_ns is None else int(now_ns)
+    data, nb, now = _parse_args(body, node, now_ns)
     cap = 8
     while True:
-        out = (_n.Notice * cap)()
-        for o in out:
-            o.struct_size = _n.sizeof(_n.Notice)
+        out = _notices(cap)
         rep = _n.ParseReport()
         err = create_string_buffer(256)
         rc = _lib.spi_notice_parse_v2(coerce(NoticeFormat, format),

@@ -145,6 +145,16 @@ func makeBodies(families, promptBytes, maxTokens int) [][]byte {
 }
 
 // run drives one target with conc closed-loop clients for d.
+// finish fills in the phase's figures from its samples, for a phase that
+// started at start and has just ended.
+func (p *phase) finish(start time.Time) {
+	p.Seconds = time.Since(start).Seconds()
+	p.Requests = len(p.latencies)
+	p.RPS = float64(p.Requests) / p.Seconds
+	p.P50Ms, p.P99Ms = quantile(p.latencies, 0.5), quantile(p.latencies, 0.99)
+	p.TTFTP50Ms = quantile(p.ttfts, 0.5)
+}
+
 func run(client *http.Client, t target, bodies [][]byte, conc int, d time.Duration, maxReq int) *phase {
 	var next, n atomic.Int64
 	var mu sync.Mutex
@@ -184,11 +194,7 @@ func run(client *http.Client, t target, bodies [][]byte, conc int, d time.Durati
 		}()
 	}
 	wg.Wait()
-	p.Seconds = time.Since(start).Seconds()
-	p.Requests = len(p.latencies)
-	p.RPS = float64(p.Requests) / p.Seconds
-	p.P50Ms, p.P99Ms = quantile(p.latencies, 0.5), quantile(p.latencies, 0.99)
-	p.TTFTP50Ms = quantile(p.ttfts, 0.5)
+	p.finish(start)
 	return p
 }
 
@@ -224,11 +230,7 @@ func runOpen(client *http.Client, t target, bodies [][]byte, rate float64, d tim
 		}(i)
 	}
 	wg.Wait()
-	p.Seconds = time.Since(start).Seconds()
-	p.Requests = len(p.latencies)
-	p.RPS = float64(p.Requests) / p.Seconds
-	p.P50Ms, p.P99Ms = quantile(p.latencies, 0.5), quantile(p.latencies, 0.99)
-	p.TTFTP50Ms = quantile(p.ttfts, 0.5)
+	p.finish(start)
 	return p
 }
 
