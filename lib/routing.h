@@ -363,15 +363,17 @@ spi_ticket *spi__ticket_lookup(spi_ticket_table *t, uint64_t id);
 /* Claim the ticket for finishing: exactly one caller wins (others get 0). */
 int spi__ticket_claim(spi_ticket_table *t, spi_ticket *k, uint64_t id);
 /* The record at index i (0..capacity-1), open or not: for scans at notice
- * time, which read its id atomically and skip free ones. */
+ * time, which read its id atomically and skip free ones. NULL for a record
+ * never handed out (records are initialised on first use). */
 spi_ticket *spi__ticket_at(spi_ticket_table *t, size_t i);
 /* Records at or above this index have never been handed out. */
 size_t spi__tickets_high(spi_ticket_table *t);
 /* Pin the record at index i for reading while it is open: returns its id, or
- * 0 (then nothing is pinned) when it is free. While pinned, the record's
- * plain fields stay as published: releasing it waits for its pins to end,
- * so the next route cannot reset it under the reader. Readers that are not
- * the ticket's finisher (notice plans) read plain fields only while pinned. */
+ * 0 (then nothing is pinned) when it is free or was never handed out. While
+ * pinned, the record's plain fields stay as published: releasing it waits
+ * for its pins to end, so the next route cannot reset it under the reader.
+ * Readers that are not the ticket's finisher (notice plans) read plain
+ * fields only while pinned. */
 uint64_t spi__ticket_pin(spi_ticket_table *t, size_t i);
 void spi__ticket_unpin(spi_ticket_table *t, size_t i);
 /* Pin the open ticket with this id (as spi__ticket_pin): its record, or
@@ -381,7 +383,7 @@ void spi__ticket_unpin(spi_ticket_table *t, size_t i);
 spi_ticket *spi__ticket_pin_id(spi_ticket_table *t, uint64_t id);
 void spi__ticket_unpin_record(spi_ticket_table *t, spi_ticket *k);
 /* Make a table that never handed out a ticket hand out none from now on
- * (its free list reads empty), so it can be replaced without losing one.
+ * (nothing is left to take), so it can be replaced without losing one.
  * Returns 0 if a ticket was ever taken: the table must stay. */
 int spi__tickets_seal(spi_ticket_table *t);
 /* Return a claimed ticket to the free list. */

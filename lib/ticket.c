@@ -2,6 +2,18 @@
  * ticket.c - the ticket table: a fixed number of ticket records, allocated
  * once, handed out and taken back without a lock.
  *
+ * Records are made ready on first use, not when the table is made: a table
+ * of the default 16,384 records is ~8.5 MB, and writing every record up
+ * front cost each spi_engine_new that much memory in touched pages (and its
+ * time), even when the configuration replaced the table right after. A
+ * record never handed out is never written or read: takes hand out the
+ * never-used records in index order (the counter fresh) once the free stack
+ * is empty, and the taker initialises the record, then sets its ready flag
+ * (release). Every reader that reaches a record by index or id (pins,
+ * lookups) first reads the flag (acquire) and treats a record that is not
+ * ready as free: a never-issued id is not found. Only the header and the
+ * one-byte flags are zeroed at creation.
+ *
  * Free tickets sit on a Treiber stack. Its head is one 64-bit atomic holding
  * a 32-bit tag in the high half and (index + 1) of the top ticket in the low
  * half (0 = empty); next[i] is (index + 1) of the ticket below ticket i.
@@ -48,9 +60,12 @@
 
 struct spi_ticket_table {
   size_t capacity;
-  spi_ticket *t;     /* capacity records */
+  spi_ticket *t;     /* capacity records; written only from first use */
   uint64_t *gen;     /* per record; touched only by its owner */
-  atomic_uint *next; /* free-stack links: index + 1, 0 = bottom */
+  atomic_uint *next; /* free-stack links: index + 1, 0 = bottom; written
+                      * when a record is pushed, read only for one pushed */
+  atomic_uchar *ready; /* per record: 1 once initialised (zeroed with the
+                        * header) */
   /* head and the open counter are written by every take and release; the
    * padding keeps them off the cache line of the read-mostly fields above
    * (padding, not alignas: the allocator hook only promises malloc's
@@ -63,6 +78,9 @@ struct spi_ticket_table {
    * the bottom of the free stack first, so scans stop here, not at the
    * capacity. Written rarely (only when a new high is reached). */
   atomic_size_t high;
+  /* Records [fresh, capacity) have never been handed out (capacity once
+   * the table is sealed). */
+  atomic_size_t fresh;
 };
 
 static size_t align_up(size_t n, size_t a) { return (n + a - 1) / a * a; }
@@ -73,8 +91,10 @@ int spi__tickets_new(const spi_mem *m, size_t capacity,
   *out = NULL;
   if (capacity == 0 || (uint64_t)capacity > TICKET_MAX_CAPACITY)
     return SPI_ERANGE;
-  /* One allocation: header, records, generations, links. */
-  size_t off_t = align_up(sizeof(spi_ticket_table), alignof(max_align_t));
+  /* One allocation: header, ready flags, records, generations, links.
+   * Only the header and the flags are written here. */
+  size_t off_ready = align_up(sizeof(spi_ticket_table), alignof(max_align_t));
+  size_t off_t = align_up(off_ready + capacity, alignof(max_align_t));
   size_t off_gen = off_t + capacity * sizeof(spi_ticket);
   size_t off_next = off_gen + capacity * sizeof(uint64_t);
   size_t total = off_next + capacity * sizeof(atomic_uint);
@@ -83,25 +103,21 @@ int spi__tickets_new(const spi_mem *m, size_t capacity,
   spi_ticket_table *tt = (spi_ticket_table *)(void *)p;
   memset(p, 0, off_t);
   tt->capacity = capacity;
+  tt->ready = (atomic_uchar *)(void *)(p + off_ready);
   tt->t = (spi_ticket *)(void *)(p + off_t);
   tt->gen = (uint64_t *)(void *)(p + off_gen);
   tt->next = (atomic_uint *)(void *)(p + off_next);
-  for (size_t i = 0; i < capacity; i++) {
-    spi_ticket *k = &tt->t[i];
-    memset(k, 0, sizeof *k);
-    atomic_init(&k->id, 0ull);
-    atomic_init(&k->readers, 0u);
-    atomic_init(&k->first_token_ns, 0ll);
-    atomic_init(&k->tokens_streamed, 0ull);
-    tt->gen[i] = 0;
-    /* Stack from 0 at the top: record i lies on record i + 1. */
-    atomic_init(&tt->next[i], i + 1 < capacity ? (unsigned)(i + 2) : 0u);
-  }
-  atomic_init(&tt->head, 1ull); /* tag 0, top = record 0 */
+  atomic_init(&tt->head, 0ull); /* tag 0, stack empty */
   atomic_init(&tt->open, (size_t)0);
   atomic_init(&tt->high, (size_t)0);
+  atomic_init(&tt->fresh, (size_t)0);
   *out = tt;
   return SPI_OK;
+}
+
+/* Whether record i was ever initialised: if so, its fields may be read. */
+static int ready(const spi_ticket_table *t, size_t i) {
+  return atomic_load_explicit(&t->ready[i], memory_order_acquire) != 0;
 }
 
 void spi__tickets_free(const spi_mem *m, spi_ticket_table *t) {
@@ -135,24 +151,50 @@ static void ticket_reset(spi_ticket *k) {
   memset(k->model, 0, sizeof k->model);
 }
 
+/* Record i (index + 1 = top) was just handed out: count it open. */
+static void opened(spi_ticket_table *t, uint64_t top) {
+  atomic_fetch_add_explicit(&t->open, 1, memory_order_relaxed);
+  size_t hi = atomic_load_explicit(&t->high, memory_order_relaxed);
+  while (hi < top && !atomic_compare_exchange_weak_explicit(
+                         &t->high, &hi, (size_t)top, memory_order_relaxed,
+                         memory_order_relaxed)) {
+  }
+}
+
+/* The free stack is empty: hand out the next never-used record, made ready
+ * here (no reader touches it before its flag is set). NULL when none is
+ * left. */
+static spi_ticket *take_fresh(spi_ticket_table *t) {
+  size_t f = atomic_load_explicit(&t->fresh, memory_order_relaxed);
+  do {
+    if (f >= t->capacity) return NULL;
+  } while (!atomic_compare_exchange_weak_explicit(
+      &t->fresh, &f, f + 1, memory_order_relaxed, memory_order_relaxed));
+  spi_ticket *k = &t->t[f];
+  memset(k, 0, sizeof *k);
+  atomic_init(&k->id, 0ull);
+  atomic_init(&k->readers, 0u);
+  atomic_init(&k->first_token_ns, 0ll);
+  atomic_init(&k->tokens_streamed, 0ull);
+  t->gen[f] = 0;
+  atomic_store_explicit(&t->ready[f], 1, memory_order_release);
+  opened(t, (uint64_t)f + 1);
+  return k;
+}
+
 spi_ticket *spi__ticket_take(spi_ticket_table *t) {
   if (!t) return NULL;
   uint64_t old = atomic_load_explicit(&t->head, memory_order_acquire);
   for (;;) {
     uint64_t top = old & HEAD_INDEX_MASK;
-    if (top == 0) return NULL;
+    if (top == 0) return take_fresh(t);
     uint64_t below =
         atomic_load_explicit(&t->next[top - 1], memory_order_relaxed);
     uint64_t tag = (old >> 32) + 1;
     uint64_t want = (tag << 32) | below;
     if (atomic_compare_exchange_weak_explicit(
             &t->head, &old, want, memory_order_acquire, memory_order_acquire)) {
-      atomic_fetch_add_explicit(&t->open, 1, memory_order_relaxed);
-      size_t hi = atomic_load_explicit(&t->high, memory_order_relaxed);
-      while (hi < top && !atomic_compare_exchange_weak_explicit(
-                             &t->high, &hi, (size_t)top, memory_order_relaxed,
-                             memory_order_relaxed)) {
-      }
+      opened(t, top);
       spi_ticket *k = &t->t[top - 1];
       ticket_reset(k);
       return k;
@@ -170,10 +212,11 @@ uint64_t spi__ticket_publish(spi_ticket_table *t, spi_ticket *k) {
 }
 
 int spi__tickets_seal(spi_ticket_table *t) {
-  /* The head still holds its first value (tag 0, record 0 on top) only if
-   * no take or release ever happened: every one bumps the tag. */
-  uint64_t fresh = 1ull;
-  return t && atomic_compare_exchange_strong(&t->head, &fresh, 0ull);
+  /* No record was ever handed out only if fresh is still 0 (and then none
+   * was ever released either, so the stack is empty): moving it to the
+   * capacity leaves nothing to take. */
+  size_t none = 0;
+  return t && atomic_compare_exchange_strong(&t->fresh, &none, t->capacity);
 }
 
 size_t spi__tickets_high(spi_ticket_table *t) {
@@ -181,7 +224,7 @@ size_t spi__tickets_high(spi_ticket_table *t) {
 }
 
 uint64_t spi__ticket_pin(spi_ticket_table *t, size_t i) {
-  if (!t || i >= t->capacity) return 0;
+  if (!t || i >= t->capacity || !ready(t, i)) return 0;
   spi_ticket *k = &t->t[i];
   atomic_fetch_add_explicit(&k->readers, 1u, memory_order_seq_cst);
   uint64_t id = atomic_load_explicit(&k->id, memory_order_seq_cst);
@@ -211,13 +254,14 @@ void spi__ticket_unpin_record(spi_ticket_table *t, spi_ticket *k) {
 }
 
 spi_ticket *spi__ticket_at(spi_ticket_table *t, size_t i) {
-  return t && i < t->capacity ? &t->t[i] : NULL;
+  return t && i < t->capacity && ready(t, i) ? &t->t[i] : NULL;
 }
 
 spi_ticket *spi__ticket_lookup(spi_ticket_table *t, uint64_t id) {
   if (!t || id == 0) return NULL;
   uint64_t low = id & TICKET_INDEX_MASK;
-  if (low == 0 || low > t->capacity) return NULL;
+  if (low == 0 || low > t->capacity || !ready(t, (size_t)(low - 1)))
+    return NULL;
   spi_ticket *k = &t->t[low - 1];
   if (atomic_load_explicit(&k->id, memory_order_acquire) != id) return NULL;
   return k;

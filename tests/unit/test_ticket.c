@@ -14,6 +14,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include <cmocka.h>
 
@@ -277,6 +278,176 @@ static void test_garbage_ids(void **st) {
   spi__tickets_free(&MEM, t);
 }
 
+/* ------------------------------------------------ records made on first use */
+
+/* An allocator that hands out memory full of 0xa5, as a reused heap block
+ * may be: the table must not rely on zeroed memory, and whatever it does
+ * not write at creation keeps the pattern. */
+static unsigned char *last_block;
+static size_t last_size;
+
+static void *garbage_alloc(void *ud, size_t n) {
+  (void)ud;
+  unsigned char *p = malloc(n);
+  if (p) memset(p, 0xa5, n);
+  last_block = p;
+  last_size = n;
+  return p;
+}
+
+static const spi_mem GARBAGE = {garbage_alloc, std_free, NULL};
+
+/* Creating a table writes its header and a byte per record, not the
+ * records: a 16,384-record table is ~8.5 MB, which every engine paid in
+ * touched pages even when its configuration replaced the table at once.
+ * Records never handed out are never read either: ids and indices that
+ * name them are not found, and each record is clean when first taken. */
+static void test_records_made_on_first_use(void **st) {
+  (void)st;
+  enum { CAP = 4096 };
+  spi_ticket_table *t = NULL;
+  assert_int_equal(spi__tickets_new(&GARBAGE, CAP, &t), SPI_OK);
+  assert_true(last_size > CAP * sizeof(spi_ticket));
+  size_t untouched = 0;
+  for (size_t i = 0; i < last_size; i++) untouched += last_block[i] == 0xa5;
+  /* At most the header and the flags (CAP bytes) plus alignment. */
+  assert_true(last_size - untouched <= CAP + 1024);
+
+  uint64_t ids[3];
+  for (int i = 0; i < 3; i++) ids[i] = open_one(t, (uint32_t)i, "lazy");
+  assert_int_equal(spi__tickets_high(t), 3);
+  for (size_t i = 3; i < CAP; i++) {
+    assert_int_equal(spi__ticket_pin(t, i), 0);
+    assert_null(spi__ticket_at(t, i));
+    for (uint64_t g = 0; g < 4; g++) {
+      uint64_t id = (g << 24) | (uint64_t)(i + 1);
+      assert_null(spi__ticket_lookup(t, id));
+      assert_null(spi__ticket_pin_id(t, id));
+    }
+  }
+  /* The records handed out are found; every other record comes out clean
+   * the first time it is taken. */
+  for (int i = 0; i < 3; i++) {
+    assert_int_equal(spi__ticket_pin(t, (size_t)i), ids[i]);
+    spi__ticket_unpin(t, (size_t)i);
+    assert_string_equal(spi__ticket_lookup(t, ids[i])->tenant, "lazy");
+  }
+  for (size_t i = 3; i < CAP; i++) {
+    spi_ticket *k = spi__ticket_take(t);
+    assert_ptr_equal(k, spi__ticket_at(t, i));
+    assert_int_equal(atomic_load(&k->id), 0);
+    assert_int_equal(atomic_load(&k->readers), 0);
+    assert_int_equal(atomic_load(&k->first_token_ns), 0);
+    assert_int_equal(k->slot, 0);
+    assert_int_equal(k->hashes[SPI_TICKET_HASHES - 1], 0);
+    assert_int_equal(k->model[sizeof k->model - 1], 0);
+    assert_true(spi__ticket_publish(t, k) >> 24 == 1); /* generation 1 */
+  }
+  assert_null(spi__ticket_take(t));
+  for (int i = 0; i < 3; i++) assert_int_equal(finish(t, ids[i]), 1);
+  spi__tickets_free(&MEM, t);
+
+  /* A sealed table hands out nothing; one that handed out a ticket cannot
+   * be sealed. */
+  assert_int_equal(spi__tickets_new(&MEM, 8, &t), SPI_OK);
+  assert_true(spi__tickets_seal(t));
+  assert_null(spi__ticket_take(t));
+  assert_int_equal(spi__tickets_high(t), 0);
+  spi__tickets_free(&MEM, t);
+  assert_int_equal(spi__tickets_new(&MEM, 8, &t), SPI_OK);
+  assert_int_equal(finish(t, open_one(t, 1, "x")), 1);
+  assert_false(spi__tickets_seal(t));
+  assert_non_null(spi__ticket_take(t));
+  spi__tickets_free(&MEM, t);
+}
+
+/* Resident memory of the process, in bytes (/proc/self/statm). */
+static size_t resident_bytes(void) {
+  FILE *f = fopen("/proc/self/statm", "r");
+  assert_non_null(f);
+  unsigned long size = 0, resident = 0;
+  assert_int_equal(fscanf(f, "%lu %lu", &size, &resident), 2);
+  fclose(f);
+  return (size_t)resident * (size_t)sysconf(_SC_PAGESIZE);
+}
+
+/* Default-size tables (16,384 records, ~8.5 MB each) kept alive grow the
+ * process by a small fraction of their size each: a ratio, not a time. */
+static void test_table_memory(void **st) {
+  (void)st;
+  enum { N = 8, CAP = 16384 };
+  const size_t table = CAP * sizeof(spi_ticket);
+  spi_ticket_table *t[N];
+  size_t before = resident_bytes();
+  for (int i = 0; i < N; i++) t[i] = new_table(CAP);
+  /* A few tickets on each: only their records are written. */
+  for (int i = 0; i < N; i++)
+    for (int j = 0; j < 4; j++) open_one(t[i], (uint32_t)j, "rss");
+  size_t after = resident_bytes();
+  size_t grew = after > before ? (after - before) / N : 0;
+  print_message("resident growth per %d-record table: %zu bytes (records "
+                "%zu bytes)\n", CAP, grew, table);
+  assert_true(grew < table / 16);
+  for (int i = 0; i < N; i++) spi__tickets_free(&MEM, t[i]);
+}
+
+/* The same through spi_engine_new: its default ticket table (found among
+ * the engine's allocations by its size) is still untouched but for its
+ * header and flags. The engine's allocator fills every block with 0xa5. */
+enum { BIG_MAX = 16 };
+static struct {
+  unsigned char *p;
+  size_t n;
+} big[BIG_MAX];
+
+static void *engine_alloc(void *ud, size_t n) {
+  (void)ud;
+  unsigned char *p = malloc(n);
+  if (!p) return NULL;
+  memset(p, 0xa5, n);
+  for (int i = 0; i < BIG_MAX && n >= ((size_t)1 << 20); i++)
+    if (!big[i].p) {
+      big[i].p = p;
+      big[i].n = n;
+      break;
+    }
+  return p;
+}
+
+static void engine_free(void *ud, void *p) {
+  (void)ud;
+  for (int i = 0; i < BIG_MAX; i++)
+    if (p && big[i].p == p) big[i].p = NULL;
+  free(p);
+}
+
+static void test_engine_table_untouched(void **st) {
+  (void)st;
+  enum { CAP = 16384 }; /* router.max_tickets by default */
+  const size_t per = sizeof(spi_ticket) + sizeof(uint64_t) + sizeof(unsigned);
+  spi_hooks h;
+  memset(&h, 0, sizeof h);
+  h.struct_size = sizeof h;
+  h.alloc = engine_alloc;
+  h.free = engine_free;
+  memset(big, 0, sizeof big);
+  spi_engine *e = NULL;
+  assert_int_equal(spi_engine_new(&e, &h), SPI_OK);
+  int found = 0;
+  for (int i = 0; i < BIG_MAX; i++) {
+    if (!big[i].p || big[i].n < CAP * per || big[i].n > CAP * (per + 1) + 4096)
+      continue;
+    found++;
+    size_t written = 0;
+    for (size_t j = 0; j < big[i].n; j++) written += big[i].p[j] != 0xa5;
+    print_message("engine's ticket table: %zu of %zu bytes written\n",
+                  written, big[i].n);
+    assert_true(written <= CAP + 1024);
+  }
+  assert_int_equal(found, 1);
+  spi_engine_free(e);
+}
+
 /* ------------------------------------------------------------- capacity */
 
 static void test_exhaustion_and_reuse(void **st) {
@@ -438,6 +609,9 @@ int main(void) {
       cmocka_unit_test(test_stale_ids),
       cmocka_unit_test(test_garbage_ids),
       cmocka_unit_test(test_exhaustion_and_reuse),
+      cmocka_unit_test(test_records_made_on_first_use),
+      cmocka_unit_test(test_table_memory),
+      cmocka_unit_test(test_engine_table_untouched),
       cmocka_unit_test(test_threads_hammer),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
