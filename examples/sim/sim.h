@@ -133,13 +133,16 @@ int sim_register_policies(spi_engine *engine, const sim_gw_view *view, const cha
 
 /* ----------------------------------------------------------------- LRU */
 
+/* A hash slot (key and node side by side: one cache line per probe) and a
+ * list node; defined in lru.c. */
+struct sim_lru_slot;
+struct sim_lru_node;
+
 typedef struct sim_lru {
-  uint64_t *keys;    /* hash slots: key+1, 0 = empty */
-  uint32_t *slot_node;
+  struct sim_lru_slot *slots; /* mask + 1 of them */
+  struct sim_lru_node *nodes; /* cap of them */
   uint32_t mask;
-  uint64_t *node_key;
-  uint32_t *prev, *next, *node_slot;
-  uint32_t cap, size, head, tail, free_head;
+  uint32_t cap, size, head, tail; /* nodes 0..size-1 are in use */
 } sim_lru;
 
 int sim_lru_init(sim_lru *l, uint32_t capacity);
