@@ -36,15 +36,8 @@ command -v go >/dev/null || die "no go toolchain: run scripts/setup-deps.sh"
 source "$root/examples/gateway/libenv.sh"
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/spotinfer-drill.XXXXXX")
-pids=()
-cleanup() {
-  local p
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
-  if [[ ${keep:-no} == yes ]]; then echo "drill: logs kept in $work" >&2; else rm -rf "$work"; fi
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
+self=drill
+track_cleanup
 
 say "building the gateway and the fake model server"
 (cd "$root/examples/gateway" && go build -o "$work/gateway" .)
@@ -132,10 +125,8 @@ say "gateway on $gw; spot-a's notice at +${notice_delay}s, its deadline at $dead
 
 keep=no
 touch "$work/go"
-set +e
-wait "$drill_pid"
-rc=$?
-set -e
+rc=0
+wait_child "$drill_pid" || rc=$?
 if [[ $demo == yes ]]; then
   echo "drill: gateway events (notice and replays):"
   grep -E '"event":"(notice|replay_[a-z]+)"' "$work/gateway.jsonl" | head -n 40 || true

@@ -23,15 +23,8 @@ fi
 source "$root/examples/gateway/libenv.sh"
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/spotinfer-loadrun.XXXXXX")
-pids=()
-cleanup() {
-  local p
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
-  rm -rf "$work"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
+self=loadrun
+track_cleanup
 
 (cd "$root/examples/gateway" && go build -o "$work/gateway" . && go build -o "$work/loadgen" ./cmd/loadgen)
 (cd "$root/examples/fakellm" && go build -o "$work/fakellm" .)
@@ -80,4 +73,7 @@ wait_file "$work/roundrobin.addr"
 
 "$work/loadgen" -direct "$(IFS=,; echo "${direct[*]}")" \
   -roundrobin "http://$(cat "$work/roundrobin.addr")" -gateway "http://$(cat "$work/spotinfer.addr")" \
-  "${args[@]}" "$@"
+  "${args[@]}" "$@" &
+loadgen_pid=$!
+pids+=("$loadgen_pid")
+wait_child "$loadgen_pid"
