@@ -31,10 +31,12 @@
  * ties the model cannot tell apart (a block every replica holds, such as
  * a global system prompt, saves the same everywhere and so weighs
  * nothing); of those the replica sent the fewest tokens wins, so ties
- * spread work. A replica that would be sent more than
- * policy.load_share_cap times its pool's mean is not chosen while another
- * is under it: the guard is relative to the fleet, so it holds at any
- * load. A prefix nobody holds goes to the rendezvous-hash winner (so
+ * spread work. A replica that would be sent more than its share of its
+ * pool's work (policy.load_share_cap times the mean, or one conversation
+ * when a conversation is bigger than that) also pays for the work beyond
+ * its share, as prefill time: a request leaves it only when another costs
+ * less in full, with the prefill it would redo. The guard is relative to
+ * the fleet, so it holds at any load. A prefix nobody holds goes to the rendezvous-hash winner (so
  * proxies that share no state agree on where it lives) unless that costs
  * more than the prefill one later hit there would save. The policy only
  * reads its arguments: no allocation, no lock.
@@ -248,32 +250,63 @@ static double block_ms(const spi_route_context *x, const spi_candidate *c) {
          c->prefill_tokens_per_s;
 }
 
-/* Whether c, sent this request too, would have more than its share of
- * the pool's work: its lead over the pool's mean (both counting this
- * request) above (policy.load_share_cap - 1) times that mean. Work comes in
- * whole requests, so a lead of one request is placement granularity, never
- * imbalance. The guard depends on the history served, never on the load of
- * the moment, so it holds at any load; it engages from the start (a guard
- * that waits for a few requests a replica lets a hot prefix pile up, and
- * the pool pays for it long after). n: usable replicas in the pool. */
-static int over_share(const pinst *p, const spi_route_context *x,
-                      const spi_candidate *c, uint32_t n) {
+/* The tokens the request's conversation has likely sent c, this request
+ * included: its turns there, if each added what c lacks of this one (a
+ * conversation's prompt grows by a turn, so its turns sum to the prompt
+ * times half their number plus one). The request alone when c holds none
+ * of it. */
+static double unit_tokens(const spi_route_context *x, const spi_candidate *c) {
+  double req = request_tokens(x);
+  if (x->total_blocks == 0 || c->matched_blocks == 0) return req;
+  double lack = req * (double)(x->total_blocks - c->matched_blocks) /
+                (double)x->total_blocks;
+  double block = req / (double)x->total_blocks;
+  if (lack < block) lack = block;
+  return req * (req / lack + 1.0) / 2.0;
+}
+
+/* The tokens c, sent this request too, would have beyond its share of the
+ * pool's work: its lead over the pool's mean (both counting this request)
+ * less what policy.load_share_cap allows ((cap - 1) times that mean). Work
+ * comes in whole requests, so a lead of one request is placement
+ * granularity, never imbalance. The guard depends on the history served,
+ * never on the load of the moment, so it holds at any load; it engages
+ * from the start (a guard that waits for a few requests a replica lets a
+ * hot prefix pile up, and the pool pays for it long after). n: usable
+ * replicas in the pool. Positive: over its share. */
+static double excess_tokens(const pinst *p, const spi_route_context *x,
+                            const spi_candidate *c, uint32_t n) {
   double mean = x->mean_served_tokens[c->pool == SPI_POOL_SPOT
                                           ? SPI_POOL_SPOT
                                           : SPI_POOL_ON_DEMAND];
   double req = request_tokens(x);
   double after = mean + req / (double)(n ? n : 1);
-  double allowed = (p->load_cap - 1.0) * after;
-  return c->served_tokens + req - after > (allowed > req ? allowed : req);
+  double allowed = p->load_cap * after;
+  if (allowed < after + req) allowed = after + req;
+  double unit = unit_tokens(x, c);
+  if (allowed < unit) allowed = unit;
+  return c->served_tokens + req - allowed;
 }
 
-/* The cost c competes with: a replica over its share gets no credit for
- * the prefix it holds (it competes on its wait alone, as if cold), so work
- * drifts to the others without ever queueing behind a busier one. */
+static int over_share(const pinst *p, const spi_route_context *x,
+                      const spi_candidate *c, uint32_t n) {
+  return excess_tokens(p, x, c, n) > 0;
+}
+
+/* The cost c competes with: a replica over its share also pays for the
+ * work it carries beyond it, as the time its prefill takes (work the
+ * others do not have, so a wait it owes the pool). The request leaves it
+ * only when another's full cost, with the prefill it would redo, is
+ * lower: the requests that save little move first, a long conversation
+ * stays, and work drifts to the others without ever queueing behind a
+ * busier one. */
 static double guarded_cost(const pinst *p, const spi_route_context *x,
                            const spi_candidate *c, uint32_t n, double w) {
   double cost = cost_of(c, w);
-  return over_share(p, x, c, n) ? cost + saved_ms(x, c) : cost;
+  double ex = excess_tokens(p, x, c, n);
+  if (!(ex > 0)) return cost;
+  if (!(c->prefill_tokens_per_s > 0)) return cost + saved_ms(x, c);
+  return cost + ex * 1000.0 / c->prefill_tokens_per_s;
 }
 
 typedef struct pick {

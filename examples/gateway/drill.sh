@@ -107,12 +107,9 @@ cat >"$work/backends.json" <<EOF
 ]
 EOF
 # A stream drains where it is when its tokens left fit before the deadline
-# minus 1 s; the rest are replayed at once. A warm backend keeps its prompts
-# up to twice its pool's mean load (the default, 1.25, moves some of six
-# prompts over two backends off the busier one, by design).
+# minus 1 s; the rest are replayed at once.
 cat >"$work/spotinfer.json" <<EOF
-{"router": {"drain_margin_ms": 1000, "decode_tokens_per_s": 20},
- "policy": {"load_share_cap": 2}}
+{"router": {"drain_margin_ms": 1000, "decode_tokens_per_s": 20}}
 EOF
 
 "$work/gateway" -config "$work/spotinfer.json" -backends "$work/backends.json" \

@@ -415,6 +415,64 @@ static void test_share_guard_is_fleet_relative(void **st) {
   assert_true(loose > 2.0);
 }
 
+/* Route turn `turn` of conversation `conv` (a block a turn after U);
+ * return the replica's index. */
+static int turn_of(world *w, uint32_t conv, uint32_t turn) {
+  uint32_t b[64];
+  size_t n = chain(b, 10000 + 100 * conv, turn + 1);
+  prompt(w, b, n, "gold");
+  spi_decision d;
+  assert_int_equal(route(w, &d), SPI_OK);
+  finish(w, d.ticket); /* light load: nothing ever queues */
+  return d.replica_id[1] - '0';
+}
+
+/* A few conversations in a small pool keep their replicas across turns at
+ * the default config: two or three conversations leave replicas idle, and
+ * no placement can spread them without splitting one (each move redoes
+ * the whole history), so their lead is not imbalance. A runaway one, which
+ * sends far more than the others, still leaves its replica once the work
+ * it carries beyond its share outweighs the prefill a move redoes. */
+static void test_few_conversations_keep_their_replicas(void **st) {
+  (void)st;
+  for (uint32_t k = 2; k <= 3; k++) {
+    world *w = mk(NULL);
+    fleet(w, 4, SPI_POOL_ON_DEMAND);
+    int home[3];
+    int moves = 0;
+    for (uint32_t t = 0; t < 40; t++)
+      for (uint32_t c = 0; c < k; c++) {
+        int r = turn_of(w, c, t);
+        if (t == 0) home[c] = r;
+        moves += r != home[c];
+      }
+    print_message("%u conversations, 40 turns: %d moves\n", k, moves);
+    assert_int_equal(moves, 0);
+    done(w);
+  }
+  /* A runaway conversation keeps its replica while it is cheapest in
+   * full, but the new conversations go elsewhere (it carries more than its
+   * share, they bring no history to it), and once a queue there costs more
+   * than the prefill a move redoes, the conversation moves too. */
+  world *w = mk(NULL);
+  fleet(w, 4, SPI_POOL_ON_DEMAND);
+  int home = turn_of(w, 0, 0);
+  for (uint32_t t = 1; t < 30; t++) assert_int_equal(turn_of(w, 0, t), home);
+  char id[8];
+  snprintf(id, sizeof id, "r%d", home);
+  for (uint32_t c = 1; c <= 8; c++) {
+    assert_int_not_equal(turn_of(w, c, 0), home);
+    assert_int_equal(turn_of(w, 0, 29 + c), home);
+  }
+  /* Turn 38 holds 39 of its 40 blocks there (2 s of prefill): 36 queued
+   * (1.8 s of wait) and it stays; 44 queued (2.2 s) and it moves. */
+  load(w, id, 0, 36);
+  assert_int_equal(turn_of(w, 0, 38), home);
+  load(w, id, 0, 44);
+  assert_int_not_equal(turn_of(w, 0, 39), home);
+  done(w);
+}
+
 /* A spot pool whose KV breaker sheds silver is loaded, not gone: silver
  * is shed there (and retried), never moved cold into the on-demand pool,
  * which would split its conversation and queue it ahead of gold. Gold
@@ -862,6 +920,7 @@ int main(void) {
       cmocka_unit_test(test_queued_prefill_is_a_wait),
       cmocka_unit_test(test_rate_is_learnt),
       cmocka_unit_test(test_share_guard_is_fleet_relative),
+      cmocka_unit_test(test_few_conversations_keep_their_replicas),
       cmocka_unit_test(test_shed_pool_is_not_left_for_the_fallback),
       cmocka_unit_test(test_stale_replica_is_not_kv_pressure),
       cmocka_unit_test(test_summaries_match_every_candidate),
