@@ -22,6 +22,7 @@
 #include <dlfcn.h>
 #include <pthread.h>
 #include <string.h>
+#include <unistd.h> /* access */
 
 #include "engine.h"
 #include "replay.h" /* spi__module_register_loaded */
@@ -55,20 +56,29 @@ static void own_dir(char *buf, size_t cap) {
  * what names the option in messages. */
 static get_module_fn entry_locked(const char *what, char *err, size_t cap) {
   if (load_entry) return load_entry;
-  char path[4096];
+  char path[4096], beside[SPI_ERRMSG_CAP] = "";
   own_dir(path, sizeof path - sizeof LOAD_FILE);
   void *h = NULL;
   if (path[0]) {
     strcat(path, LOAD_FILE);
     h = dlopen(path, RTLD_NOW | RTLD_LOCAL);
+    /* There but not loadable (its libhiredis missing, say): that is the
+     * reason to give, not the search that follows. */
+    const char *why = h ? NULL : dlerror();
+    if (why && access(path, F_OK) == 0) {
+      size_t n = strlen(path);
+      if (strncmp(why, path, n) == 0 && why[n] == ':') why += n + 1;
+      while (*why == ' ') why++;
+      spi__errf(beside, sizeof beside, "the one beside libspotinfer: %s", why);
+    }
   }
   if (!h) h = dlopen(LOAD_FILE, RTLD_NOW | RTLD_LOCAL);
   if (!h) {
     const char *why = dlerror();
     spi__errf(err, cap,
-              "%s: \"" LOAD_NAME "\" needs " LOAD_FILE
-              " (libspotinfer_redis, built when hiredis is installed): %s",
-              what, why ? why : "not found");
+              "%s: \"" LOAD_NAME "\" needs " LOAD_FILE " and libhiredis "
+              "(Debian: libhiredis0.14): %s",
+              what, beside[0] ? beside : why ? why : "not found");
     return NULL;
   }
   void *sym = dlsym(h, LOAD_ENTRY);

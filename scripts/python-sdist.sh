@@ -30,6 +30,6 @@ copy() { # <dest> <paths...>
 mkdir -p "$stage/pkg/csrc"
 (cd "$root/bindings/python" && git ls-files -z) |
   (cd "$root/bindings/python" && xargs -0 cp --parents -t "$stage/pkg")
-copy "$stage/pkg/csrc" CMakeLists.txt LICENSE CHANGELOG.md include lib cmake pkgconfig
+copy "$stage/pkg/csrc" CMakeLists.txt LICENSE CHANGELOG.md include lib cmake pkgconfig redis
 
 "$py" -m build --sdist --outdir "$out" "$stage/pkg"

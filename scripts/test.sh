@@ -25,7 +25,10 @@
 #             prefix (scripts/check-doc-blocks.py --run), scripts/demo.sh,
 #             and docs/sim.svg compared with the chart the demo draws
 #   python    pip install ./bindings/python in a fresh venv (the wheel
-#             carries the library), mypy --strict on a user's script and on
+#             carries the library, and libspotinfer_redis when hiredis is
+#             there: tests/redis/test_python_redis.py through the package
+#             alone, on a throwaway redis-server), mypy --strict on a
+#             user's script and on
 #             the package's source, the sdist, then bindings/python/tests
 #             with pytest
 #   go        go vet, go test, go test -race and a cgocheck2 run in
@@ -322,6 +325,7 @@ print(p)')
   echo "$out"
   (cd "$away" && env -u SPOTINFER_LIBRARY -u LD_LIBRARY_PATH \
     "$venv/bin/python" user_script.py)
+  python_redis "$venv/bin/python" "$away"
   note "mypy --strict on a user's script"
   (cd "$away" && "$venv/bin/mypy" --strict --no-incremental user_script.py)
   note "mypy --strict on the package's own source (litellm*.py aside: they import litellm)"
@@ -336,7 +340,7 @@ print(p)')
   listing=$(tar tzf "$root/build/sdist"/spotinfer-*.tar.gz)
   for f in pyproject.toml CMakeLists.txt LICENSE spotinfer/_native.py \
     csrc/CMakeLists.txt csrc/lib/spotinfer.map csrc/lib/route.c \
-    csrc/include/spotinfer/spotinfer.h; do
+    csrc/include/spotinfer/spotinfer.h csrc/redis/CMakeLists.txt; do
     if ! grep -q "^spotinfer-[0-9.]*/$f\$" <<<"$listing"; then
       note "the sdist lacks $f"
       return 1
@@ -352,6 +356,30 @@ print(p)')
     note "bindings/python/tests holds no tests"
     return 1
   fi
+  return "$rc"
+}
+
+# With hiredis on the machine the wheel carries libspotinfer_redis beside
+# libspotinfer, and "store": "redis" works from the installed package alone:
+# tests/redis/test_python_redis.py against a throwaway server, with no
+# library path, then which copy the process loaded.
+python_redis() { # <python> <dir outside the source tree>
+  local py=$1 away=$2 port dir pid rc=0
+  if ! pkg-config --exists hiredis; then
+    note "no hiredis: the wheel carries no libspotinfer_redis"
+    return 0
+  fi
+  note "the wheel carries libspotinfer_redis: the Redis store from Python alone"
+  read -r port dir pid < <(bash "$root/tests/redis/redis-server.sh")
+  cp "$root/tests/redis/test_python_redis.py" "$away/"
+  (cd "$away" && env -u SPOTINFER_LIBRARY -u LD_LIBRARY_PATH -u PYTHONPATH \
+    SPI_REDIS_PORT="$port" "$py" -c 'import os, runpy, spotinfer
+runpy.run_path("test_python_redis.py")
+lib = os.path.dirname(spotinfer.lib.path)
+maps = [l.split()[-1] for l in open("/proc/self/maps") if "libspotinfer_redis" in l]
+assert maps and all(os.path.dirname(m) == lib for m in maps), (lib, maps)
+print("libspotinfer_redis loaded from", maps[0])') || rc=1
+  bash "$root/tests/redis/redis-server.sh" --stop "$dir"
   return "$rc"
 }
 

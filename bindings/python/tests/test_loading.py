@@ -251,3 +251,31 @@ def test_missing_function_raises_not_supported(monkeypatch):
         stub()
     assert ei.value.code == -62
     assert "spi_does_not_exist" in str(ei.value)
+
+
+def test_redis_store_beside_the_library_names_its_missing_dependency(tmp_path):
+    # "store": "redis" loads libspotinfer_redis.so.0 from the directory of
+    # the libspotinfer that runs (where a wheel puts it) before the loader's
+    # path. A copy there that cannot load (its hiredis missing) is named
+    # with the loader's reason, not hidden by the search that follows.
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    shutil.copy(spotinfer.lib.path, lib / "libspotinfer.so.0")
+    stand_in = _library_needing(tmp_path, _FAKE_DEP[0])
+    shutil.move(stand_in, lib / "libspotinfer_redis.so.0")
+    code = """
+import spotinfer
+from spotinfer.replay import ReplayQueue
+try:
+    ReplayQueue(spotinfer.Engine(), {"store": "redis"})
+except spotinfer.NotFoundError as e:
+    print("NotFoundError:", e)
+else:
+    print("opened")
+"""
+    r = _run_with_env({"SPOTINFER_LIBRARY": str(lib / "libspotinfer.so.0"),
+                       "LD_LIBRARY_PATH": "/nonexistent"}, code)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("NotFoundError:"), r.stdout
+    assert "libspotinfer_redis.so.0" in r.stdout and "libhiredis" in r.stdout
+    assert "the one beside libspotinfer: " + _FAKE_DEP[0] in r.stdout, r.stdout
