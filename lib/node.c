@@ -216,6 +216,7 @@ static void apply_to_replicas(spi_engine *e, const node *n) {
     spi__replica_slot_set_state(s, replica_state_for(n->state));
     atomic_store(&s->advised_until_ns,
                  n->state == SPI_NODE_ADVISED ? n->advised_until : 0);
+    spi__replica_touch(&e->registry, r->slot);
   }
 }
 
@@ -245,8 +246,10 @@ static int cool_one(spi_engine *e, const char *type, const char *zone,
   for (size_t j = 0; set && j < set->n; j++) {
     const spi_replica_ident *o = &set->r[j];
     if (o->pool == SPI_POOL_SPOT && !strcmp(o->instance_type, c->type) &&
-        !strcmp(o->zone, c->zone))
+        !strcmp(o->zone, c->zone)) {
       atomic_store(&e->registry.slots[o->slot].cooldown_until_ns, c->until);
+      spi__replica_touch(&e->registry, o->slot);
+    }
   }
   return 1;
 }

@@ -23,6 +23,7 @@
 #include <xxhash.h>
 
 #include "engine.h"
+#include "pool_index.h"
 
 
 /* The set, its slot-to-position map and its entries in one allocation. */
@@ -40,6 +41,7 @@ static spi_replica_set *set_new(const spi_mem *m, size_t n) {
   set_block *b = spi__alloc(m, sizeof(set_block) + n * sizeof(spi_replica_ident));
   if (!b) return NULL;
   b->set.n = n;
+  b->set.version = 0;
   b->set.r = b->r;
   b->set.pos_of_slot = b->pos_of_slot;
   memset(b->pos_of_slot, 0xff, sizeof b->pos_of_slot);
@@ -89,9 +91,13 @@ int spi__registry_init(spi_registry *g, const spi_mem *m) {
   /* Slots are cache-line aligned; the allocator only promises malloc's. */
   g->slots_raw = spi__alloc(m, SPI_REPLICA_SLOTS * sizeof *g->slots + 63);
   spi_replica_set *empty = set_new(m, 0);
-  if (!g->slots_raw || !empty || pthread_mutex_init(&g->lock, NULL) != 0) {
+  g->pix = spi__pix_new(m);
+  if (!g->slots_raw || !empty || !g->pix ||
+      pthread_mutex_init(&g->lock, NULL) != 0) {
     spi__free(m, g->slots_raw);
     spi__free(m, empty);
+    spi__pix_free(m, g->pix);
+    g->pix = NULL;
     g->slots_raw = NULL;
     g->slots = NULL;
     return SPI_ENOMEM;
@@ -122,6 +128,9 @@ int spi__registry_init(spi_registry *g, const spi_mem *m) {
   }
   atomic_init(&g->set, empty);
   g->next_slot = 0;
+  g->set_version = 0;
+  for (size_t w = 0; w < SPI_REPLICA_SLOTS / 64; w++) atomic_init(&g->dirty[w], 0);
+  atomic_init(&g->dirty_words, 0);
   return SPI_OK;
 }
 
@@ -129,6 +138,8 @@ void spi__registry_destroy(spi_registry *g, const spi_mem *m) {
   if (!g->slots) return;
   spi__free(m, atomic_exchange(&g->set, NULL));
   spi__free(m, g->slots_raw);
+  spi__pix_free(m, g->pix);
+  g->pix = NULL;
   g->slots_raw = NULL;
   g->slots = NULL;
   pthread_mutex_destroy(&g->lock);
@@ -293,6 +304,7 @@ static int same_ident(const spi_replica_ident *a, const spi_replica_ident *b) {
 static void publish(spi_engine *e, spi_replica_set *next,
                     spi_replica_set **retired) {
   set_index(next);
+  next->version = ++e->registry.set_version;
   *retired = atomic_exchange(&e->registry.set, next);
 }
 
@@ -373,6 +385,7 @@ static int upsert_locked(spi_engine *e, spi_replica_ident *r, int64_t limit,
   atomic_store(&s->advised_until_ns, advised);
   atomic_store(&s->cooldown_until_ns, cooling);
   atomic_store(&s->state, initial);
+  spi__replica_touch(g, (uint32_t)slot);
   publish(e, next, retired);
   return SPI_OK;
 }
@@ -421,6 +434,7 @@ static int remove_locked(spi_engine *e, const char *id, size_t len,
   atomic_store(&s->state, 0);
   atomic_fetch_add(&s->gen, 1u);
   atomic_fetch_add(&s->incarnation, 1u);
+  spi__replica_touch(g, cur->slot);
   publish(e, next, retired);
   return SPI_OK;
 }
@@ -468,6 +482,7 @@ int spi_replica_set_state(spi_engine *engine, const char *id, size_t id_len,
                           (int)id_len, id);
   } else {
     spi__replica_slot_set_state(&g->slots[cur->slot], state);
+    spi__replica_touch(g, cur->slot);
   }
   pthread_mutex_unlock(&g->lock);
   return rc;
@@ -514,6 +529,7 @@ static int store_load(spi_engine *e, const char *id, size_t id_len,
     atomic_store(&s->waiting, spi__dbits(l->waiting));
     atomic_store(&s->kv_usage, spi__dbits(l->kv_usage));
     atomic_store(&s->load_at_ns, at);
+    spi__replica_touch(&e->registry, cur->slot);
   }
   spi__snap_release(e, pin);
   if (!cur)

@@ -8,7 +8,7 @@
 #include <math.h>
 #include <string.h>
 
-#include "replica_pass.h"
+#include "pool_index.h"
 
 /* A 64-bit mix (splitmix64's finaliser) for rendezvous weights. */
 static uint64_t mix64(uint64_t x) {
@@ -30,60 +30,8 @@ static double est_ttft(const route_env *x, const replica_eval *ev,
                               ev->advised);
 }
 
-/* The summary's definitions, one place each. Load is divided by the
- * capacity, not multiplied by its inverse: the header defines it so, and
- * equal ratios must compare equal across replica sizes. */
-static inline double rel_ratio(const spi_replica_ident *r, double running,
-                               double waiting, uint32_t inflight) {
-  return (running + waiting + inflight) / r->cap;
-}
-static inline int is_busy(const spi_replica_ident *r, double running,
-                          double waiting, uint32_t inflight) {
-  return (inflight >= r->max_inflight) | (running + waiting >= r->cap);
-}
-
 static double rel_load(const replica_eval *ev, const spi_replica_ident *r) {
   return rel_ratio(r, ev->running, ev->waiting, ev->inflight);
-}
-
-/* What routing reads of a replica's slot (all in its first cache line),
- * with a stale load already read as saturated. */
-typedef struct slot_read {
-  double run, wait, kv;
-  spi_prefill_read pf;
-  int64_t advised_until, cooldown_until;
-  uint32_t inflight;
-  int32_t state, breaker;
-  int fresh;
-} slot_read;
-
-/* Always inlined: the pass calls it for every replica, and a call per
- * replica (which gcc chose once the cost model's reads made it longer)
- * cost about a quarter of a route over 512 replicas. */
-__attribute__((always_inline)) static inline void
-read_slot(const route_env *x, const spi_replica_slot *s, slot_read *o) {
-  spi_load_view l;
-  spi__replica_load(s, x->now, x->max_age, &l);
-  o->run = l.running;
-  o->wait = l.waiting;
-  o->kv = l.kv_usage;
-  o->fresh = l.fresh;
-  spi__prefill_read(s, x->default_rate, x->default_ms_tok, &o->pf);
-  o->inflight = atomic_load_explicit(&s->inflight, memory_order_relaxed);
-  o->state = atomic_load_explicit(&s->state, memory_order_relaxed);
-  o->breaker = atomic_load_explicit(&s->breaker, memory_order_relaxed);
-  o->advised_until =
-      atomic_load_explicit(&s->advised_until_ns, memory_order_relaxed);
-  o->cooldown_until =
-      atomic_load_explicit(&s->cooldown_until_ns, memory_order_relaxed);
-}
-
-static inline int busy_of(const spi_replica_ident *r, const slot_read *rd) {
-  return is_busy(r, rd->run, rd->wait, rd->inflight);
-}
-
-static inline double rel_of(const spi_replica_ident *r, const slot_read *rd) {
-  return rel_ratio(r, rd->run, rd->wait, rd->inflight);
 }
 
 /* Whether the replica takes a request now, all but the pool's KV shedding
@@ -381,8 +329,8 @@ static void scan_lean(const route_env *x, const spi_replica_set *set,
   uint64_t seeded = nrep ? sc->counted[0] : 0; /* of the 64 around i */
   uint64_t word = 0;    /* the counted bits of positions [i & ~63, i] */
   uint64_t kv_count = 0; /* ACTIVE and fresh per pool, 32 bits each */
-  double kv_spot = 0, kv_od = 0;
-  double sv_spot = 0, sv_od = 0; /* tokens served by the usable */
+  int64_t kv_spot = 0, kv_od = 0;
+  uint64_t sv_spot = 0, sv_od = 0; /* tokens served by the usable */
   for (size_t i = 0; i < nrep; i++) {
     if (i && i % 64 == 0) {
       sc->counted[i / 64 - 1] = word;
@@ -393,13 +341,14 @@ static void scan_lean(const route_env *x, const spi_replica_set *set,
     int spot = r->pool == SPI_POOL_SPOT;
     if (seeded >> (i % 64) & 1) {
       /* Read and offered already: only counted here, in order. */
-      double kv = sc->seed_kv[sc->byte_of[i]];
-      double sv = sc->seed_served[sc->byte_of[i]];
-      uint64_t one = kv >= 0; /* -1: its load is stale, no KV pressure */
-      kv_spot += spot && one ? kv : 0.0;
-      kv_od += spot || !one ? 0.0 : kv;
-      sv_spot += spot ? sv : 0.0;
-      sv_od += spot ? 0.0 : sv;
+      double kvd = sc->seed_kv[sc->byte_of[i]];
+      uint64_t sv = (uint64_t)sc->seed_served[sc->byte_of[i]];
+      uint64_t one = kvd >= 0; /* -1: its load is stale, no KV pressure */
+      int64_t kv = one ? spi__kv_fix(kvd) : 0;
+      kv_spot += spot ? kv : 0;
+      kv_od += spot ? 0 : kv;
+      sv_spot += spot ? sv : 0;
+      sv_od += spot ? 0 : sv;
       kv_count += spot ? one : one << 32;
       counts += UINT64_C(1) << (16 * r->cell);
       word |= UINT64_C(1) << (i % 64);
@@ -410,15 +359,17 @@ static void scan_lean(const route_env *x, const spi_replica_set *set,
     read_slot(x, s, &rd);
     if (rd.state != SPI_REPLICA_ACTIVE) continue;
     uint64_t one = (uint64_t)rd.fresh; /* a stale load: no KV pressure */
-    kv_spot += spot && one ? rd.kv : 0.0;
-    kv_od += spot || !one ? 0.0 : rd.kv;
+    int64_t kv = one ? spi__kv_fix(rd.kv) : 0;
+    kv_spot += spot ? kv : 0;
+    kv_od += spot ? 0 : kv;
     kv_count += spot ? one : one << 32;
     int probe;
     if (r->cell < 0 || !usable_of(x, r, s, &rd, &probe)) continue;
     counts += UINT64_C(1) << (16 * r->cell);
     word |= UINT64_C(1) << (i % 64);
-    sv_spot += spot ? rd.pf.served : 0.0;
-    sv_od += spot ? 0.0 : rd.pf.served;
+    uint64_t sv = (uint64_t)rd.pf.served;
+    sv_spot += spot ? sv : 0;
+    sv_od += spot ? 0 : sv;
     cell_acc *c = &sc->cell[r->cell];
     int advised = rd.advised_until > x->now;
     double wait = spi__prefill_wait_ms(cfg, rd.wait, rd.pf.queued, rd.pf.ms_tok);
@@ -443,13 +394,117 @@ static void scan_lean(const route_env *x, const spi_replica_set *set,
   if (nrep) sc->counted[(nrep - 1) / 64] = word;
   for (int k = 0; k < SPI_SUMMARY_CELLS; k++)
     sc->cell[k].usable += (uint32_t)(counts >> (16 * k) & 0xffffu);
-  sums->kv_sum[SPI_POOL_SPOT] += kv_spot;
-  sums->kv_sum[SPI_POOL_ON_DEMAND] += kv_od;
-  sums->kv_n[SPI_POOL_SPOT] += (double)(kv_count & 0xffffffffu);
-  sums->kv_n[SPI_POOL_ON_DEMAND] += (double)(kv_count >> 32);
+  sums->kv_fix[SPI_POOL_SPOT] += kv_spot;
+  sums->kv_fix[SPI_POOL_ON_DEMAND] += kv_od;
+  sums->kv_n[SPI_POOL_SPOT] += (uint32_t)(kv_count & 0xffffffffu);
+  sums->kv_n[SPI_POOL_ON_DEMAND] += (uint32_t)(kv_count >> 32);
   sums->served[SPI_POOL_SPOT] += sv_spot;
   sums->served[SPI_POOL_ON_DEMAND] += sv_od;
   hint_store(x->e, sc);
+}
+
+/* ------------------------------------------- the pass through the index */
+
+/* An exception of the pool index, read whole as the lean pass reads a
+ * replica. */
+static void indexed_exception(const route_env *x, const spi_replica_set *set,
+                              uint32_t pos, scan *sc, pool_sums *sums) {
+  const spi_replica_ident *r = &set->r[pos];
+  spi_replica_slot *s = &x->e->registry.slots[r->slot];
+  slot_read rd;
+  read_slot(x, s, &rd);
+  if (rd.state != SPI_REPLICA_ACTIVE) return;
+  if (rd.fresh) { /* a stale load says nothing of KV */
+    sums->kv_fix[r->pool] += spi__kv_fix(rd.kv);
+    sums->kv_n[r->pool]++;
+  }
+  int probe;
+  if (r->cell < 0 || !usable_of(x, r, s, &rd, &probe)) return;
+  sc->cell[r->cell].usable++;
+  mark_counted(sc, pos);
+  sums->served[r->pool] += (uint64_t)rd.pf.served;
+  replica_eval ev;
+  eval_of(x, r, &rd, 0, 1, probe, &ev);
+  cell_offer(sc, r->cell, pos, rel_of(r, &rd), &ev);
+}
+
+/* A regular replica's evaluation from the index, as eval_of makes it from
+ * its slot: t was computed with the TTFT model's operations. */
+static void indexed_eval(const route_env *x, const spi_pool_index *p,
+                         uint32_t pos, double t, replica_eval *o) {
+  const pix_hot *h = &p->hot[pos];
+  const pix_cold *c = &p->cold[pos];
+  o->running = c->running;
+  o->waiting = c->waiting;
+  o->kv_usage = c->kv;
+  o->fresh = 1;
+  o->inflight = c->inflight;
+  o->matched = 0;
+  o->active = 1;
+  o->advised = 0;
+  o->rate = c->rate;
+  o->ms_tok = h->ms_tok;
+  o->served = (double)c->served;
+  o->wait_ms = h->wait_ms;
+  o->t = t;
+  o->rdv = mix64(h->id_hash ^ x->rkey);
+  o->busy = h->busy;
+  o->usable = 1;
+  o->probe = 0;
+}
+
+/* Offer the regular replicas to the summaries: the same tests as the lean
+ * pass's, on values the index keeps. */
+static void indexed_regular(const route_env *x, const spi_pool_index *p,
+                            scan *sc) {
+  const double base = x->cfg->ttft_base_ms, cold = x->cold_tok;
+  const uint64_t rkey = x->rkey;
+  for (size_t w = 0; w < (p->n + 63) / 64; w++)
+    for (uint64_t b = p->reg[w]; b; b &= b - 1) {
+      uint32_t pos = (uint32_t)(w * 64 + (size_t)__builtin_ctzll(b));
+      const pix_hot *h = &p->hot[pos];
+      cell_acc *c = &sc->cell[h->cell];
+      double t = (base + h->wait_ms) + (cold * h->ms_tok) * h->slow;
+      int busy = h->busy;
+      uint64_t wgt = busy ? 0 : mix64(h->id_hash ^ rkey);
+      if (((t <= c->thr_t) | (h->rel <= c->least_rel) |
+           ((!busy) & (wgt >= c->rdv_w))) &&
+          (top_enters(c, t, pos) | least_enters(c, h->rel, pos) |
+           ((!busy) & rdv_enters(c, wgt, pos)))) {
+        replica_eval ev;
+        indexed_eval(x, p, pos, t, &ev);
+        cell_offer(sc, h->cell, pos, h->rel, &ev);
+      }
+    }
+}
+
+/* The lean pass through the pool index: the regular replicas' sums as
+ * kept, the exceptions read whole, the regular replicas ranked from the
+ * index. 0 when the index is another route's or cannot describe set: the
+ * caller then reads every slot. */
+static int scan_indexed(const route_env *x, const spi_replica_set *set,
+                        size_t nrep, scan *sc, pool_sums *sums) {
+  spi_pool_index *p = x->e->registry.pix;
+  if (!p || !spi__pix_acquire(p)) return 0;
+  if (!spi__pix_sync(p, x, set)) {
+    spi__pix_release(p);
+    return 0;
+  }
+  for (int k = 0; k < SPI_SUMMARY_CELLS; k++) sc->cell[k].usable += p->usable[k];
+  for (int q = SPI_POOL_SPOT; q <= SPI_POOL_ON_DEMAND; q++) {
+    sums->kv_fix[q] += p->kv_fix[q];
+    sums->kv_n[q] += p->kv_n[q];
+    sums->served[q] += p->served[q];
+  }
+  size_t words = (nrep + 63) / 64;
+  memcpy(sc->counted, p->reg, words * sizeof sc->counted[0]);
+  for (size_t w = 0; w < words; w++)
+    for (uint64_t b = p->exc[w]; b; b &= b - 1)
+      indexed_exception(x, set, (uint32_t)(w * 64 + (size_t)__builtin_ctzll(b)),
+                        sc, sums);
+  indexed_regular(x, p, sc);
+  spi__pix_release(p);
+  return 1;
 }
 
 /* The arena index of the scan's evaluation of pos in cell c, or NO_EV. */
@@ -542,12 +597,12 @@ static void scan_full(const route_env *x, const spi_replica_set *set,
     replica_eval ev;
     eval_replica(x, r, 0, &ev);
     if (ev.active && ev.fresh) { /* a stale load says nothing of KV */
-      sums->kv_sum[r->pool] += ev.kv_usage;
+      sums->kv_fix[r->pool] += spi__kv_fix(ev.kv_usage);
       sums->kv_n[r->pool] += 1;
     }
     fill_candidate(&cands[i], r, &ev);
     if (ev.usable && r->cell >= 0) {
-      sums->served[r->pool] += ev.served;
+      sums->served[r->pool] += (uint64_t)ev.served;
       cell_add(sc, r->cell, (uint32_t)i, r, &ev);
     }
   }
@@ -560,7 +615,7 @@ void spi__pass_run(scan *sc, const route_env *x, const spi_replica_set *set,
   for (int k = 0; k < SPI_SUMMARY_CELLS; k++) cell_clear(&sc->cell[k]);
   if (cands)
     scan_full(x, set, nrep, sc, cands, sums);
-  else
+  else if (!scan_indexed(x, set, nrep, sc, sums))
     scan_lean(x, set, nrep, sc, sums);
 }
 
@@ -570,7 +625,7 @@ void spi__pass_mean_served(const scan *sc, const pool_sums *sums,
   for (int p = SPI_POOL_SPOT; p <= SPI_POOL_ON_DEMAND; p++) {
     uint32_t n = sc->cell[SPI_SUMMARY_INDEX(p, SPI_TIER_SMALL)].usable +
                  sc->cell[SPI_SUMMARY_INDEX(p, SPI_TIER_LARGE)].usable;
-    mean[p] = n ? sums->served[p] / (double)n : 0.0;
+    mean[p] = n ? (double)sums->served[p] / (double)n : 0.0;
   }
 }
 

@@ -38,6 +38,66 @@ typedef struct replica_eval {
   uint8_t active, usable, probe, busy, fresh, advised;
 } replica_eval;
 
+/* The summary's definitions, one place each. Load is divided by the
+ * capacity, not multiplied by its inverse: the header defines it so, and
+ * equal ratios must compare equal across replica sizes. */
+static inline double rel_ratio(const spi_replica_ident *r, double running,
+                               double waiting, uint32_t inflight) {
+  return (running + waiting + inflight) / r->cap;
+}
+static inline int is_busy(const spi_replica_ident *r, double running,
+                          double waiting, uint32_t inflight) {
+  return (inflight >= r->max_inflight) | (running + waiting >= r->cap);
+}
+
+/* What routing reads of a replica's slot (all in its first cache line),
+ * with a stale load already read as saturated. */
+typedef struct slot_read {
+  double run, wait, kv;
+  spi_prefill_read pf;
+  int64_t advised_until, cooldown_until;
+  uint32_t inflight;
+  int32_t state, breaker;
+  int fresh;
+} slot_read;
+
+/* Always inlined: the pass calls it for every replica, and a call per
+ * replica (which gcc chose once the cost model's reads made it longer)
+ * cost about a quarter of a route over 512 replicas. */
+__attribute__((always_inline)) static inline void
+read_slot(const route_env *x, const spi_replica_slot *s, slot_read *o) {
+  spi_load_view l;
+  spi__replica_load(s, x->now, x->max_age, &l);
+  o->run = l.running;
+  o->wait = l.waiting;
+  o->kv = l.kv_usage;
+  o->fresh = l.fresh;
+  spi__prefill_read(s, x->default_rate, x->default_ms_tok, &o->pf);
+  o->inflight = atomic_load_explicit(&s->inflight, memory_order_relaxed);
+  o->state = atomic_load_explicit(&s->state, memory_order_relaxed);
+  o->breaker = atomic_load_explicit(&s->breaker, memory_order_relaxed);
+  o->advised_until =
+      atomic_load_explicit(&s->advised_until_ns, memory_order_relaxed);
+  o->cooldown_until =
+      atomic_load_explicit(&s->cooldown_until_ns, memory_order_relaxed);
+}
+
+static inline int busy_of(const spi_replica_ident *r, const slot_read *rd) {
+  return is_busy(r, rd->run, rd->wait, rd->inflight);
+}
+
+static inline double rel_of(const spi_replica_ident *r, const slot_read *rd) {
+  return rel_ratio(r, rd->run, rd->wait, rd->inflight);
+}
+
+/* KV usage (0..1) in the fixed point the pools'
+ * sums are kept in: integers add up to the same total in any order, so a
+ * sum kept as replicas change equals the one a pass makes. */
+#define SPI_KV_ONE 4294967296.0 /* 2^32 */
+static inline int64_t spi__kv_fix(double kv) {
+  return (int64_t)(kv * SPI_KV_ONE + 0.5);
+}
+
 /*
  * The summaries being accumulated. Their entries point into an arena of
  * evaluations, so the candidates built at the end are exactly what was
@@ -118,9 +178,16 @@ typedef struct scan {
 
 /* What the pass adds up per pool (index enum spi_pool). */
 typedef struct pool_sums {
-  double kv_sum[4], kv_n[4]; /* KV usage of ACTIVE replicas, their count */
-  double served[4];          /* tokens served by the usable */
+  int64_t kv_fix[4];         /* KV usage of ACTIVE replicas with a fresh
+                                load (spi__kv_fix) */
+  uint32_t kv_n[4];          /* ... their count */
+  uint64_t served[4];        /* tokens served by the usable */
 } pool_sums;
+/* A pool's mean KV usage (0 without an ACTIVE replica). */
+static inline double spi__pass_kv_mean(const pool_sums *s, int pool) {
+  return s->kv_n[pool] ? (double)s->kv_fix[pool] / SPI_KV_ONE / s->kv_n[pool]
+                       : 0.0;
+}
 
 /* Pass over every replica of set: cands (full candidates, nrep of them)
  * filled when not NULL, else the lean pass that evaluates only replicas

@@ -85,7 +85,9 @@ static void copy_id(char dst[SPI_ID_MAX], const char *src, size_t len) {
 /* What a route has taken that it must give back if it fails: the
  * half-open probe it claimed, and a ticket it took but did not publish. */
 typedef struct route_taken {
+  spi_engine *e;
   spi_replica_slot *probe;
+  uint32_t probe_slot;
   spi_ticket_table *tt;
   spi_ticket *ticket;
 } route_taken;
@@ -95,7 +97,10 @@ typedef struct route_taken {
  * leave its replica half-open for good). Returns rc. */
 static int route_unwind(route_taken *t, spi_decision *out, int rc) {
   if (t->ticket) spi__ticket_release(t->tt, t->ticket);
-  if (t->probe) spi__breaker_release_probe(t->probe);
+  if (t->probe) {
+    spi__breaker_release_probe(t->probe);
+    spi__replica_touch(&t->e->registry, t->probe_slot);
+  }
   t->ticket = NULL;
   t->probe = NULL;
   out->pool = 0;
@@ -216,8 +221,7 @@ static int phase_pressure(route_state *rs, const pool_sums *sums) {
   int32_t kvl[4] = {0};
   rs->level[0] = rs->level[3] = 0;
   for (int p = SPI_POOL_SPOT; p <= SPI_POOL_ON_DEMAND; p++) {
-    double press =
-        sums->kv_n[p] > 0 ? sums->kv_sum[p] / sums->kv_n[p] : 0;
+    double press = spi__pass_kv_mean(sums, p);
     unsigned old = atomic_load(&e->kv_level[p]);
     int nl = spi__kv_breaker_step((int)old, press, rs->cfg);
     if ((unsigned)nl != old &&
@@ -324,6 +328,8 @@ static void claim_probe(route_state *rs) {
     if (spi__breaker_claim_probe(s)) {
       ch->reason_code = SPI_REASON_HALF_OPEN_PROBE;
       rs->taken.probe = s;
+      rs->taken.probe_slot = chosen(rs, rs->first)->slot;
+      spi__replica_touch(&rs->e->registry, rs->taken.probe_slot);
       return;
     }
     rs->first++;
@@ -487,6 +493,7 @@ static int serve(route_state *rs) {
   rs->taken.ticket = NULL; /* published: the caller's to finish */
   rs->taken.probe = NULL;  /* ... and the probe goes with it */
   atomic_fetch_add(&s->inflight, 1);
+  spi__replica_touch(&rs->e->registry, r->slot);
   if (rs->ix && rs->nblocks > c->matched_blocks)
     spi__index_insert(rs->ix, rs->req->hashes, c->matched_blocks, rs->nblocks,
                       r->slot, k->gen, k->weight,
@@ -538,10 +545,12 @@ static int route_pinned(spi_request *req, spi_snapshot *snap,
   rs.set = atomic_load(&rs.e->registry.set);
   rs.ix = atomic_load(&rs.e->index);
   rs.nrep = rs.set ? rs.set->n : 0;
+  rs.taken.e = rs.e;
   rs.taken.probe = NULL;
   rs.taken.tt = NULL;
   rs.taken.ticket = NULL;
-  pool_sums sums_of_pools = {{0}, {0}, {0}};
+  pool_sums sums_of_pools;
+  memset(&sums_of_pools, 0, sizeof sums_of_pools);
   int rc = phase_key(&rs);
   if (rc == SPI_OK) rc = phase_replicas(&rs, &sums_of_pools);
   if (rc == SPI_OK) rc = phase_pressure(&rs, &sums_of_pools);

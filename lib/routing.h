@@ -167,6 +167,8 @@ typedef struct spi_replica_ident {
 #define SPI_NO_POS 0xffffu
 typedef struct spi_replica_set {
   size_t n;
+  uint64_t version;         /* from the registry's count of sets published:
+                               a newer set has a higher one (pool_index.c) */
   spi_replica_ident *r;     /* n entries, in order of addition */
   uint16_t *pos_of_slot;    /* SPI_REPLICA_SLOTS: index into r, or
                                SPI_NO_POS (the prefix index names slots) */
@@ -179,7 +181,25 @@ typedef struct spi_registry {
   pthread_mutex_t lock;     /* writers */
   uint32_t next_slot;       /* where the next free-slot search starts (under
                                lock): slots are reused as late as possible */
+  uint64_t set_version;     /* the last published set's version (under lock) */
+  /* Slots whose routing state changed since the pool index last read them
+   * (pool_index.h): one bit a slot, and one bit a word of those. */
+  atomic_ullong dirty[SPI_REPLICA_SLOTS / 64];
+  atomic_ullong dirty_words;
+  struct spi_pool_index *pix; /* made with the registry */
 } spi_registry;
+
+/* Every writer of a slot field that routing reads (state, load, in-flight
+ * count, breaker, interruption deadlines, cost-model counters) calls this
+ * after its writes, so the pool index reads the slot again. The word's bit
+ * goes first: whoever clears the summary bit then finds it. */
+static inline void spi__replica_touch(spi_registry *g, uint32_t slot) {
+  if (slot >= SPI_REPLICA_SLOTS) return;
+  atomic_fetch_or_explicit(&g->dirty[slot / 64], UINT64_C(1) << (slot % 64),
+                           memory_order_release);
+  atomic_fetch_or_explicit(&g->dirty_words, UINT64_C(1) << (slot / 64),
+                           memory_order_release);
+}
 
 struct spi_engine;
 int spi__registry_init(spi_registry *g, const spi_mem *m);

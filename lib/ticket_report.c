@@ -71,6 +71,7 @@ static int first_token_pinned(spi_engine *engine, const spi_snapshot *snap,
     /* Its prefill is done: off the replica's queue, and a rate sample. */
     spi__prefill_first_token(&engine->registry.slots[k->slot], k, now,
                              &snap->router);
+    spi__replica_touch(&engine->registry, k->slot);
   }
   spi__ticket_unpin_record(tt, k);
   return SPI_OK;
@@ -198,6 +199,7 @@ int spi_ticket_finish(spi_engine *engine, uint64_t ticket,
                mx) {
       spi__metrics_breaker_open(mx);
     }
+    spi__replica_touch(&engine->registry, k->slot);
     spi_prefix_index *ix = atomic_load(&engine->index);
     if (ok && ix && k->n_hashes && atomic_load(&slot->gen) == k->gen)
       spi__index_insert(ix, k->hashes, 0, k->n_hashes, k->slot, k->gen,

@@ -1,0 +1,221 @@
+/*
+ * pool_index.c - the pool index: what the routing pass needs of each
+ * replica, kept current from the events that change it, so that a route
+ * does not read every replica's slot.
+ *
+ * Design. The pass (replica_pass.c) evaluates every replica for one request:
+ * its load, whether it is usable, its TTFT estimate for the request's
+ * uncached tokens, its relative load, whether it is busy, its rendezvous
+ * weight for the prefix; and it adds up each pool's KV usage, tokens served
+ * and usable count. Most of that does not depend on the request: for a
+ * replica that is ACTIVE, has a fresh load, no models list, a closed
+ * breaker, no rebalance advice and no cooling spot pool - a regular replica
+ * - every request finds it usable, its TTFT is
+ *
+ *   (ttft_base_ms + wait_ms) + (uncached * ms_tok) * slow
+ *
+ * with wait_ms, ms_tok and slow fixed until its slot changes, and its
+ * relative load, busy flag, KV usage and tokens served are fixed too. The
+ * index keeps those per position of the replica set, and each pool's sums
+ * over the regular replicas (integers: KV usage in fixed point, tokens, so
+ * that sums kept as replicas come and go equal the sums a pass makes in
+ * position order). Every other ACTIVE replica is an exception, read whole
+ * by every route exactly as the pass reads it.
+ *
+ * Staying current. Every writer of a slot field routing reads calls
+ * spi__replica_touch, which sets the slot's bit in the registry's dirty
+ * bitmap (one word of bits a 64 slots, and a word of those words). A route
+ * that takes the index (a try-lock: a route that finds it taken reads every
+ * slot instead, as before, so no route waits) clears the bits it finds and
+ * reads those slots again: a write after it cleared a bit sets it again, so
+ * nothing is lost. Time alone changes one thing about a regular replica:
+ * its load goes stale at load_at + load_max_age. The index keeps a lower
+ * bound of the earliest such time, and a route at or past it moves the
+ * stale ones to the exceptions. A time moving back, a newer replica set or
+ * a different configuration rebuilds the index from every slot. Advice
+ * ending, a cooldown ending or a future-stamped load becoming fresh only
+ * make an exception regular again at its next write: an exception is
+ * always read whole, so that costs time, never exactness.
+ *
+ * Exactness. Routes rank the regular replicas by the values above with the
+ * same operations as the pass (same bits), offer them to the same
+ * summaries (which do not depend on the order replicas are met in), and
+ * build each kept evaluation from the same values; tests/unit/test_policy.c
+ * compares every summary with a full pass on random histories.
+ *
+ * Memory: a fixed array for SPI_REPLICA_SLOTS positions, made with the
+ * registry; a route allocates nothing, takes no lock and makes no call.
+ */
+#include <string.h>
+
+#include "pool_index.h"
+
+spi_pool_index *spi__pix_new(const spi_mem *m) {
+  spi_pool_index *p = spi__alloc(m, sizeof *p);
+  if (!p) return NULL;
+  memset(p, 0, sizeof *p);
+  atomic_init(&p->taken, 0);
+  return p;
+}
+
+void spi__pix_free(const spi_mem *m, spi_pool_index *p) { spi__free(m, p); }
+
+static void bit_set(uint64_t *b, uint32_t pos) {
+  b[pos / 64] |= UINT64_C(1) << (pos % 64);
+}
+static void bit_clear(uint64_t *b, uint32_t pos) {
+  b[pos / 64] &= ~(UINT64_C(1) << (pos % 64));
+}
+
+/* Take position pos out of the sums and the kinds. */
+static void entry_drop(spi_pool_index *p, uint32_t pos) {
+  pix_hot *h = &p->hot[pos];
+  if (h->kind == PIX_REG) {
+    const pix_cold *c = &p->cold[pos];
+    p->usable[h->cell]--;
+    p->kv_fix[c->pool] -= spi__kv_fix(c->kv);
+    p->kv_n[c->pool]--;
+    p->served[c->pool] -= c->served;
+    bit_clear(p->reg, pos);
+  } else if (h->kind == PIX_EXC) {
+    bit_clear(p->exc, pos);
+  }
+  h->kind = PIX_OFF;
+}
+
+/* When a load stamped at goes stale (spi__replica_load's rule). */
+static int64_t stale_at(int64_t at, int64_t max_age) {
+  if (max_age <= 0) max_age = SPI_DEFAULT_LOAD_MAX_AGE_MS * 1000000ll;
+  int64_t until;
+  if (__builtin_add_overflow(at, max_age, &until)) until = INT64_MAX;
+  return until;
+}
+
+/* Whether what rd says makes the replica regular at x->now. */
+static int regular(const route_env *x, const spi_replica_ident *r,
+                   const slot_read *rd) {
+  return r->cell >= 0 && rd->fresh && r->models_len == 0 &&
+         rd->breaker == SPI_BREAKER_CLOSED && rd->advised_until <= x->now &&
+         !(r->pool == SPI_POOL_SPOT && rd->cooldown_until > x->now);
+}
+
+/* Read the slot of the replica at pos again. */
+static void entry_read(spi_pool_index *p, const route_env *x,
+                       const spi_replica_ident *r, uint32_t pos) {
+  const spi_replica_slot *s = &x->e->registry.slots[r->slot];
+  entry_drop(p, pos);
+  int64_t at = atomic_load_explicit(&s->load_at_ns, memory_order_acquire);
+  slot_read rd;
+  read_slot(x, s, &rd);
+  if (rd.state != SPI_REPLICA_ACTIVE) return;
+  pix_hot *h = &p->hot[pos];
+  if (!regular(x, r, &rd)) {
+    h->kind = PIX_EXC;
+    bit_set(p->exc, pos);
+    return;
+  }
+  pix_cold *c = &p->cold[pos];
+  h->kind = PIX_REG;
+  h->cell = r->cell;
+  h->wait_ms = spi__prefill_wait_ms(x->cfg, rd.wait, rd.pf.queued, rd.pf.ms_tok);
+  h->ms_tok = rd.pf.ms_tok;
+  h->slow = 1.0 + rd.run * r->inv_max_inflight;
+  h->rel = rel_ratio(r, rd.run, rd.wait, rd.inflight);
+  h->busy = (uint8_t)is_busy(r, rd.run, rd.wait, rd.inflight);
+  h->id_hash = r->id_hash;
+  c->running = rd.run;
+  c->waiting = rd.wait;
+  c->kv = rd.kv;
+  c->rate = rd.pf.rate;
+  c->served = (uint64_t)rd.pf.served;
+  c->inflight = rd.inflight;
+  c->pool = r->pool;
+  c->until = stale_at(at, x->max_age);
+  if (c->until < p->min_until) p->min_until = c->until;
+  p->usable[h->cell]++;
+  p->kv_fix[c->pool] += spi__kv_fix(c->kv);
+  p->kv_n[c->pool]++;
+  p->served[c->pool] += c->served;
+  bit_set(p->reg, pos);
+}
+
+/* Read every replica of set. The dirty bits are cleared first: a write
+ * meanwhile sets its bit again. */
+static void rebuild(spi_pool_index *p, const route_env *x,
+                    const spi_replica_set *set) {
+  spi_registry *g = &x->e->registry;
+  atomic_store_explicit(&g->dirty_words, 0, memory_order_relaxed);
+  for (size_t w = 0; w < SPI_REPLICA_SLOTS / 64; w++)
+    atomic_exchange_explicit(&g->dirty[w], 0, memory_order_acq_rel);
+  memset(p->usable, 0, sizeof p->usable);
+  memset(p->kv_fix, 0, sizeof p->kv_fix);
+  memset(p->kv_n, 0, sizeof p->kv_n);
+  memset(p->served, 0, sizeof p->served);
+  memset(p->reg, 0, sizeof p->reg);
+  memset(p->exc, 0, sizeof p->exc);
+  p->version = set->version;
+  p->n = set->n;
+  p->per_queued_ms = x->cfg->ttft_per_queued_ms;
+  p->default_rate = x->default_rate;
+  p->max_age = x->max_age;
+  p->max_t = x->now;
+  p->min_until = INT64_MAX;
+  for (size_t i = 0; i < set->n; i++) {
+    p->hot[i].kind = PIX_OFF;
+    entry_read(p, x, &set->r[i], (uint32_t)i);
+  }
+}
+
+/* Read again the slots marked since the last route. */
+static void read_dirty(spi_pool_index *p, const route_env *x,
+                       const spi_replica_set *set) {
+  spi_registry *g = &x->e->registry;
+  uint64_t words =
+      atomic_exchange_explicit(&g->dirty_words, 0, memory_order_acq_rel);
+  for (; words; words &= words - 1) {
+    uint32_t w = (uint32_t)__builtin_ctzll(words);
+    uint64_t bits =
+        atomic_exchange_explicit(&g->dirty[w], 0, memory_order_acq_rel);
+    for (; bits; bits &= bits - 1) {
+      uint32_t slot = w * 64 + (uint32_t)__builtin_ctzll(bits);
+      uint16_t pos = set->pos_of_slot[slot];
+      if (pos != SPI_NO_POS && pos < set->n)
+        entry_read(p, x, &set->r[pos], pos);
+    }
+  }
+}
+
+/* Regular entries whose load is stale at x->now become exceptions; the
+ * earliest staleness of the rest is found again. */
+static void expire(spi_pool_index *p, const route_env *x) {
+  int64_t min = INT64_MAX;
+  for (size_t w = 0; w < (p->n + 63) / 64; w++)
+    for (uint64_t b = p->reg[w]; b; b &= b - 1) {
+      uint32_t pos = (uint32_t)(w * 64 + (size_t)__builtin_ctzll(b));
+      int64_t until = p->cold[pos].until;
+      if (until > x->now) {
+        if (until < min) min = until;
+        continue;
+      }
+      entry_drop(p, pos);
+      p->hot[pos].kind = PIX_EXC;
+      bit_set(p->exc, pos);
+    }
+  p->min_until = min;
+}
+
+int spi__pix_sync(spi_pool_index *p, const route_env *x,
+                  const spi_replica_set *set) {
+  if (set->version < p->version) return 0;
+  if (set->version != p->version || x->now < p->max_t ||
+      p->per_queued_ms != x->cfg->ttft_per_queued_ms ||
+      p->default_rate != x->default_rate || p->max_age != x->max_age) {
+    rebuild(p, x, set);
+    return 1;
+  }
+  if (atomic_load_explicit(&x->e->registry.dirty_words, memory_order_relaxed))
+    read_dirty(p, x, set);
+  if (x->now > p->max_t) p->max_t = x->now;
+  if (x->now >= p->min_until) expire(p, x);
+  return 1;
+}
