@@ -46,6 +46,7 @@
  * Memory: a fixed array for SPI_REPLICA_SLOTS positions, made with the
  * registry; a route allocates nothing, takes no lock and makes no call.
  */
+#include <math.h>
 #include <string.h>
 
 #include "pool_index.h"
@@ -77,6 +78,8 @@ static void entry_drop(spi_pool_index *p, uint32_t pos) {
     p->kv_n[c->pool]--;
     p->served[c->pool] -= c->served;
     bit_clear(p->reg, pos);
+    bit_clear(p->creg[h->cell], pos);
+    p->blk_dirty[h->cell] |= UINT64_C(1) << (pos / 64);
   } else if (h->kind == PIX_EXC) {
     bit_clear(p->exc, pos);
   }
@@ -137,6 +140,8 @@ static void entry_read(spi_pool_index *p, const route_env *x,
   p->kv_n[c->pool]++;
   p->served[c->pool] += c->served;
   bit_set(p->reg, pos);
+  bit_set(p->creg[h->cell], pos);
+  p->blk_dirty[h->cell] |= UINT64_C(1) << (pos / 64);
 }
 
 /* Read every replica of set. The dirty bits are cleared first: a write
@@ -153,6 +158,8 @@ static void rebuild(spi_pool_index *p, const route_env *x,
   memset(p->served, 0, sizeof p->served);
   memset(p->reg, 0, sizeof p->reg);
   memset(p->exc, 0, sizeof p->exc);
+  memset(p->creg, 0, sizeof p->creg);
+  for (int k = 0; k < SPI_SUMMARY_CELLS; k++) p->blk_dirty[k] = ~UINT64_C(0);
   p->version = set->version;
   p->n = set->n;
   p->per_queued_ms = x->cfg->ttft_per_queued_ms;
@@ -204,8 +211,36 @@ static void expire(spi_pool_index *p, const route_env *x) {
   p->min_until = min;
 }
 
-int spi__pix_sync(spi_pool_index *p, const route_env *x,
-                  const spi_replica_set *set) {
+/* Sum up block w of cell k again from its regular replicas. */
+static void block_fix(spi_pool_index *p, int k, uint32_t w) {
+  pix_block *b = &p->blk[k][w];
+  b->wait_ms = b->ms_tok = b->slow = b->rel = HUGE_VAL;
+  b->rel_pos = UINT32_MAX;
+  b->n = 0;
+  for (uint64_t m = p->creg[k][w]; m; m &= m - 1) {
+    uint32_t pos = w * 64 + (uint32_t)__builtin_ctzll(m);
+    const pix_hot *h = &p->hot[pos];
+    if (h->wait_ms < b->wait_ms) b->wait_ms = h->wait_ms;
+    if (h->ms_tok < b->ms_tok) b->ms_tok = h->ms_tok;
+    if (h->slow < b->slow) b->slow = h->slow;
+    if (h->rel < b->rel) { /* positions ascend: the first of equals stays */
+      b->rel = h->rel;
+      b->rel_pos = pos;
+    }
+    b->n++;
+  }
+}
+
+static void blocks_fix(spi_pool_index *p) {
+  for (int k = 0; k < SPI_SUMMARY_CELLS; k++) {
+    for (uint64_t d = p->blk_dirty[k]; d; d &= d - 1)
+      block_fix(p, k, (uint32_t)__builtin_ctzll(d));
+    p->blk_dirty[k] = 0;
+  }
+}
+
+static int sync_entries(spi_pool_index *p, const route_env *x,
+                        const spi_replica_set *set) {
   if (set->version < p->version) return 0;
   if (set->version != p->version || x->now < p->max_t ||
       p->per_queued_ms != x->cfg->ttft_per_queued_ms ||
@@ -218,4 +253,57 @@ int spi__pix_sync(spi_pool_index *p, const route_env *x,
   if (x->now > p->max_t) p->max_t = x->now;
   if (x->now >= p->min_until) expire(p, x);
   return 1;
+}
+
+int spi__pix_sync(spi_pool_index *p, const route_env *x,
+                  const spi_replica_set *set) {
+  if (!sync_entries(p, x, set)) return 0;
+  blocks_fix(p);
+  return 1;
+}
+
+/* Whether (w, a) ranks before (v, b) in rendezvous order. */
+static int rdv_before(uint64_t w, uint32_t a, uint64_t v, uint32_t b) {
+  return w > v || (w == v && a < b);
+}
+
+/* Weigh every replica of set for x->rkey; keep each cell's first few. */
+static void rdv_make(pix_rdv *o, const route_env *x,
+                     const spi_replica_set *set) {
+  uint64_t wt[SPI_SUMMARY_CELLS][PIX_RDV_TOP];
+  memset(o->n, 0, sizeof o->n);
+  for (size_t i = 0; i < set->n; i++) {
+    int k = set->r[i].cell;
+    if (k < 0) continue;
+    uint64_t w = spi__rdv_weight(set->r[i].id_hash, x->rkey);
+    uint32_t n = o->n[k];
+    if (n == PIX_RDV_TOP && !rdv_before(w, (uint32_t)i, wt[k][n - 1],
+                                        o->pos[k][n - 1]))
+      continue;
+    uint32_t at = n < PIX_RDV_TOP ? n : n - 1;
+    while (at > 0 && rdv_before(w, (uint32_t)i, wt[k][at - 1], o->pos[k][at - 1])) {
+      wt[k][at] = wt[k][at - 1];
+      o->pos[k][at] = o->pos[k][at - 1];
+      at--;
+    }
+    wt[k][at] = w;
+    o->pos[k][at] = (uint16_t)i;
+    if (n < PIX_RDV_TOP) o->n[k] = (uint8_t)(n + 1);
+  }
+  o->rkey = x->rkey;
+  o->version = set->version;
+}
+
+const pix_rdv *spi__pix_rdv(spi_pool_index *p, const route_env *x,
+                            const spi_replica_set *set) {
+  uint32_t at = (uint32_t)(spi__rdv_weight(x->rkey, 0) % PIX_RDV_SETS);
+  for (int w = 0; w < PIX_RDV_WAYS; w++) {
+    pix_rdv *o = &p->rdv[at][w];
+    if (o->version == set->version && o->rkey == x->rkey && o->version)
+      return o;
+  }
+  pix_rdv *o = &p->rdv[at][p->rdv_next[at]];
+  p->rdv_next[at] = (uint8_t)((p->rdv_next[at] + 1) % PIX_RDV_WAYS);
+  rdv_make(o, x, set);
+  return o;
 }

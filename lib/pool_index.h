@@ -37,6 +37,30 @@ typedef struct pix_cold {
   int32_t pool;
 } pix_cold;
 
+/* The regular replicas of one cell among 64 positions (a word of the
+ * bitmaps): the least of each part of their TTFT, so that
+ * (ttft_base_ms + wait_ms) + (c * ms_tok) * slow is at most any of
+ * theirs (floating-point addition and multiplication are monotonic), and
+ * the least relative load with its position. */
+typedef struct pix_block {
+  double wait_ms, ms_tok, slow, rel;
+  uint32_t rel_pos, n;
+} pix_block;
+
+/* The rendezvous order of one prefix: per cell, the PIX_RDV_TOP replicas
+ * of highest weight (then lowest position) among all of the cell's, of the
+ * set with that version. The winner among the regular replicas that are
+ * not busy is the first of them that is one; when none is, the cell's
+ * regular replicas are weighed one by one. */
+#define PIX_RDV_TOP 4
+#define PIX_RDV_SETS 64 /* of PIX_RDV_WAYS prefixes each */
+#define PIX_RDV_WAYS 4
+typedef struct pix_rdv {
+  uint64_t rkey, version;
+  uint16_t pos[SPI_SUMMARY_CELLS][PIX_RDV_TOP];
+  uint8_t n[SPI_SUMMARY_CELLS];
+} pix_rdv;
+
 typedef struct spi_pool_index {
   atomic_int taken;             /* held by the one route using it */
   uint64_t version;             /* the set described (0: none yet) */
@@ -53,6 +77,11 @@ typedef struct spi_pool_index {
   uint64_t served[4];
   uint64_t reg[SPI_REPLICA_SLOTS / 64]; /* positions, by kind */
   uint64_t exc[SPI_REPLICA_SLOTS / 64];
+  uint64_t creg[SPI_SUMMARY_CELLS][SPI_REPLICA_SLOTS / 64]; /* reg, by cell */
+  uint64_t blk_dirty[SPI_SUMMARY_CELLS]; /* blocks to sum up again */
+  pix_block blk[SPI_SUMMARY_CELLS][SPI_REPLICA_SLOTS / 64];
+  pix_rdv rdv[PIX_RDV_SETS][PIX_RDV_WAYS];
+  uint8_t rdv_next[PIX_RDV_SETS]; /* the way a miss replaces next */
   pix_hot hot[SPI_REPLICA_SLOTS];
   pix_cold cold[SPI_REPLICA_SLOTS];
 } spi_pool_index;
@@ -79,5 +108,19 @@ static inline void spi__pix_release(spi_pool_index *p) {
  * 0 when it cannot describe set (an older set than it last described). */
 int spi__pix_sync(spi_pool_index *p, const route_env *x,
                   const spi_replica_set *set);
+/* With the index taken and synced: the rendezvous order of x->rkey over
+ * set (made now if it is not kept). */
+const pix_rdv *spi__pix_rdv(spi_pool_index *p, const route_env *x,
+                            const spi_replica_set *set);
+/* The rendezvous weight of a replica for a prefix key. */
+static inline uint64_t spi__rdv_weight(uint64_t id_hash, uint64_t rkey) {
+  uint64_t v = id_hash ^ rkey; /* splitmix64's finaliser */
+  v ^= v >> 30;
+  v *= 0xbf58476d1ce4e5b9ULL;
+  v ^= v >> 27;
+  v *= 0x94d049bb133111ebULL;
+  v ^= v >> 31;
+  return v;
+}
 
 #endif /* SPI_POOL_INDEX_H */

@@ -453,29 +453,119 @@ static void indexed_eval(const route_env *x, const spi_pool_index *p,
   o->probe = 0;
 }
 
-/* Offer the regular replicas to the summaries: the same tests as the lean
- * pass's, on values the index keeps. */
-static void indexed_regular(const route_env *x, const spi_pool_index *p,
-                            scan *sc) {
-  const double base = x->cfg->ttft_base_ms, cold = x->cold_tok;
-  const uint64_t rkey = x->rkey;
+/* The TTFT of the regular replica h for this request: the TTFT model's
+ * operations in its order (prefill_model.h), so the same bits. */
+static inline double indexed_t(const route_env *x, const pix_hot *h) {
+  return (x->cfg->ttft_base_ms + h->wait_ms) + (x->cold_tok * h->ms_tok) * h->slow;
+}
+
+static uint32_t cell_find(const cell_acc *c, const ev_arena *a, uint32_t pos);
+
+/* Offer the regular replica at pos to its cell's summaries, unless one
+ * holds it already: it was offered, and what it did not get in then (the
+ * thresholds only get harder to pass) it does not get in now. */
+static void indexed_offer(const route_env *x, const spi_pool_index *p,
+                          scan *sc, uint32_t pos) {
+  const pix_hot *h = &p->hot[pos];
+  if (cell_find(&sc->cell[h->cell], &sc->a, pos) != NO_EV) return;
+  replica_eval ev;
+  indexed_eval(x, p, pos, indexed_t(x, h), &ev);
+  cell_offer(sc, h->cell, pos, h->rel, &ev);
+}
+
+/* The last route's ranking of cell k (its hint, see seed_from_hint) goes
+ * first, so the thresholds are tight from the start and few others get
+ * in: the summaries do not depend on the order replicas are offered in. */
+static void indexed_seed(const route_env *x, const spi_pool_index *p,
+                         scan *sc, int k) {
+  for (int h = 0; h < 2; h++) {
+    uint64_t word =
+        atomic_load_explicit(&x->e->route_hint[k][h], memory_order_relaxed);
+    for (int j = 0; j < HINT_PER_WORD; j++, word >>= 16) {
+      uint32_t v = (uint32_t)(word & 0xffffu);
+      if (v == 0 || v > p->n) continue;
+      const pix_hot *ht = &p->hot[v - 1];
+      if (ht->kind == PIX_REG && ht->cell == k) indexed_offer(x, p, sc, v - 1);
+    }
+  }
+}
+
+/* Cell k's least relatively loaded regular replica: the least of the
+ * blocks' (each the first of its equals, and blocks ascend). */
+static void indexed_least(const route_env *x, const spi_pool_index *p,
+                          scan *sc, int k) {
+  const pix_block *best = NULL;
+  for (size_t w = 0; w < (p->n + 63) / 64; w++) {
+    const pix_block *b = &p->blk[k][w];
+    if (b->n && (!best || b->rel < best->rel)) best = b;
+  }
+  if (best) indexed_offer(x, p, sc, best->rel_pos);
+}
+
+/* Cell k's rendezvous winner among the regular replicas that are not
+ * busy: the first such of the kept order, else weighed one by one. */
+static void indexed_rdv(const route_env *x, const spi_pool_index *p,
+                        scan *sc, int k, const pix_rdv *o) {
+  for (uint32_t j = 0; j < o->n[k]; j++) {
+    const pix_hot *h = &p->hot[o->pos[k][j]];
+    if (h->kind == PIX_REG && !h->busy) {
+      indexed_offer(x, p, sc, o->pos[k][j]);
+      return;
+    }
+  }
+  if (o->n[k] < PIX_RDV_TOP) return; /* the order was the whole cell */
+  uint64_t best_w = 0;
+  uint32_t best = UINT32_MAX;
   for (size_t w = 0; w < (p->n + 63) / 64; w++)
-    for (uint64_t b = p->reg[w]; b; b &= b - 1) {
-      uint32_t pos = (uint32_t)(w * 64 + (size_t)__builtin_ctzll(b));
-      const pix_hot *h = &p->hot[pos];
-      cell_acc *c = &sc->cell[h->cell];
-      double t = (base + h->wait_ms) + (cold * h->ms_tok) * h->slow;
-      int busy = h->busy;
-      uint64_t wgt = busy ? 0 : mix64(h->id_hash ^ rkey);
-      if (((t <= c->thr_t) | (h->rel <= c->least_rel) |
-           ((!busy) & (wgt >= c->rdv_w))) &&
-          (top_enters(c, t, pos) | least_enters(c, h->rel, pos) |
-           ((!busy) & rdv_enters(c, wgt, pos)))) {
-        replica_eval ev;
-        indexed_eval(x, p, pos, t, &ev);
-        cell_offer(sc, h->cell, pos, h->rel, &ev);
+    for (uint64_t m = p->creg[k][w]; m; m &= m - 1) {
+      uint32_t pos = (uint32_t)(w * 64 + (size_t)__builtin_ctzll(m));
+      if (p->hot[pos].busy) continue;
+      uint64_t wt = spi__rdv_weight(p->hot[pos].id_hash, x->rkey);
+      if (best == UINT32_MAX || wt > best_w) {
+        best_w = wt;
+        best = pos;
       }
     }
+  if (best != UINT32_MAX) indexed_offer(x, p, sc, best);
+}
+
+/* Cell k's best TTFTs among the regular replicas: blocks in the order of
+ * their bound (the least TTFT any of theirs can have, then their first
+ * position), each read whole while it may hold one that gets in. */
+static void indexed_top(const route_env *x, const spi_pool_index *p, scan *sc,
+                        int k) {
+  cell_acc *c = &sc->cell[k];
+  double lb[SPI_REPLICA_SLOTS / 64];
+  uint64_t todo = 0;
+  for (uint32_t w = 0; w < (p->n + 63) / 64; w++) {
+    const pix_block *b = &p->blk[k][w];
+    if (!b->n) continue;
+    lb[w] = (x->cfg->ttft_base_ms + b->wait_ms) + (x->cold_tok * b->ms_tok) * b->slow;
+    todo |= UINT64_C(1) << w;
+  }
+  while (todo) {
+    uint32_t best = (uint32_t)__builtin_ctzll(todo);
+    for (uint64_t m = todo & (todo - 1); m; m &= m - 1) {
+      uint32_t w = (uint32_t)__builtin_ctzll(m);
+      if (lb[w] < lb[best]) best = w;
+    }
+    if (!top_enters(c, lb[best], best * 64)) return;
+    todo &= ~(UINT64_C(1) << best);
+    /* The threshold in registers, read again only after an offer. */
+    const double base = x->cfg->ttft_base_ms, cold = x->cold_tok;
+    double thr_t = c->thr_t;
+    uint32_t thr_pos = c->thr_pos;
+    for (uint64_t m = p->creg[k][best]; m; m &= m - 1) {
+      uint32_t pos = best * 64 + (uint32_t)__builtin_ctzll(m);
+      const pix_hot *h = &p->hot[pos];
+      double t = (base + h->wait_ms) + (cold * h->ms_tok) * h->slow;
+      if (ttft_before(t, pos, thr_t, thr_pos)) {
+        indexed_offer(x, p, sc, pos);
+        thr_t = c->thr_t;
+        thr_pos = c->thr_pos;
+      }
+    }
+  }
 }
 
 /* The lean pass through the pool index: the regular replicas' sums as
@@ -502,8 +592,16 @@ static int scan_indexed(const route_env *x, const spi_replica_set *set,
     for (uint64_t b = p->exc[w]; b; b &= b - 1)
       indexed_exception(x, set, (uint32_t)(w * 64 + (size_t)__builtin_ctzll(b)),
                         sc, sums);
-  indexed_regular(x, p, sc);
+  const pix_rdv *o = spi__pix_rdv(p, x, set);
+  for (int k = 0; k < SPI_SUMMARY_CELLS; k++) {
+    if (!p->usable[k]) continue;
+    indexed_seed(x, p, sc, k);
+    indexed_least(x, p, sc, k);
+    indexed_rdv(x, p, sc, k, o);
+    indexed_top(x, p, sc, k);
+  }
   spi__pix_release(p);
+  hint_store(x->e, sc);
   return 1;
 }
 

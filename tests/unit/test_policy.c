@@ -564,8 +564,13 @@ static void test_stale_replica_is_not_kv_pressure(void **st) {
  * every candidate, so the pass fills them all. Every decision must be the
  * same, across random fleets, churn, stale and future-stamped loads, open
  * breakers and their probes, advice, interruptions that cool a spot pool,
- * model lists, drains, learnt rates and queued prefill. SPI_EQ_SEEDS sets
- * how many seeds run (8 by default; the first is SPI_EQ_SEED_BASE). */
+ * model lists, drains, learnt rates and queued prefill. The summaries-only
+ * twin ranks through the pool index (lib/pool_index.c), which keeps each
+ * replica's standing as it changes: the history also reconfigures both
+ * (which rebuilds the index), steps the clock back, and on some seeds gives
+ * every replica room for one or two requests, so that many are busy and the
+ * rendezvous winner is often not among the kept order's first. SPI_EQ_SEEDS
+ * sets how many seeds run (8 by default; the first is SPI_EQ_SEED_BASE). */
 
 typedef struct seen seen;
 typedef struct twin {
@@ -576,6 +581,7 @@ typedef struct twin {
   uint32_t n_open;
   uint32_t n_ids;    /* replica ids "q0".."q{n_ids-1}" */
   uint32_t notices;
+  int small;         /* replicas take one or two requests: many are busy */
 } twin;
 
 static uint32_t rnd(twin *t, uint32_t n) {
@@ -637,6 +643,24 @@ static int seen_configure(void *state, const char *j, size_t n, void **inst,
   return SPI_OK;
 }
 
+/* The twins' configuration; variant v > 0 changes what the pool index
+ * keeps per replica (the wait per queued request, the configured prefill
+ * rate, the age a load goes stale at), so the index is built again. */
+static void twin_configure(world *w, uint32_t v) {
+  char cfg[512];
+  snprintf(cfg, sizeof cfg,
+           "{\"cache_key\":{\"block_tokens\":%d},"
+           "\"router\":{\"load_max_age_ms\":%u,\"error_threshold\":2,"
+           "\"error_cooldown_ms\":700,\"pool_cooldown_ms\":1500,"
+           "\"ttft_per_queued_ms\":%u,\"prefill_tokens_per_s\":%u,"
+           "\"max_fallbacks\":4,\"shadow_policy\":\"seen\"}}",
+           IDS_PER_BLOCK, 4000 - 1000 * (v % 3), 50 + 25 * (v % 2),
+           10000 + 5000 * (v % 4));
+  int rc = spi_engine_configure(w->e, cfg, strlen(cfg));
+  if (rc) print_error("%s\n", spi_engine_errmsg(w->e));
+  assert_int_equal(rc, SPI_OK);
+}
+
 /* An engine on the reference policy with a shadow that records what it
  * saw into o: reading only the summaries, or every candidate. */
 static world *mk_twin(int every_candidate, seen *o) {
@@ -659,16 +683,7 @@ static world *mk_twin(int every_candidate, seen *o) {
   assert_int_equal(spi_engine_register_module(w->e, SPI_MODULE_POLICY, "seen",
                                               4, &m, o, NULL),
                    SPI_OK);
-  char cfg[512];
-  snprintf(cfg, sizeof cfg,
-           "{\"cache_key\":{\"block_tokens\":%d},"
-           "\"router\":{\"load_max_age_ms\":4000,\"error_threshold\":2,"
-           "\"error_cooldown_ms\":700,\"pool_cooldown_ms\":1500,"
-           "\"max_fallbacks\":4,\"shadow_policy\":\"seen\"}}",
-           IDS_PER_BLOCK);
-  int rc = spi_engine_configure(w->e, cfg, strlen(cfg));
-  if (rc) print_error("%s\n", spi_engine_errmsg(w->e));
-  assert_int_equal(rc, SPI_OK);
+  twin_configure(w, 0);
   assert_int_equal(spi_request_new(w->e, &w->r), SPI_OK);
   return w;
 }
@@ -697,7 +712,7 @@ static void twin_upsert(twin *t, uint32_t i) {
   ri.models = mo;
   ri.models_len = strlen(mo);
   ri.usd_per_hour = ri.pool == SPI_POOL_SPOT ? 1.8 : 4.5;
-  ri.max_inflight = caps[rnd(t, 5)];
+  ri.max_inflight = t->small ? 1 + rnd(t, 2) : caps[rnd(t, 5)];
   ri.node = node;
   ri.node_len = strlen(node);
   for (int k = 0; k < 2; k++)
@@ -876,8 +891,12 @@ static void twin_step(twin *t, uint32_t step) {
     assert_int_equal(rc[0], rc[1]);
   } else if (op < 82) {
     twin_notice(t);
+  } else if (op == 98) {
+    uint32_t v = rnd(t, 12);
+    for (int k = 0; k < 2; k++) twin_configure(t->w[k], v);
   } else {
-    int64_t dt = (int64_t)rnd(t, 150) * MS;
+    /* Time moves on; now and then a clock steps back. */
+    int64_t dt = (int64_t)rnd(t, 150) * MS * (rnd(t, 40) ? 1 : -4);
     for (int k = 0; k < 2; k++) {
       t->w[k]->now += dt;
       if (op == 99) spi_engine_tick(t->w[k]->e);
@@ -900,6 +919,7 @@ static void test_summaries_match_every_candidate(void **st) {
     t.w[0] = mk_twin(0, &saw[0]);
     t.w[1] = mk_twin(1, &saw[1]);
     t.n_ids = 2 + rnd(&t, seed % 4 == 0 ? 300 : 90);
+    t.small = seed % 4 == 1;
     for (uint32_t i = 0; i < t.n_ids; i++)
       if (rnd(&t, 10) < 8) {
         twin_upsert(&t, i);
