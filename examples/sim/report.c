@@ -149,6 +149,61 @@ void sim_savings(const sim_opts *o, const sim_result *r, const sim_result *base,
   *max_pct = base->usd > 0 && spot ? 100.0 * nongold / base->usd * (1 - ratio) : 0;
 }
 
+/* The reachable maximum saving, % of the all-on-demand cost: what the
+ * class-feasible maximum becomes with the spot capacity the run had. Gold
+ * costs what it cost in run r (gold may overflow to a warm spot replica,
+ * which a policy may or may not do, so the bound is on the non-gold work
+ * alone); every non-gold request runs
+ * on spot at the spot price, its prompt cached as well as one pooled LRU
+ * of the spot pool's peak KV (the most spot replicas ever up at once, times
+ * their blocks) fed only the non-gold requests would cache it: no policy's
+ * spot pool had more cache than that. Work is priced as the ledger prices
+ * it: uncached prompt at the prefill rate, output at a full batch's decode
+ * rate. An upper bound (it ignores queueing and the hours the pool was
+ * smaller), and at most the class-feasible maximum. */
+double sim_reachable_pct(const sim_opts *o, const sim_trace *tr, const sim_result *r,
+                         const sim_result *base, double max_pct) {
+  double pre = o->prefill_tps, dec = o->decode_tps * o->max_batch, od_h = o->od_usd_h;
+  double kv = o->kv_blocks;
+  const sim_cluster *cl = o->cluster;
+  if (cl && cl->n) { /* the replica-weighted means run.c prices with */
+    double n = 0, ns = 0;
+    pre = dec = od_h = kv = 0;
+    for (size_t g = 0; g < cl->n; g++) {
+      const sim_group *G = &cl->g[g];
+      double c = G->count;
+      n += c, pre += c * G->prefill_tps, dec += c * G->decode_tps * G->max_batch;
+      od_h += c * G->od_usd_h;
+      if (G->pool == SPI_POOL_SPOT) ns += c, kv += c * G->kv_blocks;
+    }
+    pre /= n, dec /= n, od_h /= n, kv = ns > 0 ? kv / ns : 0;
+  }
+  double ratio = r->price_ratio < 1 ? r->price_ratio : 1;
+  uint32_t peak = 0; /* spot replicas up at most, over the timeline */
+  for (uint32_t b = 0; b < SIM_TL_BINS; b++) {
+    uint32_t up = 0;
+    for (uint32_t z = 0; z < r->tl.nz; z++) up += sim_timeline_cap_at(&r->tl, b, z);
+    if (up > peak) peak = up;
+  }
+  double blocks = peak * kv;
+  if (!(base->usd > 0) || !(pre > 0) || !(dec > 0) || !(blocks >= 1)) return 0;
+  if (blocks > 0xffffffffu / 2) blocks = 0xffffffffu / 2;
+  sim_lru lru;
+  if (sim_lru_init(&lru, (uint32_t)blocks)) abort();
+  double gpu_s = 0;
+  for (size_t i = 0; i < tr->n; i++) {
+    const sim_trace_req *q = &tr->reqs[i];
+    if (q->klass == SPI_CLASS_GOLD) continue;
+    uint32_t hit = sim_lru_prefix_fill(&lru, tr->chain + q->block_off, q->nblocks);
+    double cached = q->nblocks ? (double)q->in_tokens * hit / q->nblocks : 0;
+    gpu_s += (q->in_tokens - cached) / pre + q->out_tokens / dec;
+  }
+  sim_lru_free(&lru);
+  double cost = r->usd_class[SPI_CLASS_GOLD] + gpu_s * od_h / 3600.0 * ratio;
+  double pct = 100.0 * (1 - cost / base->usd);
+  return pct < max_pct ? pct : max_pct;
+}
+
 /* ------------------------------------------------------------ reports */
 
 static const char *CLS[4] = {"", "gold", "silver", "bronze"};
@@ -203,14 +258,17 @@ static void print_tables(const sim_opts *o, const sim_setup *su, const sim_resul
   printf("\nhit-rate ceilings: oracle (unlimited cache) %.1f%%, pooled LRU (whole cluster's KV) %.1f%%\n\n",
          c->total > 0 ? 100 * c->oracle / c->total : 0,
          c->total > 0 ? 100 * c->pooled / c->total : 0);
-  printf("| policy | total $ | $/1M tok | savings | max saving | hit %% | %% of pooled | "
+  printf("| policy | total $ | $/1M tok | savings | max saving | reachable | hit %% | %% of pooled | "
          "%% of oracle | p95 TTFT gold ms | p99 done silver s | replays | replay ok %% | lost | "
          "imbalance tok | imbalance starts | SLOs |\n");
-  printf("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|\n");
+  printf("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|\n");
   for (size_t k = 0; k < n; k++) {
     const sim_result *r = &rs[k];
     double sav, mx;
     sim_savings(o, r, base, &sav, &mx);
+    char rch[24]; /* n/a in a run with no spot zone (the all-on-demand one) */
+    if (r->tl.nz) snprintf(rch, sizeof rch, "%.1f%%", sim_reachable_pct(o, tr, r, base, mx));
+    else snprintf(rch, sizeof rch, "n/a");
     int ok = 0, na = 0;
     for (int j = 0; j < 4; j++) ok += r->slo[j] == 1, na += r->slo[j] < 0;
     char g95[24], s99[24], rok[24];
@@ -218,9 +276,10 @@ static void print_tables(const sim_opts *o, const sim_setup *su, const sim_resul
     cell(s99, sizeof s99, r, SPI_CLASS_SILVER, r->done[2][2], 1000, 2);
     if (r->replayed) snprintf(rok, sizeof rok, "%.2f", sim_replay_success_pct(r));
     else snprintf(rok, sizeof rok, "n/a");
-    printf("| %s | %.2f | %.3f | %.1f%% | %.1f%% | %.1f | %.1f | %.1f | %s | %s | %" PRIu64
+    printf("| %s | %.2f | %.3f | %.1f%% | %.1f%% | %s | %.1f | %.1f | %.1f | %s | %s | %" PRIu64
            " | %s | %" PRIu64 " | %.2f | %.2f | %d/%d %s |\n",
-           r->name, r->usd, r->tokens > 0 ? r->usd / r->tokens * 1e6 : 0, sav, mx, sim_hit_pct(r),
+           r->name, r->usd, r->tokens > 0 ? r->usd / r->tokens * 1e6 : 0, sav, mx, rch,
+           sim_hit_pct(r),
            sim_of_pooled_pct(r, c), sim_of_oracle_pct(r, c), g95, s99, r->replays, rok, r->lost,
            r->imbalance, r->start_imbalance, ok, 4 - na, ok == 4 - na ? "pass" : "FAIL");
   }
@@ -271,12 +330,13 @@ static void write_json(const char *path, const sim_opts *o, const sim_setup *su,
     double sav, mx;
     sim_savings(o, r, &rs[n - 1], &sav, &mx);
     fprintf(f, "  {\"name\":\"%s\",\"usd\":%.4f,\"usd_fleet\":%.4f,\"usd_per_million\":%.6f,"
-               "\"savings_pct\":%.3f,\"max_savings_pct\":%.3f,"
+               "\"savings_pct\":%.3f,\"max_savings_pct\":%.3f,\"reachable_savings_pct\":%.3f,"
                "\"hit\":%.6f,\"hit_of_pooled_pct\":%.3f,\"hit_of_oracle_pct\":%.3f,"
                "\"completed\":%" PRIu64 ",\"lost\":%" PRIu64 ",\"expired\":%" PRIu64
                ",\"at_horizon\":%" PRIu64 ",\"replays\":%" PRIu64 ",\"replayed\":%" PRIu64
                ",\"replay_success\":",
             r->name, r->usd, r->usd_fleet, r->tokens > 0 ? r->usd / r->tokens * 1e6 : 0, sav, mx,
+            sim_reachable_pct(o, tr, r, &rs[n - 1], mx),
             r->total_blocks > 0 ? r->hit_blocks / r->total_blocks : 0, sim_of_pooled_pct(r, c),
             sim_of_oracle_pct(r, c), r->completed, r->lost, r->expired, r->at_horizon,
             r->replays, r->replayed);

@@ -162,6 +162,8 @@ double sim_replay_success_pct(const sim_result *r);
 int sim_conserved(const sim_result *r, size_t n);
 void sim_savings(const sim_opts *o, const sim_result *r, const sim_result *base,
                  double *saving_pct, double *max_pct);
+double sim_reachable_pct(const sim_opts *o, const sim_trace *tr, const sim_result *r,
+                         const sim_result *base, double max_pct);
 
 void sim_opts_default(sim_opts *o);
 /* The table program: every policy on one trace, tables on stdout. */

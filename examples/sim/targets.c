@@ -124,12 +124,15 @@ static void print_spot(const char *target, const char *label, const sim_opts *o,
                        const sim_result *base) {
   double sav, mx;
   sim_savings(o, r, base, &sav, &mx);
+  double reach = sim_reachable_pct(o, &su->tr, r, base, mx);
   int gold = r->n_class[SPI_CLASS_GOLD] > 0;
   printf("{\"target\":\"%s\",\"trace\":\"%s\",\"setup\":\"%u on-demand + %u spot\","
          "\"policy\":\"%s\",\"requests\":%zu,\"savings_pct\":%.3f,\"max_savings_pct\":%.3f,"
          "\"savings_of_max_pct\":",
          target, label, o->on_demand, o->replicas - o->on_demand, r->name, su->tr.n, sav, mx);
   json_or_null(mx > 0 ? 100 * sav / mx : 0, mx > 0);
+  printf(",\"reachable_savings_pct\":%.3f,\"savings_of_reachable_pct\":", reach);
+  json_or_null(reach > 0 ? 100 * sav / reach : 0, reach > 0);
   printf(",\"lost\":%" PRIu64 ",\"expired\":%" PRIu64 ",\"at_horizon\":%" PRIu64
          ",\"notices\":%" PRIu64 ",\"replays\":%" PRIu64 ",\"replayed_requests\":%" PRIu64
          ",\"replay_success_pct\":",
