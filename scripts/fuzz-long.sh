@@ -11,13 +11,19 @@
 # build-fuzz/artifacts/<target>; the seed corpus in the source tree is only
 # read. SPI_FUZZ_JOBS runs that many targets at once (default 1: the run is
 # long, and the machine is usually shared). Exit status 1 if any target
-# failed. Not part of scripts/test.sh (its fuzz stage runs each target for
-# SPI_FUZZ_SECONDS). Rates differ a lot: the parsers run thousands of inputs
-# a second, but fuzz_journal opens a journal directory per input (about 400
-# a second on a busy shared 2-core machine with its directory on /dev/shm,
-# which it uses when it can; 150 on a disk, SPI_FUZZ_DIR=/tmp), so its 10M
-# take about 7 hours; give it its own run (scripts/fuzz-long.sh 1000000
-# fuzz_journal) if that is too long.
+# failed. Each target prints one JSON line: executions, seconds, executions
+# a second, corpus files, and the commit it ran on. Not part of
+# scripts/test.sh (its fuzz stage runs each target for SPI_FUZZ_SECONDS).
+#
+# Rates differ a lot; docs/testing.md ("Fuzzing") has the figures of the
+# last full run. Alone on a core, the notice parsers, continuation and the
+# JSON syntax checker run 80,000-300,000 inputs a second (10M in 1-2
+# minutes), the configuration and request targets 12,000-19,000 (10-15
+# minutes), and fuzz_journal, which opens a journal directory per input
+# (on /dev/shm when it can; SPI_FUZZ_DIR=/tmp puts it on a disk, which is
+# slower), about 2,300, so its 10M take over an hour alone and far
+# longer at nice 19 on a busy machine: give it its own run
+# (scripts/fuzz-long.sh 1000000 fuzz_journal) if that is too long.
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -53,9 +59,10 @@ run_one() {
   local start=$SECONDS
   if "$root/build-fuzz/tests/$t" -runs="$runs" -timeout=10 -rss_limit_mb=2048 \
     -print_final_stats=1 -artifact_prefix="$art/" "${dirs[@]}" >"$log" 2>&1; then
-    printf '{"target":"%s","ok":true,"executions":%s,"seconds":%d,"corpus":%s}\n' "$t" \
-      "$(awk '/^stat::number_of_executed_units/ {print $2}' "$log")" $((SECONDS - start)) \
-      "$(find "$work" -type f | wc -l)"
+    local n secs=$((SECONDS - start))
+    n=$(awk '/^stat::number_of_executed_units/ {print $2}' "$log")
+    printf '{"target":"%s","ok":true,"executions":%s,"seconds":%d,"exec_per_s":%d,"corpus":%s,"commit":"%s"}\n' \
+      "$t" "$n" "$secs" $((n / (secs > 0 ? secs : 1))) "$(find "$work" -type f | wc -l)" "$commit"
   else
     printf '{"target":"%s","ok":false,"log":"%s","artifacts":"%s"}\n' "$t" "$log" "$art"
     tail -n 40 "$log" >&2
@@ -63,6 +70,7 @@ run_one() {
   fi
 }
 
+commit=$(git -C "$root" rev-parse --short HEAD 2>/dev/null || echo unknown)
 fail=0
 if [[ $jobs -le 1 ]]; then
   for t in "${targets[@]}"; do run_one "$t" || fail=1; done
