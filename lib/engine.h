@@ -13,7 +13,9 @@
  *   2. nodes->lock          node.c: notices, node states, ticks
  *   3. registry.lock        replica.c: replica set writers
  *   4. replay queue mu      replay.c, then the journal's mu, then its
- *                           process-wide open_lock (journal.c)
+ *                           process-wide open_lock (journal.c); a queue
+ *                           store's report_mu (replay_shared.c) comes
+ *                           before its fallback queue's mu
  *   5. leaves               err.lock (errtab), the ledger's lock, the memory store's
  *                           mu, a queue's err.lock, a queue store's mu
  *                           (replay_shared.c), the loader's process-wide

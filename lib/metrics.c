@@ -73,7 +73,8 @@ int spi__metrics_untouched(const spi_metrics *x) {
                                 &x->other_total,    &x->draft_accepted,
                                 &x->draft_rejected, &x->shadow_agreed,
                                 &x->shadow_disagreed, &x->shadow_matched,
-                                &x->lines_skipped};
+                                &x->lines_skipped, &x->fallback_enqueued,
+                                &x->fallback_moved};
   for (size_t i = 0; i < sizeof one / sizeof one[0]; i++)
     if (spi__mget(one[i])) return 0;
   if (any_set(&x->decisions[0][0][0], sizeof x->decisions / sizeof(atomic_ullong)) ||
@@ -86,6 +87,9 @@ int spi__metrics_untouched(const spi_metrics *x) {
   for (int k = 0; k < M_CLASSES; k++)
     if (atomic_load_explicit((atomic_llong *)&x->queue[k], memory_order_relaxed))
       return 0;
+  if (atomic_load_explicit((atomic_llong *)&x->fallback_held,
+                           memory_order_relaxed))
+    return 0;
   return atomic_load_explicit((atomic_size_t *)&x->fam_claimed,
                               memory_order_relaxed) == 0;
 }
@@ -192,4 +196,14 @@ void spi__metrics_node_transition(spi_metrics *x, int32_t from, int32_t to) {
 
 void spi__metrics_lines_skipped(spi_metrics *x, uint64_t n) {
   if (x && n) add(&x->lines_skipped, n);
+}
+
+void spi__metrics_replay_fallback(spi_metrics *x, int64_t held_delta,
+                                  uint64_t enqueued, uint64_t moved) {
+  if (!x) return;
+  if (held_delta)
+    atomic_fetch_add_explicit(&x->fallback_held, held_delta,
+                              memory_order_relaxed);
+  if (enqueued) add(&x->fallback_enqueued, enqueued);
+  if (moved) add(&x->fallback_moved, moved);
 }

@@ -56,6 +56,10 @@ struct spi_metrics {
   atomic_ullong shadow_agreed, shadow_disagreed, shadow_matched;
   atomic_ullong node_transitions[7][7]; /* [from][to], enum spi_node_state */
   atomic_ullong lines_skipped; /* /metrics lines in newer syntax, not read */
+  /* Replay queues' fallback journals: envelopes held (all queues of the
+   * engine), enqueues they took, envelopes moved into the store. */
+  atomic_llong fallback_held;
+  atomic_ullong fallback_enqueued, fallback_moved;
 };
 
 static inline uint64_t spi__mget(const atomic_ullong *a) {

@@ -217,6 +217,26 @@ static void render_inputs(writer *w, const spi_metrics *x) {
   sample_u64(w, name, NULL, spi__mget(&x->lines_skipped));
 }
 
+/* Replay queues' fallback journals ("replay.fallback": "journal"). */
+static void render_fallback(writer *w, const spi_metrics *x) {
+  long long held = atomic_load_explicit((atomic_llong *)&x->fallback_held,
+                                        memory_order_relaxed);
+  const char *name = "spotinfer_replay_fallback_envelopes";
+  family(w, name, "gauge",
+         "Envelopes held in the fallback journals of replay queues, not yet "
+         "moved to their queue store.");
+  sample_u64(w, name, NULL, held > 0 ? (uint64_t)held : 0);
+  name = "spotinfer_replay_fallback_enqueued_total";
+  family(w, name, "counter",
+         "Enqueues a fallback journal took because the queue store did not "
+         "answer.");
+  sample_u64(w, name, NULL, spi__mget(&x->fallback_enqueued));
+  name = "spotinfer_replay_fallback_moved_total";
+  family(w, name, "counter",
+         "Envelopes moved from fallback journals into their queue store.");
+  sample_u64(w, name, NULL, spi__mget(&x->fallback_moved));
+}
+
 static void render_nodes(writer *w, const spi_metrics *x) {
   const char *name = "spotinfer_node_transitions_total";
   family(w, name, "counter",
@@ -431,6 +451,7 @@ int spi__metrics_render(spi_metrics *x, const spi_replica_gauge *g, size_t ng,
   render_outcomes(&w, x);
   render_nodes(&w, x);
   render_inputs(&w, x);
+  render_fallback(&w, x);
   render_replicas(&w, g, ng);
   spi__metrics_free(m, tmp);
   if (w.rc != SPI_OK) out->len = mark;

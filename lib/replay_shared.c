@@ -19,10 +19,15 @@
  *     only after the store took it, and the store's enqueue is idempotent
  *     on the key, so each envelope reaches the store exactly once even if
  *     the process dies in between. While the store is unreachable, draining
- *     is tried again at most every 100 ms.
+ *     is tried again at most every 100 ms. What the journal holds, what it
+ *     took and what moved are counted (spi_replay_stats' fallback_ fields)
+ *     and added to the engine's metrics (spotinfer_replay_fallback_*).
  *
  * One mutex guards the claim table and the counters; store calls run
- * outside it (a queue store synchronises itself).
+ * outside it (a queue store synchronises itself). report_mu orders the
+ * updates of the engine's gauge: taken with no other lock held, it reads
+ * the fallback journal (its queue mu, then the journal's) and then takes
+ * mu.
  */
 #include <pthread.h>
 #include <stdarg.h>
@@ -57,8 +62,11 @@ struct spi_rqs {
   pthread_mutex_t mu;
   spi_htab tab;
   uint64_t enqueued, duplicates, acked, nacked;
+  uint64_t fb_enqueued, fb_moved;
   int64_t drain_after_ns;
   int draining;
+  pthread_mutex_t report_mu;
+  uint64_t held_reported; /* this queue's part of the engine's gauge */
 };
 
 static int sfail(spi_rqs *s, int status, const char *fmt, ...)
@@ -128,6 +136,37 @@ static void free_claim(spi_hnode *n, void *ud) {
   spi__free(&s->mem, SPI_CONTAINER(n, rqs_claim, hn));
 }
 
+/* ------------------------------------------------- fallback journal counts */
+
+/* What the fallback journal holds now: every envelope not yet moved. */
+static int fallback_held(spi_rqs *s, uint64_t *n) {
+  spi_replay_stats st;
+  memset(&st, 0, sizeof st);
+  st.struct_size = sizeof st;
+  int rc = spi_replay_stats_get(s->fallback, &st);
+  *n = st.ready[0] + st.ready[1] + st.ready[2] + st.ready[3] + st.leased +
+       st.delayed;
+  return rc;
+}
+
+/* Count enqueued and moved, and bring this queue's part of the engine's
+ * gauge to what the fallback journal holds. */
+static void report_fallback(spi_rqs *s, uint64_t enqueued, uint64_t moved) {
+  if (!s->fallback) return;
+  pthread_mutex_lock(&s->report_mu);
+  uint64_t n = 0;
+  int have = fallback_held(s, &n) == SPI_OK;
+  pthread_mutex_lock(&s->mu);
+  s->fb_enqueued += enqueued;
+  s->fb_moved += moved;
+  int64_t delta = have ? (int64_t)n - (int64_t)s->held_reported : 0;
+  if (have) s->held_reported = n;
+  pthread_mutex_unlock(&s->mu);
+  spi__metrics_replay_fallback(atomic_load(&s->engine->metrics), delta,
+                               enqueued, moved);
+  pthread_mutex_unlock(&s->report_mu);
+}
+
 /* ------------------------------------------------------------ life cycle */
 
 int spi__rqs_new(spi_engine *e, const spi_mem *mem, spi_errtab *err,
@@ -137,8 +176,17 @@ int spi__rqs_new(spi_engine *e, const spi_mem *mem, spi_errtab *err,
   *out = NULL;
   spi_rqs *s = spi__calloc(mem, 1, sizeof *s);
   if (!s) return SPI_ENOMEM;
-  if (spi__htab_init(&s->tab, mem, 64) != SPI_OK ||
-      pthread_mutex_init(&s->mu, NULL) != 0) {
+  if (spi__htab_init(&s->tab, mem, 64) != SPI_OK) {
+    spi__free(mem, s);
+    return SPI_ENOMEM;
+  }
+  if (pthread_mutex_init(&s->mu, NULL) != 0) {
+    spi__htab_free(&s->tab, mem);
+    spi__free(mem, s);
+    return SPI_ENOMEM;
+  }
+  if (pthread_mutex_init(&s->report_mu, NULL) != 0) {
+    pthread_mutex_destroy(&s->mu);
     spi__htab_free(&s->tab, mem);
     spi__free(mem, s);
     return SPI_ENOMEM;
@@ -156,6 +204,7 @@ int spi__rqs_new(spi_engine *e, const spi_mem *mem, spi_errtab *err,
   s->store_name[nl] = '\0';
   s->cfg.store_name = s->store_name;
   s->fallback = fallback;
+  report_fallback(s, 0, 0); /* what an earlier process left in it */
   *out = s;
   return SPI_OK;
 }
@@ -165,10 +214,14 @@ void spi__rqs_free(spi_rqs *s) {
   /* Held claims are not given back: their leases end in the store, which
    * then hands them to another consumer (at-least-once). */
   s->store->release(s->mstate, s->inst);
+  /* The engine outlives the queue: its gauge loses this queue's part. */
+  spi__metrics_replay_fallback(atomic_load(&s->engine->metrics),
+                               -(int64_t)s->held_reported, 0, 0);
   spi_replay_close(s->fallback);
   spi__htab_each(&s->tab, free_claim, s);
   spi__htab_free(&s->tab, &s->mem);
   pthread_mutex_destroy(&s->mu);
+  pthread_mutex_destroy(&s->report_mu);
   spi_mem m = s->mem;
   spi__free(&m, s);
 }
@@ -209,11 +262,13 @@ static void drain(spi_rqs *s) {
                            &moved);
     total += moved;
   } while (rc == SPI_OK && moved == RQS_DRAIN_BATCH);
-  if (total)
+  if (total) {
     spi__engine_log(s->engine, SPI_LOG_INFO,
                     "replay: %zu envelope(s) moved from the fallback journal "
                     "to store \"%s\"",
                     total, s->store_name);
+    report_fallback(s, 0, total);
+  }
   pthread_mutex_lock(&s->mu);
   s->draining = 0;
   s->drain_after_ns = rc == SPI_OK ? 0 : now + RQS_DRAIN_RETRY_NS;
@@ -244,6 +299,7 @@ int spi__rqs_enqueue(spi_rqs *s, const spi_envelope *env, int32_t *duplicate) {
     pthread_mutex_lock(&s->mu);
     s->drain_after_ns = ctx.now_ns + RQS_DRAIN_RETRY_NS;
     pthread_mutex_unlock(&s->mu);
+    report_fallback(s, dup ? 0 : 1, 0);
   } else if (rc != SPI_OK) {
     return store_failed(s, "enqueue", rc, err);
   }
@@ -423,20 +479,30 @@ int spi__rqs_nack(spi_rqs *s, uint64_t claim_id) {
 
 /* ------------------------------------------------------- stats and tick */
 
+/* The store's counts of the queue, then this process's own. When the
+ * store cannot be reached (SPI_EIO) the process's own are still filled. */
 int spi__rqs_stats(spi_rqs *s, spi_replay_stats *all) {
   spi_replay_ctx ctx = make_ctx(s, 0);
   char err[SPI_ERRMSG_CAP] = "";
   all->struct_size = sizeof *all;
   int rc = s->store->queue_stats(s->mstate, s->inst, &ctx, all, err,
                                  sizeof err);
-  if (rc != SPI_OK) return store_failed(s, "stats", rc, err);
+  if (rc != SPI_OK) {
+    memset(all, 0, sizeof *all);
+    all->struct_size = sizeof *all;
+  }
+  uint64_t in_fallback = 0;
+  if (s->fallback) fallback_held(s, &in_fallback);
   pthread_mutex_lock(&s->mu);
   all->enqueued = s->enqueued;
   all->duplicates = s->duplicates;
   all->acked = s->acked;
   all->nacked = s->nacked;
+  all->fallback_held = in_fallback;
+  all->fallback_enqueued = s->fb_enqueued;
+  all->fallback_moved = s->fb_moved;
   pthread_mutex_unlock(&s->mu);
-  return SPI_OK;
+  return rc == SPI_OK ? SPI_OK : store_failed(s, "stats", rc, err);
 }
 
 int spi__rqs_tick(spi_rqs *s) {

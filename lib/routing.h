@@ -471,6 +471,10 @@ void spi__metrics_shadow(spi_metrics *x, int agreed, uint32_t matched_blocks);
 void spi__metrics_node_transition(spi_metrics *x, int32_t from, int32_t to);
 /* Count lines of a /metrics page skipped as newer syntax. */
 void spi__metrics_lines_skipped(spi_metrics *x, uint64_t n);
+/* A replay queue's fallback journal (replay_shared.c): held_delta changes
+ * the gauge of envelopes held, the counters grow by enqueued and moved. */
+void spi__metrics_replay_fallback(spi_metrics *x, int64_t held_delta,
+                                  uint64_t enqueued, uint64_t moved);
 /* Read-outs (readout.c). The p95 TTFT of a class from its histogram (0 if
  * no sample). */
 double spi__metrics_p95_ttft(spi_metrics *x, int32_t klass);

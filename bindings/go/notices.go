@@ -762,6 +762,11 @@ type ReplayStats struct {
 	// them kept, their bytes, and the files of damaged bytes kept in the
 	// journal directory (*.corrupt) until an operator removes them.
 	Skipped, SkippedBytes, AsideFiles uint64
+	// Since 0.3.0: the fallback journal of a queue store ("fallback":
+	// "journal"): envelopes it holds now, not yet in the store, enqueues
+	// it took since the queue opened (the store did not answer), and
+	// envelopes moved from it into the store since then.
+	FallbackHeld, FallbackEnqueued, FallbackMoved uint64
 }
 
 // Stats reads the queue's counts.
@@ -785,7 +790,8 @@ func (q *ReplayQueue) Stats() (ReplayStats, error) {
 		Torn: uint64(s.torn), TruncatedBytes: uint64(s.truncated_bytes),
 		Syncs: uint64(s.syncs), Compactions: uint64(s.compactions),
 		Skipped: uint64(s.skipped), SkippedBytes: uint64(s.skipped_bytes),
-		AsideFiles: uint64(s.aside_files)}
+		AsideFiles: uint64(s.aside_files), FallbackHeld: uint64(s.fallback_held),
+		FallbackEnqueued: uint64(s.fallback_enqueued), FallbackMoved: uint64(s.fallback_moved)}
 	for i := range out.Ready {
 		out.Ready[i] = uint64(s.ready[i])
 	}

@@ -241,3 +241,44 @@ func TestReplayJournalStats(t *testing.T) {
 		t.Fatalf("after reopening: %+v", st)
 	}
 }
+
+// "redis" at an address nobody answers, with the fallback journal: the
+// enqueues go to the journal and the engine's metrics text counts them as
+// held; Stats fails with the store (ErrIO) while a journal queue reads the
+// new fields as 0. Needs libspotinfer_redis beside the library.
+func TestReplayFallbackCounts(t *testing.T) {
+	e := newEngine(t, "")
+	dir := t.TempDir()
+	q, err := e.OpenReplayQueue(`{"store":"redis","fallback":"journal","dir":` + jsonString(dir) +
+		`,"store_config":{"address":"127.0.0.1:1","timeout_ms":100}}`)
+	skipUnlessExported(t, err, "spi_replay_open")
+	if errors.Is(err, ErrNotFound) {
+		t.Skipf("no libspotinfer_redis: %v", err)
+	}
+	must(t, err)
+	body := []byte(`{"model":"m","messages":[{"role":"user","content":"hi"}]}`)
+	for _, k := range []string{"a", "b"} {
+		_, err = q.Enqueue(Envelope{Key: k, Body: body, Class: ClassGold})
+		must(t, err)
+	}
+	text, err := e.Metrics()
+	must(t, err)
+	for _, want := range []string{"\nspotinfer_replay_fallback_envelopes 2\n",
+		"\nspotinfer_replay_fallback_enqueued_total 2\n", "\nspotinfer_replay_fallback_moved_total 0\n"} {
+		if !strings.Contains(text, want) {
+			t.Fatalf("the metrics text lacks %q", want)
+		}
+	}
+	if _, err := q.Stats(); !errors.Is(err, ErrIO) {
+		t.Fatalf("Stats with the store unreachable: %v", err)
+	}
+	must(t, q.Close())
+	j, err := e.OpenReplayQueue(`{"store":"journal","dir":` + jsonString(t.TempDir()) + `}`)
+	must(t, err)
+	defer j.Close()
+	st, err := j.Stats()
+	must(t, err)
+	if st.FallbackHeld != 0 || st.FallbackEnqueued != 0 || st.FallbackMoved != 0 {
+		t.Fatalf("a journal queue: %+v", st)
+	}
+}

@@ -1031,10 +1031,20 @@ typedef struct spi_replay_stats {
   uint64_t skipped;         /* damaged ranges skipped, good records after */
   uint64_t skipped_bytes;
   uint64_t aside_files;
+  /* Since 0.3.0: the fallback journal of a queue store ("replay.fallback":
+   * "journal"; 0 without one). held counts what it holds now, waiting for
+   * the store; the two counters count since the queue opened. */
+  uint64_t fallback_held;     /* envelopes in it, not yet in the store */
+  uint64_t fallback_enqueued; /* enqueues it took: the store did not answer */
+  uint64_t fallback_moved;    /* envelopes moved from it into the store */
 } spi_replay_stats;
 
 /* Fills as much of *out as out->struct_size covers; it must reach at least
- * journal_bytes (the struct of 0.1.0). Errors: SPI_EINVAL. */
+ * journal_bytes (the struct of 0.1.0). Errors: SPI_EINVAL. On a queue
+ * store that cannot be reached: SPI_EIO, and still the fields this process
+ * keeps itself are filled (enqueued, duplicates, acked, nacked and the
+ * fallback_ ones; the queue's counts are 0). The engine's metrics text
+ * has the fallback counts too (spotinfer_replay_fallback_*). */
 SPI_API int spi_replay_stats_get(spi_replay_queue *queue,
                                  spi_replay_stats *out);
 

@@ -31,6 +31,7 @@ export SPI_REDIS_PORT
 run test_redis_conn "$build/tests/redis/test_redis_conn"
 LD_LIBRARY_PATH=$build run test_redis_bus "$build/tests/redis/test_redis_bus"
 LD_LIBRARY_PATH=$build run test_redis_store "$build/tests/redis/test_redis_store"
+LD_LIBRARY_PATH=$build run test_redis_fallback "$build/tests/redis/test_redis_fallback"
 SPI_REPLAY_TEST_STORE=redis LD_LIBRARY_PATH=$build \
   run test_replay_on_redis "$build/tests/test_replay"
 exit "$rc"

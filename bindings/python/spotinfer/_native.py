@@ -409,6 +409,9 @@ class ReplayStats(_Struct):
         ("skipped", c_uint64),
         ("skipped_bytes", c_uint64),
         ("aside_files", c_uint64),
+        ("fallback_held", c_uint64),
+        ("fallback_enqueued", c_uint64),
+        ("fallback_moved", c_uint64),
     ]
 
 

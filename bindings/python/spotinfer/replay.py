@@ -119,6 +119,13 @@ class ReplayStats:
     skipped: int = 0
     skipped_bytes: int = 0
     aside_files: int = 0
+    # Since 0.3.0: the fallback journal of a queue store ("fallback":
+    # "journal"): envelopes it holds now, not yet in the store; enqueues it
+    # took since the queue opened (the store did not answer); envelopes
+    # moved from it into the store since then.
+    fallback_held: int = 0
+    fallback_enqueued: int = 0
+    fallback_moved: int = 0
 
     @classmethod
     def _from(cls, s: _n.ReplayStats) -> "ReplayStats":
@@ -126,7 +133,8 @@ class ReplayStats:
                    s.duplicates, s.acked, s.nacked, s.expired_leases,
                    s.journal_bytes, s.recovered, s.torn, s.truncated_bytes,
                    s.syncs, s.compactions, s.skipped, s.skipped_bytes,
-                   s.aside_files)
+                   s.aside_files, s.fallback_held, s.fallback_enqueued,
+                   s.fallback_moved)
 
 
 class ReplayQueue:

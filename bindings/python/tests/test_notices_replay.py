@@ -303,3 +303,32 @@ def test_parse_notice_report_skips_unknown_events():
     _, clean = spotinfer.parse_notice_report(
         NoticeFormat.AWS_SCHEDULED, "[]", node="i-1", now_ns=NOW)
     assert (clean.found, clean.skipped, clean.message) == (0, 0, "")
+
+
+@needs_replay
+def test_redis_fallback_journal_counts(tmp_path):
+    # "redis" at an address nobody answers, with the fallback journal: the
+    # enqueues go to the journal, the engine's metrics text counts them as
+    # held, and stats() fails with the store (SPI_EIO) while a journal queue
+    # reads the new fields as 0. Needs libspotinfer_redis beside the
+    # library (an installed prefix, the wheel, a build tree).
+    cfg = {"store": "redis", "fallback": "journal", "dir": str(tmp_path),
+           "store_config": {"address": "127.0.0.1:1", "timeout_ms": 100}}
+    body = json.dumps({"model": "m", "messages": [{"role": "user", "content": "hi"}]})
+    with Engine() as e:
+        try:
+            q = e.replay_queue(cfg)
+        except spotinfer.NotFoundError as err:
+            pytest.skip(f"no libspotinfer_redis: {err}")
+        with q:
+            assert q.enqueue(key="a", body=body) and q.enqueue(key="b", body=body)
+            text = e.metrics()
+            assert "\nspotinfer_replay_fallback_envelopes 2\n" in text
+            assert "\nspotinfer_replay_fallback_enqueued_total 2\n" in text
+            assert "\nspotinfer_replay_fallback_moved_total 0\n" in text
+            with pytest.raises(spotinfer.ReadError):
+                q.stats()
+        assert "\nspotinfer_replay_fallback_envelopes 0\n" in e.metrics()
+        with e.replay_queue({"store": "journal", "dir": str(tmp_path / "j")}) as j:
+            st = j.stats()
+            assert (st.fallback_held, st.fallback_enqueued, st.fallback_moved) == (0, 0, 0)
