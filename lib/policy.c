@@ -266,10 +266,14 @@ static double unit_tokens(const spi_route_context *x, const spi_candidate *c) {
 }
 
 /* The tokens c, sent this request too, would have beyond its share of the
- * pool's work: its lead over the pool's mean (both counting this request)
- * less what policy.load_share_cap allows ((cap - 1) times that mean). Work
- * comes in whole requests, so a lead of one request is placement
- * granularity, never imbalance. The guard depends on the history served,
+ * pool's work. Its share: policy.load_share_cap times the pool's mean (both
+ * counting this request), and never less than one request above the mean
+ * nor than the request's conversation there (unit_tokens). Work comes in
+ * whole requests, and turns of a conversation belong together: a lead of
+ * one request is placement granularity, and a replica carrying one
+ * conversation bigger than a fair share (a few conversations in a pool of
+ * more replicas) cannot spread it without redoing its history, so neither
+ * is imbalance. The guard depends on the history served,
  * never on the load of the moment, so it holds at any load; it engages
  * from the start (a guard that waits for a few requests a replica lets a
  * hot prefix pile up, and the pool pays for it long after). n: usable
