@@ -852,24 +852,45 @@ static void run_events(sim *s, double horizon_s) {
   if (progressed && tty) fprintf(stderr, "\r%70s\r", "");
 }
 
-int sim_run_policy(const sim_opts *o, const sim_trace *tr, sim_zone *zones, size_t nz,
-                   const char *policy, int all_od, sim_result *res, double horizon_s) {
-  double cpu0 = sim_thread_cpu_s();
-  sim s;
-  memset(&s, 0, sizeof s);
-  s.o = o, s.tr = tr, s.zones = zones, s.nz = all_od ? 0 : nz;
-  s.all_on_demand = all_od;
-  s.res = res;
-  spi_hooks hk;
-  memset(&hk, 0, sizeof hk);
-  hk.struct_size = sizeof hk;
-  hk.clock = clock_hook;
-  hk.clock_user_data = &s;
+/* The replicas of a run: without a cluster file, on-demand first, then
+ * spot spread over the zones; with one, its groups in file order. */
+static void replicas_make(sim *s, int all_od) {
+  const sim_opts *o = s->o;
   const sim_cluster *cl = o->cluster;
-  s.nrep = cl ? cl->replicas : o->replicas;
-  if (view_init(&s.view, o, tr, s.nrep)) abort();
-  int rc = spi_engine_new(&s.eng, &hk);
-  if (rc == SPI_OK) rc = sim_register_policies(s.eng, &s.view, policy);
+  for (uint32_t k = 0, gi = 0, gk = 0; k < s->nrep; k++) {
+    replica *p = &s->reps[k];
+    int spot;
+    if (cl) {
+      while (gk == cl->g[gi].count) gi++, gk = 0;
+      const sim_group *g = &cl->g[gi];
+      gk++;
+      spot = !all_od && g->pool == SPI_POOL_SPOT;
+      p->zone = spot ? g->zone_index : -1;
+      p->usd_h = spot ? g->usd_h : g->od_usd_h;
+      p->prefill_tps = g->prefill_tps, p->decode_tps = g->decode_tps;
+      p->kv_blocks = g->kv_blocks, p->max_batch = g->max_batch;
+      p->itype = g->instance_type;
+      snprintf(p->id, sizeof p->id, "r%u-%s", k, spot ? g->zone : "od");
+    } else {
+      spot = !all_od && k >= o->on_demand && s->nz > 0;
+      p->zone = spot ? (int32_t)((k - o->on_demand) % s->nz) : -1;
+      p->usd_h = spot ? o->spot_usd_h : o->od_usd_h;
+      p->prefill_tps = o->prefill_tps, p->decode_tps = o->decode_tps;
+      p->kv_blocks = o->kv_blocks, p->max_batch = o->max_batch;
+      p->itype = "gpu-1x";
+      snprintf(p->id, sizeof p->id, "r%u-%s", k, spot ? s->zones[p->zone].tr.zone : "od");
+    }
+    p->pool = spot ? SPI_POOL_SPOT : SPI_POOL_ON_DEMAND;
+    if (spot) p->zslot = s->zones[p->zone].size++;
+    p->head = -1;
+    if (sim_lru_init(&p->lru, p->kv_blocks)) abort();
+  }
+}
+
+/* What the run tells the engine of its fleet and trace. */
+static sim_engine_params engine_params(const sim_opts *o, const sim_trace *tr,
+                                       const char *policy, int all_od) {
+  const sim_cluster *cl = o->cluster;
   /* The engine's fleet-wide estimates: with a cluster file, replica-weighted
    * means (a spot replica counts at its on-demand price in the all-on-demand
    * baseline and in the on-demand price estimate). */
@@ -900,6 +921,28 @@ int sim_run_policy(const sim_opts *o, const sim_trace *tr, sim_zone *zones, size
   }
   sim_engine_params ep = {policy, all_od || !has_spot, pre, dec, batch, spot_h, od_h,
                           tr->n, tr->nb, 1};
+  return ep;
+}
+
+int sim_run_policy(const sim_opts *o, const sim_trace *tr, sim_zone *zones, size_t nz,
+                   const char *policy, int all_od, sim_result *res, double horizon_s) {
+  double cpu0 = sim_thread_cpu_s();
+  sim s;
+  memset(&s, 0, sizeof s);
+  s.o = o, s.tr = tr, s.zones = zones, s.nz = all_od ? 0 : nz;
+  s.all_on_demand = all_od;
+  s.res = res;
+  spi_hooks hk;
+  memset(&hk, 0, sizeof hk);
+  hk.struct_size = sizeof hk;
+  hk.clock = clock_hook;
+  hk.clock_user_data = &s;
+  const sim_cluster *cl = o->cluster;
+  s.nrep = cl ? cl->replicas : o->replicas;
+  if (view_init(&s.view, o, tr, s.nrep)) abort();
+  int rc = spi_engine_new(&s.eng, &hk);
+  if (rc == SPI_OK) rc = sim_register_policies(s.eng, &s.view, policy);
+  sim_engine_params ep = engine_params(o, tr, policy, all_od);
   char msg[256];
   char *cfg = rc == SPI_OK ? sim_engine_config(o->config_json, &ep, msg, sizeof msg) : NULL;
   res->price_ratio = ep.price_ratio;
@@ -936,40 +979,11 @@ int sim_run_policy(const sim_opts *o, const sim_trace *tr, sim_zone *zones, size
     fprintf(stderr, "setup: %s: %s\n", spi_strerror(rc), spi_engine_errmsg(s.eng));
     return -1;
   }
-  /* Replicas: without a cluster file, on-demand first, then spot spread
-   * over the zones; with one, its groups in file order. */
   s.reps = calloc(s.nrep, sizeof *s.reps);
   for (size_t z = 0; z < nz; z++) zones[z].size = 0;
   s.r = calloc(tr->n ? tr->n : 1, sizeof *s.r);
   if (!s.reps || !s.r) abort();
-  for (uint32_t k = 0, gi = 0, gk = 0; k < s.nrep; k++) {
-    replica *p = &s.reps[k];
-    int spot;
-    if (cl) {
-      while (gk == cl->g[gi].count) gi++, gk = 0;
-      const sim_group *g = &cl->g[gi];
-      gk++;
-      spot = !all_od && g->pool == SPI_POOL_SPOT;
-      p->zone = spot ? g->zone_index : -1;
-      p->usd_h = spot ? g->usd_h : g->od_usd_h;
-      p->prefill_tps = g->prefill_tps, p->decode_tps = g->decode_tps;
-      p->kv_blocks = g->kv_blocks, p->max_batch = g->max_batch;
-      p->itype = g->instance_type;
-      snprintf(p->id, sizeof p->id, "r%u-%s", k, spot ? g->zone : "od");
-    } else {
-      spot = !all_od && k >= o->on_demand && s.nz > 0;
-      p->zone = spot ? (int32_t)((k - o->on_demand) % s.nz) : -1;
-      p->usd_h = spot ? o->spot_usd_h : o->od_usd_h;
-      p->prefill_tps = o->prefill_tps, p->decode_tps = o->decode_tps;
-      p->kv_blocks = o->kv_blocks, p->max_batch = o->max_batch;
-      p->itype = "gpu-1x";
-      snprintf(p->id, sizeof p->id, "r%u-%s", k, spot ? s.zones[p->zone].tr.zone : "od");
-    }
-    p->pool = spot ? SPI_POOL_SPOT : SPI_POOL_ON_DEMAND;
-    if (spot) p->zslot = s.zones[p->zone].size++;
-    p->head = -1;
-    if (sim_lru_init(&p->lru, p->kv_blocks)) abort();
-  }
+  replicas_make(&s, all_od);
   if (!all_od) schedule_zones(&s, horizon_s);
   sim_timeline_init(&res->tl, (uint32_t)s.nz);
   for (size_t z = 0; z < s.nz && z < SIM_MAX_ZONES; z++) {
