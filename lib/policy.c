@@ -14,7 +14,11 @@
  * request, never load, and a pool is left for the fallback only when it
  * has no usable replica at all (no load guard empties it, and a pool
  * whose KV breaker sheds the class sheds it rather than passing it on),
- * so load never moves a conversation's turns away from its cache. Rule 2 applies
+ * so load never moves a conversation's turns away from its cache. A replica
+ * whose load is stale or missing counts as no replica for these rules;
+ * when every replica the class may use is stale, the request is served on
+ * the one with the fewest open requests rather than refused (last_resort).
+ * Rule 2 applies
  * only where the prefix lives deepest, so a short turn of a conversation
  * held on on-demand is not split off to spot.
  *
@@ -127,8 +131,10 @@ static double load_of(const spi_candidate *c) { return c->running + c->waiting; 
 
 /* Whether the policy may serve on c: eligible (or the breaker's probe) and
  * with a fresh load. A replica whose load is stale or missing reads as
- * saturated and is likely gone: a pool with no other is empty, and the
- * fallback rules apply, rather than a request being sent to it. */
+ * saturated and may be gone: a pool with no other is empty, and the
+ * fallback rules apply, rather than a request being sent to it. Only when
+ * no pool the class may use has a fresh replica is a stale one served on
+ * (last_resort). */
 static int servable(const spi_candidate *c) {
   return (c->eligible || c->probe) && c->fresh;
 }
@@ -431,17 +437,76 @@ static pick choose_in_pool(const pinst *p, const spi_route_context *x,
 }
 
 /* Append the best-TTFT eligible candidates of the pool's summary not yet
- * listed, up to limit in all. */
+ * listed, up to limit in all: those with a fresh load, or any when
+ * stale_ok (the last resort, where every one is stale). */
 static void add_fallbacks(const spi_route_context *x, const summary *m,
-                          spi_policy_choice *out, uint32_t limit) {
+                          spi_policy_choice *out, uint32_t limit,
+                          int stale_ok) {
   for (uint32_t k = 0; k < m->n_top && out->n_order < limit; k++) {
     uint32_t i = (uint32_t)m->top[k];
-    if (!x->candidates[i].eligible || !x->candidates[i].fresh) continue;
+    if (!x->candidates[i].eligible || !(x->candidates[i].fresh || stale_ok))
+      continue;
     int listed = 0;
     for (uint32_t j = 0; j < out->n_order && !listed; j++)
       listed = out->order[j] == i;
     if (!listed) out->order[out->n_order++] = i;
   }
+}
+
+/* Whether the summary names a replica the policy may serve on. */
+static int has_servable(const spi_route_context *x, const summary *m) {
+  int64_t named[3] = {m->warm, m->least, m->rdv};
+  for (uint32_t k = 0; k < m->n_top; k++)
+    if (servable(&x->candidates[m->top[k]])) return 1;
+  for (int k = 0; k < 3; k++)
+    if (named[k] >= 0 && servable(&x->candidates[named[k]])) return 1;
+  return 0;
+}
+
+/*
+ * The last resort, where the answer would be "no eligible replica": the
+ * pools the class may use (its rule's and that rule's fallback) have
+ * usable replicas, but none with a fresh load. A stale or missing load
+ * reads as saturated: the most expensive, not forbidden. Pool choice
+ * treats a pool with no fresh replica as empty, so a fallback pool with
+ * fresh replicas serves first (a silent spot pool does not keep silver
+ * from on-demand), and a class that may queue queues; but when every
+ * replica the class may use is stale (a gateway before its first scrape, a
+ * proxy that reports no load, a metrics outage), refusing would turn
+ * unknown load into an outage. The request is served on the least loaded
+ * of them, in the first such pool: every running and waiting count read as
+ * saturated, that is the fewest open requests relative to size, the one
+ * load the library knows itself (a replica that is gone fails those and
+ * its breaker opens). The other stale ones are its fallbacks. Decided here
+ * only. 1 when it decided (out filled), else 0.
+ */
+static int last_resort(const spi_route_context *x, const summary *ms,
+                       const summary *mo, int32_t pool, int32_t fallback,
+                       const char *rule, spi_policy_choice *out) {
+  int32_t pools[2] = {pool, fallback == SPI_POOL_SPOT ||
+                                    fallback == SPI_POOL_ON_DEMAND
+                                ? fallback
+                                : 0};
+  const summary *use[2] = {NULL, NULL};
+  int32_t at = 0;
+  for (int k = 0; k < 2 && pools[k]; k++) {
+    const summary *m = pools[k] == SPI_POOL_SPOT ? ms : mo;
+    if (x->shed[pools[k]] || has_servable(x, m)) return 0;
+    if (m->least < 0) continue;
+    if (!use[0]) at = pools[k];
+    use[use[0] ? 1 : 0] = m;
+  }
+  if (!use[0]) return 0;
+  out->pool = at;
+  out->reason_code = SPI_REASON_LEAST_LOADED;
+  out->order[0] = (uint32_t)use[0]->least;
+  out->n_order = 1;
+  for (int k = 0; k < 2 && use[k]; k++)
+    add_fallbacks(x, use[k], out, 1 + x->max_fallbacks, 1);
+  spi__join(out->reason, sizeof out->reason, rule, "; ",
+            "load unknown (stale or missing), read as saturated: "
+            "fewest open requests");
+  return 1;
 }
 
 /* Expected output tokens, or -1 when nothing says. */
@@ -511,6 +576,7 @@ static int policy_choose(void *state, void *inst, const spi_route_context *x,
   }
 
   const summary *primary = pool == SPI_POOL_SPOT ? &ms : &mo;
+  const int32_t rule_pool = pool, rule_fallback = fallback;
   pick pk = choose_in_pool(p, x, primary, klass);
   if (pk.idx == -2) { /* bronze waits for its warm replica */
     out->pool = SPI_POOL_QUEUE;
@@ -539,6 +605,9 @@ static int policy_choose(void *state, void *inst, const spi_route_context *x,
       return SPI_OK;
     }
     int shed = x->shed[pool] || (fallback && x->shed[fallback]);
+    if (!shed &&
+        last_resort(x, &ms, &mo, rule_pool, rule_fallback, rule, out))
+      return SPI_OK;
     out->pool = 0;
     out->reason_code = shed ? SPI_REASON_SHED : SPI_REASON_NO_CAPACITY;
     spi__join(out->reason, sizeof out->reason, rule, "; ",
@@ -550,9 +619,9 @@ static int policy_choose(void *state, void *inst, const spi_route_context *x,
   out->order[0] = (uint32_t)pk.idx;
   out->n_order = 1;
   uint32_t limit = 1 + x->max_fallbacks;
-  add_fallbacks(x, primary, out, limit);
+  add_fallbacks(x, primary, out, limit, 0);
   if (fallback == SPI_POOL_SPOT || fallback == SPI_POOL_ON_DEMAND)
-    add_fallbacks(x, fallback == SPI_POOL_SPOT ? &ms : &mo, out, limit);
+    add_fallbacks(x, fallback == SPI_POOL_SPOT ? &ms : &mo, out, limit, 0);
   spi__join(out->reason, sizeof out->reason, rule, "; ", pk.why);
   return SPI_OK;
 }

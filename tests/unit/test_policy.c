@@ -554,6 +554,135 @@ static void test_stale_replica_is_not_kv_pressure(void **st) {
   done(w);
 }
 
+/* A fleet whose replicas have never reported a load (a gateway before its
+ * first metrics scrape, a proxy that scrapes none) reads as saturated, not
+ * as gone: gold is served, on the replica with the fewest open requests,
+ * and the reason says the load is unknown; so is silver, in its own pool. */
+static void test_unreported_fleet_serves_gold(void **st) {
+  (void)st;
+  world *w = mk(NULL);
+  add(w, "d0", SPI_POOL_ON_DEMAND);
+  add(w, "d1", SPI_POOL_ON_DEMAND);
+  add(w, "s0", SPI_POOL_SPOT);
+  uint32_t b[32];
+  spi_decision d, d2;
+  prompt(w, b, chain(b, 300, 4), "gold");
+  assert_int_equal(route(w, &d), SPI_OK);
+  assert_int_equal(d.pool, SPI_POOL_ON_DEMAND);
+  assert_string_equal(d.replica_id, "d0");
+  assert_int_equal(d.reason_code, SPI_REASON_LEAST_LOADED);
+  assert_non_null(strstr(d.reason, "load unknown"));
+  assert_int_equal(d.n_fallbacks, 1);
+  assert_string_equal(d.fallback_ids[0], "d1");
+  /* d0 has an open request: the next goes to d1, the same prefix too. */
+  assert_int_equal(route(w, &d2), SPI_OK);
+  assert_string_equal(d2.replica_id, "d1");
+  finish(w, d.ticket);
+  finish(w, d2.ticket);
+  prompt(w, b, chain(b, 400, 4), "silver");
+  assert_int_equal(route(w, &d), SPI_OK);
+  assert_int_equal(d.pool, SPI_POOL_SPOT);
+  assert_string_equal(d.replica_id, "s0");
+  assert_non_null(strstr(d.reason, "load unknown"));
+  finish(w, d.ticket);
+  done(w);
+}
+
+/* Pool choice still treats a pool with no fresh replica as empty: a spot
+ * pool whose loads went stale beside a fresh on-demand one sends silver
+ * (spot first, on-demand fallback) and gold to on-demand, and bronze to
+ * its queue, none to a silent spot replica. Once on-demand is silent too,
+ * silver is served on a stale replica of its own pool. */
+static void test_stale_spot_sends_silver_to_on_demand(void **st) {
+  (void)st;
+  world *w = mk(NULL);
+  add(w, "s0", SPI_POOL_SPOT);
+  add(w, "s1", SPI_POOL_SPOT);
+  add(w, "d0", SPI_POOL_ON_DEMAND);
+  load(w, "s0", 0, 0);
+  load(w, "s1", 0, 0);
+  uint32_t b[32];
+  spi_decision d;
+  prompt(w, b, chain(b, 300, 4), "silver");
+  assert_int_equal(route(w, &d), SPI_OK);
+  assert_int_equal(d.pool, SPI_POOL_SPOT);
+  finish(w, d.ticket);
+  w->now += 3601 * SEC;
+  load(w, "d0", 0, 0);
+  for (int k = 0; k < 2; k++) {
+    prompt(w, b, chain(b, 400 + 100 * (uint32_t)k, 4), k ? "gold" : "silver");
+    assert_int_equal(route(w, &d), SPI_OK);
+    assert_int_equal(d.pool, SPI_POOL_ON_DEMAND);
+    assert_string_equal(d.replica_id, "d0");
+    assert_null(strstr(d.reason, "load unknown"));
+    finish(w, d.ticket);
+  }
+  /* Not even the universal block: no spot cache hit, the batch rule. */
+  const uint32_t cold[4] = {600, 601, 602, 603};
+  prompt(w, cold, 4, "bronze");
+  assert_int_equal(route(w, &d), SPI_OK);
+  assert_int_equal(d.pool, SPI_POOL_QUEUE);
+  assert_int_equal(d.reason_code, SPI_REASON_QUEUE_NO_SPOT);
+  w->now += 3601 * SEC;
+  prompt(w, b, chain(b, 700, 4), "silver");
+  assert_int_equal(route(w, &d), SPI_OK);
+  assert_int_equal(d.pool, SPI_POOL_SPOT);
+  assert_non_null(strstr(d.reason, "load unknown"));
+  finish(w, d.ticket);
+  done(w);
+}
+
+/* Every replica reported, then the reports stopped (a metrics outage):
+ * the fleet reads as saturated, every class is served as it was before
+ * stale replicas were left out of pool choice, never answered "no
+ * capacity": gold on on-demand, spread by open requests; silver and bronze
+ * on spot. Reports resume: the fresh rules again. */
+static void test_all_stale_reads_as_saturated(void **st) {
+  (void)st;
+  world *w = mk(NULL);
+  add(w, "d0", SPI_POOL_ON_DEMAND);
+  add(w, "d1", SPI_POOL_ON_DEMAND);
+  add(w, "s0", SPI_POOL_SPOT);
+  add(w, "s1", SPI_POOL_SPOT);
+  load(w, "d0", 1, 0);
+  load(w, "d1", 0, 0);
+  load(w, "s0", 0, 0);
+  load(w, "s1", 0, 0);
+  uint32_t b[32];
+  spi_decision d, d2;
+  const char *klass[] = {"gold", "silver", "bronze"};
+  for (int k = 0; k < 3; k++) {
+    prompt(w, b, chain(b, 300 + 100 * (uint32_t)k, 4), klass[k]);
+    assert_int_equal(route(w, &d), SPI_OK);
+    finish(w, d.ticket);
+  }
+  w->now += 3601 * SEC;
+  prompt(w, b, chain(b, 300, 4), "gold");
+  assert_int_equal(route(w, &d), SPI_OK);
+  assert_int_equal(d.pool, SPI_POOL_ON_DEMAND);
+  assert_int_equal(d.reason_code, SPI_REASON_LEAST_LOADED);
+  assert_non_null(strstr(d.reason, "load unknown"));
+  assert_int_equal(route(w, &d2), SPI_OK);
+  assert_int_equal(d2.pool, SPI_POOL_ON_DEMAND);
+  assert_string_not_equal(d2.replica_id, d.replica_id);
+  finish(w, d.ticket);
+  finish(w, d2.ticket);
+  for (int k = 1; k < 3; k++) {
+    prompt(w, b, chain(b, 300 + 100 * (uint32_t)k, 4), klass[k]);
+    assert_int_equal(route(w, &d), SPI_OK);
+    assert_int_equal(d.pool, SPI_POOL_SPOT);
+    assert_non_null(strstr(d.reason, "load unknown"));
+    finish(w, d.ticket);
+  }
+  load(w, "s1", 0, 0);
+  prompt(w, b, chain(b, 800, 4), "silver");
+  assert_int_equal(route(w, &d), SPI_OK);
+  assert_string_equal(d.replica_id, "s1");
+  assert_null(strstr(d.reason, "load unknown"));
+  finish(w, d.ticket);
+  done(w);
+}
+
 /* ------------------------------------------- summaries against every replica
  *
  * The built-in policy reads per pool and tier summaries (the best few by
@@ -943,6 +1072,9 @@ int main(void) {
       cmocka_unit_test(test_few_conversations_keep_their_replicas),
       cmocka_unit_test(test_shed_pool_is_not_left_for_the_fallback),
       cmocka_unit_test(test_stale_replica_is_not_kv_pressure),
+      cmocka_unit_test(test_unreported_fleet_serves_gold),
+      cmocka_unit_test(test_stale_spot_sends_silver_to_on_demand),
+      cmocka_unit_test(test_all_stale_reads_as_saturated),
       cmocka_unit_test(test_summaries_match_every_candidate),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
