@@ -80,33 +80,56 @@ def served_by(resp):
     return resp.system_fingerprint
 
 
+def turn(system, n):
+    """Turn n of the conversation on system: its earlier turns, then a new
+    question (the prompt grows by a turn, as a chat client sends it)."""
+    messages = [{"role": "system", "content": system}]
+    for k in range(n):
+        messages += [{"role": "user", "content": f"question {k}"},
+                     {"role": "assistant", "content": f"the answer to question {k}, from the runbook"}]
+    messages.append({"role": "user", "content": f"question {n}"})
+    return {"model": "fake-model", "max_tokens": 6, "messages": messages}
+
+
 def check_affinity(oa, log):
-    owners = {served_by(oa.chat.completions.create(**chat(SYSTEM, f"question {i}"),
-                                                   extra_query={"probe": f"affinity-{i}"}))
-              for i in range(6)}
-    if len(owners) != 1:
-        fail(f"six requests sharing a system prompt went to {sorted(owners)}")
-    # The library says why. Each worker has its engine: the first request a
-    # worker sees places the cold prefix by rendezvous hash (the same
-    # replica in every worker), the next ones find it held there.
-    entries = access_log(log, "probe=affinity-")
+    """Two conversations, each on its own system prompt, three turns each,
+    interleaved, each request on a new connection (so on either worker).
+    What the library promises at its default configuration: a
+    conversation's turns stay on the replica that holds it, in every
+    worker. Each worker has its engine: the first turn a worker sees of a
+    conversation is cold there and placed by rendezvous hash (the same
+    replica in every worker), the next ones find it held there."""
+    families = {"a": SYSTEM, "b": OTHER_SYSTEM}
+    owners = {f: set() for f in families}
+    for n in range(3):
+        for f, system in families.items():
+            resp = oa.chat.completions.create(**turn(system, n),
+                                              extra_query={"probe": f"affinity-{f}-{n}"})
+            owners[f].add(served_by(resp))
+    for f, o in owners.items():
+        if len(o) != 1:
+            fail(f"the three turns of conversation {f} went to {sorted(o)}")
     seen = set()
-    for e in entries:
-        want = "affinity" if e["pid"] in seen else "rendezvous"
-        seen.add(e["pid"])
-        held = int(e["blocks"].split("/")[0])
-        if e["replica"] not in owners or e["reason"] != want or (want == "affinity") != (held > 0):
-            fail(f"the decisions of the six requests: {entries}")
-    warm = [e for e in entries if e["reason"] == "affinity"]
+    warm = []
+    entries = []
+    for f in families:
+        got = access_log(log, f"probe=affinity-{f}-")
+        entries += got
+        for e in got:
+            want = "affinity" if (e["pid"], f) in seen else "rendezvous"
+            seen.add((e["pid"], f))
+            held = int(e["blocks"].split("/")[0])
+            if e["replica"] not in owners[f] or e["reason"] != want or (want == "affinity") != (held > 0):
+                fail(f"the decisions of conversation {f}: {got}")
+            if want == "affinity":
+                warm.append(e)
     if len(entries) != 6 or not warm:
-        fail(f"the decisions of the six requests: {entries}")
-    other = {served_by(oa.chat.completions.create(**chat(OTHER_SYSTEM, f"sentence {i}"))) for i in range(4)}
-    if len(other) != 1:
-        fail(f"four requests sharing another system prompt went to {sorted(other)}")
-    owner = owners.pop()
-    say(f"affinity: 6 requests with one system prompt all on {owner} (placed by rendezvous hash in "
-        f"each of {len(seen)} workers, then {len(warm)} by affinity, {warm[-1]['blocks']} blocks "
-        f"held), 4 with another all on {other.pop()}")
+        fail(f"the decisions of the two conversations: {entries}")
+    workers = {e["pid"] for e in entries}
+    owner = owners["a"].pop()
+    say(f"affinity: two conversations of three turns, each on one replica ({owner}, {owners['b'].pop()}) "
+        f"through {len(workers)} workers: {len(entries) - len(warm)} placed by rendezvous hash, "
+        f"{len(warm)} by affinity ({warm[-1]['blocks']} blocks held)")
     return owner
 
 

@@ -81,11 +81,10 @@ port=$(free_port)
 
 mkdir -p "$work/prefix/logs" "$work/prefix/conf"
 # A stale load reading counts as saturated after 5 s (the fallback check
-# needs a killed backend to look alive for a moment). A warm backend keeps
-# its prompts up to twice its pool's mean load (the default, 1.25, moves
-# some sequential requests of one prompt off the busier backend by design).
+# needs a killed backend to look alive for a moment). The policy is the
+# default one.
 cat >"$work/prefix/conf/spotinfer.json" <<JSON
-{"router": {"load_max_age_ms": 5000}, "policy": {"load_share_cap": 2}}
+{"router": {"load_max_age_ms": 5000}}
 JSON
 
 # conf <file> <workers> <master> <port> [extra upstream lines]
