@@ -6,7 +6,8 @@
 # replay scenario and the shared traces; termination when spot zones never
 # come back; node-count spot traces; spot-only and on-demand-only clusters;
 # --config; classes with no requests; bad trace lines counted rather than
-# fatal; a --cluster file (and bad ones refused).
+# fatal; a --cluster file (and bad ones refused); the shape of --speed's
+# lines.
 #
 #   check_sim.sh <spotinfer_sim> <shared data dir>
 set -euo pipefail
@@ -218,6 +219,18 @@ if [[ -n $data && -f $data/traces/mooncake_synthetic_trace.jsonl ]]; then
     --spot-trace "gcp:$data/spot/gcp-c3-preemption-2023-04/us-central1-a_c3-88.json" \
     >"$tmp/kz.txt" || fail "cluster run on shared spot traces exited $?"
   grep -q 'us-west-2b (azure, 30 s notice)' "$tmp/kz.txt" || fail "cluster zones not tied to traces in order"
+  # --speed: one benchmark line per trace and set-up (three for each trace,
+  # two for the generator), each with a positive rate.
+  "$sim" --speed "$data" --limit 300 --requests 300 >"$tmp/speed.txt" 2>&1 \
+    || fail "--speed exited $?"
+  python3 - "$tmp/speed.txt" "$(ls "$data/traces" | grep -c -E '\.(csv|jsonl)$')" <<'PY' || fail "--speed lines"
+import json, sys
+rows = [json.loads(l) for l in open(sys.argv[1]) if l.startswith("{")]
+assert len(rows) == 3 * int(sys.argv[2]) + 2, len(rows)
+for r in rows:
+    assert r["bench"] == "sim_speed" and r["requests"] > 0, r
+    assert r["requests_per_loop_cpu_s"] >= r["requests_per_loop_cpu_s_median"] > 0, r
+PY
 else
   echo "shared data not found; the trace runs are skipped"
 fi
