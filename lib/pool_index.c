@@ -106,6 +106,10 @@ static int regular(const route_env *x, const spi_replica_ident *r,
 static void entry_read(spi_pool_index *p, const route_env *x,
                        const spi_replica_ident *r, uint32_t pos) {
   const spi_replica_slot *s = &x->e->registry.slots[r->slot];
+  /* What its block's bounds were made from: a replica whose ranked values
+   * come back the same (a ticket opened and finished) leaves them be. */
+  pix_hot old = p->hot[pos];
+  uint64_t blocks_were = r->cell >= 0 ? p->blk_dirty[r->cell] : 0;
   entry_drop(p, pos);
   int64_t at = atomic_load_explicit(&s->load_at_ns, memory_order_acquire);
   slot_read rd;
@@ -142,6 +146,10 @@ static void entry_read(spi_pool_index *p, const route_env *x,
   bit_set(p->reg, pos);
   bit_set(p->creg[h->cell], pos);
   p->blk_dirty[h->cell] |= UINT64_C(1) << (pos / 64);
+  if (old.kind == PIX_REG && old.cell == h->cell &&
+      old.wait_ms == h->wait_ms && old.ms_tok == h->ms_tok &&
+      old.slow == h->slow && old.rel == h->rel)
+    p->blk_dirty[h->cell] = blocks_were;
 }
 
 /* Read every replica of set. The dirty bits are cleared first: a write

@@ -1,0 +1,256 @@
+/*
+ * test_pool_index.c - the pool index stays exact when routes, ticket
+ * reports, load reports and state changes come from several threads at
+ * once (lib/pool_index.c: every write marks its slot, and a route that
+ * clears a mark reads the slot after).
+ *
+ * Threads route (opening and finishing tickets, giving first tokens) and
+ * report loads and states on one engine. Once they have stopped, the same
+ * requests are routed with a policy that reads the summaries (through the
+ * index) and with one that reads every candidate (a pass over every slot):
+ * what the two see must be the same, bit for bit. Run under
+ * ThreadSanitizer in CI, it must also show no race.
+ */
+#include <pthread.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "spotinfer/spotinfer.h"
+#include "spotinfer/spotinfer_module.h"
+
+#define NREP 150
+#define ROUTERS 2
+#define ROUTES 1500
+#define HELD 12
+
+static int64_t fixed_clock(void *ud) {
+  (void)ud;
+  return 1700000000LL * 1000000000LL;
+}
+
+static uint32_t mix(uint64_t *s) {
+  uint64_t x = (*s += 0x9e3779b97f4a7c15ULL);
+  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL;
+  x = (x ^ (x >> 27)) * 0x94d049bb133111ebULL;
+  return (uint32_t)(x ^ (x >> 31));
+}
+
+/* What a policy saw: the summaries with the numbers of the candidates
+ * they name, as text. It answers "queue", so routing it changes nothing. */
+typedef struct seen {
+  char text[8192];
+} seen;
+
+static void seen_cand(seen *o, size_t *at, const spi_route_context *x,
+                      int32_t i) {
+  if (i < 0) {
+    *at += (size_t)snprintf(o->text + *at, sizeof o->text - *at, " -");
+    return;
+  }
+  const spi_candidate *c = &x->candidates[i];
+  *at += (size_t)snprintf(o->text + *at, sizeof o->text - *at,
+                          " %.*s/%d%d/%a/%a/%a/%u/%a/%a/%llx", (int)c->id_len,
+                          c->id, c->eligible, c->probe, c->est_ttft_ms,
+                          c->est_wait_ms, c->running + c->waiting, c->inflight,
+                          c->kv_usage, c->served_tokens,
+                          (unsigned long long)c->rendezvous);
+}
+
+static int seen_choose(void *state, void *inst, const spi_route_context *x,
+                       spi_policy_choice *out) {
+  (void)state;
+  seen *o = inst;
+  size_t at = (size_t)snprintf(o->text, sizeof o->text, "%a %a %d%d",
+                               x->mean_served_tokens[SPI_POOL_SPOT],
+                               x->mean_served_tokens[SPI_POOL_ON_DEMAND],
+                               x->pressure[1], x->pressure[2]);
+  for (size_t k = 0; k < x->n_summaries && at < sizeof o->text - 512; k++) {
+    const spi_pool_summary *m = &x->summaries[k];
+    at += (size_t)snprintf(o->text + at, sizeof o->text - at, "\n%u:",
+                           m->usable);
+    for (uint32_t j = 0; j < m->n_top; j++) seen_cand(o, &at, x, m->top[j]);
+    seen_cand(o, &at, x, m->least);
+    seen_cand(o, &at, x, m->rendezvous);
+  }
+  out->pool = SPI_POOL_QUEUE;
+  return SPI_OK;
+}
+
+static int seen_configure(void *state, const char *j, size_t n, void **inst,
+                          char *err, size_t cap) {
+  (void)j;
+  (void)n;
+  (void)err;
+  (void)cap;
+  *inst = state;
+  return SPI_OK;
+}
+
+static void register_seen(spi_engine *e, const char *name, int summaries,
+                          seen *o) {
+  spi_policy_module m;
+  memset(&m, 0, sizeof m);
+  m.abi_version = SPI_MODULE_ABI_VERSION;
+  m.struct_size = sizeof m;
+  m.on_failure = SPI_ON_FAILURE_ERROR;
+  m.flags = summaries ? SPI_POLICY_SUMMARIES_ONLY : 0;
+  m.configure = seen_configure;
+  m.choose = seen_choose;
+  assert_int_equal(spi_engine_register_module(e, SPI_MODULE_POLICY, name,
+                                              strlen(name), &m, o, NULL),
+                   SPI_OK);
+}
+
+static void configure(spi_engine *e, const char *policy) {
+  char cfg[256];
+  snprintf(cfg, sizeof cfg,
+           "{\"router\":{\"max_tickets\":1024,\"error_threshold\":2}%s%s%s}",
+           policy ? ",\"modules\":{\"policy\":\"" : "", policy ? policy : "",
+           policy ? "\"}" : "");
+  int rc = spi_engine_configure(e, cfg, strlen(cfg));
+  if (rc) print_error("%s\n", spi_engine_errmsg(e));
+  assert_int_equal(rc, SPI_OK);
+}
+
+/* Request q of a few kinds: prompt family, length, class. */
+static void request(spi_request *r, uint32_t q) {
+  static const char *const classes[] = {"gold", "silver", "bronze"};
+  char prompt[3000];
+  size_t n = 600 + (q % 5) * 500;
+  for (size_t k = 0; k < n; k++)
+    prompt[k] = (char)('a' + (k * 7 + (q % 9) * 3) % 26);
+  spi_request_reset(r);
+  spi_request_set_str(r, SPI_REQ_MODEL, "m", 1);
+  spi_request_set_str(r, SPI_REQ_PROMPT, prompt, n);
+  spi_request_set_str(r, SPI_REQ_CLASS, classes[q % 3], strlen(classes[q % 3]));
+  spi_request_set_int(r, SPI_REQ_REPLAYABLE, (q / 3) % 2);
+}
+
+static void load(spi_engine *e, uint32_t i, uint64_t *rng) {
+  char id[16];
+  snprintf(id, sizeof id, "p%u", i);
+  spi_load l;
+  memset(&l, 0, sizeof l);
+  l.struct_size = sizeof l;
+  l.running = (double)(mix(rng) % 6);
+  l.waiting = (double)(mix(rng) % 3);
+  l.kv_usage = 0.01 * (mix(rng) % 100);
+  spi_replica_report_load(e, id, strlen(id), &l);
+}
+
+typedef struct worker {
+  spi_engine *e;
+  uint64_t rng;
+} worker;
+
+static void *router(void *arg) {
+  worker *w = arg;
+  spi_request *r = NULL;
+  assert_int_equal(spi_request_new(w->e, &r), SPI_OK);
+  uint64_t held[HELD] = {0};
+  for (uint32_t i = 0; i < ROUTES; i++) {
+    request(r, mix(&w->rng) % 40);
+    spi_decision d;
+    memset(&d, 0, sizeof d);
+    d.struct_size = sizeof d;
+    if (spi_route(r, &d) != SPI_OK || !d.ticket) continue;
+    uint32_t j = i % HELD;
+    spi_ticket_result res;
+    memset(&res, 0, sizeof res);
+    res.struct_size = sizeof res;
+    res.status = mix(&w->rng) % 9 ? SPI_TICKET_OK : SPI_TICKET_ERROR;
+    if (held[j]) spi_ticket_finish(w->e, held[j], &res);
+    held[j] = d.ticket;
+    if (mix(&w->rng) % 3 == 0) spi_ticket_first_token(w->e, d.ticket);
+  }
+  spi_request_free(r); /* the last tickets stay open */
+  return NULL;
+}
+
+static void *reporter(void *arg) {
+  worker *w = arg;
+  for (uint32_t i = 0; i < 3 * ROUTES; i++) {
+    uint32_t at = mix(&w->rng) % NREP;
+    load(w->e, at, &w->rng);
+    if (i % 97 == 0) {
+      char id[16];
+      snprintf(id, sizeof id, "p%u", at);
+      spi_replica_set_state(w->e, id, strlen(id),
+                            i % 2 ? SPI_REPLICA_DRAINING : SPI_REPLICA_ACTIVE);
+    }
+  }
+  return NULL;
+}
+
+static void test_index_exact_after_concurrent_writes(void **st) {
+  (void)st;
+  spi_hooks h;
+  memset(&h, 0, sizeof h);
+  h.struct_size = sizeof h;
+  h.clock = fixed_clock;
+  spi_engine *e = NULL;
+  assert_int_equal(spi_engine_new(&e, &h), SPI_OK);
+  seen saw[2];
+  register_seen(e, "seen", 1, &saw[0]);
+  register_seen(e, "seenall", 0, &saw[1]);
+  configure(e, NULL);
+  uint64_t rng = 7;
+  for (uint32_t i = 0; i < NREP; i++) {
+    char id[16];
+    snprintf(id, sizeof id, "p%u", i);
+    spi_replica_info ri;
+    memset(&ri, 0, sizeof ri);
+    ri.struct_size = sizeof ri;
+    ri.id = id;
+    ri.id_len = strlen(id);
+    ri.pool = i % 2 ? SPI_POOL_ON_DEMAND : SPI_POOL_SPOT;
+    ri.model_tier = i % 3 ? SPI_TIER_LARGE : SPI_TIER_SMALL;
+    ri.usd_per_hour = 2.0;
+    ri.max_inflight = 1 + i % 4;
+    assert_int_equal(spi_replica_upsert(e, &ri), SPI_OK);
+    load(e, i, &rng);
+  }
+  worker w[ROUTERS + 1];
+  pthread_t th[ROUTERS + 1];
+  for (int k = 0; k <= ROUTERS; k++) {
+    w[k].e = e;
+    w[k].rng = 100 + (uint64_t)k;
+    assert_int_equal(
+        pthread_create(&th[k], NULL, k < ROUTERS ? router : reporter, &w[k]),
+        0);
+  }
+  for (int k = 0; k <= ROUTERS; k++) pthread_join(th[k], NULL);
+  spi_request *r = NULL;
+  assert_int_equal(spi_request_new(e, &r), SPI_OK);
+  for (uint32_t q = 0; q < 40; q++) {
+    for (int k = 0; k < 2; k++) {
+      configure(e, k ? "seenall" : "seen");
+      request(r, q);
+      spi_decision d;
+      memset(&d, 0, sizeof d);
+      d.struct_size = sizeof d;
+      saw[k].text[0] = '\0';
+      assert_int_equal(spi_route(r, &d), SPI_OK);
+    }
+    if (strcmp(saw[0].text, saw[1].text))
+      print_error("request %u:\n%s\n----\n%s\n", q, saw[0].text, saw[1].text);
+    assert_string_equal(saw[0].text, saw[1].text);
+    assert_true(strchr(saw[0].text, '/') != NULL); /* it named replicas */
+  }
+  spi_request_free(r);
+  spi_engine_free(e);
+}
+
+int main(void) {
+  const struct CMUnitTest tests[] = {
+      cmocka_unit_test(test_index_exact_after_concurrent_writes),
+  };
+  return cmocka_run_group_tests(tests, NULL, NULL);
+}
