@@ -47,14 +47,20 @@
  * registry; a route allocates nothing, takes no lock and makes no call.
  */
 #include <math.h>
+#include <stddef.h>
 #include <string.h>
 
 #include "pool_index.h"
 
+/* Only what comes before the per-position arrays is cleared: a position's
+ * entries are written before they are read (rebuild sets every position of
+ * the set it describes, and the first route always rebuilds, version 0 and
+ * an empty configuration matching none), so an engine's pages for
+ * positions it never has stay untouched. */
 spi_pool_index *spi__pix_new(const spi_mem *m) {
   spi_pool_index *p = spi__alloc(m, sizeof *p);
   if (!p) return NULL;
-  memset(p, 0, sizeof *p);
+  memset(p, 0, offsetof(spi_pool_index, hot));
   atomic_init(&p->taken, 0);
   return p;
 }
