@@ -16,14 +16,13 @@
 # scripts/test.sh (its fuzz stage runs each target for SPI_FUZZ_SECONDS).
 #
 # Rates differ a lot; docs/testing.md ("Fuzzing") has the figures of the
-# last full run. Alone on a core, the notice parsers, continuation and the
-# JSON syntax checker run 80,000-300,000 inputs a second (10M in 1-2
-# minutes), the configuration and request targets 12,000-19,000 (10-15
-# minutes), and fuzz_journal, which opens a journal directory per input
-# (on /dev/shm when it can; SPI_FUZZ_DIR=/tmp puts it on a disk, which is
-# slower), about 2,300, so its 10M take over an hour alone and far
-# longer at nice 19 on a busy machine: give it its own run
-# (scripts/fuzz-long.sh 1000000 fuzz_journal) if that is too long.
+# last full run. Alone on a core, most targets run 40,000-300,000 inputs a
+# second (10M in 1-4 minutes), the configuration and request targets
+# 15,000-30,000 (6-11 minutes), and fuzz_journal, which opens a journal
+# directory per input (on /dev/shm when it can; SPI_FUZZ_DIR=/tmp puts it
+# on a disk, which is slower), about 2,100, so its 10M take about 80
+# minutes alone and far longer at nice 19 on a busy machine: give it its
+# own run (scripts/fuzz-long.sh 1000000 fuzz_journal) if that is too long.
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
