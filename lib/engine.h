@@ -158,9 +158,8 @@ void spi__engine_log(const spi_engine *e, int32_t level, const char *fmt, ...)
 /* Record an error on the engine and return status. */
 int spi__engine_fail(spi_engine *e, int status, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
-/* The hooks an engine gets when its caller sets none. */
-void *spi__default_alloc(void *ud, size_t size);
-void spi__default_free(void *ud, void *ptr);
+/* The clock an engine gets when its caller sets none (the default memory
+ * hooks are in spi_internal.h). */
 int64_t spi__default_clock(void *ud);
 
 /* --------------------------------------------- module registry (modules.c) */

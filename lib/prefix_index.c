@@ -196,7 +196,10 @@ int spi__index_new(const spi_mem *m, size_t byte_budget,
   size_t nb = (byte_budget - fixed) / sizeof(ix_bucket);
   if ((uint64_t)nb > UINT32_MAX) nb = UINT32_MAX;
   size_t bytes = fixed + nb * sizeof(ix_bucket);
-  unsigned char *raw = spi__alloc(m, bytes);
+  /* Zeroed memory is the empty table (tag 0 = empty, payload 0): with the
+   * default hooks that is calloc, so the buckets' pages are not written
+   * until an entry lands in them. */
+  unsigned char *raw = spi__calloc(m, 1, bytes);
   if (!raw) return SPI_ENOMEM;
   spi_prefix_index *ix = (spi_prefix_index *)(void *)raw;
   unsigned char *first = raw + sizeof *ix;
@@ -205,11 +208,6 @@ int spi__index_new(const spi_mem *m, size_t byte_budget,
   ix->nbuckets = nb;
   ix->b = (ix_bucket *)(void *)(first + pad);
   advise_huge(ix->b, nb * sizeof(ix_bucket));
-  for (size_t i = 0; i < nb; i++)
-    for (unsigned e = 0; e < IX_WAYS; e++) {
-      atomic_init(&ix->b[i].tag[e], 0);
-      atomic_init(&ix->b[i].payload[e], 0);
-    }
   *out = ix;
   return SPI_OK;
 }

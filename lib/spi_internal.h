@@ -29,8 +29,13 @@ typedef struct spi_mem {
 
 /* NULL on failure; size 0 allocates 1 byte so NULL always means failure. */
 void *spi__alloc(const spi_mem *m, size_t size);
-/* Zeroed; NULL on failure or when n * size overflows. */
+/* Zeroed; NULL on failure or when n * size overflows. With the default
+ * hooks this is calloc, so a large block's pages are zero-filled by the
+ * system when first touched, not written here. */
 void *spi__calloc(const spi_mem *m, size_t n, size_t size);
+/* The memory hooks an engine gets when its caller sets none (floor.c). */
+void *spi__default_alloc(void *ud, size_t size);
+void spi__default_free(void *ud, void *ptr);
 void spi__free(const spi_mem *m, void *ptr);
 /* A NUL-terminated copy of s[0..len); NULL on failure. */
 char *spi__strndup(const spi_mem *m, const char *s, size_t len);
