@@ -154,4 +154,13 @@ int sim_lru_contains(const sim_lru *l, uint64_t key);
 void sim_lru_insert(sim_lru *l, uint64_t key);
 uint32_t sim_lru_prefix_fill(sim_lru *l, const uint64_t *chain, uint32_t n);
 
+/* The data directory (trace.c). Names in dir (not starting with '.') that
+ * end in one of exts ("" for any), as dir/name, sorted; at most max. */
+#define SIM_LIST_MAX 16
+size_t sim_list_dir(const char *dir, const char *const *exts, size_t next,
+                    char out[][512], size_t max);
+/* DATA_DIR/spot/<set>/<zone>.json, each prefixed with its cloud ("gcp:" for
+ * a set named gcp-..., "aws:" otherwise). */
+size_t sim_list_spot(const char *data, char out[][512], size_t max);
+
 #endif

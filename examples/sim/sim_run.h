@@ -181,4 +181,5 @@ int sim_speed(const sim_opts *o, const char *data_dir);
 /* --scenario replay: GCP zones, long generations, 4 on-demand + 12 spot. */
 void sim_scenario_replay(sim_opts *o);
 
+
 #endif

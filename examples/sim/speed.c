@@ -20,7 +20,6 @@
  *   "4 on-demand + 12 spot":  the spot traces in DATA_DIR/spot (traces
  *                             only: the generator's rate is for 64).
  */
-#include <dirent.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -28,54 +27,10 @@
 #include "sim_run.h"
 
 #define SPEED_RUNS 7
-#define SPEED_MAX_FILES 16
-
-static int cmp_str(const void *a, const void *b) { return strcmp(a, b); }
 
 static int cmp_double(const void *a, const void *b) {
   double x = *(const double *)a, y = *(const double *)b;
   return (x > y) - (x < y);
-}
-
-/* Names in dir (not starting with '.') that end in one of exts ("" for
- * any), as dir/name, sorted. */
-static size_t list_dir(const char *dir, const char *const *exts, size_t next,
-                       char out[][512], size_t max) {
-  DIR *d = opendir(dir);
-  size_t n = 0;
-  if (!d) return 0;
-  struct dirent *e;
-  while ((e = readdir(d)) && n < max) {
-    size_t l = strlen(e->d_name);
-    if (e->d_name[0] == '.') continue;
-    for (size_t k = 0; k < next; k++) {
-      size_t el = strlen(exts[k]);
-      if (l > el && !strcmp(e->d_name + l - el, exts[k])) {
-        snprintf(out[n++], 512, "%s/%s", dir, e->d_name);
-        break;
-      }
-    }
-  }
-  closedir(d);
-  qsort(out, n, 512, cmp_str);
-  return n;
-}
-
-/* DATA_DIR/spot/<set>/<zone>.json, prefixed with the cloud (a set named
- * gcp-... is GCP, anything else AWS), as the targets program reads them. */
-static size_t list_spot(const char *data, char out[][512], size_t max) {
-  static const char *const any[] = {""}, *const json[] = {".json"};
-  char dir[512], sets[SPEED_MAX_FILES][512];
-  snprintf(dir, sizeof dir, "%s/spot", data);
-  size_t ns = list_dir(dir, any, 1, sets, SPEED_MAX_FILES), n = 0;
-  for (size_t k = 0; k < ns && n < max; k++) {
-    char files[SPEED_MAX_FILES][512];
-    size_t nf = list_dir(sets[k], json, 1, files, SPEED_MAX_FILES);
-    const char *base = strrchr(sets[k], '/') + 1;
-    for (size_t f = 0; f < nf && n < max; f++)
-      snprintf(out[n++], 512, "%s:%s", strncmp(base, "gcp", 3) ? "aws" : "gcp", files[f]);
-  }
-  return n;
 }
 
 /* One set-up: load the trace once, run the library's policy SPEED_RUNS
@@ -116,10 +71,10 @@ static int speed_setup(const sim_opts *o, const char *label, const char *setup) 
 
 int sim_speed(const sim_opts *base, const char *data) {
   static const char *const exts[] = {".jsonl", ".csv"};
-  char traces[SPEED_MAX_FILES][512], spot[SIM_MAX_ZONES][512], dir[512];
+  char traces[SIM_LIST_MAX][512], spot[SIM_MAX_ZONES][512], dir[512];
   snprintf(dir, sizeof dir, "%s/traces", data);
-  size_t nt = list_dir(dir, exts, 2, traces, SPEED_MAX_FILES);
-  size_t nsp = list_spot(data, spot, SIM_MAX_ZONES);
+  size_t nt = sim_list_dir(dir, exts, 2, traces, SIM_LIST_MAX);
+  size_t nsp = sim_list_spot(data, spot, SIM_MAX_ZONES);
   if (!nt) {
     fprintf(stderr, "spotinfer_sim: --speed: no traces in %s/traces\n", data);
     return -1;

@@ -22,7 +22,6 @@
  *             the whole run with its engine set-up (cpu_s, the process's);
  *             --speed DATA_DIR measures it more carefully (speed.c).
  */
-#include <dirent.h>
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -30,54 +29,6 @@
 
 #include "sim_run.h"
 
-#define TARGET_MAX_FILES 16
-
-/* Regular files under dir whose names end in one of exts, sorted. */
-static size_t list_files(const char *dir, const char *const *exts, size_t next,
-                         char out[][512], size_t max) {
-  DIR *d = opendir(dir);
-  size_t n = 0;
-  if (!d) return 0;
-  struct dirent *e;
-  while ((e = readdir(d)) && n < max) {
-    size_t l = strlen(e->d_name);
-    for (size_t k = 0; k < next; k++) {
-      size_t el = strlen(exts[k]);
-      if (l > el && !strcmp(e->d_name + l - el, exts[k])) {
-        snprintf(out[n++], 512, "%s/%s", dir, e->d_name);
-        break;
-      }
-    }
-  }
-  closedir(d);
-  qsort(out, n, 512, (int (*)(const void *, const void *))strcmp);
-  return n;
-}
-
-/* Spot capacity traces: DATA_DIR/spot/<set>/<zone>.json, each prefixed
- * with its cloud (a set named gcp-... is GCP, anything else AWS). */
-static size_t list_spot(const char *data, char out[][512], size_t max) {
-  char dir[512];
-  snprintf(dir, sizeof dir, "%s/spot", data);
-  DIR *d = opendir(dir);
-  if (!d) return 0;
-  char sets[TARGET_MAX_FILES][512];
-  size_t ns = 0, n = 0;
-  struct dirent *e;
-  while ((e = readdir(d)) && ns < TARGET_MAX_FILES)
-    if (e->d_name[0] != '.') snprintf(sets[ns++], 512, "%s/%s", dir, e->d_name);
-  closedir(d);
-  qsort(sets, ns, 512, (int (*)(const void *, const void *))strcmp);
-  static const char *const json[] = {".json"};
-  for (size_t k = 0; k < ns && n < max; k++) {
-    char files[TARGET_MAX_FILES][512];
-    size_t nf = list_files(sets[k], json, 1, files, TARGET_MAX_FILES);
-    const char *base = strrchr(sets[k], '/') + 1;
-    for (size_t f = 0; f < nf && n < max; f++)
-      snprintf(out[n++], 512, "%s:%s", strncmp(base, "gcp", 3) ? "aws" : "gcp", files[f]);
-  }
-  return n;
-}
 
 static void json_or_null(double v, int have) {
   if (have) printf("%.3f", v);
@@ -204,11 +155,11 @@ void sim_scenario_replay(sim_opts *o) {
 }
 
 int sim_targets(const sim_opts *base, const char *data) {
-  char traces[TARGET_MAX_FILES][512], spot[SIM_MAX_ZONES][512], dir[512];
+  char traces[SIM_LIST_MAX][512], spot[SIM_MAX_ZONES][512], dir[512];
   snprintf(dir, sizeof dir, "%s/traces", data);
   static const char *const exts[] = {".jsonl", ".csv"};
-  size_t nt = list_files(dir, exts, 2, traces, TARGET_MAX_FILES);
-  size_t nsp = list_spot(data, spot, SIM_MAX_ZONES);
+  size_t nt = sim_list_dir(dir, exts, 2, traces, SIM_LIST_MAX);
+  size_t nsp = sim_list_spot(data, spot, SIM_MAX_ZONES);
   if (!nt || !nsp) {
     fprintf(stderr, "spotinfer_sim: --targets: no traces in %s/traces or no spot traces in "
             "%s/spot\n", data, data);

@@ -2,6 +2,7 @@
  * readers, and SkyPilot spot-trace reading and generation. Bad lines are
  * counted and skipped, never fatal. */
 #include <cjson/cJSON.h>
+#include <dirent.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -626,4 +627,49 @@ void sim_spot_generate(sim_spot_trace *s, const char *zone, const char *cloud,
 void sim_spot_free(sim_spot_trace *s) {
   free(s->v);
   memset(s, 0, sizeof *s);
+}
+
+/* ------------------------------------------------ the data directory */
+
+static int cmp_name(const void *a, const void *b) { return strcmp(a, b); }
+
+/* Names in dir (not starting with '.') that end in one of exts ("" for
+ * any), as dir/name, sorted. */
+size_t sim_list_dir(const char *dir, const char *const *exts, size_t next,
+                    char out[][512], size_t max) {
+  DIR *d = opendir(dir);
+  size_t n = 0;
+  if (!d) return 0;
+  struct dirent *e;
+  while ((e = readdir(d)) && n < max) {
+    size_t l = strlen(e->d_name);
+    if (e->d_name[0] == '.') continue;
+    for (size_t k = 0; k < next; k++) {
+      size_t el = strlen(exts[k]);
+      if (l > el && !strcmp(e->d_name + l - el, exts[k])) {
+        snprintf(out[n++], 512, "%s/%s", dir, e->d_name);
+        break;
+      }
+    }
+  }
+  closedir(d);
+  qsort(out, n, 512, cmp_name);
+  return n;
+}
+
+/* DATA_DIR/spot/<set>/<zone>.json, prefixed with the cloud (a set named
+ * gcp-... is GCP, anything else AWS), as the targets program reads them. */
+size_t sim_list_spot(const char *data, char out[][512], size_t max) {
+  static const char *const any[] = {""}, *const json[] = {".json"};
+  char dir[512], sets[SIM_LIST_MAX][512];
+  snprintf(dir, sizeof dir, "%s/spot", data);
+  size_t ns = sim_list_dir(dir, any, 1, sets, SIM_LIST_MAX), n = 0;
+  for (size_t k = 0; k < ns && n < max; k++) {
+    char files[SIM_LIST_MAX][512];
+    size_t nf = sim_list_dir(sets[k], json, 1, files, SIM_LIST_MAX);
+    const char *base = strrchr(sets[k], '/') + 1;
+    for (size_t f = 0; f < nf && n < max; f++)
+      snprintf(out[n++], 512, "%s:%s", strncmp(base, "gcp", 3) ? "aws" : "gcp", files[f]);
+  }
+  return n;
 }
