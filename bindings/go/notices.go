@@ -767,9 +767,18 @@ type ReplayStats struct {
 	// it took since the queue opened (the store did not answer), and
 	// envelopes moved from it into the store since then.
 	FallbackHeld, FallbackEnqueued, FallbackMoved uint64
+	// A queue store (Redis) that could not be reached (SPI_EIO): the
+	// counts this process keeps itself (Enqueued, Duplicates, Acked,
+	// Nacked and the Fallback ones) are still filled, the queue's own
+	// (Ready, Leased, Delayed, Dead, ...) are 0, and StoreError says why.
+	// Always false and "" for the memory and journal stores.
+	StoreUnreachable bool
+	StoreError       string
 }
 
-// Stats reads the queue's counts.
+// Stats reads the queue's counts. With the queue's store unreachable they
+// are partial and say so (StoreUnreachable, StoreError) with a nil error:
+// the process's own counts stay readable through an outage.
 func (q *ReplayQueue) Stats() (ReplayStats, error) {
 	runtime.LockOSThread() // the call and its errmsg on one OS thread
 	defer runtime.UnlockOSThread()
@@ -779,7 +788,13 @@ func (q *ReplayQueue) Stats() (ReplayStats, error) {
 	}
 	var s C.spi_replay_stats
 	s.struct_size = C.size_t(unsafe.Sizeof(s))
-	if rc := C.spi_go_replay_stats(p, &s); rc != 0 {
+	var storeErr string
+	if rc := C.spi_go_replay_stats(p, &s); rc == C.SPI_EIO {
+		storeErr = C.GoString(C.spi_go_replay_errmsg(p))
+		if storeErr == "" {
+			storeErr = "unreachable"
+		}
+	} else if rc != 0 {
 		return ReplayStats{}, q.fail(rc, "spi_replay_stats_get")
 	}
 	runtime.KeepAlive(q)
@@ -791,7 +806,8 @@ func (q *ReplayQueue) Stats() (ReplayStats, error) {
 		Syncs: uint64(s.syncs), Compactions: uint64(s.compactions),
 		Skipped: uint64(s.skipped), SkippedBytes: uint64(s.skipped_bytes),
 		AsideFiles: uint64(s.aside_files), FallbackHeld: uint64(s.fallback_held),
-		FallbackEnqueued: uint64(s.fallback_enqueued), FallbackMoved: uint64(s.fallback_moved)}
+		FallbackEnqueued: uint64(s.fallback_enqueued), FallbackMoved: uint64(s.fallback_moved),
+		StoreUnreachable: storeErr != "", StoreError: storeErr}
 	for i := range out.Ready {
 		out.Ready[i] = uint64(s.ready[i])
 	}

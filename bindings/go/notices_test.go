@@ -244,8 +244,9 @@ func TestReplayJournalStats(t *testing.T) {
 
 // "redis" at an address nobody answers, with the fallback journal: the
 // enqueues go to the journal and the engine's metrics text counts them as
-// held; Stats fails with the store (ErrIO) while a journal queue reads the
-// new fields as 0. Needs libspotinfer_redis beside the library.
+// held; Stats still returns this process's counts (the same as the metrics
+// text) with the outage flagged (SPI_EIO from C), while a journal queue
+// reads the new fields as 0. Needs libspotinfer_redis beside the library.
 func TestReplayFallbackCounts(t *testing.T) {
 	e := newEngine(t, "")
 	dir := t.TempDir()
@@ -269,8 +270,15 @@ func TestReplayFallbackCounts(t *testing.T) {
 			t.Fatalf("the metrics text lacks %q", want)
 		}
 	}
-	if _, err := q.Stats(); !errors.Is(err, ErrIO) {
+	out, err := q.Stats()
+	if err != nil {
 		t.Fatalf("Stats with the store unreachable: %v", err)
+	}
+	if !out.StoreUnreachable || !strings.Contains(out.StoreError, `replay store "redis"`) ||
+		out.Enqueued != 2 || out.Duplicates != 0 || out.Acked != 0 || out.Nacked != 0 ||
+		out.FallbackHeld != 2 || out.FallbackEnqueued != 2 || out.FallbackMoved != 0 ||
+		out.Ready != [4]uint64{} || out.Leased != 0 {
+		t.Fatalf("Stats with the store unreachable: %+v", out)
 	}
 	must(t, q.Close())
 	j, err := e.OpenReplayQueue(`{"store":"journal","dir":` + jsonString(t.TempDir()) + `}`)
@@ -278,7 +286,8 @@ func TestReplayFallbackCounts(t *testing.T) {
 	defer j.Close()
 	st, err := j.Stats()
 	must(t, err)
-	if st.FallbackHeld != 0 || st.FallbackEnqueued != 0 || st.FallbackMoved != 0 {
+	if st.FallbackHeld != 0 || st.FallbackEnqueued != 0 || st.FallbackMoved != 0 ||
+		st.StoreUnreachable || st.StoreError != "" {
 		t.Fatalf("a journal queue: %+v", st)
 	}
 }

@@ -49,7 +49,8 @@ func (g *gateway) metrics(w http.ResponseWriter, r *http.Request) {
 		fmt.Fprintf(&b, "gateway_replays_total{step=%q} %d\n", o.name, o.v)
 	}
 	if g.queue != nil {
-		if qs, err := g.queue.Stats(); err == nil {
+		// With its store unreachable the queue's gauges would read 0: left out.
+		if qs, err := g.queue.Stats(); err == nil && !qs.StoreUnreachable {
 			ready := qs.Ready[0] + qs.Ready[1] + qs.Ready[2] + qs.Ready[3]
 			fmt.Fprintf(&b, "# HELP gateway_replay_queue Envelopes in the replay queue by state.\n# TYPE gateway_replay_queue gauge\n")
 			for _, o := range []struct {

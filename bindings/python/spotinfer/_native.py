@@ -798,6 +798,7 @@ PURE = "pure"        # no handle: the status name says it all
 NONE = None          # not a status (void, size_t, pointers, counts)
 
 _EBUFSIZE = -4
+_EIO = -41
 _ENOTFOUND = -42
 
 P = POINTER
@@ -935,7 +936,10 @@ FUNCTIONS: Tuple[Tuple[Any, ...], ...] = (
       P(c_size_t)), REPLAY, frozenset({_EBUFSIZE, _ENOTFOUND})),
     ("spi_replay_ack", c_int, (_vp, c_uint64), REPLAY),
     ("spi_replay_nack", c_int, (_vp, c_uint64), REPLAY),
-    ("spi_replay_stats_get", c_int, (_vp, P(ReplayStats)), REPLAY),
+    # SPI_EIO: a queue store that cannot be reached; the process's own
+    # counts are filled all the same (ReplayQueue.stats reads them).
+    ("spi_replay_stats_get", c_int, (_vp, P(ReplayStats)), REPLAY,
+     frozenset({_EIO})),
     ("spi_replay_tick", c_int, (_vp,), REPLAY),
     ("spi_replay_continuation", c_int,
      (P(Envelope), c_void_p, c_size_t, P(c_size_t), P(c_uint32)), PURE,

@@ -126,15 +126,22 @@ class ReplayStats:
     fallback_held: int = 0
     fallback_enqueued: int = 0
     fallback_moved: int = 0
+    # A queue store (Redis) that could not be reached (SPI_EIO): the counts
+    # this process keeps itself (enqueued, duplicates, acked, nacked and
+    # the fallback_ ones) are still filled, the queue's own (ready, leased,
+    # delayed, dead, ...) are 0; store_error says why. Always False and ""
+    # for the memory and journal stores.
+    store_unreachable: bool = False
+    store_error: str = ""
 
     @classmethod
-    def _from(cls, s: _n.ReplayStats) -> "ReplayStats":
+    def _from(cls, s: _n.ReplayStats, store_error: str = "") -> "ReplayStats":
         return cls(tuple(s.ready), s.leased, s.delayed, s.dead, s.enqueued,
                    s.duplicates, s.acked, s.nacked, s.expired_leases,
                    s.journal_bytes, s.recovered, s.torn, s.truncated_bytes,
                    s.syncs, s.compactions, s.skipped, s.skipped_bytes,
                    s.aside_files, s.fallback_held, s.fallback_enqueued,
-                   s.fallback_moved)
+                   s.fallback_moved, bool(store_error), store_error)
 
 
 class ReplayQueue:
@@ -221,9 +228,13 @@ class ReplayQueue:
         _lib.spi_replay_nack(self._p(), int(claim_id))
 
     def stats(self) -> ReplayStats:
+        """The queue's counts. With its store unreachable they are partial
+        and say so (store_unreachable, store_error) instead of raising."""
         out = _n.ReplayStats()
-        _lib.spi_replay_stats_get(self._p(), byref(out))
-        return ReplayStats._from(out)
+        rc = _lib.spi_replay_stats_get(self._p(), byref(out))
+        # SPI_EIO (-41): only the store failed; a message is always set.
+        why = (self.errmsg or "unreachable") if rc == -41 else ""
+        return ReplayStats._from(out, why)
 
     def tick(self) -> None:
         """Periodic work (lease expiry, group commit, compaction)."""
