@@ -51,6 +51,8 @@
 #include "spotinfer/spotinfer.h"
 #include "spotinfer/spotinfer_module.h"
 
+#include "fake_fleet.h"
+
 /* FB_OK(call): the call returns SPI_OK (cmocka shows the status). */
 #ifdef assert_true
 #define FB_CHECK(cond) assert_true(cond)
@@ -89,30 +91,15 @@ static inline spi_fleet_bus_module fb_module(
 static inline spi_replica_info fb_replica(const char *id, const char *node,
                                           int32_t pool, const char *type,
                                           const char *zone) {
-  spi_replica_info ri;
-  memset(&ri, 0, sizeof ri);
-  ri.struct_size = sizeof ri;
-  ri.id = id;
-  ri.id_len = strlen(id);
-  ri.node = node;
-  ri.node_len = node ? strlen(node) : 0;
-  ri.pool = pool;
-  ri.instance_type = type;
-  ri.instance_type_len = strlen(type);
-  ri.zone = zone;
-  ri.zone_len = strlen(zone);
-  ri.usd_per_hour = pool == SPI_POOL_SPOT ? 1.8 : 4.5;
-  ri.max_inflight = 64;
+  spi_replica_info ri =
+      ff_replica(id, pool, pool == SPI_POOL_SPOT ? 1.8 : 4.5, 64);
+  ff_place(&ri, node, type, zone);
   return ri;
 }
 
 static inline void fb_add_loaded(spi_engine *e, const spi_replica_info *ri) {
   FB_OK(spi_replica_upsert(e, ri));
-  spi_load l;
-  memset(&l, 0, sizeof l);
-  l.struct_size = sizeof l;
-  l.running = 1;
-  l.kv_usage = 0.2;
+  spi_load l = ff_load(1, 0, 0.2);
   FB_OK(spi_replica_report_load(e, ri->id, ri->id_len, &l));
 }
 

@@ -28,6 +28,8 @@
 
 #include "spotinfer/spotinfer.h"
 
+#include "fake_fleet.h"
+
 #define MS 1000000LL
 #define SEC 1000000000LL
 
@@ -120,14 +122,8 @@ static inline int world_teardown(void **state) {
  * $/h, on-demand at 4.5). */
 static inline void add_replica(world *w, const char *id, int32_t pool,
                                uint32_t max_inflight) {
-  spi_replica_info ri;
-  memset(&ri, 0, sizeof ri);
-  ri.struct_size = sizeof ri;
-  ri.id = id;
-  ri.id_len = strlen(id);
-  ri.pool = pool;
-  ri.usd_per_hour = pool == SPI_POOL_SPOT ? 1.8 : 4.5;
-  ri.max_inflight = max_inflight;
+  spi_replica_info ri = ff_replica(
+      id, pool, pool == SPI_POOL_SPOT ? 1.8 : 4.5, max_inflight);
   int rc = spi_replica_upsert(w->e, &ri);
   if (rc) print_error("%s\n", spi_engine_errmsg(w->e));
   assert_int_equal(rc, SPI_OK);
@@ -136,13 +132,7 @@ static inline void add_replica(world *w, const char *id, int32_t pool,
 /* A load report measured now. */
 static inline void report_load(world *w, const char *id, double running,
                                double waiting, double kv_usage) {
-  spi_load l;
-  memset(&l, 0, sizeof l);
-  l.struct_size = sizeof l;
-  l.running = running;
-  l.waiting = waiting;
-  l.kv_usage = kv_usage;
-  assert_int_equal(spi_replica_report_load(w->e, id, strlen(id), &l), SPI_OK);
+  assert_int_equal(ff_report(w->e, id, running, waiting, kv_usage), SPI_OK);
 }
 
 /* Finish ticket t with status (100 prompt and 10 output tokens). */

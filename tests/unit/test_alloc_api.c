@@ -24,6 +24,7 @@
 #include <cmocka.h>
 
 #include "spotinfer/spotinfer.h"
+#include "fake_fleet.h"
 
 typedef struct counters {
   long n;       /* allocations so far, both kinds */
@@ -91,16 +92,8 @@ static int64_t fixed_clock(void *ud) {
   } while (0)
 
 static int upsert(spi_engine *e, const char *id) {
-  spi_replica_info ri;
-  memset(&ri, 0, sizeof ri);
-  ri.struct_size = sizeof ri;
-  ri.id = id;
-  ri.id_len = strlen(id);
-  ri.pool = SPI_POOL_ON_DEMAND;
-  ri.usd_per_hour = 3;
-  ri.max_inflight = 8;
-  ri.node = "i-0abc";
-  ri.node_len = 6;
+  spi_replica_info ri = ff_replica(id, SPI_POOL_ON_DEMAND, 3, 8);
+  ff_place(&ri, "i-0abc", NULL, NULL);
   return spi_replica_upsert(e, &ri);
 }
 
@@ -135,10 +128,7 @@ static void session(void) {
   STEP(spi_engine_configure(e, cfg, strlen(cfg)), spi_engine_errmsg(e));
   STEP(upsert(e, "r1"), spi_engine_errmsg(e));
   STEP(upsert(e, "r2"), spi_engine_errmsg(e));
-  spi_load l;
-  memset(&l, 0, sizeof l);
-  l.struct_size = sizeof l;
-  l.running = 1;
+  spi_load l = ff_load(1, 0, 0);
   STEP(spi_replica_report_load(e, "r1", 2, &l), spi_engine_errmsg(e));
   STEP(spi_replica_report_load(e, "r2", 2, &l), spi_engine_errmsg(e));
   rc = spi_request_new(e, &r);

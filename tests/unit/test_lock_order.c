@@ -19,6 +19,7 @@
 #include <cmocka.h>
 
 #include "spotinfer/spotinfer.h"
+#include "fake_fleet.h"
 #include "watchdog.h"
 
 #define ROUNDS 2000
@@ -31,30 +32,13 @@ typedef struct shared {
 
 static int upsert(spi_engine *e, const char *id, const char *node,
                   int32_t pool) {
-  spi_replica_info ri;
-  memset(&ri, 0, sizeof ri);
-  ri.struct_size = sizeof ri;
-  ri.id = id;
-  ri.id_len = strlen(id);
-  ri.pool = pool;
-  ri.usd_per_hour = 2;
-  ri.max_inflight = 64;
-  ri.node = node;
-  ri.node_len = strlen(node);
-  ri.zone = "z1";
-  ri.zone_len = 2;
-  ri.instance_type = "g5";
-  ri.instance_type_len = 2;
+  spi_replica_info ri = ff_replica(id, pool, 2, 64);
+  ff_place(&ri, node, "g5", "z1");
   return spi_replica_upsert(e, &ri);
 }
 
 static void load(spi_engine *e, const char *id) {
-  spi_load l;
-  memset(&l, 0, sizeof l);
-  l.struct_size = sizeof l;
-  l.running = 1;
-  l.kv_usage = 0.1;
-  spi_replica_report_load(e, id, strlen(id), &l);
+  ff_report(e, id, 1, 0, 0.1);
 }
 
 /* A terminate notice for machine m1, then its withdrawal, then advice. */

@@ -18,6 +18,7 @@
 
 #include "engine.h"
 #include "routing.h"
+#include "fake_fleet.h"
 #include "std_mem.h"
 
 /* ---------------------------------------------------------------- helpers */
@@ -700,24 +701,12 @@ static void test_render_alloc_failure(void **st) {
 static int64_t fake_now(void *ud) { return *(int64_t *)ud; }
 
 static void add_replica(spi_engine *e, const char *id, int32_t pool) {
-  spi_replica_info info;
-  memset(&info, 0, sizeof info);
-  info.struct_size = sizeof info;
-  info.id = id;
-  info.id_len = strlen(id);
-  info.pool = pool;
-  info.usd_per_hour = 2.5;
-  info.max_inflight = 8;
+  spi_replica_info info = ff_replica(id, pool, 2.5, 8);
   assert_int_equal(spi_replica_upsert(e, &info), SPI_OK);
 }
 
 static void report(spi_engine *e, const char *id, double kv) {
-  spi_load l;
-  memset(&l, 0, sizeof l);
-  l.struct_size = sizeof l;
-  l.running = 1;
-  l.kv_usage = kv;
-  assert_int_equal(spi_replica_report_load(e, id, strlen(id), &l), SPI_OK);
+  assert_int_equal(ff_report(e, id, 1, 0, kv), SPI_OK);
 }
 
 static void test_engine_signals_and_metrics(void **st) {

@@ -16,6 +16,7 @@
 
 #include <cmocka.h>
 
+#include "fake_fleet.h"
 #include "routing.h"
 
 /* ------------------------------------------------------------------ pages */
@@ -576,14 +577,7 @@ static void test_engine_counts_skipped(void **st) {
   spi_engine *e = NULL;
   assert_int_equal(spi_engine_new(&e, NULL), SPI_OK);
   assert_int_equal(spi_engine_configure(e, "{}", 2), SPI_OK);
-  spi_replica_info ri;
-  memset(&ri, 0, sizeof ri);
-  ri.struct_size = sizeof ri;
-  ri.id = "r1";
-  ri.id_len = 2;
-  ri.pool = SPI_POOL_ON_DEMAND;
-  ri.usd_per_hour = 1;
-  ri.max_inflight = 4;
+  spi_replica_info ri = ff_replica("r1", SPI_POOL_ON_DEMAND, 1, 4);
   assert_int_equal(spi_replica_upsert(e, &ri), SPI_OK);
   static char buf[1 << 17];
   size_t need = 0;

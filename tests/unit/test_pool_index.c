@@ -24,6 +24,7 @@
 
 #include "spotinfer/spotinfer.h"
 #include "spotinfer/spotinfer_module.h"
+#include "fake_fleet.h"
 
 #define NREP 150
 #define ROUTERS 2
@@ -83,16 +84,6 @@ static int seen_choose(void *state, void *inst, const spi_route_context *x,
   return SPI_OK;
 }
 
-static int seen_configure(void *state, const char *j, size_t n, void **inst,
-                          char *err, size_t cap) {
-  (void)j;
-  (void)n;
-  (void)err;
-  (void)cap;
-  *inst = state;
-  return SPI_OK;
-}
-
 static void register_seen(spi_engine *e, const char *name, int summaries,
                           seen *o) {
   spi_policy_module m;
@@ -101,7 +92,7 @@ static void register_seen(spi_engine *e, const char *name, int summaries,
   m.struct_size = sizeof m;
   m.on_failure = SPI_ON_FAILURE_ERROR;
   m.flags = summaries ? SPI_POLICY_SUMMARIES_ONLY : 0;
-  m.configure = seen_configure;
+  m.configure = ff_configure_state;
   m.choose = seen_choose;
   assert_int_equal(spi_engine_register_module(e, SPI_MODULE_POLICY, name,
                                               strlen(name), &m, o, NULL),
@@ -136,13 +127,10 @@ static void request(spi_request *r, uint32_t q) {
 static void load(spi_engine *e, uint32_t i, uint64_t *rng) {
   char id[16];
   snprintf(id, sizeof id, "p%u", i);
-  spi_load l;
-  memset(&l, 0, sizeof l);
-  l.struct_size = sizeof l;
-  l.running = (double)(mix(rng) % 6);
-  l.waiting = (double)(mix(rng) % 3);
-  l.kv_usage = 0.01 * (mix(rng) % 100);
-  spi_replica_report_load(e, id, strlen(id), &l);
+  /* One draw at a time: the order of a call's arguments is unspecified. */
+  double running = (double)(mix(rng) % 6);
+  double waiting = (double)(mix(rng) % 3);
+  ff_report(e, id, running, waiting, 0.01 * (mix(rng) % 100));
 }
 
 typedef struct worker {
@@ -205,15 +193,9 @@ static void test_index_exact_after_concurrent_writes(void **st) {
   for (uint32_t i = 0; i < NREP; i++) {
     char id[16];
     snprintf(id, sizeof id, "p%u", i);
-    spi_replica_info ri;
-    memset(&ri, 0, sizeof ri);
-    ri.struct_size = sizeof ri;
-    ri.id = id;
-    ri.id_len = strlen(id);
-    ri.pool = i % 2 ? SPI_POOL_ON_DEMAND : SPI_POOL_SPOT;
+    spi_replica_info ri = ff_replica(
+        id, i % 2 ? SPI_POOL_ON_DEMAND : SPI_POOL_SPOT, 2.0, 1 + i % 4);
     ri.model_tier = i % 3 ? SPI_TIER_LARGE : SPI_TIER_SMALL;
-    ri.usd_per_hour = 2.0;
-    ri.max_inflight = 1 + i % 4;
     assert_int_equal(spi_replica_upsert(e, &ri), SPI_OK);
     load(e, i, &rng);
   }

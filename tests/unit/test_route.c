@@ -19,19 +19,10 @@
 
 static void add(world *w, const char *id, int32_t pool, int32_t tier,
                 uint32_t max_inflight) {
-  spi_replica_info ri;
-  memset(&ri, 0, sizeof ri);
-  ri.struct_size = sizeof ri;
-  ri.id = id;
-  ri.id_len = strlen(id);
-  ri.pool = pool;
+  spi_replica_info ri = ff_replica(
+      id, pool, pool == SPI_POOL_SPOT ? 1.8 : 4.5, max_inflight);
   ri.model_tier = tier;
-  ri.zone = "z1";
-  ri.zone_len = 2;
-  ri.instance_type = "g5.xlarge";
-  ri.instance_type_len = 9;
-  ri.usd_per_hour = pool == SPI_POOL_SPOT ? 1.8 : 4.5;
-  ri.max_inflight = max_inflight;
+  ff_place(&ri, NULL, "g5.xlarge", "z1");
   int rc = spi_replica_upsert(w->e, &ri);
   if (rc) print_error("%s\n", spi_engine_errmsg(w->e));
   assert_int_equal(rc, SPI_OK);
@@ -39,13 +30,7 @@ static void add(world *w, const char *id, int32_t pool, int32_t tier,
 
 static void load(world *w, const char *id, double running, double waiting,
                  double kv) {
-  spi_load l;
-  memset(&l, 0, sizeof l);
-  l.struct_size = sizeof l;
-  l.running = running;
-  l.waiting = waiting;
-  l.kv_usage = kv;
-  assert_int_equal(spi_replica_report_load(w->e, id, strlen(id), &l), SPI_OK);
+  assert_int_equal(ff_report(w->e, id, running, waiting, kv), SPI_OK);
 }
 
 static void fleet(world *w) {
@@ -144,16 +129,9 @@ static void test_no_capacity(void **st) {
   assert_int_equal(d.klass, SPI_CLASS_GOLD);
   assert_non_null(strstr(spi_request_errmsg(w->r), "no eligible"));
   /* A replica serving another model only. */
-  spi_replica_info ri;
-  memset(&ri, 0, sizeof ri);
-  ri.struct_size = sizeof ri;
-  ri.id = "od-x";
-  ri.id_len = 4;
-  ri.pool = SPI_POOL_ON_DEMAND;
+  spi_replica_info ri = ff_replica("od-x", SPI_POOL_ON_DEMAND, 4, 4);
   ri.models = "mistral,qwen";
   ri.models_len = 12;
-  ri.usd_per_hour = 4;
-  ri.max_inflight = 4;
   assert_int_equal(spi_replica_upsert(w->e, &ri), SPI_OK);
   load(w, "od-x", 0, 0, 0);
   assert_int_equal(route(w, &d), SPI_ENOCAPACITY);
@@ -595,16 +573,6 @@ static int bad_choose(void *state, void *inst, const spi_route_context *x,
   out->order[0] = 0;
   return SPI_OK;
 }
-static int plain_configure(void *state, const char *j, size_t n, void **inst,
-                           char *err, size_t cap) {
-  (void)j;
-  (void)n;
-  (void)err;
-  (void)cap;
-  *inst = state;
-  return SPI_OK;
-}
-
 static void test_user_policy_checked(void **st) {
   (void)st;
   world *w = mk(NULL);
@@ -613,7 +581,7 @@ static void test_user_policy_checked(void **st) {
   m.abi_version = SPI_MODULE_ABI_VERSION;
   m.struct_size = sizeof m;
   m.on_failure = SPI_ON_FAILURE_ERROR;
-  m.configure = plain_configure;
+  m.configure = ff_configure_state;
   m.choose = bad_choose;
   assert_int_equal(spi_engine_register_module(w->e, SPI_MODULE_POLICY, "first",
                                               5, &m, NULL, NULL),
@@ -749,7 +717,7 @@ static void register_summary_policy(world *w, const char *name, int *full) {
   m.struct_size = sizeof m;
   m.on_failure = SPI_ON_FAILURE_ERROR;
   m.flags = *full ? 0 : SPI_POLICY_SUMMARIES_ONLY;
-  m.configure = plain_configure;
+  m.configure = ff_configure_state;
   m.choose = summary_choose;
   assert_int_equal(spi_engine_register_module(w->e, SPI_MODULE_POLICY, name,
                                               strlen(name), &m, full, NULL),
@@ -815,7 +783,7 @@ static void test_summaries_compact(void **st) {
   m.abi_version = SPI_MODULE_ABI_VERSION;
   m.struct_size = sizeof m;
   m.flags = 0x40;
-  m.configure = plain_configure;
+  m.configure = ff_configure_state;
   m.choose = summary_choose;
   assert_int_equal(spi_engine_register_module(w->e, SPI_MODULE_POLICY, "odd", 3,
                                               &m, &full, NULL),

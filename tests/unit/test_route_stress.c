@@ -16,6 +16,7 @@
 #include <cmocka.h>
 
 #include "spotinfer/spotinfer.h"
+#include "fake_fleet.h"
 
 #define ROUTERS 3
 #define ROUTES_PER_THREAD 3000
@@ -27,24 +28,13 @@ typedef struct shared {
 } shared;
 
 static void add(spi_engine *e, const char *id, int32_t pool) {
-  spi_replica_info ri;
-  memset(&ri, 0, sizeof ri);
-  ri.struct_size = sizeof ri;
-  ri.id = id;
-  ri.id_len = strlen(id);
-  ri.pool = pool;
-  ri.usd_per_hour = pool == SPI_POOL_SPOT ? 1.5 : 4;
-  ri.max_inflight = 64;
+  spi_replica_info ri =
+      ff_replica(id, pool, pool == SPI_POOL_SPOT ? 1.5 : 4, 64);
   spi_replica_upsert(e, &ri);
 }
 
 static void load(spi_engine *e, const char *id, double run, double kv) {
-  spi_load l;
-  memset(&l, 0, sizeof l);
-  l.struct_size = sizeof l;
-  l.running = run;
-  l.kv_usage = kv;
-  spi_replica_report_load(e, id, strlen(id), &l);
+  ff_report(e, id, run, 0, kv);
 }
 
 static void *router(void *arg) {

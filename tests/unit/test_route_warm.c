@@ -18,6 +18,7 @@
 #include <cmocka.h>
 
 #include "spotinfer/spotinfer.h"
+#include "fake_fleet.h"
 
 #define NREP 512
 #define NREQ 16
@@ -41,27 +42,16 @@ static int64_t c_clock(void *ud) { return ((counting *)ud)->now; }
 static void report(spi_engine *e, int i, double running) {
   char id[32];
   snprintf(id, sizeof id, "w%03d", i);
-  spi_load l;
-  memset(&l, 0, sizeof l);
-  l.struct_size = sizeof l;
-  l.running = running;
-  l.waiting = i % 3;
-  l.kv_usage = 0.25;
-  assert_int_equal(spi_replica_report_load(e, id, strlen(id), &l), SPI_OK);
+  assert_int_equal(ff_report(e, id, running, i % 3, 0.25), SPI_OK);
 }
 
 static void upsert(spi_engine *e, int i) {
   char id[32];
   snprintf(id, sizeof id, "w%03d", i);
-  spi_replica_info ri;
-  memset(&ri, 0, sizeof ri);
-  ri.struct_size = sizeof ri;
-  ri.id = id;
-  ri.id_len = strlen(id);
-  ri.pool = i % 2 ? SPI_POOL_ON_DEMAND : SPI_POOL_SPOT;
+  spi_replica_info ri =
+      ff_replica(id, i % 2 ? SPI_POOL_ON_DEMAND : SPI_POOL_SPOT,
+                 i % 2 ? 4.5 : 1.8, 1 + (uint32_t)(i % 8));
   ri.model_tier = i % 5 ? SPI_TIER_LARGE : SPI_TIER_SMALL;
-  ri.usd_per_hour = i % 2 ? 4.5 : 1.8;
-  ri.max_inflight = 1 + (uint32_t)(i % 8);
   assert_int_equal(spi_replica_upsert(e, &ri), SPI_OK);
 }
 

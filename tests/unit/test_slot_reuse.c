@@ -25,6 +25,7 @@
 
 #include "spotinfer/spotinfer.h"
 #include "spotinfer/spotinfer_module.h"
+#include "fake_fleet.h"
 
 #define SLOTS 4096 /* SPI_REPLICA_SLOTS */
 
@@ -36,21 +37,10 @@ typedef struct world {
 } world;
 
 static int add_rc(spi_engine *e, const char *id) {
-  spi_replica_info ri;
-  memset(&ri, 0, sizeof ri);
-  ri.struct_size = sizeof ri;
-  ri.id = id;
-  ri.id_len = strlen(id);
-  ri.pool = SPI_POOL_SPOT;
-  ri.usd_per_hour = 1.5;
-  ri.max_inflight = 8;
+  spi_replica_info ri = ff_replica(id, SPI_POOL_SPOT, 1.5, 8);
   int rc = spi_replica_upsert(e, &ri);
   if (rc != SPI_OK) return rc;
-  spi_load l;
-  memset(&l, 0, sizeof l);
-  l.struct_size = sizeof l;
-  l.kv_usage = 0.1;
-  return spi_replica_report_load(e, id, strlen(id), &l);
+  return ff_report(e, id, 0, 0, 0.1);
 }
 
 static void add(spi_engine *e, const char *id) {
@@ -72,16 +62,6 @@ static void *add_b(void *arg) {
 /* Whether the replica set has n replicas; polled while a writer runs. */
 static void wait_count(spi_engine *e, size_t n) {
   while (spi_replica_count(e) != n) sched_yield();
-}
-
-static int hold_configure(void *state, const char *j, size_t n, void **inst,
-                          char *err, size_t cap) {
-  (void)j;
-  (void)n;
-  (void)err;
-  (void)cap;
-  *inst = state;
-  return SPI_OK;
 }
 
 /* Chooses the first candidate; the held route first lets "a" be removed
@@ -130,7 +110,7 @@ static void test_removed_slot_not_reused_under_route(void **st) {
   m.abi_version = SPI_MODULE_ABI_VERSION;
   m.struct_size = sizeof m;
   m.on_failure = SPI_ON_FAILURE_ERROR;
-  m.configure = hold_configure;
+  m.configure = ff_configure_state;
   m.choose = hold_choose;
   assert_int_equal(spi_engine_register_module(w.e, SPI_MODULE_POLICY, "hold", 4,
                                               &m, &w, NULL),

@@ -22,6 +22,7 @@
 #include <cmocka.h>
 
 #include "spotinfer/spotinfer.h"
+#include "fake_fleet.h"
 #include "watchdog.h"
 
 #define ROUTERS 4
@@ -46,20 +47,9 @@ static void bad(storm *s, const char *what, int rc) {
 
 static int upsert(spi_engine *e, const char *id, const char *node,
                   int32_t pool) {
-  spi_replica_info ri;
-  memset(&ri, 0, sizeof ri);
-  ri.struct_size = sizeof ri;
-  ri.id = id;
-  ri.id_len = strlen(id);
-  ri.pool = pool;
-  ri.usd_per_hour = pool == SPI_POOL_SPOT ? 1.5 : 4;
-  ri.max_inflight = 32;
-  ri.node = node;
-  ri.node_len = strlen(node);
-  ri.zone = "z1";
-  ri.zone_len = 2;
-  ri.instance_type = "g5";
-  ri.instance_type_len = 2;
+  spi_replica_info ri =
+      ff_replica(id, pool, pool == SPI_POOL_SPOT ? 1.5 : 4, 32);
+  ff_place(&ri, node, "g5", "z1");
   return spi_replica_upsert(e, &ri);
 }
 
@@ -127,12 +117,7 @@ static void *reporter(void *arg) {
                         "vllm:gpu_cache_usage_perc 0.25\n";
   for (int i = 0; !atomic_load(&s->stop); i++) {
     const char *id = ids[i % 5];
-    spi_load l;
-    memset(&l, 0, sizeof l);
-    l.struct_size = sizeof l;
-    l.running = i % 7;
-    l.kv_usage = (i % 10) / 20.0;
-    int rc = spi_replica_report_load(s->e, id, strlen(id), &l);
+    int rc = ff_report(s->e, id, i % 7, 0, (i % 10) / 20.0);
     if (rc != SPI_OK && rc != SPI_ENOTFOUND) bad(s, "report_load", rc);
     rc = spi_replica_report_metrics(s->e, id, strlen(id), metrics,
                                     strlen(metrics));
