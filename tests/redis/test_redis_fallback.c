@@ -23,25 +23,12 @@
 #include <cmocka.h>
 
 #include "spotinfer/spotinfer.h"
+#include "unit/replay_helpers.h"
 
 static pid_t redis_pid;
 
 static spi_envelope env_of(const char *key) {
-  spi_envelope v;
-  memset(&v, 0, sizeof v);
-  v.struct_size = sizeof v;
-  v.key = key;
-  v.key_len = strlen(key);
-  v.body = "{\"model\":\"m\",\"messages\":[]}";
-  v.body_len = strlen(v.body);
-  v.klass = SPI_CLASS_SILVER;
-  return v;
-}
-
-static int stats_of(spi_replay_queue *q, spi_replay_stats *s) {
-  memset(s, 0, sizeof *s);
-  s->struct_size = sizeof *s;
-  return spi_replay_stats_get(q, s);
+  return rq_envelope(key, SPI_CLASS_SILVER, "{\"model\":\"m\",\"messages\":[]}");
 }
 
 /* The value of the unlabelled sample name in the engine's metrics text, or
@@ -78,7 +65,7 @@ static void while_stopped(spi_engine *e, spi_replay_queue *q, seen *w) {
     w->dup[i] = -1;
     w->enqueue_rc[i] = spi_replay_enqueue(q, &v, &w->dup[i]);
   }
-  w->stats_rc = stats_of(q, &w->stats);
+  w->stats_rc = rq_stats_rc(q, &w->stats);
   w->held = metric(e, "spotinfer_replay_fallback_envelopes");
   w->enqueued = metric(e, "spotinfer_replay_fallback_enqueued_total");
   w->moved = metric(e, "spotinfer_replay_fallback_moved_total");
@@ -100,7 +87,7 @@ static void test_fallback_counts(void **st) {
   spi_replay_queue *q = NULL;
   assert_int_equal(spi_replay_open(e, json, strlen(json), &q), SPI_OK);
   spi_replay_stats s;
-  assert_int_equal(stats_of(q, &s), SPI_OK);
+  assert_int_equal(rq_stats_rc(q, &s), SPI_OK);
   assert_int_equal(s.fallback_held, 0);
   assert_int_equal(metric(e, "spotinfer_replay_fallback_envelopes"), 0);
 
@@ -129,7 +116,7 @@ static void test_fallback_counts(void **st) {
   for (int i = 0; i < 200; i++) {
     sleep_ms(100);
     spi_replay_tick(q);
-    rc = stats_of(q, &s);
+    rc = rq_stats_rc(q, &s);
     if (rc == SPI_OK && s.fallback_held == 0) break;
   }
   assert_int_equal(rc, SPI_OK);
@@ -143,16 +130,9 @@ static void test_fallback_counts(void **st) {
 
   /* Leave the shared server as it was. */
   for (int i = 0; i < 3; i++) {
-    uint64_t id = 0;
-    spi_envelope out;
-    memset(&out, 0, sizeof out);
-    out.struct_size = sizeof out;
-    char buf[256];
-    assert_int_equal(spi_replay_claim(q, 0xe, 0, &id, &out, buf, sizeof buf,
-                                      NULL),
-                     SPI_OK);
-    assert_true(id != 0);
-    assert_int_equal(spi_replay_ack(q, id), SPI_OK);
+    rq_claimed c;
+    assert_int_equal(rq_claim(q, RQ_ALL, 0, &c), SPI_OK);
+    assert_int_equal(spi_replay_ack(q, c.id), SPI_OK);
   }
   spi_replay_close(q);
   /* Closed, the queue no longer counts in the engine's gauge. */
@@ -187,7 +167,7 @@ static void test_left_by_an_earlier_process(void **st) {
   assert_int_equal(metric(e, "spotinfer_replay_fallback_envelopes"), 0);
   assert_int_equal(spi_replay_open(e, json, strlen(json), &q), SPI_OK);
   spi_replay_stats s;
-  assert_int_equal(stats_of(q, &s), SPI_EIO);
+  assert_int_equal(rq_stats_rc(q, &s), SPI_EIO);
   assert_int_equal(s.fallback_held, 2);
   assert_int_equal(s.fallback_enqueued, 0);
   assert_int_equal(metric(e, "spotinfer_replay_fallback_envelopes"), 2);

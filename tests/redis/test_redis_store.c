@@ -20,17 +20,10 @@
 #include "spotinfer/spotinfer.h"
 #include "spotinfer/spotinfer_module.h"
 #include "spotinfer/spotinfer_redis.h"
+#include "unit/replay_helpers.h"
 
 static spi_envelope env_of(const char *key) {
-  spi_envelope v;
-  memset(&v, 0, sizeof v);
-  v.struct_size = sizeof v;
-  v.key = key;
-  v.key_len = strlen(key);
-  v.body = "{\"model\":\"m\",\"messages\":[]}";
-  v.body_len = strlen(v.body);
-  v.klass = SPI_CLASS_GOLD;
-  return v;
+  return rq_envelope(key, SPI_CLASS_GOLD, "{\"model\":\"m\",\"messages\":[]}");
 }
 
 static int open_q(spi_engine *e, const char *json, spi_replay_queue **q) {
@@ -116,19 +109,11 @@ static void test_unreachable(void **st) {
   spi_envelope v = env_of("u1");
   assert_int_equal(spi_replay_enqueue(q, &v, NULL), SPI_EIO);
   assert_non_null(strstr(spi_replay_errmsg(q), "redis 127.0.0.1:1"));
-  uint64_t id = 9;
-  spi_envelope out;
-  memset(&out, 0, sizeof out);
-  out.struct_size = sizeof out;
-  char buf[256];
-  assert_int_equal(spi_replay_claim(q, 0xe, 0, &id, &out, buf, sizeof buf,
-                                    NULL),
-                   SPI_EIO);
+  rq_claimed c;
+  assert_int_equal(rq_claim(q, RQ_ALL, 0, &c), SPI_EIO);
   assert_int_equal(spi_replay_tick(q), SPI_EIO);
   spi_replay_stats s;
-  memset(&s, 0, sizeof s);
-  s.struct_size = sizeof s;
-  assert_int_equal(spi_replay_stats_get(q, &s), SPI_EIO);
+  assert_int_equal(rq_stats_rc(q, &s), SPI_EIO);
   spi_replay_close(q);
   spi_engine_free(e);
 }
@@ -174,29 +159,19 @@ static void test_fallback_moves_once(void **st) {
              dir, port, (long)getpid());
     assert_int_equal(open_q(e, json, &q), SPI_OK);
     assert_int_equal(spi_replay_tick(q), SPI_OK);
-    spi_replay_stats s;
-    memset(&s, 0, sizeof s);
-    s.struct_size = sizeof s;
-    assert_int_equal(spi_replay_stats_get(q, &s), SPI_OK);
+    spi_replay_stats s = rq_stats(q);
     assert_int_equal(s.ready[SPI_CLASS_GOLD], 4);
     /* A second queue on it finds nothing left to move. */
     spi_replay_close(q);
     assert_int_equal(open_q(e, json, &q), SPI_OK);
     assert_int_equal(spi_replay_tick(q), SPI_OK);
-    assert_int_equal(spi_replay_stats_get(q, &s), SPI_OK);
+    s = rq_stats(q);
     assert_int_equal(s.ready[SPI_CLASS_GOLD], 4);
     for (int i = 0; i < 4; i++) {
-      uint64_t id = 0;
-      spi_envelope out;
-      memset(&out, 0, sizeof out);
-      out.struct_size = sizeof out;
-      char buf[256];
-      assert_int_equal(spi_replay_claim(q, 0xe, 0, &id, &out, buf, sizeof buf,
-                                        NULL),
-                       SPI_OK);
-      assert_true(id != 0);
-      assert_memory_equal(out.key, keys[i], 3); /* oldest first */
-      assert_int_equal(spi_replay_ack(q, id), SPI_OK);
+      rq_claimed c;
+      assert_int_equal(rq_claim(q, RQ_ALL, 0, &c), SPI_OK);
+      assert_string_equal(c.key, keys[i]); /* oldest first */
+      assert_int_equal(spi_replay_ack(q, c.id), SPI_OK);
     }
     spi_replay_close(q);
   }

@@ -25,67 +25,34 @@
 #include <cmocka.h>
 
 #include "journal_files.h"
+#include "replay_helpers.h"
+#include "std_mem.h"
 
 #include "engine.h"
 #include "replay.h"
 
-/* What the claim helpers answer when nothing is ready; the library's answer
- * is SPI_OK with claim id 0 (SPI_ENOTFOUND before 0.3.0). */
-#define NOTHING_READY 1
+#define NOTHING_READY RQ_NOTHING_READY
 #define MS 1000000LL
 #define T0 (1700000000LL * 1000000000LL)
-#define ALL 0xeu
+#define ALL RQ_ALL
 
 /* ---------------------------------------------------------------- helpers */
 
 typedef struct fixture {
-  int64_t now;
-  long allocs, frees, fail_at;
+  rq_hooks h; /* the engine's clock and allocator */
   spi_engine *e;
   spi_replay_queue *q;
   char dir[256];
   int quiet; /* no message for a failed open */
 } fixture;
 
-static int64_t fake_clock(void *ud) {
-  return __atomic_load_n(&((fixture *)ud)->now, __ATOMIC_SEQ_CST);
-}
-
-static void *f_alloc(void *ud, size_t n) {
-  fixture *f = ud;
-  /* Threads allocate at once in some tests: count atomically. */
-  long fail_at = __atomic_load_n(&f->fail_at, __ATOMIC_SEQ_CST);
-  if (fail_at >= 0 &&
-      __atomic_load_n(&f->allocs, __ATOMIC_SEQ_CST) == fail_at) {
-    __atomic_store_n(&f->fail_at, -1, __ATOMIC_SEQ_CST);
-    return NULL;
-  }
-  __atomic_fetch_add(&f->allocs, 1, __ATOMIC_SEQ_CST);
-  return malloc(n);
-}
-
-static void f_free(void *ud, void *p) {
-  __atomic_fetch_add(&((fixture *)ud)->frees, 1, __ATOMIC_SEQ_CST);
-  free(p);
-}
-
 static fixture *setup(void) {
   fixture *f = calloc(1, sizeof *f);
   assert_non_null(f);
-  f->now = T0;
-  f->fail_at = -1;
-  const char *tmp = getenv("TMPDIR");
-  snprintf(f->dir, sizeof f->dir, "%s/spi-journal-XXXXXX",
-           tmp && tmp[0] ? tmp : "/tmp");
-  assert_non_null(mkdtemp(f->dir));
-  spi_hooks h;
-  memset(&h, 0, sizeof h);
-  h.struct_size = sizeof h;
-  h.clock = fake_clock;
-  h.clock_user_data = f;
-  h.alloc = f_alloc;
-  h.free = f_free;
-  h.alloc_user_data = f;
+  f->h.now = T0;
+  f->h.fail_at = -1;
+  rq_tmpdir(f->dir, sizeof f->dir, "journal");
+  spi_hooks h = rq_hooks_of(&f->h);
   assert_int_equal(spi_engine_new(&f->e, &h), SPI_OK);
   return f;
 }
@@ -93,18 +60,14 @@ static fixture *setup(void) {
 static void teardown(fixture *f) {
   spi_replay_close(f->q);
   spi_engine_free(f->e);
-  assert_int_equal(f->allocs, f->frees);
+  assert_int_equal(f->h.allocs, f->h.frees);
   rm_rf(f->dir);
   free(f);
 }
 
 /* Open a journal queue on f->dir; extra is more JSON members or "". */
 static int open_j(fixture *f, const char *extra) {
-  char cfg[1024];
-  snprintf(cfg, sizeof cfg, "{\"store\":\"journal\",\"dir\":\"%s\"%s%s}",
-           f->dir, extra[0] ? "," : "", extra);
-  f->q = NULL;
-  int rc = spi_replay_open(f->e, cfg, strlen(cfg), &f->q);
+  int rc = rq_open_journal(f->e, f->dir, extra, &f->q);
   if (rc != SPI_OK && !f->quiet)
     print_message("open: %s\n", spi_engine_errmsg(f->e));
   return rc;
@@ -117,62 +80,34 @@ static void reopen(fixture *f, const char *extra) {
 }
 
 static spi_envelope env_of(const char *key, int32_t klass) {
-  spi_envelope v;
-  memset(&v, 0, sizeof v);
-  v.struct_size = sizeof v;
-  v.key = key;
-  v.key_len = strlen(key);
-  v.body = "{\"model\":\"m\",\"prompt\":\"Tell me a story\",\"max_tokens\":64}";
-  v.body_len = strlen(v.body);
+  spi_envelope v = rq_envelope(
+      key, klass,
+      "{\"model\":\"m\",\"prompt\":\"Tell me a story\",\"max_tokens\":64}");
   v.openai_kind = SPI_OPENAI_COMPLETIONS;
-  v.klass = klass;
   return v;
 }
 
 static void enqueue(fixture *f, const char *key, int32_t klass) {
   spi_envelope v = env_of(key, klass);
-  int32_t dup = -1;
-  int rc = spi_replay_enqueue(f->q, &v, &dup);
-  if (rc != SPI_OK)
-    print_error("enqueue %s: %s\n", key, spi_replay_errmsg(f->q));
-  assert_int_equal(rc, SPI_OK);
-  assert_int_equal(dup, 0);
+  rq_enqueue(f->q, &v);
+}
+
+/* Enqueue <prefix>0 .. <prefix><n-1> in lane klass. */
+static void enqueue_n(fixture *f, const char *prefix, int n, int32_t klass) {
+  spi_envelope v = env_of("", klass);
+  rq_enqueue_keys(f->q, &v, prefix, n);
 }
 
 static int is_dup(fixture *f, const char *key) {
   spi_envelope v = env_of(key, SPI_CLASS_BRONZE);
-  int32_t dup = -1;
-  assert_int_equal(spi_replay_enqueue(f->q, &v, &dup), SPI_OK);
-  return dup;
+  return rq_is_dup(f->q, &v);
 }
 
-typedef struct claimed {
-  uint64_t id;
-  spi_envelope env;
-  char key[160];
-  uint8_t buf[8192];
-} claimed;
+typedef rq_claimed claimed;
 
-static int claim(fixture *f, claimed *c) {
-  memset(c, 0, sizeof *c);
-  c->env.struct_size = sizeof c->env;
-  int rc = spi_replay_claim(f->q, ALL, 0, &c->id, &c->env, c->buf,
-                            sizeof c->buf, NULL);
-  if (rc == SPI_OK && c->id == 0) return NOTHING_READY;
-  if (rc == SPI_OK) {
-    memcpy(c->key, c->env.key, c->env.key_len);
-    c->key[c->env.key_len] = '\0';
-  }
-  return rc;
-}
+static int claim(fixture *f, claimed *c) { return rq_claim(f->q, ALL, 0, c); }
 
-static spi_replay_stats stats(fixture *f) {
-  spi_replay_stats s;
-  memset(&s, 0, sizeof s);
-  s.struct_size = sizeof s;
-  assert_int_equal(spi_replay_stats_get(f->q, &s), SPI_OK);
-  return s;
-}
+static spi_replay_stats stats(fixture *f) { return rq_stats(f->q); }
 
 /* A caller built against 0.1.0 passes the struct as it was then (up to
  * journal_bytes): it is filled that far and not a byte further. */
@@ -230,16 +165,6 @@ static void test_crc32c(void **st) {
 }
 
 /* ------------------------------------------------------------- framing */
-
-static void *std_alloc(void *ud, size_t n) {
-  (void)ud;
-  return malloc(n);
-}
-static void std_free(void *ud, void *p) {
-  (void)ud;
-  free(p);
-}
-static const spi_mem MEM = {std_alloc, std_free, NULL};
 
 typedef struct collected {
   int n;
@@ -451,7 +376,7 @@ static void test_round_trip(void **st) {
   assert_int_equal(claim(f, &c), SPI_OK);
   assert_string_equal(c.key, "dead");
   assert_int_equal(spi_replay_nack(f->q, c.id), SPI_OK);
-  f->now += 1000 * MS;
+  f->h.now += 1000 * MS;
   assert_int_equal(claim(f, &c), SPI_OK);
   assert_string_equal(c.key, "delayed");
   assert_int_equal(spi_replay_nack(f->q, c.id), SPI_OK); /* 2nd: dead */
@@ -498,7 +423,7 @@ static void test_round_trip(void **st) {
   assert_string_equal(c.env.tenant, "acme");
   assert_int_equal(c.env.openai_kind, SPI_OPENAI_COMPLETIONS);
   /* The delayed one waits out its backoff across the restart. */
-  f->now += 1000 * MS;
+  f->h.now += 1000 * MS;
   assert_int_equal(stats(f).delayed, 0);
   teardown(f);
 }
@@ -508,11 +433,7 @@ static void test_round_trip(void **st) {
 /* Ten enqueues; returns the byte range of the last record in 000001.log. */
 static void ten_records(fixture *f, uint64_t *start, uint64_t *end) {
   assert_int_equal(open_j(f, ""), SPI_OK);
-  char key[16];
-  for (int i = 0; i < 9; i++) {
-    snprintf(key, sizeof key, "r%d", i);
-    enqueue(f, key, SPI_CLASS_SILVER);
-  }
+  enqueue_n(f, "r", 9, SPI_CLASS_SILVER);
   *start = sstats(f).bytes;
   enqueue(f, "r9", SPI_CLASS_SILVER);
   *end = sstats(f).bytes;
@@ -646,11 +567,7 @@ static void test_damage_in_earlier_segment(void **st) {
   (void)st;
   fixture *f = setup();
   assert_int_equal(open_j(f, "\"segment_bytes\":4096"), SPI_OK);
-  char key[16];
-  for (int i = 0; i < 120; i++) {
-    snprintf(key, sizeof key, "s%d", i);
-    enqueue(f, key, SPI_CLASS_GOLD);
-  }
+  enqueue_n(f, "s", 120, SPI_CLASS_GOLD);
   spi_replay_close(f->q);
   f->q = NULL;
   int logs = count_suffix(f->dir, ".log");
@@ -805,11 +722,7 @@ static void test_fsync_policies(void **st) {
     char cfg[64];
     snprintf(cfg, sizeof cfg, "\"fsync\":\"%s\"", pol[p]);
     assert_int_equal(open_j(f, cfg), SPI_OK);
-    char key[16];
-    for (int i = 0; i < 20; i++) {
-      snprintf(key, sizeof key, "p%d", i);
-      enqueue(f, key, SPI_CLASS_GOLD);
-    }
+    enqueue_n(f, "p", 20, SPI_CLASS_GOLD);
     claimed c;
     for (int i = 0; i < 10; i++) {
       assert_int_equal(claim(f, &c), SPI_OK);
@@ -873,11 +786,7 @@ static void test_segments_roll(void **st) {
   (void)st;
   fixture *f = setup();
   assert_int_equal(open_j(f, "\"segment_bytes\":4096"), SPI_OK);
-  char key[16];
-  for (int i = 0; i < 100; i++) {
-    snprintf(key, sizeof key, "g%d", i);
-    enqueue(f, key, SPI_CLASS_BRONZE);
-  }
+  enqueue_n(f, "g", 100, SPI_CLASS_BRONZE);
   int logs = count_suffix(f->dir, ".log");
   assert_true(logs >= 3);
   reopen(f, "\"segment_bytes\":4096");
@@ -968,11 +877,7 @@ static void test_recovery_alloc_failures(void **st) {
   (void)st;
   fixture *f = setup();
   assert_int_equal(open_j(f, "\"segment_bytes\":4096"), SPI_OK);
-  char key[16];
-  for (int i = 0; i < 40; i++) {
-    snprintf(key, sizeof key, "m%d", i);
-    enqueue(f, key, SPI_CLASS_GOLD);
-  }
+  enqueue_n(f, "m", 40, SPI_CLASS_GOLD);
   claimed c;
   assert_int_equal(claim(f, &c), SPI_OK);
   assert_int_equal(spi_replay_ack(f->q, c.id), SPI_OK);
@@ -981,10 +886,10 @@ static void test_recovery_alloc_failures(void **st) {
   int failures = 0;
   f->quiet = 1;
   for (long n = 0; n < 400; n++) {
-    f->fail_at = f->allocs + n;
+    f->h.fail_at = f->h.allocs + n;
     int rc = open_j(f, "");
-    int hit = f->fail_at == -1;
-    f->fail_at = -1;
+    int hit = f->h.fail_at == -1;
+    f->h.fail_at = -1;
     if (rc == SPI_OK) {
       assert_int_equal(ready(f), 39);
       spi_replay_close(f->q);

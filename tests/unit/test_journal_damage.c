@@ -28,6 +28,7 @@
 #include <cmocka.h>
 
 #include "journal_files.h"
+#include "replay_helpers.h"
 
 #include "replay.h"
 
@@ -46,10 +47,7 @@ typedef struct fixture {
 static fixture *setup(void) {
   fixture *f = calloc(1, sizeof *f);
   assert_non_null(f);
-  const char *tmp = getenv("TMPDIR");
-  snprintf(f->dir, sizeof f->dir, "%s/spi-damage-XXXXXX",
-           tmp && tmp[0] ? tmp : "/tmp");
-  assert_non_null(mkdtemp(f->dir));
+  rq_tmpdir(f->dir, sizeof f->dir, "damage");
   assert_int_equal(spi_engine_new(&f->e, NULL), SPI_OK);
   return f;
 }
@@ -62,11 +60,7 @@ static void teardown(fixture *f) {
 }
 
 static int open_j(fixture *f, const char *extra) {
-  char cfg[1024];
-  snprintf(cfg, sizeof cfg, "{\"store\":\"journal\",\"dir\":\"%s\"%s%s}",
-           f->dir, extra[0] ? "," : "", extra);
-  f->q = NULL;
-  return spi_replay_open(f->e, cfg, strlen(cfg), &f->q);
+  return rq_open_journal(f->e, f->dir, extra, &f->q);
 }
 
 static void close_j(fixture *f) {
@@ -74,26 +68,28 @@ static void close_j(fixture *f) {
   f->q = NULL;
 }
 
-static void enqueue(fixture *f, const char *key) {
-  spi_envelope v;
-  memset(&v, 0, sizeof v);
-  v.struct_size = sizeof v;
-  v.key = key;
-  v.key_len = strlen(key);
+static spi_envelope env_of(const char *key) {
   /* About 450 bytes a record: a few segments of 4096 bytes. */
   static char body[512];
   if (!body[0]) {
-    int n = snprintf(body, sizeof body, "{\"model\":\"m\",\"prompt\":\"");
-    for (; n < 400; n++) body[n] = (char)('a' + n % 26);
-    snprintf(body + n, sizeof body - (size_t)n, "\"}");
+    int at = snprintf(body, sizeof body, "{\"model\":\"m\",\"prompt\":\"");
+    for (; at < 400; at++) body[at] = (char)('a' + at % 26);
+    snprintf(body + at, sizeof body - (size_t)at, "\"}");
   }
-  v.body = body;
-  v.body_len = strlen(v.body);
+  spi_envelope v = rq_envelope(key, SPI_CLASS_SILVER, body);
   v.openai_kind = SPI_OPENAI_COMPLETIONS;
-  v.klass = SPI_CLASS_SILVER;
-  int32_t dup = -1;
-  assert_int_equal(spi_replay_enqueue(f->q, &v, &dup), SPI_OK);
-  assert_int_equal(dup, 0);
+  return v;
+}
+
+static void enqueue(fixture *f, const char *key) {
+  spi_envelope v = env_of(key);
+  rq_enqueue(f->q, &v);
+}
+
+/* Enqueue k0 .. k<n-1>. */
+static void enqueue_n(fixture *f, int n) {
+  spi_envelope v = env_of("");
+  rq_enqueue_keys(f->q, &v, "k", n);
 }
 
 /* Claim everything; mark which of keys k0..k(n-1) came back. */
@@ -119,13 +115,7 @@ static int drain(fixture *f, uint8_t *seen, int n) {
   return count;
 }
 
-static spi_replay_stats qstats(fixture *f) {
-  spi_replay_stats s;
-  memset(&s, 0, sizeof s);
-  s.struct_size = sizeof s;
-  assert_int_equal(spi_replay_stats_get(f->q, &s), SPI_OK);
-  return s;
-}
+static spi_replay_stats qstats(fixture *f) { return rq_stats(f->q); }
 
 /* ------------------------------------------------------ a small journal */
 
@@ -146,11 +136,7 @@ typedef struct journal_image {
 /* NREC enqueues of k0..k23 over several segments, and their layout. */
 static void build(fixture *f, journal_image *img) {
   assert_int_equal(open_j(f, SEG_CFG), SPI_OK);
-  char key[16];
-  for (int i = 0; i < NREC; i++) {
-    snprintf(key, sizeof key, "k%d", i);
-    enqueue(f, key);
-  }
+  enqueue_n(f, NREC);
   close_j(f);
   memset(img, 0, sizeof *img);
   int key_no = 0;
@@ -238,29 +224,46 @@ static void test_flip_every_record(void **state) {
   teardown(f);
 }
 
-/* Seven bytes cut out of the end of each record, the rest of the file kept:
- * only that record is lost. */
-static void test_cut_inside_every_record(void **state) {
-  (void)state;
-  fixture *f = setup();
+/* Each record r of each segment in turn, on the journal as built: damage
+ * writes the segment damaged at r and answers the first key it leaves
+ * (the record's own key is the first lost), and expect() checks the open. */
+static void damage_each_record(fixture *f, int (*damage)(const seg *, int),
+                               const char *what) {
   journal_image img;
   build(f, &img);
   for (int s = 0; s < img.nsegs; s++) {
     seg *sg = &img.segs[s];
     for (int r = 0; r < sg->nrec; r++) {
       restore(f, &img);
-      size_t cut = sg->end[r] - 7;
-      uint8_t *copy = malloc(sg->len);
-      assert_non_null(copy);
-      memcpy(copy, sg->data, cut);
-      memcpy(copy + cut, sg->data + sg->end[r], sg->len - sg->end[r]);
-      write_all(sg->path, copy, sg->len - 7);
-      free(copy);
-      int key = sg->first_key + r;
-      expect(f, key, key + 1, "record cut short", r);
+      int lost_to = damage(sg, r);
+      expect(f, sg->first_key + r, lost_to, what, r);
     }
   }
   free_image(&img);
+}
+
+static int cut_record(const seg *sg, int r) {
+  size_t cut = sg->end[r] - 7;
+  uint8_t *copy = malloc(sg->len);
+  assert_non_null(copy);
+  memcpy(copy, sg->data, cut);
+  memcpy(copy + cut, sg->data + sg->end[r], sg->len - sg->end[r]);
+  write_all(sg->path, copy, sg->len - 7);
+  free(copy);
+  return sg->first_key + r + 1;
+}
+
+static int truncate_at_record(const seg *sg, int r) {
+  write_all(sg->path, sg->data, sg->end[r] - 7);
+  return sg->first_key + sg->nrec;
+}
+
+/* Seven bytes cut out of the end of each record, the rest of the file kept:
+ * only that record is lost. */
+static void test_cut_inside_every_record(void **state) {
+  (void)state;
+  fixture *f = setup();
+  damage_each_record(f, cut_record, "record cut short");
   teardown(f);
 }
 
@@ -269,18 +272,7 @@ static void test_cut_inside_every_record(void **state) {
 static void test_truncate_every_boundary(void **state) {
   (void)state;
   fixture *f = setup();
-  journal_image img;
-  build(f, &img);
-  for (int s = 0; s < img.nsegs; s++) {
-    seg *sg = &img.segs[s];
-    for (int r = 0; r < sg->nrec; r++) {
-      restore(f, &img);
-      write_all(sg->path, sg->data, sg->end[r] - 7);
-      int key = sg->first_key + r;
-      expect(f, key, sg->first_key + sg->nrec, "segment truncated", r);
-    }
-  }
-  free_image(&img);
+  damage_each_record(f, truncate_at_record, "segment truncated");
   teardown(f);
 }
 
@@ -291,11 +283,7 @@ static void test_one_flip_in_300(void **state) {
   (void)state;
   fixture *f = setup();
   assert_int_equal(open_j(f, "\"segment_bytes\":16384"), SPI_OK);
-  char key[16];
-  for (int i = 0; i < 300; i++) {
-    snprintf(key, sizeof key, "k%d", i);
-    enqueue(f, key);
-  }
+  enqueue_n(f, 300);
   close_j(f);
   char path[600];
   snprintf(path, sizeof path, "%s/000001.log", f->dir);
@@ -421,16 +409,9 @@ static void test_planted_symlinks(void **state) {
   char tmp_link[600];
   snprintf(tmp_link, sizeof tmp_link, "%s/compact.tmp", f->dir);
   assert_int_equal(symlink(victim, tmp_link), 0);
-  spi_envelope v;
-  memset(&v, 0, sizeof v);
-  v.struct_size = sizeof v;
-  v.key = "big";
-  v.key_len = 3;
   static char big[1024];
   memset(big, 'x', sizeof big - 1);
-  v.body = big;
-  v.body_len = sizeof big - 1;
-  v.klass = SPI_CLASS_GOLD;
+  spi_envelope v = rq_envelope("big", SPI_CLASS_GOLD, big);
   /* It would start 000002.log: refused, nothing written through the link. */
   assert_int_equal(spi_replay_enqueue(f->q, &v, NULL), SPI_EIO);
   assert_non_null(strstr(spi_replay_errmsg(f->q), "000002.log"));

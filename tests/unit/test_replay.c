@@ -25,47 +25,20 @@
 
 #include "engine.h"
 #include "replay.h"
+#include "replay_helpers.h"
 
-/* What the claim helpers answer when nothing is ready; the library's answer
- * is SPI_OK with claim id 0 (SPI_ENOTFOUND before 0.3.0). */
-#define NOTHING_READY 1
+#define NOTHING_READY RQ_NOTHING_READY
 #define MS 1000000LL
 #define T0 (1700000000LL * 1000000000LL)
 
 /* ---------------------------------------------------------------- helpers */
 
 typedef struct fixture {
-  int64_t now;
+  rq_hooks h; /* the engine's clock and allocator */
   spi_engine *e;
   spi_replay_queue *q;
-  /* allocator */
-  long allocs, frees,
-      fail_at; /* fail_at: allocation number to fail, -1 never */
   int logged_dead;
 } fixture;
-
-static int64_t fake_clock(void *ud) {
-  return __atomic_load_n(&((fixture *)ud)->now, __ATOMIC_SEQ_CST);
-}
-
-static void *f_alloc(void *ud, size_t n) {
-  fixture *f = ud;
-  /* Threads allocate at once in some tests: count atomically. */
-  long fail_at = __atomic_load_n(&f->fail_at, __ATOMIC_SEQ_CST);
-  if (fail_at >= 0 &&
-      __atomic_load_n(&f->allocs, __ATOMIC_SEQ_CST) == fail_at) {
-    __atomic_store_n(&f->fail_at, -1, __ATOMIC_SEQ_CST);
-    return NULL;
-  }
-  __atomic_fetch_add(&f->allocs, 1, __ATOMIC_SEQ_CST);
-  return malloc(n);
-}
-
-static void f_free(void *ud, void *p) {
-  fixture *f = ud;
-  __atomic_fetch_add(&f->frees, 1, __ATOMIC_SEQ_CST);
-  free(p);
-}
 
 static void f_log(void *ud, int32_t level, const char *msg, size_t len) {
   fixture *f = ud;
@@ -76,16 +49,9 @@ static void f_log(void *ud, int32_t level, const char *msg, size_t len) {
 static fixture *setup_engine(void) {
   fixture *f = calloc(1, sizeof *f);
   assert_non_null(f);
-  f->now = T0;
-  f->fail_at = -1;
-  spi_hooks h;
-  memset(&h, 0, sizeof h);
-  h.struct_size = sizeof h;
-  h.clock = fake_clock;
-  h.clock_user_data = f;
-  h.alloc = f_alloc;
-  h.free = f_free;
-  h.alloc_user_data = f;
+  f->h.now = T0;
+  f->h.fail_at = -1;
+  spi_hooks h = rq_hooks_of(&f->h);
   h.log = f_log;
   h.log_user_data = f;
   h.log_level = SPI_LOG_DEBUG;
@@ -150,65 +116,31 @@ static fixture *setup(const char *json) {
 static void teardown(fixture *f) {
   spi_replay_close(f->q);
   spi_engine_free(f->e);
-  assert_int_equal(f->allocs, f->frees);
+  assert_int_equal(f->h.allocs, f->h.frees);
   free(f);
 }
 
 static spi_envelope env_of(const char *key, int32_t klass) {
-  spi_envelope v;
-  memset(&v, 0, sizeof v);
-  v.struct_size = sizeof v;
-  v.key = key;
-  v.key_len = strlen(key);
-  v.body =
-      "{\"model\":\"m\",\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}]}";
-  v.body_len = strlen(v.body);
-  v.klass = klass;
-  return v;
+  return rq_envelope(
+      key, klass,
+      "{\"model\":\"m\",\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}]}");
 }
 
 static void enqueue(fixture *f, const char *key, int32_t klass) {
   spi_envelope v = env_of(key, klass);
-  int32_t dup = -1;
-  int rc = spi_replay_enqueue(f->q, &v, &dup);
-  if (rc != SPI_OK)
-    print_error("enqueue %s: %s\n", key, spi_replay_errmsg(f->q));
-  assert_int_equal(rc, SPI_OK);
-  assert_int_equal(dup, 0);
+  rq_enqueue(f->q, &v);
 }
 
 static int is_dup(fixture *f, const char *key) {
   spi_envelope v = env_of(key, SPI_CLASS_SILVER);
-  int32_t dup = -1;
-  assert_int_equal(spi_replay_enqueue(f->q, &v, &dup), SPI_OK);
-  return dup;
+  return rq_is_dup(f->q, &v);
 }
 
-typedef struct claimed {
-  uint64_t id;
-  spi_envelope env;
-  char key[160];
-  uint8_t buf[4096];
-} claimed;
+typedef rq_claimed claimed;
 
 /* Claim from mask; returns the status, fills c. */
 static int claim(fixture *f, uint32_t mask, int64_t lease_ms, claimed *c) {
-  memset(c, 0, sizeof *c);
-  c->env.struct_size = sizeof c->env;
-  size_t need = 0;
-  int rc = spi_replay_claim(f->q, mask, lease_ms, &c->id, &c->env, c->buf,
-                            sizeof c->buf, &need);
-  if (rc == SPI_OK && c->id == 0) {
-    assert_int_equal(need, 0);
-    assert_null(c->env.key); /* untouched */
-    return NOTHING_READY;
-  }
-  if (rc == SPI_OK) {
-    assert_true(need <= sizeof c->buf);
-    memcpy(c->key, c->env.key, c->env.key_len);
-    c->key[c->env.key_len] = '\0';
-  }
-  return rc;
+  return rq_claim(f->q, mask, lease_ms, c);
 }
 
 static void claim_ok(fixture *f, uint32_t mask, claimed *c) {
@@ -217,16 +149,9 @@ static void claim_ok(fixture *f, uint32_t mask, claimed *c) {
   assert_int_equal(rc, SPI_OK);
 }
 
-static spi_replay_stats stats(fixture *f) {
-  spi_replay_stats s;
-  memset(&s, 0, sizeof s);
-  s.struct_size = sizeof s;
-  assert_int_equal(spi_replay_stats_get(f->q, &s), SPI_OK);
-  return s;
-}
+static spi_replay_stats stats(fixture *f) { return rq_stats(f->q); }
 
-#define ALL                                                                    \
-  ((1u << SPI_CLASS_GOLD) | (1u << SPI_CLASS_SILVER) | (1u << SPI_CLASS_BRONZE))
+#define ALL RQ_ALL
 
 /* ------------------------------------------------------------ configuration */
 
@@ -290,16 +215,16 @@ static void test_engine_section_defaults(void **st) {
   enqueue(f, "a", SPI_CLASS_GOLD);
   claimed c;
   claim_ok(f, ALL, &c);
-  f->now += 50 * MS; /* the engine's lease_ms */
+  f->h.now += 50 * MS; /* the engine's lease_ms */
   assert_int_equal(stats(f).expired_leases, 1);
   spi_replay_close(f->q);
   /* The open's JSON overrides key by key. */
   assert_int_equal(open_q(f, "{\"lease_ms\":1000}"), SPI_OK);
   enqueue(f, "a", SPI_CLASS_GOLD);
   claim_ok(f, ALL, &c);
-  f->now += 50 * MS;
+  f->h.now += 50 * MS;
   assert_int_equal(stats(f).expired_leases, 0);
-  f->now += 950 * MS;
+  f->h.now += 950 * MS;
   assert_int_equal(stats(f).expired_leases, 1);
   /* The effective configuration lists the replay defaults. */
   size_t need = 0;
@@ -426,11 +351,11 @@ static void test_lease_expiry(void **st) {
   assert_int_equal(claim(f, ALL, 100, &c1), SPI_OK);
   assert_int_equal(claim(f, ALL, 0, &c2), SPI_OK); /* replay.lease_ms */
   assert_string_equal(c1.key, "a");
-  f->now += 99 * MS;
+  f->h.now += 99 * MS;
   spi_replay_stats s = stats(f);
   assert_int_equal(s.leased, 2);
   assert_int_equal(s.expired_leases, 0);
-  f->now += 1 * MS; /* a's lease ends now */
+  f->h.now += 1 * MS; /* a's lease ends now */
   s = stats(f);
   assert_int_equal(s.leased, 1);
   assert_int_equal(s.ready[SPI_CLASS_GOLD], 1);
@@ -443,15 +368,15 @@ static void test_lease_expiry(void **st) {
   assert_int_equal(c3.env.attempts, 1);
   assert_true(c3.id != c1.id);
   /* b's lease runs to 1000 ms. */
-  f->now += 899 * MS;
+  f->h.now += 899 * MS;
   assert_int_equal(spi_replay_ack(f->q, c2.id), SPI_OK);
-  f->now += 2000 * MS;
+  f->h.now += 2000 * MS;
   s = stats(f);
   assert_int_equal(s.expired_leases, 2);
   assert_int_equal(s.ready[SPI_CLASS_GOLD], 1);
   /* tick runs the same periodic work. */
   claim_ok(f, ALL, &c3);
-  f->now += 1000 * MS;
+  f->h.now += 1000 * MS;
   assert_int_equal(spi_replay_tick(f->q), SPI_OK);
   s = stats(f);
   assert_int_equal(s.expired_leases, 3);
@@ -511,9 +436,9 @@ static void test_backoff_values(void **st) {
     spi_replay_stats s = stats(f);
     assert_int_equal(s.delayed, 1);
     assert_int_equal(s.nacked, a);
-    f->now += d * MS - 1;
+    f->h.now += d * MS - 1;
     assert_int_equal(claim(f, ALL, 0, &c), NOTHING_READY);
-    f->now += 1;
+    f->h.now += 1;
     assert_int_equal(stats(f).delayed, 0);
   }
   teardown(f);
@@ -532,9 +457,9 @@ static void test_dead_letter(void **st) {
   /* nack, expired lease, nack: three failed attempts. */
   claim_ok(f, ALL, &c);
   assert_int_equal(spi_replay_nack(f->q, c.id), SPI_OK);
-  f->now += 10 * MS;
+  f->h.now += 10 * MS;
   claim_ok(f, ALL, &c);
-  f->now += 100 * MS;
+  f->h.now += 100 * MS;
   claim_ok(f, ALL, &c);
   assert_int_equal(c.env.attempts, 2);
   assert_int_equal(spi_replay_nack(f->q, c.id), SPI_OK);
@@ -548,26 +473,26 @@ static void test_dead_letter(void **st) {
 
   /* Past the deadline: dead at claim time, and at nack time. */
   spi_envelope v = env_of("late", SPI_CLASS_GOLD);
-  v.deadline_ns = f->now + 1000 * MS;
+  v.deadline_ns = f->h.now + 1000 * MS;
   assert_int_equal(spi_replay_enqueue(f->q, &v, NULL), SPI_OK);
-  f->now += 1000 * MS;
+  f->h.now += 1000 * MS;
   assert_int_equal(claim(f, ALL, 0, &c), NOTHING_READY);
   assert_int_equal(stats(f).dead, 2);
   v = env_of("late2", SPI_CLASS_GOLD);
-  v.deadline_ns = f->now + 50 * MS;
+  v.deadline_ns = f->h.now + 50 * MS;
   assert_int_equal(spi_replay_enqueue(f->q, &v, NULL), SPI_OK);
   claim_ok(f, ALL, &c);
-  f->now += 50 * MS;
+  f->h.now += 50 * MS;
   assert_int_equal(spi_replay_nack(f->q, c.id), SPI_OK);
   assert_int_equal(stats(f).dead, 3);
   /* A backoff that ends after the deadline ends in the dead-letter. */
   v = env_of("late3", SPI_CLASS_GOLD);
-  v.deadline_ns = f->now + 5 * MS;
+  v.deadline_ns = f->h.now + 5 * MS;
   assert_int_equal(spi_replay_enqueue(f->q, &v, NULL), SPI_OK);
   claim_ok(f, ALL, &c);
   assert_int_equal(spi_replay_nack(f->q, c.id), SPI_OK);
   assert_int_equal(stats(f).delayed, 1);
-  f->now += 10 * MS;
+  f->h.now += 10 * MS;
   s = stats(f);
   assert_int_equal(s.delayed, 0);
   assert_int_equal(s.dead, 4);
@@ -621,7 +546,7 @@ static void test_duplicates(void **st) {
   claim_ok(f, ALL, &c);
   assert_string_equal(c.key, "dead");
   assert_int_equal(spi_replay_nack(f->q, c.id), SPI_OK);
-  f->now += 100000 * MS;
+  f->h.now += 100000 * MS;
   claim_ok(f, ALL, &c);
   assert_int_equal(spi_replay_nack(f->q, c.id), SPI_OK);
   claim_ok(f, ALL, &c);
@@ -833,7 +758,7 @@ static void test_alloc_failures(void **st) {
     snprintf(key, sizeof key, "k%ld", n);
     spi_envelope v = env_of(key, SPI_CLASS_GOLD);
     uint64_t before = stats(f).ready[SPI_CLASS_GOLD];
-    f->fail_at = f->allocs + n % 4;
+    f->h.fail_at = f->h.allocs + n % 4;
     int rc = spi_replay_enqueue(f->q, &v, NULL);
     if (rc == SPI_ENOMEM) {
       failed++;
@@ -843,16 +768,16 @@ static void test_alloc_failures(void **st) {
       assert_int_equal(rc, SPI_OK);
       assert_int_equal(stats(f).ready[SPI_CLASS_GOLD], before + 1);
     }
-    f->fail_at = -1;
+    f->h.fail_at = -1;
   }
   assert_true(failed > 0);
   /* Open itself, failing each allocation in turn. */
   for (long n = 0; n < 200; n++) {
     spi_replay_queue *q = NULL;
-    f->fail_at = f->allocs + n;
+    f->h.fail_at = f->h.allocs + n;
     int rc = spi_replay_open(f->e, "{\"store\":\"memory\"}", 18, &q);
-    int reached = f->fail_at == -1;
-    f->fail_at = -1;
+    int reached = f->h.fail_at == -1;
+    f->h.fail_at = -1;
     if (rc == SPI_OK) {
       spi_replay_close(q);
       if (!reached) break;
@@ -1120,7 +1045,7 @@ static void test_user_store(void **st) {
   spi_replay_close(f->q);
   assert_int_equal(s->released, 1);
   /* Recovery replays the records: a acked (duplicate), b delayed, c, d. */
-  f->now += 3600000 * MS;
+  f->h.now += 3600000 * MS;
   assert_int_equal(open_q(f, "{\"store\":\"streams\"}"), SPI_OK);
   assert_int_equal(is_dup(f, "a"), 1);
   spi_replay_stats ss = stats(f);
@@ -1205,13 +1130,13 @@ static void test_threads(void **st) {
   }
   for (int i = 0; i < THREADS; i++) pthread_join(p[i], NULL);
   /* Let delayed entries come due for the consumers still polling. */
-  __atomic_store_n(&f->now, f->now + 10 * MS, __ATOMIC_SEQ_CST);
+  __atomic_store_n(&f->h.now, f->h.now + 10 * MS, __ATOMIC_SEQ_CST);
   for (int i = 0; i < THREADS; i++) pthread_join(c[i], NULL);
   int acked = 0;
   for (int i = 0; i < THREADS; i++) acked += cw[i].acked;
   /* Whatever the consumers missed while the clock stood still, including
    * what they nacked after it last moved. */
-  __atomic_store_n(&f->now, f->now + 10 * MS, __ATOMIC_SEQ_CST);
+  __atomic_store_n(&f->h.now, f->h.now + 10 * MS, __ATOMIC_SEQ_CST);
   claimed cl;
   while (claim(f, ALL, 0, &cl) == SPI_OK) {
     assert_int_equal(spi_replay_ack(f->q, cl.id), SPI_OK);

@@ -42,6 +42,7 @@
 #include <cmocka.h>
 
 #include "journal_files.h"
+#include "replay_helpers.h"
 
 #include "replay.h"
 
@@ -236,10 +237,7 @@ typedef struct fixture {
 static fixture *setup(void) {
   fixture *f = calloc(1, sizeof *f);
   assert_non_null(f);
-  const char *tmp = getenv("TMPDIR");
-  snprintf(f->dir, sizeof f->dir, "%s/spi-durable-XXXXXX",
-           tmp && tmp[0] ? tmp : "/tmp");
-  assert_non_null(mkdtemp(f->dir));
+  rq_tmpdir(f->dir, sizeof f->dir, "durable");
   /* /proc shows the real path: resolve the directory the same way. */
   char real[300];
   assert_non_null(realpath(f->dir, real));
@@ -257,24 +255,16 @@ static void teardown(fixture *f) {
 }
 
 static int open_j(fixture *f, const char *policy, const char *extra) {
-  char cfg[1024];
-  snprintf(cfg, sizeof cfg,
-           "{\"store\":\"journal\",\"dir\":\"%s\",\"fsync\":\"%s\"%s%s}",
-           f->dir, policy, extra[0] ? "," : "", extra);
-  f->q = NULL;
-  return spi_replay_open(f->e, cfg, strlen(cfg), &f->q);
+  char members[512];
+  snprintf(members, sizeof members, "\"fsync\":\"%s\"%s%s", policy,
+           extra[0] ? "," : "", extra);
+  return rq_open_journal(f->e, f->dir, members, &f->q);
 }
 
 static spi_envelope env_of(const char *key) {
-  spi_envelope v;
-  memset(&v, 0, sizeof v);
-  v.struct_size = sizeof v;
-  v.key = key;
-  v.key_len = strlen(key);
-  v.body = "{\"model\":\"m\",\"prompt\":\"durable, please\"}";
-  v.body_len = strlen(v.body);
+  spi_envelope v = rq_envelope(
+      key, SPI_CLASS_GOLD, "{\"model\":\"m\",\"prompt\":\"durable, please\"}");
   v.openai_kind = SPI_OPENAI_COMPLETIONS;
-  v.klass = SPI_CLASS_GOLD;
   return v;
 }
 
