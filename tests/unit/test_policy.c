@@ -90,7 +90,7 @@ static void load(world *w, const char *id, double running, double waiting) {
 /* n replicas "r0".."r{n-1}" in pool, all idle. */
 static void fleet(world *w, int n, int32_t pool) {
   for (int i = 0; i < n; i++) {
-    char id[8];
+    char id[12]; /* "r" and any int */
     snprintf(id, sizeof id, "r%d", i);
     add(w, id, pool);
     load(w, id, 0, 0);
@@ -152,7 +152,7 @@ static void seed_as(world *w, int n, const char *on, const uint32_t *blocks,
   assert_string_equal(d.replica_id, on);
   finish(w, d.ticket);
   for (int i = 0; i < n; i++) {
-    char id[8];
+    char id[12]; /* "r" and any int */
     snprintf(id, sizeof id, "r%d", i);
     load(w, id, 0, 0);
   }
@@ -170,7 +170,7 @@ static void history(world *w, int n, const char *except, size_t nb,
                     const char *klass) {
   uint32_t b[64];
   for (int i = 0; i < n; i++) {
-    char id[8];
+    char id[12]; /* "r" and any int */
     snprintf(id, sizeof id, "r%d", i);
     if (strcmp(id, except) == 0) continue;
     for (size_t k = 0; k < nb; k++) b[k] = 9000 + 100 * (uint32_t)i + (uint32_t)k;
