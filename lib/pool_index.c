@@ -117,6 +117,7 @@ static void entry_read(spi_pool_index *p, const route_env *x,
   pix_hot old = p->hot[pos];
   uint64_t blocks_were = r->cell >= 0 ? p->blk_dirty[r->cell] : 0;
   entry_drop(p, pos);
+  p->t_wait[pos] = p->t_ms_tok[pos] = p->t_slow[pos] = 0.0;
   int64_t at = atomic_load_explicit(&s->load_at_ns, memory_order_acquire);
   slot_read rd;
   read_slot(x, s, &rd);
@@ -133,6 +134,9 @@ static void entry_read(spi_pool_index *p, const route_env *x,
   h->wait_ms = spi__prefill_wait_ms(x->cfg, rd.wait, rd.pf.queued, rd.pf.ms_tok);
   h->ms_tok = rd.pf.ms_tok;
   h->slow = 1.0 + rd.run * r->inv_max_inflight;
+  p->t_wait[pos] = h->wait_ms;
+  p->t_ms_tok[pos] = h->ms_tok;
+  p->t_slow[pos] = h->slow;
   h->rel = rel_ratio(r, rd.run, rd.wait, rd.inflight);
   h->busy = (uint8_t)is_busy(r, rd.run, rd.wait, rd.inflight);
   h->id_hash = r->id_hash;

@@ -82,8 +82,16 @@ typedef struct spi_pool_index {
   pix_block blk[SPI_SUMMARY_CELLS][SPI_REPLICA_SLOTS / 64];
   pix_rdv rdv[PIX_RDV_SETS][PIX_RDV_WAYS];
   uint8_t rdv_next[PIX_RDV_SETS]; /* the way a miss replaces next */
+  uint64_t tdone;               /* blocks whose t_now the route has made */
   pix_hot hot[SPI_REPLICA_SLOTS];
   pix_cold cold[SPI_REPLICA_SLOTS];
+  /* hot's TTFT parts again, position after position, so that a block's
+   * TTFTs are computed in one straight loop (written for every position
+   * the index reads, regular or not: 0 when not), and the TTFTs the route
+   * holding the index computed from them (blocks in tdone). */
+  double t_wait[SPI_REPLICA_SLOTS], t_ms_tok[SPI_REPLICA_SLOTS],
+      t_slow[SPI_REPLICA_SLOTS];
+  double t_now[SPI_REPLICA_SLOTS];
 } spi_pool_index;
 
 /* Made with the registry (replica.c), freed with it. */

@@ -7,6 +7,9 @@
  */
 #include <math.h>
 #include <string.h>
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
 
 #include "pool_index.h"
 
@@ -459,18 +462,26 @@ static inline double indexed_t(const route_env *x, const pix_hot *h) {
   return (x->cfg->ttft_base_ms + h->wait_ms) + (x->cold_tok * h->ms_tok) * h->slow;
 }
 
-static uint32_t cell_find(const cell_acc *c, const ev_arena *a, uint32_t pos);
 
-/* Offer the regular replica at pos to its cell's summaries, unless one
- * holds it already: it was offered, and what it did not get in then (the
- * thresholds only get harder to pass) it does not get in now. */
-static void indexed_offer(const route_env *x, const spi_pool_index *p,
-                          scan *sc, uint32_t pos) {
+/* Offer the regular replica at pos to its cell's summaries, once: what it
+ * did not get in the first time (the thresholds only get harder to pass)
+ * it does not get in later, and where it got in it stays until a better
+ * one takes its place, so a second offer would change nothing. */
+static __attribute__((noinline)) void
+indexed_offer_first(const route_env *x, const spi_pool_index *p, scan *sc,
+                    uint32_t pos) {
   const pix_hot *h = &p->hot[pos];
-  if (cell_find(&sc->cell[h->cell], &sc->a, pos) != NO_EV) return;
   replica_eval ev;
   indexed_eval(x, p, pos, indexed_t(x, h), &ev);
   cell_offer(sc, h->cell, pos, h->rel, &ev);
+}
+/* Inlined: most calls find the replica offered already. */
+static inline void indexed_offer(const route_env *x, const spi_pool_index *p,
+                                 scan *sc, uint32_t pos) {
+  uint64_t bit = UINT64_C(1) << (pos % 64);
+  if (sc->offered[pos / 64] & bit) return;
+  sc->offered[pos / 64] |= bit;
+  indexed_offer_first(x, p, sc, pos);
 }
 
 /* The last route's ranking of cell k (its hint, see seed_from_hint) goes
@@ -529,10 +540,38 @@ static void indexed_rdv(const route_env *x, const spi_pool_index *p,
   if (best != UINT32_MAX) indexed_offer(x, p, sc, best);
 }
 
+/* The TTFTs of block w's positions for this route (indexed_t's operations
+ * on the same values, so the same bits), in one straight loop over the
+ * index's arrays; both cells of a pool share them. */
+static void block_ttft(const route_env *x, spi_pool_index *p, uint32_t w) {
+  const double base = x->cfg->ttft_base_ms, cold = x->cold_tok;
+  size_t lo = (size_t)w * 64, hi = lo + 64 < p->n ? lo + 64 : p->n;
+  for (size_t i = lo; i < hi; i++)
+    p->t_now[i] = (base + p->t_wait[i]) + (cold * p->t_ms_tok[i]) * p->t_slow[i];
+  p->tdone |= UINT64_C(1) << w;
+}
+
+/* The regular replicas of cell k in block w whose TTFT is at most thr. */
+static uint64_t block_under(const spi_pool_index *p, int k, uint32_t w,
+                            double thr) {
+  const double *t = &p->t_now[(size_t)w * 64];
+  size_t n = p->n - (size_t)w * 64 < 64 ? p->n - (size_t)w * 64 : 64;
+  uint64_t m = 0;
+  size_t i = 0;
+#if defined(__SSE2__)
+  /* Two at a time: the same comparison, one mask bit per lane. */
+  const __m128d th = _mm_set1_pd(thr);
+  for (; i + 2 <= n; i += 2)
+    m |= (uint64_t)_mm_movemask_pd(_mm_cmple_pd(_mm_loadu_pd(t + i), th)) << i;
+#endif
+  for (; i < n; i++) m |= (uint64_t)(t[i] <= thr) << i;
+  return m & p->creg[k][w];
+}
+
 /* Cell k's best TTFTs among the regular replicas: blocks in the order of
  * their bound (the least TTFT any of theirs can have, then their first
  * position), each read whole while it may hold one that gets in. */
-static void indexed_top(const route_env *x, const spi_pool_index *p, scan *sc,
+static void indexed_top(const route_env *x, spi_pool_index *p, scan *sc,
                         int k) {
   cell_acc *c = &sc->cell[k];
   double lb[SPI_REPLICA_SLOTS / 64];
@@ -551,19 +590,12 @@ static void indexed_top(const route_env *x, const spi_pool_index *p, scan *sc,
     }
     if (!top_enters(c, lb[best], best * 64)) return;
     todo &= ~(UINT64_C(1) << best);
-    /* The threshold in registers, read again only after an offer. */
-    const double base = x->cfg->ttft_base_ms, cold = x->cold_tok;
-    double thr_t = c->thr_t;
-    uint32_t thr_pos = c->thr_pos;
-    for (uint64_t m = p->creg[k][best]; m; m &= m - 1) {
+    if (!(p->tdone >> best & 1)) block_ttft(x, p, best);
+    /* Only those at most the threshold now may get in (it only drops). */
+    for (uint64_t m = block_under(p, k, best, c->thr_t); m; m &= m - 1) {
       uint32_t pos = best * 64 + (uint32_t)__builtin_ctzll(m);
-      const pix_hot *h = &p->hot[pos];
-      double t = (base + h->wait_ms) + (cold * h->ms_tok) * h->slow;
-      if (ttft_before(t, pos, thr_t, thr_pos)) {
+      if (ttft_before(p->t_now[pos], pos, c->thr_t, c->thr_pos))
         indexed_offer(x, p, sc, pos);
-        thr_t = c->thr_t;
-        thr_pos = c->thr_pos;
-      }
     }
   }
 }
@@ -588,11 +620,13 @@ static int scan_indexed(const route_env *x, const spi_replica_set *set,
   }
   size_t words = (nrep + 63) / 64;
   memcpy(sc->counted, p->reg, words * sizeof sc->counted[0]);
+  memset(sc->offered, 0, words * sizeof sc->offered[0]);
   for (size_t w = 0; w < words; w++)
     for (uint64_t b = p->exc[w]; b; b &= b - 1)
       indexed_exception(x, set, (uint32_t)(w * 64 + (size_t)__builtin_ctzll(b)),
                         sc, sums);
   const pix_rdv *o = spi__pix_rdv(p, x, set);
+  p->tdone = 0;
   for (int k = 0; k < SPI_SUMMARY_CELLS; k++) {
     if (!p->usable[k]) continue;
     indexed_seed(x, p, sc, k);

@@ -173,6 +173,9 @@ typedef struct scan {
    * arena entry (where named.bits is set). One array serves both: the
    * first use has ended when the second begins. */
   uint8_t byte_of[SPI_REPLICA_SLOTS];
+  /* The regular replicas the pass through the pool index has offered to
+   * their cell's summaries (cleared for the set's words when it starts). */
+  uint64_t offered[SPI_REPLICA_SLOTS / 64];
   named_set named; /* compact candidates only */
 } scan;
 
