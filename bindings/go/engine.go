@@ -257,72 +257,52 @@ func (e *Engine) ConfigJSON() (string, error) {
 	return s, nil
 }
 
-// ClassToPriority maps a class to a priority value of a scheme.
-func (e *Engine) ClassToPriority(scheme PriorityScheme, c Class) (int32, error) {
+// mapOne makes one of the class, priority and service-tier mapping calls,
+// which all answer one int32 through their last argument.
+func (e *Engine) mapOne(op string, call func(p *C.spi_engine, out *C.int32_t) C.int) (int32, error) {
 	runtime.LockOSThread() // the call and its errmsg on one OS thread
 	defer runtime.UnlockOSThread()
-	p, err := e.ptr("spi_engine_class_to_priority")
+	p, err := e.ptr(op)
 	if err != nil {
 		return 0, err
 	}
 	var out C.int32_t
-	rc := C.spi_engine_class_to_priority(p, C.int32_t(scheme), C.int32_t(c), &out)
-	if rc != 0 {
-		return 0, e.fail(rc, "spi_engine_class_to_priority")
+	if rc := call(p, &out); rc != 0 {
+		return 0, e.fail(rc, op)
 	}
 	runtime.KeepAlive(e)
 	return int32(out), nil
 }
 
+// ClassToPriority maps a class to a priority value of a scheme.
+func (e *Engine) ClassToPriority(scheme PriorityScheme, c Class) (int32, error) {
+	return e.mapOne("spi_engine_class_to_priority", func(p *C.spi_engine, out *C.int32_t) C.int {
+		return C.spi_engine_class_to_priority(p, C.int32_t(scheme), C.int32_t(c), out)
+	})
+}
+
 // ClassFromPriority maps a priority value of a scheme back to a class.
 func (e *Engine) ClassFromPriority(scheme PriorityScheme, priority int32) (Class, error) {
-	runtime.LockOSThread() // the call and its errmsg on one OS thread
-	defer runtime.UnlockOSThread()
-	p, err := e.ptr("spi_engine_class_from_priority")
-	if err != nil {
-		return 0, err
-	}
-	var out C.int32_t
-	rc := C.spi_engine_class_from_priority(p, C.int32_t(scheme), C.int32_t(priority), &out)
-	if rc != 0 {
-		return 0, e.fail(rc, "spi_engine_class_from_priority")
-	}
-	runtime.KeepAlive(e)
-	return Class(out), nil
+	v, err := e.mapOne("spi_engine_class_from_priority", func(p *C.spi_engine, out *C.int32_t) C.int {
+		return C.spi_engine_class_from_priority(p, C.int32_t(scheme), C.int32_t(priority), out)
+	})
+	return Class(v), err
 }
 
 // ClassToServiceTier maps a class to an OpenAI service tier.
 func (e *Engine) ClassToServiceTier(c Class) (ServiceTier, error) {
-	runtime.LockOSThread() // the call and its errmsg on one OS thread
-	defer runtime.UnlockOSThread()
-	p, err := e.ptr("spi_engine_class_to_service_tier")
-	if err != nil {
-		return 0, err
-	}
-	var out C.int32_t
-	rc := C.spi_engine_class_to_service_tier(p, C.int32_t(c), &out)
-	if rc != 0 {
-		return 0, e.fail(rc, "spi_engine_class_to_service_tier")
-	}
-	runtime.KeepAlive(e)
-	return ServiceTier(out), nil
+	v, err := e.mapOne("spi_engine_class_to_service_tier", func(p *C.spi_engine, out *C.int32_t) C.int {
+		return C.spi_engine_class_to_service_tier(p, C.int32_t(c), out)
+	})
+	return ServiceTier(v), err
 }
 
 // ClassFromServiceTier maps an OpenAI service tier to a class.
 func (e *Engine) ClassFromServiceTier(t ServiceTier) (Class, error) {
-	runtime.LockOSThread() // the call and its errmsg on one OS thread
-	defer runtime.UnlockOSThread()
-	p, err := e.ptr("spi_engine_class_from_service_tier")
-	if err != nil {
-		return 0, err
-	}
-	var out C.int32_t
-	rc := C.spi_engine_class_from_service_tier(p, C.int32_t(t), &out)
-	if rc != 0 {
-		return 0, e.fail(rc, "spi_engine_class_from_service_tier")
-	}
-	runtime.KeepAlive(e)
-	return Class(out), nil
+	v, err := e.mapOne("spi_engine_class_from_service_tier", func(p *C.spi_engine, out *C.int32_t) C.int {
+		return C.spi_engine_class_from_service_tier(p, C.int32_t(t), out)
+	})
+	return Class(v), err
 }
 
 // ModuleNames lists the registered modules of a kind in registration order.

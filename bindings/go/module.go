@@ -40,6 +40,19 @@ static void spi_go_release(void *state, void *instance) {
   spiGoRelease((uintptr_t)state, (uintptr_t)instance);
 }
 static void spi_go_destroy(void *state) { spiGoDestroy((uintptr_t)state); }
+
+// Zero a module struct and set the fields every kind begins with: the ABI,
+// its size, on_failure, and the Go configure and release.
+#define SPI_GO_MODULE_INIT(m, fail)           \
+  do {                                        \
+    memset(&(m), 0, sizeof(m));               \
+    (m).abi_version = SPI_MODULE_ABI_VERSION; \
+    (m).struct_size = sizeof(m);              \
+    (m).on_failure = (fail);                  \
+    (m).configure = spi_go_configure;         \
+    (m).release = spi_go_release;             \
+  } while (0)
+
 static int spi_go_classify(void *state, void *instance,
                            const spi_request_view *req, int32_t pressure,
                            spi_classification *out) {
@@ -83,12 +96,7 @@ static int spi_go_register_key_builder(spi_engine *e, const char *name,
                                        size_t name_len, int32_t on_failure,
                                        uintptr_t state) {
   spi_key_builder_module m;
-  memset(&m, 0, sizeof m);
-  m.abi_version = SPI_MODULE_ABI_VERSION;
-  m.struct_size = sizeof m;
-  m.on_failure = on_failure;
-  m.configure = spi_go_configure;
-  m.release = spi_go_release;
+  SPI_GO_MODULE_INIT(m, on_failure);
   m.build_key = spi_go_build_key;
   m.block_hashes = spi_go_block_hashes;
   return spi_engine_register_module(e, SPI_MODULE_KEY_BUILDER, name, name_len,
@@ -99,12 +107,7 @@ static int spi_go_register_cost_model(spi_engine *e, const char *name,
                                       size_t name_len, int32_t on_failure,
                                       uintptr_t state) {
   spi_cost_model_module m;
-  memset(&m, 0, sizeof m);
-  m.abi_version = SPI_MODULE_ABI_VERSION;
-  m.struct_size = sizeof m;
-  m.on_failure = on_failure;
-  m.configure = spi_go_configure;
-  m.release = spi_go_release;
+  SPI_GO_MODULE_INIT(m, on_failure);
   m.price = spi_go_price;
   return spi_engine_register_module(e, SPI_MODULE_COST_MODEL, name, name_len,
                                     &m, (void *)state, spi_go_destroy);
@@ -116,12 +119,7 @@ static int spi_go_register_other(spi_engine *e, int32_t kind, const char *name,
                                  size_t name_len, int32_t on_failure,
                                  uintptr_t state) {
   spi_classifier_module m;
-  memset(&m, 0, sizeof m);
-  m.abi_version = SPI_MODULE_ABI_VERSION;
-  m.struct_size = sizeof m;
-  m.on_failure = on_failure;
-  m.configure = spi_go_configure;
-  m.release = spi_go_release;
+  SPI_GO_MODULE_INIT(m, on_failure);
   return spi_engine_register_module(e, kind, name, name_len, &m, (void *)state,
                                     spi_go_destroy);
 }
@@ -131,12 +129,7 @@ static int spi_go_register_classifier(spi_engine *e, const char *name,
                                       size_t name_len, int32_t on_failure,
                                       int levels, uintptr_t state) {
   spi_classifier_module m;
-  memset(&m, 0, sizeof m);
-  m.abi_version = SPI_MODULE_ABI_VERSION;
-  m.struct_size = sizeof m;
-  m.on_failure = on_failure;
-  m.configure = spi_go_configure;
-  m.release = spi_go_release;
+  SPI_GO_MODULE_INIT(m, on_failure);
   m.classify = spi_go_classify;
   if (levels) m.classify_levels = spi_go_classify_levels;
   return spi_engine_register_module(e, SPI_MODULE_CLASSIFIER, name, name_len,
@@ -147,13 +140,8 @@ static int spi_go_register_policy(spi_engine *e, const char *name,
                                   size_t name_len, int32_t on_failure,
                                   int32_t flags, uintptr_t state) {
   spi_policy_module m;
-  memset(&m, 0, sizeof m);
-  m.abi_version = SPI_MODULE_ABI_VERSION;
-  m.struct_size = sizeof m;
-  m.on_failure = on_failure;
+  SPI_GO_MODULE_INIT(m, on_failure);
   m.flags = flags;
-  m.configure = spi_go_configure;
-  m.release = spi_go_release;
   m.choose = spi_go_choose;
   return spi_engine_register_module(e, SPI_MODULE_POLICY, name, name_len, &m,
                                     (void *)state, spi_go_destroy);

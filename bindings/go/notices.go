@@ -287,23 +287,36 @@ func ParseNotice(format NoticeFormat, httpStatus int, body []byte, node string, 
 	b, bn := cbytes(body)
 	nd, ndn := cstr(node)
 	var errbuf [256]C.char
+	return parseNotices("spi_notice_parse", C.SPI_GO_MISSING, errbuf[:],
+		func(out *C.spi_notice, capacity C.size_t) (C.int, int) {
+			var n C.size_t
+			rc := C.spi_go_notice_parse(C.int32_t(format), C.int32_t(httpStatus), b, bn, nd, ndn,
+				C.int64_t(nowNs), out, capacity, &n, &errbuf[0], C.size_t(len(errbuf)))
+			runtime.KeepAlive(body)
+			runtime.KeepAlive(node)
+			return rc, int(n)
+		})
+}
+
+// parseNotices makes a notice-parsing call (parse: into capacity entries
+// at out, answering its status and the notices found) with room for 8,
+// then twice as many until they fit. missingRC is the status of a library
+// without the call; errbuf the call's message buffer.
+func parseNotices(op string, missingRC C.int, errbuf []C.char,
+	parse func(out *C.spi_notice, capacity C.size_t) (C.int, int)) ([]Notice, error) {
 	for capacity := 8; ; capacity *= 2 {
 		out := make([]C.spi_notice, capacity)
-		var n C.size_t
-		rc := C.spi_go_notice_parse(C.int32_t(format), C.int32_t(httpStatus), b, bn, nd, ndn,
-			C.int64_t(nowNs), &out[0], C.size_t(capacity), &n, &errbuf[0], C.size_t(len(errbuf)))
-		runtime.KeepAlive(body)
-		runtime.KeepAlive(node)
-		if rc == C.SPI_EBUFSIZE && int(n) > capacity {
+		rc, found := parse(&out[0], C.size_t(capacity))
+		if rc == C.SPI_EBUFSIZE && found > capacity {
 			continue
 		}
-		if rc == C.SPI_GO_MISSING {
-			return nil, missing("spi_notice_parse")
+		if rc == missingRC {
+			return nil, missing(op)
 		}
 		if rc != 0 {
-			return nil, newError(rc, "spi_notice_parse", C.GoString(&errbuf[0]))
+			return nil, newError(rc, op, C.GoString(&errbuf[0]))
 		}
-		notices := make([]Notice, int(n))
+		notices := make([]Notice, found)
 		for i := range notices {
 			notices[i] = noticeFrom(&out[i])
 		}

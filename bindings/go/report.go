@@ -70,28 +70,19 @@ func ParseNoticeReport(format NoticeFormat, httpStatus int, body []byte, node st
 	b, bn := cbytes(body)
 	nd, ndn := cstr(node)
 	var errbuf [256]C.char
-	for capacity := 8; ; capacity *= 2 {
-		out := make([]C.spi_notice, capacity)
-		var rep C.spi_parse_report
-		rc := C.spi_go_notice_parse_v2(C.int32_t(format), C.int32_t(httpStatus), b, bn, nd, ndn,
-			C.int64_t(nowNs), &out[0], C.size_t(capacity), &rep, &errbuf[0], C.size_t(len(errbuf)))
-		runtime.KeepAlive(body)
-		runtime.KeepAlive(node)
-		if rc == C.SPI_EBUFSIZE && int(rep.found) > capacity {
-			continue
-		}
-		if rc == C.SPI_GO_REPORT_MISSING {
-			return nil, ParseReport{}, missing("spi_notice_parse_v2")
-		}
-		if rc != 0 {
-			return nil, ParseReport{}, newError(rc, "spi_notice_parse_v2", C.GoString(&errbuf[0]))
-		}
-		notices := make([]Notice, int(rep.found))
-		for i := range notices {
-			notices[i] = noticeFrom(&out[i])
-		}
-		return notices, reportFrom(&rep, &errbuf[0]), nil
+	var rep C.spi_parse_report
+	notices, err := parseNotices("spi_notice_parse_v2", C.SPI_GO_REPORT_MISSING, errbuf[:],
+		func(out *C.spi_notice, capacity C.size_t) (C.int, int) {
+			rc := C.spi_go_notice_parse_v2(C.int32_t(format), C.int32_t(httpStatus), b, bn, nd, ndn,
+				C.int64_t(nowNs), out, capacity, &rep, &errbuf[0], C.size_t(len(errbuf)))
+			runtime.KeepAlive(body)
+			runtime.KeepAlive(node)
+			return rc, int(rep.found)
+		})
+	if err != nil {
+		return nil, ParseReport{}, err
 	}
+	return notices, reportFrom(&rep, &errbuf[0]), nil
 }
 
 // ParseMetricsReport is ParseMetrics that also reports the lines it skipped

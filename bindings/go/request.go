@@ -101,50 +101,45 @@ func (r *Request) ErrMsg() string {
 	return s
 }
 
-// Reset clears every attribute and keeps the memory for reuse.
-func (r *Request) Reset() error {
-	p, err := r.ptr("spi_request_reset")
+// do makes the call op on the request and turns its status into the error.
+func (r *Request) do(op string, call func(p *C.spi_request) C.int) error {
+	p, err := r.ptr(op)
 	if err != nil {
 		return err
 	}
-	if rc := C.spi_request_reset(p); rc != 0 {
-		return r.fail(rc, "spi_request_reset")
+	if rc := call(p); rc != 0 {
+		return r.fail(rc, op)
 	}
 	runtime.KeepAlive(r)
 	return nil
+}
+
+// Reset clears every attribute and keeps the memory for reuse.
+func (r *Request) Reset() error {
+	return r.do("spi_request_reset", func(p *C.spi_request) C.int {
+		return C.spi_request_reset(p)
+	})
 }
 
 // ParseOpenAI resets the request and fills it from an OpenAI body.
 // All-or-nothing: on error the request is left empty.
 func (r *Request) ParseOpenAI(body []byte, kind OpenAIKind) error {
-	p, err := r.ptr("spi_request_parse_openai")
-	if err != nil {
-		return err
-	}
-	s, n := cbytes(body)
-	rc := C.spi_request_parse_openai(p, s, n, C.int32_t(kind))
-	runtime.KeepAlive(body)
-	if rc != 0 {
-		return r.fail(rc, "spi_request_parse_openai")
-	}
-	runtime.KeepAlive(r)
-	return nil
+	return r.do("spi_request_parse_openai", func(p *C.spi_request) C.int {
+		s, n := cbytes(body)
+		rc := C.spi_request_parse_openai(p, s, n, C.int32_t(kind))
+		runtime.KeepAlive(body)
+		return rc
+	})
 }
 
 // SetStr sets a string attribute (copied).
 func (r *Request) SetStr(f StrField, value string) error {
-	p, err := r.ptr("spi_request_set_str")
-	if err != nil {
-		return err
-	}
-	s, n := cstr(value)
-	rc := C.spi_request_set_str(p, C.int32_t(f), s, n)
-	runtime.KeepAlive(value)
-	if rc != 0 {
-		return r.fail(rc, "spi_request_set_str")
-	}
-	runtime.KeepAlive(r)
-	return nil
+	return r.do("spi_request_set_str", func(p *C.spi_request) C.int {
+		s, n := cstr(value)
+		rc := C.spi_request_set_str(p, C.int32_t(f), s, n)
+		runtime.KeepAlive(value)
+		return rc
+	})
 }
 
 // Str reads a string attribute ("" when unset).
@@ -165,28 +160,16 @@ func (r *Request) Str(f StrField) (string, error) {
 
 // SetInt sets an integer attribute.
 func (r *Request) SetInt(f IntField, value int64) error {
-	p, err := r.ptr("spi_request_set_int")
-	if err != nil {
-		return err
-	}
-	if rc := C.spi_request_set_int(p, C.int32_t(f), C.int64_t(value)); rc != 0 {
-		return r.fail(rc, "spi_request_set_int")
-	}
-	runtime.KeepAlive(r)
-	return nil
+	return r.do("spi_request_set_int", func(p *C.spi_request) C.int {
+		return C.spi_request_set_int(p, C.int32_t(f), C.int64_t(value))
+	})
 }
 
 // UnsetInt clears an integer attribute back to unset.
 func (r *Request) UnsetInt(f IntField) error {
-	p, err := r.ptr("spi_request_unset_int")
-	if err != nil {
-		return err
-	}
-	if rc := C.spi_request_unset_int(p, C.int32_t(f)); rc != 0 {
-		return r.fail(rc, "spi_request_unset_int")
-	}
-	runtime.KeepAlive(r)
-	return nil
+	return r.do("spi_request_unset_int", func(p *C.spi_request) C.int {
+		return C.spi_request_unset_int(p, C.int32_t(f))
+	})
 }
 
 // Int reads an integer attribute; ok is false when it is unset.
@@ -223,20 +206,14 @@ func (r *Request) SetTools(tools any) error {
 
 // AddMessage appends a chat message (system, developer, user, assistant, tool).
 func (r *Request) AddMessage(role, content string) error {
-	p, err := r.ptr("spi_request_add_message")
-	if err != nil {
-		return err
-	}
-	rs, rn := cstr(role)
-	cs, cn := cstr(content)
-	rc := C.spi_request_add_message(p, rs, rn, cs, cn)
-	runtime.KeepAlive(role)
-	runtime.KeepAlive(content)
-	if rc != 0 {
-		return r.fail(rc, "spi_request_add_message")
-	}
-	runtime.KeepAlive(r)
-	return nil
+	return r.do("spi_request_add_message", func(p *C.spi_request) C.int {
+		rs, rn := cstr(role)
+		cs, cn := cstr(content)
+		rc := C.spi_request_add_message(p, rs, rn, cs, cn)
+		runtime.KeepAlive(role)
+		runtime.KeepAlive(content)
+		return rc
+	})
 }
 
 // MessageCount is the number of chat messages.
@@ -253,39 +230,27 @@ func (r *Request) MessageCount() int {
 // SetMetadata adds a metadata pair; a known key (class, priority, sla_ms,
 // replayable, tenant, ...) also sets its attribute.
 func (r *Request) SetMetadata(key, value string) error {
-	p, err := r.ptr("spi_request_set_metadata")
-	if err != nil {
-		return err
-	}
-	ks, kn := cstr(key)
-	vs, vn := cstr(value)
-	rc := C.spi_request_set_metadata(p, ks, kn, vs, vn)
-	runtime.KeepAlive(key)
-	runtime.KeepAlive(value)
-	if rc != 0 {
-		return r.fail(rc, "spi_request_set_metadata")
-	}
-	runtime.KeepAlive(r)
-	return nil
+	return r.do("spi_request_set_metadata", func(p *C.spi_request) C.int {
+		ks, kn := cstr(key)
+		vs, vn := cstr(value)
+		rc := C.spi_request_set_metadata(p, ks, kn, vs, vn)
+		runtime.KeepAlive(key)
+		runtime.KeepAlive(value)
+		return rc
+	})
 }
 
 // SetTokenIDs gives the prompt as token ids (copied); nil clears them.
 func (r *Request) SetTokenIDs(ids []uint32) error {
-	p, err := r.ptr("spi_request_set_token_ids")
-	if err != nil {
-		return err
-	}
-	var ptr *C.uint32_t
-	if len(ids) > 0 {
-		ptr = (*C.uint32_t)(unsafe.Pointer(&ids[0]))
-	}
-	rc := C.spi_request_set_token_ids(p, ptr, C.size_t(len(ids)))
-	runtime.KeepAlive(ids)
-	if rc != 0 {
-		return r.fail(rc, "spi_request_set_token_ids")
-	}
-	runtime.KeepAlive(r)
-	return nil
+	return r.do("spi_request_set_token_ids", func(p *C.spi_request) C.int {
+		var ptr *C.uint32_t
+		if len(ids) > 0 {
+			ptr = (*C.uint32_t)(unsafe.Pointer(&ids[0]))
+		}
+		rc := C.spi_request_set_token_ids(p, ptr, C.size_t(len(ids)))
+		runtime.KeepAlive(ids)
+		return rc
+	})
 }
 
 // CanonicalPrompt is a copy of the canonical prompt text the prefix blocks

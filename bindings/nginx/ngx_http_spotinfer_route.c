@@ -320,45 +320,28 @@ ngx_int_t
 ngx_http_spi_send_error(ngx_http_request_t *r, ngx_uint_t status,
     const char *type, ngx_str_t *msg, ngx_uint_t retry_after)
 {
-    u_char       *p;
-    size_t        len;
-    ngx_int_t     rc;
-    ngx_buf_t    *b;
-    ngx_chain_t   out;
+    u_char     *p;
+    size_t      len;
+    ngx_str_t   text;
 
     len = sizeof("{\"error\":{\"message\":\"\",\"type\":\"\","
                  "\"param\":null,\"code\":null}}\n") - 1
           + msg->len * 6 + ngx_strlen(type);
 
-    b = ngx_create_temp_buf(r->pool, len);
-    if (b == NULL) {
+    text.data = ngx_pnalloc(r->pool, len);
+    if (text.data == NULL) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
-    p = ngx_cpymem(b->last, "{\"error\":{\"message\":\"", 21);
+    p = ngx_cpymem(text.data, "{\"error\":{\"message\":\"", 21);
     p = ngx_http_spi_json_escape(p, msg);
     p = ngx_sprintf(p, "\",\"type\":\"%s\",\"param\":null,\"code\":null}}\n",
                     type);
-    b->last = p;
-    b->last_buf = (r == r->main) ? 1 : 0;
-    b->last_in_chain = 1;
+    text.len = p - text.data;
 
     if (retry_after && ngx_http_spi_retry_after(r) != NGX_OK) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
-    r->headers_out.status = status;
-    r->headers_out.content_length_n = b->last - b->pos;
-    ngx_str_set(&r->headers_out.content_type, "application/json");
-    r->headers_out.content_type_len = r->headers_out.content_type.len;
-
-    rc = ngx_http_send_header(r);
-    if (rc == NGX_ERROR || rc > NGX_OK || r->header_only) {
-        return rc;
-    }
-
-    out.buf = b;
-    out.next = NULL;
-
-    return ngx_http_output_filter(r, &out);
+    return ngx_http_spi_send_text(r, status, "application/json", &text);
 }

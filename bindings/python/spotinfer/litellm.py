@@ -74,6 +74,9 @@ BODY_KEYS = ("stream", "max_tokens", "max_completion_tokens", "service_tier",
 #: callbacks.
 TICKET_KEY = "spotinfer_ticket"
 
+#: How long a request the library queues waits before it is decided again.
+_QUEUE_POLL_S = 0.05
+
 
 def _jsonable(obj: Any) -> Any:
     dump = getattr(obj, "model_dump", None)
@@ -475,13 +478,10 @@ class SpotinferRouting(CustomLogger, CustomRoutingStrategyBase):  # type: ignore
             allowed = {h["model_info"]["id"] for h in healthy or ()}
         body, kind = request_body(model, messages, input, kwargs)
         deadline = time.monotonic() + self.queue_wait_s
-        while True:
-            d = self._decide(model, body, kind)
-            if d.pool != Pool.QUEUE:
-                break
-            if time.monotonic() >= deadline:
-                raise self._queue_timeout(model, d)
-            await asyncio.sleep(0.05)
+        d = self._decide_by(model, body, kind, deadline)
+        while d is None:
+            await asyncio.sleep(_QUEUE_POLL_S)
+            d = self._decide_by(model, body, kind, deadline)
         return self._placed(model, d, allowed, kwargs)
 
     def get_available_deployment(
@@ -492,19 +492,25 @@ class SpotinferRouting(CustomLogger, CustomRoutingStrategyBase):  # type: ignore
         kwargs = request_kwargs if request_kwargs is not None else {}
         body, kind = request_body(model, messages, input, kwargs)
         deadline = time.monotonic() + self.queue_wait_s
-        while True:
-            d = self._decide(model, body, kind)
-            if d.pool != Pool.QUEUE:
-                break
-            if time.monotonic() >= deadline:
-                raise self._queue_timeout(model, d)
-            time.sleep(0.05)
+        d = self._decide_by(model, body, kind, deadline)
+        while d is None:
+            time.sleep(_QUEUE_POLL_S)
+            d = self._decide_by(model, body, kind, deadline)
         return self._placed(model, d, None, kwargs)
 
-    def _queue_timeout(self, model: str, d: Any) -> Exception:
-        return litellm.ServiceUnavailableError(
-            message=f"no capacity: queued over {self.queue_wait_s:g} s ({d.reason})",
-            llm_provider="spotinfer", model=model, response=self._answer(503))
+    def _decide_by(self, model: str, body: bytes, kind: OpenAIKind,
+                   deadline: float) -> Any:
+        """A decision that places the request; None while the library queues
+        it (ask again after _QUEUE_POLL_S); ServiceUnavailableError once it
+        is still queued at deadline (time.monotonic())."""
+        d = self._decide(model, body, kind)
+        if d.pool != Pool.QUEUE:
+            return d
+        if time.monotonic() >= deadline:
+            raise litellm.ServiceUnavailableError(
+                message=f"no capacity: queued over {self.queue_wait_s:g} s ({d.reason})",
+                llm_provider="spotinfer", model=model, response=self._answer(503))
+        return None
 
     def _placed(self, model: str, d: Any, allowed: Optional[set],
                 kwargs: Dict[str, Any]) -> Any:
