@@ -545,9 +545,12 @@ static void indexed_rdv(const route_env *x, const spi_pool_index *p,
  * index's arrays; both cells of a pool share them. */
 static void block_ttft(const route_env *x, spi_pool_index *p, uint32_t w) {
   const double base = x->cfg->ttft_base_ms, cold = x->cold_tok;
-  size_t lo = (size_t)w * 64, hi = lo + 64 < p->n ? lo + 64 : p->n;
-  for (size_t i = lo; i < hi; i++)
-    p->t_now[i] = (base + p->t_wait[i]) + (cold * p->t_ms_tok[i]) * p->t_slow[i];
+  size_t lo = (size_t)w * 64, n = p->n - lo < 64 ? p->n - lo : 64;
+  double *restrict t = &p->t_now[lo];
+  const double *restrict wait = &p->t_wait[lo], *restrict ms = &p->t_ms_tok[lo],
+                         *restrict slow = &p->t_slow[lo];
+  for (size_t i = 0; i < n; i++)
+    t[i] = (base + wait[i]) + (cold * ms[i]) * slow[i];
   p->tdone |= UINT64_C(1) << w;
 }
 
@@ -559,10 +562,14 @@ static uint64_t block_under(const spi_pool_index *p, int k, uint32_t w,
   uint64_t m = 0;
   size_t i = 0;
 #if defined(__SSE2__)
-  /* Two at a time: the same comparison, one mask bit per lane. */
+  /* Eight at a time, two per compare: the same comparison (false for a
+   * NaN), one mask bit per lane. */
   const __m128d th = _mm_set1_pd(thr);
-  for (; i + 2 <= n; i += 2)
-    m |= (uint64_t)_mm_movemask_pd(_mm_cmple_pd(_mm_loadu_pd(t + i), th)) << i;
+#define UNDER2(j) \
+  ((unsigned)_mm_movemask_pd(_mm_cmple_pd(_mm_loadu_pd(t + i + (j)), th)) << (j))
+  for (; i + 8 <= n; i += 8)
+    m |= (uint64_t)(UNDER2(0) | UNDER2(2) | UNDER2(4) | UNDER2(6)) << i;
+#undef UNDER2
 #endif
   for (; i < n; i++) m |= (uint64_t)(t[i] <= thr) << i;
   return m & p->creg[k][w];
