@@ -1,12 +1,14 @@
 /* lru.c - a fixed-capacity LRU set of 64-bit keys (one replica's KV blocks):
- * linear-probing hash with backward-shift deletion, intrusive list.
+ * linear-probing hash with backward-shift deletion, its entries linked into
+ * the recency list in place.
  *
  * It is on the simulator's hot path (every block of every request started
  * on a replica), and a replica's table does not stay in cache between two
- * of its requests, so the layout is for cache lines: a probe reads one
- * slot holding the key and its node, a node holds its links and its slot,
- * and sim_lru_prefix_fill prefetches the slots of the blocks it will look
- * up and re-touches its hits through the nodes it found. */
+ * of its requests, so the layout is for cache lines: a slot holds the key
+ * and its list links (slot indices), so finding a key and moving it to the
+ * front reads the slot and its two neighbours, and nothing else; the table
+ * is 16 bytes a slot at half load, 32 KB for 1,024 blocks.
+ * sim_lru_prefix_fill prefetches the slots of the blocks it will look up. */
 #include <stdlib.h>
 #include <string.h>
 
@@ -15,13 +17,8 @@
 #define NIL UINT32_MAX
 
 struct sim_lru_slot {
-  uint64_t key1; /* key + 1; 0 = empty */
-  uint32_t node;
-  uint32_t spare;
-};
-
-struct sim_lru_node {
-  uint32_t prev, next, slot, spare;
+  uint64_t key1;       /* key + 1; 0 = empty */
+  uint32_t prev, next; /* recency list, slot indices (NIL: none) */
 };
 
 #if defined(__GNUC__)
@@ -45,8 +42,7 @@ int sim_lru_init(sim_lru *l, uint32_t capacity) {
   l->cap = capacity;
   l->mask = slots - 1;
   l->slots = calloc(slots, sizeof *l->slots);
-  l->nodes = calloc(capacity, sizeof *l->nodes);
-  if (!l->slots || !l->nodes) {
+  if (!l->slots) {
     sim_lru_free(l);
     return -1;
   }
@@ -56,7 +52,6 @@ int sim_lru_init(sim_lru *l, uint32_t capacity) {
 
 void sim_lru_free(sim_lru *l) {
   free(l->slots);
-  free(l->nodes);
   memset(l, 0, sizeof *l);
 }
 
@@ -82,29 +77,40 @@ static uint32_t find_slot(const sim_lru *l, uint64_t key, uint32_t *empty) {
   return NIL;
 }
 
-static void unlink_node(sim_lru *l, uint32_t n) {
-  struct sim_lru_node *x = &l->nodes[n];
-  if (x->prev != NIL) l->nodes[x->prev].next = x->next;
+static void unlink_slot(sim_lru *l, uint32_t i) {
+  struct sim_lru_slot *x = &l->slots[i];
+  if (x->prev != NIL) l->slots[x->prev].next = x->next;
   else l->head = x->next;
-  if (x->next != NIL) l->nodes[x->next].prev = x->prev;
+  if (x->next != NIL) l->slots[x->next].prev = x->prev;
   else l->tail = x->prev;
 }
 
-static void push_front(sim_lru *l, uint32_t n) {
-  l->nodes[n].prev = NIL;
-  l->nodes[n].next = l->head;
-  if (l->head != NIL) l->nodes[l->head].prev = n;
-  l->head = n;
-  if (l->tail == NIL) l->tail = n;
+static void push_front(sim_lru *l, uint32_t i) {
+  l->slots[i].prev = NIL;
+  l->slots[i].next = l->head;
+  if (l->head != NIL) l->slots[l->head].prev = i;
+  l->head = i;
+  if (l->tail == NIL) l->tail = i;
 }
 
-static void move_front(sim_lru *l, uint32_t n) {
-  if (l->head != n) {
-    unlink_node(l, n);
-    push_front(l, n);
+static void move_front(sim_lru *l, uint32_t i) {
+  if (l->head != i) {
+    unlink_slot(l, i);
+    push_front(l, i);
   }
 }
 
+/* Move the entry in slot j to the empty slot i, links and all. */
+static void move_entry(sim_lru *l, uint32_t i, uint32_t j) {
+  struct sim_lru_slot *x = &l->slots[i];
+  *x = l->slots[j];
+  if (x->prev != NIL) l->slots[x->prev].next = i;
+  else l->head = i;
+  if (x->next != NIL) l->slots[x->next].prev = i;
+  else l->tail = i;
+}
+
+/* Empty slot i (already out of the list). */
 static void delete_slot(sim_lru *l, uint32_t i) {
   /* Backward-shift deletion keeps probe chains intact without tombstones. */
   uint32_t j = i;
@@ -114,8 +120,7 @@ static void delete_slot(sim_lru *l, uint32_t i) {
     uint32_t home = home_of(l->slots[j].key1 - 1) & l->mask;
     int between = i <= j ? (i < home && home <= j) : (i < home || home <= j);
     if (between) continue;
-    l->slots[i] = l->slots[j];
-    l->nodes[l->slots[i].node].slot = i;
+    move_entry(l, i, j);
     i = j;
   }
   l->slots[i].key1 = 0;
@@ -126,45 +131,37 @@ int sim_lru_contains(const sim_lru *l, uint64_t key) {
   return find_slot(l, key, &empty) != NIL;
 }
 
-/* The node now holding key, made most recent, or NIL when absent (then
- * *empty is where key would go). */
-static uint32_t touch_node(sim_lru *l, uint64_t key, uint32_t *empty) {
-  uint32_t s = find_slot(l, key, empty);
-  if (s == NIL) return NIL;
-  uint32_t n = l->slots[s].node;
-  move_front(l, n);
-  return n;
-}
-
 int sim_lru_touch(sim_lru *l, uint64_t key) {
-  uint32_t empty;
-  return touch_node(l, key, &empty) != NIL;
+  uint32_t empty = NIL, i = find_slot(l, key, &empty);
+  if (i == NIL) return 0;
+  move_front(l, i);
+  return 1;
 }
 
-void sim_lru_insert(sim_lru *l, uint64_t key) {
-  uint32_t i;
-  if (touch_node(l, key, &i) != NIL) return;
-  uint32_t n;
+/* key, absent, goes in: into the empty slot i of its probe sequence while
+ * there is room, else in place of the least recently used entry. */
+static void insert_absent(sim_lru *l, uint64_t key, uint32_t i) {
   if (l->size < l->cap) {
-    n = l->size++; /* nodes are taken in order and only all given back */
+    l->size++;
   } else {
-    n = l->tail;
-    unlink_node(l, n);
-    delete_slot(l, l->nodes[n].slot);
+    uint32_t t = l->tail;
+    unlink_slot(l, t);
+    delete_slot(l, t);
     /* The deletion may have shifted entries into or out of key's probe
      * sequence: look for its place again. */
     i = home_of(key) & l->mask;
     while (l->slots[i].key1) i = (i + 1) & l->mask;
   }
   l->slots[i].key1 = key + 1;
-  l->slots[i].node = n;
-  l->nodes[n].slot = i;
-  push_front(l, n);
+  push_front(l, i);
 }
 
-/* Hits remembered by node for the second touch (longer prompts look the
- * rest up again). */
-#define PREFIX_NODES 256
+void sim_lru_insert(sim_lru *l, uint64_t key) {
+  uint32_t empty = NIL, i = find_slot(l, key, &empty);
+  if (i != NIL) move_front(l, i);
+  else insert_absent(l, key, empty);
+}
+
 #define PREFETCH_AHEAD 8
 
 static void prefetch_home(const sim_lru *l, uint64_t key) {
@@ -179,34 +176,27 @@ static void prefetch_home(const sim_lru *l, uint64_t key) {
  * stays useless. The hits are touched first, so the blocks inserted after
  * them cannot evict them (a running request's blocks are in use), then the
  * missing blocks are inserted last to first, then the hits again last to
- * first. */
+ * first (looked up again: an insert's eviction may have shifted them, and
+ * a prompt longer than the cache may have evicted them). */
 uint32_t sim_lru_prefix_fill(sim_lru *l, const uint64_t *chain, uint32_t n) {
-  uint32_t node[PREFIX_NODES], hit = 0, empty;
+  uint32_t hit = 0, empty = NIL, i;
   for (uint32_t b = 0; b < n && b < PREFETCH_AHEAD; b++) prefetch_home(l, chain[b]);
   while (hit < n) {
     if (hit + PREFETCH_AHEAD < n) prefetch_home(l, chain[hit + PREFETCH_AHEAD]);
-    uint32_t x = touch_node(l, chain[hit], &empty);
-    if (x == NIL) break;
-    if (hit < PREFIX_NODES) node[hit] = x;
+    i = find_slot(l, chain[hit], &empty);
+    if (i == NIL) break;
+    move_front(l, i);
     hit++;
   }
   for (uint32_t b = n; b-- > hit;) {
     if (b >= hit + PREFETCH_AHEAD) prefetch_home(l, chain[b - PREFETCH_AHEAD]);
     if (l->size == l->cap) {
-      /* The next two to be evicted: the tail's slot, and the node after. */
-      const struct sim_lru_node *t = &l->nodes[l->tail];
-      PREFETCH(&l->slots[t->slot]);
-      if (t->prev != NIL) PREFETCH(&l->nodes[t->prev]);
+      /* The next two to be evicted: the tail, and the entry before it. */
+      const struct sim_lru_slot *t = &l->slots[l->tail];
+      if (t->prev != NIL) PREFETCH(&l->slots[t->prev]);
     }
     sim_lru_insert(l, chain[b]);
   }
-  /* A hit's node still holds its key unless the inserts evicted it (a
-   * prompt longer than the cache); then look the key up as before. */
-  for (uint32_t b = hit; b-- > 0;) {
-    if (b < PREFIX_NODES && l->slots[l->nodes[node[b]].slot].key1 == chain[b] + 1)
-      move_front(l, node[b]);
-    else
-      sim_lru_touch(l, chain[b]);
-  }
+  for (uint32_t b = hit; b-- > 0;) sim_lru_touch(l, chain[b]);
   return hit;
 }

@@ -122,6 +122,7 @@ typedef struct sreq {
 
 typedef struct replica {
   char id[32], node[48];
+  size_t id_len;
   int32_t pool, zone; /* zone -1: on-demand */
   uint32_t zslot;     /* its place in the zone: it runs while zslot < cap */
   int up;
@@ -157,6 +158,7 @@ typedef struct sim {
   uint32_t nrep;
   sreq *r;
   int pump_pending, unpark_pending;
+  int rq_warm; /* rq holds the attributes every request shares */
   uint32_t *parked; /* FIFO of requests held for spot */
   size_t n_parked, parked_cap;
   char dir[64];
@@ -171,14 +173,14 @@ static void report_load(sim *s, replica *p) {
   spi_load l = {sizeof l, (double)p->running, (double)p->waiting_n, 0, 0};
   double kv = (double)p->running_blocks / (double)p->kv_blocks;
   l.kv_usage = kv > 1 ? 1 : kv;
-  spi_replica_report_load(s->eng, p->id, strlen(p->id), &l);
+  spi_replica_report_load(s->eng, p->id, p->id_len, &l);
 }
 
 static int replica_upsert(sim *s, replica *p) {
   spi_replica_info ri;
   memset(&ri, 0, sizeof ri);
   ri.struct_size = sizeof ri;
-  ri.id = p->id, ri.id_len = strlen(p->id);
+  ri.id = p->id, ri.id_len = p->id_len;
   ri.pool = p->pool;
   ri.zone = p->zone < 0 ? "on-demand" : s->zones[p->zone].tr.zone;
   ri.zone_len = strlen(ri.zone);
@@ -267,28 +269,42 @@ static void try_start(sim *s, replica *p) {
   }
 }
 
-static uint32_t replica_of(sim *s, const char *id) {
-  /* ids are "r<index>-..." */
-  (void)s;
-  return (uint32_t)strtoul(id + 1, NULL, 10);
+/* The replica a decision names: ids are "r<index>-...". */
+static uint32_t replica_of(const char *id) {
+  uint32_t k = 0;
+  for (const char *c = id + 1; *c >= '0' && *c <= '9'; c++) k = k * 10 + (uint32_t)(*c - '0');
+  return k;
 }
 
-/* Build the library request for request i from its trace blocks. */
+/* Build the library request for request i from its trace blocks. The
+ * handle stays warm between requests, as a gateway's per-worker request
+ * would: the model is set once, and every other attribute a request may
+ * carry is set or cleared each time. */
 static int build_request(sim *s, uint32_t i, spi_request *rq) {
   const sim_trace_req *t = &s->tr->reqs[i];
   sreq *q = &s->r[i];
   size_t n = (size_t)t->nblocks * SIM_IDS_PER_BLOCK;
-  spi_request_reset(rq);
+  if (!s->rq_warm) {
+    spi_request_reset(rq);
+    spi_request_set_str(rq, SPI_REQ_MODEL, "sim-model", 9);
+    s->rq_warm = 1;
+  }
   const char *cls = spi_class_name((int32_t)t->klass);
-  spi_request_set_str(rq, SPI_REQ_MODEL, "sim-model", 9);
   spi_request_set_str(rq, SPI_REQ_CLASS, cls, strlen(cls));
-  if (t->klass != SPI_CLASS_GOLD) spi_request_set_int(rq, SPI_REQ_REPLAYABLE, 1);
-  else spi_request_set_int(rq, SPI_REQ_SLA_MS, 2000);
+  if (t->klass != SPI_CLASS_GOLD) {
+    spi_request_set_int(rq, SPI_REQ_REPLAYABLE, 1);
+    spi_request_unset_int(rq, SPI_REQ_SLA_MS);
+  } else {
+    spi_request_unset_int(rq, SPI_REQ_REPLAYABLE);
+    spi_request_set_int(rq, SPI_REQ_SLA_MS, 2000);
+  }
   spi_request_set_int(rq, SPI_REQ_PROMPT_TOKENS, q->prompt_tokens);
   spi_request_set_int(rq, SPI_REQ_EXPECTED_OUTPUT_TOKENS, q->out_left);
   spi_request_set_int(rq, SPI_REQ_MAX_OUTPUT_TOKENS, q->out_left);
   if (q->replay_since)
     spi_request_set_int(rq, SPI_REQ_REPLAY_SINCE_NS, SIM_EPOCH_NS + q->replay_since);
+  else
+    spi_request_unset_int(rq, SPI_REQ_REPLAY_SINCE_NS);
   return spi_request_set_token_ids(rq, s->tr->ids + t->block_off * SIM_IDS_PER_BLOCK, n);
 }
 
@@ -297,8 +313,7 @@ static int build_request(sim *s, uint32_t i, spi_request *rq) {
 static int route(sim *s, uint32_t i) {
   sreq *q = &s->r[i];
   if (build_request(s, i, s->rq) != SPI_OK) return s->res->route_errors++, 0;
-  spi_decision d;
-  memset(&d, 0, sizeof d);
+  spi_decision d; /* spi_route clears it; its fields are read on SPI_OK only */
   d.struct_size = sizeof d;
   int rc = spi_route(s->rq, &d);
   if (rc != SPI_OK || !d.ticket) {
@@ -308,7 +323,7 @@ static int route(sim *s, uint32_t i) {
     }
     return rc == SPI_OK && d.reason_code == SPI_REASON_QUEUE_NO_SPOT ? 2 : 0;
   }
-  uint32_t ri = replica_of(s, d.replica_id);
+  uint32_t ri = replica_of(d.replica_id);
   replica *p = &s->reps[ri];
   if (d.pool == SPI_POOL_SPOT) s->res->spot_served++;
   else s->res->od_served++;
@@ -614,7 +629,7 @@ static void zone_event(sim *s, uint32_t type, uint32_t zi, uint32_t cap) {
     } else if (type == EV_ZGONE && p->up) {
       while (p->head >= 0) cut(s, (uint32_t)p->head);
       spi_engine_tick(s->eng);
-      spi_replica_remove(s->eng, p->id, strlen(p->id));
+      spi_replica_remove(s->eng, p->id, p->id_len);
       p->up = 0;
       p->up_seconds += (double)(s->now - p->up_since) / 1e9;
       sim_lru_clear(&p->lru);
@@ -880,6 +895,7 @@ static void replicas_make(sim *s, int all_od) {
       p->itype = "gpu-1x";
       snprintf(p->id, sizeof p->id, "r%u-%s", k, spot ? s->zones[p->zone].tr.zone : "od");
     }
+    p->id_len = strlen(p->id);
     p->pool = spot ? SPI_POOL_SPOT : SPI_POOL_ON_DEMAND;
     if (spot) p->zslot = s->zones[p->zone].size++;
     p->head = -1;

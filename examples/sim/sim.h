@@ -133,16 +133,14 @@ int sim_register_policies(spi_engine *engine, const sim_gw_view *view, const cha
 
 /* ----------------------------------------------------------------- LRU */
 
-/* A hash slot (key and node side by side: one cache line per probe) and a
- * list node; defined in lru.c. */
+/* A hash slot, holding a key and its links in the recency list; defined
+ * in lru.c. */
 struct sim_lru_slot;
-struct sim_lru_node;
 
 typedef struct sim_lru {
   struct sim_lru_slot *slots; /* mask + 1 of them */
-  struct sim_lru_node *nodes; /* cap of them */
   uint32_t mask;
-  uint32_t cap, size, head, tail; /* nodes 0..size-1 are in use */
+  uint32_t cap, size, head, tail; /* head, tail: slot indices */
 } sim_lru;
 
 int sim_lru_init(sim_lru *l, uint32_t capacity);
