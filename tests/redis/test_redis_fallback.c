@@ -23,6 +23,7 @@
 #include <cmocka.h>
 
 #include "spotinfer/spotinfer.h"
+#include "unit/journal_files.h"
 #include "unit/replay_helpers.h"
 
 static pid_t redis_pid;
@@ -73,8 +74,8 @@ static void while_stopped(spi_engine *e, spi_replay_queue *q, seen *w) {
 
 static void test_fallback_counts(void **st) {
   (void)st;
-  char dir[] = "/tmp/spotinfer-fbcount.XXXXXX";
-  assert_non_null(mkdtemp(dir));
+  char dir[256];
+  rq_tmpdir(dir, sizeof dir, "fbcount");
   char json[512];
   snprintf(json, sizeof json,
            "{\"store\":\"redis\",\"fallback\":\"journal\",\"dir\":\"%s\","
@@ -138,23 +139,17 @@ static void test_fallback_counts(void **st) {
   /* Closed, the queue no longer counts in the engine's gauge. */
   assert_int_equal(metric(e, "spotinfer_replay_fallback_envelopes"), 0);
   spi_engine_free(e);
-  char cmd[128];
-  snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
-  assert_int_equal(system(cmd), 0);
+  rm_rf(dir);
 }
 
 /* Envelopes left in the journal by an earlier process count as held from
  * the open on, and leave the gauge when the queue closes. */
 static void test_left_by_an_earlier_process(void **st) {
   (void)st;
-  char dir[] = "/tmp/spotinfer-fbleft.XXXXXX";
-  assert_non_null(mkdtemp(dir));
+  char dir[256];
+  rq_tmpdir(dir, sizeof dir, "fbleft");
   char json[512];
-  snprintf(json, sizeof json,
-           "{\"store\":\"redis\",\"fallback\":\"journal\",\"dir\":\"%s\","
-           "\"store_config\":{\"address\":\"127.0.0.1:1\",\"timeout_ms\":"
-           "100}}",
-           dir);
+  rq_unreachable_redis(json, sizeof json, dir);
   spi_engine *e = NULL;
   assert_int_equal(spi_engine_new(&e, NULL), SPI_OK);
   spi_replay_queue *q = NULL;
@@ -180,9 +175,7 @@ static void test_left_by_an_earlier_process(void **st) {
   assert_int_equal(old.fallback_held, 0xababababababababULL);
   spi_replay_close(q);
   spi_engine_free(e);
-  char cmd[128];
-  snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
-  assert_int_equal(system(cmd), 0);
+  rm_rf(dir);
 }
 
 int main(void) {

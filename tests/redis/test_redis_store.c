@@ -20,6 +20,7 @@
 #include "spotinfer/spotinfer.h"
 #include "spotinfer/spotinfer_module.h"
 #include "spotinfer/spotinfer_redis.h"
+#include "unit/journal_files.h"
 #include "unit/replay_helpers.h"
 
 static spi_envelope env_of(const char *key) {
@@ -123,14 +124,10 @@ static void test_unreachable(void **st) {
 static void test_fallback_moves_once(void **st) {
   (void)st;
   const char *port = getenv("SPI_REDIS_PORT");
-  char dir[] = "/tmp/spotinfer-fb.XXXXXX";
-  assert_non_null(mkdtemp(dir));
+  char dir[256];
+  rq_tmpdir(dir, sizeof dir, "fb");
   char json[512];
-  snprintf(json, sizeof json,
-           "{\"store\":\"redis\",\"fallback\":\"journal\",\"dir\":\"%s\","
-           "\"store_config\":{\"address\":\"127.0.0.1:1\",\"timeout_ms\":"
-           "100}}",
-           dir);
+  rq_unreachable_redis(json, sizeof json, dir);
   spi_engine *e = NULL;
   assert_int_equal(spi_engine_new(&e, NULL), SPI_OK);
   spi_replay_queue *q = NULL;
@@ -176,9 +173,7 @@ static void test_fallback_moves_once(void **st) {
     spi_replay_close(q);
   }
   spi_engine_free(e);
-  char cmd[128];
-  snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
-  assert_int_equal(system(cmd), 0);
+  rm_rf(dir);
 }
 
 /* ---------------------------------------------------- module structs */

@@ -11,6 +11,8 @@
  *                                                  number fail_at (-1 never)
  *   rq_tmpdir(dir, cap, "name")          a fresh $TMPDIR/spi-name-XXXXXX
  *   rq_open_journal(e, dir, extra, &q)   {"store":"journal","dir":dir,extra}
+ *   rq_unreachable_redis(json, cap, dir)  "redis" at 127.0.0.1:1, fallback
+ *                                        journal in dir
  *   v = rq_envelope(key, klass, body)    every other field zero
  *   rq_enqueue(q, &v)                    SPI_OK, and not a duplicate
  *   rq_is_dup(q, &v)                     SPI_OK; whether a duplicate
@@ -93,6 +95,17 @@ static inline int rq_open_journal(spi_engine *e, const char *dir,
            extra[0] ? "," : "", extra);
   *q = NULL;
   return spi_replay_open(e, cfg, strlen(cfg), q);
+}
+
+/* A Redis queue store that nobody answers (127.0.0.1:1, 100 ms), with its
+ * fallback journal in dir: the configuration in json[cap]. */
+static inline void rq_unreachable_redis(char *json, size_t cap,
+                                        const char *dir) {
+  snprintf(json, cap,
+           "{\"store\":\"redis\",\"fallback\":\"journal\",\"dir\":\"%s\","
+           "\"store_config\":{\"address\":\"127.0.0.1:1\",\"timeout_ms\":"
+           "100}}",
+           dir);
 }
 
 /* ------------------------------------------------------------ the queue */

@@ -15,31 +15,12 @@
 #include <cjson/cJSON.h>
 
 #include "spi_internal.h"
-
-typedef struct counting_alloc {
-  long live;
-  long calls;
-  long fail_at; /* -1: never */
-} counting_alloc;
-
-static void *count_alloc(void *ud, size_t size) {
-  counting_alloc *a = ud;
-  if (a->calls++ == a->fail_at) return NULL;
-  void *p = malloc(size);
-  if (p) a->live++;
-  return p;
-}
-
-static void count_free(void *ud, void *p) {
-  counting_alloc *a = ud;
-  if (p) a->live--;
-  free(p);
-}
+#include "std_mem.h"
 
 /* Canonicalise text; returns the status, *out gets a malloc'd copy. */
 static int canon(const char *text, char **out) {
   counting_alloc a = {0, 0, -1};
-  spi_mem m = {count_alloc, count_free, &a};
+  spi_mem m = counting_mem(&a);
   *out = NULL;
   cJSON *v = cJSON_ParseWithLengthOpts(text, strlen(text), NULL, 0);
   if (!v) fail_msg("cJSON could not parse %s", text);
@@ -142,7 +123,7 @@ static void test_numbers_locale(void **st) {
     cJSON_AddItemToArray(arr, cJSON_CreateNumber(1e300));
     cJSON_AddItemToArray(arr, cJSON_CreateNumber(12345.678));
     counting_alloc a = {0, 0, -1};
-    spi_mem m = {count_alloc, count_free, &a};
+    spi_mem m = counting_mem(&a);
     spi_buf b = {0};
     int rc = spi__canon_json(arr, &b, &m);
     setlocale(LC_NUMERIC, "C");
@@ -241,7 +222,7 @@ static void test_depth_limit(void **st) {
 static void test_appends_and_restores(void **st) {
   (void)st;
   counting_alloc a = {0, 0, -1};
-  spi_mem m = {count_alloc, count_free, &a};
+  spi_mem m = counting_mem(&a);
   spi_buf b = {0};
   assert_int_equal(spi__buf_append(&b, &m, "pre:", 4), SPI_OK);
   cJSON *v = cJSON_Parse("{\"b\":[1,2],\"a\":true}");
@@ -263,7 +244,7 @@ static void test_appends_and_restores(void **st) {
 static void test_invalid_arguments(void **st) {
   (void)st;
   counting_alloc a = {0, 0, -1};
-  spi_mem m = {count_alloc, count_free, &a};
+  spi_mem m = counting_mem(&a);
   spi_buf b = {0};
   cJSON *v = cJSON_CreateNull();
   assert_int_equal(spi__canon_json(NULL, &b, &m), SPI_EINVAL);
@@ -303,7 +284,7 @@ static void test_alloc_failures(void **st) {
   assert_non_null(v);
   for (long fail = 0;; fail++) {
     counting_alloc a = {0, 0, fail};
-    spi_mem m = {count_alloc, count_free, &a};
+    spi_mem m = counting_mem(&a);
     spi_buf b = {0};
     int rc = spi__canon_json(v, &b, &m);
     if (a.calls <= fail) {

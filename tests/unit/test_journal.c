@@ -73,9 +73,13 @@ static int open_j(fixture *f, const char *extra) {
   return rc;
 }
 
-static void reopen(fixture *f, const char *extra) {
+static void close_q(fixture *f) {
   spi_replay_close(f->q);
   f->q = NULL;
+}
+
+static void reopen(fixture *f, const char *extra) {
+  close_q(f);
   assert_int_equal(open_j(f, extra), SPI_OK);
 }
 
@@ -430,26 +434,27 @@ static void test_round_trip(void **st) {
 
 /* ---------------------------------------------------------- torn tails */
 
-/* Ten enqueues; returns the byte range of the last record in 000001.log. */
-static void ten_records(fixture *f, uint64_t *start, uint64_t *end) {
+/* Ten enqueues r0..r9 into 000001.log (its name in path): the file's
+ * bytes (malloc'd, *len of them), and the byte range of the last record. */
+static uint8_t *ten_records(fixture *f, char *path, size_t cap, size_t *len,
+                            uint64_t *start, uint64_t *end) {
   assert_int_equal(open_j(f, ""), SPI_OK);
   enqueue_n(f, "r", 9, SPI_CLASS_SILVER);
   *start = sstats(f).bytes;
   enqueue(f, "r9", SPI_CLASS_SILVER);
   *end = sstats(f).bytes;
-  spi_replay_close(f->q);
-  f->q = NULL;
+  close_q(f);
+  seg_path(f, 1, "log", path, cap);
+  return read_all(path, len);
 }
 
 static void test_torn_tail_every_offset(void **st) {
   (void)st;
   fixture *f = setup();
   uint64_t start, end;
-  ten_records(f, &start, &end);
   char path[512];
-  seg_path(f, 1, "log", path, sizeof path);
   size_t len = 0;
-  uint8_t *orig = read_all(path, &len);
+  uint8_t *orig = ten_records(f, path, sizeof path, &len, &start, &end);
   assert_int_equal(len, end);
   for (uint64_t cut = start; cut < end; cut++) {
     write_all(path, orig, (size_t)cut);
@@ -481,8 +486,7 @@ static void test_torn_tail_every_offset(void **st) {
     assert_int_equal(ready(f), 10);
     assert_int_equal(count_suffix(f->dir, ".corrupt"),
                      0); /* torn: nothing kept */
-    spi_replay_close(f->q);
-    f->q = NULL;
+    close_q(f);
   }
   free(orig);
   teardown(f);
@@ -494,11 +498,9 @@ static void test_bit_flips(void **st) {
   (void)st;
   fixture *f = setup();
   uint64_t start, end;
-  ten_records(f, &start, &end);
   char path[512];
-  seg_path(f, 1, "log", path, sizeof path);
   size_t len = 0;
-  uint8_t *orig = read_all(path, &len);
+  uint8_t *orig = ten_records(f, path, sizeof path, &len, &start, &end);
   uint8_t *copy = malloc(len);
   assert_non_null(copy);
   for (uint64_t at = start; at < end; at++) {
@@ -519,8 +521,7 @@ static void test_bit_flips(void **st) {
       assert_non_null(strstr(msg, "torn record"));
       assert_true(at >= start + 8 && at < start + 12);
     }
-    spi_replay_close(f->q);
-    f->q = NULL;
+    close_q(f);
     /* Clean up what was kept aside for the next round. */
     DIR *d = opendir(f->dir);
     struct dirent *de;
@@ -552,8 +553,7 @@ static void test_bit_flips(void **st) {
     assert_int_equal(ss.skipped_bytes, rs);
     assert_int_equal(stats(f).skipped, 1);
     assert_int_equal(count_suffix(f->dir, ".corrupt"), 0);
-    spi_replay_close(f->q);
-    f->q = NULL;
+    close_q(f);
   }
   f->q = NULL;
   free(copy);
@@ -568,8 +568,7 @@ static void test_damage_in_earlier_segment(void **st) {
   fixture *f = setup();
   assert_int_equal(open_j(f, "\"segment_bytes\":4096"), SPI_OK);
   enqueue_n(f, "s", 120, SPI_CLASS_GOLD);
-  spi_replay_close(f->q);
-  f->q = NULL;
+  close_q(f);
   int logs = count_suffix(f->dir, ".log");
   assert_true(logs >= 3);
   char path[512];
@@ -695,8 +694,7 @@ static void test_compaction_interrupted(void **st) {
   uint8_t *old = read_all(path, &len);
   assert_int_equal(spi__replay_compact(f->q), SPI_OK);
   enqueue(f, "c", SPI_CLASS_GOLD);
-  spi_replay_close(f->q);
-  f->q = NULL;
+  close_q(f);
   /* Put the old log back, as if its unlink never happened, plus a
    * half-written compaction. */
   write_all(path, old, len);
@@ -881,8 +879,7 @@ static void test_recovery_alloc_failures(void **st) {
   claimed c;
   assert_int_equal(claim(f, &c), SPI_OK);
   assert_int_equal(spi_replay_ack(f->q, c.id), SPI_OK);
-  spi_replay_close(f->q);
-  f->q = NULL;
+  close_q(f);
   int failures = 0;
   f->quiet = 1;
   for (long n = 0; n < 400; n++) {
@@ -892,8 +889,7 @@ static void test_recovery_alloc_failures(void **st) {
     f->h.fail_at = -1;
     if (rc == SPI_OK) {
       assert_int_equal(ready(f), 39);
-      spi_replay_close(f->q);
-      f->q = NULL;
+      close_q(f);
       if (!hit) break;
       continue;
     }

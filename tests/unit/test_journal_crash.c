@@ -197,37 +197,29 @@ static void feed(model *m, const uint8_t *p, size_t n) {
   }
 }
 
-/* The snapshot number in dir (0: none). */
-static unsigned snapshot_no(const char *dir) {
+/* The highest number of the files <number>.<ext> in dir (0: none). */
+static unsigned highest_no(const char *dir, const char *ext) {
   DIR *d = opendir(dir);
   assert_non_null(d);
   unsigned best = 0;
   struct dirent *de;
   while ((de = readdir(d)) != NULL) {
     unsigned no = 0;
-    char ext[16] = "";
-    if (sscanf(de->d_name, "%u.%15s", &no, ext) == 2 &&
-        strcmp(ext, "snap") == 0 && no > best)
+    char e[16] = "";
+    if (sscanf(de->d_name, "%u.%15s", &no, e) == 2 && strcmp(e, ext) == 0 &&
+        no > best)
       best = no;
   }
   closedir(d);
   return best;
 }
 
+/* The snapshot number in dir (0: none). */
+static unsigned snapshot_no(const char *dir) { return highest_no(dir, "snap"); }
+
 /* The highest-numbered log segment of dir. */
 static int last_log(const char *dir, char *out, size_t cap) {
-  DIR *d = opendir(dir);
-  assert_non_null(d);
-  unsigned best = 0;
-  struct dirent *de;
-  while ((de = readdir(d)) != NULL) {
-    unsigned no = 0;
-    char ext[16] = "";
-    if (sscanf(de->d_name, "%u.%15s", &no, ext) == 2 &&
-        strcmp(ext, "log") == 0 && no > best)
-      best = no;
-  }
-  closedir(d);
+  unsigned best = highest_no(dir, "log");
   if (!best) return 0;
   snprintf(out, cap, "%s/%06u.log", dir, best);
   return 1;

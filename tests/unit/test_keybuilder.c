@@ -22,38 +22,11 @@
 #include <xxhash.h>
 
 #include "spi_internal.h"
+#include "std_mem.h"
 
 #ifndef SPI_SOURCE_DIR
 #define SPI_SOURCE_DIR "."
 #endif
-
-/* ------------------------------------------------------------ allocator */
-
-/* Counts live blocks and fails the allocation numbered fail_at (0-based). */
-typedef struct counting_alloc {
-  long live;
-  long calls;
-  long fail_at; /* -1: never fail */
-} counting_alloc;
-
-static void *count_alloc(void *ud, size_t size) {
-  counting_alloc *a = ud;
-  if (a->calls++ == a->fail_at) return NULL;
-  void *p = malloc(size);
-  if (p) a->live++;
-  return p;
-}
-
-static void count_free(void *ud, void *p) {
-  counting_alloc *a = ud;
-  if (p) a->live--;
-  free(p);
-}
-
-static spi_mem mem_of(counting_alloc *a) {
-  spi_mem m = {count_alloc, count_free, a};
-  return m;
-}
 
 /* ------------------------------------------------------------- fixtures */
 
@@ -77,7 +50,7 @@ static kb *kb_new(const char *json) {
   kb *k = calloc(1, sizeof *k);
   assert_non_null(k);
   k->counts.fail_at = -1;
-  k->mem = mem_of(&k->counts);
+  k->mem = counting_mem(&k->counts);
   spi__builtin_key_builder(&k->mod);
   assert_int_equal(kb_config(k, json), SPI_OK);
   return k;
@@ -1008,7 +981,7 @@ static void test_alloc_failures(void **st) {
   const char *json = "{\"block_bytes\":256,\"max_blocks\":100}";
   for (long fail = 0;; fail++) {
     counting_alloc a = {0, 0, fail};
-    spi_mem m = mem_of(&a);
+    spi_mem m = counting_mem(&a);
     void *inst = (void *)1;
     char err[SPI_ERRMSG_CAP] = "";
     int rc = mod.configure(&m, json, strlen(json), &inst, err, sizeof err);
