@@ -12,7 +12,7 @@ from ctypes import (byref, c_char, c_int32, c_int64, c_size_t, c_uint32, c_uint6
                     c_void_p, create_string_buffer, sizeof, string_at)
 from dataclasses import dataclass
 from typing import (TYPE_CHECKING, Any, Callable, Dict, Iterable, List,
-                    Mapping, Optional, Sequence, Tuple, Union, cast)
+                    Mapping, Optional, Sequence, Tuple, TypeVar, Union, cast)
 
 from . import _native as _n
 from .enums import (Class, LogLevel, ModelTier, ModuleKind, OnFailure,
@@ -55,6 +55,40 @@ def _s(raw: bytes) -> str:
 
 def _closed(what: str) -> MisuseError:
     return MisuseError(-2, f"the {what} is closed", status_name="misuse")
+
+
+_O = TypeVar("_O", bound="_Owned")
+
+
+class _Owned:
+    """The life cycle of a handle an engine owns (a request, a replay
+    queue): freed by close(), at the end of a with block, or with its
+    engine, whichever comes first."""
+
+    _what = "handle"               # its name in the closed error
+    _ptr: Optional[c_void_p]
+    _fin: Callable[[], None]       # frees it once; from engine._st.adopt
+
+    def close(self) -> None:
+        """Free it (a replay queue flushes first). Idempotent."""
+        self._fin()
+        self._ptr = None
+
+    @property
+    def closed(self) -> bool:
+        return self._ptr is None
+
+    def __enter__(self: _O) -> _O:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def _p(self) -> c_void_p:
+        p = self._ptr
+        if p is None:
+            raise _closed(self._what)
+        return p
 
 
 # ------------------------------------------------------------------ engine
@@ -659,7 +693,7 @@ class _IntAttr:
             req.set_int(self.field, int(value))
 
 
-class Request:
+class Request(_Owned):
     """One LLM request, built field by field or read from an OpenAI body.
 
     A request belongs to its engine and is used by one thread at a time.
@@ -731,32 +765,13 @@ class Request:
             raise
         return r
 
-    # -- life cycle
+    # -- life cycle (close, closed, with: _Owned)
 
-    def close(self) -> None:
-        """Free the request. Idempotent."""
-        self._fin()
-        self._ptr = None
-
-    @property
-    def closed(self) -> bool:
-        return self._ptr is None
+    _what = "request"
 
     @property
     def engine(self) -> Engine:
         return self._engine
-
-    def __enter__(self) -> "Request":
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.close()
-
-    def _p(self) -> c_void_p:
-        p = self._ptr
-        if p is None:
-            raise _closed("request")
-        return p
 
     @property
     def errmsg(self) -> str:

@@ -11,7 +11,7 @@ from typing import Any, Iterable, Mapping, Optional, Sequence, Tuple, Union
 
 from . import _native as _n
 from .enums import Class, OpenAIKind, coerce, maybe_enum
-from .errors import MisuseError
+from ._engine import _Owned
 
 _lib = _n.lib
 
@@ -144,7 +144,7 @@ class ReplayStats:
                    s.fallback_moved, bool(store_error), store_error)
 
 
-class ReplayQueue:
+class ReplayQueue(_Owned):
     """A replay queue with its store, opened on an engine.
 
     ``config`` is ``{"store": "memory"}`` or ``{"store": "journal", "dir":
@@ -162,25 +162,8 @@ class ReplayQueue:
         self._fin = engine._st.adopt(self, _lib.spi_replay_close, ptr)
         self._buf = create_string_buffer(4096)
 
-    def close(self) -> None:
-        """Flush and close. Idempotent."""
-        self._fin()
-        self._ptr = None
-
-    @property
-    def closed(self) -> bool:
-        return self._ptr is None
-
-    def __enter__(self) -> "ReplayQueue":
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.close()
-
-    def _p(self) -> c_void_p:
-        if self._ptr is None:
-            raise MisuseError(-2, "the replay queue is closed", status_name="misuse")
-        return self._ptr
+    # close() flushes and closes; closed, with: _Owned.
+    _what = "replay queue"
 
     @property
     def errmsg(self) -> str:
