@@ -195,54 +195,41 @@ static void expect(fixture *f, int lost_from, int lost_to, const char *what,
 
 /* ------------------------------------------------------------------ tests */
 
-static void test_flip_every_record(void **state) {
-  (void)state;
-  fixture *f = setup();
-  journal_image img;
-  build(f, &img);
-  for (int s = 0; s < img.nsegs; s++) {
-    seg *sg = &img.segs[s];
-    for (int r = 0; r < sg->nrec; r++) {
-      restore(f, &img);
-      size_t start = r ? sg->end[r - 1] : 0;
-      /* Header, payload and checksum bytes, not every one of them. */
-      for (size_t at = start; at < sg->end[r];
-           at += at < start + 24 ? 3 : 61) {
-        restore(f, &img);
-        uint8_t *copy = malloc(sg->len);
-        assert_non_null(copy);
-        memcpy(copy, sg->data, sg->len);
-        copy[at] ^= 0x5a;
-        write_all(sg->path, copy, sg->len);
-        free(copy);
-        int key = sg->first_key + r;
-        expect(f, key, key + 1, "flipped byte", (int)at);
-      }
-    }
-  }
-  free_image(&img);
-  teardown(f);
-}
-
 /* Each record r of each segment in turn, on the journal as built: damage
- * writes the segment damaged at r and answers the first key it leaves
- * (the record's own key is the first lost), and expect() checks the open. */
-static void damage_each_record(fixture *f, int (*damage)(const seg *, int),
-                               const char *what) {
+ * restores the journal, writes the segment damaged at r (once or more)
+ * and has expect() check each open. */
+typedef void damage_fn(fixture *f, const journal_image *img, const seg *sg,
+                       int r);
+
+static void damage_each_record(fixture *f, damage_fn *damage) {
   journal_image img;
   build(f, &img);
-  for (int s = 0; s < img.nsegs; s++) {
-    seg *sg = &img.segs[s];
-    for (int r = 0; r < sg->nrec; r++) {
-      restore(f, &img);
-      int lost_to = damage(sg, r);
-      expect(f, sg->first_key + r, lost_to, what, r);
-    }
-  }
+  for (int s = 0; s < img.nsegs; s++)
+    for (int r = 0; r < img.segs[s].nrec; r++) damage(f, &img, &img.segs[s], r);
   free_image(&img);
 }
 
-static int cut_record(const seg *sg, int r) {
+/* Header, payload and checksum bytes of record r, not every one of them,
+ * each flipped in turn: only that record is lost. */
+static void flip_bytes(fixture *f, const journal_image *img, const seg *sg,
+                       int r) {
+  size_t start = r ? sg->end[r - 1] : 0;
+  for (size_t at = start; at < sg->end[r]; at += at < start + 24 ? 3 : 61) {
+    restore(f, img);
+    uint8_t *copy = malloc(sg->len);
+    assert_non_null(copy);
+    memcpy(copy, sg->data, sg->len);
+    copy[at] ^= 0x5a;
+    write_all(sg->path, copy, sg->len);
+    free(copy);
+    int key = sg->first_key + r;
+    expect(f, key, key + 1, "flipped byte", (int)at);
+  }
+}
+
+static void cut_record(fixture *f, const journal_image *img, const seg *sg,
+                       int r) {
+  restore(f, img);
   size_t cut = sg->end[r] - 7;
   uint8_t *copy = malloc(sg->len);
   assert_non_null(copy);
@@ -250,12 +237,23 @@ static int cut_record(const seg *sg, int r) {
   memcpy(copy + cut, sg->data + sg->end[r], sg->len - sg->end[r]);
   write_all(sg->path, copy, sg->len - 7);
   free(copy);
-  return sg->first_key + r + 1;
+  int key = sg->first_key + r;
+  expect(f, key, key + 1, "record cut short", r);
 }
 
-static int truncate_at_record(const seg *sg, int r) {
+static void truncate_at_record(fixture *f, const journal_image *img,
+                               const seg *sg, int r) {
+  restore(f, img);
   write_all(sg->path, sg->data, sg->end[r] - 7);
-  return sg->first_key + sg->nrec;
+  expect(f, sg->first_key + r, sg->first_key + sg->nrec, "segment truncated",
+         r);
+}
+
+static void test_flip_every_record(void **state) {
+  (void)state;
+  fixture *f = setup();
+  damage_each_record(f, flip_bytes);
+  teardown(f);
 }
 
 /* Seven bytes cut out of the end of each record, the rest of the file kept:
@@ -263,7 +261,7 @@ static int truncate_at_record(const seg *sg, int r) {
 static void test_cut_inside_every_record(void **state) {
   (void)state;
   fixture *f = setup();
-  damage_each_record(f, cut_record, "record cut short");
+  damage_each_record(f, cut_record);
   teardown(f);
 }
 
@@ -272,7 +270,7 @@ static void test_cut_inside_every_record(void **state) {
 static void test_truncate_every_boundary(void **state) {
   (void)state;
   fixture *f = setup();
-  damage_each_record(f, truncate_at_record, "segment truncated");
+  damage_each_record(f, truncate_at_record);
   teardown(f);
 }
 
