@@ -15,7 +15,8 @@
  * has no usable replica at all (no load guard empties it, and a pool
  * whose KV breaker sheds the class sheds it rather than passing it on),
  * so load never moves a conversation's turns away from its cache. A replica
- * whose load is stale or missing counts as no replica for these rules;
+ * whose load is stale or missing counts as no replica for these rules, nor
+ * as a prefix holder (rule 2, gold's warm overflow);
  * when every replica the class may use is stale, the request is served on
  * the one with the fewest open requests rather than refused (last_resort).
  * Rule 2 applies
@@ -509,6 +510,13 @@ static int last_resort(const spi_route_context *x, const summary *ms,
   return 1;
 }
 
+/* The summary's prefix holder if the policy may serve on it, else -1. The
+ * pool rules read only replicas with a fresh load: a stale holder is no
+ * cache hit, and no warm replica for gold to overflow to. */
+static int64_t fresh_warm(const spi_route_context *x, const summary *m) {
+  return m->warm >= 0 && servable(&x->candidates[m->warm]) ? m->warm : -1;
+}
+
 /* Expected output tokens, or -1 when nothing says. */
 static int64_t expected_output(const spi_request_view *v) {
   if (v->expected_output_tokens_set) return v->expected_output_tokens;
@@ -535,6 +543,7 @@ static int policy_choose(void *state, void *inst, const spi_route_context *x,
     summarise(x, SPI_POOL_ON_DEMAND, SPI_TIER_LARGE, &mo);
   }
   int64_t out_tokens = expected_output(v);
+  int64_t warm_s = fresh_warm(x, &ms), warm_o = fresh_warm(x, &mo);
 
   /* Pool rules, in order; fallback pool and whether queueing is allowed. */
   int32_t pool, fallback = 0;
@@ -545,12 +554,12 @@ static int policy_choose(void *state, void *inst, const spi_route_context *x,
     pool = SPI_POOL_ON_DEMAND;
     rule = "gold within its SLA: on-demand";
     if (p->gold_overflow == OVERFLOW_ALWAYS ||
-        (p->gold_overflow == OVERFLOW_WARM && ms.warm >= 0))
+        (p->gold_overflow == OVERFLOW_WARM && warm_s >= 0))
       fallback = SPI_POOL_SPOT;
-  } else if (p->affinity && ms.warm >= 0 && out_tokens >= 0 &&
+  } else if (p->affinity && warm_s >= 0 && out_tokens >= 0 &&
              out_tokens < p->hit_max_output && klass != SPI_CLASS_GOLD &&
-             (mo.warm < 0 || x->candidates[ms.warm].matched_blocks >=
-                                 x->candidates[mo.warm].matched_blocks)) {
+             (warm_o < 0 || x->candidates[warm_s].matched_blocks >=
+                                x->candidates[warm_o].matched_blocks)) {
     /* Only where the prefix lives deepest: one short turn of a
      * conversation held on on-demand does not split it off to spot. */
     pool = SPI_POOL_SPOT;
@@ -598,6 +607,13 @@ static int policy_choose(void *state, void *inst, const spi_route_context *x,
   }
   if (pk.idx < 0) {
     if (fallback == SPI_POOL_QUEUE && !x->shed[SPI_POOL_SPOT]) {
+      /* The queue waits for spot capacity to come back; a fleet that
+       * reports no load at all (no fresh replica in either pool) cannot
+       * say whether it has, so bronze is served on a stale spot replica
+       * as a last resort, and queued only when there is none. */
+      if (!has_servable(x, &mo) &&
+          last_resort(x, &ms, &mo, rule_pool, rule_fallback, rule, out))
+        return SPI_OK;
       out->pool = SPI_POOL_QUEUE;
       out->reason_code = SPI_REASON_QUEUE_NO_SPOT;
       spi__join(out->reason, sizeof out->reason, rule, "; ",

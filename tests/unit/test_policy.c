@@ -683,6 +683,59 @@ static void test_all_stale_reads_as_saturated(void **st) {
   done(w);
 }
 
+/* The pool rules read only replicas with a fresh load, the prefix holder
+ * of the spot cache-hit rule and of gold's "warm" overflow too: a stale
+ * spot replica holding the prefix is no cache hit. Bronze whose prefix
+ * only a silent spot replica holds goes to the library's queue (the batch
+ * rule, as for a cold prefix), not onto that replica; gold with no fresh
+ * on-demand replica does not overflow to a cold spot one because a silent
+ * one holds its prefix: it is served on its own pool's stale replica.
+ * Bronze is queued for spot only while some replica reports load. */
+static void test_stale_warm_spot_is_no_cache_hit(void **st) {
+  (void)st;
+  world *w = mk(NULL);
+  add(w, "s0", SPI_POOL_SPOT);
+  add(w, "d0", SPI_POOL_ON_DEMAND);
+  load(w, "s0", 0, 0);
+  load(w, "d0", 0, 0);
+  uint32_t b[32], g[32];
+  size_t nb = chain(b, 300, 4), ng = chain(g, 500, 4);
+  spi_decision d;
+  prompt(w, b, nb, "bronze");
+  assert_int_equal(route(w, &d), SPI_OK);
+  assert_string_equal(d.replica_id, "s0");
+  finish(w, d.ticket);
+  prompt(w, g, ng, "silver");
+  assert_int_equal(route(w, &d), SPI_OK);
+  assert_string_equal(d.replica_id, "s0");
+  finish(w, d.ticket);
+  w->now += 3601 * SEC; /* s0 falls silent */
+  load(w, "d0", 0, 0);
+  prompt(w, b, nb, "bronze");
+  assert_int_equal(route(w, &d), SPI_OK);
+  assert_int_equal(d.pool, SPI_POOL_QUEUE);
+  assert_int_equal(d.reason_code, SPI_REASON_QUEUE_NO_SPOT);
+  w->now += 3601 * SEC; /* d0 too */
+  add(w, "s1", SPI_POOL_SPOT);
+  load(w, "s1", 0, 0);
+  prompt(w, g, ng, "gold");
+  assert_int_equal(route(w, &d), SPI_OK);
+  assert_int_equal(d.pool, SPI_POOL_ON_DEMAND);
+  assert_string_equal(d.replica_id, "d0");
+  assert_non_null(strstr(d.reason, "load unknown"));
+  finish(w, d.ticket);
+  /* No replica reports load: a cold bronze request is served on a stale
+   * spot replica like every other class, not queued for ever. */
+  w->now += 3601 * SEC;
+  const uint32_t cold[4] = {900, 901, 902, 903};
+  prompt(w, cold, 4, "bronze");
+  assert_int_equal(route(w, &d), SPI_OK);
+  assert_int_equal(d.pool, SPI_POOL_SPOT);
+  assert_non_null(strstr(d.reason, "load unknown"));
+  finish(w, d.ticket);
+  done(w);
+}
+
 /* ------------------------------------------- summaries against every replica
  *
  * The built-in policy reads per pool and tier summaries (the best few by
@@ -1075,6 +1128,7 @@ int main(void) {
       cmocka_unit_test(test_unreported_fleet_serves_gold),
       cmocka_unit_test(test_stale_spot_sends_silver_to_on_demand),
       cmocka_unit_test(test_all_stale_reads_as_saturated),
+      cmocka_unit_test(test_stale_warm_spot_is_no_cache_hit),
       cmocka_unit_test(test_summaries_match_every_candidate),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
