@@ -2,7 +2,8 @@
  * journal_files.h - file helpers the journal tests share (test_journal.c,
  * test_journal_damage.c, test_journal_crash.c, test_replay_durable.c):
  * remove a journal directory, read a segment whole, write one back, count
- * or remove the files with a suffix. Failures fail the test (cmocka).
+ * or remove the files with a suffix; and the xorshift generator the crash
+ * and power-loss rounds draw from. Failures fail the test (cmocka).
  * Include after <cmocka.h>.
  */
 #ifndef SPI_TEST_JOURNAL_FILES_H
@@ -88,6 +89,15 @@ static inline void remove_suffix(const char *dir, const char *suffix) {
       unlink(path);
   }
   closedir(d);
+}
+
+/* The next number of the xorshift64 sequence seeded by *s (not 0). */
+static inline uint64_t rng_next(uint64_t *s) {
+  uint64_t x = *s;
+  x ^= x << 13;
+  x ^= x >> 7;
+  x ^= x << 17;
+  return *s = x;
 }
 
 #endif /* SPI_TEST_JOURNAL_FILES_H */

@@ -183,14 +183,6 @@ static void wait_at_gate(int n) {
   pthread_mutex_unlock(&io.mu);
 }
 
-static uint64_t rng_next(uint64_t *s) {
-  uint64_t x = *s;
-  x ^= x << 13;
-  x ^= x >> 7;
-  x ^= x << 17;
-  return *s = x;
-}
-
 /* The power goes: every journal file keeps its durable bytes and a random
  * part of the rest, whose last bytes may be garbage (a torn write). */
 static void power_loss(uint64_t *rng, uint64_t *lost_bytes) {
