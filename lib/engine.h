@@ -231,6 +231,10 @@ void spi__nodes_free(spi_engine *e);
  * on a noticed machine or a cooling pool in the right state. */
 void spi__nodes_lock(spi_engine *e);
 void spi__nodes_unlock(spi_engine *e);
+/* How many entries the node table's lookups and scans have examined (node
+ * entries, replicas, remembered notice keys): what a notice costs, counted
+ * for the tests. */
+uint64_t spi__nodes_probes(spi_engine *e);
 /* With the nodes lock held: the state a new replica starts in, and its
  * advice and cooldown deadlines. */
 int32_t spi__nodes_initial(spi_engine *e, const spi_replica_ident *r,

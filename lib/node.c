@@ -22,20 +22,30 @@
 #include <math.h>
 #include <stdio.h>
 #include <string.h>
+#include <xxhash.h>
 
 #include "engine.h"
+#include "node_table.h"
 
 /* Bounded memory: at most this many machines are tracked. Entries carry
  * information only while a machine is advised, noticed, draining, or
  * terminated with replicas still registered on it; the rest are dropped
  * (see expire and make_room), so a flood of notices for machines that run
- * nothing can never crowd out one that runs replicas. */
+ * nothing can never crowd out one that runs replicas.
+ *
+ * Bounded work: a machine is found through a hash index by id, its
+ * replicas through the registry's chains by machine (replica.c), and the
+ * entries due to change with time (advice lapsing, deadlines passing,
+ * entries that say nothing) through a heap ordered by when: a notice reads
+ * what it acts on, never the whole table or the whole replica set. The
+ * table is made whole at its first entry and never allocates again. */
 #define NODES_MAX SPI_REPLICA_SLOTS
 /* When the table is full, this many of the oldest entries for machines that
- * run no replica are dropped at once, so the scan that finds them is paid
+ * run no replica are dropped at once, so the walk that finds them is paid
  * once per EVICT_BATCH new machines, not once per machine. */
 #define EVICT_BATCH 64
 #define SEEN_MAX 1024  /* dedup keys remembered (a ring) */
+#define SEEN_CAP 160   /* = sizeof spi_notice.dedup_key */
 #define COOL_MAX 64    /* spot pools cooling down at once */
 #define MAX_EVENTS 16  /* transitions reported per call */
 /* Notices from the fleet bus already applied here, by machine, kind,
@@ -44,6 +54,9 @@
 #define BUS_KEY_CAP 256
 /* Distinct spot pools one notice's cooldown is published for. */
 #define COOL_PUBLISH_MAX 4
+#define NIL SPI_NT_NIL
+
+_Static_assert(NODES_MAX < SPI_NT_NIL, "entries are named in 16 bits");
 
 typedef struct node {
   char id[SPI_ID_MAX];
@@ -51,6 +64,9 @@ typedef struct node {
   int32_t state;
   int64_t deadline_ns;    /* NOTICED: when the machine goes */
   int64_t advised_until;  /* ADVISED: when the advice lapses */
+  uint16_t older, newer;  /* the order entries were made; free: newer */
+  uint16_t lprev, lnext;  /* the lingering list (see expire) */
+  int lingering;
 } node;
 
 typedef struct cool {
@@ -67,12 +83,19 @@ typedef struct event {
 
 struct spi_nodes {
   pthread_mutex_t lock;
+  /* The table: NODES_MAX entries, made at the first one (table_ready). */
   node *v;
-  size_t n, cap;
-  char (*seen)[160];
-  size_t seen_n, seen_next;
-  char (*bus_seen)[BUS_KEY_CAP];
-  size_t bus_n, bus_next;
+  uint64_t *vhash;        /* by entry: XXH3 of its id */
+  spi_hix ix;             /* id -> entry */
+  spi_wheap wake;         /* entries by when they next need a look */
+  size_t n, used;         /* live entries; entries ever handed out */
+  uint16_t free, oldest, newest, linger;
+  /* Lingering entries were last looked at with this replica set. */
+  uint64_t linger_version;
+  /* make_room found nothing to drop with this set version (+1; 0: no). */
+  uint64_t full_version;
+  spi_keyring seen;       /* dedup keys handed in */
+  spi_keyring bus_seen;   /* bus keys applied */
   struct spi_fleet *fleet; /* its own lock; see notice_bus.c */
   cool cool[COOL_MAX];
   size_t ncool;
@@ -81,6 +104,7 @@ struct spi_nodes {
   /* Transitions made under the lock, reported after it is released. */
   event ev[MAX_EVENTS];
   size_t nev;
+  uint64_t probes;        /* entries looked at (spi__nodes_probes) */
 };
 
 /* ------------------------------------------------------- the state table */
@@ -104,28 +128,39 @@ static const uint8_t ALLOWED[7][7] = {
 int spi__nodes_new(spi_engine *e) {
   struct spi_nodes *t = spi__calloc(&e->mem, 1, sizeof *t);
   if (!t) return SPI_ENOMEM;
-  t->seen = spi__calloc(&e->mem, SEEN_MAX, sizeof *t->seen);
-  t->bus_seen = spi__calloc(&e->mem, BUS_SEEN_MAX, sizeof *t->bus_seen);
+  int ok = spi__keyring_init(&t->seen, &e->mem, SEEN_MAX, SEEN_CAP,
+                             &t->probes) == SPI_OK;
+  ok = spi__keyring_init(&t->bus_seen, &e->mem, BUS_SEEN_MAX, BUS_KEY_CAP,
+                         &t->probes) == SPI_OK && ok;
   t->fleet = spi__fleet_new(&e->mem);
-  if (!t->seen || !t->bus_seen || !t->fleet ||
-      pthread_mutex_init(&t->lock, NULL) != 0) {
+  if (!ok || !t->fleet || pthread_mutex_init(&t->lock, NULL) != 0) {
     spi__fleet_free(t->fleet, &e->mem);
-    spi__free(&e->mem, t->bus_seen);
-    spi__free(&e->mem, t->seen);
+    spi__keyring_free(&t->bus_seen, &e->mem);
+    spi__keyring_free(&t->seen, &e->mem);
     spi__free(&e->mem, t);
     return SPI_ENOMEM;
   }
+  t->free = t->oldest = t->newest = t->linger = NIL;
   e->nodes = t;
   return SPI_OK;
+}
+
+static void table_free(struct spi_nodes *t, const spi_mem *m) {
+  spi__hix_free(&t->ix, m);
+  spi__wheap_free(&t->wake, m);
+  spi__free(m, t->vhash);
+  spi__free(m, t->v);
+  t->v = NULL;
+  t->vhash = NULL;
 }
 
 void spi__nodes_free(spi_engine *e) {
   struct spi_nodes *t = e->nodes;
   if (!t) return;
   pthread_mutex_destroy(&t->lock);
-  spi__free(&e->mem, t->v);
-  spi__free(&e->mem, t->seen);
-  spi__free(&e->mem, t->bus_seen);
+  table_free(t, &e->mem);
+  spi__keyring_free(&t->seen, &e->mem);
+  spi__keyring_free(&t->bus_seen, &e->mem);
   spi__fleet_free(t->fleet, &e->mem);
   spi__free(&e->mem, t);
   e->nodes = NULL;
@@ -136,66 +171,152 @@ struct spi_fleet *spi__nodes_fleet(spi_engine *e) { return e->nodes->fleet; }
 void spi__nodes_lock(spi_engine *e) { pthread_mutex_lock(&e->nodes->lock); }
 void spi__nodes_unlock(spi_engine *e) { pthread_mutex_unlock(&e->nodes->lock); }
 
+uint64_t spi__nodes_probes(spi_engine *e) {
+  pthread_mutex_lock(&e->nodes->lock);
+  pthread_mutex_lock(&e->registry.lock);
+  uint64_t p = e->nodes->probes + e->registry.link_steps;
+  pthread_mutex_unlock(&e->registry.lock);
+  pthread_mutex_unlock(&e->nodes->lock);
+  return p;
+}
+
+/* Make the table at its first entry: SPI_OK or SPI_ENOMEM. */
+static int table_ready(spi_engine *e) {
+  struct spi_nodes *t = e->nodes;
+  if (t->v) return SPI_OK;
+  t->v = spi__alloc(&e->mem, NODES_MAX * sizeof *t->v);
+  t->vhash = spi__alloc(&e->mem, NODES_MAX * sizeof *t->vhash);
+  if (!t->v || !t->vhash ||
+      spi__hix_init(&t->ix, &e->mem, NODES_MAX, t->vhash, &t->probes) !=
+          SPI_OK ||
+      spi__wheap_init(&t->wake, &e->mem, NODES_MAX, &t->probes) != SPI_OK) {
+    table_free(t, &e->mem);
+    return SPI_ENOMEM;
+  }
+  t->n = t->used = 0;
+  t->free = t->oldest = t->newest = t->linger = NIL;
+  return SPI_OK;
+}
+
+static uint32_t at_of(const struct spi_nodes *t, const node *n) {
+  return (uint32_t)(n - t->v);
+}
+
 static node *find(struct spi_nodes *t, const char *id, size_t len) {
-  for (size_t i = 0; i < t->n; i++)
-    if (t->v[i].len == len && memcmp(t->v[i].id, id, len) == 0) return &t->v[i];
+  if (!t->v) return NULL;
+  uint64_t hv = XXH3_64bits(id, len);
+  size_t cur = 0;
+  for (uint32_t i; (i = spi__hix_next(&t->ix, hv, &cur)) != NIL;)
+    if (t->v[i].len == len && memcmp(t->v[i].id, id, len) == 0)
+      return &t->v[i];
   return NULL;
+}
+
+/* When n next needs a look: lapsing advice, a passing deadline, or at
+ * once for an entry that says nothing (ACTIVE); a lingering entry waits
+ * for its replicas to go (expire). */
+static int64_t wake_of(const node *n) {
+  switch (n->state) {
+  case SPI_NODE_ADVISED:
+    return n->advised_until;
+  case SPI_NODE_NOTICED:
+  case SPI_NODE_DRAINING:
+    return n->deadline_ns ? n->deadline_ns : INT64_MAX;
+  case SPI_NODE_TERMINATED:
+    return n->lingering ? INT64_MAX : n->deadline_ns;
+  default:
+    return INT64_MIN;
+  }
+}
+
+/* n's state or times changed: file it again by when. */
+static void requeue(struct spi_nodes *t, node *n) {
+  spi__wheap_set(&t->wake, at_of(t, n), wake_of(n));
+}
+
+static void linger_link(struct spi_nodes *t, node *n) {
+  uint16_t i = (uint16_t)at_of(t, n);
+  n->lingering = 1;
+  n->lprev = NIL;
+  n->lnext = t->linger;
+  if (t->linger != NIL) t->v[t->linger].lprev = i;
+  t->linger = i;
+}
+
+static void linger_unlink(struct spi_nodes *t, node *n) {
+  if (!n->lingering) return;
+  n->lingering = 0;
+  if (n->lprev != NIL) t->v[n->lprev].lnext = n->lnext;
+  else t->linger = n->lnext;
+  if (n->lnext != NIL) t->v[n->lnext].lprev = n->lprev;
 }
 
 static int make_room(spi_engine *e);
 
 /* The node, created ACTIVE if new; NULL when the table is full of machines
  * that run replicas or memory runs out (callers report SPI_EFULL /
- * SPI_ENOMEM). Entries stay in the order they were made, oldest first.
+ * SPI_ENOMEM). Entries keep the order they were made, oldest first.
  * Both locks held. */
 static node *get(spi_engine *e, const char *id, size_t len, int *rc) {
   struct spi_nodes *t = e->nodes;
   node *n = find(t, id, len);
   if (n) return n;
+  if ((*rc = table_ready(e)) != SPI_OK) return NULL;
   if (t->n == NODES_MAX && !make_room(e)) {
     *rc = SPI_EFULL;
     return NULL;
   }
-  if (t->n == t->cap) {
-    size_t cap = t->cap ? t->cap * 2 : 16;
-    if (cap > NODES_MAX) cap = NODES_MAX;
-    node *v = spi__calloc(&e->mem, cap, sizeof *v);
-    if (!v) {
-      *rc = SPI_ENOMEM;
-      return NULL;
-    }
-    if (t->n) memcpy(v, t->v, t->n * sizeof *v);
-    spi__free(&e->mem, t->v);
-    t->v = v;
-    t->cap = cap;
-  }
-  n = &t->v[t->n++];
+  uint16_t i = t->free != NIL ? t->free : (uint16_t)t->used++;
+  n = &t->v[i];
+  if (t->free == i) t->free = n->newer;
   memset(n, 0, sizeof *n);
   memcpy(n->id, id, len);
   n->len = len;
   n->state = SPI_NODE_ACTIVE;
+  n->older = t->newest;
+  n->newer = n->lprev = n->lnext = NIL;
+  if (t->newest != NIL) t->v[t->newest].newer = i;
+  else t->oldest = i;
+  t->newest = i;
+  t->vhash[i] = XXH3_64bits(id, len);
+  spi__hix_insert(&t->ix, i);
+  t->n++;
+  t->full_version = 0;
+  requeue(t, n);
   return n;
 }
 
-/* Drop n, keeping the others in the order they were made. */
+/* Drop n from the table. */
 static void forget(struct spi_nodes *t, node *n) {
-  size_t i = (size_t)(n - t->v);
-  memmove(&t->v[i], &t->v[i + 1], (t->n - i - 1) * sizeof *n);
+  uint16_t i = (uint16_t)at_of(t, n);
+  spi__hix_remove(&t->ix, i);
+  spi__wheap_remove(&t->wake, i);
+  linger_unlink(t, n);
+  if (n->older != NIL) t->v[n->older].newer = n->newer;
+  else t->oldest = n->newer;
+  if (n->newer != NIL) t->v[n->newer].older = n->older;
+  else t->newest = n->older;
+  n->newer = t->free;
+  t->free = i;
   t->n--;
+  t->full_version = 0;
 }
 
 /* ----------------------------------------------- effects on the replicas */
 
-static int on_node(const spi_replica_ident *r, const node *n) {
-  return r->node_len == n->len && memcmp(r->node, n->id, n->len) == 0;
+/* n's replicas in the current set, one at a time (*cur from
+ * SPI_CHAIN_START). Registry lock held. */
+static const spi_replica_ident *next_on(spi_engine *e,
+                                        const spi_replica_set *set,
+                                        const node *n, uint32_t *cur) {
+  return spi__registry_next_on_node(&e->registry, set, n->id, n->len, cur);
 }
 
 /* Whether any registered replica runs on n. Registry lock held. */
-static int runs_replicas(const spi_engine *e, const node *n) {
+static int runs_replicas(spi_engine *e, const node *n) {
   const spi_replica_set *set = atomic_load(&e->registry.set);
-  for (size_t i = 0; set && i < set->n; i++)
-    if (on_node(&set->r[i], n)) return 1;
-  return 0;
+  uint32_t cur = SPI_CHAIN_START;
+  return set && next_on(e, set, n, &cur) != NULL;
 }
 
 /* The state a machine's replicas are in while it is in node_state. */
@@ -209,9 +330,8 @@ static int32_t replica_state_for(int32_t node_state) {
 /* Make the replicas of n match its state. Registry lock held. */
 static void apply_to_replicas(spi_engine *e, const node *n) {
   const spi_replica_set *set = atomic_load(&e->registry.set);
-  for (size_t i = 0; set && i < set->n; i++) {
-    const spi_replica_ident *r = &set->r[i];
-    if (!on_node(r, n)) continue;
+  uint32_t cur = SPI_CHAIN_START;
+  for (const spi_replica_ident *r; set && (r = next_on(e, set, n, &cur));) {
     spi_replica_slot *s = &e->registry.slots[r->slot];
     spi__replica_slot_set_state(s, replica_state_for(n->state));
     atomic_store(&s->advised_until_ns,
@@ -243,13 +363,12 @@ static int cool_one(spi_engine *e, const char *type, const char *zone,
   if (until <= c->until) return 0;
   c->until = until;
   const spi_replica_set *set = atomic_load(&e->registry.set);
-  for (size_t j = 0; set && j < set->n; j++) {
-    const spi_replica_ident *o = &set->r[j];
-    if (o->pool == SPI_POOL_SPOT && !strcmp(o->instance_type, c->type) &&
-        !strcmp(o->zone, c->zone)) {
-      atomic_store(&e->registry.slots[o->slot].cooldown_until_ns, c->until);
-      spi__replica_touch(&e->registry, o->slot);
-    }
+  uint32_t cur = SPI_CHAIN_START;
+  for (const spi_replica_ident *o;
+       set && (o = spi__registry_next_in_pool(&e->registry, set, c->type,
+                                              c->zone, &cur));) {
+    atomic_store(&e->registry.slots[o->slot].cooldown_until_ns, c->until);
+    spi__replica_touch(&e->registry, o->slot);
   }
   return 1;
 }
@@ -260,9 +379,9 @@ static int cool_one(spi_engine *e, const char *type, const char *zone,
 static void cool_pools(spi_engine *e, const node *n, int64_t until,
                        spi_fleet_cool *out, size_t *nout) {
   const spi_replica_set *set = atomic_load(&e->registry.set);
-  for (size_t i = 0; set && i < set->n; i++) {
-    const spi_replica_ident *r = &set->r[i];
-    if (!on_node(r, n) || r->pool != SPI_POOL_SPOT) continue;
+  uint32_t cur = SPI_CHAIN_START;
+  for (const spi_replica_ident *r; set && (r = next_on(e, set, n, &cur));) {
+    if (r->pool != SPI_POOL_SPOT) continue;
     cool_one(e, r->instance_type, r->zone, until);
     size_t k = 0;
     while (k < *nout && (strcmp(out[k].type, r->instance_type) ||
@@ -294,6 +413,10 @@ int32_t spi__nodes_initial(spi_engine *e, const spi_replica_ident *r,
 /* ------------------------------------------------------------ transitions */
 
 /* Count a transition and queue it for the callback. Nodes lock held. */
+
+/* ------------------------------------------------------------ transitions */
+
+/* Count a transition and queue it for the callback. Nodes lock held. */
 static void record(spi_engine *e, const node *n, int32_t from, int32_t to) {
   struct spi_nodes *t = e->nodes;
   spi__metrics_node_transition(atomic_load(&e->metrics), from, to);
@@ -316,66 +439,91 @@ static int move(spi_engine *e, node *n, int32_t to) {
   if (to == SPI_NODE_ACTIVE) n->deadline_ns = 0;
   apply_to_replicas(e, n);
   record(e, n, from, to);
-  if (to == SPI_NODE_REMOVED) forget(e->nodes, n);
+  if (to == SPI_NODE_REMOVED)
+    forget(e->nodes, n);
+  else
+    requeue(e->nodes, n);
   return 1;
 }
 
 /* Whether n says anything a lookup would not: an ACTIVE entry never does
  * (an unknown machine is ACTIVE), and a machine terminated past its
  * deadline matters only while replicas are still registered on it. */
-static int worth_keeping(const spi_engine *e, const node *n, int64_t now) {
+static int worth_keeping(spi_engine *e, const node *n, int64_t now) {
   if (n->state == SPI_NODE_ACTIVE) return 0;
   if (n->state == SPI_NODE_TERMINATED && n->deadline_ns <= now)
     return runs_replicas(e, n);
   return 1;
 }
 
-/* Lapsed advice and passed deadlines; then entries that say nothing any
- * more are dropped (a terminated one as a move to REMOVED), in one pass
- * that keeps the order. Both locks held. */
+/* Drop n, which says nothing any more (a terminated one as a move to
+ * REMOVED). Both locks held. */
+static void drop(spi_engine *e, node *n) {
+  if (n->state != SPI_NODE_ACTIVE) record(e, n, n->state, SPI_NODE_REMOVED);
+  forget(e->nodes, n);
+}
+
+/* The entries due by now, earliest first: lapsed advice and passed
+ * deadlines; then entries that say nothing any more are dropped. A machine
+ * terminated with replicas still on it lingers, looked at again only when
+ * the replica set has changed since (a removal is what lets it go), so
+ * that look is paid by the set's writer, not by every notice. Both locks
+ * held. */
 static void expire(spi_engine *e, int64_t now) {
   struct spi_nodes *t = e->nodes;
-  size_t w = 0;
-  for (size_t i = 0; i < t->n; i++) {
+  if (!t->v) return;
+  for (uint32_t i; (i = spi__wheap_due(&t->wake, now)) != NIL;) {
     node *n = &t->v[i];
+    t->probes++;
     if (n->state == SPI_NODE_ADVISED && n->advised_until <= now)
       move(e, n, SPI_NODE_ACTIVE);
     else if ((n->state == SPI_NODE_NOTICED || n->state == SPI_NODE_DRAINING) &&
              n->deadline_ns && n->deadline_ns <= now)
       move(e, n, SPI_NODE_TERMINATED);
     if (!worth_keeping(e, n, now)) {
-      if (n->state != SPI_NODE_ACTIVE)
-        record(e, n, n->state, SPI_NODE_REMOVED);
+      drop(e, n);
       continue;
     }
-    if (w != i) t->v[w] = *n;
-    w++;
+    if (n->state == SPI_NODE_TERMINATED && n->deadline_ns <= now)
+      linger_link(t, n);
+    requeue(t, n); /* due later now, or never while it lingers */
   }
-  t->n = w;
+  const spi_replica_set *set = atomic_load(&e->registry.set);
+  if (t->linger == NIL || !set || set->version == t->linger_version) return;
+  t->linger_version = set->version;
+  for (uint16_t i = t->linger, next; i != NIL; i = next) {
+    node *n = &t->v[i];
+    next = n->lnext;
+    t->probes++;
+    if (!runs_replicas(e, n)) drop(e, n);
+  }
 }
 
 /* The table is full: forget the oldest EVICT_BATCH machines that run no
  * replica (their notices can change no routing now; a replica added there
  * later starts ACTIVE). Returns how many were dropped; 0 when every entry
- * is a machine with replicas. Both locks held. */
+ * is a machine with replicas, which is remembered until the replica set
+ * changes. Both locks held. */
 static int make_room(spi_engine *e) {
   struct spi_nodes *t = e->nodes;
-  size_t w = 0, dropped = 0;
-  for (size_t i = 0; i < t->n; i++) {
+  const spi_replica_set *set = atomic_load(&e->registry.set);
+  uint64_t version = set ? set->version + 1 : 1;
+  if (t->full_version == version) return 0;
+  size_t dropped = 0;
+  for (uint16_t i = t->oldest, next; i != NIL && dropped < EVICT_BATCH;
+       i = next) {
     node *n = &t->v[i];
-    if (dropped < EVICT_BATCH && !runs_replicas(e, n)) {
-      record(e, n, n->state, SPI_NODE_REMOVED);
-      dropped++;
-      continue;
-    }
-    if (w != i) t->v[w] = *n;
-    w++;
+    next = n->newer;
+    t->probes++;
+    if (runs_replicas(e, n)) continue;
+    record(e, n, n->state, SPI_NODE_REMOVED);
+    forget(t, n);
+    dropped++;
   }
-  t->n = w;
+  if (!dropped) t->full_version = version;
   return dropped > 0;
 }
 
-/* Take both locks; release them and report the transitions made. */
 static void lock_all(spi_engine *e) {
   pthread_mutex_lock(&e->nodes->lock);
   pthread_mutex_lock(&e->registry.lock);
@@ -397,22 +545,22 @@ static void unlock_all_and_report(spi_engine *e) {
 
 /* ------------------------------------------------------------------ plans */
 
-/* The plan for one pinned open ticket k (id) if it runs on n's replicas:
- * writes it to *p unless p is NULL (no room) and returns 1; else 0. */
-static size_t plan_one(spi_engine *e, const node *n, const spi_router_cfg *c,
-                       const spi_ticket *k, uint64_t id,
-                       const spi_replica_ident *const *mine, size_t nmine,
+/* The plan for one pinned open ticket k (id) if it runs on one of n's
+ * replicas (their slots are set in mine): writes it to *p unless p is NULL
+ * (no room) and returns 1; else 0. */
+static size_t plan_one(spi_engine *e, const spi_router_cfg *c,
+                       const spi_ticket *k, uint64_t id, const uint64_t *mine,
                        const spi_replica_set *set, double deadline_s,
                        double margin_s, spi_ticket_plan *p) {
-  const spi_replica_ident *r = NULL;
-  for (size_t j = 0; j < nmine && !r; j++)
-    if (mine[j]->slot == k->slot) r = mine[j];
-  /* A machine with more replicas than the short list: look them up. */
-  for (size_t j = 0; !r && nmine == 64 && j < set->n; j++)
-    if (set->r[j].slot == k->slot && on_node(&set->r[j], n)) r = &set->r[j];
-  if (!r ||
-      atomic_load(&e->registry.slots[k->slot].incarnation) != k->incarnation)
+  uint32_t slot = k->slot;
+  if (slot >= SPI_REPLICA_SLOTS ||
+      !(mine[slot / 64] & (UINT64_C(1) << (slot % 64))))
     return 0;
+  uint16_t pos = set->pos_of_slot[slot];
+  if (pos >= set->n ||
+      atomic_load(&e->registry.slots[slot].incarnation) != k->incarnation)
+    return 0;
+  const spi_replica_ident *r = &set->r[pos];
   uint64_t streamed = atomic_load(&k->tokens_streamed);
   uint64_t expected =
       k->expected_output > streamed ? k->expected_output : streamed + 1;
@@ -456,19 +604,21 @@ static size_t plan(spi_engine *e, const node *n, const spi_router_cfg *c,
   if (!tt || !set) return 0;
   double deadline_s = (double)(n->deadline_ns - now) / 1e9;
   double margin_s = (double)c->drain_margin_ms / 1000.0;
-  /* The machine's replicas, once: tickets are matched against this short
-   * list, and only records ever handed out are scanned. */
-  const spi_replica_ident *mine[64];
+  /* The machine's replicas' slots, once: each ticket is matched by its
+   * slot, and only records ever handed out are scanned. */
+  uint64_t mine[SPI_REPLICA_SLOTS / 64];
+  memset(mine, 0, sizeof mine);
   size_t nmine = 0;
-  for (size_t j = 0; j < set->n && nmine < 64; j++)
-    if (on_node(&set->r[j], n)) mine[nmine++] = &set->r[j];
+  uint32_t cur = SPI_CHAIN_START;
+  for (const spi_replica_ident *r; (r = next_on(e, set, n, &cur)); nmine++)
+    mine[r->slot / 64] |= UINT64_C(1) << (r->slot % 64);
   size_t found = 0, total = spi__tickets_high(tt);
   for (size_t i = 0; nmine && i < total; i++) {
     /* Pinned: a route may otherwise reset the record while it is read. */
     uint64_t id = spi__ticket_pin(tt, i);
     if (!id) continue;
     spi_ticket *k = spi__ticket_at(tt, i);
-    found += plan_one(e, n, c, k, id, mine, nmine, set, deadline_s, margin_s,
+    found += plan_one(e, c, k, id, mine, set, deadline_s, margin_s,
                       found < cap ? plan_at(plans, stride, found) : NULL);
     spi__ticket_unpin(tt, i);
   }
@@ -478,16 +628,14 @@ static size_t plan(spi_engine *e, const node *n, const spi_router_cfg *c,
 
 /* ------------------------------------------------------------- public API */
 
+/* ------------------------------------------------------------- public API */
+
 static int seen_before(struct spi_nodes *t, const char *key) {
-  for (size_t i = 0; i < t->seen_n; i++)
-    if (!strcmp(t->seen[i], key)) return 1;
-  return 0;
+  return spi__keyring_has(&t->seen, key);
 }
 
 static void remember(struct spi_nodes *t, const char *key) {
-  snprintf(t->seen[t->seen_next], sizeof t->seen[0], "%s", key);
-  t->seen_next = (t->seen_next + 1) % SEEN_MAX;
-  if (t->seen_n < SEEN_MAX) t->seen_n++;
+  spi__keyring_add(&t->seen, key);
 }
 
 /* The bus's dedup key of a notice: the machine, what and when. */
@@ -499,11 +647,8 @@ static void bus_key(char *buf, const spi_notice *n, int64_t deadline) {
 /* Whether the bus key was applied here; remembers it if not. Nodes lock
  * held. */
 static int bus_seen_before(struct spi_nodes *t, const char *key) {
-  for (size_t i = 0; i < t->bus_n; i++)
-    if (!strcmp(t->bus_seen[i], key)) return 1;
-  snprintf(t->bus_seen[t->bus_next], BUS_KEY_CAP, "%s", key);
-  t->bus_next = (t->bus_next + 1) % BUS_SEEN_MAX;
-  if (t->bus_n < BUS_SEEN_MAX) t->bus_n++;
+  if (spi__keyring_has(&t->bus_seen, key)) return 1;
+  spi__keyring_add(&t->bus_seen, key);
   return 0;
 }
 
@@ -528,10 +673,12 @@ typedef struct notice_run {
 static void advise(spi_engine *e, node *n, const notice_run *run) {
   if (n->state != SPI_NODE_ACTIVE && n->state != SPI_NODE_ADVISED) return;
   n->advised_until = run->now + run->c->advised_ttl_ms * 1000000;
-  if (n->state == SPI_NODE_ADVISED)
+  if (n->state == SPI_NODE_ADVISED) {
     apply_to_replicas(e, n); /* extend the advice */
-  else
+    requeue(e->nodes, n);
+  } else {
     move(e, n, SPI_NODE_ADVISED);
+  }
 }
 
 /* What a new notice does to its machine; its dedup key is remembered
@@ -569,6 +716,7 @@ static int notice_act(spi_engine *e, const spi_notice *notice, size_t nlen,
   } else if ((n->state == SPI_NODE_NOTICED || n->state == SPI_NODE_DRAINING) &&
              deadline < n->deadline_ns) {
     n->deadline_ns = deadline; /* a later notice may bring it forward */
+    requeue(e->nodes, n);
   }
   if (n->state != SPI_NODE_NOTICED && n->state != SPI_NODE_DRAINING)
     return SPI_OK;

@@ -87,16 +87,142 @@ static uint64_t pool_mean_served(spi_registry *g, const spi_replica_set *set,
   return n ? sum / n : 0;
 }
 
+/* ------------------------------------------------- machines and spot pools */
+
+/* The current set's replicas chained by the hash of their machine and of
+ * their spot pool (instance type, zone), through per-slot links: what a
+ * notice acts on is found without reading the whole set (node.c). As many
+ * buckets as slots; LINK_NIL ends a chain. Chains keep the order replicas
+ * joined them. Changed only by the set's writers, read only by node.c,
+ * both under registry.lock. */
+#define LINK_NIL 0xffffu
+struct spi_replica_links {
+  uint16_t node_head[SPI_REPLICA_SLOTS];
+  uint16_t node_next[SPI_REPLICA_SLOTS];
+  uint16_t pool_head[SPI_REPLICA_SLOTS];
+  uint16_t pool_next[SPI_REPLICA_SLOTS];
+};
+
+_Static_assert((SPI_REPLICA_SLOTS & (SPI_REPLICA_SLOTS - 1)) == 0,
+               "buckets are found by a mask");
+_Static_assert(SPI_REPLICA_SLOTS < LINK_NIL, "slots fit the links");
+
+static uint32_t node_bucket(const char *node, size_t len) {
+  return (uint32_t)(XXH3_64bits(node, len) & (SPI_REPLICA_SLOTS - 1));
+}
+
+static uint32_t pool_bucket(const char *type, const char *zone) {
+  uint64_t h = XXH3_64bits(type, strlen(type));
+  return (uint32_t)(XXH3_64bits_withSeed(zone, strlen(zone), h) &
+                    (SPI_REPLICA_SLOTS - 1));
+}
+
+static void chain_add(uint16_t *head, uint16_t *next, uint32_t b,
+                      uint32_t slot) {
+  uint16_t *p = &head[b];
+  while (*p != LINK_NIL) p = &next[*p];
+  *p = (uint16_t)slot;
+  next[slot] = LINK_NIL;
+}
+
+static void chain_del(uint16_t *head, uint16_t *next, uint32_t b,
+                      uint32_t slot) {
+  uint16_t *p = &head[b];
+  while (*p != LINK_NIL && *p != slot) p = &next[*p];
+  if (*p == slot) *p = next[slot];
+}
+
+static void links_add(spi_registry *g, const spi_replica_ident *r) {
+  struct spi_replica_links *l = g->links;
+  chain_add(l->node_head, l->node_next, node_bucket(r->node, r->node_len),
+            r->slot);
+  if (r->pool == SPI_POOL_SPOT)
+    chain_add(l->pool_head, l->pool_next,
+              pool_bucket(r->instance_type, r->zone), r->slot);
+}
+
+static void links_del(spi_registry *g, const spi_replica_ident *r) {
+  struct spi_replica_links *l = g->links;
+  chain_del(l->node_head, l->node_next, node_bucket(r->node, r->node_len),
+            r->slot);
+  if (r->pool == SPI_POOL_SPOT)
+    chain_del(l->pool_head, l->pool_next,
+              pool_bucket(r->instance_type, r->zone), r->slot);
+}
+
+/* The replica cur becomes r (same slot): relinked if its machine or spot
+ * pool changed. */
+static void links_move(spi_registry *g, const spi_replica_ident *cur,
+                       const spi_replica_ident *r) {
+  int same_pool = cur->pool == r->pool &&
+                  (r->pool != SPI_POOL_SPOT ||
+                   (!strcmp(cur->instance_type, r->instance_type) &&
+                    !strcmp(cur->zone, r->zone)));
+  if (same_pool && cur->node_len == r->node_len &&
+      !memcmp(cur->node, r->node, r->node_len))
+    return;
+  links_del(g, cur);
+  links_add(g, r);
+}
+
+/* The next replica of a chain from bucket b (*cursor: the slot last
+ * returned, or SPI_CHAIN_START). */
+static const spi_replica_ident *chain_next(spi_registry *g,
+                                           const spi_replica_set *set,
+                                           const uint16_t *head,
+                                           const uint16_t *next, uint32_t b,
+                                           uint32_t *cursor) {
+  uint16_t s = *cursor == SPI_CHAIN_START ? head[b] : next[*cursor];
+  for (; s != LINK_NIL; s = next[s]) {
+    g->link_steps++;
+    *cursor = s;
+    uint16_t pos = set->pos_of_slot[s];
+    if (pos < set->n) return &set->r[pos];
+  }
+  return NULL;
+}
+
+const spi_replica_ident *spi__registry_next_on_node(spi_registry *g,
+                                                    const spi_replica_set *set,
+                                                    const char *node,
+                                                    size_t len,
+                                                    uint32_t *cursor) {
+  const struct spi_replica_links *l = g->links;
+  uint32_t b = node_bucket(node, len);
+  const spi_replica_ident *r;
+  while ((r = chain_next(g, set, l->node_head, l->node_next, b, cursor)))
+    if (r->node_len == len && memcmp(r->node, node, len) == 0) return r;
+  return NULL;
+}
+
+const spi_replica_ident *spi__registry_next_in_pool(spi_registry *g,
+                                                    const spi_replica_set *set,
+                                                    const char *type,
+                                                    const char *zone,
+                                                    uint32_t *cursor) {
+  const struct spi_replica_links *l = g->links;
+  uint32_t b = pool_bucket(type, zone);
+  const spi_replica_ident *r;
+  while ((r = chain_next(g, set, l->pool_head, l->pool_next, b, cursor)))
+    if (r->pool == SPI_POOL_SPOT && !strcmp(r->instance_type, type) &&
+        !strcmp(r->zone, zone))
+      return r;
+  return NULL;
+}
+
 int spi__registry_init(spi_registry *g, const spi_mem *m) {
   /* Slots are cache-line aligned; the allocator only promises malloc's. */
   g->slots_raw = spi__alloc(m, SPI_REPLICA_SLOTS * sizeof *g->slots + 63);
   spi_replica_set *empty = set_new(m, 0);
   g->pix = spi__pix_new(m);
-  if (!g->slots_raw || !empty || !g->pix ||
+  g->links = spi__alloc(m, sizeof *g->links);
+  if (!g->slots_raw || !empty || !g->pix || !g->links ||
       pthread_mutex_init(&g->lock, NULL) != 0) {
     spi__free(m, g->slots_raw);
     spi__free(m, empty);
     spi__pix_free(m, g->pix);
+    spi__free(m, g->links);
+    g->links = NULL;
     g->pix = NULL;
     g->slots_raw = NULL;
     g->slots = NULL;
@@ -126,6 +252,8 @@ int spi__registry_init(spi_registry *g, const spi_mem *m) {
     atomic_init(&s->rate_samples, 0u);
     atomic_init(&s->held, 0);
   }
+  memset(g->links, 0xff, sizeof *g->links);
+  g->link_steps = 0;
   atomic_init(&g->set, empty);
   g->next_slot = 0;
   g->set_version = 0;
@@ -139,6 +267,8 @@ void spi__registry_destroy(spi_registry *g, const spi_mem *m) {
   spi__free(m, atomic_exchange(&g->set, NULL));
   spi__free(m, g->slots_raw);
   spi__pix_free(m, g->pix);
+  spi__free(m, g->links);
+  g->links = NULL;
   g->pix = NULL;
   g->slots_raw = NULL;
   g->slots = NULL;
@@ -352,6 +482,7 @@ static int upsert_locked(spi_engine *e, spi_replica_ident *r, int64_t limit,
     size_t at = (size_t)(cur - old->r);
     memcpy(next->r, old->r, old->n * sizeof *old->r);
     next->r[at] = *r;
+    links_move(g, cur, r);
     /* Entries placed for the old pool or model list no longer hold. */
     if (cur->pool != r->pool || !same_models(cur, r))
       atomic_fetch_add(&g->slots[r->slot].gen, 1u);
@@ -372,6 +503,7 @@ static int upsert_locked(spi_engine *e, spi_replica_ident *r, int64_t limit,
   r->slot = (uint32_t)slot;
   if (old->n) memcpy(next->r, old->r, old->n * sizeof *old->r);
   next->r[old->n] = *r;
+  links_add(g, r);
   /* Free and not held: no reader that saw its last replica is left, and
    * none reads it until publish. */
   spi_replica_slot *s = &g->slots[slot];
@@ -428,6 +560,7 @@ static int remove_locked(spi_engine *e, const char *id, size_t len,
    * from its counters (a route that chose it, a finish that found it
    * there), and a new replica reset into the slot meanwhile would be
    * charged for the old one's ticket. */
+  links_del(g, cur);
   spi_replica_slot *s = &g->slots[cur->slot];
   atomic_store(&s->held, 1);
   *held = s;

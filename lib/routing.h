@@ -187,6 +187,10 @@ typedef struct spi_registry {
   atomic_ullong dirty[SPI_REPLICA_SLOTS / 64];
   atomic_ullong dirty_words;
   struct spi_pool_index *pix; /* made with the registry */
+  /* The current set's replicas by machine and by spot pool (replica.c):
+   * kept by the set's writers and read by node.c, both under lock. */
+  struct spi_replica_links *links;
+  uint64_t link_steps;      /* chain entries looked at (under lock) */
 } spi_registry;
 
 /* Every writer of a slot field that routing reads (state, load, in-flight
@@ -207,6 +211,21 @@ void spi__registry_destroy(spi_registry *g, const spi_mem *m);
 /* The ident for an id in set, or NULL. */
 const spi_replica_ident *spi__registry_find(const spi_replica_set *set,
                                             const char *id, size_t len);
+/* The replicas of the current set on machine node, and the spot replicas
+ * of the pool (type, zone), one at a time: start with *cursor =
+ * SPI_CHAIN_START; NULL at the end. Registry lock held, set the current
+ * one. */
+#define SPI_CHAIN_START UINT32_MAX
+const spi_replica_ident *spi__registry_next_on_node(spi_registry *g,
+                                                    const spi_replica_set *set,
+                                                    const char *node,
+                                                    size_t len,
+                                                    uint32_t *cursor);
+const spi_replica_ident *spi__registry_next_in_pool(spi_registry *g,
+                                                    const spi_replica_set *set,
+                                                    const char *type,
+                                                    const char *zone,
+                                                    uint32_t *cursor);
 /* Set a live slot's state; leaving ACTIVE kills its prefix-index entries.
  * Registry lock held. */
 void spi__replica_slot_set_state(spi_replica_slot *s, int32_t state);

@@ -17,6 +17,9 @@
 #include "spotinfer/spotinfer_extras.h"
 #include "unit/fake_bus.h"
 
+/* lib/node.c: entries its lookups and scans examined (engine.h). */
+uint64_t spi__nodes_probes(spi_engine *e);
+
 #define SEC FB_SEC
 
 /* An engine on a fake clock; its replicas take 32 streams each. */
@@ -474,6 +477,61 @@ static void test_node_table_full_of_replicas(void **st) {
   fb_done(w);
 }
 
+
+/* What one notice costs does not grow with the fleet: it is counted in
+ * entries examined (node entries, replicas, remembered keys), not in time.
+ * 512 machines each run a spot replica, in 16 pools; every one is noticed,
+ * then 1,536 machines that run nothing are advised; their deadlines pass;
+ * and it all happens again. Scanning the table and the replica set for
+ * each notice cost thousands of entries a notice here. */
+static void test_notice_cost_is_bounded(void **st) {
+  (void)st;
+  fb_world *w = mk("{\"router\":{\"max_replicas\":4096,"
+                   "\"advised_ttl_ms\":60000}}");
+  enum { BUSY = 512, IDLE = 1536 };
+  char id[32], node[32], zone[16];
+  for (int i = 0; i < BUSY; i++) {
+    snprintf(id, sizeof id, "r-%05d", i);
+    snprintf(node, sizeof node, "n-%05d", i);
+    snprintf(zone, sizeof zone, "z%d", i % 16);
+    fb_add(w, id, node, SPI_POOL_SPOT, "g5", zone);
+  }
+  uint64_t p0 = spi__nodes_probes(w->e);
+  for (int round = 0; round < 2; round++) {
+    for (int i = 0; i < BUSY; i++) {
+      snprintf(node, sizeof node, "n-%05d", i);
+      assert_int_equal(
+          hand_in(w, node, SPI_NOTICE_PREEMPT, w->now + 30 * SEC), SPI_OK);
+      assert_int_equal(fb_state(w->e, node), SPI_NODE_NOTICED);
+    }
+    for (int i = 0; i < IDLE; i++) {
+      snprintf(node, sizeof node, "e-%d-%05d", round, i);
+      assert_int_equal(hand_in(w, node, SPI_NOTICE_REBALANCE, 0), SPI_OK);
+    }
+    w->now += 61 * SEC;
+    assert_int_equal(spi_engine_tick(w->e), SPI_OK);
+    assert_int_equal(fb_state(w->e, "n-00000"), SPI_NODE_TERMINATED);
+    assert_int_equal(fb_state(w->e, "e-0-00000"), SPI_NODE_ACTIVE);
+    if (round == 0)
+      for (int i = 0; i < BUSY; i++) { /* the machines come back */
+        snprintf(node, sizeof node, "n-%05d", i);
+        assert_int_equal(spi_node_set_state(w->e, node, strlen(node),
+                                            SPI_NODE_REMOVED),
+                         SPI_OK);
+      }
+  }
+  /* Every call above: 2 x (512 notices + 512 lookups + 1,536 notices)
+   * + 2 ticks + 2 lookups + 512 state changes. */
+  uint64_t calls = 2 * (BUSY + BUSY + IDLE) + 2 + 4 + BUSY;
+  uint64_t delta = spi__nodes_probes(w->e) - p0;
+  uint64_t per_call = delta / calls;
+  print_message("%llu entries examined, %llu a call\n",
+                (unsigned long long)delta,
+                (unsigned long long)per_call);
+  assert_true(per_call <= 64);
+  fb_done(w);
+}
+
 typedef struct counting {
   long allocs, frees, fail_at; /* fail_at -1: never */
 } counting;
@@ -569,6 +627,7 @@ int main(void) {
       cmocka_unit_test(test_state_machine),
       cmocka_unit_test(test_node_table_flood),
       cmocka_unit_test(test_node_table_full_of_replicas),
+      cmocka_unit_test(test_notice_cost_is_bounded),
       cmocka_unit_test(test_alloc_failure),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
