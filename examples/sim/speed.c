@@ -2,7 +2,10 @@
  * speed.c - the simulator's own speed (--speed DATA_DIR): the library's
  * policy on every request trace in DATA_DIR/traces and on the built-in
  * generator, in three clusters of 64 and 16 replicas, one JSON object a
- * line (a benchmark's output: it judges nothing).
+ * line on standard output (a benchmark's output: it judges nothing; the
+ * cluster is in replicas, spot_replicas and spot_traces, 0 spot traces
+ * meaning the built-in capacity), then the same figures as one table, a
+ * row per trace, on standard error.
  *
  * The figure is simulated requests per CPU-second of the event loop: the
  * loop is timed with the thread's CPU clock, so other processes on the
@@ -33,9 +36,19 @@ static int cmp_double(const void *a, const void *b) {
   return (x > y) - (x < y);
 }
 
+enum { SPEED_SETUPS = 3 };
+static const char *const SETUP_NAMES[SPEED_SETUPS] = {
+    "64 on-demand", "16 on-demand + 48 spot", "4 on-demand + 12 spot"};
+
+/* A set-up's figures for the table: fastest and median run. */
+typedef struct speed_fig {
+  double best, median;
+  int done;
+} speed_fig;
+
 /* One set-up: load the trace once, run the library's policy SPEED_RUNS
  * times, print the line. 0, or -1 when a run cannot be set up. */
-static int speed_setup(const sim_opts *o, const char *label, const char *setup) {
+static int speed_setup(const sim_opts *o, const char *label, int setup, speed_fig *fig) {
   double c0 = sim_thread_cpu_s();
   sim_setup su;
   if (sim_setup_load(&su, o)) return -1;
@@ -58,15 +71,49 @@ static int speed_setup(const sim_opts *o, const char *label, const char *setup) 
   qsort(other, SPEED_RUNS, sizeof other[0], cmp_double);
   double n = (double)su.tr.n, best = loop[0], mid = loop[SPEED_RUNS / 2];
   double worst = loop[SPEED_RUNS - 1];
+  fig->best = best > 0 ? n / best : 0;
+  fig->median = mid > 0 ? n / mid : 0;
+  fig->done = 1;
   printf("{\"bench\":\"sim_speed\",\"trace\":\"%s\",\"setup\":\"%s\",\"policy\":\"library\","
+         "\"replicas\":%u,\"spot_replicas\":%u,\"spot_traces\":%zu,"
          "\"requests\":%zu,\"runs\":%d,\"load_cpu_s\":%.4f,\"run_setup_cpu_s\":%.4f,"
-         "\"loop_cpu_s\":%.4f,\"requests_per_loop_cpu_s\":%.0f,"
+         "\"loop_cpu_s\":%.4f,\"loop_cpu_s_median\":%.4f,\"requests_per_loop_cpu_s\":%.0f,"
          "\"requests_per_loop_cpu_s_median\":%.0f,\"requests_per_loop_cpu_s_worst\":%.0f}\n",
-         label, setup, su.tr.n, SPEED_RUNS, load, other[0], best, best > 0 ? n / best : 0,
-         mid > 0 ? n / mid : 0, worst > 0 ? n / worst : 0);
+         label, SETUP_NAMES[setup], o->replicas, o->replicas - o->on_demand, o->n_spot, su.tr.n,
+         SPEED_RUNS,
+         load, other[0], best, mid, fig->best, fig->median, worst > 0 ? n / worst : 0);
   fflush(stdout);
   sim_setup_free(&su);
   return 0;
+}
+
+/* The table on standard error: a row per trace, fastest / median run of
+ * each set-up, and the slowest of the 64-replica set-ups named. */
+static void speed_table(char labels[][96], speed_fig figs[][SPEED_SETUPS], size_t n) {
+  fprintf(stderr, "simulated requests per CPU-second of the event loop, fastest / median of %d "
+                  "runs (thousands)\n%-34s", SPEED_RUNS, "trace");
+  for (int k = 0; k < SPEED_SETUPS; k++) fprintf(stderr, " %24s", SETUP_NAMES[k]);
+  fprintf(stderr, "\n");
+  size_t low_t = 0;
+  int low_k = -1;
+  for (size_t t = 0; t < n; t++) {
+    fprintf(stderr, "%-34s", labels[t]);
+    for (int k = 0; k < SPEED_SETUPS; k++) {
+      const speed_fig *f = &figs[t][k];
+      if (!f->done) {
+        fprintf(stderr, " %24s", "-");
+        continue;
+      }
+      char cell[32];
+      snprintf(cell, sizeof cell, "%.0f / %.0f", f->best / 1e3, f->median / 1e3);
+      fprintf(stderr, " %24s", cell);
+      if (k < 2 && (low_k < 0 || f->best < figs[low_t][low_k].best)) low_t = t, low_k = k;
+    }
+    fprintf(stderr, "\n");
+  }
+  if (low_k >= 0)
+    fprintf(stderr, "slowest with 64 replicas: %s, %s, %.0f requests per loop CPU-second\n",
+            labels[low_t], SETUP_NAMES[low_k], figs[low_t][low_k].best);
 }
 
 int sim_speed(const sim_opts *base, const char *data) {
@@ -82,20 +129,24 @@ int sim_speed(const sim_opts *base, const char *data) {
   sim_opts o = *base;
   o.quiet = 1;
   if (!o.requests_given) o.gen.requests = 20000;
+  static char labels[SIM_LIST_MAX + 1][96];
+  static speed_fig figs[SIM_LIST_MAX + 1][SPEED_SETUPS];
+  memset(figs, 0, sizeof figs);
   int rc = 0;
-  for (size_t k = 0; k <= nt && !rc; k++) {
+  size_t k = 0;
+  for (; k <= nt && !rc; k++) {
     sim_opts t = o;
-    char label[96];
     t.trace = k < nt ? traces[k] : NULL;
-    if (k < nt) snprintf(label, sizeof label, "%s", strrchr(traces[k], '/') + 1);
-    else snprintf(label, sizeof label, "generator:%s", sim_family_name(t.gen.family));
+    if (k < nt) snprintf(labels[k], sizeof labels[k], "%s", strrchr(traces[k], '/') + 1);
+    else snprintf(labels[k], sizeof labels[k], "generator:%s", sim_family_name(t.gen.family));
     t.replicas = 64, t.on_demand = 64, t.kv_blocks = 1024, t.n_spot = 0;
-    rc = speed_setup(&t, label, "64 on-demand");
+    rc = speed_setup(&t, labels[k], 0, &figs[k][0]);
     t.on_demand = 16;
-    if (!rc) rc = speed_setup(&t, label, "16 on-demand + 48 spot");
+    if (!rc) rc = speed_setup(&t, labels[k], 1, &figs[k][1]);
     t.replicas = 16, t.on_demand = 4, t.n_spot = nsp;
     for (size_t z = 0; z < nsp; z++) t.spot[z] = spot[z];
-    if (!rc && nsp && k < nt) rc = speed_setup(&t, label, "4 on-demand + 12 spot");
+    if (!rc && nsp && k < nt) rc = speed_setup(&t, labels[k], 2, &figs[k][2]);
   }
+  if (!rc) speed_table(labels, figs, k);
   return rc;
 }
