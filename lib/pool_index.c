@@ -187,7 +187,13 @@ static void rebuild(spi_pool_index *p, const route_env *x,
   p->min_until = INT64_MAX;
   for (size_t i = 0; i < set->n; i++) {
     p->hot[i].kind = PIX_OFF;
+    p->id_hash_at[i] = set->r[i].id_hash;
+    p->cell_at[i] = (int8_t)set->r[i].cell;
     entry_read(p, x, &set->r[i], (uint32_t)i);
+  }
+  for (size_t i = set->n; i % 8; i++) {
+    p->id_hash_at[i] = 0;
+    p->cell_at[i] = -1;
   }
 }
 
@@ -285,28 +291,60 @@ static int rdv_before(uint64_t w, uint32_t a, uint64_t v, uint32_t b) {
   return w > v || (w == v && a < b);
 }
 
-/* Weigh every replica of set for x->rkey; keep each cell's first few. */
-static void rdv_make(pix_rdv *o, const route_env *x,
+void spi__pix_rdv_offer(pix_rdv *o, pix_rdv_acc *a, int k, uint64_t w,
+                        uint32_t i) {
+  uint32_t n = o->n[k];
+  if (n == PIX_RDV_TOP &&
+      !rdv_before(w, i, a->wt[k][n - 1], o->pos[k][n - 1]))
+    return;
+  uint32_t at = n < PIX_RDV_TOP ? n : n - 1;
+  while (at > 0 && rdv_before(w, i, a->wt[k][at - 1], o->pos[k][at - 1])) {
+    a->wt[k][at] = a->wt[k][at - 1];
+    o->pos[k][at] = o->pos[k][at - 1];
+    at--;
+  }
+  a->wt[k][at] = w;
+  o->pos[k][at] = (uint16_t)i;
+  if (n < PIX_RDV_TOP) o->n[k] = (uint8_t)(n + 1);
+}
+
+/* Which build weighs the replicas: AVX-512 (F and DQ, for the 64-bit
+ * multiply) when the CPU has it. Picked on first use; racing first users
+ * store the same answer. */
+static int rdv_wide(void) {
+#if SPI_HAVE_RDV_AVX512
+  static atomic_int pick; /* 0 unknown, 1 no, 2 yes */
+  int v = atomic_load_explicit(&pick, memory_order_relaxed);
+  if (!v) {
+    __builtin_cpu_init();
+    v = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq")
+            ? 2
+            : 1;
+    atomic_store_explicit(&pick, v, memory_order_relaxed);
+  }
+  return v == 2;
+#else
+  return 0;
+#endif
+}
+
+/* Weigh every replica of the set p describes for x->rkey (from the
+ * index's copies of their id hashes and cells, which sit in a row where
+ * the set's entries are a kilobyte apart); keep each cell's first few.
+ * A small set is weighed one by one: the order is the same either way. */
+static void rdv_make(pix_rdv *o, const spi_pool_index *p, const route_env *x,
                      const spi_replica_set *set) {
-  uint64_t wt[SPI_SUMMARY_CELLS][PIX_RDV_TOP];
+  pix_rdv_acc a;
   memset(o->n, 0, sizeof o->n);
-  for (size_t i = 0; i < set->n; i++) {
-    int k = set->r[i].cell;
-    if (k < 0) continue;
-    uint64_t w = spi__rdv_weight(set->r[i].id_hash, x->rkey);
-    uint32_t n = o->n[k];
-    if (n == PIX_RDV_TOP && !rdv_before(w, (uint32_t)i, wt[k][n - 1],
-                                        o->pos[k][n - 1]))
-      continue;
-    uint32_t at = n < PIX_RDV_TOP ? n : n - 1;
-    while (at > 0 && rdv_before(w, (uint32_t)i, wt[k][at - 1], o->pos[k][at - 1])) {
-      wt[k][at] = wt[k][at - 1];
-      o->pos[k][at] = o->pos[k][at - 1];
-      at--;
+  if (p->n >= 16 && rdv_wide()) {
+    spi__pix_rdv_avx512(o, &a, p, x->rkey);
+  } else {
+    for (size_t i = 0; i < p->n; i++) {
+      int k = p->cell_at[i];
+      if (k >= 0)
+        spi__pix_rdv_offer(o, &a, k, spi__rdv_weight(p->id_hash_at[i], x->rkey),
+                           (uint32_t)i);
     }
-    wt[k][at] = w;
-    o->pos[k][at] = (uint16_t)i;
-    if (n < PIX_RDV_TOP) o->n[k] = (uint8_t)(n + 1);
   }
   o->rkey = x->rkey;
   o->version = set->version;
@@ -322,6 +360,6 @@ const pix_rdv *spi__pix_rdv(spi_pool_index *p, const route_env *x,
   }
   pix_rdv *o = &p->rdv[at][p->rdv_next[at]];
   p->rdv_next[at] = (uint8_t)((p->rdv_next[at] + 1) % PIX_RDV_WAYS);
-  rdv_make(o, x, set);
+  rdv_make(o, p, x, set);
   return o;
 }

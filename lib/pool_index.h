@@ -92,6 +92,12 @@ typedef struct spi_pool_index {
   double t_wait[SPI_REPLICA_SLOTS], t_ms_tok[SPI_REPLICA_SLOTS],
       t_slow[SPI_REPLICA_SLOTS];
   double t_now[SPI_REPLICA_SLOTS];
+  /* Every position's id hash and cell (of the set described, whatever its
+   * state), in a row: the rendezvous order weighs them all. Positions from
+   * n up to the next multiple of 8 hold 0 and -1 (no cell), so a loop may
+   * read eight at a time. */
+  uint64_t id_hash_at[SPI_REPLICA_SLOTS];
+  int8_t cell_at[SPI_REPLICA_SLOTS];
 } spi_pool_index;
 
 /* Made with the registry (replica.c), freed with it. */
@@ -120,6 +126,19 @@ int spi__pix_sync(spi_pool_index *p, const route_env *x,
  * set (made now if it is not kept). */
 const pix_rdv *spi__pix_rdv(spi_pool_index *p, const route_env *x,
                             const spi_replica_set *set);
+/* Rendezvous order in the making: each cell's weights, best first. */
+typedef struct pix_rdv_acc {
+  uint64_t wt[SPI_SUMMARY_CELLS][PIX_RDV_TOP];
+} pix_rdv_acc;
+/* Offer the replica at position i of cell k, of weight w, to o's order. */
+void spi__pix_rdv_offer(pix_rdv *o, pix_rdv_acc *a, int k, uint64_t w,
+                        uint32_t i);
+/* The same order made with AVX-512 (rdv_wide.c; callers check the CPU):
+ * every position of p weighed eight at a time, and only those that may
+ * enter offered. */
+void spi__pix_rdv_avx512(pix_rdv *o, pix_rdv_acc *a, const spi_pool_index *p,
+                         uint64_t rkey);
+
 /* The rendezvous weight of a replica for a prefix key. */
 static inline uint64_t spi__rdv_weight(uint64_t id_hash, uint64_t rkey) {
   uint64_t v = id_hash ^ rkey; /* splitmix64's finaliser */

@@ -1,0 +1,67 @@
+/*
+ * rdv_wide.c - the rendezvous order of a prefix weighed with AVX-512.
+ *
+ * A prefix whose order the pool index does not keep (pool_index.c,
+ * spi__pix_rdv) has every replica of the set weighed: splitmix64's
+ * finaliser of id_hash ^ rkey, two 64-bit multiplies each, then each
+ * cell's few heaviest kept. Eight lanes at a time (vpmullq is AVX-512 DQ)
+ * the weights are the same bits as spi__rdv_weight's; a lane is offered to
+ * the order (spi__pix_rdv_offer, the one-by-one path's own insertion) only
+ * when its weight is at least its cell's lightest kept one, so the order is
+ * the same as one made one by one.
+ *
+ * CMake compiles this file with -mavx512f -mavx512dq and defines
+ * SPI_HAVE_RDV_AVX512 only on x86-64 compilers that accept the flags;
+ * pool_index.c calls it only after checking that the CPU has both.
+ */
+#include "pool_index.h"
+
+#if SPI_HAVE_RDV_AVX512
+#include <immintrin.h>
+
+static __m512i mix_lanes(__m512i v) {
+  v = _mm512_xor_si512(v, _mm512_srli_epi64(v, 30));
+  v = _mm512_mullo_epi64(v, _mm512_set1_epi64((long long)0xbf58476d1ce4e5b9ULL));
+  v = _mm512_xor_si512(v, _mm512_srli_epi64(v, 27));
+  v = _mm512_mullo_epi64(v, _mm512_set1_epi64((long long)0x94d049bb133111ebULL));
+  return _mm512_xor_si512(v, _mm512_srli_epi64(v, 31));
+}
+
+/* Each cell's lightest kept weight, lane k (0 while the cell's order is
+ * not full: every weight is at least that); lanes 4..7 unused. */
+static __m512i floors(const pix_rdv *o, const pix_rdv_acc *a) {
+  uint64_t f[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  for (int k = 0; k < SPI_SUMMARY_CELLS; k++)
+    if (o->n[k] == PIX_RDV_TOP) f[k] = a->wt[k][PIX_RDV_TOP - 1];
+  return _mm512_loadu_si512(f);
+}
+
+void spi__pix_rdv_avx512(pix_rdv *o, pix_rdv_acc *a, const spi_pool_index *p,
+                         uint64_t rkey) {
+  _Static_assert(SPI_SUMMARY_CELLS <= 8, "a cell's floor fits a lane");
+  const __m512i key = _mm512_set1_epi64((long long)rkey);
+  const __m512i zero = _mm512_setzero_si512();
+  __m512i floor = floors(o, a);
+  uint64_t w[8];
+  /* Positions n.. up to a multiple of 8 have cell -1 (pool_index.c). */
+  for (size_t i = 0; i < p->n; i += 8) {
+    __m512i wt = mix_lanes(
+        _mm512_xor_si512(_mm512_loadu_si512(&p->id_hash_at[i]), key));
+    __m512i cell = _mm512_cvtepi8_epi64(
+        _mm_loadl_epi64((const __m128i *)(const void *)&p->cell_at[i]));
+    __mmask8 in = _mm512_cmpge_epi64_mask(cell, zero);
+    __m512i fl = _mm512_permutexvar_epi64(cell, floor);
+    __mmask8 may = _mm512_mask_cmpge_epu64_mask(in, wt, fl);
+    if (!may) continue;
+    _mm512_storeu_si512(w, wt);
+    for (unsigned m = may; m; m &= m - 1) {
+      unsigned j = (unsigned)__builtin_ctz(m);
+      spi__pix_rdv_offer(o, a, p->cell_at[i + j], w[j], (uint32_t)(i + j));
+    }
+    floor = floors(o, a);
+  }
+  _mm256_zeroupper();
+}
+#else
+typedef int spi_rdv_wide_unused; /* an empty file is not valid C */
+#endif
