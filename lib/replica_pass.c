@@ -432,9 +432,10 @@ static void indexed_exception(const route_env *x, const spi_replica_set *set,
 }
 
 /* A regular replica's evaluation from the index, as eval_of makes it from
- * its slot: t was computed with the TTFT model's operations. */
-static void indexed_eval(const route_env *x, const spi_pool_index *p,
-                         uint32_t pos, double t, replica_eval *o) {
+ * its slot: t was computed with the TTFT model's operations, rdv is its
+ * rendezvous weight (mix64 of id_hash ^ rkey). */
+static void indexed_eval(const spi_pool_index *p, uint32_t pos, double t,
+                         uint64_t rdv, replica_eval *o) {
   const pix_hot *h = &p->hot[pos];
   const pix_cold *c = &p->cold[pos];
   o->running = c->running;
@@ -450,7 +451,7 @@ static void indexed_eval(const route_env *x, const spi_pool_index *p,
   o->served = (double)c->served;
   o->wait_ms = h->wait_ms;
   o->t = t;
-  o->rdv = mix64(h->id_hash ^ x->rkey);
+  o->rdv = rdv;
   o->busy = h->busy;
   o->usable = 1;
   o->probe = 0;
@@ -467,13 +468,35 @@ static inline double indexed_t(const route_env *x, const pix_hot *h) {
  * did not get in the first time (the thresholds only get harder to pass)
  * it does not get in later, and where it got in it stays until a better
  * one takes its place, so a second offer would change nothing. */
+/* cell_offer for a regular replica, decided from the index's values
+ * first: the evaluation is written once, straight into the arena, and only
+ * if the replica gets in somewhere. (What it enters does not depend on the
+ * order the three are tested in: each summary keeps its own.) */
 static __attribute__((noinline)) void
 indexed_offer_first(const route_env *x, const spi_pool_index *p, scan *sc,
                     uint32_t pos) {
   const pix_hot *h = &p->hot[pos];
-  replica_eval ev;
-  indexed_eval(x, p, pos, indexed_t(x, h), &ev);
-  cell_offer(sc, h->cell, pos, h->rel, &ev);
+  cell_acc *c = &sc->cell[h->cell];
+  double t = indexed_t(x, h);
+  uint64_t w = mix64(h->id_hash ^ x->rkey);
+  int top = top_enters(c, t, pos), least = least_enters(c, h->rel, pos);
+  int rdv = !h->busy && rdv_enters(c, w, pos);
+  if (!(top | least | rdv)) return;
+  if (sc->a.n == ARENA_CAP) arena_sweep(sc);
+  uint32_t ei = sc->a.n++;
+  sc->a.pos[ei] = pos;
+  indexed_eval(p, pos, t, w, &sc->a.ev[ei]);
+  if (top) top_insert(c, t, pos, ei);
+  if (least) {
+    c->least = ei;
+    c->least_rel = h->rel;
+    c->least_pos = pos;
+  }
+  if (rdv) {
+    c->rdv = ei;
+    c->rdv_w = w;
+    c->rdv_pos = pos;
+  }
 }
 /* Inlined: most calls find the replica offered already. */
 static inline void indexed_offer(const route_env *x, const spi_pool_index *p,
