@@ -104,14 +104,7 @@ func (e *Engine) NodePlans(node string) ([]TicketPlan, error) {
 		if rc != 0 {
 			return nil, e.fail(rc, "spi_engine_node_plans")
 		}
-		out := make([]TicketPlan, int(count))
-		for i := range out {
-			pl := &plans[i]
-			out[i] = TicketPlan{Ticket: uint64(pl.ticket), Action: TicketAction(pl.action),
-				Class: Class(pl.klass), RemainingS: float64(pl.remaining_s),
-				DeadlineS: float64(pl.deadline_s), Progress: float64(pl.progress),
-				ReplicaID: goText(&pl.replica_id[0])}
-		}
+		out := plansFrom(plans[:int(count)])
 		runtime.KeepAlive(e)
 		return out, nil
 	}

@@ -363,7 +363,17 @@ func (e *Engine) Notice(n Notice) ([]TicketPlan, error) {
 	if k > capacity {
 		k = capacity
 	}
-	out := make([]TicketPlan, k)
+	out := plansFrom(plans[:k])
+	if rc != 0 {
+		return out, e.failOrNotSup(rc, "spi_engine_notice")
+	}
+	runtime.KeepAlive(e)
+	return out, nil
+}
+
+// plansFrom copies the plans the library filled in.
+func plansFrom(plans []C.spi_ticket_plan) []TicketPlan {
+	out := make([]TicketPlan, len(plans))
 	for i := range out {
 		pl := &plans[i]
 		out[i] = TicketPlan{Ticket: uint64(pl.ticket), Action: TicketAction(pl.action),
@@ -371,11 +381,7 @@ func (e *Engine) Notice(n Notice) ([]TicketPlan, error) {
 			DeadlineS: float64(pl.deadline_s), Progress: float64(pl.progress),
 			ReplicaID: goText(&pl.replica_id[0])}
 	}
-	if rc != 0 {
-		return out, e.failOrNotSup(rc, "spi_engine_notice")
-	}
-	runtime.KeepAlive(e)
-	return out, nil
+	return out
 }
 
 // failOrNotSup is fail, except for a function the library does not export,
