@@ -482,6 +482,18 @@ PRICE_FN = CFUNCTYPE(c_int, c_void_p, c_void_p, POINTER(RequestView), c_int32,
                      POINTER(Price))
 
 
+# The fields every module struct but the policy's (flags in reserved0's
+# place) begins with.
+_MODULE_HEAD: List[Tuple[str, Any]] = [
+    ("abi_version", c_uint32),
+    ("struct_size", c_uint32),
+    ("on_failure", c_int32),
+    ("reserved0", c_int32),
+    ("configure", CONFIGURE_FN),
+    ("release", RELEASE_FN),
+]
+
+
 class _ModuleStruct(_Struct):
     """Module structs: abi_version and a uint32 struct_size come first."""
 
@@ -493,13 +505,7 @@ class _ModuleStruct(_Struct):
 
 class ClassifierModule(_ModuleStruct):
     _c_name_ = "spi_classifier_module"
-    _fields_ = [
-        ("abi_version", c_uint32),
-        ("struct_size", c_uint32),
-        ("on_failure", c_int32),
-        ("reserved0", c_int32),
-        ("configure", CONFIGURE_FN),
-        ("release", RELEASE_FN),
+    _fields_ = _MODULE_HEAD + [
         ("classify", CLASSIFY_FN),
         ("classify_levels", CLASSIFY_LEVELS_FN),
     ]
@@ -507,13 +513,7 @@ class ClassifierModule(_ModuleStruct):
 
 class KeyBuilderModule(_ModuleStruct):
     _c_name_ = "spi_key_builder_module"
-    _fields_ = [
-        ("abi_version", c_uint32),
-        ("struct_size", c_uint32),
-        ("on_failure", c_int32),
-        ("reserved0", c_int32),
-        ("configure", CONFIGURE_FN),
-        ("release", RELEASE_FN),
+    _fields_ = _MODULE_HEAD + [
         ("build_key", BUILD_KEY_FN),
         ("block_hashes", BLOCK_HASHES_FN),
     ]
@@ -521,13 +521,7 @@ class KeyBuilderModule(_ModuleStruct):
 
 class CostModelModule(_ModuleStruct):
     _c_name_ = "spi_cost_model_module"
-    _fields_ = [
-        ("abi_version", c_uint32),
-        ("struct_size", c_uint32),
-        ("on_failure", c_int32),
-        ("reserved0", c_int32),
-        ("configure", CONFIGURE_FN),
-        ("release", RELEASE_FN),
+    _fields_ = _MODULE_HEAD + [
         ("price", PRICE_FN),
     ]
 
@@ -706,13 +700,7 @@ STORE_CHECK_FN = CFUNCTYPE(c_int, c_void_p, c_void_p, c_size_t, c_void_p, c_size
 
 class ReplayStoreModule(_ModuleStruct):
     _c_name_ = "spi_replay_store_module"
-    _fields_ = [
-        ("abi_version", c_uint32),
-        ("struct_size", c_uint32),
-        ("on_failure", c_int32),
-        ("reserved0", c_int32),
-        ("configure", CONFIGURE_FN),
-        ("release", RELEASE_FN),
+    _fields_ = _MODULE_HEAD + [
         ("recover", RECOVER_FN),
         ("append", APPEND_FN),
         ("sync", SYNC_FN),
@@ -751,13 +739,7 @@ FLEET_POLL_FN = CFUNCTYPE(c_int, c_void_p, c_void_p, c_size_t, FLEET_MSG_FN,
 
 class FleetBusModule(_ModuleStruct):
     _c_name_ = "spi_fleet_bus_module"
-    _fields_ = [
-        ("abi_version", c_uint32),
-        ("struct_size", c_uint32),
-        ("on_failure", c_int32),
-        ("reserved0", c_int32),
-        ("configure", CONFIGURE_FN),
-        ("release", RELEASE_FN),
+    _fields_ = _MODULE_HEAD + [
         ("publish", FLEET_PUBLISH_FN),
         ("poll", FLEET_POLL_FN),
     ]
