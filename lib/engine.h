@@ -35,6 +35,13 @@
  *      (node transitions) run with no lock and no pin held. Module callbacks
  *      run pinned: a module's configure calling spi_engine_configure gets
  *      SPI_EMISUSE, and modules must not change replicas or configuration.
+ * What a pin protects never changes under the reader: a replica set's
+ * entries r[0..n) are written before the set is published (atomic exchange,
+ * which readers load) and never again. An add writes its entry at r[n] of
+ * the newest set's block and publishes a set of n + 1 over the same block;
+ * a reader of any older set on it reads below its own n, never there
+ * (replica.c). The registry's chains by machine and spot pool are written
+ * and read only under registry.lock (replica.c, node.c).
  * tests/unit/test_lock_order.c and test_storm.c hold these rules to account.
  */
 #ifndef SPI_ENGINE_H

@@ -2,10 +2,13 @@
  * replica.c - the replica registry: identities, slots and load signals.
  *
  * A replica has two halves. Its identity (id, pool, tier, price, models)
- * lives in an immutable spi_replica_set that is replaced whole on every
- * change: writers serialise on registry.lock, publish the new set with an
- * atomic exchange and, once the lock is released, wait for readers pinned on
- * the old one (spi__rcu_synchronize) and free it (lock order: engine.h). Its run-time state (lifecycle state,
+ * lives in an immutable spi_replica_set that is replaced on every change:
+ * writers serialise on registry.lock, publish the new set with an atomic
+ * exchange and, once the lock is released, wait for readers pinned on the
+ * old one (spi__rcu_synchronize) and free it (lock order: engine.h). An add
+ * copies no entry: the new set shares the old one's entries and has the new
+ * one past their end, where no reader of the old set looks (set_append); an
+ * update or a removal copies them. Its run-time state (lifecycle state,
  * load, open tickets, error breaker) lives in a slot that never moves, all
  * atomics, so routers and reporters touch it without a lock.
  *
@@ -26,26 +29,75 @@
 #include "pool_index.h"
 
 
-/* The set, its slot-to-position map and its entries in one allocation. */
-typedef struct set_block {
-  spi_replica_set set;
-  uint16_t pos_of_slot[SPI_REPLICA_SLOTS];
+/* A set's entries live in a block that the sets made from it by adds
+ * share. An add writes its entry at the block's end, past the n of every
+ * set published on the block (each reader reads r[0..n) of its own set and
+ * nothing more), then publishes a new set over the same block: no entry is
+ * copied. Entries below a published set's n are never written again; an
+ * update or a removal copies them into a new block. A block is freed with
+ * the last set on it (retire, after readers of that set are gone). */
+typedef struct ident_block {
+  atomic_size_t refs;  /* sets on it */
+  size_t cap;          /* entries it has room for */
+  size_t used;         /* entries written (registry.lock) */
   spi_replica_ident r[];
+} ident_block;
+
+/* A set: its header and slot-to-position map, over a block of entries. */
+typedef struct set_block {
+  spi_replica_set set; /* first: a set's address is its block's */
+  ident_block *ids;
+  uint16_t pos_of_slot[SPI_REPLICA_SLOTS];
 } set_block;
 
 _Static_assert(SPI_REPLICA_SLOTS <= SPI_NO_POS, "positions fit 16 bits");
+_Static_assert(offsetof(set_block, set) == 0, "a set is its block");
 
-static spi_replica_set *set_new(const spi_mem *m, size_t n) {
-  if (n > (SIZE_MAX - sizeof(set_block)) / sizeof(spi_replica_ident))
-    return NULL;
-  set_block *b = spi__alloc(m, sizeof(set_block) + n * sizeof(spi_replica_ident));
+static set_block *block_of(const spi_replica_set *set) {
+  return (set_block *)(void *)(uintptr_t)set;
+}
+
+/* A set of n entries over ids, which gains a reference. */
+static spi_replica_set *set_on(const spi_mem *m, ident_block *ids, size_t n) {
+  set_block *b = spi__alloc(m, sizeof *b);
   if (!b) return NULL;
   b->set.n = n;
   b->set.version = 0;
-  b->set.r = b->r;
+  b->set.r = ids->r;
   b->set.pos_of_slot = b->pos_of_slot;
-  memset(b->pos_of_slot, 0xff, sizeof b->pos_of_slot);
+  b->ids = ids;
+  atomic_fetch_add(&ids->refs, 1);
   return &b->set;
+}
+
+/* A set of n entries in a new block with room for half as many again (at
+ * least 16, at most every slot), so adds that follow copy nothing; the
+ * caller writes the entries, then set_index. */
+static spi_replica_set *set_new(const spi_mem *m, size_t n) {
+  size_t cap = n + n / 2 + 16;
+  if (cap > SPI_REPLICA_SLOTS) cap = n > SPI_REPLICA_SLOTS ? n : SPI_REPLICA_SLOTS;
+  if (cap > (SIZE_MAX - sizeof(ident_block)) / sizeof(spi_replica_ident))
+    return NULL;
+  ident_block *ids = spi__alloc(m, sizeof *ids + cap * sizeof(spi_replica_ident));
+  if (!ids) return NULL;
+  atomic_init(&ids->refs, 0);
+  ids->cap = cap;
+  ids->used = n;
+  spi_replica_set *set = set_on(m, ids, n);
+  if (!set) {
+    spi__free(m, ids);
+    return NULL;
+  }
+  memset(block_of(set)->pos_of_slot, 0xff, sizeof block_of(set)->pos_of_slot);
+  return set;
+}
+
+/* Free a set no reader holds, and its entries with the last set on them. */
+static void set_free(const spi_mem *m, spi_replica_set *set) {
+  if (!set) return;
+  set_block *b = block_of(set);
+  if (atomic_fetch_sub(&b->ids->refs, 1) == 1) spi__free(m, b->ids);
+  spi__free(m, b);
 }
 
 /* Fill the slot-to-position map once the entries are final. */
@@ -219,7 +271,7 @@ int spi__registry_init(spi_registry *g, const spi_mem *m) {
   if (!g->slots_raw || !empty || !g->pix || !g->links ||
       pthread_mutex_init(&g->lock, NULL) != 0) {
     spi__free(m, g->slots_raw);
-    spi__free(m, empty);
+    set_free(m, empty);
     spi__pix_free(m, g->pix);
     spi__free(m, g->links);
     g->links = NULL;
@@ -264,7 +316,7 @@ int spi__registry_init(spi_registry *g, const spi_mem *m) {
 
 void spi__registry_destroy(spi_registry *g, const spi_mem *m) {
   if (!g->slots) return;
-  spi__free(m, atomic_exchange(&g->set, NULL));
+  set_free(m, atomic_exchange(&g->set, NULL));
   spi__free(m, g->slots_raw);
   spi__pix_free(m, g->pix);
   spi__free(m, g->links);
@@ -429,11 +481,35 @@ static int same_ident(const spi_replica_ident *a, const spi_replica_ident *b) {
 
 /* ---------------------------------------------------------------- writers */
 
+/* old with r added at its end. Over old's entries when the block has room
+ * past them and no set on it goes further (old is the newest set on it):
+ * r is written where no published set reaches, and only the slot map is
+ * copied. Otherwise every entry is copied into a new block. Registry lock
+ * held. */
+static spi_replica_set *set_append(const spi_mem *m, const spi_replica_set *old,
+                                   const spi_replica_ident *r) {
+  ident_block *ids = block_of(old)->ids;
+  spi_replica_set *next;
+  if (ids->used == old->n && old->n < ids->cap) {
+    if (!(next = set_on(m, ids, old->n + 1))) return NULL;
+    ids->r[old->n] = *r;
+    ids->used = old->n + 1;
+    memcpy(next->pos_of_slot, old->pos_of_slot,
+           sizeof block_of(next)->pos_of_slot);
+    next->pos_of_slot[r->slot] = (uint16_t)old->n;
+    return next;
+  }
+  if (!(next = set_new(m, old->n + 1))) return NULL;
+  if (old->n) memcpy(next->r, old->r, old->n * sizeof *old->r);
+  next->r[old->n] = *r;
+  set_index(next);
+  return next;
+}
+
 /* Swap in next; the set it replaces goes to *retired, which the caller frees
  * with retire() after releasing the locks. Called with registry.lock held. */
 static void publish(spi_engine *e, spi_replica_set *next,
                     spi_replica_set **retired) {
-  set_index(next);
   next->version = ++e->registry.set_version;
   *retired = atomic_exchange(&e->registry.set, next);
 }
@@ -443,7 +519,7 @@ static void publish(spi_engine *e, spi_replica_set *next,
 static void retire(spi_engine *e, spi_replica_set *old) {
   if (!old) return;
   spi__rcu_synchronize(&e->rcu);
-  spi__free(&e->mem, old);
+  set_free(&e->mem, old);
 }
 
 static int64_t replica_limit(spi_engine *e) {
@@ -482,6 +558,7 @@ static int upsert_locked(spi_engine *e, spi_replica_ident *r, int64_t limit,
     size_t at = (size_t)(cur - old->r);
     memcpy(next->r, old->r, old->n * sizeof *old->r);
     next->r[at] = *r;
+    set_index(next);
     links_move(g, cur, r);
     /* Entries placed for the old pool or model list no longer hold. */
     if (cur->pool != r->pool || !same_models(cur, r))
@@ -498,11 +575,9 @@ static int upsert_locked(spi_engine *e, spi_replica_ident *r, int64_t limit,
   if (slot < 0)
     return spi__engine_fail(e, SPI_EFULL, "replica \"%s\": no free slot",
                             r->id);
-  spi_replica_set *next = set_new(&e->mem, old->n + 1);
-  if (!next) return spi__engine_fail(e, SPI_ENOMEM, "replica: out of memory");
   r->slot = (uint32_t)slot;
-  if (old->n) memcpy(next->r, old->r, old->n * sizeof *old->r);
-  next->r[old->n] = *r;
+  spi_replica_set *next = set_append(&e->mem, old, r);
+  if (!next) return spi__engine_fail(e, SPI_ENOMEM, "replica: out of memory");
   links_add(g, r);
   /* Free and not held: no reader that saw its last replica is left, and
    * none reads it until publish. */
@@ -554,6 +629,7 @@ static int remove_locked(spi_engine *e, const char *id, size_t len,
   if (at) memcpy(next->r, old->r, at * sizeof *old->r);
   if (old->n - at - 1)
     memcpy(next->r + at, old->r + at + 1, (old->n - at - 1) * sizeof *old->r);
+  set_index(next);
   /* Ineligible at once for routers still reading the old set; the gen bump
    * kills its prefix-index entries. Held until those routers and the ticket
    * reports pinned with them are gone: one of them may still add to or take
