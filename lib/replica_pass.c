@@ -659,7 +659,9 @@ static int scan_indexed(const route_env *x, const spi_replica_set *set,
   p->tdone = 0;
   for (int k = 0; k < SPI_SUMMARY_CELLS; k++) {
     if (!p->usable[k]) continue;
-    indexed_seed(x, p, sc, k);
+    /* A cell whose every regular replica makes its top gains nothing
+     * from a tight threshold early. */
+    if (p->usable[k] > SPI_SUMMARY_TOP) indexed_seed(x, p, sc, k);
     indexed_least(x, p, sc, k);
     indexed_rdv(x, p, sc, k, o);
     indexed_top(x, p, sc, k);
