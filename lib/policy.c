@@ -32,7 +32,10 @@
  * rest is this request's own prefill of what the replica does not hold.
  * Gold pays for every millisecond (w = 1: the lowest TTFT); silver and
  * bronze weigh waiting less than prefill, so they wait for a replica that
- * saves them prefill. Costs within one block's prefill of the lowest are
+ * saves them prefill. Prefill a replica would redo (a prefix another
+ * holds) counts once more on a backlogged replica, weighted by its share
+ * of queue, for the requests that will wait behind it there; on an idle
+ * one it costs no one else. Costs within one block's prefill of the lowest are
  * ties the model cannot tell apart (a block every replica holds, such as
  * a global system prompt, saves the same everywhere and so weighs
  * nothing); of those the replica sent the fewest tokens wins, so ties
@@ -232,6 +235,27 @@ static double cost_of(const spi_candidate *c, double w) {
   return w * c->est_wait_ms + (c->est_ttft_ms - c->est_wait_ms);
 }
 
+/* The part of c's TTFT estimate that is not the wait: its own prefill of
+ * what it lacks (and the fixed part). */
+static double own_ms(const spi_candidate *c) {
+  return c->est_ttft_ms - c->est_wait_ms;
+}
+
+/* What c's redundant prefill costs the requests that queue behind it, ms.
+ * Prefill c would do beyond what the candidate needing the least does
+ * (own_min: the prefix another replica holds) is work the pool did
+ * already; on a replica with nothing queued it delays no one, but on a
+ * backlogged one the next request to arrive waits for it too. That one
+ * finds c still busy with about the share of c's time to first token
+ * that is queue, wait / (wait + own), so the redundant prefill counts
+ * once more at that weight. A move to an idle replica is priced as
+ * before; a move to a busy one must also win back the delay it makes. */
+static double queue_delay_ms(const spi_candidate *c, double own_min) {
+  double own = own_ms(c), redundant = own - own_min;
+  if (!(redundant > 0) || !(c->est_wait_ms > 0)) return 0;
+  return redundant * c->est_wait_ms / (c->est_wait_ms + own);
+}
+
 /* The prompt tokens this request brings, as served_tokens counts them. */
 static double request_tokens(const spi_route_context *x) {
   return x->prompt_tokens;
@@ -338,7 +362,8 @@ static int tie_before(const spi_route_context *x, int64_t a, int64_t b) {
 }
 
 /* The candidate to serve on among the usable ones the summary names: of
- * those whose guarded cost is within one block's prefill of the lowest,
+ * those whose guarded cost, with the delay its redundant prefill makes
+ * (queue_delay_ms), is within one block's prefill of the lowest,
  * the one sent the fewest tokens (tie_before). Costs closer than a block
  * are below what the model can tell apart (a block every replica holds,
  * such as a global system prompt, saves the same everywhere), and there
@@ -358,7 +383,7 @@ static int64_t cheapest(const pinst *p, const spi_route_context *x,
   named[n++] = m->warm;
   named[n++] = m->least;
   named[n++] = m->rdv;
-  double low = HUGE_VAL;
+  double low = HUGE_VAL, own_min = HUGE_VAL;
   for (uint32_t k = 0; k < n; k++) {
     int64_t i = named[k];
     const spi_candidate *c = i >= 0 ? &x->candidates[i] : NULL;
@@ -366,7 +391,12 @@ static int64_t cheapest(const pinst *p, const spi_route_context *x,
       named[k] = -1;
       continue;
     }
-    cost[k] = guarded_cost(p, x, c, m->usable, w);
+    if (own_ms(c) < own_min) own_min = own_ms(c);
+  }
+  for (uint32_t k = 0; k < n; k++) {
+    if (named[k] < 0) continue;
+    const spi_candidate *c = &x->candidates[named[k]];
+    cost[k] = guarded_cost(p, x, c, m->usable, w) + queue_delay_ms(c, own_min);
     if (cost[k] < low) low = cost[k];
   }
   int64_t best = -1;

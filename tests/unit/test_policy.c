@@ -262,6 +262,38 @@ static void test_twenty_blocks_against_load(void **st) {
   done(w);
 }
 
+/* Prefill a replica would redo counts once more where a queue waits
+ * behind it. r0 holds U + 20 blocks with 50 requests queued (2.5 s); r1
+ * and r2 hold none of them with 20 queued (1 s). Gold moving to r1 would
+ * save 1.5 s of wait for 1.1 s more prefill, but r1 is backlogged (about
+ * half its time to first token is queue), so the next request there would
+ * wait for that prefill too: the request stays on r0. With r1 idle the
+ * redundant prefill delays no one and the request leaves r0. */
+static void test_redundant_prefill_delays_the_queue(void **st) {
+  (void)st;
+  world *w = mk(NULL);
+  fleet(w, 3, SPI_POOL_ON_DEMAND);
+  uint32_t b[32];
+  seed(w, 3, "r0", b, chain(b, 500, 20));
+  history(w, 3, "r0", 21, "gold");
+  load(w, "r0", 0, 50);
+  load(w, "r1", 0, 20);
+  load(w, "r2", 0, 20);
+  prompt(w, b, chain(b, 500, 21), "gold");
+  spi_decision d;
+  assert_int_equal(route(w, &d), SPI_OK);
+  assert_string_equal(d.replica_id, "r0");
+  assert_int_equal(d.reason_code, SPI_REASON_AFFINITY);
+  finish(w, d.ticket);
+  load(w, "r1", 0, 0);
+  prompt(w, b, chain(b, 500, 22), "gold");
+  assert_int_equal(route(w, &d), SPI_OK);
+  assert_string_equal(d.replica_id, "r1");
+  assert_int_equal(d.reason_code, SPI_REASON_AFFINITY_LEFT);
+  finish(w, d.ticket);
+  done(w);
+}
+
 /* The class weighs the wait: with the same queue on the warm replica, a
  * class that pays for every millisecond leaves it, one that may wait stays.
  * 20 blocks save 1024 ms; 30 queued requests are 1500 ms of wait. */
@@ -1118,6 +1150,7 @@ int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_universal_block_is_not_affinity),
       cmocka_unit_test(test_twenty_blocks_against_load),
+      cmocka_unit_test(test_redundant_prefill_delays_the_queue),
       cmocka_unit_test(test_class_weighs_the_wait),
       cmocka_unit_test(test_queued_prefill_is_a_wait),
       cmocka_unit_test(test_rate_is_learnt),
