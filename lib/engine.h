@@ -40,8 +40,11 @@
  * which readers load) and never again. An add writes its entry at r[n] of
  * the newest set's block and publishes a set of n + 1 over the same block;
  * a reader of any older set on it reads below its own n, never there
- * (replica.c). The registry's chains by machine and spot pool are written
- * and read only under registry.lock (replica.c, node.c).
+ * (replica.c). The one thing an add writes that such a reader may read is
+ * an empty slot of the block's index by id (atomic, filled once): a reader
+ * that finds a position at or past its own n there skips it. The
+ * registry's chains by machine and spot pool are written and read only
+ * under registry.lock (replica.c, node.c).
  * tests/unit/test_lock_order.c and test_storm.c hold these rules to account.
  */
 #ifndef SPI_ENGINE_H

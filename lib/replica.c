@@ -40,8 +40,31 @@ typedef struct ident_block {
   atomic_size_t refs;  /* sets on it */
   size_t cap;          /* entries it has room for */
   size_t used;         /* entries written (registry.lock) */
-  spi_replica_ident r[];
+  size_t ixmask;       /* the index by id's slots - 1 */
+  spi_replica_ident r[]; /* cap entries, then the index by id */
 } ident_block;
+
+/* The block's index by id: open addressing by id_hash over at least twice
+ * as many slots as entries, each the position of an entry or SPI_NO_POS.
+ * Entries are only ever added to a block, so a slot once filled keeps its
+ * position: a reader of any set on the block probes it with relaxed loads
+ * (an add may fill a slot meanwhile), skips positions at or past its own
+ * n, and stops at an empty slot, which no entry of its set lies past. */
+typedef _Atomic uint16_t ix_slot;
+
+static ix_slot *ix_of(const ident_block *b) {
+  return (ix_slot *)(void *)(uintptr_t)(b->r + b->cap);
+}
+
+/* Index entry pos of block b (registry lock held, before the set that
+ * holds it is published). */
+static void ix_put(ident_block *b, uint64_t hash, size_t pos) {
+  ix_slot *ix = ix_of(b);
+  size_t i = (size_t)hash & b->ixmask;
+  while (atomic_load_explicit(&ix[i], memory_order_relaxed) != SPI_NO_POS)
+    i = (i + 1) & b->ixmask;
+  atomic_store_explicit(&ix[i], (uint16_t)pos, memory_order_relaxed);
+}
 
 /* A set: its header and slot-to-position map, over a block of entries. */
 typedef struct set_block {
@@ -76,13 +99,16 @@ static spi_replica_set *set_on(const spi_mem *m, ident_block *ids, size_t n) {
 static spi_replica_set *set_new(const spi_mem *m, size_t n) {
   size_t cap = n + n / 2 + 16;
   if (cap > SPI_REPLICA_SLOTS) cap = n > SPI_REPLICA_SLOTS ? n : SPI_REPLICA_SLOTS;
-  if (cap > (SIZE_MAX - sizeof(ident_block)) / sizeof(spi_replica_ident))
-    return NULL;
-  ident_block *ids = spi__alloc(m, sizeof *ids + cap * sizeof(spi_replica_ident));
+  size_t slots = 32;
+  while (slots < 2 * cap) slots *= 2;
+  ident_block *ids = spi__alloc(m, sizeof *ids + cap * sizeof(spi_replica_ident) +
+                                       slots * sizeof(ix_slot));
   if (!ids) return NULL;
   atomic_init(&ids->refs, 0);
   ids->cap = cap;
   ids->used = n;
+  ids->ixmask = slots - 1;
+  for (size_t i = 0; i < slots; i++) atomic_init(&ix_of(ids)[i], SPI_NO_POS);
   spi_replica_set *set = set_on(m, ids, n);
   if (!set) {
     spi__free(m, ids);
@@ -100,10 +126,14 @@ static void set_free(const spi_mem *m, spi_replica_set *set) {
   spi__free(m, b);
 }
 
-/* Fill the slot-to-position map once the entries are final. */
+/* Fill the slot-to-position map and the index by id of a new block once
+ * the entries are final. */
 static void set_index(spi_replica_set *set) {
-  for (size_t i = 0; i < set->n; i++)
+  ident_block *ids = block_of(set)->ids;
+  for (size_t i = 0; i < set->n; i++) {
     set->pos_of_slot[set->r[i].slot] = (uint16_t)i;
+    ix_put(ids, set->r[i].id_hash, i);
+  }
 }
 
 static void slot_reset(spi_replica_slot *s) {
@@ -327,13 +357,29 @@ void spi__registry_destroy(spi_registry *g, const spi_mem *m) {
   pthread_mutex_destroy(&g->lock);
 }
 
+/* The ident for id in set, through its block's index; each entry looked
+ * at is counted in *steps unless steps is NULL. */
+static const spi_replica_ident *find_in(const spi_replica_set *set,
+                                        const char *id, size_t len,
+                                        uint64_t *steps) {
+  if (!set || !id) return NULL;
+  const ident_block *b = block_of(set)->ids;
+  const ix_slot *ix = ix_of(b);
+  uint64_t hash = XXH3_64bits(id, len);
+  for (size_t i = (size_t)hash & b->ixmask;; i = (i + 1) & b->ixmask) {
+    uint16_t pos = atomic_load_explicit(&ix[i], memory_order_relaxed);
+    if (pos == SPI_NO_POS) return NULL;
+    if (steps) ++*steps;
+    if (pos >= set->n) continue; /* added after this set */
+    const spi_replica_ident *r = &set->r[pos];
+    if (r->id_hash == hash && r->id_len == len && memcmp(r->id, id, len) == 0)
+      return r;
+  }
+}
+
 const spi_replica_ident *spi__registry_find(const spi_replica_set *set,
                                             const char *id, size_t len) {
-  if (!set || !id) return NULL;
-  for (size_t i = 0; i < set->n; i++)
-    if (set->r[i].id_len == len && memcmp(set->r[i].id, id, len) == 0)
-      return &set->r[i];
-  return NULL;
+  return find_in(set, id, len, NULL);
 }
 
 int spi__replica_serves(const spi_replica_ident *r, const char *model,
@@ -493,6 +539,7 @@ static spi_replica_set *set_append(const spi_mem *m, const spi_replica_set *old,
   if (ids->used == old->n && old->n < ids->cap) {
     if (!(next = set_on(m, ids, old->n + 1))) return NULL;
     ids->r[old->n] = *r;
+    ix_put(ids, r->id_hash, old->n);
     ids->used = old->n + 1;
     memcpy(next->pos_of_slot, old->pos_of_slot,
            sizeof block_of(next)->pos_of_slot);
@@ -549,7 +596,7 @@ static int upsert_locked(spi_engine *e, spi_replica_ident *r, int64_t limit,
                          spi_replica_set **retired) {
   spi_registry *g = &e->registry;
   spi_replica_set *old = atomic_load(&g->set);
-  const spi_replica_ident *cur = spi__registry_find(old, r->id, r->id_len);
+  const spi_replica_ident *cur = find_in(old, r->id, r->id_len, &g->link_steps);
   if (cur) {
     r->slot = cur->slot;
     if (same_ident(cur, r)) return SPI_OK;
@@ -619,7 +666,7 @@ static int remove_locked(spi_engine *e, const char *id, size_t len,
                          spi_replica_set **retired, spi_replica_slot **held) {
   spi_registry *g = &e->registry;
   spi_replica_set *old = atomic_load(&g->set);
-  const spi_replica_ident *cur = spi__registry_find(old, id, len);
+  const spi_replica_ident *cur = find_in(old, id, len, &g->link_steps);
   if (!cur)
     return spi__engine_fail(e, SPI_ENOTFOUND, "replica \"%.*s\": not found",
                             (int)len, id);

@@ -190,7 +190,8 @@ typedef struct spi_registry {
   /* The current set's replicas by machine and by spot pool (replica.c):
    * kept by the set's writers and read by node.c, both under lock. */
   struct spi_replica_links *links;
-  uint64_t link_steps;      /* chain entries looked at (under lock) */
+  uint64_t link_steps;      /* entries the writers' and node.c's lookups
+                               looked at (under lock) */
 } spi_registry;
 
 /* Every writer of a slot field that routing reads (state, load, in-flight
