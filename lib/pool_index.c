@@ -24,7 +24,8 @@
  *
  * Staying current. Every writer of a slot field routing reads calls
  * spi__replica_touch, which sets the slot's bit in the registry's dirty
- * bitmap (one word of bits a 64 slots, and a word of those words). A route
+ * bitmap (one word of bits a 64 slots; the index looks only at the words
+ * holding its set's slots, and clears only those with a bit set). A route
  * that takes the index (a try-lock: a route that finds it taken reads every
  * slot instead, as before, so no route waits) clears the bits it finds and
  * reads those slots again: a write after it cleared a bit sets it again, so
@@ -167,9 +168,12 @@ static void entry_read(spi_pool_index *p, const route_env *x,
 static void rebuild(spi_pool_index *p, const route_env *x,
                     const spi_replica_set *set) {
   spi_registry *g = &x->e->registry;
-  atomic_store_explicit(&g->dirty_words, 0, memory_order_relaxed);
   for (size_t w = 0; w < SPI_REPLICA_SLOTS / 64; w++)
     atomic_exchange_explicit(&g->dirty[w], 0, memory_order_acq_rel);
+  _Static_assert(SPI_REPLICA_SLOTS / 64 <= 64, "a bit a dirty word");
+  p->slot_words = 0;
+  for (size_t i = 0; i < set->n; i++)
+    p->slot_words |= UINT64_C(1) << (set->r[i].slot / 64);
   memset(p->usable, 0, sizeof p->usable);
   memset(p->kv_fix, 0, sizeof p->kv_fix);
   memset(p->kv_n, 0, sizeof p->kv_n);
@@ -197,14 +201,17 @@ static void rebuild(spi_pool_index *p, const route_env *x,
   }
 }
 
-/* Read again the slots marked since the last route. */
+/* Read again the slots of the set marked since the last route. Only the
+ * words holding its slots are looked at, and only a word with a bit set is
+ * cleared (a locked instruction): a bit set after the look is found by the
+ * next route. A slot outside the set is read when a set holding it comes,
+ * which rebuilds the index. */
 static void read_dirty(spi_pool_index *p, const route_env *x,
                        const spi_replica_set *set) {
   spi_registry *g = &x->e->registry;
-  uint64_t words =
-      atomic_exchange_explicit(&g->dirty_words, 0, memory_order_acq_rel);
-  for (; words; words &= words - 1) {
+  for (uint64_t words = p->slot_words; words; words &= words - 1) {
     uint32_t w = (uint32_t)__builtin_ctzll(words);
+    if (!atomic_load_explicit(&g->dirty[w], memory_order_relaxed)) continue;
     uint64_t bits =
         atomic_exchange_explicit(&g->dirty[w], 0, memory_order_acq_rel);
     for (; bits; bits &= bits - 1) {
@@ -272,8 +279,7 @@ static int sync_entries(spi_pool_index *p, const route_env *x,
     rebuild(p, x, set);
     return 1;
   }
-  if (atomic_load_explicit(&x->e->registry.dirty_words, memory_order_relaxed))
-    read_dirty(p, x, set);
+  read_dirty(p, x, set);
   if (x->now > p->max_t) p->max_t = x->now;
   if (x->now >= p->min_until) expire(p, x);
   return 1;

@@ -65,6 +65,8 @@ typedef struct spi_pool_index {
   atomic_int taken;             /* held by the one route using it */
   uint64_t version;             /* the set described (0: none yet) */
   size_t n;                     /* its replicas */
+  uint64_t slot_words;          /* the registry's dirty words holding the
+                                   set's slots, a bit each */
   /* The configuration it was read with (a change rebuilds it). */
   double per_queued_ms, default_rate;
   int64_t max_age;

@@ -340,7 +340,6 @@ int spi__registry_init(spi_registry *g, const spi_mem *m) {
   g->next_slot = 0;
   g->set_version = 0;
   for (size_t w = 0; w < SPI_REPLICA_SLOTS / 64; w++) atomic_init(&g->dirty[w], 0);
-  atomic_init(&g->dirty_words, 0);
   return SPI_OK;
 }
 

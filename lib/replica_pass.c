@@ -708,10 +708,39 @@ static void cell_warm(scan *sc, int k, uint32_t pos, uint32_t ei) {
 }
 
 
-static void named_mark(scan *sc, uint32_t ei) {
-  uint32_t pos = sc->a.pos[ei];
-  sc->named.bits[pos / 64] |= UINT64_C(1) << (pos % 64);
-  sc->byte_of[pos] = (uint8_t)ei;
+/* The arena entries the summaries name, in the order named_mark met them. */
+static uint32_t named_list(const scan *sc, uint32_t *eis) {
+  uint32_t n = 0;
+  for (int k = 0; k < SPI_SUMMARY_CELLS; k++) {
+    const cell_acc *c = &sc->cell[k];
+    for (uint32_t j = 0; j < c->n_top; j++) eis[n++] = c->top[j].ei;
+    if (c->warm != NO_EV) eis[n++] = c->warm;
+    if (c->least != NO_EV) eis[n++] = c->least;
+    if (c->rdv != NO_EV) eis[n++] = c->rdv;
+  }
+  return n;
+}
+
+/* Mark the named entries' positions (named.bits) and, per position, the
+ * last entry naming it (byte_of). The bytes go first and the bits after:
+ * a byte store may alias the bitmap, so interleaved, every bit would wait
+ * for the store before it to reach memory. A set of at most 64 replicas
+ * keeps its word in a register. */
+static void named_mark(scan *sc, size_t nrep) {
+  uint32_t eis[ARENA_KEEP];
+  uint32_t n = named_list(sc, eis);
+  for (uint32_t i = 0; i < n; i++) sc->byte_of[sc->a.pos[eis[i]]] = (uint8_t)eis[i];
+  if (nrep <= 64) {
+    uint64_t w = 0;
+    for (uint32_t i = 0; i < n; i++) w |= UINT64_C(1) << (sc->a.pos[eis[i]] % 64);
+    sc->named.bits[0] = w;
+    return;
+  }
+  memset(sc->named.bits, 0, (nrep + 63) / 64 * sizeof sc->named.bits[0]);
+  for (uint32_t i = 0; i < n; i++) {
+    uint32_t pos = sc->a.pos[eis[i]];
+    sc->named.bits[pos / 64] |= UINT64_C(1) << (pos % 64);
+  }
 }
 
 static void named_collect(scan *sc, size_t nrep) {
@@ -878,14 +907,7 @@ static size_t named_candidates(scan *sc, const spi_replica_set *set,
                                size_t nrep, spi_candidate *out) {
   named_set *ns = &sc->named;
   memset(ns->cidx, NOT_NAMED, sizeof ns->cidx);
-  memset(ns->bits, 0, (nrep + 63) / 64 * sizeof ns->bits[0]);
-  for (int k = 0; k < SPI_SUMMARY_CELLS; k++) {
-    const cell_acc *c = &sc->cell[k];
-    for (uint32_t j = 0; j < c->n_top; j++) named_mark(sc, c->top[j].ei);
-    if (c->warm != NO_EV) named_mark(sc, c->warm);
-    if (c->least != NO_EV) named_mark(sc, c->least);
-    if (c->rdv != NO_EV) named_mark(sc, c->rdv);
-  }
+  named_mark(sc, nrep);
   named_collect(sc, nrep);
   for (uint32_t j = 0; j < ns->n; j++) {
     ns->cidx[ns->ei[j]] = (uint8_t)j;

@@ -352,6 +352,19 @@ static int plan_at(route_state *rs, int32_t pressure) {
   return spi__classify_plan_at(rs->req, rs->snap, rs->v, pressure, rs->cls);
 }
 
+/* dst = a " / " b, cut to fit as spi__join cuts it: spi__join's result,
+ * without its loop over parts (this runs on every route). */
+static void reason_join(char *dst, size_t cap, const char *a, const char *b) {
+  size_t n = strnlen(a, cap - 1);
+  memcpy(dst, a, n);
+  size_t s = cap - 1 - n < 3 ? cap - 1 - n : 3;
+  memcpy(dst + n, " / ", s);
+  n += s;
+  size_t m = strnlen(b, cap - 1 - n);
+  memcpy(dst + n, b, m);
+  dst[n + m] = '\0';
+}
+
 /* The decision's fields that every outcome has. */
 static void decision_fill(route_state *rs, int32_t pressure) {
   spi_decision *out = rs->out;
@@ -369,7 +382,7 @@ static void decision_fill(route_state *rs, int32_t pressure) {
   out->tools_allowed = cls->tools_allowed;
   out->max_output_tokens = cls->max_output_tokens;
   out->reason_code = rs->ch->reason_code;
-  spi__join(out->reason, sizeof out->reason, rs->ch->reason, " / ", cls->reason);
+  reason_join(out->reason, sizeof out->reason, rs->ch->reason, cls->reason);
 }
 
 /* Queued, shed or no capacity: counted, and an error unless queued. */

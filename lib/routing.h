@@ -183,9 +183,9 @@ typedef struct spi_registry {
                                lock): slots are reused as late as possible */
   uint64_t set_version;     /* the last published set's version (under lock) */
   /* Slots whose routing state changed since the pool index last read them
-   * (pool_index.h): one bit a slot, and one bit a word of those. */
+   * (pool_index.h): one bit a slot. The index knows which words hold its
+   * set's slots and reads only those. */
   atomic_ullong dirty[SPI_REPLICA_SLOTS / 64];
-  atomic_ullong dirty_words;
   struct spi_pool_index *pix; /* made with the registry */
   /* The current set's replicas by machine and by spot pool (replica.c):
    * kept by the set's writers and read by node.c, both under lock. */
@@ -196,13 +196,12 @@ typedef struct spi_registry {
 
 /* Every writer of a slot field that routing reads (state, load, in-flight
  * count, breaker, interruption deadlines, cost-model counters) calls this
- * after its writes, so the pool index reads the slot again. The word's bit
- * goes first: whoever clears the summary bit then finds it. */
+ * after its writes, so the pool index reads the slot again. One locked
+ * instruction: a route makes several of these, and each costs about as
+ * much as a hundred plain ones. */
 static inline void spi__replica_touch(spi_registry *g, uint32_t slot) {
   if (slot >= SPI_REPLICA_SLOTS) return;
   atomic_fetch_or_explicit(&g->dirty[slot / 64], UINT64_C(1) << (slot % 64),
-                           memory_order_release);
-  atomic_fetch_or_explicit(&g->dirty_words, UINT64_C(1) << (slot / 64),
                            memory_order_release);
 }
 

@@ -66,14 +66,15 @@ struct spi_ticket_table {
                       * when a record is pushed, read only for one pushed */
   atomic_uchar *ready; /* per record: 1 once initialised (zeroed with the
                         * header) */
-  /* head and the open counter are written by every take and release; the
-   * padding keeps them off the cache line of the read-mostly fields above
+  /* head is written by every take and release; the padding keeps it off
+   * the cache line of the read-mostly fields above and of those below
    * (padding, not alignas: the allocator hook only promises malloc's
-   * alignment). */
+   * alignment). There is no count of open tickets to keep beside it: one
+   * more locked instruction on every route and finish, for a figure only
+   * a check needs (spi__tickets_open counts them). */
   char pad0[64];
   _Atomic uint64_t head;
   char pad1[64];
-  atomic_size_t open;
   /* One past the highest record ever handed out: records are taken from
    * the bottom of the free stack first, so scans stop here, not at the
    * capacity. Written rarely (only when a new high is reached). */
@@ -108,7 +109,6 @@ int spi__tickets_new(const spi_mem *m, size_t capacity,
   tt->gen = (uint64_t *)(void *)(p + off_gen);
   tt->next = (atomic_uint *)(void *)(p + off_next);
   atomic_init(&tt->head, 0ull); /* tag 0, stack empty */
-  atomic_init(&tt->open, (size_t)0);
   atomic_init(&tt->high, (size_t)0);
   atomic_init(&tt->fresh, (size_t)0);
   *out = tt;
@@ -128,8 +128,19 @@ size_t spi__tickets_capacity(const spi_ticket_table *t) {
   return t ? t->capacity : 0;
 }
 
+/* The records ever handed out less those back on the free stack. Exact
+ * while no take or release runs meanwhile; a bounded walk otherwise. */
 size_t spi__tickets_open(const spi_ticket_table *t) {
-  return t ? atomic_load_explicit(&t->open, memory_order_relaxed) : 0;
+  if (!t) return 0;
+  size_t high = atomic_load_explicit(&t->high, memory_order_acquire);
+  size_t free_n = 0;
+  uint64_t top = atomic_load_explicit(&t->head, memory_order_acquire) &
+                 HEAD_INDEX_MASK;
+  while (top != 0 && free_n < high) {
+    free_n++;
+    top = atomic_load_explicit(&t->next[top - 1], memory_order_relaxed);
+  }
+  return high - free_n;
 }
 
 static void ticket_reset(spi_ticket *k) {
@@ -151,9 +162,8 @@ static void ticket_reset(spi_ticket *k) {
   memset(k->model, 0, sizeof k->model);
 }
 
-/* Record i (index + 1 = top) was just handed out: count it open. */
+/* Record i (index + 1 = top) was just handed out: raise the high mark. */
 static void opened(spi_ticket_table *t, uint64_t top) {
-  atomic_fetch_add_explicit(&t->open, 1, memory_order_relaxed);
   size_t hi = atomic_load_explicit(&t->high, memory_order_relaxed);
   while (hi < top && !atomic_compare_exchange_weak_explicit(
                          &t->high, &hi, (size_t)top, memory_order_relaxed,
@@ -284,9 +294,6 @@ void spi__ticket_release(spi_ticket_table *t, spi_ticket *k) {
   /* A scan that pinned it before id went to 0 is still reading it. */
   while (atomic_load_explicit(&k->readers, memory_order_seq_cst) != 0)
     sched_yield();
-  /* Count it closed before it is back on the stack, so the open count never
-   * exceeds the capacity, even for a moment. */
-  atomic_fetch_sub_explicit(&t->open, 1, memory_order_relaxed);
   uint64_t old = atomic_load_explicit(&t->head, memory_order_relaxed);
   for (;;) {
     atomic_store_explicit(&t->next[i], (unsigned)(old & HEAD_INDEX_MASK),
