@@ -12,7 +12,7 @@
  *
  *   spotinfer_sim [--requests N] [--rate R] [--seed S] [--replicas N]
  *                 [--on-demand N] [--trace FILE] [--limit N]
- *                 [--spot-trace FILE]... [--spot-offset S] [--mix G,S,B]
+ *                 [--spot-trace FILE]... [--spot-start S] [--mix G,S,B]
  *                 [--kv-blocks N] [--cluster FILE] [--json FILE] [--svg FILE]
  *                 [--policies a,b,...] [--config FILE] [--horizon S]
  *                 [--no-interruptions] [--scenario replay] [--targets DIR]
@@ -41,7 +41,7 @@ static void usage(void) {
           "  [--replicas N] [--on-demand N] [--kv-blocks N] [--mix G,S,B]\n"
           "  [--trace mooncake.jsonl|azure.csv] [--limit N]\n"
           "  [--cluster cluster.json]\n"
-          "  [--spot-trace [aws:|gcp:|azure:]skypilot.json]... [--spot-offset SECONDS]\n"
+          "  [--spot-trace [aws:|gcp:|azure:]skypilot.json]... [--spot-start SECONDS]\n"
           "  [--policies p1,p2,...] [--json FILE] [--svg FILE] [--quiet]\n"
           "  [--config library.json] [--horizon SECONDS] [--no-interruptions]\n"
           "  [--family NAME] [--scenario replay] [--targets DATA_DIR]\n"
@@ -71,6 +71,10 @@ static void usage(void) {
           "  handed to the library: aws: instance-action, 120 s; gcp: preempted,\n"
           "  30 s; azure: Scheduled Events Preempt, NotBefore = now + 30 s. With no\n"
           "  prefix a path containing \"gcp\" is GCP, anything else AWS.\n"
+          "--spot-start: where the run starts in the spot traces, seconds from their\n"
+          "  first tick (a shorter trace wraps). By default a start drawn from --seed,\n"
+          "  uniform over the longest --spot-trace; 0 with built-in traces.\n"
+          "  --spot-offset is the same option.\n"
           "--cluster: JSON {\"groups\": [{\"pool\": \"spot\"|\"on_demand\",\n"
           "  \"zone\", \"instance_type\", \"count\", \"usd_per_hour\",\n"
           "  \"prefill_tokens_per_s\", \"decode_tokens_per_s\" (a stream),\n"
@@ -153,7 +157,13 @@ int main(int argc, char **argv) {
     else if (!strcmp(a, "--trace")) { NEEDV(); o.trace = v; }
     else if (!strcmp(a, "--cluster")) { NEEDV(); cluster_path = v; }
     else if (!strcmp(a, "--spot-trace")) { NEEDV(); bad = o.n_spot >= SIM_MAX_ZONES; if (!bad) o.spot[o.n_spot++] = v; }
-    else if (!strcmp(a, "--spot-offset")) { NEEDV(); o.spot_offset_s = atof(v); bad = o.spot_offset_s < 0; }
+    else if (!strcmp(a, "--spot-start") || !strcmp(a, "--spot-offset")) {
+      NEEDV();
+      char *end;
+      o.spot_start_s = strtod(v, &end);
+      bad = end == v || *end || !(o.spot_start_s >= 0) || o.spot_start_s > 1e12;
+      o.spot_start_given = 1;
+    }
     else if (!strcmp(a, "--mix")) {
       NEEDV();
       bad = sscanf(v, "%lf,%lf,%lf", &o.gen.mix[1], &o.gen.mix[2], &o.gen.mix[3]) != 3 ||

@@ -141,6 +141,7 @@ int sim_lru_touch(sim_lru *l, uint64_t key) {
 /* key, absent, goes in: into the empty slot i of its probe sequence while
  * there is room, else in place of the least recently used entry. */
 static void insert_absent(sim_lru *l, uint64_t key, uint32_t i) {
+  if (!l->cap) return;
   if (l->size < l->cap) {
     l->size++;
   } else {
@@ -154,6 +155,21 @@ static void insert_absent(sim_lru *l, uint64_t key, uint32_t i) {
   }
   l->slots[i].key1 = key + 1;
   push_front(l, i);
+}
+
+void sim_lru_set_cap(sim_lru *l, uint32_t capacity) {
+  if (capacity > (l->mask + 1) / 2) capacity = (l->mask + 1) / 2;
+  if (!capacity) {
+    sim_lru_clear(l);
+  } else {
+    while (l->size > capacity) {
+      uint32_t t = l->tail;
+      unlink_slot(l, t);
+      delete_slot(l, t);
+      l->size--;
+    }
+  }
+  l->cap = capacity;
 }
 
 void sim_lru_insert(sim_lru *l, uint64_t key) {
@@ -180,6 +196,7 @@ static void prefetch_home(const sim_lru *l, uint64_t key) {
  * a prompt longer than the cache may have evicted them). */
 uint32_t sim_lru_prefix_fill(sim_lru *l, const uint64_t *chain, uint32_t n) {
   uint32_t hit = 0, empty = NIL, i;
+  if (!l->cap) return 0; /* emptied by sim_lru_set_cap: holds nothing */
   for (uint32_t b = 0; b < n && b < PREFETCH_AHEAD; b++) prefetch_home(l, chain[b]);
   while (hit < n) {
     if (hit + PREFETCH_AHEAD < n) prefetch_home(l, chain[hit + PREFETCH_AHEAD]);

@@ -106,6 +106,7 @@ int sim_setup_load(sim_setup *su, const sim_opts *o) {
                         su->horizon_s, o->gen.seed * 1000003u + nz);
   }
   su->nz = nz;
+  sim_spot_place(su, o);
   compute_ceilings(o, &su->tr, &su->ceil);
   return 0;
 }
@@ -149,60 +150,7 @@ void sim_savings(const sim_opts *o, const sim_result *r, const sim_result *base,
   *max_pct = base->usd > 0 && spot ? 100.0 * nongold / base->usd * (1 - ratio) : 0;
 }
 
-/* The reachable maximum saving, % of the all-on-demand cost: what the
- * class-feasible maximum becomes with the spot capacity the run had. Gold
- * costs what it cost in run r (gold may overflow to a warm spot replica,
- * which a policy may or may not do, so the bound is on the non-gold work
- * alone); every non-gold request runs
- * on spot at the spot price, its prompt cached as well as one pooled LRU
- * of the spot pool's peak KV (the most spot replicas ever up at once, times
- * their blocks) fed only the non-gold requests would cache it: no policy's
- * spot pool had more cache than that. Work is priced as the ledger prices
- * it: uncached prompt at the prefill rate, output at a full batch's decode
- * rate. An upper bound (it ignores queueing and the hours the pool was
- * smaller), and at most the class-feasible maximum. */
-double sim_reachable_pct(const sim_opts *o, const sim_trace *tr, const sim_result *r,
-                         const sim_result *base, double max_pct) {
-  double pre = o->prefill_tps, dec = o->decode_tps * o->max_batch, od_h = o->od_usd_h;
-  double kv = o->kv_blocks;
-  const sim_cluster *cl = o->cluster;
-  if (cl && cl->n) { /* the replica-weighted means run.c prices with */
-    double n = 0, ns = 0;
-    pre = dec = od_h = kv = 0;
-    for (size_t g = 0; g < cl->n; g++) {
-      const sim_group *G = &cl->g[g];
-      double c = G->count;
-      n += c, pre += c * G->prefill_tps, dec += c * G->decode_tps * G->max_batch;
-      od_h += c * G->od_usd_h;
-      if (G->pool == SPI_POOL_SPOT) ns += c, kv += c * G->kv_blocks;
-    }
-    pre /= n, dec /= n, od_h /= n, kv = ns > 0 ? kv / ns : 0;
-  }
-  double ratio = r->price_ratio < 1 ? r->price_ratio : 1;
-  uint32_t peak = 0; /* spot replicas up at most, over the timeline */
-  for (uint32_t b = 0; b < SIM_TL_BINS; b++) {
-    uint32_t up = 0;
-    for (uint32_t z = 0; z < r->tl.nz; z++) up += sim_timeline_cap_at(&r->tl, b, z);
-    if (up > peak) peak = up;
-  }
-  double blocks = peak * kv;
-  if (!(base->usd > 0) || !(pre > 0) || !(dec > 0) || !(blocks >= 1)) return 0;
-  if (blocks > 0xffffffffu / 2) blocks = 0xffffffffu / 2;
-  sim_lru lru;
-  if (sim_lru_init(&lru, (uint32_t)blocks)) abort();
-  double gpu_s = 0;
-  for (size_t i = 0; i < tr->n; i++) {
-    const sim_trace_req *q = &tr->reqs[i];
-    if (q->klass == SPI_CLASS_GOLD) continue;
-    uint32_t hit = sim_lru_prefix_fill(&lru, tr->chain + q->block_off, q->nblocks);
-    double cached = q->nblocks ? (double)q->in_tokens * hit / q->nblocks : 0;
-    gpu_s += (q->in_tokens - cached) / pre + q->out_tokens / dec;
-  }
-  sim_lru_free(&lru);
-  double cost = r->usd_class[SPI_CLASS_GOLD] + gpu_s * od_h / 3600.0 * ratio;
-  double pct = 100.0 * (1 - cost / base->usd);
-  return pct < max_pct ? pct : max_pct;
-}
+/* sim_reachable_pct: timeline.c, beside the spot capacity it follows. */
 
 /* ------------------------------------------------------------ reports */
 
@@ -250,11 +198,24 @@ static void print_tables(const sim_opts *o, const sim_setup *su, const sim_resul
            o->replicas, o->on_demand, o->od_usd_h, o->replicas - o->on_demand, o->spot_usd_h,
            o->kv_blocks, o->max_batch, o->prefill_tps, o->decode_tps);
   }
+  const sim_result *sr = NULL; /* a run with the spot zones */
+  for (size_t k = 0; k < n && !sr; k++)
+    if (rs[k].tl.nz) sr = &rs[k];
   printf("spot zones:");
-  for (size_t z = 0; z < su->nz; z++)
-    printf(" %s (%s, %.0f s notice%s)", su->zones[z].tr.zone, su->zones[z].tr.cloud,
+  for (size_t z = 0; z < su->nz; z++) {
+    printf(" %s (%s, %.0f s notice%s", su->zones[z].tr.zone, su->zones[z].tr.cloud,
            su->zones[z].tr.lead_s, su->zones[z].tr.vmax > 1 ? ", node counts" : "");
+    if (sr) printf(", %u of %u up at the start", sim_timeline_cap_start(&sr->tl, (uint32_t)z),
+                   sr->tl.zone_size[z]);
+    printf(")");
+  }
   if (o->no_interruptions) printf(" (no interruptions)");
+  if (su->nz && !o->n_spot && !o->spot_start_given)
+    printf("\nspot window: built-in capacity traces, generated for the run");
+  else if (su->nz)
+    printf("\nspot window: the run starts %.0f s (%.2f days) into the spot traces (%s)",
+           su->spot_start_s, su->spot_start_s / 86400,
+           su->spot_start_drawn ? "drawn from the seed" : "--spot-start");
   printf("\nhit-rate ceilings: oracle (unlimited cache) %.1f%%, pooled LRU (whole cluster's KV) %.1f%%\n\n",
          c->total > 0 ? 100 * c->oracle / c->total : 0,
          c->total > 0 ? 100 * c->pooled / c->total : 0);
@@ -323,6 +284,14 @@ static void write_json(const char *path, const sim_opts *o, const sim_setup *su,
   const sim_ceilings *c = &su->ceil;
   fprintf(f, "{\"trace\":{\"requests\":%zu,\"blocks\":%zu,\"bad_lines\":%zu},\n",
           tr->n, tr->nb, tr->bad_lines);
+  fprintf(f, " \"spot_window\":{\"start_s\":%.0f,\"drawn\":%s,\"zones\":[", su->spot_start_s,
+          su->spot_start_drawn ? "true" : "false");
+  for (size_t z = 0, k0 = 0; z < su->nz; z++) {
+    while (k0 + 1 < n && !rs[k0].tl.nz) k0++;
+    fprintf(f, "%s{\"zone\":\"%s\",\"replicas\":%u,\"up_at_start\":%u}", z ? "," : "",
+            su->zones[z].tr.zone, rs[k0].tl.zone_size[z], sim_timeline_cap_start(&rs[k0].tl, (uint32_t)z));
+  }
+  fprintf(f, "]},\n");
   fprintf(f, " \"ceilings\":{\"oracle_hit\":%.6f,\"pooled_lru_hit\":%.6f},\n \"policies\":[\n",
           c->total > 0 ? c->oracle / c->total : 0, c->total > 0 ? c->pooled / c->total : 0);
   for (size_t k = 0; k < n; k++) {

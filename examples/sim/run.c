@@ -498,9 +498,9 @@ static void finish_req(sim *s, uint32_t i) {
 
 /* How many of the zone's replicas may run at t_s: all or none for a 0/1
  * trace, else the node count (at most the zone's size). */
-static uint32_t zone_cap_at(const sim *s, const sim_zone *z, double t_s) {
+static uint32_t zone_cap_at(const sim_zone *z, double t_s) {
   if (!z->tr.n) return z->size;
-  size_t k = (size_t)((s->o->spot_offset_s + t_s) / z->tr.gap_s) % z->tr.n;
+  size_t k = (size_t)((z->start_s + t_s) / z->tr.gap_s) % z->tr.n;
   int32_t v = z->tr.v[k];
   if (z->tr.vmax <= 1) return v > 0 ? z->size : 0;
   return (uint32_t)v < z->size ? (uint32_t)v : z->size;
@@ -513,14 +513,14 @@ static uint32_t zone_cap_at(const sim *s, const sim_zone *z, double t_s) {
 static void schedule_zones(sim *s, double horizon_s) {
   for (size_t zi = 0; zi < s->nz; zi++) {
     sim_zone *z = &s->zones[zi];
-    double gap = z->tr.gap_s, off = s->o->spot_offset_s;
-    z->cap = zone_cap_at(s, z, 0);
+    double gap = z->tr.gap_s, off = z->start_s;
+    z->cap = zone_cap_at(z, 0);
     uint32_t cap = z->cap;
     double last_change = 0;
     if (!z->tr.n) continue;
     double first_tick = (floor(off / gap) + 1) * gap - off;
     for (double t = first_tick; t < horizon_s; t += gap) {
-      uint32_t c = zone_cap_at(s, z, t + gap * 0.5);
+      uint32_t c = zone_cap_at(z, t + gap * 0.5);
       if (c == cap || (c < cap && s->o->no_interruptions)) continue;
       if (c < cap) {
         double nt = t - z->tr.lead_s;

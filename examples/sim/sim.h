@@ -150,6 +150,10 @@ void sim_lru_clear(sim_lru *l);
 int sim_lru_touch(sim_lru *l, uint64_t key);
 int sim_lru_contains(const sim_lru *l, uint64_t key);
 void sim_lru_insert(sim_lru *l, uint64_t key);
+/* Change the capacity (at most the one it was made with), evicting the
+ * least recently used keys down to it; 0 empties it, and nothing enters
+ * until the capacity is raised again. */
+void sim_lru_set_cap(sim_lru *l, uint32_t capacity);
 uint32_t sim_lru_prefix_fill(sim_lru *l, const uint64_t *chain, uint32_t n);
 
 /* The data directory (trace.c). Names in dir (not starting with '.') that

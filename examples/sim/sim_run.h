@@ -47,7 +47,11 @@ typedef struct sim_opts {
   size_t limit;
   const char *spot[SIM_MAX_ZONES];
   size_t n_spot;
-  double spot_offset_s;
+  /* Where the run starts in its spot traces, seconds from their first tick
+   * (--spot-start); with spot_start_given 0 it is drawn from the seed when
+   * the zones' traces are read from files (see sim_spot_place). */
+  double spot_start_s;
+  int spot_start_given;
   const sim_cluster *cluster; /* NULL: the flags above describe it */
   const char *policies;
   const char *json, *svg;
@@ -77,6 +81,7 @@ typedef struct sim_zone {
   sim_spot_trace tr;
   uint32_t size; /* replicas in the zone */
   uint32_t cap;  /* how many of them may run now */
+  double start_s; /* the run's time 0 is this far into the trace (wrapping) */
 } sim_zone;
 
 /* Spot capacity and interruption events over a run, in a fixed number of
@@ -85,6 +90,7 @@ typedef struct sim_zone {
  * length and the bins always span it. */
 #define SIM_TL_BINS 256
 #define SIM_TL_UNSET 0xFFFFu
+#define SIM_TL_LOG 2048
 typedef struct sim_timeline {
   double bin_s;          /* width of a bin, seconds */
   double end_s;          /* simulated time the run ended */
@@ -94,6 +100,13 @@ typedef struct sim_timeline {
   uint16_t cap_min[SIM_TL_BINS][SIM_MAX_ZONES];  /* SIM_TL_UNSET: no change */
   uint16_t cap_last[SIM_TL_BINS][SIM_MAX_ZONES];
   uint32_t notices[SIM_TL_BINS], drains[SIM_TL_BINS], replays[SIM_TL_BINS];
+  /* Every capacity change as it happened, for the reachable maximum; when
+   * more than SIM_TL_LOG happen, the rest is only in the bins (log_full). */
+  uint32_t nlog, log_full;
+  struct sim_tl_change {
+    double t_s;
+    uint32_t zone, cap;
+  } log[SIM_TL_LOG];
 } sim_timeline;
 
 enum { SIM_TL_NOTICE, SIM_TL_DRAIN, SIM_TL_REPLAY };
@@ -103,6 +116,8 @@ void sim_timeline_cap(sim_timeline *t, double at_s, uint32_t zone, uint32_t cap)
 void sim_timeline_count(sim_timeline *t, double at_s, int kind);
 /* Capacity of zone z in bin b: the last change at or before it. */
 uint32_t sim_timeline_cap_at(const sim_timeline *t, uint32_t b, uint32_t z);
+/* Capacity of zone z when the run started. */
+uint32_t sim_timeline_cap_start(const sim_timeline *t, uint32_t z);
 
 /* What one policy's run measured. */
 typedef struct sim_result {
@@ -141,6 +156,8 @@ typedef struct sim_setup {
   size_t nz;
   double horizon_s;
   sim_ceilings ceil;
+  double spot_start_s;  /* the zones' start_s */
+  int spot_start_drawn; /* 1: drawn from the seed, 0: --spot-start or 0 */
 } sim_setup;
 
 typedef struct sim_policy_name {
@@ -150,6 +167,10 @@ extern const sim_policy_name SIM_POLICIES[];
 extern const size_t SIM_N_POLICIES;
 
 int sim_setup_load(sim_setup *su, const sim_opts *o);
+/* Place the run in its spot traces (timeline.c): --spot-start when given;
+ * else, when the zones' traces come from files, a start drawn from the
+ * seed alone, uniform over the longest trace, in whole seconds; else 0. */
+void sim_spot_place(sim_setup *su, const sim_opts *o);
 void sim_setup_free(sim_setup *su);
 int sim_wanted(const char *list, const char *name);
 double sim_cpu_s(void);

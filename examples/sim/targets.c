@@ -12,9 +12,13 @@
  *             mean) and request-start imbalance;
  *   "spot":   4 on-demand + 12 spot replicas, the spot zones driven by the
  *             capacity traces in DATA_DIR/spot; savings against all on
- *             demand beside the class-feasible maximum, lost, expired,
- *             replays and replay success, and gold p95 TTFT beside the same
- *             run without interruptions;
+ *             demand beside the class-feasible and the reachable maxima,
+ *             lost, expired, notices, replays and replay success, and gold
+ *             p95 TTFT beside the same run without interruptions. Twice:
+ *             "window":"drawn", the run placed in the traces at a start
+ *             drawn from the seed (or --spot-start: "given"), and
+ *             "window":"trace-start", at the traces' first tick (a stress
+ *             case: there only two of the twelve spot replicas are up);
  *   "replay": the replay scenario (below), where replays really happen;
  *   "speed":  the simulator's own rate on 64 replicas (16 on-demand + 48
  *             spot) per trace, one run: requests per CPU-second of the
@@ -70,6 +74,13 @@ static int target_hit(const sim_opts *base, const char *label) {
   return 0;
 }
 
+/* Where the spot run sits in its capacity traces. */
+static const char *window_name(const sim_opts *o, const sim_setup *su) {
+  if (!o->n_spot) return "built-in";
+  if (su->spot_start_drawn) return "drawn";
+  return su->spot_start_s == 0 ? "trace-start" : "given";
+}
+
 static void print_spot(const char *target, const char *label, const sim_opts *o,
                        const sim_setup *su, const sim_result *r, const sim_result *calm,
                        const sim_result *base) {
@@ -78,9 +89,11 @@ static void print_spot(const char *target, const char *label, const sim_opts *o,
   double reach = sim_reachable_pct(o, &su->tr, r, base, mx);
   int gold = r->n_class[SPI_CLASS_GOLD] > 0;
   printf("{\"target\":\"%s\",\"trace\":\"%s\",\"setup\":\"%u on-demand + %u spot\","
+         "\"window\":\"%s\",\"spot_start_s\":%.0f,\"seed\":%" PRIu64 ","
          "\"policy\":\"%s\",\"requests\":%zu,\"savings_pct\":%.3f,\"max_savings_pct\":%.3f,"
          "\"savings_of_max_pct\":",
-         target, label, o->on_demand, o->replicas - o->on_demand, r->name, su->tr.n, sav, mx);
+         target, label, o->on_demand, o->replicas - o->on_demand, window_name(o, su),
+         su->spot_start_s, o->gen.seed, r->name, su->tr.n, sav, mx);
   json_or_null(mx > 0 ? 100 * sav / mx : 0, mx > 0);
   printf(",\"reachable_savings_pct\":%.3f,\"savings_of_reachable_pct\":", reach);
   json_or_null(reach > 0 ? 100 * sav / reach : 0, reach > 0);
@@ -186,6 +199,9 @@ int sim_targets(const sim_opts *base, const char *data) {
     sim_opts s = t;
     s.replicas = 16, s.on_demand = 4, s.kv_blocks = 1024, s.n_spot = nsp;
     for (size_t z = 0; z < nsp; z++) s.spot[z] = spot[z];
+    if (!rc) rc = target_spot("spot", &s, label, 1);
+    /* The traces' first tick, beside the drawn window: a stress case. */
+    s.spot_start_given = 1, s.spot_start_s = 0;
     if (!rc) rc = target_spot("spot", &s, label, 1);
     if (!rc && k < nt) rc = target_speed(&t, label);
   }

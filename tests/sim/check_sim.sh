@@ -6,8 +6,9 @@
 # replay scenario and the shared traces; termination when spot zones never
 # come back; node-count spot traces; spot-only and on-demand-only clusters;
 # --config; classes with no requests; bad trace lines counted rather than
-# fatal; a --cluster file (and bad ones refused); the shape of --speed's
-# lines.
+# fatal; a --cluster file (and bad ones refused); the run's window in the
+# shared spot traces (drawn from the seed, or --spot-start: the capacity the
+# traces have there); the shape of --speed's lines.
 #
 #   check_sim.sh <spotinfer_sim> <shared data dir>
 set -euo pipefail
@@ -149,7 +150,7 @@ grep -q '"replays":[1-9]' "$tmp/calm.json" && fail "--no-interruptions still rep
 printf '{"metadata": {"gap_seconds": 30}, "data": [1, 1, 0]}' >"$tmp/never.json"
 sed 's/\[1, 1, 0\]/[1, 1, '"$(printf '0, %.0s' {1..400})"'0]/' "$tmp/never.json" >"$tmp/never2.json"
 timeout 600 "$sim" --quiet --requests 400 --rate 4 --replicas 6 --on-demand 0 --horizon 120 \
-  --spot-trace "gcp:$tmp/never2.json" --policies library,round-robin --json "$tmp/n.json" >"$tmp/n.txt" \
+  --spot-start 0 --spot-trace "gcp:$tmp/never2.json" --policies library,round-robin --json "$tmp/n.json" >"$tmp/n.txt" \
   || fail "never-back run exited $? (or did not end)"
 [[ $(grep -c 'conservation ok' "$tmp/n.txt") -eq 3 ]] || fail "never-back: conservation"
 grep -q '"at_horizon":[1-9]' "$tmp/n.json" || fail "never-back: nothing reported still queued at the horizon"
@@ -158,7 +159,8 @@ grep -q 'still queued at the horizon' "$tmp/n.txt" || fail "never-back: table do
 # A node-count trace: a zone of 4 replicas drops from 4 nodes to 1, so
 # exactly 3 replicas get notices.
 printf '{"metadata": {"gap_seconds": 60}, "data": [4, 4, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1]}' >"$tmp/nodes.json"
-"$sim" --quiet --requests 2000 --rate 20 --replicas 5 --on-demand 1 --spot-trace "aws:$tmp/nodes.json" \
+"$sim" --quiet --requests 2000 --rate 20 --replicas 5 --on-demand 1 --spot-start 0 \
+  --spot-trace "aws:$tmp/nodes.json" \
   --policies library --json "$tmp/nc.json" >"$tmp/nc.txt" || fail "node-count run exited $?"
 grep -q 'node counts' "$tmp/nc.txt" || fail "node-count trace not recognised"
 [[ $(grep -o '"name":"library"[^{]*"notices":[0-9]*' "$tmp/nc.json" | grep -o '[0-9]*$') -eq 3 ]] \
@@ -204,11 +206,11 @@ if [[ -n $data && -f $data/traces/mooncake_synthetic_trace.jsonl ]]; then
     --policies library,round-robin >"$tmp/z.txt" || fail "Azure run exited $?"
   [[ $(grep -c 'conservation ok' "$tmp/z.txt") -eq 3 ]] || fail "Azure conservation"
   # Any capacity series can stand for an Azure zone: Scheduled Events
-  # Preempt notices with a 30 s lead (the offset puts a take-away in range).
-  "$sim" --quiet --requests 6000 --rate 200 --spot-offset 2500 \
+  # Preempt notices with a 30 s lead (the start puts a take-away in range).
+  "$sim" --quiet --requests 6000 --rate 200 --spot-start 2500 \
     --spot-trace "azure:$data/spot/aws-v100-availability-2023-02/us-east-2a_v100_1.json" \
     --json "$tmp/az.json" >"$tmp/az.txt" || fail "azure spot run exited $?"
-  grep -q 'us-east-2a (azure, 30 s notice)' "$tmp/az.txt" || fail "azure zone not reported"
+  grep -q 'us-east-2a (azure, 30 s notice, ' "$tmp/az.txt" || fail "azure zone not reported"
   [[ $(grep -c 'conservation ok' "$tmp/az.txt") -eq $npol ]] || fail "azure run: conservation"
   grep -q '"lost":[1-9]' "$tmp/az.json" && fail "azure run: requests lost"
   grep -q '"notices":[1-9]' "$tmp/az.json" || fail "azure run: no notice was handled"
@@ -218,7 +220,66 @@ if [[ -n $data && -f $data/traces/mooncake_synthetic_trace.jsonl ]]; then
     --spot-trace "azure:$data/spot/aws-v100-availability-2023-02/us-east-2a_v100_1.json" \
     --spot-trace "gcp:$data/spot/gcp-c3-preemption-2023-04/us-central1-a_c3-88.json" \
     >"$tmp/kz.txt" || fail "cluster run on shared spot traces exited $?"
-  grep -q 'us-west-2b (azure, 30 s notice)' "$tmp/kz.txt" || fail "cluster zones not tied to traces in order"
+  grep -q 'us-west-2b (azure, 30 s notice, ' "$tmp/kz.txt" || fail "cluster zones not tied to traces in order"
+  # Where a run sits in the spot traces: drawn from the seed alone (the
+  # same seed, the same window and bytes; another seed, another window),
+  # reported in the text and the JSON, with conservation, no loss and the
+  # oracle bound on the drawn windows.
+  spot_all=()
+  for f in "$data"/spot/aws-*/*.json; do spot_all+=(--spot-trace "aws:$f"); done
+  for f in "$data"/spot/gcp-*/*.json; do spot_all+=(--spot-trace "gcp:$f"); done
+  run_w() {
+    "$sim" --quiet --trace "$data/traces/mooncake_synthetic_trace.jsonl" --limit 1500 \
+      --replicas 16 --on-demand 4 "${spot_all[@]}" "$@"
+  }
+  run_w --seed 4 --json "$tmp/w1.json" >"$tmp/w1.txt" || fail "drawn window run exited $?"
+  run_w --seed 4 --json "$tmp/w2.json" >"$tmp/w2.txt" || fail "second drawn window run exited $?"
+  cmp -s "$tmp/w1.txt" "$tmp/w2.txt" || fail "drawn window: same seed, different output"
+  cmp -s "$tmp/w1.json" "$tmp/w2.json" || fail "drawn window: same seed, different JSON"
+  [[ $(grep -c 'conservation ok' "$tmp/w1.txt") -eq $npol ]] || fail "drawn window: conservation"
+  grep -q '"lost":[1-9]' "$tmp/w1.json" && fail "drawn window: requests lost"
+  oracle_bound "$tmp/w1.json"
+  grep -q 'into the spot traces (drawn from the seed)' "$tmp/w1.txt" || fail "drawn window not reported"
+  run_w --seed 5 --policies library --json "$tmp/w3.json" >"$tmp/w3.txt" || fail "seed 5 window run"
+  # The start is in [0, longest trace), and --spot-start S gives every zone
+  # the capacity its trace has at S (a shorter trace wraps); S just before a
+  # zone loses its capacity sends notices through the library.
+  python3 - "$tmp" "$data" "${spot_all[@]}" <<'PY' >"$tmp/starts.txt" || fail "drawn window: start"
+import json, sys
+tmp, data, args = sys.argv[1], sys.argv[2], sys.argv[3:]
+traces = []
+for a in args[1::2]:
+    d = json.load(open(a.split(":", 1)[1]))
+    traces.append((d["metadata"]["gap_seconds"], d["data"]))
+longest = max(g * len(v) for g, v in traces)
+w1 = json.load(open(f"{tmp}/w1.json"))["spot_window"]
+w3 = json.load(open(f"{tmp}/w3.json"))["spot_window"]
+assert w1["drawn"] and w3["drawn"], (w1, w3)
+assert 0 <= w1["start_s"] < longest and 0 <= w3["start_s"] < longest, (w1, w3, longest)
+assert w1["start_s"] != w3["start_s"], "seeds 4 and 5 drew the same window"
+def up(k, s):
+    g, v = traces[k]
+    return v[int(s // g) % len(v)] > 0
+# A start where the first two zones differ, and one a minute before the
+# second zone (195 s ticks) goes down while the others stay as they are.
+g0, v0 = traces[0]
+mixed = next(i for i in range(len(v0)) if v0[i] > 0 and traces[1][1][i] == 0)
+_, v1 = traces[1]
+drop = next(i for i in range(1, len(v1)) if v1[i - 1] > 0 and v1[i] == 0 and i * g0 > 3600)
+for s in (mixed * g0 + 7, drop * g0 - 60):
+    print(s, " ".join(str(int(up(k, s))) for k in range(len(traces))))
+PY
+  while read -r start want; do
+    run_w --seed 4 --spot-start "$start" --policies library --json "$tmp/s.json" >"$tmp/s.txt" \
+      || fail "--spot-start $start exited $?"
+    grep -q "starts $start s .*(--spot-start)" "$tmp/s.txt" || fail "--spot-start $start not reported"
+    got=$(python3 -c 'import json,sys; w=json.load(open(sys.argv[1]))["spot_window"]; print(" ".join(str(int(z["up_at_start"] > 0)) for z in w["zones"]))' "$tmp/s.json")
+    [[ $got == "$want" ]] || fail "--spot-start $start: zones up $got, the traces say $want"
+    [[ $(grep -c 'conservation ok' "$tmp/s.txt") -eq 2 ]] || fail "--spot-start $start: conservation"
+    grep -q '"lost":[1-9]' "$tmp/s.json" && fail "--spot-start $start: requests lost"
+  done <"$tmp/starts.txt"
+  # The second start is a minute before a zone goes: its replicas get notices.
+  grep -q '"name":"library".*"notices":[1-9]' "$tmp/s.json" || fail "no notice when a zone went down mid-run"
   # --speed: one benchmark line per trace and set-up (three for each trace,
   # two for the generator), each with a positive rate.
   "$sim" --speed "$data" --limit 300 --requests 300 >"$tmp/speed.txt" 2>&1 \

@@ -3,7 +3,9 @@
  * cached prompt before its head (examples/sim/lru.c, sim_lru_prefix_fill),
  * as vLLM and SGLang do: a cache full of one prompt that must make room
  * keeps that prompt's leading blocks, so the next request with the same
- * prefix still hits them. Exits 0 when every check holds.
+ * prefix still hits them; a capacity changed later (sim_lru_set_cap, the
+ * reachable maximum's spot pool) keeps the most recent keys. Exits 0 when
+ * every check holds.
  */
 #include <stdio.h>
 
@@ -38,6 +40,19 @@ int main(void) {
   check(sim_lru_prefix_fill(&l, longer, 4) == 2, "two leading hits");
   check(sim_lru_contains(&l, 11) && sim_lru_contains(&l, 12), "its hits stay cached");
   check(!sim_lru_contains(&l, 41) && !sim_lru_contains(&l, 42), "older blocks go");
+  /* A smaller capacity keeps the most recent keys; 0 holds nothing until
+   * the capacity is raised again. */
+  sim_lru_clear(&l);
+  sim_lru_prefix_fill(&l, chain, 4); /* 11 is the most recent, 14 the oldest */
+  sim_lru_set_cap(&l, 2);
+  check(sim_lru_contains(&l, 11) && sim_lru_contains(&l, 12), "shrunk: the recent stay");
+  check(!sim_lru_contains(&l, 13) && !sim_lru_contains(&l, 14), "shrunk: the oldest go");
+  sim_lru_set_cap(&l, 0);
+  check(!sim_lru_contains(&l, 11) && sim_lru_prefix_fill(&l, chain, 4) == 0, "emptied");
+  check(!sim_lru_contains(&l, 11), "nothing enters at capacity 0");
+  sim_lru_set_cap(&l, 4);
+  sim_lru_prefix_fill(&l, chain, 4);
+  check(sim_lru_prefix_fill(&l, chain, 4) == 4, "raised again: it caches");
   sim_lru_free(&l);
   if (!fails) printf("sim lru checks passed\n");
   return fails ? 1 : 0;
