@@ -329,6 +329,33 @@ static void refresh(ix_bucket *b, unsigned e, uint64_t seen, uint64_t mine) {
                                           memory_order_relaxed);
 }
 
+static int first_empty(const uint64_t *tags) {
+  for (unsigned e = 0; e < IX_WAYS; e++)
+    if ((tags[e] & IX_KEY_MASK) == IX_KEY_EMPTY) return (int)e;
+  return -1;
+}
+
+/* The entries of other blocks, payloads read into pays: as a mask. */
+static unsigned others_read(ix_bucket *b, uint64_t key, const uint64_t *tags,
+                            uint64_t *pays) {
+  unsigned occupied = 0;
+  for (unsigned e = 0; e < IX_WAYS; e++) {
+    uint64_t k = tags[e] & IX_KEY_MASK;
+    if (k != key && k != IX_KEY_BUSY && k != IX_KEY_EMPTY &&
+        read_payload(b, e, tags[e], &pays[e]))
+      occupied |= 1u << e;
+  }
+  return occupied;
+}
+
+/*
+ * One block: refresh this slot's entry of this generation if the bucket has
+ * it; else write the block over, in this order, an entry of this slot from
+ * an older generation (the last one), the first empty entry, the first dead
+ * one, or the live one of lowest value if the block is worth more. A
+ * bucket's tags share one cache line and its payloads the next; the other
+ * blocks' payloads are read only when there is no empty entry.
+ */
 static void insert_block(spi_prefix_index *ix, uint64_t h, const ix_new *nw,
                          ix_memo *lm) {
   ix_bucket *b = bucket_of(ix, h);
@@ -338,17 +365,13 @@ static void insert_block(spi_prefix_index *ix, uint64_t h, const ix_new *nw,
     unsigned occupied = 0, victim = 0;
     int rank = RANK_NONE;
     int64_t vvalue = 0;
+    /* This block's entries first: only their payloads are read here. */
     for (unsigned e = 0; e < IX_WAYS; e++) {
       uint64_t t = atomic_load_explicit(&b->tag[e], memory_order_acquire);
-      uint64_t k = t & IX_KEY_MASK;
       tags[e] = t;
-      if (k == IX_KEY_BUSY) continue;
-      if (k == IX_KEY_EMPTY) {
-        if (rank > RANK_EMPTY) rank = RANK_EMPTY, victim = e;
+      if ((t & IX_KEY_MASK) != key || !read_payload(b, e, t, &pays[e]))
         continue;
-      }
-      if (!read_payload(b, e, t, &pays[e])) continue;
-      if (k == key && IX_SLOT(pays[e]) == nw->slot) {
+      if (IX_SLOT(pays[e]) == nw->slot) {
         if (IX_GEN(pays[e]) == nw->gen) {
           refresh(b, e, pays[e], nw->payload);
           return;
@@ -357,6 +380,13 @@ static void insert_block(spi_prefix_index *ix, uint64_t h, const ix_new *nw,
         continue;
       }
       occupied |= 1u << e;
+    }
+    if (rank > RANK_EMPTY) {
+      int empty = first_empty(tags);
+      if (empty >= 0)
+        rank = RANK_EMPTY, victim = (unsigned)empty;
+      else
+        occupied |= others_read(b, key, tags, pays);
     }
     if (rank > RANK_EMPTY) {
       for (unsigned e = 0; e < IX_WAYS && rank > RANK_DEAD; e++) {

@@ -2,9 +2,9 @@
  * test_prefix_index.c - the bounded prefix index (lib/prefix_index.c).
  *
  * Budgets, chains and longest matches, replicas sharing and diverging,
- * liveness through the callback, the eviction order, a full table, odd
- * hashes and lengths, the number of bucket probes of a lookup, and readers
- * racing writers.
+ * liveness through the callback, the eviction order, a full table, the
+ * insert against a plain model of its rules, odd hashes and lengths, the
+ * number of bucket probes of a lookup, and readers racing writers.
  *
  * Bucket probes are counted by construction, without a hook in the library:
  * a dead replica holds every block of the chain, each block under its own
@@ -641,6 +641,154 @@ static void test_odd_hashes(void **state) {
   fixture_free(f);
 }
 
+/* ---------------------------------------------- the insert, by a model */
+
+/*
+ * The insert's rules written out plainly, one entry at a time, against
+ * which the index is compared after every call of a long random sequence:
+ * which slots (and generations) each block reports, in entry order, and
+ * how many entries are taken. The sequence mixes what routes and finishes
+ * do: new blocks, the same blocks again for the same replica later (the
+ * finish's refresh), other replicas, replaced generations, removed
+ * replicas, weights and ages, in tables of 1 and 3 buckets so that
+ * buckets overflow.
+ */
+#define MODEL_WAYS 8
+#define MODEL_SLOTS 6
+#define MODEL_BLOCKS 40
+
+typedef struct model_entry {
+  int used;
+  uint64_t key;
+  uint32_t slot, gen, weight, stamp;
+} model_entry;
+
+typedef struct model {
+  model_entry e[3][MODEL_WAYS];
+  uint32_t nbuckets;
+} model;
+
+static uint64_t model_key(uint64_t h) {
+  uint64_t k = h & ((UINT64_C(1) << 56) - 1);
+  return k > 1 ? k : k + 2;
+}
+
+static model_entry *model_bucket(model *m, uint64_t h) {
+  return m->e[((h >> 32) * m->nbuckets) >> 32];
+}
+
+static void model_block(model *m, registry *r, uint64_t h, uint32_t slot,
+                        uint32_t gen, uint32_t weight, uint32_t now) {
+  model_entry *b = model_bucket(m, h);
+  uint64_t key = model_key(h);
+  int victim = -1, twin = -1, empty = -1;
+  for (int e = 0; e < MODEL_WAYS; e++) {
+    if (!b[e].used) {
+      if (empty < 0) empty = e;
+    } else if (b[e].key == key && b[e].slot == slot) {
+      if (b[e].gen == gen) { /* the same replica's block: refreshed */
+        b[e].weight = weight, b[e].stamp = now;
+        return;
+      }
+      twin = e; /* the last one of an older generation */
+    }
+  }
+  victim = twin >= 0 ? twin : empty;
+  int64_t lowest = 0;
+  for (int e = 0; victim < 0 && e < MODEL_WAYS; e++) {
+    if (!reg_live_mt(r, b[e].slot, b[e].gen)) {
+      victim = e; /* the first dead entry */
+      break;
+    }
+    int64_t value =
+        (int64_t)b[e].weight * 60 - (int64_t)(int32_t)(now - b[e].stamp);
+    if (e == 0 || value < lowest) lowest = value;
+  }
+  if (victim < 0) {
+    if (lowest > (int64_t)weight * 60) return; /* worth less than any */
+    for (int e = 0; e < MODEL_WAYS && victim < 0; e++) {
+      int64_t value =
+          (int64_t)b[e].weight * 60 - (int64_t)(int32_t)(now - b[e].stamp);
+      if (value == lowest) victim = e;
+    }
+  }
+  b[victim] = (model_entry){1, key, slot, gen, weight, now};
+}
+
+/* What the index reports for block h, against the model. */
+static void model_check(spi_prefix_index *ix, model *m, registry *r,
+                        uint64_t h) {
+  uint32_t slots[16], gens[16], n = 0, want_n = 0, want_slots[16], want_gens[16];
+  uint32_t len = spi__index_longest(ix, &h, 1, reg_live_mt, r, slots, gens, 16, &n);
+  const model_entry *b = model_bucket(m, h);
+  for (int e = 0; e < MODEL_WAYS; e++) {
+    if (!b[e].used || b[e].key != model_key(h) ||
+        !reg_live_mt(r, b[e].slot, b[e].gen))
+      continue;
+    uint32_t j = 0;
+    while (j < want_n && want_slots[j] != b[e].slot) j++;
+    if (j < want_n) continue;
+    want_slots[want_n] = b[e].slot, want_gens[want_n] = b[e].gen;
+    want_n++;
+  }
+  assert_int_equal(len, want_n ? 1 : 0);
+  assert_int_equal(n, want_n);
+  for (uint32_t j = 0; j < n; j++) {
+    assert_int_equal(slots[j], want_slots[j]);
+    assert_int_equal(gens[j], want_gens[j]);
+  }
+}
+
+static void model_run(uint32_t nbuckets, uint64_t seed, long steps) {
+  fixture *f = fixture_new();
+  registry *r = registry_new();
+  spi_prefix_index *ix = index_buckets(f, nbuckets);
+  model *m = calloc(1, sizeof *m);
+  assert_non_null(m);
+  m->nbuckets = nbuckets;
+  uint64_t blocks[MODEL_BLOCKS];
+  chain(blocks, MODEL_BLOCKS, seed, MODEL_BLOCKS, 0, 0);
+  uint32_t now = 1000;
+  for (long step = 0; step < steps; step++) {
+    uint64_t x = mix64(seed ^ (uint64_t)step);
+    uint32_t slot = 20 + (uint32_t)(x % MODEL_SLOTS);
+    if ((x >> 8) % 64 == 0) { /* the replica is replaced or comes back */
+      if ((x >> 16) % 3 == 0)
+        atomic_store(&r->active[slot], !atomic_load(&r->active[slot]));
+      else
+        atomic_fetch_add(&r->gen[slot], 1);
+    }
+    now += (uint32_t)((x >> 20) % 8 == 0 ? (x >> 24) % 400 : (x >> 24) % 3);
+    uint32_t from = (uint32_t)((x >> 32) % MODEL_BLOCKS);
+    uint32_t n = from + 1 + (uint32_t)((x >> 40) % 6);
+    if (n > MODEL_BLOCKS) n = MODEL_BLOCKS;
+    uint32_t weight = (x >> 48) % 16 == 0 ? 300 : 1 + (uint32_t)((x >> 52) % 4);
+    uint32_t gen = atomic_load(&r->gen[slot]);
+    spi__index_insert(ix, blocks, from, n, slot, gen, weight, now, 60,
+                      reg_live_mt, r);
+    for (uint32_t i = from; i < n; i++)
+      model_block(m, r, blocks[i], slot, gen & SPI_INDEX_GEN_MASK,
+                  weight > 255 ? 255 : weight, now);
+    size_t taken = 0;
+    for (uint32_t k = 0; k < nbuckets; k++)
+      for (int e = 0; e < MODEL_WAYS; e++) taken += m->e[k][e].used;
+    assert_int_equal(spi__index_live_entries(ix), taken);
+    for (uint32_t i = 0; i < MODEL_BLOCKS; i++) model_check(ix, m, r, blocks[i]);
+  }
+  free(m);
+  free(r);
+  spi__index_free(&f->mem, ix);
+  fixture_free(f);
+}
+
+static void test_insert_model(void **state) {
+  (void)state;
+  for (uint64_t seed = 1; seed <= 4; seed++) {
+    model_run(1, seed, 2000);
+    model_run(3, seed, 2000);
+  }
+}
+
 static void test_huge_n(void **state) {
   (void)state;
   fixture *f = fixture_new();
@@ -899,6 +1047,7 @@ int main(void) {
       cmocka_unit_test(test_full_table),
       cmocka_unit_test(test_odd_hashes),
       cmocka_unit_test(test_huge_n),
+      cmocka_unit_test(test_insert_model),
       cmocka_unit_test(test_probe_count),
       cmocka_unit_test(test_concurrent),
       cmocka_unit_test(test_concurrent_contended),
