@@ -39,12 +39,15 @@
  * ties the model cannot tell apart (a block every replica holds, such as
  * a global system prompt, saves the same everywhere and so weighs
  * nothing); of those the replica sent the fewest tokens wins, so ties
- * spread work. A replica that would be sent more than its share of its
- * pool's work (policy.load_share_cap times the mean, or one conversation
- * when a conversation is bigger than that) also pays for the work beyond
- * its share, as prefill time: a request leaves it only when another costs
- * less in full, with the prefill it would redo. The guard is relative to
- * the fleet, so it holds at any load. A prefix nobody holds goes to the rendezvous-hash winner (so
+ * spread work. Work is counted as tokens, prompt and output. A replica
+ * that would be sent more than its share of its pool's work also pays for
+ * the work beyond its share, as prefill time: a request leaves it only
+ * when another costs less in full, with the prefill it would redo. Its
+ * share of its own conversation's turns is policy.load_share_cap times the
+ * mean (or the conversation, when one is bigger than that); of new work
+ * (a prefix it holds no more of than another replica does) it is the
+ * mean: new conversations are where a pool balances without redoing any
+ * history. The guard is relative to the fleet, so it holds at any load. A prefix nobody holds goes to the rendezvous-hash winner (so
  * proxies that share no state agree on where it lives) unless that costs
  * more than the prefill one later hit there would save. The policy only
  * reads its arguments: no allocation, no lock.
@@ -55,6 +58,7 @@
 
 #include <cjson/cJSON.h>
 
+#include "prefill_model.h"
 #include "spi_internal.h"
 
 enum { OVERFLOW_NEVER = 0, OVERFLOW_WARM = 1, OVERFLOW_ALWAYS = 2 };
@@ -256,9 +260,17 @@ static double queue_delay_ms(const spi_candidate *c, double own_min) {
   return redundant * c->est_wait_ms / (c->est_wait_ms + own);
 }
 
-/* The prompt tokens this request brings, as served_tokens counts them. */
+/* The prompt tokens this request brings. */
 static double request_tokens(const spi_route_context *x) {
   return x->prompt_tokens;
+}
+
+/* The work it brings, as served_tokens counts it: its prompt and the
+ * output it is expected to generate (decoding is work too, and a long
+ * generation holds its replica's batch and KV longer than its prompt
+ * says). */
+static double work_tokens(const spi_route_context *x) {
+  return x->prompt_tokens + (double)spi__output_estimate(x->req, x->cls);
 }
 
 /* The prefill c saves by holding the prefix, ms (the TTFT model's own
@@ -281,41 +293,53 @@ static double block_ms(const spi_route_context *x, const spi_candidate *c) {
          c->prefill_tokens_per_s;
 }
 
-/* The tokens the request's conversation has likely sent c, this request
+/* The work the request's conversation has likely sent c, this request
  * included: its turns there, if each added what c lacks of this one (a
  * conversation's prompt grows by a turn, so its turns sum to the prompt
- * times half their number plus one). The request alone when c holds none
- * of it. */
+ * times half their number plus one), each with an output like this one's.
+ * The request alone when c holds none of it. */
 static double unit_tokens(const spi_route_context *x, const spi_candidate *c) {
-  double req = request_tokens(x);
-  if (x->total_blocks == 0 || c->matched_blocks == 0) return req;
+  double req = request_tokens(x), work = work_tokens(x);
+  if (x->total_blocks == 0 || c->matched_blocks == 0 || !(req > 0))
+    return work;
   double lack = req * (double)(x->total_blocks - c->matched_blocks) /
                 (double)x->total_blocks;
   double block = req / (double)x->total_blocks;
   if (lack < block) lack = block;
-  return req * (req / lack + 1.0) / 2.0;
+  double turns = (req / lack + 1.0) / 2.0;
+  return work * turns;
 }
 
-/* The tokens c, sent this request too, would have beyond its share of the
- * pool's work. Its share: policy.load_share_cap times the pool's mean (both
- * counting this request), and never less than one request above the mean
- * nor than the request's conversation there (unit_tokens). Work comes in
- * whole requests, and turns of a conversation belong together: a lead of
- * one request is placement granularity, and a replica carrying one
- * conversation bigger than a fair share (a few conversations in a pool of
- * more replicas) cannot spread it without redoing its history, so neither
- * is imbalance. The guard depends on the history served,
- * never on the load of the moment, so it holds at any load; it engages
- * from the start (a guard that waits for a few requests a replica lets a
- * hot prefix pile up, and the pool pays for it long after). n: usable
- * replicas in the pool. Positive: over its share. */
+/* The work c, sent this request too, would have beyond its share of the
+ * pool's work. Work that c holds nothing of beyond what another replica
+ * holds (own == 0: a new conversation, or one whose only prefix is a
+ * prompt others hold too) is new work: it can go anywhere at the same
+ * prefill, and its later turns will stay where it lands, so a replica
+ * takes it only up to the pool's mean (plus this request): placing new
+ * work is the one way to balance that redoes no history, and a replica
+ * above the mean that takes it builds a lead its conversations' later turns
+ * cannot shed without redoing their history. A conversation's own turn
+ * (own == 1: c holds more of its prompt than any other) may take c up to
+ * policy.load_share_cap times the pool's mean (both counting this request),
+ * and never less than one request above the mean nor than the
+ * conversation there (unit_tokens). Work comes in whole requests, and
+ * turns of a conversation belong together: a lead of one request is
+ * placement granularity, and a replica carrying one conversation bigger
+ * than a fair share (a few conversations in a pool of more replicas)
+ * cannot spread it without redoing its history, so neither is imbalance.
+ * The guard depends on the history served, never on the load of the
+ * moment, so it holds at any load; it engages from the start (a guard that
+ * waits for a few requests a replica lets a hot prefix pile up, and the
+ * pool pays for it long after). n: usable replicas in the pool. Positive:
+ * over its share. */
 static double excess_tokens(const pinst *p, const spi_route_context *x,
-                            const spi_candidate *c, uint32_t n) {
+                            const spi_candidate *c, uint32_t n, int own) {
   double mean = x->mean_served_tokens[c->pool == SPI_POOL_SPOT
                                           ? SPI_POOL_SPOT
                                           : SPI_POOL_ON_DEMAND];
-  double req = request_tokens(x);
+  double req = work_tokens(x);
   double after = mean + req / (double)(n ? n : 1);
+  if (!own) return c->served_tokens - after;
   double allowed = p->load_cap * after;
   if (allowed < after + req) allowed = after + req;
   double unit = unit_tokens(x, c);
@@ -323,9 +347,10 @@ static double excess_tokens(const pinst *p, const spi_route_context *x,
   return c->served_tokens + req - allowed;
 }
 
-static int over_share(const pinst *p, const spi_route_context *x,
-                      const spi_candidate *c, uint32_t n) {
-  return excess_tokens(p, x, c, n) > 0;
+/* Whether c is over its share for a prefix nobody holds (new work). */
+static int over_share_new(const pinst *p, const spi_route_context *x,
+                          const spi_candidate *c, uint32_t n) {
+  return excess_tokens(p, x, c, n, 0) > 0;
 }
 
 /* The cost c competes with: a replica over its share also pays for the
@@ -336,9 +361,10 @@ static int over_share(const pinst *p, const spi_route_context *x,
  * stays, and work drifts to the others without ever queueing behind a
  * busier one. */
 static double guarded_cost(const pinst *p, const spi_route_context *x,
-                           const spi_candidate *c, uint32_t n, double w) {
+                           const spi_candidate *c, uint32_t n, double w,
+                           int own) {
   double cost = cost_of(c, w);
-  double ex = excess_tokens(p, x, c, n);
+  double ex = excess_tokens(p, x, c, n, own);
   if (!(ex > 0)) return cost;
   if (!(c->prefill_tokens_per_s > 0)) return cost + saved_ms(x, c);
   return cost + ex * 1000.0 / c->prefill_tokens_per_s;
@@ -359,6 +385,24 @@ static int tie_before(const spi_route_context *x, int64_t a, int64_t b) {
     return ca->served_tokens < cb->served_tokens;
   if (ca->rendezvous != cb->rendezvous) return ca->rendezvous > cb->rendezvous;
   return a < b;
+}
+
+/* The one of the named usable candidates (named[k] >= 0) that holds more
+ * of the prompt than every other: the request's conversation lives there.
+ * -1 when none holds any, or two hold it as deep: then the request is new
+ * work to each (excess_tokens). */
+static int64_t sole_deepest(const spi_route_context *x, const int64_t *named,
+                            uint32_t n) {
+  int64_t best = -1;
+  uint32_t deep = 0;
+  for (uint32_t k = 0; k < n; k++) {
+    int64_t i = named[k];
+    if (i < 0 || i == best) continue;
+    uint32_t mb = x->candidates[i].matched_blocks;
+    if (mb > deep) best = i, deep = mb;
+    else if (mb == deep && deep > 0) best = -2; /* a second as deep */
+  }
+  return best >= 0 ? best : -1;
 }
 
 /* The candidate to serve on among the usable ones the summary names: of
@@ -393,10 +437,12 @@ static int64_t cheapest(const pinst *p, const spi_route_context *x,
     }
     if (own_ms(c) < own_min) own_min = own_ms(c);
   }
+  int64_t holder = sole_deepest(x, named, n);
   for (uint32_t k = 0; k < n; k++) {
     if (named[k] < 0) continue;
     const spi_candidate *c = &x->candidates[named[k]];
-    cost[k] = guarded_cost(p, x, c, m->usable, w) + queue_delay_ms(c, own_min);
+    cost[k] = guarded_cost(p, x, c, m->usable, w, named[k] == holder) +
+              queue_delay_ms(c, own_min);
     if (cost[k] < low) low = cost[k];
   }
   int64_t best = -1;
@@ -436,7 +482,7 @@ static pick choose_in_pool(const pinst *p, const spi_route_context *x,
     int64_t v = m->rdv;
     if (v >= 0 && v != best) {
       const spi_candidate *c = &x->candidates[v];
-      if (!over_share(p, x, c, m->usable) &&
+      if (!over_share_new(p, x, c, m->usable) &&
           cost_of(c, w) - cost_of(b, w) <= c->est_ttft_ms - c->est_wait_ms)
         r.idx = v;
     }

@@ -4,7 +4,9 @@
  *
  * Counters are exact: what a ticket adds when it opens it takes back once,
  * at its first token or, if none came, at its finish; a ticket whose
- * replica went away (the slot was reset) takes nothing back. The rate is
+ * replica went away (the slot was reset) takes nothing back. The work a
+ * replica was sent counts a ticket's prompt and expected output at open,
+ * and the output it reported at its finish. The rate is
  * learnt from first tokens: the prefill queued ahead of the ticket plus its
  * own, over the observed TTFT (less the fixed part), is one sample of
  * tokens per second; the first SPI_PREFILL_MIN_SAMPLES are averaged, then
@@ -27,7 +29,8 @@ void spi__prefill_open(spi_replica_slot *s, spi_ticket *k,
   k->slowdown = slowdown;
   k->ahead_tokens = atomic_fetch_add_explicit(&s->prefill_queued, own,
                                               memory_order_relaxed);
-  atomic_fetch_add_explicit(&s->served_tokens, prompt_tokens,
+  atomic_fetch_add_explicit(&s->served_tokens,
+                            prompt_tokens + k->expected_output,
                             memory_order_relaxed);
 }
 
@@ -71,4 +74,19 @@ void spi__prefill_first_token(spi_replica_slot *s, const spi_ticket *k,
 void spi__prefill_end(spi_replica_slot *s, const spi_ticket *k) {
   atomic_fetch_sub_explicit(&s->prefill_queued, k->prefill_tokens,
                             memory_order_relaxed);
+}
+
+/* The finish of a ticket on its own replica: the output it generated
+ * replaces the estimate counted at open, so what a replica was sent is
+ * its prompts and outputs as they were, whatever the requests said. */
+void spi__prefill_finish(spi_replica_slot *s, const spi_ticket *k,
+                         uint64_t output_tokens) {
+  if (output_tokens > k->expected_output)
+    atomic_fetch_add_explicit(&s->served_tokens,
+                              output_tokens - k->expected_output,
+                              memory_order_relaxed);
+  else if (output_tokens < k->expected_output)
+    atomic_fetch_sub_explicit(&s->served_tokens,
+                              k->expected_output - output_tokens,
+                              memory_order_relaxed);
 }

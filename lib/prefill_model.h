@@ -32,7 +32,7 @@
 /* The cost-model counters of one slot, as a route reads them. */
 typedef struct spi_prefill_read {
   double queued;   /* uncached prompt tokens queued, no first token yet */
-  double served;   /* prompt tokens sent there since it joined */
+  double served;   /* work sent there since it joined: prompt + output tokens */
   double rate;     /* prefill tokens/s in use for the estimate */
   double ms_tok;   /* ... as ms a token: 1000 / rate */
 } spi_prefill_read;
@@ -75,10 +75,24 @@ static inline double spi__prefill_ttft_ms(const spi_router_cfg *c,
   return advised ? t + c->advised_penalty_ms : t;
 }
 
+/* The output tokens a request is expected to generate: what it says it
+ * expects, else its max_tokens, else the class's cap, else 256. A ticket
+ * keeps this (drain estimates, the work a replica was sent) and the policy
+ * counts the same for the request it places. */
+static inline uint64_t spi__output_estimate(const spi_request_view *v,
+                                            const spi_classification *cls) {
+  int64_t said = v->expected_output_tokens_set ? v->expected_output_tokens
+                 : v->max_output_tokens_set    ? v->max_output_tokens
+                                               : 0;
+  if (said > 0) return (uint64_t)said;
+  return cls->max_output_tokens > 0 ? (uint64_t)cls->max_output_tokens : 256;
+}
+
 /* Ticket reports (prefill_model.c). Opening adds the ticket's prefill to
- * its replica's queue and its prompt to what the replica was sent; the
- * first token (or a finish without one) takes the prefill back and, for a
- * first token, teaches the replica its rate. */
+ * its replica's queue and its work (prompt plus expected output) to what
+ * the replica was sent; the first token (or a finish without one) takes
+ * the prefill back and, for a first token, teaches the replica its rate;
+ * the finish puts the output it reported in place of the estimate. */
 struct spi_ticket;
 void spi__prefill_open(spi_replica_slot *s, struct spi_ticket *k,
                        uint64_t prompt_tokens, uint64_t cached_tokens,
@@ -86,5 +100,7 @@ void spi__prefill_open(spi_replica_slot *s, struct spi_ticket *k,
 void spi__prefill_first_token(spi_replica_slot *s, const struct spi_ticket *k,
                               int64_t now_ns, const spi_router_cfg *c);
 void spi__prefill_end(spi_replica_slot *s, const struct spi_ticket *k);
+void spi__prefill_finish(spi_replica_slot *s, const struct spi_ticket *k,
+                         uint64_t output_tokens);
 
 #endif /* SPI_PREFILL_MODEL_H */

@@ -412,10 +412,7 @@ static void ticket_fill(route_state *rs, spi_ticket *k,
   k->slot = r->slot;
   k->gen = atomic_load(&s->gen);
   k->incarnation = atomic_load(&s->incarnation);
-  k->expected_output = rs->expect_out > 0 ? (uint64_t)rs->expect_out
-                       : cls->max_output_tokens > 0
-                           ? (uint64_t)cls->max_output_tokens
-                           : 256;
+  k->expected_output = spi__output_estimate(v, cls);
   k->replay_since_ns = req->iset[SPI_REQ_REPLAY_SINCE_NS]
                            ? req->ival[SPI_REQ_REPLAY_SINCE_NS]
                            : 0;

@@ -191,6 +191,9 @@ int spi_ticket_finish(spi_engine *engine, uint64_t ticket,
   if (!stale) {
     atomic_fetch_sub(&slot->inflight, 1);
     if (no_first_token) spi__prefill_end(slot, k);
+    spi__prefill_finish(slot, k, result->output_tokens
+                                     ? result->output_tokens
+                                     : atomic_load(&k->tokens_streamed));
     if (result->status == SPI_TICKET_CANCELLED) {
       /* A cancelled probe says nothing about the replica: let another try. */
       if (k->probe) spi__breaker_release_probe(slot);

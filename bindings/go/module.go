@@ -652,7 +652,7 @@ type Candidate struct {
 	// The TTFT model's parts (since 0.3.0; 0 from an older library):
 	// EstTTFTMs = router.ttft_base_ms + EstWaitMs + its own prefill.
 	EstWaitMs         float64 // behind the prefill queued there
-	ServedTokens      float64 // prompt tokens sent since it joined
+	ServedTokens      float64 // prompt + output tokens sent since it joined
 	PrefillTokensPerS float64 // learnt (or configured) prefill rate
 }
 
@@ -710,8 +710,8 @@ type RouteContext struct {
 	// Summary); nil from a library older than 0.2.0.
 	Summaries []PoolSummary
 	// MeanServedTokens is, by Pool, the mean ServedTokens of its usable
-	// replicas; PromptTokens is this request's prompt as ServedTokens
-	// counts it. Since 0.3.0 (zeros from an older library).
+	// replicas; PromptTokens is this request's prompt (ServedTokens counts
+	// it and the expected output). Since 0.3.0 (zeros from an older library).
 	MeanServedTokens [4]float64
 	PromptTokens     float64
 }

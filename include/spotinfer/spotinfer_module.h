@@ -218,8 +218,11 @@ typedef struct spi_candidate {
    * (README, "Replica choice"): est_ttft_ms = router.ttft_base_ms +
    * est_wait_ms + its own prefill (+ the advice penalty). */
   double est_wait_ms;      /* behind the prefill queued there, ms */
-  double served_tokens;    /* prompt tokens the library sent it since it
-                              joined (a replica joins at its pool's mean) */
+  double served_tokens;    /* work the library sent it since it joined, in
+                              tokens: each request's prompt and output (the
+                              expected output until its ticket finishes,
+                              then the reported one; a replica joins at
+                              its pool's mean) */
   double prefill_tokens_per_s; /* its prefill rate, learnt from first tokens
                               (router.prefill_tokens_per_s until then) */
 } spi_candidate;
@@ -281,7 +284,8 @@ typedef struct spi_route_context {
   /* Since 0.3.0: by pool, the mean served_tokens of its usable replicas
    * (0 when it has none), so a load guard can be relative to the fleet. */
   double mean_served_tokens[4];
-  double prompt_tokens;    /* this request's, as served_tokens counts them */
+  double prompt_tokens;    /* this request's prompt tokens (served_tokens
+                              counts them and its expected output) */
 } spi_route_context;
 
 /* A policy's answer: indices into the candidates, best first. */

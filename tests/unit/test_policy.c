@@ -447,6 +447,114 @@ static void test_share_guard_is_fleet_relative(void **st) {
   assert_true(loose > 2.0);
 }
 
+/* Work that a replica holds nothing of beyond what another holds (a new
+ * conversation, cold or behind a prompt others hold too) goes to a replica
+ * below the pool's mean, though the one above it is within
+ * policy.load_share_cap: later turns stay where it lands, so placing new
+ * work is how a pool balances without redoing any history. A replica's own
+ * conversation keeps it up to the cap. r0 and r1 have served 60 blocks and
+ * hold the prompt S, r2 and r3 40 blocks (r0 at 1.2 times the mean). */
+static void test_new_work_goes_below_the_mean(void **st) {
+  (void)st;
+  world *w = mk(NULL);
+  fleet(w, 4, SPI_POOL_ON_DEMAND);
+  history(w, 4, "none", 40, "gold");
+  uint32_t b[64];
+  for (int i = 0; i < 2; i++) {
+    for (uint32_t k = 0; k < 4; k++) b[k] = 600 + k; /* S */
+    for (uint32_t k = 4; k < 20; k++) b[k] = 700 + 100 * (uint32_t)i + k;
+    seed(w, 4, i ? "r1" : "r0", b, 20);
+  }
+  spi_decision d;
+  /* New conversations behind S: r0 and r1 both hold it, so it is no one's
+   * own prefix; they go to r2 or r3 at the prefill of S. */
+  for (uint32_t k = 0; k < 3; k++) {
+    for (uint32_t j = 0; j < 4; j++) b[j] = 600 + j;
+    b[4] = 1000 + 2 * k, b[5] = 1001 + 2 * k;
+    prompt(w, b, 6, "gold");
+    assert_int_equal(route(w, &d), SPI_OK);
+    assert_true(d.replica_id[1] == '2' || d.replica_id[1] == '3');
+    finish(w, d.ticket);
+  }
+  /* Prefixes nobody holds: not to r0 or r1, whatever the rendezvous
+   * hash would say. */
+  for (uint32_t k = 0; k < 8; k++) {
+    b[0] = 1100 + 2 * k, b[1] = 1101 + 2 * k;
+    prompt(w, b, 2, "gold");
+    assert_int_equal(route(w, &d), SPI_OK);
+    assert_true(d.replica_id[1] == '2' || d.replica_id[1] == '3');
+    finish(w, d.ticket);
+  }
+  /* r0's own conversation, its next turn: it stays. */
+  for (uint32_t k = 0; k < 4; k++) b[k] = 600 + k;
+  for (uint32_t k = 4; k < 20; k++) b[k] = 700 + k;
+  b[20] = 1300;
+  prompt(w, b, 21, "gold");
+  assert_int_equal(route(w, &d), SPI_OK);
+  assert_string_equal(d.replica_id, "r0");
+  assert_int_equal(d.reason_code, SPI_REASON_AFFINITY);
+  finish(w, d.ticket);
+  done(w);
+}
+
+/* Finish a ticket that generated `out` tokens. */
+static void finish_out(world *w, uint64_t t, uint64_t out) {
+  spi_ticket_result res;
+  memset(&res, 0, sizeof res);
+  res.struct_size = sizeof res;
+  res.status = SPI_TICKET_OK;
+  res.output_tokens = out;
+  assert_int_equal(spi_ticket_finish(w->e, t, &res), SPI_OK);
+}
+
+/* Which of r0 and r1 four cold 2-block prompts go to, after each served
+ * one 10-block prompt: r0's expected to generate `said` tokens and
+ * reporting `made`, r1's 100 and 100. Counts in n[2]. */
+static void after_generations(uint64_t said, uint64_t made, int n[2]) {
+  world *w = mk(NULL);
+  fleet(w, 2, SPI_POOL_ON_DEMAND);
+  uint32_t b[16];
+  for (int i = 0; i < 2; i++) {
+    const char *id = i ? "r1" : "r0";
+    w->now += 2 * 3600 * SEC; /* only `id` reports a fresh load */
+    load(w, id, 0, 0);
+    for (uint32_t k = 0; k < 10; k++) b[k] = 1500 + 20 * (uint32_t)i + k;
+    prompt(w, b, 10, "gold");
+    spi_request_set_int(w->r, SPI_REQ_EXPECTED_OUTPUT_TOKENS,
+                        (int64_t)(i ? 100 : said));
+    spi_decision d;
+    assert_int_equal(route(w, &d), SPI_OK);
+    assert_string_equal(d.replica_id, id);
+    finish_out(w, d.ticket, i ? 100 : made);
+  }
+  load(w, "r0", 0, 0);
+  load(w, "r1", 0, 0);
+  n[0] = n[1] = 0;
+  for (uint32_t k = 0; k < 4; k++) {
+    b[0] = 1600 + 2 * k, b[1] = 1601 + 2 * k;
+    prompt(w, b, 2, "gold");
+    spi_decision d;
+    assert_int_equal(route(w, &d), SPI_OK);
+    n[d.replica_id[1] - '0']++;
+    finish(w, d.ticket);
+  }
+  done(w);
+}
+
+/* What a replica was sent counts the output it generated as well as its
+ * prompts: a replica that ran an 8,000-token generation has done more work
+ * than one that answered in 100, and new work goes to the other. The count
+ * is what the finish reports, not what the request said it expected. */
+static void test_generated_tokens_are_work(void **st) {
+  (void)st;
+  int n[2];
+  after_generations(8000, 8000, n);
+  assert_int_equal(n[0], 0);
+  assert_int_equal(n[1], 4);
+  after_generations(8000, 100, n); /* said 8,000, made 100: even */
+  assert_true(n[0] >= 1 && n[1] >= 1);
+}
+
 /* Route turn `turn` of conversation `conv` (a block a turn after U);
  * return the replica's index. */
 static int turn_of(world *w, uint32_t conv, uint32_t turn) {
@@ -1155,6 +1263,8 @@ int main(void) {
       cmocka_unit_test(test_queued_prefill_is_a_wait),
       cmocka_unit_test(test_rate_is_learnt),
       cmocka_unit_test(test_share_guard_is_fleet_relative),
+      cmocka_unit_test(test_new_work_goes_below_the_mean),
+      cmocka_unit_test(test_generated_tokens_are_work),
       cmocka_unit_test(test_few_conversations_keep_their_replicas),
       cmocka_unit_test(test_shed_pool_is_not_left_for_the_fallback),
       cmocka_unit_test(test_stale_replica_is_not_kv_pressure),

@@ -228,7 +228,7 @@ class Candidate:
     # The TTFT model's parts (since 0.3.0; 0 from an older library):
     # est_ttft_ms = router.ttft_base_ms + est_wait_ms + its own prefill.
     est_wait_ms: float = 0.0           # behind the prefill queued there
-    served_tokens: float = 0.0         # prompt tokens sent since it joined
+    served_tokens: float = 0.0         # prompt + output tokens sent since it joined
     prefill_tokens_per_s: float = 0.0  # learnt (or configured) prefill rate
 
 
@@ -292,7 +292,8 @@ class RouteContext:
     # older than 0.2.0.
     summaries: Tuple[PoolSummary, ...] = ()
     # By Pool, the mean served_tokens of its usable replicas, and this
-    # request's prompt tokens as served_tokens counts them (since 0.3.0;
+    # request's prompt tokens (served_tokens counts them and the expected
+    # output) (since 0.3.0;
     # zeros from an older library).
     mean_served_tokens: Tuple[float, float, float, float] = (0.0, 0.0, 0.0, 0.0)
     prompt_tokens: float = 0.0
