@@ -65,8 +65,6 @@ typedef struct spi_pool_index {
   atomic_int taken;             /* held by the one route using it */
   uint64_t version;             /* the set described (0: none yet) */
   size_t n;                     /* its replicas */
-  uint64_t slot_words;          /* the registry's dirty words holding the
-                                   set's slots, a bit each */
   /* The configuration it was read with (a change rebuilds it). */
   double per_queued_ms, default_rate;
   int64_t max_age;
@@ -100,6 +98,9 @@ typedef struct spi_pool_index {
    * read eight at a time. */
   uint64_t id_hash_at[SPI_REPLICA_SLOTS];
   int8_t cell_at[SPI_REPLICA_SLOTS];
+  /* The registry's dirty words holding the set's slots, a bit each (last,
+   * so the arrays above keep their alignment). */
+  uint64_t slot_words;
 } spi_pool_index;
 
 /* Made with the registry (replica.c), freed with it. */
