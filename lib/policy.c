@@ -353,12 +353,30 @@ static int over_share_new(const pinst *p, const spi_route_context *x,
   return excess_tokens(p, x, c, n, 0) > 0;
 }
 
+/* How many requests a choice of c for this one decides: a conversation's
+ * turn that stays on c leaves its later turns there too, and one that has
+ * sent k turns there is as likely as not to send about as many more (its
+ * length is not known; the best guess of what is left is what has been),
+ * so the turns it sent there, this one included (unit_tokens over this
+ * request's work). One for new work: it has no turns anywhere yet. */
+static double turns_ahead(const spi_route_context *x, const spi_candidate *c,
+                          int own) {
+  if (!own) return 1.0;
+  double t = unit_tokens(x, c) / work_tokens(x);
+  return t > 1.0 ? t : 1.0;
+}
+
 /* The cost c competes with: a replica over its share also pays for the
  * work it carries beyond it, as the time its prefill takes (work the
- * others do not have, so a wait it owes the pool). The request leaves it
- * only when another's full cost, with the prefill it would redo, is
- * lower: the requests that save little move first, a long conversation
- * stays, and work drifts to the others without ever queueing behind a
+ * others do not have, so a wait it owes the pool), once for every turn
+ * the choice decides (turns_ahead). Staying is rent, paid by every later
+ * turn while the replica is over its share; moving is bought once, with
+ * the history's prefill: a conversation moves once the rent its expected
+ * turns would pay exceeds that price, so an over-share replica sheds
+ * conversations instead of staying over its share by about a history
+ * each. The request leaves it only when another's full cost, with the
+ * prefill it would redo, is lower: the requests that save little move
+ * first, and work drifts to the others without ever queueing behind a
  * busier one. */
 static double guarded_cost(const pinst *p, const spi_route_context *x,
                            const spi_candidate *c, uint32_t n, double w,
@@ -367,7 +385,7 @@ static double guarded_cost(const pinst *p, const spi_route_context *x,
   double ex = excess_tokens(p, x, c, n, own);
   if (!(ex > 0)) return cost;
   if (!(c->prefill_tokens_per_s > 0)) return cost + saved_ms(x, c);
-  return cost + ex * 1000.0 / c->prefill_tokens_per_s;
+  return cost + ex * turns_ahead(x, c, own) * 1000.0 / c->prefill_tokens_per_s;
 }
 
 typedef struct pick {

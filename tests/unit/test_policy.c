@@ -497,6 +497,33 @@ static void test_new_work_goes_below_the_mean(void **st) {
   done(w);
 }
 
+/* Staying on a replica over its share is rent, paid by each of the turns
+ * the conversation is expected still to send there (as many as it has);
+ * moving is paid once, with its history's prefill. r0 holds conversation
+ * C (U + 20 blocks, so about 11 turns of one block) and is about 5 blocks
+ * over its share: one turn's rent (5 blocks) is less than the 21 blocks a
+ * move redoes, the rent of the turns ahead is not, so C's next turn leaves
+ * r0. r1..r3 have served 200 blocks each, r0 262. */
+static void test_over_share_rent_against_a_move(void **st) {
+  (void)st;
+  world *w = mk(NULL);
+  fleet(w, 4, SPI_POOL_ON_DEMAND);
+  for (int k = 0; k < 4; k++) history(w, 4, "r0", 50, "gold");
+  uint32_t b[64];
+  seed(w, 4, "r0", b, chain(b, 800, 20));
+  for (uint32_t k = 0; k < 5; k++) {
+    for (uint32_t j = 0; j < 48; j++) b[j] = 20000 + 100 * k + j;
+    seed(w, 4, "r0", b, 48);
+  }
+  prompt(w, b, chain(b, 800, 21), "gold");
+  spi_decision d;
+  assert_int_equal(route(w, &d), SPI_OK);
+  assert_string_not_equal(d.replica_id, "r0");
+  assert_int_equal(d.reason_code, SPI_REASON_IMBALANCE);
+  finish(w, d.ticket);
+  done(w);
+}
+
 /* Finish a ticket that generated `out` tokens. */
 static void finish_out(world *w, uint64_t t, uint64_t out) {
   spi_ticket_result res;
@@ -1265,6 +1292,7 @@ int main(void) {
       cmocka_unit_test(test_share_guard_is_fleet_relative),
       cmocka_unit_test(test_new_work_goes_below_the_mean),
       cmocka_unit_test(test_generated_tokens_are_work),
+      cmocka_unit_test(test_over_share_rent_against_a_move),
       cmocka_unit_test(test_few_conversations_keep_their_replicas),
       cmocka_unit_test(test_shed_pool_is_not_left_for_the_fallback),
       cmocka_unit_test(test_stale_replica_is_not_kv_pressure),
