@@ -410,9 +410,12 @@ func TestPolicySeesTTFTModel(t *testing.T) {
 			on = &second.Candidates[i]
 		}
 	}
-	if on == nil || on.ServedTokens != first.PromptTokens ||
+	// Tokens served: the prompt and the expected output (256 when the
+	// request says nothing of it), until the ticket's finish says.
+	served := first.PromptTokens + 256
+	if on == nil || on.ServedTokens != served ||
 		math.Abs(on.EstWaitMs-first.PromptTokens*1000/10000) > 1e-9 ||
-		second.MeanServedTokens[PoolSpot] != first.PromptTokens/2 {
+		second.MeanServedTokens[PoolSpot] != served/2 {
 		t.Fatalf("%+v %+v", on, second.MeanServedTokens)
 	}
 	must(t, d1.Ticket.Finish(TicketResult{}))

@@ -329,9 +329,11 @@ def test_python_policy_sees_the_ttft_model(world):
         assert c.served_tokens == 0 and c.est_wait_ms == 0
         assert c.prefill_tokens_per_s == 10000  # router.prefill_tokens_per_s
     on = next(c for c in second.candidates if c.id == d1.replica_id)
-    assert on.served_tokens == first.prompt_tokens
+    # Tokens served: the prompt and the expected output (256 when the
+    # request says nothing of it), until the ticket's finish says.
+    assert on.served_tokens == first.prompt_tokens + 256
     assert on.est_wait_ms == pytest.approx(first.prompt_tokens * 1000 / 10000)
-    assert second.mean_served_tokens[int(on.pool)] == first.prompt_tokens / 2
+    assert second.mean_served_tokens[int(on.pool)] == (first.prompt_tokens + 256) / 2
     d1.ticket.finish()
     d2.ticket.finish()
 
