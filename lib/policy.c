@@ -47,9 +47,11 @@
  * mean (or the conversation, when one is bigger than that); of new work
  * (a prefix it holds no more of than another replica does) it is the
  * mean: new conversations are where a pool balances without redoing any
- * history. The guard is relative to the fleet, so it holds at any load. A prefix nobody holds goes to the rendezvous-hash winner (so
- * proxies that share no state agree on where it lives) unless that costs
- * more than the prefill one later hit there would save. The policy only
+ * history. The guard is relative to the fleet, so it holds at any load. A
+ * prefix nobody holds goes to the rendezvous-hash winner (so proxies that
+ * share no state agree on where it lives) unless that replica is above the
+ * mean or costs more than the prefill one later hit there would save; then
+ * to the next in rendezvous order that may take it. The policy only
  * reads its arguments: no allocation, no lock.
  */
 #include <math.h>
@@ -479,6 +481,35 @@ static int full(const spi_candidate *c) {
   return c->inflight >= c->max_inflight || c->running + c->waiting >= cap;
 }
 
+/* Where a prefix nobody holds goes: the highest rendezvous weight among
+ * the named replicas that may take new work (at or below the pool's mean,
+ * excess_tokens) and cost no more than best (b) by more than the prefill
+ * one later hit there saves: the rendezvous winner itself when it may, so
+ * proxies that share no state agree, and otherwise the next in rendezvous
+ * order they can see, so they still agree where their counts do. -1 when
+ * none may (then the lowest cost decides). */
+static int64_t cold_placement(const pinst *p, const spi_route_context *x,
+                              const summary *m, double w,
+                              const spi_candidate *b) {
+  int64_t named[2 * SPI_SUMMARY_TOP + 2], v = -1;
+  uint32_t n = 0;
+  for (uint32_t k = 0; k < m->n_top; k++) named[n++] = m->top[k];
+  named[n++] = m->least;
+  named[n++] = m->rdv;
+  for (uint32_t k = 0; k < n; k++) {
+    int64_t i = named[k];
+    if (i < 0 || !servable(&x->candidates[i])) continue;
+    const spi_candidate *c = &x->candidates[i];
+    if (over_share_new(p, x, c, m->usable) ||
+        cost_of(c, w) - cost_of(b, w) > c->est_ttft_ms - c->est_wait_ms)
+      continue;
+    if (v < 0 || c->rendezvous > x->candidates[v].rendezvous ||
+        (c->rendezvous == x->candidates[v].rendezvous && i < v))
+      v = i;
+  }
+  return v;
+}
+
 /* Choose a replica in one pool; idx -1 when none, -2 to queue (bronze). */
 static pick choose_in_pool(const pinst *p, const spi_route_context *x,
                            const summary *m, int32_t klass) {
@@ -495,18 +526,13 @@ static pick choose_in_pool(const pinst *p, const spi_route_context *x,
   const spi_candidate *b = &x->candidates[best];
   r.idx = best;
   if (m->warm < 0) {
-    /* A prefix nobody holds: its rendezvous winner, so proxies agree,
-     * unless that costs more than the prefill one later hit there saves. */
-    int64_t v = m->rdv;
-    if (v >= 0 && v != best) {
-      const spi_candidate *c = &x->candidates[v];
-      if (!over_share_new(p, x, c, m->usable) &&
-          cost_of(c, w) - cost_of(b, w) <= c->est_ttft_ms - c->est_wait_ms)
-        r.idx = v;
-    }
-    r.reason = r.idx == m->rdv ? SPI_REASON_RENDEZVOUS : SPI_REASON_LEAST_LOADED;
-    r.why = r.idx == m->rdv ? "cold prefix placed by rendezvous hash"
-                            : "cold prefix: lowest estimated cost";
+    int64_t v = cold_placement(p, x, m, w, b);
+    if (v >= 0) r.idx = v;
+    r.reason = v >= 0 ? SPI_REASON_RENDEZVOUS : SPI_REASON_LEAST_LOADED;
+    r.why = v < 0         ? "cold prefix: lowest estimated cost"
+            : v == m->rdv ? "cold prefix placed by rendezvous hash"
+                          : "cold prefix placed by rendezvous hash among the "
+                            "replicas at or below the pool's mean";
     return r;
   }
   const spi_candidate *wm = &x->candidates[m->warm];

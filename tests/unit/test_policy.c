@@ -524,6 +524,47 @@ static void test_over_share_rent_against_a_move(void **st) {
   done(w);
 }
 
+/* Where prefix P (nobody holds it) goes in a fresh fleet of 4 where
+ * replica `high` has served 40 blocks (none when NULL) and `some` 10;
+ * the replica's id is written to out, and the reason returned. */
+static int32_t place_cold(const char *high, const char *some,
+                          char out[SPI_ID_MAX]) {
+  world *w = mk(NULL);
+  fleet(w, 4, SPI_POOL_ON_DEMAND);
+  uint32_t b[64];
+  if (high) {
+    for (uint32_t k = 0; k < 40; k++) b[k] = 4000 + k;
+    seed(w, 4, high, b, 40);
+  }
+  if (some) {
+    for (uint32_t k = 0; k < 10; k++) b[k] = 4100 + k;
+    seed(w, 4, some, b, 10);
+  }
+  for (uint32_t k = 0; k < 6; k++) b[k] = 3100 + k;
+  prompt(w, b, 6, "gold");
+  spi_decision d;
+  assert_int_equal(route(w, &d), SPI_OK);
+  memcpy(out, d.replica_id, SPI_ID_MAX);
+  finish(w, d.ticket);
+  done(w);
+  return d.reason_code;
+}
+
+/* A prefix nobody holds goes to its rendezvous winner; when that replica
+ * is above its pool's mean, to the next in rendezvous order that is not,
+ * though another at or below the mean was sent less: proxies that share
+ * no state still agree where their counts do. */
+static void test_cold_prefix_follows_rendezvous_order(void **st) {
+  (void)st;
+  char first[SPI_ID_MAX], second[SPI_ID_MAX], again[SPI_ID_MAX];
+  assert_int_equal(place_cold(NULL, NULL, first), SPI_REASON_RENDEZVOUS);
+  assert_int_equal(place_cold(first, NULL, second), SPI_REASON_RENDEZVOUS);
+  assert_string_not_equal(second, first);
+  /* second has served 10 blocks, two others none; the mean is 12.5. */
+  assert_int_equal(place_cold(first, second, again), SPI_REASON_RENDEZVOUS);
+  assert_string_equal(again, second);
+}
+
 /* Finish a ticket that generated `out` tokens. */
 static void finish_out(world *w, uint64_t t, uint64_t out) {
   spi_ticket_result res;
@@ -1293,6 +1334,7 @@ int main(void) {
       cmocka_unit_test(test_new_work_goes_below_the_mean),
       cmocka_unit_test(test_generated_tokens_are_work),
       cmocka_unit_test(test_over_share_rent_against_a_move),
+      cmocka_unit_test(test_cold_prefix_follows_rendezvous_order),
       cmocka_unit_test(test_few_conversations_keep_their_replicas),
       cmocka_unit_test(test_shed_pool_is_not_left_for_the_fallback),
       cmocka_unit_test(test_stale_replica_is_not_kv_pressure),
