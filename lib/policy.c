@@ -275,6 +275,46 @@ static double work_tokens(const spi_route_context *x) {
   return x->prompt_tokens + (double)spi__output_estimate(x->req, x->cls);
 }
 
+/* The parts of a candidate's cost that depend only on the request and its
+ * pool, computed once per pool a request is placed in rather than once per
+ * candidate. Each is the very subexpression the per-candidate formulas
+ * below used to evaluate, with the same operations in the same order, so
+ * every cost, and so every decision, is the same bits. */
+typedef struct terms {
+  double req;        /* request_tokens */
+  double work;       /* work_tokens */
+  double block;      /* req / total_blocks: one block's tokens */
+  double block_k;    /* block * 1000.0 (block_ms before the rate) */
+  double after[2];   /* by pool (spot, on-demand): its mean with this
+                        request's share of it (excess_tokens) */
+  double allowed[2]; /* by pool: an own turn's share before the
+                        conversation's own size is counted */
+} terms;
+
+/* Where c's pool is in terms' by-pool arrays: excess_tokens read the
+ * on-demand mean for any pool other than spot, and so does this. */
+static int pool_slot(const spi_candidate *c) {
+  return c->pool == SPI_POOL_SPOT ? 0 : 1;
+}
+
+/* The terms for a pool of n usable replicas. */
+static void terms_for(const pinst *p, const spi_route_context *x, uint32_t n,
+                      terms *t) {
+  static const int32_t pools[2] = {SPI_POOL_SPOT, SPI_POOL_ON_DEMAND};
+  t->req = request_tokens(x);
+  t->work = work_tokens(x);
+  t->block = x->total_blocks ? t->req / (double)x->total_blocks : 0;
+  t->block_k = t->block * 1000.0;
+  double share = t->work / (double)(n ? n : 1);
+  for (int k = 0; k < 2; k++) {
+    double after = x->mean_served_tokens[pools[k]] + share;
+    double allowed = p->load_cap * after;
+    if (allowed < after + t->work) allowed = after + t->work;
+    t->after[k] = after;
+    t->allowed[k] = allowed;
+  }
+}
+
 /* The prefill c saves by holding the prefix, ms (the TTFT model's own
  * prefill term for the matched part, prefill_model.h). */
 static double saved_ms(const spi_route_context *x, const spi_candidate *c) {
@@ -289,10 +329,10 @@ static double saved_ms(const spi_route_context *x, const spi_candidate *c) {
 
 /* The time one prompt block takes to prefill on c, ms: the resolution of
  * the cost model (a replica saves whole blocks). */
-static double block_ms(const spi_route_context *x, const spi_candidate *c) {
+static double block_ms(const terms *t, const spi_route_context *x,
+                       const spi_candidate *c) {
   if (x->total_blocks == 0 || !(c->prefill_tokens_per_s > 0)) return 0;
-  return request_tokens(x) / (double)x->total_blocks * 1000.0 /
-         c->prefill_tokens_per_s;
+  return t->block_k / c->prefill_tokens_per_s;
 }
 
 /* The work the request's conversation has likely sent c, this request
@@ -300,16 +340,16 @@ static double block_ms(const spi_route_context *x, const spi_candidate *c) {
  * conversation's prompt grows by a turn, so its turns sum to the prompt
  * times half their number plus one), each with an output like this one's.
  * The request alone when c holds none of it. */
-static double unit_tokens(const spi_route_context *x, const spi_candidate *c) {
-  double req = request_tokens(x), work = work_tokens(x);
+static double unit_tokens(const terms *t, const spi_route_context *x,
+                          const spi_candidate *c) {
+  double req = t->req;
   if (x->total_blocks == 0 || c->matched_blocks == 0 || !(req > 0))
-    return work;
+    return t->work;
   double lack = req * (double)(x->total_blocks - c->matched_blocks) /
                 (double)x->total_blocks;
-  double block = req / (double)x->total_blocks;
-  if (lack < block) lack = block;
+  if (lack < t->block) lack = t->block;
   double turns = (req / lack + 1.0) / 2.0;
-  return work * turns;
+  return t->work * turns;
 }
 
 /* The work c, sent this request too, would have beyond its share of the
@@ -332,27 +372,21 @@ static double unit_tokens(const spi_route_context *x, const spi_candidate *c) {
  * The guard depends on the history served, never on the load of the
  * moment, so it holds at any load; it engages from the start (a guard that
  * waits for a few requests a replica lets a hot prefix pile up, and the
- * pool pays for it long after). n: usable replicas in the pool. Positive:
- * over its share. */
-static double excess_tokens(const pinst *p, const spi_route_context *x,
-                            const spi_candidate *c, uint32_t n, int own) {
-  double mean = x->mean_served_tokens[c->pool == SPI_POOL_SPOT
-                                          ? SPI_POOL_SPOT
-                                          : SPI_POOL_ON_DEMAND];
-  double req = work_tokens(x);
-  double after = mean + req / (double)(n ? n : 1);
-  if (!own) return c->served_tokens - after;
-  double allowed = p->load_cap * after;
-  if (allowed < after + req) allowed = after + req;
-  double unit = unit_tokens(x, c);
+ * pool pays for it long after). The pool's terms (terms_for) hold the
+ * mean and the share cap; unit is c's unit_tokens, read only for an own
+ * turn. Positive: over its share. */
+static double excess_tokens(const terms *t, const spi_candidate *c, int own,
+                            double unit) {
+  int k = pool_slot(c);
+  if (!own) return c->served_tokens - t->after[k];
+  double allowed = t->allowed[k];
   if (allowed < unit) allowed = unit;
-  return c->served_tokens + req - allowed;
+  return c->served_tokens + t->work - allowed;
 }
 
 /* Whether c is over its share for a prefix nobody holds (new work). */
-static int over_share_new(const pinst *p, const spi_route_context *x,
-                          const spi_candidate *c, uint32_t n) {
-  return excess_tokens(p, x, c, n, 0) > 0;
+static int over_share_new(const terms *t, const spi_candidate *c) {
+  return excess_tokens(t, c, 0, 0) > 0;
 }
 
 /* How many requests a choice of c for this one decides: a conversation's
@@ -360,12 +394,12 @@ static int over_share_new(const pinst *p, const spi_route_context *x,
  * sent k turns there is as likely as not to send about as many more (its
  * length is not known; the best guess of what is left is what has been),
  * so the turns it sent there, this one included (unit_tokens over this
- * request's work). One for new work: it has no turns anywhere yet. */
-static double turns_ahead(const spi_route_context *x, const spi_candidate *c,
-                          int own) {
+ * request's work; unit is c's). One for new work: it has no turns
+ * anywhere yet. */
+static double turns_ahead(const terms *t, int own, double unit) {
   if (!own) return 1.0;
-  double t = unit_tokens(x, c) / work_tokens(x);
-  return t > 1.0 ? t : 1.0;
+  double a = unit / t->work;
+  return a > 1.0 ? a : 1.0;
 }
 
 /* The cost c competes with: a replica over its share also pays for the
@@ -380,14 +414,15 @@ static double turns_ahead(const spi_route_context *x, const spi_candidate *c,
  * prefill it would redo, is lower: the requests that save little move
  * first, and work drifts to the others without ever queueing behind a
  * busier one. */
-static double guarded_cost(const pinst *p, const spi_route_context *x,
-                           const spi_candidate *c, uint32_t n, double w,
-                           int own) {
+static double guarded_cost(const terms *t, const spi_route_context *x,
+                           const spi_candidate *c, double w, int own) {
   double cost = cost_of(c, w);
-  double ex = excess_tokens(p, x, c, n, own);
+  double unit = own ? unit_tokens(t, x, c) : 0; /* an own turn's, once */
+  double ex = excess_tokens(t, c, own, unit);
   if (!(ex > 0)) return cost;
   if (!(c->prefill_tokens_per_s > 0)) return cost + saved_ms(x, c);
-  return cost + ex * turns_ahead(x, c, own) * 1000.0 / c->prefill_tokens_per_s;
+  return cost + ex * turns_ahead(t, own, unit) * 1000.0 /
+                    c->prefill_tokens_per_s;
 }
 
 typedef struct pick {
@@ -411,7 +446,7 @@ static int tie_before(const spi_route_context *x, int64_t a, int64_t b) {
  * of the prompt than every other: the request's conversation lives there.
  * -1 when none holds any, or two hold it as deep: then the request is new
  * work to each (excess_tokens). */
-static int64_t sole_deepest(const spi_route_context *x, const int64_t *named,
+static int64_t sole_deepest(const spi_route_context *x, const int32_t *named,
                             uint32_t n) {
   int64_t best = -1;
   uint32_t deep = 0;
@@ -423,6 +458,32 @@ static int64_t sole_deepest(const spi_route_context *x, const int64_t *named,
     else if (mb == deep && deep > 0) best = -2; /* a second as deep */
   }
   return best >= 0 ? best : -1;
+}
+
+/* Whether i is among the first n of named. */
+static int listed_in(const int32_t *named, uint32_t n, int32_t i) {
+  for (uint32_t k = 0; k < n; k++)
+    if (named[k] == i) return 1;
+  return 0;
+}
+
+/* The servable candidates the summary names, each once, into named (at
+ * most 2 * SPI_SUMMARY_TOP + 3); how many. A replica named twice (the warm
+ * one is usually in the top too) would only be costed twice to the same
+ * bits: the lowest cost and the tie order do not depend on repeats nor on
+ * the order of the list. */
+static uint32_t distinct_servable(const spi_route_context *x,
+                                  const summary *m, int32_t *named) {
+  int64_t more[3] = {m->warm, m->least, m->rdv};
+  uint32_t n = 0;
+  for (uint32_t k = 0; k < m->n_top; k++)
+    if (servable(&x->candidates[m->top[k]])) named[n++] = m->top[k];
+  for (int k = 0; k < 3; k++) {
+    int32_t i = (int32_t)more[k];
+    if (i >= 0 && servable(&x->candidates[i]) && !listed_in(named, n, i))
+      named[n++] = i;
+  }
+  return n;
 }
 
 /* The candidate to serve on among the usable ones the summary names: of
@@ -438,37 +499,27 @@ static int64_t sole_deepest(const spi_route_context *x, const int64_t *named,
  * could only win by holding the prefix, and the warm one holds it at least
  * as deep and, of those that do, has the lowest TTFT (the lowest cost too
  * unless their rates or batches differ). -1 when none is usable. */
-static int64_t cheapest(const pinst *p, const spi_route_context *x,
+static int64_t cheapest(const terms *t, const spi_route_context *x,
                         const summary *m, double w) {
-  int64_t named[2 * SPI_SUMMARY_TOP + 3];
+  int32_t named[2 * SPI_SUMMARY_TOP + 3];
   double cost[2 * SPI_SUMMARY_TOP + 3];
-  uint32_t n = 0;
-  for (uint32_t k = 0; k < m->n_top; k++) named[n++] = m->top[k];
-  named[n++] = m->warm;
-  named[n++] = m->least;
-  named[n++] = m->rdv;
+  uint32_t n = distinct_servable(x, m, named);
   double low = HUGE_VAL, own_min = HUGE_VAL;
   for (uint32_t k = 0; k < n; k++) {
-    int64_t i = named[k];
-    const spi_candidate *c = i >= 0 ? &x->candidates[i] : NULL;
-    if (!c || !servable(c)) {
-      named[k] = -1;
-      continue;
-    }
+    const spi_candidate *c = &x->candidates[named[k]];
     if (own_ms(c) < own_min) own_min = own_ms(c);
   }
   int64_t holder = sole_deepest(x, named, n);
   for (uint32_t k = 0; k < n; k++) {
-    if (named[k] < 0) continue;
     const spi_candidate *c = &x->candidates[named[k]];
-    cost[k] = guarded_cost(p, x, c, m->usable, w, named[k] == holder) +
+    cost[k] = guarded_cost(t, x, c, w, named[k] == holder) +
               queue_delay_ms(c, own_min);
     if (cost[k] < low) low = cost[k];
   }
   int64_t best = -1;
   for (uint32_t k = 0; k < n; k++) {
     int64_t i = named[k];
-    if (i < 0 || cost[k] > low + block_ms(x, &x->candidates[i])) continue;
+    if (cost[k] > low + block_ms(t, x, &x->candidates[i])) continue;
     if (best < 0 || tie_before(x, i, best)) best = i;
   }
   return best;
@@ -488,7 +539,7 @@ static int full(const spi_candidate *c) {
  * proxies that share no state agree, and otherwise the next in rendezvous
  * order they can see, so they still agree where their counts do. -1 when
  * none may (then the lowest cost decides). */
-static int64_t cold_placement(const pinst *p, const spi_route_context *x,
+static int64_t cold_placement(const terms *t, const spi_route_context *x,
                               const summary *m, double w,
                               const spi_candidate *b) {
   int64_t named[2 * SPI_SUMMARY_TOP + 2], v = -1;
@@ -500,7 +551,7 @@ static int64_t cold_placement(const pinst *p, const spi_route_context *x,
     int64_t i = named[k];
     if (i < 0 || !servable(&x->candidates[i])) continue;
     const spi_candidate *c = &x->candidates[i];
-    if (over_share_new(p, x, c, m->usable) ||
+    if (over_share_new(t, c) ||
         cost_of(c, w) - cost_of(b, w) > c->est_ttft_ms - c->est_wait_ms)
       continue;
     if (v < 0 || c->rendezvous > x->candidates[v].rendezvous ||
@@ -521,12 +572,14 @@ static pick choose_in_pool(const pinst *p, const spi_route_context *x,
     return r;
   }
   double w = p->wait_weight[klass >= 0 && klass < 4 ? klass : 0];
-  int64_t best = cheapest(p, x, m, w);
+  terms t;
+  terms_for(p, x, m->usable, &t);
+  int64_t best = cheapest(&t, x, m, w);
   if (best < 0) return r;
   const spi_candidate *b = &x->candidates[best];
   r.idx = best;
   if (m->warm < 0) {
-    int64_t v = cold_placement(p, x, m, w, b);
+    int64_t v = cold_placement(&t, x, m, w, b);
     if (v >= 0) r.idx = v;
     r.reason = v >= 0 ? SPI_REASON_RENDEZVOUS : SPI_REASON_LEAST_LOADED;
     r.why = v < 0         ? "cold prefix: lowest estimated cost"
@@ -546,7 +599,7 @@ static pick choose_in_pool(const pinst *p, const spi_route_context *x,
   } else if (b->matched_blocks > 0) {
     r.reason = SPI_REASON_AFFINITY;
     r.why = "holds the prefix: lowest estimated cost";
-  } else if (cost_of(wm, w) <= cost_of(b, w) + block_ms(x, b)) {
+  } else if (cost_of(wm, w) <= cost_of(b, w) + block_ms(&t, x, b)) {
     /* It would have won on cost: only the guard moved the request. */
     r.reason = SPI_REASON_IMBALANCE;
     r.why = "warm replica over its share of the pool's work";
