@@ -22,10 +22,9 @@
 # directory per input, which recovers it; the directory lives on the
 # in-memory file system of tests/fuzz/memfs.c (no system calls), and the
 # target still runs about 2,900 inputs per CPU second (1,800 when it was on
-# /dev/shm). Its 10M take about an hour of one idle core; at nice 19 on the
-# shared 2-core machine it went at ~1,000 inputs a second while others
-# built and 1,500-2,100 when they did not: 6.5M in 75 minutes, so about
-# 1 hour 50 minutes for 10M (docs/testing.md). Run it on its own
+# /dev/shm). Its 10M take about an hour of one idle core; on the shared
+# 2-core machine, beside others' builds at nice 10, they took 84 minutes
+# (1,980 inputs a second; docs/testing.md). Run it on its own
 # (scripts/fuzz-long.sh 10000000 fuzz_journal) when that is too long.
 # SPI_FUZZ_DIR=<dir> puts its journal on a real directory instead.
 set -euo pipefail
