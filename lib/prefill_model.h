@@ -88,6 +88,12 @@ static inline uint64_t spi__output_estimate(const spi_request_view *v,
   return cls->max_output_tokens > 0 ? (uint64_t)cls->max_output_tokens : 256;
 }
 
+/* The most output tokens a ticket may report, streamed or at its finish:
+ * as many as a request may ask for (max_output_tokens, request.c). A
+ * larger count is a caller's error, and summed into served_tokens it
+ * could wrap that counter. */
+#define SPI_OUTPUT_TOKENS_MAX UINT64_C(1000000000)
+
 /* Ticket reports (prefill_model.c). Opening adds the ticket's prefill to
  * its replica's queue and its work (prompt plus expected output) to what
  * the replica was sent; the first token (or a finish without one) takes

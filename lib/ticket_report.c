@@ -109,6 +109,12 @@ static int progress_pinned(spi_engine *engine, uint64_t ticket,
 int spi_ticket_progress(spi_engine *engine, uint64_t ticket,
                         uint64_t tokens_streamed) {
   if (!spi__engine_ok(engine)) return SPI_EMISUSE;
+  if (tokens_streamed > SPI_OUTPUT_TOKENS_MAX)
+    return spi__engine_fail(engine, SPI_ERANGE,
+                            "ticket %llu: progress %llu is above %llu tokens",
+                            (unsigned long long)ticket,
+                            (unsigned long long)tokens_streamed,
+                            (unsigned long long)SPI_OUTPUT_TOKENS_MAX);
   unsigned pin;
   spi__snap_acquire(engine, &pin);
   int rc = progress_pinned(engine, ticket, tokens_streamed);
@@ -159,6 +165,11 @@ int spi_ticket_finish(spi_engine *engine, uint64_t ticket,
                             "ticket result: NULL, bad struct_size, unknown "
                             "status, negative or non-finite time, or more "
                             "cached than prompt tokens");
+  if (result->output_tokens > SPI_OUTPUT_TOKENS_MAX)
+    return spi__engine_fail(engine, SPI_ERANGE,
+                            "ticket result: %llu output tokens, above %llu",
+                            (unsigned long long)result->output_tokens,
+                            (unsigned long long)SPI_OUTPUT_TOKENS_MAX);
   /* Pinned before the ticket table is read: configure may replace one
    * that never handed out a ticket. */
   unsigned pin;

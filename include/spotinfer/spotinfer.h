@@ -719,13 +719,15 @@ typedef struct spi_ticket_result {
 /* The first token was streamed (records TTFT by class). Errors: SPI_ESTALE
  * (finished or unknown ticket, or its replica removed), SPI_EMISUSE. */
 SPI_API int spi_ticket_first_token(spi_engine *engine, uint64_t ticket);
-/* tokens_streamed so far (monotonic). Errors: SPI_ESTALE, SPI_ERANGE. */
+/* tokens_streamed so far (monotonic, at most 1e9). Errors: SPI_ESTALE,
+ * SPI_ERANGE (below the last report, or above 1e9). */
 SPI_API int spi_ticket_progress(spi_engine *engine, uint64_t ticket,
                                 uint64_t tokens_streamed);
 /* The ticket ended: frees it and feeds the prefix index, load, error
  * breaker, cost ledger and metrics. Finishing twice returns SPI_ESTALE and
  * changes nothing. A ticket whose replica was removed is closed and still
- * priced, and returns SPI_ESTALE. Errors: SPI_EINVAL, SPI_ERANGE. */
+ * priced, and returns SPI_ESTALE. Errors: SPI_EINVAL, SPI_ERANGE (more
+ * than 1e9 output tokens: the ticket stays open). */
 SPI_API int spi_ticket_finish(spi_engine *engine, uint64_t ticket,
                               const spi_ticket_result *result);
 

@@ -26,6 +26,7 @@
 
 #include <cmocka.h>
 
+#include "engine.h"
 #include "fake_world.h"
 #include "watchdog.h"
 
@@ -230,10 +231,47 @@ static void test_reports_race_finish_and_reuse(void **st) {
   spi_test_watchdog("test", 0);
 }
 
+/* Token counts a report cannot mean: a finish's output and a progress
+ * report beyond what any request may ask for (1e9 tokens) are refused with
+ * SPI_ERANGE and change nothing. Taken, such a count would be summed into
+ * the tokens the replica was sent (the finish puts the output in place of
+ * the estimate) and wrap that counter: the load guard would then read the
+ * replica as having served almost nothing or forever too much, and every
+ * replica joining its pool starts at the pool's mean. */
+static void test_token_counts_out_of_range(void **st) {
+  (void)st;
+  world *w = mk(NULL);
+  add(w, "od-a", SPI_POOL_ON_DEMAND);
+  const spi_replica_ident *r =
+      spi__registry_find(atomic_load(&w->e->registry.set), "od-a", 4);
+  assert_non_null(r);
+  spi_replica_slot *s = &w->e->registry.slots[r->slot];
+  uint64_t t = route_class(w, w->r, "gold");
+  unsigned long long sent = atomic_load(&s->served_tokens);
+  assert_true(sent > 0);
+  assert_int_equal(spi_ticket_progress(w->e, t, UINT64_MAX - 7), SPI_ERANGE);
+  assert_int_equal(spi_ticket_progress(w->e, t, 1000000001), SPI_ERANGE);
+  spi_ticket_result res;
+  memset(&res, 0, sizeof res);
+  res.struct_size = sizeof res;
+  res.status = SPI_TICKET_OK;
+  res.output_tokens = UINT64_MAX - 7;
+  assert_int_equal(spi_ticket_finish(w->e, t, &res), SPI_ERANGE);
+  assert_true(atomic_load(&s->served_tokens) == sent);
+  /* The ticket is still open, and a count in range closes it. */
+  assert_int_equal(spi_ticket_progress(w->e, t, 1000000000), SPI_OK);
+  res.output_tokens = 0; /* unknown: the progress reported stands for it */
+  assert_int_equal(spi_ticket_finish(w->e, t, &res), SPI_OK);
+  assert_true(atomic_load(&s->served_tokens) > sent);
+  assert_true(atomic_load(&s->served_tokens) < sent + 1000000000ull);
+  done(w);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_first_token_reads_its_own_ticket),
       cmocka_unit_test(test_reports_race_finish_and_reuse),
+      cmocka_unit_test(test_token_counts_out_of_range),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
