@@ -486,8 +486,9 @@ static int serve(route_state *rs) {
   rs->taken.ticket = k;
   ticket_fill(rs, k, r, s, c);
   /* The cost model's counters: the prefill this ticket queues there (the
-   * part of the prompt the replica does not hold) and the prompt it was
-   * sent; the slowdown at open lets its first token teach the rate. */
+   * part of the prompt the replica does not hold) and the work it was
+   * sent (the prompt and the expected output); the slowdown at open lets
+   * its first token teach the rate. */
   double uncached = c->matched_blocks ? rs->env->warm_tok : rs->env->cold_tok;
   double tokens = (double)rs->tokens;
   uint64_t cached =

@@ -123,9 +123,10 @@ typedef struct spi_replica_slot {
   /* The cost model's per-replica state (prefill_model.h), kept
    * incrementally by tickets so a route only reads it: prefill this library
    * queued there and that has no first token yet, in uncached prompt
-   * tokens; the prompt tokens sent there since it joined (it joins at its
-   * pool's mean, replica.c); and the prefill rate learnt from first
-   * tokens. */
+   * tokens; the work sent there since it joined, in tokens: prompts and
+   * outputs, the expected output until a ticket's finish reports it (it
+   * joins at its pool's mean, replica.c); and the prefill rate learnt from
+   * first tokens. */
   atomic_ullong prefill_queued;
   atomic_ullong served_tokens;
   atomic_ullong prefill_rate; /* double bits, tokens/s; 0 = not learnt */
@@ -368,7 +369,8 @@ typedef struct spi_ticket {
   atomic_uint readers;       /* scans reading this record (ticket pins) */
   uint32_t slot, gen;        /* replica; gen for the index entries */
   uint32_t incarnation;      /* the slot's replica when the ticket opened */
-  uint64_t expected_output;  /* for drain estimates at notice time */
+  uint64_t expected_output;  /* for drain estimates at notice time, and
+                                counted in served_tokens until the finish */
   int64_t replay_since_ns;   /* a replay: when the original was cut off */
   int32_t pool, klass, model_tier, probe;
   int64_t start_ns;
