@@ -72,8 +72,8 @@ int sim_setup_load(sim_setup *su, const sim_opts *o) {
     fprintf(stderr, "spotinfer_sim: %s\n", o->trace ? msg : "generator failed");
     return -1;
   }
-  if (!su->tr.chain) {
-    fprintf(stderr, "spotinfer_sim: out of memory\n");
+  if (!su->tr.chain || !su->tr.n) {
+    fprintf(stderr, "spotinfer_sim: %s\n", su->tr.n ? "out of memory" : "no request to simulate");
     sim_trace_free(&su->tr);
     return -1;
   }

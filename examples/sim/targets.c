@@ -161,15 +161,16 @@ static int target_speed(const sim_opts *base, const char *label) {
     cpu[k] = sim_cpu_s() - c0;
     loop[k] = r.loop_cpu_s;
   }
-  qsort(loop, TARGET_SPEED_RUNS, sizeof loop[0], cmp_seconds);
-  qsort(cpu, TARGET_SPEED_RUNS, sizeof cpu[0], cmp_seconds);
-  double lm = loop[TARGET_SPEED_RUNS / 2], cm = cpu[TARGET_SPEED_RUNS / 2];
-  if (!rc)
+  if (!rc) { /* every run completed: the arrays are full */
+    qsort(loop, TARGET_SPEED_RUNS, sizeof loop[0], cmp_seconds);
+    qsort(cpu, TARGET_SPEED_RUNS, sizeof cpu[0], cmp_seconds);
+    double lm = loop[TARGET_SPEED_RUNS / 2], cm = cpu[TARGET_SPEED_RUNS / 2];
     printf("{\"target\":\"speed\",\"trace\":\"%s\",\"setup\":\"16 on-demand + 48 spot\","
            "\"policy\":\"library\",\"requests\":%zu,\"runs\":%d,\"loop_cpu_s\":%.3f,"
            "\"requests_per_loop_cpu_s\":%.0f,\"cpu_s\":%.3f,\"requests_per_cpu_s\":%.0f}\n",
            label, su.tr.n, TARGET_SPEED_RUNS, lm, lm > 0 ? (double)su.tr.n / lm : 0, cm,
            cm > 0 ? (double)su.tr.n / cm : 0);
+  }
   fflush(stdout);
   sim_setup_free(&su);
   return rc;
