@@ -262,12 +262,14 @@ static const spi_optdesc OPTIONS[] = {
     {"policy.gold_wait_weight", D, "1", 0.01, 1,
      "what a ms of queue wait costs gold, against a ms of prefill"},
     {"policy.silver_wait_weight", D, "0.5", 0.01, 1,
-     "... silver (below 1: may wait for a replica holding its prefix)"},
+     "what a ms of queue wait costs silver (below 1: it may wait for a "
+     "replica holding its prefix)"},
     {"policy.bronze_wait_weight", D, "0.25", 0.01, 1,
-     "... bronze"},
+     "what a ms of queue wait costs bronze"},
     {"policy.load_share_cap", D, "1.25", 1, 100,
-     "a replica above this times its pool's mean outstanding tokens is "
-     "not chosen while another is under it"},
+     "a replica's share of its pool's work (tokens sent, prompt and "
+     "output), as a multiple of the pool's mean, beyond which a "
+     "conversation staying there pays for the excess as prefill time"},
     {"policy.speculative_first", B, "false", 0, 0,
      "send every request to the small/draft tier first"},
 
