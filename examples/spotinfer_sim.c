@@ -56,13 +56,13 @@ static void usage(void) {
           "--no-interruptions: spot zones gain capacity as their traces say but\n"
           "  never lose any (the same run without interruptions).\n"
           "--family: generator traffic: mixed (default), global-prompt, tenants,\n"
-          "  long-sessions, agents, bursts, long-gen.\n"
+          "  long-sessions, agents, bursts, long-gen, documents.\n"
           "--scenario replay: GCP zones (30 s notices) that preempt often, long\n"
           "  generations, 4 on-demand + 12 spot: drains cannot finish, replays happen.\n"
           "--targets DATA_DIR: the targets program: every trace in DATA_DIR/traces\n"
           "  and every generator family, JSON lines on standard output; the spot\n"
           "  lines twice: at the window --seed draws (or --spot-start gives) and at\n"
-          "  the spot traces' first tick.\n"
+          "  the spot traces' first tick. With --family, that family alone.\n"
           "--speed DATA_DIR: the simulator's own speed on every trace in\n"
           "  DATA_DIR/traces and the generator, 64 and 16 replicas: simulated requests\n"
           "  per CPU-second of the event loop, JSON lines on standard output and\n"
@@ -179,7 +179,7 @@ int main(int argc, char **argv) {
     else if (!strcmp(a, "--config")) { NEEDV(); config_path = v; }
     else if (!strcmp(a, "--horizon")) { NEEDV(); o.horizon_s = atof(v); bad = !(o.horizon_s > 0); }
     else if (!strcmp(a, "--no-interruptions")) o.no_interruptions = 1;
-    else if (!strcmp(a, "--family")) { NEEDV(); bad = sim_family_parse(v, &o.gen.family); }
+    else if (!strcmp(a, "--family")) { NEEDV(); bad = sim_family_parse(v, &o.gen.family); o.family_given = 1; }
     else if (!strcmp(a, "--scenario")) { NEEDV(); bad = strcmp(v, "replay") != 0; scenario = 1; }
     else if (!strcmp(a, "--targets")) { NEEDV(); targets = v; }
     else if (!strcmp(a, "--speed")) { NEEDV(); speed = v; }

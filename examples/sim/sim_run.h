@@ -60,6 +60,7 @@ typedef struct sim_opts {
   int no_interruptions;    /* spot zones gain capacity, never lose any */
   const char *zone_cloud;  /* built-in zones: this cloud for all four */
   int requests_given, rate_given; /* --requests / --rate were on the command line */
+  int family_given;               /* --family: the targets program runs that family alone */
   int quiet;
 } sim_opts;
 

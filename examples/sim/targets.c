@@ -202,6 +202,7 @@ int sim_targets(const sim_opts *base, const char *data) {
   if (!o.rate_given) o.gen.rate_per_s = 20;
   int rc = 0;
   for (size_t k = 0; k < nt + SIM_FAMILIES && !rc; k++) {
+    if (base->family_given && (k < nt || (int)(k - nt) != base->gen.family)) continue;
     sim_opts t = o;
     char label[96];
     if (k < nt) {
@@ -223,7 +224,7 @@ int sim_targets(const sim_opts *base, const char *data) {
     if (!rc) rc = target_spot("spot", &s, label, 1);
     if (!rc && k < nt) rc = target_speed(&t, label);
   }
-  if (!rc) {
+  if (!rc && !base->family_given) {
     sim_opts r = o;
     r.requests_given = base->requests_given, r.rate_given = base->rate_given;
     sim_scenario_replay(&r);

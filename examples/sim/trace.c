@@ -145,6 +145,12 @@ void sim_trace_chain(sim_trace *t) {
  *   long-gen       the mixed family with long generations for every
  *                  non-gold request (1,500-8,000 tokens), so a 30 s notice
  *                  cannot drain them.
+ *   documents      questions over shared documents (retrieval, document
+ *                  QA): a 2-block instruction in front of everything, then
+ *                  one of 1,000 Zipf-popular documents (4-16 blocks, 2k-8k
+ *                  tokens), then the question; short follow-ups. More
+ *                  distinct documents than one replica's KV holds, so
+ *                  where a document lives decides the hit rate.
  *
  * Classes are drawn per conversation (per tenant in "tenants"), never per
  * request, so the turns of one conversation share a class.
@@ -152,7 +158,8 @@ void sim_trace_chain(sim_trace *t) {
 static int cmp_arrival(const void *a, const void *b);
 
 static const char *const FAMILY_NAMES[SIM_FAMILIES] = {
-    "mixed", "global-prompt", "tenants", "long-sessions", "agents", "bursts", "long-gen"};
+    "mixed",  "global-prompt", "tenants",  "long-sessions",
+    "agents", "bursts",        "long-gen", "documents"};
 
 const char *sim_family_name(int f) {
   return f >= 0 && f < SIM_FAMILIES ? FAMILY_NAMES[f] : "?";
@@ -164,7 +171,7 @@ int sim_family_parse(const char *name, int *out) {
   return -1;
 }
 
-enum { GEN_FAMILIES = 24, GEN_TENANTS = 32, GEN_MAX_BLOCKS = 176 };
+enum { GEN_FAMILIES = 24, GEN_TENANTS = 32, GEN_DOCS = 1000, GEN_MAX_BLOCKS = 176 };
 
 typedef struct gen_session {
   uint64_t id;
@@ -179,6 +186,8 @@ typedef struct gen_state {
   uint64_t next_id, next_session;
   double zipf[GEN_TENANTS > GEN_FAMILIES ? GEN_TENANTS : GEN_FAMILIES];
   uint32_t fam_len[GEN_FAMILIES], tenant_len[GEN_TENANTS], tenant_class[GEN_TENANTS];
+  double doc_cdf[GEN_DOCS]; /* Zipf over the documents, cumulative */
+  uint32_t doc_len[GEN_DOCS];
 } gen_state;
 
 static uint32_t zipf_pick(gen_state *g, uint32_t n) {
@@ -186,6 +195,18 @@ static uint32_t zipf_pick(gen_state *g, uint32_t n) {
   uint32_t f = 0;
   while (f + 1 < n && g->zipf[f] < u) f++;
   return f;
+}
+
+/* A Zipf-popular document: the first whose cumulative weight reaches u. */
+static uint32_t doc_pick(gen_state *g) {
+  double u = sim_rng_unit(&g->r) * g->doc_cdf[GEN_DOCS - 1];
+  uint32_t lo = 0, hi = GEN_DOCS - 1;
+  while (lo < hi) {
+    uint32_t mid = lo + (hi - lo) / 2;
+    if (g->doc_cdf[mid] < u) lo = mid + 1;
+    else hi = mid;
+  }
+  return lo;
 }
 
 static uint32_t out_tokens(gen_state *g, uint32_t klass) {
@@ -206,13 +227,19 @@ static void gen_restart(gen_state *g, gen_session *s) {
   s->len = 0;
   s->id = ++g->next_session;
   s->klass = pick_class(&g->r, g->o->mix);
-  uint32_t global = fam == SIM_FAMILY_GLOBAL_PROMPT ? 4 : fam == SIM_FAMILY_TENANTS ? 2 : 0;
+  uint32_t global = fam == SIM_FAMILY_GLOBAL_PROMPT ? 4
+                    : fam == SIM_FAMILY_TENANTS || fam == SIM_FAMILY_DOCUMENTS ? 2
+                                                                                : 0;
   for (uint32_t b = 0; b < global; b++) s->ids[s->len++] = (7ull << 40) | b;
   if (fam == SIM_FAMILY_TENANTS) {
     uint32_t t = zipf_pick(g, GEN_TENANTS);
     s->klass = g->tenant_class[t];
     s->id = (1ull << 62) | t; /* the tenant is the unit of class */
     for (uint32_t b = 0; b < g->tenant_len[t]; b++) s->ids[s->len++] = (8ull << 40) | (t << 8) | b;
+  } else if (fam == SIM_FAMILY_DOCUMENTS) {
+    uint32_t d = doc_pick(g);
+    for (uint32_t b = 0; b < g->doc_len[d]; b++)
+      s->ids[s->len++] = (10ull << 40) | ((uint64_t)d << 8) | b;
   } else if (fam == SIM_FAMILY_AGENTS) {
     uint32_t a = (uint32_t)(sim_rng_next(&g->r) % 6);
     for (uint32_t b = 0; b < 6; b++) s->ids[s->len++] = (9ull << 40) | (a << 8) | b;
@@ -250,7 +277,7 @@ static double burst_rate(gen_state *g, double t) {
 int sim_trace_generate(sim_trace *t, const sim_gen_opts *o) {
   int fam = o->family;
   uint32_t nsess = fam == SIM_FAMILY_LONG_SESSIONS ? 512 : 4096;
-  double new_conv = fam == SIM_FAMILY_LONG_SESSIONS ? 0.02 : 0.25;
+  double new_conv = fam == SIM_FAMILY_LONG_SESSIONS ? 0.02 : fam == SIM_FAMILY_DOCUMENTS ? 0.5 : 0.25;
   gen_state g;
   memset(&g, 0, sizeof g);
   memset(t, 0, sizeof *t);
@@ -267,6 +294,14 @@ int sim_trace_generate(sim_trace *t, const sim_gen_opts *o) {
   for (int f = 0; f < GEN_TENANTS; f++) {
     g.tenant_len[f] = 3 + (uint32_t)(sim_rng_next(&g.r) % 6);
     g.tenant_class[f] = pick_class(&g.r, o->mix);
+  }
+  if (fam == SIM_FAMILY_DOCUMENTS) { /* drawn only here: other families keep their streams */
+    sum = 0;
+    for (int d = 0; d < GEN_DOCS; d++) {
+      sum += 1.0 / (d + 1);
+      g.doc_cdf[d] = sum;
+      g.doc_len[d] = 4 + (uint32_t)(sim_rng_next(&g.r) % 13);
+    }
   }
   gen_session *ss = calloc(nsess, sizeof *ss);
   if (!ss) return -1;

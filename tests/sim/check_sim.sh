@@ -117,7 +117,7 @@ bad_cluster 'groups\[0\].on_demand_usd_per_hour: required' '{"groups":[{"pool":"
 
 # Every generator family and the replay scenario: conservation, no loss,
 # determinism and the oracle bound hold on each.
-for fam in mixed global-prompt tenants long-sessions agents bursts long-gen; do
+for fam in mixed global-prompt tenants long-sessions agents bursts long-gen documents; do
   "$sim" --quiet --requests 2500 --rate 60 --seed 5 --family "$fam" --json "$tmp/f1.json" >"$tmp/f1.txt" \
     || fail "family $fam exited $?"
   "$sim" --quiet --requests 2500 --rate 60 --seed 5 --family "$fam" --json "$tmp/f2.json" >"$tmp/f2.txt" \
