@@ -413,10 +413,6 @@ int32_t spi__nodes_initial(spi_engine *e, const spi_replica_ident *r,
 /* ------------------------------------------------------------ transitions */
 
 /* Count a transition and queue it for the callback. Nodes lock held. */
-
-/* ------------------------------------------------------------ transitions */
-
-/* Count a transition and queue it for the callback. Nodes lock held. */
 static void record(spi_engine *e, const node *n, int32_t from, int32_t to) {
   struct spi_nodes *t = e->nodes;
   spi__metrics_node_transition(atomic_load(&e->metrics), from, to);
@@ -625,8 +621,6 @@ static size_t plan(spi_engine *e, const node *n, const spi_router_cfg *c,
   return found;
 }
 
-
-/* ------------------------------------------------------------- public API */
 
 /* ------------------------------------------------------------- public API */
 
