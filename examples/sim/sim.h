@@ -8,6 +8,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 
 #include "spotinfer/spotinfer.h"
 #include "spotinfer/spotinfer_module.h"
@@ -86,6 +87,11 @@ int sim_trace_generate(sim_trace *t, const sim_gen_opts *o);
 int sim_trace_read(sim_trace *t, const char *path, size_t limit,
                    const double mix[4], uint64_t seed, char *msg,
                    size_t msgcap);
+/* The same from an open stream; name is what messages call it. On failure
+ * *t is freed. */
+int sim_trace_parse(sim_trace *t, FILE *f, const char *name, size_t limit,
+                    const double mix[4], uint64_t seed, char *msg,
+                    size_t msgcap);
 /* Fill chain[] from blocks[] (call after the requests are read). */
 void sim_trace_chain(sim_trace *t);
 
@@ -106,6 +112,10 @@ typedef struct sim_spot_trace {
 /* arg: [aws:|gcp:|azure:]FILE; the prefix chooses the cloud. */
 int sim_spot_read(sim_spot_trace *s, const char *arg, char *msg,
                   size_t msgcap);
+/* The same from an open stream of a cloud's ("aws", "gcp", "azure");
+ * path names the zone (its file name up to the first '_' or '.'). */
+int sim_spot_parse(sim_spot_trace *s, FILE *f, const char *path, const char *cloud,
+                   char *msg, size_t msgcap);
 void sim_spot_generate(sim_spot_trace *s, const char *zone, const char *cloud,
                        double horizon_s, uint64_t seed);
 void sim_spot_free(sim_spot_trace *s);

@@ -407,11 +407,15 @@ static int plain_mooncake(sim_trace *t, const char *line, size_t len, double v[3
   return oom ? -1 : 0;
 }
 
+/* The latest timestamp a Mooncake line may have, in milliseconds (about
+ * 285 years): its nanoseconds fit in int64. */
+#define SIM_TRACE_MAX_MS 9e12
+
 /* The request of a line read by plain_mooncake: its ids are at blocks
  * [nb0, nb). */
 static int add_plain_mooncake(sim_trace *t, size_t nb0, const double v[3], size_t lineno,
                               sim_rng *r, const double mix[4]) {
-  if (v[1] < 1 || v[2] < 1 || v[1] > 4e6 || v[2] > 1e6) {
+  if (v[0] > SIM_TRACE_MAX_MS || v[1] < 1 || v[2] < 1 || v[1] > 4e6 || v[2] > 1e6) {
     t->nb = nb0;
     return note_bad(t, lineno, "missing or out-of-range field"), 0;
   }
@@ -441,7 +445,8 @@ static int read_mooncake_line(sim_trace *t, const char *line, size_t len,
   const cJSON *out = cJSON_GetObjectItemCaseSensitive(o, "output_length");
   const cJSON *ids = cJSON_GetObjectItemCaseSensitive(o, "hash_ids");
   if (!cJSON_IsNumber(ts) || !cJSON_IsNumber(in) || !cJSON_IsNumber(out) ||
-      !cJSON_IsArray(ids) || ts->valuedouble < 0 || in->valuedouble < 1 ||
+      !cJSON_IsArray(ids) || !(ts->valuedouble >= 0 && ts->valuedouble <= SIM_TRACE_MAX_MS) ||
+      in->valuedouble < 1 ||
       out->valuedouble < 1 || in->valuedouble > 4e6 || out->valuedouble > 1e6) {
     cJSON_Delete(o);
     return note_bad(t, lineno, "missing or out-of-range field"), 0;
@@ -451,7 +456,7 @@ static int read_mooncake_line(sim_trace *t, const char *line, size_t len,
   if (!q) return cJSON_Delete(o), -1;
   const cJSON *id;
   cJSON_ArrayForEach(id, ids) {
-    if (!cJSON_IsNumber(id) || id->valuedouble < 0) {
+    if (!cJSON_IsNumber(id) || !(id->valuedouble >= 0 && id->valuedouble <= 9007199254740992.0)) {
       t->nb = save_nb;
       cJSON_Delete(o);
       return note_bad(t, lineno, "hash_ids holds a non-id"), 0;
@@ -488,7 +493,8 @@ static int read_azure_line(sim_trace *t, char *line, size_t lineno,
   long ctx, gen;
   if (sscanf(line, "%d-%d-%d %d:%d:%lf,%ld,%ld", &y, &mo, &d, &h, &mi, &sec,
              &ctx, &gen) != 8 ||
-      mo < 1 || mo > 12 || d < 1 || d > 31 || h > 23 || mi > 59 || sec < 0 ||
+      y < 1970 || y > 2200 || /* nanoseconds since 1970 fit in int64 */
+      mo < 1 || mo > 12 || d < 1 || d > 31 || h < 0 || h > 23 || mi < 0 || mi > 59 || sec < 0 ||
       sec >= 61 || ctx < 1 || gen < 1 || ctx > 4000000 || gen > 1000000)
     return note_bad(t, lineno, "not TIMESTAMP,ContextTokens,GeneratedTokens"), 0;
   int64_t ns = (days_from_civil(y, mo, d) * 86400 + h * 3600 + mi * 60) *
@@ -522,12 +528,22 @@ int sim_trace_read(sim_trace *t, const char *path, size_t limit,
   t->source = path;
   FILE *f = fopen(path, "rb");
   if (!f) return snprintf(msg, msgcap, "%s: cannot open", path), -1;
+  int rc = sim_trace_parse(t, f, path, limit, mix, seed, msg, msgcap);
+  fclose(f);
+  return rc;
+}
+
+int sim_trace_parse(sim_trace *t, FILE *f, const char *name, size_t limit,
+                    const double mix[4], uint64_t seed, char *msg,
+                    size_t msgcap) {
+  memset(t, 0, sizeof *t);
+  t->source = name;
   sim_rng r;
   sim_rng_seed(&r, seed ^ 0x54524331ull);
   char *line = NULL;
   size_t cap = 0, lineno = 0;
   int64_t t0 = -1;
-  int fmt = 0; /* 1 mooncake, 2 azure */
+  int fmt = 0, rc = 0; /* fmt: 1 mooncake, 2 azure */
   ssize_t got;
   while ((got = getline(&line, &cap, f)) >= 0) {
     lineno++;
@@ -539,22 +555,21 @@ int sim_trace_read(sim_trace *t, const char *path, size_t limit,
       else if (!strncmp(line, "TIMESTAMP", 9)) { fmt = 2; continue; }
       else fmt = 2;
     }
-    int rc = fmt == 1 ? read_mooncake_line(t, line, len, lineno, &r, mix)
-                      : read_azure_line(t, line, lineno, &r, mix, &t0);
-    if (rc) {
-      snprintf(msg, msgcap, "%s: out of memory", path);
-      free(line);
-      fclose(f);
-      return -1;
-    }
+    rc = fmt == 1 ? read_mooncake_line(t, line, len, lineno, &r, mix)
+                  : read_azure_line(t, line, lineno, &r, mix, &t0);
+    if (rc) break;
     if (limit && t->n >= limit) break;
   }
   free(line);
-  fclose(f);
-  if (!t->n) return snprintf(msg, msgcap, "%s: no usable request", path), -1;
-  qsort(t->reqs, t->n, sizeof *t->reqs, cmp_arrival);
-  sim_trace_chain(t);
-  return 0;
+  if (!rc && !t->n) rc = 1;
+  if (!rc) {
+    qsort(t->reqs, t->n, sizeof *t->reqs, cmp_arrival);
+    sim_trace_chain(t);
+    if (t->chain) return 0;
+  }
+  snprintf(msg, msgcap, "%s: %s", name, rc > 0 ? "no usable request" : "out of memory");
+  sim_trace_free(t);
+  return -1;
 }
 
 /* --------------------------------------------------------- spot traces */
@@ -583,20 +598,27 @@ int sim_spot_read(sim_spot_trace *s, const char *arg, char *msg,
   }
   FILE *f = fopen(path, "rb");
   if (!f) return snprintf(msg, msgcap, "%s: cannot open", path), -1;
+  int rc = sim_spot_parse(s, f, path, cloud, msg, msgcap);
+  fclose(f);
+  return rc;
+}
+
+int sim_spot_parse(sim_spot_trace *s, FILE *f, const char *path, const char *cloud,
+                   char *msg, size_t msgcap) {
+  memset(s, 0, sizeof *s);
   char *buf = NULL;
   size_t len = 0, cap = 0;
   for (;;) {
     if (len + 65536 > cap) {
       cap = cap ? cap * 2 : 262144;
       char *p = realloc(buf, cap);
-      if (!p) { free(buf); fclose(f); return snprintf(msg, msgcap, "out of memory"), -1; }
+      if (!p) { free(buf); return snprintf(msg, msgcap, "out of memory"), -1; }
       buf = p;
     }
     size_t n = fread(buf + len, 1, cap - len, f);
     len += n;
     if (!n) break;
   }
-  fclose(f);
   const char *end = NULL;
   cJSON *o = cJSON_ParseWithLengthOpts(buf, len, &end, 0);
   if (!o) {
@@ -609,9 +631,13 @@ int sim_spot_read(sim_spot_trace *s, const char *arg, char *msg,
   const cJSON *md = cJSON_GetObjectItemCaseSensitive(o, "metadata");
   const cJSON *gap = cJSON_GetObjectItemCaseSensitive(md, "gap_seconds");
   const cJSON *data = cJSON_GetObjectItemCaseSensitive(o, "data");
-  if (!cJSON_IsNumber(gap) || gap->valuedouble <= 0 || !cJSON_IsArray(data)) {
+  /* A tick between a millisecond and about four months: tick indexes stay
+   * far inside size_t over any run. */
+  if (!cJSON_IsNumber(gap) || !(gap->valuedouble >= 1e-3 && gap->valuedouble <= 1e7) ||
+      !cJSON_IsArray(data)) {
     cJSON_Delete(o);
-    return snprintf(msg, msgcap, "%s: needs metadata.gap_seconds > 0 and data[]", path), -1;
+    return snprintf(msg, msgcap, "%s: needs metadata.gap_seconds in [0.001, 1e7] and data[]",
+                    path), -1;
   }
   s->gap_s = gap->valuedouble;
   size_t n = (size_t)cJSON_GetArraySize(data);
@@ -682,7 +708,8 @@ size_t sim_list_dir(const char *dir, const char *const *exts, size_t next,
     for (size_t k = 0; k < next; k++) {
       size_t el = strlen(exts[k]);
       if (l > el && !strcmp(e->d_name + l - el, exts[k])) {
-        snprintf(out[n++], 512, "%s/%s", dir, e->d_name);
+        /* A path too long for the list is left out, not cut short. */
+        if (snprintf(out[n], 512, "%s/%s", dir, e->d_name) < 512) n++;
         break;
       }
     }
@@ -704,7 +731,8 @@ size_t sim_list_spot(const char *data, char out[][512], size_t max) {
     size_t nf = sim_list_dir(sets[k], json, 1, files, SIM_LIST_MAX);
     const char *base = strrchr(sets[k], '/') + 1;
     for (size_t f = 0; f < nf && n < max; f++)
-      snprintf(out[n++], 512, "%s:%s", strncmp(base, "gcp", 3) ? "aws" : "gcp", files[f]);
+      if (snprintf(out[n], 512, "%s:%s", strncmp(base, "gcp", 3) ? "aws" : "gcp", files[f]) < 512)
+        n++;
   }
   return n;
 }

@@ -1,0 +1,65 @@
+/*
+ * fuzz_sim_traces - the simulator's readers of outside data: request traces
+ * (Mooncake JSONL, Azure CSV, told apart by content) and SkyPilot spot
+ * traces (JSON). Both read the same input. A trace that is read must be
+ * usable as the simulator uses it: at least one request, arrivals in order,
+ * every request's blocks inside the block arrays, chained hashes made; a
+ * spot trace at least a positive, bounded tick. Anything else is refused
+ * with a message, and nothing leaks either way.
+ */
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "sim.h"
+
+static void check(int ok) {
+  if (!ok) abort();
+}
+
+static void read_trace(const uint8_t *data, size_t size) {
+  FILE *f = fmemopen((void *)(uintptr_t)data, size, "rb");
+  if (!f) return;
+  static const double mix[4] = {0, 0.2, 0.5, 0.3};
+  char msg[256] = "";
+  sim_trace t;
+  int rc = sim_trace_parse(&t, f, "fuzz", 0, mix, 7, msg, sizeof msg);
+  fclose(f);
+  if (rc) {
+    check(msg[0] != 0);
+    return;
+  }
+  check(t.n > 0 && t.chain && t.ids);
+  for (size_t i = 0; i < t.n; i++) {
+    const sim_trace_req *q = &t.reqs[i];
+    check(q->block_off <= t.nb && q->nblocks <= t.nb - q->block_off);
+    check(q->klass <= SPI_CLASS_BRONZE);
+    if (i) check(t.reqs[i - 1].arrival_ns <= q->arrival_ns);
+  }
+  sim_trace_free(&t);
+}
+
+static void read_spot(const uint8_t *data, size_t size) {
+  FILE *f = fmemopen((void *)(uintptr_t)data, size, "rb");
+  if (!f) return;
+  char msg[256] = "";
+  sim_spot_trace s;
+  int rc = sim_spot_parse(&s, f, "zone-a_fuzz.json", "gcp", msg, sizeof msg);
+  fclose(f);
+  if (rc) {
+    check(msg[0] != 0);
+    return;
+  }
+  check(s.gap_s >= 1e-3 && s.gap_s <= 1e7);
+  for (size_t i = 0; i < s.n; i++) check(s.v[i] >= 0 && s.v[i] <= s.vmax);
+  check(!strcmp(s.zone, "zone-a") && s.lead_s == 30.0);
+  sim_spot_free(&s);
+}
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
+  if (!size) return 0; /* fmemopen needs at least one byte */
+  read_trace(data, size);
+  read_spot(data, size);
+  return 0;
+}
