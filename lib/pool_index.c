@@ -75,8 +75,74 @@ static void bit_clear(uint64_t *b, uint32_t pos) {
   b[pos / 64] &= ~(UINT64_C(1) << (pos % 64));
 }
 
-/* Take position pos out of the sums and the kinds. */
-static void entry_drop(spi_pool_index *p, uint32_t pos) {
+/* A regular replica leaves block pos / 64 of its cell (h: what it was):
+ * the block's least values stay while it held none of them; else the
+ * block is summed up again (block_fix) by the next sync. */
+static void block_leave(spi_pool_index *p, uint32_t pos, const pix_hot *h) {
+  pix_block *b = &p->blk[h->cell][pos / 64];
+  b->n--;
+  if (h->wait_ms == b->wait_ms || h->ms_tok == b->ms_tok ||
+      h->slow == b->slow || pos == b->rel_pos)
+    p->blk_dirty[h->cell] |= UINT64_C(1) << (pos / 64);
+}
+
+/* A regular replica joins block pos / 64 of its cell: each least value is
+ * the lesser, as block_fix's strict comparisons in position order make it
+ * (the least relative load goes to the first position of equals; a load
+ * no block_fix would take, +inf or NaN, is not taken). */
+static void block_join(spi_pool_index *p, uint32_t pos, const pix_hot *h) {
+  pix_block *b = &p->blk[h->cell][pos / 64];
+  b->n++;
+  if (h->wait_ms < b->wait_ms) b->wait_ms = h->wait_ms;
+  if (h->ms_tok < b->ms_tok) b->ms_tok = h->ms_tok;
+  if (h->slow < b->slow) b->slow = h->slow;
+  if (h->rel < b->rel ||
+      (h->rel == b->rel && b->rel_pos != UINT32_MAX && pos < b->rel_pos)) {
+    b->rel = h->rel;
+    b->rel_pos = pos;
+  }
+}
+
+/* One least value of a block whose member went from o to v: the lesser if
+ * v is less; unchanged if v is the same or the member did not hold it;
+ * else 0 (it held the least and now has more: sum the block up again). */
+static int least_moves(double *least, double o, double v) {
+  if (v < *least) {
+    *least = v;
+    return 1;
+  }
+  return v == o || o != *least;
+}
+
+/* A regular replica of the block stays regular with new values h (o: its
+ * old ones): the block's least values follow without a pass over it when
+ * they can (block_leave and block_join in one, without marking a block
+ * whose least values this replica did not hold or still holds). */
+static void block_move(spi_pool_index *p, uint32_t pos, const pix_hot *o,
+                       const pix_hot *h) {
+  if (o->wait_ms == h->wait_ms && o->ms_tok == h->ms_tok &&
+      o->slow == h->slow && o->rel == h->rel)
+    return; /* the usual case: a ticket opened and finished */
+  pix_block *b = &p->blk[h->cell][pos / 64];
+  int ok = least_moves(&b->wait_ms, o->wait_ms, h->wait_ms);
+  ok &= least_moves(&b->ms_tok, o->ms_tok, h->ms_tok);
+  ok &= least_moves(&b->slow, o->slow, h->slow);
+  if (pos == b->rel_pos) {
+    if (h->rel < o->rel || h->rel == o->rel)
+      b->rel = h->rel; /* still the least, and the first of equals */
+    else
+      ok = 0;
+  } else if (h->rel < b->rel ||
+             (h->rel == b->rel && b->rel_pos != UINT32_MAX && pos < b->rel_pos)) {
+    b->rel = h->rel;
+    b->rel_pos = pos;
+  }
+  if (!ok) p->blk_dirty[h->cell] |= UINT64_C(1) << (pos / 64);
+}
+
+/* Take position pos out of the sums and the kinds; a regular entry leaves
+ * its block unless the caller puts it back (moved). */
+static void entry_drop(spi_pool_index *p, uint32_t pos, int moved) {
   pix_hot *h = &p->hot[pos];
   if (h->kind == PIX_REG) {
     const pix_cold *c = &p->cold[pos];
@@ -86,7 +152,7 @@ static void entry_drop(spi_pool_index *p, uint32_t pos) {
     p->served[c->pool] -= c->served;
     bit_clear(p->reg, pos);
     bit_clear(p->creg[h->cell], pos);
-    p->blk_dirty[h->cell] |= UINT64_C(1) << (pos / 64);
+    if (!moved) block_leave(p, pos, h);
   } else if (h->kind == PIX_EXC) {
     bit_clear(p->exc, pos);
   }
@@ -113,18 +179,22 @@ static int regular(const route_env *x, const spi_replica_ident *r,
 static void entry_read(spi_pool_index *p, const route_env *x,
                        const spi_replica_ident *r, uint32_t pos) {
   const spi_replica_slot *s = &x->e->registry.slots[r->slot];
-  /* What its block's bounds were made from: a replica whose ranked values
-   * come back the same (a ticket opened and finished) leaves them be. */
-  pix_hot old = p->hot[pos];
-  uint64_t blocks_were = r->cell >= 0 ? p->blk_dirty[r->cell] : 0;
-  entry_drop(p, pos);
-  p->t_wait[pos] = p->t_ms_tok[pos] = p->t_slow[pos] = 0.0;
   int64_t at = atomic_load_explicit(&s->load_at_ns, memory_order_acquire);
   slot_read rd;
   read_slot(x, s, &rd);
-  if (rd.state != SPI_REPLICA_ACTIVE) return;
+  int kind = rd.state != SPI_REPLICA_ACTIVE ? PIX_OFF
+             : regular(x, r, &rd)          ? PIX_REG
+                                           : PIX_EXC;
   pix_hot *h = &p->hot[pos];
-  if (!regular(x, r, &rd)) {
+  /* A replica that stays regular moves within its block (block_move):
+   * one whose ranked values come back the same (a ticket opened and
+   * finished) leaves the block's bounds be. */
+  pix_hot old = *h;
+  int moved = old.kind == PIX_REG && kind == PIX_REG && old.cell == r->cell;
+  entry_drop(p, pos, moved);
+  p->t_wait[pos] = p->t_ms_tok[pos] = p->t_slow[pos] = 0.0;
+  if (kind == PIX_OFF) return;
+  if (kind == PIX_EXC) {
     h->kind = PIX_EXC;
     bit_set(p->exc, pos);
     return;
@@ -156,11 +226,10 @@ static void entry_read(spi_pool_index *p, const route_env *x,
   p->served[c->pool] += c->served;
   bit_set(p->reg, pos);
   bit_set(p->creg[h->cell], pos);
-  p->blk_dirty[h->cell] |= UINT64_C(1) << (pos / 64);
-  if (old.kind == PIX_REG && old.cell == h->cell &&
-      old.wait_ms == h->wait_ms && old.ms_tok == h->ms_tok &&
-      old.slow == h->slow && old.rel == h->rel)
-    p->blk_dirty[h->cell] = blocks_were;
+  if (moved)
+    block_move(p, pos, &old, h);
+  else
+    block_join(p, pos, h);
 }
 
 /* Read every replica of set. The dirty bits are cleared first: a write
@@ -235,7 +304,7 @@ static void expire(spi_pool_index *p, const route_env *x) {
         if (until < min) min = until;
         continue;
       }
-      entry_drop(p, pos);
+      entry_drop(p, pos, 0);
       p->hot[pos].kind = PIX_EXC;
       bit_set(p->exc, pos);
     }
@@ -260,6 +329,24 @@ static void block_fix(spi_pool_index *p, int k, uint32_t w) {
     }
     b->n++;
   }
+}
+
+/* Whether every block that is not waiting for block_fix holds what
+ * block_fix would make of it now (tests call this between routes). */
+int spi__pix_blocks_exact(spi_pool_index *p) {
+  for (int k = 0; k < SPI_SUMMARY_CELLS; k++)
+    for (uint32_t w = 0; w < (p->n + 63) / 64; w++) {
+      if (p->blk_dirty[k] >> w & 1) continue;
+      pix_block kept = p->blk[k][w];
+      block_fix(p, k, w);
+      const pix_block *b = &p->blk[k][w];
+      int same = kept.n == b->n && kept.rel_pos == b->rel_pos &&
+                 kept.wait_ms == b->wait_ms && kept.ms_tok == b->ms_tok &&
+                 kept.slow == b->slow && kept.rel == b->rel;
+      p->blk[k][w] = kept;
+      if (!same) return 0;
+    }
+  return 1;
 }
 
 static void blocks_fix(spi_pool_index *p) {

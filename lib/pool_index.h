@@ -125,6 +125,9 @@ static inline void spi__pix_release(spi_pool_index *p) {
  * 0 when it cannot describe set (an older set than it last described). */
 int spi__pix_sync(spi_pool_index *p, const route_env *x,
                   const spi_replica_set *set);
+/* With the index taken: whether every block's bounds are what a pass over
+ * its regular replicas makes (for tests). */
+int spi__pix_blocks_exact(spi_pool_index *p);
 /* With the index taken and synced: the rendezvous order of x->rkey over
  * set (made now if it is not kept). */
 const pix_rdv *spi__pix_rdv(spi_pool_index *p, const route_env *x,

@@ -25,6 +25,7 @@
 #include "spotinfer/spotinfer.h"
 #include "spotinfer/spotinfer_module.h"
 #include "fake_fleet.h"
+#include "pool_index.h"
 
 #define NREP 150
 #define ROUTERS 2
@@ -230,9 +231,88 @@ static void test_index_exact_after_concurrent_writes(void **st) {
   spi_engine_free(e);
 }
 
+/* The index's per-block bounds follow each replica's change without a pass
+ * over the block when they can (pool_index.c, block_move): after every
+ * route, each block must hold what a pass over its regular replicas makes
+ * of it, through loads that rise and fall, tickets held and finished,
+ * first tokens, state changes and loads going stale. */
+static int64_t moving_now;
+static int64_t moving_clock(void *ud) {
+  (void)ud;
+  return moving_now;
+}
+
+static void test_blocks_follow_every_change(void **st) {
+  (void)st;
+  spi_hooks h;
+  memset(&h, 0, sizeof h);
+  h.struct_size = sizeof h;
+  h.clock = moving_clock;
+  moving_now = 1700000000LL * 1000000000LL;
+  spi_engine *e = NULL;
+  assert_int_equal(spi_engine_new(&e, &h), SPI_OK);
+  configure(e, NULL);
+  enum { N = 200 };
+  uint64_t rng = 11, held[HELD] = {0};
+  for (uint32_t i = 0; i < N; i++) {
+    char id[16];
+    snprintf(id, sizeof id, "p%u", i);
+    spi_replica_info ri = ff_replica(
+        id, i % 2 ? SPI_POOL_ON_DEMAND : SPI_POOL_SPOT, 2.0, 1 + i % 4);
+    ri.model_tier = i % 3 ? SPI_TIER_LARGE : SPI_TIER_SMALL;
+    assert_int_equal(spi_replica_upsert(e, &ri), SPI_OK);
+    load(e, i, &rng);
+  }
+  spi_request *r = NULL;
+  assert_int_equal(spi_request_new(e, &r), SPI_OK);
+  spi_pool_index *p = e->registry.pix;
+  uint32_t routed = 0;
+  for (uint32_t step = 0; step < 4000; step++) {
+    uint32_t op = mix(&rng) % 10, at = mix(&rng) % N;
+    char id[16];
+    snprintf(id, sizeof id, "p%u", at);
+    if (op < 2) {
+      load(e, at, &rng);
+    } else if (op == 2) {
+      spi_replica_set_state(e, id, strlen(id),
+                            mix(&rng) % 2 ? SPI_REPLICA_DRAINING
+                                          : SPI_REPLICA_ACTIVE);
+    } else if (op == 3 && step % 40 == 0) {
+      moving_now += 400000000LL; /* some loads go stale */
+    }
+    request(r, mix(&rng) % 40);
+    spi_decision d;
+    memset(&d, 0, sizeof d);
+    d.struct_size = sizeof d;
+    if (spi_route(r, &d) == SPI_OK && d.ticket) {
+      routed++;
+      uint32_t j = mix(&rng) % HELD;
+      spi_ticket_result res;
+      memset(&res, 0, sizeof res);
+      res.struct_size = sizeof res;
+      res.status = SPI_TICKET_OK;
+      if (held[j]) spi_ticket_finish(e, held[j], &res);
+      held[j] = d.ticket;
+      if (mix(&rng) % 3 == 0) { /* a first token teaches a rate */
+        moving_now += (int64_t)(1 + mix(&rng) % 3) * 1000000;
+        spi_ticket_first_token(e, d.ticket);
+      }
+    }
+    assert_true(spi__pix_acquire(p));
+    int exact = spi__pix_blocks_exact(p);
+    spi__pix_release(p);
+    if (!exact) print_error("step %u: a block's bounds are not exact\n", step);
+    assert_true(exact);
+  }
+  assert_true(routed > 1000);
+  spi_request_free(r);
+  spi_engine_free(e);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_index_exact_after_concurrent_writes),
+      cmocka_unit_test(test_blocks_follow_every_change),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
