@@ -182,6 +182,14 @@ int sim_cluster_read(sim_cluster *c, const char *path, char *msg, size_t cap) {
     if (!n) break;
   }
   fclose(f);
+  int rc = sim_cluster_parse(c, buf, len, path, msg, cap);
+  free(buf);
+  return rc;
+}
+
+int sim_cluster_parse(sim_cluster *c, const char *buf, size_t len, const char *path, char *msg,
+                      size_t cap) {
+  memset(c, 0, sizeof *c);
   const char *end = NULL;
   cJSON *root = cJSON_ParseWithLengthOpts(buf, len, &end, 0);
   if (root) { /* nothing but white space after the document */
@@ -194,10 +202,8 @@ int sim_cluster_read(sim_cluster *c, const char *path, char *msg, size_t cap) {
   }
   if (!root) {
     snprintf(msg, cap, "%s: malformed JSON at byte %td", path, end ? end - buf : 0);
-    free(buf);
     return -1;
   }
-  free(buf);
   int rc = -1;
   if (!cJSON_IsObject(root)) {
     bad(msg, cap, path, "(top level)", "must be an object");

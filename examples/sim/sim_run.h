@@ -37,6 +37,9 @@ typedef struct sim_cluster {
 /* Read and validate a cluster file. Returns 0, or -1 with msg naming the
  * key path of the first problem. */
 int sim_cluster_read(sim_cluster *c, const char *path, char *msg, size_t msgcap);
+/* The same from len bytes at buf; path is what messages call it. */
+int sim_cluster_parse(sim_cluster *c, const char *buf, size_t len, const char *path, char *msg,
+                      size_t msgcap);
 
 typedef struct sim_opts {
   sim_gen_opts gen;

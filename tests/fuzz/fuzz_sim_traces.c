@@ -1,10 +1,11 @@
 /*
  * fuzz_sim_traces - the simulator's readers of outside data: request traces
- * (Mooncake JSONL, Azure CSV, told apart by content) and SkyPilot spot
- * traces (JSON). Both read the same input. A trace that is read must be
+ * (Mooncake JSONL, Azure CSV, told apart by content), SkyPilot spot traces
+ * (JSON) and cluster files (JSON). All three read the same input. A trace that is read must be
  * usable as the simulator uses it: at least one request, arrivals in order,
  * every request's blocks inside the block arrays, chained hashes made; a
- * spot trace at least a positive, bounded tick. Anything else is refused
+ * spot trace at least a positive, bounded tick; a cluster 1 to 1000
+ * replicas in groups that each name a pool. Anything else is refused
  * with a message, and nothing leaks either way.
  */
 #include <stdint.h>
@@ -12,7 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "sim.h"
+#include "sim_run.h"
 
 static void check(int ok) {
   if (!ok) abort();
@@ -57,9 +58,29 @@ static void read_spot(const uint8_t *data, size_t size) {
   sim_spot_free(&s);
 }
 
+static void read_cluster(const uint8_t *data, size_t size) {
+  char msg[256] = "";
+  sim_cluster c;
+  if (sim_cluster_parse(&c, (const char *)data, size, "fuzz.json", msg, sizeof msg)) {
+    check(msg[0] != 0);
+    return;
+  }
+  uint32_t sum = 0;
+  check(c.n >= 1 && c.n <= SIM_MAX_GROUPS && c.nzones <= SIM_MAX_ZONES);
+  for (size_t i = 0; i < c.n; i++) {
+    const sim_group *g = &c.g[i];
+    check(g->pool == SPI_POOL_SPOT || g->pool == SPI_POOL_ON_DEMAND);
+    check(g->pool != SPI_POOL_SPOT || (g->zone_index >= 0 && (size_t)g->zone_index < c.nzones));
+    check(g->count >= 1 && g->od_usd_h > 0);
+    sum += g->count;
+  }
+  check(sum == c.replicas && sum <= 1000);
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   if (!size) return 0; /* fmemopen needs at least one byte */
   read_trace(data, size);
   read_spot(data, size);
+  read_cluster(data, size);
   return 0;
 }
