@@ -58,11 +58,14 @@
  * the set it describes, and the first route always rebuilds, version 0 and
  * an empty configuration matching none), so an engine's pages for
  * positions it never has stay untouched. */
+static int rdv_wide(void);
+
 spi_pool_index *spi__pix_new(const spi_mem *m) {
   spi_pool_index *p = spi__alloc(m, sizeof *p);
   if (!p) return NULL;
   memset(p, 0, offsetof(spi_pool_index, hot));
   atomic_init(&p->taken, 0);
+  p->wide = rdv_wide();
   return p;
 }
 
@@ -429,7 +432,7 @@ static void rdv_make(pix_rdv *o, const spi_pool_index *p, const route_env *x,
                      const spi_replica_set *set) {
   pix_rdv_acc a;
   memset(o->n, 0, sizeof o->n);
-  if (p->n >= 16 && rdv_wide()) {
+  if (p->n >= 16 && p->wide) {
     spi__pix_rdv_avx512(o, &a, p, x->rkey);
   } else {
     for (size_t i = 0; i < p->n; i++) {

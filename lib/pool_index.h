@@ -63,6 +63,7 @@ typedef struct pix_rdv {
 
 typedef struct spi_pool_index {
   atomic_int taken;             /* held by the one route using it */
+  int wide;                     /* the CPU has AVX-512 F and DQ (rdv_wide.c) */
   uint64_t version;             /* the set described (0: none yet) */
   size_t n;                     /* its replicas */
   /* The configuration it was read with (a change rebuilds it). */
@@ -144,6 +145,15 @@ void spi__pix_rdv_offer(pix_rdv *o, pix_rdv_acc *a, int k, uint64_t w,
  * enter offered. */
 void spi__pix_rdv_avx512(pix_rdv *o, pix_rdv_acc *a, const spi_pool_index *p,
                          uint64_t rkey);
+
+/* A block's TTFTs, t[i] = (base + wait[i]) + (cold * ms[i]) * slow[i] for
+ * i < n, and the mask of those at most thr (false for a NaN), with
+ * AVX-512 (rdv_wide.c; callers check p->wide): the same bits as the
+ * scalar loops. */
+void spi__pix_ttft_avx512(double *t, const double *wait, const double *ms,
+                          const double *slow, size_t n, double base,
+                          double cold);
+uint64_t spi__pix_under_avx512(const double *t, size_t n, double thr);
 
 /* The rendezvous weight of a replica for a prefix key. */
 static inline uint64_t spi__rdv_weight(uint64_t id_hash, uint64_t rkey) {

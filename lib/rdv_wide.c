@@ -1,5 +1,6 @@
 /*
- * rdv_wide.c - the rendezvous order of a prefix weighed with AVX-512.
+ * rdv_wide.c - the pool index's loops over every position, with AVX-512:
+ * the rendezvous order of a prefix, and a block's TTFTs.
  *
  * A prefix whose order the pool index does not keep (pool_index.c,
  * spi__pix_rdv) has every replica of the set weighed: splitmix64's
@@ -10,6 +11,12 @@
  * when its weight is at least its cell's lightest kept one, so the order is
  * the same as one made one by one.
  *
+ * A block's TTFTs (replica_pass.c, block_ttft) are the TTFT model's
+ * operations on the index's arrays, eight positions at a time: each lane
+ * is the same IEEE double addition and multiplication, in the same order,
+ * as the scalar loop's (never fused: the file is compiled as ISO C, where
+ * gcc does not contract, and clang is told not to), so the same bits.
+ *
  * CMake compiles this file with -mavx512f -mavx512dq and defines
  * SPI_HAVE_RDV_AVX512 only on x86-64 compilers that accept the flags;
  * pool_index.c calls it only after checking that the CPU has both.
@@ -18,6 +25,10 @@
 
 #if SPI_HAVE_RDV_AVX512
 #include <immintrin.h>
+
+#if defined(__clang__)
+#pragma clang fp contract(off)
+#endif
 
 static __m512i mix_lanes(__m512i v) {
   v = _mm512_xor_si512(v, _mm512_srli_epi64(v, 30));
@@ -62,6 +73,46 @@ void spi__pix_rdv_avx512(pix_rdv *o, pix_rdv_acc *a, const spi_pool_index *p,
   }
   _mm256_zeroupper();
 }
+
+void spi__pix_ttft_avx512(double *t, const double *wait, const double *ms,
+                          const double *slow, size_t n, double base,
+                          double cold) {
+  const __m512d b = _mm512_set1_pd(base), c = _mm512_set1_pd(cold);
+  for (size_t i = 0; i < n; i += 8) {
+    __mmask8 m = (__mmask8)(n - i >= 8 ? 0xffu : (1u << (n - i)) - 1u);
+    __m512d a = _mm512_add_pd(b, _mm512_maskz_loadu_pd(m, wait + i));
+    __m512d p = _mm512_mul_pd(c, _mm512_maskz_loadu_pd(m, ms + i));
+    p = _mm512_mul_pd(p, _mm512_maskz_loadu_pd(m, slow + i));
+    _mm512_mask_storeu_pd(t + i, m, _mm512_add_pd(a, p));
+  }
+  _mm256_zeroupper();
+}
+
+uint64_t spi__pix_under_avx512(const double *t, size_t n, double thr) {
+  const __m512d th = _mm512_set1_pd(thr);
+  uint64_t m = 0;
+  for (size_t i = 0; i < n; i += 8) {
+    __mmask8 in = (__mmask8)(n - i >= 8 ? 0xffu : (1u << (n - i)) - 1u);
+    /* Less or equal, false for a NaN: the scalar t <= thr. */
+    __mmask8 le = _mm512_mask_cmp_pd_mask(in, _mm512_maskz_loadu_pd(in, t + i),
+                                          th, _CMP_LE_OQ);
+    m |= (uint64_t)le << i;
+  }
+  _mm256_zeroupper();
+  return m;
+}
 #else
-typedef int spi_rdv_wide_unused; /* an empty file is not valid C */
+/* Without the AVX-512 build the index never calls these (its wide flag is
+ * 0); they exist so that tests link either way. */
+void spi__pix_ttft_avx512(double *t, const double *wait, const double *ms,
+                          const double *slow, size_t n, double base,
+                          double cold) {
+  for (size_t i = 0; i < n; i++) t[i] = (base + wait[i]) + (cold * ms[i]) * slow[i];
+}
+
+uint64_t spi__pix_under_avx512(const double *t, size_t n, double thr) {
+  uint64_t m = 0;
+  for (size_t i = 0; i < n; i++) m |= (uint64_t)(t[i] <= thr) << i;
+  return m;
+}
 #endif

@@ -572,8 +572,13 @@ static void block_ttft(const route_env *x, spi_pool_index *p, uint32_t w) {
   double *restrict t = &p->t_now[lo];
   const double *restrict wait = &p->t_wait[lo], *restrict ms = &p->t_ms_tok[lo],
                          *restrict slow = &p->t_slow[lo];
-  for (size_t i = 0; i < n; i++)
-    t[i] = (base + wait[i]) + (cold * ms[i]) * slow[i];
+#if SPI_HAVE_RDV_AVX512
+  if (p->wide)
+    spi__pix_ttft_avx512(t, wait, ms, slow, n, base, cold);
+  else
+#endif
+    for (size_t i = 0; i < n; i++)
+      t[i] = (base + wait[i]) + (cold * ms[i]) * slow[i];
   p->tdone |= UINT64_C(1) << w;
 }
 
@@ -582,6 +587,9 @@ static uint64_t block_under(const spi_pool_index *p, int k, uint32_t w,
                             double thr) {
   const double *t = &p->t_now[(size_t)w * 64];
   size_t n = p->n - (size_t)w * 64 < 64 ? p->n - (size_t)w * 64 : 64;
+#if SPI_HAVE_RDV_AVX512
+  if (p->wide) return spi__pix_under_avx512(t, n, thr) & p->creg[k][w];
+#endif
   uint64_t m = 0;
   size_t i = 0;
 #if defined(__SSE2__)

@@ -309,10 +309,45 @@ static void test_blocks_follow_every_change(void **st) {
   spi_engine_free(e);
 }
 
+/* The AVX-512 loops over a block (rdv_wide.c) give the scalar loops'
+ * bits: a block's TTFTs ((base + wait) + (cold * ms) * slow, never fused)
+ * and which are at most a threshold (false for a NaN), on every length. */
+static void test_wide_block_loops_same_bits(void **st) {
+  (void)st;
+  spi_engine *e = NULL;
+  assert_int_equal(spi_engine_new(&e, NULL), SPI_OK);
+  int wide = e->registry.pix->wide; /* the build and the CPU have it */
+  spi_engine_free(e);
+  if (!wide) skip();
+  uint64_t rng = 5;
+  double wait[64], ms[64], slow[64], t[64];
+  for (uint32_t round = 0; round < 4000; round++) {
+    size_t n = 1 + mix(&rng) % 64;
+    double base = (double)(mix(&rng) % 1000) / 7.0;
+    double cold = (double)(mix(&rng) % 50000);
+    for (size_t i = 0; i < n; i++) {
+      wait[i] = (double)(mix(&rng) % 100000) / 3.0;
+      ms[i] = 1000.0 / (double)(500 + mix(&rng) % 40000);
+      slow[i] = 1.0 + (double)(mix(&rng) % 9) / (double)(1 + mix(&rng) % 7);
+    }
+    spi__pix_ttft_avx512(t, wait, ms, slow, n, base, cold);
+    for (size_t i = 0; i < n; i++) {
+      double want = (base + wait[i]) + (cold * ms[i]) * slow[i];
+      assert_memory_equal(&t[i], &want, sizeof want);
+    }
+    if (round % 4 == 0) t[mix(&rng) % n] = 0.0 / 0.0; /* a NaN: never under */
+    double thr = t[mix(&rng) % n];
+    uint64_t want = 0;
+    for (size_t i = 0; i < n; i++) want |= (uint64_t)(t[i] <= thr) << i;
+    assert_true(spi__pix_under_avx512(t, n, thr) == want);
+  }
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_index_exact_after_concurrent_writes),
       cmocka_unit_test(test_blocks_follow_every_change),
+      cmocka_unit_test(test_wide_block_loops_same_bits),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
