@@ -76,9 +76,11 @@ static inline double spi__prefill_ttft_ms(const spi_router_cfg *c,
 }
 
 /* The output tokens a request is expected to generate: what it says it
- * expects, else its max_tokens, else the class's cap, else 256. A ticket
- * keeps this (drain estimates, the work a replica was sent) and the policy
- * counts the same for the request it places. */
+ * expects, else its max_tokens, else the class's cap, else 256. The
+ * policy counts this for the request it places, from the classification
+ * it chooses with (at the higher of the pools' pressures), and the ticket
+ * keeps the same figure (drain estimates, the work a replica was sent),
+ * not one from the plan at the chosen pool's pressure (route.c). */
 static inline uint64_t spi__output_estimate(const spi_request_view *v,
                                             const spi_classification *cls) {
   int64_t said = v->expected_output_tokens_set ? v->expected_output_tokens

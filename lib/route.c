@@ -125,6 +125,8 @@ typedef struct route_state {
   int compact;        /* the policies read summaries and named candidates */
   uint64_t tokens;    /* prompt tokens, estimated when not given */
   int64_t expect_out; /* expected output tokens; 0 = not said */
+  uint64_t costed_out; /* the output the policy costs it with, and so the
+                          ticket's expected output (spi__output_estimate) */
   route_env *env;
   int32_t level[4];   /* each pool's pressure (enum spi_pressure) */
   int32_t shed[4];    /* the pool sheds this route's class */
@@ -285,6 +287,9 @@ static int phase_policy(route_state *rs) {
   x.candidate_size = sizeof(spi_candidate);
   x.req = rs->v;
   x.cls = rs->cls;
+  /* The plan at the chosen pool's pressure (plan_at) may cap the output
+   * differently: the ticket counts the output the policy costed. */
+  rs->costed_out = spi__output_estimate(rs->v, rs->cls);
   x.candidates = rs->cands;
   x.n_candidates = rs->ncand;
   x.total_blocks = rs->nblocks;
@@ -412,7 +417,7 @@ static void ticket_fill(route_state *rs, spi_ticket *k,
   k->slot = r->slot;
   k->gen = atomic_load(&s->gen);
   k->incarnation = atomic_load(&s->incarnation);
-  k->expected_output = spi__output_estimate(v, cls);
+  k->expected_output = rs->costed_out;
   k->replay_since_ns = req->iset[SPI_REQ_REPLAY_SINCE_NS]
                            ? req->ival[SPI_REQ_REPLAY_SINCE_NS]
                            : 0;

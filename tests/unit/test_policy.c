@@ -944,6 +944,116 @@ static void test_stale_warm_spot_is_no_cache_hit(void **st) {
   done(w);
 }
 
+/* What a shadow policy saw of the work the reference policy costs: the
+ * request's expected output as the policy reads it (what the request says,
+ * else its class's cap in the classification the policy is given, else
+ * 256), the pools' pressures, and the work each replica was sent. */
+typedef struct costed {
+  double output;
+  int32_t cls_pressure, pressure[4];
+  double served[2]; /* "s0", "d0" */
+} costed;
+
+static int costed_choose(void *state, void *inst, const spi_route_context *x,
+                         spi_policy_choice *out) {
+  (void)state;
+  costed *o = inst;
+  const spi_request_view *v = x->req;
+  int64_t said = v->expected_output_tokens_set ? v->expected_output_tokens
+                 : v->max_output_tokens_set    ? v->max_output_tokens
+                                               : 0;
+  o->output = said > 0                        ? (double)said
+              : x->cls->max_output_tokens > 0 ? (double)x->cls->max_output_tokens
+                                              : 256.0;
+  o->cls_pressure = x->cls->pressure;
+  memcpy(o->pressure, x->pressure, sizeof o->pressure);
+  for (size_t i = 0; i < x->n_candidates; i++) {
+    const spi_candidate *c = &x->candidates[i];
+    if (c->id_len == 2) o->served[c->id[0] == 'd'] = c->served_tokens;
+  }
+  out->pool = SPI_POOL_QUEUE;
+  return SPI_OK;
+}
+
+static int costed_configure(void *state, const char *j, size_t n, void **inst,
+                            char *err, size_t cap) {
+  (void)j;
+  (void)n;
+  (void)err;
+  (void)cap;
+  *inst = state;
+  return SPI_OK;
+}
+
+/* A replica is sent the work the policy costed for the request: its prompt
+ * and the output expected in the classification the policy chose with.
+ * The two pools' KV pressures differ (on-demand elevated, spot normal), so
+ * the classification the policy reads (at the worse pool's pressure: the
+ * pool is not chosen yet) has silver's elevated plan, a 1,024-token cap,
+ * and the plan at the chosen spot pool's pressure has no cap (256
+ * expected). The share guard compares the work a replica was sent with
+ * what the request adds; counted from another plan than the one it was
+ * costed with, a request would be charged 256 tokens and costed 1,024. */
+static void test_work_sent_is_the_work_costed(void **st) {
+  (void)st;
+  world *w = calloc(1, sizeof *w);
+  w->now = 1700000000 * SEC;
+  spi_hooks h;
+  memset(&h, 0, sizeof h);
+  h.struct_size = sizeof h;
+  h.clock = clock_fn;
+  h.clock_user_data = w;
+  assert_int_equal(spi_engine_new(&w->e, &h), SPI_OK);
+  costed saw;
+  memset(&saw, 0, sizeof saw);
+  spi_policy_module m;
+  memset(&m, 0, sizeof m);
+  m.abi_version = SPI_MODULE_ABI_VERSION;
+  m.struct_size = sizeof m;
+  m.on_failure = SPI_ON_FAILURE_ERROR;
+  m.configure = costed_configure;
+  m.choose = costed_choose;
+  assert_int_equal(spi_engine_register_module(w->e, SPI_MODULE_POLICY,
+                                              "costed", 6, &m, &saw, NULL),
+                   SPI_OK);
+  char cfg[256];
+  snprintf(cfg, sizeof cfg,
+           "{\"cache_key\":{\"block_tokens\":%d},\"router\":"
+           "{\"load_max_age_ms\":3600000,\"shadow_policy\":\"costed\"}}",
+           IDS_PER_BLOCK);
+  assert_int_equal(spi_engine_configure(w->e, cfg, strlen(cfg)), SPI_OK);
+  assert_int_equal(spi_request_new(w->e, &w->r), SPI_OK);
+  add(w, "s0", SPI_POOL_SPOT);
+  add(w, "d0", SPI_POOL_ON_DEMAND);
+  load(w, "s0", 0, 0);
+  spi_load l;
+  memset(&l, 0, sizeof l);
+  l.struct_size = sizeof l;
+  l.kv_usage = 0.8; /* elevated: below every breaker */
+  assert_int_equal(spi_replica_report_load(w->e, "d0", 2, &l), SPI_OK);
+  uint32_t b[8];
+  size_t n = chain(b, 500, 3);
+  prompt(w, b, n, "silver");
+  spi_request_unset_int(w->r, SPI_REQ_EXPECTED_OUTPUT_TOKENS);
+  spi_decision d;
+  assert_int_equal(route(w, &d), SPI_OK);
+  assert_string_equal(d.replica_id, "s0");
+  assert_int_equal(saw.pressure[SPI_POOL_SPOT], SPI_PRESSURE_NORMAL);
+  assert_int_equal(saw.pressure[SPI_POOL_ON_DEMAND], SPI_PRESSURE_ELEVATED);
+  assert_int_equal(saw.cls_pressure, SPI_PRESSURE_ELEVATED);
+  assert_true(saw.output == 1024.0);
+  double costed_work = (double)n * TOKENS_PER_BLOCK + saw.output;
+  uint64_t first = d.ticket;
+  prompt(w, b, n, "gold"); /* any request: the shadow reads s0's count */
+  assert_int_equal(route(w, &d), SPI_OK);
+  print_message("s0 was sent %.0f tokens; the policy costed %.0f\n",
+                saw.served[0], costed_work);
+  assert_true(saw.served[0] == costed_work);
+  finish(w, d.ticket);
+  finish(w, first);
+  done(w);
+}
+
 /* ------------------------------------------- summaries against every replica
  *
  * The built-in policy reads per pool and tier summaries (the best few by
@@ -1342,6 +1452,7 @@ int main(void) {
       cmocka_unit_test(test_stale_spot_sends_silver_to_on_demand),
       cmocka_unit_test(test_all_stale_reads_as_saturated),
       cmocka_unit_test(test_stale_warm_spot_is_no_cache_hit),
+      cmocka_unit_test(test_work_sent_is_the_work_costed),
       cmocka_unit_test(test_summaries_match_every_candidate),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
