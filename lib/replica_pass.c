@@ -474,10 +474,9 @@ static inline double indexed_t(const route_env *x, const pix_hot *h) {
  * order the three are tested in: each summary keeps its own.) */
 static __attribute__((noinline)) void
 indexed_offer_first(const route_env *x, const spi_pool_index *p, scan *sc,
-                    uint32_t pos) {
+                    uint32_t pos, double t) {
   const pix_hot *h = &p->hot[pos];
   cell_acc *c = &sc->cell[h->cell];
-  double t = indexed_t(x, h);
   uint64_t w = mix64(h->id_hash ^ x->rkey);
   int top = top_enters(c, t, pos), least = least_enters(c, h->rel, pos);
   int rdv = !h->busy && rdv_enters(c, w, pos);
@@ -498,13 +497,21 @@ indexed_offer_first(const route_env *x, const spi_pool_index *p, scan *sc,
     c->rdv_pos = pos;
   }
 }
-/* Inlined: most calls find the replica offered already. */
+/* Inlined: most calls find the replica offered already. t is its TTFT
+ * (indexed_t), when the caller has it. */
+static inline void indexed_offer_t(const route_env *x, const spi_pool_index *p,
+                                   scan *sc, uint32_t pos, double t) {
+  uint64_t bit = UINT64_C(1) << (pos % 64);
+  if (sc->offered[pos / 64] & bit) return;
+  sc->offered[pos / 64] |= bit;
+  indexed_offer_first(x, p, sc, pos, t);
+}
 static inline void indexed_offer(const route_env *x, const spi_pool_index *p,
                                  scan *sc, uint32_t pos) {
   uint64_t bit = UINT64_C(1) << (pos % 64);
   if (sc->offered[pos / 64] & bit) return;
   sc->offered[pos / 64] |= bit;
-  indexed_offer_first(x, p, sc, pos);
+  indexed_offer_first(x, p, sc, pos, indexed_t(x, &p->hot[pos]));
 }
 
 /* The last route's ranking of cell k (its hint, see seed_from_hint) goes
@@ -632,8 +639,9 @@ static void indexed_top(const route_env *x, spi_pool_index *p, scan *sc,
     /* Only those at most the threshold now may get in (it only drops). */
     for (uint64_t m = block_under(p, k, best, c->thr_t); m; m &= m - 1) {
       uint32_t pos = best * 64 + (uint32_t)__builtin_ctzll(m);
-      if (ttft_before(p->t_now[pos], pos, c->thr_t, c->thr_pos))
-        indexed_offer(x, p, sc, pos);
+      double t = p->t_now[pos]; /* indexed_t's bits (block_ttft) */
+      if (ttft_before(t, pos, c->thr_t, c->thr_pos))
+        indexed_offer_t(x, p, sc, pos, t);
     }
   }
 }
@@ -729,21 +737,36 @@ static uint32_t named_list(const scan *sc, uint32_t *eis) {
   return n;
 }
 
+/* Mark position pos as named by arena entry ei: byte_of keeps the last
+ * entry naming it, *w gathers a set of at most 64 replicas' bits. */
+static inline void named_one(scan *sc, uint32_t ei, uint64_t *w) {
+  uint32_t pos = sc->a.pos[ei];
+  sc->byte_of[pos] = (uint8_t)ei;
+  *w |= UINT64_C(1) << (pos % 64);
+}
+
 /* Mark the named entries' positions (named.bits) and, per position, the
- * last entry naming it (byte_of). The bytes go first and the bits after:
- * a byte store may alias the bitmap, so interleaved, every bit would wait
- * for the store before it to reach memory. A set of at most 64 replicas
- * keeps its word in a register. */
+ * last entry naming it (byte_of). A set of at most 64 replicas keeps its
+ * word in a register, so each entry is marked in one go. A larger one
+ * stores the bytes first and the bits after: a byte store may alias the
+ * bitmap, so interleaved, every bit would wait for the store before it to
+ * reach memory. */
 static void named_mark(scan *sc, size_t nrep) {
-  uint32_t eis[ARENA_KEEP];
-  uint32_t n = named_list(sc, eis);
-  for (uint32_t i = 0; i < n; i++) sc->byte_of[sc->a.pos[eis[i]]] = (uint8_t)eis[i];
   if (nrep <= 64) {
     uint64_t w = 0;
-    for (uint32_t i = 0; i < n; i++) w |= UINT64_C(1) << (sc->a.pos[eis[i]] % 64);
+    for (int k = 0; k < SPI_SUMMARY_CELLS; k++) {
+      const cell_acc *c = &sc->cell[k];
+      for (uint32_t j = 0; j < c->n_top; j++) named_one(sc, c->top[j].ei, &w);
+      if (c->warm != NO_EV) named_one(sc, c->warm, &w);
+      if (c->least != NO_EV) named_one(sc, c->least, &w);
+      if (c->rdv != NO_EV) named_one(sc, c->rdv, &w);
+    }
     sc->named.bits[0] = w;
     return;
   }
+  uint32_t eis[ARENA_KEEP];
+  uint32_t n = named_list(sc, eis);
+  for (uint32_t i = 0; i < n; i++) sc->byte_of[sc->a.pos[eis[i]]] = (uint8_t)eis[i];
   memset(sc->named.bits, 0, (nrep + 63) / 64 * sizeof sc->named.bits[0]);
   for (uint32_t i = 0; i < n; i++) {
     uint32_t pos = sc->a.pos[eis[i]];
