@@ -60,7 +60,7 @@ static void strv(const spi_request *r, int field, const char **p, size_t *n) {
 int spi__request_view(spi_request *r, spi_request_view *v) {
   int rc = derive(r);
   if (rc) return rc;
-  memset(v, 0, sizeof *v);
+  spi__zero(v, sizeof *v);
   v->struct_size = sizeof *v;
   strv(r, SPI_REQ_MODEL, &v->model, &v->model_len);
   strv(r, SPI_REQ_TOKENIZER_VERSION, &v->tokenizer_version,
@@ -202,7 +202,7 @@ static int run_classifier(const spi_modentry *m, void *inst,
                           const spi_request_view *v, int32_t pressure,
                           spi_classification *out, spi_degrade_levels *lv) {
   size_t size = out->struct_size;
-  memset(out, 0, sizeof *out);
+  spi__zero(out, sizeof *out);
   out->struct_size = size;
   out->rule_index = -1;
   int rc;

@@ -68,7 +68,7 @@ static int choice_ok(const spi_policy_choice *c, const spi_route_context *x) {
 
 static int run_policy(const spi_modentry *m, void *inst,
                       const spi_route_context *x, spi_policy_choice *out) {
-  memset(out, 0, sizeof *out);
+  spi__zero(out, sizeof *out);
   out->struct_size = sizeof *out;
   int rc = m->m.policy.choose(m->state, inst, x, out);
   out->reason[sizeof out->reason - 1] = '\0';
@@ -282,7 +282,7 @@ static void run_shadow(route_state *rs, const spi_route_context *x) {
 static int phase_policy(route_state *rs) {
   const spi_slot *sl = &rs->snap->slot[SPI_MODULE_POLICY];
   spi_route_context x;
-  memset(&x, 0, sizeof x);
+  spi__zero(&x, sizeof x);
   x.struct_size = sizeof x;
   x.candidate_size = sizeof(spi_candidate);
   x.req = rs->v;
@@ -581,7 +581,7 @@ int spi_route(spi_request *req, spi_decision *out) {
   if (!out || out->struct_size < sizeof *out)
     return spi__req_fail(req, SPI_EINVAL, "decision: NULL or struct_size");
   size_t size = out->struct_size;
-  memset(out, 0, sizeof *out);
+  spi__zero(out, sizeof *out);
   out->struct_size = size;
   spi_request_view v;
   int rc = spi__request_view(req, &v);

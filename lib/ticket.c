@@ -157,9 +157,9 @@ static void ticket_reset(spi_ticket *k) {
   k->incarnation = 0;
   k->expected_output = 0;
   k->replay_since_ns = 0;
-  memset(k->hashes, 0, sizeof k->hashes);
-  memset(k->tenant, 0, sizeof k->tenant);
-  memset(k->model, 0, sizeof k->model);
+  spi__zero(k->hashes, sizeof k->hashes);
+  spi__zero(k->tenant, sizeof k->tenant);
+  spi__zero(k->model, sizeof k->model);
 }
 
 /* Record i (index + 1 = top) was just handed out: raise the high mark. */
