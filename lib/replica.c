@@ -136,23 +136,27 @@ static void set_index(spi_replica_set *set) {
   }
 }
 
-static void slot_reset(spi_replica_slot *s) {
-  atomic_store(&s->running, 0ull);
-  atomic_store(&s->waiting, 0ull);
-  atomic_store(&s->kv_usage, 0ull);
-  atomic_store(&s->load_at_ns, 0ll);
-  atomic_store(&s->inflight, 0u);
-  atomic_store(&s->breaker, SPI_BREAKER_CLOSED);
-  atomic_store(&s->consecutive_errors, 0u);
-  atomic_store(&s->open_until_ns, 0ll);
-  atomic_store(&s->probe_taken, 1); /* no probe outside HALF_OPEN */
-  atomic_store(&s->advised_until_ns, 0ll);
-  atomic_store(&s->cooldown_until_ns, 0ll);
-  atomic_store(&s->prefill_queued, 0ull);
-  atomic_store(&s->served_tokens, 0ull);
-  atomic_store(&s->prefill_rate, 0ull);
-  atomic_store(&s->rate_samples, 0u);
-}
+/* What a slot holds of its replica, and its value before any report: one
+ * list, so the slot's first set-up and a new replica's reset cannot drift
+ * apart. (gen, incarnation, state and held outlive a replica.) */
+#define SLOT_REPLICA_FIELDS(X, s)              \
+  X(&(s)->running, 0ull);                      \
+  X(&(s)->waiting, 0ull);                      \
+  X(&(s)->kv_usage, 0ull);                     \
+  X(&(s)->load_at_ns, 0ll);                    \
+  X(&(s)->inflight, 0u);                       \
+  X(&(s)->breaker, SPI_BREAKER_CLOSED);        \
+  X(&(s)->consecutive_errors, 0u);             \
+  X(&(s)->open_until_ns, 0ll);                 \
+  X(&(s)->probe_taken, 1); /* no probe outside HALF_OPEN */ \
+  X(&(s)->advised_until_ns, 0ll);              \
+  X(&(s)->cooldown_until_ns, 0ll);             \
+  X(&(s)->prefill_queued, 0ull);               \
+  X(&(s)->served_tokens, 0ull);                \
+  X(&(s)->prefill_rate, 0ull);                 \
+  X(&(s)->rate_samples, 0u)
+
+static void slot_reset(spi_replica_slot *s) { SLOT_REPLICA_FIELDS(atomic_store, s); }
 
 /* What a replica joining pool starts with as tokens served: the mean of
  * the pool's live replicas, so the fleet-relative load guard (policy.c)
@@ -316,23 +320,9 @@ int spi__registry_init(spi_registry *g, const spi_mem *m) {
     spi_replica_slot *s = &g->slots[i];
     atomic_init(&s->gen, 0u);
     atomic_init(&s->incarnation, 0u);
-    atomic_init(&s->advised_until_ns, 0ll);
-    atomic_init(&s->cooldown_until_ns, 0ll);
     atomic_init(&s->state, 0);
-    atomic_init(&s->running, 0ull);
-    atomic_init(&s->waiting, 0ull);
-    atomic_init(&s->kv_usage, 0ull);
-    atomic_init(&s->load_at_ns, 0ll);
-    atomic_init(&s->inflight, 0u);
-    atomic_init(&s->breaker, SPI_BREAKER_CLOSED);
-    atomic_init(&s->consecutive_errors, 0u);
-    atomic_init(&s->open_until_ns, 0ll);
-    atomic_init(&s->probe_taken, 1);
-    atomic_init(&s->prefill_queued, 0ull);
-    atomic_init(&s->served_tokens, 0ull);
-    atomic_init(&s->prefill_rate, 0ull);
-    atomic_init(&s->rate_samples, 0u);
     atomic_init(&s->held, 0);
+    SLOT_REPLICA_FIELDS(atomic_init, s);
   }
   memset(g->links, 0xff, sizeof *g->links);
   g->link_steps = 0;
