@@ -774,18 +774,6 @@ static void named_mark(scan *sc, size_t nrep) {
   }
 }
 
-static void named_collect(scan *sc, size_t nrep) {
-  named_set *ns = &sc->named;
-  ns->n = 0;
-  for (size_t w = 0; w < (nrep + 63) / 64; w++)
-    for (uint64_t b = ns->bits[w]; b; b &= b - 1) {
-      uint32_t pos = (uint32_t)(w * 64 + (size_t)__builtin_ctzll(b));
-      ns->pos[ns->n] = pos;
-      ns->ei[ns->n] = sc->byte_of[pos];
-      ns->n++;
-    }
-}
-
 /* The candidate index of arena entry ei: its position (full), or its rank
  * among the named positions (compact). */
 static int32_t index_of(const named_set *ns, const ev_arena *a, uint32_t ei) {
@@ -939,12 +927,20 @@ static size_t named_candidates(scan *sc, const spi_replica_set *set,
   named_set *ns = &sc->named;
   memset(ns->cidx, NOT_NAMED, sizeof ns->cidx);
   named_mark(sc, nrep);
-  named_collect(sc, nrep);
-  for (uint32_t j = 0; j < ns->n; j++) {
-    ns->cidx[ns->ei[j]] = (uint8_t)j;
-    fill_candidate(&out[j], &set->r[ns->pos[j]], &sc->a.ev[ns->ei[j]]);
-  }
-  return ns->n;
+  /* Positions ascend out of the bitmap: each named one's entry is its
+   * candidate, in position order. */
+  uint32_t n = 0;
+  for (size_t w = 0; w < (nrep + 63) / 64; w++)
+    for (uint64_t b = ns->bits[w]; b; b &= b - 1) {
+      uint32_t pos = (uint32_t)(w * 64 + (size_t)__builtin_ctzll(b));
+      uint8_t ei = sc->byte_of[pos];
+      ns->pos[n] = pos;
+      ns->cidx[ei] = (uint8_t)n;
+      fill_candidate(&out[n], &set->r[pos], &sc->a.ev[ei]);
+      n++;
+    }
+  ns->n = n;
+  return n;
 }
 
 size_t spi__pass_candidates(scan *sc, const spi_replica_set *set, size_t nrep,

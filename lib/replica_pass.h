@@ -142,9 +142,9 @@ typedef struct ev_arena {
 _Static_assert(SPI_SUMMARY_TOP + 1 <= HINT_N, "top and least fit the hint");
 _Static_assert(SPI_SUMMARY_CELLS * HINT_N <= 255, "a seed index fits a byte");
 
-/* Positions named by the summaries, ascending and distinct, with the
- * evaluation each was ranked by, and the compact index of every arena
- * entry named (a named position has exactly one arena entry: a cell keeps
+/* Positions named by the summaries, ascending and distinct (each one's
+ * candidate is made from the evaluation it was ranked by), and the compact
+ * index of every arena entry named (a named position has exactly one arena entry: a cell keeps
  * one per replica, and a replica is in one cell). Positions are gathered
  * in a bitmap, so they come out sorted without a sort. */
 #define NOT_NAMED 0xffu
@@ -152,7 +152,6 @@ _Static_assert(ARENA_CAP < NOT_NAMED, "arena indices fit a byte");
 typedef struct named_set {
   uint32_t n;
   uint32_t pos[ARENA_KEEP];
-  uint32_t ei[ARENA_KEEP];
   uint8_t cidx[ARENA_CAP];
   uint64_t bits[SPI_REPLICA_SLOTS / 64];
 } named_set;
