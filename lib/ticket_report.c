@@ -135,7 +135,7 @@ static void price_finished(const spi_snapshot *s, const spi_ticket *k,
                            const spi_ticket_result *res, double *gpu_s,
                            double *usd) {
   spi_request_view v;
-  memset(&v, 0, sizeof v);
+  spi__zero(&v, sizeof v); /* not an inlined "rep stos": routing.h */
   v.struct_size = sizeof v;
   uint64_t prompt = res->prompt_tokens ? res->prompt_tokens : k->prompt_tokens_est;
   uint64_t cached = res->cached_tokens < prompt ? res->cached_tokens : prompt;
@@ -148,7 +148,7 @@ static void price_finished(const spi_snapshot *s, const spi_ticket *k,
   v.model = k->model;
   v.model_len = strlen(k->model);
   spi_price p;
-  memset(&p, 0, sizeof p);
+  spi__zero(&p, sizeof p);
   p.struct_size = sizeof p;
   *gpu_s = *usd = 0;
   if (spi__price_in(NULL, s, &v, k->pool, &p) == SPI_OK) {
@@ -232,7 +232,7 @@ int spi_ticket_finish(spi_engine *engine, uint64_t ticket,
   /* Interruptions: the work cut off is wasted spot work, and a replay's
    * latency and on-demand time are what recovering it cost. */
   spi_ledger_extra x;
-  memset(&x, 0, sizeof x);
+  spi__zero(&x, sizeof x);
   if (result->status == SPI_TICKET_INTERRUPTED) {
     uint64_t out_tok = result->output_tokens ? result->output_tokens
                                              : atomic_load(&k->tokens_streamed);

@@ -98,6 +98,10 @@ static void print_spot(const char *target, const char *label, const sim_opts *o,
   json_or_null(mx > 0 ? 100 * sav / mx : 0, mx > 0);
   printf(",\"reachable_savings_pct\":%.3f,\"savings_of_reachable_pct\":", reach);
   json_or_null(reach > 0 ? 100 * sav / reach : 0, reach > 0);
+  /* The savings are against the library's own all-on-demand run, so a
+   * policy change that makes that run cheaper too can lower them while the
+   * spot run costs less: both costs, in dollars, for comparing runs. */
+  printf(",\"usd\":%.6f,\"all_on_demand_usd\":%.6f", r->usd, base->usd);
   printf(",\"lost\":%" PRIu64 ",\"expired\":%" PRIu64 ",\"at_horizon\":%" PRIu64
          ",\"notices\":%" PRIu64 ",\"replays\":%" PRIu64 ",\"replayed_requests\":%" PRIu64
          ",\"replay_success_pct\":",

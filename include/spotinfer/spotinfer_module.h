@@ -268,7 +268,8 @@ typedef struct spi_route_context {
   size_t struct_size;
   size_t candidate_size;   /* sizeof(spi_candidate) the library was built with */
   const spi_request_view *req;
-  const spi_classification *cls; /* at the pool pressure of ON_DEMAND */
+  const spi_classification *cls; /* at the higher of the spot and
+                                     on-demand pools' KV pressures */
   const spi_candidate *candidates;
   size_t n_candidates;
   uint32_t total_blocks;
