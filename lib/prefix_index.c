@@ -237,69 +237,116 @@ size_t spi__index_live_entries(const spi_prefix_index *ix) {
 
 /* -------------------------------------------------------------- lookup */
 
-/* Output of the deepest successful probe so far. */
-typedef struct ix_holders {
-  uint32_t *slots, *gens;
-  uint32_t cap, n;
-} ix_holders;
+/* What one probe found: the validated payloads of the block's entries, in
+ * bucket order, and the first of them the live callback calls live. */
+typedef struct ix_found {
+  uint64_t pay[IX_WAYS];
+  unsigned n, live;
+} ix_found;
+
+/* 1 if entry e of bucket b has key key: its tag's low 56 bits. */
+static inline unsigned key_hit(ix_bucket *b, unsigned e, uint64_t key) {
+  uint64_t t = atomic_load_explicit(&b->tag[e], memory_order_relaxed);
+  return ((t ^ key) << (64 - IX_KEY_BITS)) < 1;
+}
+
+/* The entries of bucket b whose key is key, as a mask (bit e for entry e),
+ * shifted in from the last entry to the first: a compare and an add with
+ * carry an entry, no branch. */
+static inline unsigned key_mask(ix_bucket *b, uint64_t key) {
+  _Static_assert(IX_WAYS == 8, "key_mask reads eight entries");
+  unsigned m = key_hit(b, 7, key);
+  m = m + m + key_hit(b, 6, key);
+  m = m + m + key_hit(b, 5, key);
+  m = m + m + key_hit(b, 4, key);
+  m = m + m + key_hit(b, 3, key);
+  m = m + m + key_hit(b, 2, key);
+  m = m + m + key_hit(b, 1, key);
+  return m + m + key_hit(b, 0, key);
+}
 
 /*
- * One bucket probe: whether a live entry holds block hash h. On success the
- * holders (deduplicated by slot, at most cap) replace those of the previous
- * successful probe; a failed probe writes nothing.
+ * One bucket probe: whether a live entry holds block hash h. Only the first
+ * live entry is asked for here; the holders are taken from the deepest
+ * successful probe once the search ends (emit_holders), so a probe that a
+ * deeper one supersedes costs little more than its scan.
  */
 static int probe(const spi_prefix_index *ix, uint64_t h, ix_memo *lm,
-                 ix_holders *out) {
+                 ix_found *f) {
   ix_bucket *b = bucket_of(ix, h);
   uint64_t key = key_of(h);
-  int found = 0;
-  for (unsigned e = 0; e < IX_WAYS; e++) {
-    if ((atomic_load_explicit(&b->tag[e], memory_order_relaxed) &
-         IX_KEY_MASK) != key)
-      continue;
+  unsigned m = key_mask(b, key);
+  f->n = 0;
+  f->live = IX_WAYS;
+  for (; m; m &= m - 1) {
+    unsigned e = (unsigned)__builtin_ctz(m);
     uint64_t t = atomic_load_explicit(&b->tag[e], memory_order_acquire), p;
     if ((t & IX_KEY_MASK) != key || !read_payload(b, e, t, &p)) continue;
-    uint32_t slot = IX_SLOT(p), gen = IX_GEN(p);
-    if (!memo_live(lm, slot, gen)) continue;
-    if (!found) out->n = 0;
-    found = 1;
-    uint32_t j = 0;
-    while (j < out->n && out->slots[j] != slot) j++;
-    if (j == out->n && out->n < out->cap) {
-      out->slots[out->n] = slot;
-      out->gens[out->n] = gen;
-      out->n++;
-    }
+    if (f->live == IX_WAYS && memo_live(lm, IX_SLOT(p), IX_GEN(p)))
+      f->live = f->n;
+    f->pay[f->n++] = p;
   }
-  return found;
+  return f->live != IX_WAYS;
+}
+
+/* The live holders of a successful probe's entries, deduplicated by slot
+ * (the first entry of a slot wins), at most cap. A bit per slot modulo 64
+ * says which slots may already be listed; only those are searched for. */
+static uint32_t emit_holders(const ix_found *f, ix_memo *lm, uint32_t *slots,
+                             uint32_t *gens, uint32_t cap) {
+  uint64_t seen = 0;
+  uint32_t n = 0;
+  for (unsigned i = f->live; i < f->n && n < cap; i++) {
+    uint32_t slot = IX_SLOT(f->pay[i]), gen = IX_GEN(f->pay[i]);
+    if (i != f->live && !memo_live(lm, slot, gen)) continue;
+    uint64_t bit = UINT64_C(1) << (slot & 63u);
+    if (seen & bit) {
+      uint32_t j = 0;
+      while (j < n && slots[j] != slot) j++;
+      if (j < n) continue;
+    }
+    seen |= bit;
+    slots[n] = slot;
+    gens[n] = gen;
+    n++;
+  }
+  return n;
 }
 
 uint32_t spi__index_longest(const spi_prefix_index *ix, const uint64_t *hashes,
                             uint32_t n, spi_index_live_fn live, void *ctx,
                             uint32_t *slots, uint32_t *gens, uint32_t cap,
                             uint32_t *n_holders) {
-  ix_holders out = {slots, gens, slots && gens ? cap : 0, 0};
   if (n_holders) *n_holders = 0;
   if (!ix || !hashes || n == 0) return 0;
   ix_memo lm;
   memo_init(&lm, live, ctx);
+  /* The deepest successful probe's entries are in found[best], the next
+   * probe writes the other one. */
+  ix_found found[2];
+  unsigned best = 0;
   /* Blocks [0, lo) are matched; the matched length is in [lo, hi]. Probing
    * block mid - 1 halves the range. The next probe, or both candidates for
    * it, are prefetched, so the table's cache misses overlap. */
   if (n > 1) prefetch_bucket(ix, hashes[n / 2], 0);
-  if (!probe(ix, hashes[0], &lm, &out)) return 0;
+  if (!probe(ix, hashes[0], &lm, &found[0])) return 0;
   uint64_t lo = 1, hi = n;
   while (lo < hi) {
     uint64_t mid = lo + (hi - lo + 1) / 2;
     uint64_t up = mid + (hi - mid + 1) / 2, down = lo + (mid - lo) / 2;
     if (up > mid) prefetch_bucket(ix, hashes[up - 1], 0);
     if (down > lo) prefetch_bucket(ix, hashes[down - 1], 0);
-    if (probe(ix, hashes[mid - 1], &lm, &out))
+    if (probe(ix, hashes[mid - 1], &lm, &found[best ^ 1u])) {
       lo = mid;
-    else
+      best ^= 1u;
+    } else {
       hi = mid - 1;
+    }
   }
-  if (n_holders) *n_holders = out.n;
+  uint32_t nh = slots && gens && cap
+                    ? emit_holders(&found[best], &lm, slots, gens, cap)
+                    : 0;
+  if (n_holders) *n_holders = nh;
   return (uint32_t)lo;
 }
 
