@@ -9,6 +9,7 @@
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 
 #include "spotinfer/spotinfer.h"
 #include "spotinfer/spotinfer_module.h"
@@ -97,10 +98,30 @@ void spi__errtab_clear(spi_errtab *t);
  * Borrowed until this thread's next call on the handle. */
 const char *spi__errtab_get(spi_errtab *t);
 
+/* s appended at dst[n], cut to leave room for the terminator. */
+static inline size_t spi__join_part(char *dst, size_t n, size_t cap,
+                                    const char *s) {
+  if (!s) return n;
+  size_t len = strlen(s);
+  if (len > cap - 1 - n) len = cap - 1 - n;
+  memcpy(dst + n, s, len);
+  return n + len;
+}
+
 /* dst = a sep b, truncated to cap (> 0) with a NUL; NULL parts are skipped.
- * The routing path builds its reason strings with this, not printf. */
-size_t spi__join(char *dst, size_t cap, const char *a, const char *sep,
-                 const char *b);
+ * The routing path builds its reason strings with this, not printf. Inline:
+ * the policy joins a reason on every route, and a separator given as a
+ * literal then costs no call (its length and copy are known where it is
+ * joined). */
+static inline size_t spi__join(char *dst, size_t cap, const char *a,
+                               const char *sep, const char *b) {
+  if (cap == 0) return 0;
+  size_t n = spi__join_part(dst, 0, cap, a);
+  n = spi__join_part(dst, n, cap, sep);
+  n = spi__join_part(dst, n, cap, b);
+  dst[n] = '\0';
+  return n;
+}
 
 /* ----------------------------------------------------- configuration read */
 

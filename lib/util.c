@@ -84,19 +84,3 @@ void spi__errf(char *buf, size_t cap, const char *fmt, ...) {
   spi__verrf(buf, cap, fmt, ap);
   va_end(ap);
 }
-
-size_t spi__join(char *dst, size_t cap, const char *a, const char *sep,
-                 const char *b) {
-  if (cap == 0) return 0;
-  size_t n = 0;
-  const char *parts[3] = {a, sep, b};
-  for (int i = 0; i < 3; i++) {
-    if (!parts[i]) continue;
-    size_t len = strlen(parts[i]);
-    if (len > cap - 1 - n) len = cap - 1 - n;
-    memcpy(dst + n, parts[i], len);
-    n += len;
-  }
-  dst[n] = '\0';
-  return n;
-}
