@@ -244,27 +244,6 @@ typedef struct ix_found {
   unsigned n, live;
 } ix_found;
 
-/* 1 if entry e of bucket b has key key: its tag's low 56 bits. */
-static inline unsigned key_hit(ix_bucket *b, unsigned e, uint64_t key) {
-  uint64_t t = atomic_load_explicit(&b->tag[e], memory_order_relaxed);
-  return ((t ^ key) << (64 - IX_KEY_BITS)) < 1;
-}
-
-/* The entries of bucket b whose key is key, as a mask (bit e for entry e),
- * shifted in from the last entry to the first: a compare and an add with
- * carry an entry, no branch. */
-static inline unsigned key_mask(ix_bucket *b, uint64_t key) {
-  _Static_assert(IX_WAYS == 8, "key_mask reads eight entries");
-  unsigned m = key_hit(b, 7, key);
-  m = m + m + key_hit(b, 6, key);
-  m = m + m + key_hit(b, 5, key);
-  m = m + m + key_hit(b, 4, key);
-  m = m + m + key_hit(b, 3, key);
-  m = m + m + key_hit(b, 2, key);
-  m = m + m + key_hit(b, 1, key);
-  return m + m + key_hit(b, 0, key);
-}
-
 /*
  * One bucket probe: whether a live entry holds block hash h. Only the first
  * live entry is asked for here; the holders are taken from the deepest
@@ -275,11 +254,12 @@ static int probe(const spi_prefix_index *ix, uint64_t h, ix_memo *lm,
                  ix_found *f) {
   ix_bucket *b = bucket_of(ix, h);
   uint64_t key = key_of(h);
-  unsigned m = key_mask(b, key);
   f->n = 0;
   f->live = IX_WAYS;
-  for (; m; m &= m - 1) {
-    unsigned e = (unsigned)__builtin_ctz(m);
+  for (unsigned e = 0; e < IX_WAYS; e++) {
+    if ((atomic_load_explicit(&b->tag[e], memory_order_relaxed) &
+         IX_KEY_MASK) != key)
+      continue;
     uint64_t t = atomic_load_explicit(&b->tag[e], memory_order_acquire), p;
     if ((t & IX_KEY_MASK) != key || !read_payload(b, e, t, &p)) continue;
     if (f->live == IX_WAYS && memo_live(lm, IX_SLOT(p), IX_GEN(p)))
@@ -289,16 +269,20 @@ static int probe(const spi_prefix_index *ix, uint64_t h, ix_memo *lm,
   return f->live != IX_WAYS;
 }
 
-/* The live holders of a successful probe's entries, deduplicated by slot
- * (the first entry of a slot wins), at most cap. A bit per slot modulo 64
- * says which slots may already be listed; only those are searched for. */
+/* The live holders of a successful probe's entries (f->live is the first),
+ * deduplicated by slot (the first entry of a slot wins), at most cap (> 0).
+ * A bit per slot modulo 64 says which slots may already be listed; only
+ * those are searched for. */
 static uint32_t emit_holders(const ix_found *f, ix_memo *lm, uint32_t *slots,
                              uint32_t *gens, uint32_t cap) {
-  uint64_t seen = 0;
-  uint32_t n = 0;
-  for (unsigned i = f->live; i < f->n && n < cap; i++) {
-    uint32_t slot = IX_SLOT(f->pay[i]), gen = IX_GEN(f->pay[i]);
-    if (i != f->live && !memo_live(lm, slot, gen)) continue;
+  uint32_t slot = IX_SLOT(f->pay[f->live]), n = 1;
+  uint64_t seen = UINT64_C(1) << (slot & 63u);
+  slots[0] = slot;
+  gens[0] = IX_GEN(f->pay[f->live]);
+  for (unsigned i = f->live + 1; i < f->n && n < cap; i++) {
+    uint32_t gen = IX_GEN(f->pay[i]);
+    slot = IX_SLOT(f->pay[i]);
+    if (!memo_live(lm, slot, gen)) continue;
     uint64_t bit = UINT64_C(1) << (slot & 63u);
     if (seen & bit) {
       uint32_t j = 0;
