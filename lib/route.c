@@ -362,9 +362,13 @@ static int plan_at(route_state *rs, int32_t pressure) {
 static void reason_join(char *dst, size_t cap, const char *a, const char *b) {
   size_t n = strnlen(a, cap - 1);
   memcpy(dst, a, n);
-  size_t s = cap - 1 - n < 3 ? cap - 1 - n : 3;
-  memcpy(dst + n, " / ", s);
-  n += s;
+  if (cap - 1 - n >= 3) { /* a copy of known size: no call */
+    memcpy(dst + n, " / ", 3);
+    n += 3;
+  } else {
+    memcpy(dst + n, " / ", cap - 1 - n);
+    n = cap - 1;
+  }
   size_t m = strnlen(b, cap - 1 - n);
   memcpy(dst + n, b, m);
   dst[n + m] = '\0';
