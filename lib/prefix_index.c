@@ -248,10 +248,13 @@ typedef struct ix_found {
  * One bucket probe: whether a live entry holds block hash h. Only the first
  * live entry is asked for here; the holders are taken from the deepest
  * successful probe once the search ends (emit_holders), so a probe that a
- * deeper one supersedes costs little more than its scan.
+ * deeper one supersedes costs little more than its scan. Always inlined:
+ * as a call (gcc's choice) its register saves cost 10-30 instructions a
+ * lookup, the lookup's whole cost at 8 replicas over what it was before
+ * the holders were deferred.
  */
-static int probe(const spi_prefix_index *ix, uint64_t h, ix_memo *lm,
-                 ix_found *f) {
+__attribute__((always_inline)) static inline int
+probe(const spi_prefix_index *ix, uint64_t h, ix_memo *lm, ix_found *f) {
   ix_bucket *b = bucket_of(ix, h);
   uint64_t key = key_of(h);
   f->n = 0;
