@@ -184,26 +184,21 @@ typedef struct gen_state {
   const sim_gen_opts *o;
   sim_rng r;
   uint64_t next_id, next_session;
-  double zipf[GEN_TENANTS > GEN_FAMILIES ? GEN_TENANTS : GEN_FAMILIES];
+  /* Cumulative Zipf weights, 1 + 1/2 + ... + 1/(k+1); the first n serve a
+   * pick among n (GEN_DOCS is the largest n). */
+  double zipf[GEN_DOCS];
   uint32_t fam_len[GEN_FAMILIES], tenant_len[GEN_TENANTS], tenant_class[GEN_TENANTS];
-  double doc_cdf[GEN_DOCS]; /* Zipf over the documents, cumulative */
   uint32_t doc_len[GEN_DOCS];
 } gen_state;
 
+/* One of n by Zipf popularity: the first whose cumulative weight reaches
+ * a uniform draw over the n weights. */
 static uint32_t zipf_pick(gen_state *g, uint32_t n) {
   double u = sim_rng_unit(&g->r) * g->zipf[n - 1];
-  uint32_t f = 0;
-  while (f + 1 < n && g->zipf[f] < u) f++;
-  return f;
-}
-
-/* A Zipf-popular document: the first whose cumulative weight reaches u. */
-static uint32_t doc_pick(gen_state *g) {
-  double u = sim_rng_unit(&g->r) * g->doc_cdf[GEN_DOCS - 1];
-  uint32_t lo = 0, hi = GEN_DOCS - 1;
+  uint32_t lo = 0, hi = n - 1;
   while (lo < hi) {
     uint32_t mid = lo + (hi - lo) / 2;
-    if (g->doc_cdf[mid] < u) lo = mid + 1;
+    if (g->zipf[mid] < u) lo = mid + 1;
     else hi = mid;
   }
   return lo;
@@ -237,7 +232,7 @@ static void gen_restart(gen_state *g, gen_session *s) {
     s->id = (1ull << 62) | t; /* the tenant is the unit of class */
     for (uint32_t b = 0; b < g->tenant_len[t]; b++) s->ids[s->len++] = (8ull << 40) | (t << 8) | b;
   } else if (fam == SIM_FAMILY_DOCUMENTS) {
-    uint32_t d = doc_pick(g);
+    uint32_t d = zipf_pick(g, GEN_DOCS);
     for (uint32_t b = 0; b < g->doc_len[d]; b++)
       s->ids[s->len++] = (10ull << 40) | ((uint64_t)d << 8) | b;
   } else if (fam == SIM_FAMILY_AGENTS) {
@@ -286,7 +281,7 @@ int sim_trace_generate(sim_trace *t, const sim_gen_opts *o) {
   sim_rng_seed(&g.r, o->seed ^ 0x47454e31ull);
   g.next_id = 1u << 20;
   double sum = 0;
-  for (int f = 0; f < GEN_TENANTS || f < GEN_FAMILIES; f++) {
+  for (int f = 0; f < GEN_DOCS; f++) {
     sum += 1.0 / (f + 1);
     g.zipf[f] = sum;
   }
@@ -295,14 +290,8 @@ int sim_trace_generate(sim_trace *t, const sim_gen_opts *o) {
     g.tenant_len[f] = 3 + (uint32_t)(sim_rng_next(&g.r) % 6);
     g.tenant_class[f] = pick_class(&g.r, o->mix);
   }
-  if (fam == SIM_FAMILY_DOCUMENTS) { /* drawn only here: other families keep their streams */
-    sum = 0;
-    for (int d = 0; d < GEN_DOCS; d++) {
-      sum += 1.0 / (d + 1);
-      g.doc_cdf[d] = sum;
-      g.doc_len[d] = 4 + (uint32_t)(sim_rng_next(&g.r) % 13);
-    }
-  }
+  if (fam == SIM_FAMILY_DOCUMENTS) /* drawn only here: other families keep their streams */
+    for (int d = 0; d < GEN_DOCS; d++) g.doc_len[d] = 4 + (uint32_t)(sim_rng_next(&g.r) % 13);
   gen_session *ss = calloc(nsess, sizeof *ss);
   if (!ss) return -1;
   double now = 0;
@@ -525,7 +514,6 @@ int sim_trace_read(sim_trace *t, const char *path, size_t limit,
                    const double mix[4], uint64_t seed, char *msg,
                    size_t msgcap) {
   memset(t, 0, sizeof *t);
-  t->source = path;
   FILE *f = fopen(path, "rb");
   if (!f) return snprintf(msg, msgcap, "%s: cannot open", path), -1;
   int rc = sim_trace_parse(t, f, path, limit, mix, seed, msg, msgcap);

@@ -975,8 +975,10 @@ static int costed_choose(void *state, void *inst, const spi_route_context *x,
   return SPI_OK;
 }
 
-static int costed_configure(void *state, const char *j, size_t n, void **inst,
-                            char *err, size_t cap) {
+/* configure of the recording policies below: the state they were
+ * registered with is their instance. */
+static int state_is_instance(void *state, const char *j, size_t n, void **inst,
+                             char *err, size_t cap) {
   (void)j;
   (void)n;
   (void)err;
@@ -1011,7 +1013,7 @@ static void test_work_sent_is_the_work_costed(void **st) {
   m.abi_version = SPI_MODULE_ABI_VERSION;
   m.struct_size = sizeof m;
   m.on_failure = SPI_ON_FAILURE_ERROR;
-  m.configure = costed_configure;
+  m.configure = state_is_instance;
   m.choose = costed_choose;
   assert_int_equal(spi_engine_register_module(w->e, SPI_MODULE_POLICY,
                                               "costed", 6, &m, &saw, NULL),
@@ -1133,16 +1135,6 @@ static int seen_choose(void *state, void *inst, const spi_route_context *x,
   return SPI_OK;
 }
 
-static int seen_configure(void *state, const char *j, size_t n, void **inst,
-                          char *err, size_t cap) {
-  (void)j;
-  (void)n;
-  (void)err;
-  (void)cap;
-  *inst = state;
-  return SPI_OK;
-}
-
 /* The twins' configuration; variant v > 0 changes what the pool index
  * keeps per replica (the wait per queued request, the configured prefill
  * rate, the age a load goes stale at), so the index is built again. */
@@ -1178,7 +1170,7 @@ static world *mk_twin(int every_candidate, seen *o) {
   m.struct_size = sizeof m;
   m.on_failure = SPI_ON_FAILURE_ERROR;
   m.flags = every_candidate ? 0 : SPI_POLICY_SUMMARIES_ONLY;
-  m.configure = seen_configure;
+  m.configure = state_is_instance;
   m.choose = seen_choose;
   assert_int_equal(spi_engine_register_module(w->e, SPI_MODULE_POLICY, "seen",
                                               4, &m, o, NULL),
