@@ -180,6 +180,8 @@ static void print_tables(const sim_opts *o, const sim_setup *su, const sim_resul
   printf("# spotinfer simulator\n\n");
   printf("trace: %s, %zu requests, %zu prompt blocks of %d tokens",
          tr->source, tr->n, tr->nb, SIM_BLOCK_TOKENS);
+  if (tr->format && strcmp(tr->format, "generator"))
+    printf(" (read as %s, a hash id %u tokens)", tr->format, tr->file_block_tokens);
   if (tr->bad_lines) printf(", %zu bad lines skipped (first: %s)", tr->bad_lines, tr->first_bad);
   if (o->cluster) {
     printf("\ncluster: %u replicas in %zu groups\n", o->cluster->replicas, o->cluster->n);

@@ -54,6 +54,8 @@ typedef struct sim_trace {
   size_t bad_lines;     /* lines that could not be read, skipped */
   char first_bad[160];  /* what was wrong with the first of them */
   const char *source;   /* "generator", or the file name */
+  const char *format;   /* what it was read as: "generator", "Mooncake JSONL", ... */
+  uint32_t file_block_tokens; /* tokens a hash id of the file stands for */
 } sim_trace;
 
 /* The generator's traffic families (see trace.c). */
@@ -82,7 +84,11 @@ int sim_family_parse(const char *name, int *family); /* 0, or -1 unknown */
 
 void sim_trace_free(sim_trace *t);
 int sim_trace_generate(sim_trace *t, const sim_gen_opts *o);
-/* Mooncake JSONL or Azure CSV, by content. limit 0 = all. Classes come
+/* A request trace, its format told by content (trace_read.c): JSONL with
+ * Mooncake's fields (timestamps in ms) or the Qwen/Bailian fields (chat_id,
+ * parent_chat_id; timestamps in s), or CSV (Azure's TIMESTAMP,
+ * ContextTokens,GeneratedTokens, BurstGPT's columns, or any header that
+ * names a time, an input and an output column). limit 0 = all. Classes come
  * from mix with seed. Returns 0, or -1 with msg when the file is unusable. */
 int sim_trace_read(sim_trace *t, const char *path, size_t limit,
                    const double mix[4], uint64_t seed, char *msg,
@@ -94,6 +100,14 @@ int sim_trace_parse(sim_trace *t, FILE *f, const char *name, size_t limit,
                     size_t msgcap);
 /* Fill chain[] from blocks[] (call after the requests are read). */
 void sim_trace_chain(sim_trace *t);
+/* What the generator and the readers share (trace.c): a new request at the
+ * end (its block_off set), a block id appended, a bad line counted (the
+ * first one's reason kept), a session's class, the order of arrivals. */
+sim_trace_req *sim_trace_add_req(sim_trace *t);
+int sim_trace_add_block(sim_trace *t, uint64_t id);
+void sim_trace_note_bad(sim_trace *t, size_t line, const char *why);
+uint32_t sim_session_class(const sim_rng *r, const double mix[4], uint64_t session);
+int sim_trace_cmp_arrival(const void *a, const void *b);
 
 /* A spot-capacity trace: one value per tick, the instances available. A
  * trace whose values are only 0 and 1 is availability of the whole zone;

@@ -1,6 +1,6 @@
-/* trace.c - the built-in request generator, Mooncake JSONL and Azure CSV
- * readers, and SkyPilot spot-trace reading and generation. Bad lines are
- * counted and skipped, never fatal. */
+/* trace.c - the built-in request generator, what the request-trace readers
+ * share (trace_read.c, trace_jsonl.c, trace_csv.c), and SkyPilot spot-trace
+ * reading and generation. Bad lines are counted and skipped, never fatal. */
 #include <cjson/cJSON.h>
 #include <dirent.h>
 #include <math.h>
@@ -51,7 +51,7 @@ static uint32_t pick_class(sim_rng *r, const double mix[4]) {
 
 /* A session's class: the same for every request of the session, drawn
  * from the mix with the run's seed (r only carries the seed). */
-static uint32_t session_class(const sim_rng *r, const double mix[4], uint64_t session) {
+uint32_t sim_session_class(const sim_rng *r, const double mix[4], uint64_t session) {
   sim_rng x;
   sim_rng_seed(&x, r->s[0] ^ sim_mix64(session));
   return pick_class(&x, mix);
@@ -67,7 +67,7 @@ void sim_trace_free(sim_trace *t) {
   memset(t, 0, sizeof *t);
 }
 
-static sim_trace_req *add_req(sim_trace *t) {
+sim_trace_req *sim_trace_add_req(sim_trace *t) {
   if (t->n == t->cap) {
     size_t c = t->cap ? t->cap * 2 : 1024;
     sim_trace_req *p = realloc(t->reqs, c * sizeof *p);
@@ -81,7 +81,7 @@ static sim_trace_req *add_req(sim_trace *t) {
   return q;
 }
 
-static int add_block(sim_trace *t, uint64_t id) {
+int sim_trace_add_block(sim_trace *t, uint64_t id) {
   if (t->nb == t->bcap) {
     size_t c = t->bcap ? t->bcap * 2 : 8192;
     uint64_t *p = realloc(t->blocks, c * sizeof *p);
@@ -155,7 +155,6 @@ void sim_trace_chain(sim_trace *t) {
  * Classes are drawn per conversation (per tenant in "tenants"), never per
  * request, so the turns of one conversation share a class.
  */
-static int cmp_arrival(const void *a, const void *b);
 
 static const char *const FAMILY_NAMES[SIM_FAMILIES] = {
     "mixed",  "global-prompt", "tenants",  "long-sessions",
@@ -248,7 +247,7 @@ static int gen_emit(gen_state *g, gen_session *s, double at, uint32_t add) {
   uint32_t cap = g->o->family == SIM_FAMILY_LONG_SESSIONS ? GEN_MAX_BLOCKS - 16 : 48;
   if (s->len + add > cap) gen_restart(g, s);
   for (uint32_t b = 0; b < add; b++) s->ids[s->len++] = g->next_id++;
-  sim_trace_req *q = add_req(g->t);
+  sim_trace_req *q = sim_trace_add_req(g->t);
   if (!q) return -1;
   q->arrival_ns = (int64_t)(at * 1e9);
   q->nblocks = s->len;
@@ -257,7 +256,7 @@ static int gen_emit(gen_state *g, gen_session *s, double at, uint32_t add) {
   q->session = s->id;
   q->out_tokens = out_tokens(g, q->klass);
   for (uint32_t b = 0; b < s->len; b++)
-    if (add_block(g->t, s->ids[b])) return -1;
+    if (sim_trace_add_block(g->t, s->ids[b])) return -1;
   g->t->n++;
   return 0;
 }
@@ -277,6 +276,8 @@ int sim_trace_generate(sim_trace *t, const sim_gen_opts *o) {
   memset(&g, 0, sizeof g);
   memset(t, 0, sizeof *t);
   t->source = "generator";
+  t->format = "generator";
+  t->file_block_tokens = SIM_BLOCK_TOKENS;
   g.t = t, g.o = o;
   sim_rng_seed(&g.r, o->seed ^ 0x47454e31ull);
   g.next_id = 1u << 20;
@@ -315,249 +316,20 @@ int sim_trace_generate(sim_trace *t, const sim_gen_opts *o) {
   }
   free(ss);
   if (rc) return -1;
-  qsort(t->reqs, t->n, sizeof *t->reqs, cmp_arrival);
+  qsort(t->reqs, t->n, sizeof *t->reqs, sim_trace_cmp_arrival);
   sim_trace_chain(t);
   return 0;
 }
 
-static void note_bad(sim_trace *t, size_t line, const char *why) {
+void sim_trace_note_bad(sim_trace *t, size_t line, const char *why) {
   if (!t->bad_lines++)
     snprintf(t->first_bad, sizeof t->first_bad, "line %zu: %s", line, why);
 }
 
-static const char *skip_ws(const char *p, const char *e) {
-  while (p < e && (*p == ' ' || *p == '\t')) p++;
-  return p;
-}
-
-/* A JSON number that is a plain integer of at most 15 digits (so exact as
- * the double cJSON would read), or NULL. */
-static const char *plain_uint(const char *p, const char *e, double *v) {
-  uint64_t x = 0;
-  int nd = 0;
-  if (p + 1 < e && p[0] == '0' && p[1] >= '0' && p[1] <= '9') return NULL;
-  for (; p < e && *p >= '0' && *p <= '9'; p++) {
-    if (++nd > 15) return NULL;
-    x = x * 10 + (uint64_t)(*p - '0');
-  }
-  if (!nd || (p < e && (*p == '.' || *p == 'e' || *p == 'E'))) return NULL;
-  *v = (double)x;
-  return p;
-}
-
-/* The ids of a hash_ids array at p (after its '['), appended to blocks. */
-static const char *plain_ids(sim_trace *t, const char *p, const char *e, int *oom) {
-  p = skip_ws(p, e);
-  if (p < e && *p == ']') return p + 1;
-  for (;;) {
-    double id;
-    if (!(p = plain_uint(skip_ws(p, e), e, &id))) return NULL;
-    if (add_block(t, (uint64_t)id)) return *oom = 1, NULL;
-    p = skip_ws(p, e);
-    if (p < e && *p == ',') p++;
-    else return p < e && *p == ']' ? p + 1 : NULL;
-  }
-}
-
-/* A Mooncake line in its usual shape read without building a JSON tree
- * (most of the time of reading a trace went to that): an object of exactly
- * the four fields, each once, plain integers, nothing after it. 1 when the
- * line had that shape (v: timestamp, input and output length; its ids
- * appended to blocks), 0 when not (nothing kept: cJSON reads it, with the
- * same result for every line both can read), -1 out of memory. */
-static int plain_mooncake(sim_trace *t, const char *line, size_t len, double v[3]) {
-  static const char *const KEYS[4] = {"timestamp", "input_length", "output_length",
-                                      "hash_ids"};
-  const char *p = skip_ws(line, line + len), *e = line + len;
-  size_t nb0 = t->nb;
-  int seen = 0, oom = 0;
-  if (p == e || *p++ != '{') return 0;
-  while (p) {
-    p = skip_ws(p, e);
-    const char *k = p + 1, *q = k;
-    while (q < e && *q != '"' && *q != '\\') q++;
-    int key = -1;
-    for (int i = 0; i < 4 && p < e && *p == '"' && q < e && *q == '"'; i++)
-      if (strlen(KEYS[i]) == (size_t)(q - k) && !memcmp(k, KEYS[i], (size_t)(q - k))) key = i;
-    if (key < 0 || (seen >> key & 1)) break;
-    seen |= 1 << key;
-    p = skip_ws(q + 1, e);
-    if (p == e || *p++ != ':') break;
-    p = skip_ws(p, e);
-    if (key < 3) p = plain_uint(p, e, &v[key]);
-    else p = p < e && *p == '[' ? plain_ids(t, p + 1, e, &oom) : NULL;
-    if (!p) break;
-    p = skip_ws(p, e);
-    if (p < e && *p == ',') { p++; continue; }
-    if (p < e && *p == '}' && skip_ws(p + 1, e) == e && seen == 15) return 1;
-    break;
-  }
-  t->nb = nb0;
-  return oom ? -1 : 0;
-}
-
-/* The latest timestamp a Mooncake line may have, in milliseconds (about
- * 285 years): its nanoseconds fit in int64. */
-#define SIM_TRACE_MAX_MS 9e12
-
-/* The request of a line read by plain_mooncake: its ids are at blocks
- * [nb0, nb). */
-static int add_plain_mooncake(sim_trace *t, size_t nb0, const double v[3], size_t lineno,
-                              sim_rng *r, const double mix[4]) {
-  if (v[0] > SIM_TRACE_MAX_MS || v[1] < 1 || v[2] < 1 || v[1] > 4e6 || v[2] > 1e6) {
-    t->nb = nb0;
-    return note_bad(t, lineno, "missing or out-of-range field"), 0;
-  }
-  sim_trace_req *q = add_req(t);
-  if (!q) return -1;
-  q->block_off = nb0;
-  q->arrival_ns = (int64_t)(v[0] * 1e6);
-  q->in_tokens = (uint32_t)v[1];
-  q->out_tokens = (uint32_t)v[2];
-  q->nblocks = (uint32_t)(t->nb - q->block_off);
-  q->session = q->nblocks ? t->blocks[q->block_off] : ((uint64_t)1 << 63) | t->n;
-  q->klass = session_class(r, mix, q->session);
-  t->n++;
-  return 0;
-}
-
-static int read_mooncake_line(sim_trace *t, const char *line, size_t len,
-                              size_t lineno, sim_rng *r, const double mix[4]) {
-  double v[3];
-  size_t nb0 = t->nb;
-  int plain = plain_mooncake(t, line, len, v);
-  if (plain) return plain < 0 ? -1 : add_plain_mooncake(t, nb0, v, lineno, r, mix);
-  cJSON *o = cJSON_ParseWithLength(line, len);
-  if (!o) return note_bad(t, lineno, "malformed JSON"), 0;
-  const cJSON *ts = cJSON_GetObjectItemCaseSensitive(o, "timestamp");
-  const cJSON *in = cJSON_GetObjectItemCaseSensitive(o, "input_length");
-  const cJSON *out = cJSON_GetObjectItemCaseSensitive(o, "output_length");
-  const cJSON *ids = cJSON_GetObjectItemCaseSensitive(o, "hash_ids");
-  if (!cJSON_IsNumber(ts) || !cJSON_IsNumber(in) || !cJSON_IsNumber(out) ||
-      !cJSON_IsArray(ids) || !(ts->valuedouble >= 0 && ts->valuedouble <= SIM_TRACE_MAX_MS) ||
-      in->valuedouble < 1 ||
-      out->valuedouble < 1 || in->valuedouble > 4e6 || out->valuedouble > 1e6) {
-    cJSON_Delete(o);
-    return note_bad(t, lineno, "missing or out-of-range field"), 0;
-  }
-  size_t save_nb = t->nb;
-  sim_trace_req *q = add_req(t);
-  if (!q) return cJSON_Delete(o), -1;
-  const cJSON *id;
-  cJSON_ArrayForEach(id, ids) {
-    if (!cJSON_IsNumber(id) || !(id->valuedouble >= 0 && id->valuedouble <= 9007199254740992.0)) {
-      t->nb = save_nb;
-      cJSON_Delete(o);
-      return note_bad(t, lineno, "hash_ids holds a non-id"), 0;
-    }
-    if (add_block(t, (uint64_t)id->valuedouble)) return cJSON_Delete(o), -1;
-  }
-  q->arrival_ns = (int64_t)(ts->valuedouble * 1e6);
-  q->in_tokens = (uint32_t)in->valuedouble;
-  q->out_tokens = (uint32_t)out->valuedouble;
-  q->nblocks = (uint32_t)(t->nb - q->block_off);
-  /* The trace names no session; its conversations are the requests that
-   * share a first block, so that block stands for the session. */
-  q->session = q->nblocks ? t->blocks[q->block_off] : ((uint64_t)1 << 63) | t->n;
-  q->klass = session_class(r, mix, q->session);
-  t->n++;
-  cJSON_Delete(o);
-  return 0;
-}
-
-/* Days since 1970-01-01 of a civil date (proleptic Gregorian). */
-static int64_t days_from_civil(int64_t y, int64_t m, int64_t d) {
-  y -= m <= 2;
-  int64_t era = (y >= 0 ? y : y - 399) / 400;
-  int64_t yoe = y - era * 400;
-  int64_t doy = (153 * (m + (m > 2 ? -3 : 9)) + 2) / 5 + d - 1;
-  int64_t doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-  return era * 146097 + doe - 719468;
-}
-
-static int read_azure_line(sim_trace *t, char *line, size_t lineno,
-                           sim_rng *r, const double mix[4], int64_t *t0) {
-  int y, mo, d, h, mi;
-  double sec;
-  long ctx, gen;
-  if (sscanf(line, "%d-%d-%d %d:%d:%lf,%ld,%ld", &y, &mo, &d, &h, &mi, &sec,
-             &ctx, &gen) != 8 ||
-      y < 1970 || y > 2200 || /* nanoseconds since 1970 fit in int64 */
-      mo < 1 || mo > 12 || d < 1 || d > 31 || h < 0 || h > 23 || mi < 0 || mi > 59 || sec < 0 ||
-      sec >= 61 || ctx < 1 || gen < 1 || ctx > 4000000 || gen > 1000000)
-    return note_bad(t, lineno, "not TIMESTAMP,ContextTokens,GeneratedTokens"), 0;
-  int64_t ns = (days_from_civil(y, mo, d) * 86400 + h * 3600 + mi * 60) *
-                   1000000000ll + (int64_t)(sec * 1e9);
-  if (*t0 < 0) *t0 = ns;
-  sim_trace_req *q = add_req(t);
-  if (!q) return -1;
-  q->arrival_ns = ns - *t0 < 0 ? 0 : ns - *t0;
-  q->in_tokens = (uint32_t)ctx;
-  q->out_tokens = (uint32_t)gen;
-  /* No prefix information: every block is this request's own. */
-  q->nblocks = (q->in_tokens + SIM_BLOCK_TOKENS - 1) / SIM_BLOCK_TOKENS;
-  for (uint32_t b = 0; b < q->nblocks; b++)
-    if (add_block(t, (1ull << 62) | ((uint64_t)t->n << 16) | b)) return -1;
-  q->session = ((uint64_t)1 << 63) | t->n; /* no sessions: each its own */
-  q->klass = session_class(r, mix, q->session);
-  t->n++;
-  return 0;
-}
-
-static int cmp_arrival(const void *a, const void *b) {
+int sim_trace_cmp_arrival(const void *a, const void *b) {
   const sim_trace_req *x = a, *y = b;
   if (x->arrival_ns != y->arrival_ns) return x->arrival_ns < y->arrival_ns ? -1 : 1;
   return x->block_off < y->block_off ? -1 : x->block_off > y->block_off;
-}
-
-int sim_trace_read(sim_trace *t, const char *path, size_t limit,
-                   const double mix[4], uint64_t seed, char *msg,
-                   size_t msgcap) {
-  memset(t, 0, sizeof *t);
-  FILE *f = fopen(path, "rb");
-  if (!f) return snprintf(msg, msgcap, "%s: cannot open", path), -1;
-  int rc = sim_trace_parse(t, f, path, limit, mix, seed, msg, msgcap);
-  fclose(f);
-  return rc;
-}
-
-int sim_trace_parse(sim_trace *t, FILE *f, const char *name, size_t limit,
-                    const double mix[4], uint64_t seed, char *msg,
-                    size_t msgcap) {
-  memset(t, 0, sizeof *t);
-  t->source = name;
-  sim_rng r;
-  sim_rng_seed(&r, seed ^ 0x54524331ull);
-  char *line = NULL;
-  size_t cap = 0, lineno = 0;
-  int64_t t0 = -1;
-  int fmt = 0, rc = 0; /* fmt: 1 mooncake, 2 azure */
-  ssize_t got;
-  while ((got = getline(&line, &cap, f)) >= 0) {
-    lineno++;
-    size_t len = (size_t)got;
-    while (len && (line[len - 1] == '\n' || line[len - 1] == '\r')) line[--len] = 0;
-    if (!len) continue;
-    if (!fmt) {
-      if (line[0] == '{') fmt = 1;
-      else if (!strncmp(line, "TIMESTAMP", 9)) { fmt = 2; continue; }
-      else fmt = 2;
-    }
-    rc = fmt == 1 ? read_mooncake_line(t, line, len, lineno, &r, mix)
-                  : read_azure_line(t, line, lineno, &r, mix, &t0);
-    if (rc) break;
-    if (limit && t->n >= limit) break;
-  }
-  free(line);
-  if (!rc && !t->n) rc = 1;
-  if (!rc) {
-    qsort(t->reqs, t->n, sizeof *t->reqs, cmp_arrival);
-    sim_trace_chain(t);
-    if (t->chain) return 0;
-  }
-  snprintf(msg, msgcap, "%s: %s", name, rc > 0 ? "no usable request" : "out of memory");
-  sim_trace_free(t);
-  return -1;
 }
 
 /* --------------------------------------------------------- spot traces */

@@ -1,6 +1,7 @@
 /*
  * fuzz_sim_traces - the simulator's readers of outside data: request traces
- * (Mooncake JSONL, Azure CSV, told apart by content), SkyPilot spot traces
+ * (Mooncake or Bailian JSONL, Azure, BurstGPT or other headed CSV, told
+ * apart by content), SkyPilot spot traces
  * (JSON) and cluster files (JSON). All three read the same input. A trace that is read must be
  * usable as the simulator uses it: at least one request, arrivals in order,
  * every request's blocks inside the block arrays, chained hashes made; a

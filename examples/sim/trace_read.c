@@ -1,0 +1,151 @@
+/*
+ * trace_read.c - a request trace from a file: its format told by content
+ * (a line that starts with '{' is JSONL, trace_jsonl.c; anything else CSV,
+ * trace_csv.c), then made into what the simulator runs: arrivals from the
+ * file's first, the file's hash ids as the simulator's 512-token blocks,
+ * a session and a class for every request, arrivals in order, chained
+ * block hashes. Bad lines are counted and skipped, never fatal.
+ */
+#include <stdlib.h>
+#include <string.h>
+#include <sys/types.h>
+
+#include "trace_read.h"
+
+/* The tokens a hash id of the file stands for: the power of two, 16 to
+ * 4096, for which most requests have exactly ceil(input / it) ids (a tie
+ * keeps 512, Mooncake's). */
+static uint32_t file_block_tokens(const sim_trace *t) {
+  size_t hits[9] = {0};
+  for (size_t i = 0; i < t->n; i++) {
+    const sim_trace_req *q = &t->reqs[i];
+    for (int k = 0; k < 9; k++) {
+      uint32_t b = 16u << k;
+      hits[k] += q->nblocks && (q->in_tokens + b - 1) / b == q->nblocks;
+    }
+  }
+  int best = 5; /* 512 */
+  for (int k = 0; k < 9; k++)
+    if (hits[k] > hits[best]) best = k;
+  return 16u << best;
+}
+
+/* A request's file ids [ids, ids + n) as the simulator's blocks, appended:
+ * g ids of a smaller unit make one block (a hash of them and their count,
+ * so a short last group never matches a full one); an id of a larger unit
+ * makes `split` blocks, as many as its input needs. */
+static int reblock(sim_trace *t, const uint64_t *ids, uint32_t n, uint32_t unit,
+                   uint32_t in_tokens) {
+  if (unit < SIM_BLOCK_TOKENS) {
+    uint32_t g = SIM_BLOCK_TOKENS / unit;
+    for (uint32_t i = 0; i < n; i += g) {
+      uint32_t m = n - i < g ? n - i : g;
+      uint64_t h = sim_mix64(0x47525031ull ^ m); /* "GRP1" */
+      for (uint32_t j = 0; j < m; j++) h = sim_mix64(h ^ ids[i + j]);
+      if (sim_trace_add_block(t, h)) return -1;
+    }
+    return 0;
+  }
+  uint32_t split = unit / SIM_BLOCK_TOKENS, need = (in_tokens + SIM_BLOCK_TOKENS - 1) / SIM_BLOCK_TOKENS;
+  for (uint32_t i = 0, made = 0; i < n && made < need; i++)
+    for (uint32_t j = 0; j < split && made < need; j++, made++)
+      if (sim_trace_add_block(t, sim_mix64(sim_mix64(ids[i]) + j))) return -1;
+  return 0;
+}
+
+/* Every request's blocks in the simulator's unit, when the file's is
+ * another. 0, or -1 out of memory. */
+static int to_sim_blocks(sim_trace *t, uint32_t unit) {
+  if (unit == SIM_BLOCK_TOKENS) return 0;
+  uint64_t *old = t->blocks;
+  t->blocks = NULL, t->nb = t->bcap = 0;
+  int rc = 0;
+  for (size_t i = 0; i < t->n && !rc; i++) {
+    sim_trace_req *q = &t->reqs[i];
+    size_t off = q->block_off;
+    q->block_off = t->nb;
+    rc = reblock(t, old + off, q->nblocks, unit, q->in_tokens);
+    q->nblocks = (uint32_t)(t->nb - q->block_off);
+  }
+  free(old);
+  return rc;
+}
+
+/* Arrivals from the file's first, sessions where the file names none (a
+ * Mooncake conversation: the requests that share a first block), classes
+ * by session, arrivals in order, chained hashes. 0, or -1 out of memory. */
+static int finish(sim_trace *t, int fmt, const double mix[4], uint64_t seed) {
+  t->file_block_tokens = fmt == TRACE_CSV ? SIM_BLOCK_TOKENS : file_block_tokens(t);
+  if (to_sim_blocks(t, t->file_block_tokens)) return -1;
+  int64_t t0 = t->reqs[0].arrival_ns;
+  for (size_t i = 1; i < t->n; i++)
+    if (t->reqs[i].arrival_ns < t0) t0 = t->reqs[i].arrival_ns;
+  sim_rng r;
+  sim_rng_seed(&r, seed ^ 0x54524331ull);
+  for (size_t i = 0; i < t->n; i++) {
+    sim_trace_req *q = &t->reqs[i];
+    q->arrival_ns -= t0;
+    if (fmt == TRACE_MOONCAKE)
+      q->session = q->nblocks ? t->blocks[q->block_off] : ((uint64_t)1 << 63) | i;
+    q->klass = sim_session_class(&r, mix, q->session);
+  }
+  qsort(t->reqs, t->n, sizeof *t->reqs, sim_trace_cmp_arrival);
+  sim_trace_chain(t);
+  return t->chain ? 0 : -1;
+}
+
+static const char *format_name(int fmt) {
+  return fmt == TRACE_BAILIAN ? "Bailian JSONL" : fmt == TRACE_CSV ? "CSV" : "Mooncake JSONL";
+}
+
+int sim_trace_read(sim_trace *t, const char *path, size_t limit,
+                   const double mix[4], uint64_t seed, char *msg,
+                   size_t msgcap) {
+  memset(t, 0, sizeof *t);
+  FILE *f = fopen(path, "rb");
+  if (!f) return snprintf(msg, msgcap, "%s: cannot open", path), -1;
+  int rc = sim_trace_parse(t, f, path, limit, mix, seed, msg, msgcap);
+  fclose(f);
+  return rc;
+}
+
+/* A line of the file, its format decided by the first: 0 read or skipped,
+ * 1 the file is unusable (msg says why), -1 out of memory. */
+static int read_line(trace_reader *rd, char *line, size_t len, size_t lineno, char *msg,
+                     size_t msgcap) {
+  if (rd->fmt == TRACE_UNKNOWN && line[0] != '{') {
+    rd->fmt = TRACE_CSV;
+    int h = trace_csv_header(rd, line, msg, msgcap);
+    if (h) return h < 0 ? 1 : 0;
+  }
+  return rd->fmt == TRACE_CSV ? trace_csv_line(rd, line, lineno)
+                              : trace_jsonl_line(rd, line, len, lineno);
+}
+
+int sim_trace_parse(sim_trace *t, FILE *f, const char *name, size_t limit,
+                    const double mix[4], uint64_t seed, char *msg,
+                    size_t msgcap) {
+  memset(t, 0, sizeof *t);
+  t->source = name;
+  trace_reader rd = {.t = t};
+  char *line = NULL, why[160] = "no usable request";
+  size_t cap = 0, lineno = 0;
+  int rc = 0;
+  ssize_t got;
+  while (!rc && (got = getline(&line, &cap, f)) >= 0) {
+    lineno++;
+    size_t len = (size_t)got;
+    while (len && (line[len - 1] == '\n' || line[len - 1] == '\r')) line[--len] = 0;
+    if (!len) continue;
+    rc = read_line(&rd, line, len, lineno, why, sizeof why);
+    if (limit && t->n >= limit) break;
+  }
+  free(line);
+  trace_chats_free(&rd.chats);
+  t->format = format_name(rd.fmt);
+  if (!rc && !t->n) rc = 1;
+  if (!rc && !finish(t, rd.fmt, mix, seed)) return 0;
+  snprintf(msg, msgcap, "%s: %s", name, rc > 0 ? why : "out of memory");
+  sim_trace_free(t);
+  return -1;
+}

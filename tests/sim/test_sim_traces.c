@@ -1,0 +1,171 @@
+/*
+ * test_sim_traces.c - the simulator's request-trace readers
+ * (examples/sim/trace_read.c, trace_jsonl.c, trace_csv.c) on every format
+ * they tell apart, from small inputs written here: Mooncake JSONL (ms,
+ * 512-token ids), Qwen/Bailian JSONL (s, 16-token ids, conversations by
+ * parent_chat_id), Azure CSV (2023 and 2024 timestamps), BurstGPT CSV (a
+ * header in another order, failed requests), and headers that name no
+ * usable column. Exits 0 when every check holds.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "sim.h"
+
+static int fails;
+
+static void check(int ok, const char *what) {
+  if (!ok) {
+    fprintf(stderr, "FAIL: %s\n", what);
+    fails++;
+  }
+}
+
+static const double MIX[4] = {0, 0.2, 0.5, 0.3};
+
+/* Read text as a trace; 0 when it was read. */
+static int read_text(sim_trace *t, const char *text, char *msg, size_t msgcap) {
+  FILE *f = fmemopen((void *)text, strlen(text), "rb");
+  if (!f) return -1;
+  int rc = sim_trace_parse(t, f, "test", 0, MIX, 3, msg, msgcap);
+  fclose(f);
+  return rc;
+}
+
+static int same_block(const sim_trace *t, size_t a, size_t ka, size_t b, size_t kb) {
+  return t->blocks[t->reqs[a].block_off + ka] == t->blocks[t->reqs[b].block_off + kb];
+}
+
+static void test_mooncake(void) {
+  const char *text =
+      "{\"timestamp\": 0, \"input_length\": 1000, \"output_length\": 5, \"hash_ids\": [1, 2]}\n"
+      "{\"timestamp\": 1500, \"input_length\": 1100, \"output_length\": 7, \"hash_ids\": [1, 3, 4]}\n"
+      "{\"timestamp\": 2000, \"input_length\": 20, \"hash_ids\": [9]}\n";
+  sim_trace t;
+  char msg[256];
+  check(!read_text(&t, text, msg, sizeof msg), "mooncake: read");
+  check(t.n == 2 && t.bad_lines == 1, "mooncake: the line without output_length skipped");
+  check(!strcmp(t.format, "Mooncake JSONL") && t.file_block_tokens == 512, "mooncake: format");
+  check(t.reqs[1].arrival_ns == 1500000000ll, "mooncake: timestamps in ms");
+  check(t.reqs[0].nblocks == 2 && t.reqs[1].nblocks == 3, "mooncake: one block an id");
+  check(same_block(&t, 0, 0, 1, 0) && t.reqs[0].session == t.reqs[1].session,
+        "mooncake: a shared first block is one conversation");
+  sim_trace_free(&t);
+}
+
+/* A Bailian line: chat, parent, time in s, input tokens, ids first..first+n-1
+ * (16-token ids). */
+static void bailian_line(char *out, size_t cap, int chat, int parent, double ts, int in,
+                         int first, int n) {
+  int k = snprintf(out, cap,
+                   "{\"chat_id\": %d, \"parent_chat_id\": %d, \"timestamp\": %.3f, "
+                   "\"input_length\": %d, \"output_length\": 50, \"type\": \"text\", "
+                   "\"turn\": 1, \"hash_ids\": [",
+                   chat, parent, ts, in);
+  for (int i = 0; i < n; i++) k += snprintf(out + k, cap - (size_t)k, "%s%d", i ? ", " : "", first + i);
+  snprintf(out + k, cap - (size_t)k, "]}\n");
+}
+
+static void test_bailian(void) {
+  static char text[16384];
+  size_t k = 0;
+  /* chat 7 (600 tokens: 38 ids), its follow-up 8 (1100 tokens: 69 ids
+   * sharing the first 38), an unrelated chat 9 whose first 20 ids are the
+   * same as chat 7's (a shared system prompt shorter than a block). */
+  bailian_line(text + k, sizeof text - k, 7, -1, 61.114, 600, 1000, 38);
+  k = strlen(text);
+  bailian_line(text + k, sizeof text - k, 8, 7, 65.5, 1100, 1000, 69);
+  k = strlen(text);
+  bailian_line(text + k, sizeof text - k, 9, -1, 62.0, 600, 1000, 20);
+  k = strlen(text);
+  snprintf(text + k, sizeof text - k, "{\"chat_id\": \"x\", \"timestamp\": 1}\n");
+  sim_trace t;
+  char msg[256];
+  check(!read_text(&t, text, msg, sizeof msg), "bailian: read");
+  check(t.n == 3 && t.bad_lines == 1, "bailian: a chat_id that is not an id is a bad line");
+  check(!strcmp(t.format, "Bailian JSONL") && t.file_block_tokens == 16, "bailian: 16-token ids found");
+  /* In arrival order: chat 7 at 0 s, chat 9 at 0.886 s, chat 8 at 4.386 s. */
+  check(t.reqs[0].arrival_ns == 0 && t.reqs[1].arrival_ns == 886000000ll &&
+            t.reqs[2].arrival_ns == 4386000000ll,
+        "bailian: timestamps in s, from the first arrival");
+  check(t.reqs[0].nblocks == 2 && t.reqs[2].nblocks == 3, "bailian: 32 ids make a 512-token block");
+  check(same_block(&t, 0, 0, 2, 0), "bailian: a follow-up shares its parent's full block");
+  check(!same_block(&t, 0, 1, 2, 1), "bailian: a short last group is not a full one");
+  check(t.reqs[1].nblocks == 1 && !same_block(&t, 0, 0, 1, 0),
+        "bailian: 20 shared ids are not a shared block");
+  check(t.reqs[0].session == t.reqs[2].session && t.reqs[0].session != t.reqs[1].session,
+        "bailian: a conversation follows parent_chat_id");
+  check(t.reqs[0].klass == t.reqs[2].klass, "bailian: a conversation keeps its class");
+  sim_trace_free(&t);
+}
+
+static void test_azure(void) {
+  const char *text = "TIMESTAMP,ContextTokens,GeneratedTokens\n"
+                     "2023-11-16 18:17:03.9799600,4808,10\n"
+                     "2023-11-16 18:17:04.0319600,3180,8\n"
+                     "2023-11-16 18:17:05,bad,8\n";
+  sim_trace t;
+  char msg[256];
+  check(!read_text(&t, text, msg, sizeof msg), "azure 2023: read");
+  check(t.n == 2 && t.bad_lines == 1, "azure 2023: a bad count skipped");
+  check(t.reqs[1].arrival_ns == 52000000ll, "azure 2023: fractions of a second");
+  check(t.reqs[0].nblocks == 10 && t.reqs[0].session != t.reqs[1].session,
+        "azure 2023: own blocks, own sessions");
+  sim_trace_free(&t);
+  /* The 2024 traces write an offset; an hour apart in local time is the
+   * same instant here. */
+  text = "TIMESTAMP,ContextTokens,GeneratedTokens\n"
+         "2024-05-10 00:00:00.009930+00:00,2162,5\n"
+         "2024-05-10T01:00:02.5+01:00,300,9\n"
+         "2024-05-10 00:00:03Z,10,1\n";
+  check(!read_text(&t, text, msg, sizeof msg), "azure 2024: read");
+  check(t.n == 3 && t.bad_lines == 0, "azure 2024: offsets and T read");
+  check(t.reqs[1].arrival_ns == 2490070000ll && t.reqs[2].arrival_ns == 2990070000ll,
+        "azure 2024: offsets applied");
+  sim_trace_free(&t);
+}
+
+static void test_burstgpt(void) {
+  const char *text = "Timestamp,Model,Request tokens,Response tokens,Total tokens,Log Type\n"
+                     "5,ChatGPT,472,18,490,Conversation log\n"
+                     "45,ChatGPT,1087,0,1087,Conversation log\n"
+                     "12.5,GPT-4,100,200,300,API log\n"
+                     "13,GPT-4\n";
+  sim_trace t;
+  char msg[256];
+  check(!read_text(&t, text, msg, sizeof msg), "burstgpt: read");
+  check(t.n == 2 && t.bad_lines == 2, "burstgpt: a failed request and a short line skipped");
+  check(!strcmp(t.format, "CSV"), "burstgpt: format");
+  check(t.reqs[1].arrival_ns == 7500000000ll && t.reqs[1].in_tokens == 100 &&
+            t.reqs[1].out_tokens == 200,
+        "burstgpt: columns found by name, times in s");
+  check(strstr(t.first_bad, "line 3") && strstr(t.first_bad, "failed"), "burstgpt: why");
+  sim_trace_free(&t);
+}
+
+static void test_unusable(void) {
+  sim_trace t;
+  char msg[256] = "";
+  check(read_text(&t, "when,prompt,answer\n1,2,3\n", msg, sizeof msg) &&
+            strstr(msg, "names no a time column"),
+        "a header without a time column is refused with its reason");
+  check(read_text(&t, "{\"timestamp\": 1}\n", msg, sizeof msg) && strstr(msg, "no usable request"),
+        "a file of bad lines is refused");
+  check(read_text(&t, "", msg, sizeof msg) && msg[0], "an empty file is refused");
+  /* Without a header the columns are time, input, output. */
+  check(!read_text(&t, "2023-11-16 18:17:03,100,5\n", msg, sizeof msg) && t.n == 1,
+        "a CSV without a header");
+  sim_trace_free(&t);
+}
+
+int main(void) {
+  test_mooncake();
+  test_bailian();
+  test_azure();
+  test_burstgpt();
+  test_unusable();
+  if (fails) fprintf(stderr, "%d check(s) failed\n", fails);
+  else printf("trace readers: every check holds\n");
+  return fails ? 1 : 0;
+}
