@@ -334,6 +334,12 @@ int sim_trace_cmp_arrival(const void *a, const void *b) {
 
 /* --------------------------------------------------------- spot traces */
 
+/* The cloud a spot set or file is of, by its name: gcp or azure when it
+ * says so, else aws. */
+static const char *cloud_of(const char *name) {
+  return strstr(name, "gcp") ? "gcp" : strstr(name, "azure") ? "azure" : "aws";
+}
+
 /* Notice lead time by cloud: AWS instance-action 120 s, GCP preemption
  * 30 s, Azure Scheduled Events Preempt 30 s. */
 static void set_cloud(sim_spot_trace *s, const char *cloud) {
@@ -342,12 +348,13 @@ static void set_cloud(sim_spot_trace *s, const char *cloud) {
 }
 
 /* "aws:FILE", "gcp:FILE" or "azure:FILE" name the cloud; a bare FILE is
- * taken as GCP when its path says "gcp", else as AWS. */
+ * taken as GCP when its path says "gcp", Azure when it says "azure", else
+ * as AWS. */
 int sim_spot_read(sim_spot_trace *s, const char *arg, char *msg,
                   size_t msgcap) {
   memset(s, 0, sizeof *s);
   static const char *const CLOUDS[3] = {"aws", "gcp", "azure"};
-  const char *path = arg, *cloud = strstr(arg, "gcp") ? "gcp" : "aws";
+  const char *path = arg, *cloud = cloud_of(arg);
   for (int k = 0; k < 3; k++) {
     size_t n = strlen(CLOUDS[k]);
     if (!strncmp(arg, CLOUDS[k], n) && arg[n] == ':') {
@@ -480,7 +487,8 @@ size_t sim_list_dir(const char *dir, const char *const *exts, size_t next,
 }
 
 /* DATA_DIR/spot/<set>/<zone>.json, prefixed with the cloud (a set named
- * gcp-... is GCP, anything else AWS), as the targets program reads them. */
+ * gcp-... is GCP, azure-... Azure, anything else AWS), as the targets
+ * program reads them. */
 size_t sim_list_spot(const char *data, char out[][512], size_t max) {
   static const char *const any[] = {""}, *const json[] = {".json"};
   char dir[512], sets[SIM_LIST_MAX][512];
@@ -491,7 +499,7 @@ size_t sim_list_spot(const char *data, char out[][512], size_t max) {
     size_t nf = sim_list_dir(sets[k], json, 1, files, SIM_LIST_MAX);
     const char *base = strrchr(sets[k], '/') + 1;
     for (size_t f = 0; f < nf && n < max; f++)
-      if (snprintf(out[n], 512, "%s:%s", strncmp(base, "gcp", 3) ? "aws" : "gcp", files[f]) < 512)
+      if (snprintf(out[n], 512, "%s:%s", cloud_of(base), files[f]) < 512)
         n++;
   }
   return n;

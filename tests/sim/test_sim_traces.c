@@ -11,7 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "sim.h"
+#include "sim_run.h"
 
 static int fails;
 
@@ -159,12 +159,36 @@ static void test_unusable(void) {
   sim_trace_free(&t);
 }
 
+/* The targets program's spot sets: each file prefixed with the cloud its
+ * set's name says. */
+static void test_spot_sets(void) {
+  char dir[] = "/tmp/spi-spot-XXXXXX", path[600];
+  if (!mkdtemp(dir)) {
+    check(0, "spot sets: a temporary directory");
+    return;
+  }
+  static const char *const sets[3] = {"aws-v100", "azure-nc24", "gcp-c3"};
+  for (int k = 0; k < 3; k++) {
+    snprintf(path, sizeof path, "mkdir -p %s/spot/%s && echo '{}' > %s/spot/%s/z%d.json", dir,
+             sets[k], dir, sets[k], k);
+    check(system(path) == 0, "spot sets: files made");
+  }
+  char out[SIM_MAX_ZONES][512];
+  size_t n = sim_list_spot(dir, out, SIM_MAX_ZONES);
+  check(n == 3 && !strncmp(out[0], "aws:", 4) && !strncmp(out[1], "azure:", 6) &&
+            !strncmp(out[2], "gcp:", 4),
+        "spot sets: the cloud from the set's name");
+  snprintf(path, sizeof path, "rm -rf %s", dir);
+  check(system(path) == 0, "spot sets: cleaned up");
+}
+
 int main(void) {
   test_mooncake();
   test_bailian();
   test_azure();
   test_burstgpt();
   test_unusable();
+  test_spot_sets();
   if (fails) fprintf(stderr, "%d check(s) failed\n", fails);
   else printf("trace readers: every check holds\n");
   return fails ? 1 : 0;
