@@ -433,6 +433,35 @@ static void test_wide_xxh3_matches(void **st) {
 #endif
 }
 
+/* Blocks longer than 240 bytes take XXH3's long path, which on CPUs with
+ * AVX-512 F the block hashes run with the seeded secret's words made in
+ * registers (keybuilder.c): every length to 2,200 bytes (each stripe
+ * count, the last stripe and the 1 KiB edge of the scramble), lengths
+ * around further block edges, at every alignment mod 8, with random seeds
+ * and the seeds whose pattern is all zeros or all ones, give libxxhash's
+ * bits. */
+static void test_block_hash_long_path_matches(void **st) {
+  (void)st;
+  static unsigned char buf[9000 + 8];
+  uint64_t x = 0x243f6a8885a308d3ull;
+  for (size_t i = 0; i < sizeof buf; i++) {
+    x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+    buf[i] = (unsigned char)x;
+  }
+  size_t lens[] = {2047, 2048, 2049, 3071, 3072, 3073, 4096, 4097,
+                   5000, 8191, 8192, 8193, 9000};
+  for (size_t n = 0; n <= 2200 + sizeof lens / sizeof lens[0]; n++) {
+    size_t len = n <= 2200 ? n : lens[n - 2201];
+    x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+    uint64_t seeds[] = {x, 0, 1, UINT64_MAX, UINT64_C(1) << 63};
+    for (int k = 0; k < 5; k++) {
+      const unsigned char *p = buf + (n + (size_t)k) % 8;
+      assert_true(spi__xxh3_seeded(p, len, seeds[k]) ==
+                  XXH3_64bits_withSeed(p, len, seeds[k]));
+    }
+  }
+}
+
 #if SPI_HAVE_XXH_AVX2
 #include <cpuid.h>
 /* Whether the upper halves of the vector registers may be non-zero (the
@@ -1029,6 +1058,7 @@ int main(void) {
       cmocka_unit_test(test_golden_vectors),
       cmocka_unit_test(test_golden_vectors_public_api),
       cmocka_unit_test(test_wide_xxh3_matches),
+      cmocka_unit_test(test_block_hash_long_path_matches),
       cmocka_unit_test(test_wide_xxh3_leaves_upper_state_clean),
       cmocka_unit_test(test_module_struct),
       cmocka_unit_test(test_defaults_from_table),
