@@ -11,7 +11,7 @@
  * builder.
  *
  *   spotinfer_sim [--requests N] [--rate R] [--seed S] [--replicas N]
- *                 [--on-demand N] [--trace FILE] [--limit N]
+ *                 [--on-demand N] [--trace FILE] [--limit N] [--speedup F]
  *                 [--spot-trace FILE]... [--spot-start S] [--mix G,S,B]
  *                 [--kv-blocks N] [--cluster FILE] [--json FILE] [--svg FILE]
  *                 [--policies a,b,...] [--config FILE] [--horizon S]
@@ -39,7 +39,7 @@ static void usage(void) {
   fprintf(stderr,
           "usage: spotinfer_sim [--requests N] [--rate R] [--seed S]\n"
           "  [--replicas N] [--on-demand N] [--kv-blocks N] [--mix G,S,B]\n"
-          "  [--trace FILE.jsonl|FILE.csv] [--limit N]\n"
+          "  [--trace FILE.jsonl|FILE.csv] [--limit N] [--speedup F]\n"
           "  [--cluster cluster.json]\n"
           "  [--spot-trace [aws:|gcp:|azure:]skypilot.json]... [--spot-start SECONDS]\n"
           "  [--policies p1,p2,...] [--json FILE] [--svg FILE] [--quiet]\n"
@@ -50,6 +50,8 @@ static void usage(void) {
           "--trace: requests from a file, its format told by content: Mooncake or\n"
           "  Qwen/Bailian JSONL (hash_ids of any power-of-two block), or CSV with a\n"
           "  time, an input-token and an output-token column (Azure, BurstGPT).\n"
+          "--speedup: a trace's arrivals F times as fast (0.5: half its rate), to\n"
+          "  replay a trace at another load; with --targets, every trace's.\n"
           "--on-demand: 0 makes a spot-only cluster, --replicas an on-demand-only one.\n"
           "--config: a library config (JSON) each run starts from; the simulator\n"
           "  sets the policy under test and cache_key.block_tokens, and fills in\n"
@@ -161,6 +163,12 @@ int main(int argc, char **argv) {
     else if (!strcmp(a, "--kv-blocks")) { NEEDV(); sized = 1; bad = parse_u64(v, &u) || u < 16 || u > 100000000; o.kv_blocks = (uint32_t)u; }
     else if (!strcmp(a, "--limit")) { NEEDV(); bad = parse_u64(v, &u); o.limit = (size_t)u; }
     else if (!strcmp(a, "--trace")) { NEEDV(); o.trace = v; }
+    else if (!strcmp(a, "--speedup")) {
+      NEEDV();
+      char *end;
+      o.speedup = strtod(v, &end);
+      bad = end == v || *end || !(o.speedup >= 0.01 && o.speedup <= 1000);
+    }
     else if (!strcmp(a, "--cluster")) { NEEDV(); cluster_path = v; }
     else if (!strcmp(a, "--spot-trace")) { NEEDV(); bad = o.n_spot >= SIM_MAX_ZONES; if (!bad) o.spot[o.n_spot++] = v; }
     else if (!strcmp(a, "--spot-start") || !strcmp(a, "--spot-offset")) {

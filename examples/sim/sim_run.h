@@ -48,6 +48,7 @@ typedef struct sim_opts {
   double od_usd_h, spot_usd_h;
   const char *trace;
   size_t limit;
+  double speedup; /* a trace's arrivals this many times as fast; 0 is 1 */
   const char *spot[SIM_MAX_ZONES];
   size_t n_spot;
   /* Where the run starts in its spot traces, seconds from their first tick
