@@ -690,13 +690,6 @@ static int64_t fresh_warm(const spi_route_context *x, const summary *m) {
   return m->warm >= 0 && servable(&x->candidates[m->warm]) ? m->warm : -1;
 }
 
-/* Expected output tokens, or -1 when nothing says. */
-static int64_t expected_output(const spi_request_view *v) {
-  if (v->expected_output_tokens_set) return v->expected_output_tokens;
-  if (v->max_output_tokens_set) return v->max_output_tokens;
-  return -1;
-}
-
 static int policy_choose(void *state, void *inst, const spi_route_context *x,
                          spi_policy_choice *out) {
   (void)state;
@@ -715,7 +708,7 @@ static int policy_choose(void *state, void *inst, const spi_route_context *x,
     summarise(x, SPI_POOL_SPOT, SPI_TIER_LARGE, &ms);
     summarise(x, SPI_POOL_ON_DEMAND, SPI_TIER_LARGE, &mo);
   }
-  int64_t out_tokens = expected_output(v);
+  int64_t out_tokens = spi__output_bound(v, cls);
   int64_t warm_s = fresh_warm(x, &ms), warm_o = fresh_warm(x, &mo);
 
   /* Pool rules, in order; fallback pool and whether queueing is allowed. */

@@ -75,18 +75,33 @@ static inline double spi__prefill_ttft_ms(const spi_router_cfg *c,
   return advised ? t + c->advised_penalty_ms : t;
 }
 
-/* The output tokens a request is expected to generate: what it says it
- * expects, else its max_tokens, else the class's cap, else 256. The
- * policy counts this for the request it places, from the classification
- * it chooses with (at the higher of the pools' pressures), and the ticket
- * keeps the same figure (drain estimates, the work a replica was sent),
- * not one from the plan at the chosen pool's pressure (route.c). */
-static inline uint64_t spi__output_estimate(const spi_request_view *v,
-                                            const spi_classification *cls) {
+/* The most output a request can generate, as far as it and its class
+ * say: what it says it expects, else its max_tokens, but never more than
+ * its class's cap, which the gateway applies (spi_decision's
+ * max_output_tokens), so a request asking for more cannot make it; the
+ * cap alone when the request says nothing; -1 when neither says. */
+static inline int64_t spi__output_bound(const spi_request_view *v,
+                                        const spi_classification *cls) {
+  int said_set = v->expected_output_tokens_set || v->max_output_tokens_set;
   int64_t said = v->expected_output_tokens_set ? v->expected_output_tokens
                  : v->max_output_tokens_set    ? v->max_output_tokens
                                                : 0;
-  if (said > 0) return (uint64_t)said;
+  int64_t cap = cls->max_output_tokens;
+  if (!said_set) return cap > 0 ? cap : -1;
+  return cap > 0 && said > cap ? cap : said;
+}
+
+/* The output tokens a request is expected to generate: its bound
+ * (spi__output_bound) when that is positive, else the class's cap, else
+ * 256. The policy counts this for the request it places, from the
+ * classification it chooses with (at the higher of the pools' pressures,
+ * so the cap is that plan's), and the ticket keeps the same figure (drain
+ * estimates, the work a replica was sent), not one from the plan at the
+ * chosen pool's pressure (route.c). */
+static inline uint64_t spi__output_estimate(const spi_request_view *v,
+                                            const spi_classification *cls) {
+  int64_t b = spi__output_bound(v, cls);
+  if (b > 0) return (uint64_t)b;
   return cls->max_output_tokens > 0 ? (uint64_t)cls->max_output_tokens : 256;
 }
 

@@ -37,7 +37,9 @@ typedef struct world {
 
 static int64_t clock_fn(void *ud) { return ((world *)ud)->now; }
 
-static world *mk(const char *policy_json) {
+/* An engine configured with the policy's settings (or none) and more
+ * top-level keys (`more`: "" or ",\"key\":..."). */
+static world *mk_with(const char *policy_json, const char *more) {
   world *w = calloc(1, sizeof *w);
   w->now = 1700000000 * SEC;
   spi_hooks h;
@@ -46,18 +48,20 @@ static world *mk(const char *policy_json) {
   h.clock = clock_fn;
   h.clock_user_data = w;
   assert_int_equal(spi_engine_new(&w->e, &h), SPI_OK);
-  char cfg[512];
+  char cfg[768];
   snprintf(cfg, sizeof cfg,
            "{\"cache_key\":{\"block_tokens\":%d},"
-           "\"router\":{\"load_max_age_ms\":3600000}%s%s}",
+           "\"router\":{\"load_max_age_ms\":3600000}%s%s%s}",
            IDS_PER_BLOCK, policy_json ? ",\"policy\":" : "",
-           policy_json ? policy_json : "");
+           policy_json ? policy_json : "", more);
   int rc = spi_engine_configure(w->e, cfg, strlen(cfg));
   if (rc) print_error("%s\n", spi_engine_errmsg(w->e));
   assert_int_equal(rc, SPI_OK);
   assert_int_equal(spi_request_new(w->e, &w->r), SPI_OK);
   return w;
 }
+
+static world *mk(const char *policy_json) { return mk_with(policy_json, ""); }
 
 static void done(world *w) {
   spi_request_free(w->r);
@@ -946,8 +950,8 @@ static void test_stale_warm_spot_is_no_cache_hit(void **st) {
 
 /* What a shadow policy saw of the work the reference policy costs: the
  * request's expected output as the policy reads it (what the request says,
- * else its class's cap in the classification the policy is given, else
- * 256), the pools' pressures, and the work each replica was sent. */
+ * never more than its class's cap in the classification the policy is
+ * given; that cap when the request says nothing; else 256), the pools' pressures, and the work each replica was sent. */
 typedef struct costed {
   double output;
   int32_t cls_pressure, pressure[4];
@@ -962,9 +966,11 @@ static int costed_choose(void *state, void *inst, const spi_route_context *x,
   int64_t said = v->expected_output_tokens_set ? v->expected_output_tokens
                  : v->max_output_tokens_set    ? v->max_output_tokens
                                                : 0;
-  o->output = said > 0                        ? (double)said
-              : x->cls->max_output_tokens > 0 ? (double)x->cls->max_output_tokens
-                                              : 256.0;
+  int64_t cap = x->cls->max_output_tokens;
+  if (cap > 0 && said > cap) said = cap;
+  o->output = said > 0   ? (double)said
+              : cap > 0  ? (double)cap
+                         : 256.0;
   o->cls_pressure = x->cls->pressure;
   memcpy(o->pressure, x->pressure, sizeof o->pressure);
   for (size_t i = 0; i < x->n_candidates; i++) {
@@ -987,17 +993,9 @@ static int state_is_instance(void *state, const char *j, size_t n, void **inst,
   return SPI_OK;
 }
 
-/* A replica is sent the work the policy costed for the request: its prompt
- * and the output expected in the classification the policy chose with.
- * The two pools' KV pressures differ (on-demand elevated, spot normal), so
- * the classification the policy reads (at the worse pool's pressure: the
- * pool is not chosen yet) has silver's elevated plan, a 1,024-token cap,
- * and the plan at the chosen spot pool's pressure has no cap (256
- * expected). The share guard compares the work a replica was sent with
- * what the request adds; counted from another plan than the one it was
- * costed with, a request would be charged 256 tokens and costed 1,024. */
-static void test_work_sent_is_the_work_costed(void **st) {
-  (void)st;
+/* Spot "s0" at normal KV pressure and on-demand "d0" at elevated, with
+ * `saw` recording as the shadow policy. */
+static world *costed_world(costed *saw) {
   world *w = calloc(1, sizeof *w);
   w->now = 1700000000 * SEC;
   spi_hooks h;
@@ -1006,8 +1004,7 @@ static void test_work_sent_is_the_work_costed(void **st) {
   h.clock = clock_fn;
   h.clock_user_data = w;
   assert_int_equal(spi_engine_new(&w->e, &h), SPI_OK);
-  costed saw;
-  memset(&saw, 0, sizeof saw);
+  memset(saw, 0, sizeof *saw);
   spi_policy_module m;
   memset(&m, 0, sizeof m);
   m.abi_version = SPI_MODULE_ABI_VERSION;
@@ -1016,7 +1013,7 @@ static void test_work_sent_is_the_work_costed(void **st) {
   m.configure = state_is_instance;
   m.choose = costed_choose;
   assert_int_equal(spi_engine_register_module(w->e, SPI_MODULE_POLICY,
-                                              "costed", 6, &m, &saw, NULL),
+                                              "costed", 6, &m, saw, NULL),
                    SPI_OK);
   char cfg[256];
   snprintf(cfg, sizeof cfg,
@@ -1033,26 +1030,109 @@ static void test_work_sent_is_the_work_costed(void **st) {
   l.struct_size = sizeof l;
   l.kv_usage = 0.8; /* elevated: below every breaker */
   assert_int_equal(spi_replica_report_load(w->e, "d0", 2, &l), SPI_OK);
-  uint32_t b[8];
-  size_t n = chain(b, 500, 3);
+  return w;
+}
+
+/* Route a silver request of n blocks (b) that says `max_tokens` (0: says
+ * nothing) to s0, then any request, and return the work s0 was sent for
+ * the silver one (its count then, less its count when the silver one was
+ * routed); the output the policy costed is in saw->output. */
+static double silver_sent(world *w, costed *saw, const uint32_t *b, size_t n,
+                          int64_t max_tokens) {
   prompt(w, b, n, "silver");
   spi_request_unset_int(w->r, SPI_REQ_EXPECTED_OUTPUT_TOKENS);
+  if (max_tokens)
+    spi_request_set_int(w->r, SPI_REQ_MAX_OUTPUT_TOKENS, max_tokens);
   spi_decision d;
   assert_int_equal(route(w, &d), SPI_OK);
   assert_string_equal(d.replica_id, "s0");
-  assert_int_equal(saw.pressure[SPI_POOL_SPOT], SPI_PRESSURE_NORMAL);
-  assert_int_equal(saw.pressure[SPI_POOL_ON_DEMAND], SPI_PRESSURE_ELEVATED);
-  assert_int_equal(saw.cls_pressure, SPI_PRESSURE_ELEVATED);
-  assert_true(saw.output == 1024.0);
-  double costed_work = (double)n * TOKENS_PER_BLOCK + saw.output;
+  assert_int_equal(saw->pressure[SPI_POOL_SPOT], SPI_PRESSURE_NORMAL);
+  assert_int_equal(saw->pressure[SPI_POOL_ON_DEMAND], SPI_PRESSURE_ELEVATED);
+  assert_int_equal(saw->cls_pressure, SPI_PRESSURE_ELEVATED);
+  double output = saw->output, before = saw->served[0];
   uint64_t first = d.ticket;
   prompt(w, b, n, "gold"); /* any request: the shadow reads s0's count */
   assert_int_equal(route(w, &d), SPI_OK);
-  print_message("s0 was sent %.0f tokens; the policy costed %.0f\n",
-                saw.served[0], costed_work);
-  assert_true(saw.served[0] == costed_work);
+  double sent = saw->served[0] - before;
+  saw->output = output;
   finish(w, d.ticket);
   finish(w, first);
+  return sent;
+}
+
+/* A replica is sent the work the policy costed for the request: its prompt
+ * and the output expected in the classification the policy chose with.
+ * The two pools' KV pressures differ (on-demand elevated, spot normal), so
+ * the classification the policy reads (at the worse pool's pressure: the
+ * pool is not chosen yet) has silver's elevated plan, a 1,024-token cap,
+ * and the plan at the chosen spot pool's pressure has no cap (256
+ * expected). The share guard compares the work a replica was sent with
+ * what the request adds; counted from another plan than the one it was
+ * costed with, a request would be charged 256 tokens and costed 1,024. */
+static void test_work_sent_is_the_work_costed(void **st) {
+  (void)st;
+  costed saw;
+  world *w = costed_world(&saw);
+  uint32_t b[8];
+  size_t n = chain(b, 500, 3);
+  double sent = silver_sent(w, &saw, b, n, 0);
+  assert_true(saw.output == 1024.0);
+  double costed_work = (double)n * TOKENS_PER_BLOCK + saw.output;
+  print_message("s0 was sent %.0f tokens; the policy costed %.0f\n", sent,
+                costed_work);
+  assert_true(sent == costed_work);
+  done(w);
+}
+
+/* A request asking for more output than its class allows cannot make it:
+ * the gateway caps it at the class's max_output_tokens. Its output is
+ * costed, and counted in the work its replica was sent, at that cap, not
+ * at its max_tokens (silver's elevated plan: 1,024; the request asks for
+ * 8,000); below the cap, what it asks for. */
+static void test_output_estimate_is_capped_by_the_class(void **st) {
+  (void)st;
+  costed saw;
+  world *w = costed_world(&saw);
+  uint32_t b[8];
+  size_t n = chain(b, 500, 3);
+  double sent = silver_sent(w, &saw, b, n, 8000);
+  print_message("s0 was sent %.0f tokens for a %zu-token prompt\n", sent,
+                n * TOKENS_PER_BLOCK);
+  assert_true(saw.output == 1024.0);
+  assert_true(sent == (double)n * TOKENS_PER_BLOCK + 1024.0);
+  /* Below the cap the request's own figure counts. */
+  sent = silver_sent(w, &saw, b, n, 300);
+  assert_true(saw.output == 300.0);
+  assert_true(sent == (double)n * TOKENS_PER_BLOCK + 300.0);
+  done(w);
+}
+
+/* The spot cache-hit rule reads the same bounded output: a request whose
+ * class caps its output below policy.cache_hit_spot_max_output_tokens
+ * (400) has a short output whatever max_tokens it asks for. */
+static void test_cache_hit_rule_reads_the_capped_output(void **st) {
+  (void)st;
+  world *w = mk_with(NULL, ",\"classifier\":{\"degrade\":{\"silver\":"
+                           "[{\"max_output_tokens\":300},{},{},{}]}}");
+  add(w, "s0", SPI_POOL_SPOT);
+  add(w, "d0", SPI_POOL_ON_DEMAND);
+  load(w, "s0", 0, 0);
+  load(w, "d0", 0, 0);
+  uint32_t b[8];
+  size_t n = chain(b, 700, 4);
+  spi_decision d;
+  prompt(w, b, n, "silver");
+  assert_int_equal(route(w, &d), SPI_OK);
+  assert_string_equal(d.replica_id, "s0");
+  finish(w, d.ticket);
+  prompt(w, b, n, "silver");
+  spi_request_unset_int(w->r, SPI_REQ_EXPECTED_OUTPUT_TOKENS);
+  spi_request_set_int(w->r, SPI_REQ_MAX_OUTPUT_TOKENS, 4000);
+  assert_int_equal(route(w, &d), SPI_OK);
+  print_message("%s\n", d.reason);
+  assert_int_equal(d.max_output_tokens, 300);
+  assert_non_null(strstr(d.reason, "spot cache hit with short output"));
+  finish(w, d.ticket);
   done(w);
 }
 
@@ -1445,6 +1525,8 @@ int main(void) {
       cmocka_unit_test(test_all_stale_reads_as_saturated),
       cmocka_unit_test(test_stale_warm_spot_is_no_cache_hit),
       cmocka_unit_test(test_work_sent_is_the_work_costed),
+      cmocka_unit_test(test_output_estimate_is_capped_by_the_class),
+      cmocka_unit_test(test_cache_hit_rule_reads_the_capped_output),
       cmocka_unit_test(test_summaries_match_every_candidate),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
