@@ -322,8 +322,16 @@ static KB_W512 uint64_t seeded_avx512(const void *input, size_t n,
     acc = kb_scramble(acc, kb_key(XXH_SECRET_DEFAULT_SIZE - XXH_STRIPE_LEN,
                                   even, odd));
   }
-  size_t stripes = ((n - 1) - block * blocks) / XXH_STRIPE_LEN;
-  for (size_t s = 0; s < stripes; s++)
+  size_t stripes = ((n - 1) - block * blocks) / XXH_STRIPE_LEN, s = 0;
+  /* Two at a time, so that each key's pattern is known without a test. */
+  for (; s + 2 <= stripes; s += 2) {
+    const uint8_t *k = XXH3_kSecret + s * XXH_SECRET_CONSUME_RATE;
+    acc = kb_stripe(acc, p + s * XXH_STRIPE_LEN,
+                    _mm512_add_epi64(_mm512_loadu_si512((const void *)k), even));
+    acc = kb_stripe(acc, p + (s + 1) * XXH_STRIPE_LEN,
+                    _mm512_add_epi64(_mm512_loadu_si512((const void *)(k + 8)), odd));
+  }
+  if (s < stripes)
     acc = kb_stripe(acc, p + s * XXH_STRIPE_LEN,
                     kb_key(s * XXH_SECRET_CONSUME_RATE, even, odd));
   acc = kb_stripe(acc, (const uint8_t *)input + n - XXH_STRIPE_LEN,
