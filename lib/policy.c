@@ -247,21 +247,6 @@ static double own_ms(const spi_candidate *c) {
   return c->est_ttft_ms - c->est_wait_ms;
 }
 
-/* What c's redundant prefill costs the requests that queue behind it, ms.
- * Prefill c would do beyond what the candidate needing the least does
- * (own_min: the prefix another replica holds) is work the pool did
- * already; on a replica with nothing queued it delays no one, but on a
- * backlogged one the next request to arrive waits for it too. That one
- * finds c still busy with about the share of c's time to first token
- * that is queue, wait / (wait + own), so the redundant prefill counts
- * once more at that weight. A move to an idle replica is priced as
- * before; a move to a busy one must also win back the delay it makes. */
-static double queue_delay_ms(const spi_candidate *c, double own_min) {
-  double own = own_ms(c), redundant = own - own_min;
-  if (!(redundant > 0) || !(c->est_wait_ms > 0)) return 0;
-  return redundant * c->est_wait_ms / (c->est_wait_ms + own);
-}
-
 /* The prompt tokens this request brings. */
 static double request_tokens(const spi_route_context *x) {
   return x->prompt_tokens;
@@ -313,6 +298,40 @@ static void terms_for(const pinst *p, const spi_route_context *x, uint32_t n,
     t->after[k] = after;
     t->allowed[k] = allowed;
   }
+}
+
+/* What c's redundant prefill costs the requests that queue behind it, ms.
+ * Prefill c would do beyond what the candidate needing the least does
+ * (own_min: the prefix another replica holds) is work the pool did
+ * already, and it delays whoever arrives before it is done:
+ *
+ * - on a backlogged replica, the next request to arrive, which finds c
+ *   still busy with about the share of c's time to first token that is
+ *   queue, wait / (wait + own);
+ * - in a loaded pool, the requests its backlog holds: work added to a
+ *   pool whose prefill is busy a share rho of the time delays about
+ *   rho / (1 - rho) later requests each by as much (a queue's mean wait
+ *   is rho / (1 - rho) of a mean service), wherever it lands, an idle
+ *   replica included, since the pool's next arrivals go there too. That
+ *   is the pool's mean wait over a request's prefill: pool_wait
+ *   (alternatives_wait) over this request's whole prompt at c's rate.
+ *   Both understate the pool's figure, on purpose: a second copy of a
+ *   popular prefix is not all waste (its later requests may use either
+ *   copy), which this term does not see, and an estimate of the whole
+ *   pool's backlog kept requests on hot replicas of shared documents for
+ *   no more hits (docs/routing.md).
+ *
+ * In an idle pool both are 0 and a request leaves a busy warm replica for
+ * an idle one; as the pool fills, prefill the pool has done already costs
+ * more than the wait it saves one request, and requests stay where their
+ * prefix is: capacity is then the prefill the cache saves. */
+static double queue_delay_ms(const terms *t, const spi_candidate *c, double own_min,
+                             double pool_wait) {
+  double own = own_ms(c), redundant = own - own_min;
+  if (!(redundant > 0)) return 0;
+  double next = c->est_wait_ms > 0 ? c->est_wait_ms / (c->est_wait_ms + own) : 0;
+  double later = t->req > 0 ? pool_wait * c->prefill_tokens_per_s / (1000.0 * t->req) : 0;
+  return redundant * (next + later);
 }
 
 /* The prefill c saves by holding the prefix, ms (the TTFT model's own
@@ -486,6 +505,21 @@ static uint32_t distinct_servable(const spi_route_context *x,
   return n;
 }
 
+/* How far behind the pool's prefill runs where the request could go: the
+ * mean wait of the named candidates other than the one holding its prefix
+ * deepest (holder; -1 none), whose queue the request weighs already and
+ * which may be long because of this very conversation. The named ones are
+ * the pool's lowest TTFTs, the least loaded and the rendezvous winner, so
+ * this understates the pool's backlog rather than overstates it. */
+static double alternatives_wait(const spi_route_context *x, const int32_t *named,
+                                uint32_t n, int64_t holder) {
+  double sum = 0;
+  uint32_t m = 0;
+  for (uint32_t k = 0; k < n; k++)
+    if (named[k] != holder) sum += x->candidates[named[k]].est_wait_ms, m++;
+  return m ? sum / m : 0;
+}
+
 /* The candidate to serve on among the usable ones the summary names: of
  * those whose guarded cost, with the delay its redundant prefill makes
  * (queue_delay_ms), is within one block's prefill of the lowest,
@@ -510,10 +544,11 @@ static int64_t cheapest(const terms *t, const spi_route_context *x,
     if (own_ms(c) < own_min) own_min = own_ms(c);
   }
   int64_t holder = sole_deepest(x, named, n);
+  double pool_wait = alternatives_wait(x, named, n, holder);
   for (uint32_t k = 0; k < n; k++) {
     const spi_candidate *c = &x->candidates[named[k]];
     cost[k] = guarded_cost(t, x, c, w, named[k] == holder) +
-              queue_delay_ms(c, own_min);
+              queue_delay_ms(t, c, own_min, pool_wait);
     if (cost[k] < low) low = cost[k];
   }
   int64_t best = -1;

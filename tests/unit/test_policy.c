@@ -298,6 +298,41 @@ static void test_redundant_prefill_delays_the_queue(void **st) {
   done(w);
 }
 
+/* In a loaded pool the redundant prefill delays the pool's later
+ * requests too, wherever it lands. r0 holds U + 20 blocks with 40 queued
+ * (2 s of wait); the 20 blocks save about 1 s of prefill (the whole
+ * prompt takes 1.1 s). With r1, r2 and r3 idle, gold leaves r0 for an
+ * idle replica. With r1 idle but r2 and r3 40 queued too, the
+ * alternatives wait 1.33 s on average, 1.2 of this prompt's prefills: the
+ * second r1 would redo delays about 1.2 later requests by as much, and
+ * with it moving costs more than the wait it saves, so gold stays on r0
+ * although r1 is idle. */
+static void test_loaded_pool_keeps_the_prefix(void **st) {
+  (void)st;
+  for (int loaded = 0; loaded < 2; loaded++) {
+    world *w = mk(NULL);
+    fleet(w, 4, SPI_POOL_ON_DEMAND);
+    uint32_t b[32];
+    seed(w, 4, "r0", b, chain(b, 500, 20));
+    history(w, 4, "r0", 21, "gold");
+    load(w, "r0", 0, 40);
+    load(w, "r2", 0, loaded ? 40 : 0);
+    load(w, "r3", 0, loaded ? 40 : 0);
+    prompt(w, b, chain(b, 500, 21), "gold");
+    spi_decision d;
+    assert_int_equal(route(w, &d), SPI_OK);
+    if (loaded) {
+      assert_string_equal(d.replica_id, "r0");
+      assert_int_equal(d.reason_code, SPI_REASON_AFFINITY);
+    } else {
+      assert_string_equal(d.replica_id, "r1");
+      assert_int_equal(d.reason_code, SPI_REASON_AFFINITY_LEFT);
+    }
+    finish(w, d.ticket);
+    done(w);
+  }
+}
+
 /* The class weighs the wait: with the same queue on the warm replica, a
  * class that pays for every millisecond leaves it, one that may wait stays.
  * 20 blocks save 1024 ms; 30 queued requests are 1500 ms of wait. */
@@ -1509,6 +1544,7 @@ int main(void) {
       cmocka_unit_test(test_universal_block_is_not_affinity),
       cmocka_unit_test(test_twenty_blocks_against_load),
       cmocka_unit_test(test_redundant_prefill_delays_the_queue),
+      cmocka_unit_test(test_loaded_pool_keeps_the_prefix),
       cmocka_unit_test(test_class_weighs_the_wait),
       cmocka_unit_test(test_queued_prefill_is_a_wait),
       cmocka_unit_test(test_rate_is_learnt),
