@@ -77,9 +77,7 @@ int sim_setup_load(sim_setup *su, const sim_opts *o) {
     sim_trace_free(&su->tr);
     return -1;
   }
-  if (o->trace && o->speedup > 0 && o->speedup != 1)
-    for (size_t i = 0; i < su->tr.n; i++)
-      su->tr.reqs[i].arrival_ns = (int64_t)((double)su->tr.reqs[i].arrival_ns / o->speedup);
+  if (o->trace) sim_trace_speedup(&su->tr, o->speedup);
   su->horizon_s = (double)su->tr.reqs[su->tr.n - 1].arrival_ns / 1e9 +
                   (o->horizon_s > 0 ? o->horizon_s : 3600);
   sim_zone *zones = su->zones;

@@ -98,6 +98,9 @@ int sim_trace_read(sim_trace *t, const char *path, size_t limit,
 int sim_trace_parse(sim_trace *t, FILE *f, const char *name, size_t limit,
                     const double mix[4], uint64_t seed, char *msg,
                     size_t msgcap);
+/* Every arrival f times as early (f > 0; 0 and 1 leave them), to replay
+ * a trace at another load: --speedup. */
+void sim_trace_speedup(sim_trace *t, double f);
 /* Fill chain[] from blocks[] (call after the requests are read). */
 void sim_trace_chain(sim_trace *t);
 /* What the generator and the readers share (trace.c): a new request at the

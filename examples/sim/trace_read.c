@@ -94,6 +94,12 @@ static int finish(sim_trace *t, int fmt, const double mix[4], uint64_t seed) {
   return t->chain ? 0 : -1;
 }
 
+void sim_trace_speedup(sim_trace *t, double f) {
+  if (!(f > 0) || f == 1) return;
+  for (size_t i = 0; i < t->n; i++)
+    t->reqs[i].arrival_ns = (int64_t)((double)t->reqs[i].arrival_ns / f);
+}
+
 static const char *format_name(int fmt) {
   return fmt == TRACE_BAILIAN ? "Bailian JSONL" : fmt == TRACE_CSV ? "CSV" : "Mooncake JSONL";
 }

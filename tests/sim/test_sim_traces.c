@@ -48,6 +48,11 @@ static void test_mooncake(void) {
   check(t.n == 2 && t.bad_lines == 1, "mooncake: the line without output_length skipped");
   check(!strcmp(t.format, "Mooncake JSONL") && t.file_block_tokens == 512, "mooncake: format");
   check(t.reqs[1].arrival_ns == 1500000000ll, "mooncake: timestamps in ms");
+  sim_trace_speedup(&t, 2);
+  check(t.reqs[0].arrival_ns == 0 && t.reqs[1].arrival_ns == 750000000ll,
+        "--speedup 2: arrivals twice as early");
+  sim_trace_speedup(&t, 0.5);
+  check(t.reqs[1].arrival_ns == 1500000000ll, "--speedup 0.5: half as early");
   check(t.reqs[0].nblocks == 2 && t.reqs[1].nblocks == 3, "mooncake: one block an id");
   check(same_block(&t, 0, 0, 1, 0) && t.reqs[0].session == t.reqs[1].session,
         "mooncake: a shared first block is one conversation");
