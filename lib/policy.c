@@ -274,6 +274,8 @@ typedef struct terms {
                         request's share of it (excess_tokens) */
   double allowed[2]; /* by pool: an own turn's share before the
                         conversation's own size is counted */
+  double streams[2]; /* by pool: its mean max_inflight (0: none) */
+  double cap;        /* policy.load_share_cap */
 } terms;
 
 /* Where c's pool is in terms' by-pool arrays: excess_tokens read the
@@ -291,7 +293,9 @@ static void terms_for(const pinst *p, const spi_route_context *x, uint32_t n,
   t->block = x->total_blocks ? t->req / (double)x->total_blocks : 0;
   t->block_k = t->block * 1000.0;
   double share = t->work / (double)(n ? n : 1);
+  t->cap = p->load_cap;
   for (int k = 0; k < 2; k++) {
+    t->streams[k] = x->mean_max_inflight[pools[k]];
     double after = x->mean_served_tokens[pools[k]] + share;
     double allowed = p->load_cap * after;
     if (allowed < after + t->work) allowed = after + t->work;
@@ -371,8 +375,21 @@ static double unit_tokens(const terms *t, const spi_route_context *x,
   return t->work * turns;
 }
 
+/* c's size relative to its pool's replicas: its max_inflight over their
+ * mean, so its share of the pool's work is that many times the mean. A
+ * replica that takes twice the streams serves twice the conversations,
+ * and its share grows with it; in a pool of one size it is exactly 1 (n
+ * equal integers sum and divide back exactly), and every share is the
+ * plain mean's bits. */
+static double replica_size(const terms *t, const spi_candidate *c, int k) {
+  if (!(t->streams[k] > 0) || !c->max_inflight) return 1.0;
+  return (double)c->max_inflight / t->streams[k];
+}
+
 /* The work c, sent this request too, would have beyond its share of the
- * pool's work. Work that c holds nothing of beyond what another replica
+ * pool's work: the pool's mean times c's size (replica_size), the plain
+ * mean in a pool of one size; "the mean" below is that share. Work that c
+ * holds nothing of beyond what another replica
  * holds (own == 0: a new conversation, or one whose only prefix is a
  * prompt others hold too) is new work: it can go anywhere at the same
  * prefill, and its later turns will stay where it lands, so a replica
@@ -397,8 +414,14 @@ static double unit_tokens(const terms *t, const spi_route_context *x,
 static double excess_tokens(const terms *t, const spi_candidate *c, int own,
                             double unit) {
   int k = pool_slot(c);
-  if (!own) return c->served_tokens - t->after[k];
+  double size = replica_size(t, c, k), after = t->after[k];
   double allowed = t->allowed[k];
+  if (size != 1.0) { /* terms_for's operations on this replica's share */
+    after = t->after[k] * size;
+    allowed = t->cap * after;
+    if (allowed < after + t->work) allowed = after + t->work;
+  }
+  if (!own) return c->served_tokens - after;
   if (allowed < unit) allowed = unit;
   return c->served_tokens + t->work - allowed;
 }
@@ -450,13 +473,19 @@ typedef struct pick {
   const char *why;
 } pick;
 
-/* Whether a should win over b among near-ties: the one sent fewer tokens,
- * then the higher rendezvous weight (so proxies sharing no state still
- * break ties alike), then the lower index. */
+/* Whether a should win over b among near-ties: the one sent fewer tokens
+ * for its size (per stream of max_inflight: the products of integers are
+ * exact, and replicas of one size compare their tokens), then the higher
+ * rendezvous weight (so proxies sharing no state still break ties alike),
+ * then the lower index. */
 static int tie_before(const spi_route_context *x, int64_t a, int64_t b) {
   const spi_candidate *ca = &x->candidates[a], *cb = &x->candidates[b];
-  if (ca->served_tokens != cb->served_tokens)
-    return ca->served_tokens < cb->served_tokens;
+  double sa = ca->served_tokens, sb = cb->served_tokens;
+  if (ca->max_inflight != cb->max_inflight) {
+    sa *= (double)cb->max_inflight;
+    sb *= (double)ca->max_inflight;
+  }
+  if (sa != sb) return sa < sb;
   if (ca->rendezvous != cb->rendezvous) return ca->rendezvous > cb->rendezvous;
   return a < b;
 }

@@ -153,6 +153,7 @@ static void entry_drop(spi_pool_index *p, uint32_t pos, int moved) {
     p->kv_fix[c->pool] -= spi__kv_fix(c->kv);
     p->kv_n[c->pool]--;
     p->served[c->pool] -= c->served;
+    p->streams[c->pool] -= c->max_inflight;
     bit_clear(p->reg, pos);
     bit_clear(p->creg[h->cell], pos);
     if (!moved) block_leave(p, pos, h);
@@ -221,12 +222,14 @@ static void entry_read(spi_pool_index *p, const route_env *x,
   c->served = (uint64_t)rd.pf.served;
   c->inflight = rd.inflight;
   c->pool = r->pool;
+  c->max_inflight = r->max_inflight;
   c->until = stale_at(at, x->max_age);
   if (c->until < p->min_until) p->min_until = c->until;
   p->usable[h->cell]++;
   p->kv_fix[c->pool] += spi__kv_fix(c->kv);
   p->kv_n[c->pool]++;
   p->served[c->pool] += c->served;
+  p->streams[c->pool] += c->max_inflight;
   bit_set(p->reg, pos);
   bit_set(p->creg[h->cell], pos);
   if (moved)
@@ -250,6 +253,7 @@ static void rebuild(spi_pool_index *p, const route_env *x,
   memset(p->kv_fix, 0, sizeof p->kv_fix);
   memset(p->kv_n, 0, sizeof p->kv_n);
   memset(p->served, 0, sizeof p->served);
+  memset(p->streams, 0, sizeof p->streams);
   memset(p->reg, 0, sizeof p->reg);
   memset(p->exc, 0, sizeof p->exc);
   memset(p->creg, 0, sizeof p->creg);

@@ -35,6 +35,7 @@ typedef struct pix_cold {
   int64_t until;                /* stale from then on: regular no longer */
   uint32_t inflight;
   int32_t pool;
+  uint32_t max_inflight;
 } pix_cold;
 
 /* The regular replicas of one cell among 64 positions (a word of the
@@ -76,6 +77,7 @@ typedef struct spi_pool_index {
   int64_t kv_fix[4];
   uint32_t kv_n[4];
   uint64_t served[4];
+  uint64_t streams[4];          /* max_inflight */
   uint64_t reg[SPI_REPLICA_SLOTS / 64]; /* positions, by kind */
   uint64_t exc[SPI_REPLICA_SLOTS / 64];
   uint64_t creg[SPI_SUMMARY_CELLS][SPI_REPLICA_SLOTS / 64]; /* reg, by cell */

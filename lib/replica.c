@@ -158,19 +158,24 @@ static void set_index(spi_replica_set *set) {
 
 static void slot_reset(spi_replica_slot *s) { SLOT_REPLICA_FIELDS(atomic_store, s); }
 
-/* What a replica joining pool starts with as tokens served: the mean of
- * the pool's live replicas, so the fleet-relative load guard (policy.c)
- * neither floods a newcomer nor shuns it. Registry lock held. */
+/* What a replica of max_inflight streams joining pool starts with as
+ * tokens served: its share of the pool's live replicas' tokens, that is
+ * their tokens per stream times its streams (their mean when all have its
+ * size), so the fleet-relative load guard (policy.c) neither floods a
+ * newcomer nor shuns it. Registry lock held. */
 static uint64_t pool_mean_served(spi_registry *g, const spi_replica_set *set,
-                                 int32_t pool) {
-  uint64_t sum = 0, n = 0;
+                                 int32_t pool, uint32_t max_inflight) {
+  uint64_t sum = 0, streams = 0;
   for (size_t i = 0; i < set->n; i++) {
     const spi_replica_slot *o = &g->slots[set->r[i].slot];
     if (set->r[i].pool != pool || atomic_load(&o->state) == 0) continue;
     sum += atomic_load(&o->served_tokens);
-    n++;
+    streams += set->r[i].max_inflight;
   }
-  return n ? sum / n : 0;
+  if (!streams) return 0;
+  /* sum * max_inflight / streams, rounded down, in two parts that do not
+   * overflow: for equal sizes, sum / n as before. */
+  return sum / streams * max_inflight + sum % streams * max_inflight / streams;
 }
 
 /* ------------------------------------------------- machines and spot pools */
@@ -619,7 +624,8 @@ static int upsert_locked(spi_engine *e, spi_replica_ident *r, int64_t limit,
    * none reads it until publish. */
   spi_replica_slot *s = &g->slots[slot];
   slot_reset(s);
-  atomic_store(&s->served_tokens, pool_mean_served(g, old, r->pool));
+  atomic_store(&s->served_tokens,
+               pool_mean_served(g, old, r->pool, r->max_inflight));
   atomic_fetch_add(&s->gen, 1u);
   atomic_fetch_add(&s->incarnation, 1u);
   int64_t advised = 0, cooling = 0;

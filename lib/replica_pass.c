@@ -334,6 +334,7 @@ static void scan_lean(const route_env *x, const spi_replica_set *set,
   uint64_t kv_count = 0; /* ACTIVE and fresh per pool, 32 bits each */
   int64_t kv_spot = 0, kv_od = 0;
   uint64_t sv_spot = 0, sv_od = 0; /* tokens served by the usable */
+  uint64_t st_spot = 0, st_od = 0; /* their max_inflight */
   for (size_t i = 0; i < nrep; i++) {
     if (i && i % 64 == 0) {
       sc->counted[i / 64 - 1] = word;
@@ -352,6 +353,8 @@ static void scan_lean(const route_env *x, const spi_replica_set *set,
       kv_od += spot ? 0 : kv;
       sv_spot += spot ? sv : 0;
       sv_od += spot ? 0 : sv;
+      st_spot += spot ? r->max_inflight : 0;
+      st_od += spot ? 0 : r->max_inflight;
       kv_count += spot ? one : one << 32;
       counts += UINT64_C(1) << (16 * r->cell);
       word |= UINT64_C(1) << (i % 64);
@@ -373,6 +376,8 @@ static void scan_lean(const route_env *x, const spi_replica_set *set,
     uint64_t sv = (uint64_t)rd.pf.served;
     sv_spot += spot ? sv : 0;
     sv_od += spot ? 0 : sv;
+    st_spot += spot ? r->max_inflight : 0;
+    st_od += spot ? 0 : r->max_inflight;
     cell_acc *c = &sc->cell[r->cell];
     int advised = rd.advised_until > x->now;
     double wait = spi__prefill_wait_ms(cfg, rd.wait, rd.pf.queued, rd.pf.ms_tok);
@@ -403,6 +408,8 @@ static void scan_lean(const route_env *x, const spi_replica_set *set,
   sums->kv_n[SPI_POOL_ON_DEMAND] += (uint32_t)(kv_count >> 32);
   sums->served[SPI_POOL_SPOT] += sv_spot;
   sums->served[SPI_POOL_ON_DEMAND] += sv_od;
+  sums->streams[SPI_POOL_SPOT] += st_spot;
+  sums->streams[SPI_POOL_ON_DEMAND] += st_od;
   hint_store(x->e, sc);
 }
 
@@ -426,6 +433,7 @@ static void indexed_exception(const route_env *x, const spi_replica_set *set,
   sc->cell[r->cell].usable++;
   mark_counted(sc, pos);
   sums->served[r->pool] += (uint64_t)rd.pf.served;
+  sums->streams[r->pool] += r->max_inflight;
   replica_eval ev;
   eval_of(x, r, &rd, 0, 1, probe, &ev);
   cell_offer(sc, r->cell, pos, rel_of(r, &rd), &ev);
@@ -663,6 +671,7 @@ static int scan_indexed(const route_env *x, const spi_replica_set *set,
     sums->kv_fix[q] += p->kv_fix[q];
     sums->kv_n[q] += p->kv_n[q];
     sums->served[q] += p->served[q];
+    sums->streams[q] += p->streams[q];
   }
   size_t words = (nrep + 63) / 64;
   memcpy(sc->counted, p->reg, words * sizeof sc->counted[0]);
@@ -815,6 +824,7 @@ static void scan_full(const route_env *x, const spi_replica_set *set,
     fill_candidate(&cands[i], r, &ev);
     if (ev.usable && r->cell >= 0) {
       sums->served[r->pool] += (uint64_t)ev.served;
+      sums->streams[r->pool] += r->max_inflight;
       cell_add(sc, r->cell, (uint32_t)i, r, &ev);
     }
   }
@@ -832,12 +842,13 @@ void spi__pass_run(scan *sc, const route_env *x, const spi_replica_set *set,
 }
 
 void spi__pass_mean_served(const scan *sc, const pool_sums *sums,
-                           double mean[4]) {
-  mean[0] = mean[3] = 0.0;
+                           double mean[4], double streams[4]) {
+  mean[0] = mean[3] = streams[0] = streams[3] = 0.0;
   for (int p = SPI_POOL_SPOT; p <= SPI_POOL_ON_DEMAND; p++) {
     uint32_t n = sc->cell[SPI_SUMMARY_INDEX(p, SPI_TIER_SMALL)].usable +
                  sc->cell[SPI_SUMMARY_INDEX(p, SPI_TIER_LARGE)].usable;
     mean[p] = n ? (double)sums->served[p] / (double)n : 0.0;
+    streams[p] = n ? (double)sums->streams[p] / (double)n : 0.0;
   }
 }
 

@@ -184,6 +184,7 @@ typedef struct pool_sums {
                                 load (spi__kv_fix) */
   uint32_t kv_n[4];          /* ... their count */
   uint64_t served[4];        /* tokens served by the usable */
+  uint64_t streams[4];       /* max_inflight of the usable */
 } pool_sums;
 /* A pool's mean KV usage (0 without an ACTIVE replica). */
 static inline double spi__pass_kv_mean(const pool_sums *s, int pool) {
@@ -197,9 +198,9 @@ static inline double spi__pass_kv_mean(const pool_sums *s, int pool) {
 void spi__pass_run(scan *sc, const route_env *x, const spi_replica_set *set,
                    size_t nrep, spi_candidate *cands, pool_sums *sums);
 /* Each pool's mean tokens served by its usable replicas (before shedding
- * empties any). */
+ * empties any), and their mean max_inflight. */
 void spi__pass_mean_served(const scan *sc, const pool_sums *sums,
-                           double mean[4]);
+                           double mean[4], double streams[4]);
 /* A pool that sheds the route's class: no usable replica there. */
 void spi__pass_shed(scan *sc, int32_t pool, spi_candidate *cands, size_t nrep);
 /* The replicas that likely hold the longest matched prefix of hashes: their

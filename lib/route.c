@@ -132,6 +132,7 @@ typedef struct route_state {
   int32_t shed[4];    /* the pool sheds this route's class */
   int32_t worst;      /* the higher of the two pools' pressures */
   double mean_served[4]; /* each pool's mean tokens served (usable) */
+  double mean_streams[4]; /* ... and mean max_inflight */
   spi_classification *cls;
   spi_candidate *cands;
   size_t ncand;
@@ -210,7 +211,7 @@ static int phase_replicas(route_state *rs, pool_sums *sums) {
   env_init(rs);
   spi__pass_run(rs->sc, rs->env, rs->set, rs->nrep,
                 rs->compact ? NULL : rs->req->cands, sums);
-  spi__pass_mean_served(rs->sc, sums, rs->mean_served);
+  spi__pass_mean_served(rs->sc, sums, rs->mean_served, rs->mean_streams);
   return SPI_OK;
 }
 
@@ -304,6 +305,7 @@ static int phase_policy(route_state *rs) {
   x.n_summaries = SPI_SUMMARY_CELLS;
   for (int p = 0; p < 4; p++) x.mean_served_tokens[p] = rs->mean_served[p];
   x.prompt_tokens = (double)rs->tokens;
+  for (int p = 0; p < 4; p++) x.mean_max_inflight[p] = rs->mean_streams[p];
   int rc = run_policy(sl->mod, sl->inst, &x, rs->ch);
   if (rc != SPI_OK && sl->mod != sl->builtin &&
       sl->mod->on_failure == SPI_ON_FAILURE_FALLBACK)

@@ -695,16 +695,25 @@ static void summarise(sim *s) {
   free(a);
   free(b);
   /* Imbalance per second a replica was up, so a spot replica that was
-   * away half the run is not read as idle. */
-  double mx = 0, sum = 0, smx = 0, ssum = 0, spot_up = 0;
-  uint32_t cnt = 0;
+   * away half the run is not read as idle, and per stream (max_batch):
+   * a replica of twice the streams carrying twice the load is balanced.
+   * Its size is its streams over the mean of the replicas that were up,
+   * exactly 1 when all have one size. */
+  double mx = 0, sum = 0, smx = 0, ssum = 0, spot_up = 0, streams = 0;
+  uint32_t cnt = 0, up = 0;
   for (uint32_t k = 0; k < s->nrep; k++) {
     replica *p = &s->reps[k];
     if (p->up) p->up_seconds += (double)(s->now - p->up_since) / 1e9;
     r->usd_fleet += p->up_seconds / 3600.0 * p->usd_h;
     if (p->pool == SPI_POOL_SPOT) spot_up += p->up_seconds;
+    if (p->up_seconds > 0) streams += p->max_batch, up++;
+  }
+  for (uint32_t k = 0; k < s->nrep; k++) {
+    const replica *p = &s->reps[k];
     if (p->up_seconds > 0) {
-      double v = p->tokens_served / p->up_seconds, w = (double)p->starts / p->up_seconds;
+      double size = (double)p->max_batch * (double)up / streams;
+      double v = p->tokens_served / p->up_seconds / size,
+             w = (double)p->starts / p->up_seconds / size;
       if (v > mx) mx = v;
       if (w > smx) smx = w;
       sum += v;

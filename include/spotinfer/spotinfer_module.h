@@ -287,6 +287,12 @@ typedef struct spi_route_context {
   double mean_served_tokens[4];
   double prompt_tokens;    /* this request's prompt tokens (served_tokens
                               counts them and its expected output) */
+  /* Since 0.3.0: by pool, the mean max_inflight of its usable replicas
+   * (0 when it has none; the same replicas as mean_served_tokens), so a
+   * share can be in proportion to a replica's size: a replica's share of
+   * the pool's work is mean_served_tokens * max_inflight /
+   * mean_max_inflight. */
+  double mean_max_inflight[4];
 } spi_route_context;
 
 /* A policy's answer: indices into the candidates, best first. */

@@ -7,8 +7,9 @@ traces at their recorded pace. Traffic the policy was never tuned on will
 not arrive there, so this runs the same comparison -- the library against
 the greedy, SGLang and endpoint-picker baselines -- moving one of the three
 away from it at a time: the arrival rate x0.5 and x2 (a trace's with
---speedup), 8 and 32 replicas, 512 and 2,048 blocks a
-replica; on every generator family and every trace in DATA/traces.
+--speedup), 8 and 32 replicas, 512 and 2,048 blocks a replica, and
+replicas of two sizes (sizes=mixed: 8 small and 8 large, kv_blocks 0 in
+its lines); on every generator family and every trace in DATA/traces.
 
 For each run it prints one JSON line (each policy's hit rate as % of the
 pooled-LRU ceiling, token-load imbalance and gold p95 TTFT), and flags
@@ -16,7 +17,7 @@ where the library is below 95 % of the ceiling, above 1.25 imbalance, or
 below a baseline's hit rate at no worse imbalance; a summary per point
 follows on standard error, and the exit status is 1 when any run is
 flagged. Opt-in, not part of scripts/test.sh: with the default 3 seeds,
-180 runs (10 traffic kinds x 6 points x 3 seeds), under a minute of one
+210 runs (10 traffic kinds x 7 points x 3 seeds), about a minute of one
 core; --seeds 1,...,15 and --points default,... for the full picture
 (docs/routing.md, "Away from the targets' operating point").
 
@@ -40,7 +41,16 @@ POINTS = {
     "replicas=32": {"replicas": 32},
     "kv=512": {"kv": 512},
     "kv=2048": {"kv": 2048},
+    # 8 small and 8 large replicas in one pool (MIXED_SIZES).
+    "sizes=mixed": {"cluster": True},
 }
+MIXED_SIZES = {"groups": [
+    {"pool": "on_demand", "zone": "z1", "instance_type": "small", "count": 8,
+     "usd_per_hour": 1.21, "prefill_tokens_per_s": 12000,
+     "decode_tokens_per_s": 60, "kv_blocks": 768, "max_batch": 48},
+    {"pool": "on_demand", "zone": "z1", "instance_type": "large", "count": 8,
+     "usd_per_hour": 4.10, "prefill_tokens_per_s": 30000,
+     "decode_tokens_per_s": 100, "kv_blocks": 2048, "max_batch": 96}]}
 FAMILIES = ["mixed", "global-prompt", "tenants", "long-sessions", "agents",
             "bursts", "long-gen", "documents"]
 BASELINES = ["greedy", "sglang", "epp"]
@@ -53,8 +63,15 @@ def run(sim, work, point, seed, tmp):
     kv = p.get("kv", BASE["kv"])
     out = os.path.join(tmp, "run.json")
     cmd = ["nice", "-n", "10", sim, "--quiet", "--seed", str(seed),
-           "--replicas", str(n), "--on-demand", str(n), "--kv-blocks", str(kv),
            "--policies", "library," + ",".join(BASELINES), "--json", out]
+    if p.get("cluster"):
+        cluster = os.path.join(tmp, "mixed-sizes.json")
+        with open(cluster, "w") as f:
+            json.dump(MIXED_SIZES, f)
+        cmd += ["--cluster", cluster]
+        n, kv = 16, 0
+    else:
+        cmd += ["--replicas", str(n), "--on-demand", str(n), "--kv-blocks", str(kv)]
     if work.startswith("generator:"):
         cmd += ["--family", work.split(":", 1)[1], "--requests", "5000",
                 "--rate", str(rate)]

@@ -604,6 +604,50 @@ static void test_cold_prefix_follows_rendezvous_order(void **st) {
   assert_string_equal(again, second);
 }
 
+/* The work 120 requests for prefixes nobody holds bring, sent to a pool of
+ * two replicas of 16 streams and two of 48 (light load: each finishes
+ * before the next), as the large ones' tokens over the small ones'. */
+static double large_over_small(void) {
+  world *w = mk(NULL);
+  static const uint32_t size[4] = {16, 16, 48, 48};
+  for (int i = 0; i < 4; i++) {
+    char id[4] = {'r', (char)('0' + i), 0, 0};
+    spi_replica_info ri;
+    memset(&ri, 0, sizeof ri);
+    ri.struct_size = sizeof ri;
+    ri.id = id;
+    ri.id_len = 2;
+    ri.pool = SPI_POOL_ON_DEMAND;
+    ri.usd_per_hour = 4.5;
+    ri.max_inflight = size[i];
+    assert_int_equal(spi_replica_upsert(w->e, &ri), SPI_OK);
+    load(w, id, 0, 0);
+  }
+  double served[4] = {0};
+  uint32_t b[8];
+  for (uint32_t k = 0; k < 120; k++) {
+    for (uint32_t j = 0; j < 4; j++) b[j] = 30000 + 8 * k + j;
+    prompt(w, b, 4, "gold");
+    spi_decision d;
+    assert_int_equal(route(w, &d), SPI_OK);
+    served[d.replica_id[1] - '0'] += 4.0 * TOKENS_PER_BLOCK + 100;
+    finish(w, d.ticket);
+  }
+  done(w);
+  return (served[2] + served[3]) / (served[0] + served[1]);
+}
+
+/* In a pool of replicas of different sizes each one's share of the work
+ * is in proportion to its streams (max_inflight): new work fills a large
+ * replica to three times what a third of its size carries, not to the
+ * plain mean, where the small ones' batches would fill first. */
+static void test_shares_follow_replica_size(void **st) {
+  (void)st;
+  double r = large_over_small();
+  print_message("large / small replicas' tokens: %.3f (streams: 3)\n", r);
+  assert_true(r > 2.5 && r < 3.5);
+}
+
 /* Finish a ticket that generated `out` tokens. */
 static void finish_out(world *w, uint64_t t, uint64_t out) {
   spi_ticket_result res;
@@ -991,6 +1035,7 @@ typedef struct costed {
   double output;
   int32_t cls_pressure, pressure[4];
   double served[2]; /* "s0", "d0" */
+  double od[2];     /* "d0", "d1" */
 } costed;
 
 static int costed_choose(void *state, void *inst, const spi_route_context *x,
@@ -1011,6 +1056,8 @@ static int costed_choose(void *state, void *inst, const spi_route_context *x,
   for (size_t i = 0; i < x->n_candidates; i++) {
     const spi_candidate *c = &x->candidates[i];
     if (c->id_len == 2) o->served[c->id[0] == 'd'] = c->served_tokens;
+    if (c->id_len == 2 && c->id[0] == 'd' && (c->id[1] == '0' || c->id[1] == '1'))
+      o->od[c->id[1] - '0'] = c->served_tokens;
   }
   out->pool = SPI_POOL_QUEUE;
   return SPI_OK;
@@ -1093,6 +1140,43 @@ static double silver_sent(world *w, costed *saw, const uint32_t *b, size_t n,
   finish(w, d.ticket);
   finish(w, first);
   return sent;
+}
+
+/* A replica joining its pool starts at its share of the pool's work, so
+ * the guard neither floods nor shuns it: the pool's tokens per stream
+ * times its streams. d1, of 48 streams, joins an on-demand pool whose one
+ * replica of 16 was sent S tokens: at 3 S (at S, the plain mean, it would
+ * be below its share and take the pool's new work until it caught up). */
+static void test_replica_joins_at_its_share(void **st) {
+  (void)st;
+  costed saw;
+  world *w = costed_world(&saw);
+  uint32_t b[8];
+  spi_decision d;
+  for (uint32_t k = 0; k < 3; k++) {
+    for (uint32_t j = 0; j < 8; j++) b[j] = 40000 + 8 * k + j;
+    prompt(w, b, 8, "gold");
+    assert_int_equal(route(w, &d), SPI_OK);
+    assert_string_equal(d.replica_id, "d0");
+    finish(w, d.ticket);
+  }
+  spi_replica_info ri;
+  memset(&ri, 0, sizeof ri);
+  ri.struct_size = sizeof ri;
+  ri.id = "d1";
+  ri.id_len = 2;
+  ri.pool = SPI_POOL_ON_DEMAND;
+  ri.usd_per_hour = 4.5;
+  ri.max_inflight = 48;
+  assert_int_equal(spi_replica_upsert(w->e, &ri), SPI_OK);
+  load(w, "d1", 0, 0);
+  prompt(w, b, 8, "gold"); /* the shadow reads both counts */
+  assert_int_equal(route(w, &d), SPI_OK);
+  finish(w, d.ticket);
+  print_message("d0 was sent %.0f tokens, d1 joined at %.0f\n", saw.od[0], saw.od[1]);
+  assert_true(saw.od[0] > 0);
+  assert_true(saw.od[1] == 3 * saw.od[0]);
+  done(w);
 }
 
 /* A replica is sent the work the policy costed for the request: its prompt
@@ -1233,9 +1317,11 @@ static int seen_choose(void *state, void *inst, const spi_route_context *x,
                        spi_policy_choice *out) {
   (void)state;
   seen *o = inst;
-  size_t at = (size_t)snprintf(o->text, sizeof o->text, "%a %a %d%d %d%d",
+  size_t at = (size_t)snprintf(o->text, sizeof o->text, "%a %a %a %a %d%d %d%d",
                                x->mean_served_tokens[SPI_POOL_SPOT],
                                x->mean_served_tokens[SPI_POOL_ON_DEMAND],
+                               x->mean_max_inflight[SPI_POOL_SPOT],
+                               x->mean_max_inflight[SPI_POOL_ON_DEMAND],
                                x->shed[1], x->shed[2], x->pressure[1],
                                x->pressure[2]);
   for (size_t k = 0; k < x->n_summaries && at < sizeof o->text - 512; k++) {
@@ -1553,6 +1639,8 @@ int main(void) {
       cmocka_unit_test(test_generated_tokens_are_work),
       cmocka_unit_test(test_over_share_rent_against_a_move),
       cmocka_unit_test(test_cold_prefix_follows_rendezvous_order),
+      cmocka_unit_test(test_shares_follow_replica_size),
+      cmocka_unit_test(test_replica_joins_at_its_share),
       cmocka_unit_test(test_few_conversations_keep_their_replicas),
       cmocka_unit_test(test_shed_pool_is_not_left_for_the_fallback),
       cmocka_unit_test(test_stale_replica_is_not_kv_pressure),

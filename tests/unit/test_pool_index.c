@@ -69,9 +69,11 @@ static int seen_choose(void *state, void *inst, const spi_route_context *x,
                        spi_policy_choice *out) {
   (void)state;
   seen *o = inst;
-  size_t at = (size_t)snprintf(o->text, sizeof o->text, "%a %a %d%d",
+  size_t at = (size_t)snprintf(o->text, sizeof o->text, "%a %a %a %a %d%d",
                                x->mean_served_tokens[SPI_POOL_SPOT],
                                x->mean_served_tokens[SPI_POOL_ON_DEMAND],
+                               x->mean_max_inflight[SPI_POOL_SPOT],
+                               x->mean_max_inflight[SPI_POOL_ON_DEMAND],
                                x->pressure[1], x->pressure[2]);
   for (size_t k = 0; k < x->n_summaries && at < sizeof o->text - 512; k++) {
     const spi_pool_summary *m = &x->summaries[k];
