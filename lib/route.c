@@ -460,7 +460,17 @@ static void serve_record(route_state *rs, const spi_replica_ident *r,
   spi_price price;
   memset(&price, 0, sizeof price);
   price.struct_size = sizeof price;
-  if (spi__price_in(rs->req, rs->snap, rs->v, r->pool, &price) == SPI_OK)
+  /* Priced at the output the ticket counts: a request that asks for more
+   * than its class's cap, which the gateway applies, cannot generate it. */
+  const spi_request_view *pv = rs->v;
+  spi_request_view capped;
+  if (rs->expect_out > 0 && (uint64_t)rs->expect_out > rs->costed_out) {
+    capped = *rs->v;
+    capped.expected_output_tokens = (int64_t)rs->costed_out;
+    capped.expected_output_tokens_set = 1;
+    pv = &capped;
+  }
+  if (spi__price_in(rs->req, rs->snap, pv, r->pool, &price) == SPI_OK)
     out->est_usd = price.usd;
   spi_metrics *mx = atomic_load(&rs->e->metrics);
   if (!mx) return;

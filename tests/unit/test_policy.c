@@ -1142,6 +1142,38 @@ static double silver_sent(world *w, costed *saw, const uint32_t *b, size_t n,
   return sent;
 }
 
+/* The decision's estimated cost prices the output the request can
+ * generate: silver asking for 8,000 tokens at elevated KV pressure, whose
+ * plan caps it at 1,024, costs what the request asking for 1,024 does
+ * (priced at 8,000 before, as though the gateway let it run on). */
+static void test_price_reads_the_capped_output(void **st) {
+  (void)st;
+  costed saw;
+  world *w = costed_world(&saw);
+  uint32_t b[16];
+  for (uint32_t j = 0; j < 16; j++) b[j] = 50000 + j;
+  spi_price asked[2]; /* asking for 1,024 and for 8,000 */
+  static const int64_t said[2] = {1024, 8000};
+  for (int k = 0; k < 2; k++) {
+    prompt(w, b, 16, "silver");
+    spi_request_unset_int(w->r, SPI_REQ_EXPECTED_OUTPUT_TOKENS);
+    spi_request_set_int(w->r, SPI_REQ_MAX_OUTPUT_TOKENS, said[k]);
+    memset(&asked[k], 0, sizeof asked[k]);
+    asked[k].struct_size = sizeof asked[k];
+    assert_int_equal(spi_request_price(w->r, SPI_POOL_SPOT, &asked[k]), SPI_OK);
+  }
+  spi_decision d;
+  assert_int_equal(route(w, &d), SPI_OK); /* asking for 8,000 */
+  assert_string_equal(d.replica_id, "s0");
+  assert_int_equal(saw.cls_pressure, SPI_PRESSURE_ELEVATED);
+  print_message("estimated $%.9f; asking 1,024 $%.9f, 8,000 $%.9f\n",
+                d.est_usd, asked[0].usd, asked[1].usd);
+  assert_true(asked[1].usd > asked[0].usd);
+  assert_true(d.est_usd == asked[0].usd);
+  finish(w, d.ticket);
+  done(w);
+}
+
 /* A replica joining its pool starts at its share of the pool's work, so
  * the guard neither floods nor shuns it: the pool's tokens per stream
  * times its streams. d1, of 48 streams, joins an on-demand pool whose one
@@ -1641,6 +1673,7 @@ int main(void) {
       cmocka_unit_test(test_cold_prefix_follows_rendezvous_order),
       cmocka_unit_test(test_shares_follow_replica_size),
       cmocka_unit_test(test_replica_joins_at_its_share),
+      cmocka_unit_test(test_price_reads_the_capped_output),
       cmocka_unit_test(test_few_conversations_keep_their_replicas),
       cmocka_unit_test(test_shed_pool_is_not_left_for_the_fallback),
       cmocka_unit_test(test_stale_replica_is_not_kv_pressure),
