@@ -187,12 +187,26 @@ static void fold(const spi_route_context *x, const spi_pool_summary *s,
                  summary *m) {
   const spi_candidate *cs = x->candidates;
   if (!s || s->usable == 0) return;
+  uint32_t ns = s->n_top < SPI_SUMMARY_TOP ? s->n_top : SPI_SUMMARY_TOP;
+  if (!m->any) {
+    /* The first summary folded into an empty m (summarise): the merge
+     * below would copy s as it is, and every comparison take s's entry. */
+    m->any = 1;
+    m->usable = s->usable;
+    for (uint32_t k = 0; k < ns; k++) m->top[k] = s->top[k];
+    m->n_top = ns;
+    m->best = ns > 0 ? m->top[0] : -1;
+    m->second = ns > 1 ? m->top[1] : -1;
+    m->warm = s->warm >= 0 ? s->warm : -1;
+    m->least = s->least >= 0 ? s->least : -1;
+    m->rdv = s->rendezvous >= 0 ? s->rendezvous : -1;
+    return;
+  }
   m->any = 1;
   m->usable += s->usable;
   /* Merge s->top into m->top, both sorted. */
   int32_t merged[2 * SPI_SUMMARY_TOP];
-  uint32_t i = 0, j = 0, n = 0, ns = s->n_top < SPI_SUMMARY_TOP ? s->n_top
-                                                               : SPI_SUMMARY_TOP;
+  uint32_t i = 0, j = 0, n = 0;
   while ((i < m->n_top || j < ns) && n < 2 * SPI_SUMMARY_TOP) {
     if (j >= ns || (i < m->n_top && ttft_before(x, m->top[i], s->top[j])))
       merged[n++] = m->top[i++];
