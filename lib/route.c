@@ -215,11 +215,29 @@ static int phase_replicas(route_state *rs, pool_sums *sums) {
   return SPI_OK;
 }
 
+/* The pass read a machine with rebalance advice as unusable for a request
+ * that asks for more output than such a machine takes; the class's cap,
+ * known only now, may bound it below that (spi__output_bound): then the
+ * pass is made again with those machines usable. Its KV sums are the
+ * first pass's (they do not depend on usability). Rare: a long ask, a
+ * tight cap. */
+static void pass_for_capped_output(route_state *rs, pool_sums *sums) {
+  route_env *x = rs->env;
+  if (!x->long_request ||
+      spi__output_bound(rs->v, rs->cls) > rs->cfg->advised_max_output_tokens)
+    return;
+  x->long_request = 0;
+  memset(sums, 0, sizeof *sums);
+  spi__pass_run(rs->sc, x, rs->set, rs->nrep,
+                rs->compact ? NULL : rs->req->cands, sums);
+  spi__pass_mean_served(rs->sc, sums, rs->mean_served, rs->mean_streams);
+}
+
 /* Phase 3, pressure and breakers: each pool's KV breaker steps on the
  * pool's mean usage, the request is classified (at the worse pool's
  * pressure), and a pool whose breaker sheds that class has no usable
  * replica left. */
-static int phase_pressure(route_state *rs, const pool_sums *sums) {
+static int phase_pressure(route_state *rs, pool_sums *sums) {
   spi_engine *e = rs->e;
   int32_t kvl[4] = {0};
   rs->level[0] = rs->level[3] = 0;
@@ -240,6 +258,7 @@ static int phase_pressure(route_state *rs, const pool_sums *sums) {
   rs->cls->struct_size = sizeof *rs->cls; /* the dispatch clears the rest */
   int rc = spi__classify_in(rs->req, rs->snap, rs->v, rs->worst, rs->cls);
   if (rc) return rc;
+  pass_for_capped_output(rs, sums);
   int32_t klass = rs->cls->klass;
   rs->shed[0] = rs->shed[3] = 0;
   for (int p = SPI_POOL_SPOT; p <= SPI_POOL_ON_DEMAND; p++) {

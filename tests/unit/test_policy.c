@@ -1142,6 +1142,70 @@ static double silver_sent(world *w, costed *saw, const uint32_t *b, size_t n,
   return sent;
 }
 
+/* Where bronze asking for 2,000 output tokens goes when its one spot
+ * replica, s0, runs on a machine with rebalance advice (it takes no
+ * request expected to be longer than router.advised_max_output_tokens,
+ * 512), with on-demand d0 at KV usage kv_od: at 0.8 the pressure is
+ * elevated, where bronze's plan caps its output at 512; at 0.2 it is
+ * normal, and the plan has no cap. The replica's id, or "queue". */
+static void advised_bronze(double kv_od, char out[SPI_ID_MAX]) {
+  world *w = mk(NULL);
+  static const char *const ids[2] = {"s0", "d0"};
+  for (int i = 0; i < 2; i++) {
+    spi_replica_info ri;
+    memset(&ri, 0, sizeof ri);
+    ri.struct_size = sizeof ri;
+    ri.id = ids[i];
+    ri.id_len = 2;
+    ri.pool = i ? SPI_POOL_ON_DEMAND : SPI_POOL_SPOT;
+    ri.usd_per_hour = i ? 4.5 : 1.8;
+    ri.max_inflight = 16;
+    ri.node = i ? "n1" : "n0";
+    ri.node_len = 2;
+    assert_int_equal(spi_replica_upsert(w->e, &ri), SPI_OK);
+  }
+  load(w, "s0", 0, 0);
+  spi_load l;
+  memset(&l, 0, sizeof l);
+  l.struct_size = sizeof l;
+  l.kv_usage = kv_od; /* 0.8: elevated, below every breaker */
+  assert_int_equal(spi_replica_report_load(w->e, "d0", 2, &l), SPI_OK);
+  spi_notice n;
+  memset(&n, 0, sizeof n);
+  n.struct_size = sizeof n;
+  n.kind = SPI_NOTICE_REBALANCE;
+  n.format = SPI_NOTICE_AWS_INSTANCE_ACTION;
+  n.active = 1;
+  snprintf(n.node, sizeof n.node, "n0");
+  snprintf(n.dedup_key, sizeof n.dedup_key, "rebalance-n0");
+  size_t np = 0;
+  assert_int_equal(spi_engine_notice(w->e, &n, NULL, 0, &np), SPI_OK);
+  uint32_t b[4] = {60000, 60001, 60002, 60003};
+  prompt(w, b, 4, "bronze");
+  spi_request_unset_int(w->r, SPI_REQ_EXPECTED_OUTPUT_TOKENS);
+  spi_request_set_int(w->r, SPI_REQ_MAX_OUTPUT_TOKENS, 2000);
+  spi_decision d;
+  assert_int_equal(route(w, &d), SPI_OK);
+  snprintf(out, SPI_ID_MAX, "%s", d.pool == SPI_POOL_QUEUE ? "queue" : d.replica_id);
+  if (d.ticket) finish(w, d.ticket);
+  done(w);
+}
+
+/* An advised machine's bound on output reads the output a request can
+ * generate: bronze asking for 2,000 tokens, capped at 512 by its plan at
+ * elevated pressure, is not too long for it, and is served there rather
+ * than queued; at normal pressure, uncapped, it is, and waits. */
+static void test_advised_machine_reads_the_capped_output(void **st) {
+  (void)st;
+  char id[SPI_ID_MAX];
+  advised_bronze(0.8, id);
+  print_message("bronze asking 2,000, capped at 512: %s\n", id);
+  assert_string_equal(id, "s0");
+  advised_bronze(0.2, id);
+  print_message("bronze asking 2,000, no cap: %s\n", id);
+  assert_string_equal(id, "queue");
+}
+
 /* The decision's estimated cost prices the output the request can
  * generate: silver asking for 8,000 tokens at elevated KV pressure, whose
  * plan caps it at 1,024, costs what the request asking for 1,024 does
@@ -1674,6 +1738,7 @@ int main(void) {
       cmocka_unit_test(test_shares_follow_replica_size),
       cmocka_unit_test(test_replica_joins_at_its_share),
       cmocka_unit_test(test_price_reads_the_capped_output),
+      cmocka_unit_test(test_advised_machine_reads_the_capped_output),
       cmocka_unit_test(test_few_conversations_keep_their_replicas),
       cmocka_unit_test(test_shed_pool_is_not_left_for_the_fallback),
       cmocka_unit_test(test_stale_replica_is_not_kv_pressure),
