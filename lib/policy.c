@@ -289,6 +289,8 @@ typedef struct terms {
   double allowed[2]; /* by pool: an own turn's share before the
                         conversation's own size is counted */
   double streams[2]; /* by pool: its mean max_inflight (0: none) */
+  uint32_t whole[2]; /* ... when a whole number (a pool of one size),
+                        else 0: a replica of that size is of size 1 */
   double cap;        /* policy.load_share_cap */
 } terms;
 
@@ -309,7 +311,11 @@ static void terms_for(const pinst *p, const spi_route_context *x, uint32_t n,
   double share = t->work / (double)(n ? n : 1);
   t->cap = p->load_cap;
   for (int k = 0; k < 2; k++) {
-    t->streams[k] = x->mean_max_inflight[pools[k]];
+    double s = x->mean_max_inflight[pools[k]];
+    t->streams[k] = s;
+    t->whole[k] = s >= 1 && s <= (double)UINT32_MAX && s == (double)(uint32_t)s
+                      ? (uint32_t)s
+                      : 0;
     double after = x->mean_served_tokens[pools[k]] + share;
     double allowed = p->load_cap * after;
     if (allowed < after + t->work) allowed = after + t->work;
@@ -428,8 +434,8 @@ static double replica_size(const terms *t, const spi_candidate *c, int k) {
 static double excess_tokens(const terms *t, const spi_candidate *c, int own,
                             double unit) {
   int k = pool_slot(c);
-  double size = replica_size(t, c, k), after = t->after[k];
-  double allowed = t->allowed[k];
+  double after = t->after[k], allowed = t->allowed[k];
+  double size = c->max_inflight == t->whole[k] ? 1.0 : replica_size(t, c, k);
   if (size != 1.0) { /* terms_for's operations on this replica's share */
     after = t->after[k] * size;
     allowed = t->cap * after;
