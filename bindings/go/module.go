@@ -167,6 +167,12 @@ static int spi_go_ctx_has_model(const spi_route_context *ctx) {
                                  sizeof ctx->prompt_tokens;
 }
 
+// Whether the context carries mean_max_inflight (since 0.3.0).
+static int spi_go_ctx_has_sizes(const spi_route_context *ctx) {
+  return ctx->struct_size >= offsetof(spi_route_context, mean_max_inflight) +
+                                 sizeof ctx->mean_max_inflight;
+}
+
 // The number of pool summaries, 0 when the library's context predates them
 // (struct_size does not cover the fields).
 static size_t spi_go_n_summaries(const spi_route_context *ctx) {
@@ -714,6 +720,11 @@ type RouteContext struct {
 	// it and the expected output). Since 0.3.0 (zeros from an older library).
 	MeanServedTokens [4]float64
 	PromptTokens     float64
+	// MeanMaxInflight is, by Pool, the mean MaxInflight of the same
+	// replicas, so a share can be in proportion to a replica's size:
+	// MeanServedTokens * MaxInflight / MeanMaxInflight. Since 0.3.0 (zeros
+	// from an older library).
+	MeanMaxInflight [4]float64
 }
 
 // Summary is the summary of pool and tier, or nil if there is none (pool
@@ -742,6 +753,11 @@ func routeContextFrom(c *C.spi_route_context, view *RequestView) *RouteContext {
 			ctx.MeanServedTokens[i] = float64(c.mean_served_tokens[i])
 		}
 		ctx.PromptTokens = float64(c.prompt_tokens)
+	}
+	if C.spi_go_ctx_has_sizes(c) != 0 {
+		for i := 0; i < 4; i++ {
+			ctx.MeanMaxInflight[i] = float64(c.mean_max_inflight[i])
+		}
 	}
 	model := C.spi_go_candidate_has_model(c) != 0
 	n := int(c.n_candidates)

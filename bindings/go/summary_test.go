@@ -418,6 +418,10 @@ func TestPolicySeesTTFTModel(t *testing.T) {
 		second.MeanServedTokens[PoolSpot] != served/2 {
 		t.Fatalf("%+v %+v", on, second.MeanServedTokens)
 	}
+	// Every replica of the fleet takes 16 at once.
+	if second.MeanMaxInflight[PoolSpot] != 16 || second.MeanMaxInflight[PoolOnDemand] != 16 {
+		t.Fatalf("%+v", second.MeanMaxInflight)
+	}
 	must(t, d1.Ticket.Finish(TicketResult{}))
 	must(t, d2.Ticket.Finish(TicketResult{}))
 }

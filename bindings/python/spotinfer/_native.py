@@ -592,6 +592,7 @@ class RouteContext(_Struct):
         ("n_summaries", c_size_t),
         ("mean_served_tokens", c_double * 4),  # since 0.3.0
         ("prompt_tokens", c_double),
+        ("mean_max_inflight", c_double * 4),
     ]
 
 

@@ -297,6 +297,11 @@ class RouteContext:
     # zeros from an older library).
     mean_served_tokens: Tuple[float, float, float, float] = (0.0, 0.0, 0.0, 0.0)
     prompt_tokens: float = 0.0
+    # By Pool, the mean max_inflight of its usable replicas (the same ones
+    # as mean_served_tokens), so a share can be in proportion to a
+    # replica's size: mean_served_tokens * max_inflight / mean_max_inflight
+    # (since 0.3.0; zeros from an older library).
+    mean_max_inflight: Tuple[float, float, float, float] = (0.0, 0.0, 0.0, 0.0)
 
     def summary(self, pool: Union[Pool, int, str],
                 model_tier: Union[ModelTier, int, str]) -> Optional[PoolSummary]:
@@ -702,12 +707,20 @@ def _candidates(ctx: _n.RouteContext) -> Tuple[Candidate, ...]:
 _MODEL_END = _n.RouteContext.prompt_tokens.offset + _n.RouteContext.prompt_tokens.size
 
 
+_SIZES_END = (_n.RouteContext.mean_max_inflight.offset +
+              _n.RouteContext.mean_max_inflight.size)
+
+
 def _model_fields(ctx: _n.RouteContext) -> Dict[str, Any]:
-    """mean_served_tokens and prompt_tokens, when struct_size covers them."""
+    """mean_served_tokens, prompt_tokens and mean_max_inflight, each when
+    struct_size covers it."""
     if ctx.struct_size < _MODEL_END:
         return {}
-    return {"mean_served_tokens": tuple(ctx.mean_served_tokens),
-            "prompt_tokens": ctx.prompt_tokens}
+    out = {"mean_served_tokens": tuple(ctx.mean_served_tokens),
+           "prompt_tokens": ctx.prompt_tokens}
+    if ctx.struct_size >= _SIZES_END:
+        out["mean_max_inflight"] = tuple(ctx.mean_max_inflight)
+    return out
 
 
 _SUMMARIES_END = _n.RouteContext.n_summaries.offset + _n.RouteContext.n_summaries.size

@@ -334,6 +334,8 @@ def test_python_policy_sees_the_ttft_model(world):
     assert on.served_tokens == first.prompt_tokens + 256
     assert on.est_wait_ms == pytest.approx(first.prompt_tokens * 1000 / 10000)
     assert second.mean_served_tokens[int(on.pool)] == (first.prompt_tokens + 256) / 2
+    # Every replica of the world takes 16 at once.
+    assert second.mean_max_inflight[int(on.pool)] == 16
     d1.ticket.finish()
     d2.ticket.finish()
 
