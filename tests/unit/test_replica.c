@@ -795,6 +795,7 @@ static void test_alloc_failure(void **st) {
 typedef struct crowd {
   world *w;
   atomic_int writers_left;
+  atomic_int readers_started; /* writers wait for every reader */
   atomic_int bad;
   atomic_long reads;
 } crowd;
@@ -808,6 +809,9 @@ static void *writer(void *p) {
   writer_arg *a = p;
   crowd *c = a->c;
   char id[32];
+  /* Readers first: on a loaded machine the writers could otherwise be done
+   * before a reader runs, and nothing would be read beside them. */
+  while (atomic_load(&c->readers_started) < READERS) sched_yield();
   for (int i = 0; i < PER_WRITER; i++) {
     snprintf(id, sizeof id, "w%d-%d", a->n, i);
     spi_replica_info ri = info(id, i % 2 ? SPI_POOL_SPOT : SPI_POOL_ON_DEMAND);
@@ -833,7 +837,8 @@ static void *reader(void *p) {
   crowd *c = p;
   spi_engine *e = c->w->e;
   unsigned k = 0;
-  while (atomic_load(&c->writers_left) > 0) {
+  atomic_fetch_add(&c->readers_started, 1);
+  do {
     k++;
     char id[16];
     snprintf(id, sizeof id, "stable-%u", k % STABLE);
@@ -870,7 +875,7 @@ static void *reader(void *p) {
     atomic_fetch_add(&c->reads, 1);
     /* Let the writers' grace periods end on a machine with few cores. */
     sched_yield();
-  }
+  } while (atomic_load(&c->writers_left) > 0);
   return NULL;
 }
 
@@ -885,6 +890,7 @@ static void test_concurrent(void **st) {
     add(c.w, id, SPI_POOL_SPOT);
   }
   atomic_init(&c.writers_left, WRITERS);
+  atomic_init(&c.readers_started, 0);
   atomic_init(&c.bad, 0);
   atomic_init(&c.reads, 0);
   pthread_t wt[WRITERS], rt[READERS];
