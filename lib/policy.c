@@ -300,6 +300,13 @@ static int pool_slot(const spi_candidate *c) {
   return c->pool == SPI_POOL_SPOT ? 0 : 1;
 }
 
+/* What an own turn may take a replica of share `after` up to: cap times
+ * it, and never less than one request (work) above it. */
+static double allowed_for(double cap, double after, double work) {
+  double allowed = cap * after;
+  return allowed < after + work ? after + work : allowed;
+}
+
 /* The terms for a pool of n usable replicas. */
 static void terms_for(const pinst *p, const spi_route_context *x, uint32_t n,
                       terms *t) {
@@ -317,10 +324,8 @@ static void terms_for(const pinst *p, const spi_route_context *x, uint32_t n,
                       ? (uint32_t)s
                       : 0;
     double after = x->mean_served_tokens[pools[k]] + share;
-    double allowed = p->load_cap * after;
-    if (allowed < after + t->work) allowed = after + t->work;
     t->after[k] = after;
-    t->allowed[k] = allowed;
+    t->allowed[k] = allowed_for(p->load_cap, after, t->work);
   }
 }
 
@@ -436,10 +441,9 @@ static double excess_tokens(const terms *t, const spi_candidate *c, int own,
   int k = pool_slot(c);
   double after = t->after[k], allowed = t->allowed[k];
   double size = c->max_inflight == t->whole[k] ? 1.0 : replica_size(t, c, k);
-  if (size != 1.0) { /* terms_for's operations on this replica's share */
+  if (size != 1.0) { /* terms_for's allowance on this replica's share */
     after = t->after[k] * size;
-    allowed = t->cap * after;
-    if (allowed < after + t->work) allowed = after + t->work;
+    allowed = allowed_for(t->cap, after, t->work);
   }
   if (!own) return c->served_tokens - after;
   if (allowed < unit) allowed = unit;

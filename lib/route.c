@@ -378,23 +378,6 @@ static int plan_at(route_state *rs, int32_t pressure) {
   return spi__classify_plan_at(rs->req, rs->snap, rs->v, pressure, rs->cls);
 }
 
-/* dst = a " / " b, cut to fit as spi__join cuts it: spi__join's result,
- * without its loop over parts (this runs on every route). */
-static void reason_join(char *dst, size_t cap, const char *a, const char *b) {
-  size_t n = strnlen(a, cap - 1);
-  memcpy(dst, a, n);
-  if (cap - 1 - n >= 3) { /* a copy of known size: no call */
-    memcpy(dst + n, " / ", 3);
-    n += 3;
-  } else {
-    memcpy(dst + n, " / ", cap - 1 - n);
-    n = cap - 1;
-  }
-  size_t m = strnlen(b, cap - 1 - n);
-  memcpy(dst + n, b, m);
-  dst[n + m] = '\0';
-}
-
 /* The decision's fields that every outcome has. */
 static void decision_fill(route_state *rs, int32_t pressure) {
   spi_decision *out = rs->out;
@@ -412,7 +395,7 @@ static void decision_fill(route_state *rs, int32_t pressure) {
   out->tools_allowed = cls->tools_allowed;
   out->max_output_tokens = cls->max_output_tokens;
   out->reason_code = rs->ch->reason_code;
-  reason_join(out->reason, sizeof out->reason, rs->ch->reason, cls->reason);
+  spi__join(out->reason, sizeof out->reason, rs->ch->reason, " / ", cls->reason);
 }
 
 /* Queued, shed or no capacity: counted, and an error unless queued. */

@@ -69,7 +69,8 @@ static void done(world *w) {
   free(w);
 }
 
-static void add(world *w, const char *id, int32_t pool) {
+/* A replica of pool taking max_inflight requests at once. */
+static void add_sized(world *w, const char *id, int32_t pool, uint32_t max_inflight) {
   spi_replica_info ri;
   memset(&ri, 0, sizeof ri);
   ri.struct_size = sizeof ri;
@@ -77,9 +78,11 @@ static void add(world *w, const char *id, int32_t pool) {
   ri.id_len = strlen(id);
   ri.pool = pool;
   ri.usd_per_hour = pool == SPI_POOL_SPOT ? 1.8 : 4.5;
-  ri.max_inflight = 16;
+  ri.max_inflight = max_inflight;
   assert_int_equal(spi_replica_upsert(w->e, &ri), SPI_OK);
 }
+
+static void add(world *w, const char *id, int32_t pool) { add_sized(w, id, pool, 16); }
 
 static void load(world *w, const char *id, double running, double waiting) {
   spi_load l;
@@ -612,15 +615,7 @@ static double large_over_small(void) {
   static const uint32_t size[4] = {16, 16, 48, 48};
   for (int i = 0; i < 4; i++) {
     char id[4] = {'r', (char)('0' + i), 0, 0};
-    spi_replica_info ri;
-    memset(&ri, 0, sizeof ri);
-    ri.struct_size = sizeof ri;
-    ri.id = id;
-    ri.id_len = 2;
-    ri.pool = SPI_POOL_ON_DEMAND;
-    ri.usd_per_hour = 4.5;
-    ri.max_inflight = size[i];
-    assert_int_equal(spi_replica_upsert(w->e, &ri), SPI_OK);
+    add_sized(w, id, SPI_POOL_ON_DEMAND, size[i]);
     load(w, id, 0, 0);
   }
   double served[4] = {0};
@@ -1256,15 +1251,7 @@ static void test_replica_joins_at_its_share(void **st) {
     assert_string_equal(d.replica_id, "d0");
     finish(w, d.ticket);
   }
-  spi_replica_info ri;
-  memset(&ri, 0, sizeof ri);
-  ri.struct_size = sizeof ri;
-  ri.id = "d1";
-  ri.id_len = 2;
-  ri.pool = SPI_POOL_ON_DEMAND;
-  ri.usd_per_hour = 4.5;
-  ri.max_inflight = 48;
-  assert_int_equal(spi_replica_upsert(w->e, &ri), SPI_OK);
+  add_sized(w, "d1", SPI_POOL_ON_DEMAND, 48);
   load(w, "d1", 0, 0);
   prompt(w, b, 8, "gold"); /* the shadow reads both counts */
   assert_int_equal(route(w, &d), SPI_OK);
