@@ -121,52 +121,24 @@ static int add_line(trace_reader *rd, size_t nb0, const double v[3], size_t line
 
 /* ------------------------------------------------- Bailian conversations */
 
-void trace_chats_free(trace_chats *c) {
-  free(c->key);
-  free(c->root);
-  memset(c, 0, sizeof *c);
-}
-
-static size_t chat_slot(const trace_chats *c, uint64_t key) {
-  size_t i = (size_t)sim_mix64(key) & (c->cap - 1);
-  while (c->key[i] && c->key[i] != key) i = (i + 1) & (c->cap - 1);
-  return i;
-}
-
-static int chats_grow(trace_chats *c) {
-  trace_chats g = {calloc(c->cap ? c->cap * 2 : 4096, sizeof *g.key),
-                   calloc(c->cap ? c->cap * 2 : 4096, sizeof *g.root),
-                   c->cap ? c->cap * 2 : 4096, c->n};
-  if (!g.key || !g.root) return trace_chats_free(&g), -1;
-  for (size_t i = 0; i < c->cap; i++)
-    if (c->key[i]) {
-      size_t s = chat_slot(&g, c->key[i]);
-      g.key[s] = c->key[i];
-      g.root[s] = c->root[i];
-    }
-  trace_chats_free(c);
-  *c = g;
-  return 0;
-}
-
 /* The conversation of chat `chat` whose parent is `parent` (negative: a
  * first turn): its parent's, or the parent itself when that was not seen.
  * 0, or -1 out of memory. */
-static int chat_session(trace_chats *c, double chat, double parent, uint64_t *session) {
+static int chat_session(trace_map *c, double chat, double parent, uint64_t *session) {
   uint64_t key = (uint64_t)chat + 1, root = (uint64_t)chat;
   if (parent >= 0) {
     root = (uint64_t)parent;
     if (c->cap) {
-      size_t s = chat_slot(c, (uint64_t)parent + 1);
-      if (c->key[s]) root = c->root[s];
+      size_t s = trace_map_slot(c, (uint64_t)parent + 1);
+      if (c->key[s]) root = c->val[s];
     }
   }
   *session = sim_mix64(root ^ 0x43484154ull); /* "CHAT" */
-  if (2 * (c->n + 1) > c->cap && chats_grow(c)) return -1;
-  size_t s = chat_slot(c, key);
+  if (trace_map_reserve(c)) return -1;
+  size_t s = trace_map_slot(c, key);
   if (!c->key[s]) c->n++;
   c->key[s] = key;
-  c->root[s] = root;
+  c->val[s] = root;
   return 0;
 }
 

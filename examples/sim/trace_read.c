@@ -71,27 +71,25 @@ static int to_sim_blocks(sim_trace *t, uint32_t unit) {
   return rc;
 }
 
-/* Arrivals from the file's first, sessions where the file names none (a
- * Mooncake conversation: the requests that share a first block), classes
- * by session, arrivals in order, chained hashes. 0, or -1 out of memory. */
+/* Arrivals from the file's first and in order, chained hashes, Mooncake's
+ * conversations (trace_conv.c), classes by conversation. 0, or -1 out of
+ * memory. */
 static int finish(sim_trace *t, int fmt, const double mix[4], uint64_t seed) {
   t->file_block_tokens = fmt == TRACE_CSV ? SIM_BLOCK_TOKENS : file_block_tokens(t);
   if (to_sim_blocks(t, t->file_block_tokens)) return -1;
   int64_t t0 = t->reqs[0].arrival_ns;
   for (size_t i = 1; i < t->n; i++)
     if (t->reqs[i].arrival_ns < t0) t0 = t->reqs[i].arrival_ns;
-  sim_rng r;
-  sim_rng_seed(&r, seed ^ 0x54524331ull);
-  for (size_t i = 0; i < t->n; i++) {
-    sim_trace_req *q = &t->reqs[i];
-    q->arrival_ns -= t0;
-    if (fmt == TRACE_MOONCAKE)
-      q->session = q->nblocks ? t->blocks[q->block_off] : ((uint64_t)1 << 63) | i;
-    q->klass = sim_session_class(&r, mix, q->session);
-  }
+  for (size_t i = 0; i < t->n; i++) t->reqs[i].arrival_ns -= t0;
   qsort(t->reqs, t->n, sizeof *t->reqs, sim_trace_cmp_arrival);
   sim_trace_chain(t);
-  return t->chain ? 0 : -1;
+  if (!t->chain) return -1;
+  if (fmt == TRACE_MOONCAKE && trace_mooncake_conversations(t)) return -1;
+  sim_rng r;
+  sim_rng_seed(&r, seed ^ 0x54524331ull);
+  for (size_t i = 0; i < t->n; i++)
+    t->reqs[i].klass = sim_session_class(&r, mix, t->reqs[i].session);
+  return 0;
 }
 
 void sim_trace_speedup(sim_trace *t, double f) {
@@ -147,7 +145,7 @@ int sim_trace_parse(sim_trace *t, FILE *f, const char *name, size_t limit,
     if (limit && t->n >= limit) break;
   }
   free(line);
-  trace_chats_free(&rd.chats);
+  trace_map_free(&rd.chats);
   t->format = format_name(rd.fmt);
   if (!rc && !t->n) rc = 1;
   if (!rc && !finish(t, rd.fmt, mix, seed)) return 0;

@@ -10,17 +10,28 @@
 
 enum { TRACE_UNKNOWN, TRACE_MOONCAKE, TRACE_BAILIAN, TRACE_CSV };
 
-/* Each chat's conversation (its first chat), by chat id: Bailian's
- * parent_chat_id chains. Open addressing; key 0 is stored as ~0. */
-typedef struct trace_chats {
-  uint64_t *key, *root;
+/* Nonzero 64-bit keys to values, open addressing, grown at half full
+ * (trace_conv.c): Bailian's chats to their first chat, Mooncake's prompts
+ * to their conversation. */
+typedef struct trace_map {
+  uint64_t *key, *val;
   size_t cap, n;
-} trace_chats;
+} trace_map;
+void trace_map_free(trace_map *m);
+/* Where key is, or the empty slot where it goes (key[slot] == 0); cap > 0. */
+size_t trace_map_slot(const trace_map *m, uint64_t key);
+/* Room for one more key: 0, or -1 out of memory. */
+int trace_map_reserve(trace_map *m);
+
+/* The conversations of a Mooncake trace, which names none (trace_conv.c
+ * says how they are found): requests in arrival order, chain[] filled.
+ * 0, or -1 out of memory. */
+int trace_mooncake_conversations(sim_trace *t);
 
 typedef struct trace_reader {
   sim_trace *t;
   int fmt;          /* TRACE_*, from the first line */
-  trace_chats chats;
+  trace_map chats;  /* Bailian: chat id + 1 to its first chat */
   int col[3];       /* CSV: the columns of time, input and output */
   int ncols;        /* CSV: columns a line must have at least */
 } trace_reader;
@@ -30,7 +41,6 @@ typedef struct trace_reader {
  * sessions are set for Bailian lines only. 0 read or skipped (counted),
  * -1 out of memory. */
 int trace_jsonl_line(trace_reader *rd, const char *line, size_t len, size_t lineno);
-void trace_chats_free(trace_chats *c);
 
 /* The first line of a CSV: 1 a header (its columns taken), 0 data (the
  * columns are time, input, output in that order), -1 a header that names
