@@ -522,9 +522,9 @@ static int ref_classify(void *state, void *inst, const spi_request_view *v,
     /* Made at configure time: classification runs on every route. */
     _Static_assert(REASON_MAX <= sizeof out->reason, "a reason fits");
     if (hit)
-      memcpy(out->reason, hit->reason, hit->reason_len + 1);
+      spi__copy(out->reason, hit->reason, hit->reason_len + 1);
     else
-      memcpy(out->reason, in->default_reason, in->default_reason_len + 1);
+      spi__copy(out->reason, in->default_reason, in->default_reason_len + 1);
   }
   /* The request's own word on replayability wins, then the rule's. */
   if (v->replayable_set)

@@ -440,7 +440,7 @@ static void ticket_fill(route_state *rs, spi_ticket *k,
   k->weight = (uint32_t)rs->cfg->class_weight[cls->klass];
   k->n_hashes = rs->nblocks < SPI_TICKET_HASHES ? rs->nblocks : SPI_TICKET_HASHES;
   if (k->n_hashes)
-    memcpy(k->hashes, req->hashes, k->n_hashes * sizeof k->hashes[0]);
+    spi__copy(k->hashes, req->hashes, k->n_hashes * sizeof k->hashes[0]);
   copy_id(k->tenant, v->tenant, v->tenant_len);
   copy_id(k->model, v->model, v->model_len);
 }
@@ -584,7 +584,7 @@ static int route_pinned(spi_request *req, spi_snapshot *snap,
   rs.taken.tt = NULL;
   rs.taken.ticket = NULL;
   pool_sums sums_of_pools;
-  memset(&sums_of_pools, 0, sizeof sums_of_pools);
+  spi__zero(&sums_of_pools, sizeof sums_of_pools);
   int rc = phase_key(&rs);
   if (rc == SPI_OK) rc = phase_replicas(&rs, &sums_of_pools);
   if (rc == SPI_OK) rc = phase_pressure(&rs, &sums_of_pools);

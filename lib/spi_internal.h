@@ -98,13 +98,28 @@ void spi__errtab_clear(spi_errtab *t);
  * Borrowed until this thread's next call on the handle. */
 const char *spi__errtab_get(spi_errtab *t);
 
-/* s appended at dst[n], cut to leave room for the terminator. */
+/* memcpy of n bytes through the C library's memcpy. gcc inlines a copy
+ * whose size it knows to be bounded as `rep movsq`, which takes about
+ * 8-10 ns here whatever the size, against 3 ns for the call; the size
+ * goes through a volatile, so no build sees it (as spi__zero does). */
+static inline void spi__copy(void *dst, const void *src, size_t n) {
+  volatile size_t size = n;
+  memcpy(dst, src, size);
+}
+
+/* s appended at dst[n], cut to leave room for the terminator. A literal
+ * that fits is copied inline (its length is known where it is joined);
+ * any other text through spi__copy. */
 static inline size_t spi__join_part(char *dst, size_t n, size_t cap,
                                     const char *s) {
   if (!s) return n;
-  size_t len = strlen(s);
-  if (len > cap - 1 - n) len = cap - 1 - n;
-  memcpy(dst + n, s, len);
+  size_t len = strlen(s), room = cap - 1 - n;
+  if (__builtin_constant_p(len) && len <= room) {
+    memcpy(dst + n, s, len);
+    return n + len;
+  }
+  if (len > room) len = room;
+  spi__copy(dst + n, s, len);
   return n + len;
 }
 

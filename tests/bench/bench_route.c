@@ -222,7 +222,7 @@ static void bench_latency(size_t size, int replicas, int shared_first) {
   /* Each route is timed right after one XXH3 pass over a copy of the same
    * prompt, so both are measured in the same moments and their ratio holds
    * even when the machine's speed drifts during the run. */
-  enum { N = 4000 };
+  enum { N = 4000, BATCHES = 20 };
   static double t[N], x[N];
   volatile uint64_t sink = 0;
   for (int i = 0; i < N; i++) {
@@ -238,6 +238,17 @@ static void bench_latency(size_t size, int replicas, int shared_first) {
     t[i] = t2 - t1;
     if (rc == SPI_OK && d.ticket) finish(e, d.ticket);
   }
+  /* Each batch's p50 over its pass's p50: the ratio of times taken in the
+   * same second or so; the median of the batches' ratios. */
+  double bratio[BATCHES], bt[N / BATCHES], bx[N / BATCHES];
+  for (int b = 0; b < BATCHES; b++) {
+    memcpy(bt, t + b * (N / BATCHES), sizeof bt);
+    memcpy(bx, x + b * (N / BATCHES), sizeof bx);
+    qsort(bt, N / BATCHES, sizeof bt[0], cmp_double);
+    qsort(bx, N / BATCHES, sizeof bx[0], cmp_double);
+    bratio[b] = bt[N / BATCHES / 2] / bx[N / BATCHES / 2];
+  }
+  qsort(bratio, BATCHES, sizeof bratio[0], cmp_double);
   qsort(t, N, sizeof t[0], cmp_double);
   qsort(x, N, sizeof x[0], cmp_double);
   /* Also the best of many back-to-back passes, for reference, and the same
@@ -250,9 +261,11 @@ static void bench_latency(size_t size, int replicas, int shared_first) {
   printf("{\"bench\":\"route\",\"prompt_bytes\":%zu,\"replicas\":%d,"
          "\"shared_first\":%d,\"holders\":%d,\"p50_ns\":%.0f,\"p99_ns\":%.0f,\"xxh3_pass_ns\":%.1f,"
          "\"xxh3_best_ns\":%.1f,\"p50_ratio\":%.2f,\"p99_ratio\":%.2f,"
-         "\"xxh3_avx2_best_ns\":%.1f,\"p50_ratio_avx2\":%.2f}\n",
+         "\"xxh3_avx2_best_ns\":%.1f,\"p50_ratio_avx2\":%.2f,"
+         "\"batch_ratio_p50\":%.2f,\"batch_ratio_lo\":%.2f,\"batch_ratio_hi\":%.2f}\n",
          size, replicas, shared_first, holders, p50, p99, pass, best, p50 / pass, p99 / pass, wide,
-         p50 / wide);
+         p50 / wide, bratio[BATCHES / 2], bratio[BATCHES / 10],
+         bratio[BATCHES - 1 - BATCHES / 10]);
   for (int i = 0; i < NREQ; i++) free(texts[i]);
   for (int i = 0; i < NREQ; i++) spi_request_free(reqs[i]);
   spi_engine_free(e);
