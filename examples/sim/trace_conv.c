@@ -3,7 +3,7 @@
  * Classes are drawn per conversation, so every turn of one keeps its
  * class (and, through it, its pool). Bailian's traces name the chain
  * (trace_jsonl.c follows parent_chat_id with the map here); Mooncake's do
- * not, and the rule below finds it from the prompts.
+ * not, and the rule below finds them from the prompts.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -38,56 +38,51 @@ int trace_map_reserve(trace_map *m) {
   return 0;
 }
 
-/* A conversation's value in the map: its session, and whether a later
- * request has continued the prompt the key stands for. */
-#define CONV_TAKEN ((uint64_t)1 << 63)
-
-static uint64_t prompt_key(uint64_t chain) { return chain ? chain : 1; }
-
-/* The earlier prompt request q continues: the longest prefix of q, two
- * blocks or more, that was an earlier request's whole prompt or all of it
- * but its last block. Its slot, or (size_t)-1 when there is none. */
-static size_t continued(const trace_map *m, const uint64_t *chain, uint32_t n) {
-  if (!m->cap) return (size_t)-1;
-  for (uint32_t d = n; d >= 2; d--) {
-    size_t s = trace_map_slot(m, prompt_key(chain[d - 1]));
-    if (m->key[s]) return s;
+/* The chain hash of the most requests' first d blocks, and how many have
+ * it: requests with fewer blocks count for none. 0, or -1 out of memory. */
+static int commonest_prefix(const sim_trace *t, uint32_t d, uint64_t *chain, size_t *count) {
+  trace_map m = {0};
+  *chain = 0, *count = 0;
+  for (size_t i = 0; i < t->n; i++) {
+    const sim_trace_req *q = &t->reqs[i];
+    if (q->nblocks < d) continue;
+    uint64_t key = t->chain[q->block_off + d - 1];
+    if (trace_map_reserve(&m)) return trace_map_free(&m), -1;
+    size_t s = trace_map_slot(&m, key ? key : 1);
+    if (!m.key[s]) m.key[s] = key ? key : 1, m.n++;
+    if (++m.val[s] > *count) *count = m.val[s], *chain = key;
   }
-  return (size_t)-1;
-}
-
-static int remember(trace_map *m, uint64_t chain, uint64_t session) {
-  if (trace_map_reserve(m)) return -1;
-  size_t s = trace_map_slot(m, prompt_key(chain));
-  if (!m->key[s]) m->key[s] = prompt_key(chain), m->val[s] = session, m->n++;
+  trace_map_free(&m);
   return 0;
 }
 
 /*
- * A Mooncake request continues an earlier one when that one's whole prompt,
- * or all of it but its last block (a part-filled block is hashed anew once
- * the turn grows), is a prefix of its own at least two blocks long. One
- * block is not enough: a global system prompt puts the same first block in
- * front of every request, which would make the whole trace one
- * conversation. And a prompt that a second request also continues is
- * shared (a document, a tool list), not a turn, so that request starts a
- * conversation of its own. Requests in arrival order, chain[] filled.
+ * A Mooncake trace's conversations (or tenants): the requests that share
+ * their first block past the prompt most of the trace starts with. The
+ * blocks that more than half of all requests share are a global system
+ * prompt: every request carries them, so they say nothing about who sent
+ * it (Mooncake's conversation trace starts every request with block 0,
+ * which made it one conversation of one class when the first block was
+ * the key). A request without that prompt is keyed by its first block, one
+ * with nothing past it is a conversation of its own. Mooncake's ids name a
+ * block in its place in the prompt, so the block alone is the key.
  */
 int trace_mooncake_conversations(sim_trace *t) {
-  trace_map m = {0};
-  int rc = 0;
-  for (size_t i = 0; i < t->n && !rc; i++) {
-    sim_trace_req *q = &t->reqs[i];
-    const uint64_t *chain = t->chain + q->block_off;
-    q->session = sim_mix64(i ^ 0x434f4e56ull) & ~CONV_TAKEN; /* "CONV" */
-    size_t s = continued(&m, chain, q->nblocks);
-    if (s != (size_t)-1 && !(m.val[s] & CONV_TAKEN)) {
-      q->session = m.val[s];
-      m.val[s] |= CONV_TAKEN;
-    }
-    if (q->nblocks >= 2) rc = remember(&m, chain[q->nblocks - 1], q->session);
-    if (!rc && q->nblocks >= 3) rc = remember(&m, chain[q->nblocks - 2], q->session);
+  uint32_t global = 0;
+  uint64_t prompt = 0;
+  for (;;) {
+    uint64_t chain;
+    size_t count;
+    if (commonest_prefix(t, global + 1, &chain, &count)) return -1;
+    if (2 * count <= t->n) break;
+    global++, prompt = chain;
   }
-  trace_map_free(&m);
-  return rc;
+  for (size_t i = 0; i < t->n; i++) {
+    sim_trace_req *q = &t->reqs[i];
+    uint32_t past = global && q->nblocks >= global &&
+                    t->chain[q->block_off + global - 1] == prompt ? global : 0;
+    q->session = q->nblocks > past ? t->blocks[q->block_off + past]
+                                   : ((uint64_t)1 << 63) | i;
+  }
+  return 0;
 }

@@ -71,9 +71,9 @@ static int to_sim_blocks(sim_trace *t, uint32_t unit) {
   return rc;
 }
 
-/* Arrivals from the file's first and in order, chained hashes, Mooncake's
- * conversations (trace_conv.c), classes by conversation. 0, or -1 out of
- * memory. */
+/* Arrivals from the file's first, chained hashes, Mooncake's conversations
+ * (trace_conv.c), classes by conversation, arrivals in order. 0, or -1 out
+ * of memory. */
 static int finish(sim_trace *t, int fmt, const double mix[4], uint64_t seed) {
   t->file_block_tokens = fmt == TRACE_CSV ? SIM_BLOCK_TOKENS : file_block_tokens(t);
   if (to_sim_blocks(t, t->file_block_tokens)) return -1;
@@ -81,7 +81,6 @@ static int finish(sim_trace *t, int fmt, const double mix[4], uint64_t seed) {
   for (size_t i = 1; i < t->n; i++)
     if (t->reqs[i].arrival_ns < t0) t0 = t->reqs[i].arrival_ns;
   for (size_t i = 0; i < t->n; i++) t->reqs[i].arrival_ns -= t0;
-  qsort(t->reqs, t->n, sizeof *t->reqs, sim_trace_cmp_arrival);
   sim_trace_chain(t);
   if (!t->chain) return -1;
   if (fmt == TRACE_MOONCAKE && trace_mooncake_conversations(t)) return -1;
@@ -89,6 +88,7 @@ static int finish(sim_trace *t, int fmt, const double mix[4], uint64_t seed) {
   sim_rng_seed(&r, seed ^ 0x54524331ull);
   for (size_t i = 0; i < t->n; i++)
     t->reqs[i].klass = sim_session_class(&r, mix, t->reqs[i].session);
+  qsort(t->reqs, t->n, sizeof *t->reqs, sim_trace_cmp_arrival);
   return 0;
 }
 

@@ -24,8 +24,7 @@ size_t trace_map_slot(const trace_map *m, uint64_t key);
 int trace_map_reserve(trace_map *m);
 
 /* The conversations of a Mooncake trace, which names none (trace_conv.c
- * says how they are found): requests in arrival order, chain[] filled.
- * 0, or -1 out of memory. */
+ * says how they are found); chain[] filled. 0, or -1 out of memory. */
 int trace_mooncake_conversations(sim_trace *t);
 
 typedef struct trace_reader {

@@ -2,7 +2,7 @@
  * test_sim_traces.c - the simulator's request-trace readers
  * (examples/sim/trace_read.c, trace_jsonl.c, trace_csv.c) on every format
  * they tell apart, from small inputs written here: Mooncake JSONL (ms,
- * 512-token ids, conversations found from the prompts), Qwen/Bailian JSONL (s, 16-token ids, conversations by
+ * 512-token ids, conversations past a global prompt), Qwen/Bailian JSONL (s, 16-token ids, conversations by
  * parent_chat_id), Azure CSV (2023 and 2024 timestamps), BurstGPT CSV (a
  * header in another order, failed requests), and headers that name no
  * usable column. Exits 0 when every check holds.
@@ -58,50 +58,51 @@ static void test_mooncake(void) {
   sim_trace_free(&t);
 }
 
-/* Mooncake names no conversation: a turn is found by its prompt, which
- * holds the previous turn's whole prompt or all of it but the part-filled
- * last block. Every request here starts with the same block 0 (a global
- * system prompt), as Mooncake's conversation trace does. */
+/* Mooncake names no conversation: it is the first block past the prompt
+ * more than half the trace starts with (here block 0, a global system
+ * prompt, as in Mooncake's conversation trace), or past two such blocks. */
 static void test_mooncake_conversations(void) {
   const char *text =
-      /* 0: conversation A, turn 1 */
       "{\"timestamp\": 0, \"input_length\": 1400, \"output_length\": 5, \"hash_ids\": [0, 1, 2]}\n"
-      /* 1: conversation B, turn 1: shares only the global block with A */
       "{\"timestamp\": 10, \"input_length\": 1400, \"output_length\": 5, \"hash_ids\": [0, 7, 8]}\n"
-      /* 2: A, turn 2: A's prompt but its last block, re-hashed, and more */
       "{\"timestamp\": 20, \"input_length\": 2000, \"output_length\": 5, \"hash_ids\": [0, 1, 3, 4]}\n"
-      /* 3: B, turn 2: B's whole prompt and more */
       "{\"timestamp\": 30, \"input_length\": 2000, \"output_length\": 5, \"hash_ids\": [0, 7, 8, 9]}\n"
-      /* 4: A, turn 3, continuing turn 2 */
-      "{\"timestamp\": 40, \"input_length\": 2500, \"output_length\": 5, \"hash_ids\": [0, 1, 3, 4, 5]}\n"
-      /* 5: a second request on B's first prompt: a shared document, not a turn */
-      "{\"timestamp\": 50, \"input_length\": 2000, \"output_length\": 5, \"hash_ids\": [0, 7, 8, 6]}\n"
-      /* 6: one block only, and 7: two that share only the global block */
-      "{\"timestamp\": 60, \"input_length\": 300, \"output_length\": 5, \"hash_ids\": [0]}\n"
-      "{\"timestamp\": 70, \"input_length\": 900, \"output_length\": 5, \"hash_ids\": [0, 11]}\n";
+      "{\"timestamp\": 40, \"input_length\": 300, \"output_length\": 5, \"hash_ids\": [0]}\n"
+      "{\"timestamp\": 50, \"input_length\": 900, \"output_length\": 5, \"hash_ids\": [0, 11]}\n"
+      "{\"timestamp\": 60, \"input_length\": 900, \"output_length\": 5, \"hash_ids\": [5, 12]}\n";
   sim_trace t;
   char msg[256];
-  check(!read_text(&t, text, msg, sizeof msg) && t.n == 8, "conversations: read");
+  check(!read_text(&t, text, msg, sizeof msg) && t.n == 7, "conversations: read");
   const sim_trace_req *r = t.reqs;
-  check(r[0].session == r[2].session && r[2].session == r[4].session,
-        "conversations: A's three turns are one conversation");
-  check(r[1].session == r[3].session, "conversations: B's two turns are one");
-  check(r[0].session != r[1].session, "conversations: a global first block joins none");
-  check(r[5].session != r[1].session && r[5].session != r[0].session,
-        "conversations: a prompt continued twice is shared, its second reader apart");
-  check(r[6].session != r[0].session && r[7].session != r[0].session &&
-            r[6].session != r[7].session,
-        "conversations: short requests are their own");
+  check(r[0].session == r[2].session, "conversations: A's turns are one conversation");
+  check(r[1].session == r[3].session, "conversations: B's turns are one");
+  check(r[0].session != r[1].session, "conversations: the global first block joins none");
+  check(r[4].session != r[5].session && r[4].session != r[0].session &&
+            r[5].session != r[0].session,
+        "conversations: nothing past the global block, or one block, is its own");
+  check(r[6].session != r[0].session && r[6].session != r[1].session,
+        "conversations: a request without the global prompt");
   int same_class = 1;
   for (size_t i = 0; i < t.n; i++)
     for (size_t j = 0; j < t.n; j++)
       if (r[i].session == r[j].session && r[i].klass != r[j].klass) same_class = 0;
   check(same_class, "conversations: one class a conversation");
   sim_trace_free(&t);
+  const char *two =
+      "{\"timestamp\": 0, \"input_length\": 1400, \"output_length\": 5, \"hash_ids\": [3, 4, 1]}\n"
+      "{\"timestamp\": 10, \"input_length\": 1400, \"output_length\": 5, \"hash_ids\": [3, 4, 2]}\n"
+      "{\"timestamp\": 20, \"input_length\": 2000, \"output_length\": 5, \"hash_ids\": [3, 4, 1, 6]}\n"
+      "{\"timestamp\": 30, \"input_length\": 1400, \"output_length\": 5, \"hash_ids\": [3, 4, 8]}\n"
+      "{\"timestamp\": 40, \"input_length\": 1400, \"output_length\": 5, \"hash_ids\": [9, 10, 11]}\n"
+      "{\"timestamp\": 50, \"input_length\": 1400, \"output_length\": 5, \"hash_ids\": [9, 10, 12]}\n";
+  check(!read_text(&t, two, msg, sizeof msg) && t.n == 6, "conversations: read a two-block prompt");
+  check(t.reqs[0].session == t.reqs[2].session && t.reqs[0].session != t.reqs[1].session,
+        "conversations: past a global prompt of two blocks");
+  check(t.reqs[4].session == t.reqs[5].session && t.reqs[4].session != t.reqs[0].session,
+        "conversations: without the global prompt, the first block is the key");
+  sim_trace_free(&t);
 }
 
-/* A Bailian line: chat, parent, time in s, input tokens, ids first..first+n-1
- * (16-token ids). */
 static void bailian_line(char *out, size_t cap, int chat, int parent, double ts, int in,
                          int first, int n) {
   int k = snprintf(out, cap,
