@@ -696,31 +696,64 @@ static int scan_indexed(const route_env *x, const spi_replica_set *set,
   return 1;
 }
 
-/* The arena index of the scan's evaluation of pos in cell c, or NO_EV. */
-static uint32_t cell_find(const cell_acc *c, const ev_arena *a, uint32_t pos) {
-  for (uint32_t k = 0; k < c->n_top; k++)
-    if (c->top[k].pos == pos) return c->top[k].ei;
+/* Where pos is in cell c's top: its index, or c->n_top when it is not. */
+static uint32_t top_index(const cell_acc *c, uint32_t pos) {
+  uint32_t j = 0;
+  while (j < c->n_top && c->top[j].pos != pos) j++;
+  return j;
+}
+
+/* The arena index of the scan's evaluation of pos in cell c, or NO_EV; j
+ * is top_index(c, pos). */
+static uint32_t cell_find(const cell_acc *c, const ev_arena *a, uint32_t pos,
+                          uint32_t j) {
+  if (j < c->n_top) return c->top[j].ei;
   if (c->least != NO_EV && a->pos[c->least] == pos) return c->least;
   if (c->rdv != NO_EV && a->pos[c->rdv] == pos) return c->rdv;
   return NO_EV;
 }
 
-/* A usable replica of cell k holds the matched prefix. Its evaluation (the
- * scan's when a summary kept one, updated in place, so every reference
- * agrees) has the warm TTFT: re-rank it, and let it compete for warm. */
-static void cell_warm(scan *sc, int k, uint32_t pos, uint32_t ei) {
+/* Top entry j takes TTFT t: moved to its place in one go, the entries it
+ * passes shifting by one (what taking it out and inserting it again
+ * gives, with half the moves). */
+static void top_move(cell_acc *c, uint32_t j, double t, uint32_t pos,
+                     uint32_t ei) {
+  while (j > 0 && ttft_before(t, pos, c->top[j - 1].t, c->top[j - 1].pos)) {
+    c->top[j] = c->top[j - 1];
+    j--;
+  }
+  while (j + 1 < c->n_top &&
+         ttft_before(c->top[j + 1].t, c->top[j + 1].pos, t, pos)) {
+    c->top[j] = c->top[j + 1];
+    j++;
+  }
+  c->top[j].t = t;
+  c->top[j].pos = pos;
+  c->top[j].ei = ei;
+  if (c->n_top == SPI_SUMMARY_TOP) {
+    c->thr_t = c->top[SPI_SUMMARY_TOP - 1].t;
+    c->thr_pos = c->top[SPI_SUMMARY_TOP - 1].pos;
+  }
+}
+
+/* A usable replica of cell k holds the matched prefix; j is its
+ * top_index. Its evaluation (the scan's when a summary kept one, updated
+ * in place, so every reference agrees) has the warm TTFT: re-rank it, and
+ * let it compete for warm. */
+static void cell_warm(scan *sc, int k, uint32_t pos, uint32_t ei, uint32_t j) {
   cell_acc *c = &sc->cell[k];
   const replica_eval *ev = &sc->a.ev[ei];
-  /* Its TTFT only drops: take it out and put it back in its new place. */
-  for (uint32_t j = 0; j < c->n_top; j++)
-    if (c->top[j].pos == pos) {
+  if (j < c->n_top && ttft_before(ev->t, pos, HUGE_VAL, UINT32_MAX)) {
+    top_move(c, j, ev->t, pos, ei);
+  } else {
+    if (j < c->n_top) { /* a TTFT no top takes (NaN): it leaves */
       for (; j + 1 < c->n_top; j++) c->top[j] = c->top[j + 1];
       c->n_top--;
       c->thr_t = HUGE_VAL;
       c->thr_pos = UINT32_MAX;
-      break;
     }
-  if (top_enters(c, ev->t, pos)) top_insert(c, ev->t, pos, ei);
+    if (top_enters(c, ev->t, pos)) top_insert(c, ev->t, pos, ei);
+  }
   if (c->warm == NO_EV) {
     c->warm = ei;
     return;
@@ -892,7 +925,8 @@ static void prefix_holder(scan *sc, const route_env *x,
                           uint32_t matched) {
   const spi_replica_ident *r = &set->r[pos];
   int k = r->cell >= 0 && !shed[r->pool] ? r->cell : -1;
-  uint32_t ei = k >= 0 ? cell_find(&sc->cell[k], &sc->a, pos) : NO_EV;
+  uint32_t j = k >= 0 ? top_index(&sc->cell[k], pos) : 0;
+  uint32_t ei = k >= 0 ? cell_find(&sc->cell[k], &sc->a, pos, j) : NO_EV;
   replica_eval fresh, *ev = &fresh;
   if (ei != NO_EV) {
     ev = &sc->a.ev[ei];
@@ -911,7 +945,7 @@ static void prefix_holder(scan *sc, const route_env *x,
   }
   if (!ev->usable || k < 0) return;
   if (ei == NO_EV) ei = arena_put(sc, pos, ev);
-  cell_warm(sc, k, pos, ei);
+  cell_warm(sc, k, pos, ei, j);
 }
 
 uint32_t spi__pass_prefix(scan *sc, route_env *x, const spi_replica_set *set,
