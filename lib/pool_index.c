@@ -89,6 +89,14 @@ static void block_leave(spi_pool_index *p, uint32_t pos, const pix_hot *h) {
     p->blk_dirty[h->cell] |= UINT64_C(1) << (pos / 64);
 }
 
+/* Whether h at pos ranks before the block's least loaded (least_before);
+ * a block with none takes only a finite load, as block_fix's first strict
+ * comparison does (+inf or NaN is never taken). */
+static int least_takes(const pix_block *b, const pix_hot *h, uint32_t pos) {
+  if (b->rel_pos == UINT32_MAX) return h->rel < b->rel;
+  return least_before(h->rel, h->srv, pos, b->rel, b->srv, b->rel_pos);
+}
+
 /* A regular replica joins block pos / 64 of its cell: each least value is
  * the lesser, as block_fix's strict comparisons in position order make it
  * (the least relative load goes to the first position of equals; a load
@@ -99,9 +107,9 @@ static void block_join(spi_pool_index *p, uint32_t pos, const pix_hot *h) {
   if (h->wait_ms < b->wait_ms) b->wait_ms = h->wait_ms;
   if (h->ms_tok < b->ms_tok) b->ms_tok = h->ms_tok;
   if (h->slow < b->slow) b->slow = h->slow;
-  if (h->rel < b->rel ||
-      (h->rel == b->rel && b->rel_pos != UINT32_MAX && pos < b->rel_pos)) {
+  if (least_takes(b, h, pos)) {
     b->rel = h->rel;
+    b->srv = h->srv;
     b->rel_pos = pos;
   }
 }
@@ -124,20 +132,22 @@ static int least_moves(double *least, double o, double v) {
 static void block_move(spi_pool_index *p, uint32_t pos, const pix_hot *o,
                        const pix_hot *h) {
   if (o->wait_ms == h->wait_ms && o->ms_tok == h->ms_tok &&
-      o->slow == h->slow && o->rel == h->rel)
-    return; /* the usual case: a ticket opened and finished */
+      o->slow == h->slow && o->rel == h->rel && o->srv == h->srv)
+    return; /* nothing ranked changed */
   pix_block *b = &p->blk[h->cell][pos / 64];
   int ok = least_moves(&b->wait_ms, o->wait_ms, h->wait_ms);
   ok &= least_moves(&b->ms_tok, o->ms_tok, h->ms_tok);
   ok &= least_moves(&b->slow, o->slow, h->slow);
   if (pos == b->rel_pos) {
-    if (h->rel < o->rel || h->rel == o->rel)
-      b->rel = h->rel; /* still the least, and the first of equals */
-    else
+    if (least_before(h->rel, h->srv, pos, o->rel, o->srv, pos + 1)) {
+      b->rel = h->rel; /* still the least: it ranks no lower than before */
+      b->srv = h->srv;
+    } else {
       ok = 0;
-  } else if (h->rel < b->rel ||
-             (h->rel == b->rel && b->rel_pos != UINT32_MAX && pos < b->rel_pos)) {
+    }
+  } else if (least_takes(b, h, pos)) {
     b->rel = h->rel;
+    b->srv = h->srv;
     b->rel_pos = pos;
   }
   if (!ok) p->blk_dirty[h->cell] |= UINT64_C(1) << (pos / 64);
@@ -213,6 +223,7 @@ static void entry_read(spi_pool_index *p, const route_env *x,
   p->t_ms_tok[pos] = h->ms_tok;
   p->t_slow[pos] = h->slow;
   h->rel = rel_ratio(r, rd.run, rd.wait, rd.inflight);
+  h->srv = served_ratio(r, rd.pf.served);
   h->busy = (uint8_t)is_busy(r, rd.run, rd.wait, rd.inflight);
   h->id_hash = r->id_hash;
   c->running = rd.run;
@@ -321,7 +332,7 @@ static void expire(spi_pool_index *p, const route_env *x) {
 /* Sum up block w of cell k again from its regular replicas. */
 static void block_fix(spi_pool_index *p, int k, uint32_t w) {
   pix_block *b = &p->blk[k][w];
-  b->wait_ms = b->ms_tok = b->slow = b->rel = HUGE_VAL;
+  b->wait_ms = b->ms_tok = b->slow = b->rel = b->srv = HUGE_VAL;
   b->rel_pos = UINT32_MAX;
   b->n = 0;
   for (uint64_t m = p->creg[k][w]; m; m &= m - 1) {
@@ -330,8 +341,9 @@ static void block_fix(spi_pool_index *p, int k, uint32_t w) {
     if (h->wait_ms < b->wait_ms) b->wait_ms = h->wait_ms;
     if (h->ms_tok < b->ms_tok) b->ms_tok = h->ms_tok;
     if (h->slow < b->slow) b->slow = h->slow;
-    if (h->rel < b->rel) { /* positions ascend: the first of equals stays */
-      b->rel = h->rel;
+    if (least_takes(b, h, pos)) {
+      b->rel = h->rel; /* positions ascend: the first of equals stays */
+      b->srv = h->srv;
       b->rel_pos = pos;
     }
     b->n++;
@@ -349,7 +361,7 @@ int spi__pix_blocks_exact(spi_pool_index *p) {
       const pix_block *b = &p->blk[k][w];
       int same = kept.n == b->n && kept.rel_pos == b->rel_pos &&
                  kept.wait_ms == b->wait_ms && kept.ms_tok == b->ms_tok &&
-                 kept.slow == b->slow && kept.rel == b->rel;
+                 kept.slow == b->slow && kept.rel == b->rel && kept.srv == b->srv;
       p->blk[k][w] = kept;
       if (!same) return 0;
     }

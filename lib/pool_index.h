@@ -23,6 +23,7 @@ enum {
 typedef struct pix_hot {
   double wait_ms, ms_tok, slow; /* slow: 1 + running / max_inflight */
   double rel;                   /* relative load */
+  double srv;                   /* tokens served per stream (served_ratio) */
   uint64_t id_hash;
   int32_t cell;
   uint8_t kind, busy;
@@ -42,9 +43,10 @@ typedef struct pix_cold {
  * bitmaps): the least of each part of their TTFT, so that
  * (ttft_base_ms + wait_ms) + (c * ms_tok) * slow is at most any of
  * theirs (floating-point addition and multiplication are monotonic), and
- * the least relative load with its position. */
+ * the least loaded (least_before: relative load, tokens served per
+ * stream, position) with its position. */
 typedef struct pix_block {
-  double wait_ms, ms_tok, slow, rel;
+  double wait_ms, ms_tok, slow, rel, srv; /* rel, srv: the least loaded's */
   uint32_t rel_pos, n;
 } pix_block;
 

@@ -130,7 +130,7 @@ static void cell_clear(cell_acc *c) {
   c->thr_t = HUGE_VAL;
   c->thr_pos = UINT32_MAX;
   c->least = c->rdv = c->warm = NO_EV;
-  c->least_rel = HUGE_VAL;
+  c->least_rel = c->least_srv = HUGE_VAL;
   c->least_pos = c->rdv_pos = UINT32_MAX;
   c->rdv_w = 0;
 }
@@ -183,8 +183,9 @@ static inline int ttft_before(double ta, uint32_t pa, double tb, uint32_t pb) {
 static inline int top_enters(const cell_acc *c, double t, uint32_t pos) {
   return ttft_before(t, pos, c->thr_t, c->thr_pos);
 }
-static inline int least_enters(const cell_acc *c, double rel, uint32_t pos) {
-  return (rel < c->least_rel) | ((rel == c->least_rel) & (pos < c->least_pos));
+static inline int least_enters(const cell_acc *c, double rel, double srv,
+                               uint32_t pos) {
+  return least_before(rel, srv, pos, c->least_rel, c->least_srv, c->least_pos);
 }
 static inline int rdv_enters(const cell_acc *c, uint64_t w, uint32_t pos) {
   return (w > c->rdv_w) | ((w == c->rdv_w) & (pos < c->rdv_pos));
@@ -212,7 +213,7 @@ static void top_insert(cell_acc *c, double t, uint32_t pos, uint32_t ei) {
 
 /* A usable replica, already counted in usable: let it into whatever it
  * ranks in. */
-static void cell_offer(scan *sc, int k, uint32_t pos, double rel,
+static void cell_offer(scan *sc, int k, uint32_t pos, double rel, double srv,
                        const replica_eval *ev) {
   cell_acc *c = &sc->cell[k];
   uint32_t ei = NO_EV;
@@ -220,10 +221,11 @@ static void cell_offer(scan *sc, int k, uint32_t pos, double rel,
     ei = arena_put(sc, pos, ev);
     top_insert(c, ev->t, pos, ei);
   }
-  if (least_enters(c, rel, pos)) {
+  if (least_enters(c, rel, srv, pos)) {
     if (ei == NO_EV) ei = arena_put(sc, pos, ev);
     c->least = ei;
     c->least_rel = rel;
+    c->least_srv = srv;
     c->least_pos = pos;
   }
   if (!ev->busy && rdv_enters(c, ev->rdv, pos)) {
@@ -238,7 +240,7 @@ static void cell_add(scan *sc, int k, uint32_t pos, const spi_replica_ident *r,
                      const replica_eval *ev) {
   sc->cell[k].usable++;
   mark_counted(sc, pos);
-  cell_offer(sc, k, pos, rel_load(ev, r), ev);
+  cell_offer(sc, k, pos, rel_load(ev, r), served_ratio(r, ev->served), ev);
 }
 
 /*
@@ -279,7 +281,7 @@ static void seed_one(const route_env *x, const spi_replica_set *set,
   sc->seed_kv[*n] = rd.fresh ? rd.kv : -1.0; /* -1: no KV pressure */
   sc->seed_served[*n] = rd.pf.served;
   sc->byte_of[pos] = (uint8_t)(*n)++;
-  cell_offer(sc, k, pos, rel_of(r, &rd), &ev);
+  cell_offer(sc, k, pos, rel_of(r, &rd), served_ratio(r, rd.pf.served), &ev);
 }
 
 static void seed_from_hint(const route_env *x, const spi_replica_set *set,
@@ -392,11 +394,11 @@ static void scan_lean(const route_env *x, const spi_replica_set *set,
      * then the full evaluation. */
     if (((t <= c->thr_t) | (rel <= c->least_rel) |
          ((!busy) & (w >= c->rdv_w))) &&
-        (top_enters(c, t, pos) | least_enters(c, rel, pos) |
+        (top_enters(c, t, pos) | least_enters(c, rel, served_ratio(r, rd.pf.served), pos) |
          ((!busy) & rdv_enters(c, w, pos)))) {
       replica_eval ev;
       eval_of(x, r, &rd, 0, 1, probe, &ev);
-      cell_offer(sc, r->cell, pos, rel, &ev);
+      cell_offer(sc, r->cell, pos, rel, served_ratio(r, rd.pf.served), &ev);
     }
   }
   if (nrep) sc->counted[(nrep - 1) / 64] = word;
@@ -436,7 +438,7 @@ static void indexed_exception(const route_env *x, const spi_replica_set *set,
   sums->streams[r->pool] += r->max_inflight;
   replica_eval ev;
   eval_of(x, r, &rd, 0, 1, probe, &ev);
-  cell_offer(sc, r->cell, pos, rel_of(r, &rd), &ev);
+  cell_offer(sc, r->cell, pos, rel_of(r, &rd), served_ratio(r, rd.pf.served), &ev);
 }
 
 /* A regular replica's evaluation from the index, as eval_of makes it from
@@ -486,7 +488,7 @@ indexed_offer_first(const route_env *x, const spi_pool_index *p, scan *sc,
   const pix_hot *h = &p->hot[pos];
   cell_acc *c = &sc->cell[h->cell];
   uint64_t w = mix64(h->id_hash ^ x->rkey);
-  int top = top_enters(c, t, pos), least = least_enters(c, h->rel, pos);
+  int top = top_enters(c, t, pos), least = least_enters(c, h->rel, h->srv, pos);
   int rdv = !h->busy && rdv_enters(c, w, pos);
   if (!(top | least | rdv)) return;
   if (sc->a.n == ARENA_CAP) arena_sweep(sc);
@@ -497,6 +499,7 @@ indexed_offer_first(const route_env *x, const spi_pool_index *p, scan *sc,
   if (least) {
     c->least = ei;
     c->least_rel = h->rel;
+    c->least_srv = h->srv;
     c->least_pos = pos;
   }
   if (rdv) {
@@ -546,7 +549,9 @@ static void indexed_least(const route_env *x, const spi_pool_index *p,
   const pix_block *best = NULL;
   for (size_t w = 0; w < (p->n + 63) / 64; w++) {
     const pix_block *b = &p->blk[k][w];
-    if (b->n && (!best || b->rel < best->rel)) best = b;
+    if (b->n && (!best || least_before(b->rel, b->srv, b->rel_pos, best->rel,
+                                       best->srv, best->rel_pos)))
+      best = b;
   }
   if (best) indexed_offer(x, p, sc, best->rel_pos);
 }

@@ -45,6 +45,21 @@ static inline double rel_ratio(const spi_replica_ident *r, double running,
                                double waiting, uint32_t inflight) {
   return (running + waiting + inflight) / r->cap;
 }
+/* Tokens served per stream: the least loaded's tie-break (divided, as
+ * above, so equal ratios compare equal across sizes). */
+static inline double served_ratio(const spi_replica_ident *r, double served) {
+  return served / r->cap;
+}
+/* The least loaded's order, a total one: the lower relative load, then the
+ * fewer tokens served per stream (among idle replicas, the one furthest
+ * below its share of the pool's work, where new work balances the pool:
+ * by position alone the same few idle replicas would always be named,
+ * and a replica never named could never be sent new work), then the
+ * lower position. */
+static inline int least_before(double rel, double srv, uint32_t pos, double brel,
+                               double bsrv, uint32_t bpos) {
+  return (rel < brel) | ((rel == brel) & ((srv < bsrv) | ((srv == bsrv) & (pos < bpos))));
+}
 static inline int is_busy(const spi_replica_ident *r, double running,
                           double waiting, uint32_t inflight) {
   return (inflight >= r->max_inflight) | (running + waiting >= r->cap);
@@ -125,7 +140,7 @@ typedef struct cell_acc {
   double thr_t;              /* the last top entry's TTFT, +inf until full */
   uint32_t thr_pos;          /* ... and position, UINT32_MAX until full */
   uint32_t least, rdv, warm; /* arena indices, or NO_EV */
-  double least_rel;          /* +inf while least is NO_EV */
+  double least_rel, least_srv; /* +inf while least is NO_EV */
   uint32_t least_pos, rdv_pos; /* UINT32_MAX while NO_EV */
   uint64_t rdv_w;
 } cell_acc;

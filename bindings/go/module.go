@@ -693,7 +693,8 @@ type PoolSummary struct {
 	// Warm has the most MatchedBlocks (> 0), then the lowest EstTTFTMs.
 	Warm int
 	// Least has the lowest (Running + Waiting + Inflight) / MaxInflight;
-	// ties go to the lower index.
+	// ties go to the fewer ServedTokens / MaxInflight (since 0.3.0), then
+	// to the lower index.
 	Least int
 	// Rendezvous has the highest Rendezvous weight among the not busy; ties
 	// go to the lower index.

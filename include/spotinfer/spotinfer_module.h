@@ -249,7 +249,9 @@ typedef struct spi_pool_summary {
   int32_t warm;             /* most matched_blocks (> 0), then lowest
                                est_ttft_ms */
   int32_t least;            /* lowest (running + waiting + inflight) /
-                               max_inflight; ties go to the lower index */
+                               max_inflight; ties go to the fewer
+                               served_tokens / max_inflight (since 0.3.0),
+                               then to the lower index */
   int32_t rendezvous;       /* highest rendezvous weight among the not busy;
                                ties go to the lower index */
   int32_t reserved0;

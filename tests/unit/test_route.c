@@ -607,6 +607,41 @@ static void test_user_policy_checked(void **st) {
   done(w);
 }
 
+/* New conversations behind a system prompt the replicas hold reach every
+ * idle replica. The built-in policy reads the summaries' candidates only,
+ * and among idle replicas (equal load) the least loaded is the one sent
+ * the fewest tokens: by position alone the same idle ones were named
+ * route after route, and a replica never named was never sent new work,
+ * however far below its share it was. */
+static void test_new_work_reaches_every_idle_replica(void **st) {
+  (void)st;
+  world *w = mk(NULL);
+  enum { N = 16 };
+  for (int i = 0; i < N; i++) {
+    char id[16];
+    snprintf(id, sizeof id, "od-%02d", i);
+    add(w, id, SPI_POOL_ON_DEMAND, 0, 16);
+    load(w, id, 0, 0, 0.1);
+  }
+  int got[N] = {0};
+  for (int i = 0; i < 10 * N; i++) {
+    char user[64];
+    snprintf(user, sizeof user, "conversation %d asks a question of its own", i);
+    chat(w, user, 1, 800, NULL, -1);
+    spi_decision d;
+    assert_int_equal(route(w, &d), SPI_OK);
+    int k = atoi(d.replica_id + 3);
+    assert_true(k >= 0 && k < N);
+    got[k]++;
+    finish(w, d.ticket, SPI_TICKET_OK);
+  }
+  for (int k = 0; k < N; k++) {
+    if (!got[k]) print_error("od-%02d was sent nothing\n", k);
+    assert_true(got[k] > 0);
+  }
+  done(w);
+}
+
 /* ------------------------------------------------------------- summaries */
 
 static int check_failures;
@@ -615,6 +650,14 @@ static size_t seen_candidates;
 static int usable_c(const spi_candidate *c) { return c->eligible || c->probe; }
 static double rel_c(const spi_candidate *c) {
   return (c->running + c->waiting + c->inflight) / (double)c->max_inflight;
+}
+/* Whether c ranks before b as the least loaded: the lower relative load,
+ * then the fewer tokens served per stream (candidates come in index
+ * order, so the lower index wins the rest). */
+static int least_c(const spi_candidate *c, const spi_candidate *b) {
+  double sc = (double)c->served_tokens / (double)c->max_inflight,
+         sb = (double)b->served_tokens / (double)b->max_inflight;
+  return rel_c(c) < rel_c(b) || (rel_c(c) == rel_c(b) && sc < sb);
 }
 static int busy_c(const spi_candidate *c) {
   return c->inflight >= c->max_inflight ||
@@ -648,7 +691,7 @@ static void check_summaries(const spi_route_context *x, int full) {
         usable++;
         int32_t k = (int32_t)i;
         if (best < 0 || c->est_ttft_ms < x->candidates[best].est_ttft_ms) best = k;
-        if (least < 0 || rel_c(c) < rel_c(&x->candidates[least])) least = k;
+        if (least < 0 || least_c(c, &x->candidates[least])) least = k;
         if (!busy_c(c) &&
             (rdv < 0 || c->rendezvous > x->candidates[rdv].rendezvous))
           rdv = k;
@@ -1013,6 +1056,7 @@ int main(void) {
       cmocka_unit_test(test_metrics_and_shadow),
       cmocka_unit_test(test_speculative),
       cmocka_unit_test(test_user_policy_checked),
+      cmocka_unit_test(test_new_work_reaches_every_idle_replica),
       cmocka_unit_test(test_summaries_full),
       cmocka_unit_test(test_summaries_compact),
       cmocka_unit_test(test_compact_matches_full),
