@@ -659,6 +659,17 @@ static void indexed_top(const route_env *x, spi_pool_index *p, scan *sc,
   }
 }
 
+/* Cell k's regular replicas, every one offered: where there are no more
+ * than its top holds, ranking blocks, seeding and the rendezvous order
+ * find nothing the offers would not (each summary is the same whatever
+ * the order of the offers, and every replica is offered once). */
+static __attribute__((noinline)) void
+indexed_all(const route_env *x, const spi_pool_index *p, scan *sc, int k) {
+  for (size_t w = 0; w < (p->n + 63) / 64; w++)
+    for (uint64_t m = p->creg[k][w]; m; m &= m - 1)
+      indexed_offer(x, p, sc, (uint32_t)(w * 64 + (size_t)__builtin_ctzll(m)));
+}
+
 /* The lean pass through the pool index: the regular replicas' sums as
  * kept, the exceptions read whole, the regular replicas ranked from the
  * index. 0 when the index is another route's or cannot describe set: the
@@ -685,13 +696,19 @@ static int scan_indexed(const route_env *x, const spi_replica_set *set,
     for (uint64_t b = p->exc[w]; b; b &= b - 1)
       indexed_exception(x, set, (uint32_t)(w * 64 + (size_t)__builtin_ctzll(b)),
                         sc, sums);
-  const pix_rdv *o = spi__pix_rdv(p, x, set);
+  /* The prefix's rendezvous order, for the cells ranked below. */
+  int ranked = 0;
+  for (int k = 0; k < SPI_SUMMARY_CELLS; k++)
+    ranked |= p->usable[k] > SPI_SUMMARY_TOP;
+  const pix_rdv *o = ranked ? spi__pix_rdv(p, x, set) : NULL;
   p->tdone = 0;
   for (int k = 0; k < SPI_SUMMARY_CELLS; k++) {
     if (!p->usable[k]) continue;
-    /* A cell whose every regular replica makes its top gains nothing
-     * from a tight threshold early. */
-    if (p->usable[k] > SPI_SUMMARY_TOP) indexed_seed(x, p, sc, k);
+    if (p->usable[k] <= SPI_SUMMARY_TOP) {
+      indexed_all(x, p, sc, k);
+      continue;
+    }
+    indexed_seed(x, p, sc, k);
     indexed_least(x, p, sc, k);
     indexed_rdv(x, p, sc, k, o);
     indexed_top(x, p, sc, k);
