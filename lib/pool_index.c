@@ -84,17 +84,19 @@ static void bit_clear(uint64_t *b, uint32_t pos) {
 static void block_leave(spi_pool_index *p, uint32_t pos, const pix_hot *h) {
   pix_block *b = &p->blk[h->cell][pos / 64];
   b->n--;
-  if (h->wait_ms == b->wait_ms || h->ms_tok == b->ms_tok ||
-      h->slow == b->slow || pos == b->rel_pos)
+  if (h->wait_ms == b->wait_ms || h->ms_tok == b->ms_tok || h->slow == b->slow)
     p->blk_dirty[h->cell] |= UINT64_C(1) << (pos / 64);
+  else if (pos == b->rel_pos)
+    p->lst_dirty[h->cell] |= UINT64_C(1) << (pos / 64);
 }
 
 /* Whether h at pos ranks before the block's least loaded (least_before);
  * a block with none takes only a finite load, as block_fix's first strict
  * comparison does (+inf or NaN is never taken). */
-static int least_takes(const pix_block *b, const pix_hot *h, uint32_t pos) {
-  if (b->rel_pos == UINT32_MAX) return h->rel < b->rel;
-  return least_before(h->rel, h->srv, pos, b->rel, b->srv, b->rel_pos);
+static int least_takes(const pix_block *b, double rel, double srv,
+                       uint32_t pos) {
+  if (b->rel_pos == UINT32_MAX) return rel < b->rel;
+  return least_before(rel, srv, pos, b->rel, b->srv, b->rel_pos);
 }
 
 /* A regular replica joins block pos / 64 of its cell: each least value is
@@ -107,7 +109,7 @@ static void block_join(spi_pool_index *p, uint32_t pos, const pix_hot *h) {
   if (h->wait_ms < b->wait_ms) b->wait_ms = h->wait_ms;
   if (h->ms_tok < b->ms_tok) b->ms_tok = h->ms_tok;
   if (h->slow < b->slow) b->slow = h->slow;
-  if (least_takes(b, h, pos)) {
+  if (least_takes(b, h->rel, h->srv, pos)) {
     b->rel = h->rel;
     b->srv = h->srv;
     b->rel_pos = pos;
@@ -138,19 +140,26 @@ static void block_move(spi_pool_index *p, uint32_t pos, const pix_hot *o,
   int ok = least_moves(&b->wait_ms, o->wait_ms, h->wait_ms);
   ok &= least_moves(&b->ms_tok, o->ms_tok, h->ms_tok);
   ok &= least_moves(&b->slow, o->slow, h->slow);
+  int least_ok = 1;
   if (pos == b->rel_pos) {
     if (least_before(h->rel, h->srv, pos, o->rel, o->srv, pos + 1)) {
       b->rel = h->rel; /* still the least: it ranks no lower than before */
       b->srv = h->srv;
     } else {
-      ok = 0;
+      least_ok = 0;
     }
-  } else if (least_takes(b, h, pos)) {
+  } else if (least_takes(b, h->rel, h->srv, pos)) {
     b->rel = h->rel;
     b->srv = h->srv;
     b->rel_pos = pos;
   }
-  if (!ok) p->blk_dirty[h->cell] |= UINT64_C(1) << (pos / 64);
+  /* The TTFT parts' least needs the whole block; the least loaded alone
+   * (the one that held it ranks lower now: a finished ticket's tokens
+   * served) only rel and srv, in a row (block_least). */
+  if (!ok)
+    p->blk_dirty[h->cell] |= UINT64_C(1) << (pos / 64);
+  else if (!least_ok)
+    p->lst_dirty[h->cell] |= UINT64_C(1) << (pos / 64);
 }
 
 /* Take position pos out of the sums and the kinds; a regular entry leaves
@@ -224,6 +233,8 @@ static void entry_read(spi_pool_index *p, const route_env *x,
   p->t_slow[pos] = h->slow;
   h->rel = rel_ratio(r, rd.run, rd.wait, rd.inflight);
   h->srv = served_ratio(r, rd.pf.served);
+  p->t_rel[pos] = h->rel;
+  p->t_srv[pos] = h->srv;
   h->busy = (uint8_t)is_busy(r, rd.run, rd.wait, rd.inflight);
   h->id_hash = r->id_hash;
   c->running = rd.run;
@@ -268,7 +279,10 @@ static void rebuild(spi_pool_index *p, const route_env *x,
   memset(p->reg, 0, sizeof p->reg);
   memset(p->exc, 0, sizeof p->exc);
   memset(p->creg, 0, sizeof p->creg);
-  for (int k = 0; k < SPI_SUMMARY_CELLS; k++) p->blk_dirty[k] = ~UINT64_C(0);
+  for (int k = 0; k < SPI_SUMMARY_CELLS; k++) {
+    p->blk_dirty[k] = ~UINT64_C(0);
+    p->lst_dirty[k] = 0;
+  }
   p->version = set->version;
   p->n = set->n;
   p->per_queued_ms = x->cfg->ttft_per_queued_ms;
@@ -341,12 +355,29 @@ static void block_fix(spi_pool_index *p, int k, uint32_t w) {
     if (h->wait_ms < b->wait_ms) b->wait_ms = h->wait_ms;
     if (h->ms_tok < b->ms_tok) b->ms_tok = h->ms_tok;
     if (h->slow < b->slow) b->slow = h->slow;
-    if (least_takes(b, h, pos)) {
+    if (least_takes(b, h->rel, h->srv, pos)) {
       b->rel = h->rel; /* positions ascend: the first of equals stays */
       b->srv = h->srv;
       b->rel_pos = pos;
     }
     b->n++;
+  }
+}
+
+/* Find block w of cell k's least loaded again (block_fix's choice, from
+ * the same values in the same order); its other values stand. */
+static void block_least(spi_pool_index *p, int k, uint32_t w) {
+  pix_block *b = &p->blk[k][w];
+  b->rel = b->srv = HUGE_VAL;
+  b->rel_pos = UINT32_MAX;
+  for (uint64_t m = p->creg[k][w]; m; m &= m - 1) {
+    uint32_t pos = w * 64 + (uint32_t)__builtin_ctzll(m);
+    double rel = p->t_rel[pos], srv = p->t_srv[pos];
+    if (least_takes(b, rel, srv, pos)) {
+      b->rel = rel;
+      b->srv = srv;
+      b->rel_pos = pos;
+    }
   }
 }
 
@@ -356,12 +387,14 @@ int spi__pix_blocks_exact(spi_pool_index *p) {
   for (int k = 0; k < SPI_SUMMARY_CELLS; k++)
     for (uint32_t w = 0; w < (p->n + 63) / 64; w++) {
       if (p->blk_dirty[k] >> w & 1) continue;
+      int least_waits = (int)(p->lst_dirty[k] >> w & 1);
       pix_block kept = p->blk[k][w];
       block_fix(p, k, w);
       const pix_block *b = &p->blk[k][w];
-      int same = kept.n == b->n && kept.rel_pos == b->rel_pos &&
-                 kept.wait_ms == b->wait_ms && kept.ms_tok == b->ms_tok &&
-                 kept.slow == b->slow && kept.rel == b->rel && kept.srv == b->srv;
+      int same = kept.n == b->n && kept.wait_ms == b->wait_ms &&
+                 kept.ms_tok == b->ms_tok && kept.slow == b->slow &&
+                 (least_waits || (kept.rel_pos == b->rel_pos &&
+                                  kept.rel == b->rel && kept.srv == b->srv));
       p->blk[k][w] = kept;
       if (!same) return 0;
     }
@@ -372,7 +405,9 @@ static void blocks_fix(spi_pool_index *p) {
   for (int k = 0; k < SPI_SUMMARY_CELLS; k++) {
     for (uint64_t d = p->blk_dirty[k]; d; d &= d - 1)
       block_fix(p, k, (uint32_t)__builtin_ctzll(d));
-    p->blk_dirty[k] = 0;
+    for (uint64_t d = p->lst_dirty[k] & ~p->blk_dirty[k]; d; d &= d - 1)
+      block_least(p, k, (uint32_t)__builtin_ctzll(d));
+    p->blk_dirty[k] = p->lst_dirty[k] = 0;
   }
 }
 

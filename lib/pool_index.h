@@ -84,6 +84,8 @@ typedef struct spi_pool_index {
   uint64_t exc[SPI_REPLICA_SLOTS / 64];
   uint64_t creg[SPI_SUMMARY_CELLS][SPI_REPLICA_SLOTS / 64]; /* reg, by cell */
   uint64_t blk_dirty[SPI_SUMMARY_CELLS]; /* blocks to sum up again */
+  uint64_t lst_dirty[SPI_SUMMARY_CELLS]; /* blocks whose least loaded alone
+                                            is to be found again */
   pix_block blk[SPI_SUMMARY_CELLS][SPI_REPLICA_SLOTS / 64];
   pix_rdv rdv[PIX_RDV_SETS][PIX_RDV_WAYS];
   uint8_t rdv_next[PIX_RDV_SETS]; /* the way a miss replaces next */
@@ -97,6 +99,9 @@ typedef struct spi_pool_index {
   double t_wait[SPI_REPLICA_SLOTS], t_ms_tok[SPI_REPLICA_SLOTS],
       t_slow[SPI_REPLICA_SLOTS];
   double t_now[SPI_REPLICA_SLOTS];
+  /* hot's rel and srv again, position after position (written where the
+   * position is regular), for finding a block's least loaded again. */
+  double t_rel[SPI_REPLICA_SLOTS], t_srv[SPI_REPLICA_SLOTS];
   /* Every position's id hash and cell (of the set described, whatever its
    * state), in a row: the rendezvous order weighs them all. Positions from
    * n up to the next multiple of 8 hold 0 and -1 (no cell), so a loop may
