@@ -76,6 +76,24 @@ cmp -s "$tmp/c.txt" "$tmp/d.txt" && fail "different seeds, same output"
 printf '{"timestamp": 0, "input_length": 1024, "output_length": 8, "hash_ids": [1, 2]}\nnot json\n{"timestamp": 5}\n{"timestamp": 9, "input_length": 1024, "output_length": 8, "hash_ids": [1, 3]}\n' >"$tmp/bad.jsonl"
 "$sim" --quiet --trace "$tmp/bad.jsonl" >"$tmp/bad.txt" || fail "run on a trace with bad lines"
 grep -q '2 bad lines skipped' "$tmp/bad.txt" || fail "bad lines not reported"
+# Traces shaped like ones ../shared/data lacks (tests/sim/make_trace.py):
+# same seed, same bytes; read with no bad line; the chat shape, every
+# prompt behind one global block, still has conversations of each class
+# (read as one conversation it had a single class).
+shapes=$(dirname "${BASH_SOURCE[0]}")/make_trace.py
+for shape in chat agents; do
+  python3 "$shapes" "$shape" --requests 800 --seconds 240 --seed 3 >"$tmp/$shape.jsonl" \
+    || fail "make_trace.py $shape exited $?"
+  python3 "$shapes" "$shape" --requests 800 --seconds 240 --seed 3 | cmp -s - "$tmp/$shape.jsonl" \
+    || fail "make_trace.py $shape: same seed, different trace"
+  "$sim" --quiet --trace "$tmp/$shape.jsonl" --replicas 8 --on-demand 8 --policies library \
+    >"$tmp/$shape.txt" || fail "run on the $shape shape exited $?"
+  grep -q 'bad lines' "$tmp/$shape.txt" && fail "$shape shape: bad lines"
+  [[ $(grep -c 'conservation ok' "$tmp/$shape.txt") -eq 2 ]] || fail "$shape shape: conservation"
+done
+for c in gold silver bronze; do
+  grep -Eq "^\| library \| $c \| [1-9]" "$tmp/chat.txt" || fail "chat shape: no $c requests"
+done
 printf 'not a spot trace' >"$tmp/bad_spot.json"
 set +e
 "$sim" --quiet --requests 100 --spot-trace "$tmp/bad_spot.json" >/dev/null 2>&1
