@@ -163,11 +163,13 @@ static void arena_sweep(scan *sc) {
   }
 }
 
+/* An arena entry for pos, holding ev (or left for the caller to fill when
+ * ev is NULL). */
 static uint32_t arena_put(scan *sc, uint32_t pos, const replica_eval *ev) {
   if (sc->a.n == ARENA_CAP) arena_sweep(sc);
   uint32_t i = sc->a.n++;
   sc->a.pos[i] = pos;
-  sc->a.ev[i] = *ev;
+  if (ev) sc->a.ev[i] = *ev;
   return i;
 }
 
@@ -949,15 +951,23 @@ static void prefix_holder(scan *sc, const route_env *x,
   int k = r->cell >= 0 && !shed[r->pool] ? r->cell : -1;
   uint32_t j = k >= 0 ? top_index(&sc->cell[k], pos) : 0;
   uint32_t ei = k >= 0 ? cell_find(&sc->cell[k], &sc->a, pos, j) : NO_EV;
-  replica_eval fresh, *ev = &fresh;
+  replica_eval *ev;
+  int taken = 0;
   if (ei != NO_EV) {
     ev = &sc->a.ev[ei];
     ev->matched = matched;
     ev->t = est_ttft(x, ev, r, x->warm_tok);
-  } else if (cands) {
-    eval_from_candidate(x, r, &cands[pos], matched, &fresh);
-  } else if (k >= 0 && was_counted(sc, pos)) {
-    eval_replica(x, r, matched, &fresh);
+  } else if (cands || (k >= 0 && was_counted(sc, pos))) {
+    /* Evaluated straight into the arena entry it takes if usable (a copy
+     * of an evaluation just written field by field would wait for those
+     * stores); given back below if not. */
+    ei = arena_put(sc, pos, NULL);
+    taken = 1;
+    ev = &sc->a.ev[ei];
+    if (cands)
+      eval_from_candidate(x, r, &cands[pos], matched, ev);
+    else
+      eval_replica(x, r, matched, ev);
   } else {
     return; /* not usable when the pass met it */
   }
@@ -965,8 +975,10 @@ static void prefix_holder(scan *sc, const route_env *x,
     cands[pos].matched_blocks = matched;
     cands[pos].est_ttft_ms = ev->t;
   }
-  if (!ev->usable || k < 0) return;
-  if (ei == NO_EV) ei = arena_put(sc, pos, ev);
+  if (!ev->usable || k < 0) {
+    if (taken) sc->a.n--; /* the last entry, and nothing points to it */
+    return;
+  }
   cell_warm(sc, k, pos, ei, j);
 }
 
