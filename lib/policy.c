@@ -34,8 +34,12 @@
  * bronze weigh waiting less than prefill, so they wait for a replica that
  * saves them prefill. Prefill a replica would redo (a prefix another
  * holds) counts once more on a backlogged replica, weighted by its share
- * of queue, for the requests that will wait behind it there; on an idle
- * one it costs no one else. Costs within one block's prefill of the lowest are
+ * of queue, for the requests that will wait behind it there, and again for
+ * each later request it delays in the rest of the pool, as many as arrive
+ * before that backlog clears (queue_delay_ms): in an idle pool it costs no
+ * one else, so a prefix whose one holder queues gets a second copy; in a
+ * backlogged one it delays many, and requests stay where their prefix is.
+ * Costs within one block's prefill of the lowest are
  * ties the model cannot tell apart (a block every replica holds, such as
  * a global system prompt, saves the same everywhere and so weighs
  * nothing); of those the replica sent the fewest tokens wins, so ties
@@ -329,6 +333,14 @@ static void terms_for(const pinst *p, const spi_route_context *x, uint32_t n,
   }
 }
 
+/* The backlogs of the pool the request could add to, ms
+ * (alternatives_wait). */
+typedef struct pool_waits {
+  double named;   /* mean wait of the named candidates but the holder */
+  double prefill; /* mean prefill backlog of the pool's usable replicas
+                     but the holder, the ones not named included */
+} pool_waits;
+
 /* What c's redundant prefill costs the requests that queue behind it, ms.
  * Prefill c would do beyond what the candidate needing the least does
  * (own_min: the prefix another replica holds) is work the pool did
@@ -337,30 +349,43 @@ static void terms_for(const pinst *p, const spi_route_context *x, uint32_t n,
  * - on a backlogged replica, the next request to arrive, which finds c
  *   still busy with about the share of c's time to first token that is
  *   queue, wait / (wait + own);
- * - in a loaded pool, the requests its backlog holds: work added to a
- *   pool whose prefill is busy a share rho of the time delays about
- *   rho / (1 - rho) later requests each by as much (a queue's mean wait
- *   is rho / (1 - rho) of a mean service), wherever it lands, an idle
- *   replica included, since the pool's next arrivals go there too. That
- *   is the pool's mean wait over a request's prefill: pool_wait
- *   (alternatives_wait) over this request's whole prompt at c's rate.
- *   Both understate the pool's figure, on purpose: a second copy of a
- *   popular prefix is not all waste (its later requests may use either
- *   copy), which this term does not see, and an estimate of the whole
- *   pool's backlog kept requests on hot replicas of shared documents for
- *   no more hits (docs/routing.md).
+ * - in a loaded pool, the pool's later requests, wherever it lands, an
+ *   idle replica included (the pool's next arrivals go there too). Work x
+ *   added to a prefill backlog W, where requests of mean prefill S arrive
+ *   at rate lambda and keep the prefill busy a share rho = lambda * S of
+ *   the time, makes that backlog last (W + x) / (1 - rho), and each of
+ *   the lambda * (W + x) / (1 - rho) requests that arrive meanwhile waits
+ *   x longer. A queue's mean wait is W = S * rho / (1 - rho), so with
+ *   omega = W / S that is omega * (omega + x / S) requests: about omega
+ *   while the pool is light, omega squared once its backlog is several
+ *   requests deep. W is the rest of the pool's prefill backlog (pw->
+ *   prefill) and S this request's whole prompt at c's rate. The count is
+ *   never taken below the requests the named candidates' backlogs hold,
+ *   rho / (1 - rho) = their mean wait over S (pw->named), which counts
+ *   waits of every kind.
  *
- * In an idle pool both are 0 and a request leaves a busy warm replica for
- * an idle one; as the pool fills, prefill the pool has done already costs
- * more than the wait it saves one request, and requests stay where their
- * prefix is: capacity is then the prefill the cache saves. */
+ * The holder's backlog is in neither: the requests that wait there are
+ * the ones whose prefix lives there, and a second copy is what takes some
+ * of them off it. So when a prefix is so hot that its one holder queues
+ * while the rest of the pool does not, the copy costs little beyond its
+ * own prefill, and a request that would wait longer than that at the
+ * holder makes it, spreading the hot prefix's load over two replicas;
+ * when the rest of the pool is backlogged too, the copy's prefill delays
+ * many requests there, and requests stay where their prefix is: capacity
+ * is then the prefill the cache saves. In an idle pool the term is 0 and
+ * a request leaves a busy warm replica for an idle one. */
 static double queue_delay_ms(const terms *t, const spi_candidate *c, double own_min,
-                             double pool_wait) {
+                             const pool_waits *pw) {
   double own = own_ms(c), redundant = own - own_min;
   if (!(redundant > 0)) return 0;
   double next = c->est_wait_ms > 0 ? c->est_wait_ms / (c->est_wait_ms + own) : 0;
-  double later = t->req > 0 ? pool_wait * c->prefill_tokens_per_s / (1000.0 * t->req) : 0;
-  return redundant * (next + later);
+  if (!(t->req > 0) || !(c->prefill_tokens_per_s > 0))
+    return redundant * next;
+  double held = pw->named * c->prefill_tokens_per_s / (1000.0 * t->req);
+  double full = t->req * 1000.0 / c->prefill_tokens_per_s;
+  double omega = pw->prefill / full;
+  double during = omega * (omega + redundant / full);
+  return redundant * (next + (during > held ? during : held));
 }
 
 /* The prefill c saves by holding the prefix, ms (the TTFT model's own
@@ -558,19 +583,48 @@ static uint32_t distinct_servable(const spi_route_context *x,
   return n;
 }
 
-/* How far behind the pool's prefill runs where the request could go: the
- * mean wait of the named candidates other than the one holding its prefix
- * deepest (holder; -1 none), whose queue the request weighs already and
- * which may be long because of this very conversation. The named ones are
- * the pool's lowest TTFTs, the least loaded and the rendezvous winner, so
- * this understates the pool's backlog rather than overstates it. */
-static double alternatives_wait(const spi_route_context *x, const int32_t *named,
-                                uint32_t n, int64_t holder) {
-  double sum = 0;
-  uint32_t m = 0;
-  for (uint32_t k = 0; k < n; k++)
-    if (named[k] != holder) sum += x->candidates[named[k]].est_wait_ms, m++;
-  return m ? sum / m : 0;
+/* Whether c's batch is full: its later requests wait for a decode to end,
+ * not behind prefill, and prefill added elsewhere does not lengthen that
+ * wait (decodes already running slow every stream a little, they do not
+ * queue a prefill). */
+static int batch_full(const spi_candidate *c) {
+  double cap = c->max_inflight ? (double)c->max_inflight : 1;
+  return c->running >= cap;
+}
+
+/* How far behind the rest of the pool runs, for the candidates other than
+ * the one holding the prefix deepest (holder; -1 none), whose queue the
+ * request weighs already and whose later requests are those whose prefix
+ * lives there. pw->named: the mean wait of the named ones. pw->prefill:
+ * the mean prefill backlog of every usable replica, those with a full
+ * batch at none (batch_full). The summaries name the pool's lowest TTFTs,
+ * the least loaded and the rendezvous winner: a replica they do not name
+ * has a higher TTFT than every one in the top, so it counts at the
+ * largest prefill backlog of the named ones, times the share of the named
+ * ones whose batch has room (a full batch is no rarer among the others),
+ * which still understates the pool's backlog rather than overstates it.
+ * usable is the pool's count of usable replicas, n of them named. */
+static void alternatives_wait(const spi_route_context *x, const int32_t *named,
+                              uint32_t n, int64_t holder, uint32_t usable,
+                              pool_waits *pw) {
+  double sum = 0, pre = 0, most = 0;
+  uint32_t m = 0, room = 0, all;
+  for (uint32_t k = 0; k < n; k++) {
+    if (named[k] == holder) continue;
+    const spi_candidate *c = &x->candidates[named[k]];
+    double p = batch_full(c) ? 0 : c->est_wait_ms;
+    sum += c->est_wait_ms, m++;
+    room += !batch_full(c);
+    pre += p;
+    if (p > most) most = p;
+  }
+  all = m;
+  if (usable > n && m > 0) {
+    pre += (double)(usable - n) * most * (double)room / (double)m;
+    all += usable - n;
+  }
+  pw->named = m ? sum / m : 0;
+  pw->prefill = all ? pre / all : 0;
 }
 
 /* The candidate to serve on among the usable ones the summary names: of
@@ -597,11 +651,12 @@ static int64_t cheapest(const terms *t, const spi_route_context *x,
     if (own_ms(c) < own_min) own_min = own_ms(c);
   }
   int64_t holder = sole_deepest(x, named, n);
-  double pool_wait = alternatives_wait(x, named, n, holder);
+  pool_waits pw;
+  alternatives_wait(x, named, n, holder, m->usable, &pw);
   for (uint32_t k = 0; k < n; k++) {
     const spi_candidate *c = &x->candidates[named[k]];
     cost[k] = guarded_cost(t, x, c, w, named[k] == holder) +
-              queue_delay_ms(t, c, own_min, pool_wait);
+              queue_delay_ms(t, c, own_min, &pw);
     if (cost[k] < low) low = cost[k];
   }
   int64_t best = -1;

@@ -305,11 +305,11 @@ static void test_redundant_prefill_delays_the_queue(void **st) {
  * requests too, wherever it lands. r0 holds U + 20 blocks with 40 queued
  * (2 s of wait); the 20 blocks save about 1 s of prefill (the whole
  * prompt takes 1.1 s). With r1, r2 and r3 idle, gold leaves r0 for an
- * idle replica. With r1 idle but r2 and r3 40 queued too, the
- * alternatives wait 1.33 s on average, 1.2 of this prompt's prefills: the
- * second r1 would redo delays about 1.2 later requests by as much, and
- * with it moving costs more than the wait it saves, so gold stays on r0
- * although r1 is idle. */
+ * idle replica. With r1 idle but r2 and r3 40 queued too, the rest of the
+ * pool waits 1.33 s on average, omega = 1.2 of this prompt's prefills:
+ * the second copy r1 would make delays omega * (omega + 0.95), about 2.5,
+ * later requests by as much, and with it moving costs more than the wait
+ * it saves, so gold stays on r0 although r1 is idle. */
 static void test_loaded_pool_keeps_the_prefix(void **st) {
   (void)st;
   for (int loaded = 0; loaded < 2; loaded++) {
@@ -331,6 +331,59 @@ static void test_loaded_pool_keeps_the_prefix(void **st) {
       assert_string_equal(d.replica_id, "r1");
       assert_int_equal(d.reason_code, SPI_REASON_AFFINITY_LEFT);
     }
+    finish(w, d.ticket);
+    done(w);
+  }
+}
+
+/* A second copy of a hot prefix, priced by the rest of the pool's backlog.
+ * r0 holds U + a 20-block document that many requests ask about: 60 of
+ * them queue there (3 s). A question on it would wait 3 s at r0, or redo
+ * the document's 1.1 s of prefill on idle r1, whose copy then serves the
+ * document's later questions too. The other ten replicas:
+ * - 4 queued each (0.2 s): the rest of the pool waits 0.18 s, 0.16 of
+ *   this prompt's prefills, so the copy's prefill delays about 0.18 later
+ *   requests there; the copy wins;
+ * - 30 queued each (1.5 s), four of them not named by the summaries (only
+ *   the seven lowest TTFTs are): the rest of the pool waits 1.36 s, omega
+ *   = 1.2 prefills, and work added there delays every request that
+ *   arrives before its backlog clears, omega * (omega + 0.95), about 2.6
+ *   of them; the request stays with the prefix (a pool estimate that
+ *   counted the named replicas only, and the delay as omega alone, about
+ *   1.1 requests, sent it to r1);
+ * - the same queues behind full batches (16 running of 16): those
+ *   requests wait for decodes to end, which the copy's prefill does not
+ *   lengthen, so only the requests the named queues hold count, about
+ *   1.1, and the copy wins;
+ * - and with r0 only 10 queued (0.5 s) it stays there whatever the rest
+ *   does. */
+static void test_hot_prefix_second_copy(void **st) {
+  (void)st;
+  static const struct {
+    double holder, rest, rest_running;
+    const char *want;
+    int32_t reason;
+  } cases[] = {{60, 4, 0, "r1", SPI_REASON_AFFINITY_LEFT},
+               {60, 30, 0, "r0", SPI_REASON_AFFINITY},
+               {60, 30, 16, "r1", SPI_REASON_AFFINITY_LEFT},
+               {10, 4, 0, "r0", SPI_REASON_AFFINITY}};
+  for (size_t k = 0; k < sizeof cases / sizeof cases[0]; k++) {
+    world *w = mk(NULL);
+    fleet(w, 12, SPI_POOL_ON_DEMAND);
+    uint32_t b[32];
+    seed(w, 12, "r0", b, chain(b, 500, 20));
+    history(w, 12, "r0", 21, "gold");
+    load(w, "r0", 0, cases[k].holder);
+    for (int i = 2; i < 12; i++) {
+      char id[12]; /* "r" and any int */
+      snprintf(id, sizeof id, "r%d", i);
+      load(w, id, cases[k].rest_running, cases[k].rest);
+    }
+    prompt(w, b, chain(b, 500, 21), "gold");
+    spi_decision d;
+    assert_int_equal(route(w, &d), SPI_OK);
+    assert_string_equal(d.replica_id, cases[k].want);
+    assert_int_equal(d.reason_code, cases[k].reason);
     finish(w, d.ticket);
     done(w);
   }
@@ -1714,6 +1767,7 @@ int main(void) {
       cmocka_unit_test(test_twenty_blocks_against_load),
       cmocka_unit_test(test_redundant_prefill_delays_the_queue),
       cmocka_unit_test(test_loaded_pool_keeps_the_prefix),
+      cmocka_unit_test(test_hot_prefix_second_copy),
       cmocka_unit_test(test_class_weighs_the_wait),
       cmocka_unit_test(test_queued_prefill_is_a_wait),
       cmocka_unit_test(test_rate_is_learnt),
