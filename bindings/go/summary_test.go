@@ -155,9 +155,11 @@ func wantSummary(cands []Candidate, pool Pool, tier ModelTier) PoolSummary {
 	rel := func(c Candidate) float64 {
 		return (c.Running + c.Waiting + float64(c.Inflight)) / float64(c.MaxInflight)
 	}
+	srv := func(c Candidate) float64 { return c.ServedTokens / float64(c.MaxInflight) }
 	for _, i := range usable {
 		c := cands[i]
-		if w.Least < 0 || rel(c) < rel(cands[w.Least]) {
+		if w.Least < 0 || rel(c) < rel(cands[w.Least]) ||
+			(rel(c) == rel(cands[w.Least]) && srv(c) < srv(cands[w.Least])) {
 			w.Least = i
 		}
 		busy := c.Inflight >= c.MaxInflight || c.Running+c.Waiting >= float64(c.MaxInflight)

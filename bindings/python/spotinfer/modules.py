@@ -250,7 +250,8 @@ class PoolSummary:
     top: Tuple[int, ...]       # lowest est_ttft_ms first; ties to the lower index
     warm: Optional[int]        # most matched_blocks (> 0), then lowest est_ttft_ms
     least: Optional[int]       # lowest (running + waiting + inflight) / max_inflight,
-                               # ties to the lower index
+                               # ties to the fewer served_tokens / max_inflight
+                               # (since 0.3.0), then to the lower index
     rendezvous: Optional[int]  # highest rendezvous weight among the not busy,
                                # ties to the lower index
 

@@ -468,7 +468,8 @@ def check_summaries(ctx, compact):
         assert len(s.top) == min(s.usable, spotinfer.SUMMARY_TOP)
         assert s.best == (s.top[0] if s.top else None)
         least = min(us, default=None, key=lambda c: (
-            (c.running + c.waiting + c.inflight) / c.max_inflight, c.index))
+            (c.running + c.waiting + c.inflight) / c.max_inflight,
+            c.served_tokens / c.max_inflight, c.index))
         assert s.least == (least.index if least else None)
         rdv = min((c for c in us if not busy(c)), default=None,
                   key=lambda c: (-c.rendezvous, c.index))
