@@ -612,9 +612,10 @@ static void alternatives_wait(const spi_route_context *x, const int32_t *named,
   for (uint32_t k = 0; k < n; k++) {
     if (named[k] == holder) continue;
     const spi_candidate *c = &x->candidates[named[k]];
-    double p = batch_full(c) ? 0 : c->est_wait_ms;
+    int open = !batch_full(c);
+    double p = open ? c->est_wait_ms : 0;
     sum += c->est_wait_ms, m++;
-    room += !batch_full(c);
+    room += (uint32_t)open;
     pre += p;
     if (p > most) most = p;
   }

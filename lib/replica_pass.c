@@ -392,15 +392,17 @@ static void scan_lean(const route_env *x, const spi_replica_set *set,
     uint64_t w = mix64(r->id_hash ^ x->rkey);
     uint32_t pos = (uint32_t)i;
     /* One branch for "may rank in anything": a value at most a threshold
-     * (ties with one are rare), then the exact test with positions; only
-     * then the full evaluation. */
-    if (((t <= c->thr_t) | (rel <= c->least_rel) |
-         ((!busy) & (w >= c->rdv_w))) &&
-        (top_enters(c, t, pos) | least_enters(c, rel, served_ratio(r, rd.pf.served), pos) |
-         ((!busy) & rdv_enters(c, w, pos)))) {
-      replica_eval ev;
-      eval_of(x, r, &rd, 0, 1, probe, &ev);
-      cell_offer(sc, r->cell, pos, rel, served_ratio(r, rd.pf.served), &ev);
+     * (ties with one are rare), then the exact test with positions (and
+     * the tokens served per stream, only then); only then the full
+     * evaluation. */
+    if ((t <= c->thr_t) | (rel <= c->least_rel) | ((!busy) & (w >= c->rdv_w))) {
+      double srv = served_ratio(r, rd.pf.served);
+      if (top_enters(c, t, pos) | least_enters(c, rel, srv, pos) |
+          ((!busy) & rdv_enters(c, w, pos))) {
+        replica_eval ev;
+        eval_of(x, r, &rd, 0, 1, probe, &ev);
+        cell_offer(sc, r->cell, pos, rel, srv, &ev);
+      }
     }
   }
   if (nrep) sc->counted[(nrep - 1) / 64] = word;
