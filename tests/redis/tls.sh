@@ -14,13 +14,12 @@ if ! command -v redis-server >/dev/null || ! command -v openssl >/dev/null; then
   echo "tls.sh: needs redis-server and openssl (scripts/setup-redis-deps.sh)"
   exit 77
 fi
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 dir=$(mktemp -d "${TMPDIR:-/tmp}/spotinfer-tls.XXXXXX")
-pid=
-cleanup() {
-  if [[ -n "$pid" ]]; then kill "$pid" 2>/dev/null || true; fi
-  rm -rf "$dir"
-}
-trap cleanup EXIT
+# The server writes its log as it shuts down: redis-server.sh --stop waits
+# for it to exit before removing the directory (a kill then rm -rf raced
+# with that last write and failed the test after it had passed).
+trap 'bash "$here/redis-server.sh" --stop "$dir"' EXIT
 
 cd "$dir"
 openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj "/CN=spotinfer test CA" \
@@ -39,5 +38,4 @@ for _ in $(seq 1 100); do
   [[ -s "$dir/redis.pid" ]] && grep -q "Ready to accept" "$dir/redis.log" && break
   sleep 0.05
 done
-pid=$(cat "$dir/redis.pid")
 SPI_REDIS_TLS_PORT=$port SPI_REDIS_TLS_CA="$dir/ca.pem" "$prog"
