@@ -32,6 +32,7 @@ started=()
 cleanup() {
   local p
   for p in "${started[@]}"; do kill -9 "$p" 2>/dev/null || true; done
+  for p in "${started[@]}"; do wait "$p" 2>/dev/null || true; done
   kill -CONT "$(cat "$rdir/redis.pid")" 2>/dev/null || true
   rm -rf "$tmp"
 }
