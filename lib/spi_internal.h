@@ -231,8 +231,10 @@ int spi__canon_json(const struct cJSON *v, spi_buf *out, const spi_mem *m);
 void spi__builtin_classifier(spi_classifier_module *out);
 void spi__builtin_key_builder(spi_key_builder_module *out);
 
-/* XXH3_64bits_withSeed / XXH3_64bits compiled for AVX2 (xxh_wide.c): call
- * only when the CPU has AVX2. Present when SPI_HAVE_XXH_AVX2. */
+/* XXH3_64bits_withSeed / XXH3_64bits compiled for AVX2 (xxh_wide.c; the
+ * seeded one over more than 240 bytes with each stripe's key made in
+ * registers): call only when the CPU has AVX2. Present when
+ * SPI_HAVE_XXH_AVX2. */
 uint64_t spi__xxh3_seeded_avx2(const void *p, size_t n, uint64_t seed);
 uint64_t spi__xxh3_avx2(const void *p, size_t n);
 /* The seeded XXH3 of the block hashes (keybuilder.c), picked on first use:

@@ -434,9 +434,10 @@ static void test_wide_xxh3_matches(void **st) {
 }
 
 /* Blocks longer than 240 bytes take XXH3's long path, which on CPUs with
- * AVX-512 F the block hashes run with the seeded secret's words made in
- * registers (keybuilder.c): every length to 2,200 bytes (each stripe
- * count, the last stripe and the 1 KiB edge of the scramble), lengths
+ * AVX-512 F (keybuilder.c) or AVX2 (xxh_wide.c) the block hashes run with
+ * the seeded secret's words made in registers: every length to 2,200
+ * bytes (each stripe count, the last stripe and the 1 KiB edge of the
+ * scramble), lengths
  * around further block edges, at every alignment mod 8, with random seeds
  * and the seeds whose pattern is all zeros or all ones, give libxxhash's
  * bits. */
