@@ -59,6 +59,7 @@
  * an empty configuration matching none), so an engine's pages for
  * positions it never has stay untouched. */
 static int rdv_wide(void);
+static int pix_avx2(void);
 
 spi_pool_index *spi__pix_new(const spi_mem *m) {
   spi_pool_index *p = spi__alloc(m, sizeof *p);
@@ -66,6 +67,7 @@ spi_pool_index *spi__pix_new(const spi_mem *m) {
   memset(p, 0, offsetof(spi_pool_index, hot));
   atomic_init(&p->taken, 0);
   p->wide = rdv_wide();
+  p->avx2 = !p->wide && pix_avx2();
   return p;
 }
 
@@ -470,6 +472,17 @@ static int rdv_wide(void) {
     atomic_store_explicit(&pick, v, memory_order_relaxed);
   }
   return v == 2;
+#else
+  return 0;
+#endif
+}
+
+/* Whether a block's TTFTs go four at a time (pix_avx2.c), on CPUs with
+ * AVX2 but not the AVX-512 of rdv_wide. */
+static int pix_avx2(void) {
+#if SPI_HAVE_PIX_AVX2
+  __builtin_cpu_init();
+  return __builtin_cpu_supports("avx2");
 #else
   return 0;
 #endif

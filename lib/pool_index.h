@@ -67,6 +67,8 @@ typedef struct pix_rdv {
 typedef struct spi_pool_index {
   atomic_int taken;             /* held by the one route using it */
   int wide;                     /* the CPU has AVX-512 F and DQ (rdv_wide.c) */
+  int avx2;                     /* ... or AVX2, for a block's TTFTs
+                                   (pix_avx2.c) */
   uint64_t version;             /* the set described (0: none yet) */
   size_t n;                     /* its replicas */
   /* The configuration it was read with (a change rebuilds it). */
@@ -163,6 +165,10 @@ void spi__pix_ttft_avx512(double *t, const double *wait, const double *ms,
                           const double *slow, size_t n, double base,
                           double cold);
 uint64_t spi__pix_under_avx512(const double *t, size_t n, double thr);
+/* The same two with AVX2 (pix_avx2.c; callers check p->avx2). */
+void spi__pix_ttft_avx2(double *t, const double *wait, const double *ms,
+                        const double *slow, size_t n, double base, double cold);
+uint64_t spi__pix_under_avx2(const double *t, size_t n, double thr);
 
 /* The rendezvous weight of a replica for a prefix key. */
 static inline uint64_t spi__rdv_weight(uint64_t id_hash, uint64_t rkey) {

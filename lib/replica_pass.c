@@ -601,6 +601,11 @@ static void block_ttft(const route_env *x, spi_pool_index *p, uint32_t w) {
     spi__pix_ttft_avx512(t, wait, ms, slow, n, base, cold);
   else
 #endif
+#if SPI_HAVE_PIX_AVX2
+  if (p->avx2)
+    spi__pix_ttft_avx2(t, wait, ms, slow, n, base, cold);
+  else
+#endif
     for (size_t i = 0; i < n; i++)
       t[i] = (base + wait[i]) + (cold * ms[i]) * slow[i];
   p->tdone |= UINT64_C(1) << w;
@@ -613,6 +618,9 @@ static uint64_t block_under(const spi_pool_index *p, int k, uint32_t w,
   size_t n = p->n - (size_t)w * 64 < 64 ? p->n - (size_t)w * 64 : 64;
 #if SPI_HAVE_RDV_AVX512
   if (p->wide) return spi__pix_under_avx512(t, n, thr) & p->creg[k][w];
+#endif
+#if SPI_HAVE_PIX_AVX2
+  if (p->avx2) return spi__pix_under_avx2(t, n, thr) & p->creg[k][w];
 #endif
   uint64_t m = 0;
   size_t i = 0;

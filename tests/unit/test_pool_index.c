@@ -311,16 +311,15 @@ static void test_blocks_follow_every_change(void **st) {
   spi_engine_free(e);
 }
 
-/* The AVX-512 loops over a block (rdv_wide.c) give the scalar loops'
- * bits: a block's TTFTs ((base + wait) + (cold * ms) * slow, never fused)
- * and which are at most a threshold (false for a NaN), on every length. */
-static void test_wide_block_loops_same_bits(void **st) {
-  (void)st;
-  spi_engine *e = NULL;
-  assert_int_equal(spi_engine_new(&e, NULL), SPI_OK);
-  int wide = e->registry.pix->wide; /* the build and the CPU have it */
-  spi_engine_free(e);
-  if (!wide) skip();
+/* The wide loops over a block (rdv_wide.c with AVX-512, pix_avx2.c with
+ * AVX2) give the scalar loops' bits: a block's TTFTs ((base + wait) +
+ * (cold * ms) * slow, never fused) and which are at most a threshold
+ * (false for a NaN), on every length. */
+typedef void (*ttft_fn)(double *, const double *, const double *,
+                        const double *, size_t, double, double);
+typedef uint64_t (*under_fn)(const double *, size_t, double);
+
+static void block_loops_same_bits(ttft_fn ttft, under_fn under) {
   uint64_t rng = 5;
   double wait[64], ms[64], slow[64], t[64];
   for (uint32_t round = 0; round < 4000; round++) {
@@ -332,7 +331,7 @@ static void test_wide_block_loops_same_bits(void **st) {
       ms[i] = 1000.0 / (double)(500 + mix(&rng) % 40000);
       slow[i] = 1.0 + (double)(mix(&rng) % 9) / (double)(1 + mix(&rng) % 7);
     }
-    spi__pix_ttft_avx512(t, wait, ms, slow, n, base, cold);
+    ttft(t, wait, ms, slow, n, base, cold);
     for (size_t i = 0; i < n; i++) {
       double want = (base + wait[i]) + (cold * ms[i]) * slow[i];
       assert_memory_equal(&t[i], &want, sizeof want);
@@ -341,8 +340,20 @@ static void test_wide_block_loops_same_bits(void **st) {
     double thr = t[mix(&rng) % n];
     uint64_t want = 0;
     for (size_t i = 0; i < n; i++) want |= (uint64_t)(t[i] <= thr) << i;
-    assert_true(spi__pix_under_avx512(t, n, thr) == want);
+    assert_true(under(t, n, thr) == want);
   }
+}
+
+static void test_wide_block_loops_same_bits(void **st) {
+  (void)st;
+  spi_engine *e = NULL;
+  assert_int_equal(spi_engine_new(&e, NULL), SPI_OK);
+  int wide = e->registry.pix->wide; /* the build and the CPU have it */
+  int avx2 = e->registry.pix->avx2;
+  spi_engine_free(e);
+  if (!wide && !avx2) skip();
+  if (wide) block_loops_same_bits(spi__pix_ttft_avx512, spi__pix_under_avx512);
+  if (avx2) block_loops_same_bits(spi__pix_ttft_avx2, spi__pix_under_avx2);
 }
 
 int main(void) {
