@@ -412,11 +412,17 @@ static double block_ms(const terms *t, const spi_route_context *x,
  * included: its turns there, if each added what c lacks of this one (a
  * conversation's prompt grows by a turn, so its turns sum to the prompt
  * times half their number plus one), each with an output like this one's.
- * The request alone when c holds none of it. */
+ * The request alone when c holds none of it, or when what c holds is a
+ * branch point (SPI_MATCH_CONTINUED: another request already went on from
+ * it there): then the prompt is a prefix several requests share, a
+ * document or a tenant's prompt, whose readers are separate units that a
+ * second copy can serve, not the turns of one conversation that only c
+ * can carry. */
 static double unit_tokens(const terms *t, const spi_route_context *x,
                           const spi_candidate *c) {
   double req = t->req;
-  if (x->total_blocks == 0 || c->matched_blocks == 0 || !(req > 0))
+  if (x->total_blocks == 0 || c->matched_blocks == 0 || !(req > 0) ||
+      (c->match_flags & SPI_MATCH_CONTINUED))
     return t->work;
   double lack = req * (double)(x->total_blocks - c->matched_blocks) /
                 (double)x->total_blocks;

@@ -21,7 +21,8 @@
  *   tag     = version (8 bits) << 56 | key (56 bits)
  *   key     = low 56 bits of the block hash; 0 and 1 are reserved (empty,
  *             being written), so hashes whose low bits are 0 or 1 use 2, 3
- *   payload = stamp (32) << 32 | weight (8) << 24 | gen (12) << 12 | slot (12)
+ *   payload = continued (1) << 63 | stamp (31) << 32 | weight (8) << 24 |
+ *             gen (12) << 12 | slot (12)
  * The high 8 bits of a hash can be dropped from the key because they pick
  * the bucket: two hashes that differ only there live in different buckets
  * once the table has 256 buckets (a 32 KiB budget). The version counts the
@@ -30,7 +31,11 @@
  * the table can reach SPI_REPLICA_SLOTS, torn or not. The gen is the
  * replica's generation & SPI_INDEX_GEN_MASK; after 4096 generations of one
  * slot an old entry may look live again, which costs at most one misplaced
- * request. The stamp is in seconds and ages are taken modulo 2^32.
+ * request. The stamp is in seconds and ages are taken modulo 2^31 (68
+ * years). The continued bit says a request routed to the replica went on
+ * past this block with blocks of its own (spi__index_mark_continued): a
+ * request that matches the block there later is a second continuation, a
+ * branch, not the next turn of one conversation. Refreshes keep the bit.
  *
  * Concurrency
  * -----------
@@ -92,7 +97,9 @@
 #define IX_SLOT(p) ((uint32_t)(p) & 0xfffu)
 #define IX_GEN(p) ((uint32_t)((p) >> 12) & SPI_INDEX_GEN_MASK)
 #define IX_WEIGHT(p) ((uint32_t)((p) >> 24) & 0xffu)
-#define IX_STAMP(p) ((uint32_t)((p) >> 32))
+#define IX_STAMP_MASK UINT32_C(0x7fffffff)
+#define IX_STAMP(p) ((uint32_t)((p) >> 32) & IX_STAMP_MASK)
+#define IX_CONTINUED (UINT64_C(1) << 63)
 
 _Static_assert(SPI_REPLICA_SLOTS <= 4096, "the slot field has 12 bits");
 _Static_assert(SPI_INDEX_GEN_MASK == 0xfffu, "the gen field has 12 bits");
@@ -123,8 +130,16 @@ static inline uint64_t key_of(uint64_t h) {
 
 static inline uint64_t pack(uint32_t slot, uint32_t gen, uint32_t weight,
                             uint32_t stamp) {
-  return (uint64_t)stamp << 32 | (uint64_t)weight << 24 | (uint64_t)gen << 12 |
-         slot;
+  return (uint64_t)(stamp & IX_STAMP_MASK) << 32 | (uint64_t)weight << 24 |
+         (uint64_t)gen << 12 | slot;
+}
+
+/* How long ago, in seconds, an entry stamped at stamp was written, seen at
+ * now_s: the difference modulo 2^31, negative if the stamp is ahead (a
+ * clock stepped back). */
+static inline int64_t stamp_age(uint32_t now_s, uint32_t stamp) {
+  uint32_t d = (now_s - stamp) & IX_STAMP_MASK;
+  return d > (IX_STAMP_MASK >> 1) ? (int64_t)d - (INT64_C(1) << 31) : (int64_t)d;
 }
 
 /* The payload of entry e if its tag is still t after reading it. */
@@ -273,15 +288,18 @@ probe(const spi_prefix_index *ix, uint64_t h, ix_memo *lm, ix_found *f) {
 }
 
 /* The live holders of a successful probe's entries (f->live is the first),
- * deduplicated by slot (the first entry of a slot wins), at most cap (> 0).
+ * deduplicated by slot (the first entry of a slot wins), at most cap (> 0),
+ * with bit h of *continued set if holder h's entry is (for h < 64).
  * A bit per slot modulo 64 says which slots may already be listed; only
  * those are searched for. */
 static uint32_t emit_holders(const ix_found *f, ix_memo *lm, uint32_t *slots,
-                             uint32_t *gens, uint32_t cap) {
+                             uint32_t *gens, uint32_t cap,
+                             uint64_t *continued) {
   uint32_t slot = IX_SLOT(f->pay[f->live]), n = 1;
   uint64_t seen = UINT64_C(1) << (slot & 63u);
   slots[0] = slot;
   gens[0] = IX_GEN(f->pay[f->live]);
+  *continued = (f->pay[f->live] & IX_CONTINUED) != 0;
   for (unsigned i = f->live + 1; i < f->n && n < cap; i++) {
     uint32_t gen = IX_GEN(f->pay[i]);
     slot = IX_SLOT(f->pay[i]);
@@ -295,6 +313,7 @@ static uint32_t emit_holders(const ix_found *f, ix_memo *lm, uint32_t *slots,
     seen |= bit;
     slots[n] = slot;
     gens[n] = gen;
+    if ((f->pay[i] & IX_CONTINUED) && n < 64) *continued |= UINT64_C(1) << n;
     n++;
   }
   return n;
@@ -303,8 +322,10 @@ static uint32_t emit_holders(const ix_found *f, ix_memo *lm, uint32_t *slots,
 uint32_t spi__index_longest(const spi_prefix_index *ix, const uint64_t *hashes,
                             uint32_t n, spi_index_live_fn live, void *ctx,
                             uint32_t *slots, uint32_t *gens, uint32_t cap,
-                            uint32_t *n_holders) {
+                            uint32_t *n_holders, uint64_t *continued) {
+  uint64_t cont = 0;
   if (n_holders) *n_holders = 0;
+  if (continued) *continued = 0;
   if (!ix || !hashes || n == 0) return 0;
   ix_memo lm;
   memo_init(&lm, live, ctx);
@@ -331,9 +352,10 @@ uint32_t spi__index_longest(const spi_prefix_index *ix, const uint64_t *hashes,
     }
   }
   uint32_t nh = slots && gens && cap
-                    ? emit_holders(&found[best], &lm, slots, gens, cap)
+                    ? emit_holders(&found[best], &lm, slots, gens, cap, &cont)
                     : 0;
   if (n_holders) *n_holders = nh;
+  if (continued) *continued = cont;
   return (uint32_t)lo;
 }
 
@@ -355,7 +377,10 @@ typedef struct ix_new {
 
 enum { RANK_TWIN, RANK_EMPTY, RANK_DEAD, RANK_LIVE, RANK_NONE };
 
+/* An entry of this block, slot and gen rewritten with a new stamp and
+ * weight; its continued bit stays. */
 static void refresh(ix_bucket *b, unsigned e, uint64_t seen, uint64_t mine) {
+  mine |= seen & IX_CONTINUED;
   if (seen == mine) return;
   /* Fails only if the entry changed since it was read: let it be. */
   atomic_compare_exchange_strong_explicit(&b->payload[e], &seen, mine,
@@ -430,7 +455,7 @@ static void insert_block(spi_prefix_index *ix, uint64_t h, const ix_new *nw,
           rank = RANK_DEAD, victim = e;
           break;
         }
-        int64_t age = (int64_t)(int32_t)(nw->now_s - IX_STAMP(p));
+        int64_t age = stamp_age(nw->now_s, IX_STAMP(p));
         int64_t v = (int64_t)IX_WEIGHT(p) * nw->weight_seconds - age;
         if (rank == RANK_NONE || v < vvalue) {
           rank = RANK_LIVE;
@@ -453,6 +478,24 @@ static void insert_block(spi_prefix_index *ix, uint64_t h, const ix_new *nw,
                             memory_order_release);
       return;
     }
+  }
+}
+
+void spi__index_mark_continued(spi_prefix_index *ix, uint64_t h, uint32_t slot,
+                               uint32_t gen) {
+  if (!ix || slot >= SPI_REPLICA_SLOTS) return;
+  ix_bucket *b = bucket_of(ix, h);
+  uint64_t key = key_of(h);
+  gen &= SPI_INDEX_GEN_MASK;
+  for (unsigned e = 0; e < IX_WAYS; e++) {
+    uint64_t t = atomic_load_explicit(&b->tag[e], memory_order_acquire), p;
+    if ((t & IX_KEY_MASK) != key || !read_payload(b, e, t, &p) ||
+        IX_SLOT(p) != slot || IX_GEN(p) != gen)
+      continue;
+    /* Set once: a shared prefix's later readers find it set and write
+     * nothing, so its line does not bounce between routing threads. */
+    if (!(p & IX_CONTINUED)) refresh(b, e, p, p | IX_CONTINUED);
+    return;
   }
 }
 

@@ -67,6 +67,7 @@ static inline void eval_of(const route_env *x, const spi_replica_ident *r,
   o->fresh = (uint8_t)rd->fresh;
   o->inflight = rd->inflight;
   o->matched = matched;
+  o->continued = 0;
   o->active = rd->state == SPI_REPLICA_ACTIVE;
   o->advised = rd->advised_until > x->now;
   o->rate = rd->pf.rate;
@@ -108,7 +109,7 @@ static void fill_candidate(spi_candidate *c, const spi_replica_ident *r,
   c->inflight = ev->inflight;
   c->max_inflight = r->max_inflight;
   c->matched_blocks = ev->matched;
-  c->reserved1 = 0;
+  c->match_flags = ev->continued ? SPI_MATCH_CONTINUED : 0;
   c->rendezvous = ev->rdv;
   c->est_ttft_ms = ev->t;
   c->usd_per_hour = r->usd_per_hour;
@@ -458,6 +459,7 @@ static void indexed_eval(const spi_pool_index *p, uint32_t pos, double t,
   o->fresh = 1;
   o->inflight = c->inflight;
   o->matched = 0;
+  o->continued = 0;
   o->active = 1;
   o->advised = 0;
   o->rate = c->rate;
@@ -936,6 +938,7 @@ static void eval_from_candidate(const route_env *x, const spi_replica_ident *r,
   o->rdv = c->rendezvous;
   o->inflight = c->inflight;
   o->matched = matched;
+  o->continued = 0;
   o->active = 1;
   o->usable = (uint8_t)(c->eligible || c->probe);
   o->probe = (uint8_t)c->probe;
@@ -952,11 +955,12 @@ static void eval_from_candidate(const route_env *x, const spi_replica_ident *r,
 
 /* One prefix holder at position pos: its warm evaluation (the scan's when a
  * summary kept one, updated in place, so every reference agrees), then
- * its place in the summaries if it is usable. */
+ * its place in the summaries if it is usable. continued: its entry of the
+ * deepest matched block is marked so (spi__index_mark_continued). */
 static void prefix_holder(scan *sc, const route_env *x,
                           const spi_replica_set *set, uint32_t pos,
                           const int32_t shed[4], spi_candidate *cands,
-                          uint32_t matched) {
+                          uint32_t matched, int continued) {
   const spi_replica_ident *r = &set->r[pos];
   int k = r->cell >= 0 && !shed[r->pool] ? r->cell : -1;
   uint32_t j = k >= 0 ? top_index(&sc->cell[k], pos) : 0;
@@ -981,8 +985,10 @@ static void prefix_holder(scan *sc, const route_env *x,
   } else {
     return; /* not usable when the pass met it */
   }
+  ev->continued = (uint8_t)continued;
   if (cands) {
     cands[pos].matched_blocks = matched;
+    cands[pos].match_flags = continued ? SPI_MATCH_CONTINUED : 0;
     cands[pos].est_ttft_ms = ev->t;
   }
   if (!ev->usable || k < 0) {
@@ -997,15 +1003,16 @@ uint32_t spi__pass_prefix(scan *sc, route_env *x, const spi_replica_set *set,
                           spi_candidate *cands, spi_prefix_index *ix,
                           const uint64_t *hashes, uint32_t nblocks) {
   uint32_t holders[64], hgens[64], nh = 0, matched = 0;
+  uint64_t cont = 0;
   if (ix && nblocks)
     matched = spi__index_longest(ix, hashes, nblocks, spi__entry_live, x->e,
-                                 holders, hgens, 64, &nh);
+                                 holders, hgens, 64, &nh, &cont);
   if (matched)
     x->warm_tok = x->cold_tok * (1.0 - (double)matched / (double)nblocks);
   for (uint32_t h = 0; h < nh; h++) {
     uint16_t pos = set->pos_of_slot[holders[h]];
     if (pos == SPI_NO_POS || pos >= nrep) continue;
-    prefix_holder(sc, x, set, pos, shed, cands, matched);
+    prefix_holder(sc, x, set, pos, shed, cands, matched, (int)(cont >> h & 1u));
   }
   return matched;
 }

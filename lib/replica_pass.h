@@ -36,6 +36,7 @@ typedef struct replica_eval {
   uint64_t rdv;             /* rendezvous weight */
   uint32_t inflight, matched;
   uint8_t active, usable, probe, busy, fresh, advised;
+  uint8_t continued;        /* SPI_MATCH_CONTINUED (spi_candidate) */
 } replica_eval;
 
 /* The summary's definitions, one place each. Load is divided by the

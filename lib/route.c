@@ -486,6 +486,21 @@ static void serve_record(route_state *rs, const spi_replica_ident *r,
                         out->shadow_matched_blocks);
 }
 
+/* The placement in the prefix index: the blocks the replica did not hold,
+ * and, when it held the deepest match and the prompt goes on past it, the
+ * mark on that block saying so (a later request matching only as deep
+ * there is then a branch of a shared prefix, not the next turn). */
+static void index_served(route_state *rs, const spi_replica_ident *r,
+                         const spi_candidate *c, const spi_ticket *k) {
+  uint32_t held = c->matched_blocks;
+  if (!rs->ix || rs->nblocks <= held) return;
+  if (held) spi__index_mark_continued(rs->ix, rs->req->hashes[held - 1],
+                                      r->slot, k->gen);
+  spi__index_insert(rs->ix, rs->req->hashes, held, rs->nblocks, r->slot,
+                    k->gen, k->weight, (uint32_t)(rs->env->now / 1000000000),
+                    (uint32_t)rs->cfg->weight_seconds, spi__entry_live, rs->e);
+}
+
 /* Serve: open a ticket, count it on the replica, record the placement in
  * the prefix index. The ticket is the last thing that can fail. */
 static int serve(route_state *rs) {
@@ -528,11 +543,7 @@ static int serve(route_state *rs) {
   rs->taken.probe = NULL;  /* ... and the probe goes with it */
   atomic_fetch_add(&s->inflight, 1);
   spi__replica_touch(&rs->e->registry, r->slot);
-  if (rs->ix && rs->nblocks > c->matched_blocks)
-    spi__index_insert(rs->ix, rs->req->hashes, c->matched_blocks, rs->nblocks,
-                      r->slot, k->gen, k->weight,
-                      (uint32_t)(rs->env->now / 1000000000),
-                      (uint32_t)rs->cfg->weight_seconds, spi__entry_live, rs->e);
+  index_served(rs, r, c, k);
   serve_record(rs, r, c);
   return SPI_OK;
 }

@@ -350,13 +350,14 @@ size_t spi__index_live_entries(const spi_prefix_index *ix); /* O(capacity) */
  * The longest prefix of hashes[0..n) some live replica likely holds, by
  * binary search over the chain (O(log n) bucket probes, not one per block).
  * Writes up to cap (slot, gen) pairs holding the deepest matched block into
- * slots/gens and their count into *n_holders. Returns the matched length
- * (0..n).
+ * slots/gens and their count into *n_holders, and sets bit h of *continued
+ * (may be NULL) if holder h (h < 64) has that block marked continued
+ * (spi__index_mark_continued). Returns the matched length (0..n).
  */
 uint32_t spi__index_longest(const spi_prefix_index *ix, const uint64_t *hashes,
                             uint32_t n, spi_index_live_fn live, void *ctx,
                             uint32_t *slots, uint32_t *gens, uint32_t cap,
-                            uint32_t *n_holders);
+                            uint32_t *n_holders, uint64_t *continued);
 /* Start loading the buckets (tags and payloads) of the first blocks of a
  * chain, up to SPI_INDEX_PREFETCH_MAX, without waiting for them. Called as
  * soon as the hashes are known, so the table's cache misses overlap the
@@ -372,6 +373,14 @@ void spi__index_insert(spi_prefix_index *ix, const uint64_t *hashes,
                        uint32_t from, uint32_t n, uint32_t slot, uint32_t gen,
                        uint32_t weight, uint32_t now_s, uint32_t weight_seconds,
                        spi_index_live_fn live, void *ctx);
+/* Mark (slot, gen)'s entry of block h, if it has one, continued: a request
+ * routed there matched the prompt up to h and goes on with blocks of its
+ * own. A later request that matches only up to h there is then a branch
+ * of a shared prefix (a document, a tenant's prompt) rather than the next
+ * turn of the conversation that ended at h. Inserts refresh an entry's
+ * stamp and weight and keep the mark; a rewrite of the entry clears it. */
+void spi__index_mark_continued(spi_prefix_index *ix, uint64_t h, uint32_t slot,
+                               uint32_t gen);
 
 /* ---------------------------------------------------------------- tickets */
 

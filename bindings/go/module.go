@@ -660,6 +660,11 @@ type Candidate struct {
 	EstWaitMs         float64 // behind the prefill queued there
 	ServedTokens      float64 // prompt + output tokens sent since it joined
 	PrefillTokensPerS float64 // learnt (or configured) prefill rate
+	// MatchContinued (SPI_MATCH_CONTINUED, since 0.3.0): a request routed
+	// here earlier matched as deep as MatchedBlocks and went on with
+	// blocks of its own, so this one branches off a prefix requests share
+	// here rather than continuing one conversation.
+	MatchContinued bool
 }
 
 // SummaryTop is the most candidates PoolSummary.Top names
@@ -774,6 +779,7 @@ func routeContextFrom(c *C.spi_route_context, view *RequestView) *RouteContext {
 			MatchedBlocks: uint32(k.matched_blocks), Rendezvous: uint64(k.rendezvous),
 			EstTTFTMs: float64(k.est_ttft_ms), USDPerHour: float64(k.usd_per_hour),
 			Advised: k.advised != 0,
+			MatchContinued: k.match_flags&C.SPI_MATCH_CONTINUED != 0,
 		}
 		if model {
 			ctx.Candidates[i].EstWaitMs = float64(k.est_wait_ms)

@@ -195,6 +195,13 @@ typedef struct spi_cost_model_module {
 /* ---------------------------------------------------------------- policy */
 
 /* One replica the policy may choose, as the library sees it right now. */
+/* spi_candidate.match_flags. CONTINUED: a request routed to this replica
+ * earlier matched this one's prompt as deep as matched_blocks and went on
+ * with blocks of its own, so this request branches off a prefix several
+ * requests share there (a document, a tenant's prompt) rather than
+ * continuing the one conversation that ended at it. Since 0.3.0. */
+#define SPI_MATCH_CONTINUED 0x1u
+
 typedef struct spi_candidate {
   const char *id;          size_t id_len;
   int32_t pool;            /* SPI_POOL_SPOT or SPI_POOL_ON_DEMAND */
@@ -209,7 +216,7 @@ typedef struct spi_candidate {
   uint32_t inflight;       /* the library's own open tickets on it */
   uint32_t max_inflight;
   uint32_t matched_blocks; /* prefix blocks it likely holds for this req */
-  uint32_t reserved1;
+  uint32_t match_flags;    /* SPI_MATCH_* (since 0.3.0; 0 before) */
   uint64_t rendezvous;     /* rendezvous-hash weight for this request's
                               prefix; the highest wins a cold placement */
   double est_ttft_ms;      /* the library's TTFT estimate on it */

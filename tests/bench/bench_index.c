@@ -151,7 +151,7 @@ static double pass(const spi_prefix_index *ix, registry *r, const uint64_t *q,
     if (!lookup) continue;
     uint32_t slots[8], gens[8], nh;
     uint32_t got =
-        spi__index_longest(ix, h, len, live_fn, r, slots, gens, 8, &nh);
+        spi__index_longest(ix, h, len, live_fn, r, slots, gens, 8, &nh, NULL);
     mt += got;
     ex += got == depth[k];
   }

@@ -812,6 +812,46 @@ static void test_few_conversations_keep_their_replicas(void **st) {
   done(w);
 }
 
+/* Readers of one document (U, 30 blocks of it, then a question of their
+ * own) are not one conversation: from the third on, the document's blocks
+ * there are a branch point (SPI_MATCH_CONTINUED), each reader is a unit
+ * of its own, and once the replica holding the document runs over its
+ * share a reader makes a second copy elsewhere instead of the document's
+ * replica taking every reader (as it would if their prompts were read as
+ * turns of one long conversation, about 16 of them). A conversation's
+ * turns (test_few_conversations_keep_their_replicas) are never marked:
+ * each turn matches the last one's end, which no one went on from yet. */
+static void test_document_readers_are_not_one_conversation(void **st) {
+  (void)st;
+  world *w = mk(NULL);
+  fleet(w, 4, SPI_POOL_ON_DEMAND);
+  uint32_t b[64];
+  size_t n = chain(b, 20000, 31);
+  int seq[12], copies = 1, home = -1;
+  for (uint32_t q = 0; q < 12; q++) {
+    b[n - 1] = 30000 + q; /* the reader's own question */
+    prompt(w, b, n, "silver");
+    spi_decision d;
+    assert_int_equal(route(w, &d), SPI_OK);
+    finish(w, d.ticket);
+    seq[q] = d.replica_id[1] - '0';
+    if (q == 0) home = seq[0];
+    int seen_before = 0;
+    for (uint32_t k = 0; k < q; k++) seen_before |= seq[k] == seq[q];
+    if (q > 0 && !seen_before) {
+      copies++;
+      /* A new copy is made by a reader, never by the first few. */
+      assert_true(q >= 2);
+    }
+  }
+  print_message("readers: %d %d %d %d %d %d %d %d %d %d %d %d (copies %d)\n",
+                seq[0], seq[1], seq[2], seq[3], seq[4], seq[5], seq[6], seq[7],
+                seq[8], seq[9], seq[10], seq[11], copies);
+  assert_int_equal(seq[1], home);
+  assert_true(copies >= 2);
+  done(w);
+}
+
 /* A spot pool whose KV breaker sheds silver is loaded, not gone: silver
  * is shed there (and retried), never moved cold into the on-demand pool,
  * which would split its conversation and queue it ahead of gold. Gold
@@ -1781,6 +1821,7 @@ int main(void) {
       cmocka_unit_test(test_price_reads_the_capped_output),
       cmocka_unit_test(test_advised_machine_reads_the_capped_output),
       cmocka_unit_test(test_few_conversations_keep_their_replicas),
+      cmocka_unit_test(test_document_readers_are_not_one_conversation),
       cmocka_unit_test(test_shed_pool_is_not_left_for_the_fallback),
       cmocka_unit_test(test_stale_replica_is_not_kv_pressure),
       cmocka_unit_test(test_unreported_fleet_serves_gold),

@@ -194,7 +194,7 @@ static match look(const spi_prefix_index *ix, registry *r, const uint64_t *h,
                   uint32_t n) {
   match m;
   memset(&m, 0xa5, sizeof m);
-  m.len = spi__index_longest(ix, h, n, reg_live, r, m.slots, m.gens, 16, &m.n);
+  m.len = spi__index_longest(ix, h, n, reg_live, r, m.slots, m.gens, 16, &m.n, NULL);
   assert_true(m.len <= n);
   assert_true(m.n <= 16);
   if (m.len == 0) assert_int_equal(m.n, 0);
@@ -316,21 +316,21 @@ static void test_chain(void **state) {
 
   /* Null and empty arguments. */
   uint32_t nh = 7, s[1];
-  assert_int_equal(spi__index_longest(ix, h, 0, reg_live, r, s, s, 1, &nh), 0);
+  assert_int_equal(spi__index_longest(ix, h, 0, reg_live, r, s, s, 1, &nh, NULL), 0);
   assert_int_equal(nh, 0);
   nh = 7;
-  assert_int_equal(spi__index_longest(NULL, h, 64, reg_live, r, s, s, 1, &nh),
+  assert_int_equal(spi__index_longest(NULL, h, 64, reg_live, r, s, s, 1, &nh, NULL),
                    0);
   assert_int_equal(nh, 0);
-  assert_int_equal(spi__index_longest(ix, NULL, 64, reg_live, r, s, s, 1, &nh),
+  assert_int_equal(spi__index_longest(ix, NULL, 64, reg_live, r, s, s, 1, &nh, NULL),
                    0);
   /* No room for holders: the length is still found. */
   assert_int_equal(spi__index_longest(ix, h, 64, reg_live, r, NULL, NULL, 0,
-                                      &nh),
+                                      &nh, NULL),
                    64);
   assert_int_equal(nh, 0);
   assert_int_equal(spi__index_longest(ix, h, 64, reg_live, r, NULL, NULL, 0,
-                                      NULL),
+                                      NULL, NULL),
                    64);
   size_t before = spi__index_live_entries(ix);
   ins(ix, r, other, 0, 0, 5, 1, 500);
@@ -386,7 +386,7 @@ static void test_shared_prefix(void **state) {
   for (uint32_t s = 100; s < 106; s++) ins(ix, r, x, 0, 10, s, 1, 100);
   uint32_t slots[3], gens[3], nh = 0;
   assert_int_equal(
-      spi__index_longest(ix, z, 40, reg_live, r, slots, gens, 3, &nh), 10);
+      spi__index_longest(ix, z, 40, reg_live, r, slots, gens, 3, &nh, NULL), 10);
   assert_int_equal(nh, 3);
 
   free(r);
@@ -470,7 +470,7 @@ static void test_dead_entries(void **state) {
   assert_int_equal(look(ix, r, h, 32).len, 0);
   uint32_t nh;
   assert_int_equal(
-      spi__index_longest(ix, h, 32, NULL, NULL, NULL, NULL, 0, &nh), 32);
+      spi__index_longest(ix, h, 32, NULL, NULL, NULL, NULL, 0, &nh, NULL), 32);
 
   free(r);
   spi__index_free(&f->mem, ix);
@@ -650,8 +650,9 @@ static void test_odd_hashes(void **state) {
  * how many entries are taken. The sequence mixes what routes and finishes
  * do: new blocks, the same blocks again for the same replica later (the
  * finish's refresh), other replicas, replaced generations, removed
- * replicas, weights and ages, in tables of 1 and 3 buckets so that
- * buckets overflow.
+ * replicas, weights and ages, and the continued marks of routes that go
+ * on past a matched block (kept by refreshes, gone with a rewrite), in
+ * tables of 1 and 3 buckets so that buckets overflow.
  */
 #define MODEL_WAYS 8
 #define MODEL_SLOTS 6
@@ -661,6 +662,7 @@ typedef struct model_entry {
   int used;
   uint64_t key;
   uint32_t slot, gen, weight, stamp;
+  int continued; /* spi__index_mark_continued; kept by refreshes */
 } model_entry;
 
 typedef struct model {
@@ -712,14 +714,25 @@ static void model_block(model *m, registry *r, uint64_t h, uint32_t slot,
       if (value == lowest) victim = e;
     }
   }
-  b[victim] = (model_entry){1, key, slot, gen, weight, now};
+  b[victim] = (model_entry){1, key, slot, gen, weight, now, 0};
+}
+
+static void model_mark(model *m, uint64_t h, uint32_t slot, uint32_t gen) {
+  model_entry *b = model_bucket(m, h);
+  for (int e = 0; e < MODEL_WAYS; e++)
+    if (b[e].used && b[e].key == model_key(h) && b[e].slot == slot &&
+        b[e].gen == gen) {
+      b[e].continued = 1;
+      return;
+    }
 }
 
 /* What the index reports for block h, against the model. */
 static void model_check(spi_prefix_index *ix, model *m, registry *r,
                         uint64_t h) {
   uint32_t slots[16], gens[16], n = 0, want_n = 0, want_slots[16], want_gens[16];
-  uint32_t len = spi__index_longest(ix, &h, 1, reg_live_mt, r, slots, gens, 16, &n);
+  uint64_t cont = 0, want_cont = 0;
+  uint32_t len = spi__index_longest(ix, &h, 1, reg_live_mt, r, slots, gens, 16, &n, &cont);
   const model_entry *b = model_bucket(m, h);
   for (int e = 0; e < MODEL_WAYS; e++) {
     if (!b[e].used || b[e].key != model_key(h) ||
@@ -729,6 +742,7 @@ static void model_check(spi_prefix_index *ix, model *m, registry *r,
     while (j < want_n && want_slots[j] != b[e].slot) j++;
     if (j < want_n) continue;
     want_slots[want_n] = b[e].slot, want_gens[want_n] = b[e].gen;
+    if (b[e].continued) want_cont |= UINT64_C(1) << want_n;
     want_n++;
   }
   assert_int_equal(len, want_n ? 1 : 0);
@@ -737,6 +751,7 @@ static void model_check(spi_prefix_index *ix, model *m, registry *r,
     assert_int_equal(slots[j], want_slots[j]);
     assert_int_equal(gens[j], want_gens[j]);
   }
+  assert_int_equal(cont, want_cont);
 }
 
 static void model_run(uint32_t nbuckets, uint64_t seed, long steps) {
@@ -769,6 +784,10 @@ static void model_run(uint32_t nbuckets, uint64_t seed, long steps) {
     for (uint32_t i = from; i < n; i++)
       model_block(m, r, blocks[i], slot, gen & SPI_INDEX_GEN_MASK,
                   weight > 255 ? 255 : weight, now);
+    if (from > 0 && (x >> 56) % 2 == 0) { /* went on past block from - 1 */
+      spi__index_mark_continued(ix, blocks[from - 1], slot, gen);
+      model_mark(m, blocks[from - 1], slot, gen & SPI_INDEX_GEN_MASK);
+    }
     size_t taken = 0;
     for (uint32_t k = 0; k < nbuckets; k++)
       for (int e = 0; e < MODEL_WAYS; e++) taken += m->e[k][e].used;
@@ -869,7 +888,7 @@ static void check_probes(fixture *f, uint32_t n, const uint32_t *ms,
     c.probes = c.repeats = 0;
     uint32_t slots[4], gens[4], nh = 0;
     uint32_t len =
-        spi__index_longest(ix, h, n, probe_live, &c, slots, gens, 4, &nh);
+        spi__index_longest(ix, h, n, probe_live, &c, slots, gens, 4, &nh, NULL);
     assert_int_equal(len, m);
     assert_int_equal(nh, m ? 1 : 0);
     if (m) assert_int_equal(slots[0], PROBE_LIVE_SLOT);
@@ -963,7 +982,7 @@ static void *mt_run(void *arg) {
       uint32_t slots[8], gens[8], nh = 99;
       memset(slots, 0xff, sizeof slots);
       uint32_t len = spi__index_longest(sh->ix, h, n, reg_live_mt, sh->reg,
-                                        slots, gens, 8, &nh);
+                                        slots, gens, 8, &nh, NULL);
       t->lookups++;
       t->matched_blocks += len;
       if (len > n || nh > 8 || (len == 0) != (nh == 0)) t->bad++;

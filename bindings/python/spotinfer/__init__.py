@@ -56,6 +56,10 @@ __version__ = "0.2.0"
 #: RouteContext (SPI_SUMMARY_CELLS: (spot, on-demand) x (small, large)).
 SUMMARY_TOP: int = _native.SUMMARY_TOP
 SUMMARY_CELLS: int = _native.SUMMARY_CELLS
+#: Candidate.match_flags (SPI_MATCH_CONTINUED, since 0.3.0): a request
+#: routed to the replica earlier matched as deep and went on with blocks of
+#: its own, so this one branches off a shared prefix there.
+MATCH_CONTINUED: int = _native.MATCH_CONTINUED
 
 
 def summary_index(pool: Union[Pool, int, str],
@@ -152,6 +156,7 @@ __all__ = [
     "RequestView", "Candidate", "RouteContext", "PolicyChoice",
     "ClassifierModule", "KeyBuilderModule", "CostModelModule", "PolicyModule",
     "PoolSummary", "PolicyFlags", "SUMMARY_TOP", "SUMMARY_CELLS",
+    "MATCH_CONTINUED",
     "summary_index",
     "Status", "LogLevel", "OptionType", "Class", "ModelTier", "PriorityScheme",
     "ServiceTier", "ReqStr", "ReqInt", "OpenAIKind", "Pressure", "Pool",

@@ -49,6 +49,7 @@ MODULE_ABI_VERSION = 1
 SUMMARY_TOP = 3 + MAX_FALLBACKS  # SPI_SUMMARY_TOP: entries of top[]
 SUMMARY_CELLS = 4                # SPI_SUMMARY_CELLS: (spot, on-demand) x (small, large)
 POLICY_SUMMARIES_ONLY = 1        # spi_policy_module.flags
+MATCH_CONTINUED = 0x1            # SPI_MATCH_CONTINUED: Candidate.match_flags
 _POOL_SPOT, _POOL_ON_DEMAND = 1, 2
 _TIER_SMALL, _TIER_LARGE = 1, 2
 
@@ -544,7 +545,7 @@ class Candidate(_Struct):
         ("inflight", c_uint32),
         ("max_inflight", c_uint32),
         ("matched_blocks", c_uint32),
-        ("reserved1", c_uint32),
+        ("match_flags", c_uint32),    # MATCH_* (since 0.3.0; reserved1 before)
         ("rendezvous", c_uint64),
         ("est_ttft_ms", c_double),
         ("usd_per_hour", c_double),

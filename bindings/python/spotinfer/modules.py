@@ -230,6 +230,10 @@ class Candidate:
     est_wait_ms: float = 0.0           # behind the prefill queued there
     served_tokens: float = 0.0         # prompt + output tokens sent since it joined
     prefill_tokens_per_s: float = 0.0  # learnt (or configured) prefill rate
+    # MATCH_CONTINUED bits (since 0.3.0): a request routed here earlier
+    # matched as deep and went on with blocks of its own, so this one
+    # branches off a prefix requests share here.
+    match_flags: int = 0
 
 
 @dataclass(frozen=True)
@@ -701,7 +705,8 @@ def _candidates(ctx: _n.RouteContext) -> Tuple[Candidate, ...]:
             est_ttft_ms=c.est_ttft_ms, usd_per_hour=c.usd_per_hour,
             advised=bool(c.advised), est_wait_ms=c.est_wait_ms,
             served_tokens=c.served_tokens,
-            prefill_tokens_per_s=c.prefill_tokens_per_s))
+            prefill_tokens_per_s=c.prefill_tokens_per_s,
+            match_flags=c.match_flags))
     return tuple(out)
 
 
