@@ -266,7 +266,7 @@ static const spi_optdesc OPTIONS[] = {
      "replica holding its prefix)"},
     {"policy.bronze_wait_weight", D, "0.25", 0.01, 1,
      "what a ms of queue wait costs bronze"},
-    {"policy.load_share_cap", D, "1.25", 1, 100,
+    {"policy.load_share_cap", D, "1.2", 1, 100,
      "a replica's share of its pool's work (tokens sent, prompt and "
      "output), as a multiple of the pool's mean, beyond which a "
      "conversation staying there pays for the excess as prefill time"},
