@@ -778,7 +778,7 @@ func routeContextFrom(c *C.spi_route_context, view *RequestView) *RouteContext {
 			Inflight: uint32(k.inflight), MaxInflight: uint32(k.max_inflight),
 			MatchedBlocks: uint32(k.matched_blocks), Rendezvous: uint64(k.rendezvous),
 			EstTTFTMs: float64(k.est_ttft_ms), USDPerHour: float64(k.usd_per_hour),
-			Advised: k.advised != 0,
+			Advised:        k.advised != 0,
 			MatchContinued: k.match_flags&C.SPI_MATCH_CONTINUED != 0,
 		}
 		if model {

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"math"
 	"sort"
+	"strings"
 	"sync"
 	"testing"
 )
@@ -426,4 +427,37 @@ func TestPolicySeesTTFTModel(t *testing.T) {
 	}
 	must(t, d1.Ticket.Finish(TicketResult{}))
 	must(t, d2.Ticket.Finish(TicketResult{}))
+}
+
+// Requests that share the system prompt and differ after it: the second
+// matches the first's prompt there and goes on from it, so the third finds
+// the shared part marked (MatchContinued); the first two do not.
+func TestPolicySeesABranchPoint(t *testing.T) {
+	e, _ := world(t, "")
+	fleet(t, e)
+	p := &recorder{pick: "spot-a"}
+	must(t, e.RegisterPolicy("go-branch", p, OnFailureError))
+	must(t, e.Configure(`{"modules":{"policy":"go-branch"}}`))
+	r := newRequest(t, e)
+	var seen []Candidate
+	for i := 0; i < 3; i++ {
+		// Each question fills blocks of its own.
+		chat(t, r, fmt.Sprintf("question %d: %s", i, strings.Repeat("and what of it? ", 200)),
+			false, 5000, "", 1)
+		d, err := r.Route()
+		must(t, err)
+		for _, c := range p.context().Candidates {
+			if c.ID == "spot-a" {
+				seen = append(seen, c)
+			}
+		}
+		must(t, d.Ticket.Finish(TicketResult{}))
+	}
+	if len(seen) != 3 || seen[0].MatchedBlocks != 0 || seen[1].MatchedBlocks == 0 ||
+		seen[2].MatchedBlocks != seen[1].MatchedBlocks {
+		t.Fatalf("%+v", seen)
+	}
+	if seen[0].MatchContinued || seen[1].MatchContinued || !seen[2].MatchContinued {
+		t.Fatalf("%+v", seen)
+	}
 }

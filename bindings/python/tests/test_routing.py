@@ -340,6 +340,41 @@ def test_python_policy_sees_the_ttft_model(world):
     d2.ticket.finish()
 
 
+class OnePlace:
+    """A policy that sends everything to one replica and keeps what it saw."""
+
+    def __init__(self, rid):
+        self.rid, self.contexts = rid, []
+
+    def choose(self, instance, ctx):
+        self.contexts.append(ctx)
+        c = next(c for c in ctx.candidates if c.id == self.rid)
+        return PolicyChoice(c.pool, [c.index], Reason.AFFINITY, "one place")
+
+
+def test_python_policy_sees_a_branch_point(world):
+    """Requests that share the system prompt and differ after it: the
+    second matches the first's prompt and goes on from it, so the third
+    finds the shared part marked (match_flags has MATCH_CONTINUED); the
+    first two do not."""
+    pol = OnePlace("od-a")
+    world.register_policy("py-one", pol)
+    world.configure({"modules": {"policy": "py-one"}})
+    for i in range(3):  # each question fills blocks of its own
+        question = f"question {i}: " + "and what of it? " * 200
+        chat(world, question, sla_ms=5000, replayable=True).route().ticket.finish()
+    flags = [next(c for c in ctx.candidates if c.id == "od-a").match_flags
+             for ctx in pol.contexts]
+    matched = [next(c for c in ctx.candidates if c.id == "od-a").matched_blocks
+               for ctx in pol.contexts]
+    assert matched[0] == 0 and matched[1] >= 1 and matched[2] == matched[1]
+    assert flags[0] == 0 and flags[1] == 0
+    assert flags[2] & spotinfer.MATCH_CONTINUED
+    # The other replicas hold nothing of it.
+    other = [c for c in pol.contexts[2].candidates if c.id != "od-a"]
+    assert all(c.matched_blocks == 0 and c.match_flags == 0 for c in other)
+
+
 def test_python_policy(world):
     pol = LeastLoaded()
     world.register_policy("py-ll", pol)
