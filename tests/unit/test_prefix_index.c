@@ -975,17 +975,22 @@ static void *mt_run(void *arg) {
       uint32_t gen = atomic_load_explicit(&sh->reg->gen[slot],
                                           memory_order_relaxed);
       uint32_t from = (uint32_t)(next(&t->rng) % 2 ? 0 : next(&t->rng) % n);
+      /* A route that matched up to block from - 1 and goes on marks it,
+       * racing the other writer's inserts and refreshes of that entry. */
+      if (from > 0) spi__index_mark_continued(sh->ix, h[from - 1], slot, gen);
       spi__index_insert(sh->ix, h, from, n, slot, gen,
                         1 + (uint32_t)(next(&t->rng) % 4), now, 60,
                         reg_live_mt, sh->reg);
     } else {
       uint32_t slots[8], gens[8], nh = 99;
+      uint64_t cont = ~UINT64_C(0);
       memset(slots, 0xff, sizeof slots);
       uint32_t len = spi__index_longest(sh->ix, h, n, reg_live_mt, sh->reg,
-                                        slots, gens, 8, &nh, NULL);
+                                        slots, gens, 8, &nh, &cont);
       t->lookups++;
       t->matched_blocks += len;
       if (len > n || nh > 8 || (len == 0) != (nh == 0)) t->bad++;
+      if (nh < 64 && (cont >> nh)) t->bad++; /* marks of listed holders only */
       for (uint32_t i = 0; i < nh && i < 8; i++)
         if (slots[i] >= SPI_REPLICA_SLOTS || gens[i] > SPI_INDEX_GEN_MASK ||
             slots[i] != slot)
