@@ -169,6 +169,8 @@ typedef struct summary {
   int64_t rdv;      /* rendezvous winner among the not busy */
   int any;
   uint32_t usable;  /* usable candidates in the pool (the tiers asked) */
+  double backlog;   /* their est_wait_ms summed, full batches at 0 (from
+                       the context's mean_prefill_wait_ms) */
   uint32_t n_top;
   int32_t top[2 * SPI_SUMMARY_TOP];
 } summary;
@@ -243,14 +245,25 @@ static void fold(const spi_route_context *x, const spi_pool_summary *s,
 }
 
 /* The summary of pool for tier (0 = any tier). */
+/* Fold the summary of pool and tier into m, with its prefill backlog. */
+static void fold_tier(const spi_route_context *x, int32_t pool, int32_t tier,
+                      summary *m) {
+  const spi_pool_summary *s = cell(x, pool, tier);
+  fold(x, s, m);
+  if (s && s->usable)
+    m->backlog += x->mean_prefill_wait_ms[SPI_SUMMARY_INDEX(pool, tier)] *
+                  (double)s->usable;
+}
+
 static void summarise(const spi_route_context *x, int32_t pool, int32_t tier,
                       summary *m) {
   m->warm = m->best = m->second = m->least = m->rdv = -1;
   m->any = 0;
   m->usable = 0;
+  m->backlog = 0;
   m->n_top = 0;
-  if (tier != SPI_TIER_LARGE) fold(x, cell(x, pool, SPI_TIER_SMALL), m);
-  if (tier != SPI_TIER_SMALL) fold(x, cell(x, pool, SPI_TIER_LARGE), m);
+  if (tier != SPI_TIER_LARGE) fold_tier(x, pool, SPI_TIER_SMALL, m);
+  if (tier != SPI_TIER_SMALL) fold_tier(x, pool, SPI_TIER_LARGE, m);
 }
 
 /* The cost of serving on c, in weighted ms: the wait behind queued
@@ -602,36 +615,26 @@ static int batch_full(const spi_candidate *c) {
  * the one holding the prefix deepest (holder; -1 none), whose queue the
  * request weighs already and whose later requests are those whose prefix
  * lives there. pw->named: the mean wait of the named ones. pw->prefill:
- * the mean prefill backlog of every usable replica, those with a full
- * batch at none (batch_full). The summaries name the pool's lowest TTFTs,
- * the least loaded and the rendezvous winner: a replica they do not name
- * has a higher TTFT than every one in the top, so it counts at the
- * largest prefill backlog of the named ones, times the share of the named
- * ones whose batch has room (a full batch is no rarer among the others),
- * which still understates the pool's backlog rather than overstates it.
- * usable is the pool's count of usable replicas, n of them named. */
+ * the mean prefill backlog of the pool's other usable replicas, those with
+ * a full batch at none (batch_full), from the pool's whole backlog the
+ * library adds up in its pass (m->backlog). */
 static void alternatives_wait(const spi_route_context *x, const int32_t *named,
-                              uint32_t n, int64_t holder, uint32_t usable,
+                              uint32_t n, int64_t holder, const summary *m,
                               pool_waits *pw) {
-  double sum = 0, pre = 0, most = 0;
-  uint32_t m = 0, room = 0, all;
-  for (uint32_t k = 0; k < n; k++) {
+  double sum = 0, rest = m->backlog;
+  uint32_t k, seen = 0, others = m->usable;
+  for (k = 0; k < n; k++) {
     if (named[k] == holder) continue;
-    const spi_candidate *c = &x->candidates[named[k]];
-    int open = !batch_full(c);
-    double p = open ? c->est_wait_ms : 0;
-    sum += c->est_wait_ms, m++;
-    room += (uint32_t)open;
-    pre += p;
-    if (p > most) most = p;
+    sum += x->candidates[named[k]].est_wait_ms;
+    seen++;
   }
-  all = m;
-  if (usable > n && m > 0) {
-    pre += (double)(usable - n) * most * (double)room / (double)m;
-    all += usable - n;
+  if (holder >= 0 && others > 0) {
+    const spi_candidate *h = &x->candidates[holder];
+    if (!batch_full(h)) rest -= h->est_wait_ms;
+    others--;
   }
-  pw->named = m ? sum / m : 0;
-  pw->prefill = all ? pre / all : 0;
+  pw->named = seen ? sum / seen : 0;
+  pw->prefill = others && rest > 0 ? rest / others : 0;
 }
 
 /* The candidate to serve on among the usable ones the summary names: of
@@ -659,7 +662,7 @@ static int64_t cheapest(const terms *t, const spi_route_context *x,
   }
   int64_t holder = sole_deepest(x, named, n);
   pool_waits pw;
-  alternatives_wait(x, named, n, holder, m->usable, &pw);
+  alternatives_wait(x, named, n, holder, m, &pw);
   for (uint32_t k = 0; k < n; k++) {
     const spi_candidate *c = &x->candidates[named[k]];
     cost[k] = guarded_cost(t, x, c, w, named[k] == holder) +

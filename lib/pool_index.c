@@ -175,6 +175,7 @@ static void entry_drop(spi_pool_index *p, uint32_t pos, int moved) {
     p->kv_n[c->pool]--;
     p->served[c->pool] -= c->served;
     p->streams[c->pool] -= c->max_inflight;
+    p->wait_fix[h->cell] -= c->wait_fix;
     bit_clear(p->reg, pos);
     bit_clear(p->creg[h->cell], pos);
     if (!moved) block_leave(p, pos, h);
@@ -244,6 +245,7 @@ static void entry_read(spi_pool_index *p, const route_env *x,
   c->kv = rd.kv;
   c->rate = rd.pf.rate;
   c->served = (uint64_t)rd.pf.served;
+  c->wait_fix = spi__wait_fix(h->wait_ms, rd.run, r->max_inflight);
   c->inflight = rd.inflight;
   c->pool = r->pool;
   c->max_inflight = r->max_inflight;
@@ -254,6 +256,7 @@ static void entry_read(spi_pool_index *p, const route_env *x,
   p->kv_n[c->pool]++;
   p->served[c->pool] += c->served;
   p->streams[c->pool] += c->max_inflight;
+  p->wait_fix[h->cell] += c->wait_fix;
   bit_set(p->reg, pos);
   bit_set(p->creg[h->cell], pos);
   if (moved)
@@ -278,6 +281,7 @@ static void rebuild(spi_pool_index *p, const route_env *x,
   memset(p->kv_n, 0, sizeof p->kv_n);
   memset(p->served, 0, sizeof p->served);
   memset(p->streams, 0, sizeof p->streams);
+  memset(p->wait_fix, 0, sizeof p->wait_fix);
   memset(p->reg, 0, sizeof p->reg);
   memset(p->exc, 0, sizeof p->exc);
   memset(p->creg, 0, sizeof p->creg);

@@ -33,6 +33,7 @@ typedef struct pix_hot {
 typedef struct pix_cold {
   double running, waiting, kv, rate;
   uint64_t served;
+  uint64_t wait_fix;            /* spi__wait_fix */
   int64_t until;                /* stale from then on: regular no longer */
   uint32_t inflight;
   int32_t pool;
@@ -82,6 +83,7 @@ typedef struct spi_pool_index {
   uint32_t kv_n[4];
   uint64_t served[4];
   uint64_t streams[4];          /* max_inflight */
+  uint64_t wait_fix[SPI_SUMMARY_CELLS];
   uint64_t reg[SPI_REPLICA_SLOTS / 64]; /* positions, by kind */
   uint64_t exc[SPI_REPLICA_SLOTS / 64];
   uint64_t creg[SPI_SUMMARY_CELLS][SPI_REPLICA_SLOTS / 64]; /* reg, by cell */

@@ -283,6 +283,7 @@ static void seed_one(const route_env *x, const spi_replica_set *set,
   mark_counted(sc, pos);
   sc->seed_kv[*n] = rd.fresh ? rd.kv : -1.0; /* -1: no KV pressure */
   sc->seed_served[*n] = rd.pf.served;
+  sc->seed_wait[*n] = spi__wait_fix(ev.wait_ms, rd.run, r->max_inflight);
   sc->byte_of[pos] = (uint8_t)(*n)++;
   cell_offer(sc, k, pos, rel_of(r, &rd), served_ratio(r, rd.pf.served), &ev);
 }
@@ -340,6 +341,7 @@ static void scan_lean(const route_env *x, const spi_replica_set *set,
   int64_t kv_spot = 0, kv_od = 0;
   uint64_t sv_spot = 0, sv_od = 0; /* tokens served by the usable */
   uint64_t st_spot = 0, st_od = 0; /* their max_inflight */
+  uint64_t wait_fix[SPI_SUMMARY_CELLS] = {0}; /* their spi__wait_fix */
   for (size_t i = 0; i < nrep; i++) {
     if (i && i % 64 == 0) {
       sc->counted[i / 64 - 1] = word;
@@ -352,6 +354,7 @@ static void scan_lean(const route_env *x, const spi_replica_set *set,
       /* Read and offered already: only counted here, in order. */
       double kvd = sc->seed_kv[sc->byte_of[i]];
       uint64_t sv = (uint64_t)sc->seed_served[sc->byte_of[i]];
+      wait_fix[r->cell] += sc->seed_wait[sc->byte_of[i]];
       uint64_t one = kvd >= 0; /* -1: its load is stale, no KV pressure */
       int64_t kv = one ? spi__kv_fix(kvd) : 0;
       kv_spot += spot ? kv : 0;
@@ -386,6 +389,7 @@ static void scan_lean(const route_env *x, const spi_replica_set *set,
     cell_acc *c = &sc->cell[r->cell];
     int advised = rd.advised_until > x->now;
     double wait = spi__prefill_wait_ms(cfg, rd.wait, rd.pf.queued, rd.pf.ms_tok);
+    wait_fix[r->cell] += spi__wait_fix(wait, rd.run, r->max_inflight);
     double t = spi__prefill_ttft_ms(cfg, wait, rd.run, r->inv_max_inflight,
                                     x->cold_tok, rd.pf.ms_tok, advised);
     double rel = rel_of(r, &rd);
@@ -417,6 +421,7 @@ static void scan_lean(const route_env *x, const spi_replica_set *set,
   sums->served[SPI_POOL_ON_DEMAND] += sv_od;
   sums->streams[SPI_POOL_SPOT] += st_spot;
   sums->streams[SPI_POOL_ON_DEMAND] += st_od;
+  for (int k = 0; k < SPI_SUMMARY_CELLS; k++) sums->wait_fix[k] += wait_fix[k];
   hint_store(x->e, sc);
 }
 
@@ -443,6 +448,7 @@ static void indexed_exception(const route_env *x, const spi_replica_set *set,
   sums->streams[r->pool] += r->max_inflight;
   replica_eval ev;
   eval_of(x, r, &rd, 0, 1, probe, &ev);
+  sums->wait_fix[r->cell] += spi__wait_fix(ev.wait_ms, rd.run, r->max_inflight);
   cell_offer(sc, r->cell, pos, rel_of(r, &rd), served_ratio(r, rd.pf.served), &ev);
 }
 
@@ -696,7 +702,10 @@ static int scan_indexed(const route_env *x, const spi_replica_set *set,
     spi__pix_release(p);
     return 0;
   }
-  for (int k = 0; k < SPI_SUMMARY_CELLS; k++) sc->cell[k].usable += p->usable[k];
+  for (int k = 0; k < SPI_SUMMARY_CELLS; k++) {
+    sc->cell[k].usable += p->usable[k];
+    sums->wait_fix[k] += p->wait_fix[k];
+  }
   for (int q = SPI_POOL_SPOT; q <= SPI_POOL_ON_DEMAND; q++) {
     sums->kv_fix[q] += p->kv_fix[q];
     sums->kv_n[q] += p->kv_n[q];
@@ -894,6 +903,8 @@ static void scan_full(const route_env *x, const spi_replica_set *set,
     if (ev.usable && r->cell >= 0) {
       sums->served[r->pool] += (uint64_t)ev.served;
       sums->streams[r->pool] += r->max_inflight;
+      sums->wait_fix[r->cell] += spi__wait_fix(ev.wait_ms, ev.running,
+                                               r->max_inflight);
       cell_add(sc, r->cell, (uint32_t)i, r, &ev);
     }
   }
@@ -918,6 +929,14 @@ void spi__pass_mean_served(const scan *sc, const pool_sums *sums,
                  sc->cell[SPI_SUMMARY_INDEX(p, SPI_TIER_LARGE)].usable;
     mean[p] = n ? (double)sums->served[p] / (double)n : 0.0;
     streams[p] = n ? (double)sums->streams[p] / (double)n : 0.0;
+  }
+}
+
+void spi__pass_mean_wait(const scan *sc, const pool_sums *sums,
+                         double wait[SPI_SUMMARY_CELLS]) {
+  for (int k = 0; k < SPI_SUMMARY_CELLS; k++) {
+    uint32_t n = sc->cell[k].usable;
+    wait[k] = n ? (double)sums->wait_fix[k] / 1000.0 / (double)n : 0.0;
   }
 }
 

@@ -182,6 +182,7 @@ typedef struct scan {
    * only where counted is set before the pass). */
   double seed_kv[SPI_SUMMARY_CELLS * HINT_N];
   double seed_served[SPI_SUMMARY_CELLS * HINT_N]; /* ... and tokens served */
+  uint64_t seed_wait[SPI_SUMMARY_CELLS * HINT_N]; /* ... and spi__wait_fix */
   /* One byte per position, read only where a bitmap says so: during the
    * pass, a hinted replica's index in seed_kv (where counted is set
    * before the pass); once the summaries are final, a named replica's
@@ -201,11 +202,25 @@ typedef struct pool_sums {
   uint32_t kv_n[4];          /* ... their count */
   uint64_t served[4];        /* tokens served by the usable */
   uint64_t streams[4];       /* max_inflight of the usable */
+  uint64_t wait_fix[SPI_SUMMARY_CELLS]; /* their spi__wait_fix, by cell */
 } pool_sums;
 /* A pool's mean KV usage (0 without an ACTIVE replica). */
 static inline double spi__pass_kv_mean(const pool_sums *s, int pool) {
   return s->kv_n[pool] ? (double)s->kv_fix[pool] / SPI_KV_ONE / s->kv_n[pool]
                        : 0.0;
+}
+
+/* A usable replica's part of its cell's prefill backlog (pool_sums), in
+ * microseconds: its wait behind queued prefill, none when its batch is
+ * full (its next request waits for a decode to end, which prefill
+ * elsewhere does not lengthen). Integers, so that every pass, whatever
+ * order it adds them in, comes to the same sum. */
+static inline uint64_t spi__wait_fix(double wait_ms, double running,
+                                     uint32_t max_inflight) {
+  double cap = max_inflight ? (double)max_inflight : 1.0;
+  if (running >= cap || !(wait_ms > 0)) return 0;
+  return wait_ms < 1e12 ? (uint64_t)(wait_ms * 1000.0 + 0.5)
+                        : UINT64_C(1000000000000000);
 }
 
 /* Pass over every replica of set: cands (full candidates, nrep of them)
@@ -217,6 +232,10 @@ void spi__pass_run(scan *sc, const route_env *x, const spi_replica_set *set,
  * empties any), and their mean max_inflight. */
 void spi__pass_mean_served(const scan *sc, const pool_sums *sums,
                            double mean[4], double streams[4]);
+/* Each cell's mean prefill backlog over its usable replicas, ms
+ * (spi_route_context.mean_prefill_wait_ms). */
+void spi__pass_mean_wait(const scan *sc, const pool_sums *sums,
+                         double wait[SPI_SUMMARY_CELLS]);
 /* A pool that sheds the route's class: no usable replica there. */
 void spi__pass_shed(scan *sc, int32_t pool, spi_candidate *cands, size_t nrep);
 /* The replicas that likely hold the longest matched prefix of hashes: their

@@ -133,6 +133,7 @@ typedef struct route_state {
   int32_t worst;      /* the higher of the two pools' pressures */
   double mean_served[4]; /* each pool's mean tokens served (usable) */
   double mean_streams[4]; /* ... and mean max_inflight */
+  double mean_wait[SPI_SUMMARY_CELLS]; /* each cell's prefill backlog, ms */
   spi_classification *cls;
   spi_candidate *cands;
   size_t ncand;
@@ -212,6 +213,7 @@ static int phase_replicas(route_state *rs, pool_sums *sums) {
   spi__pass_run(rs->sc, rs->env, rs->set, rs->nrep,
                 rs->compact ? NULL : rs->req->cands, sums);
   spi__pass_mean_served(rs->sc, sums, rs->mean_served, rs->mean_streams);
+  spi__pass_mean_wait(rs->sc, sums, rs->mean_wait);
   return SPI_OK;
 }
 
@@ -231,6 +233,7 @@ static void pass_for_capped_output(route_state *rs, pool_sums *sums) {
   spi__pass_run(rs->sc, x, rs->set, rs->nrep,
                 rs->compact ? NULL : rs->req->cands, sums);
   spi__pass_mean_served(rs->sc, sums, rs->mean_served, rs->mean_streams);
+  spi__pass_mean_wait(rs->sc, sums, rs->mean_wait);
 }
 
 /* Phase 3, pressure and breakers: each pool's KV breaker steps on the
@@ -325,6 +328,8 @@ static int phase_policy(route_state *rs) {
   for (int p = 0; p < 4; p++) x.mean_served_tokens[p] = rs->mean_served[p];
   x.prompt_tokens = (double)rs->tokens;
   for (int p = 0; p < 4; p++) x.mean_max_inflight[p] = rs->mean_streams[p];
+  for (int k = 0; k < SPI_SUMMARY_CELLS; k++)
+    x.mean_prefill_wait_ms[k] = rs->mean_wait[k];
   int rc = run_policy(sl->mod, sl->inst, &x, rs->ch);
   if (rc != SPI_OK && sl->mod != sl->builtin &&
       sl->mod->on_failure == SPI_ON_FAILURE_FALLBACK)

@@ -173,6 +173,12 @@ static int spi_go_ctx_has_sizes(const spi_route_context *ctx) {
                                  sizeof ctx->mean_max_inflight;
 }
 
+// Whether the context carries mean_prefill_wait_ms (since 0.3.0).
+static int spi_go_ctx_has_backlog(const spi_route_context *ctx) {
+  return ctx->struct_size >= offsetof(spi_route_context, mean_prefill_wait_ms) +
+                                 sizeof ctx->mean_prefill_wait_ms;
+}
+
 // The number of pool summaries, 0 when the library's context predates them
 // (struct_size does not cover the fields).
 static size_t spi_go_n_summaries(const spi_route_context *ctx) {
@@ -731,6 +737,11 @@ type RouteContext struct {
 	// MeanServedTokens * MaxInflight / MeanMaxInflight. Since 0.3.0 (zeros
 	// from an older library).
 	MeanMaxInflight [4]float64
+	// MeanPrefillWaitMs is, in Summaries' order (SummaryIndex), the mean
+	// EstWaitMs of the summary's usable replicas, one whose batch is full
+	// (Running >= MaxInflight) counted at 0: the pool and tier's prefill
+	// backlog. Since 0.3.0 (zeros from an older library).
+	MeanPrefillWaitMs [SummaryCells]float64
 }
 
 // Summary is the summary of pool and tier, or nil if there is none (pool
@@ -763,6 +774,11 @@ func routeContextFrom(c *C.spi_route_context, view *RequestView) *RouteContext {
 	if C.spi_go_ctx_has_sizes(c) != 0 {
 		for i := 0; i < 4; i++ {
 			ctx.MeanMaxInflight[i] = float64(c.mean_max_inflight[i])
+		}
+	}
+	if C.spi_go_ctx_has_backlog(c) != 0 {
+		for i := 0; i < SummaryCells; i++ {
+			ctx.MeanPrefillWaitMs[i] = float64(c.mean_prefill_wait_ms[i])
 		}
 	}
 	model := C.spi_go_candidate_has_model(c) != 0

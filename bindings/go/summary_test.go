@@ -425,6 +425,14 @@ func TestPolicySeesTTFTModel(t *testing.T) {
 	if second.MeanMaxInflight[PoolSpot] != 16 || second.MeanMaxInflight[PoolOnDemand] != 16 {
 		t.Fatalf("%+v", second.MeanMaxInflight)
 	}
+	// The prefill backlog: that wait, over the replicas of its summary.
+	backlog := 0.0
+	for i, s := range second.Summaries {
+		backlog += second.MeanPrefillWaitMs[i] * float64(s.Usable)
+	}
+	if first.MeanPrefillWaitMs != [SummaryCells]float64{} || math.Abs(backlog-on.EstWaitMs) > 1e-3 {
+		t.Fatalf("%+v %v %v", first.MeanPrefillWaitMs, backlog, on.EstWaitMs)
+	}
 	must(t, d1.Ticket.Finish(TicketResult{}))
 	must(t, d2.Ticket.Finish(TicketResult{}))
 }

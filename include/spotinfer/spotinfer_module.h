@@ -302,6 +302,13 @@ typedef struct spi_route_context {
    * the pool's work is mean_served_tokens * max_inflight /
    * mean_max_inflight. */
   double mean_max_inflight[4];
+  /* Since 0.3.0: by summary (SPI_SUMMARY_INDEX order), the mean of its
+   * usable replicas' est_wait_ms, a replica whose batch is full (running
+   * >= max_inflight) counted at 0, for its next request waits for a decode
+   * to end, which prefill elsewhere does not lengthen: the prefill backlog
+   * of the pool and tier (0 when it has no usable replica). A summary's
+   * usable says how many replicas the mean is over. */
+  double mean_prefill_wait_ms[SPI_SUMMARY_CELLS];
 } spi_route_context;
 
 /* A policy's answer: indices into the candidates, best first. */

@@ -1482,10 +1482,10 @@ static void seen_cand(seen *o, size_t *at, const spi_route_context *x,
   }
   const spi_candidate *c = &x->candidates[i];
   *at += (size_t)snprintf(o->text + *at, sizeof o->text - *at,
-                          " %.*s/%d%d/%a/%a/%a/%u/%u/%a/%a/%a", (int)c->id_len,
+                          " %.*s/%d%d/%a/%a/%a/%u/%u/%u/%a/%a/%a", (int)c->id_len,
                           c->id, c->eligible, c->probe, c->est_ttft_ms,
                           c->est_wait_ms, c->running + c->waiting,
-                          c->inflight, c->matched_blocks, c->kv_usage,
+                          c->inflight, c->matched_blocks, c->match_flags, c->kv_usage,
                           c->served_tokens, c->prefill_tokens_per_s);
 }
 
@@ -1502,7 +1502,8 @@ static int seen_choose(void *state, void *inst, const spi_route_context *x,
                                x->pressure[2]);
   for (size_t k = 0; k < x->n_summaries && at < sizeof o->text - 512; k++) {
     const spi_pool_summary *m = &x->summaries[k];
-    at += (size_t)snprintf(o->text + at, sizeof o->text - at, "\n%u:", m->usable);
+    at += (size_t)snprintf(o->text + at, sizeof o->text - at, "\n%u %a:",
+                           m->usable, x->mean_prefill_wait_ms[k]);
     for (uint32_t j = 0; j < m->n_top; j++) seen_cand(o, &at, x, m->top[j]);
     seen_cand(o, &at, x, m->warm);
     seen_cand(o, &at, x, m->least);

@@ -594,6 +594,7 @@ class RouteContext(_Struct):
         ("mean_served_tokens", c_double * 4),  # since 0.3.0
         ("prompt_tokens", c_double),
         ("mean_max_inflight", c_double * 4),
+        ("mean_prefill_wait_ms", c_double * SUMMARY_CELLS),
     ]
 
 

@@ -307,6 +307,11 @@ class RouteContext:
     # replica's size: mean_served_tokens * max_inflight / mean_max_inflight
     # (since 0.3.0; zeros from an older library).
     mean_max_inflight: Tuple[float, float, float, float] = (0.0, 0.0, 0.0, 0.0)
+    # In SPI_SUMMARY_INDEX order, the mean est_wait_ms of the summary's
+    # usable replicas, a full batch (running >= max_inflight) counted at 0:
+    # the pool and tier's prefill backlog (since 0.3.0; zeros from an older
+    # library).
+    mean_prefill_wait_ms: Tuple[float, float, float, float] = (0.0, 0.0, 0.0, 0.0)
 
     def summary(self, pool: Union[Pool, int, str],
                 model_tier: Union[ModelTier, int, str]) -> Optional[PoolSummary]:
@@ -715,17 +720,21 @@ _MODEL_END = _n.RouteContext.prompt_tokens.offset + _n.RouteContext.prompt_token
 
 _SIZES_END = (_n.RouteContext.mean_max_inflight.offset +
               _n.RouteContext.mean_max_inflight.size)
+_BACKLOG_END = (_n.RouteContext.mean_prefill_wait_ms.offset +
+                _n.RouteContext.mean_prefill_wait_ms.size)
 
 
 def _model_fields(ctx: _n.RouteContext) -> Dict[str, Any]:
-    """mean_served_tokens, prompt_tokens and mean_max_inflight, each when
-    struct_size covers it."""
+    """mean_served_tokens, prompt_tokens, mean_max_inflight and
+    mean_prefill_wait_ms, each when struct_size covers it."""
     if ctx.struct_size < _MODEL_END:
         return {}
     out = {"mean_served_tokens": tuple(ctx.mean_served_tokens),
            "prompt_tokens": ctx.prompt_tokens}
     if ctx.struct_size >= _SIZES_END:
         out["mean_max_inflight"] = tuple(ctx.mean_max_inflight)
+    if ctx.struct_size >= _BACKLOG_END:
+        out["mean_prefill_wait_ms"] = tuple(ctx.mean_prefill_wait_ms)
     return out
 
 

@@ -336,6 +336,11 @@ def test_python_policy_sees_the_ttft_model(world):
     assert second.mean_served_tokens[int(on.pool)] == (first.prompt_tokens + 256) / 2
     # Every replica of the world takes 16 at once.
     assert second.mean_max_inflight[int(on.pool)] == 16
+    # The prefill backlog: that wait, over the replicas of its summary.
+    assert first.mean_prefill_wait_ms == (0, 0, 0, 0)
+    backlog = sum(w * s.usable for w, s in
+                  zip(second.mean_prefill_wait_ms, second.summaries))
+    assert backlog == pytest.approx(on.est_wait_ms, abs=1e-3)  # microseconds
     d1.ticket.finish()
     d2.ticket.finish()
 
