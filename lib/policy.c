@@ -244,7 +244,6 @@ static void fold(const spi_route_context *x, const spi_pool_summary *s,
   }
 }
 
-/* The summary of pool for tier (0 = any tier). */
 /* Fold the summary of pool and tier into m, with its prefill backlog. */
 static void fold_tier(const spi_route_context *x, int32_t pool, int32_t tier,
                       summary *m) {
@@ -255,6 +254,7 @@ static void fold_tier(const spi_route_context *x, int32_t pool, int32_t tier,
                   (double)s->usable;
 }
 
+/* The summary of pool for tier (0 = any tier). */
 static void summarise(const spi_route_context *x, int32_t pool, int32_t tier,
                       summary *m) {
   m->warm = m->best = m->second = m->least = m->rdv = -1;
