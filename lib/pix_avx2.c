@@ -34,7 +34,7 @@ void spi__pix_ttft_avx2(double *t, const double *wait, const double *ms,
     p = _mm256_mul_pd(p, _mm256_loadu_pd(slow + i));
     _mm256_storeu_pd(t + i, _mm256_add_pd(a, p));
   }
-  for (; i < n; i++) t[i] = (base + wait[i]) + (cold * ms[i]) * slow[i];
+  spi__pix_ttft_from(i, t, wait, ms, slow, n, base, cold);
   _mm256_zeroupper();
 }
 
@@ -47,7 +47,7 @@ uint64_t spi__pix_under_avx2(const double *t, size_t n, double thr) {
     m |= (uint64_t)(unsigned)_mm256_movemask_pd(
              _mm256_cmp_pd(_mm256_loadu_pd(t + i), th, _CMP_LE_OQ))
          << i;
-  for (; i < n; i++) m |= (uint64_t)(t[i] <= thr) << i;
+  m |= spi__pix_under_from(i, t, n, thr);
   _mm256_zeroupper();
   return m;
 }
@@ -57,12 +57,10 @@ uint64_t spi__pix_under_avx2(const double *t, size_t n, double thr) {
 void spi__pix_ttft_avx2(double *t, const double *wait, const double *ms,
                         const double *slow, size_t n, double base,
                         double cold) {
-  for (size_t i = 0; i < n; i++) t[i] = (base + wait[i]) + (cold * ms[i]) * slow[i];
+  spi__pix_ttft_from(0, t, wait, ms, slow, n, base, cold);
 }
 
 uint64_t spi__pix_under_avx2(const double *t, size_t n, double thr) {
-  uint64_t m = 0;
-  for (size_t i = 0; i < n; i++) m |= (uint64_t)(t[i] <= thr) << i;
-  return m;
+  return spi__pix_under_from(0, t, n, thr);
 }
 #endif

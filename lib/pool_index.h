@@ -159,8 +159,30 @@ void spi__pix_rdv_offer(pix_rdv *o, pix_rdv_acc *a, int k, uint64_t w,
 void spi__pix_rdv_avx512(pix_rdv *o, pix_rdv_acc *a, const spi_pool_index *p,
                          uint64_t rkey);
 
-/* A block's TTFTs, t[i] = (base + wait[i]) + (cold * ms[i]) * slow[i] for
- * i < n, and the mask of those at most thr (false for a NaN), with
+/* One TTFT of the index's values: (base + wait) + (cold * ms) * slow, in
+ * this order (floating point does not reassociate), so that every loop and
+ * build, scalar or wide, comes to the same bits as indexed_t. */
+static inline double spi__pix_ttft(double base, double wait, double cold,
+                                   double ms, double slow) {
+  return (base + wait) + (cold * ms) * slow;
+}
+
+/* A block's TTFTs from position i on, and the mask of those at most thr
+ * (false for a NaN), a position at a time: the scalar loops, and the wide
+ * builds' tails. */
+static inline void spi__pix_ttft_from(size_t i, double *t, const double *wait,
+                                      const double *ms, const double *slow,
+                                      size_t n, double base, double cold) {
+  for (; i < n; i++) t[i] = spi__pix_ttft(base, wait[i], cold, ms[i], slow[i]);
+}
+static inline uint64_t spi__pix_under_from(size_t i, const double *t, size_t n,
+                                           double thr) {
+  uint64_t m = 0;
+  for (; i < n; i++) m |= (uint64_t)(t[i] <= thr) << i;
+  return m;
+}
+
+/* A block's TTFTs for i < n and the mask of those at most thr, with
  * AVX-512 (rdv_wide.c; callers check p->wide): the same bits as the
  * scalar loops. */
 void spi__pix_ttft_avx512(double *t, const double *wait, const double *ms,

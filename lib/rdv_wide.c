@@ -107,12 +107,10 @@ uint64_t spi__pix_under_avx512(const double *t, size_t n, double thr) {
 void spi__pix_ttft_avx512(double *t, const double *wait, const double *ms,
                           const double *slow, size_t n, double base,
                           double cold) {
-  for (size_t i = 0; i < n; i++) t[i] = (base + wait[i]) + (cold * ms[i]) * slow[i];
+  spi__pix_ttft_from(0, t, wait, ms, slow, n, base, cold);
 }
 
 uint64_t spi__pix_under_avx512(const double *t, size_t n, double thr) {
-  uint64_t m = 0;
-  for (size_t i = 0; i < n; i++) m |= (uint64_t)(t[i] <= thr) << i;
-  return m;
+  return spi__pix_under_from(0, t, n, thr);
 }
 #endif

@@ -482,7 +482,8 @@ static void indexed_eval(const spi_pool_index *p, uint32_t pos, double t,
 /* The TTFT of the regular replica h for this request: the TTFT model's
  * operations in its order (prefill_model.h), so the same bits. */
 static inline double indexed_t(const route_env *x, const pix_hot *h) {
-  return (x->cfg->ttft_base_ms + h->wait_ms) + (x->cold_tok * h->ms_tok) * h->slow;
+  return spi__pix_ttft(x->cfg->ttft_base_ms, h->wait_ms, x->cold_tok,
+                       h->ms_tok, h->slow);
 }
 
 
@@ -614,8 +615,7 @@ static void block_ttft(const route_env *x, spi_pool_index *p, uint32_t w) {
     spi__pix_ttft_avx2(t, wait, ms, slow, n, base, cold);
   else
 #endif
-    for (size_t i = 0; i < n; i++)
-      t[i] = (base + wait[i]) + (cold * ms[i]) * slow[i];
+    spi__pix_ttft_from(0, t, wait, ms, slow, n, base, cold);
   p->tdone |= UINT64_C(1) << w;
 }
 
@@ -642,7 +642,7 @@ static uint64_t block_under(const spi_pool_index *p, int k, uint32_t w,
     m |= (uint64_t)(UNDER2(0) | UNDER2(2) | UNDER2(4) | UNDER2(6)) << i;
 #undef UNDER2
 #endif
-  for (; i < n; i++) m |= (uint64_t)(t[i] <= thr) << i;
+  m |= spi__pix_under_from(i, t, n, thr);
   return m & p->creg[k][w];
 }
 
@@ -657,7 +657,8 @@ static void indexed_top(const route_env *x, spi_pool_index *p, scan *sc,
   for (uint32_t w = 0; w < (p->n + 63) / 64; w++) {
     const pix_block *b = &p->blk[k][w];
     if (!b->n) continue;
-    lb[w] = (x->cfg->ttft_base_ms + b->wait_ms) + (x->cold_tok * b->ms_tok) * b->slow;
+    lb[w] = spi__pix_ttft(x->cfg->ttft_base_ms, b->wait_ms, x->cold_tok,
+                          b->ms_tok, b->slow);
     todo |= UINT64_C(1) << w;
   }
   while (todo) {
