@@ -67,7 +67,7 @@ static inline void eval_of(const route_env *x, const spi_replica_ident *r,
   o->fresh = (uint8_t)rd->fresh;
   o->inflight = rd->inflight;
   o->matched = matched;
-  o->continued = 0;
+  o->match_flags = 0;
   o->active = rd->state == SPI_REPLICA_ACTIVE;
   o->advised = rd->advised_until > x->now;
   o->rate = rd->pf.rate;
@@ -99,23 +99,17 @@ static void fill_candidate(spi_candidate *c, const spi_replica_ident *r,
   c->id_len = r->id_len;
   c->pool = r->pool;
   c->model_tier = r->model_tier;
-  c->eligible = ev->usable && !ev->probe;
+  c->eligible = (ev->usable != 0) & !ev->probe;
   c->probe = ev->probe;
   c->fresh = ev->fresh;
   c->advised = ev->advised;
-  c->running = ev->running;
-  c->waiting = ev->waiting;
-  c->kv_usage = ev->kv_usage;
-  c->inflight = ev->inflight;
+  /* The evaluation's fields as they lie (replica_eval), around the two
+   * that come from the identity. */
+  memcpy(&c->running, &ev->running, SPI_EV_AT(inflight) + sizeof ev->inflight);
   c->max_inflight = r->max_inflight;
-  c->matched_blocks = ev->matched;
-  c->match_flags = ev->continued ? SPI_MATCH_CONTINUED : 0;
-  c->rendezvous = ev->rdv;
-  c->est_ttft_ms = ev->t;
+  memcpy(&c->matched_blocks, &ev->matched, SPI_EV_AT(hole_usd) - SPI_EV_AT(matched));
   c->usd_per_hour = r->usd_per_hour;
-  c->est_wait_ms = ev->wait_ms;
-  c->served_tokens = ev->served;
-  c->prefill_tokens_per_s = ev->rate;
+  memcpy(&c->est_wait_ms, &ev->wait_ms, SPI_EV_AT(ms_tok) - SPI_EV_AT(wait_ms));
 }
 
 
@@ -465,7 +459,7 @@ static void indexed_eval(const spi_pool_index *p, uint32_t pos, double t,
   o->fresh = 1;
   o->inflight = c->inflight;
   o->matched = 0;
-  o->continued = 0;
+  o->match_flags = 0;
   o->active = 1;
   o->advised = 0;
   o->rate = c->rate;
@@ -495,8 +489,8 @@ static inline double indexed_t(const route_env *x, const pix_hot *h) {
  * first: the evaluation is written once, straight into the arena, and only
  * if the replica gets in somewhere. (What it enters does not depend on the
  * order the three are tested in: each summary keeps its own.) */
-static __attribute__((noinline)) void
-indexed_offer_first(const route_env *x, const spi_pool_index *p, scan *sc,
+static inline __attribute__((always_inline)) void
+offer_body(const route_env *x, const spi_pool_index *p, scan *sc,
                     uint32_t pos, double t) {
   const pix_hot *h = &p->hot[pos];
   cell_acc *c = &sc->cell[h->cell];
@@ -520,6 +514,11 @@ indexed_offer_first(const route_env *x, const spi_pool_index *p, scan *sc,
     c->rdv_w = w;
     c->rdv_pos = pos;
   }
+}
+static __attribute__((noinline)) void
+indexed_offer_first(const route_env *x, const spi_pool_index *p, scan *sc,
+                    uint32_t pos, double t) {
+  offer_body(x, p, sc, pos, t);
 }
 /* Inlined: most calls find the replica offered already. t is its TTFT
  * (indexed_t), when the caller has it. */
@@ -550,7 +549,12 @@ static void indexed_seed(const route_env *x, const spi_pool_index *p,
       uint32_t v = (uint32_t)(word & 0xffffu);
       if (v == 0 || v > p->n) continue;
       const pix_hot *ht = &p->hot[v - 1];
-      if (ht->kind == PIX_REG && ht->cell == k) indexed_offer(x, p, sc, v - 1);
+      uint32_t pos = v - 1;
+      uint64_t bit = UINT64_C(1) << (pos % 64);
+      if (ht->kind != PIX_REG || ht->cell != k || (sc->offered[pos / 64] & bit))
+        continue;
+      sc->offered[pos / 64] |= bit;
+      offer_body(x, p, sc, pos, indexed_t(x, ht));
     }
   }
 }
@@ -670,8 +674,11 @@ static void indexed_top(const route_env *x, spi_pool_index *p, scan *sc,
     if (!top_enters(c, lb[best], best * 64)) return;
     todo &= ~(UINT64_C(1) << best);
     if (!(p->tdone >> best & 1)) block_ttft(x, p, best);
-    /* Only those at most the threshold now may get in (it only drops). */
-    for (uint64_t m = block_under(p, k, best, c->thr_t); m; m &= m - 1) {
+    /* Only those at most the threshold now may get in (it only drops),
+     * and only those not offered yet (the seeds, mostly) would be offered
+     * (indexed_offer_t). */
+    uint64_t fresh = ~sc->offered[best];
+    for (uint64_t m = block_under(p, k, best, c->thr_t) & fresh; m; m &= m - 1) {
       uint32_t pos = best * 64 + (uint32_t)__builtin_ctzll(m);
       double t = p->t_now[pos]; /* indexed_t's bits (block_ttft) */
       if (ttft_before(t, pos, c->thr_t, c->thr_pos))
@@ -958,7 +965,7 @@ static void eval_from_candidate(const route_env *x, const spi_replica_ident *r,
   o->rdv = c->rendezvous;
   o->inflight = c->inflight;
   o->matched = matched;
-  o->continued = 0;
+  o->match_flags = 0;
   o->active = 1;
   o->usable = (uint8_t)(c->eligible || c->probe);
   o->probe = (uint8_t)c->probe;
@@ -1005,7 +1012,7 @@ static void prefix_holder(scan *sc, const route_env *x,
   } else {
     return; /* not usable when the pass met it */
   }
-  ev->continued = (uint8_t)continued;
+  ev->match_flags = continued ? SPI_MATCH_CONTINUED : 0;
   if (cands) {
     cands[pos].matched_blocks = matched;
     cands[pos].match_flags = continued ? SPI_MATCH_CONTINUED : 0;

@@ -27,17 +27,37 @@ typedef struct route_env {
   int long_request;         /* too long for an advised machine */
 } route_env;
 
-/* One replica as this request sees it. */
+/* One replica as this request sees it. From running to rate the fields
+ * are spi_candidate's from running to prefill_tokens_per_s, at the same
+ * offsets from running, so a candidate takes them in three copies
+ * (fill_candidate); the two holes are the candidate's fields that come
+ * from the replica's identity (max_inflight, usd_per_hour), never read
+ * here. */
 typedef struct replica_eval {
   double running, waiting, kv_usage; /* stale reads as saturated */
-  double t;                 /* est TTFT, ms */
-  double wait_ms, served, rate, ms_tok; /* the TTFT model's parts
-                                           (prefill_model.h) */
+  uint32_t inflight;
+  uint32_t hole_max_inflight; /* spi_candidate.max_inflight's place */
+  uint32_t matched;
+  uint32_t match_flags;     /* SPI_MATCH_CONTINUED or 0 (spi_candidate) */
   uint64_t rdv;             /* rendezvous weight */
-  uint32_t inflight, matched;
+  double t;                 /* est TTFT, ms */
+  double hole_usd;          /* spi_candidate.usd_per_hour's place */
+  double wait_ms, served, rate; /* the TTFT model's parts */
+  double ms_tok;            /* ... (prefill_model.h) */
   uint8_t active, usable, probe, busy, fresh, advised;
-  uint8_t continued;        /* SPI_MATCH_CONTINUED (spi_candidate) */
 } replica_eval;
+
+#define SPI_EV_AT(f) (offsetof(replica_eval, f) - offsetof(replica_eval, running))
+#define SPI_CAND_AT(f) (offsetof(spi_candidate, f) - offsetof(spi_candidate, running))
+_Static_assert(SPI_EV_AT(inflight) == SPI_CAND_AT(inflight) &&
+                   SPI_EV_AT(matched) == SPI_CAND_AT(matched_blocks) &&
+                   SPI_EV_AT(match_flags) == SPI_CAND_AT(match_flags) &&
+                   SPI_EV_AT(rdv) == SPI_CAND_AT(rendezvous) &&
+                   SPI_EV_AT(t) == SPI_CAND_AT(est_ttft_ms) &&
+                   SPI_EV_AT(wait_ms) == SPI_CAND_AT(est_wait_ms) &&
+                   SPI_EV_AT(served) == SPI_CAND_AT(served_tokens) &&
+                   SPI_EV_AT(rate) == SPI_CAND_AT(prefill_tokens_per_s),
+               "an evaluation lies as a candidate does (fill_candidate)");
 
 /* The summary's definitions, one place each. Load is divided by the
  * capacity, not multiplied by its inverse: the header defines it so, and
