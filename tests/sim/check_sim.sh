@@ -10,7 +10,8 @@
 # shared spot traces (drawn from the seed, or --spot-start: the capacity the
 # traces have there); the shape of --speed's lines; the Mooncake trace over
 # 32 replicas within a token-load imbalance of 1.3 (1.373 when a shared
-# document's readers counted as one conversation; 1.188 now).
+# document's readers counted as one conversation; 1.188 now); the targets
+# program's lines as tests/sim/targets_report.py reads them.
 #
 #   check_sim.sh <spotinfer_sim> <shared data dir>
 set -euo pipefail
@@ -68,6 +69,26 @@ oracle_bound() {
   done
 }
 oracle_bound "$tmp/a.json"
+
+# tests/sim/targets_report.py on hand-made lines: a hit line below 95 % of
+# the pooled ceiling counts as a miss and fails --strict; a baseline with
+# more hits at no worse imbalance is a miss too; input that is not the
+# targets program's exits 2.
+report=$(dirname "${BASH_SOURCE[0]}")/targets_report.py
+hit() { printf '{"target":"hit","trace":"t","policy":"%s","hit_pct":%s,"pooled_ceiling_pct":50,"hit_of_pooled_pct":%s,"token_imbalance":%s}\n' "$@"; }
+{ hit library 48 96 1.1; hit greedy 47 94 1.0
+  printf '{"target":"spot","trace":"t","window":"drawn","seed":3,"policy":"library","savings_of_max_pct":91,"savings_of_reachable_pct":95,"lost":0,"gold_p95_vs_calm":1.0}\n'
+} >"$tmp/r1.jsonl"
+{ hit library 46 92 1.1; hit sglang 49 98 1.3; } >"$tmp/r2.jsonl"
+python3 "$report" --strict "$tmp/r1.jsonl" >"$tmp/r.txt" || fail "targets_report --strict on lines that meet the bars"
+grep -q '^hit lines 1/1; spot lines (drawn) 1/1 of the class-feasible maximum, 1/1' "$tmp/r.txt" || fail "targets_report: $(cat "$tmp/r.txt")"
+rc=0; python3 "$report" --strict "$tmp/r1.jsonl" "$tmp/r2.jsonl" >"$tmp/r.txt" || rc=$?
+[[ $rc -eq 1 ]] && grep -q 'hit 1/2 (r2.jsonl:92.0@1.100)' "$tmp/r.txt" || fail "targets_report: a miss not reported ($rc): $(cat "$tmp/r.txt")"
+{ hit library 48 96 1.2; hit epp 49 97 1.2; } >"$tmp/r3.jsonl"
+python3 "$report" "$tmp/r3.jsonl" | grep -q '^hit lines 0/1' || fail "targets_report: a baseline ahead at no worse imbalance not a miss"
+printf 'not json\n' >"$tmp/r4.jsonl"
+rc=0; python3 "$report" "$tmp/r4.jsonl" 2>/dev/null || rc=$?
+[[ $rc -eq 2 ]] || fail "targets_report on bad input exited $rc, not 2"
 
 # A different seed gives a different run.
 "$sim" --quiet --requests 2000 --seed 8 --policies library >"$tmp/c.txt" || fail "seed 8 run"
@@ -324,6 +345,15 @@ for r in rows:
     assert r["bench"] == "sim_speed" and r["requests"] > 0, r
     assert r["requests_per_loop_cpu_s"] >= r["requests_per_loop_cpu_s_median"] > 0, r
 PY
+  # The targets program, one family on a short run, read by
+  # tests/sim/targets_report.py: every line counted where it belongs (600
+  # requests are too few for the bars, so only the shape is checked here).
+  "$sim" --targets "$data" --family long-gen --requests 600 --seed 2 >"$tmp/t.jsonl" \
+    || fail "--targets exited $?"
+  python3 "$report" "$tmp/t.jsonl" >"$tmp/t.txt" || fail "targets_report exited $?"
+  grep -Eq '^hit lines [01]/1; spot lines \(drawn\) [01]/1 of the class-feasible maximum, [01]/1 of the reachable; replay 0/0$' \
+    "$tmp/t.txt" || fail "targets_report: $(head -1 "$tmp/t.txt")"
+  grep -q 'generator:long-gen \[trace-start\]' "$tmp/t.txt" || fail "targets_report: no trace-start row"
 else
   echo "shared data not found; the trace runs are skipped"
 fi
