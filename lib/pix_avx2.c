@@ -1,6 +1,7 @@
 /*
- * pix_avx2.c - the pool index's loops over a block's TTFTs with AVX2, for
- * CPUs without AVX-512 (rdv_wide.c has those).
+ * pix_avx2.c - the pool index's loops over every position with AVX2, for
+ * CPUs without AVX-512 (rdv_wide.c has those): a block's TTFTs, and the
+ * rendezvous order of a prefix.
  *
  * A block's TTFTs (replica_pass.c, block_ttft) are the TTFT model's
  * operations on the index's arrays, and the positions under a threshold
@@ -10,10 +11,21 @@
  * (never fused: -mavx2 does not enable FMA, gcc does not contract ISO C,
  * and clang is told not to), so the same bits.
  *
+ * The rendezvous order (pool_index.c, spi__pix_rdv) weighs every replica
+ * of the set: splitmix64's finaliser of id_hash ^ rkey, four lanes at a
+ * time. AVX2 has no 64-bit multiply, so each product's low 64 bits are
+ * made from three 32-bit ones (lo * lo + ((lo * hi + hi * lo) << 32), all
+ * modulo 2^64, as the scalar multiply is): the same bits as
+ * spi__rdv_weight's. As in rdv_wide.c, a lane is offered to the order
+ * (spi__pix_rdv_offer) only when its weight is at least its cell's
+ * lightest kept one, so the order is the same as one made one by one.
+ *
  * CMake compiles this file with -mavx2 and defines SPI_HAVE_PIX_AVX2 only
  * on x86-64 compilers that accept the flag; pool_index.c calls it only
  * after checking that the CPU has AVX2.
  */
+#include <string.h>
+
 #include "pool_index.h"
 
 #if SPI_HAVE_PIX_AVX2
@@ -51,6 +63,75 @@ uint64_t spi__pix_under_avx2(const double *t, size_t n, double thr) {
   _mm256_zeroupper();
   return m;
 }
+/* The low 64 bits of each lane times c. */
+static __m256i mullo64(__m256i a, uint64_t c) {
+  const __m256i lo = _mm256_set1_epi64x((long long)(c & 0xffffffffu));
+  const __m256i hi = _mm256_set1_epi64x((long long)(c >> 32));
+  __m256i cross = _mm256_add_epi64(_mm256_mul_epu32(a, hi),
+                                   _mm256_mul_epu32(_mm256_srli_epi64(a, 32), lo));
+  return _mm256_add_epi64(_mm256_mul_epu32(a, lo), _mm256_slli_epi64(cross, 32));
+}
+
+/* spi__rdv_weight of four lanes (id_hash ^ rkey already). */
+static __m256i mix_lanes(__m256i v) {
+  v = _mm256_xor_si256(v, _mm256_srli_epi64(v, 30));
+  v = mullo64(v, 0xbf58476d1ce4e5b9ULL);
+  v = _mm256_xor_si256(v, _mm256_srli_epi64(v, 27));
+  v = mullo64(v, 0x94d049bb133111ebULL);
+  return _mm256_xor_si256(v, _mm256_srli_epi64(v, 31));
+}
+
+/* Each cell's lightest kept weight, lane k (0 while the cell's order is
+ * not full: every weight is at least that), its sign bit flipped for
+ * signed compares. */
+static __m256i floors(const pix_rdv *o, const pix_rdv_acc *a, __m256i sign) {
+  uint64_t f[4] = {0, 0, 0, 0};
+  for (int k = 0; k < SPI_SUMMARY_CELLS; k++)
+    if (o->n[k] == PIX_RDV_TOP) f[k] = a->wt[k][PIX_RDV_TOP - 1];
+  return _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)(const void *)f), sign);
+}
+
+/* The lanes whose cell is one (0..3) and whose weight wt is at least that
+ * cell's floor, as four bits. */
+static unsigned may_enter(__m256i wt, const int8_t *cells, __m256i floor,
+                          __m256i sign) {
+  int32_t c4;
+  memcpy(&c4, cells, sizeof c4);
+  __m256i cell = _mm256_cvtepi8_epi64(_mm_cvtsi32_si128(c4));
+  __m256i in = _mm256_cmpgt_epi64(cell, _mm256_set1_epi64x(-1));
+  /* The cell's floor in each lane: 32-bit halves 2c and 2c + 1 (a lane
+   * of no cell reads cell 0's, and is masked out by in). */
+  __m256i c2 = _mm256_slli_epi64(_mm256_and_si256(cell, in), 1);
+  __m256i idx = _mm256_or_si256(
+      c2, _mm256_slli_epi64(_mm256_add_epi64(c2, _mm256_set1_epi64x(1)), 32));
+  __m256i fl = _mm256_permutevar8x32_epi32(floor, idx);
+  /* wt >= fl, unsigned: not (fl > wt) with both signs flipped. */
+  __m256i below = _mm256_cmpgt_epi64(fl, _mm256_xor_si256(wt, sign));
+  return (unsigned)_mm256_movemask_pd(_mm256_castsi256_pd(_mm256_andnot_si256(below, in)));
+}
+
+void spi__pix_rdv_avx2(pix_rdv *o, pix_rdv_acc *a, const spi_pool_index *p,
+                       uint64_t rkey) {
+  _Static_assert(SPI_SUMMARY_CELLS <= 4, "a cell's floor fits a lane");
+  const __m256i key = _mm256_set1_epi64x((long long)rkey);
+  const __m256i sign = _mm256_set1_epi64x((long long)0x8000000000000000ULL);
+  __m256i floor = floors(o, a, sign);
+  uint64_t w[4];
+  /* Positions n.. up to a multiple of 8 have cell -1 (pool_index.c). */
+  for (size_t i = 0; i < p->n; i += 4) {
+    __m256i wt = mix_lanes(_mm256_xor_si256(
+        _mm256_loadu_si256((const __m256i *)(const void *)&p->id_hash_at[i]), key));
+    unsigned may = may_enter(wt, &p->cell_at[i], floor, sign);
+    if (!may) continue;
+    _mm256_storeu_si256((__m256i *)(void *)w, wt);
+    for (; may; may &= may - 1) {
+      unsigned j = (unsigned)__builtin_ctz(may);
+      spi__pix_rdv_offer(o, a, p->cell_at[i + j], w[j], (uint32_t)(i + j));
+    }
+    floor = floors(o, a, sign);
+  }
+  _mm256_zeroupper();
+}
 #else
 /* Without the AVX2 build the index never calls these (its avx2 flag is 0);
  * they exist so that tests link either way. */
@@ -62,5 +143,10 @@ void spi__pix_ttft_avx2(double *t, const double *wait, const double *ms,
 
 uint64_t spi__pix_under_avx2(const double *t, size_t n, double thr) {
   return spi__pix_under_from(0, t, n, thr);
+}
+
+void spi__pix_rdv_avx2(pix_rdv *o, pix_rdv_acc *a, const spi_pool_index *p,
+                       uint64_t rkey) {
+  spi__pix_rdv_each(o, a, p, rkey);
 }
 #endif

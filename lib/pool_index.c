@@ -481,8 +481,8 @@ static int rdv_wide(void) {
 #endif
 }
 
-/* Whether a block's TTFTs go four at a time (pix_avx2.c), on CPUs with
- * AVX2 but not the AVX-512 of rdv_wide. */
+/* Whether a block's TTFTs and the rendezvous order go four at a time
+ * (pix_avx2.c), on CPUs with AVX2 but not the AVX-512 of rdv_wide. */
 static int pix_avx2(void) {
 #if SPI_HAVE_PIX_AVX2
   __builtin_cpu_init();
@@ -490,6 +490,16 @@ static int pix_avx2(void) {
 #else
   return 0;
 #endif
+}
+
+void spi__pix_rdv_each(pix_rdv *o, pix_rdv_acc *a, const spi_pool_index *p,
+                       uint64_t rkey) {
+  for (size_t i = 0; i < p->n; i++) {
+    int k = p->cell_at[i];
+    if (k >= 0)
+      spi__pix_rdv_offer(o, a, k, spi__rdv_weight(p->id_hash_at[i], rkey),
+                         (uint32_t)i);
+  }
 }
 
 /* Weigh every replica of the set p describes for x->rkey (from the
@@ -500,16 +510,12 @@ static void rdv_make(pix_rdv *o, const spi_pool_index *p, const route_env *x,
                      const spi_replica_set *set) {
   pix_rdv_acc a;
   memset(o->n, 0, sizeof o->n);
-  if (p->n >= 16 && p->wide) {
+  if (p->n >= 16 && p->wide)
     spi__pix_rdv_avx512(o, &a, p, x->rkey);
-  } else {
-    for (size_t i = 0; i < p->n; i++) {
-      int k = p->cell_at[i];
-      if (k >= 0)
-        spi__pix_rdv_offer(o, &a, k, spi__rdv_weight(p->id_hash_at[i], x->rkey),
-                           (uint32_t)i);
-    }
-  }
+  else if (p->n >= 16 && p->avx2)
+    spi__pix_rdv_avx2(o, &a, p, x->rkey);
+  else
+    spi__pix_rdv_each(o, &a, p, x->rkey);
   o->rkey = x->rkey;
   o->version = set->version;
 }

@@ -68,8 +68,8 @@ typedef struct pix_rdv {
 typedef struct spi_pool_index {
   atomic_int taken;             /* held by the one route using it */
   int wide;                     /* the CPU has AVX-512 F and DQ (rdv_wide.c) */
-  int avx2;                     /* ... or AVX2, for a block's TTFTs
-                                   (pix_avx2.c) */
+  int avx2;                     /* ... or AVX2, for a block's TTFTs and
+                                   the rendezvous order (pix_avx2.c) */
   uint64_t version;             /* the set described (0: none yet) */
   size_t n;                     /* its replicas */
   /* The configuration it was read with (a change rebuilds it). */
@@ -158,6 +158,12 @@ void spi__pix_rdv_offer(pix_rdv *o, pix_rdv_acc *a, int k, uint64_t w,
  * enter offered. */
 void spi__pix_rdv_avx512(pix_rdv *o, pix_rdv_acc *a, const spi_pool_index *p,
                          uint64_t rkey);
+/* ... with AVX2, four at a time (pix_avx2.c; callers check p->avx2). */
+void spi__pix_rdv_avx2(pix_rdv *o, pix_rdv_acc *a, const spi_pool_index *p,
+                       uint64_t rkey);
+/* ... one by one, every position offered (pool_index.c). */
+void spi__pix_rdv_each(pix_rdv *o, pix_rdv_acc *a, const spi_pool_index *p,
+                       uint64_t rkey);
 
 /* One TTFT of the index's values: (base + wait) + (cold * ms) * slow, in
  * this order (floating point does not reassociate), so that every loop and
