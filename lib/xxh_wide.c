@@ -93,18 +93,49 @@ static inline __m256i scramble(__m256i acc, __m256i key) {
                           _mm256_slli_epi64(_mm256_mul_epu32(hi, prime), 32));
 }
 
+/* The seeded secret's additions to the default secret's words: (+seed,
+ * -seed, +seed, -seed) for a key at an even word (even), the opposite at
+ * an odd one (the negation of even). */
+static inline __m256i seed_even(uint64_t seed) {
+  return _mm256_set_epi64x((long long)(0 - seed), (long long)seed,
+                           (long long)(0 - seed), (long long)seed);
+}
+
+/* XXH3_INIT_ACC. */
+static inline void init_acc(__m256i acc[2]) {
+  acc[0] = _mm256_set_epi64x((long long)XXH_PRIME64_3, (long long)XXH_PRIME64_2,
+                             (long long)XXH_PRIME64_1, (long long)XXH_PRIME32_3);
+  acc[1] = _mm256_set_epi64x((long long)XXH_PRIME32_1, (long long)XXH_PRIME64_5,
+                             (long long)XXH_PRIME32_2, (long long)XXH_PRIME64_4);
+}
+
+/* The end of an input of n bytes: its last stripe, with the secret from
+ * byte 121, then XXH3_mergeAccs, with the secret from byte 11, and the
+ * avalanche. */
+static inline uint64_t last_and_merge(__m256i acc[2], const uint8_t *input, size_t n,
+                                      __m256i even, __m256i odd) {
+  const uint8_t *last = input + n - XXH_STRIPE_LEN;
+  size_t off = XXH_SECRET_DEFAULT_SIZE - XXH_STRIPE_LEN - XXH_SECRET_LASTACC_START;
+  acc[0] = half_stripe(acc[0], last, key_at(off, even, odd));
+  acc[1] = half_stripe(acc[1], last + 32, key_at(off + 32, even, odd));
+  off = XXH_SECRET_MERGEACCS_START;
+  uint64_t a[8] __attribute__((aligned(32)));
+  _mm256_store_si256((__m256i *)(void *)a, _mm256_xor_si256(acc[0], key_at(off, even, odd)));
+  _mm256_store_si256((__m256i *)(void *)(a + 4),
+                     _mm256_xor_si256(acc[1], key_at(off + 32, even, odd)));
+  uint64_t h = (uint64_t)n * XXH_PRIME64_1;
+  for (int i = 0; i < 4; i++) h += XXH3_mul128_fold64(a[2 * i], a[2 * i + 1]);
+  return XXH3_avalanche(h);
+}
+
 static uint64_t seeded_long(const uint8_t *input, size_t n, uint64_t seed) {
-  const __m256i even = _mm256_set_epi64x((long long)(0 - seed), (long long)seed,
-                                         (long long)(0 - seed), (long long)seed);
+  const __m256i even = seed_even(seed);
   const __m256i odd = _mm256_sub_epi64(_mm256_setzero_si256(), even);
   const size_t per_block = (XXH_SECRET_DEFAULT_SIZE - XXH_STRIPE_LEN) /
                            XXH_SECRET_CONSUME_RATE; /* 16 stripes, 1 KiB */
   const size_t block = per_block * XXH_STRIPE_LEN;
-  __m256i acc[2] = {/* XXH3_INIT_ACC */
-                    _mm256_set_epi64x((long long)XXH_PRIME64_3, (long long)XXH_PRIME64_2,
-                                      (long long)XXH_PRIME64_1, (long long)XXH_PRIME32_3),
-                    _mm256_set_epi64x((long long)XXH_PRIME32_1, (long long)XXH_PRIME64_5,
-                                      (long long)XXH_PRIME32_2, (long long)XXH_PRIME64_4)};
+  __m256i acc[2];
+  init_acc(acc);
   const uint8_t *p = input;
   size_t blocks = (n - 1) / block;
   for (size_t b = 0; b < blocks; b++, p += block) {
@@ -121,34 +152,17 @@ static uint64_t seeded_long(const uint8_t *input, size_t n, uint64_t seed) {
     acc[1] = half_stripe(acc[1], p + 32,
                          key_at8(s * XXH_SECRET_CONSUME_RATE + 32, even, odd));
   }
-  /* The last stripe, with the secret from byte 121. */
-  const uint8_t *last = input + n - XXH_STRIPE_LEN;
-  size_t off = XXH_SECRET_DEFAULT_SIZE - XXH_STRIPE_LEN - XXH_SECRET_LASTACC_START;
-  acc[0] = half_stripe(acc[0], last, key_at(off, even, odd));
-  acc[1] = half_stripe(acc[1], last + 32, key_at(off + 32, even, odd));
-  /* XXH3_mergeAccs, with the secret from byte 11. */
-  off = XXH_SECRET_MERGEACCS_START;
-  uint64_t a[8] __attribute__((aligned(32)));
-  _mm256_store_si256((__m256i *)(void *)a, _mm256_xor_si256(acc[0], key_at(off, even, odd)));
-  _mm256_store_si256((__m256i *)(void *)(a + 4),
-                     _mm256_xor_si256(acc[1], key_at(off + 32, even, odd)));
-  uint64_t h = (uint64_t)n * XXH_PRIME64_1;
-  for (int i = 0; i < 4; i++) h += XXH3_mul128_fold64(a[2 * i], a[2 * i + 1]);
-  return XXH3_avalanche(h);
+  return last_and_merge(acc, input, n, even, odd);
 }
 
 /* seeded_long for exactly 1 KiB (cache_key.block_bytes' default): the
  * same steps with every offset known, so each key is an add with the
  * secret's bytes in the instruction, and nothing counts stripes. */
 static uint64_t seeded_1k(const uint8_t *input, uint64_t seed) {
-  const __m256i even = _mm256_set_epi64x((long long)(0 - seed), (long long)seed,
-                                         (long long)(0 - seed), (long long)seed);
+  const __m256i even = seed_even(seed);
   const __m256i odd = _mm256_sub_epi64(_mm256_setzero_si256(), even);
-  __m256i acc[2] = {/* XXH3_INIT_ACC */
-                    _mm256_set_epi64x((long long)XXH_PRIME64_3, (long long)XXH_PRIME64_2,
-                                      (long long)XXH_PRIME64_1, (long long)XXH_PRIME32_3),
-                    _mm256_set_epi64x((long long)XXH_PRIME32_1, (long long)XXH_PRIME64_5,
-                                      (long long)XXH_PRIME32_2, (long long)XXH_PRIME64_4)};
+  __m256i acc[2];
+  init_acc(acc);
   /* (1024 - 1) / 64 = 15 stripes before the last one. */
 #pragma GCC unroll 8
   for (size_t s = 0; s < 14; s += 2) {
@@ -161,18 +175,7 @@ static uint64_t seeded_1k(const uint8_t *input, uint64_t seed) {
                        key_at8(14 * XXH_SECRET_CONSUME_RATE, even, odd));
   acc[1] = half_stripe(acc[1], input + 14 * XXH_STRIPE_LEN + 32,
                        key_at8(14 * XXH_SECRET_CONSUME_RATE + 32, even, odd));
-  const uint8_t *last = input + 1024 - XXH_STRIPE_LEN;
-  size_t off = XXH_SECRET_DEFAULT_SIZE - XXH_STRIPE_LEN - XXH_SECRET_LASTACC_START;
-  acc[0] = half_stripe(acc[0], last, key_at(off, even, odd));
-  acc[1] = half_stripe(acc[1], last + 32, key_at(off + 32, even, odd));
-  off = XXH_SECRET_MERGEACCS_START;
-  uint64_t a[8] __attribute__((aligned(32)));
-  _mm256_store_si256((__m256i *)(void *)a, _mm256_xor_si256(acc[0], key_at(off, even, odd)));
-  _mm256_store_si256((__m256i *)(void *)(a + 4),
-                     _mm256_xor_si256(acc[1], key_at(off + 32, even, odd)));
-  uint64_t h = (uint64_t)1024 * XXH_PRIME64_1;
-  for (int i = 0; i < 4; i++) h += XXH3_mul128_fold64(a[2 * i], a[2 * i + 1]);
-  return XXH3_avalanche(h);
+  return last_and_merge(acc, input, 1024, even, odd);
 }
 
 uint64_t spi__xxh3_seeded_avx2(const void *p, size_t n, uint64_t seed) {
