@@ -117,6 +117,15 @@ typedef struct kb_instance {
 
 /* ------------------------------------------------------------ encoding */
 
+/* Whether the host stores integers little-endian, as the key's u32le
+ * fields are: then they can be read or hashed where they lie. */
+#if defined(__GNUC__) && defined(__BYTE_ORDER__) && \
+    __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+#define KB_LITTLE_ENDIAN 1
+#else
+#define KB_LITTLE_ENDIAN 0
+#endif
+
 static void put_u32le(uint8_t *p, uint32_t v) {
   p[0] = (uint8_t)v;
   p[1] = (uint8_t)(v >> 8);
@@ -125,8 +134,7 @@ static void put_u32le(uint8_t *p, uint32_t v) {
 }
 
 static void put_u64be(uint8_t *p, uint64_t v) {
-#if defined(__GNUC__) && defined(__BYTE_ORDER__) && \
-    __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+#if KB_LITTLE_ENDIAN
   v = __builtin_bswap64(v);
   memcpy(p, &v, sizeof v);
 #else
@@ -393,6 +401,7 @@ static void byte_chain(const spi_cache_key *key, const uint8_t *p,
   }
 }
 
+#if !KB_LITTLE_ENDIAN
 /* ids[0..n) as u32le, whatever the host's byte order. Pairs go out as one
  * 8-byte value, which compilers merge into a single store, so the hash's
  * 8-byte loads that follow are forwarded from the store buffer instead of
@@ -412,19 +421,31 @@ static void serialise_ids(uint8_t *p, const uint32_t *ids, size_t n) {
   }
   if (j < n) put_u32le(p, ids[j]);
 }
+#endif
 
-/* Kept out of line so only token mode pays for the serialisation buffer. */
+/* Kept out of line so only token mode pays for the serialisation buffer.
+ * On a little-endian host the ids as they lie in memory are already their
+ * u32le serialisation, so each block is hashed where it lies: the same
+ * bytes, so the same bits, without the copy (two fifths of the chain's
+ * instructions at 16 ids a block). */
 __attribute__((noinline)) static void token_chain(const spi_cache_key *key,
                                                   const uint32_t *ids,
                                                   size_t block, size_t n,
                                                   uint64_t *out) {
-  uint8_t ser[KB_MAX_BLOCK_TOKENS * 4];
   uint64_t c = chain_start(key, KB_MODE_TOKENS, (uint32_t)block);
+#if KB_LITTLE_ENDIAN
+  for (size_t i = 0; i < n; i++, ids += block) {
+    c = spi__xxh3_seeded(ids, block * 4, c);
+    out[i] = c;
+  }
+#else
+  uint8_t ser[KB_MAX_BLOCK_TOKENS * 4];
   for (size_t i = 0; i < n; i++, ids += block) {
     serialise_ids(ser, ids, block);
     c = spi__xxh3_seeded(ser, block * 4, c);
     out[i] = c;
   }
+#endif
 }
 
 static int kb_block_hashes(void *state, void *instance,
