@@ -85,7 +85,10 @@ grep -q '^hit lines 1/1; spot lines (drawn) 1/1 of the class-feasible maximum, 1
 rc=0; python3 "$report" --strict "$tmp/r1.jsonl" "$tmp/r2.jsonl" >"$tmp/r.txt" || rc=$?
 [[ $rc -eq 1 ]] && grep -q 'hit 1/2 (r2.jsonl:92.0@1.100)' "$tmp/r.txt" || fail "targets_report: a miss not reported ($rc): $(cat "$tmp/r.txt")"
 { hit library 48 96 1.2; hit epp 49 97 1.2; } >"$tmp/r3.jsonl"
-python3 "$report" "$tmp/r3.jsonl" | grep -q '^hit lines 0/1' || fail "targets_report: a baseline ahead at no worse imbalance not a miss"
+# (Into a file, not a pipe: grep -q stops reading at its first match, and
+# under pipefail the report's broken pipe would fail the check.)
+python3 "$report" "$tmp/r3.jsonl" >"$tmp/r.txt" || fail "targets_report exited $?"
+grep -q '^hit lines 0/1' "$tmp/r.txt" || fail "targets_report: a baseline ahead at no worse imbalance not a miss: $(cat "$tmp/r.txt")"
 printf 'not json\n' >"$tmp/r4.jsonl"
 rc=0; python3 "$report" "$tmp/r4.jsonl" 2>/dev/null || rc=$?
 [[ $rc -eq 2 ]] || fail "targets_report on bad input exited $rc, not 2"
