@@ -164,7 +164,14 @@ def main():
     except (OSError, ValueError) as e:
         print("targets_report: %s" % e, file=sys.stderr)
         return 2
-    all_met = report(t, sys.stdout)
+    try:
+        all_met = report(t, sys.stdout)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # A reader that stopped early (head, grep -q): no traceback, and
+        # nothing more goes to the closed pipe when Python exits.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
     return 1 if a.strict and not all_met else 0
 
 
