@@ -36,7 +36,9 @@ expect="spotinfer $(pkg-config --modversion spotinfer) ok"
 run() {
   local name=$1 bin=$2 dynamic=$3 out
   local needs=no
-  if readelf -d "$bin" | grep -q 'NEEDED.*\[libspotinfer\.so'; then
+  # grep reads all of readelf's output (no -q, which stops at the first
+  # match): under pipefail, readelf cut off by a closed pipe would fail it.
+  if readelf -d "$bin" | grep 'NEEDED.*\[libspotinfer\.so' >/dev/null; then
     needs=yes
   fi
   if [[ "$needs" != "$dynamic" ]]; then
