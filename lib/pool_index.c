@@ -80,13 +80,51 @@ static void bit_clear(uint64_t *b, uint32_t pos) {
   b[pos / 64] &= ~(UINT64_C(1) << (pos % 64));
 }
 
+/* One least value of a block and how many members are at it, as a member
+ * with value v joins (a NaN is neither less nor equal: never counted, as
+ * block_fix never takes one). */
+static void least_join(double *least, uint32_t *at, double v) {
+  if (v < *least) {
+    *least = v;
+    *at = 1;
+  } else if (v == *least) {
+    (*at)++;
+  }
+}
+
+/* ... as a member with value o leaves: 0 when it was the last at the
+ * least (sum the block up again). */
+static int least_leave(double *least, uint32_t *at, double o) {
+  if (o != *least) return 1;
+  return --*at > 0;
+}
+
+/* ... as a member goes from o to v: the lesser if v is less; one more at
+ * the least if v joins it; else as least_leave of o. */
+static int least_moves(double *least, uint32_t *at, double o, double v) {
+  if (v == o) return 1;
+  if (v < *least) {
+    *least = v;
+    *at = 1;
+    return 1;
+  }
+  if (v == *least) { /* o is not: o != v */
+    (*at)++;
+    return 1;
+  }
+  return least_leave(least, at, o);
+}
+
 /* A regular replica leaves block pos / 64 of its cell (h: what it was):
- * the block's least values stay while it held none of them; else the
+ * the block's least values stay while another member holds each; else the
  * block is summed up again (block_fix) by the next sync. */
 static void block_leave(spi_pool_index *p, uint32_t pos, const pix_hot *h) {
   pix_block *b = &p->blk[h->cell][pos / 64];
   b->n--;
-  if (h->wait_ms == b->wait_ms || h->ms_tok == b->ms_tok || h->slow == b->slow)
+  int ok = least_leave(&b->wait_ms, &b->n_wait_ms, h->wait_ms);
+  ok &= least_leave(&b->ms_tok, &b->n_ms_tok, h->ms_tok);
+  ok &= least_leave(&b->slow, &b->n_slow, h->slow);
+  if (!ok)
     p->blk_dirty[h->cell] |= UINT64_C(1) << (pos / 64);
   else if (pos == b->rel_pos)
     p->lst_dirty[h->cell] |= UINT64_C(1) << (pos / 64);
@@ -108,25 +146,14 @@ static int least_takes(const pix_block *b, double rel, double srv,
 static void block_join(spi_pool_index *p, uint32_t pos, const pix_hot *h) {
   pix_block *b = &p->blk[h->cell][pos / 64];
   b->n++;
-  if (h->wait_ms < b->wait_ms) b->wait_ms = h->wait_ms;
-  if (h->ms_tok < b->ms_tok) b->ms_tok = h->ms_tok;
-  if (h->slow < b->slow) b->slow = h->slow;
+  least_join(&b->wait_ms, &b->n_wait_ms, h->wait_ms);
+  least_join(&b->ms_tok, &b->n_ms_tok, h->ms_tok);
+  least_join(&b->slow, &b->n_slow, h->slow);
   if (least_takes(b, h->rel, h->srv, pos)) {
     b->rel = h->rel;
     b->srv = h->srv;
     b->rel_pos = pos;
   }
-}
-
-/* One least value of a block whose member went from o to v: the lesser if
- * v is less; unchanged if v is the same or the member did not hold it;
- * else 0 (it held the least and now has more: sum the block up again). */
-static int least_moves(double *least, double o, double v) {
-  if (v < *least) {
-    *least = v;
-    return 1;
-  }
-  return v == o || o != *least;
 }
 
 /* A regular replica of the block stays regular with new values h (o: its
@@ -139,9 +166,9 @@ static void block_move(spi_pool_index *p, uint32_t pos, const pix_hot *o,
       o->slow == h->slow && o->rel == h->rel && o->srv == h->srv)
     return; /* nothing ranked changed */
   pix_block *b = &p->blk[h->cell][pos / 64];
-  int ok = least_moves(&b->wait_ms, o->wait_ms, h->wait_ms);
-  ok &= least_moves(&b->ms_tok, o->ms_tok, h->ms_tok);
-  ok &= least_moves(&b->slow, o->slow, h->slow);
+  int ok = least_moves(&b->wait_ms, &b->n_wait_ms, o->wait_ms, h->wait_ms);
+  ok &= least_moves(&b->ms_tok, &b->n_ms_tok, o->ms_tok, h->ms_tok);
+  ok &= least_moves(&b->slow, &b->n_slow, o->slow, h->slow);
   int least_ok = 1;
   if (pos == b->rel_pos) {
     if (least_before(h->rel, h->srv, pos, o->rel, o->srv, pos + 1)) {
@@ -354,13 +381,13 @@ static void block_fix(spi_pool_index *p, int k, uint32_t w) {
   pix_block *b = &p->blk[k][w];
   b->wait_ms = b->ms_tok = b->slow = b->rel = b->srv = HUGE_VAL;
   b->rel_pos = UINT32_MAX;
-  b->n = 0;
+  b->n = b->n_wait_ms = b->n_ms_tok = b->n_slow = 0;
   for (uint64_t m = p->creg[k][w]; m; m &= m - 1) {
     uint32_t pos = w * 64 + (uint32_t)__builtin_ctzll(m);
     const pix_hot *h = &p->hot[pos];
-    if (h->wait_ms < b->wait_ms) b->wait_ms = h->wait_ms;
-    if (h->ms_tok < b->ms_tok) b->ms_tok = h->ms_tok;
-    if (h->slow < b->slow) b->slow = h->slow;
+    least_join(&b->wait_ms, &b->n_wait_ms, h->wait_ms);
+    least_join(&b->ms_tok, &b->n_ms_tok, h->ms_tok);
+    least_join(&b->slow, &b->n_slow, h->slow);
     if (least_takes(b, h->rel, h->srv, pos)) {
       b->rel = h->rel; /* positions ascend: the first of equals stays */
       b->srv = h->srv;
@@ -399,6 +426,8 @@ int spi__pix_blocks_exact(spi_pool_index *p) {
       const pix_block *b = &p->blk[k][w];
       int same = kept.n == b->n && kept.wait_ms == b->wait_ms &&
                  kept.ms_tok == b->ms_tok && kept.slow == b->slow &&
+                 kept.n_wait_ms == b->n_wait_ms &&
+                 kept.n_ms_tok == b->n_ms_tok && kept.n_slow == b->n_slow &&
                  (least_waits || (kept.rel_pos == b->rel_pos &&
                                   kept.rel == b->rel && kept.srv == b->srv));
       p->blk[k][w] = kept;

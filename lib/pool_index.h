@@ -43,12 +43,15 @@ typedef struct pix_cold {
 /* The regular replicas of one cell among 64 positions (a word of the
  * bitmaps): the least of each part of their TTFT, so that
  * (ttft_base_ms + wait_ms) + (c * ms_tok) * slow is at most any of
- * theirs (floating-point addition and multiplication are monotonic), and
- * the least loaded (least_before: relative load, tokens served per
+ * theirs (floating-point addition and multiplication are monotonic), with
+ * how many of them hold it (idle replicas tie at a wait of 0 and a
+ * slowdown of 1: one of them taking work leaves the least where it is),
+ * and the least loaded (least_before: relative load, tokens served per
  * stream, position) with its position. */
 typedef struct pix_block {
   double wait_ms, ms_tok, slow, rel, srv; /* rel, srv: the least loaded's */
   uint32_t rel_pos, n;
+  uint32_t n_wait_ms, n_ms_tok, n_slow; /* members at each least value */
 } pix_block;
 
 /* The rendezvous order of one prefix: per cell, the PIX_RDV_TOP replicas
