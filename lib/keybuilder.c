@@ -423,11 +423,11 @@ static void serialise_ids(uint8_t *p, const uint32_t *ids, size_t n) {
 }
 #endif
 
-/* Kept out of line so only token mode pays for the serialisation buffer.
- * On a little-endian host the ids as they lie in memory are already their
- * u32le serialisation, so each block is hashed where it lies: the same
- * bytes, so the same bits, without the copy (two fifths of the chain's
- * instructions at 16 ids a block). */
+/* Kept out of line so the byte path stays small. On a little-endian host
+ * the ids as they lie in memory are already their u32le serialisation,
+ * so each block is hashed where it lies: the same bytes, so the same bits,
+ * without the copy (two fifths of the chain's instructions at 16 ids a
+ * block); elsewhere each block is serialised into a buffer first. */
 __attribute__((noinline)) static void token_chain(const spi_cache_key *key,
                                                   const uint32_t *ids,
                                                   size_t block, size_t n,

@@ -99,17 +99,12 @@ static int least_leave(double *least, uint32_t *at, double o) {
   return --*at > 0;
 }
 
-/* ... as a member goes from o to v: the lesser if v is less; one more at
- * the least if v joins it; else as least_leave of o. */
+/* ... as a member goes from o to v: v joins the least if it is no more
+ * (o, not equal to v, was not at it); else as least_leave of o. */
 static int least_moves(double *least, uint32_t *at, double o, double v) {
   if (v == o) return 1;
-  if (v < *least) {
-    *least = v;
-    *at = 1;
-    return 1;
-  }
-  if (v == *least) { /* o is not: o != v */
-    (*at)++;
+  if (v <= *least) {
+    least_join(least, at, v);
     return 1;
   }
   return least_leave(least, at, o);
