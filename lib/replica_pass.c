@@ -122,6 +122,7 @@ static int was_counted(const scan *sc, size_t pos) {
 
 static void cell_clear(cell_acc *c) {
   c->usable = c->n_top = 0;
+  c->cap = SPI_SUMMARY_TOP;
   c->thr_t = HUGE_VAL;
   c->thr_pos = UINT32_MAX;
   c->least = c->rdv = c->warm = NO_EV;
@@ -191,9 +192,10 @@ static inline int rdv_enters(const cell_acc *c, uint64_t w, uint32_t pos) {
 /* Keep top sorted, best first (ties to the lower position, as the summary
  * promises): a better replica shifts the worse ones down, and the last one
  * drops out once top is full. The caller checked top_enters. */
-static void top_insert(cell_acc *c, double t, uint32_t pos, uint32_t ei) {
+static inline __attribute__((always_inline)) void
+top_insert(cell_acc *c, double t, uint32_t pos, uint32_t ei) {
   uint32_t n = c->n_top;
-  uint32_t at = n < SPI_SUMMARY_TOP ? n : n - 1;
+  uint32_t at = n < c->cap ? n : n - 1;
   while (at > 0 && ttft_before(t, pos, c->top[at - 1].t, c->top[at - 1].pos)) {
     c->top[at] = c->top[at - 1];
     at--;
@@ -201,11 +203,21 @@ static void top_insert(cell_acc *c, double t, uint32_t pos, uint32_t ei) {
   c->top[at].t = t;
   c->top[at].pos = pos;
   c->top[at].ei = ei;
-  if (n < SPI_SUMMARY_TOP) c->n_top = n + 1;
-  if (c->n_top == SPI_SUMMARY_TOP) {
-    c->thr_t = c->top[SPI_SUMMARY_TOP - 1].t;
-    c->thr_pos = c->top[SPI_SUMMARY_TOP - 1].pos;
+  if (n < c->cap) c->n_top = n + 1;
+  if (c->n_top == c->cap) {
+    c->thr_t = c->top[c->cap - 1].t;
+    c->thr_pos = c->top[c->cap - 1].pos;
   }
+}
+
+/* Top keeps cap entries from now on: the best cap of those it has (it is
+ * sorted), and what a replica must beat to enter if that fills it. */
+static void cell_cap(cell_acc *c, uint32_t cap) {
+  c->cap = cap;
+  if (c->n_top < cap) return;
+  c->n_top = cap;
+  c->thr_t = c->top[cap - 1].t;
+  c->thr_pos = c->top[cap - 1].pos;
 }
 
 /* A usable replica, already counted in usable: let it into whatever it
@@ -739,6 +751,7 @@ static int scan_indexed(const route_env *x, const spi_replica_set *set,
       indexed_all(x, p, sc, k);
       continue;
     }
+    cell_cap(&sc->cell[k], PASS_TOP);
     indexed_seed(x, p, sc, k);
     indexed_least(x, p, sc, k);
     indexed_rdv(x, p, sc, k, o);
@@ -783,9 +796,9 @@ static void top_move(cell_acc *c, uint32_t j, double t, uint32_t pos,
   c->top[j].t = t;
   c->top[j].pos = pos;
   c->top[j].ei = ei;
-  if (c->n_top == SPI_SUMMARY_TOP) {
-    c->thr_t = c->top[SPI_SUMMARY_TOP - 1].t;
-    c->thr_pos = c->top[SPI_SUMMARY_TOP - 1].pos;
+  if (c->n_top == c->cap) {
+    c->thr_t = c->top[c->cap - 1].t;
+    c->thr_pos = c->top[c->cap - 1].pos;
   }
 }
 
@@ -927,6 +940,10 @@ void spi__pass_run(scan *sc, const route_env *x, const spi_replica_set *set,
     scan_full(x, set, nrep, sc, cands, sums);
   else if (!scan_indexed(x, set, nrep, sc, sums))
     scan_lean(x, set, nrep, sc, sums);
+  /* A cell with more usable replicas than the summary has room for names
+   * its best PASS_TOP (replica_pass.h); the others name every one. */
+  for (int k = 0; k < SPI_SUMMARY_CELLS; k++)
+    if (sc->cell[k].usable > SPI_SUMMARY_TOP) cell_cap(&sc->cell[k], PASS_TOP);
 }
 
 void spi__pass_mean_served(const scan *sc, const pool_sums *sums,

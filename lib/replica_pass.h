@@ -142,6 +142,16 @@ static inline int64_t spi__kv_fix(double kv) {
  * fixed: when it fills, the evaluations no summary points to any more are
  * dropped (at most SPI_SUMMARY_CELLS * (SPI_SUMMARY_TOP + 3) are kept).
  */
+/* How many of a cell's lowest TTFTs a summary names: every usable one
+ * when they fit (SPI_SUMMARY_TOP), else a decision's primary and as many
+ * fallbacks as it may carry. Every named replica is made a candidate and
+ * priced by the policy, so naming two fewer in a large cell takes 9-14 %
+ * fewer instructions a route (docs/performance.md, "Naming fewer
+ * replicas"); a small cell named whole keeps cold placement the same in
+ * proxies that learnt its replicas in another order (the rendezvous order
+ * among all of them). */
+#define PASS_TOP (1 + SPI_MAX_FALLBACKS)
+_Static_assert(PASS_TOP <= SPI_SUMMARY_TOP, "the summary has room for top");
 #define NO_EV UINT32_MAX
 #define ARENA_CAP 96
 #define ARENA_KEEP (SPI_SUMMARY_CELLS * (SPI_SUMMARY_TOP + 3))
@@ -154,6 +164,7 @@ typedef struct top_ent {
 
 typedef struct cell_acc {
   uint32_t usable, n_top;
+  uint32_t cap;          /* entries top keeps: SPI_SUMMARY_TOP or PASS_TOP */
   top_ent top[SPI_SUMMARY_TOP]; /* best first */
   /* What a replica must beat to enter each summary, as (value, position)
    * pairs: every summary is a minimum or maximum under a total order, so

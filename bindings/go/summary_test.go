@@ -149,8 +149,8 @@ func wantSummary(cands []Candidate, pool Pool, tier ModelTier) PoolSummary {
 	w.Usable = len(usable)
 	top := append([]int(nil), usable...)
 	sort.SliceStable(top, func(a, b int) bool { return cands[top[a]].EstTTFTMs < cands[top[b]].EstTTFTMs })
-	if len(top) > SummaryTop {
-		top = top[:SummaryTop]
+	if len(top) > SummaryTop { // the library names a primary and its fallbacks
+		top = top[:1+MaxFallbacks]
 	}
 	w.Top = append(w.Top, top...)
 	rel := func(c Candidate) float64 {
@@ -264,7 +264,7 @@ func TestGoPolicySummaries(t *testing.T) {
 		ctx.Summary(PoolOnDemand, TierLarge), ctx.Summary(PoolOnDemand, TierSmall)
 	// The fixture exercises what it should: a full top, ties to the lower
 	// index, warm replicas in two cells only, busy replicas skipped.
-	if sl.Usable != 9 || len(sl.Top) != SummaryTop || ss.Usable != 3 || len(ss.Top) != 3 {
+	if sl.Usable != 9 || len(sl.Top) != 1+MaxFallbacks || ss.Usable != 3 || len(ss.Top) != 3 {
 		t.Fatalf("%+v %+v", sl, ss)
 	}
 	if got := ids(ctx, []int{sl.Warm, sl.Least, ol.Warm, ss.Warm, os.Warm}); fmt.Sprint(got) != "[sl-6 sl-1 ol-1 - -]" {

@@ -250,7 +250,10 @@ typedef struct spi_pool_summary {
   int32_t pool;             /* SPI_POOL_SPOT or SPI_POOL_ON_DEMAND */
   int32_t model_tier;       /* SPI_TIER_SMALL or SPI_TIER_LARGE */
   uint32_t usable;          /* how many usable candidates there are */
-  uint32_t n_top;           /* entries of top[] in use */
+  uint32_t n_top;           /* entries of top[] in use: every usable one
+                               when they fit, else 1 + SPI_MAX_FALLBACKS
+                               (a primary and its fallbacks; before 0.3.0
+                               SPI_SUMMARY_TOP); the rest are -1 */
   int32_t top[SPI_SUMMARY_TOP]; /* lowest est_ttft_ms first; ties go to the
                                    lower index */
   int32_t warm;             /* most matched_blocks (> 0), then lowest

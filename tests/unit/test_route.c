@@ -664,6 +664,12 @@ static int busy_c(const spi_candidate *c) {
          c->running + c->waiting >= (double)c->max_inflight;
 }
 
+/* How many of a cell's best TTFTs the library names: every usable one
+ * when they fit in the summary, else a primary and its fallbacks. */
+static uint32_t named_top(uint32_t usable) {
+  return usable <= SPI_SUMMARY_TOP ? usable : 1 + SPI_MAX_FALLBACKS;
+}
+
 #define CHECK(cond)                                                        \
   do {                                                                     \
     if (!(cond)) {                                                         \
@@ -703,7 +709,7 @@ static void check_summaries(const spi_route_context *x, int full) {
       }
       if (full) {
         CHECK(s->usable == usable);
-        CHECK(s->n_top == (usable < SPI_SUMMARY_TOP ? usable : SPI_SUMMARY_TOP));
+        CHECK(s->n_top == named_top(usable));
         CHECK(s->least == least);
         CHECK(s->rendezvous == rdv);
         CHECK(s->warm == warm);

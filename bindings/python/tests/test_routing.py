@@ -10,7 +10,7 @@ import pytest
 import spotinfer
 from spotinfer import (BreakerState, Class, Engine, Load, ModelTier, Pool,
                        PolicyChoice, Reason, ReplicaInfo, ReplicaState,
-                       TicketStatus)
+                       TicketStatus, _native)
 
 from conftest import needs_routing
 
@@ -18,6 +18,16 @@ pytestmark = needs_routing
 
 SEC = 1_000_000_000
 SYSTEM = "".join("abcdefgh "[i % 9] for i in range(4095))
+
+
+
+def named_top(usable: int) -> int:
+    """How many of a cell's best TTFTs the library names: every usable one
+    when they fit in the summary, else a primary and its fallbacks."""
+    if usable <= spotinfer.SUMMARY_TOP:
+        return usable
+    return 1 + _native.MAX_FALLBACKS
+
 
 VLLM_METRICS = """\
 # HELP vllm:num_requests_running Number of requests running.
@@ -504,8 +514,8 @@ def check_summaries(ctx, compact):
         else:
             assert s.usable == len(us)
         top = sorted(us, key=lambda c: (c.est_ttft_ms, c.index))
-        assert s.top == tuple(c.index for c in top[:spotinfer.SUMMARY_TOP])
-        assert len(s.top) == min(s.usable, spotinfer.SUMMARY_TOP)
+        assert s.top == tuple(c.index for c in top[:named_top(s.usable)])
+        assert len(s.top) == named_top(s.usable)
         assert s.best == (s.top[0] if s.top else None)
         least = min(us, default=None, key=lambda c: (
             (c.running + c.waiting + c.inflight) / c.max_inflight,
@@ -570,7 +580,7 @@ def test_summaries_index_every_replica_without_the_flag():
             check_summaries(ctx, compact=False)
             s = ctx.summary(Pool.SPOT, ModelTier.LARGE)
             assert s.usable == 14  # 16 less the draining and the other model's
-            assert len(s.top) == spotinfer.SUMMARY_TOP
+            assert len(s.top) == named_top(s.usable)
             assert d.replica_id == ctx.candidates[s.best].id
             assert d.reason.startswith("summary best")
         assert sum(c.inflight for c in pol.contexts[-1].candidates) == 2
