@@ -275,6 +275,35 @@ static void test_rendezvous_agrees(void **st) {
   done(b);
 }
 
+/* A pool larger than a summary names whole still gives a decision every
+ * fallback it may carry: the summary names a primary and as many. */
+static void test_fallbacks_fill(void **st) {
+  (void)st;
+  world *w = mk("{\"router\":{\"max_fallbacks\":4}}");
+  char ids[12][8];
+  for (int i = 0; i < 12; i++) {
+    snprintf(ids[i], sizeof ids[i], "s%02d", i);
+    add(w, ids[i], SPI_POOL_SPOT, 0, 16);
+    load(w, ids[i], 1 + i % 5, 0, 0.1);
+  }
+  for (int k = 0; k < 2; k++) {
+    spi_decision d;
+    chat(w, "hello", 0, 5000, NULL, 1);
+    assert_int_equal(route(w, &d), SPI_OK);
+    assert_int_equal(d.n_fallbacks, 4);
+    for (uint32_t i = 0; i < d.n_fallbacks; i++) {
+      assert_string_not_equal(d.fallback_ids[i], d.replica_id);
+      for (uint32_t j = 0; j < i; j++)
+        assert_string_not_equal(d.fallback_ids[i], d.fallback_ids[j]);
+    }
+    finish(w, d.ticket, SPI_TICKET_OK);
+    /* The warm replica busier than the best five: it may still be the
+     * primary, and the five fill the fallbacks. */
+    load(w, d.replica_id, 6, 0, 0.1);
+  }
+  done(w);
+}
+
 /* ------------------------------------------------------------ breakers */
 
 static void test_kv_breaker(void **st) {
@@ -1054,6 +1083,7 @@ int main(void) {
       cmocka_unit_test(test_gold_leaves_warm),
       cmocka_unit_test(test_bronze_waits_for_warm),
       cmocka_unit_test(test_rendezvous_agrees),
+      cmocka_unit_test(test_fallbacks_fill),
       cmocka_unit_test(test_kv_breaker),
       cmocka_unit_test(test_error_breaker),
       cmocka_unit_test(test_tickets),
