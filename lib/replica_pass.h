@@ -145,7 +145,7 @@ static inline int64_t spi__kv_fix(double kv) {
 /* How many of a cell's lowest TTFTs a summary names: every usable one
  * when they fit (SPI_SUMMARY_TOP), else a decision's primary and as many
  * fallbacks as it may carry. Every named replica is made a candidate and
- * priced by the policy, so naming two fewer in a large cell takes 9-14 %
+ * priced by the policy, so naming two fewer in a large cell takes 9-13 %
  * fewer instructions a route (docs/performance.md, "Naming fewer
  * replicas"); a small cell named whole keeps cold placement the same in
  * proxies that learnt its replicas in another order (the rendezvous order
