@@ -751,7 +751,7 @@ static int scan_indexed(const route_env *x, const spi_replica_set *set,
       indexed_all(x, p, sc, k);
       continue;
     }
-    cell_cap(&sc->cell[k], PASS_TOP);
+    cell_cap(&sc->cell[k], PASS_TOP); /* ranks only what it will name */
     indexed_seed(x, p, sc, k);
     indexed_least(x, p, sc, k);
     indexed_rdv(x, p, sc, k, o);

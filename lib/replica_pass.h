@@ -134,14 +134,6 @@ static inline int64_t spi__kv_fix(double kv) {
   return (int64_t)(kv * SPI_KV_ONE + 0.5);
 }
 
-/*
- * The summaries being accumulated. Their entries point into an arena of
- * evaluations, so the candidates built at the end are exactly what was
- * ranked even if a load report lands meanwhile; an evaluation is copied
- * there only when a summary takes the replica. The arena is small and
- * fixed: when it fills, the evaluations no summary points to any more are
- * dropped (at most SPI_SUMMARY_CELLS * (SPI_SUMMARY_TOP + 3) are kept).
- */
 /* How many of a cell's lowest TTFTs a summary names: every usable one
  * when they fit (SPI_SUMMARY_TOP), else a decision's primary and as many
  * fallbacks as it may carry. Every named replica is made a candidate and
@@ -152,6 +144,15 @@ static inline int64_t spi__kv_fix(double kv) {
  * among all of them). */
 #define PASS_TOP (1 + SPI_MAX_FALLBACKS)
 _Static_assert(PASS_TOP <= SPI_SUMMARY_TOP, "the summary has room for top");
+
+/*
+ * The summaries being accumulated. Their entries point into an arena of
+ * evaluations, so the candidates built at the end are exactly what was
+ * ranked even if a load report lands meanwhile; an evaluation is copied
+ * there only when a summary takes the replica. The arena is small and
+ * fixed: when it fills, the evaluations no summary points to any more are
+ * dropped (at most SPI_SUMMARY_CELLS * (SPI_SUMMARY_TOP + 3) are kept).
+ */
 #define NO_EV UINT32_MAX
 #define ARENA_CAP 96
 #define ARENA_KEEP (SPI_SUMMARY_CELLS * (SPI_SUMMARY_TOP + 3))

@@ -675,8 +675,8 @@ type Candidate struct {
 
 // SummaryTop is the room PoolSummary.Top has (SPI_SUMMARY_TOP); the
 // library names every usable replica when they fit, else 1 + MaxFallbacks
-// (a primary and its fallbacks). SummaryCells is the number of summaries, one per pool and
-// model tier (SPI_SUMMARY_CELLS).
+// (a primary and its fallbacks). SummaryCells is the number of summaries,
+// one per pool and model tier (SPI_SUMMARY_CELLS).
 const (
 	SummaryTop   = C.SPI_SUMMARY_TOP
 	SummaryCells = C.SPI_SUMMARY_CELLS

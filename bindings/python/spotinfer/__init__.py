@@ -54,9 +54,8 @@ __version__ = "0.2.0"
 
 #: Room for entries of PoolSummary.top (SPI_SUMMARY_TOP; the library names
 #: every usable replica when they fit, else 1 + SPI_MAX_FALLBACKS, a primary
-#: and its fallbacks), and
-#: summaries in a RouteContext (SPI_SUMMARY_CELLS: (spot, on-demand) x
-#: (small, large)).
+#: and its fallbacks), and summaries in a RouteContext (SPI_SUMMARY_CELLS:
+#: (spot, on-demand) x (small, large)).
 SUMMARY_TOP: int = _native.SUMMARY_TOP
 SUMMARY_CELLS: int = _native.SUMMARY_CELLS
 #: Candidate.match_flags (SPI_MATCH_CONTINUED, since 0.3.0): a request

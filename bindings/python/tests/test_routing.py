@@ -20,7 +20,6 @@ SEC = 1_000_000_000
 SYSTEM = "".join("abcdefgh "[i % 9] for i in range(4095))
 
 
-
 def named_top(usable: int) -> int:
     """How many of a cell's best TTFTs the library names: every usable one
     when they fit in the summary, else a primary and its fallbacks."""
