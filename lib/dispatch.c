@@ -347,10 +347,7 @@ int spi__blocks_in(spi_request *req, const spi_snapshot *s,
   int rc = blocks_with(sl->mod, sl->inst, v, key, out, cap, n_out);
   if (rc != SPI_OK && rc != SPI_EBUFSIZE && use_fallback(sl))
     rc = blocks_with(sl->builtin, sl->builtin_inst, v, key, out, cap, n_out);
-  if (rc == SPI_EBUFSIZE)
-    spi__req_fail(req, rc, "block hashes: %zu blocks, room for %zu", *n_out,
-                  cap);
-  else if (rc != SPI_OK)
+  if (rc != SPI_OK && rc != SPI_EBUFSIZE)
     rc = module_failed(req, sl->mod, rc, "block count");
   return rc;
 }
@@ -369,6 +366,9 @@ int spi_request_block_hashes(spi_request *req, uint64_t *out, size_t cap,
   rc = spi__key_in(req, s, &v, &key);
   if (rc == SPI_OK) rc = spi__blocks_in(req, s, &v, &key, out, cap, n_out);
   spi__snap_release(req->engine, pin);
+  if (rc == SPI_EBUFSIZE)
+    spi__req_fail(req, rc, "block hashes: %zu blocks, room for %zu", *n_out,
+                  cap);
   return rc;
 }
 

@@ -329,6 +329,9 @@ int spi__classify_plan_at(spi_request *req, const spi_snapshot *s,
                           spi_classification *out);
 int spi__key_in(spi_request *req, const spi_snapshot *s,
                 const spi_request_view *v, spi_cache_key *out);
+/* SPI_EBUFSIZE (n_out = blocks needed) records no message: the route grows
+ * its scratch and asks again, and formatting one costs more than the
+ * hashing on a first route; callers that return it say why themselves. */
 int spi__blocks_in(spi_request *req, const spi_snapshot *s,
                    const spi_request_view *v, const spi_cache_key *key,
                    uint64_t *out, size_t cap, size_t *n_out);

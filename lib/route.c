@@ -167,6 +167,9 @@ static int phase_key(route_state *rs) {
     rc = spi__blocks_in(req, rs->snap, rs->v, &rs->out->key, req->hashes,
                         req->hashcap, &n);
   }
+  if (rc == SPI_EBUFSIZE) /* a key builder that asked for more than it got */
+    return spi__req_fail(req, rc, "route: block hashes: %zu blocks, room "
+                         "for %zu", n, req->hashcap);
   if (rc) return rc;
   rs->nblocks = (uint32_t)n;
   rs->out->total_blocks = rs->nblocks;

@@ -1731,6 +1731,7 @@ static void test_token_ids(void **state) {
   size_t blocks = 0;
   assert_int_equal(spi_request_block_hashes(r, NULL, 0, &blocks), SPI_EBUFSIZE);
   assert_int_equal(blocks, 3);
+  assert_contains(spi_request_errmsg(r), "3 blocks, room for 0");
   /* Shrinking reuses the memory; zero clears. */
   assert_int_equal(spi_request_set_token_ids(r, ids, 16), SPI_OK);
   assert_int_equal(spi_request_block_hashes(r, NULL, 0, &blocks), SPI_EBUFSIZE);
