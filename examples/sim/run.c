@@ -54,6 +54,15 @@ enum { EV_ARRIVE, EV_FIRST, EV_FINISH, EV_ZNOTICE, EV_ZGONE, EV_ZBACK, EV_PUMP, 
  * latest after this long (a breaker, not a zone, may have held them). */
 #define SIM_PARK_POLL_NS MS(30000)
 
+/* A request refused outright (shed, no capacity: HTTP 429 or 503 at a
+ * gateway) is offered again as a client retries it: after 500 ms, doubling
+ * with each refusal, at most SIM_PARK_POLL_NS apart. A fixed short delay
+ * made an overloaded run's work grow with the square of its length. */
+static int64_t refused_retry_ns(uint8_t refusals) {
+  int64_t d = MS(500) << (refusals < 6 ? refusals : 6);
+  return d < SIM_PARK_POLL_NS ? d : SIM_PARK_POLL_NS;
+}
+
 typedef struct event {
   int64_t t;
   uint64_t seq;
@@ -116,6 +125,7 @@ typedef struct sreq {
   uint32_t replays, blocks_held;
   double gw_tokens; /* what the gateway view charged its replica */
   uint8_t state, hits_counted;
+  uint8_t refusals; /* times refused outright (saturates) */
   float ttft_ms, done_ms;
 } sreq;
 
@@ -833,9 +843,12 @@ static void run_events(sim *s, double horizon_s) {
         s->res->requeued++;
         park(s, ev.a);
         break;
-      default: /* refused (busy, shed): offered again in 500 ms */
+      default: { /* refused (busy, shed): offered again as a client would */
+        sreq *q = &s->r[ev.a];
         s->res->requeued++;
-        heap_push(&s->h, s->now + MS(500), EV_ARRIVE, ev.a, 0);
+        heap_push(&s->h, s->now + refused_retry_ns(q->refusals), EV_ARRIVE, ev.a, 0);
+        if (q->refusals < UINT8_MAX) q->refusals++;
+      }
       }
       break;
     case EV_UNPARK:
