@@ -123,6 +123,10 @@ void sim_setup_free(sim_setup *su) {
 double sim_hit_pct(const sim_result *r) {
   return r->total_blocks > 0 ? 100.0 * r->hit_blocks / r->total_blocks : 0;
 }
+
+double sim_predicted_hit_pct(const sim_result *r) {
+  return r->total_blocks > 0 ? 100.0 * r->predicted_blocks / r->total_blocks : 0;
+}
 double sim_of_pooled_pct(const sim_result *r, const sim_ceilings *c) {
   return c->pooled > 0 ? 100.0 * r->hit_blocks / c->pooled : 0;
 }
@@ -303,13 +307,15 @@ static void write_json(const char *path, const sim_opts *o, const sim_setup *su,
     sim_savings(o, r, &rs[n - 1], &sav, &mx);
     fprintf(f, "  {\"name\":\"%s\",\"usd\":%.4f,\"usd_fleet\":%.4f,\"usd_per_million\":%.6f,"
                "\"savings_pct\":%.3f,\"max_savings_pct\":%.3f,\"reachable_savings_pct\":%.3f,"
-               "\"hit\":%.6f,\"hit_of_pooled_pct\":%.3f,\"hit_of_oracle_pct\":%.3f,"
+               "\"hit\":%.6f,\"predicted_hit\":%.6f,\"hit_of_pooled_pct\":%.3f,"
+               "\"hit_of_oracle_pct\":%.3f,"
                "\"completed\":%" PRIu64 ",\"lost\":%" PRIu64 ",\"expired\":%" PRIu64
                ",\"at_horizon\":%" PRIu64 ",\"replays\":%" PRIu64 ",\"replayed\":%" PRIu64
                ",\"replay_success\":",
             r->name, r->usd, r->usd_fleet, r->tokens > 0 ? r->usd / r->tokens * 1e6 : 0, sav, mx,
             sim_reachable_pct(o, tr, r, &rs[n - 1], mx),
-            r->total_blocks > 0 ? r->hit_blocks / r->total_blocks : 0, sim_of_pooled_pct(r, c),
+            r->total_blocks > 0 ? r->hit_blocks / r->total_blocks : 0,
+            r->total_blocks > 0 ? r->predicted_blocks / r->total_blocks : 0, sim_of_pooled_pct(r, c),
             sim_of_oracle_pct(r, c), r->completed, r->lost, r->expired, r->at_horizon,
             r->replays, r->replayed);
     if (r->replayed) fprintf(f, "%.6f", sim_replay_success_pct(r) / 100);

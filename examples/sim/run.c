@@ -123,6 +123,7 @@ typedef struct sreq {
   int32_t replica, prev, next;
   uint32_t epoch, out_left, prompt_tokens, cached_tokens, streamed;
   uint32_t replays, blocks_held;
+  uint32_t predicted; /* blocks the library said its replica holds */
   double gw_tokens; /* what the gateway view charged its replica */
   uint8_t state, hits_counted;
   uint8_t refusals; /* times refused outright (saturates) */
@@ -245,6 +246,7 @@ static void start_one(sim *s, replica *p, uint32_t i) {
   if (!q->hits_counted) {
     q->hits_counted = 1;
     s->res->hit_blocks += hit;
+    s->res->predicted_blocks += q->predicted;
     s->res->total_blocks += t->nblocks;
     if (p->pool == SPI_POOL_SPOT) {
       s->res->spot_hit_blocks += hit;
@@ -339,6 +341,7 @@ static int route(sim *s, uint32_t i) {
   else s->res->od_served++;
   q->ticket = d.ticket;
   q->replica = (int32_t)ri;
+  q->predicted = d.matched_blocks;
   q->state = RQ_WAITING;
   q->gw_tokens = (double)q->prompt_tokens + (double)q->out_left;
   s->view.tokens[ri] += q->gw_tokens;

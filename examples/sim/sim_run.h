@@ -130,6 +130,11 @@ typedef struct sim_result {
   double usd, usd_fleet, tokens;
   double usd_class[4];  /* ledger cost by class */
   double hit_blocks, total_blocks, oracle_blocks;
+  /* Blocks the library's prefix index said the replica a request first
+   * started on held (its decision's matched_blocks), over the same
+   * requests as hit_blocks: above hit_blocks, the index believes in cache
+   * the replicas have evicted. */
+  double predicted_blocks;
   double spot_hit_blocks, spot_total_blocks; /* of the requests on spot */
   double spot_up_mean;  /* spot replicas up, mean over the run */
   double ttft[4][3], done[4][3]; /* p50 p95 p99 by class, ms */
@@ -182,6 +187,8 @@ double sim_cpu_s(void);
 /* CPU time of the calling thread, seconds. */
 double sim_thread_cpu_s(void);
 double sim_hit_pct(const sim_result *r);
+/* The hit rate the library's prefix index predicted (predicted_blocks). */
+double sim_predicted_hit_pct(const sim_result *r);
 double sim_of_pooled_pct(const sim_result *r, const sim_ceilings *c);
 double sim_of_oracle_pct(const sim_result *r, const sim_ceilings *c);
 double sim_replay_success_pct(const sim_result *r);

@@ -62,10 +62,11 @@ static int target_hit(const sim_opts *base, const char *label) {
       return -1;
     }
     printf("{\"target\":\"hit\",\"trace\":\"%s\",\"setup\":\"16 on-demand x 1024 blocks\","
-           "\"policy\":\"%s\",\"requests\":%zu,\"hit_pct\":%.3f,\"pooled_ceiling_pct\":%.3f,"
+           "\"policy\":\"%s\",\"requests\":%zu,\"hit_pct\":%.3f,\"predicted_hit_pct\":%.3f,"
+           "\"pooled_ceiling_pct\":%.3f,"
            "\"hit_of_pooled_pct\":%.3f,\"token_imbalance\":%.3f,\"start_imbalance\":%.3f,"
            "\"conserved\":%s}\n",
-           label, r.name, su.tr.n, sim_hit_pct(&r),
+           label, r.name, su.tr.n, sim_hit_pct(&r), sim_predicted_hit_pct(&r),
            su.ceil.total > 0 ? 100 * su.ceil.pooled / su.ceil.total : 0,
            sim_of_pooled_pct(&r, &su.ceil), r.imbalance, r.start_imbalance,
            sim_conserved(&r, su.tr.n) ? "true" : "false");
@@ -110,7 +111,8 @@ static void print_spot(const char *target, const char *label, const sim_opts *o,
   printf(",\"spot_replicas_up_mean\":%.2f,\"spot_hit_pct\":", r->spot_up_mean);
   json_or_null(r->spot_total_blocks > 0 ? 100 * r->spot_hit_blocks / r->spot_total_blocks : 0,
                r->spot_total_blocks > 0);
-  printf(",\"hit_pct\":%.3f", sim_hit_pct(r));
+  printf(",\"hit_pct\":%.3f,\"predicted_hit_pct\":%.3f", sim_hit_pct(r),
+         sim_predicted_hit_pct(r));
   printf(",\"gold_p95_ttft_ms\":");
   json_or_null(r->ttft[SPI_CLASS_GOLD][1], gold);
   if (calm) {

@@ -368,6 +368,17 @@ PY
   grep -Eq '^hit lines [01]/1; spot lines \(drawn\) [01]/1 of the class-feasible maximum, [01]/1 of the reachable; replay 0/0$' \
     "$tmp/t.txt" || fail "targets_report: $(head -1 "$tmp/t.txt")"
   grep -q 'generator:long-gen \[trace-start\]' "$tmp/t.txt" || fail "targets_report: no trace-start row"
+  # Where the cluster's KV holds the traffic's working set (the hit set-up,
+  # 16 x 1,024 blocks), what the prefix index says the chosen replica holds
+  # is what it holds: the predicted hit rate within 2 points of the real.
+  python3 - "$tmp/t.jsonl" <<'PY' || fail "predicted hit rate off where the KV holds everything"
+import json, sys
+rows = [json.loads(l) for l in open(sys.argv[1])]
+lib = [r for r in rows if r["target"] == "hit" and r["policy"] == "library"]
+assert len(lib) == 1 and lib[0]["hit_pct"] > 0, lib
+assert abs(lib[0]["predicted_hit_pct"] - lib[0]["hit_pct"]) <= 2, lib
+assert all("predicted_hit_pct" in r for r in rows if r["target"] in ("hit", "spot")), rows
+PY
 else
   echo "shared data not found; the trace runs are skipped"
 fi
