@@ -158,6 +158,12 @@ static void set_index(spi_replica_set *set) {
 
 static void slot_reset(spi_replica_slot *s) { SLOT_REPLICA_FIELDS(atomic_store, s); }
 
+/* A tripwire: a field added to spi_replica_slot belongs in
+ * SLOT_REPLICA_FIELDS (reset for each new replica) or beside gen,
+ * incarnation, state and held (set up once in spi__registry_init). */
+_Static_assert(sizeof(spi_replica_slot) == 128,
+               "spi_replica_slot changed: set its new field up above");
+
 /* What a replica of max_inflight streams joining pool starts with as
  * tokens served: its share of the pool's live replicas' tokens, that is
  * their tokens per stream times its streams (their mean when all have its
@@ -302,8 +308,10 @@ const spi_replica_ident *spi__registry_next_in_pool(spi_registry *g,
 }
 
 int spi__registry_init(spi_registry *g, const spi_mem *m) {
-  /* Slots are cache-line aligned; the allocator only promises malloc's. */
-  g->slots_raw = spi__alloc(m, SPI_REPLICA_SLOTS * sizeof *g->slots + 63);
+  /* Slots are cache-line aligned; the allocator only promises malloc's.
+   * Zeroed, so a field left out of the lists below starts at 0, not at
+   * whatever the allocator held. */
+  g->slots_raw = spi__calloc(m, 1, SPI_REPLICA_SLOTS * sizeof *g->slots + 63);
   spi_replica_set *empty = set_new(m, 0);
   g->pix = spi__pix_new(m);
   g->links = spi__alloc(m, sizeof *g->links);
