@@ -127,6 +127,7 @@ double sim_hit_pct(const sim_result *r) {
 double sim_predicted_hit_pct(const sim_result *r) {
   return r->total_blocks > 0 ? 100.0 * r->predicted_blocks / r->total_blocks : 0;
 }
+
 double sim_of_pooled_pct(const sim_result *r, const sim_ceilings *c) {
   return c->pooled > 0 ? 100.0 * r->hit_blocks / c->pooled : 0;
 }
@@ -314,8 +315,7 @@ static void write_json(const char *path, const sim_opts *o, const sim_setup *su,
                ",\"replay_success\":",
             r->name, r->usd, r->usd_fleet, r->tokens > 0 ? r->usd / r->tokens * 1e6 : 0, sav, mx,
             sim_reachable_pct(o, tr, r, &rs[n - 1], mx),
-            r->total_blocks > 0 ? r->hit_blocks / r->total_blocks : 0,
-            r->total_blocks > 0 ? r->predicted_blocks / r->total_blocks : 0, sim_of_pooled_pct(r, c),
+            sim_hit_pct(r) / 100, sim_predicted_hit_pct(r) / 100, sim_of_pooled_pct(r, c),
             sim_of_oracle_pct(r, c), r->completed, r->lost, r->expired, r->at_horizon,
             r->replays, r->replayed);
     if (r->replayed) fprintf(f, "%.6f", sim_replay_success_pct(r) / 100);
