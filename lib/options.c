@@ -257,6 +257,10 @@ static const spi_optdesc OPTIONS[] = {
      "bronze is queued, not sent on-demand, when no spot is up"},
     {"policy.silver_on_demand_fallback", B, "true", 0, 0,
      "silver may fall back to on-demand"},
+    {"policy.fallback_batch_share", D, "0.2", 0, 1,
+     "in a fleet that runs spot, a class below gold that falls back to "
+     "on-demand takes a replica only while its streams, this one "
+     "included, are at most this share of its batch (1: no limit)"},
     {"policy.default_pool", E, "\"on_demand\"", 0, 0,
      "pool when no rule applies: spot|on_demand"},
     {"policy.gold_wait_weight", D, "1", 0.01, 1,

@@ -10,6 +10,9 @@
  *   4. bronze (batch)                            -> spot, else queue
  *   5. silver (low priority)                     -> spot, on-demand fallback
  *   6. otherwise                                 -> policy.default_pool
+ * In a fleet that runs spot (spot_seen_ns), a class below gold that falls
+ * back to on-demand takes a replica only within policy.fallback_batch_share
+ * of its batch (kept_to_spare): on-demand is where gold is kept.
  * A conversation stays in one pool: the rules read the class and the
  * request, never load, and a pool is left for the fallback only when it
  * has no usable replica at all (no load guard empties it, and a pool
@@ -77,6 +80,7 @@ typedef struct pinst {
   int32_t replayable_to_spot, bronze_queue, silver_fallback, default_pool;
   double wait_weight[4]; /* by class */
   double load_cap;
+  double fallback_share; /* policy.fallback_batch_share */
   int32_t speculative_first;
 } pinst;
 
@@ -106,6 +110,7 @@ static int policy_configure_with(void *state, const char *json, size_t len,
   if (!rc) rc = spi__cfg_bool(o, "policy.replayable_to_spot", S, &p->replayable_to_spot, err, errcap);
   if (!rc) rc = spi__cfg_bool(o, "policy.bronze_queue_without_spot", S, &p->bronze_queue, err, errcap);
   if (!rc) rc = spi__cfg_bool(o, "policy.silver_on_demand_fallback", S, &p->silver_fallback, err, errcap);
+  if (!rc) rc = spi__cfg_double(o, "policy.fallback_batch_share", S, &p->fallback_share, err, errcap);
   if (!rc) rc = spi__cfg_enum(o, "policy.default_pool", S, pools, 2, &dp, err, errcap);
   if (!rc) rc = spi__cfg_double(o, "policy.gold_wait_weight", S, &p->wait_weight[SPI_CLASS_GOLD], err, errcap);
   if (!rc) rc = spi__cfg_double(o, "policy.silver_wait_weight", S, &p->wait_weight[SPI_CLASS_SILVER], err, errcap);
@@ -714,6 +719,49 @@ static int64_t cold_placement(const terms *t, const spi_route_context *x,
   return v;
 }
 
+/* Whether a request of klass that falls back into on-demand is kept to
+ * the spare part of its replicas' batches. On-demand is where gold is
+ * kept, and gold pays for every millisecond: each stream a replica runs
+ * slows every prefill there (the TTFT model's 1 + running / max_inflight),
+ * and the long generations of a class that lost its spot pool would fill
+ * gold's batches until spot is back. A fleet that runs spot sizes its
+ * on-demand pool for the classes kept there, and its spot pool is empty
+ * only for now (spot_seen_ns: the engine has registered spot replicas);
+ * in one that runs no spot, on-demand serves every class, and nothing
+ * is held back. */
+static int kept_to_spare(const pinst *p, const spi_route_context *x,
+                         int32_t klass) {
+  return p->fallback_share < 1.0 && x->spot_seen_ns != 0 &&
+         (klass == SPI_CLASS_SILVER || klass == SPI_CLASS_BRONZE);
+}
+
+/* Whether c has room for one more stream within share of its batch: its
+ * streams are what it reports running and waiting, or the library's open
+ * tickets there when those are more (a placement since its last report). */
+static int within_share(const spi_candidate *c, double share) {
+  double cap = c->max_inflight ? (double)c->max_inflight : 1;
+  double streams = c->running + c->waiting;
+  if ((double)c->inflight > streams) streams = (double)c->inflight;
+  return streams + 1.0 <= share * cap;
+}
+
+/* m with only the candidates that have room within share (within_share):
+ * the pool as a request kept to the spare part of it sees it. */
+static void spare_summary(const spi_route_context *x, const summary *m,
+                          double share, summary *out) {
+  *out = *m;
+  out->n_top = 0;
+  for (uint32_t k = 0; k < m->n_top; k++)
+    if (within_share(&x->candidates[m->top[k]], share))
+      out->top[out->n_top++] = m->top[k];
+  out->best = out->n_top > 0 ? out->top[0] : -1;
+  out->second = out->n_top > 1 ? out->top[1] : -1;
+  int64_t *named[3] = {&out->warm, &out->least, &out->rdv};
+  for (int k = 0; k < 3; k++)
+    if (*named[k] >= 0 && !within_share(&x->candidates[*named[k]], share))
+      *named[k] = -1;
+}
+
 /* Choose a replica in one pool; idx -1 when none, -2 to queue (bronze). */
 static pick choose_in_pool(const pinst *p, const spi_route_context *x,
                            const summary *m, int32_t klass) {
@@ -843,6 +891,57 @@ static int64_t fresh_warm(const spi_route_context *x, const summary *m) {
   return m->warm >= 0 && servable(&x->candidates[m->warm]) ? m->warm : -1;
 }
 
+/* The pool rules (the file's comment), in order: the rule's pool, its
+ * fallback (0: none, SPI_POOL_QUEUE: queue) and the rule's text. warm_s
+ * and warm_o are the spot and on-demand summaries' fresh prefix holders. */
+static const char *pool_rule(const pinst *p, const spi_route_context *x,
+                             int64_t warm_s, int64_t warm_o, int32_t *pool,
+                             int32_t *fallback) {
+  const spi_request_view *v = x->req;
+  const spi_classification *cls = x->cls;
+  int32_t klass = cls->klass;
+  int64_t out_tokens = spi__output_bound(v, cls);
+  *fallback = 0;
+  if (klass == SPI_CLASS_GOLD &&
+      (!v->sla_ms_set || v->sla_ms <= p->gold_sla_ms)) {
+    *pool = SPI_POOL_ON_DEMAND;
+    if (p->gold_overflow == OVERFLOW_ALWAYS ||
+        (p->gold_overflow == OVERFLOW_WARM && warm_s >= 0))
+      *fallback = SPI_POOL_SPOT;
+    return "gold within its SLA: on-demand";
+  }
+  if (p->affinity && warm_s >= 0 && out_tokens >= 0 &&
+      out_tokens < p->hit_max_output && klass != SPI_CLASS_GOLD &&
+      (warm_o < 0 || x->candidates[warm_s].matched_blocks >=
+                         x->candidates[warm_o].matched_blocks)) {
+    /* Only where the prefix lives deepest: one short turn of a
+     * conversation held on on-demand does not split it off to spot. */
+    *pool = SPI_POOL_SPOT;
+    *fallback = klass == SPI_CLASS_BRONZE ? 0 : SPI_POOL_ON_DEMAND;
+    return "spot cache hit with short output: spot";
+  }
+  if (cls->replayable && p->replayable_to_spot && klass != SPI_CLASS_BRONZE) {
+    *pool = SPI_POOL_SPOT;
+    *fallback = (klass == SPI_CLASS_GOLD || p->silver_fallback)
+                    ? SPI_POOL_ON_DEMAND
+                    : 0;
+    return "replayable: spot";
+  }
+  if (klass == SPI_CLASS_BRONZE) {
+    *pool = SPI_POOL_SPOT;
+    *fallback = p->bronze_queue ? SPI_POOL_QUEUE : SPI_POOL_ON_DEMAND;
+    return "batch: spot";
+  }
+  if (klass == SPI_CLASS_SILVER) {
+    *pool = SPI_POOL_SPOT;
+    *fallback = p->silver_fallback ? SPI_POOL_ON_DEMAND : 0;
+    return "low priority: spot";
+  }
+  *pool = p->default_pool;
+  *fallback = *pool == SPI_POOL_SPOT ? SPI_POOL_ON_DEMAND : 0;
+  return "default pool";
+}
+
 static int policy_choose(void *state, void *inst, const spi_route_context *x,
                          spi_policy_choice *out) {
   (void)state;
@@ -861,50 +960,16 @@ static int policy_choose(void *state, void *inst, const spi_route_context *x,
     summarise(x, SPI_POOL_SPOT, SPI_TIER_LARGE, &ms);
     summarise(x, SPI_POOL_ON_DEMAND, SPI_TIER_LARGE, &mo);
   }
-  int64_t out_tokens = spi__output_bound(v, cls);
   int64_t warm_s = fresh_warm(x, &ms), warm_o = fresh_warm(x, &mo);
 
   /* Pool rules, in order; fallback pool and whether queueing is allowed. */
   int32_t pool, fallback = 0;
-  const char *rule;
-  int gold_tight = klass == SPI_CLASS_GOLD &&
-                   (!v->sla_ms_set || v->sla_ms <= p->gold_sla_ms);
-  if (gold_tight) {
-    pool = SPI_POOL_ON_DEMAND;
-    rule = "gold within its SLA: on-demand";
-    if (p->gold_overflow == OVERFLOW_ALWAYS ||
-        (p->gold_overflow == OVERFLOW_WARM && warm_s >= 0))
-      fallback = SPI_POOL_SPOT;
-  } else if (p->affinity && warm_s >= 0 && out_tokens >= 0 &&
-             out_tokens < p->hit_max_output && klass != SPI_CLASS_GOLD &&
-             (warm_o < 0 || x->candidates[warm_s].matched_blocks >=
-                                x->candidates[warm_o].matched_blocks)) {
-    /* Only where the prefix lives deepest: one short turn of a
-     * conversation held on on-demand does not split it off to spot. */
-    pool = SPI_POOL_SPOT;
-    rule = "spot cache hit with short output: spot";
-    fallback = klass == SPI_CLASS_BRONZE ? 0 : SPI_POOL_ON_DEMAND;
-  } else if (cls->replayable && p->replayable_to_spot &&
-             klass != SPI_CLASS_BRONZE) {
-    pool = SPI_POOL_SPOT;
-    rule = "replayable: spot";
-    fallback = (klass == SPI_CLASS_GOLD || p->silver_fallback) ? SPI_POOL_ON_DEMAND : 0;
-  } else if (klass == SPI_CLASS_BRONZE) {
-    pool = SPI_POOL_SPOT;
-    rule = "batch: spot";
-    fallback = p->bronze_queue ? SPI_POOL_QUEUE : SPI_POOL_ON_DEMAND;
-  } else if (klass == SPI_CLASS_SILVER) {
-    pool = SPI_POOL_SPOT;
-    rule = "low priority: spot";
-    fallback = p->silver_fallback ? SPI_POOL_ON_DEMAND : 0;
-  } else {
-    pool = p->default_pool;
-    rule = "default pool";
-    fallback = pool == SPI_POOL_SPOT ? SPI_POOL_ON_DEMAND : 0;
-  }
+  const char *rule = pool_rule(p, x, warm_s, warm_o, &pool, &fallback);
 
   const summary *primary = pool == SPI_POOL_SPOT ? &ms : &mo;
   const int32_t rule_pool = pool, rule_fallback = fallback;
+  summary spare;
+  int kept = 0;
   pick pk = choose_in_pool(p, x, primary, klass);
   if (pk.idx == -2) { /* bronze waits for its warm replica */
     out->pool = SPI_POOL_QUEUE;
@@ -921,6 +986,11 @@ static int policy_choose(void *state, void *inst, const spi_route_context *x,
     primary = fallback == SPI_POOL_SPOT ? &ms : &mo;
     pool = fallback;
     fallback = 0;
+    if (pool == SPI_POOL_ON_DEMAND && kept_to_spare(p, x, klass)) {
+      spare_summary(x, &mo, p->fallback_share, &spare);
+      primary = &spare;
+      kept = 1;
+    }
     pk = choose_in_pool(p, x, primary, klass);
     if (pk.idx == -2) pk.idx = -1;
   }
@@ -940,6 +1010,14 @@ static int policy_choose(void *state, void *inst, const spi_route_context *x,
       return SPI_OK;
     }
     int shed = x->shed[pool] || (fallback && x->shed[fallback]);
+    if (kept && !shed && has_servable(x, &mo)) {
+      out->pool = 0;
+      out->reason_code = SPI_REASON_NO_CAPACITY;
+      spi__join(out->reason, sizeof out->reason, rule, "; ",
+                "no spot replica, and on-demand is kept for gold beyond "
+                "policy.fallback_batch_share of each batch");
+      return SPI_OK;
+    }
     if (!shed &&
         last_resort(x, &ms, &mo, rule_pool, rule_fallback, rule, out))
       return SPI_OK;

@@ -343,6 +343,7 @@ int spi__registry_init(spi_registry *g, const spi_mem *m) {
   g->next_slot = 0;
   g->set_version = 0;
   for (size_t w = 0; w < SPI_REPLICA_SLOTS / 64; w++) atomic_init(&g->dirty[w], 0);
+  atomic_init(&g->spot_seen_ns, 0);
   return SPI_OK;
 }
 
@@ -662,6 +663,10 @@ int spi_replica_upsert(spi_engine *engine, const spi_replica_info *info) {
   pthread_mutex_unlock(&engine->registry.lock);
   spi__nodes_unlock(engine);
   retire(engine, retired);
+  if (rc == SPI_OK && r.pool == SPI_POOL_SPOT) {
+    int64_t now = spi__engine_now(engine);
+    atomic_store(&engine->registry.spot_seen_ns, now > 0 ? now : 1);
+  }
   return rc;
 }
 

@@ -333,6 +333,8 @@ static int phase_policy(route_state *rs) {
   for (int p = 0; p < 4; p++) x.mean_max_inflight[p] = rs->mean_streams[p];
   for (int k = 0; k < SPI_SUMMARY_CELLS; k++)
     x.mean_prefill_wait_ms[k] = rs->mean_wait[k];
+  x.spot_seen_ns = atomic_load_explicit(&rs->e->registry.spot_seen_ns,
+                                        memory_order_relaxed);
   int rc = run_policy(sl->mod, sl->inst, &x, rs->ch);
   if (rc != SPI_OK && sl->mod != sl->builtin &&
       sl->mod->on_failure == SPI_ON_FAILURE_FALLBACK)

@@ -194,6 +194,11 @@ typedef struct spi_registry {
   struct spi_replica_links *links;
   uint64_t link_steps;      /* entries the writers' and node.c's lookups
                                looked at (under lock) */
+  /* When a spot replica was last registered (engine clock, ns; 0: never):
+   * a fleet that runs spot sizes its on-demand pool for the classes kept
+   * there, even while every spot replica is gone
+   * (spi_route_context.spot_seen_ns). */
+  atomic_llong spot_seen_ns;
 } spi_registry;
 
 /* Every writer of a slot field that routing reads (state, load, in-flight

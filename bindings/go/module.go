@@ -179,6 +179,12 @@ static int spi_go_ctx_has_backlog(const spi_route_context *ctx) {
                                  sizeof ctx->mean_prefill_wait_ms;
 }
 
+// Whether the context carries spot_seen_ns (since 0.3.0).
+static int spi_go_ctx_has_spot_seen(const spi_route_context *ctx) {
+  return ctx->struct_size >= offsetof(spi_route_context, spot_seen_ns) +
+                                 sizeof ctx->spot_seen_ns;
+}
+
 // The number of pool summaries, 0 when the library's context predates them
 // (struct_size does not cover the fields).
 static size_t spi_go_n_summaries(const spi_route_context *ctx) {
@@ -743,6 +749,11 @@ type RouteContext struct {
 	// (Running >= MaxInflight) counted at 0: the pool and tier's prefill
 	// backlog. Since 0.3.0 (zeros from an older library).
 	MeanPrefillWaitMs [SummaryCells]float64
+	// SpotSeenNs is when the engine last registered a spot replica (its
+	// clock, ns; 0 if it never has): while the spot pool is empty,
+	// non-zero tells a fleet whose spot is gone for now from one that runs
+	// none. Since 0.3.0 (0 from an older library).
+	SpotSeenNs int64
 }
 
 // Summary is the summary of pool and tier, or nil if there is none (pool
@@ -781,6 +792,9 @@ func routeContextFrom(c *C.spi_route_context, view *RequestView) *RouteContext {
 		for i := 0; i < SummaryCells; i++ {
 			ctx.MeanPrefillWaitMs[i] = float64(c.mean_prefill_wait_ms[i])
 		}
+	}
+	if C.spi_go_ctx_has_spot_seen(c) != 0 {
+		ctx.SpotSeenNs = int64(c.spot_seen_ns)
 	}
 	model := C.spi_go_candidate_has_model(c) != 0
 	n := int(c.n_candidates)

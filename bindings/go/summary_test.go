@@ -433,6 +433,10 @@ func TestPolicySeesTTFTModel(t *testing.T) {
 	if first.MeanPrefillWaitMs != [SummaryCells]float64{} || math.Abs(backlog-on.EstWaitMs) > 1e-3 {
 		t.Fatalf("%+v %v %v", first.MeanPrefillWaitMs, backlog, on.EstWaitMs)
 	}
+	// The fleet has spot replicas: the engine says since when.
+	if first.SpotSeenNs <= 0 || second.SpotSeenNs != first.SpotSeenNs {
+		t.Fatalf("%v %v", first.SpotSeenNs, second.SpotSeenNs)
+	}
 	must(t, d1.Ticket.Finish(TicketResult{}))
 	must(t, d2.Ticket.Finish(TicketResult{}))
 }

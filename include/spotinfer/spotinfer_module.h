@@ -312,6 +312,12 @@ typedef struct spi_route_context {
    * of the pool and tier (0 when it has no usable replica). A summary's
    * usable says how many replicas the mean is over. */
   double mean_prefill_wait_ms[SPI_SUMMARY_CELLS];
+  /* Since 0.3.0: when the engine last registered a spot replica (its
+   * clock, ns; 0 if it never has). Non-zero while the spot pool is empty
+   * tells a fleet whose spot replicas are gone for now, whose on-demand
+   * pool is sized for the classes kept there, from one that runs no spot,
+   * whose on-demand pool serves every class. */
+  int64_t spot_seen_ns;
 } spi_route_context;
 
 /* A policy's answer: indices into the candidates, best first. */

@@ -892,6 +892,60 @@ static void test_shed_pool_is_not_left_for_the_fallback(void **st) {
   done(w);
 }
 
+/* A fleet that runs spot keeps on-demand's batches for gold while its spot
+ * pool is gone: silver falling back there takes a replica only while the
+ * replica's streams, silver's own included, are within
+ * policy.fallback_batch_share (0.2) of its batch, and past that it is
+ * refused (the gateway retries it) while gold is still served. A fleet
+ * that never ran spot serves silver on on-demand, its only pool, whatever
+ * the batches hold; so does a share of 1. */
+static void test_fallback_leaves_gold_its_batch(void **st) {
+  (void)st;
+  const char *policy[3] = {NULL, NULL, "{\"fallback_batch_share\":1}"};
+  for (int k = 0; k < 3; k++) {
+    world *w = mk(policy[k]);
+    int kept = k == 0;
+    if (k != 1) { /* a spot fleet whose one spot replica is gone */
+      add(w, "s0", SPI_POOL_SPOT);
+      assert_int_equal(spi_replica_remove(w->e, "s0", 2), SPI_OK);
+    }
+    add(w, "d0", SPI_POOL_ON_DEMAND); /* 16 streams a batch: 3.2 spare */
+    add(w, "d1", SPI_POOL_ON_DEMAND);
+    load(w, "d0", 8, 0); /* 9 with silver: past the share */
+    load(w, "d1", 1, 0); /* 2 with silver: within it */
+    uint32_t b[32];
+    spi_decision d;
+    prompt(w, b, chain(b, 300, 4), "silver");
+    assert_int_equal(route(w, &d), SPI_OK);
+    assert_int_equal(d.pool, SPI_POOL_ON_DEMAND);
+    /* Kept, on d1 with no fallback; else where the cold prefix's
+     * rendezvous order puts it (d0 here), d1 as its fallback. */
+    assert_string_equal(d.replica_id, kept ? "d1" : "d0");
+    assert_int_equal(d.n_fallbacks, kept ? 0 : 1);
+    finish(w, d.ticket);
+    load(w, "d1", 3, 0); /* 4 with silver: both past the share */
+    prompt(w, b, chain(b, 400, 4), "silver");
+    memset(&d, 0, sizeof d);
+    d.struct_size = sizeof d;
+    int rc = spi_route(w->r, &d);
+    if (kept) {
+      assert_int_equal(rc, SPI_ENOCAPACITY);
+      assert_int_equal(d.ticket, 0);
+      assert_int_equal(d.reason_code, SPI_REASON_NO_CAPACITY);
+      assert_non_null(strstr(spi_request_errmsg(w->r), "kept for gold"));
+    } else {
+      assert_int_equal(rc, SPI_OK);
+      assert_int_equal(d.pool, SPI_POOL_ON_DEMAND);
+      finish(w, d.ticket);
+    }
+    prompt(w, b, chain(b, 500, 4), "gold");
+    assert_int_equal(route(w, &d), SPI_OK);
+    assert_int_equal(d.pool, SPI_POOL_ON_DEMAND);
+    finish(w, d.ticket);
+    done(w);
+  }
+}
+
 /* A spot replica whose load is stale or missing (dead, or not scraped yet
  * after a reload) is saturated for choice but says nothing of the pool's
  * KV pressure: one healthy replica at 0.8 beside four silent ones serves
@@ -1824,6 +1878,7 @@ int main(void) {
       cmocka_unit_test(test_few_conversations_keep_their_replicas),
       cmocka_unit_test(test_document_readers_are_not_one_conversation),
       cmocka_unit_test(test_shed_pool_is_not_left_for_the_fallback),
+      cmocka_unit_test(test_fallback_leaves_gold_its_batch),
       cmocka_unit_test(test_stale_replica_is_not_kv_pressure),
       cmocka_unit_test(test_unreported_fleet_serves_gold),
       cmocka_unit_test(test_stale_spot_sends_silver_to_on_demand),

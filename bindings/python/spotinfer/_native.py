@@ -595,6 +595,7 @@ class RouteContext(_Struct):
         ("prompt_tokens", c_double),
         ("mean_max_inflight", c_double * 4),
         ("mean_prefill_wait_ms", c_double * SUMMARY_CELLS),
+        ("spot_seen_ns", c_int64),
     ]
 
 

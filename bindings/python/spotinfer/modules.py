@@ -312,6 +312,11 @@ class RouteContext:
     # the pool and tier's prefill backlog (since 0.3.0; zeros from an older
     # library).
     mean_prefill_wait_ms: Tuple[float, float, float, float] = (0.0, 0.0, 0.0, 0.0)
+    # When the engine last registered a spot replica (its clock, ns; 0 if
+    # it never has): while the spot pool is empty, non-zero tells a fleet
+    # whose spot is gone for now from one that runs none (since 0.3.0; 0
+    # from an older library).
+    spot_seen_ns: int = 0
 
     def summary(self, pool: Union[Pool, int, str],
                 model_tier: Union[ModelTier, int, str]) -> Optional[PoolSummary]:
@@ -722,11 +727,14 @@ _SIZES_END = (_n.RouteContext.mean_max_inflight.offset +
               _n.RouteContext.mean_max_inflight.size)
 _BACKLOG_END = (_n.RouteContext.mean_prefill_wait_ms.offset +
                 _n.RouteContext.mean_prefill_wait_ms.size)
+_SPOT_SEEN_END = (_n.RouteContext.spot_seen_ns.offset +
+                  _n.RouteContext.spot_seen_ns.size)
 
 
 def _model_fields(ctx: _n.RouteContext) -> Dict[str, Any]:
-    """mean_served_tokens, prompt_tokens, mean_max_inflight and
-    mean_prefill_wait_ms, each when struct_size covers it."""
+    """mean_served_tokens, prompt_tokens, mean_max_inflight,
+    mean_prefill_wait_ms and spot_seen_ns, each when struct_size covers
+    it."""
     if ctx.struct_size < _MODEL_END:
         return {}
     out = {"mean_served_tokens": tuple(ctx.mean_served_tokens),
@@ -735,6 +743,8 @@ def _model_fields(ctx: _n.RouteContext) -> Dict[str, Any]:
         out["mean_max_inflight"] = tuple(ctx.mean_max_inflight)
     if ctx.struct_size >= _BACKLOG_END:
         out["mean_prefill_wait_ms"] = tuple(ctx.mean_prefill_wait_ms)
+    if ctx.struct_size >= _SPOT_SEEN_END:
+        out["spot_seen_ns"] = ctx.spot_seen_ns
     return out
 
 

@@ -350,6 +350,8 @@ def test_python_policy_sees_the_ttft_model(world):
     backlog = sum(w * s.usable for w, s in
                   zip(second.mean_prefill_wait_ms, second.summaries))
     assert backlog == pytest.approx(on.est_wait_ms, abs=1e-3)  # microseconds
+    # The world's fleet has spot replicas: the engine says since when.
+    assert first.spot_seen_ns > 0 and second.spot_seen_ns == first.spot_seen_ns
     d1.ticket.finish()
     d2.ticket.finish()
 
