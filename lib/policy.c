@@ -168,8 +168,6 @@ static double rel_load(const spi_candidate *c) {
  * is none; top is every summarised candidate, best TTFT first. */
 typedef struct summary {
   int64_t warm;     /* deepest match, then best TTFT */
-  int64_t best;     /* best TTFT */
-  int64_t second;   /* second-best TTFT (the alternative to best) */
   int64_t least;    /* least loaded, relative to size */
   int64_t rdv;      /* rendezvous winner among the not busy */
   int any;
@@ -206,8 +204,6 @@ static void fold(const spi_route_context *x, const spi_pool_summary *s,
     m->usable = s->usable;
     for (uint32_t k = 0; k < ns; k++) m->top[k] = s->top[k];
     m->n_top = ns;
-    m->best = ns > 0 ? m->top[0] : -1;
-    m->second = ns > 1 ? m->top[1] : -1;
     m->warm = s->warm >= 0 ? s->warm : -1;
     m->least = s->least >= 0 ? s->least : -1;
     m->rdv = s->rendezvous >= 0 ? s->rendezvous : -1;
@@ -226,8 +222,6 @@ static void fold(const spi_route_context *x, const spi_pool_summary *s,
   }
   memcpy(m->top, merged, n * sizeof merged[0]);
   m->n_top = n;
-  m->best = n > 0 ? m->top[0] : -1;
-  m->second = n > 1 ? m->top[1] : -1;
   if (s->warm >= 0) {
     const spi_candidate *c = &cs[s->warm];
     if (m->warm < 0 || c->matched_blocks > cs[m->warm].matched_blocks ||
@@ -262,7 +256,7 @@ static void fold_tier(const spi_route_context *x, int32_t pool, int32_t tier,
 /* The summary of pool for tier (0 = any tier). */
 static void summarise(const spi_route_context *x, int32_t pool, int32_t tier,
                       summary *m) {
-  m->warm = m->best = m->second = m->least = m->rdv = -1;
+  m->warm = m->least = m->rdv = -1;
   m->any = 0;
   m->usable = 0;
   m->backlog = 0;
@@ -754,8 +748,6 @@ static void spare_summary(const spi_route_context *x, const summary *m,
   for (uint32_t k = 0; k < m->n_top; k++)
     if (within_share(&x->candidates[m->top[k]], share))
       out->top[out->n_top++] = m->top[k];
-  out->best = out->n_top > 0 ? out->top[0] : -1;
-  out->second = out->n_top > 1 ? out->top[1] : -1;
   int64_t *named[3] = {&out->warm, &out->least, &out->rdv};
   for (int k = 0; k < 3; k++)
     if (*named[k] >= 0 && !within_share(&x->candidates[*named[k]], share))
