@@ -206,6 +206,40 @@ print(f"seed 103: gold p95 TTFT {g} ms against {calm} ms calm", file=sys.stderr)
 sys.exit(g > 1.1 * calm)
 PY
 
+# The other end of the dial: at fallback_batch_share 0 the classes below
+# gold never take on-demand while spot is gone, so gold's p95 stays the
+# calm run's (within 2 %) even where both spot zones are down for most of
+# the run (8 on-demand + 8 spot in two GCP zones, bursts, seed 101: 1.46x
+# at the default share; docs/routing.md).
+cat >"$tmp/c88.json" <<'JSON'
+{"groups": [
+  {"pool": "on_demand", "zone": "us-central1-a", "instance_type": "gpu", "count": 8,
+   "usd_per_hour": 4.0, "prefill_tokens_per_s": 20000, "decode_tokens_per_s": 80,
+   "kv_blocks": 1024, "max_batch": 64},
+  {"pool": "spot", "zone": "us-central1-a", "instance_type": "gpu", "count": 4,
+   "usd_per_hour": 1.6, "on_demand_usd_per_hour": 4.0, "cloud": "gcp",
+   "prefill_tokens_per_s": 20000, "decode_tokens_per_s": 80, "kv_blocks": 1024,
+   "max_batch": 64},
+  {"pool": "spot", "zone": "us-central1-b", "instance_type": "gpu", "count": 4,
+   "usd_per_hour": 1.6, "on_demand_usd_per_hour": 4.0, "cloud": "gcp",
+   "prefill_tokens_per_s": 20000, "decode_tokens_per_s": 80, "kv_blocks": 1024,
+   "max_batch": 64}]}
+JSON
+printf '{"policy": {"fallback_batch_share": 0}}' >"$tmp/share0.json"
+for calm in "" --no-interruptions; do
+  "$sim" --quiet --cluster "$tmp/c88.json" --family bursts --seed 101 --requests 5000 \
+    --rate 20 --policies library --config "$tmp/share0.json" $calm \
+    --json "$tmp/s0${calm:+c}.json" >/dev/null || fail "share 0 run ($calm) exited $?"
+done
+python3 - "$tmp/s0.json" "$tmp/s0c.json" <<'PY' || fail "share 0: gold p95 TTFT moved"
+import json, sys
+g, calm = (json.load(open(f))["policies"][0]["classes"]["gold"]["ttft_ms"][1]
+           for f in sys.argv[1:])
+print(f"share 0, both zones down: gold p95 TTFT {g} ms against {calm} ms calm",
+      file=sys.stderr)
+sys.exit(g > 1.02 * calm)
+PY
+
 # Spot zones that go away and never come back, on a spot-only cluster: the
 # run ends at its horizon with the unplaceable traffic counted, not looping.
 printf '{"metadata": {"gap_seconds": 30}, "data": [1, 1, 0]}' >"$tmp/never.json"
