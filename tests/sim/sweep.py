@@ -23,7 +23,10 @@ core; --seeds 1,...,15 and --points default,... for the full picture
 
     python3 tests/sim/sweep.py build/examples/spotinfer_sim ../shared/data \
         [--seeds 1,2,3] [--points rate/2,rate*2,...] [--families a,b]
-        [--no-traces]
+        [--no-traces] [--config library.json]
+
+--config passes a library configuration to every run (spotinfer_sim
+--config), so a setting can be compared against the defaults.
 """
 import argparse
 import json
@@ -56,7 +59,7 @@ FAMILIES = ["mixed", "global-prompt", "tenants", "long-sessions", "agents",
 BASELINES = ["greedy", "sglang", "epp"]
 
 
-def run(sim, work, point, seed, tmp):
+def run(sim, work, point, seed, tmp, config=None):
     p = POINTS[point]
     rate = BASE["rate"] * p.get("rate", 1.0)
     n = p.get("replicas", BASE["replicas"])
@@ -64,6 +67,8 @@ def run(sim, work, point, seed, tmp):
     out = os.path.join(tmp, "run.json")
     cmd = ["nice", "-n", "10", sim, "--quiet", "--seed", str(seed),
            "--policies", "library," + ",".join(BASELINES), "--json", out]
+    if config:
+        cmd += ["--config", config]
     if p.get("cluster"):
         cluster = os.path.join(tmp, "mixed-sizes.json")
         with open(cluster, "w") as f:
@@ -115,6 +120,7 @@ def main():
     ap.add_argument("--points", default=",".join(k for k in POINTS if k != "default"))
     ap.add_argument("--families", default=",".join(FAMILIES))
     ap.add_argument("--no-traces", action="store_true")
+    ap.add_argument("--config")
     a = ap.parse_args()
     seeds = [int(s) for s in a.seeds.split(",")]
     points = a.points.split(",")
@@ -131,7 +137,7 @@ def main():
         for p in points:
             for w in work:
                 for s in seeds:
-                    row = run(a.sim, w, p, s, tmp)
+                    row = run(a.sim, w, p, s, tmp, a.config)
                     print(json.dumps(row), flush=True)
                     k = summary.setdefault(p, [0, 0, []])
                     k[0] += 1
