@@ -250,7 +250,7 @@ static void entry_read(spi_pool_index *p, const route_env *x,
   pix_cold *c = &p->cold[pos];
   h->kind = PIX_REG;
   h->cell = r->cell;
-  h->wait_ms = spi__prefill_wait_ms(x->cfg, rd.wait, rd.pf.queued, rd.pf.ms_tok);
+  h->wait_ms = spi__prefill_wait_ms(x->cfg, r, rd.run, rd.wait, rd.inflight, &rd.pf);
   h->ms_tok = rd.pf.ms_tok;
   h->slow = 1.0 + rd.run * r->inv_max_inflight;
   p->t_wait[pos] = h->wait_ms;

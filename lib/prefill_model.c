@@ -79,6 +79,20 @@ void spi__prefill_end(spi_replica_slot *s, const spi_ticket *k) {
 /* The finish of a ticket on its own replica: the output it generated
  * replaces the estimate counted at open, so what a replica was sent is
  * its prompts and outputs as they were, whatever the requests said. */
+/* The mean output of the replica's finished tickets, as the batch-slot
+ * wait reads it (prefill_model.h): a moving mean over about the last 16,
+ * the first one taken as it is. A ticket that ended early (cancelled,
+ * failed, drained) held its slot for the output it got, so every finish
+ * counts. Two finishes at once may lose one of the updates; the mean is
+ * an estimate, and taking a lock for it would cost every finish. */
+static void learn_output(spi_replica_slot *s, uint64_t output_tokens) {
+  double m = spi__bitsd(atomic_load_explicit(&s->mean_output,
+                                             memory_order_relaxed));
+  double o = (double)output_tokens;
+  m = m > 0 ? m + (o - m) / 16.0 : o;
+  atomic_store_explicit(&s->mean_output, spi__dbits(m), memory_order_relaxed);
+}
+
 void spi__prefill_finish(spi_replica_slot *s, const spi_ticket *k,
                          uint64_t output_tokens) {
   if (output_tokens > k->expected_output)
@@ -89,4 +103,5 @@ void spi__prefill_finish(spi_replica_slot *s, const spi_ticket *k,
     atomic_fetch_sub_explicit(&s->served_tokens,
                               k->expected_output - output_tokens,
                               memory_order_relaxed);
+  learn_output(s, output_tokens);
 }

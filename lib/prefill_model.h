@@ -4,9 +4,13 @@
  *
  * With continuous batching a new request waits for the prefill queued
  * ahead of it, then runs its own prefill; decodes already running do not
- * make it wait, they slow every token a little. So, on replica r:
+ * make it wait, they slow every token a little, until they fill the batch:
+ * then it waits for a slot. So, on replica r:
  *
- *   wait_r = max(queued_r / rate_r, waiting_r * router.ttft_per_queued_ms)
+ *   wait_r = max(queued_r / rate_r, waiting_r * router.ttft_per_queued_ms,
+ *                slot_r)
+ *   slot_r = (streams_r + 1 - max_inflight_r) / max_inflight_r
+ *            * output_r / decode_r              (0 while the batch has room)
  *   TTFT_r = ttft_base_ms + wait_r
  *            + (prompt - cached_r) / rate_r * (1 + running_r / max_inflight_r)
  *
@@ -14,7 +18,9 @@
  * without a first token; waiting_r: the queue the replica itself reports
  * (other proxies' work too); rate_r: its prefill rate learnt from first
  * tokens, router.prefill_tokens_per_s until PREFILL_MIN_SAMPLES have been
- * seen; cached_r: the prefix it holds. A stale load reads as saturated, so
+ * seen; cached_r: the prefix it holds; streams_r: running_r + waiting_r,
+ * or this library's open tickets there when more; output_r: the mean
+ * output of its finished tickets; decode_r: one stream's decode rate. A stale load reads as saturated, so
  * its wait and slowdown are huge.
  *
  * Everything here is inline: the pass over the replicas evaluates it for
@@ -35,6 +41,8 @@ typedef struct spi_prefill_read {
   double served;   /* work sent there since it joined: prompt + output tokens */
   double rate;     /* prefill tokens/s in use for the estimate */
   double ms_tok;   /* ... as ms a token: 1000 / rate */
+  double mean_out; /* output tokens of its finished tickets, a moving mean
+                      (prefill_model.c); 0 before the first */
 } spi_prefill_read;
 
 /* default_ms_tok: 1000 / default_rate, computed once a route (the same
@@ -54,15 +62,44 @@ static inline void spi__prefill_read(const spi_replica_slot *s,
   int own = n >= SPI_PREFILL_MIN_SAMPLES && learnt > 0;
   o->rate = own ? learnt : default_rate;
   o->ms_tok = own ? 1000.0 / learnt : default_ms_tok;
+  o->mean_out = spi__bitsd(atomic_load_explicit(&s->mean_output,
+                                                memory_order_relaxed));
 }
 
-/* The wait behind queued prefill, ms; ms_tok is 1000 / the rate. */
+/* The wait for a batch slot, ms. While the streams on r (what it reports
+ * running and waiting, or this library's open tickets there when those
+ * are more) fill its batch, a new request starts only once streams + 1 -
+ * max_inflight of them have ended, and a full batch ends about
+ * max_inflight streams in the time one takes: its mean output (pf->
+ * mean_out, learnt from finished tickets) at one stream's decode rate (the
+ * replica's, else router.decode_tokens_per_s). 0 while the batch has room
+ * or before a ticket there has finished. */
+static inline double spi__slot_wait_ms(const spi_router_cfg *c,
+                                       const spi_replica_ident *r,
+                                       double running, double waiting,
+                                       uint32_t inflight,
+                                       const spi_prefill_read *pf) {
+  double streams = running + waiting;
+  if ((double)inflight > streams) streams = (double)inflight;
+  double ahead = streams + 1.0 - r->cap;
+  if (!(ahead > 0) || !(pf->mean_out > 0)) return 0;
+  double decode = r->decode_tps > 0 ? r->decode_tps : c->decode_tokens_per_s;
+  return ahead / r->cap * pf->mean_out / decode * 1000.0;
+}
+
+/* How long a new request on r waits before its prefill starts, ms: behind
+ * the prefill queued there (this library's, at the learnt rate, or the
+ * queue the replica reports), or for a batch slot, whichever is longer. */
 static inline double spi__prefill_wait_ms(const spi_router_cfg *c,
-                                          double waiting, double queued,
-                                          double ms_tok) {
-  double own = queued * ms_tok;
+                                          const spi_replica_ident *r,
+                                          double running, double waiting,
+                                          uint32_t inflight,
+                                          const spi_prefill_read *pf) {
+  double own = pf->queued * pf->ms_tok;
   double reported = waiting * c->ttft_per_queued_ms;
-  return own > reported ? own : reported;
+  double wait = own > reported ? own : reported;
+  double slot = spi__slot_wait_ms(c, r, running, waiting, inflight, pf);
+  return slot > wait ? slot : wait;
 }
 
 /* The TTFT estimate, ms, given the wait and the uncached prompt tokens. */

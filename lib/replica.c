@@ -154,7 +154,8 @@ static void set_index(spi_replica_set *set) {
   X(&(s)->prefill_queued, 0ull);               \
   X(&(s)->served_tokens, 0ull);                \
   X(&(s)->prefill_rate, 0ull);                 \
-  X(&(s)->rate_samples, 0u)
+  X(&(s)->rate_samples, 0u);                   \
+  X(&(s)->mean_output, 0ull)
 
 static void slot_reset(spi_replica_slot *s) { SLOT_REPLICA_FIELDS(atomic_store, s); }
 

@@ -73,7 +73,7 @@ static inline void eval_of(const route_env *x, const spi_replica_ident *r,
   o->rate = rd->pf.rate;
   o->ms_tok = rd->pf.ms_tok;
   o->served = rd->pf.served;
-  o->wait_ms = spi__prefill_wait_ms(x->cfg, rd->wait, rd->pf.queued, rd->pf.ms_tok);
+  o->wait_ms = spi__prefill_wait_ms(x->cfg, r, rd->run, rd->wait, rd->inflight, &rd->pf);
   o->t = est_ttft(x, o, r, matched ? x->warm_tok : x->cold_tok);
   o->rdv = mix64(r->id_hash ^ x->rkey);
   o->busy = (uint8_t)busy_of(r, rd);
@@ -394,7 +394,7 @@ static void scan_lean(const route_env *x, const spi_replica_set *set,
     st_od += spot ? 0 : r->max_inflight;
     cell_acc *c = &sc->cell[r->cell];
     int advised = rd.advised_until > x->now;
-    double wait = spi__prefill_wait_ms(cfg, rd.wait, rd.pf.queued, rd.pf.ms_tok);
+    double wait = spi__prefill_wait_ms(cfg, r, rd.run, rd.wait, rd.inflight, &rd.pf);
     wait_fix[r->cell] += spi__wait_fix(wait, rd.run, r->max_inflight);
     double t = spi__prefill_ttft_ms(cfg, wait, rd.run, r->inv_max_inflight,
                                     x->cold_tok, rd.pf.ms_tok, advised);

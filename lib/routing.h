@@ -135,6 +135,9 @@ typedef struct spi_replica_slot {
   /* Removed, but routes and ticket reports that saw its replica may still
    * be counting on it: not reusable until they are gone (replica.c). */
   atomic_int held;
+  atomic_ullong mean_output; /* double bits: output tokens of its finished
+                                tickets, a moving mean (prefill_model.c);
+                                0 before the first */
 } spi_replica_slot;
 
 _Static_assert(offsetof(spi_replica_slot, cooldown_until_ns) + 8 <= 64,

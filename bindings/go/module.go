@@ -669,7 +669,7 @@ type Candidate struct {
 	Advised bool
 	// The TTFT model's parts (since 0.3.0; 0 from an older library):
 	// EstTTFTMs = router.ttft_base_ms + EstWaitMs + its own prefill.
-	EstWaitMs         float64 // behind the prefill queued there
+	EstWaitMs         float64 // behind queued prefill, or for a slot in a full batch
 	ServedTokens      float64 // prompt + output tokens sent since it joined
 	PrefillTokensPerS float64 // learnt (or configured) prefill rate
 	// MatchContinued (SPI_MATCH_CONTINUED, since 0.3.0): a request routed

@@ -224,7 +224,10 @@ typedef struct spi_candidate {
   /* Since 0.3.0 (candidate_size covers them). The parts of the TTFT model
    * (README, "Replica choice"): est_ttft_ms = router.ttft_base_ms +
    * est_wait_ms + its own prefill (+ the advice penalty). */
-  double est_wait_ms;      /* behind the prefill queued there, ms */
+  double est_wait_ms;      /* behind the prefill queued there or, when its
+                              batch is full, for a slot in it (once a
+                              ticket there has finished), whichever is
+                              longer, ms */
   double served_tokens;    /* work the library sent it since it joined, in
                               tokens: each request's prompt and output (the
                               expected output until its ticket finishes,

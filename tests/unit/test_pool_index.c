@@ -9,7 +9,8 @@
  * requests are routed with a policy that reads the summaries (through the
  * index) and with one that reads every candidate (a pass over every slot):
  * what the two see must be the same, bit for bit. Run under
- * ThreadSanitizer in CI, it must also show no race.
+ * ThreadSanitizer in CI, it must also show no race. Finished tickets
+ * report outputs, so replicas whose batch is full wait for a slot there.
  */
 #include <pthread.h>
 #include <setjmp.h>
@@ -157,6 +158,9 @@ static void *router(void *arg) {
     memset(&res, 0, sizeof res);
     res.struct_size = sizeof res;
     res.status = mix(&w->rng) % 9 ? SPI_TICKET_OK : SPI_TICKET_ERROR;
+    /* Outputs teach each replica its streams' length, so full batches
+     * (max_inflight 1-4 against loads of up to 7) wait for a slot. */
+    res.output_tokens = 1 + mix(&w->rng) % 400;
     if (held[j]) spi_ticket_finish(w->e, held[j], &res);
     held[j] = d.ticket;
     if (mix(&w->rng) % 3 == 0) spi_ticket_first_token(w->e, d.ticket);

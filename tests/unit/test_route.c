@@ -73,6 +73,23 @@ static void finish(world *w, uint64_t t, int32_t status) {
   assert_int_equal(spi_ticket_finish(w->e, t, &res), SPI_OK);
 }
 
+/* A policy module that chooses with choose, failing the route when it
+ * errs (SPI_ON_FAILURE_ERROR); flags as spi_policy_module's. */
+static spi_policy_module policy_module(
+    int (*choose)(void *, void *, const spi_route_context *,
+                  spi_policy_choice *),
+    int32_t flags) {
+  spi_policy_module m;
+  memset(&m, 0, sizeof m);
+  m.abi_version = SPI_MODULE_ABI_VERSION;
+  m.struct_size = sizeof m;
+  m.on_failure = SPI_ON_FAILURE_ERROR;
+  m.flags = flags;
+  m.configure = ff_configure_state;
+  m.choose = choose;
+  return m;
+}
+
 /* ------------------------------------------------------------ pool rules */
 
 static void test_pool_rules(void **st) {
@@ -605,13 +622,7 @@ static int bad_choose(void *state, void *inst, const spi_route_context *x,
 static void test_user_policy_checked(void **st) {
   (void)st;
   world *w = mk(NULL);
-  spi_policy_module m;
-  memset(&m, 0, sizeof m);
-  m.abi_version = SPI_MODULE_ABI_VERSION;
-  m.struct_size = sizeof m;
-  m.on_failure = SPI_ON_FAILURE_ERROR;
-  m.configure = ff_configure_state;
-  m.choose = bad_choose;
+  spi_policy_module m = policy_module(bad_choose, 0);
   assert_int_equal(spi_engine_register_module(w->e, SPI_MODULE_POLICY, "first",
                                               5, &m, NULL, NULL),
                    SPI_OK);
@@ -789,17 +800,100 @@ static int summary_choose(void *state, void *inst, const spi_route_context *x,
 }
 
 static void register_summary_policy(world *w, const char *name, int *full) {
-  spi_policy_module m;
-  memset(&m, 0, sizeof m);
-  m.abi_version = SPI_MODULE_ABI_VERSION;
-  m.struct_size = sizeof m;
-  m.on_failure = SPI_ON_FAILURE_ERROR;
-  m.flags = *full ? 0 : SPI_POLICY_SUMMARIES_ONLY;
-  m.configure = ff_configure_state;
-  m.choose = summary_choose;
+  spi_policy_module m =
+      policy_module(summary_choose, *full ? 0 : SPI_POLICY_SUMMARIES_ONLY);
   assert_int_equal(spi_engine_register_module(w->e, SPI_MODULE_POLICY, name,
                                               strlen(name), &m, full, NULL),
                    SPI_OK);
+}
+
+/* ------------------------------------------------- waiting for a slot */
+
+/* What a policy saw of replicas "a" and "b": their est_wait_ms. It sends
+ * the request to the one named by slot_pick. */
+static double slot_seen[2];
+static const char *slot_pick;
+
+static int slot_choose(void *state, void *inst, const spi_route_context *x,
+                       spi_policy_choice *out) {
+  (void)state;
+  (void)inst;
+  for (size_t i = 0; i < x->n_candidates; i++) {
+    const spi_candidate *c = &x->candidates[i];
+    if (c->id_len != 1 || (c->id[0] != 'a' && c->id[0] != 'b')) continue;
+    slot_seen[c->id[0] - 'a'] = c->est_wait_ms;
+    if (c->id[0] == slot_pick[0]) {
+      out->pool = c->pool;
+      out->reason_code = SPI_REASON_LEAST_LOADED;
+      out->order[out->n_order++] = (uint32_t)i;
+    }
+  }
+  return SPI_OK;
+}
+
+static void register_slot_policy(world *w, const char *name) {
+  spi_policy_module m = policy_module(slot_choose, 0);
+  assert_int_equal(spi_engine_register_module(w->e, SPI_MODULE_POLICY, name,
+                                              strlen(name), &m, NULL, NULL),
+                   SPI_OK);
+}
+
+/* Routes the chat request to the replica named pick, and finishes its
+ * ticket with output tokens. */
+static void slot_route(world *w, const char *pick, uint64_t output) {
+  spi_decision d;
+  slot_pick = pick;
+  chat(w, "slot", 1, 0, NULL, -1);
+  slot_seen[0] = slot_seen[1] = -1;
+  assert_int_equal(route(w, &d), SPI_OK);
+  assert_string_equal(d.replica_id, pick);
+  spi_ticket_result res;
+  memset(&res, 0, sizeof res);
+  res.struct_size = sizeof res;
+  res.status = SPI_TICKET_OK;
+  res.output_tokens = output;
+  assert_int_equal(spi_ticket_finish(w->e, d.ticket, &res), SPI_OK);
+}
+
+/* A replica whose batch is full makes a new request wait for streams to
+ * end once the library has seen how long its streams are: (running +
+ * waiting + 1 - max_inflight) / max_inflight of one stream's time, its
+ * mean output at its decode rate. One with room waits for queued prefill
+ * only. (test_pool_index.c checks that the pass through the pool index
+ * sees the same waits.) */
+static void test_full_batch_waits_for_a_slot(void **st) {
+  (void)st;
+  world *w = mk(NULL);
+  register_slot_policy(w, "slot");
+  const char *cfg = "{\"modules\":{\"policy\":\"slot\"}}";
+  assert_int_equal(spi_engine_configure(w->e, cfg, strlen(cfg)), SPI_OK);
+  spi_replica_info a = ff_replica("a", SPI_POOL_ON_DEMAND, 4.5, 4);
+  a.decode_tokens_per_s = 60;
+  assert_int_equal(spi_replica_upsert(w->e, &a), SPI_OK);
+  add(w, "b", SPI_POOL_ON_DEMAND, 0, 4);
+  load(w, "a", 4, 2, 0.5); /* full: 3 streams must end first */
+  load(w, "b", 1, 0, 0.1);
+  /* No stream has ended on a yet: only its reported queue, 2 x 50 ms. */
+  slot_route(w, "a", 300);
+  assert_true(slot_seen[0] == 100.0);
+  assert_true(slot_seen[1] == 0.0);
+  /* A 300-token stream takes 5 s at 60 a second; 3 of 4 to end first. */
+  slot_route(w, "b", 100);
+  assert_true(slot_seen[0] == 3750.0);
+  assert_true(slot_seen[1] == 0.0);
+  /* b full, no queue: 1 of 4 to end, 100 tokens at the router's default
+   * rate (router.decode_tokens_per_s, 30 a second). */
+  load(w, "b", 4, 0, 0.1);
+  slot_route(w, "a", 300);
+  assert_true(slot_seen[0] == 3750.0);
+  assert_true(slot_seen[1] == 1.0 / 4.0 * 100.0 / 30.0 * 1000.0);
+  /* The mean moves a sixteenth of the way to each new output. */
+  slot_route(w, "b", 500);
+  assert_true(slot_seen[0] == 3.0 / 4.0 * 300.0 / 60.0 * 1000.0);
+  slot_route(w, "a", 0);
+  assert_true(slot_seen[1] == 1.0 / 4.0 * (100.0 + (500.0 - 100.0) / 16.0) /
+                                  30.0 * 1000.0);
+  done(w);
 }
 
 /* A mixed fleet: both pools, both tiers, ties in load, a draining replica,
@@ -1082,6 +1176,7 @@ int main(void) {
       cmocka_unit_test(test_affinity),
       cmocka_unit_test(test_gold_leaves_warm),
       cmocka_unit_test(test_bronze_waits_for_warm),
+      cmocka_unit_test(test_full_batch_waits_for_a_slot),
       cmocka_unit_test(test_rendezvous_agrees),
       cmocka_unit_test(test_fallbacks_fill),
       cmocka_unit_test(test_kv_breaker),

@@ -227,7 +227,8 @@ class Candidate:
     advised: bool = False  # rebalance advice on its machine (since 0.2.0)
     # The TTFT model's parts (since 0.3.0; 0 from an older library):
     # est_ttft_ms = router.ttft_base_ms + est_wait_ms + its own prefill.
-    est_wait_ms: float = 0.0           # behind the prefill queued there
+    est_wait_ms: float = 0.0           # behind queued prefill, or for a slot
+                                       # in a full batch
     served_tokens: float = 0.0         # prompt + output tokens sent since it joined
     prefill_tokens_per_s: float = 0.0  # learnt (or configured) prefill rate
     # MATCH_CONTINUED bits (since 0.3.0): a request routed here earlier
