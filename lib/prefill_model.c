@@ -76,9 +76,6 @@ void spi__prefill_end(spi_replica_slot *s, const spi_ticket *k) {
                             memory_order_relaxed);
 }
 
-/* The finish of a ticket on its own replica: the output it generated
- * replaces the estimate counted at open, so what a replica was sent is
- * its prompts and outputs as they were, whatever the requests said. */
 /* The mean output of the replica's finished tickets, as the batch-slot
  * wait reads it (prefill_model.h): a moving mean over about the last 16,
  * the first one taken as it is. A ticket that ended early (cancelled,
@@ -93,6 +90,10 @@ static void learn_output(spi_replica_slot *s, uint64_t output_tokens) {
   atomic_store_explicit(&s->mean_output, spi__dbits(m), memory_order_relaxed);
 }
 
+/* The finish of a ticket on its own replica: the output it generated
+ * replaces the estimate counted at open, so what a replica was sent is
+ * its prompts and outputs as they were, whatever the requests said; and
+ * it is one more stream length for the replica's mean (learn_output). */
 void spi__prefill_finish(spi_replica_slot *s, const spi_ticket *k,
                          uint64_t output_tokens) {
   if (output_tokens > k->expected_output)

@@ -20,8 +20,8 @@
  * tokens, router.prefill_tokens_per_s until PREFILL_MIN_SAMPLES have been
  * seen; cached_r: the prefix it holds; streams_r: running_r + waiting_r,
  * or this library's open tickets there when more; output_r: the mean
- * output of its finished tickets; decode_r: one stream's decode rate. A stale load reads as saturated, so
- * its wait and slowdown are huge.
+ * output of its finished tickets; decode_r: one stream's decode rate. A
+ * stale load reads as saturated, so its wait and slowdown are huge.
  *
  * Everything here is inline: the pass over the replicas evaluates it for
  * every replica on every route, with no allocation, lock or syscall.
