@@ -336,7 +336,10 @@ static void write_json(const char *path, const sim_opts *o, const sim_setup *su,
         if (j) fputc(',', f);
         json_num_or_null(f, h, r->done[cl][j]);
       }
-      fprintf(f, "]}");
+      /* Its requests' prompt blocks found cached where they first ran. */
+      double tb = r->class_total_blocks[cl];
+      if (tb > 0) fprintf(f, "],\"hit\":%.6f}", r->class_hit_blocks[cl] / tb);
+      else fprintf(f, "],\"hit\":null}");
     }
     static const char *SLO_KEYS[4] = {"gold_p95_ttft", "silver_p99_completion",
                                       "hit_of_oracle", "replay_success"};

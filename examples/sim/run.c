@@ -248,6 +248,9 @@ static void start_one(sim *s, replica *p, uint32_t i) {
     s->res->hit_blocks += hit;
     s->res->predicted_blocks += q->predicted;
     s->res->total_blocks += t->nblocks;
+    uint32_t k = t->klass < 4 ? t->klass : 0;
+    s->res->class_hit_blocks[k] += hit;
+    s->res->class_total_blocks[k] += t->nblocks;
     if (p->pool == SPI_POOL_SPOT) {
       s->res->spot_hit_blocks += hit;
       s->res->spot_total_blocks += t->nblocks;

@@ -136,6 +136,7 @@ typedef struct sim_result {
    * the replicas have evicted. */
   double predicted_blocks;
   double spot_hit_blocks, spot_total_blocks; /* of the requests on spot */
+  double class_hit_blocks[4], class_total_blocks[4]; /* by class */
   double spot_up_mean;  /* spot replicas up, mean over the run */
   double ttft[4][3], done[4][3]; /* p50 p95 p99 by class, ms */
   uint64_t n_class[4];  /* requests by class (0: the class shows n/a) */

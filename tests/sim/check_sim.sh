@@ -59,15 +59,18 @@ for kind in ("notices", "replays"):
 assert lib["notices"] > 0, "no notice in the library run"
 PY
 
+# Every policy's hit rate is at most the oracle's (a class's may be above
+# it: the oracle is over all the requests).
 oracle_bound() {
-  local json=$1
-  local oracle
-  oracle=$(sed -n 's/.*"oracle_hit":\([0-9.]*\).*/\1/p' "$json")
-  [[ -n $oracle ]] || fail "no oracle in $json"
-  grep -o '"hit":[0-9.]*' "$json" | cut -d: -f2 | while read -r hit; do
-    awk -v h="$hit" -v o="$oracle" 'BEGIN { exit !(h <= o + 1e-9) }' \
-      || fail "hit rate $hit above the oracle $oracle in $json"
-  done
+  python3 - "$1" <<'PY' || fail "a hit rate above the oracle in $1"
+import json, sys
+d = json.load(open(sys.argv[1]))
+oracle = d["ceilings"]["oracle_hit"]
+bad = [(p["name"], p["hit"]) for p in d["policies"] if p["hit"] > oracle + 1e-9]
+for name, hit in bad:
+    print(f"{name}: hit rate {hit} above the oracle {oracle}", file=sys.stderr)
+sys.exit(1 if bad else 0)
+PY
 }
 oracle_bound "$tmp/a.json"
 
@@ -252,6 +255,14 @@ c = json.load(open(sys.argv[1]))["policies"][0]["classes"]
 g, s = c["gold"]["ttft_ms"][1], c["silver"]["ttft_ms"][1]
 print(f"full batches: gold p95 TTFT {g} ms, silver {s} ms", file=sys.stderr)
 sys.exit(g > 4000 or s > 6000)
+PY
+# The classes' hit rates are shares of the same blocks: each in [0, 1],
+# and the run's hit rate, their weighted mean, between the least and most.
+python3 - "$tmp/lg.json" <<'PY' || fail "per-class hit rates"
+import json, sys
+p = json.load(open(sys.argv[1]))["policies"][0]
+h = [p["classes"][k]["hit"] for k in ("gold", "silver", "bronze")]
+sys.exit(not (all(0 <= x <= 1 for x in h) and min(h) <= p["hit"] <= max(h)))
 PY
 
 # Spot zones that go away and never come back, on a spot-only cluster: the
