@@ -560,7 +560,7 @@ static size_t plan_one(spi_engine *e, const spi_router_cfg *c,
   uint64_t streamed = atomic_load(&k->tokens_streamed);
   uint64_t expected =
       k->expected_output > streamed ? k->expected_output : streamed + 1;
-  double rate = r->decode_tps > 0 ? r->decode_tps : c->decode_tokens_per_s;
+  double rate = spi__decode_rate(r, c);
   double remaining_s = (double)(expected - streamed) / rate;
   double progress = (double)streamed / (double)expected;
   int drain = remaining_s <= deadline_s - margin_s ||

@@ -729,14 +729,11 @@ static int kept_to_spare(const pinst *p, const spi_route_context *x,
          (klass == SPI_CLASS_SILVER || klass == SPI_CLASS_BRONZE);
 }
 
-/* Whether c has room for one more stream within share of its batch: its
- * streams are what it reports running and waiting, or the library's open
- * tickets there when those are more (a placement since its last report). */
+/* Whether c has room for one more stream (spi__streams) within share of
+ * its batch. */
 static int within_share(const spi_candidate *c, double share) {
   double cap = c->max_inflight ? (double)c->max_inflight : 1;
-  double streams = c->running + c->waiting;
-  if ((double)c->inflight > streams) streams = (double)c->inflight;
-  return streams + 1.0 <= share * cap;
+  return spi__streams(c->running, c->waiting, c->inflight) + 1.0 <= share * cap;
 }
 
 /* m with only the candidates that have room within share (within_share):

@@ -66,9 +66,17 @@ static inline void spi__prefill_read(const spi_replica_slot *s,
                                                 memory_order_relaxed));
 }
 
-/* The wait for a batch slot, ms. While the streams on r (what it reports
- * running and waiting, or this library's open tickets there when those
- * are more) fill its batch, a new request starts only once streams + 1 -
+/* The streams a replica carries: what it reports running and waiting, or
+ * this library's open tickets there when those are more (placements since
+ * its last report). */
+static inline double spi__streams(double running, double waiting,
+                                  uint32_t inflight) {
+  double streams = running + waiting;
+  return (double)inflight > streams ? (double)inflight : streams;
+}
+
+/* The wait for a batch slot, ms. While the streams on r (spi__streams)
+ * fill its batch, a new request starts only once streams + 1 -
  * max_inflight of them have ended, and a full batch ends about
  * max_inflight streams in the time one takes: its mean output (pf->
  * mean_out, learnt from finished tickets) at one stream's decode rate (the
@@ -79,12 +87,9 @@ static inline double spi__slot_wait_ms(const spi_router_cfg *c,
                                        double running, double waiting,
                                        uint32_t inflight,
                                        const spi_prefill_read *pf) {
-  double streams = running + waiting;
-  if ((double)inflight > streams) streams = (double)inflight;
-  double ahead = streams + 1.0 - r->cap;
+  double ahead = spi__streams(running, waiting, inflight) + 1.0 - r->cap;
   if (!(ahead > 0) || !(pf->mean_out > 0)) return 0;
-  double decode = r->decode_tps > 0 ? r->decode_tps : c->decode_tokens_per_s;
-  return ahead / r->cap * pf->mean_out / decode * 1000.0;
+  return ahead / r->cap * pf->mean_out / spi__decode_rate(r, c) * 1000.0;
 }
 
 /* How long a new request on r waits before its prefill starts, ms: behind

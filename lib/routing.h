@@ -168,6 +168,12 @@ typedef struct spi_replica_ident {
   char models[512];         /* comma-separated; "" = any */
 } spi_replica_ident;
 
+/* One stream's decode rate on r, tokens/s: its own, else the router's. */
+static inline double spi__decode_rate(const spi_replica_ident *r,
+                                      const spi_router_cfg *c) {
+  return r->decode_tps > 0 ? r->decode_tps : c->decode_tokens_per_s;
+}
+
 /* The published set of replicas (immutable; replaced on every change). */
 #define SPI_NO_POS 0xffffu
 typedef struct spi_replica_set {
