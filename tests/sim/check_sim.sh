@@ -214,23 +214,10 @@ PY
 # calm run's (within 2 %) even where both spot zones are down for most of
 # the run (8 on-demand + 8 spot in two GCP zones, bursts, seed 101: 1.46x
 # at the default share; docs/routing.md).
-cat >"$tmp/c88.json" <<'JSON'
-{"groups": [
-  {"pool": "on_demand", "zone": "us-central1-a", "instance_type": "gpu", "count": 8,
-   "usd_per_hour": 4.0, "prefill_tokens_per_s": 20000, "decode_tokens_per_s": 80,
-   "kv_blocks": 1024, "max_batch": 64},
-  {"pool": "spot", "zone": "us-central1-a", "instance_type": "gpu", "count": 4,
-   "usd_per_hour": 1.6, "on_demand_usd_per_hour": 4.0, "cloud": "gcp",
-   "prefill_tokens_per_s": 20000, "decode_tokens_per_s": 80, "kv_blocks": 1024,
-   "max_batch": 64},
-  {"pool": "spot", "zone": "us-central1-b", "instance_type": "gpu", "count": 4,
-   "usd_per_hour": 1.6, "on_demand_usd_per_hour": 4.0, "cloud": "gcp",
-   "prefill_tokens_per_s": 20000, "decode_tokens_per_s": 80, "kv_blocks": 1024,
-   "max_batch": 64}]}
-JSON
+zones=$(dirname "$0")/../../examples/sim/cluster.gcp-zones.json
 printf '{"policy": {"fallback_batch_share": 0}}' >"$tmp/share0.json"
 for calm in "" --no-interruptions; do
-  "$sim" --quiet --cluster "$tmp/c88.json" --family bursts --seed 101 --requests 5000 \
+  "$sim" --quiet --cluster "$zones" --family bursts --seed 101 --requests 5000 \
     --rate 20 --policies library --config "$tmp/share0.json" $calm \
     --json "$tmp/s0${calm:+c}.json" >/dev/null || fail "share 0 run ($calm) exited $?"
 done

@@ -9,6 +9,9 @@
  *   ff_configure_state                  a module's configure that ignores
  *                                       its configuration and makes the
  *                                       module's state its instance
+ *   spi_policy_module m = ff_policy_module(choose, flags);   configured by
+ *                                       ff_configure_state, failing the
+ *                                       route when choose errs
  *
  * Strings are C strings; their lengths are taken with strlen. fake_world.h
  * and fake_bus.h build their replicas and loads with these.
@@ -20,6 +23,7 @@
 #include <string.h>
 
 #include "spotinfer/spotinfer.h"
+#include "spotinfer/spotinfer_module.h"
 
 static inline spi_replica_info ff_replica(const char *id, int32_t pool,
                                           double usd_per_hour,
@@ -79,6 +83,21 @@ static inline int ff_configure_state(void *state, const char *json,
   (void)cap;
   *inst = state;
   return SPI_OK;
+}
+
+static inline spi_policy_module ff_policy_module(
+    int (*choose)(void *, void *, const spi_route_context *,
+                  spi_policy_choice *),
+    int32_t flags) {
+  spi_policy_module m;
+  memset(&m, 0, sizeof m);
+  m.abi_version = SPI_MODULE_ABI_VERSION;
+  m.struct_size = sizeof m;
+  m.on_failure = SPI_ON_FAILURE_ERROR;
+  m.flags = flags;
+  m.configure = ff_configure_state;
+  m.choose = choose;
+  return m;
 }
 
 #endif /* SPI_TEST_FAKE_FLEET_H */

@@ -90,14 +90,8 @@ static int seen_choose(void *state, void *inst, const spi_route_context *x,
 
 static void register_seen(spi_engine *e, const char *name, int summaries,
                           seen *o) {
-  spi_policy_module m;
-  memset(&m, 0, sizeof m);
-  m.abi_version = SPI_MODULE_ABI_VERSION;
-  m.struct_size = sizeof m;
-  m.on_failure = SPI_ON_FAILURE_ERROR;
-  m.flags = summaries ? SPI_POLICY_SUMMARIES_ONLY : 0;
-  m.configure = ff_configure_state;
-  m.choose = seen_choose;
+  spi_policy_module m =
+      ff_policy_module(seen_choose, summaries ? SPI_POLICY_SUMMARIES_ONLY : 0);
   assert_int_equal(spi_engine_register_module(e, SPI_MODULE_POLICY, name,
                                               strlen(name), &m, o, NULL),
                    SPI_OK);

@@ -73,23 +73,6 @@ static void finish(world *w, uint64_t t, int32_t status) {
   assert_int_equal(spi_ticket_finish(w->e, t, &res), SPI_OK);
 }
 
-/* A policy module that chooses with choose, failing the route when it
- * errs (SPI_ON_FAILURE_ERROR); flags as spi_policy_module's. */
-static spi_policy_module policy_module(
-    int (*choose)(void *, void *, const spi_route_context *,
-                  spi_policy_choice *),
-    int32_t flags) {
-  spi_policy_module m;
-  memset(&m, 0, sizeof m);
-  m.abi_version = SPI_MODULE_ABI_VERSION;
-  m.struct_size = sizeof m;
-  m.on_failure = SPI_ON_FAILURE_ERROR;
-  m.flags = flags;
-  m.configure = ff_configure_state;
-  m.choose = choose;
-  return m;
-}
-
 /* ------------------------------------------------------------ pool rules */
 
 static void test_pool_rules(void **st) {
@@ -622,7 +605,7 @@ static int bad_choose(void *state, void *inst, const spi_route_context *x,
 static void test_user_policy_checked(void **st) {
   (void)st;
   world *w = mk(NULL);
-  spi_policy_module m = policy_module(bad_choose, 0);
+  spi_policy_module m = ff_policy_module(bad_choose, 0);
   assert_int_equal(spi_engine_register_module(w->e, SPI_MODULE_POLICY, "first",
                                               5, &m, NULL, NULL),
                    SPI_OK);
@@ -801,7 +784,7 @@ static int summary_choose(void *state, void *inst, const spi_route_context *x,
 
 static void register_summary_policy(world *w, const char *name, int *full) {
   spi_policy_module m =
-      policy_module(summary_choose, *full ? 0 : SPI_POLICY_SUMMARIES_ONLY);
+      ff_policy_module(summary_choose, *full ? 0 : SPI_POLICY_SUMMARIES_ONLY);
   assert_int_equal(spi_engine_register_module(w->e, SPI_MODULE_POLICY, name,
                                               strlen(name), &m, full, NULL),
                    SPI_OK);
@@ -832,7 +815,7 @@ static int slot_choose(void *state, void *inst, const spi_route_context *x,
 }
 
 static void register_slot_policy(world *w, const char *name) {
-  spi_policy_module m = policy_module(slot_choose, 0);
+  spi_policy_module m = ff_policy_module(slot_choose, 0);
   assert_int_equal(spi_engine_register_module(w->e, SPI_MODULE_POLICY, name,
                                               strlen(name), &m, NULL, NULL),
                    SPI_OK);

@@ -105,13 +105,7 @@ static void test_removed_slot_not_reused_under_route(void **st) {
   world w;
   memset(&w, 0, sizeof w);
   assert_int_equal(spi_engine_new(&w.e, NULL), SPI_OK);
-  spi_policy_module m;
-  memset(&m, 0, sizeof m);
-  m.abi_version = SPI_MODULE_ABI_VERSION;
-  m.struct_size = sizeof m;
-  m.on_failure = SPI_ON_FAILURE_ERROR;
-  m.configure = ff_configure_state;
-  m.choose = hold_choose;
+  spi_policy_module m = ff_policy_module(hold_choose, 0);
   assert_int_equal(spi_engine_register_module(w.e, SPI_MODULE_POLICY, "hold", 4,
                                               &m, &w, NULL),
                    SPI_OK);
