@@ -635,7 +635,9 @@ SPI_API int spi_replica_status_of(spi_engine *engine, const char *id,
 enum spi_reason {
   SPI_REASON_NONE = 0,
   SPI_REASON_AFFINITY = 1,        /* its KV cache holds the prefix */
-  SPI_REASON_AFFINITY_LEFT = 2,   /* gold left a warm but slow replica */
+  SPI_REASON_AFFINITY_LEFT = 2,   /* left a warm replica whose wait (as the
+                                   * class weighs it) costs more than the
+                                   * prefill it saves */
   SPI_REASON_IMBALANCE = 3,       /* the warm/placed replica was piled on */
   SPI_REASON_RENDEZVOUS = 4,      /* cold prefix, placed by rendezvous hash */
   SPI_REASON_LEAST_LOADED = 5,    /* the policy chose by load alone */
