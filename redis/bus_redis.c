@@ -13,7 +13,8 @@
  * it to about max_len entries (MAXLEN ~), so it stays bounded.
  *
  * Where a new engine starts reading: lookback_ms before the server's time
- * (TIME; a stream id starts with its milliseconds), so an instance that
+ * at configure (TIME; a stream id starts with its milliseconds; at the
+ * first poll if the server was unreachable then), so an instance that
  * starts (or restarts) while a machine is noticed learns of it; what is
  * stale by then expires at once in the engine. The last id read is kept
  * in the module's state, which outlives the instances of one engine, so a
@@ -135,9 +136,19 @@ static int start_id(bus *b, char *id, size_t idcap, char *err, size_t cap) {
     freeReplyObject(r);
     return bfail(err, cap, SPI_EIO, "redis fleet bus: TIME: unexpected reply");
   }
+  /* TIME is seconds and microseconds: both, or the start would fall up to
+   * a second earlier than lookback_ms asks. */
   long long ms = atoll(r->element[0]->str) * 1000 - b->lookback_ms;
+  if (r->elements >= 2 && r->element[1]->type == REDIS_REPLY_STRING)
+    ms += atoll(r->element[1]->str) / 1000;
   freeReplyObject(r);
-  snprintf(id, idcap, "%lld-0", ms > 0 ? ms : 0);
+  /* XREAD returns what comes after the id given: the last id of the
+   * millisecond before, so an entry added in this very millisecond is
+   * read too. */
+  if (ms > 0)
+    snprintf(id, idcap, "%lld-18446744073709551615", ms - 1);
+  else
+    snprintf(id, idcap, "0-0");
   return SPI_OK;
 }
 
@@ -158,6 +169,15 @@ static int cursor(bus *b, char *id, char *err, size_t cap) {
   snprintf(id, ID_CAP, "%s", b->st->last_id);
   pthread_mutex_unlock(&b->st->mu);
   return SPI_OK;
+}
+
+/* Fix where this engine starts reading now, at configure, when the server
+ * answers: what anyone publishes from here on (this engine included) is
+ * read at the next poll, however late that comes. Unreachable now: the
+ * first poll fixes it. */
+static void start_reading(bus *b, char *err, size_t cap) {
+  char id[ID_CAP];
+  (void)cursor(b, id, err, cap);
 }
 
 /* --------------------------------------------------------- the module */
@@ -270,6 +290,7 @@ static int b_configure(void *state, const char *json, size_t len, void **out,
   if (rc == SPI_OK) {
     rc = spr_conn_open(b->pub, err, cap);
     if (rc == SPI_EIO) rc = SPI_OK;
+    else if (rc == SPI_OK) start_reading(b, err, cap);
   }
   if (rc != SPI_OK) {
     b_release(state, b);

@@ -259,6 +259,40 @@ static void test_two_processes(void **st) {
   close(to_b[0]), close(to_b[1]), close(from_b[0]), close(from_b[1]);
 }
 
+/* An engine reads from where it was configured, not from its first poll:
+ * with lookback_ms 0, what another engine publishes in between reaches it
+ * even when that first poll comes in a later second of the server's clock
+ * (the start once fell back to the whole second, and messages of the
+ * second before were missed). */
+static void test_reads_from_configure(void **st) {
+  (void)st;
+  int port = server_port();
+  if (!port) skip();
+  char prefix[64], cfg[512];
+  snprintf(prefix, sizeof prefix, "spi:test:bus-start:%d:", (int)getpid());
+  bus_config(cfg, sizeof cfg, port, prefix, NULL);
+  spi_engine *a = engine_new(), *b = engine_new();
+  register_bus(a);
+  register_bus(b);
+  configure(a, cfg);
+  configure(b, cfg);
+  add(a, "spot-s", "i-sss", SPI_POOL_SPOT, "g5.xlarge", "z1");
+  add(b, "spot-s", "i-sss", SPI_POOL_SPOT, "g5.xlarge", "z1");
+  spi_notice n = notice("i-sss", "start");
+  size_t np = 0;
+  assert_int_equal(spi_engine_notice(b, &n, NULL, 0, &np), SPI_OK);
+  assert_int_equal(fb_stats(b).published, 2); /* the notice, a cooldown */
+  usleep(1100 * 1000);
+  assert_int_equal(spi_engine_tick(a), SPI_OK);
+  spi_fleet_stats s = fb_stats(a);
+  assert_int_equal(s.received, 2);
+  assert_int_equal(s.applied + s.duplicates, 2); /* the notice cools too */
+  assert_int_equal(s.malformed, 0);
+  assert_int_equal(fb_state(a, "i-sss"), SPI_NODE_NOTICED);
+  spi_engine_free(a);
+  spi_engine_free(b);
+}
+
 /* Drop every client connection of the server (from a connection of our
  * own, which goes too). */
 static void kill_clients(int port) {
@@ -348,6 +382,7 @@ int main(int argc, char **argv) {
   if (n <= 0) snprintf(self_path, sizeof self_path, "%s", argv[0]);
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_two_processes),
+      cmocka_unit_test(test_reads_from_configure),
       cmocka_unit_test(test_survives_a_dropped_connection),
       cmocka_unit_test(test_refused_login),
   };
