@@ -136,6 +136,9 @@ static void free_config(void) { free(config_buf); }
 
 int main(int argc, char **argv) {
   atexit(free_config);
+  /* Whole lines on stdout: a note on stderr then falls between two lines
+   * of the tables, not inside one, when both go to one file or pipe. */
+  setvbuf(stdout, NULL, _IOLBF, 0);
 #if defined(M_MMAP_THRESHOLD) && defined(M_TRIM_THRESHOLD)
   /* Every run builds an engine and its tables afresh and frees them at the
    * end; keep that memory in the process for the next run instead of
