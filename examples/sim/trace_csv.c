@@ -2,8 +2,8 @@
  * trace_csv.c - request traces as CSV: a time, an input and an output
  * column. A header line names them (Azure's TIMESTAMP, ContextTokens,
  * GeneratedTokens; BurstGPT's Timestamp, Request tokens, Response tokens;
- * or the common input_tokens / prompt_tokens, output_tokens /
- * completion_tokens...), in any order and among other columns, which are
+ * SplitwiseSim's and Vidur's names; or the common input_tokens /
+ * prompt_tokens, output_tokens / completion_tokens...), in any order and among other columns, which are
  * ignored; with no header they are the first three. A time is a date and
  * time (2023-11-16 18:17:03.97996, with T, Z or an offset such as +00:00
  * allowed) or a number of seconds. CSV traces carry no prefix information:
@@ -20,12 +20,20 @@
 
 enum { COL_TIME, COL_IN, COL_OUT };
 
-static const char *const COLUMN_NAMES[3][7] = {
-    {"timestamp", "time", "arrival_time", "arrival_timestamp", NULL},
+/* The names each column goes by in published traces and simulators'
+ * inputs (Azure, BurstGPT, SplitwiseSim's arrival_timestamp / prompt_size
+ * / token_size, Vidur's arrived_at / num_prefill_tokens /
+ * num_decode_tokens, and the usual spellings), matched whole and without
+ * case. */
+static const char *const COLUMN_NAMES[3][12] = {
+    {"timestamp", "time", "arrival_time", "arrival_timestamp", "arrived_at", "arrival",
+     "request_time", NULL},
     {"contexttokens", "context_tokens", "request tokens", "input_tokens", "input_length",
-     "prompt_tokens", NULL},
+     "prompt_tokens", "prompt_size", "num_prefill_tokens", "prompt_len", "input_len",
+     "num_prompt_tokens", NULL},
     {"generatedtokens", "generated_tokens", "response tokens", "output_tokens",
-     "output_length", "completion_tokens", NULL},
+     "output_length", "completion_tokens", "token_size", "num_decode_tokens", "output_len",
+     "response_len", "num_output_tokens", NULL},
 };
 
 /* The next field of a line at *p (cut at its comma), spaces and one pair
@@ -65,7 +73,7 @@ int trace_csv_header(trace_reader *rd, const char *line, char *msg, size_t msgca
     int k = column_kind(f);
     if (k >= 0 && rd->col[k] < 0) rd->col[k] = i;
   }
-  static const char *const what[3] = {"a time", "an input-token", "an output-token"};
+  static const char *const what[3] = {"time", "input-token", "output-token"};
   for (int k = 0; k < 3; k++)
     if (rd->col[k] < 0) {
       snprintf(msg, msgcap, "CSV header names no %s column (such as %s)", what[k],

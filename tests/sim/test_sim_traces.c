@@ -4,7 +4,8 @@
  * they tell apart, from small inputs written here: Mooncake JSONL (ms,
  * 512-token ids, conversations past a global prompt), Qwen/Bailian JSONL (s, 16-token ids, conversations by
  * parent_chat_id), Azure CSV (2023 and 2024 timestamps), BurstGPT CSV (a
- * header in another order, failed requests), and headers that name no
+ * header in another order, failed requests), SplitwiseSim's and Vidur's
+ * column names, and headers that name no
  * usable column. Exits 0 when every check holds.
  */
 #include <stdio.h>
@@ -191,11 +192,34 @@ static void test_burstgpt(void) {
   sim_trace_free(&t);
 }
 
+/* Simulators' inputs: SplitwiseSim's columns (times in seconds, other
+ * columns around them) and Vidur's. */
+static void test_simulator_inputs(void) {
+  const char *text = "request_id,request_type,application_id,arrival_timestamp,"
+                     "batch_size,prompt_size,token_size\n"
+                     "0,2,0,0.25,1,1020,129\n"
+                     "1,2,0,1.5,1,300,12\n";
+  sim_trace t;
+  char msg[256];
+  check(!read_text(&t, text, msg, sizeof msg), "splitwise: read");
+  check(t.n == 2 && t.reqs[1].arrival_ns == 1250000000ll && t.reqs[0].in_tokens == 1020 &&
+            t.reqs[0].out_tokens == 129,
+        "splitwise: arrival_timestamp, prompt_size, token_size");
+  sim_trace_free(&t);
+  text = "arrived_at,num_prefill_tokens,num_decode_tokens\n"
+         "0.0,512,64\n"
+         "0.4,2048,16\n";
+  check(!read_text(&t, text, msg, sizeof msg), "vidur: read");
+  check(t.n == 2 && t.reqs[1].in_tokens == 2048 && t.reqs[1].out_tokens == 16,
+        "vidur: arrived_at, num_prefill_tokens, num_decode_tokens");
+  sim_trace_free(&t);
+}
+
 static void test_unusable(void) {
   sim_trace t;
   char msg[256] = "";
   check(read_text(&t, "when,prompt,answer\n1,2,3\n", msg, sizeof msg) &&
-            strstr(msg, "names no a time column"),
+            strstr(msg, "names no time column"),
         "a header without a time column is refused with its reason");
   check(read_text(&t, "{\"timestamp\": 1}\n", msg, sizeof msg) && strstr(msg, "no usable request"),
         "a file of bad lines is refused");
@@ -235,6 +259,7 @@ int main(void) {
   test_bailian();
   test_azure();
   test_burstgpt();
+  test_simulator_inputs();
   test_unusable();
   test_spot_sets();
   if (fails) fprintf(stderr, "%d check(s) failed\n", fails);
