@@ -20,6 +20,9 @@
  *             "window":"trace-start", at the traces' first tick (a stress
  *             case: there only two of the twelve spot replicas are up);
  *   "replay": the replay scenario (below), where replays really happen;
+ *   "trace":  per file of DATA_DIR/traces, what was read (its format,
+ *             requests and skipped lines), or why it cannot be used: such
+ *             a file is left out and the other traces run;
  *   "speed":  the simulator's own rate on 64 replicas (16 on-demand + 48
  *             spot) per trace, the median of 5 runs: requests per
  *             CPU-second of the event loop alone (loop_cpu_s, the thread's
@@ -191,6 +194,42 @@ void sim_scenario_replay(sim_opts *o) {
   o->n_spot = 0;
 }
 
+/* s as a JSON string. */
+static void json_string(const char *s) {
+  putchar('"');
+  for (; *s; s++) {
+    unsigned char c = (unsigned char)*s;
+    if (c == '"' || c == '\\') printf("\\%c", c);
+    else if (c < 0x20) printf("\\u%04x", c);
+    else putchar(c);
+  }
+  putchar('"');
+}
+
+/* Whether the trace at t->trace can be read, said in a "trace" line either
+ * way: a file the readers cannot use is skipped with its reason, and the
+ * other traces still run. */
+static int trace_usable(const sim_opts *t, const char *label) {
+  sim_trace tr;
+  char msg[256] = "";
+  int ok = !sim_trace_read(&tr, t->trace, t->limit, t->gen.mix, t->gen.seed, msg, sizeof msg);
+  printf("{\"target\":\"trace\",\"trace\":");
+  json_string(label);
+  if (ok) {
+    printf(",\"usable\":true,\"format\":");
+    json_string(tr.format ? tr.format : "");
+    printf(",\"requests\":%zu,\"bad_lines\":%zu}\n", tr.n, tr.bad_lines);
+    sim_trace_free(&tr);
+  } else {
+    printf(",\"usable\":false,\"reason\":");
+    json_string(msg);
+    printf("}\n");
+    fprintf(stderr, "spotinfer_sim: --targets: %s skipped: %s\n", label, msg);
+  }
+  fflush(stdout);
+  return ok;
+}
+
 int sim_targets(const sim_opts *base, const char *data) {
   char traces[SIM_LIST_MAX][512], spot[SIM_MAX_ZONES][512], dir[512];
   snprintf(dir, sizeof dir, "%s/traces", data);
@@ -215,6 +254,7 @@ int sim_targets(const sim_opts *base, const char *data) {
       t.trace = traces[k];
       const char *b = strrchr(traces[k], '/');
       snprintf(label, sizeof label, "%s", b ? b + 1 : traces[k]);
+      if (!trace_usable(&t, label)) continue;
     } else {
       t.trace = NULL;
       t.gen.family = (int)(k - nt);

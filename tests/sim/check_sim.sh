@@ -430,6 +430,31 @@ PY
   grep -Eq '^hit lines [01]/1; spot lines \(drawn\) [01]/1 of the class-feasible maximum, [01]/1 of the reachable; replay 0/0$' \
     "$tmp/t.txt" || fail "targets_report: $(head -1 "$tmp/t.txt")"
   grep -q 'generator:long-gen \[trace-start\]' "$tmp/t.txt" || fail "targets_report: no trace-start row"
+  # A traces directory with files the readers cannot use: each is skipped
+  # with its reason in a "trace" line, the usable one still runs, and the
+  # report lists the skipped ones.
+  mkdir -p "$tmp/mixed/traces"
+  ln -s "$(cd "$data/spot" && pwd)" "$tmp/mixed/spot"
+  for i in 0 1 2 3 4 5; do
+    echo "{\"timestamp\": $((i * 500)), \"input_length\": 1024, \"output_length\": 20, \"hash_ids\": [1, 2, $((10 + i))]}"
+  done >"$tmp/mixed/traces/small.jsonl"
+  printf 'when,prompt,answer\n1,2,3\n' >"$tmp/mixed/traces/garbage.csv"
+  : >"$tmp/mixed/traces/empty.jsonl"
+  "$sim" --targets "$tmp/mixed" --requests 200 --seed 1 >"$tmp/m.jsonl" 2>"$tmp/m.err" \
+    || fail "--targets with unusable traces exited $?: $(cat "$tmp/m.err")"
+  python3 - "$tmp/m.jsonl" <<'PY' || fail "--targets with unusable traces: trace lines"
+import json, sys
+rows = [json.loads(l) for l in open(sys.argv[1])]
+tr = {r["trace"]: r for r in rows if r["target"] == "trace"}
+assert tr["small.jsonl"]["usable"] and tr["small.jsonl"]["requests"] == 6, tr
+assert not tr["garbage.csv"]["usable"] and "no time column" in tr["garbage.csv"]["reason"], tr
+assert not tr["empty.jsonl"]["usable"] and "no usable request" in tr["empty.jsonl"]["reason"], tr
+assert any(r["target"] == "hit" and r["trace"] == "small.jsonl" for r in rows), "small.jsonl ran"
+assert not any(r["target"] == "hit" and r["trace"] != "small.jsonl" and
+               not r["trace"].startswith("generator:") for r in rows), "a skipped trace ran"
+PY
+  python3 "$report" "$tmp/m.jsonl" >"$tmp/m.txt" || fail "targets_report exited $?"
+  grep -q '^  skip   garbage.csv ' "$tmp/m.txt" || fail "targets_report: skipped trace not listed"
   # Where the cluster's KV holds the traffic's working set (the hit set-up,
   # 16 x 1,024 blocks), what the prefix index says the chosen replica holds
   # is what it holds: the predicted hit rate within 2 points of the real.

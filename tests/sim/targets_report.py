@@ -20,7 +20,9 @@ the runs that meet each bar:
 
 The "drawn" spot windows are the targets' own; the "trace-start" ones (the
 spot traces' first tick, two of twelve spot replicas up) are a stress case
-and are listed apart. Each row lists the runs that miss, as seed:value.
+and are listed apart. Each row lists the runs that miss, as seed:value. A
+trace file the readers cannot use is listed as skipped, with the reason,
+and counts as a miss for --strict.
 
     python3 tests/sim/targets_report.py run-1.jsonl run-2.jsonl ...
     spotinfer_sim --targets ../shared/data --seed 3 | python3 tests/sim/targets_report.py -
@@ -89,6 +91,7 @@ def replay_verdict(r):
 class Tally:
     def __init__(self):
         self.rows = collections.OrderedDict()
+        self.skipped = collections.OrderedDict()  # trace -> its reason
 
     def add(self, key, bar, met, note):
         row = self.rows.setdefault(key, {})
@@ -108,6 +111,8 @@ def tally(runs):
     for run, rows in runs:
         hits = collections.OrderedDict()
         for r in rows:
+            if isinstance(r, dict) and r.get("target") == "trace" and r.get("usable") is False:
+                t.skipped[r["trace"]] = r.get("reason", "")
             if not isinstance(r, dict) or "target" not in r or "policy" not in r:
                 continue
             if r["target"] == "hit":
@@ -148,7 +153,9 @@ def report(t, out):
         for bar, (n, k, misses) in row.items():
             cells.append("%s %d/%d%s" % (bar, k, n, (" (" + " ".join(misses) + ")") if misses else ""))
         out.write("  %-6s %-44s %s\n" % (what, name[:44], "; ".join(cells)))
-    return kh == nh and ks == ns and kp == np_
+    for trace, why in t.skipped.items():
+        out.write("  %-6s %-44s %s\n" % ("skip", trace[:44], why))
+    return kh == nh and ks == ns and kp == np_ and not t.skipped
 
 
 def main():
