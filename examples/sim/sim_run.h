@@ -210,6 +210,11 @@ int sim_run_policy(const sim_opts *o, const sim_trace *tr, sim_zone *zones, size
                    const char *policy, int all_od, sim_result *res, double horizon_s);
 /* The targets program (--targets DIR): JSON lines on stdout. */
 int sim_targets(const sim_opts *o, const char *data_dir);
+/* Whether the trace o->trace can be read; when not, its reason goes to
+ * standard error, and the caller leaves that file out and goes on with
+ * the others. json: also a "trace" line on standard output, either way
+ * (its format, requests and skipped lines, or the reason). */
+int sim_trace_usable(const sim_opts *o, const char *label, int json);
 /* The simulator's speed (--speed DIR): JSON lines on stdout (speed.c). */
 int sim_speed(const sim_opts *o, const char *data_dir);
 /* --scenario replay: GCP zones, long generations, 4 on-demand + 12 spot. */

@@ -139,6 +139,7 @@ int sim_speed(const sim_opts *base, const char *data) {
     t.trace = k < nt ? traces[k] : NULL;
     if (k < nt) snprintf(labels[k], sizeof labels[k], "%s", strrchr(traces[k], '/') + 1);
     else snprintf(labels[k], sizeof labels[k], "generator:%s", sim_family_name(t.gen.family));
+    if (k < nt && !sim_trace_usable(&t, labels[k], 0)) continue; /* its row: "-" */
     t.replicas = 64, t.on_demand = 64, t.kv_blocks = 1024, t.n_spot = 0;
     rc = speed_setup(&t, labels[k], 0, &figs[k][0]);
     t.on_demand = 16;

@@ -206,13 +206,15 @@ static void json_string(const char *s) {
   putchar('"');
 }
 
-/* Whether the trace at t->trace can be read, said in a "trace" line either
- * way: a file the readers cannot use is skipped with its reason, and the
- * other traces still run. */
-static int trace_usable(const sim_opts *t, const char *label) {
+int sim_trace_usable(const sim_opts *t, const char *label, int json) {
   sim_trace tr;
   char msg[256] = "";
   int ok = !sim_trace_read(&tr, t->trace, t->limit, t->gen.mix, t->gen.seed, msg, sizeof msg);
+  if (!ok) fprintf(stderr, "spotinfer_sim: %s skipped: %s\n", label, msg);
+  if (!json) {
+    if (ok) sim_trace_free(&tr);
+    return ok;
+  }
   printf("{\"target\":\"trace\",\"trace\":");
   json_string(label);
   if (ok) {
@@ -224,7 +226,6 @@ static int trace_usable(const sim_opts *t, const char *label) {
     printf(",\"usable\":false,\"reason\":");
     json_string(msg);
     printf("}\n");
-    fprintf(stderr, "spotinfer_sim: --targets: %s skipped: %s\n", label, msg);
   }
   fflush(stdout);
   return ok;
@@ -254,7 +255,7 @@ int sim_targets(const sim_opts *base, const char *data) {
       t.trace = traces[k];
       const char *b = strrchr(traces[k], '/');
       snprintf(label, sizeof label, "%s", b ? b + 1 : traces[k]);
-      if (!trace_usable(&t, label)) continue;
+      if (!sim_trace_usable(&t, label, 1)) continue;
     } else {
       t.trace = NULL;
       t.gen.family = (int)(k - nt);

@@ -84,7 +84,13 @@ def run(sim, work, point, seed, tmp, config=None):
         cmd += ["--trace", work]
         if "rate" in p:
             cmd += ["--speedup", str(p["rate"])]
-    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+    if os.path.exists(out):
+        os.unlink(out)
+    done = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    if not os.path.exists(out):  # a trace the readers cannot use: said, not fatal
+        why = done.stderr.strip().splitlines()[-1:] or ["exit %d" % done.returncode]
+        return {"point": point, "trace": os.path.basename(work), "seed": seed,
+                "flags": ["not run: " + why[0]]}
     with open(out) as f:
         d = json.load(f)
     pol = {q["name"]: q for q in d["policies"]}
@@ -108,6 +114,8 @@ def run(sim, work, point, seed, tmp, config=None):
         row[name] = {"hit_of_pooled_pct": q["hit_of_pooled_pct"],
                      "token_imbalance": q["imbalance"],
                      "gold_p95_ttft_ms": q["classes"]["gold"]["ttft_ms"][1]}
+    if done.returncode != 0:  # conservation broken or a request lost
+        flags.append("exit %d" % done.returncode)
     row["flags"] = flags
     return row
 
