@@ -190,7 +190,8 @@ uint32_t sim_lru_prefix_fill(sim_lru *l, const uint64_t *chain, uint32_t n);
 size_t sim_list_dir(const char *dir, const char *const *exts, size_t next,
                     char out[][512], size_t max);
 /* DATA_DIR/spot/<set>/<zone>.json, each prefixed with its cloud ("gcp:" for
- * a set whose name says gcp, "azure:" azure, "aws:" otherwise). */
+ * a set whose name says gcp, "azure:" azure, "aws:" otherwise); a file the
+ * spot reader cannot use is left out, its reason on standard error. */
 size_t sim_list_spot(const char *data, char out[][512], size_t max);
 
 #endif

@@ -498,9 +498,18 @@ size_t sim_list_spot(const char *data, char out[][512], size_t max) {
     char files[SIM_LIST_MAX][512];
     size_t nf = sim_list_dir(sets[k], json, 1, files, SIM_LIST_MAX);
     const char *base = strrchr(sets[k], '/') + 1;
-    for (size_t f = 0; f < nf && n < max; f++)
-      if (snprintf(out[n], 512, "%s:%s", cloud_of(base), files[f]) < 512)
-        n++;
+    for (size_t f = 0; f < nf && n < max; f++) {
+      if (snprintf(out[n], 512, "%s:%s", cloud_of(base), files[f]) >= 512) continue;
+      /* A file the reader cannot use drives no zone: said, and left out. */
+      sim_spot_trace st;
+      char msg[256] = "";
+      if (sim_spot_read(&st, out[n], msg, sizeof msg)) {
+        fprintf(stderr, "spotinfer_sim: spot trace skipped: %s\n", msg);
+        continue;
+      }
+      sim_spot_free(&st);
+      n++;
+    }
   }
   return n;
 }

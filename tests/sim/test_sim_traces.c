@@ -240,15 +240,20 @@ static void test_spot_sets(void) {
   }
   static const char *const sets[3] = {"aws-v100", "azure-nc24", "gcp-c3"};
   for (int k = 0; k < 3; k++) {
-    snprintf(path, sizeof path, "mkdir -p %s/spot/%s && echo '{}' > %s/spot/%s/z%d.json", dir,
-             sets[k], dir, sets[k], k);
+    snprintf(path, sizeof path,
+             "mkdir -p %s/spot/%s && echo '{\"metadata\": {\"gap_seconds\": 60}, "
+             "\"data\": [1, 0, 1]}' > %s/spot/%s/z%d.json",
+             dir, sets[k], dir, sets[k], k);
     check(system(path) == 0, "spot sets: files made");
   }
+  /* One the spot reader cannot use: left out, the others kept. */
+  snprintf(path, sizeof path, "echo '{}' > %s/spot/gcp-c3/z9.json", dir);
+  check(system(path) == 0, "spot sets: a file without data made");
   char out[SIM_MAX_ZONES][512];
   size_t n = sim_list_spot(dir, out, SIM_MAX_ZONES);
   check(n == 3 && !strncmp(out[0], "aws:", 4) && !strncmp(out[1], "azure:", 6) &&
             !strncmp(out[2], "gcp:", 4),
-        "spot sets: the cloud from the set's name");
+        "spot sets: the cloud from the set's name, an unusable file left out");
   snprintf(path, sizeof path, "rm -rf %s", dir);
   check(system(path) == 0, "spot sets: cleaned up");
 }
