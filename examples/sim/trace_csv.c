@@ -2,9 +2,9 @@
  * trace_csv.c - request traces as CSV: a time, an input and an output
  * column. A header line names them (Azure's TIMESTAMP, ContextTokens,
  * GeneratedTokens; BurstGPT's Timestamp, Request tokens, Response tokens;
- * SplitwiseSim's and Vidur's names; or the common input_tokens /
- * prompt_tokens, output_tokens / completion_tokens...), in any order and among other columns, which are
- * ignored; with no header they are the first three. A time is a date and
+ * SplitwiseSim's and Vidur's names; the rest in COLUMN_NAMES), in any
+ * order and among other columns, which are ignored; with no header they
+ * are the first three. A time is a date and
  * time (2023-11-16 18:17:03.97996, with T, Z or an offset such as +00:00
  * allowed) or a number of seconds. CSV traces carry no prefix information:
  * every request's blocks are its own. A request that produced no output (a

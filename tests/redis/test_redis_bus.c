@@ -78,6 +78,14 @@ static void configure(spi_engine *e, const char *json) {
   assert_int_equal(rc, SPI_OK);
 }
 
+/* An engine with the bus registered by hand and configured by cfg. */
+static spi_engine *bus_engine(const char *cfg) {
+  spi_engine *e = engine_new();
+  register_bus(e);
+  configure(e, cfg);
+  return e;
+}
+
 static void add(spi_engine *e, const char *id, const char *node, int32_t pool,
                 const char *type, const char *zone) {
   spi_replica_info ri = fb_replica(id, node, pool, type, zone);
@@ -179,7 +187,7 @@ static int child(int port, const char *prefix, int rfd, int wfd) {
   char pa[32], pd[32];
   CHECK(prompt_for(e, "spot-a", pa, sizeof pa));
   CHECK(prompt_for(e, "spot-d", pd, sizeof pd));
-  CHECK(spi_engine_tick(e) == SPI_OK); /* the cursor is set */
+  CHECK(spi_engine_tick(e) == SPI_OK); /* polls once: nothing yet */
   char buf[8];
   CHECK(write(wfd, "ready\n", 6) == 6);
   CHECK(read(rfd, buf, 3) == 3 && !memcmp(buf, "go\n", 3));
@@ -228,11 +236,9 @@ static void test_two_processes(void **st) {
   assert_int_equal(pipe(from_b), 0);
   pid_t pid = spawn(self_path, port, prefix, to_b[0], from_b[1]);
   assert_true(pid > 0);
-  spi_engine *a = engine_new();
-  register_bus(a);
   char cfg[512];
   bus_config(cfg, sizeof cfg, port, prefix, NULL);
-  configure(a, cfg);
+  spi_engine *a = bus_engine(cfg);
   add(a, "spot-a", "i-aaa", SPI_POOL_SPOT, "g5.xlarge", "z1");
   add(a, "spot-x", "i-xxx", SPI_POOL_SPOT, "g6.xlarge", "z3");
   char buf[8] = "";
@@ -271,11 +277,7 @@ static void test_reads_from_configure(void **st) {
   char prefix[64], cfg[512];
   snprintf(prefix, sizeof prefix, "spi:test:bus-start:%d:", (int)getpid());
   bus_config(cfg, sizeof cfg, port, prefix, NULL);
-  spi_engine *a = engine_new(), *b = engine_new();
-  register_bus(a);
-  register_bus(b);
-  configure(a, cfg);
-  configure(b, cfg);
+  spi_engine *a = bus_engine(cfg), *b = bus_engine(cfg);
   add(a, "spot-s", "i-sss", SPI_POOL_SPOT, "g5.xlarge", "z1");
   add(b, "spot-s", "i-sss", SPI_POOL_SPOT, "g5.xlarge", "z1");
   spi_notice n = notice("i-sss", "start");
@@ -324,12 +326,8 @@ static void test_survives_a_dropped_connection(void **st) {
   snprintf(prefix, sizeof prefix, "spi:test:bus-drop:%d:", (int)getpid());
   bus_config(cfg, sizeof cfg, port, prefix,
              "\"reconnect_min_ms\":1,\"reconnect_max_ms\":5");
-  spi_engine *a = engine_new(), *b = engine_new();
-  register_bus(a);
-  register_bus(b);
-  configure(a, cfg);
-  configure(b, cfg);
-  assert_int_equal(spi_engine_tick(b), SPI_OK); /* connected, cursor set */
+  spi_engine *a = bus_engine(cfg), *b = bus_engine(cfg);
+  assert_int_equal(spi_engine_tick(b), SPI_OK); /* B has polled: connected */
   kill_clients(port);
   /* A's publish meets the dead connection or reconnects; either way the
    * notice reaches the stream by A's next tick. */
