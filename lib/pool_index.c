@@ -200,6 +200,7 @@ static void entry_drop(spi_pool_index *p, uint32_t pos, int moved) {
     p->wait_fix[h->cell] -= c->wait_fix;
     bit_clear(p->reg, pos);
     bit_clear(p->creg[h->cell], pos);
+    bit_clear(p->cfree[h->cell], pos);
     if (!moved) block_leave(p, pos, h);
   } else if (h->kind == PIX_EXC) {
     bit_clear(p->exc, pos);
@@ -281,6 +282,7 @@ static void entry_read(spi_pool_index *p, const route_env *x,
   p->wait_fix[h->cell] += c->wait_fix;
   bit_set(p->reg, pos);
   bit_set(p->creg[h->cell], pos);
+  if (!h->busy) bit_set(p->cfree[h->cell], pos);
   if (moved)
     block_move(p, pos, &old, h);
   else
@@ -307,6 +309,7 @@ static void rebuild(spi_pool_index *p, const route_env *x,
   memset(p->reg, 0, sizeof p->reg);
   memset(p->exc, 0, sizeof p->exc);
   memset(p->creg, 0, sizeof p->creg);
+  memset(p->cfree, 0, sizeof p->cfree);
   for (int k = 0; k < SPI_SUMMARY_CELLS; k++) {
     p->blk_dirty[k] = ~UINT64_C(0);
     p->lst_dirty[k] = 0;
@@ -556,4 +559,48 @@ const pix_rdv *spi__pix_rdv(spi_pool_index *p, const route_env *x,
   p->rdv_next[at] = (uint8_t)((p->rdv_next[at] + 1) % PIX_RDV_WAYS);
   rdv_make(o, p, x, set);
   return o;
+}
+
+/* Cell k's first PIX_DEEP_TOP in rendezvous order, weighed one by one:
+ * positions ascend, so a tie keeps the lower position first. */
+static void deep_make(pix_deep *d, const spi_pool_index *p, uint64_t rkey,
+                      int k) {
+  uint64_t wt[PIX_DEEP_TOP];
+  uint16_t *pos = d->pos[k];
+  uint32_t n = 0;
+  for (size_t i = 0; i < p->n; i++) {
+    if (p->cell_at[i] != k) continue;
+    uint64_t w = spi__rdv_weight(p->id_hash_at[i], rkey);
+    if (n == PIX_DEEP_TOP && !rdv_before(w, (uint32_t)i, wt[n - 1], pos[n - 1]))
+      continue;
+    uint32_t at = n < PIX_DEEP_TOP ? n : n - 1;
+    while (at > 0 && rdv_before(w, (uint32_t)i, wt[at - 1], pos[at - 1])) {
+      wt[at] = wt[at - 1];
+      pos[at] = pos[at - 1];
+      at--;
+    }
+    wt[at] = w;
+    pos[at] = (uint16_t)i;
+    if (n < PIX_DEEP_TOP) n++;
+  }
+  d->n[k] = (uint8_t)n;
+  d->made |= (uint8_t)(1u << k);
+}
+
+const pix_deep *spi__pix_deep(spi_pool_index *p, const route_env *x,
+                              const spi_replica_set *set, int k) {
+  pix_deep *d = NULL;
+  for (int w = 0; w < PIX_DEEP_WAYS && !d; w++)
+    if (p->deep[w].version == set->version && p->deep[w].rkey == x->rkey &&
+        p->deep[w].version)
+      d = &p->deep[w];
+  if (!d) {
+    d = &p->deep[p->deep_next];
+    p->deep_next = (uint8_t)((p->deep_next + 1) % PIX_DEEP_WAYS);
+    d->rkey = x->rkey;
+    d->version = set->version;
+    d->made = 0;
+  }
+  if (!(d->made >> k & 1u)) deep_make(d, p, x->rkey, k);
+  return d;
 }

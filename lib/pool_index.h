@@ -68,6 +68,22 @@ typedef struct pix_rdv {
   uint8_t n[SPI_SUMMARY_CELLS];
 } pix_rdv;
 
+/* A prefix's rendezvous order deeper than pix_rdv's, made for a cell when
+ * every replica of the kept order is busy or not regular. A popular
+ * prefix's first replicas are the ones its cold traffic loads, so they are
+ * often busy all at once, and the winner would otherwise be weighed one
+ * by one over the whole cell on every such route. */
+#define PIX_DEEP_TOP 32
+#define PIX_DEEP_WAYS 8
+_Static_assert(PIX_DEEP_TOP > PIX_RDV_TOP && PIX_DEEP_TOP <= 255,
+               "the deep order extends the kept one; its length fits a byte");
+typedef struct pix_deep {
+  uint64_t rkey, version;
+  uint8_t made; /* cells whose order is made, a bit each */
+  uint8_t n[SPI_SUMMARY_CELLS];
+  uint16_t pos[SPI_SUMMARY_CELLS][PIX_DEEP_TOP];
+} pix_deep;
+
 typedef struct spi_pool_index {
   atomic_int taken;             /* held by the one route using it */
   int wide;                     /* the CPU has AVX-512 F and DQ (rdv_wide.c) */
@@ -90,12 +106,15 @@ typedef struct spi_pool_index {
   uint64_t reg[SPI_REPLICA_SLOTS / 64]; /* positions, by kind */
   uint64_t exc[SPI_REPLICA_SLOTS / 64];
   uint64_t creg[SPI_SUMMARY_CELLS][SPI_REPLICA_SLOTS / 64]; /* reg, by cell */
+  uint64_t cfree[SPI_SUMMARY_CELLS][SPI_REPLICA_SLOTS / 64]; /* ... not busy */
   uint64_t blk_dirty[SPI_SUMMARY_CELLS]; /* blocks to sum up again */
   uint64_t lst_dirty[SPI_SUMMARY_CELLS]; /* blocks whose least loaded alone
                                             is to be found again */
   pix_block blk[SPI_SUMMARY_CELLS][SPI_REPLICA_SLOTS / 64];
   pix_rdv rdv[PIX_RDV_SETS][PIX_RDV_WAYS];
   uint8_t rdv_next[PIX_RDV_SETS]; /* the way a miss replaces next */
+  pix_deep deep[PIX_DEEP_WAYS];
+  uint8_t deep_next;            /* the one a miss replaces next */
   uint64_t tdone;               /* blocks whose t_now the route has made */
   pix_hot hot[SPI_REPLICA_SLOTS];
   pix_cold cold[SPI_REPLICA_SLOTS];
@@ -149,6 +168,12 @@ int spi__pix_blocks_exact(spi_pool_index *p);
  * set (made now if it is not kept). */
 const pix_rdv *spi__pix_rdv(spi_pool_index *p, const route_env *x,
                             const spi_replica_set *set);
+/* With the index taken and synced: the first PIX_DEEP_TOP replicas (fewer
+ * when the cell has fewer) of cell k in x->rkey's rendezvous order over
+ * set, made now if they are not kept. Its first PIX_RDV_TOP are
+ * spi__pix_rdv's. */
+const pix_deep *spi__pix_deep(spi_pool_index *p, const route_env *x,
+                              const spi_replica_set *set, int k);
 /* Rendezvous order in the making: each cell's weights, best first. */
 typedef struct pix_rdv_acc {
   uint64_t wt[SPI_SUMMARY_CELLS][PIX_RDV_TOP];

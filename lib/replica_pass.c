@@ -585,31 +585,51 @@ static void indexed_least(const route_env *x, const spi_pool_index *p,
   if (best) indexed_offer(x, p, sc, best->rel_pos);
 }
 
-/* Cell k's rendezvous winner among the regular replicas that are not
- * busy: the first such of the kept order, else weighed one by one. */
-static void indexed_rdv(const route_env *x, const spi_pool_index *p,
-                        scan *sc, int k, const pix_rdv *o) {
-  for (uint32_t j = 0; j < o->n[k]; j++) {
-    const pix_hot *h = &p->hot[o->pos[k][j]];
-    if (h->kind == PIX_REG && !h->busy) {
-      indexed_offer(x, p, sc, o->pos[k][j]);
-      return;
-    }
+/* The first regular replica that is not busy among an order's positions
+ * [from, n), or UINT32_MAX. */
+static uint32_t first_free(const spi_pool_index *p, const uint16_t *pos,
+                           uint32_t from, uint32_t n) {
+  for (uint32_t j = from; j < n; j++) {
+    const pix_hot *h = &p->hot[pos[j]];
+    if (h->kind == PIX_REG && !h->busy) return pos[j];
   }
-  if (o->n[k] < PIX_RDV_TOP) return; /* the order was the whole cell */
+  return UINT32_MAX;
+}
+
+/* The regular replicas of cell k that are not busy, weighed one by one:
+ * the heaviest (positions ascend, so a tie keeps the lower), or
+ * UINT32_MAX. */
+static uint32_t free_weighed(const route_env *x, const spi_pool_index *p,
+                             int k) {
   uint64_t best_w = 0;
   uint32_t best = UINT32_MAX;
   for (size_t w = 0; w < (p->n + 63) / 64; w++)
-    for (uint64_t m = p->creg[k][w]; m; m &= m - 1) {
+    for (uint64_t m = p->cfree[k][w]; m; m &= m - 1) {
       uint32_t pos = (uint32_t)(w * 64 + (size_t)__builtin_ctzll(m));
-      if (p->hot[pos].busy) continue;
       uint64_t wt = spi__rdv_weight(p->hot[pos].id_hash, x->rkey);
       if (best == UINT32_MAX || wt > best_w) {
         best_w = wt;
         best = pos;
       }
     }
-  if (best != UINT32_MAX) indexed_offer(x, p, sc, best);
+  return best;
+}
+
+/* Cell k's rendezvous winner among the regular replicas that are not
+ * busy: the first such of the kept order, else of the deeper one, else
+ * weighed one by one. Each order is the cell's true first few, so the
+ * first such in it is the winner; only when it holds none and is not the
+ * whole cell is the next order needed. */
+static void indexed_rdv(const route_env *x, spi_pool_index *p,
+                        const spi_replica_set *set, scan *sc, int k,
+                        const pix_rdv *o) {
+  uint32_t pos = first_free(p, o->pos[k], 0, o->n[k]);
+  if (pos == UINT32_MAX && o->n[k] == PIX_RDV_TOP) {
+    const pix_deep *d = spi__pix_deep(p, x, set, k);
+    pos = first_free(p, d->pos[k], PIX_RDV_TOP, d->n[k]);
+    if (pos == UINT32_MAX && d->n[k] == PIX_DEEP_TOP) pos = free_weighed(x, p, k);
+  }
+  if (pos != UINT32_MAX) indexed_offer(x, p, sc, pos);
 }
 
 /* The TTFTs of block w's positions for this route (indexed_t's operations
@@ -754,7 +774,7 @@ static int scan_indexed(const route_env *x, const spi_replica_set *set,
     cell_cap(&sc->cell[k], PASS_TOP); /* ranks only what it will name */
     indexed_seed(x, p, sc, k);
     indexed_least(x, p, sc, k);
-    indexed_rdv(x, p, sc, k, o);
+    indexed_rdv(x, p, set, sc, k, o);
     indexed_top(x, p, sc, k);
   }
   spi__pix_release(p);

@@ -406,12 +406,120 @@ static void test_wide_rdv_same_order(void **st) {
   free(p);
 }
 
+/* Every candidate's id and rendezvous weight, as a policy that reads every
+ * candidate sees them (it answers "queue", so routing changes nothing). */
+typedef struct weights {
+  uint32_t n;
+  char id[160][16];
+  uint64_t w[160];
+} weights;
+
+static int weights_choose(void *state, void *inst, const spi_route_context *x,
+                          spi_policy_choice *out) {
+  (void)state;
+  weights *o = inst;
+  o->n = 0;
+  for (size_t i = 0; i < x->n_candidates && o->n < 160; i++, o->n++) {
+    const spi_candidate *c = &x->candidates[i];
+    snprintf(o->id[o->n], sizeof o->id[o->n], "%.*s", (int)c->id_len, c->id);
+    o->w[o->n] = c->rendezvous;
+  }
+  out->pool = SPI_POOL_QUEUE;
+  return SPI_OK;
+}
+
+/* The rendezvous winner of a prefix whose first replicas in its order are
+ * busy (the ones its cold traffic goes to): through the index, from the
+ * kept order, the deeper one (pix_deep) or the cell weighed one by one,
+ * it is the first replica of the order that is not busy, as the full pass
+ * names it, for every count of busy replicas at the head of the order. */
+static void test_rdv_winner_past_busy_head(void **st) {
+  (void)st;
+  spi_hooks h;
+  memset(&h, 0, sizeof h);
+  h.struct_size = sizeof h;
+  h.clock = fixed_clock;
+  spi_engine *e = NULL;
+  assert_int_equal(spi_engine_new(&e, &h), SPI_OK);
+  seen saw[2];
+  weights wt;
+  register_seen(e, "seen", 1, &saw[0]);
+  register_seen(e, "seenall", 0, &saw[1]);
+  spi_policy_module m = ff_policy_module(weights_choose, 0);
+  assert_int_equal(spi_engine_register_module(e, SPI_MODULE_POLICY, "weights",
+                                              strlen("weights"), &m, &wt, NULL),
+                   SPI_OK);
+  enum { N = 120 };
+  for (uint32_t i = 0; i < N; i++) {
+    char id[16];
+    snprintf(id, sizeof id, "p%u", i);
+    spi_replica_info ri = ff_replica(id, SPI_POOL_SPOT, 2.0, 1);
+    assert_int_equal(spi_replica_upsert(e, &ri), SPI_OK);
+    assert_int_equal(ff_report(e, id, 0, 0, 0.1), SPI_OK);
+  }
+  spi_request *r = NULL;
+  assert_int_equal(spi_request_new(e, &r), SPI_OK);
+  configure(e, "weights");
+  request(r, 1);
+  spi_decision d;
+  memset(&d, 0, sizeof d);
+  d.struct_size = sizeof d;
+  assert_int_equal(spi_route(r, &d), SPI_OK);
+  assert_int_equal(wt.n, N);
+  /* The prefix's order: heaviest first, ties to the earlier replica. */
+  uint32_t order[N];
+  for (uint32_t i = 0; i < N; i++) order[i] = i;
+  for (uint32_t i = 1; i < N; i++)
+    for (uint32_t j = i; j > 0 && wt.w[order[j]] > wt.w[order[j - 1]]; j--) {
+      uint32_t t = order[j];
+      order[j] = order[j - 1];
+      order[j - 1] = t;
+    }
+  static const uint32_t busy_counts[] = {0,  1,  3,  4,  5,  17, 31, 32,
+                                         33, 40, 90, 119, 120, 2};
+  for (size_t c = 0; c < sizeof busy_counts / sizeof busy_counts[0]; c++) {
+    uint32_t busy = busy_counts[c];
+    for (uint32_t j = 0; j < N; j++)
+      assert_int_equal(ff_report(e, wt.id[order[j]], j < busy ? 1 : 0, 0, 0.1),
+                       SPI_OK);
+    for (int k = 0; k < 2; k++) {
+      configure(e, k ? "seenall" : "seen");
+      request(r, 1);
+      memset(&d, 0, sizeof d);
+      d.struct_size = sizeof d;
+      saw[k].text[0] = '\0';
+      assert_int_equal(spi_route(r, &d), SPI_OK);
+    }
+    if (strcmp(saw[0].text, saw[1].text))
+      print_error("%u busy:\n%s\n----\n%s\n", busy, saw[0].text, saw[1].text);
+    assert_string_equal(saw[0].text, saw[1].text);
+    /* The cell's summary (the one line with usable replicas) ends with
+     * its rendezvous winner: the first of the order that is not busy, or
+     * none. */
+    char want[32];
+    snprintf(want, sizeof want, " %s/", busy < N ? wt.id[order[busy]] : "-");
+    const char *line = strstr(saw[0].text, "\n120:");
+    assert_non_null(line);
+    const char *end = strchr(line + 1, '\n');
+    size_t len = end ? (size_t)(end - line) : strlen(line);
+    const char *last = line + len;
+    while (last > line && *last != ' ') last--;
+    if (busy < N)
+      assert_int_equal(strncmp(last, want, strlen(want)), 0);
+    else
+      assert_true(strncmp(last, " -", 2) == 0 && len == (size_t)(last - line) + 2);
+  }
+  spi_request_free(r);
+  spi_engine_free(e);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_index_exact_after_concurrent_writes),
       cmocka_unit_test(test_blocks_follow_every_change),
       cmocka_unit_test(test_wide_block_loops_same_bits),
       cmocka_unit_test(test_wide_rdv_same_order),
+      cmocka_unit_test(test_rdv_winner_past_busy_head),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
