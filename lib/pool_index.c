@@ -587,6 +587,11 @@ static void deep_make(pix_deep *d, const spi_pool_index *p, uint64_t rkey,
   d->made |= (uint8_t)(1u << k);
 }
 
+/* A nonzero tag of (prefix, set, cell) for deep_seen. */
+static uint64_t deep_tag(uint64_t rkey, uint64_t version, int k) {
+  return spi__rdv_weight(rkey ^ version, (uint64_t)k + 1) | 1u;
+}
+
 const pix_deep *spi__pix_deep(spi_pool_index *p, const route_env *x,
                               const spi_replica_set *set, int k) {
   pix_deep *d = NULL;
@@ -594,6 +599,13 @@ const pix_deep *spi__pix_deep(spi_pool_index *p, const route_env *x,
     if (p->deep[w].version == set->version && p->deep[w].rkey == x->rkey &&
         p->deep[w].version)
       d = &p->deep[w];
+  if (d && d->made >> k & 1u) return d;
+  uint64_t tag = deep_tag(x->rkey, set->version, k);
+  uint64_t *seen = &p->deep_seen[tag % PIX_DEEP_SEEN];
+  if (*seen != tag) {
+    *seen = tag;
+    return NULL;
+  }
   if (!d) {
     d = &p->deep[p->deep_next];
     p->deep_next = (uint8_t)((p->deep_next + 1) % PIX_DEEP_WAYS);
@@ -601,6 +613,6 @@ const pix_deep *spi__pix_deep(spi_pool_index *p, const route_env *x,
     d->version = set->version;
     d->made = 0;
   }
-  if (!(d->made >> k & 1u)) deep_make(d, p, x->rkey, k);
+  deep_make(d, p, x->rkey, k);
   return d;
 }

@@ -75,6 +75,7 @@ typedef struct pix_rdv {
  * by one over the whole cell on every such route. */
 #define PIX_DEEP_TOP 32
 #define PIX_DEEP_WAYS 8
+#define PIX_DEEP_SEEN 64 /* (prefix, set, cell)s that needed one once */
 _Static_assert(PIX_DEEP_TOP > PIX_RDV_TOP && PIX_DEEP_TOP <= 255,
                "the deep order extends the kept one; its length fits a byte");
 typedef struct pix_deep {
@@ -115,6 +116,7 @@ typedef struct spi_pool_index {
   uint8_t rdv_next[PIX_RDV_SETS]; /* the way a miss replaces next */
   pix_deep deep[PIX_DEEP_WAYS];
   uint8_t deep_next;            /* the one a miss replaces next */
+  uint64_t deep_seen[PIX_DEEP_SEEN]; /* their tags (deep_tag), by tag */
   uint64_t tdone;               /* blocks whose t_now the route has made */
   pix_hot hot[SPI_REPLICA_SLOTS];
   pix_cold cold[SPI_REPLICA_SLOTS];
@@ -170,8 +172,10 @@ const pix_rdv *spi__pix_rdv(spi_pool_index *p, const route_env *x,
                             const spi_replica_set *set);
 /* With the index taken and synced: the first PIX_DEEP_TOP replicas (fewer
  * when the cell has fewer) of cell k in x->rkey's rendezvous order over
- * set, made now if they are not kept. Its first PIX_RDV_TOP are
- * spi__pix_rdv's. */
+ * set, made now if they are not kept; NULL the first time the prefix,
+ * set and cell need them, so that a prefix that needs them once (most
+ * prefixes are seen once) does not pay for making them. Their first
+ * PIX_RDV_TOP are spi__pix_rdv's. */
 const pix_deep *spi__pix_deep(spi_pool_index *p, const route_env *x,
                               const spi_replica_set *set, int k);
 /* Rendezvous order in the making: each cell's weights, best first. */

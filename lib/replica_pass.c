@@ -616,18 +616,19 @@ static uint32_t free_weighed(const route_env *x, const spi_pool_index *p,
 }
 
 /* Cell k's rendezvous winner among the regular replicas that are not
- * busy: the first such of the kept order, else of the deeper one, else
- * weighed one by one. Each order is the cell's true first few, so the
- * first such in it is the winner; only when it holds none and is not the
- * whole cell is the next order needed. */
+ * busy: the first such of the kept order, else of the deeper one (when
+ * the prefix has one), else weighed one by one. Each order is the cell's
+ * true first few, so the first such in it is the winner; only when it
+ * holds none and is not the whole cell is the next step needed. */
 static void indexed_rdv(const route_env *x, spi_pool_index *p,
                         const spi_replica_set *set, scan *sc, int k,
                         const pix_rdv *o) {
   uint32_t pos = first_free(p, o->pos[k], 0, o->n[k]);
   if (pos == UINT32_MAX && o->n[k] == PIX_RDV_TOP) {
     const pix_deep *d = spi__pix_deep(p, x, set, k);
-    pos = first_free(p, d->pos[k], PIX_RDV_TOP, d->n[k]);
-    if (pos == UINT32_MAX && d->n[k] == PIX_DEEP_TOP) pos = free_weighed(x, p, k);
+    if (d) pos = first_free(p, d->pos[k], PIX_RDV_TOP, d->n[k]);
+    if (pos == UINT32_MAX && (!d || d->n[k] == PIX_DEEP_TOP))
+      pos = free_weighed(x, p, k);
   }
   if (pos != UINT32_MAX) indexed_offer(x, p, sc, pos);
 }
