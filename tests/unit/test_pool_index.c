@@ -122,6 +122,29 @@ static void request(spi_request *r, uint32_t q) {
   spi_request_set_int(r, SPI_REQ_REPLAYABLE, (q / 3) % 2);
 }
 
+/* An engine on the fixed clock, so loads never go stale. */
+static spi_engine *fixed_engine(void) {
+  spi_hooks h;
+  memset(&h, 0, sizeof h);
+  h.struct_size = sizeof h;
+  h.clock = fixed_clock;
+  spi_engine *e = NULL;
+  assert_int_equal(spi_engine_new(&e, &h), SPI_OK);
+  return e;
+}
+
+/* Route request q under policy; what that policy saw lands in its seen. */
+static void route_as(spi_engine *e, spi_request *r, uint32_t q,
+                     const char *policy, seen *o) {
+  configure(e, policy);
+  request(r, q);
+  spi_decision d;
+  memset(&d, 0, sizeof d);
+  d.struct_size = sizeof d;
+  if (o) o->text[0] = '\0';
+  assert_int_equal(spi_route(r, &d), SPI_OK);
+}
+
 static void load(spi_engine *e, uint32_t i, uint64_t *rng) {
   char id[16];
   snprintf(id, sizeof id, "p%u", i);
@@ -180,12 +203,7 @@ static void *reporter(void *arg) {
 
 static void test_index_exact_after_concurrent_writes(void **st) {
   (void)st;
-  spi_hooks h;
-  memset(&h, 0, sizeof h);
-  h.struct_size = sizeof h;
-  h.clock = fixed_clock;
-  spi_engine *e = NULL;
-  assert_int_equal(spi_engine_new(&e, &h), SPI_OK);
+  spi_engine *e = fixed_engine();
   seen saw[2];
   register_seen(e, "seen", 1, &saw[0]);
   register_seen(e, "seenall", 0, &saw[1]);
@@ -213,15 +231,8 @@ static void test_index_exact_after_concurrent_writes(void **st) {
   spi_request *r = NULL;
   assert_int_equal(spi_request_new(e, &r), SPI_OK);
   for (uint32_t q = 0; q < 40; q++) {
-    for (int k = 0; k < 2; k++) {
-      configure(e, k ? "seenall" : "seen");
-      request(r, q);
-      spi_decision d;
-      memset(&d, 0, sizeof d);
-      d.struct_size = sizeof d;
-      saw[k].text[0] = '\0';
-      assert_int_equal(spi_route(r, &d), SPI_OK);
-    }
+    route_as(e, r, q, "seen", &saw[0]);
+    route_as(e, r, q, "seenall", &saw[1]);
     if (strcmp(saw[0].text, saw[1].text))
       print_error("request %u:\n%s\n----\n%s\n", q, saw[0].text, saw[1].text);
     assert_string_equal(saw[0].text, saw[1].text);
@@ -434,18 +445,43 @@ static int weights_choose(void *state, void *inst, const spi_route_context *x,
  * the first time and the second (when the deeper order is made), it is
  * the first replica of the order that is not busy, as the full pass names
  * it, for every count of busy replicas at the head of the order. */
+/* The order of the prefix of request 1 over the candidates wt lists:
+ * heaviest first, ties to the earlier one. */
+static void rdv_order(const weights *wt, uint32_t *order) {
+  for (uint32_t i = 0; i < wt->n; i++) order[i] = i;
+  for (uint32_t i = 1; i < wt->n; i++)
+    for (uint32_t j = i; j > 0 && wt->w[order[j]] > wt->w[order[j - 1]]; j--) {
+      uint32_t t = order[j];
+      order[j] = order[j - 1];
+      order[j - 1] = t;
+    }
+}
+
+/* The rendezvous replica the summary of the cell with all n replicas names
+ * (the last name on its line) is want, or none when want is NULL. */
+static void assert_rdv_named(const seen *o, uint32_t n, const char *want) {
+  char head[16], name[32];
+  snprintf(head, sizeof head, "\n%u:", n);
+  snprintf(name, sizeof name, " %s/", want ? want : "-");
+  const char *line = strstr(o->text, head);
+  assert_non_null(line);
+  const char *end = strchr(line + 1, '\n');
+  const char *last = end ? end : line + strlen(line);
+  while (last > line && *last != ' ') last--;
+  if (want)
+    assert_int_equal(strncmp(last, name, strlen(name)), 0);
+  else
+    assert_int_equal(strncmp(last, " -", 2), 0);
+}
+
 static void test_rdv_winner_past_busy_head(void **st) {
   (void)st;
-  spi_hooks h;
-  memset(&h, 0, sizeof h);
-  h.struct_size = sizeof h;
-  h.clock = fixed_clock;
-  spi_engine *e = NULL;
-  assert_int_equal(spi_engine_new(&e, &h), SPI_OK);
-  static seen saw[2], first;
+  spi_engine *e = fixed_engine();
+  static seen saw[3];
   static weights wt;
   register_seen(e, "seen", 1, &saw[0]);
-  register_seen(e, "seenall", 0, &saw[1]);
+  register_seen(e, "seen2", 1, &saw[1]);
+  register_seen(e, "seenall", 0, &saw[2]);
   spi_policy_module m = ff_policy_module(weights_choose, 0);
   assert_int_equal(spi_engine_register_module(e, SPI_MODULE_POLICY, "weights",
                                               strlen("weights"), &m, &wt, NULL),
@@ -460,22 +496,10 @@ static void test_rdv_winner_past_busy_head(void **st) {
   }
   spi_request *r = NULL;
   assert_int_equal(spi_request_new(e, &r), SPI_OK);
-  configure(e, "weights");
-  request(r, 1);
-  spi_decision d;
-  memset(&d, 0, sizeof d);
-  d.struct_size = sizeof d;
-  assert_int_equal(spi_route(r, &d), SPI_OK);
+  route_as(e, r, 1, "weights", NULL);
   assert_int_equal(wt.n, N);
-  /* The prefix's order: heaviest first, ties to the earlier replica. */
   uint32_t order[N];
-  for (uint32_t i = 0; i < N; i++) order[i] = i;
-  for (uint32_t i = 1; i < N; i++)
-    for (uint32_t j = i; j > 0 && wt.w[order[j]] > wt.w[order[j - 1]]; j--) {
-      uint32_t t = order[j];
-      order[j] = order[j - 1];
-      order[j - 1] = t;
-    }
+  rdv_order(&wt, order);
   static const uint32_t busy_counts[] = {0,  1,  3,  4,  5,  17, 31, 32,
                                          33, 40, 90, 119, 120, 2};
   for (size_t c = 0; c < sizeof busy_counts / sizeof busy_counts[0]; c++) {
@@ -485,34 +509,15 @@ static void test_rdv_winner_past_busy_head(void **st) {
                        SPI_OK);
     /* Twice through the index: a prefix's deeper order is made the second
      * time it is needed (the first, the cell is weighed). */
-    for (int k = 0; k < 3; k++) {
-      configure(e, k == 2 ? "seenall" : "seen");
-      request(r, 1);
-      memset(&d, 0, sizeof d);
-      d.struct_size = sizeof d;
-      saw[k / 2].text[0] = '\0';
-      assert_int_equal(spi_route(r, &d), SPI_OK);
-      if (k == 0) snprintf(first.text, sizeof first.text, "%s", saw[0].text);
+    route_as(e, r, 1, "seen", &saw[0]);
+    route_as(e, r, 1, "seen2", &saw[1]);
+    route_as(e, r, 1, "seenall", &saw[2]);
+    for (int k = 0; k < 2; k++) {
+      if (strcmp(saw[k].text, saw[2].text))
+        print_error("%u busy:\n%s\n----\n%s\n", busy, saw[k].text, saw[2].text);
+      assert_string_equal(saw[k].text, saw[2].text);
     }
-    if (strcmp(saw[0].text, saw[1].text))
-      print_error("%u busy:\n%s\n----\n%s\n", busy, saw[0].text, saw[1].text);
-    assert_string_equal(saw[0].text, saw[1].text);
-    assert_string_equal(first.text, saw[1].text);
-    /* The cell's summary (the one line with usable replicas) ends with
-     * its rendezvous winner: the first of the order that is not busy, or
-     * none. */
-    char want[32];
-    snprintf(want, sizeof want, " %s/", busy < N ? wt.id[order[busy]] : "-");
-    const char *line = strstr(saw[0].text, "\n120:");
-    assert_non_null(line);
-    const char *end = strchr(line + 1, '\n');
-    size_t len = end ? (size_t)(end - line) : strlen(line);
-    const char *last = line + len;
-    while (last > line && *last != ' ') last--;
-    if (busy < N)
-      assert_int_equal(strncmp(last, want, strlen(want)), 0);
-    else
-      assert_true(strncmp(last, " -", 2) == 0 && len == (size_t)(last - line) + 2);
+    assert_rdv_named(&saw[2], N, busy < N ? wt.id[order[busy]] : NULL);
   }
   spi_request_free(r);
   spi_engine_free(e);
