@@ -132,6 +132,56 @@ void spi__pix_rdv_avx2(pix_rdv *o, pix_rdv_acc *a, const spi_pool_index *p,
   }
   _mm256_zeroupper();
 }
+/* spi__pix_free_best four lanes at a time: each lane keeps the heaviest
+ * weight it has met among the free positions and that position (a
+ * strictly heavier one replaces it, so a lane keeps its first on a tie);
+ * then the heaviest lanes' lowest position. Unsigned compares are signed
+ * ones with both signs flipped. */
+uint32_t spi__pix_free_best_avx2(const spi_pool_index *p, int k, uint64_t rkey) {
+  const __m256i key = _mm256_set1_epi64x((long long)rkey);
+  const __m256i sign = _mm256_set1_epi64x((long long)0x8000000000000000ULL);
+  const __m256i lane = _mm256_set_epi64x(8, 4, 2, 1);
+  __m256i best = sign, at = _mm256_setzero_si256(); /* best: sign flipped */
+  __m256i found = _mm256_setzero_si256();
+  for (size_t w = 0; w < (p->n + 63) / 64; w++) {
+    uint64_t bits = p->cfree[k][w];
+    for (size_t i = w * 64; bits; i += 4, bits >>= 4) {
+      if (!(bits & 0xfu)) continue;
+      __m256i m = _mm256_cmpeq_epi64(
+          _mm256_and_si256(_mm256_set1_epi64x((long long)(bits & 0xfu)), lane),
+          lane);
+      __m256i wt = _mm256_xor_si256(
+          mix_lanes(_mm256_xor_si256(
+              _mm256_loadu_si256((const __m256i *)(const void *)&p->id_hash_at[i]),
+              key)),
+          sign);
+      __m256i take = _mm256_and_si256(
+          m, _mm256_or_si256(_mm256_cmpgt_epi64(wt, best),
+                             _mm256_andnot_si256(found, m)));
+      best = _mm256_blendv_epi8(best, wt, take);
+      __m256i pos = _mm256_add_epi64(_mm256_set1_epi64x((long long)i),
+                                     _mm256_set_epi64x(3, 2, 1, 0));
+      at = _mm256_blendv_epi8(at, pos, take);
+      found = _mm256_or_si256(found, m);
+    }
+  }
+  uint64_t b[4], a[4], f[4];
+  _mm256_storeu_si256((__m256i *)(void *)b, best);
+  _mm256_storeu_si256((__m256i *)(void *)a, at);
+  _mm256_storeu_si256((__m256i *)(void *)f, found);
+  _mm256_zeroupper();
+  uint32_t pos = UINT32_MAX;
+  uint64_t top = 0;
+  for (int j = 0; j < 4; j++) {
+    if (!f[j]) continue;
+    uint64_t v = b[j] ^ 0x8000000000000000ULL;
+    if (pos == UINT32_MAX || v > top || (v == top && a[j] < pos)) {
+      top = v;
+      pos = (uint32_t)a[j];
+    }
+  }
+  return pos;
+}
 #else
 /* Without the AVX2 build the index never calls these (its avx2 flag is 0);
  * they exist so that tests link either way. */
@@ -143,6 +193,10 @@ void spi__pix_ttft_avx2(double *t, const double *wait, const double *ms,
 
 uint64_t spi__pix_under_avx2(const double *t, size_t n, double thr) {
   return spi__pix_under_from(0, t, n, thr);
+}
+
+uint32_t spi__pix_free_best_avx2(const spi_pool_index *p, int k, uint64_t rkey) {
+  return spi__pix_free_best_each(p, k, rkey);
 }
 
 void spi__pix_rdv_avx2(pix_rdv *o, pix_rdv_acc *a, const spi_pool_index *p,

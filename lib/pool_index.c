@@ -547,6 +547,25 @@ static void rdv_make(pix_rdv *o, const spi_pool_index *p, const route_env *x,
   o->version = set->version;
 }
 
+/* Whether tag was asked for before (it is then forgotten); else it is
+ * remembered, in place of its set's oldest. */
+static int seen_again(pix_seen *s, uint64_t tag) {
+  uint32_t set = (uint32_t)(tag >> 40) % PIX_SEEN_SETS;
+  for (int w = 0; w < PIX_SEEN_WAYS; w++)
+    if (s->tag[set][w] == tag) {
+      s->tag[set][w] = 0;
+      return 1;
+    }
+  s->tag[set][s->next[set]] = tag;
+  s->next[set] = (uint8_t)((s->next[set] + 1) % PIX_SEEN_WAYS);
+  return 0;
+}
+
+/* A nonzero tag of (prefix, set) for rdv_seen. */
+static uint64_t rdv_tag(uint64_t rkey, uint64_t version) {
+  return spi__rdv_weight(rkey ^ version, 0) | 1u;
+}
+
 const pix_rdv *spi__pix_rdv(spi_pool_index *p, const route_env *x,
                             const spi_replica_set *set) {
   uint32_t at = (uint32_t)(spi__rdv_weight(x->rkey, 0) % PIX_RDV_SETS);
@@ -555,6 +574,7 @@ const pix_rdv *spi__pix_rdv(spi_pool_index *p, const route_env *x,
     if (o->version == set->version && o->rkey == x->rkey && o->version)
       return o;
   }
+  if (!seen_again(&p->rdv_seen, rdv_tag(x->rkey, set->version))) return NULL;
   pix_rdv *o = &p->rdv[at][p->rdv_next[at]];
   p->rdv_next[at] = (uint8_t)((p->rdv_next[at] + 1) % PIX_RDV_WAYS);
   rdv_make(o, p, x, set);
@@ -600,12 +620,8 @@ const pix_deep *spi__pix_deep(spi_pool_index *p, const route_env *x,
         p->deep[w].version)
       d = &p->deep[w];
   if (d && d->made >> k & 1u) return d;
-  uint64_t tag = deep_tag(x->rkey, set->version, k);
-  uint64_t *seen = &p->deep_seen[tag % PIX_DEEP_SEEN];
-  if (*seen != tag) {
-    *seen = tag;
+  if (!seen_again(&p->deep_seen, deep_tag(x->rkey, set->version, k)))
     return NULL;
-  }
   if (!d) {
     d = &p->deep[p->deep_next];
     p->deep_next = (uint8_t)((p->deep_next + 1) % PIX_DEEP_WAYS);
@@ -615,4 +631,29 @@ const pix_deep *spi__pix_deep(spi_pool_index *p, const route_env *x,
   }
   deep_make(d, p, x->rkey, k);
   return d;
+}
+
+uint32_t spi__pix_free_best_each(const spi_pool_index *p, int k, uint64_t rkey) {
+  uint64_t best_w = 0;
+  uint32_t best = UINT32_MAX;
+  for (size_t w = 0; w < (p->n + 63) / 64; w++)
+    for (uint64_t m = p->cfree[k][w]; m; m &= m - 1) {
+      uint32_t pos = (uint32_t)(w * 64 + (size_t)__builtin_ctzll(m));
+      uint64_t wt = spi__rdv_weight(p->id_hash_at[pos], rkey);
+      if (best == UINT32_MAX || wt > best_w) {
+        best_w = wt;
+        best = pos;
+      }
+    }
+  return best;
+}
+
+uint32_t spi__pix_free_best(const spi_pool_index *p, int k, uint64_t rkey) {
+#if SPI_HAVE_RDV_AVX512
+  if (p->wide) return spi__pix_free_best_avx512(p, k, rkey);
+#endif
+#if SPI_HAVE_PIX_AVX2
+  if (p->avx2) return spi__pix_free_best_avx2(p, k, rkey);
+#endif
+  return spi__pix_free_best_each(p, k, rkey);
 }

@@ -68,6 +68,17 @@ typedef struct pix_rdv {
   uint8_t n[SPI_SUMMARY_CELLS];
 } pix_rdv;
 
+/* What was asked for once, to make something only when it is asked for
+ * again: tags (nonzero) in sets of PIX_SEEN_WAYS, each set replacing its
+ * ways in turn. A few tags that meet in one set still take turns in its
+ * ways rather than push each other out at once. */
+#define PIX_SEEN_SETS 64
+#define PIX_SEEN_WAYS 4
+typedef struct pix_seen {
+  uint64_t tag[PIX_SEEN_SETS][PIX_SEEN_WAYS];
+  uint8_t next[PIX_SEEN_SETS];
+} pix_seen;
+
 /* A prefix's rendezvous order deeper than pix_rdv's, made for a cell when
  * every replica of the kept order is busy or not regular. A popular
  * prefix's first replicas are the ones its cold traffic loads, so they are
@@ -75,7 +86,6 @@ typedef struct pix_rdv {
  * by one over the whole cell on every such route. */
 #define PIX_DEEP_TOP 32
 #define PIX_DEEP_WAYS 8
-#define PIX_DEEP_SEEN 64 /* (prefix, set, cell)s that needed one once */
 _Static_assert(PIX_DEEP_TOP > PIX_RDV_TOP && PIX_DEEP_TOP <= 255,
                "the deep order extends the kept one; its length fits a byte");
 typedef struct pix_deep {
@@ -114,9 +124,10 @@ typedef struct spi_pool_index {
   pix_block blk[SPI_SUMMARY_CELLS][SPI_REPLICA_SLOTS / 64];
   pix_rdv rdv[PIX_RDV_SETS][PIX_RDV_WAYS];
   uint8_t rdv_next[PIX_RDV_SETS]; /* the way a miss replaces next */
+  pix_seen rdv_seen;             /* prefixes asked for once (rdv_tag) */
   pix_deep deep[PIX_DEEP_WAYS];
   uint8_t deep_next;            /* the one a miss replaces next */
-  uint64_t deep_seen[PIX_DEEP_SEEN]; /* their tags (deep_tag), by tag */
+  pix_seen deep_seen;           /* ... a deep order (deep_tag) */
   uint64_t tdone;               /* blocks whose t_now the route has made */
   pix_hot hot[SPI_REPLICA_SLOTS];
   pix_cold cold[SPI_REPLICA_SLOTS];
@@ -167,9 +178,21 @@ int spi__pix_sync(spi_pool_index *p, const route_env *x,
  * its regular replicas makes (for tests). */
 int spi__pix_blocks_exact(spi_pool_index *p);
 /* With the index taken and synced: the rendezvous order of x->rkey over
- * set (made now if it is not kept). */
+ * set, made now if it is not kept; NULL the first time the prefix and set
+ * ask for it (most prefixes are seen once, and making an order costs
+ * several times finding one cell's winner: spi__pix_free_best). */
 const pix_rdv *spi__pix_rdv(spi_pool_index *p, const route_env *x,
                             const spi_replica_set *set);
+/* The rendezvous winner for rkey among cell k's regular replicas that are
+ * not busy (cfree): the heaviest, the lower position on a tie; UINT32_MAX
+ * when there is none. Wide when the CPU allows (p->wide, p->avx2). */
+uint32_t spi__pix_free_best(const spi_pool_index *p, int k, uint64_t rkey);
+/* ... one by one (pool_index.c), with AVX-512 (rdv_wide.c) and with AVX2
+ * (pix_avx2.c): the same answer. */
+uint32_t spi__pix_free_best_each(const spi_pool_index *p, int k, uint64_t rkey);
+uint32_t spi__pix_free_best_avx512(const spi_pool_index *p, int k,
+                                   uint64_t rkey);
+uint32_t spi__pix_free_best_avx2(const spi_pool_index *p, int k, uint64_t rkey);
 /* With the index taken and synced: the first PIX_DEEP_TOP replicas (fewer
  * when the cell has fewer) of cell k in x->rkey's rendezvous order over
  * set, made now if they are not kept; NULL the first time the prefix,

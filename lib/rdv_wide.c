@@ -74,6 +74,39 @@ void spi__pix_rdv_avx512(pix_rdv *o, pix_rdv_acc *a, const spi_pool_index *p,
   _mm256_zeroupper();
 }
 
+/* Each lane keeps the heaviest weight it has met among the free positions
+ * and that position (a strictly heavier one replaces it, so a lane keeps
+ * its first on a tie); then the heaviest lanes' lowest position. */
+uint32_t spi__pix_free_best_avx512(const spi_pool_index *p, int k,
+                                   uint64_t rkey) {
+  const __m512i key = _mm512_set1_epi64((long long)rkey);
+  const __m512i step = _mm512_set_epi64(7, 6, 5, 4, 3, 2, 1, 0);
+  __m512i best = _mm512_setzero_si512(), at = _mm512_setzero_si512();
+  __mmask8 found = 0;
+  for (size_t w = 0; w < (p->n + 63) / 64; w++) {
+    uint64_t bits = p->cfree[k][w];
+    for (size_t i = w * 64; bits; i += 8, bits >>= 8) {
+      __mmask8 m = (__mmask8)(bits & 0xffu);
+      if (!m) continue;
+      __m512i wt = mix_lanes(
+          _mm512_xor_si512(_mm512_loadu_si512(&p->id_hash_at[i]), key));
+      __mmask8 take = (__mmask8)(_mm512_mask_cmpgt_epu64_mask(m, wt, best) |
+                                 (m & ~found));
+      best = _mm512_mask_mov_epi64(best, take, wt);
+      at = _mm512_mask_mov_epi64(
+          at, take, _mm512_add_epi64(_mm512_set1_epi64((long long)i), step));
+      found |= m;
+    }
+  }
+  if (!found) return UINT32_MAX;
+  uint64_t top = _mm512_mask_reduce_max_epu64(found, best);
+  __mmask8 tie = _mm512_mask_cmpeq_epu64_mask(
+      found, best, _mm512_set1_epi64((long long)top));
+  uint32_t pos = (uint32_t)_mm512_mask_reduce_min_epu64(tie, at);
+  _mm256_zeroupper();
+  return pos;
+}
+
 void spi__pix_ttft_avx512(double *t, const double *wait, const double *ms,
                           const double *slow, size_t n, double base,
                           double cold) {
@@ -112,5 +145,10 @@ void spi__pix_ttft_avx512(double *t, const double *wait, const double *ms,
 
 uint64_t spi__pix_under_avx512(const double *t, size_t n, double thr) {
   return spi__pix_under_from(0, t, n, thr);
+}
+
+uint32_t spi__pix_free_best_avx512(const spi_pool_index *p, int k,
+                                   uint64_t rkey) {
+  return spi__pix_free_best_each(p, k, rkey);
 }
 #endif

@@ -596,39 +596,24 @@ static uint32_t first_free(const spi_pool_index *p, const uint16_t *pos,
   return UINT32_MAX;
 }
 
-/* The regular replicas of cell k that are not busy, weighed one by one:
- * the heaviest (positions ascend, so a tie keeps the lower), or
- * UINT32_MAX. */
-static uint32_t free_weighed(const route_env *x, const spi_pool_index *p,
-                             int k) {
-  uint64_t best_w = 0;
-  uint32_t best = UINT32_MAX;
-  for (size_t w = 0; w < (p->n + 63) / 64; w++)
-    for (uint64_t m = p->cfree[k][w]; m; m &= m - 1) {
-      uint32_t pos = (uint32_t)(w * 64 + (size_t)__builtin_ctzll(m));
-      uint64_t wt = spi__rdv_weight(p->hot[pos].id_hash, x->rkey);
-      if (best == UINT32_MAX || wt > best_w) {
-        best_w = wt;
-        best = pos;
-      }
-    }
-  return best;
-}
-
 /* Cell k's rendezvous winner among the regular replicas that are not
- * busy: the first such of the kept order, else of the deeper one (when
- * the prefix has one), else weighed one by one. Each order is the cell's
- * true first few, so the first such in it is the winner; only when it
- * holds none and is not the whole cell is the next step needed. */
+ * busy: the first such of the prefix's kept order, else of its deeper one
+ * (when it has one), else weighed (spi__pix_free_best; also when the
+ * prefix has no kept order, o NULL). Each order is the cell's true first
+ * few, so the first such in it is the winner; only when it holds none and
+ * is not the whole cell is the next step needed. */
 static void indexed_rdv(const route_env *x, spi_pool_index *p,
                         const spi_replica_set *set, scan *sc, int k,
                         const pix_rdv *o) {
-  uint32_t pos = first_free(p, o->pos[k], 0, o->n[k]);
-  if (pos == UINT32_MAX && o->n[k] == PIX_RDV_TOP) {
+  uint32_t pos = UINT32_MAX;
+  if (!o) {
+    pos = spi__pix_free_best(p, k, x->rkey);
+  } else if ((pos = first_free(p, o->pos[k], 0, o->n[k])) == UINT32_MAX &&
+             o->n[k] == PIX_RDV_TOP) {
     const pix_deep *d = spi__pix_deep(p, x, set, k);
     if (d) pos = first_free(p, d->pos[k], PIX_RDV_TOP, d->n[k]);
     if (pos == UINT32_MAX && (!d || d->n[k] == PIX_DEEP_TOP))
-      pos = free_weighed(x, p, k);
+      pos = spi__pix_free_best(p, k, x->rkey);
   }
   if (pos != UINT32_MAX) indexed_offer(x, p, sc, pos);
 }

@@ -328,6 +328,17 @@ typedef void (*ttft_fn)(double *, const double *, const double *,
                         const double *, size_t, double, double);
 typedef uint64_t (*under_fn)(const double *, size_t, double);
 
+/* Whether the AVX2 loops can run here: the index uses them only on CPUs
+ * without AVX-512, but the tests check them wherever the CPU has AVX2. */
+static int cpu_avx2(void) {
+#if defined(__x86_64__) && defined(__GNUC__)
+  __builtin_cpu_init();
+  return __builtin_cpu_supports("avx2");
+#else
+  return 0;
+#endif
+}
+
 static void block_loops_same_bits(ttft_fn ttft, under_fn under) {
   uint64_t rng = 5;
   double wait[64], ms[64], slow[64], t[64];
@@ -358,7 +369,7 @@ static void test_wide_block_loops_same_bits(void **st) {
   spi_engine *e = NULL;
   assert_int_equal(spi_engine_new(&e, NULL), SPI_OK);
   int wide = e->registry.pix->wide; /* the build and the CPU have it */
-  int avx2 = e->registry.pix->avx2;
+  int avx2 = e->registry.pix->avx2 || cpu_avx2();
   spi_engine_free(e);
   if (!wide && !avx2) skip();
   if (wide) block_loops_same_bits(spi__pix_ttft_avx512, spi__pix_under_avx512);
@@ -407,13 +418,53 @@ static void test_wide_rdv_same_order(void **st) {
   (void)st;
   spi_engine *e = NULL;
   assert_int_equal(spi_engine_new(&e, NULL), SPI_OK);
-  int wide = e->registry.pix->wide, avx2 = e->registry.pix->avx2;
+  int wide = e->registry.pix->wide, avx2 = e->registry.pix->avx2 || cpu_avx2();
   spi_engine_free(e);
   if (!wide && !avx2) skip();
   spi_pool_index *p = calloc(1, sizeof *p);
   assert_non_null(p);
   if (wide) rdv_same_order(p, spi__pix_rdv_avx512);
   if (avx2) rdv_same_order(p, spi__pix_rdv_avx2);
+  free(p);
+}
+
+/* The rendezvous winner among a cell's free replicas found with the wide
+ * loops (rdv_wide.c with AVX-512, pix_avx2.c with AVX2) is the one found
+ * one by one: on sets of every size to 600, free bitmaps from empty to
+ * full, and id hashes with repeats (a tie goes to the lower position). */
+typedef uint32_t (*best_fn)(const spi_pool_index *, int, uint64_t);
+
+static void free_best_same(spi_pool_index *p, best_fn wide) {
+  uint64_t rng = 13;
+  for (uint32_t round = 0; round < 3000; round++) {
+    size_t n = 1 + mix(&rng) % 600;
+    p->n = n;
+    memset(p->cfree, 0, sizeof p->cfree);
+    uint32_t odds = mix(&rng) % 5; /* a position is free 0, 1/4 .. all */
+    for (size_t i = 0; i < n; i++) {
+      p->id_hash_at[i] = round % 4 == 0 ? mix(&rng) % 6 : mix(&rng);
+      int k = (int)(mix(&rng) % SPI_SUMMARY_CELLS);
+      if (odds && mix(&rng) % 4 < odds)
+        p->cfree[k][i / 64] |= UINT64_C(1) << (i % 64);
+    }
+    for (size_t i = n; i % 8; i++) p->id_hash_at[i] = mix(&rng);
+    uint64_t rkey = mix(&rng);
+    for (int k = 0; k < SPI_SUMMARY_CELLS; k++)
+      assert_int_equal(wide(p, k, rkey), spi__pix_free_best_each(p, k, rkey));
+  }
+}
+
+static void test_wide_free_best_same(void **st) {
+  (void)st;
+  spi_engine *e = NULL;
+  assert_int_equal(spi_engine_new(&e, NULL), SPI_OK);
+  int wide = e->registry.pix->wide, avx2 = e->registry.pix->avx2 || cpu_avx2();
+  spi_engine_free(e);
+  if (!wide && !avx2) skip();
+  spi_pool_index *p = calloc(1, sizeof *p);
+  assert_non_null(p);
+  if (wide) free_best_same(p, spi__pix_free_best_avx512);
+  if (avx2) free_best_same(p, spi__pix_free_best_avx2);
   free(p);
 }
 
@@ -529,6 +580,7 @@ int main(void) {
       cmocka_unit_test(test_blocks_follow_every_change),
       cmocka_unit_test(test_wide_block_loops_same_bits),
       cmocka_unit_test(test_wide_rdv_same_order),
+      cmocka_unit_test(test_wide_free_best_same),
       cmocka_unit_test(test_rdv_winner_past_busy_head),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
