@@ -132,6 +132,7 @@ void spi__pix_rdv_avx2(pix_rdv *o, pix_rdv_acc *a, const spi_pool_index *p,
   }
   _mm256_zeroupper();
 }
+
 /* spi__pix_free_best four lanes at a time: each lane keeps the heaviest
  * weight it has met among the free positions and that position (a
  * strictly heavier one replaces it, so a lane keeps its first on a tie);
