@@ -328,15 +328,21 @@ typedef void (*ttft_fn)(double *, const double *, const double *,
                         const double *, size_t, double, double);
 typedef uint64_t (*under_fn)(const double *, size_t, double);
 
-/* Whether the AVX2 loops can run here: the index uses them only on CPUs
- * without AVX-512, but the tests check them wherever the CPU has AVX2. */
-static int cpu_avx2(void) {
+/* Which wide loops can run here: AVX-512 when the index uses it (the
+ * build and the CPU have it); AVX2 wherever the CPU has it (the index uses
+ * those loops only on CPUs without AVX-512, but the tests check them on
+ * any). Skips the test when neither can. */
+static void wide_loops(int *wide, int *avx2) {
+  spi_engine *e = NULL;
+  assert_int_equal(spi_engine_new(&e, NULL), SPI_OK);
+  *wide = e->registry.pix->wide;
+  *avx2 = e->registry.pix->avx2;
+  spi_engine_free(e);
 #if defined(__x86_64__) && defined(__GNUC__)
   __builtin_cpu_init();
-  return __builtin_cpu_supports("avx2");
-#else
-  return 0;
+  *avx2 |= __builtin_cpu_supports("avx2");
 #endif
+  if (!*wide && !*avx2) skip();
 }
 
 static void block_loops_same_bits(ttft_fn ttft, under_fn under) {
@@ -366,12 +372,8 @@ static void block_loops_same_bits(ttft_fn ttft, under_fn under) {
 
 static void test_wide_block_loops_same_bits(void **st) {
   (void)st;
-  spi_engine *e = NULL;
-  assert_int_equal(spi_engine_new(&e, NULL), SPI_OK);
-  int wide = e->registry.pix->wide; /* the build and the CPU have it */
-  int avx2 = e->registry.pix->avx2 || cpu_avx2();
-  spi_engine_free(e);
-  if (!wide && !avx2) skip();
+  int wide, avx2;
+  wide_loops(&wide, &avx2);
   if (wide) block_loops_same_bits(spi__pix_ttft_avx512, spi__pix_under_avx512);
   if (avx2) block_loops_same_bits(spi__pix_ttft_avx2, spi__pix_under_avx2);
 }
@@ -416,11 +418,8 @@ static void rdv_same_order(spi_pool_index *p, rdv_fn wide) {
 
 static void test_wide_rdv_same_order(void **st) {
   (void)st;
-  spi_engine *e = NULL;
-  assert_int_equal(spi_engine_new(&e, NULL), SPI_OK);
-  int wide = e->registry.pix->wide, avx2 = e->registry.pix->avx2 || cpu_avx2();
-  spi_engine_free(e);
-  if (!wide && !avx2) skip();
+  int wide, avx2;
+  wide_loops(&wide, &avx2);
   spi_pool_index *p = calloc(1, sizeof *p);
   assert_non_null(p);
   if (wide) rdv_same_order(p, spi__pix_rdv_avx512);
@@ -456,11 +455,8 @@ static void free_best_same(spi_pool_index *p, best_fn wide) {
 
 static void test_wide_free_best_same(void **st) {
   (void)st;
-  spi_engine *e = NULL;
-  assert_int_equal(spi_engine_new(&e, NULL), SPI_OK);
-  int wide = e->registry.pix->wide, avx2 = e->registry.pix->avx2 || cpu_avx2();
-  spi_engine_free(e);
-  if (!wide && !avx2) skip();
+  int wide, avx2;
+  wide_loops(&wide, &avx2);
   spi_pool_index *p = calloc(1, sizeof *p);
   assert_non_null(p);
   if (wide) free_best_same(p, spi__pix_free_best_avx512);
