@@ -198,11 +198,13 @@ static int spread_first_block(spi_engine *e, size_t size, int replicas,
 }
 
 /* Give request r a prompt no route has seen: text with its bytes 16..24
- * (in the first block) made unique by n. Outside the timed part. */
+ * (in the first block; from 0 in a prompt too short for that) made unique
+ * by n. Outside the timed part. */
 static void make_fresh(spi_request *r, char *text, size_t size, int n) {
   char tag[16];
   snprintf(tag, sizeof tag, "f%08d", n);
-  memcpy(text + 16, tag, 9);
+  size_t at = size >= 25 ? 16 : 0, len = size - at < 9 ? size - at : 9;
+  memcpy(text + at, tag, len);
   spi_request_set_str(r, SPI_REQ_PROMPT, text, size);
 }
 
