@@ -133,49 +133,39 @@ void spi__pix_rdv_avx2(pix_rdv *o, pix_rdv_acc *a, const spi_pool_index *p,
   _mm256_zeroupper();
 }
 
-/* spi__pix_free_best four lanes at a time: each lane keeps the heaviest
- * weight it has met among the free positions and that position (a
- * strictly heavier one replaces it, so a lane keeps its first on a tie);
- * then the heaviest lanes' lowest position. Unsigned compares are signed
- * ones with both signs flipped. */
-uint32_t spi__pix_free_best_avx2(const spi_pool_index *p, int k, uint64_t rkey) {
-  const __m256i key = _mm256_set1_epi64x((long long)rkey);
-  const __m256i sign = _mm256_set1_epi64x((long long)0x8000000000000000ULL);
+/* spi__pix_free_best four lanes at a time. A cell's lanes each keep the
+ * heaviest weight they have met among its free positions and that
+ * position (a strictly heavier one replaces it, so a lane keeps its first
+ * on a tie); then the heaviest lanes' lowest position. Unsigned compares
+ * are signed ones with both signs flipped (best is kept flipped). */
+typedef struct best_lanes {
+  __m256i w, at, found;
+} best_lanes;
+
+static inline void best_take(best_lanes *b, uint64_t bits, __m256i wt,
+                             __m256i pos) {
   const __m256i lane = _mm256_set_epi64x(8, 4, 2, 1);
-  __m256i best = sign, at = _mm256_setzero_si256(); /* best: sign flipped */
-  __m256i found = _mm256_setzero_si256();
-  for (size_t w = 0; w < (p->n + 63) / 64; w++) {
-    uint64_t bits = p->cfree[k][w];
-    for (size_t i = w * 64; bits; i += 4, bits >>= 4) {
-      if (!(bits & 0xfu)) continue;
-      __m256i m = _mm256_cmpeq_epi64(
-          _mm256_and_si256(_mm256_set1_epi64x((long long)(bits & 0xfu)), lane),
-          lane);
-      __m256i wt = _mm256_xor_si256(
-          mix_lanes(_mm256_xor_si256(
-              _mm256_loadu_si256((const __m256i *)(const void *)&p->id_hash_at[i]),
-              key)),
-          sign);
-      __m256i take = _mm256_and_si256(
-          m, _mm256_or_si256(_mm256_cmpgt_epi64(wt, best),
-                             _mm256_andnot_si256(found, m)));
-      best = _mm256_blendv_epi8(best, wt, take);
-      __m256i pos = _mm256_add_epi64(_mm256_set1_epi64x((long long)i),
-                                     _mm256_set_epi64x(3, 2, 1, 0));
-      at = _mm256_blendv_epi8(at, pos, take);
-      found = _mm256_or_si256(found, m);
-    }
-  }
-  uint64_t b[4], a[4], f[4];
-  _mm256_storeu_si256((__m256i *)(void *)b, best);
-  _mm256_storeu_si256((__m256i *)(void *)a, at);
-  _mm256_storeu_si256((__m256i *)(void *)f, found);
-  _mm256_zeroupper();
+  __m256i m = _mm256_cmpeq_epi64(
+      _mm256_and_si256(_mm256_set1_epi64x((long long)(bits & 0xfu)), lane),
+      lane);
+  __m256i take = _mm256_and_si256(
+      m, _mm256_or_si256(_mm256_cmpgt_epi64(wt, b->w),
+                         _mm256_andnot_si256(b->found, m)));
+  b->w = _mm256_blendv_epi8(b->w, wt, take);
+  b->at = _mm256_blendv_epi8(b->at, pos, take);
+  b->found = _mm256_or_si256(b->found, m);
+}
+
+static uint32_t best_of(const best_lanes *b) {
+  uint64_t w[4], a[4], f[4];
+  _mm256_storeu_si256((__m256i *)(void *)w, b->w);
+  _mm256_storeu_si256((__m256i *)(void *)a, b->at);
+  _mm256_storeu_si256((__m256i *)(void *)f, b->found);
   uint32_t pos = UINT32_MAX;
   uint64_t top = 0;
   for (int j = 0; j < 4; j++) {
     if (!f[j]) continue;
-    uint64_t v = b[j] ^ 0x8000000000000000ULL;
+    uint64_t v = w[j] ^ 0x8000000000000000ULL;
     if (pos == UINT32_MAX || v > top || (v == top && a[j] < pos)) {
       top = v;
       pos = (uint32_t)a[j];
@@ -183,6 +173,36 @@ uint32_t spi__pix_free_best_avx2(const spi_pool_index *p, int k, uint64_t rkey) 
   }
   return pos;
 }
+
+/* Cells ka and kb (kb < 0: ka alone), each group of four positions weighed
+ * once for both: the weighing (six 32-bit multiplies a lane) is most of
+ * the work, and a route placing a new prefix wants both pools' winners. */
+void spi__pix_free_best2_avx2(const spi_pool_index *p, int ka, int kb,
+                              uint64_t rkey, uint32_t out[SPI_SUMMARY_CELLS]) {
+  const __m256i key = _mm256_set1_epi64x((long long)rkey);
+  const __m256i sign = _mm256_set1_epi64x((long long)0x8000000000000000ULL);
+  const __m256i step = _mm256_set_epi64x(3, 2, 1, 0);
+  best_lanes a = {sign, _mm256_setzero_si256(), _mm256_setzero_si256()};
+  best_lanes b = a;
+  for (size_t w = 0; w < (p->n + 63) / 64; w++) {
+    uint64_t fa = p->cfree[ka][w], fb = kb >= 0 ? p->cfree[kb][w] : 0;
+    for (size_t i = w * 64; fa | fb; i += 4, fa >>= 4, fb >>= 4) {
+      if (!((fa | fb) & 0xfu)) continue;
+      __m256i wt = _mm256_xor_si256(
+          mix_lanes(_mm256_xor_si256(
+              _mm256_loadu_si256((const __m256i *)(const void *)&p->id_hash_at[i]),
+              key)),
+          sign);
+      __m256i pos = _mm256_add_epi64(_mm256_set1_epi64x((long long)i), step);
+      best_take(&a, fa, wt, pos);
+      best_take(&b, fb, wt, pos);
+    }
+  }
+  out[ka] = best_of(&a);
+  if (kb >= 0) out[kb] = best_of(&b);
+  _mm256_zeroupper();
+}
+
 #else
 /* Without the AVX2 build the index never calls these (its avx2 flag is 0);
  * they exist so that tests link either way. */
@@ -196,8 +216,9 @@ uint64_t spi__pix_under_avx2(const double *t, size_t n, double thr) {
   return spi__pix_under_from(0, t, n, thr);
 }
 
-uint32_t spi__pix_free_best_avx2(const spi_pool_index *p, int k, uint64_t rkey) {
-  return spi__pix_free_best_each(p, k, rkey);
+void spi__pix_free_best2_avx2(const spi_pool_index *p, int ka, int kb,
+                              uint64_t rkey, uint32_t out[SPI_SUMMARY_CELLS]) {
+  spi__pix_free_best_each(p, 1u << ka | (kb >= 0 ? 1u << kb : 0u), rkey, out);
 }
 
 void spi__pix_rdv_avx2(pix_rdv *o, pix_rdv_acc *a, const spi_pool_index *p,

@@ -633,7 +633,7 @@ const pix_deep *spi__pix_deep(spi_pool_index *p, const route_env *x,
   return d;
 }
 
-uint32_t spi__pix_free_best_each(const spi_pool_index *p, int k, uint64_t rkey) {
+static uint32_t free_best_one(const spi_pool_index *p, int k, uint64_t rkey) {
   uint64_t best_w = 0;
   uint32_t best = UINT32_MAX;
   for (size_t w = 0; w < (p->n + 63) / 64; w++)
@@ -648,12 +648,31 @@ uint32_t spi__pix_free_best_each(const spi_pool_index *p, int k, uint64_t rkey) 
   return best;
 }
 
-uint32_t spi__pix_free_best(const spi_pool_index *p, int k, uint64_t rkey) {
-#if SPI_HAVE_RDV_AVX512
-  if (p->wide) return spi__pix_free_best_avx512(p, k, rkey);
-#endif
+void spi__pix_free_best_each(const spi_pool_index *p, unsigned cells,
+                             uint64_t rkey, uint32_t out[SPI_SUMMARY_CELLS]) {
+  for (int k = 0; k < SPI_SUMMARY_CELLS; k++)
+    if (cells >> k & 1u) out[k] = free_best_one(p, k, rkey);
+}
+
+typedef void (*free_best2_fn)(const spi_pool_index *, int, int, uint64_t,
+                              uint32_t *);
+
+/* The wide passes take the cells two at a time. */
+void spi__pix_free_best(const spi_pool_index *p, unsigned cells,
+                        uint64_t rkey, uint32_t out[SPI_SUMMARY_CELLS]) {
+  free_best2_fn two = NULL;
 #if SPI_HAVE_PIX_AVX2
-  if (p->avx2) return spi__pix_free_best_avx2(p, k, rkey);
+  if (p->avx2) two = spi__pix_free_best2_avx2;
 #endif
-  return spi__pix_free_best_each(p, k, rkey);
+#if SPI_HAVE_RDV_AVX512
+  if (p->wide) two = spi__pix_free_best2_avx512;
+#endif
+  if (!two) {
+    spi__pix_free_best_each(p, cells, rkey, out);
+    return;
+  }
+  int ks[SPI_SUMMARY_CELLS], n = 0;
+  for (int k = 0; k < SPI_SUMMARY_CELLS; k++)
+    if (cells >> k & 1u) ks[n++] = k;
+  for (int j = 0; j < n; j += 2) two(p, ks[j], j + 1 < n ? ks[j + 1] : -1, rkey, out);
 }

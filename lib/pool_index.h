@@ -183,16 +183,23 @@ int spi__pix_blocks_exact(spi_pool_index *p);
  * several times finding one cell's winner: spi__pix_free_best). */
 const pix_rdv *spi__pix_rdv(spi_pool_index *p, const route_env *x,
                             const spi_replica_set *set);
-/* The rendezvous winner for rkey among cell k's regular replicas that are
- * not busy (cfree): the heaviest, the lower position on a tie; UINT32_MAX
- * when there is none. Wide when the CPU allows (p->wide, p->avx2). */
-uint32_t spi__pix_free_best(const spi_pool_index *p, int k, uint64_t rkey);
-/* ... one by one (pool_index.c), with AVX-512 (rdv_wide.c) and with AVX2
- * (pix_avx2.c): the same answer. */
-uint32_t spi__pix_free_best_each(const spi_pool_index *p, int k, uint64_t rkey);
-uint32_t spi__pix_free_best_avx512(const spi_pool_index *p, int k,
-                                   uint64_t rkey);
-uint32_t spi__pix_free_best_avx2(const spi_pool_index *p, int k, uint64_t rkey);
+/* The rendezvous winner for rkey among the regular replicas that are not
+ * busy (cfree) of each cell k whose bit is set in cells: out[k], the
+ * heaviest, the lower position on a tie; UINT32_MAX when the cell has
+ * none. The other entries of out are left as they are. Wide when the CPU
+ * allows (p->wide, p->avx2), where a position is weighed once for two
+ * cells: a route that places a new prefix wants the winner of each pool. */
+void spi__pix_free_best(const spi_pool_index *p, unsigned cells,
+                        uint64_t rkey, uint32_t out[SPI_SUMMARY_CELLS]);
+/* ... one by one (pool_index.c); and for cells ka and kb (kb < 0: ka
+ * alone) with AVX-512 (rdv_wide.c) and with AVX2 (pix_avx2.c): the same
+ * answer. */
+void spi__pix_free_best_each(const spi_pool_index *p, unsigned cells,
+                             uint64_t rkey, uint32_t out[SPI_SUMMARY_CELLS]);
+void spi__pix_free_best2_avx512(const spi_pool_index *p, int ka, int kb,
+                                uint64_t rkey, uint32_t out[SPI_SUMMARY_CELLS]);
+void spi__pix_free_best2_avx2(const spi_pool_index *p, int ka, int kb,
+                              uint64_t rkey, uint32_t out[SPI_SUMMARY_CELLS]);
 /* With the index taken and synced: the first PIX_DEEP_TOP replicas (fewer
  * when the cell has fewer) of cell k in x->rkey's rendezvous order over
  * set, made now if they are not kept; NULL the first time the prefix,

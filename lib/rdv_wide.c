@@ -74,38 +74,63 @@ void spi__pix_rdv_avx512(pix_rdv *o, pix_rdv_acc *a, const spi_pool_index *p,
   _mm256_zeroupper();
 }
 
-/* Each lane keeps the heaviest weight it has met among the free positions
- * and that position (a strictly heavier one replaces it, so a lane keeps
- * its first on a tie); then the heaviest lanes' lowest position. */
-uint32_t spi__pix_free_best_avx512(const spi_pool_index *p, int k,
-                                   uint64_t rkey) {
+/* One cell's lanes: each keeps the heaviest weight above 0 it has met
+ * among the cell's free positions, and that position (a strictly heavier
+ * one replaces it, so a lane keeps its first on a tie). Starting from 0
+ * with no "found" mask keeps the loop to a compare and two selects a cell;
+ * a weight of 0 (one input of the finaliser in 2^64 gives it) is left to
+ * the one-by-one pass (best_of). */
+typedef struct best_lanes {
+  __m512i w, at;
+} best_lanes;
+
+static inline void best_take(best_lanes *b, __mmask8 free, __m512i wt,
+                             __m512i pos) {
+  __mmask8 take = _mm512_mask_cmpgt_epu64_mask(free, wt, b->w);
+  b->w = _mm512_mask_mov_epi64(b->w, take, wt);
+  b->at = _mm512_mask_mov_epi64(b->at, take, pos);
+}
+
+/* Cell k's winner: the heaviest lanes' lowest position. When no lane took
+ * a weight (the cell has no free replica, or only ones that weigh 0), the
+ * one-by-one pass answers: UINT32_MAX or the lowest such position. */
+static uint32_t best_of(const best_lanes *b, const spi_pool_index *p, int k,
+                        uint64_t rkey) {
+  uint64_t top = _mm512_reduce_max_epu64(b->w);
+  if (!top) {
+    uint32_t out[SPI_SUMMARY_CELLS];
+    spi__pix_free_best_each(p, 1u << k, rkey, out);
+    return out[k];
+  }
+  __mmask8 tie =
+      _mm512_cmpeq_epu64_mask(b->w, _mm512_set1_epi64((long long)top));
+  return (uint32_t)_mm512_mask_reduce_min_epu64(tie, b->at);
+}
+
+/* Cells ka and kb (kb < 0: ka alone), each group of eight positions weighed
+ * once for both. The weighing is most of the work, and a route placing a
+ * new prefix wants both pools' winners. */
+void spi__pix_free_best2_avx512(const spi_pool_index *p, int ka, int kb,
+                                uint64_t rkey, uint32_t out[SPI_SUMMARY_CELLS]) {
   const __m512i key = _mm512_set1_epi64((long long)rkey);
   const __m512i step = _mm512_set_epi64(7, 6, 5, 4, 3, 2, 1, 0);
-  __m512i best = _mm512_setzero_si512(), at = _mm512_setzero_si512();
-  __mmask8 found = 0;
+  best_lanes a = {_mm512_setzero_si512(), _mm512_setzero_si512()}, b = a;
   for (size_t w = 0; w < (p->n + 63) / 64; w++) {
-    uint64_t bits = p->cfree[k][w];
-    for (size_t i = w * 64; bits; i += 8, bits >>= 8) {
-      __mmask8 m = (__mmask8)(bits & 0xffu);
-      if (!m) continue;
+    uint64_t fa = p->cfree[ka][w], fb = kb >= 0 ? p->cfree[kb][w] : 0;
+    for (size_t i = w * 64; fa | fb; i += 8, fa >>= 8, fb >>= 8) {
+      if (!((fa | fb) & 0xffu)) continue;
       __m512i wt = mix_lanes(
           _mm512_xor_si512(_mm512_loadu_si512(&p->id_hash_at[i]), key));
-      __mmask8 take = (__mmask8)(_mm512_mask_cmpgt_epu64_mask(m, wt, best) |
-                                 (m & ~found));
-      best = _mm512_mask_mov_epi64(best, take, wt);
-      at = _mm512_mask_mov_epi64(
-          at, take, _mm512_add_epi64(_mm512_set1_epi64((long long)i), step));
-      found |= m;
+      __m512i pos = _mm512_add_epi64(_mm512_set1_epi64((long long)i), step);
+      best_take(&a, (__mmask8)fa, wt, pos);
+      best_take(&b, (__mmask8)fb, wt, pos);
     }
   }
-  if (!found) return UINT32_MAX;
-  uint64_t top = _mm512_mask_reduce_max_epu64(found, best);
-  __mmask8 tie = _mm512_mask_cmpeq_epu64_mask(
-      found, best, _mm512_set1_epi64((long long)top));
-  uint32_t pos = (uint32_t)_mm512_mask_reduce_min_epu64(tie, at);
+  out[ka] = best_of(&a, p, ka, rkey);
+  if (kb >= 0) out[kb] = best_of(&b, p, kb, rkey);
   _mm256_zeroupper();
-  return pos;
 }
+
 
 void spi__pix_ttft_avx512(double *t, const double *wait, const double *ms,
                           const double *slow, size_t n, double base,
@@ -147,8 +172,8 @@ uint64_t spi__pix_under_avx512(const double *t, size_t n, double thr) {
   return spi__pix_under_from(0, t, n, thr);
 }
 
-uint32_t spi__pix_free_best_avx512(const spi_pool_index *p, int k,
-                                   uint64_t rkey) {
-  return spi__pix_free_best_each(p, k, rkey);
+void spi__pix_free_best2_avx512(const spi_pool_index *p, int ka, int kb,
+                                uint64_t rkey, uint32_t out[SPI_SUMMARY_CELLS]) {
+  spi__pix_free_best_each(p, 1u << ka | (kb >= 0 ? 1u << kb : 0u), rkey, out);
 }
 #endif

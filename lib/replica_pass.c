@@ -598,22 +598,26 @@ static uint32_t first_free(const spi_pool_index *p, const uint16_t *pos,
 
 /* Cell k's rendezvous winner among the regular replicas that are not
  * busy: the first such of the prefix's kept order, else of its deeper one
- * (when it has one), else weighed (spi__pix_free_best; also when the
- * prefix has no kept order, o NULL). Each order is the cell's true first
- * few, so the first such in it is the winner; only when it holds none and
- * is not the whole cell is the next step needed. */
+ * (when it has one), else weighed (spi__pix_free_best). When the prefix
+ * has no kept order (o NULL), win[k] is that weighing's answer, made for
+ * every ranked cell at once (scan_indexed). Each order is the cell's true
+ * first few, so the first such in it is the winner; only when it holds
+ * none and is not the whole cell is the next step needed. */
 static void indexed_rdv(const route_env *x, spi_pool_index *p,
                         const spi_replica_set *set, scan *sc, int k,
-                        const pix_rdv *o) {
+                        const pix_rdv *o, const uint32_t *win) {
   uint32_t pos = UINT32_MAX;
   if (!o) {
-    pos = spi__pix_free_best(p, k, x->rkey);
+    pos = win[k];
   } else if ((pos = first_free(p, o->pos[k], 0, o->n[k])) == UINT32_MAX &&
              o->n[k] == PIX_RDV_TOP) {
     const pix_deep *d = spi__pix_deep(p, x, set, k);
     if (d) pos = first_free(p, d->pos[k], PIX_RDV_TOP, d->n[k]);
-    if (pos == UINT32_MAX && (!d || d->n[k] == PIX_DEEP_TOP))
-      pos = spi__pix_free_best(p, k, x->rkey);
+    if (pos == UINT32_MAX && (!d || d->n[k] == PIX_DEEP_TOP)) {
+      uint32_t one[SPI_SUMMARY_CELLS];
+      spi__pix_free_best(p, 1u << k, x->rkey, one);
+      pos = one[k];
+    }
   }
   if (pos != UINT32_MAX) indexed_offer(x, p, sc, pos);
 }
@@ -745,11 +749,14 @@ static int scan_indexed(const route_env *x, const spi_replica_set *set,
     for (uint64_t b = p->exc[w]; b; b &= b - 1)
       indexed_exception(x, set, (uint32_t)(w * 64 + (size_t)__builtin_ctzll(b)),
                         sc, sums);
-  /* The prefix's rendezvous order, for the cells ranked below. */
-  int ranked = 0;
+  /* The prefix's rendezvous order, for the cells ranked below; without
+   * one, each ranked cell's winner, weighed in one pass. */
+  unsigned ranked = 0;
   for (int k = 0; k < SPI_SUMMARY_CELLS; k++)
-    ranked |= p->usable[k] > SPI_SUMMARY_TOP;
+    ranked |= (unsigned)(p->usable[k] > SPI_SUMMARY_TOP) << k;
   const pix_rdv *o = ranked ? spi__pix_rdv(p, x, set) : NULL;
+  uint32_t win[SPI_SUMMARY_CELLS];
+  if (ranked && !o) spi__pix_free_best(p, ranked, x->rkey, win);
   p->tdone = 0;
   for (int k = 0; k < SPI_SUMMARY_CELLS; k++) {
     if (!p->usable[k]) continue;
@@ -760,7 +767,7 @@ static int scan_indexed(const route_env *x, const spi_replica_set *set,
     cell_cap(&sc->cell[k], PASS_TOP); /* ranks only what it will name */
     indexed_seed(x, p, sc, k);
     indexed_least(x, p, sc, k);
-    indexed_rdv(x, p, set, sc, k, o);
+    indexed_rdv(x, p, set, sc, k, o, win);
     indexed_top(x, p, sc, k);
   }
   spi__pix_release(p);

@@ -427,29 +427,49 @@ static void test_wide_rdv_same_order(void **st) {
   free(p);
 }
 
-/* The rendezvous winner among a cell's free replicas found with the wide
- * loops (rdv_wide.c with AVX-512, pix_avx2.c with AVX2) is the one found
- * one by one: on sets of every size to 600, free bitmaps from empty to
- * full, and id hashes with repeats (a tie goes to the lower position). */
-typedef uint32_t (*best_fn)(const spi_pool_index *, int, uint64_t);
+/* The rendezvous winners among cells' free replicas found with the wide
+ * loops (rdv_wide.c with AVX-512, pix_avx2.c with AVX2), two cells in one
+ * pass, and through spi__pix_free_best for any set of cells, are the ones
+ * found one by one: on sets of every size to 600, free bitmaps from empty
+ * to full, id hashes with repeats (a tie goes to the lower position), and
+ * replicas that weigh 0 (an id hash equal to the key), which the AVX-512
+ * pass leaves to the one-by-one pass. Cells not asked for are left as
+ * they were. */
+typedef void (*best2_fn)(const spi_pool_index *, int, int, uint64_t,
+                         uint32_t *);
 
-static void free_best_same(spi_pool_index *p, best_fn wide) {
+static void random_free_set(spi_pool_index *p, uint64_t *rng, uint32_t round,
+                            uint64_t rkey) {
+  size_t n = 1 + mix(rng) % 600;
+  p->n = n;
+  memset(p->cfree, 0, sizeof p->cfree);
+  uint32_t odds = mix(rng) % 5; /* a position is free 0, 1/4 .. all */
+  for (size_t i = 0; i < n; i++) {
+    p->id_hash_at[i] = round % 4 == 0 ? mix(rng) % 6 : mix(rng);
+    if (round % 7 == 3 && mix(rng) % 8 == 0) p->id_hash_at[i] = rkey;
+    if (round % 11 == 5) p->id_hash_at[i] = rkey; /* every weight 0 */
+    int k = (int)(mix(rng) % SPI_SUMMARY_CELLS);
+    if (odds && mix(rng) % 4 < odds)
+      p->cfree[k][i / 64] |= UINT64_C(1) << (i % 64);
+  }
+  for (size_t i = n; i % 8; i++) p->id_hash_at[i] = mix(rng);
+}
+
+static void free_best_same(spi_pool_index *p, best2_fn wide) {
   uint64_t rng = 13;
   for (uint32_t round = 0; round < 3000; round++) {
-    size_t n = 1 + mix(&rng) % 600;
-    p->n = n;
-    memset(p->cfree, 0, sizeof p->cfree);
-    uint32_t odds = mix(&rng) % 5; /* a position is free 0, 1/4 .. all */
-    for (size_t i = 0; i < n; i++) {
-      p->id_hash_at[i] = round % 4 == 0 ? mix(&rng) % 6 : mix(&rng);
-      int k = (int)(mix(&rng) % SPI_SUMMARY_CELLS);
-      if (odds && mix(&rng) % 4 < odds)
-        p->cfree[k][i / 64] |= UINT64_C(1) << (i % 64);
-    }
-    for (size_t i = n; i % 8; i++) p->id_hash_at[i] = mix(&rng);
     uint64_t rkey = mix(&rng);
+    random_free_set(p, &rng, round, rkey);
+    int ka = (int)(mix(&rng) % SPI_SUMMARY_CELLS);
+    int kb = (int)(mix(&rng) % (SPI_SUMMARY_CELLS + 1)) - 1;
+    if (kb == ka) kb = -1;
+    unsigned cells = 1u << ka | (kb >= 0 ? 1u << kb : 0u);
+    uint32_t want[SPI_SUMMARY_CELLS], got[SPI_SUMMARY_CELLS];
+    for (int k = 0; k < SPI_SUMMARY_CELLS; k++) want[k] = got[k] = 7777;
+    spi__pix_free_best_each(p, cells, rkey, want);
+    wide(p, ka, kb, rkey, got);
     for (int k = 0; k < SPI_SUMMARY_CELLS; k++)
-      assert_int_equal(wide(p, k, rkey), spi__pix_free_best_each(p, k, rkey));
+      assert_int_equal(got[k], want[k]);
   }
 }
 
@@ -459,8 +479,36 @@ static void test_wide_free_best_same(void **st) {
   wide_loops(&wide, &avx2);
   spi_pool_index *p = calloc(1, sizeof *p);
   assert_non_null(p);
-  if (wide) free_best_same(p, spi__pix_free_best_avx512);
-  if (avx2) free_best_same(p, spi__pix_free_best_avx2);
+  if (wide) free_best_same(p, spi__pix_free_best2_avx512);
+  if (avx2) free_best_same(p, spi__pix_free_best2_avx2);
+  free(p);
+}
+
+/* spi__pix_free_best with any set of cells (three and four go two at a
+ * time) answers each cell as the one-by-one pass does, whichever loops
+ * this CPU runs. */
+static void test_free_best_any_cells(void **st) {
+  (void)st;
+  spi_pool_index *p = calloc(1, sizeof *p);
+  assert_non_null(p);
+  int wide, avx2;
+  wide_loops(&wide, &avx2);
+  p->wide = wide;
+  p->avx2 = !wide && avx2;
+  uint64_t rng = 29;
+  for (uint32_t round = 0; round < 2000; round++) {
+    uint64_t rkey = mix(&rng);
+    random_free_set(p, &rng, round, rkey);
+    unsigned cells = (unsigned)(mix(&rng) % (1u << SPI_SUMMARY_CELLS));
+    uint32_t want[SPI_SUMMARY_CELLS], got[SPI_SUMMARY_CELLS];
+    for (int k = 0; k < SPI_SUMMARY_CELLS; k++) want[k] = got[k] = 7777;
+    spi__pix_free_best_each(p, cells, rkey, want);
+    spi__pix_free_best(p, cells, rkey, got);
+    for (int k = 0; k < SPI_SUMMARY_CELLS; k++) {
+      assert_int_equal(got[k], want[k]);
+      if (!(cells >> k & 1u)) assert_int_equal(got[k], 7777);
+    }
+  }
   free(p);
 }
 
@@ -577,6 +625,7 @@ int main(void) {
       cmocka_unit_test(test_wide_block_loops_same_bits),
       cmocka_unit_test(test_wide_rdv_same_order),
       cmocka_unit_test(test_wide_free_best_same),
+      cmocka_unit_test(test_free_best_any_cells),
       cmocka_unit_test(test_rdv_winner_past_busy_head),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
