@@ -189,7 +189,8 @@ static const spi_optdesc OPTIONS[] = {
     {"router.max_tickets", I, "16384", 16, 4194304,
      "most open tickets; fixed while any is open"},
     {"router.index_bytes", I, "8388608", 4096, 4294967296.0,
-     "hard memory cap of the prefix index, bytes"},
+     "hard memory cap of the prefix index, bytes; all of it resident "
+     "from when it is made, so no route takes a page fault on it"},
     {"router.load_max_age_ms", I, "1000", 1, 3600000,
      "a load signal older than this counts as saturated"},
     {"router.bytes_per_token", D, "4", 0.5, 64,

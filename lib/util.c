@@ -14,8 +14,8 @@ void *spi__alloc(const spi_mem *m, size_t size) {
 
 void *spi__calloc(const spi_mem *m, size_t n, size_t size) {
   if (size != 0 && n > SIZE_MAX / size) return NULL;
-  /* calloc leaves fresh pages untouched (the prefix index is ~8 MB by
-   * default, and most engines never fill it). */
+  /* calloc hands out fresh pages already zero, without a pass over them
+   * (the prefix index, ~8 MB by default, then writes one byte a page). */
   if (m->alloc == spi__default_alloc) return calloc(n ? n : 1, size ? size : 1);
   void *p = spi__alloc(m, n * size);
   if (p) memset(p, 0, n * size);

@@ -11,6 +11,7 @@
  * (slot, gen), so every probe calls the live callback exactly once with a
  * pair that names the probed block.
  */
+#define _DEFAULT_SOURCE /* mincore */
 #include <pthread.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -23,6 +24,12 @@
 #include <cmocka.h>
 
 #include "routing.h"
+#include "spi_internal.h" /* spi__default_alloc */
+
+#if defined(__linux__)
+#include <sys/mman.h>
+#include <unistd.h>
+#endif
 
 #define BUCKET_BYTES 128 /* 8 entries of 16 bytes */
 
@@ -1058,9 +1065,40 @@ static void test_concurrent_contended(void **state) {
   run_concurrent(budget, 60000, 4, 4);
 }
 
+/* Every page of a new table is resident before any insert, with the
+ * default allocator (calloc, which hands out untouched pages): a route is
+ * never the first to touch one, which would be a page fault inside it.
+ * 40 MiB: glibc maps a block that large afresh whatever it was freed
+ * before (its mmap threshold rises to at most 32 MiB), so calloc does not
+ * write it. */
+static void test_table_pages_resident(void **state) {
+  (void)state;
+#if defined(__linux__)
+  spi_mem m = {spi__default_alloc, spi__default_free, NULL};
+  spi_prefix_index *ix = NULL;
+  assert_int_equal(spi__index_new(&m, (40u << 20) + 333, &ix), SPI_OK);
+  size_t page = (size_t)sysconf(_SC_PAGESIZE);
+  uintptr_t lo = ((uintptr_t)ix + page - 1) & ~(uintptr_t)(page - 1);
+  uintptr_t hi = ((uintptr_t)ix + spi__index_bytes(ix)) & ~(uintptr_t)(page - 1);
+  size_t n = (hi - lo) / page;
+  assert_true(n >= 1000);
+  unsigned char *vec = malloc(n);
+  assert_non_null(vec);
+  assert_int_equal(mincore((void *)lo, hi - lo, vec), 0);
+  size_t absent = 0;
+  for (size_t i = 0; i < n; i++) absent += !(vec[i] & 1);
+  assert_int_equal(absent, 0);
+  free(vec);
+  spi__index_free(&m, ix);
+#else
+  skip();
+#endif
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_budget),
+      cmocka_unit_test(test_table_pages_resident),
       cmocka_unit_test(test_new_errors),
       cmocka_unit_test(test_chain),
       cmocka_unit_test(test_shared_prefix),
