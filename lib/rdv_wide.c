@@ -172,6 +172,11 @@ uint64_t spi__pix_under_avx512(const double *t, size_t n, double thr) {
   return spi__pix_under_from(0, t, n, thr);
 }
 
+void spi__pix_rdv_avx512(pix_rdv *o, pix_rdv_acc *a, const spi_pool_index *p,
+                         uint64_t rkey) {
+  spi__pix_rdv_each(o, a, p, rkey);
+}
+
 void spi__pix_free_best2_avx512(const spi_pool_index *p, int ka, int kb,
                                 uint64_t rkey, uint32_t out[SPI_SUMMARY_CELLS]) {
   spi__pix_free_best_each(p, 1u << ka | (kb >= 0 ? 1u << kb : 0u), rkey, out);

@@ -19,6 +19,9 @@
 #             library, examples and API tests; ctest
 #   asan      ASan + UBSan build in build-asan/; ctest
 #   tsan      ThreadSanitizer build in build-tsan/; ctest
+#   portable  the library and its tests built with SPI_WIDE=OFF in
+#             build-portable/ (no x86-64 vector loop: what an ARM or any
+#             other CPU builds, with each wide entry point's stand-in); ctest
 #   valgrind  every unit and api test program of build/ under memcheck
 #   install   cmake --install into a temporary prefix; scripts/consumer-test.sh
 #   docrun    the documentation's shell blocks marked `run` against that
@@ -227,6 +230,13 @@ stage_tsan() {
     -DSPI_WERROR=OFF -DSPI_SANITIZE=OFF -DSPI_SANITIZE_THREAD=ON -DSPI_FUZZ=OFF \
     -DSPI_BUILD_TESTS=ON -DSPI_BUILD_EXAMPLES=OFF -DSPI_BUILD_BENCH=OFF
   ctest --test-dir "$root/build-tsan" --output-on-failure -j "$jobs" --timeout 900
+}
+
+stage_portable() {
+  configure_and_build "$root/build-portable" -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+    -DSPI_WERROR="$werror" -DSPI_WIDE=OFF -DSPI_SANITIZE=OFF -DSPI_SANITIZE_THREAD=OFF \
+    -DSPI_FUZZ=OFF -DSPI_BUILD_TESTS=ON -DSPI_BUILD_EXAMPLES=OFF -DSPI_BUILD_BENCH=OFF
+  ctest --test-dir "$root/build-portable" --output-on-failure -j "$jobs" --timeout 600
 }
 
 # The unit and api test programs of build/, each under valgrind memcheck.
@@ -598,6 +608,8 @@ if [[ "${results[-1]}" == PASS* ]]; then build_ok=yes; fi
 run_stage asan "ASan + UBSan build in build-asan/ + ctest" stage_asan
 
 run_stage tsan "ThreadSanitizer build in build-tsan/ + ctest" stage_tsan
+
+run_stage portable "build without the vector loops in build-portable/ + ctest" stage_portable
 
 if [[ $build_ok == yes ]]; then
   run_stage valgrind "unit and api tests under valgrind memcheck" stage_valgrind
