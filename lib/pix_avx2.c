@@ -1,7 +1,7 @@
 /*
  * pix_avx2.c - the pool index's loops over every position with AVX2, for
- * CPUs without AVX-512 (rdv_wide.c has those): a block's TTFTs, and the
- * rendezvous order of a prefix.
+ * CPUs without AVX-512 (rdv_wide.c has those): a block's TTFTs, the
+ * rendezvous order of a prefix, and the winners among free replicas.
  *
  * A block's TTFTs (replica_pass.c, block_ttft) are the TTFT model's
  * operations on the index's arrays, and the positions under a threshold
@@ -18,7 +18,11 @@
  * modulo 2^64, as the scalar multiply is): the same bits as
  * spi__rdv_weight's. As in rdv_wide.c, a lane is offered to the order
  * (spi__pix_rdv_offer) only when its weight is at least its cell's
- * lightest kept one, so the order is the same as one made one by one.
+ * lightest kept one, so the order is the same as one made one by one. A
+ * prefix no route has asked for before has each cell's winner among its
+ * free replicas weighed the same way (spi__pix_free_best), each group of
+ * four once for two cells; where few replicas are free the one-by-one
+ * pass would be faster (it weighs only those), where most are, this one.
  *
  * CMake compiles this file with -mavx2 and defines SPI_HAVE_PIX_AVX2 only
  * on x86-64 compilers that accept the flag; pool_index.c calls it only
@@ -188,11 +192,9 @@ void spi__pix_free_best2_avx2(const spi_pool_index *p, int ka, int kb,
     uint64_t fa = p->cfree[ka][w], fb = kb >= 0 ? p->cfree[kb][w] : 0;
     for (size_t i = w * 64; fa | fb; i += 4, fa >>= 4, fb >>= 4) {
       if (!((fa | fb) & 0xfu)) continue;
+      const __m256i *at = (const __m256i *)(const void *)&p->id_hash_at[i];
       __m256i wt = _mm256_xor_si256(
-          mix_lanes(_mm256_xor_si256(
-              _mm256_loadu_si256((const __m256i *)(const void *)&p->id_hash_at[i]),
-              key)),
-          sign);
+          mix_lanes(_mm256_xor_si256(_mm256_loadu_si256(at), key)), sign);
       __m256i pos = _mm256_add_epi64(_mm256_set1_epi64x((long long)i), step);
       best_take(&a, fa, wt, pos);
       best_take(&b, fb, wt, pos);

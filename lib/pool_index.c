@@ -674,5 +674,6 @@ void spi__pix_free_best(const spi_pool_index *p, unsigned cells,
   int ks[SPI_SUMMARY_CELLS], n = 0;
   for (int k = 0; k < SPI_SUMMARY_CELLS; k++)
     if (cells >> k & 1u) ks[n++] = k;
-  for (int j = 0; j < n; j += 2) two(p, ks[j], j + 1 < n ? ks[j + 1] : -1, rkey, out);
+  for (int j = 0; j < n; j += 2)
+    two(p, ks[j], j + 1 < n ? ks[j + 1] : -1, rkey, out);
 }

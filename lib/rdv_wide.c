@@ -1,6 +1,7 @@
 /*
  * rdv_wide.c - the pool index's loops over every position, with AVX-512:
- * the rendezvous order of a prefix, and a block's TTFTs.
+ * the rendezvous order of a prefix, the winners among free replicas, and a
+ * block's TTFTs.
  *
  * A prefix whose order the pool index does not keep (pool_index.c,
  * spi__pix_rdv) has every replica of the set weighed: splitmix64's
@@ -10,6 +11,10 @@
  * the order (spi__pix_rdv_offer, the one-by-one path's own insertion) only
  * when its weight is at least its cell's lightest kept one, so the order is
  * the same as one made one by one.
+ *
+ * A prefix no route has asked for before has each cell's winner among its
+ * free replicas weighed instead (spi__pix_free_best), eight positions at a
+ * time, each group once for two cells.
  *
  * A block's TTFTs (replica_pass.c, block_ttft) are the TTFT model's
  * operations on the index's arrays, eight positions at a time: each lane
@@ -111,7 +116,8 @@ static uint32_t best_of(const best_lanes *b, const spi_pool_index *p, int k,
  * once for both. The weighing is most of the work, and a route placing a
  * new prefix wants both pools' winners. */
 void spi__pix_free_best2_avx512(const spi_pool_index *p, int ka, int kb,
-                                uint64_t rkey, uint32_t out[SPI_SUMMARY_CELLS]) {
+                                uint64_t rkey,
+                                uint32_t out[SPI_SUMMARY_CELLS]) {
   const __m512i key = _mm512_set1_epi64((long long)rkey);
   const __m512i step = _mm512_set_epi64(7, 6, 5, 4, 3, 2, 1, 0);
   best_lanes a = {_mm512_setzero_si512(), _mm512_setzero_si512()}, b = a;
@@ -130,7 +136,6 @@ void spi__pix_free_best2_avx512(const spi_pool_index *p, int ka, int kb,
   if (kb >= 0) out[kb] = best_of(&b, p, kb, rkey);
   _mm256_zeroupper();
 }
-
 
 void spi__pix_ttft_avx512(double *t, const double *wait, const double *ms,
                           const double *slow, size_t n, double base,
@@ -178,7 +183,8 @@ void spi__pix_rdv_avx512(pix_rdv *o, pix_rdv_acc *a, const spi_pool_index *p,
 }
 
 void spi__pix_free_best2_avx512(const spi_pool_index *p, int ka, int kb,
-                                uint64_t rkey, uint32_t out[SPI_SUMMARY_CELLS]) {
+                                uint64_t rkey,
+                                uint32_t out[SPI_SUMMARY_CELLS]) {
   spi__pix_free_best_each(p, 1u << ka | (kb >= 0 ? 1u << kb : 0u), rkey, out);
 }
 #endif

@@ -1079,7 +1079,8 @@ static void test_table_pages_resident(void **state) {
   assert_int_equal(spi__index_new(&m, (40u << 20) + 333, &ix), SPI_OK);
   size_t page = (size_t)sysconf(_SC_PAGESIZE);
   uintptr_t lo = ((uintptr_t)ix + page - 1) & ~(uintptr_t)(page - 1);
-  uintptr_t hi = ((uintptr_t)ix + spi__index_bytes(ix)) & ~(uintptr_t)(page - 1);
+  uintptr_t end = (uintptr_t)ix + spi__index_bytes(ix);
+  uintptr_t hi = end & ~(uintptr_t)(page - 1);
   size_t n = (hi - lo) / page;
   assert_true(n >= 1000);
   unsigned char *vec = malloc(n);
