@@ -198,14 +198,15 @@ static int spread_first_block(spi_engine *e, size_t size, int replicas,
   return holders;
 }
 
-/* Give request r a prompt no route has seen: text with its bytes 16..24
- * (in the first block; from 0 in a prompt too short for that) made unique
- * by n. Outside the timed part. */
+/* The process's minor page faults so far (0 if they cannot be read). */
 static long minor_faults(void) {
   struct rusage ru;
   return getrusage(RUSAGE_SELF, &ru) == 0 ? ru.ru_minflt : 0;
 }
 
+/* Give request r a prompt no route has seen: text with its bytes 16..24
+ * (in the first block; from 0 in a prompt too short for that) made unique
+ * by n. Outside the timed part. */
 static void make_fresh(spi_request *r, char *text, size_t size, int n) {
   char tag[16];
   snprintf(tag, sizeof tag, "f%08d", n);
