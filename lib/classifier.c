@@ -170,7 +170,7 @@ static int parse_when(const cJSON *w, const char *shown, rule *r,
       return rc;
     int i = 0;
     for (const cJSON *t = arr->child; t; t = t->next, i++) {
-      char el[SPI_ERRMSG_CAP];
+      char el[sizeof sub + 16]; /* sub, "[", an int, "]" */
       snprintf(el, sizeof el, "%s[%d]", sub, i);
       if (!cJSON_IsString(t)) {
         spi__errf(c->err, c->errcap, "%s: must be a string", el);
@@ -287,17 +287,19 @@ static int parse_degrade(const cJSON *sec, parse_ctx *c) {
                                 c->err, c->errcap)))
     return rc;
   for (int k = 0; k < 3; k++) {
-    char path[64], shown[64];
+    /* Each sized for what is written into it: path, then an index or a
+     * key after it. */
+    char path[64], shown[sizeof path + 16];
     snprintf(path, sizeof path, "classifier.degrade.%s", CLASSES[k]);
     cJSON *owned = NULL;
     const cJSON *arr;
     if ((rc = get_list(d, CLASSES[k], path, path, &owned, &arr, c))) return rc;
     int lvl = 0;
-    char el_prefix[80];
+    char el_prefix[sizeof path + 2];
     snprintf(el_prefix, sizeof el_prefix, "%s[]", path);
     for (const cJSON *o = arr->child; o && rc == SPI_OK; o = o->next, lvl++) {
       snprintf(shown, sizeof shown, "%s[%d]", path, lvl);
-      char p1[96], p2[96], p3[96];
+      char p1[sizeof el_prefix + 32], p2[sizeof p1], p3[sizeof p1];
       snprintf(p1, sizeof p1, "%s.max_output_tokens", el_prefix);
       snprintf(p2, sizeof p2, "%s.tools", el_prefix);
       snprintf(p3, sizeof p3, "%s.defer", el_prefix);
