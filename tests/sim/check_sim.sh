@@ -232,8 +232,12 @@ PY
 
 # A pool that long generations keep full: a request there waits for a batch
 # slot, and the TTFT model counts that wait (prefill_model.h), so requests
-# go to the shorter queues. Gold's p95 TTFT is 3.1 s and silver's 4.4 s
-# (11.4 and 13.2 s when a full batch read as no wait).
+# go to the shorter queues. Gold's p95 TTFT is 11.4 s and silver's 13.2 s
+# when a full batch reads as no wait; counted, over seeds 106-113 gold's
+# is 3.1-4.9 s and silver's 4.3-6.2 s (3.1 and 4.4 s at this seed). The
+# bars sit between the two, not at one seed's figure: at 4 and 6 s, four
+# of those eight seeds failed, and so would any change of decisions that
+# moved this seed's p95 as far as the seeds move it.
 "$sim" --quiet --family long-gen --requests 5000 --rate 20 --replicas 8 --on-demand 8 \
   --seed 106 --policies library --json "$tmp/lg.json" >/dev/null || fail "long-gen run exited $?"
 python3 - "$tmp/lg.json" <<'PY' || fail "full batches: gold or silver p95 TTFT"
@@ -241,7 +245,7 @@ import json, sys
 c = json.load(open(sys.argv[1]))["policies"][0]["classes"]
 g, s = c["gold"]["ttft_ms"][1], c["silver"]["ttft_ms"][1]
 print(f"full batches: gold p95 TTFT {g} ms, silver {s} ms", file=sys.stderr)
-sys.exit(g > 4000 or s > 6000)
+sys.exit(g > 6500 or s > 8500)
 PY
 # The classes' hit rates are shares of the same blocks: each in [0, 1],
 # and the run's hit rate, their weighted mean, between the least and most.
