@@ -157,13 +157,36 @@ spi_pool_index *spi__pix_new(const spi_mem *m);
 void spi__pix_free(const spi_mem *m, spi_pool_index *p);
 
 /* Take the index for one route without waiting: 0 when another route has
- * it (that route then reads every slot instead). */
+ * it. */
 static inline int spi__pix_acquire(spi_pool_index *p) {
   int expect = 0;
   return atomic_load_explicit(&p->taken, memory_order_relaxed) == 0 &&
          atomic_compare_exchange_strong_explicit(&p->taken, &expect, 1,
                                                  memory_order_acquire,
                                                  memory_order_relaxed);
+}
+
+/* One turn of a spin-wait: the CPU's hint that this is one, where it has
+ * one (it also yields the core's pipeline to its other hardware thread). */
+static inline void spi__spin_turn(void) {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#elif defined(__aarch64__)
+  __asm__ __volatile__("yield" ::: "memory");
+#else
+  atomic_signal_fence(memory_order_seq_cst);
+#endif
+}
+
+/* Take the index for one route, waiting up to turns turns of a spin-wait
+ * for the route that has it to give it back: 0 when it is still taken
+ * (this route then reads every slot instead). */
+static inline int spi__pix_take(spi_pool_index *p, size_t turns) {
+  for (;;) {
+    if (spi__pix_acquire(p)) return 1;
+    if (turns-- == 0) return 0;
+    spi__spin_turn();
+  }
 }
 static inline void spi__pix_release(spi_pool_index *p) {
   atomic_store_explicit(&p->taken, 0, memory_order_release);

@@ -720,14 +720,28 @@ indexed_all(const route_env *x, const spi_pool_index *p, scan *sc, int k) {
       indexed_offer(x, p, sc, (uint32_t)(w * 64 + (size_t)__builtin_ctzll(m)));
 }
 
+/*
+ * How long a route waits for the pool index while another route has it, in
+ * turns of a spin-wait: as long as reading every slot instead would take.
+ * That pass reads a replica in about 7 ns (Zen 4) and a turn (x86 `pause`)
+ * takes 25 ns there and 10-40 ns on other x86 cores, so nrep / 4 turns.
+ * Waiting is the better bet: with two threads routing over one engine, a
+ * route that found the index taken waited 13 turns on average (20-36 % of
+ * routes found it so), and falling back made two threads over 512
+ * replicas route 1.2 times what one does where waiting makes it 1.6
+ * (docs/performance.md, "Routes on several threads"). A holder that is
+ * descheduled costs the whole wait, which is bounded.
+ */
+static size_t pix_wait_turns(size_t nrep) { return nrep / 4; }
+
 /* The lean pass through the pool index: the regular replicas' sums as
  * kept, the exceptions read whole, the regular replicas ranked from the
- * index. 0 when the index is another route's or cannot describe set: the
- * caller then reads every slot. */
+ * index. 0 when the index stayed another route's (pix_wait_turns) or
+ * cannot describe set: the caller then reads every slot. */
 static int scan_indexed(const route_env *x, const spi_replica_set *set,
                         size_t nrep, scan *sc, pool_sums *sums) {
   spi_pool_index *p = x->e->registry.pix;
-  if (!p || !spi__pix_acquire(p)) return 0;
+  if (!p || !spi__pix_take(p, pix_wait_turns(nrep))) return 0;
   if (!spi__pix_sync(p, x, set)) {
     spi__pix_release(p);
     return 0;

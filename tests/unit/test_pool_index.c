@@ -242,6 +242,45 @@ static void test_index_exact_after_concurrent_writes(void **st) {
   spi_engine_free(e);
 }
 
+/* A route that finds the index taken waits a bounded number of turns for
+ * it: none with 0 turns, every one of them while it stays taken, and it
+ * has the index once the holder gives it back during the wait. */
+typedef struct holder {
+  spi_pool_index *p;
+  atomic_int waiting; /* the test's thread is about to wait */
+} holder;
+
+static void *give_back_soon(void *arg) {
+  holder *h = arg;
+  while (!atomic_load(&h->waiting)) spi__spin_turn();
+  for (int i = 0; i < 1000; i++) spi__spin_turn(); /* well inside the wait */
+  spi__pix_release(h->p);
+  return NULL;
+}
+
+static void test_take_waits_bounded(void **st) {
+  (void)st;
+  spi_engine *e = fixed_engine();
+  spi_pool_index *p = e->registry.pix;
+  assert_true(spi__pix_take(p, 0));
+  assert_false(spi__pix_take(p, 0));   /* taken: no wait */
+  assert_false(spi__pix_take(p, 100)); /* still taken after the wait */
+  holder h = {.p = p};
+  atomic_init(&h.waiting, 0);
+  pthread_t th;
+  assert_int_equal(pthread_create(&th, NULL, give_back_soon, &h), 0);
+  atomic_store(&h.waiting, 1);
+  /* Bounded, but far longer than the holder keeps it (a loaded machine
+   * may deschedule the holder for a while). */
+  int took = spi__pix_take(p, (size_t)1 << 40);
+  pthread_join(th, NULL);
+  assert_true(took);
+  spi__pix_release(p);
+  assert_true(spi__pix_take(p, 0));
+  spi__pix_release(p);
+  spi_engine_free(e);
+}
+
 /* The index's per-block bounds follow each replica's change without a pass
  * over the block when they can (pool_index.c, block_move): after every
  * route, each block must hold what a pass over its regular replicas makes
@@ -621,6 +660,7 @@ static void test_rdv_winner_past_busy_head(void **st) {
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_index_exact_after_concurrent_writes),
+      cmocka_unit_test(test_take_waits_bounded),
       cmocka_unit_test(test_blocks_follow_every_change),
       cmocka_unit_test(test_wide_block_loops_same_bits),
       cmocka_unit_test(test_wide_rdv_same_order),
