@@ -6,8 +6,12 @@
  *
  * Readers do not lock. They pin: an RCU pin (spi__snap_acquire) keeps the
  * snapshot, the replica set and the prefix index alive; a ticket pin
- * (spi__ticket_pin) keeps one ticket record from being reset. Mutexes, outer
- * first (a thread holding one may take only those below it):
+ * (spi__ticket_pin) keeps one ticket record from being reset. A route also
+ * holds the pool index (pool_index.h) while it ranks through it: no lock is
+ * taken and nothing is waited for while it is held, and a route that
+ * finds it taken waits a bounded while, then reads every slot instead
+ * (spi__pix_take), so the index is not in the order. Mutexes, outer first
+ * (a thread holding one may take only those below it):
  *
  *   1. config_lock          spi_engine_configure only
  *   2. nodes->lock          node.c: notices, node states, ticks

@@ -26,9 +26,9 @@
  * spi__replica_touch, which sets the slot's bit in the registry's dirty
  * bitmap (one word of bits a 64 slots; the index looks only at the words
  * holding its set's slots, and clears only those with a bit set). A route
- * that takes the index (a try-lock: a route that finds it taken reads every
- * slot instead, as before, so no route waits) clears the bits it finds and
- * reads those slots again: a write after it cleared a bit sets it again, so
+ * that takes the index (one route at a time: a route that finds it taken
+ * waits a bounded while, then reads every slot instead; spi__pix_take)
+ * clears the bits it finds and reads those slots again: a write after it cleared a bit sets it again, so
  * nothing is lost. Time alone changes one thing about a regular replica:
  * its load goes stale at load_at + load_max_age. The index keeps a lower
  * bound of the earliest such time, and a route at or past it moves the
@@ -47,6 +47,7 @@
  * Memory: a fixed array for SPI_REPLICA_SLOTS positions, made with the
  * registry; a route allocates nothing, takes no lock and makes no call.
  */
+#include <limits.h>
 #include <math.h>
 #include <stddef.h>
 #include <string.h>
@@ -66,12 +67,27 @@ spi_pool_index *spi__pix_new(const spi_mem *m) {
   if (!p) return NULL;
   memset(p, 0, offsetof(spi_pool_index, hot));
   atomic_init(&p->taken, 0);
-  p->wide = rdv_wide();
-  p->avx2 = !p->wide && pix_avx2();
+  atomic_init(&p->turn, 0u);
+  atomic_init(&p->stuck, UINT_MAX); /* no turn is */
+  p->wide = (uint8_t)rdv_wide();
+  p->avx2 = (uint8_t)(!p->wide && pix_avx2());
   return p;
 }
 
 void spi__pix_free(const spi_mem *m, spi_pool_index *p) { spi__free(m, p); }
+
+int spi__pix_wait(spi_pool_index *p, size_t turns) {
+  unsigned holder = atomic_load_explicit(&p->turn, memory_order_relaxed);
+  if (!turns || atomic_load_explicit(&p->stuck, memory_order_relaxed) == holder)
+    return 0;
+  for (size_t i = 0; i < turns; i++) {
+    spi__spin_turn();
+    if (spi__pix_acquire(p)) return 1;
+  }
+  if (atomic_load_explicit(&p->turn, memory_order_relaxed) == holder)
+    atomic_store_explicit(&p->stuck, holder, memory_order_relaxed);
+  return 0;
+}
 
 static void bit_set(uint64_t *b, uint32_t pos) {
   b[pos / 64] |= UINT64_C(1) << (pos % 64);

@@ -97,9 +97,15 @@ typedef struct pix_deep {
 
 typedef struct spi_pool_index {
   atomic_int taken;             /* held by the one route using it */
-  int wide;                     /* the CPU has AVX-512 F and DQ (rdv_wide.c) */
-  int avx2;                     /* ... or AVX2, for a block's TTFTs and
-                                   the rendezvous order (pix_avx2.c) */
+  atomic_uint turn;             /* routes that have taken it, this one too */
+  atomic_uint stuck;            /* a turn a route waited out: its holder is
+                                   not running (descheduled), so no route
+                                   waits for it again (spi__pix_take) */
+  uint8_t wide;                 /* the CPU has AVX-512 F and DQ (rdv_wide.c) */
+  uint8_t avx2;                 /* ... or AVX2, for a block's TTFTs and
+                                   the rendezvous order (pix_avx2.c); bytes,
+                                   so that what follows lies as it did
+                                   before turn and stuck came */
   uint64_t version;             /* the set described (0: none yet) */
   size_t n;                     /* its replicas */
   /* The configuration it was read with (a change rebuilds it). */
@@ -160,10 +166,17 @@ void spi__pix_free(const spi_mem *m, spi_pool_index *p);
  * it. */
 static inline int spi__pix_acquire(spi_pool_index *p) {
   int expect = 0;
-  return atomic_load_explicit(&p->taken, memory_order_relaxed) == 0 &&
-         atomic_compare_exchange_strong_explicit(&p->taken, &expect, 1,
-                                                 memory_order_acquire,
-                                                 memory_order_relaxed);
+  if (atomic_load_explicit(&p->taken, memory_order_relaxed) != 0 ||
+      !atomic_compare_exchange_strong_explicit(&p->taken, &expect, 1,
+                                               memory_order_acquire,
+                                               memory_order_relaxed))
+    return 0;
+  /* Only the holder writes turn: a load and a store, on the line the
+   * exchange just took. */
+  atomic_store_explicit(
+      &p->turn, atomic_load_explicit(&p->turn, memory_order_relaxed) + 1,
+      memory_order_relaxed);
+  return 1;
 }
 
 /* One turn of a spin-wait: the CPU's hint that this is one, where it has
@@ -178,15 +191,18 @@ static inline void spi__spin_turn(void) {
 #endif
 }
 
+/* The wait of spi__pix_take, once the index was found taken. */
+int spi__pix_wait(spi_pool_index *p, size_t turns);
+
 /* Take the index for one route, waiting up to turns turns of a spin-wait
  * for the route that has it to give it back: 0 when it is still taken
- * (this route then reads every slot instead). */
+ * (this route then reads every slot instead). A route runs through the
+ * index in a microsecond or so, so one that keeps it for a whole wait is
+ * not running (its thread was descheduled, as happens with more routing
+ * threads than CPUs): its turn is marked stuck, and later routes do not
+ * wait for it, only for the routes after it. */
 static inline int spi__pix_take(spi_pool_index *p, size_t turns) {
-  for (;;) {
-    if (spi__pix_acquire(p)) return 1;
-    if (turns-- == 0) return 0;
-    spi__spin_turn();
-  }
+  return spi__pix_acquire(p) || spi__pix_wait(p, turns);
 }
 static inline void spi__pix_release(spi_pool_index *p) {
   atomic_store_explicit(&p->taken, 0, memory_order_release);

@@ -722,15 +722,19 @@ indexed_all(const route_env *x, const spi_pool_index *p, scan *sc, int k) {
 
 /*
  * How long a route waits for the pool index while another route has it, in
- * turns of a spin-wait: as long as reading every slot instead would take.
- * That pass reads a replica in about 7 ns (Zen 4) and a turn (x86 `pause`)
- * takes 25 ns there and 10-40 ns on other x86 cores, so nrep / 4 turns.
- * Waiting is the better bet: with two threads routing over one engine, a
- * route that found the index taken waited 13 turns on average (20-36 % of
- * routes found it so), and falling back made two threads over 512
- * replicas route 1.2 times what one does where waiting makes it 1.6
- * (docs/performance.md, "Routes on several threads"). A holder that is
- * descheduled costs the whole wait, which is bounded.
+ * turns of a spin-wait: about what reading every slot instead would cost
+ * beyond a pass through the index. That is 11-12 ns a replica on this
+ * project's Zen 4 host (bench_route p50 with the index and without it:
+ * 1,042 against 1,742 ns at 1 KiB x 64, 1,312 against 7,370 at 1 KiB x
+ * 512), and a turn (x86 `pause`) takes 25 ns there and up to about 40 on
+ * other x86 cores, so nrep / 4 turns: about half that cost here, about
+ * all of it where a turn is slowest. A route that found the index taken
+ * waited 13 turns on average (20-36 % of routes found it so, with two
+ * threads routing). Against falling back at once, two threads over 512
+ * replicas route 1.28 times as many decisions a second, four threads on
+ * two CPUs 1.18 times, and over 64 replicas the same (docs/performance.md,
+ * "Routes on several threads"). A holder that keeps the index for a whole
+ * wait is not running, and is not waited for again (spi__pix_take).
  */
 static size_t pix_wait_turns(size_t nrep) { return nrep / 4; }
 

@@ -243,8 +243,10 @@ static void test_index_exact_after_concurrent_writes(void **st) {
 }
 
 /* A route that finds the index taken waits a bounded number of turns for
- * it: none with 0 turns, every one of them while it stays taken, and it
- * has the index once the holder gives it back during the wait. */
+ * it: none with 0 turns, every one of them while it stays taken, none at
+ * all for a holder some route has already waited out (descheduled, so
+ * not about to give it back), and it has the index once a holder gives
+ * it back during the wait. */
 typedef struct holder {
   spi_pool_index *p;
   atomic_int waiting; /* the test's thread is about to wait */
@@ -264,7 +266,14 @@ static void test_take_waits_bounded(void **st) {
   spi_pool_index *p = e->registry.pix;
   assert_true(spi__pix_take(p, 0));
   assert_false(spi__pix_take(p, 0));   /* taken: no wait */
+  assert_int_not_equal(atomic_load(&p->stuck), atomic_load(&p->turn));
   assert_false(spi__pix_take(p, 100)); /* still taken after the wait */
+  assert_int_equal(atomic_load(&p->stuck), atomic_load(&p->turn));
+  assert_false(spi__pix_take(p, (size_t)1 << 40)); /* waited out: no wait */
+  /* The next holder is waited for again. */
+  spi__pix_release(p);
+  assert_true(spi__pix_take(p, 0));
+  assert_int_not_equal(atomic_load(&p->stuck), atomic_load(&p->turn));
   holder h = {.p = p};
   atomic_init(&h.waiting, 0);
   pthread_t th;
