@@ -28,15 +28,15 @@
  * holding its set's slots, and clears only those with a bit set). A route
  * that takes the index (one route at a time: a route that finds it taken
  * waits a bounded while, then reads every slot instead; spi__pix_take)
- * clears the bits it finds and reads those slots again: a write after it cleared a bit sets it again, so
- * nothing is lost. Time alone changes one thing about a regular replica:
- * its load goes stale at load_at + load_max_age. The index keeps a lower
- * bound of the earliest such time, and a route at or past it moves the
- * stale ones to the exceptions. A time moving back, a newer replica set or
- * a different configuration rebuilds the index from every slot. Advice
- * ending, a cooldown ending or a future-stamped load becoming fresh only
- * make an exception regular again at its next write: an exception is
- * always read whole, so that costs time, never exactness.
+ * clears the bits it finds and reads those slots again: a write after it
+ * cleared a bit sets it again, so nothing is lost. Time alone changes one
+ * thing about a regular replica: its load goes stale at load_at +
+ * load_max_age. The index keeps a lower bound of the earliest such time, and
+ * a route at or past it moves the stale ones to the exceptions. A time moving
+ * back, a newer replica set or a different configuration rebuilds the index
+ * from every slot. Advice ending, a cooldown ending or a future-stamped load
+ * becoming fresh only make an exception regular again at its next write: an
+ * exception is always read whole, so that costs time, never exactness.
  *
  * Exactness. Routes rank the regular replicas by the values above with the
  * same operations as the pass (same bits), offer them to the same
@@ -45,7 +45,8 @@
  * compares every summary with a full pass on random histories.
  *
  * Memory: a fixed array for SPI_REPLICA_SLOTS positions, made with the
- * registry; a route allocates nothing, takes no lock and makes no call.
+ * registry; a route allocates nothing, takes no lock and makes no system
+ * call (it may spin a bounded while for the index: spi__pix_take).
  */
 #include <limits.h>
 #include <math.h>
@@ -69,8 +70,8 @@ spi_pool_index *spi__pix_new(const spi_mem *m) {
   atomic_init(&p->taken, 0);
   atomic_init(&p->turn, 0u);
   atomic_init(&p->stuck, UINT_MAX); /* no turn is */
-  p->wide = (uint8_t)rdv_wide();
-  p->avx2 = (uint8_t)(!p->wide && pix_avx2());
+  p->wide = rdv_wide();
+  p->avx2 = !p->wide && pix_avx2();
   return p;
 }
 

@@ -101,11 +101,9 @@ typedef struct spi_pool_index {
   atomic_uint stuck;            /* a turn a route waited out: its holder is
                                    not running (descheduled), so no route
                                    waits for it again (spi__pix_take) */
-  uint8_t wide;                 /* the CPU has AVX-512 F and DQ (rdv_wide.c) */
-  uint8_t avx2;                 /* ... or AVX2, for a block's TTFTs and
-                                   the rendezvous order (pix_avx2.c); bytes,
-                                   so that what follows lies as it did
-                                   before turn and stuck came */
+  int wide;                     /* the CPU has AVX-512 F and DQ (rdv_wide.c) */
+  int avx2;                     /* ... or AVX2, for a block's TTFTs and
+                                   the rendezvous order (pix_avx2.c) */
   uint64_t version;             /* the set described (0: none yet) */
   size_t n;                     /* its replicas */
   /* The configuration it was read with (a change rebuilds it). */
