@@ -307,10 +307,14 @@ static void seed_from_hint(const route_env *x, const spi_replica_set *set,
 }
 
 /* Leave this route's ranking as the next one's hint; store only what
- * changed, so routes that agree do not write the shared line. */
+ * changed, so routes that agree do not write the shared line. A cell
+ * named whole (no more usable replicas than a summary holds) is not
+ * ranked, so its hint would speed nothing up: it is left as it is (a
+ * stale hint only costs time). */
 static void hint_store(spi_engine *e, const scan *sc) {
   for (int k = 0; k < SPI_SUMMARY_CELLS; k++) {
     const cell_acc *c = &sc->cell[k];
+    if (c->usable <= SPI_SUMMARY_TOP) continue;
     uint64_t w[2] = {0, 0};
     for (uint32_t j = 0; j < c->n_top; j++)
       w[j / HINT_PER_WORD] |= (uint64_t)(c->top[j].pos + 1)
