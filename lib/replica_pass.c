@@ -716,12 +716,15 @@ static void indexed_top(const route_env *x, spi_pool_index *p, scan *sc,
 /* Cell k's regular replicas, every one offered: where there are no more
  * than its top holds, ranking blocks, seeding and the rendezvous order
  * find nothing the offers would not (each summary is the same whatever
- * the order of the offers, and every replica is offered once). */
+ * the order of the offers, and every replica is offered once). Each is
+ * offered here only, so without the offered bits the ranked cells keep. */
 static __attribute__((noinline)) void
 indexed_all(const route_env *x, const spi_pool_index *p, scan *sc, int k) {
   for (size_t w = 0; w < (p->n + 63) / 64; w++)
-    for (uint64_t m = p->creg[k][w]; m; m &= m - 1)
-      indexed_offer(x, p, sc, (uint32_t)(w * 64 + (size_t)__builtin_ctzll(m)));
+    for (uint64_t m = p->creg[k][w]; m; m &= m - 1) {
+      uint32_t pos = (uint32_t)(w * 64 + (size_t)__builtin_ctzll(m));
+      offer_body(x, p, sc, pos, indexed_t(x, &p->hot[pos]));
+    }
 }
 
 /*
