@@ -740,8 +740,9 @@ indexed_all(const route_env *x, const spi_pool_index *p, scan *sc, int k) {
  * threads routing). Against falling back at once, two threads over 512
  * replicas route 1.13-1.29 times as many decisions a second, four threads
  * on two CPUs 1.02-1.19 times, and over 64 replicas about the same
- * (docs/performance.md, "Routes on several threads"). A holder that keeps the index for a whole
- * wait is not running, and is not waited for again (spi__pix_take).
+ * (docs/performance.md, "Routes on several threads"). A holder that keeps
+ * the index for a whole wait is not running, and is not waited for again
+ * (spi__pix_take).
  */
 static size_t pix_wait_turns(size_t nrep) { return nrep / 4; }
 
