@@ -17,6 +17,7 @@
 #include <cjson/cJSON.h>
 
 #include "engine.h"
+#include "pool_index.h"
 
 /* --------------------------------------------------------------- snapshot */
 
@@ -104,6 +105,7 @@ int spi_engine_new(spi_engine **out, const spi_hooks *hooks) {
     spi__free(&mem, e);
     return SPI_ENOMEM;
   }
+  if (e->registry.pix) e->registry.pix->counts = &e->metrics;
   if (spi__nodes_new(e) != SPI_OK) {
     spi__registry_destroy(&e->registry, &e->mem);
     spi__errtab_destroy(&e->err);

@@ -76,7 +76,8 @@ int spi__metrics_untouched(const spi_metrics *x) {
                                 &x->draft_rejected, &x->shadow_agreed,
                                 &x->shadow_disagreed, &x->shadow_matched,
                                 &x->lines_skipped, &x->fallback_enqueued,
-                                &x->fallback_moved};
+                                &x->fallback_moved, &x->index_waits_took,
+                                &x->index_waits_gave_up, &x->slot_passes};
   for (size_t i = 0; i < sizeof one / sizeof one[0]; i++)
     if (spi__mget(one[i])) return 0;
   if (any_set(&x->decisions[0][0][0], sizeof x->decisions / sizeof(atomic_ullong)) ||
@@ -198,6 +199,14 @@ void spi__metrics_node_transition(spi_metrics *x, int32_t from, int32_t to) {
 
 void spi__metrics_lines_skipped(spi_metrics *x, uint64_t n) {
   if (x && n) add(&x->lines_skipped, n);
+}
+
+void spi__metrics_index_wait(spi_metrics *x, int took) {
+  if (x) add(took ? &x->index_waits_took : &x->index_waits_gave_up, 1);
+}
+
+void spi__metrics_slot_pass(spi_metrics *x) {
+  if (x) add(&x->slot_passes, 1);
 }
 
 void spi__metrics_replay_fallback(spi_metrics *x, int64_t held_delta,

@@ -60,6 +60,10 @@ struct spi_metrics {
    * engine), enqueues they took, envelopes moved into the store. */
   atomic_llong fallback_held;
   atomic_ullong fallback_enqueued, fallback_moved;
+  /* Routes that found the pool index held by another route and waited for
+   * it: took it, or gave up (pool_index.c, spi__pix_wait); and routes that
+   * read every replica's slot instead of the index (replica_pass.c). */
+  atomic_ullong index_waits_took, index_waits_gave_up, slot_passes;
 };
 
 static inline uint64_t spi__mget(const atomic_ullong *a) {

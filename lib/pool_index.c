@@ -77,16 +77,27 @@ spi_pool_index *spi__pix_new(const spi_mem *m) {
 
 void spi__pix_free(const spi_mem *m, spi_pool_index *p) { spi__free(m, p); }
 
+/* A wait for the index, in the engine's metrics: it took the index or not. */
+static void wait_counted(const spi_pool_index *p, int took) {
+  if (p->counts)
+    spi__metrics_index_wait(
+        atomic_load_explicit(p->counts, memory_order_relaxed), took);
+}
+
 int spi__pix_wait(spi_pool_index *p, size_t turns) {
   unsigned holder = atomic_load_explicit(&p->turn, memory_order_relaxed);
   if (!turns || atomic_load_explicit(&p->stuck, memory_order_relaxed) == holder)
     return 0;
   for (size_t i = 0; i < turns; i++) {
     spi__spin_turn();
-    if (spi__pix_acquire(p)) return 1;
+    if (spi__pix_acquire(p)) {
+      wait_counted(p, 1);
+      return 1;
+    }
   }
   if (atomic_load_explicit(&p->turn, memory_order_relaxed) == holder)
     atomic_store_explicit(&p->stuck, holder, memory_order_relaxed);
+  wait_counted(p, 0);
   return 0;
 }
 

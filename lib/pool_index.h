@@ -101,6 +101,8 @@ typedef struct spi_pool_index {
   atomic_uint stuck;            /* a turn a route waited out: its holder is
                                    not running (descheduled), so no route
                                    waits for it again (spi__pix_take) */
+  _Atomic(spi_metrics *) *counts; /* where the waits are counted (the
+                                   engine's metrics), or NULL */
   int wide;                     /* the CPU has AVX-512 F and DQ (rdv_wide.c) */
   int avx2;                     /* ... or AVX2, for a block's TTFTs and
                                    the rendezvous order (pix_avx2.c) */

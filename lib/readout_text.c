@@ -237,6 +237,25 @@ static void render_fallback(writer *w, const spi_metrics *x) {
   sample_u64(w, name, NULL, spi__mget(&x->fallback_moved));
 }
 
+/* Routes on several threads and the pool index they share. */
+static void render_index(writer *w, const spi_metrics *x) {
+  const char *name = "spotinfer_route_index_waits_total";
+  family(w, name, "counter",
+         "Routes that found the replicas' pool index in use by another route "
+         "and waited for it, by outcome: took it, or gave up and read every "
+         "replica.");
+  labels took = {{"outcome"}, {"took"}, 1};
+  sample_u64(w, name, &took, spi__mget(&x->index_waits_took));
+  labels gave_up = {{"outcome"}, {"gave_up"}, 1};
+  sample_u64(w, name, &gave_up, spi__mget(&x->index_waits_gave_up));
+  name = "spotinfer_route_slot_passes_total";
+  family(w, name, "counter",
+         "Routes that read every replica's state instead of the pool index: "
+         "it stayed in use by other routes, or described a newer replica set "
+         "(a policy that reads every candidate always does, not counted).");
+  sample_u64(w, name, NULL, spi__mget(&x->slot_passes));
+}
+
 static void render_nodes(writer *w, const spi_metrics *x) {
   const char *name = "spotinfer_node_transitions_total";
   family(w, name, "counter",
@@ -452,6 +471,7 @@ int spi__metrics_render(spi_metrics *x, const spi_replica_gauge *g, size_t ng,
   render_nodes(&w, x);
   render_inputs(&w, x);
   render_fallback(&w, x);
+  render_index(&w, x);
   render_replicas(&w, g, ng);
   spi__metrics_free(m, tmp);
   if (w.rc != SPI_OK) out->len = mark;

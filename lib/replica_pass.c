@@ -981,8 +981,11 @@ void spi__pass_run(scan *sc, const route_env *x, const spi_replica_set *set,
   for (int k = 0; k < SPI_SUMMARY_CELLS; k++) cell_clear(&sc->cell[k]);
   if (cands)
     scan_full(x, set, nrep, sc, cands, sums);
-  else if (!scan_indexed(x, set, nrep, sc, sums))
+  else if (!scan_indexed(x, set, nrep, sc, sums)) {
+    spi__metrics_slot_pass(
+        atomic_load_explicit(&x->e->metrics, memory_order_relaxed));
     scan_lean(x, set, nrep, sc, sums);
+  }
   /* A cell with more usable replicas than the summary has room for names
    * its best PASS_TOP (replica_pass.h); the others name every one. */
   for (int k = 0; k < SPI_SUMMARY_CELLS; k++)

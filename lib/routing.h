@@ -528,6 +528,10 @@ void spi__metrics_shadow(spi_metrics *x, int agreed, uint32_t matched_blocks);
 void spi__metrics_node_transition(spi_metrics *x, int32_t from, int32_t to);
 /* Count lines of a /metrics page skipped as newer syntax. */
 void spi__metrics_lines_skipped(spi_metrics *x, uint64_t n);
+/* A route that found the pool index held and waited for it: took it or
+ * not; a route that read every replica's slot instead of the index. */
+void spi__metrics_index_wait(spi_metrics *x, int took);
+void spi__metrics_slot_pass(spi_metrics *x);
 /* A replay queue's fallback journal (replay_shared.c): held_delta changes
  * the gauge of envelopes held, the counters grow by enqueued and moved. */
 void spi__metrics_replay_fallback(spi_metrics *x, int64_t held_delta,

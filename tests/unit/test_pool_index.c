@@ -242,11 +242,45 @@ static void test_index_exact_after_concurrent_writes(void **st) {
   spi_engine_free(e);
 }
 
+/* The value of the metrics sample named sample (its name and labels), or
+ * -1 when the text has no such line. */
+static long long metric(spi_engine *e, const char *sample) {
+  size_t need = 0;
+  assert_int_equal(spi_engine_metrics(e, NULL, 0, &need), SPI_EBUFSIZE);
+  char *text = malloc(need + 1);
+  assert_non_null(text);
+  assert_int_equal(spi_engine_metrics(e, text, need + 1, NULL), SPI_OK);
+  long long v = -1;
+  size_t n = strlen(sample);
+  for (const char *l = text; l && *l; l = strchr(l, '\n'), l = l ? l + 1 : l)
+    if (!strncmp(l, sample, n) && l[n] == ' ') v = atoll(l + n + 1);
+  free(text);
+  return v;
+}
+
+static void route_one(spi_request *r, uint32_t q) {
+  request(r, q);
+  spi_decision d;
+  memset(&d, 0, sizeof d);
+  d.struct_size = sizeof d;
+  assert_int_equal(spi_route(r, &d), SPI_OK);
+  assert_true(d.replica_id[0] != '\0');
+}
+
+#define WAITS "spotinfer_route_index_waits_total"
+static void assert_contention(spi_engine *e, long long took,
+                              long long gave_up, long long slot_passes) {
+  assert_int_equal(metric(e, WAITS "{outcome=\"took\"}"), took);
+  assert_int_equal(metric(e, WAITS "{outcome=\"gave_up\"}"), gave_up);
+  assert_int_equal(metric(e, "spotinfer_route_slot_passes_total"), slot_passes);
+}
+
 /* A route that finds the index taken waits a bounded number of turns for
  * it: none with 0 turns, every one of them while it stays taken, none at
  * all for a holder some route has already waited out (descheduled, so
  * not about to give it back), and it has the index once a holder gives
- * it back during the wait. */
+ * it back during the wait. The engine's metrics count each wait, so a
+ * wait where there should be none fails the test instead of spinning. */
 typedef struct holder {
   spi_pool_index *p;
   atomic_int waiting; /* the test's thread is about to wait */
@@ -263,13 +297,19 @@ static void *give_back_soon(void *arg) {
 static void test_take_waits_bounded(void **st) {
   (void)st;
   spi_engine *e = fixed_engine();
+  configure(e, NULL); /* its metrics count the waits */
   spi_pool_index *p = e->registry.pix;
   assert_true(spi__pix_take(p, 0));
-  assert_false(spi__pix_take(p, 0));   /* taken: no wait */
+  assert_false(spi__pix_take(p, 0)); /* taken: no wait */
   assert_int_not_equal(atomic_load(&p->stuck), atomic_load(&p->turn));
+  assert_contention(e, 0, 0, 0);
   assert_false(spi__pix_take(p, 100)); /* still taken after the wait */
   assert_int_equal(atomic_load(&p->stuck), atomic_load(&p->turn));
-  assert_false(spi__pix_take(p, (size_t)1 << 40)); /* waited out: no wait */
+  assert_contention(e, 0, 1, 0);
+  /* Waited out: no wait (one would count, after a few milliseconds of
+   * turns). */
+  assert_false(spi__pix_take(p, (size_t)1 << 18));
+  assert_contention(e, 0, 1, 0);
   /* The next holder is waited for again. */
   spi__pix_release(p);
   assert_true(spi__pix_take(p, 0));
@@ -284,9 +324,46 @@ static void test_take_waits_bounded(void **st) {
   int took = spi__pix_take(p, (size_t)1 << 40);
   pthread_join(th, NULL);
   assert_true(took);
+  assert_contention(e, 1, 1, 0);
   spi__pix_release(p);
   assert_true(spi__pix_take(p, 0));
   spi__pix_release(p);
+  spi_engine_free(e);
+}
+
+/* What routes did about the index's other holders shows in the metrics: a
+ * route that finds the index held waits for it, gives up and reads every
+ * slot (a wait and a slot pass); the next does not wait for the same
+ * holder (a slot pass only); once it is given back, nothing more counts. */
+static void test_contention_counted(void **st) {
+  (void)st;
+  spi_engine *e = fixed_engine();
+  configure(e, NULL);
+  uint64_t rng = 5;
+  for (uint32_t i = 0; i < 40; i++) {
+    char id[16];
+    snprintf(id, sizeof id, "p%u", i);
+    spi_replica_info ri = ff_replica(
+        id, i % 2 ? SPI_POOL_ON_DEMAND : SPI_POOL_SPOT, 2.0, 8);
+    assert_int_equal(spi_replica_upsert(e, &ri), SPI_OK);
+    load(e, i, &rng);
+  }
+  spi_request *r = NULL;
+  assert_int_equal(spi_request_new(e, &r), SPI_OK);
+  route_one(r, 0);
+  assert_contention(e, 0, 0, 0);
+  /* Held, as by a route whose thread is not running. */
+  spi_pool_index *p = e->registry.pix;
+  assert_true(spi__pix_take(p, 0));
+  route_one(r, 1);
+  assert_contention(e, 0, 1, 1);
+  route_one(r, 2);
+  assert_contention(e, 0, 1, 2);
+  spi__pix_release(p);
+  route_one(r, 3);
+  route_one(r, 4);
+  assert_contention(e, 0, 1, 2);
+  spi_request_free(r);
   spi_engine_free(e);
 }
 
@@ -670,6 +747,7 @@ int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_index_exact_after_concurrent_writes),
       cmocka_unit_test(test_take_waits_bounded),
+      cmocka_unit_test(test_contention_counted),
       cmocka_unit_test(test_blocks_follow_every_change),
       cmocka_unit_test(test_wide_block_loops_same_bits),
       cmocka_unit_test(test_wide_rdv_same_order),
