@@ -346,6 +346,24 @@ static void *throughput_thread(void *arg) {
   return NULL;
 }
 
+/* The value of the engine's metrics sample named sample (name and labels),
+ * or -1. */
+static long long metric(spi_engine *e, const char *sample) {
+  size_t need = 0;
+  if (spi_engine_metrics(e, NULL, 0, &need) != SPI_EBUFSIZE) return -1;
+  char *text = malloc(need + 1);
+  if (!text || spi_engine_metrics(e, text, need + 1, NULL) != SPI_OK) {
+    free(text);
+    return -1;
+  }
+  long long v = -1;
+  size_t n = strlen(sample);
+  for (const char *l = text; l && *l; l = strchr(l, '\n'), l = l ? l + 1 : l)
+    if (!strncmp(l, sample, n) && l[n] == ' ') v = atoll(l + n + 1);
+  free(text);
+  return v;
+}
+
 static void bench_throughput(int threads, int replicas) {
   spi_engine *e = make_engine(replicas, 256);
   tput t[2];
@@ -362,9 +380,15 @@ static void bench_throughput(int threads, int replicas) {
     pthread_join(th[i], NULL);
     total += t[i].done;
   }
+  /* How the threads shared the pool index: routes that waited for it
+   * (and took it, or gave up), and routes that read every replica. */
   printf("{\"bench\":\"route_throughput\",\"threads\":%d,\"prompt_bytes\":8192,"
-         "\"replicas\":%d,\"decisions_per_s\":%ld}\n",
-         threads, replicas, total);
+         "\"replicas\":%d,\"decisions_per_s\":%ld,\"index_waits_took\":%lld,"
+         "\"index_waits_gave_up\":%lld,\"slot_passes\":%lld}\n",
+         threads, replicas, total,
+         metric(e, "spotinfer_route_index_waits_total{outcome=\"took\"}"),
+         metric(e, "spotinfer_route_index_waits_total{outcome=\"gave_up\"}"),
+         metric(e, "spotinfer_route_slot_passes_total"));
   spi_engine_free(e);
 }
 
