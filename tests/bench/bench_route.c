@@ -49,6 +49,7 @@ static uint64_t wide_xxh3(const void *p, size_t n) {
 }
 
 #include "spotinfer/spotinfer.h"
+#include "metrics_text.h"
 
 #define NREQ 64
 
@@ -349,24 +350,6 @@ static void *throughput_thread(void *arg) {
   return NULL;
 }
 
-/* The value of the engine's metrics sample named sample (name and labels),
- * or -1. */
-static long long metric(spi_engine *e, const char *sample) {
-  size_t need = 0;
-  if (spi_engine_metrics(e, NULL, 0, &need) != SPI_EBUFSIZE) return -1;
-  char *text = malloc(need + 1);
-  if (!text || spi_engine_metrics(e, text, need + 1, NULL) != SPI_OK) {
-    free(text);
-    return -1;
-  }
-  long long v = -1;
-  size_t n = strlen(sample);
-  for (const char *l = text; l && *l; l = strchr(l, '\n'), l = l ? l + 1 : l)
-    if (!strncmp(l, sample, n) && l[n] == ' ') v = atoll(l + n + 1);
-  free(text);
-  return v;
-}
-
 /* threads routing on one engine, or (separate) each on an engine of its
  * own: the figure sharing an engine cannot beat, taken in the same
  * minute (on a shared host, how dear a cache line moved between CPUs is
@@ -399,9 +382,9 @@ static void bench_throughput(int threads, int replicas, int separate) {
          "\"index_waits_took\":%lld,\"index_waits_gave_up\":%lld,"
          "\"slot_passes\":%lld}\n",
          threads, own ? threads : 1, replicas, total,
-         metric(e, "spotinfer_route_index_waits_total{outcome=\"took\"}"),
-         metric(e, "spotinfer_route_index_waits_total{outcome=\"gave_up\"}"),
-         metric(e, "spotinfer_route_slot_passes_total"));
+         spi_test_metric(e, "spotinfer_route_index_waits_total{outcome=\"took\"}"),
+         spi_test_metric(e, "spotinfer_route_index_waits_total{outcome=\"gave_up\"}"),
+         spi_test_metric(e, "spotinfer_route_slot_passes_total"));
   spi_engine_free(own);
   spi_engine_free(e);
 }

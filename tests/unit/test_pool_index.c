@@ -26,6 +26,7 @@
 #include "spotinfer/spotinfer.h"
 #include "spotinfer/spotinfer_module.h"
 #include "fake_fleet.h"
+#include "metrics_text.h"
 #include "pool_index.h"
 
 #define NREP 150
@@ -242,22 +243,6 @@ static void test_index_exact_after_concurrent_writes(void **st) {
   spi_engine_free(e);
 }
 
-/* The value of the metrics sample named sample (its name and labels), or
- * -1 when the text has no such line. */
-static long long metric(spi_engine *e, const char *sample) {
-  size_t need = 0;
-  assert_int_equal(spi_engine_metrics(e, NULL, 0, &need), SPI_EBUFSIZE);
-  char *text = malloc(need + 1);
-  assert_non_null(text);
-  assert_int_equal(spi_engine_metrics(e, text, need + 1, NULL), SPI_OK);
-  long long v = -1;
-  size_t n = strlen(sample);
-  for (const char *l = text; l && *l; l = strchr(l, '\n'), l = l ? l + 1 : l)
-    if (!strncmp(l, sample, n) && l[n] == ' ') v = atoll(l + n + 1);
-  free(text);
-  return v;
-}
-
 static void route_one(spi_request *r, uint32_t q) {
   request(r, q);
   spi_decision d;
@@ -270,9 +255,9 @@ static void route_one(spi_request *r, uint32_t q) {
 #define WAITS "spotinfer_route_index_waits_total"
 static void assert_contention(spi_engine *e, long long took,
                               long long gave_up, long long slot_passes) {
-  assert_int_equal(metric(e, WAITS "{outcome=\"took\"}"), took);
-  assert_int_equal(metric(e, WAITS "{outcome=\"gave_up\"}"), gave_up);
-  assert_int_equal(metric(e, "spotinfer_route_slot_passes_total"), slot_passes);
+  assert_int_equal(spi_test_metric(e, WAITS "{outcome=\"took\"}"), took);
+  assert_int_equal(spi_test_metric(e, WAITS "{outcome=\"gave_up\"}"), gave_up);
+  assert_int_equal(spi_test_metric(e, "spotinfer_route_slot_passes_total"), slot_passes);
 }
 
 /* A route that finds the index taken waits a bounded number of turns for
