@@ -355,9 +355,10 @@ static void *throughput_thread(void *arg) {
  * minute (on a shared host, how dear a cache line moved between CPUs is
  * changes from one minute to the next). */
 static void bench_throughput(int threads, int replicas, int separate) {
-  spi_engine *e = make_engine(replicas, 256), *own = NULL;
-  if (separate && threads > 1) own = make_engine(replicas, 256);
-  if (!e || (separate && threads > 1 && !own)) {
+  int apart = separate && threads > 1;
+  spi_engine *e = make_engine(replicas, 256);
+  spi_engine *own = apart ? make_engine(replicas, 256) : NULL;
+  if (!e || (apart && !own)) {
     fprintf(stderr, "engine setup failed\n");
     exit(1);
   }
