@@ -32,9 +32,14 @@
  * cleared a bit sets it again, so nothing is lost. Time alone changes one
  * thing about a regular replica: its load goes stale at load_at +
  * load_max_age. The index keeps a lower bound of the earliest such time, and
- * a route at or past it moves the stale ones to the exceptions. A time moving
- * back, a newer replica set or a different configuration rebuilds the index
- * from every slot. Advice ending, a cooldown ending or a future-stamped load
+ * a route at or past it moves the stale ones to the exceptions. A route's
+ * time may also be earlier than the last route's (threads read the clock,
+ * then wait their turn for the index): the index still holds then unless a
+ * regular entry was not yet regular at that time (its load stamped later
+ * than load_max_age ahead, its advice or its spot pool's cooldown ending
+ * after it). The index keeps the latest such start (reg_from), and a route
+ * before it, a newer replica set or a different configuration rebuilds the
+ * index from every slot. Advice ending, a cooldown ending or a future-stamped load
  * becoming fresh only make an exception regular again at its next write: an
  * exception is always read whole, so that costs time, never exactness.
  *
@@ -244,6 +249,23 @@ static int64_t stale_at(int64_t at, int64_t max_age) {
   return until;
 }
 
+/* The earliest time a replica that is regular now has been regular since,
+ * as far as time alone goes: its load fresh (spi__replica_load: less than
+ * max_age before at, at + 1 - max_age or later), its advice over and, in
+ * the spot pool, its cooldown over. Regular at x->now and at any time
+ * between this and x->now, since each condition holds over an interval. */
+static int64_t regular_from(const route_env *x, const spi_replica_ident *r,
+                            const slot_read *rd, int64_t at) {
+  int64_t max_age = x->max_age > 0 ? x->max_age
+                                   : SPI_DEFAULT_LOAD_MAX_AGE_MS * 1000000ll;
+  int64_t from;
+  if (__builtin_sub_overflow(at, max_age - 1, &from)) from = INT64_MIN;
+  if (rd->advised_until > from) from = rd->advised_until;
+  if (r->pool == SPI_POOL_SPOT && rd->cooldown_until > from)
+    from = rd->cooldown_until;
+  return from;
+}
+
 /* Whether what rd says makes the replica regular at x->now. */
 static int regular(const route_env *x, const spi_replica_ident *r,
                    const slot_read *rd) {
@@ -302,6 +324,8 @@ static void entry_read(spi_pool_index *p, const route_env *x,
   c->max_inflight = r->max_inflight;
   c->until = stale_at(at, x->max_age);
   if (c->until < p->min_until) p->min_until = c->until;
+  int64_t from = regular_from(x, r, &rd, at);
+  if (from > p->reg_from) p->reg_from = from;
   p->usable[h->cell]++;
   p->kv_fix[c->pool] += spi__kv_fix(c->kv);
   p->kv_n[c->pool]++;
@@ -347,8 +371,9 @@ static void rebuild(spi_pool_index *p, const route_env *x,
   p->per_queued_ms = x->cfg->ttft_per_queued_ms;
   p->default_rate = x->default_rate;
   p->max_age = x->max_age;
-  p->max_t = x->now;
+  p->reg_from = INT64_MIN;
   p->min_until = INT64_MAX;
+  p->rebuilds++;
   for (size_t i = 0; i < set->n; i++) {
     p->hot[i].kind = PIX_OFF;
     p->id_hash_at[i] = set->r[i].id_hash;
@@ -475,14 +500,13 @@ static void blocks_fix(spi_pool_index *p) {
 static int sync_entries(spi_pool_index *p, const route_env *x,
                         const spi_replica_set *set) {
   if (set->version < p->version) return 0;
-  if (set->version != p->version || x->now < p->max_t ||
+  if (set->version != p->version || x->now < p->reg_from ||
       p->per_queued_ms != x->cfg->ttft_per_queued_ms ||
       p->default_rate != x->default_rate || p->max_age != x->max_age) {
     rebuild(p, x, set);
     return 1;
   }
   read_dirty(p, x, set);
-  if (x->now > p->max_t) p->max_t = x->now;
   if (x->now >= p->min_until) expire(p, x);
   return 1;
 }

@@ -111,8 +111,11 @@ typedef struct spi_pool_index {
   /* The configuration it was read with (a change rebuilds it). */
   double per_queued_ms, default_rate;
   int64_t max_age;
-  int64_t max_t;                /* the latest time an entry was read at */
+  int64_t reg_from;             /* every regular entry has been regular
+                                   since then (regular_from); a route
+                                   earlier than it rebuilds the index */
   int64_t min_until;            /* no regular entry is stale before this */
+  uint64_t rebuilds;            /* from every slot, since made (tests) */
   /* The regular replicas' share of what the pass adds up. */
   uint32_t usable[SPI_SUMMARY_CELLS];
   int64_t kv_fix[4];

@@ -146,6 +146,17 @@ static void route_as(spi_engine *e, spi_request *r, uint32_t q,
   assert_int_equal(spi_route(r, &d), SPI_OK);
 }
 
+/* Request q routed through the index (policy "seen") and through a pass
+ * over every slot ("seenall"): both must see the same. */
+static void same_as_full(spi_engine *e, spi_request *r, uint32_t q,
+                         seen saw[2]) {
+  route_as(e, r, q, "seen", &saw[0]);
+  route_as(e, r, q, "seenall", &saw[1]);
+  if (strcmp(saw[0].text, saw[1].text))
+    print_error("request %u:\n%s\n----\n%s\n", q, saw[0].text, saw[1].text);
+  assert_string_equal(saw[0].text, saw[1].text);
+}
+
 static void load(spi_engine *e, uint32_t i, uint64_t *rng) {
   char id[16];
   snprintf(id, sizeof id, "p%u", i);
@@ -232,11 +243,7 @@ static void test_index_exact_after_concurrent_writes(void **st) {
   spi_request *r = NULL;
   assert_int_equal(spi_request_new(e, &r), SPI_OK);
   for (uint32_t q = 0; q < 40; q++) {
-    route_as(e, r, q, "seen", &saw[0]);
-    route_as(e, r, q, "seenall", &saw[1]);
-    if (strcmp(saw[0].text, saw[1].text))
-      print_error("request %u:\n%s\n----\n%s\n", q, saw[0].text, saw[1].text);
-    assert_string_equal(saw[0].text, saw[1].text);
+    same_as_full(e, r, q, saw);
     assert_true(strchr(saw[0].text, '/') != NULL); /* it named replicas */
   }
   spi_request_free(r);
@@ -426,6 +433,62 @@ static void test_blocks_follow_every_change(void **st) {
     assert_true(exact);
   }
   assert_true(routed > 1000);
+  spi_request_free(r);
+  spi_engine_free(e);
+}
+
+/* A route whose time is earlier than the last one's (threads read the
+ * clock, then take their turn at the index) keeps the index while every
+ * regular replica was regular at that time too, and rebuilds it once one
+ * was not: here a load stamped ahead, not yet fresh that early. Either
+ * way the summaries are the full pass's. */
+static void test_clock_back_rebuilds_when_it_must(void **st) {
+  (void)st;
+  const int64_t t0 = 1700000000LL * 1000000000LL, ms = 1000000;
+  spi_hooks h;
+  memset(&h, 0, sizeof h);
+  h.struct_size = sizeof h;
+  h.clock = moving_clock;
+  moving_now = t0;
+  spi_engine *e = NULL;
+  assert_int_equal(spi_engine_new(&e, &h), SPI_OK);
+  seen saw[2];
+  register_seen(e, "seen", 1, &saw[0]);
+  register_seen(e, "seenall", 0, &saw[1]);
+  configure(e, NULL); /* load_max_age_ms: 1000 */
+  uint64_t rng = 3;
+  for (uint32_t i = 0; i < 40; i++) {
+    char id[16];
+    snprintf(id, sizeof id, "p%u", i);
+    spi_replica_info ri = ff_replica(
+        id, i % 2 ? SPI_POOL_ON_DEMAND : SPI_POOL_SPOT, 2.0, 8);
+    assert_int_equal(spi_replica_upsert(e, &ri), SPI_OK);
+    load(e, i, &rng);
+  }
+  spi_request *r = NULL;
+  assert_int_equal(spi_request_new(e, &r), SPI_OK);
+  spi_pool_index *p = e->registry.pix;
+  moving_now = t0 + 100 * ms;
+  same_as_full(e, r, 0, saw);
+  uint64_t built = p->rebuilds;
+  moving_now = t0 + 99 * ms; /* back, but every replica was regular then */
+  same_as_full(e, r, 1, saw);
+  assert_int_equal(p->rebuilds, built);
+  /* p3's load stamped 900 ms ahead: fresh from 600 ms on. */
+  moving_now = t0 + 700 * ms;
+  spi_load l = ff_load(1.0, 0.0, 0.2);
+  l.at_ns = t0 + 1600 * ms;
+  assert_int_equal(spi_replica_report_load(e, "p3", 2, &l), SPI_OK);
+  same_as_full(e, r, 2, saw);
+  moving_now = t0 + 650 * ms;
+  same_as_full(e, r, 3, saw);
+  assert_int_equal(p->rebuilds, built);
+  moving_now = t0 + 550 * ms; /* p3's load is not fresh yet */
+  same_as_full(e, r, 4, saw);
+  assert_int_equal(p->rebuilds, built + 1);
+  moving_now = t0 + 800 * ms; /* forward again: fresh, no rebuild */
+  same_as_full(e, r, 5, saw);
+  assert_int_equal(p->rebuilds, built + 1);
   spi_request_free(r);
   spi_engine_free(e);
 }
@@ -734,6 +797,7 @@ int main(void) {
       cmocka_unit_test(test_take_waits_bounded),
       cmocka_unit_test(test_contention_counted),
       cmocka_unit_test(test_blocks_follow_every_change),
+      cmocka_unit_test(test_clock_back_rebuilds_when_it_must),
       cmocka_unit_test(test_wide_block_loops_same_bits),
       cmocka_unit_test(test_wide_rdv_same_order),
       cmocka_unit_test(test_wide_free_best_same),
