@@ -166,6 +166,20 @@ static void load(spi_engine *e, uint32_t i, uint64_t *rng) {
   ff_report(e, id, running, waiting, 0.01 * (mix(rng) % 100));
 }
 
+/* n replicas "p0".. of 8 streams each, the pools taking turns, each with
+ * a load drawn from seed. */
+static void even_fleet(spi_engine *e, uint32_t n, uint64_t seed) {
+  uint64_t rng = seed;
+  for (uint32_t i = 0; i < n; i++) {
+    char id[16];
+    snprintf(id, sizeof id, "p%u", i);
+    spi_replica_info ri = ff_replica(
+        id, i % 2 ? SPI_POOL_ON_DEMAND : SPI_POOL_SPOT, 2.0, 8);
+    assert_int_equal(spi_replica_upsert(e, &ri), SPI_OK);
+    load(e, i, &rng);
+  }
+}
+
 typedef struct worker {
   spi_engine *e;
   uint64_t rng;
@@ -331,15 +345,7 @@ static void test_contention_counted(void **st) {
   (void)st;
   spi_engine *e = fixed_engine();
   configure(e, NULL);
-  uint64_t rng = 5;
-  for (uint32_t i = 0; i < 40; i++) {
-    char id[16];
-    snprintf(id, sizeof id, "p%u", i);
-    spi_replica_info ri = ff_replica(
-        id, i % 2 ? SPI_POOL_ON_DEMAND : SPI_POOL_SPOT, 2.0, 8);
-    assert_int_equal(spi_replica_upsert(e, &ri), SPI_OK);
-    load(e, i, &rng);
-  }
+  even_fleet(e, 40, 5);
   spi_request *r = NULL;
   assert_int_equal(spi_request_new(e, &r), SPI_OK);
   route_one(r, 0);
@@ -456,15 +462,7 @@ static void test_clock_back_rebuilds_when_it_must(void **st) {
   register_seen(e, "seen", 1, &saw[0]);
   register_seen(e, "seenall", 0, &saw[1]);
   configure(e, NULL); /* load_max_age_ms: 1000 */
-  uint64_t rng = 3;
-  for (uint32_t i = 0; i < 40; i++) {
-    char id[16];
-    snprintf(id, sizeof id, "p%u", i);
-    spi_replica_info ri = ff_replica(
-        id, i % 2 ? SPI_POOL_ON_DEMAND : SPI_POOL_SPOT, 2.0, 8);
-    assert_int_equal(spi_replica_upsert(e, &ri), SPI_OK);
-    load(e, i, &rng);
-  }
+  even_fleet(e, 40, 3);
   spi_request *r = NULL;
   assert_int_equal(spi_request_new(e, &r), SPI_OK);
   spi_pool_index *p = e->registry.pix;
