@@ -266,7 +266,11 @@ PY
   fi
   local pass=0 fail=0 name wd cmd
   # valgrind runs a program's threads one at a time: the concurrency tests
-  # get ten times their watchdog limits.
+  # get ten times their watchdog limits. Its default lock between threads
+  # is not fair: a thread that keeps running (a router looping until told
+  # to stop) can take it back again and again while the one that would
+  # tell it (test_lock_order's main thread, in pthread_create) waits for
+  # minutes. --fair-sched=yes hands it round in turn.
   export SPI_WATCHDOG_SCALE=10
   while IFS=$'\t' read -r -a fields; do
     name=${fields[0]}
@@ -274,7 +278,7 @@ PY
     cmd=("${fields[@]:2}")
     # Forked children (lock and crash tests) end with _exit() holding the
     # parent's heap by design; they are checked by their exit status.
-    if (cd "$wd" && valgrind -q --error-exitcode=1 --leak-check=full \
+    if (cd "$wd" && valgrind -q --fair-sched=yes --error-exitcode=1 --leak-check=full \
       --child-silent-after-fork=yes \
       --show-leak-kinds=definite,indirect \
       --errors-for-leak-kinds=definite,indirect \
