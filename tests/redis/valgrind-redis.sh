@@ -11,7 +11,9 @@ set -euo pipefail
 
 build=$1
 : "${SPI_REDIS_PORT:?set by the redis stage of scripts/test.sh}"
-vg=(valgrind --quiet --error-exitcode=99 --leak-check=full
+# --fair-sched=yes: threads take turns (scripts/test.sh's valgrind stage
+# says why).
+vg=(valgrind --quiet --fair-sched=yes --error-exitcode=99 --leak-check=full
   --errors-for-leak-kinds=definite,indirect --show-leak-kinds=definite,indirect)
 rc=0
 run() { # <name> <command...> (the environment is this script's)
