@@ -39,9 +39,10 @@
  * than load_max_age ahead, its advice or its spot pool's cooldown ending
  * after it). The index keeps the latest such start (reg_from), and a route
  * before it, a newer replica set or a different configuration rebuilds the
- * index from every slot. Advice ending, a cooldown ending or a future-stamped load
- * becoming fresh only make an exception regular again at its next write: an
- * exception is always read whole, so that costs time, never exactness.
+ * index from every slot. Advice ending, a cooldown ending or a
+ * future-stamped load becoming fresh only make an exception regular again
+ * at its next write: an exception is always read whole, so that costs
+ * time, never exactness.
  *
  * Exactness. Routes rank the regular replicas by the values above with the
  * same operations as the pass (same bits), offer them to the same
