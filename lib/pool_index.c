@@ -244,9 +244,9 @@ static void entry_drop(spi_pool_index *p, uint32_t pos, int moved) {
 
 /* When a load stamped at goes stale (spi__replica_load's rule). */
 static int64_t stale_at(int64_t at, int64_t max_age) {
-  if (max_age <= 0) max_age = SPI_DEFAULT_LOAD_MAX_AGE_MS * 1000000ll;
   int64_t until;
-  if (__builtin_add_overflow(at, max_age, &until)) until = INT64_MAX;
+  if (__builtin_add_overflow(at, spi__load_max_age(max_age), &until))
+    until = INT64_MAX;
   return until;
 }
 
@@ -257,10 +257,9 @@ static int64_t stale_at(int64_t at, int64_t max_age) {
  * between this and x->now, since each condition holds over an interval. */
 static int64_t regular_from(const route_env *x, const spi_replica_ident *r,
                             const slot_read *rd, int64_t at) {
-  int64_t max_age = x->max_age > 0 ? x->max_age
-                                   : SPI_DEFAULT_LOAD_MAX_AGE_MS * 1000000ll;
   int64_t from;
-  if (__builtin_sub_overflow(at, max_age - 1, &from)) from = INT64_MIN;
+  if (__builtin_sub_overflow(at, spi__load_max_age(x->max_age) - 1, &from))
+    from = INT64_MIN;
   if (rd->advised_until > from) from = rd->advised_until;
   if (r->pool == SPI_POOL_SPOT && rd->cooldown_until > from)
     from = rd->cooldown_until;

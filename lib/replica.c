@@ -874,8 +874,7 @@ static void fill_status(spi_engine *e, const spi_snapshot *snap,
   out->waiting = spi__bitsd(atomic_load(&s->waiting));
   out->kv_usage = spi__bitsd(atomic_load(&s->kv_usage));
   out->load_at_ns = atomic_load(&s->load_at_ns);
-  int64_t age_ms = snap ? snap->router.load_max_age_ms : 0;
-  if (age_ms <= 0) age_ms = SPI_DEFAULT_LOAD_MAX_AGE_MS;
+  int64_t age_ms = snap ? snap->router.load_max_age_ms : 0; /* 0: default */
   spi_load_view v;
   spi__replica_load(s, spi__engine_now(e), age_ms * 1000000, &v);
   out->load_fresh = v.fresh;

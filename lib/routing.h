@@ -256,10 +256,17 @@ typedef struct spi_load_view {
 /* What a stale or missing load signal reads as: more than any replica runs. */
 #define SPI_LOAD_SATURATED 1e9
 #define SPI_DEFAULT_LOAD_MAX_AGE_MS 1000
+/* The age from which a load is stale, in ns: max_age_ns, or the default
+ * when it is not positive. Every reader of a load's freshness goes
+ * through here, so they agree on it (the pool index's reasoning about
+ * when an entry was and stays fresh depends on that). */
+static inline int64_t spi__load_max_age(int64_t max_age_ns) {
+  return max_age_ns > 0 ? max_age_ns : SPI_DEFAULT_LOAD_MAX_AGE_MS * 1000000ll;
+}
 /* Inline: routing reads every replica's load on every route. */
 static inline void spi__replica_load(const spi_replica_slot *s, int64_t now_ns,
                                      int64_t max_age_ns, spi_load_view *out) {
-  if (max_age_ns <= 0) max_age_ns = SPI_DEFAULT_LOAD_MAX_AGE_MS * 1000000ll;
+  max_age_ns = spi__load_max_age(max_age_ns);
   int64_t at = atomic_load_explicit(&s->load_at_ns, memory_order_acquire);
   int64_t age;
   /* Missing, or older than max_age_ns, is stale. A signal stamped further
