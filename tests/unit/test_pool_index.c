@@ -376,15 +376,21 @@ static int64_t moving_clock(void *ud) {
   return moving_now;
 }
 
-static void test_blocks_follow_every_change(void **st) {
-  (void)st;
+/* An engine on the moving clock, which starts at t0. */
+static spi_engine *moving_engine(int64_t t0) {
   spi_hooks h;
   memset(&h, 0, sizeof h);
   h.struct_size = sizeof h;
   h.clock = moving_clock;
-  moving_now = 1700000000LL * 1000000000LL;
+  moving_now = t0;
   spi_engine *e = NULL;
   assert_int_equal(spi_engine_new(&e, &h), SPI_OK);
+  return e;
+}
+
+static void test_blocks_follow_every_change(void **st) {
+  (void)st;
+  spi_engine *e = moving_engine(1700000000LL * 1000000000LL);
   configure(e, NULL);
   enum { N = 200 };
   uint64_t rng = 11, held[HELD] = {0};
@@ -451,13 +457,7 @@ static void test_blocks_follow_every_change(void **st) {
 static void test_clock_back_rebuilds_when_it_must(void **st) {
   (void)st;
   const int64_t t0 = 1700000000LL * 1000000000LL, ms = 1000000;
-  spi_hooks h;
-  memset(&h, 0, sizeof h);
-  h.struct_size = sizeof h;
-  h.clock = moving_clock;
-  moving_now = t0;
-  spi_engine *e = NULL;
-  assert_int_equal(spi_engine_new(&e, &h), SPI_OK);
+  spi_engine *e = moving_engine(t0);
   seen saw[2];
   register_seen(e, "seen", 1, &saw[0]);
   register_seen(e, "seenall", 0, &saw[1]);
