@@ -40,7 +40,9 @@ static void snapshot_free(spi_engine *e, spi_snapshot *s) {
 
 /* Swap in s and free the old snapshot once no reader can still hold it. */
 static void snapshot_install(spi_engine *e, spi_snapshot *s) {
+  s->seq = atomic_load_explicit(&e->snap_seq, memory_order_relaxed) + 1;
   spi_snapshot *old = atomic_exchange(&e->snap, s);
+  atomic_store_explicit(&e->snap_seq, s->seq, memory_order_release);
   spi__rcu_synchronize(&e->rcu);
   snapshot_free(e, old);
 }
@@ -78,6 +80,7 @@ int spi_engine_new(spi_engine **out, const spi_hooks *hooks) {
     if (hooks->log) e->log_level = hooks->log_level;
   }
   atomic_init(&e->snap, NULL);
+  atomic_init(&e->snap_seq, 0);
   if (spi__rcu_init(&e->rcu) != SPI_OK) {
     spi__free(&mem, e);
     return SPI_ENOMEM;

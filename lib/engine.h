@@ -108,6 +108,7 @@ typedef struct spi_slot {
 
 /* An immutable configuration: built whole, swapped in, never changed. */
 typedef struct spi_snapshot {
+  uint64_t seq; /* 1, 2, ... in the order the engine installed them */
   spi_limits limits;
   int32_t vllm_prio[4]; /* indexed by enum spi_class */
   int32_t llmd_prio[4];
@@ -133,6 +134,10 @@ struct spi_engine {
    * domain instead of a lock; writers swap and wait for old readers. */
   spi_rcu rcu;
   _Atomic(spi_snapshot *) snap;
+  /* The installed snapshot's seq, stored after the swap: a request whose
+   * copy of the limits came from this seq has the current ones
+   * (spi__req_limits) without pinning the snapshot. */
+  _Atomic(uint64_t) snap_seq;
   pthread_mutex_t config_lock;
   /* Routing state that outlives configuration snapshots. */
   spi_registry registry;
@@ -225,6 +230,9 @@ struct spi_request {
   spi_buf sysprompt;     /* system/developer messages joined */
   size_t last_user_off, last_user_len; /* into msgbuf or str[PROMPT] */
   int last_user_in_prompt;
+  /* The limits of snapshot lim_seq (0: none yet), for the setters. */
+  uint64_t lim_seq;
+  spi_limits lim;
   /* Routing scratch, grown on demand and kept warm across routes. */
   uint64_t *hashes;
   size_t hashcap;

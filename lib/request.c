@@ -115,12 +115,22 @@ const char *spi_request_errmsg(const spi_request *req) {
 
 /* ------------------------------------------------------------- the limits */
 
+/* The limits in force, from the request's copy while the engine's
+ * snapshot is the one it came from: a setter then reads one atomic instead
+ * of pinning the snapshot (two locked adds, most of a short setter's
+ * time). A request being filled while the configuration changes is
+ * checked against the old limits or the new, as a pin would have it. */
 spi_limits spi__req_limits(spi_request *r) {
-  unsigned pin;
-  spi_snapshot *s = spi__snap_acquire(r->engine, &pin);
-  spi_limits l = s->limits;
-  spi__snap_release(r->engine, pin);
-  return l;
+  uint64_t seq =
+      atomic_load_explicit(&r->engine->snap_seq, memory_order_acquire);
+  if (seq == 0 || seq != r->lim_seq) {
+    unsigned pin;
+    spi_snapshot *s = spi__snap_acquire(r->engine, &pin);
+    r->lim = s->limits;
+    r->lim_seq = s->seq;
+    spi__snap_release(r->engine, pin);
+  }
+  return r->lim;
 }
 
 /* ---------------------------------------------------------------- setters */

@@ -540,6 +540,48 @@ static void test_tools_errors(void **state) {
 
 /* ---------------------------------------------------------------- limits */
 
+/* A request keeps a copy of the limits between setters; every
+ * configuration change must reach it, whether the request was used before
+ * the change or made before the engine was configured at all. */
+#define F16 "0123456789abcdef"
+#define F17 F16 "g"
+#define F25 F17 "hijklmno"
+static void test_limits_follow_reconfigure(void **state) {
+  world *f = *state;
+  spi_request *r = f->r, *early = NULL;
+  assert_int_equal(spi_request_new(f->e, &early), SPI_OK);
+  const uint32_t ids[8] = {1, 2, 3, 4, 5, 6, 7, 8};
+  configure(f->e, "{\"limits\":{\"max_field_bytes\":16,\"max_token_ids\":2}}");
+  assert_int_equal(spi_request_set_str(r, SPI_REQ_MODEL, LIT(F16)), SPI_OK);
+  assert_int_equal(spi_request_set_str(r, SPI_REQ_MODEL, LIT(F17)), SPI_ETOOBIG);
+  assert_int_equal(spi_request_set_token_ids(r, ids, 3), SPI_ETOOBIG);
+  /* Raised: the same request takes what it refused. */
+  configure(f->e, "{\"limits\":{\"max_field_bytes\":24,\"max_token_ids\":4}}");
+  assert_int_equal(spi_request_set_str(r, SPI_REQ_MODEL, LIT(F17)), SPI_OK);
+  assert_int_equal(spi_request_set_str(r, SPI_REQ_MODEL, LIT(F25)), SPI_ETOOBIG);
+  assert_int_equal(spi_request_set_token_ids(r, ids, 4), SPI_OK);
+  assert_int_equal(spi_request_set_token_ids(r, ids, 5), SPI_ETOOBIG);
+  /* Lowered again, then an unrelated change: still the current limits. */
+  configure(f->e, "{\"limits\":{\"max_field_bytes\":16,\"max_token_ids\":2}}");
+  configure(f->e, "{\"limits\":{\"max_field_bytes\":16,\"max_token_ids\":2},"
+                  "\"router\":{\"weight_seconds\":30}}");
+  assert_int_equal(spi_request_set_str(r, SPI_REQ_MODEL, LIT(F17)), SPI_ETOOBIG);
+  assert_str(r, SPI_REQ_MODEL, F17);
+  assert_int_equal(spi_request_set_token_ids(r, ids, 3), SPI_ETOOBIG);
+  assert_int_equal(r->ntokens, 4);
+  /* A request made before any of it sees the limits now in force. */
+  assert_int_equal(spi_request_set_str(early, SPI_REQ_MODEL, LIT(F16)), SPI_OK);
+  assert_int_equal(spi_request_set_str(early, SPI_REQ_MODEL, LIT(F17)),
+                   SPI_ETOOBIG);
+  /* The default limits come back with a configuration that sets none. */
+  configure(f->e, "{}");
+  assert_int_equal(spi_request_set_str(early, SPI_REQ_MODEL, LIT(F25)), SPI_OK);
+  spi_request_free(early);
+}
+#undef F16
+#undef F17
+#undef F25
+
 static void test_limits_from_config(void **state) {
   world *f = *state;
   spi_request *r = f->r;
@@ -1757,6 +1799,8 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_tools_canonical, world_setup, world_teardown),
       cmocka_unit_test_setup_teardown(test_tools_errors, world_setup, world_teardown),
       cmocka_unit_test_setup_teardown(test_limits_from_config, world_setup, world_teardown),
+      cmocka_unit_test_setup_teardown(test_limits_follow_reconfigure, world_setup,
+                                      world_teardown),
       cmocka_unit_test_setup_teardown(test_metadata_setter, world_setup, world_teardown),
       cmocka_unit_test_setup_teardown(test_token_ids, world_setup, world_teardown),
       cmocka_unit_test_setup_teardown(test_parse_chat, world_setup, world_teardown),
