@@ -70,8 +70,7 @@ static int any_set(const atomic_ullong *a, size_t n) {
 /* Whether anything was ever counted (configure may still resize it). */
 int spi__metrics_untouched(const spi_metrics *x) {
   if (!x) return 1;
-  const atomic_ullong *one[] = {&x->breaker_opens,  &x->blocks_matched,
-                                &x->blocks_total,   &x->other_matched,
+  const atomic_ullong *one[] = {&x->breaker_opens,  &x->other_matched,
                                 &x->other_total,    &x->draft_accepted,
                                 &x->draft_rejected, &x->shadow_agreed,
                                 &x->shadow_disagreed, &x->shadow_matched,
@@ -145,11 +144,28 @@ void spi__metrics_decision(spi_metrics *x, int32_t pool, int32_t klass,
   if (total_blocks == 0 || (p != SPI_POOL_SPOT && p != SPI_POOL_ON_DEMAND))
     return;
   if (matched_blocks > total_blocks) matched_blocks = total_blocks;
-  add(&x->blocks_matched, matched_blocks);
-  add(&x->blocks_total, total_blocks);
   fam_entry *f = family_entry(x, family);
   add(f ? &f->matched : &x->other_matched, matched_blocks);
   add(f ? &f->total : &x->other_total, total_blocks);
+}
+
+/* One of a family entry's two counters (0 matched, 1 total), or other's. */
+static uint64_t fam_sum(const spi_metrics *x, int total) {
+  uint64_t n = spi__mget(total ? &x->other_total : &x->other_matched);
+  for (size_t i = 0; i <= x->fam_mask; i++) {
+    const fam_entry *f = &x->fam[i];
+    if (atomic_load_explicit((_Atomic uint64_t *)&f->id, memory_order_acquire))
+      n += spi__mget(total ? &f->total : &f->matched);
+  }
+  return n;
+}
+
+void spi__metrics_blocks(const spi_metrics *x, uint64_t *matched,
+                         uint64_t *total) {
+  /* Totals first: a decision adds to both, so matched read after them
+   * is at most what they will be; the caller cuts it to total. */
+  *total = x ? fam_sum(x, 1) : 0;
+  *matched = x ? fam_sum(x, 0) : 0;
 }
 
 void spi__metrics_shed(spi_metrics *x, int32_t klass) {

@@ -47,7 +47,9 @@ struct spi_metrics {
   atomic_ullong decisions[M_POOLS][M_CLASSES][SPI_REASON_COUNT];
   atomic_ullong shed[M_CLASSES];
   atomic_ullong breaker_opens;
-  atomic_ullong blocks_matched, blocks_total;
+  /* Prefix blocks of the decisions whose family has no entry; the totals
+   * over every family are the entries' sums and these (spi__metrics_blocks),
+   * so a decision adds to two counters, not four. */
   atomic_ullong other_matched, other_total;
   atomic_ullong ttft_bucket[M_CLASSES][SPI_TTFT_BUCKETS];
   atomic_ullong ttft_sum[M_CLASSES]; /* double bits, milliseconds */

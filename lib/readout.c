@@ -60,9 +60,8 @@ double spi__metrics_queue_depth(spi_metrics *x, int32_t klass) {
 
 double spi__metrics_cache_miss_rate(spi_metrics *x) {
   if (!x) return 0.0;
-  /* Read total first: matched never exceeds a total read after it. */
-  uint64_t total = spi__mget(&x->blocks_total);
-  uint64_t matched = spi__mget(&x->blocks_matched);
+  uint64_t matched, total;
+  spi__metrics_blocks(x, &matched, &total);
   if (total == 0) return 0.0;
   if (matched > total) matched = total;
   return 1.0 - (double)matched / (double)total;

@@ -301,13 +301,16 @@ static void render_decisions(writer *w, const spi_metrics *x) {
 }
 
 static void render_prefix(writer *w, const spi_metrics *x) {
+  uint64_t matched, total;
+  spi__metrics_blocks(x, &matched, &total);
+  if (matched > total) matched = total;
   const char *name = "spotinfer_prefix_blocks_matched_total";
   family(w, name, "counter",
          "Prefix blocks of routed requests the chosen replica likely held.");
-  sample_u64(w, name, NULL, spi__mget(&x->blocks_matched));
+  sample_u64(w, name, NULL, matched);
   name = "spotinfer_prefix_blocks_total";
   family(w, name, "counter", "Prefix blocks of routed requests.");
-  sample_u64(w, name, NULL, spi__mget(&x->blocks_total));
+  sample_u64(w, name, NULL, total);
 
   static const char *const fam_names[2] = {
       "spotinfer_prefix_family_blocks_matched_total",

@@ -482,7 +482,10 @@ static void test_family_table(void **st) {
       has_line(t, "spotinfer_prefix_family_blocks_total{family=\"other\"} 41"));
   assert_true(has_line(
       t, "spotinfer_prefix_family_blocks_matched_total{family=\"other\"} 15"));
+  /* The totals are the table's and other's together. */
   assert_true(has_line(t, "spotinfer_prefix_blocks_total 101"));
+  assert_true(has_line(t, "spotinfer_prefix_blocks_matched_total 21"));
+  NEAR(spi__metrics_cache_miss_rate(x), 1 - 21.0 / 101);
   free(t);
   spi__metrics_free(&MEM, x);
 
