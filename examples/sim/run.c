@@ -808,10 +808,6 @@ static void view_free(sim_gw_view *v) {
   free(v->epoch);
 }
 
-/* The event loop: arrivals, starts, first tokens, finishes, replays and
- * zone changes in simulated-time order until every request is done or
- * the horizon is reached. */
-/* Not inlined, so profiles show the loop apart from the set-up. */
 /* Start loading what the next event in the heap will read (its request,
  * and an arrival's token ids, which the route copies and hashes) while
  * this one runs. A request's data is touched a few times over minutes of
@@ -831,6 +827,10 @@ static void warm_next_event(const sim *s) {
   if (len) __builtin_prefetch(ids + len - 1); /* the line the last step skips */
 }
 
+/* The event loop: arrivals, starts, first tokens, finishes, replays and
+ * zone changes in simulated-time order until every request is done or
+ * the horizon is reached. */
+/* Not inlined, so profiles show the loop apart from the set-up. */
 #if defined(__GNUC__)
 __attribute__((noinline))
 #endif
