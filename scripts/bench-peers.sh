@@ -98,6 +98,9 @@ peers=(spi epp sglang dynamo)
 for size in "${sizes[@]}"; do
   for reps in "${replicas[@]}"; do
     say "case: $size-byte prompts, $reps replicas ($rounds rounds)"
+    # The machine's speed when the case starts (aggregate.py shows it).
+    speed=$(nice -n 10 "$out/peer_spi" --host-speed)
+    echo "${speed%\}},\"prompt_bytes\":$size,\"replicas\":$reps}" >>"$run_dir/host.jsonl"
     for ((r = 0; r < rounds; r++)); do
       for ((k = 0; k < ${#peers[@]}; k++)); do
         p=${peers[$(((k + r) % ${#peers[@]}))]}

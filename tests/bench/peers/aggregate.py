@@ -11,6 +11,11 @@ in the same case: the runs of a case alternate between the peers round by
 round, so the ratios come from the same minutes of the same machine.
 A last line says whether spi_route had the lowest p50 in every case.
 With --markdown, also writes the table for docs/performance.md.
+
+<run dir>/host.jsonl, when there, holds the machine's speed as each case
+started (peer_spi --host-speed: one XXH3 pass over 8 KiB, in ns); each
+case's lines then carry it as host_xxh3_8k_ns and the table shows it, so
+cases run in a host's slow minutes can be told from the others.
 """
 import json
 import os
@@ -48,7 +53,22 @@ def load(run_dir):
     return cases
 
 
-def summarize(cases):
+def load_host(run_dir):
+    """The host's speed by case: {(prompt bytes, replicas): XXH3 8 KiB ns}."""
+    path = os.path.join(run_dir, "host.jsonl")
+    if not os.path.exists(path):
+        return {}
+    speed = {}
+    with open(path) as f:
+        for line in f:
+            if line.strip():
+                h = json.loads(line)
+                speed[(h["prompt_bytes"], h["replicas"])] = h["xxh3_8k_ns"]
+    return speed
+
+
+def summarize(cases, host=None):
+    host = host or {}
     lines = []
     lowest = True
     for (size, reps, in_flight) in sorted(cases):
@@ -66,6 +86,8 @@ def summarize(cases):
             line = {"bench": "peers", "peer": name, "prompt_bytes": size, "replicas": reps,
                     "in_flight": in_flight, "runs": runs, "samples": n, "replicas_chosen": chosen,
                     "p50_ns": p50, "p99_ns": p99}
+            if (size, reps) in host:
+                line["host_xxh3_8k_ns"] = host[(size, reps)]
             if spi:
                 line["p50_ratio_to_spi"] = round(p50 / spi[0], 2)
                 line["p99_ratio_to_spi"] = round(p99 / spi[1], 2)
@@ -86,8 +108,11 @@ def fmt_us(ns):
 def markdown(lines, path):
     rows = [l for l in lines if l["bench"] == "peers"]
     peers = [p for p in ORDER if any(r["peer"] == p for r in rows)]
+    speed = any("host_xxh3_8k_ns" in r for r in rows)
     head = "| prompt | replicas | " + " | ".join(LABEL[p] for p in peers) + " |"
-    out = [head, "|" + "---|" * (2 + len(peers))]
+    if speed:
+        head += " host: XXH3 8 KiB (ns) |"
+    out = [head, "|" + "---|" * (2 + len(peers) + speed)]
     for size, reps in sorted({(r["prompt_bytes"], r["replicas"]) for r in rows}):
         cells = []
         for p in peers:
@@ -101,6 +126,10 @@ def markdown(lines, path):
                 ratio = r.get("p50_ratio_to_spi", 0)
                 cells.append("%s / %s (%s)" % (fmt_us(r["p50_ns"]), fmt_us(r["p99_ns"]),
                                                ("%.2f×" if ratio < 10 else "%.0f×") % ratio))
+        if speed:
+            h = next((r.get("host_xxh3_8k_ns") for r in rows if r["prompt_bytes"] == size
+                      and r["replicas"] == reps and "host_xxh3_8k_ns" in r), None)
+            cells.append("-" if h is None else str(h))
         out.append("| %d KiB | %d | %s |" % (size // 1024, reps, " | ".join(cells)))
     with open(path, "w") as f:
         f.write("\n".join(out) + "\n")
@@ -109,7 +138,7 @@ def markdown(lines, path):
 def main():
     if len(sys.argv) not in (2, 4) or (len(sys.argv) == 4 and sys.argv[2] != "--markdown"):
         sys.exit(__doc__)
-    lines = summarize(load(sys.argv[1]))
+    lines = summarize(load(sys.argv[1]), load_host(sys.argv[1]))
     for line in lines:
         print(json.dumps(line, separators=(",", ":")))
     if len(sys.argv) == 4:

@@ -10,11 +10,19 @@
  * one time in ns per line to <samples file> and prints one JSON line.
  * The engine runs on a fixed clock, as in bench_route, so load reports
  * never go stale.
+ *
+ *   peer_spi --host-speed
+ *
+ * Prints the median time of one XXH3_64bits pass over an 8 KiB prompt
+ * (1,001 passes): how fast the machine runs in these minutes, for reading
+ * a case's figures beside another's on a host whose speed moves.
  */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+
+#include <xxhash.h>
 
 #include "spotinfer/spotinfer.h"
 #include "prompts.h"
@@ -124,7 +132,28 @@ static int route_once(spi_engine *e, window *w, spi_request *req, int64_t *ns) {
   return at;
 }
 
+static void host_speed(void) {
+  enum { PASSES = 1001, SIZE = 8192 };
+  static char prompt[SIZE];
+  static int64_t t[PASSES];
+  peers_prompt(prompt, SIZE, 0, 0);
+  volatile uint64_t sink = 0;
+  for (int i = 0; i < PASSES; i++) {
+    int64_t t0 = now_ns();
+    sink += XXH3_64bits(prompt, SIZE);
+    t[i] = now_ns() - t0;
+  }
+  (void)sink;
+  qsort(t, PASSES, sizeof t[0], cmp_i64);
+  printf("{\"bench\":\"peers_host_speed\",\"xxh3_8k_ns\":%lld}\n",
+         (long long)t[PASSES / 2]);
+}
+
 int main(int argc, char **argv) {
+  if (argc == 2 && strcmp(argv[1], "--host-speed") == 0) {
+    host_speed();
+    return 0;
+  }
   if (argc != 5 && argc != 6)
     die("usage: peer_spi <prompt bytes> <replicas> <decisions> <samples file> [in flight]");
   size_t size = (size_t)atol(argv[1]);
