@@ -230,7 +230,8 @@ struct spi_request {
   spi_buf sysprompt;     /* system/developer messages joined */
   size_t last_user_off, last_user_len; /* into msgbuf or str[PROMPT] */
   int last_user_in_prompt;
-  /* The limits of snapshot lim_seq (0: none yet), for the setters. */
+  /* The limits of snapshot lim_seq, for the setters; 0 (no snapshot has
+   * it: spi_engine_new installs seq 1) until the first setter reads them. */
   uint64_t lim_seq;
   spi_limits lim;
   /* Routing scratch, grown on demand and kept warm across routes. */

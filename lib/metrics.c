@@ -163,9 +163,11 @@ static uint64_t fam_sum(const spi_metrics *x, int total) {
 void spi__metrics_blocks(const spi_metrics *x, uint64_t *matched,
                          uint64_t *total) {
   /* Totals first: a decision adds to both, so matched read after them
-   * is at most what they will be; the caller cuts it to total. */
+   * can only pass the totals by what routes added meanwhile; it is cut to
+   * them. Both still only grow, as counters must. */
   *total = x ? fam_sum(x, 1) : 0;
   *matched = x ? fam_sum(x, 0) : 0;
+  if (*matched > *total) *matched = *total;
 }
 
 void spi__metrics_shed(spi_metrics *x, int32_t klass) {

@@ -63,7 +63,6 @@ double spi__metrics_cache_miss_rate(spi_metrics *x) {
   uint64_t matched, total;
   spi__metrics_blocks(x, &matched, &total);
   if (total == 0) return 0.0;
-  if (matched > total) matched = total;
   return 1.0 - (double)matched / (double)total;
 }
 

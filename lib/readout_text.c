@@ -303,7 +303,6 @@ static void render_decisions(writer *w, const spi_metrics *x) {
 static void render_prefix(writer *w, const spi_metrics *x) {
   uint64_t matched, total;
   spi__metrics_blocks(x, &matched, &total);
-  if (matched > total) matched = total;
   const char *name = "spotinfer_prefix_blocks_matched_total";
   family(w, name, "counter",
          "Prefix blocks of routed requests the chosen replica likely held.");

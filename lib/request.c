@@ -123,7 +123,7 @@ const char *spi_request_errmsg(const spi_request *req) {
 spi_limits spi__req_limits(spi_request *r) {
   uint64_t seq =
       atomic_load_explicit(&r->engine->snap_seq, memory_order_acquire);
-  if (seq == 0 || seq != r->lim_seq) {
+  if (seq != r->lim_seq) {
     unsigned pin;
     spi_snapshot *s = spi__snap_acquire(r->engine, &pin);
     r->lim = s->limits;

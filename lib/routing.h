@@ -549,7 +549,8 @@ double spi__metrics_p95_ttft(spi_metrics *x, int32_t klass);
 double spi__metrics_queue_depth(spi_metrics *x, int32_t klass);
 double spi__metrics_cache_miss_rate(spi_metrics *x);
 /* Prefix blocks of routed requests, all families: the entries' sums (an
- * O(families) read; the routes add to one family's counters only). */
+ * O(families) read; the routes add to one family's counters only), with
+ * matched never above total. */
 void spi__metrics_blocks(const spi_metrics *x, uint64_t *matched,
                          uint64_t *total);
 double spi__metrics_draft_acceptance(spi_metrics *x);
