@@ -18,8 +18,10 @@
 # crates: about 10-15 minutes on 2 cores; later runs reuse build-peers/.
 #
 # For every case the peers take turns, SPI_PEERS_ROUNDS rounds (default 5,
-# smoke 1) of SPI_PEERS_DECISIONS decisions each (default 2000, smoke 500),
-# the order rotated every round, so all four see the same machine load.
+# smoke 1) of SPI_PEERS_DECISIONS decisions a run (default 2000, smoke 500):
+# in a round spi_route runs before and after each other peer, whose order
+# rotates every round, so each peer's run has spi_route runs just before
+# and just after it (aggregate.py's paired ratio).
 # Each decision's request is finished at once, as in bench_route; with
 # SPI_PEERS_IN_FLIGHT=64 the last 64 stay open (the oldest finished as each
 # new one is routed), so loads and caches spread over the fleet.
@@ -94,24 +96,37 @@ print(json.dumps({"bench": "peers_env",
                   "dynamo_kv_router": "1.6.1"}, separators=(",", ":")))
 EOF
 
-peers=(spi epp sglang dynamo)
+# One harness run; its JSON line goes to runs.jsonl with the round, its
+# place in the case's sequence and the samples file added.
+run_one() {
+  local p=$1 size=$2 reps=$3 r=$4 seq=$5 cmd
+  case "$p" in
+    spi) cmd=("$out/peer_spi") ;;
+    epp) cmd=("$out/peer-epp") ;;
+    *) cmd=("$out/cargo/release/peer-rust" "$p") ;;
+  esac
+  local samples="$run_dir/$p-$size-$reps-$r-$seq.txt" line
+  line=$(timeout 600 nice -n 10 "${cmd[@]}" "$size" "$reps" "$decisions" "$samples" "$in_flight")
+  echo "${line%\}},\"round\":$r,\"seq\":$seq,\"samples\":\"$samples\"}" >>"$run_dir/runs.jsonl"
+}
+
+# A round runs spi_route before and after each other peer (spi, A, spi, B,
+# spi, C, spi), the others' order rotated every round: each peer's run is
+# compared with the spi_route runs just before and just after it, so a
+# change of the host's speed between rounds moves both sides alike.
+others=(epp sglang dynamo)
 for size in "${sizes[@]}"; do
   for reps in "${replicas[@]}"; do
     say "case: $size-byte prompts, $reps replicas ($rounds rounds)"
     # The machine's speed when the case starts (aggregate.py shows it).
     speed=$(nice -n 10 "$out/peer_spi" --host-speed)
     echo "${speed%\}},\"prompt_bytes\":$size,\"replicas\":$reps}" >>"$run_dir/host.jsonl"
+    seq=0
     for ((r = 0; r < rounds; r++)); do
-      for ((k = 0; k < ${#peers[@]}; k++)); do
-        p=${peers[$(((k + r) % ${#peers[@]}))]}
-        case "$p" in
-          spi) cmd=("$out/peer_spi") ;;
-          epp) cmd=("$out/peer-epp") ;;
-          *) cmd=("$out/cargo/release/peer-rust" "$p") ;;
-        esac
-        samples="$run_dir/$p-$size-$reps-$r.txt"
-        line=$(timeout 600 nice -n 10 "${cmd[@]}" "$size" "$reps" "$decisions" "$samples" "$in_flight")
-        echo "${line%\}},\"samples\":\"$samples\"}" >>"$run_dir/runs.jsonl"
+      run_one spi "$size" "$reps" "$r" $((seq++))
+      for ((k = 0; k < ${#others[@]}; k++)); do
+        run_one "${others[$(((k + r) % ${#others[@]}))]}" "$size" "$reps" "$r" $((seq++))
+        run_one spi "$size" "$reps" "$r" $((seq++))
       done
     done
   done

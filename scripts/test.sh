@@ -14,7 +14,9 @@
 #             CHANGELOG.md, docs/*.md and the bindings' READMEs resolves;
 #             scripts/check-doc-blocks.py: every code block of those pages
 #             is run by a test or marked as not a command (and its
-#             --self-test on made-up pages)
+#             --self-test on made-up pages); tests/bench/peers/aggregate.py
+#             --self-test (what makes the peers' tables in
+#             docs/performance.md, on made-up runs)
 #   build     RelWithDebInfo build in build/, warnings as errors in the
 #             library, examples and API tests; ctest
 #   asan      ASan + UBSan build in build-asan/; ctest
@@ -173,6 +175,7 @@ stage_docs() {
   python3 "$root/scripts/check-doc-links.py" "$root"
   python3 "$root/scripts/check-doc-blocks.py" --self-test
   python3 "$root/scripts/check-doc-blocks.py" "$root"
+  python3 "$root/tests/bench/peers/aggregate.py" --self-test
 }
 
 # The documentation's commands against the installed library, the README's
