@@ -28,7 +28,7 @@ const double spi__ttft_le[SPI_TTFT_BUCKETS] = {
 static size_t align_up(size_t n, size_t a) { return (n + a - 1) / a * a; }
 
 /* Adding 0 changes nothing, and a locked add costs a route several ns
- * (a cold prompt adds 0 matched blocks twice). */
+ * (a cold prompt adds 0 matched blocks). */
 static void add(atomic_ullong *a, uint64_t v) {
   if (v) atomic_fetch_add_explicit(a, v, memory_order_relaxed);
 }
@@ -149,7 +149,8 @@ void spi__metrics_decision(spi_metrics *x, int32_t pool, int32_t klass,
   add(f ? &f->total : &x->other_total, total_blocks);
 }
 
-/* One of a family entry's two counters (0 matched, 1 total), or other's. */
+/* One counter (0 matched, 1 total) summed over every family entry and
+ * other's. */
 static uint64_t fam_sum(const spi_metrics *x, int total) {
   uint64_t n = spi__mget(total ? &x->other_total : &x->other_matched);
   for (size_t i = 0; i <= x->fam_mask; i++) {

@@ -400,18 +400,6 @@ static double queue_delay_ms(const terms *t, const spi_candidate *c, double own_
   return redundant * (next + (during > held ? during : held));
 }
 
-/* The prefill c saves by holding the prefix, ms (the TTFT model's own
- * prefill term for the matched part, prefill_model.h). */
-static double saved_ms(const spi_route_context *x, const spi_candidate *c) {
-  if (x->total_blocks == 0 || c->matched_blocks == 0 ||
-      !(c->prefill_tokens_per_s > 0))
-    return 0;
-  double cap = c->max_inflight ? (double)c->max_inflight : 1.0;
-  return request_tokens(x) * (double)c->matched_blocks /
-         (double)x->total_blocks * 1000.0 / c->prefill_tokens_per_s *
-         (1.0 + c->running / cap);
-}
-
 /* The time one prompt block takes to prefill on c, ms: the resolution of
  * the cost model (a replica saves whole blocks). */
 static double block_ms(const terms *t, const spi_route_context *x,
@@ -529,7 +517,8 @@ static double guarded_cost(const terms *t, const spi_route_context *x,
   double unit = own ? unit_tokens(t, x, c) : 0; /* an own turn's, once */
   double ex = excess_tokens(t, c, own, unit);
   if (!(ex > 0)) return cost;
-  if (!(c->prefill_tokens_per_s > 0)) return cost + saved_ms(x, c);
+  /* Without a prefill rate the excess takes no known time. */
+  if (!(c->prefill_tokens_per_s > 0)) return cost;
   return cost + ex * turns_ahead(t, own, unit) * 1000.0 /
                     c->prefill_tokens_per_s;
 }

@@ -61,13 +61,14 @@
 
 #include "pool_index.h"
 
+static int rdv_wide(void);
+static int pix_avx2(void);
+
 /* Only what comes before the per-position arrays is cleared: a position's
  * entries are written before they are read (rebuild sets every position of
  * the set it describes, and the first route always rebuilds, version 0 and
  * an empty configuration matching none), so an engine's pages for
  * positions it never has stay untouched. */
-static int rdv_wide(void);
-static int pix_avx2(void);
 
 spi_pool_index *spi__pix_new(const spi_mem *m) {
   spi_pool_index *p = spi__alloc(m, sizeof *p);
@@ -159,9 +160,9 @@ static void block_leave(spi_pool_index *p, uint32_t pos, const pix_hot *h) {
     p->lst_dirty[h->cell] |= UINT64_C(1) << (pos / 64);
 }
 
-/* Whether h at pos ranks before the block's least loaded (least_before);
- * a block with none takes only a finite load, as block_fix's first strict
- * comparison does (+inf or NaN is never taken). */
+/* Whether (rel, srv) at pos ranks before the block's least loaded
+ * (least_before); a block with none takes only a finite load, as
+ * block_fix's first strict comparison does (+inf or NaN is never taken). */
 static int least_takes(const pix_block *b, double rel, double srv,
                        uint32_t pos) {
   if (b->rel_pos == UINT32_MAX) return rel < b->rel;

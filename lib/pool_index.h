@@ -57,8 +57,9 @@ typedef struct pix_block {
 /* The rendezvous order of one prefix: per cell, the PIX_RDV_TOP replicas
  * of highest weight (then lowest position) among all of the cell's, of the
  * set with that version. The winner among the regular replicas that are
- * not busy is the first of them that is one; when none is, the cell's
- * regular replicas are weighed one by one. */
+ * not busy is the first of them that is one; when none is, the deeper
+ * order (pix_deep), and when that has none either, the cell is weighed
+ * whole (spi__pix_free_best). */
 #define PIX_RDV_TOP 4
 #define PIX_RDV_SETS 64 /* of PIX_RDV_WAYS prefixes each */
 #define PIX_RDV_WAYS 4

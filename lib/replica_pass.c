@@ -2,8 +2,8 @@
  * replica_pass.c - the pass over the replicas one route makes: what every
  * replica's slot says now (load, eligibility, breaker), the summaries the
  * policy reads, the prefix holders' warm re-ranking, and the candidates.
- * The per-replica work is inlined into the two passes (lean and full), so
- * its cost is a few compares for most replicas.
+ * The per-replica work is inlined into the three passes (full, lean, and
+ * through the pool index), so its cost is a few compares for most replicas.
  */
 #include <math.h>
 #include <string.h>
@@ -12,16 +12,6 @@
 #endif
 
 #include "pool_index.h"
-
-/* A 64-bit mix (splitmix64's finaliser) for rendezvous weights. */
-static uint64_t mix64(uint64_t x) {
-  x ^= x >> 30;
-  x *= 0xbf58476d1ce4e5b9ULL;
-  x ^= x >> 27;
-  x *= 0x94d049bb133111ebULL;
-  x ^= x >> 31;
-  return x;
-}
 
 
 /* The TTFT estimate (prefill_model.h): every caller goes through there,
@@ -75,7 +65,7 @@ static inline void eval_of(const route_env *x, const spi_replica_ident *r,
   o->served = rd->pf.served;
   o->wait_ms = spi__prefill_wait_ms(x->cfg, r, rd->run, rd->wait, rd->inflight, &rd->pf);
   o->t = est_ttft(x, o, r, matched ? x->warm_tok : x->cold_tok);
-  o->rdv = mix64(r->id_hash ^ x->rkey);
+  o->rdv = spi__rdv_weight(r->id_hash, x->rkey);
   o->busy = (uint8_t)busy_of(r, rd);
   o->usable = (uint8_t)usable;
   o->probe = (uint8_t)(usable && probe);
@@ -294,6 +284,8 @@ static void seed_one(const route_env *x, const spi_replica_set *set,
   cell_offer(sc, k, pos, rel_of(r, &rd), served_ratio(r, rd.pf.served), &ev);
 }
 
+/* Every cell's hinted replicas, evaluated and offered before the pass
+ * (the hint: the comment above seed_one). */
 static void seed_from_hint(const route_env *x, const spi_replica_set *set,
                            size_t nrep, scan *sc) {
   uint32_t n = 0;
@@ -404,7 +396,7 @@ static void scan_lean(const route_env *x, const spi_replica_set *set,
                                     x->cold_tok, rd.pf.ms_tok, advised);
     double rel = rel_of(r, &rd);
     int busy = busy_of(r, &rd);
-    uint64_t w = mix64(r->id_hash ^ x->rkey);
+    uint64_t w = spi__rdv_weight(r->id_hash, x->rkey);
     uint32_t pos = (uint32_t)i;
     /* One branch for "may rank in anything": a value at most a threshold
      * (ties with one are rare), then the exact test with positions (and
@@ -464,7 +456,7 @@ static void indexed_exception(const route_env *x, const spi_replica_set *set,
 
 /* A regular replica's evaluation from the index, as eval_of makes it from
  * its slot: t was computed with the TTFT model's operations, rdv is its
- * rendezvous weight (mix64 of id_hash ^ rkey). */
+ * rendezvous weight (spi__rdv_weight of its id_hash). */
 static void indexed_eval(const spi_pool_index *p, uint32_t pos, double t,
                          uint64_t rdv, replica_eval *o) {
   const pix_hot *h = &p->hot[pos];
@@ -496,21 +488,16 @@ static inline double indexed_t(const route_env *x, const pix_hot *h) {
                        h->ms_tok, h->slow);
 }
 
-
-/* Offer the regular replica at pos to its cell's summaries, once: what it
- * did not get in the first time (the thresholds only get harder to pass)
- * it does not get in later, and where it got in it stays until a better
- * one takes its place, so a second offer would change nothing. */
 /* cell_offer for a regular replica, decided from the index's values
  * first: the evaluation is written once, straight into the arena, and only
  * if the replica gets in somewhere. (What it enters does not depend on the
  * order the three are tested in: each summary keeps its own.) */
 static inline __attribute__((always_inline)) void
-offer_body(const route_env *x, const spi_pool_index *p, scan *sc,
-                    uint32_t pos, double t) {
+offer_body(const route_env *x, const spi_pool_index *p, scan *sc, uint32_t pos,
+           double t) {
   const pix_hot *h = &p->hot[pos];
   cell_acc *c = &sc->cell[h->cell];
-  uint64_t w = mix64(h->id_hash ^ x->rkey);
+  uint64_t w = spi__rdv_weight(h->id_hash, x->rkey);
   int top = top_enters(c, t, pos), least = least_enters(c, h->rel, h->srv, pos);
   int rdv = !h->busy && rdv_enters(c, w, pos);
   if (!(top | least | rdv)) return;
@@ -531,11 +518,17 @@ offer_body(const route_env *x, const spi_pool_index *p, scan *sc,
     c->rdv_pos = pos;
   }
 }
+
+/* Offer the regular replica at pos to its cell's summaries, once: what it
+ * did not get in the first time (the thresholds only get harder to pass)
+ * it does not get in later, and where it got in it stays until a better
+ * one takes its place, so a second offer would change nothing. */
 static __attribute__((noinline)) void
 indexed_offer_first(const route_env *x, const spi_pool_index *p, scan *sc,
                     uint32_t pos, double t) {
   offer_body(x, p, sc, pos, t);
 }
+
 /* Inlined: most calls find the replica offered already. t is its TTFT
  * (indexed_t), when the caller has it. */
 static inline void indexed_offer_t(const route_env *x, const spi_pool_index *p,
@@ -545,6 +538,8 @@ static inline void indexed_offer_t(const route_env *x, const spi_pool_index *p,
   sc->offered[pos / 64] |= bit;
   indexed_offer_first(x, p, sc, pos, t);
 }
+
+/* indexed_offer_t, the TTFT computed here. */
 static inline void indexed_offer(const route_env *x, const spi_pool_index *p,
                                  scan *sc, uint32_t pos) {
   uint64_t bit = UINT64_C(1) << (pos % 64);
@@ -1130,9 +1125,9 @@ static size_t named_candidates(scan *sc, const spi_replica_set *set,
 }
 
 size_t spi__pass_candidates(scan *sc, const spi_replica_set *set, size_t nrep,
-                            spi_candidate *named, spi_pool_summary *sums) {
+                            spi_candidate *named, spi_pool_summary *summaries) {
   size_t n = named ? named_candidates(sc, set, nrep, named) : nrep;
   for (int k = 0; k < SPI_SUMMARY_CELLS; k++)
-    summary_out(sc, k, named ? &sc->named : NULL, &sums[k]);
+    summary_out(sc, k, named ? &sc->named : NULL, &summaries[k]);
   return n;
 }

@@ -210,8 +210,8 @@ typedef struct scan {
   /* Positions the pass counted as usable: a prefix holder the summaries
    * did not keep is re-read later, and must have been one of them. */
   uint64_t counted[SPI_REPLICA_SLOTS / 64];
-  /* The hinted replicas evaluated first: their KV usage, by position (read
-   * only where counted is set before the pass). */
+  /* The hinted replicas evaluated first: their KV usage, by seed index
+   * (byte_of[pos]; read only where counted is set before the pass). */
   double seed_kv[SPI_SUMMARY_CELLS * HINT_N];
   double seed_served[SPI_SUMMARY_CELLS * HINT_N]; /* ... and tokens served */
   uint64_t seed_wait[SPI_SUMMARY_CELLS * HINT_N]; /* ... and spi__wait_fix */
@@ -236,7 +236,7 @@ typedef struct pool_sums {
   uint64_t streams[4];       /* max_inflight of the usable */
   uint64_t wait_fix[SPI_SUMMARY_CELLS]; /* their spi__wait_fix, by cell */
 } pool_sums;
-/* A pool's mean KV usage (0 without an ACTIVE replica). */
+/* A pool's mean KV usage (0 without an ACTIVE replica with a fresh load). */
 static inline double spi__pass_kv_mean(const pool_sums *s, int pool) {
   return s->kv_n[pool] ? (double)s->kv_fix[pool] / SPI_KV_ONE / s->kv_n[pool]
                        : 0.0;
@@ -283,7 +283,7 @@ uint32_t spi__pass_prefix(scan *sc, route_env *x, const spi_replica_set *set,
  * else every replica is a candidate (filled by the pass) and the
  * summaries give positions. Returns the number of candidates. */
 size_t spi__pass_candidates(scan *sc, const spi_replica_set *set, size_t nrep,
-                            spi_candidate *named, spi_pool_summary *sums);
+                            spi_candidate *named, spi_pool_summary *summaries);
 /* The replica position of a policy's candidate index. */
 static inline uint32_t spi__pass_position(const scan *sc, int compact,
                                           uint32_t idx) {

@@ -16,8 +16,6 @@
 
 #include "replica_pass.h"
 
-#define GEN_MASK 0xfffu /* the index keeps 12 bits of a replica's gen */
-
 /* An index entry is live while its replica is ACTIVE with the same gen. */
 int spi__entry_live(void *ctx, uint32_t slot, uint32_t gen) {
   const spi_engine *e = ctx;
@@ -25,8 +23,8 @@ int spi__entry_live(void *ctx, uint32_t slot, uint32_t gen) {
   const spi_replica_slot *s = &e->registry.slots[slot];
   return atomic_load_explicit(&s->state, memory_order_relaxed) ==
              SPI_REPLICA_ACTIVE &&
-         (atomic_load_explicit(&s->gen, memory_order_relaxed) & GEN_MASK) ==
-             (gen & GEN_MASK);
+         (atomic_load_explicit(&s->gen, memory_order_relaxed) &
+          SPI_INDEX_GEN_MASK) == (gen & SPI_INDEX_GEN_MASK);
 }
 
 static int grow_scratch(spi_request *r, size_t hashes, size_t cands) {
@@ -109,8 +107,8 @@ static int route_unwind(route_taken *t, spi_decision *out, int rc) {
 }
 
 /* Everything one route carries from phase to phase, on the route's stack.
- * Nothing is cleared whole (the scan alone is about 12 KiB): each phase
- * sets what it hands on. */
+ * Nothing is cleared whole (nor is the scan it points to, about 17 KiB):
+ * each phase sets what it hands on. */
 typedef struct route_state {
   spi_request *req;
   spi_snapshot *snap;
@@ -427,8 +425,7 @@ static int refuse(route_state *rs) {
 
 /* A taken ticket, filled for the replica at slot r (not yet published). */
 static void ticket_fill(route_state *rs, spi_ticket *k,
-                        const spi_replica_ident *r, spi_replica_slot *s,
-                        const spi_candidate *c) {
+                        const spi_replica_ident *r, spi_replica_slot *s) {
   const spi_request_view *v = rs->v;
   const spi_classification *cls = rs->cls;
   spi_request *req = rs->req;
@@ -445,8 +442,6 @@ static void ticket_fill(route_state *rs, spi_ticket *k,
   k->probe = rs->ch->reason_code == SPI_REASON_HALF_OPEN_PROBE;
   k->start_ns = rs->env->now;
   k->prompt_tokens_est = rs->tokens;
-  k->matched_blocks = c->matched_blocks;
-  k->total_blocks = rs->nblocks;
   k->weight = (uint32_t)rs->cfg->class_weight[cls->klass];
   k->n_hashes = rs->nblocks < SPI_TICKET_HASHES ? rs->nblocks : SPI_TICKET_HASHES;
   if (k->n_hashes)
@@ -532,7 +527,7 @@ static int serve(route_state *rs) {
                                       spi__tickets_capacity(tt)));
   rs->taken.tt = tt;
   rs->taken.ticket = k;
-  ticket_fill(rs, k, r, s, c);
+  ticket_fill(rs, k, r, s);
   /* The cost model's counters: the prefill this ticket queues there (the
    * part of the prompt the replica does not hold) and the work it was
    * sent (the prompt and the expected output); the slowdown at open lets

@@ -365,7 +365,9 @@ int spi__index_new(const spi_mem *m, size_t byte_budget,
 void spi__index_free(const spi_mem *m, spi_prefix_index *ix);
 size_t spi__index_bytes(const spi_prefix_index *ix);    /* all memory used */
 size_t spi__index_capacity(const spi_prefix_index *ix); /* entries */
-size_t spi__index_live_entries(const spi_prefix_index *ix); /* O(capacity) */
+/* Entries not empty, O(capacity): those being written and those of dead
+ * replicas count too (no liveness test is made). */
+size_t spi__index_live_entries(const spi_prefix_index *ix);
 
 /*
  * The longest prefix of hashes[0..n) some live replica likely holds, by
@@ -420,7 +422,6 @@ typedef struct spi_ticket {
   atomic_llong first_token_ns;
   atomic_ullong tokens_streamed;
   uint64_t prompt_tokens_est;
-  uint32_t matched_blocks, total_blocks;
   uint32_t n_hashes, weight;
   /* What the ticket added to its replica's cost-model counters (taken back
    * at first token, or at finish if none came), and the prefill queued

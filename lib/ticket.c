@@ -76,9 +76,10 @@ struct spi_ticket_table {
   char pad0[64];
   _Atomic uint64_t head;
   char pad1[64];
-  /* One past the highest record ever handed out: records are taken from
-   * the bottom of the free stack first, so scans stop here, not at the
-   * capacity. Written rarely (only when a new high is reached). */
+  /* One past the highest record ever handed out: never-used records are
+   * handed out in index order (fresh) and only once the free stack is
+   * empty, so scans stop here, not at the capacity. Written rarely (only
+   * when a new high is reached). */
   atomic_size_t high;
   /* Records [fresh, capacity) have never been handed out (capacity once
    * the table is sealed). */
@@ -151,7 +152,6 @@ static void ticket_reset(spi_ticket *k) {
   atomic_store_explicit(&k->first_token_ns, 0ll, memory_order_relaxed);
   atomic_store_explicit(&k->tokens_streamed, 0ull, memory_order_relaxed);
   k->prompt_tokens_est = 0;
-  k->matched_blocks = k->total_blocks = 0;
   k->n_hashes = k->weight = 0;
   k->prefill_tokens = k->ahead_tokens = 0;
   k->slowdown = 0;
@@ -167,7 +167,7 @@ static void ticket_reset(spi_ticket *k) {
   spi__zero(k->hashes, sizeof k->hashes + sizeof k->tenant + sizeof k->model);
 }
 
-/* Record i (index + 1 = top) was just handed out: raise the high mark. */
+/* The record at index top - 1 was just handed out: raise the high mark. */
 static void opened(spi_ticket_table *t, uint64_t top) {
   size_t hi = atomic_load_explicit(&t->high, memory_order_relaxed);
   while (hi < top && !atomic_compare_exchange_weak_explicit(
@@ -282,6 +282,8 @@ spi_ticket *spi__ticket_lookup(spi_ticket_table *t, uint64_t id) {
   return k;
 }
 
+/* t is unused: the claim is on the record alone, but callers name the
+ * table as for every other record operation. */
 int spi__ticket_claim(spi_ticket_table *t, spi_ticket *k, uint64_t id) {
   (void)t;
   if (!k || id == 0) return 0;

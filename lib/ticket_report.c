@@ -3,9 +3,11 @@
  * token, stream progress, and the finish that feeds the prefix index, the
  * replica's load and error breaker, the cost ledger and the metrics.
  *
- * Reports find their ticket by id without a lock (ticket.c); a finish pins
- * the configuration snapshot only to price the work with the engine's
- * cost model and to read the breaker's thresholds.
+ * Reports find their ticket by id without a lock (ticket.c). Each pins
+ * the configuration snapshot while it reads the ticket table (configure
+ * may replace a table that never handed out a ticket); a finish also
+ * reads through it the breaker's thresholds, the prefix index's weight
+ * horizon and the cost model that prices the work.
  */
 #include <math.h>
 #include <string.h>

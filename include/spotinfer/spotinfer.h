@@ -640,7 +640,9 @@ enum spi_reason {
                                    * prefill it saves */
   SPI_REASON_IMBALANCE = 3,       /* the warm/placed replica was piled on */
   SPI_REASON_RENDEZVOUS = 4,      /* cold prefix, placed by rendezvous hash */
-  SPI_REASON_LEAST_LOADED = 5,    /* the policy chose by load alone */
+  SPI_REASON_LEAST_LOADED = 5,    /* the policy chose by load alone (its
+                                   * estimated cost, for a cold prefix no
+                                   * rendezvous placement took) */
   SPI_REASON_WAIT_WARM = 6,       /* bronze waits for its busy warm replica */
   SPI_REASON_QUEUE_NO_SPOT = 7,   /* batch queued: no spot capacity is up */
   SPI_REASON_SHED = 8,            /* KV-pressure breaker shed it */

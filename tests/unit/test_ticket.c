@@ -119,7 +119,7 @@ static void test_take_resets(void **st) {
   atomic_store(&k->first_token_ns, 9);
   atomic_store(&k->tokens_streamed, 9);
   k->prompt_tokens_est = 9;
-  k->matched_blocks = k->total_blocks = k->n_hashes = k->weight = 9;
+  k->n_hashes = k->weight = 9;
   memset(k->hashes, 0xab, sizeof k->hashes);
   memset(k->tenant, 'x', sizeof k->tenant);
   memset(k->model, 'y', sizeof k->model);
@@ -138,8 +138,6 @@ static void test_take_resets(void **st) {
   assert_int_equal(atomic_load(&z->first_token_ns), 0);
   assert_int_equal(atomic_load(&z->tokens_streamed), 0);
   assert_int_equal(z->prompt_tokens_est, 0);
-  assert_int_equal(z->matched_blocks, 0);
-  assert_int_equal(z->total_blocks, 0);
   assert_int_equal(z->n_hashes, 0);
   assert_int_equal(z->weight, 0);
   for (int i = 0; i < SPI_TICKET_HASHES; i++) assert_int_equal(z->hashes[i], 0);
