@@ -145,9 +145,12 @@ static int queue_ok(const spi_replay_queue *q) {
   return q && q->magic == RQ_MAGIC;
 }
 
-/* Lock q; fails only for a call from inside q's own store callback. */
+/* Lock q; fails only for a call from inside q's own store callback (the
+ * mutex checks for errors). */
 static int lock(spi_replay_queue *q) {
-  return pthread_mutex_lock(&q->mu) == 0 ? SPI_OK : SPI_EMISUSE;
+  if (pthread_mutex_lock(&q->mu) == 0) return SPI_OK;
+  return qfail(q, SPI_EMISUSE,
+               "replay: called from inside the queue's own store callback");
 }
 
 static void unlock(spi_replay_queue *q) { pthread_mutex_unlock(&q->mu); }
@@ -1239,7 +1242,11 @@ int spi_replay_enqueue(spi_replay_queue *queue, const spi_envelope *env,
   /* Allocate before taking the lock; a duplicate frees it again. */
   rq_entry *e = entry_new(q, env, env->key, env->key_len, h);
   if (!e) return qfail(q, SPI_ENOMEM, "replay enqueue: out of memory");
-  if (lock(q) != SPI_OK) return SPI_EMISUSE;
+  if (lock(q) != SPI_OK) {
+    spi__free(&q->mem, e->k);
+    spi__free(&q->mem, e);
+    return SPI_EMISUSE;
+  }
   int64_t now = spi__engine_now(q->engine);
   run_timers(q, now);
   rq_entry *old = find_entry(q, env->key, env->key_len, h);

@@ -884,6 +884,7 @@ typedef struct user_store {
   int configured, released, fail_append;
   spi_replay_queue *q; /* to call back in from append */
   int reentry_status;
+  char reentry_msg[256];
   char config[128];
 } user_store;
 
@@ -927,6 +928,7 @@ static int us_append(void *state, void *inst, const spi_replay_record *rec,
     memset(&st, 0, sizeof st);
     st.struct_size = sizeof st;
     s->reentry_status = spi_replay_stats_get(s->q, &st);
+    snprintf(s->reentry_msg, sizeof s->reentry_msg, "%s", spi_replay_errmsg(s->q));
   }
   if (s->fail_append) {
     snprintf(err, cap, "disk on fire");
@@ -1041,6 +1043,7 @@ static void test_user_store(void **st) {
   s->q = f->q;
   enqueue(f, "d", SPI_CLASS_GOLD);
   assert_int_equal(s->reentry_status, SPI_EMISUSE);
+  assert_non_null(strstr(s->reentry_msg, "own store callback"));
   s->q = NULL;
   spi_replay_close(f->q);
   assert_int_equal(s->released, 1);
