@@ -102,6 +102,16 @@ static int parse_json_array(nctx *c, const char *body, size_t len,
     cJSON_Delete(root);
     return rc;
   }
+  /* cJSON would cut such a string there: an event id and its dedup key
+   * shortened, where the object form refuses the body. */
+  size_t nul = spi__json_nul_escape(body, len);
+  if (nul != SIZE_MAX) {
+    cJSON_Delete(root);
+    return spi__notice_fail(c, SPI_EPARSE,
+                            "\\u0000 inside a string at byte offset %zu is "
+                            "not supported",
+                            nul);
+  }
   *out = root;
   return SPI_OK;
 }

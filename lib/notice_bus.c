@@ -461,10 +461,13 @@ static int take(void *user_data, const char *msg, size_t len) {
               msg ? "over SPI_FLEET_MSG_MAX bytes" : "NULL with a length");
     return SPI_OK;
   }
+  /* Room for the length and the bytes at once: a length appended without
+   * its bytes would be read past the end. */
   uint32_t l = (uint32_t)len;
-  if (spi__buf_append(&t->buf, &t->e->mem, &l, sizeof l) != SPI_OK ||
-      spi__buf_append(&t->buf, &t->e->mem, msg, len) != SPI_OK)
+  if (spi__buf_reserve(&t->buf, &t->e->mem, sizeof l + len) != SPI_OK)
     return SPI_ENOMEM; /* not taken: the module keeps it for next time */
+  spi__buf_append(&t->buf, &t->e->mem, &l, sizeof l);
+  spi__buf_append(&t->buf, &t->e->mem, msg, len);
   t->n++;
   atomic_fetch_add(&t->f->received, 1);
   return SPI_OK;

@@ -28,7 +28,8 @@
  * holds at most FB_MAX_MSGS messages and FB_READERS readers.
  *
  * An engine on a fake clock (fb_world): its node transitions counted, a
- * request to route with, registered on a broker when one is given:
+ * request to route with, registered on a broker when one is given; its
+ * allocations of w->fail_from bytes or more fail while that is set:
  *
  *   fb_world *w = fb_mk(b_or_NULL, config_or_NULL);
  *   fb_world *w = fb_on_bus(b, "A", extra_or_NULL);   fleet_bus "fake",
@@ -280,9 +281,21 @@ typedef struct fb_world {
   int removed;    /* transitions to REMOVED: machines forgotten */
   int32_t last_from, last_to;
   char last_node[64];
+  size_t fail_from; /* > 0: the engine's allocations of this many bytes
+                       or more fail */
 } fb_world;
 
 static inline int64_t fb_clock(void *ud) { return ((fb_world *)ud)->now; }
+
+static inline void *fb_alloc(void *ud, size_t size) {
+  const fb_world *w = ud;
+  return w->fail_from && size >= w->fail_from ? NULL : malloc(size);
+}
+
+static inline void fb_free(void *ud, void *p) {
+  (void)ud;
+  free(p);
+}
 
 static inline void fb_on_transition(void *ud, const char *node, size_t len,
                                     int32_t from, int32_t to) {
@@ -307,6 +320,9 @@ static inline fb_world *fb_mk(broker *b, const char *config) {
   h.struct_size = sizeof h;
   h.clock = fb_clock;
   h.clock_user_data = w;
+  h.alloc = fb_alloc;
+  h.free = fb_free;
+  h.alloc_user_data = w;
   FB_OK(spi_engine_new(&w->e, &h));
   if (b) {
     spi_fleet_bus_module m = broker_module();

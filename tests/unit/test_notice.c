@@ -551,6 +551,25 @@ static void test_scheduled_withdrawal_key(void **state) {
   assert_string_equal(keys[2], "aws:scheduled:instance-event-1:canceled");
 }
 
+/* A \u0000 in a string would cut it short (cJSON keeps strings
+ * NUL-terminated): the array form refuses it as the object form does,
+ * rather than shortening an event id and its dedup key. */
+static void test_nul_escape_refused(void **state) {
+  (void)state;
+  result r;
+  parse_text(&r, SC,
+             "[{\"Code\":\"instance-stop\",\"EventId\":\"instance-event-0abc"
+             "\\u0000zz\",\"State\":\"active\",\"NotBefore\":\"2 Feb 2019 "
+             "07:00:00 GMT\"}]");
+  assert_int_equal(r.rc, SPI_EPARSE);
+  assert_non_null(strstr(r.err, "\\u0000 inside a string at byte offset 55"));
+  parse_text(&r, SPI_NOTICE_AWS_INSTANCE_ACTION,
+             "{\"action\":\"terminate\",\"time\":\"2026-11-22T06:02:00Z\","
+             "\"x\":\"a\\u0000\"}");
+  assert_int_equal(r.rc, SPI_EPARSE);
+  assert_non_null(strstr(r.err, "u0000"));
+}
+
 /* ---------------------------------------------------------------- times */
 
 typedef struct tcase {
@@ -1549,6 +1568,7 @@ int main(void) {
       cmocka_unit_test(test_empty_bodies),
       cmocka_unit_test(test_dedup_stable_across_polls),
       cmocka_unit_test(test_scheduled_withdrawal_key),
+      cmocka_unit_test(test_nul_escape_refused),
       cmocka_unit_test(test_rfc3339),
       cmocka_unit_test(test_aws_event_time),
       cmocka_unit_test(test_azure_times),

@@ -327,6 +327,28 @@ static void test_poll_failure(void **st) {
   fb_two_done(&two);
 }
 
+/* A message the engine has no memory to take stays with the bus: nothing
+ * of it is read (its length was once left behind without its bytes), and
+ * the next poll takes it. */
+static void test_poll_out_of_memory(void **st) {
+  (void)st;
+  fb_pair two = fb_two(NULL, NULL);
+  fb_world *a = two.a, *bw = two.b;
+  fleet(bw);
+  spi_notice n = fb_notice("i-aaa", a->now + 120 * SEC, "theirs");
+  fb_hand(a, &n);
+  bw->fail_from = 100; /* a message of more than 60 bytes cannot follow its
+                          length in the first 64-byte buffer */
+  spi_engine_tick(bw->e);
+  assert_int_equal(fb_state(bw->e, "i-aaa"), SPI_NODE_ACTIVE);
+  assert_int_equal(fb_stats(bw->e).malformed, 0);
+  bw->fail_from = 0;
+  assert_int_equal(spi_engine_tick(bw->e), SPI_OK);
+  assert_int_equal(fb_state(bw->e, "i-aaa"), SPI_NODE_NOTICED);
+  assert_int_equal(fb_stats(bw->e).applied, 1);
+  fb_two_done(&two);
+}
+
 static void test_poll_is_bounded(void **st) {
   (void)st;
   fb_pair two = fb_two(NULL, "\"fleet\":{\"max_per_poll\":2}");
@@ -632,6 +654,7 @@ int main(void) {
       cmocka_unit_test(test_publish_failure_keeps_local),
       cmocka_unit_test(test_pending_is_bounded),
       cmocka_unit_test(test_poll_failure),
+      cmocka_unit_test(test_poll_out_of_memory),
       cmocka_unit_test(test_poll_is_bounded),
       cmocka_unit_test(test_plans_for_remote_notice),
       cmocka_unit_test(test_withdrawal_and_advice_shared),
