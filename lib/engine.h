@@ -22,7 +22,8 @@
  *                           before its fallback queue's mu
  *   5. leaves               err.lock (errtab), the ledger's lock, the memory store's
  *                           mu, a queue's err.lock, a queue store's mu
- *                           (replay_shared.c), the loader's process-wide
+ *                           (replay_shared.c), the fleet state's mu
+ *                           (notice_bus.c), the loader's process-wide
  *                           load_mu (module_load.c, taken under config_lock):
  *                           nothing is taken under them
  *
@@ -294,8 +295,9 @@ int spi__module_autoload(spi_engine *e, int32_t kind, const char *name,
 
 /* node.c and notice_bus.c: what the bus hands back, applied as
  * spi_engine_notice would but not published again and not planned (the
- * caller holds no lock). Returns 1 if it changed anything here, 0 if it was
- * a duplicate; a negative status when the engine cannot take it. */
+ * caller holds no lock). Returns 1 if it was applied here, 0 if it was a
+ * duplicate; a negative status when the engine cannot take it (a later
+ * copy is then applied). */
 int spi__nodes_apply_remote(spi_engine *e, const spi_notice *n);
 int spi__nodes_apply_cooldown(spi_engine *e, const char *type,
                               const char *zone, int64_t until);

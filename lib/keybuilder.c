@@ -67,9 +67,11 @@
  * with AVX-512 F through seeded_avx512 below, the same function again.
  * tests/bench/bench_key.c prints the resulting throughput.
  *
- * Neither build_key nor block_hashes allocates: M fits a stack buffer and
- * token blocks are serialised into a stack buffer of at most
- * KB_MAX_BLOCK_TOKENS ids (the cache_key.block_tokens bound).
+ * Neither build_key nor block_hashes allocates: M fits a stack buffer. On
+ * a little-endian host token blocks are hashed where they lie (their u32le
+ * bytes are the ids' own); on a big-endian one each is serialised into a
+ * stack buffer of at most KB_MAX_BLOCK_TOKENS ids (the
+ * cache_key.block_tokens bound).
  */
 #include <cjson/cJSON.h>
 #include <stdatomic.h>
@@ -402,10 +404,9 @@ static void byte_chain(const spi_cache_key *key, const uint8_t *p,
 }
 
 #if !KB_LITTLE_ENDIAN
-/* ids[0..n) as u32le, whatever the host's byte order. Pairs go out as one
- * 8-byte value, which compilers merge into a single store, so the hash's
- * 8-byte loads that follow are forwarded from the store buffer instead of
- * stalling on narrower stores (about 20% faster at 16 ids per block). */
+/* ids[0..n) as u32le, on a big-endian host (a little-endian one hashes the
+ * ids where they lie). Pairs go out as one 8-byte value, so the hash's
+ * 8-byte loads that follow can be forwarded from one store. */
 static void serialise_ids(uint8_t *p, const uint32_t *ids, size_t n) {
   size_t j = 0;
   for (; j + 2 <= n; j += 2, p += 8) {

@@ -497,7 +497,7 @@ static void expire(spi_engine *e, int64_t now) {
 
 /* The table is full: forget the oldest EVICT_BATCH machines that run no
  * replica (their notices can change no routing now; a replica added there
- * later starts ACTIVE). Returns how many were dropped; 0 when every entry
+ * later starts ACTIVE). Returns 1 if any were dropped; 0 when every entry
  * is a machine with replicas, which is remembered until the replica set
  * changes. Both locks held. */
 static int make_room(spi_engine *e) {
@@ -638,12 +638,9 @@ static void bus_key(char *buf, const spi_notice *n, int64_t deadline) {
            n->active ? 1 : 0, (long long)deadline, n->node, n->dedup_key);
 }
 
-/* Whether the bus key was applied here; remembers it if not. Nodes lock
- * held. */
+/* Whether the bus key was applied here. Nodes lock held. */
 static int bus_seen_before(struct spi_nodes *t, const char *key) {
-  if (spi__keyring_has(&t->bus_seen, key)) return 1;
-  spi__keyring_add(&t->bus_seen, key);
-  return 0;
+  return spi__keyring_has(&t->bus_seen, key);
 }
 
 static size_t bounded_len(const char *s, size_t cap) {
@@ -788,7 +785,7 @@ int spi_engine_notice(spi_engine *engine, const spi_notice *notice,
     fresh = rc == SPI_OK || rc == SPI_EBUFSIZE;
     char key[BUS_KEY_CAP];
     bus_key(key, notice, run.deadline);
-    if (fresh) bus_seen_before(t, key); /* so its own echo is skipped */
+    if (fresh) spi__keyring_add(&t->bus_seen, key); /* its own echo skipped */
   }
   unlock_all_and_report(engine);
   /* Local first, then the fleet: a bus that fails loses nothing here. */
@@ -813,11 +810,16 @@ int spi__nodes_apply_remote(spi_engine *e, const spi_notice *notice) {
   expire(e, run.now);
   /* Handed in here already (the same event from this engine's own
    * poller) or applied from the bus before: nothing new. The dedup key is
-   * not remembered, so this engine's own poller still gets its plans. */
+   * not remembered, so this engine's own poller still gets its plans; the
+   * bus key only once the notice has acted, so a copy from another engine
+   * is applied after one that could not be. */
   if (!bus_seen_before(t, key) &&
       !(notice->dedup_key[0] && seen_before(t, notice->dedup_key))) {
     rc = notice_act(e, notice, nlen, 0, &run);
-    if (rc == SPI_OK) rc = 1;
+    if (rc == SPI_OK) {
+      spi__keyring_add(&t->bus_seen, key);
+      rc = 1;
+    }
   }
   unlock_all_and_report(e);
   return rc;

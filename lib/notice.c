@@ -34,7 +34,8 @@
  *
  * Pure: the only allocation is cJSON's parse tree, freed before returning.
  * Every document is walked twice, first to validate and count with nothing
- * written, then to write, so a failed call leaves out[] untouched.
+ * written, then to write, so a failed call leaves out[] untouched, but for
+ * SPI_EBUFSIZE, which fills the first cap.
  */
 #include <string.h>
 

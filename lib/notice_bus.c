@@ -277,14 +277,16 @@ static int decode_notice(const cJSON *o, spi_notice *n, char *err,
   n->active = cJSON_IsTrue(active);
   for (int32_t k = SPI_NOTICE_TERMINATE; k <= SPI_NOTICE_PREEMPT; k++)
     if (!strcmp(kind, spi_notice_kind_name(k))) n->kind = k;
-  if (n->kind == SPI_NOTICE_NONE) {
-    spi__errf(err, errcap, "kind: \"%s\" is not a notice kind", kind);
-    return SPI_EPARSE;
+  if (n->kind == SPI_NOTICE_NONE) { /* a newer engine's: skipped, counted */
+    spi__errf(err, errcap, "kind: \"%s\" is not a notice kind this engine reads",
+              kind);
+    return MSG_UNKNOWN;
   }
   return SPI_OK;
 }
 
-/* MSG_NOTICE, MSG_COOLDOWN or MSG_UNKNOWN, or SPI_EPARSE with the reason. */
+/* MSG_NOTICE, MSG_COOLDOWN or MSG_UNKNOWN, or SPI_EPARSE (with the reason)
+ * or SPI_ENOMEM. */
 static int decode(const char *text, size_t len, decoded *d, char *err,
                   size_t errcap) {
   cJSON *o = NULL;

@@ -195,20 +195,22 @@ static void test_malformed_skipped(void **st) {
       "\"99999999999999999999\",\"event_id\":\"\",\"kind\":\"terminate\","
       "\"node\":\"i-bbb\",\"type\":\"notice\",\"v\":1}",
       "{\"active\":true,\"dedup_key\":\"\",\"deadline_ns\":\"1\","
-      "\"event_id\":\"\",\"kind\":\"explode\",\"node\":\"i-bbb\","
-      "\"type\":\"notice\",\"v\":1}",
-      "{\"active\":true,\"dedup_key\":\"\",\"deadline_ns\":\"1\","
       "\"event_id\":\"\",\"kind\":\"terminate\",\"node\":\"\","
       "\"type\":\"notice\",\"v\":1}",
       "{\"type\":\"cooldown\",\"v\":1,\"zone\":\"z\"}",
   };
   for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++)
     broker_put(b, bad[i], strlen(bad[i]));
-  /* A newer engine's message: skipped as unknown, not as broken. */
+  /* A newer engine's message (a type, a version, a notice kind it does
+   * not know): skipped as unknown, not as broken. */
   const char *newer = "{\"type\":\"breaker\",\"v\":1}";
   const char *v2 = "{\"type\":\"notice\",\"v\":2}";
+  const char *kind = "{\"active\":true,\"dedup_key\":\"\",\"deadline_ns\":\"1\","
+                     "\"event_id\":\"\",\"kind\":\"explode\",\"node\":\"i-bbb\","
+                     "\"type\":\"notice\",\"v\":1}";
   broker_put(b, newer, strlen(newer));
   broker_put(b, v2, strlen(v2));
+  broker_put(b, kind, strlen(kind));
   char big[SPI_FLEET_MSG_MAX + 2];
   memset(big, ' ', sizeof big);
   broker_put(b, big, sizeof big);
@@ -218,9 +220,9 @@ static void test_malformed_skipped(void **st) {
   assert_int_equal(spi_engine_tick(bw->e), SPI_OK);
   spi_fleet_stats s = fb_stats(bw->e);
   assert_int_equal(s.malformed, sizeof bad / sizeof bad[0] + 1);
-  assert_int_equal(s.unknown, 2);
+  assert_int_equal(s.unknown, 3);
   assert_int_equal(s.applied, 1);
-  assert_int_equal(s.received, sizeof bad / sizeof bad[0] + 4);
+  assert_int_equal(s.received, sizeof bad / sizeof bad[0] + 5);
   assert_non_null(strstr(s.last_error, "message skipped"));
   assert_int_equal(fb_state(bw->e, "i-aaa"), SPI_NODE_NOTICED);
   assert_int_equal(fb_state(bw->e, "i-bbb"), SPI_NODE_ACTIVE);
@@ -346,6 +348,36 @@ static void test_poll_out_of_memory(void **st) {
   assert_int_equal(spi_engine_tick(bw->e), SPI_OK);
   assert_int_equal(fb_state(bw->e, "i-aaa"), SPI_NODE_NOTICED);
   assert_int_equal(fb_stats(bw->e).applied, 1);
+  fb_two_done(&two);
+}
+
+/* A notice this engine could not take (no memory for its table of
+ * machines, made at the first notice) is not remembered as applied:
+ * another engine's copy of it acts once it can. */
+static void test_unapplied_notice_applies_later(void **st) {
+  (void)st;
+  fb_pair two = fb_two(NULL, NULL);
+  broker *b = two.bus;
+  fb_world *a = two.a, *bw = two.b;
+  fleet(bw);
+  spi_notice n = fb_notice("i-aaa", a->now + 120 * SEC, "theirs");
+  fb_hand(a, &n);
+  size_t copy = broker_count(b) - 1;
+  bw->fail_from = 16384; /* the table, not the message */
+  assert_int_equal(spi_engine_tick(bw->e), SPI_OK);
+  bw->fail_from = 0;
+  spi_fleet_stats s = fb_stats(bw->e);
+  assert_int_equal(s.applied, 0);
+  assert_non_null(strstr(s.last_error, "not applied"));
+  assert_int_equal(fb_state(bw->e, "i-aaa"), SPI_NODE_ACTIVE);
+  pthread_mutex_lock(&b->mu);
+  broker_put(b, b->msg[copy], b->len[copy]); /* a third engine's copy */
+  pthread_mutex_unlock(&b->mu);
+  assert_int_equal(spi_engine_tick(bw->e), SPI_OK);
+  s = fb_stats(bw->e);
+  assert_int_equal(s.applied, 1);
+  assert_int_equal(s.duplicates, 0);
+  assert_int_equal(fb_state(bw->e, "i-aaa"), SPI_NODE_NOTICED);
   fb_two_done(&two);
 }
 
@@ -655,6 +687,7 @@ int main(void) {
       cmocka_unit_test(test_pending_is_bounded),
       cmocka_unit_test(test_poll_failure),
       cmocka_unit_test(test_poll_out_of_memory),
+      cmocka_unit_test(test_unapplied_notice_applies_later),
       cmocka_unit_test(test_poll_is_bounded),
       cmocka_unit_test(test_plans_for_remote_notice),
       cmocka_unit_test(test_withdrawal_and_advice_shared),
