@@ -619,7 +619,8 @@ typedef struct spi_fleet_stats {
   uint64_t applied;     /* notices and cooldowns that acted here */
   uint64_t duplicates;  /* already applied here (own echoes included) */
   uint64_t malformed;   /* unreadable: skipped */
-  uint64_t unknown;     /* a newer version's message type: skipped */
+  uint64_t unknown;     /* a newer version's message, type or notice
+                           kind: skipped */
   char last_error[256]; /* the last bus failure or skipped message, "" */
 } spi_fleet_stats;
 
