@@ -25,7 +25,12 @@
  *   - damage inside a segment stays where it is (the segment is only read),
  *     so every later open skips and reports it again, until a compaction
  *     replaces the segment; then the whole segment is kept as
- *     NNNNNN.log.corrupt instead of being removed;
+ *     NNNNNN.log.corrupt (or .snap.corrupt) instead of being removed, and
+ *     when it was the snapshot recovery started from, so is every older
+ *     file recovery had kept for it (the only other copy of what it lost);
+ *     a replaced file that the last compaction could not move aside is
+ *     moved by the next recovery, which reads such leftovers before it
+ *     removes them;
  *   - damage at the end of the log appends go to is cut off so appends go on
  *     after good records: a torn record (cut off mid-write by a crash; its
  *     append never returned SPI_OK) is dropped, anything else is first
@@ -195,6 +200,10 @@ typedef struct journal {
   uint64_t aside_bytes; /* of the *.corrupt files */
   uint32_t *damaged;    /* numbers of segments left in place with damage */
   size_t ndamaged;
+  /* The number of the chain's snapshot when it had damage: the files
+   * before it, which recovery keeps, are the only other copy of what it
+   * lost, so compaction keeps them aside too. 0: none. */
+  uint32_t keep_before;
   spi_replay_store_stats stats;
   spi_buf enc;
 } journal;
@@ -578,6 +587,38 @@ static int copy_tail(journal *j, int fd, uint64_t from, const char *base,
   return rc;
 }
 
+/* Move segment name to a fresh NAME.corrupt, never over an existing file:
+ * a new link, then the old name goes; where the file system has no hard
+ * links, a rename to a name found free (the directory is this journal's
+ * alone while it is open). 0, or -1 with the segment left where it is. */
+static int keep_aside(journal *j, const char *name) {
+  char aside[JR_NAME_MAX + 24];
+  struct stat sb;
+  uint64_t size = fstatat(j->dirfd, name, &sb, AT_SYMLINK_NOFOLLOW) == 0
+                      ? (uint64_t)sb.st_size
+                      : 0;
+  for (int k = 0; k < 1000; k++) {
+    if (k == 0)
+      snprintf(aside, sizeof aside, "%s.corrupt", name);
+    else
+      snprintf(aside, sizeof aside, "%s.%d.corrupt", name, k);
+    int moved = linkat(j->dirfd, name, j->dirfd, aside, 0) == 0;
+    if (moved) {
+      (void)unlink_name(j, name);
+    } else if (errno != EEXIST) {
+      if (fstatat(j->dirfd, aside, &sb, AT_SYMLINK_NOFOLLOW) == 0) continue;
+      moved = errno == ENOENT && renameat(j->dirfd, name, j->dirfd, aside) == 0;
+      if (!moved) return -1;
+    }
+    if (moved) {
+      j->stats.aside_files++;
+      j->aside_bytes += size;
+      return 0;
+    }
+  }
+  return -1;
+}
+
 /* Cut the log appends go to (open as fd) after its last good record, so
  * appends follow good records; damage that is not a torn record is copied
  * aside first. */
@@ -752,6 +793,38 @@ static int read_chain(journal *j, jr_file *v, size_t first, size_t n,
   return rc;
 }
 
+/*
+ * The files a snapshot that read back whole replaced (v[0..first), left by
+ * a compaction that stopped before removing them): removed, but for one
+ * with damage (a compaction that could not move it aside left it), which
+ * is moved aside now, and, when that is a snapshot, every file before it
+ * too, the only other copy of what it lost. One that cannot be read stays.
+ * Nonzero if the directory changed.
+ */
+static int remove_replaced(journal *j, jr_file *v, size_t first) {
+  int changed = 0, keep = 0;
+  for (size_t i = first; i-- > 0;) {
+    char name[JR_NAME_MAX], tmp[SPI_ERRMSG_CAP];
+    seg_name(v[i].no, v[i].snap, name, sizeof name);
+    int bad = keep;
+    if (!bad) {
+      int fd = -1;
+      spi_jr_scan sc;
+      if (read_file(j, &v[i], &fd, 0, NULL, NULL, &sc, tmp, sizeof tmp) != SPI_OK)
+        continue;
+      close(fd);
+      bad = sc.skipped || sc.stop != SPI_JR_END;
+    }
+    if (!bad) {
+      if (unlink_name(j, name) == 0) changed = 1;
+      continue;
+    }
+    if (keep_aside(j, name) == 0) changed = 1;
+    if (v[i].snap) keep = 1;
+  }
+  return changed;
+}
+
 static int j_recover(void *state, void *instance, spi_replay_record_fn fn,
                      void *user, char *err, size_t cap) {
   (void)state;
@@ -782,13 +855,9 @@ static int j_recover(void *state, void *instance, spi_replay_record_fn fn,
   }
   if (rc == SPI_OK && created) changed = 1;
   /* Files the snapshot replaced; only once it read back whole. */
-  if (rc == SPI_OK && !damaged && n && v[first].snap) {
-    for (size_t i = 0; i < first; i++) {
-      char name[JR_NAME_MAX];
-      seg_name(v[i].no, v[i].snap, name, sizeof name);
-      if (unlink_name(j, name) == 0) changed = 1;
-    }
-  }
+  if (rc == SPI_OK && damaged && n && v[first].snap) j->keep_before = v[first].no;
+  if (rc == SPI_OK && !damaged && n && v[first].snap && remove_replaced(j, v, first))
+    changed = 1;
   if (rc == SPI_OK && changed && j->policy != FSYNC_NONE && sync_dir(j) != 0)
     rc = io_fail(err, cap, j, NULL, "fsync", errno);
   spi__free(&j->mem, v);
@@ -964,24 +1033,6 @@ static int was_damaged(const journal *j, uint32_t no) {
   return 0;
 }
 
-/* Move segment name to a fresh NAME.corrupt (a new link, then the old name
- * goes), never over an existing file. Best effort: on failure the segment
- * simply stays (the next recovery reads it again, harmlessly). */
-static void keep_aside(journal *j, const char *name) {
-  char aside[JR_NAME_MAX + 24];
-  for (int k = 0; k < 1000; k++) {
-    if (k == 0)
-      snprintf(aside, sizeof aside, "%s.corrupt", name);
-    else
-      snprintf(aside, sizeof aside, "%s.%d.corrupt", name, k);
-    if (linkat(j->dirfd, name, j->dirfd, aside, 0) == 0) {
-      (void)unlink_name(j, name);
-      return;
-    }
-    if (errno != EEXIST) return;
-  }
-}
-
 /* Write recs to compact.tmp with sequences from *seq on; syncs it. */
 static int write_snapshot(journal *j, const spi_replay_record *recs, size_t n,
                           uint64_t *seq, uint64_t *size, char *err,
@@ -1076,16 +1127,20 @@ static int j_compact(void *state, void *instance, const spi_replay_record *recs,
       uint32_t max_no = 0;
       char tmp[SPI_ERRMSG_CAP];
       if (list_files(j, &v, &nf, &max_no, tmp, sizeof tmp) == SPI_OK) {
+        int kept_all = 1;
         for (size_t i = 0; i < nf; i++) {
           if (v[i].no >= snap_no) continue;
           char name[JR_NAME_MAX];
           seg_name(v[i].no, v[i].snap, name, sizeof name);
-          if (!v[i].snap && was_damaged(j, v[i].no))
-            keep_aside(j, name); /* its damaged bytes stay readable */
+          /* Damaged bytes, and what a damaged snapshot summarised, stay
+           * readable; a file that cannot be moved stays where it is and
+           * is tried again at the next compaction. */
+          if (was_damaged(j, v[i].no) || v[i].no < j->keep_before)
+            kept_all &= keep_aside(j, name) == 0;
           else
             unlink_name(j, name);
         }
-        j->ndamaged = 0;
+        if (kept_all) j->ndamaged = 0, j->keep_before = 0;
         spi__free(&j->mem, v);
         if (j->policy != FSYNC_NONE) (void)sync_dir(j);
       }

@@ -702,6 +702,93 @@ static void test_compaction_interrupted(void **st) {
   teardown(f);
 }
 
+/* The path of the one file of dir ending in suffix. */
+static void find_suffix(const char *dir, const char *suffix, char *buf,
+                        size_t cap) {
+  DIR *d = opendir(dir);
+  assert_non_null(d);
+  struct dirent *de;
+  int n = 0;
+  size_t sl = strlen(suffix);
+  while ((de = readdir(d)) != NULL) {
+    size_t l = strlen(de->d_name);
+    if (l >= sl && strcmp(de->d_name + l - sl, suffix) == 0) {
+      snprintf(buf, cap, "%s/%s", dir, de->d_name);
+      n++;
+    }
+  }
+  closedir(d);
+  assert_int_equal(n, 1);
+}
+
+/* A snapshot damaged on disk: recovery skips what it lost and keeps the
+ * files before it (left by a compaction that stopped before removing
+ * them: the only other copy of those records). The next compaction keeps
+ * the snapshot and those files aside, never deletes them, and counts them. */
+static void test_damaged_snapshot_kept_aside(void **st) {
+  (void)st;
+  fixture *f = setup();
+  assert_int_equal(open_j(f, ""), SPI_OK);
+  char key[32];
+  for (int i = 0; i < 20; i++) {
+    snprintf(key, sizeof key, "s%02d", i);
+    enqueue(f, key, SPI_CLASS_GOLD);
+  }
+  char path[512], snap[512];
+  seg_path(f, 1, "log", path, sizeof path);
+  size_t len = 0;
+  uint8_t *old = read_all(path, &len);
+  assert_int_equal(spi__replay_compact(f->q), SPI_OK);
+  close_q(f);
+  write_all(path, old, len); /* as if the compaction stopped before this */
+  find_suffix(f->dir, ".snap", snap, sizeof snap);
+  size_t slen = 0;
+  uint8_t *s = read_all(snap, &slen);
+  s[slen / 2] ^= 0x40;
+  write_all(snap, s, slen);
+  assert_int_equal(open_j(f, ""), SPI_OK);
+  assert_non_null(strstr(spi_replay_errmsg(f->q), "corrupt record"));
+  assert_true(ready(f) < 20);
+  assert_int_equal(access(path, F_OK), 0); /* kept by recovery */
+  assert_int_equal(spi__replay_compact(f->q), SPI_OK);
+  assert_int_equal(count_suffix(f->dir, ".snap.corrupt"), 1);
+  assert_int_equal(count_suffix(f->dir, ".log.corrupt"), 1);
+  assert_int_equal(sstats(f).aside_files, 2);
+  /* The next open counts them and removes nothing more. */
+  reopen(f, "");
+  assert_int_equal(sstats(f).aside_files, 2);
+  assert_int_equal(count_suffix(f->dir, ".corrupt"), 2);
+  free(s);
+  free(old);
+  teardown(f);
+}
+
+/* A file a whole snapshot replaced but with damage (a compaction that
+ * could not move it aside left it): the next recovery moves it aside
+ * rather than removing it. */
+static void test_replaced_damaged_file_kept(void **st) {
+  (void)st;
+  fixture *f = setup();
+  assert_int_equal(open_j(f, ""), SPI_OK);
+  enqueue(f, "a", SPI_CLASS_GOLD);
+  enqueue(f, "b", SPI_CLASS_GOLD);
+  char path[512];
+  seg_path(f, 1, "log", path, sizeof path);
+  size_t len = 0;
+  uint8_t *old = read_all(path, &len);
+  assert_int_equal(spi__replay_compact(f->q), SPI_OK);
+  close_q(f);
+  old[len / 2] ^= 0x40;
+  write_all(path, old, len);
+  assert_int_equal(open_j(f, ""), SPI_OK);
+  assert_int_equal(ready(f), 2); /* from the snapshot */
+  assert_int_equal(access(path, F_OK), -1);
+  assert_int_equal(count_suffix(f->dir, ".log.corrupt"), 1);
+  assert_int_equal(sstats(f).aside_files, 1);
+  free(old);
+  teardown(f);
+}
+
 /* ---------------------------------------------------------- fsync */
 
 static void test_fsync_policies(void **st) {
@@ -905,6 +992,8 @@ int main(void) {
       cmocka_unit_test(test_compaction),
       cmocka_unit_test(test_compaction_automatic),
       cmocka_unit_test(test_compaction_interrupted),
+      cmocka_unit_test(test_damaged_snapshot_kept_aside),
+      cmocka_unit_test(test_replaced_damaged_file_kept),
       cmocka_unit_test(test_fsync_policies),
       cmocka_unit_test(test_batch_shares_syncs),
       cmocka_unit_test(test_segments_roll),
