@@ -57,7 +57,6 @@ enum rq_state { RQ_READY = 1, RQ_LEASED = 2, RQ_DELAYED = 3, RQ_DEAD = 4 };
 typedef struct rq_key {
   spi_hnode hn;               /* in the done set */
   struct rq_key *prev, *next; /* done-set FIFO */
-  uint64_t hash;
   size_t len;
   char key[]; /* len bytes + NUL */
 } rq_key;
@@ -105,7 +104,7 @@ struct spi_replay_queue {
   pthread_mutex_t mu;
   spi_htab keytab;   /* key -> entry (every state but acked) */
   spi_htab claimtab; /* claim id -> LEASED entry */
-  spi_htab donetab;  /* acked keys */
+  spi_htab donetab;  /* acked keys, and forgotten dead-letters' */
   rq_key *done_head, *done_tail;
   rq_list lane[4]; /* by enum spi_class */
   rq_list dead;

@@ -82,8 +82,9 @@ void spi__replay_env_copy(const spi_envelope *e, spi_envelope *out,
 
 /* Hand the READY envelopes of q (a fallback journal), oldest first per lane,
  * gold first, to push, at most max of them; each one push takes (SPI_OK)
- * is acknowledged in q for good. Stops at the first failure of push and
- * returns it. *moved counts what went. */
+ * is acknowledged in q for good. Stops at the first failure of push, or of
+ * writing or syncing an acknowledgement, and returns it. *moved counts
+ * what went. */
 int spi__replay_drain(spi_replay_queue *q,
                       int (*push)(void *ud, const spi_envelope *env),
                       void *ud, size_t max, size_t *moved);

@@ -14,8 +14,8 @@
  *   - The fallback journal ("replay.fallback": "journal"): an enqueue the
  *     store answers with SPI_EIO (unreachable, timed out) goes to a local
  *     journal queue instead and the call succeeds as durable as that
- *     journal's fsync policy. Every later call first drains the journal into
- *     the store, oldest first: an envelope is acknowledged in the journal
+ *     journal's fsync policy. Every later enqueue, claim and tick first
+ *     drains the journal into the store, oldest first: an envelope is acknowledged in the journal
  *     only after the store took it, and the store's enqueue is idempotent
  *     on the key, so each envelope reaches the store exactly once even if
  *     the process dies in between. While the store is unreachable, draining
@@ -364,9 +364,9 @@ int spi__rqs_claim(spi_rqs *s, uint32_t class_mask, int64_t lease_ms,
                        err, sizeof err);
   if (rc != SPI_OK || (id && !d.c) || (!id && d.c)) {
     spi__free(&s->mem, d.c);
-    if (rc == SPI_OK) rc = SPI_EMODULE;
-    return store_failed(s, "claim", rc,
-                        err[0] ? err : "claim and envelope do not match");
+    if (rc != SPI_OK) return store_failed(s, "claim", rc, err);
+    return store_failed(s, "claim", SPI_EMODULE,
+                        "claim id and envelope do not match");
   }
   if (!id) {
     *claim_id = 0;
