@@ -170,6 +170,17 @@ static int use_fallback(const spi_slot *sl) {
   return sl->mod != sl->builtin && sl->mod->on_failure == SPI_ON_FAILURE_FALLBACK;
 }
 
+/* The selected module failed and the built-in answers instead: a warning
+ * (none without a request, whose engine would take it). The built-in is
+ * then the module a second failure names. */
+static const spi_modentry *fall_back(spi_request *req, const spi_slot *sl) {
+  if (req)
+    spi__engine_log(req->engine, SPI_LOG_WARN,
+                    "%s module \"%s\" failed; using built-in",
+                    spi_module_kind_name(sl->mod->kind), sl->mod->name);
+  return sl->builtin;
+}
+
 /* ------------------------------------------------------------- classify */
 
 /* Which classifier gave a request's last classification, and so where the
@@ -239,15 +250,11 @@ int spi__classify_in(spi_request *req, const spi_snapshot *s,
   const spi_modentry *by = sl->mod;
   int rc = run_classifier(sl->mod, sl->inst, v, pressure, out, &req->cls_levels);
   if (rc != SPI_OK && use_fallback(sl)) {
-    spi__engine_log(req->engine, SPI_LOG_WARN,
-                    "classifier \"%s\" failed; using built-in", sl->mod->name);
-    by = sl->builtin;
+    by = fall_back(req, sl);
     rc = run_classifier(sl->builtin, sl->builtin_inst, v, pressure, out,
                         &req->cls_levels);
-    if (rc != SPI_OK) rc = module_failed(req, sl->builtin, rc, "classification");
-  } else if (rc != SPI_OK) {
-    rc = module_failed(req, sl->mod, rc, "classification");
   }
+  if (rc != SPI_OK) rc = module_failed(req, by, rc, "classification");
   req->cls_from = answered_by(by, sl);
   if (rc == SPI_OK) {
     out->vllm_priority = s->vllm_prio[out->klass];
@@ -309,11 +316,14 @@ int spi_cache_key_hex(const spi_cache_key *key, char *out, size_t cap) {
 int spi__key_in(spi_request *req, const spi_snapshot *s,
                 const spi_request_view *v, spi_cache_key *out) {
   const spi_slot *sl = &s->slot[SPI_MODULE_KEY_BUILDER];
+  const spi_modentry *by = sl->mod;
   int rc = sl->mod->m.key_builder.build_key(sl->mod->state, sl->inst, v, out);
-  if (rc != SPI_OK && use_fallback(sl))
+  if (rc != SPI_OK && use_fallback(sl)) {
+    by = fall_back(req, sl);
     rc = sl->builtin->m.key_builder.build_key(sl->builtin->state,
                                               sl->builtin_inst, v, out);
-  if (rc != SPI_OK) return module_failed(req, sl->mod, rc, "key");
+  }
+  if (rc != SPI_OK) return module_failed(req, by, rc, "key");
   return SPI_OK;
 }
 
@@ -344,11 +354,14 @@ int spi__blocks_in(spi_request *req, const spi_snapshot *s,
                    const spi_request_view *v, const spi_cache_key *key,
                    uint64_t *out, size_t cap, size_t *n_out) {
   const spi_slot *sl = &s->slot[SPI_MODULE_KEY_BUILDER];
+  const spi_modentry *by = sl->mod;
   int rc = blocks_with(sl->mod, sl->inst, v, key, out, cap, n_out);
-  if (rc != SPI_OK && rc != SPI_EBUFSIZE && use_fallback(sl))
+  if (rc != SPI_OK && rc != SPI_EBUFSIZE && use_fallback(sl)) {
+    by = fall_back(req, sl);
     rc = blocks_with(sl->builtin, sl->builtin_inst, v, key, out, cap, n_out);
+  }
   if (rc != SPI_OK && rc != SPI_EBUFSIZE)
-    rc = module_failed(req, sl->mod, rc, "block count");
+    rc = module_failed(req, by, rc, "block count");
   return rc;
 }
 
@@ -390,10 +403,13 @@ static int price_with(const spi_modentry *m, void *inst,
 int spi__price_in(spi_request *req, const spi_snapshot *s,
                   const spi_request_view *v, int32_t pool, spi_price *out) {
   const spi_slot *sl = &s->slot[SPI_MODULE_COST_MODEL];
+  const spi_modentry *by = sl->mod;
   int rc = price_with(sl->mod, sl->inst, v, pool, out);
-  if (rc != SPI_OK && use_fallback(sl))
+  if (rc != SPI_OK && use_fallback(sl)) {
+    by = fall_back(req, sl);
     rc = price_with(sl->builtin, sl->builtin_inst, v, pool, out);
-  if (rc != SPI_OK && req) rc = module_failed(req, sl->mod, rc, "price");
+  }
+  if (rc != SPI_OK && req) rc = module_failed(req, by, rc, "price");
   else if (rc != SPI_OK) rc = SPI_EMODULE;
   return rc;
 }

@@ -535,6 +535,71 @@ static void test_module_failure_policy(void **st) {
   spi_engine_free(e);
 }
 
+/* A key builder that always fails. */
+static int failing_key(void *state, void *inst, const spi_request_view *req,
+                       spi_cache_key *out) {
+  (void)state;
+  (void)inst;
+  (void)req;
+  (void)out;
+  return SPI_EIO;
+}
+
+static int no_blocks(void *state, void *inst, const spi_request_view *req,
+                     const spi_cache_key *key, uint64_t *out, size_t cap,
+                     size_t *n_out) {
+  (void)state;
+  (void)inst;
+  (void)req;
+  (void)key;
+  (void)out;
+  (void)cap;
+  *n_out = 0;
+  return SPI_OK;
+}
+
+static int key_configure(void *state, const char *json, size_t len,
+                         void **inst, char *err, size_t errcap) {
+  (void)json;
+  (void)len;
+  (void)err;
+  (void)errcap;
+  *inst = state;
+  return SPI_OK;
+}
+
+/* The key builder, the block hashes and the price fall back as the
+ * classifier does: the built-in answers, and a warning names the module. */
+static void test_key_builder_fallback_logged(void **st) {
+  (void)st;
+  spi_engine *e = new_engine();
+  logbook lb = {0};
+  e->log = log_line;
+  e->log_user_data = &lb;
+  spi_key_builder_module m;
+  memset(&m, 0, sizeof m);
+  m.abi_version = SPI_MODULE_ABI_VERSION;
+  m.struct_size = sizeof m;
+  m.on_failure = SPI_ON_FAILURE_FALLBACK;
+  m.configure = key_configure;
+  m.build_key = failing_key;
+  m.block_hashes = no_blocks;
+  assert_int_equal(spi_engine_register_module(e, SPI_MODULE_KEY_BUILDER, "flaky",
+                                              5, &m, NULL, NULL),
+                   SPI_OK);
+  assert_int_equal(configure(e, "{\"modules\":{\"key_builder\":\"flaky\"}}"),
+                   SPI_OK);
+  spi_request *r = NULL;
+  assert_int_equal(spi_request_new(e, &r), SPI_OK);
+  assert_int_equal(spi_request_set_str(r, SPI_REQ_PROMPT, "hello", 5), SPI_OK);
+  spi_cache_key k;
+  assert_int_equal(spi_request_cache_key(r, &k), SPI_OK);
+  assert_int_equal(lb.lines, 1);
+  assert_non_null(strstr(lb.last, "\"flaky\" failed; using built-in"));
+  spi_request_free(r);
+  spi_engine_free(e);
+}
+
 /* ------------------------------------------------------------- vocabulary */
 
 static void test_names(void **st) {
@@ -675,6 +740,7 @@ int main(void) {
       cmocka_unit_test(test_register_and_select),
       cmocka_unit_test(test_register_errors),
       cmocka_unit_test(test_module_failure_policy),
+      cmocka_unit_test(test_key_builder_fallback_logged),
       cmocka_unit_test(test_names),
       cmocka_unit_test(test_reload_while_classifying),
       cmocka_unit_test(test_new_engine_writes_its_index_only),
