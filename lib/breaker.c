@@ -96,12 +96,15 @@ int32_t spi__pressure_level(double pressure, const spi_router_cfg *c) {
  *
  * Fields of the slot and who writes them:
  *   breaker         changed only by compare-and-swap along the table;
- *   open_until_ns   written before the CAS that enters OPEN, so a caller that
- *                   sees OPEN also sees its deadline;
- *   probe_taken     1 in CLOSED and OPEN; set to 0 only by the caller whose
- *                   CAS moved OPEN to HALF_OPEN, and back to 1 by the one
- *                   caller whose claim succeeds. So each half-open round has
- *                   exactly one probe.
+ *   open_until_ns   raised (never lowered) before the CAS that enters OPEN,
+ *                   so a caller that sees OPEN also sees its deadline, and
+ *                   one that read CLOSED long ago and then lost the CAS
+ *                   cannot put an older deadline over a newer round's;
+ *   probe_taken     1 in CLOSED and OPEN; set to 0 by the caller whose CAS
+ *                   moved OPEN to HALF_OPEN (or by the probe's holder
+ *                   giving it back), and back to 1 by the one caller whose
+ *                   claim succeeds. So each half-open round has exactly one
+ *                   probe out at a time.
  */
 static const char *const BREAKER_NAMES[3] = {"closed", "open", "half_open"};
 
@@ -154,7 +157,13 @@ static int breaker_take(spi_replica_slot *s, int from, int ev,
                         int64_t enter_open_until) {
   int to = BREAKER_NEXT[from][ev];
   if (to == STAY) return 0;
-  if (to == SPI_BREAKER_OPEN) atomic_store(&s->open_until_ns, enter_open_until);
+  if (to == SPI_BREAKER_OPEN) {
+    int64_t was = atomic_load(&s->open_until_ns);
+    while (was < enter_open_until &&
+           !atomic_compare_exchange_weak(&s->open_until_ns, &was,
+                                         enter_open_until)) {
+    }
+  }
   int expect = from;
   if (!atomic_compare_exchange_strong(&s->breaker, &expect, to)) return 0;
   if (to == SPI_BREAKER_HALF_OPEN) atomic_store(&s->probe_taken, 0);

@@ -399,8 +399,16 @@ static int configure_locked(spi_engine *e, const char *json, size_t len) {
   memset(&prep, 0, sizeof prep);
   if (rc == SPI_OK) rc = spi__router_prepare(e, &s->router, &prep, err, sizeof err);
   if (rc == SPI_OK) {
+    /* The free-form sections (module_config, replay.store_config) are
+     * checked here only, as the whole is written canonically. */
     rc = effective_json(e, root, s);
-    if (rc != SPI_OK) spi__errf(err, sizeof err, "config: out of memory");
+    if (rc == SPI_EPARSE)
+      spi__errf(err, sizeof err, "config: a member name appears twice in one "
+                "object, or a number is not finite");
+    else if (rc == SPI_ETOOBIG)
+      spi__errf(err, sizeof err, "config: nested more than 64 levels deep");
+    else if (rc != SPI_OK)
+      spi__errf(err, sizeof err, "config: out of memory");
   }
   cJSON_Delete(root);
   if (rc != SPI_OK) {
@@ -419,7 +427,8 @@ int spi_engine_configure(spi_engine *engine, const char *json, size_t len) {
   /* A module's configure callback calling back in would deadlock. */
   if (atomic_load(&engine->configuring) &&
       pthread_equal(engine->config_owner, pthread_self()))
-    return SPI_EMISUSE;
+    return spi__engine_fail(engine, SPI_EMISUSE,
+                            "config: called from a module's configure callback");
   if (!json && len) return spi__engine_fail(engine, SPI_EINVAL, "config: NULL json");
   pthread_mutex_lock(&engine->config_lock);
   engine->config_owner = pthread_self();

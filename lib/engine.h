@@ -13,7 +13,8 @@
  * (spi__pix_take), so the index is not in the order. Mutexes, outer first
  * (a thread holding one may take only those below it):
  *
- *   1. config_lock          spi_engine_configure only
+ *   1. config_lock          spi_engine_configure, and spi_replay_open
+ *                           while it loads its store (module_load.c)
  *   2. nodes->lock          node.c: notices, node states, ticks
  *   3. registry.lock        replica.c: replica set writers
  *   4. replay queue mu      replay.c, then the journal's mu, then its

@@ -184,7 +184,10 @@ int spi_engine_register_module(spi_engine *engine, int32_t kind,
                                const void *module, void *state,
                                spi_module_destroy_fn destroy) {
   if (!spi__engine_ok(engine)) return SPI_EMISUSE;
-  if (atomic_load(&engine->configuring)) return SPI_EMISUSE;
+  if (atomic_load(&engine->configuring))
+    return spi__engine_fail(engine, SPI_EMISUSE,
+                            "module: registered while the engine is being "
+                            "configured");
   return register_module(engine, kind, name, name_len, module, state, destroy,
                          NULL);
 }

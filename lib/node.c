@@ -415,7 +415,10 @@ int32_t spi__nodes_initial(spi_engine *e, const spi_replica_ident *r,
 /* Count a transition and queue it for the callback. Nodes lock held. */
 static void record(spi_engine *e, const node *n, int32_t from, int32_t to) {
   struct spi_nodes *t = e->nodes;
+  unsigned pin; /* configure may replace metrics nothing was written to */
+  spi__snap_acquire(e, &pin);
   spi__metrics_node_transition(atomic_load(&e->metrics), from, to);
+  spi__snap_release(e, pin);
   if (t->nev < MAX_EVENTS) {
     event *ev = &t->ev[t->nev++];
     memcpy(ev->id, n->id, n->len);
@@ -591,10 +594,13 @@ static spi_ticket_plan *plan_at(spi_ticket_plan *plans, size_t stride,
   return p;
 }
 
-/* For each open ticket on n's replicas: drain or replay. Both locks held. */
-static size_t plan(spi_engine *e, const node *n, const spi_router_cfg *c,
-                   int64_t now, spi_ticket_plan *plans, size_t cap,
-                   size_t stride) {
+/* For each open ticket on n's replicas: drain or replay. Both locks held.
+ * Pinned: configure may replace a ticket table that never handed out a
+ * ticket, and a remove retires the replica set, each once no pinned
+ * reader is left. */
+static size_t plan_pinned(spi_engine *e, const node *n,
+                          const spi_router_cfg *c, int64_t now,
+                          spi_ticket_plan *plans, size_t cap, size_t stride) {
   spi_ticket_table *tt = atomic_load(&e->tickets);
   const spi_replica_set *set = atomic_load(&e->registry.set);
   if (!tt || !set) return 0;
@@ -618,6 +624,16 @@ static size_t plan(spi_engine *e, const node *n, const spi_router_cfg *c,
                       found < cap ? plan_at(plans, stride, found) : NULL);
     spi__ticket_unpin(tt, i);
   }
+  return found;
+}
+
+static size_t plan(spi_engine *e, const node *n, const spi_router_cfg *c,
+                   int64_t now, spi_ticket_plan *plans, size_t cap,
+                   size_t stride) {
+  unsigned pin;
+  spi__snap_acquire(e, &pin);
+  size_t found = plan_pinned(e, n, c, now, plans, cap, stride);
+  spi__snap_release(e, pin);
   return found;
 }
 

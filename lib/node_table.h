@@ -29,7 +29,8 @@ typedef struct spi_hix {
   uint64_t *probes;
 } spi_hix;
 
-/* An index for up to n elements (n <= 32768); hash[] is the caller's. */
+/* An index for up to n elements (n < SPI_NT_NIL / 2, that is at most
+ * 32766); hash[] is the caller's. */
 int spi__hix_init(spi_hix *h, const spi_mem *m, size_t n, uint64_t *hash,
                   uint64_t *probes);
 void spi__hix_free(spi_hix *h, const spi_mem *m);

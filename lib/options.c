@@ -187,7 +187,7 @@ static const spi_optdesc OPTIONS[] = {
     {"router", O, "{}", 0, 0, "routing limits, load freshness, breakers"},
     {"router.max_replicas", I, "1024", 1, 4096, "most replicas registered"},
     {"router.max_tickets", I, "16384", 16, 4194304,
-     "most open tickets; fixed while any is open"},
+     "most open tickets; fixed once the engine has routed"},
     {"router.index_bytes", I, "8388608", 4096, 4294967296.0,
      "hard memory cap of the prefix index, bytes; all of it resident "
      "from when it is made, so no route takes a page fault on it"},

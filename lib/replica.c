@@ -826,8 +826,12 @@ int spi_replica_report_metrics(spi_engine *engine, const char *id,
   rep.struct_size = sizeof rep;
   rc = spi__metrics_parse_report(text, len, &l, &rep, err, sizeof err);
   /* Lines in newer syntax are skipped, not fatal: counted where an
-   * operator sees them, since this call returns no report. */
+   * operator sees them, since this call returns no report. Pinned:
+   * configure may replace metrics nothing was written to. */
+  unsigned pin;
+  spi__snap_acquire(engine, &pin);
   spi__metrics_lines_skipped(atomic_load(&engine->metrics), rep.skipped);
+  spi__snap_release(engine, pin);
   if (rc != SPI_OK)
     return spi__engine_fail(engine, rc, "replica \"%.*s\" metrics: %s",
                             (int)id_len, id, err);
