@@ -722,7 +722,7 @@ type PoolSummary struct {
 // RouteContext is everything a policy decides from.
 type RouteContext struct {
 	Req            *RequestView
-	Classification *Classification // at the on-demand pool's pressure
+	Classification *Classification // at the higher of the two pools' KV pressures
 	// Candidates are every replica, or, for a PolicySummariesOnly policy,
 	// only those the summaries name (in replica order).
 	Candidates   []Candidate

@@ -192,8 +192,13 @@ func (r *Request) SetBool(f IntField, v bool) error {
 	return r.SetInt(f, int64(b2i(v)))
 }
 
-// SetClass sets the explicit class.
-func (r *Request) SetClass(c Class) error { return r.SetStr(FieldClass, c.String()) }
+// SetClass sets the explicit class; ClassUnset clears it.
+func (r *Request) SetClass(c Class) error {
+	if c == ClassUnset {
+		return r.SetStr(FieldClass, "")
+	}
+	return r.SetStr(FieldClass, c.String())
+}
 
 // SetTools sets the tool definitions, marshalled to a JSON array.
 func (r *Request) SetTools(tools any) error {

@@ -25,6 +25,11 @@ func TestFields(t *testing.T) {
 	if s, _ := r.Str(FieldClass); s != "bronze" {
 		t.Fatal(s)
 	}
+	must(t, r.SetClass(ClassUnset)) // clears it
+	if s, _ := r.Str(FieldClass); s != "" {
+		t.Fatal(s)
+	}
+	must(t, r.SetClass(ClassBronze))
 	if v, ok, err := r.Int(FieldSLAMs); v != 1500 || !ok || err != nil {
 		t.Fatal(v, ok, err)
 	}

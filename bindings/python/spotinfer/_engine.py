@@ -18,7 +18,7 @@ from . import _native as _n
 from .enums import (Class, LogLevel, ModelTier, ModuleKind, OnFailure,
                     OpenAIKind, PolicyFlags, Pool, PriorityScheme, Pressure,
                     Reason, ReplicaState, ReqInt, ReqStr, ServiceTier,
-                    TicketStatus, coerce, maybe_enum)
+                    TicketStatus, coerce, maybe_enum, unsigned)
 from .errors import (MisuseError, ModuleError, RoutingError, SpotinferError)
 from .types import (CacheKeyValue, Classification, LedgerRow, Load, Price,
                     ReplicaInfo, ReplicaStatus, Signals, TicketResult)
@@ -401,7 +401,8 @@ class Engine:
             zone_len=len(zone), instance_type=itype, instance_type_len=len(itype),
             models=mtext, models_len=len(mtext),
             usd_per_hour=float(info.usd_per_hour),
-            max_inflight=int(info.max_inflight), node=node, node_len=len(node),
+            max_inflight=unsigned(info.max_inflight, 32, "max_inflight"),
+            node=node, node_len=len(node),
             decode_tokens_per_s=float(info.decode_tokens_per_s))
         _lib.spi_replica_upsert(self._p(), byref(s))
 
@@ -829,8 +830,9 @@ class Request(_Owned):
 
     @explicit_class.setter
     def explicit_class(self, value: Union[Class, str, None]) -> None:
+        """Class.UNSET, None or "" clears it."""
         if isinstance(value, Class):
-            value = value.name.lower()
+            value = "" if value == Class.UNSET else value.name.lower()
         self.set_str(ReqStr.CLASS, value or b"")
 
     def set_tools(self, tools: Union[Sequence[Any], Text]) -> None:
@@ -985,7 +987,8 @@ class Ticket:
 
     def progress(self, tokens_streamed: int) -> None:
         """Tokens streamed so far (monotonic)."""
-        _lib.spi_ticket_progress(self.engine._p(), self.id, int(tokens_streamed))
+        _lib.spi_ticket_progress(self.engine._p(), self.id,
+                                 unsigned(tokens_streamed, 64, "tokens_streamed"))
 
     def finish(self, status: Union[TicketStatus, int, str, TicketResult] = TicketStatus.OK, *,
                prompt_tokens: int = 0, output_tokens: int = 0,

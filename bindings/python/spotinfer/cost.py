@@ -10,6 +10,7 @@ from __future__ import annotations
 from ctypes import byref, c_double, c_uint64
 
 from . import _native as _n
+from .enums import unsigned
 from .types import SpotCost
 
 _lib = _n.lib
@@ -25,8 +26,9 @@ class CostModel:
                            tokens_per_s: float) -> float:
         """$ per million tokens = $/GPU-h x GPUs / (tokens/s x 3600) x 1e6."""
         out = c_double()
-        _lib.spi_cost_per_million_tokens(usd_per_gpu_hour, gpus, tokens_per_s,
-                                         byref(out))
+        _lib.spi_cost_per_million_tokens(usd_per_gpu_hour,
+                                         unsigned(gpus, 32, "gpus"),
+                                         tokens_per_s, byref(out))
         return out.value
 
     @staticmethod
@@ -34,7 +36,8 @@ class CostModel:
                        target_usd_per_million: float) -> float:
         """Tokens/s needed to reach a target $ per million tokens."""
         out = c_double()
-        _lib.spi_cost_break_even_tps(usd_per_gpu_hour, gpus,
+        _lib.spi_cost_break_even_tps(usd_per_gpu_hour,
+                                     unsigned(gpus, 32, "gpus"),
                                      target_usd_per_million, byref(out))
         return out.value
 
@@ -56,7 +59,8 @@ class CostModel:
                              api_usd_per_million: float) -> float:
         """Tokens per month above which self-hosting beats the API."""
         out = c_double()
-        _lib.spi_cost_self_host_break_even(usd_per_gpu_hour, gpus,
+        _lib.spi_cost_self_host_break_even(usd_per_gpu_hour,
+                                           unsigned(gpus, 32, "gpus"),
                                            hours_per_month,
                                            api_usd_per_million, byref(out))
         return out.value
@@ -66,9 +70,10 @@ class CostModel:
                               seq_len: int, bytes_per_element: float) -> float:
         """2 x layers x kv_heads x head_dim x seq_len x bytes_per_element."""
         out = c_double()
-        _lib.spi_cost_kv_bytes_per_sequence(layers, kv_heads, head_dim,
-                                            seq_len, bytes_per_element,
-                                            byref(out))
+        _lib.spi_cost_kv_bytes_per_sequence(
+            unsigned(layers, 32, "layers"), unsigned(kv_heads, 32, "kv_heads"),
+            unsigned(head_dim, 32, "head_dim"), unsigned(seq_len, 32, "seq_len"),
+            bytes_per_element, byref(out))
         return out.value
 
     @staticmethod

@@ -7,7 +7,7 @@ integer (or, where the library has names for them, the name as text).
 from __future__ import annotations
 
 import enum
-from typing import Type, TypeVar
+from typing import Any, Type, TypeVar
 
 __all__ = [
     "Status", "LogLevel", "OptionType", "Class", "ModelTier",
@@ -266,3 +266,15 @@ def maybe_enum(enum_cls: Type[_E], value: int) -> _E:
     Typed as the enum, as the fields it fills are declared: a plain int is
     an int like the members, and only a newer library produces one."""
     return enum_cls._value2member_map_.get(value, value)  # type: ignore[arg-type,return-value]
+
+
+def unsigned(value: Any, bits: int, what: str) -> int:
+    """value as an int from 0 to 2**bits - 1, for a C unsigned parameter or
+    field (ctypes would wrap a negative one into a huge valid-looking value
+    without a word); RangeError (a ValueError) otherwise."""
+    v = int(value)
+    if not 0 <= v < 1 << bits:
+        from .errors import RangeError
+        raise RangeError(RangeError.CODE,
+                         f"{what}: {v} is not between 0 and {(1 << bits) - 1}")
+    return v

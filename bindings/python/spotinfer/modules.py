@@ -287,7 +287,7 @@ class RouteContext:
     """
 
     req: RequestView
-    cls: Optional[Classification]   # at the ON_DEMAND pool's pressure
+    cls: Optional[Classification]   # at the higher of the two pools' KV pressures
     candidates: Tuple[Candidate, ...]
     total_blocks: int
     max_fallbacks: int

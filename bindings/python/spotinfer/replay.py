@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping, Optional, Sequence, Tuple, Union
 
 from . import _native as _n
-from .enums import Class, OpenAIKind, coerce, maybe_enum
+from .enums import Class, OpenAIKind, coerce, maybe_enum, unsigned
 from ._engine import _Owned
 
 _lib = _n.lib
@@ -46,7 +46,8 @@ class Envelope:
     def _struct(self) -> Tuple[_n.Envelope, Tuple[Any, ...]]:
         """The C struct, and the buffers it points to (keep them alive)."""
         key, body, part = _b(self.key), _b(self.body), _b(self.partial_text)
-        toks = (c_uint32 * len(self.partial_tokens))(*self.partial_tokens)
+        toks = (c_uint32 * len(self.partial_tokens))(
+            *(unsigned(t, 32, "partial_tokens") for t in self.partial_tokens))
         kb, bb, pb = (create_string_buffer(x, len(x) or 1) for x in (key, body, part))
         e = _n.Envelope(
             key=cast(kb, c_void_p), key_len=len(key),
@@ -57,8 +58,10 @@ class Envelope:
             partial_text_len=len(part),
             partial_tokens=cast(toks, POINTER(c_uint32)) if len(toks) else None,
             partial_token_count=len(toks),
-            stream_offset=int(self.stream_offset), attempts=int(self.attempts),
-            flags=int(self.flags), first_enqueued_ns=int(self.first_enqueued_ns),
+            stream_offset=unsigned(self.stream_offset, 64, "stream_offset"),
+            attempts=unsigned(self.attempts, 32, "attempts"),
+            flags=unsigned(self.flags, 32, "flags"),
+            first_enqueued_ns=int(self.first_enqueued_ns),
             deadline_ns=int(self.deadline_ns),
             tenant=_b(self.tenant)[:_n.ID_MAX - 1])
         return e, (kb, bb, pb, toks)
@@ -160,7 +163,8 @@ class ReplayQueue(_Owned):
         self._engine = engine
         self._ptr: Optional[c_void_p] = ptr
         self._fin = engine._st.adopt(self, _lib.spi_replay_close, ptr)
-        self._buf = create_string_buffer(4096)
+        # The size a claim's buffer starts at: the largest envelope seen.
+        self._cap = 4096
 
     # close() flushes and closes; closed, with: _Owned.
     _what = "replay queue"
@@ -189,12 +193,16 @@ class ReplayQueue(_Owned):
         cid = c_uint64()
         out = _n.Envelope()
         needed = c_size_t()
+        # A buffer of this call's own: the envelope points into it until
+        # it is copied, and another thread's claim runs while ctypes has
+        # let go of the GIL.
+        buf = create_string_buffer(self._cap)
         while True:
-            buf = self._buf
             rc = _lib.spi_replay_claim(self._p(), mask, int(lease_ms), byref(cid),
                                        byref(out), buf, len(buf), byref(needed))
             if rc == -4:   # EBUFSIZE: nothing was claimed; grow and retry
-                self._buf = create_string_buffer(needed.value + 1)
+                self._cap = max(self._cap, needed.value + 1)
+                buf = create_string_buffer(needed.value + 1)
                 continue
             # Nothing ready is SPI_OK with claim id 0 (a library before
             # 0.3.0 said ENOTFOUND).

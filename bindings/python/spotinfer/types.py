@@ -12,7 +12,7 @@ from typing import Any, List, Optional, Tuple
 from . import _native as _n
 from .enums import (BreakerState, Class, ModelTier, OptionType, Pool,
                     Pressure, Reason, ReplicaState, ServiceTier, TicketStatus,
-                    maybe_enum)
+                    maybe_enum, unsigned)
 
 __all__ = [
     "Classification", "Verdict", "DegradeLevels", "CacheKeyValue", "Price",
@@ -353,7 +353,8 @@ class TicketResult:
 
     def _struct(self) -> _n.TicketResult:
         return _n.TicketResult(
-            status=int(self.status), prompt_tokens=int(self.prompt_tokens),
-            output_tokens=int(self.output_tokens),
-            cached_tokens=int(self.cached_tokens), ttft_ms=float(self.ttft_ms),
-            duration_ms=float(self.duration_ms))
+            status=int(self.status),
+            prompt_tokens=unsigned(self.prompt_tokens, 64, "prompt_tokens"),
+            output_tokens=unsigned(self.output_tokens, 64, "output_tokens"),
+            cached_tokens=unsigned(self.cached_tokens, 64, "cached_tokens"),
+            ttft_ms=float(self.ttft_ms), duration_ms=float(self.duration_ms))

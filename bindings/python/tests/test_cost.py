@@ -55,3 +55,16 @@ def test_bad_inputs_raise_range_error(args):
 def test_overhead_that_eats_every_hour():
     with pytest.raises(spotinfer.RangeError):
         CostModel.spot_effective(10, 1.0, 2.0, 1.0, 2.0)
+
+
+def test_negative_counts_are_refused_not_wrapped(engine):
+    """ctypes would wrap -1 into 4294967295, a valid-looking count."""
+    with pytest.raises(spotinfer.RangeError) as ei:
+        CostModel.per_million_tokens(2.0, -1, 1000.0)
+    assert "gpus: -1 is not between 0 and 4294967295" in str(ei.value)
+    with pytest.raises(spotinfer.RangeError):
+        CostModel.kv_bytes_per_sequence(-80, 8, 128, 8192, 2.0)
+    with pytest.raises(spotinfer.RangeError):
+        engine.upsert_replica(id="r", pool="spot", usd_per_hour=1.0, max_inflight=-1)
+    with pytest.raises(ValueError):  # RangeError is one
+        spotinfer.TicketResult(output_tokens=-5)._struct()

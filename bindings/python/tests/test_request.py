@@ -30,6 +30,9 @@ def test_string_and_int_attributes(engine):
     assert r.explicit_class == "bronze"
     r.explicit_class = "gold"
     assert r.explicit_class == "gold"
+    r.explicit_class = Class.UNSET  # clears it
+    assert r.explicit_class == ""
+    r.explicit_class = "gold"
     assert r.get_int(spotinfer.ReqInt.STREAM) == 1
     assert r.get_str("model") == "llama-3.1-70b"
     r.reset()

@@ -107,3 +107,41 @@ def test_error_messages_do_not_cross():
         for t in threads:
             t.join()
         assert crossed == {rid: 0 for rid in ids}
+
+
+def test_replay_claims_on_threads_keep_their_envelopes():
+    """Each claim's envelope is its own: a claim's buffer is not shared with
+    another thread's claim running while ctypes has let go of the GIL."""
+    n = 4000
+    with Engine() as engine, engine.replay_queue({"store": "memory"}) as q:
+        for i in range(n):
+            key = "k%05d" % i
+            assert q.enqueue(key=key, body='{"n":"%s"}' % key + " " * (i % 300),
+                             klass=spotinfer.Class.SILVER)
+        bad = []
+        seen = []
+        lock = threading.Lock()
+        barrier = threading.Barrier(6)
+
+        def worker():
+            barrier.wait()
+            mine = []
+            while True:
+                c = q.claim()
+                if c is None:
+                    break
+                env = c.envelope
+                if env.body.rstrip() != b'{"n":"%s"}' % env.key.encode():
+                    bad.append((env.key, env.body[:20]))
+                mine.append(env.key)
+                c.ack()
+            with lock:
+                seen.extend(mine)
+
+        threads = [threading.Thread(target=worker) for _ in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert not bad, bad[:3]
+        assert sorted(seen) == ["k%05d" % i for i in range(n)]
