@@ -134,19 +134,44 @@ static int member_cmp(const void *a, const void *b) {
   return strcmp(x->string ? x->string : "", y->string ? y->string : "");
 }
 
-static int canon_object(canon_ctx *c, const cJSON *obj, int depth) {
+/* obj's members sorted by name into *members: stack (room for
+ * SPI_CANON_STACK_MEMBERS) when they fit, else an allocation the caller
+ * frees (members != stack). SPI_OK or SPI_ENOMEM. */
+static int sorted_members(const cJSON *obj, const spi_mem *m,
+                          const cJSON **stack, const cJSON ***members,
+                          size_t *n_out) {
   size_t n = 0;
   for (const cJSON *it = obj->child; it; it = it->next) n++;
-
-  const cJSON *stack_members[SPI_CANON_STACK_MEMBERS];
-  const cJSON **members = stack_members;
+  *members = stack;
   if (n > SPI_CANON_STACK_MEMBERS) {
-    members = spi__calloc(c->mem, n, sizeof *members);
-    if (!members) return SPI_ENOMEM;
+    *members = spi__calloc(m, n, sizeof **members);
+    if (!*members) return SPI_ENOMEM;
   }
   size_t i = 0;
-  for (const cJSON *it = obj->child; it; it = it->next) members[i++] = it;
-  qsort((void *)members, n, sizeof *members, member_cmp);
+  for (const cJSON *it = obj->child; it; it = it->next) (*members)[i++] = it;
+  qsort((void *)*members, n, sizeof **members, member_cmp);
+  *n_out = n;
+  return SPI_OK;
+}
+
+int spi__json_duplicate_key(const struct cJSON *obj, const spi_mem *m,
+                            const char **dup) {
+  *dup = NULL;
+  const cJSON *stack[SPI_CANON_STACK_MEMBERS], **members;
+  size_t n;
+  if (sorted_members(obj, m, stack, &members, &n) != SPI_OK) return SPI_ENOMEM;
+  for (size_t i = 1; i < n && !*dup; i++)
+    if (member_cmp(&members[i - 1], &members[i]) == 0)
+      *dup = members[i]->string ? members[i]->string : "";
+  if (members != stack) spi__free(m, (void *)members);
+  return *dup ? SPI_EPARSE : SPI_OK;
+}
+
+static int canon_object(canon_ctx *c, const cJSON *obj, int depth) {
+  const cJSON *stack_members[SPI_CANON_STACK_MEMBERS], **members;
+  size_t n, i;
+  if (sorted_members(obj, c->mem, stack_members, &members, &n) != SPI_OK)
+    return SPI_ENOMEM;
 
   int rc = spi__buf_append_byte(c->out, c->mem, '{');
   for (i = 0; rc == SPI_OK && i < n; i++) {

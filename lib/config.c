@@ -37,6 +37,8 @@ size_t spi__json_nul_escape(const char *text, size_t len) {
     }
     if (c == '"') {
       in_string = 0;
+    } else if (c == '\0') {
+      return i; /* a raw zero byte: cJSON takes it, and cuts the string */
     } else if (c == '\\' && i + 1 < len) {
       if (text[i + 1] == 'u' && i + 5 < len && text[i + 2] == '0' &&
           text[i + 3] == '0' && text[i + 4] == '0' && text[i + 5] == '0')

@@ -504,7 +504,9 @@ int spi__metrics_parse_report(const char *text, size_t len, spi_load *out,
     size_t n = end - pos;
     pos = nl ? end + 1 : len;
     if (n && s[n - 1] == '\r') n--;
-    if (!nl && skip_blanks(s, 0, n) != n)
+    /* OpenMetrics' "# EOF" says the page is whole, line feed or not. */
+    size_t b = skip_blanks(s, 0, n);
+    if (!nl && b != n && !(n - b == 5 && memcmp(s + b, "# EOF", 5) == 0))
       return fail(&ps, SPI_EPARSE,
                   "the last line has no line feed (the page was cut short?)");
     int rc = parse_line(&ps, s, n);

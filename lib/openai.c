@@ -64,6 +64,20 @@ static int set_string_field(reader *rd, const cJSON *body, const char *key,
             key);
 }
 
+/* A key given twice would be read one way here and maybe the other way by
+ * the server (Python's json keeps the last): refuse rather than guess, in
+ * the body and in every object of it this reads (path says which). */
+static int no_duplicate_keys(reader *rd, const cJSON *obj, const char *path) {
+  const char *dup;
+  int rc = spi__json_duplicate_key(obj, &rd->r->engine->mem, &dup);
+  if (rc == SPI_ENOMEM)
+    return spi__req_fail(rd->r, SPI_ENOMEM, "body: out of memory");
+  if (rc != SPI_OK)
+    return spi__req_fail(rd->r, SPI_EPARSE, "%s%s%.64s: duplicate key", path,
+                         path[0] ? "." : "", dup);
+  return SPI_OK;
+}
+
 /* Content as a string, an array of parts, or null (tool calls only). */
 static int message_content(reader *rd, const cJSON *msg, const char *path) {
   const spi_mem *m = &rd->r->engine->mem;
@@ -95,6 +109,8 @@ static int message_content(reader *rd, const cJSON *msg, const char *path) {
     snprintf(p, sizeof p, "%s.content[%d]", path, i);
     if (!cJSON_IsObject(part))
       return spi__req_fail(rd->r, SPI_ETYPE, "%s: must be an object", p);
+    int dup = no_duplicate_keys(rd, part, p);
+    if (dup) return dup;
     const cJSON *type = get(part, "type");
     if (!type)
       return spi__req_fail(rd->r, SPI_EMISSING, "%s.type: missing", p);
@@ -134,6 +150,8 @@ static int read_messages(reader *rd, const cJSON *msgs) {
     snprintf(path, sizeof path, "messages[%d]", i);
     if (!cJSON_IsObject(msg))
       return spi__req_fail(rd->r, SPI_ETYPE, "%s: must be an object", path);
+    int dup = no_duplicate_keys(rd, msg, path);
+    if (dup) return dup;
     const cJSON *role = get(msg, "role");
     if (!role)
       return spi__req_fail(rd->r, SPI_EMISSING, "%s.role: missing", path);
@@ -210,19 +228,8 @@ static int read_metadata(reader *rd, const cJSON *md) {
   return SPI_OK;
 }
 
-/* A key given twice would be read one way here and maybe the other way by
- * the server (Python's json keeps the last): refuse rather than guess. */
-static int no_duplicate_keys(reader *rd, const cJSON *body) {
-  for (const cJSON *a = body->child; a; a = a->next)
-    for (const cJSON *b = a->next; b; b = b->next)
-      if (a->string && b->string && strcmp(a->string, b->string) == 0)
-        return spi__req_fail(rd->r, SPI_EPARSE, "%.64s: duplicate key",
-                             a->string);
-  return SPI_OK;
-}
-
 static int read_body(reader *rd, const cJSON *body, int32_t kind) {
-  int dup = no_duplicate_keys(rd, body);
+  int dup = no_duplicate_keys(rd, body, "");
   if (dup) return dup;
   const cJSON *msgs = get(body, "messages");
   const cJSON *prompt = get(body, "prompt");

@@ -16,9 +16,6 @@
 
 #include "engine.h"
 
-#define SEP_FIELD 0x1F /* between a message's role and its content */
-#define SEP_RECORD 0x1E /* after each message */
-
 int spi__request_ok(const spi_request *r) {
   return r && r->magic == SPI_REQUEST_MAGIC && spi__engine_ok(r->engine);
 }
@@ -424,6 +421,10 @@ int spi__req_set_metadata(spi_request *r, const spi_limits *l, const char *k,
                     (long long)l->max_metadata_pairs);
   if (memchr(k, 0, klen) || (vlen && memchr(v, 0, vlen)))
     return spi__req_fail(r, SPI_EPARSE, "metadata: NUL byte in key or value");
+  /* Room for the pair first: a call that fails changes nothing. */
+  const spi_mem *m = &r->engine->mem;
+  if (spi__buf_reserve(&r->metabuf, m, klen + vlen + 2) != SPI_OK)
+    return spi__req_fail(r, SPI_ENOMEM, "metadata: out of memory");
   for (size_t i = 0; i < sizeof META_KEYS / sizeof META_KEYS[0]; i++) {
     if (strlen(META_KEYS[i].key) != klen || memcmp(META_KEYS[i].key, k, klen))
       continue;
@@ -448,15 +449,10 @@ int spi__req_set_metadata(spi_request *r, const spi_limits *l, const char *k,
     }
     break;
   }
-  const spi_mem *m = &r->engine->mem;
-  size_t old = r->metabuf.len;
-  if (spi__buf_append(&r->metabuf, m, k, klen) ||
-      spi__buf_append_byte(&r->metabuf, m, 0) ||
-      spi__buf_append(&r->metabuf, m, v, vlen) ||
-      spi__buf_append_byte(&r->metabuf, m, 0)) {
-    r->metabuf.len = old;
-    return spi__req_fail(r, SPI_ENOMEM, "metadata: out of memory");
-  }
+  spi__buf_append(&r->metabuf, m, k, klen);
+  spi__buf_append_byte(&r->metabuf, m, 0);
+  spi__buf_append(&r->metabuf, m, v, vlen);
+  spi__buf_append_byte(&r->metabuf, m, 0);
   r->nmeta++;
   return SPI_OK;
 }

@@ -162,9 +162,12 @@ const spi_optdesc *spi__opt_find(const char *path);
  * searches them; *count rows. */
 const uint16_t *spi__opt_by_path(size_t *count);
 
-/* The byte offset of the first "\u0000" escape inside a string of the
- * well-formed JSON text, or SIZE_MAX. cJSON keeps strings NUL-terminated and
- * cuts them there, so such text is refused rather than silently shortened. */
+/* The byte offset of the first U+0000 inside a string of the well-formed
+ * JSON text, as the escape "\u0000" or a raw zero byte (which JSON forbids
+ * but cJSON takes, given a length), or SIZE_MAX. cJSON keeps strings
+ * NUL-terminated and cuts them there, so such text is refused rather than
+ * silently shortened: two tool lists, or a tenant, told apart only after
+ * it would otherwise read as one. */
 size_t spi__json_nul_escape(const char *text, size_t len);
 /*
  * Parse text as a JSON object (cJSON_ParseWithLengthOpts, so no NUL is
@@ -221,6 +224,11 @@ int spi__cfg_check_keys(const struct cJSON *obj, const char *table_prefix,
  * SPI_ETOOBIG (nesting deeper than 64), SPI_ENOMEM.
  */
 int spi__canon_json(const struct cJSON *v, spi_buf *out, const spi_mem *m);
+
+/* Whether the object obj names a member twice, in O(n log n): SPI_EPARSE
+ * with *dup the name, SPI_OK (*dup NULL), or SPI_ENOMEM. */
+int spi__json_duplicate_key(const struct cJSON *obj, const spi_mem *m,
+                            const char **dup);
 
 /* ------------------------------------------------------------- built-ins */
 

@@ -362,8 +362,10 @@ SPI_API int spi_request_set_token_ids(spi_request *req, const uint32_t *ids,
  * vLLM extension "priority". All-or-nothing: on error the request is left
  * empty (reset), never half-filled, and the message names the field path
  * and, for malformed JSON, the byte offset.
- * Errors: SPI_EPARSE, SPI_ETYPE, SPI_EMISSING, SPI_EUNKNOWN, SPI_ERANGE,
- * SPI_ETOOBIG, SPI_ENOMEM.
+ * Errors: SPI_EPARSE (also a member name given twice in one object, or a
+ * NUL inside a string), SPI_ETYPE, SPI_EMISSING, SPI_EUNKNOWN, SPI_ERANGE,
+ * SPI_ETOOBIG, SPI_ENOMEM, SPI_ENOTSUP (a batch of prompts), SPI_EINVAL
+ * (kind).
  */
 SPI_API int spi_request_parse_openai(spi_request *req, const char *json,
                                      size_t len, int32_t kind);

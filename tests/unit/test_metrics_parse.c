@@ -462,8 +462,13 @@ static void test_line_structure(void **st) {
             "# HELP vllm:num_requests_running\n"
             "vllm:num_requests_running 1\n",
             1, 0, 0);
-  /* Trailing blank lines without a final line feed are fine. */
+  /* Trailing blank lines without a final line feed are fine, and so is
+   * OpenMetrics' "# EOF" without one (its grammar makes it optional). */
   expect_ok("vllm:num_requests_running 1\n  ", 1, 0, 0);
+  expect_ok("vllm:num_requests_running 3\n# EOF", 3, 0, 0);
+  expect_ok("vllm:num_requests_running 3\r\n# EOF\r", 3, 0, 0);
+  expect_err("vllm:num_requests_running 3\n# EO", SPI_EPARSE,
+             "line 2: the last line has no line feed");
   /* A page cut in the middle of its last line is not read as a short one. */
   expect_err("vllm:num_requests_running 1\nvllm:num_requests_waiting 12",
              SPI_EPARSE, "line 2: the last line has no line feed");

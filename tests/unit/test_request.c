@@ -964,6 +964,17 @@ static const bad_body BAD_BODIES[] = {
      "\\u0000 inside a string at byte offset 25"},
     {"{\"model\":\"m\",\"messages\":[{\"role\":\"user\",\"content\":\"x\\u0000\"}]}",
      0, SPI_EPARSE, "body:", "u0000"},
+    /* A name given twice would be read one way here and maybe the other
+     * way by the server: refused in the body and in every object of it
+     * that is read. */
+    {"{\"model\":\"m\",\"prompt\":\"p\",\"model\":\"n\"}", 0, SPI_EPARSE,
+     "model:", "duplicate key"},
+    {"{\"model\":\"m\",\"messages\":[{\"role\":\"system\",\"role\":\"user\","
+     "\"content\":\"A\"}]}",
+     0, SPI_EPARSE, "messages[0].role:", "duplicate key"},
+    {"{\"model\":\"m\",\"messages\":[{\"role\":\"user\",\"content\":[{\"type\":"
+     "\"text\",\"text\":\"a\",\"text\":\"b\"}]}]}",
+     0, SPI_EPARSE, "messages[0].content[0].text:", "duplicate key"},
     /* An escaped backslash before "u0000" is text, not a NUL. */
     {"{\"model\":\"m\",\"prompt\":\"a\\\\u0000\"}", 0, SPI_OK, "", NULL},
     {"   ", 0, SPI_EPARSE, "body:", "byte offset"},
@@ -1136,6 +1147,38 @@ static void test_parse_errors(void **state) {
                b->also);
     assert_empty(r);
   }
+}
+
+/* A raw zero byte inside a string (JSON has none; cJSON takes it, given a
+ * length, and cuts the string there) is refused like "\u0000": a tenant
+ * "acme\0evil" would otherwise read as "acme". And a body with very many
+ * members is checked for repeated names in O(n log n). */
+static void test_parse_raw_nul_and_many_members(void **state) {
+  world *f = *state;
+  spi_request *r = f->r;
+  static const char nul[] = "{\"model\":\"m\",\"metadata\":{\"tenant\":"
+                            "\"acme\0evil\"},\"prompt\":\"p\"}";
+  assert_int_equal(spi_request_parse_openai(r, nul, sizeof nul - 1,
+                                            SPI_OPENAI_AUTO),
+                   SPI_EPARSE);
+  assert_non_null(strstr(spi_request_errmsg(r), "inside a string at byte offset 39"));
+  assert_empty(r);
+  static const char tools[] = "[{\"name\":\"a\0b\"}]";
+  assert_int_equal(spi_request_set_str(r, SPI_REQ_TOOLS_JSON, tools,
+                                       sizeof tools - 1),
+                   SPI_EPARSE);
+  enum { MEMBERS = 100000 };
+  char *big = malloc((size_t)MEMBERS * 16 + 64);
+  assert_non_null(big);
+  size_t n = (size_t)sprintf(big, "{\"model\":\"m\",\"prompt\":\"p\"");
+  for (int i = 0; i < MEMBERS; i++) n += (size_t)sprintf(big + n, ",\"k%d\":1", i);
+  big[n++] = '}';
+  assert_int_equal(spi_request_parse_openai(r, big, n, SPI_OPENAI_AUTO), SPI_OK);
+  n = (size_t)sprintf(big + n - 1, ",\"k7\":2}") + n - 1;
+  assert_int_equal(spi_request_parse_openai(r, big, n, SPI_OPENAI_AUTO),
+                   SPI_EPARSE);
+  assert_non_null(strstr(spi_request_errmsg(r), "k7: duplicate key"));
+  free(big);
 }
 
 static void test_parse_deep_and_large(void **state) {
@@ -1808,6 +1851,8 @@ int main(void) {
                                       world_teardown),
       cmocka_unit_test_setup_teardown(test_parse_completions, world_setup, world_teardown),
       cmocka_unit_test_setup_teardown(test_parse_errors, world_setup, world_teardown),
+      cmocka_unit_test_setup_teardown(test_parse_raw_nul_and_many_members,
+                                      world_setup, world_teardown),
       cmocka_unit_test_setup_teardown(test_parse_deep_and_large, world_setup,
                                       world_teardown),
       cmocka_unit_test_setup_teardown(test_parse_all_or_nothing, world_setup,
