@@ -321,7 +321,7 @@ func (g *gateway) serveRouted(w http.ResponseWriter, r *http.Request, body []byt
 }
 
 // decide asks the library where the request goes; when it goes nowhere,
-// the client has its answer (400, 429, 503) and ok is false.
+// the client has its answer (400, 429, 500, 503) and ok is false.
 func (g *gateway) decide(w http.ResponseWriter, r *http.Request, body []byte,
 	kind spotinfer.OpenAIKind) (spotinfer.Decision, time.Time, bool) {
 	req, _ := g.reqs.Get().(*spotinfer.Request)
@@ -371,12 +371,16 @@ func (g *gateway) decide(w http.ResponseWriter, r *http.Request, body []byte,
 // breaker counts it); a fallback is served without a ticket.
 func (g *gateway) firstLeg(ctx context.Context, path, key string, body []byte,
 	d spotinfer.Decision, cut func() bool) (*http.Response, leg, error) {
+	body = applyPlan(body, d)
 	targets := append([]string{d.ReplicaID}, d.FallbackIDs...)
 	var lastErr error
 	for i, id := range targets {
 		b := g.byID[id]
 		if b == nil {
 			lastErr = fmt.Errorf("the library chose %q, which is not a configured backend", id)
+			if i == 0 {
+				g.finish(d.Ticket, spotinfer.TicketResult{Status: spotinfer.TicketError})
+			}
 			continue
 		}
 		l := leg{replica: id, sent: time.Now()}

@@ -89,7 +89,9 @@ func main() {
 	if err != nil {
 		log.Fatal(err)
 	}
-	g.start(ctx)
+	// Not the signal's context: replay workers and notice polling keep
+	// running while Shutdown drains the open streams; g.close stops them.
+	g.start(context.Background())
 	if o.addrFile != "" {
 		if err := addrfile.Write(o.addrFile, ln.Addr().String()); err != nil {
 			log.Fatal(err)

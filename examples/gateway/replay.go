@@ -80,6 +80,12 @@ func (st *stream) resumeAfterCut(ctx context.Context, cause error) resumption {
 		g.mu.Lock()
 		delete(g.waiting, env.Key)
 		g.mu.Unlock()
+		// A leg handed over as the wait ended is nobody's: close it.
+		select {
+		case r := <-resume:
+			g.discard(r)
+		default:
+		}
 	}()
 	if _, err := g.queue.Enqueue(env); err != nil {
 		g.stats.replayFailed.Add(1)
@@ -134,8 +140,9 @@ func (g *gateway) replayWorker(ctx context.Context) {
 
 // resumeClaim builds the continuation of a claimed envelope, routes it
 // (the library keeps it off the noticed machine), opens the leg and hands
-// it to the waiting stream. The claim is acked once the stream has the leg
-// and nacked (retried after a backoff) when no leg could be opened.
+// it to the waiting stream. The claim is acked just before the hand-over
+// (and whenever nothing is left to retry), and nacked (retried after a
+// backoff) when no leg could be opened for want of capacity or a backend.
 func (g *gateway) resumeClaim(ctx context.Context, c spotinfer.Claim) {
 	env := c.Envelope
 	g.mu.Lock()
@@ -145,12 +152,7 @@ func (g *gateway) resumeClaim(ctx context.Context, c spotinfer.Claim) {
 		g.queue.Ack(c.ID) // the client is gone: nothing to resume
 		return
 	}
-	give := func(r resumption) {
-		select {
-		case st.resume <- r:
-		default:
-		}
-	}
+	give := func(r resumption) { g.handOver(env.Key, st, r) }
 	cont, flags, err := spotinfer.Continuation(env)
 	if errors.Is(err, spotinfer.ErrRange) {
 		// The client already has every token the request allowed.
@@ -181,21 +183,42 @@ func (g *gateway) resumeClaim(ctx context.Context, c spotinfer.Claim) {
 	}
 	// Acked before the hand-over: a claim whose lease ran out meanwhile
 	// belongs to another worker now, and only one leg may feed the stream.
-	drop := func() {
-		resp.Body.Close()
-		l.cancel()
-		g.finish(l.ticket, spotinfer.TicketResult{Status: spotinfer.TicketCancelled})
-	}
+	r := resumption{resp: resp, leg: l}
 	if err := g.queue.Ack(c.ID); err != nil {
 		g.events.write(map[string]any{"event": "replay_dropped", "key": env.Key, "error": err.Error()})
-		drop()
+		g.discard(r)
 		return
 	}
-	select {
-	case st.resume <- resumption{resp: resp, leg: l}:
-	default:
-		drop()
+	if !g.handOver(env.Key, st, r) {
+		g.discard(r)
 	}
+}
+
+// handOver gives r to the stream waiting under key, and reports whether
+// it took it: under g.mu, so a stream that has stopped waiting (its entry
+// gone, its leftovers drained) is never handed what it would not read.
+func (g *gateway) handOver(key string, st *stream, r resumption) bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.waiting[key] != st {
+		return false
+	}
+	select {
+	case st.resume <- r:
+		return true
+	default:
+		return false
+	}
+}
+
+// discard closes a leg no stream will read, and finishes its ticket.
+func (g *gateway) discard(r resumption) {
+	if r.resp == nil {
+		return
+	}
+	r.resp.Body.Close()
+	r.leg.cancel()
+	g.finish(r.leg.ticket, spotinfer.TicketResult{Status: spotinfer.TicketCancelled})
 }
 
 var errUpstream = errors.New("upstream")
@@ -243,7 +266,15 @@ func (g *gateway) openContinuation(ctx context.Context, st *stream, body []byte,
 		}
 	}()
 	l := leg{replica: d.ReplicaID, ticket: d.Ticket, sent: time.Now(), cancel: cancel}
-	resp, err := g.forward(lctx, b, st.path, env.Key, body)
+	// The cap is the whole answer's: what the client has counts against it.
+	plan := d
+	if plan.MaxOutputTokens > 0 {
+		plan.MaxOutputTokens -= int64(env.StreamOffset)
+		if plan.MaxOutputTokens < 1 {
+			plan.MaxOutputTokens = 1
+		}
+	}
+	resp, err := g.forward(lctx, b, st.path, env.Key, applyPlan(body, plan))
 	if err == nil && resp.StatusCode != http.StatusOK {
 		msg, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
 		resp.Body.Close()
@@ -256,7 +287,12 @@ func (g *gateway) openContinuation(ctx context.Context, st *stream, body []byte,
 	}
 	if err != nil {
 		cancel()
-		g.finish(d.Ticket, spotinfer.TicketResult{Status: spotinfer.TicketError})
+		// A client gone, or a 4xx answer, says nothing of the replica.
+		status := spotinfer.TicketError
+		if st.ctx.Err() != nil || (resp != nil && resp.StatusCode < 500) {
+			status = spotinfer.TicketCancelled
+		}
+		g.finish(d.Ticket, spotinfer.TicketResult{Status: status})
 		return nil, leg{}, err
 	}
 	return resp, l, nil
