@@ -348,6 +348,18 @@ static int argv_roundtrip(spr_conn *c, int argc, const char **argv,
 }
 
 /* A command of the handshake whose reply must be OK-ish. */
+int spr_reply_transient(const redisReply *r) {
+  static const char *const codes[] = {"LOADING",  "BUSY",       "MASTERDOWN",
+                                      "TRYAGAIN", "READONLY",   "CLUSTERDOWN"};
+  if (!r || r->type != REDIS_REPLY_ERROR || !r->str) return 0;
+  for (size_t i = 0; i < sizeof codes / sizeof codes[0]; i++) {
+    size_t n = strlen(codes[i]);
+    if (strncmp(r->str, codes[i], n) == 0 && (r->str[n] == ' ' || !r->str[n]))
+      return 1;
+  }
+  return 0;
+}
+
 static int hello_step(spr_conn *c, int argc, const char **argv,
                       int64_t deadline, const char *what, char *err,
                       size_t cap) {
@@ -357,10 +369,11 @@ static int hello_step(spr_conn *c, int argc, const char **argv,
   int rc = argv_roundtrip(c, argc, argv, lens, &r, deadline, err, cap);
   if (rc != SPI_OK) return rc;
   /* A server that answers and refuses is a configuration error (wrong
-   * credentials, no such db), not an outage: SPI_EINVAL. */
+   * credentials, no such db), not an outage: SPI_EINVAL; but one that only
+   * cannot answer yet (loading its data) is an outage. */
   if (r->type == REDIS_REPLY_ERROR) {
-    rc = efail(err, cap, SPI_EINVAL, "redis %s: %s refused: %.160s", c->addr,
-               what, r->str);
+    rc = efail(err, cap, spr_reply_transient(r) ? SPI_EIO : SPI_EINVAL,
+               "redis %s: %s refused: %.160s", c->addr, what, r->str);
   }
   freeReplyObject(r);
   return rc;

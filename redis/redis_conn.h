@@ -9,7 +9,9 @@
  * exported from the library.
  *
  * Errors: a command that cannot be written or answered in time (refused,
- * reset, timed out, TLS or AUTH failure) returns SPI_EIO with a message
+ * reset, timed out, TLS failure, a server that refuses for now:
+ * spr_reply_transient) returns SPI_EIO, and one whose AUTH or SELECT the
+ * server refuses returns SPI_EINVAL, with a message
  * naming the server and what failed, and closes the connection; the next
  * command reconnects, but not before a backoff (reconnect_min_ms doubling
  * up to reconnect_max_ms) has passed since the last failure: until then
@@ -79,7 +81,7 @@ void spr_conn_free(spr_conn *c);
 
 /* Connect now (AUTH, SELECT, a PING); SPI_OK when connected already.
  * SPI_EINVAL when the server answered and refused (AUTH, SELECT), SPI_EIO
- * when it could not be reached. */
+ * when it could not be reached or refused for now (spr_reply_transient). */
 int spr_conn_open(spr_conn *c, char *err, size_t cap);
 
 /* Run one command (argv[0..argc) with lengths) and wait for its reply until
@@ -89,6 +91,13 @@ int spr_conn_open(spr_conn *c, char *err, size_t cap);
 int spr_conn_command(spr_conn *c, int argc, const char **argv,
                      const size_t *lens, redisReply **out, char *err,
                      size_t cap);
+
+/* 1 when r is an error reply of a server that refuses for now and will
+ * take the same command later (loading its data after a restart, busy in
+ * a script, a replica or cluster between primaries): it refused before
+ * running anything, so the caller reports SPI_EIO, which may be repeated,
+ * and a queue falls back to its journal. */
+int spr_reply_transient(const redisReply *r);
 
 /* Commands that have failed with SPI_EIO, and connections made, since the
  * spr_conn was created. */

@@ -313,8 +313,8 @@ static int run(redis_store *s, int which, const spi_replay_ctx *ctx,
                 (strncmp(r->str, "NOSCRIPT", 8) == 0 ||
                  strstr(r->str, "NOGROUP") != NULL);
     if (!again || attempt == 1) {
-      rc = rfail(err, cap, SPI_EMODULE, "redis: %s script: %.200s",
-                 SCRIPT_NAMES[which],
+      rc = rfail(err, cap, spr_reply_transient(r) ? SPI_EIO : SPI_EMODULE,
+                 "redis: %s script: %.200s", SCRIPT_NAMES[which],
                  r->type == REDIS_REPLY_ERROR ? r->str : "unexpected reply");
       freeReplyObject(r);
       return rc;

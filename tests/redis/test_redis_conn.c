@@ -165,6 +165,40 @@ static void test_commands(void **st) {
   spr_conn_free(c);
 }
 
+/* Error replies of a server that refuses for now are told from those of
+ * one that refuses the command: the first are an outage (SPI_EIO). */
+static void test_transient_replies(void **st) {
+  (void)st;
+  static const struct {
+    const char *text;
+    int transient;
+  } cases[] = {
+      {"LOADING Redis is loading the dataset in memory", 1},
+      {"BUSY Redis is busy running a script.", 1},
+      {"MASTERDOWN Link with MASTER is down", 1},
+      {"TRYAGAIN Multiple keys request during rehashing", 1},
+      {"READONLY You can't write against a read only replica.", 1},
+      {"CLUSTERDOWN The cluster is down", 1},
+      {"LOADINGX not a code", 0},
+      {"WRONGPASS invalid username-password pair", 0},
+      {"NOSCRIPT No matching script", 0},
+      {"ERR unknown command", 0},
+  };
+  for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+    redisReply r;
+    memset(&r, 0, sizeof r);
+    r.type = REDIS_REPLY_ERROR;
+    r.str = (char *)cases[i].text;
+    r.len = strlen(cases[i].text);
+    assert_int_equal(spr_reply_transient(&r), cases[i].transient);
+  }
+  redisReply s;
+  memset(&s, 0, sizeof s);
+  s.type = REDIS_REPLY_STATUS;
+  s.str = (char *)"LOADING";
+  assert_int_equal(spr_reply_transient(&s), 0);
+}
+
 static void test_auth(void **st) {
   (void)st;
   int port = server_port();
@@ -289,6 +323,7 @@ int main(void) {
       cmocka_unit_test(test_config_defaults),
       cmocka_unit_test(test_config_errors),
       cmocka_unit_test(test_unreachable_backoff),
+      cmocka_unit_test(test_transient_replies),
       cmocka_unit_test(test_commands),
       cmocka_unit_test(test_auth),
       cmocka_unit_test(test_tls),

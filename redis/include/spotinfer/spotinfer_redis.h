@@ -55,7 +55,8 @@ typedef int (*spi_redis_get_module_fn)(int32_t kind, const char *name,
  * sizeof(spi_replay_store_module)) with the library's module of that kind
  * named name ("redis" for the replay store), and *state / *destroy with
  * what spi_engine_register_module() takes next. Each call makes a new
- * state; if registration fails, call *destroy(*state) yourself.
+ * state; if registration fails and *destroy is not NULL, call
+ * (*destroy)(*state) yourself.
  * Errors: SPI_EINVAL (NULL argument), SPI_ENOTFOUND (no such module here),
  * SPI_EABI (module_size smaller than this library's struct), SPI_ENOMEM.
  */
