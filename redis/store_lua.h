@@ -110,13 +110,17 @@
   "return {expired, 0}\n"
 
 /* ARGV[6] consumer, [7] lease end ms, [8] class mask.
- * -> {expired} (nothing ready) or {expired, lane, id, key, attempts, blob} */
+ * -> {expired} (nothing ready) or {expired, lane, id, key, attempts, blob}.
+ * Entries past their deadline met on the way are dead-lettered, at most 128
+ * a call, so one call stays short after an outage left many behind: with
+ * that many, it answers "nothing ready" and the next claim goes on. */
 #define SPR_LUA_CLAIM                                                          \
   SPR_LUA_COMMON                                                               \
   "local mask = tonumber(ARGV[8])\n"                                           \
+  "local budget = 128\n"                                                       \
   "for lane = 1, 3 do\n"                                                       \
   "  if math.floor(mask / (2 ^ lane)) % 2 == 1 then\n"                         \
-  "    while true do\n"                                                        \
+  "    while budget > 0 do\n"                                                  \
   "      local r = redis.call('XREADGROUP', 'GROUP', group, ARGV[6],\n"        \
   "        'COUNT', 1, 'STREAMS', KEYS[lane], '>')\n"                          \
   "      if not r or #r == 0 or #r[1][2] == 0 then break end\n"                \
@@ -126,6 +130,7 @@
   "        redis.call('XACK', KEYS[lane], group, id)\n"                        \
   "        redis.call('XDEL', KEYS[lane], id)\n"                               \
   "        dead(f, f.a, 'deadline')\n"                                         \
+  "        budget = budget - 1\n"                                              \
   "      else\n"                                                               \
   "        redis.call('ZADD', K_LEASES, ARGV[7], lane .. ':' .. id)\n"         \
   "        return {expired, lane, id, f.k, f.a, f.e}\n"                        \
