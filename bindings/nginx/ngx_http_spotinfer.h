@@ -178,7 +178,7 @@ typedef struct {
 extern ngx_module_t  ngx_http_spotinfer_module;
 
 
-/* ngx_http_spotinfer_conf.c */
+/* ngx_http_spotinfer_module.c: configuration and engines */
 ngx_http_spi_upstream_t *ngx_http_spi_upstream_get(ngx_conf_t *cf,
     ngx_str_t *name);
 ngx_int_t ngx_http_spi_engine_open(ngx_http_spi_upstream_t *up,

@@ -823,12 +823,29 @@ ngx_http_spi_cycle_conf(ngx_cycle_t *cycle)
 }
 
 
+/* Whether this process routes requests: a worker, or nginx's only
+ * process with master_process off. */
+static ngx_uint_t
+ngx_http_spi_routing_process(void)
+{
+    return ngx_process == NGX_PROCESS_WORKER
+           || ngx_process == NGX_PROCESS_SINGLE;
+}
+
+
 static ngx_int_t
 ngx_http_spi_init_process(ngx_cycle_t *cycle)
 {
     ngx_uint_t                 i;
     ngx_http_spi_upstream_t  **ups, *up;
     ngx_http_spi_main_conf_t  *mcf;
+
+    /* Workers route; the cache manager and loader run every module's
+     * init_process too, and an engine there would scrape the replicas and
+     * publish its zeros in worker 0's metrics slot. */
+    if (!ngx_http_spi_routing_process()) {
+        return NGX_OK;
+    }
 
     mcf = ngx_http_spi_cycle_conf(cycle);
     if (mcf == NULL) {
@@ -864,6 +881,10 @@ ngx_http_spi_exit_process(ngx_cycle_t *cycle)
     ngx_http_spi_replica_t    *rep;
     ngx_http_spi_upstream_t  **ups;
     ngx_http_spi_main_conf_t  *mcf;
+
+    if (!ngx_http_spi_routing_process()) {
+        return;
+    }
 
     mcf = ngx_http_spi_cycle_conf(cycle);
     if (mcf == NULL) {

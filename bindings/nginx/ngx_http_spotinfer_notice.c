@@ -212,11 +212,11 @@ ngx_http_spi_notice_take(ngx_http_request_t *r)
 {
     int                       st;
     size_t                    n;
-    u_char                    errbuf[256], out[64];
+    u_char                    errbuf[256], *out;
     int32_t                   format;
     ngx_int_t                 status;
     ngx_str_t                 body, node, v, msg;
-    spi_notice                notices[NGX_HTTP_SPI_PARSE_MAX];
+    spi_notice                stack[NGX_HTTP_SPI_PARSE_MAX], *notices;
     ngx_http_spi_loc_conf_t  *lcf;
 
     lcf = ngx_http_get_module_loc_conf(r, ngx_http_spotinfer_module);
@@ -244,13 +244,28 @@ ngx_http_spi_notice_take(ngx_http_request_t *r)
         status = ngx_atoi(v.data, v.len);
     }
 
-    ngx_memzero(notices, sizeof(notices));
+    ngx_memzero(stack, sizeof(stack));
+    notices = stack;
     st = spi_notice_parse(format, status == NGX_ERROR ? -1 : (int32_t) status,
                           (const char *) body.data, body.len,
                           (const char *) node.data, node.len,
                           ngx_http_spi_wall_ns(), notices,
                           NGX_HTTP_SPI_PARSE_MAX, &n, (char *) errbuf,
                           sizeof(errbuf));
+    if (st == SPI_EBUFSIZE) {
+        /* A document with more events than the stack holds: n says how
+         * many, all of them are taken. */
+        notices = ngx_pcalloc(r->pool, n * sizeof(spi_notice));
+        if (notices == NULL) {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+        st = spi_notice_parse(format,
+                              status == NGX_ERROR ? -1 : (int32_t) status,
+                              (const char *) body.data, body.len,
+                              (const char *) node.data, node.len,
+                              ngx_http_spi_wall_ns(), notices, n, &n,
+                              (char *) errbuf, sizeof(errbuf));
+    }
     if (st != SPI_OK) {
         msg.data = errbuf;
         msg.len = ngx_strlen(errbuf);
@@ -261,6 +276,12 @@ ngx_http_spi_notice_take(ngx_http_request_t *r)
     ngx_http_spi_notice_publish(lcf->notice, notices, n);
     ngx_http_spi_notice_sync(lcf->notice);
 
+    /* From the pool, not the stack: the answer may be sent after this
+     * returns (a full socket, HTTP/2). */
+    out = ngx_pnalloc(r->pool, 64);
+    if (out == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
     msg.data = out;
     msg.len = ngx_sprintf(out, "{\"notices\":%uz}\n", n) - out;
 

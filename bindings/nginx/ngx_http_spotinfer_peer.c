@@ -152,7 +152,10 @@ ngx_http_spi_init_peer(ngx_http_request_t *r,
     ngx_http_spi_srv_conf_t  *scf;
 
     scf = ngx_http_conf_upstream_srv_conf(us, ngx_http_spotinfer_module);
-    ctx = ngx_http_get_module_ctx(r->main, ngx_http_spotinfer_module);
+    /* A subrequest (mirror, SSI) has no decision of its own, and must not
+     * take over the main request's targets and ticket. */
+    ctx = r == r->main ? ngx_http_get_module_ctx(r, ngx_http_spotinfer_module)
+                       : NULL;
 
     if (ctx == NULL || !ctx->routed || ctx->up != scf->up) {
         ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
@@ -236,6 +239,7 @@ void
 ngx_http_spi_ticket_end(ngx_http_spi_ctx_t *ctx, ngx_int_t status,
     ngx_uint_t http_status)
 {
+    int                rc;
     spi_ticket_result  res;
 
     if (ctx->ticket == 0 || ctx->up->engine == NULL) {
@@ -256,7 +260,23 @@ ngx_http_spi_ticket_end(ngx_http_spi_ctx_t *ctx, ngx_int_t status,
         res.ttft_ms = (double) (ctx->first_byte_us - ctx->routed_us) / 1000.0;
     }
 
-    (void) spi_ticket_finish(ctx->up->engine, ctx->ticket, &res);
+    /* Counts come from the backend's answer: kept within what the library
+     * takes (at most 1e9 output tokens, no more cached than prompt), and
+     * when it still refuses them the ticket ends without them, so it is
+     * never left open. */
+    if (res.output_tokens > 1000000000) {
+        res.output_tokens = 1000000000;
+    }
+    if (res.prompt_tokens && res.cached_tokens > res.prompt_tokens) {
+        res.cached_tokens = res.prompt_tokens;
+    }
+
+    rc = spi_ticket_finish(ctx->up->engine, ctx->ticket, &res);
+    if (rc == SPI_EINVAL || rc == SPI_ERANGE) {
+        res.output_tokens = res.prompt_tokens = res.cached_tokens = 0;
+        res.ttft_ms = 0;
+        (void) spi_ticket_finish(ctx->up->engine, ctx->ticket, &res);
+    }
 
     ctx->ticket = 0;
 }

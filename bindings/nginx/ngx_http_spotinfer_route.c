@@ -212,6 +212,15 @@ ngx_http_spi_decide(ngx_http_request_t *r, ngx_http_spi_ctx_t *ctx,
     if (st != SPI_OK) {
         msg.data = (u_char *) spi_request_errmsg(up->req);
         msg.len = ngx_strlen(msg.data);
+        if (st == SPI_ENOMEM) {
+            return ngx_http_spi_send_error(r, NGX_HTTP_INTERNAL_SERVER_ERROR,
+                                           "internal_error", &msg, 0);
+        }
+        if (st == SPI_ETOOBIG) {
+            return ngx_http_spi_send_error(r,
+                                           NGX_HTTP_REQUEST_ENTITY_TOO_LARGE,
+                                           "invalid_request_error", &msg, 0);
+        }
         return ngx_http_spi_send_error(r, NGX_HTTP_BAD_REQUEST,
                                        "invalid_request_error", &msg, 0);
     }
@@ -232,7 +241,8 @@ ngx_http_spi_decide(ngx_http_request_t *r, ngx_http_spi_ctx_t *ctx,
 
         cln = ngx_pool_cleanup_add(r->pool, 0);
         if (cln == NULL || ctx->ntargets == 0) {
-            ngx_http_spi_ticket_end(ctx, SPI_TICKET_ERROR, 0);
+            /* nothing was sent to the replica: not its error */
+            ngx_http_spi_ticket_end(ctx, SPI_TICKET_CANCELLED, 0);
             return NGX_HTTP_INTERNAL_SERVER_ERROR;
         }
 
@@ -258,8 +268,16 @@ ngx_http_spi_decide(ngx_http_request_t *r, ngx_http_spi_ctx_t *ctx,
                                        "unavailable", &msg, 1);
     }
 
-    msg.data = (u_char *) spi_engine_errmsg(up->engine);
+    /* The route's own message is the request's. */
+    msg.data = (u_char *) spi_request_errmsg(up->req);
     msg.len = ngx_strlen(msg.data);
+
+    if (st == SPI_EFULL) {
+        /* every ticket is open: overload, not a fault here */
+        return ngx_http_spi_send_error(r, NGX_HTTP_SERVICE_UNAVAILABLE,
+                                       "unavailable", &msg, 1);
+    }
+
     ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
                   "spotinfer: route failed: %s: %V", spi_strerror(st), &msg);
 
