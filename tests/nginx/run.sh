@@ -130,7 +130,7 @@ http {
       proxy_pass http://llm;
       proxy_http_version 1.1;
       proxy_buffering off;
-      proxy_next_upstream error timeout http_502 http_503;
+      proxy_next_upstream error timeout http_502 http_503 non_idempotent;
     }
     location /hot/ {
       spotinfer_route hot;
