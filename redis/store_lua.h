@@ -37,17 +37,20 @@
   "  end\n"                                                                    \
   "end\n"                                                                      \
   "local function gone(f)\n"                                                   \
-  "  redis.call('DECRBY', K_BYTES, #f.e + #f.k)\n"                             \
+  "  if redis.call('DECRBY', K_BYTES, #f.e + #f.k) < 0 then\n"                 \
+  "    redis.call('SET', K_BYTES, 0)\n"                                        \
+  "  end\n"                                                                    \
   "end\n"                                                                      \
   "local function dead(f, att, why)\n"                                         \
-  "  gone(f)\n"                                                                \
-  "  if maxdead <= 0 then remember(f.k) return end\n"                          \
+  "  if maxdead <= 0 then gone(f) remember(f.k) return end\n"                  \
   "  redis.call('HSET', K_KEYS, f.k, 'dead')\n"                                \
   "  redis.call('XADD', K_DEAD, '*', 'k', f.k, 'a', att, 'dl', f.dl,\n"        \
   "    'l', f.l, 'why', why, 'e', f.e)\n"                                      \
   "  while redis.call('XLEN', K_DEAD) > maxdead do\n"                          \
   "    local old = redis.call('XRANGE', K_DEAD, '-', '+', 'COUNT', 1)[1]\n"    \
-  "    remember(fields(old[2]).k)\n"                                           \
+  "    local of = fields(old[2])\n"                                            \
+  "    gone(of)\n"                                                             \
+  "    remember(of.k)\n"                                                       \
   "    redis.call('XDEL', K_DEAD, old[1])\n"                                   \
   "  end\n"                                                                    \
   "end\n"                                                                      \
