@@ -44,3 +44,42 @@ func TestApplyPlan(t *testing.T) {
 		t.Fatalf("not an object: %s", got)
 	}
 }
+
+// A continuation's usage moves the tokens the client already had from
+// prompt to completion; a from-scratch replay that writes something else
+// than what the client has is reported, not spliced on.
+func TestContinuedEvent(t *testing.T) {
+	st := &stream{streamID: "a"}
+	l := &leg{offset: 5, resumed: true}
+	data := []byte(`{"id":"b","choices":[],"usage":{"prompt_tokens":20,"completion_tokens":7,"total_tokens":27}}`)
+	var ev event
+	if err := json.Unmarshal(data, &ev); err != nil {
+		t.Fatal(err)
+	}
+	text := ""
+	out, drop, diverged := st.continuedEvent(data, &ev, &text, l)
+	if drop || diverged {
+		t.Fatal(drop, diverged)
+	}
+	var m struct {
+		ID    string             `json:"id"`
+		Usage map[string]float64 `json:"usage"`
+	}
+	if err := json.Unmarshal(out, &m); err != nil {
+		t.Fatal(err)
+	}
+	if m.ID != "a" || m.Usage["prompt_tokens"] != 15 || m.Usage["completion_tokens"] != 12 ||
+		m.Usage["total_tokens"] != 27 {
+		t.Fatalf("usage: %s", out)
+	}
+	l = &leg{resumed: true, skip: "Hello"}
+	d2 := []byte(`{"id":"a","choices":[{"delta":{"content":"Help"}}]}`)
+	ev = event{}
+	if err := json.Unmarshal(d2, &ev); err != nil {
+		t.Fatal(err)
+	}
+	text = ev.content()
+	if _, _, diverged = st.continuedEvent(d2, &ev, &text, l); !diverged {
+		t.Fatal("a diverging replay was not reported")
+	}
+}

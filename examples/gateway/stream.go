@@ -48,6 +48,11 @@ type stream struct {
 	text     strings.Builder // what the client has
 	tokens   int
 	attempts uint32
+
+	// The client has had a finish_reason: the answer is whole, and a leg
+	// cut before its [DONE] is not continued. Read and written by the
+	// relaying goroutine only.
+	finished bool
 }
 
 // resumption is what the replay worker hands a waiting stream.
@@ -119,6 +124,7 @@ func (s *sseReader) next() ([]byte, error) {
 var (
 	errCut        = errors.New("interrupted")
 	errClientGone = errors.New("the client went away")
+	errDiverged   = errors.New("the replay diverged from what the client has")
 )
 
 // relay passes the backend's events to the client one at a time, flushing
@@ -147,6 +153,22 @@ func (st *stream) relay(w http.ResponseWriter, ctx context.Context, resp *http.R
 		}
 		if ctx.Err() != nil || errors.Is(err, errClientGone) {
 			g.stats.cancelled.Add(1)
+			return
+		}
+		if errors.Is(err, errDiverged) {
+			g.stats.failed.Add(1)
+			writeStreamError(w, fl, "the stream was interrupted and its replay "+
+				"answered differently from what was already sent")
+			return
+		}
+		if st.finished {
+			// Cut after the finish_reason and before [DONE]: nothing is
+			// missing, and a continuation would write past the end.
+			io.WriteString(w, "data: [DONE]\n\n")
+			if fl != nil {
+				fl.Flush()
+			}
+			g.stats.ok.Add(1)
 			return
 		}
 		if !st.replayable {
@@ -252,8 +274,13 @@ func (st *stream) relayLeg(w io.Writer, fl http.Flusher, resp *http.Response, l 
 			}
 		}
 		if l.resumed {
-			var drop bool
-			if data, drop = st.continuedEvent(data, &ev, &text, l); drop {
+			var drop, diverged bool
+			data, drop, diverged = st.continuedEvent(data, &ev, &text, l)
+			if diverged {
+				end(spotinfer.TicketCancelled)
+				return false, errDiverged
+			}
+			if drop {
 				continue
 			}
 		}
@@ -265,6 +292,11 @@ func (st *stream) relayLeg(w io.Writer, fl http.Flusher, resp *http.Response, l 
 		}
 		if fl != nil {
 			fl.Flush()
+		}
+		for _, c := range ev.Choices {
+			if c.FinishReason != nil {
+				st.finished = true
+			}
 		}
 		if text != "" {
 			st.mu.Lock()
@@ -290,13 +322,14 @@ func (st *stream) relayLeg(w io.Writer, fl http.Flusher, resp *http.Response, l 
 }
 
 // continuedEvent adapts an event of a continuation leg: the role-only
-// opening chunk is dropped (the client had it), a from-scratch replay's
-// text the client already has is skipped, and the usage chunk counts the
-// tokens of every leg.
-func (st *stream) continuedEvent(data []byte, ev *event, text *string, l *leg) ([]byte, bool) {
+// opening chunk is dropped (drop: the client had it), a from-scratch
+// replay's text the client already has is skipped, and the usage chunk
+// counts the tokens of every leg. diverged: a from-scratch replay wrote
+// something else than what the client has, which cannot be joined to it.
+func (st *stream) continuedEvent(data []byte, ev *event, text *string, l *leg) (out []byte, drop, diverged bool) {
 	if len(ev.Choices) == 1 && ev.Choices[0].Delta.Role != "" && *text == "" &&
 		ev.Choices[0].FinishReason == nil {
-		return data, true
+		return data, true, false
 	}
 	if l.skip != "" && *text != "" {
 		n := len(l.skip)
@@ -304,11 +337,11 @@ func (st *stream) continuedEvent(data []byte, ev *event, text *string, l *leg) (
 			n = len(*text)
 		}
 		if (*text)[:n] != l.skip[:n] {
-			l.skip = "" // diverged: nothing more can be matched, pass it on
+			return data, false, true
 		} else {
 			l.skip = l.skip[n:]
 			if n == len(*text) {
-				return data, true
+				return data, true, false
 			}
 			*text = (*text)[n:]
 			data = rewriteText(data, *text)
@@ -325,9 +358,16 @@ func (st *stream) continuedEvent(data []byte, ev *event, text *string, l *leg) (
 				m["id"] = st.streamID
 			}
 			if u, ok := m["usage"].(map[string]any); ok && addUsage {
+				// The continuation's prompt holds the tokens the client
+				// already had: they move from prompt to completion, and
+				// the total stays.
+				off := float64(l.offset)
+				p, _ := u["prompt_tokens"].(float64)
 				c, _ := u["completion_tokens"].(float64)
-				t, _ := u["total_tokens"].(float64)
-				u["completion_tokens"], u["total_tokens"] = c+float64(l.offset), t+float64(l.offset)
+				if p >= off {
+					u["prompt_tokens"] = p - off
+				}
+				u["completion_tokens"] = c + off
 				ev.Usage.CompletionTokens += uint64(l.offset)
 			}
 			if b, err := json.Marshal(m); err == nil {
@@ -335,7 +375,7 @@ func (st *stream) continuedEvent(data []byte, ev *event, text *string, l *leg) (
 			}
 		}
 	}
-	return data, false
+	return data, false, false
 }
 
 // rewriteText sets the text of the event's only choice.
