@@ -57,6 +57,15 @@ run 0 --help && has "help lists commands" "notice parse"
 run 2 && has "no command is a usage error" "" && [[ "$err" == *Usage* ]] && ok "usage on stderr"
 run 2 frobnicate && [[ "$err" == *"unknown command"* ]] && ok "unknown command"
 run 0 version --json && jq_eq "version" 'j["version"].count(".") == 2'
+# Output that cannot be written is a failure, not success.
+if [[ -w /dev/full ]]; then
+  if "$bin" version >/dev/full 2>"$work/err"; then
+    bad "a write error exits 0"
+  else
+    err=$(cat "$work/err")
+    [[ "$err" == *"write error"* ]] && ok "a write error exits 1 and says so"
+  fi
+fi
 
 # ---------------------------------------------------------- config check
 printf '{"router": {"max_replicas": 0}}' >"$work/bad.json"
@@ -114,6 +123,9 @@ printf '{"action": "stop", "time": "2023-11-14T22:15:00Z"}' >"$work/stop.json"
 run 0 notice parse --json --format aws-instance-action --node i-9 --now-ns $now "$work/stop.json" &&
   jq_eq "--format and seconds_left" 'j["notices"][0]["kind"] == "stop" and abs(j["notices"][0]["seconds_left"] - 100) < 1e-6 and j["notices"][0]["dedup_key"]'
 run 0 notice parse --node i-9 - <"$work/stop.json" && has "notice from stdin" "kind stop"
+python3 -c 'import json; print(json.dumps([{"Code": "instance-stop", "EventId": "instance-event-%d" % i, "State": "active", "NotBefore": "2 Feb 2019 07:00:00 GMT"} for i in range(70)]))' >"$work/ev70.json"
+run 0 notice parse --json --format aws-scheduled --node i-9 "$work/ev70.json" &&
+  jq_eq "70 scheduled events, all of them" 'j["found"] == 70 and len(j["notices"]) == 70' 
 run 0 notice parse --json --status 404 --cloud aws --node i-9 "$work/stop.json" &&
   jq_eq "404 means no notice" 'j["found"] == 0'
 printf 'hello' >"$work/hello.txt"
@@ -166,6 +178,14 @@ printf '[{"id": "x", "pool": "spot", "max_inflight": 1}]' >"$work/r3.json"
 run 1 route --config "$cfg" --replicas "$work/r3.json" "$here/chat.json" && [[ "$err" == *usd_per_hour* ]] && ok "missing usd_per_hour named"
 printf '[{"id": "x", "pool": "spot", "usd_per_hour": 1, "max_inflight": 1, "load": {"kv_usage": 2}}]' >"$work/r4.json"
 run 1 route --config "$cfg" --replicas "$work/r4.json" "$here/chat.json" && ok "load out of range is invalid"
+# The replicas file is read strictly: one JSON value, "replicas" alone in
+# the object form, and no id twice.
+printf '[{"id": "a", "pool": "spot", "usd_per_hour": 1, "max_inflight": 1}]\n[]' >"$work/r5.json"
+run 1 route --config "$cfg" --replicas "$work/r5.json" "$here/chat.json" && [[ "$err" == *"data after the JSON value"* ]] && ok "replicas file: trailing data"
+printf '{"replicas": [], "extra": 1}' >"$work/r6.json"
+run 1 route --config "$cfg" --replicas "$work/r6.json" "$here/chat.json" && ok "replicas file: another top-level key"
+printf '[{"id": "a", "pool": "spot", "usd_per_hour": 1, "max_inflight": 1}, {"id": "a", "pool": "on_demand", "usd_per_hour": 2, "max_inflight": 1}]' >"$work/r7.json"
+run 1 route --config "$cfg" --replicas "$work/r7.json" "$here/chat.json" && [[ "$err" == *'id "a" is given twice'* ]] && ok "replicas file: an id twice"
 printf '{"model": "llama", "messages": "hi"}' >"$work/badbody.json"
 run 1 route --config "$cfg" --replicas "$reps" "$work/badbody.json" && [[ "$err" == *messages* ]] && ok "bad body names the field"
 run 1 route --config "$work/bad.json" --replicas "$reps" "$here/chat.json" && [[ "$err" == *max_replicas* ]] && ok "bad config in route"

@@ -42,9 +42,8 @@ int cli_usage(const cli_ctx *c, const char *cmd, const char *fmt, ...);
 /* 1 if arg is --help or -h. */
 int cli_is_help(const char *arg);
 
-/* Parse a finite double or an unsigned integer option value; 0 on success. */
+/* Parse a finite double or an integer option value; 0 on success. */
 int cli_double(const char *s, double *out);
-int cli_u64(const char *s, unsigned long long *out);
 int cli_i64(const char *s, long long *out);
 
 /* The subcommands: argv starts after the subcommand's name(s). */

@@ -179,18 +179,33 @@ int cmd_notice_parse(const cli_ctx *c, int argc, char **argv) {
                        "not a notice body of any cloud this version reads; "
                        "give --cloud or --format");
   }
-  spi_notice out[64];
-  memset(out, 0, sizeof out);
-  for (size_t k = 0; k < 64; k++) out[k].struct_size = sizeof out[k];
+  /* Room for 64 notices first; a document with more says how many, and
+   * is parsed again with room for all of them. */
+  size_t cap = 64;
+  spi_notice *out = NULL;
   spi_parse_report rep;
-  memset(&rep, 0, sizeof rep);
-  rep.struct_size = sizeof rep;
   char err[256] = "";
-  int rc = spi_notice_parse_v2(format, (int32_t)status, body, len, node,
-                               strlen(node), now, out, 64, &rep, err,
-                               sizeof err);
+  int rc;
+  do {
+    free(out);
+    out = calloc(cap, sizeof *out);
+    if (!out) {
+      free(body);
+      return cli_invalid(c, path, SPI_ENOMEM, "out of memory");
+    }
+    for (size_t k = 0; k < cap; k++) out[k].struct_size = sizeof out[k];
+    memset(&rep, 0, sizeof rep);
+    rep.struct_size = sizeof rep;
+    err[0] = '\0';
+    rc = spi_notice_parse_v2(format, (int32_t)status, body, len, node,
+                             strlen(node), now, out, cap, &rep, err,
+                             sizeof err);
+  } while (rc == SPI_EBUFSIZE && rep.found > cap && (cap = rep.found));
   free(body);
-  if (rc != SPI_OK) return cli_invalid(c, path, rc, err);
+  if (rc != SPI_OK) {
+    free(out);
+    return cli_invalid(c, path, rc, err);
+  }
   cJSON *o = cJSON_CreateObject();
   cJSON_AddBoolToObject(o, "ok", 1);
   cJSON_AddStringToObject(o, "input", path);
@@ -199,8 +214,9 @@ int cmd_notice_parse(const cli_ctx *c, int argc, char **argv) {
   cJSON_AddNumberToObject(o, "skipped", (double)rep.skipped);
   if (rep.skipped) cJSON_AddStringToObject(o, "skipped_why", err);
   cJSON *list = cJSON_AddArrayToObject(o, "notices");
-  for (size_t k = 0; k < rep.found && k < 64; k++)
+  for (size_t k = 0; k < rep.found && k < cap; k++)
     cJSON_AddItemToArray(list, notice_json(&out[k], now));
+  free(out);
   cli_print(c, o);
   return CLI_OK;
 }

@@ -188,17 +188,25 @@ static int load_replicas(const cli_ctx *c, spi_engine *e, const char *path) {
   size_t len;
   char *text = cli_read_input(path, &len);
   if (!text) return cli_invalid(c, path, SPI_EIO, "cannot be read");
-  cJSON *doc = cJSON_ParseWithLength(text, len);
+  const char *end = NULL;
+  cJSON *doc = cJSON_ParseWithLengthOpts(text, len, &end, 0);
+  int trailing = 0;
+  for (const char *p = end; doc && p && p < text + len; p++)
+    trailing |= !(*p == ' ' || *p == '\t' || *p == '\n' || *p == '\r');
   free(text);
   const cJSON *list = doc;
-  if (cJSON_IsObject(doc))
+  if (cJSON_IsObject(doc)) {
     list = cJSON_GetObjectItemCaseSensitive(doc, "replicas");
-  if (!cJSON_IsArray(list)) {
+    for (const cJSON *k = doc->child; k && list; k = k->next)
+      if (!k->string || strcmp(k->string, "replicas") != 0) list = NULL;
+  }
+  if (!cJSON_IsArray(list) || trailing) {
     cJSON_Delete(doc);
     return cli_invalid(c, path, SPI_EPARSE,
-                       doc ? "not an array of replicas (nor {\"replicas\": "
-                             "[...]})"
-                           : "malformed JSON");
+                       !doc       ? "malformed JSON"
+                       : trailing ? "data after the JSON value"
+                                  : "not an array of replicas (nor "
+                                    "{\"replicas\": [...]} and nothing else)");
   }
   size_t i = 0;
   const cJSON *r;
@@ -212,8 +220,18 @@ static int load_replicas(const cli_ctx *c, spi_engine *e, const char *path) {
     load.struct_size = sizeof load;
     char models[1024];
     int rc = SPI_EINVAL;
+    spi_replica_status seen;
+    memset(&seen, 0, sizeof seen);
+    seen.struct_size = sizeof seen;
     if (replica_from(r, i, &info, &load, models, sizeof models, msg,
-                     sizeof msg) == 0) {
+                     sizeof msg) != 0) {
+      rc = SPI_EINVAL;
+    } else if (spi_replica_status_of(e, info.id, info.id_len, &seen) ==
+               SPI_OK) {
+      snprintf(msg, sizeof msg, "replicas[%zu]: id \"%s\" is given twice", i,
+               info.id);
+      rc = SPI_EINVAL;
+    } else {
       rc = spi_replica_upsert(e, &info);
       if (rc == SPI_OK)
         rc = spi_replica_report_load(e, info.id, info.id_len, &load);

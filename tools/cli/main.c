@@ -3,6 +3,7 @@
  * the options, read notices and /metrics pages, route one body, and run the
  * cost formulas, all through the public API of libspotinfer.
  */
+#include <errno.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -60,7 +61,7 @@ static int version(const cli_ctx *c) {
   return CLI_OK;
 }
 
-int main(int argc, char **argv) {
+static int dispatch(int argc, char **argv) {
   cli_ctx c = {0, "spotinfer"};
   argc = strip_json(argc, argv, &c.json);
   if (argc < 2) {
@@ -92,4 +93,15 @@ int main(int argc, char **argv) {
   }
   return cli_usage(&c, "", "unknown command '%s%s%s'", cmd, *sub ? " " : "",
                    sub);
+}
+
+int main(int argc, char **argv) {
+  int rc = dispatch(argc, argv);
+  /* Output that did not reach its file (a full disk, a closed pipe) is a
+   * failure, whatever the command found. */
+  if (fflush(stdout) != 0 || ferror(stdout)) {
+    fprintf(stderr, "spotinfer: write error: %s\n", strerror(errno));
+    if (rc == CLI_OK) rc = CLI_INVALID;
+  }
+  return rc;
 }

@@ -146,16 +146,6 @@ int cli_double(const char *s, double *out) {
   return 0;
 }
 
-int cli_u64(const char *s, unsigned long long *out) {
-  char *end;
-  errno = 0;
-  if (*s == '-' || *s == '\0') return -1;
-  unsigned long long v = strtoull(s, &end, 10);
-  if (*end || errno) return -1;
-  *out = v;
-  return 0;
-}
-
 int cli_i64(const char *s, long long *out) {
   char *end;
   errno = 0;
