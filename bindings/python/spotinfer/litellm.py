@@ -51,7 +51,7 @@ except ImportError as e:  # pragma: no cover - the message is the point
 
 from . import Engine, NoCapacityError, ShedError
 from .enums import OpenAIKind, Pool, TicketStatus
-from .errors import InputError
+from .errors import InputError, ResourceError
 from .litellm_deployments import Replica, replicas_of
 from .notices import TicketPlan, parse_notice
 from .types import TicketResult
@@ -358,9 +358,14 @@ class SpotinferRouting(CustomLogger, CustomRoutingStrategyBase):  # type: ignore
         while not self._stop.wait(0.1):
             try:
                 self.engine.tick()
+            except Exception:  # noqa: BLE001 - a fleet bus that failed once
+                if self.engine.closed:
+                    return
+            try:
                 self._expire_tickets()
             except Exception:  # noqa: BLE001 - the engine closed under us
-                return
+                if self.engine.closed:
+                    return
 
     def _expire_tickets(self) -> None:
         cutoff = time.monotonic() - self.ticket_timeout_s
@@ -436,6 +441,11 @@ class SpotinferRouting(CustomLogger, CustomRoutingStrategyBase):  # type: ignore
         except InputError as e:
             raise litellm.BadRequestError(message=e.message or str(e), model=model,
                                           llm_provider="spotinfer") from None
+        except ResourceError as e:
+            # Every ticket open, or memory: the router is full, not broken.
+            raise litellm.ServiceUnavailableError(
+                message=f"router full: {e.message or e}", llm_provider="spotinfer",
+                model=model, response=self._answer(503)) from None
         finally:
             self._release(req)
 
@@ -451,9 +461,18 @@ class SpotinferRouting(CustomLogger, CustomRoutingStrategyBase):  # type: ignore
             if dep is None or (allowed is not None and rid not in allowed):
                 continue
             if i == 0:
+                meta = kwargs.setdefault("metadata", {})
+                # LiteLLM keeps one metadata dict across a request's tries:
+                # an earlier try still open here (a stream cut, a pre-call
+                # check that failed) ended without its failure hook.
+                earlier = meta.get(TICKET_KEY)
+                if isinstance(earlier, int) and not isinstance(earlier, bool):
+                    with self._lock:
+                        was_open = self._open.pop(earlier, None) is not None
+                    if was_open:
+                        self._finish(earlier, TicketResult(status=TicketStatus.ERROR))
                 with self._lock:
                     self._open[d.ticket.id] = _Open(rid)
-                meta = kwargs.setdefault("metadata", {})
                 meta[TICKET_KEY] = d.ticket.id
             else:
                 kwargs.get("metadata", {}).pop(TICKET_KEY, None)   # an earlier try's
@@ -539,6 +558,10 @@ class SpotinferRouting(CustomLogger, CustomRoutingStrategyBase):  # type: ignore
             o = self._open.pop(tid, None)
         if o is None:
             return                          # another event finished it
+        if status == TicketStatus.OK and (kwargs.get("cache_hit") or _disconnected(kwargs)):
+            # Answered from LiteLLM's cache (the replica computed nothing),
+            # or the client left mid-stream (the proxy still bills it).
+            status = TicketStatus.CANCELLED
         res = ticket_result(status, kwargs, response_obj, start_time, end_time)
         if start_time is None:              # a hook: no LiteLLM timestamps
             res = TicketResult(status=res.status, prompt_tokens=res.prompt_tokens,
@@ -616,12 +639,28 @@ def _ticket_of(data: Mapping[str, Any]) -> Optional[int]:
     return None
 
 
+def _disconnected(kwargs: Mapping[str, Any]) -> bool:
+    """Whether LiteLLM's proxy marked the call's client as gone."""
+    for meta in (kwargs.get("metadata"), (kwargs.get("litellm_params") or {}).get("metadata"),
+                 kwargs.get("litellm_metadata")):
+        if isinstance(meta, Mapping) and meta.get("client_disconnected"):
+            return True
+    return False
+
+
 def _failure_status(kwargs: Mapping[str, Any]) -> TicketStatus:
-    """A client that went away is CANCELLED (no fault of the replica's);
-    anything else counts against it as ERROR."""
+    """A client that went away, or an answer the request itself earned (a
+    4xx other than 408 and 429: too long, bad input, refused), is
+    CANCELLED: no fault of the replica's. A 5xx, a 408 or 429 (timed out,
+    saturated), a timeout or a lost connection counts against it as ERROR
+    (its error breaker)."""
     exc = kwargs.get("exception")
     if isinstance(exc, (asyncio.CancelledError,)) or \
-            type(exc).__name__ in ("CancelledError", "ClientDisconnect"):
+            type(exc).__name__ in ("CancelledError", "ClientDisconnect") or \
+            _disconnected(kwargs):
+        return TicketStatus.CANCELLED
+    code = getattr(exc, "status_code", None)
+    if isinstance(code, int) and 400 <= code < 500 and code not in (408, 429):
         return TicketStatus.CANCELLED
     return TicketStatus.ERROR
 

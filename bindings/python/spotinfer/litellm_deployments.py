@@ -133,9 +133,15 @@ def replica_of(deployment: Any) -> Replica:
                            settings.get("max_inflight", DEFAULT_MAX_INFLIGHT), int)
     if max_inflight < 1:
         raise DeploymentError(f"{where}: max_inflight must be at least 1")
+    if "usd_per_hour" not in settings:
+        raise DeploymentError(f"{where}: usd_per_hour is missing (what the "
+                              "replica costs an hour, more than 0)")
+    usd = _number(where, "usd_per_hour", settings["usd_per_hour"], float)
+    if not usd > 0:
+        raise DeploymentError(f"{where}: usd_per_hour must be more than 0, not {usd!r}")
     info = ReplicaInfo(
         id=rid, pool=pool, model_tier=tier,
-        usd_per_hour=_number(where, "usd_per_hour", settings.get("usd_per_hour", 0.0), float),
+        usd_per_hour=usd,
         max_inflight=max_inflight,
         zone=str(settings.get("zone", "")),
         instance_type=str(settings.get("instance_type", "")),

@@ -9,11 +9,10 @@ from spotinfer.litellm_deployments import (DeploymentError, default_metrics_url,
 
 
 def dep(rid="spot-a", api_base="http://10.0.0.7:8000/v1", **settings):
+    settings.setdefault("usd_per_hour", 1.0)  # required: the library prices it
     d = {"model_name": "llama-70b",
          "litellm_params": {"model": "openai/llama-70b", "api_base": api_base},
-         "model_info": {"id": rid}}
-    if settings:
-        d["model_info"]["spotinfer"] = settings
+         "model_info": {"id": rid, "spotinfer": settings}}
     return d
 
 
@@ -34,7 +33,7 @@ def test_a_full_entry():
 def test_defaults():
     r = replica_of(dep())
     assert (r.info.pool, r.info.usd_per_hour, r.info.max_inflight, r.info.model_tier) == \
-        (Pool.ON_DEMAND, 0.0, 64, ModelTier.LARGE)
+        (Pool.ON_DEMAND, 1.0, 64, ModelTier.LARGE)
     assert r.info.node == "" and r.info.zone == ""
     # vLLM serves /metrics beside /v1.
     assert r.metrics_url == "http://10.0.0.7:8000/metrics"
@@ -61,6 +60,7 @@ def test_no_metrics_url():
     ({"pool": "queue"}, "pool must be spot or on_demand"),
     ({"usd_per_hour": "cheap"}, "usd_per_hour must be a number"),
     ({"usd_per_hour": -1}, "usd_per_hour must not be negative"),
+    ({"usd_per_hour": 0}, "usd_per_hour must be more than 0"),
     ({"max_inflight": 0}, "max_inflight must be at least 1"),
     ({"max_inflight": True}, "max_inflight must be a number"),
     ({"metrics_url": "10.0.0.7/metrics"}, "metrics_url must be an http(s) URL"),
@@ -105,3 +105,13 @@ def test_the_engine_takes_what_is_read():
             e.upsert_replica(r.info)
         assert [(s.id, s.pool) for s in e.replicas()] == \
             [("spot-a", Pool.SPOT), ("od-1", Pool.ON_DEMAND)]
+
+
+def test_a_price_is_required():
+    """The library takes no replica without a price, so a deployment
+    without one is named here rather than failing at install."""
+    d = dep()
+    del d["model_info"]["spotinfer"]["usd_per_hour"]
+    with pytest.raises(DeploymentError) as ei:
+        replica_of(d)
+    assert "usd_per_hour is missing" in str(ei.value)
