@@ -185,22 +185,17 @@ void spi__router_discard(spi_engine *e, spi_router_prep *p) {
   memset(p, 0, sizeof *p);
 }
 
-/* Replace the routing tables with the prepared ones. The old ticket table
- * is sealed first: from then on no route can take a ticket from it (one
- * that tries takes it from the new table instead, or, in the instant
- * between the seal and the swap, answers SPI_EFULL), so none is lost; a
- * count a refused route makes in that instant may be. If a
- * route took one since spi__router_prepare looked, the engine has routed
- * and the old tables stay, as if they had been used before. Either way p
- * is left holding what the caller frees once no reader can hold it. */
-static void tables_swap(spi_engine *e, spi_router_prep *p) {
+int spi__router_seal(spi_engine *e, const spi_router_cfg *c,
+                     const spi_router_prep *p, char *err, size_t errcap) {
   spi_ticket_table *old = atomic_load(&e->tickets);
-  if (old && !spi__tickets_seal(old)) {
-    spi__engine_log(e, SPI_LOG_WARN,
-                    "router: routing began during this configuration; the "
-                    "ticket table, ledger and metrics keep their sizes");
-    return; /* the prepared tables stay in p and are freed */
-  }
+  if (!p->tickets || !old || spi__tickets_seal(old)) return SPI_OK;
+  return tables_fixed(e, c, err, errcap);
+}
+
+/* Replace the routing tables with the prepared ones; the old ticket table
+ * was sealed (spi__router_seal). p is left holding what the caller frees
+ * once no reader can hold it. */
+static void tables_swap(spi_engine *e, spi_router_prep *p) {
   p->tickets = atomic_exchange(&e->tickets, p->tickets);
   p->ledger = atomic_exchange(&e->ledger, p->ledger);
   p->metrics = atomic_exchange(&e->metrics, p->metrics);

@@ -2,6 +2,7 @@
  * test_route.c - spi_route end to end: pool rules, replica choice, affinity,
  * breakers, tickets, ledger, metrics, shadow mode, cascade, bad input.
  */
+#include <pthread.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -539,6 +540,51 @@ static void test_ticket_exhaustion(void **st) {
   assert_int_equal(spi_engine_configure(w->e, cfg, strlen(cfg)), SPI_EINVAL);
   assert_non_null(strstr(spi_engine_errmsg(w->e), "router.max_tickets"));
   done(w);
+}
+
+/* One route (and its finish) on another thread, racing a configure. */
+static void *route_once_thread(void *arg) {
+  world *w = arg;
+  spi_decision d;
+  chat(w, "hi", 0, 5000, NULL, 1);
+  if (route(w, &d) == SPI_OK) finish(w, d.ticket, SPI_TICKET_OK);
+  return NULL;
+}
+
+/* A configuration that resizes the ticket table while the first route
+ * runs: either it applies (the table has the new size) or it fails as a
+ * configuration after routing does; it never answers SPI_OK and keeps the
+ * old size. */
+static void test_resize_racing_first_route(void **st) {
+  (void)st;
+  const char *cfg = "{\"router\":{\"max_tickets\":16}}";
+  int applied = 0, refused = 0;
+  for (int round = 0; round < 100; round++) {
+    world *w = mk(NULL);
+    fleet(w);
+    pthread_t t;
+    assert_int_equal(pthread_create(&t, NULL, route_once_thread, w), 0);
+    int rc = spi_engine_configure(w->e, cfg, strlen(cfg));
+    pthread_join(t, NULL);
+    if (rc == SPI_OK) {
+      applied++;
+      uint64_t open[16];
+      spi_decision d;
+      for (int i = 0; i < 16; i++) {
+        chat(w, "hi", 0, 5000, NULL, 1);
+        assert_int_equal(route(w, &d), SPI_OK);
+        open[i] = d.ticket;
+      }
+      assert_int_equal(route(w, &d), SPI_EFULL); /* the new size holds */
+      for (int i = 0; i < 16; i++) finish(w, open[i], SPI_TICKET_OK);
+    } else {
+      refused++;
+      assert_int_equal(rc, SPI_EINVAL);
+      assert_non_null(strstr(spi_engine_errmsg(w->e), "router.max_tickets"));
+    }
+    done(w);
+  }
+  assert_int_equal(applied + refused, 100);
 }
 
 /* --------------------------------------------------- metrics and shadow */
@@ -1167,6 +1213,7 @@ int main(void) {
       cmocka_unit_test(test_tickets),
       cmocka_unit_test(test_removed_replica_ticket_reports),
       cmocka_unit_test(test_ticket_exhaustion),
+      cmocka_unit_test(test_resize_racing_first_route),
       cmocka_unit_test(test_metrics_and_shadow),
       cmocka_unit_test(test_speculative),
       cmocka_unit_test(test_user_policy_checked),
