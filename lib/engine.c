@@ -256,6 +256,24 @@ static const struct {
     {SPI_MODULE_POLICY, "policy"},
 };
 
+/* module_config's shape: an object of objects. Checked before any module
+ * (the fleet bus first) is handed its section. */
+static int module_config_shape(const cJSON *root, char *err, size_t errcap) {
+  const cJSON *mcfg = cJSON_GetObjectItemCaseSensitive(root, "module_config");
+  if (!mcfg) return SPI_OK;
+  if (!cJSON_IsObject(mcfg)) {
+    spi__errf(err, errcap, "module_config: must be an object");
+    return SPI_ETYPE;
+  }
+  for (const cJSON *c = mcfg->child; c; c = c->next)
+    if (!cJSON_IsObject(c)) {
+      spi__errf(err, errcap, "module_config.%.64s: must be an object",
+                c->string ? c->string : "");
+      return SPI_ETYPE;
+    }
+  return SPI_OK;
+}
+
 static int configure_modules(spi_engine *e, const cJSON *root, spi_snapshot *s,
                              char *err, size_t errcap) {
   const cJSON *mods = cJSON_GetObjectItemCaseSensitive(root, "modules");
@@ -263,26 +281,17 @@ static int configure_modules(spi_engine *e, const cJSON *root, spi_snapshot *s,
   int rc;
   if (mods && (rc = spi__cfg_check_keys(mods, "modules", "modules", err, errcap)))
     return rc;
-  if (mcfg) {
-    if (!cJSON_IsObject(mcfg)) {
-      spi__errf(err, errcap, "module_config: must be an object");
-      return SPI_ETYPE;
-    }
-    for (const cJSON *c = mcfg->child; c; c = c->next) {
-      int found = 0;
-      for (spi_modentry *m = e->modules; m; m = m->next)
-        if (!m->builtin && c->string && strcmp(m->name, c->string) == 0)
-          found = 1;
-      if (!found) {
-        spi__errf(err, errcap, "module_config.%.64s: no user module of that name",
-                  c->string ? c->string : "");
-        return SPI_EUNKNOWN;
-      }
-      if (!cJSON_IsObject(c)) {
-        spi__errf(err, errcap, "module_config.%.64s: must be an object",
-                  c->string);
-        return SPI_ETYPE;
-      }
+  /* Every section names a user module (the fleet bus's own was loaded by
+   * now); their shape was checked first (module_config_shape). */
+  for (const cJSON *c = mcfg ? mcfg->child : NULL; c; c = c->next) {
+    int found = 0;
+    for (spi_modentry *m = e->modules; m; m = m->next)
+      if (!m->builtin && c->string && strcmp(m->name, c->string) == 0)
+        found = 1;
+    if (!found) {
+      spi__errf(err, errcap, "module_config.%.64s: no user module of that name",
+                c->string ? c->string : "");
+      return SPI_EUNKNOWN;
     }
   }
   for (size_t i = 0; i < sizeof KIND_KEYS / sizeof KIND_KEYS[0]; i++) {
@@ -393,6 +402,7 @@ static int configure_locked(spi_engine *e, const char *json, size_t len) {
   if (rc == SPI_OK) rc = spi__router_read_cfg(root, &s->router, err, sizeof err);
   /* The fleet bus first: it may load its module (modules.fleet_bus
    * "redis"), whose module_config section configure_modules then accepts. */
+  if (rc == SPI_OK) rc = module_config_shape(root, err, sizeof err);
   if (rc == SPI_OK) rc = spi__fleet_configure(e, root, s, err, sizeof err);
   if (rc == SPI_OK) rc = configure_modules(e, root, s, err, sizeof err);
   spi_router_prep prep;

@@ -482,9 +482,12 @@ static void test_config_and_registration(void **st) {
       {"{\"modules\":{\"fleet_bus\":\"fake\"},"
        "\"module_config\":{\"fake\":{\"refuse\":1}}}",
        "WRONGPASS"},
+      /* Refused before the bus is handed the section (it would connect). */
+      {"{\"modules\":{\"fleet_bus\":\"fake\"},\"module_config\":{\"fake\":[1,2]}}",
+       "module_config.fake: must be an object"},
   };
   int want[] = {SPI_ENOTFOUND, SPI_ETYPE, SPI_ERANGE, SPI_EUNKNOWN, SPI_ETYPE,
-                SPI_EIO};
+                SPI_EIO, SPI_ETYPE};
   for (size_t i = 0; i < sizeof want / sizeof want[0]; i++) {
     assert_int_equal(spi_engine_configure(e, cases[i][0], strlen(cases[i][0])),
                      want[i]);
@@ -493,6 +496,7 @@ static void test_config_and_registration(void **st) {
     assert_int_equal(fb_stats(w->e).configured, 1);
   }
   assert_int_equal(b->live, 1);
+  assert_int_equal(b->nreaders, 1); /* no configure of the bus saw [1,2] */
   char buf[8192];
   size_t need = 0;
   assert_int_equal(spi_engine_config_json(e, buf, sizeof buf, &need), SPI_OK);
