@@ -164,10 +164,7 @@ func (st *stream) relay(w http.ResponseWriter, ctx context.Context, resp *http.R
 		if st.finished {
 			// Cut after the finish_reason and before [DONE]: nothing is
 			// missing, and a continuation would write past the end.
-			io.WriteString(w, "data: [DONE]\n\n")
-			if fl != nil {
-				fl.Flush()
-			}
+			writeDone(w, fl)
 			g.stats.ok.Add(1)
 			return
 		}
@@ -188,14 +185,19 @@ func (st *stream) relay(w http.ResponseWriter, ctx context.Context, resp *http.R
 		}
 		if r.complete {
 			// Cut after the last token and before [DONE].
-			io.WriteString(w, "data: [DONE]\n\n")
-			if fl != nil {
-				fl.Flush()
-			}
+			writeDone(w, fl)
 			g.stats.ok.Add(1)
 			return
 		}
 		resp, l = r.resp, r.leg
+	}
+}
+
+// writeDone ends the client's stream as a backend's [DONE] would.
+func writeDone(w io.Writer, fl http.Flusher) {
+	io.WriteString(w, "data: [DONE]\n\n")
+	if fl != nil {
+		fl.Flush()
 	}
 }
 
