@@ -48,7 +48,7 @@ static void usage(void) {
           "policies: library, greedy, sglang, epp, round-robin, least-loaded,\n"
           "  consistent-hash (all-on-demand is always run as the baseline)\n"
           "--trace: requests from a file, its format told by content: Mooncake or\n"
-          "  Qwen/Bailian JSONL (hash_ids of any power-of-two block), or CSV with a\n"
+          "  Qwen/Bailian JSONL (hash_ids of a power-of-two block, 16-4096 tokens), or CSV with a\n"
           "  time, an input-token and an output-token column (Azure, BurstGPT).\n"
           "--speedup: a trace's arrivals F times as fast (0.5: half its rate), to\n"
           "  replay a trace at another load; with --targets, every trace's.\n"
@@ -57,7 +57,8 @@ static void usage(void) {
           "  sets the policy under test and cache_key.block_tokens, and fills in\n"
           "  router and cost settings the file does not give.\n"
           "--horizon: simulated seconds after the last arrival before the run stops;\n"
-          "  what is still queued then is reported, not retried (default 3600).\n"
+          "  what is still queued then is reported, not retried (default 3600,\n"
+          "  at most 1e7).\n"
           "--no-interruptions: spot zones gain capacity as their traces say but\n"
           "  never lose any (the same run without interruptions).\n"
           "--family: generator traffic: mixed (default), global-prompt, tenants,\n"
@@ -159,7 +160,7 @@ int main(int argc, char **argv) {
     int bad = 0;
 #define NEEDV() do { if (!v) { usage(); return 2; } i++; } while (0)
     if (!strcmp(a, "--requests")) { NEEDV(); bad = parse_u64(v, &u) || u < 1; o.gen.requests = (size_t)u; o.requests_given = 1; }
-    else if (!strcmp(a, "--rate")) { NEEDV(); o.gen.rate_per_s = atof(v); bad = !(o.gen.rate_per_s > 0); o.rate_given = 1; }
+    else if (!strcmp(a, "--rate")) { NEEDV(); o.gen.rate_per_s = atof(v); bad = !(o.gen.rate_per_s > 0 && isfinite(o.gen.rate_per_s)); o.rate_given = 1; }
     else if (!strcmp(a, "--seed")) { NEEDV(); bad = parse_u64(v, &o.gen.seed); }
     else if (!strcmp(a, "--replicas")) { NEEDV(); sized = 1; bad = parse_u64(v, &u) || u < 2 || u > 1000; o.replicas = (uint32_t)u; }
     else if (!strcmp(a, "--on-demand")) { NEEDV(); sized = 1; bad = parse_u64(v, &u) || u > 1000; o.on_demand = (uint32_t)u; }
@@ -184,7 +185,9 @@ int main(int argc, char **argv) {
     else if (!strcmp(a, "--mix")) {
       NEEDV();
       bad = sscanf(v, "%lf,%lf,%lf", &o.gen.mix[1], &o.gen.mix[2], &o.gen.mix[3]) != 3 ||
-            o.gen.mix[1] < 0 || o.gen.mix[2] < 0 || o.gen.mix[3] < 0 ||
+            !(o.gen.mix[1] >= 0 && isfinite(o.gen.mix[1])) ||
+            !(o.gen.mix[2] >= 0 && isfinite(o.gen.mix[2])) ||
+            !(o.gen.mix[3] >= 0 && isfinite(o.gen.mix[3])) ||
             o.gen.mix[1] + o.gen.mix[2] + o.gen.mix[3] <= 0;
     }
     else if (!strcmp(a, "--policies")) { NEEDV(); o.policies = v; }
@@ -192,7 +195,9 @@ int main(int argc, char **argv) {
     else if (!strcmp(a, "--svg")) { NEEDV(); o.svg = v; }
     else if (!strcmp(a, "--quiet")) o.quiet = 1;
     else if (!strcmp(a, "--config")) { NEEDV(); config_path = v; }
-    else if (!strcmp(a, "--horizon")) { NEEDV(); o.horizon_s = atof(v); bad = !(o.horizon_s > 0); }
+    /* At most about 115 days: its nanoseconds, and an arrival's plus it,
+     * stay far inside int64. */
+    else if (!strcmp(a, "--horizon")) { NEEDV(); o.horizon_s = atof(v); bad = !(o.horizon_s > 0 && o.horizon_s <= 1e7); }
     else if (!strcmp(a, "--no-interruptions")) o.no_interruptions = 1;
     else if (!strcmp(a, "--family")) { NEEDV(); bad = sim_family_parse(v, &o.gen.family); o.family_given = 1; }
     else if (!strcmp(a, "--scenario")) { NEEDV(); bad = strcmp(v, "replay") != 0; scenario = 1; }

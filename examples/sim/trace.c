@@ -388,6 +388,14 @@ int sim_spot_parse(sim_spot_trace *s, FILE *f, const char *path, const char *clo
   }
   const char *end = NULL;
   cJSON *o = cJSON_ParseWithLengthOpts(buf, len, &end, 0);
+  if (o) { /* nothing but white space after the document */
+    const char *e = end;
+    while (e < buf + len && (*e == ' ' || *e == '\t' || *e == '\n' || *e == '\r')) e++;
+    if (e < buf + len) {
+      cJSON_Delete(o);
+      o = NULL;
+    }
+  }
   if (!o) {
     snprintf(msg, msgcap, "%s: malformed JSON at byte %td", path,
              end ? end - buf : 0);
@@ -401,9 +409,10 @@ int sim_spot_parse(sim_spot_trace *s, FILE *f, const char *path, const char *clo
   /* A tick between a millisecond and about four months: tick indexes stay
    * far inside size_t over any run. */
   if (!cJSON_IsNumber(gap) || !(gap->valuedouble >= 1e-3 && gap->valuedouble <= 1e7) ||
-      !cJSON_IsArray(data)) {
+      !cJSON_IsArray(data) || !cJSON_GetArraySize(data)) {
     cJSON_Delete(o);
-    return snprintf(msg, msgcap, "%s: needs metadata.gap_seconds in [0.001, 1e7] and data[]",
+    return snprintf(msg, msgcap,
+                    "%s: needs metadata.gap_seconds in [0.001, 1e7] and a non-empty data[]",
                     path), -1;
   }
   s->gap_s = gap->valuedouble;

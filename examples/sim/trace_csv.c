@@ -65,14 +65,20 @@ int trace_csv_header(trace_reader *rd, const char *line, char *msg, size_t msgca
     rd->col[COL_TIME] = 0, rd->col[COL_IN] = 1, rd->col[COL_OUT] = 2, rd->ncols = 3;
     return 0;
   }
-  char buf[1024];
-  snprintf(buf, sizeof buf, "%s", line);
+  /* A copy of the whole header, however wide: columns past any fixed
+   * width would be lost. */
+  char *buf = strdup(line);
+  if (!buf) {
+    snprintf(msg, msgcap, "out of memory");
+    return -1;
+  }
   char *p = buf, *f;
   rd->col[0] = rd->col[1] = rd->col[2] = -1;
   for (int i = 0; (f = next_field(&p)) != NULL; i++) {
     int k = column_kind(f);
     if (k >= 0 && rd->col[k] < 0) rd->col[k] = i;
   }
+  free(buf);
   static const char *const what[3] = {"time", "input-token", "output-token"};
   for (int k = 0; k < 3; k++)
     if (rd->col[k] < 0) {
@@ -120,16 +126,26 @@ static int utc_offset(const char *p, int64_t *off) {
   return 0;
 }
 
+/* Step over the separator c at *p: 1, or 0 (and *p stays) when it is not
+ * there, so a field cut short is never read past its end. */
+static int sep(const char **p, char c) {
+  if (**p != c) return 0;
+  (*p)++;
+  return 1;
+}
+
 /* "YYYY-MM-DD[ T]HH:MM:SS[.frac][offset]" as ns since 1970 (UTC), years
  * 1970-2200 so it fits in int64. 0, or -1. */
 static int parse_datetime(const char *p, int64_t *ns) {
-  int y = digits(&p, 4), mo = (*p++ == '-') ? digits(&p, 2) : -1;
-  int d = (*p++ == '-') ? digits(&p, 2) : -1;
-  if (y < 1970 || y > 2200 || mo < 1 || mo > 12 || d < 1 || d > 31 || (*p != ' ' && *p != 'T'))
+  int y = digits(&p, 4);
+  int mo = y >= 0 && sep(&p, '-') ? digits(&p, 2) : -1;
+  int d = mo >= 0 && sep(&p, '-') ? digits(&p, 2) : -1;
+  if (y < 1970 || y > 2200 || mo < 1 || mo > 12 || d < 1 || d > 31 ||
+      !(sep(&p, ' ') || sep(&p, 'T')))
     return -1;
-  p++;
-  int h = digits(&p, 2), mi = (*p++ == ':') ? digits(&p, 2) : -1;
-  int s = (*p++ == ':') ? digits(&p, 2) : -1;
+  int h = digits(&p, 2);
+  int mi = h >= 0 && sep(&p, ':') ? digits(&p, 2) : -1;
+  int s = mi >= 0 && sep(&p, ':') ? digits(&p, 2) : -1;
   if (h < 0 || h > 23 || mi < 0 || mi > 59 || s < 0 || s > 60) return -1;
   int64_t frac = 0, scale = 1000000000;
   if (*p == '.')

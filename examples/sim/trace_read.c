@@ -140,8 +140,14 @@ int sim_trace_parse(sim_trace *t, FILE *f, const char *name, size_t limit,
     lineno++;
     size_t len = (size_t)got;
     while (len && (line[len - 1] == '\n' || line[len - 1] == '\r')) line[--len] = 0;
+    /* A byte-order mark before the first line, and blanks before a line,
+     * say nothing of its format. */
+    char *s = line;
+    if (lineno == 1 && len >= 3 && memcmp(s, "\xEF\xBB\xBF", 3) == 0) s += 3;
+    while (*s == ' ' || *s == '\t') s++;
+    len -= (size_t)(s - line);
     if (!len) continue;
-    rc = read_line(&rd, line, len, lineno, why, sizeof why);
+    rc = read_line(&rd, s, len, lineno, why, sizeof why);
     if (limit && t->n >= limit) break;
   }
   free(line);
