@@ -420,7 +420,8 @@ static int configure_locked(spi_engine *e, const char *json, size_t len) {
     else if (rc != SPI_OK)
       spi__errf(err, sizeof err, "config: out of memory");
   }
-  if (rc == SPI_OK) rc = spi__router_seal(e, &s->router, &prep, err, sizeof err);
+  if (rc == SPI_OK)
+    rc = spi__router_take_tables(e, &s->router, &prep, err, sizeof err);
   cJSON_Delete(root);
   if (rc != SPI_OK) {
     spi__router_discard(e, &prep);

@@ -333,13 +333,16 @@ void spi__router_discard(spi_engine *e, spi_router_prep *p);
 void spi__router_commit(spi_engine *e, spi_router_prep *p);
 /* Before the snapshot is installed, when p replaces the routing tables:
  * seal the old ticket table, so that no route takes a ticket from it from
- * now on (one that tries takes it from the new table once it is in, or
- * answers SPI_EFULL in between), and none is lost. If a route took one
+ * now on and none is lost, and swap the prepared tables in at once (a
+ * route that found the old one sealed takes from the new one; only one
+ * in the instant between the two answers SPI_EFULL, and a count made in
+ * the old tables since spi__router_prepare looked is lost). p then holds
+ * the old tables, for spi__router_commit to free. If a route took a ticket
  * since spi__router_prepare looked, the engine has routed and the sizes
- * are fixed: that error, and the configuration fails as a later one
- * would. */
-int spi__router_seal(spi_engine *e, const spi_router_cfg *c,
-                     const spi_router_prep *p, char *err, size_t errcap);
+ * are fixed: that error, nothing swapped, and the configuration fails as a
+ * later one would. */
+int spi__router_take_tables(spi_engine *e, const spi_router_cfg *c,
+                            spi_router_prep *p, char *err, size_t errcap);
 void spi__router_destroy(spi_engine *e);
 
 /* Module calls on a pinned snapshot (dispatch.c); errors go to req. */

@@ -88,7 +88,9 @@ void spi__pix_free(const spi_mem *m, spi_pool_index *p) { spi__free(m, p); }
 static void wait_counted(const spi_pool_index *p, int took) {
   if (p->counts)
     spi__metrics_index_wait(
-        atomic_load_explicit(p->counts, memory_order_relaxed), took);
+        /* acquire: the counters were zeroed before the pointer was
+         * published, as every other reader of it sees them */
+        atomic_load_explicit(p->counts, memory_order_acquire), took);
 }
 
 int spi__pix_wait(spi_pool_index *p, size_t turns) {

@@ -978,7 +978,7 @@ void spi__pass_run(scan *sc, const route_env *x, const spi_replica_set *set,
     scan_full(x, set, nrep, sc, cands, sums);
   else if (!scan_indexed(x, set, nrep, sc, sums)) {
     spi__metrics_slot_pass(
-        atomic_load_explicit(&x->e->metrics, memory_order_relaxed));
+        atomic_load_explicit(&x->e->metrics, memory_order_acquire));
     scan_lean(x, set, nrep, sc, sums);
   }
   /* A cell with more usable replicas than the summary has room for names

@@ -107,7 +107,7 @@ int spi__router_read_cfg(const cJSON *root, spi_router_cfg *c, char *err,
  * configuration may still size them anew: spi_engine_new configures the
  * defaults before the caller's own configuration arrives. The three are
  * replaced together, and only once the old ticket table is sealed (see
- * spi__router_commit). Once used they keep their sizes, since resizing
+ * spi__router_take_tables). Once used they keep their sizes, since resizing
  * would lose open tickets or counts. */
 static int tables_fixed(spi_engine *e, const spi_router_cfg *c, char *err,
                         size_t errcap) {
@@ -185,31 +185,28 @@ void spi__router_discard(spi_engine *e, spi_router_prep *p) {
   memset(p, 0, sizeof *p);
 }
 
-int spi__router_seal(spi_engine *e, const spi_router_cfg *c,
-                     const spi_router_prep *p, char *err, size_t errcap) {
+int spi__router_take_tables(spi_engine *e, const spi_router_cfg *c,
+                            spi_router_prep *p, char *err, size_t errcap) {
+  if (!p->tickets) return SPI_OK;
   spi_ticket_table *old = atomic_load(&e->tickets);
-  if (!p->tickets || !old || spi__tickets_seal(old)) return SPI_OK;
-  return tables_fixed(e, c, err, errcap);
-}
-
-/* Replace the routing tables with the prepared ones; the old ticket table
- * was sealed (spi__router_seal). p is left holding what the caller frees
- * once no reader can hold it. */
-static void tables_swap(spi_engine *e, spi_router_prep *p) {
+  if (old && !spi__tickets_seal(old)) return tables_fixed(e, c, err, errcap);
+  /* At once after the seal: a route that found the old table sealed
+   * takes from the new one when it looks again (route.c's serve). */
   p->tickets = atomic_exchange(&e->tickets, p->tickets);
   p->ledger = atomic_exchange(&e->ledger, p->ledger);
   p->metrics = atomic_exchange(&e->metrics, p->metrics);
+  return SPI_OK;
 }
 
-/* Swap the prepared objects in, after the new snapshot is published, and
- * free the old ones once no router can hold them. A new index starts
- * empty: the old one's entries were placed for a table of another size. */
+/* Swap the prepared index in, after the new snapshot is published, and
+ * free the old objects (the index, and the tables spi__router_take_tables
+ * replaced) once no router can hold them. A new index starts empty: the
+ * old one's entries were placed for a table of another size. */
 void spi__router_commit(spi_engine *e, spi_router_prep *p) {
   if (p->index) {
     p->index = atomic_exchange(&e->index, p->index);
     e->index_budget = p->index_budget;
   }
-  if (p->tickets) tables_swap(e, p);
   if (p->index || p->tickets) spi__rcu_synchronize(&e->rcu);
   spi__router_discard(e, p); /* now the old objects, or unused new ones */
 }
