@@ -189,7 +189,19 @@ int spi__router_take_tables(spi_engine *e, const spi_router_cfg *c,
                             spi_router_prep *p, char *err, size_t errcap) {
   if (!p->tickets) return SPI_OK;
   spi_ticket_table *old = atomic_load(&e->tickets);
-  if (old && !spi__tickets_seal(old)) return tables_fixed(e, c, err, errcap);
+  if (old && !spi__tickets_seal(old)) {
+    /* A route took a ticket since the check; it may not have published
+     * it yet, so the check can still see the tables unused. */
+    int rc = tables_fixed(e, c, err, errcap);
+    if (rc == SPI_OK) {
+      spi__errf(err, errcap,
+                "router.max_tickets, router.ledger_max_rows and "
+                "router.metrics_max_families: fixed once the engine has "
+                "routed (a route began during this configuration)");
+      rc = SPI_EINVAL;
+    }
+    return rc;
+  }
   /* At once after the seal: a route that found the old table sealed
    * takes from the new one when it looks again (route.c's serve). */
   p->tickets = atomic_exchange(&e->tickets, p->tickets);
