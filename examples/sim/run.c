@@ -127,6 +127,7 @@ typedef struct sreq {
   double gw_tokens; /* what the gateway view charged its replica */
   uint8_t state, hits_counted;
   uint8_t refusals; /* times refused outright (saturates) */
+  uint8_t lost;     /* done, but never completed: its replay was refused */
   float ttft_ms, done_ms;
 } sreq;
 
@@ -443,6 +444,7 @@ static void cut(sim *s, uint32_t i) {
       fprintf(stderr, "enqueue: %s: %s\n", spi_strerror(rc), spi_replay_errmsg(s->q));
     s->res->lost++;
     q->state = RQ_DONE;
+    q->lost = 1;
     s->done_n++;
   }
   schedule_pump(s, s->now);
@@ -691,12 +693,13 @@ static void summarise(sim *s) {
     r->n_class[s->tr->reqs[i].klass & 3]++;
     if (!q->replays) continue;
     r->replayed++;
-    if (q->state == RQ_DONE && q->first_token_at >= 0) r->replayed_ok++;
+    if (q->state == RQ_DONE && !q->lost && q->first_token_at >= 0) r->replayed_ok++;
   }
   for (uint32_t c = 1; c <= 3; c++) {
     size_t m = 0;
     for (size_t i = 0; i < n; i++)
-      if (s->tr->reqs[i].klass == c && s->r[i].state == RQ_DONE && s->r[i].first_token_at >= 0) {
+      if (s->tr->reqs[i].klass == c && s->r[i].state == RQ_DONE && !s->r[i].lost &&
+          s->r[i].first_token_at >= 0) {
         a[m] = s->r[i].ttft_ms;
         b[m++] = s->r[i].done_ms;
       }
