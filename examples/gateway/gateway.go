@@ -304,6 +304,10 @@ func (g *gateway) serveRouted(w http.ResponseWriter, r *http.Request, body []byt
 				g.stats.rerouted.Add(1)
 				continue
 			}
+			if r.Context().Err() != nil { // the client left first
+				g.stats.cancelled.Add(1)
+				return
+			}
 			g.stats.failed.Add(1)
 			apiError(w, http.StatusBadGateway, "upstream_error", err.Error())
 			return

@@ -439,10 +439,18 @@ func (st *stream) relayPassive(w http.ResponseWriter, resp *http.Response) {
 	}
 }
 
+// maxWholeAnswer bounds a non-streamed answer the gateway holds whole.
+const maxWholeAnswer = 64 << 20
+
 // relayWhole passes a non-streamed answer on and reports its usage.
 func (st *stream) relayWhole(w http.ResponseWriter, resp *http.Response, l leg) {
 	g := st.g
-	body, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
+	// One byte more than the bound tells an answer over it from one at it:
+	// it is an error, not a truncated 200.
+	body, err := io.ReadAll(io.LimitReader(resp.Body, maxWholeAnswer+1))
+	if err == nil && len(body) > maxWholeAnswer {
+		err = fmt.Errorf("the answer is over %d bytes", maxWholeAnswer)
+	}
 	status := spotinfer.TicketOK
 	res := spotinfer.TicketResult{}
 	switch {
