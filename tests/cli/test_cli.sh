@@ -57,6 +57,8 @@ run 0 --help && has "help lists commands" "notice parse"
 run 2 && has "no command is a usage error" "" && [[ "$err" == *Usage* ]] && ok "usage on stderr"
 run 2 frobnicate && [[ "$err" == *"unknown command"* ]] && ok "unknown command"
 run 0 version --json && jq_eq "version" 'j["version"].count(".") == 2'
+run 2 version junk && [[ "$err" == *"unexpected argument"* ]] && ok "version takes no argument"
+run 0 version --help && has "version --help" "Usage: spotinfer version"
 # Output that cannot be written is a failure, not success.
 if [[ -w /dev/full ]]; then
   if "$bin" version >/dev/full 2>"$work/err"; then
@@ -190,6 +192,8 @@ printf '{"model": "llama", "messages": "hi"}' >"$work/badbody.json"
 run 1 route --config "$cfg" --replicas "$reps" "$work/badbody.json" && [[ "$err" == *messages* ]] && ok "bad body names the field"
 run 1 route --config "$work/bad.json" --replicas "$reps" "$here/chat.json" && [[ "$err" == *max_replicas* ]] && ok "bad config in route"
 run 0 route --config "$cfg" --replicas "$reps" - <"$here/chat.json" && ok "route body from stdin"
+run 0 route --config - --replicas "$reps" "$here/chat.json" <"$cfg" && has "route config from stdin" "class gold"
+run 2 route --config - --replicas - "$here/chat.json" <"$cfg" && [[ "$err" == *"only one of"* ]] && ok "stdin for two inputs is a usage error"
 run 2 route --replicas "$reps" "$here/chat.json" && [[ "$err" == *"--config"* ]] && ok "route without --config"
 run 2 route --config "$cfg" --replicas "$reps" && ok "route without BODY"
 run 2 route --config "$cfg" --replicas "$reps" --pressure extreme "$here/chat.json" && ok "bad pressure"

@@ -20,7 +20,8 @@ static const char ROUTE_HELP[] =
     "blocks matched, the TTFT estimate, and the price on each pool. A shed\n"
     "or no-capacity outcome is an answer (exit 0, outcome says which).\n"
     "\n"
-    "  --config FILE    engine configuration (JSON, as config check reads)\n"
+    "  --config FILE    engine configuration (JSON, as config check reads;\n"
+    "                   - for standard input)\n"
     "  --replicas FILE  a JSON array of replicas (or {\"replicas\": [...]}):\n"
     "      {\"id\": \"spot-a\", \"pool\": \"spot\"|\"on_demand\",\n"
     "       \"usd_per_hour\": 1.8, \"max_inflight\": 16,\n"
@@ -373,6 +374,10 @@ int cmd_route(const cli_ctx *c, int argc, char **argv) {
     return cli_usage(c, "route ", "%s is missing",
                      !config ? "--config FILE" : !replicas ? "--replicas FILE"
                                                            : "BODY");
+  if ((strcmp(config, "-") == 0) + (strcmp(replicas, "-") == 0) +
+          (strcmp(body_path, "-") == 0) > 1)
+    return cli_usage(c, "route ", "only one of --config, --replicas and BODY "
+                                  "can be '-' (standard input)");
   spi_engine *e = NULL;
   int rc = spi_engine_new(&e, NULL);
   if (rc != SPI_OK) return cli_invalid(c, "engine", rc, NULL);
@@ -380,7 +385,17 @@ int cmd_route(const cli_ctx *c, int argc, char **argv) {
   spi_request *req = NULL;
   size_t len = 0;
   char *body = NULL;
-  rc = spi_engine_configure_file(e, config);
+  if (strcmp(config, "-") == 0) { /* as config check reads it */
+    char *text = cli_read_input(config, &len);
+    if (!text) {
+      ret = cli_invalid(c, config, SPI_EIO, "cannot be read");
+      goto done;
+    }
+    rc = spi_engine_configure(e, text, len);
+    free(text);
+  } else {
+    rc = spi_engine_configure_file(e, config);
+  }
   if (rc != SPI_OK) {
     ret = cli_invalid(c, config, rc, spi_engine_errmsg(e));
     goto done;

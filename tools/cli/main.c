@@ -74,8 +74,15 @@ static int dispatch(int argc, char **argv) {
     fputs(USAGE, stdout);
     return CLI_OK;
   }
-  if (strcmp(cmd, "--version") == 0 || strcmp(cmd, "version") == 0)
+  if (strcmp(cmd, "--version") == 0 || strcmp(cmd, "version") == 0) {
+    if (cli_is_help(sub)) {
+      fputs("Usage: spotinfer version [--json]\n\nPrint the library's version.\n",
+            stdout);
+      return CLI_OK;
+    }
+    if (*sub) return cli_usage(&c, "version ", "unexpected argument '%s'", sub);
     return version(&c);
+  }
   if (strcmp(cmd, "config") == 0 && strcmp(sub, "check") == 0)
     return cmd_config_check(&c, argc - 3, argv + 3);
   if (strcmp(cmd, "options") == 0) return cmd_options(&c, argc - 2, argv + 2);
