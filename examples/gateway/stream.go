@@ -53,6 +53,10 @@ type stream struct {
 	// cut before its [DONE] is not continued. Read and written by the
 	// relaying goroutine only.
 	finished bool
+	// The client has had tool-call or reasoning deltas, which a checkpoint
+	// does not hold: a continuation would repeat or lose them. Relaying
+	// goroutine only.
+	uncheckpointed bool
 }
 
 // resumption is what the replay worker hands a waiting stream.
@@ -70,6 +74,10 @@ type event struct {
 		Delta struct {
 			Role    string `json:"role"`
 			Content string `json:"content"`
+			// Deltas a checkpoint does not hold (its text is the content):
+			// a stream that had any is not continued after a cut.
+			ToolCalls        json.RawMessage `json:"tool_calls"`
+			ReasoningContent string          `json:"reasoning_content"`
 		} `json:"delta"`
 		Text         string  `json:"text"`
 		FinishReason *string `json:"finish_reason"`
@@ -81,6 +89,17 @@ type event struct {
 			CachedTokens uint64 `json:"cached_tokens"`
 		} `json:"prompt_tokens_details"`
 	} `json:"usage"`
+}
+
+// beyondText reports deltas other than text: tool calls, reasoning.
+func (e *event) beyondText() bool {
+	for _, c := range e.Choices {
+		calls := c.Delta.ToolCalls
+		if (len(calls) > 0 && string(calls) != "null") || c.Delta.ReasoningContent != "" {
+			return true
+		}
+	}
+	return false
 }
 
 func (e *event) content() string {
@@ -168,7 +187,7 @@ func (st *stream) relay(w http.ResponseWriter, ctx context.Context, resp *http.R
 			g.stats.ok.Add(1)
 			return
 		}
-		if !st.replayable {
+		if !st.replayable || st.uncheckpointed {
 			g.stats.failed.Add(1)
 			writeStreamError(w, fl, fmt.Sprintf("the backend stream broke: %v", err))
 			return
@@ -299,6 +318,9 @@ func (st *stream) relayLeg(w io.Writer, fl http.Flusher, resp *http.Response, l 
 			if c.FinishReason != nil {
 				st.finished = true
 			}
+		}
+		if ev.beyondText() {
+			st.uncheckpointed = true
 		}
 		if text != "" {
 			st.mu.Lock()

@@ -83,3 +83,22 @@ func TestContinuedEvent(t *testing.T) {
 		t.Fatal("a diverging replay was not reported")
 	}
 }
+
+// A stream that had tool-call or reasoning deltas is not continued after
+// a cut: its checkpoint holds text only.
+func TestBeyondText(t *testing.T) {
+	for body, want := range map[string]bool{
+		`{"choices":[{"delta":{"content":"hi"}}]}`:                                          false,
+		`{"choices":[{"delta":{"tool_calls":null,"content":"hi"}}]}`:                        false,
+		`{"choices":[{"delta":{"tool_calls":[{"index":0,"function":{"arguments":"{"}}]}}]}`: true,
+		`{"choices":[{"delta":{"reasoning_content":"think"}}]}`:                             true,
+	} {
+		var ev event
+		if err := json.Unmarshal([]byte(body), &ev); err != nil {
+			t.Fatal(err)
+		}
+		if ev.beyondText() != want {
+			t.Fatalf("%s: %v", body, !want)
+		}
+	}
+}
