@@ -1596,15 +1596,24 @@ int spi__replay_compact(spi_replay_queue *q) {
   return rc;
 }
 
+/* A store's answer to an enqueue that no later drain can change: the
+ * envelope itself is refused (its size, a field), not the call. */
+static int refused_for_good(int rc) {
+  return rc == SPI_EINVAL || rc == SPI_ETOOBIG || rc == SPI_ERANGE ||
+         rc == SPI_EPARSE;
+}
+
 int spi__replay_drain(spi_replay_queue *q,
                       int (*push)(void *ud, const spi_envelope *env),
                       void *ud, size_t max, size_t *moved) {
   *moved = 0;
   if (!queue_ok(q) || q->sh) return SPI_EMISUSE;
   int rc = SPI_OK;
+  /* Each pass moves an envelope, dead-letters one, or finds none. */
   while (rc == SPI_OK && *moved < max) {
     if (lock(q) != SPI_OK) return SPI_EMISUSE;
-    run_timers(q, spi__engine_now(q->engine));
+    int64_t now = spi__engine_now(q->engine);
+    run_timers(q, now);
     rq_entry *e = NULL;
     for (int c = SPI_CLASS_GOLD; c <= SPI_CLASS_BRONZE && !e; c++)
       e = q->lane[c].head;
@@ -1613,11 +1622,21 @@ int spi__replay_drain(spi_replay_queue *q,
      * is idempotent, so an ACK record lost after a push only means the
      * next drain pushes a duplicate, which the store refuses. */
     if (e) rc = push(ud, &e->env);
-    if (e && rc == SPI_OK) rc = key_record(q, SPI_REPLAY_REC_ACK, e, 0, 0);
-    if (e && rc == SPI_OK) {
-      entry_drop(q, e, 1);
-      q->acked++;
-      (*moved)++;
+    if (e && refused_for_good(rc)) {
+      /* Kept here as a dead letter, so the envelopes behind it still
+       * reach the store (retrying it would stop them all for good). */
+      spi__engine_log(q->engine, SPI_LOG_ERROR,
+                      "replay: the store refused %.*s for good (%s): "
+                      "dead-lettered in the fallback journal",
+                      (int)e->k->len, e->k->key, spi_strerror(rc));
+      rc = dead_letter(q, e, e->env.attempts, now);
+    } else if (e && rc == SPI_OK) {
+      rc = key_record(q, SPI_REPLAY_REC_ACK, e, 0, 0);
+      if (rc == SPI_OK) {
+        entry_drop(q, e, 1);
+        q->acked++;
+        (*moved)++;
+      }
     }
     uint64_t seq = q->last_seq;
     unlock(q);

@@ -82,9 +82,11 @@ void spi__replay_env_copy(const spi_envelope *e, spi_envelope *out,
 
 /* Hand the READY envelopes of q (a fallback journal), oldest first per lane,
  * gold first, to push, at most max of them; each one push takes (SPI_OK)
- * is acknowledged in q for good. Stops at the first failure of push, or of
- * writing or syncing an acknowledgement, and returns it. *moved counts
- * what went. */
+ * is acknowledged in q for good; one push refuses for good (the envelope,
+ * not the call: SPI_EINVAL, SPI_ETOOBIG, SPI_ERANGE, SPI_EPARSE) is
+ * dead-lettered in q, so those behind it still go. Stops at the first
+ * other failure of push, or of writing or syncing a record, and returns
+ * it. *moved counts what went, at most max. */
 int spi__replay_drain(spi_replay_queue *q,
                       int (*push)(void *ud, const spi_envelope *env),
                       void *ud, size_t max, size_t *moved);
