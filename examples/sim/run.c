@@ -683,6 +683,14 @@ static double pct(const float *v, size_t n, double p) {
   return v[k];
 }
 
+/* The p-th percentile of all n values when v holds the m < n that exist,
+ * sorted, and the others are infinitely large (requests never completed). */
+static double pct_of_all(const float *v, size_t m, size_t n, double p) {
+  if (!n) return 0;
+  size_t k = (size_t)ceil(p * (double)n) - 1;
+  return k < m ? v[k] : INFINITY;
+}
+
 static void summarise(sim *s) {
   sim_result *r = s->res;
   size_t n = s->tr->n;
@@ -710,6 +718,8 @@ static void summarise(sim *s) {
       r->ttft[c][k] = pct(a, m, ps[k]);
       r->done[c][k] = pct(b, m, ps[k]);
     }
+    if (c == SPI_CLASS_GOLD) r->slo_gold_ttft_p95 = pct_of_all(a, m, r->n_class[c], 0.95);
+    if (c == SPI_CLASS_SILVER) r->slo_silver_done_p99 = pct_of_all(b, m, r->n_class[c], 0.99);
   }
   free(a);
   free(b);

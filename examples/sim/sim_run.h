@@ -138,7 +138,12 @@ typedef struct sim_result {
   double spot_hit_blocks, spot_total_blocks; /* of the requests on spot */
   double class_hit_blocks[4], class_total_blocks[4]; /* by class */
   double spot_up_mean;  /* spot replicas up, mean over the run */
-  double ttft[4][3], done[4][3]; /* p50 p95 p99 by class, ms */
+  double ttft[4][3], done[4][3]; /* p50 p95 p99 by class, ms, of the
+                                    requests that completed */
+  /* The SLOs' percentiles over every request of the class, one that never
+   * completed counted as infinitely late (INFINITY when too many did not):
+   * gold p95 TTFT, silver p99 completion, ms. */
+  double slo_gold_ttft_p95, slo_silver_done_p99;
   uint64_t n_class[4];  /* requests by class (0: the class shows n/a) */
   uint64_t completed, lost, expired, at_horizon;
   uint64_t replays, replayed, replayed_ok, requeued, notices, drains;
