@@ -509,6 +509,11 @@ class SpotinferRouting(CustomLogger, CustomRoutingStrategyBase):  # type: ignore
             specific_deployment: Optional[bool] = False,
             request_kwargs: Optional[Dict[str, Any]] = None) -> Any:
         kwargs = request_kwargs if request_kwargs is not None else {}
+        if specific_deployment:             # one named deployment: no choice
+            with self._lock:
+                named = self._deployments.get(model)
+            if named is not None:
+                return named
         body, kind = request_body(model, messages, input, kwargs)
         deadline = time.monotonic() + self.queue_wait_s
         d = self._decide_by(model, body, kind, deadline)
