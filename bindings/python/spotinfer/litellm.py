@@ -102,7 +102,7 @@ def request_body(model: str, messages: Optional[List[Any]], input: Any,
         v = kwargs.get(k)
         if v is not None:
             body[k] = v
-    meta = kwargs.get("metadata") or {}
+    meta = kwargs.get(_metadata_name(kwargs)) or {}
     hints = {k: meta[k] for k in METADATA_KEYS
              if isinstance(meta.get(k), (str, int, bool))}
     if "tenant" not in hints and isinstance(meta.get("user_api_key_team_id"), str):
@@ -461,7 +461,7 @@ class SpotinferRouting(CustomLogger, CustomRoutingStrategyBase):  # type: ignore
             if dep is None or (allowed is not None and rid not in allowed):
                 continue
             if i == 0:
-                meta = kwargs.setdefault("metadata", {})
+                meta = kwargs.setdefault(_metadata_name(kwargs), {})
                 # LiteLLM keeps one metadata dict across a request's tries:
                 # an earlier try still open here (a stream cut, a pre-call
                 # check that failed) ended without its failure hook.
@@ -475,7 +475,7 @@ class SpotinferRouting(CustomLogger, CustomRoutingStrategyBase):  # type: ignore
                     self._open[d.ticket.id] = _Open(rid)
                 meta[TICKET_KEY] = d.ticket.id
             else:
-                kwargs.get("metadata", {}).pop(TICKET_KEY, None)   # an earlier try's
+                kwargs.get(_metadata_name(kwargs), {}).pop(TICKET_KEY, None)  # an earlier try's
                 self._finish(d.ticket.id, TicketResult(status=TicketStatus.CANCELLED))
             return dep
         self._finish(d.ticket.id, TicketResult(status=TicketStatus.CANCELLED))
@@ -630,6 +630,13 @@ class SpotinferRouting(CustomLogger, CustomRoutingStrategyBase):  # type: ignore
     def log_failure_event(self, kwargs: Any, response_obj: Any,
                           start_time: Any, end_time: Any) -> None:
         self._done(_failure_status(kwargs), kwargs, response_obj, start_time, end_time)
+
+
+def _metadata_name(kwargs: Mapping[str, Any]) -> str:
+    """Where LiteLLM keeps its own data for this call: its newer endpoints
+    (Responses, /v1/messages, generic calls) use litellm_metadata, where
+    metadata is the request's own field, sent to the provider."""
+    return "litellm_metadata" if "litellm_metadata" in kwargs else "metadata"
 
 
 def _ticket_of(data: Mapping[str, Any]) -> Optional[int]:
