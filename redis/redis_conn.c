@@ -7,6 +7,7 @@
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <arpa/inet.h>
 #include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -274,11 +275,16 @@ static int tls_handshake(spr_conn *c, int64_t deadline, char *err, size_t cap) {
   if (!c->ssl || SSL_set_fd(c->ssl, c->fd) != 1)
     return efail(err, cap, SPI_EIO, "redis %s: tls: %s", c->addr,
                  tls_error(tb, sizeof tb));
-  SSL_set_tlsext_host_name(c->ssl, name);
+  /* An address is checked against the certificate's IP names, and sends
+   * no SNI (which names hosts only); a host name against its DNS names. */
+  unsigned char ip[16];
+  int is_ip = inet_pton(AF_INET, name, ip) == 1 || inet_pton(AF_INET6, name, ip) == 1;
+  if (!is_ip) SSL_set_tlsext_host_name(c->ssl, name);
   if (c->cfg.tls_verify) {
     X509_VERIFY_PARAM *vp = SSL_get0_param(c->ssl);
     X509_VERIFY_PARAM_set_hostflags(vp, X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS);
-    if (X509_VERIFY_PARAM_set1_host(vp, name, 0) != 1)
+    if ((is_ip ? X509_VERIFY_PARAM_set1_ip_asc(vp, name)
+               : X509_VERIFY_PARAM_set1_host(vp, name, 0)) != 1)
       return efail(err, cap, SPI_EIO, "redis %s: tls: bad server name",
                    c->addr);
   }

@@ -282,6 +282,15 @@ static void test_tls(void **st) {
   assert_string_equal(r->str, "v");
   freeReplyObject(r);
   spr_conn_free(c);
+  /* An address without server_name is checked against the certificate's
+   * IP names (it holds IP:127.0.0.1). */
+  snprintf(json, sizeof json,
+           "{\"address\":\"127.0.0.1:%s\",\"tls\":{\"ca_file\":\"%s\"}}", port, ca);
+  c = conn_to(json);
+  rc = spr_conn_open(c, err, sizeof err);
+  if (rc != SPI_OK) print_error("tls by address: %s\n", err);
+  assert_int_equal(rc, SPI_OK);
+  spr_conn_free(c);
   /* The certificate is checked: not for this name. */
   snprintf(json, sizeof json,
            "{\"address\":\"127.0.0.1:%s\",\"tls\":{\"ca_file\":\"%s\","
