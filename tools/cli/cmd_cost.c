@@ -104,13 +104,15 @@ static int compute(const formula *f, const double *v, cJSON *o, char *msg,
     rc = spi_cost_max_sequences(v[0], v[1], v[2], v[3], &n);
     if (rc == SPI_OK) cJSON_AddNumberToObject(o, "sequences", (double)n);
   }
+  /* cli_invalid names the formula; the message is what is wrong. */
   if (rc != SPI_OK)
-    snprintf(msg, cap, "%s: an input is out of range (NaN, negative, zero "
-             "where meaningless, or a rate above 1)", f->name);
+    snprintf(msg, cap, "an input is out of range, or the result is (NaN, "
+             "negative, zero where meaningless, a rate above 1, overhead "
+             "that eats every hour, or a result too large)");
   return rc;
 notint:
-  snprintf(msg, cap, "%s: gpus, layers, kv-heads, head-dim and seq-len are "
-           "whole numbers up to 4294967295", f->name);
+  snprintf(msg, cap, "gpus, layers, kv-heads, head-dim and seq-len are "
+           "whole numbers up to 4294967295");
   return SPI_ERANGE;
 }
 
