@@ -81,6 +81,11 @@ static int read_group(sim_cluster *c, const cJSON *g, size_t gi,
       snprintf(at, sizeof at, "groups[%zu].%.40s", gi, k->string);
       return bad(msg, cap, path, at, "unknown key");
     }
+    for (const cJSON *e = g->child; e != k; e = e->next)
+      if (!strcmp(e->string, k->string)) {
+        snprintf(at, sizeof at, "groups[%zu].%.40s", gi, k->string);
+        return bad(msg, cap, path, at, "given twice");
+      }
   }
   for (size_t j = 0; j < N_REQUIRED; j++)
     if (!cJSON_GetObjectItemCaseSensitive(g, GROUP_KEYS[j])) {
@@ -250,6 +255,12 @@ int sim_cluster_parse(sim_cluster *c, const char *buf, size_t len, const char *p
         snprintf(c->zones[z], sizeof c->zones[z], "%s", s->zone);
         snprintf(c->zone_cloud[z], sizeof c->zone_cloud[z], "%s", s->cloud);
         c->nzones++;
+      } else if (strcmp(c->zone_cloud[z], s->cloud) != 0) {
+        /* One zone has one cloud: its notices and their lead time. */
+        char at[32];
+        snprintf(at, sizeof at, "groups[%zu].cloud", gi);
+        bad(msg, cap, path, at, "differs from an earlier group of the same zone");
+        goto out;
       }
       s->zone_index = (int32_t)z;
     }
