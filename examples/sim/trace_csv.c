@@ -159,12 +159,20 @@ static int parse_datetime(const char *p, int64_t *ns) {
 }
 
 /* A time field: a date and time, or seconds (from any zero) up to ~285
- * years. 0, or -1. */
-static int parse_time(const char *f, int64_t *ns) {
-  if (!parse_datetime(f, ns)) return 0;
+ * years; *kind (0 unknown, 1 dates, 2 seconds) is the file's, taken from
+ * its first time, and a field of the other kind is refused (a lone "0" in
+ * a file of dates would become its zero, decades before the others). 0,
+ * or -1. */
+static int parse_time(const char *f, int *kind, int64_t *ns) {
+  if (!parse_datetime(f, ns)) {
+    if (*kind == 2) return -1;
+    *kind = 1;
+    return 0;
+  }
   char *end;
   double s = strtod(f, &end);
-  if (end == f || *end || !(s >= 0 && s <= 9e9)) return -1;
+  if (end == f || *end || !(s >= 0 && s <= 9e9) || *kind == 1) return -1;
+  *kind = 2;
   *ns = (int64_t)(s * 1e9);
   return 0;
 }
@@ -187,7 +195,7 @@ int trace_csv_line(trace_reader *rd, char *line, size_t lineno) {
   if (!field[COL_TIME] || !field[COL_IN] || !field[COL_OUT])
     return sim_trace_note_bad(t, lineno, "fewer columns than the header"), 0;
   long ctx = parse_count(field[COL_IN], 4000000), gen = parse_count(field[COL_OUT], 1000000);
-  if (parse_time(field[COL_TIME], &ns) || ctx < 1 || gen < 0)
+  if (ctx < 1 || gen < 0 || parse_time(field[COL_TIME], &rd->time_kind, &ns))
     return sim_trace_note_bad(t, lineno, "not a time, input tokens and output tokens"), 0;
   if (gen == 0) return sim_trace_note_bad(t, lineno, "no output tokens (a failed request)"), 0;
   sim_trace_req *q = sim_trace_add_req(t);

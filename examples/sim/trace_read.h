@@ -33,6 +33,8 @@ typedef struct trace_reader {
   trace_map chats;  /* Bailian: chat id + 1 to its first chat */
   int col[3];       /* CSV: the columns of time, input and output */
   int ncols;        /* CSV: columns a line must have at least */
+  int time_kind;    /* CSV: 0 not yet known, 1 dates and times, 2 seconds
+                       (the first line's; a line of the other kind is bad) */
 } trace_reader;
 
 /* A JSONL line: its format from the first line that is an object (Mooncake
