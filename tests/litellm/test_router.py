@@ -291,7 +291,11 @@ def test_deployments_added_later_are_routed_to(backends, closing):
     routing.engine.set_replica_state("spot-a", ReplicaState.DRAINING)
     backends.start("spot-b", *FAST)
     router.add_deployment(Deployment(**deployment(backends, "spot-b")))
-    routing.sync_deployments()
+    # No sync_deployments call: the route sees the router's deployments
+    # changed (LiteLLM's registry version) and reads them again.
+    r = run(router.acompletion(model=MODEL, messages=messages("s", "u"),
+                               metadata={"class": "silver"}))
+    assert "spot-b" in routing._replicas
     wait_for(routing._fresh["spot-b"].is_set)   # its first load reading
     r = run(router.acompletion(model=MODEL, messages=messages("s", "u"),
                                metadata={"class": "silver"}))

@@ -207,6 +207,7 @@ class SpotinferRouting(CustomLogger, CustomRoutingStrategyBase):  # type: ignore
         self._open: Dict[int, _Open] = {}
         self._replicas: Dict[str, Replica] = {}
         self._deployments: Dict[str, Any] = {}
+        self._synced_version: Optional[int] = None
         self._fresh: Dict[str, threading.Event] = {}
         self._stop = threading.Event()
         self._threads: List[threading.Thread] = []
@@ -254,9 +255,27 @@ class SpotinferRouting(CustomLogger, CustomRoutingStrategyBase):  # type: ignore
             return list(registry().all())
         return list(self._router.model_list)
 
+    def _registry_version(self) -> Optional[int]:
+        """LiteLLM's count of changes to the router's deployments (every
+        write path moves it), or None where the router has none."""
+        registry = getattr(self._router, "registry", None)
+        if not callable(registry):
+            return None
+        v = getattr(registry(), "version", None)
+        return v if isinstance(v, int) and not isinstance(v, bool) else None
+
+    def sync_if_changed(self) -> None:
+        """sync_deployments when the router's deployments changed since the
+        last (the proxy adds, updates and removes them in place, from its
+        database or its admin API); one integer compare when they did not."""
+        v = self._registry_version()
+        if v is not None and v != self._synced_version:
+            self.sync_deployments()
+
     def sync_deployments(self) -> None:
         """Read the router's deployments again: add or update their
         replicas, remove the replicas of deployments that are gone."""
+        self._synced_version = self._registry_version()
         deployments = self._model_list()
         reps = replicas_of(deployments)
         by_id = {r.info.id: d for r, d in zip(reps, deployments)}
@@ -487,6 +506,7 @@ class SpotinferRouting(CustomLogger, CustomRoutingStrategyBase):  # type: ignore
             specific_deployment: Optional[bool] = False,
             request_kwargs: Optional[Dict[str, Any]] = None) -> Any:
         kwargs = request_kwargs if request_kwargs is not None else {}
+        self.sync_if_changed()
         allowed = None
         if self.respect_litellm_health or specific_deployment:
             healthy = await self._router.select(
@@ -509,6 +529,7 @@ class SpotinferRouting(CustomLogger, CustomRoutingStrategyBase):  # type: ignore
             specific_deployment: Optional[bool] = False,
             request_kwargs: Optional[Dict[str, Any]] = None) -> Any:
         kwargs = request_kwargs if request_kwargs is not None else {}
+        self.sync_if_changed()
         if specific_deployment:             # one named deployment: no choice
             with self._lock:
                 named = self._deployments.get(model)

@@ -13,6 +13,7 @@ price are in its ``model_info.spotinfer``, as for a Router.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import threading
 from typing import Any, Optional
@@ -52,7 +53,12 @@ class ProxyRouting(CustomLogger):  # type: ignore[misc]
 
     async def async_pre_call_hook(self, user_api_key_dict: Any, cache: Any,
                                   data: dict, call_type: Any, **_: Any) -> Any:
-        self.ensure()
+        # Installing waits for the replicas' first load readings and closing
+        # the old strategy joins its threads: off the proxy's event loop.
+        from litellm.proxy import proxy_server
+        current = self.strategy
+        if current is None or current.router is not getattr(proxy_server, "llm_router", None):
+            await asyncio.to_thread(self.ensure)
         return data
 
 
