@@ -278,7 +278,8 @@ static int tls_handshake(spr_conn *c, int64_t deadline, char *err, size_t cap) {
   /* An address is checked against the certificate's IP names, and sends
    * no SNI (which names hosts only); a host name against its DNS names. */
   unsigned char ip[16];
-  int is_ip = inet_pton(AF_INET, name, ip) == 1 || inet_pton(AF_INET6, name, ip) == 1;
+  int is_ip = inet_pton(AF_INET, name, ip) == 1 ||
+              inet_pton(AF_INET6, name, ip) == 1;
   if (!is_ip) SSL_set_tlsext_host_name(c->ssl, name);
   if (c->cfg.tls_verify) {
     X509_VERIFY_PARAM *vp = SSL_get0_param(c->ssl);
