@@ -602,19 +602,18 @@ static int keep_aside(journal *j, const char *name) {
       snprintf(aside, sizeof aside, "%s.corrupt", name);
     else
       snprintf(aside, sizeof aside, "%s.%d.corrupt", name, k);
-    int moved = linkat(j->dirfd, name, j->dirfd, aside, 0) == 0;
-    if (moved) {
+    if (linkat(j->dirfd, name, j->dirfd, aside, 0) == 0) {
       (void)unlink_name(j, name);
-    } else if (errno != EEXIST) {
-      if (fstatat(j->dirfd, aside, &sb, AT_SYMLINK_NOFOLLOW) == 0) continue;
-      moved = errno == ENOENT && renameat(j->dirfd, name, j->dirfd, aside) == 0;
-      if (!moved) return -1;
+    } else if (errno == EEXIST ||
+               fstatat(j->dirfd, aside, &sb, AT_SYMLINK_NOFOLLOW) == 0) {
+      continue; /* the name is taken: the next one */
+    } else if (errno != ENOENT ||
+               renameat(j->dirfd, name, j->dirfd, aside) != 0) {
+      return -1;
     }
-    if (moved) {
-      j->stats.aside_files++;
-      j->aside_bytes += size;
-      return 0;
-    }
+    j->stats.aside_files++;
+    j->aside_bytes += size;
+    return 0;
   }
   return -1;
 }

@@ -483,6 +483,13 @@ static void skip_note(const parse_state *ps, char *err, size_t errcap,
             ps->first_why);
 }
 
+/* Whether a last line without a line feed says the page was cut short:
+ * anything but blanks, or OpenMetrics' "# EOF", which says it is whole. */
+static int cut_short(const char *s, size_t n) {
+  size_t b = skip_blanks(s, 0, n);
+  return b != n && !(n - b == 5 && memcmp(s + b, "# EOF", 5) == 0);
+}
+
 int spi__metrics_parse_report(const char *text, size_t len, spi_load *out,
                               spi_parse_report *report, char *err,
                               size_t errcap) {
@@ -504,9 +511,7 @@ int spi__metrics_parse_report(const char *text, size_t len, spi_load *out,
     size_t n = end - pos;
     pos = nl ? end + 1 : len;
     if (n && s[n - 1] == '\r') n--;
-    /* OpenMetrics' "# EOF" says the page is whole, line feed or not. */
-    size_t b = skip_blanks(s, 0, n);
-    if (!nl && b != n && !(n - b == 5 && memcmp(s + b, "# EOF", 5) == 0))
+    if (!nl && cut_short(s, n))
       return fail(&ps, SPI_EPARSE,
                   "the last line has no line feed (the page was cut short?)");
     int rc = parse_line(&ps, s, n);
