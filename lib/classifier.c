@@ -25,6 +25,12 @@
 #define MAX_KEYWORDS 64
 #define MAX_KEYWORD_BYTES 64
 #define MAX_TOTAL_TENANT_TIERS 256
+#define MAX_META_KEYS 8            /* a rule's when.metadata */
+#define MAX_META_VALUES 32         /* ... one key's list */
+#define MAX_TOTAL_META_KEYS 128    /* across all rules */
+#define MAX_TOTAL_META_VALUES 256
+#define META_KEY_MAX 64            /* a request's metadata keys are 1..64 */
+#define META_VALUE_MAX 128
 #define RULE_NAME_MAX 40
 
 enum { ANY = -1 };
@@ -46,6 +52,7 @@ typedef struct rule {
       have_eot_min, have_eot_max;
   uint32_t tier_mask; /* bit per enum spi_service_tier; 0 = don't care */
   uint32_t tenant_first, tenant_count; /* into inst->tenant_tiers */
+  uint32_t meta_first, meta_count;     /* into inst->meta_keys */
 } rule;
 
 typedef struct plan {
@@ -63,6 +70,18 @@ typedef struct tenant_tier {
   size_t len;
 } tenant_tier;
 
+/* One key of a rule's when.metadata and the values it may have. */
+typedef struct meta_key {
+  char text[META_KEY_MAX]; /* not NUL-terminated */
+  size_t len;
+  uint32_t value_first, value_count; /* into inst->meta_values */
+} meta_key;
+
+typedef struct meta_value {
+  char text[META_VALUE_MAX]; /* not NUL-terminated */
+  size_t len;
+} meta_value;
+
 typedef struct instance {
   int32_t honor_explicit, honor_priority, default_class;
   char default_reason[REASON_MAX];
@@ -73,6 +92,10 @@ typedef struct instance {
   size_t nrules;
   tenant_tier tenant_tiers[MAX_TOTAL_TENANT_TIERS];
   size_t ntenant_tiers;
+  meta_key meta_keys[MAX_TOTAL_META_KEYS];
+  size_t nmeta_keys;
+  meta_value meta_values[MAX_TOTAL_META_VALUES];
+  size_t nmeta_values;
   int32_t cascade_enabled;
   int64_t scan_bytes, long_query_bytes, question_marks;
   double length_weight, keyword_weight, question_weight, large_threshold;
@@ -134,6 +157,81 @@ static int opt_bool(const cJSON *o, const char *path, const char *shown,
   int rc = spi__cfg_bool(o, path, shown, &b, c->err, c->errcap);
   *v = b;
   return rc;
+}
+
+/* One key's list of a when.metadata (shown: its path). */
+static int parse_meta_values(const cJSON *list, const char *shown, meta_key *k,
+                             parse_ctx *c) {
+  int n = cJSON_IsArray(list) ? cJSON_GetArraySize(list) : -1;
+  if (n < 1 || n > MAX_META_VALUES) {
+    spi__errf(c->err, c->errcap, "%s: must be a list of 1..%d strings", shown,
+              MAX_META_VALUES);
+    return n < 0 ? SPI_ETYPE : SPI_ERANGE;
+  }
+  k->value_first = (uint32_t)c->in->nmeta_values;
+  int i = 0;
+  for (const cJSON *t = list->child; t; t = t->next, i++) {
+    size_t len = cJSON_IsString(t) ? strlen(t->valuestring) : 0;
+    if (!cJSON_IsString(t) || len > META_VALUE_MAX) {
+      spi__errf(c->err, c->errcap, "%s[%d]: must be a string of at most %d bytes",
+                shown, i, META_VALUE_MAX);
+      return cJSON_IsString(t) ? SPI_ERANGE : SPI_ETYPE;
+    }
+    if (c->in->nmeta_values == MAX_TOTAL_META_VALUES) {
+      spi__errf(c->err, c->errcap,
+                "%s[%d]: more than %d metadata values across all rules", shown,
+                i, MAX_TOTAL_META_VALUES);
+      return SPI_ERANGE;
+    }
+    meta_value *dst = &c->in->meta_values[c->in->nmeta_values++];
+    memcpy(dst->text, t->valuestring, len);
+    dst->len = len;
+  }
+  k->value_count = (uint32_t)i;
+  return SPI_OK;
+}
+
+/* when.metadata: {key: [values]}, each key's list kept in the instance. */
+static int parse_meta_when(const cJSON *m, const char *shown, rule *r,
+                           parse_ctx *c) {
+  char sub[SPI_ERRMSG_CAP];
+  snprintf(sub, sizeof sub, "%s.metadata", shown);
+  if (!cJSON_IsObject(m)) {
+    spi__errf(c->err, c->errcap, "%s: must be an object", sub);
+    return SPI_ETYPE;
+  }
+  if (cJSON_GetArraySize(m) > MAX_META_KEYS) {
+    spi__errf(c->err, c->errcap, "%s: at most %d keys", sub, MAX_META_KEYS);
+    return SPI_ERANGE;
+  }
+  r->meta_first = (uint32_t)c->in->nmeta_keys;
+  for (const cJSON *e = m->child; e; e = e->next) {
+    const char *key = e->string ? e->string : "";
+    size_t klen = strlen(key);
+    char el[SPI_ERRMSG_CAP];
+    spi__errf(el, sizeof el, "%s.%.64s", sub, key);
+    if (klen == 0 || klen > META_KEY_MAX) {
+      spi__errf(c->err, c->errcap, "%s: a key is 1..%d bytes", el, META_KEY_MAX);
+      return SPI_ERANGE;
+    }
+    for (const cJSON *o = m->child; o != e; o = o->next)
+      if (strcmp(o->string, key) == 0) {
+        spi__errf(c->err, c->errcap, "%s: duplicate key", el);
+        return SPI_EPARSE;
+      }
+    if (c->in->nmeta_keys == MAX_TOTAL_META_KEYS) {
+      spi__errf(c->err, c->errcap, "%s: more than %d metadata keys across all "
+                "rules", el, MAX_TOTAL_META_KEYS);
+      return SPI_ERANGE;
+    }
+    meta_key *k = &c->in->meta_keys[c->in->nmeta_keys++];
+    memcpy(k->text, key, klen);
+    k->len = klen;
+    int rc = parse_meta_values(e, el, k, c);
+    if (rc) return rc;
+    r->meta_count++;
+  }
+  return SPI_OK;
 }
 
 static int parse_when(const cJSON *w, const char *shown, rule *r,
@@ -218,6 +316,9 @@ static int parse_when(const cJSON *w, const char *shown, rule *r,
     }
     r->tenant_count = (uint32_t)i;
   }
+  const cJSON *md = cJSON_GetObjectItemCaseSensitive(w, "metadata");
+  if (md && !cJSON_IsNull(md) && (rc = parse_meta_when(md, shown, r, c)))
+    return rc;
   return SPI_OK;
 }
 
@@ -437,6 +538,40 @@ static int match_bool(int32_t want, int32_t have) {
   return want == ANY || want == have;
 }
 
+/* The value of key k in the request's metadata pairs: the last pair's, as a
+ * later pair overrides an earlier one for the attributes too. 0 when no
+ * pair has the key. */
+static int meta_lookup(const spi_request_view *v, const meta_key *k,
+                       const char **val, size_t *vlen) {
+  const char *p = v->metadata, *end = v->metadata + v->metadata_len;
+  int found = 0;
+  for (size_t i = 0; i < v->metadata_count; i++) {
+    const char *kz = memchr(p, 0, (size_t)(end - p));
+    const char *vz = kz ? memchr(kz + 1, 0, (size_t)(end - kz - 1)) : NULL;
+    if (!vz) break; /* the library writes both NULs: cannot happen */
+    if ((size_t)(kz - p) == k->len && memcmp(p, k->text, k->len) == 0) {
+      *val = kz + 1;
+      *vlen = (size_t)(vz - kz - 1);
+      found = 1;
+    }
+    p = vz + 1;
+  }
+  return found;
+}
+
+/* Whether the request's metadata has key k with one of its values. */
+static int meta_matches(const instance *in, const meta_key *k,
+                        const spi_request_view *v) {
+  const char *val;
+  size_t vlen;
+  if (!meta_lookup(v, k, &val, &vlen)) return 0;
+  for (uint32_t i = 0; i < k->value_count; i++) {
+    const meta_value *m = &in->meta_values[k->value_first + i];
+    if (m->len == vlen && memcmp(m->text, val, vlen) == 0) return 1;
+  }
+  return 0;
+}
+
 static int rule_matches(const instance *in, const rule *r,
                         const spi_request_view *v) {
   if (!match_bool(r->stream, v->stream != 0)) return 0;
@@ -469,6 +604,8 @@ static int rule_matches(const instance *in, const rule *r,
     }
     if (!hit) return 0;
   }
+  for (uint32_t i = 0; i < r->meta_count; i++)
+    if (!meta_matches(in, &in->meta_keys[r->meta_first + i], v)) return 0;
   return 1;
 }
 

@@ -116,6 +116,9 @@ int spi__request_view(spi_request *r, spi_request_view *v) {
   v->forced_model_tier = r->iset[SPI_REQ_MODEL_TIER]
                              ? (int32_t)r->ival[SPI_REQ_MODEL_TIER]
                              : 0;
+  v->metadata = r->metabuf.len ? (const char *)r->metabuf.data : "";
+  v->metadata_len = r->metabuf.len;
+  v->metadata_count = r->nmeta;
   return SPI_OK;
 }
 

@@ -130,6 +130,10 @@ static const spi_optdesc OPTIONS[] = {
     {"classifier.rules[].when.tenant_tier", L, "null", 0, 32,
      "tenant tier is one of these"},
     {"classifier.rules[].when.tenant_tier[]", S, "\"\"", 0, 0, "a tenant tier"},
+    {"classifier.rules[].when.metadata", O, "null", 0, 8,
+     "{key: [values]}: the request's metadata has each key (its last pair) "
+     "with one of its values; at most 8 keys of 1..64 bytes, 32 values of "
+     "at most 128 bytes each"},
     {"classifier.replayable_default", O, "{}", 0, 0,
      "replayable when neither the request nor the rule says"},
     {"classifier.replayable_default.gold", B, "false", 0, 0, "gold default"},

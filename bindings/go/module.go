@@ -205,6 +205,7 @@ static const spi_pool_summary *spi_go_summary(const spi_route_context *ctx,
 import "C"
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"runtime"
@@ -647,6 +648,35 @@ func (r *RequestView) ForcedModelTier() ModelTier {
 		return TierUnset
 	}
 	return ModelTier(r.view().forced_model_tier)
+}
+
+// Metadata is a copy of the request's metadata pairs; a key given twice
+// keeps its later value, as the library does. Empty from a library before
+// 0.3.0.
+func (r *RequestView) Metadata() map[string]string {
+	var v C.spi_request_view
+	if !r.has(unsafe.Offsetof(v.metadata_count) + unsafe.Sizeof(v.metadata_count)) {
+		return map[string]string{}
+	}
+	vv := r.view()
+	out := make(map[string]string, int(vv.metadata_count))
+	if vv.metadata == nil || vv.metadata_len == 0 {
+		return out
+	}
+	raw := C.GoBytes(unsafe.Pointer(vv.metadata), C.int(vv.metadata_len))
+	for i := 0; i < int(vv.metadata_count); i++ {
+		k, rest, ok := bytes.Cut(raw, []byte{0})
+		if !ok {
+			break
+		}
+		val, rest, ok := bytes.Cut(rest, []byte{0})
+		if !ok {
+			break
+		}
+		out[string(k)] = string(val)
+		raw = rest
+	}
+	return out
 }
 
 // ------------------------------------------------------- route context

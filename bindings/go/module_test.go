@@ -414,3 +414,50 @@ func TestGoClassifierWithoutLevels(t *testing.T) {
 		t.Fatal(m.calls.Load())
 	}
 }
+
+// metaClassifier records each view's metadata: gold for team=search.
+type metaClassifier struct{ seen []map[string]string }
+
+func (m *metaClassifier) Configure([]byte) (any, error) { return nil, nil }
+func (m *metaClassifier) Classify(_ any, req *RequestView, _ Pressure) (Verdict, error) {
+	md := req.Metadata()
+	m.seen = append(m.seen, md)
+	if md["team"] == "search" {
+		return Verdict{Class: ClassGold}, nil
+	}
+	return Verdict{Class: ClassBronze}, nil
+}
+
+func TestGoViewMetadata(t *testing.T) {
+	e, err := NewEngine("")
+	must(t, err)
+	defer e.Close()
+	m := &metaClassifier{}
+	must(t, e.RegisterClassifier("go-meta", m, OnFailureError))
+	must(t, useClassifier(t, e, "go-meta", `{}`))
+	r, err := e.NewRequest()
+	must(t, err)
+	must(t, r.SetStr(FieldModel, "m"))
+	if c, err := r.Classify(PressureNormal); err != nil || c.Class != ClassBronze || len(m.seen[0]) != 0 {
+		t.Fatalf("%+v %v %v", c, err, m.seen)
+	}
+	must(t, r.SetMetadata("team", "search"))
+	must(t, r.SetMetadata("note", ""))
+	if c, _ := r.Classify(PressureNormal); c.Class != ClassGold {
+		t.Fatal(c.Class)
+	}
+	if got := m.seen[len(m.seen)-1]; len(got) != 2 || got["team"] != "search" || got["note"] != "" {
+		t.Fatal(got)
+	}
+	must(t, r.SetMetadata("team", "ads")) // the later pair counts
+	if c, _ := r.Classify(PressureNormal); c.Class != ClassBronze {
+		t.Fatal(c.Class)
+	}
+	body := `{"model":"m","metadata":{"team":"search"},"messages":[{"role":"user","content":"hi"}]}`
+	p, err := e.ParseOpenAI([]byte(body), OpenAIAuto)
+	must(t, err)
+	defer p.Close()
+	if c, _ := p.Classify(PressureNormal); c.Class != ClassGold {
+		t.Fatal(c.Class)
+	}
+}

@@ -342,7 +342,9 @@ SPI_API int spi_request_add_message(spi_request *req, const char *role,
 /* Add a metadata pair (copied); a known key also sets its attribute:
  * class, priority, sla_ms, replayable, expected_output_tokens, tenant,
  * tenant_tier, tenant_salt, decode_profile, tokenizer_version,
- * retrieval_template. Errors as the setters it forwards to. */
+ * retrieval_template. Every pair is kept, in order, for classifier rules
+ * (classifier.rules[].when.metadata) and modules (spi_request_view's
+ * metadata). Errors as the setters it forwards to. */
 SPI_API int spi_request_set_metadata(spi_request *req, const char *key,
                                      size_t key_len, const char *value,
                                      size_t value_len);

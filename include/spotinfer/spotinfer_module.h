@@ -111,6 +111,13 @@ typedef struct spi_request_view {
   int32_t priority_class;
   /* SPI_REQ_MODEL_TIER if the caller forced one, else 0. */
   int32_t forced_model_tier;
+  /* The metadata pairs (since 0.3.0), as spi_request_set_metadata or the
+   * body's "metadata" object gave them, in order: metadata_count times a
+   * key, a NUL, its value and a NUL, metadata_len bytes in all (an empty
+   * string and 0 when there are none). A key given twice appears twice;
+   * the later pair is the one that counts, as for the attributes. */
+  const char *metadata;           size_t metadata_len;
+  size_t metadata_count;
 } spi_request_view;
 
 /* ------------------------------------------------------------ classifier */

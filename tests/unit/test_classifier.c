@@ -849,6 +849,128 @@ static void test_rule_conditions(void **state) {
   MATCH(r);
 }
 
+static void set_meta(spi_request *r, const char *k, const char *v) {
+  assert_int_equal(spi_request_set_metadata(r, k, strlen(k), v, strlen(v)),
+                   SPI_OK);
+}
+
+/* when.metadata: every key given must be there (its last pair) with one
+ * of its values; keys the rule does not name do not matter. */
+static void test_rule_metadata(void **state) {
+  world *f = *state;
+  spi_engine *e = f->e;
+  spi_request *r = f->r;
+  one_rule(e, "{\"metadata\":{\"team\":[\"search\",\"ads\"],\"env\":[\"prod\"]}}",
+           NULL);
+  NO_MATCH(r);
+  set_meta(r, "team", "search");
+  NO_MATCH(r); /* env missing */
+  set_meta(r, "env", "prod");
+  MATCH(r);
+  set_meta(r, "other", "x");
+  MATCH(r);
+  set_meta(r, "team", "billing"); /* a later pair overrides */
+  NO_MATCH(r);
+  set_meta(r, "team", "ads");
+  MATCH(r);
+  spi_request_reset(r);
+  set_meta(r, "team", "Search"); /* exact bytes */
+  set_meta(r, "env", "prod");
+  NO_MATCH(r);
+  spi_request_reset(r);
+  set_meta(r, "teams", "search"); /* a key is matched whole */
+  set_meta(r, "env", "prod");
+  NO_MATCH(r);
+  spi_request_reset(r);
+  set_meta(r, "env", "prod");
+  set_meta(r, "team", "searc");
+  NO_MATCH(r);
+  /* An empty value is a value; a known key is matched too, and still sets
+   * its attribute. */
+  one_rule(e, "{\"metadata\":{\"note\":[\"\"],\"tenant\":[\"acme\"]}}", NULL);
+  spi_request_reset(r);
+  set_meta(r, "tenant", "acme");
+  NO_MATCH(r);
+  set_meta(r, "note", "");
+  MATCH(r);
+  /* From an OpenAI body's metadata object. */
+  one_rule(e, "{\"metadata\":{\"team\":[\"search\"]}}", NULL);
+  const char *body = "{\"model\":\"m\",\"metadata\":{\"team\":\"search\"},"
+                     "\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}]}";
+  assert_int_equal(spi_request_parse_openai(r, body, strlen(body), SPI_OPENAI_AUTO),
+                   SPI_OK);
+  MATCH(r);
+  /* Rules keep their own keys and values. */
+  configure(e, "{\"classifier\":{\"default_class\":\"gold\",\"rules\":["
+               "{\"name\":\"a\",\"when\":{\"metadata\":{\"k\":[\"1\"]}},"
+               "\"class\":\"bronze\"},"
+               "{\"name\":\"b\",\"when\":{\"metadata\":{\"k\":[\"2\"],"
+               "\"j\":[\"3\"]}},\"class\":\"silver\"}]}}");
+  spi_request_reset(r);
+  set_meta(r, "k", "2");
+  expect(r, SPI_CLASS_GOLD, -1, "default class gold");
+  set_meta(r, "j", "3");
+  expect(r, SPI_CLASS_SILVER, 1, "rule b");
+  set_meta(r, "k", "1");
+  expect(r, SPI_CLASS_BRONZE, 0, "rule a");
+}
+
+static void test_rule_metadata_errors(void **state) {
+  world *f = *state;
+  spi_engine *e = f->e;
+#define META_RULE(m) \
+  "{\"classifier\":{\"rules\":[{\"class\":\"gold\",\"when\":{\"metadata\":" m "}}]}}"
+  config_error(e, META_RULE("[]"), SPI_ETYPE,
+               "classifier.rules[0].when.metadata: must be an object");
+  config_error(e, META_RULE("{\"team\":\"search\"}"), SPI_ETYPE,
+               "classifier.rules[0].when.metadata.team: must be a list of "
+               "1..32 strings");
+  config_error(e, META_RULE("{\"team\":[]}"), SPI_ERANGE,
+               "classifier.rules[0].when.metadata.team: must be a list of "
+               "1..32 strings");
+  config_error(e, META_RULE("{\"team\":[\"a\",2]}"), SPI_ETYPE,
+               "classifier.rules[0].when.metadata.team[1]: must be a string of "
+               "at most 128 bytes");
+  config_error(e, META_RULE("{\"\":[\"a\"]}"), SPI_ERANGE,
+               "classifier.rules[0].when.metadata.: a key is 1..64 bytes");
+  config_error(e, META_RULE("{\"a\":[\"1\"],\"a\":[\"2\"]}"), SPI_EPARSE,
+               "classifier.rules[0].when.metadata.a: duplicate key");
+  config_error(e, META_RULE("{\"a\":[\"1\"],\"b\":[\"1\"],\"c\":[\"1\"],"
+                            "\"d\":[\"1\"],\"e\":[\"1\"],\"f\":[\"1\"],"
+                            "\"g\":[\"1\"],\"h\":[\"1\"],\"i\":[\"1\"]}"),
+               SPI_ERANGE, "classifier.rules[0].when.metadata: at most 8 keys");
+#undef META_RULE
+  char big[600];
+  snprintf(big, sizeof big,
+           "{\"classifier\":{\"rules\":[{\"class\":\"gold\",\"when\":"
+           "{\"metadata\":{\"k\":[\"%0129d\"]}}}]}}", 0);
+  config_error(e, big, SPI_ERANGE,
+               "classifier.rules[0].when.metadata.k[0]: must be a string of at "
+               "most 128 bytes");
+  /* 256 values in all, across rules: the 257th is refused. */
+  size_t cap = 64 * 400 + 128;
+  char *json = malloc(cap);
+  assert_non_null(json);
+  for (int extra = 0; extra < 2; extra++) {
+    size_t n = (size_t)snprintf(json, cap, "{\"classifier\":{\"rules\":[");
+    for (int i = 0; i < 8 + extra; i++) {
+      n += (size_t)snprintf(json + n, cap - n, "%s{\"class\":\"gold\",\"when\":"
+                            "{\"metadata\":{\"k\":[", i ? "," : "");
+      for (int j = 0; j < (i < 8 ? 32 : 1); j++)
+        n += (size_t)snprintf(json + n, cap - n, "%s\"%d\"", j ? "," : "", j);
+      n += (size_t)snprintf(json + n, cap - n, "]}}}");
+    }
+    snprintf(json + n, cap - n, "]}}");
+    if (!extra)
+      configure(e, json);
+    else
+      config_error(e, json, SPI_ERANGE,
+                   "classifier.rules[8].when.metadata.k[0]: more than 256 "
+                   "metadata values across all rules");
+  }
+  free(json);
+}
+
 static void test_rule_sets(void **state) {
   world *f = *state;
   spi_request *r = f->r;
@@ -1373,6 +1495,9 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_rule_conditions, world_setup, world_teardown),
       cmocka_unit_test_setup_teardown(test_rule_sets, world_setup, world_teardown),
       cmocka_unit_test_setup_teardown(test_config_errors, world_setup, world_teardown),
+      cmocka_unit_test_setup_teardown(test_rule_metadata, world_setup, world_teardown),
+      cmocka_unit_test_setup_teardown(test_rule_metadata_errors, world_setup,
+                                      world_teardown),
       cmocka_unit_test_setup_teardown(test_failed_configure_keeps_previous,
                                       world_setup, world_teardown),
       cmocka_unit_test_setup_teardown(test_mapping_api_defaults, world_setup,

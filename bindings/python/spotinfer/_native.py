@@ -451,6 +451,8 @@ class RequestView(_Struct):
         ("message_count", c_size_t),
         ("priority_class", c_int32),
         ("forced_model_tier", c_int32),
+        ("metadata", c_void_p), ("metadata_len", c_size_t),
+        ("metadata_count", c_size_t),
     ]
 
 

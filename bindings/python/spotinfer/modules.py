@@ -192,6 +192,18 @@ class RequestView:
         return maybe_enum(Class, self._view().priority_class)
 
     @property
+    def metadata(self) -> Dict[str, str]:
+        """The metadata pairs as a dict; a key given twice keeps its later
+        value, as the library does. Empty from a library before 0.3.0."""
+        if not self._has("metadata_count"):
+            return {}
+        raw = self._bytes("metadata").split(b"\0")
+        n = int(self._view().metadata_count)
+        return {raw[2 * i].decode("utf-8", "surrogateescape"):
+                raw[2 * i + 1].decode("utf-8", "surrogateescape")
+                for i in range(min(n, len(raw) // 2))}
+
+    @property
     def forced_model_tier(self) -> ModelTier:
         """SPI_REQ_MODEL_TIER if the caller forced one, else UNSET."""
         if not self._has("forced_model_tier"):

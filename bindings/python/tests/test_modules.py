@@ -437,3 +437,35 @@ def test_every_module_callback_is_bound(kind):
     assert len(callbacks) >= 3
     for name in callbacks:
         assert getattr(adapter.struct, name), f"{name} is not bound"
+
+
+class MetadataClassifier:
+    """Gold when the request's metadata says team=search."""
+
+    def __init__(self):
+        self.seen = []
+
+    def configure(self, config):
+        return {}
+
+    def classify(self, instance, req: RequestView, pressure: Pressure):
+        self.seen.append(req.metadata)
+        return Class.GOLD if req.metadata.get("team") == "search" else Class.BRONZE
+
+
+def test_view_metadata(engine):
+    mod = MetadataClassifier()
+    engine.register_classifier("py-meta", mod)
+    _use(engine, "py-meta")
+    r = engine.request(model="m", messages=[{"role": "user", "content": "hi"}])
+    assert r.classify().klass is Class.BRONZE and mod.seen[-1] == {}
+    r.update_metadata({"team": "search", "note": "", "tenant": "acme"})
+    assert r.classify().klass is Class.GOLD
+    assert mod.seen[-1] == {"team": "search", "note": "", "tenant": "acme"}
+    r.set_metadata("team", "ads")  # the later pair counts
+    assert r.classify().klass is Class.BRONZE
+    assert mod.seen[-1]["team"] == "ads"
+    r.parse_openai({"model": "m", "metadata": {"team": "search", "x": "é"},
+                    "messages": [{"role": "user", "content": "hi"}]})
+    assert r.classify().klass is Class.GOLD
+    assert mod.seen[-1] == {"team": "search", "x": "é"}
