@@ -543,6 +543,7 @@ static int match_bool(int32_t want, int32_t have) {
  * pair has the key. */
 static int meta_lookup(const spi_request_view *v, const meta_key *k,
                        const char **val, size_t *vlen) {
+  if (!v->metadata_count) return 0;
   const char *p = v->metadata, *end = v->metadata + v->metadata_len;
   int found = 0;
   for (size_t i = 0; i < v->metadata_count; i++) {
