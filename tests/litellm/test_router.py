@@ -312,3 +312,74 @@ def test_a_body_the_library_refuses_is_400_with_its_message(backends, closing):
     assert ei.value.status_code == 400
     assert "messages[0].content" in str(ei.value)
     assert sum(r.completed + r.failed for r in routing.engine.ledger()) == 0
+
+
+def fingerprints(router, model, system, n, sync=False):
+    """The backends n requests with one system prompt went to, in order,
+    and what LiteLLM called each with (litellm_params.model)."""
+    out = []
+    for i in range(n):
+        kw = dict(model=model, messages=messages(system, f"{model} {i}"),
+                  metadata={"class": "silver"})
+        r = router.completion(**kw) if sync else run(router.acompletion(**kw))
+        out.append((r.system_fingerprint, r._hidden_params.get("litellm_model_name")))
+    return out
+
+
+def test_an_alias_is_routed_in_its_target_group(backends, closing):
+    """model_group_alias, in both its forms: the library routes the request
+    among the target group's replicas, keyed as the group (one prompt asked
+    by the alias and by the group's own name stays on one replica)."""
+    for rid in ("spot-a", "spot-b", "other"):
+        backends.start(rid, *FAST)
+    other = {**deployment(backends, "other"), "model_name": "other-model"}
+    router = Router(model_list=[deployment(backends, "spot-a"), deployment(backends, "spot-b"),
+                                other],
+                    model_group_alias={"fast": MODEL,
+                                       "quiet": {"model": MODEL, "hidden": True}},
+                    num_retries=0)
+    routing = SpotinferRouting.install(router, CONFIG)
+    closing(routing)
+    seen = fingerprints(router, "fast", SYSTEMS[0], 2)
+    seen += fingerprints(router, "quiet", SYSTEMS[0], 2)
+    seen += fingerprints(router, MODEL, SYSTEMS[0], 1)
+    seen += fingerprints(router, "quiet", SYSTEMS[0], 2, sync=True)
+    fps = [fp for fp, _ in seen]
+    assert fps[0] in ("spot-a", "spot-b") and fps == [fps[0]] * len(fps), fps
+    assert {m for _, m in seen} == {f"openai/{MODEL}"}
+    wait_for(lambda: sum(r.completed for r in routing.engine.ledger()) == len(seen))
+    assert {r.model for r in routing.engine.ledger()} == {MODEL}
+    assert not routing._open
+
+
+def test_a_wildcard_group_routes_the_names_it_matches(backends, closing):
+    """A name no group has goes to the wildcard group that matches it, as
+    LiteLLM resolves it: the library picks among that group's replicas and
+    LiteLLM calls the one picked with the requested model."""
+    for rid in ("named", "wild-a", "wild-b"):
+        backends.start(rid, *FAST)
+
+    def wild(rid):
+        d = deployment(backends, rid)
+        d["model_name"] = "fake-*"
+        d["litellm_params"]["model"] = "openai/fake-*"
+        return d
+    router = Router(model_list=[deployment(backends, "named"), wild("wild-a"), wild("wild-b")],
+                    model_group_alias={"big": "fake-large"}, num_retries=0)
+    routing = SpotinferRouting.install(router, CONFIG)
+    closing(routing)
+    seen = fingerprints(router, "fake-large", SYSTEMS[1], 3)
+    seen += fingerprints(router, "big", SYSTEMS[1], 1)          # alias, then wildcard
+    seen += fingerprints(router, "fake-large", SYSTEMS[1], 2, sync=True)
+    fps = [fp for fp, _ in seen]
+    assert fps[0] in ("wild-a", "wild-b") and fps == [fps[0]] * len(fps), fps
+    assert {m for _, m in seen} == {"openai/fake-large"}
+    small = fingerprints(router, "fake-small", SYSTEMS[2], 2)
+    assert {fp for fp, _ in small} <= {"wild-a", "wild-b"}
+    assert {m for _, m in small} == {"openai/fake-small"}
+    # The group's own name still has its own deployment.
+    assert fingerprints(router, MODEL, SYSTEMS[1], 1) == [("named", f"openai/{MODEL}")]
+    n = len(seen) + len(small) + 1
+    wait_for(lambda: sum(r.completed for r in routing.engine.ledger()) == n)
+    assert {r.model for r in routing.engine.ledger()} == {"fake-*", MODEL}
+    assert not routing._open
