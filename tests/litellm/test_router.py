@@ -2,7 +2,9 @@
 the package's `litellm` extra pins) against fakellm backends on loopback."""
 
 import asyncio
+import http.server
 import json
+import threading
 import time
 import urllib.request
 
@@ -383,3 +385,64 @@ def test_a_wildcard_group_routes_the_names_it_matches(backends, closing):
     wait_for(lambda: sum(r.completed for r in routing.engine.ledger()) == n)
     assert {r.model for r in routing.engine.ledger()} == {"fake-*", MODEL}
     assert not routing._open
+
+
+@pytest.fixture
+def held_metrics():
+    """A /metrics page that answers its first read at once and holds every
+    later one until released (a backend slow to answer its scrape)."""
+    held, release, served = threading.Event(), threading.Event(), []
+
+    class Page(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            served.append(1)
+            if len(served) > 1:
+                held.set()
+                release.wait(15)
+            body = b"vllm:num_requests_running 0\nvllm:num_requests_waiting 0\n"
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *a):
+            pass
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Page)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{srv.server_address[1]}/metrics", held, release
+    release.set()
+    srv.shutdown()
+    srv.server_close()
+
+
+def test_close_waits_for_no_scrape(backends, held_metrics):
+    """close() returns within its bound while a load thread is in the middle
+    of a scrape: the open ticket is finished meanwhile, and the engine is
+    closed only once that thread is done with it."""
+    url, held, release = held_metrics
+    backends.start("spot-a", *FAST)
+    router = Router(model_list=[deployment(backends, "spot-a", metrics_url=url)],
+                    num_retries=0)
+    routing = SpotinferRouting.install(router, CONFIG, scrape_interval_s=0.05,
+                                       scrape_timeout_s=20)
+    try:
+        assert held.wait(10), "no second scrape"
+        # A ticket open at close, as a request LiteLLM has not answered.
+        run(router.select(MODEL, {"metadata": {"class": "silver"}},
+                          messages=messages("s", "u")))
+        assert len(routing._open) == 1
+        began = time.monotonic()
+        routing.close()
+        assert time.monotonic() - began < 1.0           # close_wait_s is 0.1
+        assert routing not in litellm.callbacks
+        loader = [t for t in threading.enumerate() if t.name == "spotinfer-load-spot-a"]
+        assert loader and loader[0].is_alive()          # still in its scrape
+        assert not routing.wait_closed(0) and not routing.engine.closed
+        wait_for(lambda: routing.engine.replicas()[0].inflight == 0)
+        assert not routing._open
+    finally:
+        release.set()
+    assert routing.wait_closed(25)
+    assert routing.engine.closed
+    assert not loader[0].is_alive()
+    routing.close()                                     # again: nothing to do

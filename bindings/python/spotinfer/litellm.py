@@ -179,7 +179,8 @@ class SpotinferRouting(CustomLogger, CustomRoutingStrategyBase):  # type: ignore
     then is finished as CANCELLED), ``respect_litellm_health`` (take only
     deployments LiteLLM's own checks call healthy: cooldowns, allowed
     fails), ``ready_wait_s`` (start() waits this long for a first load
-    reading of every replica).
+    reading of every replica), ``close_wait_s`` (close() waits at most this
+    long; the rest of the close goes on in a thread of its own).
     """
 
     def __init__(self, router: Any, config: Any = None, *,
@@ -188,7 +189,7 @@ class SpotinferRouting(CustomLogger, CustomRoutingStrategyBase):  # type: ignore
                  queue_wait_s: float = 5.0, retry_after_s: int = 1,
                  ticket_timeout_s: float = 600.0,
                  respect_litellm_health: bool = True,
-                 ready_wait_s: float = 5.0) -> None:
+                 ready_wait_s: float = 5.0, close_wait_s: float = 0.1) -> None:
         CustomLogger.__init__(self)
         # LiteLLM keeps one callback per class and public scalar attributes:
         # a number of its own keeps two strategies (two routers) apart.
@@ -203,6 +204,7 @@ class SpotinferRouting(CustomLogger, CustomRoutingStrategyBase):  # type: ignore
         self.ticket_timeout_s = float(ticket_timeout_s)
         self.respect_litellm_health = bool(respect_litellm_health)
         self.ready_wait_s = float(ready_wait_s)
+        self.close_wait_s = float(close_wait_s)
         self._lock = threading.Lock()
         self._open: Dict[int, _Open] = {}
         self._replicas: Dict[str, Replica] = {}
@@ -210,6 +212,7 @@ class SpotinferRouting(CustomLogger, CustomRoutingStrategyBase):  # type: ignore
         self._fresh: Dict[str, threading.Event] = {}
         self._stop = threading.Event()
         self._threads: List[threading.Thread] = []
+        self._closer: Optional[threading.Thread] = None
         self._reqs: List[Any] = []          # idle Request handles, reused
         self.sync_deployments()
 
@@ -314,22 +317,57 @@ class SpotinferRouting(CustomLogger, CustomRoutingStrategyBase):  # type: ignore
             ev.wait(max(0.0, deadline - time.monotonic()))
 
     def close(self) -> None:
-        """Stop the threads, take the strategy out of litellm.callbacks,
-        finish the tickets still open (CANCELLED) and close the engine if
-        the strategy made it. Idempotent."""
+        """Take the strategy out of litellm.callbacks and stop it: finish
+        the tickets still open (CANCELLED), join its threads, then close
+        the engine if the strategy made it. Past the callbacks, that runs
+        in a thread of its own ("spotinfer-close"), which close() waits for
+        at most close_wait_s: a load thread in the middle of a scrape (up
+        to scrape_timeout_s) or a slow tick holds up no caller, such as the
+        proxy's install of the next strategy. The engine is closed only
+        once no thread of the strategy can call it; wait_closed() waits
+        for that. Idempotent."""
         self._stop.set()
-        for t in self._threads:
-            t.join()
-        self._threads = []
         self.remove_callback()
+        with self._lock:
+            closer = self._closer
+            if closer is None:
+                # Not a daemon: an interpreter that exits waits for the
+                # engine to be closed after the threads that use it.
+                closer = threading.Thread(target=self._shut_down,
+                                          name="spotinfer-close")
+                self._closer = closer
+                closer.start()
+        closer.join(self.close_wait_s)
+
+    def wait_closed(self, timeout: Optional[float] = None) -> bool:
+        """Wait up to timeout seconds (None: for good) for what close()
+        started: True once the threads are joined, the tickets finished
+        and the engine closed (if the strategy made it); False before, or
+        when close() was not called."""
+        closer = self._closer
+        if closer is None:
+            return False
+        closer.join(timeout)
+        return not closer.is_alive()
+
+    def _shut_down(self) -> None:
         with self._lock:
             left = list(self._open)
             self._open.clear()
             reqs, self._reqs = self._reqs, []
-        if self.engine.closed:
-            return
+        # The engine serves other threads meanwhile: only its close must
+        # wait for them.
         for tid in left:
             self._finish(tid, TicketResult(status=TicketStatus.CANCELLED))
+        # Again until none is left: a sync_deployments or start() that ran
+        # meanwhile started threads of its own (they stop at once).
+        threads, self._threads = self._threads, []
+        while threads:
+            for t in threads:
+                t.join()
+            threads, self._threads = self._threads, []
+        if self.engine.closed:
+            return
         for r in reqs:
             r.close()
         if self._own_engine:
