@@ -2,7 +2,9 @@
 the package's `litellm` extra pins) against fakellm backends on loopback."""
 
 import asyncio
+import http.server
 import json
+import threading
 import time
 import urllib.request
 
@@ -312,3 +314,135 @@ def test_a_body_the_library_refuses_is_400_with_its_message(backends, closing):
     assert ei.value.status_code == 400
     assert "messages[0].content" in str(ei.value)
     assert sum(r.completed + r.failed for r in routing.engine.ledger()) == 0
+
+
+def fingerprints(router, model, system, n, sync=False):
+    """The backends n requests with one system prompt went to, in order,
+    and what LiteLLM called each with (litellm_params.model)."""
+    out = []
+    for i in range(n):
+        kw = dict(model=model, messages=messages(system, f"{model} {i}"),
+                  metadata={"class": "silver"})
+        r = router.completion(**kw) if sync else run(router.acompletion(**kw))
+        out.append((r.system_fingerprint, r._hidden_params.get("litellm_model_name")))
+    return out
+
+
+def test_an_alias_is_routed_in_its_target_group(backends, closing):
+    """model_group_alias, in both its forms: the library routes the request
+    among the target group's replicas, keyed as the group (one prompt asked
+    by the alias and by the group's own name stays on one replica)."""
+    for rid in ("spot-a", "spot-b", "other"):
+        backends.start(rid, *FAST)
+    other = {**deployment(backends, "other"), "model_name": "other-model"}
+    router = Router(model_list=[deployment(backends, "spot-a"), deployment(backends, "spot-b"),
+                                other],
+                    model_group_alias={"fast": MODEL,
+                                       "quiet": {"model": MODEL, "hidden": True}},
+                    num_retries=0)
+    routing = SpotinferRouting.install(router, CONFIG)
+    closing(routing)
+    seen = fingerprints(router, "fast", SYSTEMS[0], 2)
+    seen += fingerprints(router, "quiet", SYSTEMS[0], 2)
+    seen += fingerprints(router, MODEL, SYSTEMS[0], 1)
+    seen += fingerprints(router, "quiet", SYSTEMS[0], 2, sync=True)
+    fps = [fp for fp, _ in seen]
+    assert fps[0] in ("spot-a", "spot-b") and fps == [fps[0]] * len(fps), fps
+    assert {m for _, m in seen} == {f"openai/{MODEL}"}
+    wait_for(lambda: sum(r.completed for r in routing.engine.ledger()) == len(seen))
+    assert {r.model for r in routing.engine.ledger()} == {MODEL}
+    assert not routing._open
+
+
+def test_a_wildcard_group_routes_the_names_it_matches(backends, closing):
+    """A name no group has goes to the wildcard group that matches it, as
+    LiteLLM resolves it: the library picks among that group's replicas and
+    LiteLLM calls the one picked with the requested model."""
+    for rid in ("named", "wild-a", "wild-b"):
+        backends.start(rid, *FAST)
+
+    def wild(rid):
+        d = deployment(backends, rid)
+        d["model_name"] = "fake-*"
+        d["litellm_params"]["model"] = "openai/fake-*"
+        return d
+    router = Router(model_list=[deployment(backends, "named"), wild("wild-a"), wild("wild-b")],
+                    model_group_alias={"big": "fake-large"}, num_retries=0)
+    routing = SpotinferRouting.install(router, CONFIG)
+    closing(routing)
+    seen = fingerprints(router, "fake-large", SYSTEMS[1], 3)
+    seen += fingerprints(router, "big", SYSTEMS[1], 1)          # alias, then wildcard
+    seen += fingerprints(router, "fake-large", SYSTEMS[1], 2, sync=True)
+    fps = [fp for fp, _ in seen]
+    assert fps[0] in ("wild-a", "wild-b") and fps == [fps[0]] * len(fps), fps
+    assert {m for _, m in seen} == {"openai/fake-large"}
+    small = fingerprints(router, "fake-small", SYSTEMS[2], 2)
+    assert {fp for fp, _ in small} <= {"wild-a", "wild-b"}
+    assert {m for _, m in small} == {"openai/fake-small"}
+    # The group's own name still has its own deployment.
+    assert fingerprints(router, MODEL, SYSTEMS[1], 1) == [("named", f"openai/{MODEL}")]
+    n = len(seen) + len(small) + 1
+    wait_for(lambda: sum(r.completed for r in routing.engine.ledger()) == n)
+    assert {r.model for r in routing.engine.ledger()} == {"fake-*", MODEL}
+    assert not routing._open
+
+
+@pytest.fixture
+def held_metrics():
+    """A /metrics page that answers its first read at once and holds every
+    later one until released (a backend slow to answer its scrape)."""
+    held, release, served = threading.Event(), threading.Event(), []
+
+    class Page(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            served.append(1)
+            if len(served) > 1:
+                held.set()
+                release.wait(15)
+            body = b"vllm:num_requests_running 0\nvllm:num_requests_waiting 0\n"
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *a):
+            pass
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Page)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{srv.server_address[1]}/metrics", held, release
+    release.set()
+    srv.shutdown()
+    srv.server_close()
+
+
+def test_close_waits_for_no_scrape(backends, held_metrics):
+    """close() returns within its bound while a load thread is in the middle
+    of a scrape: the open ticket is finished meanwhile, and the engine is
+    closed only once that thread is done with it."""
+    url, held, release = held_metrics
+    backends.start("spot-a", *FAST)
+    router = Router(model_list=[deployment(backends, "spot-a", metrics_url=url)],
+                    num_retries=0)
+    routing = SpotinferRouting.install(router, CONFIG, scrape_interval_s=0.05,
+                                       scrape_timeout_s=20)
+    try:
+        assert held.wait(10), "no second scrape"
+        # A ticket open at close, as a request LiteLLM has not answered.
+        run(router.select(MODEL, {"metadata": {"class": "silver"}},
+                          messages=messages("s", "u")))
+        assert len(routing._open) == 1
+        began = time.monotonic()
+        routing.close()
+        assert time.monotonic() - began < 1.0           # close_wait_s is 0.1
+        assert routing not in litellm.callbacks
+        loader = [t for t in threading.enumerate() if t.name == "spotinfer-load-spot-a"]
+        assert loader and loader[0].is_alive()          # still in its scrape
+        assert not routing.wait_closed(0) and not routing.engine.closed
+        wait_for(lambda: routing.engine.replicas()[0].inflight == 0)
+        assert not routing._open
+    finally:
+        release.set()
+    assert routing.wait_closed(25)
+    assert routing.engine.closed
+    assert not loader[0].is_alive()
+    routing.close()                                     # again: nothing to do

@@ -52,7 +52,7 @@ except ImportError as e:  # pragma: no cover - the message is the point
 from . import Engine, NoCapacityError, ShedError
 from .enums import OpenAIKind, Pool, TicketStatus
 from .errors import InputError, ResourceError
-from .litellm_deployments import Replica, replicas_of
+from .litellm_deployments import Replica, deployment_id, model_group, replicas_of
 from .notices import TicketPlan, parse_notice
 from .types import TicketResult
 
@@ -179,7 +179,8 @@ class SpotinferRouting(CustomLogger, CustomRoutingStrategyBase):  # type: ignore
     then is finished as CANCELLED), ``respect_litellm_health`` (take only
     deployments LiteLLM's own checks call healthy: cooldowns, allowed
     fails), ``ready_wait_s`` (start() waits this long for a first load
-    reading of every replica).
+    reading of every replica), ``close_wait_s`` (close() waits at most this
+    long; the rest of the close goes on in a thread of its own).
     """
 
     def __init__(self, router: Any, config: Any = None, *,
@@ -188,7 +189,7 @@ class SpotinferRouting(CustomLogger, CustomRoutingStrategyBase):  # type: ignore
                  queue_wait_s: float = 5.0, retry_after_s: int = 1,
                  ticket_timeout_s: float = 600.0,
                  respect_litellm_health: bool = True,
-                 ready_wait_s: float = 5.0) -> None:
+                 ready_wait_s: float = 5.0, close_wait_s: float = 0.1) -> None:
         CustomLogger.__init__(self)
         # LiteLLM keeps one callback per class and public scalar attributes:
         # a number of its own keeps two strategies (two routers) apart.
@@ -203,14 +204,15 @@ class SpotinferRouting(CustomLogger, CustomRoutingStrategyBase):  # type: ignore
         self.ticket_timeout_s = float(ticket_timeout_s)
         self.respect_litellm_health = bool(respect_litellm_health)
         self.ready_wait_s = float(ready_wait_s)
+        self.close_wait_s = float(close_wait_s)
         self._lock = threading.Lock()
         self._open: Dict[int, _Open] = {}
         self._replicas: Dict[str, Replica] = {}
-        self._deployments: Dict[str, Any] = {}
         self._synced_version: Optional[int] = None
         self._fresh: Dict[str, threading.Event] = {}
         self._stop = threading.Event()
         self._threads: List[threading.Thread] = []
+        self._closer: Optional[threading.Thread] = None
         self._reqs: List[Any] = []          # idle Request handles, reused
         self.sync_deployments()
 
@@ -276,15 +278,12 @@ class SpotinferRouting(CustomLogger, CustomRoutingStrategyBase):  # type: ignore
         """Read the router's deployments again: add or update their
         replicas, remove the replicas of deployments that are gone."""
         self._synced_version = self._registry_version()
-        deployments = self._model_list()
-        reps = replicas_of(deployments)
-        by_id = {r.info.id: d for r, d in zip(reps, deployments)}
+        reps = replicas_of(self._model_list())
         for r in reps:
             self.engine.upsert_replica(r.info)
         with self._lock:
-            gone = set(self._replicas) - set(by_id)
+            gone = set(self._replicas) - {r.info.id for r in reps}
             self._replicas = {r.info.id: r for r in reps}
-            self._deployments = by_id
             for rid in self._replicas:
                 self._fresh.setdefault(rid, threading.Event())
         for rid in gone:
@@ -318,22 +317,57 @@ class SpotinferRouting(CustomLogger, CustomRoutingStrategyBase):  # type: ignore
             ev.wait(max(0.0, deadline - time.monotonic()))
 
     def close(self) -> None:
-        """Stop the threads, take the strategy out of litellm.callbacks,
-        finish the tickets still open (CANCELLED) and close the engine if
-        the strategy made it. Idempotent."""
+        """Take the strategy out of litellm.callbacks and stop it: finish
+        the tickets still open (CANCELLED), join its threads, then close
+        the engine if the strategy made it. Past the callbacks, that runs
+        in a thread of its own ("spotinfer-close"), which close() waits for
+        at most close_wait_s: a load thread in the middle of a scrape (up
+        to scrape_timeout_s) or a slow tick holds up no caller, such as the
+        proxy's install of the next strategy. The engine is closed only
+        once no thread of the strategy can call it; wait_closed() waits
+        for that. Idempotent."""
         self._stop.set()
-        for t in self._threads:
-            t.join()
-        self._threads = []
         self.remove_callback()
+        with self._lock:
+            closer = self._closer
+            if closer is None:
+                # Not a daemon: an interpreter that exits waits for the
+                # engine to be closed after the threads that use it.
+                closer = threading.Thread(target=self._shut_down,
+                                          name="spotinfer-close")
+                self._closer = closer
+                closer.start()
+        closer.join(self.close_wait_s)
+
+    def wait_closed(self, timeout: Optional[float] = None) -> bool:
+        """Wait up to timeout seconds (None: for good) for what close()
+        started: True once the threads are joined, the tickets finished
+        and the engine closed (if the strategy made it); False before, or
+        when close() was not called."""
+        closer = self._closer
+        if closer is None:
+            return False
+        closer.join(timeout)
+        return not closer.is_alive()
+
+    def _shut_down(self) -> None:
         with self._lock:
             left = list(self._open)
             self._open.clear()
             reqs, self._reqs = self._reqs, []
-        if self.engine.closed:
-            return
+        # The engine serves other threads meanwhile: only its close must
+        # wait for them.
         for tid in left:
             self._finish(tid, TicketResult(status=TicketStatus.CANCELLED))
+        # Again until none is left: a sync_deployments or start() that ran
+        # meanwhile started threads of its own (they stop at once).
+        threads, self._threads = self._threads, []
+        while threads:
+            for t in threads:
+                t.join()
+            threads, self._threads = self._threads, []
+        if self.engine.closed:
+            return
         for r in reqs:
             r.close()
         if self._own_engine:
@@ -468,16 +502,15 @@ class SpotinferRouting(CustomLogger, CustomRoutingStrategyBase):  # type: ignore
         finally:
             self._release(req)
 
-    def _place(self, d: Any, allowed: Optional[set], kwargs: Dict[str, Any]) -> Any:
-        """The deployment for a serving decision: its replica, else (when
-        LiteLLM's health checks rule that one out) the first allowed
-        fallback, served without a ticket."""
-        with self._lock:
-            deps = self._deployments
+    def _place(self, d: Any, candidates: Mapping[str, Any], kwargs: Dict[str, Any]) -> Any:
+        """The deployment for a serving decision, as LiteLLM resolved it
+        (candidates, by id): its replica, else (when LiteLLM rules that one
+        out: its health checks, a team's or access group's deployments) the
+        first fallback that is a candidate, served without a ticket."""
         targets = (d.replica_id,) + tuple(d.fallback_ids)
         for i, rid in enumerate(targets):
-            dep = deps.get(rid)
-            if dep is None or (allowed is not None and rid not in allowed):
+            dep = candidates.get(rid)
+            if dep is None:
                 continue
             if i == 0:
                 meta = kwargs.setdefault(_metadata_name(kwargs), {})
@@ -507,21 +540,21 @@ class SpotinferRouting(CustomLogger, CustomRoutingStrategyBase):  # type: ignore
             request_kwargs: Optional[Dict[str, Any]] = None) -> Any:
         kwargs = request_kwargs if request_kwargs is not None else {}
         self.sync_if_changed()
-        allowed = None
-        if self.respect_litellm_health or specific_deployment:
-            healthy = await self._router.select(
+        if self.respect_litellm_health:
+            found = await self._router.select(
                 model, kwargs, kind="healthy", messages=messages, input=input,
                 specific_deployment=specific_deployment)
-            if isinstance(healthy, dict):   # one named deployment: no choice
-                return healthy
-            allowed = {h["model_info"]["id"] for h in healthy or ()}
-        body, kind = request_body(model, messages, input, kwargs)
+        else:
+            found = self._resolved(model, messages, input, specific_deployment, kwargs)
+        if isinstance(found, dict):         # one named deployment: no choice
+            return found
+        candidates, body, kind = self._request_for(model, found, messages, input, kwargs)
         deadline = time.monotonic() + self.queue_wait_s
         d = self._decide_by(model, body, kind, deadline)
         while d is None:
             await asyncio.sleep(_QUEUE_POLL_S)
             d = self._decide_by(model, body, kind, deadline)
-        return self._placed(model, d, allowed, kwargs)
+        return self._placed(model, d, candidates, kwargs)
 
     def get_available_deployment(
             self, model: str, messages: Optional[List[Dict[str, str]]] = None,
@@ -530,18 +563,49 @@ class SpotinferRouting(CustomLogger, CustomRoutingStrategyBase):  # type: ignore
             request_kwargs: Optional[Dict[str, Any]] = None) -> Any:
         kwargs = request_kwargs if request_kwargs is not None else {}
         self.sync_if_changed()
-        if specific_deployment:             # one named deployment: no choice
-            with self._lock:
-                named = self._deployments.get(model)
-            if named is not None:
-                return named
-        body, kind = request_body(model, messages, input, kwargs)
+        found = self._resolved(model, messages, input, specific_deployment, kwargs)
+        if isinstance(found, dict):         # one named deployment: no choice
+            return found
+        candidates, body, kind = self._request_for(model, found, messages, input, kwargs)
         deadline = time.monotonic() + self.queue_wait_s
         d = self._decide_by(model, body, kind, deadline)
         while d is None:
             time.sleep(_QUEUE_POLL_S)
             d = self._decide_by(model, body, kind, deadline)
-        return self._placed(model, d, None, kwargs)
+        return self._placed(model, d, candidates, kwargs)
+
+    def _resolved(self, model: str, messages: Optional[List[Any]], input: Any,
+                  specific_deployment: Optional[bool], kwargs: Dict[str, Any]) -> Any:
+        """The deployments LiteLLM's Router resolves the requested model to,
+        before its health checks, by its own resolution (the one its
+        built-in strategies and its health checks start from): a
+        model_group_alias to its target's deployments (either form), a name
+        no group has to those of the wildcard group that matches it (each
+        with the requested model in its litellm_params, as LiteLLM calls
+        it), a team's public name to the team's; one deployment (a dict)
+        where the call names one. A model the Router does not serve raises
+        its BadRequestError."""
+        _, found = self._router._common_checks_available_deployment(
+            model=model, messages=messages, input=input,
+            specific_deployment=specific_deployment, request_kwargs=kwargs)
+        return found
+
+    def _request_for(self, model: str, found: Any, messages: Optional[List[Any]],
+                     input: Any, kwargs: Dict[str, Any]) -> Tuple[Dict[str, Any], bytes, OpenAIKind]:
+        """The candidates LiteLLM resolved (by replica id) and the body the
+        library routes: its model is the group the candidates are served
+        under, not the name asked for, so the library picks among them."""
+        candidates: Dict[str, Any] = {}
+        for dep in found or ():
+            rid = deployment_id(dep)
+            if rid is not None:
+                candidates.setdefault(rid, dep)
+        if not candidates:
+            raise litellm.BadRequestError(
+                message=f"no deployment of model={model} to route to",
+                model=model, llm_provider="spotinfer")
+        body, kind = request_body(model_group(found), messages, input, kwargs)
+        return candidates, body, kind
 
     def _decide_by(self, model: str, body: bytes, kind: OpenAIKind,
                    deadline: float) -> Any:
@@ -557,13 +621,13 @@ class SpotinferRouting(CustomLogger, CustomRoutingStrategyBase):  # type: ignore
                 llm_provider="spotinfer", model=model, response=self._answer(503))
         return None
 
-    def _placed(self, model: str, d: Any, allowed: Optional[set],
+    def _placed(self, model: str, d: Any, candidates: Mapping[str, Any],
                 kwargs: Dict[str, Any]) -> Any:
-        dep = self._place(d, allowed, kwargs)
+        dep = self._place(d, candidates, kwargs)
         if dep is None:
             raise litellm.ServiceUnavailableError(
-                message=f"no capacity: {d.replica_id} and its fallbacks are "
-                        "unavailable to LiteLLM (cooldown)",
+                message=f"no capacity: {d.replica_id} and its fallbacks are not "
+                        "among the deployments LiteLLM offers for the request (cooldown)",
                 llm_provider="spotinfer", model=model, response=self._answer(503))
         return dep
 

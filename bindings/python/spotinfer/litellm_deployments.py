@@ -104,6 +104,41 @@ def _metrics_url(where: str, settings: Mapping[str, Any], api_base: Any) -> Opti
     return url
 
 
+def served_names(deployment: Any) -> Tuple[str, ...]:
+    """The model names LiteLLM serves a deployment under: its model_name
+    (the model group, or a wildcard group's pattern such as ``openai/*``)
+    and, for a team's deployment, the team's public name for it (its
+    model_name is then LiteLLM's internal one)."""
+    group = _get(deployment, "model_name")
+    names = (str(group),) if group else ()
+    public = _get(_get(deployment, "model_info"), "team_public_model_name")
+    if public and str(public) not in names:
+        names += (str(public),)
+    return names
+
+
+def model_group(deployments: Any) -> str:
+    """The model name a request goes to the library with, from the
+    deployments LiteLLM resolved it to (an alias to its target group, a
+    name no group has to the wildcard group matching it, a team's public
+    name to the team's deployments): a name every one of them is served
+    under, so the library picks among exactly their replicas. Deployments
+    of several groups (a LiteLLM routing group over model groups) have
+    none in common; the first one's group is taken (LiteLLM lists a
+    priority group's members in order). "" for none: any replica."""
+    names = [served_names(d) for d in deployments or ()]
+    if not names or not names[0]:
+        return ""
+    common = [n for n in names[0] if all(n in other for other in names[1:])]
+    return common[0] if common else names[0][0]
+
+
+def deployment_id(deployment: Any) -> Optional[str]:
+    """A deployment's model_info.id (the replica id), None without one."""
+    rid = _get(_get(deployment, "model_info"), "id")
+    return str(rid) if rid else None
+
+
 def replica_of(deployment: Any) -> Replica:
     """Read one deployment (a dict of ``model_list`` or LiteLLM's
     Deployment model). Raises DeploymentError on a bad setting."""
@@ -146,7 +181,7 @@ def replica_of(deployment: Any) -> Replica:
         zone=str(settings.get("zone", "")),
         instance_type=str(settings.get("instance_type", "")),
         node=str(settings.get("node", "")),
-        models=(str(group),) if group else (),
+        models=served_names(deployment),
         decode_tokens_per_s=_number(where, "decode_tokens_per_s",
                                     settings.get("decode_tokens_per_s", 0.0), float))
     return Replica(info, str(group or ""),

@@ -53,8 +53,9 @@ class ProxyRouting(CustomLogger):  # type: ignore[misc]
 
     async def async_pre_call_hook(self, user_api_key_dict: Any, cache: Any,
                                   data: dict, call_type: Any, **_: Any) -> Any:
-        # Installing waits for the replicas' first load readings and closing
-        # the old strategy joins its threads: off the proxy's event loop.
+        # Installing waits for the replicas' first load readings: off the
+        # proxy's event loop. Closing the old strategy waits at most its
+        # close_wait_s; its threads are joined in a thread of its own.
         from litellm.proxy import proxy_server
         current = self.strategy
         if current is None or current.router is not getattr(proxy_server, "llm_router", None):

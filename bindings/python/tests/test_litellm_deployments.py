@@ -5,7 +5,8 @@ import pytest
 
 from spotinfer import Engine, ModelTier, Pool
 from spotinfer.litellm_deployments import (DeploymentError, default_metrics_url,
-                                           replica_of, replicas_of)
+                                           deployment_id, model_group, replica_of,
+                                           replicas_of, served_names)
 
 
 def dep(rid="spot-a", api_base="http://10.0.0.7:8000/v1", **settings):
@@ -115,3 +116,34 @@ def test_a_price_is_required():
     with pytest.raises(DeploymentError) as ei:
         replica_of(d)
     assert "usd_per_hour is missing" in str(ei.value)
+
+
+def named(model_name, rid="r", **model_info):
+    return {"model_name": model_name, "model_info": {"id": rid, **model_info}}
+
+
+def test_the_names_a_deployment_is_served_under():
+    assert served_names(named("llama-70b")) == ("llama-70b",)
+    assert served_names(named("openai/*")) == ("openai/*",)
+    # A team's deployment: LiteLLM's internal name and the team's own.
+    team = named("llama_team1_abc", team_id="team1", team_public_model_name="llama")
+    assert served_names(team) == ("llama_team1_abc", "llama")
+    assert replica_of({**team, "model_info": {**team["model_info"],
+                                              "spotinfer": {"usd_per_hour": 1}}}
+                      ).info.models == ("llama_team1_abc", "llama")
+    assert served_names({"model_info": {"id": "x"}}) == ()
+
+
+def test_the_group_a_request_goes_to_the_library_with():
+    assert model_group([named("fake-*", "a"), named("fake-*", "b")]) == "fake-*"
+    # A team's deployments have internal names of their own: the public one.
+    team = [named(f"llama_team1_{i}", i, team_public_model_name="llama") for i in "ab"]
+    assert model_group(team) == "llama"
+    # Several groups (a LiteLLM routing group): the first one's.
+    assert model_group([named("small", "a"), named("large", "b")]) == "small"
+    assert model_group([]) == ""
+
+
+def test_a_deployment_id():
+    assert deployment_id(named("m", "spot-a")) == "spot-a"
+    assert deployment_id({"model_name": "m"}) is None
