@@ -154,10 +154,17 @@ ngx_http_spi_init_peer(ngx_http_request_t *r,
     scf = ngx_http_conf_upstream_srv_conf(us, ngx_http_spotinfer_module);
     /* A subrequest (mirror, SSI) has no decision of its own, and must not
      * take over the main request's targets and ticket. */
-    ctx = r == r->main ? ngx_http_get_module_ctx(r, ngx_http_spotinfer_module)
-                       : NULL;
+    ctx = ngx_http_spi_get_ctx(r);
 
-    if (ctx == NULL || !ctx->routed || ctx->up != scf->up) {
+    if (ctx != NULL && ctx->routed && ctx->up != scf->up) {
+        ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
+                      "spotinfer: upstream \"%V\": the request was routed "
+                      "through \"%V\" (a request is routed once, internal "
+                      "redirects included)", &scf->up->name, &ctx->up->name);
+        return NGX_ERROR;
+    }
+
+    if (ctx == NULL || !ctx->routed) {
         ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
                       "spotinfer: upstream \"%V\" is used by a location "
                       "without \"spotinfer_route %V\"",
@@ -165,6 +172,9 @@ ngx_http_spi_init_peer(ngx_http_request_t *r,
         return NGX_ERROR;
     }
 
+    /* After an internal redirect (error_page to a location that proxies
+     * here again) the decision's targets are tried once more, from the
+     * chosen replica. */
     ctx->next = 0;
 
     r->upstream->peer.data = ctx;
@@ -298,7 +308,7 @@ ngx_http_spi_log_handler(ngx_http_request_t *r)
     ngx_uint_t           code;
     ngx_http_spi_ctx_t  *ctx;
 
-    ctx = ngx_http_get_module_ctx(r, ngx_http_spotinfer_module);
+    ctx = ngx_http_spi_get_ctx(r);
 
     if (ctx == NULL || ctx->ticket == 0) {
         return NGX_OK;
@@ -451,9 +461,9 @@ ngx_http_spi_body_filter(ngx_http_request_t *r, ngx_chain_t *in)
     ngx_chain_t         *cl;
     ngx_http_spi_ctx_t  *ctx;
 
-    ctx = ngx_http_get_module_ctx(r, ngx_http_spotinfer_module);
+    ctx = ngx_http_spi_get_ctx(r);
 
-    if (ctx == NULL || ctx->ticket == 0 || in == NULL || r != r->main) {
+    if (ctx == NULL || ctx->ticket == 0 || in == NULL) {
         return ngx_http_next_body_filter(r, in);
     }
 
