@@ -155,6 +155,7 @@ enum {
  * through the pool cleanup that holds it: ngx_http_spi_get_ctx(). */
 typedef struct {
     ngx_http_spi_upstream_t        *up;
+    ngx_http_request_t             *request;   /* the main request */
     uint64_t                        ticket;
     ngx_uint_t                      targets[1 + SPI_MAX_FALLBACKS];
     ngx_uint_t                      ntargets;
@@ -203,6 +204,7 @@ void ngx_http_spi_ticket_mark(ngx_http_spi_ctx_t *ctx);
 void ngx_http_spi_ticket_end(ngx_http_spi_ctx_t *ctx, ngx_int_t status,
     ngx_uint_t http_status);
 void ngx_http_spi_ticket_cleanup(void *data);
+ngx_int_t ngx_http_spi_outcome(ngx_uint_t http_status);
 uint64_t ngx_http_spi_output_tokens(ngx_http_spi_ctx_t *ctx);
 
 /* ngx_http_spotinfer_metrics.c */

@@ -87,6 +87,7 @@ ngx_http_spi_route_handler(ngx_http_request_t *r)
     }
 
     ctx->up = lcf->route;
+    ctx->request = r;
     ctx->phase_rc = NGX_DONE;
     ngx_http_set_ctx(r, ctx, ngx_http_spotinfer_module);
 
@@ -283,9 +284,9 @@ ngx_http_spi_decide(ngx_http_request_t *r, ngx_http_spi_ctx_t *ctx,
             return NGX_HTTP_INTERNAL_SERVER_ERROR;
         }
 
-        /* The log phase finishes the ticket; this is for a request that
-         * never gets that far (ended early), and what finds the context
-         * again after an internal redirect. */
+        /* The balancer or the log phase finishes the ticket; this is for
+         * a request that never gets that far (ended early), and what
+         * finds the context again after an internal redirect. */
         cln->handler = ngx_http_spi_ticket_cleanup;
         cln->data = ctx;
 
