@@ -362,7 +362,11 @@ ngx_http_spi_log_handler(ngx_http_request_t *r)
 
     code = r->headers_out.status;
 
-    if (r->connection->error || code == NGX_HTTP_CLIENT_CLOSED_REQUEST) {
+    /* The replica never got the request (an internal redirect, try_files
+     * or another content handler took it first): not its error. */
+    if (r->connection->error || code == NGX_HTTP_CLIENT_CLOSED_REQUEST
+        || ctx->next == 0)
+    {
         status = SPI_TICKET_CANCELLED;
 
     } else {
