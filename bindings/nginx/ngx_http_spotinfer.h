@@ -150,9 +150,12 @@ enum {
 };
 
 
-/* One request's routing, from the decision to the log phase. */
+/* One request's routing, from the decision to the log phase. Once routed
+ * it is found again after an internal redirect (which clears r->ctx)
+ * through the pool cleanup that holds it: ngx_http_spi_get_ctx(). */
 typedef struct {
     ngx_http_spi_upstream_t        *up;
+    ngx_http_request_t             *request;   /* the main request */
     uint64_t                        ticket;
     ngx_uint_t                      targets[1 + SPI_MAX_FALLBACKS];
     ngx_uint_t                      ntargets;
@@ -186,6 +189,7 @@ ngx_int_t ngx_http_spi_engine_open(ngx_http_spi_upstream_t *up,
 void ngx_http_spi_engine_close(ngx_http_spi_upstream_t *up);
 
 /* ngx_http_spotinfer_route.c */
+ngx_http_spi_ctx_t *ngx_http_spi_get_ctx(ngx_http_request_t *r);
 ngx_int_t ngx_http_spi_route_handler(ngx_http_request_t *r);
 ngx_int_t ngx_http_spi_send_error(ngx_http_request_t *r, ngx_uint_t status,
     const char *type, ngx_str_t *msg, ngx_uint_t retry_after);
@@ -200,6 +204,7 @@ void ngx_http_spi_ticket_mark(ngx_http_spi_ctx_t *ctx);
 void ngx_http_spi_ticket_end(ngx_http_spi_ctx_t *ctx, ngx_int_t status,
     ngx_uint_t http_status);
 void ngx_http_spi_ticket_cleanup(void *data);
+ngx_int_t ngx_http_spi_outcome(ngx_uint_t http_status);
 uint64_t ngx_http_spi_output_tokens(ngx_http_spi_ctx_t *ctx);
 
 /* ngx_http_spotinfer_metrics.c */

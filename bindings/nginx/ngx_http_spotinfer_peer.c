@@ -14,6 +14,7 @@ static ngx_int_t ngx_http_spi_get_peer(ngx_peer_connection_t *pc,
     void *data);
 static void ngx_http_spi_free_peer(ngx_peer_connection_t *pc, void *data,
     ngx_uint_t state);
+static void ngx_http_spi_answer_kept(ngx_http_spi_ctx_t *ctx);
 static ngx_int_t ngx_http_spi_body_filter(ngx_http_request_t *r,
     ngx_chain_t *in);
 
@@ -154,10 +155,17 @@ ngx_http_spi_init_peer(ngx_http_request_t *r,
     scf = ngx_http_conf_upstream_srv_conf(us, ngx_http_spotinfer_module);
     /* A subrequest (mirror, SSI) has no decision of its own, and must not
      * take over the main request's targets and ticket. */
-    ctx = r == r->main ? ngx_http_get_module_ctx(r, ngx_http_spotinfer_module)
-                       : NULL;
+    ctx = ngx_http_spi_get_ctx(r);
 
-    if (ctx == NULL || !ctx->routed || ctx->up != scf->up) {
+    if (ctx != NULL && ctx->routed && ctx->up != scf->up) {
+        ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
+                      "spotinfer: upstream \"%V\": the request was routed "
+                      "through \"%V\" (a request is routed once, internal "
+                      "redirects included)", &scf->up->name, &ctx->up->name);
+        return NGX_ERROR;
+    }
+
+    if (ctx == NULL || !ctx->routed) {
         ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
                       "spotinfer: upstream \"%V\" is used by a location "
                       "without \"spotinfer_route %V\"",
@@ -165,6 +173,10 @@ ngx_http_spi_init_peer(ngx_http_request_t *r,
         return NGX_ERROR;
     }
 
+    /* After an internal redirect (error_page to a location that proxies
+     * here again) the decision's targets are tried once more, from the
+     * chosen replica; its ticket is finished by then, so they are served
+     * without one. */
     ctx->next = 0;
 
     r->upstream->peer.data = ctx;
@@ -209,10 +221,41 @@ ngx_http_spi_free_peer(ngx_peer_connection_t *pc, void *data,
 
     if (ctx->next == 1 && (state & NGX_PEER_FAILED)) {
         ngx_http_spi_ticket_end(ctx, SPI_TICKET_ERROR, 0);
+
+    } else if (ctx->next == 1 && state == 0) {
+        ngx_http_spi_answer_kept(ctx);
     }
 
     if (pc->tries) {
         pc->tries--;
+    }
+}
+
+
+/* The chosen replica answered, and nginx keeps the answer from the client:
+ * proxy_intercept_errors hands its status to an error_page, or its
+ * X-Accel-Redirect names what to serve instead. An internal redirect
+ * follows, and what it serves is not the replica's work, so the ticket
+ * ends here with the replica's own status (a 5xx is its error, whatever
+ * the error page answers). An answer on its way to the client (the
+ * header sent) is left to the log phase, as is a client that went away. */
+static void
+ngx_http_spi_answer_kept(ngx_http_spi_ctx_t *ctx)
+{
+    ngx_uint_t            code;
+    ngx_http_request_t   *r = ctx->request;
+    ngx_http_upstream_t  *u = r->upstream;
+
+    if (ctx->ticket == 0 || u == NULL || u->header_sent
+        || r->connection->error)
+    {
+        return;
+    }
+
+    code = u->headers_in.status_n;
+
+    if (code != 0) {
+        ngx_http_spi_ticket_end(ctx, ngx_http_spi_outcome(code), code);
     }
 }
 
@@ -291,6 +334,19 @@ ngx_http_spi_ticket_cleanup(void *data)
 }
 
 
+/* A status the replica answered (or nginx answered for it): OK below 500,
+ * ERROR for a 5xx or none. */
+ngx_int_t
+ngx_http_spi_outcome(ngx_uint_t http_status)
+{
+    if (http_status == 0 || http_status >= NGX_HTTP_INTERNAL_SERVER_ERROR) {
+        return SPI_TICKET_ERROR;
+    }
+
+    return SPI_TICKET_OK;
+}
+
+
 ngx_int_t
 ngx_http_spi_log_handler(ngx_http_request_t *r)
 {
@@ -298,7 +354,7 @@ ngx_http_spi_log_handler(ngx_http_request_t *r)
     ngx_uint_t           code;
     ngx_http_spi_ctx_t  *ctx;
 
-    ctx = ngx_http_get_module_ctx(r, ngx_http_spotinfer_module);
+    ctx = ngx_http_spi_get_ctx(r);
 
     if (ctx == NULL || ctx->ticket == 0) {
         return NGX_OK;
@@ -306,14 +362,15 @@ ngx_http_spi_log_handler(ngx_http_request_t *r)
 
     code = r->headers_out.status;
 
-    if (r->connection->error || code == NGX_HTTP_CLIENT_CLOSED_REQUEST) {
+    /* The replica never got the request (an internal redirect, try_files
+     * or another content handler took it first): not its error. */
+    if (r->connection->error || code == NGX_HTTP_CLIENT_CLOSED_REQUEST
+        || ctx->next == 0)
+    {
         status = SPI_TICKET_CANCELLED;
 
-    } else if (code == 0 || code >= NGX_HTTP_INTERNAL_SERVER_ERROR) {
-        status = SPI_TICKET_ERROR;
-
     } else {
-        status = SPI_TICKET_OK;
+        status = ngx_http_spi_outcome(code);
     }
 
     ngx_http_spi_ticket_end(ctx, status, code);
@@ -451,9 +508,9 @@ ngx_http_spi_body_filter(ngx_http_request_t *r, ngx_chain_t *in)
     ngx_chain_t         *cl;
     ngx_http_spi_ctx_t  *ctx;
 
-    ctx = ngx_http_get_module_ctx(r, ngx_http_spotinfer_module);
+    ctx = ngx_http_spi_get_ctx(r);
 
-    if (ctx == NULL || ctx->ticket == 0 || in == NULL || r != r->main) {
+    if (ctx == NULL || ctx->ticket == 0 || in == NULL) {
         return ngx_http_next_body_filter(r, in);
     }
 

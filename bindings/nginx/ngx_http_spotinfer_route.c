@@ -12,6 +12,40 @@ static ngx_int_t ngx_http_spi_decide(ngx_http_request_t *r,
     ngx_http_spi_ctx_t *ctx, ngx_http_spi_loc_conf_t *lcf);
 
 
+/* The main request's context. An internal redirect (error_page,
+ * X-Accel-Redirect, a named location) and ngx_http_filter_finalize_request()
+ * clear r->ctx; a routed request's context is still held by the pool
+ * cleanup that would finish its ticket, and is found there again, as
+ * ngx_http_realip_module finds its own. A subrequest shares the main
+ * request's pool but never has a decision of its own. */
+ngx_http_spi_ctx_t *
+ngx_http_spi_get_ctx(ngx_http_request_t *r)
+{
+    ngx_pool_cleanup_t  *cln;
+    ngx_http_spi_ctx_t  *ctx;
+
+    if (r != r->main) {
+        return NULL;
+    }
+
+    ctx = ngx_http_get_module_ctx(r, ngx_http_spotinfer_module);
+
+    if (ctx != NULL || !(r->internal || r->filter_finalize)) {
+        return ctx;
+    }
+
+    for (cln = r->pool->cleanup; cln; cln = cln->next) {
+        if (cln->handler == ngx_http_spi_ticket_cleanup) {
+            ctx = cln->data;
+            ngx_http_set_ctx(r, ctx, ngx_http_spotinfer_module);
+            return ctx;
+        }
+    }
+
+    return NULL;
+}
+
+
 ngx_int_t
 ngx_http_spi_route_handler(ngx_http_request_t *r)
 {
@@ -26,7 +60,10 @@ ngx_http_spi_route_handler(ngx_http_request_t *r)
         return NGX_DECLINED;
     }
 
-    ctx = ngx_http_get_module_ctx(r, ngx_http_spotinfer_module);
+    /* Reading the body, or routed: a request is routed once, and after an
+     * internal redirect its decision (and its ticket, finished or not)
+     * stands, so a second location does not open a second ticket. */
+    ctx = ngx_http_spi_get_ctx(r);
     if (ctx != NULL) {
         return ctx->phase_rc;
     }
@@ -50,6 +87,7 @@ ngx_http_spi_route_handler(ngx_http_request_t *r)
     }
 
     ctx->up = lcf->route;
+    ctx->request = r;
     ctx->phase_rc = NGX_DONE;
     ngx_http_set_ctx(r, ctx, ngx_http_spotinfer_module);
 
@@ -246,8 +284,9 @@ ngx_http_spi_decide(ngx_http_request_t *r, ngx_http_spi_ctx_t *ctx,
             return NGX_HTTP_INTERNAL_SERVER_ERROR;
         }
 
-        /* the log phase finishes the ticket; this is for a request that
-         * never gets there with this context (an internal redirect) */
+        /* The balancer or the log phase finishes the ticket; this is for
+         * a request that never gets that far (ended early), and what
+         * finds the context again after an internal redirect. */
         cln->handler = ngx_http_spi_ticket_cleanup;
         cln->data = ctx;
 

@@ -88,7 +88,7 @@ ngx_http_spi_variable(ngx_http_request_t *r, ngx_http_variable_value_t *v,
     ngx_http_spi_ctx_t      *ctx;
     ngx_http_spi_replica_t  *rep;
 
-    ctx = ngx_http_get_module_ctx(r->main, ngx_http_spotinfer_module);
+    ctx = ngx_http_spi_get_ctx(r->main);
 
     if (ctx == NULL || !ctx->decided) {
         v->not_found = 1;

@@ -18,6 +18,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from http.client import HTTPConnection
 
 import httpx
 import openai
@@ -210,6 +211,97 @@ def check_big_body(oa, log):
         fail(f"a {len(big)}-byte prompt: {logged}, usage {resp.usage}")
     say(f"a {len(big) // 1024} KiB body (buffered in a file): routed to {logged[0]['replica']} "
         f"({logged[0]['blocks']} blocks), {resp.usage.prompt_tokens} prompt tokens arrived")
+
+
+def edge_metrics(base):
+    """Upstream "edge" summed over the workers: decisions, breakers
+    opened, open tickets, and its replica's breaker state (0 closed, 1
+    open, 2 half-open)."""
+    _, _, raw = http("GET", base + "/edge-metrics")
+    text = raw.decode()
+
+    def total(name):
+        return sum(float(v) for v in re.findall(rf"^{name}(?:\{{[^}}]*\}})? (\S+)$", text, re.M))
+    return {"decisions": total("spotinfer_decisions_total"),
+            "breakers_opened": total("spotinfer_breaker_opens_total"),
+            "open_tickets": total("spotinfer_replica_inflight"),
+            "breaker": total("spotinfer_replica_breaker")}
+
+
+def wait_edge(base, want, what):
+    """Reads the edge metrics until they are want (a tuple: one of its
+    values), as each worker copies its text in every second."""
+    got = None
+    for _ in range(20):
+        got = edge_metrics(base)
+        if all(got[k] in (v if isinstance(v, tuple) else (v,)) for k, v in want.items()):
+            return
+        time.sleep(0.5)
+    fail(f"{what}: edge metrics {got}, want {want}")
+
+
+def post_on(conn, path, body):
+    """POST on a kept-alive connection (so on one worker, one engine)."""
+    conn.request("POST", path, json.dumps(body), {"Content-Type": "application/json"})
+    resp = conn.getresponse()
+    return resp.status, resp.read()
+
+
+def check_redirects(base, log):
+    """Internal redirects: a ticket ends with the replica's own answer when
+    it gave one, and as cancelled when it never got the request. All on
+    one connection, so one worker's
+    engine, whose breaker (edge.json: one error opens it, and a
+    millisecond later the next request is its probe) tells the outcomes
+    apart: an error opens it (the counter; the gauge may already read
+    half-open, the cooldown being so short), an OK probe closes it, a
+    cancelled probe leaves it half-open. A request is routed once: a
+    named location that routes and proxies again makes no second
+    decision. The variables still have the decision after the redirect."""
+    m = edge_metrics(base)
+    if m["breaker"] != 0 or m["open_tickets"] != 0:
+        fail(f"edge before its checks: {m}")
+    conn = HTTPConnection(base.split("//", 1)[1], timeout=30)
+    tripped = (1, 2)  # open, or half-open once the 1 ms went by
+    # (path, status, body: a dict, or the fakellm that answered, decisions,
+    # breakers opened, breaker state), the counts since the start
+    steps = [
+        # a 503 passed on to the client: an error, as before
+        ("/edge-plain/fail/", 503, None, 1, 1, tripped),
+        # the probe: the replica answers X-Accel-Redirect, which is an answer
+        ("/edge/accel/", 200, {"cached": True}, 2, 1, 0),
+        # a 503 that error_page turns into a 200: the replica's error
+        ("/edge/fail/", 200, {"sorry": True}, 3, 2, tripped),
+        # the probe: a 503 to a named location that proxies again
+        ("/edge-named/fail/", 200, "edge", 4, 3, tripped),
+        # the probe, sent elsewhere by try_files: the replica never got it,
+        # cancelled, so the breaker stays half-open
+        ("/edge-static/", 200, {"sorry": True}, 5, 3, 2),
+    ]
+    worker = None
+    for path, want_status, want_body, decisions, opened, breaker in steps:
+        probe = path.strip("/").replace("/", "-")
+        status, raw = post_on(conn, f"{path}v1/chat/completions?probe={probe}", chat(SYSTEM, probe))
+        body = json.loads(raw)
+        if isinstance(want_body, str):
+            body = body.get("system_fingerprint")
+        if status != want_status or want_body not in (None, body):
+            fail(f"{path}: {status} {raw!r}")
+        logged = access_log(log, f"probe={probe}")
+        worker = worker or logged[0]["pid"]
+        if len(logged) != 1 or logged[0]["pid"] != worker:
+            fail(f"{path}: the connection left worker {worker}: {logged}")
+        wait_edge(base, {"decisions": m["decisions"] + decisions,
+                         "breakers_opened": m["breakers_opened"] + opened,
+                         "open_tickets": 0, "breaker": breaker}, path)
+        if (logged[0]["replica"], logged[0]["klass"]) != ("edge", "silver"):
+            fail(f"{path}: the decision was lost in the redirect: {logged}")
+    conn.close()
+    say("internal redirects: a 503 passed on opened edge's breaker; an X-Accel-Redirect as its probe "
+        "ended OK (closed it); a 503 to an error_page answering 200, and one to a named location "
+        "that proxies again, ended as errors (opened it); a probe try_files served elsewhere was "
+        "cancelled (left it half-open); one decision each, no ticket left open, the decision in "
+        "the variables after the redirect")
 
 
 def access_log(path, probe):
@@ -420,7 +512,11 @@ def valgrind_round(base, backends):
     http("POST", base + "/hot/v1/chat/completions", bronze)
     if status != 200:
         fail(f"/metrics under valgrind: {status}")
-    say("valgrind round: chat, stream, 400, 405, notice, metrics")
+    for path in ("/edge/accel", "/edge/fail", "/edge-named/fail", "/edge-static"):
+        got, _, raw = http("POST", base + path + "/v1/chat/completions", chat(SYSTEM, "redirected"))
+        if got != 200:
+            fail(f"{path} under valgrind: {got} {raw!r}")
+    say("valgrind round: chat, stream, 400, 405, notice, metrics, internal redirects")
 
 
 def after_reload(base, workers):
@@ -472,6 +568,7 @@ def main():
     check_stream(oa, a.base, addrs, a.access_log)
     check_bad_requests(oa, a.base)
     check_big_body(oa, a.access_log)
+    check_redirects(a.base, a.access_log)
     check_cancel(a.base, a.access_log)
     heir = check_notice(a.base, owner, nodes, addrs, a.access_log, a.workers)
     if heir is None:

@@ -10,7 +10,10 @@
 #   - checks that "nginx -t" rejects bad configurations with a clear message;
 #   - runs tests/nginx/check.py (the official openai client, curl-like
 #     requests, the access log) for affinity, streams, 400/429/503, pushed
-#     notices across workers and proxy_next_upstream onto the fallbacks;
+#     notices across workers, proxy_next_upstream onto the fallbacks and
+#     internal redirects (error_page with proxy_intercept_errors, a named
+#     location, X-Accel-Redirect, try_files: upstream "edge", whose one
+#     replica is a server of the same nginx in front of a fifth fakellm);
 #   - parses the metrics text with Prometheus' parser (tests/promlint);
 #   - runs nginx once more with one worker under valgrind (master_process
 #     off, daemon off), sends every kind of request, and fails on any
@@ -72,12 +75,15 @@ fake spot-b -token-rate 400
 fake od-1 -token-rate 400
 # hot: a tiny KV cache, so one long request fills it (the shed check)
 fake hot -token-rate 4 -kv-tokens 100 -answer-tokens 200
-for id in spot-a spot-b od-1 hot; do
+# edge: behind the replica server that fails or redirects on request
+fake edge -token-rate 400
+for id in spot-a spot-b od-1 hot edge; do
   for _ in $(seq 1 100); do [[ -s "$work/$id.addr" ]] && break; sleep 0.1; done
   [[ -s "$work/$id.addr" ]] || die "fakellm $id did not start"
 done
 free_port() { "$python" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 port=$(free_port)
+eport=$(free_port)
 
 mkdir -p "$work/prefix/logs" "$work/prefix/conf"
 # A stale load reading counts as saturated after 5 s (the fallback check
@@ -86,12 +92,19 @@ mkdir -p "$work/prefix/logs" "$work/prefix/conf"
 cat >"$work/prefix/conf/spotinfer.json" <<JSON
 {"router": {"load_max_age_ms": 5000}}
 JSON
+# edge: one error opens the replica's breaker (so the metrics count each
+# ticket finished as an error), and a millisecond later the next request
+# is its probe.
+cat >"$work/prefix/conf/edge.json" <<JSON
+{"router": {"load_max_age_ms": 5000, "error_threshold": 1, "error_cooldown_ms": 1}}
+JSON
 
-# conf <file> <workers> <master> <port> [extra upstream lines]
+# conf <file> <workers> <master> <port> [extra upstream lines]; the edge
+# replica's server listens on $eport
 conf() {
-  local a b c h
+  local a b c h e
   a=$(cat "$work/spot-a.addr") b=$(cat "$work/spot-b.addr")
-  c=$(cat "$work/od-1.addr") h=$(cat "$work/hot.addr")
+  c=$(cat "$work/od-1.addr") h=$(cat "$work/hot.addr") e=$(cat "$work/edge.addr")
   cat >"$work/prefix/conf/$1" <<CONF
 load_module $module;
 worker_processes $2;
@@ -122,6 +135,11 @@ http {
     server $h;
     spotinfer_replica $h id=hot pool=spot zone=us-east-1a price=0.45 node=i-00000000000000ff0;
   }
+  upstream edge {
+    spotinfer edge.json scrape_interval=100ms;
+    server 127.0.0.1:$eport;
+    spotinfer_replica 127.0.0.1:$eport id=edge pool=spot zone=us-east-1a price=0.45 node=i-00000000000000ed0;
+  }
 
   server {
     listen 127.0.0.1:$4;
@@ -140,6 +158,63 @@ http {
     location = /metrics { spotinfer_metrics llm; }
     location = /notice { spotinfer_notice llm; }
     location = /hot-notice { spotinfer_notice hot; }
+
+    # Internal redirects once the replica answered: its 5xx to an error
+    # page that answers 200, or to a named location that proxies again;
+    # its X-Accel-Redirect to what this server serves instead. And one
+    # before it got the request (try_files after the route).
+    location /edge/ {
+      spotinfer_route edge;
+      proxy_pass http://edge/;
+      proxy_intercept_errors on;
+      error_page 500 502 503 504 =200 /edge-sorry;
+    }
+    location /edge-plain/ {
+      spotinfer_route edge;
+      proxy_pass http://edge/;
+    }
+    location /edge-named/ {
+      spotinfer_route edge;
+      proxy_pass http://edge/;
+      proxy_intercept_errors on;
+      error_page 500 502 503 504 = @edge-again;
+    }
+    location /edge-static/ {
+      spotinfer_route edge;
+      try_files /no-such-file /edge-sorry;
+    }
+    location @edge-again {
+      spotinfer_route edge;
+      proxy_pass http://edge;
+    }
+    location = /edge-sorry {
+      internal;
+      default_type application/json;
+      return 200 '{"sorry":true}';
+    }
+    location /edge-cached/ {
+      internal;
+      default_type application/json;
+      return 200 '{"cached":true}';
+    }
+    location = /edge-metrics { spotinfer_metrics edge; }
+  }
+
+  # The edge replica: a fakellm, except that /fail/... answers 503 (not
+  # 500, after which nginx's error page closes the client's connection)
+  # and /accel/... hands the request back to the gateway
+  # (X-Accel-Redirect). @edge-again sends the client's own URI, which the
+  # fakellm answers.
+  server {
+    listen 127.0.0.1:$eport;
+    access_log off;
+    location / { proxy_pass http://$e; }
+    location /fail/ { return 503 '{"error":"the replica failed"}'; }
+    location /edge-named/fail/ { proxy_pass http://$e/; }
+    location /accel/ {
+      add_header X-Accel-Redirect /edge-cached/answer always;
+      return 200 '{}';
+    }
   }
 }
 CONF
@@ -240,6 +315,7 @@ for _ in $(seq 1 50); do [[ -f "$work/prefix/logs/nginx.pid" ]] || break; sleep 
 
 note "one worker under valgrind (master_process off, daemon off)"
 vport=$(free_port)
+eport=$(free_port)
 conf valgrind.conf 1 off "$vport"
 valgrind --quiet --leak-check=full --errors-for-leak-kinds=definite,indirect \
   --error-exitcode=99 --suppressions="$here/nginx.supp" --log-file="$work/valgrind.log" \
@@ -259,7 +335,7 @@ if [[ $rc -ne 0 ]]; then
 fi
 # The engines were freed (what is still reachable at exit is not a leak to
 # valgrind, so the exit path is checked by its log line).
-[[ $(grep -c 'engine freed' "$work/prefix/logs/valgrind-error.log") -eq 2 ]] ||
-  die "the worker did not free its two engines on exit"
+[[ $(grep -c 'engine freed' "$work/prefix/logs/valgrind-error.log") -eq 3 ]] ||
+  die "the worker did not free its three engines on exit"
 note "valgrind: no memory error, no leak"
 keep=no
