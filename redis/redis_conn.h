@@ -79,15 +79,42 @@ typedef struct spr_conn spr_conn;
 int spr_conn_new(const spr_config *c, spr_conn **out, char *err, size_t cap);
 void spr_conn_free(spr_conn *c);
 
+/* The deadline (spr_now_ms() clock) of a call that starts now: timeout_ms
+ * from now, and connect_timeout_ms more when it has to connect first. A
+ * call of several steps (connecting, setting the connection up, its own
+ * commands) computes it once, at its start, and hands it to every step,
+ * which gets what remains: the call as a whole ends by it. */
+int64_t spr_conn_deadline(const spr_conn *c);
+
 /* Connect now (AUTH, SELECT, a PING); SPI_OK when connected already.
+ * Connecting takes at most connect_timeout_ms, and ends by deadline.
  * SPI_EINVAL when the server answered and refused (AUTH, SELECT), SPI_EIO
- * when it could not be reached or refused for now (spr_reply_transient). */
+ * when it could not be reached or refused for now (spr_reply_transient).
+ * spr_conn_open: the deadline is connect_timeout_ms from now. */
+int spr_conn_open_by(spr_conn *c, int64_t deadline, char *err, size_t cap);
 int spr_conn_open(spr_conn *c, char *err, size_t cap);
 
-/* Run one command (argv[0..argc) with lengths) and wait for its reply until
- * timeout_ms. *out gets the reply (free it with freeReplyObject), which may
- * be an error reply. Errors: SPI_EIO (not connected, timed out, connection
- * lost: err says which), SPI_ENOMEM. */
+/* One command: its arguments (argv[0..argc)) and their lengths. */
+typedef struct spr_cmd {
+  int argc;
+  const char **argv;
+  const size_t *lens;
+} spr_cmd;
+
+/* Connect if needed, then write the n commands at once and read their n
+ * replies (one round trip), all by deadline. out[i] gets the reply of
+ * cmds[i] (free each with freeReplyObject), which may be an error reply.
+ * On failure out holds no reply. Errors: SPI_EIO (not connected, timed
+ * out, connection lost: err says which), SPI_ENOMEM, and spr_conn_open's. */
+int spr_conn_pipeline(spr_conn *c, int n, const spr_cmd *cmds,
+                      redisReply **out, int64_t deadline, char *err,
+                      size_t cap);
+
+/* One command (spr_conn_pipeline with n = 1). spr_conn_command: the
+ * deadline is spr_conn_deadline(c), taken when it is called. */
+int spr_conn_command_by(spr_conn *c, int argc, const char **argv,
+                        const size_t *lens, redisReply **out,
+                        int64_t deadline, char *err, size_t cap);
 int spr_conn_command(spr_conn *c, int argc, const char **argv,
                      const size_t *lens, redisReply **out, char *err,
                      size_t cap);

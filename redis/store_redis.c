@@ -225,71 +225,89 @@ static held_claim *claim_take(redis_store *s, uint64_t id) {
 
 /* ------------------------------------------------------------- commands */
 
-static int command(redis_store *s, int argc, const char **argv,
-                   const size_t *lens, redisReply **r, char *err, size_t cap) {
-  return spr_conn_command(s->conn, argc, argv, lens, r, err, cap);
+/* Every call of the store has one deadline (spr_conn_deadline), taken at
+ * its start: connecting, setting the connection up and the call's scripts
+ * each get what remains of it. */
+
+/* The replies of setup's pipeline: the consumer groups, then the scripts. */
+static int setup_check(redis_store *s, redisReply **r, char *err,
+                       size_t cap) {
+  for (int lane = 0; lane < 3; lane++)
+    if (r[lane]->type == REDIS_REPLY_ERROR &&
+        strncmp(r[lane]->str, "BUSYGROUP", 9) != 0)
+      return rfail(err, cap, SPI_EMODULE, "redis: XGROUP CREATE %s: %.160s",
+                   s->keys[lane], r[lane]->str);
+  for (int i = 0; i < S_COUNT; i++) {
+    const redisReply *x = r[3 + i];
+    if (x->type != REDIS_REPLY_STRING)
+      return rfail(err, cap, SPI_EMODULE, "redis: SCRIPT LOAD %s: %.160s",
+                   SCRIPT_NAMES[i],
+                   x->type == REDIS_REPLY_ERROR ? x->str : "?");
+    snprintf(s->sha[i], sizeof s->sha[i], "%s", x->str);
+  }
+  return SPI_OK;
 }
 
-static int simple(redis_store *s, int argc, const char **argv,
-                  redisReply **r, char *err, size_t cap) {
-  size_t lens[8];
+/* A command over argv[0..argc), its lens filled in. */
+static spr_cmd cmd_of(int argc, const char **argv, size_t *lens) {
   for (int i = 0; i < argc; i++) lens[i] = strlen(argv[i]);
-  return command(s, argc, argv, lens, r, err, cap);
+  return (spr_cmd){argc, argv, lens};
 }
 
-/* After each (re)connect: the consumer groups exist, scripts are loaded. */
-static int setup(redis_store *s, char *err, size_t cap) {
-  int rc = spr_conn_open(s->conn, err, cap);
+/* After each (re)connect: the consumer groups exist, scripts are loaded;
+ * in one round trip. */
+static int setup(redis_store *s, int64_t deadline, char *err, size_t cap) {
+  int rc = spr_conn_open_by(s->conn, deadline, err, cap);
   if (rc != SPI_OK) return rc;
   if (s->setup_for == spr_conn_connects(s->conn)) return SPI_OK;
-  for (int lane = 0; lane < 3 && rc == SPI_OK; lane++) {
+  enum { NSETUP = 3 + S_COUNT };
+  const char *args[NSETUP][6];
+  size_t lens[NSETUP][6];
+  spr_cmd cmds[NSETUP];
+  for (int lane = 0; lane < 3; lane++) {
     const char *a[] = {"XGROUP", "CREATE", s->keys[lane], s->cfg.group, "0",
                        "MKSTREAM"};
-    redisReply *r = NULL;
-    rc = simple(s, 6, a, &r, err, cap);
-    if (rc == SPI_OK && r->type == REDIS_REPLY_ERROR &&
-        strncmp(r->str, "BUSYGROUP", 9) != 0)
-      rc = rfail(err, cap, SPI_EMODULE, "redis: XGROUP CREATE %s: %.160s",
-                 s->keys[lane], r->str);
-    freeReplyObject(r);
+    memcpy(args[lane], a, sizeof a);
+    cmds[lane] = cmd_of(6, args[lane], lens[lane]);
   }
-  for (int i = 0; i < S_COUNT && rc == SPI_OK; i++) {
+  for (int i = 0; i < S_COUNT; i++) {
     const char *a[] = {"SCRIPT", "LOAD", SCRIPTS[i]};
-    redisReply *r = NULL;
-    rc = simple(s, 3, a, &r, err, cap);
-    if (rc == SPI_OK && r->type != REDIS_REPLY_STRING)
-      rc = rfail(err, cap, SPI_EMODULE, "redis: SCRIPT LOAD %s: %.160s",
-                 SCRIPT_NAMES[i], r->type == REDIS_REPLY_ERROR ? r->str : "?");
-    else if (rc == SPI_OK)
-      snprintf(s->sha[i], sizeof s->sha[i], "%s", r->str);
-    freeReplyObject(r);
+    memcpy(args[3 + i], a, sizeof a);
+    cmds[3 + i] = cmd_of(3, args[3 + i], lens[3 + i]);
   }
+  redisReply *r[NSETUP];
+  rc = spr_conn_pipeline(s->conn, NSETUP, cmds, r, deadline, err, cap);
+  if (rc != SPI_OK) return rc;
+  rc = setup_check(s, r, err, cap);
+  for (int i = 0; i < NSETUP; i++) freeReplyObject(r[i]);
   if (rc == SPI_OK) s->setup_for = spr_conn_connects(s->conn);
   return rc;
 }
 
-/* Run script which with the common arguments and extra ones; *out gets an
- * array reply. With s->mu held. */
+/* Run script which with the common arguments and extra ones, by deadline;
+ * *out gets an array reply. With s->mu held. */
 static int run(redis_store *s, int which, const spi_replay_ctx *ctx,
-               int nextra, const char **extra, const size_t *extra_lens,
-               redisReply **out, char *err, size_t cap) {
+               int64_t deadline, int nextra, const char **extra,
+               const size_t *extra_lens, redisReply **out, char *err,
+               size_t cap) {
   *out = NULL;
   enum { NCOMMON = 5 };
   const char *argv[3 + NKEYS + NCOMMON + 8];
   size_t lens[3 + NKEYS + NCOMMON + 8];
-  char now[24], maxatt[24], maxdead[24], maxdone[24];
+  char now[24], maxatt[24], maxdead[24], maxdone[24], nkeys[8];
   snprintf(now, sizeof now, "%lld", (long long)(ctx->now_ns / 1000000));
   snprintf(maxatt, sizeof maxatt, "%u", ctx->max_attempts);
   snprintf(maxdead, sizeof maxdead, "%lld", (long long)ctx->max_dead);
   snprintf(maxdone, sizeof maxdone, "%lld", (long long)ctx->max_acked_keys);
+  snprintf(nkeys, sizeof nkeys, "%d", NKEYS);
   const char *common[NCOMMON] = {now, maxatt, s->cfg.group, maxdead, maxdone};
   for (int attempt = 0; attempt < 2; attempt++) {
-    int rc = setup(s, err, cap);
+    int rc = setup(s, deadline, err, cap);
     if (rc != SPI_OK) return rc;
     int n = 0;
     argv[n++] = "EVALSHA";
     argv[n++] = s->sha[which];
-    argv[n++] = "10";
+    argv[n++] = nkeys;
     for (int i = 0; i < NKEYS; i++) argv[n++] = s->keys[i];
     for (int i = 0; i < NCOMMON; i++) argv[n++] = common[i];
     for (int i = 0; i < n; i++) lens[i] = strlen(argv[i]);
@@ -298,7 +316,7 @@ static int run(redis_store *s, int which, const spi_replay_ctx *ctx,
       lens[n] = extra_lens ? extra_lens[i] : strlen(extra[i]);
     }
     redisReply *r = NULL;
-    rc = command(s, n, argv, lens, &r, err, cap);
+    rc = spr_conn_command_by(s->conn, n, argv, lens, &r, deadline, err, cap);
     if (rc != SPI_OK) return rc;
     s->calls++;
     if (r->type == REDIS_REPLY_ARRAY && r->elements >= 1 &&
@@ -353,7 +371,8 @@ static int r_enqueue(void *state, void *inst, const spi_replay_ctx *ctx,
                  strlen(maxb)};
   redisReply *r = NULL;
   pthread_mutex_lock(&s->mu);
-  int rc = run(s, S_ENQUEUE, ctx, 6, x, xl, &r, err, cap);
+  int rc = run(s, S_ENQUEUE, ctx, spr_conn_deadline(s->conn), 6, x, xl, &r,
+               err, cap);
   pthread_mutex_unlock(&s->mu);
   free(blob);
   if (rc != SPI_OK) return rc;
@@ -424,7 +443,8 @@ static int r_claim(void *state, void *inst, const spi_replay_ctx *ctx,
   const char *x[] = {s->cfg.consumer, until, mask};
   redisReply *r = NULL;
   pthread_mutex_lock(&s->mu);
-  int rc = run(s, S_CLAIM, ctx, 3, x, NULL, &r, err, cap);
+  int rc = run(s, S_CLAIM, ctx, spr_conn_deadline(s->conn), 3, x, NULL, &r,
+               err, cap);
   pthread_mutex_unlock(&s->mu);
   if (rc != SPI_OK) return rc;
   if (r->elements >= 6)
@@ -453,7 +473,8 @@ static int settle(redis_store *s, const spi_replay_ctx *ctx, uint64_t id,
   snprintf(vis, sizeof vis, "%lld", (long long)ceil_ms(visible_ns));
   const char *x[] = {lane, c->sid, w, att, vis};
   redisReply *r = NULL;
-  int rc = run(s, S_SETTLE, ctx, 5, x, NULL, &r, err, cap);
+  int rc = run(s, S_SETTLE, ctx, spr_conn_deadline(s->conn), 5, x, NULL, &r,
+               err, cap);
   if (rc == SPI_EIO)
     claim_put(s, c); /* may still be held: the caller may try again */
   else
@@ -490,7 +511,8 @@ static int r_queue_stats(void *state, void *inst, const spi_replay_ctx *ctx,
   redis_store *s = inst;
   redisReply *r = NULL;
   pthread_mutex_lock(&s->mu);
-  int rc = run(s, S_STATS, ctx, 0, NULL, NULL, &r, err, cap);
+  int rc = run(s, S_STATS, ctx, spr_conn_deadline(s->conn), 0, NULL, NULL, &r,
+               err, cap);
   uint64_t expired = s->expired;
   pthread_mutex_unlock(&s->mu);
   if (rc != SPI_OK) return rc;
@@ -514,7 +536,8 @@ static int r_tick(void *state, void *inst, const spi_replay_ctx *ctx,
   redis_store *s = inst;
   redisReply *r = NULL;
   pthread_mutex_lock(&s->mu);
-  int rc = run(s, S_TICK, ctx, 0, NULL, NULL, &r, err, cap);
+  int rc = run(s, S_TICK, ctx, spr_conn_deadline(s->conn), 0, NULL, NULL, &r,
+               err, cap);
   pthread_mutex_unlock(&s->mu);
   freeReplyObject(r);
   return rc;
@@ -570,7 +593,7 @@ static int r_configure(void *state, const char *json, size_t len,
   /* A server that refuses (AUTH, SELECT) or a broken setup fails the open;
    * one that cannot be reached now is tried again by every call. */
   if (rc == SPI_OK) {
-    rc = setup(s, err, cap);
+    rc = setup(s, spr_conn_deadline(s->conn), err, cap);
     if (rc == SPI_EIO) rc = SPI_OK;
   }
   if (rc != SPI_OK) {

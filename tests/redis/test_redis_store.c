@@ -5,6 +5,7 @@
  * reached (SPI_EIO with a message, or the fallback journal, moved into
  * Redis once it answers: with SPI_REDIS_PORT), and the module struct rules
  * for queue stores (a record store built before them still registers).
+ * Through a proxy (redis_proxy.h): one deadline for a call that reconnects.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -13,6 +14,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <cmocka.h>
@@ -20,6 +22,7 @@
 #include "spotinfer/spotinfer.h"
 #include "spotinfer/spotinfer_module.h"
 #include "spotinfer/spotinfer_redis.h"
+#include "redis_proxy.h"
 #include "unit/journal_files.h"
 #include "unit/replay_helpers.h"
 
@@ -176,6 +179,82 @@ static void test_fallback_moves_once(void **st) {
   rm_rf(dir);
 }
 
+/* -------------------------------------------------- through a proxy */
+
+static int64_t mono_ms(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* A queue on the Redis store behind proxy p; extra is more store_config
+ * members or "". Reconnects are not held back. */
+static void open_proxied(spi_engine *e, const rp_proxy *p, const char *prefix,
+                         const char *extra, spi_replay_queue **q) {
+  char json[768];
+  snprintf(json, sizeof json,
+           "{\"store\":\"redis\",\"store_config\":{\"address\":"
+           "\"127.0.0.1:%d\",\"key_prefix\":\"%s:%ld:\","
+           "\"reconnect_min_ms\":0,\"reconnect_max_ms\":0%s%s}}",
+           p->port, prefix, (long)getpid(), extra[0] ? "," : "", extra);
+  int rc = open_q(e, json, q);
+  if (rc != SPI_OK) print_error("open: %s\n", spi_engine_errmsg(e));
+  assert_int_equal(rc, SPI_OK);
+}
+
+/* Drop q's connection: the next call connects again. */
+static void drop_connection(rp_proxy *p, spi_replay_queue *q) {
+  rp_drop_next_reply(p);
+  assert_int_equal(spi_replay_tick(q), SPI_EIO);
+}
+
+/* A call that has to connect has one deadline, connect_timeout_ms +
+ * timeout_ms from its start: connecting, setting the connection up
+ * (consumer groups, scripts: one round trip) and the call's own script
+ * share it. Each step had a timeout of its own, so a slow server could hold
+ * a call for ten round trips' time, each within its timeout. */
+static void test_one_deadline_per_call(void **st) {
+  (void)st;
+  const char *port = getenv("SPI_REDIS_PORT");
+  if (!port) skip();
+  rp_proxy p;
+  rp_start(&p, atoi(port));
+  spi_engine *e = NULL;
+  assert_int_equal(spi_engine_new(&e, NULL), SPI_OK);
+  spi_replay_queue *q = NULL;
+  open_proxied(e, &p, "dl",
+               "\"connect_timeout_ms\":400,\"timeout_ms\":400", &q);
+  /* 100 ms a reply: connecting, the setup and the enqueue fit in 800. */
+  drop_connection(&p, q);
+  rp_set_delay(&p, 100);
+  spi_envelope v = env_of("d1");
+  int64_t t0 = mono_ms();
+  int rc = spi_replay_enqueue(q, &v, NULL);
+  int64_t took = mono_ms() - t0;
+  if (rc != SPI_OK) print_error("enqueue: %s\n", spi_replay_errmsg(q));
+  assert_int_equal(rc, SPI_OK);
+  if (took >= 800) print_error("a call that connected took %lld ms\n",
+                               (long long)took);
+  assert_true(took < 800);
+  /* 300 ms a reply: it does not fit, and the call ends at its deadline. */
+  rp_set_delay(&p, 0);
+  drop_connection(&p, q);
+  rp_set_delay(&p, 300);
+  v = env_of("d2");
+  t0 = mono_ms();
+  rc = spi_replay_enqueue(q, &v, NULL);
+  took = mono_ms() - t0;
+  assert_int_equal(rc, SPI_EIO);
+  assert_non_null(strstr(spi_replay_errmsg(q), "timed out"));
+  if (took < 750 || took > 1000)
+    print_error("a call with a deadline of 800 ms took %lld ms\n",
+                (long long)took);
+  assert_true(took >= 750 && took <= 1000);
+  spi_replay_close(q);
+  spi_engine_free(e);
+  rp_stop(&p);
+}
+
 /* ---------------------------------------------------- module structs */
 
 static int x_configure(void *st, const char *j, size_t n, void **out,
@@ -272,6 +351,7 @@ int main(void) {
       cmocka_unit_test(test_config_errors),
       cmocka_unit_test(test_unreachable),
       cmocka_unit_test(test_fallback_moves_once),
+      cmocka_unit_test(test_one_deadline_per_call),
       cmocka_unit_test(test_module_structs),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
