@@ -4,7 +4,8 @@
  * whatever happens to the client (store_redis.c describes the keys).
  *
  * Every script gets the same KEYS (lane 1..3 streams, delayed, leases,
- * keys, done, dead, bytes, seq) and starts with the same housekeeping:
+ * keys, done, dead, bytes, seq, finished) and starts with the same
+ * housekeeping:
  * backoffs that are due go back to their lane's tail, and expired leases go
  * back too as a failed attempt (or to the dead stream at max_attempts or
  * past the deadline), a bounded number per call. Times are milliseconds of
@@ -22,6 +23,7 @@
   "local maxdone = tonumber(ARGV[5])\n"                                        \
   "local K_DELAYED, K_LEASES, K_KEYS, K_DONE, K_DEAD, K_BYTES, K_SEQ =\n"      \
   "  KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[10]\n"         \
+  "local K_FIN = KEYS[11]\n"                                                   \
   "local function fields(arr)\n"                                               \
   "  local f = {}\n"                                                           \
   "  for i = 1, #arr, 2 do f[arr[i]] = arr[i + 1] end\n"                       \
@@ -144,11 +146,23 @@
   "return {expired}\n"
 
 /* ARGV[6] lane, [7] id, [8] what: 0 ack, 1 retry, 2 dead;
- * [9] attempts, [10] visible ms. -> {expired, status}: 0 done, 1 stale. */
+ * [9] attempts, [10] visible ms, [11] the claim's lease ms.
+ * -> {expired, status}: 0 done, 1 stale.
+ * A finish is remembered in K_FIN ("lane:id:what", by when it is
+ * forgotten) for the claim's lease length after it, so the same finish
+ * repeated (its answer was lost on the way) answers done again, and only
+ * that one: a claim whose lease ended was put back under a new id, and
+ * another finish of a finished claim is stale. Each finish forgets those
+ * that are due, so K_FIN holds one lease length's finishes at most. */
 #define SPR_LUA_SETTLE                                                         \
   SPR_LUA_COMMON                                                               \
   "local member = ARGV[6] .. ':' .. ARGV[7]\n"                                 \
-  "if redis.call('ZREM', K_LEASES, member) == 0 then return {expired, 1} end\n" \
+  "local fin = member .. ':' .. ARGV[8]\n"                                     \
+  "redis.call('ZREMRANGEBYSCORE', K_FIN, '-inf', now)\n"                       \
+  "if redis.call('ZREM', K_LEASES, member) == 0 then\n"                        \
+  "  if redis.call('ZSCORE', K_FIN, fin) then return {expired, 0} end\n"       \
+  "  return {expired, 1}\n"                                                    \
+  "end\n"                                                                      \
   "local f = take(ARGV[6], ARGV[7])\n"                                         \
   "if not f then return {expired, 1} end\n"                                    \
   "local what = ARGV[8]\n"                                                     \
@@ -159,6 +173,7 @@
   "  redis.call('ZADD', K_DELAYED, ARGV[10], cmsgpack.pack(f))\n"              \
   "  redis.call('HSET', K_KEYS, f.k, 'delayed')\n"                             \
   "end\n"                                                                      \
+  "redis.call('ZADD', K_FIN, now + tonumber(ARGV[11]), fin)\n"                 \
   "return {expired, 0}\n"
 
 /* -> {expired, ready1, ready2, ready3, leased, delayed, dead, bytes} */

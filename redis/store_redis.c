@@ -19,6 +19,10 @@
  *   P dead      stream of dead letters, trimmed to replay.max_dead
  *   P bytes     bytes held (keys and envelopes), for replay.max_bytes
  *   P seq       counter ordering the done set
+ *   P finished  sorted set: "lane:id:what" of claims acked (what 0),
+ *               nacked (1) or dead-lettered (2), by when it is forgotten
+ *               (the claim's lease length after): a finish repeated after
+ *               its answer was lost answers as the first did
  *
  * Each call is one Lua script (store_lua.h), so it is atomic on the server:
  * an enqueue is a duplicate check and XADD at once (idempotent on the
@@ -34,7 +38,10 @@
  * The store keeps one connection (redis_conn.h) behind a mutex; claim ids
  * name (lane, stream id) in a table of this instance. A call whose reply
  * is lost (timeout) may still have run on the server: an enqueue is
- * repeated safely (idempotent), a claim's lease simply runs out.
+ * repeated safely (idempotent), a claim's lease simply runs out, and an
+ * ack or nack keeps its claim here (SPI_EIO), so it can be repeated: the
+ * server remembers the finish (P finished) and answers the repeat as the
+ * first.
  */
 #include <pthread.h>
 #include <stdarg.h>
@@ -54,10 +61,10 @@ static const char *const SCRIPTS[S_COUNT] = {
 static const char *const SCRIPT_NAMES[S_COUNT] = {"enqueue", "claim", "ack/nack",
                                                   "stats", "tick"};
 
-enum { NKEYS = 10 };
+enum { NKEYS = 11 };
 static const char *const KEY_NAMES[NKEYS] = {
-    "lane:1", "lane:2", "lane:3", "delayed", "leases",
-    "keys",   "done",   "dead",   "bytes",   "seq"};
+    "lane:1", "lane:2", "lane:3", "delayed", "leases",  "keys",
+    "done",   "dead",   "bytes",  "seq",     "finished"};
 
 #define ENV_MAGIC 0x31455053u /* "SPE1" */
 #define ENV_HEAD 56
@@ -66,7 +73,8 @@ typedef struct held_claim {
   struct held_claim *next;
   uint64_t id;
   int lane;
-  char sid[48]; /* stream entry id */
+  int64_t lease_ms; /* how long the server remembers its finish */
+  char sid[48];     /* stream entry id */
 } held_claim;
 
 typedef struct redis_store {
@@ -390,7 +398,7 @@ static int r_enqueue(void *state, void *inst, const spi_replay_ctx *ctx,
 }
 
 /* Hand the claimed entry of reply r to fn; the claim id on success. */
-static int hand_claim(redis_store *s, const redisReply *r,
+static int hand_claim(redis_store *s, const redisReply *r, int64_t lease_ms,
                       spi_replay_envelope_fn fn, void *fn_data,
                       uint64_t *claim_id, char *err, size_t cap) {
   const redisReply *id = r->element[2], *k = r->element[3], *a = r->element[4],
@@ -416,6 +424,7 @@ static int hand_claim(redis_store *s, const redisReply *r,
     return rfail(err, cap, SPI_ENOMEM, "redis: out of memory");
   }
   c->lane = (int)int_at(r, 1);
+  c->lease_ms = lease_ms;
   memcpy(c->sid, id->str, id->len);
   rc = fn(fn_data, &env);
   free(toks);
@@ -448,7 +457,7 @@ static int r_claim(void *state, void *inst, const spi_replay_ctx *ctx,
   pthread_mutex_unlock(&s->mu);
   if (rc != SPI_OK) return rc;
   if (r->elements >= 6)
-    rc = hand_claim(s, r, fn, fn_data, claim_id, err, cap);
+    rc = hand_claim(s, r, ctx->lease_ms, fn, fn_data, claim_id, err, cap);
   else if (r->elements != 1)
     rc = rfail(err, cap, SPI_EMODULE, "redis: claim: unexpected reply");
   freeReplyObject(r);
@@ -466,14 +475,15 @@ static int settle(redis_store *s, const spi_replay_ctx *ctx, uint64_t id,
     return rfail(err, cap, SPI_ESTALE, "claim %llu is not held here",
                  (unsigned long long)id);
   }
-  char lane[8], w[4], att[16], vis[24];
+  char lane[8], w[4], att[16], vis[24], keep[24];
   snprintf(lane, sizeof lane, "%d", c->lane);
   snprintf(w, sizeof w, "%d", what);
   snprintf(att, sizeof att, "%u", attempts);
   snprintf(vis, sizeof vis, "%lld", (long long)ceil_ms(visible_ns));
-  const char *x[] = {lane, c->sid, w, att, vis};
+  snprintf(keep, sizeof keep, "%lld", (long long)c->lease_ms);
+  const char *x[] = {lane, c->sid, w, att, vis, keep};
   redisReply *r = NULL;
-  int rc = run(s, S_SETTLE, ctx, spr_conn_deadline(s->conn), 5, x, NULL, &r,
+  int rc = run(s, S_SETTLE, ctx, spr_conn_deadline(s->conn), 6, x, NULL, &r,
                err, cap);
   if (rc == SPI_EIO)
     claim_put(s, c); /* may still be held: the caller may try again */

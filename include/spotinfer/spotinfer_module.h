@@ -452,6 +452,11 @@ typedef int (*spi_replay_envelope_fn)(void *fn_data, const spi_envelope *env);
  * duplicate); SPI_ESTALE when the claim is not held (lease lost, unknown).
  * nack: the library decided: dead (dead-letter it) or ready again at
  * visible_ns with attempts; SPI_ESTALE as for ack.
+ * An ack or nack that returns SPI_EIO leaves the claim held in the library,
+ * and the caller may repeat it: when the store had done the first (only
+ * its answer was lost), the same call repeated should return SPI_OK, not
+ * SPI_ESTALE (the "redis" store remembers finished claims for their lease
+ * length).
  * queue_stats fills ready[], leased, delayed and dead (the shared queue's
  * counts), expired_leases (leases this instance's calls found expired and
  * put back) and journal_bytes (what the queue holds, or 0).

@@ -5,7 +5,8 @@
  * reached (SPI_EIO with a message, or the fallback journal, moved into
  * Redis once it answers: with SPI_REDIS_PORT), and the module struct rules
  * for queue stores (a record store built before them still registers).
- * Through a proxy (redis_proxy.h): one deadline for a call that reconnects.
+ * Through a proxy (redis_proxy.h): one deadline for a call that reconnects;
+ * an ack or nack whose answer was lost, repeated.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -255,6 +256,109 @@ static void test_one_deadline_per_call(void **st) {
   rp_stop(&p);
 }
 
+/* A queue on the Redis store straight to the server (no proxy), on the
+ * same keys as open_proxied(prefix). */
+static void open_direct(spi_engine *e, const char *prefix, const char *extra,
+                        spi_replay_queue **q) {
+  char json[768];
+  snprintf(json, sizeof json,
+           "{\"store\":\"redis\",\"store_config\":{\"address\":"
+           "\"127.0.0.1:%s\",\"key_prefix\":\"%s:%ld:\"%s%s}}",
+           getenv("SPI_REDIS_PORT"), prefix, (long)getpid(),
+           extra[0] ? "," : "", extra);
+  int rc = open_q(e, json, q);
+  if (rc != SPI_OK) print_error("open: %s\n", spi_engine_errmsg(e));
+  assert_int_equal(rc, SPI_OK);
+}
+
+static void claim_key(spi_replay_queue *q, uint32_t mask, int64_t lease_ms,
+                      const char *key, rq_claimed *c) {
+  int rc = rq_claim(q, mask, lease_ms, c);
+  if (rc != SPI_OK) print_error("claim: %d %s\n", rc, spi_replay_errmsg(q));
+  assert_int_equal(rc, SPI_OK);
+  assert_string_equal(c->key, key);
+}
+
+#define GOLD (1u << SPI_CLASS_GOLD)
+#define SILVER (1u << SPI_CLASS_SILVER)
+
+/* An ack or nack whose answer was lost (the connection dropped after the
+ * server ran it) answers SPI_EIO and keeps the claim; repeated, it answers
+ * as the first did: SPI_OK, done once (it answered SPI_ESTALE). A finish
+ * whose lease had really ended, the envelope claimed again by another
+ * consumer, is SPI_ESTALE, repeated or not; so is another finish than the
+ * one that was done. */
+static void test_finish_after_lost_reply(void **st) {
+  (void)st;
+  const char *port = getenv("SPI_REDIS_PORT");
+  if (!port) skip();
+  rp_proxy p;
+  rp_start(&p, atoi(port));
+  rq_hooks h = {.now = 1700000000000LL * 1000000, .fail_at = -1};
+  spi_hooks sh = rq_hooks_of(&h);
+  spi_engine *e = NULL;
+  assert_int_equal(spi_engine_new(&e, &sh), SPI_OK);
+  spi_replay_queue *qa = NULL, *qb = NULL;
+  open_proxied(e, &p, "fin", "\"consumer\":\"a\"", &qa);
+  open_direct(e, "fin", "\"consumer\":\"b\"", &qb);
+  spi_envelope v = rq_envelope("k1", SPI_CLASS_SILVER, "{}");
+  rq_enqueue(qa, &v);
+  rq_claimed c;
+  claim_key(qa, SILVER, 0, "k1", &c);
+  rp_drop_next_reply(&p);
+  assert_int_equal(spi_replay_ack(qa, c.id), SPI_EIO);
+  assert_int_equal(spi_replay_ack(qa, c.id), SPI_OK);
+  spi_replay_stats s = rq_stats(qa);
+  assert_int_equal(s.acked, 1);
+  assert_int_equal(s.leased, 0);
+  assert_int_equal(s.ready[SPI_CLASS_SILVER], 0);
+  assert_int_equal(rq_is_dup(qa, &v), 1); /* acked: its key remembered */
+  /* Done: a third ack finds no claim. */
+  assert_int_equal(spi_replay_ack(qa, c.id), SPI_ESTALE);
+
+  /* A nack the same way: the envelope waits out its backoff, once. */
+  v = rq_envelope("k2", SPI_CLASS_SILVER, "{}");
+  rq_enqueue(qa, &v);
+  claim_key(qa, SILVER, 0, "k2", &c);
+  rp_drop_next_reply(&p);
+  assert_int_equal(spi_replay_nack(qa, c.id), SPI_EIO);
+  assert_int_equal(spi_replay_nack(qa, c.id), SPI_OK);
+  s = rq_stats(qa);
+  assert_int_equal(s.nacked, 1);
+  assert_int_equal(s.leased, 0);
+  assert_int_equal(s.delayed, 1);
+
+  /* An ack was done: a nack after it is not. */
+  v = rq_envelope("k3", SPI_CLASS_SILVER, "{}");
+  rq_enqueue(qa, &v);
+  claim_key(qa, SILVER, 0, "k3", &c);
+  rp_drop_next_reply(&p);
+  assert_int_equal(spi_replay_ack(qa, c.id), SPI_EIO);
+  assert_int_equal(spi_replay_nack(qa, c.id), SPI_ESTALE);
+  assert_int_equal(rq_is_dup(qa, &v), 1);
+
+  /* The lease ends and b claims it: a's ack is stale, and stays stale
+   * when its answer is lost and it is repeated. */
+  v = rq_envelope("k4", SPI_CLASS_GOLD, "{}");
+  rq_enqueue(qa, &v);
+  claim_key(qa, GOLD, 1000, "k4", &c);
+  h.now += 2000 * 1000000LL;
+  rq_claimed cb;
+  claim_key(qb, GOLD, 0, "k4", &cb);
+  assert_int_equal(cb.env.attempts, 1);
+  rp_drop_next_reply(&p);
+  assert_int_equal(spi_replay_ack(qa, c.id), SPI_EIO);
+  assert_int_equal(spi_replay_ack(qa, c.id), SPI_ESTALE);
+  assert_int_equal(spi_replay_ack(qb, cb.id), SPI_OK);
+  s = rq_stats(qb);
+  assert_int_equal(s.leased, 0);
+  assert_int_equal(s.ready[SPI_CLASS_GOLD], 0);
+  spi_replay_close(qa);
+  spi_replay_close(qb);
+  spi_engine_free(e);
+  rp_stop(&p);
+}
+
 /* ---------------------------------------------------- module structs */
 
 static int x_configure(void *st, const char *j, size_t n, void **out,
@@ -352,6 +456,7 @@ int main(void) {
       cmocka_unit_test(test_unreachable),
       cmocka_unit_test(test_fallback_moves_once),
       cmocka_unit_test(test_one_deadline_per_call),
+      cmocka_unit_test(test_finish_after_lost_reply),
       cmocka_unit_test(test_module_structs),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
