@@ -10,7 +10,10 @@
  *   - A claim the caller's buffer cannot take (SPI_EBUFSIZE) is given back
  *     at once (a nack with its attempts unchanged, ready now), so nothing
  *     is claimed, as with the local queue; in a shared queue it goes back
- *     to its lane's tail.
+ *     to its lane's tail. A claim whose envelope the library refuses (no
+ *     key, a class out of range: nothing will ever take it) is
+ *     dead-lettered at once (a nack with dead set), with an error, instead
+ *     of coming back each time its lease ends.
  *   - The fallback journal ("replay.fallback": "journal"): an enqueue the
  *     store answers with SPI_EIO (unreachable, timed out) goes to a local
  *     journal queue instead and the call succeeds as durable as that
@@ -318,16 +321,34 @@ int spi__rqs_enqueue(spi_rqs *s, const spi_envelope *env, int32_t *duplicate) {
 typedef struct sink_data {
   spi_rqs *s;
   rqs_claim *c;
+  const char *refused; /* why the envelope was refused, or NULL */
+  uint32_t attempts;   /* the refused envelope's */
+  char key[129];       /* its key (up to 128 bytes), for the message */
 } sink_data;
+
+/* Why the library cannot take an envelope a store handed it, or NULL. */
+static const char *refusal(const spi_envelope *env) {
+  if (!env) return "no envelope";
+  if (!env->key || !env->key_len) return "no key";
+  if ((env->body_len && !env->body) ||
+      (env->partial_text_len && !env->partial_text) ||
+      (env->partial_token_count && !env->partial_tokens))
+    return "a length without its data";
+  if (env->klass < SPI_CLASS_GOLD || env->klass > SPI_CLASS_BRONZE)
+    return "class out of range";
+  return NULL;
+}
 
 /* The store's claimed envelope, copied whole. */
 static int sink(void *ud, const spi_envelope *env) {
   sink_data *d = ud;
-  if (!env || !env->key || !env->key_len || (env->body_len && !env->body) ||
-      (env->partial_text_len && !env->partial_text) ||
-      (env->partial_token_count && !env->partial_tokens) ||
-      env->klass < SPI_CLASS_GOLD || env->klass > SPI_CLASS_BRONZE)
+  d->refused = refusal(env);
+  if (d->refused) {
+    d->attempts = env ? env->attempts : 0;
+    if (env && env->key && env->key_len)
+      memcpy(d->key, env->key, env->key_len < 128 ? env->key_len : 128);
     return SPI_EMODULE;
+  }
   size_t size = spi__replay_env_size(env);
   rqs_claim *c = spi__alloc(&d->s->mem, sizeof *c + size);
   if (!c) return SPI_ENOMEM;
@@ -352,16 +373,43 @@ static int hand_out(rqs_claim *c, uint64_t *claim_id, spi_envelope *out,
   return SPI_OK;
 }
 
+/* The store handed out claim id with an envelope the library refuses
+ * (d->refused): nothing will ever take it, so it is dead-lettered now, as
+ * the fallback drain dead-letters what the store refuses for good. The
+ * claim's answer is the error, logged; the next claim goes on. */
+static int refuse_claim(spi_rqs *s, const spi_replay_ctx *ctx, uint64_t id,
+                        const sink_data *d) {
+  char err[SPI_ERRMSG_CAP] = "", msg[SPI_ERRMSG_CAP];
+  int rc = s->store->nack(s->mstate, s->inst, ctx, id, d->attempts, 0, 1, err,
+                          sizeof err);
+  if (rc == SPI_OK) {
+    pthread_mutex_lock(&s->mu);
+    s->nacked++;
+    pthread_mutex_unlock(&s->mu);
+    spi__errf(msg, sizeof msg, "envelope %s refused (%s): dead-lettered",
+              d->key[0] ? d->key : "without a key", d->refused);
+    return store_failed(s, "claim", SPI_EMODULE, msg);
+  }
+  spi__errf(msg, sizeof msg,
+            "envelope %s refused (%s); dead-lettering it failed: %s",
+            d->key[0] ? d->key : "without a key", d->refused,
+            err[0] ? err : spi_strerror(rc));
+  return store_failed(s, "claim", rc, msg);
+}
+
 int spi__rqs_claim(spi_rqs *s, uint32_t class_mask, int64_t lease_ms,
                    uint64_t *claim_id, spi_envelope *out, void *buf,
                    size_t cap, size_t *needed) {
   drain(s);
   spi_replay_ctx ctx = make_ctx(s, lease_ms);
-  sink_data d = {s, NULL};
+  sink_data d;
+  memset(&d, 0, sizeof d);
+  d.s = s;
   char err[SPI_ERRMSG_CAP] = "";
   uint64_t id = 0;
   int rc = s->store->claim(s->mstate, s->inst, &ctx, class_mask, sink, &d, &id,
                        err, sizeof err);
+  if (id && d.refused) return refuse_claim(s, &ctx, id, &d);
   if (rc != SPI_OK || (id && !d.c) || (!id && d.c)) {
     spi__free(&s->mem, d.c);
     if (rc != SPI_OK) return store_failed(s, "claim", rc, err);

@@ -146,7 +146,9 @@
   "return {expired}\n"
 
 /* ARGV[6] lane, [7] id, [8] what: 0 ack, 1 retry, 2 dead;
- * [9] attempts, [10] visible ms, [11] the claim's lease ms.
+ * [9] attempts, [10] visible ms, [11] the claim's lease ms, [12] why a
+ * dead letter is one ('attempts', 'refused': the library refused the
+ * envelope, 'malformed': it is not one).
  * -> {expired, status}: 0 done, 1 stale.
  * A finish is remembered in K_FIN ("lane:id:what", by when it is
  * forgotten) for the claim's lease length after it, so the same finish
@@ -167,7 +169,7 @@
   "if not f then return {expired, 1} end\n"                                    \
   "local what = ARGV[8]\n"                                                     \
   "if what == '0' then gone(f) remember(f.k)\n"                                \
-  "elseif what == '2' then dead(f, ARGV[9], 'attempts')\n"                     \
+  "elseif what == '2' then dead(f, ARGV[9], ARGV[12])\n"                       \
   "else\n"                                                                     \
   "  f.a = ARGV[9]\n"                                                          \
   "  redis.call('ZADD', K_DELAYED, ARGV[10], cmsgpack.pack(f))\n"              \

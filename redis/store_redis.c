@@ -16,7 +16,10 @@
  *   P done      sorted set: remembered keys (acked, dead letters trimmed
  *               from the dead stream), newest last,
  *               trimmed to replay.max_acked_keys
- *   P dead      stream of dead letters, trimmed to replay.max_dead
+ *   P dead      stream of dead letters, trimmed to replay.max_dead; why
+ *               says why: attempts, deadline, refused (the library
+ *               refused the envelope: a nack with dead right after the
+ *               claim), malformed (not an envelope, dead-lettered by claim)
  *   P bytes     bytes held (keys and envelopes), for replay.max_bytes
  *   P seq       counter ordering the done set
  *   P finished  sorted set: "lane:id:what" of claims acked (what 0),
@@ -73,6 +76,7 @@ typedef struct held_claim {
   struct held_claim *next;
   uint64_t id;
   int lane;
+  int refused;      /* fn refused the envelope */
   int64_t lease_ms; /* how long the server remembers its finish */
   char sid[48];     /* stream entry id */
 } held_claim;
@@ -397,24 +401,80 @@ static int r_enqueue(void *state, void *inst, const spi_replay_ctx *ctx,
   return rc;
 }
 
-/* Hand the claimed entry of reply r to fn; the claim id on success. */
-static int hand_claim(redis_store *s, const redisReply *r, int64_t lease_ms,
+/* Run the settle script on the claimed entry lane:sid, by deadline: ack
+ * (what 0), retry (1) or dead-letter (2, why says why). *st gets its
+ * answer: 0 done, 1 stale. With s->mu held. */
+static int finish(redis_store *s, const spi_replay_ctx *ctx, int64_t deadline,
+                  int lane, const char *sid, int what, uint32_t attempts,
+                  int64_t visible_ns, int64_t keep_ms, const char *why,
+                  long long *st, char *err, size_t cap) {
+  char l[8], w[4], att[16], vis[24], keep[24];
+  snprintf(l, sizeof l, "%d", lane);
+  snprintf(w, sizeof w, "%d", what);
+  snprintf(att, sizeof att, "%u", attempts);
+  snprintf(vis, sizeof vis, "%lld", (long long)ceil_ms(visible_ns));
+  snprintf(keep, sizeof keep, "%lld", (long long)keep_ms);
+  const char *x[] = {l, sid, w, att, vis, keep, why};
+  redisReply *r = NULL;
+  int rc = run(s, S_SETTLE, ctx, deadline, 7, x, NULL, &r, err, cap);
+  if (rc != SPI_OK) return rc;
+  *st = int_at(r, 1);
+  freeReplyObject(r);
+  return SPI_OK;
+}
+
+/* A claimed entry that is not an envelope (written by something else, or
+ * damaged): nothing will ever take it, so it is dead-lettered now (why
+ * "malformed") instead of coming back each time its lease ends. The
+ * claim's answer is the error; the next claim goes on. */
+static int drop_malformed(redis_store *s, const spi_replay_ctx *ctx,
+                          int64_t deadline, const redisReply *r, char *err,
+                          size_t cap) {
+  const redisReply *id = r->element[2], *k = r->element[3], *a = r->element[4];
+  char sid[48];
+  snprintf(sid, sizeof sid, "%.*s", (int)id->len, id->str);
+  int ks = k->type == REDIS_REPLY_STRING;
+  int klen = ks ? (int)(k->len < 64 ? k->len : 64) : 0;
+  uint32_t att =
+      a->type == REDIS_REPLY_STRING ? (uint32_t)strtoul(a->str, NULL, 10) : 0;
+  long long st = -1;
+  char why[200] = "its lease ended";
+  pthread_mutex_lock(&s->mu);
+  int rc = finish(s, ctx, deadline, (int)int_at(r, 1), sid, 2, att, 0,
+                  ctx->lease_ms, "malformed", &st, why, sizeof why);
+  pthread_mutex_unlock(&s->mu);
+  if (rc == SPI_OK && st == 0)
+    return rfail(err, cap, SPI_EMODULE,
+                 "redis: claim: entry %s of %.*s is not an envelope: "
+                 "dead-lettered",
+                 sid, klen, ks ? k->str : "");
+  return rfail(err, cap, rc == SPI_OK ? SPI_EMODULE : rc,
+               "redis: claim: entry %s of %.*s is not an envelope; "
+               "dead-lettering it failed: %s",
+               sid, klen, ks ? k->str : "", why);
+}
+
+/* Hand the claimed entry of reply r to fn; the claim id on success.
+ * deadline is the claim's. */
+static int hand_claim(redis_store *s, const spi_replay_ctx *ctx,
+                      int64_t deadline, const redisReply *r,
                       spi_replay_envelope_fn fn, void *fn_data,
                       uint64_t *claim_id, char *err, size_t cap) {
   const redisReply *id = r->element[2], *k = r->element[3], *a = r->element[4],
                    *e = r->element[5];
-  if (id->type != REDIS_REPLY_STRING || k->type != REDIS_REPLY_STRING ||
-      a->type != REDIS_REPLY_STRING || e->type != REDIS_REPLY_STRING ||
-      id->len >= sizeof(((held_claim *)0)->sid) || k->len == 0 || k->len > 128)
+  if (id->type != REDIS_REPLY_STRING ||
+      id->len >= sizeof(((held_claim *)0)->sid))
     return rfail(err, cap, SPI_EMODULE, "redis: claim: malformed entry");
   spi_envelope env;
   memset(&env, 0, sizeof env);
   env.struct_size = sizeof env;
   uint32_t *toks = NULL;
-  int rc = env_decode((const uint8_t *)e->str, e->len, &env, &toks);
-  if (rc != SPI_OK)
-    return rfail(err, cap, rc, "redis: claim: entry %.*s of %.*s is not an "
-                 "envelope", (int)id->len, id->str, (int)k->len, k->str);
+  int rc = SPI_EMODULE;
+  if (k->type == REDIS_REPLY_STRING && a->type == REDIS_REPLY_STRING &&
+      e->type == REDIS_REPLY_STRING && k->len > 0 && k->len <= 128)
+    rc = env_decode((const uint8_t *)e->str, e->len, &env, &toks);
+  if (rc == SPI_EMODULE) return drop_malformed(s, ctx, deadline, r, err, cap);
+  if (rc != SPI_OK) return rfail(err, cap, rc, "redis: out of memory");
   env.key = k->str;
   env.key_len = k->len;
   env.attempts = (uint32_t)strtoul(a->str, NULL, 10);
@@ -424,11 +484,13 @@ static int hand_claim(redis_store *s, const redisReply *r, int64_t lease_ms,
     return rfail(err, cap, SPI_ENOMEM, "redis: out of memory");
   }
   c->lane = (int)int_at(r, 1);
-  c->lease_ms = lease_ms;
+  c->lease_ms = ctx->lease_ms;
   memcpy(c->sid, id->str, id->len);
   rc = fn(fn_data, &env);
   free(toks);
-  /* Kept whatever fn said: the lease is ours until acked or expired. */
+  /* Kept whatever fn said: the lease is ours until acked or expired (and
+   * the library dead-letters an envelope it refused: why "refused"). */
+  c->refused = rc != SPI_OK;
   pthread_mutex_lock(&s->mu);
   c->id = s->next_id++;
   claim_put(s, c);
@@ -452,12 +514,12 @@ static int r_claim(void *state, void *inst, const spi_replay_ctx *ctx,
   const char *x[] = {s->cfg.consumer, until, mask};
   redisReply *r = NULL;
   pthread_mutex_lock(&s->mu);
-  int rc = run(s, S_CLAIM, ctx, spr_conn_deadline(s->conn), 3, x, NULL, &r,
-               err, cap);
+  int64_t deadline = spr_conn_deadline(s->conn);
+  int rc = run(s, S_CLAIM, ctx, deadline, 3, x, NULL, &r, err, cap);
   pthread_mutex_unlock(&s->mu);
   if (rc != SPI_OK) return rc;
   if (r->elements >= 6)
-    rc = hand_claim(s, r, ctx->lease_ms, fn, fn_data, claim_id, err, cap);
+    rc = hand_claim(s, ctx, deadline, r, fn, fn_data, claim_id, err, cap);
   else if (r->elements != 1)
     rc = rfail(err, cap, SPI_EMODULE, "redis: claim: unexpected reply");
   freeReplyObject(r);
@@ -475,24 +537,16 @@ static int settle(redis_store *s, const spi_replay_ctx *ctx, uint64_t id,
     return rfail(err, cap, SPI_ESTALE, "claim %llu is not held here",
                  (unsigned long long)id);
   }
-  char lane[8], w[4], att[16], vis[24], keep[24];
-  snprintf(lane, sizeof lane, "%d", c->lane);
-  snprintf(w, sizeof w, "%d", what);
-  snprintf(att, sizeof att, "%u", attempts);
-  snprintf(vis, sizeof vis, "%lld", (long long)ceil_ms(visible_ns));
-  snprintf(keep, sizeof keep, "%lld", (long long)c->lease_ms);
-  const char *x[] = {lane, c->sid, w, att, vis, keep};
-  redisReply *r = NULL;
-  int rc = run(s, S_SETTLE, ctx, spr_conn_deadline(s->conn), 6, x, NULL, &r,
-               err, cap);
+  long long st = -1;
+  int rc = finish(s, ctx, spr_conn_deadline(s->conn), c->lane, c->sid, what,
+                  attempts, visible_ns, c->lease_ms,
+                  c->refused ? "refused" : "attempts", &st, err, cap);
   if (rc == SPI_EIO)
     claim_put(s, c); /* may still be held: the caller may try again */
   else
     free(c);
   pthread_mutex_unlock(&s->mu);
   if (rc != SPI_OK) return rc;
-  long long st = int_at(r, 1);
-  freeReplyObject(r);
   if (st == 1)
     return rfail(err, cap, SPI_ESTALE,
                  "claim %llu: the lease ended (another consumer may hold it)",

@@ -436,7 +436,9 @@ typedef struct spi_replay_ctx {
  * borrowed for the call; its key, attempts (failed attempts so far) and
  * deadline_ns must be the ones the store will act on. A non-OK return is
  * the claim's answer: the store keeps the claim (it is returned by claim's
- * *claim_id as usual) and the library holds on to it.
+ * *claim_id as usual). When the library refused the envelope (no key, a
+ * class out of range: it will never take it), it dead-letters the claim
+ * at once with nack (dead set, attempts unchanged).
  */
 typedef int (*spi_replay_envelope_fn)(void *fn_data, const spi_envelope *env);
 

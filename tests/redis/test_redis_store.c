@@ -6,7 +6,8 @@
  * Redis once it answers: with SPI_REDIS_PORT), and the module struct rules
  * for queue stores (a record store built before them still registers).
  * Through a proxy (redis_proxy.h): one deadline for a call that reconnects;
- * an ack or nack whose answer was lost, repeated.
+ * an ack or nack whose answer was lost, repeated. Entries written into the
+ * streams by hand: what a claim cannot take is dead-lettered at once.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -23,6 +24,7 @@
 #include "spotinfer/spotinfer.h"
 #include "spotinfer/spotinfer_module.h"
 #include "spotinfer/spotinfer_redis.h"
+#include "redis_conn.h"
 #include "redis_proxy.h"
 #include "unit/journal_files.h"
 #include "unit/replay_helpers.h"
@@ -359,6 +361,104 @@ static void test_finish_after_lost_reply(void **st) {
   rp_stop(&p);
 }
 
+/* ------------------------------------------- entries written by hand */
+
+/* A connection straight to the tests' server. */
+static spr_conn *raw_conn(void) {
+  char json[128], err[256] = "";
+  snprintf(json, sizeof json, "{\"address\":\"127.0.0.1:%s\"}",
+           getenv("SPI_REDIS_PORT"));
+  spr_config c;
+  assert_int_equal(spr_config_parse(json, strlen(json), "t", NULL, &c, err,
+                                    sizeof err),
+                   SPI_OK);
+  spr_conn *k = NULL;
+  assert_int_equal(spr_conn_new(&c, &k, err, sizeof err), SPI_OK);
+  return k;
+}
+
+static redisReply *raw(spr_conn *k, int argc, const char **argv,
+                       const size_t *lens) {
+  char err[256] = "";
+  redisReply *r = NULL;
+  int rc = spr_conn_command(k, argc, argv, lens, &r, err, sizeof err);
+  if (rc != SPI_OK) print_error("redis: %s\n", err);
+  assert_int_equal(rc, SPI_OK);
+  assert_int_not_equal(r->type, REDIS_REPLY_ERROR);
+  return r;
+}
+
+/* An entry of lane stream key as the store writes one, its envelope e. */
+static void xadd_entry(spr_conn *k, const char *key, const char *ekey,
+                       const uint8_t *e, size_t elen) {
+  const char *argv[] = {"XADD", key, "*", "k", ekey, "a", "0", "dl", "0",
+                        "l", "1", "e", (const char *)e};
+  size_t lens[13];
+  for (int i = 0; i < 12; i++) lens[i] = strlen(argv[i]);
+  lens[12] = elen;
+  freeReplyObject(raw(k, 13, argv, lens));
+}
+
+/* Entries the store finds in a stream that a claim cannot take: an
+ * envelope the library refuses (its class) and bytes that are no envelope
+ * at all. Each is dead-lettered at once (why "refused", "malformed"), its
+ * claim answering the error, and the next claim goes on; they came back
+ * each time their lease ended. */
+static void test_claim_dead_letters_what_cannot_be_taken(void **st) {
+  (void)st;
+  if (!getenv("SPI_REDIS_PORT")) skip();
+  spi_engine *e = NULL;
+  assert_int_equal(spi_engine_new(&e, NULL), SPI_OK);
+  spi_replay_queue *q = NULL;
+  open_direct(e, "bad", "", &q); /* makes the streams and groups */
+  spr_conn *k = raw_conn();
+  char lane[96], dead[96];
+  snprintf(lane, sizeof lane, "bad:%ld:lane:1", (long)getpid());
+  snprintf(dead, sizeof dead, "bad:%ld:dead", (long)getpid());
+  /* store_redis.c's codec: "SPE1", kind, class, ..., lengths, the body. */
+  uint8_t blob[58];
+  memset(blob, 0, sizeof blob);
+  memcpy(blob, "SPE1", 4);
+  blob[8] = 9;  /* class 9 */
+  blob[44] = 2; /* body length */
+  memcpy(blob + 56, "{}", 2);
+  xadd_entry(k, lane, "bad1", blob, sizeof blob);
+  xadd_entry(k, lane, "bad2", (const uint8_t *)"nope", 4);
+  spi_envelope v = env_of("good");
+  rq_enqueue(q, &v);
+  rq_claimed c;
+  assert_int_equal(rq_claim(q, RQ_ALL, 0, &c), SPI_EMODULE);
+  assert_non_null(strstr(spi_replay_errmsg(q),
+                         "envelope bad1 refused (class out of range): "
+                         "dead-lettered"));
+  assert_int_equal(rq_claim(q, RQ_ALL, 0, &c), SPI_EMODULE);
+  assert_non_null(strstr(spi_replay_errmsg(q),
+                         "of bad2 is not an envelope: dead-lettered"));
+  claim_key(q, RQ_ALL, 0, "good", &c);
+  assert_int_equal(spi_replay_ack(q, c.id), SPI_OK);
+  spi_replay_stats s = rq_stats(q);
+  assert_int_equal(s.dead, 2);
+  assert_int_equal(s.leased, 0);
+  assert_int_equal(s.ready[SPI_CLASS_GOLD], 0);
+  /* The dead letters say why. */
+  const char *argv[] = {"XRANGE", dead, "-", "+"};
+  size_t lens[] = {6, strlen(dead), 1, 1};
+  redisReply *r = raw(k, 4, argv, lens);
+  assert_int_equal(r->elements, 2);
+  const char *why[] = {"refused", "malformed"};
+  for (size_t i = 0; i < 2; i++) {
+    const redisReply *f = r->element[i]->element[1];
+    const char *got = "";
+    for (size_t j = 0; j + 1 < f->elements; j += 2)
+      if (!strcmp(f->element[j]->str, "why")) got = f->element[j + 1]->str;
+    assert_string_equal(got, why[i]);
+  }
+  freeReplyObject(r);
+  spr_conn_free(k);
+  spi_replay_close(q);
+  spi_engine_free(e);
+}
+
 /* ---------------------------------------------------- module structs */
 
 static int x_configure(void *st, const char *j, size_t n, void **out,
@@ -457,6 +557,7 @@ int main(void) {
       cmocka_unit_test(test_fallback_moves_once),
       cmocka_unit_test(test_one_deadline_per_call),
       cmocka_unit_test(test_finish_after_lost_reply),
+      cmocka_unit_test(test_claim_dead_letters_what_cannot_be_taken),
       cmocka_unit_test(test_module_structs),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
