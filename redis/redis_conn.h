@@ -41,6 +41,7 @@ typedef struct spr_config {
   char key_prefix[SPR_NAME_MAX + 1];
   char consumer[SPR_NAME_MAX + 1];
   char group[SPR_NAME_MAX + 1];
+  int consumer_idle_ms;          /* other consumers idle longer: removed */
   int db;
   int connect_timeout_ms;
   int timeout_ms;
@@ -59,7 +60,8 @@ typedef struct spr_config {
 /* Parse and check a configuration object (JSON text, len bytes): every key
  * is known, of its type and in its range; absent keys take their defaults
  * (address 127.0.0.1:6379, key_prefix "spotinfer:", consumer from the host
- * name and process id, group "spotinfer", timeout_ms 1000, ...). Keys that
+ * name and process id, group "spotinfer", consumer_idle_ms 3600000,
+ * timeout_ms 1000, ...). Keys that
  * only one module reads are passed in extra_keys (NULL-terminated list of
  * names) so the check accepts them; that module reads them itself. err gets
  * "<path>.<key>: what is wrong" under the prefix path.

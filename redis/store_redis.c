@@ -37,6 +37,10 @@
  * entry back at its lane's tail as a failed attempt, where the next claim,
  * by whichever process, takes it; the consumer group's pending list still
  * shows who holds what (XPENDING). Times are the callers' clocks, in ms.
+ * Every process reads as a consumer of its own; those with nothing pending
+ * that have not read for consumer_idle_ms are removed from the groups when
+ * a connection is set up, and by a tick at most every consumer_idle_ms
+ * (SPR_LUA_REAP), so the groups do not keep one for every start.
  *
  * The store keeps one connection (redis_conn.h) behind a mutex; claim ids
  * name (lane, stream id) in a table of this instance. A call whose reply
@@ -88,6 +92,7 @@ typedef struct redis_store {
   char keys[NKEYS][SPR_NAME_MAX + 16];
   char sha[S_COUNT][48]; /* "" until loaded on this connection */
   uint64_t setup_for;    /* spr_conn_connects() the groups were made for */
+  int64_t reap_at;       /* spr_now_ms() of the next removal of consumers */
   held_claim **tab;
   size_t mask, n;
   uint64_t next_id;
@@ -260,21 +265,51 @@ static int setup_check(redis_store *s, redisReply **r, char *err,
   return SPI_OK;
 }
 
+#define REAP_MAX 100 /* consumers removed at most by one call */
+
 /* A command over argv[0..argc), its lens filled in. */
 static spr_cmd cmd_of(int argc, const char **argv, size_t *lens) {
   for (int i = 0; i < argc; i++) lens[i] = strlen(argv[i]);
   return (spr_cmd){argc, argv, lens};
 }
 
-/* After each (re)connect: the consumer groups exist, scripts are loaded;
- * in one round trip. */
+/* The command that removes the group's idle consumers (SPR_LUA_REAP) over
+ * args (10) and lens; idle and max are its numbers as text (24 bytes). */
+static spr_cmd reap_cmd(const redis_store *s, const char **args, size_t *lens,
+                        char *idle, char *max) {
+  snprintf(idle, 24, "%d", s->cfg.consumer_idle_ms);
+  snprintf(max, 24, "%d", REAP_MAX);
+  const char *a[] = {"EVAL",     SPR_LUA_REAP, "3",
+                     s->keys[0], s->keys[1],   s->keys[2],
+                     s->cfg.group, s->cfg.consumer, idle, max};
+  memcpy(args, a, sizeof a);
+  return cmd_of(10, args, lens);
+}
+
+/* Remove the group's idle consumers now, by deadline; what a healthy
+ * server answers is not checked (it is tidying, not the call's job). */
+static int reap(redis_store *s, int64_t deadline, char *err, size_t cap) {
+  const char *args[10];
+  size_t lens[10];
+  char idle[24], max[24];
+  spr_cmd c = reap_cmd(s, args, lens, idle, max);
+  redisReply *r = NULL;
+  int rc = spr_conn_pipeline(s->conn, 1, &c, &r, deadline, err, cap);
+  if (rc == SPI_OK) freeReplyObject(r);
+  s->reap_at = spr_now_ms() + s->cfg.consumer_idle_ms;
+  return rc;
+}
+
+/* After each (re)connect: the consumer groups exist, scripts are loaded,
+ * idle consumers of processes gone are removed; in one round trip. */
 static int setup(redis_store *s, int64_t deadline, char *err, size_t cap) {
   int rc = spr_conn_open_by(s->conn, deadline, err, cap);
   if (rc != SPI_OK) return rc;
   if (s->setup_for == spr_conn_connects(s->conn)) return SPI_OK;
-  enum { NSETUP = 3 + S_COUNT };
-  const char *args[NSETUP][6];
-  size_t lens[NSETUP][6];
+  enum { NSETUP = 3 + S_COUNT + 1 };
+  const char *args[NSETUP][10];
+  size_t lens[NSETUP][10];
+  char idle[24], max[24];
   spr_cmd cmds[NSETUP];
   for (int lane = 0; lane < 3; lane++) {
     const char *a[] = {"XGROUP", "CREATE", s->keys[lane], s->cfg.group, "0",
@@ -287,11 +322,14 @@ static int setup(redis_store *s, int64_t deadline, char *err, size_t cap) {
     memcpy(args[3 + i], a, sizeof a);
     cmds[3 + i] = cmd_of(3, args[3 + i], lens[3 + i]);
   }
+  cmds[NSETUP - 1] = reap_cmd(s, args[NSETUP - 1], lens[NSETUP - 1], idle,
+                              max);
   redisReply *r[NSETUP];
   rc = spr_conn_pipeline(s->conn, NSETUP, cmds, r, deadline, err, cap);
   if (rc != SPI_OK) return rc;
   rc = setup_check(s, r, err, cap);
   for (int i = 0; i < NSETUP; i++) freeReplyObject(r[i]);
+  s->reap_at = spr_now_ms() + s->cfg.consumer_idle_ms;
   if (rc == SPI_OK) s->setup_for = spr_conn_connects(s->conn);
   return rc;
 }
@@ -600,8 +638,11 @@ static int r_tick(void *state, void *inst, const spi_replay_ctx *ctx,
   redis_store *s = inst;
   redisReply *r = NULL;
   pthread_mutex_lock(&s->mu);
-  int rc = run(s, S_TICK, ctx, spr_conn_deadline(s->conn), 0, NULL, NULL, &r,
-               err, cap);
+  int64_t deadline = spr_conn_deadline(s->conn);
+  int rc = run(s, S_TICK, ctx, deadline, 0, NULL, NULL, &r, err, cap);
+  /* A long-lived connection still tidies up now and then. */
+  if (rc == SPI_OK && spr_now_ms() >= s->reap_at)
+    rc = reap(s, deadline, err, cap);
   pthread_mutex_unlock(&s->mu);
   freeReplyObject(r);
   return rc;

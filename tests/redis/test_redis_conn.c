@@ -46,6 +46,7 @@ static void test_config_defaults(void **st) {
   assert_string_equal(c.group, "spotinfer");
   assert_true(strlen(c.consumer) > 0);
   assert_int_equal(c.timeout_ms, 1000);
+  assert_int_equal(c.consumer_idle_ms, 3600000);
   assert_int_equal(c.tls, 0);
   assert_int_equal(parse("{\"address\":\"redis.local:7000\",\"key_prefix\":"
                          "\"p:\",\"consumer\":\"a\",\"timeout_ms\":50,"
@@ -90,6 +91,8 @@ static void test_config_errors(void **st) {
   expect_error("{\"address\":\"\"}", SPI_ERANGE, "address: must not be empty");
   expect_error("{\"timeout_ms\":0}", SPI_ERANGE, "timeout_ms: 0 is not in");
   expect_error("{\"timeout_ms\":1.5}", SPI_ETYPE, "must be an integer");
+  expect_error("{\"consumer_idle_ms\":999}", SPI_ERANGE,
+               "consumer_idle_ms: 999 is not in [1000, 604800000]");
   expect_error("{\"reconnect_min_ms\":500,\"reconnect_max_ms\":100}",
                SPI_ERANGE, "reconnect_max_ms");
   expect_error("{\"username\":\"u\"}", SPI_EINVAL, "needs a password");

@@ -8,6 +8,7 @@
  * Through a proxy (redis_proxy.h): one deadline for a call that reconnects;
  * an ack or nack whose answer was lost, repeated. Entries written into the
  * streams by hand: what a claim cannot take is dead-lettered at once.
+ * Consumers of processes gone are removed from the groups.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -459,6 +460,92 @@ static void test_claim_dead_letters_what_cannot_be_taken(void **st) {
   spi_engine_free(e);
 }
 
+/* A command of words straight to the server. */
+static redisReply *raw_words(spr_conn *k, int argc, const char **argv) {
+  size_t lens[12];
+  for (int i = 0; i < argc; i++) lens[i] = strlen(argv[i]);
+  return raw(k, argc, argv, lens);
+}
+
+/* Whether name is a consumer of group "spotinfer" on stream key. */
+static int has_consumer(spr_conn *k, const char *key, const char *name) {
+  const char *argv[] = {"XINFO", "CONSUMERS", key, "spotinfer"};
+  redisReply *r = raw_words(k, 4, argv);
+  int found = 0;
+  for (size_t i = 0; i < r->elements; i++) {
+    const redisReply *c = r->element[i];
+    for (size_t j = 0; j + 1 < c->elements; j += 2)
+      if (!strcmp(c->element[j]->str, "name") &&
+          !strcmp(c->element[j + 1]->str, name))
+        found = 1;
+  }
+  freeReplyObject(r);
+  return found;
+}
+
+static void sleep_ms(long ms) {
+  struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
+  nanosleep(&ts, NULL);
+}
+
+/* Every process reads as a consumer of its own, so the groups gained one
+ * with every start and never lost any. A consumer with nothing pending
+ * that has not read for consumer_idle_ms is removed: by the setup of a
+ * connection, and then by a tick at most every consumer_idle_ms. One with
+ * entries pending, one that read lately and the store's own stay. */
+static void test_idle_consumers_removed(void **st) {
+  (void)st;
+  if (!getenv("SPI_REDIS_PORT")) skip();
+  spr_conn *k = raw_conn();
+  char lane[3][96];
+  for (int i = 0; i < 3; i++) {
+    snprintf(lane[i], sizeof lane[i], "reap:%ld:lane:%d", (long)getpid(),
+             i + 1);
+    const char *mk[] = {"XGROUP", "CREATE", lane[i], "spotinfer", "0",
+                        "MKSTREAM"};
+    freeReplyObject(raw_words(k, 6, mk));
+  }
+  const char *old1[] = {"XGROUP", "CREATECONSUMER", lane[0], "spotinfer",
+                        "gone-1"};
+  const char *old2[] = {"XGROUP", "CREATECONSUMER", lane[1], "spotinfer",
+                        "gone-1"};
+  const char *mine[] = {"XGROUP", "CREATECONSUMER", lane[0], "spotinfer",
+                        "me"};
+  const char *add[] = {"XADD", lane[0], "*", "x", "1"};
+  const char *busy[] = {"XREADGROUP", "GROUP", "spotinfer", "busy",
+                        "COUNT", "1", "STREAMS", lane[0], ">"};
+  freeReplyObject(raw_words(k, 5, old1));
+  freeReplyObject(raw_words(k, 5, old2));
+  freeReplyObject(raw_words(k, 5, mine));
+  freeReplyObject(raw_words(k, 5, add));
+  freeReplyObject(raw_words(k, 9, busy)); /* busy: one entry pending */
+  sleep_ms(1100);
+  const char *fresh[] = {"XGROUP", "CREATECONSUMER", lane[0], "spotinfer",
+                         "lately"};
+  freeReplyObject(raw_words(k, 5, fresh));
+  spi_engine *e = NULL;
+  assert_int_equal(spi_engine_new(&e, NULL), SPI_OK);
+  spi_replay_queue *q = NULL;
+  open_direct(e, "reap", "\"consumer\":\"me\",\"consumer_idle_ms\":1000",
+              &q);
+  assert_false(has_consumer(k, lane[0], "gone-1"));
+  assert_false(has_consumer(k, lane[1], "gone-1"));
+  assert_true(has_consumer(k, lane[0], "busy"));
+  assert_true(has_consumer(k, lane[0], "me"));
+  assert_true(has_consumer(k, lane[0], "lately"));
+  /* The connection stays up: a tick removes "lately" once it is idle. */
+  assert_int_equal(spi_replay_tick(q), SPI_OK);
+  assert_true(has_consumer(k, lane[0], "lately"));
+  sleep_ms(1100);
+  assert_int_equal(spi_replay_tick(q), SPI_OK);
+  assert_false(has_consumer(k, lane[0], "lately"));
+  assert_true(has_consumer(k, lane[0], "busy"));
+  assert_true(has_consumer(k, lane[0], "me"));
+  spi_replay_close(q);
+  spi_engine_free(e);
+  spr_conn_free(k);
+}
+
 /* ---------------------------------------------------- module structs */
 
 static int x_configure(void *st, const char *j, size_t n, void **out,
@@ -558,6 +645,7 @@ int main(void) {
       cmocka_unit_test(test_one_deadline_per_call),
       cmocka_unit_test(test_finish_after_lost_reply),
       cmocka_unit_test(test_claim_dead_letters_what_cannot_be_taken),
+      cmocka_unit_test(test_idle_consumers_removed),
       cmocka_unit_test(test_module_structs),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
