@@ -49,6 +49,12 @@ typedef struct rqs_claim {
   spi_hnode hn; /* in the claim table (hash: spread id) */
   uint64_t id;
   size_t size;            /* of the copy in data */
+  /* A nack whose answer was lost (SPI_EIO) is repeated as it was decided,
+   * so the store sees the same finish again (the clock may have passed
+   * the deadline since). */
+  int nack_sent;
+  int32_t nack_dead;
+  int64_t nack_visible;
   spi_envelope env;       /* points into data */
   uint8_t data[];
 } rqs_claim;
@@ -452,6 +458,9 @@ typedef struct held {
   int64_t deadline_ns;
   char key[129];
   size_t key_len;
+  int nack_sent;
+  int32_t nack_dead;
+  int64_t nack_visible;
 } held;
 
 static int find_held(spi_rqs *s, uint64_t id, held *h) {
@@ -462,9 +471,24 @@ static int find_held(spi_rqs *s, uint64_t id, held *h) {
     h->deadline_ns = c->env.deadline_ns;
     h->key_len = c->env.key_len < 128 ? c->env.key_len : 128;
     memcpy(h->key, c->env.key, h->key_len);
+    h->nack_sent = c->nack_sent;
+    h->nack_dead = c->nack_dead;
+    h->nack_visible = c->nack_visible;
   }
   pthread_mutex_unlock(&s->mu);
   return c != NULL;
+}
+
+/* A nack of claim id went unanswered (SPI_EIO): a repeat sends the same. */
+static void keep_nack(spi_rqs *s, uint64_t id, int32_t dead, int64_t visible) {
+  pthread_mutex_lock(&s->mu);
+  rqs_claim *c = tab_find(s, id);
+  if (c) {
+    c->nack_sent = 1;
+    c->nack_dead = dead;
+    c->nack_visible = visible;
+  }
+  pthread_mutex_unlock(&s->mu);
 }
 
 /* The store answered for the claim: forget it (unless it could not be
@@ -504,16 +528,21 @@ int spi__rqs_nack(spi_rqs *s, uint64_t claim_id) {
   int dead = attempts >= (uint64_t)s->cfg.max_attempts ||
              (h.deadline_ns != 0 && ctx.now_ns >= h.deadline_ns);
   int64_t visible = 0;
-  if (!dead)
+  if (h.nack_sent) {
+    dead = h.nack_dead;
+    visible = h.nack_visible;
+  } else if (!dead) {
     visible = ctx.now_ns +
               spi__replay_backoff_ms(h.key, h.key_len, attempts,
                                      s->cfg.backoff_base_ms,
                                      s->cfg.backoff_max_ms,
                                      s->cfg.backoff_jitter) *
                   1000000;
+  }
   char err[SPI_ERRMSG_CAP] = "";
   int rc = s->store->nack(s->mstate, s->inst, &ctx, claim_id, attempts,
                           visible, dead, err, sizeof err);
+  if (rc == SPI_EIO) keep_nack(s, claim_id, dead, visible);
   settle(s, claim_id, rc, &s->nacked);
   if (rc == SPI_OK && dead)
     spi__engine_log(s->engine, SPI_LOG_WARN,

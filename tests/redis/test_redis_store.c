@@ -340,6 +340,18 @@ static void test_finish_after_lost_reply(void **st) {
   assert_int_equal(spi_replay_nack(qa, c.id), SPI_ESTALE);
   assert_int_equal(rq_is_dup(qa, &v), 1);
 
+  /* The repeat is the same nack, though the envelope's deadline passed
+   * in between (a new decision would dead-letter it). */
+  v = rq_envelope("k5", SPI_CLASS_BRONZE, "{}");
+  v.deadline_ns = h.now + 500 * 1000000LL;
+  rq_enqueue(qa, &v);
+  claim_key(qa, 1u << SPI_CLASS_BRONZE, 0, "k5", &c);
+  rp_drop_next_reply(&p);
+  assert_int_equal(spi_replay_nack(qa, c.id), SPI_EIO);
+  h.now += 1000 * 1000000LL;
+  assert_int_equal(spi_replay_nack(qa, c.id), SPI_OK);
+  assert_int_equal(rq_stats(qa).nacked, 2);
+
   /* The lease ends and b claims it: a's ack is stale, and stays stale
    * when its answer is lost and it is repeated. */
   v = rq_envelope("k4", SPI_CLASS_GOLD, "{}");
