@@ -10,7 +10,10 @@
  *   - A claim the caller's buffer cannot take (SPI_EBUFSIZE) is given back
  *     at once (a nack with its attempts unchanged, ready now), so nothing
  *     is claimed, as with the local queue; in a shared queue it goes back
- *     to its lane's tail.
+ *     to its lane's tail. A claim whose envelope the library refuses (no
+ *     key, a class out of range: nothing will ever take it) is
+ *     dead-lettered at once (a nack with dead set), with an error, instead
+ *     of coming back each time its lease ends.
  *   - The fallback journal ("replay.fallback": "journal"): an enqueue the
  *     store answers with SPI_EIO (unreachable, timed out) goes to a local
  *     journal queue instead and the call succeeds as durable as that
@@ -46,6 +49,12 @@ typedef struct rqs_claim {
   spi_hnode hn; /* in the claim table (hash: spread id) */
   uint64_t id;
   size_t size;            /* of the copy in data */
+  /* A nack whose answer was lost (SPI_EIO) is repeated as it was decided,
+   * so the store sees the same finish again (the clock may have passed
+   * the deadline since). */
+  int nack_sent;
+  int32_t nack_dead;
+  int64_t nack_visible;
   spi_envelope env;       /* points into data */
   uint8_t data[];
 } rqs_claim;
@@ -318,16 +327,34 @@ int spi__rqs_enqueue(spi_rqs *s, const spi_envelope *env, int32_t *duplicate) {
 typedef struct sink_data {
   spi_rqs *s;
   rqs_claim *c;
+  const char *refused; /* why the envelope was refused, or NULL */
+  uint32_t attempts;   /* the refused envelope's */
+  char key[129];       /* its key (up to 128 bytes), for the message */
 } sink_data;
+
+/* Why the library cannot take an envelope a store handed it, or NULL. */
+static const char *refusal(const spi_envelope *env) {
+  if (!env) return "no envelope";
+  if (!env->key || !env->key_len) return "no key";
+  if ((env->body_len && !env->body) ||
+      (env->partial_text_len && !env->partial_text) ||
+      (env->partial_token_count && !env->partial_tokens))
+    return "a length without its data";
+  if (env->klass < SPI_CLASS_GOLD || env->klass > SPI_CLASS_BRONZE)
+    return "class out of range";
+  return NULL;
+}
 
 /* The store's claimed envelope, copied whole. */
 static int sink(void *ud, const spi_envelope *env) {
   sink_data *d = ud;
-  if (!env || !env->key || !env->key_len || (env->body_len && !env->body) ||
-      (env->partial_text_len && !env->partial_text) ||
-      (env->partial_token_count && !env->partial_tokens) ||
-      env->klass < SPI_CLASS_GOLD || env->klass > SPI_CLASS_BRONZE)
+  d->refused = refusal(env);
+  if (d->refused) {
+    d->attempts = env ? env->attempts : 0;
+    if (env && env->key && env->key_len)
+      memcpy(d->key, env->key, env->key_len < 128 ? env->key_len : 128);
     return SPI_EMODULE;
+  }
   size_t size = spi__replay_env_size(env);
   rqs_claim *c = spi__alloc(&d->s->mem, sizeof *c + size);
   if (!c) return SPI_ENOMEM;
@@ -352,16 +379,43 @@ static int hand_out(rqs_claim *c, uint64_t *claim_id, spi_envelope *out,
   return SPI_OK;
 }
 
+/* The store handed out claim id with an envelope the library refuses
+ * (d->refused): nothing will ever take it, so it is dead-lettered now, as
+ * the fallback drain dead-letters what the store refuses for good. The
+ * claim's answer is the error, logged; the next claim goes on. */
+static int refuse_claim(spi_rqs *s, const spi_replay_ctx *ctx, uint64_t id,
+                        const sink_data *d) {
+  char err[SPI_ERRMSG_CAP] = "", msg[SPI_ERRMSG_CAP];
+  int rc = s->store->nack(s->mstate, s->inst, ctx, id, d->attempts, 0, 1, err,
+                          sizeof err);
+  if (rc == SPI_OK) {
+    pthread_mutex_lock(&s->mu);
+    s->nacked++;
+    pthread_mutex_unlock(&s->mu);
+    spi__errf(msg, sizeof msg, "envelope %s refused (%s): dead-lettered",
+              d->key[0] ? d->key : "without a key", d->refused);
+    return store_failed(s, "claim", SPI_EMODULE, msg);
+  }
+  spi__errf(msg, sizeof msg,
+            "envelope %s refused (%s); dead-lettering it failed: %s",
+            d->key[0] ? d->key : "without a key", d->refused,
+            err[0] ? err : spi_strerror(rc));
+  return store_failed(s, "claim", rc, msg);
+}
+
 int spi__rqs_claim(spi_rqs *s, uint32_t class_mask, int64_t lease_ms,
                    uint64_t *claim_id, spi_envelope *out, void *buf,
                    size_t cap, size_t *needed) {
   drain(s);
   spi_replay_ctx ctx = make_ctx(s, lease_ms);
-  sink_data d = {s, NULL};
+  sink_data d;
+  memset(&d, 0, sizeof d);
+  d.s = s;
   char err[SPI_ERRMSG_CAP] = "";
   uint64_t id = 0;
   int rc = s->store->claim(s->mstate, s->inst, &ctx, class_mask, sink, &d, &id,
                        err, sizeof err);
+  if (id && d.refused) return refuse_claim(s, &ctx, id, &d);
   if (rc != SPI_OK || (id && !d.c) || (!id && d.c)) {
     spi__free(&s->mem, d.c);
     if (rc != SPI_OK) return store_failed(s, "claim", rc, err);
@@ -404,6 +458,9 @@ typedef struct held {
   int64_t deadline_ns;
   char key[129];
   size_t key_len;
+  int nack_sent;
+  int32_t nack_dead;
+  int64_t nack_visible;
 } held;
 
 static int find_held(spi_rqs *s, uint64_t id, held *h) {
@@ -414,9 +471,24 @@ static int find_held(spi_rqs *s, uint64_t id, held *h) {
     h->deadline_ns = c->env.deadline_ns;
     h->key_len = c->env.key_len < 128 ? c->env.key_len : 128;
     memcpy(h->key, c->env.key, h->key_len);
+    h->nack_sent = c->nack_sent;
+    h->nack_dead = c->nack_dead;
+    h->nack_visible = c->nack_visible;
   }
   pthread_mutex_unlock(&s->mu);
   return c != NULL;
+}
+
+/* A nack of claim id went unanswered (SPI_EIO): a repeat sends the same. */
+static void keep_nack(spi_rqs *s, uint64_t id, int32_t dead, int64_t visible) {
+  pthread_mutex_lock(&s->mu);
+  rqs_claim *c = tab_find(s, id);
+  if (c) {
+    c->nack_sent = 1;
+    c->nack_dead = dead;
+    c->nack_visible = visible;
+  }
+  pthread_mutex_unlock(&s->mu);
 }
 
 /* The store answered for the claim: forget it (unless it could not be
@@ -456,16 +528,21 @@ int spi__rqs_nack(spi_rqs *s, uint64_t claim_id) {
   int dead = attempts >= (uint64_t)s->cfg.max_attempts ||
              (h.deadline_ns != 0 && ctx.now_ns >= h.deadline_ns);
   int64_t visible = 0;
-  if (!dead)
+  if (h.nack_sent) {
+    dead = h.nack_dead;
+    visible = h.nack_visible;
+  } else if (!dead) {
     visible = ctx.now_ns +
               spi__replay_backoff_ms(h.key, h.key_len, attempts,
                                      s->cfg.backoff_base_ms,
                                      s->cfg.backoff_max_ms,
                                      s->cfg.backoff_jitter) *
                   1000000;
+  }
   char err[SPI_ERRMSG_CAP] = "";
   int rc = s->store->nack(s->mstate, s->inst, &ctx, claim_id, attempts,
                           visible, dead, err, sizeof err);
+  if (rc == SPI_EIO) keep_nack(s, claim_id, dead, visible);
   settle(s, claim_id, rc, &s->nacked);
   if (rc == SPI_OK && dead)
     spi__engine_log(s->engine, SPI_LOG_WARN,

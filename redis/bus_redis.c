@@ -118,18 +118,22 @@ static int read_extra(bus *b, const char *json, size_t len, char *err,
 
 /* ------------------------------------------------------------ commands */
 
+/* One command of a call whose deadline (spr_conn_deadline) was taken at
+ * its start: a poll that resolves its cursor first (TIME) and then reads
+ * shares one. */
 static int command(spr_conn *c, int argc, const char **argv, redisReply **r,
-                   char *err, size_t cap) {
+                   int64_t deadline, char *err, size_t cap) {
   size_t lens[12];
   for (int i = 0; i < argc; i++) lens[i] = strlen(argv[i]);
-  return spr_conn_command(c, argc, argv, lens, r, err, cap);
+  return spr_conn_command_by(c, argc, argv, lens, r, deadline, err, cap);
 }
 
 /* Where a new reader starts: lookback_ms before the server's clock. */
-static int start_id(bus *b, char *id, size_t idcap, char *err, size_t cap) {
+static int start_id(bus *b, char *id, size_t idcap, int64_t deadline,
+                    char *err, size_t cap) {
   const char *argv[] = {"TIME"};
   redisReply *r = NULL;
-  int rc = command(b->sub, 1, argv, &r, err, cap);
+  int rc = command(b->sub, 1, argv, &r, deadline, err, cap);
   if (rc != SPI_OK) return rc;
   if (r->type != REDIS_REPLY_ARRAY || r->elements < 1 ||
       r->element[0]->type != REDIS_REPLY_STRING) {
@@ -153,7 +157,8 @@ static int start_id(bus *b, char *id, size_t idcap, char *err, size_t cap) {
 }
 
 /* The cursor, resolving it the first time; "" in *id on failure. */
-static int cursor(bus *b, char *id, char *err, size_t cap) {
+static int cursor(bus *b, char *id, int64_t deadline, char *err,
+                  size_t cap) {
   pthread_mutex_lock(&b->st->mu);
   if (strcmp(b->st->key, b->key) != 0) { /* another stream: start over */
     snprintf(b->st->key, sizeof b->st->key, "%s", b->key);
@@ -162,7 +167,7 @@ static int cursor(bus *b, char *id, char *err, size_t cap) {
   snprintf(id, ID_CAP, "%s", b->st->last_id);
   pthread_mutex_unlock(&b->st->mu);
   if (id[0]) return SPI_OK;
-  int rc = start_id(b, id, ID_CAP, err, cap);
+  int rc = start_id(b, id, ID_CAP, deadline, err, cap);
   if (rc != SPI_OK) return rc;
   pthread_mutex_lock(&b->st->mu);
   if (!b->st->last_id[0]) snprintf(b->st->last_id, ID_CAP, "%s", id);
@@ -177,7 +182,7 @@ static int cursor(bus *b, char *id, char *err, size_t cap) {
  * first poll fixes it. */
 static void start_reading(bus *b, char *err, size_t cap) {
   char id[ID_CAP];
-  (void)cursor(b, id, err, cap);
+  (void)cursor(b, id, spr_conn_deadline(b->sub), err, cap);
 }
 
 /* --------------------------------------------------------- the module */
@@ -238,12 +243,13 @@ static int b_poll(void *state, void *inst, size_t max, spi_fleet_msg_fn fn,
   (void)state;
   bus *b = inst;
   char from[ID_CAP], count[24];
-  int rc = cursor(b, from, err, cap);
+  int64_t deadline = spr_conn_deadline(b->sub);
+  int rc = cursor(b, from, deadline, err, cap);
   if (rc != SPI_OK) return rc;
   snprintf(count, sizeof count, "%zu", max);
   const char *argv[] = {"XREAD", "COUNT", count, "STREAMS", b->key, from};
   redisReply *r = NULL;
-  rc = command(b->sub, 6, argv, &r, err, cap);
+  rc = command(b->sub, 6, argv, &r, deadline, err, cap);
   if (rc != SPI_OK) return rc;
   if (r->type == REDIS_REPLY_ERROR) {
     rc = bfail(err, cap, SPI_EIO, "redis fleet bus: XREAD %s: %s", b->key,

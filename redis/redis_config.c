@@ -30,10 +30,10 @@ static int cfail(char *err, size_t cap, int rc, const char *fmt, ...) {
 
 static const char *const KNOWN[] = {
     "address",          "key_prefix",       "consumer",
-    "group",            "db",               "connect_timeout_ms",
-    "timeout_ms",       "reconnect_min_ms", "reconnect_max_ms",
-    "username",         "password",         "tls",
-    NULL};
+    "group",            "consumer_idle_ms", "db",
+    "connect_timeout_ms", "timeout_ms",     "reconnect_min_ms",
+    "reconnect_max_ms", "username",         "password",
+    "tls",              NULL};
 
 static const char *const TLS_KNOWN[] = {"enabled",   "verify",   "ca_file",
                                         "cert_file", "key_file", "server_name",
@@ -157,6 +157,7 @@ static void defaults(spr_config *c) {
     strcpy(host, "localhost");
   host[sizeof host - 1] = '\0';
   snprintf(c->consumer, sizeof c->consumer, "%s-%ld", host, (long)getpid());
+  c->consumer_idle_ms = 3600000;
   c->connect_timeout_ms = 1000;
   c->timeout_ms = 1000;
   c->reconnect_min_ms = 100;
@@ -207,6 +208,9 @@ static int parse_obj(const cJSON *o, const char *path,
                  cap);
   if (!rc)
     rc = get_str(o, path, "group", c->group, sizeof c->group, 0, err, cap);
+  if (!rc)
+    rc = get_int(o, path, "consumer_idle_ms", &c->consumer_idle_ms, 1000,
+                 604800000, err, cap);
   if (!rc) rc = get_int(o, path, "db", &c->db, 0, 1 << 20, err, cap);
   if (!rc)
     rc = get_int(o, path, "connect_timeout_ms", &c->connect_timeout_ms, 1,

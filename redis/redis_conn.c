@@ -3,7 +3,9 @@
  * (redis_conn.h). hiredis does the protocol (formatting commands, parsing
  * replies); the transport is ours: a non-blocking socket driven by poll(),
  * with OpenSSL on top when TLS is configured, so connect, TLS handshake,
- * AUTH and every command are bounded by the configured timeouts.
+ * AUTH and every command are bounded by a deadline: the caller's, one for
+ * the whole of its call (spr_conn_deadline), connecting within
+ * connect_timeout_ms of it.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -313,15 +315,10 @@ static int tls_handshake(spr_conn *c, int64_t deadline, char *err, size_t cap) {
 
 /* ------------------------------------------------------------- commands */
 
-/* Write one formatted command and read one reply, before deadline. */
-static int roundtrip(spr_conn *c, const char *cmd, size_t len,
-                     redisReply **out, int64_t deadline, char *err,
-                     size_t cap) {
+/* Read one reply, before deadline. */
+static int read_reply(spr_conn *c, redisReply **out, int64_t deadline,
+                      char *err, size_t cap) {
   *out = NULL;
-  int e = send_all(c, cmd, len, deadline);
-  if (e)
-    return efail(err, cap, SPI_EIO, "redis %s: write: %s", c->addr,
-                 e == ETIMEDOUT ? "timed out" : strerror(e));
   for (;;) {
     void *reply = NULL;
     if (redisReaderGetReply(c->reader, &reply) != REDIS_OK)
@@ -333,7 +330,7 @@ static int roundtrip(spr_conn *c, const char *cmd, size_t len,
     }
     char buf[16384];
     size_t got = 0;
-    e = recv_some(c, buf, sizeof buf, &got, deadline);
+    int e = recv_some(c, buf, sizeof buf, &got, deadline);
     if (e)
       return efail(err, cap, SPI_EIO, "redis %s: read: %s", c->addr,
                    e == ETIMEDOUT ? "timed out" : strerror(e));
@@ -342,16 +339,63 @@ static int roundtrip(spr_conn *c, const char *cmd, size_t len,
   }
 }
 
+/* The n commands as one buffer of the protocol (free it); NULL when out of
+ * memory. */
+static char *format_all(int n, const spr_cmd *cmds, size_t *len) {
+  char *all = NULL;
+  *len = 0;
+  for (int i = 0; i < n; i++) {
+    char *one = NULL;
+    int l = redisFormatCommandArgv(&one, cmds[i].argc, cmds[i].argv,
+                                   cmds[i].lens);
+    char *grown = l >= 0 && one ? realloc(all, *len + (size_t)l) : NULL;
+    if (!grown) {
+      if (one) redisFreeCommand(one);
+      free(all);
+      return NULL;
+    }
+    all = grown;
+    memcpy(all + *len, one, (size_t)l);
+    *len += (size_t)l;
+    redisFreeCommand(one);
+  }
+  return all;
+}
+
+/* Write n commands at once and read their n replies, before deadline: one
+ * round trip. On failure no reply is kept. */
+static int roundtrip(spr_conn *c, int n, const spr_cmd *cmds,
+                     redisReply **out, int64_t deadline, char *err,
+                     size_t cap) {
+  for (int i = 0; i < n; i++) out[i] = NULL;
+  /* Nothing is sent once the call's time is up (its earlier steps took
+   * it): the reply could not be waited for. */
+  if (spr_now_ms() >= deadline)
+    return efail(err, cap, SPI_EIO, "redis %s: write: timed out", c->addr);
+  size_t len = 0;
+  char *buf = format_all(n, cmds, &len);
+  if (!buf) return efail(err, cap, SPI_ENOMEM, "redis: out of memory");
+  int e = send_all(c, buf, len, deadline);
+  free(buf);
+  if (e)
+    return efail(err, cap, SPI_EIO, "redis %s: write: %s", c->addr,
+                 e == ETIMEDOUT ? "timed out" : strerror(e));
+  int rc = SPI_OK;
+  for (int i = 0; i < n && rc == SPI_OK; i++)
+    rc = read_reply(c, &out[i], deadline, err, cap);
+  if (rc != SPI_OK)
+    for (int i = 0; i < n; i++) {
+      if (out[i]) freeReplyObject(out[i]);
+      out[i] = NULL;
+    }
+  return rc;
+}
+
 static int argv_roundtrip(spr_conn *c, int argc, const char **argv,
                           const size_t *lens, redisReply **out,
                           int64_t deadline, char *err, size_t cap) {
-  char *cmd = NULL;
-  int len = redisFormatCommandArgv(&cmd, argc, argv, lens);
-  if (len < 0 || !cmd)
-    return efail(err, cap, SPI_ENOMEM, "redis: out of memory");
-  int rc = roundtrip(c, cmd, (size_t)len, out, deadline, err, cap);
-  redisFreeCommand(cmd);
-  return rc;
+  spr_cmd one = {argc, argv, lens};
+  return roundtrip(c, 1, &one, out, deadline, err, cap);
 }
 
 /* A command of the handshake whose reply must be OK-ish. */
@@ -408,8 +452,11 @@ static int handshake(spr_conn *c, int64_t deadline, char *err, size_t cap) {
   return rc;
 }
 
-static int do_connect(spr_conn *c, char *err, size_t cap) {
-  int64_t deadline = spr_now_ms() + c->cfg.connect_timeout_ms;
+/* Connect, set up TLS and say hello: within connect_timeout_ms, and
+ * before deadline. */
+static int do_connect(spr_conn *c, int64_t deadline, char *err, size_t cap) {
+  int64_t by = spr_now_ms() + c->cfg.connect_timeout_ms;
+  if (by < deadline) deadline = by;
   c->reader = redisReaderCreate();
   if (!c->reader) return efail(err, cap, SPI_ENOMEM, "redis: out of memory");
   int rc = open_socket(c, deadline, err, cap);
@@ -432,29 +479,52 @@ static int failed(spr_conn *c, int rc, const char *err) {
   return rc;
 }
 
-int spr_conn_open(spr_conn *c, char *err, size_t cap) {
+int64_t spr_conn_deadline(const spr_conn *c) {
+  int64_t d = spr_now_ms() + c->cfg.timeout_ms;
+  return c->fd >= 0 ? d : d + c->cfg.connect_timeout_ms;
+}
+
+int spr_conn_open_by(spr_conn *c, int64_t deadline, char *err, size_t cap) {
   if (c->fd >= 0) return SPI_OK;
   int64_t now = spr_now_ms();
   if (now < c->retry_at_ms)
     return efail(err, cap, SPI_EIO, "%s (retrying in %lld ms)", c->last_err,
                  (long long)(c->retry_at_ms - now));
-  int rc = do_connect(c, err, cap);
+  int rc = do_connect(c, deadline, err, cap);
   if (rc != SPI_OK) return failed(c, rc, err);
   c->connects++;
   c->backoff_ms = 0;
   return SPI_OK;
 }
 
+int spr_conn_open(spr_conn *c, char *err, size_t cap) {
+  return spr_conn_open_by(c, spr_now_ms() + c->cfg.connect_timeout_ms, err,
+                          cap);
+}
+
+int spr_conn_pipeline(spr_conn *c, int n, const spr_cmd *cmds,
+                      redisReply **out, int64_t deadline, char *err,
+                      size_t cap) {
+  for (int i = 0; i < n; i++) out[i] = NULL;
+  int rc = spr_conn_open_by(c, deadline, err, cap);
+  if (rc != SPI_OK) return rc;
+  rc = roundtrip(c, n, cmds, out, deadline, err, cap);
+  if (rc != SPI_OK) return failed(c, rc, err);
+  return SPI_OK;
+}
+
+int spr_conn_command_by(spr_conn *c, int argc, const char **argv,
+                        const size_t *lens, redisReply **out,
+                        int64_t deadline, char *err, size_t cap) {
+  spr_cmd one = {argc, argv, lens};
+  return spr_conn_pipeline(c, 1, &one, out, deadline, err, cap);
+}
+
 int spr_conn_command(spr_conn *c, int argc, const char **argv,
                      const size_t *lens, redisReply **out, char *err,
                      size_t cap) {
-  *out = NULL;
-  int rc = spr_conn_open(c, err, cap);
-  if (rc != SPI_OK) return rc;
-  int64_t deadline = spr_now_ms() + c->cfg.timeout_ms;
-  rc = argv_roundtrip(c, argc, argv, lens, out, deadline, err, cap);
-  if (rc != SPI_OK) return failed(c, rc, err);
-  return SPI_OK;
+  return spr_conn_command_by(c, argc, argv, lens, out, spr_conn_deadline(c),
+                             err, cap);
 }
 
 int spr_conn_new(const spr_config *cfg, spr_conn **out, char *err,

@@ -41,6 +41,7 @@ typedef struct spr_config {
   char key_prefix[SPR_NAME_MAX + 1];
   char consumer[SPR_NAME_MAX + 1];
   char group[SPR_NAME_MAX + 1];
+  int consumer_idle_ms;          /* other consumers idle longer: removed */
   int db;
   int connect_timeout_ms;
   int timeout_ms;
@@ -59,7 +60,8 @@ typedef struct spr_config {
 /* Parse and check a configuration object (JSON text, len bytes): every key
  * is known, of its type and in its range; absent keys take their defaults
  * (address 127.0.0.1:6379, key_prefix "spotinfer:", consumer from the host
- * name and process id, group "spotinfer", timeout_ms 1000, ...). Keys that
+ * name and process id, group "spotinfer", consumer_idle_ms 3600000,
+ * timeout_ms 1000, ...). Keys that
  * only one module reads are passed in extra_keys (NULL-terminated list of
  * names) so the check accepts them; that module reads them itself. err gets
  * "<path>.<key>: what is wrong" under the prefix path.
@@ -79,15 +81,42 @@ typedef struct spr_conn spr_conn;
 int spr_conn_new(const spr_config *c, spr_conn **out, char *err, size_t cap);
 void spr_conn_free(spr_conn *c);
 
+/* The deadline (spr_now_ms() clock) of a call that starts now: timeout_ms
+ * from now, and connect_timeout_ms more when it has to connect first. A
+ * call of several steps (connecting, setting the connection up, its own
+ * commands) computes it once, at its start, and hands it to every step,
+ * which gets what remains: the call as a whole ends by it. */
+int64_t spr_conn_deadline(const spr_conn *c);
+
 /* Connect now (AUTH, SELECT, a PING); SPI_OK when connected already.
+ * Connecting takes at most connect_timeout_ms, and ends by deadline.
  * SPI_EINVAL when the server answered and refused (AUTH, SELECT), SPI_EIO
- * when it could not be reached or refused for now (spr_reply_transient). */
+ * when it could not be reached or refused for now (spr_reply_transient).
+ * spr_conn_open: the deadline is connect_timeout_ms from now. */
+int spr_conn_open_by(spr_conn *c, int64_t deadline, char *err, size_t cap);
 int spr_conn_open(spr_conn *c, char *err, size_t cap);
 
-/* Run one command (argv[0..argc) with lengths) and wait for its reply until
- * timeout_ms. *out gets the reply (free it with freeReplyObject), which may
- * be an error reply. Errors: SPI_EIO (not connected, timed out, connection
- * lost: err says which), SPI_ENOMEM. */
+/* One command: its arguments (argv[0..argc)) and their lengths. */
+typedef struct spr_cmd {
+  int argc;
+  const char **argv;
+  const size_t *lens;
+} spr_cmd;
+
+/* Connect if needed, then write the n commands at once and read their n
+ * replies (one round trip), all by deadline. out[i] gets the reply of
+ * cmds[i] (free each with freeReplyObject), which may be an error reply.
+ * On failure out holds no reply. Errors: SPI_EIO (not connected, timed
+ * out, connection lost: err says which), SPI_ENOMEM, and spr_conn_open's. */
+int spr_conn_pipeline(spr_conn *c, int n, const spr_cmd *cmds,
+                      redisReply **out, int64_t deadline, char *err,
+                      size_t cap);
+
+/* One command (spr_conn_pipeline with n = 1). spr_conn_command: the
+ * deadline is spr_conn_deadline(c), taken when it is called. */
+int spr_conn_command_by(spr_conn *c, int argc, const char **argv,
+                        const size_t *lens, redisReply **out,
+                        int64_t deadline, char *err, size_t cap);
 int spr_conn_command(spr_conn *c, int argc, const char **argv,
                      const size_t *lens, redisReply **out, char *err,
                      size_t cap);

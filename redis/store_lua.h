@@ -4,7 +4,8 @@
  * whatever happens to the client (store_redis.c describes the keys).
  *
  * Every script gets the same KEYS (lane 1..3 streams, delayed, leases,
- * keys, done, dead, bytes, seq) and starts with the same housekeeping:
+ * keys, done, dead, bytes, seq, finished) and starts with the same
+ * housekeeping:
  * backoffs that are due go back to their lane's tail, and expired leases go
  * back too as a failed attempt (or to the dead stream at max_attempts or
  * past the deadline), a bounded number per call. Times are milliseconds of
@@ -22,6 +23,7 @@
   "local maxdone = tonumber(ARGV[5])\n"                                        \
   "local K_DELAYED, K_LEASES, K_KEYS, K_DONE, K_DEAD, K_BYTES, K_SEQ =\n"      \
   "  KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[10]\n"         \
+  "local K_FIN = KEYS[11]\n"                                                   \
   "local function fields(arr)\n"                                               \
   "  local f = {}\n"                                                           \
   "  for i = 1, #arr, 2 do f[arr[i]] = arr[i + 1] end\n"                       \
@@ -144,21 +146,36 @@
   "return {expired}\n"
 
 /* ARGV[6] lane, [7] id, [8] what: 0 ack, 1 retry, 2 dead;
- * [9] attempts, [10] visible ms. -> {expired, status}: 0 done, 1 stale. */
+ * [9] attempts, [10] visible ms, [11] the claim's lease ms, [12] why a
+ * dead letter is one ('attempts', 'refused': the library refused the
+ * envelope, 'malformed': it is not one).
+ * -> {expired, status}: 0 done, 1 stale.
+ * A finish is remembered in K_FIN ("lane:id:what", by when it is
+ * forgotten) for the claim's lease length after it, so the same finish
+ * repeated (its answer was lost on the way) answers done again, and only
+ * that one: a claim whose lease ended was put back under a new id, and
+ * another finish of a finished claim is stale. Each finish forgets those
+ * that are due, so K_FIN holds one lease length's finishes at most. */
 #define SPR_LUA_SETTLE                                                         \
   SPR_LUA_COMMON                                                               \
   "local member = ARGV[6] .. ':' .. ARGV[7]\n"                                 \
-  "if redis.call('ZREM', K_LEASES, member) == 0 then return {expired, 1} end\n" \
+  "local fin = member .. ':' .. ARGV[8]\n"                                     \
+  "redis.call('ZREMRANGEBYSCORE', K_FIN, '-inf', now)\n"                       \
+  "if redis.call('ZREM', K_LEASES, member) == 0 then\n"                        \
+  "  if redis.call('ZSCORE', K_FIN, fin) then return {expired, 0} end\n"       \
+  "  return {expired, 1}\n"                                                    \
+  "end\n"                                                                      \
   "local f = take(ARGV[6], ARGV[7])\n"                                         \
   "if not f then return {expired, 1} end\n"                                    \
   "local what = ARGV[8]\n"                                                     \
   "if what == '0' then gone(f) remember(f.k)\n"                                \
-  "elseif what == '2' then dead(f, ARGV[9], 'attempts')\n"                     \
+  "elseif what == '2' then dead(f, ARGV[9], ARGV[12])\n"                       \
   "else\n"                                                                     \
   "  f.a = ARGV[9]\n"                                                          \
   "  redis.call('ZADD', K_DELAYED, ARGV[10], cmsgpack.pack(f))\n"              \
   "  redis.call('HSET', K_KEYS, f.k, 'delayed')\n"                             \
   "end\n"                                                                      \
+  "redis.call('ZADD', K_FIN, now + tonumber(ARGV[11]), fin)\n"                 \
   "return {expired, 0}\n"
 
 /* -> {expired, ready1, ready2, ready3, leased, delayed, dead, bytes} */
@@ -175,6 +192,36 @@
   "out[#out + 1] = redis.call('XLEN', K_DEAD)\n"                               \
   "out[#out + 1] = tonumber(redis.call('GET', K_BYTES) or '0')\n"              \
   "return out\n"
+
+/* KEYS[1..3] the lanes; ARGV[1] group, [2] this store's consumer, [3] idle
+ * ms, [4] at most this many. Removes the other consumers of the lanes'
+ * group that have nothing pending and have not read for longer than
+ * ARGV[3] (the server's count), so those of processes gone do not pile up
+ * (every process reads as a consumer of its own). Nothing pending, nothing
+ * is lost (leases live in the leases set), and a consumer that reads again
+ * is made again. -> the number removed. XINFO CONSUMERS lists every
+ * consumer of a group, so the store runs this once per connection and at
+ * most every ARGV[3] ms, not in every call. */
+#define SPR_LUA_REAP                                                           \
+  "local group, me = ARGV[1], ARGV[2]\n"                                       \
+  "local idle, left = tonumber(ARGV[3]), tonumber(ARGV[4])\n"                  \
+  "local n = 0\n"                                                              \
+  "for lane = 1, 3 do\n"                                                       \
+  "  local cs = redis.pcall('XINFO', 'CONSUMERS', KEYS[lane], group)\n"        \
+  "  if type(cs) == 'table' and not cs.err then\n"                             \
+  "    for _, c in ipairs(cs) do\n"                                            \
+  "      if n >= left then return n end\n"                                     \
+  "      local f = {}\n"                                                       \
+  "      for i = 1, #c, 2 do f[c[i]] = c[i + 1] end\n"                         \
+  "      if f.name ~= me and tonumber(f.pending) == 0 and\n"                   \
+  "         tonumber(f.idle) > idle then\n"                                    \
+  "        redis.call('XGROUP', 'DELCONSUMER', KEYS[lane], group, f.name)\n"   \
+  "        n = n + 1\n"                                                        \
+  "      end\n"                                                                \
+  "    end\n"                                                                  \
+  "  end\n"                                                                    \
+  "end\n"                                                                      \
+  "return n\n"
 
 /* Housekeeping only. -> {expired} */
 #define SPR_LUA_TICK SPR_LUA_COMMON "return {expired}\n"

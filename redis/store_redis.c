@@ -16,9 +16,16 @@
  *   P done      sorted set: remembered keys (acked, dead letters trimmed
  *               from the dead stream), newest last,
  *               trimmed to replay.max_acked_keys
- *   P dead      stream of dead letters, trimmed to replay.max_dead
+ *   P dead      stream of dead letters, trimmed to replay.max_dead; why
+ *               says why: attempts, deadline, refused (the library
+ *               refused the envelope: a nack with dead right after the
+ *               claim), malformed (not an envelope, dead-lettered by claim)
  *   P bytes     bytes held (keys and envelopes), for replay.max_bytes
  *   P seq       counter ordering the done set
+ *   P finished  sorted set: "lane:id:what" of claims acked (what 0),
+ *               nacked (1) or dead-lettered (2), by when it is forgotten
+ *               (the claim's lease length after): a finish repeated after
+ *               its answer was lost answers as the first did
  *
  * Each call is one Lua script (store_lua.h), so it is atomic on the server:
  * an enqueue is a duplicate check and XADD at once (idempotent on the
@@ -30,11 +37,18 @@
  * entry back at its lane's tail as a failed attempt, where the next claim,
  * by whichever process, takes it; the consumer group's pending list still
  * shows who holds what (XPENDING). Times are the callers' clocks, in ms.
+ * Every process reads as a consumer of its own; those with nothing pending
+ * that have not read for consumer_idle_ms are removed from the groups when
+ * a connection is set up, and by a tick at most every consumer_idle_ms
+ * (SPR_LUA_REAP), so the groups do not keep one for every start.
  *
  * The store keeps one connection (redis_conn.h) behind a mutex; claim ids
  * name (lane, stream id) in a table of this instance. A call whose reply
  * is lost (timeout) may still have run on the server: an enqueue is
- * repeated safely (idempotent), a claim's lease simply runs out.
+ * repeated safely (idempotent), a claim's lease simply runs out, and an
+ * ack or nack keeps its claim here (SPI_EIO), so it can be repeated: the
+ * server remembers the finish (P finished) and answers the repeat as the
+ * first.
  */
 #include <pthread.h>
 #include <stdarg.h>
@@ -54,10 +68,10 @@ static const char *const SCRIPTS[S_COUNT] = {
 static const char *const SCRIPT_NAMES[S_COUNT] = {"enqueue", "claim", "ack/nack",
                                                   "stats", "tick"};
 
-enum { NKEYS = 10 };
+enum { NKEYS = 11 };
 static const char *const KEY_NAMES[NKEYS] = {
-    "lane:1", "lane:2", "lane:3", "delayed", "leases",
-    "keys",   "done",   "dead",   "bytes",   "seq"};
+    "lane:1", "lane:2", "lane:3", "delayed", "leases",  "keys",
+    "done",   "dead",   "bytes",  "seq",     "finished"};
 
 #define ENV_MAGIC 0x31455053u /* "SPE1" */
 #define ENV_HEAD 56
@@ -66,7 +80,9 @@ typedef struct held_claim {
   struct held_claim *next;
   uint64_t id;
   int lane;
-  char sid[48]; /* stream entry id */
+  int refused;      /* fn refused the envelope */
+  int64_t lease_ms; /* how long the server remembers its finish */
+  char sid[48];     /* stream entry id */
 } held_claim;
 
 typedef struct redis_store {
@@ -76,6 +92,7 @@ typedef struct redis_store {
   char keys[NKEYS][SPR_NAME_MAX + 16];
   char sha[S_COUNT][48]; /* "" until loaded on this connection */
   uint64_t setup_for;    /* spr_conn_connects() the groups were made for */
+  int64_t reap_at;       /* spr_now_ms() of the next removal of consumers */
   held_claim **tab;
   size_t mask, n;
   uint64_t next_id;
@@ -225,71 +242,122 @@ static held_claim *claim_take(redis_store *s, uint64_t id) {
 
 /* ------------------------------------------------------------- commands */
 
-static int command(redis_store *s, int argc, const char **argv,
-                   const size_t *lens, redisReply **r, char *err, size_t cap) {
-  return spr_conn_command(s->conn, argc, argv, lens, r, err, cap);
+/* Every call of the store has one deadline (spr_conn_deadline), taken at
+ * its start: connecting, setting the connection up and the call's scripts
+ * each get what remains of it. */
+
+/* The replies of setup's pipeline: the consumer groups, then the scripts. */
+static int setup_check(redis_store *s, redisReply **r, char *err,
+                       size_t cap) {
+  for (int lane = 0; lane < 3; lane++)
+    if (r[lane]->type == REDIS_REPLY_ERROR &&
+        strncmp(r[lane]->str, "BUSYGROUP", 9) != 0)
+      return rfail(err, cap, SPI_EMODULE, "redis: XGROUP CREATE %s: %.160s",
+                   s->keys[lane], r[lane]->str);
+  for (int i = 0; i < S_COUNT; i++) {
+    const redisReply *x = r[3 + i];
+    if (x->type != REDIS_REPLY_STRING)
+      return rfail(err, cap, SPI_EMODULE, "redis: SCRIPT LOAD %s: %.160s",
+                   SCRIPT_NAMES[i],
+                   x->type == REDIS_REPLY_ERROR ? x->str : "?");
+    snprintf(s->sha[i], sizeof s->sha[i], "%s", x->str);
+  }
+  return SPI_OK;
 }
 
-static int simple(redis_store *s, int argc, const char **argv,
-                  redisReply **r, char *err, size_t cap) {
-  size_t lens[8];
+#define REAP_MAX 100 /* consumers removed at most by one call */
+
+/* A command over argv[0..argc), its lens filled in. */
+static spr_cmd cmd_of(int argc, const char **argv, size_t *lens) {
   for (int i = 0; i < argc; i++) lens[i] = strlen(argv[i]);
-  return command(s, argc, argv, lens, r, err, cap);
+  return (spr_cmd){argc, argv, lens};
 }
 
-/* After each (re)connect: the consumer groups exist, scripts are loaded. */
-static int setup(redis_store *s, char *err, size_t cap) {
-  int rc = spr_conn_open(s->conn, err, cap);
+/* The command that removes the group's idle consumers (SPR_LUA_REAP) over
+ * args (10) and lens; idle and max are its numbers as text (24 bytes). */
+static spr_cmd reap_cmd(const redis_store *s, const char **args, size_t *lens,
+                        char *idle, char *max) {
+  snprintf(idle, 24, "%d", s->cfg.consumer_idle_ms);
+  snprintf(max, 24, "%d", REAP_MAX);
+  const char *a[] = {"EVAL",     SPR_LUA_REAP, "3",
+                     s->keys[0], s->keys[1],   s->keys[2],
+                     s->cfg.group, s->cfg.consumer, idle, max};
+  memcpy(args, a, sizeof a);
+  return cmd_of(10, args, lens);
+}
+
+/* Remove the group's idle consumers now, by deadline; what a healthy
+ * server answers is not checked (it is tidying, not the call's job). */
+static int reap(redis_store *s, int64_t deadline, char *err, size_t cap) {
+  const char *args[10];
+  size_t lens[10];
+  char idle[24], max[24];
+  spr_cmd c = reap_cmd(s, args, lens, idle, max);
+  redisReply *r = NULL;
+  int rc = spr_conn_pipeline(s->conn, 1, &c, &r, deadline, err, cap);
+  if (rc == SPI_OK) freeReplyObject(r);
+  s->reap_at = spr_now_ms() + s->cfg.consumer_idle_ms;
+  return rc;
+}
+
+/* After each (re)connect: the consumer groups exist, scripts are loaded,
+ * idle consumers of processes gone are removed; in one round trip. */
+static int setup(redis_store *s, int64_t deadline, char *err, size_t cap) {
+  int rc = spr_conn_open_by(s->conn, deadline, err, cap);
   if (rc != SPI_OK) return rc;
   if (s->setup_for == spr_conn_connects(s->conn)) return SPI_OK;
-  for (int lane = 0; lane < 3 && rc == SPI_OK; lane++) {
+  enum { NSETUP = 3 + S_COUNT + 1 };
+  const char *args[NSETUP][10];
+  size_t lens[NSETUP][10];
+  char idle[24], max[24];
+  spr_cmd cmds[NSETUP];
+  for (int lane = 0; lane < 3; lane++) {
     const char *a[] = {"XGROUP", "CREATE", s->keys[lane], s->cfg.group, "0",
                        "MKSTREAM"};
-    redisReply *r = NULL;
-    rc = simple(s, 6, a, &r, err, cap);
-    if (rc == SPI_OK && r->type == REDIS_REPLY_ERROR &&
-        strncmp(r->str, "BUSYGROUP", 9) != 0)
-      rc = rfail(err, cap, SPI_EMODULE, "redis: XGROUP CREATE %s: %.160s",
-                 s->keys[lane], r->str);
-    freeReplyObject(r);
+    memcpy(args[lane], a, sizeof a);
+    cmds[lane] = cmd_of(6, args[lane], lens[lane]);
   }
-  for (int i = 0; i < S_COUNT && rc == SPI_OK; i++) {
+  for (int i = 0; i < S_COUNT; i++) {
     const char *a[] = {"SCRIPT", "LOAD", SCRIPTS[i]};
-    redisReply *r = NULL;
-    rc = simple(s, 3, a, &r, err, cap);
-    if (rc == SPI_OK && r->type != REDIS_REPLY_STRING)
-      rc = rfail(err, cap, SPI_EMODULE, "redis: SCRIPT LOAD %s: %.160s",
-                 SCRIPT_NAMES[i], r->type == REDIS_REPLY_ERROR ? r->str : "?");
-    else if (rc == SPI_OK)
-      snprintf(s->sha[i], sizeof s->sha[i], "%s", r->str);
-    freeReplyObject(r);
+    memcpy(args[3 + i], a, sizeof a);
+    cmds[3 + i] = cmd_of(3, args[3 + i], lens[3 + i]);
   }
+  cmds[NSETUP - 1] = reap_cmd(s, args[NSETUP - 1], lens[NSETUP - 1], idle,
+                              max);
+  redisReply *r[NSETUP];
+  rc = spr_conn_pipeline(s->conn, NSETUP, cmds, r, deadline, err, cap);
+  if (rc != SPI_OK) return rc;
+  rc = setup_check(s, r, err, cap);
+  for (int i = 0; i < NSETUP; i++) freeReplyObject(r[i]);
+  s->reap_at = spr_now_ms() + s->cfg.consumer_idle_ms;
   if (rc == SPI_OK) s->setup_for = spr_conn_connects(s->conn);
   return rc;
 }
 
-/* Run script which with the common arguments and extra ones; *out gets an
- * array reply. With s->mu held. */
+/* Run script which with the common arguments and extra ones, by deadline;
+ * *out gets an array reply. With s->mu held. */
 static int run(redis_store *s, int which, const spi_replay_ctx *ctx,
-               int nextra, const char **extra, const size_t *extra_lens,
-               redisReply **out, char *err, size_t cap) {
+               int64_t deadline, int nextra, const char **extra,
+               const size_t *extra_lens, redisReply **out, char *err,
+               size_t cap) {
   *out = NULL;
   enum { NCOMMON = 5 };
   const char *argv[3 + NKEYS + NCOMMON + 8];
   size_t lens[3 + NKEYS + NCOMMON + 8];
-  char now[24], maxatt[24], maxdead[24], maxdone[24];
+  char now[24], maxatt[24], maxdead[24], maxdone[24], nkeys[8];
   snprintf(now, sizeof now, "%lld", (long long)(ctx->now_ns / 1000000));
   snprintf(maxatt, sizeof maxatt, "%u", ctx->max_attempts);
   snprintf(maxdead, sizeof maxdead, "%lld", (long long)ctx->max_dead);
   snprintf(maxdone, sizeof maxdone, "%lld", (long long)ctx->max_acked_keys);
+  snprintf(nkeys, sizeof nkeys, "%d", NKEYS);
   const char *common[NCOMMON] = {now, maxatt, s->cfg.group, maxdead, maxdone};
   for (int attempt = 0; attempt < 2; attempt++) {
-    int rc = setup(s, err, cap);
+    int rc = setup(s, deadline, err, cap);
     if (rc != SPI_OK) return rc;
     int n = 0;
     argv[n++] = "EVALSHA";
     argv[n++] = s->sha[which];
-    argv[n++] = "10";
+    argv[n++] = nkeys;
     for (int i = 0; i < NKEYS; i++) argv[n++] = s->keys[i];
     for (int i = 0; i < NCOMMON; i++) argv[n++] = common[i];
     for (int i = 0; i < n; i++) lens[i] = strlen(argv[i]);
@@ -298,7 +366,7 @@ static int run(redis_store *s, int which, const spi_replay_ctx *ctx,
       lens[n] = extra_lens ? extra_lens[i] : strlen(extra[i]);
     }
     redisReply *r = NULL;
-    rc = command(s, n, argv, lens, &r, err, cap);
+    rc = spr_conn_command_by(s->conn, n, argv, lens, &r, deadline, err, cap);
     if (rc != SPI_OK) return rc;
     s->calls++;
     if (r->type == REDIS_REPLY_ARRAY && r->elements >= 1 &&
@@ -353,7 +421,8 @@ static int r_enqueue(void *state, void *inst, const spi_replay_ctx *ctx,
                  strlen(maxb)};
   redisReply *r = NULL;
   pthread_mutex_lock(&s->mu);
-  int rc = run(s, S_ENQUEUE, ctx, 6, x, xl, &r, err, cap);
+  int rc = run(s, S_ENQUEUE, ctx, spr_conn_deadline(s->conn), 6, x, xl, &r,
+               err, cap);
   pthread_mutex_unlock(&s->mu);
   free(blob);
   if (rc != SPI_OK) return rc;
@@ -370,24 +439,80 @@ static int r_enqueue(void *state, void *inst, const spi_replay_ctx *ctx,
   return rc;
 }
 
-/* Hand the claimed entry of reply r to fn; the claim id on success. */
-static int hand_claim(redis_store *s, const redisReply *r,
+/* Run the settle script on the claimed entry lane:sid, by deadline: ack
+ * (what 0), retry (1) or dead-letter (2, why says why). *st gets its
+ * answer: 0 done, 1 stale. With s->mu held. */
+static int finish(redis_store *s, const spi_replay_ctx *ctx, int64_t deadline,
+                  int lane, const char *sid, int what, uint32_t attempts,
+                  int64_t visible_ns, int64_t keep_ms, const char *why,
+                  long long *st, char *err, size_t cap) {
+  char l[8], w[4], att[16], vis[24], keep[24];
+  snprintf(l, sizeof l, "%d", lane);
+  snprintf(w, sizeof w, "%d", what);
+  snprintf(att, sizeof att, "%u", attempts);
+  snprintf(vis, sizeof vis, "%lld", (long long)ceil_ms(visible_ns));
+  snprintf(keep, sizeof keep, "%lld", (long long)keep_ms);
+  const char *x[] = {l, sid, w, att, vis, keep, why};
+  redisReply *r = NULL;
+  int rc = run(s, S_SETTLE, ctx, deadline, 7, x, NULL, &r, err, cap);
+  if (rc != SPI_OK) return rc;
+  *st = int_at(r, 1);
+  freeReplyObject(r);
+  return SPI_OK;
+}
+
+/* A claimed entry that is not an envelope (written by something else, or
+ * damaged): nothing will ever take it, so it is dead-lettered now (why
+ * "malformed") instead of coming back each time its lease ends. The
+ * claim's answer is the error; the next claim goes on. */
+static int drop_malformed(redis_store *s, const spi_replay_ctx *ctx,
+                          int64_t deadline, const redisReply *r, char *err,
+                          size_t cap) {
+  const redisReply *id = r->element[2], *k = r->element[3], *a = r->element[4];
+  char sid[48];
+  snprintf(sid, sizeof sid, "%.*s", (int)id->len, id->str);
+  int ks = k->type == REDIS_REPLY_STRING;
+  int klen = ks ? (int)(k->len < 64 ? k->len : 64) : 0;
+  uint32_t att =
+      a->type == REDIS_REPLY_STRING ? (uint32_t)strtoul(a->str, NULL, 10) : 0;
+  long long st = -1;
+  char why[200] = "its lease ended";
+  pthread_mutex_lock(&s->mu);
+  int rc = finish(s, ctx, deadline, (int)int_at(r, 1), sid, 2, att, 0,
+                  ctx->lease_ms, "malformed", &st, why, sizeof why);
+  pthread_mutex_unlock(&s->mu);
+  if (rc == SPI_OK && st == 0)
+    return rfail(err, cap, SPI_EMODULE,
+                 "redis: claim: entry %s of %.*s is not an envelope: "
+                 "dead-lettered",
+                 sid, klen, ks ? k->str : "");
+  return rfail(err, cap, rc == SPI_OK ? SPI_EMODULE : rc,
+               "redis: claim: entry %s of %.*s is not an envelope; "
+               "dead-lettering it failed: %s",
+               sid, klen, ks ? k->str : "", why);
+}
+
+/* Hand the claimed entry of reply r to fn; the claim id on success.
+ * deadline is the claim's. */
+static int hand_claim(redis_store *s, const spi_replay_ctx *ctx,
+                      int64_t deadline, const redisReply *r,
                       spi_replay_envelope_fn fn, void *fn_data,
                       uint64_t *claim_id, char *err, size_t cap) {
   const redisReply *id = r->element[2], *k = r->element[3], *a = r->element[4],
                    *e = r->element[5];
-  if (id->type != REDIS_REPLY_STRING || k->type != REDIS_REPLY_STRING ||
-      a->type != REDIS_REPLY_STRING || e->type != REDIS_REPLY_STRING ||
-      id->len >= sizeof(((held_claim *)0)->sid) || k->len == 0 || k->len > 128)
+  if (id->type != REDIS_REPLY_STRING ||
+      id->len >= sizeof(((held_claim *)0)->sid))
     return rfail(err, cap, SPI_EMODULE, "redis: claim: malformed entry");
   spi_envelope env;
   memset(&env, 0, sizeof env);
   env.struct_size = sizeof env;
   uint32_t *toks = NULL;
-  int rc = env_decode((const uint8_t *)e->str, e->len, &env, &toks);
-  if (rc != SPI_OK)
-    return rfail(err, cap, rc, "redis: claim: entry %.*s of %.*s is not an "
-                 "envelope", (int)id->len, id->str, (int)k->len, k->str);
+  int rc = SPI_EMODULE;
+  if (k->type == REDIS_REPLY_STRING && a->type == REDIS_REPLY_STRING &&
+      e->type == REDIS_REPLY_STRING && k->len > 0 && k->len <= 128)
+    rc = env_decode((const uint8_t *)e->str, e->len, &env, &toks);
+  if (rc == SPI_EMODULE) return drop_malformed(s, ctx, deadline, r, err, cap);
+  if (rc != SPI_OK) return rfail(err, cap, rc, "redis: out of memory");
   env.key = k->str;
   env.key_len = k->len;
   env.attempts = (uint32_t)strtoul(a->str, NULL, 10);
@@ -397,10 +522,13 @@ static int hand_claim(redis_store *s, const redisReply *r,
     return rfail(err, cap, SPI_ENOMEM, "redis: out of memory");
   }
   c->lane = (int)int_at(r, 1);
+  c->lease_ms = ctx->lease_ms;
   memcpy(c->sid, id->str, id->len);
   rc = fn(fn_data, &env);
   free(toks);
-  /* Kept whatever fn said: the lease is ours until acked or expired. */
+  /* Kept whatever fn said: the lease is ours until acked or expired (and
+   * the library dead-letters an envelope it refused: why "refused"). */
+  c->refused = rc != SPI_OK;
   pthread_mutex_lock(&s->mu);
   c->id = s->next_id++;
   claim_put(s, c);
@@ -424,11 +552,12 @@ static int r_claim(void *state, void *inst, const spi_replay_ctx *ctx,
   const char *x[] = {s->cfg.consumer, until, mask};
   redisReply *r = NULL;
   pthread_mutex_lock(&s->mu);
-  int rc = run(s, S_CLAIM, ctx, 3, x, NULL, &r, err, cap);
+  int64_t deadline = spr_conn_deadline(s->conn);
+  int rc = run(s, S_CLAIM, ctx, deadline, 3, x, NULL, &r, err, cap);
   pthread_mutex_unlock(&s->mu);
   if (rc != SPI_OK) return rc;
   if (r->elements >= 6)
-    rc = hand_claim(s, r, fn, fn_data, claim_id, err, cap);
+    rc = hand_claim(s, ctx, deadline, r, fn, fn_data, claim_id, err, cap);
   else if (r->elements != 1)
     rc = rfail(err, cap, SPI_EMODULE, "redis: claim: unexpected reply");
   freeReplyObject(r);
@@ -446,22 +575,16 @@ static int settle(redis_store *s, const spi_replay_ctx *ctx, uint64_t id,
     return rfail(err, cap, SPI_ESTALE, "claim %llu is not held here",
                  (unsigned long long)id);
   }
-  char lane[8], w[4], att[16], vis[24];
-  snprintf(lane, sizeof lane, "%d", c->lane);
-  snprintf(w, sizeof w, "%d", what);
-  snprintf(att, sizeof att, "%u", attempts);
-  snprintf(vis, sizeof vis, "%lld", (long long)ceil_ms(visible_ns));
-  const char *x[] = {lane, c->sid, w, att, vis};
-  redisReply *r = NULL;
-  int rc = run(s, S_SETTLE, ctx, 5, x, NULL, &r, err, cap);
+  long long st = -1;
+  int rc = finish(s, ctx, spr_conn_deadline(s->conn), c->lane, c->sid, what,
+                  attempts, visible_ns, c->lease_ms,
+                  c->refused ? "refused" : "attempts", &st, err, cap);
   if (rc == SPI_EIO)
     claim_put(s, c); /* may still be held: the caller may try again */
   else
     free(c);
   pthread_mutex_unlock(&s->mu);
   if (rc != SPI_OK) return rc;
-  long long st = int_at(r, 1);
-  freeReplyObject(r);
   if (st == 1)
     return rfail(err, cap, SPI_ESTALE,
                  "claim %llu: the lease ended (another consumer may hold it)",
@@ -490,7 +613,8 @@ static int r_queue_stats(void *state, void *inst, const spi_replay_ctx *ctx,
   redis_store *s = inst;
   redisReply *r = NULL;
   pthread_mutex_lock(&s->mu);
-  int rc = run(s, S_STATS, ctx, 0, NULL, NULL, &r, err, cap);
+  int rc = run(s, S_STATS, ctx, spr_conn_deadline(s->conn), 0, NULL, NULL, &r,
+               err, cap);
   uint64_t expired = s->expired;
   pthread_mutex_unlock(&s->mu);
   if (rc != SPI_OK) return rc;
@@ -514,7 +638,11 @@ static int r_tick(void *state, void *inst, const spi_replay_ctx *ctx,
   redis_store *s = inst;
   redisReply *r = NULL;
   pthread_mutex_lock(&s->mu);
-  int rc = run(s, S_TICK, ctx, 0, NULL, NULL, &r, err, cap);
+  int64_t deadline = spr_conn_deadline(s->conn);
+  int rc = run(s, S_TICK, ctx, deadline, 0, NULL, NULL, &r, err, cap);
+  /* A long-lived connection still tidies up now and then. */
+  if (rc == SPI_OK && spr_now_ms() >= s->reap_at)
+    rc = reap(s, deadline, err, cap);
   pthread_mutex_unlock(&s->mu);
   freeReplyObject(r);
   return rc;
@@ -570,7 +698,7 @@ static int r_configure(void *state, const char *json, size_t len,
   /* A server that refuses (AUTH, SELECT) or a broken setup fails the open;
    * one that cannot be reached now is tried again by every call. */
   if (rc == SPI_OK) {
-    rc = setup(s, err, cap);
+    rc = setup(s, spr_conn_deadline(s->conn), err, cap);
     if (rc == SPI_EIO) rc = SPI_OK;
   }
   if (rc != SPI_OK) {

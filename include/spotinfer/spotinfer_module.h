@@ -443,7 +443,9 @@ typedef struct spi_replay_ctx {
  * borrowed for the call; its key, attempts (failed attempts so far) and
  * deadline_ns must be the ones the store will act on. A non-OK return is
  * the claim's answer: the store keeps the claim (it is returned by claim's
- * *claim_id as usual) and the library holds on to it.
+ * *claim_id as usual). When the library refused the envelope (no key, a
+ * class out of range: it will never take it), it dead-letters the claim
+ * at once with nack (dead set, attempts unchanged).
  */
 typedef int (*spi_replay_envelope_fn)(void *fn_data, const spi_envelope *env);
 
@@ -459,6 +461,12 @@ typedef int (*spi_replay_envelope_fn)(void *fn_data, const spi_envelope *env);
  * duplicate); SPI_ESTALE when the claim is not held (lease lost, unknown).
  * nack: the library decided: dead (dead-letter it) or ready again at
  * visible_ns with attempts; SPI_ESTALE as for ack.
+ * An ack or nack that returns SPI_EIO leaves the claim held in the library,
+ * and the caller may repeat it; the library repeats a nack with the same
+ * attempts, visible_ns and dead. When the store had done the first (only
+ * its answer was lost), the same call repeated should return SPI_OK, not
+ * SPI_ESTALE (the "redis" store remembers finished claims for their lease
+ * length).
  * queue_stats fills ready[], leased, delayed and dead (the shared queue's
  * counts), expired_leases (leases this instance's calls found expired and
  * put back) and journal_bytes (what the queue holds, or 0).

@@ -46,6 +46,7 @@ static void test_config_defaults(void **st) {
   assert_string_equal(c.group, "spotinfer");
   assert_true(strlen(c.consumer) > 0);
   assert_int_equal(c.timeout_ms, 1000);
+  assert_int_equal(c.consumer_idle_ms, 3600000);
   assert_int_equal(c.tls, 0);
   assert_int_equal(parse("{\"address\":\"redis.local:7000\",\"key_prefix\":"
                          "\"p:\",\"consumer\":\"a\",\"timeout_ms\":50,"
@@ -90,6 +91,8 @@ static void test_config_errors(void **st) {
   expect_error("{\"address\":\"\"}", SPI_ERANGE, "address: must not be empty");
   expect_error("{\"timeout_ms\":0}", SPI_ERANGE, "timeout_ms: 0 is not in");
   expect_error("{\"timeout_ms\":1.5}", SPI_ETYPE, "must be an integer");
+  expect_error("{\"consumer_idle_ms\":999}", SPI_ERANGE,
+               "consumer_idle_ms: 999 is not in [1000, 604800000]");
   expect_error("{\"reconnect_min_ms\":500,\"reconnect_max_ms\":100}",
                SPI_ERANGE, "reconnect_max_ms");
   expect_error("{\"username\":\"u\"}", SPI_EINVAL, "needs a password");
@@ -159,6 +162,32 @@ static void test_commands(void **st) {
   freeReplyObject(r);
   assert_true(spr_conn_up(c));
   assert_int_equal(spr_conn_connects(c), 1);
+  /* Several commands in one round trip: the replies in order, an error
+   * reply among them. */
+  const char *a0[] = {"SET", "spi:test:conn", "w"};
+  const char *a1[] = {"NOSUCHCOMMAND"};
+  const char *a2[] = {"GET", "spi:test:conn"};
+  size_t l0[] = {3, 13, 1}, l1[] = {13}, l2[] = {3, 13};
+  spr_cmd cmds[] = {{3, a0, l0}, {1, a1, l1}, {2, a2, l2}};
+  redisReply *rs[3];
+  assert_int_equal(spr_conn_pipeline(c, 3, cmds, rs, spr_conn_deadline(c),
+                                     err, sizeof err),
+                   SPI_OK);
+  assert_int_equal(rs[0]->type, REDIS_REPLY_STATUS);
+  assert_int_equal(rs[1]->type, REDIS_REPLY_ERROR);
+  assert_int_equal(rs[2]->type, REDIS_REPLY_STRING);
+  assert_string_equal(rs[2]->str, "w");
+  for (int i = 0; i < 3; i++) freeReplyObject(rs[i]);
+  /* A deadline already past fails the call, and closes the connection
+   * (its reply would come later, to the next command). */
+  assert_int_equal(spr_conn_command_by(c, 2, a2, l2, &r, spr_now_ms() - 1,
+                                       err, sizeof err),
+                   SPI_EIO);
+  assert_null(r);
+  assert_non_null(strstr(err, "timed out"));
+  assert_false(spr_conn_up(c));
+  spr_conn_free(c);
+  c = conn_to(json);
   assert_int_equal(cmd(c, &r, err, sizeof err, 2, "DEL", "spi:test:conn"),
                    SPI_OK);
   freeReplyObject(r);

@@ -5,6 +5,10 @@
  * reached (SPI_EIO with a message, or the fallback journal, moved into
  * Redis once it answers: with SPI_REDIS_PORT), and the module struct rules
  * for queue stores (a record store built before them still registers).
+ * Through a proxy (redis_proxy.h): one deadline for a call that reconnects;
+ * an ack or nack whose answer was lost, repeated. Entries written into the
+ * streams by hand: what a claim cannot take is dead-lettered at once.
+ * Consumers of processes gone are removed from the groups.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -13,6 +17,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <cmocka.h>
@@ -20,6 +25,8 @@
 #include "spotinfer/spotinfer.h"
 #include "spotinfer/spotinfer_module.h"
 #include "spotinfer/spotinfer_redis.h"
+#include "redis_conn.h"
+#include "redis_proxy.h"
 #include "unit/journal_files.h"
 #include "unit/replay_helpers.h"
 
@@ -176,6 +183,396 @@ static void test_fallback_moves_once(void **st) {
   rm_rf(dir);
 }
 
+/* -------------------------------------------------- through a proxy */
+
+static int64_t mono_ms(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* A queue on the Redis store behind proxy p; extra is more store_config
+ * members or "". Reconnects are not held back. */
+static void open_proxied(spi_engine *e, const rp_proxy *p, const char *prefix,
+                         const char *extra, spi_replay_queue **q) {
+  char json[768];
+  snprintf(json, sizeof json,
+           "{\"store\":\"redis\",\"store_config\":{\"address\":"
+           "\"127.0.0.1:%d\",\"key_prefix\":\"%s:%ld:\","
+           "\"reconnect_min_ms\":0,\"reconnect_max_ms\":0%s%s}}",
+           p->port, prefix, (long)getpid(), extra[0] ? "," : "", extra);
+  int rc = open_q(e, json, q);
+  if (rc != SPI_OK) print_error("open: %s\n", spi_engine_errmsg(e));
+  assert_int_equal(rc, SPI_OK);
+}
+
+/* Drop q's connection: the next call connects again. */
+static void drop_connection(rp_proxy *p, spi_replay_queue *q) {
+  rp_drop_next_reply(p);
+  assert_int_equal(spi_replay_tick(q), SPI_EIO);
+}
+
+/* A proxy in front of the server for one test (its state), started by the
+ * setup and stopped by the teardown, which runs when the test fails too:
+ * its thread never outlives the test. NULL without a server. */
+static int proxy_up(void **st) {
+  *st = NULL;
+  const char *port = getenv("SPI_REDIS_PORT");
+  if (!port) return 0;
+  rp_proxy *p = calloc(1, sizeof *p);
+  if (!p) return -1;
+  rp_start(p, atoi(port));
+  *st = p;
+  return 0;
+}
+
+static int proxy_down(void **st) {
+  rp_proxy *p = *st;
+  if (p) rp_stop(p);
+  free(p);
+  return 0;
+}
+
+/* A call that has to connect has one deadline, connect_timeout_ms +
+ * timeout_ms from its start: connecting, setting the connection up
+ * (consumer groups, scripts: one round trip) and the call's own script
+ * share it. Each step had a timeout of its own, so a slow server could hold
+ * a call for ten round trips' time, each within its timeout. */
+static void test_one_deadline_per_call(void **st) {
+  rp_proxy *p = *st;
+  if (!p) skip();
+  spi_engine *e = NULL;
+  assert_int_equal(spi_engine_new(&e, NULL), SPI_OK);
+  spi_replay_queue *q = NULL;
+  open_proxied(e, p, "dl",
+               "\"connect_timeout_ms\":600,\"timeout_ms\":600", &q);
+  /* 100 ms a reply: connecting, the setup and the enqueue take three or
+   * four round trips (they took ten). */
+  drop_connection(p, q);
+  rp_set_delay(p, 100);
+  spi_envelope v = env_of("d1");
+  int64_t t0 = mono_ms();
+  int rc = spi_replay_enqueue(q, &v, NULL);
+  int64_t took = mono_ms() - t0;
+  if (rc != SPI_OK) print_error("enqueue: %s\n", spi_replay_errmsg(q));
+  assert_int_equal(rc, SPI_OK);
+  if (took >= 1000)
+    print_error("a call that connected took %lld ms\n", (long long)took);
+  assert_true(took < 1000);
+  /* 450 ms a reply, each within its 600: the three round trips do not fit
+   * in 1200, and the call ends at its deadline (it succeeded after ten). */
+  rp_set_delay(p, 0);
+  drop_connection(p, q);
+  rp_set_delay(p, 450);
+  v = env_of("d2");
+  t0 = mono_ms();
+  rc = spi_replay_enqueue(q, &v, NULL);
+  took = mono_ms() - t0;
+  assert_int_equal(rc, SPI_EIO);
+  assert_non_null(strstr(spi_replay_errmsg(q), "timed out"));
+  if (took < 1150 || took > 2000)
+    print_error("a call with a deadline of 1200 ms took %lld ms\n",
+                (long long)took);
+  assert_true(took >= 1150 && took <= 2000);
+  spi_replay_close(q);
+  spi_engine_free(e);
+}
+
+/* A queue on the Redis store straight to the server (no proxy), on the
+ * same keys as open_proxied(prefix). */
+static void open_direct(spi_engine *e, const char *prefix, const char *extra,
+                        spi_replay_queue **q) {
+  char json[768];
+  snprintf(json, sizeof json,
+           "{\"store\":\"redis\",\"store_config\":{\"address\":"
+           "\"127.0.0.1:%s\",\"key_prefix\":\"%s:%ld:\"%s%s}}",
+           getenv("SPI_REDIS_PORT"), prefix, (long)getpid(),
+           extra[0] ? "," : "", extra);
+  int rc = open_q(e, json, q);
+  if (rc != SPI_OK) print_error("open: %s\n", spi_engine_errmsg(e));
+  assert_int_equal(rc, SPI_OK);
+}
+
+static void claim_key(spi_replay_queue *q, uint32_t mask, int64_t lease_ms,
+                      const char *key, rq_claimed *c) {
+  int rc = rq_claim(q, mask, lease_ms, c);
+  if (rc != SPI_OK) print_error("claim: %d %s\n", rc, spi_replay_errmsg(q));
+  assert_int_equal(rc, SPI_OK);
+  assert_string_equal(c->key, key);
+}
+
+#define GOLD (1u << SPI_CLASS_GOLD)
+#define SILVER (1u << SPI_CLASS_SILVER)
+
+/* An ack or nack whose answer was lost (the connection dropped after the
+ * server ran it) answers SPI_EIO and keeps the claim; repeated, it answers
+ * as the first did: SPI_OK, done once (it answered SPI_ESTALE). A finish
+ * whose lease had really ended, the envelope claimed again by another
+ * consumer, is SPI_ESTALE, repeated or not; so is another finish than the
+ * one that was done. */
+static void test_finish_after_lost_reply(void **st) {
+  rp_proxy *p = *st;
+  if (!p) skip();
+  rq_hooks h = {.now = 1700000000000LL * 1000000, .fail_at = -1};
+  spi_hooks sh = rq_hooks_of(&h);
+  spi_engine *e = NULL;
+  assert_int_equal(spi_engine_new(&e, &sh), SPI_OK);
+  spi_replay_queue *qa = NULL, *qb = NULL;
+  open_proxied(e, p, "fin", "\"consumer\":\"a\"", &qa);
+  open_direct(e, "fin", "\"consumer\":\"b\"", &qb);
+  spi_envelope v = rq_envelope("k1", SPI_CLASS_SILVER, "{}");
+  rq_enqueue(qa, &v);
+  rq_claimed c;
+  claim_key(qa, SILVER, 0, "k1", &c);
+  rp_drop_next_reply(p);
+  assert_int_equal(spi_replay_ack(qa, c.id), SPI_EIO);
+  assert_int_equal(spi_replay_ack(qa, c.id), SPI_OK);
+  spi_replay_stats s = rq_stats(qa);
+  assert_int_equal(s.acked, 1);
+  assert_int_equal(s.leased, 0);
+  assert_int_equal(s.ready[SPI_CLASS_SILVER], 0);
+  assert_int_equal(rq_is_dup(qa, &v), 1); /* acked: its key remembered */
+  /* Done: a third ack finds no claim. */
+  assert_int_equal(spi_replay_ack(qa, c.id), SPI_ESTALE);
+
+  /* A nack the same way: the envelope waits out its backoff, once. */
+  v = rq_envelope("k2", SPI_CLASS_SILVER, "{}");
+  rq_enqueue(qa, &v);
+  claim_key(qa, SILVER, 0, "k2", &c);
+  rp_drop_next_reply(p);
+  assert_int_equal(spi_replay_nack(qa, c.id), SPI_EIO);
+  assert_int_equal(spi_replay_nack(qa, c.id), SPI_OK);
+  s = rq_stats(qa);
+  assert_int_equal(s.nacked, 1);
+  assert_int_equal(s.leased, 0);
+  assert_int_equal(s.delayed, 1);
+
+  /* An ack was done: a nack after it is not. */
+  v = rq_envelope("k3", SPI_CLASS_SILVER, "{}");
+  rq_enqueue(qa, &v);
+  claim_key(qa, SILVER, 0, "k3", &c);
+  rp_drop_next_reply(p);
+  assert_int_equal(spi_replay_ack(qa, c.id), SPI_EIO);
+  assert_int_equal(spi_replay_nack(qa, c.id), SPI_ESTALE);
+  assert_int_equal(rq_is_dup(qa, &v), 1);
+
+  /* The repeat is the same nack, though the envelope's deadline passed
+   * in between (a new decision would dead-letter it). */
+  v = rq_envelope("k5", SPI_CLASS_BRONZE, "{}");
+  v.deadline_ns = h.now + 500 * 1000000LL;
+  rq_enqueue(qa, &v);
+  claim_key(qa, 1u << SPI_CLASS_BRONZE, 0, "k5", &c);
+  rp_drop_next_reply(p);
+  assert_int_equal(spi_replay_nack(qa, c.id), SPI_EIO);
+  h.now += 1000 * 1000000LL;
+  assert_int_equal(spi_replay_nack(qa, c.id), SPI_OK);
+  assert_int_equal(rq_stats(qa).nacked, 2);
+
+  /* The lease ends and b claims it: a's ack is stale, and stays stale
+   * when its answer is lost and it is repeated. */
+  v = rq_envelope("k4", SPI_CLASS_GOLD, "{}");
+  rq_enqueue(qa, &v);
+  claim_key(qa, GOLD, 1000, "k4", &c);
+  h.now += 2000 * 1000000LL;
+  rq_claimed cb;
+  claim_key(qb, GOLD, 0, "k4", &cb);
+  assert_int_equal(cb.env.attempts, 1);
+  rp_drop_next_reply(p);
+  assert_int_equal(spi_replay_ack(qa, c.id), SPI_EIO);
+  assert_int_equal(spi_replay_ack(qa, c.id), SPI_ESTALE);
+  assert_int_equal(spi_replay_ack(qb, cb.id), SPI_OK);
+  s = rq_stats(qb);
+  assert_int_equal(s.leased, 0);
+  assert_int_equal(s.ready[SPI_CLASS_GOLD], 0);
+  spi_replay_close(qa);
+  spi_replay_close(qb);
+  spi_engine_free(e);
+}
+
+/* ------------------------------------------- entries written by hand */
+
+/* A connection straight to the tests' server. */
+static spr_conn *raw_conn(void) {
+  char json[128], err[256] = "";
+  snprintf(json, sizeof json, "{\"address\":\"127.0.0.1:%s\"}",
+           getenv("SPI_REDIS_PORT"));
+  spr_config c;
+  assert_int_equal(spr_config_parse(json, strlen(json), "t", NULL, &c, err,
+                                    sizeof err),
+                   SPI_OK);
+  spr_conn *k = NULL;
+  assert_int_equal(spr_conn_new(&c, &k, err, sizeof err), SPI_OK);
+  return k;
+}
+
+static redisReply *raw(spr_conn *k, int argc, const char **argv,
+                       const size_t *lens) {
+  char err[256] = "";
+  redisReply *r = NULL;
+  int rc = spr_conn_command(k, argc, argv, lens, &r, err, sizeof err);
+  if (rc != SPI_OK) print_error("redis: %s\n", err);
+  assert_int_equal(rc, SPI_OK);
+  assert_int_not_equal(r->type, REDIS_REPLY_ERROR);
+  return r;
+}
+
+/* An entry of lane stream key as the store writes one, its envelope e. */
+static void xadd_entry(spr_conn *k, const char *key, const char *ekey,
+                       const uint8_t *e, size_t elen) {
+  const char *argv[] = {"XADD", key, "*", "k", ekey, "a", "0", "dl", "0",
+                        "l", "1", "e", (const char *)e};
+  size_t lens[13];
+  for (int i = 0; i < 12; i++) lens[i] = strlen(argv[i]);
+  lens[12] = elen;
+  freeReplyObject(raw(k, 13, argv, lens));
+}
+
+/* Entries the store finds in a stream that a claim cannot take: an
+ * envelope the library refuses (its class) and bytes that are no envelope
+ * at all. Each is dead-lettered at once (why "refused", "malformed"), its
+ * claim answering the error, and the next claim goes on; they came back
+ * each time their lease ended. */
+static void test_claim_dead_letters_what_cannot_be_taken(void **st) {
+  (void)st;
+  if (!getenv("SPI_REDIS_PORT")) skip();
+  spi_engine *e = NULL;
+  assert_int_equal(spi_engine_new(&e, NULL), SPI_OK);
+  spi_replay_queue *q = NULL;
+  open_direct(e, "bad", "", &q); /* makes the streams and groups */
+  spr_conn *k = raw_conn();
+  char lane[96], dead[96];
+  snprintf(lane, sizeof lane, "bad:%ld:lane:1", (long)getpid());
+  snprintf(dead, sizeof dead, "bad:%ld:dead", (long)getpid());
+  /* store_redis.c's codec: "SPE1", kind, class, ..., lengths, the body. */
+  uint8_t blob[58];
+  memset(blob, 0, sizeof blob);
+  memcpy(blob, "SPE1", 4);
+  blob[8] = 9;  /* class 9 */
+  blob[44] = 2; /* body length */
+  memcpy(blob + 56, "{}", 2);
+  xadd_entry(k, lane, "bad1", blob, sizeof blob);
+  xadd_entry(k, lane, "bad2", (const uint8_t *)"nope", 4);
+  spi_envelope v = env_of("good");
+  rq_enqueue(q, &v);
+  rq_claimed c;
+  assert_int_equal(rq_claim(q, RQ_ALL, 0, &c), SPI_EMODULE);
+  assert_non_null(strstr(spi_replay_errmsg(q),
+                         "envelope bad1 refused (class out of range): "
+                         "dead-lettered"));
+  assert_int_equal(rq_claim(q, RQ_ALL, 0, &c), SPI_EMODULE);
+  assert_non_null(strstr(spi_replay_errmsg(q),
+                         "of bad2 is not an envelope: dead-lettered"));
+  claim_key(q, RQ_ALL, 0, "good", &c);
+  assert_int_equal(spi_replay_ack(q, c.id), SPI_OK);
+  spi_replay_stats s = rq_stats(q);
+  assert_int_equal(s.dead, 2);
+  assert_int_equal(s.leased, 0);
+  assert_int_equal(s.ready[SPI_CLASS_GOLD], 0);
+  /* The dead letters say why. */
+  const char *argv[] = {"XRANGE", dead, "-", "+"};
+  size_t lens[] = {6, strlen(dead), 1, 1};
+  redisReply *r = raw(k, 4, argv, lens);
+  assert_int_equal(r->elements, 2);
+  const char *why[] = {"refused", "malformed"};
+  for (size_t i = 0; i < 2; i++) {
+    const redisReply *f = r->element[i]->element[1];
+    const char *got = "";
+    for (size_t j = 0; j + 1 < f->elements; j += 2)
+      if (!strcmp(f->element[j]->str, "why")) got = f->element[j + 1]->str;
+    assert_string_equal(got, why[i]);
+  }
+  freeReplyObject(r);
+  spr_conn_free(k);
+  spi_replay_close(q);
+  spi_engine_free(e);
+}
+
+/* A command of words straight to the server. */
+static redisReply *raw_words(spr_conn *k, int argc, const char **argv) {
+  size_t lens[12];
+  for (int i = 0; i < argc; i++) lens[i] = strlen(argv[i]);
+  return raw(k, argc, argv, lens);
+}
+
+/* Whether name is a consumer of group "spotinfer" on stream key. */
+static int has_consumer(spr_conn *k, const char *key, const char *name) {
+  const char *argv[] = {"XINFO", "CONSUMERS", key, "spotinfer"};
+  redisReply *r = raw_words(k, 4, argv);
+  int found = 0;
+  for (size_t i = 0; i < r->elements; i++) {
+    const redisReply *c = r->element[i];
+    for (size_t j = 0; j + 1 < c->elements; j += 2)
+      if (!strcmp(c->element[j]->str, "name") &&
+          !strcmp(c->element[j + 1]->str, name))
+        found = 1;
+  }
+  freeReplyObject(r);
+  return found;
+}
+
+static void sleep_ms(long ms) {
+  struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
+  nanosleep(&ts, NULL);
+}
+
+/* Every process reads as a consumer of its own, so the groups gained one
+ * with every start and never lost any. A consumer with nothing pending
+ * that has not read for consumer_idle_ms is removed: by the setup of a
+ * connection, and then by a tick at most every consumer_idle_ms. One with
+ * entries pending, one that read lately and the store's own stay. */
+static void test_idle_consumers_removed(void **st) {
+  (void)st;
+  if (!getenv("SPI_REDIS_PORT")) skip();
+  spr_conn *k = raw_conn();
+  char lane[3][96];
+  for (int i = 0; i < 3; i++) {
+    snprintf(lane[i], sizeof lane[i], "reap:%ld:lane:%d", (long)getpid(),
+             i + 1);
+    const char *mk[] = {"XGROUP", "CREATE", lane[i], "spotinfer", "0",
+                        "MKSTREAM"};
+    freeReplyObject(raw_words(k, 6, mk));
+  }
+  const char *old1[] = {"XGROUP", "CREATECONSUMER", lane[0], "spotinfer",
+                        "gone-1"};
+  const char *old2[] = {"XGROUP", "CREATECONSUMER", lane[1], "spotinfer",
+                        "gone-1"};
+  const char *mine[] = {"XGROUP", "CREATECONSUMER", lane[0], "spotinfer",
+                        "me"};
+  const char *add[] = {"XADD", lane[0], "*", "x", "1"};
+  const char *busy[] = {"XREADGROUP", "GROUP", "spotinfer", "busy",
+                        "COUNT", "1", "STREAMS", lane[0], ">"};
+  freeReplyObject(raw_words(k, 5, old1));
+  freeReplyObject(raw_words(k, 5, old2));
+  freeReplyObject(raw_words(k, 5, mine));
+  freeReplyObject(raw_words(k, 5, add));
+  freeReplyObject(raw_words(k, 9, busy)); /* busy: one entry pending */
+  sleep_ms(1100);
+  const char *fresh[] = {"XGROUP", "CREATECONSUMER", lane[0], "spotinfer",
+                         "lately"};
+  freeReplyObject(raw_words(k, 5, fresh));
+  spi_engine *e = NULL;
+  assert_int_equal(spi_engine_new(&e, NULL), SPI_OK);
+  spi_replay_queue *q = NULL;
+  open_direct(e, "reap", "\"consumer\":\"me\",\"consumer_idle_ms\":1000",
+              &q);
+  assert_false(has_consumer(k, lane[0], "gone-1"));
+  assert_false(has_consumer(k, lane[1], "gone-1"));
+  assert_true(has_consumer(k, lane[0], "busy"));
+  assert_true(has_consumer(k, lane[0], "me"));
+  assert_true(has_consumer(k, lane[0], "lately"));
+  /* The connection stays up: a tick removes "lately" once it is idle. */
+  assert_int_equal(spi_replay_tick(q), SPI_OK);
+  assert_true(has_consumer(k, lane[0], "lately"));
+  sleep_ms(1100);
+  assert_int_equal(spi_replay_tick(q), SPI_OK);
+  assert_false(has_consumer(k, lane[0], "lately"));
+  assert_true(has_consumer(k, lane[0], "busy"));
+  assert_true(has_consumer(k, lane[0], "me"));
+  spi_replay_close(q);
+  spi_engine_free(e);
+  spr_conn_free(k);
+}
+
 /* ---------------------------------------------------- module structs */
 
 static int x_configure(void *st, const char *j, size_t n, void **out,
@@ -272,6 +669,12 @@ int main(void) {
       cmocka_unit_test(test_config_errors),
       cmocka_unit_test(test_unreachable),
       cmocka_unit_test(test_fallback_moves_once),
+      cmocka_unit_test_setup_teardown(test_one_deadline_per_call, proxy_up,
+                                      proxy_down),
+      cmocka_unit_test_setup_teardown(test_finish_after_lost_reply, proxy_up,
+                                      proxy_down),
+      cmocka_unit_test(test_claim_dead_letters_what_cannot_be_taken),
+      cmocka_unit_test(test_idle_consumers_removed),
       cmocka_unit_test(test_module_structs),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);

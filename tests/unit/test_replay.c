@@ -7,7 +7,8 @@
  * skip. tests/redis runs it that way.)
  * configuration, the round trip of an envelope, lanes and FIFO order,
  * leases, backoff values, dead-letters, duplicates, claim buffers, memory
- * bounds, argument checks, allocation failures, a user store module, and
+ * bounds, argument checks, allocation failures, a user store module, queue
+ * stores (the fallback drain, a claimed envelope the library refuses), and
  * threads enqueueing, claiming and acking at once.
  */
 #include <pthread.h>
@@ -1180,6 +1181,101 @@ static void test_fallback_drain_past_a_refused_envelope(void **st) {
   assert_int_equal(system(cmd), 0);
 }
 
+/* A queue store whose claims hand out what the test put in hand[], one a
+ * claim (claim id: its index + 1), and keeps the nacks it gets. */
+typedef struct hand_qstore {
+  spi_envelope hand[4];
+  int n, next;
+  int nacks;
+  uint64_t nack_id;
+  uint32_t nack_attempts;
+  int32_t nack_dead;
+} hand_qstore;
+
+static int hq_enqueue(void *state, void *inst, const spi_replay_ctx *ctx,
+                      const spi_envelope *env, int32_t *dup, char *err,
+                      size_t cap) {
+  (void)state, (void)inst, (void)ctx, (void)env, (void)err, (void)cap;
+  *dup = 0;
+  return SPI_OK;
+}
+
+static int hq_claim(void *state, void *inst, const spi_replay_ctx *ctx,
+                    uint32_t mask, spi_replay_envelope_fn fn, void *fn_data,
+                    uint64_t *id, char *err, size_t cap) {
+  (void)inst, (void)ctx, (void)mask;
+  hand_qstore *s = state;
+  *id = 0;
+  if (s->next == s->n) return SPI_OK;
+  int i = s->next++;
+  *id = (uint64_t)i + 1;
+  int rc = fn(fn_data, &s->hand[i]);
+  if (rc != SPI_OK) snprintf(err, cap, "the envelope could not be taken");
+  return rc;
+}
+
+static int hq_nack(void *state, void *inst, const spi_replay_ctx *ctx,
+                   uint64_t id, uint32_t attempts, int64_t visible,
+                   int32_t dead, char *err, size_t cap) {
+  (void)inst, (void)ctx, (void)visible, (void)err, (void)cap;
+  hand_qstore *s = state;
+  s->nacks++;
+  s->nack_id = id;
+  s->nack_attempts = attempts;
+  s->nack_dead = dead;
+  return SPI_OK;
+}
+
+/* A claimed envelope the library refuses (here its class) can never be
+ * taken: it is dead-lettered at once (a nack with dead set, its attempts
+ * unchanged), with an error, and the next claim goes on. It was held until
+ * its lease ended, then claimed and refused again. */
+static void test_claim_dead_letters_a_refused_envelope(void **st) {
+  (void)st;
+  LOCAL_ONLY();
+  fixture *f = setup_engine();
+  hand_qstore s;
+  memset(&s, 0, sizeof s);
+  s.hand[0] = env_of("bad", SPI_CLASS_SILVER);
+  s.hand[0].klass = 9;
+  s.hand[0].attempts = 2;
+  s.hand[1] = env_of("good", SPI_CLASS_SILVER);
+  s.n = 2;
+  spi_replay_store_module m;
+  memset(&m, 0, sizeof m);
+  m.abi_version = SPI_MODULE_ABI_VERSION;
+  m.struct_size = sizeof m;
+  m.configure = fq_configure;
+  m.release = fq_release;
+  m.enqueue = hq_enqueue;
+  m.claim = hq_claim;
+  m.ack = fq_settle;
+  m.nack = hq_nack;
+  m.queue_stats = fq_stats;
+  m.stats = fq_rstats;
+  assert_int_equal(spi_engine_register_module(f->e, SPI_MODULE_REPLAY_STORE,
+                                              "handq", 5, &m, &s, NULL),
+                   SPI_OK);
+  const char *json = "{\"store\":\"handq\"}";
+  assert_int_equal(spi_replay_open(f->e, json, strlen(json), &f->q), SPI_OK);
+  claimed c;
+  assert_int_equal(claim(f, ALL, 0, &c), SPI_EMODULE);
+  assert_int_equal(s.nacks, 1);
+  assert_int_equal(s.nack_id, 1);
+  assert_int_equal(s.nack_dead, 1);
+  assert_int_equal(s.nack_attempts, 2);
+  assert_non_null(strstr(spi_replay_errmsg(f->q),
+                         "envelope bad refused (class out of range): "
+                         "dead-lettered"));
+  assert_int_equal(f->logged_dead, 1);
+  assert_int_equal(stats(f).nacked, 1);
+  claim_ok(f, ALL, &c);
+  assert_string_equal(c.key, "good");
+  assert_int_equal(c.id, 2);
+  assert_int_equal(s.nacks, 1);
+  teardown(f);
+}
+
 /* -------------------------------------------------------------- threads */
 
 #define THREADS 4
@@ -1304,6 +1400,7 @@ int main(void) {
       cmocka_unit_test(test_alloc_failures),
       cmocka_unit_test(test_user_store),
       cmocka_unit_test(test_fallback_drain_past_a_refused_envelope),
+      cmocka_unit_test(test_claim_dead_letters_a_refused_envelope),
       cmocka_unit_test(test_threads),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
