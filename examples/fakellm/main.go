@@ -1,11 +1,13 @@
 // fakellm is an OpenAI-compatible model server for tests and demos: it
 // speaks vLLM's HTTP API (chat and text completions, streamed or whole,
-// continue_final_message) and its /metrics names, streams deterministic text
-// at a set token rate, models a prefix cache, and can be told to die at a
-// given time, as a spot machine does at its interruption deadline.
+// continue_final_message, stream_options with include_usage and
+// continuous_usage_stats) and its /metrics names, streams deterministic text
+// at a set token rate, one or several tokens an event, models a prefix
+// cache, and can be told to die at a given time, as a spot machine does at
+// its interruption deadline.
 //
 //	fakellm -addr 127.0.0.1:0 -addr-file /tmp/a.addr -id spot-a \
-//	        -token-rate 50 -die-at 2026-01-02T03:04:05Z -log /tmp/a.jsonl
+//	        -token-rate 50 -tokens-per-event 3 -die-at 2026-01-02T03:04:05Z -log /tmp/a.jsonl
 //
 // Standard library only, so any integration test can build it.
 package main
@@ -29,6 +31,7 @@ type options struct {
 	addr, addrFile, id, model, logPath string
 	tokenRate                          float64
 	answerTokens, defaultMaxTokens     int
+	tokensPerEvent                     int
 	coldTTFT, warmTTFT                 time.Duration
 	prefixBlocks                       int
 	prefixTTL                          time.Duration
@@ -47,6 +50,8 @@ func parseFlags(args []string) (options, error) {
 	fs.StringVar(&o.model, "model", "fake-model", "model name in responses and metric labels")
 	fs.StringVar(&o.logPath, "log", "", "append one JSON line per request event here")
 	fs.Float64Var(&o.tokenRate, "token-rate", 50, "tokens per second of each stream (> 0)")
+	fs.IntVar(&o.tokensPerEvent, "tokens-per-event", 1,
+		"tokens each streamed event holds (vLLM sends several with a stream interval or speculative decoding)")
 	fs.IntVar(&o.answerTokens, "answer-tokens", 48, "tokens of a full answer (finish_reason stop)")
 	fs.IntVar(&o.defaultMaxTokens, "default-max-tokens", 1024, "max_tokens when a request gives none")
 	fs.DurationVar(&o.coldTTFT, "ttft", 60*time.Millisecond, "time to first token for an uncached prompt")
@@ -64,8 +69,8 @@ func parseFlags(args []string) (options, error) {
 		return o, fmt.Errorf("unexpected argument %q", fs.Arg(0))
 	}
 	if !(o.tokenRate > 0) || o.answerTokens < 1 || o.defaultMaxTokens < 1 || o.maxRunning < 1 ||
-		!(o.kvTokens > 0) || o.prefixBlocks < 0 || o.coldTTFT < 0 || o.warmTTFT < 0 {
-		return o, fmt.Errorf("-token-rate, -answer-tokens, -default-max-tokens, -max-running and -kv-tokens must be positive; -ttft, -cached-ttft and -prefix-cache-blocks not negative")
+		!(o.kvTokens > 0) || o.tokensPerEvent < 1 || o.prefixBlocks < 0 || o.coldTTFT < 0 || o.warmTTFT < 0 {
+		return o, fmt.Errorf("-token-rate, -answer-tokens, -default-max-tokens, -max-running, -kv-tokens and -tokens-per-event must be positive; -ttft, -cached-ttft and -prefix-cache-blocks not negative")
 	}
 	if *dieAt != "" {
 		t, err := parseTime(*dieAt)

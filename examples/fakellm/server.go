@@ -87,7 +87,8 @@ type job struct {
 	promptTokens int
 	cachedTokens int
 	stream       bool
-	usage        bool
+	usage        bool // a usage chunk at the end (include_usage)
+	usageEach    bool // usage in every chunk too (continuous_usage_stats)
 	created      int64
 	id           string
 }
@@ -98,14 +99,26 @@ type chatBody struct {
 		Role    string          `json:"role"`
 		Content json.RawMessage `json:"content"`
 	} `json:"messages"`
-	MaxTokens            *int  `json:"max_tokens"`
-	MaxCompletionTokens  *int  `json:"max_completion_tokens"`
-	Stream               bool  `json:"stream"`
-	ContinueFinalMessage bool  `json:"continue_final_message"`
-	AddGenerationPrompt  *bool `json:"add_generation_prompt"`
-	StreamOptions        *struct {
-		IncludeUsage bool `json:"include_usage"`
-	} `json:"stream_options"`
+	MaxTokens            *int           `json:"max_tokens"`
+	MaxCompletionTokens  *int           `json:"max_completion_tokens"`
+	Stream               bool           `json:"stream"`
+	ContinueFinalMessage bool           `json:"continue_final_message"`
+	AddGenerationPrompt  *bool          `json:"add_generation_prompt"`
+	StreamOptions        *streamOptions `json:"stream_options"`
+}
+
+// streamOptions are vLLM's: continuous_usage_stats puts the usage so far
+// in every chunk, and only counts with include_usage.
+type streamOptions struct {
+	IncludeUsage         bool `json:"include_usage"`
+	ContinuousUsageStats bool `json:"continuous_usage_stats"`
+}
+
+func (o *streamOptions) set(j *job) {
+	if o != nil {
+		j.usage = o.IncludeUsage
+		j.usageEach = o.IncludeUsage && o.ContinuousUsageStats
+	}
 }
 
 // text of a message content: a string, or the text parts of a list.
@@ -197,7 +210,7 @@ func (s *server) chat(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	j.stream = b.Stream
-	j.usage = b.StreamOptions != nil && b.StreamOptions.IncludeUsage
+	b.StreamOptions.set(&j)
 	s.event(map[string]any{"event": "request", "path": r.URL.Path, "request_id": r.Header.Get("X-Request-Id"), "system": hash(system.String()),
 		"prompt": hash(prompt.String()), "continuation": b.ContinueFinalMessage, "offset": j.offset,
 		"count": j.count, "stream": j.stream, "cached_tokens": j.cachedTokens})
@@ -209,9 +222,7 @@ type completionBody struct {
 	Prompt        json.RawMessage `json:"prompt"`
 	MaxTokens     *int            `json:"max_tokens"`
 	Stream        bool            `json:"stream"`
-	StreamOptions *struct {
-		IncludeUsage bool `json:"include_usage"`
-	} `json:"stream_options"`
+	StreamOptions *streamOptions  `json:"stream_options"`
 }
 
 func (s *server) completions(w http.ResponseWriter, r *http.Request) {
@@ -235,7 +246,7 @@ func (s *server) completions(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	j.stream = b.Stream
-	j.usage = b.StreamOptions != nil && b.StreamOptions.IncludeUsage
+	b.StreamOptions.set(&j)
 	s.event(map[string]any{"event": "request", "path": r.URL.Path, "request_id": r.Header.Get("X-Request-Id"), "system": "",
 		"prompt": hash(head), "continuation": j.offset > 0, "offset": j.offset,
 		"count": j.count, "stream": j.stream, "cached_tokens": j.cachedTokens})
@@ -338,7 +349,13 @@ func (s *server) release(j job, generated int, finish string) {
 	s.event(map[string]any{"event": "done", "id": j.id, "generated": generated, "finish": finish})
 }
 
-func (s *server) chunk(j job, i int, finish string) map[string]any {
+// chunk is the event holding tokens i..i+n-1 of the job (i < 0: the role
+// chunk; finish set: the finishing chunk, with no text).
+func (s *server) chunk(j job, i, n int, finish string) map[string]any {
+	var text strings.Builder
+	for k := i; i >= 0 && finish == "" && k < i+n; k++ {
+		text.WriteString(token(j.seed, j.offset+k))
+	}
 	var choice map[string]any
 	if j.kind == "chat" {
 		delta := map[string]any{}
@@ -346,15 +363,11 @@ func (s *server) chunk(j job, i int, finish string) map[string]any {
 		case i < 0:
 			delta["role"], delta["content"] = "assistant", ""
 		case finish == "":
-			delta["content"] = token(j.seed, j.offset+i)
+			delta["content"] = text.String()
 		}
 		choice = map[string]any{"index": 0, "delta": delta, "logprobs": nil}
 	} else {
-		text := ""
-		if i >= 0 && finish == "" {
-			text = token(j.seed, j.offset+i)
-		}
-		choice = map[string]any{"index": 0, "text": text, "logprobs": nil, "stop_reason": nil}
+		choice = map[string]any{"index": 0, "text": text.String(), "logprobs": nil, "stop_reason": nil}
 	}
 	if finish != "" {
 		choice["finish_reason"] = finish
@@ -385,8 +398,9 @@ func (s *server) usage(j job, generated int) map[string]any {
 	return u
 }
 
-// serve generates the job: a stream of server-sent events flushed one per
-// token, or one JSON answer after the same time.
+// serve generates the job: a stream of server-sent events, flushed one per
+// -tokens-per-event tokens (the last may hold fewer), or one JSON answer
+// after the same time.
 func (s *server) serve(w http.ResponseWriter, r *http.Request, j job) {
 	if !s.admit(r, j) {
 		s.event(map[string]any{"event": "done", "id": j.id, "generated": 0, "finish": "client_gone"})
@@ -433,7 +447,12 @@ func (s *server) serve(w http.ResponseWriter, r *http.Request, j job) {
 	w.Header().Set("Content-Type", "text/event-stream")
 	w.Header().Set("Cache-Control", "no-cache")
 	w.WriteHeader(http.StatusOK)
-	send := func(v any) bool {
+	// send writes an event; with continuous usage stats it carries the
+	// tokens generated so far, as vLLM's do.
+	send := func(v map[string]any, sofar int) bool {
+		if j.usageEach {
+			v["usage"] = s.usage(j, sofar)
+		}
 		b, _ := json.Marshal(v)
 		if _, err := fmt.Fprintf(w, "data: %s\n\n", b); err != nil {
 			return false
@@ -446,25 +465,32 @@ func (s *server) serve(w http.ResponseWriter, r *http.Request, j job) {
 	if !wait() {
 		return
 	}
-	if j.kind == "chat" && !send(s.chunk(j, -1, "")) {
+	if j.kind == "chat" && !send(s.chunk(j, -1, 0, ""), 0) {
 		return
 	}
 	for generated < j.count {
-		if generated > 0 && !wait() {
+		// An event goes out with the last of its tokens, each decoded at
+		// the token rate, as with vLLM's stream interval or speculative
+		// decoding.
+		n := min(s.o.tokensPerEvent, j.count-generated)
+		for k := 0; k < n; k++ {
+			if generated+k > 0 && !wait() {
+				return
+			}
+		}
+		if !send(s.chunk(j, generated, n, ""), generated+n) {
 			return
 		}
-		if !send(s.chunk(j, generated, "")) {
-			return
-		}
-		generated++
+		generated += n
 	}
-	if !send(s.chunk(j, generated, j.finish)) {
+	if !send(s.chunk(j, generated, 0, j.finish), generated) {
 		return
 	}
 	if j.usage {
 		u := s.envelope(j, []any{}, true)
 		u["usage"] = s.usage(j, generated)
-		if !send(u) {
+		j.usageEach = false // the final usage chunk has its own
+		if !send(u, generated) {
 			return
 		}
 	}

@@ -3,6 +3,7 @@ package main
 import (
 	"bufio"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -114,6 +115,57 @@ func TestChatStreamIsDeterministicAndContinues(t *testing.T) {
 	rest, finish, usage := streamText(t, url, cont)
 	if partial+rest != full || usage != 13 || finish != "stop" {
 		t.Fatalf("partial %q + rest %q != %q (finish %s, usage %d)", partial, rest, full, finish, usage)
+	}
+}
+
+// -tokens-per-event puts several tokens in an event, as vLLM does with a
+// stream interval or speculative decoding: the same text, fewer events; with
+// continuous_usage_stats every chunk counts the tokens so far.
+func TestSeveralTokensPerEvent(t *testing.T) {
+	one, _ := testServer(t, "-answer-tokens", "20")
+	three, _ := testServer(t, "-answer-tokens", "20", "-tokens-per-event", "3")
+	body := `{"model":"m","stream":true,"stream_options":{"include_usage":true,"continuous_usage_stats":true},
+	  "messages":[{"role":"user","content":"hi"}]}`
+	want, _, _ := streamText(t, one.URL+"/v1/chat/completions", body)
+	resp, err := http.Post(three.URL+"/v1/chat/completions", "application/json", strings.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var text strings.Builder
+	var counts []int // per content event: words in it, then the usage so far
+	sc := bufio.NewScanner(resp.Body)
+	for sc.Scan() {
+		data, ok := strings.CutPrefix(sc.Text(), "data: ")
+		if !ok || data == "[DONE]" {
+			continue
+		}
+		var c struct {
+			Choices []struct{ Delta struct{ Content string } }
+			Usage   *struct {
+				CompletionTokens int `json:"completion_tokens"`
+			}
+		}
+		if err := json.Unmarshal([]byte(data), &c); err != nil {
+			t.Fatal(err)
+		}
+		if c.Usage == nil {
+			t.Fatalf("a chunk without usage: %s", data)
+		}
+		if len(c.Choices) == 1 && c.Choices[0].Delta.Content != "" {
+			text.WriteString(c.Choices[0].Delta.Content)
+			counts = append(counts, len(strings.Fields(c.Choices[0].Delta.Content)), c.Usage.CompletionTokens)
+		}
+	}
+	wantCounts := []int{3, 3, 3, 6, 3, 9, 3, 12, 3, 15, 3, 18, 2, 20}
+	if text.String() != want || fmt.Sprint(counts) != fmt.Sprint(wantCounts) {
+		t.Fatalf("text %q (want %q), tokens and usage per event %v", text.String(), want, counts)
+	}
+	// Without continuous_usage_stats: the same text, and the usage chunk at
+	// the end counts every token.
+	plain := strings.Replace(body, `,"continuous_usage_stats":true`, "", 1)
+	if got, _, usage := streamText(t, three.URL+"/v1/chat/completions", plain); got != want || usage != 20 {
+		t.Fatalf("got %q, usage %d", got, usage)
 	}
 }
 
