@@ -17,18 +17,26 @@ import (
 	"time"
 )
 
-// fakeBackend streams " w0 w1 ... w(n-1)" one word per event and resumes
-// a continue_final_message request after the words it already holds. With
-// cutAfter > 0 it drops the connection after that many words, once.
+// fakeBackend streams " w0 w1 ... w(n-1)", at most max_tokens of them, one
+// word (token) per event or perEvent, and resumes a continue_final_message
+// request after the words it already holds. It reads stream_options as vLLM
+// does: a usage chunk at the end with include_usage, and the usage so far in
+// every chunk with continuous_usage_stats too (unless noRunningUsage). With
+// cutAfter > 0 it drops the connection once, at the first event starting at
+// or after that many words.
 type fakeBackend struct {
 	n        int
-	delay    time.Duration // between words; default 2 ms
-	kv       string        // KV-cache usage on /metrics; default 0.1
-	ttft     time.Duration // before the response headers, once
-	fail     atomic.Int32  // answer this many requests 500
-	cutAfter atomic.Int32
-	mu       sync.Mutex
-	bodies   []map[string]any
+	perEvent int           // words an event holds; default 1
+	delay    time.Duration // between events; default 2 ms
+	// noRunningUsage ignores continuous_usage_stats, as a backend that
+	// does not know it.
+	noRunningUsage bool
+	kv             string        // KV-cache usage on /metrics; default 0.1
+	ttft           time.Duration // before the response headers, once
+	fail           atomic.Int32  // answer this many requests 500
+	cutAfter       atomic.Int32
+	mu             sync.Mutex
+	bodies         []map[string]any
 }
 
 func (f *fakeBackend) ServeHTTP(w http.ResponseWriter, r *http.Request) {
@@ -68,15 +76,32 @@ func (f *fakeBackend) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		last := msgs[len(msgs)-1].(map[string]any)
 		start = len(strings.Fields(last["content"].(string)))
 	}
+	end, finish := f.n, "stop"
+	if m, ok := body["max_tokens"].(float64); ok && start+int(m) < end {
+		end, finish = start+int(m), "length"
+	}
 	if body["stream"] != true {
 		var b strings.Builder
-		for i := start; i < f.n; i++ {
+		for i := start; i < end; i++ {
 			fmt.Fprintf(&b, " w%d", i)
 		}
 		json.NewEncoder(w).Encode(map[string]any{"choices": []any{map[string]any{
 			"message": map[string]any{"role": "assistant", "content": b.String()}}},
-			"usage": map[string]any{"prompt_tokens": 3, "completion_tokens": f.n - start}})
+			"usage": map[string]any{"prompt_tokens": 3, "completion_tokens": end - start}})
 		return
+	}
+	opts, _ := body["stream_options"].(map[string]any)
+	usageAtEnd := opts["include_usage"] == true
+	running := usageAtEnd && opts["continuous_usage_stats"] == true && !f.noRunningUsage
+	usage := func(k int) string {
+		if !running {
+			return ""
+		}
+		return fmt.Sprintf(`,"usage":{"prompt_tokens":3,"completion_tokens":%d,"total_tokens":%d}`, k, k+3)
+	}
+	per := f.perEvent
+	if per == 0 {
+		per = 1
 	}
 	w.Header().Set("Content-Type", "text/event-stream")
 	fl := w.(http.Flusher)
@@ -84,9 +109,9 @@ func (f *fakeBackend) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	f.mu.Lock()
 	id := fmt.Sprintf("chatcmpl-%p-%d", f, len(f.bodies))
 	f.mu.Unlock()
-	fmt.Fprintf(w, "data: {\"id\":%q,\"choices\":[{\"delta\":{\"role\":\"assistant\",\"content\":\"\"}}]}\n\n", id)
-	for i := start; i < f.n; i++ {
-		if cut > 0 && i == cut {
+	fmt.Fprintf(w, "data: {\"id\":%q,\"choices\":[{\"delta\":{\"role\":\"assistant\",\"content\":\"\"}}]%s}\n\n", id, usage(0))
+	for i := start; i < end; i += per {
+		if cut > 0 && i >= cut {
 			fl.Flush()
 			// Drop the connection mid-stream, as a machine that dies does.
 			conn, _, err := w.(http.Hijacker).Hijack()
@@ -95,7 +120,12 @@ func (f *fakeBackend) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			}
 			return
 		}
-		fmt.Fprintf(w, "data: {\"id\":%q,\"choices\":[{\"delta\":{\"content\":\" w%d\"}}]}\n\n", id, i)
+		var text strings.Builder
+		for k := i; k < i+per && k < end; k++ {
+			fmt.Fprintf(&text, " w%d", k)
+		}
+		fmt.Fprintf(w, "data: {\"id\":%q,\"choices\":[{\"delta\":{\"content\":%q}}]%s}\n\n",
+			id, text.String(), usage(min(i+per, end)-start))
 		fl.Flush()
 		d := f.delay
 		if d == 0 {
@@ -107,14 +137,25 @@ func (f *fakeBackend) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
-	fmt.Fprintf(w, "data: {\"id\":%q,\"choices\":[{\"delta\":{},\"finish_reason\":\"stop\"}]}\n\n", id)
-	fmt.Fprintf(w, "data: {\"id\":%q,\"choices\":[],\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":%d,\"total_tokens\":%d}}\n\n", id, f.n-start, f.n-start+3)
+	fmt.Fprintf(w, "data: {\"id\":%q,\"choices\":[{\"delta\":{},\"finish_reason\":%q}]%s}\n\n", id, finish, usage(end-start))
+	if usageAtEnd {
+		fmt.Fprintf(w, "data: {\"id\":%q,\"choices\":[],\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":%d,\"total_tokens\":%d}}\n\n",
+			id, end-start, end-start+3)
+	}
 	fmt.Fprintf(w, "data: [DONE]\n\n")
 	fl.Flush()
 }
 
 func newTestGateway(t *testing.T, backends map[string]*fakeBackend, pools map[string]string, balancer string,
 	extra ...string) *httptest.Server {
+	t.Helper()
+	srv, _ := startTestGateway(t, backends, pools, balancer, extra...)
+	return srv
+}
+
+// startTestGateway is newTestGateway, also handing out the gateway.
+func startTestGateway(t *testing.T, backends map[string]*fakeBackend, pools map[string]string, balancer string,
+	extra ...string) (*httptest.Server, *gateway) {
 	t.Helper()
 	dir := t.TempDir()
 	var list []map[string]any
@@ -149,7 +190,7 @@ func newTestGateway(t *testing.T, backends map[string]*fakeBackend, pools map[st
 	g.start(ctx)
 	srv := httptest.NewServer(g.routes())
 	t.Cleanup(func() { srv.Close(); cancel(); g.close() })
-	return srv
+	return srv, g
 }
 
 // postChat posts body to the gateway's chat completions endpoint at url; a
@@ -233,6 +274,10 @@ func want(n int) string {
 const silverStream = `{"model":"m","stream":true,"metadata":{"class":"silver"},
   "messages":[{"role":"system","content":"S"},{"role":"user","content":"hello"}]}`
 
+// withUsage is silverStream asking for a usage chunk at the end.
+var withUsage = strings.Replace(silverStream, `"stream":true,`,
+	`"stream":true,"stream_options":{"include_usage":true},`, 1)
+
 func TestStreamPassesThroughAndBadBodyIs400(t *testing.T) {
 	fb := &fakeBackend{n: 30}
 	srv := newTestGateway(t, map[string]*fakeBackend{"spot-a": fb},
@@ -272,7 +317,7 @@ func TestCutStreamIsResumedElsewhere(t *testing.T) {
 	a.cutAfter.Store(13)
 	srv := newTestGateway(t, map[string]*fakeBackend{"spot-a": a, "od-1": od},
 		map[string]string{"spot-a": "spot", "od-1": "on_demand"}, "spotinfer")
-	resp := postChat(t, srv.URL, silverStream)
+	resp := postChat(t, srv.URL, withUsage)
 	text, done, roles, ids, usage := readStreamAll(t, resp)
 	if text != want(40) || !done || roles != 1 || len(ids) != 1 || usage != 40 {
 		t.Fatalf("got %q done=%v roles=%d ids=%v usage=%d", text, done, roles, ids, usage)
@@ -582,3 +627,4 @@ func TestFromScratchReplaySkipsWhatTheClientHas(t *testing.T) {
 		t.Fatalf("%d requests reached the backends, want 2", n)
 	}
 }
+
