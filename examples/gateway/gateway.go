@@ -277,6 +277,12 @@ const maxReroutes = 3
 func (g *gateway) serveRouted(w http.ResponseWriter, r *http.Request, body []byte, kind spotinfer.OpenAIKind) {
 	st := &stream{g: g, key: fmt.Sprintf("%x-%d", time.Now().UnixNano(), g.seq.Add(1)),
 		body: body, kind: kind, ctx: r.Context(), path: r.URL.Path}
+	// The backend gets a streamed body asking for its running token count;
+	// the envelope keeps the client's.
+	fwd := body
+	if g.o.backendUsage {
+		fwd, st.asked, st.hideUsage = askRunningUsage(body)
+	}
 	for attempt := 0; ; attempt++ {
 		d, started, ok := g.decide(w, r, body, kind)
 		if !ok {
@@ -294,7 +300,7 @@ func (g *gateway) serveRouted(w http.ResponseWriter, r *http.Request, body []byt
 		lctx, cancel := context.WithCancel(r.Context())
 		first := leg{ticket: d.Ticket, cancel: cancel}
 		st.register(&first)
-		resp, l, err := g.firstLeg(lctx, r.URL.Path, st.key, body, d, st.wasCut)
+		resp, l, err := g.firstLeg(lctx, r.URL.Path, st.key, fwd, d, st.wasCut)
 		st.unregister(&first)
 		if err != nil {
 			cancel()

@@ -628,3 +628,134 @@ func TestFromScratchReplaySkipsWhatTheClientHas(t *testing.T) {
 	}
 }
 
+// continuations returns the continue_final_message bodies the backends got.
+func continuations(backends ...*fakeBackend) []map[string]any {
+	var out []map[string]any
+	for _, fb := range backends {
+		fb.mu.Lock()
+		for _, b := range fb.bodies {
+			if b["continue_final_message"] == true {
+				out = append(out, b)
+			}
+		}
+		fb.mu.Unlock()
+	}
+	return out
+}
+
+// A backend may put several tokens in one event (vLLM with a stream
+// interval, or speculative decoding). The stream offset is the tokens the
+// client has, not the events it got: the continuation asks for what is
+// left of max_tokens, the usage counts every token once, and the cut leg's
+// ticket reports the tokens it streamed. Whether the backend sends its
+// running count (continuous_usage_stats) or the gateway counts the text.
+func TestStreamOffsetCountsTokensNotEvents(t *testing.T) {
+	for _, c := range []struct {
+		name        string
+		running     bool // the backends send their running count
+		fromScratch bool // a constrained body: replayed from the start
+	}{{"backend count", true, false}, {"estimate", false, false}, {"from scratch", true, true}} {
+		t.Run(c.name, func(t *testing.T) {
+			a := &fakeBackend{n: 40, perEvent: 3, noRunningUsage: !c.running}
+			od := &fakeBackend{n: 40, perEvent: 5, noRunningUsage: !c.running}
+			a.cutAfter.Store(12) // after 4 events of 3
+			srv, g := startTestGateway(t, map[string]*fakeBackend{"spot-a": a, "od-1": od},
+				map[string]string{"spot-a": "spot", "od-1": "on_demand"}, "spotinfer")
+			body := strings.Replace(withUsage, `"stream":true,`, `"stream":true,"max_tokens":30,`, 1)
+			// 12 tokens cut off, then the 18 left, or all 30 again.
+			wantOut, wantUsage := uint64(30), 30
+			if c.fromScratch {
+				body = strings.Replace(body, `"stream":true,`, `"stream":true,"response_format":{"type":"json_object"},`, 1)
+				wantOut = 42
+			}
+			resp := postChat(t, srv.URL, body)
+			text, done, roles, ids, usage := readStreamAll(t, resp)
+			if text != want(30) || !done || roles != 1 || len(ids) != 1 || usage != wantUsage {
+				t.Fatalf("got %q done=%v roles=%d ids=%v usage=%d", text, done, roles, ids, usage)
+			}
+			conts := continuations(a, od)
+			if !c.fromScratch && (len(conts) != 1 || conts[0]["max_tokens"] != 18.0) {
+				t.Fatalf("continuations sent: %v", conts)
+			}
+			var out, wasted uint64
+			for i := 0; ; i++ {
+				rows, err := g.eng.Ledger()
+				if err != nil {
+					t.Fatal(err)
+				}
+				out, wasted = 0, 0
+				for _, r := range rows {
+					out += r.OutputTokens
+					wasted += r.WastedOutputTokens
+				}
+				if out >= wantOut || i > 200 {
+					break
+				}
+				time.Sleep(10 * time.Millisecond)
+			}
+			if out != wantOut || wasted != 12 {
+				t.Fatalf("ledger: %d output tokens, %d wasted; want %d and 12", out, wasted, wantOut)
+			}
+		})
+	}
+}
+
+// usagePerEvent reads a stream and returns, for each event carrying usage,
+// its completion tokens, negated for a usage chunk without choices.
+func usagePerEvent(t *testing.T, resp *http.Response) (string, []int) {
+	t.Helper()
+	defer resp.Body.Close()
+	var text strings.Builder
+	var counts []int
+	sc := bufio.NewScanner(resp.Body)
+	for sc.Scan() {
+		data, ok := strings.CutPrefix(sc.Text(), "data: ")
+		if !ok || data == "[DONE]" {
+			continue
+		}
+		var ev event
+		if err := json.Unmarshal([]byte(data), &ev); err != nil {
+			t.Fatalf("bad event %q", data)
+		}
+		text.WriteString(ev.content())
+		if ev.Usage != nil {
+			n := int(ev.Usage.CompletionTokens)
+			if len(ev.Choices) == 0 {
+				n = -n
+			}
+			counts = append(counts, n)
+		}
+	}
+	return text.String(), counts
+}
+
+// The gateway asks the backend for its running count and gives the client
+// the usage it asked for: none, the chunk at the end, or the running count
+// too; -backend-usage=false sends the body as it came.
+func TestUsageAsTheClientAskedIt(t *testing.T) {
+	running := strings.Replace(silverStream, `"stream":true,`,
+		`"stream":true,"stream_options":{"include_usage":true,"continuous_usage_stats":true},`, 1)
+	for _, c := range []struct {
+		flag, body string
+		want       string // usage per event, as usagePerEvent gives it
+		toBackend  string // the stream_options the backend got
+	}{
+		{"true", silverStream, "[]", "map[continuous_usage_stats:true include_usage:true]"},
+		{"true", withUsage, "[-10]", "map[continuous_usage_stats:true include_usage:true]"},
+		{"true", running, "[0 3 6 9 10 10 -10]", "map[continuous_usage_stats:true include_usage:true]"},
+		{"false", silverStream, "[]", "map[]"},
+		{"false", withUsage, "[-10]", "map[include_usage:true]"},
+	} {
+		fb := &fakeBackend{n: 10, perEvent: 3}
+		srv := newTestGateway(t, map[string]*fakeBackend{"spot-a": fb},
+			map[string]string{"spot-a": "spot"}, "spotinfer", "-backend-usage="+c.flag)
+		text, counts := usagePerEvent(t, postChat(t, srv.URL, c.body))
+		fb.mu.Lock()
+		opts, _ := fb.bodies[0]["stream_options"].(map[string]any)
+		fb.mu.Unlock()
+		if text != want(10) || fmt.Sprint(counts) != c.want || fmt.Sprint(opts) != c.toBackend {
+			t.Errorf("-backend-usage=%s %s: text %q, usage %v (want %s), the backend got %v",
+				c.flag, c.body, text, counts, c.want, opts)
+		}
+	}
+}

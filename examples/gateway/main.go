@@ -34,6 +34,7 @@ type options struct {
 	replayConfig                                                   string
 	scrapeEvery, noticeEvery, readyWait, replayWait, queueWait     time.Duration
 	replayWorkers                                                  int
+	backendUsage                                                   bool
 }
 
 func parseFlags(args []string) (options, error) {
@@ -53,6 +54,10 @@ func parseFlags(args []string) (options, error) {
 	fs.DurationVar(&o.replayWait, "replay-wait", 60*time.Second, "longest a cut stream waits to be resumed")
 	fs.DurationVar(&o.queueWait, "queue-wait", 2*time.Second, "longest a request the library queues is held")
 	fs.IntVar(&o.replayWorkers, "replay-workers", 4, "goroutines resuming streams from the replay queue")
+	fs.BoolVar(&o.backendUsage, "backend-usage", true,
+		"ask streamed backends for their running token count (stream_options.continuous_usage_stats, "+
+			"as vLLM and SGLang send it; hidden from clients that did not ask); false for a backend "+
+			"that refuses the key: tokens are then estimated from the text")
 	if err := fs.Parse(args); err != nil {
 		return o, err
 	}

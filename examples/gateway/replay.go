@@ -69,7 +69,8 @@ func (st *stream) resumeAfterCut(ctx context.Context, cause error) resumption {
 	st.attempts++
 	env := spotinfer.Envelope{Key: fmt.Sprintf("%s/%d", st.key, st.attempts), Body: st.body,
 		OpenAIKind: st.kind, Class: st.class, PartialText: st.text.String(),
-		StreamOffset: uint64(st.tokens), Attempts: st.attempts - 1, FirstEnqueuedNs: st.firstCut}
+		StreamOffset: st.tokens, Attempts: st.attempts - 1, FirstEnqueuedNs: st.firstCut}
+	estimated := st.estimated
 	st.resume = make(chan resumption, 1)
 	resume := st.resume
 	st.mu.Unlock()
@@ -94,7 +95,7 @@ func (st *stream) resumeAfterCut(ctx context.Context, cause error) resumption {
 	}
 	g.stats.replayEnqueued.Add(1)
 	g.events.write(map[string]any{"event": "replay_enqueued", "key": env.Key,
-		"offset": env.StreamOffset, "cause": cause.Error()})
+		"offset": env.StreamOffset, "offset_estimated": estimated, "cause": cause.Error()})
 	select {
 	case g.wake <- struct{}{}:
 	default:
@@ -177,7 +178,7 @@ func (g *gateway) resumeClaim(ctx context.Context, c spotinfer.Claim) {
 		give(resumption{err: err})
 		return
 	}
-	l.offset, l.resumed = int(env.StreamOffset), true
+	l.offset, l.resumed = env.StreamOffset, true
 	if flags&spotinfer.EnvelopeFromScratch != 0 {
 		l.offset, l.skip = 0, env.PartialText
 	}
@@ -232,6 +233,10 @@ func (g *gateway) openContinuation(ctx context.Context, st *stream, body []byte,
 		return nil, leg{}, errors.New("no request handle")
 	}
 	t0 := time.Now()
+	fwd := body
+	if g.o.backendUsage {
+		fwd, _, _ = askRunningUsage(body)
+	}
 	err := req.ParseOpenAI(body, env.OpenAIKind)
 	if err == nil {
 		err = req.SetInt(spotinfer.FieldReplaySinceNs, env.FirstEnqueuedNs)
@@ -274,7 +279,7 @@ func (g *gateway) openContinuation(ctx context.Context, st *stream, body []byte,
 			plan.MaxOutputTokens = 1
 		}
 	}
-	resp, err := g.forward(lctx, b, st.path, env.Key, applyPlan(body, plan))
+	resp, err := g.forward(lctx, b, st.path, env.Key, applyPlan(fwd, plan))
 	if err == nil && resp.StatusCode != http.StatusOK {
 		msg, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
 		resp.Body.Close()

@@ -22,7 +22,7 @@ type leg struct {
 	replica string
 	ticket  spotinfer.Ticket // zero for a fallback without a ticket
 	sent    time.Time
-	offset  int    // tokens the client had when this leg started
+	offset  uint64 // tokens the client had when this leg started
 	resumed bool   // a continuation after a cut
 	skip    string // a from-scratch replay: text the client already has
 	cancel  context.CancelFunc
@@ -37,17 +37,21 @@ type stream struct {
 	kind       spotinfer.OpenAIKind
 	class      spotinfer.Class
 	replayable bool
+	asked      usageAsk        // the usage the client's stream_options ask for
+	hideUsage  bool            // the gateway asked for more: hide what it did not
 	ctx        context.Context // the client's request
 	firstCut   int64           // when it was first interrupted (ns), 0 before
 	streamID   string          // the id of the first leg's events
 
-	mu       sync.Mutex
-	cut      bool               // a REPLAY plan asked for this leg to stop
-	cancel   context.CancelFunc // cancels the current leg
-	resume   chan resumption
-	text     strings.Builder // what the client has
-	tokens   int
-	attempts uint32
+	mu     sync.Mutex
+	cut    bool               // a REPLAY plan asked for this leg to stop
+	cancel context.CancelFunc // cancels the current leg
+	resume chan resumption
+	text   strings.Builder // what the client has
+	tokens uint64          // its output tokens: the stream offset (tokens.go)
+	// tokens holds an estimate: a leg's backend did not count its tokens.
+	estimated bool
+	attempts  uint32
 
 	// The client has had a finish_reason: the answer is whole, and a leg
 	// cut before its [DONE] is not continued. Read and written by the
@@ -234,19 +238,16 @@ func (st *stream) relayLeg(w io.Writer, fl http.Flusher, resp *http.Response, l 
 	st.register(l)
 	defer st.unregister(l)
 	rd := &sseReader{r: bufio.NewReaderSize(resp.Body, 64<<10)}
-	legTokens := 0
+	var tally legTally
+	st.mu.Lock()
+	baseEstimated := st.estimated && l.offset > 0
+	st.mu.Unlock()
 	var firstAt time.Time
-	var usage *struct {
-		prompt, completion, cached uint64
-	}
 	end := func(status spotinfer.TicketStatus) {
-		res := spotinfer.TicketResult{Status: status, OutputTokens: uint64(legTokens),
-			DurationMs: float64(time.Since(l.sent)) / 1e6}
+		res := tally.result(status)
+		res.DurationMs = float64(time.Since(l.sent)) / 1e6
 		if !firstAt.IsZero() {
 			res.TTFTMs = float64(firstAt.Sub(l.sent)) / 1e6
-		}
-		if usage != nil && status == spotinfer.TicketOK {
-			res.PromptTokens, res.OutputTokens, res.CachedTokens = usage.prompt, usage.completion, usage.cached
 		}
 		g.finish(l.ticket, res)
 	}
@@ -287,11 +288,12 @@ func (st *stream) relayLeg(w io.Writer, fl http.Flusher, resp *http.Response, l 
 		if st.streamID == "" {
 			st.streamID = ev.ID
 		}
-		if ev.Usage != nil { // this leg's own counts, for its ticket
-			usage = &struct{ prompt, completion, cached uint64 }{ev.Usage.PromptTokens,
-				ev.Usage.CompletionTokens, 0}
-			if ev.Usage.Details != nil {
-				usage.cached = ev.Usage.Details.CachedTokens
+		// Counted before anything is dropped: the backend generated it all.
+		tally.add(g, l.ticket, &ev)
+		if st.hideUsage {
+			var keep bool
+			if data, keep = st.asked.forClient(data, &ev); !keep {
+				continue
 			}
 		}
 		if l.resumed {
@@ -322,27 +324,53 @@ func (st *stream) relayLeg(w io.Writer, fl http.Flusher, resp *http.Response, l 
 		if ev.beyondText() {
 			st.uncheckpointed = true
 		}
-		if text != "" {
-			st.mu.Lock()
-			st.text.WriteString(text)
-			st.tokens++
-			st.mu.Unlock()
-			legTokens++
-			if firstAt.IsZero() {
-				firstAt = time.Now()
-				if l.ticket.ID != 0 {
-					t0 := time.Now()
-					l.ticket.FirstToken()
-					g.timings.ticket.add(time.Since(t0))
-				}
-			}
+		// The client has everything the leg generated so far: a from-scratch
+		// replay's skipped events hold what it already had.
+		st.mu.Lock()
+		st.text.WriteString(text)
+		st.tokens = l.offset + tally.count.n
+		st.estimated = baseEstimated || tally.count.estimated
+		st.mu.Unlock()
+		if text != "" && firstAt.IsZero() {
+			firstAt = time.Now()
 			if l.ticket.ID != 0 {
 				t0 := time.Now()
-				l.ticket.Progress(uint64(legTokens))
+				l.ticket.FirstToken()
 				g.timings.ticket.add(time.Since(t0))
 			}
 		}
 	}
+}
+
+// legTally is what a leg's ticket reports: its output tokens, while it
+// streams and at the end, and the backend's usage.
+type legTally struct {
+	count          tokenCount
+	reported       uint64 // the last Progress
+	prompt, cached uint64 // from the backend's usage, 0 without one
+}
+
+func (t *legTally) add(g *gateway, ticket spotinfer.Ticket, ev *event) {
+	t.count.add(ev)
+	if u := ev.Usage; u != nil {
+		t.prompt, t.cached = u.PromptTokens, 0
+		if u.Details != nil {
+			t.cached = u.Details.CachedTokens
+		}
+	}
+	// A backend's count may come in below an estimate: progress only ever
+	// goes up.
+	if t.count.n > t.reported && ticket.ID != 0 {
+		t.reported = t.count.n
+		t0 := time.Now()
+		ticket.Progress(t.count.n)
+		g.timings.ticket.add(time.Since(t0))
+	}
+}
+
+func (t *legTally) result(status spotinfer.TicketStatus) spotinfer.TicketResult {
+	return spotinfer.TicketResult{Status: status, PromptTokens: t.prompt,
+		OutputTokens: t.count.n, CachedTokens: t.cached}
 }
 
 // continuedEvent adapts an event of a continuation leg: the role-only
@@ -392,7 +420,7 @@ func (st *stream) continuedEvent(data []byte, ev *event, text *string, l *leg) (
 					u["prompt_tokens"] = p - off
 				}
 				u["completion_tokens"] = c + off
-				ev.Usage.CompletionTokens += uint64(l.offset)
+				ev.Usage.CompletionTokens += l.offset
 			}
 			if b, err := json.Marshal(m); err == nil {
 				data = b
@@ -433,7 +461,6 @@ func (st *stream) relayPassive(w http.ResponseWriter, resp *http.Response) {
 	w.Header().Set("Cache-Control", "no-cache")
 	w.WriteHeader(http.StatusOK)
 	rd := &sseReader{r: bufio.NewReaderSize(resp.Body, 64<<10)}
-	tokens := 0
 	for {
 		data, err := rd.next()
 		if err != nil {
@@ -442,10 +469,10 @@ func (st *stream) relayPassive(w http.ResponseWriter, resp *http.Response) {
 			return
 		}
 		if string(data) != "[DONE]" {
+			// Decoded as the routed relay decodes every event, so that the
+			// yardstick pays the same for it.
 			var ev event
-			if json.Unmarshal(data, &ev) == nil && ev.content() != "" {
-				tokens++
-			}
+			_ = json.Unmarshal(data, &ev)
 		}
 		if _, err := fmt.Fprintf(w, "data: %s\n\n", data); err != nil {
 			st.g.stats.cancelled.Add(1)

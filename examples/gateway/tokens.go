@@ -1,0 +1,195 @@
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"unicode"
+)
+
+// What the gateway counts as a stream's output tokens, and where it gets
+// the count.
+//
+// The stream offset (the replay envelope's StreamOffset) is the output
+// tokens the client already has: a continuation may generate what is left of
+// the client's max_tokens and of the decision's cap, and the usage the
+// client gets adds the offset to the continuation's own count. A leg's count
+// is also its ticket's (Progress while it streams, OutputTokens at the end),
+// which the library's drain plans and ledger read. An event is not a token:
+// vLLM puts several tokens in one event with a stream interval or
+// speculative decoding, and none in an event for tokens a parser holds back.
+//
+// The count, best first:
+//   - The backend's own. vLLM and SGLang put the usage so far in every chunk
+//     with stream_options.continuous_usage_stats (and include_usage), which
+//     the gateway asks for (-backend-usage) and takes out again for a client
+//     that did not ask for it; the usage chunk at the end gives the total.
+//   - Else an estimate from the text: an event's whitespace-separated words,
+//     and at least one for an event with any output. Tokenizers split text
+//     at whitespace before they merge (the pre-tokenization of byte-level
+//     BPE, as in GPT-2, cl100k, Llama 3 and Qwen; SentencePiece's split by
+//     whitespace, as in Llama 2 and Mistral), so no token spans two words:
+//     the count is a lower bound, exact for one token an event and for text
+//     of whole-word tokens, and short by the word pieces otherwise (English
+//     prose runs about 1.3 tokens a word). A ratio of bytes (the library's
+//     router.bytes_per_token) is right only on average over long text, and
+//     wrong for the common event of one token: " understanding" is one
+//     token, 3.5 by 4 bytes a token. Counting short errs on the safe side:
+//     the library sees a stream further from its end and replays it rather
+//     than drain it, and the client is not billed for tokens it did not
+//     get; the cost is a continuation that may write that many tokens past
+//     max_tokens.
+
+// tokenCount is one leg's output tokens so far.
+type tokenCount struct {
+	n         uint64
+	estimated bool // n holds an estimate: the backend did not count it
+}
+
+// add counts an event, before anything in it is dropped: the backend
+// generated all of it.
+func (c *tokenCount) add(ev *event) {
+	if ev.Usage != nil {
+		// The backend's count of the leg so far, or its total at the end.
+		c.n, c.estimated = ev.Usage.CompletionTokens, false
+		return
+	}
+	if k := ev.estimateTokens(); k > 0 {
+		c.n += k
+		c.estimated = true
+	}
+}
+
+// estimateTokens is the words of the event's output (text, reasoning), at
+// least one when it has any output (tool calls included).
+func (e *event) estimateTokens() uint64 {
+	var n uint64
+	output := e.beyondText()
+	for _, c := range e.Choices {
+		for _, s := range [...]string{c.Delta.Content, c.Text, c.Delta.ReasoningContent} {
+			n += words(s)
+			output = output || s != ""
+		}
+	}
+	if n == 0 && output {
+		n = 1
+	}
+	return n
+}
+
+// words counts the runs of non-space characters in s.
+func words(s string) uint64 {
+	var n uint64
+	in := false
+	for _, r := range s {
+		space := unicode.IsSpace(r)
+		if !space && !in {
+			n++
+		}
+		in = !space
+	}
+	return n
+}
+
+// usageAsk is the usage a client's stream_options asked for.
+type usageAsk struct {
+	atEnd   bool // include_usage: a usage chunk before [DONE]
+	running bool // continuous_usage_stats too: the usage so far in every chunk
+}
+
+// askRunningUsage returns a streamed body that asks the backend for its
+// running count (include_usage and continuous_usage_stats), what the client
+// asked for, and whether the body changed: when it did, the relay takes out
+// of the events what the client did not ask for. A body that is not
+// streamed, not an object, or already asks for both goes as it came.
+func askRunningUsage(body []byte) ([]byte, usageAsk, bool) {
+	var asked usageAsk
+	if !bytes.Contains(body, []byte(`"stream"`)) { // most whole answers: no parse
+		return body, asked, false
+	}
+	var m map[string]json.RawMessage
+	var stream bool
+	if json.Unmarshal(body, &m) != nil || json.Unmarshal(m["stream"], &stream) != nil || !stream {
+		return body, asked, false
+	}
+	var opts map[string]json.RawMessage
+	if raw, ok := m["stream_options"]; ok && string(raw) != "null" {
+		if json.Unmarshal(raw, &opts) != nil {
+			return body, asked, false // the backend says what is wrong with it
+		}
+	}
+	isTrue := func(raw json.RawMessage) bool {
+		var b bool
+		return json.Unmarshal(raw, &b) == nil && b
+	}
+	asked.atEnd = isTrue(opts["include_usage"])
+	asked.running = asked.atEnd && isTrue(opts["continuous_usage_stats"])
+	if asked.running {
+		return body, asked, false
+	}
+	if opts == nil {
+		opts = map[string]json.RawMessage{}
+	}
+	opts["include_usage"] = json.RawMessage("true")
+	opts["continuous_usage_stats"] = json.RawMessage("true")
+	raw, err := json.Marshal(opts)
+	if err != nil {
+		return body, asked, false
+	}
+	m["stream_options"] = raw
+	out, err := json.Marshal(m)
+	if err != nil {
+		return body, asked, false
+	}
+	return out, asked, true
+}
+
+// forClient takes out of an event the usage the gateway asked for and the
+// client did not: the running count in a chunk with choices, and the usage
+// chunk at the end (keep is then false: nothing is passed on).
+func (a usageAsk) forClient(data []byte, ev *event) (out []byte, keep bool) {
+	switch {
+	case ev.Usage == nil:
+		return data, true
+	case len(ev.Choices) == 0:
+		return data, a.atEnd
+	case a.running:
+		return data, true
+	}
+	ev.Usage = nil
+	return dropMember(data, "usage"), true
+}
+
+// dropMember returns the JSON object data without its top-level member
+// key, every other byte as it was; data as it came when it is not an object
+// or has no such member.
+func dropMember(data []byte, key string) []byte {
+	dec := json.NewDecoder(bytes.NewReader(data))
+	if t, err := dec.Token(); err != nil || t != json.Delim('{') {
+		return data
+	}
+	for first := true; dec.More(); first = false {
+		from := dec.InputOffset() // after the '{', or after the previous value
+		k, err := dec.Token()
+		if err != nil {
+			return data
+		}
+		var v json.RawMessage
+		if err := dec.Decode(&v); err != nil {
+			return data
+		}
+		if k != key {
+			continue
+		}
+		to := int(dec.InputOffset())
+		if first {
+			// No comma before it: take the one after it, if any.
+			rest := bytes.TrimLeft(data[to:], " \t\r\n")
+			if len(rest) > 0 && rest[0] == ',' {
+				to = len(data) - len(rest) + 1
+			}
+		}
+		out := make([]byte, 0, len(data)-(to-int(from)))
+		return append(append(out, data[:from]...), data[to:]...)
+	}
+	return data
+}
