@@ -4,8 +4,9 @@ Real OpenAI clients (the official `openai` package) send concurrent streamed
 chat requests that share a few system prompts through the gateway while one
 spot backend gets an interruption notice and dies at its deadline. The same
 requests sent straight to a reference backend give the uninterrupted texts.
-Then the checks: every request succeeded with the full text, nothing new
-reached the noticed backend after the notice, requests sharing a system
+Then the checks: every request succeeded with the full text, every replay
+resumed from the tokens the client had, nothing new reached the noticed
+backend after the notice, requests sharing a system
 prompt stuck to one backend while it was healthy, the gateway's /metrics
 shows the notice and the replays, and the replay queue is empty.
 
@@ -77,7 +78,7 @@ def messages(r):
 
 def stream_one(client, r, max_tokens, out):
     res = {"n": r["n"], "text": "", "finish": None, "fingerprints": [], "ids": [], "error": None,
-           "usage": None, "start": time.time()}
+           "usage": None, "usage_mid": 0, "start": time.time()}
     try:
         stream = client.chat.completions.create(
             model=MODEL, messages=messages(r), stream=True, max_tokens=max_tokens,
@@ -90,6 +91,8 @@ def stream_one(client, r, max_tokens, out):
                 res["ids"].append(chunk.id)
             if chunk.usage is not None:
                 res["usage"] = chunk.usage.completion_tokens
+                if chunk.choices:
+                    res["usage_mid"] += 1  # asked for at the end only
             for c in chunk.choices:
                 if c.delta and c.delta.content:
                     res["text"] += c.delta.content
@@ -245,6 +248,23 @@ def main():
     c.check(not many_ids, "every stream kept one id across legs", str(many_ids[:10]))
     bad_usage = [r["n"] for r in results.values() if r["usage"] is not None and r["usage"] != args.max_tokens]
     c.check(not bad_usage, "usage chunks count every streamed token across legs", str(bad_usage[:10]))
+    usage_mid = [r["n"] for r in results.values() if r["usage_mid"]]
+    c.check(not usage_mid, "no client got the running usage it did not ask for", str(usage_mid[:10]))
+
+    # The stream offset: the fake servers count, from a continuation's
+    # text, the tokens the client had (whatever the events held), and
+    # generate what is left of max_tokens.
+    enqueued = {e["key"]: e for e in events if e["event"] == "replay_enqueued"}
+    conts = [e for e in backend if e["event"] == "request" and e["request_id"] in enqueued]
+    bad_offset = ["%s: gateway %d, text %d" % (e["request_id"], enqueued[e["request_id"]]["offset"], e["offset"])
+                  for e in conts if enqueued[e["request_id"]]["offset"] != e["offset"]
+                  or enqueued[e["request_id"]].get("offset_estimated")]
+    c.check(len(conts) >= len(interrupted) and not bad_offset,
+            "every replay's stream offset is the backend's count of the tokens the client had",
+            "%d continuations; %s" % (len(conts), bad_offset[:5]))
+    bad_cap = ["%s: %d + %d" % (e["request_id"], e["offset"], e["count"])
+               for e in conts if e["offset"] + e["count"] != args.max_tokens]
+    c.check(not bad_cap, "every continuation generates what is left of max_tokens", str(bad_cap[:5]))
 
     # 3. Nothing new reaches the noticed backend after the notice.
     notices = [e for e in events if e["event"] == "notice" and e["replica"] == args.noticed]

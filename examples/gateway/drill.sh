@@ -53,7 +53,9 @@ wait_file() { # <file> <what>
 }
 
 # The timeline, in seconds from now: the notice shows at +notice_delay and
-# the machine goes at +deadline. Streams last 120 tokens at 20 tokens/s (6 s).
+# the machine goes at +deadline. Streams last 120 tokens at 20 tokens/s (6 s):
+# the clients' max_tokens, below the servers' 160-token answers, so that a
+# continuation's cap shows in its text.
 notice_delay=7
 deadline_s=11
 
@@ -73,11 +75,13 @@ fake() { # <id> [flags...]
   local id=$1
   shift
   "$work/fakellm" -id "$id" -addr-file "$work/$id.addr" -log "$work/$id.jsonl" \
-    -answer-tokens 120 "$@" >"$work/$id.out" 2>&1 &
+    -answer-tokens 160 "$@" >"$work/$id.out" 2>&1 &
   pids+=($!)
 }
-fake spot-a -token-rate 20 -die-at "$deadline"
-fake spot-b -token-rate 20
+# Several tokens an event, as vLLM sends them with a stream interval or
+# speculative decoding: the streams cut on spot-a hold 4 tokens an event.
+fake spot-a -token-rate 20 -tokens-per-event 4 -die-at "$deadline"
+fake spot-b -token-rate 20 -tokens-per-event 2
 fake od-1 -token-rate 20
 fake reference -token-rate 2000
 # ec2-metadata-mock takes a fixed port: the script picks a free one.
