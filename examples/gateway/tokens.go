@@ -99,48 +99,60 @@ type usageAsk struct {
 // askRunningUsage returns a streamed body that asks the backend for its
 // running count (include_usage and continuous_usage_stats), what the client
 // asked for, and whether the body changed: when it did, the relay takes out
-// of the events what the client did not ask for. A body that is not
-// streamed, not an object, or already asks for both goes as it came.
+// of the events what the client did not ask for. Only stream_options
+// changes (members.go). A body that is not streamed, or already asks for
+// both, goes as it came; so does one whose stream_options is not an object
+// (the backend says what is wrong with it).
 func askRunningUsage(body []byte) ([]byte, usageAsk, bool) {
 	var asked usageAsk
-	if !bytes.Contains(body, []byte(`"stream"`)) { // most whole answers: no parse
+	if !bytes.Contains(body, []byte(`"stream"`)) { // most whole answers: no scan
 		return body, asked, false
 	}
-	var m map[string]json.RawMessage
-	var stream bool
-	if json.Unmarshal(body, &m) != nil || json.Unmarshal(m["stream"], &stream) != nil || !stream {
+	var stream, opts member
+	eachMember(body, func(m member) bool {
+		switch string(m.key) {
+		case "stream":
+			stream = m
+		case "stream_options":
+			opts = m
+		}
+		return true
+	})
+	if stream.key == nil || string(body[stream.val:stream.end]) != "true" {
 		return body, asked, false
 	}
-	var opts map[string]json.RawMessage
-	if raw, ok := m["stream_options"]; ok && string(raw) != "null" {
-		if json.Unmarshal(raw, &opts) != nil {
-			return body, asked, false // the backend says what is wrong with it
+	var o map[string]json.RawMessage
+	if opts.key != nil && string(body[opts.val:opts.end]) != "null" {
+		if json.Unmarshal(body[opts.val:opts.end], &o) != nil {
+			return body, asked, false
 		}
 	}
 	isTrue := func(raw json.RawMessage) bool {
 		var b bool
 		return json.Unmarshal(raw, &b) == nil && b
 	}
-	asked.atEnd = isTrue(opts["include_usage"])
-	asked.running = asked.atEnd && isTrue(opts["continuous_usage_stats"])
+	asked.atEnd = isTrue(o["include_usage"])
+	asked.running = asked.atEnd && isTrue(o["continuous_usage_stats"])
 	if asked.running {
 		return body, asked, false
 	}
-	if opts == nil {
-		opts = map[string]json.RawMessage{}
+	if o == nil {
+		o = map[string]json.RawMessage{}
 	}
-	opts["include_usage"] = json.RawMessage("true")
-	opts["continuous_usage_stats"] = json.RawMessage("true")
-	raw, err := json.Marshal(opts)
+	o["include_usage"] = json.RawMessage("true")
+	o["continuous_usage_stats"] = json.RawMessage("true")
+	raw, err := json.Marshal(o)
 	if err != nil {
 		return body, asked, false
 	}
-	m["stream_options"] = raw
-	out, err := json.Marshal(m)
-	if err != nil {
-		return body, asked, false
+	from, to := opts.val, opts.end
+	if opts.key == nil { // a new first member
+		from = skipSpace(body, 0) + 1
+		to = from
+		raw = append(append([]byte(`"stream_options":`), raw...), ',')
 	}
-	return out, asked, true
+	out := make([]byte, 0, len(body)-(to-from)+len(raw))
+	return append(append(append(out, body[:from]...), raw...), body[to:]...), asked, true
 }
 
 // forClient takes out of an event the usage the gateway asked for and the
@@ -159,37 +171,17 @@ func (a usageAsk) forClient(data []byte, ev *event) (out []byte, keep bool) {
 	return dropMember(data, "usage"), true
 }
 
-// dropMember returns the JSON object data without its top-level member
-// key, every other byte as it was; data as it came when it is not an object
-// or has no such member.
+// dropMember returns the JSON object data (valid JSON) without its
+// top-level member key, every other byte as it was; data as it came when it
+// is not an object or has no such member.
 func dropMember(data []byte, key string) []byte {
-	dec := json.NewDecoder(bytes.NewReader(data))
-	if t, err := dec.Token(); err != nil || t != json.Delim('{') {
-		return data
-	}
-	for first := true; dec.More(); first = false {
-		from := dec.InputOffset() // after the '{', or after the previous value
-		k, err := dec.Token()
-		if err != nil {
-			return data
+	out := data
+	eachMember(data, func(m member) bool {
+		if string(m.key) != key {
+			return true
 		}
-		var v json.RawMessage
-		if err := dec.Decode(&v); err != nil {
-			return data
-		}
-		if k != key {
-			continue
-		}
-		to := int(dec.InputOffset())
-		if first {
-			// No comma before it: take the one after it, if any.
-			rest := bytes.TrimLeft(data[to:], " \t\r\n")
-			if len(rest) > 0 && rest[0] == ',' {
-				to = len(data) - len(rest) + 1
-			}
-		}
-		out := make([]byte, 0, len(data)-(to-int(from)))
-		return append(append(out, data[:from]...), data[to:]...)
-	}
-	return data
+		out = withoutMember(data, m)
+		return false
+	})
+	return out
 }

@@ -2,6 +2,8 @@ package main
 
 import (
 	"encoding/json"
+	"reflect"
+	"strings"
 	"testing"
 )
 
@@ -110,7 +112,7 @@ func TestDropMember(t *testing.T) {
 	for in, want := range map[string]string{
 		`{"id":"a","choices":[],"usage":{"completion_tokens":3}}`:     `{"id":"a","choices":[]}`,
 		`{"usage":{"completion_tokens":3},"id":"a","choices":[]}`:     `{"id":"a","choices":[]}`,
-		`{ "usage" : {"a":[1,{"b":2}]} , "id":"a" }`:                  `{  "id":"a" }`,
+		`{ "usage" : {"a":[1,{"b":2}]} , "id":"a" }`:                  `{ "id":"a" }`,
 		`{"id":"a","usage":null,"model":"m"}`:                         `{"id":"a","model":"m"}`,
 		`{"usage":1}`:                                                 `{}`,
 		`{"id":"a","choices":[{"usage":1}]}`:                          `{"id":"a","choices":[{"usage":1}]}`,
@@ -122,6 +124,86 @@ func TestDropMember(t *testing.T) {
 		got := dropMember([]byte(in), "usage")
 		if string(got) != want || json.Valid([]byte(in)) && !json.Valid(got) {
 			t.Errorf("%s: got %s, want %s", in, got, want)
+		}
+	}
+}
+
+// On a JSON object, dropMember leaves the same object without the member,
+// and askRunningUsage the same streamed body asking for usage; on anything
+// else the walk stays in bounds. go test runs the seeds;
+// go test -fuzz FuzzDropMember looks further.
+func FuzzDropMember(f *testing.F) {
+	for _, s := range []string{
+		`{"stream":true,"stream_options":{"include_usage":true},"messages":[{"role":"user","content":"a\\\"b}"}]}`,
+		`{"id":"a","choices":[{"delta":{"content":"x"}}],"usage":{"completion_tokens":3}}`,
+		`{ "usage" : {"a":[1,{"b":2}]} , "id":"a" }`,
+		`{"usage":1}`, `{"id":"a","usage":null,"model":"m"}`, `[1,{"usage":2}]`, `"usage"`, `{"a":-1.5e3,"usage":true}`,
+		`{"stream":true}`, `{"model":"m", "stream" : true, "stream_options":{"include_usage":false,"x":[1]}}`,
+	} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, in string) {
+		out := dropMember([]byte(in), "usage")
+		body, _, changed := askRunningUsage([]byte(in))
+		var before map[string]any
+		if json.Unmarshal([]byte(in), &before) != nil || before == nil {
+			return
+		}
+		keys := map[string]bool{}
+		eachMember([]byte(in), func(m member) bool {
+			keys[string(m.key)] = true
+			return true
+		})
+		for k := range before {
+			if !keys[k] {
+				return // an escaped key: not looked at
+			}
+		}
+		if changed {
+			var got map[string]any
+			if err := json.Unmarshal(body, &got); err != nil {
+				t.Fatalf("%s: asked as %s: %v", in, body, err)
+			}
+			opts, _ := got["stream_options"].(map[string]any)
+			was, _ := before["stream_options"].(map[string]any)
+			for k, v := range was {
+				if k != "include_usage" && k != "continuous_usage_stats" && !reflect.DeepEqual(opts[k], v) {
+					t.Fatalf("%s: asked as %s", in, body)
+				}
+			}
+			delete(got, "stream_options")
+			delete(before, "stream_options")
+			if opts["include_usage"] != true || opts["continuous_usage_stats"] != true ||
+				!reflect.DeepEqual(got, before) {
+				t.Fatalf("%s: asked as %s", in, body)
+			}
+			return
+		}
+		if strings.Count(in, `"usage"`) > 1 {
+			return // which one goes is not said
+		}
+		var after map[string]any
+		if err := json.Unmarshal(out, &after); err != nil {
+			t.Fatalf("%s: gave %s: %v", in, out, err)
+		}
+		delete(before, "usage")
+		if !reflect.DeepEqual(before, after) {
+			t.Fatalf("%s: gave %s", in, out)
+		}
+	})
+}
+
+// The member walk stays in bounds on every cut of a body and an event.
+func TestMembersOnBrokenInput(t *testing.T) {
+	for _, in := range []string{
+		`{"stream":true,"stream_options":{"include_usage":true},"messages":[{"role":"user","content":"a\\\"b}"}]}`,
+		`{"id":"a","choices":[{"delta":{"content":"x"}}],"usage":{"completion_tokens":3}}`,
+	} {
+		for n := 0; n <= len(in); n++ {
+			for _, b := range []string{in[:n], in[:n] + "}", in[n:]} {
+				dropMember([]byte(b), "usage")
+				askRunningUsage([]byte(b))
+			}
 		}
 	}
 }
