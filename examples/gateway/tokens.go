@@ -34,10 +34,11 @@ import (
 //     router.bytes_per_token) is right only on average over long text, and
 //     wrong for the common event of one token: " understanding" is one
 //     token, 3.5 by 4 bytes a token. Counting short errs on the safe side:
-//     the library sees a stream further from its end and replays it rather
-//     than drain it, and the client is not billed for tokens it did not
-//     get; the cost is a continuation that may write that many tokens past
-//     max_tokens.
+//     a stream is never taken for complete (nothing left of max_tokens)
+//     when it is not, the library sees a stream further from its end and
+//     replays it rather than drain it, and the client is not billed for
+//     tokens it did not get; the cost is a continuation that may write that
+//     many tokens past max_tokens.
 
 // tokenCount is one leg's output tokens so far.
 type tokenCount struct {
