@@ -49,6 +49,68 @@ size_t spi__json_nul_escape(const char *text, size_t len) {
   return SIZE_MAX;
 }
 
+/* Only JSON whitespace may follow the value. A NUL byte there gets its own
+ * message: printed, the text would not show it. */
+static int check_trailing(const char *text, size_t len, const char *end,
+                          const char *what, char *err, size_t errcap) {
+  for (const char *p = end ? end : text + len; p < text + len; p++) {
+    if (*p == '\0') {
+      spi__errf(err, errcap, "%s: NUL byte at offset %zu", what,
+                (size_t)(p - text));
+      return SPI_EPARSE;
+    }
+    if (*p != ' ' && *p != '\t' && *p != '\n' && *p != '\r') {
+      spi__errf(err, errcap, "%s: trailing data at byte offset %zu", what,
+                (size_t)(p - text));
+      return SPI_EPARSE;
+    }
+  }
+  return SPI_OK;
+}
+
+int spi__json_parse_as(const char *text, size_t len, int want,
+                       const char *what, cJSON **out, char *err,
+                       size_t errcap) {
+  *out = NULL;
+  const char *end = NULL;
+  cJSON *root = cJSON_ParseWithLengthOpts(text, len, &end, 0);
+  if (!root && spi__json_well_formed(text, len)) {
+    /* cJSON answers NULL for both; well-formed text means it ran out. */
+    spi__errf(err, errcap, "%s: out of memory while parsing JSON", what);
+    return SPI_ENOMEM;
+  }
+  if (!root) {
+    /* cJSON sets end to where it stopped; on allocation failure it may not. */
+    size_t off = (end && end >= text && end <= text + len) ? (size_t)(end - text)
+                                                           : 0;
+    spi__errf(err, errcap, "%s: malformed JSON at byte offset %zu", what, off);
+    return SPI_EPARSE;
+  }
+  /* Anything but whitespace after the value is an error, not ignored. */
+  int rc = check_trailing(text, len, end, what, err, errcap);
+  int is_want =
+      want == cJSON_Array ? cJSON_IsArray(root) : cJSON_IsObject(root);
+  if (rc == SPI_OK && !is_want) {
+    spi__errf(err, errcap, "%s: top level must be a JSON %s", what,
+              want == cJSON_Array ? "array" : "object");
+    rc = SPI_ETYPE;
+  }
+  size_t nul = rc == SPI_OK ? spi__json_nul_escape(text, len) : SIZE_MAX;
+  if (nul != SIZE_MAX) {
+    spi__errf(err, errcap,
+              "%s: \\u0000 inside a string at byte offset %zu is not "
+              "supported",
+              what, nul);
+    rc = SPI_EPARSE;
+  }
+  if (rc != SPI_OK) {
+    cJSON_Delete(root);
+    return rc;
+  }
+  *out = root;
+  return SPI_OK;
+}
+
 int spi__json_parse_object(const char *text, size_t len, size_t max_len,
                            const char *what, cJSON **out, char *err,
                            size_t errcap) {
@@ -66,53 +128,7 @@ int spi__json_parse_object(const char *text, size_t len, size_t max_len,
     spi__errf(err, errcap, "%s: empty input, expected a JSON object", what);
     return SPI_EPARSE;
   }
-  const char *end = NULL;
-  cJSON *root = cJSON_ParseWithLengthOpts(text, len, &end, 0);
-  if (!root && spi__json_well_formed(text, len)) {
-    /* cJSON answers NULL for both; well-formed text means it ran out. */
-    spi__errf(err, errcap, "%s: out of memory while parsing JSON", what);
-    return SPI_ENOMEM;
-  }
-  if (!root) {
-    /* cJSON sets end to where it stopped; on allocation failure it may not. */
-    size_t off = (end && end >= text && end <= text + len) ? (size_t)(end - text)
-                                                           : 0;
-    spi__errf(err, errcap, "%s: malformed JSON at byte offset %zu", what, off);
-    return SPI_EPARSE;
-  }
-  /* Anything but whitespace after the value is an error, not ignored. */
-  if (end) {
-    for (const char *p = end; p < text + len; p++) {
-      if (*p != ' ' && *p != '\t' && *p != '\n' && *p != '\r' && *p != '\0') {
-        spi__errf(err, errcap, "%s: trailing data at byte offset %zu", what,
-                  (size_t)(p - text));
-        cJSON_Delete(root);
-        return SPI_EPARSE;
-      }
-      if (*p == '\0') {
-        spi__errf(err, errcap, "%s: NUL byte at offset %zu", what,
-                  (size_t)(p - text));
-        cJSON_Delete(root);
-        return SPI_EPARSE;
-      }
-    }
-  }
-  if (!cJSON_IsObject(root)) {
-    spi__errf(err, errcap, "%s: top level must be a JSON object", what);
-    cJSON_Delete(root);
-    return SPI_ETYPE;
-  }
-  size_t nul = spi__json_nul_escape(text, len);
-  if (nul != SIZE_MAX) {
-    spi__errf(err, errcap,
-              "%s: \\u0000 inside a string at byte offset %zu is not "
-              "supported",
-              what, nul);
-    cJSON_Delete(root);
-    return SPI_EPARSE;
-  }
-  *out = root;
-  return SPI_OK;
+  return spi__json_parse_as(text, len, cJSON_Object, what, out, err, errcap);
 }
 
 /* The item for the option's key in obj, or NULL when absent or null. */

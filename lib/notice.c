@@ -74,49 +74,6 @@ static int is_blank(const char *s, size_t n) {
   return 1;
 }
 
-/* Any JSON value with nothing but whitespace after it (the array form of
- * spi__json_parse_object). */
-static int parse_json_array(nctx *c, const char *body, size_t len,
-                            cJSON **out) {
-  const char *end = NULL;
-  *out = NULL;
-  cJSON *root = cJSON_ParseWithLengthOpts(body, len, &end, 0);
-  if (!root && spi__json_well_formed(body, len))
-    return spi__notice_fail(c, SPI_ENOMEM, "out of memory while parsing JSON");
-  if (!root) {
-    size_t off =
-        (end && end >= body && end <= body + len) ? (size_t)(end - body) : 0;
-    return spi__notice_fail(c, SPI_EPARSE, "malformed JSON at byte offset %zu",
-                            off);
-  }
-  for (const char *p = end ? end : body + len; p < body + len; p++) {
-    if (!spi__notice_is_space(*p)) {
-      cJSON_Delete(root);
-      return spi__notice_fail(c, SPI_EPARSE, "trailing data at byte offset %zu",
-                              (size_t)(p - body));
-    }
-  }
-  if (!cJSON_IsArray(root)) {
-    int rc =
-        spi__notice_fail(c, SPI_ETYPE, "top level must be a JSON array, not %s",
-                         spi__notice_type_name(root));
-    cJSON_Delete(root);
-    return rc;
-  }
-  /* cJSON would cut such a string there: an event id and its dedup key
-   * shortened, where the object form refuses the body. */
-  size_t nul = spi__json_nul_escape(body, len);
-  if (nul != SIZE_MAX) {
-    cJSON_Delete(root);
-    return spi__notice_fail(c, SPI_EPARSE,
-                            "\\u0000 inside a string at byte offset %zu is "
-                            "not supported",
-                            nul);
-  }
-  *out = root;
-  return SPI_OK;
-}
-
 /* One pass over the parsed body. */
 static int walk(nctx *c, const cJSON *root, const char *body, size_t len) {
   switch (c->format) {
@@ -196,11 +153,10 @@ static int parse_body(nctx *c, int32_t format, const char *body, size_t len,
                               format == SPI_NOTICE_AWS_SCHEDULED ? "array"
                                                                  : "object");
     }
-    if (format == SPI_NOTICE_AWS_SCHEDULED)
-      rc = parse_json_array(c, body, len, &root);
-    else
-      rc = spi__json_parse_object(body, len, SPI__NOTICE_MAX_BODY, c->label,
-                                  &root, c->err, c->errcap);
+    /* Its length was checked against SPI__NOTICE_MAX_BODY above. */
+    int want = format == SPI_NOTICE_AWS_SCHEDULED ? cJSON_Array : cJSON_Object;
+    rc = spi__json_parse_as(body, len, want, c->label, &root, c->err,
+                            c->errcap);
     if (rc != SPI_OK) return rc;
   }
   rc = walk(c, root, body, len);

@@ -154,43 +154,19 @@ static int set_tools(spi_request *r, const spi_limits *l, const char *v,
     r->str_set[SPI_REQ_TOOLS_JSON] = 0;
     return SPI_OK;
   }
-  const char *end = NULL;
-  cJSON *root = cJSON_ParseWithLengthOpts(v, len, &end, 0);
-  /* cJSON answers NULL for both; well-formed text means it ran out. */
-  if (!root && spi__json_well_formed(v, len))
-    return spi__req_fail(r, SPI_ENOMEM, "tools: out of memory while parsing JSON");
-  if (!root) {
-    size_t off = (end && end >= v && end <= v + len) ? (size_t)(end - v) : 0;
-    return spi__req_fail(r, SPI_EPARSE, "tools: malformed JSON at byte offset %zu",
-                    off);
-  }
-  /* Only whitespace may follow the array. */
-  for (const char *p = end ? end : v + len; p < v + len; p++) {
-    if (*p != ' ' && *p != '\t' && *p != '\n' && *p != '\r') {
-      cJSON_Delete(root);
-      return spi__req_fail(r, SPI_EPARSE,
-                           "tools: trailing data at byte offset %zu",
-                           (size_t)(p - v));
-    }
-  }
-  if (!cJSON_IsArray(root)) {
-    cJSON_Delete(root);
-    return spi__req_fail(r, SPI_EPARSE, "tools: must be a JSON array");
-  }
-  size_t nul = spi__json_nul_escape(v, len);
-  if (nul != SIZE_MAX) {
-    cJSON_Delete(root);
-    return spi__req_fail(r, SPI_EPARSE,
-                         "tools: \\u0000 inside a string at byte offset %zu "
-                         "is not supported",
-                         nul);
-  }
+  cJSON *root = NULL;
+  int rc = spi__json_parse_as(v, len, cJSON_Array, "tools", &root, err,
+                              sizeof err);
+  /* A tools value of another type is malformed (SPI_EPARSE), as it always
+   * was for this setter. */
+  if (rc != SPI_OK)
+    return spi__req_fail(r, rc == SPI_ETYPE ? SPI_EPARSE : rc, "%s", err);
   /* Canonicalise behind the current value in the buffer the request keeps,
    * then move it to the front: a warm request allocates nothing, and on
    * error (spi__canon_json restores the length) the old value stays. */
   spi_buf *b = &r->str[SPI_REQ_TOOLS_JSON];
   size_t old = b->len;
-  int rc = spi__canon_json(root, b, &r->engine->mem);
+  rc = spi__canon_json(root, b, &r->engine->mem);
   cJSON_Delete(root);
   if (rc != SPI_OK) {
     b->len = old;

@@ -170,10 +170,21 @@ const uint16_t *spi__opt_by_path(size_t *count);
  * it would otherwise read as one. */
 size_t spi__json_nul_escape(const char *text, size_t len);
 /*
- * Parse text as a JSON object (cJSON_ParseWithLengthOpts, so no NUL is
- * needed). On error: SPI_EPARSE with the byte offset, SPI_ETYPE when the
- * top level is not an object, SPI_ETOOBIG over max_len. Free *out with
- * cJSON_Delete.
+ * Parse text[0..len) as one JSON value whose top level is want
+ * (cJSON_Object or cJSON_Array), with cJSON_ParseWithLengthOpts, so no NUL
+ * is needed. Every message in err starts with "what: ". Errors: SPI_ENOMEM
+ * (cJSON ran out), SPI_EPARSE (malformed, with the byte offset; anything
+ * but whitespace after the value; \u0000 inside a string, see
+ * spi__json_nul_escape), SPI_ETYPE (the top level is another type). text
+ * must not be NULL when len is not 0. Free *out with cJSON_Delete.
+ */
+int spi__json_parse_as(const char *text, size_t len, int want,
+                       const char *what, struct cJSON **out, char *err,
+                       size_t errcap);
+/*
+ * Parse text as a JSON object: SPI_EINVAL for NULL text with a length,
+ * SPI_ETOOBIG over max_len, SPI_EPARSE for empty text, then as
+ * spi__json_parse_as with cJSON_Object.
  */
 int spi__json_parse_object(const char *text, size_t len, size_t max_len,
                            const char *what, struct cJSON **out, char *err,

@@ -2,7 +2,8 @@
  * test_json_syntax.c - the allocation-free JSON check that tells cJSON's
  * out-of-memory NULL from malformed text: its answers on the edges where
  * cJSON is stricter than the JSON grammar (nesting, long numbers,
- * surrogates), and that every text it accepts, cJSON parses.
+ * surrogates), and that every text it accepts, cJSON parses; and the
+ * one parser built on it (spi__json_parse_as) with its messages.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -105,48 +106,129 @@ static void *cj_malloc(size_t n) {
   return malloc(n);
 }
 
-/* spi__json_parse_object (config, classifier, cost, replay sections, the
- * request body, the cloud notices) reports an allocation failure inside
- * cJSON as SPI_ENOMEM, failing each allocation in turn; malformed text
- * stays SPI_EPARSE. */
-static void test_parse_object_out_of_memory(void **st) {
-  (void)st;
-  static const char CFG[] =
-      "{\"router\":{\"index_bytes\":65536,\"max_tickets\":64},"
-      "\"classes\":[\"a\",\"b\",{\"c\":[1,2,3]}]}";
+/* Parse text with the Nth of cJSON's allocations failed (-1: none): with
+ * spi__json_parse_object for an object, spi__json_parse_as for an array.
+ * *allocs gets how many cJSON asked for. */
+static int parse_failing(const char *text, int want, long fail_at,
+                         long *allocs, cJSON **root, char *err, size_t cap) {
   cJSON_Hooks hooks = {cj_malloc, free};
+  cj_allocs = 0;
+  cj_fail_at = fail_at;
+  cJSON_InitHooks(&hooks);
+  int rc = want == cJSON_Object
+               ? spi__json_parse_object(text, strlen(text), 4096, "config",
+                                        root, err, cap)
+               : spi__json_parse_as(text, strlen(text), want, "config", root,
+                                    err, cap);
+  cJSON_InitHooks(NULL);
+  *allocs = cj_allocs;
+  return rc;
+}
+
+/* Failing each allocation in turn: SPI_ENOMEM every time until none fails;
+ * returns how many failed. */
+static long out_of_memory_points(const char *text, int want) {
   long points = 0;
   for (long k = 0;; k++) {
     cJSON *root = NULL;
     char err[128] = "";
-    cj_allocs = 0;
-    cj_fail_at = k;
-    cJSON_InitHooks(&hooks);
-    int rc = spi__json_parse_object(CFG, strlen(CFG), 4096, "config", &root,
-                                    err, sizeof err);
-    cJSON_InitHooks(NULL);
-    if (cj_allocs <= k) {
+    long allocs = 0;
+    int rc = parse_failing(text, want, k, &allocs, &root, err, sizeof err);
+    if (allocs <= k) {
       assert_int_equal(rc, SPI_OK);
       cJSON_Delete(root);
-      break;
+      return points;
     }
     points++;
     assert_int_equal(rc, SPI_ENOMEM);
     assert_null(root);
     assert_string_equal(err, "config: out of memory while parsing JSON");
   }
-  assert_true(points >= 10);
+}
+
+/* spi__json_parse_object (config, classifier, cost, replay sections, the
+ * request body, the cloud notices) and its array form (the AWS
+ * scheduled-events notice, a request's tools) report an allocation failure
+ * inside cJSON as SPI_ENOMEM, failing each allocation in turn; malformed
+ * text stays SPI_EPARSE. */
+static void test_parse_object_out_of_memory(void **st) {
+  (void)st;
+  assert_true(out_of_memory_points(
+                  "{\"router\":{\"index_bytes\":65536,\"max_tickets\":64},"
+                  "\"classes\":[\"a\",\"b\",{\"c\":[1,2,3]}]}",
+                  cJSON_Object) >= 10);
+  assert_true(out_of_memory_points(
+                  "[{\"Code\":\"system-reboot\"},[1,2],\"x\"]", cJSON_Array) >=
+              6);
   for (long k = 0; k < 4; k++) {
     cJSON *root = NULL;
     char err[128] = "";
-    cj_allocs = 0;
-    cj_fail_at = k;
-    cJSON_InitHooks(&hooks);
-    int rc = spi__json_parse_object("{\"a\":[1,", 8, 4096, "config", &root, err,
-                                    sizeof err);
-    cJSON_InitHooks(NULL);
+    long allocs = 0;
+    int rc = parse_failing("{\"a\":[1,", cJSON_Object, k, &allocs, &root, err,
+                           sizeof err);
     assert_int_equal(rc, SPI_EPARSE);
     assert_non_null(strstr(err, "malformed JSON"));
+  }
+}
+
+/* spi__json_parse_as: one parse for both top-level types, each failure
+ * with its status and its words, "what: " first. */
+typedef struct parse_case {
+  const char *text;
+  size_t len;
+  int want;
+  int rc;
+  const char *msg;
+} parse_case;
+
+#define CASE(text, want, rc, msg) {text, sizeof text - 1, want, rc, msg}
+#define ARRAY_TOP "doc: top level must be a JSON array"
+#define NUL_ESCAPE_AT_3 \
+  "doc: \\u0000 inside a string at byte offset 3 is not supported"
+
+static const parse_case PARSE_CASES[] = {
+    CASE("[1, {\"a\": 2}] \r\n\t", cJSON_Array, SPI_OK, ""),
+    CASE(" {\"a\": [1]}\n", cJSON_Object, SPI_OK, ""),
+    CASE("{\"a\": 1}", cJSON_Array, SPI_ETYPE, ARRAY_TOP),
+    CASE("\"s\"", cJSON_Array, SPI_ETYPE, ARRAY_TOP),
+    CASE("[1]", cJSON_Object, SPI_ETYPE,
+         "doc: top level must be a JSON object"),
+    CASE("[1,", cJSON_Array, SPI_EPARSE,
+         "doc: malformed JSON at byte offset 2"),
+    CASE("[1] x", cJSON_Array, SPI_EPARSE,
+         "doc: trailing data at byte offset 4"),
+    CASE("{} {}", cJSON_Object, SPI_EPARSE,
+         "doc: trailing data at byte offset 3"),
+    CASE("[1] \0", cJSON_Array, SPI_EPARSE, "doc: NUL byte at offset 4"),
+    CASE("{}\0", cJSON_Object, SPI_EPARSE, "doc: NUL byte at offset 2"),
+    CASE("[\"a\\u0000\"]", cJSON_Array, SPI_EPARSE, NUL_ESCAPE_AT_3),
+    CASE("{\"a\\u0000\":1}", cJSON_Object, SPI_EPARSE, NUL_ESCAPE_AT_3),
+    /* Trailing data is reported before the type, the type before a NUL. */
+    CASE("{} x", cJSON_Array, SPI_EPARSE,
+         "doc: trailing data at byte offset 3"),
+    CASE("{\"\\u0000\":1}", cJSON_Array, SPI_ETYPE, ARRAY_TOP),
+    /* Only len bytes are read. */
+    {"[3]]]", 3, cJSON_Array, SPI_OK, ""},
+};
+
+static void test_parse_as(void **st) {
+  (void)st;
+  for (size_t i = 0; i < sizeof PARSE_CASES / sizeof PARSE_CASES[0]; i++) {
+    const parse_case *c = &PARSE_CASES[i];
+    cJSON *root = (cJSON *)&root; /* set to NULL on every path */
+    char err[160] = "";
+    int rc = spi__json_parse_as(c->text, c->len, c->want, "doc", &root, err,
+                                sizeof err);
+    if (rc != c->rc || strcmp(err, c->msg) != 0)
+      fail_msg("case %zu: %d \"%s\", want %d \"%s\"", i, rc, err, c->rc,
+               c->msg);
+    if (rc != SPI_OK) {
+      assert_null(root);
+      continue;
+    }
+    assert_true(c->want == cJSON_Array ? cJSON_IsArray(root)
+                                       : cJSON_IsObject(root));
+    cJSON_Delete(root);
   }
 }
 
@@ -155,6 +237,7 @@ int main(void) {
       cmocka_unit_test(test_values),
       cmocka_unit_test(test_cjson_limits),
       cmocka_unit_test(test_parse_object_out_of_memory),
+      cmocka_unit_test(test_parse_as),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
