@@ -281,25 +281,21 @@ static int emit(const char *text, size_t len, char *buf, size_t cap,
   return SPI_OK;
 }
 
+/* The body as a JSON object with no key twice. Every fault of the body is
+ * SPI_EPARSE; a \u0000 in a string is one, since cJSON would cut the string
+ * there and the continuation would resume a different request. SPI_ENOMEM
+ * when cJSON ran out. */
 static int parse_body(const spi_envelope *env, cJSON **out) {
   *out = NULL;
   if (!env->body || env->body_len == 0) return SPI_EPARSE;
-  const char *end = NULL;
-  cJSON *root = cJSON_ParseWithLengthOpts(env->body, env->body_len, &end, 0);
-  if (!root) return SPI_EPARSE;
-  for (const char *p = end ? end : env->body + env->body_len;
-       p < env->body + env->body_len; p++) {
-    if (*p != ' ' && *p != '\t' && *p != '\n' && *p != '\r') {
-      cJSON_Delete(root);
-      return SPI_EPARSE;
-    }
+  int rc = spi__json_parse_as(env->body, env->body_len, cJSON_Object, "body",
+                              out, NULL, 0);
+  if (rc == SPI_OK && has_dup_keys(*out)) {
+    cJSON_Delete(*out);
+    *out = NULL;
+    rc = SPI_EPARSE;
   }
-  if (!cJSON_IsObject(root) || has_dup_keys(root)) {
-    cJSON_Delete(root);
-    return SPI_EPARSE;
-  }
-  *out = root;
-  return SPI_OK;
+  return rc == SPI_OK || rc == SPI_ENOMEM ? rc : SPI_EPARSE;
 }
 
 int spi_replay_continuation(const spi_envelope *env, char *buf, size_t cap,

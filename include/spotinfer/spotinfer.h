@@ -1072,8 +1072,9 @@ SPI_API int spi_replay_tick(spi_replay_queue *queue);
  * guided_json, guided_regex, guided_grammar, guided_choice) is replayed from
  * scratch and *flags gets SPI_ENVELOPE_FROM_SCRATCH. Written to buf[0..cap)
  * with a NUL; *needed (may be NULL) gets the length. Pure and thread-safe.
- * Errors: SPI_EINVAL, SPI_EPARSE (body), SPI_ERANGE (nothing left to
- * generate), SPI_EBUFSIZE.
+ * Errors: SPI_EINVAL, SPI_EPARSE (body: not one JSON object, a key given
+ * twice, or \u0000 inside a string, which the continuation could not keep),
+ * SPI_ERANGE (nothing left to generate), SPI_EBUFSIZE, SPI_ENOMEM.
  */
 SPI_API int spi_replay_continuation(const spi_envelope *env, char *buf,
                                     size_t cap, size_t *needed,
