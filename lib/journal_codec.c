@@ -14,7 +14,10 @@
  * The first candidate tried is where the damaged record's own header says
  * it ends: when only its payload or checksum is damaged, that is where the
  * next record starts, and a search inside its payload (which may hold
- * caller bytes that look like a record) is never needed.
+ * caller bytes that look like a record) is never needed. When the header
+ * itself is damaged, the search does go through the payload, and may find
+ * a record there that a caller enqueued as bytes; settle() below says how
+ * such a record is kept from outvoting the good records after it.
  */
 #include <errno.h>
 #include <string.h>
@@ -383,22 +386,26 @@ static int frame_at(spi_jr_reader *r, uint64_t last_seq, spi_buf *scratch,
 }
 
 /*
- * After damage at offset at: move to the next offset where a good frame
- * starts (1), or to the end (0); negative: SPI_ENOMEM, SPI_EIO. hint is
- * where the damaged record's header says it ends (0 if it says nothing).
+ * Move to the first offset from `from` on where a good frame with a
+ * sequence past last_seq starts (1, its sequence in *seq), or to the end
+ * (0); negative: SPI_ENOMEM, SPI_EIO. hint, when it is at or past from, is
+ * tried first: where the damaged record's header says it ends.
  */
-static int resync(spi_jr_reader *r, uint64_t at, uint64_t hint,
-                  uint64_t last_seq, spi_buf *scratch) {
+static int resync(spi_jr_reader *r, uint64_t from, uint64_t hint,
+                  uint64_t last_seq, spi_buf *scratch, uint64_t *seq) {
   jr_frame fr;
-  if (hint > at && hint < r->size) {
+  if (hint >= from && hint < r->size) {
     rd_seek(r, hint);
     int k = frame_at(r, last_seq, scratch, &fr);
     if (k < 0) return k;
-    if (k == FR_OK) return 1;
+    if (k == FR_OK) {
+      *seq = fr.seq;
+      return 1;
+    }
   }
   /* A byte at a time, looking for the magic in what is buffered. */
   static const uint8_t MAGIC[4] = {'S', 'P', 'J', 'R'};
-  rd_seek(r, at + 1);
+  rd_seek(r, from);
   for (;;) {
     int got = rd_need(r, 4);
     if (got < 0) return got == -2 ? SPI_ENOMEM : SPI_EIO;
@@ -415,8 +422,161 @@ static int resync(spi_jr_reader *r, uint64_t at, uint64_t hint,
     if (p == stop) continue; /* refill, keeping the last 3 bytes */
     int k = frame_at(r, last_seq, scratch, &fr);
     if (k < 0) return k;
-    if (k == FR_OK) return 1;
+    if (k == FR_OK) {
+      *seq = fr.seq;
+      return 1;
+    }
     r->start++;
+  }
+}
+
+/* Where a chain of frames stopped: the offset, what is there (FR_END,
+ * FR_TORN, FR_BAD) and why, and where the record there says it ends (0 when
+ * its header says nothing). */
+typedef struct jr_stop {
+  uint64_t at, hint;
+  int kind;
+  const char *why;
+} jr_stop;
+
+/* Frames chained one after another, found after damage (see settle()). */
+typedef struct jr_run {
+  uint64_t gap;        /* where the damaged range before it starts */
+  uint64_t start, end; /* its frames */
+  uint64_t count;      /* 0: no run */
+  uint64_t last_seq;
+} jr_run;
+
+/*
+ * Follow the chain of frames from the reader's position, at most max of
+ * them: each good one (sequence past out->last_seq, each past the one
+ * before) is handed to fn when it is set, and counted in out (records,
+ * last_seq, valid_bytes). On the first frame that is not good, *stop says
+ * what is there. Returns SPI_OK, fn's status, SPI_ENOMEM or SPI_EIO.
+ */
+static int follow(spi_jr_reader *r, uint64_t max, spi_replay_record_fn fn,
+                  void *user, spi_buf *scratch, spi_jr_scan *out,
+                  jr_stop *stop) {
+  for (uint64_t i = 0; i < max; i++) {
+    jr_frame fr;
+    int k = frame_at(r, out->last_seq, scratch, &fr);
+    if (k < 0) return k;
+    if (k != FR_OK) {
+      stop->at = rd_pos(r);
+      stop->kind = k;
+      stop->why = fr.bad;
+      stop->hint = k == FR_BAD && fr.total ? stop->at + fr.total : 0;
+      return SPI_OK;
+    }
+    if (fn) {
+      int rc = fn(user, &fr.rec);
+      if (rc != SPI_OK) return rc;
+    }
+    r->start += fr.total;
+    out->records++;
+    out->last_seq = fr.seq;
+    out->valid_bytes = rd_pos(r);
+  }
+  return SPI_OK;
+}
+
+/* The run that starts at the reader's position, counted, not handed out. */
+static int measure(spi_jr_reader *r, uint64_t after_seq, spi_buf *scratch,
+                   jr_run *run, jr_stop *stop) {
+  spi_jr_scan tmp;
+  memset(&tmp, 0, sizeof tmp);
+  tmp.last_seq = after_seq;
+  run->start = rd_pos(r);
+  int rc = follow(r, UINT64_MAX, NULL, NULL, scratch, &tmp, stop);
+  run->count = tmp.records;
+  run->last_seq = tmp.last_seq;
+  run->end = tmp.valid_bytes;
+  return rc;
+}
+
+/* Hand run's frames to fn, read again, and count the damage before it. */
+static int hand_out(spi_jr_reader *r, const jr_run *run,
+                    spi_replay_record_fn fn, void *user, spi_buf *scratch,
+                    spi_jr_scan *out) {
+  jr_stop ignored;
+  uint64_t before = out->records;
+  rd_seek(r, run->start);
+  int rc = follow(r, run->count, fn, user, scratch, out, &ignored);
+  if (rc != SPI_OK) return rc;
+  /* The same bytes read the same way: only a file changed under the scan
+   * (or a failed seek, r->err) reads otherwise. */
+  if (out->records - before != run->count) return SPI_EIO;
+  out->skipped++;
+  out->skipped_bytes += run->start - run->gap;
+  return SPI_OK;
+}
+
+/*
+ * After the damage at stop->at: find the run of good frames that goes on
+ * from it (*run, and *stop where it ends), handing out the run before it;
+ * or find there is none (*done; the tail).
+ *
+ * A run found after damage is held, not handed out, until the next one is
+ * found, because it may not be a record at all: when a damaged record's
+ * header is gone, the search goes through its payload, and a payload holds
+ * caller bytes, which can be a well-formed record (an envelope whose body
+ * is a journal record). Real records only ever follow one another with
+ * increasing sequences, so a run found later whose first sequence is not
+ * past the held run's last contradicts it, and one of the two was read
+ * from inside a payload. Taken blindly, the earlier one wins, and a planted
+ * record with a high sequence then made every good record after it fail
+ * "sequence does not increase".
+ *
+ * Instead the one whose chain goes on is kept. A planted run is confined to
+ * the payload it sits in: it breaks inside that record, where the chain of
+ * real records after the damage runs on to the end of the data or to the
+ * next damage. So a later run that reaches the clean end of the data wins
+ * outright (a planted chain cannot end exactly there unless the frame that
+ * would end it has a colliding checksum), and otherwise the longer run wins,
+ * the later on a tie: one damaged record carrying a planted one is a likelier
+ * fault than two damaged records with a planted one between good ones. The
+ * loser is skipped as part of the damaged range: left in place, never
+ * handed out, and counted in skipped_bytes when a good record follows it.
+ *
+ * This is safe where blind order was: no record is refused for its
+ * sequence alone except by a contradiction inside this one scan, so no
+ * bound on how far sequences may jump is assumed (a previous segment's
+ * damaged tail, or a compaction whose snapshot was lost, leaves gaps with
+ * no bytes here), and without a contradiction every run is handed out in
+ * order exactly as before. What it cannot tell: a planted record whose
+ * sequence contradicts nothing is read as a record, as before.
+ */
+static int settle(spi_jr_reader *r, jr_stop *stop, jr_run *run,
+                  spi_replay_record_fn fn, void *user, spi_buf *scratch,
+                  spi_jr_scan *out, int *done) {
+  uint64_t from = stop->at + 1, hint = stop->hint;
+  for (;;) {
+    uint64_t seq = 0;
+    int found = resync(r, from, hint, out->last_seq, scratch, &seq);
+    if (found <= 0) {
+      *done = 1;
+      out->stop = stop->kind == FR_TORN ? SPI_JR_TORN : SPI_JR_CORRUPT;
+      return found;
+    }
+    hint = 0;
+    jr_run next;
+    jr_stop next_stop;
+    int rc = measure(r, out->last_seq, scratch, &next, &next_stop);
+    if (rc != SPI_OK) return rc;
+    next.gap = stop->at;
+    if (run->count && seq <= run->last_seq) {
+      if (next_stop.kind != FR_END && next.count < run->count) {
+        from = next.end; /* the held run stays; search on after this one */
+        continue;
+      }
+      next.gap = run->gap; /* the held run joins the damage before it */
+    } else if (run->count) {
+      rc = hand_out(r, run, fn, user, scratch, out);
+      if (rc != SPI_OK) return rc;
+    }
+    *run = next;
+    *stop = next_stop;
+    return SPI_OK;
   }
 }
 
@@ -426,38 +586,24 @@ static int scan_loop(spi_jr_reader *r, uint64_t after_seq,
   memset(out, 0, sizeof *out);
   out->last_seq = after_seq;
   out->valid_bytes = rd_pos(r);
-  for (;;) {
-    jr_frame fr;
-    int k = frame_at(r, out->last_seq, scratch, &fr);
-    if (k < 0) return k;
-    if (k == FR_END) return SPI_OK;
-    uint64_t at = rd_pos(r);
-    if (k == FR_OK) {
-      if (fn) {
-        int rc = fn(user, &fr.rec);
-        if (rc != SPI_OK) return rc;
-      }
-      r->start += fr.total;
-      out->records++;
-      out->last_seq = fr.seq;
-      out->valid_bytes = rd_pos(r);
-      continue;
-    }
+  /* From the start of the data, records chain from a real one: each is
+   * handed out as it is read. */
+  jr_stop stop;
+  int rc = follow(r, UINT64_MAX, fn, user, scratch, out, &stop);
+  jr_run run;
+  memset(&run, 0, sizeof run);
+  int done = 0;
+  while (rc == SPI_OK && stop.kind != FR_END && !done) {
     if (!out->why[0]) {
-      out->first_bad = at;
-      spi__errf(out->why, sizeof out->why, "%s at offset %llu", fr.bad,
-                (unsigned long long)at);
+      out->first_bad = stop.at;
+      spi__errf(out->why, sizeof out->why, "%s at offset %llu", stop.why,
+                (unsigned long long)stop.at);
     }
-    uint64_t hint = k == FR_BAD && fr.total ? at + fr.total : 0;
-    int found = resync(r, at, hint, out->last_seq, scratch);
-    if (found < 0) return found;
-    if (!found) {
-      out->stop = k == FR_TORN ? SPI_JR_TORN : SPI_JR_CORRUPT;
-      return SPI_OK;
-    }
-    out->skipped++;
-    out->skipped_bytes += rd_pos(r) - at;
+    rc = settle(r, &stop, &run, fn, user, scratch, out, &done);
   }
+  if (rc == SPI_OK && run.count)
+    rc = hand_out(r, &run, fn, user, scratch, out);
+  return rc;
 }
 
 int spi__jr_scan(spi_jr_reader *r, uint64_t after_seq, spi_replay_record_fn fn,

@@ -78,11 +78,14 @@ void spi__jr_reader_free(spi_jr_reader *r);
  * NULL) in order. A damaged range (a record that fails its checks) is
  * skipped by searching forward for the next complete record whose checksum
  * holds and whose sequence is past the last good one; the scan then goes on
- * from there and counts the range in out->skipped. Damage with no good
- * record after it is the tail: out->stop says whether it looks cut off
- * (TORN) or damaged (CORRUPT). Sequences must increase from after_seq.
- * Returns SPI_OK (then *out says what was found), fn's status, SPI_ENOMEM,
- * or SPI_EIO (a read failed; errno in r->err).
+ * from there and counts the range in out->skipped. Of two runs of records
+ * found after damage that contradict each other (the later one's sequence
+ * not past the earlier's), the one whose chain goes on is kept and the
+ * other skipped with the damage (journal_codec.c, settle()). Damage with no
+ * good record after it is the tail: out->stop says whether it looks cut
+ * off (TORN) or damaged (CORRUPT). Sequences must increase from
+ * after_seq. Returns SPI_OK (then *out says what was found), fn's status,
+ * SPI_ENOMEM, or SPI_EIO (a read failed; errno in r->err).
  */
 int spi__jr_scan(spi_jr_reader *r, uint64_t after_seq, spi_replay_record_fn fn,
                  void *user_data, spi_jr_scan *out);
