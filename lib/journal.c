@@ -21,7 +21,8 @@
  * every log after it in order and hands every good record to the queue. A
  * damaged record is skipped: the scan finds the next good record and goes
  * on, so one bad record never hides the ones after it, in its segment or in
- * later ones. Nothing is renamed or deleted for it:
+ * later ones (nor does a record found inside its payload: journal_codec.c,
+ * and next_bound() below). Nothing is renamed or deleted for it:
  *   - damage inside a segment stays where it is (the segment is only read),
  *     so every later open skips and reports it again, until a compaction
  *     replaces the segment; then the whole segment is kept as
@@ -642,11 +643,11 @@ static int cut_tail(journal *j, const jr_file *f, int fd, const spi_jr_scan *sc,
   return SPI_OK;
 }
 
-/* Read one chain file into fn. *sc says what it found; *fd_out is the file,
- * still open. */
+/* Read one chain file into fn, its sequences past after_seq and below
+ * before_seq. *sc says what it found; *fd_out is the file, still open. */
 static int read_file(journal *j, jr_file *f, int *fd_out, uint64_t after_seq,
-                     spi_replay_record_fn fn, void *user, spi_jr_scan *sc,
-                     char *err, size_t cap) {
+                     uint64_t before_seq, spi_replay_record_fn fn, void *user,
+                     spi_jr_scan *sc, char *err, size_t cap) {
   char name[JR_NAME_MAX];
   seg_name(f->no, f->snap, name, sizeof name);
   int fd = open_seg(j, name, O_RDWR);
@@ -660,6 +661,7 @@ static int read_file(journal *j, jr_file *f, int *fd_out, uint64_t after_seq,
   f->size = (uint64_t)sb.st_size;
   spi_jr_reader r;
   spi__jr_reader_file(&r, fd, f->size, &j->mem);
+  r.before_seq = before_seq;
   int rc = spi__jr_scan(&r, after_seq, fn, user, sc);
   spi__jr_reader_free(&r);
   if (rc == SPI_EIO)
@@ -767,6 +769,63 @@ static int handle_damage(journal *j, jr_file *f, int fd, int active,
   return sc->skipped ? note_damaged(j, f->no) : SPI_OK;
 }
 
+/* Whether file f starts with a good record (1, its sequence in *seq) or
+ * not (0); or SPI_EIO, SPI_ENOMEM with the message in err. */
+static int first_seq(journal *j, const jr_file *f, uint64_t *seq, char *err,
+                     size_t cap) {
+  char name[JR_NAME_MAX];
+  seg_name(f->no, f->snap, name, sizeof name);
+  int fd = open_seg(j, name, O_RDONLY);
+  if (fd < 0) return io_fail(err, cap, j, name, "open", errno);
+  struct stat sb;
+  int rc = SPI_OK;
+  if (fstat(fd, &sb) != 0) {
+    rc = io_fail(err, cap, j, name, "fstat", errno);
+  } else {
+    spi_jr_reader r;
+    spi__jr_reader_file(&r, fd, (uint64_t)sb.st_size, &j->mem);
+    rc = spi__jr_first_seq(&r, seq);
+    spi__jr_reader_free(&r);
+    if (rc == SPI_EIO)
+      io_fail(err, cap, j, name, "read", r.err);
+    else if (rc == SPI_ENOMEM)
+      spi__errf(err, cap, "journal: out of memory");
+  }
+  close(fd);
+  return rc;
+}
+
+/*
+ * The bound on the sequences of chain file i: the sequence of the first
+ * record of the nearest later file that starts with a good one, *bound_at
+ * that file's index (n, and UINT64_MAX, when none does).
+ *
+ * Sound because sequences only grow along the chain: appends take the next
+ * one, a new segment goes on from the last, and a snapshot and the log
+ * after it take theirs from past everything they replace. A file's first
+ * byte is always the start of a record the journal wrote, so a good record
+ * there is a real one, and no record of an earlier file can have its
+ * sequence or a later one. What the bound refuses is what a search inside
+ * a damaged record found in its payload (see journal_codec.c): without it,
+ * one such record with a high sequence at the end of a segment would make
+ * every record of the later segments fail "sequence does not increase".
+ */
+static int next_bound(journal *j, const jr_file *v, size_t i, size_t n,
+                      size_t *bound_at, uint64_t *bound, char *err,
+                      size_t cap) {
+  for (size_t k = i + 1; k < n; k++) {
+    int found = first_seq(j, &v[k], bound, err, cap);
+    if (found < 0) return found;
+    if (found) {
+      *bound_at = k;
+      return SPI_OK;
+    }
+  }
+  *bound_at = n;
+  *bound = UINT64_MAX;
+  return SPI_OK;
+}
+
 /* Read the chain v[first..n) into fn; *last_seq gets the newest sequence,
  * *damaged whether the first file (a snapshot) had damage. */
 static int read_chain(journal *j, jr_file *v, size_t first, size_t n,
@@ -774,10 +833,16 @@ static int read_chain(journal *j, jr_file *v, size_t first, size_t n,
                       int *damaged, char *w, size_t wcap, char *err,
                       size_t cap) {
   int rc = SPI_OK;
+  size_t bound_at = first; /* the file the bound comes from */
+  uint64_t bound = UINT64_MAX;
   for (size_t i = first; i < n && rc == SPI_OK; i++) {
+    if (bound_at <= i) {
+      rc = next_bound(j, v, i, n, &bound_at, &bound, err, cap);
+      if (rc != SPI_OK) break;
+    }
     int fd = -1;
     spi_jr_scan sc;
-    rc = read_file(j, &v[i], &fd, *last_seq, fn, user, &sc, err, cap);
+    rc = read_file(j, &v[i], &fd, *last_seq, bound, fn, user, &sc, err, cap);
     if (rc != SPI_OK) break;
     j->stats.recovered += sc.records;
     *last_seq = sc.last_seq;
@@ -809,7 +874,8 @@ static int remove_replaced(journal *j, jr_file *v, size_t first) {
     if (!bad) {
       int fd = -1;
       spi_jr_scan sc;
-      if (read_file(j, &v[i], &fd, 0, NULL, NULL, &sc, tmp, sizeof tmp) != SPI_OK)
+      if (read_file(j, &v[i], &fd, 0, UINT64_MAX, NULL, NULL, &sc, tmp,
+                    sizeof tmp) != SPI_OK)
         continue;
       close(fd);
       bad = sc.skipped || sc.stop != SPI_JR_END;

@@ -249,6 +249,7 @@ void spi__jr_reader_file(spi_jr_reader *r, int fd, uint64_t size,
   memset(r, 0, sizeof *r);
   r->fd = fd;
   r->size = size;
+  r->before_seq = UINT64_MAX;
   r->m = m;
 }
 
@@ -374,6 +375,8 @@ static int frame_at(spi_jr_reader *r, uint64_t last_seq, spi_buf *scratch,
     fr->bad = "checksum mismatch";
   else if (fr->seq <= last_seq)
     fr->bad = "sequence does not increase";
+  else if (fr->seq >= r->before_seq)
+    fr->bad = "sequence not below the next segment's";
   if (fr->bad) return FR_BAD;
   int rc = decode_payload(get16(h + 4), h + SPI_JR_HEADER_BYTES, len, &fr->rec,
                           &fr->env, scratch, r->m);
@@ -615,6 +618,17 @@ int spi__jr_scan(spi_jr_reader *r, uint64_t after_seq, spi_replay_record_fn fn,
   return rc;
 }
 
+int spi__jr_first_seq(spi_jr_reader *r, uint64_t *seq) {
+  spi_buf scratch = {0};
+  jr_frame fr;
+  int k = frame_at(r, 0, &scratch, &fr);
+  spi__buf_free(&scratch, r->m);
+  if (k < 0) return k;
+  if (k != FR_OK) return 0;
+  *seq = fr.seq;
+  return 1;
+}
+
 int spi__journal_scan_mem(const spi_mem *m, const uint8_t *data, size_t len,
                           uint64_t after_seq, spi_replay_record_fn fn,
                           void *user_data, spi_jr_scan *out) {
@@ -624,6 +638,7 @@ int spi__journal_scan_mem(const spi_mem *m, const uint8_t *data, size_t len,
   r.data = data;
   r.end = data ? len : 0;
   r.size = r.end;
+  r.before_seq = UINT64_MAX;
   r.m = m;
   return spi__jr_scan(&r, after_seq, fn, user_data, out);
 }

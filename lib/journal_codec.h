@@ -64,11 +64,15 @@ typedef struct spi_jr_reader {
   size_t start, end; /* unread bytes are data[start..end) */
   uint64_t base;     /* offset of data[0] in the file */
   uint64_t size;     /* of the file or image */
+  /* Every record read must have a smaller sequence: the first record of
+   * the next segment, when there is one (UINT64_MAX: no bound). */
+  uint64_t before_seq;
   const spi_mem *m;
 } spi_jr_reader;
 
 /* A reader over the open file fd of size bytes, read from its current
- * offset (0); spi__jr_reader_free releases its buffer, not fd. */
+ * offset (0), with no before_seq; spi__jr_reader_free releases its buffer,
+ * not fd. */
 void spi__jr_reader_file(spi_jr_reader *r, int fd, uint64_t size,
                          const spi_mem *m);
 void spi__jr_reader_free(spi_jr_reader *r);
@@ -83,14 +87,21 @@ void spi__jr_reader_free(spi_jr_reader *r);
  * not past the earlier's), the one whose chain goes on is kept and the
  * other skipped with the damage (journal_codec.c, settle()). Damage with no
  * good record after it is the tail: out->stop says whether it looks cut
- * off (TORN) or damaged (CORRUPT). Sequences must increase from
- * after_seq. Returns SPI_OK (then *out says what was found), fn's status,
- * SPI_ENOMEM, or SPI_EIO (a read failed; errno in r->err).
+ * off (TORN) or damaged (CORRUPT). Sequences must increase from after_seq
+ * and stay below r->before_seq. Returns SPI_OK (then *out says what was
+ * found), fn's status, SPI_ENOMEM, or SPI_EIO (a read failed; errno in
+ * r->err).
  */
 int spi__jr_scan(spi_jr_reader *r, uint64_t after_seq, spi_replay_record_fn fn,
                  void *user_data, spi_jr_scan *out);
 
-/* The same scan over an image in memory (the fuzz target and the tests). */
+/* Whether the data starts with a good record (1, its sequence in *seq) or
+ * not (0); SPI_ENOMEM or SPI_EIO (errno in r->err). Reads from the
+ * reader's position, which it leaves anywhere. */
+int spi__jr_first_seq(spi_jr_reader *r, uint64_t *seq);
+
+/* The same scan over an image in memory (the fuzz target and the tests),
+ * with no before_seq. */
 int spi__journal_scan_mem(const spi_mem *m, const uint8_t *data, size_t len,
                           uint64_t after_seq, spi_replay_record_fn fn,
                           void *user_data, spi_jr_scan *out);

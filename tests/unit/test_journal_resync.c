@@ -346,6 +346,32 @@ static void test_journal_planted(void **st) {
   spi__buf_free(&im.b, &MEM);
 }
 
+/* A damaged last record of one segment planting a sequence past the next
+ * segment's records: the next segment's first record bounds the earlier
+ * segment's sequences, so the planted one is refused and the next segment
+ * is read whole. */
+static void test_planted_before_next_segment(void **st) {
+  fixture *f = *st;
+  image one = {0}, two = {0};
+  put_keys(&one, 0, 3, 1);
+  put_planted(&one, 3, 4, 1000, 1);
+  break_header(&one, 3);
+  put_keys(&two, 4, 8, 1);
+  size_t len = one.b.len;
+  recover_two(f, &one, &two);
+  expect_keys(claim_all(f), "k0 k1 k2 k4 k5 k6 k7");
+  spi_replay_store_stats s = store_stats(f);
+  assert_int_equal(s.recovered, 7);
+  assert_int_equal(s.torn, 1);
+  /* Not the segment appends go to: the damage is left in place. */
+  assert_int_equal(count_suffix(f->dir, ".corrupt"), 0);
+  char path[600];
+  snprintf(path, sizeof path, "%s/000001.log", f->dir);
+  struct stat sb;
+  assert_int_equal(stat(path, &sb), 0);
+  assert_int_equal(sb.st_size, len);
+}
+
 /* Records lost at the end of one segment took sequences that have no bytes
  * in the next. Every good record of both segments must come back: with the
  * next segment whole, and with its first record damaged too, where the
@@ -376,6 +402,8 @@ int main(void) {
       cmocka_unit_test(test_planted_runs),
       cmocka_unit_test(test_planted_low_sequence),
       cmocka_unit_test_setup_teardown(test_journal_planted, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_planted_before_next_segment, setup,
+                                      teardown),
       cmocka_unit_test_setup_teardown(test_damaged_tail_then_gap, setup,
                                       teardown),
   };
