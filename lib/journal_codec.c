@@ -376,7 +376,7 @@ static int frame_at(spi_jr_reader *r, uint64_t last_seq, spi_buf *scratch,
   else if (fr->seq <= last_seq)
     fr->bad = "sequence does not increase";
   else if (fr->seq >= r->before_seq)
-    fr->bad = "sequence not below the next segment's";
+    fr->bad = "sequence not below the next segment's first";
   if (fr->bad) return FR_BAD;
   int rc = decode_payload(get16(h + 4), h + SPI_JR_HEADER_BYTES, len, &fr->rec,
                           &fr->env, scratch, r->m);
@@ -526,28 +526,33 @@ static int hand_out(spi_jr_reader *r, const jr_run *run,
  * is a journal record). Real records only ever follow one another with
  * increasing sequences, so a run found later whose first sequence is not
  * past the held run's last contradicts it, and one of the two was read
- * from inside a payload. Taken blindly, the earlier one wins, and a planted
- * record with a high sequence then made every good record after it fail
- * "sequence does not increase".
+ * from inside a payload. Keeping the earlier one, as the scan once did, let
+ * a planted record with a high sequence make every good record after it
+ * fail "sequence does not increase".
  *
  * Instead the one whose chain goes on is kept. A planted run is confined to
  * the payload it sits in: it breaks inside that record, where the chain of
  * real records after the damage runs on to the end of the data or to the
  * next damage. So a later run that reaches the clean end of the data wins
- * outright (a planted chain cannot end exactly there unless the frame that
- * would end it has a colliding checksum), and otherwise the longer run wins,
- * the later on a tie: one damaged record carrying a planted one is a likelier
- * fault than two damaged records with a planted one between good ones. The
- * loser is skipped as part of the damaged range: left in place, never
- * handed out, and counted in skipped_bytes when a good record follows it.
+ * outright (a planted chain ends exactly there only by a checksum collision,
+ * or when its record is the last and was cut off at that very byte), and
+ * otherwise the longer run wins, the later on a tie: one damaged record
+ * carrying a planted one is a likelier fault than two damaged records with
+ * a planted one between good ones. The loser is skipped as part of the
+ * damaged range: left in place, never handed out, and counted in
+ * skipped_bytes when a good record follows it.
  *
- * This is safe where blind order was: no record is refused for its
- * sequence alone except by a contradiction inside this one scan, so no
- * bound on how far sequences may jump is assumed (a previous segment's
- * damaged tail, or a compaction whose snapshot was lost, leaves gaps with
- * no bytes here), and without a contradiction every run is handed out in
- * order exactly as before. What it cannot tell: a planted record whose
- * sequence contradicts nothing is read as a record, as before.
+ * Why this is safe: no record is refused for its sequence except by a
+ * contradiction inside this one scan, or by r->before_seq, which the
+ * journal takes only from a record that is certainly real (the next
+ * segment's first). No bound on how far sequences may jump is assumed, so a
+ * gap with no bytes here (the records lost in a previous segment's damaged
+ * tail, or a compaction whose snapshot was lost) refuses nothing; and
+ * without a contradiction every run is handed out, in order, as before.
+ * What it costs: a good held run loses only to a planted chain at least as
+ * long, found after a second damaged record, where keeping the earlier run
+ * was right. What it cannot tell: a planted record whose sequence
+ * contradicts nothing is read as a record, as before.
  */
 static int settle(spi_jr_reader *r, jr_stop *stop, jr_run *run,
                   spi_replay_record_fn fn, void *user, spi_buf *scratch,
