@@ -106,6 +106,15 @@ static void break_header(image *im, int r) {
   memcpy(im->b.data + im->start[r], "XXXX", 4);
 }
 
+/* The issue's journal: k0..k6 (sequences 1..7), k3's header damaged and
+ * its body planting n records from sequence fake_seq. */
+static void planted_image(image *im, uint64_t fake_seq, int n) {
+  put_keys(im, 0, 3, 1);
+  put_planted(im, 3, 4, fake_seq, n);
+  put_keys(im, 4, 7, 1);
+  break_header(im, 3);
+}
+
 /* ------------------------------------------------------- scan in memory */
 
 typedef struct seen {
@@ -141,10 +150,7 @@ static void expect_keys(const char *got, const char *want) {
 static void test_planted_high_sequence(void **st) {
   (void)st;
   image im = {0};
-  put_keys(&im, 0, 3, 1);
-  put_planted(&im, 3, 4, 1000, 1);
-  put_keys(&im, 4, 7, 1);
-  break_header(&im, 3);
+  planted_image(&im, 1000, 1);
   spi_jr_scan sc;
   expect_keys(scan(&im, &sc), "k0 k1 k2 k4 k5 k6");
   assert_int_equal(sc.records, 6);
@@ -178,10 +184,7 @@ static void test_planted_runs(void **st) {
   };
   for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
     image im = {0};
-    put_keys(&im, 0, 3, 1);
-    put_planted(&im, 3, 4, cases[c].fake_seq, cases[c].fakes);
-    put_keys(&im, 4, 7, 1);
-    break_header(&im, 3);
+    planted_image(&im, cases[c].fake_seq, cases[c].fakes);
     size_t len = im.b.len;
     if (cases[c].torn_end) im.b.len -= 5;
     spi_jr_scan sc;
@@ -307,10 +310,7 @@ static void expect_file(fixture *f, const char *name, const image *im,
 static void test_journal_planted(void **st) {
   fixture *f = *st;
   image im = {0};
-  put_keys(&im, 0, 3, 1);
-  put_planted(&im, 3, 4, 1000, 1);
-  put_keys(&im, 4, 7, 1);
-  break_header(&im, 3);
+  planted_image(&im, 1000, 1);
   break_header(&im, 6); /* and a corrupt last record */
   write_seg(f, 1, &im);
   open_q(f);
