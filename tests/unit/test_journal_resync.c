@@ -106,7 +106,7 @@ static void break_header(image *im, int r) {
   memcpy(im->b.data + im->start[r], "XXXX", 4);
 }
 
-/* The issue's journal: k0..k6 (sequences 1..7), k3's header damaged and
+/* The planted-record journal: k0..k6 (sequences 1..7), k3's header damaged and
  * its body planting n records from sequence fake_seq. */
 static void planted_image(image *im, uint64_t fake_seq, int n) {
   put_keys(im, 0, 3, 1);
@@ -144,7 +144,7 @@ static void expect_keys(const char *got, const char *want) {
     fail_msg("records \"%s\", want \"%s\"", got, want);
 }
 
-/* The issue: k3's header is damaged and its body holds a record with a
+/* A planted record: k3's header is damaged and its body holds a record with a
  * high sequence. The search after k3 finds that record first; it must not
  * make every record after k3 fail "sequence does not increase". */
 static void test_planted_high_sequence(void **st) {
@@ -303,8 +303,8 @@ static void expect_file(fixture *f, const char *name, const image *im,
   free(got);
 }
 
-/* The issue through a journal: the damaged record and its planted record
- * stay where they are (the segment is only read) and every good record
+/* The same through a journal directory: the damaged record and its planted
+ * record stay where they are (the segment is only read) and every good record
  * comes back; the corrupt tail is cut and kept aside byte for byte; a
  * compaction keeps the damaged segment aside whole. */
 static void test_journal_planted(void **st) {
