@@ -434,7 +434,7 @@ static int resync(spi_jr_reader *r, uint64_t from, uint64_t hint,
 }
 
 /* Where a chain of frames stopped: the offset, what is there (FR_END,
- * FR_TORN, FR_BAD) and why, and where the record there says it ends (0 when
+ * FR_TORN, FR_BAD; FR_OK when it stopped at its most frames) and why, and where the record there says it ends (0 when
  * its header says nothing). */
 typedef struct jr_stop {
   uint64_t at, hint;
@@ -460,6 +460,11 @@ typedef struct jr_run {
 static int follow(spi_jr_reader *r, uint64_t max, spi_replay_record_fn fn,
                   void *user, spi_buf *scratch, spi_jr_scan *out,
                   jr_stop *stop) {
+  /* FR_OK: max frames followed, the next one not read. */
+  stop->at = rd_pos(r);
+  stop->kind = FR_OK;
+  stop->why = "";
+  stop->hint = 0;
   for (uint64_t i = 0; i < max; i++) {
     jr_frame fr;
     int k = frame_at(r, out->last_seq, scratch, &fr);
