@@ -538,43 +538,60 @@ static int match_bool(int32_t want, int32_t have) {
   return want == ANY || want == have;
 }
 
-/* The value of key k in the request's metadata pairs: the last pair's, as a
- * later pair overrides an earlier one for the attributes too. 0 when no
- * pair has the key. */
-static int meta_lookup(const spi_request_view *v, const meta_key *k,
-                       const char **val, size_t *vlen) {
-  if (!v->metadata_count) return 0;
+/* The request's metadata pairs, split once per classification, and only
+ * when a rule tests metadata: each rule key is then looked up among them
+ * by length first, so a classification compares at most the rules' keys
+ * times the pairs, never scanning the pairs' bytes again for each key. */
+#define META_PAIRS_MAX 256 /* limits.max_metadata_pairs' bound (options.c) */
+typedef struct meta_pair {
+  const char *k, *v;
+  size_t klen, vlen;
+} meta_pair;
+typedef struct meta_pairs {
+  int ready;
+  size_t n;
+  meta_pair p[META_PAIRS_MAX];
+} meta_pairs;
+
+static void meta_split(const spi_request_view *v, meta_pairs *mp) {
+  mp->ready = 1;
+  mp->n = 0;
+  if (!v->metadata_count) return;
   const char *p = v->metadata, *end = v->metadata + v->metadata_len;
-  int found = 0;
-  for (size_t i = 0; i < v->metadata_count; i++) {
+  for (size_t i = 0; i < v->metadata_count && mp->n < META_PAIRS_MAX; i++) {
     const char *kz = memchr(p, 0, (size_t)(end - p));
     const char *vz = kz ? memchr(kz + 1, 0, (size_t)(end - kz - 1)) : NULL;
     if (!vz) break; /* the library writes both NULs: cannot happen */
-    if ((size_t)(kz - p) == k->len && memcmp(p, k->text, k->len) == 0) {
-      *val = kz + 1;
-      *vlen = (size_t)(vz - kz - 1);
-      found = 1;
-    }
+    meta_pair *o = &mp->p[mp->n++];
+    o->k = p;
+    o->klen = (size_t)(kz - p);
+    o->v = kz + 1;
+    o->vlen = (size_t)(vz - kz - 1);
     p = vz + 1;
   }
-  return found;
 }
 
-/* Whether the request's metadata has key k with one of its values. */
+/* Whether the request's metadata has key k with one of its values: the
+ * last pair with the key counts, as a later pair overrides an earlier one
+ * for the attributes too. */
 static int meta_matches(const instance *in, const meta_key *k,
-                        const spi_request_view *v) {
-  const char *val;
-  size_t vlen;
-  if (!meta_lookup(v, k, &val, &vlen)) return 0;
+                        const spi_request_view *v, meta_pairs *mp) {
+  if (!mp->ready) meta_split(v, mp);
+  const meta_pair *hit = NULL;
+  for (size_t i = mp->n; i-- > 0 && !hit;)
+    if (mp->p[i].klen == k->len && memcmp(mp->p[i].k, k->text, k->len) == 0)
+      hit = &mp->p[i];
+  if (!hit) return 0;
   for (uint32_t i = 0; i < k->value_count; i++) {
     const meta_value *m = &in->meta_values[k->value_first + i];
-    if (m->len == vlen && memcmp(m->text, val, vlen) == 0) return 1;
+    if (m->len == hit->vlen && memcmp(m->text, hit->v, hit->vlen) == 0)
+      return 1;
   }
   return 0;
 }
 
 static int rule_matches(const instance *in, const rule *r,
-                        const spi_request_view *v) {
+                        const spi_request_view *v, meta_pairs *mp) {
   if (!match_bool(r->stream, v->stream != 0)) return 0;
   if (r->replayable_is != ANY &&
       (!v->replayable_set || (v->replayable != 0) != r->replayable_is))
@@ -606,7 +623,7 @@ static int rule_matches(const instance *in, const rule *r,
     if (!hit) return 0;
   }
   for (uint32_t i = 0; i < r->meta_count; i++)
-    if (!meta_matches(in, &in->meta_keys[r->meta_first + i], v)) return 0;
+    if (!meta_matches(in, &in->meta_keys[r->meta_first + i], v, mp)) return 0;
   return 1;
 }
 
@@ -652,8 +669,10 @@ static int ref_classify(void *state, void *inst, const spi_request_view *v,
     spi__errf(out->reason, sizeof out->reason, "priority %lld maps to %s",
               (long long)v->priority, spi_class_name(out->klass));
   } else {
+    meta_pairs mp; /* split when a rule first tests metadata */
+    mp.ready = 0;
     for (size_t i = 0; i < in->nrules && !hit; i++) {
-      if (rule_matches(in, &in->rules[i], v)) {
+      if (rule_matches(in, &in->rules[i], v, &mp)) {
         hit = &in->rules[i];
         out->rule_index = (int32_t)i;
       }
