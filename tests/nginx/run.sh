@@ -175,6 +175,10 @@ http {
       spotinfer_route tok;
       proxy_pass http://tok/;
       proxy_buffering off;
+      # reads of 160 bytes (the answer's header takes about 110): every
+      # event of 230 bytes or more reaches the body filter cut in two or
+      # three buffers
+      proxy_buffer_size 160;
     }
     location = /metrics { spotinfer_metrics llm; }
     location = /notice { spotinfer_notice llm; }
