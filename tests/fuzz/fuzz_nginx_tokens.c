@@ -55,7 +55,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   same(&whole, &two);
 
   ngx_http_spi_tokens_init(&bytes, stream);
-  for (size_t i = 0; i < len; i++) ngx_http_spi_tokens_read(&bytes, p + i, p + i + 1);
+  for (size_t i = 0; i < len; i++)
+    ngx_http_spi_tokens_read(&bytes, p + i, p + i + 1);
   same(&whole, &bytes);
 
   for (int k = 0; k < NGX_HTTP_SPI_USAGE_N; k++)

@@ -67,18 +67,25 @@ static void test_estimate(void **st) {
     const char *event;
     uint64_t want;
   } cases[] = {
-      {"{\"choices\":[{\"delta\":{\"role\":\"assistant\",\"content\":\"\"}}]}", 0},
+      {"{\"choices\":[{\"delta\":{\"role\":\"assistant\",\"content\":\"\"}}]}",
+       0},
       {"{\"choices\":[{\"delta\":{\"content\":\" understanding\"}}]}", 1},
       {"{\"choices\":[{\"delta\":{\"content\":\"\\n\\n\"}}]}", 1},
       {"{\"choices\":[{\"delta\":{\"content\":\"ing\"}}]}", 1},
-      {"{\"choices\":[{\"delta\":{\"content\":\" alpha bravo\\ncharlie  delta\"}}]}", 4},
+      {"{\"choices\":[{\"delta\":{\"content\":\" alpha bravo\\ncharlie  "
+       "delta\"}}]}",
+       4},
       {"{\"choices\":[{\"text\":\" one two three\"}]}", 3},
       {"{\"choices\":[{\"delta\":{\"reasoning_content\":\"so then\"}}]}", 2},
       {"{\"choices\":[{\"delta\":{\"tool_calls\":[{\"index\":0}]}}]}", 1},
       {"{\"choices\":[{\"delta\":{},\"finish_reason\":\"stop\"}]}", 0},
-      {"{\"choices\":[{\"delta\":{\"content\":\"h\xc3\xa9llo w\xc3\xb6rld, \xc3\xa7" "a va\"}}]}", 4},
+      {"{\"choices\":[{\"delta\":{\"content\":\"h\303\251llo w\303\266rld, "
+       "\303\247a va\"}}]}",
+       4},
       {"{\"choices\":[{\"delta\":{\"content\":\"\\u00a0x\\u2003y\"}}]}", 2},
-      {"{\"choices\":[{\"delta\":{\"content\":\" a\"}},{\"index\":1,\"delta\":{\"content\":\" b\"}}]}", 2},
+      {"{\"choices\":[{\"delta\":{\"content\":\" "
+       "a\"}},{\"index\":1,\"delta\":{\"content\":\" b\"}}]}",
+       2},
   };
   for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
     uint64_t got = event_tokens(cases[i].event);
@@ -96,24 +103,25 @@ static void test_spaces(void **st) {
     const char *content;
     uint64_t want;
   } cases[] = {
-      {"a\xc2\xa0" "b", 2},          /* no-break space, raw */
-      {"a\xe3\x80\x80" "b", 2},      /* ideographic space */
-      {"a\xe2\x80\xa8" "b", 2},      /* line separator */
-      {"a\xc2\x85" "b", 2},          /* next line */
-      {"a\xc0\xa0" "b", 1},          /* an overlong form is no space */
-      {"a\xe0\x82\xa0" "b", 1},
-      {"a\xe2\x80\x8b" "b", 1},      /* zero-width space: not White_Space */
-      {"a\xff" "b \xc2", 2},         /* broken sequences are characters */
+      {"p\xc2\xa0q", 2},     /* no-break space, raw */
+      {"p\xe3\x80\x80q", 2}, /* ideographic space */
+      {"p\xe2\x80\xa8q", 2}, /* line separator */
+      {"p\xc2\x85q", 2},     /* next line */
+      {"p\xc0\xa0q", 1},     /* an overlong form is no space */
+      {"p\xe0\x82\xa0q", 1},
+      {"p\xe2\x80\x8bq", 1}, /* zero-width space: not White_Space */
+      {"p\xffq \xc2", 2},    /* broken sequences are characters */
       {"\xc2 x", 2},
       {"\\u0020a\\u0009b\\u000A", 2},
-      {"a\\tb\\rc\\fd\\be", 4},      /* \b is no space */
+      {"a\\tb\\rc\\fd\\be", 4}, /* \b is no space */
       {"\\ud83d\\ude00 \\\"q\\\" \\\\ \\/", 4},
-      {"\\u00zz", 1},                /* a broken escape is a character */
-      {"   ", 1},                    /* output without a word: one token */
+      {"\\u00zz", 1}, /* a broken escape is a character */
+      {"   ", 1},     /* output without a word: one token */
   };
   char buf[256];
   for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
-    snprintf(buf, sizeof buf, "{\"choices\":[{\"delta\":{\"content\":\"%s\"}}]}",
+    snprintf(buf, sizeof buf,
+             "{\"choices\":[{\"delta\":{\"content\":\"%s\"}}]}",
              cases[i].content);
     uint64_t got = event_tokens(buf);
     if (got != cases[i].want)
@@ -126,30 +134,36 @@ static void test_spaces(void **st) {
  * events without one add to it. */
 static void test_backend_count(void **st) {
   (void)st;
-  assert_int_equal(stream_output("data: {\"choices\":[{\"delta\":{\"content\":\" a b c\"}}]}\n\n"
-                                 "data: {\"choices\":[{\"delta\":{\"content\":\" d\"}}]}\n\n"),
-                   4);
   assert_int_equal(
-      stream_output("data: {\"choices\":[{\"delta\":{\"content\":\" a b c\"}}]}\n\n"
-                    "data: {\"choices\":[{\"delta\":{\"content\":\" d\"}}]}\n\n"
-                    "data: {\"choices\":[{\"delta\":{\"content\":\" e\"}}],"
-                    "\"usage\":{\"prompt_tokens\":9,\"completion_tokens\":7}}\n\n"),
+      stream_output(
+          "data: {\"choices\":[{\"delta\":{\"content\":\" a b c\"}}]}\n\n"
+          "data: {\"choices\":[{\"delta\":{\"content\":\" d\"}}]}\n\n"),
+      4);
+  assert_int_equal(
+      stream_output(
+          "data: {\"choices\":[{\"delta\":{\"content\":\" a b c\"}}]}\n\n"
+          "data: {\"choices\":[{\"delta\":{\"content\":\" d\"}}]}\n\n"
+          "data: {\"choices\":[{\"delta\":{\"content\":\" e\"}}],"
+          "\"usage\":{\"prompt_tokens\":9,\"completion_tokens\":7}}\n\n"),
       7);
   assert_int_equal(
-      stream_output("data: {\"choices\":[{\"delta\":{\"content\":\" e\"}}],"
-                    "\"usage\":{\"completion_tokens\":7}}\n\n"
-                    "data: {\"choices\":[{\"delta\":{\"content\":\" f g\"}}]}\n\n"),
+      stream_output(
+          "data: {\"choices\":[{\"delta\":{\"content\":\" e\"}}],"
+          "\"usage\":{\"completion_tokens\":7}}\n\n"
+          "data: {\"choices\":[{\"delta\":{\"content\":\" f g\"}}]}\n\n"),
       9);
   /* The usage first in the event, or spaced as Python prints JSON. */
   assert_int_equal(
-      stream_output("data: {\"usage\": {\"completion_tokens\" : 12}, \"choices\": "
-                    "[{\"delta\": {\"content\": \" word\"}}]}\n\n"),
+      stream_output(
+          "data: {\"usage\": {\"completion_tokens\" : 12}, \"choices\": "
+          "[{\"delta\": {\"content\": \" word\"}}]}\n\n"),
       12);
   /* A count below the estimate is still the backend's. */
   assert_int_equal(
-      stream_output("data: {\"choices\":[{\"delta\":{\"content\":\" a b c d\"}}]}\n\n"
-                    "data: {\"choices\":[{\"delta\":{\"content\":\" e\"}}],"
-                    "\"usage\":{\"completion_tokens\":2}}\n\n"),
+      stream_output(
+          "data: {\"choices\":[{\"delta\":{\"content\":\" a b c d\"}}]}\n\n"
+          "data: {\"choices\":[{\"delta\":{\"content\":\" e\"}}],"
+          "\"usage\":{\"completion_tokens\":2}}\n\n"),
       2);
 }
 
@@ -159,16 +173,23 @@ static void test_backend_count(void **st) {
 static void test_vllm_stream(void **st) {
   (void)st;
   const char *role =
-      "data: {\"id\":\"c1\",\"object\":\"chat.completion.chunk\",\"choices\":[{\"index\":0,"
+      "data: "
+      "{\"id\":\"c1\",\"object\":\"chat.completion.chunk\",\"choices\":[{"
+      "\"index\":0,"
       "\"delta\":{\"role\":\"assistant\",\"content\":\"\"},\"logprobs\":null,"
       "\"finish_reason\":null}]}\n\n";
   const char *text =
-      "data: {\"id\":\"c1\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\" alpha bravo "
+      "data: "
+      "{\"id\":\"c1\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\" "
+      "alpha bravo "
       "charlie\"},\"logprobs\":null,\"finish_reason\":null}]}\n\n"
-      "data: {\"id\":\"c1\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\" delta "
+      "data: "
+      "{\"id\":\"c1\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\" "
+      "delta "
       "echo foxtrot\"},\"logprobs\":null,\"finish_reason\":null}]}\n\n";
   const char *finish =
-      "data: {\"id\":\"c1\",\"choices\":[{\"index\":0,\"delta\":{},\"logprobs\":null,"
+      "data: "
+      "{\"id\":\"c1\",\"choices\":[{\"index\":0,\"delta\":{},\"logprobs\":null,"
       "\"finish_reason\":\"length\"}]}\n\n";
   const char *usage =
       "data: {\"id\":\"c1\",\"choices\":[],\"usage\":{\"prompt_tokens\":31,"
@@ -181,7 +202,8 @@ static void test_vllm_stream(void **st) {
   assert_int_equal(ngx_http_spi_tokens_output(&t), 6);
   assert_int_equal(t.usage_found, 0);
 
-  snprintf(buf, sizeof buf, "%s%s%s%sdata: [DONE]\n\n", role, text, finish, usage);
+  snprintf(buf, sizeof buf, "%s%s%s%sdata: [DONE]\n\n", role, text, finish,
+           usage);
   t = read_cuts(buf, 1);
   assert_int_equal(ngx_http_spi_tokens_output(&t), 6);
   assert_int_equal(t.usage[NGX_HTTP_SPI_USAGE_PROMPT], 31);
@@ -189,12 +211,15 @@ static void test_vllm_stream(void **st) {
 
   /* The usage says 8 (two tokens no text shows): its count stands. */
   snprintf(buf, sizeof buf, "%s%s%s%sdata: [DONE]\n\n", role, text, finish,
-           "data: {\"choices\":[],\"usage\":{\"prompt_tokens\":31,\"completion_tokens\":8}}\n\n");
+           "data: "
+           "{\"choices\":[],\"usage\":{\"prompt_tokens\":31,\"completion_"
+           "tokens\":8}}\n\n");
   assert_int_equal(stream_output(buf), 8);
 
   /* continuous_usage_stats: the count after each event is the backend's. */
   static const char *const events[] = {
-      "data: {\"choices\":[{\"delta\":{\"role\":\"assistant\",\"content\":\"\"}}],"
+      "data: "
+      "{\"choices\":[{\"delta\":{\"role\":\"assistant\",\"content\":\"\"}}],"
       "\"usage\":{\"prompt_tokens\":31,\"completion_tokens\":0}}\n\n",
       "data: {\"choices\":[{\"delta\":{\"content\":\"Hello\"}}],"
       "\"usage\":{\"prompt_tokens\":31,\"completion_tokens\":3}}\n\n",
@@ -202,7 +227,9 @@ static void test_vllm_stream(void **st) {
       "\"usage\":{\"prompt_tokens\":31,\"completion_tokens\":7}}\n\n",
       "data: {\"choices\":[{\"delta\":{},\"finish_reason\":\"stop\"}],"
       "\"usage\":{\"prompt_tokens\":31,\"completion_tokens\":7}}\n\n",
-      "data: {\"choices\":[],\"usage\":{\"prompt_tokens\":31,\"completion_tokens\":7}}\n\n",
+      "data: "
+      "{\"choices\":[],\"usage\":{\"prompt_tokens\":31,\"completion_tokens\":7}"
+      "}\n\n",
       "data: [DONE]\n\n",
   };
   static const uint64_t after[] = {0, 3, 7, 7, 7, 7};
@@ -217,11 +244,13 @@ static void test_vllm_stream(void **st) {
 static void test_lines(void **st) {
   (void)st;
   /* "data:" without its space, CRLF line ends, comments, event names. */
-  assert_int_equal(stream_output(": ping\n\nevent: message\n"
-                                 "data:{\"choices\":[{\"delta\":{\"content\":\" a b\"}}]}\r\n\r\n"
-                                 "id: 7\ndata:   {\"choices\":[{\"text\":\"c\"}]}\n\n"
-                                 "data: [DONE]\n\n"),
-                   3);
+  assert_int_equal(
+      stream_output(
+          ": ping\n\nevent: message\n"
+          "data:{\"choices\":[{\"delta\":{\"content\":\" a b\"}}]}\r\n\r\n"
+          "id: 7\ndata:   {\"choices\":[{\"text\":\"c\"}]}\n\n"
+          "data: [DONE]\n\n"),
+      3);
   /* A line that only looks like data. */
   assert_int_equal(stream_output("xdata: {\"choices\":[{\"text\":\"a\"}]}\n"
                                  "dat: {\"choices\":[{\"text\":\"a\"}]}\n"
@@ -243,28 +272,36 @@ static void test_lines(void **st) {
  * "content" (an array of tokens), a key's name inside a text value. */
 static void test_not_counted(void **st) {
   (void)st;
-  assert_int_equal(event_tokens("{\"choices\":[{\"delta\":{\"content\":null}}]}"), 0);
-  assert_int_equal(event_tokens("{\"choices\":[{\"delta\":{\"tool_calls\":null}}]}"), 0);
-  assert_int_equal(event_tokens("{\"id\":\"a b c\",\"model\":\"m x\",\"object\":\"content\","
-                                "\"x\":\"text\",\"y\":\"p q\"}"),
-                   0);
-  assert_int_equal(event_tokens("{\"choices\":[{\"delta\":{\"content\":\" word\"},"
-                                "\"logprobs\":{\"content\":[{\"token\":\" word\",\"logprob\":-0.5,"
-                                "\"bytes\":[32,119],\"top_logprobs\":[{\"token\":\" a b\","
-                                "\"logprob\":-1}]}]}}]}"),
-                   1);
+  assert_int_equal(
+      event_tokens("{\"choices\":[{\"delta\":{\"content\":null}}]}"), 0);
+  assert_int_equal(
+      event_tokens("{\"choices\":[{\"delta\":{\"tool_calls\":null}}]}"), 0);
+  assert_int_equal(
+      event_tokens("{\"id\":\"a b c\",\"model\":\"m x\",\"object\":\"content\","
+                   "\"x\":\"text\",\"y\":\"p q\"}"),
+      0);
+  assert_int_equal(
+      event_tokens(
+          "{\"choices\":[{\"delta\":{\"content\":\" word\"},"
+          "\"logprobs\":{\"content\":[{\"token\":\" word\",\"logprob\":-0.5,"
+          "\"bytes\":[32,119],\"top_logprobs\":[{\"token\":\" a b\","
+          "\"logprob\":-1}]}]}}]}"),
+      1);
   /* Inside a text value a quote is escaped: nothing there is a key. */
   assert_int_equal(event_tokens("{\"choices\":[{\"delta\":{\"content\":"
-                                "\"{\\\"completion_tokens\\\": 99, \\\"text\\\": \\\"x y z\\\"}\"}}]}"),
+                                "\"{\\\"completion_tokens\\\": 99, "
+                                "\\\"text\\\": \\\"x y z\\\"}\"}}]}"),
                    6);
   /* Other keys that end like ours, or hold an escape. */
-  assert_int_equal(event_tokens("{\"choices\":[{\"delta\":{\"\\ncontent\":\"a b\","
-                                "\"t\\u0065xt\":\"c\"}}]}"),
-                   0);
-  assert_int_equal(event_tokens("{\"choices\":[{\"delta\":{\"my_content\":\"a b\","
-                                "\"contents\":\"c d\",\"tex\":\"e\"}}],"
-                                "\"usage\":{\"completion_tokens_details\":{\"x\":5}}}"),
-                   0);
+  assert_int_equal(
+      event_tokens("{\"choices\":[{\"delta\":{\"\\ncontent\":\"a b\","
+                   "\"t\\u0065xt\":\"c\"}}]}"),
+      0);
+  assert_int_equal(
+      event_tokens("{\"choices\":[{\"delta\":{\"my_content\":\"a b\","
+                   "\"contents\":\"c d\",\"tex\":\"e\"}}],"
+                   "\"usage\":{\"completion_tokens_details\":{\"x\":5}}}"),
+      0);
   /* A usage count that is not a number is no count. */
   assert_int_equal(event_tokens("{\"choices\":[{\"text\":\"a b\"}],"
                                 "\"usage\":{\"completion_tokens\":null}}"),
@@ -279,7 +316,8 @@ static void test_whole_answer(void **st) {
   (void)st;
   const char *answer =
       "{\n  \"id\": \"c2\",\n  \"choices\": [\n    {\n      \"message\": {\n"
-      "        \"role\": \"assistant\",\n        \"content\": \"one two three\"\n"
+      "        \"role\": \"assistant\",\n        \"content\": \"one two "
+      "three\"\n"
       "      }\n    }\n  ],\n  \"usage\": {\n    \"prompt_tokens\": 120,\n"
       "    \"completion_tokens\": 17,\n    \"prompt_tokens_details\": "
       "{\"cached_tokens\": 96}\n  }\n}\n";
@@ -302,8 +340,10 @@ static void test_gap(void **st) {
   (void)st;
   tokens t;
   ngx_http_spi_tokens_init(&t, 1);
-  const char *a = "data: {\"choices\":[{\"text\":\"a b\"}]}\n\ndata: {\"choices\":[{\"te";
-  const char *b = "xt\":\"c d e\"}]}\n\ndata: {\"choices\":[{\"text\":\"f\"}]}\n\n";
+  const char *a =
+      "data: {\"choices\":[{\"text\":\"a b\"}]}\n\ndata: {\"choices\":[{\"te";
+  const char *b =
+      "xt\":\"c d e\"}]}\n\ndata: {\"choices\":[{\"text\":\"f\"}]}\n\n";
   read_all(&t, a, strlen(a));
   ngx_http_spi_tokens_gap(&t);
   read_all(&t, b, strlen(b));
@@ -322,8 +362,9 @@ static void test_gap(void **st) {
 /* Counts past what the library takes are kept at a bound, never wrapped. */
 static void test_large(void **st) {
   (void)st;
-  uint64_t n = stream_output("data: {\"choices\":[],\"usage\":{\"completion_tokens\":"
-                             "99999999999999999999999999999}}\n\n");
+  uint64_t n =
+      stream_output("data: {\"choices\":[],\"usage\":{\"completion_tokens\":"
+                    "99999999999999999999999999999}}\n\n");
   assert_true(n >= UINT64_C(1000000000) && n < UINT64_C(100000000000000));
   char *big = malloc(1 << 20);
   assert_non_null(big);
