@@ -61,9 +61,10 @@
 #   nginx     scripts/setup-nginx-deps.sh, then the nginx module
 #             (bindings/nginx) built against Debian's nginx-dev and loaded
 #             by its nginx with fakellm backends: tests/nginx/run.sh (nginx
-#             -t errors, affinity, streams, 400/429/503, pushed notices in
-#             every worker, fallbacks, metrics through tests/promlint, one
-#             worker under valgrind), then tests/nginx/bench.sh --smoke
+#             -t errors, affinity, streams and their output tokens,
+#             400/429/503, pushed notices in every worker, fallbacks, metrics
+#             through tests/promlint, one worker under valgrind), then
+#             tests/nginx/bench.sh --smoke
 #   fuzz      clang-14 libFuzzer build in build-fuzz/; each target runs for
 #             SPI_FUZZ_SECONDS (default 20) over a copy of its corpus
 #

@@ -18,6 +18,8 @@
 
 #include <spotinfer/spotinfer.h>
 
+#include "ngx_http_spotinfer_tokens.h"
+
 
 #define NGX_HTTP_SPI_NOTICE_RING    64
 #define NGX_HTTP_SPI_SCRAPE_MAX     (4 * 1024 * 1024)
@@ -132,24 +134,6 @@ typedef struct {
 } ngx_http_spi_loc_conf_t;
 
 
-/* A "key": number in a JSON answer, found across buffer boundaries. */
-typedef struct {
-    size_t                          matched;   /* bytes of the key seen */
-    uint64_t                        value;     /* the number being read */
-    uint64_t                        last;      /* the last one read */
-    unsigned                        digits:1;
-    unsigned                        found:1;
-} ngx_http_spi_scan_t;
-
-
-enum {
-    NGX_HTTP_SPI_USAGE_PROMPT = 0,
-    NGX_HTTP_SPI_USAGE_COMPLETION,
-    NGX_HTTP_SPI_USAGE_CACHED,
-    NGX_HTTP_SPI_USAGE_N
-};
-
-
 /* One request's routing, from the decision to the log phase. Once routed
  * it is found again after an internal redirect (which clears r->ctx)
  * through the pool cleanup that holds it: ngx_http_spi_get_ctx(). */
@@ -162,9 +146,8 @@ typedef struct {
     ngx_uint_t                      next;
     int64_t                         routed_us;     /* monotonic */
     int64_t                         first_byte_us;
-    uint64_t                        events;
-    ngx_uint_t                      sse_state;
-    ngx_http_spi_scan_t             usage[NGX_HTTP_SPI_USAGE_N];
+    ngx_http_spi_tokens_t           tokens;    /* the answer's, so far */
+    uint64_t                        progress;  /* the last reported */
     ngx_int_t                       phase_rc;
     int32_t                         klass;
     int32_t                         reason;
@@ -172,7 +155,6 @@ typedef struct {
     uint32_t                        total_blocks;
     unsigned                        decided:1;
     unsigned                        routed:1;
-    unsigned                        stream:1;
     unsigned                        body_seen:1;
     unsigned                        counting:1;
 } ngx_http_spi_ctx_t;

@@ -64,6 +64,31 @@ ngx_http_spi_shm_init(ngx_shm_zone_t *zone, void *data)
 }
 
 
+/* The library's plan for each open request on the machine, in the log:
+ * the module lets every one finish where it is (it does not cut or replay
+ * streams), and the plan says how far each had streamed (progress, the
+ * output tokens reported over those expected) and what a gateway that
+ * replays would have done. */
+static void
+ngx_http_spi_notice_plans(ngx_http_spi_upstream_t *up, spi_notice *n,
+    spi_ticket_plan *plans, size_t nplans)
+{
+    size_t  i;
+
+    for (i = 0; i < ngx_min(nplans, NGX_HTTP_SPI_PLANS); i++) {
+        ngx_log_error(NGX_LOG_INFO, up->log, 0,
+                      "spotinfer: machine \"%s\": ticket %uL on \"%s\" "
+                      "(%s): progress %.4f, %.1f s left, %.1f s to the "
+                      "deadline; the library's plan: %s",
+                      n->node, plans[i].ticket, plans[i].replica_id,
+                      spi_class_name(plans[i].klass), plans[i].progress,
+                      plans[i].remaining_s, plans[i].deadline_s,
+                      plans[i].action == SPI_ACTION_DRAIN ? "drain"
+                                                          : "replay");
+    }
+}
+
+
 static void
 ngx_http_spi_notice_apply(ngx_http_spi_upstream_t *up, spi_notice *n)
 {
@@ -87,6 +112,8 @@ ngx_http_spi_notice_apply(ngx_http_spi_upstream_t *up, spi_notice *n)
                   "spotinfer: notice \"%s\" for machine \"%s\": %uz open "
                   "requests on it finish where they are", n->dedup_key,
                   n->node, nplans);
+
+    ngx_http_spi_notice_plans(up, n, plans, nplans);
 }
 
 

@@ -1,8 +1,9 @@
 /*
  * ngx_http_spotinfer: the balancer (the replica the library chose, then
  * its fallbacks, which is what proxy_next_upstream tries next), the body
- * filter that sees the first byte and counts streamed events, and the log
- * phase that finishes the ticket.
+ * filter that sees the first byte and counts the output tokens
+ * (ngx_http_spotinfer_tokens.c), and the log phase that finishes the
+ * ticket.
  */
 
 #include "ngx_http_spotinfer.h"
@@ -294,8 +295,8 @@ ngx_http_spi_ticket_end(ngx_http_spi_ctx_t *ctx, ngx_int_t status,
     res.struct_size = sizeof(spi_ticket_result);
     res.status = (int32_t) status;
     res.output_tokens = ngx_http_spi_output_tokens(ctx);
-    res.prompt_tokens = ctx->usage[NGX_HTTP_SPI_USAGE_PROMPT].last;
-    res.cached_tokens = ctx->usage[NGX_HTTP_SPI_USAGE_CACHED].last;
+    res.prompt_tokens = ctx->tokens.usage[NGX_HTTP_SPI_USAGE_PROMPT];
+    res.cached_tokens = ctx->tokens.usage[NGX_HTTP_SPI_USAGE_CACHED];
     res.duration_ms = (double) (ngx_http_spi_now_us() - ctx->routed_us)
                       / 1000.0;
 
@@ -389,93 +390,12 @@ ngx_http_spi_body_filter_init(ngx_conf_t *cf)
 }
 
 
-/* The answer's own count when it has one (a whole answer's "usage", or
- * the usage chunk of a stream asked with include_usage), else the chunks
- * counted; 0 (unknown) for a whole answer without usage. */
+/* A stream's count (the backend's when it sends one, else estimated from
+ * its text), a whole answer's "usage", else 0 (unknown). */
 uint64_t
 ngx_http_spi_output_tokens(ngx_http_spi_ctx_t *ctx)
 {
-    if (ctx->usage[NGX_HTTP_SPI_USAGE_COMPLETION].found) {
-        return ctx->usage[NGX_HTTP_SPI_USAGE_COMPLETION].last;
-    }
-
-    return ctx->stream ? ctx->events : 0;
-}
-
-
-static void
-ngx_http_spi_scan(ngx_http_spi_scan_t *s, const ngx_str_t *key, u_char c)
-{
-    if (s->matched < key->len) {
-        s->matched = (c == key->data[s->matched]) ? s->matched + 1
-                     : (c == key->data[0]);
-
-        if (s->matched == key->len) {
-            s->value = 0;
-            s->digits = 0;
-        }
-
-        return;
-    }
-
-    if (c == ' ' && !s->digits) {
-        return;
-    }
-
-    if (c >= '0' && c <= '9' && s->value < NGX_MAX_UINT32_VALUE) {
-        s->value = s->value * 10 + (c - '0');
-        s->digits = 1;
-        return;
-    }
-
-    if (s->digits) {
-        s->last = s->value;
-        s->found = 1;
-    }
-
-    s->matched = (c == key->data[0]);
-}
-
-
-static void
-ngx_http_spi_scan_usage(ngx_http_spi_ctx_t *ctx, u_char *p, u_char *last)
-{
-    ngx_uint_t  k;
-
-    static const ngx_str_t  keys[NGX_HTTP_SPI_USAGE_N] = {
-        ngx_string("\"prompt_tokens\":"),
-        ngx_string("\"completion_tokens\":"),
-        ngx_string("\"cached_tokens\":")
-    };
-
-    for ( /* void */ ; p < last; p++) {
-        for (k = 0; k < NGX_HTTP_SPI_USAGE_N; k++) {
-            ngx_http_spi_scan(&ctx->usage[k], &keys[k], *p);
-        }
-    }
-}
-
-
-/* Server-sent events: a line "data: {" is one chunk of the answer (one
- * token on vLLM's streams); "data: [DONE]" is not. */
-static void
-ngx_http_spi_count_events(ngx_http_spi_ctx_t *ctx, u_char *p, u_char *last)
-{
-    static const u_char  prefix[] = "data: ";
-
-    for ( /* void */ ; p < last; p++) {
-        if (*p == '\n') {
-            ctx->sse_state = 0;
-
-        } else if (ctx->sse_state < 6) {
-            ctx->sse_state = (*p == prefix[ctx->sse_state])
-                             ? ctx->sse_state + 1 : 7;
-
-        } else if (ctx->sse_state == 6) {
-            ctx->events += (*p != '[');
-            ctx->sse_state = 7;
-        }
-    }
+    return ngx_http_spi_tokens_output(&ctx->tokens);
 }
 
 
@@ -495,16 +415,25 @@ ngx_http_spi_first_body(ngx_http_request_t *r, ngx_http_spi_ctx_t *ctx)
 
     ctx->counting = 1;
     ct = &r->headers_out.content_type;
-    ctx->stream = (ct->len >= 17
-                   && ngx_strncasecmp(ct->data, (u_char *) "text/event-stream",
-                                      17) == 0);
+    ngx_http_spi_tokens_init(&ctx->tokens,
+                             ct->len >= 17
+                             && ngx_strncasecmp(ct->data,
+                                                (u_char *) "text/event-stream",
+                                                17) == 0);
 }
 
 
+/* Reads the answer's buffers as they pass (they go on unchanged). Only
+ * buffers in memory are read: one nginx spooled to a temporary file
+ * (proxy_buffering on) passes unread, and the reader starts again at the
+ * next line of a stream, or stops reading a whole answer. The library's
+ * progress only grows: a backend's count below an earlier estimate waits
+ * for the stream to pass it. */
 static ngx_int_t
 ngx_http_spi_body_filter(ngx_http_request_t *r, ngx_chain_t *in)
 {
-    uint64_t             before;
+    uint64_t             n;
+    ngx_buf_t           *b;
     ngx_chain_t         *cl;
     ngx_http_spi_ctx_t  *ctx;
 
@@ -522,10 +451,18 @@ ngx_http_spi_body_filter(ngx_http_request_t *r, ngx_chain_t *in)
         return ngx_http_next_body_filter(r, in);
     }
 
-    before = ctx->events;
-
     for (cl = in; cl; cl = cl->next) {
-        if (!ngx_buf_in_memory(cl->buf) || cl->buf->last == cl->buf->pos) {
+        b = cl->buf;
+
+        if (!ngx_buf_in_memory(b)) {
+            if (b->in_file && b->file_last > b->file_pos) {
+                ngx_http_spi_tokens_gap(&ctx->tokens);
+            }
+
+            continue;
+        }
+
+        if (b->last == b->pos) {
             continue;
         }
 
@@ -534,15 +471,15 @@ ngx_http_spi_body_filter(ngx_http_request_t *r, ngx_chain_t *in)
             (void) spi_ticket_first_token(ctx->up->engine, ctx->ticket);
         }
 
-        if (ctx->stream) {
-            ngx_http_spi_count_events(ctx, cl->buf->pos, cl->buf->last);
-        }
-
-        ngx_http_spi_scan_usage(ctx, cl->buf->pos, cl->buf->last);
+        ngx_http_spi_tokens_read(&ctx->tokens, b->pos, b->last);
     }
 
-    if (ctx->events != before) {
-        (void) spi_ticket_progress(ctx->up->engine, ctx->ticket, ctx->events);
+    n = ngx_min(ngx_http_spi_tokens_output(&ctx->tokens),
+                (uint64_t) 1000000000);
+
+    if (ctx->tokens.stream && n > ctx->progress) {
+        ctx->progress = n;
+        (void) spi_ticket_progress(ctx->up->engine, ctx->ticket, n);
     }
 
     return ngx_http_next_body_filter(r, in);

@@ -7,9 +7,10 @@
  *   $spotinfer_reason   affinity, rendezvous, shed, no_capacity, ...
  *   $spotinfer_blocks   prefix blocks the replica likely holds / the
  *                       prompt's blocks, e.g. "3/4"
- *   $spotinfer_tokens   output tokens: the answer's usage when it has one,
- *                       else the streamed chunks counted (at log time:
- *                       what the ticket was finished with)
+ *   $spotinfer_tokens   output tokens: a stream's (the backend's count
+ *                       when its events carry one, else their words), a
+ *                       whole answer's usage (at log time: what the
+ *                       ticket was finished with)
  */
 
 #include "ngx_http_spotinfer.h"

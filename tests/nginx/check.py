@@ -154,9 +154,11 @@ def check_stream(oa, base, backends, log):
         fail("the event stream through nginx differs from the backend's")
     if not h1.get("Content-Type", "").startswith("text/event-stream"):
         fail(f"stream Content-Type {h1.get('Content-Type')!r}")
+    # Several tokens an event (-tokens-per-event 3): the ticket counts the
+    # tokens (each a word of the fake server's text), not the events.
     logged = access_log(log, "probe=stream")
-    if len(logged) != 1 or logged[0]["tokens"] != str(len(chunks)):
-        fail(f"the stream's {len(chunks)} chunks were counted as {logged}")
+    if len(logged) != 1 or logged[0]["tokens"] != str(len(text.split())):
+        fail(f"the stream's {len(text.split())} tokens in {len(chunks)} chunks were counted as {logged}")
     # With a usage chunk (or a whole answer's usage) its count is the one.
     used = list(oa.chat.completions.create(**body, stream_options={"include_usage": True},
                                            extra_query={"probe": "usage-stream"}))
@@ -166,7 +168,107 @@ def check_stream(oa, base, backends, log):
     if got != want or len(used) == used[-1].usage.completion_tokens:
         fail(f"usage: tickets got {got} output tokens, the answers said {want}")
     say(f"stream: {len(chunks)} chunks, text and bytes as the backend sends them; the ticket counted "
-        f"{logged[0]['tokens']}; with usage the tickets take its count ({', '.join(want)})")
+        f"{logged[0]['tokens']} tokens; with usage the tickets take its count ({', '.join(want)})")
+
+
+TOK_NODE = "i-00000000000000aa0"
+
+
+def words(text):
+    """The fake server's tokens in its text: each is a space and a word."""
+    return len(text.split())
+
+
+def sse_events(resp):
+    """The JSON events of a stream, as they come."""
+    for line in resp.iter_lines():
+        if line.startswith("data: {"):
+            yield json.loads(line[len("data: "):])
+
+
+def event_text(ev):
+    return "".join(c.get("delta", {}).get("content") or c.get("text") or "" for c in ev.get("choices", []))
+
+
+def check_tokens(base, log, error_log):
+    """Upstream "tok": multi sends 4 tokens an event. A ticket's output
+    tokens (in the access log) are the stream's tokens, from the backend's
+    usage when an event carries it (the usage chunk with include_usage, the
+    usage so far in every event with continuous_usage_stats) and else its
+    words, never its events (role, text, finish, usage). A ticket's progress
+    is what the library's plans read: two streams, one without usage and
+    one with the running count, are open when their machine gets a notice,
+    and each one's plan in the error log says how far it had streamed."""
+    oa = openai.OpenAI(base_url=base + "/tok/v1", api_key="unused", max_retries=0,
+                       http_client=httpx.Client(limits=httpx.Limits(max_keepalive_connections=0), timeout=30.0))
+    got = {}
+    for probe, extra in [("tok-plain", {}),
+                         ("tok-usage", {"stream_options": {"include_usage": True}}),
+                         ("tok-running", {"stream_options": {"include_usage": True,
+                                                             "continuous_usage_stats": True}})]:
+        # multi is spot: streams default to gold, which runs on on-demand
+        body = chat(SYSTEM, probe, stream=True, max_tokens=12, metadata={"class": "silver"})
+        chunks = list(oa.chat.completions.create(**body, extra_body=extra, extra_query={"probe": probe}))
+        n = words("".join(c.choices[0].delta.content or "" for c in chunks if c.choices))
+        usage = chunks[-1].usage.completion_tokens if chunks[-1].usage else None
+        logged = access_log(log, "probe=" + probe)
+        if n != 12 or usage not in (None, n) or len(chunks) >= n:
+            fail(f"{probe}: {len(chunks)} chunks, {n} tokens, usage {usage}")
+        if len(logged) != 1 or logged[0]["replica"] != "multi" or logged[0]["tokens"] != str(n):
+            fail(f"{probe}: {n} tokens in {len(chunks)} chunks, the ticket counted {logged}")
+        got[probe] = len(chunks)
+
+    # Progress. Plans expect max_tokens (48) tokens of each; a plan's
+    # progress times 48 is what the ticket had reported.
+    max_tokens, streams, had = 48, {}, {}
+    with httpx.Client(timeout=30) as hc:
+        for klass, extra in [("silver", {}),
+                             ("bronze", {"stream_options": {"include_usage": True,
+                                                            "continuous_usage_stats": True}})]:
+            body = chat(SYSTEM, "a long answer, " + klass, stream=True, max_tokens=max_tokens,
+                        metadata={"class": klass}, **extra)
+            resp = hc.send(hc.build_request("POST", f"{base}/tok/v1/chat/completions?probe=tok-{klass}",
+                                            json=body), stream=True)
+            streams[klass] = (resp, sse_events(resp))
+            had[klass] = 0
+        # Both have two events of text (8 tokens) when the notice comes.
+        for klass, (_, events) in streams.items():
+            while had[klass] < 8:
+                had[klass] += words(event_text(next(events)))
+        notice(base, "tok-notice", TOK_NODE)
+        for klass, (resp, events) in streams.items():
+            for ev in events:
+                had[klass] += words(event_text(ev))
+            resp.close()
+    pat = re.compile(rf'machine "{TOK_NODE}": ticket \d+ on "multi" \((\w+)\): progress ([\d.]+)')
+    plans = {}
+    for _ in range(20):
+        with open(error_log) as f:
+            plans = {m.group(1): round(float(m.group(2)) * max_tokens) for m in pat.finditer(f.read())}
+        if len(plans) == 2:
+            break
+        time.sleep(0.1)
+    for klass in streams:
+        if had[klass] != max_tokens:
+            fail(f"the {klass} stream ended after {had[klass]} of {max_tokens} tokens")
+    # What the client had read when the notice went is a lower bound (nginx
+    # counts an event before the client reads it); events of 4 tokens.
+    if sorted(plans) != ["bronze", "silver"] or any(
+            not 8 <= v <= max_tokens or v % 4 for v in plans.values()):
+        fail(f"the notice's plans put the open streams at {plans} tokens streamed, "
+             f"the client had read 8 of each by then")
+    # No ticket left open; another worker's samples are up to a second old.
+    for _ in range(20):
+        _, _, raw = http("GET", base + "/tok-metrics")
+        inflight = re.findall(r"^spotinfer_replica_inflight\{[^}]*\} (\S+)$", raw.decode(), re.M)
+        if inflight and all(float(v) == 0 for v in inflight):
+            break
+        time.sleep(0.5)
+    else:
+        fail(f"open tickets on tok after its streams ended: {inflight}")
+    say(f"tokens: 12 tokens in {got['tok-plain']} events counted 12, with a usage chunk and with the usage "
+        f"in every event 12; a notice on two open streams (8 tokens read) planned them at "
+        f"{plans['silver']} (words) and {plans['bronze']} (the backend's count) of {max_tokens} tokens streamed")
 
 
 def check_bad_requests(oa, base):
@@ -516,7 +618,21 @@ def valgrind_round(base, backends):
         got, _, raw = http("POST", base + path + "/v1/chat/completions", chat(SYSTEM, "redirected"))
         if got != 200:
             fail(f"{path} under valgrind: {got} {raw!r}")
-    say("valgrind round: chat, stream, 400, 405, notice, metrics, internal redirects")
+    # Streams of several tokens an event, one with the usage so far in each,
+    # and a notice while one is open (its plan is logged).
+    tok = openai.OpenAI(base_url=base + "/tok/v1", api_key="unused", max_retries=0)
+    silver = {"class": "silver"}
+    list(tok.chat.completions.create(**chat(SYSTEM, "running usage", stream=True, metadata=silver), extra_body={
+        "stream_options": {"include_usage": True, "continuous_usage_stats": True}}))
+    with httpx.stream("POST", base + "/tok/v1/chat/completions", timeout=60,
+                      json=chat(SYSTEM, "open at the notice", stream=True, max_tokens=12, metadata=silver)) as r:
+        events = sse_events(r)
+        next(events)
+        notice(base, "tok-notice", TOK_NODE)
+        for _ in events:
+            pass
+    say("valgrind round: chat, stream, 400, 405, notice, metrics, internal redirects, "
+        "streams of several tokens an event, a notice on an open stream")
 
 
 def after_reload(base, workers):
@@ -547,6 +663,7 @@ def main():
     ap.add_argument("--backends", required=True, help="id=host:port,...")
     ap.add_argument("--pids", default="")
     ap.add_argument("--access-log")
+    ap.add_argument("--error-log")
     ap.add_argument("--metrics-out")
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--valgrind-round", action="store_true")
@@ -566,6 +683,7 @@ def main():
     oa = client(a.base)
     owner = check_affinity(oa, a.access_log)
     check_stream(oa, a.base, addrs, a.access_log)
+    check_tokens(a.base, a.access_log, a.error_log)
     check_bad_requests(oa, a.base)
     check_big_body(oa, a.access_log)
     check_redirects(a.base, a.access_log)

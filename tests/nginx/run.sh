@@ -3,17 +3,22 @@
 #
 #   bash tests/nginx/run.sh
 #
-# Builds bindings/nginx into build/nginx/, starts four fake model servers
-# (examples/fakellm: spot-a, spot-b, od-1 behind upstream "llm"; hot, alone
-# behind upstream "hot") and a real nginx (its own prefix in a temporary
-# directory, master process, two workers) that loads the module, then:
+# Builds bindings/nginx into build/nginx/, starts six fake model servers
+# (examples/fakellm: spot-a, spot-b, od-1 behind upstream "llm", 3 tokens
+# an event; hot, alone behind upstream "hot"; multi, alone behind upstream
+# "tok", 4 tokens an event at 20 tokens/s) and a real nginx (its own prefix
+# in a temporary directory, master process, two workers) that loads the
+# module, then:
 #   - checks that "nginx -t" rejects bad configurations with a clear message;
 #   - runs tests/nginx/check.py (the official openai client, curl-like
 #     requests, the access log) for affinity, streams, 400/429/503, pushed
 #     notices across workers, proxy_next_upstream onto the fallbacks and
 #     internal redirects (error_page with proxy_intercept_errors, a named
 #     location, X-Accel-Redirect, try_files: upstream "edge", whose one
-#     replica is a server of the same nginx in front of a fifth fakellm);
+#     replica is a server of the same nginx in front of a fifth fakellm),
+#     and the output tokens of streams with several tokens an event, with
+#     and without the backend's usage (upstream "tok"): the tickets' output
+#     tokens in the access log, their progress in the plans a notice logs;
 #   - parses the metrics text with Prometheus' parser (tests/promlint);
 #   - runs nginx once more with one worker under valgrind (master_process
 #     off, daemon off), sends every kind of request, and fails on any
@@ -70,14 +75,19 @@ fake() { # <id> [flags...]
   pids+=($!)
   echo $! >"$work/$id.pid"
 }
-fake spot-a -token-rate 400
-fake spot-b -token-rate 400
-fake od-1 -token-rate 400
+# vLLM sends several tokens an event with a stream interval or speculative
+# decoding: the module counts tokens, not events.
+fake spot-a -token-rate 400 -tokens-per-event 3
+fake spot-b -token-rate 400 -tokens-per-event 3
+fake od-1 -token-rate 400 -tokens-per-event 3
 # hot: a tiny KV cache, so one long request fills it (the shed check)
 fake hot -token-rate 4 -kv-tokens 100 -answer-tokens 200
 # edge: behind the replica server that fails or redirects on request
 fake edge -token-rate 400
-for id in spot-a spot-b od-1 hot edge; do
+# multi: streams slow enough to hand in a notice while they run (the plans
+# it logs show each ticket's progress)
+fake multi -token-rate 20 -tokens-per-event 4
+for id in spot-a spot-b od-1 hot edge multi; do
   for _ in $(seq 1 100); do [[ -s "$work/$id.addr" ]] && break; sleep 0.1; done
   [[ -s "$work/$id.addr" ]] || die "fakellm $id did not start"
 done
@@ -102,9 +112,10 @@ JSON
 # conf <file> <workers> <master> <port> [extra upstream lines]; the edge
 # replica's server listens on $eport
 conf() {
-  local a b c h e
+  local a b c h e m
   a=$(cat "$work/spot-a.addr") b=$(cat "$work/spot-b.addr")
   c=$(cat "$work/od-1.addr") h=$(cat "$work/hot.addr") e=$(cat "$work/edge.addr")
+  m=$(cat "$work/multi.addr")
   cat >"$work/prefix/conf/$1" <<CONF
 load_module $module;
 worker_processes $2;
@@ -135,6 +146,11 @@ http {
     server $h;
     spotinfer_replica $h id=hot pool=spot zone=us-east-1a price=0.45 node=i-00000000000000ff0;
   }
+  upstream tok {
+    spotinfer spotinfer.json scrape_interval=100ms;
+    server $m;
+    spotinfer_replica $m id=multi pool=spot zone=us-east-1a price=0.45 node=i-00000000000000aa0;
+  }
   upstream edge {
     spotinfer edge.json scrape_interval=100ms;
     server 127.0.0.1:$eport;
@@ -155,9 +171,20 @@ http {
       proxy_pass http://hot/;
       proxy_buffering off;
     }
+    location /tok/ {
+      spotinfer_route tok;
+      proxy_pass http://tok/;
+      proxy_buffering off;
+      # reads of 160 bytes (the answer's header takes about 110): every
+      # event of 230 bytes or more reaches the body filter cut in two or
+      # three buffers
+      proxy_buffer_size 160;
+    }
     location = /metrics { spotinfer_metrics llm; }
     location = /notice { spotinfer_notice llm; }
     location = /hot-notice { spotinfer_notice hot; }
+    location = /tok-notice { spotinfer_notice tok; }
+    location = /tok-metrics { spotinfer_metrics tok; }
 
     # Internal redirects once the replica answered: its 5xx to an error
     # page that answers 200, or to a named location that proxies again;
@@ -292,10 +319,11 @@ nginx -p "$work/prefix" -c conf/nginx.conf -t 2>&1 | sed 's/^/   /'
 nginx -p "$work/prefix" -c conf/nginx.conf
 
 ids="spot-a=$(cat "$work/spot-a.addr"),spot-b=$(cat "$work/spot-b.addr"),od-1=$(cat "$work/od-1.addr"),hot=$(cat "$work/hot.addr")"
+ids+=",multi=$(cat "$work/multi.addr")"
 pidlist="spot-a=$(cat "$work/spot-a.pid"),spot-b=$(cat "$work/spot-b.pid"),od-1=$(cat "$work/od-1.pid")"
 timeout 120 "$python" "$here/check.py" --base "http://127.0.0.1:$port" --backends "$ids" \
   --pids "$pidlist" --access-log "$work/prefix/logs/nginx-access.log" \
-  --metrics-out "$work/metrics.txt" --workers 2
+  --error-log "$work/prefix/logs/nginx-error.log" --metrics-out "$work/metrics.txt" --workers 2
 
 grep -q "a client request body is buffered to a temporary file" "$work/prefix/logs/nginx-error.log" ||
   die "the big body was not buffered in a file: the module's file path went untested"
@@ -335,7 +363,7 @@ if [[ $rc -ne 0 ]]; then
 fi
 # The engines were freed (what is still reachable at exit is not a leak to
 # valgrind, so the exit path is checked by its log line).
-[[ $(grep -c 'engine freed' "$work/prefix/logs/valgrind-error.log") -eq 3 ]] ||
-  die "the worker did not free its three engines on exit"
+[[ $(grep -c 'engine freed' "$work/prefix/logs/valgrind-error.log") -eq 4 ]] ||
+  die "the worker did not free its four engines on exit"
 note "valgrind: no memory error, no leak"
 keep=no
