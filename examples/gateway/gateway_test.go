@@ -731,10 +731,14 @@ func usagePerEvent(t *testing.T, resp *http.Response) (string, []int) {
 
 // The gateway asks the backend for its running count and gives the client
 // the usage it asked for: none, the chunk at the end, or the running count
-// too; -backend-usage=false sends the body as it came.
+// too, with stream_options' key written any way JSON allows;
+// -backend-usage=false sends the body as it came.
 func TestUsageAsTheClientAskedIt(t *testing.T) {
-	running := strings.Replace(silverStream, `"stream":true,`,
-		`"stream":true,"stream_options":{"include_usage":true,"continuous_usage_stats":true},`, 1)
+	options := func(o string) string {
+		return strings.Replace(silverStream, `"stream":true,`, `"stream":true,`+o+`,`, 1)
+	}
+	running := options(`"stream_options":{"include_usage":true,"continuous_usage_stats":true}`)
+	escaped := options(`"stream_option\u0073":{"include_usage":true}`)
 	for _, c := range []struct {
 		flag, body string
 		want       string // usage per event, as usagePerEvent gives it
@@ -743,8 +747,10 @@ func TestUsageAsTheClientAskedIt(t *testing.T) {
 		{"true", silverStream, "[]", "map[continuous_usage_stats:true include_usage:true]"},
 		{"true", withUsage, "[-10]", "map[continuous_usage_stats:true include_usage:true]"},
 		{"true", running, "[0 3 6 9 10 10 -10]", "map[continuous_usage_stats:true include_usage:true]"},
+		{"true", escaped, "[-10]", "map[continuous_usage_stats:true include_usage:true]"},
 		{"false", silverStream, "[]", "map[]"},
 		{"false", withUsage, "[-10]", "map[include_usage:true]"},
+		{"false", escaped, "[-10]", "map[include_usage:true]"},
 	} {
 		fb := &fakeBackend{n: 10, perEvent: 3}
 		srv := newTestGateway(t, map[string]*fakeBackend{"spot-a": fb},
