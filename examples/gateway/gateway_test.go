@@ -90,8 +90,11 @@ func (f *fakeBackend) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			"usage": map[string]any{"prompt_tokens": 3, "completion_tokens": end - start}})
 		return
 	}
-	opts, _ := body["stream_options"].(map[string]any)
-	usageAtEnd := opts["include_usage"] == true
+	// vLLM's defaults: an object asks for the usage chunk unless it says
+	// include_usage false or null.
+	opts, isObject := body["stream_options"].(map[string]any)
+	include, given := opts["include_usage"]
+	usageAtEnd := isObject && (include == true || !given)
 	running := usageAtEnd && opts["continuous_usage_stats"] == true && !f.noRunningUsage
 	usage := func(k int) string {
 		if !running {
@@ -731,13 +734,17 @@ func usagePerEvent(t *testing.T, resp *http.Response) (string, []int) {
 
 // The gateway asks the backend for its running count and gives the client
 // the usage it asked for: none, the chunk at the end, or the running count
-// too, with stream_options' key written any way JSON allows;
-// -backend-usage=false sends the body as it came.
+// too, read as vLLM reads stream_options (an object asks for the chunk
+// unless include_usage is false) and with its key written any way JSON
+// allows; -backend-usage=false sends the body as it came, and the client
+// gets the same.
 func TestUsageAsTheClientAskedIt(t *testing.T) {
 	options := func(o string) string {
 		return strings.Replace(silverStream, `"stream":true,`, `"stream":true,`+o+`,`, 1)
 	}
 	running := options(`"stream_options":{"include_usage":true,"continuous_usage_stats":true}`)
+	empty := options(`"stream_options":{}`)
+	runningOnly := options(`"stream_options":{"continuous_usage_stats":true}`)
 	escaped := options(`"stream_option\u0073":{"include_usage":true}`)
 	for _, c := range []struct {
 		flag, body string
@@ -747,9 +754,13 @@ func TestUsageAsTheClientAskedIt(t *testing.T) {
 		{"true", silverStream, "[]", "map[continuous_usage_stats:true include_usage:true]"},
 		{"true", withUsage, "[-10]", "map[continuous_usage_stats:true include_usage:true]"},
 		{"true", running, "[0 3 6 9 10 10 -10]", "map[continuous_usage_stats:true include_usage:true]"},
+		{"true", empty, "[-10]", "map[continuous_usage_stats:true include_usage:true]"},
+		{"true", runningOnly, "[0 3 6 9 10 10 -10]", "map[continuous_usage_stats:true]"},
 		{"true", escaped, "[-10]", "map[continuous_usage_stats:true include_usage:true]"},
 		{"false", silverStream, "[]", "map[]"},
 		{"false", withUsage, "[-10]", "map[include_usage:true]"},
+		{"false", empty, "[-10]", "map[]"},
+		{"false", runningOnly, "[0 3 6 9 10 10 -10]", "map[continuous_usage_stats:true]"},
 		{"false", escaped, "[-10]", "map[include_usage:true]"},
 	} {
 		fb := &fakeBackend{n: 10, perEvent: 3}

@@ -103,7 +103,15 @@ type usageAsk struct {
 // of the events what the client did not ask for. Only stream_options
 // changes (members.go). A body that is not streamed, or already asks for
 // both, goes as it came; so does one whose stream_options is not an object
-// (the backend says what is wrong with it).
+// or holds a switch that is neither a boolean nor null (the backend says
+// what is wrong with it, or reads it its own way).
+//
+// What the client asked for is read as vLLM reads it, so that a client
+// gets the same usage through the gateway as from vLLM itself, and the same
+// with -backend-usage=false: stream_options null or absent asks for
+// nothing; an object asks for the usage chunk unless include_usage is
+// false or null (vLLM's default is true, OpenAI's false), and for the
+// running count with continuous_usage_stats true as well.
 func askRunningUsage(body []byte) ([]byte, usageAsk, bool) {
 	var asked usageAsk
 	// Most whole answers are seen without a scan; a key written with
@@ -134,12 +142,14 @@ func askRunningUsage(body []byte) ([]byte, usageAsk, bool) {
 			}
 		}
 	}
-	isTrue := func(raw json.RawMessage) bool {
-		var b bool
-		return json.Unmarshal(raw, &b) == nil && b
+	if o != nil {
+		include, ok1 := switchOf(o, "include_usage", true)
+		continuous, ok2 := switchOf(o, "continuous_usage_stats", false)
+		if !ok1 || !ok2 {
+			return body, asked, false
+		}
+		asked = usageAsk{atEnd: include, running: include && continuous}
 	}
-	asked.atEnd = isTrue(o["include_usage"])
-	asked.running = asked.atEnd && isTrue(o["continuous_usage_stats"])
 	if asked.running {
 		return body, asked, false
 	}
@@ -161,6 +171,19 @@ func askRunningUsage(body []byte) ([]byte, usageAsk, bool) {
 	raw = append(append([]byte(`"stream_options":`), raw...), ',')
 	out := make([]byte, 0, len(body)+len(raw))
 	return append(append(append(out, body[:from]...), raw...), body[from:]...), asked, true
+}
+
+// switchOf reads a stream option as vLLM does: absent is the default, null
+// is false; ok is false for anything but a boolean or null.
+func switchOf(o map[string]json.RawMessage, key string, def bool) (on, ok bool) {
+	raw, given := o[key]
+	switch {
+	case !given:
+		return def, true
+	case string(raw) == "null":
+		return false, true
+	}
+	return on, json.Unmarshal(raw, &on) == nil
 }
 
 // forClient takes out of an event the usage the gateway asked for and the

@@ -57,8 +57,9 @@ func TestTokenCountTakesTheBackendsCount(t *testing.T) {
 	}
 }
 
-// Keys are read as decoded, and the last of a key given twice is the one
-// read.
+// What a client asks for is read as vLLM reads it: an object asks for the
+// usage chunk unless include_usage is false or null. Keys are read as
+// decoded, and the last of a key given twice is the one read.
 func TestAskRunningUsage(t *testing.T) {
 	for _, c := range []struct {
 		body    string
@@ -68,7 +69,11 @@ func TestAskRunningUsage(t *testing.T) {
 		{`{"stream":true,"messages":[]}`, true, usageAsk{}},
 		{`{"stream":true,"stream_options":null}`, true, usageAsk{}},
 		{`{"stream":true,"stream_options":{"include_usage":true,"other":1}}`, true, usageAsk{atEnd: true}},
-		{`{"stream":true,"stream_options":{"continuous_usage_stats":true}}`, true, usageAsk{}},
+		{`{"stream":true,"stream_options":{}}`, true, usageAsk{atEnd: true}},
+		{`{"stream":true,"stream_options":{"include_usage":null}}`, true, usageAsk{}},
+		{`{"stream":true,"stream_options":{"include_usage":false,"continuous_usage_stats":true}}`, true, usageAsk{}},
+		{`{"stream":true,"stream_options":{"continuous_usage_stats":true}}`, false,
+			usageAsk{atEnd: true, running: true}},
 		{`{"stream":true,"stream_options":{"include_usage":true,"continuous_usage_stats":true}}`, false,
 			usageAsk{atEnd: true, running: true}},
 		{`{"stream":true,"stream_option\u0073":{"include_usage":true,"other":1}}`, true, usageAsk{atEnd: true}},
@@ -79,6 +84,7 @@ func TestAskRunningUsage(t *testing.T) {
 		{`{"stream":false,"messages":[]}`, false, usageAsk{}},
 		{`{"messages":[{"role":"user","content":"stream"}]}`, false, usageAsk{}},
 		{`{"stream":true,"stream_options":"yes"}`, false, usageAsk{}},
+		{`{"stream":true,"stream_options":{"include_usage":1}}`, false, usageAsk{}},
 		{`[1]`, false, usageAsk{}},
 	} {
 		out, asked, changed := askRunningUsage([]byte(c.body))
@@ -137,9 +143,9 @@ func refLast(ms []refMember, key string) (any, bool) {
 	return nil, false
 }
 
-// refAsk is what a client asks for by the JSON object in, and whether the
-// gateway can ask the backend for more (the body is streamed and its
-// stream_options an object or null).
+// refAsk is what a client asks for by the JSON object in, read as vLLM
+// reads it, and whether the gateway can ask the backend for more (the body
+// is streamed and its switches are booleans or null).
 func refAsk(ms []refMember) (asked usageAsk, usable bool) {
 	if s, _ := refLast(ms, "stream"); s != true {
 		return usageAsk{}, false
@@ -152,8 +158,17 @@ func refAsk(ms []refMember) (asked usageAsk, usable bool) {
 	if !ok {
 		return usageAsk{}, false
 	}
-	include := o["include_usage"] == true
-	return usageAsk{atEnd: include, running: include && o["continuous_usage_stats"] == true}, true
+	on := func(k string, def bool) (bool, bool) {
+		x, given := o[k]
+		b, isBool := x.(bool)
+		return b || (!given && def), !given || x == nil || isBool
+	}
+	include, ok1 := on("include_usage", true)
+	continuous, ok2 := on("continuous_usage_stats", false)
+	if !ok1 || !ok2 {
+		return usageAsk{}, false
+	}
+	return usageAsk{atEnd: include, running: include && continuous}, true
 }
 
 // checkAsked checks the body askRunningUsage made of in: every other
