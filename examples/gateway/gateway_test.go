@@ -651,20 +651,39 @@ func continuations(backends ...*fakeBackend) []map[string]any {
 // client has, not the events it got: the continuation asks for what is
 // left of max_tokens, the usage counts every token once, and the cut leg's
 // ticket reports the tokens it streamed. Whether the backend sends its
-// running count (continuous_usage_stats) or the gateway counts the text.
+// running count (continuous_usage_stats) or the gateway counts the text,
+// and whether the 30 tokens are the client's max_tokens or the decision's
+// cap (a degrade plan). A from-scratch replay writes the whole answer
+// again, so it gets the whole of both.
 func TestStreamOffsetCountsTokensNotEvents(t *testing.T) {
+	capped := filepath.Join(t.TempDir(), "capped.json")
+	level := `{"max_output_tokens":30}`
+	err := os.WriteFile(capped, []byte(`{"classifier":{"degrade":{"silver":[`+
+		strings.Repeat(level+",", 3)+level+`]}}}`), 0o644)
+	if err != nil {
+		t.Fatal(err)
+	}
 	for _, c := range []struct {
 		name        string
 		running     bool // the backends send their running count
 		fromScratch bool // a constrained body: replayed from the start
-	}{{"backend count", true, false}, {"estimate", false, false}, {"from scratch", true, true}} {
+		capped      bool // the decision caps the answer, not max_tokens
+	}{
+		{"backend count", true, false, false}, {"estimate", false, false, false},
+		{"from scratch", true, true, false},
+		{"decision's cap", true, false, true}, {"decision's cap from scratch", true, true, true},
+	} {
 		t.Run(c.name, func(t *testing.T) {
 			a := &fakeBackend{n: 40, perEvent: 3, noRunningUsage: !c.running}
 			od := &fakeBackend{n: 40, perEvent: 5, noRunningUsage: !c.running}
 			a.cutAfter.Store(12) // after 4 events of 3
-			srv, g := startTestGateway(t, map[string]*fakeBackend{"spot-a": a, "od-1": od},
-				map[string]string{"spot-a": "spot", "od-1": "on_demand"}, "spotinfer")
+			var extra []string
 			body := strings.Replace(withUsage, `"stream":true,`, `"stream":true,"max_tokens":30,`, 1)
+			if c.capped {
+				extra, body = []string{"-config", capped}, withUsage
+			}
+			srv, g := startTestGateway(t, map[string]*fakeBackend{"spot-a": a, "od-1": od},
+				map[string]string{"spot-a": "spot", "od-1": "on_demand"}, "spotinfer", extra...)
 			// 12 tokens cut off, then the 18 left, or all 30 again.
 			wantOut, wantUsage := uint64(30), 30
 			if c.fromScratch {
@@ -679,6 +698,16 @@ func TestStreamOffsetCountsTokensNotEvents(t *testing.T) {
 			conts := continuations(a, od)
 			if !c.fromScratch && (len(conts) != 1 || conts[0]["max_tokens"] != 18.0) {
 				t.Fatalf("continuations sent: %v", conts)
+			}
+			if c.fromScratch {
+				a.mu.Lock()
+				od.mu.Lock()
+				sent := append(append([]map[string]any{}, a.bodies...), od.bodies...)
+				od.mu.Unlock()
+				a.mu.Unlock()
+				if len(sent) != 2 || len(conts) != 0 || sent[1]["max_tokens"] != 30.0 {
+					t.Fatalf("sent %v, want the body again with max_tokens 30", sent)
+				}
 			}
 			var out, wasted uint64
 			for i := 0; ; i++ {
