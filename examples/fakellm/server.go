@@ -108,16 +108,30 @@ type chatBody struct {
 }
 
 // streamOptions are vLLM's: continuous_usage_stats puts the usage so far
-// in every chunk, and only counts with include_usage.
+// in every chunk, and only counts with include_usage. include_usage is true
+// unless the object says false or null (vLLM's default; OpenAI's is false),
+// and stream_options null or absent asks for no usage.
 type streamOptions struct {
-	IncludeUsage         bool `json:"include_usage"`
-	ContinuousUsageStats bool `json:"continuous_usage_stats"`
+	IncludeUsage         *bool `json:"include_usage"`
+	ContinuousUsageStats *bool `json:"continuous_usage_stats"`
+}
+
+func (o *streamOptions) UnmarshalJSON(data []byte) error {
+	type fields streamOptions
+	yes := true
+	f := fields{IncludeUsage: &yes} // null sets it to nil
+	if err := json.Unmarshal(data, &f); err != nil {
+		return err
+	}
+	*o = streamOptions(f)
+	return nil
 }
 
 func (o *streamOptions) set(j *job) {
 	if o != nil {
-		j.usage = o.IncludeUsage
-		j.usageEach = o.IncludeUsage && o.ContinuousUsageStats
+		on := func(b *bool) bool { return b != nil && *b }
+		j.usage = on(o.IncludeUsage)
+		j.usageEach = j.usage && on(o.ContinuousUsageStats)
 	}
 }
 

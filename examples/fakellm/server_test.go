@@ -311,3 +311,49 @@ func TestDieAt(t *testing.T) {
 		t.Fatalf("log lacks the death: %s", log)
 	}
 }
+
+// stream_options are read as vLLM reads them: an object asks for the usage
+// chunk unless include_usage is false or null (vLLM's default is true,
+// OpenAI's false), and for the usage in every chunk with
+// continuous_usage_stats too.
+func TestStreamOptionsAsVLLMReadsThem(t *testing.T) {
+	ts, _ := testServer(t, "-answer-tokens", "4")
+	for opts, want := range map[string]string{
+		``:                       "running false, at the end false",
+		`"stream_options":null,`: "running false, at the end false",
+		`"stream_options":{},`:   "running false, at the end true",
+		`"stream_options":{"include_usage":null},`:                                "running false, at the end false",
+		`"stream_options":{"include_usage":false,"continuous_usage_stats":true},`: "running false, at the end false",
+		`"stream_options":{"continuous_usage_stats":true},`:                       "running true, at the end true",
+		`"stream_options":{"include_usage":true,"continuous_usage_stats":null},`:  "running false, at the end true",
+	} {
+		body := `{"model":"m","stream":true,` + opts + `"messages":[{"role":"user","content":"hi"}]}`
+		resp, err := http.Post(ts.URL+"/v1/chat/completions", "application/json", strings.NewReader(body))
+		if err != nil {
+			t.Fatal(err)
+		}
+		running, atEnd := false, false
+		sc := bufio.NewScanner(resp.Body)
+		for sc.Scan() {
+			data, ok := strings.CutPrefix(sc.Text(), "data: ")
+			if !ok || data == "[DONE]" {
+				continue
+			}
+			var c struct {
+				Choices []json.RawMessage
+				Usage   json.RawMessage
+			}
+			if err := json.Unmarshal([]byte(data), &c); err != nil {
+				t.Fatalf("bad chunk %q: %v", data, err)
+			}
+			if len(c.Usage) > 0 && string(c.Usage) != "null" {
+				running = running || len(c.Choices) > 0
+				atEnd = atEnd || len(c.Choices) == 0
+			}
+		}
+		resp.Body.Close()
+		if got := fmt.Sprintf("running %v, at the end %v", running, atEnd); got != want {
+			t.Errorf("%s: %s, want %s", opts, got, want)
+		}
+	}
+}

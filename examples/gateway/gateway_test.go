@@ -90,8 +90,11 @@ func (f *fakeBackend) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			"usage": map[string]any{"prompt_tokens": 3, "completion_tokens": end - start}})
 		return
 	}
-	opts, _ := body["stream_options"].(map[string]any)
-	usageAtEnd := opts["include_usage"] == true
+	// vLLM's defaults: an object asks for the usage chunk unless it says
+	// include_usage false or null.
+	opts, isObject := body["stream_options"].(map[string]any)
+	include, given := opts["include_usage"]
+	usageAtEnd := isObject && (include == true || !given)
 	running := usageAtEnd && opts["continuous_usage_stats"] == true && !f.noRunningUsage
 	usage := func(k int) string {
 		if !running {
@@ -648,20 +651,39 @@ func continuations(backends ...*fakeBackend) []map[string]any {
 // client has, not the events it got: the continuation asks for what is
 // left of max_tokens, the usage counts every token once, and the cut leg's
 // ticket reports the tokens it streamed. Whether the backend sends its
-// running count (continuous_usage_stats) or the gateway counts the text.
+// running count (continuous_usage_stats) or the gateway counts the text,
+// and whether the 30 tokens are the client's max_tokens or the decision's
+// cap (a degrade plan). A from-scratch replay writes the whole answer
+// again, so it gets the whole of both.
 func TestStreamOffsetCountsTokensNotEvents(t *testing.T) {
+	capped := filepath.Join(t.TempDir(), "capped.json")
+	level := `{"max_output_tokens":30}`
+	err := os.WriteFile(capped, []byte(`{"classifier":{"degrade":{"silver":[`+
+		strings.Repeat(level+",", 3)+level+`]}}}`), 0o644)
+	if err != nil {
+		t.Fatal(err)
+	}
 	for _, c := range []struct {
 		name        string
 		running     bool // the backends send their running count
 		fromScratch bool // a constrained body: replayed from the start
-	}{{"backend count", true, false}, {"estimate", false, false}, {"from scratch", true, true}} {
+		capped      bool // the decision caps the answer, not max_tokens
+	}{
+		{"backend count", true, false, false}, {"estimate", false, false, false},
+		{"from scratch", true, true, false},
+		{"decision's cap", true, false, true}, {"decision's cap from scratch", true, true, true},
+	} {
 		t.Run(c.name, func(t *testing.T) {
 			a := &fakeBackend{n: 40, perEvent: 3, noRunningUsage: !c.running}
 			od := &fakeBackend{n: 40, perEvent: 5, noRunningUsage: !c.running}
 			a.cutAfter.Store(12) // after 4 events of 3
-			srv, g := startTestGateway(t, map[string]*fakeBackend{"spot-a": a, "od-1": od},
-				map[string]string{"spot-a": "spot", "od-1": "on_demand"}, "spotinfer")
+			var extra []string
 			body := strings.Replace(withUsage, `"stream":true,`, `"stream":true,"max_tokens":30,`, 1)
+			if c.capped {
+				extra, body = []string{"-config", capped}, withUsage
+			}
+			srv, g := startTestGateway(t, map[string]*fakeBackend{"spot-a": a, "od-1": od},
+				map[string]string{"spot-a": "spot", "od-1": "on_demand"}, "spotinfer", extra...)
 			// 12 tokens cut off, then the 18 left, or all 30 again.
 			wantOut, wantUsage := uint64(30), 30
 			if c.fromScratch {
@@ -676,6 +698,16 @@ func TestStreamOffsetCountsTokensNotEvents(t *testing.T) {
 			conts := continuations(a, od)
 			if !c.fromScratch && (len(conts) != 1 || conts[0]["max_tokens"] != 18.0) {
 				t.Fatalf("continuations sent: %v", conts)
+			}
+			if c.fromScratch {
+				a.mu.Lock()
+				od.mu.Lock()
+				sent := append(append([]map[string]any{}, a.bodies...), od.bodies...)
+				od.mu.Unlock()
+				a.mu.Unlock()
+				if len(sent) != 2 || len(conts) != 0 || sent[1]["max_tokens"] != 30.0 {
+					t.Fatalf("sent %v, want the body again with max_tokens 30", sent)
+				}
 			}
 			var out, wasted uint64
 			for i := 0; ; i++ {
@@ -731,10 +763,18 @@ func usagePerEvent(t *testing.T, resp *http.Response) (string, []int) {
 
 // The gateway asks the backend for its running count and gives the client
 // the usage it asked for: none, the chunk at the end, or the running count
-// too; -backend-usage=false sends the body as it came.
+// too, read as vLLM reads stream_options (an object asks for the chunk
+// unless include_usage is false) and with its key written any way JSON
+// allows; -backend-usage=false sends the body as it came, and the client
+// gets the same.
 func TestUsageAsTheClientAskedIt(t *testing.T) {
-	running := strings.Replace(silverStream, `"stream":true,`,
-		`"stream":true,"stream_options":{"include_usage":true,"continuous_usage_stats":true},`, 1)
+	options := func(o string) string {
+		return strings.Replace(silverStream, `"stream":true,`, `"stream":true,`+o+`,`, 1)
+	}
+	running := options(`"stream_options":{"include_usage":true,"continuous_usage_stats":true}`)
+	empty := options(`"stream_options":{}`)
+	runningOnly := options(`"stream_options":{"continuous_usage_stats":true}`)
+	escaped := options(`"stream_option\u0073":{"include_usage":true}`)
 	for _, c := range []struct {
 		flag, body string
 		want       string // usage per event, as usagePerEvent gives it
@@ -743,8 +783,14 @@ func TestUsageAsTheClientAskedIt(t *testing.T) {
 		{"true", silverStream, "[]", "map[continuous_usage_stats:true include_usage:true]"},
 		{"true", withUsage, "[-10]", "map[continuous_usage_stats:true include_usage:true]"},
 		{"true", running, "[0 3 6 9 10 10 -10]", "map[continuous_usage_stats:true include_usage:true]"},
+		{"true", empty, "[-10]", "map[continuous_usage_stats:true include_usage:true]"},
+		{"true", runningOnly, "[0 3 6 9 10 10 -10]", "map[continuous_usage_stats:true]"},
+		{"true", escaped, "[-10]", "map[continuous_usage_stats:true include_usage:true]"},
 		{"false", silverStream, "[]", "map[]"},
 		{"false", withUsage, "[-10]", "map[include_usage:true]"},
+		{"false", empty, "[-10]", "map[]"},
+		{"false", runningOnly, "[0 3 6 9 10 10 -10]", "map[continuous_usage_stats:true]"},
+		{"false", escaped, "[-10]", "map[include_usage:true]"},
 	} {
 		fb := &fakeBackend{n: 10, perEvent: 3}
 		srv := newTestGateway(t, map[string]*fakeBackend{"spot-a": fb},

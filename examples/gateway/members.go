@@ -8,6 +8,14 @@ package main
 // times the library's own time per request. The input has been decoded
 // already (the library parsed the body, the relay each event), so this only
 // needs to find where strings and nested values end; it does not validate.
+// Keys are compared as decoded (member.is), and an edit applies to every
+// member with the key: a JSON object may give a key twice, and the backend
+// reads the last.
+
+import (
+	"bytes"
+	"encoding/json"
+)
 
 // member is one top-level member: data[from:end] is the member with what
 // separates it from the previous one (its comma; after the '{' for the
@@ -15,7 +23,22 @@ package main
 type member struct {
 	key            []byte // as written, escapes and all
 	from, val, end int
-	first          bool
+}
+
+// is reports whether the member's key is name once decoded, as the
+// backend's decoder reads it: "stream_option\u0073" is stream_options.
+// A key without a backslash is compared as it is, with no decoding.
+func (m member) is(name string) bool {
+	if bytes.IndexByte(m.key, '\\') < 0 {
+		return string(m.key) == name
+	}
+	if len(m.key) < len(name) {
+		return false // an escape is longer than what it stands for
+	}
+	var k string
+	quoted := make([]byte, 0, len(m.key)+2)
+	quoted = append(append(append(quoted, '"'), m.key...), '"')
+	return json.Unmarshal(quoted, &k) == nil && k == name
 }
 
 // eachMember calls fn for the members of the JSON object data, in order,
@@ -29,7 +52,7 @@ func eachMember(data []byte, fn func(m member) bool) {
 	}
 	i++
 	for first := true; ; first = false {
-		m := member{from: i, first: first}
+		m := member{from: i}
 		i = skipSpace(data, i)
 		if i >= len(data) || data[i] == '}' {
 			return
@@ -57,17 +80,44 @@ func eachMember(data []byte, fn func(m member) bool) {
 	}
 }
 
-// withoutMember returns data without the member: the bytes before and after
-// it, and for the first member the comma after it.
-func withoutMember(data []byte, m member) []byte {
-	to := m.end
-	if m.first {
-		if j := skipSpace(data, to); j < len(data) && data[j] == ',' {
-			to = j + 1
+// withoutMembers returns the JSON object data without every top-level
+// member named name (member.is), every other byte as it was; data as it
+// came when it has none. A member goes with the comma before it, or, when
+// no member before it stays, with the comma after it.
+func withoutMembers(data []byte, name string) []byte {
+	var out []byte
+	at, kept := 0, false // data[:at] is done with
+	eachMember(data, func(m member) bool {
+		if !m.is(name) {
+			kept = true
+			return true
 		}
+		from, to := max(m.from, at), m.end
+		if !kept {
+			if j := skipSpace(data, to); j < len(data) && data[j] == ',' {
+				to = j + 1
+			}
+		}
+		out = append(out, data[at:from]...)
+		at = to
+		return true
+	})
+	if at == 0 {
+		return data
 	}
-	out := make([]byte, 0, len(data)-(to-m.from))
-	return append(append(out, data[:m.from]...), data[to:]...)
+	return append(out, data[at:]...)
+}
+
+// withValue returns data with the value of each of the members ms (in
+// order) replaced by raw.
+func withValue(data []byte, ms []member, raw []byte) []byte {
+	out := make([]byte, 0, len(data)+len(ms)*len(raw))
+	at := 0
+	for _, m := range ms {
+		out = append(append(out, data[at:m.val]...), raw...)
+		at = m.end
+	}
+	return append(out, data[at:]...)
 }
 
 func skipSpace(data []byte, i int) int {

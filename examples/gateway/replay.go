@@ -166,7 +166,8 @@ func (g *gateway) resumeClaim(ctx context.Context, c spotinfer.Claim) {
 		give(resumption{err: err})
 		return
 	}
-	resp, l, err := g.openContinuation(ctx, st, []byte(cont), env)
+	scratch := flags&spotinfer.EnvelopeFromScratch != 0
+	resp, l, err := g.openContinuation(ctx, st, []byte(cont), env, scratch)
 	if err != nil {
 		g.events.write(map[string]any{"event": "replay_retry", "key": env.Key, "error": err.Error()})
 		if errors.Is(err, spotinfer.ErrNoCapacity) || errors.Is(err, spotinfer.ErrShed) ||
@@ -179,7 +180,7 @@ func (g *gateway) resumeClaim(ctx context.Context, c spotinfer.Claim) {
 		return
 	}
 	l.offset, l.resumed = env.StreamOffset, true
-	if flags&spotinfer.EnvelopeFromScratch != 0 {
+	if scratch {
 		l.offset, l.skip = 0, env.PartialText
 	}
 	// Acked before the hand-over: a claim whose lease ran out meanwhile
@@ -226,8 +227,11 @@ var errUpstream = errors.New("upstream")
 
 const replayLeaseMs = 90000
 
+// openContinuation routes the continuation body and opens its leg.
+// scratch: the body is the request as it came (a from-scratch replay),
+// which generates the whole answer again.
 func (g *gateway) openContinuation(ctx context.Context, st *stream, body []byte,
-	env spotinfer.Envelope) (*http.Response, leg, error) {
+	env spotinfer.Envelope, scratch bool) (*http.Response, leg, error) {
 	req, _ := g.reqs.Get().(*spotinfer.Request)
 	if req == nil {
 		return nil, leg{}, errors.New("no request handle")
@@ -271,9 +275,13 @@ func (g *gateway) openContinuation(ctx context.Context, st *stream, body []byte,
 		}
 	}()
 	l := leg{replica: d.ReplicaID, ticket: d.Ticket, sent: time.Now(), cancel: cancel}
-	// The cap is the whole answer's: what the client has counts against it.
+	// The cap is the whole answer's: what the client has counts against
+	// a continuation, which writes only the rest (its max_tokens is
+	// reduced the same way by the library). A from-scratch replay writes
+	// the whole answer again, from the first token, so it gets the whole
+	// cap (and its max_tokens as the client sent it).
 	plan := d
-	if plan.MaxOutputTokens > 0 {
+	if plan.MaxOutputTokens > 0 && !scratch {
 		plan.MaxOutputTokens -= int64(env.StreamOffset)
 		if plan.MaxOutputTokens < 1 {
 			plan.MaxOutputTokens = 1

@@ -103,19 +103,30 @@ type usageAsk struct {
 // of the events what the client did not ask for. Only stream_options
 // changes (members.go). A body that is not streamed, or already asks for
 // both, goes as it came; so does one whose stream_options is not an object
-// (the backend says what is wrong with it).
+// or holds a switch that is neither a boolean nor null (the backend says
+// what is wrong with it, or reads it its own way).
+//
+// What the client asked for is read as vLLM reads it, so that a client
+// gets the same usage through the gateway as from vLLM itself, and the same
+// with -backend-usage=false: stream_options null or absent asks for
+// nothing; an object asks for the usage chunk unless include_usage is
+// false or null (vLLM's default is true, OpenAI's false), and for the
+// running count with continuous_usage_stats true as well.
 func askRunningUsage(body []byte) ([]byte, usageAsk, bool) {
 	var asked usageAsk
-	if !bytes.Contains(body, []byte(`"stream"`)) { // most whole answers: no scan
+	// Most whole answers are seen without a scan; a key written with
+	// escapes ("\u0073tream") needs one.
+	if !bytes.Contains(body, []byte(`"stream"`)) && !bytes.Contains(body, []byte(`\u`)) {
 		return body, asked, false
 	}
-	var stream, opts member
+	var stream member
+	var opts []member
 	eachMember(body, func(m member) bool {
-		switch string(m.key) {
-		case "stream":
-			stream = m
-		case "stream_options":
-			opts = m
+		switch {
+		case m.is("stream"):
+			stream = m // the last one given is the one read
+		case m.is("stream_options"):
+			opts = append(opts, m)
 		}
 		return true
 	})
@@ -123,17 +134,22 @@ func askRunningUsage(body []byte) ([]byte, usageAsk, bool) {
 		return body, asked, false
 	}
 	var o map[string]json.RawMessage
-	if opts.key != nil && string(body[opts.val:opts.end]) != "null" {
-		if json.Unmarshal(body[opts.val:opts.end], &o) != nil {
-			return body, asked, false
+	if len(opts) > 0 {
+		last := opts[len(opts)-1]
+		if string(body[last.val:last.end]) != "null" {
+			if json.Unmarshal(body[last.val:last.end], &o) != nil || o == nil {
+				return body, asked, false
+			}
 		}
 	}
-	isTrue := func(raw json.RawMessage) bool {
-		var b bool
-		return json.Unmarshal(raw, &b) == nil && b
+	if o != nil {
+		include, ok1 := switchOf(o, "include_usage", true)
+		continuous, ok2 := switchOf(o, "continuous_usage_stats", false)
+		if !ok1 || !ok2 {
+			return body, asked, false
+		}
+		asked = usageAsk{atEnd: include, running: include && continuous}
 	}
-	asked.atEnd = isTrue(o["include_usage"])
-	asked.running = asked.atEnd && isTrue(o["continuous_usage_stats"])
 	if asked.running {
 		return body, asked, false
 	}
@@ -146,14 +162,28 @@ func askRunningUsage(body []byte) ([]byte, usageAsk, bool) {
 	if err != nil {
 		return body, asked, false
 	}
-	from, to := opts.val, opts.end
-	if opts.key == nil { // a new first member
-		from = skipSpace(body, 0) + 1
-		to = from
-		raw = append(append([]byte(`"stream_options":`), raw...), ',')
+	if len(opts) > 0 {
+		// Every stream_options the body gives says the same, for a
+		// decoder that reads the first as for one that reads the last.
+		return withValue(body, opts, raw), asked, true
 	}
-	out := make([]byte, 0, len(body)-(to-from)+len(raw))
-	return append(append(append(out, body[:from]...), raw...), body[to:]...), asked, true
+	from := skipSpace(body, 0) + 1 // a new first member
+	raw = append(append([]byte(`"stream_options":`), raw...), ',')
+	out := make([]byte, 0, len(body)+len(raw))
+	return append(append(append(out, body[:from]...), raw...), body[from:]...), asked, true
+}
+
+// switchOf reads a stream option as vLLM does: absent is the default, null
+// is false; ok is false for anything but a boolean or null.
+func switchOf(o map[string]json.RawMessage, key string, def bool) (on, ok bool) {
+	raw, given := o[key]
+	switch {
+	case !given:
+		return def, true
+	case string(raw) == "null":
+		return false, true
+	}
+	return on, json.Unmarshal(raw, &on) == nil
 }
 
 // forClient takes out of an event the usage the gateway asked for and the
@@ -173,16 +203,9 @@ func (a usageAsk) forClient(data []byte, ev *event) (out []byte, keep bool) {
 }
 
 // dropMember returns the JSON object data (valid JSON) without its
-// top-level member key, every other byte as it was; data as it came when it
-// is not an object or has no such member.
+// top-level member key (each of them, and written with escapes too), every
+// other byte as it was; data as it came when it is not an object or has no
+// such member.
 func dropMember(data []byte, key string) []byte {
-	out := data
-	eachMember(data, func(m member) bool {
-		if string(m.key) != key {
-			return true
-		}
-		out = withoutMember(data, m)
-		return false
-	})
-	return out
+	return withoutMembers(data, key)
 }

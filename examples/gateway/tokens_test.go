@@ -1,9 +1,10 @@
 package main
 
 import (
+	"bytes"
 	"encoding/json"
+	"fmt"
 	"reflect"
-	"strings"
 	"testing"
 )
 
@@ -56,12 +57,10 @@ func TestTokenCountTakesTheBackendsCount(t *testing.T) {
 	}
 }
 
+// What a client asks for is read as vLLM reads it: an object asks for the
+// usage chunk unless include_usage is false or null. Keys are read as
+// decoded, and the last of a key given twice is the one read.
 func TestAskRunningUsage(t *testing.T) {
-	type opts struct {
-		IncludeUsage *bool `json:"include_usage"`
-		Continuous   *bool `json:"continuous_usage_stats"`
-		Other        *int  `json:"other"`
-	}
 	for _, c := range []struct {
 		body    string
 		changed bool
@@ -70,12 +69,22 @@ func TestAskRunningUsage(t *testing.T) {
 		{`{"stream":true,"messages":[]}`, true, usageAsk{}},
 		{`{"stream":true,"stream_options":null}`, true, usageAsk{}},
 		{`{"stream":true,"stream_options":{"include_usage":true,"other":1}}`, true, usageAsk{atEnd: true}},
-		{`{"stream":true,"stream_options":{"continuous_usage_stats":true}}`, true, usageAsk{}},
+		{`{"stream":true,"stream_options":{}}`, true, usageAsk{atEnd: true}},
+		{`{"stream":true,"stream_options":{"include_usage":null}}`, true, usageAsk{}},
+		{`{"stream":true,"stream_options":{"include_usage":false,"continuous_usage_stats":true}}`, true, usageAsk{}},
+		{`{"stream":true,"stream_options":{"continuous_usage_stats":true}}`, false,
+			usageAsk{atEnd: true, running: true}},
 		{`{"stream":true,"stream_options":{"include_usage":true,"continuous_usage_stats":true}}`, false,
 			usageAsk{atEnd: true, running: true}},
+		{`{"stream":true,"stream_option\u0073":{"include_usage":true,"other":1}}`, true, usageAsk{atEnd: true}},
+		{`{"\u0073tream":true,"messages":[]}`, true, usageAsk{}},
+		{`{"stream":true,"stream_options":{"include_usage":true},"stream_option\u0073":null}`, true, usageAsk{}},
+		{`{"stream":true,"stream_options":null,"stream_options":{"include_usage":true,"other":1}}`, true,
+			usageAsk{atEnd: true}},
 		{`{"stream":false,"messages":[]}`, false, usageAsk{}},
 		{`{"messages":[{"role":"user","content":"stream"}]}`, false, usageAsk{}},
 		{`{"stream":true,"stream_options":"yes"}`, false, usageAsk{}},
+		{`{"stream":true,"stream_options":{"include_usage":1}}`, false, usageAsk{}},
 		{`[1]`, false, usageAsk{}},
 	} {
 		out, asked, changed := askRunningUsage([]byte(c.body))
@@ -89,21 +98,116 @@ func TestAskRunningUsage(t *testing.T) {
 			}
 			continue
 		}
-		var m struct {
-			Stream        bool `json:"stream"`
-			StreamOptions opts `json:"stream_options"`
-		}
-		if err := json.Unmarshal(out, &m); err != nil {
-			t.Fatal(err)
-		}
-		o := m.StreamOptions
-		if !m.Stream || o.IncludeUsage == nil || !*o.IncludeUsage || o.Continuous == nil || !*o.Continuous {
-			t.Errorf("%s: sent as %s", c.body, out)
-		}
-		if c.asked.atEnd && (o.Other == nil || *o.Other != 1) {
-			t.Errorf("%s: lost a stream option: %s", c.body, out)
+		if err := checkAsked([]byte(c.body), out); err != nil {
+			t.Errorf("%s: %v", c.body, err)
 		}
 	}
+}
+
+// refMember is a top-level member as encoding/json reads it.
+type refMember struct {
+	key string
+	val any
+}
+
+// refMembers reads the members of the JSON object data with encoding/json:
+// keys decoded, each member kept (a key given twice too), in order.
+func refMembers(data []byte) ([]refMember, bool) {
+	dec := json.NewDecoder(bytes.NewReader(data))
+	if tok, err := dec.Token(); err != nil || tok != json.Delim('{') {
+		return nil, false
+	}
+	var out []refMember
+	for dec.More() {
+		tok, err := dec.Token()
+		if err != nil {
+			return nil, false
+		}
+		var v any
+		if dec.Decode(&v) != nil {
+			return nil, false
+		}
+		out = append(out, refMember{tok.(string), v})
+	}
+	return out, true
+}
+
+// refLast is the value of the last member named key, as a decoder that
+// keeps the last reads it.
+func refLast(ms []refMember, key string) (any, bool) {
+	for i := len(ms) - 1; i >= 0; i-- {
+		if ms[i].key == key {
+			return ms[i].val, true
+		}
+	}
+	return nil, false
+}
+
+// refAsk is what a client asks for by the JSON object in, read as vLLM
+// reads it, and whether the gateway can ask the backend for more (the body
+// is streamed and its switches are booleans or null).
+func refAsk(ms []refMember) (asked usageAsk, usable bool) {
+	if s, _ := refLast(ms, "stream"); s != true {
+		return usageAsk{}, false
+	}
+	v, _ := refLast(ms, "stream_options")
+	if v == nil {
+		return usageAsk{}, true
+	}
+	o, ok := v.(map[string]any)
+	if !ok {
+		return usageAsk{}, false
+	}
+	on := func(k string, def bool) (bool, bool) {
+		x, given := o[k]
+		b, isBool := x.(bool)
+		return b || (!given && def), !given || x == nil || isBool
+	}
+	include, ok1 := on("include_usage", true)
+	continuous, ok2 := on("continuous_usage_stats", false)
+	if !ok1 || !ok2 {
+		return usageAsk{}, false
+	}
+	return usageAsk{atEnd: include, running: include && continuous}, true
+}
+
+// checkAsked checks the body askRunningUsage made of in: every other
+// member as it was, in order, and each stream_options member asking for
+// include_usage and continuous_usage_stats with the other options of the
+// last one in gave.
+func checkAsked(in, out []byte) error {
+	was, _ := refMembers(in)
+	got, ok := refMembers(out)
+	if !ok {
+		return fmt.Errorf("asked as %s: not a JSON object", out)
+	}
+	prev, _ := refLast(was, "stream_options")
+	want, _ := prev.(map[string]any)
+	var rest, restWas []refMember
+	for _, m := range got {
+		if m.key != "stream_options" {
+			rest = append(rest, m)
+			continue
+		}
+		o, _ := m.val.(map[string]any)
+		if o["include_usage"] != true || o["continuous_usage_stats"] != true {
+			return fmt.Errorf("asked as %s", out)
+		}
+		for k, v := range want {
+			if k != "include_usage" && k != "continuous_usage_stats" && !reflect.DeepEqual(o[k], v) {
+				return fmt.Errorf("asked as %s: lost a stream option", out)
+			}
+		}
+	}
+	for _, m := range was {
+		if m.key != "stream_options" {
+			restWas = append(restWas, m)
+		}
+	}
+	if !reflect.DeepEqual(rest, restWas) || len(got) < len(was) {
+		return fmt.Errorf("asked as %s", out)
+	}
+	return nil
 }
 
 // What the client did not ask for is taken out; the rest of the event goes
@@ -120,6 +224,12 @@ func TestDropMember(t *testing.T) {
 		`[1,2]`:                                                       `[1,2]`,
 		`{"id":`:                                                      `{"id":`,
 		`{"id":"a","choices":[{"delta":{"content":"x"}}],"usage":{}}`: `{"id":"a","choices":[{"delta":{"content":"x"}}]}`,
+		`{"id":"a","usag\u0065":{"completion_tokens":3}}`:             `{"id":"a"}`,
+		`{"\u0075sage":1,"id":"a"}`:                                   `{"id":"a"}`,
+		`{"usage":1,"usage":2,"id":"a","usage":3}`:                    `{"id":"a"}`,
+		`{"usage":1 , "usag\u0065":2 }`:                               `{ }`,
+		`{"id":"a","usage":1,"x":2,"usage":3}`:                        `{"id":"a","x":2}`,
+		`{"usages":1,"usag":2,"usage\n":3}`:                           `{"usages":1,"usag":2,"usage\n":3}`,
 	} {
 		got := dropMember([]byte(in), "usage")
 		if string(got) != want || json.Valid([]byte(in)) && !json.Valid(got) {
@@ -128,67 +238,76 @@ func TestDropMember(t *testing.T) {
 	}
 }
 
-// On a JSON object, dropMember leaves the same object without the member,
-// and askRunningUsage the same streamed body asking for usage; on anything
-// else the walk stays in bounds. go test runs the seeds;
+// membersSeeds are the fuzz tests' seeds: bodies and events, keys written
+// with escapes and given twice.
+var membersSeeds = []string{
+	`{"stream":true,"stream_options":{"include_usage":true},"messages":[{"role":"user","content":"a\\\"b}"}]}`,
+	`{"id":"a","choices":[{"delta":{"content":"x"}}],"usage":{"completion_tokens":3}}`,
+	`{ "usage" : {"a":[1,{"b":2}]} , "id":"a" }`,
+	`{"usage":1}`, `{"id":"a","usage":null,"model":"m"}`, `[1,{"usage":2}]`, `"usage"`, `{"a":-1.5e3,"usage":true}`,
+	`{"stream":true}`, `{"model":"m", "stream" : true, "stream_options":{"include_usage":false,"x":[1]}}`,
+	`{"stream":true,"stream_option\u0073":{"include_usage":true},"messages":[]}`,
+	`{"\u0073tream":true,"stream_options":{},"usag\u0065":1}`,
+	`{"usage":1,"usage":2,"id":"a","usage":3}`, `{"usage":1 , "usag\u0065":2}`,
+	`{"stream":true,"stream_options":{"include_usage":true},"stream_options":{"continuous_usage_stats":true,"x":1}}`,
+	`{"stream":true,"stream_options":{"include_usage":null,"continuous_usage_stats":true}}`,
+	`{"stream":true,"stream_options":{"include_usage":"yes"}}`,
+}
+
+// On a JSON object, dropMember leaves the same members in the same order
+// without every member named usage, however its key is written; on
+// anything else the walk stays in bounds. go test runs the seeds;
 // go test -fuzz FuzzDropMember looks further.
 func FuzzDropMember(f *testing.F) {
-	for _, s := range []string{
-		`{"stream":true,"stream_options":{"include_usage":true},"messages":[{"role":"user","content":"a\\\"b}"}]}`,
-		`{"id":"a","choices":[{"delta":{"content":"x"}}],"usage":{"completion_tokens":3}}`,
-		`{ "usage" : {"a":[1,{"b":2}]} , "id":"a" }`,
-		`{"usage":1}`, `{"id":"a","usage":null,"model":"m"}`, `[1,{"usage":2}]`, `"usage"`, `{"a":-1.5e3,"usage":true}`,
-		`{"stream":true}`, `{"model":"m", "stream" : true, "stream_options":{"include_usage":false,"x":[1]}}`,
-	} {
+	for _, s := range membersSeeds {
 		f.Add(s)
 	}
 	f.Fuzz(func(t *testing.T, in string) {
 		out := dropMember([]byte(in), "usage")
-		body, _, changed := askRunningUsage([]byte(in))
-		var before map[string]any
-		if json.Unmarshal([]byte(in), &before) != nil || before == nil {
+		was, ok := refMembers([]byte(in))
+		if !json.Valid([]byte(in)) || !ok {
 			return
 		}
-		keys := map[string]bool{}
-		eachMember([]byte(in), func(m member) bool {
-			keys[string(m.key)] = true
-			return true
-		})
-		for k := range before {
-			if !keys[k] {
-				return // an escaped key: not looked at
+		var want []refMember
+		for _, m := range was {
+			if m.key != "usage" {
+				want = append(want, m)
 			}
 		}
-		if changed {
-			var got map[string]any
-			if err := json.Unmarshal(body, &got); err != nil {
-				t.Fatalf("%s: asked as %s: %v", in, body, err)
-			}
-			opts, _ := got["stream_options"].(map[string]any)
-			was, _ := before["stream_options"].(map[string]any)
-			for k, v := range was {
-				if k != "include_usage" && k != "continuous_usage_stats" && !reflect.DeepEqual(opts[k], v) {
-					t.Fatalf("%s: asked as %s", in, body)
-				}
-			}
-			delete(got, "stream_options")
-			delete(before, "stream_options")
-			if opts["include_usage"] != true || opts["continuous_usage_stats"] != true ||
-				!reflect.DeepEqual(got, before) {
-				t.Fatalf("%s: asked as %s", in, body)
-			}
-			return
-		}
-		if strings.Count(in, `"usage"`) > 1 {
-			return // which one goes is not said
-		}
-		var after map[string]any
-		if err := json.Unmarshal(out, &after); err != nil {
-			t.Fatalf("%s: gave %s: %v", in, out, err)
-		}
-		delete(before, "usage")
-		if !reflect.DeepEqual(before, after) {
+		got, ok := refMembers(out)
+		if !ok || !json.Valid(out) || !reflect.DeepEqual(got, want) {
 			t.Fatalf("%s: gave %s", in, out)
+		}
+	})
+}
+
+// On a JSON object, askRunningUsage reads what the client asked for as a
+// decoder reads it (keys decoded, the last of a key given twice), and a
+// body it changes is the same body asking for the running count. go test
+// runs the seeds; go test -fuzz FuzzAskRunningUsage looks further.
+func FuzzAskRunningUsage(f *testing.F) {
+	for _, s := range membersSeeds {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, in string) {
+		out, asked, changed := askRunningUsage([]byte(in))
+		ms, ok := refMembers([]byte(in))
+		if !json.Valid([]byte(in)) || !ok {
+			return
+		}
+		want, usable := refAsk(ms)
+		if asked != want || changed != (usable && !want.running) {
+			t.Fatalf("%s: asked %+v changed %v, want %+v changed %v", in, asked, changed, want,
+				usable && !want.running)
+		}
+		if !changed {
+			if string(out) != in {
+				t.Fatalf("%s: rewritten as %s", in, out)
+			}
+			return
+		}
+		if err := checkAsked([]byte(in), out); err != nil {
+			t.Fatalf("%s: %v", in, err)
 		}
 	})
 }
