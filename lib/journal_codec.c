@@ -249,7 +249,7 @@ void spi__jr_reader_file(spi_jr_reader *r, int fd, uint64_t size,
   memset(r, 0, sizeof *r);
   r->fd = fd;
   r->size = size;
-  r->before_seq = UINT64_MAX;
+  r->before_seq = r->bound = UINT64_MAX;
   r->m = m;
 }
 
@@ -375,7 +375,7 @@ static int frame_at(spi_jr_reader *r, uint64_t last_seq, spi_buf *scratch,
     fr->bad = "checksum mismatch";
   else if (fr->seq <= last_seq)
     fr->bad = "sequence does not increase";
-  else if (fr->seq >= r->before_seq)
+  else if (fr->seq >= r->bound)
     fr->bad = "sequence not below the next segment's first";
   if (fr->bad) return FR_BAD;
   int rc = decode_payload(get16(h + 4), h + SPI_JR_HEADER_BYTES, len, &fr->rec,
@@ -548,9 +548,10 @@ static int hand_out(spi_jr_reader *r, const jr_run *run,
  * skipped_bytes when a good record follows it.
  *
  * Why this is safe: no record is refused for its sequence except by a
- * contradiction inside this one scan, or by r->before_seq, which the
- * journal takes only from a record that is certainly real (the next
- * segment's first). No bound on how far sequences may jump is assumed, so a
+ * contradiction inside this one scan, or by r->bound: the next segment's
+ * first record, which bounds only what a search finds, and only when it is
+ * past everything read before the damage (an old record is not; see
+ * scan_loop()). No bound on how far sequences may jump is assumed, so a
  * gap with no bytes here (the records lost in a previous segment's damaged
  * tail, or a compaction whose snapshot was lost) refuses nothing; and
  * without a contradiction every run is handed out, in order, as before.
@@ -599,10 +600,16 @@ static int scan_loop(spi_jr_reader *r, uint64_t after_seq,
   memset(out, 0, sizeof *out);
   out->last_seq = after_seq;
   out->valid_bytes = rd_pos(r);
-  /* From the start of the data, records chain from a real one: each is
-   * handed out as it is read. */
+  /* From the start of the data, records chain from one the journal wrote:
+   * each is handed out as it is read, and the next segment's first record
+   * does not bound them. That record is real unless it is old (blocks of a
+   * removed segment reused after a crash, a file put back by hand), and an
+   * old one has a sequence below everything written after it: when it is
+   * not past what was read here, it is old and bounds nothing. */
+  r->bound = UINT64_MAX;
   jr_stop stop;
   int rc = follow(r, UINT64_MAX, fn, user, scratch, out, &stop);
+  if (r->before_seq > out->last_seq) r->bound = r->before_seq;
   jr_run run;
   memset(&run, 0, sizeof run);
   int done = 0;
@@ -631,6 +638,7 @@ int spi__jr_scan(spi_jr_reader *r, uint64_t after_seq, spi_replay_record_fn fn,
 int spi__jr_first_seq(spi_jr_reader *r, uint64_t *seq) {
   spi_buf scratch = {0};
   jr_frame fr;
+  r->bound = UINT64_MAX;
   int k = frame_at(r, 0, &scratch, &fr);
   spi__buf_free(&scratch, r->m);
   if (k < 0) return k;
@@ -648,7 +656,7 @@ int spi__journal_scan_mem(const spi_mem *m, const uint8_t *data, size_t len,
   r.data = data;
   r.end = data ? len : 0;
   r.size = r.end;
-  r.before_seq = UINT64_MAX;
+  r.before_seq = r.bound = UINT64_MAX;
   r.m = m;
   return spi__jr_scan(&r, after_seq, fn, user_data, out);
 }

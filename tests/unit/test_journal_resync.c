@@ -396,6 +396,35 @@ static void test_damaged_tail_then_gap(void **st) {
   }
 }
 
+/* A segment that starts with an old record (blocks of a compacted segment
+ * reused after a crash, a file put back by hand): segment 1 holds k0..k4
+ * (sequences 1..5), segment 2 a good record "old" of sequence 2, then
+ * k5..k7 (6..8). Segment 2's first record is no bound on segment 1, whose
+ * records are read in order from its first byte; "old" is skipped as a
+ * record whose sequence does not increase. With damage in segment 1 (k3 of
+ * k0..k5, then k6..k8 in segment 2), "old" bounds nothing either: its
+ * sequence is not past the records already read, so it cannot be a later
+ * record. */
+static void test_old_first_record(void **st) {
+  fixture *f = *st;
+  for (int damaged = 0; damaged < 2; damaged++) {
+    image one = {0}, two = {0};
+    int n = damaged ? 6 : 5;
+    put_keys(&one, 0, n, 1);
+    if (damaged) break_header(&one, 3);
+    put_enqueue(&two, "old", BODY, sizeof BODY - 1, 2);
+    put_keys(&two, n, n + 3, 1);
+    recover_two(f, &one, &two);
+    expect_keys(claim_all(f), damaged ? "k0 k1 k2 k4 k5 k6 k7 k8"
+                                      : "k0 k1 k2 k3 k4 k5 k6 k7");
+    spi_replay_store_stats s = store_stats(f);
+    assert_int_equal(s.recovered, 8);
+    assert_int_equal(s.skipped, damaged ? 2 : 1);
+    assert_int_equal(s.torn, damaged ? 2 : 1);
+    assert_int_equal(count_suffix(f->dir, ".corrupt"), 0);
+  }
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_planted_high_sequence),
@@ -406,6 +435,7 @@ int main(void) {
                                       teardown),
       cmocka_unit_test_setup_teardown(test_damaged_tail_then_gap, setup,
                                       teardown),
+      cmocka_unit_test_setup_teardown(test_old_first_record, setup, teardown),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
