@@ -87,7 +87,8 @@ void spi__jr_reader_free(spi_jr_reader *r);
  * from there and counts the range in out->skipped. Of two runs of records
  * found after damage that contradict each other (the later one's sequence
  * not past the earlier's), the one whose chain goes on is kept and the
- * other skipped with the damage (journal_codec.c, settle()). Damage with no
+ * other skipped with the damage, and the runs the skipped one had beaten
+ * are weighed again (journal_codec.c, settle()). Damage with no
  * good record after it is the tail: out->stop says whether it looks cut
  * off (TORN) or damaged (CORRUPT). Sequences must increase from after_seq.
  * Records found by a search after damage must also stay below
