@@ -805,10 +805,16 @@ static int first_seq(journal *j, const jr_file *f, uint64_t *seq, char *err,
  * after it take theirs from past everything they replace. A file's first
  * byte is always the start of a record the journal wrote, so a good record
  * there is a real one, and no record of an earlier file can have its
- * sequence or a later one. What the bound refuses is what a search inside
- * a damaged record found in its payload (see journal_codec.c): without it,
- * one such record with a high sequence at the end of a segment would make
- * every record of the later segments fail "sequence does not increase".
+ * sequence or a later one; or it is an old one (blocks of a removed segment
+ * reused after a crash, a file put back by hand), whose sequence is below
+ * everything written after it. So the bound refuses only what a search
+ * after damage finds, never a record read in order from a file's first
+ * byte, and only while it is past every record read before the damage (an
+ * old one is not): see spi__jr_scan. What it refuses is what a search
+ * inside a damaged record found in its payload (see journal_codec.c):
+ * without it, one such record with a high sequence at the end of a segment
+ * would make every record of the later segments fail "sequence does not
+ * increase".
  */
 static int next_bound(journal *j, const jr_file *v, size_t i, size_t n,
                       size_t *bound_at, uint64_t *bound, char *err,

@@ -249,7 +249,7 @@ void spi__jr_reader_file(spi_jr_reader *r, int fd, uint64_t size,
   memset(r, 0, sizeof *r);
   r->fd = fd;
   r->size = size;
-  r->before_seq = UINT64_MAX;
+  r->before_seq = r->bound = UINT64_MAX;
   r->m = m;
 }
 
@@ -375,7 +375,7 @@ static int frame_at(spi_jr_reader *r, uint64_t last_seq, spi_buf *scratch,
     fr->bad = "checksum mismatch";
   else if (fr->seq <= last_seq)
     fr->bad = "sequence does not increase";
-  else if (fr->seq >= r->before_seq)
+  else if (fr->seq >= r->bound)
     fr->bad = "sequence not below the next segment's first";
   if (fr->bad) return FR_BAD;
   int rc = decode_payload(get16(h + 4), h + SPI_JR_HEADER_BYTES, len, &fr->rec,
@@ -442,12 +442,18 @@ typedef struct jr_stop {
   const char *why;
 } jr_stop;
 
+/* How many times the search after one damage may run again when a held
+ * run loses (settle()). */
+#define JR_MAX_AGAIN 8
+
 /* Frames chained one after another, found after damage (see settle()). */
 typedef struct jr_run {
   uint64_t gap;        /* where the damaged range before it starts */
   uint64_t start, end; /* its frames */
   uint64_t count;      /* 0: no run */
   uint64_t last_seq;
+  uint32_t beat;  /* runs found after it that lost to it */
+  uint32_t again; /* searches run again in its damaged range (settle()) */
 } jr_run;
 
 /*
@@ -547,22 +553,40 @@ static int hand_out(spi_jr_reader *r, const jr_run *run,
  * damaged range: left in place, never handed out, and counted in
  * skipped_bytes when a good record follows it.
  *
+ * A held run that loses may have beaten runs found after it (good records
+ * between two damaged ones, shorter than a planted chain), and those lost
+ * only to it. So when it loses, the search goes back to where it stopped
+ * and runs again, with nothing held, as if it had been damage: every run it
+ * beat is weighed again against the runs after it, and the run that beat
+ * it is found again (nothing was handed out in between, so the search finds
+ * what it found the first time). A held run that beat nothing needs no
+ * second search: the run that beat it is the next one there is. The
+ * searches run again at most JR_MAX_AGAIN times in one damaged range (it
+ * ends when a run is handed out), so the scan reads each byte a bounded
+ * number of times; past that, a loser takes the runs it beat with it.
+ *
  * Why this is safe: no record is refused for its sequence except by a
- * contradiction inside this one scan, or by r->before_seq, which the
- * journal takes only from a record that is certainly real (the next
- * segment's first). No bound on how far sequences may jump is assumed, so a
+ * contradiction inside this one scan, or by r->bound: the next segment's
+ * first record, which bounds only what a search finds, and only when it is
+ * past everything read before the damage (an old record is not; see
+ * scan_loop()). No bound on how far sequences may jump is assumed, so a
  * gap with no bytes here (the records lost in a previous segment's damaged
  * tail, or a compaction whose snapshot was lost) refuses nothing; and
  * without a contradiction every run is handed out, in order, as before.
- * What it costs: a good held run loses only to a planted chain at least as
- * long, found after a second damaged record, where keeping the earlier run
- * was right. What it cannot tell: a planted record whose sequence
- * contradicts nothing is read as a record, as before.
+ * What it costs: a good run is lost only to a run that beats it and is
+ * kept, a planted chain at least as long found after a second damaged
+ * record, where keeping the good run was right; or, past JR_MAX_AGAIN
+ * searches in one damaged range, with a run that beat it and then lost.
+ * What it cannot tell: a planted record whose sequence contradicts nothing
+ * in its segment, nor the next segment's first record, is read as a
+ * record, as before.
  */
 static int settle(spi_jr_reader *r, jr_stop *stop, jr_run *run,
                   spi_replay_record_fn fn, void *user, spi_buf *scratch,
                   spi_jr_scan *out, int *done) {
   uint64_t from = stop->at + 1, hint = stop->hint;
+  uint64_t gap = stop->at; /* of the damage before a new run */
+  uint32_t again = 0;      /* of a run found with none held */
   for (;;) {
     uint64_t seq = 0;
     int found = resync(r, from, hint, out->last_seq, scratch, &seq);
@@ -576,13 +600,26 @@ static int settle(spi_jr_reader *r, jr_stop *stop, jr_run *run,
     jr_stop next_stop;
     int rc = measure(r, out->last_seq, scratch, &next, &next_stop);
     if (rc != SPI_OK) return rc;
-    next.gap = stop->at;
+    next.gap = gap;
+    next.beat = 0;
+    next.again = run->count ? 0 : again;
     if (run->count && seq <= run->last_seq) {
       if (next_stop.kind != FR_END && next.count < run->count) {
+        run->beat++;
         from = next.end; /* the held run stays; search on after this one */
         continue;
       }
+      if (run->beat && run->again < JR_MAX_AGAIN) {
+        /* The held run joins the damage; search again from its end. */
+        gap = run->gap;
+        again = run->again + 1;
+        run->count = 0;
+        from = stop->at + 1;
+        hint = stop->hint;
+        continue;
+      }
       next.gap = run->gap; /* the held run joins the damage before it */
+      next.again = run->again;
     } else if (run->count) {
       rc = hand_out(r, run, fn, user, scratch, out);
       if (rc != SPI_OK) return rc;
@@ -599,10 +636,16 @@ static int scan_loop(spi_jr_reader *r, uint64_t after_seq,
   memset(out, 0, sizeof *out);
   out->last_seq = after_seq;
   out->valid_bytes = rd_pos(r);
-  /* From the start of the data, records chain from a real one: each is
-   * handed out as it is read. */
+  /* From the start of the data, records chain from one the journal wrote:
+   * each is handed out as it is read, and the next segment's first record
+   * does not bound them. That record is real unless it is old (blocks of a
+   * removed segment reused after a crash, a file put back by hand), and an
+   * old one has a sequence below everything written after it: when it is
+   * not past what was read here, it is old and bounds nothing. */
+  r->bound = UINT64_MAX;
   jr_stop stop;
   int rc = follow(r, UINT64_MAX, fn, user, scratch, out, &stop);
+  if (r->before_seq > out->last_seq) r->bound = r->before_seq;
   jr_run run;
   memset(&run, 0, sizeof run);
   int done = 0;
@@ -631,6 +674,7 @@ int spi__jr_scan(spi_jr_reader *r, uint64_t after_seq, spi_replay_record_fn fn,
 int spi__jr_first_seq(spi_jr_reader *r, uint64_t *seq) {
   spi_buf scratch = {0};
   jr_frame fr;
+  r->bound = UINT64_MAX;
   int k = frame_at(r, 0, &scratch, &fr);
   spi__buf_free(&scratch, r->m);
   if (k < 0) return k;
@@ -648,7 +692,7 @@ int spi__journal_scan_mem(const spi_mem *m, const uint8_t *data, size_t len,
   r.data = data;
   r.end = data ? len : 0;
   r.size = r.end;
-  r.before_seq = UINT64_MAX;
+  r.before_seq = r.bound = UINT64_MAX;
   r.m = m;
   return spi__jr_scan(&r, after_seq, fn, user_data, out);
 }

@@ -64,9 +64,11 @@ typedef struct spi_jr_reader {
   size_t start, end; /* unread bytes are data[start..end) */
   uint64_t base;     /* offset of data[0] in the file */
   uint64_t size;     /* of the file or image */
-  /* Every record read must have a smaller sequence: the first record of
-   * the next segment, when there is one (UINT64_MAX: no bound). */
+  /* The first record of the next segment, when there is one (UINT64_MAX:
+   * none): records found by a search after damage must have a smaller
+   * sequence, while it is past every record read before (spi__jr_scan). */
   uint64_t before_seq;
+  uint64_t bound; /* the scan's own: before_seq where it applies */
   const spi_mem *m;
 } spi_jr_reader;
 
@@ -85,12 +87,15 @@ void spi__jr_reader_free(spi_jr_reader *r);
  * from there and counts the range in out->skipped. Of two runs of records
  * found after damage that contradict each other (the later one's sequence
  * not past the earlier's), the one whose chain goes on is kept and the
- * other skipped with the damage (journal_codec.c, settle()). Damage with no
+ * other skipped with the damage, and the runs the skipped one had beaten
+ * are weighed again (journal_codec.c, settle()). Damage with no
  * good record after it is the tail: out->stop says whether it looks cut
- * off (TORN) or damaged (CORRUPT). Sequences must increase from after_seq
- * and stay below r->before_seq. Returns SPI_OK (then *out says what was
- * found), fn's status, SPI_ENOMEM, or SPI_EIO (a read failed; errno in
- * r->err).
+ * off (TORN) or damaged (CORRUPT). Sequences must increase from after_seq.
+ * Records found by a search after damage must also stay below
+ * r->before_seq, unless it is not past the records read in order from the
+ * start of the data (nor past after_seq): then it is an old record, which
+ * bounds nothing. Returns SPI_OK (then *out says what was found), fn's
+ * status, SPI_ENOMEM, or SPI_EIO (a read failed; errno in r->err).
  */
 int spi__jr_scan(spi_jr_reader *r, uint64_t after_seq, spi_replay_record_fn fn,
                  void *user_data, spi_jr_scan *out);

@@ -221,6 +221,96 @@ static void test_planted_low_sequence(void **st) {
   spi__buf_free(&im.b, &MEM);
 }
 
+/* The journal of a held run that loses after it beat a good one: k0..k<n-1>
+ * (sequences 1..n), k3's header damaged and its body planting `fakes`
+ * records from sequence 1000, and the headers of the records in `broken`
+ * (a list ending in 0) damaged too; with `fakes5`, k5's body plants that
+ * many records from sequence 500. */
+static void beaten_image(image *im, int n, int fakes, const int *broken,
+                         int fakes5) {
+  put_keys(im, 0, 3, 1);
+  put_planted(im, 3, 4, 1000, fakes);
+  put_keys(im, 4, fakes5 ? 5 : n, 1);
+  if (fakes5) {
+    put_planted(im, 5, 6, 500, fakes5);
+    put_keys(im, 6, n, 1);
+  }
+  break_header(im, 3);
+  for (const int *b = broken; *b; b++) break_header(im, *b);
+}
+
+/* The planted run found after k3 beats the good runs after it that are
+ * shorter and end in more damage, then loses to a run that goes on further.
+ * Those good runs must come back: only what lost to a run that won is
+ * skipped. */
+static void test_beaten_runs_come_back(void **st) {
+  (void)st;
+  static const struct {
+    int n, fakes;
+    int broken[3];
+    int fakes5;
+    int torn_end; /* the last record cut short */
+    const char *want;
+  } cases[] = {
+      /* k4 between the damaged k3 and k5, then k6..k9 to the end */
+      {10, 2, {5}, 0, 0, "k0 k1 k2 k4 k6 k7 k8 k9"},
+      /* two good runs beaten, k4 and k6 */
+      {12, 3, {5, 7}, 0, 0, "k0 k1 k2 k4 k6 k8 k9 k10 k11"},
+      /* a beaten run of two records */
+      {10, 3, {6}, 0, 0, "k0 k1 k2 k4 k5 k7 k8 k9"},
+      /* the winner is only as long as the planted run, and ends torn */
+      {9, 2, {5}, 0, 1, "k0 k1 k2 k4 k6 k7"},
+      /* the damaged k5 plants two records too, which the first planted run
+       * beat with k4 and k6: searched again, they continue k4 and beat k6,
+       * then lose to k8..k11, and k6 is searched again in its turn */
+      {12, 3, {5, 7}, 2, 0, "k0 k1 k2 k4 k6 k8 k9 k10 k11"},
+  };
+  for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
+    image im = {0};
+    beaten_image(&im, cases[c].n, cases[c].fakes, cases[c].broken,
+                 cases[c].fakes5);
+    size_t len = im.b.len;
+    if (cases[c].torn_end) im.b.len -= 5;
+    spi_jr_scan sc;
+    const char *got = scan(&im, &sc);
+    if (strcmp(got, cases[c].want) != 0)
+      fail_msg("case %zu: records \"%s\", want \"%s\"", c, got, cases[c].want);
+    /* Each damaged record is one range, up to the next good record. */
+    uint64_t ranges = 1, bytes = im.start[4] - im.start[3];
+    for (const int *b = cases[c].broken; *b; b++, ranges++)
+      bytes += im.start[*b + 1] - im.start[*b];
+    assert_int_equal(sc.skipped, ranges);
+    assert_int_equal(sc.skipped_bytes, bytes);
+    assert_int_equal(sc.stop, cases[c].torn_end ? SPI_JR_TORN : SPI_JR_END);
+    assert_int_equal(sc.first_bad, im.start[3]);
+    im.b.len = len;
+    spi__buf_free(&im.b, &MEM);
+  }
+}
+
+/* A payload planting many runs, each shorter than the one before and
+ * contradicting it: chains of 10, 9, ..., 1 records, all from sequence 1000.
+ * Each beats the ones after it and loses to k4..k7, which reach the end, so
+ * the search runs again after each in turn, up to its bound; the good
+ * records are read all the same. */
+static void test_many_planted_runs(void **st) {
+  (void)st;
+  spi_buf body = {0};
+  for (int len = 10; len > 0; len--) fake_body(&body, 1000, len);
+  image im = {0};
+  put_keys(&im, 0, 3, 1);
+  put_enqueue(&im, "k3", body.data, body.len, 4);
+  put_keys(&im, 4, 8, 1);
+  break_header(&im, 3);
+  spi__buf_free(&body, &MEM);
+  spi_jr_scan sc;
+  expect_keys(scan(&im, &sc), "k0 k1 k2 k4 k5 k6 k7");
+  assert_int_equal(sc.skipped, 1);
+  assert_int_equal(sc.skipped_bytes, im.start[4] - im.start[3]);
+  assert_int_equal(sc.stop, SPI_JR_END);
+  spi__buf_free(&im.b, &MEM);
+}
+
 /* ------------------------------------------------------ through a queue */
 
 typedef struct fixture {
@@ -396,16 +486,75 @@ static void test_damaged_tail_then_gap(void **st) {
   }
 }
 
+/* A segment that starts with an old record (blocks of a compacted segment
+ * reused after a crash, a file put back by hand): segment 1 holds k0..k4
+ * (sequences 1..5), segment 2 a good record "old" of sequence 2, then
+ * k5..k7 (6..8). Segment 2's first record is no bound on segment 1, whose
+ * records are read in order from its first byte; "old" is skipped as a
+ * record whose sequence does not increase. With damage in segment 1 (k3 of
+ * k0..k5, then k6..k8 in segment 2), "old" bounds nothing either: its
+ * sequence is not past the records already read, so it cannot be a later
+ * record. */
+static void test_old_first_record(void **st) {
+  fixture *f = *st;
+  for (int damaged = 0; damaged < 2; damaged++) {
+    image one = {0}, two = {0};
+    int n = damaged ? 6 : 5;
+    put_keys(&one, 0, n, 1);
+    if (damaged) break_header(&one, 3);
+    put_enqueue(&two, "old", BODY, sizeof BODY - 1, 2);
+    put_keys(&two, n, n + 3, 1);
+    recover_two(f, &one, &two);
+    expect_keys(claim_all(f), damaged ? "k0 k1 k2 k4 k5 k6 k7 k8"
+                                      : "k0 k1 k2 k3 k4 k5 k6 k7");
+    spi_replay_store_stats s = store_stats(f);
+    assert_int_equal(s.recovered, 8);
+    assert_int_equal(s.skipped, damaged ? 2 : 1);
+    assert_int_equal(s.torn, damaged ? 2 : 1);
+    assert_int_equal(count_suffix(f->dir, ".corrupt"), 0);
+  }
+}
+
+/* The journal of test_beaten_runs_come_back's first case, with a corrupt
+ * last record: k4 comes back, the tail is cut and kept aside byte for byte,
+ * and a compaction keeps the segment with the damage aside whole. */
+static void test_journal_beaten_run(void **st) {
+  fixture *f = *st;
+  image im = {0};
+  static const int broken[] = {5, 9, 0};
+  beaten_image(&im, 10, 2, broken, 0);
+  write_seg(f, 1, &im);
+  open_q(f);
+  expect_keys(claim_all(f), "k0 k1 k2 k4 k6 k7 k8");
+  spi_replay_store_stats s = store_stats(f);
+  assert_int_equal(s.recovered, 7);
+  assert_int_equal(s.skipped, 2);
+  char name[64];
+  snprintf(name, sizeof name, "000001.log.%zu.corrupt", im.start[9]);
+  expect_file(f, name, &im, im.start[9], im.start[10]);
+  expect_file(f, "000001.log", &im, 0, im.start[9]);
+  assert_int_equal(spi__replay_compact(f->q), SPI_OK);
+  expect_file(f, "000001.log.corrupt", &im, 0, im.start[9]);
+  open_q(f);
+  expect_keys(claim_all(f), "k0 k1 k2 k4 k6 k7 k8");
+  assert_int_equal(store_stats(f).torn, 0);
+  spi__buf_free(&im.b, &MEM);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_planted_high_sequence),
       cmocka_unit_test(test_planted_runs),
       cmocka_unit_test(test_planted_low_sequence),
+      cmocka_unit_test(test_beaten_runs_come_back),
+      cmocka_unit_test(test_many_planted_runs),
       cmocka_unit_test_setup_teardown(test_journal_planted, setup, teardown),
       cmocka_unit_test_setup_teardown(test_planted_before_next_segment, setup,
                                       teardown),
       cmocka_unit_test_setup_teardown(test_damaged_tail_then_gap, setup,
                                       teardown),
+      cmocka_unit_test_setup_teardown(test_old_first_record, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_journal_beaten_run, setup, teardown),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
