@@ -387,6 +387,54 @@ def test_a_wildcard_group_routes_the_names_it_matches(backends, closing):
     assert not routing._open
 
 
+def test_a_team_and_the_global_group_of_one_name_are_routed_apart(backends, closing):
+    """A team's deployments under its public name for them, beside a global
+    group of that name: LiteLLM resolves the team's requests to the team's
+    deployments and the rest to the global group's, and the library picks
+    among the same ones (the team's are the cheaper, spot, so a choice
+    among all of them would take a team's for a global request)."""
+    for rid in ("global", "team-a", "team-b"):
+        backends.start(rid, *FAST)
+
+    def team(rid):
+        d = deployment(backends, rid)
+        d["model_name"] = f"{MODEL}_team1_{rid}"            # LiteLLM's internal name
+        d["model_info"].update(team_id="team1", team_public_model_name=MODEL)
+        return d
+    router = Router(model_list=[deployment(backends, "global", pool="on_demand", usd=4.5),
+                                team("team-a"), team("team-b")],
+                    num_retries=0)
+    routing = SpotinferRouting.install(router, CONFIG)
+    closing(routing)
+    everyone = {"class": "silver"}
+    team1 = {"class": "silver", "user_api_key_team_id": "team1"}
+
+    async def ask(meta, system, n):
+        r = await router.acompletion(model=MODEL, messages=messages(system, f"q{n}"),
+                                     metadata=dict(meta))
+        return r.system_fingerprint
+
+    async def scenario():
+        out = []
+        for n in range(8):
+            out.append((await ask(everyone, SYSTEMS[n % 4], n),
+                        await ask(team1, SYSTEMS[0], n)))
+            await settle(routing, 2 * (n + 1))
+        return out
+
+    seen = run(scenario())
+    assert [g for g, _ in seen] == ["global"] * 8
+    teams = [t for _, t in seen]
+    assert teams[0] in ("team-a", "team-b") and teams == [teams[0]] * 8, teams
+    # Every request had its ticket, finished where it ran, under the name
+    # its replicas are chosen by.
+    rows = {(r.model, r.pool, r.tenant): r.completed for r in routing.engine.ledger()}
+    assert rows == {(MODEL, Pool.ON_DEMAND, ""): 8,
+                    (f"team:team1/{MODEL}", Pool.SPOT, "team1"): 8}, rows
+    assert all(s.inflight == 0 for s in routing.engine.replicas())
+    assert not routing._open
+
+
 @pytest.fixture
 def held_metrics():
     """A /metrics page that answers its first read at once and holds every

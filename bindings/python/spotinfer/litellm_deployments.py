@@ -104,16 +104,28 @@ def _metrics_url(where: str, settings: Mapping[str, Any], api_base: Any) -> Opti
     return url
 
 
+def team_model_name(team_id: str, public_name: str) -> str:
+    """The model name a team's deployments are served under in the library
+    for the team's public name of them: scoped to the team, because the
+    public name is often a global group's too (a team's own "llama" beside
+    the proxy's), and LiteLLM resolves the team's requests for it to the
+    team's deployments and everyone else's to the global group's."""
+    return f"team:{team_id}/{public_name}"
+
+
 def served_names(deployment: Any) -> Tuple[str, ...]:
-    """The model names LiteLLM serves a deployment under: its model_name
-    (the model group, or a wildcard group's pattern such as ``openai/*``)
-    and, for a team's deployment, the team's public name for it (its
-    model_name is then LiteLLM's internal one)."""
+    """The model names a deployment is served under in the library: its
+    model_name (the model group, or a wildcard group's pattern such as
+    ``openai/*``) and, for a team's deployment, the team's public name for
+    it scoped to the team (:func:`team_model_name`; its model_name is then
+    LiteLLM's internal one). A public name without a team_id is not one
+    LiteLLM serves it under."""
     group = _get(deployment, "model_name")
     names = (str(group),) if group else ()
-    public = _get(_get(deployment, "model_info"), "team_public_model_name")
-    if public and str(public) not in names:
-        names += (str(public),)
+    info = _get(deployment, "model_info")
+    team, public = _get(info, "team_id"), _get(info, "team_public_model_name")
+    if team and public:
+        names += (team_model_name(str(team), str(public)),)
     return names
 
 
@@ -122,10 +134,12 @@ def model_group(deployments: Any) -> str:
     deployments LiteLLM resolved it to (an alias to its target group, a
     name no group has to the wildcard group matching it, a team's public
     name to the team's deployments): a name every one of them is served
-    under, so the library picks among exactly their replicas. Deployments
-    of several groups (a LiteLLM routing group over model groups) have
-    none in common; the first one's group is taken (LiteLLM lists a
-    priority group's members in order). "" for none: any replica."""
+    under, so the library picks among exactly their replicas (a team's
+    among the team's, under its team-scoped name; anyone else's among the
+    global group's, which no team deployment serves). Deployments of
+    several groups (a LiteLLM routing group over model groups) have none
+    in common; the first one's group is taken (LiteLLM lists a priority
+    group's members in order). "" for none: any replica."""
     names = [served_names(d) for d in deployments or ()]
     if not names or not names[0]:
         return ""
@@ -198,4 +212,13 @@ def replicas_of(model_list: Any) -> Tuple[Replica, ...]:
             raise DeploymentError(f"two deployments have model_info.id {r.info.id!r}")
         seen.add(r.info.id)
         out.append(r)
+    # A team-scoped name that is some deployment's model_name too would put
+    # the team's replicas and that group's in one choice again.
+    groups = {r.model_group for r in out}
+    for r in out:
+        for name in r.info.models[1:]:
+            if name in groups:
+                raise DeploymentError(
+                    f"deployment {r.info.id!r}: its team's name {name!r} is "
+                    "another deployment's model_name")
     return tuple(out)

@@ -6,7 +6,8 @@ import pytest
 from spotinfer import Engine, ModelTier, Pool
 from spotinfer.litellm_deployments import (DeploymentError, default_metrics_url,
                                            deployment_id, model_group, replica_of,
-                                           replicas_of, served_names)
+                                           replicas_of, served_names,
+                                           team_model_name)
 
 
 def dep(rid="spot-a", api_base="http://10.0.0.7:8000/v1", **settings):
@@ -125,23 +126,39 @@ def named(model_name, rid="r", **model_info):
 def test_the_names_a_deployment_is_served_under():
     assert served_names(named("llama-70b")) == ("llama-70b",)
     assert served_names(named("openai/*")) == ("openai/*",)
-    # A team's deployment: LiteLLM's internal name and the team's own.
+    # A team's deployment: LiteLLM's internal name and the team's public
+    # one, scoped to the team (a global group often has that name too).
     team = named("llama_team1_abc", team_id="team1", team_public_model_name="llama")
-    assert served_names(team) == ("llama_team1_abc", "llama")
+    assert served_names(team) == ("llama_team1_abc", "team:team1/llama")
+    assert team_model_name("team1", "llama") == "team:team1/llama"
     assert replica_of({**team, "model_info": {**team["model_info"],
                                               "spotinfer": {"usd_per_hour": 1}}}
-                      ).info.models == ("llama_team1_abc", "llama")
+                      ).info.models == ("llama_team1_abc", "team:team1/llama")
+    # A public name without a team is none LiteLLM serves it under.
+    assert served_names(named("llama_x", team_public_model_name="llama")) == ("llama_x",)
     assert served_names({"model_info": {"id": "x"}}) == ()
 
 
 def test_the_group_a_request_goes_to_the_library_with():
     assert model_group([named("fake-*", "a"), named("fake-*", "b")]) == "fake-*"
-    # A team's deployments have internal names of their own: the public one.
-    team = [named(f"llama_team1_{i}", i, team_public_model_name="llama") for i in "ab"]
-    assert model_group(team) == "llama"
+    # A team's deployments have internal names of their own: the team's
+    # public one, scoped, and never the global group's of that name.
+    team = [named(f"llama_team1_{i}", i, team_id="team1", team_public_model_name="llama")
+            for i in "ab"]
+    assert model_group(team) == "team:team1/llama"
+    assert model_group([named("llama", "g")]) == "llama"
     # Several groups (a LiteLLM routing group): the first one's.
     assert model_group([named("small", "a"), named("large", "b")]) == "small"
     assert model_group([]) == ""
+
+
+def test_a_team_name_that_is_a_group_name_is_refused():
+    def priced(d):
+        return {**d, "model_info": {**d["model_info"], "spotinfer": {"usd_per_hour": 1}}}
+    team = priced(named("llama_team1_a", "t", team_id="team1", team_public_model_name="llama"))
+    with pytest.raises(DeploymentError) as ei:
+        replicas_of([team, priced(named("team:team1/llama", "g"))])
+    assert "'t'" in str(ei.value) and "team:team1/llama" in str(ei.value)
 
 
 def test_a_deployment_id():
