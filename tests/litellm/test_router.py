@@ -4,9 +4,13 @@ the package's `litellm` extra pins) against fakellm backends on loopback."""
 import asyncio
 import http.server
 import json
+import os
+import subprocess
+import sys
 import threading
 import time
 import urllib.request
+from pathlib import Path
 
 import litellm
 import pytest
@@ -494,3 +498,149 @@ def test_close_waits_for_no_scrape(backends, held_metrics):
     assert routing.engine.closed
     assert not loader[0].is_alive()
     routing.close()                                     # again: nothing to do
+
+
+class Held:
+    """A classifier that holds the route inside the library until let go:
+    a module taking its time."""
+
+    def __init__(self):
+        self.inside, self.go = threading.Event(), threading.Event()
+
+    def configure(self, config):
+        return {}
+
+    def classify(self, instance, req, pressure):
+        self.inside.set()
+        self.go.wait(20)
+        return spotinfer.Class.SILVER
+
+
+def unreachable(rid):
+    """A deployment no test calls (the strategy only routes to it)."""
+    return {"model_name": MODEL,
+            "litellm_params": {"model": f"openai/{MODEL}", "api_key": "unused",
+                               "api_base": f"http://127.0.0.1:9/{rid}/v1"},
+            "model_info": {"id": rid, "spotinfer": {"pool": "spot", "usd_per_hour": 1.8,
+                                                    "metrics_url": False}}}
+
+
+HELD_ROUTE = """
+import sys, threading
+import litellm
+from litellm import Router
+import spotinfer
+from spotinfer.litellm import SpotinferRouting
+sys.path.insert(0, sys.argv[1])
+from test_router import Held, MODEL, unreachable
+
+held = Held()
+router = Router(model_list=[unreachable("spot-a")], num_retries=0)
+routing = SpotinferRouting(router, None)         # its own engine
+routing.engine.register_classifier("held", held)
+routing.engine.configure({"modules": {"classifier": "held"},
+                          "router": {"load_max_age_ms": 600000}})
+routing.engine.report_load("spot-a", running=0.0)
+out = []
+
+def route():
+    try:
+        out.append(routing.get_available_deployment(
+            MODEL, messages=[{"role": "user", "content": "hi"}]))
+    except Exception as e:
+        out.append(e)
+t = threading.Thread(target=route, daemon=True)
+t.start()
+assert held.inside.wait(20)
+routing.close()
+assert not routing.wait_closed(0.3), "the engine closed under a route"
+assert not routing.engine.closed
+held.go.set()
+t.join(20)
+assert routing.wait_closed(20) and routing.engine.closed
+assert isinstance(out[0], litellm.ServiceUnavailableError), out
+print("ok")
+"""
+
+
+def test_close_waits_for_a_route_inside_the_library(tmp_path):
+    """A route in a slow module when close() comes: the strategy's own
+    engine is closed only once the route is out of the library (it was
+    freed under it: a crash), and the route fails as a 503. In a process
+    of its own, for the crash."""
+    script = tmp_path / "held_route.py"
+    script.write_text(HELD_ROUTE)
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "bindings" / "python"),
+               LITELLM_LOCAL_MODEL_COST_MAP="True", PYTHONWARNINGS="ignore")
+    run = subprocess.run([sys.executable, str(script), str(Path(__file__).parent)],
+                         env=env, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0 and run.stdout.strip() == "ok", \
+        (run.returncode, run.stdout, run.stderr[-3000:])
+
+
+def test_a_ticket_routed_while_closing_is_finished(closing):
+    """A route that comes out of the library after close() took the open
+    tickets: its ticket is finished (CANCELLED) and the request fails as a
+    503, so an engine the caller made keeps no ticket open."""
+    held = Held()
+    eng = spotinfer.Engine()
+    eng.register_classifier("held", held)
+    eng.configure({"modules": {"classifier": "held"}, "router": {"load_max_age_ms": 600000}})
+    router = Router(model_list=[unreachable("spot-a")], num_retries=0)
+    routing = SpotinferRouting(router, engine=eng)
+    closing(routing)
+    eng.report_load("spot-a", running=0.0)
+    out = []
+
+    def route():
+        try:
+            out.append(routing.get_available_deployment(
+                MODEL, messages=messages("s", "u"), request_kwargs={"metadata": {}}))
+        except Exception as e:  # noqa: BLE001
+            out.append(e)
+    t = threading.Thread(target=route)
+    t.start()
+    try:
+        assert held.inside.wait(20)
+        routing.close()
+    finally:
+        held.go.set()
+    t.join(20)
+    assert isinstance(out[0], litellm.ServiceUnavailableError), out
+    assert routing.wait_closed(20)
+    assert not eng.closed
+    assert eng.replicas()[0].inflight == 0
+    assert not routing._open
+    eng.close()
+
+
+def test_after_close_the_router_routes_by_itself(backends):
+    """After close() the Router has its own strategy back (a request is
+    served, with no ticket), while a later strategy on that Router keeps
+    its place; a call into the closed strategy is a 503."""
+    for rid in ("spot-a", "spot-b"):
+        backends.start(rid, *FAST)
+    router = Router(model_list=[deployment(backends, r) for r in ("spot-a", "spot-b")],
+                    num_retries=0)
+    first = SpotinferRouting.install(router, CONFIG)
+    second = SpotinferRouting.install(router, CONFIG)
+    first.close()
+    assert first.wait_closed(20)
+    r = run(router.acompletion(model=MODEL, messages=messages("s", "u"),
+                               metadata={"class": "silver"}))
+    wait_for(lambda: sum(x.completed for x in second.engine.ledger()) == 1)
+    second.close()
+    assert second.wait_closed(20)
+    r = run(router.acompletion(model=MODEL, messages=messages("s", "u"),
+                               metadata={"class": "silver"}))
+    assert r.system_fingerprint in ("spot-a", "spot-b")
+    assert r.choices[0].message.content
+    for routing in (first, second):
+        with pytest.raises(litellm.ServiceUnavailableError) as ei:
+            routing.get_available_deployment(MODEL, messages=messages("s", "u"))
+        assert ei.value.status_code == 503
+        with pytest.raises(litellm.ServiceUnavailableError):
+            run(routing.async_get_available_deployment(MODEL, messages=messages("s", "u")))
+        with pytest.raises(spotinfer.MisuseError):
+            routing.metrics()
+

@@ -32,13 +32,15 @@ message naming the field).
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import inspect
 import itertools
 import json
 import threading
 import time
 import urllib.request
 from datetime import datetime
-from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Tuple, Union
 
 try:
     import httpx
@@ -51,6 +53,7 @@ except ImportError as e:  # pragma: no cover - the message is the point
 
 from . import Engine, NoCapacityError, ShedError
 from .enums import OpenAIKind, Pool, TicketStatus
+from ._engine import _closed as _engine_closed_error
 from .errors import InputError, ResourceError
 from .litellm_deployments import Replica, deployment_id, model_group, replicas_of
 from .notices import TicketPlan, parse_notice
@@ -155,6 +158,11 @@ def ticket_result(status: TicketStatus, kwargs: Mapping[str, Any],
 _instances = itertools.count(1)
 
 
+class _Closed(Exception):
+    """A call into the library the strategy no longer makes: it is closing
+    (no new route) or has closed its engine (no call at all)."""
+
+
 class _Open:
     """A ticket between its route and its callback."""
 
@@ -205,7 +213,13 @@ class SpotinferRouting(CustomLogger, CustomRoutingStrategyBase):  # type: ignore
         self.respect_litellm_health = bool(respect_litellm_health)
         self.ready_wait_s = float(ready_wait_s)
         self.close_wait_s = float(close_wait_s)
+        # The one lock of the strategy. Nothing holds it across a call into
+        # the library, and the closer waits on _idle (which gives it up).
         self._lock = threading.Lock()
+        self._idle = threading.Condition(self._lock)
+        self._calls = 0                     # its calls inside the library now
+        self._closing = False               # close() called: no new route
+        self._engine_closed = False         # its own engine closed, or closing
         self._open: Dict[int, _Open] = {}
         self._replicas: Dict[str, Replica] = {}
         self._synced_version: Optional[int] = None
@@ -276,18 +290,23 @@ class SpotinferRouting(CustomLogger, CustomRoutingStrategyBase):  # type: ignore
 
     def sync_deployments(self) -> None:
         """Read the router's deployments again: add or update their
-        replicas, remove the replicas of deployments that are gone."""
+        replicas, remove the replicas of deployments that are gone. Once
+        the strategy is closing, nothing."""
         self._synced_version = self._registry_version()
         reps = replicas_of(self._model_list())
-        for r in reps:
-            self.engine.upsert_replica(r.info)
-        with self._lock:
-            gone = set(self._replicas) - {r.info.id for r in reps}
-            self._replicas = {r.info.id: r for r in reps}
-            for rid in self._replicas:
-                self._fresh.setdefault(rid, threading.Event())
-        for rid in gone:
-            self.engine.remove_replica(rid)
+        try:
+            with self._library():
+                for r in reps:
+                    self.engine.upsert_replica(r.info)
+                with self._lock:
+                    gone = set(self._replicas) - {r.info.id for r in reps}
+                    self._replicas = {r.info.id: r for r in reps}
+                    for rid in self._replicas:
+                        self._fresh.setdefault(rid, threading.Event())
+                for rid in gone:
+                    self.engine.remove_replica(rid)
+        except _Closed:
+            return
         if self._threads:                   # started: new replicas get theirs
             running = {t.name for t in self._threads if t.is_alive()}
             for rid in self._replicas:
@@ -317,17 +336,25 @@ class SpotinferRouting(CustomLogger, CustomRoutingStrategyBase):  # type: ignore
             ev.wait(max(0.0, deadline - time.monotonic()))
 
     def close(self) -> None:
-        """Take the strategy out of litellm.callbacks and stop it: finish
-        the tickets still open (CANCELLED), join its threads, then close
-        the engine if the strategy made it. Past the callbacks, that runs
-        in a thread of its own ("spotinfer-close"), which close() waits for
-        at most close_wait_s: a load thread in the middle of a scrape (up
+        """Stop the strategy. At once: no new route (a request the strategy
+        is routing fails with LiteLLM's ServiceUnavailableError, 503, and
+        so does a route that comes later), out of litellm.callbacks, and
+        the router's own routing back where the strategy was plugged in
+        (the Router's ``_reset_custom_routing_strategy``, while no later
+        strategy has taken its place). Then, in a thread of its own
+        ("spotinfer-close"): finish the tickets still open (CANCELLED),
+        join its threads, wait for its calls into the library to return
+        (a route in a slow module, a ticket being finished) and close the
+        engine if the strategy made it. close() waits for that thread at
+        most close_wait_s, so a load thread in the middle of a scrape (up
         to scrape_timeout_s) or a slow tick holds up no caller, such as the
-        proxy's install of the next strategy. The engine is closed only
-        once no thread of the strategy can call it; wait_closed() waits
-        for that. Idempotent."""
+        proxy's install of the next strategy; wait_closed() waits for it.
+        Idempotent."""
+        with self._lock:
+            self._closing = True
         self._stop.set()
         self.remove_callback()
+        self._unplug()
         with self._lock:
             closer = self._closer
             if closer is None:
@@ -339,11 +366,24 @@ class SpotinferRouting(CustomLogger, CustomRoutingStrategyBase):  # type: ignore
                 closer.start()
         closer.join(self.close_wait_s)
 
+    def _unplug(self) -> None:
+        """Give the router its own routing back if the strategy is still
+        what it routes with (LiteLLM wraps the plugged-in method: its
+        innermost is the strategy's bound method). A Router without
+        _reset_custom_routing_strategy keeps the strategy, which then
+        answers 503."""
+        reset = getattr(self._router, "_reset_custom_routing_strategy", None)
+        plugged = getattr(self._router, "get_available_deployment", None)
+        if callable(reset) and callable(plugged) and \
+                getattr(inspect.unwrap(plugged), "__self__", None) is self:
+            reset()
+
     def wait_closed(self, timeout: Optional[float] = None) -> bool:
         """Wait up to timeout seconds (None: for good) for what close()
-        started: True once the threads are joined, the tickets finished
-        and the engine closed (if the strategy made it); False before, or
-        when close() was not called."""
+        started: True once the threads are joined, the tickets finished,
+        no call of the strategy's is inside the library and the engine is
+        closed (if the strategy made it); False before, or when close() was
+        not called."""
         closer = self._closer
         if closer is None:
             return False
@@ -351,10 +391,11 @@ class SpotinferRouting(CustomLogger, CustomRoutingStrategyBase):  # type: ignore
         return not closer.is_alive()
 
     def _shut_down(self) -> None:
+        # _closing is set: no ticket is added to _open, and no new route
+        # enters the library from here on.
         with self._lock:
             left = list(self._open)
             self._open.clear()
-            reqs, self._reqs = self._reqs, []
         # The engine serves other threads meanwhile: only its close must
         # wait for them.
         for tid in left:
@@ -366,12 +407,42 @@ class SpotinferRouting(CustomLogger, CustomRoutingStrategyBase):  # type: ignore
             for t in threads:
                 t.join()
             threads, self._threads = self._threads, []
+        with self._lock:
+            while self._calls:
+                self._idle.wait()
+            self._engine_closed = self._own_engine
+            reqs, self._reqs = self._reqs, []
         if self.engine.closed:
+            return
+        if self._own_engine:
+            self.engine.close()             # its requests with it
             return
         for r in reqs:
             r.close()
-        if self._own_engine:
-            self.engine.close()
+
+    @contextlib.contextmanager
+    def _library(self, *, new: bool = True) -> Iterator[None]:
+        """Around the strategy's calls into the library: counted, so that
+        the closer closes the engine only once none is inside. Raises
+        _Closed instead once the strategy is closing for new work (``new``:
+        a route, a replica sync), and for any call once its own engine is
+        closed."""
+        with self._lock:
+            if self._engine_closed or (new and self._closing):
+                raise _Closed()
+            self._calls += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._calls -= 1
+                if not self._calls:
+                    self._idle.notify_all()
+
+    def _closed_error(self, model: str) -> Exception:
+        return litellm.ServiceUnavailableError(
+            message="the spotinfer routing strategy is closed",
+            llm_provider="spotinfer", model=model, response=self._answer(503))
 
     @property
     def router(self) -> Any:
@@ -440,14 +511,29 @@ class SpotinferRouting(CustomLogger, CustomRoutingStrategyBase):  # type: ignore
         the library's plan for each ticket open there (LiteLLM cannot move
         a stream that has started, so they run on where they are)."""
         plans: List[TicketPlan] = []
-        for n in parse_notice(format, body, node=node, http_status=http_status):
-            plans.extend(self.engine.notice(n))
+        notices = parse_notice(format, body, node=node, http_status=http_status)
+        with self._engine_call():
+            for n in notices:
+                plans.extend(self.engine.notice(n))
         return plans
 
     def metrics(self) -> str:
         """The library's Prometheus text (serve it from the proxy's app or
         push it where the rest of the metrics go)."""
-        return self.engine.metrics()
+        with self._engine_call():
+            return self.engine.metrics()
+
+    @contextlib.contextmanager
+    def _engine_call(self) -> Iterator[None]:
+        """A call of the strategy's own API into the library (a notice, the
+        metrics): after close() too while the engine is open; once the
+        strategy closes its own engine, the binding's MisuseError, as the
+        closed engine raises."""
+        try:
+            with self._library(new=False):
+                yield
+        except _Closed:
+            raise _engine_closed_error("engine") from None
 
     # -- routing
 
@@ -474,7 +560,15 @@ class SpotinferRouting(CustomLogger, CustomRoutingStrategyBase):  # type: ignore
                               request=httpx.Request("POST", "http://spotinfer.invalid/route"))
 
     def _decide(self, model: str, body: bytes, kind: OpenAIKind) -> Any:
-        """One spi_route: the decision, or a LiteLLM exception."""
+        """One spi_route: the decision, or a LiteLLM exception (503 once
+        the strategy is closing)."""
+        try:
+            with self._library():
+                return self._route(model, body, kind)
+        except _Closed:
+            raise self._closed_error(model) from None
+
+    def _route(self, model: str, body: bytes, kind: OpenAIKind) -> Any:
         req = self._request()
         try:
             req.parse_openai(body, kind)
@@ -502,11 +596,15 @@ class SpotinferRouting(CustomLogger, CustomRoutingStrategyBase):  # type: ignore
         finally:
             self._release(req)
 
-    def _place(self, d: Any, candidates: Mapping[str, Any], kwargs: Dict[str, Any]) -> Any:
+    def _place(self, model: str, d: Any, candidates: Mapping[str, Any],
+               kwargs: Dict[str, Any]) -> Any:
         """The deployment for a serving decision, as LiteLLM resolved it
         (candidates, by id): its replica, else (when LiteLLM rules that one
         out: its health checks, a team's or access group's deployments) the
-        first fallback that is a candidate, served without a ticket."""
+        first fallback that is a candidate, served without a ticket. A
+        ticket for a request that close() came to meanwhile is finished
+        CANCELLED and the request fails (503): the closer has taken the
+        open tickets already."""
         targets = (d.replica_id,) + tuple(d.fallback_ids)
         for i, rid in enumerate(targets):
             dep = candidates.get(rid)
@@ -524,7 +622,13 @@ class SpotinferRouting(CustomLogger, CustomRoutingStrategyBase):  # type: ignore
                     if was_open:
                         self._finish(earlier, TicketResult(status=TicketStatus.ERROR))
                 with self._lock:
-                    self._open[d.ticket.id] = _Open(rid)
+                    closing = self._closing
+                    if not closing:
+                        self._open[d.ticket.id] = _Open(rid)
+                if closing:
+                    meta.pop(TICKET_KEY, None)
+                    self._finish(d.ticket.id, TicketResult(status=TicketStatus.CANCELLED))
+                    raise self._closed_error(model)
                 meta[TICKET_KEY] = d.ticket.id
             else:
                 kwargs.get(_metadata_name(kwargs), {}).pop(TICKET_KEY, None)  # an earlier try's
@@ -539,6 +643,8 @@ class SpotinferRouting(CustomLogger, CustomRoutingStrategyBase):  # type: ignore
             specific_deployment: Optional[bool] = False,
             request_kwargs: Optional[Dict[str, Any]] = None) -> Any:
         kwargs = request_kwargs if request_kwargs is not None else {}
+        if self._closing:
+            raise self._closed_error(model)
         self.sync_if_changed()
         if self.respect_litellm_health:
             found = await self._router.select(
@@ -562,6 +668,8 @@ class SpotinferRouting(CustomLogger, CustomRoutingStrategyBase):  # type: ignore
             specific_deployment: Optional[bool] = False,
             request_kwargs: Optional[Dict[str, Any]] = None) -> Any:
         kwargs = request_kwargs if request_kwargs is not None else {}
+        if self._closing:
+            raise self._closed_error(model)
         self.sync_if_changed()
         found = self._resolved(model, messages, input, specific_deployment, kwargs)
         if isinstance(found, dict):         # one named deployment: no choice
@@ -623,7 +731,7 @@ class SpotinferRouting(CustomLogger, CustomRoutingStrategyBase):  # type: ignore
 
     def _placed(self, model: str, d: Any, candidates: Mapping[str, Any],
                 kwargs: Dict[str, Any]) -> Any:
-        dep = self._place(d, candidates, kwargs)
+        dep = self._place(model, d, candidates, kwargs)
         if dep is None:
             raise litellm.ServiceUnavailableError(
                 message=f"no capacity: {d.replica_id} and its fallbacks are not "
@@ -635,7 +743,8 @@ class SpotinferRouting(CustomLogger, CustomRoutingStrategyBase):  # type: ignore
 
     def _finish(self, tid: int, result: TicketResult) -> None:
         try:
-            self.engine.ticket(tid).finish(result)
+            with self._library(new=False):
+                self.engine.ticket(tid).finish(result)
         except Exception:  # noqa: BLE001 - finished already, or engine closed
             pass
 
@@ -695,8 +804,9 @@ class SpotinferRouting(CustomLogger, CustomRoutingStrategyBase):  # type: ignore
                 o.streamed = True
         if first:
             try:
-                self.engine.ticket(tid).first_token()
-            except Exception:  # noqa: BLE001 - finished meanwhile
+                with self._library(new=False):
+                    self.engine.ticket(tid).first_token()
+            except Exception:  # noqa: BLE001 - finished meanwhile, or engine closed
                 pass
         return None
 
