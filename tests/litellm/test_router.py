@@ -644,3 +644,29 @@ def test_after_close_the_router_routes_by_itself(backends):
         with pytest.raises(spotinfer.MisuseError):
             routing.metrics()
 
+
+def test_close_during_a_sync_that_starts_a_load_thread(closing):
+    """close() while sync_deployments starts the load thread of a replica
+    added since start(): the closer joins only threads that have started
+    (joining one that had not killed it, and the engine stayed open)."""
+    router = Router(model_list=[unreachable("spot-a")], num_retries=0)
+    routing = SpotinferRouting.install(router, None, ready_wait_s=0)
+    closing(routing)
+    router.add_deployment(Deployment(**unreachable("spot-b")))
+    spawn, closers = routing._spawn, []
+
+    def spawn_then_close(rid):
+        out = spawn(rid)
+        c = threading.Thread(target=routing.close)
+        c.start()
+        c.join(0.5)                 # close() now, while the thread is new
+        closers.append(c)
+        return out
+    routing._spawn = spawn_then_close
+    routing.sync_deployments()
+    assert closers
+    for c in closers:
+        c.join(20)
+    assert routing.wait_closed(20)
+    assert routing.engine.closed
+    assert not [t for t in threading.enumerate() if t.name.startswith("spotinfer-load-")]

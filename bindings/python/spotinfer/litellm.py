@@ -307,30 +307,37 @@ class SpotinferRouting(CustomLogger, CustomRoutingStrategyBase):  # type: ignore
                     self.engine.remove_replica(rid)
         except _Closed:
             return
-        if self._threads:                   # started: new replicas get theirs
-            running = {t.name for t in self._threads if t.is_alive()}
-            for rid in self._replicas:
-                if f"spotinfer-load-{rid}" not in running:
-                    self._spawn(rid).start()
+        with self._lock:
+            if self._threads and not self._closing:   # started: new replicas get theirs
+                running = {t.name for t in self._threads if t.is_alive()}
+                for rid in self._replicas:
+                    if f"spotinfer-load-{rid}" not in running:
+                        self._spawn(rid)
 
-    def _spawn(self, rid: str) -> threading.Thread:
+    def _spawn(self, rid: str) -> None:
+        """Start a replica's load thread and list it; under _lock, and only
+        while the strategy is not closing. The closer joins the threads
+        listed when it takes the list (under _lock, once closing), so each
+        of them has started and none is listed after."""
         t = threading.Thread(target=self._load_loop, args=(rid,),
                              name=f"spotinfer-load-{rid}", daemon=True)
+        t.start()
         self._threads.append(t)
-        return t
 
     def start(self) -> None:
         """Start the load threads (one per replica, so a slow /metrics holds
         up no other) and the tick thread; wait up to ready_wait_s for a first
-        reading of every replica (one without counts as saturated)."""
-        if self._threads:
-            return
-        for rid in list(self._replicas):
-            self._spawn(rid)
-        self._threads.append(threading.Thread(target=self._tick_loop,
-                                              name="spotinfer-tick", daemon=True))
-        for t in self._threads:
-            t.start()
+        reading of every replica (one without counts as saturated). Once
+        the strategy is closing, nothing."""
+        with self._lock:
+            if self._threads or self._closing:
+                return
+            for rid in list(self._replicas):
+                self._spawn(rid)
+            tick = threading.Thread(target=self._tick_loop, name="spotinfer-tick",
+                                    daemon=True)
+            tick.start()
+            self._threads.append(tick)
         deadline = time.monotonic() + self.ready_wait_s
         for ev in list(self._fresh.values()):
             ev.wait(max(0.0, deadline - time.monotonic()))
@@ -391,22 +398,18 @@ class SpotinferRouting(CustomLogger, CustomRoutingStrategyBase):  # type: ignore
         return not closer.is_alive()
 
     def _shut_down(self) -> None:
-        # _closing is set: no ticket is added to _open, and no new route
-        # enters the library from here on.
+        # _closing is set: no ticket is added to _open, no thread to
+        # _threads, and no new route enters the library from here on.
         with self._lock:
             left = list(self._open)
             self._open.clear()
+            threads, self._threads = self._threads, []
         # The engine serves other threads meanwhile: only its close must
         # wait for them.
         for tid in left:
             self._finish(tid, TicketResult(status=TicketStatus.CANCELLED))
-        # Again until none is left: a sync_deployments or start() that ran
-        # meanwhile started threads of its own (they stop at once).
-        threads, self._threads = self._threads, []
-        while threads:
-            for t in threads:
-                t.join()
-            threads, self._threads = self._threads, []
+        for t in threads:
+            t.join()
         with self._lock:
             while self._calls:
                 self._idle.wait()
