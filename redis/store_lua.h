@@ -5,17 +5,29 @@
  *
  * Every script gets the same KEYS (lane 1..3 streams, delayed, leases,
  * keys, done, dead, bytes, seq, finished) and starts with the same
- * housekeeping:
+ * helpers (SPR_LUA_HELPERS) and housekeeping (SPR_LUA_HOUSEKEEPING; the
+ * store joins the three parts of each: ISO C promises string literals of
+ * 4095 bytes only):
  * backoffs that are due go back to their lane's tail, and expired leases go
  * back too as a failed attempt (or to the dead stream at max_attempts or
  * past the deadline), a bounded number per call. Times are milliseconds of
  * the caller's clock (ARGV[1] now, ARGV[2] max_attempts, ARGV[3] group,
  * ARGV[4] max_dead, ARGV[5] max_acked_keys).
+ *
+ * Redis does not undo what a script wrote before it failed, so a script
+ * must not fail halfway, e.g. on a field an entry lacks: every entry read
+ * from a lane or the delayed set is checked before use (malformed(): k a
+ * key of 1..128 bytes, a and dl whole numbers, l a lane, e there), and one
+ * that is not as an enqueue writes it goes to the dead stream with why
+ * "malformed". Such an entry was written by something else, so it holds
+ * no bytes of K_BYTES and no key of K_KEYS: its dead letter, and its
+ * trimming from the dead stream, leave both alone (forget()). dead() and
+ * past() take any entry.
  */
 #ifndef SPI_REDIS_STORE_LUA_H
 #define SPI_REDIS_STORE_LUA_H
 
-#define SPR_LUA_COMMON                                                         \
+#define SPR_LUA_HELPERS                                                        \
   "local now = tonumber(ARGV[1])\n"                                            \
   "local maxatt = tonumber(ARGV[2])\n"                                         \
   "local group = ARGV[3]\n"                                                    \
@@ -29,7 +41,25 @@
   "  for i = 1, #arr, 2 do f[arr[i]] = arr[i + 1] end\n"                       \
   "  return f\n"                                                               \
   "end\n"                                                                      \
+  "local function str(x)\n"                                                    \
+  "  if type(x) == 'string' then return x end\n"                               \
+  "  if type(x) == 'number' then return tostring(x) end\n"                     \
+  "  return ''\n"                                                              \
+  "end\n"                                                                      \
+  "local function malformed(f)\n"                                              \
+  "  for _, n in ipairs({'k', 'a', 'dl', 'l', 'e'}) do\n"                      \
+  "    if type(f[n]) ~= 'string' then return 'no field ' .. n end\n"           \
+  "  end\n"                                                                    \
+  "  if #f.k == 0 or #f.k > 128 then return 'a key of ' .. #f.k .. ' bytes' end\n" \
+  "  if not string.match(f.a, '^%d+$') then return 'field a is not a count' end\n" \
+  "  if not string.match(f.dl, '^%d+$') then\n"                                \
+  "    return 'field dl is not a time'\n"                                      \
+  "  end\n"                                                                    \
+  "  if not string.match(f.l, '^[123]$') then return 'field l is not a lane' end\n" \
+  "  return nil\n"                                                             \
+  "end\n"                                                                      \
   "local function remember(k)\n"                                               \
+  "  if type(k) ~= 'string' or k == '' then return end\n"                      \
   "  redis.call('HDEL', K_KEYS, k)\n"                                          \
   "  if maxdone <= 0 then return end\n"                                        \
   "  redis.call('ZADD', K_DONE, redis.call('INCR', K_SEQ), k)\n"               \
@@ -39,26 +69,28 @@
   "  end\n"                                                                    \
   "end\n"                                                                      \
   "local function gone(f)\n"                                                   \
-  "  if redis.call('DECRBY', K_BYTES, #f.e + #f.k) < 0 then\n"                 \
+  "  if redis.call('DECRBY', K_BYTES, #str(f.e) + #str(f.k)) < 0 then\n"       \
   "    redis.call('SET', K_BYTES, 0)\n"                                        \
   "  end\n"                                                                    \
   "end\n"                                                                      \
+  "local function forget(f)\n"                                                 \
+  "  if f.why ~= 'malformed' then gone(f) remember(f.k) end\n"                 \
+  "end\n"                                                                      \
   "local function dead(f, att, why)\n"                                         \
-  "  if maxdead <= 0 then gone(f) remember(f.k) return end\n"                  \
-  "  redis.call('HSET', K_KEYS, f.k, 'dead')\n"                                \
-  "  redis.call('XADD', K_DEAD, '*', 'k', f.k, 'a', att, 'dl', f.dl,\n"        \
-  "    'l', f.l, 'why', why, 'e', f.e)\n"                                      \
+  "  f.why = why\n"                                                            \
+  "  if maxdead <= 0 then forget(f) return end\n"                              \
+  "  if why ~= 'malformed' then redis.call('HSET', K_KEYS, f.k, 'dead') end\n" \
+  "  redis.call('XADD', K_DEAD, '*', 'k', str(f.k), 'a', str(att),\n"          \
+  "    'dl', str(f.dl), 'l', str(f.l), 'why', why, 'e', str(f.e))\n"           \
   "  while redis.call('XLEN', K_DEAD) > maxdead do\n"                          \
   "    local old = redis.call('XRANGE', K_DEAD, '-', '+', 'COUNT', 1)[1]\n"    \
-  "    local of = fields(old[2])\n"                                            \
-  "    gone(of)\n"                                                             \
-  "    remember(of.k)\n"                                                       \
+  "    forget(fields(old[2]))\n"                                               \
   "    redis.call('XDEL', K_DEAD, old[1])\n"                                   \
   "  end\n"                                                                    \
   "end\n"                                                                      \
   "local function past(f)\n"                                                   \
   "  local dl = tonumber(f.dl)\n"                                              \
-  "  return dl > 0 and now >= dl\n"                                            \
+  "  return dl ~= nil and dl > 0 and now >= dl\n"                              \
   "end\n"                                                                      \
   "local function requeue(f, att)\n"                                           \
   "  local id = redis.call('XADD', KEYS[tonumber(f.l)], '*', 'k', f.k,\n"      \
@@ -72,24 +104,30 @@
   "  redis.call('XDEL', key, id)\n"                                            \
   "  if #r == 0 then return nil end\n"                                         \
   "  return fields(r[1][2])\n"                                                 \
-  "end\n"                                                                      \
+  "end\n"
+
+#define SPR_LUA_HOUSEKEEPING                                                   \
   "local expired = 0\n"                                                        \
   "local function housekeeping()\n"                                            \
   "  local due = redis.call('ZRANGEBYSCORE', K_DELAYED, '-inf', now,\n"        \
   "    'LIMIT', 0, 128)\n"                                                     \
   "  for _, m in ipairs(due) do\n"                                             \
   "    redis.call('ZREM', K_DELAYED, m)\n"                                     \
-  "    local f = cmsgpack.unpack(m)\n"                                         \
-  "    if past(f) then dead(f, f.a, 'deadline') else requeue(f, f.a) end\n"    \
+  "    local ok, f = pcall(cmsgpack.unpack, m)\n"                              \
+  "    if not ok or type(f) ~= 'table' then f = {e = m} end\n"                 \
+  "    if malformed(f) then dead(f, f.a, 'malformed')\n"                       \
+  "    elseif past(f) then dead(f, f.a, 'deadline')\n"                         \
+  "    else requeue(f, f.a) end\n"                                             \
   "  end\n"                                                                    \
   "  local exp = redis.call('ZRANGEBYSCORE', K_LEASES, '-inf', now,\n"         \
   "    'LIMIT', 0, 128)\n"                                                     \
   "  for _, m in ipairs(exp) do\n"                                             \
   "    redis.call('ZREM', K_LEASES, m)\n"                                      \
-  "    local lane, id = string.match(m, '^(%d):(.+)$')\n"                      \
-  "    local f = take(lane, id)\n"                                             \
-  "    if f then\n"                                                            \
-  "      expired = expired + 1\n"                                              \
+  "    local lane, id = string.match(m, '^([123]):(.+)$')\n"                   \
+  "    local f = lane and take(lane, id)\n"                                    \
+  "    if f then expired = expired + 1 end\n"                                  \
+  "    if f and malformed(f) then dead(f, f.a, 'malformed')\n"                 \
+  "    elseif f then\n"                                                        \
   "      local att = tonumber(f.a) + 1\n"                                      \
   "      if att >= maxatt or past(f) then\n"                                   \
   "        dead(f, att, past(f) and 'deadline' or 'attempts')\n"               \
@@ -102,7 +140,6 @@
 /* ARGV[6] key, [7] lane, [8] attempts, [9] deadline ms, [10] blob,
  * [11] max_bytes. -> {expired, status}: 0 added, 1 duplicate, 2 full (then held bytes). */
 #define SPR_LUA_ENQUEUE                                                        \
-  SPR_LUA_COMMON                                                               \
   "local k = ARGV[6]\n"                                                        \
   "if redis.call('HEXISTS', K_KEYS, k) == 1 or\n"                              \
   "   redis.call('ZSCORE', K_DONE, k) then return {expired, 1} end\n"          \
@@ -115,12 +152,13 @@
   "return {expired, 0}\n"
 
 /* ARGV[6] consumer, [7] lease end ms, [8] class mask.
- * -> {expired} (nothing ready) or {expired, lane, id, key, attempts, blob}.
+ * -> {expired} (nothing ready) or {expired, lane, id, key, attempts, blob},
+ * or {expired, 0, id, key, what is wrong} for a malformed entry, which was
+ * dead-lettered (the claim's answer is an error; the next claim goes on).
  * Entries past their deadline met on the way are dead-lettered, at most 128
  * a call, so one call stays short after an outage left many behind: with
  * that many, it answers "nothing ready" and the next claim goes on. */
 #define SPR_LUA_CLAIM                                                          \
-  SPR_LUA_COMMON                                                               \
   "local mask = tonumber(ARGV[8])\n"                                           \
   "local budget = 128\n"                                                       \
   "for lane = 1, 3 do\n"                                                       \
@@ -131,9 +169,15 @@
   "      if not r or #r == 0 or #r[1][2] == 0 then break end\n"                \
   "      local id = r[1][2][1][1]\n"                                           \
   "      local f = fields(r[1][2][1][2])\n"                                    \
-  "      if past(f) then\n"                                                    \
+  "      local bad = malformed(f)\n"                                           \
+  "      if bad or past(f) then\n"                                             \
   "        redis.call('XACK', KEYS[lane], group, id)\n"                        \
   "        redis.call('XDEL', KEYS[lane], id)\n"                               \
+  "      end\n"                                                                \
+  "      if bad then\n"                                                        \
+  "        dead(f, f.a, 'malformed')\n"                                        \
+  "        return {expired, 0, id, str(f.k), bad}\n"                           \
+  "      elseif past(f) then\n"                                                \
   "        dead(f, f.a, 'deadline')\n"                                         \
   "        budget = budget - 1\n"                                              \
   "      else\n"                                                               \
@@ -157,7 +201,6 @@
  * another finish of a finished claim is stale. Each finish forgets those
  * that are due, so K_FIN holds one lease length's finishes at most. */
 #define SPR_LUA_SETTLE                                                         \
-  SPR_LUA_COMMON                                                               \
   "local member = ARGV[6] .. ':' .. ARGV[7]\n"                                 \
   "local fin = member .. ':' .. ARGV[8]\n"                                     \
   "redis.call('ZREMRANGEBYSCORE', K_FIN, '-inf', now)\n"                       \
@@ -168,7 +211,8 @@
   "local f = take(ARGV[6], ARGV[7])\n"                                         \
   "if not f then return {expired, 1} end\n"                                    \
   "local what = ARGV[8]\n"                                                     \
-  "if what == '0' then gone(f) remember(f.k)\n"                                \
+  "if malformed(f) then dead(f, f.a, 'malformed')\n"                          \
+  "elseif what == '0' then gone(f) remember(f.k)\n"                            \
   "elseif what == '2' then dead(f, ARGV[9], ARGV[12])\n"                       \
   "else\n"                                                                     \
   "  f.a = ARGV[9]\n"                                                          \
@@ -180,7 +224,6 @@
 
 /* -> {expired, ready1, ready2, ready3, leased, delayed, dead, bytes} */
 #define SPR_LUA_STATS                                                          \
-  SPR_LUA_COMMON                                                               \
   "local out = {expired}\n"                                                    \
   "for lane = 1, 3 do\n"                                                       \
   "  local n = redis.call('XLEN', KEYS[lane])\n"                               \
@@ -224,6 +267,6 @@
   "return n\n"
 
 /* Housekeeping only. -> {expired} */
-#define SPR_LUA_TICK SPR_LUA_COMMON "return {expired}\n"
+#define SPR_LUA_TICK "return {expired}\n"
 
 #endif /* SPI_REDIS_STORE_LUA_H */

@@ -19,7 +19,8 @@
  *   P dead      stream of dead letters, trimmed to replay.max_dead; why
  *               says why: attempts, deadline, refused (the library
  *               refused the envelope: a nack with dead right after the
- *               claim), malformed (not an envelope, dead-lettered by claim)
+ *               claim), malformed (not as an enqueue writes an entry:
+ *               dead-lettered by claim or when its lease or backoff ends)
  *   P bytes     bytes held (keys and envelopes), for replay.max_bytes
  *   P seq       counter ordering the done set
  *   P finished  sorted set: "lane:id:what" of claims acked (what 0),
@@ -62,6 +63,8 @@
 #include "store_lua.h"
 
 enum { S_ENQUEUE, S_CLAIM, S_SETTLE, S_STATS, S_TICK, S_COUNT };
+/* Each script's own part; the store loads SPR_LUA_HELPERS and
+ * SPR_LUA_HOUSEKEEPING before it (script_text). */
 static const char *const SCRIPTS[S_COUNT] = {
     SPR_LUA_ENQUEUE, SPR_LUA_CLAIM, SPR_LUA_SETTLE, SPR_LUA_STATS,
     SPR_LUA_TICK};
@@ -90,6 +93,7 @@ typedef struct redis_store {
   spr_conn *conn;
   pthread_mutex_t mu;
   char keys[NKEYS][SPR_NAME_MAX + 16];
+  char *script[S_COUNT]; /* whole text of each script (script_text) */
   char sha[S_COUNT][48]; /* "" until loaded on this connection */
   uint64_t setup_for;    /* spr_conn_connects() the groups were made for */
   int64_t reap_at;       /* spr_now_ms() of the next removal of consumers */
@@ -318,7 +322,7 @@ static int setup(redis_store *s, int64_t deadline, char *err, size_t cap) {
     cmds[lane] = cmd_of(6, args[lane], lens[lane]);
   }
   for (int i = 0; i < S_COUNT; i++) {
-    const char *a[] = {"SCRIPT", "LOAD", SCRIPTS[i]};
+    const char *a[] = {"SCRIPT", "LOAD", s->script[i]};
     memcpy(args[3 + i], a, sizeof a);
     cmds[3 + i] = cmd_of(3, args[3 + i], lens[3 + i]);
   }
@@ -461,18 +465,46 @@ static int finish(redis_store *s, const spi_replay_ctx *ctx, int64_t deadline,
   return SPI_OK;
 }
 
-/* A claimed entry that is not an envelope (written by something else, or
- * damaged): nothing will ever take it, so it is dead-lettered now (why
- * "malformed") instead of coming back each time its lease ends. The
+/* "entry <id> of <key>" of a claim's reply r (its id and key elements),
+ * for messages; the key cut at 64 bytes. */
+static const char *entry_name(const redisReply *r, char *buf, size_t cap) {
+  const redisReply *id = r->element[2], *k = r->element[3];
+  int ids = id->type == REDIS_REPLY_STRING;
+  int klen = k->type == REDIS_REPLY_STRING ? (int)(k->len < 64 ? k->len : 64)
+                                           : 0;
+  if (klen)
+    snprintf(buf, cap, "entry %.*s of %.*s", ids ? (int)id->len : 1,
+             ids ? id->str : "?", klen, k->str);
+  else
+    snprintf(buf, cap, "entry %.*s without a key", ids ? (int)id->len : 1,
+             ids ? id->str : "?");
+  return buf;
+}
+
+/* The claim script met an entry that is not as an enqueue writes one
+ * (reply r: {expired, 0, id, key, what is wrong}) and dead-lettered it
+ * (why "malformed"): the claim's answer is the error. */
+static int met_malformed(const redisReply *r, char *err, size_t cap) {
+  char name[160];
+  const redisReply *what = r->element[4];
+  return rfail(err, cap, SPI_EMODULE,
+               "redis: claim: %s is malformed (%.*s): dead-lettered",
+               entry_name(r, name, sizeof name),
+               what->type == REDIS_REPLY_STRING ? (int)what->len : 1,
+               what->type == REDIS_REPLY_STRING ? what->str : "?");
+}
+
+/* A claimed entry whose envelope does not decode (written by something
+ * else, or damaged): nothing will ever take it, so it is dead-lettered now
+ * (why "malformed") instead of coming back each time its lease ends. The
  * claim's answer is the error; the next claim goes on. */
 static int drop_malformed(redis_store *s, const spi_replay_ctx *ctx,
                           int64_t deadline, const redisReply *r, char *err,
                           size_t cap) {
-  const redisReply *id = r->element[2], *k = r->element[3], *a = r->element[4];
-  char sid[48];
+  const redisReply *id = r->element[2], *a = r->element[4];
+  char sid[48], name[160];
   snprintf(sid, sizeof sid, "%.*s", (int)id->len, id->str);
-  int ks = k->type == REDIS_REPLY_STRING;
-  int klen = ks ? (int)(k->len < 64 ? k->len : 64) : 0;
+  entry_name(r, name, sizeof name);
   uint32_t att =
       a->type == REDIS_REPLY_STRING ? (uint32_t)strtoul(a->str, NULL, 10) : 0;
   long long st = -1;
@@ -483,13 +515,13 @@ static int drop_malformed(redis_store *s, const spi_replay_ctx *ctx,
   pthread_mutex_unlock(&s->mu);
   if (rc == SPI_OK && st == 0)
     return rfail(err, cap, SPI_EMODULE,
-                 "redis: claim: entry %s of %.*s is not an envelope: "
-                 "dead-lettered",
-                 sid, klen, ks ? k->str : "");
+                 "redis: claim: %s is malformed (its envelope does not "
+                 "decode): dead-lettered",
+                 name);
   return rfail(err, cap, rc == SPI_OK ? SPI_EMODULE : rc,
-               "redis: claim: entry %s of %.*s is not an envelope; "
-               "dead-lettering it failed: %s",
-               sid, klen, ks ? k->str : "", why);
+               "redis: claim: %s is malformed (its envelope does not "
+               "decode); dead-lettering it failed: %s",
+               name, why);
 }
 
 /* Hand the claimed entry of reply r to fn; the claim id on success.
@@ -558,6 +590,8 @@ static int r_claim(void *state, void *inst, const spi_replay_ctx *ctx,
   if (rc != SPI_OK) return rc;
   if (r->elements >= 6)
     rc = hand_claim(s, ctx, deadline, r, fn, fn_data, claim_id, err, cap);
+  else if (r->elements == 5 && int_at(r, 1) == 0)
+    rc = met_malformed(r, err, cap);
   else if (r->elements != 1)
     rc = rfail(err, cap, SPI_EMODULE, "redis: claim: unexpected reply");
   freeReplyObject(r);
@@ -659,6 +693,19 @@ static int r_stats(void *state, void *inst, spi_replay_store_stats *out) {
 
 /* ------------------------------------------------------ open and close */
 
+/* The whole text of script which: the helpers, the housekeeping and its
+ * own part (store_lua.h); NULL when out of memory. */
+static char *script_text(int which) {
+  size_t a = strlen(SPR_LUA_HELPERS), b = strlen(SPR_LUA_HOUSEKEEPING),
+         c = strlen(SCRIPTS[which]);
+  char *t = malloc(a + b + c + 1);
+  if (!t) return NULL;
+  memcpy(t, SPR_LUA_HELPERS, a);
+  memcpy(t + a, SPR_LUA_HOUSEKEEPING, b);
+  memcpy(t + a + b, SCRIPTS[which], c + 1);
+  return t;
+}
+
 static void r_release(void *state, void *inst) {
   (void)state;
   redis_store *s = inst;
@@ -670,6 +717,7 @@ static void r_release(void *state, void *inst) {
       free(c);
     }
   free(s->tab);
+  for (int i = 0; i < S_COUNT; i++) free(s->script[i]);
   pthread_mutex_destroy(&s->mu);
   free(s);
 }
@@ -682,8 +730,12 @@ static int r_configure(void *state, const char *json, size_t len,
   if (!s) return rfail(err, cap, SPI_ENOMEM, "redis: out of memory");
   s->mask = 255;
   s->tab = calloc(s->mask + 1, sizeof *s->tab);
-  if (!s->tab || pthread_mutex_init(&s->mu, NULL) != 0) {
+  int scripts = 1;
+  for (int i = 0; i < S_COUNT; i++)
+    scripts = (s->script[i] = script_text(i)) != NULL && scripts;
+  if (!s->tab || !scripts || pthread_mutex_init(&s->mu, NULL) != 0) {
     free(s->tab);
+    for (int i = 0; i < S_COUNT; i++) free(s->script[i]);
     free(s);
     return rfail(err, cap, SPI_ENOMEM, "redis: out of memory");
   }
