@@ -17,7 +17,8 @@
  * Redis does not undo what a script wrote before it failed, so a script
  * must not fail halfway, e.g. on a field an entry lacks: every entry read
  * from a lane or the delayed set is checked before use (malformed(): k a
- * key of 1..128 bytes, a and dl whole numbers, l a lane, e there), and one
+ * key of 1..128 bytes, a and dl whole numbers, l a lane, e beginning as an
+ * envelope of this format or a later one does), and one
  * that is not as an enqueue writes it goes to the dead stream with why
  * "malformed". Such an entry was written by something else, so it holds
  * no bytes of K_BYTES and no key of K_KEYS: its dead letter, and its
@@ -26,6 +27,13 @@
  */
 #ifndef SPI_REDIS_STORE_LUA_H
 #define SPI_REDIS_STORE_LUA_H
+
+/* An envelope's bytes (store_redis.c's codec) begin with SPR_ENV_TAG and a
+ * version byte: SPR_ENV_VERSION in the format this build writes and
+ * reads, a higher one in a later format, which only a newer process reads
+ * (a claim gives such an entry back: SPR_LUA_CLAIM). */
+#define SPR_ENV_TAG "SPE"
+#define SPR_ENV_VERSION "1"
 
 #define SPR_LUA_HELPERS                                                        \
   "local now = tonumber(ARGV[1])\n"                                            \
@@ -46,6 +54,13 @@
   "  if type(x) == 'number' then return tostring(x) end\n"                     \
   "  return ''\n"                                                              \
   "end\n"                                                                      \
+  "local function version(e)\n"                                                \
+  "  local v = string.byte(e, 4)\n"                                            \
+  "  if string.sub(e, 1, 3) ~= '" SPR_ENV_TAG "' or not v or\n"                \
+  "     v < string.byte('" SPR_ENV_VERSION "') then return nil end\n"          \
+  "  return v\n"                                                               \
+  "end\n"                                                                      \
+  "local mine = string.byte('" SPR_ENV_VERSION "')\n"                          \
   "local function malformed(f)\n"                                              \
   "  for _, n in ipairs({'k', 'a', 'dl', 'l', 'e'}) do\n"                      \
   "    if type(f[n]) ~= 'string' then return 'no field ' .. n end\n"           \
@@ -56,6 +71,7 @@
   "    return 'field dl is not a time'\n"                                      \
   "  end\n"                                                                    \
   "  if not string.match(f.l, '^[123]$') then return 'field l is not a lane' end\n" \
+  "  if not version(f.e) then return 'field e is not an envelope' end\n"       \
   "  return nil\n"                                                             \
   "end\n"                                                                      \
   "local function remember(k)\n"                                               \
@@ -155,12 +171,20 @@
  * -> {expired} (nothing ready) or {expired, lane, id, key, attempts, blob},
  * or {expired, 0, id, key, what is wrong} for a malformed entry, which was
  * dead-lettered (the claim's answer is an error; the next claim goes on).
- * Entries past their deadline met on the way are dead-lettered, at most 128
+ * Entries past their deadline met on the way are dead-lettered, and those
+ * whose envelope is in a later format (written by a newer process during a
+ * rolling upgrade) are given back, untried: to the delayed set until this
+ * claim's lease would end, attempts unchanged, so a newer process can take
+ * them and this one does not meet them again at once. At most 128 of both
  * a call, so one call stays short after an outage left many behind: with
  * that many, it answers "nothing ready" and the next claim goes on. */
 #define SPR_LUA_CLAIM                                                          \
   "local mask = tonumber(ARGV[8])\n"                                           \
   "local budget = 128\n"                                                       \
+  "local function unread(lane, id)\n"                                          \
+  "  redis.call('XACK', KEYS[lane], group, id)\n"                              \
+  "  redis.call('XDEL', KEYS[lane], id)\n"                                     \
+  "end\n"                                                                      \
   "for lane = 1, 3 do\n"                                                       \
   "  if math.floor(mask / (2 ^ lane)) % 2 == 1 then\n"                         \
   "    while budget > 0 do\n"                                                  \
@@ -170,15 +194,18 @@
   "      local id = r[1][2][1][1]\n"                                           \
   "      local f = fields(r[1][2][1][2])\n"                                    \
   "      local bad = malformed(f)\n"                                           \
-  "      if bad or past(f) then\n"                                             \
-  "        redis.call('XACK', KEYS[lane], group, id)\n"                        \
-  "        redis.call('XDEL', KEYS[lane], id)\n"                               \
-  "      end\n"                                                                \
   "      if bad then\n"                                                        \
+  "        unread(lane, id)\n"                                                 \
   "        dead(f, f.a, 'malformed')\n"                                        \
   "        return {expired, 0, id, str(f.k), bad}\n"                           \
   "      elseif past(f) then\n"                                                \
+  "        unread(lane, id)\n"                                                 \
   "        dead(f, f.a, 'deadline')\n"                                         \
+  "        budget = budget - 1\n"                                              \
+  "      elseif version(f.e) > mine then\n"                                    \
+  "        unread(lane, id)\n"                                                 \
+  "        redis.call('ZADD', K_DELAYED, ARGV[7], cmsgpack.pack(f))\n"         \
+  "        redis.call('HSET', K_KEYS, f.k, 'delayed')\n"                       \
   "        budget = budget - 1\n"                                              \
   "      else\n"                                                               \
   "        redis.call('ZADD', K_LEASES, ARGV[7], lane .. ':' .. id)\n"         \

@@ -76,7 +76,8 @@ static const char *const KEY_NAMES[NKEYS] = {
     "lane:1", "lane:2", "lane:3", "delayed", "leases",  "keys",
     "done",   "dead",   "bytes",  "seq",     "finished"};
 
-#define ENV_MAGIC 0x31455053u /* "SPE1" */
+/* The envelope's first bytes: its format (store_lua.h). */
+#define ENV_MAGIC SPR_ENV_TAG SPR_ENV_VERSION
 #define ENV_HEAD 56
 
 typedef struct held_claim {
@@ -134,14 +135,18 @@ static uint64_t get64(const uint8_t *p) {
 }
 
 /* The envelope (all but key and attempts, which have fields of their own)
- * as bytes: a fixed little-endian head, then tenant, body, text, tokens. */
+ * as bytes: a fixed little-endian head, then tenant, body, text, tokens.
+ * The head begins with ENV_MAGIC, "SPE" and the format's version, "1": a
+ * format that changes anything after it raises the version byte, so an
+ * older process tells an envelope it cannot read from bytes that are no
+ * envelope, and gives it back for a newer process (store_lua.h). */
 static uint8_t *env_encode(const spi_envelope *e, size_t *len) {
   size_t tl = strnlen(e->tenant, sizeof e->tenant);
   size_t n = ENV_HEAD + tl + e->body_len + e->partial_text_len +
              4 * e->partial_token_count;
   uint8_t *b = malloc(n ? n : 1);
   if (!b) return NULL;
-  put32(b, ENV_MAGIC);
+  memcpy(b, ENV_MAGIC, 4);
   put32(b + 4, (uint32_t)e->openai_kind);
   put32(b + 8, (uint32_t)e->klass);
   put32(b + 12, e->flags);
@@ -170,7 +175,7 @@ static uint8_t *env_encode(const spi_envelope *e, size_t *len) {
 static int env_decode(const uint8_t *b, size_t n, spi_envelope *e,
                       uint32_t **toks) {
   *toks = NULL;
-  if (n < ENV_HEAD || get32(b) != ENV_MAGIC) return SPI_EMODULE;
+  if (n < ENV_HEAD || memcmp(b, ENV_MAGIC, 4) != 0) return SPI_EMODULE;
   uint64_t tl = get32(b + 40), bl = get32(b + 44), xl = get32(b + 48),
            nt = get32(b + 52);
   if (tl >= sizeof e->tenant || ENV_HEAD + tl + bl + xl + 4 * nt != n)

@@ -452,6 +452,7 @@ static void test_claim_dead_letters_what_cannot_be_taken(void **st) {
   memcpy(blob + 56, "{}", 2);
   xadd_entry(k, lane, "bad1", blob, sizeof blob);
   xadd_entry(k, lane, "bad2", (const uint8_t *)"nope", 4);
+  xadd_entry(k, lane, "bad3", blob, sizeof blob - 1); /* lengths wrong */
   spi_envelope v = env_of("good");
   rq_enqueue(q, &v);
   rq_claimed c;
@@ -461,21 +462,25 @@ static void test_claim_dead_letters_what_cannot_be_taken(void **st) {
                          "dead-lettered"));
   assert_int_equal(rq_claim(q, RQ_ALL, 0, &c), SPI_EMODULE);
   assert_non_null(strstr(spi_replay_errmsg(q),
-                         "of bad2 is malformed (its envelope does not decode): "
+                         "of bad2 is malformed (field e is not an envelope): "
+                         "dead-lettered"));
+  assert_int_equal(rq_claim(q, RQ_ALL, 0, &c), SPI_EMODULE);
+  assert_non_null(strstr(spi_replay_errmsg(q),
+                         "of bad3 is malformed (its envelope does not decode): "
                          "dead-lettered"));
   claim_key(q, RQ_ALL, 0, "good", &c);
   assert_int_equal(spi_replay_ack(q, c.id), SPI_OK);
   spi_replay_stats s = rq_stats(q);
-  assert_int_equal(s.dead, 2);
+  assert_int_equal(s.dead, 3);
   assert_int_equal(s.leased, 0);
   assert_int_equal(s.ready[SPI_CLASS_GOLD], 0);
   /* The dead letters say why. */
   const char *argv[] = {"XRANGE", dead, "-", "+"};
   size_t lens[] = {6, strlen(dead), 1, 1};
   redisReply *r = raw(k, 4, argv, lens);
-  assert_int_equal(r->elements, 2);
-  const char *why[] = {"refused", "malformed"};
-  for (size_t i = 0; i < 2; i++) {
+  assert_int_equal(r->elements, 3);
+  const char *why[] = {"refused", "malformed", "malformed"};
+  for (size_t i = 0; i < 3; i++) {
     const redisReply *f = r->element[i]->element[1];
     const char *got = "";
     for (size_t j = 0; j + 1 < f->elements; j += 2)
@@ -532,6 +537,66 @@ static void entry_field(spr_conn *k, const char *key, size_t i,
     if (!strcmp(f->element[j]->str, name))
       snprintf(out, cap, "%s", f->element[j + 1]->str);
   freeReplyObject(r);
+}
+
+/* An envelope in a later format than this build's ("SPE2": a newer
+ * process wrote it, in a rolling upgrade) is given back untried, not
+ * dead-lettered: the claim goes on to the next entry, and it waits in the
+ * delayed set until the claim's lease would have ended, its attempts
+ * unchanged, then goes back to its lane for whoever claims next. Bytes
+ * that only look like it ("SPE0") are malformed. */
+static void test_claim_gives_back_a_later_format(void **st) {
+  (void)st;
+  if (!getenv("SPI_REDIS_PORT")) skip();
+  rq_hooks h = {.now = 1700000000000LL * 1000000, .fail_at = -1};
+  spi_hooks sh = rq_hooks_of(&h);
+  spi_engine *e = NULL;
+  assert_int_equal(spi_engine_new(&e, &sh), SPI_OK);
+  spi_replay_queue *q = NULL;
+  open_direct(e, "later", "", &q);
+  spr_conn *k = raw_conn();
+  qkeys K = keys_of("later");
+  const char *next[] = {"XADD", K.lane1, "*", "k", "next", "a", "2",
+                        "dl", "0", "l", "1", "e", "SPE2 a newer format"};
+  freeReplyObject(raw_words(k, 13, next));
+  const char *zero[] = {"XADD", K.lane1, "*", "k", "zero", "a", "0",
+                        "dl", "0", "l", "1", "e", "SPE0"};
+  freeReplyObject(raw_words(k, 13, zero));
+  spi_envelope v = env_of("good");
+  rq_enqueue(q, &v);
+  rq_claimed c;
+  assert_int_equal(rq_claim(q, RQ_ALL, 1000, &c), SPI_EMODULE);
+  assert_non_null(strstr(spi_replay_errmsg(q),
+                         "of zero is malformed (field e is not an envelope)"));
+  claim_key(q, RQ_ALL, 1000, "good", &c);
+  assert_int_equal(spi_replay_ack(q, c.id), SPI_OK);
+  spi_replay_stats s = rq_stats(q);
+  assert_int_equal(s.dead, 1);
+  assert_int_equal(s.delayed, 1);
+  assert_int_equal(s.leased, 0);
+  /* Back in its lane when the lease would have ended, untouched. */
+  h.now += 999LL * 1000000;
+  assert_int_equal(spi_replay_tick(q), SPI_OK);
+  assert_int_equal(rq_stats(q).delayed, 1);
+  h.now += 1LL * 1000000;
+  assert_int_equal(spi_replay_tick(q), SPI_OK);
+  s = rq_stats(q);
+  assert_int_equal(s.delayed, 0);
+  assert_int_equal(s.ready[SPI_CLASS_GOLD], 1);
+  assert_int_equal(s.dead, 1);
+  char got[64];
+  entry_field(k, K.lane1, 0, "k", got, sizeof got);
+  assert_string_equal(got, "next");
+  entry_field(k, K.lane1, 0, "a", got, sizeof got);
+  assert_string_equal(got, "2");
+  entry_field(k, K.lane1, 0, "e", got, sizeof got);
+  assert_string_equal(got, "SPE2 a newer format");
+  /* Still known to the queue: enqueued again, it is a duplicate. */
+  v = env_of("next");
+  assert_int_equal(rq_is_dup(q, &v), 1);
+  spr_conn_free(k);
+  spi_replay_close(q);
+  spi_engine_free(e);
 }
 
 /* Entries a lane can hold that an enqueue never writes: a field missing
@@ -824,6 +889,7 @@ int main(void) {
                                       proxy_down),
       cmocka_unit_test(test_claim_dead_letters_what_cannot_be_taken),
       cmocka_unit_test(test_claim_dead_letters_malformed_entries),
+      cmocka_unit_test(test_claim_gives_back_a_later_format),
       cmocka_unit_test(test_idle_consumers_removed),
       cmocka_unit_test(test_module_structs),
   };
