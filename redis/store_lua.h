@@ -226,7 +226,10 @@
  * repeated (its answer was lost on the way) answers done again, and only
  * that one: a claim whose lease ended was put back under a new id, and
  * another finish of a finished claim is stale. Each finish forgets those
- * that are due, so K_FIN holds one lease length's finishes at most. */
+ * that are due, and K_FIN holds max_acked_keys (ARGV[5]) finishes at most:
+ * beyond, those due to be forgotten first go first (a finish forgotten
+ * early only means its repeat answers stale, as before K_FIN; with
+ * max_acked_keys 0 none is kept). */
 #define SPR_LUA_SETTLE                                                         \
   "local member = ARGV[6] .. ':' .. ARGV[7]\n"                                 \
   "local fin = member .. ':' .. ARGV[8]\n"                                     \
@@ -246,7 +249,13 @@
   "  redis.call('ZADD', K_DELAYED, ARGV[10], cmsgpack.pack(f))\n"              \
   "  redis.call('HSET', K_KEYS, f.k, 'delayed')\n"                             \
   "end\n"                                                                      \
-  "redis.call('ZADD', K_FIN, now + tonumber(ARGV[11]), fin)\n"                 \
+  "if maxdone > 0 then\n"                                                      \
+  "  redis.call('ZADD', K_FIN, now + tonumber(ARGV[11]), fin)\n"               \
+  "  local n = redis.call('ZCARD', K_FIN)\n"                                   \
+  "  if n > maxdone then\n"                                                    \
+  "    redis.call('ZREMRANGEBYRANK', K_FIN, 0, n - maxdone - 1)\n"             \
+  "  end\n"                                                                    \
+  "end\n"                                                                      \
   "return {expired, 0}\n"
 
 /* -> {expired, ready1, ready2, ready3, leased, delayed, dead, bytes} */

@@ -26,7 +26,8 @@
  *   P finished  sorted set: "lane:id:what" of claims acked (what 0),
  *               nacked (1) or dead-lettered (2), by when it is forgotten
  *               (the claim's lease length after): a finish repeated after
- *               its answer was lost answers as the first did
+ *               its answer was lost answers as the first did; at most
+ *               replay.max_acked_keys, those due first trimmed first
  *
  * Each call is one Lua script (store_lua.h), so it is atomic on the server:
  * an enqueue is a duplicate check and XADD at once (idempotent on the

@@ -191,19 +191,27 @@ static int64_t mono_ms(void) {
   return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
-/* A queue on the Redis store behind proxy p; extra is more store_config
- * members or "". Reconnects are not held back. */
-static void open_proxied(spi_engine *e, const rp_proxy *p, const char *prefix,
-                         const char *extra, spi_replay_queue **q) {
+/* A queue on the Redis store behind proxy p; top is more "replay" members
+ * and extra more store_config members, or "". Reconnects are not held
+ * back. */
+static void open_proxied_with(spi_engine *e, const rp_proxy *p,
+                              const char *prefix, const char *top,
+                              const char *extra, spi_replay_queue **q) {
   char json[768];
   snprintf(json, sizeof json,
-           "{\"store\":\"redis\",\"store_config\":{\"address\":"
+           "{%s%s\"store\":\"redis\",\"store_config\":{\"address\":"
            "\"127.0.0.1:%d\",\"key_prefix\":\"%s:%ld:\","
            "\"reconnect_min_ms\":0,\"reconnect_max_ms\":0%s%s}}",
-           p->port, prefix, (long)getpid(), extra[0] ? "," : "", extra);
+           top, top[0] ? "," : "", p->port, prefix, (long)getpid(),
+           extra[0] ? "," : "", extra);
   int rc = open_q(e, json, q);
   if (rc != SPI_OK) print_error("open: %s\n", spi_engine_errmsg(e));
   assert_int_equal(rc, SPI_OK);
+}
+
+static void open_proxied(spi_engine *e, const rp_proxy *p, const char *prefix,
+                         const char *extra, spi_replay_queue **q) {
+  open_proxied_with(e, p, prefix, "", extra, q);
 }
 
 /* Drop q's connection: the next call connects again. */
@@ -599,6 +607,51 @@ static void test_claim_gives_back_a_later_format(void **st) {
   spi_engine_free(e);
 }
 
+/* The finishes the server remembers (P finished) are at most
+ * replay.max_acked_keys: beyond, the one due to be forgotten first goes,
+ * and its repeat after a lost answer is SPI_ESTALE (as every repeat was
+ * before P finished); one still held answers SPI_OK. They were kept for
+ * the lease length whatever their number. */
+static void test_finished_bounded(void **st) {
+  rp_proxy *p = *st;
+  if (!p) skip();
+  rq_hooks h = {.now = 1700000000000LL * 1000000, .fail_at = -1};
+  spi_hooks sh = rq_hooks_of(&h);
+  spi_engine *e = NULL;
+  assert_int_equal(spi_engine_new(&e, &sh), SPI_OK);
+  spi_replay_queue *q = NULL;
+  open_proxied_with(e, p, "finb", "\"max_acked_keys\":2", "", &q);
+  spr_conn *k = raw_conn();
+  qkeys K = keys_of("finb");
+  const char *zcard[] = {"ZCARD", K.fin};
+  const char *keys[] = {"f1", "f2", "f3", "f4", "f5"};
+  for (int i = 0; i < 5; i++) {
+    spi_envelope v = rq_envelope(keys[i], SPI_CLASS_SILVER, "{}");
+    rq_enqueue(q, &v);
+  }
+  rq_claimed c[5];
+  for (int i = 0; i < 5; i++) {
+    claim_key(q, SILVER, 0, keys[i], &c[i]);
+    if (i == 0 || i == 2) {
+      rp_drop_next_reply(p); /* done, its answer lost */
+      assert_int_equal(spi_replay_ack(q, c[i].id), SPI_EIO);
+    } else {
+      assert_int_equal(spi_replay_ack(q, c[i].id), SPI_OK);
+    }
+    if (i == 1) /* f1's finish is one of the two: its repeat is done */
+      assert_int_equal(spi_replay_ack(q, c[0].id), SPI_OK);
+    assert_true(raw_int(k, 2, zcard) <= 2);
+    h.now += 1000000; /* each finish due a millisecond after the one before */
+  }
+  assert_int_equal(raw_int(k, 2, zcard), 2);
+  /* f3's finish was forgotten for f4's and f5's. */
+  assert_int_equal(spi_replay_ack(q, c[2].id), SPI_ESTALE);
+  assert_int_equal(rq_stats(q).acked, 4);
+  spr_conn_free(k);
+  spi_replay_close(q);
+  spi_engine_free(e);
+}
+
 /* Entries a lane can hold that an enqueue never writes: a field missing
  * (dl, l, e, k), attempts that are no count. A claim that meets one
  * dead-letters it (why "malformed", everything the entry had kept) and
@@ -890,6 +943,8 @@ int main(void) {
       cmocka_unit_test(test_claim_dead_letters_what_cannot_be_taken),
       cmocka_unit_test(test_claim_dead_letters_malformed_entries),
       cmocka_unit_test(test_claim_gives_back_a_later_format),
+      cmocka_unit_test_setup_teardown(test_finished_bounded, proxy_up,
+                                      proxy_down),
       cmocka_unit_test(test_idle_consumers_removed),
       cmocka_unit_test(test_module_structs),
   };
