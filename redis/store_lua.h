@@ -218,8 +218,8 @@
 
 /* ARGV[6] lane, [7] id, [8] what: 0 ack, 1 retry, 2 dead;
  * [9] attempts, [10] visible ms, [11] the claim's lease ms, [12] why a
- * dead letter is one ('attempts', 'refused': the library refused the
- * envelope, 'malformed': it is not one).
+ * dead letter is one ('attempts', 'deadline', 'refused': the library
+ * refused the envelope, 'malformed': it is not one).
  * -> {expired, status}: 0 done, 1 stale.
  * A finish is remembered in K_FIN ("lane:id:what", by when it is
  * forgotten) for the claim's lease length after it, so the same finish

@@ -85,9 +85,10 @@ typedef struct held_claim {
   struct held_claim *next;
   uint64_t id;
   int lane;
-  int refused;      /* fn refused the envelope */
-  int64_t lease_ms; /* how long the server remembers its finish */
-  char sid[48];     /* stream entry id */
+  int refused;         /* fn refused the envelope */
+  int64_t deadline_ns; /* the envelope's, 0 none */
+  int64_t lease_ms;    /* how long the server remembers its finish */
+  char sid[48];        /* stream entry id */
 } held_claim;
 
 typedef struct redis_store {
@@ -560,6 +561,7 @@ static int hand_claim(redis_store *s, const spi_replay_ctx *ctx,
     return rfail(err, cap, SPI_ENOMEM, "redis: out of memory");
   }
   c->lane = (int)int_at(r, 1);
+  c->deadline_ns = env.deadline_ns;
   c->lease_ms = ctx->lease_ms;
   memcpy(c->sid, id->str, id->len);
   rc = fn(fn_data, &env);
@@ -604,6 +606,18 @@ static int r_claim(void *state, void *inst, const spi_replay_ctx *ctx,
   return rc;
 }
 
+/* Why the library dead-letters held claim c with a nack of attempts: it
+ * refused the envelope, or the envelope reached max_attempts or its
+ * deadline. The library decides on those two only, so a nack below
+ * max_attempts is for the deadline; past both, the deadline is named, as
+ * the housekeeping names it. */
+static const char *dead_why(const held_claim *c, const spi_replay_ctx *ctx,
+                            uint32_t attempts) {
+  if (c->refused) return "refused";
+  int late = c->deadline_ns != 0 && ctx->now_ns >= c->deadline_ns;
+  return late || attempts < ctx->max_attempts ? "deadline" : "attempts";
+}
+
 /* Ack (what 0), retry (1) or dead-letter (2) a held claim. */
 static int settle(redis_store *s, const spi_replay_ctx *ctx, uint64_t id,
                   int what, uint32_t attempts, int64_t visible_ns, char *err,
@@ -618,7 +632,7 @@ static int settle(redis_store *s, const spi_replay_ctx *ctx, uint64_t id,
   long long st = -1;
   int rc = finish(s, ctx, spr_conn_deadline(s->conn), c->lane, c->sid, what,
                   attempts, visible_ns, c->lease_ms,
-                  c->refused ? "refused" : "attempts", &st, err, cap);
+                  dead_why(c, ctx, attempts), &st, err, cap);
   if (rc == SPI_EIO)
     claim_put(s, c); /* may still be held: the caller may try again */
   else

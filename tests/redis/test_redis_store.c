@@ -287,18 +287,24 @@ static void test_one_deadline_per_call(void **st) {
 }
 
 /* A queue on the Redis store straight to the server (no proxy), on the
- * same keys as open_proxied(prefix). */
-static void open_direct(spi_engine *e, const char *prefix, const char *extra,
-                        spi_replay_queue **q) {
+ * same keys as open_proxied(prefix); top and extra as there. */
+static void open_direct_with(spi_engine *e, const char *prefix,
+                             const char *top, const char *extra,
+                             spi_replay_queue **q) {
   char json[768];
   snprintf(json, sizeof json,
-           "{\"store\":\"redis\",\"store_config\":{\"address\":"
+           "{%s%s\"store\":\"redis\",\"store_config\":{\"address\":"
            "\"127.0.0.1:%s\",\"key_prefix\":\"%s:%ld:\"%s%s}}",
-           getenv("SPI_REDIS_PORT"), prefix, (long)getpid(),
-           extra[0] ? "," : "", extra);
+           top, top[0] ? "," : "", getenv("SPI_REDIS_PORT"), prefix,
+           (long)getpid(), extra[0] ? "," : "", extra);
   int rc = open_q(e, json, q);
   if (rc != SPI_OK) print_error("open: %s\n", spi_engine_errmsg(e));
   assert_int_equal(rc, SPI_OK);
+}
+
+static void open_direct(spi_engine *e, const char *prefix, const char *extra,
+                        spi_replay_queue **q) {
+  open_direct_with(e, prefix, "", extra, q);
 }
 
 static void claim_key(spi_replay_queue *q, uint32_t mask, int64_t lease_ms,
@@ -652,6 +658,49 @@ static void test_finished_bounded(void **st) {
   spi_engine_free(e);
 }
 
+/* A dead letter the library makes with a nack says why: "deadline" for an
+ * envelope whose deadline passed before its attempts ran out (it said
+ * "attempts"), "attempts" for one that ran out of them. */
+static void test_dead_letter_says_why(void **st) {
+  (void)st;
+  if (!getenv("SPI_REDIS_PORT")) skip();
+  rq_hooks h = {.now = 1700000000000LL * 1000000, .fail_at = -1};
+  spi_hooks sh = rq_hooks_of(&h);
+  spi_engine *e = NULL;
+  assert_int_equal(spi_engine_new(&e, &sh), SPI_OK);
+  spi_replay_queue *q = NULL;
+  open_direct_with(e, "why", "\"max_attempts\":2", "", &q);
+  spr_conn *k = raw_conn();
+  qkeys K = keys_of("why");
+  spi_envelope v = rq_envelope("late", SPI_CLASS_GOLD, "{}");
+  v.deadline_ns = h.now + 500 * 1000000LL;
+  rq_enqueue(q, &v);
+  v = rq_envelope("spent", SPI_CLASS_GOLD, "{}");
+  rq_enqueue(q, &v);
+  rq_claimed c;
+  claim_key(q, GOLD, 0, "late", &c);
+  h.now += 1000 * 1000000LL;
+  assert_int_equal(spi_replay_nack(q, c.id), SPI_OK); /* 1 of 2 attempts */
+  claim_key(q, GOLD, 0, "spent", &c);
+  assert_int_equal(spi_replay_nack(q, c.id), SPI_OK);
+  h.now += 3600LL * 1000 * 1000000; /* its backoff is over */
+  claim_key(q, GOLD, 0, "spent", &c);
+  assert_int_equal(spi_replay_nack(q, c.id), SPI_OK); /* 2 of 2 */
+  assert_int_equal(rq_stats(q).dead, 2);
+  char got[64];
+  entry_field(k, K.dead, 0, "k", got, sizeof got);
+  assert_string_equal(got, "late");
+  entry_field(k, K.dead, 0, "why", got, sizeof got);
+  assert_string_equal(got, "deadline");
+  entry_field(k, K.dead, 1, "k", got, sizeof got);
+  assert_string_equal(got, "spent");
+  entry_field(k, K.dead, 1, "why", got, sizeof got);
+  assert_string_equal(got, "attempts");
+  spr_conn_free(k);
+  spi_replay_close(q);
+  spi_engine_free(e);
+}
+
 /* Entries a lane can hold that an enqueue never writes: a field missing
  * (dl, l, e, k), attempts that are no count. A claim that meets one
  * dead-letters it (why "malformed", everything the entry had kept) and
@@ -943,6 +992,7 @@ int main(void) {
       cmocka_unit_test(test_claim_dead_letters_what_cannot_be_taken),
       cmocka_unit_test(test_claim_dead_letters_malformed_entries),
       cmocka_unit_test(test_claim_gives_back_a_later_format),
+      cmocka_unit_test(test_dead_letter_says_why),
       cmocka_unit_test_setup_teardown(test_finished_bounded, proxy_up,
                                       proxy_down),
       cmocka_unit_test(test_idle_consumers_removed),
