@@ -272,32 +272,25 @@
   "out[#out + 1] = tonumber(redis.call('GET', K_BYTES) or '0')\n"              \
   "return out\n"
 
-/* KEYS[1..3] the lanes; ARGV[1] group, [2] this store's consumer, [3] idle
- * ms, [4] at most this many. Removes the other consumers of the lanes'
- * group that have nothing pending and have not read for longer than
- * ARGV[3] (the server's count), so those of processes gone do not pile up
- * (every process reads as a consumer of its own). Nothing pending, nothing
- * is lost (leases live in the leases set), and a consumer that reads again
- * is made again. -> the number removed. XINFO CONSUMERS lists every
- * consumer of a group, so the store runs this once per connection and at
- * most every ARGV[3] ms, not in every call. */
+/* KEYS[1..3] the lanes; ARGV[1] the group, then pairs of a lane (1..3)
+ * and a consumer's name. Removes each of these consumers that has nothing
+ * pending in that lane, so those of processes gone do not pile up (every
+ * process reads as a consumer of its own). Nothing pending, nothing is
+ * lost (leases live in the leases set), and a consumer that reads again is
+ * made again. -> the number removed.
+ * The store picks them (store_redis.c: idle for consumer_idle_ms, at most
+ * 100 a time) from XINFO CONSUMERS, which lists every consumer of a group
+ * and cannot list part of one: it runs as a plain command, outside any
+ * script, so this script's work is bounded by the number picked (an
+ * XPENDING of one entry and an XGROUP DELCONSUMER each). Pending is
+ * checked again here: a consumer may have read in between. */
 #define SPR_LUA_REAP                                                           \
-  "local group, me = ARGV[1], ARGV[2]\n"                                       \
-  "local idle, left = tonumber(ARGV[3]), tonumber(ARGV[4])\n"                  \
   "local n = 0\n"                                                              \
-  "for lane = 1, 3 do\n"                                                       \
-  "  local cs = redis.pcall('XINFO', 'CONSUMERS', KEYS[lane], group)\n"        \
-  "  if type(cs) == 'table' and not cs.err then\n"                             \
-  "    for _, c in ipairs(cs) do\n"                                            \
-  "      if n >= left then return n end\n"                                     \
-  "      local f = {}\n"                                                       \
-  "      for i = 1, #c, 2 do f[c[i]] = c[i + 1] end\n"                         \
-  "      if f.name ~= me and tonumber(f.pending) == 0 and\n"                   \
-  "         tonumber(f.idle) > idle then\n"                                    \
-  "        redis.call('XGROUP', 'DELCONSUMER', KEYS[lane], group, f.name)\n"   \
-  "        n = n + 1\n"                                                        \
-  "      end\n"                                                                \
-  "    end\n"                                                                  \
+  "for i = 2, #ARGV - 1, 2 do\n"                                               \
+  "  local key, name = KEYS[tonumber(ARGV[i])], ARGV[i + 1]\n"                 \
+  "  if #redis.call('XPENDING', key, ARGV[1], '-', '+', 1, name) == 0 then\n"  \
+  "    redis.call('XGROUP', 'DELCONSUMER', key, ARGV[1], name)\n"              \
+  "    n = n + 1\n"                                                            \
   "  end\n"                                                                    \
   "end\n"                                                                      \
   "return n\n"

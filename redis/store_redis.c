@@ -41,8 +41,9 @@
  * shows who holds what (XPENDING). Times are the callers' clocks, in ms.
  * Every process reads as a consumer of its own; those with nothing pending
  * that have not read for consumer_idle_ms are removed from the groups when
- * a connection is set up, and by a tick at most every consumer_idle_ms
- * (SPR_LUA_REAP), so the groups do not keep one for every start.
+ * a connection is set up, and by a tick at most every consumer_idle_ms,
+ * at most REAP_MAX a time (listed by XINFO CONSUMERS, removed by
+ * SPR_LUA_REAP), so the groups do not keep one for every start.
  *
  * The store keeps one connection (redis_conn.h) behind a mutex; claim ids
  * name (lane, stream id) in a table of this instance. A call whose reply
@@ -276,51 +277,117 @@ static int setup_check(redis_store *s, redisReply **r, char *err,
   return SPI_OK;
 }
 
-#define REAP_MAX 100 /* consumers removed at most by one call */
-
 /* A command over argv[0..argc), its lens filled in. */
 static spr_cmd cmd_of(int argc, const char **argv, size_t *lens) {
   for (int i = 0; i < argc; i++) lens[i] = strlen(argv[i]);
   return (spr_cmd){argc, argv, lens};
 }
 
-/* The command that removes the group's idle consumers (SPR_LUA_REAP) over
- * args (10) and lens; idle and max are its numbers as text (24 bytes). */
-static spr_cmd reap_cmd(const redis_store *s, const char **args, size_t *lens,
-                        char *idle, char *max) {
-  snprintf(idle, 24, "%d", s->cfg.consumer_idle_ms);
-  snprintf(max, 24, "%d", REAP_MAX);
-  const char *a[] = {"EVAL",     SPR_LUA_REAP, "3",
-                     s->keys[0], s->keys[1],   s->keys[2],
-                     s->cfg.group, s->cfg.consumer, idle, max};
+/* ------------------------------------------------------ idle consumers */
+
+#define REAP_MAX 100 /* consumers removed at most by one reap */
+#define REAP_HEAD 7  /* EVAL, the script, 3, the lanes, the group */
+
+/* The removal of idle consumers (SPR_LUA_REAP): its arguments, then a
+ * lane ("1".."3") and a name for each consumer picked. */
+typedef struct reap_args {
+  const char *argv[REAP_HEAD + 2 * REAP_MAX];
+  size_t lens[REAP_HEAD + 2 * REAP_MAX];
+  int n;
+} reap_args;
+
+/* XINFO CONSUMERS of lane (0..2) over args (4) and lens. */
+static spr_cmd list_cmd(const redis_store *s, int lane, const char **args,
+                        size_t *lens) {
+  const char *a[] = {"XINFO", "CONSUMERS", s->keys[lane], s->cfg.group};
   memcpy(args, a, sizeof a);
-  return cmd_of(10, args, lens);
+  return cmd_of(4, args, lens);
 }
 
-/* Remove the group's idle consumers now, by deadline; what a healthy
- * server answers is not checked (it is tidying, not the call's job). */
-static int reap(redis_store *s, int64_t deadline, char *err, size_t cap) {
-  const char *args[10];
-  size_t lens[10];
-  char idle[24], max[24];
-  spr_cmd c = reap_cmd(s, args, lens, idle, max);
+/* Pick from r, the XINFO CONSUMERS reply of lane (0..2), the consumers
+ * other than this store's with nothing pending that have not read for
+ * consumer_idle_ms, while a has room; a borrows their names from r. */
+static void pick_idle(const redis_store *s, int lane, const redisReply *r,
+                      reap_args *a) {
+  static const char *const LANES[3] = {"1", "2", "3"};
+  if (r->type != REDIS_REPLY_ARRAY) return; /* no group: nothing to do */
+  for (size_t i = 0; i < r->elements && a->n + 2 <= REAP_HEAD + 2 * REAP_MAX;
+       i++) {
+    const redisReply *c = r->element[i], *name = NULL;
+    long long pending = -1, idle = -1;
+    for (size_t j = 0; c->type == REDIS_REPLY_ARRAY && j + 1 < c->elements;
+         j += 2) {
+      const redisReply *k = c->element[j], *v = c->element[j + 1];
+      if (k->type != REDIS_REPLY_STRING) continue;
+      if (!strcmp(k->str, "name") && v->type == REDIS_REPLY_STRING)
+        name = v;
+      else if (!strcmp(k->str, "pending") && v->type == REDIS_REPLY_INTEGER)
+        pending = v->integer;
+      else if (!strcmp(k->str, "idle") && v->type == REDIS_REPLY_INTEGER)
+        idle = v->integer;
+    }
+    if (!name || pending != 0 || idle <= s->cfg.consumer_idle_ms ||
+        (name->len == strlen(s->cfg.consumer) &&
+         !memcmp(name->str, s->cfg.consumer, name->len)))
+      continue;
+    a->argv[a->n] = LANES[lane];
+    a->lens[a->n++] = 1;
+    a->argv[a->n] = name->str;
+    a->lens[a->n++] = name->len;
+  }
+}
+
+/* Remove the idle consumers found in the XINFO CONSUMERS replies of the
+ * three lanes (list[0..3)), by deadline: at most REAP_MAX, each checked
+ * again on the server. What a healthy server answers is not checked (it
+ * is tidying, not the call's job). The next reap is consumer_idle_ms on. */
+static int reap_listed(redis_store *s, redisReply *const *list,
+                       int64_t deadline, char *err, size_t cap) {
+  reap_args a;
+  const char *head[REAP_HEAD] = {"EVAL",     SPR_LUA_REAP, "3",
+                                 s->keys[0], s->keys[1],   s->keys[2],
+                                 s->cfg.group};
+  for (a.n = 0; a.n < REAP_HEAD; a.n++) {
+    a.argv[a.n] = head[a.n];
+    a.lens[a.n] = strlen(head[a.n]);
+  }
+  for (int lane = 0; lane < 3; lane++) pick_idle(s, lane, list[lane], &a);
+  s->reap_at = spr_now_ms() + s->cfg.consumer_idle_ms;
+  if (a.n == REAP_HEAD) return SPI_OK;
+  spr_cmd c = {a.n, a.argv, a.lens};
   redisReply *r = NULL;
   int rc = spr_conn_pipeline(s->conn, 1, &c, &r, deadline, err, cap);
   if (rc == SPI_OK) freeReplyObject(r);
-  s->reap_at = spr_now_ms() + s->cfg.consumer_idle_ms;
   return rc;
 }
 
+/* List the lanes' consumers and remove the idle ones now, by deadline. */
+static int reap(redis_store *s, int64_t deadline, char *err, size_t cap) {
+  const char *args[3][4];
+  size_t lens[3][4];
+  spr_cmd cmds[3];
+  for (int lane = 0; lane < 3; lane++)
+    cmds[lane] = list_cmd(s, lane, args[lane], lens[lane]);
+  redisReply *r[3];
+  int rc = spr_conn_pipeline(s->conn, 3, cmds, r, deadline, err, cap);
+  if (rc != SPI_OK) return rc;
+  rc = reap_listed(s, r, deadline, err, cap);
+  for (int lane = 0; lane < 3; lane++) freeReplyObject(r[lane]);
+  return rc;
+}
+
+/* ---------------------------------------------------------------- setup */
+
 /* After each (re)connect: the consumer groups exist, scripts are loaded,
- * idle consumers of processes gone are removed; in one round trip. */
+ * and the lanes' consumers listed, in one round trip; idle consumers of
+ * processes gone are then removed (a second one, when there are). */
 static int setup(redis_store *s, int64_t deadline, char *err, size_t cap) {
   int rc = spr_conn_open_by(s->conn, deadline, err, cap);
   if (rc != SPI_OK) return rc;
   if (s->setup_for == spr_conn_connects(s->conn)) return SPI_OK;
-  enum { NSETUP = 3 + S_COUNT + 1 };
-  const char *args[NSETUP][10];
-  size_t lens[NSETUP][10];
-  char idle[24], max[24];
+  enum { NSETUP = 3 + S_COUNT + 3 };
+  const char *args[NSETUP][6];
+  size_t lens[NSETUP][6];
   spr_cmd cmds[NSETUP];
   for (int lane = 0; lane < 3; lane++) {
     const char *a[] = {"XGROUP", "CREATE", s->keys[lane], s->cfg.group, "0",
@@ -333,14 +400,15 @@ static int setup(redis_store *s, int64_t deadline, char *err, size_t cap) {
     memcpy(args[3 + i], a, sizeof a);
     cmds[3 + i] = cmd_of(3, args[3 + i], lens[3 + i]);
   }
-  cmds[NSETUP - 1] = reap_cmd(s, args[NSETUP - 1], lens[NSETUP - 1], idle,
-                              max);
+  for (int lane = 0; lane < 3; lane++)
+    cmds[3 + S_COUNT + lane] = list_cmd(s, lane, args[3 + S_COUNT + lane],
+                                        lens[3 + S_COUNT + lane]);
   redisReply *r[NSETUP];
   rc = spr_conn_pipeline(s->conn, NSETUP, cmds, r, deadline, err, cap);
   if (rc != SPI_OK) return rc;
   rc = setup_check(s, r, err, cap);
+  if (rc == SPI_OK) rc = reap_listed(s, r + 3 + S_COUNT, deadline, err, cap);
   for (int i = 0; i < NSETUP; i++) freeReplyObject(r[i]);
-  s->reap_at = spr_now_ms() + s->cfg.consumer_idle_ms;
   if (rc == SPI_OK) s->setup_for = spr_conn_connects(s->conn);
   return rc;
 }

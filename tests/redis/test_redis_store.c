@@ -27,6 +27,7 @@
 #include "spotinfer/spotinfer_redis.h"
 #include "redis_conn.h"
 #include "redis_proxy.h"
+#include "store_lua.h"
 #include "unit/journal_files.h"
 #include "unit/replay_helpers.h"
 
@@ -831,11 +832,20 @@ static void sleep_ms(long ms) {
   nanosleep(&ts, NULL);
 }
 
+static void sleep_until(int64_t t) {
+  int64_t now = mono_ms();
+  if (t > now) sleep_ms((long)(t - now));
+}
+
 /* Every process reads as a consumer of its own, so the groups gained one
  * with every start and never lost any. A consumer with nothing pending
  * that has not read for consumer_idle_ms is removed: by the setup of a
  * connection, and then by a tick at most every consumer_idle_ms. One with
- * entries pending, one that read lately and the store's own stay. */
+ * entries pending, one that read lately and the store's own stay. The
+ * times (ms, consumer_idle_ms 2000): "gone-1" and the others made at 0,
+ * "lately" at 1000, the queue opened at 2100 (the setup removes "gone-1"
+ * only); a tick at 3200 finds "lately" idle but is too early to list the
+ * consumers again (it would remove it); one 2000 after the open does. */
 static void test_idle_consumers_removed(void **st) {
   (void)st;
   if (!getenv("SPI_REDIS_PORT")) skip();
@@ -857,33 +867,50 @@ static void test_idle_consumers_removed(void **st) {
   const char *add[] = {"XADD", lane[0], "*", "x", "1"};
   const char *busy[] = {"XREADGROUP", "GROUP", "spotinfer", "busy",
                         "COUNT", "1", "STREAMS", lane[0], ">"};
+  int64_t t0 = mono_ms();
   freeReplyObject(raw_words(k, 5, old1));
   freeReplyObject(raw_words(k, 5, old2));
   freeReplyObject(raw_words(k, 5, mine));
   freeReplyObject(raw_words(k, 5, add));
   freeReplyObject(raw_words(k, 9, busy)); /* busy: one entry pending */
-  sleep_ms(1100);
+  sleep_until(t0 + 1000);
   const char *fresh[] = {"XGROUP", "CREATECONSUMER", lane[0], "spotinfer",
                          "lately"};
   freeReplyObject(raw_words(k, 5, fresh));
+  sleep_until(t0 + 2100);
   spi_engine *e = NULL;
   assert_int_equal(spi_engine_new(&e, NULL), SPI_OK);
   spi_replay_queue *q = NULL;
-  open_direct(e, "reap", "\"consumer\":\"me\",\"consumer_idle_ms\":1000",
+  int64_t opened = mono_ms();
+  open_direct(e, "reap", "\"consumer\":\"me\",\"consumer_idle_ms\":2000",
               &q);
+  int64_t open_end = mono_ms();
   assert_false(has_consumer(k, lane[0], "gone-1"));
   assert_false(has_consumer(k, lane[1], "gone-1"));
   assert_true(has_consumer(k, lane[0], "busy"));
   assert_true(has_consumer(k, lane[0], "me"));
   assert_true(has_consumer(k, lane[0], "lately"));
-  /* The connection stays up: a tick removes "lately" once it is idle. */
+  /* "lately" idle for 2200 now, but the last listing was under 2000 ago:
+   * the connection stays up, and the tick leaves the consumers alone. */
+  sleep_until(t0 + 3200);
   assert_int_equal(spi_replay_tick(q), SPI_OK);
+  if (mono_ms() >= opened + 2000)
+    print_error("the check came too late (%lld ms after the open)\n",
+                (long long)(mono_ms() - opened));
+  assert_true(mono_ms() < opened + 2000);
   assert_true(has_consumer(k, lane[0], "lately"));
-  sleep_ms(1100);
+  sleep_until(open_end + 2100);
   assert_int_equal(spi_replay_tick(q), SPI_OK);
   assert_false(has_consumer(k, lane[0], "lately"));
   assert_true(has_consumer(k, lane[0], "busy"));
   assert_true(has_consumer(k, lane[0], "me"));
+  /* The removal checks pending again (a consumer picked may have read
+   * since it was listed): "busy" stays, even when picked. */
+  const char *rm[] = {"EVAL", SPR_LUA_REAP, "3", lane[0], lane[1], lane[2],
+                      "spotinfer", "1", "busy", "1", "me"};
+  assert_int_equal(raw_int(k, 11, rm), 1);
+  assert_true(has_consumer(k, lane[0], "busy"));
+  assert_false(has_consumer(k, lane[0], "me"));
   spi_replay_close(q);
   spi_engine_free(e);
   spr_conn_free(k);
