@@ -368,10 +368,6 @@ static int roundtrip(spr_conn *c, int n, const spr_cmd *cmds,
                      redisReply **out, int64_t deadline, char *err,
                      size_t cap) {
   for (int i = 0; i < n; i++) out[i] = NULL;
-  /* Nothing is sent once the call's time is up (its earlier steps took
-   * it): the reply could not be waited for. */
-  if (spr_now_ms() >= deadline)
-    return efail(err, cap, SPI_EIO, "redis %s: write: timed out", c->addr);
   size_t len = 0;
   char *buf = format_all(n, cmds, &len);
   if (!buf) return efail(err, cap, SPI_ENOMEM, "redis: out of memory");
@@ -508,6 +504,14 @@ int spr_conn_pipeline(spr_conn *c, int n, const spr_cmd *cmds,
   for (int i = 0; i < n; i++) out[i] = NULL;
   int rc = spr_conn_open_by(c, deadline, err, cap);
   if (rc != SPI_OK) return rc;
+  /* Nothing is sent once the call's time is up (its earlier steps took
+   * it): no reply could be waited for. The connection is as clean as it
+   * was, so it stays, with no backoff. */
+  if (spr_now_ms() >= deadline) {
+    c->failures++;
+    return efail(err, cap, SPI_EIO, "redis %s: timed out before the write",
+                 c->addr);
+  }
   rc = roundtrip(c, n, cmds, out, deadline, err, cap);
   if (rc != SPI_OK) return failed(c, rc, err);
   return SPI_OK;

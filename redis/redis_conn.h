@@ -107,7 +107,9 @@ typedef struct spr_cmd {
  * replies (one round trip), all by deadline. out[i] gets the reply of
  * cmds[i] (free each with freeReplyObject), which may be an error reply.
  * On failure out holds no reply. Errors: SPI_EIO (not connected, timed
- * out, connection lost: err says which), SPI_ENOMEM, and spr_conn_open's. */
+ * out, connection lost: err says which), SPI_ENOMEM, and spr_conn_open's.
+ * Nothing is written when deadline has passed already (SPI_EIO, and the
+ * connection stays: nothing is owed on it). */
 int spr_conn_pipeline(spr_conn *c, int n, const spr_cmd *cmds,
                       redisReply **out, int64_t deadline, char *err,
                       size_t cap);
