@@ -84,8 +84,11 @@ void spr_conn_free(spr_conn *c);
 /* The deadline (spr_now_ms() clock) of a call that starts now: timeout_ms
  * from now, and connect_timeout_ms more when it has to connect first. A
  * call of several steps (connecting, setting the connection up, its own
- * commands) computes it once, at its start, and hands it to every step,
- * which gets what remains: the call as a whole ends by it. */
+ * commands) computes it once, at its start: the call as a whole ends by
+ * it. Each step gets what remains of it, or less: connecting takes at
+ * most connect_timeout_ms, and an owner may bound its other steps too
+ * (the replay store gives its setup connect_timeout_ms from the start and
+ * its script timeout_ms from when it is sent). */
 int64_t spr_conn_deadline(const spr_conn *c);
 
 /* Connect now (AUTH, SELECT, a PING); SPI_OK when connected already.
@@ -113,6 +116,16 @@ typedef struct spr_cmd {
 int spr_conn_pipeline(spr_conn *c, int n, const spr_cmd *cmds,
                       redisReply **out, int64_t deadline, char *err,
                       size_t cap);
+
+/* spr_conn_pipeline for the n commands (at most SPR_SETUP_MAX) that set a
+ * connection up: when it has to connect, they go in the round trip of the
+ * handshake's PING (checked first: a server that refuses it refused them
+ * too, and ran none), so connecting and setting up take one round trip
+ * less. Connecting ends within connect_timeout_ms, and everything by
+ * deadline. */
+#define SPR_SETUP_MAX 16
+int spr_conn_setup(spr_conn *c, int n, const spr_cmd *cmds, redisReply **out,
+                   int64_t deadline, char *err, size_t cap);
 
 /* One command (spr_conn_pipeline with n = 1). spr_conn_command: the
  * deadline is spr_conn_deadline(c), taken when it is called. */

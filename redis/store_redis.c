@@ -41,9 +41,10 @@
  * shows who holds what (XPENDING). Times are the callers' clocks, in ms.
  * Every process reads as a consumer of its own; those with nothing pending
  * that have not read for consumer_idle_ms are removed from the groups when
- * a connection is set up, and by a tick at most every consumer_idle_ms,
- * at most REAP_MAX a time (listed by XINFO CONSUMERS, removed by
- * SPR_LUA_REAP), so the groups do not keep one for every start.
+ * a connection is set up and by a tick, at most every consumer_idle_ms
+ * (at once for a new store), at most REAP_MAX a time (listed by XINFO
+ * CONSUMERS, removed by SPR_LUA_REAP), so the groups do not keep one for
+ * every start.
  *
  * The store keeps one connection (redis_conn.h) behind a mutex; claim ids
  * name (lane, stream id) in a table of this instance. A call whose reply
@@ -254,23 +255,35 @@ static held_claim *claim_take(redis_store *s, uint64_t id) {
 
 /* ------------------------------------------------------------- commands */
 
-/* Every call of the store has one deadline (spr_conn_deadline), taken at
- * its start: connecting, setting the connection up and the call's scripts
- * each get what remains of it. */
+/* Every call of the store has one deadline, end (spr_conn_deadline,
+ * taken at its start: timeout_ms on, and connect_timeout_ms more when it
+ * has to connect first). Within it, connecting and setting the connection
+ * up end connect_timeout_ms after they start, and each round trip of the
+ * call's own (its script; a tick's listing and removal of consumers)
+ * timeout_ms after it is sent (step_by): so a server that answers each
+ * step within its own timeout is used after a reconnect too, and the call
+ * ends by end whatever happens. */
+static int64_t step_by(int64_t end, int ms) {
+  int64_t by = spr_now_ms() + ms;
+  return by < end ? by : end;
+}
 
-/* The replies of setup's pipeline: the consumer groups, then the scripts. */
+/* The replies of setup's pipeline: the consumer groups, then the scripts.
+ * A server that refuses for now (spr_reply_transient) is SPI_EIO. */
 static int setup_check(redis_store *s, redisReply **r, char *err,
                        size_t cap) {
   for (int lane = 0; lane < 3; lane++)
     if (r[lane]->type == REDIS_REPLY_ERROR &&
         strncmp(r[lane]->str, "BUSYGROUP", 9) != 0)
-      return rfail(err, cap, SPI_EMODULE, "redis: XGROUP CREATE %s: %.160s",
-                   s->keys[lane], r[lane]->str);
+      return rfail(err, cap,
+                   spr_reply_transient(r[lane]) ? SPI_EIO : SPI_EMODULE,
+                   "redis: XGROUP CREATE %s: %.160s", s->keys[lane],
+                   r[lane]->str);
   for (int i = 0; i < S_COUNT; i++) {
     const redisReply *x = r[3 + i];
     if (x->type != REDIS_REPLY_STRING)
-      return rfail(err, cap, SPI_EMODULE, "redis: SCRIPT LOAD %s: %.160s",
-                   SCRIPT_NAMES[i],
+      return rfail(err, cap, spr_reply_transient(x) ? SPI_EIO : SPI_EMODULE,
+                   "redis: SCRIPT LOAD %s: %.160s", SCRIPT_NAMES[i],
                    x->type == REDIS_REPLY_ERROR ? x->str : "?");
     snprintf(s->sha[i], sizeof s->sha[i], "%s", x->str);
   }
@@ -340,7 +353,7 @@ static void pick_idle(const redis_store *s, int lane, const redisReply *r,
 /* Remove the idle consumers found in the XINFO CONSUMERS replies of the
  * three lanes (list[0..3)), by deadline: at most REAP_MAX, each checked
  * again on the server. What a healthy server answers is not checked (it
- * is tidying, not the call's job). The next reap is consumer_idle_ms on. */
+ * is tidying, not the call's job). */
 static int reap_listed(redis_store *s, redisReply *const *list,
                        int64_t deadline, char *err, size_t cap) {
   reap_args a;
@@ -352,7 +365,6 @@ static int reap_listed(redis_store *s, redisReply *const *list,
     a.lens[a.n] = strlen(head[a.n]);
   }
   for (int lane = 0; lane < 3; lane++) pick_idle(s, lane, list[lane], &a);
-  s->reap_at = spr_now_ms() + s->cfg.consumer_idle_ms;
   if (a.n == REAP_HEAD) return SPI_OK;
   spr_cmd c = {a.n, a.argv, a.lens};
   redisReply *r = NULL;
@@ -361,30 +373,38 @@ static int reap_listed(redis_store *s, redisReply *const *list,
   return rc;
 }
 
-/* List the lanes' consumers and remove the idle ones now, by deadline. */
-static int reap(redis_store *s, int64_t deadline, char *err, size_t cap) {
+/* List the lanes' consumers and remove the idle ones now, each a round
+ * trip of the call that ends by end. The next time is consumer_idle_ms
+ * on, whatever happens (a slow server costs one failed tick a period). */
+static int reap(redis_store *s, int64_t end, char *err, size_t cap) {
   const char *args[3][4];
   size_t lens[3][4];
   spr_cmd cmds[3];
   for (int lane = 0; lane < 3; lane++)
     cmds[lane] = list_cmd(s, lane, args[lane], lens[lane]);
   redisReply *r[3];
-  int rc = spr_conn_pipeline(s->conn, 3, cmds, r, deadline, err, cap);
+  s->reap_at = spr_now_ms() + s->cfg.consumer_idle_ms;
+  int rc = spr_conn_pipeline(s->conn, 3, cmds, r,
+                             step_by(end, s->cfg.timeout_ms), err, cap);
   if (rc != SPI_OK) return rc;
-  rc = reap_listed(s, r, deadline, err, cap);
+  rc = reap_listed(s, r, step_by(end, s->cfg.timeout_ms), err, cap);
   for (int lane = 0; lane < 3; lane++) freeReplyObject(r[lane]);
   return rc;
 }
 
 /* ---------------------------------------------------------------- setup */
 
-/* After each (re)connect: the consumer groups exist, scripts are loaded,
- * and the lanes' consumers listed, in one round trip; idle consumers of
- * processes gone are then removed (a second one, when there are). */
-static int setup(redis_store *s, int64_t deadline, char *err, size_t cap) {
-  int rc = spr_conn_open_by(s->conn, deadline, err, cap);
-  if (rc != SPI_OK) return rc;
-  if (s->setup_for == spr_conn_connects(s->conn)) return SPI_OK;
+/* After each (re)connect: the consumer groups exist and the scripts are
+ * loaded, in one round trip (the handshake's PING's, when it connects:
+ * spr_conn_setup); when removing idle consumers is due (consumer_idle_ms
+ * after the last time, at once for a new store), the lanes' consumers are
+ * listed in it too, and the idle ones removed in a second. All within
+ * connect_timeout_ms, by end. */
+static int setup(redis_store *s, int64_t end, char *err, size_t cap) {
+  if (spr_conn_up(s->conn) && s->setup_for == spr_conn_connects(s->conn))
+    return SPI_OK;
+  int64_t by = step_by(end, s->cfg.connect_timeout_ms);
+  int reaping = spr_now_ms() >= s->reap_at;
   enum { NSETUP = 3 + S_COUNT + 3 };
   const char *args[NSETUP][6];
   size_t lens[NSETUP][6];
@@ -403,20 +423,24 @@ static int setup(redis_store *s, int64_t deadline, char *err, size_t cap) {
   for (int lane = 0; lane < 3; lane++)
     cmds[3 + S_COUNT + lane] = list_cmd(s, lane, args[3 + S_COUNT + lane],
                                         lens[3 + S_COUNT + lane]);
+  int n = reaping ? NSETUP : NSETUP - 3;
   redisReply *r[NSETUP];
-  rc = spr_conn_pipeline(s->conn, NSETUP, cmds, r, deadline, err, cap);
+  int rc = spr_conn_setup(s->conn, n, cmds, r, by, err, cap);
   if (rc != SPI_OK) return rc;
   rc = setup_check(s, r, err, cap);
-  if (rc == SPI_OK) rc = reap_listed(s, r + 3 + S_COUNT, deadline, err, cap);
-  for (int i = 0; i < NSETUP; i++) freeReplyObject(r[i]);
+  if (rc == SPI_OK && reaping) {
+    s->reap_at = spr_now_ms() + s->cfg.consumer_idle_ms;
+    rc = reap_listed(s, r + 3 + S_COUNT, by, err, cap);
+  }
+  for (int i = 0; i < n; i++) freeReplyObject(r[i]);
   if (rc == SPI_OK) s->setup_for = spr_conn_connects(s->conn);
   return rc;
 }
 
-/* Run script which with the common arguments and extra ones, by deadline;
- * *out gets an array reply. With s->mu held. */
+/* Run script which with the common arguments and extra ones, in a call
+ * that ends by end; *out gets an array reply. With s->mu held. */
 static int run(redis_store *s, int which, const spi_replay_ctx *ctx,
-               int64_t deadline, int nextra, const char **extra,
+               int64_t end, int nextra, const char **extra,
                const size_t *extra_lens, redisReply **out, char *err,
                size_t cap) {
   *out = NULL;
@@ -431,7 +455,7 @@ static int run(redis_store *s, int which, const spi_replay_ctx *ctx,
   snprintf(nkeys, sizeof nkeys, "%d", NKEYS);
   const char *common[NCOMMON] = {now, maxatt, s->cfg.group, maxdead, maxdone};
   for (int attempt = 0; attempt < 2; attempt++) {
-    int rc = setup(s, deadline, err, cap);
+    int rc = setup(s, end, err, cap);
     if (rc != SPI_OK) return rc;
     int n = 0;
     argv[n++] = "EVALSHA";
@@ -445,7 +469,8 @@ static int run(redis_store *s, int which, const spi_replay_ctx *ctx,
       lens[n] = extra_lens ? extra_lens[i] : strlen(extra[i]);
     }
     redisReply *r = NULL;
-    rc = spr_conn_command_by(s->conn, n, argv, lens, &r, deadline, err, cap);
+    rc = spr_conn_command_by(s->conn, n, argv, lens, &r,
+                             step_by(end, s->cfg.timeout_ms), err, cap);
     if (rc != SPI_OK) return rc;
     s->calls++;
     if (r->type == REDIS_REPLY_ARRAY && r->elements >= 1 &&
@@ -760,11 +785,10 @@ static int r_tick(void *state, void *inst, const spi_replay_ctx *ctx,
   redis_store *s = inst;
   redisReply *r = NULL;
   pthread_mutex_lock(&s->mu);
-  int64_t deadline = spr_conn_deadline(s->conn);
-  int rc = run(s, S_TICK, ctx, deadline, 0, NULL, NULL, &r, err, cap);
+  int64_t end = spr_conn_deadline(s->conn);
+  int rc = run(s, S_TICK, ctx, end, 0, NULL, NULL, &r, err, cap);
   /* A long-lived connection still tidies up now and then. */
-  if (rc == SPI_OK && spr_now_ms() >= s->reap_at)
-    rc = reap(s, deadline, err, cap);
+  if (rc == SPI_OK && spr_now_ms() >= s->reap_at) rc = reap(s, end, err, cap);
   pthread_mutex_unlock(&s->mu);
   freeReplyObject(r);
   return rc;
