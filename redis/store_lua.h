@@ -65,12 +65,18 @@
   "  for _, n in ipairs({'k', 'a', 'dl', 'l', 'e'}) do\n"                      \
   "    if type(f[n]) ~= 'string' then return 'no field ' .. n end\n"           \
   "  end\n"                                                                    \
-  "  if #f.k == 0 or #f.k > 128 then return 'a key of ' .. #f.k .. ' bytes' end\n" \
-  "  if not string.match(f.a, '^%d+$') then return 'field a is not a count' end\n" \
+  "  if #f.k == 0 or #f.k > 128 then\n"                                        \
+  "    return 'a key of ' .. #f.k .. ' bytes'\n"                               \
+  "  end\n"                                                                    \
+  "  if not string.match(f.a, '^%d+$') then\n"                                 \
+  "    return 'field a is not a count'\n"                                      \
+  "  end\n"                                                                    \
   "  if not string.match(f.dl, '^%d+$') then\n"                                \
   "    return 'field dl is not a time'\n"                                      \
   "  end\n"                                                                    \
-  "  if not string.match(f.l, '^[123]$') then return 'field l is not a lane' end\n" \
+  "  if not string.match(f.l, '^[123]$') then\n"                               \
+  "    return 'field l is not a lane'\n"                                       \
+  "  end\n"                                                                    \
   "  if not version(f.e) then return 'field e is not an envelope' end\n"       \
   "  return nil\n"                                                             \
   "end\n"                                                                      \
