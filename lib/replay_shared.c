@@ -13,7 +13,8 @@
  *     to its lane's tail. A claim whose envelope the library refuses (no
  *     key, a class out of range: nothing will ever take it) is
  *     dead-lettered at once (a nack with dead set), with an error, instead
- *     of coming back each time its lease ends.
+ *     of coming back each time its lease ends; when the store does not
+ *     answer that nack (SPI_EIO), later claims and ticks repeat it.
  *   - The fallback journal ("replay.fallback": "journal"): an enqueue the
  *     store answers with SPI_EIO (unreachable, timed out) goes to a local
  *     journal queue instead and the call succeeds as durable as that
@@ -44,6 +45,16 @@
 
 #define RQS_DRAIN_BATCH 256
 #define RQS_DRAIN_RETRY_NS (100 * 1000000LL)
+#define RQS_REFUSED_MAX 16
+
+/* A claim whose envelope the library refused and whose dead-lettering nack
+ * went unanswered (SPI_EIO): the store still holds it, and the caller never
+ * got its id, so the library repeats the nack itself (retry_refused). */
+typedef struct rqs_refused {
+  uint64_t id;
+  uint32_t attempts;
+  char key[129];
+} rqs_refused;
 
 typedef struct rqs_claim {
   spi_hnode hn; /* in the claim table (hash: spread id) */
@@ -74,6 +85,9 @@ struct spi_rqs {
   uint64_t fb_enqueued, fb_moved;
   int64_t drain_after_ns;
   int draining;
+  rqs_refused refused[RQS_REFUSED_MAX]; /* [0, n_refused) */
+  size_t n_refused;
+  int64_t refused_after_ns; /* no repeat before (one failed) */
   pthread_mutex_t report_mu;
   uint64_t held_reported; /* this queue's part of the engine's gauge */
 };
@@ -379,34 +393,98 @@ static int hand_out(rqs_claim *c, uint64_t *claim_id, spi_envelope *out,
   return SPI_OK;
 }
 
-/* The store handed out claim id with an envelope the library refuses
- * (d->refused): nothing will ever take it, so it is dead-lettered now, as
- * the fallback drain dead-letters what the store refuses for good. The
- * claim's answer is the error, logged; the next claim goes on. */
-static int refuse_claim(spi_rqs *s, const spi_replay_ctx *ctx, uint64_t id,
-                        const sink_data *d) {
-  char err[SPI_ERRMSG_CAP] = "", msg[SPI_ERRMSG_CAP];
-  int rc = s->store->nack(s->mstate, s->inst, ctx, id, d->attempts, 0, 1, err,
-                          sizeof err);
+/* Keep refused claim r whose nack went unanswered, to repeat it from
+ * RQS_DRAIN_RETRY_NS on; 0 when there is no room (then its lease ends in
+ * the store, it is claimed again and refused again). */
+static int keep_refused(spi_rqs *s, const rqs_refused *r, int64_t now) {
+  pthread_mutex_lock(&s->mu);
+  int room = s->n_refused < RQS_REFUSED_MAX;
+  if (room) s->refused[s->n_refused++] = *r;
+  s->refused_after_ns = now + RQS_DRAIN_RETRY_NS;
+  pthread_mutex_unlock(&s->mu);
+  return room;
+}
+
+/* Dead-letter refused claim r: the store's nack (dead, attempts unchanged).
+ * An unanswered one is kept to be repeated; the rest is counted. */
+static int dead_letter_refused(spi_rqs *s, const rqs_refused *r, char *err,
+                               size_t cap) {
+  spi_replay_ctx ctx = make_ctx(s, 0);
+  int rc = s->store->nack(s->mstate, s->inst, &ctx, r->id, r->attempts, 0, 1,
+                          err, cap);
+  if (rc == SPI_EIO && !keep_refused(s, r, ctx.now_ns))
+    spi__engine_log(s->engine, SPI_LOG_WARN,
+                    "replay store \"%s\": %d refused claims wait for the "
+                    "store; envelope %s is left to its lease",
+                    s->store_name, RQS_REFUSED_MAX,
+                    r->key[0] ? r->key : "without a key");
   if (rc == SPI_OK) {
     pthread_mutex_lock(&s->mu);
     s->nacked++;
     pthread_mutex_unlock(&s->mu);
-    spi__errf(msg, sizeof msg, "envelope %s refused (%s): dead-lettered",
-              d->key[0] ? d->key : "without a key", d->refused);
-    return store_failed(s, "claim", SPI_EMODULE, msg);
   }
-  spi__errf(msg, sizeof msg,
-            "envelope %s refused (%s); dead-lettering it failed: %s",
-            d->key[0] ? d->key : "without a key", d->refused,
-            err[0] ? err : spi_strerror(rc));
-  return store_failed(s, "claim", rc, msg);
+  return rc;
+}
+
+/* Repeat the nacks of refused claims that went unanswered, unless one
+ * failed less than RQS_DRAIN_RETRY_NS ago. Each is out of the list while
+ * its nack runs, so one thread sends it. */
+static void retry_refused(spi_rqs *s) {
+  int64_t now = spi__engine_now(s->engine);
+  for (;;) {
+    rqs_refused r;
+    pthread_mutex_lock(&s->mu);
+    int go = s->n_refused > 0 && now >= s->refused_after_ns;
+    if (go) r = s->refused[--s->n_refused];
+    pthread_mutex_unlock(&s->mu);
+    if (!go) return;
+    char err[SPI_ERRMSG_CAP] = "";
+    int rc = dead_letter_refused(s, &r, err, sizeof err);
+    if (rc == SPI_EIO) return;
+    const char *key = r.key[0] ? r.key : "without a key";
+    if (rc == SPI_OK)
+      spi__engine_log(s->engine, SPI_LOG_WARN,
+                      "replay store \"%s\": envelope %s, refused earlier: "
+                      "dead-lettered",
+                      s->store_name, key);
+    else
+      spi__engine_log(s->engine, SPI_LOG_WARN,
+                      "replay store \"%s\": envelope %s, refused earlier: "
+                      "dead-lettering it failed: %s",
+                      s->store_name, key, err[0] ? err : spi_strerror(rc));
+  }
+}
+
+/* The store handed out claim id with an envelope the library refuses
+ * (d->refused): nothing will ever take it, so it is dead-lettered now, as
+ * the fallback drain dead-letters what the store refuses for good. The
+ * claim's answer is the error, logged; the next claim goes on. A nack the
+ * store did not answer (SPI_EIO) leaves the claim held there, and the
+ * caller never learnt its id: the library repeats the nack on later
+ * claims and ticks (retry_refused). */
+static int refuse_claim(spi_rqs *s, uint64_t id, const sink_data *d) {
+  char err[SPI_ERRMSG_CAP] = "", msg[SPI_ERRMSG_CAP];
+  rqs_refused r = {.id = id, .attempts = d->attempts};
+  memcpy(r.key, d->key, sizeof r.key);
+  const char *key = d->key[0] ? d->key : "without a key";
+  int rc = dead_letter_refused(s, &r, err, sizeof err);
+  if (rc == SPI_OK)
+    spi__errf(msg, sizeof msg, "envelope %s refused (%s): dead-lettered", key,
+              d->refused);
+  else
+    spi__errf(msg, sizeof msg,
+              "envelope %s refused (%s); dead-lettering it failed: %s%s", key,
+              d->refused, err[0] ? err : spi_strerror(rc),
+              rc == SPI_EIO ? " (tried again by the next claims and ticks)"
+                            : "");
+  return store_failed(s, "claim", rc == SPI_OK ? SPI_EMODULE : rc, msg);
 }
 
 int spi__rqs_claim(spi_rqs *s, uint32_t class_mask, int64_t lease_ms,
                    uint64_t *claim_id, spi_envelope *out, void *buf,
                    size_t cap, size_t *needed) {
   drain(s);
+  retry_refused(s);
   spi_replay_ctx ctx = make_ctx(s, lease_ms);
   sink_data d;
   memset(&d, 0, sizeof d);
@@ -415,7 +493,7 @@ int spi__rqs_claim(spi_rqs *s, uint32_t class_mask, int64_t lease_ms,
   uint64_t id = 0;
   int rc = s->store->claim(s->mstate, s->inst, &ctx, class_mask, sink, &d, &id,
                        err, sizeof err);
-  if (id && d.refused) return refuse_claim(s, &ctx, id, &d);
+  if (id && d.refused) return refuse_claim(s, id, &d);
   if (rc != SPI_OK || (id && !d.c) || (!id && d.c)) {
     spi__free(&s->mem, d.c);
     if (rc != SPI_OK) return store_failed(s, "claim", rc, err);
@@ -584,6 +662,7 @@ int spi__rqs_stats(spi_rqs *s, spi_replay_stats *all) {
 
 int spi__rqs_tick(spi_rqs *s) {
   drain(s);
+  retry_refused(s);
   if (!s->store->tick) return SPI_OK;
   spi_replay_ctx ctx = make_ctx(s, 0);
   char err[SPI_ERRMSG_CAP] = "";

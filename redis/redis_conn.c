@@ -5,7 +5,8 @@
  * with OpenSSL on top when TLS is configured, so connect, TLS handshake,
  * AUTH and every command are bounded by a deadline: the caller's, one for
  * the whole of its call (spr_conn_deadline), connecting within
- * connect_timeout_ms of it.
+ * connect_timeout_ms of it. The commands that set a connection up may go
+ * in the round trip of the handshake's PING (spr_conn_setup).
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -368,10 +369,6 @@ static int roundtrip(spr_conn *c, int n, const spr_cmd *cmds,
                      redisReply **out, int64_t deadline, char *err,
                      size_t cap) {
   for (int i = 0; i < n; i++) out[i] = NULL;
-  /* Nothing is sent once the call's time is up (its earlier steps took
-   * it): the reply could not be waited for. */
-  if (spr_now_ms() >= deadline)
-    return efail(err, cap, SPI_EIO, "redis %s: write: timed out", c->addr);
   size_t len = 0;
   char *buf = format_all(n, cmds, &len);
   if (!buf) return efail(err, cap, SPI_ENOMEM, "redis: out of memory");
@@ -411,6 +408,17 @@ int spr_reply_transient(const redisReply *r) {
   return 0;
 }
 
+/* The reply r of the handshake's command what. A server that answers and
+ * refuses is a configuration error (wrong credentials, no such db), not an
+ * outage: SPI_EINVAL; but one that only cannot answer yet (loading its
+ * data) is an outage. */
+static int hello_reply(spr_conn *c, const redisReply *r, const char *what,
+                       char *err, size_t cap) {
+  if (r->type != REDIS_REPLY_ERROR) return SPI_OK;
+  return efail(err, cap, spr_reply_transient(r) ? SPI_EIO : SPI_EINVAL,
+               "redis %s: %s refused: %.160s", c->addr, what, r->str);
+}
+
 static int hello_step(spr_conn *c, int argc, const char **argv,
                       int64_t deadline, const char *what, char *err,
                       size_t cap) {
@@ -419,18 +427,39 @@ static int hello_step(spr_conn *c, int argc, const char **argv,
   redisReply *r = NULL;
   int rc = argv_roundtrip(c, argc, argv, lens, &r, deadline, err, cap);
   if (rc != SPI_OK) return rc;
-  /* A server that answers and refuses is a configuration error (wrong
-   * credentials, no such db), not an outage: SPI_EINVAL; but one that only
-   * cannot answer yet (loading its data) is an outage. */
-  if (r->type == REDIS_REPLY_ERROR) {
-    rc = efail(err, cap, spr_reply_transient(r) ? SPI_EIO : SPI_EINVAL,
-               "redis %s: %s refused: %.160s", c->addr, what, r->str);
-  }
+  rc = hello_reply(c, r, what, err, cap);
   freeReplyObject(r);
   return rc;
 }
 
-static int handshake(spr_conn *c, int64_t deadline, char *err, size_t cap) {
+/* The handshake's PING, and the owner's n commands after it in the same
+ * round trip (spr_conn_setup), their replies in out. Only the PING's reply
+ * is checked: a server that refuses it (no AUTH, loading) refused the
+ * commands after it as well, and ran none. */
+static int ping_with(spr_conn *c, int n, const spr_cmd *cmds,
+                     redisReply **out, int64_t deadline, char *err,
+                     size_t cap) {
+  const char *argv[] = {"PING"};
+  const size_t lens[] = {4};
+  spr_cmd all[1 + SPR_SETUP_MAX];
+  redisReply *r[1 + SPR_SETUP_MAX];
+  all[0] = (spr_cmd){1, argv, lens};
+  for (int i = 0; i < n; i++) all[1 + i] = cmds[i];
+  int rc = roundtrip(c, 1 + n, all, r, deadline, err, cap);
+  if (rc != SPI_OK) return rc;
+  rc = hello_reply(c, r[0], "PING", err, cap);
+  for (int i = 0; i <= n; i++) {
+    if (i > 0 && rc == SPI_OK)
+      out[i - 1] = r[i];
+    else
+      freeReplyObject(r[i]);
+  }
+  return rc;
+}
+
+static int handshake(spr_conn *c, int64_t deadline, int n,
+                     const spr_cmd *cmds, redisReply **out, char *err,
+                     size_t cap) {
   int rc = SPI_OK;
   if (c->cfg.password[0]) {
     const char *a3[] = {"AUTH", c->cfg.username, c->cfg.password};
@@ -445,16 +474,15 @@ static int handshake(spr_conn *c, int64_t deadline, char *err, size_t cap) {
     const char *s[] = {"SELECT", db};
     rc = hello_step(c, 2, s, deadline, "SELECT", err, cap);
   }
-  if (rc == SPI_OK) {
-    const char *p[] = {"PING"};
-    rc = hello_step(c, 1, p, deadline, "PING", err, cap);
-  }
+  if (rc == SPI_OK) rc = ping_with(c, n, cmds, out, deadline, err, cap);
   return rc;
 }
 
-/* Connect, set up TLS and say hello: within connect_timeout_ms, and
- * before deadline. */
-static int do_connect(spr_conn *c, int64_t deadline, char *err, size_t cap) {
+/* Connect, set up TLS and say hello (with the owner's n commands, their
+ * replies in out): within connect_timeout_ms, and before deadline. */
+static int do_connect(spr_conn *c, int64_t deadline, int n,
+                      const spr_cmd *cmds, redisReply **out, char *err,
+                      size_t cap) {
   int64_t by = spr_now_ms() + c->cfg.connect_timeout_ms;
   if (by < deadline) deadline = by;
   c->reader = redisReaderCreate();
@@ -463,7 +491,7 @@ static int do_connect(spr_conn *c, int64_t deadline, char *err, size_t cap) {
 #ifdef SPR_HAVE_TLS
   if (rc == SPI_OK && c->cfg.tls) rc = tls_handshake(c, deadline, err, cap);
 #endif
-  if (rc == SPI_OK) rc = handshake(c, deadline, err, cap);
+  if (rc == SPI_OK) rc = handshake(c, deadline, n, cmds, out, err, cap);
   return rc;
 }
 
@@ -484,17 +512,24 @@ int64_t spr_conn_deadline(const spr_conn *c) {
   return c->fd >= 0 ? d : d + c->cfg.connect_timeout_ms;
 }
 
-int spr_conn_open_by(spr_conn *c, int64_t deadline, char *err, size_t cap) {
-  if (c->fd >= 0) return SPI_OK;
+/* Connect (not connected), the n commands in the PING's round trip. */
+static int open_with(spr_conn *c, int64_t deadline, int n,
+                     const spr_cmd *cmds, redisReply **out, char *err,
+                     size_t cap) {
   int64_t now = spr_now_ms();
   if (now < c->retry_at_ms)
     return efail(err, cap, SPI_EIO, "%s (retrying in %lld ms)", c->last_err,
                  (long long)(c->retry_at_ms - now));
-  int rc = do_connect(c, deadline, err, cap);
+  int rc = do_connect(c, deadline, n, cmds, out, err, cap);
   if (rc != SPI_OK) return failed(c, rc, err);
   c->connects++;
   c->backoff_ms = 0;
   return SPI_OK;
+}
+
+int spr_conn_open_by(spr_conn *c, int64_t deadline, char *err, size_t cap) {
+  if (c->fd >= 0) return SPI_OK;
+  return open_with(c, deadline, 0, NULL, NULL, err, cap);
 }
 
 int spr_conn_open(spr_conn *c, char *err, size_t cap) {
@@ -508,9 +543,27 @@ int spr_conn_pipeline(spr_conn *c, int n, const spr_cmd *cmds,
   for (int i = 0; i < n; i++) out[i] = NULL;
   int rc = spr_conn_open_by(c, deadline, err, cap);
   if (rc != SPI_OK) return rc;
+  /* Nothing is sent once the call's time is up (its earlier steps took
+   * it): no reply could be waited for. The connection is as clean as it
+   * was, so it stays, with no backoff. */
+  if (spr_now_ms() >= deadline) {
+    c->failures++;
+    return efail(err, cap, SPI_EIO, "redis %s: timed out before the write",
+                 c->addr);
+  }
   rc = roundtrip(c, n, cmds, out, deadline, err, cap);
   if (rc != SPI_OK) return failed(c, rc, err);
   return SPI_OK;
+}
+
+int spr_conn_setup(spr_conn *c, int n, const spr_cmd *cmds, redisReply **out,
+                   int64_t deadline, char *err, size_t cap) {
+  for (int i = 0; i < n; i++) out[i] = NULL;
+  if (n > SPR_SETUP_MAX)
+    return efail(err, cap, SPI_EINVAL, "redis: %d setup commands, at most %d",
+                 n, SPR_SETUP_MAX);
+  if (c->fd >= 0) return spr_conn_pipeline(c, n, cmds, out, deadline, err, cap);
+  return open_with(c, deadline, n, cmds, out, err, cap);
 }
 
 int spr_conn_command_by(spr_conn *c, int argc, const char **argv,

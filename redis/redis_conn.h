@@ -84,8 +84,11 @@ void spr_conn_free(spr_conn *c);
 /* The deadline (spr_now_ms() clock) of a call that starts now: timeout_ms
  * from now, and connect_timeout_ms more when it has to connect first. A
  * call of several steps (connecting, setting the connection up, its own
- * commands) computes it once, at its start, and hands it to every step,
- * which gets what remains: the call as a whole ends by it. */
+ * commands) computes it once, at its start: the call as a whole ends by
+ * it. Each step gets what remains of it, or less: connecting takes at
+ * most connect_timeout_ms, and an owner may bound its other steps too
+ * (the replay store gives its setup connect_timeout_ms from the start and
+ * its script timeout_ms from when it is sent). */
 int64_t spr_conn_deadline(const spr_conn *c);
 
 /* Connect now (AUTH, SELECT, a PING); SPI_OK when connected already.
@@ -107,10 +110,22 @@ typedef struct spr_cmd {
  * replies (one round trip), all by deadline. out[i] gets the reply of
  * cmds[i] (free each with freeReplyObject), which may be an error reply.
  * On failure out holds no reply. Errors: SPI_EIO (not connected, timed
- * out, connection lost: err says which), SPI_ENOMEM, and spr_conn_open's. */
+ * out, connection lost: err says which), SPI_ENOMEM, and spr_conn_open's.
+ * Nothing is written when deadline has passed already (SPI_EIO, and the
+ * connection stays: nothing is owed on it). */
 int spr_conn_pipeline(spr_conn *c, int n, const spr_cmd *cmds,
                       redisReply **out, int64_t deadline, char *err,
                       size_t cap);
+
+/* spr_conn_pipeline for the n commands (at most SPR_SETUP_MAX) that set a
+ * connection up: when it has to connect, they go in the round trip of the
+ * handshake's PING (checked first: a server that refuses it refused them
+ * too, and ran none), so connecting and setting up take one round trip
+ * less. Connecting ends within connect_timeout_ms, and everything by
+ * deadline. */
+#define SPR_SETUP_MAX 16
+int spr_conn_setup(spr_conn *c, int n, const spr_cmd *cmds, redisReply **out,
+                   int64_t deadline, char *err, size_t cap);
 
 /* One command (spr_conn_pipeline with n = 1). spr_conn_command: the
  * deadline is spr_conn_deadline(c), taken when it is called. */

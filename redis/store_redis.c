@@ -19,13 +19,15 @@
  *   P dead      stream of dead letters, trimmed to replay.max_dead; why
  *               says why: attempts, deadline, refused (the library
  *               refused the envelope: a nack with dead right after the
- *               claim), malformed (not an envelope, dead-lettered by claim)
+ *               claim), malformed (not as an enqueue writes an entry:
+ *               dead-lettered by claim or when its lease or backoff ends)
  *   P bytes     bytes held (keys and envelopes), for replay.max_bytes
  *   P seq       counter ordering the done set
  *   P finished  sorted set: "lane:id:what" of claims acked (what 0),
  *               nacked (1) or dead-lettered (2), by when it is forgotten
  *               (the claim's lease length after): a finish repeated after
- *               its answer was lost answers as the first did
+ *               its answer was lost answers as the first did; at most
+ *               replay.max_acked_keys, those due first trimmed first
  *
  * Each call is one Lua script (store_lua.h), so it is atomic on the server:
  * an enqueue is a duplicate check and XADD at once (idempotent on the
@@ -39,8 +41,10 @@
  * shows who holds what (XPENDING). Times are the callers' clocks, in ms.
  * Every process reads as a consumer of its own; those with nothing pending
  * that have not read for consumer_idle_ms are removed from the groups when
- * a connection is set up, and by a tick at most every consumer_idle_ms
- * (SPR_LUA_REAP), so the groups do not keep one for every start.
+ * a connection is set up and by a tick, at most every consumer_idle_ms
+ * (at once for a new store), at most REAP_MAX a time (listed by XINFO
+ * CONSUMERS, removed by SPR_LUA_REAP), so the groups do not keep one for
+ * every start.
  *
  * The store keeps one connection (redis_conn.h) behind a mutex; claim ids
  * name (lane, stream id) in a table of this instance. A call whose reply
@@ -62,6 +66,8 @@
 #include "store_lua.h"
 
 enum { S_ENQUEUE, S_CLAIM, S_SETTLE, S_STATS, S_TICK, S_COUNT };
+/* Each script's own part; the store loads SPR_LUA_HELPERS and
+ * SPR_LUA_HOUSEKEEPING before it (script_text). */
 static const char *const SCRIPTS[S_COUNT] = {
     SPR_LUA_ENQUEUE, SPR_LUA_CLAIM, SPR_LUA_SETTLE, SPR_LUA_STATS,
     SPR_LUA_TICK};
@@ -73,16 +79,18 @@ static const char *const KEY_NAMES[NKEYS] = {
     "lane:1", "lane:2", "lane:3", "delayed", "leases",  "keys",
     "done",   "dead",   "bytes",  "seq",     "finished"};
 
-#define ENV_MAGIC 0x31455053u /* "SPE1" */
+/* The envelope's first bytes: its format (store_lua.h). */
+#define ENV_MAGIC SPR_ENV_TAG SPR_ENV_VERSION
 #define ENV_HEAD 56
 
 typedef struct held_claim {
   struct held_claim *next;
   uint64_t id;
   int lane;
-  int refused;      /* fn refused the envelope */
-  int64_t lease_ms; /* how long the server remembers its finish */
-  char sid[48];     /* stream entry id */
+  int refused;         /* fn refused the envelope */
+  int64_t deadline_ns; /* the envelope's, 0 none */
+  int64_t lease_ms;    /* how long the server remembers its finish */
+  char sid[48];        /* stream entry id */
 } held_claim;
 
 typedef struct redis_store {
@@ -90,6 +98,7 @@ typedef struct redis_store {
   spr_conn *conn;
   pthread_mutex_t mu;
   char keys[NKEYS][SPR_NAME_MAX + 16];
+  char *script[S_COUNT]; /* whole text of each script (script_text) */
   char sha[S_COUNT][48]; /* "" until loaded on this connection */
   uint64_t setup_for;    /* spr_conn_connects() the groups were made for */
   int64_t reap_at;       /* spr_now_ms() of the next removal of consumers */
@@ -130,14 +139,18 @@ static uint64_t get64(const uint8_t *p) {
 }
 
 /* The envelope (all but key and attempts, which have fields of their own)
- * as bytes: a fixed little-endian head, then tenant, body, text, tokens. */
+ * as bytes: a fixed little-endian head, then tenant, body, text, tokens.
+ * The head begins with ENV_MAGIC, "SPE" and the format's version, "1": a
+ * format that changes anything after it raises the version byte, so an
+ * older process tells an envelope it cannot read from bytes that are no
+ * envelope, and gives it back for a newer process (store_lua.h). */
 static uint8_t *env_encode(const spi_envelope *e, size_t *len) {
   size_t tl = strnlen(e->tenant, sizeof e->tenant);
   size_t n = ENV_HEAD + tl + e->body_len + e->partial_text_len +
              4 * e->partial_token_count;
   uint8_t *b = malloc(n ? n : 1);
   if (!b) return NULL;
-  put32(b, ENV_MAGIC);
+  memcpy(b, ENV_MAGIC, 4);
   put32(b + 4, (uint32_t)e->openai_kind);
   put32(b + 8, (uint32_t)e->klass);
   put32(b + 12, e->flags);
@@ -166,7 +179,7 @@ static uint8_t *env_encode(const spi_envelope *e, size_t *len) {
 static int env_decode(const uint8_t *b, size_t n, spi_envelope *e,
                       uint32_t **toks) {
   *toks = NULL;
-  if (n < ENV_HEAD || get32(b) != ENV_MAGIC) return SPI_EMODULE;
+  if (n < ENV_HEAD || memcmp(b, ENV_MAGIC, 4) != 0) return SPI_EMODULE;
   uint64_t tl = get32(b + 40), bl = get32(b + 44), xl = get32(b + 48),
            nt = get32(b + 52);
   if (tl >= sizeof e->tenant || ENV_HEAD + tl + bl + xl + 4 * nt != n)
@@ -242,30 +255,40 @@ static held_claim *claim_take(redis_store *s, uint64_t id) {
 
 /* ------------------------------------------------------------- commands */
 
-/* Every call of the store has one deadline (spr_conn_deadline), taken at
- * its start: connecting, setting the connection up and the call's scripts
- * each get what remains of it. */
+/* Every call of the store has one deadline, end (spr_conn_deadline,
+ * taken at its start: timeout_ms on, and connect_timeout_ms more when it
+ * has to connect first). Within it, connecting and setting the connection
+ * up end connect_timeout_ms after they start, and each round trip of the
+ * call's own (its script; a tick's listing and removal of consumers)
+ * timeout_ms after it is sent (step_by): so a server that answers each
+ * step within its own timeout is used after a reconnect too, and the call
+ * ends by end whatever happens. */
+static int64_t step_by(int64_t end, int ms) {
+  int64_t by = spr_now_ms() + ms;
+  return by < end ? by : end;
+}
 
-/* The replies of setup's pipeline: the consumer groups, then the scripts. */
+/* The replies of setup's pipeline: the consumer groups, then the scripts.
+ * A server that refuses for now (spr_reply_transient) is SPI_EIO. */
 static int setup_check(redis_store *s, redisReply **r, char *err,
                        size_t cap) {
   for (int lane = 0; lane < 3; lane++)
     if (r[lane]->type == REDIS_REPLY_ERROR &&
         strncmp(r[lane]->str, "BUSYGROUP", 9) != 0)
-      return rfail(err, cap, SPI_EMODULE, "redis: XGROUP CREATE %s: %.160s",
-                   s->keys[lane], r[lane]->str);
+      return rfail(err, cap,
+                   spr_reply_transient(r[lane]) ? SPI_EIO : SPI_EMODULE,
+                   "redis: XGROUP CREATE %s: %.160s", s->keys[lane],
+                   r[lane]->str);
   for (int i = 0; i < S_COUNT; i++) {
     const redisReply *x = r[3 + i];
     if (x->type != REDIS_REPLY_STRING)
-      return rfail(err, cap, SPI_EMODULE, "redis: SCRIPT LOAD %s: %.160s",
-                   SCRIPT_NAMES[i],
+      return rfail(err, cap, spr_reply_transient(x) ? SPI_EIO : SPI_EMODULE,
+                   "redis: SCRIPT LOAD %s: %.160s", SCRIPT_NAMES[i],
                    x->type == REDIS_REPLY_ERROR ? x->str : "?");
     snprintf(s->sha[i], sizeof s->sha[i], "%s", x->str);
   }
   return SPI_OK;
 }
-
-#define REAP_MAX 100 /* consumers removed at most by one call */
 
 /* A command over argv[0..argc), its lens filled in. */
 static spr_cmd cmd_of(int argc, const char **argv, size_t *lens) {
@@ -273,43 +296,118 @@ static spr_cmd cmd_of(int argc, const char **argv, size_t *lens) {
   return (spr_cmd){argc, argv, lens};
 }
 
-/* The command that removes the group's idle consumers (SPR_LUA_REAP) over
- * args (10) and lens; idle and max are its numbers as text (24 bytes). */
-static spr_cmd reap_cmd(const redis_store *s, const char **args, size_t *lens,
-                        char *idle, char *max) {
-  snprintf(idle, 24, "%d", s->cfg.consumer_idle_ms);
-  snprintf(max, 24, "%d", REAP_MAX);
-  const char *a[] = {"EVAL",     SPR_LUA_REAP, "3",
-                     s->keys[0], s->keys[1],   s->keys[2],
-                     s->cfg.group, s->cfg.consumer, idle, max};
+/* ------------------------------------------------------ idle consumers */
+
+#define REAP_MAX 100 /* consumers removed at most by one reap */
+#define REAP_HEAD 7  /* EVAL, the script, 3, the lanes, the group */
+
+/* The removal of idle consumers (SPR_LUA_REAP): its arguments, then a
+ * lane ("1".."3") and a name for each consumer picked. */
+typedef struct reap_args {
+  const char *argv[REAP_HEAD + 2 * REAP_MAX];
+  size_t lens[REAP_HEAD + 2 * REAP_MAX];
+  int n;
+} reap_args;
+
+/* XINFO CONSUMERS of lane (0..2) over args (4) and lens. */
+static spr_cmd list_cmd(const redis_store *s, int lane, const char **args,
+                        size_t *lens) {
+  const char *a[] = {"XINFO", "CONSUMERS", s->keys[lane], s->cfg.group};
   memcpy(args, a, sizeof a);
-  return cmd_of(10, args, lens);
+  return cmd_of(4, args, lens);
 }
 
-/* Remove the group's idle consumers now, by deadline; what a healthy
- * server answers is not checked (it is tidying, not the call's job). */
-static int reap(redis_store *s, int64_t deadline, char *err, size_t cap) {
-  const char *args[10];
-  size_t lens[10];
-  char idle[24], max[24];
-  spr_cmd c = reap_cmd(s, args, lens, idle, max);
+/* Pick from r, the XINFO CONSUMERS reply of lane (0..2), the consumers
+ * other than this store's with nothing pending that have not read for
+ * consumer_idle_ms, while a has room; a borrows their names from r. */
+static void pick_idle(const redis_store *s, int lane, const redisReply *r,
+                      reap_args *a) {
+  static const char *const LANES[3] = {"1", "2", "3"};
+  if (r->type != REDIS_REPLY_ARRAY) return; /* no group: nothing to do */
+  for (size_t i = 0; i < r->elements && a->n + 2 <= REAP_HEAD + 2 * REAP_MAX;
+       i++) {
+    const redisReply *c = r->element[i], *name = NULL;
+    long long pending = -1, idle = -1;
+    for (size_t j = 0; c->type == REDIS_REPLY_ARRAY && j + 1 < c->elements;
+         j += 2) {
+      const redisReply *k = c->element[j], *v = c->element[j + 1];
+      if (k->type != REDIS_REPLY_STRING) continue;
+      if (!strcmp(k->str, "name") && v->type == REDIS_REPLY_STRING)
+        name = v;
+      else if (!strcmp(k->str, "pending") && v->type == REDIS_REPLY_INTEGER)
+        pending = v->integer;
+      else if (!strcmp(k->str, "idle") && v->type == REDIS_REPLY_INTEGER)
+        idle = v->integer;
+    }
+    if (!name || pending != 0 || idle <= s->cfg.consumer_idle_ms ||
+        (name->len == strlen(s->cfg.consumer) &&
+         !memcmp(name->str, s->cfg.consumer, name->len)))
+      continue;
+    a->argv[a->n] = LANES[lane];
+    a->lens[a->n++] = 1;
+    a->argv[a->n] = name->str;
+    a->lens[a->n++] = name->len;
+  }
+}
+
+/* Remove the idle consumers found in the XINFO CONSUMERS replies of the
+ * three lanes (list[0..3)), by deadline: at most REAP_MAX, each checked
+ * again on the server. What a healthy server answers is not checked (it
+ * is tidying, not the call's job). */
+static int reap_listed(redis_store *s, redisReply *const *list,
+                       int64_t deadline, char *err, size_t cap) {
+  reap_args a;
+  const char *head[REAP_HEAD] = {"EVAL",     SPR_LUA_REAP, "3",
+                                 s->keys[0], s->keys[1],   s->keys[2],
+                                 s->cfg.group};
+  for (a.n = 0; a.n < REAP_HEAD; a.n++) {
+    a.argv[a.n] = head[a.n];
+    a.lens[a.n] = strlen(head[a.n]);
+  }
+  for (int lane = 0; lane < 3; lane++) pick_idle(s, lane, list[lane], &a);
+  if (a.n == REAP_HEAD) return SPI_OK;
+  spr_cmd c = {a.n, a.argv, a.lens};
   redisReply *r = NULL;
   int rc = spr_conn_pipeline(s->conn, 1, &c, &r, deadline, err, cap);
   if (rc == SPI_OK) freeReplyObject(r);
-  s->reap_at = spr_now_ms() + s->cfg.consumer_idle_ms;
   return rc;
 }
 
-/* After each (re)connect: the consumer groups exist, scripts are loaded,
- * idle consumers of processes gone are removed; in one round trip. */
-static int setup(redis_store *s, int64_t deadline, char *err, size_t cap) {
-  int rc = spr_conn_open_by(s->conn, deadline, err, cap);
+/* List the lanes' consumers and remove the idle ones now, each a round
+ * trip of the call that ends by end. The next time is consumer_idle_ms
+ * on, whatever happens (a slow server costs one failed tick a period). */
+static int reap(redis_store *s, int64_t end, char *err, size_t cap) {
+  const char *args[3][4];
+  size_t lens[3][4];
+  spr_cmd cmds[3];
+  for (int lane = 0; lane < 3; lane++)
+    cmds[lane] = list_cmd(s, lane, args[lane], lens[lane]);
+  redisReply *r[3];
+  s->reap_at = spr_now_ms() + s->cfg.consumer_idle_ms;
+  int rc = spr_conn_pipeline(s->conn, 3, cmds, r,
+                             step_by(end, s->cfg.timeout_ms), err, cap);
   if (rc != SPI_OK) return rc;
-  if (s->setup_for == spr_conn_connects(s->conn)) return SPI_OK;
-  enum { NSETUP = 3 + S_COUNT + 1 };
-  const char *args[NSETUP][10];
-  size_t lens[NSETUP][10];
-  char idle[24], max[24];
+  rc = reap_listed(s, r, step_by(end, s->cfg.timeout_ms), err, cap);
+  for (int lane = 0; lane < 3; lane++) freeReplyObject(r[lane]);
+  return rc;
+}
+
+/* ---------------------------------------------------------------- setup */
+
+/* After each (re)connect: the consumer groups exist and the scripts are
+ * loaded, in one round trip (the handshake's PING's, when it connects:
+ * spr_conn_setup); when removing idle consumers is due (consumer_idle_ms
+ * after the last time, at once for a new store), the lanes' consumers are
+ * listed in it too, and the idle ones removed in a second. All within
+ * connect_timeout_ms, by end. */
+static int setup(redis_store *s, int64_t end, char *err, size_t cap) {
+  if (spr_conn_up(s->conn) && s->setup_for == spr_conn_connects(s->conn))
+    return SPI_OK;
+  int64_t by = step_by(end, s->cfg.connect_timeout_ms);
+  int reaping = spr_now_ms() >= s->reap_at;
+  enum { NSETUP = 3 + S_COUNT + 3 };
+  const char *args[NSETUP][6];
+  size_t lens[NSETUP][6];
   spr_cmd cmds[NSETUP];
   for (int lane = 0; lane < 3; lane++) {
     const char *a[] = {"XGROUP", "CREATE", s->keys[lane], s->cfg.group, "0",
@@ -318,26 +416,31 @@ static int setup(redis_store *s, int64_t deadline, char *err, size_t cap) {
     cmds[lane] = cmd_of(6, args[lane], lens[lane]);
   }
   for (int i = 0; i < S_COUNT; i++) {
-    const char *a[] = {"SCRIPT", "LOAD", SCRIPTS[i]};
+    const char *a[] = {"SCRIPT", "LOAD", s->script[i]};
     memcpy(args[3 + i], a, sizeof a);
     cmds[3 + i] = cmd_of(3, args[3 + i], lens[3 + i]);
   }
-  cmds[NSETUP - 1] = reap_cmd(s, args[NSETUP - 1], lens[NSETUP - 1], idle,
-                              max);
+  for (int lane = 0; lane < 3; lane++)
+    cmds[3 + S_COUNT + lane] = list_cmd(s, lane, args[3 + S_COUNT + lane],
+                                        lens[3 + S_COUNT + lane]);
+  int n = reaping ? NSETUP : NSETUP - 3;
   redisReply *r[NSETUP];
-  rc = spr_conn_pipeline(s->conn, NSETUP, cmds, r, deadline, err, cap);
+  int rc = spr_conn_setup(s->conn, n, cmds, r, by, err, cap);
   if (rc != SPI_OK) return rc;
   rc = setup_check(s, r, err, cap);
-  for (int i = 0; i < NSETUP; i++) freeReplyObject(r[i]);
-  s->reap_at = spr_now_ms() + s->cfg.consumer_idle_ms;
+  if (rc == SPI_OK && reaping) {
+    s->reap_at = spr_now_ms() + s->cfg.consumer_idle_ms;
+    rc = reap_listed(s, r + 3 + S_COUNT, by, err, cap);
+  }
+  for (int i = 0; i < n; i++) freeReplyObject(r[i]);
   if (rc == SPI_OK) s->setup_for = spr_conn_connects(s->conn);
   return rc;
 }
 
-/* Run script which with the common arguments and extra ones, by deadline;
- * *out gets an array reply. With s->mu held. */
+/* Run script which with the common arguments and extra ones, in a call
+ * that ends by end; *out gets an array reply. With s->mu held. */
 static int run(redis_store *s, int which, const spi_replay_ctx *ctx,
-               int64_t deadline, int nextra, const char **extra,
+               int64_t end, int nextra, const char **extra,
                const size_t *extra_lens, redisReply **out, char *err,
                size_t cap) {
   *out = NULL;
@@ -352,7 +455,7 @@ static int run(redis_store *s, int which, const spi_replay_ctx *ctx,
   snprintf(nkeys, sizeof nkeys, "%d", NKEYS);
   const char *common[NCOMMON] = {now, maxatt, s->cfg.group, maxdead, maxdone};
   for (int attempt = 0; attempt < 2; attempt++) {
-    int rc = setup(s, deadline, err, cap);
+    int rc = setup(s, end, err, cap);
     if (rc != SPI_OK) return rc;
     int n = 0;
     argv[n++] = "EVALSHA";
@@ -366,7 +469,8 @@ static int run(redis_store *s, int which, const spi_replay_ctx *ctx,
       lens[n] = extra_lens ? extra_lens[i] : strlen(extra[i]);
     }
     redisReply *r = NULL;
-    rc = spr_conn_command_by(s->conn, n, argv, lens, &r, deadline, err, cap);
+    rc = spr_conn_command_by(s->conn, n, argv, lens, &r,
+                             step_by(end, s->cfg.timeout_ms), err, cap);
     if (rc != SPI_OK) return rc;
     s->calls++;
     if (r->type == REDIS_REPLY_ARRAY && r->elements >= 1 &&
@@ -461,18 +565,46 @@ static int finish(redis_store *s, const spi_replay_ctx *ctx, int64_t deadline,
   return SPI_OK;
 }
 
-/* A claimed entry that is not an envelope (written by something else, or
- * damaged): nothing will ever take it, so it is dead-lettered now (why
- * "malformed") instead of coming back each time its lease ends. The
+/* "entry <id> of <key>" of a claim's reply r (its id and key elements),
+ * for messages; the key cut at 64 bytes. */
+static const char *entry_name(const redisReply *r, char *buf, size_t cap) {
+  const redisReply *id = r->element[2], *k = r->element[3];
+  int ids = id->type == REDIS_REPLY_STRING;
+  int klen = k->type == REDIS_REPLY_STRING ? (int)(k->len < 64 ? k->len : 64)
+                                           : 0;
+  if (klen)
+    snprintf(buf, cap, "entry %.*s of %.*s", ids ? (int)id->len : 1,
+             ids ? id->str : "?", klen, k->str);
+  else
+    snprintf(buf, cap, "entry %.*s without a key", ids ? (int)id->len : 1,
+             ids ? id->str : "?");
+  return buf;
+}
+
+/* The claim script met an entry that is not as an enqueue writes one
+ * (reply r: {expired, 0, id, key, what is wrong}) and dead-lettered it
+ * (why "malformed"): the claim's answer is the error. */
+static int met_malformed(const redisReply *r, char *err, size_t cap) {
+  char name[160];
+  const redisReply *what = r->element[4];
+  return rfail(err, cap, SPI_EMODULE,
+               "redis: claim: %s is malformed (%.*s): dead-lettered",
+               entry_name(r, name, sizeof name),
+               what->type == REDIS_REPLY_STRING ? (int)what->len : 1,
+               what->type == REDIS_REPLY_STRING ? what->str : "?");
+}
+
+/* A claimed entry whose envelope does not decode (written by something
+ * else, or damaged): nothing will ever take it, so it is dead-lettered now
+ * (why "malformed") instead of coming back each time its lease ends. The
  * claim's answer is the error; the next claim goes on. */
 static int drop_malformed(redis_store *s, const spi_replay_ctx *ctx,
                           int64_t deadline, const redisReply *r, char *err,
                           size_t cap) {
-  const redisReply *id = r->element[2], *k = r->element[3], *a = r->element[4];
-  char sid[48];
+  const redisReply *id = r->element[2], *a = r->element[4];
+  char sid[48], name[160];
   snprintf(sid, sizeof sid, "%.*s", (int)id->len, id->str);
-  int ks = k->type == REDIS_REPLY_STRING;
-  int klen = ks ? (int)(k->len < 64 ? k->len : 64) : 0;
+  entry_name(r, name, sizeof name);
   uint32_t att =
       a->type == REDIS_REPLY_STRING ? (uint32_t)strtoul(a->str, NULL, 10) : 0;
   long long st = -1;
@@ -483,13 +615,13 @@ static int drop_malformed(redis_store *s, const spi_replay_ctx *ctx,
   pthread_mutex_unlock(&s->mu);
   if (rc == SPI_OK && st == 0)
     return rfail(err, cap, SPI_EMODULE,
-                 "redis: claim: entry %s of %.*s is not an envelope: "
-                 "dead-lettered",
-                 sid, klen, ks ? k->str : "");
+                 "redis: claim: %s is malformed (its envelope does not "
+                 "decode): dead-lettered",
+                 name);
   return rfail(err, cap, rc == SPI_OK ? SPI_EMODULE : rc,
-               "redis: claim: entry %s of %.*s is not an envelope; "
-               "dead-lettering it failed: %s",
-               sid, klen, ks ? k->str : "", why);
+               "redis: claim: %s is malformed (its envelope does not "
+               "decode); dead-lettering it failed: %s",
+               name, why);
 }
 
 /* Hand the claimed entry of reply r to fn; the claim id on success.
@@ -522,6 +654,7 @@ static int hand_claim(redis_store *s, const spi_replay_ctx *ctx,
     return rfail(err, cap, SPI_ENOMEM, "redis: out of memory");
   }
   c->lane = (int)int_at(r, 1);
+  c->deadline_ns = env.deadline_ns;
   c->lease_ms = ctx->lease_ms;
   memcpy(c->sid, id->str, id->len);
   rc = fn(fn_data, &env);
@@ -558,10 +691,24 @@ static int r_claim(void *state, void *inst, const spi_replay_ctx *ctx,
   if (rc != SPI_OK) return rc;
   if (r->elements >= 6)
     rc = hand_claim(s, ctx, deadline, r, fn, fn_data, claim_id, err, cap);
+  else if (r->elements == 5 && int_at(r, 1) == 0)
+    rc = met_malformed(r, err, cap);
   else if (r->elements != 1)
     rc = rfail(err, cap, SPI_EMODULE, "redis: claim: unexpected reply");
   freeReplyObject(r);
   return rc;
+}
+
+/* Why the library dead-letters held claim c with a nack of attempts: it
+ * refused the envelope, or the envelope reached max_attempts or its
+ * deadline. The library decides on those two only, so a nack below
+ * max_attempts is for the deadline; past both, the deadline is named, as
+ * the housekeeping names it. */
+static const char *dead_why(const held_claim *c, const spi_replay_ctx *ctx,
+                            uint32_t attempts) {
+  if (c->refused) return "refused";
+  int late = c->deadline_ns != 0 && ctx->now_ns >= c->deadline_ns;
+  return late || attempts < ctx->max_attempts ? "deadline" : "attempts";
 }
 
 /* Ack (what 0), retry (1) or dead-letter (2) a held claim. */
@@ -578,7 +725,7 @@ static int settle(redis_store *s, const spi_replay_ctx *ctx, uint64_t id,
   long long st = -1;
   int rc = finish(s, ctx, spr_conn_deadline(s->conn), c->lane, c->sid, what,
                   attempts, visible_ns, c->lease_ms,
-                  c->refused ? "refused" : "attempts", &st, err, cap);
+                  dead_why(c, ctx, attempts), &st, err, cap);
   if (rc == SPI_EIO)
     claim_put(s, c); /* may still be held: the caller may try again */
   else
@@ -638,11 +785,10 @@ static int r_tick(void *state, void *inst, const spi_replay_ctx *ctx,
   redis_store *s = inst;
   redisReply *r = NULL;
   pthread_mutex_lock(&s->mu);
-  int64_t deadline = spr_conn_deadline(s->conn);
-  int rc = run(s, S_TICK, ctx, deadline, 0, NULL, NULL, &r, err, cap);
+  int64_t end = spr_conn_deadline(s->conn);
+  int rc = run(s, S_TICK, ctx, end, 0, NULL, NULL, &r, err, cap);
   /* A long-lived connection still tidies up now and then. */
-  if (rc == SPI_OK && spr_now_ms() >= s->reap_at)
-    rc = reap(s, deadline, err, cap);
+  if (rc == SPI_OK && spr_now_ms() >= s->reap_at) rc = reap(s, end, err, cap);
   pthread_mutex_unlock(&s->mu);
   freeReplyObject(r);
   return rc;
@@ -659,6 +805,19 @@ static int r_stats(void *state, void *inst, spi_replay_store_stats *out) {
 
 /* ------------------------------------------------------ open and close */
 
+/* The whole text of script which: the helpers, the housekeeping and its
+ * own part (store_lua.h); NULL when out of memory. */
+static char *script_text(int which) {
+  size_t a = strlen(SPR_LUA_HELPERS), b = strlen(SPR_LUA_HOUSEKEEPING),
+         c = strlen(SCRIPTS[which]);
+  char *t = malloc(a + b + c + 1);
+  if (!t) return NULL;
+  memcpy(t, SPR_LUA_HELPERS, a);
+  memcpy(t + a, SPR_LUA_HOUSEKEEPING, b);
+  memcpy(t + a + b, SCRIPTS[which], c + 1);
+  return t;
+}
+
 static void r_release(void *state, void *inst) {
   (void)state;
   redis_store *s = inst;
@@ -670,6 +829,7 @@ static void r_release(void *state, void *inst) {
       free(c);
     }
   free(s->tab);
+  for (int i = 0; i < S_COUNT; i++) free(s->script[i]);
   pthread_mutex_destroy(&s->mu);
   free(s);
 }
@@ -682,8 +842,12 @@ static int r_configure(void *state, const char *json, size_t len,
   if (!s) return rfail(err, cap, SPI_ENOMEM, "redis: out of memory");
   s->mask = 255;
   s->tab = calloc(s->mask + 1, sizeof *s->tab);
-  if (!s->tab || pthread_mutex_init(&s->mu, NULL) != 0) {
+  int scripts = 1;
+  for (int i = 0; i < S_COUNT; i++)
+    scripts = (s->script[i] = script_text(i)) != NULL && scripts;
+  if (!s->tab || !scripts || pthread_mutex_init(&s->mu, NULL) != 0) {
     free(s->tab);
+    for (int i = 0; i < S_COUNT; i++) free(s->script[i]);
     free(s);
     return rfail(err, cap, SPI_ENOMEM, "redis: out of memory");
   }

@@ -445,7 +445,8 @@ typedef struct spi_replay_ctx {
  * the claim's answer: the store keeps the claim (it is returned by claim's
  * *claim_id as usual). When the library refused the envelope (no key, a
  * class out of range: it will never take it), it dead-letters the claim
- * at once with nack (dead set, attempts unchanged).
+ * at once with nack (dead set, attempts unchanged); while that nack returns
+ * SPI_EIO, the library repeats it on later claims and ticks.
  */
 typedef int (*spi_replay_envelope_fn)(void *fn_data, const spi_envelope *env);
 

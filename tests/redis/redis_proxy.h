@@ -68,7 +68,9 @@ static inline void rp_accept(rp_proxy *p) {
 }
 
 /* Bytes from one side to the other; replies (from the server) are held
- * back or dropped as asked. */
+ * back or dropped as asked. Replies that came while one was held back go
+ * with it: the delay is a link's, once per round trip, however the server's
+ * replies to a pipeline were cut into reads. */
 static inline void rp_pass(rp_proxy *p, int from_server) {
   char buf[65536];
   ssize_t n = recv(from_server ? p->sfd : p->cfd, buf, sizeof buf, 0);
@@ -84,6 +86,11 @@ static inline void rp_pass(rp_proxy *p, int from_server) {
   if (from_server && delay > 0) {
     struct timespec ts = {delay / 1000, (long)(delay % 1000) * 1000000L};
     nanosleep(&ts, NULL);
+    ssize_t more;
+    while ((size_t)n < sizeof buf &&
+           (more = recv(p->sfd, buf + n, sizeof buf - (size_t)n,
+                        MSG_DONTWAIT)) > 0)
+      n += more;
   }
   if (rp_write_all(from_server ? p->cfd : p->sfd, buf, (size_t)n) != 0)
     rp_close_pair(p);

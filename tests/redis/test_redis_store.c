@@ -27,6 +27,7 @@
 #include "spotinfer/spotinfer_redis.h"
 #include "redis_conn.h"
 #include "redis_proxy.h"
+#include "store_lua.h"
 #include "unit/journal_files.h"
 #include "unit/replay_helpers.h"
 
@@ -191,19 +192,27 @@ static int64_t mono_ms(void) {
   return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
-/* A queue on the Redis store behind proxy p; extra is more store_config
- * members or "". Reconnects are not held back. */
-static void open_proxied(spi_engine *e, const rp_proxy *p, const char *prefix,
-                         const char *extra, spi_replay_queue **q) {
+/* A queue on the Redis store behind proxy p; top is more "replay" members
+ * and extra more store_config members, or "". Reconnects are not held
+ * back. */
+static void open_proxied_with(spi_engine *e, const rp_proxy *p,
+                              const char *prefix, const char *top,
+                              const char *extra, spi_replay_queue **q) {
   char json[768];
   snprintf(json, sizeof json,
-           "{\"store\":\"redis\",\"store_config\":{\"address\":"
+           "{%s%s\"store\":\"redis\",\"store_config\":{\"address\":"
            "\"127.0.0.1:%d\",\"key_prefix\":\"%s:%ld:\","
            "\"reconnect_min_ms\":0,\"reconnect_max_ms\":0%s%s}}",
-           p->port, prefix, (long)getpid(), extra[0] ? "," : "", extra);
+           top, top[0] ? "," : "", p->port, prefix, (long)getpid(),
+           extra[0] ? "," : "", extra);
   int rc = open_q(e, json, q);
   if (rc != SPI_OK) print_error("open: %s\n", spi_engine_errmsg(e));
   assert_int_equal(rc, SPI_OK);
+}
+
+static void open_proxied(spi_engine *e, const rp_proxy *p, const char *prefix,
+                         const char *extra, spi_replay_queue **q) {
+  open_proxied_with(e, p, prefix, "", extra, q);
 }
 
 /* Drop q's connection: the next call connects again. */
@@ -233,11 +242,25 @@ static int proxy_down(void **st) {
   return 0;
 }
 
-/* A call that has to connect has one deadline, connect_timeout_ms +
- * timeout_ms from its start: connecting, setting the connection up
- * (consumer groups, scripts: one round trip) and the call's own script
- * share it. Each step had a timeout of its own, so a slow server could hold
- * a call for ten round trips' time, each within its timeout. */
+/* Enqueue key on q; its status, and in *took how long it took (ms). */
+static int timed_enqueue(spi_replay_queue *q, const char *key, int64_t *took) {
+  spi_envelope v = env_of(key);
+  int64_t t0 = mono_ms();
+  int rc = spi_replay_enqueue(q, &v, NULL);
+  *took = mono_ms() - t0;
+  return rc;
+}
+
+/* A call has one deadline: timeout_ms, and connect_timeout_ms more when it
+ * has to connect first. Connecting and setting the connection up (the
+ * handshake's PING with the consumer groups and the scripts: one round
+ * trip) end within connect_timeout_ms, and the call's script has
+ * timeout_ms from when it is sent: a server that answers each round trip
+ * within its timeout is used after a reconnect too. All three round trips
+ * shared the one deadline, so a server slower than a third of it failed
+ * every call that reconnected, and was never used again once the
+ * connection dropped; before that, each step had a timeout of its own, and
+ * a slow server could hold a call for ten round trips. */
 static void test_one_deadline_per_call(void **st) {
   rp_proxy *p = *st;
   if (!p) skip();
@@ -246,51 +269,82 @@ static void test_one_deadline_per_call(void **st) {
   spi_replay_queue *q = NULL;
   open_proxied(e, p, "dl",
                "\"connect_timeout_ms\":600,\"timeout_ms\":600", &q);
-  /* 100 ms a reply: connecting, the setup and the enqueue take three or
-   * four round trips (they took ten). */
+  /* 100 ms a round trip: connecting and setting up, then the enqueue. */
   drop_connection(p, q);
   rp_set_delay(p, 100);
-  spi_envelope v = env_of("d1");
-  int64_t t0 = mono_ms();
-  int rc = spi_replay_enqueue(q, &v, NULL);
-  int64_t took = mono_ms() - t0;
+  int64_t took = 0;
+  int rc = timed_enqueue(q, "d1", &took);
   if (rc != SPI_OK) print_error("enqueue: %s\n", spi_replay_errmsg(q));
   assert_int_equal(rc, SPI_OK);
   if (took >= 1000)
     print_error("a call that connected took %lld ms\n", (long long)took);
   assert_true(took < 1000);
-  /* 450 ms a reply, each within its 600: the three round trips do not fit
-   * in 1200, and the call ends at its deadline (it succeeded after ten). */
+  /* 450 ms a round trip, each within its 600 (three past 1200): the call
+   * that reconnects, and those after it, succeed. */
   rp_set_delay(p, 0);
   drop_connection(p, q);
   rp_set_delay(p, 450);
-  v = env_of("d2");
-  t0 = mono_ms();
-  rc = spi_replay_enqueue(q, &v, NULL);
-  took = mono_ms() - t0;
+  for (int i = 0; i < 3; i++) {
+    char key[8];
+    snprintf(key, sizeof key, "s%d", i);
+    rc = timed_enqueue(q, key, &took);
+    if (rc != SPI_OK || took >= 1200)
+      print_error("slow server, call %d: %d in %lld ms: %s\n", i, rc,
+                  (long long)took, spi_replay_errmsg(q));
+    assert_int_equal(rc, SPI_OK);
+    assert_true(took < 1200);
+  }
+  /* 700 ms a round trip: the setup is not answered within the 600 of
+   * connecting, and the call ends then. */
+  rp_set_delay(p, 0);
+  drop_connection(p, q);
+  rp_set_delay(p, 700);
+  rc = timed_enqueue(q, "d2", &took);
   assert_int_equal(rc, SPI_EIO);
   assert_non_null(strstr(spi_replay_errmsg(q), "timed out"));
-  if (took < 1150 || took > 2000)
-    print_error("a call with a deadline of 1200 ms took %lld ms\n",
+  if (took < 550 || took > 1000)
+    print_error("a call whose setup is late took %lld ms\n", (long long)took);
+  assert_true(took >= 550 && took <= 1000);
+  rp_set_delay(p, 0);
+  spi_replay_close(q);
+  /* connect_timeout_ms 900, timeout_ms 400, 500 ms a round trip: set up in
+   * time, and the script is late by its own 400, not by what is left of
+   * the 1300 (it had 800 of it and succeeded). */
+  open_proxied(e, p, "dl",
+               "\"connect_timeout_ms\":900,\"timeout_ms\":400", &q);
+  drop_connection(p, q);
+  rp_set_delay(p, 500);
+  rc = timed_enqueue(q, "d3", &took);
+  assert_int_equal(rc, SPI_EIO);
+  assert_non_null(strstr(spi_replay_errmsg(q), "read: timed out"));
+  if (took < 850 || took > 1300)
+    print_error("a script late by its 400 ms took %lld ms\n",
                 (long long)took);
-  assert_true(took >= 1150 && took <= 2000);
+  assert_true(took >= 850 && took <= 1300);
+  rp_set_delay(p, 0);
   spi_replay_close(q);
   spi_engine_free(e);
 }
 
 /* A queue on the Redis store straight to the server (no proxy), on the
- * same keys as open_proxied(prefix). */
-static void open_direct(spi_engine *e, const char *prefix, const char *extra,
-                        spi_replay_queue **q) {
+ * same keys as open_proxied(prefix); top and extra as there. */
+static void open_direct_with(spi_engine *e, const char *prefix,
+                             const char *top, const char *extra,
+                             spi_replay_queue **q) {
   char json[768];
   snprintf(json, sizeof json,
-           "{\"store\":\"redis\",\"store_config\":{\"address\":"
+           "{%s%s\"store\":\"redis\",\"store_config\":{\"address\":"
            "\"127.0.0.1:%s\",\"key_prefix\":\"%s:%ld:\"%s%s}}",
-           getenv("SPI_REDIS_PORT"), prefix, (long)getpid(),
-           extra[0] ? "," : "", extra);
+           top, top[0] ? "," : "", getenv("SPI_REDIS_PORT"), prefix,
+           (long)getpid(), extra[0] ? "," : "", extra);
   int rc = open_q(e, json, q);
   if (rc != SPI_OK) print_error("open: %s\n", spi_engine_errmsg(e));
   assert_int_equal(rc, SPI_OK);
+}
+
+static void open_direct(spi_engine *e, const char *prefix, const char *extra,
+                        spi_replay_queue **q) {
+  open_direct_with(e, prefix, "", extra, q);
 }
 
 static void claim_key(spi_replay_queue *q, uint32_t mask, int64_t lease_ms,
@@ -452,6 +506,7 @@ static void test_claim_dead_letters_what_cannot_be_taken(void **st) {
   memcpy(blob + 56, "{}", 2);
   xadd_entry(k, lane, "bad1", blob, sizeof blob);
   xadd_entry(k, lane, "bad2", (const uint8_t *)"nope", 4);
+  xadd_entry(k, lane, "bad3", blob, sizeof blob - 1); /* lengths wrong */
   spi_envelope v = env_of("good");
   rq_enqueue(q, &v);
   rq_claimed c;
@@ -461,20 +516,25 @@ static void test_claim_dead_letters_what_cannot_be_taken(void **st) {
                          "dead-lettered"));
   assert_int_equal(rq_claim(q, RQ_ALL, 0, &c), SPI_EMODULE);
   assert_non_null(strstr(spi_replay_errmsg(q),
-                         "of bad2 is not an envelope: dead-lettered"));
+                         "of bad2 is malformed (field e is not an envelope): "
+                         "dead-lettered"));
+  assert_int_equal(rq_claim(q, RQ_ALL, 0, &c), SPI_EMODULE);
+  assert_non_null(strstr(spi_replay_errmsg(q),
+                         "of bad3 is malformed (its envelope does not decode): "
+                         "dead-lettered"));
   claim_key(q, RQ_ALL, 0, "good", &c);
   assert_int_equal(spi_replay_ack(q, c.id), SPI_OK);
   spi_replay_stats s = rq_stats(q);
-  assert_int_equal(s.dead, 2);
+  assert_int_equal(s.dead, 3);
   assert_int_equal(s.leased, 0);
   assert_int_equal(s.ready[SPI_CLASS_GOLD], 0);
   /* The dead letters say why. */
   const char *argv[] = {"XRANGE", dead, "-", "+"};
   size_t lens[] = {6, strlen(dead), 1, 1};
   redisReply *r = raw(k, 4, argv, lens);
-  assert_int_equal(r->elements, 2);
-  const char *why[] = {"refused", "malformed"};
-  for (size_t i = 0; i < 2; i++) {
+  assert_int_equal(r->elements, 3);
+  const char *why[] = {"refused", "malformed", "malformed"};
+  for (size_t i = 0; i < 3; i++) {
     const redisReply *f = r->element[i]->element[1];
     const char *got = "";
     for (size_t j = 0; j + 1 < f->elements; j += 2)
@@ -489,9 +549,305 @@ static void test_claim_dead_letters_what_cannot_be_taken(void **st) {
 
 /* A command of words straight to the server. */
 static redisReply *raw_words(spr_conn *k, int argc, const char **argv) {
-  size_t lens[12];
+  size_t lens[16];
   for (int i = 0; i < argc; i++) lens[i] = strlen(argv[i]);
   return raw(k, argc, argv, lens);
+}
+
+/* The integer a command of words answers. */
+static long long raw_int(spr_conn *k, int argc, const char **argv) {
+  redisReply *r = raw_words(k, argc, argv);
+  long long n = r->type == REDIS_REPLY_INTEGER ? r->integer : -1;
+  freeReplyObject(r);
+  return n;
+}
+
+/* The keys of one test's queue (prefix:pid:name). */
+typedef struct qkeys {
+  char lane1[96], dead[96], leases[96], delayed[96], bytes[96], fin[96];
+} qkeys;
+
+static qkeys keys_of(const char *prefix) {
+  qkeys q;
+  long pid = (long)getpid();
+  snprintf(q.lane1, sizeof q.lane1, "%s:%ld:lane:1", prefix, pid);
+  snprintf(q.dead, sizeof q.dead, "%s:%ld:dead", prefix, pid);
+  snprintf(q.leases, sizeof q.leases, "%s:%ld:leases", prefix, pid);
+  snprintf(q.delayed, sizeof q.delayed, "%s:%ld:delayed", prefix, pid);
+  snprintf(q.bytes, sizeof q.bytes, "%s:%ld:bytes", prefix, pid);
+  snprintf(q.fin, sizeof q.fin, "%s:%ld:finished", prefix, pid);
+  return q;
+}
+
+/* Field name of the i-th entry of stream key ("" when it has none). */
+static void entry_field(spr_conn *k, const char *key, size_t i,
+                        const char *name, char *out, size_t cap) {
+  const char *argv[] = {"XRANGE", key, "-", "+"};
+  redisReply *r = raw_words(k, 4, argv);
+  out[0] = '\0';
+  assert_true(i < r->elements);
+  const redisReply *f = r->element[i]->element[1];
+  for (size_t j = 0; j + 1 < f->elements; j += 2)
+    if (!strcmp(f->element[j]->str, name))
+      snprintf(out, cap, "%s", f->element[j + 1]->str);
+  freeReplyObject(r);
+}
+
+/* An envelope in a later format than this build's ("SPE2": a newer
+ * process wrote it, in a rolling upgrade) is given back untried, not
+ * dead-lettered: the claim goes on to the next entry, and it waits in the
+ * delayed set until the claim's lease would have ended, its attempts
+ * unchanged, then goes back to its lane for whoever claims next. Bytes
+ * that only look like it ("SPE0") are malformed. */
+static void test_claim_gives_back_a_later_format(void **st) {
+  (void)st;
+  if (!getenv("SPI_REDIS_PORT")) skip();
+  rq_hooks h = {.now = 1700000000000LL * 1000000, .fail_at = -1};
+  spi_hooks sh = rq_hooks_of(&h);
+  spi_engine *e = NULL;
+  assert_int_equal(spi_engine_new(&e, &sh), SPI_OK);
+  spi_replay_queue *q = NULL;
+  open_direct(e, "later", "", &q);
+  spr_conn *k = raw_conn();
+  qkeys K = keys_of("later");
+  const char *next[] = {"XADD", K.lane1, "*", "k", "next", "a", "2",
+                        "dl", "0", "l", "1", "e", "SPE2 a newer format"};
+  freeReplyObject(raw_words(k, 13, next));
+  const char *zero[] = {"XADD", K.lane1, "*", "k", "zero", "a", "0",
+                        "dl", "0", "l", "1", "e", "SPE0"};
+  freeReplyObject(raw_words(k, 13, zero));
+  spi_envelope v = env_of("good");
+  rq_enqueue(q, &v);
+  rq_claimed c;
+  assert_int_equal(rq_claim(q, RQ_ALL, 1000, &c), SPI_EMODULE);
+  assert_non_null(strstr(spi_replay_errmsg(q),
+                         "of zero is malformed (field e is not an envelope)"));
+  claim_key(q, RQ_ALL, 1000, "good", &c);
+  assert_int_equal(spi_replay_ack(q, c.id), SPI_OK);
+  spi_replay_stats s = rq_stats(q);
+  assert_int_equal(s.dead, 1);
+  assert_int_equal(s.delayed, 1);
+  assert_int_equal(s.leased, 0);
+  /* Back in its lane when the lease would have ended, untouched. */
+  h.now += 999LL * 1000000;
+  assert_int_equal(spi_replay_tick(q), SPI_OK);
+  assert_int_equal(rq_stats(q).delayed, 1);
+  h.now += 1LL * 1000000;
+  assert_int_equal(spi_replay_tick(q), SPI_OK);
+  s = rq_stats(q);
+  assert_int_equal(s.delayed, 0);
+  assert_int_equal(s.ready[SPI_CLASS_GOLD], 1);
+  assert_int_equal(s.dead, 1);
+  char got[64];
+  entry_field(k, K.lane1, 0, "k", got, sizeof got);
+  assert_string_equal(got, "next");
+  entry_field(k, K.lane1, 0, "a", got, sizeof got);
+  assert_string_equal(got, "2");
+  entry_field(k, K.lane1, 0, "e", got, sizeof got);
+  assert_string_equal(got, "SPE2 a newer format");
+  /* Still known to the queue: enqueued again, it is a duplicate. */
+  v = env_of("next");
+  assert_int_equal(rq_is_dup(q, &v), 1);
+  spr_conn_free(k);
+  spi_replay_close(q);
+  spi_engine_free(e);
+}
+
+/* The finishes the server remembers (P finished) are at most
+ * replay.max_acked_keys: beyond, the one due to be forgotten first goes,
+ * and its repeat after a lost answer is SPI_ESTALE (as every repeat was
+ * before P finished); one still held answers SPI_OK. They were kept for
+ * the lease length whatever their number. */
+static void test_finished_bounded(void **st) {
+  rp_proxy *p = *st;
+  if (!p) skip();
+  rq_hooks h = {.now = 1700000000000LL * 1000000, .fail_at = -1};
+  spi_hooks sh = rq_hooks_of(&h);
+  spi_engine *e = NULL;
+  assert_int_equal(spi_engine_new(&e, &sh), SPI_OK);
+  spi_replay_queue *q = NULL;
+  open_proxied_with(e, p, "finb", "\"max_acked_keys\":2", "", &q);
+  spr_conn *k = raw_conn();
+  qkeys K = keys_of("finb");
+  const char *zcard[] = {"ZCARD", K.fin};
+  const char *keys[] = {"f1", "f2", "f3", "f4", "f5"};
+  for (int i = 0; i < 5; i++) {
+    spi_envelope v = rq_envelope(keys[i], SPI_CLASS_SILVER, "{}");
+    rq_enqueue(q, &v);
+  }
+  rq_claimed c[5];
+  for (int i = 0; i < 5; i++) {
+    claim_key(q, SILVER, 0, keys[i], &c[i]);
+    if (i == 0 || i == 2) {
+      rp_drop_next_reply(p); /* done, its answer lost */
+      assert_int_equal(spi_replay_ack(q, c[i].id), SPI_EIO);
+    } else {
+      assert_int_equal(spi_replay_ack(q, c[i].id), SPI_OK);
+    }
+    if (i == 1) /* f1's finish is one of the two: its repeat is done */
+      assert_int_equal(spi_replay_ack(q, c[0].id), SPI_OK);
+    assert_true(raw_int(k, 2, zcard) <= 2);
+    h.now += 1000000; /* each finish due a millisecond after the one before */
+  }
+  assert_int_equal(raw_int(k, 2, zcard), 2);
+  /* f3's finish was forgotten for f4's and f5's. */
+  assert_int_equal(spi_replay_ack(q, c[2].id), SPI_ESTALE);
+  assert_int_equal(rq_stats(q).acked, 4);
+  spr_conn_free(k);
+  spi_replay_close(q);
+  spi_engine_free(e);
+}
+
+/* A dead letter the library makes with a nack says why: "deadline" for an
+ * envelope whose deadline passed before its attempts ran out (it said
+ * "attempts"), "attempts" for one that ran out of them. */
+static void test_dead_letter_says_why(void **st) {
+  (void)st;
+  if (!getenv("SPI_REDIS_PORT")) skip();
+  rq_hooks h = {.now = 1700000000000LL * 1000000, .fail_at = -1};
+  spi_hooks sh = rq_hooks_of(&h);
+  spi_engine *e = NULL;
+  assert_int_equal(spi_engine_new(&e, &sh), SPI_OK);
+  spi_replay_queue *q = NULL;
+  open_direct_with(e, "why", "\"max_attempts\":2", "", &q);
+  spr_conn *k = raw_conn();
+  qkeys K = keys_of("why");
+  spi_envelope v = rq_envelope("late", SPI_CLASS_GOLD, "{}");
+  v.deadline_ns = h.now + 500 * 1000000LL;
+  rq_enqueue(q, &v);
+  v = rq_envelope("spent", SPI_CLASS_GOLD, "{}");
+  rq_enqueue(q, &v);
+  rq_claimed c;
+  claim_key(q, GOLD, 0, "late", &c);
+  h.now += 1000 * 1000000LL;
+  assert_int_equal(spi_replay_nack(q, c.id), SPI_OK); /* 1 of 2 attempts */
+  claim_key(q, GOLD, 0, "spent", &c);
+  assert_int_equal(spi_replay_nack(q, c.id), SPI_OK);
+  h.now += 3600LL * 1000 * 1000000; /* its backoff is over */
+  claim_key(q, GOLD, 0, "spent", &c);
+  assert_int_equal(spi_replay_nack(q, c.id), SPI_OK); /* 2 of 2 */
+  assert_int_equal(rq_stats(q).dead, 2);
+  char got[64];
+  entry_field(k, K.dead, 0, "k", got, sizeof got);
+  assert_string_equal(got, "late");
+  entry_field(k, K.dead, 0, "why", got, sizeof got);
+  assert_string_equal(got, "deadline");
+  entry_field(k, K.dead, 1, "k", got, sizeof got);
+  assert_string_equal(got, "spent");
+  entry_field(k, K.dead, 1, "why", got, sizeof got);
+  assert_string_equal(got, "attempts");
+  spr_conn_free(k);
+  spi_replay_close(q);
+  spi_engine_free(e);
+}
+
+/* Entries a lane can hold that an enqueue never writes: a field missing
+ * (dl, l, e, k), attempts that are no count. A claim that meets one
+ * dead-letters it (why "malformed", everything the entry had kept) and
+ * answers the error naming what is wrong; the next claim goes on. One
+ * without dl stopped the claim script after XREADGROUP (held with no
+ * lease, never handed out again, its consumer never removed); one without
+ * l was deleted by the dead-lettering that then failed; one without e cut
+ * the script's reply short and was deleted later without a dead letter.
+ * Leases and backoffs of such entries (made by an older store, or by hand)
+ * are dead-lettered the same way when they come due. */
+static void test_claim_dead_letters_malformed_entries(void **st) {
+  (void)st;
+  if (!getenv("SPI_REDIS_PORT")) skip();
+  rq_hooks h = {.now = 1700000000000LL * 1000000, .fail_at = -1};
+  spi_hooks sh = rq_hooks_of(&h);
+  spi_engine *e = NULL;
+  assert_int_equal(spi_engine_new(&e, &sh), SPI_OK);
+  spi_replay_queue *q = NULL;
+  open_direct(e, "mal", "", &q);
+  spr_conn *k = raw_conn();
+  qkeys K = keys_of("mal");
+  spi_envelope v = env_of("good");
+  rq_enqueue(q, &v);
+  redisReply *r = NULL;
+  /* Taken out and put back behind the bad ones. */
+  rq_claimed c;
+  claim_key(q, RQ_ALL, 0, "good", &c);
+  static const struct {
+    int n; /* words in fields */
+    const char *fields[10];
+    const char *what;
+  } bad[] = {
+      {8, {"k", "noDL", "a", "0", "l", "1", "e", "x"}, "no field dl"},
+      {8, {"k", "noL", "a", "0", "dl", "0", "e", "x"}, "no field l"},
+      {8, {"k", "noE", "a", "0", "dl", "0", "l", "1"}, "no field e"},
+      {8, {"a", "0", "dl", "0", "l", "1", "e", "x"}, "no field k"},
+      {10, {"k", "badA", "a", "x", "dl", "0", "l", "1", "e", "x"},
+       "field a is not a count"},
+      {10, {"k", "badL", "a", "0", "dl", "0", "l", "7", "e", "x"},
+       "field l is not a lane"},
+  };
+  size_t nbad = sizeof bad / sizeof bad[0];
+  for (size_t i = 0; i < nbad; i++) {
+    const char *argv[13] = {"XADD", K.lane1, "*"};
+    for (int j = 0; j < bad[i].n; j++) argv[3 + j] = bad[i].fields[j];
+    freeReplyObject(raw_words(k, 3 + bad[i].n, argv));
+  }
+  assert_int_equal(spi_replay_nack(q, c.id), SPI_OK);
+  h.now += 3600LL * 1000 * 1000000; /* its backoff is over */
+  for (size_t i = 0; i < nbad; i++) {
+    int rc = rq_claim(q, RQ_ALL, 0, &c);
+    char want[96];
+    snprintf(want, sizeof want, "malformed (%s): dead-lettered", bad[i].what);
+    if (rc != SPI_EMODULE || !strstr(spi_replay_errmsg(q), want))
+      print_error("bad entry %zu: %d %s\n", i, rc, spi_replay_errmsg(q));
+    assert_int_equal(rc, SPI_EMODULE);
+    assert_non_null(strstr(spi_replay_errmsg(q), want));
+  }
+  claim_key(q, RQ_ALL, 0, "good", &c);
+  assert_int_equal(spi_replay_ack(q, c.id), SPI_OK);
+  spi_replay_stats s = rq_stats(q);
+  assert_int_equal(s.dead, nbad);
+  assert_int_equal(s.leased, 0);
+  assert_int_equal(s.ready[SPI_CLASS_GOLD], 0);
+  const char *pending[] = {"XPENDING", K.lane1, "spotinfer"};
+  r = raw_words(k, 3, pending);
+  assert_int_equal(r->element[0]->integer, 0);
+  freeReplyObject(r);
+  const char *xlen[] = {"XLEN", K.lane1};
+  assert_int_equal(raw_int(k, 2, xlen), 0);
+  char got[64];
+  for (size_t i = 0; i < nbad; i++) {
+    entry_field(k, K.dead, i, "why", got, sizeof got);
+    assert_string_equal(got, "malformed");
+  }
+  entry_field(k, K.dead, 0, "k", got, sizeof got);
+  assert_string_equal(got, "noDL");
+  entry_field(k, K.dead, 2, "l", got, sizeof got);
+  assert_string_equal(got, "1"); /* what it had is kept */
+  /* Now a lease and a backoff of entries an enqueue never wrote, due. */
+  const char *add[] = {"XADD", K.lane1, "*", "k", "leased", "a", "0",
+                       "l", "1", "e", "x"};
+  freeReplyObject(raw_words(k, 11, add));
+  const char *rd[] = {"XREADGROUP", "GROUP", "spotinfer", "old", "COUNT", "1",
+                      "STREAMS", K.lane1, ">"};
+  r = raw_words(k, 9, rd);
+  char lease[80];
+  snprintf(lease, sizeof lease, "1:%s", r->element[0]->element[1]->element[0]
+                                            ->element[0]->str);
+  freeReplyObject(r);
+  const char *zl[] = {"ZADD", K.leases, "1", lease};
+  freeReplyObject(raw_words(k, 4, zl));
+  const char *zd[] = {"ZADD", K.delayed, "1", "not msgpack"};
+  freeReplyObject(raw_words(k, 4, zd));
+  assert_int_equal(spi_replay_tick(q), SPI_OK);
+  s = rq_stats(q);
+  assert_int_equal(s.dead, nbad + 2);
+  assert_int_equal(s.leased, 0);
+  assert_int_equal(s.delayed, 0);
+  assert_int_equal(s.expired_leases, 1);
+  entry_field(k, K.dead, nbad, "why", got, sizeof got);
+  assert_string_equal(got, "malformed");
+  entry_field(k, K.dead, nbad + 1, "why", got, sizeof got);
+  assert_string_equal(got, "malformed");
+  spr_conn_free(k);
+  spi_replay_close(q);
+  spi_engine_free(e);
 }
 
 /* Whether name is a consumer of group "spotinfer" on stream key. */
@@ -515,11 +871,20 @@ static void sleep_ms(long ms) {
   nanosleep(&ts, NULL);
 }
 
+static void sleep_until(int64_t t) {
+  int64_t now = mono_ms();
+  if (t > now) sleep_ms((long)(t - now));
+}
+
 /* Every process reads as a consumer of its own, so the groups gained one
  * with every start and never lost any. A consumer with nothing pending
  * that has not read for consumer_idle_ms is removed: by the setup of a
  * connection, and then by a tick at most every consumer_idle_ms. One with
- * entries pending, one that read lately and the store's own stay. */
+ * entries pending, one that read lately and the store's own stay. The
+ * times (ms, consumer_idle_ms 2000): "gone-1" and the others made at 0,
+ * "lately" at 1000, the queue opened at 2100 (the setup removes "gone-1"
+ * only); a tick at 3200 finds "lately" idle but is too early to list the
+ * consumers again (it would remove it); one 2000 after the open does. */
 static void test_idle_consumers_removed(void **st) {
   (void)st;
   if (!getenv("SPI_REDIS_PORT")) skip();
@@ -541,33 +906,50 @@ static void test_idle_consumers_removed(void **st) {
   const char *add[] = {"XADD", lane[0], "*", "x", "1"};
   const char *busy[] = {"XREADGROUP", "GROUP", "spotinfer", "busy",
                         "COUNT", "1", "STREAMS", lane[0], ">"};
+  int64_t t0 = mono_ms();
   freeReplyObject(raw_words(k, 5, old1));
   freeReplyObject(raw_words(k, 5, old2));
   freeReplyObject(raw_words(k, 5, mine));
   freeReplyObject(raw_words(k, 5, add));
   freeReplyObject(raw_words(k, 9, busy)); /* busy: one entry pending */
-  sleep_ms(1100);
+  sleep_until(t0 + 1000);
   const char *fresh[] = {"XGROUP", "CREATECONSUMER", lane[0], "spotinfer",
                          "lately"};
   freeReplyObject(raw_words(k, 5, fresh));
+  sleep_until(t0 + 2100);
   spi_engine *e = NULL;
   assert_int_equal(spi_engine_new(&e, NULL), SPI_OK);
   spi_replay_queue *q = NULL;
-  open_direct(e, "reap", "\"consumer\":\"me\",\"consumer_idle_ms\":1000",
+  int64_t opened = mono_ms();
+  open_direct(e, "reap", "\"consumer\":\"me\",\"consumer_idle_ms\":2000",
               &q);
+  int64_t open_end = mono_ms();
   assert_false(has_consumer(k, lane[0], "gone-1"));
   assert_false(has_consumer(k, lane[1], "gone-1"));
   assert_true(has_consumer(k, lane[0], "busy"));
   assert_true(has_consumer(k, lane[0], "me"));
   assert_true(has_consumer(k, lane[0], "lately"));
-  /* The connection stays up: a tick removes "lately" once it is idle. */
+  /* "lately" idle for 2200 now, but the last listing was under 2000 ago:
+   * the connection stays up, and the tick leaves the consumers alone. */
+  sleep_until(t0 + 3200);
   assert_int_equal(spi_replay_tick(q), SPI_OK);
+  if (mono_ms() >= opened + 2000)
+    print_error("the check came too late (%lld ms after the open)\n",
+                (long long)(mono_ms() - opened));
+  assert_true(mono_ms() < opened + 2000);
   assert_true(has_consumer(k, lane[0], "lately"));
-  sleep_ms(1100);
+  sleep_until(open_end + 2100);
   assert_int_equal(spi_replay_tick(q), SPI_OK);
   assert_false(has_consumer(k, lane[0], "lately"));
   assert_true(has_consumer(k, lane[0], "busy"));
   assert_true(has_consumer(k, lane[0], "me"));
+  /* The removal checks pending again (a consumer picked may have read
+   * since it was listed): "busy" stays, even when picked. */
+  const char *rm[] = {"EVAL", SPR_LUA_REAP, "3", lane[0], lane[1], lane[2],
+                      "spotinfer", "1", "busy", "1", "me"};
+  assert_int_equal(raw_int(k, 11, rm), 1);
+  assert_true(has_consumer(k, lane[0], "busy"));
+  assert_false(has_consumer(k, lane[0], "me"));
   spi_replay_close(q);
   spi_engine_free(e);
   spr_conn_free(k);
@@ -674,6 +1056,11 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_finish_after_lost_reply, proxy_up,
                                       proxy_down),
       cmocka_unit_test(test_claim_dead_letters_what_cannot_be_taken),
+      cmocka_unit_test(test_claim_dead_letters_malformed_entries),
+      cmocka_unit_test(test_claim_gives_back_a_later_format),
+      cmocka_unit_test(test_dead_letter_says_why),
+      cmocka_unit_test_setup_teardown(test_finished_bounded, proxy_up,
+                                      proxy_down),
       cmocka_unit_test(test_idle_consumers_removed),
       cmocka_unit_test(test_module_structs),
   };

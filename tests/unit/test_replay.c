@@ -1186,6 +1186,7 @@ static void test_fallback_drain_past_a_refused_envelope(void **st) {
 typedef struct hand_qstore {
   spi_envelope hand[4];
   int n, next;
+  int nack_eio; /* nacks to answer SPI_EIO, first */
   int nacks;
   uint64_t nack_id;
   uint32_t nack_attempts;
@@ -1217,12 +1218,17 @@ static int hq_claim(void *state, void *inst, const spi_replay_ctx *ctx,
 static int hq_nack(void *state, void *inst, const spi_replay_ctx *ctx,
                    uint64_t id, uint32_t attempts, int64_t visible,
                    int32_t dead, char *err, size_t cap) {
-  (void)inst, (void)ctx, (void)visible, (void)err, (void)cap;
+  (void)inst, (void)ctx, (void)visible;
   hand_qstore *s = state;
   s->nacks++;
   s->nack_id = id;
   s->nack_attempts = attempts;
   s->nack_dead = dead;
+  if (s->nack_eio > 0) {
+    s->nack_eio--;
+    snprintf(err, cap, "no answer");
+    return SPI_EIO;
+  }
   return SPI_OK;
 }
 
@@ -1273,6 +1279,69 @@ static void test_claim_dead_letters_a_refused_envelope(void **st) {
   assert_string_equal(c.key, "good");
   assert_int_equal(c.id, 2);
   assert_int_equal(s.nacks, 1);
+  teardown(f);
+}
+
+/* The nack that dead-letters a refused envelope went unanswered
+ * (SPI_EIO): the store still holds the claim, whose id the caller never
+ * got, so the library repeats the nack (same id, attempts, dead) on the
+ * next claims and ticks, RQS_DRAIN_RETRY_NS after it failed, until the
+ * store answers. It was forgotten, and the claim held until its lease
+ * ended. */
+static void test_refused_claim_nack_repeated(void **st) {
+  (void)st;
+  LOCAL_ONLY();
+  fixture *f = setup_engine();
+  hand_qstore s;
+  memset(&s, 0, sizeof s);
+  s.hand[0] = env_of("bad", SPI_CLASS_SILVER);
+  s.hand[0].klass = 9;
+  s.hand[0].attempts = 2;
+  s.hand[1] = env_of("good", SPI_CLASS_SILVER);
+  s.n = 2;
+  s.nack_eio = 2;
+  spi_replay_store_module m;
+  memset(&m, 0, sizeof m);
+  m.abi_version = SPI_MODULE_ABI_VERSION;
+  m.struct_size = sizeof m;
+  m.configure = fq_configure;
+  m.release = fq_release;
+  m.enqueue = hq_enqueue;
+  m.claim = hq_claim;
+  m.ack = fq_settle;
+  m.nack = hq_nack;
+  m.queue_stats = fq_stats;
+  m.stats = fq_rstats;
+  assert_int_equal(spi_engine_register_module(f->e, SPI_MODULE_REPLAY_STORE,
+                                              "handq", 5, &m, &s, NULL),
+                   SPI_OK);
+  const char *json = "{\"store\":\"handq\"}";
+  assert_int_equal(spi_replay_open(f->e, json, strlen(json), &f->q), SPI_OK);
+  claimed c;
+  assert_int_equal(claim(f, ALL, 0, &c), SPI_EIO);
+  assert_non_null(strstr(spi_replay_errmsg(f->q),
+                         "envelope bad refused (class out of range); "
+                         "dead-lettering it failed: no answer (tried again"));
+  assert_int_equal(s.nacks, 1);
+  /* Not again before RQS_DRAIN_RETRY_NS; then unanswered once more. */
+  assert_int_equal(spi_replay_tick(f->q), SPI_OK);
+  assert_int_equal(s.nacks, 1);
+  f->h.now += 100 * MS;
+  assert_int_equal(spi_replay_tick(f->q), SPI_OK);
+  assert_int_equal(s.nacks, 2);
+  f->h.now += 100 * MS;
+  assert_int_equal(spi_replay_tick(f->q), SPI_OK);
+  assert_int_equal(s.nacks, 3);
+  assert_int_equal(s.nack_id, 1);
+  assert_int_equal(s.nack_dead, 1);
+  assert_int_equal(s.nack_attempts, 2);
+  assert_int_equal(f->logged_dead, 1);
+  assert_int_equal(stats(f).nacked, 1);
+  /* Done: the next claim repeats nothing. */
+  f->h.now += 100 * MS;
+  claim_ok(f, ALL, &c);
+  assert_string_equal(c.key, "good");
+  assert_int_equal(s.nacks, 3);
   teardown(f);
 }
 
@@ -1401,6 +1470,7 @@ int main(void) {
       cmocka_unit_test(test_user_store),
       cmocka_unit_test(test_fallback_drain_past_a_refused_envelope),
       cmocka_unit_test(test_claim_dead_letters_a_refused_envelope),
+      cmocka_unit_test(test_refused_claim_nack_repeated),
       cmocka_unit_test(test_threads),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
