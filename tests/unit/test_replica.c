@@ -15,6 +15,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include <cmocka.h>
 
@@ -723,9 +724,13 @@ static void test_add_beside_pinned_reader(void **st) {
     a[i].rc = -1;
     assert_int_equal(pthread_create(&th[i], NULL, add_one, &a[i]), 0);
   }
-  /* Wait (bounded) for all three sets to be published. */
+  /* Wait (bounded in time, not in turns: on a loaded machine the adders
+   * may not run for a while) for all three sets to be published. */
   const spi_replica_set *now = seen;
-  for (int k = 0; k < 20000 && now->n < 5; k++) {
+  struct timespec t0, t;
+  clock_gettime(CLOCK_MONOTONIC, &t0);
+  for (t = t0; now->n < 5 && t.tv_sec - t0.tv_sec < 30;
+       clock_gettime(CLOCK_MONOTONIC, &t)) {
     sched_yield();
     now = atomic_load(&w->e->registry.set);
   }
