@@ -92,6 +92,7 @@ func TestBeyondText(t *testing.T) {
 		`{"choices":[{"delta":{"tool_calls":null,"content":"hi"}}]}`:                        false,
 		`{"choices":[{"delta":{"tool_calls":[{"index":0,"function":{"arguments":"{"}}]}}]}`: true,
 		`{"choices":[{"delta":{"reasoning_content":"think"}}]}`:                             true,
+		`{"choices":[{"delta":{"reasoning":"think"}}]}`:                                     true,
 	} {
 		var ev event
 		if err := json.Unmarshal([]byte(body), &ev); err != nil {

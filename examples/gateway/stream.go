@@ -71,18 +71,24 @@ type resumption struct {
 	err      error // the stream cannot be resumed
 }
 
+// delta is a streamed chat choice's delta, as far as the gateway reads it.
+type delta struct {
+	Role    string `json:"role"`
+	Content string `json:"content"`
+	// Deltas a checkpoint does not hold (its text is the content): a
+	// stream that had any is not continued after a cut.
+	ToolCalls        json.RawMessage `json:"tool_calls"`
+	ReasoningContent string          `json:"reasoning_content"`
+	// vLLM's newer name for it; while both are sent they hold the same
+	// text (reasoningText takes one).
+	Reasoning string `json:"reasoning"`
+}
+
 // event is one server-sent event's data, as far as the gateway reads it.
 type event struct {
 	ID      string `json:"id"`
 	Choices []struct {
-		Delta struct {
-			Role    string `json:"role"`
-			Content string `json:"content"`
-			// Deltas a checkpoint does not hold (its text is the content):
-			// a stream that had any is not continued after a cut.
-			ToolCalls        json.RawMessage `json:"tool_calls"`
-			ReasoningContent string          `json:"reasoning_content"`
-		} `json:"delta"`
+		Delta        delta   `json:"delta"`
 		Text         string  `json:"text"`
 		FinishReason *string `json:"finish_reason"`
 	} `json:"choices"`
@@ -99,11 +105,21 @@ type event struct {
 func (e *event) beyondText() bool {
 	for _, c := range e.Choices {
 		calls := c.Delta.ToolCalls
-		if (len(calls) > 0 && string(calls) != "null") || c.Delta.ReasoningContent != "" {
+		if (len(calls) > 0 && string(calls) != "null") || c.Delta.reasoningText() != "" {
 			return true
 		}
 	}
 	return false
+}
+
+// reasoningText is a delta's reasoning under either name: reasoning
+// when the server sends it, else reasoning_content (vLLM sends both with
+// the same text while it keeps the old name; counted once).
+func (d *delta) reasoningText() string {
+	if d.Reasoning != "" {
+		return d.Reasoning
+	}
+	return d.ReasoningContent
 }
 
 func (e *event) content() string {

@@ -66,7 +66,7 @@ func (e *event) estimateTokens() uint64 {
 	var n uint64
 	output := e.beyondText()
 	for _, c := range e.Choices {
-		for _, s := range [...]string{c.Delta.Content, c.Text, c.Delta.ReasoningContent} {
+		for _, s := range [...]string{c.Delta.Content, c.Text, c.Delta.reasoningText()} {
 			n += words(s)
 			output = output || s != ""
 		}

@@ -19,6 +19,8 @@ func TestEstimateTokens(t *testing.T) {
 		`{"choices":[{"delta":{"content":" alpha bravo\ncharlie  delta"}}]}`:            4,
 		`{"choices":[{"text":" one two three"}]}`:                                       3,
 		`{"choices":[{"delta":{"reasoning_content":"so then"}}]}`:                       2,
+		`{"choices":[{"delta":{"reasoning":"so then"}}]}`:                               2,
+		`{"choices":[{"delta":{"reasoning":"so then","reasoning_content":"so then"}}]}`: 2,
 		`{"choices":[{"delta":{"tool_calls":[{"index":0}]}}]}`:                          1,
 		`{"choices":[{"delta":{},"finish_reason":"stop"}]}`:                             0,
 		`{"choices":[{"delta":{"content":"héllo wörld, ça va"}}]}`:                      4,
