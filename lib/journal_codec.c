@@ -434,8 +434,8 @@ static int resync(spi_jr_reader *r, uint64_t from, uint64_t hint,
 }
 
 /* Where a chain of frames stopped: the offset, what is there (FR_END,
- * FR_TORN, FR_BAD; FR_OK when it stopped at its most frames) and why, and where the record there says it ends (0 when
- * its header says nothing). */
+ * FR_TORN, FR_BAD; FR_OK when it stopped at its most frames) and why, and
+ * where the record there says it ends (0 when its header says nothing). */
 typedef struct jr_stop {
   uint64_t at, hint;
   int kind;

@@ -342,8 +342,7 @@ typedef struct sink_data {
   spi_rqs *s;
   rqs_claim *c;
   const char *refused; /* why the envelope was refused, or NULL */
-  uint32_t attempts;   /* the refused envelope's */
-  char key[129];       /* its key (up to 128 bytes), for the message */
+  rqs_refused r;       /* then its attempts and key (id: the claim's) */
 } sink_data;
 
 /* Why the library cannot take an envelope a store handed it, or NULL. */
@@ -364,9 +363,9 @@ static int sink(void *ud, const spi_envelope *env) {
   sink_data *d = ud;
   d->refused = refusal(env);
   if (d->refused) {
-    d->attempts = env ? env->attempts : 0;
+    d->r.attempts = env ? env->attempts : 0;
     if (env && env->key && env->key_len)
-      memcpy(d->key, env->key, env->key_len < 128 ? env->key_len : 128);
+      memcpy(d->r.key, env->key, env->key_len < 128 ? env->key_len : 128);
     return SPI_EMODULE;
   }
   size_t size = spi__replay_env_size(env);
@@ -462,12 +461,11 @@ static void retry_refused(spi_rqs *s) {
  * store did not answer (SPI_EIO) leaves the claim held there, and the
  * caller never learnt its id: the library repeats the nack on later
  * claims and ticks (retry_refused). */
-static int refuse_claim(spi_rqs *s, uint64_t id, const sink_data *d) {
+static int refuse_claim(spi_rqs *s, uint64_t id, sink_data *d) {
   char err[SPI_ERRMSG_CAP] = "", msg[SPI_ERRMSG_CAP];
-  rqs_refused r = {.id = id, .attempts = d->attempts};
-  memcpy(r.key, d->key, sizeof r.key);
-  const char *key = d->key[0] ? d->key : "without a key";
-  int rc = dead_letter_refused(s, &r, err, sizeof err);
+  d->r.id = id;
+  const char *key = d->r.key[0] ? d->r.key : "without a key";
+  int rc = dead_letter_refused(s, &d->r, err, sizeof err);
   if (rc == SPI_OK)
     spi__errf(msg, sizeof msg, "envelope %s refused (%s): dead-lettered", key,
               d->refused);
