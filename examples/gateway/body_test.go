@@ -53,7 +53,7 @@ func TestContinuedEvent(t *testing.T) {
 	l := &leg{offset: 5, resumed: true}
 	data := []byte(`{"id":"b","choices":[],"usage":{"prompt_tokens":20,"completion_tokens":7,"total_tokens":27}}`)
 	var ev event
-	if err := json.Unmarshal(data, &ev); err != nil {
+	if err := decodeEvent(data, &ev); err != nil {
 		t.Fatal(err)
 	}
 	text := ""
@@ -75,7 +75,7 @@ func TestContinuedEvent(t *testing.T) {
 	l = &leg{resumed: true, skip: "Hello"}
 	d2 := []byte(`{"id":"a","choices":[{"delta":{"content":"Help"}}]}`)
 	ev = event{}
-	if err := json.Unmarshal(d2, &ev); err != nil {
+	if err := decodeEvent(d2, &ev); err != nil {
 		t.Fatal(err)
 	}
 	text = ev.content()
@@ -95,7 +95,7 @@ func TestBeyondText(t *testing.T) {
 		`{"choices":[{"delta":{"reasoning":"think"}}]}`:                                     true,
 	} {
 		var ev event
-		if err := json.Unmarshal([]byte(body), &ev); err != nil {
+		if err := decodeEvent([]byte(body), &ev); err != nil {
 			t.Fatal(err)
 		}
 		if ev.beyondText() != want {

@@ -246,7 +246,7 @@ func readStreamAll(t *testing.T, resp *http.Response) (string, bool, int, []stri
 			continue
 		}
 		var ev event
-		if err := json.Unmarshal([]byte(data), &ev); err != nil {
+		if err := decodeEvent([]byte(data), &ev); err != nil {
 			t.Fatalf("bad event %q", data)
 		}
 		if strings.Contains(data, `"error"`) {
@@ -746,7 +746,7 @@ func usagePerEvent(t *testing.T, resp *http.Response) (string, []int) {
 			continue
 		}
 		var ev event
-		if err := json.Unmarshal([]byte(data), &ev); err != nil {
+		if err := decodeEvent([]byte(data), &ev); err != nil {
 			t.Fatalf("bad event %q", data)
 		}
 		text.WriteString(ev.content())

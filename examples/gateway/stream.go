@@ -92,13 +92,13 @@ type event struct {
 		Text         string  `json:"text"`
 		FinishReason *string `json:"finish_reason"`
 	} `json:"choices"`
-	Usage *struct {
-		PromptTokens     uint64 `json:"prompt_tokens"`
-		CompletionTokens uint64 `json:"completion_tokens"`
-		Details          *struct {
-			CachedTokens uint64 `json:"cached_tokens"`
-		} `json:"prompt_tokens_details"`
-	} `json:"usage"`
+	// The usage, read by UnmarshalJSON (usage.go) from the member whose
+	// key is usage exactly: encoding/json would also take "Usage" for it,
+	// which the gateway would then count and not take out.
+	Usage *usage `json:"-"`
+	// The event has a member usage, null included: what forClient takes
+	// out.
+	usageGiven bool
 }
 
 // beyondText reports deltas other than text: tool calls, reasoning.
@@ -297,7 +297,7 @@ func (st *stream) relayLeg(w io.Writer, fl http.Flusher, resp *http.Response, l 
 			return true, nil
 		}
 		var ev event
-		if json.Unmarshal(data, &ev) != nil {
+		if decodeEvent(data, &ev) != nil {
 			continue // not JSON: pass nothing on
 		}
 		text := ev.content()
@@ -488,7 +488,7 @@ func (st *stream) relayPassive(w http.ResponseWriter, resp *http.Response) {
 			// Decoded as the routed relay decodes every event, so that the
 			// yardstick pays the same for it.
 			var ev event
-			_ = json.Unmarshal(data, &ev)
+			_ = decodeEvent(data, &ev)
 		}
 		if _, err := fmt.Fprintf(w, "data: %s\n\n", data); err != nil {
 			st.g.stats.cancelled.Add(1)

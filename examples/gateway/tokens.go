@@ -191,14 +191,14 @@ func switchOf(o map[string]json.RawMessage, key string, def bool) (on, ok bool) 
 // chunk at the end (keep is then false: nothing is passed on).
 func (a usageAsk) forClient(data []byte, ev *event) (out []byte, keep bool) {
 	switch {
-	case ev.Usage == nil:
+	case !ev.usageGiven:
 		return data, true
 	case len(ev.Choices) == 0:
 		return data, a.atEnd
 	case a.running:
 		return data, true
 	}
-	ev.Usage = nil
+	ev.Usage, ev.usageGiven = nil, false
 	return dropMember(data, "usage"), true
 }
 

@@ -28,7 +28,7 @@ func TestEstimateTokens(t *testing.T) {
 		`{"choices":[{"delta":{"content":" a"}},{"index":1,"delta":{"content":" b"}}]}`: 2,
 	} {
 		var ev event
-		if err := json.Unmarshal([]byte(body), &ev); err != nil {
+		if err := decodeEvent([]byte(body), &ev); err != nil {
 			t.Fatal(err)
 		}
 		if got := ev.estimateTokens(); got != want {
@@ -45,14 +45,14 @@ func TestTokenCountTakesTheBackendsCount(t *testing.T) {
 		`{"choices":[{"delta":{"content":" d"}}]}`,
 	} {
 		var ev event
-		json.Unmarshal([]byte(body), &ev)
+		decodeEvent([]byte(body), &ev)
 		c.add(&ev)
 	}
 	if c.n != 4 || !c.estimated {
 		t.Fatalf("estimated: %+v", c)
 	}
 	var ev event
-	json.Unmarshal([]byte(`{"choices":[{"delta":{"content":" e"}}],"usage":{"completion_tokens":7}}`), &ev)
+	decodeEvent([]byte(`{"choices":[{"delta":{"content":" e"}}],"usage":{"completion_tokens":7}}`), &ev)
 	c.add(&ev)
 	if c.n != 7 || c.estimated {
 		t.Fatalf("with the backend's count: %+v", c)
@@ -325,6 +325,46 @@ func TestMembersOnBrokenInput(t *testing.T) {
 				dropMember([]byte(b), "usage")
 				askRunningUsage([]byte(b))
 			}
+		}
+	}
+}
+
+// The usage is the member whose key is usage exactly, as vLLM and OpenAI
+// write it and as a client's decoder reads it: what is counted is what is
+// taken out for a client that did not ask for it. A member named otherwise
+// ("Usage", "USAGE", or "Completion_Tokens" inside the usage) is neither
+// counted nor taken out; the event's words are counted instead.
+func TestUsageKeyIsExact(t *testing.T) {
+	const text = `{"id":"a","choices":[{"delta":{"content":" x y"}}]`
+	for _, c := range []struct {
+		in    string
+		count uint64
+		out   string // "" for the event as it came
+	}{
+		{text + `,"usage":{"completion_tokens":9}}`, 9, text + `}`},
+		{text + `,"Usage":{"completion_tokens":9}}`, 2, ""},
+		{text + `,"USAGE":{"completion_tokens":9}}`, 2, ""},
+		{text + `,"usag\u0065":{"completion_tokens":9}}`, 9, text + `}`},
+		{text + `,"Usage":{"completion_tokens":5},"usage":{"completion_tokens":9}}`, 9,
+			text + `,"Usage":{"completion_tokens":5}}`},
+		{text + `,"usage":{"completion_tokens":9},"USAGE":null}`, 9, text + `,"USAGE":null}`},
+		{text + `,"usage":{"completion_tokens":5},"usage":{"completion_tokens":9}}`, 9, text + `}`},
+		{text + `,"usage":{"Completion_Tokens":5,"completion_tokens":9,"COMPLETION_TOKENS":7}}`, 9, text + `}`},
+		{text + `,"usage":{"completion_tokens":9},"usage":null}`, 2, text + `}`},
+	} {
+		var ev event
+		if err := decodeEvent([]byte(c.in), &ev); err != nil {
+			t.Fatalf("%s: %v", c.in, err)
+		}
+		var n tokenCount
+		n.add(&ev)
+		out, keep := usageAsk{atEnd: true}.forClient([]byte(c.in), &ev)
+		want := c.out
+		if want == "" {
+			want = c.in
+		}
+		if n.n != c.count || !keep || string(out) != want {
+			t.Errorf("%s: counted %d (want %d), passed on %s (want %s)", c.in, n.n, c.count, out, want)
 		}
 	}
 }
