@@ -103,3 +103,22 @@ func TestBeyondText(t *testing.T) {
 		}
 	}
 }
+
+// The choices a body asks for are its n as the backend reads it: the last
+// given, its key as decoded.
+func TestAskedChoices(t *testing.T) {
+	for body, want := range map[string]int{
+		`{"model":"m","messages":[]}`: 0,
+		`{"n":1}`:                     1,
+		`{"n":3,"messages":[{"content":"\"n\": 1"}]}`: 3,
+		`{"\u006e":2}`:  2,
+		`{"n":2,"n":1}`: 1,
+		`{"n":null}`:    0,
+		`{"N":4,"messages":[{"role":"user","content":"n"}]}`: 0,
+		`{"x":{"n":5}}`: 0,
+	} {
+		if got := askedChoices([]byte(body)); got != want {
+			t.Errorf("%s: %d, want %d", body, got, want)
+		}
+	}
+}
