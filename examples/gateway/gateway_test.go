@@ -37,6 +37,11 @@ type fakeBackend struct {
 	cutAfter       atomic.Int32
 	// choices > 0 streams that many choices whatever the body's n.
 	choices int
+	// stopHold > 0 holds back the text of the last stopHold words for a
+	// body with stop strings, as vLLM holds back what may be the start of
+	// one, while the running count counts them; it sends them before the
+	// finish_reason.
+	stopHold int
 	// cutAtFinish > 0 drops the connection once, after that many choices
 	// have had their finish_reason.
 	cutAtFinish atomic.Int32
@@ -151,19 +156,28 @@ func (f *fakeBackend) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		fmt.Fprintf(w, "data: {\"id\":%q,\"choices\":[{%s\"delta\":{\"role\":\"assistant\",\"content\":\"\"}}]%s}\n\n",
 			id, index(c), usage(0))
 	}
+	hold := 0
+	if _, ok := body["stop"]; ok {
+		hold = f.stopHold
+	}
+	sent := start // the words whose text went out
+	send := func(upTo, counted int) {
+		for c := 0; c < choices; c++ {
+			var text strings.Builder
+			for k := sent; k < upTo; k++ {
+				text.WriteString(word(c, k))
+			}
+			fmt.Fprintf(w, "data: {\"id\":%q,\"choices\":[{%s\"delta\":{\"content\":%q}}]%s}\n\n",
+				id, index(c), text.String(), usage(choices*(counted-start)))
+		}
+		sent = max(sent, upTo)
+	}
 	for i := start; i < end; i += per {
 		if cut > 0 && i >= cut {
 			drop()
 			return
 		}
-		for c := 0; c < choices; c++ {
-			var text strings.Builder
-			for k := i; k < i+per && k < end; k++ {
-				text.WriteString(word(c, k))
-			}
-			fmt.Fprintf(w, "data: {\"id\":%q,\"choices\":[{%s\"delta\":{\"content\":%q}}]%s}\n\n",
-				id, index(c), text.String(), usage(choices*(min(i+per, end)-start)))
-		}
+		send(min(i+per, end)-hold, min(i+per, end))
 		fl.Flush()
 		d := f.delay
 		if d == 0 {
@@ -174,6 +188,9 @@ func (f *fakeBackend) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		case <-r.Context().Done():
 			return
 		}
+	}
+	if sent < end {
+		send(end, end)
 	}
 	cutFinish := int(f.cutAtFinish.Swap(0))
 	for c := 0; c < choices; c++ {
@@ -919,5 +936,26 @@ func TestSeveralChoicesAreNotContinued(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// With stop strings, vLLM holds back the text that may start one while its
+// running count counts its tokens: the count runs ahead of what the client
+// has. The stream offset is what the client has, so the continuation asks
+// for all that is left of max_tokens and the client gets it: here cut
+// after 13 tokens with the last 3 held back, it continues after 10 and
+// asks for 20.
+func TestStopStringsHoldBackText(t *testing.T) {
+	a, od := &fakeBackend{n: 40, stopHold: 3}, &fakeBackend{n: 40, stopHold: 3}
+	a.cutAfter.Store(13)
+	srv := newTestGateway(t, map[string]*fakeBackend{"spot-a": a, "od-1": od},
+		map[string]string{"spot-a": "spot", "od-1": "on_demand"}, "spotinfer")
+	body := strings.Replace(withUsage, `"stream":true,`, `"stream":true,"max_tokens":30,"stop":["####"],`, 1)
+	text, done, roles, ids, usage := readStreamAll(t, postChat(t, srv.URL, body))
+	if text != want(30) || !done || roles != 1 || len(ids) != 1 || usage != 30 {
+		t.Fatalf("got %q done=%v roles=%d ids=%v usage=%d", text, done, roles, ids, usage)
+	}
+	if conts := continuations(a, od); len(conts) != 1 || conts[0]["max_tokens"] != 20.0 {
+		t.Fatalf("continuations sent: %v", conts)
 	}
 }

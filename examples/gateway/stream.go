@@ -42,6 +42,9 @@ type stream struct {
 	ctx        context.Context // the client's request
 	firstCut   int64           // when it was first interrupted (ns), 0 before
 	streamID   string          // the id of the first leg's events
+	// The most tokens a backend's count may run ahead of the text sent by
+	// (stopHoldBack): the offset is lowered to what the client has.
+	holdBack uint64
 
 	mu     sync.Mutex
 	cut    bool               // a REPLAY plan asked for this leg to stop
@@ -383,6 +386,9 @@ func (st *stream) relayLeg(w io.Writer, fl http.Flusher, resp *http.Response, l 
 		}
 		// Counted before anything is dropped: the backend generated it all.
 		tally.add(g, l.ticket, &ev)
+		if st.holdBack > 0 {
+			tally.words.add(text) // all of it: a skipped text is the client's too
+		}
 		if st.hideUsage {
 			var keep bool
 			if data, keep = st.asked.forClient(data, &ev); !keep {
@@ -420,8 +426,9 @@ func (st *stream) relayLeg(w io.Writer, fl http.Flusher, resp *http.Response, l 
 		// replay's skipped events hold what it already had.
 		st.mu.Lock()
 		st.text.WriteString(text)
-		st.tokens = l.offset + tally.count.n
-		st.estimated = baseEstimated || tally.count.estimated
+		has, estimated := tally.clientHas(st.holdBack)
+		st.tokens = l.offset + has
+		st.estimated = baseEstimated || estimated
 		st.mu.Unlock()
 		if text != "" && firstAt.IsZero() {
 			firstAt = time.Now()
@@ -438,8 +445,9 @@ func (st *stream) relayLeg(w io.Writer, fl http.Flusher, resp *http.Response, l 
 // streams and at the end, and the backend's usage.
 type legTally struct {
 	count          tokenCount
-	reported       uint64 // the last Progress
-	prompt, cached uint64 // from the backend's usage, 0 without one
+	words          wordRun // of the leg's text, for clientHas
+	reported       uint64  // the last Progress
+	prompt, cached uint64  // from the backend's usage, 0 without one
 }
 
 func (t *legTally) add(g *gateway, ticket spotinfer.Ticket, ev *event) {

@@ -368,3 +368,59 @@ func TestUsageKeyIsExact(t *testing.T) {
 		}
 	}
 }
+
+// The tokens a backend may hold text back for are 4 a character of the
+// longest stop string but one, none when the stop string is sent too.
+func TestStopHoldBack(t *testing.T) {
+	for body, want := range map[string]uint64{
+		`{"messages":[]}`:            0,
+		`{"stop":"\n"}`:              0,
+		`{"stop":"####"}`:            12,
+		`{"stop":["a","</answer>"]}`: 32,
+		`{"stop":["é!"]}`:            4,
+		`{"stop":"####","include_stop_str_in_output":true}`:  0,
+		`{"stop":"####","include_stop_str_in_output":false}`: 12,
+		`{"stop":null}`:                     0,
+		`{"stop":[]}`:                       0,
+		`{"stop":7}`:                        0,
+		`{"\u0073top":"ab"}`:                4,
+		`{"stop":"abc","stop":null}`:        0,
+		`{"Stop":"abc"}`:                    0,
+		`{"messages":[{"content":"stop"}]}`: 0,
+	} {
+		if got := stopHoldBack([]byte(body)); got != want {
+			t.Errorf("%s: %d, want %d", body, got, want)
+		}
+	}
+}
+
+// What the client has of a leg: the count, or with text held back the
+// larger of its words and the backend's count less what may be held.
+func TestClientHas(t *testing.T) {
+	for _, c := range []struct {
+		count, words, holdBack uint64
+		estimated              bool
+		want                   uint64
+		wantEstimated          bool
+	}{
+		{13, 10, 0, false, 13, false},
+		{13, 10, 12, false, 10, true},
+		{40, 10, 12, false, 28, true},
+		{13, 13, 12, false, 13, false},
+		{13, 10, 12, true, 10, true},
+		{9, 10, 12, true, 9, true},
+		{0, 0, 12, false, 0, false},
+	} {
+		tl := legTally{count: tokenCount{n: c.count, estimated: c.estimated}, words: wordRun{n: c.words}}
+		if got, est := tl.clientHas(c.holdBack); got != c.want || est != c.wantEstimated {
+			t.Errorf("%+v: %d %v", c, got, est)
+		}
+	}
+	var w wordRun
+	for _, s := range []string{" he", "llo wo", "rld", " ", "x"} {
+		w.add(s)
+	}
+	if w.n != 3 {
+		t.Errorf("words of a text in pieces: %d, want 3", w.n)
+	}
+}
