@@ -168,7 +168,7 @@ func (c *choice) index() string {
 type event struct {
 	ID      string   `json:"id"`
 	Choices []choice `json:"choices"`
-	// The usage, read by UnmarshalJSON (usage.go) from the member whose
+	// The usage, read by decodeEvent (usage.go) from the member whose
 	// key is usage exactly: encoding/json would also take "Usage" for it,
 	// which the gateway would then count and not take out.
 	Usage *usage `json:"-"`
