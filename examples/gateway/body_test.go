@@ -53,7 +53,7 @@ func TestContinuedEvent(t *testing.T) {
 	l := &leg{offset: 5, resumed: true}
 	data := []byte(`{"id":"b","choices":[],"usage":{"prompt_tokens":20,"completion_tokens":7,"total_tokens":27}}`)
 	var ev event
-	if err := json.Unmarshal(data, &ev); err != nil {
+	if err := decodeEvent(data, &ev); err != nil {
 		t.Fatal(err)
 	}
 	text := ""
@@ -75,7 +75,7 @@ func TestContinuedEvent(t *testing.T) {
 	l = &leg{resumed: true, skip: "Hello"}
 	d2 := []byte(`{"id":"a","choices":[{"delta":{"content":"Help"}}]}`)
 	ev = event{}
-	if err := json.Unmarshal(d2, &ev); err != nil {
+	if err := decodeEvent(d2, &ev); err != nil {
 		t.Fatal(err)
 	}
 	text = ev.content()
@@ -95,11 +95,30 @@ func TestBeyondText(t *testing.T) {
 		`{"choices":[{"delta":{"reasoning":"think"}}]}`:                                     true,
 	} {
 		var ev event
-		if err := json.Unmarshal([]byte(body), &ev); err != nil {
+		if err := decodeEvent([]byte(body), &ev); err != nil {
 			t.Fatal(err)
 		}
 		if ev.beyondText() != want {
 			t.Fatalf("%s: %v", body, !want)
+		}
+	}
+}
+
+// The choices a body asks for are its n as the backend reads it: the last
+// given, its key as decoded.
+func TestAskedChoices(t *testing.T) {
+	for body, want := range map[string]int{
+		`{"model":"m","messages":[]}`: 0,
+		`{"n":1}`:                     1,
+		`{"n":3,"messages":[{"content":"\"n\": 1"}]}`: 3,
+		`{"\u006e":2}`:  2,
+		`{"n":2,"n":1}`: 1,
+		`{"n":null}`:    0,
+		`{"N":4,"messages":[{"role":"user","content":"n"}]}`: 0,
+		`{"x":{"n":5}}`: 0,
+	} {
+		if got := askedChoices([]byte(body)); got != want {
+			t.Errorf("%s: %d, want %d", body, got, want)
 		}
 	}
 }

@@ -277,6 +277,8 @@ const maxReroutes = 3
 func (g *gateway) serveRouted(w http.ResponseWriter, r *http.Request, body []byte, kind spotinfer.OpenAIKind) {
 	st := &stream{g: g, key: fmt.Sprintf("%x-%d", time.Now().UnixNano(), g.seq.Add(1)),
 		body: body, kind: kind, ctx: r.Context(), path: r.URL.Path}
+	st.choices.asked = askedChoices(body)
+	st.holdBack = stopHoldBack(body)
 	// The backend gets a streamed body asking for its running token count;
 	// the envelope keeps the client's.
 	fwd := body

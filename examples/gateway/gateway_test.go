@@ -35,8 +35,18 @@ type fakeBackend struct {
 	ttft           time.Duration // before the response headers, once
 	fail           atomic.Int32  // answer this many requests 500
 	cutAfter       atomic.Int32
-	mu             sync.Mutex
-	bodies         []map[string]any
+	// choices > 0 streams that many choices whatever the body's n.
+	choices int
+	// stopHold > 0 holds back the text of the last stopHold words for a
+	// body with stop strings, as vLLM holds back what may be the start of
+	// one, while the running count counts them; it sends them before the
+	// finish_reason.
+	stopHold int
+	// cutAtFinish > 0 drops the connection once, after that many choices
+	// have had their finish_reason.
+	cutAtFinish atomic.Int32
+	mu          sync.Mutex
+	bodies      []map[string]any
 }
 
 func (f *fakeBackend) ServeHTTP(w http.ResponseWriter, r *http.Request) {
@@ -112,23 +122,62 @@ func (f *fakeBackend) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	f.mu.Lock()
 	id := fmt.Sprintf("chatcmpl-%p-%d", f, len(f.bodies))
 	f.mu.Unlock()
-	fmt.Fprintf(w, "data: {\"id\":%q,\"choices\":[{\"delta\":{\"role\":\"assistant\",\"content\":\"\"}}]%s}\n\n", id, usage(0))
+	// n choices stream as vLLM streams them: one event a choice, each
+	// with its index; choice c's words are " w0 w1 ..." for the first and
+	// " c1w0 c1w1 ..." for the second.
+	choices := 1
+	if n, ok := body["n"].(float64); ok && n > 1 {
+		choices = int(n)
+	}
+	if f.choices > 0 {
+		choices = f.choices
+	}
+	index := func(c int) string {
+		if choices == 1 {
+			return ""
+		}
+		return fmt.Sprintf(`"index":%d,`, c)
+	}
+	word := func(c, k int) string {
+		if c == 0 {
+			return fmt.Sprintf(" w%d", k)
+		}
+		return fmt.Sprintf(" c%dw%d", c, k)
+	}
+	drop := func() {
+		fl.Flush()
+		// Drop the connection mid-stream, as a machine that dies does.
+		conn, _, err := w.(http.Hijacker).Hijack()
+		if err == nil {
+			conn.Close()
+		}
+	}
+	for c := 0; c < choices; c++ {
+		fmt.Fprintf(w, "data: {\"id\":%q,\"choices\":[{%s\"delta\":{\"role\":\"assistant\",\"content\":\"\"}}]%s}\n\n",
+			id, index(c), usage(0))
+	}
+	hold := 0
+	if _, ok := body["stop"]; ok {
+		hold = f.stopHold
+	}
+	sent := start // the words whose text went out
+	send := func(upTo, counted int) {
+		for c := 0; c < choices; c++ {
+			var text strings.Builder
+			for k := sent; k < upTo; k++ {
+				text.WriteString(word(c, k))
+			}
+			fmt.Fprintf(w, "data: {\"id\":%q,\"choices\":[{%s\"delta\":{\"content\":%q}}]%s}\n\n",
+				id, index(c), text.String(), usage(choices*(counted-start)))
+		}
+		sent = max(sent, upTo)
+	}
 	for i := start; i < end; i += per {
 		if cut > 0 && i >= cut {
-			fl.Flush()
-			// Drop the connection mid-stream, as a machine that dies does.
-			conn, _, err := w.(http.Hijacker).Hijack()
-			if err == nil {
-				conn.Close()
-			}
+			drop()
 			return
 		}
-		var text strings.Builder
-		for k := i; k < i+per && k < end; k++ {
-			fmt.Fprintf(&text, " w%d", k)
-		}
-		fmt.Fprintf(w, "data: {\"id\":%q,\"choices\":[{\"delta\":{\"content\":%q}}]%s}\n\n",
-			id, text.String(), usage(min(i+per, end)-start))
+		send(min(i+per, end)-hold, min(i+per, end))
 		fl.Flush()
 		d := f.delay
 		if d == 0 {
@@ -140,10 +189,21 @@ func (f *fakeBackend) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
-	fmt.Fprintf(w, "data: {\"id\":%q,\"choices\":[{\"delta\":{},\"finish_reason\":%q}]%s}\n\n", id, finish, usage(end-start))
+	if sent < end {
+		send(end, end)
+	}
+	cutFinish := int(f.cutAtFinish.Swap(0))
+	for c := 0; c < choices; c++ {
+		if cutFinish > 0 && c >= cutFinish {
+			drop()
+			return
+		}
+		fmt.Fprintf(w, "data: {\"id\":%q,\"choices\":[{%s\"delta\":{},\"finish_reason\":%q}]%s}\n\n",
+			id, index(c), finish, usage(choices*(end-start)))
+	}
 	if usageAtEnd {
 		fmt.Fprintf(w, "data: {\"id\":%q,\"choices\":[],\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":%d,\"total_tokens\":%d}}\n\n",
-			id, end-start, end-start+3)
+			id, choices*(end-start), choices*(end-start)+3)
 	}
 	fmt.Fprintf(w, "data: [DONE]\n\n")
 	fl.Flush()
@@ -246,7 +306,7 @@ func readStreamAll(t *testing.T, resp *http.Response) (string, bool, int, []stri
 			continue
 		}
 		var ev event
-		if err := json.Unmarshal([]byte(data), &ev); err != nil {
+		if err := decodeEvent([]byte(data), &ev); err != nil {
 			t.Fatalf("bad event %q", data)
 		}
 		if strings.Contains(data, `"error"`) {
@@ -746,7 +806,7 @@ func usagePerEvent(t *testing.T, resp *http.Response) (string, []int) {
 			continue
 		}
 		var ev event
-		if err := json.Unmarshal([]byte(data), &ev); err != nil {
+		if err := decodeEvent([]byte(data), &ev); err != nil {
 			t.Fatalf("bad event %q", data)
 		}
 		text.WriteString(ev.content())
@@ -803,5 +863,99 @@ func TestUsageAsTheClientAskedIt(t *testing.T) {
 			t.Errorf("-backend-usage=%s %s: text %q, usage %v (want %s), the backend got %v",
 				c.flag, c.body, text, counts, c.want, opts)
 		}
+	}
+}
+
+// streamData returns the data of each event of a stream.
+func streamData(t *testing.T, resp *http.Response) []string {
+	t.Helper()
+	defer resp.Body.Close()
+	var out []string
+	sc := bufio.NewScanner(resp.Body)
+	for sc.Scan() {
+		if data, ok := strings.CutPrefix(sc.Text(), "data: "); ok {
+			out = append(out, data)
+		}
+	}
+	return out
+}
+
+// A stream of several choices (n > 1, or events with a choice index
+// other than 0) is not continued after a cut: a checkpoint holds one text
+// and one offset, and a continuation would write every choice after the
+// choices' words run together. It ends as a stream with reasoning deltas
+// does: an error event, no [DONE], the request failed, nothing replayed.
+// A cut after one choice's finish_reason but before another's does not
+// end it as complete either.
+func TestSeveralChoicesAreNotContinued(t *testing.T) {
+	for _, c := range []struct {
+		name             string
+		n, forced, atEnd int
+	}{
+		{"n=2", 2, 0, 0}, {"index 1 without n", 0, 2, 0}, {"one choice finished", 2, 0, 1},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			a, od := &fakeBackend{n: 40, choices: c.forced}, &fakeBackend{n: 40}
+			if c.atEnd > 0 {
+				a.cutAtFinish.Store(int32(c.atEnd))
+			} else {
+				a.cutAfter.Store(13)
+			}
+			srv := newTestGateway(t, map[string]*fakeBackend{"spot-a": a, "od-1": od},
+				map[string]string{"spot-a": "spot", "od-1": "on_demand"}, "spotinfer")
+			body := withUsage
+			if c.n > 0 {
+				body = strings.Replace(body, `"stream":true,`, fmt.Sprintf(`"stream":true,"n":%d,`, c.n), 1)
+			}
+			events := streamData(t, postChat(t, srv.URL, body))
+			last := ""
+			if len(events) > 0 {
+				last = events[len(events)-1]
+			}
+			if !strings.Contains(last, `"error"`) || !strings.Contains(last, "several choices") {
+				t.Fatalf("the stream ended with %q", last)
+			}
+			for _, e := range events {
+				if e == "[DONE]" {
+					t.Fatalf("[DONE] sent: %v", events)
+				}
+			}
+			a.mu.Lock()
+			od.mu.Lock()
+			sent := len(a.bodies) + len(od.bodies)
+			od.mu.Unlock()
+			a.mu.Unlock()
+			if sent != 1 {
+				t.Fatalf("%d requests reached the backends, want 1", sent)
+			}
+			m := get(t, srv.URL+"/metrics")
+			for _, s := range []string{`gateway_requests_total{outcome="failed"} 1`,
+				`gateway_requests_total{outcome="ok"} 0`, `gateway_replays_total{step="enqueued"} 0`} {
+				if !strings.Contains(m, s) {
+					t.Errorf("/metrics lacks %s", s)
+				}
+			}
+		})
+	}
+}
+
+// With stop strings, vLLM holds back the text that may start one while its
+// running count counts its tokens: the count runs ahead of what the client
+// has. The stream offset is what the client has, so the continuation asks
+// for all that is left of max_tokens and the client gets it: here cut
+// after 13 tokens with the last 3 held back, it continues after 10 and
+// asks for 20.
+func TestStopStringsHoldBackText(t *testing.T) {
+	a, od := &fakeBackend{n: 40, stopHold: 3}, &fakeBackend{n: 40, stopHold: 3}
+	a.cutAfter.Store(13)
+	srv := newTestGateway(t, map[string]*fakeBackend{"spot-a": a, "od-1": od},
+		map[string]string{"spot-a": "spot", "od-1": "on_demand"}, "spotinfer")
+	body := strings.Replace(withUsage, `"stream":true,`, `"stream":true,"max_tokens":30,"stop":["####"],`, 1)
+	text, done, roles, ids, usage := readStreamAll(t, postChat(t, srv.URL, body))
+	if text != want(30) || !done || roles != 1 || len(ids) != 1 || usage != 30 {
+		t.Fatalf("got %q done=%v roles=%d ids=%v usage=%d", text, done, roles, ids, usage)
+	}
+	if conts := continuations(a, od); len(conts) != 1 || conts[0]["max_tokens"] != 20.0 {
+		t.Fatalf("continuations sent: %v", conts)
 	}
 }

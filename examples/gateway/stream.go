@@ -42,6 +42,9 @@ type stream struct {
 	ctx        context.Context // the client's request
 	firstCut   int64           // when it was first interrupted (ns), 0 before
 	streamID   string          // the id of the first leg's events
+	// The most tokens a backend's count may run ahead of the text sent by
+	// (stopHoldBack): the offset is lowered to what the client has.
+	holdBack uint64
 
 	mu     sync.Mutex
 	cut    bool               // a REPLAY plan asked for this leg to stop
@@ -53,14 +56,73 @@ type stream struct {
 	estimated bool
 	attempts  uint32
 
-	// The client has had a finish_reason: the answer is whole, and a leg
-	// cut before its [DONE] is not continued. Read and written by the
-	// relaying goroutine only.
+	// The client has had a finish_reason for every choice: the answer is
+	// whole, and a leg cut before its [DONE] is not continued. Read and
+	// written by the relaying goroutine only, as are the fields up to mu.
 	finished bool
-	// The client has had tool-call or reasoning deltas, which a checkpoint
-	// does not hold: a continuation would repeat or lose them. Relaying
-	// goroutine only.
-	uncheckpointed bool
+	choices  choiceSet
+	// Why the stream is not continued after a cut, "" when it may be: the
+	// client has had what a checkpoint does not hold, tool-call or
+	// reasoning deltas (a continuation would repeat or lose them), or
+	// several choices (a checkpoint holds one text and one offset).
+	notContinued string
+}
+
+// choiceSet is what a stream's choices have had: the choices, by index,
+// and those that had their finish_reason.
+type choiceSet struct {
+	asked    int // the body's n, 0 when it gives none
+	seen     map[string]bool
+	finished map[string]bool
+}
+
+const (
+	whyBeyondText = "it had tool-call or reasoning deltas, which a checkpoint does not hold"
+	whyChoices    = "it has several choices, and a checkpoint holds one"
+)
+
+// askedChoices is the body's n (the last given), 0 when it gives none or
+// it is not a number; a continuation body keeps it.
+func askedChoices(body []byte) int {
+	// Most bodies are seen without a walk; a key written with escapes
+	// ("\u006e") needs one.
+	if !bytes.Contains(body, []byte(`"n"`)) && !bytes.Contains(body, []byte(`\u`)) {
+		return 0
+	}
+	n := 0
+	eachMember(body, func(m member) bool {
+		if m.is("n") {
+			var v float64
+			n = 0
+			if json.Unmarshal(body[m.val:m.end], &v) == nil && v >= 1 {
+				n = int(min(v, 1<<20))
+			}
+		}
+		return true
+	})
+	return n
+}
+
+// add notes an event's choices; several reports whether the stream has
+// more than one.
+func (cs *choiceSet) add(ev *event) (several bool) {
+	if cs.seen == nil {
+		cs.seen, cs.finished = map[string]bool{}, map[string]bool{}
+	}
+	for _, c := range ev.Choices {
+		k := c.index()
+		cs.seen[k] = true
+		if c.FinishReason != nil {
+			cs.finished[k] = true
+		}
+	}
+	return cs.asked > 1 || len(cs.seen) > 1 || len(ev.Choices) > 1
+}
+
+// whole reports whether every choice has had its finish_reason: every one
+// seen, and as many as the body asked for.
+func (cs *choiceSet) whole() bool {
+	return len(cs.finished) > 0 && len(cs.finished) >= max(cs.asked, len(cs.seen))
 }
 
 // resumption is what the replay worker hands a waiting stream.
@@ -84,21 +146,35 @@ type delta struct {
 	Reasoning string `json:"reasoning"`
 }
 
+// choice is one of an event's choices, as far as the gateway reads it.
+type choice struct {
+	// As written: a choice is told from another by it, whatever it holds.
+	Index        json.RawMessage `json:"index"`
+	Delta        delta           `json:"delta"`
+	Text         string          `json:"text"`
+	FinishReason *string         `json:"finish_reason"`
+}
+
+// index is the choice's index as written, with an absent or null index
+// the first choice's, as a stream of one choice may leave it out.
+func (c *choice) index() string {
+	if len(c.Index) == 0 || string(c.Index) == "null" {
+		return "0"
+	}
+	return string(c.Index)
+}
+
 // event is one server-sent event's data, as far as the gateway reads it.
 type event struct {
-	ID      string `json:"id"`
-	Choices []struct {
-		Delta        delta   `json:"delta"`
-		Text         string  `json:"text"`
-		FinishReason *string `json:"finish_reason"`
-	} `json:"choices"`
-	Usage *struct {
-		PromptTokens     uint64 `json:"prompt_tokens"`
-		CompletionTokens uint64 `json:"completion_tokens"`
-		Details          *struct {
-			CachedTokens uint64 `json:"cached_tokens"`
-		} `json:"prompt_tokens_details"`
-	} `json:"usage"`
+	ID      string   `json:"id"`
+	Choices []choice `json:"choices"`
+	// The usage, read by decodeEvent (usage.go) from the member whose
+	// key is usage exactly: encoding/json would also take "Usage" for it,
+	// which the gateway would then count and not take out.
+	Usage *usage `json:"-"`
+	// The event has a member usage, null included: what forClient takes
+	// out.
+	usageGiven bool
 }
 
 // beyondText reports deltas other than text: tool calls, reasoning.
@@ -207,9 +283,13 @@ func (st *stream) relay(w http.ResponseWriter, ctx context.Context, resp *http.R
 			g.stats.ok.Add(1)
 			return
 		}
-		if !st.replayable || st.uncheckpointed {
+		if !st.replayable || st.notContinued != "" {
 			g.stats.failed.Add(1)
-			writeStreamError(w, fl, fmt.Sprintf("the backend stream broke: %v", err))
+			msg := fmt.Sprintf("the backend stream broke: %v", err)
+			if st.replayable {
+				msg += "; not continued: " + st.notContinued
+			}
+			writeStreamError(w, fl, msg)
 			return
 		}
 		var r resumption
@@ -297,7 +377,7 @@ func (st *stream) relayLeg(w io.Writer, fl http.Flusher, resp *http.Response, l 
 			return true, nil
 		}
 		var ev event
-		if json.Unmarshal(data, &ev) != nil {
+		if decodeEvent(data, &ev) != nil {
 			continue // not JSON: pass nothing on
 		}
 		text := ev.content()
@@ -306,6 +386,9 @@ func (st *stream) relayLeg(w io.Writer, fl http.Flusher, resp *http.Response, l 
 		}
 		// Counted before anything is dropped: the backend generated it all.
 		tally.add(g, l.ticket, &ev)
+		if st.holdBack > 0 {
+			tally.words.add(text) // all of it: a skipped text is the client's too
+		}
 		if st.hideUsage {
 			var keep bool
 			if data, keep = st.asked.forClient(data, &ev); !keep {
@@ -332,20 +415,20 @@ func (st *stream) relayLeg(w io.Writer, fl http.Flusher, resp *http.Response, l 
 		if fl != nil {
 			fl.Flush()
 		}
-		for _, c := range ev.Choices {
-			if c.FinishReason != nil {
-				st.finished = true
-			}
+		if st.choices.add(&ev) {
+			st.notContinued = whyChoices
 		}
-		if ev.beyondText() {
-			st.uncheckpointed = true
+		st.finished = st.choices.whole()
+		if ev.beyondText() && st.notContinued == "" {
+			st.notContinued = whyBeyondText
 		}
 		// The client has everything the leg generated so far: a from-scratch
 		// replay's skipped events hold what it already had.
 		st.mu.Lock()
 		st.text.WriteString(text)
-		st.tokens = l.offset + tally.count.n
-		st.estimated = baseEstimated || tally.count.estimated
+		has, estimated := tally.clientHas(st.holdBack)
+		st.tokens = l.offset + has
+		st.estimated = baseEstimated || estimated
 		st.mu.Unlock()
 		if text != "" && firstAt.IsZero() {
 			firstAt = time.Now()
@@ -362,8 +445,9 @@ func (st *stream) relayLeg(w io.Writer, fl http.Flusher, resp *http.Response, l 
 // streams and at the end, and the backend's usage.
 type legTally struct {
 	count          tokenCount
-	reported       uint64 // the last Progress
-	prompt, cached uint64 // from the backend's usage, 0 without one
+	words          wordRun // of the leg's text, for clientHas
+	reported       uint64  // the last Progress
+	prompt, cached uint64  // from the backend's usage, 0 without one
 }
 
 func (t *legTally) add(g *gateway, ticket spotinfer.Ticket, ev *event) {
@@ -488,7 +572,7 @@ func (st *stream) relayPassive(w http.ResponseWriter, resp *http.Response) {
 			// Decoded as the routed relay decodes every event, so that the
 			// yardstick pays the same for it.
 			var ev event
-			_ = json.Unmarshal(data, &ev)
+			_ = decodeEvent(data, &ev)
 		}
 		if _, err := fmt.Fprintf(w, "data: %s\n\n", data); err != nil {
 			st.g.stats.cancelled.Add(1)

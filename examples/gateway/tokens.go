@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"unicode"
+	"unicode/utf8"
 )
 
 // What the gateway counts as a stream's output tokens, and where it gets
@@ -39,6 +40,17 @@ import (
 //     replays it rather than drain it, and the client is not billed for
 //     tokens it did not get; the cost is a continuation that may write that
 //     many tokens past max_tokens.
+//
+// The stream offset is what the client has, which the backend's running
+// count may run ahead of: vLLM holds back the last characters of the
+// output, one fewer than the longest stop string has, so as not to send
+// the start of a stop string it then takes out, and counts their tokens.
+// For a body with stop strings the offset is lowered to a lower bound of
+// the tokens of the text sent (legTally.clientHas, stopHoldBack); the
+// ticket keeps the backend's count, since the backend generated them. Not
+// covered: vLLM also holds back the bytes of a character whose tokens have
+// not all come (up to 3 tokens), with or without stop strings
+// (docs/integrations.md).
 
 // tokenCount is one leg's output tokens so far.
 type tokenCount struct {
@@ -89,6 +101,88 @@ func words(s string) uint64 {
 		in = !space
 	}
 	return n
+}
+
+// wordRun counts the words of a text given in pieces: a word cut across
+// two pieces counts once.
+type wordRun struct {
+	n  uint64
+	in bool
+}
+
+func (w *wordRun) add(s string) {
+	for _, r := range s {
+		space := unicode.IsSpace(r)
+		if !space && !w.in {
+			w.n++
+		}
+		w.in = !space
+	}
+}
+
+// clientHas is the output tokens of the leg the client has, and whether
+// that is an estimate: the leg's count, but for a stream whose backend
+// may hold text back (holdBack > 0, stopHoldBack), at most the larger of
+// two lower bounds of the tokens in the text sent, its words (tokens.go's
+// estimate, counted over the whole text, as a held back piece of a word
+// may come in the next event) and, from the backend's own count, that
+// count less the most tokens held back.
+func (t *legTally) clientHas(holdBack uint64) (uint64, bool) {
+	n, estimated := t.count.n, t.count.estimated
+	if holdBack == 0 {
+		return n, estimated
+	}
+	floor := t.words.n
+	if !estimated && n > holdBack {
+		floor = max(floor, n-holdBack)
+	}
+	if floor < n {
+		return floor, true
+	}
+	return n, estimated
+}
+
+// stopHoldBack is the most output tokens a backend may have counted and
+// not yet sent the text of, for the body's stop strings. vLLM holds back
+// the last characters of the output, one fewer than the longest stop
+// string has, so as not to send the start of a stop string it then takes
+// out (unless include_stop_str_in_output is true); its running count
+// (continuous_usage_stats) counts their tokens. A character is at most 4
+// bytes and a token at least 1, so those characters touch at most 4 a
+// character. Keys as the backend reads them: decoded, the last given.
+func stopHoldBack(body []byte) uint64 {
+	if !bytes.Contains(body, []byte(`"stop"`)) && !bytes.Contains(body, []byte(`\u`)) {
+		return 0
+	}
+	var stop []byte
+	include := false
+	eachMember(body, func(m member) bool {
+		switch {
+		case m.is("stop"):
+			stop = body[m.val:m.end]
+		case m.is("include_stop_str_in_output"):
+			include = string(body[m.val:m.end]) == "true"
+		}
+		return true
+	})
+	if stop == nil || include {
+		return 0
+	}
+	var one string
+	var list []string
+	if json.Unmarshal(stop, &one) == nil {
+		list = []string{one}
+	} else if json.Unmarshal(stop, &list) != nil {
+		return 0 // the backend refuses it
+	}
+	longest := 0
+	for _, s := range list {
+		longest = max(longest, utf8.RuneCountInString(s))
+	}
+	if longest < 2 {
+		return 0
+	}
+	return 4 * uint64(longest-1)
 }
 
 // usageAsk is the usage a client's stream_options asked for.
@@ -191,14 +285,14 @@ func switchOf(o map[string]json.RawMessage, key string, def bool) (on, ok bool) 
 // chunk at the end (keep is then false: nothing is passed on).
 func (a usageAsk) forClient(data []byte, ev *event) (out []byte, keep bool) {
 	switch {
-	case ev.Usage == nil:
+	case !ev.usageGiven:
 		return data, true
 	case len(ev.Choices) == 0:
 		return data, a.atEnd
 	case a.running:
 		return data, true
 	}
-	ev.Usage = nil
+	ev.Usage, ev.usageGiven = nil, false
 	return dropMember(data, "usage"), true
 }
 

@@ -41,7 +41,7 @@ func BenchmarkHideUsage(b *testing.B) {
 			a := usageAsk{atEnd: true}
 			for i := 0; i < b.N; i++ {
 				var ev event
-				if json.Unmarshal(data, &ev) != nil {
+				if decodeEvent(data, &ev) != nil {
 					b.Fatal("bad event")
 				}
 				a.forClient(data, &ev)

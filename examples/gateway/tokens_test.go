@@ -28,7 +28,7 @@ func TestEstimateTokens(t *testing.T) {
 		`{"choices":[{"delta":{"content":" a"}},{"index":1,"delta":{"content":" b"}}]}`: 2,
 	} {
 		var ev event
-		if err := json.Unmarshal([]byte(body), &ev); err != nil {
+		if err := decodeEvent([]byte(body), &ev); err != nil {
 			t.Fatal(err)
 		}
 		if got := ev.estimateTokens(); got != want {
@@ -45,14 +45,14 @@ func TestTokenCountTakesTheBackendsCount(t *testing.T) {
 		`{"choices":[{"delta":{"content":" d"}}]}`,
 	} {
 		var ev event
-		json.Unmarshal([]byte(body), &ev)
+		decodeEvent([]byte(body), &ev)
 		c.add(&ev)
 	}
 	if c.n != 4 || !c.estimated {
 		t.Fatalf("estimated: %+v", c)
 	}
 	var ev event
-	json.Unmarshal([]byte(`{"choices":[{"delta":{"content":" e"}}],"usage":{"completion_tokens":7}}`), &ev)
+	decodeEvent([]byte(`{"choices":[{"delta":{"content":" e"}}],"usage":{"completion_tokens":7}}`), &ev)
 	c.add(&ev)
 	if c.n != 7 || c.estimated {
 		t.Fatalf("with the backend's count: %+v", c)
@@ -326,5 +326,101 @@ func TestMembersOnBrokenInput(t *testing.T) {
 				askRunningUsage([]byte(b))
 			}
 		}
+	}
+}
+
+// The usage is the member whose key is usage exactly, as vLLM and OpenAI
+// write it and as a client's decoder reads it: what is counted is what is
+// taken out for a client that did not ask for it. A member named otherwise
+// ("Usage", "USAGE", or "Completion_Tokens" inside the usage) is neither
+// counted nor taken out; the event's words are counted instead.
+func TestUsageKeyIsExact(t *testing.T) {
+	const text = `{"id":"a","choices":[{"delta":{"content":" x y"}}]`
+	for _, c := range []struct {
+		in    string
+		count uint64
+		out   string // "" for the event as it came
+	}{
+		{text + `,"usage":{"completion_tokens":9}}`, 9, text + `}`},
+		{text + `,"Usage":{"completion_tokens":9}}`, 2, ""},
+		{text + `,"USAGE":{"completion_tokens":9}}`, 2, ""},
+		{text + `,"usag\u0065":{"completion_tokens":9}}`, 9, text + `}`},
+		{text + `,"Usage":{"completion_tokens":5},"usage":{"completion_tokens":9}}`, 9,
+			text + `,"Usage":{"completion_tokens":5}}`},
+		{text + `,"usage":{"completion_tokens":9},"USAGE":null}`, 9, text + `,"USAGE":null}`},
+		{text + `,"usage":{"completion_tokens":5},"usage":{"completion_tokens":9}}`, 9, text + `}`},
+		{text + `,"usage":{"Completion_Tokens":5,"completion_tokens":9,"COMPLETION_TOKENS":7}}`, 9, text + `}`},
+		{text + `,"usage":{"completion_tokens":9},"usage":null}`, 2, text + `}`},
+	} {
+		var ev event
+		if err := decodeEvent([]byte(c.in), &ev); err != nil {
+			t.Fatalf("%s: %v", c.in, err)
+		}
+		var n tokenCount
+		n.add(&ev)
+		out, keep := usageAsk{atEnd: true}.forClient([]byte(c.in), &ev)
+		want := c.out
+		if want == "" {
+			want = c.in
+		}
+		if n.n != c.count || !keep || string(out) != want {
+			t.Errorf("%s: counted %d (want %d), passed on %s (want %s)", c.in, n.n, c.count, out, want)
+		}
+	}
+}
+
+// The tokens a backend may hold text back for are 4 a character of the
+// longest stop string but one, none when the stop string is sent too.
+func TestStopHoldBack(t *testing.T) {
+	for body, want := range map[string]uint64{
+		`{"messages":[]}`:            0,
+		`{"stop":"\n"}`:              0,
+		`{"stop":"####"}`:            12,
+		`{"stop":["a","</answer>"]}`: 32,
+		`{"stop":["é!"]}`:            4,
+		`{"stop":"####","include_stop_str_in_output":true}`:  0,
+		`{"stop":"####","include_stop_str_in_output":false}`: 12,
+		`{"stop":null}`:                     0,
+		`{"stop":[]}`:                       0,
+		`{"stop":7}`:                        0,
+		`{"\u0073top":"ab"}`:                4,
+		`{"stop":"abc","stop":null}`:        0,
+		`{"Stop":"abc"}`:                    0,
+		`{"messages":[{"content":"stop"}]}`: 0,
+	} {
+		if got := stopHoldBack([]byte(body)); got != want {
+			t.Errorf("%s: %d, want %d", body, got, want)
+		}
+	}
+}
+
+// What the client has of a leg: the count, or with text held back the
+// larger of its words and the backend's count less what may be held.
+func TestClientHas(t *testing.T) {
+	for _, c := range []struct {
+		count, words, holdBack uint64
+		estimated              bool
+		want                   uint64
+		wantEstimated          bool
+	}{
+		{13, 10, 0, false, 13, false},
+		{13, 10, 12, false, 10, true},
+		{40, 10, 12, false, 28, true},
+		{13, 13, 12, false, 13, false},
+		{13, 10, 12, true, 10, true},
+		{9, 10, 12, true, 9, true},
+		{0, 0, 12, false, 0, false},
+	} {
+		tl := legTally{count: tokenCount{n: c.count, estimated: c.estimated}, words: wordRun{n: c.words}}
+		if got, est := tl.clientHas(c.holdBack); got != c.want || est != c.wantEstimated {
+			t.Errorf("%+v: %d %v", c, got, est)
+		}
+	}
+	var w wordRun
+	for _, s := range []string{" he", "llo wo", "rld", " ", "x"} {
+		w.add(s)
+	}
+	if w.n != 3 {
+		t.Errorf("words of a text in pieces: %d, want 3", w.n)
 	}
 }

@@ -1,0 +1,88 @@
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+)
+
+// usage is an event's token usage, as far as the gateway reads it.
+type usage struct {
+	PromptTokens     uint64
+	CompletionTokens uint64
+	Details          *usageDetails // prompt_tokens_details
+}
+
+type usageDetails struct{ CachedTokens uint64 }
+
+// decodeEvent decodes an event with encoding/json, but for its usage: that
+// is read from the members whose key is usage exactly (member.is, as
+// dropMember finds them), and so are the usage's own keys. The wire format
+// is case-sensitive (vLLM's and OpenAI's clients read only "usage"), and
+// encoding/json matches keys case-insensitively: it would count a "Usage"
+// member that the gateway does not take out. Of a key given twice the last
+// is read, as the backend's clients read it. A function, not an
+// UnmarshalJSON method, which encoding/json would have validate every
+// event twice.
+func decodeEvent(data []byte, e *event) error {
+	*e = event{}
+	if err := json.Unmarshal(data, e); err != nil {
+		return err
+	}
+	// Most events are read without a walk; a key written with escapes
+	// ("usag\u0065") needs one.
+	if !bytes.Contains(data, []byte(`"usage"`)) && !bytes.Contains(data, []byte(`\u`)) {
+		return nil
+	}
+	var err error
+	eachMember(data, func(m member) bool {
+		if m.is("usage") {
+			e.usageGiven = true
+			e.Usage, err = decodeUsage(data[m.val:m.end])
+		}
+		return err == nil
+	})
+	return err
+}
+
+// decodeUsage reads a usage object; nil for null.
+func decodeUsage(raw []byte) (*usage, error) {
+	if string(raw) == "null" {
+		return nil, nil
+	}
+	if len(raw) == 0 || raw[0] != '{' {
+		return nil, &json.UnmarshalTypeError{Value: string(raw), Field: "usage"}
+	}
+	u := &usage{}
+	var err error
+	eachMember(raw, func(m member) bool {
+		v := raw[m.val:m.end]
+		switch {
+		case m.is("prompt_tokens"):
+			err = json.Unmarshal(v, &u.PromptTokens)
+		case m.is("completion_tokens"):
+			err = json.Unmarshal(v, &u.CompletionTokens)
+		case m.is("prompt_tokens_details"):
+			u.Details, err = decodeDetails(v)
+		}
+		return err == nil
+	})
+	return u, err
+}
+
+func decodeDetails(raw []byte) (*usageDetails, error) {
+	if string(raw) == "null" {
+		return nil, nil
+	}
+	if len(raw) == 0 || raw[0] != '{' {
+		return nil, &json.UnmarshalTypeError{Value: string(raw), Field: "usage.prompt_tokens_details"}
+	}
+	d := &usageDetails{}
+	var err error
+	eachMember(raw, func(m member) bool {
+		if m.is("cached_tokens") {
+			err = json.Unmarshal(raw[m.val:m.end], &d.CachedTokens)
+		}
+		return err == nil
+	})
+	return d, err
+}
