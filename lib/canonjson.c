@@ -23,7 +23,7 @@
  *
  * cJSON keeps strings NUL-terminated, so a "\u0000" inside a parsed string
  * would truncate it there; the callers refuse such text before it gets here
- * (spi__json_nul_escape), so two different tool lists never key the same.
+ * (spi__json_scan), so two different tool lists never key the same.
  */
 #include <cjson/cJSON.h>
 #include <inttypes.h>

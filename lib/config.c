@@ -27,43 +27,76 @@ static void shown_path(char *buf, size_t cap, const char *shown,
     spi__errf(buf, cap, "%s", key);
 }
 
-size_t spi__json_nul_escape(const char *text, size_t len) {
-  int in_string = 0;
-  for (size_t i = 0; i < len; i++) {
-    char c = text[i];
-    if (!in_string) {
-      in_string = c == '"';
-      continue;
-    }
-    if (c == '"') {
-      in_string = 0;
-    } else if (c == '\0') {
-      return i; /* a raw zero byte: cJSON takes it, and cuts the string */
-    } else if (c == '\\' && i + 1 < len) {
-      if (text[i + 1] == 'u' && i + 5 < len && text[i + 2] == '0' &&
-          text[i + 3] == '0' && text[i + 4] == '0' && text[i + 5] == '0')
-        return i;
-      i++; /* the escaped character, whatever it is */
-    }
-  }
-  return SIZE_MAX;
+static int is_ws(char c) {
+  return c == ' ' || c == '\t' || c == '\n' || c == '\r';
 }
 
-/* Only JSON whitespace may follow the value. A NUL byte there gets its own
- * message: printed, the text would not show it. */
-static int check_trailing(const char *text, size_t len, const char *end,
+/* A byte below 0x20 outside a string that is not JSON whitespace: cJSON
+ * would skip it as whitespace. A NUL gets its own words, as the others get
+ * their value: printed, the text would show none of them. */
+static int control_byte(const char *text, size_t off, const char *what,
+                        char *err, size_t errcap) {
+  unsigned char ch = (unsigned char)text[off];
+  if (ch == 0)
+    spi__errf(err, errcap, "%s: NUL byte at offset %zu", what, off);
+  else
+    spi__errf(err, errcap, "%s: control byte 0x%02x at byte offset %zu", what,
+              (unsigned)ch, off);
+  return SPI_EPARSE;
+}
+
+/* Only JSON whitespace may follow the value (text[from..len)). */
+static int check_trailing(const char *text, size_t len, size_t from,
                           const char *what, char *err, size_t errcap) {
-  for (const char *p = end ? end : text + len; p < text + len; p++) {
-    if (*p == '\0') {
-      spi__errf(err, errcap, "%s: NUL byte at offset %zu", what,
-                (size_t)(p - text));
-      return SPI_EPARSE;
-    }
-    if (*p != ' ' && *p != '\t' && *p != '\n' && *p != '\r') {
-      spi__errf(err, errcap, "%s: trailing data at byte offset %zu", what,
-                (size_t)(p - text));
-      return SPI_EPARSE;
-    }
+  for (size_t i = from; i < len; i++) {
+    if (is_ws(text[i])) continue;
+    if ((unsigned char)text[i] < 0x20)
+      return control_byte(text, i, what, err, errcap);
+    spi__errf(err, errcap, "%s: trailing data at byte offset %zu", what, i);
+    return SPI_EPARSE;
+  }
+  return SPI_OK;
+}
+
+/* cJSON refused the text, and not for memory: the first control byte
+ * outside a string before where it stopped, else where it stopped. */
+static int malformed(const char *text, size_t len, const char *end,
+                     const char *what, char *err, size_t errcap) {
+  /* cJSON sets end to where it stopped; on allocation failure it may not. */
+  size_t off =
+      (end && end >= text && end <= text + len) ? (size_t)(end - text) : 0;
+  size_t ctl, nul;
+  spi__json_scan(text, off, &ctl, &nul);
+  if (ctl != SIZE_MAX) return control_byte(text, ctl, what, err, errcap);
+  spi__errf(err, errcap, "%s: malformed JSON at byte offset %zu", what, off);
+  return SPI_EPARSE;
+}
+
+/* The faults of parsed text, first in the text first: a control byte
+ * outside a string, then anything after the value, then the top level's
+ * type, then U+0000 inside a string. The one pass over the value
+ * (spi__json_scan) finds the first and the last. */
+static int check_parsed(const char *text, size_t len, const char *end,
+                        const cJSON *root, int want, const char *what,
+                        char *err, size_t errcap) {
+  size_t vend = end && end >= text && end <= text + len ? (size_t)(end - text)
+                                                        : len;
+  size_t ctl, nul;
+  spi__json_scan(text, vend, &ctl, &nul);
+  if (ctl != SIZE_MAX) return control_byte(text, ctl, what, err, errcap);
+  int rc = check_trailing(text, len, vend, what, err, errcap);
+  if (rc != SPI_OK) return rc;
+  if (!(want == cJSON_Array ? cJSON_IsArray(root) : cJSON_IsObject(root))) {
+    spi__errf(err, errcap, "%s: top level must be a JSON %s", what,
+              want == cJSON_Array ? "array" : "object");
+    return SPI_ETYPE;
+  }
+  if (nul != SIZE_MAX) {
+    spi__errf(err, errcap,
+              "%s: \\u0000 inside a string at byte offset %zu is not "
+              "supported",
+              what, nul);
+    return SPI_EPARSE;
   }
   return SPI_OK;
 }
@@ -79,30 +112,8 @@ int spi__json_parse_as(const char *text, size_t len, int want,
     spi__errf(err, errcap, "%s: out of memory while parsing JSON", what);
     return SPI_ENOMEM;
   }
-  if (!root) {
-    /* cJSON sets end to where it stopped; on allocation failure it may not. */
-    size_t off = (end && end >= text && end <= text + len) ? (size_t)(end - text)
-                                                           : 0;
-    spi__errf(err, errcap, "%s: malformed JSON at byte offset %zu", what, off);
-    return SPI_EPARSE;
-  }
-  /* Anything but whitespace after the value is an error, not ignored. */
-  int rc = check_trailing(text, len, end, what, err, errcap);
-  int is_want =
-      want == cJSON_Array ? cJSON_IsArray(root) : cJSON_IsObject(root);
-  if (rc == SPI_OK && !is_want) {
-    spi__errf(err, errcap, "%s: top level must be a JSON %s", what,
-              want == cJSON_Array ? "array" : "object");
-    rc = SPI_ETYPE;
-  }
-  size_t nul = rc == SPI_OK ? spi__json_nul_escape(text, len) : SIZE_MAX;
-  if (nul != SIZE_MAX) {
-    spi__errf(err, errcap,
-              "%s: \\u0000 inside a string at byte offset %zu is not "
-              "supported",
-              what, nul);
-    rc = SPI_EPARSE;
-  }
+  if (!root) return malformed(text, len, end, what, err, errcap);
+  int rc = check_parsed(text, len, end, root, want, what, err, errcap);
   if (rc != SPI_OK) {
     cJSON_Delete(root);
     return rc;

@@ -16,6 +16,11 @@
  * as whitespace, the grammar's number form, four hex digits after \u, no
  * raw control characters in strings). Being stricter costs nothing worse
  * than the old "malformed" message for such text when memory runs out.
+ *
+ * spi__json_scan is the other half: one pass over text cJSON has parsed,
+ * for what cJSON takes and JSON does not - a byte below 0x20 other than
+ * space, tab, CR and LF outside strings (cJSON skips any of them as
+ * whitespace), and U+0000 inside a string (cJSON cuts the string there).
  */
 #include <string.h>
 
@@ -29,10 +34,13 @@ typedef struct jcur {
 
 static int is_digit(unsigned char ch) { return ch >= '0' && ch <= '9'; }
 
+/* JSON's whitespace, all of it. */
+static int is_ws(unsigned char ch) {
+  return ch == ' ' || ch == '\t' || ch == '\n' || ch == '\r';
+}
+
 static void skip_ws(jcur *c) {
-  while (c->p < c->end &&
-         (*c->p == ' ' || *c->p == '\t' || *c->p == '\n' || *c->p == '\r'))
-    c->p++;
+  while (c->p < c->end && is_ws(*c->p)) c->p++;
 }
 
 static int take(jcur *c, const char *word) {
@@ -184,4 +192,29 @@ int spi__json_well_formed(const char *text, size_t len) {
   if (len >= 5 && memcmp(text, "\xEF\xBB\xBF", 3) == 0) c.p += 3;
   skip_ws(&c);
   return value(&c, 0);
+}
+
+void spi__json_scan(const char *text, size_t len, size_t *ctl, size_t *nul) {
+  const unsigned char *s = (const unsigned char *)text;
+  *ctl = *nul = SIZE_MAX;
+  int in_string = 0;
+  for (size_t i = 0; i < len; i++) {
+    unsigned char ch = s[i];
+    if (!in_string) {
+      if (ch < 0x20 && !is_ws(ch)) {
+        *ctl = i;
+        return;
+      }
+      in_string = ch == '"';
+    } else if (ch == '"') {
+      in_string = 0;
+    } else if (ch == '\\' && i + 1 < len) {
+      if (*nul == SIZE_MAX && s[i + 1] == 'u' && i + 5 < len &&
+          memcmp(s + i + 2, "0000", 4) == 0)
+        *nul = i;
+      i++; /* the escaped character, whatever it is */
+    } else if (ch == '\0' && *nul == SIZE_MAX) {
+      *nul = i; /* a raw zero byte: cJSON takes it, and cuts the string */
+    }
+  }
 }

@@ -162,20 +162,27 @@ const spi_optdesc *spi__opt_find(const char *path);
  * searches them; *count rows. */
 const uint16_t *spi__opt_by_path(size_t *count);
 
-/* The byte offset of the first U+0000 inside a string of the well-formed
- * JSON text, as the escape "\u0000" or a raw zero byte (which JSON forbids
- * but cJSON takes, given a length), or SIZE_MAX. cJSON keeps strings
- * NUL-terminated and cuts them there, so such text is refused rather than
- * silently shortened: two tool lists, or a tenant, told apart only after
- * it would otherwise read as one. */
-size_t spi__json_nul_escape(const char *text, size_t len);
+/*
+ * One pass over text[0..len), a JSON value cJSON has parsed, for what
+ * cJSON takes and JSON forbids. *ctl gets the offset of the first byte
+ * below 0x20 outside a string other than space, tab, LF and CR (cJSON
+ * skips them all as whitespace); the pass stops there. *nul gets the
+ * offset of the first U+0000 inside a string before it, as the escape
+ * "\u0000" or a raw zero byte: cJSON keeps strings NUL-terminated and cuts
+ * them there, so such text is refused rather than silently shortened (two
+ * tool lists, or a tenant, told apart only after it would otherwise read
+ * as one). Either is SIZE_MAX when there is none. Other raw control bytes
+ * inside strings are left to the caller: cJSON keeps them. (json_syntax.c)
+ */
+void spi__json_scan(const char *text, size_t len, size_t *ctl, size_t *nul);
 /*
  * Parse text[0..len) as one JSON value whose top level is want
  * (cJSON_Object or cJSON_Array), with cJSON_ParseWithLengthOpts, so no NUL
  * is needed. Every message in err starts with "what: ". Errors: SPI_ENOMEM
- * (cJSON ran out), SPI_EPARSE (malformed, with the byte offset; anything
- * but whitespace after the value; \u0000 inside a string, see
- * spi__json_nul_escape), SPI_ETYPE (the top level is another type). text
+ * (cJSON ran out), SPI_EPARSE (malformed, with the byte offset; a control
+ * byte outside a string, since JSON's only whitespace is space, tab, LF and
+ * CR; anything but whitespace after the value; \u0000 inside a string, see
+ * spi__json_scan), SPI_ETYPE (the top level is another type). text
  * must not be NULL when len is not 0. Free *out with cJSON_Delete.
  */
 int spi__json_parse_as(const char *text, size_t len, int want,

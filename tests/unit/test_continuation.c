@@ -384,6 +384,38 @@ static void cj_free(void *p) {
 /* Every allocation of a continuation fails in turn: each time the call
  * answers SPI_ENOMEM, the body's own parse included, and frees
  * everything. */
+/* JSON's whitespace is space, tab, LF and CR; cJSON would skip any byte
+ * below 0x20. Before the body, between its tokens or after it, such a byte
+ * makes the body malformed; inside a string it is text, and comes out
+ * escaped. */
+static void test_control_bytes(void **st) {
+  (void)st;
+  static const char body[] = "{\"prompt\":\"ab\"}";
+  const size_t len = sizeof body - 1;
+  const size_t at[] = {0, 10, len}; /* before, after the colon, after */
+  static const char bytes[] = {'\x01', '\x1f', '\x0b', '\0'};
+  char t[sizeof body + 1];
+  for (size_t i = 0; i < 3; i++) {
+    for (size_t k = 0; k < sizeof bytes; k++) {
+      memcpy(t, body, at[i]);
+      t[at[i]] = bytes[k];
+      memcpy(t + at[i] + 1, body + at[i], len - at[i]);
+      spi_envelope v = env_of("{}", SPI_OPENAI_COMPLETIONS, "x", 1);
+      v.body = t;
+      v.body_len = len + 1;
+      uint32_t flags = 0;
+      int rc;
+      (void)cont(&v, &flags, &rc);
+      if (rc != SPI_EPARSE)
+        fail_msg("byte 0x%02x at %zu: %d", (unsigned)(unsigned char)bytes[k],
+                 at[i], rc);
+    }
+  }
+  spi_envelope v = env_of("{\"prompt\":\"a\x01" "b\"}",
+                          SPI_OPENAI_COMPLETIONS, "x", 1);
+  expect(&v, "{\"prompt\":\"a\\u0001bx\"}", 0);
+}
+
 static void test_alloc_failures(void **st) {
   (void)st;
   const char *bodies[] = {
@@ -430,6 +462,7 @@ int main(void) {
       cmocka_unit_test(test_from_scratch),
       cmocka_unit_test(test_buffer),
       cmocka_unit_test(test_errors),
+      cmocka_unit_test(test_control_bytes),
       cmocka_unit_test(test_alloc_failures),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);

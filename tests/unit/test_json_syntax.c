@@ -3,12 +3,14 @@
  * out-of-memory NULL from malformed text: its answers on the edges where
  * cJSON is stricter than the JSON grammar (nesting, long numbers,
  * surrogates), and that every text it accepts, cJSON parses; and the
- * one parser built on it (spi__json_parse_as) with its messages.
+ * one parser built on it (spi__json_parse_as) with its messages, among
+ * them the control bytes cJSON takes as whitespace and JSON does not.
  */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -209,6 +211,35 @@ static const parse_case PARSE_CASES[] = {
     CASE("{\"\\u0000\":1}", cJSON_Array, SPI_ETYPE, ARRAY_TOP),
     /* Only len bytes are read. */
     {"[3]]]", 3, cJSON_Array, SPI_OK, ""},
+    /* JSON's whitespace is space, tab, LF and CR; cJSON skips any byte
+     * below 0x20, which is refused wherever it stands outside a string. */
+    CASE(" \t\r\n[ 1 ,\t2\r\n]\r\n", cJSON_Array, SPI_OK, ""),
+    CASE("\0[1,\x01 2]", cJSON_Array, SPI_EPARSE, "doc: NUL byte at offset 0"),
+    CASE("[1,\x01 2]", cJSON_Array, SPI_EPARSE,
+         "doc: control byte 0x01 at byte offset 3"),
+    CASE("{\"a\"\x1f:1}", cJSON_Object, SPI_EPARSE,
+         "doc: control byte 0x1f at byte offset 4"),
+    CASE("{} \x0b", cJSON_Object, SPI_EPARSE,
+         "doc: control byte 0x0b at byte offset 3"),
+    /* Inside a string cJSON keeps a raw control byte, and so does the
+     * parser; only U+0000 is refused there. */
+    CASE("[\"a\x01\x1f\tb\"]", cJSON_Array, SPI_OK, ""),
+    CASE("[\"ab\0\"]", cJSON_Array, SPI_EPARSE,
+         "doc: \\u0000 inside a string at byte offset 4 is not supported"),
+    /* A control byte is a fault of syntax, as trailing data is: reported
+     * before the type and before a \u0000 in a string, even an earlier
+     * one; and before where cJSON gave up on malformed text after it.
+     * Trailing data before it comes first. */
+    CASE("\x01[1]", cJSON_Object, SPI_EPARSE,
+         "doc: control byte 0x01 at byte offset 0"),
+    CASE("[\x02] x", cJSON_Array, SPI_EPARSE,
+         "doc: control byte 0x02 at byte offset 1"),
+    CASE("{} x\x01", cJSON_Object, SPI_EPARSE,
+         "doc: trailing data at byte offset 3"),
+    CASE("[\"\\u0000\",\x01 1]", cJSON_Array, SPI_EPARSE,
+         "doc: control byte 0x01 at byte offset 10"),
+    CASE("[1,\x01 2,]", cJSON_Array, SPI_EPARSE,
+         "doc: control byte 0x01 at byte offset 3"),
 };
 
 static void test_parse_as(void **st) {
@@ -232,12 +263,99 @@ static void test_parse_as(void **st) {
   }
 }
 
+/* Every byte below 0x20 but JSON's four whitespace bytes, before the
+ * value, between tokens and after it: refused with its offset by both
+ * parsers; inside a string: kept, but for U+0000. */
+static int parse_n(const char *text, size_t len, int want, char *err,
+                   size_t cap) {
+  cJSON *root = NULL;
+  int rc = want == cJSON_Object
+               ? spi__json_parse_object(text, len, 4096, "doc", &root, err,
+                                        cap)
+               : spi__json_parse_as(text, len, want, "doc", &root, err, cap);
+  if (rc != SPI_OK) assert_null(root);
+  cJSON_Delete(root);
+  return rc;
+}
+
+static void expect_control(const char *text, size_t len, int want,
+                           size_t off) {
+  char err[160] = "", msg[160];
+  unsigned char ch = (unsigned char)text[off];
+  if (ch == 0)
+    snprintf(msg, sizeof msg, "doc: NUL byte at offset %zu", off);
+  else
+    snprintf(msg, sizeof msg, "doc: control byte 0x%02x at byte offset %zu",
+             (unsigned)ch, off);
+  int rc = parse_n(text, len, want, err, sizeof err);
+  if (rc != SPI_EPARSE || strcmp(err, msg) != 0)
+    fail_msg("byte 0x%02x at %zu: %d \"%s\", want \"%s\"", (unsigned)ch, off,
+             rc, err, msg);
+}
+
+static void test_control_bytes(void **st) {
+  (void)st;
+  for (unsigned ch = 0; ch < 0x20; ch++) {
+    if (ch == '\t' || ch == '\n' || ch == '\r') continue;
+    char t[32];
+    /* before the value, between tokens (three places), after it */
+    int n = snprintf(t, sizeof t, "X[1,2]");
+    t[0] = (char)ch;
+    expect_control(t, (size_t)n, cJSON_Array, 0);
+    n = snprintf(t, sizeof t, "[1,X2]");
+    t[3] = (char)ch;
+    expect_control(t, (size_t)n, cJSON_Array, 3);
+    n = snprintf(t, sizeof t, "{\"a\"X:1}");
+    t[4] = (char)ch;
+    expect_control(t, (size_t)n, cJSON_Object, 4);
+    n = snprintf(t, sizeof t, "{\"a\": {}X }");
+    t[8] = (char)ch;
+    expect_control(t, (size_t)n, cJSON_Object, 8);
+    n = snprintf(t, sizeof t, "{\"a\":1} X");
+    t[8] = (char)ch;
+    expect_control(t, (size_t)n, cJSON_Object, 8);
+    /* inside a string */
+    n = snprintf(t, sizeof t, "{\"aXb\":\"cXd\"}");
+    t[2] = t[8] = (char)ch;
+    char err[160] = "";
+    int rc = parse_n(t, (size_t)n, cJSON_Object, err, sizeof err);
+    if (ch == 0) {
+      assert_int_equal(rc, SPI_EPARSE);
+      assert_string_equal(err, "doc: \\u0000 inside a string at byte offset 2 "
+                               "is not supported");
+    } else if (rc != SPI_OK) {
+      fail_msg("byte 0x%02x in a string: %d \"%s\"", ch, rc, err);
+    }
+  }
+}
+
+/* Malformed is malformed whichever allocation fails: text with a control
+ * byte between tokens is never taken for an allocation failure. */
+static void test_control_bytes_out_of_memory(void **st) {
+  (void)st;
+  const char *texts[] = {"{\"a\":[1,\x01 2],\"b\":{\"c\":\"d\"}}",
+                         "\x1f{\"a\":[1,2],\"b\":{\"c\":\"d\"}}"};
+  for (size_t i = 0; i < sizeof texts / sizeof texts[0]; i++) {
+    for (long k = 0; k < 12; k++) {
+      cJSON *root = NULL;
+      char err[128] = "";
+      long allocs = 0;
+      int rc = parse_failing(texts[i], cJSON_Object, k, &allocs, &root, err,
+                             sizeof err);
+      assert_int_equal(rc, SPI_EPARSE);
+      assert_null(root);
+    }
+  }
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_values),
       cmocka_unit_test(test_cjson_limits),
       cmocka_unit_test(test_parse_object_out_of_memory),
       cmocka_unit_test(test_parse_as),
+      cmocka_unit_test(test_control_bytes),
+      cmocka_unit_test(test_control_bytes_out_of_memory),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

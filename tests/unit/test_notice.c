@@ -570,6 +570,77 @@ static void test_nul_escape_refused(void **state) {
   assert_non_null(strstr(r.err, "u0000"));
 }
 
+/* text with ch put in at byte at: len + 1 bytes, no NUL after them. */
+static char *spliced(const char *text, size_t len, size_t at, char ch) {
+  char *t = malloc(len + 1);
+  assert_non_null(t);
+  memcpy(t, text, at);
+  t[at] = ch;
+  memcpy(t + at + 1, text + at, len - at);
+  return t;
+}
+
+static void expect_control_at(int32_t format, const char *body, size_t len,
+                              size_t at, char ch) {
+  char *t = spliced(body, len, at, ch);
+  result r;
+  parse_full(&r, format, 200, t, len + 1, NODE, NOW);
+  free(t);
+  char want[64];
+  if (ch == 0)
+    snprintf(want, sizeof want, "NUL byte at offset %zu", at);
+  else
+    snprintf(want, sizeof want, "control byte 0x%02x at byte offset %zu",
+             (unsigned)(unsigned char)ch, at);
+  if (r.rc != SPI_EPARSE || !strstr(r.err, want))
+    fail_msg("format %d, byte 0x%02x at %zu: %d \"%s\", want \"%s\"",
+             (int)format, (unsigned)(unsigned char)ch, at, r.rc, r.err, want);
+}
+
+/* Bytes below 0x20 other than space, tab, LF and CR are not JSON
+ * whitespace (cJSON would skip them): before a notice, between its tokens
+ * or after it they are refused with their offset, in every JSON format.
+ * Inside a string one is read as any other byte would be. */
+static void test_control_bytes(void **state) {
+  (void)state;
+  static const struct {
+    const char *file;
+    int32_t format;
+  } BODIES[] = {
+      {"aws/imds_instance_action_terminate.json", IA},
+      {"aws/imds_rebalance_recommendation.json", RB},
+      {"aws/imds_scheduled_events.json", SC},
+      {"aws/eventbridge_spot_interruption_warning.json", EB},
+      {"azure/scheduled_events_preempt.json", AZ},
+  };
+  for (size_t i = 0; i < sizeof BODIES / sizeof BODIES[0]; i++) {
+    size_t len;
+    char *b = load(BODIES[i].file, &len);
+    int32_t f = BODIES[i].format;
+    size_t open = strcspn(b, "{[");
+    assert_true(open < len);
+    expect_control_at(f, b, len, 0, '\x01');
+    expect_control_at(f, b, len, 0, '\0');
+    expect_control_at(f, b, len, open + 1, '\x1f');
+    expect_control_at(f, b, len, len, '\x0b');
+    expect_control_at(f, b, len, len, '\0');
+    /* In the first key, a control byte reads as a letter there would. */
+    size_t key = open + 1 + strcspn(b + open + 1, "\"");
+    assert_true(key < len);
+    result ctl, letter;
+    char *t = spliced(b, len, key + 1, '\x01');
+    parse_full(&ctl, f, 200, t, len + 1, NODE, NOW);
+    free(t);
+    t = spliced(b, len, key + 1, 'Z');
+    parse_full(&letter, f, 200, t, len + 1, NODE, NOW);
+    free(t);
+    if (ctl.rc != letter.rc || ctl.n != letter.n)
+      fail_msg("%s: a control byte in a key: %d \"%s\", a letter: %d",
+               BODIES[i].file, ctl.rc, ctl.err, letter.rc);
+    free(b);
+  }
+}
+
 /* ---------------------------------------------------------------- times */
 
 typedef struct tcase {
@@ -1569,6 +1640,7 @@ int main(void) {
       cmocka_unit_test(test_dedup_stable_across_polls),
       cmocka_unit_test(test_scheduled_withdrawal_key),
       cmocka_unit_test(test_nul_escape_refused),
+      cmocka_unit_test(test_control_bytes),
       cmocka_unit_test(test_rfc3339),
       cmocka_unit_test(test_aws_event_time),
       cmocka_unit_test(test_azure_times),

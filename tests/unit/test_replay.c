@@ -168,6 +168,42 @@ static void expect_open_error(const char *json, int status, const char *part) {
   teardown(f);
 }
 
+/* JSON's whitespace is space, tab, LF and CR; cJSON would skip any byte
+ * below 0x20. Before the configuration, between its tokens or after it,
+ * such a byte is refused with its offset; inside a string it is read like
+ * a letter (here: in an unknown key). */
+static void test_open_control_bytes(void **st) {
+  (void)st;
+  LOCAL_ONLY();
+  static const char json[] = "{\"store\":\"memory\"}";
+  const size_t len = sizeof json - 1;
+  const size_t at[] = {0, 9, len}; /* before, after the colon, after */
+  static const char bytes[] = {'\x01', '\x1f', '\0'};
+  char t[sizeof json + 1], want[96];
+  for (size_t i = 0; i < 3; i++) {
+    for (size_t k = 0; k < sizeof bytes; k++) {
+      memcpy(t, json, at[i]);
+      t[at[i]] = bytes[k];
+      memcpy(t + at[i] + 1, json + at[i], len - at[i]);
+      if (bytes[k] == 0)
+        snprintf(want, sizeof want, "replay: NUL byte at offset %zu", at[i]);
+      else
+        snprintf(want, sizeof want,
+                 "replay: control byte 0x%02x at byte offset %zu",
+                 (unsigned)bytes[k], at[i]);
+      fixture *f = setup_engine();
+      int rc = spi_replay_open(f->e, t, len + 1, &f->q);
+      if (rc != SPI_EPARSE || strcmp(spi_engine_errmsg(f->e), want) != 0)
+        fail_msg("%d \"%s\", want \"%s\"", rc, spi_engine_errmsg(f->e),
+                 want);
+      assert_null(f->q);
+      teardown(f);
+    }
+  }
+  expect_open_error("{\"store\":\"memory\",\"bo\x01gus\":1}", SPI_EUNKNOWN,
+                    "replay.bo\x01gus");
+}
+
 static void test_open_errors(void **st) {
   (void)st;
   LOCAL_ONLY();
@@ -1453,6 +1489,7 @@ int main(void) {
   }
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_open_errors),
+      cmocka_unit_test(test_open_control_bytes),
       cmocka_unit_test(test_engine_section_defaults),
       cmocka_unit_test(test_open_keeps_engine_section),
       cmocka_unit_test(test_empty_claim),

@@ -1181,6 +1181,82 @@ static void test_parse_raw_nul_and_many_members(void **state) {
   free(big);
 }
 
+/* The two JSON inputs of a request: an OpenAI body, a tool list. */
+typedef int (*json_setter)(spi_request *r, const char *text, size_t len);
+
+static int set_body(spi_request *r, const char *text, size_t len) {
+  return spi_request_parse_openai(r, text, len, SPI_OPENAI_AUTO);
+}
+
+static int set_tools(spi_request *r, const char *text, size_t len) {
+  return spi_request_set_str(r, SPI_REQ_TOOLS_JSON, text, len);
+}
+
+/* The setter's status and message for text with ch put in at byte at (a
+ * heap copy of len + 1 bytes, nothing after them). */
+static int with_byte(spi_request *r, json_setter set, const char *text,
+                     size_t at, char ch) {
+  size_t len = strlen(text);
+  char *t = malloc(len + 1);
+  assert_non_null(t);
+  memcpy(t, text, at);
+  t[at] = ch;
+  memcpy(t + at + 1, text + at, len - at);
+  int rc = set(r, t, len + 1);
+  free(t);
+  return rc;
+}
+
+static void expect_control_(spi_request *r, json_setter set, const char *what,
+                            const char *text, size_t at, char ch, int line) {
+  int rc = with_byte(r, set, text, at, ch);
+  char want[96];
+  if (ch == 0)
+    snprintf(want, sizeof want, "%s: NUL byte at offset %zu", what, at);
+  else
+    snprintf(want, sizeof want, "%s: control byte 0x%02x at byte offset %zu",
+             what, (unsigned)(unsigned char)ch, at);
+  if (rc != SPI_EPARSE || strcmp(spi_request_errmsg(r), want) != 0)
+    fail_msg("line %d: %d \"%s\", want \"%s\"", line, rc,
+             spi_request_errmsg(r), want);
+}
+#define expect_control(r, set, what, text, at, ch) \
+  expect_control_((r), (set), (what), (text), (at), (ch), __LINE__)
+
+/* JSON's whitespace is space, tab, LF and CR; cJSON would skip any byte
+ * below 0x20. Before a body or a tool list, between tokens and after, such
+ * a byte is refused with its offset. Inside a string it is read as a
+ * letter there would be. */
+static void test_parse_control_bytes(void **state) {
+  world *f = *state;
+  spi_request *r = f->r;
+  static const char body[] = "{" CHAT_OK "}";
+  static const char tools[] = "[{\"name\":\"a\"},2]";
+  const struct {
+    json_setter set;
+    const char *what, *text;
+    size_t between, in_string;
+  } inputs[] = {
+      {set_body, "body", body, 9, 51}, /* after "model":, in "q" */
+      {set_tools, "tools", tools, 1, 10}, /* after [, in "a" */
+  };
+  for (size_t i = 0; i < 2; i++) {
+    json_setter set = inputs[i].set;
+    const char *what = inputs[i].what, *text = inputs[i].text;
+    size_t len = strlen(text);
+    expect_control(r, set, what, text, 0, '\x01');
+    expect_control(r, set, what, text, 0, '\0');
+    expect_control(r, set, what, text, inputs[i].between, '\x1f');
+    expect_control(r, set, what, text, inputs[i].between, '\0');
+    expect_control(r, set, what, text, len, '\x0b');
+    expect_control(r, set, what, text, len, '\0');
+    assert_int_equal(set(r, text, len), SPI_OK);
+    assert_int_equal(with_byte(r, set, text, inputs[i].in_string, '\x01'),
+                     SPI_OK);
+  }
+  assert_str(r, SPI_REQ_TOOLS_JSON, "[{\"name\":\"\\u0001a\"},2]");
+}
+
 static void test_parse_deep_and_large(void **state) {
   world *f = *state;
   spi_request *r = f->r;
@@ -1853,6 +1929,8 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_parse_errors, world_setup, world_teardown),
       cmocka_unit_test_setup_teardown(test_parse_raw_nul_and_many_members,
                                       world_setup, world_teardown),
+      cmocka_unit_test_setup_teardown(test_parse_control_bytes, world_setup,
+                                      world_teardown),
       cmocka_unit_test_setup_teardown(test_parse_deep_and_large, world_setup,
                                       world_teardown),
       cmocka_unit_test_setup_teardown(test_parse_all_or_nothing, world_setup,
