@@ -423,6 +423,49 @@ ngx_http_spi_first_body(ngx_http_request_t *r, ngx_http_spi_ctx_t *ctx)
 }
 
 
+/* Whether the bytes of a buffer nginx spooled to a temporary file end a
+ * line: one byte read back, so that a stream's reader after them starts
+ * at the event that follows rather than skipping it. The file's offset is
+ * nginx's own bookkeeping of its writes, and is left as it was. */
+static int
+ngx_http_spi_spooled_line_end(ngx_buf_t *b)
+{
+    u_char   c;
+    off_t    offset;
+    ssize_t  n;
+
+    offset = b->file->offset;
+    n = ngx_read_file(b->file, &c, 1, b->file_last - 1);
+    b->file->offset = offset;
+
+    return n == 1 && c == LF;
+}
+
+
+static void
+ngx_http_spi_read_buf(ngx_http_spi_ctx_t *ctx, ngx_buf_t *b)
+{
+    if (!ngx_buf_in_memory(b)) {
+        if (b->in_file && b->file_last > b->file_pos) {
+            ngx_http_spi_tokens_gap(&ctx->tokens,
+                                    ngx_http_spi_spooled_line_end(b));
+        }
+
+    } else if (b->last > b->pos) {
+        if (ctx->first_byte_us == 0) {
+            ctx->first_byte_us = ngx_http_spi_now_us();
+            (void) spi_ticket_first_token(ctx->up->engine, ctx->ticket);
+        }
+
+        ngx_http_spi_tokens_read(&ctx->tokens, b->pos, b->last);
+    }
+
+    if (b->last_buf) {
+        ngx_http_spi_tokens_end(&ctx->tokens);
+    }
+}
+
+
 /* Reads the answer's buffers as they pass (they go on unchanged). Only
  * buffers in memory are read: one nginx spooled to a temporary file
  * (proxy_buffering on) passes unread, and the reader starts again at the
@@ -433,7 +476,6 @@ static ngx_int_t
 ngx_http_spi_body_filter(ngx_http_request_t *r, ngx_chain_t *in)
 {
     uint64_t             n;
-    ngx_buf_t           *b;
     ngx_chain_t         *cl;
     ngx_http_spi_ctx_t  *ctx;
 
@@ -452,26 +494,7 @@ ngx_http_spi_body_filter(ngx_http_request_t *r, ngx_chain_t *in)
     }
 
     for (cl = in; cl; cl = cl->next) {
-        b = cl->buf;
-
-        if (!ngx_buf_in_memory(b)) {
-            if (b->in_file && b->file_last > b->file_pos) {
-                ngx_http_spi_tokens_gap(&ctx->tokens);
-            }
-
-            continue;
-        }
-
-        if (b->last == b->pos) {
-            continue;
-        }
-
-        if (ctx->first_byte_us == 0) {
-            ctx->first_byte_us = ngx_http_spi_now_us();
-            (void) spi_ticket_first_token(ctx->up->engine, ctx->ticket);
-        }
-
-        ngx_http_spi_tokens_read(&ctx->tokens, b->pos, b->last);
+        ngx_http_spi_read_buf(ctx, cl->buf);
     }
 
     n = ngx_min(ngx_http_spi_tokens_output(&ctx->tokens),
