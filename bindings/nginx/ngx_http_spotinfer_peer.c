@@ -16,6 +16,7 @@ static ngx_int_t ngx_http_spi_get_peer(ngx_peer_connection_t *pc,
 static void ngx_http_spi_free_peer(ngx_peer_connection_t *pc, void *data,
     ngx_uint_t state);
 static void ngx_http_spi_answer_kept(ngx_http_spi_ctx_t *ctx);
+static void ngx_http_spi_passed_over(ngx_http_spi_ctx_t *ctx);
 static ngx_int_t ngx_http_spi_body_filter(ngx_http_request_t *r,
     ngx_chain_t *in);
 
@@ -175,15 +176,15 @@ ngx_http_spi_init_peer(ngx_http_request_t *r,
     }
 
     /* After an internal redirect (error_page to a location that proxies
-     * here again) the decision's targets are tried once more, from the
-     * chosen replica; its ticket is finished by then, so they are served
-     * without one. */
-    ctx->next = 0;
-
+     * here again) the decision goes on where the first pass left it: the
+     * replicas tried answered what sent the request there, so the next
+     * pass takes the fallbacks not tried yet, as proxy_next_upstream
+     * would, served without a ticket (the chosen replica's has ended).
+     * With none left, nginx answers 502. */
     r->upstream->peer.data = ctx;
     r->upstream->peer.get = ngx_http_spi_get_peer;
     r->upstream->peer.free = ngx_http_spi_free_peer;
-    r->upstream->peer.tries = ctx->ntargets;
+    r->upstream->peer.tries = ctx->ntargets - ctx->next;
 
     return NGX_OK;
 }
@@ -212,24 +213,47 @@ ngx_http_spi_get_peer(ngx_peer_connection_t *pc, void *data)
 }
 
 
-/* The chosen replica failing before the answer counts against it; a
- * fallback is served without a ticket. */
+/* The ticket is the chosen replica's, and ends with its own try: a
+ * fallback is served without one. */
 static void
 ngx_http_spi_free_peer(ngx_peer_connection_t *pc, void *data,
     ngx_uint_t state)
 {
     ngx_http_spi_ctx_t  *ctx = data;
 
-    if (ctx->next == 1 && (state & NGX_PEER_FAILED)) {
-        ngx_http_spi_ticket_end(ctx, SPI_TICKET_ERROR, 0);
-
-    } else if (ctx->next == 1 && state == 0) {
+    if (ctx->next == 1 && state == 0) {
         ngx_http_spi_answer_kept(ctx);
+
+    } else if (ctx->next == 1) {
+        ngx_http_spi_passed_over(ctx);
     }
 
     if (pc->tries) {
         pc->tries--;
     }
+}
+
+
+/* nginx leaves the chosen replica's try for the next replica
+ * (proxy_next_upstream): failed (error, timeout, a 5xx or a 429 listed
+ * there) or, for a 403 or 404 listed there, not. An answer it gave is
+ * its outcome, as in the log phase; the next replica's answer is not its
+ * work and must not end its ticket. No answer, or one that failed after
+ * its header, is its error. */
+static void
+ngx_http_spi_passed_over(ngx_http_spi_ctx_t *ctx)
+{
+    ngx_uint_t            code;
+    ngx_http_upstream_t  *u = ctx->request->upstream;
+
+    code = (u != NULL) ? u->headers_in.status_n : 0;
+
+    if (code < NGX_HTTP_BAD_REQUEST) {
+        ngx_http_spi_ticket_end(ctx, SPI_TICKET_ERROR, code);
+        return;
+    }
+
+    ngx_http_spi_ticket_end(ctx, ngx_http_spi_outcome(code), code);
 }
 
 
