@@ -15,9 +15,10 @@
  *   - any other event adds an estimate: the whitespace-separated words of
  *     its "content", "text" and reasoning strings, at least one for an
  *     event with output (text, or "tool_calls" that are not null). Role,
- *     finish and [DONE] lines add nothing. Reasoning is "reasoning" (vLLM's
- *     newer name) when an object has it, else its "reasoning_content": vLLM
- *     sends both with the same text while it keeps the old name.
+ *     finish and [DONE] lines add nothing. An object's reasoning is its
+ *     "reasoning" (vLLM's newer name) when that is not empty, else its
+ *     "reasoning_content": vLLM sends both with the same text while it
+ *     keeps the old name, and the words count once.
  * A whole answer (not a stream) has only its usage read.
  *
  * Each byte is looked at once, in order, with a state of fixed size: a line

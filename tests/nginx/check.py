@@ -427,18 +427,20 @@ def check_redirects(base, log):
 
 def check_pair(base, log):
     """Upstream "pair": silver goes to its spot replica first, with the
-    on-demand one as the fallback. Each try's outcome is the replica's
-    that gave it: a 503 from the spot replica that error_page sends to a
-    named location proxying to "pair" again ends the spot replica's ticket
-    as an error, and that second pass goes to the on-demand fallback (not
-    back to the replica that failed), without a ticket; a 404 or 403 the
-    spot replica answered, which proxy_next_upstream http_404 and http_403
-    pass over for the fallback's answer, ends its ticket with that answer
-    (no output tokens), not the fallback's (6 tokens). One decision each,
-    every ticket ended, none open."""
+    on-demand one as the fallback, and one error opens a breaker
+    (pair.json). Each try's outcome is the replica's that gave it: a 404
+    or 403 the spot replica answered, which proxy_next_upstream http_404
+    and http_403 pass over for the fallback's answer, ends its ticket with
+    that answer (OK: no breaker opens; no output tokens), not the
+    fallback's (6 tokens); a 503 from the spot replica that error_page
+    sends to a named location proxying to "pair" again ends its ticket as
+    an error (its breaker opens), and that second pass goes to the
+    on-demand fallback (not back to the replica that failed), without a
+    ticket. One decision each, every ticket ended, none open."""
     m = edge_metrics(base, "/pair-metrics")
-    steps = [("/pair-again/fail/", " : "), ("/pair/missing/", ", "), ("/pair/denied/", ", ")]
-    for n, (path, sep) in enumerate(steps, 1):
+    # (path, separator in $upstream_addr, breakers opened since the start)
+    steps = [("/pair/missing/", ", ", 0), ("/pair/denied/", ", ", 0), ("/pair-again/fail/", " : ", 1)]
+    for n, (path, sep, opened) in enumerate(steps, 1):
         probe = path.strip("/").replace("/", "-")
         status, _, raw = http("POST", f"{base}{path}v1/chat/completions?probe={probe}", chat(SYSTEM, probe))
         if status != 200 or json.loads(raw).get("system_fingerprint") != "edge":
@@ -450,11 +452,11 @@ def check_pair(base, log):
         if path.startswith("/pair/") and logged[0]["tokens"] != "0":
             fail(f"{path}: the fallback's answer was counted on the spot replica's ticket: {logged}")
         wait_edge(base, {"decisions": m["decisions"] + n, "open_tickets": 0,
-                         "breakers_opened": m["breakers_opened"]}, path, "/pair-metrics")
-    say("pair: a 503 sent by error_page to a named location that proxies again went on to the "
-        "fallback (not back to the replica that failed); a 404 and a 403 retried with "
-        "proxy_next_upstream ended the spot replica's ticket with its own answer (0 tokens), not "
-        "the fallback's; one decision each, no ticket left open")
+                         "breakers_opened": m["breakers_opened"] + opened}, path, "/pair-metrics")
+    say("pair: a 404 and a 403 retried with proxy_next_upstream ended the spot replica's ticket "
+        "with its own answer (OK, 0 tokens), not the fallback's; a 503 sent by error_page to a "
+        "named location that proxies again ended it as an error and went on to the fallback (not "
+        "back to the replica that failed); one decision each, no ticket left open")
 
 
 def access_log(path, probe):
@@ -666,8 +668,8 @@ def valgrind_round(base, backends):
     if status != 200:
         fail(f"/metrics under valgrind: {status}")
     for path, want in [("/edge/accel", 200), ("/edge/fail", 200), ("/edge-named/fail", 502),
-                       ("/edge-static", 200), ("/pair-again/fail", 200), ("/pair/missing", 200),
-                       ("/pair/denied", 200)]:
+                       ("/edge-static", 200), ("/pair/missing", 200), ("/pair/denied", 200),
+                       ("/pair-again/fail", 200)]:
         got, _, raw = http("POST", base + path + "/v1/chat/completions", chat(SYSTEM, "redirected"))
         if got != want:
             fail(f"{path} under valgrind: {got} {raw!r}")

@@ -114,10 +114,10 @@ JSON
 cat >"$work/prefix/conf/edge.json" <<JSON
 {"router": {"load_max_age_ms": 5000, "error_threshold": 1, "error_cooldown_ms": 1}}
 JSON
-# pair: its spot replica fails some requests on purpose; its breaker
-# stays closed (silver keeps going to spot first)
+# pair: one error opens a replica's breaker, so the metrics tell a ticket
+# that ended as an error from one that ended OK
 cat >"$work/prefix/conf/pair.json" <<JSON
-{"router": {"load_max_age_ms": 5000, "error_threshold": 1000}}
+{"router": {"load_max_age_ms": 5000, "error_threshold": 1}}
 JSON
 
 # conf <file> <workers> <master> <port> [extra upstream lines]; the edge
