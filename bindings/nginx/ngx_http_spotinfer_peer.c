@@ -16,6 +16,7 @@ static ngx_int_t ngx_http_spi_get_peer(ngx_peer_connection_t *pc,
 static void ngx_http_spi_free_peer(ngx_peer_connection_t *pc, void *data,
     ngx_uint_t state);
 static void ngx_http_spi_answer_kept(ngx_http_spi_ctx_t *ctx);
+static void ngx_http_spi_passed_over(ngx_http_spi_ctx_t *ctx);
 static ngx_int_t ngx_http_spi_body_filter(ngx_http_request_t *r,
     ngx_chain_t *in);
 
@@ -175,15 +176,15 @@ ngx_http_spi_init_peer(ngx_http_request_t *r,
     }
 
     /* After an internal redirect (error_page to a location that proxies
-     * here again) the decision's targets are tried once more, from the
-     * chosen replica; its ticket is finished by then, so they are served
-     * without one. */
-    ctx->next = 0;
-
+     * here again) the decision goes on where the first pass left it: the
+     * replicas tried answered what sent the request there, so the next
+     * pass takes the fallbacks not tried yet, as proxy_next_upstream
+     * would, served without a ticket (the chosen replica's has ended).
+     * With none left, nginx answers 502. */
     r->upstream->peer.data = ctx;
     r->upstream->peer.get = ngx_http_spi_get_peer;
     r->upstream->peer.free = ngx_http_spi_free_peer;
-    r->upstream->peer.tries = ctx->ntargets;
+    r->upstream->peer.tries = ctx->ntargets - ctx->next;
 
     return NGX_OK;
 }
@@ -212,24 +213,47 @@ ngx_http_spi_get_peer(ngx_peer_connection_t *pc, void *data)
 }
 
 
-/* The chosen replica failing before the answer counts against it; a
- * fallback is served without a ticket. */
+/* The ticket is the chosen replica's, and ends with its own try: a
+ * fallback is served without one. */
 static void
 ngx_http_spi_free_peer(ngx_peer_connection_t *pc, void *data,
     ngx_uint_t state)
 {
     ngx_http_spi_ctx_t  *ctx = data;
 
-    if (ctx->next == 1 && (state & NGX_PEER_FAILED)) {
-        ngx_http_spi_ticket_end(ctx, SPI_TICKET_ERROR, 0);
-
-    } else if (ctx->next == 1 && state == 0) {
+    if (ctx->next == 1 && state == 0) {
         ngx_http_spi_answer_kept(ctx);
+
+    } else if (ctx->next == 1) {
+        ngx_http_spi_passed_over(ctx);
     }
 
     if (pc->tries) {
         pc->tries--;
     }
+}
+
+
+/* nginx leaves the chosen replica's try for the next replica
+ * (proxy_next_upstream): failed (error, timeout, a 5xx or a 429 listed
+ * there) or, for a 403 or 404 listed there, not. An answer it gave is
+ * its outcome, as in the log phase; the next replica's answer is not its
+ * work and must not end its ticket. No answer, or one that failed after
+ * its header, is its error. */
+static void
+ngx_http_spi_passed_over(ngx_http_spi_ctx_t *ctx)
+{
+    ngx_uint_t            code;
+    ngx_http_upstream_t  *u = ctx->request->upstream;
+
+    code = (u != NULL) ? u->headers_in.status_n : 0;
+
+    if (code < NGX_HTTP_BAD_REQUEST) {
+        ngx_http_spi_ticket_end(ctx, SPI_TICKET_ERROR, code);
+        return;
+    }
+
+    ngx_http_spi_ticket_end(ctx, ngx_http_spi_outcome(code), code);
 }
 
 
@@ -423,6 +447,49 @@ ngx_http_spi_first_body(ngx_http_request_t *r, ngx_http_spi_ctx_t *ctx)
 }
 
 
+/* Whether the bytes of a buffer nginx spooled to a temporary file end a
+ * line: one byte read back, so that a stream's reader after them starts
+ * at the event that follows rather than skipping it. The file's offset is
+ * nginx's own bookkeeping of its writes, and is left as it was. */
+static int
+ngx_http_spi_spooled_line_end(ngx_buf_t *b)
+{
+    u_char   c;
+    off_t    offset;
+    ssize_t  n;
+
+    offset = b->file->offset;
+    n = ngx_read_file(b->file, &c, 1, b->file_last - 1);
+    b->file->offset = offset;
+
+    return n == 1 && c == LF;
+}
+
+
+static void
+ngx_http_spi_read_buf(ngx_http_spi_ctx_t *ctx, ngx_buf_t *b)
+{
+    if (!ngx_buf_in_memory(b)) {
+        if (b->in_file && b->file_last > b->file_pos) {
+            ngx_http_spi_tokens_gap(&ctx->tokens,
+                                    ngx_http_spi_spooled_line_end(b));
+        }
+
+    } else if (b->last > b->pos) {
+        if (ctx->first_byte_us == 0) {
+            ctx->first_byte_us = ngx_http_spi_now_us();
+            (void) spi_ticket_first_token(ctx->up->engine, ctx->ticket);
+        }
+
+        ngx_http_spi_tokens_read(&ctx->tokens, b->pos, b->last);
+    }
+
+    if (b->last_buf) {
+        ngx_http_spi_tokens_end(&ctx->tokens);
+    }
+}
+
+
 /* Reads the answer's buffers as they pass (they go on unchanged). Only
  * buffers in memory are read: one nginx spooled to a temporary file
  * (proxy_buffering on) passes unread, and the reader starts again at the
@@ -433,7 +500,6 @@ static ngx_int_t
 ngx_http_spi_body_filter(ngx_http_request_t *r, ngx_chain_t *in)
 {
     uint64_t             n;
-    ngx_buf_t           *b;
     ngx_chain_t         *cl;
     ngx_http_spi_ctx_t  *ctx;
 
@@ -452,26 +518,7 @@ ngx_http_spi_body_filter(ngx_http_request_t *r, ngx_chain_t *in)
     }
 
     for (cl = in; cl; cl = cl->next) {
-        b = cl->buf;
-
-        if (!ngx_buf_in_memory(b)) {
-            if (b->in_file && b->file_last > b->file_pos) {
-                ngx_http_spi_tokens_gap(&ctx->tokens);
-            }
-
-            continue;
-        }
-
-        if (b->last == b->pos) {
-            continue;
-        }
-
-        if (ctx->first_byte_us == 0) {
-            ctx->first_byte_us = ngx_http_spi_now_us();
-            (void) spi_ticket_first_token(ctx->up->engine, ctx->ticket);
-        }
-
-        ngx_http_spi_tokens_read(&ctx->tokens, b->pos, b->last);
+        ngx_http_spi_read_buf(ctx, cl->buf);
     }
 
     n = ngx_min(ngx_http_spi_tokens_output(&ctx->tokens),

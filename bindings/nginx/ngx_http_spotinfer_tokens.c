@@ -32,6 +32,7 @@ enum {
     KEY_CONTENT,
     KEY_TEXT,
     KEY_REASONING,
+    KEY_REASONING_CONTENT,
     KEY_TOOL_CALLS,
     KEY_PROMPT,
     KEY_COMPLETION,
@@ -46,6 +47,7 @@ static const struct {
     { "", 0 },
     { "content", 7 },
     { "text", 4 },
+    { "reasoning", 9 },
     { "reasoning_content", 17 },
     { "tool_calls", 10 },
     { "prompt_tokens", 13 },
@@ -92,7 +94,7 @@ ngx_http_spi_char(ngx_http_spi_tokens_t *t, int space)
 
     } else if (!t->in_word) {
         t->in_word = 1;
-        t->ev_words++;
+        t->ev_words[t->words_of]++;
     }
 }
 
@@ -182,6 +184,10 @@ ngx_http_spi_string(ngx_http_spi_tokens_t *t, unsigned c)
             ngx_http_spi_seq_broken(t);
             t->ev_output |= t->nonempty;
             t->text = 0;
+
+            if (t->words_of == NGX_HTTP_SPI_WORDS_REASONING) {
+                t->reasoning_said |= t->nonempty;
+            }
         }
 
         /* A key, if ":" comes next. */
@@ -297,6 +303,75 @@ ngx_http_spi_number_end(ngx_http_spi_tokens_t *t)
 }
 
 
+/* The reasoning words of the object that held them: vLLM sends the same
+ * text as "reasoning" and "reasoning_content" while it keeps the old name,
+ * so they count once, as the Go gateway counts them (reasoningText in
+ * examples/gateway/stream.go): "reasoning" when it is not empty, else
+ * "reasoning_content". */
+static void
+ngx_http_spi_reasoning_end(ngx_http_spi_tokens_t *t)
+{
+    uint64_t  *w = t->ev_words;
+
+    w[NGX_HTTP_SPI_WORDS_OUTPUT] += t->reasoning_said
+                                    ? w[NGX_HTTP_SPI_WORDS_REASONING]
+                                    : w[NGX_HTTP_SPI_WORDS_REASONING_CONTENT];
+    w[NGX_HTTP_SPI_WORDS_REASONING] = 0;
+    w[NGX_HTTP_SPI_WORDS_REASONING_CONTENT] = 0;
+    t->reasoning_said = 0;
+    t->reasoning_depth = 0;
+}
+
+
+/* A string value starts: the words of a stream's text values count, each
+ * toward what its key says. */
+static void
+ngx_http_spi_string_start(ngx_http_spi_tokens_t *t, unsigned k)
+{
+    t->lex = LEX_STR;
+    t->key_len = 0;
+    t->text = t->stream && k >= KEY_CONTENT && k <= KEY_REASONING_CONTENT;
+    t->nonempty = 0;
+    t->in_word = 0;
+    t->seq_left = 0;
+
+    if (!t->text || k < KEY_REASONING) {
+        t->words_of = NGX_HTTP_SPI_WORDS_OUTPUT;
+        return;
+    }
+
+    /* Held until the object that has them closes (a choice's delta). */
+    if (t->reasoning_depth != 0 && t->reasoning_depth != t->depth) {
+        ngx_http_spi_reasoning_end(t);
+    }
+
+    t->reasoning_depth = t->depth;
+    t->words_of = (k == KEY_REASONING) ? NGX_HTTP_SPI_WORDS_REASONING
+                                       : NGX_HTTP_SPI_WORDS_REASONING_CONTENT;
+}
+
+
+/* An object or array opens or closes. */
+static void
+ngx_http_spi_nesting(ngx_http_spi_tokens_t *t, unsigned c)
+{
+    if (c == '{' || c == '[') {
+        t->depth++;
+        return;
+    }
+
+    if (c == '}' && t->reasoning_depth != 0
+        && t->reasoning_depth == t->depth)
+    {
+        ngx_http_spi_reasoning_end(t);
+    }
+
+    if (t->depth) {
+        t->depth--;
+    }
+}
+
+
 /* A byte between tokens: the key a value belongs to is known at the ":"
  * after it and used by the value's first byte. */
 static void
@@ -318,14 +393,12 @@ ngx_http_spi_structure(ngx_http_spi_tokens_t *t, unsigned c)
     t->last_key = KEY_NONE;
 
     if (c == '"') {
-        t->lex = LEX_STR;
-        t->key_len = 0;
-        t->text = t->stream
-                  && (k == KEY_CONTENT || k == KEY_TEXT || k == KEY_REASONING);
-        t->nonempty = 0;
-        t->in_word = 0;
-        t->seq_left = 0;
+        ngx_http_spi_string_start(t, k);
         return;
+    }
+
+    if (c == '{' || c == '[' || c == '}' || c == ']') {
+        ngx_http_spi_nesting(t, c);
     }
 
     if (k >= KEY_PROMPT && c >= '0' && c <= '9') {
@@ -387,7 +460,8 @@ ngx_http_spi_event_end(ngx_http_spi_tokens_t *t)
         return;
     }
 
-    n = t->ev_words;
+    ngx_http_spi_reasoning_end(t);
+    n = t->ev_words[NGX_HTTP_SPI_WORDS_OUTPUT];
 
     if (n == 0 && t->ev_output) {
         n = 1;
@@ -402,10 +476,13 @@ ngx_http_spi_event_end(ngx_http_spi_tokens_t *t)
 static void
 ngx_http_spi_line_start(ngx_http_spi_tokens_t *t, unsigned line)
 {
-    t->ev_words = 0;
+    memset(t->ev_words, 0, sizeof(t->ev_words));
     t->ev_completion = 0;
     t->ev_output = 0;
     t->ev_usage = 0;
+    t->reasoning_depth = 0;
+    t->reasoning_said = 0;
+    t->depth = 0;
     t->line = line;
     t->lex = LEX_OUT;
     t->key = KEY_NONE;
@@ -481,9 +558,27 @@ ngx_http_spi_tokens_read(ngx_http_spi_tokens_t *t, const unsigned char *p,
 
 
 void
-ngx_http_spi_tokens_gap(ngx_http_spi_tokens_t *t)
+ngx_http_spi_tokens_gap(ngx_http_spi_tokens_t *t, int line_end)
 {
-    ngx_http_spi_line_start(t, t->stream ? LINE_SKIP : LINE_OFF);
+    if (!t->stream) {
+        ngx_http_spi_line_start(t, LINE_OFF);
+        return;
+    }
+
+    ngx_http_spi_line_start(t, line_end ? 0 : LINE_SKIP);
+}
+
+
+void
+ngx_http_spi_tokens_end(ngx_http_spi_tokens_t *t)
+{
+    if (t->stream && t->line == LINE_JSON && t->lex == LEX_OUT
+        && t->depth == 0)
+    {
+        ngx_http_spi_event_end(t);
+    }
+
+    ngx_http_spi_line_start(t, LINE_OFF);
 }
 
 

@@ -13,9 +13,12 @@
  *     or the usage chunk at the end with include_usage) sets the count to
  *     the backend's;
  *   - any other event adds an estimate: the whitespace-separated words of
- *     its "content", "text" and "reasoning_content" strings, at least one
- *     for an event with output (text, or "tool_calls" that are not null).
- *     Role, finish and [DONE] lines add nothing.
+ *     its "content", "text" and reasoning strings, at least one for an
+ *     event with output (text, or "tool_calls" that are not null). Role,
+ *     finish and [DONE] lines add nothing. An object's reasoning is its
+ *     "reasoning" (vLLM's newer name) when that is not empty, else its
+ *     "reasoning_content": vLLM sends both with the same text while it
+ *     keeps the old name, and the words count once.
  * A whole answer (not a stream) has only its usage read.
  *
  * Each byte is looked at once, in order, with a state of fixed size: a line
@@ -37,6 +40,15 @@
 #define NGX_HTTP_SPI_KEY_MAX  17   /* "reasoning_content", "completion_tokens" */
 
 
+/* What a text value's words count toward. */
+enum {
+    NGX_HTTP_SPI_WORDS_OUTPUT = 0,            /* "content", "text" */
+    NGX_HTTP_SPI_WORDS_REASONING,
+    NGX_HTTP_SPI_WORDS_REASONING_CONTENT,
+    NGX_HTTP_SPI_WORDS_N
+};
+
+
 enum {
     NGX_HTTP_SPI_USAGE_PROMPT = 0,
     NGX_HTTP_SPI_USAGE_COMPLETION,
@@ -52,10 +64,13 @@ typedef struct {
     unsigned       usage_found;                   /* bit k: usage[k] read */
 
     /* the event being read */
-    uint64_t       ev_words;
+    uint64_t       ev_words[NGX_HTTP_SPI_WORDS_N];
     uint64_t       ev_completion;
     unsigned       ev_output;
     unsigned       ev_usage;
+    unsigned       reasoning_depth;  /* of the object whose reasoning words
+                                        are held; 0: none */
+    unsigned       reasoning_said;   /* its "reasoning" was not empty */
 
     /* where the reader is: the line, then the JSON within it */
     unsigned       stream;
@@ -64,6 +79,8 @@ typedef struct {
     unsigned       key;        /* the key whose value comes next */
     unsigned       last_key;   /* the key a string just read would be */
     unsigned       text;       /* the string is a value whose words count */
+    unsigned       words_of;   /* toward which: NGX_HTTP_SPI_WORDS_* */
+    unsigned       depth;      /* of the objects and arrays open */
     unsigned       nonempty;
     unsigned       in_word;
     unsigned       seq_left;   /* UTF-8 continuation bytes still due */
@@ -82,8 +99,13 @@ void ngx_http_spi_tokens_init(ngx_http_spi_tokens_t *t, int stream);
 void ngx_http_spi_tokens_read(ngx_http_spi_tokens_t *t,
     const unsigned char *p, const unsigned char *last);
 /* Bytes that passed unread (a buffer nginx spooled to a file): a stream
- * reads on from its next line, a whole answer is read no further. */
-void ngx_http_spi_tokens_gap(ngx_http_spi_tokens_t *t);
+ * reads on from its next line, which is the next byte when line_end says
+ * the bytes unread ended with a line feed; a whole answer is read no
+ * further. */
+void ngx_http_spi_tokens_gap(ngx_http_spi_tokens_t *t, int line_end);
+/* The answer ended: a stream's last event counts without the line feed
+ * that would have ended its line, when its JSON is whole. */
+void ngx_http_spi_tokens_end(ngx_http_spi_tokens_t *t);
 /* The answer's output tokens: a stream's count, else the usage's, else 0
  * (unknown). */
 uint64_t ngx_http_spi_tokens_output(const ngx_http_spi_tokens_t *t);

@@ -9,8 +9,10 @@
  *     same count and usage (nginx hands it over in buffers cut anywhere);
  *   - without a backend's count, a stream's estimate is at most one token
  *     per byte; a usage count stays below its bound, so nothing wraps;
- *   - a gap (a buffer spooled to a file) at the cut leaves a reader that
- *     goes on without harm.
+ *   - the answer's end (which counts a last event without its line feed)
+ *     gives the same count however the answer was cut;
+ *   - a gap (a buffer spooled to a file; byte 0 bit 1 says whether it
+ *     ended a line) at the cut leaves a reader that goes on without harm.
  */
 #include <stddef.h>
 #include <stdint.h>
@@ -64,10 +66,17 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   if (stream && !(whole.usage_found & (1u << NGX_HTTP_SPI_USAGE_COMPLETION)))
     CHECK(ngx_http_spi_tokens_output(&whole) <= len);
 
+  ngx_http_spi_tokens_end(&whole);
+  ngx_http_spi_tokens_end(&bytes);
+  same(&whole, &bytes);
+  if (stream && !(whole.usage_found & (1u << NGX_HTTP_SPI_USAGE_COMPLETION)))
+    CHECK(ngx_http_spi_tokens_output(&whole) <= len);
+
   ngx_http_spi_tokens_init(&gap, stream);
   ngx_http_spi_tokens_read(&gap, p, p + cut);
-  ngx_http_spi_tokens_gap(&gap);
+  ngx_http_spi_tokens_gap(&gap, data[0] & 2);
   ngx_http_spi_tokens_read(&gap, p + cut, end);
+  ngx_http_spi_tokens_end(&gap);
   if (!(gap.usage_found & (1u << NGX_HTTP_SPI_USAGE_COMPLETION)))
     CHECK(ngx_http_spi_tokens_output(&gap) <= len);
   return 0;

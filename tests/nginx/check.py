@@ -329,11 +329,11 @@ def check_big_body(oa, log):
         f"({logged[0]['blocks']} blocks), {resp.usage.prompt_tokens} prompt tokens arrived")
 
 
-def edge_metrics(base):
-    """Upstream "edge" summed over the workers: decisions, breakers
-    opened, open tickets, and its replica's breaker state (0 closed, 1
-    open, 2 half-open)."""
-    _, _, raw = http("GET", base + "/edge-metrics")
+def edge_metrics(base, location="/edge-metrics"):
+    """Upstream "edge" (or another) summed over the workers: decisions,
+    breakers opened, open tickets, and its replicas' breaker states (0
+    closed, 1 open, 2 half-open)."""
+    _, _, raw = http("GET", base + location)
     text = raw.decode()
 
     def total(name):
@@ -344,12 +344,12 @@ def edge_metrics(base):
             "breaker": total("spotinfer_replica_breaker")}
 
 
-def wait_edge(base, want, what):
+def wait_edge(base, want, what, location="/edge-metrics"):
     """Reads the edge metrics until they are want (a tuple: one of its
     values), as each worker copies its text in every second."""
     got = None
     for _ in range(20):
-        got = edge_metrics(base)
+        got = edge_metrics(base, location)
         if all(got[k] in (v if isinstance(v, tuple) else (v,)) for k, v in want.items()):
             return
         time.sleep(0.5)
@@ -373,7 +373,10 @@ def check_redirects(base, log):
     half-open, the cooldown being so short), an OK probe closes it, a
     cancelled probe leaves it half-open. A request is routed once: a
     named location that routes and proxies again makes no second
-    decision. The variables still have the decision after the redirect."""
+    decision, and its second pass through the balancer goes on with the
+    decision's fallbacks not tried yet: edge has none, so nginx answers
+    502 rather than sending the request back to the replica that failed
+    it. The variables still have the decision after the redirect."""
     m = edge_metrics(base)
     if m["breaker"] != 0 or m["open_tickets"] != 0:
         fail(f"edge before its checks: {m}")
@@ -388,8 +391,9 @@ def check_redirects(base, log):
         ("/edge/accel/", 200, {"cached": True}, 2, 1, 0),
         # a 503 that error_page turns into a 200: the replica's error
         ("/edge/fail/", 200, {"sorry": True}, 3, 2, tripped),
-        # the probe: a 503 to a named location that proxies again
-        ("/edge-named/fail/", 200, "edge", 4, 3, tripped),
+        # the probe: a 503 to a named location that proxies again, where
+        # no replica is left to try (not the one that failed it)
+        ("/edge-named/fail/", 502, None, 4, 3, tripped),
         # the probe, sent elsewhere by try_files: the replica never got it,
         # cancelled, so the breaker stays half-open
         ("/edge-static/", 200, {"sorry": True}, 5, 3, 2),
@@ -398,10 +402,10 @@ def check_redirects(base, log):
     for path, want_status, want_body, decisions, opened, breaker in steps:
         probe = path.strip("/").replace("/", "-")
         status, raw = post_on(conn, f"{path}v1/chat/completions?probe={probe}", chat(SYSTEM, probe))
-        body = json.loads(raw)
+        body = None if want_body is None else json.loads(raw)
         if isinstance(want_body, str):
             body = body.get("system_fingerprint")
-        if status != want_status or want_body not in (None, body):
+        if status != want_status or want_body != body:
             fail(f"{path}: {status} {raw!r}")
         logged = access_log(log, f"probe={probe}")
         worker = worker or logged[0]["pid"]
@@ -415,9 +419,44 @@ def check_redirects(base, log):
     conn.close()
     say("internal redirects: a 503 passed on opened edge's breaker; an X-Accel-Redirect as its probe "
         "ended OK (closed it); a 503 to an error_page answering 200, and one to a named location "
-        "that proxies again, ended as errors (opened it); a probe try_files served elsewhere was "
+        "that proxies again (502 there: no replica left but the one that failed), ended as errors "
+        "(opened it); a probe try_files served elsewhere was "
         "cancelled (left it half-open); one decision each, no ticket left open, the decision in "
         "the variables after the redirect")
+
+
+def check_pair(base, log):
+    """Upstream "pair": silver goes to its spot replica first, with the
+    on-demand one as the fallback, and one error opens a breaker
+    (pair.json). Each try's outcome is the replica's that gave it: a 404
+    or 403 the spot replica answered, which proxy_next_upstream http_404
+    and http_403 pass over for the fallback's answer, ends its ticket with
+    that answer (OK: no breaker opens; no output tokens), not the
+    fallback's (6 tokens); a 503 from the spot replica that error_page
+    sends to a named location proxying to "pair" again ends its ticket as
+    an error (its breaker opens), and that second pass goes to the
+    on-demand fallback (not back to the replica that failed), without a
+    ticket. One decision each, every ticket ended, none open."""
+    m = edge_metrics(base, "/pair-metrics")
+    # (path, separator in $upstream_addr, breakers opened since the start)
+    steps = [("/pair/missing/", ", ", 0), ("/pair/denied/", ", ", 0), ("/pair-again/fail/", " : ", 1)]
+    for n, (path, sep, opened) in enumerate(steps, 1):
+        probe = path.strip("/").replace("/", "-")
+        status, _, raw = http("POST", f"{base}{path}v1/chat/completions?probe={probe}", chat(SYSTEM, probe))
+        if status != 200 or json.loads(raw).get("system_fingerprint") != "edge":
+            fail(f"{path}: {status} {raw!r}")
+        logged = access_log(log, f"probe={probe}")
+        tried = logged[0]["upstream"].split(sep) if len(logged) == 1 else []
+        if len(tried) != 2 or len(set(tried)) != 2 or logged[0]["replica"] != "pair-spot":
+            fail(f"{path}: the spot replica, then the on-demand one: {logged}")
+        if path.startswith("/pair/") and logged[0]["tokens"] != "0":
+            fail(f"{path}: the fallback's answer was counted on the spot replica's ticket: {logged}")
+        wait_edge(base, {"decisions": m["decisions"] + n, "open_tickets": 0,
+                         "breakers_opened": m["breakers_opened"] + opened}, path, "/pair-metrics")
+    say("pair: a 404 and a 403 retried with proxy_next_upstream ended the spot replica's ticket "
+        "with its own answer (OK, 0 tokens), not the fallback's; a 503 sent by error_page to a "
+        "named location that proxies again ended it as an error and went on to the fallback (not "
+        "back to the replica that failed); one decision each, no ticket left open")
 
 
 def access_log(path, probe):
@@ -628,9 +667,11 @@ def valgrind_round(base, backends):
     http("POST", base + "/hot/v1/chat/completions", bronze)
     if status != 200:
         fail(f"/metrics under valgrind: {status}")
-    for path in ("/edge/accel", "/edge/fail", "/edge-named/fail", "/edge-static"):
+    for path, want in [("/edge/accel", 200), ("/edge/fail", 200), ("/edge-named/fail", 502),
+                       ("/edge-static", 200), ("/pair/missing", 200), ("/pair/denied", 200),
+                       ("/pair-again/fail", 200)]:
         got, _, raw = http("POST", base + path + "/v1/chat/completions", chat(SYSTEM, "redirected"))
-        if got != 200:
+        if got != want:
             fail(f"{path} under valgrind: {got} {raw!r}")
     # Streams of several tokens an event, one with the usage so far in each,
     # and a notice while one is open (its plan is logged).
@@ -646,6 +687,7 @@ def valgrind_round(base, backends):
         for _ in events:
             pass
     say("valgrind round: chat, stream, 400, 405, notice, metrics, internal redirects, "
+        "404 and 403 retried on a fallback, "
         "streams of several tokens an event, a notice on an open stream")
 
 
@@ -701,6 +743,7 @@ def main():
     check_bad_requests(oa, a.base)
     check_big_body(oa, a.access_log)
     check_redirects(a.base, a.access_log)
+    check_pair(a.base, a.access_log)
     check_cancel(a.base, a.access_log)
     heir = check_notice(a.base, owner, nodes, addrs, a.access_log, a.workers)
     if heir is None:

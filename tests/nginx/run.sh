@@ -15,7 +15,11 @@
 #     notices across workers, proxy_next_upstream onto the fallbacks and
 #     internal redirects (error_page with proxy_intercept_errors, a named
 #     location, X-Accel-Redirect, try_files: upstream "edge", whose one
-#     replica is a server of the same nginx in front of a fifth fakellm),
+#     replica is a server of the same nginx in front of a fifth fakellm;
+#     upstream "pair", whose spot and on-demand replicas are two more such
+#     servers: the spot one answers 503, 404 or 403 where the other serves,
+#     for a second pass after an error_page and for proxy_next_upstream
+#     http_404 and http_403),
 #     and the output tokens of streams with several tokens an event, with
 #     and without the backend's usage (upstream "tok"): the tickets' output
 #     tokens in the access log, their progress in the plans a notice logs;
@@ -94,6 +98,8 @@ done
 free_port() { "$python" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 port=$(free_port)
 eport=$(free_port)
+sport=$(free_port)
+oport=$(free_port)
 
 mkdir -p "$work/prefix/logs" "$work/prefix/conf"
 # A stale load reading counts as saturated after 5 s (the fallback check
@@ -108,9 +114,15 @@ JSON
 cat >"$work/prefix/conf/edge.json" <<JSON
 {"router": {"load_max_age_ms": 5000, "error_threshold": 1, "error_cooldown_ms": 1}}
 JSON
+# pair: one error opens a replica's breaker, so the metrics tell a ticket
+# that ended as an error from one that ended OK
+cat >"$work/prefix/conf/pair.json" <<JSON
+{"router": {"load_max_age_ms": 5000, "error_threshold": 1}}
+JSON
 
 # conf <file> <workers> <master> <port> [extra upstream lines]; the edge
-# replica's server listens on $eport
+# replica's server listens on $eport, the pair replicas' on $sport (spot)
+# and $oport (on-demand)
 conf() {
   local a b c h e m
   a=$(cat "$work/spot-a.addr") b=$(cat "$work/spot-b.addr")
@@ -155,6 +167,13 @@ http {
     spotinfer edge.json scrape_interval=100ms;
     server 127.0.0.1:$eport;
     spotinfer_replica 127.0.0.1:$eport id=edge pool=spot zone=us-east-1a price=0.45 node=i-00000000000000ed0;
+  }
+  upstream pair {
+    spotinfer pair.json scrape_interval=100ms;
+    server 127.0.0.1:$sport;
+    server 127.0.0.1:$oport;
+    spotinfer_replica 127.0.0.1:$sport id=pair-spot pool=spot zone=us-east-1a price=0.45 node=i-00000000000000b10;
+    spotinfer_replica 127.0.0.1:$oport id=pair-od pool=on_demand zone=us-east-1a price=1.01 node=i-00000000000000b20;
   }
 
   server {
@@ -225,6 +244,27 @@ http {
       return 200 '{"cached":true}';
     }
     location = /edge-metrics { spotinfer_metrics edge; }
+
+    # A second pass through the balancer after an error_page: the spot
+    # replica's 503 goes to a named location that proxies again.
+    location /pair-again/ {
+      spotinfer_route pair;
+      proxy_pass http://pair/;
+      proxy_intercept_errors on;
+      error_page 503 = @pair-again;
+    }
+    location @pair-again {
+      spotinfer_route pair;
+      proxy_pass http://pair;
+    }
+    # The spot replica's 404 or 403, retried on the on-demand one.
+    location /pair/ {
+      spotinfer_route pair;
+      proxy_pass http://pair/;
+      proxy_buffering off;
+      proxy_next_upstream error timeout http_404 http_403 non_idempotent;
+    }
+    location = /pair-metrics { spotinfer_metrics pair; }
   }
 
   # The edge replica: a fakellm, except that /fail/... answers 503 (not
@@ -242,6 +282,27 @@ http {
       add_header X-Accel-Redirect /edge-cached/answer always;
       return 200 '{}';
     }
+  }
+
+  # The pair replicas, in front of the edge fakellm: /fail/, /missing/ and
+  # /denied/ (as /pair-again/ and /pair/ send them) fail on the spot one
+  # and are served by the on-demand one.
+  server {
+    listen 127.0.0.1:$sport;
+    access_log off;
+    location / { proxy_pass http://$e; }
+    location /fail/ { return 503 '{"error":"the spot replica failed"}'; }
+    location /pair-again/fail/ { return 503 '{"error":"the spot replica failed"}'; }
+    location /missing/ { return 404 '{"error":"not on the spot replica"}'; }
+    location /denied/ { return 403 '{"error":"denied on the spot replica"}'; }
+  }
+  server {
+    listen 127.0.0.1:$oport;
+    access_log off;
+    location / { proxy_pass http://$e; }
+    location /pair-again/fail/ { proxy_pass http://$e/; }
+    location /missing/ { proxy_pass http://$e/; }
+    location /denied/ { proxy_pass http://$e/; }
   }
 }
 CONF
@@ -344,6 +405,8 @@ for _ in $(seq 1 50); do [[ -f "$work/prefix/logs/nginx.pid" ]] || break; sleep 
 note "one worker under valgrind (master_process off, daemon off)"
 vport=$(free_port)
 eport=$(free_port)
+sport=$(free_port)
+oport=$(free_port)
 conf valgrind.conf 1 off "$vport"
 valgrind --quiet --leak-check=full --errors-for-leak-kinds=definite,indirect \
   --error-exitcode=99 --suppressions="$here/nginx.supp" --log-file="$work/valgrind.log" \
@@ -363,7 +426,7 @@ if [[ $rc -ne 0 ]]; then
 fi
 # The engines were freed (what is still reachable at exit is not a leak to
 # valgrind, so the exit path is checked by its log line).
-[[ $(grep -c 'engine freed' "$work/prefix/logs/valgrind-error.log") -eq 4 ]] ||
-  die "the worker did not free its four engines on exit"
+[[ $(grep -c 'engine freed' "$work/prefix/logs/valgrind-error.log") -eq 5 ]] ||
+  die "the worker did not free its five engines on exit"
 note "valgrind: no memory error, no leak"
 keep=no

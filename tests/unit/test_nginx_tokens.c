@@ -77,6 +77,10 @@ static void test_estimate(void **st) {
        4},
       {"{\"choices\":[{\"text\":\" one two three\"}]}", 3},
       {"{\"choices\":[{\"delta\":{\"reasoning_content\":\"so then\"}}]}", 2},
+      {"{\"choices\":[{\"delta\":{\"reasoning\":\"so then\"}}]}", 2},
+      {"{\"choices\":[{\"delta\":{\"reasoning\":\"so then\","
+       "\"reasoning_content\":\"so then\"}}]}",
+       2},
       {"{\"choices\":[{\"delta\":{\"tool_calls\":[{\"index\":0}]}}]}", 1},
       {"{\"choices\":[{\"delta\":{},\"finish_reason\":\"stop\"}]}", 0},
       {"{\"choices\":[{\"delta\":{\"content\":\"h\303\251llo w\303\266rld, "
@@ -93,6 +97,54 @@ static void test_estimate(void **st) {
       fail_msg("%s: %llu tokens, want %llu", cases[i].event,
                (unsigned long long)got, (unsigned long long)cases[i].want);
   }
+}
+
+/* Reasoning under vLLM's two names: an object's "reasoning" when it is
+ * not empty, else its "reasoning_content", so the text vLLM sends under
+ * both counts once; each choice on its own, and with content beside it. */
+static void test_reasoning(void **st) {
+  (void)st;
+  static const struct {
+    const char *event;
+    uint64_t want;
+  } cases[] = {
+      {"{\"choices\":[{\"delta\":{\"reasoning_content\":\"a b c\","
+       "\"reasoning\":\"a b c\"}}]}",
+       3},
+      {"{\"choices\":[{\"delta\":{\"reasoning\":\"\","
+       "\"reasoning_content\":\"a b\"}}]}",
+       2},
+      /* "reasoning" holds a space: it is the reasoning, no word but
+       * output (at least one) */
+      {"{\"choices\":[{\"delta\":{\"reasoning\":\" \","
+       "\"reasoning_content\":\"a b\"}}]}",
+       1},
+      {"{\"choices\":[{\"delta\":{\"reasoning\":\"a b\","
+       "\"reasoning_content\":\"a b\",\"content\":\" c\"}}]}",
+       3},
+      {"{\"choices\":[{\"delta\":{\"reasoning\":\"a b\","
+       "\"reasoning_content\":\"a b\"}},{\"index\":1,\"delta\":{"
+       "\"reasoning_content\":\"c\"}},{\"index\":2,\"delta\":{"
+       "\"reasoning\":\"d e\"}}]}",
+       5},
+      {"{\"choices\":[{\"delta\":{\"reasoning_content\":\"a b\","
+       "\"tool_calls\":[{\"index\":0,\"function\":{\"arguments\":\"{}\"}}],"
+       "\"reasoning\":\"a b\"}}]}",
+       2},
+  };
+  for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+    uint64_t got = event_tokens(cases[i].event);
+    if (got != cases[i].want)
+      fail_msg("%s: %llu tokens, want %llu", cases[i].event,
+               (unsigned long long)got, (unsigned long long)cases[i].want);
+  }
+  /* Two events, each with both names. */
+  assert_int_equal(
+      stream_output("data: {\"choices\":[{\"delta\":{\"reasoning\":\"a b\","
+                    "\"reasoning_content\":\"a b\"}}]}\n\n"
+                    "data: {\"choices\":[{\"delta\":{\"reasoning_content\":"
+                    "\"c\",\"reasoning\":\"c\"}}]}\n\n"),
+      3);
 }
 
 /* Spaces are Go's unicode.IsSpace, raw or escaped; anything else, broken
@@ -335,7 +387,8 @@ static void test_whole_answer(void **st) {
 }
 
 /* Bytes nginx spooled to a file pass unread: a stream reads on from the
- * next line, a whole answer stops. */
+ * next line (the next byte, when the bytes unread ended a line), a whole
+ * answer stops. */
 static void test_gap(void **st) {
   (void)st;
   tokens t;
@@ -345,18 +398,68 @@ static void test_gap(void **st) {
   const char *b =
       "xt\":\"c d e\"}]}\n\ndata: {\"choices\":[{\"text\":\"f\"}]}\n\n";
   read_all(&t, a, strlen(a));
-  ngx_http_spi_tokens_gap(&t);
+  ngx_http_spi_tokens_gap(&t, 0);
   read_all(&t, b, strlen(b));
   assert_int_equal(ngx_http_spi_tokens_output(&t), 3);
+
+  /* The bytes unread ended a line: the next event is read whole, and one
+   * cut by the gap is not counted. */
+  const char *e = "data: {\"choices\":[{\"text\":\"g h\"}]}\n\n";
+  const char *f = "data: {\"choices\":[{\"text\":\"i j k\"}]}\n\n";
+  ngx_http_spi_tokens_init(&t, 1);
+  read_all(&t, e, strlen(e));
+  ngx_http_spi_tokens_gap(&t, 1);
+  read_all(&t, f, strlen(f));
+  assert_int_equal(ngx_http_spi_tokens_output(&t), 5);
+  ngx_http_spi_tokens_init(&t, 1);
+  read_all(&t, a, strlen(a));
+  ngx_http_spi_tokens_gap(&t, 1);
+  read_all(&t, f, strlen(f));
+  assert_int_equal(ngx_http_spi_tokens_output(&t), 5);
 
   ngx_http_spi_tokens_init(&t, 0);
   const char *c = "{\"usage\":{\"prompt_tokens\":5,";
   const char *d = "\"completion_tokens\":9}}";
   read_all(&t, c, strlen(c));
-  ngx_http_spi_tokens_gap(&t);
+  ngx_http_spi_tokens_gap(&t, 1);
   read_all(&t, d, strlen(d));
   assert_int_equal(ngx_http_spi_tokens_output(&t), 0);
   assert_int_equal(t.usage[NGX_HTTP_SPI_USAGE_PROMPT], 5);
+}
+
+/* The answer's end ends its last line: an event without its line feed
+ * counts when its JSON is whole, one cut short does not. */
+static void test_end(void **st) {
+  (void)st;
+  static const struct {
+    const char *answer;
+    uint64_t want;
+  } cases[] = {
+      {"data: {\"choices\":[{\"text\":\"a b\"}]}\n\n"
+       "data: {\"choices\":[{\"text\":\"c d e\"}]}",
+       5},
+      {"data: {\"choices\":[{\"text\":\"a\"}]}\r", 1},
+      {"data: {\"choices\":[],\"usage\":{\"completion_tokens\":7}}", 7},
+      {"data: {\"choices\":[{\"text\":\"a b\"}]}\n\n"
+       "data: {\"choices\":[{\"text\":\"c d e\"}",
+       2},
+      {"data: {\"choices\":[{\"text\":\"a b\"}]}\n\ndata: [DONE]", 2},
+  };
+  for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+    tokens t = read_cuts(cases[i].answer, 1);
+    ngx_http_spi_tokens_end(&t);
+    if (ngx_http_spi_tokens_output(&t) != cases[i].want)
+      fail_msg("%s: %llu tokens, want %llu", cases[i].answer,
+               (unsigned long long)ngx_http_spi_tokens_output(&t),
+               (unsigned long long)cases[i].want);
+    /* Nothing is read after the end, and a second end changes nothing. */
+    read_all(&t, "\n", 1);
+    ngx_http_spi_tokens_end(&t);
+    assert_int_equal(ngx_http_spi_tokens_output(&t), cases[i].want);
+  }
+  tokens w = read_cuts("{\"usage\":{\"completion_tokens\":4}}", 0);
+  ngx_http_spi_tokens_end(&w);
+  assert_int_equal(ngx_http_spi_tokens_output(&w), 4);
 }
 
 /* Counts past what the library takes are kept at a bound, never wrapped. */
@@ -388,7 +491,8 @@ int main(void) {
       cmocka_unit_test(test_backend_count), cmocka_unit_test(test_vllm_stream),
       cmocka_unit_test(test_lines),         cmocka_unit_test(test_not_counted),
       cmocka_unit_test(test_whole_answer),  cmocka_unit_test(test_gap),
-      cmocka_unit_test(test_large),
+      cmocka_unit_test(test_large),         cmocka_unit_test(test_reasoning),
+      cmocka_unit_test(test_end),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
