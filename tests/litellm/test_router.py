@@ -439,6 +439,76 @@ def test_a_team_and_the_global_group_of_one_name_are_routed_apart(backends, clos
     assert not routing._open
 
 
+def hand_fed(rids, config=None, name=MODEL, **options):
+    """A strategy over deployments no test calls, plugged in but not
+    started: their load is reported by hand, and stays fresh."""
+    deps = []
+    for rid in rids:
+        d = unreachable(rid)
+        d["model_name"] = name
+        deps.append(d)
+    router = Router(model_list=deps, num_retries=0)
+    cfg = {"router": {"load_max_age_ms": 600000, **(config or {})}}
+    routing = SpotinferRouting(router, cfg, **options)
+    router.register_plugin(routing)
+    routing.add_callback()
+    for rid in rids:
+        routing.engine.report_load(rid, running=0)
+    return router, routing
+
+
+def cool_down(router, rid):
+    """LiteLLM's cooldown of a deployment, as after its failures."""
+    router.cooldown_cache.add_deployment_to_cooldown(
+        rid, Exception("failing"), 500, 60)
+
+
+def test_the_library_decides_among_the_deployments_litellm_offers(closing):
+    """LiteLLM offers a subset of the group (the rest in cooldown) that holds
+    neither the library's choice nor its fallback: the request goes to one
+    of the offered, without a ticket, rather than failing; only when none
+    of the offered is usable is it a 503, which says why for each."""
+    router, routing = hand_fed(["spot-a", "spot-b", "spot-c", "spot-z"],
+                               {"max_fallbacks": 1})
+    closing(routing)
+    # The one left offered is the busiest: never the library's first pick.
+    routing.engine.report_load("spot-z", running=60, waiting=20)
+    for rid in ("spot-a", "spot-b", "spot-c"):
+        cool_down(router, rid)
+
+    async def route(user):
+        meta = {"class": "silver"}
+        dep = await routing.async_get_available_deployment(
+            MODEL, messages=messages(SYSTEMS[0], user), request_kwargs={"metadata": meta})
+        return dep["model_info"]["id"], meta
+    for n in range(4):
+        rid, meta = run(route(f"q{n}"))
+        assert rid == "spot-z"
+        assert TICKET_KEY not in meta
+    assert all(s.inflight == 0 for s in routing.engine.replicas())
+    assert not routing._open
+    # None of the offered usable: a 503 that names the one offered and why.
+    routing.engine.set_replica_state("spot-z", ReplicaState.DRAINING)
+    with pytest.raises(litellm.ServiceUnavailableError) as ei:
+        run(route("q"))
+    assert ei.value.status_code == 503
+    assert "spot-z: draining" in str(ei.value)
+    assert "of the 1 deployments LiteLLM offers" in str(ei.value)
+    assert all(s.inflight == 0 for s in routing.engine.replicas())
+
+
+def test_a_model_name_with_a_comma_is_routed(closing):
+    """A group named with a comma is served by its deployments (the
+    library's models list of a replica is comma-separated)."""
+    router, routing = hand_fed(["spot-a", "spot-b"], name="fake,model")
+    closing(routing)
+    for sync in (False, True):
+        kw = dict(messages=messages("s", "u"), request_kwargs={"metadata": {}})
+        dep = routing.get_available_deployment("fake,model", **kw) if sync else \
+            run(routing.async_get_available_deployment("fake,model", **kw))
+        assert dep["model_info"]["id"] in ("spot-a", "spot-b")
+
+
 @pytest.fixture
 def held_metrics():
     """A /metrics page that answers its first read at once and holds every

@@ -52,9 +52,9 @@ except ImportError as e:  # pragma: no cover - the message is the point
                       "pip install 'spotinfer[litellm]'") from e
 
 from . import Engine, NoCapacityError, ShedError
-from .enums import OpenAIKind, Pool, TicketStatus
+from .enums import BreakerState, ModelTier, OpenAIKind, Pool, ReplicaState, TicketStatus
 from ._engine import _closed as _engine_closed_error
-from .errors import InputError, ResourceError
+from .errors import InputError, NotFoundError, ResourceError
 from .litellm_deployments import Replica, deployment_id, model_group, replicas_of
 from .notices import TicketPlan, parse_notice
 from .types import TicketResult
@@ -613,32 +613,77 @@ class SpotinferRouting(CustomLogger, CustomRoutingStrategyBase):  # type: ignore
             dep = candidates.get(rid)
             if dep is None:
                 continue
+            meta = self._end_earlier_try(kwargs)
             if i == 0:
-                meta = kwargs.setdefault(_metadata_name(kwargs), {})
-                # LiteLLM keeps one metadata dict across a request's tries:
-                # an earlier try still open here (a stream cut, a pre-call
-                # check that failed) ended without its failure hook.
-                earlier = meta.get(TICKET_KEY)
-                if isinstance(earlier, int) and not isinstance(earlier, bool):
-                    with self._lock:
-                        was_open = self._open.pop(earlier, None) is not None
-                    if was_open:
-                        self._finish(earlier, TicketResult(status=TicketStatus.ERROR))
                 with self._lock:
                     closing = self._closing
                     if not closing:
                         self._open[d.ticket.id] = _Open(rid)
                 if closing:
-                    meta.pop(TICKET_KEY, None)
                     self._finish(d.ticket.id, TicketResult(status=TicketStatus.CANCELLED))
                     raise self._closed_error(model)
                 meta[TICKET_KEY] = d.ticket.id
             else:
-                kwargs.get(_metadata_name(kwargs), {}).pop(TICKET_KEY, None)  # an earlier try's
                 self._finish(d.ticket.id, TicketResult(status=TicketStatus.CANCELLED))
             return dep
         self._finish(d.ticket.id, TicketResult(status=TicketStatus.CANCELLED))
         return None
+
+    def _end_earlier_try(self, kwargs: Dict[str, Any]) -> Dict[str, Any]:
+        """The request's metadata, without an earlier try's ticket. LiteLLM
+        keeps one metadata dict across a request's tries: an earlier try
+        still open here (a stream cut, a pre-call check that failed) ended
+        without its failure hook, and is finished as ERROR."""
+        meta = kwargs.setdefault(_metadata_name(kwargs), {})
+        earlier = meta.pop(TICKET_KEY, None)
+        if isinstance(earlier, int) and not isinstance(earlier, bool):
+            with self._lock:
+                was_open = self._open.pop(earlier, None) is not None
+            if was_open:
+                self._finish(earlier, TicketResult(status=TicketStatus.ERROR))
+        return meta
+
+    def _among_offered(self, model: str, d: Any, candidates: Mapping[str, Any],
+                       kwargs: Dict[str, Any]) -> Any:
+        """The deployment for a serving decision none of whose replicas
+        LiteLLM offers (it offers a subset of the group: cooldowns, tags):
+        of the offered, those in the pool and model tier the library chose
+        for the request, ACTIVE and with a breaker that is not open, the
+        best as the library's readings rank them (a closed breaker, a
+        fresh load, the least loaded for its size, the least KV usage),
+        served without a ticket as a fallback is. None is usable: the
+        request fails (503), naming why for each."""
+        try:
+            with self._library():
+                found = [(rid, self._status(rid)) for rid in candidates]
+        except _Closed:
+            raise self._closed_error(model) from None
+        usable, why = [], []
+        for i, (rid, st) in enumerate(found):
+            bad = _unusable(st, d)
+            if bad:
+                why.append(f"{rid}: {bad}")
+                continue
+            load = (st.running + st.waiting + st.inflight) / max(1, st.max_inflight)
+            usable.append(((st.breaker != BreakerState.CLOSED, not st.load_fresh,
+                            load, st.kv_usage, i), rid))
+        if not usable:
+            raise litellm.ServiceUnavailableError(
+                message=f"no capacity: the library chose {d.replica_id} "
+                        f"({Pool(d.pool).name.lower()}), and of the {len(found)} "
+                        "deployments LiteLLM offers for the request (the rest in "
+                        f"cooldown or filtered out) none is usable: {'; '.join(why[:8])}",
+                llm_provider="spotinfer", model=model, response=self._answer(503))
+        self._end_earlier_try(kwargs)
+        return candidates[min(usable)[1]]
+
+    def _status(self, rid: str) -> Any:
+        """The engine's status of a replica; None for one it does not have
+        (removed by a sync meanwhile)."""
+        try:
+            return self.engine.replica_status(rid)
+        except NotFoundError:
+            return None
 
     async def async_get_available_deployment(
             self, model: str, messages: Optional[List[Dict[str, str]]] = None,
@@ -736,10 +781,7 @@ class SpotinferRouting(CustomLogger, CustomRoutingStrategyBase):  # type: ignore
                 kwargs: Dict[str, Any]) -> Any:
         dep = self._place(model, d, candidates, kwargs)
         if dep is None:
-            raise litellm.ServiceUnavailableError(
-                message=f"no capacity: {d.replica_id} and its fallbacks are not "
-                        "among the deployments LiteLLM offers for the request (cooldown)",
-                llm_provider="spotinfer", model=model, response=self._answer(503))
+            dep = self._among_offered(model, d, candidates, kwargs)
         return dep
 
     # -- tickets, from LiteLLM's callbacks
@@ -835,6 +877,22 @@ def _metadata_name(kwargs: Mapping[str, Any]) -> str:
     (Responses, /v1/messages, generic calls) use litellm_metadata, where
     metadata is the request's own field, sent to the provider."""
     return "litellm_metadata" if "litellm_metadata" in kwargs else "metadata"
+
+
+def _unusable(st: Any, d: Any) -> str:
+    """Why the library would not serve the decision's request on a replica
+    of this status (None: one it does not have); "" when it would."""
+    if st is None:
+        return "not a replica of the library's"
+    if st.pool != d.pool or st.model_tier != d.model_tier:
+        return (f"{Pool(st.pool).name.lower()} {ModelTier(st.model_tier).name.lower()}, "
+                f"the request goes to {Pool(d.pool).name.lower()} "
+                f"{ModelTier(d.model_tier).name.lower()}")
+    if st.state != ReplicaState.ACTIVE:
+        return ReplicaState(st.state).name.lower()
+    if st.breaker == BreakerState.OPEN:
+        return "breaker open"
+    return ""
 
 
 def _ticket_of(data: Mapping[str, Any]) -> Optional[int]:
