@@ -648,6 +648,83 @@ def test_close_waits_for_a_route_inside_the_library(tmp_path):
         (run.returncode, run.stdout, run.stderr[-3000:])
 
 
+STUCK_ROUTE = """
+import logging, sys, threading, time
+import litellm
+from litellm import Router
+import spotinfer
+from spotinfer.litellm import SpotinferRouting
+sys.path.insert(0, sys.argv[1])
+from test_router import Held, MODEL, unreachable
+
+logged = []
+handler = logging.Handler()
+handler.emit = lambda rec: logged.append(rec.getMessage())
+logging.getLogger("spotinfer.litellm").addHandler(handler)
+logging.getLogger("spotinfer.litellm").setLevel(logging.INFO)
+
+
+class Stuck(Held):
+    def classify(self, instance, req, pressure):
+        self.inside.set()
+        self.go.wait(90)
+        return spotinfer.Class.SILVER
+held = Stuck()
+router = Router(model_list=[unreachable("spot-a")], num_retries=0)
+routing = SpotinferRouting(router, None, close_timeout_s=0.5)
+routing.engine.register_classifier("held", held)
+routing.engine.configure({"modules": {"classifier": "held"},
+                          "router": {"load_max_age_ms": 600000}})
+routing.engine.report_load("spot-a", running=0.0)
+out = []
+
+def route():
+    try:
+        out.append(routing.get_available_deployment(
+            MODEL, messages=[{"role": "user", "content": "hi"}]))
+    except Exception as e:
+        out.append(e)
+t = threading.Thread(target=route, name="stuck-route", daemon=True)
+t.start()
+assert held.inside.wait(20)
+began = time.monotonic()
+routing.close()
+assert not routing.wait_closed(), "closed under a call"
+assert time.monotonic() - began < 5, time.monotonic() - began
+assert not routing.engine.closed
+assert any("still inside the library" in m and "stuck-route" in m for m in logged), logged
+if sys.argv[2] == "exit":            # held for 90 s: the process ends first
+    print("ok")
+    sys.exit(0)
+held.go.set()
+t.join(20)
+assert routing.wait_closed(20) and routing.engine.closed
+assert isinstance(out[0], litellm.ServiceUnavailableError), out
+print("ok")
+"""
+
+
+@pytest.mark.parametrize("then", ["returns", "exit"])
+def test_close_waits_for_a_stuck_call_at_most_close_timeout_s(tmp_path, then):
+    """A route in a module that does not return when close() comes: the
+    closing thread gives up after close_timeout_s and logs the call's
+    thread, wait_closed() says the close is not done, and the engine is
+    left open under the call; the call's return closes it, and a process
+    that ends before is not held up by the close. In a process of its
+    own, for the crash and the exit."""
+    script = tmp_path / "stuck_route.py"
+    script.write_text(STUCK_ROUTE)
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "bindings" / "python"),
+               LITELLM_LOCAL_MODEL_COST_MAP="True", PYTHONWARNINGS="ignore")
+    began = time.monotonic()
+    run = subprocess.run([sys.executable, str(script), str(Path(__file__).parent), then],
+                         env=env, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0 and run.stdout.strip() == "ok", \
+        (run.returncode, run.stdout, run.stderr[-3000:])
+    if then == "exit":
+        assert time.monotonic() - began < 45     # not the module's 90 s
+
+
 def test_a_ticket_routed_while_closing_is_finished(closing):
     """A route that comes out of the library after close() took the open
     tickets: its ticket is finished (CANCELLED) and the request fails as a

@@ -36,6 +36,7 @@ import contextlib
 import inspect
 import itertools
 import json
+import logging
 import threading
 import time
 import urllib.request
@@ -157,6 +158,8 @@ def ticket_result(status: TicketStatus, kwargs: Mapping[str, Any],
 
 _instances = itertools.count(1)
 
+_log = logging.getLogger(__name__)
+
 
 class _Closed(Exception):
     """A call into the library the strategy no longer makes: it is closing
@@ -188,7 +191,9 @@ class SpotinferRouting(CustomLogger, CustomRoutingStrategyBase):  # type: ignore
     deployments LiteLLM's own checks call healthy: cooldowns, allowed
     fails), ``ready_wait_s`` (start() waits this long for a first load
     reading of every replica), ``close_wait_s`` (close() waits at most this
-    long; the rest of the close goes on in a thread of its own).
+    long; the rest of the close goes on in a thread of its own),
+    ``close_timeout_s`` (that thread waits at most this long for the
+    strategy's threads and its calls into the library; see close()).
     """
 
     def __init__(self, router: Any, config: Any = None, *,
@@ -197,7 +202,8 @@ class SpotinferRouting(CustomLogger, CustomRoutingStrategyBase):  # type: ignore
                  queue_wait_s: float = 5.0, retry_after_s: int = 1,
                  ticket_timeout_s: float = 600.0,
                  respect_litellm_health: bool = True,
-                 ready_wait_s: float = 5.0, close_wait_s: float = 0.1) -> None:
+                 ready_wait_s: float = 5.0, close_wait_s: float = 0.1,
+                 close_timeout_s: float = 10.0) -> None:
         CustomLogger.__init__(self)
         # LiteLLM keeps one callback per class and public scalar attributes:
         # a number of its own keeps two strategies (two routers) apart.
@@ -213,11 +219,15 @@ class SpotinferRouting(CustomLogger, CustomRoutingStrategyBase):  # type: ignore
         self.respect_litellm_health = bool(respect_litellm_health)
         self.ready_wait_s = float(ready_wait_s)
         self.close_wait_s = float(close_wait_s)
+        self.close_timeout_s = float(close_timeout_s)
         # The one lock of the strategy. Nothing holds it across a call into
         # the library, and the closer waits on _idle (which gives it up).
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)
         self._calls = 0                     # its calls inside the library now
+        self._inside: Dict[int, int] = {}   # those calls by thread id
+        self._deferred = False              # the last call out ends the close
+        self._shut = threading.Event()      # the close is done
         self._closing = False               # close() called: no new route
         self._engine_closed = False         # its own engine closed, or closing
         self._open: Dict[int, _Open] = {}
@@ -356,7 +366,11 @@ class SpotinferRouting(CustomLogger, CustomRoutingStrategyBase):  # type: ignore
         most close_wait_s, so a load thread in the middle of a scrape (up
         to scrape_timeout_s) or a slow tick holds up no caller, such as the
         proxy's install of the next strategy; wait_closed() waits for it.
-        Idempotent."""
+        That thread waits at most close_timeout_s for the threads and the
+        calls: a call still inside the library then (a module that does
+        not return) is logged, with its thread, and the engine is left
+        open rather than freed under it (at the interpreter's exit too);
+        the last such call to return closes it. Idempotent."""
         with self._lock:
             self._closing = True
         self._stop.set()
@@ -366,7 +380,8 @@ class SpotinferRouting(CustomLogger, CustomRoutingStrategyBase):  # type: ignore
             closer = self._closer
             if closer is None:
                 # Not a daemon: an interpreter that exits waits for the
-                # engine to be closed after the threads that use it.
+                # engine to be closed after the threads that use it, as
+                # long as close_timeout_s.
                 closer = threading.Thread(target=self._shut_down,
                                           name="spotinfer-close")
                 self._closer = closer
@@ -386,20 +401,25 @@ class SpotinferRouting(CustomLogger, CustomRoutingStrategyBase):  # type: ignore
             reset()
 
     def wait_closed(self, timeout: Optional[float] = None) -> bool:
-        """Wait up to timeout seconds (None: for good) for what close()
-        started: True once the threads are joined, the tickets finished,
-        no call of the strategy's is inside the library and the engine is
-        closed (if the strategy made it); False before, or when close() was
-        not called."""
+        """Wait up to timeout seconds (None: as long as the closing thread
+        waits, at most close_timeout_s) for what close() started: True once
+        the threads are joined, the tickets finished, no call of the
+        strategy's is inside the library and the engine is closed (if the
+        strategy made it); False before, or when close() was not called."""
         closer = self._closer
         if closer is None:
             return False
+        until = None if timeout is None else time.monotonic() + timeout
         closer.join(timeout)
-        return not closer.is_alive()
+        if closer.is_alive() or until is None:
+            return self._shut.is_set()
+        # Past close_timeout_s, the last call out of the library closes.
+        return self._shut.wait(max(0.0, until - time.monotonic()))
 
     def _shut_down(self) -> None:
         # _closing is set: no ticket is added to _open, no thread to
         # _threads, and no new route enters the library from here on.
+        deadline = time.monotonic() + self.close_timeout_s
         with self._lock:
             left = list(self._open)
             self._open.clear()
@@ -409,19 +429,55 @@ class SpotinferRouting(CustomLogger, CustomRoutingStrategyBase):  # type: ignore
         for tid in left:
             self._finish(tid, TicketResult(status=TicketStatus.CANCELLED))
         for t in threads:
-            t.join()
+            t.join(max(0.0, deadline - time.monotonic()))
+        reqs: List[Any] = []
         with self._lock:
-            while self._calls:
-                self._idle.wait()
-            self._engine_closed = self._own_engine
-            reqs, self._reqs = self._reqs, []
-        if self.engine.closed:
+            while self._calls and time.monotonic() < deadline:
+                self._idle.wait(max(0.0, deadline - time.monotonic()))
+            deferred = self._deferred = self._calls > 0
+            if deferred:
+                stuck = self._stuck_threads()
+                if self._own_engine:
+                    # Not freed under the call at the interpreter's exit
+                    # either (the process's end frees it).
+                    self.engine._finalizer.atexit = False
+            else:
+                reqs = self._closing_engine()
+        if not deferred:
+            self._close_engine(reqs)
             return
-        if self._own_engine:
-            self.engine.close()             # its requests with it
-            return
-        for r in reqs:
-            r.close()
+        _log.warning("spotinfer.litellm: close: %s still inside the library after "
+                     "close_timeout_s (%g s); the engine is left open, and the last of "
+                     "them to return closes it", stuck, self.close_timeout_s)
+
+    def _stuck_threads(self) -> str:
+        """The threads with calls inside the library, for the log; under
+        _lock."""
+        names = {t.ident: t.name for t in threading.enumerate()}
+        return ", ".join(f"{n} call{'s' if n > 1 else ''} in thread "
+                         f"{names.get(tid, tid)!r}" for tid, n in self._inside.items())
+
+    def _closing_engine(self) -> List[Any]:
+        """No call of the strategy's enters the library from now on (its
+        own engine) and its idle requests are taken; under _lock, with no
+        call inside."""
+        self._engine_closed = self._own_engine
+        reqs, self._reqs = self._reqs, []
+        return reqs
+
+    def _close_engine(self, reqs: List[Any]) -> None:
+        """The end of the close: the strategy's own engine closed (its
+        requests with it), else its idle requests on the caller's."""
+        try:
+            if self.engine.closed:
+                return
+            if self._own_engine:
+                self.engine.close()
+                return
+            for r in reqs:
+                r.close()
+        finally:
+            self._shut.set()
 
     @contextlib.contextmanager
     def _library(self, *, new: bool = True) -> Iterator[None]:
@@ -430,17 +486,31 @@ class SpotinferRouting(CustomLogger, CustomRoutingStrategyBase):  # type: ignore
         _Closed instead once the strategy is closing for new work (``new``:
         a route, a replica sync), and for any call once its own engine is
         closed."""
+        me = threading.get_ident()
         with self._lock:
             if self._engine_closed or (new and self._closing):
                 raise _Closed()
             self._calls += 1
+            self._inside[me] = self._inside.get(me, 0) + 1
         try:
             yield
         finally:
+            last, reqs = False, []
             with self._lock:
                 self._calls -= 1
+                if self._inside[me] > 1:
+                    self._inside[me] -= 1
+                else:
+                    del self._inside[me]
                 if not self._calls:
                     self._idle.notify_all()
+                    last, self._deferred = self._deferred, False
+                    if last:
+                        reqs = self._closing_engine()
+            if last:
+                _log.info("spotinfer.litellm: close: the last call inside the "
+                          "library returned; the close is done")
+                self._close_engine(reqs)
 
     def _closed_error(self, model: str) -> Exception:
         return litellm.ServiceUnavailableError(
@@ -470,13 +540,17 @@ class SpotinferRouting(CustomLogger, CustomRoutingStrategyBase):  # type: ignore
             if rep is None:
                 return
             try:
-                if rep.metrics_url is not None:
-                    self.engine.report_metrics(rid, self._scrape(rep.metrics_url))
-                else:
-                    # No /metrics: the reading stays fresh with no backend
-                    # queue, and the library counts its own open tickets.
-                    self.engine.report_load(rid, running=0.0)
+                page = None if rep.metrics_url is None else self._scrape(rep.metrics_url)
+                with self._library(new=False):
+                    if page is not None:
+                        self.engine.report_metrics(rid, page)
+                    else:
+                        # No /metrics: the reading stays fresh with no backend
+                        # queue, and the library counts its own open tickets.
+                        self.engine.report_load(rid, running=0.0)
                 self._fresh[rid].set()
+            except _Closed:
+                return
             except Exception:  # noqa: BLE001 - unreachable: its load goes stale
                 pass
             self._stop.wait(self.scrape_interval_s)
@@ -484,7 +558,10 @@ class SpotinferRouting(CustomLogger, CustomRoutingStrategyBase):  # type: ignore
     def _tick_loop(self) -> None:
         while not self._stop.wait(0.1):
             try:
-                self.engine.tick()
+                with self._library(new=False):
+                    self.engine.tick()
+            except _Closed:
+                return
             except Exception:  # noqa: BLE001 - a fleet bus that failed once
                 if self.engine.closed:
                     return
