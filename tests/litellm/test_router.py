@@ -439,6 +439,76 @@ def test_a_team_and_the_global_group_of_one_name_are_routed_apart(backends, clos
     assert not routing._open
 
 
+def hand_fed(rids, config=None, name=MODEL, **options):
+    """A strategy over deployments no test calls, plugged in but not
+    started: their load is reported by hand, and stays fresh."""
+    deps = []
+    for rid in rids:
+        d = unreachable(rid)
+        d["model_name"] = name
+        deps.append(d)
+    router = Router(model_list=deps, num_retries=0)
+    cfg = {"router": {"load_max_age_ms": 600000, **(config or {})}}
+    routing = SpotinferRouting(router, cfg, **options)
+    router.register_plugin(routing)
+    routing.add_callback()
+    for rid in rids:
+        routing.engine.report_load(rid, running=0)
+    return router, routing
+
+
+def cool_down(router, rid):
+    """LiteLLM's cooldown of a deployment, as after its failures."""
+    router.cooldown_cache.add_deployment_to_cooldown(
+        rid, Exception("failing"), 500, 60)
+
+
+def test_the_library_decides_among_the_deployments_litellm_offers(closing):
+    """LiteLLM offers a subset of the group (the rest in cooldown) that holds
+    neither the library's choice nor its fallback: the request goes to one
+    of the offered, without a ticket, rather than failing; only when none
+    of the offered is usable is it a 503, which says why for each."""
+    router, routing = hand_fed(["spot-a", "spot-b", "spot-c", "spot-z"],
+                               {"max_fallbacks": 1})
+    closing(routing)
+    # The one left offered is the busiest: never the library's first pick.
+    routing.engine.report_load("spot-z", running=60, waiting=20)
+    for rid in ("spot-a", "spot-b", "spot-c"):
+        cool_down(router, rid)
+
+    async def route(user):
+        meta = {"class": "silver"}
+        dep = await routing.async_get_available_deployment(
+            MODEL, messages=messages(SYSTEMS[0], user), request_kwargs={"metadata": meta})
+        return dep["model_info"]["id"], meta
+    for n in range(4):
+        rid, meta = run(route(f"q{n}"))
+        assert rid == "spot-z"
+        assert TICKET_KEY not in meta
+    assert all(s.inflight == 0 for s in routing.engine.replicas())
+    assert not routing._open
+    # None of the offered usable: a 503 that names the one offered and why.
+    routing.engine.set_replica_state("spot-z", ReplicaState.DRAINING)
+    with pytest.raises(litellm.ServiceUnavailableError) as ei:
+        run(route("q"))
+    assert ei.value.status_code == 503
+    assert "spot-z: draining" in str(ei.value)
+    assert "of the 1 deployments LiteLLM offers" in str(ei.value)
+    assert all(s.inflight == 0 for s in routing.engine.replicas())
+
+
+def test_a_model_name_with_a_comma_is_routed(closing):
+    """A group named with a comma is served by its deployments (the
+    library's models list of a replica is comma-separated)."""
+    router, routing = hand_fed(["spot-a", "spot-b"], name="fake,model")
+    closing(routing)
+    for sync in (False, True):
+        kw = dict(messages=messages("s", "u"), request_kwargs={"metadata": {}})
+        dep = routing.get_available_deployment("fake,model", **kw) if sync else \
+            run(routing.async_get_available_deployment("fake,model", **kw))
+        assert dep["model_info"]["id"] in ("spot-a", "spot-b")
+
+
 @pytest.fixture
 def held_metrics():
     """A /metrics page that answers its first read at once and holds every
@@ -576,6 +646,83 @@ def test_close_waits_for_a_route_inside_the_library(tmp_path):
                          env=env, capture_output=True, text=True, timeout=120)
     assert run.returncode == 0 and run.stdout.strip() == "ok", \
         (run.returncode, run.stdout, run.stderr[-3000:])
+
+
+STUCK_ROUTE = """
+import logging, sys, threading, time
+import litellm
+from litellm import Router
+import spotinfer
+from spotinfer.litellm import SpotinferRouting
+sys.path.insert(0, sys.argv[1])
+from test_router import Held, MODEL, unreachable
+
+logged = []
+handler = logging.Handler()
+handler.emit = lambda rec: logged.append(rec.getMessage())
+logging.getLogger("spotinfer.litellm").addHandler(handler)
+logging.getLogger("spotinfer.litellm").setLevel(logging.INFO)
+
+
+class Stuck(Held):
+    def classify(self, instance, req, pressure):
+        self.inside.set()
+        self.go.wait(90)
+        return spotinfer.Class.SILVER
+held = Stuck()
+router = Router(model_list=[unreachable("spot-a")], num_retries=0)
+routing = SpotinferRouting(router, None, close_timeout_s=0.5)
+routing.engine.register_classifier("held", held)
+routing.engine.configure({"modules": {"classifier": "held"},
+                          "router": {"load_max_age_ms": 600000}})
+routing.engine.report_load("spot-a", running=0.0)
+out = []
+
+def route():
+    try:
+        out.append(routing.get_available_deployment(
+            MODEL, messages=[{"role": "user", "content": "hi"}]))
+    except Exception as e:
+        out.append(e)
+t = threading.Thread(target=route, name="stuck-route", daemon=True)
+t.start()
+assert held.inside.wait(20)
+began = time.monotonic()
+routing.close()
+assert not routing.wait_closed(), "closed under a call"
+assert time.monotonic() - began < 5, time.monotonic() - began
+assert not routing.engine.closed
+assert any("still inside the library" in m and "stuck-route" in m for m in logged), logged
+if sys.argv[2] == "exit":            # held for 90 s: the process ends first
+    print("ok")
+    sys.exit(0)
+held.go.set()
+t.join(20)
+assert routing.wait_closed(20) and routing.engine.closed
+assert isinstance(out[0], litellm.ServiceUnavailableError), out
+print("ok")
+"""
+
+
+@pytest.mark.parametrize("then", ["returns", "exit"])
+def test_close_waits_for_a_stuck_call_at_most_close_timeout_s(tmp_path, then):
+    """A route in a module that does not return when close() comes: the
+    closing thread gives up after close_timeout_s and logs the call's
+    thread, wait_closed() says the close is not done, and the engine is
+    left open under the call; the call's return closes it, and a process
+    that ends before is not held up by the close. In a process of its
+    own, for the crash and the exit."""
+    script = tmp_path / "stuck_route.py"
+    script.write_text(STUCK_ROUTE)
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "bindings" / "python"),
+               LITELLM_LOCAL_MODEL_COST_MAP="True", PYTHONWARNINGS="ignore")
+    began = time.monotonic()
+    run = subprocess.run([sys.executable, str(script), str(Path(__file__).parent), then],
+                         env=env, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0 and run.stdout.strip() == "ok", \
+        (run.returncode, run.stdout, run.stderr[-3000:])
+    if then == "exit":
+        assert time.monotonic() - began < 45     # not the module's 90 s
 
 
 def test_a_ticket_routed_while_closing_is_finished(closing):

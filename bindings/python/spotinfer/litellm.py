@@ -36,6 +36,7 @@ import contextlib
 import inspect
 import itertools
 import json
+import logging
 import threading
 import time
 import urllib.request
@@ -52,9 +53,9 @@ except ImportError as e:  # pragma: no cover - the message is the point
                       "pip install 'spotinfer[litellm]'") from e
 
 from . import Engine, NoCapacityError, ShedError
-from .enums import OpenAIKind, Pool, TicketStatus
+from .enums import BreakerState, ModelTier, OpenAIKind, Pool, ReplicaState, TicketStatus
 from ._engine import _closed as _engine_closed_error
-from .errors import InputError, ResourceError
+from .errors import InputError, NotFoundError, ResourceError
 from .litellm_deployments import Replica, deployment_id, model_group, replicas_of
 from .notices import TicketPlan, parse_notice
 from .types import TicketResult
@@ -157,6 +158,8 @@ def ticket_result(status: TicketStatus, kwargs: Mapping[str, Any],
 
 _instances = itertools.count(1)
 
+_log = logging.getLogger(__name__)
+
 
 class _Closed(Exception):
     """A call into the library the strategy no longer makes: it is closing
@@ -188,7 +191,9 @@ class SpotinferRouting(CustomLogger, CustomRoutingStrategyBase):  # type: ignore
     deployments LiteLLM's own checks call healthy: cooldowns, allowed
     fails), ``ready_wait_s`` (start() waits this long for a first load
     reading of every replica), ``close_wait_s`` (close() waits at most this
-    long; the rest of the close goes on in a thread of its own).
+    long; the rest of the close goes on in a thread of its own),
+    ``close_timeout_s`` (that thread waits at most this long for the
+    strategy's threads and its calls into the library; see close()).
     """
 
     def __init__(self, router: Any, config: Any = None, *,
@@ -197,7 +202,8 @@ class SpotinferRouting(CustomLogger, CustomRoutingStrategyBase):  # type: ignore
                  queue_wait_s: float = 5.0, retry_after_s: int = 1,
                  ticket_timeout_s: float = 600.0,
                  respect_litellm_health: bool = True,
-                 ready_wait_s: float = 5.0, close_wait_s: float = 0.1) -> None:
+                 ready_wait_s: float = 5.0, close_wait_s: float = 0.1,
+                 close_timeout_s: float = 10.0) -> None:
         CustomLogger.__init__(self)
         # LiteLLM keeps one callback per class and public scalar attributes:
         # a number of its own keeps two strategies (two routers) apart.
@@ -213,11 +219,15 @@ class SpotinferRouting(CustomLogger, CustomRoutingStrategyBase):  # type: ignore
         self.respect_litellm_health = bool(respect_litellm_health)
         self.ready_wait_s = float(ready_wait_s)
         self.close_wait_s = float(close_wait_s)
+        self.close_timeout_s = float(close_timeout_s)
         # The one lock of the strategy. Nothing holds it across a call into
         # the library, and the closer waits on _idle (which gives it up).
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)
         self._calls = 0                     # its calls inside the library now
+        self._inside: Dict[int, int] = {}   # those calls by thread id
+        self._deferred = False              # the last call out ends the close
+        self._shut = threading.Event()      # the close is done
         self._closing = False               # close() called: no new route
         self._engine_closed = False         # its own engine closed, or closing
         self._open: Dict[int, _Open] = {}
@@ -356,7 +366,11 @@ class SpotinferRouting(CustomLogger, CustomRoutingStrategyBase):  # type: ignore
         most close_wait_s, so a load thread in the middle of a scrape (up
         to scrape_timeout_s) or a slow tick holds up no caller, such as the
         proxy's install of the next strategy; wait_closed() waits for it.
-        Idempotent."""
+        That thread waits at most close_timeout_s for the threads and the
+        calls: a call still inside the library then (a module that does
+        not return) is logged, with its thread, and the engine is left
+        open rather than freed under it (at the interpreter's exit too);
+        the last such call to return closes it. Idempotent."""
         with self._lock:
             self._closing = True
         self._stop.set()
@@ -366,7 +380,8 @@ class SpotinferRouting(CustomLogger, CustomRoutingStrategyBase):  # type: ignore
             closer = self._closer
             if closer is None:
                 # Not a daemon: an interpreter that exits waits for the
-                # engine to be closed after the threads that use it.
+                # engine to be closed after the threads that use it, as
+                # long as close_timeout_s.
                 closer = threading.Thread(target=self._shut_down,
                                           name="spotinfer-close")
                 self._closer = closer
@@ -386,20 +401,25 @@ class SpotinferRouting(CustomLogger, CustomRoutingStrategyBase):  # type: ignore
             reset()
 
     def wait_closed(self, timeout: Optional[float] = None) -> bool:
-        """Wait up to timeout seconds (None: for good) for what close()
-        started: True once the threads are joined, the tickets finished,
-        no call of the strategy's is inside the library and the engine is
-        closed (if the strategy made it); False before, or when close() was
-        not called."""
+        """Wait up to timeout seconds (None: as long as the closing thread
+        waits, at most close_timeout_s) for what close() started: True once
+        the threads are joined, the tickets finished, no call of the
+        strategy's is inside the library and the engine is closed (if the
+        strategy made it); False before, or when close() was not called."""
         closer = self._closer
         if closer is None:
             return False
+        until = None if timeout is None else time.monotonic() + timeout
         closer.join(timeout)
-        return not closer.is_alive()
+        if closer.is_alive() or until is None:
+            return self._shut.is_set()
+        # Past close_timeout_s, the last call out of the library closes.
+        return self._shut.wait(max(0.0, until - time.monotonic()))
 
     def _shut_down(self) -> None:
         # _closing is set: no ticket is added to _open, no thread to
         # _threads, and no new route enters the library from here on.
+        deadline = time.monotonic() + self.close_timeout_s
         with self._lock:
             left = list(self._open)
             self._open.clear()
@@ -409,19 +429,55 @@ class SpotinferRouting(CustomLogger, CustomRoutingStrategyBase):  # type: ignore
         for tid in left:
             self._finish(tid, TicketResult(status=TicketStatus.CANCELLED))
         for t in threads:
-            t.join()
+            t.join(max(0.0, deadline - time.monotonic()))
+        reqs: List[Any] = []
         with self._lock:
-            while self._calls:
-                self._idle.wait()
-            self._engine_closed = self._own_engine
-            reqs, self._reqs = self._reqs, []
-        if self.engine.closed:
+            while self._calls and time.monotonic() < deadline:
+                self._idle.wait(max(0.0, deadline - time.monotonic()))
+            deferred = self._deferred = self._calls > 0
+            if deferred:
+                stuck = self._stuck_threads()
+                if self._own_engine:
+                    # Not freed under the call at the interpreter's exit
+                    # either (the process's end frees it).
+                    self.engine._finalizer.atexit = False
+            else:
+                reqs = self._closing_engine()
+        if not deferred:
+            self._close_engine(reqs)
             return
-        if self._own_engine:
-            self.engine.close()             # its requests with it
-            return
-        for r in reqs:
-            r.close()
+        _log.warning("spotinfer.litellm: close: %s still inside the library after "
+                     "close_timeout_s (%g s); the engine is left open, and the last of "
+                     "them to return closes it", stuck, self.close_timeout_s)
+
+    def _stuck_threads(self) -> str:
+        """The threads with calls inside the library, for the log; under
+        _lock."""
+        names = {t.ident: t.name for t in threading.enumerate()}
+        return ", ".join(f"{n} call{'s' if n > 1 else ''} in thread "
+                         f"{names.get(tid, tid)!r}" for tid, n in self._inside.items())
+
+    def _closing_engine(self) -> List[Any]:
+        """No call of the strategy's enters the library from now on (its
+        own engine) and its idle requests are taken; under _lock, with no
+        call inside."""
+        self._engine_closed = self._own_engine
+        reqs, self._reqs = self._reqs, []
+        return reqs
+
+    def _close_engine(self, reqs: List[Any]) -> None:
+        """The end of the close: the strategy's own engine closed (its
+        requests with it), else its idle requests on the caller's."""
+        try:
+            if self.engine.closed:
+                return
+            if self._own_engine:
+                self.engine.close()
+                return
+            for r in reqs:
+                r.close()
+        finally:
+            self._shut.set()
 
     @contextlib.contextmanager
     def _library(self, *, new: bool = True) -> Iterator[None]:
@@ -430,17 +486,31 @@ class SpotinferRouting(CustomLogger, CustomRoutingStrategyBase):  # type: ignore
         _Closed instead once the strategy is closing for new work (``new``:
         a route, a replica sync), and for any call once its own engine is
         closed."""
+        me = threading.get_ident()
         with self._lock:
             if self._engine_closed or (new and self._closing):
                 raise _Closed()
             self._calls += 1
+            self._inside[me] = self._inside.get(me, 0) + 1
         try:
             yield
         finally:
+            last, reqs = False, []
             with self._lock:
                 self._calls -= 1
+                if self._inside[me] > 1:
+                    self._inside[me] -= 1
+                else:
+                    del self._inside[me]
                 if not self._calls:
                     self._idle.notify_all()
+                    last, self._deferred = self._deferred, False
+                    if last:
+                        reqs = self._closing_engine()
+            if last:
+                _log.info("spotinfer.litellm: close: the last call inside the "
+                          "library returned; the close is done")
+                self._close_engine(reqs)
 
     def _closed_error(self, model: str) -> Exception:
         return litellm.ServiceUnavailableError(
@@ -470,13 +540,17 @@ class SpotinferRouting(CustomLogger, CustomRoutingStrategyBase):  # type: ignore
             if rep is None:
                 return
             try:
-                if rep.metrics_url is not None:
-                    self.engine.report_metrics(rid, self._scrape(rep.metrics_url))
-                else:
-                    # No /metrics: the reading stays fresh with no backend
-                    # queue, and the library counts its own open tickets.
-                    self.engine.report_load(rid, running=0.0)
+                page = None if rep.metrics_url is None else self._scrape(rep.metrics_url)
+                with self._library(new=False):
+                    if page is not None:
+                        self.engine.report_metrics(rid, page)
+                    else:
+                        # No /metrics: the reading stays fresh with no backend
+                        # queue, and the library counts its own open tickets.
+                        self.engine.report_load(rid, running=0.0)
                 self._fresh[rid].set()
+            except _Closed:
+                return
             except Exception:  # noqa: BLE001 - unreachable: its load goes stale
                 pass
             self._stop.wait(self.scrape_interval_s)
@@ -484,7 +558,10 @@ class SpotinferRouting(CustomLogger, CustomRoutingStrategyBase):  # type: ignore
     def _tick_loop(self) -> None:
         while not self._stop.wait(0.1):
             try:
-                self.engine.tick()
+                with self._library(new=False):
+                    self.engine.tick()
+            except _Closed:
+                return
             except Exception:  # noqa: BLE001 - a fleet bus that failed once
                 if self.engine.closed:
                     return
@@ -613,32 +690,77 @@ class SpotinferRouting(CustomLogger, CustomRoutingStrategyBase):  # type: ignore
             dep = candidates.get(rid)
             if dep is None:
                 continue
+            meta = self._end_earlier_try(kwargs)
             if i == 0:
-                meta = kwargs.setdefault(_metadata_name(kwargs), {})
-                # LiteLLM keeps one metadata dict across a request's tries:
-                # an earlier try still open here (a stream cut, a pre-call
-                # check that failed) ended without its failure hook.
-                earlier = meta.get(TICKET_KEY)
-                if isinstance(earlier, int) and not isinstance(earlier, bool):
-                    with self._lock:
-                        was_open = self._open.pop(earlier, None) is not None
-                    if was_open:
-                        self._finish(earlier, TicketResult(status=TicketStatus.ERROR))
                 with self._lock:
                     closing = self._closing
                     if not closing:
                         self._open[d.ticket.id] = _Open(rid)
                 if closing:
-                    meta.pop(TICKET_KEY, None)
                     self._finish(d.ticket.id, TicketResult(status=TicketStatus.CANCELLED))
                     raise self._closed_error(model)
                 meta[TICKET_KEY] = d.ticket.id
             else:
-                kwargs.get(_metadata_name(kwargs), {}).pop(TICKET_KEY, None)  # an earlier try's
                 self._finish(d.ticket.id, TicketResult(status=TicketStatus.CANCELLED))
             return dep
         self._finish(d.ticket.id, TicketResult(status=TicketStatus.CANCELLED))
         return None
+
+    def _end_earlier_try(self, kwargs: Dict[str, Any]) -> Dict[str, Any]:
+        """The request's metadata, without an earlier try's ticket. LiteLLM
+        keeps one metadata dict across a request's tries: an earlier try
+        still open here (a stream cut, a pre-call check that failed) ended
+        without its failure hook, and is finished as ERROR."""
+        meta = kwargs.setdefault(_metadata_name(kwargs), {})
+        earlier = meta.pop(TICKET_KEY, None)
+        if isinstance(earlier, int) and not isinstance(earlier, bool):
+            with self._lock:
+                was_open = self._open.pop(earlier, None) is not None
+            if was_open:
+                self._finish(earlier, TicketResult(status=TicketStatus.ERROR))
+        return meta
+
+    def _among_offered(self, model: str, d: Any, candidates: Mapping[str, Any],
+                       kwargs: Dict[str, Any]) -> Any:
+        """The deployment for a serving decision none of whose replicas
+        LiteLLM offers (it offers a subset of the group: cooldowns, tags):
+        of the offered, those in the pool and model tier the library chose
+        for the request, ACTIVE and with a breaker that is not open, the
+        best as the library's readings rank them (a closed breaker, a
+        fresh load, the least loaded for its size, the least KV usage),
+        served without a ticket as a fallback is. None is usable: the
+        request fails (503), naming why for each."""
+        try:
+            with self._library():
+                found = [(rid, self._status(rid)) for rid in candidates]
+        except _Closed:
+            raise self._closed_error(model) from None
+        usable, why = [], []
+        for i, (rid, st) in enumerate(found):
+            bad = _unusable(st, d)
+            if bad:
+                why.append(f"{rid}: {bad}")
+                continue
+            load = (st.running + st.waiting + st.inflight) / max(1, st.max_inflight)
+            usable.append(((st.breaker != BreakerState.CLOSED, not st.load_fresh,
+                            load, st.kv_usage, i), rid))
+        if not usable:
+            raise litellm.ServiceUnavailableError(
+                message=f"no capacity: the library chose {d.replica_id} "
+                        f"({Pool(d.pool).name.lower()}), and of the {len(found)} "
+                        "deployments LiteLLM offers for the request (the rest in "
+                        f"cooldown or filtered out) none is usable: {'; '.join(why[:8])}",
+                llm_provider="spotinfer", model=model, response=self._answer(503))
+        self._end_earlier_try(kwargs)
+        return candidates[min(usable)[1]]
+
+    def _status(self, rid: str) -> Any:
+        """The engine's status of a replica; None for one it does not have
+        (removed by a sync meanwhile)."""
+        try:
+            return self.engine.replica_status(rid)
+        except NotFoundError:
+            return None
 
     async def async_get_available_deployment(
             self, model: str, messages: Optional[List[Dict[str, str]]] = None,
@@ -736,10 +858,7 @@ class SpotinferRouting(CustomLogger, CustomRoutingStrategyBase):  # type: ignore
                 kwargs: Dict[str, Any]) -> Any:
         dep = self._place(model, d, candidates, kwargs)
         if dep is None:
-            raise litellm.ServiceUnavailableError(
-                message=f"no capacity: {d.replica_id} and its fallbacks are not "
-                        "among the deployments LiteLLM offers for the request (cooldown)",
-                llm_provider="spotinfer", model=model, response=self._answer(503))
+            dep = self._among_offered(model, d, candidates, kwargs)
         return dep
 
     # -- tickets, from LiteLLM's callbacks
@@ -835,6 +954,22 @@ def _metadata_name(kwargs: Mapping[str, Any]) -> str:
     (Responses, /v1/messages, generic calls) use litellm_metadata, where
     metadata is the request's own field, sent to the provider."""
     return "litellm_metadata" if "litellm_metadata" in kwargs else "metadata"
+
+
+def _unusable(st: Any, d: Any) -> str:
+    """Why the library would not serve the decision's request on a replica
+    of this status (None: one it does not have); "" when it would."""
+    if st is None:
+        return "not a replica of the library's"
+    if st.pool != d.pool or st.model_tier != d.model_tier:
+        return (f"{Pool(st.pool).name.lower()} {ModelTier(st.model_tier).name.lower()}, "
+                f"the request goes to {Pool(d.pool).name.lower()} "
+                f"{ModelTier(d.model_tier).name.lower()}")
+    if st.state != ReplicaState.ACTIVE:
+        return ReplicaState(st.state).name.lower()
+    if st.breaker == BreakerState.OPEN:
+        return "breaker open"
+    return ""
 
 
 def _ticket_of(data: Mapping[str, Any]) -> Optional[int]:

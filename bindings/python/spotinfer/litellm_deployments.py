@@ -104,13 +104,34 @@ def _metrics_url(where: str, settings: Mapping[str, Any], api_base: Any) -> Opti
     return url
 
 
+def _escaped(text: str, chars: str, edges: str = "") -> str:
+    """text with "%" and each of chars percent-encoded, and so are the
+    characters of edges at either end of it."""
+    head = len(text) - len(text.lstrip(edges)) if edges else 0
+    tail = len(text.rstrip(edges)) if edges else len(text)
+    return "".join(f"%{ord(c):02X}" if c == "%" or c in chars or not head <= i < tail
+                   else c for i, c in enumerate(text))
+
+
+def library_name(name: str) -> str:
+    """A model name as the library is given it, in a replica's models list
+    and as a request's model. That list is one string, the names separated
+    by commas, each trimmed of spaces and tabs, so a comma in a name (and a
+    space or tab at either end of it) is percent-encoded, and so is "%"
+    (which keeps two names apart once encoded). A name without them is
+    given as it is, so the library's metrics and cost ledger show it."""
+    return _escaped(name, ",", edges=" \t")
+
+
 def team_model_name(team_id: str, public_name: str) -> str:
     """The model name a team's deployments are served under in the library
     for the team's public name of them: scoped to the team, because the
     public name is often a global group's too (a team's own "llama" beside
     the proxy's), and LiteLLM resolves the team's requests for it to the
-    team's deployments and everyone else's to the global group's."""
-    return f"team:{team_id}/{public_name}"
+    team's deployments and everyone else's to the global group's. A "/" in
+    the team id is percent-encoded (and "%"), so the id ends at the first
+    "/": team "a/b" with name "c" and team "a" with name "b/c" are apart."""
+    return f"team:{_escaped(team_id, '/')}/{public_name}"
 
 
 def served_names(deployment: Any) -> Tuple[str, ...]:
@@ -139,12 +160,13 @@ def model_group(deployments: Any) -> str:
     global group's, which no team deployment serves). Deployments of
     several groups (a LiteLLM routing group over model groups) have none
     in common; the first one's group is taken (LiteLLM lists a priority
-    group's members in order). "" for none: any replica."""
+    group's members in order). As the library is given it
+    (:func:`library_name`); "" for none: any replica."""
     names = [served_names(d) for d in deployments or ()]
     if not names or not names[0]:
         return ""
     common = [n for n in names[0] if all(n in other for other in names[1:])]
-    return common[0] if common else names[0][0]
+    return library_name(common[0] if common else names[0][0])
 
 
 def deployment_id(deployment: Any) -> Optional[str]:
@@ -195,7 +217,7 @@ def replica_of(deployment: Any) -> Replica:
         zone=str(settings.get("zone", "")),
         instance_type=str(settings.get("instance_type", "")),
         node=str(settings.get("node", "")),
-        models=served_names(deployment),
+        models=tuple(library_name(n) for n in served_names(deployment)),
         decode_tokens_per_s=_number(where, "decode_tokens_per_s",
                                     settings.get("decode_tokens_per_s", 0.0), float))
     return Replica(info, str(group or ""),
@@ -214,7 +236,7 @@ def replicas_of(model_list: Any) -> Tuple[Replica, ...]:
         out.append(r)
     # A team-scoped name that is some deployment's model_name too would put
     # the team's replicas and that group's in one choice again.
-    groups = {r.model_group for r in out}
+    groups = {library_name(r.model_group) for r in out}
     for r in out:
         for name in r.info.models[1:]:
             if name in groups:

@@ -1,13 +1,17 @@
 """LiteLLM deployments read as replicas (spotinfer.litellm_deployments needs
 no LiteLLM; the strategy itself is tested in tests/litellm)."""
 
+import json
+
 import pytest
 
 from spotinfer import Engine, ModelTier, Pool
 from spotinfer.litellm_deployments import (DeploymentError, default_metrics_url,
-                                           deployment_id, model_group, replica_of,
-                                           replicas_of, served_names,
+                                           deployment_id, library_name, model_group,
+                                           replica_of, replicas_of, served_names,
                                            team_model_name)
+
+from conftest import needs_routing
 
 
 def dep(rid="spot-a", api_base="http://10.0.0.7:8000/v1", **settings):
@@ -164,3 +168,47 @@ def test_a_team_name_that_is_a_group_name_is_refused():
 def test_a_deployment_id():
     assert deployment_id(named("m", "spot-a")) == "spot-a"
     assert deployment_id({"model_name": "m"}) is None
+
+
+def test_library_names():
+    # As they are: the names the metrics and the ledger show.
+    for name in ("llama-70b", "openai/*", "a b", "team:team1/llama", ""):
+        assert library_name(name) == name
+    # What the models list would split or trim, and the escape itself.
+    assert library_name("llama,70b") == "llama%2C70b"
+    assert library_name(" llama\t") == "%20llama%09"
+    assert library_name("50%") == "50%25"
+    assert library_name("a%2Cb") != library_name("a,b")
+    # A team id ends at its first "/".
+    assert team_model_name("a/b", "c") != team_model_name("a", "b/c")
+
+
+@needs_routing
+def test_a_comma_in_a_name_keeps_its_deployments_apart():
+    """A model_name or a team id with a comma: the library's models list
+    separates names with commas, so unencoded "llama,70b" would serve
+    "llama" and "70b" and never itself."""
+    def priced(name, rid, **model_info):
+        return {"model_name": name,
+                "model_info": {"id": rid, "spotinfer": {"usd_per_hour": 1}, **model_info}}
+    comma = priced("llama,70b", "comma")
+    plain = [priced("llama", "llama"), priced("70b", "70b"), priced(" llama ", "padded")]
+    team = [priced(f"llama_t_{i}", f"team-{i}", team_id="t,1", team_public_model_name="llama")
+            for i in "ab"]
+    with Engine({"router": {"load_max_age_ms": 600000, "max_fallbacks": 4}}) as eng:
+        for r in replicas_of([comma, *plain, *team]):
+            eng.upsert_replica(r.info)
+            eng.report_load(r.info.id, running=0)
+
+        def served(deps):
+            body = {"model": model_group(deps), "messages": [{"role": "user", "content": "hi"}]}
+            d = eng.parse_openai(json.dumps(body).encode(), "chat").route()
+            eng.ticket(d.ticket.id).finish()
+            return {d.replica_id, *d.fallback_ids}
+        assert served([comma]) == {"comma"}
+        assert served([plain[0]]) == {"llama"}
+        assert served([plain[1]]) == {"70b"}
+        assert served([plain[2]]) == {"padded"}
+        # The team's name for its deployments: one of them, of no other.
+        assert model_group(team) == "team:t%2C1/llama"
+        assert served(team) == {"team-a", "team-b"}
