@@ -466,19 +466,21 @@ static void test_poll_has_one_bound(void **st) {
   rp_set_delay(p, 700);
   direct_open(&b, p);
   usleep(300000); /* the proxy is done holding configure's reply back */
-  /* 300 ms a round trip: connecting, TIME and XREAD (900 ms) within the
-   * 1000 of a poll that connects. */
-  rp_set_delay(p, 300);
-  expect_poll(&b, SPI_OK, 850, 1000, "connect, TIME, XREAD");
+  /* 250 ms a round trip: connecting, TIME and XREAD (750 ms) within the
+   * 1000 of a poll that connects. (Each upper bound below allows 150 ms
+   * for a loaded machine; a poll bounded step by step instead would take
+   * 1,400 ms in the late case.) */
+  rp_set_delay(p, 250);
+  expect_poll(&b, SPI_OK, 700, 1150, "connect, TIME, XREAD");
   /* Connected: one round trip within 500. */
-  expect_poll(&b, SPI_OK, 250, 500, "XREAD");
+  expect_poll(&b, SPI_OK, 200, 650, "XREAD");
   /* 700 ms: the read is late, the poll ends by its 500. */
   rp_set_delay(p, 700);
-  expect_poll(&b, SPI_EIO, 450, 650, "late XREAD");
+  expect_poll(&b, SPI_EIO, 450, 650 + 150, "late XREAD");
   usleep(300000); /* the proxy is done holding that reply back */
-  /* 450 ms, reconnecting: the connect and the read (900) within 1000. */
-  rp_set_delay(p, 450);
-  expect_poll(&b, SPI_OK, 850, 1000, "reconnect, XREAD");
+  /* 350 ms, reconnecting: the connect and the read (700) within 1000. */
+  rp_set_delay(p, 350);
+  expect_poll(&b, SPI_OK, 650, 1150, "reconnect, XREAD");
   direct_close(&b);
   /* No cursor again, 450 ms: connecting, TIME and XREAD would take 1350;
    * the poll ends by its 1000. */
@@ -486,10 +488,11 @@ static void test_poll_has_one_bound(void **st) {
   direct_open(&b, p);
   usleep(300000); /* the proxy is done holding configure's reply back */
   rp_set_delay(p, 450);
-  expect_poll(&b, SPI_EIO, 950, 1150, "connect, TIME, late XREAD");
+  expect_poll(&b, SPI_EIO, 950, 1150 + 150, "connect, TIME, late XREAD");
   usleep(500000);
   /* The cursor was fixed by that TIME: the next poll connects and reads. */
-  expect_poll(&b, SPI_OK, 850, 1000, "reconnect, XREAD");
+  rp_set_delay(p, 350);
+  expect_poll(&b, SPI_OK, 650, 1150, "reconnect, XREAD");
   rp_set_delay(p, 0);
   direct_close(&b);
 }

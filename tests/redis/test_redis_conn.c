@@ -379,10 +379,10 @@ static void test_one_round_trip_to_connect(void **st) {
                    SPI_OK);
   assert_int_equal(r->type, REDIS_REPLY_STATUS);
   freeReplyObject(r);
-  /* 200 ms a round trip, 0.4 of connect_timeout_ms: the first connect (two
+  /* 150 ms a round trip, 0.3 of connect_timeout_ms: the first connect (two
    * round trips) is in time, and the SET ran after the SELECT, in db 1. */
   spr_conn *c = slow_conn(p, "slow-pw", 1);
-  rp_set_delay(p, 200);
+  rp_set_delay(p, 150);
   int64_t took = 0;
   int rc = slow_setup(c, &r, &took, err, sizeof err);
   if (rc != SPI_OK || took >= 500)
