@@ -25,6 +25,20 @@
  * server that cannot be reached at configure is not an error (every call
  * tries again, within spr_conn's backoff); one that refuses (AUTH, SELECT)
  * is.
+ *
+ * How long a call takes: each is one call with one deadline, taken at its
+ * start (spr_conn_deadline): timeout_ms, and connect_timeout_ms more when
+ * it connects first. A publish is one command. A poll's steps (connecting,
+ * within connect_timeout_ms; TIME, when configure could not fix the
+ * cursor; XREAD) all end by that one deadline, and what connecting leaves
+ * of its share goes to the steps after it: a poll never takes longer than
+ * a call, whatever its steps, and has nothing after them (no acks: XREAD
+ * without a group, the cursor kept here). Bounds per step, as the replay
+ * store has, would add nothing: the XREAD after a connect has timeout_ms
+ * left at least, and only a poll that asks TIME as well has three round
+ * trips; when the read is late after its TIME, the cursor is fixed all the
+ * same, and the next poll connects and reads. Configure opens both
+ * connections and asks TIME: at most 2 x connect_timeout_ms + timeout_ms.
  */
 #include <pthread.h>
 #include <stdarg.h>

@@ -5,8 +5,9 @@
  * with OpenSSL on top when TLS is configured, so connect, TLS handshake,
  * AUTH and every command are bounded by a deadline: the caller's, one for
  * the whole of its call (spr_conn_deadline), connecting within
- * connect_timeout_ms of it. The commands that set a connection up may go
- * in the round trip of the handshake's PING (spr_conn_setup).
+ * connect_timeout_ms of it. The handshake (AUTH, SELECT, PING) is one
+ * round trip, and the commands that set a connection up may go in it
+ * (spr_conn_setup).
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -40,6 +41,7 @@ struct spr_conn {
   redisReader *reader;
   int64_t retry_at_ms;    /* no reconnect before this (monotonic) */
   int64_t backoff_ms;
+  int db_accepted;        /* the server accepted our SELECT once */
   char last_err[256];
   uint64_t failures, connects;
 #ifdef SPR_HAVE_TLS
@@ -388,13 +390,6 @@ static int roundtrip(spr_conn *c, int n, const spr_cmd *cmds,
   return rc;
 }
 
-static int argv_roundtrip(spr_conn *c, int argc, const char **argv,
-                          const size_t *lens, redisReply **out,
-                          int64_t deadline, char *err, size_t cap) {
-  spr_cmd one = {argc, argv, lens};
-  return roundtrip(c, 1, &one, out, deadline, err, cap);
-}
-
 /* A command of the handshake whose reply must be OK-ish. */
 int spr_reply_transient(const redisReply *r) {
   static const char *const codes[] = {"LOADING",  "BUSY",       "MASTERDOWN",
@@ -419,62 +414,87 @@ static int hello_reply(spr_conn *c, const redisReply *r, const char *what,
                "redis %s: %s refused: %.160s", c->addr, what, r->str);
 }
 
-static int hello_step(spr_conn *c, int argc, const char **argv,
-                      int64_t deadline, const char *what, char *err,
-                      size_t cap) {
-  size_t lens[4];
-  for (int i = 0; i < argc; i++) lens[i] = strlen(argv[i]);
-  redisReply *r = NULL;
-  int rc = argv_roundtrip(c, argc, argv, lens, &r, deadline, err, cap);
-  if (rc != SPI_OK) return rc;
-  rc = hello_reply(c, r, what, err, cap);
-  freeReplyObject(r);
-  return rc;
+/* The handshake's commands, at most three of three arguments each. */
+typedef struct hello {
+  const char *argv[3][3];
+  size_t lens[3][3];
+  char db[16];
+} hello;
+
+/* The commands of the handshake into all (their arguments in h): AUTH and
+ * SELECT when set, then PING; what[i] names each for messages. Their
+ * count. */
+static int hello_cmds(spr_conn *c, hello *h, spr_cmd *all, const char **what) {
+  int k = 0, argc = 0;
+  if (c->cfg.password[0]) {
+    h->argv[k][argc++] = "AUTH";
+    if (c->cfg.username[0]) h->argv[k][argc++] = c->cfg.username;
+    h->argv[k][argc++] = c->cfg.password;
+    what[k++] = "AUTH";
+  }
+  if (c->cfg.db) {
+    snprintf(h->db, sizeof h->db, "%d", c->cfg.db);
+    h->argv[k][0] = "SELECT";
+    h->argv[k][1] = h->db;
+    what[k++] = "SELECT";
+  }
+  h->argv[k][0] = "PING";
+  what[k++] = "PING";
+  for (int i = 0; i < k; i++) {
+    argc = 0;
+    for (; argc < 3 && h->argv[i][argc]; argc++)
+      h->lens[i][argc] = strlen(h->argv[i][argc]);
+    all[i] = (spr_cmd){argc, h->argv[i], h->lens[i]};
+  }
+  return k;
 }
 
-/* The handshake's PING, and the owner's n commands after it in the same
- * round trip (spr_conn_setup), their replies in out. Only the PING's reply
- * is checked: a server that refuses it (no AUTH, loading) refused the
- * commands after it as well, and ran none. */
-static int ping_with(spr_conn *c, int n, const spr_cmd *cmds,
-                     redisReply **out, int64_t deadline, char *err,
-                     size_t cap) {
-  const char *argv[] = {"PING"};
-  const size_t lens[] = {4};
-  spr_cmd all[1 + SPR_SETUP_MAX];
-  redisReply *r[1 + SPR_SETUP_MAX];
-  all[0] = (spr_cmd){1, argv, lens};
-  for (int i = 0; i < n; i++) all[1 + i] = cmds[i];
-  int rc = roundtrip(c, 1 + n, all, r, deadline, err, cap);
+/* The handshake's commands and the owner's n commands after them, in one
+ * round trip, the owner's replies in out. The handshake's replies are
+ * checked in order, and the first refused is the error: a refused AUTH is
+ * a configuration error whatever the commands after it got (a server that
+ * requires a password refused them too, as NOAUTH; one whose default user
+ * is open ran them as that user; either way the connection is closed), and
+ * so is a refused SELECT (the commands after it ran in db 0: handshake()
+ * sends none there until the server has accepted the SELECT once). A
+ * refused PING (NOAUTH with no password configured, loading) refused the
+ * owner's commands as well, and ran none. */
+static int hello_with(spr_conn *c, int n, const spr_cmd *cmds,
+                      redisReply **out, int64_t deadline, char *err,
+                      size_t cap) {
+  hello h;
+  memset(&h, 0, sizeof h);
+  spr_cmd all[3 + SPR_SETUP_MAX];
+  const char *what[3];
+  redisReply *r[3 + SPR_SETUP_MAX];
+  int k = hello_cmds(c, &h, all, what);
+  for (int i = 0; i < n; i++) all[k + i] = cmds[i];
+  int rc = roundtrip(c, k + n, all, r, deadline, err, cap);
   if (rc != SPI_OK) return rc;
-  rc = hello_reply(c, r[0], "PING", err, cap);
-  for (int i = 0; i <= n; i++) {
-    if (i > 0 && rc == SPI_OK)
-      out[i - 1] = r[i];
+  for (int i = 0; i < k && rc == SPI_OK; i++)
+    rc = hello_reply(c, r[i], what[i], err, cap);
+  for (int i = 0; i < k + n; i++) {
+    if (i >= k && rc == SPI_OK)
+      out[i - k] = r[i];
     else
       freeReplyObject(r[i]);
   }
   return rc;
 }
 
+/* AUTH, SELECT, PING and the owner's commands: one round trip after the
+ * TCP connect (and TLS handshake). Except the first time a db is
+ * selected: until the server has accepted that SELECT once, the owner's
+ * commands wait for its reply (a second round trip), so a db the server
+ * does not have fails the connect before they run in db 0. */
 static int handshake(spr_conn *c, int64_t deadline, int n,
                      const spr_cmd *cmds, redisReply **out, char *err,
                      size_t cap) {
-  int rc = SPI_OK;
-  if (c->cfg.password[0]) {
-    const char *a3[] = {"AUTH", c->cfg.username, c->cfg.password};
-    const char *a2[] = {"AUTH", c->cfg.password};
-    rc = c->cfg.username[0]
-             ? hello_step(c, 3, a3, deadline, "AUTH", err, cap)
-             : hello_step(c, 2, a2, deadline, "AUTH", err, cap);
-  }
-  if (rc == SPI_OK && c->cfg.db) {
-    char db[16];
-    snprintf(db, sizeof db, "%d", c->cfg.db);
-    const char *s[] = {"SELECT", db};
-    rc = hello_step(c, 2, s, deadline, "SELECT", err, cap);
-  }
-  if (rc == SPI_OK) rc = ping_with(c, n, cmds, out, deadline, err, cap);
+  int hold = c->cfg.db && !c->db_accepted && n > 0;
+  int rc = hello_with(c, hold ? 0 : n, cmds, out, deadline, err, cap);
+  if (rc == SPI_OK && c->cfg.db) c->db_accepted = 1;
+  if (rc == SPI_OK && hold)
+    rc = roundtrip(c, n, cmds, out, deadline, err, cap);
   return rc;
 }
 

@@ -91,8 +91,10 @@ void spr_conn_free(spr_conn *c);
  * its script timeout_ms from when it is sent). */
 int64_t spr_conn_deadline(const spr_conn *c);
 
-/* Connect now (AUTH, SELECT, a PING); SPI_OK when connected already.
- * Connecting takes at most connect_timeout_ms, and ends by deadline.
+/* Connect now; SPI_OK when connected already. After the TCP connect (and
+ * TLS handshake), AUTH and SELECT when set and a PING go in one round trip,
+ * their replies checked in that order. Connecting takes at most
+ * connect_timeout_ms, and ends by deadline.
  * SPI_EINVAL when the server answered and refused (AUTH, SELECT), SPI_EIO
  * when it could not be reached or refused for now (spr_reply_transient).
  * spr_conn_open: the deadline is connect_timeout_ms from now. */
@@ -118,11 +120,14 @@ int spr_conn_pipeline(spr_conn *c, int n, const spr_cmd *cmds,
                       size_t cap);
 
 /* spr_conn_pipeline for the n commands (at most SPR_SETUP_MAX) that set a
- * connection up: when it has to connect, they go in the round trip of the
- * handshake's PING (checked first: a server that refuses it refused them
- * too, and ran none), so connecting and setting up take one round trip
- * less. Connecting ends within connect_timeout_ms, and everything by
- * deadline. */
+ * connection up: when it has to connect, they go in the handshake's round
+ * trip, after AUTH, SELECT and the PING (checked first, in that order: a
+ * refused AUTH or SELECT is SPI_EINVAL naming it, whatever the commands
+ * after it got), so connecting and setting up take one round trip. The
+ * first time this connection selects a db, they wait for the SELECT's
+ * reply (one round trip more), so a db the server does not have never has
+ * them run in db 0; every reconnect after it takes one. Connecting and the
+ * setup end within connect_timeout_ms, and everything by deadline. */
 #define SPR_SETUP_MAX 16
 int spr_conn_setup(spr_conn *c, int n, const spr_cmd *cmds, redisReply **out,
                    int64_t deadline, char *err, size_t cap);

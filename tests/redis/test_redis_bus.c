@@ -11,6 +11,9 @@
  *  - The stream survives a dropped connection: messages published while
  *    B's connection is gone arrive after it reconnects, once each.
  *  - A refused login is an error at configure, with the server's words.
+ *  - A poll has one bound, through a proxy that holds replies back: its
+ *    steps (connecting, the server's time, the read) end within timeout_ms
+ *    of its start, or connect_timeout_ms + timeout_ms when it connects.
  */
 #include <errno.h>
 #include <setjmp.h>
@@ -32,6 +35,7 @@
 #include "redis_conn.h"
 #include "spotinfer/spotinfer.h"
 #include "spotinfer/spotinfer_redis.h"
+#include "redis_proxy.h"
 #include "unit/fake_bus.h"
 
 #define SEC FB_SEC
@@ -371,6 +375,128 @@ static void test_refused_login(void **st) {
   spi_engine_free(e);
 }
 
+/* ------------------------------------------------ a poll's one bound */
+
+static int proxy_up(void **st) {
+  *st = NULL;
+  int port = server_port();
+  if (!port) return 0;
+  rp_proxy *p = calloc(1, sizeof *p);
+  if (!p) return -1;
+  rp_start(p, port);
+  *st = p;
+  return 0;
+}
+
+static int proxy_down(void **st) {
+  rp_proxy *p = *st;
+  if (p) rp_stop(p);
+  free(p);
+  return 0;
+}
+
+/* The bus module itself, an instance of it through proxy p (a state of its
+ * own: no cursor yet), 500 ms to connect and 500 for a call. */
+typedef struct direct_bus {
+  spi_fleet_bus_module m;
+  void *state, *inst;
+  spi_module_destroy_fn destroy;
+} direct_bus;
+
+static void direct_open(direct_bus *b, const rp_proxy *p) {
+  memset(b, 0, sizeof *b);
+  assert_int_equal(spi_redis_get_module(SPI_MODULE_FLEET_BUS, "redis", &b->m,
+                                        sizeof b->m, &b->state, &b->destroy),
+                   SPI_OK);
+  char json[384], err[256] = "";
+  snprintf(json, sizeof json,
+           "{\"address\":\"127.0.0.1:%d\",\"key_prefix\":\"spi:test:bus-dl:"
+           "%d:\",\"lookback_ms\":0,\"connect_timeout_ms\":500,"
+           "\"timeout_ms\":500,\"reconnect_min_ms\":0,\"reconnect_max_ms\":0}",
+           p->port, (int)getpid());
+  int rc = b->m.configure(b->state, json, strlen(json), &b->inst, err,
+                          sizeof err);
+  if (rc != SPI_OK) print_error("configure: %s\n", err);
+  assert_int_equal(rc, SPI_OK);
+}
+
+static void direct_close(direct_bus *b) {
+  b->m.release(b->state, b->inst);
+  b->destroy(b->state);
+}
+
+static int count_msg(void *ud, const char *msg, size_t len) {
+  (void)msg;
+  (void)len;
+  ++*(int *)ud;
+  return SPI_OK;
+}
+
+/* One poll; its status, and in *took how long it took (ms). */
+static int timed_poll(direct_bus *b, int64_t *took, char *err, size_t cap) {
+  int n = 0;
+  int64_t t0 = spr_now_ms();
+  int rc = b->m.poll(b->state, b->inst, 16, count_msg, &n, err, cap);
+  *took = spr_now_ms() - t0;
+  return rc;
+}
+
+static void expect_poll(direct_bus *b, int status, int64_t lo, int64_t hi,
+                        const char *what) {
+  char err[256] = "";
+  int64_t took = 0;
+  int rc = timed_poll(b, &took, err, sizeof err);
+  if (rc != status || took < lo || took > hi)
+    print_error("%s: %d in %lld ms (want %d in %lld..%lld): %s\n", what, rc,
+                (long long)took, status, (long long)lo, (long long)hi, err);
+  assert_int_equal(rc, status);
+  assert_true(took >= lo && took <= hi);
+}
+
+/* A poll's steps share one deadline, taken at its start: connecting (at
+ * most connect_timeout_ms), the server's time (TIME, once, when configure
+ * could not ask), the read (XREAD); so a poll ends within timeout_ms, or
+ * connect_timeout_ms + timeout_ms when it connects, whatever its steps,
+ * and the time connecting did not use goes to the steps after it. */
+static void test_poll_has_one_bound(void **st) {
+  rp_proxy *p = *st;
+  if (!p) skip();
+  direct_bus b;
+  /* Configure does not get through (700 ms a round trip): no cursor. */
+  rp_set_delay(p, 700);
+  direct_open(&b, p);
+  usleep(300000); /* the proxy is done holding configure's reply back */
+  /* 250 ms a round trip: connecting, TIME and XREAD (750 ms) within the
+   * 1000 of a poll that connects. (Each upper bound below allows 150 ms
+   * for a loaded machine; a poll bounded step by step instead would take
+   * 1,400 ms in the late case.) */
+  rp_set_delay(p, 250);
+  expect_poll(&b, SPI_OK, 700, 1150, "connect, TIME, XREAD");
+  /* Connected: one round trip within 500. */
+  expect_poll(&b, SPI_OK, 200, 650, "XREAD");
+  /* 700 ms: the read is late, the poll ends by its 500. */
+  rp_set_delay(p, 700);
+  expect_poll(&b, SPI_EIO, 450, 650 + 150, "late XREAD");
+  usleep(300000); /* the proxy is done holding that reply back */
+  /* 350 ms, reconnecting: the connect and the read (700) within 1000. */
+  rp_set_delay(p, 350);
+  expect_poll(&b, SPI_OK, 650, 1150, "reconnect, XREAD");
+  direct_close(&b);
+  /* No cursor again, 450 ms: connecting, TIME and XREAD would take 1350;
+   * the poll ends by its 1000. */
+  rp_set_delay(p, 700);
+  direct_open(&b, p);
+  usleep(300000); /* the proxy is done holding configure's reply back */
+  rp_set_delay(p, 450);
+  expect_poll(&b, SPI_EIO, 950, 1150 + 150, "connect, TIME, late XREAD");
+  usleep(500000);
+  /* The cursor was fixed by that TIME: the next poll connects and reads. */
+  rp_set_delay(p, 350);
+  expect_poll(&b, SPI_OK, 650, 1150, "reconnect, XREAD");
+  rp_set_delay(p, 0);
+  direct_close(&b);
+}
+
 int main(int argc, char **argv) {
   if (argc == 6 && !strcmp(argv[1], "--child"))
     return child(atoi(argv[2]), argv[3], atoi(argv[4]), atoi(argv[5]));
@@ -383,6 +509,8 @@ int main(int argc, char **argv) {
       cmocka_unit_test(test_reads_from_configure),
       cmocka_unit_test(test_survives_a_dropped_connection),
       cmocka_unit_test(test_refused_login),
+      cmocka_unit_test_setup_teardown(test_poll_has_one_bound, proxy_up,
+                                      proxy_down),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -3,7 +3,9 @@
  * parsing and checks, then (when SPI_REDIS_PORT names a running server on
  * 127.0.0.1, as the `redis` stage of scripts/test.sh provides) commands,
  * AUTH with an ACL user and a wrong password, an unreachable server and the
- * reconnect backoff; TLS when tests/redis/tls.sh runs it.
+ * reconnect backoff, and (through a proxy that holds replies back,
+ * redis_proxy.h) AUTH, SELECT, the PING and the setup in one round trip;
+ * TLS when tests/redis/tls.sh runs it.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -18,6 +20,7 @@
 #include "spotinfer/spotinfer.h"
 #include "spotinfer/spotinfer_redis.h"
 #include "redis_conn.h"
+#include "redis_proxy.h"
 
 static int parse(const char *json, spr_config *c, char *err, size_t cap) {
   return spr_config_parse(json, strlen(json), "replay.store_config", NULL, c,
@@ -290,6 +293,158 @@ static void test_auth(void **st) {
   spr_conn_free(admin);
 }
 
+/* A proxy in front of the server for one test (its state), stopped by the
+ * teardown, which runs when the test fails too. NULL without a server. */
+static int proxy_up(void **st) {
+  *st = NULL;
+  int port = server_port();
+  if (!port) return 0;
+  rp_proxy *p = calloc(1, sizeof *p);
+  if (!p) return -1;
+  rp_start(p, port);
+  *st = p;
+  return 0;
+}
+
+static int proxy_down(void **st) {
+  rp_proxy *p = *st;
+  if (p) rp_stop(p);
+  free(p);
+  return 0;
+}
+
+/* A connection through proxy p with AUTH (user spislow, password pw) and
+ * SELECT db, 500 ms to connect and 500 for a command, no backoff. */
+static spr_conn *slow_conn(const rp_proxy *p, const char *pw, int db) {
+  char json[384];
+  snprintf(json, sizeof json,
+           "{\"address\":\"127.0.0.1:%d\",\"username\":\"spislow\","
+           "\"password\":\"%s\",\"db\":%d,\"connect_timeout_ms\":500,"
+           "\"timeout_ms\":500,\"reconnect_min_ms\":0,"
+           "\"reconnect_max_ms\":0}",
+           p->port, pw, db);
+  return conn_to(json);
+}
+
+/* spr_conn_setup on c with SET spi:test:slow in the setup; its status, the
+ * reply in *out, and in *took how long it took. */
+static int slow_setup(spr_conn *c, redisReply **out, int64_t *took,
+                      char *err, size_t cap) {
+  const char *a[] = {"SET", "spi:test:slow", "v"};
+  size_t l[] = {3, 13, 1};
+  spr_cmd set = {3, a, l};
+  int64_t t0 = spr_now_ms();
+  int rc = spr_conn_setup(c, 1, &set, out, spr_conn_deadline(c), err, cap);
+  *took = spr_now_ms() - t0;
+  if (rc != SPI_OK) {
+    assert_null(*out);
+    assert_false(spr_conn_up(c));
+  }
+  return rc;
+}
+
+/* 1 when spi:test:slow exists in db, asked through admin. */
+static int slow_key_in(spr_conn *admin, const char *db) {
+  const char *sel[] = {"SELECT", db}, *ex[] = {"EXISTS", "spi:test:slow"};
+  size_t lsel[] = {6, strlen(db)}, lex[] = {6, 13};
+  spr_cmd cmds[] = {{2, sel, lsel}, {2, ex, lex}};
+  redisReply *rs[2];
+  char err[256] = "";
+  assert_int_equal(spr_conn_pipeline(admin, 2, cmds, rs,
+                                     spr_conn_deadline(admin), err,
+                                     sizeof err),
+                   SPI_OK);
+  int n = (int)rs[1]->integer;
+  for (int i = 0; i < 2; i++) freeReplyObject(rs[i]);
+  return n;
+}
+
+/* Connecting with AUTH and SELECT takes one round trip after the TCP
+ * connect: AUTH, SELECT, the PING and the owner's setup go together (the
+ * first time a db is selected, the setup waits for the SELECT's reply: two
+ * round trips), and the handshake's replies are checked in order, so a
+ * refused AUTH or SELECT is reported as what it is, not as the errors of
+ * the commands after it. AUTH and SELECT each took a round trip of their
+ * own, all within connect_timeout_ms: a server slower than a third of it
+ * could not be connected to at all. */
+static void test_one_round_trip_to_connect(void **st) {
+  rp_proxy *p = *st;
+  if (!p) skip();
+  char json[128], err[256] = "";
+  snprintf(json, sizeof json, "{\"address\":\"127.0.0.1:%d\"}", server_port());
+  spr_conn *admin = conn_to(json);
+  redisReply *r = NULL;
+  assert_int_equal(cmd(admin, &r, err, sizeof err, 7, "ACL", "SETUSER",
+                       "spislow", "on", ">slow-pw", "~*", "+@all"),
+                   SPI_OK);
+  assert_int_equal(r->type, REDIS_REPLY_STATUS);
+  freeReplyObject(r);
+  /* 150 ms a round trip, 0.3 of connect_timeout_ms: the first connect (two
+   * round trips) is in time, and the SET ran after the SELECT, in db 1. */
+  spr_conn *c = slow_conn(p, "slow-pw", 1);
+  rp_set_delay(p, 150);
+  int64_t took = 0;
+  int rc = slow_setup(c, &r, &took, err, sizeof err);
+  if (rc != SPI_OK || took >= 500)
+    print_error("first connect: %d in %lld ms: %s\n", rc, (long long)took,
+                err);
+  assert_int_equal(rc, SPI_OK);
+  assert_int_equal(r->type, REDIS_REPLY_STATUS);
+  freeReplyObject(r);
+  assert_true(took < 500);
+  assert_int_equal(slow_key_in(admin, "1"), 1);
+  assert_int_equal(slow_key_in(admin, "0"), 0);
+  /* 300 ms a round trip, 0.6 of it: a reconnect is one round trip. */
+  rp_set_delay(p, 0);
+  rp_drop_next_reply(p);
+  assert_int_equal(cmd(c, &r, err, sizeof err, 1, "PING"), SPI_EIO);
+  rp_set_delay(p, 300);
+  rc = slow_setup(c, &r, &took, err, sizeof err);
+  if (rc != SPI_OK || took >= 500)
+    print_error("reconnect: %d in %lld ms: %s\n", rc, (long long)took, err);
+  assert_int_equal(rc, SPI_OK);
+  freeReplyObject(r);
+  assert_true(took < 500);
+  assert_int_equal(spr_conn_connects(c), 2);
+  spr_conn_free(c);
+  /* spr_conn_open alone: AUTH, SELECT and the PING, one round trip. */
+  c = slow_conn(p, "slow-pw", 1);
+  took = spr_now_ms();
+  rc = spr_conn_open(c, err, sizeof err);
+  took = spr_now_ms() - took;
+  if (rc != SPI_OK) print_error("open: %s\n", err);
+  assert_int_equal(rc, SPI_OK);
+  assert_true(took < 500);
+  spr_conn_free(c);
+  rp_set_delay(p, 0);
+  /* A db the server does not have: SELECT refused, and the setup did not
+   * run in db 0. */
+  c = slow_conn(p, "slow-pw", 1 << 20);
+  assert_int_equal(slow_setup(c, &r, &took, err, sizeof err), SPI_EINVAL);
+  assert_non_null(strstr(err, "SELECT refused"));
+  spr_conn_free(c);
+  assert_int_equal(slow_key_in(admin, "0"), 0);
+  /* A wrong password: AUTH refused, a configuration error, whatever the
+   * commands after it got (the default user runs them here). */
+  c = slow_conn(p, "wrong-pw", 0);
+  assert_int_equal(slow_setup(c, &r, &took, err, sizeof err), SPI_EINVAL);
+  assert_non_null(strstr(err, "AUTH refused: WRONGPASS"));
+  assert_null(strstr(err, "wrong-pw"));
+  spr_conn_free(c);
+  assert_int_equal(cmd(admin, &r, err, sizeof err, 2, "DEL", "spi:test:slow"),
+                   SPI_OK); /* db 0: the wrong password's SET */
+  assert_int_equal(r->integer, 1);
+  freeReplyObject(r);
+  assert_int_equal(slow_key_in(admin, "1"), 1);
+  assert_int_equal(cmd(admin, &r, err, sizeof err, 2, "DEL", "spi:test:slow"),
+                   SPI_OK);
+  freeReplyObject(r);
+  assert_int_equal(
+      cmd(admin, &r, err, sizeof err, 3, "ACL", "DELUSER", "spislow"), SPI_OK);
+  freeReplyObject(r);
+  spr_conn_free(admin);
+}
+
 static void test_unreachable_backoff(void **st) {
   (void)st;
   /* Port 1 on loopback refuses at once. */
@@ -388,6 +543,8 @@ int main(void) {
       cmocka_unit_test(test_transient_replies),
       cmocka_unit_test(test_commands),
       cmocka_unit_test(test_auth),
+      cmocka_unit_test_setup_teardown(test_one_round_trip_to_connect,
+                                      proxy_up, proxy_down),
       cmocka_unit_test(test_tls),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);

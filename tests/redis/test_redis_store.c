@@ -5,8 +5,9 @@
  * reached (SPI_EIO with a message, or the fallback journal, moved into
  * Redis once it answers: with SPI_REDIS_PORT), and the module struct rules
  * for queue stores (a record store built before them still registers).
- * Through a proxy (redis_proxy.h): one deadline for a call that reconnects;
- * an ack or nack whose answer was lost, repeated. Entries written into the
+ * Through a proxy (redis_proxy.h): one deadline for a call that reconnects,
+ * one round trip to set up with AUTH and SELECT; an ack or nack whose
+ * answer was lost, repeated. Entries written into the
  * streams by hand: what a claim cannot take is dead-lettered at once.
  * Consumers of processes gone are removed from the groups.
  */
@@ -468,6 +469,59 @@ static redisReply *raw(spr_conn *k, int argc, const char **argv,
   assert_int_equal(rc, SPI_OK);
   assert_int_not_equal(r->type, REDIS_REPLY_ERROR);
   return r;
+}
+
+/* An ACL user of the tests' server: made (on) or removed. */
+static void acl_user(const char *name, int on) {
+  spr_conn *k = raw_conn();
+  const char *mk[] = {"ACL", "SETUSER", name, "on", ">slow-pw", "~*",
+                      "+@all"};
+  const char *rm[] = {"ACL", "DELUSER", name};
+  size_t lens[7];
+  const char **argv = on ? mk : rm;
+  int argc = on ? 7 : 3;
+  for (int i = 0; i < argc; i++) lens[i] = strlen(argv[i]);
+  freeReplyObject(raw(k, argc, argv, lens));
+  spr_conn_free(k);
+}
+
+/* A call that reconnects with AUTH and SELECT configured sets up in one
+ * round trip (AUTH, SELECT, the PING, the groups and the scripts
+ * together) within connect_timeout_ms, then its script within timeout_ms:
+ * a server slower than a third of connect_timeout_ms is used again after
+ * its connection dropped. AUTH and SELECT took a round trip each before,
+ * inside connect_timeout_ms, and the store never got the connection back. */
+static void test_slow_reconnect_with_auth_and_db(void **st) {
+  rp_proxy *p = *st;
+  if (!p) skip();
+  acl_user("spislowstore", 1);
+  spi_engine *e = NULL;
+  assert_int_equal(spi_engine_new(&e, NULL), SPI_OK);
+  spi_replay_queue *q = NULL;
+  open_proxied(e, p, "auth",
+               "\"username\":\"spislowstore\",\"password\":\"slow-pw\","
+               "\"db\":1,\"connect_timeout_ms\":500,\"timeout_ms\":500",
+               &q);
+  static const int delays[] = {200, 300}; /* 0.4 and 0.6 of the 500 */
+  for (int i = 0; i < 2; i++) {
+    drop_connection(p, q);
+    rp_set_delay(p, delays[i]);
+    char key[8];
+    snprintf(key, sizeof key, "a%d", i);
+    int64_t took = 0;
+    int rc = timed_enqueue(q, key, &took);
+    if (rc != SPI_OK || took >= 1000)
+      print_error("%d ms a round trip: %d in %lld ms: %s\n", delays[i], rc,
+                  (long long)took, spi_replay_errmsg(q));
+    assert_int_equal(rc, SPI_OK);
+    assert_true(took < 1000);
+    rp_set_delay(p, 0);
+  }
+  spi_replay_stats s = rq_stats(q);
+  assert_int_equal(s.ready[SPI_CLASS_GOLD], 2);
+  spi_replay_close(q);
+  spi_engine_free(e);
+  acl_user("spislowstore", 0);
 }
 
 /* An entry of lane stream key as the store writes one, its envelope e. */
@@ -1055,6 +1109,8 @@ int main(void) {
                                       proxy_down),
       cmocka_unit_test_setup_teardown(test_finish_after_lost_reply, proxy_up,
                                       proxy_down),
+      cmocka_unit_test_setup_teardown(test_slow_reconnect_with_auth_and_db,
+                                      proxy_up, proxy_down),
       cmocka_unit_test(test_claim_dead_letters_what_cannot_be_taken),
       cmocka_unit_test(test_claim_dead_letters_malformed_entries),
       cmocka_unit_test(test_claim_gives_back_a_later_format),
