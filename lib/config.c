@@ -59,23 +59,24 @@ static int check_trailing(const char *text, size_t len, size_t from,
 }
 
 /* cJSON refused the text, and not for memory: the first control byte
- * outside a string before where it stopped, else where it stopped. */
+ * outside a string up to where it stopped (that byte included: text that
+ * ends too soon stops at its last byte), else where it stopped. */
 static int malformed(const char *text, size_t len, const char *end,
                      const char *what, char *err, size_t errcap) {
   /* cJSON sets end to where it stopped; on allocation failure it may not. */
   size_t off =
       (end && end >= text && end <= text + len) ? (size_t)(end - text) : 0;
   size_t ctl, nul;
-  spi__json_scan(text, off, &ctl, &nul);
+  spi__json_scan(text, off < len ? off + 1 : len, &ctl, &nul);
   if (ctl != SIZE_MAX) return control_byte(text, ctl, what, err, errcap);
   spi__errf(err, errcap, "%s: malformed JSON at byte offset %zu", what, off);
   return SPI_EPARSE;
 }
 
-/* The faults of parsed text, first in the text first: a control byte
- * outside a string, then anything after the value, then the top level's
- * type, then U+0000 inside a string. The one pass over the value
- * (spi__json_scan) finds the first and the last. */
+/* The faults of parsed text, in this order: a control byte outside a
+ * string, anything after the value, the top level's type, U+0000 inside
+ * a string (so trailing data is named before an earlier \u0000). The
+ * one pass over the value (spi__json_scan) finds the first and the last. */
 static int check_parsed(const char *text, size_t len, const char *end,
                         const cJSON *root, int want, const char *what,
                         char *err, size_t errcap) {

@@ -314,6 +314,16 @@ static void test_control_bytes(void **st) {
     n = snprintf(t, sizeof t, "{\"a\":1} X");
     t[8] = (char)ch;
     expect_control(t, (size_t)n, cJSON_Object, 8);
+    /* the last byte of text that ends too soon (cJSON stops at it) */
+    n = snprintf(t, sizeof t, "X");
+    t[0] = (char)ch;
+    expect_control(t, (size_t)n, cJSON_Array, 0);
+    n = snprintf(t, sizeof t, "[1,X");
+    t[3] = (char)ch;
+    expect_control(t, (size_t)n, cJSON_Array, 3);
+    n = snprintf(t, sizeof t, "{\"a\":1,X");
+    t[7] = (char)ch;
+    expect_control(t, (size_t)n, cJSON_Object, 7);
     /* inside a string */
     n = snprintf(t, sizeof t, "{\"aXb\":\"cXd\"}");
     t[2] = t[8] = (char)ch;
