@@ -497,6 +497,26 @@ def test_the_library_decides_among_the_deployments_litellm_offers(closing):
     assert all(s.inflight == 0 for s in routing.engine.replicas())
 
 
+def test_a_503_among_the_offered_ends_the_earlier_try(closing):
+    """A retry that LiteLLM offers only unusable deployments for is a 503,
+    and the earlier try's ticket, still open, ends there as ERROR: it does
+    not hold its replica's count until the sweep."""
+    router, routing = hand_fed(["spot-a", "spot-b", "spot-z"], {"max_fallbacks": 0})
+    closing(routing)
+    meta = {"class": "silver"}
+    kw = dict(messages=messages(SYSTEMS[0], "q"), request_kwargs={"metadata": meta})
+    run(routing.async_get_available_deployment(MODEL, **kw))
+    assert TICKET_KEY in meta and len(routing._open) == 1
+    for rid in ("spot-a", "spot-b"):
+        cool_down(router, rid)
+    routing.engine.set_replica_state("spot-z", ReplicaState.DRAINING)
+    with pytest.raises(litellm.ServiceUnavailableError):
+        run(routing.async_get_available_deployment(MODEL, **kw))
+    assert TICKET_KEY not in meta
+    assert not routing._open
+    assert all(s.inflight == 0 for s in routing.engine.replicas())
+
+
 def test_a_model_name_with_a_comma_is_routed(closing):
     """A group named with a comma is served by its deployments (the
     library's models list of a replica is comma-separated)."""
@@ -568,6 +588,38 @@ def test_close_waits_for_no_scrape(backends, held_metrics):
     assert routing.engine.closed
     assert not loader[0].is_alive()
     routing.close()                                     # again: nothing to do
+
+
+def test_no_load_report_after_close_is_done(backends, held_metrics):
+    """A scrape that outlasts close_timeout_s on the caller's engine: the
+    close is done (wait_closed() True) while the load thread still waits
+    for its page, and that page is not reported once it comes (the caller
+    may have closed its engine by then)."""
+    url, held, release = held_metrics
+    backends.start("spot-a", *FAST)
+    router = Router(model_list=[deployment(backends, "spot-a", metrics_url=url)],
+                    num_retries=0)
+    engine = spotinfer.Engine(CONFIG)
+    reports = []
+    real = engine.report_metrics
+    engine.report_metrics = lambda *a, **k: (reports.append(time.monotonic()),
+                                             real(*a, **k))[1]
+    routing = SpotinferRouting.install(router, engine=engine, scrape_interval_s=0.05,
+                                       scrape_timeout_s=20, close_timeout_s=0.3)
+    try:
+        assert held.wait(10), "no second scrape"
+        routing.close()
+        assert routing.wait_closed(5)
+        done = time.monotonic()
+        release.set()
+        loader = [t for t in threading.enumerate() if t.name == "spotinfer-load-spot-a"]
+        for t in loader:
+            t.join(10)
+        assert not any(t.is_alive() for t in loader)
+        assert not [r for r in reports if r > done]
+    finally:
+        release.set()
+        engine.close()
 
 
 class Held:

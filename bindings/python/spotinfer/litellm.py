@@ -541,7 +541,9 @@ class SpotinferRouting(CustomLogger, CustomRoutingStrategyBase):  # type: ignore
                 return
             try:
                 page = None if rep.metrics_url is None else self._scrape(rep.metrics_url)
-                with self._library(new=False):
+                # New work: a scrape that outlasts close_timeout_s does not
+                # report into an engine whose close is done.
+                with self._library():
                     if page is not None:
                         self.engine.report_metrics(rid, page)
                     else:
@@ -558,7 +560,7 @@ class SpotinferRouting(CustomLogger, CustomRoutingStrategyBase):  # type: ignore
     def _tick_loop(self) -> None:
         while not self._stop.wait(0.1):
             try:
-                with self._library(new=False):
+                with self._library():
                     self.engine.tick()
             except _Closed:
                 return
@@ -735,6 +737,8 @@ class SpotinferRouting(CustomLogger, CustomRoutingStrategyBase):  # type: ignore
                 found = [(rid, self._status(rid)) for rid in candidates]
         except _Closed:
             raise self._closed_error(model) from None
+        # The earlier try failed whatever this one gets, 503 included.
+        self._end_earlier_try(kwargs)
         usable, why = [], []
         for i, (rid, st) in enumerate(found):
             bad = _unusable(st, d)
@@ -751,7 +755,6 @@ class SpotinferRouting(CustomLogger, CustomRoutingStrategyBase):  # type: ignore
                         "deployments LiteLLM offers for the request (the rest in "
                         f"cooldown or filtered out) none is usable: {'; '.join(why[:8])}",
                 llm_provider="spotinfer", model=model, response=self._answer(503))
-        self._end_earlier_try(kwargs)
         return candidates[min(usable)[1]]
 
     def _status(self, rid: str) -> Any:
