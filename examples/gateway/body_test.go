@@ -122,3 +122,35 @@ func TestAskedChoices(t *testing.T) {
 		}
 	}
 }
+
+// A stream has several choices when the body asks for more than one, when
+// an event has more than one, when its events name more than one index,
+// or when a choice's index is not 0 (a stream of one choice numbers it 0).
+func TestSeveralChoices(t *testing.T) {
+	for _, c := range []struct {
+		name   string
+		asked  int
+		events []string
+		want   bool
+	}{
+		{"one choice", 0, []string{`{"choices":[{"index":0}]}`, `{"choices":[{"index":0}]}`}, false},
+		{"no index", 1, []string{`{"choices":[{}]}`}, false},
+		{"n=2", 2, []string{`{"choices":[{"index":0}]}`}, true},
+		{"two in one event", 0, []string{`{"choices":[{"index":0},{"index":1}]}`}, true},
+		{"two indexes", 0, []string{`{"choices":[{"index":0}]}`, `{"choices":[{"index":1}]}`}, true},
+		{"only index 1", 0, []string{`{"choices":[{"index":1}]}`}, true},
+	} {
+		cs := choiceSet{asked: c.asked}
+		several := false
+		for _, e := range c.events {
+			var ev event
+			if err := decodeEvent([]byte(e), &ev); err != nil {
+				t.Fatalf("%s: %v", c.name, err)
+			}
+			several = cs.add(&ev) || several
+		}
+		if several != c.want {
+			t.Errorf("%s: several %v, want %v", c.name, several, c.want)
+		}
+	}
+}

@@ -104,19 +104,22 @@ func askedChoices(body []byte) int {
 }
 
 // add notes an event's choices; several reports whether the stream has
-// more than one.
+// more than one. A choice index other than 0 says so on its own: a
+// stream of one choice numbers it 0.
 func (cs *choiceSet) add(ev *event) (several bool) {
 	if cs.seen == nil {
 		cs.seen, cs.finished = map[string]bool{}, map[string]bool{}
 	}
+	other := false
 	for _, c := range ev.Choices {
 		k := c.index()
 		cs.seen[k] = true
+		other = other || k != "0"
 		if c.FinishReason != nil {
 			cs.finished[k] = true
 		}
 	}
-	return cs.asked > 1 || len(cs.seen) > 1 || len(ev.Choices) > 1
+	return cs.asked > 1 || len(cs.seen) > 1 || len(ev.Choices) > 1 || other
 }
 
 // whole reports whether every choice has had its finish_reason: every one
