@@ -157,6 +157,8 @@ typedef struct {
     unsigned                        routed:1;
     unsigned                        body_seen:1;
     unsigned                        counting:1;
+    unsigned                        again:1;   /* the chosen replica handed
+                                                  the request on unfailed */
 } ngx_http_spi_ctx_t;
 
 

@@ -180,7 +180,14 @@ ngx_http_spi_init_peer(ngx_http_request_t *r,
      * replicas tried answered what sent the request there, so the next
      * pass takes the fallbacks not tried yet, as proxy_next_upstream
      * would, served without a ticket (the chosen replica's has ended).
-     * With none left, nginx answers 502. */
+     * With none left, nginx answers 502. A chosen replica that handed the
+     * request on without failing it (an X-Accel-Redirect, a status below
+     * 400 sent to an error_page) is tried first again. */
+    if (ctx->again) {
+        ctx->next = 0;
+        ctx->again = 0;
+    }
+
     r->upstream->peer.data = ctx;
     r->upstream->peer.get = ngx_http_spi_get_peer;
     r->upstream->peer.free = ngx_http_spi_free_peer;
@@ -262,8 +269,10 @@ ngx_http_spi_passed_over(ngx_http_spi_ctx_t *ctx)
  * X-Accel-Redirect names what to serve instead. An internal redirect
  * follows, and what it serves is not the replica's work, so the ticket
  * ends here with the replica's own status (a 5xx is its error, whatever
- * the error page answers). An answer on its way to the client (the
- * header sent) is left to the log phase, as is a client that went away. */
+ * the error page answers), and an answer that did not fail the request
+ * sends a second pass through the balancer back to this replica
+ * (ctx->again). An answer on its way to the client (the header sent) is
+ * left to the log phase, as is a client that went away. */
 static void
 ngx_http_spi_answer_kept(ngx_http_spi_ctx_t *ctx)
 {
@@ -271,15 +280,15 @@ ngx_http_spi_answer_kept(ngx_http_spi_ctx_t *ctx)
     ngx_http_request_t   *r = ctx->request;
     ngx_http_upstream_t  *u = r->upstream;
 
-    if (ctx->ticket == 0 || u == NULL || u->header_sent
-        || r->connection->error)
-    {
+    if (u == NULL || u->header_sent || r->connection->error) {
         return;
     }
 
     code = u->headers_in.status_n;
+    ctx->again = u->headers_in.x_accel_redirect != NULL
+                 || (code != 0 && code < NGX_HTTP_BAD_REQUEST);
 
-    if (code != 0) {
+    if (ctx->ticket != 0 && code != 0) {
         ngx_http_spi_ticket_end(ctx, ngx_http_spi_outcome(code), code);
     }
 }

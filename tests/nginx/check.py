@@ -376,7 +376,8 @@ def check_redirects(base, log):
     decision, and its second pass through the balancer goes on with the
     decision's fallbacks not tried yet: edge has none, so nginx answers
     502 rather than sending the request back to the replica that failed
-    it. The variables still have the decision after the redirect."""
+    it; a replica that handed the request on unfailed (X-Accel-Redirect)
+    is tried again. The variables still have the decision after the redirect."""
     m = edge_metrics(base)
     if m["breaker"] != 0 or m["open_tickets"] != 0:
         fail(f"edge before its checks: {m}")
@@ -389,14 +390,17 @@ def check_redirects(base, log):
         ("/edge-plain/fail/", 503, None, 1, 1, tripped),
         # the probe: the replica answers X-Accel-Redirect, which is an answer
         ("/edge/accel/", 200, {"cached": True}, 2, 1, 0),
+        # an X-Accel-Redirect to a location routed through edge again: the
+        # replica handed it on without failing it, so it is tried again
+        ("/edge/again/", 200, {"again": True}, 3, 1, 0),
         # a 503 that error_page turns into a 200: the replica's error
-        ("/edge/fail/", 200, {"sorry": True}, 3, 2, tripped),
+        ("/edge/fail/", 200, {"sorry": True}, 4, 2, tripped),
         # the probe: a 503 to a named location that proxies again, where
         # no replica is left to try (not the one that failed it)
-        ("/edge-named/fail/", 502, None, 4, 3, tripped),
+        ("/edge-named/fail/", 502, None, 5, 3, tripped),
         # the probe, sent elsewhere by try_files: the replica never got it,
         # cancelled, so the breaker stays half-open
-        ("/edge-static/", 200, {"sorry": True}, 5, 3, 2),
+        ("/edge-static/", 200, {"sorry": True}, 6, 3, 2),
     ]
     worker = None
     for path, want_status, want_body, decisions, opened, breaker in steps:
@@ -418,7 +422,7 @@ def check_redirects(base, log):
             fail(f"{path}: the decision was lost in the redirect: {logged}")
     conn.close()
     say("internal redirects: a 503 passed on opened edge's breaker; an X-Accel-Redirect as its probe "
-        "ended OK (closed it); a 503 to an error_page answering 200, and one to a named location "
+        "ended OK (closed it); one back to edge went to edge again; a 503 to an error_page answering 200, and one to a named location "
         "that proxies again (502 there: no replica left but the one that failed), ended as errors "
         "(opened it); a probe try_files served elsewhere was "
         "cancelled (left it half-open); one decision each, no ticket left open, the decision in "
@@ -667,7 +671,7 @@ def valgrind_round(base, backends):
     http("POST", base + "/hot/v1/chat/completions", bronze)
     if status != 200:
         fail(f"/metrics under valgrind: {status}")
-    for path, want in [("/edge/accel", 200), ("/edge/fail", 200), ("/edge-named/fail", 502),
+    for path, want in [("/edge/accel", 200), ("/edge/again", 200), ("/edge/fail", 200), ("/edge-named/fail", 502),
                        ("/edge-static", 200), ("/pair/missing", 200), ("/pair/denied", 200),
                        ("/pair-again/fail", 200)]:
         got, _, raw = http("POST", base + path + "/v1/chat/completions", chat(SYSTEM, "redirected"))

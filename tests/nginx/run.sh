@@ -243,6 +243,13 @@ http {
       default_type application/json;
       return 200 '{"cached":true}';
     }
+    # Where the edge replica's /again/ hands a request back to: routed
+    # through edge again, so back to the replica that handed it on.
+    location /edge-accel-again/ {
+      internal;
+      spotinfer_route edge;
+      proxy_pass http://edge/accel-ok/;
+    }
     location = /edge-metrics { spotinfer_metrics edge; }
 
     # A second pass through the balancer after an error_page: the spot
@@ -282,6 +289,11 @@ http {
       add_header X-Accel-Redirect /edge-cached/answer always;
       return 200 '{}';
     }
+    location /again/ {
+      add_header X-Accel-Redirect /edge-accel-again/answer always;
+      return 200 '{}';
+    }
+    location /accel-ok/ { return 200 '{"again":true}'; }
   }
 
   # The pair replicas, in front of the edge fakellm: /fail/, /missing/ and
