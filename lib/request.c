@@ -118,11 +118,11 @@ const char *spi_request_errmsg(const spi_request *req) {
 int spi_request_exclude_replica(spi_request *req, const char *id,
                                 size_t id_len) {
   if (!spi__request_ok(req)) return SPI_EMISUSE;
-  if (!id) return spi__req_fail(req, SPI_EINVAL, "exclude: NULL replica id");
   if (id_len == 0 || id_len >= SPI_ID_MAX)
     return spi__req_fail(req, SPI_EINVAL,
                          "exclude: replica id of %zu bytes (1..%d)", id_len,
                          SPI_ID_MAX - 1);
+  if (!id) return spi__req_fail(req, SPI_EINVAL, "exclude: NULL replica id");
   for (uint32_t i = 0; i < req->nexcl; i++)
     if (req->excl_len[i] == id_len && memcmp(req->excl[i], id, id_len) == 0)
       return SPI_OK;

@@ -216,6 +216,8 @@ static void test_ids_checked(void **st) {
   assert_int_equal(spi_request_exclude_replica(NULL, "a", 1), SPI_EMISUSE);
   assert_int_equal(spi_request_exclude_replica(w->r, NULL, 3), SPI_EINVAL);
   assert_non_null(strstr(spi_request_errmsg(w->r), "NULL replica id"));
+  assert_int_equal(spi_request_exclude_replica(w->r, NULL, 0), SPI_EINVAL);
+  assert_non_null(strstr(spi_request_errmsg(w->r), "0 bytes"));
   assert_int_equal(spi_request_exclude_replica(w->r, "a", 0), SPI_EINVAL);
   assert_non_null(strstr(spi_request_errmsg(w->r), "0 bytes"));
   assert_int_equal(spi_request_exclude_replica(w->r, id, SPI_ID_MAX), SPI_EINVAL);
