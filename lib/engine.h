@@ -245,6 +245,12 @@ struct spi_request {
    * dispatch.c), and its plans when a module gave every pressure's. */
   int32_t cls_from;
   spi_degrade_levels cls_levels;
+  /* Replicas the route must not use (spi_request_exclude_replica): ids,
+   * distinct, resolved to slots when the route starts. */
+  uint32_t nexcl;
+  uint8_t excl_len[SPI_MAX_EXCLUDED];
+  char excl[SPI_MAX_EXCLUDED][SPI_ID_MAX];
+  uint64_t excl_slots[SPI_REPLICA_SLOTS / 64]; /* route scratch (route.c) */
   char errmsg[SPI_ERRMSG_CAP];
 };
 

@@ -29,9 +29,14 @@ static double rel_load(const replica_eval *ev, const spi_replica_ident *r) {
 
 /* Whether the replica takes a request now, all but the pool's KV shedding
  * (which depends on the class): ACTIVE, its spot pool not cooling down, no
- * advice against a long request, serving the model, its breaker letting it
- * (*probe: as the half-open probe). The common case takes no branch that
- * depends on the replica: most serve any model, most breakers are closed. */
+ * advice against a long request, not excluded by the request, serving the
+ * model, its breaker letting it (*probe: as the half-open probe). The
+ * common case takes no branch that depends on the replica: most serve any
+ * model, most breakers are closed, most requests exclude nothing. Every way
+ * a replica becomes a candidate asks here (the passes, the hinted seeds,
+ * the pool index's exceptions, the prefix holders), so an excluded replica
+ * is none; it is refused before its breaker is asked, which may hand it
+ * the half-open probe. */
 static inline int usable_of(const route_env *x, const spi_replica_ident *r,
                             spi_replica_slot *s, const slot_read *rd,
                             int *probe) {
@@ -40,6 +45,8 @@ static inline int usable_of(const route_env *x, const spi_replica_ident *r,
            !(r->pool == SPI_POOL_SPOT && rd->cooldown_until > x->now) &
            !(advised & x->long_request);
   *probe = 0;
+  if (__builtin_expect(x->excl != NULL, 0) && ok)
+    ok = !(x->excl[r->slot / 64] >> (r->slot % 64) & 1u);
   if (ok && r->models_len)
     ok = spi__replica_serves(r, x->v->model, x->v->model_len);
   if (ok && rd->breaker != SPI_BREAKER_CLOSED)
@@ -424,7 +431,9 @@ static void scan_lean(const route_env *x, const spi_replica_set *set,
   sums->streams[SPI_POOL_SPOT] += st_spot;
   sums->streams[SPI_POOL_ON_DEMAND] += st_od;
   for (int k = 0; k < SPI_SUMMARY_CELLS; k++) sums->wait_fix[k] += wait_fix[k];
-  hint_store(x->e, sc);
+  /* A ranking without the replicas one request excluded would only seed
+   * the routes that follow worse. */
+  if (!x->excl) hint_store(x->e, sc);
 }
 
 /* ------------------------------------------- the pass through the index */
@@ -969,11 +978,22 @@ static void scan_full(const route_env *x, const spi_replica_set *set,
   }
 }
 
-void spi__pass_run(scan *sc, const route_env *x, const spi_replica_set *set,
-                   size_t nrep, spi_candidate *cands, pool_sums *sums) {
+static void pass_begin(scan *sc, size_t nrep) {
   sc->a.n = 0;
   memset(sc->counted, 0, (nrep + 63) / 64 * sizeof sc->counted[0]);
   for (int k = 0; k < SPI_SUMMARY_CELLS; k++) cell_clear(&sc->cell[k]);
+}
+
+/* A cell with more usable replicas than the summary has room for names
+ * its best PASS_TOP (replica_pass.h); the others name every one. */
+static void pass_end(scan *sc) {
+  for (int k = 0; k < SPI_SUMMARY_CELLS; k++)
+    if (sc->cell[k].usable > SPI_SUMMARY_TOP) cell_cap(&sc->cell[k], PASS_TOP);
+}
+
+void spi__pass_run(scan *sc, const route_env *x, const spi_replica_set *set,
+                   size_t nrep, spi_candidate *cands, pool_sums *sums) {
+  pass_begin(sc, nrep);
   if (cands)
     scan_full(x, set, nrep, sc, cands, sums);
   else if (!scan_indexed(x, set, nrep, sc, sums)) {
@@ -981,10 +1001,21 @@ void spi__pass_run(scan *sc, const route_env *x, const spi_replica_set *set,
         atomic_load_explicit(&x->e->metrics, memory_order_acquire));
     scan_lean(x, set, nrep, sc, sums);
   }
-  /* A cell with more usable replicas than the summary has room for names
-   * its best PASS_TOP (replica_pass.h); the others name every one. */
-  for (int k = 0; k < SPI_SUMMARY_CELLS; k++)
-    if (sc->cell[k].usable > SPI_SUMMARY_TOP) cell_cap(&sc->cell[k], PASS_TOP);
+  pass_end(sc);
+}
+
+/* The pool index ranks replicas for every request alike, so a request
+ * that excludes some reads every slot instead (not a slot pass the metric
+ * counts: that one tells of routes contending for the index). */
+void spi__pass_run_slots(scan *sc, const route_env *x,
+                         const spi_replica_set *set, size_t nrep,
+                         spi_candidate *cands, pool_sums *sums) {
+  pass_begin(sc, nrep);
+  if (cands)
+    scan_full(x, set, nrep, sc, cands, sums);
+  else
+    scan_lean(x, set, nrep, sc, sums);
+  pass_end(sc);
 }
 
 void spi__pass_mean_served(const scan *sc, const pool_sums *sums,

@@ -25,6 +25,8 @@ typedef struct route_env {
   double default_ms_tok;    /* 1000 / default_rate */
   uint64_t rkey;            /* rendezvous key of the prefix */
   int long_request;         /* too long for an advised machine */
+  const uint64_t *excl;     /* the slots the request excludes, a bit each;
+                               NULL when it excludes none */
 } route_env;
 
 /* One replica as this request sees it. From running to rate the fields
@@ -260,6 +262,11 @@ static inline uint64_t spi__wait_fix(double wait_ms, double running,
  * that may rank in a summary. Adds to sums (cleared by the caller). */
 void spi__pass_run(scan *sc, const route_env *x, const spi_replica_set *set,
                    size_t nrep, spi_candidate *cands, pool_sums *sums);
+/* The same pass for a request that excludes replicas (x->excl): every
+ * slot is read, never the pool index. */
+void spi__pass_run_slots(scan *sc, const route_env *x,
+                         const spi_replica_set *set, size_t nrep,
+                         spi_candidate *cands, pool_sums *sums);
 /* Each pool's mean tokens served by its usable replicas (before shedding
  * empties any), and their mean max_inflight. */
 void spi__pass_mean_served(const scan *sc, const pool_sums *sums,

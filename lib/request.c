@@ -96,6 +96,7 @@ void spi__req_clear(spi_request *r) {
   r->nmeta = 0;
   r->ntokens = 0;
   r->derived_ok = 0;
+  r->nexcl = 0;
 }
 
 int spi_request_reset(spi_request *req) {
@@ -108,6 +109,30 @@ int spi_request_reset(spi_request *req) {
 const char *spi_request_errmsg(const spi_request *req) {
   if (!req || req->magic != SPI_REQUEST_MAGIC) return "invalid request handle";
   return req->errmsg;
+}
+
+/* ---------------------------------------------------------- exclusions */
+
+/* Kept as given and resolved by the route (route.c, excl_resolve), so an
+ * id added before its replica exists, or after it left, is no error. */
+int spi_request_exclude_replica(spi_request *req, const char *id,
+                                size_t id_len) {
+  if (!spi__request_ok(req)) return SPI_EMISUSE;
+  if (id_len == 0 || id_len >= SPI_ID_MAX)
+    return spi__req_fail(req, SPI_EINVAL,
+                         "exclude: replica id of %zu bytes (1..%d)", id_len,
+                         SPI_ID_MAX - 1);
+  if (!id) return spi__req_fail(req, SPI_EINVAL, "exclude: NULL replica id");
+  for (uint32_t i = 0; i < req->nexcl; i++)
+    if (req->excl_len[i] == id_len && memcmp(req->excl[i], id, id_len) == 0)
+      return SPI_OK;
+  if (req->nexcl == SPI_MAX_EXCLUDED)
+    return spi__req_fail(req, SPI_EFULL,
+                         "exclude: a request excludes at most %d replicas",
+                         SPI_MAX_EXCLUDED);
+  memcpy(req->excl[req->nexcl], id, id_len);
+  req->excl_len[req->nexcl++] = (uint8_t)id_len;
+  return SPI_OK;
 }
 
 /* ------------------------------------------------------------- the limits */

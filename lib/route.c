@@ -175,6 +175,25 @@ static int phase_key(route_state *rs) {
   return SPI_OK;
 }
 
+/* The replicas the request excludes, found by id in the set this route
+ * reads, as a bit per slot in the request's own scratch; NULL when none of
+ * them is in the set, so the route is the one a request without exclusions
+ * takes. Kept out of line: inlined, it cost the routes that exclude
+ * nothing a few instructions of spills. */
+static __attribute__((noinline, cold)) const uint64_t *
+excl_resolve(spi_request *req, const spi_replica_set *set) {
+  int any = 0;
+  memset(req->excl_slots, 0, sizeof req->excl_slots);
+  for (uint32_t i = 0; i < req->nexcl; i++) {
+    const spi_replica_ident *r =
+        spi__registry_find(set, req->excl[i], req->excl_len[i]);
+    if (!r) continue;
+    req->excl_slots[r->slot / 64] |= UINT64_C(1) << (r->slot % 64);
+    any = 1;
+  }
+  return any ? req->excl_slots : NULL;
+}
+
 /* What the pass needs to evaluate a replica, fixed for the route. */
 static void env_init(route_state *rs) {
   const spi_router_cfg *c = rs->cfg;
@@ -195,6 +214,21 @@ static void env_init(route_state *rs) {
                    : v->max_output_tokens_set    ? v->max_output_tokens
                                                  : 0;
   x->long_request = rs->expect_out > c->advised_max_output_tokens;
+  x->excl = NULL; /* the pass sets it (run_pass) */
+}
+
+/* The pass over the replicas. A request that excludes replicas the set
+ * holds reads every slot (spi__pass_run_slots); every other route tests
+ * one thing more than before, the number of ids it excludes. */
+static inline __attribute__((always_inline)) void run_pass(route_state *rs,
+                                                        pool_sums *sums) {
+  route_env *x = rs->env;
+  spi_candidate *full = rs->compact ? NULL : rs->req->cands;
+  if (__builtin_expect(rs->req->nexcl != 0, 0) &&
+      (x->excl || (x->excl = excl_resolve(rs->req, rs->set)) != NULL))
+    spi__pass_run_slots(rs->sc, x, rs->set, rs->nrep, full, sums);
+  else
+    spi__pass_run(rs->sc, x, rs->set, rs->nrep, full, sums);
 }
 
 /* Phase 2, replicas: one pass reads every replica's slot (its load and
@@ -211,8 +245,7 @@ static int phase_replicas(route_state *rs, pool_sums *sums) {
       grow_scratch(rs->req, 0, rs->nrep))
     return spi__req_fail(rs->req, SPI_ENOMEM, "route: out of memory");
   env_init(rs);
-  spi__pass_run(rs->sc, rs->env, rs->set, rs->nrep,
-                rs->compact ? NULL : rs->req->cands, sums);
+  run_pass(rs, sums);
   spi__pass_mean_served(rs->sc, sums, rs->mean_served, rs->mean_streams);
   spi__pass_mean_wait(rs->sc, sums, rs->mean_wait);
   return SPI_OK;
@@ -231,8 +264,7 @@ static void pass_for_capped_output(route_state *rs, pool_sums *sums) {
     return;
   x->long_request = 0;
   memset(sums, 0, sizeof *sums);
-  spi__pass_run(rs->sc, x, rs->set, rs->nrep,
-                rs->compact ? NULL : rs->req->cands, sums);
+  run_pass(rs, sums);
   spi__pass_mean_served(rs->sc, sums, rs->mean_served, rs->mean_streams);
   spi__pass_mean_wait(rs->sc, sums, rs->mean_wait);
 }

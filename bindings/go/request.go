@@ -2,6 +2,17 @@ package spotinfer
 
 /*
 #include <spotinfer/spotinfer.h>
+
+// Newer than the rest of the API: weak, as in notices.go, so the package
+// still runs against a library that predates it.
+#pragma weak spi_request_exclude_replica
+
+#define SPI_GO_REQUEST_MISSING (-1000)
+
+static int spi_go_exclude_replica(spi_request *r, const char *id, size_t len) {
+  if (!spi_request_exclude_replica) return SPI_GO_REQUEST_MISSING;
+  return spi_request_exclude_replica(r, id, len);
+}
 */
 import "C"
 
@@ -243,6 +254,37 @@ func (r *Request) SetMetadata(key, value string) error {
 		runtime.KeepAlive(value)
 		return rc
 	})
+}
+
+// MaxExcluded is how many distinct replicas one request may exclude
+// (SPI_MAX_EXCLUDED).
+const MaxExcluded = C.SPI_MAX_EXCLUDED
+
+// ExcludeReplica keeps this request off a replica: Route treats it as not
+// usable (never chosen, never a fallback, never an eligible candidate), all
+// else as usual; with nothing left, the usual no-capacity (ErrNoCapacity) or
+// queue outcome. For a retry after a replica failed, or a proxy that offers
+// only some replicas. Ids are 1..63 bytes (ErrInvalid), up to MaxExcluded
+// distinct ones (ErrFull); an id no replica has excludes nothing. They stay
+// with the request until Reset or ParseOpenAI. A library older than 0.3.0
+// answers ErrNotSup.
+func (r *Request) ExcludeReplica(id string) error {
+	const op = "spi_request_exclude_replica"
+	p, err := r.ptr(op)
+	if err != nil {
+		return err
+	}
+	s, n := cstr(id)
+	rc := C.spi_go_exclude_replica(p, s, n)
+	runtime.KeepAlive(id)
+	if rc == C.SPI_GO_REQUEST_MISSING {
+		return missing(op)
+	}
+	if rc != 0 {
+		return r.fail(rc, op)
+	}
+	runtime.KeepAlive(r)
+	return nil
 }
 
 // SetTokenIDs gives the prompt as token ids (copied); nil clears them.

@@ -2,6 +2,7 @@ package spotinfer
 
 import (
 	"errors"
+	"fmt"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -250,6 +251,57 @@ func TestRouteOutcomes(t *testing.T) {
 	must(t, err)
 	if d.Pool != PoolQueue || d.ReasonCode != ReasonQueueNoSpot || d.Serving() {
 		t.Fatalf("%+v", d)
+	}
+}
+
+func TestExcludeReplica(t *testing.T) {
+	e, _ := world(t, "")
+	fleet(t, e)
+	r := newRequest(t, e)
+	chat(t, r, "first", false, 5000, "", 1)
+	d1, err := r.Route()
+	must(t, err)
+	must(t, d1.Ticket.Finish(TicketResult{}))
+	// The warm replica excluded: the route goes to one holding none of it.
+	chat(t, r, "second", false, 5000, "", 1)
+	must(t, r.ExcludeReplica(d1.ReplicaID))
+	d2, err := r.Route()
+	must(t, err)
+	if d2.ReplicaID == d1.ReplicaID || d2.MatchedBlocks != 0 || d2.ReasonCode == ReasonAffinity {
+		t.Fatalf("%+v", d2)
+	}
+	for _, f := range d2.FallbackIDs {
+		if f == d1.ReplicaID {
+			t.Fatalf("excluded %s is a fallback: %+v", f, d2)
+		}
+	}
+	must(t, d2.Ticket.Finish(TicketResult{}))
+	// Every replica excluded (and one that is gone): no capacity.
+	for _, id := range []string{"spot-a", "spot-b", "od-a", "od-b", "gone"} {
+		must(t, r.ExcludeReplica(id))
+	}
+	d, err := r.Route()
+	if !errors.Is(err, ErrNoCapacity) || d.ReasonCode != ReasonNoCapacity {
+		t.Fatalf("%v %+v", err, d)
+	}
+	// Reset clears them.
+	chat(t, r, "third", false, 5000, "", 1)
+	d3, err := r.Route()
+	must(t, err)
+	must(t, d3.Ticket.Finish(TicketResult{}))
+	// Ids and the cap.
+	if err := r.ExcludeReplica(""); !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), "0 bytes") {
+		t.Fatalf("empty id: %v", err)
+	}
+	if err := r.ExcludeReplica(strings.Repeat("x", 64)); !errors.Is(err, ErrInvalid) {
+		t.Fatalf("long id: %v", err)
+	}
+	for i := 0; i < MaxExcluded; i++ {
+		must(t, r.ExcludeReplica(fmt.Sprintf("r%d", i)))
+	}
+	must(t, r.ExcludeReplica("r3")) // again: counted once
+	if err := r.ExcludeReplica("one-more"); !errors.Is(err, ErrFull) {
+		t.Fatalf("over the cap: %v", err)
 	}
 }
 

@@ -195,6 +195,9 @@ static void test_engine_round_trip(void **state) {
   assert_int_equal(spi_request_new(e, &r), SPI_OK);
   assert_non_null(r);
   assert_non_null(spi_request_errmsg(r));
+  /* Any id of 1..63 bytes may be excluded, one no replica has too. */
+  assert_int_equal(spi_request_exclude_replica(r, "gone", 4), SPI_OK);
+  assert_int_equal(spi_request_exclude_replica(NULL, "gone", 4), SPI_EMISUSE);
   spi_request_free(r);
   spi_engine_free(e);
 

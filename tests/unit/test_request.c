@@ -1765,6 +1765,7 @@ static void test_misuse(void **state) {
     assert_int_equal(spi_request_set_metadata(r, LIT("k"), LIT("v")),
                      SPI_EMISUSE);
     assert_int_equal(spi_request_set_token_ids(r, ids, 1), SPI_EMISUSE);
+    assert_int_equal(spi_request_exclude_replica(r, LIT("od-a")), SPI_EMISUSE);
     assert_int_equal(parse(r, "{" CHAT_OK "}"), SPI_EMISUSE);
     assert_int_equal(spi_classify(r, 0, &c), SPI_EMISUSE);
     assert_int_equal(spi_request_cache_key(r, &k), SPI_EMISUSE);

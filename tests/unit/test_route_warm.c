@@ -5,7 +5,8 @@
  * index ranks them by blocks, lib/pool_index.c): once a request has been
  * routed (its scratch space grown), routing it again makes no allocation,
  * while load reports, ticket finishes, state changes, stale loads and a
- * new replica set land between the routes.
+ * new replica set land between the routes; some requests exclude
+ * replicas.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -104,6 +105,11 @@ static void test_warm_route_allocates_nothing(void **st) {
     spi_request_set_str(reqs[q], SPI_REQ_MODEL, "m", 1);
     spi_request_set_str(reqs[q], SPI_REQ_PROMPT, prompt, sizeof prompt);
     spi_request_set_int(reqs[q], SPI_REQ_REPLAYABLE, q % 2);
+    if (q % 4 == 3) { /* routed past some replicas: every slot is read */
+      assert_int_equal(spi_request_exclude_replica(reqs[q], "w001", 4), SPI_OK);
+      assert_int_equal(spi_request_exclude_replica(reqs[q], "w007", 4), SPI_OK);
+      assert_int_equal(spi_request_exclude_replica(reqs[q], "gone", 4), SPI_OK);
+    }
   }
   /* Warm: every request routed twice (scratch grown, metric families
    * made). */

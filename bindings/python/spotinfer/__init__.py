@@ -62,6 +62,9 @@ SUMMARY_CELLS: int = _native.SUMMARY_CELLS
 #: routed to the replica earlier matched as deep and went on with blocks of
 #: its own, so this one branches off a shared prefix there.
 MATCH_CONTINUED: int = _native.MATCH_CONTINUED
+#: How many replicas one request may exclude (SPI_MAX_EXCLUDED, since
+#: 0.3.0): Request.exclude_replica.
+MAX_EXCLUDED: int = _native.MAX_EXCLUDED
 
 
 def summary_index(pool: Union[Pool, int, str],
@@ -158,7 +161,7 @@ __all__ = [
     "RequestView", "Candidate", "RouteContext", "PolicyChoice",
     "ClassifierModule", "KeyBuilderModule", "CostModelModule", "PolicyModule",
     "PoolSummary", "PolicyFlags", "SUMMARY_TOP", "SUMMARY_CELLS",
-    "MATCH_CONTINUED",
+    "MATCH_CONTINUED", "MAX_EXCLUDED",
     "summary_index",
     "Status", "LogLevel", "OptionType", "Class", "ModelTier", "PriorityScheme",
     "ServiceTier", "ReqStr", "ReqInt", "OpenAIKind", "Pressure", "Pool",

@@ -745,6 +745,8 @@ class Request(_Owned):
                 self.update_metadata(v)
             elif k == "token_ids":
                 self.set_token_ids(v)
+            elif k == "exclude":
+                self.exclude_replicas(v)
             elif k == "tools":
                 self.set_tools(v)
             elif k in ("klass", "explicit_class"):
@@ -873,6 +875,21 @@ class Request(_Owned):
     def update_metadata(self, pairs: Mapping[str, Any]) -> None:
         for k, v in pairs.items():
             self.set_metadata(k, v)
+
+    def exclude_replica(self, replica_id: Text) -> None:
+        """Keep this request off a replica: route() treats it as not usable
+        (never chosen, never a fallback), all else as usual; with nothing
+        left, the usual no-capacity or queue outcome. For a retry after a
+        replica failed, or a proxy that offers only some replicas. Up to
+        MAX_EXCLUDED distinct ids (1..63 bytes); an id no replica has
+        excludes nothing. They stay until reset() or parse_openai()."""
+        i = _b(replica_id)
+        _lib.spi_request_exclude_replica(self._p(), i, len(i))
+
+    def exclude_replicas(self, replica_ids: Iterable[Text]) -> None:
+        """exclude_replica for each id."""
+        for i in replica_ids:
+            self.exclude_replica(i)
 
     def set_token_ids(self, ids: Sequence[int]) -> None:
         """Give the prompt as token ids (uint32); an empty sequence clears them."""

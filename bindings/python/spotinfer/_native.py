@@ -43,6 +43,7 @@ ABI_MAJOR = 0  # the SONAME major this binding mirrors
 
 ID_MAX = 64
 MAX_FALLBACKS = 4
+MAX_EXCLUDED = 32  # SPI_MAX_EXCLUDED: replicas one request may exclude (0.3.0)
 MODULE_ABI_VERSION = 1
 
 # The per pool and tier summaries of a route context (since 0.2.0).
@@ -833,6 +834,7 @@ FUNCTIONS: Tuple[Tuple[Any, ...], ...] = (
     ("spi_request_set_metadata", c_int,
      (_vp, c_char_p, c_size_t, c_char_p, c_size_t), REQUEST),
     ("spi_request_set_token_ids", c_int, (_vp, c_void_p, c_size_t), REQUEST),
+    ("spi_request_exclude_replica", c_int, (_vp, c_char_p, c_size_t), REQUEST),
     ("spi_request_parse_openai", c_int, (_vp, c_char_p, c_size_t, c_int32),
      REQUEST),
     ("spi_request_get_str", c_int, (_vp, c_int32, P(c_void_p), P(c_size_t)),

@@ -193,6 +193,62 @@ def test_affinity(world):
     d2.ticket.finish()
 
 
+def test_exclude_replica_routes_around_it(world):
+    d1 = chat(world, "first", sla_ms=5000, replayable=True).route()
+    d1.ticket.finish()
+    # The warm replica excluded (a retry after it failed): the route goes
+    # to one that holds none of the prompt, never back to it.
+    r = chat(world, "second", sla_ms=5000, replayable=True)
+    r.exclude_replica(d1.replica_id)
+    d2 = r.route()
+    assert d2.replica_id != d1.replica_id and d2.matched_blocks == 0
+    assert d2.reason_code is not Reason.AFFINITY
+    assert d1.replica_id not in d2.fallback_ids
+    d2.ticket.finish()
+    # The exclusions stay with the request until reset.
+    d3 = r.route()
+    assert d3.replica_id != d1.replica_id
+    d3.ticket.finish()
+    # Only some replicas offered: the others excluded, and a gone one.
+    offered = {"od-b"}
+    r = chat(world, "third", sla_ms=5000, replayable=True)
+    r.exclude_replicas([i for i in ("spot-a", "spot-b", "od-a", "gone")
+                        if i not in offered])
+    d4 = r.route()
+    assert d4.replica_id == "od-b" and not d4.fallback_ids
+    d4.ticket.finish()
+    r.exclude_replica("od-b")
+    with pytest.raises(spotinfer.NoCapacityError) as ei:
+        r.route()
+    assert ei.value.decision.reason_code is Reason.NO_CAPACITY
+    r.reset()
+    r.model = "llama"
+    r.add_message("user", "hi")
+    d5 = r.route()
+    assert d5.serving
+    d5.ticket.finish()
+    r2 = world.request(model="llama", messages=[("user", "x")],
+                       exclude=["spot-a", "spot-b", "od-a", "od-b"])
+    with pytest.raises(spotinfer.NoCapacityError):
+        r2.route()
+
+
+def test_exclude_replica_checks_ids(world):
+    r = chat(world)
+    with pytest.raises(spotinfer.InvalidArgumentError, match="0 bytes"):
+        r.exclude_replica("")
+    with pytest.raises(spotinfer.InvalidArgumentError, match="64 bytes"):
+        r.exclude_replica("x" * 64)
+    r.exclude_replica("x" * 63)
+    r.exclude_replica(b"raw-bytes")
+    for i in range(spotinfer.MAX_EXCLUDED - 2):
+        r.exclude_replica(f"r{i}")
+    r.exclude_replica("r0")  # again: counted once
+    with pytest.raises(spotinfer.FullError, match="at most 32"):
+        r.exclude_replica("one-more")
+    assert spotinfer.MAX_EXCLUDED == 32
+
+
 def test_queue_when_no_spot(world):
     world.set_replica_state("spot-a", ReplicaState.DRAINING)
     world.set_replica_state("spot-b", "noticed")

@@ -84,6 +84,7 @@ MODULE_CONSTANTS = (
     ("SPI_SUMMARY_TOP", _native.SUMMARY_TOP),
     ("SPI_SUMMARY_CELLS", _native.SUMMARY_CELLS),
     ("SPI_POLICY_SUMMARIES_ONLY", _native.POLICY_SUMMARIES_ONLY),
+    ("SPI_MAX_EXCLUDED", _native.MAX_EXCLUDED),  # spotinfer.h, included by it
 )
 
 
