@@ -1,10 +1,11 @@
 /*
  * test_storm.c - everything at once on 11 threads for a bounded time:
- * routing with ticket reports, load reports, replica upserts and removals,
- * configuration reloads, notices and node ticks, replay queue operations,
- * and read-outs. Run under ThreadSanitizer in CI (the tsan stage runs every
- * ctest): it must end with no race report, no hang (a watchdog fails it), no
- * unexpected status and no ticket left in flight.
+ * routing with ticket reports (some routes excluding a replica), load
+ * reports, replica upserts and removals, configuration reloads, notices
+ * and node ticks, replay queue operations, and read-outs. Run under
+ * ThreadSanitizer in CI (the tsan stage runs every ctest): it must end with
+ * no race report, no hang (a watchdog fails it), no unexpected status, no
+ * route naming a replica it excludes, and no ticket left in flight.
  *
  * SPI_STORM_SECONDS sets how long the storm blows (default 2).
  */
@@ -69,6 +70,21 @@ static void finish_all(storm *s, const uint64_t *open, size_t n, int i) {
   }
 }
 
+/* Whether decision d names id, as the replica or a fallback. */
+static int names(const spi_decision *d, const char *id) {
+  if (strcmp(d->replica_id, id) == 0) return 1;
+  for (uint32_t k = 0; k < d->n_fallbacks; k++)
+    if (strcmp(d->fallback_ids[k], id) == 0) return 1;
+  return 0;
+}
+
+/* Every fourth route excludes a replica: one the load reports reach, or
+ * one of the two the replicas thread adds and removes meanwhile. */
+static const char *excluded_at(int i) {
+  static const char *const ids[] = {"a1", "x0", "x1"};
+  return i % 4 == 0 ? ids[(i / 4) % 3] : NULL;
+}
+
 static void *router(void *arg) {
   storm *s = arg;
   spi_request *r = NULL;
@@ -86,10 +102,17 @@ static void *router(void *arg) {
     spi_request_add_message(r, "system", 6, sys, strlen(sys));
     spi_request_add_message(r, "user", 4, "hello", 5);
     spi_request_set_int(r, SPI_REQ_REPLAYABLE, 1);
+    const char *ex = excluded_at(i);
+    if (ex) {
+      int erc = spi_request_exclude_replica(r, ex, strlen(ex));
+      if (erc != SPI_OK) bad(s, "exclude_replica", erc);
+    }
     spi_decision d;
     memset(&d, 0, sizeof d);
     d.struct_size = sizeof d;
     int rc = spi_route(r, &d);
+    if (rc == SPI_OK && ex && names(&d, ex))
+      bad(s, "route named the replica it excludes", SPI_EINVAL);
     if (rc == SPI_OK && d.ticket) {
       open[nopen++] = d.ticket;
       int frc = spi_ticket_first_token(s->e, d.ticket);
