@@ -252,7 +252,8 @@ static void render_index(writer *w, const spi_metrics *x) {
   family(w, name, "counter",
          "Routes that read every replica's state instead of the pool index: "
          "it stayed in use by other routes, or described a newer replica set "
-         "(a policy that reads every candidate always does, not counted).");
+         "(a policy that reads every candidate, and a route that excludes "
+         "replicas, always do; neither is counted).");
   sample_u64(w, name, NULL, spi__mget(&x->slot_passes));
 }
 

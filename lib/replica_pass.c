@@ -1114,15 +1114,35 @@ static void prefix_holder(scan *sc, const route_env *x,
   cell_warm(sc, k, pos, ei, j);
 }
 
+/* For a request that excludes replicas, an index entry counts only if it
+ * is live and not excluded: the deepest match is then the deepest a
+ * replica the request may use holds, as over a fleet where the excluded
+ * are drained (a retry that excludes the replica that failed it still
+ * finds the shorter prefix the others hold). */
+typedef struct live_unexcluded {
+  spi_engine *e;
+  const uint64_t *excl;
+} live_unexcluded;
+
+static int entry_live_unexcluded(void *ctx, uint32_t slot, uint32_t gen) {
+  const live_unexcluded *u = ctx;
+  if (slot < SPI_REPLICA_SLOTS && (u->excl[slot / 64] >> (slot % 64) & 1u))
+    return 0;
+  return spi__entry_live(u->e, slot, gen);
+}
+
 uint32_t spi__pass_prefix(scan *sc, route_env *x, const spi_replica_set *set,
                           size_t nrep, const int32_t shed[4],
                           spi_candidate *cands, spi_prefix_index *ix,
                           const uint64_t *hashes, uint32_t nblocks) {
   uint32_t holders[64], hgens[64], nh = 0, matched = 0;
   uint64_t cont = 0;
+  live_unexcluded u = {x->e, x->excl};
   if (ix && nblocks)
-    matched = spi__index_longest(ix, hashes, nblocks, spi__entry_live, x->e,
-                                 holders, hgens, 64, &nh, &cont);
+    matched = spi__index_longest(ix, hashes, nblocks,
+                                 x->excl ? entry_live_unexcluded : spi__entry_live,
+                                 x->excl ? (void *)&u : (void *)x->e, holders,
+                                 hgens, 64, &nh, &cont);
   if (matched)
     x->warm_tok = x->cold_tok * (1.0 - (double)matched / (double)nblocks);
   for (uint32_t h = 0; h < nh; h++) {

@@ -356,9 +356,10 @@ SPI_API int spi_request_set_metadata(spi_request *req, const char *key,
  * Keep this request off a replica: spi_route() treats the replica with this
  * id (1..SPI_ID_MAX-1 bytes, copied) as not usable for this request. It is
  * never chosen, never a fallback, and never an eligible candidate for the
- * policy; everything else (classification, pool rules, pressure, the prefix
- * index lookup, tickets) is as usual, and if no usable replica is left the
- * outcome is the usual SPI_ENOCAPACITY or queue. For a retry after a
+ * policy, and its prefix index entries do not count (the match is the
+ * deepest a usable replica holds); everything else (classification, pool
+ * rules, pressure, tickets) is as usual, and if no usable replica is left
+ * the outcome is the usual SPI_ENOCAPACITY or queue. For a retry after a
  * replica failed, or a proxy that offers only some replicas. Each call adds
  * one id, up to SPI_MAX_EXCLUDED distinct ids; an id already excluded is
  * not counted again. Ids are matched at each spi_route() against the
@@ -367,7 +368,8 @@ SPI_API int spi_request_set_metadata(spi_request *req, const char *key,
  * spi_request_reset() or spi_request_parse_openai() clears them.
  * A route with exclusions reads every replica's state instead of the
  * replicas' pool index (slower over many replicas); a request without
- * exclusions routes as before, with one more test.
+ * exclusions routes as before, with a test of its count and one per
+ * replica a pass asks about.
  * Errors: SPI_EMISUSE, SPI_EINVAL (id NULL, empty or too long),
  * SPI_EFULL (SPI_MAX_EXCLUDED ids already excluded).
  */

@@ -352,6 +352,60 @@ static void warm_excluded(int full) {
   done(w);
 }
 
+/* The excluded replica holds the deepest prefix and another holds a
+ * shorter part of it (the system prompt): the route finds that shorter
+ * match, as over the fleet where the excluded replica is drained. A
+ * retry that excludes the replica that failed it (whose entries hold the
+ * whole prompt) is the case. */
+static void deeper_than_the_rest(int full) {
+  static char user[4096];
+  for (size_t i = 0; i < sizeof user - 1; i++) user[i] = "zyxwvu tsr"[i % 10];
+  world *w[2] = {mk_world(full), mk_world(full)};
+  const char *ids[] = {"od-a", "od-b", "od-c"};
+  char x[SPI_ID_MAX] = "", y[SPI_ID_MAX] = "";
+  spi_decision d, dk[2];
+  for (int k = 0; k < 2; k++) {
+    for (int i = 0; i < 3; i++) {
+      add(w[k], ids[i], SPI_POOL_ON_DEMAND, 0, 16);
+      load(w[k], ids[i], 1, 0, 0.2);
+    }
+    /* A long turn lands on x, then a short one with the same system
+     * prompt, kept off x, lands on y: y holds the system prompt, x it and
+     * the long turn. */
+    chat(w[k], user, 0, 5000, NULL);
+    assert_int_equal(route(w[k], &d), SPI_OK);
+    snprintf(x, sizeof x, "%s", d.replica_id);
+    finish(w[k], d.ticket);
+    chat(w[k], "short question", 0, 5000, NULL);
+    exclude(w[k], x);
+    assert_int_equal(route(w[k], &d), SPI_OK);
+    snprintf(y, sizeof y, "%s", d.replica_id);
+    finish(w[k], d.ticket);
+  }
+  chat(w[0], user, 0, 5000, NULL);
+  exclude(w[0], x);
+  int ra = route(w[0], &dk[0]);
+  assert_int_equal(spi_replica_set_state(w[1]->e, x, strlen(x),
+                                         SPI_REPLICA_DRAINING),
+                   SPI_OK);
+  chat(w[1], user, 0, 5000, NULL);
+  int rb = route(w[1], &dk[1]);
+  assert_same_decision(ra, rb, &dk[0], &dk[1]);
+  assert_string_equal(dk[0].replica_id, y);
+  assert_true(dk[0].matched_blocks > 0);
+  assert_int_equal(dk[0].reason_code, SPI_REASON_AFFINITY);
+  for (int k = 0; k < 2; k++) {
+    finish(w[k], dk[k].ticket);
+    done(w[k]);
+  }
+}
+
+static void test_excluded_holds_the_deepest_prefix(void **st) {
+  (void)st;
+  deeper_than_the_rest(0);
+  deeper_than_the_rest(1);
+}
+
 static void test_excluded_warm_replica(void **st) {
   (void)st;
   warm_excluded(0);
@@ -391,6 +445,7 @@ int main(void) {
                                       world_teardown),
       cmocka_unit_test(test_excluded_probe),
       cmocka_unit_test(test_excluded_warm_replica),
+      cmocka_unit_test(test_excluded_holds_the_deepest_prefix),
       cmocka_unit_test(test_excluding_route_allocates_nothing),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);

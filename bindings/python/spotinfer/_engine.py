@@ -887,7 +887,11 @@ class Request(_Owned):
         _lib.spi_request_exclude_replica(self._p(), i, len(i))
 
     def exclude_replicas(self, replica_ids: Iterable[Text]) -> None:
-        """exclude_replica for each id."""
+        """exclude_replica for each id. A single id (a str or bytes) is
+        refused with TypeError: iterated, it would exclude its characters."""
+        if isinstance(replica_ids, (str, bytes, bytearray)):
+            raise TypeError("exclude_replicas takes a collection of replica "
+                            "ids, not one id: use exclude_replica")
         for i in replica_ids:
             self.exclude_replica(i)
 

@@ -247,6 +247,10 @@ def test_exclude_replica_checks_ids(world):
     with pytest.raises(spotinfer.FullError, match="at most 32"):
         r.exclude_replica("one-more")
     assert spotinfer.MAX_EXCLUDED == 32
+    # One id where a collection is due: refused, not split into characters.
+    for one in ("od-a", b"od-a"):
+        with pytest.raises(TypeError, match="not one id"):
+            chat(world).exclude_replicas(one)
 
 
 def test_queue_when_no_spot(world):
