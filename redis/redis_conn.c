@@ -41,7 +41,7 @@ struct spr_conn {
   redisReader *reader;
   int64_t retry_at_ms;    /* no reconnect before this (monotonic) */
   int64_t backoff_ms;
-  int db_accepted;        /* the server accepted our SELECT once */
+  int hello_accepted;     /* the server accepted our AUTH and SELECT once */
   char last_err[256];
   uint64_t failures, connects;
 #ifdef SPR_HAVE_TLS
@@ -452,11 +452,11 @@ static int hello_cmds(spr_conn *c, hello *h, spr_cmd *all, const char **what) {
 /* The handshake's commands and the owner's n commands after them, in one
  * round trip, the owner's replies in out. The handshake's replies are
  * checked in order, and the first refused is the error: a refused AUTH is
- * a configuration error whatever the commands after it got (a server that
- * requires a password refused them too, as NOAUTH; one whose default user
- * is open ran them as that user; either way the connection is closed), and
- * so is a refused SELECT (the commands after it ran in db 0: handshake()
- * sends none there until the server has accepted the SELECT once). A
+ * a configuration error whatever the commands after it got, and so is a
+ * refused SELECT; either way the connection is closed. (After a refused
+ * AUTH a server whose default user is open would run the commands as that
+ * user, and after a refused SELECT in db 0: handshake() sends none with
+ * them until the server has accepted the AUTH and the SELECT once.) A
  * refused PING (NOAUTH with no password configured, loading) refused the
  * owner's commands as well, and ran none. */
 static int hello_with(spr_conn *c, int n, const spr_cmd *cmds,
@@ -483,16 +483,18 @@ static int hello_with(spr_conn *c, int n, const spr_cmd *cmds,
 }
 
 /* AUTH, SELECT, PING and the owner's commands: one round trip after the
- * TCP connect (and TLS handshake). Except the first time a db is
- * selected: until the server has accepted that SELECT once, the owner's
- * commands wait for its reply (a second round trip), so a db the server
- * does not have fails the connect before they run in db 0. */
+ * TCP connect (and TLS handshake). Except until the server has accepted
+ * this connection's AUTH and SELECT once: the owner's commands then wait
+ * for their replies (a second round trip), so a wrong password or a db
+ * the server does not have fails the connect before they run as the
+ * default user or in db 0. */
 static int handshake(spr_conn *c, int64_t deadline, int n,
                      const spr_cmd *cmds, redisReply **out, char *err,
                      size_t cap) {
-  int hold = c->cfg.db && !c->db_accepted && n > 0;
+  int vouch = c->cfg.db || c->cfg.password[0];
+  int hold = vouch && !c->hello_accepted && n > 0;
   int rc = hello_with(c, hold ? 0 : n, cmds, out, deadline, err, cap);
-  if (rc == SPI_OK && c->cfg.db) c->db_accepted = 1;
+  if (rc == SPI_OK && vouch) c->hello_accepted = 1;
   if (rc == SPI_OK && hold)
     rc = roundtrip(c, n, cmds, out, deadline, err, cap);
   return rc;

@@ -123,11 +123,14 @@ int spr_conn_pipeline(spr_conn *c, int n, const spr_cmd *cmds,
  * connection up: when it has to connect, they go in the handshake's round
  * trip, after AUTH, SELECT and the PING (checked first, in that order: a
  * refused AUTH or SELECT is SPI_EINVAL naming it, whatever the commands
- * after it got), so connecting and setting up take one round trip. The
- * first time this connection selects a db, they wait for the SELECT's
- * reply (one round trip more), so a db the server does not have never has
- * them run in db 0; every reconnect after it takes one. Connecting and the
- * setup end within connect_timeout_ms, and everything by deadline. */
+ * after it got), so connecting and setting up take one round trip. Until
+ * the server has accepted this connection's AUTH and SELECT once, they
+ * wait for those replies (one round trip more), so a wrong password or a
+ * db the server does not have does not have them run as the default user
+ * or in db 0; every reconnect after that takes one round trip (a password
+ * changed on the server since, or a server that lost the db, is then
+ * found only after they ran). Connecting and the setup end within
+ * connect_timeout_ms, and everything by deadline. */
 #define SPR_SETUP_MAX 16
 int spr_conn_setup(spr_conn *c, int n, const spr_cmd *cmds, redisReply **out,
                    int64_t deadline, char *err, size_t cap);
