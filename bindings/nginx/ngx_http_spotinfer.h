@@ -144,6 +144,9 @@ typedef struct {
     ngx_uint_t                      targets[1 + SPI_MAX_FALLBACKS];
     ngx_uint_t                      ntargets;
     ngx_uint_t                      next;
+    ngx_uint_t                      again;     /* 1 + the target whose try
+                                                  handed the request on
+                                                  unfailed; 0: none */
     int64_t                         routed_us;     /* monotonic */
     int64_t                         first_byte_us;
     ngx_http_spi_tokens_t           tokens;    /* the answer's, so far */
@@ -157,8 +160,6 @@ typedef struct {
     unsigned                        routed:1;
     unsigned                        body_seen:1;
     unsigned                        counting:1;
-    unsigned                        again:1;   /* the chosen replica handed
-                                                  the request on unfailed */
 } ngx_http_spi_ctx_t;
 
 

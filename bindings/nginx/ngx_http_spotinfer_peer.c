@@ -180,11 +180,12 @@ ngx_http_spi_init_peer(ngx_http_request_t *r,
      * replicas tried answered what sent the request there, so the next
      * pass takes the fallbacks not tried yet, as proxy_next_upstream
      * would, served without a ticket (the chosen replica's has ended).
-     * With none left, nginx answers 502. A chosen replica that handed the
+     * With none left, nginx answers 502. A replica that handed the
      * request on without failing it (an X-Accel-Redirect, a status below
-     * 400 sent to an error_page) is tried first again. */
+     * 400 sent to an error_page), the chosen one or a fallback, is tried
+     * first again. */
     if (ctx->again) {
-        ctx->next = 0;
+        ctx->next = ctx->again - 1;
         ctx->again = 0;
     }
 
@@ -228,7 +229,7 @@ ngx_http_spi_free_peer(ngx_peer_connection_t *pc, void *data,
 {
     ngx_http_spi_ctx_t  *ctx = data;
 
-    if (ctx->next == 1 && state == 0) {
+    if (state == 0) {
         ngx_http_spi_answer_kept(ctx);
 
     } else if (ctx->next == 1) {
@@ -264,15 +265,16 @@ ngx_http_spi_passed_over(ngx_http_spi_ctx_t *ctx)
 }
 
 
-/* The chosen replica answered, and nginx keeps the answer from the client:
+/* A replica answered, and nginx keeps the answer from the client:
  * proxy_intercept_errors hands its status to an error_page, or its
  * X-Accel-Redirect names what to serve instead. An internal redirect
- * follows, and what it serves is not the replica's work, so the ticket
- * ends here with the replica's own status (a 5xx is its error, whatever
- * the error page answers), and an answer that did not fail the request
- * sends a second pass through the balancer back to this replica
- * (ctx->again). An answer on its way to the client (the header sent) is
- * left to the log phase, as is a client that went away. */
+ * follows, and what it serves is not the replica's work, so the chosen
+ * replica's ticket ends here with its own status (a 5xx is its error,
+ * whatever the error page answers; a fallback has no ticket), and an
+ * answer that did not fail the request sends a second pass through the
+ * balancer back to the replica that gave it (ctx->again). An answer on its
+ * way to the client (the header sent) is left to the log phase, as is a
+ * client that went away. */
 static void
 ngx_http_spi_answer_kept(ngx_http_spi_ctx_t *ctx)
 {
@@ -285,8 +287,12 @@ ngx_http_spi_answer_kept(ngx_http_spi_ctx_t *ctx)
     }
 
     code = u->headers_in.status_n;
-    ctx->again = u->headers_in.x_accel_redirect != NULL
-                 || (code != 0 && code < NGX_HTTP_BAD_REQUEST);
+
+    if (u->headers_in.x_accel_redirect != NULL
+        || (code != 0 && code < NGX_HTTP_BAD_REQUEST))
+    {
+        ctx->again = ctx->next;
+    }
 
     if (ctx->ticket != 0 && code != 0) {
         ngx_http_spi_ticket_end(ctx, ngx_http_spi_outcome(code), code);

@@ -457,10 +457,25 @@ def check_pair(base, log):
             fail(f"{path}: the fallback's answer was counted on the spot replica's ticket: {logged}")
         wait_edge(base, {"decisions": m["decisions"] + n, "open_tickets": 0,
                          "breakers_opened": m["breakers_opened"] + opened}, path, "/pair-metrics")
+    # The spot replica fails (its breaker, open a millisecond, lets it take
+    # this request as its probe), and the on-demand fallback hands the
+    # request back to "pair" (X-Accel-Redirect): the second pass goes to
+    # the on-demand one again, not past it.
+    status, _, raw = http("POST", f"{base}/pair-handoff/v1/chat/completions?probe=handoff",
+                          chat(SYSTEM, "handoff"))
+    if status != 200 or json.loads(raw) != {"handed": "on-demand"}:
+        fail(f"/pair-handoff/: {status} {raw!r}")
+    logged = access_log(log, "probe=handoff")
+    tried = re.split(", | : ", logged[0]["upstream"]) if len(logged) == 1 else []
+    if len(tried) != 3 or tried[0] == tried[1] or tried[1] != tried[2]:
+        fail(f"/pair-handoff/: the spot replica, the on-demand one, then it again: {logged}")
+    wait_edge(base, {"decisions": m["decisions"] + len(steps) + 1, "open_tickets": 0,
+                     "breakers_opened": m["breakers_opened"] + 2}, "/pair-handoff/", "/pair-metrics")
     say("pair: a 404 and a 403 retried with proxy_next_upstream ended the spot replica's ticket "
         "with its own answer (OK, 0 tokens), not the fallback's; a 503 sent by error_page to a "
         "named location that proxies again ended it as an error and went on to the fallback (not "
-        "back to the replica that failed); one decision each, no ticket left open")
+        "back to the replica that failed); a fallback that handed the request back to pair got it "
+        "again; one decision each, no ticket left open")
 
 
 def access_log(path, probe):

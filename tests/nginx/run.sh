@@ -117,7 +117,7 @@ JSON
 # pair: one error opens a replica's breaker, so the metrics tell a ticket
 # that ended as an error from one that ended OK
 cat >"$work/prefix/conf/pair.json" <<JSON
-{"router": {"load_max_age_ms": 5000, "error_threshold": 1}}
+{"router": {"load_max_age_ms": 5000, "error_threshold": 1, "error_cooldown_ms": 1}}
 JSON
 
 # conf <file> <workers> <master> <port> [extra upstream lines]; the edge
@@ -264,6 +264,20 @@ http {
       spotinfer_route pair;
       proxy_pass http://pair;
     }
+    # The spot replica fails /pair-handoff/ (a 503 nginx passes over), and
+    # the on-demand one hands the request back (X-Accel-Redirect) to a
+    # location routed through pair again: that second pass goes to the
+    # replica that handed it on.
+    location /pair-handoff/ {
+      spotinfer_route pair;
+      proxy_pass http://pair/handoff/;
+      proxy_next_upstream error timeout http_503 non_idempotent;
+    }
+    location /pair-handed/ {
+      internal;
+      spotinfer_route pair;
+      proxy_pass http://pair/handed/;
+    }
     # The spot replica's 404 or 403, retried on the on-demand one.
     location /pair/ {
       spotinfer_route pair;
@@ -305,6 +319,8 @@ http {
     location / { proxy_pass http://$e; }
     location /fail/ { return 503 '{"error":"the spot replica failed"}'; }
     location /pair-again/fail/ { return 503 '{"error":"the spot replica failed"}'; }
+    location /handoff/ { return 503 '{"error":"the spot replica failed"}'; }
+    location /handed/ { return 200 '{"handed":"spot"}'; }
     location /missing/ { return 404 '{"error":"not on the spot replica"}'; }
     location /denied/ { return 403 '{"error":"denied on the spot replica"}'; }
   }
@@ -315,6 +331,11 @@ http {
     location /pair-again/fail/ { proxy_pass http://$e/; }
     location /missing/ { proxy_pass http://$e/; }
     location /denied/ { proxy_pass http://$e/; }
+    location /handoff/ {
+      add_header X-Accel-Redirect /pair-handed/answer always;
+      return 200 '{}';
+    }
+    location /handed/ { return 200 '{"handed":"on-demand"}'; }
   }
 }
 CONF
