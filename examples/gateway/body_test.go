@@ -139,6 +139,7 @@ func TestSeveralChoices(t *testing.T) {
 		{"two in one event", 0, []string{`{"choices":[{"index":0},{"index":1}]}`}, true},
 		{"two indexes", 0, []string{`{"choices":[{"index":0}]}`, `{"choices":[{"index":1}]}`}, true},
 		{"only index 1", 0, []string{`{"choices":[{"index":1}]}`}, true},
+		{"index 0 written otherwise", 0, []string{`{"choices":[{"index":0.0}]}`, `{"choices":[{"index":0e0}]}`}, false},
 	} {
 		cs := choiceSet{asked: c.asked}
 		several := false

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -161,10 +162,16 @@ type choice struct {
 // index is the choice's index as written, with an absent or null index
 // the first choice's, as a stream of one choice may leave it out.
 func (c *choice) index() string {
-	if len(c.Index) == 0 || string(c.Index) == "null" {
+	raw := string(c.Index)
+	if raw == "" || raw == "null" || raw == "0" {
 		return "0"
 	}
-	return string(c.Index)
+	// A number written otherwise (0.0, 1e0) is the same index.
+	var f float64
+	if json.Unmarshal(c.Index, &f) == nil {
+		return strconv.FormatFloat(f, 'g', -1, 64)
+	}
+	return raw
 }
 
 // event is one server-sent event's data, as far as the gateway reads it.
