@@ -272,6 +272,31 @@ def test_a_failed_call_finishes_its_ticket_as_failed(backends, closing):
     assert not routing._open
 
 
+def test_a_retry_is_decided_among_the_deployments_not_cooling_down(backends, closing):
+    """A try that fails on a dead backend cools its deployment down
+    (allowed_fails=0); LiteLLM's retry, and every request after it, is
+    offered the other deployment only, and the library decides among that
+    one, the dead one excluded: each answer is a ticket it completed, and
+    only the failed try is a failure."""
+    for rid in ("spot-a", "spot-b"):
+        backends.start(rid, *FAST)
+    router = Router(model_list=[deployment(backends, r) for r in ("spot-a", "spot-b")],
+                    num_retries=1, retry_after=0, allowed_fails=0)
+    # A long load age: the dead backend's last reading stays usable, so the
+    # library routes to it until LiteLLM stops offering it.
+    routing = SpotinferRouting.install(router, {"router": {"load_max_age_ms": 60000}})
+    closing(routing)
+    backends.stop("spot-a")
+    for i, system in enumerate(SYSTEMS):
+        r = run(router.acompletion(model=MODEL, messages=messages(system, f"u{i}"),
+                                   metadata={"class": "silver"}))
+        assert r.system_fingerprint == "spot-b"
+    wait_for(lambda: sum(r.completed for r in routing.engine.ledger()) == len(SYSTEMS))
+    assert sum(r.failed for r in routing.engine.ledger()) == 1
+    assert all(s.inflight == 0 for s in routing.engine.replicas())
+    assert not routing._open
+
+
 def test_the_sync_api_routes_and_finishes_too(backends, closing):
     for rid in ("spot-a", "spot-b"):
         backends.start(rid, *FAST)
