@@ -19,8 +19,8 @@ from litellm.types.router import Deployment
 from prometheus_client.parser import text_string_to_metric_families
 
 import spotinfer
-from spotinfer import Pool, ReplicaState
-from spotinfer.litellm import LITELLM_VERSION, TICKET_KEY, SpotinferRouting
+from spotinfer import Pool, ReplicaState, TicketResult, TicketStatus
+from spotinfer.litellm import LITELLM_VERSION, TICKET_KEY, SpotinferRouting, request_body
 
 from conftest import MODEL, ROOT, deployment
 
@@ -272,6 +272,31 @@ def test_a_failed_call_finishes_its_ticket_as_failed(backends, closing):
     assert not routing._open
 
 
+def test_a_retry_is_decided_among_the_deployments_not_cooling_down(backends, closing):
+    """A try that fails on a dead backend cools its deployment down
+    (allowed_fails=0); LiteLLM's retry, and every request after it, is
+    offered the other deployment only, and the library decides among that
+    one, the dead one excluded: each answer is a ticket it completed, and
+    only the failed try is a failure."""
+    for rid in ("spot-a", "spot-b"):
+        backends.start(rid, *FAST)
+    router = Router(model_list=[deployment(backends, r) for r in ("spot-a", "spot-b")],
+                    num_retries=1, retry_after=0, allowed_fails=0)
+    # A long load age: the dead backend's last reading stays usable, so the
+    # library routes to it until LiteLLM stops offering it.
+    routing = SpotinferRouting.install(router, {"router": {"load_max_age_ms": 60000}})
+    closing(routing)
+    backends.stop("spot-a")
+    for i, system in enumerate(SYSTEMS):
+        r = run(router.acompletion(model=MODEL, messages=messages(system, f"u{i}"),
+                                   metadata={"class": "silver"}))
+        assert r.system_fingerprint == "spot-b"
+    wait_for(lambda: sum(r.completed for r in routing.engine.ledger()) == len(SYSTEMS))
+    assert sum(r.failed for r in routing.engine.ledger()) == 1
+    assert all(s.inflight == 0 for s in routing.engine.replicas())
+    assert not routing._open
+
+
 def test_the_sync_api_routes_and_finishes_too(backends, closing):
     for rid in ("spot-a", "spot-b"):
         backends.start(rid, *FAST)
@@ -463,38 +488,137 @@ def cool_down(router, rid):
         rid, Exception("failing"), 500, 60)
 
 
-def test_the_library_decides_among_the_deployments_litellm_offers(closing):
+def excluding(monkeypatch):
+    """The replica ids each route of the strategy excludes, a list a route."""
+    seen = []
+    real = spotinfer.Request.exclude_replicas
+
+    def spy(self, ids):
+        ids = list(ids)
+        seen.append(ids)
+        return real(self, ids)
+    monkeypatch.setattr(spotinfer.Request, "exclude_replicas", spy)
+    return seen
+
+
+def offered_route(routing, system, user, cls="silver"):
+    """A route as LiteLLM asks for one: the deployment's id and the
+    request's metadata (where its ticket rides)."""
+    meta = {"class": cls}
+    dep = run(routing.async_get_available_deployment(
+        MODEL, messages=messages(system, user), request_kwargs={"metadata": meta}))
+    return dep["model_info"]["id"], meta
+
+
+def test_the_library_decides_among_the_deployments_litellm_offers(closing, monkeypatch):
     """LiteLLM offers a subset of the group (the rest in cooldown) that holds
-    neither the library's choice nor its fallback: the request goes to one
-    of the offered, without a ticket, rather than failing; only when none
-    of the offered is usable is it a 503, which says why for each."""
+    neither the library's choice nor its fallback: the library decides
+    again with the rest excluded, so the request goes to one of the
+    offered with a ticket that the library counts; only when none of the
+    offered is usable is it a 503, which says why for each. With every
+    deployment offered, nothing is excluded."""
     router, routing = hand_fed(["spot-a", "spot-b", "spot-c", "spot-z"],
                                {"max_fallbacks": 1})
     closing(routing)
+    excluded = excluding(monkeypatch)
     # The one left offered is the busiest: never the library's first pick.
     routing.engine.report_load("spot-z", running=60, waiting=20)
+    rid, meta = offered_route(routing, SYSTEMS[0], "q")
+    assert rid != "spot-z" and TICKET_KEY in meta
+    assert excluded == []
+    run(routing.async_log_success_event({"metadata": meta}, None, None, None))
     for rid in ("spot-a", "spot-b", "spot-c"):
         cool_down(router, rid)
-
-    async def route(user):
-        meta = {"class": "silver"}
-        dep = await routing.async_get_available_deployment(
-            MODEL, messages=messages(SYSTEMS[0], user), request_kwargs={"metadata": meta})
-        return dep["model_info"]["id"], meta
     for n in range(4):
-        rid, meta = run(route(f"q{n}"))
+        rid, meta = offered_route(routing, SYSTEMS[0], f"q{n}")
         assert rid == "spot-z"
-        assert TICKET_KEY not in meta
+        assert meta[TICKET_KEY] in routing._open
+        assert routing.engine.replica_status("spot-z").inflight == n + 1
+    assert excluded == [["spot-a", "spot-b", "spot-c"]] * 4
+    assert {s.id: s.inflight for s in routing.engine.replicas()} == \
+        {"spot-a": 0, "spot-b": 0, "spot-c": 0, "spot-z": 4}
+    for tid in list(routing._open):
+        run(routing.async_log_success_event({"metadata": {TICKET_KEY: tid}},
+                                            None, None, None))
     assert all(s.inflight == 0 for s in routing.engine.replicas())
     assert not routing._open
     # None of the offered usable: a 503 that names the one offered and why.
     routing.engine.set_replica_state("spot-z", ReplicaState.DRAINING)
     with pytest.raises(litellm.ServiceUnavailableError) as ei:
-        run(route("q"))
+        offered_route(routing, SYSTEMS[0], "q")
     assert ei.value.status_code == 503
     assert "spot-z: draining" in str(ei.value)
     assert "of the 1 deployments LiteLLM offers" in str(ei.value)
     assert all(s.inflight == 0 for s in routing.engine.replicas())
+
+
+def warm(routing, rid, system):
+    """A finished ticket of system's prompt on rid (the prefix index holds
+    it there), routed on the engine with every other replica excluded."""
+    body, kind = request_body(MODEL, messages(system, "warm"), None,
+                              {"metadata": {"class": "silver"}})
+    req = routing.engine.request()
+    req.parse_openai(body, kind)
+    req.exclude_replicas([r.id for r in routing.engine.replicas() if r.id != rid])
+    d = req.route()
+    assert d.replica_id == rid
+    d.ticket.finish(TicketResult(status=TicketStatus.OK, prompt_tokens=700,
+                                 output_tokens=12, duration_ms=100))
+    req.close()
+
+
+def test_among_the_offered_the_prefix_stays_where_it_is(closing):
+    """The offered subset holds a replica warm with the request's prefix
+    and a cold, idle one, while the library's choice over the whole group
+    (another warm one) cools down: the warm one offered serves it, with a
+    ticket, though it is the busier of the two."""
+    router, routing = hand_fed(["spot-y", "spot-w", "spot-x", "spot-v"],
+                               {"max_fallbacks": 0})
+    closing(routing)
+    warm(routing, "spot-w", SYSTEMS[1])
+    warm(routing, "spot-x", SYSTEMS[1])
+    routing.engine.report_load("spot-w", running=4)
+    rid, meta = offered_route(routing, SYSTEMS[1], "q0")
+    assert rid == "spot-x"          # the idle warm one, over the group
+    run(routing.async_log_success_event({"metadata": meta}, None, None, None))
+    for rid in ("spot-x", "spot-v"):
+        cool_down(router, rid)
+    # Twice: more would be more than its share of the pool's work, which
+    # the library then sends to the cold one (load_share_cap).
+    for n in range(2):
+        rid, meta = offered_route(routing, SYSTEMS[1], f"q{n + 1}")
+        assert rid == "spot-w"
+        assert meta[TICKET_KEY] in routing._open
+        assert routing.engine.replica_status("spot-w").inflight == 1
+        run(routing.async_log_success_event({"metadata": meta}, None, None, None))
+    assert not routing._open
+    samples = metric_samples(routing.metrics())
+    assert total(samples, "spotinfer_prefix_blocks_matched_total") > 0
+
+
+def test_more_left_out_than_the_library_excludes(closing, monkeypatch):
+    """More deployments cooling down than a request may exclude: the first
+    MAX_EXCLUDED are excluded, and the request is still served by one of
+    the offered (with the ticket when the library chose it, else as a
+    fallback is, without)."""
+    rids = [f"spot-{i:02d}" for i in range(spotinfer.MAX_EXCLUDED + 8)]
+    router, routing = hand_fed(rids, {"max_fallbacks": 0})
+    closing(routing)
+    excluded = excluding(monkeypatch)
+    offered = rids[-4:]
+    for rid in rids[:-4]:
+        cool_down(router, rid)
+    for n in range(8):
+        rid, meta = offered_route(routing, SYSTEMS[n % 4], f"q{n}")
+        assert rid in offered
+        tid = meta.get(TICKET_KEY)
+        counts = {s.id: s.inflight for s in routing.engine.replicas()}
+        assert counts[rid] == (1 if tid is not None else 0)
+        if tid is not None:
+            run(routing.async_log_success_event({"metadata": meta}, None, None, None))
+    assert excluded == [rids[:spotinfer.MAX_EXCLUDED]] * 8
+    assert all(s.inflight == 0 for s in routing.engine.replicas())
+    assert not routing._open
 
 
 def test_a_503_among_the_offered_ends_the_earlier_try(closing):

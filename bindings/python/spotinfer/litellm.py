@@ -41,7 +41,7 @@ import threading
 import time
 import urllib.request
 from datetime import datetime
-from typing import Any, Dict, Iterator, List, Mapping, Optional, Tuple, Union
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
 try:
     import httpx
@@ -52,7 +52,7 @@ except ImportError as e:  # pragma: no cover - the message is the point
     raise ImportError(f"spotinfer.litellm needs LiteLLM ({e}): "
                       "pip install 'spotinfer[litellm]'") from e
 
-from . import Engine, NoCapacityError, ShedError
+from . import MAX_EXCLUDED, Engine, NoCapacityError, ShedError
 from .enums import BreakerState, ModelTier, OpenAIKind, Pool, ReplicaState, TicketStatus
 from ._engine import _closed as _engine_closed_error
 from .errors import InputError, NotFoundError, ResourceError
@@ -80,6 +80,10 @@ TICKET_KEY = "spotinfer_ticket"
 
 #: How long a request the library queues waits before it is decided again.
 _QUEUE_POLL_S = 0.05
+
+#: The replica ids serving each model name, those serving any, and every
+#: one (_serving_map).
+_Serving = Tuple[Dict[str, Tuple[str, ...]], Tuple[str, ...], Tuple[str, ...]]
 
 
 def _jsonable(obj: Any) -> Any:
@@ -177,6 +181,31 @@ class _Open:
         self.streamed = False
 
 
+class _Offer:
+    """A request as the strategy routes it: the deployments LiteLLM offers
+    for it (by replica id), the body the library reads, and the replicas
+    serving the request's model that LiteLLM left out (cooling down,
+    filtered by tags), which the library's decision excludes."""
+
+    __slots__ = ("candidates", "body", "kind", "excluded")
+
+    def __init__(self, candidates: Dict[str, Any], body: bytes, kind: OpenAIKind,
+                 excluded: Sequence[str]) -> None:
+        self.candidates = candidates
+        self.body = body
+        self.kind = kind
+        self.excluded = tuple(excluded)
+
+
+class _NoneOffered(Exception):
+    """The library found no capacity among the offered deployments (the
+    rest excluded); carries its decision."""
+
+    def __init__(self, decision: Any) -> None:
+        super().__init__()
+        self.decision = decision
+
+
 class SpotinferRouting(CustomLogger, CustomRoutingStrategyBase):  # type: ignore[misc]
     """libspotinfer as a LiteLLM Router's routing strategy and callback.
 
@@ -232,6 +261,9 @@ class SpotinferRouting(CustomLogger, CustomRoutingStrategyBase):  # type: ignore
         self._engine_closed = False         # its own engine closed, or closing
         self._open: Dict[int, _Open] = {}
         self._replicas: Dict[str, Replica] = {}
+        # The replicas the library chooses among for each model name (one
+        # object, swapped whole by a sync): _serving_map.
+        self._serving: _Serving = ({}, (), ())
         self._synced_version: Optional[int] = None
         self._fresh: Dict[str, threading.Event] = {}
         self._stop = threading.Event()
@@ -311,6 +343,7 @@ class SpotinferRouting(CustomLogger, CustomRoutingStrategyBase):  # type: ignore
                 with self._lock:
                     gone = set(self._replicas) - {r.info.id for r in reps}
                     self._replicas = {r.info.id: r for r in reps}
+                    self._serving = _serving_map(reps)
                     for rid in self._replicas:
                         self._fresh.setdefault(rid, threading.Event())
                 for rid in gone:
@@ -641,19 +674,22 @@ class SpotinferRouting(CustomLogger, CustomRoutingStrategyBase):  # type: ignore
         return httpx.Response(status, headers=self._retry_after(),
                               request=httpx.Request("POST", "http://spotinfer.invalid/route"))
 
-    def _decide(self, model: str, body: bytes, kind: OpenAIKind) -> Any:
+    def _decide(self, model: str, offer: _Offer) -> Any:
         """One spi_route: the decision, or a LiteLLM exception (503 once
-        the strategy is closing)."""
+        the strategy is closing); _NoneOffered when the library finds no
+        capacity among the offered, the rest excluded."""
         try:
             with self._library():
-                return self._route(model, body, kind)
+                return self._route(model, offer)
         except _Closed:
             raise self._closed_error(model) from None
 
-    def _route(self, model: str, body: bytes, kind: OpenAIKind) -> Any:
+    def _route(self, model: str, offer: _Offer) -> Any:
         req = self._request()
         try:
-            req.parse_openai(body, kind)
+            req.parse_openai(offer.body, offer.kind)
+            if offer.excluded:              # parse_openai cleared any before
+                req.exclude_replicas(offer.excluded)
             return req.route()
         except ShedError as e:
             d = e.decision
@@ -663,6 +699,8 @@ class SpotinferRouting(CustomLogger, CustomRoutingStrategyBase):  # type: ignore
                 response=self._answer(429), headers=self._retry_after()) from None
         except NoCapacityError as e:
             d = e.decision
+            if offer.excluded and d is not None:
+                raise _NoneOffered(d) from None
             raise litellm.ServiceUnavailableError(
                 message=f"no capacity: {d.reason if d else e.message}",
                 llm_provider="spotinfer", model=model,
@@ -681,12 +719,13 @@ class SpotinferRouting(CustomLogger, CustomRoutingStrategyBase):  # type: ignore
     def _place(self, model: str, d: Any, candidates: Mapping[str, Any],
                kwargs: Dict[str, Any]) -> Any:
         """The deployment for a serving decision, as LiteLLM resolved it
-        (candidates, by id): its replica, else (when LiteLLM rules that one
-        out: its health checks, a team's or access group's deployments) the
-        first fallback that is a candidate, served without a ticket. A
-        ticket for a request that close() came to meanwhile is finished
-        CANCELLED and the request fails (503): the closer has taken the
-        open tickets already."""
+        (candidates, by id): its replica, with the decision's ticket (the
+        replicas LiteLLM left out were excluded from the decision:
+        _left_out); else, where that leaves the choice open (_among_offered
+        says when), the first fallback that is a candidate, served without
+        a ticket. A ticket for a request that close() came to meanwhile is
+        finished CANCELLED and the request fails (503): the closer has
+        taken the open tickets already."""
         targets = (d.replica_id,) + tuple(d.fallback_ids)
         for i, rid in enumerate(targets):
             dep = candidates.get(rid)
@@ -725,20 +764,19 @@ class SpotinferRouting(CustomLogger, CustomRoutingStrategyBase):  # type: ignore
     def _among_offered(self, model: str, d: Any, candidates: Mapping[str, Any],
                        kwargs: Dict[str, Any]) -> Any:
         """The deployment for a serving decision none of whose replicas
-        LiteLLM offers (it offers a subset of the group: cooldowns, tags):
-        of the offered, those in the pool and model tier the library chose
-        for the request, ACTIVE and with a breaker that is not open, the
-        best as the library's readings rank them (a closed breaker, a
-        fresh load, the least loaded for its size, the least KV usage),
-        served without a ticket as a fallback is. None is usable: the
-        request fails (503), naming why for each."""
-        try:
-            with self._library():
-                found = [(rid, self._status(rid)) for rid in candidates]
-        except _Closed:
-            raise self._closed_error(model) from None
-        # The earlier try failed whatever this one gets, 503 included.
-        self._end_earlier_try(kwargs)
+        LiteLLM offers. The decision of a request LiteLLM offers a subset
+        of its replicas for excluded the others (_offer_for), so this is
+        for what that leaves open: more than MAX_EXCLUDED left out (the
+        first MAX_EXCLUDED were excluded, and the library chose one of the
+        rest), or offered deployments the library does not choose among
+        (several model groups offered at once). Of the offered, those in
+        the pool and model tier the library chose for the request, ACTIVE
+        and with a breaker that is not open, the best as the library's
+        readings rank them (a closed breaker, a fresh load, the least
+        loaded for its size, the least KV usage), served without a ticket
+        as a fallback is. None is usable: the request fails (503), naming
+        why for each."""
+        found = self._offered_status(model, candidates, kwargs)
         usable, why = [], []
         for i, (rid, st) in enumerate(found):
             bad = _unusable(st, d)
@@ -749,13 +787,42 @@ class SpotinferRouting(CustomLogger, CustomRoutingStrategyBase):  # type: ignore
             usable.append(((st.breaker != BreakerState.CLOSED, not st.load_fresh,
                             load, st.kv_usage, i), rid))
         if not usable:
-            raise litellm.ServiceUnavailableError(
-                message=f"no capacity: the library chose {d.replica_id} "
-                        f"({Pool(d.pool).name.lower()}), and of the {len(found)} "
-                        "deployments LiteLLM offers for the request (the rest in "
-                        f"cooldown or filtered out) none is usable: {'; '.join(why[:8])}",
-                llm_provider="spotinfer", model=model, response=self._answer(503))
+            raise self._none_usable(
+                model, f"the library chose {d.replica_id} ({Pool(d.pool).name.lower()}), "
+                       "and ", len(found), why)
         return candidates[min(usable)[1]]
+
+    def _none_offered(self, model: str, d: Any, candidates: Mapping[str, Any],
+                      kwargs: Dict[str, Any]) -> Exception:
+        """The 503 of a request the library found no capacity for among the
+        deployments LiteLLM offers (the rest excluded), naming why for each
+        offered one and the library's reason."""
+        found = self._offered_status(model, candidates, kwargs)
+        why = [f"{rid}: {_unusable(st, d) or _state_of(st)}" for rid, st in found]
+        return self._none_usable(model, "", len(found), why, d.reason)
+
+    def _offered_status(self, model: str, candidates: Mapping[str, Any],
+                        kwargs: Dict[str, Any]) -> List[Tuple[str, Any]]:
+        """The engine's status of each offered deployment's replica, once
+        the library did not place the request on one of them; the earlier
+        try is finished, as it failed whatever this one gets (503
+        included)."""
+        try:
+            with self._library():
+                found = [(rid, self._status(rid)) for rid in candidates]
+        except _Closed:
+            raise self._closed_error(model) from None
+        self._end_earlier_try(kwargs)
+        return found
+
+    def _none_usable(self, model: str, head: str, offered: int, why: List[str],
+                     reason: str = "") -> Exception:
+        tail = f" (the library: {reason})" if reason else ""
+        return litellm.ServiceUnavailableError(
+            message=f"no capacity: {head}of the {offered} deployments LiteLLM offers "
+                    "for the request (the rest in cooldown or filtered out) none is "
+                    f"usable: {'; '.join(why[:8])}{tail}",
+            llm_provider="spotinfer", model=model, response=self._answer(503))
 
     def _status(self, rid: str) -> Any:
         """The engine's status of a replica; None for one it does not have
@@ -782,13 +849,13 @@ class SpotinferRouting(CustomLogger, CustomRoutingStrategyBase):  # type: ignore
             found = self._resolved(model, messages, input, specific_deployment, kwargs)
         if isinstance(found, dict):         # one named deployment: no choice
             return found
-        candidates, body, kind = self._request_for(model, found, messages, input, kwargs)
+        offer = self._offer_for(model, found, messages, input, kwargs)
         deadline = time.monotonic() + self.queue_wait_s
-        d = self._decide_by(model, body, kind, deadline)
+        d = self._decide_by(model, offer, deadline, kwargs)
         while d is None:
             await asyncio.sleep(_QUEUE_POLL_S)
-            d = self._decide_by(model, body, kind, deadline)
-        return self._placed(model, d, candidates, kwargs)
+            d = self._decide_by(model, offer, deadline, kwargs)
+        return self._placed(model, d, offer.candidates, kwargs)
 
     def get_available_deployment(
             self, model: str, messages: Optional[List[Dict[str, str]]] = None,
@@ -802,13 +869,13 @@ class SpotinferRouting(CustomLogger, CustomRoutingStrategyBase):  # type: ignore
         found = self._resolved(model, messages, input, specific_deployment, kwargs)
         if isinstance(found, dict):         # one named deployment: no choice
             return found
-        candidates, body, kind = self._request_for(model, found, messages, input, kwargs)
+        offer = self._offer_for(model, found, messages, input, kwargs)
         deadline = time.monotonic() + self.queue_wait_s
-        d = self._decide_by(model, body, kind, deadline)
+        d = self._decide_by(model, offer, deadline, kwargs)
         while d is None:
             time.sleep(_QUEUE_POLL_S)
-            d = self._decide_by(model, body, kind, deadline)
-        return self._placed(model, d, candidates, kwargs)
+            d = self._decide_by(model, offer, deadline, kwargs)
+        return self._placed(model, d, offer.candidates, kwargs)
 
     def _resolved(self, model: str, messages: Optional[List[Any]], input: Any,
                   specific_deployment: Optional[bool], kwargs: Dict[str, Any]) -> Any:
@@ -826,11 +893,12 @@ class SpotinferRouting(CustomLogger, CustomRoutingStrategyBase):  # type: ignore
             specific_deployment=specific_deployment, request_kwargs=kwargs)
         return found
 
-    def _request_for(self, model: str, found: Any, messages: Optional[List[Any]],
-                     input: Any, kwargs: Dict[str, Any]) -> Tuple[Dict[str, Any], bytes, OpenAIKind]:
-        """The candidates LiteLLM resolved (by replica id) and the body the
-        library routes: its model is the group the candidates are served
-        under, not the name asked for, so the library picks among them."""
+    def _offer_for(self, model: str, found: Any, messages: Optional[List[Any]],
+                   input: Any, kwargs: Dict[str, Any]) -> _Offer:
+        """The candidates LiteLLM resolved (by replica id), the body the
+        library routes (its model is the group the candidates are served
+        under, not the name asked for, so the library picks among them)
+        and the replicas to exclude (_left_out)."""
         candidates: Dict[str, Any] = {}
         for dep in found or ():
             rid = deployment_id(dep)
@@ -840,15 +908,45 @@ class SpotinferRouting(CustomLogger, CustomRoutingStrategyBase):  # type: ignore
             raise litellm.BadRequestError(
                 message=f"no deployment of model={model} to route to",
                 model=model, llm_provider="spotinfer")
-        body, kind = request_body(model_group(found), messages, input, kwargs)
-        return candidates, body, kind
+        name = model_group(found)
+        body, kind = request_body(name, messages, input, kwargs)
+        return _Offer(candidates, body, kind, self._left_out(name, candidates))
 
-    def _decide_by(self, model: str, body: bytes, kind: OpenAIKind,
-                   deadline: float) -> Any:
+    def _left_out(self, name: str, candidates: Mapping[str, Any]) -> List[str]:
+        """The replicas the library would choose among for a request of
+        model name (as the library is given it) that LiteLLM does not
+        offer: none when it offers them all, as it does unless some are
+        cooling down or filtered out (a route that excludes replicas reads
+        every replica's state, which the common case does not pay). Also
+        none when it offers a deployment the library would not choose for
+        the name (several model groups at once): the offered are then no
+        subset of the name's replicas, and _among_offered decides. At most
+        MAX_EXCLUDED, the first in model_list order; should the library
+        choose one of the rest, _place and _among_offered serve an offered
+        one without a ticket, as before the library could exclude."""
+        by_name, anyone, every = self._serving
+        serving = anyone + by_name.get(name, ()) if name else every
+        if len(serving) <= len(candidates):
+            return []                       # all offered, or no subset
+        inside = 0
+        out: List[str] = []
+        for rid in serving:
+            if rid in candidates:
+                inside += 1
+            elif len(out) < MAX_EXCLUDED:
+                out.append(rid)
+        return out if inside == len(candidates) else []
+
+    def _decide_by(self, model: str, offer: _Offer, deadline: float,
+                   kwargs: Dict[str, Any]) -> Any:
         """A decision that places the request; None while the library queues
         it (ask again after _QUEUE_POLL_S); ServiceUnavailableError once it
-        is still queued at deadline (time.monotonic())."""
-        d = self._decide(model, body, kind)
+        is still queued at deadline (time.monotonic()), or when the library
+        finds no capacity among the offered (the rest excluded)."""
+        try:
+            d = self._decide(model, offer)
+        except _NoneOffered as e:
+            raise self._none_offered(model, e.decision, offer.candidates, kwargs) from None
         if d.pool != Pool.QUEUE:
             return d
         if time.monotonic() >= deadline:
@@ -964,15 +1062,40 @@ def _unusable(st: Any, d: Any) -> str:
     of this status (None: one it does not have); "" when it would."""
     if st is None:
         return "not a replica of the library's"
-    if st.pool != d.pool or st.model_tier != d.model_tier:
+    # A no-capacity decision has no pool; its model tier is the request's.
+    serving = d.pool in (Pool.SPOT, Pool.ON_DEMAND)
+    if (serving and st.pool != d.pool) or st.model_tier != d.model_tier:
+        pool = f"{Pool(d.pool).name.lower()} " if serving else ""
         return (f"{Pool(st.pool).name.lower()} {ModelTier(st.model_tier).name.lower()}, "
-                f"the request goes to {Pool(d.pool).name.lower()} "
-                f"{ModelTier(d.model_tier).name.lower()}")
+                f"the request goes to {pool}{ModelTier(d.model_tier).name.lower()}")
     if st.state != ReplicaState.ACTIVE:
         return ReplicaState(st.state).name.lower()
     if st.breaker == BreakerState.OPEN:
         return "breaker open"
     return ""
+
+
+def _state_of(st: Any) -> str:
+    """A usable replica's state, for a 503 that names it: the library's
+    reason says why it took none."""
+    return f"active, {'fresh' if st.load_fresh else 'stale'} load " \
+           f"{st.running + st.waiting + st.inflight:g}/{st.max_inflight}"
+
+
+def _serving_map(reps: Sequence[Replica]) -> _Serving:
+    """The replicas the library chooses among for a request's model name,
+    by their ids in model_list order: those that list each name, those
+    that serve any (no list) and every one (a request that names no
+    model)."""
+    by_name: Dict[str, List[str]] = {}
+    anyone: List[str] = []
+    for r in reps:
+        if not r.info.models:
+            anyone.append(r.info.id)
+        for name in dict.fromkeys(r.info.models):
+            by_name.setdefault(name, []).append(r.info.id)
+    return ({n: tuple(ids) for n, ids in by_name.items()}, tuple(anyone),
+            tuple(r.info.id for r in reps))
 
 
 def _ticket_of(data: Mapping[str, Any]) -> Optional[int]:
