@@ -286,7 +286,7 @@ func (g *gateway) serveRouted(w http.ResponseWriter, r *http.Request, body []byt
 		fwd, st.asked, st.hideUsage = askRunningUsage(body)
 	}
 	for attempt := 0; ; attempt++ {
-		d, started, ok := g.decide(w, r, body, kind)
+		d, started, req, ok := g.decide(w, r, body, kind)
 		if !ok {
 			return
 		}
@@ -296,14 +296,10 @@ func (g *gateway) serveRouted(w http.ResponseWriter, r *http.Request, body []byt
 			"matched_blocks": d.MatchedBlocks, "total_blocks": d.TotalBlocks, "why": d.Reason,
 			"attempt": attempt, "route_start": unixSeconds(started)})
 		// A leg has its own context so that a REPLAY plan can cut it
-		// without touching the client's connection; the ticket is findable
-		// from the start, so a plan reaches a request still waiting for
-		// its first byte.
+		// without touching the client's connection.
 		lctx, cancel := context.WithCancel(r.Context())
-		first := leg{ticket: d.Ticket, cancel: cancel}
-		st.register(&first)
-		resp, l, err := g.firstLeg(lctx, r.URL.Path, st.key, fwd, d, st.wasCut)
-		st.unregister(&first)
+		resp, l, err := g.firstLeg(lctx, cancel, st, req, fwd, d, attempt)
+		g.reqs.Put(req)
 		if err != nil {
 			cancel()
 			if st.wasCut() && r.Context().Err() == nil && attempt < maxReroutes {
@@ -320,7 +316,6 @@ func (g *gateway) serveRouted(w http.ResponseWriter, r *http.Request, body []byt
 			apiError(w, http.StatusBadGateway, "upstream_error", err.Error())
 			return
 		}
-		l.cancel = cancel
 		if !isEventStream(resp) {
 			defer cancel()
 			defer resp.Body.Close()
@@ -332,21 +327,25 @@ func (g *gateway) serveRouted(w http.ResponseWriter, r *http.Request, body []byt
 	}
 }
 
-// decide asks the library where the request goes; when it goes nowhere,
-// the client has its answer (400, 429, 500, 503) and ok is false.
+// decide asks the library where the request goes. The request it was
+// routed with comes back with the decision, parsed, for the tries after a
+// failed one to route again; the caller puts it back in g.reqs. When it
+// goes nowhere, the client has its answer (400, 429, 500, 503) and ok is
+// false.
 func (g *gateway) decide(w http.ResponseWriter, r *http.Request, body []byte,
-	kind spotinfer.OpenAIKind) (spotinfer.Decision, time.Time, bool) {
+	kind spotinfer.OpenAIKind) (spotinfer.Decision, time.Time, *spotinfer.Request, bool) {
 	req, _ := g.reqs.Get().(*spotinfer.Request)
 	if req == nil {
 		apiError(w, http.StatusInternalServerError, "internal_error", "no request handle")
-		return spotinfer.Decision{}, time.Time{}, false
+		return spotinfer.Decision{}, time.Time{}, nil, false
 	}
 	d, spent, started, err := g.route(r.Context(), req, body, kind)
-	g.reqs.Put(req)
 	g.timings.decision.add(spent)
+	if err == nil {
+		return d, started, req, true
+	}
+	g.reqs.Put(req)
 	switch {
-	case err == nil:
-		return d, started, true
 	case errors.Is(err, spotinfer.ErrShed):
 		g.stats.shed.Add(1)
 		w.Header().Set("Retry-After", "1")
@@ -374,57 +373,91 @@ func (g *gateway) decide(w http.ResponseWriter, r *http.Request, body []byte,
 		g.stats.failed.Add(1)
 		apiError(w, http.StatusInternalServerError, "internal_error", err.Error())
 	}
-	return d, started, false
+	return d, started, nil, false
 }
 
-// firstLeg sends the request to the chosen replica, then to the fallbacks
-// in order when a replica cannot be reached or answers 5xx before the first
-// byte. The chosen replica's ticket records such a failure (its error
-// breaker counts it); a fallback is served without a ticket.
-func (g *gateway) firstLeg(ctx context.Context, path, key string, body []byte,
-	d spotinfer.Decision, cut func() bool) (*http.Response, leg, error) {
-	body = applyPlan(body, d)
-	targets := append([]string{d.ReplicaID}, d.FallbackIDs...)
-	var lastErr error
-	for i, id := range targets {
-		b := g.byID[id]
-		if b == nil {
-			lastErr = fmt.Errorf("the library chose %q, which is not a configured backend", id)
-			if i == 0 {
-				g.finish(d.Ticket, spotinfer.TicketResult{Status: spotinfer.TicketError})
-			}
-			continue
-		}
-		l := leg{replica: id, sent: time.Now()}
-		if i == 0 {
-			l.ticket = d.Ticket
-		} else {
-			g.stats.fallbacks.Add(1)
-		}
-		resp, err := g.forward(ctx, b, path, key, body)
-		if err == nil && resp.StatusCode < 500 {
+// firstLeg sends the request to the chosen replica. A try that cannot
+// reach its replica or gets a 5xx before the first byte ends its ticket
+// (as ERROR, which the replica's error breaker counts, unless it was cut
+// or the client left), and the request is routed again with every replica
+// tried so far excluded: the library picks the next replica, opens its
+// ticket and counts its load, which serving the decision's fallbacks
+// without one did not. There are at most as many tries as the first
+// decision names replicas (its choice and its fallbacks); a route that
+// finds none (no capacity, shed, queued) ends them with the last try's
+// error. req is the request d was routed with, still parsed.
+func (g *gateway) firstLeg(ctx context.Context, cancel context.CancelFunc, st *stream,
+	req *spotinfer.Request, body []byte, d spotinfer.Decision, attempt int) (*http.Response, leg, error) {
+	tries := min(1+len(d.FallbackIDs), spotinfer.MaxExcluded+1)
+	for try := 1; ; try++ {
+		resp, l, err := g.try(ctx, cancel, st, body, d)
+		if err == nil {
 			return resp, l, nil
 		}
-		if err == nil {
-			msg, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
-			resp.Body.Close()
-			err = fmt.Errorf("%s answered %d: %s", id, resp.StatusCode, bytes.TrimSpace(msg))
+		if try == tries || ctx.Err() != nil {
+			return nil, leg{}, err
 		}
-		lastErr = err
-		if l.ticket.ID != 0 {
-			status := spotinfer.TicketError
-			if cut() {
-				status = spotinfer.TicketInterrupted
-			} else if ctx.Err() != nil {
-				status = spotinfer.TicketCancelled
-			}
-			g.finish(l.ticket, spotinfer.TicketResult{Status: status})
+		next, ok := g.routeAgain(st.key, req, d.ReplicaID, attempt, try)
+		if !ok {
+			return nil, leg{}, err
 		}
-		if ctx.Err() != nil {
-			break
-		}
+		d = next
 	}
-	return nil, leg{}, lastErr
+}
+
+// try sends the request to the decision's replica; on a failure before
+// the first byte it ends the decision's ticket.
+func (g *gateway) try(ctx context.Context, cancel context.CancelFunc, st *stream,
+	body []byte, d spotinfer.Decision) (*http.Response, leg, error) {
+	b := g.byID[d.ReplicaID]
+	if b == nil {
+		g.finish(d.Ticket, spotinfer.TicketResult{Status: spotinfer.TicketError})
+		return nil, leg{}, fmt.Errorf("the library chose %q, which is not a configured backend", d.ReplicaID)
+	}
+	// The ticket is findable from the start, so a REPLAY plan reaches a
+	// request still waiting for its first byte.
+	l := leg{replica: d.ReplicaID, ticket: d.Ticket, sent: time.Now(), cancel: cancel}
+	st.register(&l)
+	defer st.unregister(&l)
+	resp, err := g.forward(ctx, b, st.path, st.key, applyPlan(body, d))
+	if err == nil && resp.StatusCode < 500 {
+		return resp, l, nil
+	}
+	if err == nil {
+		msg, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
+		resp.Body.Close()
+		err = fmt.Errorf("%s answered %d: %s", d.ReplicaID, resp.StatusCode, bytes.TrimSpace(msg))
+	}
+	status := spotinfer.TicketError
+	if st.wasCut() {
+		status = spotinfer.TicketInterrupted
+	} else if ctx.Err() != nil {
+		status = spotinfer.TicketCancelled
+	}
+	g.finish(d.Ticket, spotinfer.TicketResult{Status: status})
+	return nil, leg{}, err
+}
+
+// routeAgain routes req once more with the replica that just failed it
+// excluded too (the earlier ones still are); ok is false when the library
+// places it nowhere.
+func (g *gateway) routeAgain(key string, req *spotinfer.Request, failed string,
+	attempt, try int) (spotinfer.Decision, bool) {
+	if req.ExcludeReplica(failed) != nil {
+		return spotinfer.Decision{}, false
+	}
+	t0 := time.Now()
+	d, err := req.Route()
+	g.timings.decision.add(time.Since(t0))
+	if err != nil || !d.Serving() {
+		return d, false
+	}
+	g.stats.fallbacks.Add(1)
+	g.events.write(map[string]any{"event": "route", "key": key, "replica": d.ReplicaID,
+		"ticket": d.Ticket.ID, "class": d.Class.String(), "reason": d.ReasonCode.String(),
+		"matched_blocks": d.MatchedBlocks, "total_blocks": d.TotalBlocks, "why": d.Reason,
+		"attempt": attempt, "try": try, "route_start": unixSeconds(t0)})
+	return d, true
 }
 
 // forward posts the body to a backend; id (when not "") goes as

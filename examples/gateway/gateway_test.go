@@ -15,6 +15,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	spotinfer "github.com/libspotinfer/libspotinfer/bindings/go"
 )
 
 // fakeBackend streams " w0 w1 ... w(n-1)", at most max_tokens of them, one
@@ -592,22 +594,201 @@ func TestNoticeBeforeFirstByteRoutesAgain(t *testing.T) {
 	}
 }
 
-// A 5xx before the first byte moves the request to the decision's
-// fallbacks.
-func TestFallbackOn5xx(t *testing.T) {
-	a, od := &fakeBackend{n: 10}, &fakeBackend{n: 10}
+// routeEvents reads the route events of the gateway's -events file.
+func routeEvents(t *testing.T, path string) []map[string]any {
+	t.Helper()
+	raw, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []map[string]any
+	for _, line := range strings.Split(strings.TrimSpace(string(raw)), "\n") {
+		var e map[string]any
+		if err := json.Unmarshal([]byte(line), &e); err != nil {
+			t.Fatalf("%q: %v", line, err)
+		}
+		if e["event"] == "route" {
+			out = append(out, e)
+		}
+	}
+	return out
+}
+
+// replicaStatus is the library's view of one replica.
+func replicaStatus(t *testing.T, g *gateway, id string) spotinfer.ReplicaStatus {
+	t.Helper()
+	s, err := g.eng.ReplicaStatusOf(id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+// wantTries checks the route events: one a try, on these replicas in this
+// order, each with a ticket of its own.
+func wantTries(t *testing.T, events []map[string]any, replicas ...string) {
+	t.Helper()
+	seen := map[float64]bool{}
+	var got []string
+	for _, e := range events {
+		got = append(got, e["replica"].(string))
+		id, _ := e["ticket"].(float64)
+		if id == 0 || seen[id] {
+			t.Errorf("a try without a ticket of its own: %v", e)
+		}
+		seen[id] = true
+	}
+	if strings.Join(got, " ") != strings.Join(replicas, " ") {
+		t.Fatalf("tries on %v, want %v", got, replicas)
+	}
+}
+
+// A 5xx before the first byte routes the request again without the replica
+// that failed: the next try has a ticket, so the library counts its load
+// while it runs, and the failed one ends as ERROR.
+func TestFailedTryIsRoutedAgainWithATicket(t *testing.T) {
+	a, od := &fakeBackend{n: 10}, &fakeBackend{n: 10, ttft: 400 * time.Millisecond}
 	a.fail.Store(1)
-	srv := newTestGateway(t, map[string]*fakeBackend{"spot-a": a, "od-1": od},
-		map[string]string{"spot-a": "spot", "od-1": "on_demand"}, "spotinfer")
-	resp := postChat(t, srv.URL, silverStream)
-	if text, ok, _ := readStream(t, resp); text != want(10) || !ok {
+	events := filepath.Join(t.TempDir(), "events.jsonl")
+	srv, g := startTestGateway(t, map[string]*fakeBackend{"spot-a": a, "od-1": od},
+		map[string]string{"spot-a": "spot", "od-1": "on_demand"}, "spotinfer", "-events", events)
+	type answer struct {
+		resp *http.Response
+		err  error
+	}
+	done := make(chan answer, 1)
+	go func() {
+		resp, err := http.Post(srv.URL+"/v1/chat/completions", "application/json", strings.NewReader(silverStream))
+		done <- answer{resp, err}
+	}()
+	// od-1 holds the request before its first byte: its ticket is open.
+	for i := 0; replicaStatus(t, g, "od-1").Inflight != 1; i++ {
+		if i > 300 {
+			t.Fatal("od-1 has no open ticket while it serves the second try")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	if s := replicaStatus(t, g, "spot-a"); s.Inflight != 0 || s.ConsecutiveErrors != 1 {
+		t.Errorf("spot-a: %d in flight, %d consecutive errors", s.Inflight, s.ConsecutiveErrors)
+	}
+	got := <-done
+	if got.err != nil {
+		t.Fatal(got.err)
+	}
+	if text, ok, _ := readStream(t, got.resp); text != want(10) || !ok {
 		t.Fatalf("got %q", text)
 	}
 	if a.fail.Load() != 0 || len(od.bodies) != 1 {
 		t.Fatalf("spot-a failures left %d, od-1 got %d", a.fail.Load(), len(od.bodies))
 	}
+	if s := replicaStatus(t, g, "od-1"); s.Inflight != 0 || s.ConsecutiveErrors != 0 {
+		t.Errorf("od-1: %d in flight, %d consecutive errors", s.Inflight, s.ConsecutiveErrors)
+	}
+	wantTries(t, routeEvents(t, events), "spot-a", "od-1")
 	if m := get(t, srv.URL+"/metrics"); !strings.Contains(m, "gateway_fallbacks_total 1") {
 		t.Errorf("/metrics: no fallback counted")
+	}
+}
+
+// A second failure routes the request a third time with both failed
+// replicas excluded.
+func TestSecondFailureExcludesBoth(t *testing.T) {
+	a, b, od := &fakeBackend{n: 10}, &fakeBackend{n: 10}, &fakeBackend{n: 10}
+	a.fail.Store(2)
+	b.fail.Store(2)
+	events := filepath.Join(t.TempDir(), "events.jsonl")
+	srv, g := startTestGateway(t, map[string]*fakeBackend{"spot-a": a, "spot-b": b, "od-1": od},
+		map[string]string{"spot-a": "spot", "spot-b": "spot", "od-1": "on_demand"}, "spotinfer",
+		"-events", events)
+	resp := postChat(t, srv.URL, silverStream)
+	if text, ok, _ := readStream(t, resp); text != want(10) || !ok {
+		t.Fatalf("got %q", text)
+	}
+	// Each spot backend was tried once.
+	if a.fail.Load() != 1 || b.fail.Load() != 1 || len(od.bodies) != 1 {
+		t.Fatalf("failures left: spot-a %d, spot-b %d; od-1 got %d", a.fail.Load(), b.fail.Load(), len(od.bodies))
+	}
+	tries := routeEvents(t, events)
+	if len(tries) == 3 && tries[0]["replica"] == "spot-b" {
+		wantTries(t, tries, "spot-b", "spot-a", "od-1")
+	} else {
+		wantTries(t, tries, "spot-a", "spot-b", "od-1")
+	}
+	for _, id := range []string{"spot-a", "spot-b"} {
+		if s := replicaStatus(t, g, id); s.Inflight != 0 || s.ConsecutiveErrors != 1 {
+			t.Errorf("%s: %d in flight, %d consecutive errors", id, s.Inflight, s.ConsecutiveErrors)
+		}
+	}
+	if m := get(t, srv.URL+"/metrics"); !strings.Contains(m, "gateway_fallbacks_total 2") {
+		t.Errorf("/metrics: not 2 fallbacks counted")
+	}
+}
+
+// When every try fails the client gets 502 with the last try's error, and
+// every try's ticket has ended as ERROR.
+func TestEveryTryFailedIs502(t *testing.T) {
+	backends := map[string]*fakeBackend{"spot-a": {n: 10}, "spot-b": {n: 10}, "od-1": {n: 10}}
+	for _, fb := range backends {
+		fb.fail.Store(1)
+	}
+	srv, g := startTestGateway(t, backends,
+		map[string]string{"spot-a": "spot", "spot-b": "spot", "od-1": "on_demand"}, "spotinfer")
+	resp := postChat(t, srv.URL, silverStream)
+	var body struct {
+		Error struct{ Message, Type string } `json:"error"`
+	}
+	json.NewDecoder(resp.Body).Decode(&body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusBadGateway || body.Error.Type != "upstream_error" ||
+		!strings.Contains(body.Error.Message, "answered 500: engine dead") {
+		t.Fatalf("status %d: %+v", resp.StatusCode, body)
+	}
+	for id, fb := range backends {
+		if fb.fail.Load() != 0 {
+			t.Errorf("%s was not tried", id)
+		}
+		if s := replicaStatus(t, g, id); s.Inflight != 0 || s.ConsecutiveErrors != 1 {
+			t.Errorf("%s: %d in flight, %d consecutive errors", id, s.Inflight, s.ConsecutiveErrors)
+		}
+	}
+	m := get(t, srv.URL+"/metrics")
+	for _, s := range []string{`gateway_requests_total{outcome="failed"} 1`, "gateway_fallbacks_total 2"} {
+		if !strings.Contains(m, s) {
+			t.Errorf("/metrics: no %s", s)
+		}
+	}
+}
+
+// Each failed try counts toward its replica's error breaker: with a
+// threshold of 1, both spot backends that failed a request are open, and
+// the next request goes straight to od-1.
+func TestFailedTriesOpenTheBreaker(t *testing.T) {
+	a, b, od := &fakeBackend{n: 10}, &fakeBackend{n: 10}, &fakeBackend{n: 10}
+	a.fail.Store(1)
+	b.fail.Store(1)
+	config := filepath.Join(t.TempDir(), "spotinfer.json")
+	if err := os.WriteFile(config, []byte(`{"router":{"error_threshold":1}}`), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	srv, g := startTestGateway(t, map[string]*fakeBackend{"spot-a": a, "spot-b": b, "od-1": od},
+		map[string]string{"spot-a": "spot", "spot-b": "spot", "od-1": "on_demand"}, "spotinfer",
+		"-config", config)
+	for i := 0; i < 2; i++ {
+		resp := postChat(t, srv.URL, silverStream)
+		if text, ok, _ := readStream(t, resp); text != want(10) || !ok {
+			t.Fatalf("request %d: got %q", i, text)
+		}
+	}
+	for _, id := range []string{"spot-a", "spot-b"} {
+		if s := replicaStatus(t, g, id); s.Breaker != spotinfer.BreakerOpen {
+			t.Errorf("%s: breaker %v, want open", id, s.Breaker)
+		}
+	}
+	if s := replicaStatus(t, g, "od-1"); s.Breaker != spotinfer.BreakerClosed {
+		t.Errorf("od-1: breaker %v, want closed", s.Breaker)
+	}
+	if len(a.bodies) != 0 || len(b.bodies) != 0 || len(od.bodies) != 2 {
+		t.Fatalf("spot-a served %d, spot-b %d, od-1 %d", len(a.bodies), len(b.bodies), len(od.bodies))
 	}
 }
 

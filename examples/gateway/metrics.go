@@ -37,7 +37,7 @@ func (g *gateway) metrics(w http.ResponseWriter, r *http.Request) {
 	counter := func(name, help string, v uint64) {
 		fmt.Fprintf(&b, "# HELP %s %s\n# TYPE %s counter\n%s %d\n", name, help, name, name, v)
 	}
-	counter("gateway_fallbacks_total", "Requests sent to a fallback after the chosen replica failed before the first byte.", s.fallbacks.Load())
+	counter("gateway_fallbacks_total", "Tries routed again, the replicas tried so far excluded, after a try failed before the first byte.", s.fallbacks.Load())
 	counter("gateway_notices_total", "Interruption notices handed to the library (each event once).", s.notices.Load())
 	counter("gateway_streams_cut_total", "Requests cut for a REPLAY plan.", s.interrupted.Load())
 	counter("gateway_rerouted_total", "Requests cut before their first byte and routed again.", s.rerouted.Load())
