@@ -641,27 +641,6 @@ def test_a_503_among_the_offered_ends_the_earlier_try(closing):
     assert all(s.inflight == 0 for s in routing.engine.replicas())
 
 
-@pytest.mark.parametrize("sync", [False, True])
-def test_a_retry_the_library_refuses_ends_the_earlier_try(closing, sync):
-    """A retry the library itself answers 503 (no replica left, every one
-    offered) ends the earlier try's ticket, still open, as ERROR too."""
-    router, routing = hand_fed(["spot-a", "spot-b"])
-    closing(routing)
-    meta = {"class": "silver"}
-    kw = dict(messages=messages(SYSTEMS[0], "q"), request_kwargs={"metadata": meta})
-    ask = (lambda: routing.get_available_deployment(MODEL, **kw)) if sync else \
-        (lambda: run(routing.async_get_available_deployment(MODEL, **kw)))
-    ask()
-    assert TICKET_KEY in meta and len(routing._open) == 1
-    for rid in ("spot-a", "spot-b"):
-        routing.engine.set_replica_state(rid, ReplicaState.DRAINING)
-    with pytest.raises(litellm.ServiceUnavailableError):
-        ask()
-    assert TICKET_KEY not in meta
-    assert not routing._open
-    assert all(s.inflight == 0 for s in routing.engine.replicas())
-
-
 def test_a_model_name_with_a_comma_is_routed(closing):
     """A group named with a comma is served by its deployments (the
     library's models list of a replica is comma-separated)."""

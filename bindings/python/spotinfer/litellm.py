@@ -838,9 +838,6 @@ class SpotinferRouting(CustomLogger, CustomRoutingStrategyBase):  # type: ignore
             specific_deployment: Optional[bool] = False,
             request_kwargs: Optional[Dict[str, Any]] = None) -> Any:
         kwargs = request_kwargs if request_kwargs is not None else {}
-        # A try still open is one that failed (a retry is what asks again):
-        # it ends here, whatever this one gets (a 429, a 503, a queue).
-        self._end_earlier_try(kwargs)
         if self._closing:
             raise self._closed_error(model)
         self.sync_if_changed()
@@ -866,9 +863,6 @@ class SpotinferRouting(CustomLogger, CustomRoutingStrategyBase):  # type: ignore
             specific_deployment: Optional[bool] = False,
             request_kwargs: Optional[Dict[str, Any]] = None) -> Any:
         kwargs = request_kwargs if request_kwargs is not None else {}
-        # A try still open is one that failed (a retry is what asks again):
-        # it ends here, whatever this one gets (a 429, a 503, a queue).
-        self._end_earlier_try(kwargs)
         if self._closing:
             raise self._closed_error(model)
         self.sync_if_changed()
