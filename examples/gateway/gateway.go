@@ -397,7 +397,7 @@ func (g *gateway) firstLeg(ctx context.Context, cancel context.CancelFunc, st *s
 		if try == tries || ctx.Err() != nil {
 			return nil, leg{}, err
 		}
-		next, ok := g.routeAgain(st.key, req, d.ReplicaID, attempt, try)
+		next, ok := g.routeAgain(st.key, req, d.ReplicaID, attempt, try+1)
 		if !ok {
 			return nil, leg{}, err
 		}
@@ -438,9 +438,9 @@ func (g *gateway) try(ctx context.Context, cancel context.CancelFunc, st *stream
 	return nil, leg{}, err
 }
 
-// routeAgain routes req once more with the replica that just failed it
-// excluded too (the earlier ones still are); ok is false when the library
-// places it nowhere.
+// routeAgain routes req once more, for its try number try (the first is
+// 1), with the replica that just failed it excluded too (the earlier ones
+// still are); ok is false when the library places it nowhere.
 func (g *gateway) routeAgain(key string, req *spotinfer.Request, failed string,
 	attempt, try int) (spotinfer.Decision, bool) {
 	if req.ExcludeReplica(failed) != nil {
