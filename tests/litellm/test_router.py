@@ -641,6 +641,101 @@ def test_a_503_among_the_offered_ends_the_earlier_try(closing):
     assert all(s.inflight == 0 for s in routing.engine.replicas())
 
 
+def traced_route(routing, meta, trace, user):
+    """A route as the Router asks for one: the call's trace id in its
+    kwargs, its metadata dict the one given."""
+    run(routing.async_get_available_deployment(
+        MODEL, messages=messages(SYSTEMS[0], user),
+        request_kwargs={"metadata": meta, "litellm_trace_id": trace}))
+
+
+def test_calls_sharing_a_metadata_dict_keep_their_own_tickets(closing):
+    """Two calls in flight at once with one metadata dict (each with its
+    own trace id, as the Router gives them): placing the second does not
+    end the first's ticket, and each call's callback finishes its own."""
+    router, routing = hand_fed(["spot-a", "spot-b"])
+    closing(routing)
+    meta = {"class": "silver"}
+    traced_route(routing, meta, "call-a", "qa")
+    (a,) = routing._open
+    traced_route(routing, meta, "call-b", "qb")
+    assert len(routing._open) == 2
+    (b,) = set(routing._open) - {a}
+    assert sum(r.failed for r in routing.engine.ledger()) == 0
+    run(routing.async_post_call_success_deployment_hook(
+        {"litellm_trace_id": "call-a", "metadata": meta}, litellm.ModelResponse(), None))
+    assert set(routing._open) == {b}
+    # The logging event's form: the trace id and metadata in litellm_params.
+    run(routing.async_log_success_event(
+        {"litellm_params": {"litellm_trace_id": "call-b", "metadata": meta}},
+        None, None, None))
+    assert not routing._open
+    rows = routing.engine.ledger()
+    assert sum(r.completed for r in rows) == 2 and sum(r.failed for r in rows) == 0
+    assert all(s.inflight == 0 for s in routing.engine.replicas())
+
+
+def test_a_retry_ends_only_its_own_calls_earlier_try(closing):
+    """A retry of one call (its trace id kept) ends that call's earlier
+    try, still open, as ERROR, not the try of another call in flight with
+    the same metadata dict; a route without a trace id keeps the ticket
+    in TICKET_KEY, and its retry ends it as before."""
+    router, routing = hand_fed(["spot-a", "spot-b"])
+    closing(routing)
+    meta = {"class": "silver"}
+    traced_route(routing, meta, "call-a", "qa")
+    (a1,) = routing._open
+    traced_route(routing, meta, "call-b", "qb")
+    (b,) = set(routing._open) - {a1}
+    traced_route(routing, meta, "call-a", "qa")     # call-a's retry
+    assert a1 not in routing._open and b in routing._open
+    assert len(routing._open) == 2
+    assert sum(r.failed for r in routing.engine.ledger()) == 1
+    for trace in ("call-a", "call-b"):
+        run(routing.async_log_success_event(
+            {"litellm_trace_id": trace, "metadata": meta}, None, None, None))
+    assert not routing._open
+    assert sum(r.completed for r in routing.engine.ledger()) == 2
+    # No trace id: the dict's TICKET_KEY is the call's.
+    plain = {"class": "silver"}
+    kw = dict(messages=messages(SYSTEMS[1], "q"), request_kwargs={"metadata": plain})
+    run(routing.async_get_available_deployment(MODEL, **kw))
+    first = plain[TICKET_KEY]
+    run(routing.async_get_available_deployment(MODEL, **kw))
+    assert plain[TICKET_KEY] != first and list(routing._open) == [plain[TICKET_KEY]]
+    assert sum(r.failed for r in routing.engine.ledger()) == 2
+    run(routing.async_log_success_event({"metadata": plain}, None, None, None))
+    assert not routing._open
+    # The metadata dict holds no finished call's ticket once another routes.
+    traced_route(routing, meta, "call-c", "qc")
+    assert list(meta["spotinfer_tickets"]) == ["call-c"]
+
+
+def test_a_batch_over_two_groups_keeps_each_calls_ticket(backends, closing):
+    """The Router's abatch_completion (the proxy's comma-separated model)
+    sends one request's kwargs, its metadata dict included, to two groups
+    at once: each call's ticket is finished by its own answer, none as
+    ERROR."""
+    slow = ("-token-rate", "2000", "-answer-tokens", "12", "-ttft", "300ms")
+    deps = []
+    for rid, group in (("spot-a", "group-one"), ("spot-b", "group-two")):
+        backends.start(rid, *slow)
+        d = deployment(backends, rid)
+        d["model_name"] = group
+        deps.append(d)
+    router = Router(model_list=deps, num_retries=0)
+    routing = SpotinferRouting.install(router, CONFIG)
+    closing(routing)
+    meta = {"class": "silver"}
+    out = run(router.abatch_completion(models=["group-one", "group-two"],
+                                       messages=messages("s", "u"), metadata=meta))
+    assert sorted(r.system_fingerprint for r in out) == ["spot-a", "spot-b"]
+    wait_for(lambda: sum(r.completed for r in routing.engine.ledger()) == 2)
+    assert sum(r.failed for r in routing.engine.ledger()) == 0
+    assert all(s.inflight == 0 for s in routing.engine.replicas())
+    assert not routing._open
+
+
 def test_a_model_name_with_a_comma_is_routed(closing):
     """A group named with a comma is served by its deployments (the
     library's models list of a replica is comma-separated)."""

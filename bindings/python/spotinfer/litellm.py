@@ -75,8 +75,14 @@ BODY_KEYS = ("stream", "max_tokens", "max_completion_tokens", "service_tier",
              "user", "priority", "tools")
 
 #: Where the ticket id rides in a request's metadata, from the route to the
-#: callbacks.
+#: callbacks, for a call that has no LiteLLM trace id.
 TICKET_KEY = "spotinfer_ticket"
+
+#: Where a call with a LiteLLM trace id (``litellm_trace_id``, one per
+#: Router call, kept across its retries and fallbacks) keeps its ticket id in
+#: the request's metadata: a dict by trace id, so calls in flight at once
+#: that share one metadata dict each find their own ticket.
+TICKETS_KEY = "spotinfer_tickets"
 
 #: How long a request the library queues waits before it is decided again.
 _QUEUE_POLL_S = 0.05
@@ -737,10 +743,10 @@ class SpotinferRouting(CustomLogger, CustomRoutingStrategyBase):  # type: ignore
                     closing = self._closing
                     if not closing:
                         self._open[d.ticket.id] = _Open(rid)
+                        self._keep_ticket(meta, _trace_of(kwargs), d.ticket.id)
                 if closing:
                     self._finish(d.ticket.id, TicketResult(status=TicketStatus.CANCELLED))
                     raise self._closed_error(model)
-                meta[TICKET_KEY] = d.ticket.id
             else:
                 self._finish(d.ticket.id, TicketResult(status=TicketStatus.CANCELLED))
             return dep
@@ -749,17 +755,42 @@ class SpotinferRouting(CustomLogger, CustomRoutingStrategyBase):  # type: ignore
 
     def _end_earlier_try(self, kwargs: Dict[str, Any]) -> Dict[str, Any]:
         """The request's metadata, without an earlier try's ticket. LiteLLM
-        keeps one metadata dict across a request's tries: an earlier try
-        still open here (a stream cut, a pre-call check that failed) ended
-        without its failure hook, and is finished as ERROR."""
+        keeps one metadata dict across a call's tries: an earlier try of
+        this call still open here (a stream cut, a pre-call check that
+        failed) ended without its failure hook, and is finished as ERROR.
+        Other calls may share the dict: a call's tries are told apart from
+        theirs by its trace id (_tickets_by_trace); a call without one
+        takes the dict's TICKET_KEY as its own."""
         meta = kwargs.setdefault(_metadata_name(kwargs), {})
-        earlier = meta.pop(TICKET_KEY, None)
-        if isinstance(earlier, int) and not isinstance(earlier, bool):
-            with self._lock:
-                was_open = self._open.pop(earlier, None) is not None
-            if was_open:
-                self._finish(earlier, TicketResult(status=TicketStatus.ERROR))
+        trace = _trace_of(kwargs)
+        with self._lock:
+            if trace is None:
+                earlier = _ticket_id(meta.pop(TICKET_KEY, None))
+            else:
+                earlier = _ticket_id(self._tickets_by_trace(meta).pop(trace, None))
+            was_open = earlier is not None and self._open.pop(earlier, None) is not None
+        if was_open:
+            self._finish(earlier, TicketResult(status=TicketStatus.ERROR))
         return meta
+
+    def _tickets_by_trace(self, meta: Dict[str, Any]) -> Dict[str, Any]:
+        """The metadata's tickets by trace id, holding only open ones: one
+        dict reused call after call holds no more than its calls in flight.
+        Called with the lock held (calls sharing the dict place at once)."""
+        by_trace = meta.get(TICKETS_KEY)
+        if not isinstance(by_trace, dict):
+            by_trace = meta[TICKETS_KEY] = {}
+        for trace in [t for t, tid in by_trace.items() if _ticket_id(tid) not in self._open]:
+            del by_trace[trace]
+        return by_trace
+
+    def _keep_ticket(self, meta: Dict[str, Any], trace: Optional[str], tid: int) -> None:
+        """Where the callbacks find the placed ticket (_ticket_of). Called
+        with the lock held."""
+        if trace is None:
+            meta[TICKET_KEY] = tid
+        else:
+            self._tickets_by_trace(meta)[trace] = tid
 
     def _among_offered(self, model: str, d: Any, candidates: Mapping[str, Any],
                        kwargs: Dict[str, Any]) -> Any:
@@ -1098,15 +1129,41 @@ def _serving_map(reps: Sequence[Replica]) -> _Serving:
             tuple(r.info.id for r in reps))
 
 
+def _ticket_id(value: Any) -> Optional[int]:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _trace_of(data: Mapping[str, Any]) -> Optional[str]:
+    """A call's LiteLLM trace id: the Router gives each call one (unless the
+    caller did) and keeps it across the call's retries and fallbacks; the
+    deployment hooks and the logging events have it in their kwargs, and
+    the logging events in their litellm_params too."""
+    for where in (data, data.get("litellm_params")):
+        if isinstance(where, Mapping):
+            trace = where.get("litellm_trace_id")
+            if isinstance(trace, str) and trace:
+                return trace
+    return None
+
+
 def _ticket_of(data: Mapping[str, Any]) -> Optional[int]:
     """The ticket id a call carries: in its metadata, or in the metadata of
-    its litellm_params (where the logging events have it)."""
-    for meta in (data.get("metadata"), (data.get("litellm_params") or {}).get("metadata"),
-                 data.get("litellm_metadata")):
-        if isinstance(meta, Mapping):
-            tid = meta.get(TICKET_KEY)
-            if isinstance(tid, int) and not isinstance(tid, bool):
+    its litellm_params (where the logging events have it); under its trace
+    id when it has one and was routed with it, else TICKET_KEY."""
+    trace = _trace_of(data)
+    metas = [m for m in (data.get("metadata"),
+                         (data.get("litellm_params") or {}).get("metadata"),
+                         data.get("litellm_metadata")) if isinstance(m, Mapping)]
+    if trace is not None:
+        for meta in metas:
+            by_trace = meta.get(TICKETS_KEY)
+            tid = _ticket_id(by_trace.get(trace)) if isinstance(by_trace, Mapping) else None
+            if tid is not None:
                 return tid
+    for meta in metas:
+        tid = _ticket_id(meta.get(TICKET_KEY))
+        if tid is not None:
+            return tid
     return None
 
 
@@ -1137,4 +1194,4 @@ def _failure_status(kwargs: Mapping[str, Any]) -> TicketStatus:
 
 
 __all__ = ["SpotinferRouting", "LITELLM_VERSION", "request_body",
-           "ticket_result", "TICKET_KEY", "METADATA_KEYS"]
+           "ticket_result", "TICKET_KEY", "TICKETS_KEY", "METADATA_KEYS"]
