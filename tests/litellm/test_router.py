@@ -20,7 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 import spotinfer
 from spotinfer import Pool, ReplicaState, TicketResult, TicketStatus
-from spotinfer.litellm import LITELLM_VERSION, TICKET_KEY, SpotinferRouting, request_body
+from spotinfer.litellm import LITELLM_VERSION, TICKET_KEY, TICKETS_KEY, SpotinferRouting, request_body
 
 from conftest import MODEL, ROOT, deployment
 
@@ -734,6 +734,33 @@ def test_a_batch_over_two_groups_keeps_each_calls_ticket(backends, closing):
     assert sum(r.failed for r in routing.engine.ledger()) == 0
     assert all(s.inflight == 0 for s in routing.engine.replicas())
     assert not routing._open
+
+
+@pytest.mark.parametrize("sync", [False, True])
+def test_a_retry_the_library_refuses_ends_the_earlier_try(closing, sync):
+    """A retry of a call (its trace id) that the library itself answers 503
+    (no replica left, every one offered) ends that call's earlier try,
+    still open, as ERROR; another call's ticket in the same metadata dict
+    stays open."""
+    router, routing = hand_fed(["spot-a", "spot-b"])
+    closing(routing)
+    meta = {"class": "silver"}
+
+    def ask(trace):
+        kw = dict(messages=messages(SYSTEMS[0], "q"),
+                  request_kwargs={"metadata": meta, "litellm_trace_id": trace})
+        return routing.get_available_deployment(MODEL, **kw) if sync else \
+            run(routing.async_get_available_deployment(MODEL, **kw))
+    ask("call-1")
+    ask("call-2")
+    assert len(routing._open) == 2
+    for rid in ("spot-a", "spot-b"):
+        routing.engine.set_replica_state(rid, ReplicaState.DRAINING)
+    with pytest.raises(litellm.ServiceUnavailableError):
+        ask("call-1")
+    assert list(meta[TICKETS_KEY]) == ["call-2"]
+    assert len(routing._open) == 1
+    assert sum(s.inflight for s in routing.engine.replicas()) == 1
 
 
 def test_a_model_name_with_a_comma_is_routed(closing):

@@ -869,6 +869,12 @@ class SpotinferRouting(CustomLogger, CustomRoutingStrategyBase):  # type: ignore
             specific_deployment: Optional[bool] = False,
             request_kwargs: Optional[Dict[str, Any]] = None) -> Any:
         kwargs = request_kwargs if request_kwargs is not None else {}
+        if _trace_of(kwargs) is not None:
+            # A try of this call still open failed (a retry is what asks
+            # again): it ends here, whatever this one gets (a 429, a 503, a
+            # queue). Only a trace id tells this call's tries from those of
+            # other calls that share the metadata dict.
+            self._end_earlier_try(kwargs)
         if self._closing:
             raise self._closed_error(model)
         self.sync_if_changed()
@@ -894,6 +900,12 @@ class SpotinferRouting(CustomLogger, CustomRoutingStrategyBase):  # type: ignore
             specific_deployment: Optional[bool] = False,
             request_kwargs: Optional[Dict[str, Any]] = None) -> Any:
         kwargs = request_kwargs if request_kwargs is not None else {}
+        if _trace_of(kwargs) is not None:
+            # A try of this call still open failed (a retry is what asks
+            # again): it ends here, whatever this one gets (a 429, a 503, a
+            # queue). Only a trace id tells this call's tries from those of
+            # other calls that share the metadata dict.
+            self._end_earlier_try(kwargs)
         if self._closing:
             raise self._closed_error(model)
         self.sync_if_changed()
