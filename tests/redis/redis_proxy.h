@@ -11,6 +11,9 @@
  *   rp_drop_next_reply(&p);          the next reply closes the connection
  *   rp_stop(&p);
  *
+ * rp_setup / rp_teardown: the same as a cmocka fixture, a proxy in front of
+ * the server SPI_REDIS_PORT names as the test's state (NULL without one).
+ *
  * Failures fail the test (cmocka): include after <cmocka.h>.
  */
 #ifndef SPI_TEST_REDIS_PROXY_H
@@ -20,6 +23,7 @@
 #include <netinet/in.h>
 #include <poll.h>
 #include <pthread.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <time.h>
@@ -141,6 +145,27 @@ static inline void rp_stop(rp_proxy *p) {
   __atomic_store_n(&p->stop, 1, __ATOMIC_SEQ_CST);
   pthread_join(p->th, NULL);
   close(p->lfd);
+}
+
+/* A proxy in front of the server for one test (its state), stopped by the
+ * teardown, which runs when the test fails too. NULL without a server
+ * (the test then skips). */
+static inline int rp_setup(void **st) {
+  *st = NULL;
+  const char *port = getenv("SPI_REDIS_PORT");
+  if (!port || !*port) return 0;
+  rp_proxy *p = calloc(1, sizeof *p);
+  if (!p) return -1;
+  rp_start(p, atoi(port));
+  *st = p;
+  return 0;
+}
+
+static inline int rp_teardown(void **st) {
+  rp_proxy *p = *st;
+  if (p) rp_stop(p);
+  free(p);
+  return 0;
 }
 
 #endif /* SPI_TEST_REDIS_PROXY_H */

@@ -377,24 +377,6 @@ static void test_refused_login(void **st) {
 
 /* ------------------------------------------------ a poll's one bound */
 
-static int proxy_up(void **st) {
-  *st = NULL;
-  int port = server_port();
-  if (!port) return 0;
-  rp_proxy *p = calloc(1, sizeof *p);
-  if (!p) return -1;
-  rp_start(p, port);
-  *st = p;
-  return 0;
-}
-
-static int proxy_down(void **st) {
-  rp_proxy *p = *st;
-  if (p) rp_stop(p);
-  free(p);
-  return 0;
-}
-
 /* The bus module itself, an instance of it through proxy p (a state of its
  * own: no cursor yet), 500 ms to connect and 500 for a call. */
 typedef struct direct_bus {
@@ -509,8 +491,8 @@ int main(int argc, char **argv) {
       cmocka_unit_test(test_reads_from_configure),
       cmocka_unit_test(test_survives_a_dropped_connection),
       cmocka_unit_test(test_refused_login),
-      cmocka_unit_test_setup_teardown(test_poll_has_one_bound, proxy_up,
-                                      proxy_down),
+      cmocka_unit_test_setup_teardown(test_poll_has_one_bound, rp_setup,
+                                      rp_teardown),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -293,26 +293,6 @@ static void test_auth(void **st) {
   spr_conn_free(admin);
 }
 
-/* A proxy in front of the server for one test (its state), stopped by the
- * teardown, which runs when the test fails too. NULL without a server. */
-static int proxy_up(void **st) {
-  *st = NULL;
-  int port = server_port();
-  if (!port) return 0;
-  rp_proxy *p = calloc(1, sizeof *p);
-  if (!p) return -1;
-  rp_start(p, port);
-  *st = p;
-  return 0;
-}
-
-static int proxy_down(void **st) {
-  rp_proxy *p = *st;
-  if (p) rp_stop(p);
-  free(p);
-  return 0;
-}
-
 /* A connection through proxy p with AUTH (user spislow, password pw) and
  * SELECT db, 500 ms to connect and 500 for a command, no backoff. */
 static spr_conn *slow_conn(const rp_proxy *p, const char *pw, int db) {
@@ -542,7 +522,7 @@ int main(void) {
       cmocka_unit_test(test_commands),
       cmocka_unit_test(test_auth),
       cmocka_unit_test_setup_teardown(test_one_round_trip_to_connect,
-                                      proxy_up, proxy_down),
+                                      rp_setup, rp_teardown),
       cmocka_unit_test(test_tls),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);

@@ -222,27 +222,6 @@ static void drop_connection(rp_proxy *p, spi_replay_queue *q) {
   assert_int_equal(spi_replay_tick(q), SPI_EIO);
 }
 
-/* A proxy in front of the server for one test (its state), started by the
- * setup and stopped by the teardown, which runs when the test fails too:
- * its thread never outlives the test. NULL without a server. */
-static int proxy_up(void **st) {
-  *st = NULL;
-  const char *port = getenv("SPI_REDIS_PORT");
-  if (!port) return 0;
-  rp_proxy *p = calloc(1, sizeof *p);
-  if (!p) return -1;
-  rp_start(p, atoi(port));
-  *st = p;
-  return 0;
-}
-
-static int proxy_down(void **st) {
-  rp_proxy *p = *st;
-  if (p) rp_stop(p);
-  free(p);
-  return 0;
-}
-
 /* Enqueue key on q; its status, and in *took how long it took (ms). */
 static int timed_enqueue(spi_replay_queue *q, const char *key, int64_t *took) {
   spi_envelope v = env_of(key);
@@ -1105,18 +1084,18 @@ int main(void) {
       cmocka_unit_test(test_config_errors),
       cmocka_unit_test(test_unreachable),
       cmocka_unit_test(test_fallback_moves_once),
-      cmocka_unit_test_setup_teardown(test_one_deadline_per_call, proxy_up,
-                                      proxy_down),
-      cmocka_unit_test_setup_teardown(test_finish_after_lost_reply, proxy_up,
-                                      proxy_down),
+      cmocka_unit_test_setup_teardown(test_one_deadline_per_call, rp_setup,
+                                      rp_teardown),
+      cmocka_unit_test_setup_teardown(test_finish_after_lost_reply, rp_setup,
+                                      rp_teardown),
       cmocka_unit_test_setup_teardown(test_slow_reconnect_with_auth_and_db,
-                                      proxy_up, proxy_down),
+                                      rp_setup, rp_teardown),
       cmocka_unit_test(test_claim_dead_letters_what_cannot_be_taken),
       cmocka_unit_test(test_claim_dead_letters_malformed_entries),
       cmocka_unit_test(test_claim_gives_back_a_later_format),
       cmocka_unit_test(test_dead_letter_says_why),
-      cmocka_unit_test_setup_teardown(test_finished_bounded, proxy_up,
-                                      proxy_down),
+      cmocka_unit_test_setup_teardown(test_finished_bounded, rp_setup,
+                                      rp_teardown),
       cmocka_unit_test(test_idle_consumers_removed),
       cmocka_unit_test(test_module_structs),
   };
