@@ -27,10 +27,6 @@ static void shown_path(char *buf, size_t cap, const char *shown,
     spi__errf(buf, cap, "%s", key);
 }
 
-static int is_ws(char c) {
-  return c == ' ' || c == '\t' || c == '\n' || c == '\r';
-}
-
 /* A byte below 0x20 outside a string that is not JSON whitespace: cJSON
  * would skip it as whitespace. A NUL gets its own words, as the others get
  * their value: printed, the text would show none of them. */
@@ -49,7 +45,7 @@ static int control_byte(const char *text, size_t off, const char *what,
 static int check_trailing(const char *text, size_t len, size_t from,
                           const char *what, char *err, size_t errcap) {
   for (size_t i = from; i < len; i++) {
-    if (is_ws(text[i])) continue;
+    if (spi__json_is_ws((unsigned char)text[i])) continue;
     if ((unsigned char)text[i] < 0x20)
       return control_byte(text, i, what, err, errcap);
     spi__errf(err, errcap, "%s: trailing data at byte offset %zu", what, i);

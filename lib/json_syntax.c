@@ -34,13 +34,8 @@ typedef struct jcur {
 
 static int is_digit(unsigned char ch) { return ch >= '0' && ch <= '9'; }
 
-/* JSON's whitespace, all of it. */
-static int is_ws(unsigned char ch) {
-  return ch == ' ' || ch == '\t' || ch == '\n' || ch == '\r';
-}
-
 static void skip_ws(jcur *c) {
-  while (c->p < c->end && is_ws(*c->p)) c->p++;
+  while (c->p < c->end && spi__json_is_ws(*c->p)) c->p++;
 }
 
 static int take(jcur *c, const char *word) {
@@ -201,7 +196,7 @@ void spi__json_scan(const char *text, size_t len, size_t *ctl, size_t *nul) {
   for (size_t i = 0; i < len; i++) {
     unsigned char ch = s[i];
     if (!in_string) {
-      if (ch < 0x20 && !is_ws(ch)) {
+      if (ch < 0x20 && !spi__json_is_ws(ch)) {
         *ctl = i;
         return;
       }

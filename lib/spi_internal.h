@@ -175,6 +175,10 @@ const uint16_t *spi__opt_by_path(size_t *count);
  * inside strings are left to the caller: cJSON keeps them. (json_syntax.c)
  */
 void spi__json_scan(const char *text, size_t len, size_t *ctl, size_t *nul);
+/* JSON's whitespace, all of it: space, tab, LF, CR. */
+static inline int spi__json_is_ws(unsigned char ch) {
+  return ch == ' ' || ch == '\t' || ch == '\n' || ch == '\r';
+}
 /*
  * Parse text[0..len) as one JSON value whose top level is want
  * (cJSON_Object or cJSON_Array), with cJSON_ParseWithLengthOpts, so no NUL
