@@ -291,10 +291,7 @@ func (g *gateway) serveRouted(w http.ResponseWriter, r *http.Request, body []byt
 			return
 		}
 		st.class, st.replayable = d.Class, d.Replayable
-		g.events.write(map[string]any{"event": "route", "key": st.key, "replica": d.ReplicaID,
-			"ticket": d.Ticket.ID, "class": d.Class.String(), "reason": d.ReasonCode.String(),
-			"matched_blocks": d.MatchedBlocks, "total_blocks": d.TotalBlocks, "why": d.Reason,
-			"attempt": attempt, "route_start": unixSeconds(started)})
+		g.logRoute(st.key, d, started, map[string]any{"attempt": attempt})
 		// A leg has its own context so that a REPLAY plan can cut it
 		// without touching the client's connection.
 		lctx, cancel := context.WithCancel(r.Context())
@@ -453,11 +450,21 @@ func (g *gateway) routeAgain(key string, req *spotinfer.Request, failed string,
 		return d, false
 	}
 	g.stats.fallbacks.Add(1)
-	g.events.write(map[string]any{"event": "route", "key": key, "replica": d.ReplicaID,
+	g.logRoute(key, d, t0, map[string]any{"attempt": attempt, "try": try})
+	return d, true
+}
+
+// logRoute writes a decision's route event, routed from started, with the
+// fields in more added.
+func (g *gateway) logRoute(key string, d spotinfer.Decision, started time.Time, more map[string]any) {
+	ev := map[string]any{"event": "route", "key": key, "replica": d.ReplicaID,
 		"ticket": d.Ticket.ID, "class": d.Class.String(), "reason": d.ReasonCode.String(),
 		"matched_blocks": d.MatchedBlocks, "total_blocks": d.TotalBlocks, "why": d.Reason,
-		"attempt": attempt, "try": try, "route_start": unixSeconds(t0)})
-	return d, true
+		"route_start": unixSeconds(started)}
+	for k, v := range more {
+		ev[k] = v
+	}
+	g.events.write(ev)
 }
 
 // forward posts the body to a backend; id (when not "") goes as
