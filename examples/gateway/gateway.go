@@ -244,16 +244,24 @@ func (g *gateway) serveRoundRobin(w http.ResponseWriter, r *http.Request, body [
 // -queue-wait has passed.
 func (g *gateway) route(ctx context.Context, req *spotinfer.Request, body []byte,
 	kind spotinfer.OpenAIKind) (d spotinfer.Decision, spent time.Duration, t0 time.Time, err error) {
+	return g.routeHeld(ctx, func() (spotinfer.Decision, error) {
+		if err := req.ParseOpenAI(body, kind); err != nil {
+			return spotinfer.Decision{}, badRequest{err}
+		}
+		return req.Route()
+	})
+}
+
+// routeHeld calls routeOnce until its decision is not to queue, every
+// queueRetry, for at most -queue-wait; then the queued decision comes
+// back with ErrNoCapacity. spent is the time spent in routeOnce, t0 when
+// its last call began.
+func (g *gateway) routeHeld(ctx context.Context, routeOnce func() (spotinfer.Decision, error)) (
+	d spotinfer.Decision, spent time.Duration, t0 time.Time, err error) {
 	deadline := time.Now().Add(g.o.queueWait)
 	for {
 		t0 = time.Now()
-		d = spotinfer.Decision{}
-		err = req.ParseOpenAI(body, kind)
-		if err != nil {
-			err = badRequest{err}
-		} else {
-			d, err = req.Route()
-		}
+		d, err = routeOnce()
 		spent += time.Since(t0)
 		if err != nil || d.Pool != spotinfer.PoolQueue {
 			return d, spent, t0, err
@@ -264,10 +272,13 @@ func (g *gateway) route(ctx context.Context, req *spotinfer.Request, body []byte
 		select {
 		case <-ctx.Done():
 			return d, spent, t0, ctx.Err()
-		case <-time.After(50 * time.Millisecond):
+		case <-time.After(queueRetry):
 		}
 	}
 }
+
+// queueRetry is how often a queued request is routed again.
+const queueRetry = 50 * time.Millisecond
 
 // maxReroutes bounds how often a request cut before its first byte (its
 // machine got a notice while the backend was still prefilling) is routed
@@ -381,8 +392,8 @@ func (g *gateway) decide(w http.ResponseWriter, r *http.Request, body []byte,
 // ticket and counts its load, which serving the decision's fallbacks
 // without one did not. There are at most as many tries as the first
 // decision names replicas (its choice and its fallbacks); a route that
-// finds none (no capacity, shed, queued) ends them with the last try's
-// error. req is the request d was routed with, still parsed.
+// finds none (no capacity, shed, still queued after -queue-wait) ends them
+// with the last try's error. req is the request d was routed with, still parsed.
 func (g *gateway) firstLeg(ctx context.Context, cancel context.CancelFunc, st *stream,
 	req *spotinfer.Request, body []byte, d spotinfer.Decision, attempt int) (*http.Response, leg, error) {
 	tries := min(1+len(d.FallbackIDs), spotinfer.MaxExcluded+1)
@@ -394,7 +405,7 @@ func (g *gateway) firstLeg(ctx context.Context, cancel context.CancelFunc, st *s
 		if try == tries || ctx.Err() != nil {
 			return nil, leg{}, err
 		}
-		next, ok := g.routeAgain(st.key, req, d.ReplicaID, attempt, try+1)
+		next, ok := g.routeAgain(ctx, st.key, req, d.ReplicaID, attempt, try+1)
 		if !ok {
 			return nil, leg{}, err
 		}
@@ -437,15 +448,16 @@ func (g *gateway) try(ctx context.Context, cancel context.CancelFunc, st *stream
 
 // routeAgain routes req once more, for its try number try (the first is
 // 1), with the replica that just failed it excluded too (the earlier ones
-// still are); ok is false when the library places it nowhere.
-func (g *gateway) routeAgain(key string, req *spotinfer.Request, failed string,
-	attempt, try int) (spotinfer.Decision, bool) {
+// still are); ok is false when the library places it nowhere. A request
+// the library queues (bronze whose spot replicas are all tried) is held
+// as a first route is, for spot capacity to come back.
+func (g *gateway) routeAgain(ctx context.Context, key string, req *spotinfer.Request,
+	failed string, attempt, try int) (spotinfer.Decision, bool) {
 	if req.ExcludeReplica(failed) != nil {
 		return spotinfer.Decision{}, false
 	}
-	t0 := time.Now()
-	d, err := req.Route()
-	g.timings.decision.add(time.Since(t0))
+	d, spent, t0, err := g.routeHeld(ctx, req.Route)
+	g.timings.decision.add(spent)
 	if err != nil || !d.Serving() {
 		return d, false
 	}

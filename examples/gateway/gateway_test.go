@@ -36,6 +36,7 @@ type fakeBackend struct {
 	kv             string        // KV-cache usage on /metrics; default 0.1
 	ttft           time.Duration // before the response headers, once
 	fail           atomic.Int32  // answer this many requests 500
+	onFail         func()        // called before each of those answers
 	cutAfter       atomic.Int32
 	// choices > 0 streams that many choices whatever the body's n.
 	choices int
@@ -67,6 +68,9 @@ func (f *fakeBackend) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	if f.fail.Load() > 0 {
 		f.fail.Add(-1)
+		if f.onFail != nil {
+			f.onFail()
+		}
 		http.Error(w, "engine dead", http.StatusInternalServerError)
 		return
 	}
@@ -553,7 +557,7 @@ func TestNoCapacityIs503(t *testing.T) {
 func TestShedIs429(t *testing.T) {
 	srv := newTestGateway(t, map[string]*fakeBackend{"spot-a": {n: 3, kv: "0.9"}},
 		map[string]string{"spot-a": "spot"}, "spotinfer")
-	resp := postChat(t, srv.URL, strings.Replace(silverStream, "silver", "bronze", 1))
+	resp := postChat(t, srv.URL, bronzeStream)
 	wantRetryAfter(t, resp, 429)
 }
 
@@ -755,6 +759,94 @@ func TestEveryTryFailedIs502(t *testing.T) {
 	for _, s := range []string{`gateway_requests_total{outcome="failed"} 1`, "gateway_fallbacks_total 2"} {
 		if !strings.Contains(m, s) {
 			t.Errorf("/metrics: no %s", s)
+		}
+	}
+}
+
+// bronzeStream is a batch request: spot only, queued while no spot
+// replica is up.
+var bronzeStream = strings.Replace(silverStream, "silver", "bronze", 1)
+
+// spotFailsAndOtherDrains makes whichever spot backend the library picks
+// first fail its request and, as it fails, the other one leave (draining,
+// through *g), so that routing the request again finds no spot replica
+// and queues it. The other comes back after back (never when back is 0).
+func spotFailsAndOtherDrains(t *testing.T, g **gateway, back time.Duration) map[string]*fakeBackend {
+	backends := map[string]*fakeBackend{"spot-a": {n: 10}, "spot-b": {n: 10}, "od-1": {n: 10}}
+	var once sync.Once
+	for id, other := range map[string]string{"spot-a": "spot-b", "spot-b": "spot-a"} {
+		other := other
+		backends[id].fail.Store(1)
+		backends[id].onFail = func() {
+			once.Do(func() {
+				backends[other].fail.Store(0)
+				if err := (*g).eng.SetReplicaState(other, spotinfer.ReplicaDraining); err != nil {
+					t.Error(err)
+				}
+				if back > 0 {
+					time.AfterFunc(back, func() { (*g).eng.SetReplicaState(other, spotinfer.ReplicaActive) })
+				}
+			})
+		}
+	}
+	return backends
+}
+
+// A try that fails while no other spot replica is up leaves bronze work
+// queued: it is held, as a first route is, and served by the spot replica
+// that comes back, with a ticket; on-demand never gets it.
+func TestQueuedRetryWaitsForSpot(t *testing.T) {
+	var g *gateway
+	backends := spotFailsAndOtherDrains(t, &g, 300*time.Millisecond)
+	events := filepath.Join(t.TempDir(), "events.jsonl")
+	srv, gw := startTestGateway(t, backends,
+		map[string]string{"spot-a": "spot", "spot-b": "spot", "od-1": "on_demand"}, "spotinfer",
+		"-events", events, "-queue-wait", "5s")
+	g = gw
+	resp := postChat(t, srv.URL, bronzeStream)
+	if text, ok, _ := readStream(t, resp); text != want(10) || !ok {
+		t.Fatalf("got %q", text)
+	}
+	tries := routeEvents(t, events)
+	if len(tries) != 2 {
+		t.Fatalf("%d route events, want 2: %v", len(tries), tries)
+	}
+	wantTries(t, tries, tries[0]["replica"].(string), tries[1]["replica"].(string))
+	if tries[0]["replica"] == tries[1]["replica"] || len(backends["od-1"].bodies) != 0 {
+		t.Fatalf("tries %v; od-1 got %d", tries, len(backends["od-1"].bodies))
+	}
+	for id := range backends {
+		if s := replicaStatus(t, g, id); s.Inflight != 0 {
+			t.Errorf("%s: %d in flight", id, s.Inflight)
+		}
+	}
+}
+
+// When no spot replica comes back within -queue-wait, the client gets the
+// failed try's 502, and nothing is left in flight.
+func TestQueuedRetryGivesUpAfterTheQueueWait(t *testing.T) {
+	var g *gateway
+	backends := spotFailsAndOtherDrains(t, &g, 0)
+	srv, gw := startTestGateway(t, backends,
+		map[string]string{"spot-a": "spot", "spot-b": "spot", "od-1": "on_demand"}, "spotinfer",
+		"-queue-wait", "200ms")
+	g = gw
+	t0 := time.Now()
+	resp := postChat(t, srv.URL, bronzeStream)
+	var body struct {
+		Error struct{ Message, Type string } `json:"error"`
+	}
+	json.NewDecoder(resp.Body).Decode(&body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusBadGateway || !strings.Contains(body.Error.Message, "answered 500") {
+		t.Fatalf("status %d: %+v", resp.StatusCode, body)
+	}
+	if waited := time.Since(t0); waited < 200*time.Millisecond {
+		t.Errorf("answered after %v, before the queue wait ran out", waited)
+	}
+	for id := range backends {
+		if s := replicaStatus(t, g, id); s.Inflight != 0 {
+			t.Errorf("%s: %d in flight", id, s.Inflight)
 		}
 	}
 }
