@@ -479,10 +479,10 @@ def check_pair(base, log):
     tried = re.split(", | : ", logged[0]["upstream"]) if len(logged) == 1 else []
     if len(tried) != 3 or tried[0] == tried[1] or tried[1] != tried[2]:
         fail(f"/pair-handoff/: the spot replica, the on-demand one, then it again: {logged}")
-    decisions = 2 * (len(steps) + 1)
-    wait_edge(base, {"decisions": m["decisions"] + decisions, "open_tickets": 0,
+    wait_edge(base, {"decisions": m["decisions"] + 2 * (len(steps) + 1), "open_tickets": 0,
                      "breakers_opened": m["breakers_opened"] + 2}, "/pair-handoff/", "/pair-metrics")
-    check_pair_retry_tickets(base, log, m, decisions)
+    check_retry_load(base, log)
+    check_retry_breaker(base, log)
     say("pair: a 404 and a 403 retried with proxy_next_upstream ended the spot replica's ticket "
         "with its own answer (OK), and the on-demand try was routed again, with a ticket of its "
         "own that counted the answer; a 503 sent by error_page to a named location that proxies "
@@ -491,12 +491,11 @@ def check_pair(base, log):
         "no ticket left open")
 
 
-def check_pair_retry_tickets(base, log, m, decisions):
+def check_retry_load(base, log):
     """A try after a failed one has its own ticket: the on-demand replica's
     load is counted while it serves a slow stream the spot replica passed
-    over (its open tickets read 1, then 0), and its own failure opens its
-    breaker (both replicas fail /pair-down/: two breakers open, the client
-    gets the last try's 503)."""
+    over (its open tickets read 1, then 0)."""
+    m = edge_metrics(base, "/pair-metrics")
     body = chat(SYSTEM, "slow", stream=True, max_tokens=48, metadata={"class": "silver"})
     seen = None
     with httpx.stream("POST", f"{base}/pair/slow/v1/chat/completions?probe=pair-slow", json=body,
@@ -516,21 +515,88 @@ def check_pair_retry_tickets(base, log, m, decisions):
              f"({n} more events): {edge_metrics(base, '/pair-metrics')}, {logged}")
     if len(logged) != 1 or logged[0]["replica"] != "pair-od" or logged[0]["tokens"] != "48":
         fail(f"/pair/slow/: the on-demand replica's ticket: {logged}")
-    decisions += 2
-    wait_edge(base, {"decisions": m["decisions"] + decisions, "od_tickets": 0, "open_tickets": 0},
+    wait_edge(base, {"decisions": m["decisions"] + 2, "od_tickets": 0, "open_tickets": 0},
               "/pair/slow/", "/pair-metrics")
+    say("retry load: pair-od's open tickets read 1 while it served a stream the spot replica "
+        "passed over, and its ticket counted the stream's 48 tokens")
+
+
+def check_retry_breaker(base, log):
+    """A try after a failed one has its own ticket, so its failure opens
+    its replica's breaker: both replicas fail /pair-down/, two breakers
+    open, and the client gets the last try's 503."""
+    m = edge_metrics(base, "/pair-metrics")
     status, _, raw = http("POST", f"{base}/pair-down/v1/chat/completions?probe=pair-down",
                           chat(SYSTEM, "down"))
     logged = access_log(log, "probe=pair-down")
     tried = logged[0]["upstream"].split(", ") if len(logged) == 1 else []
     if status != 503 or b"on-demand replica failed" not in raw or len(set(tried)) != 2:
         fail(f"/pair-down/: {status} {raw!r} {logged}")
-    wait_edge(base, {"decisions": m["decisions"] + decisions + 2, "open_tickets": 0,
-                     "breakers_opened": m["breakers_opened"] + 4, "od_breaker": (1, 2)},
+    wait_edge(base, {"decisions": m["decisions"] + 2, "open_tickets": 0,
+                     "breakers_opened": m["breakers_opened"] + 2, "od_breaker": (1, 2)},
               "/pair-down/", "/pair-metrics")
-    say("retry tickets: pair-od's open tickets read 1 while it served a stream the spot replica "
-        "passed over, its ticket counted the stream's 48 tokens; both replicas failing a request "
-        "opened both breakers (the on-demand one's by its own try's ticket)")
+    say("retry breaker: both replicas failing a request opened both breakers (the on-demand "
+        "one's by its own try's ticket)")
+
+
+PAIR_OD_NODE = "i-00000000000000b20"
+
+
+def close_pair_breakers(post):
+    """A silver request to pair's spot replica, a gold one to its on-demand
+    one: both breakers closed, in the worker post reaches (the earlier
+    checks opened them, and a half-open replica's probe is routed with no
+    fallback)."""
+    for klass in ("silver", "gold"):
+        status, raw = post(f"/pair/v1/chat/completions?probe=pair-close-{klass}",
+                           chat(SYSTEM, "close", metadata={"class": klass}))
+        if status != 200:
+            fail(f"pair, {klass}: {status} {raw!r}")
+
+
+def late_and_notice(post, base):
+    """/pair-late/ (the spot replica answers past the read timeout) with a
+    notice for the on-demand replica's machine while the first try waits:
+    the answer's status and body."""
+    out = {}
+    body = chat(SYSTEM, "late", max_tokens=40, metadata={"class": "silver"})
+    t = threading.Thread(target=lambda: out.update(
+        answer=post("/pair-late/v1/chat/completions?probe=pair-late", body)), daemon=True)
+    t.start()
+    time.sleep(0.3)  # routed to the spot replica, which answers in 2 s
+    notice(base, "pair-notice", PAIR_OD_NODE)
+    t.join(20)
+    return out.get("answer", (0, b""))
+
+
+def check_retry_nowhere(base, log, error_log):
+    """A try after a failed one that the library places nowhere: the spot
+    replica times out, and meanwhile the on-demand one's machine got a
+    notice, so no replica is left for the next try. nginx answers 502 as
+    with no peer left (the upstream's name for that try in
+    $upstream_addr), the module logs why, and the first try's ticket ended
+    as an error. On one connection, so one worker. Last of the pair
+    checks: the notice stays."""
+    m = edge_metrics(base, "/pair-metrics")
+    conn = HTTPConnection(base.split("//", 1)[1], timeout=30)
+
+    def post(path, body):
+        return post_on(conn, path, body)
+    close_pair_breakers(post)
+    status, _ = late_and_notice(post, base)
+    conn.close()
+    logged = access_log(log, "probe=pair-late")
+    tried = logged[0]["upstream"].split(", ") if len(logged) == 1 else []
+    if status != 502 or len(tried) != 2 or tried[1] != "pair" or logged[0]["replica"] != "pair-spot":
+        fail(f"/pair-late/: {status} {logged}")
+    with open(error_log) as f:
+        why = re.findall(r'upstream "pair": try 2 of the request not routed, no replica left to try: [^,]*', f.read())
+    if not why:
+        fail("/pair-late/: the error log does not say why the second try was not routed")
+    wait_edge(base, {"decisions": m["decisions"] + 4, "open_tickets": 0,
+                     "breakers_opened": m["breakers_opened"] + 1}, "/pair-late/", "/pair-metrics")
+    say(f"retry nowhere: the spot replica timed out and the on-demand one was noticed meanwhile: "
+        f"502, \"{why[-1]}\"")
 
 
 def access_log(path, probe):
@@ -751,6 +817,13 @@ def valgrind_round(base, backends):
         got, _, raw = http("POST", base + path + "/v1/chat/completions", chat(SYSTEM, "redirected"))
         if got != want:
             fail(f"{path} under valgrind: {got} {raw!r}")
+    def post(path, body):
+        got, _, raw = http("POST", base + path, body)
+        return got, raw
+    close_pair_breakers(post)
+    got, raw = late_and_notice(post, base)
+    if got != 502:
+        fail(f"/pair-late under valgrind: {got} {raw!r}")
     # Streams of several tokens an event, one with the usage so far in each,
     # and a notice while one is open (its plan is logged).
     tok = openai.OpenAI(base_url=base + "/tok/v1", api_key="unused", max_retries=0)
@@ -765,7 +838,7 @@ def valgrind_round(base, backends):
         for _ in events:
             pass
     say("valgrind round: chat, stream, 400, 405, notice, metrics, internal redirects, "
-        "404, 403 and 503 retried on a request routed again, "
+        "404, 403 and 503 retried on a request routed again, one routed nowhere, "
         "streams of several tokens an event, a notice on an open stream")
 
 
@@ -822,6 +895,7 @@ def main():
     check_big_body(oa, a.access_log)
     check_redirects(a.base, a.access_log)
     check_pair(a.base, a.access_log)
+    check_retry_nowhere(a.base, a.access_log, a.error_log)
     check_cancel(a.base, a.access_log)
     heir = check_notice(a.base, owner, nodes, addrs, a.access_log, a.workers)
     if heir is None:

@@ -20,7 +20,7 @@
 #     servers: the spot one answers 503, 404 or 403 where the other serves,
 #     for a second pass after an error_page and for proxy_next_upstream
 #     http_404 and http_403, each try after a failed one routed again with
-#     a ticket of its own),
+#     a ticket of its own, or placed nowhere: 502),
 #     and the output tokens of streams with several tokens an event, with
 #     and without the backend's usage (upstream "tok"): the tickets' output
 #     tokens in the access log, their progress in the plans a notice logs;
@@ -286,6 +286,16 @@ http {
       proxy_pass http://pair/down/;
       proxy_next_upstream error timeout http_503 non_idempotent;
     }
+    # The spot replica answers /pair-late/ after 2 s, past the read
+    # timeout; the check hands in a notice for the on-demand one's machine
+    # meanwhile, so the next try finds no replica to route to.
+    location /pair-late/ {
+      spotinfer_route pair;
+      proxy_pass http://pair/late/;
+      proxy_read_timeout 1s;
+      proxy_next_upstream error timeout non_idempotent;
+    }
+    location = /pair-notice { spotinfer_notice pair; }
     # The spot replica's 404 or 403, retried on the on-demand one.
     location /pair/ {
       spotinfer_route pair;
@@ -321,7 +331,7 @@ http {
   # The pair replicas, in front of the edge fakellm: /fail/, /missing/,
   # /denied/ and /slow/ (as /pair-again/ and /pair/ send them) fail on the
   # spot one and are served by the on-demand one (/slow/ by multi, at 20
-  # tokens/s); /down/ fails on both.
+  # tokens/s); /down/ fails on both; /late/ is slow on the spot one.
   server {
     listen 127.0.0.1:$sport;
     access_log off;
@@ -331,6 +341,7 @@ http {
     location /handoff/ { return 503 '{"error":"the spot replica failed"}'; }
     location /handed/ { return 200 '{"handed":"spot"}'; }
     location /down/ { return 503 '{"error":"the spot replica failed"}'; }
+    location /late/ { proxy_pass http://$m/; }
     location /missing/ { return 404 '{"error":"not on the spot replica"}'; }
     location /slow/ { return 404 '{"error":"not on the spot replica"}'; }
     location /denied/ { return 403 '{"error":"denied on the spot replica"}'; }
@@ -348,6 +359,7 @@ http {
     }
     location /handed/ { return 200 '{"handed":"on-demand"}'; }
     location /down/ { return 503 '{"error":"the on-demand replica failed"}'; }
+    location /late/ { proxy_pass http://$e/; }
     # a stream slow enough to read the metrics while it is served
     location /slow/ {
       proxy_pass http://$m/;
