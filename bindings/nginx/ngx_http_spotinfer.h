@@ -136,17 +136,25 @@ typedef struct {
 
 /* One request's routing, from the decision to the log phase. Once routed
  * it is found again after an internal redirect (which clears r->ctx)
- * through the pool cleanup that holds it: ngx_http_spi_get_ctx(). */
+ * through the pool cleanup that holds it: ngx_http_spi_get_ctx().
+ * Each try after a failed one is routed again (ngx_http_spi_reroute()),
+ * so ticket, tokens and the decision's fields are the last try's. */
 typedef struct {
     ngx_http_spi_upstream_t        *up;
     ngx_http_request_t             *request;   /* the main request */
-    uint64_t                        ticket;
-    ngx_uint_t                      targets[1 + SPI_MAX_FALLBACKS];
-    ngx_uint_t                      ntargets;
-    ngx_uint_t                      next;
-    ngx_uint_t                      again;     /* 1 + the target whose try
-                                                  handed the request on
-                                                  unfailed; 0: none */
+    ngx_str_t                       body;      /* as routed: r->pool or the
+                                                  request body's buffer */
+    ngx_int_t                       kind;      /* SPI_OPENAI_* */
+    uint64_t                        ticket;    /* the current try's */
+    ngx_uint_t                      tried[1 + SPI_MAX_FALLBACKS];
+                                               /* replicas, in try order */
+    ngx_uint_t                      tries;     /* at most: the first
+                                                  decision's replica and
+                                                  fallbacks */
+    ngx_uint_t                      next;      /* tries taken */
+    ngx_uint_t                      again;     /* 1 + the try that handed
+                                                  the request on unfailed;
+                                                  0: none */
     int64_t                         routed_us;     /* monotonic */
     int64_t                         first_byte_us;
     ngx_http_spi_tokens_t           tokens;    /* the answer's, so far */
@@ -160,6 +168,8 @@ typedef struct {
     unsigned                        routed:1;
     unsigned                        body_seen:1;
     unsigned                        counting:1;
+    unsigned                        handed:1;  /* the next try goes back to
+                                                  tried[next], unrouted */
 } ngx_http_spi_ctx_t;
 
 
@@ -179,6 +189,7 @@ ngx_int_t ngx_http_spi_route_handler(ngx_http_request_t *r);
 ngx_int_t ngx_http_spi_send_error(ngx_http_request_t *r, ngx_uint_t status,
     const char *type, ngx_str_t *msg, ngx_uint_t retry_after);
 ngx_int_t ngx_http_spi_read_body(ngx_http_request_t *r, ngx_str_t *out);
+ngx_int_t ngx_http_spi_reroute(ngx_http_spi_ctx_t *ctx);
 
 /* ngx_http_spotinfer_peer.c */
 ngx_int_t ngx_http_spi_init_upstream(ngx_conf_t *cf,

@@ -1,6 +1,7 @@
 /*
- * ngx_http_spotinfer: the balancer (the replica the library chose, then
- * its fallbacks, which is what proxy_next_upstream tries next), the body
+ * ngx_http_spotinfer: the balancer (the replica the library chose; after a
+ * failed try, what proxy_next_upstream tries next, the replica the library
+ * chooses when it routes the request again without those tried), the body
  * filter that sees the first byte and counts the output tokens
  * (ngx_http_spotinfer_tokens.c), and the log phase that finishes the
  * ticket.
@@ -156,7 +157,7 @@ ngx_http_spi_init_peer(ngx_http_request_t *r,
 
     scf = ngx_http_conf_upstream_srv_conf(us, ngx_http_spotinfer_module);
     /* A subrequest (mirror, SSI) has no decision of its own, and must not
-     * take over the main request's targets and ticket. */
+     * take over the main request's tries and ticket. */
     ctx = ngx_http_spi_get_ctx(r);
 
     if (ctx != NULL && ctx->routed && ctx->up != scf->up) {
@@ -176,23 +177,23 @@ ngx_http_spi_init_peer(ngx_http_request_t *r,
     }
 
     /* After an internal redirect (error_page to a location that proxies
-     * here again) the decision goes on where the first pass left it: the
+     * here again) the request goes on where the first pass left it: the
      * replicas tried answered what sent the request there, so the next
-     * pass takes the fallbacks not tried yet, as proxy_next_upstream
-     * would, served without a ticket (the chosen replica's has ended).
-     * With none left, nginx answers 502. A replica that handed the
-     * request on without failing it (an X-Accel-Redirect, a status below
-     * 400 sent to an error_page), the chosen one or a fallback, is tried
-     * first again. */
+     * pass routes it again without them, as proxy_next_upstream would,
+     * within the tries left. With none left, nginx answers 502. A replica
+     * that handed the request on without failing it (an X-Accel-Redirect,
+     * a status below 400 sent to an error_page) is tried first again,
+     * unrouted and without a ticket (its own ended with that answer). */
     if (ctx->again) {
         ctx->next = ctx->again - 1;
         ctx->again = 0;
+        ctx->handed = 1;
     }
 
     r->upstream->peer.data = ctx;
     r->upstream->peer.get = ngx_http_spi_get_peer;
     r->upstream->peer.free = ngx_http_spi_free_peer;
-    r->upstream->peer.tries = ctx->ntargets - ctx->next;
+    r->upstream->peer.tries = ctx->tries - ctx->next;
 
     return NGX_OK;
 }
@@ -204,12 +205,28 @@ ngx_http_spi_get_peer(ngx_peer_connection_t *pc, void *data)
     ngx_http_spi_ctx_t      *ctx = data;
     ngx_http_spi_replica_t  *rep;
 
-    if (ctx->next >= ctx->ntargets) {
+    /* No replica left: nginx answers 502, and $upstream_addr names the
+     * upstream for this try, as with nginx's own balancers. */
+    pc->name = &ctx->up->name;
+
+    if (ctx->next >= ctx->tries) {
         return NGX_BUSY;
     }
 
+    if (ctx->next > 0 && !ctx->handed) {
+        /* The try before failed and its ticket ended (free_peer); one
+         * nginx did not report failed is not counted as the replica's. */
+        ngx_http_spi_ticket_end(ctx, SPI_TICKET_CANCELLED, 0);
+
+        if (ngx_http_spi_reroute(ctx) != NGX_OK) {
+            return NGX_BUSY;
+        }
+    }
+
+    ctx->handed = 0;
+
     rep = ctx->up->replicas.elts;
-    rep = &rep[ctx->targets[ctx->next++]];
+    rep = &rep[ctx->tried[ctx->next++]];
 
     pc->sockaddr = rep->sockaddr;
     pc->socklen = rep->socklen;
@@ -221,8 +238,8 @@ ngx_http_spi_get_peer(ngx_peer_connection_t *pc, void *data)
 }
 
 
-/* The ticket is the chosen replica's, and ends with its own try: a
- * fallback is served without one. */
+/* A try's ticket ends with the try (a try handed back to the replica that
+ * handed the request on has none). */
 static void
 ngx_http_spi_free_peer(ngx_peer_connection_t *pc, void *data,
     ngx_uint_t state)
@@ -232,7 +249,7 @@ ngx_http_spi_free_peer(ngx_peer_connection_t *pc, void *data,
     if (state == 0) {
         ngx_http_spi_answer_kept(ctx);
 
-    } else if (ctx->next == 1) {
+    } else {
         ngx_http_spi_passed_over(ctx);
     }
 
@@ -242,12 +259,12 @@ ngx_http_spi_free_peer(ngx_peer_connection_t *pc, void *data,
 }
 
 
-/* nginx leaves the chosen replica's try for the next replica
- * (proxy_next_upstream): failed (error, timeout, a 5xx or a 429 listed
- * there) or, for a 403 or 404 listed there, not. An answer it gave is
- * its outcome, as in the log phase; the next replica's answer is not its
- * work and must not end its ticket. No answer, or one that failed after
- * its header, is its error. */
+/* nginx leaves a try for the next replica (proxy_next_upstream): failed
+ * (error, timeout, a 5xx or a 429 listed there) or, for a 403 or 404
+ * listed there, not. An answer the replica gave is its outcome, as in the
+ * log phase; the next replica's answer is not its work and must not end
+ * its ticket. No answer, or one that failed after its header, is its
+ * error. */
 static void
 ngx_http_spi_passed_over(ngx_http_spi_ctx_t *ctx)
 {
@@ -268,13 +285,12 @@ ngx_http_spi_passed_over(ngx_http_spi_ctx_t *ctx)
 /* A replica answered, and nginx keeps the answer from the client:
  * proxy_intercept_errors hands its status to an error_page, or its
  * X-Accel-Redirect names what to serve instead. An internal redirect
- * follows, and what it serves is not the replica's work, so the chosen
- * replica's ticket ends here with its own status (a 5xx is its error,
- * whatever the error page answers; a fallback has no ticket), and an
- * answer that did not fail the request sends a second pass through the
- * balancer back to the replica that gave it (ctx->again). An answer on its
- * way to the client (the header sent) is left to the log phase, as is a
- * client that went away. */
+ * follows, and what it serves is not the replica's work, so the try's
+ * ticket ends here with the replica's own status (a 5xx is its error,
+ * whatever the error page answers), and an answer that did not fail the
+ * request sends a second pass through the balancer back to the replica
+ * that gave it (ctx->again). An answer on its way to the client (the
+ * header sent) is left to the log phase, as is a client that went away. */
 static void
 ngx_http_spi_answer_kept(ngx_http_spi_ctx_t *ctx)
 {

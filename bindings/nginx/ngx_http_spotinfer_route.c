@@ -1,7 +1,8 @@
 /*
  * ngx_http_spotinfer: the routing decision, taken in the precontent phase
- * once the whole body is read, and the answers when there is none
- * (400, 429, 503 in the OpenAI error shape).
+ * once the whole body is read (and again by the balancer for a try after
+ * a failed one), and the answers when there is none (400, 429, 503 in the
+ * OpenAI error shape).
  */
 
 #include "ngx_http_spotinfer.h"
@@ -60,9 +61,10 @@ ngx_http_spi_route_handler(ngx_http_request_t *r)
         return NGX_DECLINED;
     }
 
-    /* Reading the body, or routed: a request is routed once, and after an
-     * internal redirect its decision (and its ticket, finished or not)
-     * stands, so a second location does not open a second ticket. */
+    /* Reading the body, or routed: a request is routed here once, and
+     * after an internal redirect its decision (and its ticket, finished
+     * or not) stands, so a second location does not open a second ticket;
+     * only the balancer routes it again, for a try after a failed one. */
     ctx = ngx_http_spi_get_ctx(r);
     if (ctx != NULL) {
         return ctx->phase_rc;
@@ -189,37 +191,52 @@ ngx_http_spi_read_body(ngx_http_request_t *r, ngx_str_t *out)
 }
 
 
-static void
+/* The decision's replica takes the request's next try, with the
+ * decision's ticket and a fresh reading of the answer; NGX_ERROR, the
+ * ticket cancelled (nothing was sent), when the replica is none of the
+ * upstream's. */
+static ngx_int_t
 ngx_http_spi_take(ngx_http_spi_ctx_t *ctx, spi_decision *d)
 {
-    ngx_uint_t               i, j, n;
-    const char              *ids[1 + SPI_MAX_FALLBACKS];
+    size_t                   len;
+    ngx_uint_t               j;
     ngx_http_spi_replica_t  *rep;
 
-    ids[0] = d->replica_id;
-    n = 1;
-
-    for (i = 0; i < d->n_fallbacks && i < SPI_MAX_FALLBACKS; i++) {
-        ids[n++] = d->fallback_ids[i];
-    }
+    ctx->ticket = d->ticket;
+    ctx->first_byte_us = 0;
+    ctx->progress = 0;
+    ctx->body_seen = 0;
+    ctx->counting = 0;
+    ngx_memzero(&ctx->tokens, sizeof(ngx_http_spi_tokens_t));
+    ngx_http_spi_ticket_mark(ctx);
 
     rep = ctx->up->replicas.elts;
-    ctx->ntargets = 0;
+    len = ngx_strlen(d->replica_id);
 
-    for (i = 0; i < n; i++) {
-        for (j = 0; j < ctx->up->replicas.nelts; j++) {
-            if (rep[j].id.len == ngx_strlen(ids[i])
-                && ngx_strncmp(rep[j].id.data, ids[i], rep[j].id.len) == 0)
-            {
-                ctx->targets[ctx->ntargets++] = j;
-                break;
-            }
+    for (j = 0; j < ctx->up->replicas.nelts; j++) {
+        if (rep[j].id.len == len
+            && ngx_strncmp(rep[j].id.data, d->replica_id, len) == 0)
+        {
+            ctx->tried[ctx->next] = j;
+            return NGX_OK;
         }
     }
 
-    ctx->ticket = d->ticket;
-    ctx->routed = 1;
-    ngx_http_spi_ticket_mark(ctx);
+    ngx_http_spi_ticket_end(ctx, SPI_TICKET_CANCELLED, 0);
+
+    return NGX_ERROR;
+}
+
+
+/* What the variables show of a decision. */
+static void
+ngx_http_spi_note(ngx_http_spi_ctx_t *ctx, spi_decision *d)
+{
+    ctx->decided = 1;
+    ctx->klass = d->klass;
+    ctx->reason = d->reason_code;
+    ctx->matched_blocks = d->matched_blocks;
+    ctx->total_blocks = d->total_blocks;
 }
 
 
@@ -268,17 +285,21 @@ ngx_http_spi_decide(ngx_http_request_t *r, ngx_http_spi_ctx_t *ctx,
 
     st = spi_route(up->req, &d);
 
-    ctx->decided = 1;
-    ctx->klass = d.klass;
-    ctx->reason = d.reason_code;
-    ctx->matched_blocks = d.matched_blocks;
-    ctx->total_blocks = d.total_blocks;
+    ngx_http_spi_note(ctx, &d);
 
     if (st == SPI_OK && d.pool != SPI_POOL_QUEUE) {
-        ngx_http_spi_take(ctx, &d);
+        /* kept for a try after a failed one, which routes it again */
+        ctx->body = body;
+        ctx->kind = lcf->kind;
+        ctx->routed = 1;
+        ctx->tries = 1 + ngx_min(d.n_fallbacks, SPI_MAX_FALLBACKS);
+
+        if (ngx_http_spi_take(ctx, &d) != NGX_OK) {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
 
         cln = ngx_pool_cleanup_add(r->pool, 0);
-        if (cln == NULL || ctx->ntargets == 0) {
+        if (cln == NULL) {
             /* nothing was sent to the replica: not its error */
             ngx_http_spi_ticket_end(ctx, SPI_TICKET_CANCELLED, 0);
             return NGX_HTTP_INTERNAL_SERVER_ERROR;
@@ -322,6 +343,114 @@ ngx_http_spi_decide(ngx_http_request_t *r, ngx_http_spi_ctx_t *ctx,
 
     return ngx_http_spi_send_error(r, NGX_HTTP_INTERNAL_SERVER_ERROR,
                                    "internal_error", &msg, 0);
+}
+
+
+/* Every try after the first excludes the replicas tried before it: at most
+ * the first decision's fallbacks. */
+#if (SPI_MAX_FALLBACKS >= SPI_MAX_EXCLUDED)
+#error "spotinfer: a request cannot exclude every fallback it may try"
+#endif
+
+
+/* The body as it was routed, into up->req again, with every replica tried
+ * so far excluded (one tried twice, having handed the request on, counts
+ * once). */
+static int
+ngx_http_spi_parse_again(ngx_http_spi_ctx_t *ctx)
+{
+    int                      st;
+    ngx_uint_t               i;
+    ngx_str_t               *id;
+    ngx_http_spi_replica_t  *rep;
+
+    st = spi_request_parse_openai(ctx->up->req, (const char *) ctx->body.data,
+                                  ctx->body.len, (int32_t) ctx->kind);
+
+    rep = ctx->up->replicas.elts;
+
+    for (i = 0; st == SPI_OK && i < ctx->next; i++) {
+        id = &rep[ctx->tried[i]].id;
+        st = spi_request_exclude_replica(ctx->up->req, (const char *) id->data,
+                                         id->len);
+    }
+
+    return st;
+}
+
+
+/* Why a try was not routed: the library's answer (shed, no capacity,
+ * queued, every ticket open) at info, a failure at warn. */
+static void
+ngx_http_spi_log_unrouted(ngx_http_spi_ctx_t *ctx, int st, spi_decision *d)
+{
+    ngx_uint_t   level;
+    const char  *what, *why;
+
+    level = NGX_LOG_INFO;
+    what = (st == SPI_OK) ? "queued" : spi_strerror(st);
+    why = d->reason;
+
+    if (st == SPI_EFULL) {
+        why = spi_request_errmsg(ctx->up->req);
+
+    } else if (st != SPI_OK && st != SPI_ESHED && st != SPI_ENOCAPACITY) {
+        level = NGX_LOG_WARN;
+        why = spi_request_errmsg(ctx->up->req);
+    }
+
+    ngx_log_error(level, ctx->request->connection->log, 0,
+                  "spotinfer: upstream \"%V\": try %ui of the request not "
+                  "routed, no replica left to try: %s: %s",
+                  &ctx->up->name, ctx->next + 1, what, why);
+}
+
+
+/* A try failed (its ticket ended), and nginx asks for the next: the
+ * request is routed again with every replica tried so far excluded, so
+ * this try has a ticket of its own, as the first had: the library counts
+ * the replica's load while it serves, and its failure opens the replica's
+ * breaker. up->req is this worker's: nothing runs between the parse and
+ * the route, and nothing of it is used once spi_route() returns. NGX_OK
+ * with the replica in ctx->tried[ctx->next]; NGX_DECLINED (logged) when
+ * the library places the request nowhere. */
+ngx_int_t
+ngx_http_spi_reroute(ngx_http_spi_ctx_t *ctx)
+{
+    int                       st;
+    spi_decision              d;
+    ngx_http_spi_upstream_t  *up = ctx->up;
+
+    if (up->engine == NULL) {
+        return NGX_DECLINED;
+    }
+
+    ngx_http_spi_notice_sync(up);
+
+    ngx_memzero(&d, sizeof(spi_decision));
+    d.struct_size = sizeof(spi_decision);
+
+    st = ngx_http_spi_parse_again(ctx);
+    if (st == SPI_OK) {
+        st = spi_route(up->req, &d);
+    }
+
+    if (st != SPI_OK || d.pool == SPI_POOL_QUEUE) {
+        ngx_http_spi_log_unrouted(ctx, st, &d);
+        return NGX_DECLINED;
+    }
+
+    if (ngx_http_spi_take(ctx, &d) != NGX_OK) {
+        ngx_log_error(NGX_LOG_WARN, ctx->request->connection->log, 0,
+                      "spotinfer: upstream \"%V\": try %ui routed to \"%s\", "
+                      "which is no server of the upstream",
+                      &up->name, ctx->next + 1, d.replica_id);
+        return NGX_DECLINED;
+    }
+
+    ngx_http_spi_note(ctx, &d);
+
+    return NGX_OK;
 }
 
 

@@ -11,6 +11,10 @@
  *                       when its events carry one, else their words), a
  *                       whole answer's usage (at log time: what the
  *                       ticket was finished with)
+ *
+ * A try after a failed one is routed again: the variables are then the
+ * last try's, its replica, its decision and its ticket's tokens (a route
+ * that placed the request nowhere leaves the try before it).
  */
 
 #include "ngx_http_spotinfer.h"
@@ -105,7 +109,7 @@ ngx_http_spi_variable(ngx_http_request_t *r, ngx_http_variable_value_t *v,
         }
 
         rep = ctx->up->replicas.elts;
-        rep = &rep[ctx->targets[0]];
+        rep = &rep[ctx->tried[ctx->next ? ctx->next - 1 : 0]];
         ngx_http_spi_var_text(v, rep->id.data, rep->id.len);
         return NGX_OK;
 

@@ -330,18 +330,23 @@ def check_big_body(oa, log):
 
 
 def edge_metrics(base, location="/edge-metrics"):
-    """Upstream "edge" (or another) summed over the workers: decisions,
-    breakers opened, open tickets, and its replicas' breaker states (0
-    closed, 1 open, 2 half-open)."""
+    """Upstream "edge" (or another) summed over the workers: decisions (all,
+    and those that chose the on-demand pool), breakers opened, open tickets
+    (all, and pair-od's), and its replicas' breaker states (0 closed, 1
+    open, 2 half-open: all, and pair-od's)."""
     _, _, raw = http("GET", base + location)
     text = raw.decode()
 
-    def total(name):
-        return sum(float(v) for v in re.findall(rf"^{name}(?:\{{[^}}]*\}})? (\S+)$", text, re.M))
+    def total(name, label=""):
+        return sum(float(v) for labels, v in re.findall(rf"^{name}(?:\{{([^}}]*)\}})? (\S+)$", text, re.M)
+                   if label in labels)
     return {"decisions": total("spotinfer_decisions_total"),
+            "od_decisions": total("spotinfer_decisions_total", 'pool="on_demand"'),
             "breakers_opened": total("spotinfer_breaker_opens_total"),
             "open_tickets": total("spotinfer_replica_inflight"),
-            "breaker": total("spotinfer_replica_breaker")}
+            "od_tickets": total("spotinfer_replica_inflight", 'replica="pair-od"'),
+            "breaker": total("spotinfer_replica_breaker"),
+            "od_breaker": total("spotinfer_replica_breaker", 'replica="pair-od"')}
 
 
 def wait_edge(base, want, what, location="/edge-metrics"):
@@ -371,13 +376,14 @@ def check_redirects(base, log):
     millisecond later the next request is its probe) tells the outcomes
     apart: an error opens it (the counter; the gauge may already read
     half-open, the cooldown being so short), an OK probe closes it, a
-    cancelled probe leaves it half-open. A request is routed once: a
-    named location that routes and proxies again makes no second
-    decision, and its second pass through the balancer goes on with the
-    decision's fallbacks not tried yet: edge has none, so nginx answers
-    502 rather than sending the request back to the replica that failed
-    it; a replica that handed the request on unfailed (X-Accel-Redirect)
-    is tried again. The variables still have the decision after the redirect."""
+    cancelled probe leaves it half-open. A named location that routes
+    and proxies again does not route the request as a new one: its second
+    pass through the balancer routes it again only within the tries the
+    decision named (its choice and fallbacks): edge's has no fallback, so
+    no decision is made and nginx answers 502 rather than sending the
+    request back to the replica that failed it; a replica that handed the
+    request on unfailed (X-Accel-Redirect) is tried again. The variables
+    still have the decision after the redirect."""
     m = edge_metrics(base)
     if m["breaker"] != 0 or m["open_tickets"] != 0:
         fail(f"edge before its checks: {m}")
@@ -432,15 +438,17 @@ def check_redirects(base, log):
 def check_pair(base, log):
     """Upstream "pair": silver goes to its spot replica first, with the
     on-demand one as the fallback, and one error opens a breaker
-    (pair.json). Each try's outcome is the replica's that gave it: a 404
+    (pair.json). A try after a failed one is routed again without the
+    replicas tried, so the on-demand replica's try is a decision of its own
+    (on the on-demand pool) with its own ticket, and the access log shows
+    the last try's. Each try's outcome is the replica's that gave it: a 404
     or 403 the spot replica answered, which proxy_next_upstream http_404
-    and http_403 pass over for the fallback's answer, ends its ticket with
-    that answer (OK: no breaker opens; no output tokens), not the
-    fallback's (6 tokens); a 503 from the spot replica that error_page
-    sends to a named location proxying to "pair" again ends its ticket as
-    an error (its breaker opens), and that second pass goes to the
-    on-demand fallback (not back to the replica that failed), without a
-    ticket. One decision each, every ticket ended, none open."""
+    and http_403 pass over, ends its ticket with that answer (OK: no
+    breaker opens), and the fallback's ticket gets the answer sent (6
+    tokens); a 503 from the spot replica that error_page sends to a named
+    location proxying to "pair" again ends its ticket as an error (its
+    breaker opens), and that second pass goes to the on-demand replica
+    (not back to the replica that failed). Every ticket ended, none open."""
     m = edge_metrics(base, "/pair-metrics")
     # (path, separator in $upstream_addr, breakers opened since the start)
     steps = [("/pair/missing/", ", ", 0), ("/pair/denied/", ", ", 0), ("/pair-again/fail/", " : ", 1)]
@@ -451,16 +459,18 @@ def check_pair(base, log):
             fail(f"{path}: {status} {raw!r}")
         logged = access_log(log, f"probe={probe}")
         tried = logged[0]["upstream"].split(sep) if len(logged) == 1 else []
-        if len(tried) != 2 or len(set(tried)) != 2 or logged[0]["replica"] != "pair-spot":
+        if len(tried) != 2 or len(set(tried)) != 2 or logged[0]["replica"] != "pair-od":
             fail(f"{path}: the spot replica, then the on-demand one: {logged}")
-        if path.startswith("/pair/") and logged[0]["tokens"] != "0":
-            fail(f"{path}: the fallback's answer was counted on the spot replica's ticket: {logged}")
-        wait_edge(base, {"decisions": m["decisions"] + n, "open_tickets": 0,
-                         "breakers_opened": m["breakers_opened"] + opened}, path, "/pair-metrics")
+        if logged[0]["tokens"] != "6":
+            fail(f"{path}: the on-demand replica's ticket did not count its answer: {logged}")
+        # two decisions each: the first, and the on-demand try's
+        wait_edge(base, {"decisions": m["decisions"] + 2 * n, "od_decisions": m["od_decisions"] + n,
+                         "open_tickets": 0, "breakers_opened": m["breakers_opened"] + opened},
+                  path, "/pair-metrics")
     # The spot replica fails (its breaker, open a millisecond, lets it take
-    # this request as its probe), and the on-demand fallback hands the
+    # this request as its probe), and the on-demand replica hands the
     # request back to "pair" (X-Accel-Redirect): the second pass goes to
-    # the on-demand one again, not past it.
+    # the on-demand one again, not past it, unrouted.
     status, _, raw = http("POST", f"{base}/pair-handoff/v1/chat/completions?probe=handoff",
                           chat(SYSTEM, "handoff"))
     if status != 200 or json.loads(raw) != {"handed": "on-demand"}:
@@ -469,13 +479,124 @@ def check_pair(base, log):
     tried = re.split(", | : ", logged[0]["upstream"]) if len(logged) == 1 else []
     if len(tried) != 3 or tried[0] == tried[1] or tried[1] != tried[2]:
         fail(f"/pair-handoff/: the spot replica, the on-demand one, then it again: {logged}")
-    wait_edge(base, {"decisions": m["decisions"] + len(steps) + 1, "open_tickets": 0,
+    wait_edge(base, {"decisions": m["decisions"] + 2 * (len(steps) + 1), "open_tickets": 0,
                      "breakers_opened": m["breakers_opened"] + 2}, "/pair-handoff/", "/pair-metrics")
+    check_retry_load(base, log)
+    check_retry_breaker(base, log)
     say("pair: a 404 and a 403 retried with proxy_next_upstream ended the spot replica's ticket "
-        "with its own answer (OK, 0 tokens), not the fallback's; a 503 sent by error_page to a "
-        "named location that proxies again ended it as an error and went on to the fallback (not "
-        "back to the replica that failed); a fallback that handed the request back to pair got it "
-        "again; one decision each, no ticket left open")
+        "with its own answer (OK), and the on-demand try was routed again, with a ticket of its "
+        "own that counted the answer; a 503 sent by error_page to a named location that proxies "
+        "again ended it as an error and went on to the on-demand replica (not back to the replica "
+        "that failed); an on-demand replica that handed the request back to pair got it again; "
+        "no ticket left open")
+
+
+def check_retry_load(base, log):
+    """A try after a failed one has its own ticket: the on-demand replica's
+    load is counted while it serves a slow stream the spot replica passed
+    over (its open tickets read 1, then 0)."""
+    m = edge_metrics(base, "/pair-metrics")
+    body = chat(SYSTEM, "slow", stream=True, max_tokens=48, metadata={"class": "silver"})
+    seen = None
+    with httpx.stream("POST", f"{base}/pair/slow/v1/chat/completions?probe=pair-slow", json=body,
+                      timeout=30) as r:
+        events = sse_events(r)
+        next(events)
+        end = time.time() + 2  # the stream lasts 2.4 s (48 tokens, 20 a second)
+        while seen is None and time.time() < end:
+            got = edge_metrics(base, "/pair-metrics")
+            if got["od_tickets"] == 1:
+                seen = got
+            time.sleep(0.2)
+        n = sum(1 for _ in events)
+    logged = access_log(log, "probe=pair-slow")
+    if seen is None or r.status_code != 200:
+        fail(f"/pair/slow/: the on-demand replica's open tickets never read 1 while it served "
+             f"({n} more events): {edge_metrics(base, '/pair-metrics')}, {logged}")
+    if len(logged) != 1 or logged[0]["replica"] != "pair-od" or logged[0]["tokens"] != "48":
+        fail(f"/pair/slow/: the on-demand replica's ticket: {logged}")
+    wait_edge(base, {"decisions": m["decisions"] + 2, "od_tickets": 0, "open_tickets": 0},
+              "/pair/slow/", "/pair-metrics")
+    say("retry load: pair-od's open tickets read 1 while it served a stream the spot replica "
+        "passed over, and its ticket counted the stream's 48 tokens")
+
+
+def check_retry_breaker(base, log):
+    """A try after a failed one has its own ticket, so its failure opens
+    its replica's breaker: both replicas fail /pair-down/, two breakers
+    open, and the client gets the last try's 503."""
+    m = edge_metrics(base, "/pair-metrics")
+    status, _, raw = http("POST", f"{base}/pair-down/v1/chat/completions?probe=pair-down",
+                          chat(SYSTEM, "down"))
+    logged = access_log(log, "probe=pair-down")
+    tried = logged[0]["upstream"].split(", ") if len(logged) == 1 else []
+    if status != 503 or b"on-demand replica failed" not in raw or len(set(tried)) != 2:
+        fail(f"/pair-down/: {status} {raw!r} {logged}")
+    wait_edge(base, {"decisions": m["decisions"] + 2, "open_tickets": 0,
+                     "breakers_opened": m["breakers_opened"] + 2, "od_breaker": (1, 2)},
+              "/pair-down/", "/pair-metrics")
+    say("retry breaker: both replicas failing a request opened both breakers (the on-demand "
+        "one's by its own try's ticket)")
+
+
+PAIR_OD_NODE = "i-00000000000000b20"
+
+
+def close_pair_breakers(post):
+    """A silver request to pair's spot replica, a gold one to its on-demand
+    one: both breakers closed, in the worker post reaches (the earlier
+    checks opened them, and a half-open replica's probe is routed with no
+    fallback)."""
+    for klass in ("silver", "gold"):
+        status, raw = post(f"/pair/v1/chat/completions?probe=pair-close-{klass}",
+                           chat(SYSTEM, "close", metadata={"class": klass}))
+        if status != 200:
+            fail(f"pair, {klass}: {status} {raw!r}")
+
+
+def late_and_notice(post, base):
+    """/pair-late/ (the spot replica answers past the read timeout) with a
+    notice for the on-demand replica's machine while the first try waits:
+    the answer's status and body."""
+    out = {}
+    body = chat(SYSTEM, "late", max_tokens=40, metadata={"class": "silver"})
+    t = threading.Thread(target=lambda: out.update(
+        answer=post("/pair-late/v1/chat/completions?probe=pair-late", body)), daemon=True)
+    t.start()
+    time.sleep(0.3)  # routed to the spot replica, which answers in 2 s
+    notice(base, "pair-notice", PAIR_OD_NODE)
+    t.join(20)
+    return out.get("answer", (0, b""))
+
+
+def check_retry_nowhere(base, log, error_log):
+    """A try after a failed one that the library places nowhere: the spot
+    replica times out, and meanwhile the on-demand one's machine got a
+    notice, so no replica is left for the next try. nginx answers 502 as
+    with no peer left (the upstream's name for that try in
+    $upstream_addr), the module logs why, and the first try's ticket ended
+    as an error. On one connection, so one worker. Last of the pair
+    checks: the notice stays."""
+    m = edge_metrics(base, "/pair-metrics")
+    conn = HTTPConnection(base.split("//", 1)[1], timeout=30)
+
+    def post(path, body):
+        return post_on(conn, path, body)
+    close_pair_breakers(post)
+    status, _ = late_and_notice(post, base)
+    conn.close()
+    logged = access_log(log, "probe=pair-late")
+    tried = logged[0]["upstream"].split(", ") if len(logged) == 1 else []
+    if status != 502 or len(tried) != 2 or tried[1] != "pair" or logged[0]["replica"] != "pair-spot":
+        fail(f"/pair-late/: {status} {logged}")
+    with open(error_log) as f:
+        why = re.findall(r'upstream "pair": try 2 of the request not routed, no replica left to try: [^,]*', f.read())
+    if not why:
+        fail("/pair-late/: the error log does not say why the second try was not routed")
+    wait_edge(base, {"decisions": m["decisions"] + 4, "open_tickets": 0,
+                     "breakers_opened": m["breakers_opened"] + 1}, "/pair-late/", "/pair-metrics")
+    say(f"retry nowhere: the spot replica timed out and the on-demand one was noticed meanwhile: "
+        f"502, \"{why[-1]}\"")
 
 
 def access_log(path, probe):
@@ -546,7 +667,7 @@ def check_notice(base, owner, nodes, addrs, log, workers):
 def check_fallback(base, victim, pids, addrs, log):
     """A backend dies: the library still routes the prompt to it (warm, its
     last load reading fresh), nginx fails to connect and proxy_next_upstream
-    takes the decision's fallback."""
+    takes the next try, routed again without it."""
     os.kill(pids[victim], signal.SIGKILL)
     time.sleep(0.1)
     for i in range(3):
@@ -559,7 +680,7 @@ def check_fallback(base, victim, pids, addrs, log):
     if not tried:
         fail(f"no request tried {victim} and then a fallback: {lines}")
     say(f"fallback: {victim} killed; {len(tried)} of {len(lines)} requests tried it, then "
-        f"proxy_next_upstream took the fallback ({tried[0]})")
+        f"proxy_next_upstream took a try routed again without it ({tried[0]})")
 
 
 def kv_usage(addr):
@@ -639,13 +760,16 @@ def check_metrics(base, out, log, workers):
     # Another worker's copy is up to a second old: read until every worker
     # has copied its text in since the last request (bounded).
     routed = [e for e in access_log(log, "/v1/") if e["uri"].startswith("/v1/") and e["klass"] != "-"]
+    # A try after a failed one (check_fallback's) was routed again: one
+    # decision a try, each an entry of $upstream_addr ("-" for none).
+    routes = sum(len(re.split(", | : ", e["upstream"])) for e in routed)
     for _ in range(20):
         status, headers, raw = http("GET", base + "/metrics")
         if status != 200 or not headers.get("Content-Type", "").startswith("text/plain"):
             fail(f"/metrics: {status} {headers.get('Content-Type')}")
         text = raw.decode()
         total = sum(float(v) for v in re.findall(r"^spotinfer_decisions_total\{[^}]*\} (\S+)$", text, re.M))
-        if total == len(routed):
+        if total == routes:
             break
         time.sleep(0.5)
 
@@ -656,20 +780,21 @@ def check_metrics(base, out, log, workers):
     noticed = samples("spotinfer_node_transitions_total", ',from="active",to="noticed"')
     if len(noticed) != workers or any(v != 1 for _, v in noticed):
         fail(f"the pushed notice in each worker's engine: {noticed}")
-    # Every ticket was finished (in the log phase, or when the chosen
-    # replica failed), and finished tickets carried their first byte.
+    # Every ticket was finished (in the log phase, or when its try
+    # failed), and finished tickets carried their first byte.
     inflight = samples("spotinfer_replica_inflight")
     if len(inflight) != 3 * workers or any(v != 0 for _, v in inflight):
         fail(f"open tickets after every request ended: {inflight}")
     ttft = sum(v for _, v in samples("spotinfer_ttft_seconds_count"))
     # The workers' decisions add up to the requests routed through "llm".
     decisions = sum(v for _, v in samples("spotinfer_decisions_total"))
-    if decisions != len(routed) or ttft < 1:
-        fail(f"{decisions:.0f} decisions over the workers, {len(routed)} routed requests logged; ttft {ttft}")
+    if decisions != routes or ttft < 1:
+        fail(f"{decisions:.0f} decisions over the workers, {len(routed)} routed requests logged "
+             f"with {routes} tries; ttft {ttft}")
     with open(out, "w") as f:
         f.write(text)
     say(f"metrics: {len(text.splitlines())} lines from {workers} workers: the pushed notice in each, "
-        f"no open ticket, {decisions:.0f} decisions = the {len(routed)} routed requests logged")
+        f"no open ticket, {decisions:.0f} decisions = the tries of the {len(routed)} routed requests logged")
 
 
 def valgrind_round(base, backends):
@@ -688,10 +813,17 @@ def valgrind_round(base, backends):
         fail(f"/metrics under valgrind: {status}")
     for path, want in [("/edge/accel", 200), ("/edge/again", 200), ("/edge/fail", 200), ("/edge-named/fail", 502),
                        ("/edge-static", 200), ("/pair/missing", 200), ("/pair/denied", 200),
-                       ("/pair-again/fail", 200)]:
+                       ("/pair-again/fail", 200), ("/pair-handoff", 200), ("/pair-down", 503)]:
         got, _, raw = http("POST", base + path + "/v1/chat/completions", chat(SYSTEM, "redirected"))
         if got != want:
             fail(f"{path} under valgrind: {got} {raw!r}")
+    def post(path, body):
+        got, _, raw = http("POST", base + path, body)
+        return got, raw
+    close_pair_breakers(post)
+    got, raw = late_and_notice(post, base)
+    if got != 502:
+        fail(f"/pair-late under valgrind: {got} {raw!r}")
     # Streams of several tokens an event, one with the usage so far in each,
     # and a notice while one is open (its plan is logged).
     tok = openai.OpenAI(base_url=base + "/tok/v1", api_key="unused", max_retries=0)
@@ -706,7 +838,7 @@ def valgrind_round(base, backends):
         for _ in events:
             pass
     say("valgrind round: chat, stream, 400, 405, notice, metrics, internal redirects, "
-        "404 and 403 retried on a fallback, "
+        "404, 403 and 503 retried on a request routed again, one routed nowhere, "
         "streams of several tokens an event, a notice on an open stream")
 
 
@@ -763,6 +895,7 @@ def main():
     check_big_body(oa, a.access_log)
     check_redirects(a.base, a.access_log)
     check_pair(a.base, a.access_log)
+    check_retry_nowhere(a.base, a.access_log, a.error_log)
     check_cancel(a.base, a.access_log)
     heir = check_notice(a.base, owner, nodes, addrs, a.access_log, a.workers)
     if heir is None:

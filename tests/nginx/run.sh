@@ -19,7 +19,8 @@
 #     upstream "pair", whose spot and on-demand replicas are two more such
 #     servers: the spot one answers 503, 404 or 403 where the other serves,
 #     for a second pass after an error_page and for proxy_next_upstream
-#     http_404 and http_403),
+#     http_404 and http_403, each try after a failed one routed again with
+#     a ticket of its own, or placed nowhere: 502),
 #     and the output tokens of streams with several tokens an event, with
 #     and without the backend's usage (upstream "tok"): the tickets' output
 #     tokens in the access log, their progress in the plans a notice logs;
@@ -278,6 +279,23 @@ http {
       spotinfer_route pair;
       proxy_pass http://pair/handed/;
     }
+    # Both pair replicas fail /pair-down/ (a 503 nginx passes over, then
+    # the on-demand one's 503, which the client gets).
+    location /pair-down/ {
+      spotinfer_route pair;
+      proxy_pass http://pair/down/;
+      proxy_next_upstream error timeout http_503 non_idempotent;
+    }
+    # The spot replica answers /pair-late/ after 2 s, past the read
+    # timeout; the check hands in a notice for the on-demand one's machine
+    # meanwhile, so the next try finds no replica to route to.
+    location /pair-late/ {
+      spotinfer_route pair;
+      proxy_pass http://pair/late/;
+      proxy_read_timeout 1s;
+      proxy_next_upstream error timeout non_idempotent;
+    }
+    location = /pair-notice { spotinfer_notice pair; }
     # The spot replica's 404 or 403, retried on the on-demand one.
     location /pair/ {
       spotinfer_route pair;
@@ -310,9 +328,10 @@ http {
     location /accel-ok/ { return 200 '{"again":true}'; }
   }
 
-  # The pair replicas, in front of the edge fakellm: /fail/, /missing/ and
-  # /denied/ (as /pair-again/ and /pair/ send them) fail on the spot one
-  # and are served by the on-demand one.
+  # The pair replicas, in front of the edge fakellm: /fail/, /missing/,
+  # /denied/ and /slow/ (as /pair-again/ and /pair/ send them) fail on the
+  # spot one and are served by the on-demand one (/slow/ by multi, at 20
+  # tokens/s); /down/ fails on both; /late/ is slow on the spot one.
   server {
     listen 127.0.0.1:$sport;
     access_log off;
@@ -321,7 +340,10 @@ http {
     location /pair-again/fail/ { return 503 '{"error":"the spot replica failed"}'; }
     location /handoff/ { return 503 '{"error":"the spot replica failed"}'; }
     location /handed/ { return 200 '{"handed":"spot"}'; }
+    location /down/ { return 503 '{"error":"the spot replica failed"}'; }
+    location /late/ { proxy_pass http://$m/; }
     location /missing/ { return 404 '{"error":"not on the spot replica"}'; }
+    location /slow/ { return 404 '{"error":"not on the spot replica"}'; }
     location /denied/ { return 403 '{"error":"denied on the spot replica"}'; }
   }
   server {
@@ -336,6 +358,13 @@ http {
       return 200 '{}';
     }
     location /handed/ { return 200 '{"handed":"on-demand"}'; }
+    location /down/ { return 503 '{"error":"the on-demand replica failed"}'; }
+    location /late/ { proxy_pass http://$e/; }
+    # a stream slow enough to read the metrics while it is served
+    location /slow/ {
+      proxy_pass http://$m/;
+      proxy_buffering off;
+    }
   }
 }
 CONF
