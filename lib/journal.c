@@ -35,7 +35,20 @@
  *   - damage at the end of the log appends go to is cut off so appends go on
  *     after good records: a torn record (cut off mid-write by a crash; its
  *     append never returned SPI_OK) is dropped, anything else is first
- *     copied to NNNNNN.log.<offset>.corrupt.
+ *     copied to NNNNNN.log.<offset>.corrupt;
+ *   - a record whose length field alone was damaged is a good record: the
+ *     scan reads it by the length its payload gives, checked by its
+ *     checksum (journal_codec.c, repair_at()), wherever it is (a length
+ *     grown past the end would make the last record look torn, and drop a
+ *     record whose append had returned). It is left as it is, like
+ *     damage inside a segment: nothing is cut after it (appends follow it)
+ *     and its header is not rewritten. Rewriting four bytes in place would
+ *     make later opens quiet, but it is a write into acknowledged bytes
+ *     that a crash can tear, it needs a copy aside first to keep the
+ *     evidence, and it buys nothing: the repair does not depend on what
+ *     follows the record, so every later open reads it the same way (and
+ *     says so), with no new file. A compaction keeps the segment aside
+ *     like any other with damage.
  * Evidence files are created with O_EXCL under a fresh name, so a later
  * recovery never overwrites an earlier one's. Every open counts them
  * (stats aside_files) and says so in its warning until they are removed.
@@ -725,9 +738,50 @@ static int note_damaged(journal *j, uint32_t no) {
   return SPI_OK;
 }
 
+/* Say in the warning w that file name held records read by repair_at().
+ * They are in no count of the stats, which count what recovery lost or
+ * skipped: these records were read whole. */
+static void warn_repaired(const journal *j, const char *name,
+                          const spi_jr_scan *sc, char *w, size_t wcap) {
+  warn_add(w, wcap,
+           "journal %.96s/%s: damaged length field in %llu record(s), the "
+           "first at offset %llu; read whole (checked by checksum), left in "
+           "place, not in the stats",
+           j->dir, name, (unsigned long long)sc->repaired,
+           (unsigned long long)sc->repaired_at);
+}
+
+/* The damaged end of chain file f: cut off when f is the log appends go to
+ * (active), else left in place. Adds to the warning w. */
+static int handle_tail(journal *j, jr_file *f, int fd, int active,
+                       const spi_jr_scan *sc, const char *name, char *w,
+                       size_t wcap, char *err, size_t cap) {
+  uint64_t tail = f->size - sc->valid_bytes;
+  const char *kind = sc->stop == SPI_JR_TORN ? "torn" : "corrupt";
+  if (!active) {
+    warn_add(w, wcap,
+             "journal %.96s/%s: %s record at the end: %s; %llu bytes left in "
+             "place (later segments were read)",
+             j->dir, name, kind, sc->skipped ? "see above" : sc->why,
+             (unsigned long long)tail);
+    return SPI_OK;
+  }
+  char aside[JR_NAME_MAX + 40];
+  int rc = cut_tail(j, f, fd, sc, aside, sizeof aside, err, cap);
+  if (rc != SPI_OK) return rc;
+  warn_add(w, wcap, "journal %.96s/%s: %s record: %s; cut off %llu bytes%s%s",
+           j->dir, name, kind, sc->skipped ? "at the end" : sc->why,
+           (unsigned long long)tail, aside[0] ? ", kept as " : "", aside);
+  f->size = sc->valid_bytes;
+  return SPI_OK;
+}
+
 /*
  * Account for what the scan of chain file f found, and cut the tail of the
- * log appends go to (active). Adds to the warning w.
+ * log appends go to (active). Adds to the warning w, what was lost before
+ * what was repaired (the warning is cut at its size). A file that keeps
+ * damage in place (skipped, repaired, or a tail not cut) is noted for
+ * compaction.
  */
 static int handle_damage(journal *j, jr_file *f, int fd, int active,
                          const spi_jr_scan *sc, char *w, size_t wcap,
@@ -748,25 +802,13 @@ static int handle_damage(journal *j, jr_file *f, int fd, int active,
              "them was read",
              j->dir, name, sc->why, (unsigned long long)sc->skipped,
              (unsigned long long)sc->skipped_bytes);
-  if (sc->stop == SPI_JR_END) return sc->skipped ? note_damaged(j, f->no) : 0;
-  const char *kind = sc->stop == SPI_JR_TORN ? "torn" : "corrupt";
-  if (!active) {
-    warn_add(w, wcap,
-             "journal %.96s/%s: %s record at the end: %s; %llu bytes left in "
-             "place (later segments were read)",
-             j->dir, name, kind, sc->skipped ? "see above" : sc->why,
-             (unsigned long long)tail);
-    return note_damaged(j, f->no);
-  }
-  char aside[JR_NAME_MAX + 40];
-  int rc = cut_tail(j, f, fd, sc, aside, sizeof aside, err, cap);
+  int rc = SPI_OK;
+  if (sc->stop != SPI_JR_END)
+    rc = handle_tail(j, f, fd, active, sc, name, w, wcap, err, cap);
   if (rc != SPI_OK) return rc;
-  warn_add(w, wcap, "journal %.96s/%s: %s record: %s; cut off %llu bytes%s%s",
-           j->dir, name, kind,
-           sc->skipped ? "at the end" : sc->why, (unsigned long long)tail,
-           aside[0] ? ", kept as " : "", aside);
-  f->size = sc->valid_bytes;
-  return sc->skipped ? note_damaged(j, f->no) : SPI_OK;
+  if (sc->repaired) warn_repaired(j, name, sc, w, wcap);
+  int kept = sc->skipped || sc->repaired || (sc->stop != SPI_JR_END && !active);
+  return kept ? note_damaged(j, f->no) : SPI_OK;
 }
 
 /* Whether file f starts with a good record (1, its sequence in *seq) or
@@ -852,8 +894,9 @@ static int read_chain(journal *j, jr_file *v, size_t first, size_t n,
     if (rc != SPI_OK) break;
     j->stats.recovered += sc.records;
     *last_seq = sc.last_seq;
-    if (sc.skipped || sc.stop != SPI_JR_END) {
-      if (i == first) *damaged = 1;
+    if (sc.skipped || sc.stop != SPI_JR_END || sc.repaired) {
+      /* A repaired record lost nothing: the snapshot still read whole. */
+      if (i == first && (sc.skipped || sc.stop != SPI_JR_END)) *damaged = 1;
       int active = i + 1 == n && !v[i].snap;
       rc = handle_damage(j, &v[i], fd, active, &sc, w, wcap, err, cap);
       if (rc == SPI_ENOMEM) spi__errf(err, cap, "journal: out of memory");
@@ -876,7 +919,7 @@ static int remove_replaced(journal *j, jr_file *v, size_t first) {
   for (size_t i = first; i-- > 0;) {
     char name[JR_NAME_MAX], tmp[SPI_ERRMSG_CAP];
     seg_name(v[i].no, v[i].snap, name, sizeof name);
-    int bad = keep;
+    int bad = keep, lost = keep;
     if (!bad) {
       int fd = -1;
       spi_jr_scan sc;
@@ -884,14 +927,15 @@ static int remove_replaced(journal *j, jr_file *v, size_t first) {
                     sizeof tmp) != SPI_OK)
         continue;
       close(fd);
-      bad = sc.skipped || sc.stop != SPI_JR_END;
+      lost = sc.skipped || sc.stop != SPI_JR_END;
+      bad = lost || sc.repaired; /* repaired: damaged, nothing lost */
     }
     if (!bad) {
       if (unlink_name(j, name) == 0) changed = 1;
       continue;
     }
     if (keep_aside(j, name) == 0) changed = 1;
-    if (v[i].snap) keep = 1;
+    if (v[i].snap && lost) keep = 1;
   }
   return changed;
 }

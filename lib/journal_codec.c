@@ -18,6 +18,16 @@
  * itself is damaged, the search does go through the payload, and may find
  * a record there that a caller enqueued as bytes; settle() below says how
  * such a record is kept from outvoting the good records after it.
+ *
+ * A flipped bit in a record's length field alone would otherwise lose a
+ * record whose bytes are all there: it reads as cut off when the length
+ * grows past the end of the data (so recovery dropped it as an append that
+ * never returned, though it had), and as a checksum mismatch otherwise.
+ * Where a record is expected (where the chain of good records has got to,
+ * never during the byte-by-byte search), a record that fails either way is
+ * read again with the length its payload's own fields give, and kept when
+ * its checksum holds for that length (repair_at()). Only damaged records
+ * pay for it; an undamaged journal is read as before.
  */
 #include <errno.h>
 #include <string.h>
@@ -317,14 +327,13 @@ static void rd_seek(spi_jr_reader *r, uint64_t pos) {
 
 /* --------------------------------------------------------------- framing */
 
-/* What is wrong with a record header, or NULL. */
+/* What is wrong with a record header's magic, type or flags, or NULL. */
 static const char *header_problem(const uint8_t *h) {
   uint16_t type = get16(h + 4);
   if (get32(h) != SPI_JR_MAGIC) return "bad magic";
   if (type < SPI_REPLAY_REC_ENQUEUE || type > SPI_REPLAY_REC_DEAD)
     return "bad type";
   if (get16(h + 6) != 0) return "bad flags";
-  if (get32(h + 8) > SPI_JR_MAX_PAYLOAD) return "bad length";
   return NULL;
 }
 
@@ -337,6 +346,7 @@ typedef struct jr_frame {
   size_t total;   /* bytes of the whole frame */
   uint64_t seq;
   const char *bad; /* FR_TORN, FR_BAD: why */
+  int by_length;   /* FR_TORN, FR_BAD: a wrong length would explain it */
 } jr_frame;
 
 /*
@@ -349,6 +359,7 @@ static int frame_at(spi_jr_reader *r, uint64_t last_seq, spi_buf *scratch,
                     jr_frame *fr) {
   fr->bad = NULL;
   fr->total = 0;
+  fr->by_length = 0;
   int got = rd_need(r, SPI_JR_HEADER_BYTES);
   if (got < 0) return got == -2 ? SPI_ENOMEM : SPI_EIO;
   uint64_t at = rd_pos(r);
@@ -361,6 +372,12 @@ static int frame_at(spi_jr_reader *r, uint64_t last_seq, spi_buf *scratch,
   if ((fr->bad = header_problem(h)) != NULL) return FR_BAD;
   uint32_t len = get32(h + 8);
   fr->seq = get64(h + 12);
+  /* Until the checksum holds, the length may be the damage (repair_at). */
+  fr->by_length = 1;
+  if (len > SPI_JR_MAX_PAYLOAD) {
+    fr->bad = "bad length";
+    return FR_BAD;
+  }
   fr->total = SPI_JR_HEADER_BYTES + (size_t)len + SPI_JR_TRAILER_BYTES;
   /* A length past the end is a torn record: no buffer is grown for it. */
   got = at + fr->total > r->size ? 0 : rd_need(r, fr->total);
@@ -371,9 +388,12 @@ static int frame_at(spi_jr_reader *r, uint64_t last_seq, spi_buf *scratch,
   }
   h = r->data + r->start;
   uint32_t crc = get32(h + SPI_JR_HEADER_BYTES + len);
-  if (spi__crc32c(0, h, SPI_JR_HEADER_BYTES + (size_t)len) != crc)
+  if (spi__crc32c(0, h, SPI_JR_HEADER_BYTES + (size_t)len) != crc) {
     fr->bad = "checksum mismatch";
-  else if (fr->seq <= last_seq)
+    return FR_BAD;
+  }
+  fr->by_length = 0;
+  if (fr->seq <= last_seq)
     fr->bad = "sequence does not increase";
   else if (fr->seq >= r->bound)
     fr->bad = "sequence not below the next segment's first";
@@ -386,6 +406,96 @@ static int frame_at(spi_jr_reader *r, uint64_t last_seq, spi_buf *scratch,
     return FR_BAD;
   }
   return FR_OK;
+}
+
+/* The status of a failed rd_need (-1 a read error, -2 out of memory). */
+static int rd_status(int got) { return got == -2 ? SPI_ENOMEM : SPI_EIO; }
+
+/* The payload length that the fixed fields of a payload of this type give
+ * (its key, tenant, body, text and token counts), read from its first
+ * avail bytes; 0 when they are too few or it is out of range.
+ * decode_payload accepts no other length. */
+static uint64_t implied_len(int32_t type, const uint8_t *p, size_t avail) {
+  uint64_t n;
+  if (type == SPI_REPLAY_REC_ENQUEUE) {
+    if (avail < JR_ENQ_FIXED) return 0;
+    n = JR_ENQ_FIXED + (uint64_t)p[1] + p[2] + get32(p + 40) + get32(p + 44) +
+        4 * (uint64_t)get32(p + 48);
+  } else {
+    if (avail < JR_KEY_FIXED) return 0;
+    n = (type == SPI_REPLAY_REC_NACK ? JR_NACK_FIXED : JR_KEY_FIXED) +
+        (uint64_t)p[1];
+  }
+  return n <= SPI_JR_MAX_PAYLOAD ? n : 0;
+}
+
+/*
+ * The frame at the reader's position, which frame_at found torn or failing
+ * its checksum, read again with the length its payload gives in place of
+ * the one in its header: 1 when that holds (fr decoded as by frame_at,
+ * fr->total the true size), 0 when it does not (fr's record and envelope
+ * overwritten, the rest untouched), or SPI_ENOMEM, SPI_EIO.
+ *
+ * It holds when the CRC-32C over the header with that length, and the
+ * payload, is the one stored after it, and the sequence and payload checks
+ * pass as for any record: then the record was written whole and only bits
+ * of its length changed since, so what the caller was told is stored is
+ * here. The length comes from the payload rather than from where the next
+ * good record starts, which after a flipped length may be a frame inside
+ * this payload (caller bytes) or one several records on (where the damaged
+ * length points). The header's own length is never tried again: a payload
+ * damaged too fails its checksum either way.
+ */
+static int repair_at(spi_jr_reader *r, uint64_t last_seq, spi_buf *scratch,
+                     jr_frame *fr) {
+  const uint8_t *h = r->data + r->start; /* frame_at read the header */
+  int32_t type = get16(h + 4);
+  size_t fixed = type == SPI_REPLAY_REC_ENQUEUE ? JR_ENQ_FIXED : JR_KEY_FIXED;
+  int got = rd_need(r, SPI_JR_HEADER_BYTES + fixed);
+  if (got <= 0) return got < 0 ? rd_status(got) : 0;
+  h = r->data + r->start;
+  uint64_t len = implied_len(type, h + SPI_JR_HEADER_BYTES, fixed);
+  if (len == 0 || len == get32(h + 8)) return 0;
+  size_t total = SPI_JR_HEADER_BYTES + (size_t)len + SPI_JR_TRAILER_BYTES;
+  got = rd_pos(r) + total > r->size ? 0 : rd_need(r, total);
+  if (got <= 0) return got < 0 ? rd_status(got) : 0;
+  h = r->data + r->start;
+  uint8_t head[SPI_JR_HEADER_BYTES];
+  memcpy(head, h, sizeof head);
+  put32(head + 8, (uint32_t)len);
+  uint32_t crc = spi__crc32c(0, head, sizeof head);
+  crc = spi__crc32c(crc, h + SPI_JR_HEADER_BYTES, (size_t)len);
+  uint64_t seq = get64(h + 12);
+  if (crc != get32(h + SPI_JR_HEADER_BYTES + len) || seq <= last_seq ||
+      seq >= r->bound)
+    return 0;
+  int rc = decode_payload(type, h + SPI_JR_HEADER_BYTES, (uint32_t)len,
+                          &fr->rec, &fr->env, scratch, r->m);
+  if (rc != SPI_OK) return rc == SPI_ENOMEM ? rc : 0;
+  fr->seq = seq;
+  fr->total = total;
+  fr->bad = NULL;
+  return 1;
+}
+
+/* frame_at, then repair_at when a wrong length would explain the failure:
+ * what frame_at found, or FR_OK with *repaired set. */
+static int frame_or_repair(spi_jr_reader *r, uint64_t last_seq,
+                           spi_buf *scratch, jr_frame *fr, int *repaired) {
+  *repaired = 0;
+  int k = frame_at(r, last_seq, scratch, fr);
+  if (k < 0 || !fr->by_length) return k;
+  const char *bad = fr->bad;
+  size_t total = fr->total;
+  int got = repair_at(r, last_seq, scratch, fr);
+  if (got < 0) return got;
+  if (got == 1) {
+    *repaired = 1;
+    return FR_OK;
+  }
+  fr->bad = bad;
+  fr->total = total;
+  return k;
 }
 
 /*
@@ -459,9 +569,10 @@ typedef struct jr_run {
 /*
  * Follow the chain of frames from the reader's position, at most max of
  * them: each good one (sequence past out->last_seq, each past the one
- * before) is handed to fn when it is set, and counted in out (records,
- * last_seq, valid_bytes). On the first frame that is not good, *stop says
- * what is there. Returns SPI_OK, fn's status, SPI_ENOMEM or SPI_EIO.
+ * before; one repair_at() reads counts as good) is handed to fn when it is
+ * set, and counted in out (records, last_seq, valid_bytes, repaired). On
+ * the first frame that is not good, *stop says what is there. Returns
+ * SPI_OK, fn's status, SPI_ENOMEM or SPI_EIO.
  */
 static int follow(spi_jr_reader *r, uint64_t max, spi_replay_record_fn fn,
                   void *user, spi_buf *scratch, spi_jr_scan *out,
@@ -473,7 +584,8 @@ static int follow(spi_jr_reader *r, uint64_t max, spi_replay_record_fn fn,
   stop->hint = 0;
   for (uint64_t i = 0; i < max; i++) {
     jr_frame fr;
-    int k = frame_at(r, out->last_seq, scratch, &fr);
+    int repaired;
+    int k = frame_or_repair(r, out->last_seq, scratch, &fr, &repaired);
     if (k < 0) return k;
     if (k != FR_OK) {
       stop->at = rd_pos(r);
@@ -486,6 +598,7 @@ static int follow(spi_jr_reader *r, uint64_t max, spi_replay_record_fn fn,
       int rc = fn(user, &fr.rec);
       if (rc != SPI_OK) return rc;
     }
+    if (repaired && out->repaired++ == 0) out->repaired_at = rd_pos(r);
     r->start += fr.total;
     out->records++;
     out->last_seq = fr.seq;

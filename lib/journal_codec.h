@@ -19,7 +19,9 @@
  *
  * The payload starts with a format version byte (1); see journal_codec.c.
  * The magic, the length and the checksum are what let a scan find the next
- * good record after a damaged one.
+ * good record after a damaged one. The payload's fixed fields give its
+ * length too, so a record whose length field alone is damaged is still
+ * read, and its checksum says whether that is right.
  */
 #define SPI_JR_MAGIC 0x524a5053u /* bytes 'S' 'P' 'J' 'R' */
 #define SPI_JR_HEADER_BYTES 20u
@@ -42,6 +44,10 @@ typedef struct spi_jr_scan {
                              followed by a good record */
   uint64_t skipped_bytes; /* their bytes */
   uint64_t first_bad;     /* offset of the first damage (skipped or tail) */
+  uint64_t repaired;      /* records handed out whose length field alone
+                             was damaged (read by the length their payload
+                             gives, checked by their checksum) */
+  uint64_t repaired_at;   /* offset of the first (when repaired > 0) */
   int32_t stop;           /* enum spi_jr_stop: what follows valid_bytes */
   int32_t reserved0;
   char why[160]; /* the first thing wrong, for the warning */
@@ -81,15 +87,18 @@ void spi__jr_reader_free(spi_jr_reader *r);
 
 /*
  * Scan from the reader's position: hand each good record to fn (may be
- * NULL) in order. A damaged range (a record that fails its checks) is
- * skipped by searching forward for the next complete record whose checksum
- * holds and whose sequence is past the last good one; the scan then goes on
- * from there and counts the range in out->skipped. Of two runs of records
- * found after damage that contradict each other (the later one's sequence
- * not past the earlier's), the one whose chain goes on is kept and the
- * other skipped with the damage, and the runs the skipped one had beaten
- * are weighed again (journal_codec.c, settle()). Damage with no
- * good record after it is the tail: out->stop says whether it looks cut
+ * NULL) in order. A record whose checks fail only because its length
+ * field changed is a good record: read by the length its payload gives
+ * when the checksum holds for that length, and counted in out->repaired
+ * too (journal_codec.c, repair_at()). A damaged range (a record that fails
+ * its checks) is skipped by searching forward for the next complete record
+ * whose checksum holds and whose sequence is past the last good one; the
+ * scan then goes on from there and counts the range in out->skipped. Of
+ * two runs of records found after damage that contradict each other (the
+ * later one's sequence not past the earlier's), the one whose chain goes on
+ * is kept and the other skipped with the damage, and the runs the skipped
+ * one had beaten are weighed again (journal_codec.c, settle()). Damage
+ * with no good record after it is the tail: out->stop says whether it looks cut
  * off (TORN) or damaged (CORRUPT). Sequences must increase from after_seq.
  * Records found by a search after damage must also stay below
  * r->before_seq, unless it is not past the records read in order from the

@@ -8,7 +8,9 @@
  * header is damaged by overwriting its magic, and a frame is planted in an
  * envelope's body. The scan in memory is checked first, then the same
  * images as segment files of a journal that a queue recovers, with what it
- * keeps aside.
+ * keeps aside. A record whose length alone is flipped is read by the length
+ * its payload gives, before any search: neither a planted record inside it
+ * nor a record where the flipped length points takes its place.
  */
 #include <errno.h>
 #include <setjmp.h>
@@ -311,6 +313,54 @@ static void test_many_planted_runs(void **st) {
   spi__buf_free(&im.b, &MEM);
 }
 
+/* A flipped length that points exactly at a later record (records of 128
+ * bytes, k1's length grown by 256): the search tries where the header says
+ * the record ends first, finds k4 there, and would skip k1..k3 as one
+ * damaged range. The length k1's payload gives is tried before any search,
+ * so nothing is skipped. */
+static void test_length_flip_onto_a_record(void **st) {
+  (void)st;
+  image im = {0};
+  char body[50];
+  memset(body, 'b', sizeof body);
+  for (int i = 0; i < 6; i++) {
+    char key[16];
+    snprintf(key, sizeof key, "k%d", i);
+    put_enqueue(&im, key, body, sizeof body, (uint64_t)i + 1);
+  }
+  assert_int_equal(im.start[1] - im.start[0], 128);
+  im.b.data[im.start[1] + 9] ^= 0x01; /* length 104 -> 360 */
+  spi_jr_scan sc;
+  expect_keys(scan(&im, &sc), "k0 k1 k2 k3 k4 k5");
+  assert_int_equal(sc.repaired, 1);
+  assert_int_equal(sc.repaired_at, im.start[1]);
+  assert_int_equal(sc.skipped, 0);
+  assert_int_equal(sc.stop, SPI_JR_END);
+  spi__buf_free(&im.b, &MEM);
+}
+
+/* k3's body plants a record, and k3's length is flipped, larger or smaller:
+ * k3 is read whole by the length its payload gives, so the search that
+ * would meet the planted record inside it never runs. */
+static void test_length_flip_over_planted(void **st) {
+  (void)st;
+  for (int bit = 0; bit < 32; bit++) {
+    image im = {0};
+    put_keys(&im, 0, 3, 1);
+    put_planted(&im, 3, 4, 1000, 2);
+    put_keys(&im, 4, 7, 1);
+    im.b.data[im.start[3] + 8 + bit / 8] ^= (uint8_t)(1u << (bit % 8));
+    spi_jr_scan sc;
+    const char *got = scan(&im, &sc);
+    if (strcmp(got, "k0 k1 k2 k3 k4 k5 k6") != 0)
+      fail_msg("bit %d: records \"%s\"", bit, got);
+    assert_int_equal(sc.repaired, 1);
+    assert_int_equal(sc.skipped, 0);
+    assert_int_equal(sc.last_seq, 7);
+    spi__buf_free(&im.b, &MEM);
+  }
+}
+
 /* ------------------------------------------------------ through a queue */
 
 typedef struct fixture {
@@ -548,6 +598,8 @@ int main(void) {
       cmocka_unit_test(test_planted_low_sequence),
       cmocka_unit_test(test_beaten_runs_come_back),
       cmocka_unit_test(test_many_planted_runs),
+      cmocka_unit_test(test_length_flip_onto_a_record),
+      cmocka_unit_test(test_length_flip_over_planted),
       cmocka_unit_test_setup_teardown(test_journal_planted, setup, teardown),
       cmocka_unit_test_setup_teardown(test_planted_before_next_segment, setup,
                                       teardown),
