@@ -170,6 +170,8 @@ typedef struct {
     unsigned                        counting:1;
     unsigned                        handed:1;  /* the next try goes back to
                                                   tried[next], unrouted */
+    unsigned                        post:1;    /* a post_action pass: no
+                                                  ticket, no route */
 } ngx_http_spi_ctx_t;
 
 

@@ -190,6 +190,17 @@ ngx_http_spi_init_peer(ngx_http_request_t *r,
         ctx->handed = 1;
     }
 
+    /* A post_action that proxies here again runs after the answer was
+     * served and before the log phase ends its ticket: it goes to the
+     * replica that served, once, and neither ends that ticket nor routes
+     * the request again (the answer, not this pass, is the try's). */
+    if (r->post_action) {
+        ctx->post = 1;
+        ctx->handed = 1;
+        ctx->next -= ctx->next > 0;
+        ctx->tries = ctx->next + 1;
+    }
+
     r->upstream->peer.data = ctx;
     r->upstream->peer.get = ngx_http_spi_get_peer;
     r->upstream->peer.free = ngx_http_spi_free_peer;
@@ -214,8 +225,9 @@ ngx_http_spi_get_peer(ngx_peer_connection_t *pc, void *data)
     }
 
     if (ctx->next > 0 && !ctx->handed) {
-        /* The try before failed and its ticket ended (free_peer); one
-         * nginx did not report failed is not counted as the replica's. */
+        /* The try before was passed over (free_peer ended its ticket with
+         * its outcome); a ticket still open here is one nginx did not
+         * report failed, not counted as the replica's. */
         ngx_http_spi_ticket_end(ctx, SPI_TICKET_CANCELLED, 0);
 
         if (ngx_http_spi_reroute(ctx) != NGX_OK) {
@@ -246,7 +258,11 @@ ngx_http_spi_free_peer(ngx_peer_connection_t *pc, void *data,
 {
     ngx_http_spi_ctx_t  *ctx = data;
 
-    if (state == 0) {
+    if (ctx->post) {
+        /* a post_action pass: the served answer's ticket is the log
+         * phase's */
+
+    } else if (state == 0) {
         ngx_http_spi_answer_kept(ctx);
 
     } else {
@@ -536,7 +552,7 @@ ngx_http_spi_body_filter(ngx_http_request_t *r, ngx_chain_t *in)
 
     ctx = ngx_http_spi_get_ctx(r);
 
-    if (ctx == NULL || ctx->ticket == 0 || in == NULL) {
+    if (ctx == NULL || ctx->ticket == 0 || in == NULL || ctx->post) {
         return ngx_http_next_body_filter(r, in);
     }
 

@@ -348,7 +348,7 @@ ngx_http_spi_decide(ngx_http_request_t *r, ngx_http_spi_ctx_t *ctx,
 
 /* Every try after the first excludes the replicas tried before it: at most
  * the first decision's fallbacks. */
-#if (SPI_MAX_FALLBACKS >= SPI_MAX_EXCLUDED)
+#if (SPI_MAX_FALLBACKS > SPI_MAX_EXCLUDED)
 #error "spotinfer: a request cannot exclude every fallback it may try"
 #endif
 

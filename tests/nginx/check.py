@@ -481,6 +481,7 @@ def check_pair(base, log):
         fail(f"/pair-handoff/: the spot replica, the on-demand one, then it again: {logged}")
     wait_edge(base, {"decisions": m["decisions"] + 2 * (len(steps) + 1), "open_tickets": 0,
                      "breakers_opened": m["breakers_opened"] + 2}, "/pair-handoff/", "/pair-metrics")
+    check_post_action(base, log)
     check_retry_load(base, log)
     check_retry_breaker(base, log)
     say("pair: a 404 and a 403 retried with proxy_next_upstream ended the spot replica's ticket "
@@ -488,7 +489,31 @@ def check_pair(base, log):
         "own that counted the answer; a 503 sent by error_page to a named location that proxies "
         "again ended it as an error and went on to the on-demand replica (not back to the replica "
         "that failed); an on-demand replica that handed the request back to pair got it again; "
-        "no ticket left open")
+        "a post_action back to pair went to the replica that served, unrouted, and left its "
+        "ticket to the answer; no ticket left open")
+
+
+def check_post_action(base, log):
+    """A post_action proxying to pair again runs after the answer was
+    served and before the log phase: it goes to the replica that served,
+    is not routed (one decision), and the served try's ticket ends with
+    the answer (its 6 tokens), not as cancelled by that pass."""
+    m = edge_metrics(base, "/pair-metrics")
+    status, _, raw = http("POST", f"{base}/pair-post/v1/chat/completions?probe=post",
+                          chat(SYSTEM, "post"))
+    if status != 200 or json.loads(raw).get("system_fingerprint") != "edge":
+        fail(f"/pair-post/: {status} {raw!r}")
+    logged = []
+    for _ in range(20):  # the log line is written once post_action is done
+        logged = access_log(log, "probe=post")
+        if logged:
+            break
+        time.sleep(0.1)
+    tried = re.split(", | : ", logged[0]["upstream"]) if len(logged) == 1 else []
+    if len(tried) != 2 or tried[0] != tried[1] or logged[0]["tokens"] != "6":
+        fail(f"/pair-post/: the served replica twice, its ticket with the answer's tokens: {logged}")
+    wait_edge(base, {"decisions": m["decisions"] + 1, "open_tickets": 0,
+                     "breakers_opened": m["breakers_opened"]}, "/pair-post/", "/pair-metrics")
 
 
 def check_retry_load(base, log):

@@ -279,6 +279,18 @@ http {
       spotinfer_route pair;
       proxy_pass http://pair/handed/;
     }
+    # A post_action that proxies to pair again, after the answer was sent:
+    # it goes to the replica that served, unrouted, and leaves that try's
+    # ticket to the log phase.
+    location /pair-post/ {
+      spotinfer_route pair;
+      proxy_pass http://pair/;
+      post_action @pair-post;
+    }
+    location @pair-post {
+      spotinfer_route pair;
+      proxy_pass http://pair;
+    }
     # Both pair replicas fail /pair-down/ (a 503 nginx passes over, then
     # the on-demand one's 503, which the client gets).
     location /pair-down/ {
