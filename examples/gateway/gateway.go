@@ -241,10 +241,10 @@ func (g *gateway) serveRoundRobin(w http.ResponseWriter, r *http.Request, body [
 
 // route asks the library where the request goes. A request the library
 // queues (batch work while no spot capacity is up) is routed again until
-// -queue-wait has passed.
+// heldUntil.
 func (g *gateway) route(ctx context.Context, req *spotinfer.Request, body []byte,
-	kind spotinfer.OpenAIKind) (d spotinfer.Decision, spent time.Duration, t0 time.Time, err error) {
-	return g.routeHeld(ctx, func() (spotinfer.Decision, error) {
+	kind spotinfer.OpenAIKind, heldUntil time.Time) (d spotinfer.Decision, spent time.Duration, t0 time.Time, err error) {
+	return g.routeHeld(ctx, heldUntil, func() (spotinfer.Decision, error) {
 		if err := req.ParseOpenAI(body, kind); err != nil {
 			return spotinfer.Decision{}, badRequest{err}
 		}
@@ -253,12 +253,11 @@ func (g *gateway) route(ctx context.Context, req *spotinfer.Request, body []byte
 }
 
 // routeHeld calls routeOnce until its decision is not to queue, every
-// queueRetry, for at most -queue-wait; then the queued decision comes
-// back with ErrNoCapacity. spent is the time spent in routeOnce, t0 when
-// its last call began.
-func (g *gateway) routeHeld(ctx context.Context, routeOnce func() (spotinfer.Decision, error)) (
+// queueRetry, until heldUntil; then the queued decision comes back with
+// ErrNoCapacity. spent is the time spent in routeOnce, t0 when its last
+// call began.
+func (g *gateway) routeHeld(ctx context.Context, heldUntil time.Time, routeOnce func() (spotinfer.Decision, error)) (
 	d spotinfer.Decision, spent time.Duration, t0 time.Time, err error) {
-	deadline := time.Now().Add(g.o.queueWait)
 	for {
 		t0 = time.Now()
 		d, err = routeOnce()
@@ -266,7 +265,7 @@ func (g *gateway) routeHeld(ctx context.Context, routeOnce func() (spotinfer.Dec
 		if err != nil || d.Pool != spotinfer.PoolQueue {
 			return d, spent, t0, err
 		}
-		if time.Now().After(deadline) {
+		if time.Now().After(heldUntil) {
 			return d, spent, t0, spotinfer.ErrNoCapacity
 		}
 		select {
@@ -288,6 +287,9 @@ const maxReroutes = 3
 func (g *gateway) serveRouted(w http.ResponseWriter, r *http.Request, body []byte, kind spotinfer.OpenAIKind) {
 	st := &stream{g: g, key: fmt.Sprintf("%x-%d", time.Now().UnixNano(), g.seq.Add(1)),
 		body: body, kind: kind, ctx: r.Context(), path: r.URL.Path}
+	// A request is held while queued for -queue-wait in all, however
+	// often it is routed.
+	st.heldUntil = time.Now().Add(g.o.queueWait)
 	st.choices.asked = askedChoices(body)
 	st.holdBack = stopHoldBack(body)
 	// The backend gets a streamed body asking for its running token count;
@@ -297,7 +299,7 @@ func (g *gateway) serveRouted(w http.ResponseWriter, r *http.Request, body []byt
 		fwd, st.asked, st.hideUsage = askRunningUsage(body)
 	}
 	for attempt := 0; ; attempt++ {
-		d, started, req, ok := g.decide(w, r, body, kind)
+		d, started, req, ok := g.decide(w, r, body, kind, st.heldUntil)
 		if !ok {
 			return
 		}
@@ -341,13 +343,13 @@ func (g *gateway) serveRouted(w http.ResponseWriter, r *http.Request, body []byt
 // goes nowhere, the client has its answer (400, 429, 500, 503) and ok is
 // false.
 func (g *gateway) decide(w http.ResponseWriter, r *http.Request, body []byte,
-	kind spotinfer.OpenAIKind) (spotinfer.Decision, time.Time, *spotinfer.Request, bool) {
+	kind spotinfer.OpenAIKind, heldUntil time.Time) (spotinfer.Decision, time.Time, *spotinfer.Request, bool) {
 	req, _ := g.reqs.Get().(*spotinfer.Request)
 	if req == nil {
 		apiError(w, http.StatusInternalServerError, "internal_error", "no request handle")
 		return spotinfer.Decision{}, time.Time{}, nil, false
 	}
-	d, spent, started, err := g.route(r.Context(), req, body, kind)
+	d, spent, started, err := g.route(r.Context(), req, body, kind, heldUntil)
 	g.timings.decision.add(spent)
 	if err == nil {
 		return d, started, req, true
@@ -405,7 +407,7 @@ func (g *gateway) firstLeg(ctx context.Context, cancel context.CancelFunc, st *s
 		if try == tries || ctx.Err() != nil {
 			return nil, leg{}, err
 		}
-		next, ok := g.routeAgain(ctx, st.key, req, d.ReplicaID, attempt, try+1)
+		next, ok := g.routeAgain(ctx, st, req, d.ReplicaID, attempt, try+1)
 		if !ok {
 			return nil, leg{}, err
 		}
@@ -450,19 +452,20 @@ func (g *gateway) try(ctx context.Context, cancel context.CancelFunc, st *stream
 // 1), with the replica that just failed it excluded too (the earlier ones
 // still are); ok is false when the library places it nowhere. A request
 // the library queues (bronze whose spot replicas are all tried) is held
-// as a first route is, for spot capacity to come back.
-func (g *gateway) routeAgain(ctx context.Context, key string, req *spotinfer.Request,
+// as a first route is, for spot capacity to come back, within what is
+// left of the request's -queue-wait.
+func (g *gateway) routeAgain(ctx context.Context, st *stream, req *spotinfer.Request,
 	failed string, attempt, try int) (spotinfer.Decision, bool) {
 	if req.ExcludeReplica(failed) != nil {
 		return spotinfer.Decision{}, false
 	}
-	d, spent, t0, err := g.routeHeld(ctx, req.Route)
+	d, spent, t0, err := g.routeHeld(ctx, st.heldUntil, req.Route)
 	g.timings.decision.add(spent)
 	if err != nil || !d.Serving() {
 		return d, false
 	}
 	g.stats.fallbacks.Add(1)
-	g.logRoute(key, d, t0, map[string]any{"attempt": attempt, "try": try})
+	g.logRoute(st.key, d, t0, map[string]any{"attempt": attempt, "try": try})
 	return d, true
 }
 

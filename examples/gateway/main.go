@@ -52,7 +52,7 @@ func parseFlags(args []string) (options, error) {
 	fs.DurationVar(&o.noticeEvery, "notice-interval", 200*time.Millisecond, "how often each machine's metadata is polled")
 	fs.DurationVar(&o.readyWait, "ready-wait", 5*time.Second, "longest wait for a first load reading of every backend")
 	fs.DurationVar(&o.replayWait, "replay-wait", 60*time.Second, "longest a cut stream waits to be resumed")
-	fs.DurationVar(&o.queueWait, "queue-wait", 2*time.Second, "longest a request the library queues is held")
+	fs.DurationVar(&o.queueWait, "queue-wait", 2*time.Second, "longest a request the library queues is held, over all of its routes")
 	fs.IntVar(&o.replayWorkers, "replay-workers", 4, "goroutines resuming streams from the replay queue")
 	fs.BoolVar(&o.backendUsage, "backend-usage", true,
 		"ask streamed backends for their running token count (stream_options.continuous_usage_stats, "+

@@ -46,6 +46,9 @@ type stream struct {
 	// The most tokens a backend's count may run ahead of the text sent by
 	// (stopHoldBack): the offset is lowered to what the client has.
 	holdBack uint64
+	// heldUntil bounds how long the library may keep it queued, over
+	// all of its routes: -queue-wait from its arrival.
+	heldUntil time.Time
 
 	mu     sync.Mutex
 	cut    bool               // a REPLAY plan asked for this leg to stop
