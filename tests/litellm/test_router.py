@@ -622,10 +622,12 @@ def test_more_left_out_than_the_library_excludes(closing, monkeypatch):
 
 
 def test_a_503_among_the_offered_ends_the_earlier_try(closing):
-    """A retry that LiteLLM offers only unusable deployments for is a 503,
-    and the earlier try's ticket, still open, ends there as ERROR: it does
-    not hold its replica's count until the sweep."""
-    router, routing = hand_fed(["spot-a", "spot-b", "spot-z"], {"max_fallbacks": 0})
+    """A retry that LiteLLM offers only unusable deployments for is a 503;
+    the earlier try's ticket, still open, leaves the metadata there and
+    ends within late_event_wait_s (no event of its own came), as
+    CANCELLED: it does not hold its replica's count until the sweep."""
+    router, routing = hand_fed(["spot-a", "spot-b", "spot-z"], {"max_fallbacks": 0},
+                               late_event_wait_s=0)
     closing(routing)
     meta = {"class": "silver"}
     kw = dict(messages=messages(SYSTEMS[0], "q"), request_kwargs={"metadata": meta})
@@ -637,8 +639,10 @@ def test_a_503_among_the_offered_ends_the_earlier_try(closing):
     with pytest.raises(litellm.ServiceUnavailableError):
         run(routing.async_get_available_deployment(MODEL, **kw))
     assert TICKET_KEY not in meta
+    routing._expire_tickets()           # the tick thread's sweep
     assert not routing._open
     assert all(s.inflight == 0 for s in routing.engine.replicas())
+    assert all(s.consecutive_errors == 0 for s in routing.engine.replicas())
 
 
 def traced_route(routing, meta, trace, user):
@@ -676,11 +680,13 @@ def test_calls_sharing_a_metadata_dict_keep_their_own_tickets(closing):
 
 
 def test_a_retry_ends_only_its_own_calls_earlier_try(closing):
-    """A retry of one call (its trace id kept) ends that call's earlier
-    try, still open, as ERROR, not the try of another call in flight with
-    the same metadata dict; a route without a trace id keeps the ticket
-    in TICKET_KEY, and its retry ends it as before."""
-    router, routing = hand_fed(["spot-a", "spot-b"])
+    """A retry of one call (its trace id kept) takes the place of that
+    call's earlier try, still open, not of the try of another call in
+    flight with the same metadata dict; the earlier try then ends by its
+    own failure event, as ERROR, or within late_event_wait_s as CANCELLED.
+    A route without a trace id keeps the ticket in TICKET_KEY, and its
+    retry takes its place as well."""
+    router, routing = hand_fed(["spot-a", "spot-b"], late_event_wait_s=0)
     closing(routing)
     meta = {"class": "silver"}
     traced_route(routing, meta, "call-a", "qa")
@@ -688,9 +694,18 @@ def test_a_retry_ends_only_its_own_calls_earlier_try(closing):
     traced_route(routing, meta, "call-b", "qb")
     (b,) = set(routing._open) - {a1}
     traced_route(routing, meta, "call-a", "qa")     # call-a's retry
+    assert meta[TICKETS_KEY]["call-b"] == b and meta[TICKETS_KEY]["call-a"] not in (a1, b)
+    assert len(routing._open) == 3 and routing._open[a1].until
+    assert sum(r.failed for r in routing.engine.ledger()) == 0
+    # The earlier try's own failure event, late (its try's model_info).
+    run(routing.async_log_failure_event(
+        {"litellm_params": {"litellm_trace_id": "call-a", "metadata": meta,
+                            "model_info": {"id": routing._open[a1].replica, TICKET_KEY: a1}},
+         "exception": litellm.InternalServerError("boom", "openai", MODEL)},
+        None, None, None))
     assert a1 not in routing._open and b in routing._open
-    assert len(routing._open) == 2
     assert sum(r.failed for r in routing.engine.ledger()) == 1
+    assert sum(s.consecutive_errors for s in routing.engine.replicas()) == 1
     for trace in ("call-a", "call-b"):
         run(routing.async_log_success_event(
             {"litellm_trace_id": trace, "metadata": meta}, None, None, None))
@@ -702,7 +717,9 @@ def test_a_retry_ends_only_its_own_calls_earlier_try(closing):
     run(routing.async_get_available_deployment(MODEL, **kw))
     first = plain[TICKET_KEY]
     run(routing.async_get_available_deployment(MODEL, **kw))
-    assert plain[TICKET_KEY] != first and list(routing._open) == [plain[TICKET_KEY]]
+    assert plain[TICKET_KEY] != first and routing._open[first].until
+    routing._expire_tickets()           # as CANCELLED: no error of a replica's
+    assert list(routing._open) == [plain[TICKET_KEY]]
     assert sum(r.failed for r in routing.engine.ledger()) == 2
     run(routing.async_log_success_event({"metadata": plain}, None, None, None))
     assert not routing._open
@@ -739,10 +756,11 @@ def test_a_batch_over_two_groups_keeps_each_calls_ticket(backends, closing):
 @pytest.mark.parametrize("sync", [False, True])
 def test_a_retry_the_library_refuses_ends_the_earlier_try(closing, sync):
     """A retry of a call (its trace id) that the library itself answers 503
-    (no replica left, every one offered) ends that call's earlier try,
-    still open, as ERROR; another call's ticket in the same metadata dict
-    stays open."""
-    router, routing = hand_fed(["spot-a", "spot-b"])
+    (no replica left, every one offered) takes that call's earlier try,
+    still open, out of the metadata, and it ends within late_event_wait_s
+    (no event of its own came); another call's ticket in the same
+    metadata dict stays open."""
+    router, routing = hand_fed(["spot-a", "spot-b"], late_event_wait_s=0)
     closing(routing)
     meta = {"class": "silver"}
 
@@ -759,8 +777,216 @@ def test_a_retry_the_library_refuses_ends_the_earlier_try(closing, sync):
     with pytest.raises(litellm.ServiceUnavailableError):
         ask("call-1")
     assert list(meta[TICKETS_KEY]) == ["call-2"]
+    routing._expire_tickets()
     assert len(routing._open) == 1
     assert sum(s.inflight for s in routing.engine.replicas()) == 1
+
+
+@pytest.fixture
+def cut_stream():
+    """A backend whose first stream is cut: it answers the headers and
+    closes the connection, so the stream fails before its first chunk
+    (LiteLLM logs that from a task, async, or a thread, sync, of its own,
+    and retries). Later streams wait 0.6 s, then answer. Yields its URL
+    and the number of requests it got."""
+    import socket
+    got = []
+    chunk = {"id": "c", "object": "chat.completion.chunk", "created": 1, "model": MODEL,
+             "system_fingerprint": "spot-cut"}
+    body = "".join(f"data: {json.dumps({**chunk, 'choices': [c]})}\n\n" for c in (
+        {"index": 0, "delta": {"role": "assistant", "content": "hi"}, "finish_reason": None},
+        {"index": 0, "delta": {}, "finish_reason": "stop"})) + "data: [DONE]\n\n"
+
+    class Cut(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):
+            self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            got.append(1)
+            if len(got) > 1:            # the whole stream, then the close
+                time.sleep(0.6)
+                self.send_response(200)
+                self.send_header("Content-Type", "text/event-stream")
+                self.end_headers()
+                self.wfile.write(body.encode())
+                return
+            self.protocol_version = "HTTP/1.1"
+            self.send_response(200)
+            self.send_header("Content-Type", "text/event-stream")
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            self.wfile.flush()
+            self.close_connection = True
+            self.connection.shutdown(socket.SHUT_RDWR)
+
+        def log_message(self, *a):
+            pass
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Cut)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{srv.server_address[1]}/v1", got
+    srv.shutdown()
+    srv.server_close()
+
+
+class HeldFailure(litellm.integrations.custom_logger.CustomLogger):
+    """A callback ahead of the strategy's whose failure event returns only
+    once until() holds (another logger's slow write, say): the strategy's
+    failure event of that try runs after it."""
+
+    def __init__(self, until):
+        super().__init__()
+        self.until = until
+
+    def log_failure_event(self, kwargs, response_obj, start_time, end_time):
+        deadline = time.monotonic() + 10
+        while not self.until() and time.monotonic() < deadline:
+            time.sleep(0.01)
+
+    async def async_log_failure_event(self, kwargs, response_obj, start_time, end_time):
+        deadline = time.monotonic() + 10
+        while not self.until() and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+
+
+class AfterFailure(litellm.integrations.custom_logger.CustomLogger):
+    """A callback behind the strategy's: what the engine counts on each
+    replica once the strategy's failure event has run."""
+
+    def __init__(self, routing):
+        super().__init__()
+        self.routing, self.seen = routing, []
+
+    def log_failure_event(self, kwargs, response_obj, start_time, end_time):
+        self.seen.append({s.id: s.inflight for s in self.routing.engine.replicas()})
+
+    async def async_log_failure_event(self, kwargs, response_obj, start_time, end_time):
+        self.log_failure_event(kwargs, response_obj, start_time, end_time)
+
+
+@pytest.mark.parametrize("sync", [False, True])
+def test_a_late_failure_event_ends_only_its_own_try(cut_stream, closing, sync):
+    """The first try of a stream is cut before its first chunk, and LiteLLM
+    retries on the same deployment; LiteLLM's failure event of the first
+    try comes only once the retry was sent (a callback ahead of the
+    strategy's holds it). It finishes the first try's ticket, as ERROR,
+    and leaves the retry's, still served, open and counted until the
+    retry's own success finishes it."""
+    url, got = cut_stream
+    cut = {"model_name": MODEL,
+           "litellm_params": {"model": f"openai/{MODEL}", "api_base": url, "api_key": "unused"},
+           "model_info": {"id": "spot-cut", "spotinfer": {"pool": "spot", "usd_per_hour": 1.0,
+                                                          "metrics_url": False}}}
+    router = Router(model_list=[cut], num_retries=1, retry_after=0)
+    held = HeldFailure(lambda: len(got) > 1)
+    litellm.logging_callback_manager.add_litellm_callback(held)
+    after = None
+    try:
+        routing = SpotinferRouting.install(router, {"router": {"load_max_age_ms": 60000}})
+        closing(routing)
+        after = AfterFailure(routing)
+        litellm.logging_callback_manager.add_litellm_callback(after)
+        kw = dict(model=MODEL, messages=messages("s", "u"), stream=True,
+                  metadata={"class": "silver"})
+        if sync:
+            chunks = list(router.completion(**kw))
+        else:
+            async def consume():
+                return [c async for c in await router.acompletion(**kw)]
+            chunks = run(consume())
+        assert chunks and chunks[0].system_fingerprint == "spot-cut"
+        assert len(got) == 2
+        # When the first try's failure event had run: its ticket finished
+        # as ERROR, the retry's still counted.
+        assert after.seen == [{"spot-cut": 1}]
+        wait_for(lambda: sum(r.completed for r in routing.engine.ledger()) == 1)
+        assert sum(r.failed for r in routing.engine.ledger()) == 1
+        assert routing.engine.replica_status("spot-cut").inflight == 0
+        assert not routing._open
+    finally:
+        for cb in (held, after):
+            if cb is not None:
+                litellm.logging_callback_manager.remove_callback_from_all_lists(
+                    cb, require_self=False)
+
+
+def test_calls_sharing_a_trace_id_and_a_dict_never_fail_each_other(backends, closing):
+    """Two calls in flight at once with one trace id (the caller's) and one
+    metadata dict: no route can tell the second from a retry of the first,
+    so the second's route does not finish the first's ticket; each call's
+    own events finish its own, OK, and neither counts as a failure."""
+    for rid in ("spot-a", "spot-b"):
+        backends.start(rid, "-token-rate", "2000", "-answer-tokens", "12", "-ttft", "800ms")
+    router = Router(model_list=[deployment(backends, r) for r in ("spot-a", "spot-b")],
+                    num_retries=0)
+    routing = SpotinferRouting.install(router, CONFIG)
+    closing(routing)
+    meta = {"class": "silver"}
+
+    async def both():
+        async def one(user, stream):
+            kw = dict(model=MODEL, messages=messages(SYSTEMS[0], user), metadata=meta,
+                      litellm_trace_id="one-trace")
+            if not stream:
+                return (await router.acompletion(**kw)).system_fingerprint
+            return [c async for c in await router.acompletion(stream=True, **kw)][0] \
+                .system_fingerprint
+        first = asyncio.ensure_future(one("q1", False))
+        await asyncio.sleep(0.1)        # the first is being served
+        second = asyncio.ensure_future(one("q2", True))
+        await asyncio.sleep(0.1)
+        counted = sum(s.inflight for s in routing.engine.replicas())
+        return counted, await first, await second
+    counted, *fps = run(both())
+    assert counted == 2
+    assert all(fp in ("spot-a", "spot-b") for fp in fps)
+    wait_for(lambda: sum(r.completed for r in routing.engine.ledger()) == 2)
+    assert sum(r.failed for r in routing.engine.ledger()) == 0
+    assert all(s.inflight == 0 for s in routing.engine.replicas())
+    assert not routing._open
+
+
+def test_an_event_of_a_try_finishes_that_trys_ticket(closing):
+    """Each route returns the deployment with its try's ticket in a copy of
+    its model_info (the router's own stays as it was), as LiteLLM copies
+    it into the try's kwargs and its events' litellm_params: an event
+    finishes the ticket of its own try, whatever the metadata holds by
+    then, and an event of a try without a ticket finishes none."""
+    router, routing = hand_fed(["spot-a", "spot-b"])
+    closing(routing)
+    meta = {"class": "silver"}
+    kw = dict(messages=messages(SYSTEMS[0], "q"),
+              request_kwargs={"metadata": meta, "litellm_trace_id": "call"})
+    dep1 = routing.get_available_deployment(MODEL, **kw)
+    t1 = dep1["model_info"][TICKET_KEY]
+    assert t1 in routing._open
+    assert all(TICKET_KEY not in d["model_info"] for d in router.get_model_list())
+    dep2 = run(routing.async_get_available_deployment(MODEL, **kw))     # the retry
+    t2 = dep2["model_info"][TICKET_KEY]
+    assert meta[TICKETS_KEY] == {"call": t2}
+    err = litellm.InternalServerError("boom", "openai", MODEL)
+    # Try 1's late failure event (the sync one), then a repeat of it from
+    # the async logging: try 2 stays open and counted.
+    routing.log_failure_event({"litellm_params": {"litellm_trace_id": "call", "metadata": meta,
+                                                  "model_info": dep1["model_info"]},
+                               "exception": err}, None, None, None)
+    run(routing.async_log_failure_event(
+        {"litellm_params": {"litellm_trace_id": "call", "metadata": meta,
+                            "model_info": dep1["model_info"]}, "exception": err},
+        None, None, None))
+    assert list(routing._open) == [t2]
+    assert routing.engine.replica_status(dep2["model_info"]["id"]).inflight == 1
+    assert sum(r.failed for r in routing.engine.ledger()) == 1
+    # A try served without a ticket (0): its events finish nothing.
+    routing.log_failure_event({"litellm_params": {"litellm_trace_id": "call", "metadata": meta,
+                                                  "model_info": {"id": "spot-a", TICKET_KEY: 0}},
+                               "exception": err}, None, None, None)
+    assert list(routing._open) == [t2]
+    # Try 2's own hook (its request_data has the model_info at the top).
+    run(routing.async_post_call_success_deployment_hook(
+        {"litellm_trace_id": "call", "metadata": meta, "model_info": dep2["model_info"]},
+        litellm.ModelResponse(), None))
+    assert not routing._open
+    rows = routing.engine.ledger()
+    assert sum(r.completed for r in rows) == 1 and sum(r.failed for r in rows) == 1
+    assert all(s.inflight == 0 for s in routing.engine.replicas())
 
 
 def test_a_model_name_with_a_comma_is_routed(closing):

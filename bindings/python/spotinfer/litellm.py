@@ -75,7 +75,10 @@ BODY_KEYS = ("stream", "max_tokens", "max_completion_tokens", "service_tier",
              "user", "priority", "tools")
 
 #: Where the ticket id rides in a request's metadata, from the route to the
-#: callbacks, for a call that has no LiteLLM trace id.
+#: callbacks, for a call that has no LiteLLM trace id. Also the key of a
+#: try's own ticket id in the model_info of the deployment the route
+#: returns (0: a try without a ticket), which LiteLLM copies into that
+#: try's kwargs and its events' litellm_params: _marked.
 TICKET_KEY = "spotinfer_ticket"
 
 #: Where a call with a LiteLLM trace id (``litellm_trace_id``, one per
@@ -177,14 +180,17 @@ class _Closed(Exception):
 
 
 class _Open:
-    """A ticket between its route and its callback."""
+    """A ticket between its route and its callback. ``until`` is set once a
+    later route of its call took its place in the metadata
+    (_end_earlier_try): its own event may still come until then."""
 
-    __slots__ = ("replica", "opened", "streamed")
+    __slots__ = ("replica", "opened", "streamed", "until")
 
     def __init__(self, replica: str) -> None:
         self.replica = replica
         self.opened = time.monotonic()
         self.streamed = False
+        self.until = 0.0
 
 
 class _Offer:
@@ -222,7 +228,10 @@ class SpotinferRouting(CustomLogger, CustomRoutingStrategyBase):  # type: ignore
     ``queue_wait_s`` (how long a request the library queues is routed
     again before it is a 503), ``retry_after_s`` (the shed answer's
     retry-after), ``ticket_timeout_s`` (a ticket no callback finished by
-    then is finished as CANCELLED), ``respect_litellm_health`` (take only
+    then is finished as CANCELLED), ``late_event_wait_s`` (how long the
+    try a later route of its call took the place of waits for its own
+    event before it is finished as CANCELLED: _end_earlier_try),
+    ``respect_litellm_health`` (take only
     deployments LiteLLM's own checks call healthy: cooldowns, allowed
     fails), ``ready_wait_s`` (start() waits this long for a first load
     reading of every replica), ``close_wait_s`` (close() waits at most this
@@ -236,6 +245,7 @@ class SpotinferRouting(CustomLogger, CustomRoutingStrategyBase):  # type: ignore
                  scrape_interval_s: float = 0.25, scrape_timeout_s: float = 1.0,
                  queue_wait_s: float = 5.0, retry_after_s: int = 1,
                  ticket_timeout_s: float = 600.0,
+                 late_event_wait_s: float = 5.0,
                  respect_litellm_health: bool = True,
                  ready_wait_s: float = 5.0, close_wait_s: float = 0.1,
                  close_timeout_s: float = 10.0) -> None:
@@ -251,6 +261,7 @@ class SpotinferRouting(CustomLogger, CustomRoutingStrategyBase):  # type: ignore
         self.queue_wait_s = float(queue_wait_s)
         self.retry_after_s = int(retry_after_s)
         self.ticket_timeout_s = float(ticket_timeout_s)
+        self.late_event_wait_s = float(late_event_wait_s)
         self.respect_litellm_health = bool(respect_litellm_health)
         self.ready_wait_s = float(ready_wait_s)
         self.close_wait_s = float(close_wait_s)
@@ -613,9 +624,14 @@ class SpotinferRouting(CustomLogger, CustomRoutingStrategyBase):  # type: ignore
                     return
 
     def _expire_tickets(self) -> None:
-        cutoff = time.monotonic() - self.ticket_timeout_s
+        """Finish as CANCELLED the tickets open past ticket_timeout_s, and
+        those a later try took the place of whose own event did not come
+        within late_event_wait_s."""
+        now = time.monotonic()
+        cutoff = now - self.ticket_timeout_s
         with self._lock:
-            old = [tid for tid, o in self._open.items() if o.opened < cutoff]
+            old = [tid for tid, o in self._open.items()
+                   if o.opened < cutoff or 0.0 < o.until <= now]
             for tid in old:
                 del self._open[tid]
         for tid in old:
@@ -747,20 +763,26 @@ class SpotinferRouting(CustomLogger, CustomRoutingStrategyBase):  # type: ignore
                 if closing:
                     self._finish(d.ticket.id, TicketResult(status=TicketStatus.CANCELLED))
                     raise self._closed_error(model)
-            else:
-                self._finish(d.ticket.id, TicketResult(status=TicketStatus.CANCELLED))
-            return dep
+                return _marked(dep, d.ticket.id)
+            self._finish(d.ticket.id, TicketResult(status=TicketStatus.CANCELLED))
+            return _marked(dep, 0)
         self._finish(d.ticket.id, TicketResult(status=TicketStatus.CANCELLED))
         return None
 
     def _end_earlier_try(self, kwargs: Dict[str, Any]) -> Dict[str, Any]:
         """The request's metadata, without an earlier try's ticket. LiteLLM
-        keeps one metadata dict across a call's tries: an earlier try of
-        this call still open here (a stream cut, a pre-call check that
-        failed) ended without its failure hook, and is finished as ERROR.
-        Other calls may share the dict: a call's tries are told apart from
-        theirs by its trace id (_tickets_by_trace); a call without one
-        takes the dict's TICKET_KEY as its own."""
+        keeps one metadata dict across a call's tries, and other calls may
+        share it: a call's tries are told apart from theirs by its trace id
+        (_tickets_by_trace); a call without one takes the dict's TICKET_KEY
+        as its own. A ticket still open there is not finished here. It is
+        an earlier try of this call whose failure event comes later (a
+        stream cut: LiteLLM logs it from a task or a thread of its own, and
+        the event finishes that try's ticket, as ERROR, by its mark:
+        _marked), or one that failed with no event (a pre-call check), or
+        the try of another call in flight under the same trace id and dict,
+        still served, which no route can tell apart. Its own event finishes
+        it; without one within late_event_wait_s, _expire_tickets does, as
+        CANCELLED: never as ERROR for a failure that may not be its own."""
         meta = kwargs.setdefault(_metadata_name(kwargs), {})
         trace = _trace_of(kwargs)
         with self._lock:
@@ -768,9 +790,9 @@ class SpotinferRouting(CustomLogger, CustomRoutingStrategyBase):  # type: ignore
                 earlier = _ticket_id(meta.pop(TICKET_KEY, None))
             else:
                 earlier = _ticket_id(self._tickets_by_trace(meta).pop(trace, None))
-            was_open = earlier is not None and self._open.pop(earlier, None) is not None
-        if was_open:
-            self._finish(earlier, TicketResult(status=TicketStatus.ERROR))
+            o = None if earlier is None else self._open.get(earlier)
+            if o is not None and not o.until:
+                o.until = time.monotonic() + self.late_event_wait_s
         return meta
 
     def _tickets_by_trace(self, meta: Dict[str, Any]) -> Dict[str, Any]:
@@ -821,7 +843,7 @@ class SpotinferRouting(CustomLogger, CustomRoutingStrategyBase):  # type: ignore
             raise self._none_usable(
                 model, f"the library chose {d.replica_id} ({Pool(d.pool).name.lower()}), "
                        "and ", len(found), why)
-        return candidates[min(usable)[1]]
+        return _marked(candidates[min(usable)[1]], 0)
 
     def _none_offered(self, model: str, d: Any, candidates: Mapping[str, Any],
                       kwargs: Dict[str, Any]) -> Exception:
@@ -885,7 +907,7 @@ class SpotinferRouting(CustomLogger, CustomRoutingStrategyBase):  # type: ignore
         else:
             found = self._resolved(model, messages, input, specific_deployment, kwargs)
         if isinstance(found, dict):         # one named deployment: no choice
-            return found
+            return _marked(found, 0)
         offer = self._offer_for(model, found, messages, input, kwargs)
         deadline = time.monotonic() + self.queue_wait_s
         d = self._decide_by(model, offer, deadline, kwargs)
@@ -911,7 +933,7 @@ class SpotinferRouting(CustomLogger, CustomRoutingStrategyBase):  # type: ignore
         self.sync_if_changed()
         found = self._resolved(model, messages, input, specific_deployment, kwargs)
         if isinstance(found, dict):         # one named deployment: no choice
-            return found
+            return _marked(found, 0)
         offer = self._offer_for(model, found, messages, input, kwargs)
         deadline = time.monotonic() + self.queue_wait_s
         d = self._decide_by(model, offer, deadline, kwargs)
@@ -1017,8 +1039,8 @@ class SpotinferRouting(CustomLogger, CustomRoutingStrategyBase):  # type: ignore
     def _done(self, status: TicketStatus, kwargs: Mapping[str, Any],
               response_obj: Any, start_time: Any, end_time: Any) -> None:
         tid = _ticket_of(kwargs)
-        if tid is None:
-            return
+        if not tid:
+            return                          # not routed here, or no ticket
         with self._lock:
             o = self._open.pop(tid, None)
         if o is None:
@@ -1061,7 +1083,7 @@ class SpotinferRouting(CustomLogger, CustomRoutingStrategyBase):  # type: ignore
     async def async_post_call_streaming_deployment_hook(
             self, request_data: Dict[str, Any], response_chunk: Any, call_type: Any) -> Any:
         tid = _ticket_of(request_data)
-        if tid is None:
+        if not tid:
             return None
         with self._lock:
             o = self._open.get(tid)
@@ -1158,10 +1180,41 @@ def _trace_of(data: Mapping[str, Any]) -> Optional[str]:
     return None
 
 
+def _marked(dep: Any, tid: int) -> Any:
+    """The deployment a route returns, with the try's ticket id (0: none)
+    in a copy of its model_info. The Router copies a deployment's
+    model_info into each try's kwargs (the deployment hooks' request_data)
+    and from there into the try's logging events (their litellm_params), a
+    copy per try, where the metadata's model_info is the last try's: each
+    event names its own try's ticket, however late it comes."""
+    info = dep.get("model_info") if isinstance(dep, dict) else None
+    if not isinstance(info, dict):
+        return dep
+    return {**dep, "model_info": {**info, TICKET_KEY: tid}}
+
+
+def _try_ticket(data: Mapping[str, Any]) -> Optional[int]:
+    """The ticket id (0: none) of the try an event is about, as _marked put
+    it in the try's model_info: in litellm_params (the logging events) or
+    at the top (the deployment hooks), never the metadata's, which the
+    call's later tries overwrite. None for a try the strategy did not
+    route."""
+    for where in (data.get("litellm_params"), data):
+        info = where.get("model_info") if isinstance(where, Mapping) else None
+        if isinstance(info, Mapping) and TICKET_KEY in info:
+            return _ticket_id(info[TICKET_KEY]) or 0
+    return None
+
+
 def _ticket_of(data: Mapping[str, Any]) -> Optional[int]:
-    """The ticket id a call carries: in its metadata, or in the metadata of
-    its litellm_params (where the logging events have it); under its trace
-    id when it has one and was routed with it, else TICKET_KEY."""
+    """The ticket id of the try an event is about (0: a try without one):
+    its own (_try_ticket), else, for an event that does not say (a
+    caller's own), the one in its metadata, or in the metadata of its
+    litellm_params (where the logging events have it); under its trace id
+    when it has one and was routed with it, else TICKET_KEY."""
+    own = _try_ticket(data)
+    if own is not None:
+        return own
     trace = _trace_of(data)
     metas = [m for m in (data.get("metadata"),
                          (data.get("litellm_params") or {}).get("metadata"),
