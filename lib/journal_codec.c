@@ -787,8 +787,11 @@ int spi__jr_scan(spi_jr_reader *r, uint64_t after_seq, spi_replay_record_fn fn,
 int spi__jr_first_seq(spi_jr_reader *r, uint64_t *seq) {
   spi_buf scratch = {0};
   jr_frame fr;
+  int repaired;
   r->bound = UINT64_MAX;
-  int k = frame_at(r, 0, &scratch, &fr);
+  /* As the scan reads it: a first record whose length field alone is
+   * damaged is a good record, and bounds the segment before. */
+  int k = frame_or_repair(r, 0, &scratch, &fr, &repaired);
   spi__buf_free(&scratch, r->m);
   if (k < 0) return k;
   if (k != FR_OK) return 0;
