@@ -738,16 +738,16 @@ static int note_damaged(journal *j, uint32_t no) {
   return SPI_OK;
 }
 
-/* Say in the warning w that file name held records read by repair_at().
- * They are in no count of the stats, which count what recovery lost or
- * skipped: these records were read whole. */
-static void warn_repaired(const journal *j, const char *name,
-                          const spi_jr_scan *sc, char *w, size_t wcap) {
-  warn_add(w, wcap,
-           "journal %.96s/%s: damaged length field in %llu record(s), the "
-           "first at offset %llu; read whole (checked by checksum), left in "
-           "place, not in the stats",
-           j->dir, name, (unsigned long long)sc->repaired,
+/* Add to rep, the repair notes, that file name held records read by
+ * repair_at(). They are in no count of the stats, which count what
+ * recovery lost or skipped: these records were read whole. j_recover puts
+ * rep after every note of a loss, since the warning is cut at its size. */
+static void note_repaired(const char *name, const spi_jr_scan *sc, char *rep,
+                          size_t rcap) {
+  warn_add(rep, rcap,
+           "%s: %llu record%s with a damaged length field read whole (first "
+           "at offset %llu)",
+           name, (unsigned long long)sc->repaired, sc->repaired == 1 ? "" : "s",
            (unsigned long long)sc->repaired_at);
 }
 
@@ -778,14 +778,13 @@ static int handle_tail(journal *j, jr_file *f, int fd, int active,
 
 /*
  * Account for what the scan of chain file f found, and cut the tail of the
- * log appends go to (active). Adds to the warning w, what was lost before
- * what was repaired (the warning is cut at its size). A file that keeps
- * damage in place (skipped, repaired, or a tail not cut) is noted for
- * compaction.
+ * log appends go to (active). Adds what was lost to the warning w, what
+ * was repaired to rep. A file that keeps damage in place (skipped,
+ * repaired, or a tail not cut) is noted for compaction.
  */
 static int handle_damage(journal *j, jr_file *f, int fd, int active,
-                         const spi_jr_scan *sc, char *w, size_t wcap,
-                         char *err, size_t cap) {
+                         const spi_jr_scan *sc, char *w, char *rep,
+                         size_t wcap, char *err, size_t cap) {
   char name[JR_NAME_MAX];
   seg_name(f->no, f->snap, name, sizeof name);
   uint64_t tail = sc->stop == SPI_JR_END ? 0 : f->size - sc->valid_bytes;
@@ -806,7 +805,7 @@ static int handle_damage(journal *j, jr_file *f, int fd, int active,
   if (sc->stop != SPI_JR_END)
     rc = handle_tail(j, f, fd, active, sc, name, w, wcap, err, cap);
   if (rc != SPI_OK) return rc;
-  if (sc->repaired) warn_repaired(j, name, sc, w, wcap);
+  if (sc->repaired) note_repaired(name, sc, rep, wcap);
   int kept = sc->skipped || sc->repaired || (sc->stop != SPI_JR_END && !active);
   return kept ? note_damaged(j, f->no) : SPI_OK;
 }
@@ -875,11 +874,12 @@ static int next_bound(journal *j, const jr_file *v, size_t i, size_t n,
 }
 
 /* Read the chain v[first..n) into fn; *last_seq gets the newest sequence,
- * *damaged whether the first file (a snapshot) had damage. */
+ * *damaged whether the first file (a snapshot) had damage. What was lost
+ * goes to the warning w, what was repaired to rep (both wcap bytes). */
 static int read_chain(journal *j, jr_file *v, size_t first, size_t n,
                       spi_replay_record_fn fn, void *user, uint64_t *last_seq,
-                      int *damaged, char *w, size_t wcap, char *err,
-                      size_t cap) {
+                      int *damaged, char *w, char *rep, size_t wcap,
+                      char *err, size_t cap) {
   int rc = SPI_OK;
   size_t bound_at = first; /* the file the bound comes from */
   uint64_t bound = UINT64_MAX;
@@ -898,7 +898,7 @@ static int read_chain(journal *j, jr_file *v, size_t first, size_t n,
       /* A repaired record lost nothing: the snapshot still read whole. */
       if (i == first && (sc.skipped || sc.stop != SPI_JR_END)) *damaged = 1;
       int active = i + 1 == n && !v[i].snap;
-      rc = handle_damage(j, &v[i], fd, active, &sc, w, wcap, err, cap);
+      rc = handle_damage(j, &v[i], fd, active, &sc, w, rep, wcap, err, cap);
       if (rc == SPI_ENOMEM) spi__errf(err, cap, "journal: out of memory");
     }
     close(fd);
@@ -959,8 +959,8 @@ static int j_recover(void *state, void *instance, spi_replay_record_fn fn,
     if (v[i].snap) first = i;
   uint64_t last_seq = 0;
   int damaged = 0, created = 0;
-  char warn[SPI_ERRMSG_CAP] = "";
-  rc = read_chain(j, v, first, n, fn, user, &last_seq, &damaged, warn,
+  char warn[SPI_ERRMSG_CAP] = "", rep[SPI_ERRMSG_CAP] = "";
+  rc = read_chain(j, v, first, n, fn, user, &last_seq, &damaged, warn, rep,
                   sizeof warn, err, cap);
   int changed = j->stats.truncated_bytes > 0;
   if (rc == SPI_OK) {
@@ -987,6 +987,9 @@ static int j_recover(void *state, void *instance, spi_replay_record_fn fn,
              "%llu bytes) are kept for inspection; remove them once seen",
              j->dir, (unsigned long long)j->stats.aside_files,
              (unsigned long long)j->aside_bytes);
+  /* Last, what lost nothing: the warning is cut at its size, and a loss
+   * in any file must not be cut for a repair in an earlier one. */
+  if (rep[0]) warn_add(warn, sizeof warn, "journal %.96s/%s", j->dir, rep);
   if (warn[0]) spi__errf(err, cap, "%s", warn);
   return SPI_OK;
 }

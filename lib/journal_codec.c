@@ -307,6 +307,9 @@ static int rd_need(spi_jr_reader *r, size_t n) {
   return 1;
 }
 
+/* The status of a failed rd_need (-1 a read error, -2 out of memory). */
+static int rd_status(int got) { return got == -2 ? SPI_ENOMEM : SPI_EIO; }
+
 static uint64_t rd_pos(const spi_jr_reader *r) { return r->base + r->start; }
 
 /* Move the window to absolute offset pos. */
@@ -361,7 +364,7 @@ static int frame_at(spi_jr_reader *r, uint64_t last_seq, spi_buf *scratch,
   fr->total = 0;
   fr->by_length = 0;
   int got = rd_need(r, SPI_JR_HEADER_BYTES);
-  if (got < 0) return got == -2 ? SPI_ENOMEM : SPI_EIO;
+  if (got < 0) return rd_status(got);
   uint64_t at = rd_pos(r);
   if (got == 0) {
     if (r->end == r->start) return FR_END;
@@ -381,7 +384,7 @@ static int frame_at(spi_jr_reader *r, uint64_t last_seq, spi_buf *scratch,
   fr->total = SPI_JR_HEADER_BYTES + (size_t)len + SPI_JR_TRAILER_BYTES;
   /* A length past the end is a torn record: no buffer is grown for it. */
   got = at + fr->total > r->size ? 0 : rd_need(r, fr->total);
-  if (got < 0) return got == -2 ? SPI_ENOMEM : SPI_EIO;
+  if (got < 0) return rd_status(got);
   if (got == 0) {
     fr->bad = "record runs past the end";
     return FR_TORN;
@@ -407,9 +410,6 @@ static int frame_at(spi_jr_reader *r, uint64_t last_seq, spi_buf *scratch,
   }
   return FR_OK;
 }
-
-/* The status of a failed rd_need (-1 a read error, -2 out of memory). */
-static int rd_status(int got) { return got == -2 ? SPI_ENOMEM : SPI_EIO; }
 
 /* The payload length that the fixed fields of a payload of this type give
  * (its key, tenant, body, text and token counts), read from its first
@@ -521,7 +521,7 @@ static int resync(spi_jr_reader *r, uint64_t from, uint64_t hint,
   rd_seek(r, from);
   for (;;) {
     int got = rd_need(r, 4);
-    if (got < 0) return got == -2 ? SPI_ENOMEM : SPI_EIO;
+    if (got < 0) return rd_status(got);
     if (got == 0) {
       rd_seek(r, r->size); /* nothing good after the damage */
       return 0;
@@ -787,8 +787,11 @@ int spi__jr_scan(spi_jr_reader *r, uint64_t after_seq, spi_replay_record_fn fn,
 int spi__jr_first_seq(spi_jr_reader *r, uint64_t *seq) {
   spi_buf scratch = {0};
   jr_frame fr;
+  int repaired;
   r->bound = UINT64_MAX;
-  int k = frame_at(r, 0, &scratch, &fr);
+  /* As the scan reads it: a first record whose length field alone is
+   * damaged is a good record, and bounds the segment before. */
+  int k = frame_or_repair(r, 0, &scratch, &fr, &repaired);
   spi__buf_free(&scratch, r->m);
   if (k < 0) return k;
   if (k != FR_OK) return 0;

@@ -110,8 +110,9 @@ int spi__jr_scan(spi_jr_reader *r, uint64_t after_seq, spi_replay_record_fn fn,
                  void *user_data, spi_jr_scan *out);
 
 /* Whether the data starts with a good record (1, its sequence in *seq) or
- * not (0); SPI_ENOMEM or SPI_EIO (errno in r->err). Reads from the
- * reader's position, which it leaves anywhere. */
+ * not (0), a record whose length field alone is damaged included, as
+ * spi__jr_scan reads it; SPI_ENOMEM or SPI_EIO (errno in r->err). Reads
+ * from the reader's position, which it leaves anywhere. */
 int spi__jr_first_seq(spi_jr_reader *r, uint64_t *seq);
 
 /* The same scan over an image in memory (the fuzz target and the tests),

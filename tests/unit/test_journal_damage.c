@@ -654,6 +654,51 @@ static void test_planted_symlinks(void **state) {
   teardown(f);
 }
 
+/* The warning is cut at its size, so what was lost comes first: a repaired
+ * record in the first segment must not push out of it the report of a
+ * corrupt tail, cut off and kept aside, in the last one (the stats count
+ * the loss either way; the message is what an operator reads). */
+static void test_loss_before_repair_in_warning(void **state) {
+  (void)state;
+  fixture *f = setup();
+  assert_int_equal(open_j(f, ALWAYS ",\"segment_bytes\":4096"), SPI_OK);
+  for (int i = 0; i < 20; i++) {
+    char key[16];
+    snprintf(key, sizeof key, "k%d", i);
+    enqueue(f, key);
+  }
+  close_j(f);
+  char p1[700], plast[700];
+  snprintf(p1, sizeof p1, "%s/000001.log", f->dir);
+  int last = 1;
+  for (int no = 2; no < 64; no++) {
+    snprintf(plast, sizeof plast, "%s/%06d.log", f->dir, no);
+    if (access(plast, F_OK) != 0) break;
+    last = no;
+  }
+  assert_true(last >= 2);
+  snprintf(plast, sizeof plast, "%s/%06d.log", f->dir, last);
+  size_t n1 = 0, nl = 0;
+  uint8_t *b1 = read_all(p1, &n1), *bl = read_all(plast, &nl);
+  b1[8 + 1] ^= 0x10;   /* the first record's length field: +4096 */
+  bl[nl - 10] ^= 0x01; /* the last record's payload */
+  write_all(p1, b1, n1);
+  write_all(plast, bl, nl);
+  free(b1);
+  free(bl);
+  assert_int_equal(open_j(f, ALWAYS ",\"segment_bytes\":4096"), SPI_OK);
+  const char *msg = spi_replay_errmsg(f->q);
+  assert_int_equal(qstats(f).torn, 1);
+  assert_int_equal(count_suffix(f->dir, ".corrupt"), 1);
+  if (!strstr(msg, "cut off"))
+    fail_msg("the corrupt tail is not in the warning: %s", msg);
+  const char *repair = strstr(msg, "damaged length field");
+  assert_non_null(repair);
+  assert_true(strstr(msg, "cut off") < repair);
+  close_j(f);
+  teardown(f);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_flip_every_record),
@@ -667,6 +712,7 @@ int main(void) {
       cmocka_unit_test(test_length_and_payload_damaged),
       cmocka_unit_test(test_repaired_segment_compacted),
       cmocka_unit_test(test_planted_symlinks),
+      cmocka_unit_test(test_loss_before_repair_in_warning),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

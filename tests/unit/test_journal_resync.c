@@ -512,6 +512,24 @@ static void test_planted_before_next_segment(void **st) {
   assert_int_equal(sb.st_size, len);
 }
 
+/* As above, with the next segment's first record (k4) damaged in its
+ * length field alone: it is read by repair, and it still bounds what the
+ * search in the first segment finds, so the planted record (sequence 1000)
+ * does not make k4..k7 fail "sequence does not increase". */
+static void test_planted_before_repaired_segment(void **st) {
+  fixture *f = *st;
+  image one = {0}, two = {0};
+  put_keys(&one, 0, 3, 1);
+  put_planted(&one, 3, 4, 1000, 1);
+  break_header(&one, 3);
+  put_keys(&two, 4, 8, 1);
+  two.b.data[two.start[0] + 9] ^= 0x10; /* k4's length: +4096 */
+  recover_two(f, &one, &two);
+  expect_keys(claim_all(f), "k0 k1 k2 k4 k5 k6 k7");
+  assert_int_equal(store_stats(f).recovered, 7);
+  assert_non_null(strstr(spi_replay_errmsg(f->q), "damaged length field"));
+}
+
 /* Records lost at the end of one segment took sequences that have no bytes
  * in the next. Every good record of both segments must come back: with the
  * next segment whole, and with its first record damaged too, where the
@@ -603,6 +621,8 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_journal_planted, setup, teardown),
       cmocka_unit_test_setup_teardown(test_planted_before_next_segment, setup,
                                       teardown),
+      cmocka_unit_test_setup_teardown(test_planted_before_repaired_segment,
+                                      setup, teardown),
       cmocka_unit_test_setup_teardown(test_damaged_tail_then_gap, setup,
                                       teardown),
       cmocka_unit_test_setup_teardown(test_old_first_record, setup, teardown),
