@@ -1132,22 +1132,18 @@ class SpotinferRouting(CustomLogger, CustomRoutingStrategyBase):  # type: ignore
                              (data.get("litellm_params") or {}).get("metadata"),
                              data.get("litellm_metadata"))
                  if isinstance(m, Mapping) and m.get(ROUTING_KEY) == self._token]
-        if _is_mirror(data):
-            keys: Tuple[str, ...] = (MIRROR_TICKET_KEY,)
-        else:
-            keys = (TICKET_KEY,)
-            if trace is not None:
-                for meta in metas:
-                    by_trace = meta.get(TICKETS_KEY)
-                    tid = _ticket_id(by_trace.get(trace)) if isinstance(by_trace, Mapping) \
-                        else None
-                    if tid is not None:
-                        return tid
-        for meta in metas:
-            for key in keys:
-                tid = _ticket_id(meta.get(key))
+        mirror = _is_mirror(data)
+        if trace is not None and not mirror:
+            for meta in metas:
+                by_trace = meta.get(TICKETS_KEY)
+                tid = _ticket_id(by_trace.get(trace)) if isinstance(by_trace, Mapping) else None
                 if tid is not None:
                     return tid
+        key = MIRROR_TICKET_KEY if mirror else TICKET_KEY
+        for meta in metas:
+            tid = _ticket_id(meta.get(key))
+            if tid is not None:
+                return tid
         return None
 
     def _finish(self, tid: int, result: TicketResult) -> None:
