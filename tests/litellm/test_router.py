@@ -20,7 +20,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 import spotinfer
 from spotinfer import Pool, ReplicaState, TicketResult, TicketStatus
-from spotinfer.litellm import LITELLM_VERSION, TICKET_KEY, TICKETS_KEY, SpotinferRouting, request_body
+from spotinfer.litellm import (LITELLM_VERSION, ROUTING_KEY, TICKET_KEY, TICKETS_KEY,
+                               SpotinferRouting, request_body)
 
 from conftest import MODEL, ROOT, deployment
 
@@ -538,8 +539,8 @@ def test_the_library_decides_among_the_deployments_litellm_offers(closing, monke
     assert {s.id: s.inflight for s in routing.engine.replicas()} == \
         {"spot-a": 0, "spot-b": 0, "spot-c": 0, "spot-z": 4}
     for tid in list(routing._open):
-        run(routing.async_log_success_event({"metadata": {TICKET_KEY: tid}},
-                                            None, None, None))
+        mine = {TICKET_KEY: tid, ROUTING_KEY: routing._token}
+        run(routing.async_log_success_event({"metadata": mine}, None, None, None))
     assert all(s.inflight == 0 for s in routing.engine.replicas())
     assert not routing._open
     # None of the offered usable: a 503 that names the one offered and why.
@@ -621,11 +622,12 @@ def test_more_left_out_than_the_library_excludes(closing, monkeypatch):
     assert not routing._open
 
 
-def test_a_503_among_the_offered_ends_the_earlier_try(closing):
+def test_a_503_among_the_offered_leaves_the_earlier_try_to_the_sweep(closing):
     """A retry that LiteLLM offers only unusable deployments for is a 503;
-    the earlier try's ticket, still open, leaves the metadata there and
-    ends within late_event_wait_s (no event of its own came), as
-    CANCELLED: it does not hold its replica's count until the sweep."""
+    the earlier try's ticket, still open, leaves the metadata there, and
+    the sweep after late_event_wait_s (no event of its own came) finishes
+    it as CANCELLED, not as the replica's error, rather than after
+    ticket_timeout_s."""
     router, routing = hand_fed(["spot-a", "spot-b", "spot-z"], {"max_fallbacks": 0},
                                late_event_wait_s=0)
     closing(routing)
@@ -639,7 +641,7 @@ def test_a_503_among_the_offered_ends_the_earlier_try(closing):
     with pytest.raises(litellm.ServiceUnavailableError):
         run(routing.async_get_available_deployment(MODEL, **kw))
     assert TICKET_KEY not in meta
-    routing._expire_tickets()           # the tick thread's sweep
+    routing._expire_tickets()           # the sweep (the tick thread's, once started)
     assert not routing._open
     assert all(s.inflight == 0 for s in routing.engine.replicas())
     assert all(s.consecutive_errors == 0 for s in routing.engine.replicas())
@@ -647,8 +649,8 @@ def test_a_503_among_the_offered_ends_the_earlier_try(closing):
 
 def traced_route(routing, meta, trace, user):
     """A route as the Router asks for one: the call's trace id in its
-    kwargs, its metadata dict the one given."""
-    run(routing.async_get_available_deployment(
+    kwargs, its metadata dict the one given. Returns the deployment."""
+    return run(routing.async_get_available_deployment(
         MODEL, messages=messages(SYSTEMS[0], user),
         request_kwargs={"metadata": meta, "litellm_trace_id": trace}))
 
@@ -679,17 +681,17 @@ def test_calls_sharing_a_metadata_dict_keep_their_own_tickets(closing):
     assert all(s.inflight == 0 for s in routing.engine.replicas())
 
 
-def test_a_retry_ends_only_its_own_calls_earlier_try(closing):
+def test_a_retry_takes_the_place_of_only_its_own_calls_earlier_try(closing):
     """A retry of one call (its trace id kept) takes the place of that
     call's earlier try, still open, not of the try of another call in
     flight with the same metadata dict; the earlier try then ends by its
-    own failure event, as ERROR, or within late_event_wait_s as CANCELLED.
-    A route without a trace id keeps the ticket in TICKET_KEY, and its
-    retry takes its place as well."""
-    router, routing = hand_fed(["spot-a", "spot-b"], late_event_wait_s=0)
+    own failure event, as ERROR, or by the sweep after late_event_wait_s
+    as CANCELLED. A route without a trace id keeps the ticket in
+    TICKET_KEY, and its retry takes its place as well."""
+    router, routing = hand_fed(["spot-a", "spot-b"], late_event_wait_s=60)
     closing(routing)
     meta = {"class": "silver"}
-    traced_route(routing, meta, "call-a", "qa")
+    dep_a1 = traced_route(routing, meta, "call-a", "qa")
     (a1,) = routing._open
     traced_route(routing, meta, "call-b", "qb")
     (b,) = set(routing._open) - {a1}
@@ -700,7 +702,7 @@ def test_a_retry_ends_only_its_own_calls_earlier_try(closing):
     # The earlier try's own failure event, late (its try's model_info).
     run(routing.async_log_failure_event(
         {"litellm_params": {"litellm_trace_id": "call-a", "metadata": meta,
-                            "model_info": {"id": routing._open[a1].replica, TICKET_KEY: a1}},
+                            "model_info": dep_a1["model_info"]},
          "exception": litellm.InternalServerError("boom", "openai", MODEL)},
         None, None, None))
     assert a1 not in routing._open and b in routing._open
@@ -712,6 +714,7 @@ def test_a_retry_ends_only_its_own_calls_earlier_try(closing):
     assert not routing._open
     assert sum(r.completed for r in routing.engine.ledger()) == 2
     # No trace id: the dict's TICKET_KEY is the call's.
+    routing.late_event_wait_s = 0
     plain = {"class": "silver"}
     kw = dict(messages=messages(SYSTEMS[1], "q"), request_kwargs={"metadata": plain})
     run(routing.async_get_available_deployment(MODEL, **kw))
@@ -754,12 +757,12 @@ def test_a_batch_over_two_groups_keeps_each_calls_ticket(backends, closing):
 
 
 @pytest.mark.parametrize("sync", [False, True])
-def test_a_retry_the_library_refuses_ends_the_earlier_try(closing, sync):
+def test_a_retry_the_library_refuses_leaves_the_earlier_try_to_the_sweep(closing, sync):
     """A retry of a call (its trace id) that the library itself answers 503
     (no replica left, every one offered) takes that call's earlier try,
-    still open, out of the metadata, and it ends within late_event_wait_s
-    (no event of its own came); another call's ticket in the same
-    metadata dict stays open."""
+    still open, out of the metadata, and the sweep after
+    late_event_wait_s finishes it (no event of its own came); another
+    call's ticket in the same metadata dict stays open."""
     router, routing = hand_fed(["spot-a", "spot-b"], late_event_wait_s=0)
     closing(routing)
     meta = {"class": "silver"}
@@ -976,7 +979,8 @@ def test_an_event_of_a_try_finishes_that_trys_ticket(closing):
     assert sum(r.failed for r in routing.engine.ledger()) == 1
     # A try served without a ticket (0): its events finish nothing.
     routing.log_failure_event({"litellm_params": {"litellm_trace_id": "call", "metadata": meta,
-                                                  "model_info": {"id": "spot-a", TICKET_KEY: 0}},
+                                                  "model_info": {"id": "spot-a", TICKET_KEY: 0,
+                                                                 ROUTING_KEY: routing._token}},
                                "exception": err}, None, None, None)
     assert list(routing._open) == [t2]
     # Try 2's own hook (its request_data has the model_info at the top).
@@ -987,6 +991,139 @@ def test_an_event_of_a_try_finishes_that_trys_ticket(closing):
     rows = routing.engine.ledger()
     assert sum(r.completed for r in rows) == 1 and sum(r.failed for r in rows) == 1
     assert all(s.inflight == 0 for s in routing.engine.replicas())
+
+
+def retried(routing, trace, user="q"):
+    """A call's first try and its retry, routed as the Router asks (one
+    trace id, one metadata dict); no event of the first comes (a failed
+    pre-call check). Returns the first try's ticket id."""
+    meta = {"class": "silver"}
+    first = traced_route(routing, meta, trace, user)["model_info"][TICKET_KEY]
+    traced_route(routing, meta, trace, user)
+    return first
+
+
+def test_a_strategy_not_started_sweeps_on_its_routes_and_events(closing):
+    """A strategy that is not started (its load reported another way) has
+    no tick thread: its routes and events sweep once a ticket is due, so a
+    try a retry took the place of is finished as CANCELLED after
+    late_event_wait_s, and a ticket no event finished after
+    ticket_timeout_s, rather than holding its replica's count until
+    close()."""
+    router, routing = hand_fed(["spot-a", "spot-b"], late_event_wait_s=0.1)
+    closing(routing)
+    first = retried(routing, "call")
+    assert first in routing._open
+    time.sleep(0.3)
+    dep = traced_route(routing, {}, "other", "x")       # another call's route sweeps
+    assert first not in routing._open and len(routing._open) == 2
+    run(routing.async_post_call_success_deployment_hook(
+        {"model_info": dep["model_info"]}, litellm.ModelResponse(), None))
+    assert sum(s.inflight for s in routing.engine.replicas()) == 1
+    assert all(s.consecutive_errors == 0 for s in routing.engine.replicas())   # CANCELLED
+    # ticket_timeout_s: an event of another call sweeps too.
+    router, routing = hand_fed(["spot-a"], ticket_timeout_s=0.2)
+    closing(routing)
+    traced_route(routing, {}, "lost", "q")
+    dep = traced_route(routing, {}, "kept", "q")
+    time.sleep(0.3)
+    run(routing.async_log_success_event(
+        {"litellm_params": {"model_info": dep["model_info"]}}, None, None, None))
+    assert not routing._open
+    assert routing.engine.replica_status("spot-a").inflight == 0
+
+
+def test_the_tick_thread_honours_late_event_wait_s(closing):
+    """A started strategy: the try a retry took the place of stays open,
+    for its own event, until late_event_wait_s has passed, then the tick
+    thread finishes it as CANCELLED."""
+    router, routing = hand_fed(["spot-a", "spot-b"], late_event_wait_s=0.6)
+    closing(routing)
+    routing.start()
+    first = retried(routing, "call")
+    opened = time.monotonic()
+    time.sleep(0.3)
+    assert first in routing._open
+    wait_for(lambda: first not in routing._open, timeout=3.0)
+    assert time.monotonic() - opened >= 0.5
+    assert len(routing._open) == 1
+    assert sum(s.inflight for s in routing.engine.replicas()) == 1
+    assert all(s.consecutive_errors == 0 for s in routing.engine.replicas())   # CANCELLED
+
+
+def test_two_routers_do_not_finish_each_others_tickets(closing):
+    """Two Routers, each with its strategy, both in litellm.callbacks (every
+    event reaches both) and each engine numbering its tickets from the same
+    first id: an event of a try one strategy routed finishes nothing of the
+    other's, by the try's mark or by its metadata."""
+    router_a, a = hand_fed(["spot-a"])
+    router_b, b = hand_fed(["spot-b"])
+    closing(a)
+    closing(b)
+    meta_a, meta_b = {"class": "silver"}, {"class": "silver"}
+    dep_a = traced_route(a, meta_a, "ta", "q")
+    dep_b = traced_route(b, meta_b, "tb", "q")
+    assert dep_a["model_info"][TICKET_KEY] == dep_b["model_info"][TICKET_KEY]
+    assert dep_a["model_info"][ROUTING_KEY] != dep_b["model_info"][ROUTING_KEY]
+    # A try without a mark (a caller's own event): by the metadata.
+    for cb in (a, b):
+        run(cb.async_log_failure_event(
+            {"litellm_params": {"litellm_trace_id": "tb", "metadata": meta_b},
+             "exception": litellm.InternalServerError("boom", "openai", MODEL)},
+            None, None, None))
+    assert a._open and not b._open
+    dep_b = traced_route(b, meta_b, "tb2", "q")
+    for cb in (a, b):
+        run(cb.async_log_success_event(
+            {"litellm_params": {"litellm_trace_id": "tb2", "metadata": meta_b,
+                                "model_info": dep_b["model_info"]}},
+            litellm.ModelResponse(), None, None))
+    assert not b._open
+    assert list(a._open) == [dep_a["model_info"][TICKET_KEY]]
+    assert a.engine.replica_status("spot-a").inflight == 1
+    assert sum(r.completed + r.failed for r in a.engine.ledger()) == 0
+
+
+def test_a_silent_experiment_is_a_call_of_its_own(backends, closing):
+    """A deployment with litellm_params.silent_model: LiteLLM mirrors each
+    call to that group with a copy of the call's kwargs (its trace id, and
+    its metadata with the call's tickets), marked is_silent_experiment.
+    The mirror gets its own ticket and does not take the place of the
+    primary's try, which its own success finishes OK, however long it is
+    served past late_event_wait_s."""
+    backends.start("spot-a", "-token-rate", "2000", "-answer-tokens", "12", "-ttft", "1000ms")
+    backends.start("spot-b", "-token-rate", "2000", "-answer-tokens", "12", "-ttft", "20ms")
+    a = deployment(backends, "spot-a")
+    a["litellm_params"]["silent_model"] = "shadow"
+    b = deployment(backends, "spot-b")
+    b["model_name"] = "shadow"
+    router = Router(model_list=[a, b], num_retries=0)
+    routing = SpotinferRouting.install(router, CONFIG, late_event_wait_s=0.3)
+    closing(routing)
+    cancelled = []
+    real = routing._finish
+
+    def finish(tid, res):
+        if res.status == TicketStatus.CANCELLED:
+            cancelled.append(tid)
+        real(tid, res)
+    routing._finish = finish
+    for stream in (False, True):
+        kw = dict(model=MODEL, messages=messages(SYSTEMS[0], f"q{stream}"),
+                  metadata={"class": "silver"})
+        if stream:
+            async def consume():
+                return [c async for c in await router.acompletion(stream=True, **kw)]
+            fp = run(consume())[0].system_fingerprint
+        else:
+            fp = run(router.acompletion(**kw)).system_fingerprint
+        assert fp == "spot-a"
+    wait_for(lambda: sum(r.completed for r in routing.engine.ledger()) == 4)
+    assert not cancelled
+    rows = {r.model: (r.completed, r.failed) for r in routing.engine.ledger()}
+    assert rows == {MODEL: (2, 0), "shadow": (2, 0)}, rows
+    assert all(s.inflight == 0 for s in routing.engine.replicas())
+    assert not routing._open
 
 
 def test_a_model_name_with_a_comma_is_routed(closing):

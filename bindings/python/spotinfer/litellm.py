@@ -37,6 +37,7 @@ import inspect
 import itertools
 import json
 import logging
+import secrets
 import threading
 import time
 import urllib.request
@@ -81,6 +82,17 @@ BODY_KEYS = ("stream", "max_tokens", "max_completion_tokens", "service_tier",
 #: try's kwargs and its events' litellm_params: _marked.
 TICKET_KEY = "spotinfer_ticket"
 
+#: Which strategy routed: beside TICKET_KEY in a try's model_info, and in
+#: the metadata where a strategy keeps tickets, a token of the strategy's
+#: own (each engine numbers its tickets from the same first id, and every
+#: strategy in a process gets every event: _try_ticket).
+ROUTING_KEY = "spotinfer_routing"
+
+#: Where a silent_model mirror of a call keeps its ticket id in its own
+#: metadata (LiteLLM copies the call's metadata, TICKETS_KEY and the trace
+#: id with it, for the mirror: _is_mirror).
+MIRROR_TICKET_KEY = "spotinfer_mirror_ticket"
+
 #: Where a call with a LiteLLM trace id (``litellm_trace_id``, one per
 #: Router call, kept across its retries and fallbacks) keeps its ticket id in
 #: the request's metadata: a dict by trace id, so calls in flight at once
@@ -89,6 +101,10 @@ TICKETS_KEY = "spotinfer_tickets"
 
 #: How long a request the library queues waits before it is decided again.
 _QUEUE_POLL_S = 0.05
+
+#: The tick thread's period, and the least time between two sweeps of a
+#: strategy without one (_sweep_if_due).
+_TICK_S = 0.1
 
 #: The replica ids serving each model name, those serving any, and every
 #: one (_serving_map).
@@ -182,7 +198,7 @@ class _Closed(Exception):
 class _Open:
     """A ticket between its route and its callback. ``until`` is set once a
     later route of its call took its place in the metadata
-    (_end_earlier_try): its own event may still come until then."""
+    (_leave_earlier_try): its own event may still come until then."""
 
     __slots__ = ("replica", "opened", "streamed", "until")
 
@@ -230,7 +246,7 @@ class SpotinferRouting(CustomLogger, CustomRoutingStrategyBase):  # type: ignore
     retry-after), ``ticket_timeout_s`` (a ticket no callback finished by
     then is finished as CANCELLED), ``late_event_wait_s`` (how long the
     try a later route of its call took the place of waits for its own
-    event before it is finished as CANCELLED: _end_earlier_try),
+    event before it is finished as CANCELLED: _leave_earlier_try),
     ``respect_litellm_health`` (take only
     deployments LiteLLM's own checks call healthy: cooldowns, allowed
     fails), ``ready_wait_s`` (start() waits this long for a first load
@@ -253,6 +269,10 @@ class SpotinferRouting(CustomLogger, CustomRoutingStrategyBase):  # type: ignore
         # LiteLLM keeps one callback per class and public scalar attributes:
         # a number of its own keeps two strategies (two routers) apart.
         self.instance = next(_instances)
+        # What marks the tickets of this strategy's routes, where they ride
+        # (ROUTING_KEY): random, so a copy or a pickle of a model_info names
+        # it and no other strategy, in this process or another.
+        self._token = secrets.token_hex(8)
         self._router = router
         self._own_engine = engine is None
         self.engine = engine if engine is not None else Engine(config)
@@ -277,6 +297,12 @@ class SpotinferRouting(CustomLogger, CustomRoutingStrategyBase):  # type: ignore
         self._closing = False               # close() called: no new route
         self._engine_closed = False         # its own engine closed, or closing
         self._open: Dict[int, _Open] = {}
+        # The earliest time an open ticket may be due for _expire_tickets
+        # (under _lock), and the last sweep of a strategy without a tick
+        # thread (_sweep_if_due).
+        self._due = float("inf")
+        self._swept = 0.0
+        self._ticking = False
         self._replicas: Dict[str, Replica] = {}
         # The replicas the library chooses among for each model name (one
         # object, swapped whole by a sync): _serving_map.
@@ -398,6 +424,7 @@ class SpotinferRouting(CustomLogger, CustomRoutingStrategyBase):  # type: ignore
                                     daemon=True)
             tick.start()
             self._threads.append(tick)
+            self._ticking = True
         deadline = time.monotonic() + self.ready_wait_s
         for ev in list(self._fresh.values()):
             ev.wait(max(0.0, deadline - time.monotonic()))
@@ -608,7 +635,7 @@ class SpotinferRouting(CustomLogger, CustomRoutingStrategyBase):  # type: ignore
             self._stop.wait(self.scrape_interval_s)
 
     def _tick_loop(self) -> None:
-        while not self._stop.wait(0.1):
+        while not self._stop.wait(_TICK_S):
             try:
                 with self._library():
                     self.engine.tick()
@@ -626,16 +653,39 @@ class SpotinferRouting(CustomLogger, CustomRoutingStrategyBase):  # type: ignore
     def _expire_tickets(self) -> None:
         """Finish as CANCELLED the tickets open past ticket_timeout_s, and
         those a later try took the place of whose own event did not come
-        within late_event_wait_s."""
+        within late_event_wait_s. One compare while none is due (_due)."""
         now = time.monotonic()
+        if now < self._due:
+            return
         cutoff = now - self.ticket_timeout_s
         with self._lock:
             old = [tid for tid, o in self._open.items()
                    if o.opened < cutoff or 0.0 < o.until <= now]
             for tid in old:
                 del self._open[tid]
+            self._due = min((self._due_of(o) for o in self._open.values()),
+                            default=float("inf"))
         for tid in old:
             self._finish(tid, TicketResult(status=TicketStatus.CANCELLED))
+
+    def _due_of(self, o: _Open) -> float:
+        """When _expire_tickets finishes an open ticket, unless an event
+        does first."""
+        due = o.opened + self.ticket_timeout_s
+        return min(due, o.until) if o.until else due
+
+    def _sweep_if_due(self) -> None:
+        """_expire_tickets, for a strategy that was not started (its load
+        reported another way): it has no tick thread, so its routes and
+        events sweep, at most once a _TICK_S and only once a ticket is due.
+        A started strategy's tick thread sweeps; this is one compare."""
+        if self._ticking:
+            return
+        now = time.monotonic()
+        if now < self._due or now < self._swept + _TICK_S:
+            return
+        self._swept = now
+        self._expire_tickets()
 
     # -- notices
 
@@ -753,46 +803,58 @@ class SpotinferRouting(CustomLogger, CustomRoutingStrategyBase):  # type: ignore
             dep = candidates.get(rid)
             if dep is None:
                 continue
-            meta = self._end_earlier_try(kwargs)
+            meta = self._leave_earlier_try(kwargs)
             if i == 0:
                 with self._lock:
                     closing = self._closing
                     if not closing:
-                        self._open[d.ticket.id] = _Open(rid)
-                        self._keep_ticket(meta, _trace_of(kwargs), d.ticket.id)
+                        o = self._open[d.ticket.id] = _Open(rid)
+                        self._due = min(self._due, self._due_of(o))
+                        self._keep_ticket(meta, kwargs, d.ticket.id)
                 if closing:
                     self._finish(d.ticket.id, TicketResult(status=TicketStatus.CANCELLED))
                     raise self._closed_error(model)
-                return _marked(dep, d.ticket.id)
+                return self._marked(dep, d.ticket.id)
             self._finish(d.ticket.id, TicketResult(status=TicketStatus.CANCELLED))
-            return _marked(dep, 0)
+            return self._marked(dep, 0)
         self._finish(d.ticket.id, TicketResult(status=TicketStatus.CANCELLED))
         return None
 
-    def _end_earlier_try(self, kwargs: Dict[str, Any]) -> Dict[str, Any]:
+    def _leave_earlier_try(self, kwargs: Dict[str, Any]) -> Dict[str, Any]:
         """The request's metadata, without an earlier try's ticket. LiteLLM
         keeps one metadata dict across a call's tries, and other calls may
         share it: a call's tries are told apart from theirs by its trace id
         (_tickets_by_trace); a call without one takes the dict's TICKET_KEY
-        as its own. A ticket still open there is not finished here. It is
-        an earlier try of this call whose failure event comes later (a
-        stream cut: LiteLLM logs it from a task or a thread of its own, and
-        the event finishes that try's ticket, as ERROR, by its mark:
-        _marked), or one that failed with no event (a pre-call check), or
-        the try of another call in flight under the same trace id and dict,
-        still served, which no route can tell apart. Its own event finishes
-        it; without one within late_event_wait_s, _expire_tickets does, as
-        CANCELLED: never as ERROR for a failure that may not be its own."""
+        as its own; a silent_model mirror, whose metadata is a copy of the
+        call's (its trace id and tickets included), MIRROR_TICKET_KEY: it
+        is no retry of the call it mirrors (_is_mirror). A dict whose
+        tickets another strategy keeps (ROUTING_KEY: one dict passed to two
+        Routers' calls) is left as it is. A ticket still open there is not
+        finished here. It is an earlier try of this call whose failure
+        event comes later (a stream cut: LiteLLM logs it from a task or a
+        thread of its own, and the event finishes that try's ticket, as
+        ERROR, by its mark: _marked), or one that failed with no event (a
+        pre-call check), or the try of another call in flight under the
+        same trace id and dict, still served, which no route can tell
+        apart. Its own event finishes it; without one within
+        late_event_wait_s, the sweep does (_expire_tickets, from the tick
+        thread or, without one, _sweep_if_due), as CANCELLED: never as
+        ERROR for a failure that may not be its own."""
         meta = kwargs.setdefault(_metadata_name(kwargs), {})
+        if meta.get(ROUTING_KEY) != self._token:
+            return meta
         trace = _trace_of(kwargs)
         with self._lock:
-            if trace is None:
+            if _is_mirror(kwargs):
+                earlier = _ticket_id(meta.pop(MIRROR_TICKET_KEY, None))
+            elif trace is None:
                 earlier = _ticket_id(meta.pop(TICKET_KEY, None))
             else:
                 earlier = _ticket_id(self._tickets_by_trace(meta).pop(trace, None))
             o = None if earlier is None else self._open.get(earlier)
             if o is not None and not o.until:
                 o.until = time.monotonic() + self.late_event_wait_s
+                self._due = min(self._due, o.until)
         return meta
 
     def _tickets_by_trace(self, meta: Dict[str, Any]) -> Dict[str, Any]:
@@ -806,10 +868,15 @@ class SpotinferRouting(CustomLogger, CustomRoutingStrategyBase):  # type: ignore
             del by_trace[trace]
         return by_trace
 
-    def _keep_ticket(self, meta: Dict[str, Any], trace: Optional[str], tid: int) -> None:
-        """Where the callbacks find the placed ticket (_ticket_of). Called
-        with the lock held."""
-        if trace is None:
+    def _keep_ticket(self, meta: Dict[str, Any], kwargs: Mapping[str, Any], tid: int) -> None:
+        """Where the next try of the call and the callbacks find the placed
+        ticket (_leave_earlier_try, _ticket_of). Called with the lock
+        held."""
+        meta[ROUTING_KEY] = self._token
+        trace = _trace_of(kwargs)
+        if _is_mirror(kwargs):
+            meta[MIRROR_TICKET_KEY] = tid
+        elif trace is None:
             meta[TICKET_KEY] = tid
         else:
             self._tickets_by_trace(meta)[trace] = tid
@@ -843,7 +910,7 @@ class SpotinferRouting(CustomLogger, CustomRoutingStrategyBase):  # type: ignore
             raise self._none_usable(
                 model, f"the library chose {d.replica_id} ({Pool(d.pool).name.lower()}), "
                        "and ", len(found), why)
-        return _marked(candidates[min(usable)[1]], 0)
+        return self._marked(candidates[min(usable)[1]], 0)
 
     def _none_offered(self, model: str, d: Any, candidates: Mapping[str, Any],
                       kwargs: Dict[str, Any]) -> Exception:
@@ -857,15 +924,15 @@ class SpotinferRouting(CustomLogger, CustomRoutingStrategyBase):  # type: ignore
     def _offered_status(self, model: str, candidates: Mapping[str, Any],
                         kwargs: Dict[str, Any]) -> List[Tuple[str, Any]]:
         """The engine's status of each offered deployment's replica, once
-        the library did not place the request on one of them; the earlier
-        try is finished, as it failed whatever this one gets (503
-        included)."""
+        the library did not place the request on one of them; the call's
+        earlier try leaves its place (_leave_earlier_try), as it failed
+        whatever this one gets (503 included)."""
         try:
             with self._library():
                 found = [(rid, self._status(rid)) for rid in candidates]
         except _Closed:
             raise self._closed_error(model) from None
-        self._end_earlier_try(kwargs)
+        self._leave_earlier_try(kwargs)
         return found
 
     def _none_usable(self, model: str, head: str, offered: int, why: List[str],
@@ -893,12 +960,15 @@ class SpotinferRouting(CustomLogger, CustomRoutingStrategyBase):  # type: ignore
         kwargs = request_kwargs if request_kwargs is not None else {}
         if _trace_of(kwargs) is not None:
             # A try of this call still open failed (a retry is what asks
-            # again): it ends here, whatever this one gets (a 429, a 503, a
-            # queue). Only a trace id tells this call's tries from those of
-            # other calls that share the metadata dict.
-            self._end_earlier_try(kwargs)
+            # again): it leaves the call's place here, whatever this one
+            # gets (a 429, a 503, a queue), and is finished by its own
+            # event or, without one, by the sweep (_leave_earlier_try).
+            # Only a trace id tells this call's tries from those of other
+            # calls that share the metadata dict.
+            self._leave_earlier_try(kwargs)
         if self._closing:
             raise self._closed_error(model)
+        self._sweep_if_due()
         self.sync_if_changed()
         if self.respect_litellm_health:
             found = await self._router.select(
@@ -907,7 +977,7 @@ class SpotinferRouting(CustomLogger, CustomRoutingStrategyBase):  # type: ignore
         else:
             found = self._resolved(model, messages, input, specific_deployment, kwargs)
         if isinstance(found, dict):         # one named deployment: no choice
-            return _marked(found, 0)
+            return self._marked(found, 0)
         offer = self._offer_for(model, found, messages, input, kwargs)
         deadline = time.monotonic() + self.queue_wait_s
         d = self._decide_by(model, offer, deadline, kwargs)
@@ -924,16 +994,19 @@ class SpotinferRouting(CustomLogger, CustomRoutingStrategyBase):  # type: ignore
         kwargs = request_kwargs if request_kwargs is not None else {}
         if _trace_of(kwargs) is not None:
             # A try of this call still open failed (a retry is what asks
-            # again): it ends here, whatever this one gets (a 429, a 503, a
-            # queue). Only a trace id tells this call's tries from those of
-            # other calls that share the metadata dict.
-            self._end_earlier_try(kwargs)
+            # again): it leaves the call's place here, whatever this one
+            # gets (a 429, a 503, a queue), and is finished by its own
+            # event or, without one, by the sweep (_leave_earlier_try).
+            # Only a trace id tells this call's tries from those of other
+            # calls that share the metadata dict.
+            self._leave_earlier_try(kwargs)
         if self._closing:
             raise self._closed_error(model)
+        self._sweep_if_due()
         self.sync_if_changed()
         found = self._resolved(model, messages, input, specific_deployment, kwargs)
         if isinstance(found, dict):         # one named deployment: no choice
-            return _marked(found, 0)
+            return self._marked(found, 0)
         offer = self._offer_for(model, found, messages, input, kwargs)
         deadline = time.monotonic() + self.queue_wait_s
         d = self._decide_by(model, offer, deadline, kwargs)
@@ -1029,6 +1102,50 @@ class SpotinferRouting(CustomLogger, CustomRoutingStrategyBase):  # type: ignore
 
     # -- tickets, from LiteLLM's callbacks
 
+    def _marked(self, dep: Any, tid: int) -> Any:
+        """The deployment a route returns, with the try's ticket id (0:
+        none) and the strategy's token (ROUTING_KEY) in a copy of its
+        model_info. The Router copies a deployment's model_info into each
+        try's kwargs (the deployment hooks' request_data) and from there
+        into the try's logging events (their litellm_params), a copy per
+        try, where the metadata's model_info is the last try's: each event
+        names its own try's ticket, however late it comes, and the
+        strategy that routed it."""
+        info = dep.get("model_info") if isinstance(dep, dict) else None
+        if not isinstance(info, dict):
+            return dep
+        return {**dep, "model_info": {**info, TICKET_KEY: tid, ROUTING_KEY: self._token}}
+
+    def _ticket_of(self, data: Mapping[str, Any]) -> Optional[int]:
+        """The ticket id of the try an event is about (0: a try without
+        one, or routed by another strategy): its own (_try_ticket), else,
+        for an event that does not say (a caller's own), the one kept in
+        its metadata, or in the metadata of its litellm_params (where the
+        logging events have it), by this strategy (ROUTING_KEY); a
+        mirror's in MIRROR_TICKET_KEY, else under its trace id when it has
+        one and was routed with it, else TICKET_KEY."""
+        own = _try_ticket(data, self._token)
+        if own is not None:
+            return own
+        trace = _trace_of(data)
+        metas = [m for m in (data.get("metadata"),
+                             (data.get("litellm_params") or {}).get("metadata"),
+                             data.get("litellm_metadata"))
+                 if isinstance(m, Mapping) and m.get(ROUTING_KEY) == self._token]
+        mirror = _is_mirror(data)
+        if trace is not None and not mirror:
+            for meta in metas:
+                by_trace = meta.get(TICKETS_KEY)
+                tid = _ticket_id(by_trace.get(trace)) if isinstance(by_trace, Mapping) else None
+                if tid is not None:
+                    return tid
+        key = MIRROR_TICKET_KEY if mirror else TICKET_KEY
+        for meta in metas:
+            tid = _ticket_id(meta.get(key))
+            if tid is not None:
+                return tid
+        return None
+
     def _finish(self, tid: int, result: TicketResult) -> None:
         try:
             with self._library(new=False):
@@ -1038,7 +1155,8 @@ class SpotinferRouting(CustomLogger, CustomRoutingStrategyBase):  # type: ignore
 
     def _done(self, status: TicketStatus, kwargs: Mapping[str, Any],
               response_obj: Any, start_time: Any, end_time: Any) -> None:
-        tid = _ticket_of(kwargs)
+        self._sweep_if_due()
+        tid = self._ticket_of(kwargs)
         if not tid:
             return                          # not routed here, or no ticket
         with self._lock:
@@ -1082,7 +1200,7 @@ class SpotinferRouting(CustomLogger, CustomRoutingStrategyBase):  # type: ignore
 
     async def async_post_call_streaming_deployment_hook(
             self, request_data: Dict[str, Any], response_chunk: Any, call_type: Any) -> Any:
-        tid = _ticket_of(request_data)
+        tid = self._ticket_of(request_data)
         if not tid:
             return None
         with self._lock:
@@ -1180,55 +1298,32 @@ def _trace_of(data: Mapping[str, Any]) -> Optional[str]:
     return None
 
 
-def _marked(dep: Any, tid: int) -> Any:
-    """The deployment a route returns, with the try's ticket id (0: none)
-    in a copy of its model_info. The Router copies a deployment's
-    model_info into each try's kwargs (the deployment hooks' request_data)
-    and from there into the try's logging events (their litellm_params), a
-    copy per try, where the metadata's model_info is the last try's: each
-    event names its own try's ticket, however late it comes."""
-    info = dep.get("model_info") if isinstance(dep, dict) else None
-    if not isinstance(info, dict):
-        return dep
-    return {**dep, "model_info": {**info, TICKET_KEY: tid}}
+def _is_mirror(data: Mapping[str, Any]) -> bool:
+    """Whether a route or an event is of a silent_model mirror of a call:
+    LiteLLM's Router runs the mirror with a copy of the call's kwargs (its
+    trace id and metadata, the tickets the metadata keeps included) whose
+    metadata it marks ``is_silent_experiment`` (Router.
+    _get_silent_experiment_kwargs), kept across the mirror's own tries."""
+    for meta in (data.get("metadata"), (data.get("litellm_params") or {}).get("metadata"),
+                 data.get("litellm_metadata")):
+        if isinstance(meta, Mapping) and meta.get("is_silent_experiment") is True:
+            return True
+    return False
 
 
-def _try_ticket(data: Mapping[str, Any]) -> Optional[int]:
+def _try_ticket(data: Mapping[str, Any], token: str) -> Optional[int]:
     """The ticket id (0: none) of the try an event is about, as _marked put
     it in the try's model_info: in litellm_params (the logging events) or
     at the top (the deployment hooks), never the metadata's, which the
-    call's later tries overwrite. None for a try the strategy did not
-    route."""
+    call's later tries overwrite. 0 for a try another strategy routed (its
+    token is not ``token``: another Router's, whose engine numbers its
+    tickets as this one does); None for an event with no try's mark."""
     for where in (data.get("litellm_params"), data):
         info = where.get("model_info") if isinstance(where, Mapping) else None
         if isinstance(info, Mapping) and TICKET_KEY in info:
+            if info.get(ROUTING_KEY) != token:
+                return 0
             return _ticket_id(info[TICKET_KEY]) or 0
-    return None
-
-
-def _ticket_of(data: Mapping[str, Any]) -> Optional[int]:
-    """The ticket id of the try an event is about (0: a try without one):
-    its own (_try_ticket), else, for an event that does not say (a
-    caller's own), the one in its metadata, or in the metadata of its
-    litellm_params (where the logging events have it); under its trace id
-    when it has one and was routed with it, else TICKET_KEY."""
-    own = _try_ticket(data)
-    if own is not None:
-        return own
-    trace = _trace_of(data)
-    metas = [m for m in (data.get("metadata"),
-                         (data.get("litellm_params") or {}).get("metadata"),
-                         data.get("litellm_metadata")) if isinstance(m, Mapping)]
-    if trace is not None:
-        for meta in metas:
-            by_trace = meta.get(TICKETS_KEY)
-            tid = _ticket_id(by_trace.get(trace)) if isinstance(by_trace, Mapping) else None
-            if tid is not None:
-                return tid
-    for meta in metas:
-        tid = _ticket_id(meta.get(TICKET_KEY))
-        if tid is not None:
-            return tid
     return None
 
 
@@ -1259,4 +1354,5 @@ def _failure_status(kwargs: Mapping[str, Any]) -> TicketStatus:
 
 
 __all__ = ["SpotinferRouting", "LITELLM_VERSION", "request_body",
-           "ticket_result", "TICKET_KEY", "TICKETS_KEY", "METADATA_KEYS"]
+           "ticket_result", "TICKET_KEY", "TICKETS_KEY", "ROUTING_KEY",
+           "MIRROR_TICKET_KEY", "METADATA_KEYS"]
