@@ -1021,14 +1021,46 @@ def test_a_strategy_not_started_sweeps_on_its_routes_and_events(closing):
         {"model_info": dep["model_info"]}, litellm.ModelResponse(), None))
     assert sum(s.inflight for s in routing.engine.replicas()) == 1
     assert all(s.consecutive_errors == 0 for s in routing.engine.replicas())   # CANCELLED
-    # ticket_timeout_s: an event of another call sweeps too.
+    # ticket_timeout_s: an event that finishes nothing of its own (a call
+    # this strategy did not route) sweeps too.
     router, routing = hand_fed(["spot-a"], ticket_timeout_s=0.2)
     closing(routing)
     traced_route(routing, {}, "lost", "q")
-    dep = traced_route(routing, {}, "kept", "q")
+    traced_route(routing, {}, "also lost", "q")
     time.sleep(0.3)
-    run(routing.async_log_success_event(
-        {"litellm_params": {"model_info": dep["model_info"]}}, None, None, None))
+    run(routing.async_log_success_event({}, None, None, None))
+    assert not routing._open
+    assert routing.engine.replica_status("spot-a").inflight == 0
+    rows = routing.engine.ledger()
+    assert sum(r.completed for r in rows) == 0 and sum(r.failed for r in rows) == 2
+
+
+def test_an_event_after_its_ticket_was_due_still_finishes_it(closing):
+    """A strategy not started sweeps after an event has finished its own
+    ticket: an event that comes once its ticket was due (past
+    ticket_timeout_s) still finishes it with what it says (OK), not as
+    CANCELLED by the sweep it brought about."""
+    router, routing = hand_fed(["spot-a"], ticket_timeout_s=0.2)
+    closing(routing)
+    dep = traced_route(routing, {}, "slow", "q")
+    time.sleep(0.3)
+    run(routing.async_post_call_success_deployment_hook(
+        {"model_info": dep["model_info"]}, litellm.ModelResponse(), None))
+    assert not routing._open
+    assert sum(r.completed for r in routing.engine.ledger()) == 1
+
+
+def test_ticket_timeout_s_changed_at_run_time_applies_to_open_tickets(closing):
+    """Lowering ticket_timeout_s on a running strategy judges the tickets
+    already open by the new value, as the tick thread's next sweep did
+    before the sweeps were skipped while nothing is due."""
+    router, routing = hand_fed(["spot-a"])          # ticket_timeout_s 600
+    closing(routing)
+    traced_route(routing, {"class": "silver"}, "t1", "q")
+    routing._expire_tickets()                       # nothing due: _due is set
+    routing.ticket_timeout_s = 0.1
+    time.sleep(0.3)
+    routing._expire_tickets()                       # what the tick thread does
     assert not routing._open
     assert routing.engine.replica_status("spot-a").inflight == 0
 
@@ -1040,12 +1072,12 @@ def test_the_tick_thread_honours_late_event_wait_s(closing):
     router, routing = hand_fed(["spot-a", "spot-b"], late_event_wait_s=0.6)
     closing(routing)
     routing.start()
+    before = time.monotonic()                       # before the retry left it
     first = retried(routing, "call")
-    opened = time.monotonic()
     time.sleep(0.3)
     assert first in routing._open
     wait_for(lambda: first not in routing._open, timeout=3.0)
-    assert time.monotonic() - opened >= 0.5
+    assert time.monotonic() - before >= 0.6
     assert len(routing._open) == 1
     assert sum(s.inflight for s in routing.engine.replicas()) == 1
     assert all(s.consecutive_errors == 0 for s in routing.engine.replicas())   # CANCELLED
@@ -1124,6 +1156,9 @@ def test_a_silent_experiment_is_a_call_of_its_own(backends, closing):
     assert rows == {MODEL: (2, 0), "shadow": (2, 0)}, rows
     assert all(s.inflight == 0 for s in routing.engine.replicas())
     assert not routing._open
+    # The mark is the mirror's copy's only: a LiteLLM that set it on the
+    # call's own dict would make the call look like its mirror.
+    assert "is_silent_experiment" not in kw["metadata"]
 
 
 def test_a_model_name_with_a_comma_is_routed(closing):

@@ -280,7 +280,7 @@ class SpotinferRouting(CustomLogger, CustomRoutingStrategyBase):  # type: ignore
         self.scrape_timeout_s = float(scrape_timeout_s)
         self.queue_wait_s = float(queue_wait_s)
         self.retry_after_s = int(retry_after_s)
-        self.ticket_timeout_s = float(ticket_timeout_s)
+        self._ticket_timeout_s = float(ticket_timeout_s)
         self.late_event_wait_s = float(late_event_wait_s)
         self.respect_litellm_health = bool(respect_litellm_health)
         self.ready_wait_s = float(ready_wait_s)
@@ -298,8 +298,10 @@ class SpotinferRouting(CustomLogger, CustomRoutingStrategyBase):  # type: ignore
         self._engine_closed = False         # its own engine closed, or closing
         self._open: Dict[int, _Open] = {}
         # The earliest time an open ticket may be due for _expire_tickets
-        # (under _lock), and the last sweep of a strategy without a tick
-        # thread (_sweep_if_due).
+        # (written under _lock, always at or below every open ticket's due
+        # time; read without it, where a stale value only moves a sweep by
+        # a tick), and the last sweep of a strategy without a tick thread
+        # (_sweep_if_due).
         self._due = float("inf")
         self._swept = 0.0
         self._ticking = False
@@ -649,6 +651,18 @@ class SpotinferRouting(CustomLogger, CustomRoutingStrategyBase):  # type: ignore
             except Exception:  # noqa: BLE001 - the engine closed under us
                 if self.engine.closed:
                     return
+
+    @property
+    def ticket_timeout_s(self) -> float:
+        """How long a ticket no event finished stays open. Assignable at
+        run time: the open tickets are then judged by the new value."""
+        return self._ticket_timeout_s
+
+    @ticket_timeout_s.setter
+    def ticket_timeout_s(self, value: float) -> None:
+        self._ticket_timeout_s = float(value)
+        # The open tickets' due times moved: the next sweep recomputes them.
+        self._due = float("-inf")
 
     def _expire_tickets(self) -> None:
         """Finish as CANCELLED the tickets open past ticket_timeout_s, and
@@ -1128,10 +1142,7 @@ class SpotinferRouting(CustomLogger, CustomRoutingStrategyBase):  # type: ignore
         if own is not None:
             return own
         trace = _trace_of(data)
-        metas = [m for m in (data.get("metadata"),
-                             (data.get("litellm_params") or {}).get("metadata"),
-                             data.get("litellm_metadata"))
-                 if isinstance(m, Mapping) and m.get(ROUTING_KEY) == self._token]
+        metas = [m for m in _metas(data) if m.get(ROUTING_KEY) == self._token]
         mirror = _is_mirror(data)
         if trace is not None and not mirror:
             for meta in metas:
@@ -1155,7 +1166,15 @@ class SpotinferRouting(CustomLogger, CustomRoutingStrategyBase):  # type: ignore
 
     def _done(self, status: TicketStatus, kwargs: Mapping[str, Any],
               response_obj: Any, start_time: Any, end_time: Any) -> None:
-        self._sweep_if_due()
+        try:
+            self._finish_event(status, kwargs, response_obj, start_time, end_time)
+        finally:
+            # After the event's own ticket: an event that came once its
+            # ticket was due still finishes it with what it says.
+            self._sweep_if_due()
+
+    def _finish_event(self, status: TicketStatus, kwargs: Mapping[str, Any],
+                      response_obj: Any, start_time: Any, end_time: Any) -> None:
         tid = self._ticket_of(kwargs)
         if not tid:
             return                          # not routed here, or no ticket
@@ -1298,17 +1317,21 @@ def _trace_of(data: Mapping[str, Any]) -> Optional[str]:
     return None
 
 
+def _metas(data: Mapping[str, Any]) -> List[Mapping[str, Any]]:
+    """The metadata dicts a route's kwargs or an event carry: the call's,
+    the one in its litellm_params (the logging events), and LiteLLM's
+    litellm_metadata (some call types)."""
+    return [m for m in (data.get("metadata"), (data.get("litellm_params") or {}).get("metadata"),
+                        data.get("litellm_metadata")) if isinstance(m, Mapping)]
+
+
 def _is_mirror(data: Mapping[str, Any]) -> bool:
     """Whether a route or an event is of a silent_model mirror of a call:
     LiteLLM's Router runs the mirror with a copy of the call's kwargs (its
     trace id and metadata, the tickets the metadata keeps included) whose
     metadata it marks ``is_silent_experiment`` (Router.
     _get_silent_experiment_kwargs), kept across the mirror's own tries."""
-    for meta in (data.get("metadata"), (data.get("litellm_params") or {}).get("metadata"),
-                 data.get("litellm_metadata")):
-        if isinstance(meta, Mapping) and meta.get("is_silent_experiment") is True:
-            return True
-    return False
+    return any(meta.get("is_silent_experiment") is True for meta in _metas(data))
 
 
 def _try_ticket(data: Mapping[str, Any], token: str) -> Optional[int]:
@@ -1329,11 +1352,7 @@ def _try_ticket(data: Mapping[str, Any], token: str) -> Optional[int]:
 
 def _disconnected(kwargs: Mapping[str, Any]) -> bool:
     """Whether LiteLLM's proxy marked the call's client as gone."""
-    for meta in (kwargs.get("metadata"), (kwargs.get("litellm_params") or {}).get("metadata"),
-                 kwargs.get("litellm_metadata")):
-        if isinstance(meta, Mapping) and meta.get("client_disconnected"):
-            return True
-    return False
+    return any(meta.get("client_disconnected") for meta in _metas(kwargs))
 
 
 def _failure_status(kwargs: Mapping[str, Any]) -> TicketStatus:
