@@ -134,6 +134,11 @@ typedef struct {
 } ngx_http_spi_loc_conf_t;
 
 
+/* nginx's own retries of a request on its kept-alive connections gone
+ * stale, at most (nginx's tries bound them too) */
+#define NGX_HTTP_SPI_STALE_MAX  8
+
+
 /* One request's routing, from the decision to the log phase. Once routed
  * it is found again after an internal redirect (which clears r->ctx)
  * through the pool cleanup that holds it: ngx_http_spi_get_ctx().
@@ -155,6 +160,10 @@ typedef struct {
     ngx_uint_t                      again;     /* 1 + the try that handed
                                                   the request on unfailed;
                                                   0: none */
+    ngx_uint_t                      left;      /* pc->tries after free_peer
+                                                  left a cached try open */
+    ngx_uint_t                      stale_code;    /* that try's status */
+    ngx_uint_t                      stale_retries; /* nginx's, taken */
     int64_t                         routed_us;     /* monotonic */
     int64_t                         first_byte_us;
     ngx_http_spi_tokens_t           tokens;    /* the answer's, so far */
@@ -172,6 +181,10 @@ typedef struct {
                                                   tried[next], unrouted */
     unsigned                        post:1;    /* a post_action pass: no
                                                   ticket, no route */
+    unsigned                        stale:1;   /* a failed try on a cached
+                                                  connection, its ticket
+                                                  still open: nginx's retry
+                                                  or the replica's error */
 } ngx_http_spi_ctx_t;
 
 

@@ -17,7 +17,11 @@ static ngx_int_t ngx_http_spi_get_peer(ngx_peer_connection_t *pc,
 static void ngx_http_spi_free_peer(ngx_peer_connection_t *pc, void *data,
     ngx_uint_t state);
 static void ngx_http_spi_answer_kept(ngx_http_spi_ctx_t *ctx);
-static void ngx_http_spi_passed_over(ngx_http_spi_ctx_t *ctx);
+static void ngx_http_spi_passed_over(ngx_http_spi_ctx_t *ctx,
+    ngx_uint_t code);
+static void ngx_http_spi_stale_settle(ngx_http_spi_ctx_t *ctx,
+    ngx_peer_connection_t *pc);
+static ngx_uint_t ngx_http_spi_status(ngx_http_spi_ctx_t *ctx);
 static ngx_int_t ngx_http_spi_body_filter(ngx_http_request_t *r,
     ngx_chain_t *in);
 
@@ -176,6 +180,9 @@ ngx_http_spi_init_peer(ngx_http_request_t *r,
         return NGX_ERROR;
     }
 
+    /* a failed try on a cached connection that nginx did not retry */
+    ngx_http_spi_stale_settle(ctx, NULL);
+
     /* After an internal redirect (error_page to a location that proxies
      * here again) the request goes on where the first pass left it: the
      * replicas tried answered what sent the request there, so the next
@@ -219,6 +226,8 @@ ngx_http_spi_get_peer(ngx_peer_connection_t *pc, void *data)
     /* No replica left: nginx answers 502, and $upstream_addr names the
      * upstream for this try, as with nginx's own balancers. */
     pc->name = &ctx->up->name;
+
+    ngx_http_spi_stale_settle(ctx, pc);
 
     if (ctx->next >= ctx->tries) {
         return NGX_BUSY;
@@ -265,13 +274,64 @@ ngx_http_spi_free_peer(ngx_peer_connection_t *pc, void *data,
     } else if (state == 0) {
         ngx_http_spi_answer_kept(ctx);
 
+    } else if (pc->cached && (state & NGX_PEER_FAILED)
+               && ctx->stale_retries < NGX_HTTP_SPI_STALE_MAX)
+    {
+        /* A kept-alive connection failed: nginx retries it on a new one
+         * (an error, not a timeout), giving back the try after this call
+         * returns; the next get_peer sees which (ngx_http_spi_stale_settle),
+         * and the ticket stays open until then. */
+        ctx->stale = 1;
+        ctx->stale_code = ngx_http_spi_status(ctx);
+
     } else {
-        ngx_http_spi_passed_over(ctx);
+        ngx_http_spi_passed_over(ctx, ngx_http_spi_status(ctx));
     }
 
     if (pc->tries) {
         pc->tries--;
     }
+
+    ctx->left = pc->tries;
+}
+
+
+/* A failed try on a cached connection (ctx->stale), at the next get_peer
+ * (pc) or when nginx went on without one (NULL: an internal redirect, the
+ * log phase). nginx gave the try back (pc->tries above what free_peer
+ * left) when the connection failed with an error: a kept-alive connection
+ * the replica had closed, which it retries on a new one. That is not a try
+ * of the request: the same replica again, unrouted, on the same ticket and
+ * not counted against ctx->tries. Otherwise (a timeout, or nginx's retry
+ * not taken) the try failed, and its ticket ends as free_peer would have
+ * ended it. */
+static void
+ngx_http_spi_stale_settle(ngx_http_spi_ctx_t *ctx, ngx_peer_connection_t *pc)
+{
+    if (!ctx->stale) {
+        return;
+    }
+
+    ctx->stale = 0;
+
+    if (pc != NULL && pc->tries > ctx->left && ctx->next > 0) {
+        ctx->stale_retries++;
+        ctx->next--;
+        ctx->handed = 1;
+        return;
+    }
+
+    ngx_http_spi_passed_over(ctx, ctx->stale_code);
+}
+
+
+/* The status the replica answered this try, 0 for none. */
+static ngx_uint_t
+ngx_http_spi_status(ngx_http_spi_ctx_t *ctx)
+{
+    ngx_http_upstream_t  *u = ctx->request->upstream;
+
+    return (u != NULL) ? u->headers_in.status_n : 0;
 }
 
 
@@ -282,13 +342,8 @@ ngx_http_spi_free_peer(ngx_peer_connection_t *pc, void *data,
  * its ticket. No answer, or one that failed after its header, is its
  * error. */
 static void
-ngx_http_spi_passed_over(ngx_http_spi_ctx_t *ctx)
+ngx_http_spi_passed_over(ngx_http_spi_ctx_t *ctx, ngx_uint_t code)
 {
-    ngx_uint_t            code;
-    ngx_http_upstream_t  *u = ctx->request->upstream;
-
-    code = (u != NULL) ? u->headers_in.status_n : 0;
-
     if (code < NGX_HTTP_BAD_REQUEST) {
         ngx_http_spi_ticket_end(ctx, SPI_TICKET_ERROR, code);
         return;
@@ -428,7 +483,13 @@ ngx_http_spi_log_handler(ngx_http_request_t *r)
 
     ctx = ngx_http_spi_get_ctx(r);
 
-    if (ctx == NULL || ctx->ticket == 0) {
+    if (ctx == NULL) {
+        return NGX_OK;
+    }
+
+    ngx_http_spi_stale_settle(ctx, NULL);
+
+    if (ctx->ticket == 0) {
         return NGX_OK;
     }
 

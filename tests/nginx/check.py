@@ -493,6 +493,37 @@ def check_pair(base, log):
         "ticket to the answer; no ticket left open")
 
 
+def stale_pair(post):
+    """Two requests in a row through upstream "ka" (post sends them on one
+    client connection, so one worker): the second finds the first's
+    kept-alive connection to the stale replica, which closes it unanswered,
+    and nginx sends it again on a new connection. (status, body) of each."""
+    return [post(f"/ka/v1/chat/completions?probe=ka-{n}", chat(SYSTEM, f"kept alive {n}")) for n in (1, 2)]
+
+
+def check_keepalive(base, log):
+    """A kept-alive connection gone stale is nginx's to retry, not a try of
+    the request: both requests are served by the one replica (no fallback),
+    the second after nginx's retry on a new connection (the replica twice
+    in $upstream_addr), with one decision each, its breaker closed
+    (edge.json: one error would open it) and no ticket left open."""
+    m = edge_metrics(base, "/ka-metrics")
+    conn = HTTPConnection(base.split("//", 1)[1], timeout=30)
+    answers = stale_pair(lambda path, body: post_on(conn, path, body))
+    conn.close()
+    for n, (status, raw) in enumerate(answers, 1):
+        if status != 200 or json.loads(raw).get("system_fingerprint") != "stale":
+            fail(f"/ka/, request {n}: {status} {raw!r}")
+    logged = access_log(log, "probe=ka-2")
+    tried = logged[0]["upstream"].split(", ") if len(logged) == 1 else []
+    if len(tried) != 2 or tried[0] != tried[1] or logged[0]["replica"] != "stale":
+        fail(f"/ka/: the second request, the stale connection then a new one to the same replica: {logged}")
+    wait_edge(base, {"decisions": m["decisions"] + 2, "open_tickets": 0, "breaker": 0,
+                     "breakers_opened": m["breakers_opened"]}, "/ka/", "/ka-metrics")
+    say("keepalive: a kept-alive connection the replica had closed was retried by nginx on a new one, "
+        "to the same replica, unrouted: 200, one decision a request, no error counted, no ticket open")
+
+
 def check_post_action(base, log):
     """A post_action proxying to pair again runs after the answer was
     served and before the log phase: it goes to the replica that served,
@@ -849,6 +880,11 @@ def valgrind_round(base, backends):
     got, raw = late_and_notice(post, base)
     if got != 502:
         fail(f"/pair-late under valgrind: {got} {raw!r}")
+    conn = HTTPConnection(base.split("//", 1)[1], timeout=60)
+    for got, raw in stale_pair(lambda path, body: post_on(conn, path, body)):
+        if got != 200:
+            fail(f"/ka under valgrind: {got} {raw!r}")
+    conn.close()
     # Streams of several tokens an event, one with the usage so far in each,
     # and a notice while one is open (its plan is logged).
     tok = openai.OpenAI(base_url=base + "/tok/v1", api_key="unused", max_retries=0)
@@ -864,6 +900,7 @@ def valgrind_round(base, backends):
             pass
     say("valgrind round: chat, stream, 400, 405, notice, metrics, internal redirects, "
         "404, 403 and 503 retried on a request routed again, one routed nowhere, "
+        "a stale kept-alive connection retried, "
         "streams of several tokens an event, a notice on an open stream")
 
 
@@ -921,6 +958,7 @@ def main():
     check_redirects(a.base, a.access_log)
     check_pair(a.base, a.access_log)
     check_retry_nowhere(a.base, a.access_log, a.error_log)
+    check_keepalive(a.base, a.access_log)
     check_cancel(a.base, a.access_log)
     heir = check_notice(a.base, owner, nodes, addrs, a.access_log, a.workers)
     if heir is None:

@@ -6,7 +6,9 @@
 # Builds bindings/nginx into build/nginx/, starts six fake model servers
 # (examples/fakellm: spot-a, spot-b, od-1 behind upstream "llm", 3 tokens
 # an event; hot, alone behind upstream "hot"; multi, alone behind upstream
-# "tok", 4 tokens an event at 20 tokens/s) and a real nginx (its own prefix
+# "tok", 4 tokens an event at 20 tokens/s), a stale one
+# (tests/nginx/stale_backend.py, alone behind upstream "ka", kept alive)
+# and a real nginx (its own prefix
 # in a temporary directory, master process, two workers) that loads the
 # module, then:
 #   - checks that "nginx -t" rejects bad configurations with a clear message;
@@ -21,6 +23,9 @@
 #     for a second pass after an error_page and for proxy_next_upstream
 #     http_404 and http_403, each try after a failed one routed again with
 #     a ticket of its own, or placed nowhere: 502),
+#     a kept-alive connection the replica closed (upstream "ka": keepalive
+#     to tests/nginx/stale_backend.py, which closes each connection on its
+#     second request), which nginx retries on a new one,
 #     and the output tokens of streams with several tokens an event, with
 #     and without the backend's usage (upstream "tok"): the tickets' output
 #     tokens in the access log, their progress in the plans a notice logs;
@@ -92,9 +97,13 @@ fake edge -token-rate 400
 # multi: streams slow enough to hand in a notice while they run (the plans
 # it logs show each ticket's progress)
 fake multi -token-rate 20 -tokens-per-event 4
-for id in spot-a spot-b od-1 hot edge multi; do
+# stale: answers the first request of each connection, kept alive, and
+# closes the connection on the second (a kept-alive connection gone stale)
+"$python" "$here/stale_backend.py" "$work/stale.addr" 900 >"$work/stale.out" 2>&1 &
+pids+=($!)
+for id in spot-a spot-b od-1 hot edge multi stale; do
   for _ in $(seq 1 100); do [[ -s "$work/$id.addr" ]] && break; sleep 0.1; done
-  [[ -s "$work/$id.addr" ]] || die "fakellm $id did not start"
+  [[ -s "$work/$id.addr" ]] || die "backend $id did not start"
 done
 free_port() { "$python" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 port=$(free_port)
@@ -125,10 +134,10 @@ JSON
 # replica's server listens on $eport, the pair replicas' on $sport (spot)
 # and $oport (on-demand)
 conf() {
-  local a b c h e m
+  local a b c h e m k
   a=$(cat "$work/spot-a.addr") b=$(cat "$work/spot-b.addr")
   c=$(cat "$work/od-1.addr") h=$(cat "$work/hot.addr") e=$(cat "$work/edge.addr")
-  m=$(cat "$work/multi.addr")
+  m=$(cat "$work/multi.addr") k=$(cat "$work/stale.addr")
   cat >"$work/prefix/conf/$1" <<CONF
 load_module $module;
 worker_processes $2;
@@ -168,6 +177,13 @@ http {
     spotinfer edge.json scrape_interval=100ms;
     server 127.0.0.1:$eport;
     spotinfer_replica 127.0.0.1:$eport id=edge pool=spot zone=us-east-1a price=0.45 node=i-00000000000000ed0;
+  }
+  # stale, alone, with kept-alive connections (after spotinfer)
+  upstream ka {
+    spotinfer edge.json scrape_interval=100ms;
+    server $k;
+    spotinfer_replica $k id=stale pool=spot zone=us-east-1a price=0.45 node=i-00000000000000ce0;
+    keepalive 4;
   }
   upstream pair {
     spotinfer pair.json scrape_interval=100ms;
@@ -316,6 +332,17 @@ http {
       proxy_next_upstream error timeout http_404 http_403 non_idempotent;
     }
     location = /pair-metrics { spotinfer_metrics pair; }
+
+    # The stale replica closes a kept-alive connection on its second
+    # request: nginx retries such a cached connection on a new one.
+    location /ka/ {
+      spotinfer_route ka;
+      proxy_pass http://ka/;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_next_upstream error timeout non_idempotent;
+    }
+    location = /ka-metrics { spotinfer_metrics ka; }
   }
 
   # The edge replica: a fakellm, except that /fail/... answers 503 (not
@@ -500,7 +527,7 @@ if [[ $rc -ne 0 ]]; then
 fi
 # The engines were freed (what is still reachable at exit is not a leak to
 # valgrind, so the exit path is checked by its log line).
-[[ $(grep -c 'engine freed' "$work/prefix/logs/valgrind-error.log") -eq 5 ]] ||
-  die "the worker did not free its five engines on exit"
+[[ $(grep -c 'engine freed' "$work/prefix/logs/valgrind-error.log") -eq 6 ]] ||
+  die "the worker did not free its six engines on exit"
 note "valgrind: no memory error, no leak"
 keep=no

@@ -1,0 +1,91 @@
+"""A backend whose kept-alive connections go stale, for tests/nginx/run.sh.
+
+    python3 stale_backend.py ADDR_FILE [SECONDS]
+
+Listens on 127.0.0.1 at a port the OS picks (written to ADDR_FILE), for at
+most SECONDS (900). On each connection it answers the first POST with a
+whole chat completion, kept alive (Content-Length), then reads the second
+request on that connection and closes it without an answer: what a backend
+that closed an idle connection looks like to the proxy that reuses it. A
+GET (the module's load scrape) gets an idle vLLM metrics text and the
+connection is closed.
+"""
+
+import json
+import os
+import socket
+import sys
+import threading
+import time
+
+METRICS = "".join(f'{name}{{engine="0",model_name="fake-model"}} 0\n' for name in (
+    "vllm:num_requests_running", "vllm:num_requests_waiting", "vllm:kv_cache_usage_perc")).encode()
+
+
+def read_request(f):
+    """(method, body) of the next request on f, or None at the end."""
+    line = f.readline()
+    if not line:
+        return None
+    length = 0
+    while True:
+        h = f.readline()
+        if h in (b"\r\n", b"\n", b""):
+            break
+        name, _, value = h.decode("latin-1").partition(":")
+        if name.strip().lower() == "content-length":
+            length = int(value.strip())
+    return line.split(b" ", 1)[0], f.read(length)
+
+
+def answer(body, content_type, keep):
+    return (f"HTTP/1.1 200 OK\r\nContent-Type: {content_type}\r\nContent-Length: {len(body)}\r\n"
+            f"Connection: {'keep-alive' if keep else 'close'}\r\n\r\n").encode() + body
+
+
+def completion():
+    return json.dumps({
+        "id": "chatcmpl-stale", "object": "chat.completion", "created": int(time.time()),
+        "model": "fake-model", "system_fingerprint": "stale",
+        "choices": [{"index": 0, "finish_reason": "stop",
+                     "message": {"role": "assistant", "content": " a fresh answer"}}],
+        "usage": {"prompt_tokens": 8, "completion_tokens": 3, "total_tokens": 11}}).encode()
+
+
+def serve(conn):
+    with conn, conn.makefile("rb") as f:
+        conn.settimeout(30)
+        try:
+            req = read_request(f)
+            if req is None:
+                return
+            if req[0] != b"POST":
+                conn.sendall(answer(METRICS, "text/plain; version=0.0.4", False))
+                return
+            conn.sendall(answer(completion(), "application/json", True))
+            read_request(f)  # the second request: read, then the connection closes unanswered
+        except OSError:
+            pass
+
+
+def main():
+    lifetime = float(sys.argv[2]) if len(sys.argv) > 2 else 900.0
+    srv = socket.socket()
+    srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(64)
+    srv.settimeout(1.0)
+    with open(sys.argv[1] + ".tmp", "w") as out:
+        out.write("127.0.0.1:%d" % srv.getsockname()[1])
+    os.replace(sys.argv[1] + ".tmp", sys.argv[1])
+    end = time.time() + lifetime
+    while time.time() < end:
+        try:
+            conn, _ = srv.accept()
+        except socket.timeout:
+            continue
+        threading.Thread(target=serve, args=(conn,), daemon=True).start()
+
+
+if __name__ == "__main__":
+    main()
