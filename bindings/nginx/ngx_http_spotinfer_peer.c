@@ -19,6 +19,7 @@ static void ngx_http_spi_free_peer(ngx_peer_connection_t *pc, void *data,
 static void ngx_http_spi_answer_kept(ngx_http_spi_ctx_t *ctx);
 static void ngx_http_spi_passed_over(ngx_http_spi_ctx_t *ctx,
     ngx_uint_t code);
+static ngx_uint_t ngx_http_spi_timed_out(ngx_peer_connection_t *pc);
 static void ngx_http_spi_stale_settle(ngx_http_spi_ctx_t *ctx,
     ngx_peer_connection_t *pc);
 static ngx_uint_t ngx_http_spi_status(ngx_http_spi_ctx_t *ctx);
@@ -275,12 +276,14 @@ ngx_http_spi_free_peer(ngx_peer_connection_t *pc, void *data,
         ngx_http_spi_answer_kept(ctx);
 
     } else if (pc->cached && (state & NGX_PEER_FAILED)
+               && !ngx_http_spi_timed_out(pc)
                && ctx->stale_retries < NGX_HTTP_SPI_STALE_MAX)
     {
-        /* A kept-alive connection failed: nginx retries it on a new one
-         * (an error, not a timeout), giving back the try after this call
-         * returns; the next get_peer sees which (ngx_http_spi_stale_settle),
-         * and the ticket stays open until then. */
+        /* A kept-alive connection failed with an error: nginx may retry
+         * it on a new one, giving back the try after this call returns;
+         * the next get_peer sees whether it did (ngx_http_spi_stale_settle),
+         * and the ticket stays open until then. A timeout is the replica's
+         * failure: nginx gives nothing back for it. */
         ctx->stale = 1;
         ctx->stale_code = ngx_http_spi_status(ctx);
 
@@ -321,7 +324,23 @@ ngx_http_spi_stale_settle(ngx_http_spi_ctx_t *ctx, ngx_peer_connection_t *pc)
         return;
     }
 
+    if (ctx->request->connection->error) {
+        /* the client left before nginx tried again: not the replica's */
+        ngx_http_spi_ticket_end(ctx, SPI_TICKET_CANCELLED, 0);
+        return;
+    }
+
     ngx_http_spi_passed_over(ctx, ctx->stale_code);
+}
+
+
+/* Whether the try's connection timed out (a read or a write). */
+static ngx_uint_t
+ngx_http_spi_timed_out(ngx_peer_connection_t *pc)
+{
+    ngx_connection_t  *c = pc->connection;
+
+    return c != NULL && (c->read->timedout || c->write->timedout);
 }
 
 
@@ -612,6 +631,13 @@ ngx_http_spi_body_filter(ngx_http_request_t *r, ngx_chain_t *in)
     ngx_http_spi_ctx_t  *ctx;
 
     ctx = ngx_http_spi_get_ctx(r);
+
+    if (ctx != NULL && !ctx->post) {
+        /* Output goes to the client: a try left open on a kept-alive
+         * connection was not tried again (nginx went on to an error page,
+         * say), and ends before another answer counts on its ticket. */
+        ngx_http_spi_stale_settle(ctx, NULL);
+    }
 
     if (ctx == NULL || ctx->ticket == 0 || in == NULL || ctx->post) {
         return ngx_http_next_body_filter(r, in);

@@ -524,6 +524,37 @@ def check_keepalive(base, log):
         "to the same replica, unrouted: 200, one decision a request, no error counted, no ticket open")
 
 
+def check_keepalive_given_up(base, log):
+    """A POST on a kept-alive connection gone stale, where nginx may not
+    send it again (no non_idempotent): the try failed (the replica's error:
+    its breaker opens, edge.json), and the error page's answer, from the
+    edge fakellm, counts nothing on that try's ticket (0 tokens). On one
+    client connection (one worker) the stale replica serves a request a
+    connection, so one of the first two finds a kept-alive one."""
+    m = edge_metrics(base, "/ka-metrics")
+    conn = HTTPConnection(base.split("//", 1)[1], timeout=30)
+    sent, given_up = 0, None
+    while given_up is None and sent < 2:
+        sent += 1
+        status, raw = post_on(conn, f"/ka-fb/v1/chat/completions?probe=kafb-{sent}",
+                              chat(SYSTEM, f"given up {sent}"))
+        fp = json.loads(raw).get("system_fingerprint") if status == 200 else None
+        if fp not in ("stale", "edge"):
+            fail(f"/ka-fb/, request {sent}: {status} {raw!r}")
+        if fp == "edge":
+            given_up = sent
+    conn.close()
+    if given_up is None:
+        fail("/ka-fb/: no request found a kept-alive connection to the stale replica")
+    logged = access_log(log, f"probe=kafb-{given_up}")
+    if len(logged) != 1 or logged[0]["tokens"] != "0":
+        fail(f"/ka-fb/: the error page's answer counted on the failed try's ticket: {logged}")
+    wait_edge(base, {"decisions": m["decisions"] + sent, "open_tickets": 0,
+                     "breakers_opened": m["breakers_opened"] + 1}, "/ka-fb/", "/ka-metrics")
+    say("keepalive, not retried (a POST without non_idempotent): the try failed as the replica's "
+        "error, and the error page's answer from another server counted nothing on its ticket")
+
+
 def check_post_action(base, log):
     """A post_action proxying to pair again runs after the answer was
     served and before the log phase: it goes to the replica that served,
@@ -959,6 +990,7 @@ def main():
     check_pair(a.base, a.access_log)
     check_retry_nowhere(a.base, a.access_log, a.error_log)
     check_keepalive(a.base, a.access_log)
+    check_keepalive_given_up(a.base, a.access_log)
     check_cancel(a.base, a.access_log)
     heir = check_notice(a.base, owner, nodes, addrs, a.access_log, a.workers)
     if heir is None:

@@ -343,6 +343,21 @@ http {
       proxy_next_upstream error timeout non_idempotent;
     }
     location = /ka-metrics { spotinfer_metrics ka; }
+    # The same without non_idempotent: nginx does not send a POST again on
+    # a new connection, and its 502 goes to an error page that proxies to
+    # the edge fakellm, whose answer is not the stale replica's.
+    location /ka-fb/ {
+      spotinfer_route ka;
+      proxy_pass http://ka/;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      error_page 502 = @ka-fb;
+    }
+    location @ka-fb {
+      # a URI in a named location's proxy_pass needs a variable
+      set \$ka_fb /v1/chat/completions;
+      proxy_pass http://$e\$ka_fb;
+    }
   }
 
   # The edge replica: a fakellm, except that /fail/... answers 503 (not
