@@ -169,6 +169,8 @@ typedef struct {
     ngx_http_spi_tokens_t           tokens;    /* the answer's, so far */
     uint64_t                        progress;  /* the last reported */
     ngx_int_t                       phase_rc;
+    ngx_uint_t                      served;    /* the answer's status, kept
+                                                  from a post_action pass */
     int32_t                         klass;
     int32_t                         reason;
     uint32_t                        matched_blocks;

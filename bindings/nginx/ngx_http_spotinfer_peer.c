@@ -168,8 +168,9 @@ ngx_http_spi_init_peer(ngx_http_request_t *r,
     if (ctx != NULL && ctx->routed && ctx->up != scf->up) {
         ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
                       "spotinfer: upstream \"%V\": the request was routed "
-                      "through \"%V\" (a request is routed once, internal "
-                      "redirects included)", &scf->up->name, &ctx->up->name);
+                      "through \"%V\" (a request is routed through one "
+                      "upstream, internal redirects included)",
+                      &scf->up->name, &ctx->up->name);
         return NGX_ERROR;
     }
 
@@ -203,6 +204,11 @@ ngx_http_spi_init_peer(ngx_http_request_t *r,
      * replica that served, once, and neither ends that ticket nor routes
      * the request again (the answer, not this pass, is the try's). */
     if (r->post_action) {
+        /* its answer's status replaces the served one in headers_out */
+        if (!ctx->post) {
+            ctx->served = r->headers_out.status;
+        }
+
         ctx->post = 1;
         ctx->handed = 1;
         ctx->next -= ctx->next > 0;
@@ -512,7 +518,7 @@ ngx_http_spi_log_handler(ngx_http_request_t *r)
         return NGX_OK;
     }
 
-    code = r->headers_out.status;
+    code = ctx->post ? ctx->served : r->headers_out.status;
 
     /* The replica never got the request (an internal redirect, try_files
      * or another content handler took it first): not its error. */

@@ -21,7 +21,7 @@ import (
 // continuation after an interruption.
 type leg struct {
 	replica string
-	ticket  spotinfer.Ticket // zero for a fallback without a ticket
+	ticket  spotinfer.Ticket // the try's
 	sent    time.Time
 	offset  uint64 // tokens the client had when this leg started
 	resumed bool   // a continuation after a cut

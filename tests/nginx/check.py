@@ -559,7 +559,8 @@ def check_post_action(base, log):
     """A post_action proxying to pair again runs after the answer was
     served and before the log phase: it goes to the replica that served,
     is not routed (one decision), and the served try's ticket ends with
-    the answer (its 6 tokens), not as cancelled by that pass."""
+    the answer (its 6 tokens, its 200), not as cancelled by that pass nor
+    with the post_action's 503 (no breaker opens: pair.json)."""
     m = edge_metrics(base, "/pair-metrics")
     status, _, raw = http("POST", f"{base}/pair-post/v1/chat/completions?probe=post",
                           chat(SYSTEM, "post"))

@@ -305,7 +305,10 @@ http {
     }
     location @pair-post {
       spotinfer_route pair;
-      proxy_pass http://pair;
+      # both pair replicas answer /down/ 503: the post_action's answer,
+      # which must not end the served try's ticket as an error
+      set \$pair_post /down/;
+      proxy_pass http://pair\$pair_post;
     }
     # Both pair replicas fail /pair-down/ (a 503 nginx passes over, then
     # the on-demand one's 503, which the client gets).
