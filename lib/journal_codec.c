@@ -352,6 +352,29 @@ typedef struct jr_frame {
   int by_length;   /* FR_TORN, FR_BAD: a wrong length would explain it */
 } jr_frame;
 
+/* A frame whose checksum holds for payload length len (h its header in
+ * the window): its sequence must pass last_seq and stay below the next
+ * segment's first, and its payload must decode. FR_OK (fr decoded, fr->seq
+ * set), FR_BAD (fr->bad says why) or SPI_ENOMEM. */
+static int frame_accept(const spi_jr_reader *r, uint64_t last_seq,
+                        const uint8_t *h, uint32_t len, spi_buf *scratch,
+                        jr_frame *fr) {
+  fr->seq = get64(h + 12);
+  if (fr->seq <= last_seq)
+    fr->bad = "sequence does not increase";
+  else if (fr->seq >= r->bound)
+    fr->bad = "sequence not below the next segment's first";
+  if (fr->bad) return FR_BAD;
+  int rc = decode_payload(get16(h + 4), h + SPI_JR_HEADER_BYTES, len, &fr->rec,
+                          &fr->env, scratch, r->m);
+  if (rc == SPI_ENOMEM) return rc;
+  if (rc != SPI_OK) {
+    fr->bad = "inconsistent payload";
+    return FR_BAD;
+  }
+  return FR_OK;
+}
+
 /*
  * Check the frame at the reader's position without moving it: FR_OK (fr
  * decoded, its pointers into the window), FR_END (no bytes left), FR_TORN
@@ -396,19 +419,7 @@ static int frame_at(spi_jr_reader *r, uint64_t last_seq, spi_buf *scratch,
     return FR_BAD;
   }
   fr->by_length = 0;
-  if (fr->seq <= last_seq)
-    fr->bad = "sequence does not increase";
-  else if (fr->seq >= r->bound)
-    fr->bad = "sequence not below the next segment's first";
-  if (fr->bad) return FR_BAD;
-  int rc = decode_payload(get16(h + 4), h + SPI_JR_HEADER_BYTES, len, &fr->rec,
-                          &fr->env, scratch, r->m);
-  if (rc == SPI_ENOMEM) return rc;
-  if (rc != SPI_OK) {
-    fr->bad = "inconsistent payload";
-    return FR_BAD;
-  }
-  return FR_OK;
+  return frame_accept(r, last_seq, h, len, scratch, fr);
 }
 
 /* The payload length that the fixed fields of a payload of this type give
@@ -433,8 +444,9 @@ static uint64_t implied_len(int32_t type, const uint8_t *p, size_t avail) {
  * The frame at the reader's position, which frame_at found torn or failing
  * its checksum, read again with the length its payload gives in place of
  * the one in its header: 1 when that holds (fr decoded as by frame_at,
- * fr->total the true size), 0 when it does not (fr's record and envelope
- * overwritten, the rest untouched), or SPI_ENOMEM, SPI_EIO.
+ * fr->total the true size), 0 when it does not (fr's record, envelope
+ * and reason may be overwritten: frame_or_repair puts the reason back), or
+ * SPI_ENOMEM, SPI_EIO.
  *
  * It holds when the CRC-32C over the header with that length, and the
  * payload, is the one stored after it, and the sequence and payload checks
@@ -465,16 +477,11 @@ static int repair_at(spi_jr_reader *r, uint64_t last_seq, spi_buf *scratch,
   put32(head + 8, (uint32_t)len);
   uint32_t crc = spi__crc32c(0, head, sizeof head);
   crc = spi__crc32c(crc, h + SPI_JR_HEADER_BYTES, (size_t)len);
-  uint64_t seq = get64(h + 12);
-  if (crc != get32(h + SPI_JR_HEADER_BYTES + len) || seq <= last_seq ||
-      seq >= r->bound)
-    return 0;
-  int rc = decode_payload(type, h + SPI_JR_HEADER_BYTES, (uint32_t)len,
-                          &fr->rec, &fr->env, scratch, r->m);
-  if (rc != SPI_OK) return rc == SPI_ENOMEM ? rc : 0;
-  fr->seq = seq;
-  fr->total = total;
+  if (crc != get32(h + SPI_JR_HEADER_BYTES + len)) return 0;
   fr->bad = NULL;
+  int k = frame_accept(r, last_seq, h, (uint32_t)len, scratch, fr);
+  if (k != FR_OK) return k == SPI_ENOMEM ? k : 0;
+  fr->total = total;
   return 1;
 }
 
