@@ -420,6 +420,8 @@ typedef struct spi_replay_store_stats {
   uint64_t skipped;         /* damaged ranges skipped, good records after */
   uint64_t skipped_bytes;
   uint64_t aside_files;     /* files of damaged bytes kept for inspection */
+  uint64_t repaired;        /* records read whole despite a damaged length
+                               field (see spi_replay_stats) */
 } spi_replay_store_stats;
 
 /*
