@@ -739,7 +739,7 @@ static int note_damaged(journal *j, uint32_t no) {
 }
 
 /* Add to rep, the repair notes, that file name held records read by
- * repair_at(). They are in no count of the stats, which count what
+ * repair_at(). The stats count them in repaired alone, not with what
  * recovery lost or skipped: these records were read whole. j_recover puts
  * rep after every note of a loss, since the warning is cut at its size. */
 static void note_repaired(const char *name, const spi_jr_scan *sc, char *rep,
@@ -790,6 +790,7 @@ static int handle_damage(journal *j, jr_file *f, int fd, int active,
   uint64_t tail = sc->stop == SPI_JR_END ? 0 : f->size - sc->valid_bytes;
   j->stats.skipped += sc->skipped;
   j->stats.skipped_bytes += sc->skipped_bytes;
+  j->stats.repaired += sc->repaired;
   /* torn and truncated_bytes count every damaged range, as they always
    * have: a monitor that only knows them still sees the damage. */
   j->stats.torn += sc->skipped + (sc->stop != SPI_JR_END);

@@ -37,6 +37,16 @@
 
 #define MSG_VERSION 1
 
+/* How long one tick may spend sending kept messages, by the engine's
+ * clock. A bus that takes messages again, but each one slowly (near the
+ * module's own timeout, which the library does not know), would otherwise
+ * hold the tick for one publish per kept message, up to
+ * SPI_FLEET_PENDING_MAX of them, on the host's event loop. Past the budget
+ * the publish under way ends and the rest wait for the next tick: a tick
+ * takes about one publish on a slow bus, while a quick one still sends
+ * everything kept at once. */
+#define FLUSH_BUDGET_NS (100 * 1000000LL)
+
 struct spi_fleet_ref {
   atomic_uint refs;
   spi_modentry *mod;
@@ -416,25 +426,43 @@ static void pending_unshift(spi_engine *e, struct spi_fleet *f,
   f->npending++;
 }
 
-/* Send what failed before, oldest first, until one fails again. While
- * this runs, new messages queue behind (flushing), so order holds. */
+/* Take the oldest kept message off the ring (npending > 0). f->mu held. */
+static pending_msg pending_shift(struct spi_fleet *f) {
+  pending_msg p = f->pending[f->head];
+  f->head = (f->head + 1) % SPI_FLEET_PENDING_MAX;
+  f->npending--;
+  return p;
+}
+
+/* Whether a flush that started at start has spent FLUSH_BUDGET_NS. A clock
+ * that went back counts as spent: a stepped clock must not stretch a tick. */
+static int budget_spent(const spi_engine *e, int64_t start) {
+  int64_t now = spi__engine_now(e);
+  return now < start || (uint64_t)now - (uint64_t)start >= FLUSH_BUDGET_NS;
+}
+
+/* Send what failed before, oldest first, until one fails again or the
+ * tick's budget is spent (one is always tried, so the ring drains). What
+ * is not sent stays at the head for the next tick. While this runs, new
+ * messages queue behind (flushing), so order holds. */
 static int flush_pending(spi_engine *e, struct spi_fleet *f,
                          struct spi_fleet_ref *r, char *err, size_t errcap) {
   int rc = SPI_OK;
+  int64_t start = spi__engine_now(e);
   pthread_mutex_lock(&f->mu);
   f->flushing = 1;
   while (f->npending > 0) {
-    pending_msg p = f->pending[f->head];
-    f->head = (f->head + 1) % SPI_FLEET_PENDING_MAX;
-    f->npending--;
+    pending_msg p = pending_shift(f);
     pthread_mutex_unlock(&f->mu);
     rc = call_publish(e, f, r, p.text, p.len, err, errcap);
+    int spent = budget_spent(e, start); /* the clock hook: no lock held */
     pthread_mutex_lock(&f->mu);
     if (rc != SPI_OK) {
       pending_unshift(e, f, p);
       break;
     }
     spi__free(&e->mem, p.text);
+    if (spent) break;
   }
   f->flushing = 0;
   pthread_mutex_unlock(&f->mu);

@@ -1554,6 +1554,7 @@ int spi_replay_stats_get(spi_replay_queue *queue, spi_replay_stats *out) {
     all.skipped = st.skipped;
     all.skipped_bytes = st.skipped_bytes;
     all.aside_files = st.aside_files;
+    all.repaired = st.repaired;
   }
   unlock(q);
   all.struct_size = ss;

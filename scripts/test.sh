@@ -6,8 +6,9 @@
 # Stages (each prints a header; the run goes on after a failed stage where it
 # can and exits nonzero at the end if any stage failed):
 #   deps      tests/scripts/test_apt_install.sh (scripts/apt-install.sh, the
-#             setup scripts' apt step, on a made-up machine), then
-#             scripts/setup-deps.sh
+#             setup scripts' apt step, on a made-up machine) and
+#             tests/scripts/test_script_paths.sh (every file of the tree
+#             this script names exists), then scripts/setup-deps.sh
 #   length    scripts/check-length.py: no function in lib/ over 120 lines
 #             unless a comment containing "length:" above it says why
 #   docs      scripts/check-doc-links.py: every relative link of README.md,
@@ -153,6 +154,7 @@ fail_stage() { # <name> <why>
 
 stage_deps() {
   bash "$root/tests/scripts/test_apt_install.sh"
+  bash "$root/tests/scripts/test_script_paths.sh"
   bash "$root/scripts/setup-deps.sh"
 }
 
@@ -264,10 +266,6 @@ PY
     note "no unit or api test programs found"
     return 1
   fi
-  local supp=()
-  if [[ -f "$root/cmake/valgrind.supp" ]]; then
-    supp=(--suppressions="$root/cmake/valgrind.supp")
-  fi
   local pass=0 fail=0 name wd cmd
   # valgrind runs a program's threads one at a time: the concurrency tests
   # get ten times their watchdog limits. Its default lock between threads
@@ -286,7 +284,7 @@ PY
       --child-silent-after-fork=yes \
       --show-leak-kinds=definite,indirect \
       --errors-for-leak-kinds=definite,indirect \
-      "${supp[@]}" --log-file="$logdir/$name.log" "${cmd[@]}" \
+      --log-file="$logdir/$name.log" "${cmd[@]}" \
       </dev/null >"$logdir/$name.out" 2>&1); then
       if [[ -s "$logdir/$name.log" ]]; then
         echo "FAIL $name: valgrind reported:"

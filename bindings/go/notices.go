@@ -786,6 +786,10 @@ type ReplayStats struct {
 	// it took since the queue opened (the store did not answer), and
 	// envelopes moved from it into the store since then.
 	FallbackHeld, FallbackEnqueued, FallbackMoved uint64
+	// Since 0.3.0: records read back whole when the queue opened although
+	// their length field was damaged (nothing lost, so in no count above):
+	// bit rot the storage let through.
+	Repaired uint64
 	// A queue store (Redis) that could not be reached (SPI_EIO): the
 	// counts this process keeps itself (Enqueued, Duplicates, Acked,
 	// Nacked and the Fallback ones) are still filled, the queue's own
@@ -826,7 +830,7 @@ func (q *ReplayQueue) Stats() (ReplayStats, error) {
 		Skipped: uint64(s.skipped), SkippedBytes: uint64(s.skipped_bytes),
 		AsideFiles: uint64(s.aside_files), FallbackHeld: uint64(s.fallback_held),
 		FallbackEnqueued: uint64(s.fallback_enqueued), FallbackMoved: uint64(s.fallback_moved),
-		StoreUnreachable: storeErr != "", StoreError: storeErr}
+		Repaired: uint64(s.repaired), StoreUnreachable: storeErr != "", StoreError: storeErr}
 	for i := range out.Ready {
 		out.Ready[i] = uint64(s.ready[i])
 	}

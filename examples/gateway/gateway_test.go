@@ -523,7 +523,8 @@ func TestNoticeCutsStreamAndResumesOnDemand(t *testing.T) {
 	m := get(t, srv.URL+"/metrics")
 	for _, s := range []string{`spotinfer_node_transitions_total{from="active",to="noticed"} 1`,
 		"gateway_notices_total 1", `gateway_replays_total{step="resumed"} 1`,
-		`gateway_replay_queue{state="ready"} 0`, `gateway_replay_queue{state="leased"} 0`} {
+		`gateway_replay_queue{state="ready"} 0`, `gateway_replay_queue{state="leased"} 0`,
+		"gateway_replay_journal_repaired_records_total 0"} {
 		if !strings.Contains(m, s) {
 			t.Errorf("/metrics lacks %s", s)
 		}

@@ -63,6 +63,7 @@ func (g *gateway) metrics(w http.ResponseWriter, r *http.Request) {
 			// A damaged journal opens with SPI_OK; these say it was damaged.
 			counter("gateway_replay_journal_damaged_ranges_total", "Damaged journal ranges met when the queue opened (skipped or cut off).", qs.Torn)
 			counter("gateway_replay_journal_damaged_bytes_total", "Bytes of those ranges.", qs.TruncatedBytes)
+			counter("gateway_replay_journal_repaired_records_total", "Journal records read back whole when the queue opened although their length field was damaged (nothing lost).", qs.Repaired)
 			fmt.Fprintf(&b, "# HELP gateway_replay_journal_aside_files Files of damaged journal bytes kept for inspection (*.corrupt).\n# TYPE gateway_replay_journal_aside_files gauge\ngateway_replay_journal_aside_files %d\n", qs.AsideFiles)
 		}
 	}

@@ -1074,6 +1074,11 @@ typedef struct spi_replay_stats {
   uint64_t fallback_held;     /* envelopes in it, not yet in the store */
   uint64_t fallback_enqueued; /* enqueues it took: the store did not answer */
   uint64_t fallback_moved;    /* envelopes moved from it into the store */
+  /* Since 0.3.0: records recovery read back whole although their length
+   * field was damaged (read by the length their payload gives, kept when
+   * their checksum holds for it). Nothing was lost, so no count above has
+   * them; a nonzero count is bit rot that the storage let through. */
+  uint64_t repaired;
 } spi_replay_stats;
 
 /* Fills as much of *out as out->struct_size covers; it must reach at least

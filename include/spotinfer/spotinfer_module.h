@@ -420,6 +420,8 @@ typedef struct spi_replay_store_stats {
   uint64_t skipped;         /* damaged ranges skipped, good records after */
   uint64_t skipped_bytes;
   uint64_t aside_files;     /* files of damaged bytes kept for inspection */
+  uint64_t repaired;        /* records read whole despite a damaged length
+                               field (see spi_replay_stats) */
 } spi_replay_store_stats;
 
 /*
@@ -586,8 +588,12 @@ typedef struct spi_replay_store_module {
  * server, a refused password). on_failure is not consulted: a failed
  * publish or poll never fails or undoes the local notice. A failed publish
  * is kept (at most SPI_FLEET_PENDING_MAX messages, the oldest dropped and
- * counted beyond) and sent again on the next tick; spi_engine_tick returns
- * SPI_EMODULE with the module's message when the bus failed in it.
+ * counted beyond) and sent again from the next tick on, oldest first; a
+ * tick sends kept messages for up to 100 ms of the engine's clock (the
+ * publish under way ends first), so a bus that takes them slowly holds a
+ * tick for about one publish, and the rest wait, in order, for the ticks
+ * after it. spi_engine_tick returns SPI_EMODULE with the module's message
+ * when the bus failed in it.
  *
  * Calling discipline: the library calls the module with no lock and no pin
  * held (a slow bus never stalls routing or replica updates); the instance

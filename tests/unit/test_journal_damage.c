@@ -435,6 +435,7 @@ static void expect_repaired(fixture *f, const acked *a, const char *more,
   assert_int_equal(st.torn, 0);
   assert_int_equal(st.truncated_bytes, 0);
   assert_int_equal(st.skipped, 0);
+  assert_int_equal(st.repaired, 1);
   assert_non_null(strstr(spi_replay_errmsg(f->q), "damaged length field"));
   assert_int_equal(count_suffix(f->dir, ".corrupt"), 0);
   struct stat sb;
@@ -508,6 +509,7 @@ static void test_torn_after_repaired(void **state) {
   assert_non_null(strstr(msg, "damaged length field"));
   assert_int_equal(qstats(f).torn, 1);
   assert_int_equal(qstats(f).truncated_bytes, 30);
+  assert_int_equal(qstats(f).repaired, 1);
   assert_int_equal(count_suffix(f->dir, ".corrupt"), 0);
   enqueue(f, "after");
   close_j(f);
@@ -550,8 +552,50 @@ static void test_length_and_payload_damaged(void **state) {
     expect_keys(claim_keys(f), cases[c].want, cases[c].bit);
     assert_null(strstr(spi_replay_errmsg(f->q), "damaged length field"));
     assert_int_equal(qstats(f).torn, 1);
+    assert_int_equal(qstats(f).repaired, 0);
     close_j(f);
   }
+  free(a.data);
+  teardown(f);
+}
+
+/* The stats count a record read whole despite a damaged length field in
+ * repaired (queue and store alike), and in no count of what was lost; an
+ * undamaged journal counts none. A caller whose struct ends before
+ * repaired (built before it was added) is filled as far as it reaches and
+ * not a byte further. */
+static void test_repaired_counted(void **state) {
+  (void)state;
+  fixture *f = setup();
+  acked a;
+  build_acked(f, &a);
+  assert_int_equal(open_j(f, ALWAYS), SPI_OK);
+  assert_int_equal(qstats(f).repaired, 0);
+  assert_int_equal(qstats(f).recovered, NLEN);
+  close_j(f);
+  flip_length(&a, 3, 5);
+  assert_int_equal(open_j(f, ALWAYS), SPI_OK);
+  spi_replay_stats st = qstats(f);
+  assert_int_equal(st.repaired, 1);
+  assert_int_equal(st.recovered, NLEN);
+  assert_int_equal(st.torn + st.truncated_bytes + st.skipped, 0);
+  spi_replay_store_stats ss;
+  memset(&ss, 0, sizeof ss);
+  ss.struct_size = sizeof ss;
+  assert_int_equal(spi__replay_store_stats(f->q, &ss), SPI_OK);
+  assert_int_equal(ss.repaired, 1);
+  union {
+    spi_replay_stats s;
+    unsigned char b[sizeof(spi_replay_stats)];
+  } u;
+  memset(&u, 0xab, sizeof u);
+  size_t before = offsetof(spi_replay_stats, repaired);
+  u.s.struct_size = before;
+  assert_int_equal(spi_replay_stats_get(f->q, &u.s), SPI_OK);
+  assert_int_equal(u.s.struct_size, before);
+  assert_int_equal(u.s.recovered, NLEN);
+  for (size_t i = before; i < sizeof u; i++) assert_int_equal(u.b[i], 0xab);
+  close_j(f);
   free(a.data);
   teardown(f);
 }
@@ -573,6 +617,7 @@ static void test_repaired_segment_compacted(void **state) {
   expect_keys(claim_keys(f), ALL_KEYS, 20);
   assert_null(strstr(spi_replay_errmsg(f->q), "damaged length field"));
   assert_non_null(strstr(spi_replay_errmsg(f->q), "kept for inspection"));
+  assert_int_equal(qstats(f).repaired, 0); /* the snapshot was read whole */
   close_j(f);
   free(a.data);
   teardown(f);
@@ -689,6 +734,7 @@ static void test_loss_before_repair_in_warning(void **state) {
   assert_int_equal(open_j(f, ALWAYS ",\"segment_bytes\":4096"), SPI_OK);
   const char *msg = spi_replay_errmsg(f->q);
   assert_int_equal(qstats(f).torn, 1);
+  assert_int_equal(qstats(f).repaired, 1);
   assert_int_equal(count_suffix(f->dir, ".corrupt"), 1);
   if (!strstr(msg, "cut off"))
     fail_msg("the corrupt tail is not in the warning: %s", msg);
@@ -710,6 +756,7 @@ int main(void) {
       cmocka_unit_test(test_length_flip_mid_segment),
       cmocka_unit_test(test_torn_after_repaired),
       cmocka_unit_test(test_length_and_payload_damaged),
+      cmocka_unit_test(test_repaired_counted),
       cmocka_unit_test(test_repaired_segment_compacted),
       cmocka_unit_test(test_planted_symlinks),
       cmocka_unit_test(test_loss_before_repair_in_warning),

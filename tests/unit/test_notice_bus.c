@@ -5,7 +5,8 @@
  * the spot pool it cools is cooled in B too; nothing B applies is published
  * again; each engine drops its own echo; unreadable messages are skipped
  * and counted; a failing bus loses no local notice, says so in its status,
- * and sends what it kept once it is back; polls are bounded; the plans for
+ * and sends what it kept once it is back, a slow one over several ticks
+ * (each tick's sending bounded in time); polls are bounded; the plans for
  * B's own tickets come from spi_engine_node_plans; and engines publishing,
  * polling, routing and reconfiguring at once (run under TSan).
  */
@@ -347,6 +348,111 @@ static void test_pending_is_bounded(void **st) {
   assert_int_equal(fb_state(bw->e, "i-0009"), SPI_NODE_ACTIVE);
   assert_int_equal(fb_state(bw->e, "i-0010"), SPI_NODE_NOTICED);
   fb_two_done(&two);
+}
+
+/* A bus that takes every message, each publish taking per_send of the
+ * engine's clock (a server that answers near the module's timeout), over
+ * the broker; sends counts the publishes. */
+typedef struct slow_bus {
+  broker *b;
+  fb_world *w;
+  int64_t per_send;
+  int sends;
+} slow_bus;
+
+static int slow_configure(void *state, const char *json, size_t len,
+                          void **out, char *err, size_t cap) {
+  return broker_configure(((slow_bus *)state)->b, json, len, out, err, cap);
+}
+
+static void slow_release(void *state, void *instance) {
+  broker_release(((slow_bus *)state)->b, instance);
+}
+
+static int slow_publish(void *state, void *instance, const char *msg,
+                        size_t len, char *err, size_t cap) {
+  slow_bus *sb = state;
+  sb->w->now += sb->per_send;
+  sb->sends++;
+  return broker_publish(sb->b, instance, msg, len, err, cap);
+}
+
+static int slow_poll(void *state, void *instance, size_t max,
+                     spi_fleet_msg_fn fn, void *ud, char *err, size_t cap) {
+  return broker_poll(((slow_bus *)state)->b, instance, max, fn, ud, err, cap);
+}
+
+/* Hand n notices while the bus refuses them (kept), named prefix0.. */
+static void keep_n(slow_bus *sb, const char *prefix, int n) {
+  sb->b->fail_publish = 1;
+  for (int i = 0; i < n; i++) {
+    char node[32];
+    snprintf(node, sizeof node, "%s%d", prefix, i);
+    spi_notice no = fb_notice(node, sb->w->now + 3600 * SEC, node);
+    fb_hand(sb->w, &no);
+  }
+  sb->b->fail_publish = 0;
+}
+
+/* One tick: how many publishes it made. */
+static int tick_sends(slow_bus *sb) {
+  sb->sends = 0;
+  assert_int_equal(spi_engine_tick(sb->w->e), SPI_OK);
+  return sb->sends;
+}
+
+/* A bus that is back but takes each message slowly (every publish 1 s, as
+ * near a 1 s timeout) holds a tick for one publish, not one per kept
+ * message: what was kept goes out over the next ticks, oldest first, none
+ * dropped, and a notice handed meanwhile goes out after it. A quick bus
+ * still sends everything kept in one tick, and a clock stepped back ends
+ * the tick's sending too. */
+static void test_slow_bus_tick_is_bounded(void **st) {
+  (void)st;
+  broker *b = broker_new();
+  fb_world *a = fb_mk(NULL, NULL);
+  slow_bus sb = {b, a, SEC, 0};
+  spi_fleet_bus_module m =
+      fb_module(slow_configure, slow_release, slow_publish, slow_poll);
+  assert_int_equal(spi_engine_register_module(a->e, SPI_MODULE_FLEET_BUS,
+                                              "slow", 4, &m, &sb, NULL),
+                   SPI_OK);
+  const char *cfg = "{\"modules\":{\"fleet_bus\":\"slow\"},"
+                    "\"module_config\":{\"slow\":{\"reader\":\"A\"}}}";
+  assert_int_equal(spi_engine_configure(a->e, cfg, strlen(cfg)), SPI_OK);
+  keep_n(&sb, "i-", 6);
+  assert_int_equal(fb_stats(a->e).pending, 6);
+  assert_int_equal(tick_sends(&sb), 1);
+  assert_int_equal(fb_stats(a->e).pending, 5);
+  spi_notice late = fb_notice("i-late", a->now + 3600 * SEC, "late");
+  sb.sends = 0;
+  fb_hand(a, &late); /* queued behind the kept ones, not sent */
+  assert_int_equal(sb.sends, 0);
+  assert_int_equal(fb_stats(a->e).pending, 6);
+  for (int t = 0; t < 6; t++) {
+    assert_int_equal(tick_sends(&sb), 1);
+    assert_int_equal(fb_stats(a->e).pending, (uint64_t)(5 - t));
+  }
+  assert_int_equal(tick_sends(&sb), 0);
+  spi_fleet_stats s = fb_stats(a->e);
+  assert_int_equal(s.dropped, 0);
+  assert_int_equal(broker_count(b), 7);
+  const char *want[] = {"i-0", "i-1", "i-2", "i-3", "i-4", "i-5", "i-late"};
+  for (size_t i = 0; i < 7; i++) {
+    char node[40];
+    snprintf(node, sizeof node, "\"node\":\"%s\"", want[i]);
+    if (!strstr(b->msg[i], node)) fail_msg("message %zu: %s", i, b->msg[i]);
+  }
+  sb.per_send = SEC / 1000; /* 1 ms a publish: all in one tick */
+  keep_n(&sb, "q-", 6);
+  assert_int_equal(tick_sends(&sb), 6);
+  sb.per_send = -SEC; /* the clock steps back */
+  keep_n(&sb, "c-", 3);
+  assert_int_equal(tick_sends(&sb), 1);
+  assert_int_equal(fb_stats(a->e).pending, 2);
+  assert_int_equal(fb_stats(a->e).dropped, 0);
+  fb_done(a);
+  broker_free(b);
 }
 
 static void test_poll_failure(void **st) {
@@ -736,6 +842,7 @@ int main(void) {
       cmocka_unit_test(test_control_bytes_malformed),
       cmocka_unit_test(test_publish_failure_keeps_local),
       cmocka_unit_test(test_pending_is_bounded),
+      cmocka_unit_test(test_slow_bus_tick_is_bounded),
       cmocka_unit_test(test_poll_failure),
       cmocka_unit_test(test_poll_out_of_memory),
       cmocka_unit_test(test_unapplied_notice_applies_later),

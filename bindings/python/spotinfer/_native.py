@@ -414,6 +414,7 @@ class ReplayStats(_Struct):
         ("fallback_held", c_uint64),
         ("fallback_enqueued", c_uint64),
         ("fallback_moved", c_uint64),
+        ("repaired", c_uint64),
     ]
 
 
@@ -657,6 +658,7 @@ class ReplayStoreStats(_Struct):
         ("skipped", c_uint64),
         ("skipped_bytes", c_uint64),
         ("aside_files", c_uint64),
+        ("repaired", c_uint64),
     ]
 
 

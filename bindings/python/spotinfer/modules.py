@@ -401,6 +401,7 @@ class ReplayStoreStats:
     skipped: int = 0
     skipped_bytes: int = 0
     aside_files: int = 0
+    repaired: int = 0  # records read whole despite a damaged length field
 
 
 # ---------------------------------------------------------- base classes
@@ -906,7 +907,10 @@ class _ReplayStoreAdapter(_Adapter):
             o = out.contents
             for k in ("bytes", "appended", "syncs", "recovered", "torn",
                       "truncated_bytes", "compactions", "skipped",
-                      "skipped_bytes", "aside_files"):
+                      "skipped_bytes", "aside_files", "repaired"):
+                f = getattr(_n.ReplayStoreStats, k)
+                if o.struct_size < f.offset + f.size:
+                    continue  # a library whose struct ends before it
                 setattr(o, k, int(getattr(st, k, 0) if not isinstance(st, dict)
                                   else st.get(k, 0)))
             return 0

@@ -136,6 +136,10 @@ class ReplayStats:
     # for the memory and journal stores.
     store_unreachable: bool = False
     store_error: str = ""
+    # Since 0.3.0: records read back whole when the queue opened although
+    # their length field was damaged (nothing lost, so in no count above):
+    # bit rot the storage let through.
+    repaired: int = 0
 
     @classmethod
     def _from(cls, s: _n.ReplayStats, store_error: str = "") -> "ReplayStats":
@@ -144,7 +148,8 @@ class ReplayStats:
                    s.journal_bytes, s.recovered, s.torn, s.truncated_bytes,
                    s.syncs, s.compactions, s.skipped, s.skipped_bytes,
                    s.aside_files, s.fallback_held, s.fallback_enqueued,
-                   s.fallback_moved, bool(store_error), store_error)
+                   s.fallback_moved, bool(store_error), store_error,
+                   repaired=s.repaired)
 
 
 class ReplayQueue(_Owned):
