@@ -477,6 +477,25 @@ ngx_http_spi_ticket_end(ngx_http_spi_ctx_t *ctx, ngx_int_t status,
 }
 
 
+/* A ticket nothing was sent on, which the request never held: cancelled,
+ * with nothing measured. */
+void
+ngx_http_spi_ticket_drop(ngx_http_spi_upstream_t *up, uint64_t ticket)
+{
+    spi_ticket_result  res;
+
+    if (ticket == 0 || up->engine == NULL) {
+        return;
+    }
+
+    ngx_memzero(&res, sizeof(spi_ticket_result));
+    res.struct_size = sizeof(spi_ticket_result);
+    res.status = SPI_TICKET_CANCELLED;
+
+    (void) spi_ticket_finish(up->engine, ticket, &res);
+}
+
+
 void
 ngx_http_spi_ticket_cleanup(void *data)
 {
