@@ -185,8 +185,10 @@ typedef struct {
                                                   ticket, no route */
     unsigned                        stale:1;   /* a failed try on a cached
                                                   connection, its ticket
-                                                  still open: nginx's retry
-                                                  or the replica's error */
+                                                  (none for a post_action
+                                                  pass) still open: nginx's
+                                                  retry or the replica's
+                                                  error */
 } ngx_http_spi_ctx_t;
 
 

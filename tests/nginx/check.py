@@ -555,6 +555,41 @@ def check_keepalive_given_up(base, log):
         "error, and the error page's answer from another server counted nothing on its ticket")
 
 
+def check_keepalive_post_action(base, log, error_log):
+    """A post_action back to "ka" runs after the answer, and finds the
+    connection that answer came on kept alive and stale (the replica closes
+    a connection on its second request): nginx sends it again on a new
+    connection, as with its own round robin, to the same replica, unrouted
+    (one decision), with no error counted (edge.json: one would open the
+    breaker), no "no live upstreams", and the served try's ticket ended
+    with the answer (its 3 tokens)."""
+    m = edge_metrics(base, "/ka-metrics")
+    status, _, raw = http("POST", f"{base}/ka-post/v1/chat/completions?probe=ka-post",
+                          chat(SYSTEM, "kept alive, then a post_action"))
+    if status != 200 or json.loads(raw).get("system_fingerprint") != "stale":
+        fail(f"/ka-post/: {status} {raw!r}")
+    logged = []
+    for _ in range(20):  # the log line is written once post_action is done
+        logged = access_log(log, "probe=ka-post")
+        if logged:
+            break
+        time.sleep(0.1)
+    served, _, post = logged[0]["upstream"].partition(" : ") if len(logged) == 1 else ("", "", "")
+    tried = served.split(", ") + post.split(", ")
+    if len(post.split(", ")) < 2 or len(set(tried)) != 1 or logged[0]["tokens"] != "3":
+        fail(f"/ka-post/: the post_action on the stale connection, then on a new one to the same "
+             f"replica; the served ticket with the answer's tokens: {logged}")
+    with open(error_log) as f:
+        nolive = [line for line in f if "no live upstreams" in line and "probe=ka-post" in line]
+    if nolive:
+        fail(f"/ka-post/: nginx found no try for the post_action's retry: {nolive[-1].strip()}")
+    wait_edge(base, {"decisions": m["decisions"] + 1, "open_tickets": 0, "breaker": 0,
+                     "breakers_opened": m["breakers_opened"]}, "/ka-post/", "/ka-metrics")
+    say(f"keepalive, post_action: on the stale connection the answer came on, then sent again "
+        f"by nginx on a new one to the same replica ({post}), unrouted, no error counted, the "
+        f"served ticket ended with the answer")
+
+
 def check_post_action(base, log):
     """A post_action proxying to pair again runs after the answer was
     served and before the log phase: it goes to the replica that served,
@@ -916,6 +951,10 @@ def valgrind_round(base, backends):
     for got, raw in stale_pair(lambda path, body: post_on(conn, path, body)):
         if got != 200:
             fail(f"/ka under valgrind: {got} {raw!r}")
+    # a post_action sent again on a new connection
+    got, raw = post_on(conn, "/ka-post/v1/chat/completions", chat(SYSTEM, "kept alive"))
+    if got != 200:
+        fail(f"/ka-post/ under valgrind: {got} {raw!r}")
     conn.close()
     # Streams of several tokens an event, one with the usage so far in each,
     # and a notice while one is open (its plan is logged).
@@ -932,7 +971,7 @@ def valgrind_round(base, backends):
             pass
     say("valgrind round: chat, stream, 400, 405, notice, metrics, internal redirects, "
         "404, 403 and 503 retried on a request routed again, one routed nowhere, "
-        "a stale kept-alive connection retried, "
+        "a stale kept-alive connection retried (a request's and a post_action's), "
         "streams of several tokens an event, a notice on an open stream")
 
 
@@ -992,6 +1031,7 @@ def main():
     check_retry_nowhere(a.base, a.access_log, a.error_log)
     check_keepalive(a.base, a.access_log)
     check_keepalive_given_up(a.base, a.access_log)
+    check_keepalive_post_action(a.base, a.access_log, a.error_log)
     check_cancel(a.base, a.access_log)
     heir = check_notice(a.base, owner, nodes, addrs, a.access_log, a.workers)
     if heir is None:

@@ -25,7 +25,8 @@
 #     a ticket of its own, or placed nowhere: 502),
 #     a kept-alive connection the replica closed (upstream "ka": keepalive
 #     to tests/nginx/stale_backend.py, which closes each connection on its
-#     second request), which nginx retries on a new one,
+#     second request), which nginx retries on a new one, for a request and
+#     for its post_action,
 #     and the output tokens of streams with several tokens an event, with
 #     and without the backend's usage (upstream "tok"): the tickets' output
 #     tokens in the access log, their progress in the plans a notice logs;
@@ -360,6 +361,24 @@ http {
       # a URI in a named location's proxy_pass needs a variable
       set \$ka_fb /v1/chat/completions;
       proxy_pass http://$e\$ka_fb;
+    }
+    # A post_action back to ka after the answer: it goes to the replica that
+    # served, on the connection the answer came on, now stale, and nginx
+    # sends it again on a new one.
+    location /ka-post/ {
+      spotinfer_route ka;
+      proxy_pass http://ka/;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_next_upstream error timeout non_idempotent;
+      post_action @ka-post;
+    }
+    location @ka-post {
+      spotinfer_route ka;
+      proxy_pass http://ka;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_next_upstream error timeout non_idempotent;
     }
   }
 
