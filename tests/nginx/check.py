@@ -590,6 +590,35 @@ def check_keepalive_post_action(base, log, error_log):
         f"served ticket ended with the answer")
 
 
+def check_keepalive_timeout(base, log, error_log):
+    """A kept-alive connection on which the replica takes the request and
+    never answers (its second, to /hang/): the read times out after 1 s,
+    and nginx gives no try back for a timeout, so the try failed as the
+    replica's error (its breaker opens, edge.json), on that connection only
+    (not sent again on a new one), its ticket ended (none left open), and
+    the client gets nginx's 504. A request through /ka/ first, on the same
+    client connection (one worker), leaves a kept-alive connection that
+    served one request."""
+    m = edge_metrics(base, "/ka-metrics")
+    conn = HTTPConnection(base.split("//", 1)[1], timeout=30)
+    answers = [post_on(conn, f"{path}v1/chat/completions?probe={probe}", chat(SYSTEM, probe))
+               for path, probe in (("/ka/", "kato-1"), ("/ka-hang/", "kato-2"))]
+    conn.close()
+    if [status for status, _ in answers] != [200, 504]:
+        fail(f"/ka/ then /ka-hang/ on one connection: {answers}")
+    logged = access_log(log, "probe=kato-2")
+    if len(logged) != 1 or len(logged[0]["upstream"].split(", ")) != 1 or logged[0]["replica"] != "stale":
+        fail(f"/ka-hang/: one try, on the kept-alive connection: {logged}")
+    with open(error_log) as f:
+        timed_out = [line for line in f if "upstream timed out" in line and "probe=kato-2" in line]
+    if len(timed_out) != 1:
+        fail(f"/ka-hang/: nginx's read timeout in the error log: {timed_out}")
+    wait_edge(base, {"decisions": m["decisions"] + 2, "open_tickets": 0,
+                     "breakers_opened": m["breakers_opened"] + 1}, "/ka-hang/", "/ka-metrics")
+    say("keepalive, timed out: a kept-alive connection the replica never answered on timed out; "
+        "the try failed as the replica's error (breaker opened), not sent again, ticket ended, 504")
+
+
 def check_post_action(base, log):
     """A post_action proxying to pair again runs after the answer was
     served and before the log phase: it goes to the replica that served,
@@ -951,10 +980,12 @@ def valgrind_round(base, backends):
     for got, raw in stale_pair(lambda path, body: post_on(conn, path, body)):
         if got != 200:
             fail(f"/ka under valgrind: {got} {raw!r}")
-    # a post_action sent again on a new connection
-    got, raw = post_on(conn, "/ka-post/v1/chat/completions", chat(SYSTEM, "kept alive"))
-    if got != 200:
-        fail(f"/ka-post/ under valgrind: {got} {raw!r}")
+    # a post_action sent again on a new connection, then a kept-alive one
+    # that times out
+    for path, want in [("/ka-post/", 200), ("/ka/", 200), ("/ka-hang/", 504)]:
+        got, raw = post_on(conn, path + "v1/chat/completions", chat(SYSTEM, "kept alive"))
+        if got != want:
+            fail(f"{path} under valgrind: {got} {raw!r}")
     conn.close()
     # Streams of several tokens an event, one with the usage so far in each,
     # and a notice while one is open (its plan is logged).
@@ -971,7 +1002,7 @@ def valgrind_round(base, backends):
             pass
     say("valgrind round: chat, stream, 400, 405, notice, metrics, internal redirects, "
         "404, 403 and 503 retried on a request routed again, one routed nowhere, "
-        "a stale kept-alive connection retried (a request's and a post_action's), "
+        "a stale kept-alive connection retried (a request's and a post_action's), one timed out, "
         "streams of several tokens an event, a notice on an open stream")
 
 
@@ -1032,6 +1063,7 @@ def main():
     check_keepalive(a.base, a.access_log)
     check_keepalive_given_up(a.base, a.access_log)
     check_keepalive_post_action(a.base, a.access_log, a.error_log)
+    check_keepalive_timeout(a.base, a.access_log, a.error_log)
     check_cancel(a.base, a.access_log)
     heir = check_notice(a.base, owner, nodes, addrs, a.access_log, a.workers)
     if heir is None:
