@@ -16,6 +16,7 @@ static ngx_int_t ngx_http_spi_get_peer(ngx_peer_connection_t *pc,
     void *data);
 static void ngx_http_spi_free_peer(ngx_peer_connection_t *pc, void *data,
     ngx_uint_t state);
+static ngx_int_t ngx_http_spi_unrouted(ngx_peer_connection_t *pc);
 static ngx_uint_t ngx_http_spi_stale_failed(ngx_http_spi_ctx_t *ctx,
     ngx_peer_connection_t *pc, ngx_uint_t state);
 static void ngx_http_spi_answer_kept(ngx_http_spi_ctx_t *ctx);
@@ -249,7 +250,7 @@ ngx_http_spi_get_peer(ngx_peer_connection_t *pc, void *data)
         ngx_http_spi_ticket_end(ctx, SPI_TICKET_CANCELLED, 0);
 
         if (ngx_http_spi_reroute(ctx) != NGX_OK) {
-            return NGX_BUSY;
+            return ngx_http_spi_unrouted(pc);
         }
     }
 
@@ -265,6 +266,22 @@ ngx_http_spi_get_peer(ngx_peer_connection_t *pc, void *data)
     pc->connection = NULL;
 
     return NGX_OK;
+}
+
+
+/* A try the library placed nowhere (ngx_http_spi_reroute() logged why)
+ * ends the tries. nginx answers 502 for a failed connection with no try
+ * left, as it does for NGX_BUSY, but without the "no live upstreams"
+ * error that NGX_BUSY logs: a live replica may be left, and the module's
+ * line says why none was chosen. pc->cached is cleared because nginx
+ * gives a try back for an error on a cached connection. */
+static ngx_int_t
+ngx_http_spi_unrouted(ngx_peer_connection_t *pc)
+{
+    pc->tries = 0;
+    pc->cached = 0;
+
+    return NGX_DECLINED;
 }
 
 

@@ -726,9 +726,10 @@ def check_retry_nowhere(base, log, error_log):
     replica times out, and meanwhile the on-demand one's machine got a
     notice, so no replica is left for the next try. nginx answers 502 as
     with no peer left (the upstream's name for that try in
-    $upstream_addr), the module logs why, and the first try's ticket ended
-    as an error. On one connection, so one worker. Last of the pair
-    checks: the notice stays."""
+    $upstream_addr), the module logs why, nginx logs no "no live
+    upstreams" next to it (the on-demand replica is alive), and the first
+    try's ticket ended as an error. On one connection, so one worker. Last
+    of the pair checks: the notice stays."""
     m = edge_metrics(base, "/pair-metrics")
     conn = HTTPConnection(base.split("//", 1)[1], timeout=30)
 
@@ -745,6 +746,10 @@ def check_retry_nowhere(base, log, error_log):
         why = re.findall(r'upstream "pair": try 2 of the request not routed, no replica left to try: [^,]*', f.read())
     if not why:
         fail("/pair-late/: the error log does not say why the second try was not routed")
+    with open(error_log) as f:
+        nolive = [line for line in f if "no live upstreams" in line and "probe=pair-late" in line]
+    if nolive:
+        fail(f"/pair-late/: nginx's error next to the module's reason: {nolive[-1].strip()}")
     wait_edge(base, {"decisions": m["decisions"] + 4, "open_tickets": 0,
                      "breakers_opened": m["breakers_opened"] + 1}, "/pair-late/", "/pair-metrics")
     say(f"retry nowhere: the spot replica timed out and the on-demand one was noticed meanwhile: "
