@@ -185,8 +185,10 @@ typedef struct {
                                                   ticket, no route */
     unsigned                        stale:1;   /* a failed try on a cached
                                                   connection, its ticket
-                                                  still open: nginx's retry
-                                                  or the replica's error */
+                                                  (none for a post_action
+                                                  pass) still open: nginx's
+                                                  retry or the replica's
+                                                  error */
 } ngx_http_spi_ctx_t;
 
 
@@ -216,6 +218,7 @@ ngx_int_t ngx_http_spi_body_filter_init(ngx_conf_t *cf);
 void ngx_http_spi_ticket_mark(ngx_http_spi_ctx_t *ctx);
 void ngx_http_spi_ticket_end(ngx_http_spi_ctx_t *ctx, ngx_int_t status,
     ngx_uint_t http_status);
+void ngx_http_spi_ticket_drop(ngx_http_spi_upstream_t *up, uint64_t ticket);
 void ngx_http_spi_ticket_cleanup(void *data);
 ngx_int_t ngx_http_spi_outcome(ngx_uint_t http_status);
 uint64_t ngx_http_spi_output_tokens(ngx_http_spi_ctx_t *ctx);

@@ -16,6 +16,9 @@ static ngx_int_t ngx_http_spi_get_peer(ngx_peer_connection_t *pc,
     void *data);
 static void ngx_http_spi_free_peer(ngx_peer_connection_t *pc, void *data,
     ngx_uint_t state);
+static ngx_int_t ngx_http_spi_unrouted(ngx_peer_connection_t *pc);
+static ngx_uint_t ngx_http_spi_stale_failed(ngx_http_spi_ctx_t *ctx,
+    ngx_peer_connection_t *pc, ngx_uint_t state);
 static void ngx_http_spi_answer_kept(ngx_http_spi_ctx_t *ctx);
 static void ngx_http_spi_passed_over(ngx_http_spi_ctx_t *ctx,
     ngx_uint_t code);
@@ -247,7 +250,7 @@ ngx_http_spi_get_peer(ngx_peer_connection_t *pc, void *data)
         ngx_http_spi_ticket_end(ctx, SPI_TICKET_CANCELLED, 0);
 
         if (ngx_http_spi_reroute(ctx) != NGX_OK) {
-            return NGX_BUSY;
+            return ngx_http_spi_unrouted(pc);
         }
     }
 
@@ -266,6 +269,22 @@ ngx_http_spi_get_peer(ngx_peer_connection_t *pc, void *data)
 }
 
 
+/* A try the library placed nowhere (ngx_http_spi_reroute() logged why)
+ * ends the tries. nginx answers 502 for a failed connection with no try
+ * left, as it does for NGX_BUSY, but without the "no live upstreams"
+ * error that NGX_BUSY logs: a live replica may be left, and the module's
+ * line says why none was chosen. pc->cached is cleared because nginx
+ * gives a try back for an error on a cached connection. */
+static ngx_int_t
+ngx_http_spi_unrouted(ngx_peer_connection_t *pc)
+{
+    pc->tries = 0;
+    pc->cached = 0;
+
+    return NGX_DECLINED;
+}
+
+
 /* A try's ticket ends with the try (a try handed back to the replica that
  * handed the request on has none). */
 static void
@@ -274,24 +293,20 @@ ngx_http_spi_free_peer(ngx_peer_connection_t *pc, void *data,
 {
     ngx_http_spi_ctx_t  *ctx = data;
 
-    if (ctx->post) {
+    if (ngx_http_spi_stale_failed(ctx, pc, state)) {
+        /* nginx may retry it on a new connection, giving back the try
+         * after this call returns; the next get_peer sees whether it did
+         * (ngx_http_spi_stale_settle), and the ticket stays open until
+         * then */
+        ctx->stale = 1;
+        ctx->stale_code = ngx_http_spi_status(ctx);
+
+    } else if (ctx->post) {
         /* a post_action pass: the served answer's ticket is the log
          * phase's */
 
     } else if (state == 0) {
         ngx_http_spi_answer_kept(ctx);
-
-    } else if (pc->cached && (state & NGX_PEER_FAILED)
-               && !ngx_http_spi_timed_out(pc)
-               && ctx->stale_retries < NGX_HTTP_SPI_STALE_MAX)
-    {
-        /* A kept-alive connection failed with an error: nginx may retry
-         * it on a new one, giving back the try after this call returns;
-         * the next get_peer sees whether it did (ngx_http_spi_stale_settle),
-         * and the ticket stays open until then. A timeout is the replica's
-         * failure: nginx gives nothing back for it. */
-        ctx->stale = 1;
-        ctx->stale_code = ngx_http_spi_status(ctx);
 
     } else {
         ngx_http_spi_passed_over(ctx, ngx_http_spi_status(ctx));
@@ -305,15 +320,30 @@ ngx_http_spi_free_peer(ngx_peer_connection_t *pc, void *data,
 }
 
 
+/* Whether a try failed with an error on a kept-alive connection, which
+ * nginx may send again on a new one. A post_action pass's too: nginx's
+ * round robin has a try for that retry, and so does this balancer (the
+ * same replica again). A timeout is the replica's failure: nginx gives
+ * nothing back for it. */
+static ngx_uint_t
+ngx_http_spi_stale_failed(ngx_http_spi_ctx_t *ctx, ngx_peer_connection_t *pc,
+    ngx_uint_t state)
+{
+    return pc->cached && (state & NGX_PEER_FAILED)
+           && !ngx_http_spi_timed_out(pc)
+           && ctx->stale_retries < NGX_HTTP_SPI_STALE_MAX;
+}
+
+
 /* A failed try on a cached connection (ctx->stale), at the next get_peer
  * (pc) or when nginx went on without one (NULL: an internal redirect, the
  * log phase). nginx gave the try back (pc->tries above what free_peer
  * left) when the connection failed with an error: a kept-alive connection
  * the replica had closed, which it retries on a new one. That is not a try
  * of the request: the same replica again, unrouted, on the same ticket and
- * not counted against ctx->tries. Otherwise (a timeout, or nginx's retry
- * not taken) the try failed, and its ticket ends as free_peer would have
- * ended it. */
+ * not counted against ctx->tries. Otherwise (nginx's retry not taken)
+ * the try failed, and its ticket ends as free_peer would have ended it;
+ * a post_action pass has no ticket of its own to end. */
 static void
 ngx_http_spi_stale_settle(ngx_http_spi_ctx_t *ctx, ngx_peer_connection_t *pc)
 {
@@ -327,6 +357,10 @@ ngx_http_spi_stale_settle(ngx_http_spi_ctx_t *ctx, ngx_peer_connection_t *pc)
         ctx->stale_retries++;
         ctx->next--;
         ctx->handed = 1;
+        return;
+    }
+
+    if (ctx->post) {
         return;
     }
 
@@ -474,6 +508,25 @@ ngx_http_spi_ticket_end(ngx_http_spi_ctx_t *ctx, ngx_int_t status,
     }
 
     ctx->ticket = 0;
+}
+
+
+/* A ticket nothing was sent on, which the request never held: cancelled,
+ * with nothing measured. */
+void
+ngx_http_spi_ticket_drop(ngx_http_spi_upstream_t *up, uint64_t ticket)
+{
+    spi_ticket_result  res;
+
+    if (ticket == 0 || up->engine == NULL) {
+        return;
+    }
+
+    ngx_memzero(&res, sizeof(spi_ticket_result));
+    res.struct_size = sizeof(spi_ticket_result);
+    res.status = SPI_TICKET_CANCELLED;
+
+    (void) spi_ticket_finish(up->engine, ticket, &res);
 }
 
 

@@ -191,17 +191,48 @@ ngx_http_spi_read_body(ngx_http_request_t *r, ngx_str_t *out)
 }
 
 
-/* The decision's replica takes the request's next try, with the
- * decision's ticket and a fresh reading of the answer; NGX_ERROR, the
- * ticket cancelled (nothing was sent), when the replica is none of the
- * upstream's. */
+/* The index in up->replicas of the replica the library named, NGX_ERROR
+ * when it is none of the upstream's. */
 static ngx_int_t
-ngx_http_spi_take(ngx_http_spi_ctx_t *ctx, spi_decision *d)
+ngx_http_spi_replica_index(ngx_http_spi_upstream_t *up, const char *id)
 {
     size_t                   len;
     ngx_uint_t               j;
     ngx_http_spi_replica_t  *rep;
 
+    rep = up->replicas.elts;
+    len = ngx_strlen(id);
+
+    for (j = 0; j < up->replicas.nelts; j++) {
+        if (rep[j].id.len == len
+            && ngx_strncmp(rep[j].id.data, id, len) == 0)
+        {
+            return (ngx_int_t) j;
+        }
+    }
+
+    return NGX_ERROR;
+}
+
+
+/* The decision's replica takes the request's next try, with the
+ * decision's ticket and a fresh reading of the answer. NGX_ERROR when the
+ * replica is none of the upstream's: the decision's ticket is cancelled
+ * (nothing was sent), and the request's ticket, tokens and first byte
+ * stay what they were, so the variables still show the try before. */
+static ngx_int_t
+ngx_http_spi_take(ngx_http_spi_ctx_t *ctx, spi_decision *d)
+{
+    ngx_int_t  j;
+
+    j = ngx_http_spi_replica_index(ctx->up, d->replica_id);
+
+    if (j == NGX_ERROR) {
+        ngx_http_spi_ticket_drop(ctx->up, d->ticket);
+        return NGX_ERROR;
+    }
+
+    ctx->tried[ctx->next] = (ngx_uint_t) j;
     ctx->ticket = d->ticket;
     ctx->first_byte_us = 0;
     ctx->progress = 0;
@@ -210,21 +241,7 @@ ngx_http_spi_take(ngx_http_spi_ctx_t *ctx, spi_decision *d)
     ngx_memzero(&ctx->tokens, sizeof(ngx_http_spi_tokens_t));
     ngx_http_spi_ticket_mark(ctx);
 
-    rep = ctx->up->replicas.elts;
-    len = ngx_strlen(d->replica_id);
-
-    for (j = 0; j < ctx->up->replicas.nelts; j++) {
-        if (rep[j].id.len == len
-            && ngx_strncmp(rep[j].id.data, d->replica_id, len) == 0)
-        {
-            ctx->tried[ctx->next] = j;
-            return NGX_OK;
-        }
-    }
-
-    ngx_http_spi_ticket_end(ctx, SPI_TICKET_CANCELLED, 0);
-
-    return NGX_ERROR;
+    return NGX_OK;
 }
 
 

@@ -555,6 +555,70 @@ def check_keepalive_given_up(base, log):
         "error, and the error page's answer from another server counted nothing on its ticket")
 
 
+def check_keepalive_post_action(base, log, error_log):
+    """A post_action back to "ka" runs after the answer, and finds the
+    connection that answer came on kept alive and stale (the replica closes
+    a connection on its second request): nginx sends it again on a new
+    connection, as with its own round robin, to the same replica, unrouted
+    (one decision), with no error counted (edge.json: one would open the
+    breaker), no "no live upstreams", and the served try's ticket ended
+    with the answer (its 3 tokens)."""
+    m = edge_metrics(base, "/ka-metrics")
+    status, _, raw = http("POST", f"{base}/ka-post/v1/chat/completions?probe=ka-post",
+                          chat(SYSTEM, "kept alive, then a post_action"))
+    if status != 200 or json.loads(raw).get("system_fingerprint") != "stale":
+        fail(f"/ka-post/: {status} {raw!r}")
+    logged = []
+    for _ in range(20):  # the log line is written once post_action is done
+        logged = access_log(log, "probe=ka-post")
+        if logged:
+            break
+        time.sleep(0.1)
+    served, _, post = logged[0]["upstream"].partition(" : ") if len(logged) == 1 else ("", "", "")
+    tried = served.split(", ") + post.split(", ")
+    if len(post.split(", ")) < 2 or len(set(tried)) != 1 or logged[0]["tokens"] != "3":
+        fail(f"/ka-post/: the post_action on the stale connection, then on a new one to the same "
+             f"replica; the served ticket with the answer's tokens: {logged}")
+    with open(error_log) as f:
+        nolive = [line for line in f if "no live upstreams" in line and "probe=ka-post" in line]
+    if nolive:
+        fail(f"/ka-post/: nginx found no try for the post_action's retry: {nolive[-1].strip()}")
+    wait_edge(base, {"decisions": m["decisions"] + 1, "open_tickets": 0, "breaker": 0,
+                     "breakers_opened": m["breakers_opened"]}, "/ka-post/", "/ka-metrics")
+    say(f"keepalive, post_action: on the stale connection the answer came on, then sent again "
+        f"by nginx on a new one to the same replica ({post}), unrouted, no error counted, the "
+        f"served ticket ended with the answer")
+
+
+def check_keepalive_timeout(base, log, error_log):
+    """A kept-alive connection on which the replica takes the request and
+    never answers (its second, to /hang/): the read times out after 1 s,
+    and nginx gives no try back for a timeout, so the try failed as the
+    replica's error (its breaker opens, edge.json), on that connection only
+    (not sent again on a new one), its ticket ended (none left open), and
+    the client gets nginx's 504. A request through /ka/ first, on the same
+    client connection (one worker), leaves a kept-alive connection that
+    served one request."""
+    m = edge_metrics(base, "/ka-metrics")
+    conn = HTTPConnection(base.split("//", 1)[1], timeout=30)
+    answers = [post_on(conn, f"{path}v1/chat/completions?probe={probe}", chat(SYSTEM, probe))
+               for path, probe in (("/ka/", "kato-1"), ("/ka-hang/", "kato-2"))]
+    conn.close()
+    if [status for status, _ in answers] != [200, 504]:
+        fail(f"/ka/ then /ka-hang/ on one connection: {answers}")
+    logged = access_log(log, "probe=kato-2")
+    if len(logged) != 1 or len(logged[0]["upstream"].split(", ")) != 1 or logged[0]["replica"] != "stale":
+        fail(f"/ka-hang/: one try, on the kept-alive connection: {logged}")
+    with open(error_log) as f:
+        timed_out = [line for line in f if "upstream timed out" in line and "probe=kato-2" in line]
+    if len(timed_out) != 1:
+        fail(f"/ka-hang/: nginx's read timeout in the error log: {timed_out}")
+    wait_edge(base, {"decisions": m["decisions"] + 2, "open_tickets": 0,
+                     "breakers_opened": m["breakers_opened"] + 1}, "/ka-hang/", "/ka-metrics")
+    say("keepalive, timed out: a kept-alive connection the replica never answered on timed out; "
+        "the try failed as the replica's error (breaker opened), not sent again, ticket ended, 504")
+
+
 def check_post_action(base, log):
     """A post_action proxying to pair again runs after the answer was
     served and before the log phase: it goes to the replica that served,
@@ -662,9 +726,10 @@ def check_retry_nowhere(base, log, error_log):
     replica times out, and meanwhile the on-demand one's machine got a
     notice, so no replica is left for the next try. nginx answers 502 as
     with no peer left (the upstream's name for that try in
-    $upstream_addr), the module logs why, and the first try's ticket ended
-    as an error. On one connection, so one worker. Last of the pair
-    checks: the notice stays."""
+    $upstream_addr), the module logs why, nginx logs no "no live
+    upstreams" next to it (the on-demand replica is alive), and the first
+    try's ticket ended as an error. On one connection, so one worker. Last
+    of the pair checks: the notice stays."""
     m = edge_metrics(base, "/pair-metrics")
     conn = HTTPConnection(base.split("//", 1)[1], timeout=30)
 
@@ -681,6 +746,10 @@ def check_retry_nowhere(base, log, error_log):
         why = re.findall(r'upstream "pair": try 2 of the request not routed, no replica left to try: [^,]*', f.read())
     if not why:
         fail("/pair-late/: the error log does not say why the second try was not routed")
+    with open(error_log) as f:
+        nolive = [line for line in f if "no live upstreams" in line and "probe=pair-late" in line]
+    if nolive:
+        fail(f"/pair-late/: nginx's error next to the module's reason: {nolive[-1].strip()}")
     wait_edge(base, {"decisions": m["decisions"] + 4, "open_tickets": 0,
                      "breakers_opened": m["breakers_opened"] + 1}, "/pair-late/", "/pair-metrics")
     say(f"retry nowhere: the spot replica timed out and the on-demand one was noticed meanwhile: "
@@ -916,6 +985,12 @@ def valgrind_round(base, backends):
     for got, raw in stale_pair(lambda path, body: post_on(conn, path, body)):
         if got != 200:
             fail(f"/ka under valgrind: {got} {raw!r}")
+    # a post_action sent again on a new connection, then a kept-alive one
+    # that times out
+    for path, want in [("/ka-post/", 200), ("/ka/", 200), ("/ka-hang/", 504)]:
+        got, raw = post_on(conn, path + "v1/chat/completions", chat(SYSTEM, "kept alive"))
+        if got != want:
+            fail(f"{path} under valgrind: {got} {raw!r}")
     conn.close()
     # Streams of several tokens an event, one with the usage so far in each,
     # and a notice while one is open (its plan is logged).
@@ -932,7 +1007,7 @@ def valgrind_round(base, backends):
             pass
     say("valgrind round: chat, stream, 400, 405, notice, metrics, internal redirects, "
         "404, 403 and 503 retried on a request routed again, one routed nowhere, "
-        "a stale kept-alive connection retried, "
+        "a stale kept-alive connection retried (a request's and a post_action's), one timed out, "
         "streams of several tokens an event, a notice on an open stream")
 
 
@@ -992,6 +1067,8 @@ def main():
     check_retry_nowhere(a.base, a.access_log, a.error_log)
     check_keepalive(a.base, a.access_log)
     check_keepalive_given_up(a.base, a.access_log)
+    check_keepalive_post_action(a.base, a.access_log, a.error_log)
+    check_keepalive_timeout(a.base, a.access_log, a.error_log)
     check_cancel(a.base, a.access_log)
     heir = check_notice(a.base, owner, nodes, addrs, a.access_log, a.workers)
     if heir is None:

@@ -25,7 +25,9 @@
 #     a ticket of its own, or placed nowhere: 502),
 #     a kept-alive connection the replica closed (upstream "ka": keepalive
 #     to tests/nginx/stale_backend.py, which closes each connection on its
-#     second request), which nginx retries on a new one,
+#     second request), which nginx retries on a new one, for a request and
+#     for its post_action, and one where the replica never answers (a
+#     second request to /hang/), which times out,
 #     and the output tokens of streams with several tokens an event, with
 #     and without the backend's usage (upstream "tok"): the tickets' output
 #     tokens in the access log, their progress in the plans a notice logs;
@@ -98,7 +100,8 @@ fake edge -token-rate 400
 # it logs show each ticket's progress)
 fake multi -token-rate 20 -tokens-per-event 4
 # stale: answers the first request of each connection, kept alive, and
-# closes the connection on the second (a kept-alive connection gone stale)
+# closes the connection on the second (a kept-alive connection gone stale),
+# or leaves it unanswered when its path holds /hang/
 "$python" "$here/stale_backend.py" "$work/stale.addr" 900 >"$work/stale.out" 2>&1 &
 pids+=($!)
 for id in spot-a spot-b od-1 hot edge multi stale; do
@@ -360,6 +363,35 @@ http {
       # a URI in a named location's proxy_pass needs a variable
       set \$ka_fb /v1/chat/completions;
       proxy_pass http://$e\$ka_fb;
+    }
+    # A post_action back to ka after the answer: it goes to the replica that
+    # served, on the connection the answer came on, now stale, and nginx
+    # sends it again on a new one.
+    location /ka-post/ {
+      spotinfer_route ka;
+      proxy_pass http://ka/;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_next_upstream error timeout non_idempotent;
+      post_action @ka-post;
+    }
+    location @ka-post {
+      spotinfer_route ka;
+      proxy_pass http://ka;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_next_upstream error timeout non_idempotent;
+    }
+    # The stale replica leaves a second request to /hang/ on a kept-alive
+    # connection unanswered: the read times out, and nginx gives no try
+    # back for a timeout.
+    location /ka-hang/ {
+      spotinfer_route ka;
+      proxy_pass http://ka/hang/;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_read_timeout 1s;
+      proxy_next_upstream error timeout non_idempotent;
     }
   }
 

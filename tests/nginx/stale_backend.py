@@ -7,8 +7,10 @@ most SECONDS (900). On each connection it answers the first POST with a
 whole chat completion, kept alive (Content-Length), then reads the second
 request on that connection and closes it without an answer: what a backend
 that closed an idle connection looks like to the proxy that reuses it. A
-GET (the module's load scrape) gets an idle vLLM metrics text and the
-connection is closed.
+second request whose path holds /hang/ is never answered instead: the
+connection stays open until the proxy closes it (a backend that stopped
+answering on a kept-alive connection). A GET (the module's load scrape)
+gets an idle vLLM metrics text and the connection is closed.
 """
 
 import json
@@ -23,10 +25,11 @@ METRICS = "".join(f'{name}{{engine="0",model_name="fake-model"}} 0\n' for name i
 
 
 def read_request(f):
-    """(method, body) of the next request on f, or None at the end."""
+    """(method, path, body) of the next request on f, or None at the end."""
     line = f.readline()
     if not line:
         return None
+    method, path = (line.split(b" ") + [b""])[:2]
     length = 0
     while True:
         h = f.readline()
@@ -35,7 +38,7 @@ def read_request(f):
         name, _, value = h.decode("latin-1").partition(":")
         if name.strip().lower() == "content-length":
             length = int(value.strip())
-    return line.split(b" ", 1)[0], f.read(length)
+    return method, path, f.read(length)
 
 
 def answer(body, content_type, keep):
@@ -63,7 +66,9 @@ def serve(conn):
                 conn.sendall(answer(METRICS, "text/plain; version=0.0.4", False))
                 return
             conn.sendall(answer(completion(), "application/json", True))
-            read_request(f)  # the second request: read, then the connection closes unanswered
+            second = read_request(f)  # read, then the connection closes unanswered
+            if second is not None and b"/hang/" in second[1]:
+                read_request(f)  # unanswered until the proxy closes the connection
         except OSError:
             pass
 
