@@ -219,17 +219,25 @@ func (e *event) content() string {
 	return s
 }
 
+// maxEventBytes bounds one server-sent event's data (its data lines
+// together): an event is held whole before it is passed on, and a line
+// may be far longer than the reader's buffer (vLLM's prompt_logprobs, a
+// large tool-call delta). A backend that sends more in one event ends its
+// leg with errEventTooLong.
+const maxEventBytes = 16 << 20
+
+// errEventTooLong: an event over maxEventBytes. It says nothing of the
+// machine, so the stream is not replayed: another leg would send it again.
+var errEventTooLong = fmt.Errorf("an event over %d bytes", maxEventBytes)
+
 // sseReader yields the data of each server-sent event.
 type sseReader struct{ r *bufio.Reader }
 
 func (s *sseReader) next() ([]byte, error) {
 	var data []byte
 	for {
-		line, err := s.r.ReadSlice('\n')
+		line, err := s.readLine(maxEventBytes - len(data))
 		if err != nil {
-			if errors.Is(err, bufio.ErrBufferFull) {
-				return nil, errors.New("an event line over the buffer")
-			}
 			if err == io.EOF && len(line) == 0 && data != nil {
 				return data, nil
 			}
@@ -244,9 +252,33 @@ func (s *sseReader) next() ([]byte, error) {
 		}
 		if bytes.HasPrefix(line, []byte("data:")) {
 			d := bytes.TrimPrefix(bytes.TrimPrefix(line, []byte("data:")), []byte(" "))
+			if len(data)+len(d) > maxEventBytes {
+				return nil, errEventTooLong
+			}
 			data = append(data, d...)
 		}
 	}
+}
+
+// readLine reads up to and with the next '\n'. A line that fits the
+// buffer is the buffer's (valid until the next read); a longer one is
+// gathered in a slice of its own, and one longer than limit (plus its line
+// end) is errEventTooLong.
+func (s *sseReader) readLine(limit int) ([]byte, error) {
+	line, err := s.r.ReadSlice('\n')
+	if !errors.Is(err, bufio.ErrBufferFull) {
+		return line, err
+	}
+	long := append([]byte(nil), line...)
+	for errors.Is(err, bufio.ErrBufferFull) {
+		// "data: " and "\r\n" do not count against the limit.
+		if len(long) > limit+len("data: \r\n") {
+			return nil, errEventTooLong
+		}
+		line, err = s.r.ReadSlice('\n')
+		long = append(long, line...)
+	}
+	return long, err
 }
 
 var (
@@ -287,6 +319,11 @@ func (st *stream) relay(w http.ResponseWriter, ctx context.Context, resp *http.R
 			g.stats.failed.Add(1)
 			writeStreamError(w, fl, "the stream was interrupted and its replay "+
 				"answered differently from what was already sent")
+			return
+		}
+		if errors.Is(err, errEventTooLong) {
+			g.stats.failed.Add(1)
+			writeStreamError(w, fl, "the backend sent "+err.Error())
 			return
 		}
 		if st.finished {
@@ -363,6 +400,11 @@ func (st *stream) relayLeg(w io.Writer, fl http.Flusher, resp *http.Response, l 
 	for {
 		data, rerr := rd.next()
 		if rerr != nil {
+			if errors.Is(rerr, errEventTooLong) {
+				// The backend's answer, not its machine: not replayed.
+				end(spotinfer.TicketError)
+				return false, rerr
+			}
 			if st.wasCut() {
 				rerr = errCut
 			}

@@ -1,0 +1,171 @@
+package main
+
+import (
+	"bufio"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// Backends that misbehave in ways a fakeBackend does not: any handler as a
+// backend, and the gateway's answer read as raw events.
+
+// startRawGateway is startTestGateway with any handler as a backend.
+func startRawGateway(t *testing.T, backends map[string]http.Handler, pools map[string]string,
+	extra ...string) (*httptest.Server, *gateway) {
+	t.Helper()
+	dir := t.TempDir()
+	var list []map[string]any
+	for _, id := range []string{"spot-a", "spot-b", "od-1"} {
+		h, ok := backends[id]
+		if !ok {
+			continue
+		}
+		srv := httptest.NewServer(h)
+		t.Cleanup(srv.Close)
+		b := map[string]any{"id": id, "url": srv.URL, "pool": pools[id],
+			"zone": "z-" + id, "instance_type": "g5.xlarge", "usd_per_hour": 1.0}
+		if u, ok := pools[id+".metadata"]; ok {
+			b["metadata_url"] = u
+		}
+		list = append(list, b)
+	}
+	raw, _ := json.Marshal(list)
+	path := filepath.Join(dir, "backends.json")
+	if err := os.WriteFile(path, raw, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	o, err := parseFlags(append([]string{"-backends", path, "-replay-wait", "5s"}, extra...))
+	if err != nil {
+		t.Fatal(err)
+	}
+	g, err := newGateway(o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := contextWithCancel()
+	g.start(ctx)
+	srv := httptest.NewServer(g.routes())
+	t.Cleanup(func() { srv.Close(); cancel(); g.close() })
+	return srv, g
+}
+
+// postChatFor posts a stream and reads its data lines for at most d;
+// timedOut is true when the stream had not ended by then.
+func postChatFor(t *testing.T, url, body string, d time.Duration) (events []string, timedOut bool) {
+	t.Helper()
+	c := &http.Client{Timeout: d}
+	resp, err := c.Post(url+"/v1/chat/completions", "application/json", strings.NewReader(body))
+	if err != nil {
+		return nil, true
+	}
+	defer resp.Body.Close()
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(make([]byte, 1<<20), 1<<20)
+	for sc.Scan() {
+		if d, ok := strings.CutPrefix(sc.Text(), "data: "); ok {
+			events = append(events, d)
+		}
+	}
+	return events, sc.Err() != nil
+}
+
+// textOf is the text of the events' choices.
+func textOf(events []string) string {
+	var b strings.Builder
+	for _, d := range events {
+		var ev event
+		if decodeEvent([]byte(d), &ev) == nil {
+			b.WriteString(ev.content())
+		}
+	}
+	return b.String()
+}
+
+// lastEvent is the last of the events, "" for none.
+func lastEvent(events []string) string {
+	if len(events) == 0 {
+		return ""
+	}
+	return events[len(events)-1]
+}
+
+// counting is a backend handler that counts the completions it is sent
+// and answers them with serve; /metrics is a fakeBackend's.
+func counting(n *atomic.Int32, serve func(w http.ResponseWriter)) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/metrics" {
+			(&fakeBackend{}).ServeHTTP(w, r)
+			return
+		}
+		n.Add(1)
+		io.Copy(io.Discard, r.Body)
+		w.Header().Set("Content-Type", "text/event-stream")
+		serve(w)
+	})
+}
+
+const roleChunk = "data: {\"id\":\"x\",\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":\"\"}}]}\n\n"
+
+// An event line far over the reader's 64 KiB buffer (vLLM's logprobs, a
+// large tool-call delta) is read whole and passed on: the stream is not
+// taken for broken, and the backend gets the request once.
+func TestLongEventLineIsPassedWhole(t *testing.T) {
+	pad := strings.Repeat("x", 300<<10)
+	var n atomic.Int32
+	h := counting(&n, func(w http.ResponseWriter) {
+		fmt.Fprint(w, roleChunk)
+		fmt.Fprintf(w, "data: {\"id\":\"x\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\" w0\"},\"logprobs\":{\"pad\":%q}}]}\n\n", pad)
+		fmt.Fprint(w, "data: {\"id\":\"x\",\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"stop\"}]}\n\n")
+		fmt.Fprint(w, "data: [DONE]\n\n")
+	})
+	srv, _ := startRawGateway(t, map[string]http.Handler{"spot-a": h}, map[string]string{"spot-a": "spot"})
+	evs, timedOut := postChatFor(t, srv.URL, silverStream, 5*time.Second)
+	if timedOut || lastEvent(evs) != "[DONE]" || textOf(evs) != " w0" || n.Load() != 1 {
+		t.Fatalf("timed out %v, %d events, text %q, the backend got %d requests",
+			timedOut, len(evs), textOf(evs), n.Load())
+	}
+	if !strings.Contains(evs[1], pad) {
+		t.Fatalf("the long event came through %d bytes long", len(evs[1]))
+	}
+}
+
+// An event over the gateway's bound (16 MiB) ends the stream with an error
+// event; the ticket ends as ERROR and the stream is not replayed: another
+// leg would send the same event again.
+func TestEventOverTheBoundEndsTheStream(t *testing.T) {
+	pad := strings.Repeat("x", 17<<20)
+	var n atomic.Int32
+	h := counting(&n, func(w http.ResponseWriter) {
+		fmt.Fprint(w, roleChunk)
+		fmt.Fprintf(w, "data: {\"id\":\"x\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\" w0\"},\"logprobs\":{\"pad\":%q}}]}\n\n", pad)
+		fmt.Fprint(w, "data: [DONE]\n\n")
+	})
+	od := &fakeBackend{n: 10}
+	srv, g := startRawGateway(t, map[string]http.Handler{"spot-a": h, "od-1": od},
+		map[string]string{"spot-a": "spot", "od-1": "on_demand"})
+	evs, timedOut := postChatFor(t, srv.URL, silverStream, 5*time.Second)
+	if timedOut || !strings.Contains(lastEvent(evs), `"error"`) || !strings.Contains(lastEvent(evs), "over 16777216 bytes") {
+		t.Fatalf("timed out %v; last event %.200s", timedOut, lastEvent(evs))
+	}
+	if n.Load() != 1 || len(od.bodies) != 0 {
+		t.Fatalf("spot-a got %d requests, od-1 %d: the stream was replayed", n.Load(), len(od.bodies))
+	}
+	if s := replicaStatus(t, g, "spot-a"); s.ConsecutiveErrors != 1 {
+		t.Errorf("spot-a: %d consecutive errors, want the ticket ended as ERROR", s.ConsecutiveErrors)
+	}
+	m := get(t, srv.URL+"/metrics")
+	for _, s := range []string{`gateway_requests_total{outcome="failed"} 1`, `gateway_replays_total{step="enqueued"} 0`} {
+		if !strings.Contains(m, s) {
+			t.Errorf("/metrics lacks %s", s)
+		}
+	}
+}
