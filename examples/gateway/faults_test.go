@@ -3,6 +3,7 @@ package main
 import (
 	"bufio"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -13,6 +14,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	spotinfer "github.com/libspotinfer/libspotinfer/bindings/go"
 )
 
 // Backends that misbehave in ways a fakeBackend does not: any handler as a
@@ -167,5 +170,86 @@ func TestEventOverTheBoundEndsTheStream(t *testing.T) {
 		if !strings.Contains(m, s) {
 			t.Errorf("/metrics lacks %s", s)
 		}
+	}
+}
+
+// ticketsConfig writes a library configuration of at most 16 open tickets.
+func ticketsConfig(t *testing.T) string {
+	t.Helper()
+	config := filepath.Join(t.TempDir(), "spotinfer.json")
+	if err := os.WriteFile(config, []byte(`{"router":{"max_tickets":16}}`), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return config
+}
+
+// With router.max_tickets requests open, the next one is overload: 503
+// with Retry-After, counted as overloaded, not a 500.
+func TestEveryTicketOpenIs503(t *testing.T) {
+	a := &fakeBackend{n: 5000, delay: 5 * time.Millisecond}
+	srv := newTestGateway(t, map[string]*fakeBackend{"spot-a": a},
+		map[string]string{"spot-a": "spot"}, "spotinfer", "-config", ticketsConfig(t))
+	var open []*http.Response
+	defer func() {
+		for _, r := range open {
+			r.Body.Close()
+		}
+	}()
+	for i := 0; i < 16; i++ {
+		resp := postChat(t, srv.URL, silverStream)
+		open = append(open, resp)
+		if _, err := resp.Body.Read(make([]byte, 64)); err != nil {
+			t.Fatalf("stream %d: %v", i, err)
+		}
+	}
+	wantRetryAfter(t, postChat(t, srv.URL, silverStream), http.StatusServiceUnavailable)
+	m := get(t, srv.URL+"/metrics")
+	for _, s := range []string{`gateway_requests_total{outcome="overloaded"} 1`, `gateway_requests_total{outcome="failed"} 0`} {
+		if !strings.Contains(m, s) {
+			t.Errorf("/metrics lacks %s", s)
+		}
+	}
+}
+
+// A continuation routed while every ticket is open is nacked and tried
+// again after the backoff, not failed: once a ticket ends, the stream is
+// resumed.
+func TestReplayWhileEveryTicketIsOpenIsRetried(t *testing.T) {
+	od := &fakeBackend{n: 10}
+	_, g := startTestGateway(t, map[string]*fakeBackend{"od-1": od},
+		map[string]string{"od-1": "on_demand"}, "spotinfer", "-config", ticketsConfig(t),
+		"-replay", `{"store":"memory","backoff_base_ms":20,"backoff_max_ms":20,"max_attempts":100}`)
+	var held []spotinfer.Ticket
+	for i := 0; i < 16; i++ {
+		req, err := g.eng.ParseOpenAI([]byte(silverStream), spotinfer.OpenAIChat)
+		if err != nil {
+			t.Fatal(err)
+		}
+		d, err := req.Route()
+		req.Close()
+		if err != nil {
+			t.Fatalf("route %d: %v", i, err)
+		}
+		held = append(held, d.Ticket)
+	}
+	ctx, cancel := contextWithCancel()
+	defer cancel()
+	st := &stream{g: g, key: "k", path: "/v1/chat/completions", body: []byte(silverStream),
+		kind: spotinfer.OpenAIChat, class: spotinfer.ClassSilver, replayable: true, ctx: ctx}
+	st.text.WriteString(" w0 w1")
+	st.tokens = 2
+	got := make(chan resumption, 1)
+	go func() { got <- st.resumeAfterCut(ctx, errors.New("cut")) }()
+	time.Sleep(300 * time.Millisecond) // several routes find every ticket open
+	for _, tk := range held {
+		g.finish(tk, spotinfer.TicketResult{Status: spotinfer.TicketOK})
+	}
+	r := <-got
+	if r.err != nil || r.resp == nil {
+		t.Fatalf("not resumed: %v", r.err)
+	}
+	g.discard(r)
+	if len(od.bodies) != 1 {
+		t.Fatalf("od-1 was sent %d continuations", len(od.bodies))
 	}
 }

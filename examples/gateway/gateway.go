@@ -340,8 +340,8 @@ func (g *gateway) serveRouted(w http.ResponseWriter, r *http.Request, body []byt
 // decide asks the library where the request goes. The request it was
 // routed with comes back with the decision, parsed, for the tries after a
 // failed one to route again; the caller puts it back in g.reqs. When it
-// goes nowhere, the client has its answer (400, 429, 500, 503) and ok is
-// false.
+// goes nowhere, the client has its answer (400, 429, 500, 503: no
+// capacity, or every ticket open) and ok is false.
 func (g *gateway) decide(w http.ResponseWriter, r *http.Request, body []byte,
 	kind spotinfer.OpenAIKind, heldUntil time.Time) (spotinfer.Decision, time.Time, *spotinfer.Request, bool) {
 	req, _ := g.reqs.Get().(*spotinfer.Request)
@@ -364,6 +364,11 @@ func (g *gateway) decide(w http.ResponseWriter, r *http.Request, body []byte,
 		g.stats.noCapacity.Add(1)
 		w.Header().Set("Retry-After", "1")
 		apiError(w, http.StatusServiceUnavailable, "unavailable", "no capacity: "+d.Reason)
+	case errors.Is(err, spotinfer.ErrFull):
+		// router.max_tickets requests are open: overload, not a fault.
+		g.stats.overloaded.Add(1)
+		w.Header().Set("Retry-After", "1")
+		apiError(w, http.StatusServiceUnavailable, "unavailable", "overloaded: "+err.Error())
 	case errors.Is(err, context.Canceled):
 		g.stats.cancelled.Add(1)
 	default:
@@ -521,9 +526,10 @@ func (g *gateway) finish(t spotinfer.Ticket, res spotinfer.TicketResult) {
 }
 
 type counters struct {
-	ok, failed, cancelled, shed, noCapacity, badRequest, fallbacks atomic.Uint64
-	notices, replayEnqueued, replayResumed, replayFailed           atomic.Uint64
-	interrupted, rerouted                                          atomic.Uint64
+	ok, failed, cancelled, shed, noCapacity, overloaded, badRequest atomic.Uint64
+	fallbacks                                                       atomic.Uint64
+	notices, replayEnqueued, replayResumed, replayFailed            atomic.Uint64
+	interrupted, rerouted                                           atomic.Uint64
 }
 
 // eventLog writes JSON lines; nil writes nothing.

@@ -143,7 +143,8 @@ func (g *gateway) replayWorker(ctx context.Context) {
 // (the library keeps it off the noticed machine), opens the leg and hands
 // it to the waiting stream. The claim is acked just before the hand-over
 // (and whenever nothing is left to retry), and nacked (retried after a
-// backoff) when no leg could be opened for want of capacity or a backend.
+// backoff) when no leg could be opened for want of capacity (every ticket
+// open included) or a backend.
 func (g *gateway) resumeClaim(ctx context.Context, c spotinfer.Claim) {
 	env := c.Envelope
 	g.mu.Lock()
@@ -171,7 +172,7 @@ func (g *gateway) resumeClaim(ctx context.Context, c spotinfer.Claim) {
 	if err != nil {
 		g.events.write(map[string]any{"event": "replay_retry", "key": env.Key, "error": err.Error()})
 		if errors.Is(err, spotinfer.ErrNoCapacity) || errors.Is(err, spotinfer.ErrShed) ||
-			errors.Is(err, errUpstream) {
+			errors.Is(err, spotinfer.ErrFull) || errors.Is(err, errUpstream) {
 			g.queue.Nack(c.ID)
 			return
 		}
