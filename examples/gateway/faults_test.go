@@ -253,3 +253,102 @@ func TestReplayWhileEveryTicketIsOpenIsRetried(t *testing.T) {
 		t.Fatalf("od-1 was sent %d continuations", len(od.bodies))
 	}
 }
+
+// diesMidStream answers its first completion as vLLM's stream generator
+// does when the engine fails mid-answer (EngineDeadError and the like): a
+// few tokens, an error event, then "data: [DONE]", the connection kept.
+// With noError it leaves the error event out: the answer just stops before
+// its finish_reason. Every later request goes to next.
+type diesMidStream struct {
+	next    *fakeBackend
+	noError bool
+	used    atomic.Bool
+}
+
+func (v *diesMidStream) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if r.URL.Path == "/metrics" || v.used.Swap(true) {
+		v.next.ServeHTTP(w, r)
+		return
+	}
+	io.Copy(io.Discard, r.Body)
+	w.Header().Set("Content-Type", "text/event-stream")
+	fmt.Fprint(w, roleChunk)
+	for i := 0; i < 5; i++ {
+		fmt.Fprintf(w, "data: {\"id\":\"x\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\" w%d\"}}]}\n\n", i)
+	}
+	if !v.noError {
+		fmt.Fprint(w, "data: {\"error\":{\"object\":\"error\",\"message\":\"EngineCore encountered an issue\","+
+			"\"type\":\"InternalServerError\",\"code\":500}}\n\n")
+	}
+	fmt.Fprint(w, "data: [DONE]\n\n")
+}
+
+// breakerOfOne writes a library configuration whose error breaker opens
+// at the first error.
+func breakerOfOne(t *testing.T) string {
+	t.Helper()
+	config := filepath.Join(t.TempDir(), "spotinfer.json")
+	if err := os.WriteFile(config, []byte(`{"router":{"error_threshold":1}}`), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return config
+}
+
+// A failure the backend reports in the stream (an error event, then
+// [DONE]), or a [DONE] before the finish_reason, is a broken leg, not a
+// whole answer: the try's ticket ends as ERROR (the replica's breaker opens
+// at a threshold of 1), the error event is held back, and the replayable
+// stream is resumed on od-1 from what the client has.
+func TestBrokenAnswerEndedByDoneIsResumed(t *testing.T) {
+	for _, noError := range []bool{false, true} {
+		a := &diesMidStream{next: &fakeBackend{n: 10}, noError: noError}
+		od := &fakeBackend{n: 10}
+		srv, g := startRawGateway(t, map[string]http.Handler{"spot-a": a, "od-1": od},
+			map[string]string{"spot-a": "spot", "od-1": "on_demand"}, "-config", breakerOfOne(t))
+		evs, timedOut := postChatFor(t, srv.URL, silverStream, 5*time.Second)
+		if text := textOf(evs); timedOut || text != want(10) || lastEvent(evs) != "[DONE]" {
+			t.Fatalf("without the error event %v: timed out %v, text %q, last event %s",
+				noError, timedOut, text, lastEvent(evs))
+		}
+		for _, e := range evs {
+			if strings.Contains(e, `"error"`) {
+				t.Errorf("the client got %s", e)
+			}
+		}
+		if s := replicaStatus(t, g, "spot-a"); s.Breaker != spotinfer.BreakerOpen {
+			t.Errorf("without the error event %v: spot-a's breaker is %v, want open", noError, s.Breaker)
+		}
+		if c := continuations(od); len(c) != 1 {
+			t.Errorf("od-1 was sent %d continuations", len(c))
+		}
+		m := get(t, srv.URL+"/metrics")
+		for _, s := range []string{`gateway_requests_total{outcome="ok"} 1`,
+			`gateway_replays_total{step="enqueued"} 1`, `gateway_replays_total{step="resumed"} 1`} {
+			if !strings.Contains(m, s) {
+				t.Errorf("without the error event %v: /metrics lacks %s", noError, s)
+			}
+		}
+	}
+}
+
+// A stream that is not replayed (gold) ends with the backend's own error
+// event, without [DONE]; its ticket ends as ERROR and it counts as failed.
+func TestBackendErrorEventEndsAStreamNotReplayed(t *testing.T) {
+	od := &diesMidStream{next: &fakeBackend{n: 10}}
+	srv, g := startRawGateway(t, map[string]http.Handler{"od-1": od},
+		map[string]string{"od-1": "on_demand"})
+	gold := strings.Replace(silverStream, `"silver"`, `"gold"`, 1)
+	evs, timedOut := postChatFor(t, srv.URL, gold, 5*time.Second)
+	if timedOut || textOf(evs) != want(5) || !strings.Contains(lastEvent(evs), "EngineCore encountered an issue") {
+		t.Fatalf("timed out %v, text %q, last event %s", timedOut, textOf(evs), lastEvent(evs))
+	}
+	if s := replicaStatus(t, g, "od-1"); s.ConsecutiveErrors != 1 {
+		t.Errorf("od-1: %d consecutive errors, want the ticket ended as ERROR", s.ConsecutiveErrors)
+	}
+	m := get(t, srv.URL+"/metrics")
+	for _, s := range []string{`gateway_requests_total{outcome="failed"} 1`, `gateway_replays_total{step="enqueued"} 0`} {
+		if !strings.Contains(m, s) {
+			t.Errorf("/metrics lacks %s", s)
+		}
+	}
+}

@@ -70,6 +70,8 @@ type stream struct {
 	// reasoning deltas (a continuation would repeat or lose them), or
 	// several choices (a checkpoint holds one text and one offset).
 	notContinued string
+	// The client had a backend's error event: the stream ends with it.
+	errorSent bool
 }
 
 // choiceSet is what a stream's choices have had: the choices, by index,
@@ -188,6 +190,11 @@ type event struct {
 	// The event has a member usage, null included: what forClient takes
 	// out.
 	usageGiven bool
+	// The event's top-level member error, as written, when it is not
+	// null: a backend's failure reported in the stream (vLLM sends one,
+	// then [DONE], when its engine fails mid-answer). Read, like the
+	// usage, from the member whose key is error exactly.
+	Error json.RawMessage `json:"-"`
 }
 
 // beyondText reports deltas other than text: tool calls, reasoning.
@@ -285,6 +292,11 @@ var (
 	errCut        = errors.New("interrupted")
 	errClientGone = errors.New("the client went away")
 	errDiverged   = errors.New("the replay diverged from what the client has")
+	// The backend ended the stream with [DONE] before every choice had its
+	// finish_reason.
+	errNoFinish = errors.New("the backend ended the stream before its finish_reason")
+	// The backend sent an event with an error member.
+	errInBand = errors.New("the backend reported an error")
 )
 
 // relay passes the backend's events to the client one at a time, flushing
@@ -335,6 +347,9 @@ func (st *stream) relay(w http.ResponseWriter, ctx context.Context, resp *http.R
 		}
 		if !st.replayable || st.notContinued != "" {
 			g.stats.failed.Add(1)
+			if st.errorSent {
+				return // the client has the backend's error event
+			}
 			msg := fmt.Sprintf("the backend stream broke: %v", err)
 			if st.replayable {
 				msg += "; not continued: " + st.notContinued
@@ -421,6 +436,12 @@ func (st *stream) relayLeg(w io.Writer, fl http.Flusher, resp *http.Response, l 
 			return false, rerr
 		}
 		if string(data) == "[DONE]" {
+			if !st.choices.whole() {
+				// The answer ended without its finish_reason: a backend
+				// that gave up on it, not a whole answer.
+				end(spotinfer.TicketError)
+				return false, errNoFinish
+			}
 			if _, err := io.WriteString(w, "data: [DONE]\n\n"); err != nil {
 				end(spotinfer.TicketCancelled)
 				return false, errClientGone
@@ -434,6 +455,25 @@ func (st *stream) relayLeg(w io.Writer, fl http.Flusher, resp *http.Response, l 
 		var ev event
 		if decodeEvent(data, &ev) != nil {
 			continue // not JSON: pass nothing on
+		}
+		if ev.Error != nil {
+			// The backend failed mid-answer and said so in the stream: the
+			// leg is broken (the replica's fault: ERROR, which its breaker
+			// counts). A stream that may be resumed, or that the client
+			// has whole, does not pass the event on; any other stream ends
+			// with it.
+			if !st.finished && (!st.replayable || st.notContinued != "") {
+				if _, err := fmt.Fprintf(w, "data: %s\n\n", data); err != nil {
+					end(spotinfer.TicketCancelled)
+					return false, errClientGone
+				}
+				if fl != nil {
+					fl.Flush()
+				}
+				st.errorSent = true
+			}
+			end(spotinfer.TicketError)
+			return false, fmt.Errorf("%w: %s", errInBand, ev.errorMessage())
 		}
 		text := ev.content()
 		if st.streamID == "" {
@@ -547,10 +587,12 @@ func (st *stream) continuedEvent(data []byte, ev *event, text *string, l *leg) (
 			return data, false, true
 		} else {
 			l.skip = l.skip[n:]
-			if n == len(*text) {
+			*text = (*text)[n:]
+			if *text == "" && ev.Choices[0].FinishReason == nil {
 				return data, true, false
 			}
-			*text = (*text)[n:]
+			// What is left of the text; a finish_reason goes on without
+			// the text the client has.
 			data = rewriteText(data, *text)
 		}
 	}
