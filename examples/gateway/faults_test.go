@@ -352,3 +352,71 @@ func TestBackendErrorEventEndsAStreamNotReplayed(t *testing.T) {
 		}
 	}
 }
+
+// A stream whose every leg breaks (a request that kills or trips each
+// backend it reaches, a proxy that drops it) is not replayed without end:
+// after replay.max_attempts continuations have broken it ends with an
+// error event, each checkpoint after a broken continuation having waited
+// out the queue's backoff (10, 20, 40, 40 ms here, without jitter).
+func TestStreamThatKeepsBreakingIsGivenUp(t *testing.T) {
+	var n atomic.Int32
+	h := counting(&n, func(w http.ResponseWriter) {
+		fmt.Fprint(w, roleChunk)
+		w.(http.Flusher).Flush()
+		if conn, _, err := w.(http.Hijacker).Hijack(); err == nil {
+			conn.Close()
+		}
+	})
+	srv, _ := startRawGateway(t, map[string]http.Handler{"spot-a": h}, map[string]string{"spot-a": "spot"},
+		"-replay", `{"store":"memory","backoff_base_ms":10,"backoff_max_ms":40,"backoff_jitter":0}`)
+	t0 := time.Now()
+	evs, timedOut := postChatFor(t, srv.URL, silverStream, 5*time.Second)
+	took := time.Since(t0)
+	if timedOut || !strings.Contains(lastEvent(evs), "after 5 failed replays (replay.max_attempts)") {
+		t.Fatalf("timed out %v after %v, %d events, the backend got %d requests; last event %s",
+			timedOut, took, len(evs), n.Load(), lastEvent(evs))
+	}
+	if n.Load() != 6 || took < 110*time.Millisecond {
+		t.Errorf("the backend got %d requests (want the first and 5 continuations) in %v (want 110 ms of backoff)",
+			n.Load(), took)
+	}
+	m := get(t, srv.URL+"/metrics")
+	for _, s := range []string{`gateway_requests_total{outcome="failed"} 1`, `gateway_replays_total{step="enqueued"} 5`,
+		`gateway_replays_total{step="resumed"} 5`, `gateway_replays_total{step="failed"} 1`} {
+		if !strings.Contains(m, s) {
+			t.Errorf("/metrics lacks %s", s)
+		}
+	}
+}
+
+// The queue's retry settings are the engine's "replay" section with the
+// keys of -replay over it; the backoff doubles from the base up to the
+// most, shortened by up to the jitter.
+func TestReplayRetrySettings(t *testing.T) {
+	e, err := newEngine(ticketsConfig(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.Close()
+	if err := e.Configure(`{"replay":{"max_attempts":7,"backoff_base_ms":100}}`); err != nil {
+		t.Fatal(err)
+	}
+	r := replayRetryOf(e, `{"store":"memory","backoff_max_ms":500,"backoff_jitter":0}`)
+	if r.maxAttempts != 7 || r.base != 100*time.Millisecond || r.max != 500*time.Millisecond || r.jitter != 0 {
+		t.Fatalf("%+v", r)
+	}
+	for n, want := range map[uint32]time.Duration{1: 100, 2: 200, 3: 400, 4: 500, 40: 500, 1 << 31: 500} {
+		if d := r.backoff(n); d != want*time.Millisecond {
+			t.Errorf("backoff(%d) = %v, want %v ms", n, d, want)
+		}
+	}
+	r.jitter = 0.5
+	for i := 0; i < 100; i++ {
+		if d := r.backoff(1); d < 50*time.Millisecond || d > 100*time.Millisecond {
+			t.Fatalf("backoff(1) with a jitter of 0.5 = %v", d)
+		}
+	}
+	if d := replayRetryOf(e, ""); d.maxAttempts != 7 || d.max != time.Minute || d.jitter != 0.5 {
+		t.Fatalf("without -replay keys: %+v", d)
+	}
+}

@@ -24,6 +24,7 @@ type gateway struct {
 	o        options
 	eng      *spotinfer.Engine // nil with -balancer roundrobin
 	queue    *spotinfer.ReplayQueue
+	retry    replayRetry // the queue's retry settings
 	backends []*backend
 	byID     map[string]*backend
 	client   *http.Client
@@ -92,6 +93,7 @@ func newGateway(o options) (*gateway, error) {
 		g.eng.Close()
 		return nil, err
 	}
+	g.retry = replayRetryOf(g.eng, o.replayConfig)
 	g.reqs.New = func() any {
 		r, err := g.eng.NewRequest()
 		if err != nil {

@@ -2,9 +2,11 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
+	"math/rand"
 	"net/http"
 	"time"
 
@@ -59,21 +61,38 @@ func (g *gateway) interrupt(ticket uint64) bool {
 }
 
 // resumeAfterCut checkpoints the stream into the replay queue and waits
-// for a replay worker to hand back a continuation leg.
+// for a replay worker to hand back a continuation leg. A stream whose
+// continuations keep breaking is given up once replay.max_attempts replays
+// have failed, as the queue dead-letters an envelope nacked that often,
+// and each checkpoint after a failed replay waits out the queue's backoff
+// first.
 func (st *stream) resumeAfterCut(ctx context.Context, cause error) resumption {
 	g := st.g
 	st.mu.Lock()
 	if st.firstCut == 0 {
 		st.firstCut = time.Now().UnixNano()
 	}
-	st.attempts++
-	env := spotinfer.Envelope{Key: fmt.Sprintf("%s/%d", st.key, st.attempts), Body: st.body,
+	st.cuts++
+	env := spotinfer.Envelope{Key: fmt.Sprintf("%s/%d", st.key, st.cuts), Body: st.body,
 		OpenAIKind: st.kind, Class: st.class, PartialText: st.text.String(),
-		StreamOffset: st.tokens, Attempts: st.attempts - 1, FirstEnqueuedNs: st.firstCut}
+		StreamOffset: st.tokens, Attempts: st.failed, FirstEnqueuedNs: st.firstCut}
 	estimated := st.estimated
 	st.resume = make(chan resumption, 1)
 	resume := st.resume
 	st.mu.Unlock()
+	if env.Attempts >= g.retry.maxAttempts {
+		err := fmt.Errorf("%v, after %d failed replays (replay.max_attempts)", cause, env.Attempts)
+		g.stats.replayFailed.Add(1)
+		g.events.write(map[string]any{"event": "replay_failed", "key": env.Key, "error": err.Error()})
+		return resumption{err: err}
+	}
+	if env.Attempts > 0 {
+		select {
+		case <-time.After(g.retry.backoff(env.Attempts)):
+		case <-ctx.Done():
+			return resumption{err: ctx.Err()}
+		}
+	}
 	g.mu.Lock()
 	g.waiting[env.Key] = st
 	g.mu.Unlock()
@@ -186,7 +205,7 @@ func (g *gateway) resumeClaim(ctx context.Context, c spotinfer.Claim) {
 	}
 	// Acked before the hand-over: a claim whose lease ran out meanwhile
 	// belongs to another worker now, and only one leg may feed the stream.
-	r := resumption{resp: resp, leg: l}
+	r := resumption{resp: resp, leg: l, attempts: env.Attempts}
 	if err := g.queue.Ack(c.ID); err != nil {
 		g.events.write(map[string]any{"event": "replay_dropped", "key": env.Key, "error": err.Error()})
 		g.discard(r)
@@ -310,4 +329,59 @@ func (g *gateway) openContinuation(ctx context.Context, st *stream, body []byte,
 		return nil, leg{}, err
 	}
 	return resp, l, nil
+}
+
+// replayRetry is how the replay queue retries, as the gateway reads it:
+// the engine's "replay" section with the keys of -replay over it.
+type replayRetry struct {
+	maxAttempts uint32
+	base, max   time.Duration
+	jitter      float64
+}
+
+// replayRetryOf reads the queue's retry settings from the engine's
+// configuration and the -replay JSON; a setting neither gives is the
+// library's default.
+func replayRetryOf(eng *spotinfer.Engine, replayConfig string) replayRetry {
+	r := replayRetry{maxAttempts: 5, base: time.Second, max: time.Minute, jitter: 0.5}
+	var cfg struct {
+		Replay map[string]json.RawMessage `json:"replay"`
+	}
+	if js, err := eng.ConfigJSON(); err == nil {
+		json.Unmarshal([]byte(js), &cfg)
+	}
+	var over map[string]json.RawMessage
+	json.Unmarshal([]byte(replayConfig), &over)
+	if cfg.Replay == nil {
+		cfg.Replay = map[string]json.RawMessage{}
+	}
+	for k, v := range over {
+		cfg.Replay[k] = v
+	}
+	var n float64
+	if json.Unmarshal(cfg.Replay["max_attempts"], &n) == nil && n >= 1 {
+		r.maxAttempts = uint32(min(n, 1<<31))
+	}
+	if json.Unmarshal(cfg.Replay["backoff_base_ms"], &n) == nil && n >= 1 {
+		r.base = time.Duration(n) * time.Millisecond
+	}
+	if json.Unmarshal(cfg.Replay["backoff_max_ms"], &n) == nil && n >= 1 {
+		r.max = time.Duration(n) * time.Millisecond
+	}
+	if json.Unmarshal(cfg.Replay["backoff_jitter"], &n) == nil && n >= 0 && n <= 1 {
+		r.jitter = n
+	}
+	return r
+}
+
+// backoff is the wait before a replay after n failed ones (n >= 1), as
+// the queue waits after a nack: base·2^(n-1), at most max, shortened by up
+// to the jitter fraction.
+func (r replayRetry) backoff(n uint32) time.Duration {
+	d := r.base
+	for i := uint32(1); i < n && d < r.max; i++ {
+		d *= 2
+	}
+	d = min(d, r.max)
+	return d - time.Duration(rand.Float64()*r.jitter*float64(d))
 }

@@ -58,7 +58,11 @@ type stream struct {
 	tokens uint64          // its output tokens: the stream offset (tokens.go)
 	// tokens holds an estimate: a leg's backend did not count its tokens.
 	estimated bool
-	attempts  uint32
+	cuts      uint32 // checkpoints so far: the envelope keys' sequence
+	// The failed replays so far, the Attempts of the next envelope: the
+	// nacks of the envelope whose leg feeds the stream, and that leg if it
+	// breaks. At replay.max_attempts the stream is given up.
+	failed uint32
 
 	// The client has had a finish_reason for every choice: the answer is
 	// whole, and a leg cut before its [DONE] is not continued. Read and
@@ -138,8 +142,9 @@ func (cs *choiceSet) whole() bool {
 type resumption struct {
 	resp     *http.Response
 	leg      leg
-	complete bool  // nothing was left to generate: the client has it all
-	err      error // the stream cannot be resumed
+	attempts uint32 // the envelope's failed attempts before this leg
+	complete bool   // nothing was left to generate: the client has it all
+	err      error  // the stream cannot be resumed
 }
 
 // delta is a streamed chat choice's delta, as far as the gateway reads it.
@@ -374,6 +379,10 @@ func (st *stream) relay(w http.ResponseWriter, ctx context.Context, resp *http.R
 			return
 		}
 		resp, l = r.resp, r.leg
+		// Should this leg break too, that is one more failed replay.
+		st.mu.Lock()
+		st.failed = r.attempts + 1
+		st.mu.Unlock()
 	}
 }
 
