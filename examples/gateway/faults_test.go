@@ -420,3 +420,35 @@ func TestReplayRetrySettings(t *testing.T) {
 		t.Fatalf("without -replay keys: %+v", d)
 	}
 }
+
+// An envelope whose continuation fails replay.max_attempts times is
+// dead-lettered by the nack, and nobody claims it again: the stream ends
+// with an error event at once instead of waiting out -replay-wait.
+func TestDeadLetteredReplayEndsTheStreamAtOnce(t *testing.T) {
+	a := &fakeBackend{n: 300, delay: 5 * time.Millisecond}
+	od := &fakeBackend{n: 300}
+	od.fail.Store(1 << 20) // every continuation answers 500
+	imds := &fakeIMDS{deadline: time.Now().Add(time.Second)}
+	meta := httptest.NewServer(imds)
+	defer meta.Close()
+	srv := newTestGateway(t, map[string]*fakeBackend{"spot-a": a, "od-1": od},
+		map[string]string{"spot-a": "spot", "spot-a.metadata": meta.URL, "od-1": "on_demand"},
+		"spotinfer", "-notice-interval", "20ms", "-replay-wait", "8s",
+		"-replay", `{"store":"memory","max_attempts":2,"backoff_base_ms":10,"backoff_max_ms":10}`)
+	go func() {
+		time.Sleep(200 * time.Millisecond)
+		imds.notice.Store(true)
+	}()
+	t0 := time.Now()
+	evs, timedOut := postChatFor(t, srv.URL, silverStream, 6*time.Second)
+	took := time.Since(t0)
+	if timedOut || took > 4*time.Second || !strings.Contains(lastEvent(evs), "after 2 failed replays") {
+		t.Fatalf("timed out %v after %v; last event %s", timedOut, took, lastEvent(evs))
+	}
+	m := get(t, srv.URL+"/metrics")
+	for _, s := range []string{`gateway_replay_queue{state="dead"} 1`, `gateway_replays_total{step="failed"} 1`} {
+		if !strings.Contains(m, s) {
+			t.Errorf("/metrics lacks %s", s)
+		}
+	}
+}

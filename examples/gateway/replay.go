@@ -163,7 +163,8 @@ func (g *gateway) replayWorker(ctx context.Context) {
 // it to the waiting stream. The claim is acked just before the hand-over
 // (and whenever nothing is left to retry), and nacked (retried after a
 // backoff) when no leg could be opened for want of capacity (every ticket
-// open included) or a backend.
+// open included) or a backend; the nack that dead-letters it (the
+// replay.max_attempts-th failure) ends the stream at once.
 func (g *gateway) resumeClaim(ctx context.Context, c spotinfer.Claim) {
 	env := c.Envelope
 	g.mu.Lock()
@@ -193,6 +194,12 @@ func (g *gateway) resumeClaim(ctx context.Context, c spotinfer.Claim) {
 		if errors.Is(err, spotinfer.ErrNoCapacity) || errors.Is(err, spotinfer.ErrShed) ||
 			errors.Is(err, spotinfer.ErrFull) || errors.Is(err, errUpstream) {
 			g.queue.Nack(c.ID)
+			if env.Attempts+1 >= g.retry.maxAttempts {
+				// That nack dead-lettered the envelope: nobody will claim
+				// it again, and the stream ends now.
+				give(resumption{err: fmt.Errorf("%v, after %d failed replays (replay.max_attempts)",
+					err, env.Attempts+1)})
+			}
 			return
 		}
 		g.queue.Ack(c.ID)
