@@ -452,3 +452,151 @@ func TestDeadLetteredReplayEndsTheStreamAtOnce(t *testing.T) {
 		}
 	}
 }
+
+// waitFor polls cond every 10 ms for at most d; false when it never held.
+func waitFor(d time.Duration, cond func() bool) bool {
+	for end := time.Now().Add(d); time.Now().Before(end); time.Sleep(10 * time.Millisecond) {
+		if cond() {
+			return true
+		}
+	}
+	return cond()
+}
+
+// A REPLAY plan for a continuation still waiting for its first byte (its
+// replica prefilling) reaches it: the continuation is cut and routed
+// again, away from both noticed machines, and the client still gets the
+// whole answer once.
+func TestNoticeWhileAContinuationWaitsForItsFirstByte(t *testing.T) {
+	ids := []string{"spot-a", "spot-b", "od-1"}
+	fb := map[string]*fakeBackend{}
+	imds := map[string]*fakeIMDS{}
+	pools := map[string]string{"spot-a": "spot", "spot-b": "spot", "od-1": "on_demand"}
+	for _, id := range ids {
+		fb[id] = &fakeBackend{n: 200, delay: 5 * time.Millisecond}
+		imds[id] = &fakeIMDS{deadline: time.Now().Add(time.Second)}
+		meta := httptest.NewServer(imds[id])
+		defer meta.Close()
+		pools[id+".metadata"] = meta.URL
+	}
+	events := filepath.Join(t.TempDir(), "events.jsonl")
+	srv := newTestGateway(t, fb, pools, "spotinfer", "-notice-interval", "20ms", "-events", events)
+	requests := func(id string) (all, conts int) {
+		f := fb[id]
+		f.mu.Lock()
+		defer f.mu.Unlock()
+		for _, b := range f.bodies {
+			if b["continue_final_message"] == true {
+				conts++
+			}
+		}
+		return len(f.bodies), conts
+	}
+	done := make(chan []string, 1)
+	go func() {
+		evs, _ := postChatFor(t, srv.URL, silverStream, 15*time.Second)
+		done <- evs
+	}()
+	var first, second string
+	if !waitFor(2*time.Second, func() bool {
+		for _, id := range ids {
+			if n, _ := requests(id); n == 1 {
+				first = id
+			}
+		}
+		return first != ""
+	}) {
+		t.Fatal("no backend got the request")
+	}
+	// The continuation waits 2 s for its headers, wherever it goes.
+	for _, id := range ids {
+		fb[id].mu.Lock()
+		fb[id].ttft = 2 * time.Second
+		fb[id].mu.Unlock()
+	}
+	time.Sleep(100 * time.Millisecond) // about 20 words streamed
+	imds[first].notice.Store(true)
+	if !waitFor(2*time.Second, func() bool {
+		for _, id := range ids {
+			if _, c := requests(id); c == 1 {
+				second = id
+			}
+		}
+		return second != ""
+	}) {
+		t.Fatal("no continuation was sent")
+	}
+	// The next route has nowhere to go but the third backend: it answers
+	// at once.
+	for _, id := range ids {
+		if id != first && id != second {
+			fb[id].mu.Lock()
+			fb[id].ttft = 0
+			fb[id].mu.Unlock()
+		}
+	}
+	imds[second].notice.Store(true)
+	evs := <-done
+	if textOf(evs) != want(200) || lastEvent(evs) != "[DONE]" {
+		t.Fatalf("the client got %q, last event %s", textOf(evs), lastEvent(evs))
+	}
+	raw, _ := os.ReadFile(events)
+	seen := false
+	for _, line := range strings.Split(strings.TrimSpace(string(raw)), "\n") {
+		var e map[string]any
+		if err := json.Unmarshal([]byte(line), &e); err != nil {
+			t.Fatal(err)
+		}
+		if e["event"] == "notice" && e["replica"] == second {
+			seen = true
+			if e["plans"] != 1.0 || e["replay"] != 1.0 {
+				t.Errorf("%s's notice: %v plans, %v acted on as REPLAY: %s", second, e["plans"], e["replay"], line)
+			}
+		}
+	}
+	if !seen {
+		t.Errorf("no notice event for %s", second)
+	}
+	for _, id := range ids {
+		all, conts := requests(id)
+		if id == first && (all != 1 || conts != 0) || id != first && (all != 1 || conts != 1) {
+			t.Errorf("%s got %d requests, %d of them continuations", id, all, conts)
+		}
+	}
+	if m := get(t, srv.URL+"/metrics"); !strings.Contains(m, "gateway_rerouted_total 1") {
+		t.Errorf("/metrics: want one reroute")
+	}
+}
+
+// A leg registered again under the same ticket (a try's, then its relay's)
+// keeps a cut that came in between; a new leg starts uncut, and a cut for
+// the ticket of a leg the stream has left reaches nothing.
+func TestRegisterKeepsACutAcrossTheHandOff(t *testing.T) {
+	g := &gateway{open: map[uint64]*stream{}}
+	st := &stream{g: g}
+	cancelled := 0
+	first := leg{ticket: spotinfer.Ticket{ID: 7}, cancel: func() { cancelled++ }}
+	st.register(&first)
+	if !g.interrupt(7) || cancelled != 1 {
+		t.Fatal("the registered leg was not cut")
+	}
+	st.register(&first)
+	if !st.wasCut() {
+		t.Fatal("registering the same leg again forgot its cut")
+	}
+	st.unregister(&first)
+	next := leg{ticket: spotinfer.Ticket{ID: 8}, cancel: func() {}}
+	st.register(&next)
+	if st.wasCut() {
+		t.Fatal("a new leg starts cut")
+	}
+	g.open[7] = st // a stale entry
+	if g.interrupt(7) || st.wasCut() {
+		t.Fatal("a cut for the leg left behind reached the new one")
+	}
+	stale := leg{ticket: spotinfer.Ticket{ID: 8}}
+	(&stream{g: g}).unregister(&stale)
+	if g.open[8] != st {
+		t.Fatal("another stream's unregister took the entry away")
+	}
+}

@@ -329,6 +329,9 @@ func (g *gateway) serveRouted(w http.ResponseWriter, r *http.Request, body []byt
 			return
 		}
 		if !isEventStream(resp) {
+			// A whole answer is not cut once it has come: no REPLAY plan
+			// reaches it any more.
+			st.unregister(&l)
 			defer cancel()
 			defer resp.Body.Close()
 			st.relayWhole(w, resp, l)
@@ -433,13 +436,15 @@ func (g *gateway) try(ctx context.Context, cancel context.CancelFunc, st *stream
 	}
 	// The ticket is findable from the start, so a REPLAY plan reaches a
 	// request still waiting for its first byte.
+	// It stays registered when the try gets its answer: the relay takes it
+	// over, and a cut in between still stops it.
 	l := leg{replica: d.ReplicaID, ticket: d.Ticket, sent: time.Now(), cancel: cancel}
 	st.register(&l)
-	defer st.unregister(&l)
 	resp, err := g.forward(ctx, b, st.path, st.key, applyPlan(body, d))
 	if err == nil && resp.StatusCode < 500 {
 		return resp, l, nil
 	}
+	defer st.unregister(&l)
 	if err == nil {
 		msg, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
 		resp.Body.Close()

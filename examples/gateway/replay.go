@@ -13,10 +13,17 @@ import (
 	spotinfer "github.com/libspotinfer/libspotinfer/bindings/go"
 )
 
-// register makes the leg's ticket findable by a REPLAY plan.
+// register makes the leg's ticket findable by a REPLAY plan, and the leg
+// the one a cut stops. A leg is registered from its request on (a REPLAY
+// plan reaches a leg still waiting for its first byte) until its relay
+// ends, registering it again on the way (try, then relayLeg) keeps a cut
+// that came in between: only a new leg starts uncut.
 func (st *stream) register(l *leg) {
 	st.mu.Lock()
-	st.cut, st.cancel = false, l.cancel
+	if l.ticket.ID == 0 || l.ticket.ID != st.ticket {
+		st.cut = false
+	}
+	st.ticket, st.cancel = l.ticket.ID, l.cancel
 	st.mu.Unlock()
 	if l.ticket.ID == 0 {
 		return
@@ -31,8 +38,17 @@ func (st *stream) unregister(l *leg) {
 		return
 	}
 	st.g.mu.Lock()
-	delete(st.g.open, l.ticket.ID)
+	if st.g.open[l.ticket.ID] == st {
+		delete(st.g.open, l.ticket.ID)
+	}
 	st.g.mu.Unlock()
+}
+
+// cutTicket reports whether a REPLAY plan cut the leg of this ticket.
+func (st *stream) cutTicket(ticket uint64) bool {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	return st.cut && st.ticket == ticket && ticket != 0
 }
 
 func (st *stream) wasCut() bool {
@@ -42,7 +58,8 @@ func (st *stream) wasCut() bool {
 }
 
 // interrupt cuts the leg holding a ticket, for a REPLAY plan: the stream
-// then checkpoints what the client has and waits to be resumed.
+// then checkpoints what the client has and waits to be resumed (or, with
+// nothing sent yet, is routed again).
 func (g *gateway) interrupt(ticket uint64) bool {
 	g.mu.Lock()
 	st := g.open[ticket]
@@ -51,6 +68,10 @@ func (g *gateway) interrupt(ticket uint64) bool {
 		return false // finished meanwhile
 	}
 	st.mu.Lock()
+	if st.ticket != ticket {
+		st.mu.Unlock()
+		return false // the stream has moved on to another leg
+	}
 	st.cut = true
 	cancel := st.cancel
 	st.mu.Unlock()
@@ -189,10 +210,16 @@ func (g *gateway) resumeClaim(ctx context.Context, c spotinfer.Claim) {
 	}
 	scratch := flags&spotinfer.EnvelopeFromScratch != 0
 	resp, l, err := g.openContinuation(ctx, st, []byte(cont), env, scratch)
+	for reroute := 1; errors.Is(err, errCut) && reroute <= maxReroutes && st.ctx.Err() == nil; reroute++ {
+		// Cut by a REPLAY plan before its first byte: route it again; the
+		// library keeps it off the noticed machine.
+		g.stats.rerouted.Add(1)
+		resp, l, err = g.openContinuation(ctx, st, []byte(cont), env, scratch)
+	}
 	if err != nil {
 		g.events.write(map[string]any{"event": "replay_retry", "key": env.Key, "error": err.Error()})
 		if errors.Is(err, spotinfer.ErrNoCapacity) || errors.Is(err, spotinfer.ErrShed) ||
-			errors.Is(err, spotinfer.ErrFull) || errors.Is(err, errUpstream) {
+			errors.Is(err, spotinfer.ErrFull) || errors.Is(err, errUpstream) || errors.Is(err, errCut) {
 			g.queue.Nack(c.ID)
 			if env.Attempts+1 >= g.retry.maxAttempts {
 				// That nack dead-lettered the envelope: nobody will claim
@@ -245,6 +272,9 @@ func (g *gateway) discard(r resumption) {
 	if r.resp == nil {
 		return
 	}
+	g.mu.Lock()
+	delete(g.open, r.leg.ticket.ID)
+	g.mu.Unlock()
 	r.resp.Body.Close()
 	r.leg.cancel()
 	g.finish(r.leg.ticket, spotinfer.TicketResult{Status: spotinfer.TicketCancelled})
@@ -314,6 +344,9 @@ func (g *gateway) openContinuation(ctx context.Context, st *stream, body []byte,
 			plan.MaxOutputTokens = 1
 		}
 	}
+	// Findable from the start, as a first leg is: a REPLAY plan for the
+	// machine reaches it while it waits for its first byte.
+	st.register(&l)
 	resp, err := g.forward(lctx, b, st.path, env.Key, applyPlan(fwd, plan))
 	if err == nil && resp.StatusCode != http.StatusOK {
 		msg, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
@@ -327,14 +360,20 @@ func (g *gateway) openContinuation(ctx context.Context, st *stream, body []byte,
 	}
 	if err != nil {
 		cancel()
+		st.unregister(&l)
 		// A client gone, or a 4xx answer, says nothing of the replica.
 		status := spotinfer.TicketError
-		if st.ctx.Err() != nil || (resp != nil && resp.StatusCode < 500) {
+		switch {
+		case st.cutTicket(l.ticket.ID):
+			status = spotinfer.TicketInterrupted
+			err = fmt.Errorf("%w before its first byte: %v", errCut, err)
+		case st.ctx.Err() != nil || (resp != nil && resp.StatusCode < 500):
 			status = spotinfer.TicketCancelled
 		}
 		g.finish(d.Ticket, spotinfer.TicketResult{Status: status})
 		return nil, leg{}, err
 	}
+	// Still registered: the stream's relay takes the leg over.
 	return resp, l, nil
 }
 

@@ -52,6 +52,7 @@ type stream struct {
 
 	mu     sync.Mutex
 	cut    bool               // a REPLAY plan asked for this leg to stop
+	ticket uint64             // the current leg's ticket
 	cancel context.CancelFunc // cancels the current leg
 	resume chan resumption
 	text   strings.Builder // what the client has
