@@ -2,6 +2,7 @@ package main
 
 import (
 	"encoding/json"
+	"strings"
 	"testing"
 
 	spotinfer "github.com/libspotinfer/libspotinfer/bindings/go"
@@ -81,6 +82,27 @@ func TestContinuedEvent(t *testing.T) {
 	text = ev.content()
 	if _, _, diverged = st.continuedEvent(d2, &ev, &text, l); !diverged {
 		t.Fatal("a diverging replay was not reported")
+	}
+	// An event whose text the client has all of is dropped, unless it
+	// carries the finish_reason: that goes on, without the text.
+	for _, c := range []struct {
+		data string
+		drop bool
+	}{{`{"id":"a","choices":[{"delta":{"content":"Hel"}}]}`, true},
+		{`{"id":"a","choices":[{"delta":{"content":"lo"},"finish_reason":"stop"}]}`, false}} {
+		ev = event{}
+		if err := decodeEvent([]byte(c.data), &ev); err != nil {
+			t.Fatal(err)
+		}
+		text = ev.content()
+		out, drop, diverged := st.continuedEvent([]byte(c.data), &ev, &text, l)
+		if drop != c.drop || diverged || text != "" {
+			t.Fatalf("%s: drop %v, diverged %v, text %q", c.data, drop, diverged, text)
+		}
+		if !drop && (!strings.Contains(string(out), `"content":""`) ||
+			!strings.Contains(string(out), `"finish_reason":"stop"`)) {
+			t.Fatalf("%s came out as %s", c.data, out)
+		}
 	}
 }
 

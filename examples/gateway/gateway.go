@@ -24,6 +24,7 @@ type gateway struct {
 	o        options
 	eng      *spotinfer.Engine // nil with -balancer roundrobin
 	queue    *spotinfer.ReplayQueue
+	retry    replayRetry // the queue's retry settings
 	backends []*backend
 	byID     map[string]*backend
 	client   *http.Client
@@ -92,6 +93,7 @@ func newGateway(o options) (*gateway, error) {
 		g.eng.Close()
 		return nil, err
 	}
+	g.retry = replayRetryOf(g.eng, o.replayConfig)
 	g.reqs.New = func() any {
 		r, err := g.eng.NewRequest()
 		if err != nil {
@@ -327,6 +329,9 @@ func (g *gateway) serveRouted(w http.ResponseWriter, r *http.Request, body []byt
 			return
 		}
 		if !isEventStream(resp) {
+			// A whole answer is not cut once it has come: no REPLAY plan
+			// reaches it any more.
+			st.unregister(&l)
 			defer cancel()
 			defer resp.Body.Close()
 			st.relayWhole(w, resp, l)
@@ -340,8 +345,8 @@ func (g *gateway) serveRouted(w http.ResponseWriter, r *http.Request, body []byt
 // decide asks the library where the request goes. The request it was
 // routed with comes back with the decision, parsed, for the tries after a
 // failed one to route again; the caller puts it back in g.reqs. When it
-// goes nowhere, the client has its answer (400, 429, 500, 503) and ok is
-// false.
+// goes nowhere, the client has its answer (400, 429, 500, 503: no
+// capacity, or every ticket open) and ok is false.
 func (g *gateway) decide(w http.ResponseWriter, r *http.Request, body []byte,
 	kind spotinfer.OpenAIKind, heldUntil time.Time) (spotinfer.Decision, time.Time, *spotinfer.Request, bool) {
 	req, _ := g.reqs.Get().(*spotinfer.Request)
@@ -364,6 +369,11 @@ func (g *gateway) decide(w http.ResponseWriter, r *http.Request, body []byte,
 		g.stats.noCapacity.Add(1)
 		w.Header().Set("Retry-After", "1")
 		apiError(w, http.StatusServiceUnavailable, "unavailable", "no capacity: "+d.Reason)
+	case errors.Is(err, spotinfer.ErrFull):
+		// router.max_tickets requests are open: overload, not a fault.
+		g.stats.overloaded.Add(1)
+		w.Header().Set("Retry-After", "1")
+		apiError(w, http.StatusServiceUnavailable, "unavailable", "overloaded: "+err.Error())
 	case errors.Is(err, context.Canceled):
 		g.stats.cancelled.Add(1)
 	default:
@@ -426,13 +436,15 @@ func (g *gateway) try(ctx context.Context, cancel context.CancelFunc, st *stream
 	}
 	// The ticket is findable from the start, so a REPLAY plan reaches a
 	// request still waiting for its first byte.
+	// It stays registered when the try gets its answer: the relay takes it
+	// over, and a cut in between still stops it.
 	l := leg{replica: d.ReplicaID, ticket: d.Ticket, sent: time.Now(), cancel: cancel}
 	st.register(&l)
-	defer st.unregister(&l)
 	resp, err := g.forward(ctx, b, st.path, st.key, applyPlan(body, d))
 	if err == nil && resp.StatusCode < 500 {
 		return resp, l, nil
 	}
+	defer st.unregister(&l)
 	if err == nil {
 		msg, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
 		resp.Body.Close()
@@ -521,9 +533,10 @@ func (g *gateway) finish(t spotinfer.Ticket, res spotinfer.TicketResult) {
 }
 
 type counters struct {
-	ok, failed, cancelled, shed, noCapacity, badRequest, fallbacks atomic.Uint64
-	notices, replayEnqueued, replayResumed, replayFailed           atomic.Uint64
-	interrupted, rerouted                                          atomic.Uint64
+	ok, failed, cancelled, shed, noCapacity, overloaded, badRequest atomic.Uint64
+	fallbacks                                                       atomic.Uint64
+	notices, replayEnqueued, replayResumed, replayFailed            atomic.Uint64
+	interrupted, rerouted                                           atomic.Uint64
 }
 
 // eventLog writes JSON lines; nil writes nothing.

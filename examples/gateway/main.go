@@ -47,7 +47,8 @@ func parseFlags(args []string) (options, error) {
 	fs.StringVar(&o.eventsPath, "events", "", "append one JSON line per routing, notice and replay event here")
 	fs.StringVar(&o.balancer, "balancer", "spotinfer", "spotinfer, or roundrobin (no library: the yardstick)")
 	fs.StringVar(&o.replayConfig, "replay", `{"store":"memory"}`,
-		`the replay queue's store, e.g. {"store":"journal","dir":"/var/lib/gateway/replay"}`)
+		`the replay queue's store, e.g. {"store":"journal","dir":"/var/lib/gateway/replay"}; `+
+			`its max_attempts and backoff_* also bound how often, and how soon, one stream is replayed`)
 	fs.DurationVar(&o.scrapeEvery, "scrape-interval", 250*time.Millisecond, "how often each backend's /metrics is read")
 	fs.DurationVar(&o.noticeEvery, "notice-interval", 200*time.Millisecond, "how often each machine's metadata is polled")
 	fs.DurationVar(&o.readyWait, "ready-wait", 5*time.Second, "longest wait for a first load reading of every backend")

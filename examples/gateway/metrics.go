@@ -31,7 +31,8 @@ func (g *gateway) metrics(w http.ResponseWriter, r *http.Request) {
 		name string
 		v    uint64
 	}{{"ok", s.ok.Load()}, {"failed", s.failed.Load()}, {"cancelled", s.cancelled.Load()},
-		{"shed", s.shed.Load()}, {"no_capacity", s.noCapacity.Load()}, {"bad_request", s.badRequest.Load()}} {
+		{"shed", s.shed.Load()}, {"no_capacity", s.noCapacity.Load()}, {"overloaded", s.overloaded.Load()},
+		{"bad_request", s.badRequest.Load()}} {
 		fmt.Fprintf(&b, "gateway_requests_total{outcome=%q} %d\n", o.name, o.v)
 	}
 	counter := func(name, help string, v uint64) {

@@ -2,19 +2,28 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
+	"math/rand"
 	"net/http"
 	"time"
 
 	spotinfer "github.com/libspotinfer/libspotinfer/bindings/go"
 )
 
-// register makes the leg's ticket findable by a REPLAY plan.
+// register makes the leg's ticket findable by a REPLAY plan, and the leg
+// the one a cut stops. A leg is registered from its request on (a REPLAY
+// plan reaches a leg still waiting for its first byte) until its relay
+// ends, registering it again on the way (try, then relayLeg) keeps a cut
+// that came in between: only a new leg starts uncut.
 func (st *stream) register(l *leg) {
 	st.mu.Lock()
-	st.cut, st.cancel = false, l.cancel
+	if l.ticket.ID == 0 || l.ticket.ID != st.ticket {
+		st.cut = false
+	}
+	st.ticket, st.cancel = l.ticket.ID, l.cancel
 	st.mu.Unlock()
 	if l.ticket.ID == 0 {
 		return
@@ -29,8 +38,17 @@ func (st *stream) unregister(l *leg) {
 		return
 	}
 	st.g.mu.Lock()
-	delete(st.g.open, l.ticket.ID)
+	if st.g.open[l.ticket.ID] == st {
+		delete(st.g.open, l.ticket.ID)
+	}
 	st.g.mu.Unlock()
+}
+
+// cutTicket reports whether a REPLAY plan cut the leg of this ticket.
+func (st *stream) cutTicket(ticket uint64) bool {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	return st.cut && st.ticket == ticket && ticket != 0
 }
 
 func (st *stream) wasCut() bool {
@@ -40,7 +58,8 @@ func (st *stream) wasCut() bool {
 }
 
 // interrupt cuts the leg holding a ticket, for a REPLAY plan: the stream
-// then checkpoints what the client has and waits to be resumed.
+// then checkpoints what the client has and waits to be resumed (or, with
+// nothing sent yet, is routed again).
 func (g *gateway) interrupt(ticket uint64) bool {
 	g.mu.Lock()
 	st := g.open[ticket]
@@ -49,6 +68,10 @@ func (g *gateway) interrupt(ticket uint64) bool {
 		return false // finished meanwhile
 	}
 	st.mu.Lock()
+	if st.ticket != ticket {
+		st.mu.Unlock()
+		return false // the stream has moved on to another leg
+	}
 	st.cut = true
 	cancel := st.cancel
 	st.mu.Unlock()
@@ -59,21 +82,38 @@ func (g *gateway) interrupt(ticket uint64) bool {
 }
 
 // resumeAfterCut checkpoints the stream into the replay queue and waits
-// for a replay worker to hand back a continuation leg.
+// for a replay worker to hand back a continuation leg. A stream whose
+// continuations keep breaking is given up once replay.max_attempts replays
+// have failed, as the queue dead-letters an envelope nacked that often,
+// and each checkpoint after a failed replay waits out the queue's backoff
+// first.
 func (st *stream) resumeAfterCut(ctx context.Context, cause error) resumption {
 	g := st.g
 	st.mu.Lock()
 	if st.firstCut == 0 {
 		st.firstCut = time.Now().UnixNano()
 	}
-	st.attempts++
-	env := spotinfer.Envelope{Key: fmt.Sprintf("%s/%d", st.key, st.attempts), Body: st.body,
+	st.cuts++
+	env := spotinfer.Envelope{Key: fmt.Sprintf("%s/%d", st.key, st.cuts), Body: st.body,
 		OpenAIKind: st.kind, Class: st.class, PartialText: st.text.String(),
-		StreamOffset: st.tokens, Attempts: st.attempts - 1, FirstEnqueuedNs: st.firstCut}
+		StreamOffset: st.tokens, Attempts: st.failed, FirstEnqueuedNs: st.firstCut}
 	estimated := st.estimated
 	st.resume = make(chan resumption, 1)
 	resume := st.resume
 	st.mu.Unlock()
+	if env.Attempts >= g.retry.maxAttempts {
+		err := fmt.Errorf("%v, after %d failed replays (replay.max_attempts)", cause, env.Attempts)
+		g.stats.replayFailed.Add(1)
+		g.events.write(map[string]any{"event": "replay_failed", "key": env.Key, "error": err.Error()})
+		return resumption{err: err}
+	}
+	if env.Attempts > 0 {
+		select {
+		case <-time.After(g.retry.backoff(env.Attempts)):
+		case <-ctx.Done():
+			return resumption{err: ctx.Err()}
+		}
+	}
 	g.mu.Lock()
 	g.waiting[env.Key] = st
 	g.mu.Unlock()
@@ -143,7 +183,9 @@ func (g *gateway) replayWorker(ctx context.Context) {
 // (the library keeps it off the noticed machine), opens the leg and hands
 // it to the waiting stream. The claim is acked just before the hand-over
 // (and whenever nothing is left to retry), and nacked (retried after a
-// backoff) when no leg could be opened for want of capacity or a backend.
+// backoff) when no leg could be opened for want of capacity (every ticket
+// open included) or a backend; the nack that dead-letters it (the
+// replay.max_attempts-th failure) ends the stream at once.
 func (g *gateway) resumeClaim(ctx context.Context, c spotinfer.Claim) {
 	env := c.Envelope
 	g.mu.Lock()
@@ -168,11 +210,23 @@ func (g *gateway) resumeClaim(ctx context.Context, c spotinfer.Claim) {
 	}
 	scratch := flags&spotinfer.EnvelopeFromScratch != 0
 	resp, l, err := g.openContinuation(ctx, st, []byte(cont), env, scratch)
+	for reroute := 1; errors.Is(err, errCut) && reroute <= maxReroutes && st.ctx.Err() == nil; reroute++ {
+		// Cut by a REPLAY plan before its first byte: route it again; the
+		// library keeps it off the noticed machine.
+		g.stats.rerouted.Add(1)
+		resp, l, err = g.openContinuation(ctx, st, []byte(cont), env, scratch)
+	}
 	if err != nil {
 		g.events.write(map[string]any{"event": "replay_retry", "key": env.Key, "error": err.Error()})
 		if errors.Is(err, spotinfer.ErrNoCapacity) || errors.Is(err, spotinfer.ErrShed) ||
-			errors.Is(err, errUpstream) {
+			errors.Is(err, spotinfer.ErrFull) || errors.Is(err, errUpstream) || errors.Is(err, errCut) {
 			g.queue.Nack(c.ID)
+			if env.Attempts+1 >= g.retry.maxAttempts {
+				// That nack dead-lettered the envelope: nobody will claim
+				// it again, and the stream ends now.
+				give(resumption{err: fmt.Errorf("%v, after %d failed replays (replay.max_attempts)",
+					err, env.Attempts+1)})
+			}
 			return
 		}
 		g.queue.Ack(c.ID)
@@ -185,7 +239,7 @@ func (g *gateway) resumeClaim(ctx context.Context, c spotinfer.Claim) {
 	}
 	// Acked before the hand-over: a claim whose lease ran out meanwhile
 	// belongs to another worker now, and only one leg may feed the stream.
-	r := resumption{resp: resp, leg: l}
+	r := resumption{resp: resp, leg: l, attempts: env.Attempts}
 	if err := g.queue.Ack(c.ID); err != nil {
 		g.events.write(map[string]any{"event": "replay_dropped", "key": env.Key, "error": err.Error()})
 		g.discard(r)
@@ -218,6 +272,9 @@ func (g *gateway) discard(r resumption) {
 	if r.resp == nil {
 		return
 	}
+	g.mu.Lock()
+	delete(g.open, r.leg.ticket.ID)
+	g.mu.Unlock()
 	r.resp.Body.Close()
 	r.leg.cancel()
 	g.finish(r.leg.ticket, spotinfer.TicketResult{Status: spotinfer.TicketCancelled})
@@ -287,6 +344,9 @@ func (g *gateway) openContinuation(ctx context.Context, st *stream, body []byte,
 			plan.MaxOutputTokens = 1
 		}
 	}
+	// Findable from the start, as a first leg is: a REPLAY plan for the
+	// machine reaches it while it waits for its first byte.
+	st.register(&l)
 	resp, err := g.forward(lctx, b, st.path, env.Key, applyPlan(fwd, plan))
 	if err == nil && resp.StatusCode != http.StatusOK {
 		msg, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
@@ -300,13 +360,74 @@ func (g *gateway) openContinuation(ctx context.Context, st *stream, body []byte,
 	}
 	if err != nil {
 		cancel()
+		st.unregister(&l)
 		// A client gone, or a 4xx answer, says nothing of the replica.
 		status := spotinfer.TicketError
-		if st.ctx.Err() != nil || (resp != nil && resp.StatusCode < 500) {
+		switch {
+		case st.cutTicket(l.ticket.ID):
+			status = spotinfer.TicketInterrupted
+			err = fmt.Errorf("%w before its first byte: %v", errCut, err)
+		case st.ctx.Err() != nil || (resp != nil && resp.StatusCode < 500):
 			status = spotinfer.TicketCancelled
 		}
 		g.finish(d.Ticket, spotinfer.TicketResult{Status: status})
 		return nil, leg{}, err
 	}
+	// Still registered: the stream's relay takes the leg over.
 	return resp, l, nil
+}
+
+// replayRetry is how the replay queue retries, as the gateway reads it:
+// the engine's "replay" section with the keys of -replay over it.
+type replayRetry struct {
+	maxAttempts uint32
+	base, max   time.Duration
+	jitter      float64
+}
+
+// replayRetryOf reads the queue's retry settings from the engine's
+// configuration and the -replay JSON; a setting neither gives is the
+// library's default.
+func replayRetryOf(eng *spotinfer.Engine, replayConfig string) replayRetry {
+	r := replayRetry{maxAttempts: 5, base: time.Second, max: time.Minute, jitter: 0.5}
+	var cfg struct {
+		Replay map[string]json.RawMessage `json:"replay"`
+	}
+	if js, err := eng.ConfigJSON(); err == nil {
+		json.Unmarshal([]byte(js), &cfg)
+	}
+	var over map[string]json.RawMessage
+	json.Unmarshal([]byte(replayConfig), &over)
+	if cfg.Replay == nil {
+		cfg.Replay = map[string]json.RawMessage{}
+	}
+	for k, v := range over {
+		cfg.Replay[k] = v
+	}
+	var n float64
+	if json.Unmarshal(cfg.Replay["max_attempts"], &n) == nil && n >= 1 {
+		r.maxAttempts = uint32(min(n, 1<<31))
+	}
+	if json.Unmarshal(cfg.Replay["backoff_base_ms"], &n) == nil && n >= 1 {
+		r.base = time.Duration(n) * time.Millisecond
+	}
+	if json.Unmarshal(cfg.Replay["backoff_max_ms"], &n) == nil && n >= 1 {
+		r.max = time.Duration(n) * time.Millisecond
+	}
+	if json.Unmarshal(cfg.Replay["backoff_jitter"], &n) == nil && n >= 0 && n <= 1 {
+		r.jitter = n
+	}
+	return r
+}
+
+// backoff is the wait before a replay after n failed ones (n >= 1), as
+// the queue waits after a nack: base·2^(n-1), at most max, shortened by up
+// to the jitter fraction.
+func (r replayRetry) backoff(n uint32) time.Duration {
+	d := r.base
+	for i := uint32(1); i < n && d < r.max; i++ {
+		d *= 2
+	}
+	d = min(d, r.max)
+	return d - time.Duration(rand.Float64()*r.jitter*float64(d))
 }

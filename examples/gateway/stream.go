@@ -52,13 +52,18 @@ type stream struct {
 
 	mu     sync.Mutex
 	cut    bool               // a REPLAY plan asked for this leg to stop
+	ticket uint64             // the current leg's ticket
 	cancel context.CancelFunc // cancels the current leg
 	resume chan resumption
 	text   strings.Builder // what the client has
 	tokens uint64          // its output tokens: the stream offset (tokens.go)
 	// tokens holds an estimate: a leg's backend did not count its tokens.
 	estimated bool
-	attempts  uint32
+	cuts      uint32 // checkpoints so far: the envelope keys' sequence
+	// The failed replays so far, the Attempts of the next envelope: the
+	// nacks of the envelope whose leg feeds the stream, and that leg if it
+	// breaks. At replay.max_attempts the stream is given up.
+	failed uint32
 
 	// The client has had a finish_reason for every choice: the answer is
 	// whole, and a leg cut before its [DONE] is not continued. Read and
@@ -70,6 +75,8 @@ type stream struct {
 	// reasoning deltas (a continuation would repeat or lose them), or
 	// several choices (a checkpoint holds one text and one offset).
 	notContinued string
+	// The client had a backend's error event: the stream ends with it.
+	errorSent bool
 }
 
 // choiceSet is what a stream's choices have had: the choices, by index,
@@ -136,8 +143,9 @@ func (cs *choiceSet) whole() bool {
 type resumption struct {
 	resp     *http.Response
 	leg      leg
-	complete bool  // nothing was left to generate: the client has it all
-	err      error // the stream cannot be resumed
+	attempts uint32 // the envelope's failed attempts before this leg
+	complete bool   // nothing was left to generate: the client has it all
+	err      error  // the stream cannot be resumed
 }
 
 // delta is a streamed chat choice's delta, as far as the gateway reads it.
@@ -188,6 +196,11 @@ type event struct {
 	// The event has a member usage, null included: what forClient takes
 	// out.
 	usageGiven bool
+	// The event's top-level member error, as written, when it is not
+	// null: a backend's failure reported in the stream (vLLM sends one,
+	// then [DONE], when its engine fails mid-answer). Read, like the
+	// usage, from the member whose key is error exactly.
+	Error json.RawMessage `json:"-"`
 }
 
 // beyondText reports deltas other than text: tool calls, reasoning.
@@ -219,17 +232,25 @@ func (e *event) content() string {
 	return s
 }
 
+// maxEventBytes bounds one server-sent event's data (its data lines
+// together): an event is held whole before it is passed on, and a line
+// may be far longer than the reader's buffer (vLLM's prompt_logprobs, a
+// large tool-call delta). A backend that sends more in one event ends its
+// leg with errEventTooLong.
+const maxEventBytes = 16 << 20
+
+// errEventTooLong: an event over maxEventBytes. It says nothing of the
+// machine, so the stream is not replayed: another leg would send it again.
+var errEventTooLong = fmt.Errorf("an event over %d bytes", maxEventBytes)
+
 // sseReader yields the data of each server-sent event.
 type sseReader struct{ r *bufio.Reader }
 
 func (s *sseReader) next() ([]byte, error) {
 	var data []byte
 	for {
-		line, err := s.r.ReadSlice('\n')
+		line, err := s.readLine(maxEventBytes - len(data))
 		if err != nil {
-			if errors.Is(err, bufio.ErrBufferFull) {
-				return nil, errors.New("an event line over the buffer")
-			}
 			if err == io.EOF && len(line) == 0 && data != nil {
 				return data, nil
 			}
@@ -244,15 +265,44 @@ func (s *sseReader) next() ([]byte, error) {
 		}
 		if bytes.HasPrefix(line, []byte("data:")) {
 			d := bytes.TrimPrefix(bytes.TrimPrefix(line, []byte("data:")), []byte(" "))
+			if len(data)+len(d) > maxEventBytes {
+				return nil, errEventTooLong
+			}
 			data = append(data, d...)
 		}
 	}
+}
+
+// readLine reads up to and with the next '\n'. A line that fits the
+// buffer is the buffer's (valid until the next read); a longer one is
+// gathered in a slice of its own, and one longer than limit (plus its line
+// end) is errEventTooLong.
+func (s *sseReader) readLine(limit int) ([]byte, error) {
+	line, err := s.r.ReadSlice('\n')
+	if !errors.Is(err, bufio.ErrBufferFull) {
+		return line, err
+	}
+	long := append([]byte(nil), line...)
+	for errors.Is(err, bufio.ErrBufferFull) {
+		// "data: " and "\r\n" do not count against the limit.
+		if len(long) > limit+len("data: \r\n") {
+			return nil, errEventTooLong
+		}
+		line, err = s.r.ReadSlice('\n')
+		long = append(long, line...)
+	}
+	return long, err
 }
 
 var (
 	errCut        = errors.New("interrupted")
 	errClientGone = errors.New("the client went away")
 	errDiverged   = errors.New("the replay diverged from what the client has")
+	// The backend ended the stream with [DONE] before every choice had its
+	// finish_reason.
+	errNoFinish = errors.New("the backend ended the stream before its finish_reason")
+	// The backend sent an event with an error member.
+	errInBand = errors.New("the backend reported an error")
 )
 
 // relay passes the backend's events to the client one at a time, flushing
@@ -289,6 +339,11 @@ func (st *stream) relay(w http.ResponseWriter, ctx context.Context, resp *http.R
 				"answered differently from what was already sent")
 			return
 		}
+		if errors.Is(err, errEventTooLong) {
+			g.stats.failed.Add(1)
+			writeStreamError(w, fl, "the backend sent "+err.Error())
+			return
+		}
 		if st.finished {
 			// Cut after the finish_reason and before [DONE]: nothing is
 			// missing, and a continuation would write past the end.
@@ -298,6 +353,9 @@ func (st *stream) relay(w http.ResponseWriter, ctx context.Context, resp *http.R
 		}
 		if !st.replayable || st.notContinued != "" {
 			g.stats.failed.Add(1)
+			if st.errorSent {
+				return // the client has the backend's error event
+			}
 			msg := fmt.Sprintf("the backend stream broke: %v", err)
 			if st.replayable {
 				msg += "; not continued: " + st.notContinued
@@ -322,6 +380,10 @@ func (st *stream) relay(w http.ResponseWriter, ctx context.Context, resp *http.R
 			return
 		}
 		resp, l = r.resp, r.leg
+		// Should this leg break too, that is one more failed replay.
+		st.mu.Lock()
+		st.failed = r.attempts + 1
+		st.mu.Unlock()
 	}
 }
 
@@ -363,6 +425,11 @@ func (st *stream) relayLeg(w io.Writer, fl http.Flusher, resp *http.Response, l 
 	for {
 		data, rerr := rd.next()
 		if rerr != nil {
+			if errors.Is(rerr, errEventTooLong) {
+				// The backend's answer, not its machine: not replayed.
+				end(spotinfer.TicketError)
+				return false, rerr
+			}
 			if st.wasCut() {
 				rerr = errCut
 			}
@@ -379,6 +446,12 @@ func (st *stream) relayLeg(w io.Writer, fl http.Flusher, resp *http.Response, l 
 			return false, rerr
 		}
 		if string(data) == "[DONE]" {
+			if !st.choices.whole() {
+				// The answer ended without its finish_reason: a backend
+				// that gave up on it, not a whole answer.
+				end(spotinfer.TicketError)
+				return false, errNoFinish
+			}
 			if _, err := io.WriteString(w, "data: [DONE]\n\n"); err != nil {
 				end(spotinfer.TicketCancelled)
 				return false, errClientGone
@@ -392,6 +465,25 @@ func (st *stream) relayLeg(w io.Writer, fl http.Flusher, resp *http.Response, l 
 		var ev event
 		if decodeEvent(data, &ev) != nil {
 			continue // not JSON: pass nothing on
+		}
+		if ev.Error != nil {
+			// The backend failed mid-answer and said so in the stream: the
+			// leg is broken (the replica's fault: ERROR, which its breaker
+			// counts). A stream that may be resumed, or that the client
+			// has whole, does not pass the event on; any other stream ends
+			// with it.
+			if !st.finished && (!st.replayable || st.notContinued != "") {
+				if _, err := fmt.Fprintf(w, "data: %s\n\n", data); err != nil {
+					end(spotinfer.TicketCancelled)
+					return false, errClientGone
+				}
+				if fl != nil {
+					fl.Flush()
+				}
+				st.errorSent = true
+			}
+			end(spotinfer.TicketError)
+			return false, fmt.Errorf("%w: %s", errInBand, ev.errorMessage())
 		}
 		text := ev.content()
 		if st.streamID == "" {
@@ -505,10 +597,12 @@ func (st *stream) continuedEvent(data []byte, ev *event, text *string, l *leg) (
 			return data, false, true
 		} else {
 			l.skip = l.skip[n:]
-			if n == len(*text) {
+			*text = (*text)[n:]
+			if *text == "" && ev.Choices[0].FinishReason == nil {
 				return data, true, false
 			}
-			*text = (*text)[n:]
+			// What is left of the text; a finish_reason goes on without
+			// the text the client has.
 			data = rewriteText(data, *text)
 		}
 	}

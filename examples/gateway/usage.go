@@ -30,18 +30,41 @@ func decodeEvent(data []byte, e *event) error {
 	}
 	// Most events are read without a walk; a key written with escapes
 	// ("usag\u0065") needs one.
-	if !bytes.Contains(data, []byte(`"usage"`)) && !bytes.Contains(data, []byte(`\u`)) {
+	if !bytes.Contains(data, []byte(`"usage"`)) && !bytes.Contains(data, []byte(`"error"`)) &&
+		!bytes.Contains(data, []byte(`\u`)) {
 		return nil
 	}
 	var err error
 	eachMember(data, func(m member) bool {
-		if m.is("usage") {
+		switch {
+		case m.is("usage"):
 			e.usageGiven = true
 			e.Usage, err = decodeUsage(data[m.val:m.end])
+		case m.is("error"):
+			e.Error = nil
+			if v := data[m.val:m.end]; string(v) != "null" {
+				e.Error = v
+			}
 		}
 		return err == nil
 	})
 	return err
+}
+
+// errorMessage is the message of the event's error (its "message" when it
+// is an object that has one, else the error as written), at most 512 bytes.
+func (e *event) errorMessage() string {
+	var obj struct {
+		Message string `json:"message"`
+	}
+	msg := string(e.Error)
+	if json.Unmarshal(e.Error, &obj) == nil && obj.Message != "" {
+		msg = obj.Message
+	}
+	if len(msg) > 512 {
+		msg = msg[:512]
+	}
+	return msg
 }
 
 // decodeUsage reads a usage object; nil for null.
