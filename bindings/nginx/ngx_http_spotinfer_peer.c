@@ -134,6 +134,17 @@ ngx_http_spi_init_upstream(ngx_conf_t *cf, ngx_http_upstream_srv_conf_t *us)
         return NGX_ERROR;
     }
 
+    /* nginx's zone shares round robin peers between the workers, copied
+     * from us->peer.data when the zone is made: a spotinfer upstream has
+     * none (each worker's engine holds its replicas' state). */
+    if (us->shm_zone != NULL) {
+        ngx_log_error(NGX_LOG_EMERG, cf->log, 0,
+                      "spotinfer: upstream \"%V\" cannot have a \"zone\" "
+                      "(its replicas' state is each worker's engine's, not "
+                      "round robin peers in shared memory)", &up->name);
+        return NGX_ERROR;
+    }
+
     server = us->servers->elts;
 
     for (i = 0; i < us->servers->nelts; i++) {

@@ -481,6 +481,10 @@ echo '{"router": {"load_max_age_ms": 0}}' >"$work/prefix/conf/spotinfer.json"
 conf bad.conf 1 on "$port"
 expect_t_fail "a library configuration out of range" 'router.load_max_age_ms'
 cp "$work/good.json" "$work/prefix/conf/spotinfer.json"
+# nginx's zone copies round robin peers into shared memory, which a
+# spotinfer upstream does not have
+conf bad.conf 1 on "$port" 'zone llm_peers 64k;'
+expect_t_fail "a zone in a spotinfer upstream" 'upstream "llm" cannot have a "zone"'
 conf bad.conf 1 on "$port"
 sed -i 's/spotinfer_route llm;/spotinfer_route nowhere;/' "$work/prefix/conf/bad.conf"
 expect_t_fail "a route to an upstream without spotinfer" 'upstream "nowhere" is named by a spotinfer directive'
