@@ -1,8 +1,9 @@
 /*
  * ngx_http_spotinfer: the balancer (the replica the library chose; after a
  * failed try, what proxy_next_upstream tries next, the replica the library
- * chooses when it routes the request again without those tried), the body
- * filter that sees the first byte and counts the output tokens
+ * chooses when it routes the request again without those tried), the
+ * header filter that keeps the status served, the body filter that sees
+ * the first byte and counts the output tokens
  * (ngx_http_spotinfer_tokens.c), and the log phase that finishes the
  * ticket.
  */
@@ -26,11 +27,13 @@ static ngx_uint_t ngx_http_spi_timed_out(ngx_peer_connection_t *pc);
 static void ngx_http_spi_stale_settle(ngx_http_spi_ctx_t *ctx,
     ngx_peer_connection_t *pc);
 static ngx_uint_t ngx_http_spi_status(ngx_http_spi_ctx_t *ctx);
+static ngx_int_t ngx_http_spi_header_filter(ngx_http_request_t *r);
 static ngx_int_t ngx_http_spi_body_filter(ngx_http_request_t *r,
     ngx_chain_t *in);
 
 
-static ngx_http_output_body_filter_pt  ngx_http_next_body_filter;
+static ngx_http_output_header_filter_pt  ngx_http_next_header_filter;
+static ngx_http_output_body_filter_pt    ngx_http_next_body_filter;
 
 
 static ngx_int_t
@@ -218,11 +221,6 @@ ngx_http_spi_init_peer(ngx_http_request_t *r,
      * replica that served, once, and neither ends that ticket nor routes
      * the request again (the answer, not this pass, is the try's). */
     if (r->post_action) {
-        /* its answer's status replaces the served one in headers_out */
-        if (!ctx->post) {
-            ctx->served = r->headers_out.status;
-        }
-
         ctx->post = 1;
         ctx->handed = 1;
         ctx->next -= ctx->next > 0;
@@ -582,7 +580,10 @@ ngx_http_spi_log_handler(ngx_http_request_t *r)
         return NGX_OK;
     }
 
-    code = ctx->post ? ctx->served : r->headers_out.status;
+    /* A post_action's answer, wherever it proxied, replaced the status
+     * served in headers_out: the header filter kept the served one. */
+    code = (r->post_action && ctx->served) ? ctx->served
+                                           : r->headers_out.status;
 
     /* The replica never got the request (an internal redirect, try_files
      * or another content handler took it first): not its error. */
@@ -602,12 +603,33 @@ ngx_http_spi_log_handler(ngx_http_request_t *r)
 
 
 ngx_int_t
-ngx_http_spi_body_filter_init(ngx_conf_t *cf)
+ngx_http_spi_filter_init(ngx_conf_t *cf)
 {
+    ngx_http_next_header_filter = ngx_http_top_header_filter;
+    ngx_http_top_header_filter = ngx_http_spi_header_filter;
+
     ngx_http_next_body_filter = ngx_http_top_body_filter;
     ngx_http_top_body_filter = ngx_http_spi_body_filter;
 
     return NGX_OK;
+}
+
+
+/* The status of the answer the client gets, kept for the log phase: a
+ * post_action (nginx sends no header for it) proxying anywhere writes its
+ * own answer's status over r->headers_out.status. */
+static ngx_int_t
+ngx_http_spi_header_filter(ngx_http_request_t *r)
+{
+    ngx_http_spi_ctx_t  *ctx;
+
+    ctx = ngx_http_spi_get_ctx(r);
+
+    if (ctx != NULL && !r->post_action) {
+        ctx->served = r->headers_out.status;
+    }
+
+    return ngx_http_next_header_filter(r);
 }
 
 

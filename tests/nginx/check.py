@@ -482,6 +482,7 @@ def check_pair(base, log):
     wait_edge(base, {"decisions": m["decisions"] + 2 * (len(steps) + 1), "open_tickets": 0,
                      "breakers_opened": m["breakers_opened"] + 2}, "/pair-handoff/", "/pair-metrics")
     check_post_action(base, log)
+    check_post_action_elsewhere(base, log)
     check_retry_load(base, log)
     check_retry_breaker(base, log)
     say("pair: a 404 and a 403 retried with proxy_next_upstream ended the spot replica's ticket "
@@ -490,7 +491,8 @@ def check_pair(base, log):
         "again ended it as an error and went on to the on-demand replica (not back to the replica "
         "that failed); an on-demand replica that handed the request back to pair got it again; "
         "a post_action back to pair went to the replica that served, unrouted, and left its "
-        "ticket to the answer; no ticket left open")
+        "ticket to the answer, and one to another service answering 503 left the served 200 "
+        "alone; no ticket left open")
 
 
 def stale_pair(post):
@@ -641,6 +643,30 @@ def check_post_action(base, log):
         fail(f"/pair-post/: the served replica twice, its ticket with the answer's tokens: {logged}")
     wait_edge(base, {"decisions": m["decisions"] + 1, "open_tickets": 0,
                      "breakers_opened": m["breakers_opened"]}, "/pair-post/", "/pair-metrics")
+
+
+def check_post_action_elsewhere(base, log):
+    """A post_action that proxies to another service (no spotinfer
+    upstream's; it answers 503) runs after the answer was served: nginx
+    writes that 503 over the request's status, and the served try's ticket
+    still ends with the answer's 200 (no breaker opens: pair.json)."""
+    m = edge_metrics(base, "/pair-metrics")
+    status, _, raw = http("POST", f"{base}/pair-notify/v1/chat/completions?probe=notify",
+                          chat(SYSTEM, "notify"))
+    if status != 200 or json.loads(raw).get("system_fingerprint") != "edge":
+        fail(f"/pair-notify/: {status} {raw!r}")
+    logged = []
+    for _ in range(20):  # the log line is written once post_action is done
+        logged = access_log(log, "probe=notify")
+        if logged:
+            break
+        time.sleep(0.1)
+    tried = logged[0]["upstream"].split(" : ") if len(logged) == 1 else []
+    if len(tried) != 2 or logged[0]["tokens"] != "6":
+        fail(f"/pair-notify/: a replica, then the post_action's service; the served ticket "
+             f"with the answer's tokens: {logged}")
+    wait_edge(base, {"decisions": m["decisions"] + 1, "open_tickets": 0,
+                     "breakers_opened": m["breakers_opened"]}, "/pair-notify/", "/pair-metrics")
 
 
 def check_retry_load(base, log):

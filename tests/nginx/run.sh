@@ -313,6 +313,18 @@ http {
       set \$pair_post /down/;
       proxy_pass http://pair\$pair_post;
     }
+    # A post_action to a service that is no spotinfer upstream (a
+    # notification or billing one; here the spot replica's server, whose
+    # /down/ answers 503): its answer is not the served try's.
+    location /pair-notify/ {
+      spotinfer_route pair;
+      proxy_pass http://pair/;
+      post_action @pair-notify;
+    }
+    location @pair-notify {
+      set \$pair_notify /down/;
+      proxy_pass http://127.0.0.1:$sport\$pair_notify;
+    }
     # Both pair replicas fail /pair-down/ (a 503 nginx passes over, then
     # the on-demand one's 503, which the client gets).
     location /pair-down/ {
