@@ -240,6 +240,7 @@ static ngx_int_t
 ngx_http_spi_get_peer(ngx_peer_connection_t *pc, void *data)
 {
     ngx_http_spi_ctx_t      *ctx = data;
+    ngx_http_upstream_t     *u;
     ngx_http_spi_replica_t  *rep;
 
     /* No replica left: nginx answers 502, and $upstream_addr names the
@@ -273,6 +274,17 @@ ngx_http_spi_get_peer(ngx_peer_connection_t *pc, void *data)
     pc->name = &rep->name;
     pc->cached = 0;
     pc->connection = NULL;
+
+    /* nginx clears the last try's answer once this try's connect() is
+     * under way: a connect() that fails at once (a unix socket nobody
+     * listens on, an unreachable network) is passed over with nothing
+     * read, and must not be judged by that answer. */
+    u = ctx->request->upstream;
+
+    if (u != NULL) {
+        u->headers_in.status_n = 0;
+        u->headers_in.x_accel_redirect = NULL;
+    }
 
     return NGX_OK;
 }

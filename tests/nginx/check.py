@@ -621,6 +621,28 @@ def check_keepalive_timeout(base, log, error_log):
         "the try failed as the replica's error (breaker opened), not sent again, ticket ended, 504")
 
 
+def check_refused(base, log):
+    """Upstream "refused": its spot replica answers 404 (on a unix socket),
+    which proxy_next_upstream http_404 passes over, and the next try's
+    connect() to the on-demand one fails at once (a unix socket nobody
+    listens on; an unreachable network does the same), before nginx reads
+    anything on that try and before it clears the answer of the try
+    before. That try had no answer: its ticket ends as the replica's error
+    (its breaker opens, pair.json), and nginx answers 502 with no try
+    left."""
+    m = edge_metrics(base, "/refused-metrics")
+    status, _, raw = http("POST", f"{base}/refused/v1/chat/completions?probe=refused",
+                          chat(SYSTEM, "refused"))
+    logged = access_log(log, "probe=refused")
+    tried = logged[0]["upstream"].split(", ") if len(logged) == 1 else []
+    if status != 502 or len(tried) != 2 or not tried[1].endswith("/dead.sock"):
+        fail(f"/refused/: {status} {raw!r} {logged}")
+    wait_edge(base, {"decisions": m["decisions"] + 2, "open_tickets": 0,
+                     "breakers_opened": m["breakers_opened"] + 1}, "/refused/", "/refused-metrics")
+    say("refused: a 404 passed over, then a try whose connect() failed at once: that try ended as "
+        "its replica's error (breaker opened), 502")
+
+
 def check_post_action(base, log):
     """A post_action proxying to pair again runs after the answer was
     served and before the log phase: it goes to the replica that served,
@@ -1018,6 +1040,10 @@ def valgrind_round(base, backends):
         if got != want:
             fail(f"{path} under valgrind: {got} {raw!r}")
     conn.close()
+    # a try whose connect() fails at once
+    got, _, raw = http("POST", base + "/refused/v1/chat/completions", chat(SYSTEM, "refused"))
+    if got != 502:
+        fail(f"/refused/ under valgrind: {got} {raw!r}")
     # Streams of several tokens an event, one with the usage so far in each,
     # and a notice while one is open (its plan is logged).
     tok = openai.OpenAI(base_url=base + "/tok/v1", api_key="unused", max_retries=0)
@@ -1034,6 +1060,7 @@ def valgrind_round(base, backends):
     say("valgrind round: chat, stream, 400, 405, notice, metrics, internal redirects, "
         "404, 403 and 503 retried on a request routed again, one routed nowhere, "
         "a stale kept-alive connection retried (a request's and a post_action's), one timed out, "
+        "a connect() refused at once, "
         "streams of several tokens an event, a notice on an open stream")
 
 
@@ -1095,6 +1122,7 @@ def main():
     check_keepalive_given_up(a.base, a.access_log)
     check_keepalive_post_action(a.base, a.access_log, a.error_log)
     check_keepalive_timeout(a.base, a.access_log, a.error_log)
+    check_refused(a.base, a.access_log)
     check_cancel(a.base, a.access_log)
     heir = check_notice(a.base, owner, nodes, addrs, a.access_log, a.workers)
     if heir is None:

@@ -113,6 +113,10 @@ port=$(free_port)
 eport=$(free_port)
 sport=$(free_port)
 oport=$(free_port)
+# A unix socket bound and never listened on: connect() to it fails at once
+# (ECONNREFUSED), as one to an unreachable network does.
+"$python" -c 'import socket, sys; socket.socket(socket.AF_UNIX).bind(sys.argv[1])' "$work/dead.sock"
+chmod 666 "$work/dead.sock"
 
 mkdir -p "$work/prefix/logs" "$work/prefix/conf"
 # A stale load reading counts as saturated after 5 s (the fallback check
@@ -135,12 +139,14 @@ JSON
 
 # conf <file> <workers> <master> <port> [extra upstream lines]; the edge
 # replica's server listens on $eport, the pair replicas' on $sport (spot)
-# and $oport (on-demand)
+# and $oport (on-demand), the first refused replica's on a unix socket of
+# its own
 conf() {
-  local a b c h e m k
+  local a b c h e m k r
   a=$(cat "$work/spot-a.addr") b=$(cat "$work/spot-b.addr")
   c=$(cat "$work/od-1.addr") h=$(cat "$work/hot.addr") e=$(cat "$work/edge.addr")
   m=$(cat "$work/multi.addr") k=$(cat "$work/stale.addr")
+  r="$work/${1%.conf}-refused.sock"
   cat >"$work/prefix/conf/$1" <<CONF
 load_module $module;
 worker_processes $2;
@@ -187,6 +193,17 @@ http {
     server $k;
     spotinfer_replica $k id=stale pool=spot zone=us-east-1a price=0.45 node=i-00000000000000ce0;
     keepalive 4;
+  }
+  # refused: a replica on a unix socket that answers 404 to everything, and
+  # one on the socket nobody listens on. Neither has a load reading, so
+  # silver is served on the spot one with the on-demand one as its
+  # fallback.
+  upstream refused {
+    spotinfer pair.json scrape_interval=100ms;
+    server unix:$r;
+    server unix:$work/dead.sock;
+    spotinfer_replica unix:$r id=refused-404 pool=spot zone=us-east-1a price=0.45 node=i-00000000000000d10;
+    spotinfer_replica unix:$work/dead.sock id=refused-dead pool=on_demand zone=us-east-1a price=1.01 node=i-00000000000000d20;
   }
   upstream pair {
     spotinfer pair.json scrape_interval=100ms;
@@ -405,6 +422,15 @@ http {
       proxy_read_timeout 1s;
       proxy_next_upstream error timeout non_idempotent;
     }
+
+    # The first refused replica's 404, passed over; the next try's
+    # connect() fails at once.
+    location /refused/ {
+      spotinfer_route refused;
+      proxy_pass http://refused/;
+      proxy_next_upstream error timeout http_404 non_idempotent;
+    }
+    location = /refused-metrics { spotinfer_metrics refused; }
   }
 
   # The edge replica: a fakellm, except that /fail/... answers 503 (not
@@ -446,6 +472,12 @@ http {
     location /missing/ { return 404 '{"error":"not on the spot replica"}'; }
     location /slow/ { return 404 '{"error":"not on the spot replica"}'; }
     location /denied/ { return 403 '{"error":"denied on the spot replica"}'; }
+  }
+  # The first refused replica.
+  server {
+    listen unix:$r;
+    access_log off;
+    location / { return 404 '{"error":"not on this replica"}'; }
   }
   server {
     listen 127.0.0.1:$oport;
@@ -593,7 +625,7 @@ if [[ $rc -ne 0 ]]; then
 fi
 # The engines were freed (what is still reachable at exit is not a leak to
 # valgrind, so the exit path is checked by its log line).
-[[ $(grep -c 'engine freed' "$work/prefix/logs/valgrind-error.log") -eq 6 ]] ||
-  die "the worker did not free its six engines on exit"
+[[ $(grep -c 'engine freed' "$work/prefix/logs/valgrind-error.log") -eq 7 ]] ||
+  die "the worker did not free its seven engines on exit"
 note "valgrind: no memory error, no leak"
 keep=no
