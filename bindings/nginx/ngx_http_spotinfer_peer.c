@@ -20,6 +20,8 @@ static void ngx_http_spi_free_peer(ngx_peer_connection_t *pc, void *data,
 static ngx_int_t ngx_http_spi_unrouted(ngx_peer_connection_t *pc);
 static ngx_uint_t ngx_http_spi_stale_failed(ngx_http_spi_ctx_t *ctx,
     ngx_peer_connection_t *pc, ngx_uint_t state);
+static ngx_uint_t ngx_http_spi_answer_failed(ngx_http_spi_ctx_t *ctx,
+    ngx_peer_connection_t *pc);
 static void ngx_http_spi_answer_kept(ngx_http_spi_ctx_t *ctx);
 static void ngx_http_spi_passed_over(ngx_http_spi_ctx_t *ctx,
     ngx_uint_t code);
@@ -326,6 +328,12 @@ ngx_http_spi_free_peer(ngx_peer_connection_t *pc, void *data,
         /* a post_action pass: the served answer's ticket is the log
          * phase's */
 
+    } else if (state == 0 && ngx_http_spi_answer_failed(ctx, pc)) {
+        /* the client has the header and part of the answer, and its
+         * status (a 200, say) would be the log phase's outcome */
+        ngx_http_spi_ticket_end(ctx, SPI_TICKET_ERROR,
+                                ngx_http_spi_status(ctx));
+
     } else if (state == 0) {
         ngx_http_spi_answer_kept(ctx);
 
@@ -430,6 +438,47 @@ ngx_http_spi_passed_over(ngx_http_spi_ctx_t *ctx, ngx_uint_t code)
     }
 
     ngx_http_spi_ticket_end(ctx, ngx_http_spi_outcome(code), code);
+}
+
+
+/* Whether the replica failed an answer whose header nginx had sent on
+ * (nginx frees the try with state 0 however it ended): its read or write
+ * timed out, or the answer stopped short, the cases nginx ends with 502 or
+ * 504 in ngx_http_upstream_process_non_buffered_request() (proxy_buffering
+ * off) and ngx_http_upstream_process_request() (on). Without buffering,
+ * u->length counts down what a Content-Length or chunked answer has left
+ * (-1: it ends when the connection does); with buffering, the pipe says
+ * whether it read to the answer's end. An answer nginx stopped sending
+ * for the client (it left, timed out, or failed a write) is not the
+ * replica's failure, nor is a header-only answer or an upgraded
+ * connection. */
+static ngx_uint_t
+ngx_http_spi_answer_failed(ngx_http_spi_ctx_t *ctx, ngx_peer_connection_t *pc)
+{
+    ngx_event_pipe_t     *p;
+    ngx_connection_t     *c = pc->connection;
+    ngx_http_request_t   *r = ctx->request;
+    ngx_http_upstream_t  *u = r->upstream;
+
+    if (u == NULL || !u->header_sent || u->upgrade || r->header_only
+        || r->connection->error || r->connection->timedout)
+    {
+        return 0;
+    }
+
+    if (ngx_http_spi_timed_out(pc)) {
+        return 1;
+    }
+
+    if (!u->buffering) {
+        return u->length > 0 || u->error || (c != NULL && c->read->error);
+    }
+
+    p = u->pipe;
+
+    return p != NULL && !p->downstream_error
+           && (p->upstream_eof || p->upstream_error)
+           && !(p->upstream_done || (p->upstream_eof && p->length == -1));
 }
 
 

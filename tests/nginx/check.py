@@ -18,7 +18,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from http.client import HTTPConnection
+from http.client import HTTPConnection, IncompleteRead
 
 import httpx
 import openai
@@ -621,6 +621,53 @@ def check_keepalive_timeout(base, log, error_log):
         "the try failed as the replica's error (breaker opened), not sent again, ticket ended, 504")
 
 
+def broken_answer(base, path):
+    """POST path on a new connection: (status, the body read, whether it
+    ended whole)."""
+    conn = HTTPConnection(base.split("//", 1)[1], timeout=30)
+    # silver: the stale replica is spot, which takes gold (a stream's
+    # default class) only on a cache hit
+    body = chat(SYSTEM, "broken", stream=True, metadata={"class": "silver"})
+    conn.request("POST", path, json.dumps(body), {"Content-Type": "application/json"})
+    resp = conn.getresponse()
+    try:
+        raw, whole = resp.read(), True
+    except IncompleteRead as e:
+        raw, whole = e.partial, False
+    conn.close()
+    return resp.status, raw, whole
+
+
+def check_answer_failed(base, log, error_log):
+    """A replica that fails an answer whose header nginx had sent on: the
+    stale replica sends a stream's header and first event, then stalls
+    until the read times out (/ka-stall/, proxy_read_timeout 1s) or closes
+    the connection before the stream's end (/ka-cut/, without buffering,
+    and /ka-cut-buffered/, with it). nginx cannot pass such a try over:
+    the client has the 200 and the event, then the connection closes. The
+    try's ticket ends as the replica's error (its breaker opens,
+    edge.json), not with the 200 sent."""
+    for path, probe, why in [("/ka-stall/", "kastall", "upstream timed out"),
+                             ("/ka-cut/", "kacut", "upstream prematurely closed connection"),
+                             ("/ka-cut-buffered/", "kacutbuf", "upstream prematurely closed connection")]:
+        m = edge_metrics(base, "/ka-metrics")
+        status, raw, whole = broken_answer(base, f"{path}v1/chat/completions?probe={probe}")
+        if status != 200 or whole or b'"system_fingerprint": "stale"' not in raw:
+            fail(f"{path}: {status}, {'whole' if whole else 'cut'}: {raw!r}")
+        logged = access_log(log, f"probe={probe}")
+        if len(logged) != 1 or logged[0]["status"] != 200 or logged[0]["replica"] != "stale":
+            fail(f"{path}: {logged}")
+        with open(error_log) as f:
+            said = [line for line in f if why in line and f"probe={probe}" in line]
+        if len(said) != 1:
+            fail(f"{path}: nginx's \"{why}\" in the error log: {said}")
+        wait_edge(base, {"decisions": m["decisions"] + 1, "open_tickets": 0,
+                         "breakers_opened": m["breakers_opened"] + 1}, path, "/ka-metrics")
+    say("answer failed after its header: a stream stalled past the read timeout, and one cut "
+        "short (buffered and not), sent the client their 200 and ended the tries as the "
+        "replica's errors (its breaker opened each time)")
+
+
 def check_refused(base, log):
     """Upstream "refused": its spot replica answers 404 (on a unix socket),
     which proxy_next_upstream http_404 passes over, and the next try's
@@ -1040,7 +1087,14 @@ def valgrind_round(base, backends):
         if got != want:
             fail(f"{path} under valgrind: {got} {raw!r}")
     conn.close()
-    # a try whose connect() fails at once
+    # answers that fail after their header (each opens the breaker, which
+    # edge.json cools down for 1 ms: a request sent at once finds no
+    # replica), and a try whose connect() fails at once
+    for path in ("/ka-stall/", "/ka-cut/", "/ka-cut-buffered/"):
+        time.sleep(0.05)
+        got, raw, whole = broken_answer(base, path + "v1/chat/completions")
+        if got != 200 or whole:
+            fail(f"{path} under valgrind: {got} {raw!r}")
     got, _, raw = http("POST", base + "/refused/v1/chat/completions", chat(SYSTEM, "refused"))
     if got != 502:
         fail(f"/refused/ under valgrind: {got} {raw!r}")
@@ -1060,7 +1114,7 @@ def valgrind_round(base, backends):
     say("valgrind round: chat, stream, 400, 405, notice, metrics, internal redirects, "
         "404, 403 and 503 retried on a request routed again, one routed nowhere, "
         "a stale kept-alive connection retried (a request's and a post_action's), one timed out, "
-        "a connect() refused at once, "
+        "answers failed after their header, a connect() refused at once, "
         "streams of several tokens an event, a notice on an open stream")
 
 
@@ -1122,6 +1176,7 @@ def main():
     check_keepalive_given_up(a.base, a.access_log)
     check_keepalive_post_action(a.base, a.access_log, a.error_log)
     check_keepalive_timeout(a.base, a.access_log, a.error_log)
+    check_answer_failed(a.base, a.access_log, a.error_log)
     check_refused(a.base, a.access_log)
     check_cancel(a.base, a.access_log)
     heir = check_notice(a.base, owner, nodes, addrs, a.access_log, a.workers)

@@ -101,7 +101,8 @@ fake edge -token-rate 400
 fake multi -token-rate 20 -tokens-per-event 4
 # stale: answers the first request of each connection, kept alive, and
 # closes the connection on the second (a kept-alive connection gone stale),
-# or leaves it unanswered when its path holds /hang/
+# or leaves it unanswered when its path holds /hang/; /stall/ and /cut/
+# get a stream's header and first event, then a stall or a close
 "$python" "$here/stale_backend.py" "$work/stale.addr" 900 >"$work/stale.out" 2>&1 &
 pids+=($!)
 for id in spot-a spot-b od-1 hot edge multi stale; do
@@ -420,6 +421,33 @@ http {
       proxy_http_version 1.1;
       proxy_set_header Connection "";
       proxy_read_timeout 1s;
+      proxy_next_upstream error timeout non_idempotent;
+    }
+    # The stale replica sends a stream's header and first event, then
+    # stalls (/stall/: the read times out after 1 s) or closes the
+    # connection (/cut/), without buffering and with it.
+    location /ka-stall/ {
+      spotinfer_route ka;
+      proxy_pass http://ka/stall/;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_buffering off;
+      proxy_read_timeout 1s;
+      proxy_next_upstream error timeout non_idempotent;
+    }
+    location /ka-cut/ {
+      spotinfer_route ka;
+      proxy_pass http://ka/cut/;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_buffering off;
+      proxy_next_upstream error timeout non_idempotent;
+    }
+    location /ka-cut-buffered/ {
+      spotinfer_route ka;
+      proxy_pass http://ka/cut/;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
       proxy_next_upstream error timeout non_idempotent;
     }
 
