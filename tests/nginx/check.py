@@ -668,6 +668,32 @@ def check_answer_failed(base, log, error_log):
         "replica's errors (its breaker opened each time)")
 
 
+def check_unix_socket(base, error_log, workers):
+    """Upstream "sock": its replica is a server of this nginx on a unix
+    socket, which takes the module's /metrics request (its Host header
+    names no path) and answers a KV usage of 0.25: every worker's engine
+    has that reading, and no load reading of it went stale. A request
+    through it is served."""
+    with open(error_log) as f:
+        stale = [line.strip() for line in f if 'replica "sock"' in line and "goes stale" in line]
+    if stale:
+        fail(f"sock: its load reading went stale: {stale[0]}")
+    kv = []
+    for _ in range(20):  # another worker's samples are up to a second old
+        _, _, raw = http("GET", base + "/sock-metrics")
+        kv = re.findall(r'^spotinfer_replica_kv_usage\{[^}]*replica="sock"[^}]*\} (\S+)$', raw.decode(), re.M)
+        if len(kv) == workers and all(float(v) == 0.25 for v in kv):
+            break
+        time.sleep(0.5)
+    else:
+        fail(f"sock: the replica's KV usage in the workers' engines: {kv}, want 0.25 in {workers}")
+    status, _, raw = http("POST", f"{base}/sock/v1/chat/completions", chat(SYSTEM, "sock"))
+    if status != 200 or json.loads(raw).get("system_fingerprint") != "edge":
+        fail(f"/sock/: {status} {raw!r}")
+    say(f"unix socket: the replica's /metrics read in {workers} worker(s) (KV usage 0.25), "
+        f"a request served through it")
+
+
 def check_refused(base, log):
     """Upstream "refused": its spot replica answers 404 (on a unix socket),
     which proxy_next_upstream http_404 passes over, and the next try's
@@ -1089,15 +1115,17 @@ def valgrind_round(base, backends):
     conn.close()
     # answers that fail after their header (each opens the breaker, which
     # edge.json cools down for 1 ms: a request sent at once finds no
-    # replica), and a try whose connect() fails at once
+    # replica), a replica on a unix socket, and a try whose connect() fails
+    # at once
     for path in ("/ka-stall/", "/ka-cut/", "/ka-cut-buffered/"):
         time.sleep(0.05)
         got, raw, whole = broken_answer(base, path + "v1/chat/completions")
         if got != 200 or whole:
             fail(f"{path} under valgrind: {got} {raw!r}")
-    got, _, raw = http("POST", base + "/refused/v1/chat/completions", chat(SYSTEM, "refused"))
-    if got != 502:
-        fail(f"/refused/ under valgrind: {got} {raw!r}")
+    for path, want in [("/sock/", 200), ("/refused/", 502)]:
+        got, _, raw = http("POST", base + path + "v1/chat/completions", chat(SYSTEM, "unix"))
+        if got != want:
+            fail(f"{path} under valgrind: {got} {raw!r}")
     # Streams of several tokens an event, one with the usage so far in each,
     # and a notice while one is open (its plan is logged).
     tok = openai.OpenAI(base_url=base + "/tok/v1", api_key="unused", max_retries=0)
@@ -1114,7 +1142,7 @@ def valgrind_round(base, backends):
     say("valgrind round: chat, stream, 400, 405, notice, metrics, internal redirects, "
         "404, 403 and 503 retried on a request routed again, one routed nowhere, "
         "a stale kept-alive connection retried (a request's and a post_action's), one timed out, "
-        "answers failed after their header, a connect() refused at once, "
+        "answers failed after their header, a unix socket replica, a connect() refused at once, "
         "streams of several tokens an event, a notice on an open stream")
 
 
@@ -1177,6 +1205,7 @@ def main():
     check_keepalive_post_action(a.base, a.access_log, a.error_log)
     check_keepalive_timeout(a.base, a.access_log, a.error_log)
     check_answer_failed(a.base, a.access_log, a.error_log)
+    check_unix_socket(a.base, a.error_log, a.workers)
     check_refused(a.base, a.access_log)
     check_cancel(a.base, a.access_log)
     heir = check_notice(a.base, owner, nodes, addrs, a.access_log, a.workers)

@@ -27,7 +27,11 @@
 #     to tests/nginx/stale_backend.py, which closes each connection on its
 #     second request), which nginx retries on a new one, for a request and
 #     for its post_action, and one where the replica never answers (a
-#     second request to /hang/), which times out,
+#     second request to /hang/), which times out, and streams it stalls
+#     or cuts short after their header (/stall/, /cut/),
+#     a replica on a unix socket (upstream "sock"), a try whose connect()
+#     fails at once after a 404 passed over (upstream "refused": a unix
+#     socket bound and never listened on),
 #     and the output tokens of streams with several tokens an event, with
 #     and without the backend's usage (upstream "tok"): the tickets' output
 #     tokens in the access log, their progress in the plans a notice logs;
@@ -140,14 +144,14 @@ JSON
 
 # conf <file> <workers> <master> <port> [extra upstream lines]; the edge
 # replica's server listens on $eport, the pair replicas' on $sport (spot)
-# and $oport (on-demand), the first refused replica's on a unix socket of
-# its own
+# and $oport (on-demand), the sock replica's and the first refused
+# replica's on unix sockets of their own
 conf() {
-  local a b c h e m k r
+  local a b c h e m k u r
   a=$(cat "$work/spot-a.addr") b=$(cat "$work/spot-b.addr")
   c=$(cat "$work/od-1.addr") h=$(cat "$work/hot.addr") e=$(cat "$work/edge.addr")
   m=$(cat "$work/multi.addr") k=$(cat "$work/stale.addr")
-  r="$work/${1%.conf}-refused.sock"
+  u="$work/${1%.conf}-sock.sock" r="$work/${1%.conf}-refused.sock"
   cat >"$work/prefix/conf/$1" <<CONF
 load_module $module;
 worker_processes $2;
@@ -194,6 +198,12 @@ http {
     server $k;
     spotinfer_replica $k id=stale pool=spot zone=us-east-1a price=0.45 node=i-00000000000000ce0;
     keepalive 4;
+  }
+  # sock: one replica on a unix socket, a server of this nginx
+  upstream sock {
+    spotinfer spotinfer.json scrape_interval=100ms;
+    server unix:$u;
+    spotinfer_replica unix:$u id=sock pool=spot zone=us-east-1a price=0.45 node=i-00000000000000d30;
   }
   # refused: a replica on a unix socket that answers 404 to everything, and
   # one on the socket nobody listens on. Neither has a load reading, so
@@ -451,6 +461,13 @@ http {
       proxy_next_upstream error timeout non_idempotent;
     }
 
+    # The sock replica, whose /metrics the module reads over its unix
+    # socket.
+    location /sock/ {
+      spotinfer_route sock;
+      proxy_pass http://sock/;
+    }
+    location = /sock-metrics { spotinfer_metrics sock; }
     # The first refused replica's 404, passed over; the next try's
     # connect() fails at once.
     location /refused/ {
@@ -500,6 +517,16 @@ http {
     location /missing/ { return 404 '{"error":"not on the spot replica"}'; }
     location /slow/ { return 404 '{"error":"not on the spot replica"}'; }
     location /denied/ { return 403 '{"error":"denied on the spot replica"}'; }
+  }
+  # The sock replica: the edge fakellm, with a load reading of its own.
+  server {
+    listen unix:$u;
+    access_log off;
+    location / { proxy_pass http://$e; }
+    location = /metrics {
+      default_type text/plain;
+      return 200 'vllm:num_requests_running 0\nvllm:num_requests_waiting 0\nvllm:kv_cache_usage_perc 0.25\n';
+    }
   }
   # The first refused replica.
   server {
@@ -653,7 +680,7 @@ if [[ $rc -ne 0 ]]; then
 fi
 # The engines were freed (what is still reachable at exit is not a leak to
 # valgrind, so the exit path is checked by its log line).
-[[ $(grep -c 'engine freed' "$work/prefix/logs/valgrind-error.log") -eq 7 ]] ||
-  die "the worker did not free its seven engines on exit"
+[[ $(grep -c 'engine freed' "$work/prefix/logs/valgrind-error.log") -eq 8 ]] ||
+  die "the worker did not free its eight engines on exit"
 note "valgrind: no memory error, no leak"
 keep=no
