@@ -169,8 +169,9 @@ typedef struct {
     ngx_http_spi_tokens_t           tokens;    /* the answer's, so far */
     uint64_t                        progress;  /* the last reported */
     ngx_int_t                       phase_rc;
-    ngx_uint_t                      served;    /* the answer's status, kept
-                                                  from a post_action pass */
+    ngx_uint_t                      served;    /* the status of the header
+                                                  sent, which a post_action
+                                                  overwrites in headers_out */
     int32_t                         klass;
     int32_t                         reason;
     uint32_t                        matched_blocks;
@@ -214,7 +215,7 @@ ngx_int_t ngx_http_spi_reroute(ngx_http_spi_ctx_t *ctx);
 ngx_int_t ngx_http_spi_init_upstream(ngx_conf_t *cf,
     ngx_http_upstream_srv_conf_t *us);
 ngx_int_t ngx_http_spi_log_handler(ngx_http_request_t *r);
-ngx_int_t ngx_http_spi_body_filter_init(ngx_conf_t *cf);
+ngx_int_t ngx_http_spi_filter_init(ngx_conf_t *cf);
 void ngx_http_spi_ticket_mark(ngx_http_spi_ctx_t *ctx);
 void ngx_http_spi_ticket_end(ngx_http_spi_ctx_t *ctx, ngx_int_t status,
     ngx_uint_t http_status);

@@ -681,7 +681,7 @@ ngx_http_spi_postconfiguration(ngx_conf_t *cf)
         return NGX_ERROR;
     }
 
-    return ngx_http_spi_body_filter_init(cf);
+    return ngx_http_spi_filter_init(cf);
 }
 
 

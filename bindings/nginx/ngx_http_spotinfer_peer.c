@@ -1,8 +1,9 @@
 /*
  * ngx_http_spotinfer: the balancer (the replica the library chose; after a
  * failed try, what proxy_next_upstream tries next, the replica the library
- * chooses when it routes the request again without those tried), the body
- * filter that sees the first byte and counts the output tokens
+ * chooses when it routes the request again without those tried), the
+ * header filter that keeps the status served, the body filter that sees
+ * the first byte and counts the output tokens
  * (ngx_http_spotinfer_tokens.c), and the log phase that finishes the
  * ticket.
  */
@@ -19,6 +20,8 @@ static void ngx_http_spi_free_peer(ngx_peer_connection_t *pc, void *data,
 static ngx_int_t ngx_http_spi_unrouted(ngx_peer_connection_t *pc);
 static ngx_uint_t ngx_http_spi_stale_failed(ngx_http_spi_ctx_t *ctx,
     ngx_peer_connection_t *pc, ngx_uint_t state);
+static ngx_uint_t ngx_http_spi_answer_failed(ngx_http_spi_ctx_t *ctx,
+    ngx_peer_connection_t *pc);
 static void ngx_http_spi_answer_kept(ngx_http_spi_ctx_t *ctx);
 static void ngx_http_spi_passed_over(ngx_http_spi_ctx_t *ctx,
     ngx_uint_t code);
@@ -26,11 +29,13 @@ static ngx_uint_t ngx_http_spi_timed_out(ngx_peer_connection_t *pc);
 static void ngx_http_spi_stale_settle(ngx_http_spi_ctx_t *ctx,
     ngx_peer_connection_t *pc);
 static ngx_uint_t ngx_http_spi_status(ngx_http_spi_ctx_t *ctx);
+static ngx_int_t ngx_http_spi_header_filter(ngx_http_request_t *r);
 static ngx_int_t ngx_http_spi_body_filter(ngx_http_request_t *r,
     ngx_chain_t *in);
 
 
-static ngx_http_output_body_filter_pt  ngx_http_next_body_filter;
+static ngx_http_output_header_filter_pt  ngx_http_next_header_filter;
+static ngx_http_output_body_filter_pt    ngx_http_next_body_filter;
 
 
 static ngx_int_t
@@ -134,6 +139,17 @@ ngx_http_spi_init_upstream(ngx_conf_t *cf, ngx_http_upstream_srv_conf_t *us)
         return NGX_ERROR;
     }
 
+    /* nginx's zone shares round robin peers between the workers, copied
+     * from us->peer.data when the zone is made: a spotinfer upstream has
+     * none (each worker's engine holds its replicas' state). */
+    if (us->shm_zone != NULL) {
+        ngx_log_error(NGX_LOG_EMERG, cf->log, 0,
+                      "spotinfer: upstream \"%V\" cannot have a \"zone\" "
+                      "(its replicas' state is each worker's engine's, not "
+                      "round robin peers in shared memory)", &up->name);
+        return NGX_ERROR;
+    }
+
     server = us->servers->elts;
 
     for (i = 0; i < us->servers->nelts; i++) {
@@ -207,11 +223,6 @@ ngx_http_spi_init_peer(ngx_http_request_t *r,
      * replica that served, once, and neither ends that ticket nor routes
      * the request again (the answer, not this pass, is the try's). */
     if (r->post_action) {
-        /* its answer's status replaces the served one in headers_out */
-        if (!ctx->post) {
-            ctx->served = r->headers_out.status;
-        }
-
         ctx->post = 1;
         ctx->handed = 1;
         ctx->next -= ctx->next > 0;
@@ -231,6 +242,7 @@ static ngx_int_t
 ngx_http_spi_get_peer(ngx_peer_connection_t *pc, void *data)
 {
     ngx_http_spi_ctx_t      *ctx = data;
+    ngx_http_upstream_t     *u;
     ngx_http_spi_replica_t  *rep;
 
     /* No replica left: nginx answers 502, and $upstream_addr names the
@@ -264,6 +276,17 @@ ngx_http_spi_get_peer(ngx_peer_connection_t *pc, void *data)
     pc->name = &rep->name;
     pc->cached = 0;
     pc->connection = NULL;
+
+    /* nginx clears the last try's answer once this try's connect() is
+     * under way: a connect() that fails at once (a unix socket nobody
+     * listens on, an unreachable network) is passed over with nothing
+     * read, and must not be judged by that answer. */
+    u = ctx->request->upstream;
+
+    if (u != NULL) {
+        u->headers_in.status_n = 0;
+        u->headers_in.x_accel_redirect = NULL;
+    }
 
     return NGX_OK;
 }
@@ -304,6 +327,12 @@ ngx_http_spi_free_peer(ngx_peer_connection_t *pc, void *data,
     } else if (ctx->post) {
         /* a post_action pass: the served answer's ticket is the log
          * phase's */
+
+    } else if (state == 0 && ngx_http_spi_answer_failed(ctx, pc)) {
+        /* the client has the header and part of the answer, and its
+         * status (a 200, say) would be the log phase's outcome */
+        ngx_http_spi_ticket_end(ctx, SPI_TICKET_ERROR,
+                                ngx_http_spi_status(ctx));
 
     } else if (state == 0) {
         ngx_http_spi_answer_kept(ctx);
@@ -409,6 +438,47 @@ ngx_http_spi_passed_over(ngx_http_spi_ctx_t *ctx, ngx_uint_t code)
     }
 
     ngx_http_spi_ticket_end(ctx, ngx_http_spi_outcome(code), code);
+}
+
+
+/* Whether the replica failed an answer whose header nginx had sent on
+ * (nginx frees the try with state 0 however it ended): its read or write
+ * timed out, or the answer stopped short, the cases nginx ends with 502 or
+ * 504 in ngx_http_upstream_process_non_buffered_request() (proxy_buffering
+ * off) and ngx_http_upstream_process_request() (on). Without buffering,
+ * u->length counts down what a Content-Length or chunked answer has left
+ * (-1: it ends when the connection does); with buffering, the pipe says
+ * whether it read to the answer's end. An answer nginx stopped sending
+ * for the client (it left, timed out, or failed a write) is not the
+ * replica's failure, nor is a header-only answer or an upgraded
+ * connection. */
+static ngx_uint_t
+ngx_http_spi_answer_failed(ngx_http_spi_ctx_t *ctx, ngx_peer_connection_t *pc)
+{
+    ngx_event_pipe_t     *p;
+    ngx_connection_t     *c = pc->connection;
+    ngx_http_request_t   *r = ctx->request;
+    ngx_http_upstream_t  *u = r->upstream;
+
+    if (u == NULL || !u->header_sent || u->upgrade || r->header_only
+        || r->connection->error || r->connection->timedout)
+    {
+        return 0;
+    }
+
+    if (ngx_http_spi_timed_out(pc)) {
+        return 1;
+    }
+
+    if (!u->buffering) {
+        return u->length > 0 || u->error || (c != NULL && c->read->error);
+    }
+
+    p = u->pipe;
+
+    return p != NULL && !p->downstream_error
+           && (p->upstream_eof || p->upstream_error)
+           && !(p->upstream_done || (p->upstream_eof && p->length == -1));
 }
 
 
@@ -571,7 +641,10 @@ ngx_http_spi_log_handler(ngx_http_request_t *r)
         return NGX_OK;
     }
 
-    code = ctx->post ? ctx->served : r->headers_out.status;
+    /* A post_action's answer, wherever it proxied, replaced the status
+     * served in headers_out: the header filter kept the served one. */
+    code = (r->post_action && ctx->served) ? ctx->served
+                                           : r->headers_out.status;
 
     /* The replica never got the request (an internal redirect, try_files
      * or another content handler took it first): not its error. */
@@ -591,12 +664,33 @@ ngx_http_spi_log_handler(ngx_http_request_t *r)
 
 
 ngx_int_t
-ngx_http_spi_body_filter_init(ngx_conf_t *cf)
+ngx_http_spi_filter_init(ngx_conf_t *cf)
 {
+    ngx_http_next_header_filter = ngx_http_top_header_filter;
+    ngx_http_top_header_filter = ngx_http_spi_header_filter;
+
     ngx_http_next_body_filter = ngx_http_top_body_filter;
     ngx_http_top_body_filter = ngx_http_spi_body_filter;
 
     return NGX_OK;
+}
+
+
+/* The status of the answer the client gets, kept for the log phase: a
+ * post_action (nginx sends no header for it) proxying anywhere writes its
+ * own answer's status over r->headers_out.status. */
+static ngx_int_t
+ngx_http_spi_header_filter(ngx_http_request_t *r)
+{
+    ngx_http_spi_ctx_t  *ctx;
+
+    ctx = ngx_http_spi_get_ctx(r);
+
+    if (ctx != NULL && !r->post_action) {
+        ctx->served = r->headers_out.status;
+    }
+
+    return ngx_http_next_header_filter(r);
 }
 
 

@@ -57,14 +57,26 @@ ngx_http_spi_scrape_fail(ngx_http_spi_scrape_t *s, const char *failure)
 }
 
 
+/* The request's Host: the replica's address, or "localhost" for a unix
+ * socket (a server like nginx refuses "unix:/path", a path in a host
+ * name, with 400). */
 static ngx_int_t
 ngx_http_spi_scrape_prepare(ngx_http_spi_replica_t *rep)
 {
+    ngx_str_t               host;
     ngx_http_spi_scrape_t  *s = &rep->scrape;
 
     if (s->buf != NULL) {
         return NGX_OK;
     }
+
+    host = rep->name;
+
+#if (NGX_HAVE_UNIX_DOMAIN)
+    if (rep->sockaddr->sa_family == AF_UNIX) {
+        ngx_str_set(&host, "localhost");
+    }
+#endif
 
     s->cap = 64 * 1024;
     s->buf = ngx_alloc(s->cap, s->up->log);
@@ -73,7 +85,7 @@ ngx_http_spi_scrape_prepare(ngx_http_spi_replica_t *rep)
     }
 
     s->request.len = sizeof("GET /metrics HTTP/1.0\r\nHost: \r\n"
-                            "Connection: close\r\n\r\n") - 1 + rep->name.len;
+                            "Connection: close\r\n\r\n") - 1 + host.len;
     s->request.data = ngx_alloc(s->request.len, s->up->log);
     if (s->request.data == NULL) {
         ngx_free(s->buf);
@@ -83,7 +95,7 @@ ngx_http_spi_scrape_prepare(ngx_http_spi_replica_t *rep)
 
     ngx_sprintf(s->request.data,
                 "GET /metrics HTTP/1.0\r\nHost: %V\r\nConnection: close\r\n\r\n",
-                &rep->name);
+                &host);
 
     return NGX_OK;
 }

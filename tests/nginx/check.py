@@ -18,7 +18,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from http.client import HTTPConnection
+from http.client import HTTPConnection, IncompleteRead
 
 import httpx
 import openai
@@ -482,6 +482,7 @@ def check_pair(base, log):
     wait_edge(base, {"decisions": m["decisions"] + 2 * (len(steps) + 1), "open_tickets": 0,
                      "breakers_opened": m["breakers_opened"] + 2}, "/pair-handoff/", "/pair-metrics")
     check_post_action(base, log)
+    check_post_action_elsewhere(base, log)
     check_retry_load(base, log)
     check_retry_breaker(base, log)
     say("pair: a 404 and a 403 retried with proxy_next_upstream ended the spot replica's ticket "
@@ -490,7 +491,8 @@ def check_pair(base, log):
         "again ended it as an error and went on to the on-demand replica (not back to the replica "
         "that failed); an on-demand replica that handed the request back to pair got it again; "
         "a post_action back to pair went to the replica that served, unrouted, and left its "
-        "ticket to the answer; no ticket left open")
+        "ticket to the answer, and one to another service answering 503 left the served 200 "
+        "alone; no ticket left open")
 
 
 def stale_pair(post):
@@ -619,6 +621,101 @@ def check_keepalive_timeout(base, log, error_log):
         "the try failed as the replica's error (breaker opened), not sent again, ticket ended, 504")
 
 
+def broken_answer(base, path):
+    """POST path on a new connection: (status, the body read, whether it
+    ended whole)."""
+    conn = HTTPConnection(base.split("//", 1)[1], timeout=30)
+    # silver: the stale replica is spot, which takes gold (a stream's
+    # default class) only on a cache hit
+    body = chat(SYSTEM, "broken", stream=True, metadata={"class": "silver"})
+    conn.request("POST", path, json.dumps(body), {"Content-Type": "application/json"})
+    resp = conn.getresponse()
+    try:
+        raw, whole = resp.read(), True
+    except IncompleteRead as e:
+        raw, whole = e.partial, False
+    conn.close()
+    return resp.status, raw, whole
+
+
+def check_answer_failed(base, log, error_log):
+    """A replica that fails an answer whose header nginx had sent on: the
+    stale replica sends a stream's header and first event, then stalls
+    until the read times out (/ka-stall/, proxy_read_timeout 1s) or closes
+    the connection before the stream's end (/ka-cut/, without buffering,
+    and /ka-cut-buffered/, with it). nginx cannot pass such a try over:
+    the client has the 200 and the event, then the connection closes. The
+    try's ticket ends as the replica's error (its breaker opens,
+    edge.json), not with the 200 sent."""
+    for path, probe, why in [("/ka-stall/", "kastall", "upstream timed out"),
+                             ("/ka-cut/", "kacut", "upstream prematurely closed connection"),
+                             ("/ka-cut-buffered/", "kacutbuf", "upstream prematurely closed connection")]:
+        m = edge_metrics(base, "/ka-metrics")
+        status, raw, whole = broken_answer(base, f"{path}v1/chat/completions?probe={probe}")
+        if status != 200 or whole or b'"system_fingerprint": "stale"' not in raw:
+            fail(f"{path}: {status}, {'whole' if whole else 'cut'}: {raw!r}")
+        logged = access_log(log, f"probe={probe}")
+        if len(logged) != 1 or logged[0]["status"] != 200 or logged[0]["replica"] != "stale":
+            fail(f"{path}: {logged}")
+        with open(error_log) as f:
+            said = [line for line in f if why in line and f"probe={probe}" in line]
+        if len(said) != 1:
+            fail(f"{path}: nginx's \"{why}\" in the error log: {said}")
+        wait_edge(base, {"decisions": m["decisions"] + 1, "open_tickets": 0,
+                         "breakers_opened": m["breakers_opened"] + 1}, path, "/ka-metrics")
+    say("answer failed after its header: a stream stalled past the read timeout, and one cut "
+        "short (buffered and not), sent the client their 200 and ended the tries as the "
+        "replica's errors (its breaker opened each time)")
+
+
+def check_unix_socket(base, error_log, workers):
+    """Upstream "sock": its replica is a server of this nginx on a unix
+    socket, which takes the module's /metrics request (its Host header
+    names no path) and answers a KV usage of 0.25: every worker's engine
+    has that reading, and no load reading of it went stale. A request
+    through it is served."""
+    with open(error_log) as f:
+        stale = [line.strip() for line in f if 'replica "sock"' in line and "goes stale" in line]
+    if stale:
+        fail(f"sock: its load reading went stale: {stale[0]}")
+    kv = []
+    for _ in range(20):  # another worker's samples are up to a second old
+        _, _, raw = http("GET", base + "/sock-metrics")
+        kv = re.findall(r'^spotinfer_replica_kv_usage\{[^}]*replica="sock"[^}]*\} (\S+)$', raw.decode(), re.M)
+        if len(kv) == workers and all(float(v) == 0.25 for v in kv):
+            break
+        time.sleep(0.5)
+    else:
+        fail(f"sock: the replica's KV usage in the workers' engines: {kv}, want 0.25 in {workers}")
+    status, _, raw = http("POST", f"{base}/sock/v1/chat/completions", chat(SYSTEM, "sock"))
+    if status != 200 or json.loads(raw).get("system_fingerprint") != "edge":
+        fail(f"/sock/: {status} {raw!r}")
+    say(f"unix socket: the replica's /metrics read in {workers} worker(s) (KV usage 0.25), "
+        f"a request served through it")
+
+
+def check_refused(base, log):
+    """Upstream "refused": its spot replica answers 404 (on a unix socket),
+    which proxy_next_upstream http_404 passes over, and the next try's
+    connect() to the on-demand one fails at once (a unix socket nobody
+    listens on; an unreachable network does the same), before nginx reads
+    anything on that try and before it clears the answer of the try
+    before. That try had no answer: its ticket ends as the replica's error
+    (its breaker opens, pair.json), and nginx answers 502 with no try
+    left."""
+    m = edge_metrics(base, "/refused-metrics")
+    status, _, raw = http("POST", f"{base}/refused/v1/chat/completions?probe=refused",
+                          chat(SYSTEM, "refused"))
+    logged = access_log(log, "probe=refused")
+    tried = logged[0]["upstream"].split(", ") if len(logged) == 1 else []
+    if status != 502 or len(tried) != 2 or not tried[1].endswith("/dead.sock"):
+        fail(f"/refused/: {status} {raw!r} {logged}")
+    wait_edge(base, {"decisions": m["decisions"] + 2, "open_tickets": 0,
+                     "breakers_opened": m["breakers_opened"] + 1}, "/refused/", "/refused-metrics")
+    say("refused: a 404 passed over, then a try whose connect() failed at once: that try ended as "
+        "its replica's error (breaker opened), 502")
+
+
 def check_post_action(base, log):
     """A post_action proxying to pair again runs after the answer was
     served and before the log phase: it goes to the replica that served,
@@ -641,6 +738,30 @@ def check_post_action(base, log):
         fail(f"/pair-post/: the served replica twice, its ticket with the answer's tokens: {logged}")
     wait_edge(base, {"decisions": m["decisions"] + 1, "open_tickets": 0,
                      "breakers_opened": m["breakers_opened"]}, "/pair-post/", "/pair-metrics")
+
+
+def check_post_action_elsewhere(base, log):
+    """A post_action that proxies to another service (no spotinfer
+    upstream's; it answers 503) runs after the answer was served: nginx
+    writes that 503 over the request's status, and the served try's ticket
+    still ends with the answer's 200 (no breaker opens: pair.json)."""
+    m = edge_metrics(base, "/pair-metrics")
+    status, _, raw = http("POST", f"{base}/pair-notify/v1/chat/completions?probe=notify",
+                          chat(SYSTEM, "notify"))
+    if status != 200 or json.loads(raw).get("system_fingerprint") != "edge":
+        fail(f"/pair-notify/: {status} {raw!r}")
+    logged = []
+    for _ in range(20):  # the log line is written once post_action is done
+        logged = access_log(log, "probe=notify")
+        if logged:
+            break
+        time.sleep(0.1)
+    tried = logged[0]["upstream"].split(" : ") if len(logged) == 1 else []
+    if len(tried) != 2 or logged[0]["tokens"] != "6":
+        fail(f"/pair-notify/: a replica, then the post_action's service; the served ticket "
+             f"with the answer's tokens: {logged}")
+    wait_edge(base, {"decisions": m["decisions"] + 1, "open_tickets": 0,
+                     "breakers_opened": m["breakers_opened"]}, "/pair-notify/", "/pair-metrics")
 
 
 def check_retry_load(base, log):
@@ -992,6 +1113,19 @@ def valgrind_round(base, backends):
         if got != want:
             fail(f"{path} under valgrind: {got} {raw!r}")
     conn.close()
+    # answers that fail after their header (each opens the breaker, which
+    # edge.json cools down for 1 ms: a request sent at once finds no
+    # replica), a replica on a unix socket, and a try whose connect() fails
+    # at once
+    for path in ("/ka-stall/", "/ka-cut/", "/ka-cut-buffered/"):
+        time.sleep(0.05)
+        got, raw, whole = broken_answer(base, path + "v1/chat/completions")
+        if got != 200 or whole:
+            fail(f"{path} under valgrind: {got} {raw!r}")
+    for path, want in [("/sock/", 200), ("/refused/", 502)]:
+        got, _, raw = http("POST", base + path + "v1/chat/completions", chat(SYSTEM, "unix"))
+        if got != want:
+            fail(f"{path} under valgrind: {got} {raw!r}")
     # Streams of several tokens an event, one with the usage so far in each,
     # and a notice while one is open (its plan is logged).
     tok = openai.OpenAI(base_url=base + "/tok/v1", api_key="unused", max_retries=0)
@@ -1008,6 +1142,7 @@ def valgrind_round(base, backends):
     say("valgrind round: chat, stream, 400, 405, notice, metrics, internal redirects, "
         "404, 403 and 503 retried on a request routed again, one routed nowhere, "
         "a stale kept-alive connection retried (a request's and a post_action's), one timed out, "
+        "answers failed after their header, a unix socket replica, a connect() refused at once, "
         "streams of several tokens an event, a notice on an open stream")
 
 
@@ -1069,6 +1204,9 @@ def main():
     check_keepalive_given_up(a.base, a.access_log)
     check_keepalive_post_action(a.base, a.access_log, a.error_log)
     check_keepalive_timeout(a.base, a.access_log, a.error_log)
+    check_answer_failed(a.base, a.access_log, a.error_log)
+    check_unix_socket(a.base, a.error_log, a.workers)
+    check_refused(a.base, a.access_log)
     check_cancel(a.base, a.access_log)
     heir = check_notice(a.base, owner, nodes, addrs, a.access_log, a.workers)
     if heir is None:

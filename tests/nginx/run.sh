@@ -27,7 +27,11 @@
 #     to tests/nginx/stale_backend.py, which closes each connection on its
 #     second request), which nginx retries on a new one, for a request and
 #     for its post_action, and one where the replica never answers (a
-#     second request to /hang/), which times out,
+#     second request to /hang/), which times out, and streams it stalls
+#     or cuts short after their header (/stall/, /cut/),
+#     a replica on a unix socket (upstream "sock"), a try whose connect()
+#     fails at once after a 404 passed over (upstream "refused": a unix
+#     socket bound and never listened on),
 #     and the output tokens of streams with several tokens an event, with
 #     and without the backend's usage (upstream "tok"): the tickets' output
 #     tokens in the access log, their progress in the plans a notice logs;
@@ -101,7 +105,8 @@ fake edge -token-rate 400
 fake multi -token-rate 20 -tokens-per-event 4
 # stale: answers the first request of each connection, kept alive, and
 # closes the connection on the second (a kept-alive connection gone stale),
-# or leaves it unanswered when its path holds /hang/
+# or leaves it unanswered when its path holds /hang/; /stall/ and /cut/
+# get a stream's header and first event, then a stall or a close
 "$python" "$here/stale_backend.py" "$work/stale.addr" 900 >"$work/stale.out" 2>&1 &
 pids+=($!)
 for id in spot-a spot-b od-1 hot edge multi stale; do
@@ -113,6 +118,10 @@ port=$(free_port)
 eport=$(free_port)
 sport=$(free_port)
 oport=$(free_port)
+# A unix socket bound and never listened on: connect() to it fails at once
+# (ECONNREFUSED), as one to an unreachable network does.
+"$python" -c 'import socket, sys; socket.socket(socket.AF_UNIX).bind(sys.argv[1])' "$work/dead.sock"
+chmod 666 "$work/dead.sock"
 
 mkdir -p "$work/prefix/logs" "$work/prefix/conf"
 # A stale load reading counts as saturated after 5 s (the fallback check
@@ -135,12 +144,14 @@ JSON
 
 # conf <file> <workers> <master> <port> [extra upstream lines]; the edge
 # replica's server listens on $eport, the pair replicas' on $sport (spot)
-# and $oport (on-demand)
+# and $oport (on-demand), the sock replica's and the first refused
+# replica's on unix sockets of their own
 conf() {
-  local a b c h e m k
+  local a b c h e m k u r
   a=$(cat "$work/spot-a.addr") b=$(cat "$work/spot-b.addr")
   c=$(cat "$work/od-1.addr") h=$(cat "$work/hot.addr") e=$(cat "$work/edge.addr")
   m=$(cat "$work/multi.addr") k=$(cat "$work/stale.addr")
+  u="$work/${1%.conf}-sock.sock" r="$work/${1%.conf}-refused.sock"
   cat >"$work/prefix/conf/$1" <<CONF
 load_module $module;
 worker_processes $2;
@@ -187,6 +198,23 @@ http {
     server $k;
     spotinfer_replica $k id=stale pool=spot zone=us-east-1a price=0.45 node=i-00000000000000ce0;
     keepalive 4;
+  }
+  # sock: one replica on a unix socket, a server of this nginx
+  upstream sock {
+    spotinfer spotinfer.json scrape_interval=100ms;
+    server unix:$u;
+    spotinfer_replica unix:$u id=sock pool=spot zone=us-east-1a price=0.45 node=i-00000000000000d30;
+  }
+  # refused: a replica on a unix socket that answers 404 to everything, and
+  # one on the socket nobody listens on. Neither has a load reading, so
+  # silver is served on the spot one with the on-demand one as its
+  # fallback.
+  upstream refused {
+    spotinfer pair.json scrape_interval=100ms;
+    server unix:$r;
+    server unix:$work/dead.sock;
+    spotinfer_replica unix:$r id=refused-404 pool=spot zone=us-east-1a price=0.45 node=i-00000000000000d10;
+    spotinfer_replica unix:$work/dead.sock id=refused-dead pool=on_demand zone=us-east-1a price=1.01 node=i-00000000000000d20;
   }
   upstream pair {
     spotinfer pair.json scrape_interval=100ms;
@@ -313,6 +341,18 @@ http {
       set \$pair_post /down/;
       proxy_pass http://pair\$pair_post;
     }
+    # A post_action to a service that is no spotinfer upstream (a
+    # notification or billing one; here the spot replica's server, whose
+    # /down/ answers 503): its answer is not the served try's.
+    location /pair-notify/ {
+      spotinfer_route pair;
+      proxy_pass http://pair/;
+      post_action @pair-notify;
+    }
+    location @pair-notify {
+      set \$pair_notify /down/;
+      proxy_pass http://127.0.0.1:$sport\$pair_notify;
+    }
     # Both pair replicas fail /pair-down/ (a 503 nginx passes over, then
     # the on-demand one's 503, which the client gets).
     location /pair-down/ {
@@ -393,6 +433,49 @@ http {
       proxy_read_timeout 1s;
       proxy_next_upstream error timeout non_idempotent;
     }
+    # The stale replica sends a stream's header and first event, then
+    # stalls (/stall/: the read times out after 1 s) or closes the
+    # connection (/cut/), without buffering and with it.
+    location /ka-stall/ {
+      spotinfer_route ka;
+      proxy_pass http://ka/stall/;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_buffering off;
+      proxy_read_timeout 1s;
+      proxy_next_upstream error timeout non_idempotent;
+    }
+    location /ka-cut/ {
+      spotinfer_route ka;
+      proxy_pass http://ka/cut/;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_buffering off;
+      proxy_next_upstream error timeout non_idempotent;
+    }
+    location /ka-cut-buffered/ {
+      spotinfer_route ka;
+      proxy_pass http://ka/cut/;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_next_upstream error timeout non_idempotent;
+    }
+
+    # The sock replica, whose /metrics the module reads over its unix
+    # socket.
+    location /sock/ {
+      spotinfer_route sock;
+      proxy_pass http://sock/;
+    }
+    location = /sock-metrics { spotinfer_metrics sock; }
+    # The first refused replica's 404, passed over; the next try's
+    # connect() fails at once.
+    location /refused/ {
+      spotinfer_route refused;
+      proxy_pass http://refused/;
+      proxy_next_upstream error timeout http_404 non_idempotent;
+    }
+    location = /refused-metrics { spotinfer_metrics refused; }
   }
 
   # The edge replica: a fakellm, except that /fail/... answers 503 (not
@@ -434,6 +517,22 @@ http {
     location /missing/ { return 404 '{"error":"not on the spot replica"}'; }
     location /slow/ { return 404 '{"error":"not on the spot replica"}'; }
     location /denied/ { return 403 '{"error":"denied on the spot replica"}'; }
+  }
+  # The sock replica: the edge fakellm, with a load reading of its own.
+  server {
+    listen unix:$u;
+    access_log off;
+    location / { proxy_pass http://$e; }
+    location = /metrics {
+      default_type text/plain;
+      return 200 'vllm:num_requests_running 0\nvllm:num_requests_waiting 0\nvllm:kv_cache_usage_perc 0.25\n';
+    }
+  }
+  # The first refused replica.
+  server {
+    listen unix:$r;
+    access_log off;
+    location / { return 404 '{"error":"not on this replica"}'; }
   }
   server {
     listen 127.0.0.1:$oport;
@@ -481,6 +580,10 @@ echo '{"router": {"load_max_age_ms": 0}}' >"$work/prefix/conf/spotinfer.json"
 conf bad.conf 1 on "$port"
 expect_t_fail "a library configuration out of range" 'router.load_max_age_ms'
 cp "$work/good.json" "$work/prefix/conf/spotinfer.json"
+# nginx's zone copies round robin peers into shared memory, which a
+# spotinfer upstream does not have
+conf bad.conf 1 on "$port" 'zone llm_peers 64k;'
+expect_t_fail "a zone in a spotinfer upstream" 'upstream "llm" cannot have a "zone"'
 conf bad.conf 1 on "$port"
 sed -i 's/spotinfer_route llm;/spotinfer_route nowhere;/' "$work/prefix/conf/bad.conf"
 expect_t_fail "a route to an upstream without spotinfer" 'upstream "nowhere" is named by a spotinfer directive'
@@ -577,7 +680,7 @@ if [[ $rc -ne 0 ]]; then
 fi
 # The engines were freed (what is still reachable at exit is not a leak to
 # valgrind, so the exit path is checked by its log line).
-[[ $(grep -c 'engine freed' "$work/prefix/logs/valgrind-error.log") -eq 6 ]] ||
-  die "the worker did not free its six engines on exit"
+[[ $(grep -c 'engine freed' "$work/prefix/logs/valgrind-error.log") -eq 8 ]] ||
+  die "the worker did not free its eight engines on exit"
 note "valgrind: no memory error, no leak"
 keep=no

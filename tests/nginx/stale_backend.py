@@ -9,8 +9,12 @@ request on that connection and closes it without an answer: what a backend
 that closed an idle connection looks like to the proxy that reuses it. A
 second request whose path holds /hang/ is never answered instead: the
 connection stays open until the proxy closes it (a backend that stopped
-answering on a kept-alive connection). A GET (the module's load scrape)
-gets an idle vLLM metrics text and the connection is closed.
+answering on a kept-alive connection). A request whose path holds /stall/
+or /cut/, first or second on its connection, gets the header of a stream
+(chunked) and its first event, then nothing more: /stall/ leaves the
+connection open until the proxy closes it, /cut/ closes it before the
+stream's end. A GET (the module's load scrape) gets an idle vLLM metrics
+text and the connection is closed.
 """
 
 import json
@@ -55,6 +59,27 @@ def completion():
         "usage": {"prompt_tokens": 8, "completion_tokens": 3, "total_tokens": 11}}).encode()
 
 
+def first_event():
+    chunk = {"id": "chatcmpl-stale", "object": "chat.completion.chunk", "created": int(time.time()),
+             "model": "fake-model", "system_fingerprint": "stale",
+             "choices": [{"index": 0, "delta": {"role": "assistant", "content": " a"}, "finish_reason": None}]}
+    event = b"data: " + json.dumps(chunk).encode() + b"\n\n"
+    return (b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
+            + b"%x\r\n" % len(event) + event + b"\r\n")
+
+
+def broken_stream(conn, f, path):
+    """The stream's header and first event; /stall/: nothing more until the
+    proxy closes the connection; /cut/: the connection closes. Whether path
+    asked for one."""
+    if b"/stall/" not in path and b"/cut/" not in path:
+        return False
+    conn.sendall(first_event())
+    if b"/stall/" in path:
+        f.read()  # until the proxy closes the connection
+    return True
+
+
 def serve(conn):
     with conn, conn.makefile("rb") as f:
         conn.settimeout(30)
@@ -65,8 +90,12 @@ def serve(conn):
             if req[0] != b"POST":
                 conn.sendall(answer(METRICS, "text/plain; version=0.0.4", False))
                 return
+            if broken_stream(conn, f, req[1]):
+                return
             conn.sendall(answer(completion(), "application/json", True))
             second = read_request(f)  # read, then the connection closes unanswered
+            if second is not None and broken_stream(conn, f, second[1]):
+                return
             if second is not None and b"/hang/" in second[1]:
                 read_request(f)  # unanswered until the proxy closes the connection
         except OSError:
