@@ -53,8 +53,12 @@ for id in b1 b2 b3; do
   [[ -s "$work/$id.addr" ]] || die "fakellm $id did not start"
 done
 a=$(cat "$work/b1.addr") b=$(cat "$work/b2.addr") c=$(cat "$work/b3.addr")
-port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-rport=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+# Two distinct free ports: both sockets bound at once, so the OS cannot
+# hand the same port out twice.
+read -r port rport <<<"$(python3 -c 'import socket
+s = [socket.socket() for _ in range(2)]
+for x in s: x.bind(("127.0.0.1", 0))
+print(" ".join(str(x.getsockname()[1]) for x in s))')"
 
 mkdir -p "$work/prefix/logs" "$work/prefix/conf"
 # A load reading counts as fresh for 5 s (1 s by default): on a machine

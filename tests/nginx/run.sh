@@ -113,11 +113,16 @@ for id in spot-a spot-b od-1 hot edge multi stale; do
   for _ in $(seq 1 100); do [[ -s "$work/$id.addr" ]] && break; sleep 0.1; done
   [[ -s "$work/$id.addr" ]] || die "backend $id did not start"
 done
-free_port() { "$python" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
-port=$(free_port)
-eport=$(free_port)
-sport=$(free_port)
-oport=$(free_port)
+# Four ports nothing listens on, distinct: the four sockets are bound at
+# once, so the OS cannot hand the same port out twice (one bind, close and
+# bind again at a time could, and two servers then met on one port).
+free_ports() {
+  "$python" -c 'import socket
+s = [socket.socket() for _ in range(4)]
+for x in s: x.bind(("127.0.0.1", 0))
+print(" ".join(str(x.getsockname()[1]) for x in s))'
+}
+read -r port eport sport oport <<<"$(free_ports)"
 # A unix socket bound and never listened on: connect() to it fails at once
 # (ECONNREFUSED), as one to an unreachable network does.
 "$python" -c 'import socket, sys; socket.socket(socket.AF_UNIX).bind(sys.argv[1])' "$work/dead.sock"
@@ -657,10 +662,7 @@ kill -QUIT "$(cat "$work/prefix/logs/nginx.pid")"
 for _ in $(seq 1 50); do [[ -f "$work/prefix/logs/nginx.pid" ]] || break; sleep 0.1; done
 
 note "one worker under valgrind (master_process off, daemon off)"
-vport=$(free_port)
-eport=$(free_port)
-sport=$(free_port)
-oport=$(free_port)
+read -r vport eport sport oport <<<"$(free_ports)"
 conf valgrind.conf 1 off "$vport"
 valgrind --quiet --leak-check=full --errors-for-leak-kinds=definite,indirect \
   --error-exitcode=99 --suppressions="$here/nginx.supp" --log-file="$work/valgrind.log" \
