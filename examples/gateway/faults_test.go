@@ -331,6 +331,32 @@ func TestBrokenAnswerEndedByDoneIsResumed(t *testing.T) {
 	}
 }
 
+// A backend that does not implement n (llama.cpp's server, TGI, many
+// proxies) answers one choice, its finish_reason and [DONE] to a body
+// asking for two. That is a whole answer: the client gets [DONE], the
+// ticket ends OK, and the replica's error breaker (a threshold of 1)
+// counts nothing, so no client can open a healthy replica's breaker by
+// asking for n=2.
+func TestBackendIgnoringNGivesAWholeAnswer(t *testing.T) {
+	od := &fakeBackend{n: 10, choices: 1} // one choice whatever the body's n
+	srv, g := startRawGateway(t, map[string]http.Handler{"od-1": od},
+		map[string]string{"od-1": "on_demand"}, "-config", breakerOfOne(t))
+	body := strings.Replace(silverStream, `"stream":true,`, `"stream":true,"n":2,`, 1)
+	evs, timedOut := postChatFor(t, srv.URL, body, 5*time.Second)
+	if timedOut || lastEvent(evs) != "[DONE]" || textOf(evs) != want(10) {
+		t.Fatalf("timed out %v, text %q; last event %.300s", timedOut, textOf(evs), lastEvent(evs))
+	}
+	if s := replicaStatus(t, g, "od-1"); s.ConsecutiveErrors != 0 || s.Breaker != spotinfer.BreakerClosed {
+		t.Errorf("od-1: %d consecutive errors, breaker %v, for a whole answer", s.ConsecutiveErrors, s.Breaker)
+	}
+	m := get(t, srv.URL+"/metrics")
+	for _, s := range []string{`gateway_requests_total{outcome="ok"} 1`, `gateway_requests_total{outcome="failed"} 0`} {
+		if !strings.Contains(m, s) {
+			t.Errorf("/metrics lacks %s", s)
+		}
+	}
+}
+
 // A stream that is not replayed (gold) ends with the backend's own error
 // event, without [DONE]; its ticket ends as ERROR and it counts as failed.
 func TestBackendErrorEventEndsAStreamNotReplayed(t *testing.T) {

@@ -134,9 +134,19 @@ func (cs *choiceSet) add(ev *event) (several bool) {
 }
 
 // whole reports whether every choice has had its finish_reason: every one
-// seen, and as many as the body asked for.
+// seen, and as many as the body asked for. It decides whether a leg cut
+// before its [DONE] left the client a whole answer: with fewer choices
+// finished than asked, more may still have been coming.
 func (cs *choiceSet) whole() bool {
 	return len(cs.finished) > 0 && len(cs.finished) >= max(cs.asked, len(cs.seen))
+}
+
+// ended reports whether an answer the backend ended with [DONE] is whole:
+// at least one choice, and every choice seen has had its finish_reason.
+// The backend had the last word on how many choices there are: one that
+// does not implement n answers one, whatever the body asked.
+func (cs *choiceSet) ended() bool {
+	return len(cs.finished) > 0 && len(cs.finished) >= len(cs.seen)
 }
 
 // resumption is what the replay worker hands a waiting stream.
@@ -298,8 +308,8 @@ var (
 	errCut        = errors.New("interrupted")
 	errClientGone = errors.New("the client went away")
 	errDiverged   = errors.New("the replay diverged from what the client has")
-	// The backend ended the stream with [DONE] before every choice had its
-	// finish_reason.
+	// The backend ended the stream with [DONE] before every choice it sent
+	// had its finish_reason.
 	errNoFinish = errors.New("the backend ended the stream before its finish_reason")
 	// The backend sent an event with an error member.
 	errInBand = errors.New("the backend reported an error")
@@ -446,8 +456,8 @@ func (st *stream) relayLeg(w io.Writer, fl http.Flusher, resp *http.Response, l 
 			return false, rerr
 		}
 		if string(data) == "[DONE]" {
-			if !st.choices.whole() {
-				// The answer ended without its finish_reason: a backend
+			if !st.choices.ended() {
+				// A choice ended without its finish_reason: a backend
 				// that gave up on it, not a whole answer.
 				end(spotinfer.TicketError)
 				return false, errNoFinish
