@@ -415,6 +415,66 @@ func TestStreamThatKeepsBreakingIsGivenUp(t *testing.T) {
 	}
 }
 
+// openTicketOf is the ticket of the one stream the gateway relays, 0 when
+// none is registered.
+func openTicketOf(g *gateway) uint64 {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	for id := range g.open {
+		return id
+	}
+	return 0
+}
+
+// enqueuedAttempts is the attempts of each replay_enqueued event in the
+// gateway's -events file, in order.
+func enqueuedAttempts(t *testing.T, path string) []float64 {
+	t.Helper()
+	raw, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []float64
+	for _, line := range strings.Split(strings.TrimSpace(string(raw)), "\n") {
+		var e map[string]any
+		if json.Unmarshal([]byte(line), &e) == nil && e["event"] == "replay_enqueued" {
+			a, _ := e["attempts"].(float64)
+			out = append(out, a)
+		}
+	}
+	return out
+}
+
+// A replay that streams and is then cut by one more notice did not fail:
+// with replay.max_attempts 2, a long answer cut three times, each replay
+// giving the client more of it, is resumed every time and ends whole, each
+// envelope carrying 0 failed attempts. It used to be ended "after 2 failed
+// replays" at the third cut.
+func TestReplaysCutAfterStreamingAreNotFailures(t *testing.T) {
+	a := &fakeBackend{n: 400, delay: 4 * time.Millisecond}
+	od := &fakeBackend{n: 400, delay: 4 * time.Millisecond}
+	events := filepath.Join(t.TempDir(), "events.jsonl")
+	srv, g := startTestGateway(t, map[string]*fakeBackend{"spot-a": a, "od-1": od},
+		map[string]string{"spot-a": "spot", "od-1": "on_demand"}, "spotinfer", "-events", events,
+		"-replay", `{"store":"memory","max_attempts":2,"backoff_base_ms":10,"backoff_max_ms":10,"backoff_jitter":0}`)
+	go func() {
+		for i := 0; i < 3; i++ {
+			time.Sleep(250 * time.Millisecond) // each leg streams about 50 words first
+			var tk uint64
+			waitFor(2*time.Second, func() bool { tk = openTicketOf(g); return tk != 0 })
+			g.interrupt(tk)
+		}
+	}()
+	evs, timedOut := postChatFor(t, srv.URL, silverStream, 10*time.Second)
+	if timedOut || lastEvent(evs) != "[DONE]" || textOf(evs) != want(400) {
+		t.Fatalf("timed out %v, got %d words; last event %.300s", timedOut,
+			len(strings.Fields(textOf(evs))), lastEvent(evs))
+	}
+	if got := enqueuedAttempts(t, events); len(got) != 3 || got[0]+got[1]+got[2] != 0 {
+		t.Errorf("envelopes' attempts %v, want 3 envelopes of 0", got)
+	}
+}
+
 // The queue's retry settings are the engine's "replay" section with the
 // keys of -replay over it; the backoff doubles from the base up to the
 // most, shortened by up to the jitter.

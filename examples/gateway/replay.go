@@ -84,9 +84,9 @@ func (g *gateway) interrupt(ticket uint64) bool {
 // resumeAfterCut checkpoints the stream into the replay queue and waits
 // for a replay worker to hand back a continuation leg. A stream whose
 // continuations keep breaking is given up once replay.max_attempts replays
-// have failed, as the queue dead-letters an envelope nacked that often,
-// and each checkpoint after a failed replay waits out the queue's backoff
-// first.
+// in a row have failed, as the queue dead-letters an envelope nacked that
+// often, and each checkpoint after a failed replay waits out the queue's
+// backoff first.
 func (st *stream) resumeAfterCut(ctx context.Context, cause error) resumption {
 	g := st.g
 	st.mu.Lock()
@@ -135,7 +135,8 @@ func (st *stream) resumeAfterCut(ctx context.Context, cause error) resumption {
 	}
 	g.stats.replayEnqueued.Add(1)
 	g.events.write(map[string]any{"event": "replay_enqueued", "key": env.Key,
-		"offset": env.StreamOffset, "offset_estimated": estimated, "cause": cause.Error()})
+		"offset": env.StreamOffset, "offset_estimated": estimated, "attempts": env.Attempts,
+		"cause": cause.Error()})
 	select {
 	case g.wake <- struct{}{}:
 	default:

@@ -60,9 +60,11 @@ type stream struct {
 	// tokens holds an estimate: a leg's backend did not count its tokens.
 	estimated bool
 	cuts      uint32 // checkpoints so far: the envelope keys' sequence
-	// The failed replays so far, the Attempts of the next envelope: the
+	// The failed replays in a row, the Attempts of the next envelope: the
 	// nacks of the envelope whose leg feeds the stream, and that leg if it
-	// breaks. At replay.max_attempts the stream is given up.
+	// breaks before it gives the client any new text. A leg that gives
+	// some, or that a notice cuts, sets it back to 0. At
+	// replay.max_attempts the stream is given up.
 	failed uint32
 
 	// The client has had a finish_reason for every choice: the answer is
@@ -330,7 +332,18 @@ func (st *stream) relay(w http.ResponseWriter, ctx context.Context, resp *http.R
 		fl.Flush()
 	}
 	for {
+		st.mu.Lock()
+		had := st.text.Len()
+		st.mu.Unlock()
 		done, err := st.relayLeg(w, fl, resp, &l)
+		st.mu.Lock()
+		if st.text.Len() > had || errors.Is(err, errCut) {
+			// The replay worked: it gave the client more of the answer, or
+			// a notice cut it, which says nothing of the replay. The
+			// failures before it no longer count.
+			st.failed = 0
+		}
+		st.mu.Unlock()
 		resp.Body.Close()
 		if l.cancel != nil {
 			l.cancel()
@@ -390,7 +403,8 @@ func (st *stream) relay(w http.ResponseWriter, ctx context.Context, resp *http.R
 			return
 		}
 		resp, l = r.resp, r.leg
-		// Should this leg break too, that is one more failed replay.
+		// Should this leg break too before it gives the client anything
+		// new, that is one more failed replay.
 		st.mu.Lock()
 		st.failed = r.attempts + 1
 		st.mu.Unlock()
