@@ -139,6 +139,46 @@ func TestLongEventLineIsPassedWhole(t *testing.T) {
 	if !strings.Contains(evs[1], pad) {
 		t.Fatalf("the long event came through %d bytes long", len(evs[1]))
 	}
+	if m := get(t, srv.URL+"/metrics"); !strings.Contains(m, "gateway_long_event_bytes 0\n") {
+		t.Errorf("/metrics: the long event is still held")
+	}
+}
+
+// With -long-event-budget spent, an event over the reader's buffer ends
+// its stream with an error event naming the budget, and nothing is
+// allocated for it. The backend is not at fault: its ticket does not end
+// as ERROR (the breaker, at a threshold of 1, stays closed), and the
+// stream is not replayed.
+func TestLongEventOverTheBudgetEndsTheStream(t *testing.T) {
+	pad := strings.Repeat("x", 300<<10)
+	var n atomic.Int32
+	h := counting(&n, func(w http.ResponseWriter) {
+		fmt.Fprint(w, roleChunk)
+		fmt.Fprintf(w, "data: {\"id\":\"x\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\" w0\"},\"logprobs\":{\"pad\":%q}}]}\n\n", pad)
+		fmt.Fprint(w, "data: {\"id\":\"x\",\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"stop\"}]}\n\n")
+		fmt.Fprint(w, "data: [DONE]\n\n")
+	})
+	od := &fakeBackend{n: 10}
+	srv, g := startRawGateway(t, map[string]http.Handler{"spot-a": h, "od-1": od},
+		map[string]string{"spot-a": "spot", "od-1": "on_demand"}, "-config", breakerOfOne(t),
+		"-long-event-budget", "200000")
+	evs, timedOut := postChatFor(t, srv.URL, silverStream, 5*time.Second)
+	if timedOut || !strings.Contains(lastEvent(evs), `"error"`) || !strings.Contains(lastEvent(evs), "-long-event-budget") {
+		t.Fatalf("timed out %v; last event %.200s", timedOut, lastEvent(evs))
+	}
+	if n.Load() != 1 || len(od.bodies) != 0 {
+		t.Fatalf("spot-a got %d requests, od-1 %d: the stream was replayed", n.Load(), len(od.bodies))
+	}
+	if s := replicaStatus(t, g, "spot-a"); s.ConsecutiveErrors != 0 || s.Breaker != spotinfer.BreakerClosed {
+		t.Errorf("spot-a: %d consecutive errors, breaker %v", s.ConsecutiveErrors, s.Breaker)
+	}
+	m := get(t, srv.URL+"/metrics")
+	for _, s := range []string{`gateway_requests_total{outcome="failed"} 1`, `gateway_replays_total{step="enqueued"} 0`,
+		"gateway_long_event_bytes 0\n", "gateway_long_event_refusals_total 1\n"} {
+		if !strings.Contains(m, s) {
+			t.Errorf("/metrics lacks %s", s)
+		}
+	}
 }
 
 // An event over the gateway's bound (16 MiB) ends the stream with an error

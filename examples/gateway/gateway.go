@@ -45,6 +45,8 @@ type gateway struct {
 	events  *eventLog
 	stats   counters
 	timings timings
+	// Bytes held by the streams' readers for events over their buffer.
+	longEvents *byteBudget
 }
 
 func newGateway(o options) (*gateway, error) {
@@ -53,7 +55,8 @@ func newGateway(o options) (*gateway, error) {
 		return nil, err
 	}
 	g := &gateway{o: o, backends: list, byID: map[string]*backend{},
-		open: map[uint64]*stream{}, waiting: map[string]*stream{}, wake: make(chan struct{}, 1)}
+		open: map[uint64]*stream{}, waiting: map[string]*stream{}, wake: make(chan struct{}, 1),
+		longEvents: newByteBudget(o.longEventBudget)}
 	for _, b := range list {
 		g.byID[b.ID] = b
 	}

@@ -35,6 +35,7 @@ type options struct {
 	scrapeEvery, noticeEvery, readyWait, replayWait, queueWait     time.Duration
 	replayWorkers                                                  int
 	backendUsage                                                   bool
+	longEventBudget                                                int64
 }
 
 func parseFlags(args []string) (options, error) {
@@ -59,6 +60,10 @@ func parseFlags(args []string) (options, error) {
 		"ask streamed backends for their running token count (stream_options.continuous_usage_stats, "+
 			"as vLLM and SGLang send it; hidden from clients that did not ask); false for a backend "+
 			"that refuses the key: tokens are then estimated from the text")
+	fs.Int64Var(&o.longEventBudget, "long-event-budget", defaultLongEventBudget,
+		"bytes the streams may hold, all together, for server-sent events over their 64 KiB read buffer "+
+			"(an event takes up to twice its size while it is read); a stream whose event finds it "+
+			"spent ends with an error event")
 	if err := fs.Parse(args); err != nil {
 		return o, err
 	}
@@ -71,6 +76,8 @@ func parseFlags(args []string) (options, error) {
 		return o, fmt.Errorf("-balancer: spotinfer or roundrobin (got %q)", o.balancer)
 	case o.scrapeEvery <= 0 || o.noticeEvery <= 0 || o.replayWorkers < 1:
 		return o, errors.New("-scrape-interval, -notice-interval and -replay-workers must be positive")
+	case o.longEventBudget < 0:
+		return o, fmt.Errorf("-long-event-budget: 0 or more bytes (got %d)", o.longEventBudget)
 	}
 	return o, nil
 }

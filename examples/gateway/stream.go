@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
@@ -244,68 +243,6 @@ func (e *event) content() string {
 	return s
 }
 
-// maxEventBytes bounds one server-sent event's data (its data lines
-// together): an event is held whole before it is passed on, and a line
-// may be far longer than the reader's buffer (vLLM's prompt_logprobs, a
-// large tool-call delta). A backend that sends more in one event ends its
-// leg with errEventTooLong.
-const maxEventBytes = 16 << 20
-
-// errEventTooLong: an event over maxEventBytes. It says nothing of the
-// machine, so the stream is not replayed: another leg would send it again.
-var errEventTooLong = fmt.Errorf("an event over %d bytes", maxEventBytes)
-
-// sseReader yields the data of each server-sent event.
-type sseReader struct{ r *bufio.Reader }
-
-func (s *sseReader) next() ([]byte, error) {
-	var data []byte
-	for {
-		line, err := s.readLine(maxEventBytes - len(data))
-		if err != nil {
-			if err == io.EOF && len(line) == 0 && data != nil {
-				return data, nil
-			}
-			return nil, err
-		}
-		line = bytes.TrimRight(line, "\r\n")
-		if len(line) == 0 {
-			if data != nil {
-				return data, nil
-			}
-			continue
-		}
-		if bytes.HasPrefix(line, []byte("data:")) {
-			d := bytes.TrimPrefix(bytes.TrimPrefix(line, []byte("data:")), []byte(" "))
-			if len(data)+len(d) > maxEventBytes {
-				return nil, errEventTooLong
-			}
-			data = append(data, d...)
-		}
-	}
-}
-
-// readLine reads up to and with the next '\n'. A line that fits the
-// buffer is the buffer's (valid until the next read); a longer one is
-// gathered in a slice of its own, and one longer than limit (plus its line
-// end) is errEventTooLong.
-func (s *sseReader) readLine(limit int) ([]byte, error) {
-	line, err := s.r.ReadSlice('\n')
-	if !errors.Is(err, bufio.ErrBufferFull) {
-		return line, err
-	}
-	long := append([]byte(nil), line...)
-	for errors.Is(err, bufio.ErrBufferFull) {
-		// "data: " and "\r\n" do not count against the limit.
-		if len(long) > limit+len("data: \r\n") {
-			return nil, errEventTooLong
-		}
-		line, err = s.r.ReadSlice('\n')
-		long = append(long, line...)
-	}
-	return long, err
-}
-
 var (
 	errCut        = errors.New("interrupted")
 	errClientGone = errors.New("the client went away")
@@ -362,7 +299,7 @@ func (st *stream) relay(w http.ResponseWriter, ctx context.Context, resp *http.R
 				"answered differently from what was already sent")
 			return
 		}
-		if errors.Is(err, errEventTooLong) {
+		if tooLong(err) {
 			g.stats.failed.Add(1)
 			writeStreamError(w, fl, "the backend sent "+err.Error())
 			return
@@ -432,7 +369,8 @@ func (st *stream) relayLeg(w io.Writer, fl http.Flusher, resp *http.Response, l 
 	g := st.g
 	st.register(l)
 	defer st.unregister(l)
-	rd := &sseReader{r: bufio.NewReaderSize(resp.Body, 64<<10)}
+	rd := newSSEReader(resp.Body, g.longEvents)
+	defer rd.release()
 	var tally legTally
 	st.mu.Lock()
 	baseEstimated := st.estimated && l.offset > 0
@@ -452,6 +390,11 @@ func (st *stream) relayLeg(w io.Writer, fl http.Flusher, resp *http.Response, l 
 			if errors.Is(rerr, errEventTooLong) {
 				// The backend's answer, not its machine: not replayed.
 				end(spotinfer.TicketError)
+				return false, rerr
+			}
+			if errors.Is(rerr, errLongEventBudget) {
+				// The gateway's memory, not the replica's fault.
+				end(spotinfer.TicketCancelled)
 				return false, rerr
 			}
 			if st.wasCut() {
@@ -691,7 +634,8 @@ func (st *stream) relayPassive(w http.ResponseWriter, resp *http.Response) {
 	w.Header().Set("Content-Type", "text/event-stream")
 	w.Header().Set("Cache-Control", "no-cache")
 	w.WriteHeader(http.StatusOK)
-	rd := &sseReader{r: bufio.NewReaderSize(resp.Body, 64<<10)}
+	rd := newSSEReader(resp.Body, st.g.longEvents)
+	defer rd.release()
 	for {
 		data, err := rd.next()
 		if err != nil {
