@@ -515,6 +515,85 @@ func TestReplaysCutAfterStreamingAreNotFailures(t *testing.T) {
 	}
 }
 
+// A replay worker's lease on an envelope outlasts the continuation's
+// opens, the first and its reroutes, each up to the connect timeout and
+// -header-wait (which the transport applies): another worker cannot claim
+// the envelope meanwhile. -header-wait is more than 0 and at most 1h, so
+// the lease stays within the queue's bound of a day.
+func TestReplayLeaseCoversTheReroutes(t *testing.T) {
+	list := filepath.Join(t.TempDir(), "backends.json")
+	if err := os.WriteFile(list, []byte(`[{"id":"od-1","url":"http://127.0.0.1:1","pool":"on_demand",`+
+		`"zone":"z","instance_type":"g5.xlarge","usd_per_hour":1}]`), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, wait := range []string{"", "1ms", "90s", "1h"} {
+		args := []string{"-backends", list, "-balancer", "roundrobin"}
+		if wait != "" {
+			args = append(args, "-header-wait", wait)
+		}
+		o, err := parseFlags(args)
+		if err != nil {
+			t.Fatal(err)
+		}
+		g, err := newGateway(o)
+		if err != nil {
+			t.Fatal(err)
+		}
+		hw := g.client.Transport.(*http.Transport).ResponseHeaderTimeout
+		opens := time.Duration(maxReroutes+1) * (dialWait + hw)
+		if l := g.replayLease(); hw != o.headerWait || l < opens+10*time.Second || l > 24*time.Hour {
+			t.Errorf("-header-wait %q: headers awaited %v, lease %v for %v of opens", wait, hw, l, opens)
+		}
+		g.close()
+	}
+	for _, wait := range []string{"0s", "-1s", "61m"} {
+		if _, err := parseFlags([]string{"-backends", list, "-header-wait", wait}); err == nil {
+			t.Errorf("-header-wait %s taken", wait)
+		}
+	}
+}
+
+// A continuation whose backend sends no headers within -header-wait is a
+// failed replay, nacked and tried again: with replay.max_attempts 2 the
+// stream ends "after 2 failed replays" within a second, not after the
+// minutes a backend may take.
+func TestContinuationWithoutHeadersWithinTheWait(t *testing.T) {
+	var n atomic.Int32
+	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/metrics" {
+			(&fakeBackend{}).ServeHTTP(w, r)
+			return
+		}
+		io.Copy(io.Discard, r.Body)
+		if n.Add(1) > 1 {
+			select { // no headers until the gateway gives up
+			case <-r.Context().Done():
+			case <-time.After(5 * time.Second):
+			}
+			return
+		}
+		w.Header().Set("Content-Type", "text/event-stream")
+		fmt.Fprint(w, roleChunk)
+		fmt.Fprint(w, "data: {\"id\":\"x\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\" w0\"}}]}\n\n")
+		w.(http.Flusher).Flush()
+		if conn, _, err := w.(http.Hijacker).Hijack(); err == nil {
+			conn.Close()
+		}
+	})
+	srv, _ := startRawGateway(t, map[string]http.Handler{"od-1": h}, map[string]string{"od-1": "on_demand"},
+		"-header-wait", "200ms",
+		"-replay", `{"store":"memory","max_attempts":2,"backoff_base_ms":10,"backoff_max_ms":10,"backoff_jitter":0}`)
+	t0 := time.Now()
+	evs, timedOut := postChatFor(t, srv.URL, silverStream, 5*time.Second)
+	took := time.Since(t0)
+	if timedOut || took > 2*time.Second || !strings.Contains(lastEvent(evs), "after 2 failed replays") {
+		t.Fatalf("timed out %v after %v; last event %.300s", timedOut, took, lastEvent(evs))
+	}
+	if n.Load() != 3 {
+		t.Errorf("the backend got %d requests, want the first and 2 continuations", n.Load())
+	}
+}
+
 // The queue's retry settings are the engine's "replay" section with the
 // keys of -replay over it; the backoff doubles from the base up to the
 // most, shortened by up to the jitter.

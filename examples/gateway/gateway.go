@@ -20,6 +20,10 @@ import (
 
 const maxBodyBytes = 8 << 20
 
+// dialWait bounds connecting to a backend; -header-wait bounds the wait
+// for its response headers after that.
+const dialWait = 2 * time.Second
+
 type gateway struct {
 	o        options
 	eng      *spotinfer.Engine // nil with -balancer roundrobin
@@ -63,11 +67,11 @@ func newGateway(o options) (*gateway, error) {
 	// Streams have no overall timeout (answers can be long); connecting and
 	// waiting for headers do.
 	tr := &http.Transport{
-		DialContext:           (&net.Dialer{Timeout: 2 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
+		DialContext:           (&net.Dialer{Timeout: dialWait, KeepAlive: 30 * time.Second}).DialContext,
 		MaxIdleConns:          1024,
 		MaxIdleConnsPerHost:   256,
 		IdleConnTimeout:       90 * time.Second,
-		ResponseHeaderTimeout: 60 * time.Second,
+		ResponseHeaderTimeout: o.headerWait,
 		DisableCompression:    true,
 	}
 	g.client = &http.Client{Transport: tr}
