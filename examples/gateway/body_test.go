@@ -177,3 +177,36 @@ func TestSeveralChoices(t *testing.T) {
 		}
 	}
 }
+
+// At [DONE] an answer is whole when every choice the backend sent had its
+// finish_reason, however many the body asked for; before [DONE], as many
+// as asked must have had theirs.
+func TestChoicesEndedAndWhole(t *testing.T) {
+	for _, c := range []struct {
+		name         string
+		asked        int
+		events       []string
+		ended, whole bool
+	}{
+		{"none", 0, nil, false, false},
+		{"one finished", 0, []string{`{"choices":[{"index":0,"finish_reason":"stop"}]}`}, true, true},
+		{"one of n=2 sent, finished", 2, []string{`{"choices":[{"index":0,"finish_reason":"stop"}]}`}, true, false},
+		{"two sent, one finished", 2, []string{`{"choices":[{"index":0,"finish_reason":"stop"}]}`,
+			`{"choices":[{"index":1}]}`}, false, false},
+		{"two sent, both finished", 2, []string{`{"choices":[{"index":0,"finish_reason":"stop"}]}`,
+			`{"choices":[{"index":1,"finish_reason":"length"}]}`}, true, true},
+		{"sent, none finished", 0, []string{`{"choices":[{"index":0}]}`}, false, false},
+	} {
+		cs := choiceSet{asked: c.asked}
+		for _, e := range c.events {
+			var ev event
+			if err := decodeEvent([]byte(e), &ev); err != nil {
+				t.Fatalf("%s: %v", c.name, err)
+			}
+			cs.add(&ev)
+		}
+		if cs.ended() != c.ended || cs.whole() != c.whole {
+			t.Errorf("%s: ended %v whole %v, want %v %v", c.name, cs.ended(), cs.whole(), c.ended, c.whole)
+		}
+	}
+}

@@ -139,6 +139,46 @@ func TestLongEventLineIsPassedWhole(t *testing.T) {
 	if !strings.Contains(evs[1], pad) {
 		t.Fatalf("the long event came through %d bytes long", len(evs[1]))
 	}
+	if m := get(t, srv.URL+"/metrics"); !strings.Contains(m, "gateway_long_event_bytes 0\n") {
+		t.Errorf("/metrics: the long event is still held")
+	}
+}
+
+// With -long-event-budget spent, an event over the reader's buffer ends
+// its stream with an error event naming the budget, and nothing is
+// allocated for it. The backend is not at fault: its ticket does not end
+// as ERROR (the breaker, at a threshold of 1, stays closed), and the
+// stream is not replayed.
+func TestLongEventOverTheBudgetEndsTheStream(t *testing.T) {
+	pad := strings.Repeat("x", 300<<10)
+	var n atomic.Int32
+	h := counting(&n, func(w http.ResponseWriter) {
+		fmt.Fprint(w, roleChunk)
+		fmt.Fprintf(w, "data: {\"id\":\"x\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\" w0\"},\"logprobs\":{\"pad\":%q}}]}\n\n", pad)
+		fmt.Fprint(w, "data: {\"id\":\"x\",\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"stop\"}]}\n\n")
+		fmt.Fprint(w, "data: [DONE]\n\n")
+	})
+	od := &fakeBackend{n: 10}
+	srv, g := startRawGateway(t, map[string]http.Handler{"spot-a": h, "od-1": od},
+		map[string]string{"spot-a": "spot", "od-1": "on_demand"}, "-config", breakerOfOne(t),
+		"-long-event-budget", "200000")
+	evs, timedOut := postChatFor(t, srv.URL, silverStream, 5*time.Second)
+	if timedOut || !strings.Contains(lastEvent(evs), `"error"`) || !strings.Contains(lastEvent(evs), "-long-event-budget") {
+		t.Fatalf("timed out %v; last event %.200s", timedOut, lastEvent(evs))
+	}
+	if n.Load() != 1 || len(od.bodies) != 0 {
+		t.Fatalf("spot-a got %d requests, od-1 %d: the stream was replayed", n.Load(), len(od.bodies))
+	}
+	if s := replicaStatus(t, g, "spot-a"); s.ConsecutiveErrors != 0 || s.Breaker != spotinfer.BreakerClosed {
+		t.Errorf("spot-a: %d consecutive errors, breaker %v", s.ConsecutiveErrors, s.Breaker)
+	}
+	m := get(t, srv.URL+"/metrics")
+	for _, s := range []string{`gateway_requests_total{outcome="failed"} 1`, `gateway_replays_total{step="enqueued"} 0`,
+		"gateway_long_event_bytes 0\n", "gateway_long_event_refusals_total 1\n"} {
+		if !strings.Contains(m, s) {
+			t.Errorf("/metrics lacks %s", s)
+		}
+	}
 }
 
 // An event over the gateway's bound (16 MiB) ends the stream with an error
@@ -331,6 +371,32 @@ func TestBrokenAnswerEndedByDoneIsResumed(t *testing.T) {
 	}
 }
 
+// A backend that does not implement n (llama.cpp's server, TGI, many
+// proxies) answers one choice, its finish_reason and [DONE] to a body
+// asking for two. That is a whole answer: the client gets [DONE], the
+// ticket ends OK, and the replica's error breaker (a threshold of 1)
+// counts nothing, so no client can open a healthy replica's breaker by
+// asking for n=2.
+func TestBackendIgnoringNGivesAWholeAnswer(t *testing.T) {
+	od := &fakeBackend{n: 10, choices: 1} // one choice whatever the body's n
+	srv, g := startRawGateway(t, map[string]http.Handler{"od-1": od},
+		map[string]string{"od-1": "on_demand"}, "-config", breakerOfOne(t))
+	body := strings.Replace(silverStream, `"stream":true,`, `"stream":true,"n":2,`, 1)
+	evs, timedOut := postChatFor(t, srv.URL, body, 5*time.Second)
+	if timedOut || lastEvent(evs) != "[DONE]" || textOf(evs) != want(10) {
+		t.Fatalf("timed out %v, text %q; last event %.300s", timedOut, textOf(evs), lastEvent(evs))
+	}
+	if s := replicaStatus(t, g, "od-1"); s.ConsecutiveErrors != 0 || s.Breaker != spotinfer.BreakerClosed {
+		t.Errorf("od-1: %d consecutive errors, breaker %v, for a whole answer", s.ConsecutiveErrors, s.Breaker)
+	}
+	m := get(t, srv.URL+"/metrics")
+	for _, s := range []string{`gateway_requests_total{outcome="ok"} 1`, `gateway_requests_total{outcome="failed"} 0`} {
+		if !strings.Contains(m, s) {
+			t.Errorf("/metrics lacks %s", s)
+		}
+	}
+}
+
 // A stream that is not replayed (gold) ends with the backend's own error
 // event, without [DONE]; its ticket ends as ERROR and it counts as failed.
 func TestBackendErrorEventEndsAStreamNotReplayed(t *testing.T) {
@@ -386,6 +452,145 @@ func TestStreamThatKeepsBreakingIsGivenUp(t *testing.T) {
 		if !strings.Contains(m, s) {
 			t.Errorf("/metrics lacks %s", s)
 		}
+	}
+}
+
+// openTicketOf is the ticket of the one stream the gateway relays, 0 when
+// none is registered.
+func openTicketOf(g *gateway) uint64 {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	for id := range g.open {
+		return id
+	}
+	return 0
+}
+
+// enqueuedAttempts is the attempts of each replay_enqueued event in the
+// gateway's -events file, in order.
+func enqueuedAttempts(t *testing.T, path string) []float64 {
+	t.Helper()
+	raw, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []float64
+	for _, line := range strings.Split(strings.TrimSpace(string(raw)), "\n") {
+		var e map[string]any
+		if json.Unmarshal([]byte(line), &e) == nil && e["event"] == "replay_enqueued" {
+			a, _ := e["attempts"].(float64)
+			out = append(out, a)
+		}
+	}
+	return out
+}
+
+// A replay that streams and is then cut by one more notice did not fail:
+// with replay.max_attempts 2, a long answer cut three times, each replay
+// giving the client more of it, is resumed every time and ends whole, each
+// envelope carrying 0 failed attempts. It used to be ended "after 2 failed
+// replays" at the third cut.
+func TestReplaysCutAfterStreamingAreNotFailures(t *testing.T) {
+	a := &fakeBackend{n: 400, delay: 4 * time.Millisecond}
+	od := &fakeBackend{n: 400, delay: 4 * time.Millisecond}
+	events := filepath.Join(t.TempDir(), "events.jsonl")
+	srv, g := startTestGateway(t, map[string]*fakeBackend{"spot-a": a, "od-1": od},
+		map[string]string{"spot-a": "spot", "od-1": "on_demand"}, "spotinfer", "-events", events,
+		"-replay", `{"store":"memory","max_attempts":2,"backoff_base_ms":10,"backoff_max_ms":10,"backoff_jitter":0}`)
+	go func() {
+		for i := 0; i < 3; i++ {
+			time.Sleep(250 * time.Millisecond) // each leg streams about 50 words first
+			var tk uint64
+			waitFor(2*time.Second, func() bool { tk = openTicketOf(g); return tk != 0 })
+			g.interrupt(tk)
+		}
+	}()
+	evs, timedOut := postChatFor(t, srv.URL, silverStream, 10*time.Second)
+	if timedOut || lastEvent(evs) != "[DONE]" || textOf(evs) != want(400) {
+		t.Fatalf("timed out %v, got %d words; last event %.300s", timedOut,
+			len(strings.Fields(textOf(evs))), lastEvent(evs))
+	}
+	if got := enqueuedAttempts(t, events); len(got) != 3 || got[0]+got[1]+got[2] != 0 {
+		t.Errorf("envelopes' attempts %v, want 3 envelopes of 0", got)
+	}
+}
+
+// A replay worker's lease on an envelope outlasts the continuation's
+// opens, the first and its reroutes, each up to the connect timeout and
+// -header-wait (which the transport applies): another worker cannot claim
+// the envelope meanwhile. -header-wait is more than 0 and at most 1h, so
+// the lease stays within the queue's bound of a day.
+func TestReplayLeaseCoversTheReroutes(t *testing.T) {
+	list := filepath.Join(t.TempDir(), "backends.json")
+	if err := os.WriteFile(list, []byte(`[{"id":"od-1","url":"http://127.0.0.1:1","pool":"on_demand",`+
+		`"zone":"z","instance_type":"g5.xlarge","usd_per_hour":1}]`), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, wait := range []string{"", "1ms", "90s", "1h"} {
+		args := []string{"-backends", list, "-balancer", "roundrobin"}
+		if wait != "" {
+			args = append(args, "-header-wait", wait)
+		}
+		o, err := parseFlags(args)
+		if err != nil {
+			t.Fatal(err)
+		}
+		g, err := newGateway(o)
+		if err != nil {
+			t.Fatal(err)
+		}
+		hw := g.client.Transport.(*http.Transport).ResponseHeaderTimeout
+		opens := time.Duration(maxReroutes+1) * (dialWait + hw)
+		if l := g.replayLease(); hw != o.headerWait || l < opens+10*time.Second || l > 24*time.Hour {
+			t.Errorf("-header-wait %q: headers awaited %v, lease %v for %v of opens", wait, hw, l, opens)
+		}
+		g.close()
+	}
+	for _, wait := range []string{"0s", "-1s", "61m"} {
+		if _, err := parseFlags([]string{"-backends", list, "-header-wait", wait}); err == nil {
+			t.Errorf("-header-wait %s taken", wait)
+		}
+	}
+}
+
+// A continuation whose backend sends no headers within -header-wait is a
+// failed replay, nacked and tried again: with replay.max_attempts 2 the
+// stream ends "after 2 failed replays" within a second, not after the
+// minutes a backend may take.
+func TestContinuationWithoutHeadersWithinTheWait(t *testing.T) {
+	var n atomic.Int32
+	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/metrics" {
+			(&fakeBackend{}).ServeHTTP(w, r)
+			return
+		}
+		io.Copy(io.Discard, r.Body)
+		if n.Add(1) > 1 {
+			select { // no headers until the gateway gives up
+			case <-r.Context().Done():
+			case <-time.After(5 * time.Second):
+			}
+			return
+		}
+		w.Header().Set("Content-Type", "text/event-stream")
+		fmt.Fprint(w, roleChunk)
+		fmt.Fprint(w, "data: {\"id\":\"x\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\" w0\"}}]}\n\n")
+		w.(http.Flusher).Flush()
+		if conn, _, err := w.(http.Hijacker).Hijack(); err == nil {
+			conn.Close()
+		}
+	})
+	srv, _ := startRawGateway(t, map[string]http.Handler{"od-1": h}, map[string]string{"od-1": "on_demand"},
+		"-header-wait", "200ms",
+		"-replay", `{"store":"memory","max_attempts":2,"backoff_base_ms":10,"backoff_max_ms":10,"backoff_jitter":0}`)
+	t0 := time.Now()
+	evs, timedOut := postChatFor(t, srv.URL, silverStream, 5*time.Second)
+	took := time.Since(t0)
+	if timedOut || took > 2*time.Second || !strings.Contains(lastEvent(evs), "after 2 failed replays") {
+		t.Fatalf("timed out %v after %v; last event %.300s", timedOut, took, lastEvent(evs))
+	}
+	if n.Load() != 3 {
+		t.Errorf("the backend got %d requests, want the first and 2 continuations", n.Load())
 	}
 }
 

@@ -20,6 +20,10 @@ import (
 
 const maxBodyBytes = 8 << 20
 
+// dialWait bounds connecting to a backend; -header-wait bounds the wait
+// for its response headers after that.
+const dialWait = 2 * time.Second
+
 type gateway struct {
 	o        options
 	eng      *spotinfer.Engine // nil with -balancer roundrobin
@@ -45,6 +49,8 @@ type gateway struct {
 	events  *eventLog
 	stats   counters
 	timings timings
+	// Bytes held by the streams' readers for events over their buffer.
+	longEvents *byteBudget
 }
 
 func newGateway(o options) (*gateway, error) {
@@ -53,18 +59,19 @@ func newGateway(o options) (*gateway, error) {
 		return nil, err
 	}
 	g := &gateway{o: o, backends: list, byID: map[string]*backend{},
-		open: map[uint64]*stream{}, waiting: map[string]*stream{}, wake: make(chan struct{}, 1)}
+		open: map[uint64]*stream{}, waiting: map[string]*stream{}, wake: make(chan struct{}, 1),
+		longEvents: newByteBudget(o.longEventBudget)}
 	for _, b := range list {
 		g.byID[b.ID] = b
 	}
 	// Streams have no overall timeout (answers can be long); connecting and
 	// waiting for headers do.
 	tr := &http.Transport{
-		DialContext:           (&net.Dialer{Timeout: 2 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
+		DialContext:           (&net.Dialer{Timeout: dialWait, KeepAlive: 30 * time.Second}).DialContext,
 		MaxIdleConns:          1024,
 		MaxIdleConnsPerHost:   256,
 		IdleConnTimeout:       90 * time.Second,
-		ResponseHeaderTimeout: 60 * time.Second,
+		ResponseHeaderTimeout: o.headerWait,
 		DisableCompression:    true,
 	}
 	g.client = &http.Client{Transport: tr}
@@ -324,6 +331,11 @@ func (g *gateway) serveRouted(w http.ResponseWriter, r *http.Request, body []byt
 				g.stats.cancelled.Add(1)
 				return
 			}
+			if errors.Is(err, spotinfer.ErrFull) {
+				// Routed again, it found every ticket open.
+				g.overloaded(w, err)
+				return
+			}
 			g.stats.failed.Add(1)
 			apiError(w, http.StatusBadGateway, "upstream_error", err.Error())
 			return
@@ -370,10 +382,7 @@ func (g *gateway) decide(w http.ResponseWriter, r *http.Request, body []byte,
 		w.Header().Set("Retry-After", "1")
 		apiError(w, http.StatusServiceUnavailable, "unavailable", "no capacity: "+d.Reason)
 	case errors.Is(err, spotinfer.ErrFull):
-		// router.max_tickets requests are open: overload, not a fault.
-		g.stats.overloaded.Add(1)
-		w.Header().Set("Retry-After", "1")
-		apiError(w, http.StatusServiceUnavailable, "unavailable", "overloaded: "+err.Error())
+		g.overloaded(w, err)
 	case errors.Is(err, context.Canceled):
 		g.stats.cancelled.Add(1)
 	default:
@@ -396,6 +405,14 @@ func (g *gateway) decide(w http.ResponseWriter, r *http.Request, body []byte,
 	return d, started, nil, false
 }
 
+// overloaded answers a route that found every ticket open
+// (router.max_tickets requests are open): overload, not a fault.
+func (g *gateway) overloaded(w http.ResponseWriter, err error) {
+	g.stats.overloaded.Add(1)
+	w.Header().Set("Retry-After", "1")
+	apiError(w, http.StatusServiceUnavailable, "unavailable", "overloaded: "+err.Error())
+}
+
 // firstLeg sends the request to the chosen replica. A try that cannot
 // reach its replica or gets a 5xx before the first byte ends its ticket
 // (as ERROR, which the replica's error breaker counts, unless it was cut
@@ -405,7 +422,9 @@ func (g *gateway) decide(w http.ResponseWriter, r *http.Request, body []byte,
 // without one did not. There are at most as many tries as the first
 // decision names replicas (its choice and its fallbacks); a route that
 // finds none (no capacity, shed, still queued after -queue-wait) ends them
-// with the last try's error. req is the request d was routed with, still parsed.
+// with the last try's error, and one that finds every ticket open with its
+// own (ErrFull), which the client gets as from a first route. req is the
+// request d was routed with, still parsed.
 func (g *gateway) firstLeg(ctx context.Context, cancel context.CancelFunc, st *stream,
 	req *spotinfer.Request, body []byte, d spotinfer.Decision, attempt int) (*http.Response, leg, error) {
 	tries := min(1+len(d.FallbackIDs), spotinfer.MaxExcluded+1)
@@ -417,7 +436,10 @@ func (g *gateway) firstLeg(ctx context.Context, cancel context.CancelFunc, st *s
 		if try == tries || ctx.Err() != nil {
 			return nil, leg{}, err
 		}
-		next, ok := g.routeAgain(ctx, st, req, d.ReplicaID, attempt, try+1)
+		next, ok, full := g.routeAgain(ctx, st, req, d.ReplicaID, attempt, try+1)
+		if full != nil {
+			return nil, leg{}, full
+		}
 		if !ok {
 			return nil, leg{}, err
 		}
@@ -462,23 +484,27 @@ func (g *gateway) try(ctx context.Context, cancel context.CancelFunc, st *stream
 
 // routeAgain routes req once more, for its try number try (the first is
 // 1), with the replica that just failed it excluded too (the earlier ones
-// still are); ok is false when the library places it nowhere. A request
-// the library queues (bronze whose spot replicas are all tried) is held
-// as a first route is, for spot capacity to come back, within what is
-// left of the request's -queue-wait.
+// still are); ok is false when the library places it nowhere, and full is
+// then the route's error when that is because every ticket is open
+// (ErrFull). A request the library queues (bronze whose spot replicas are
+// all tried) is held as a first route is, for spot capacity to come back,
+// within what is left of the request's -queue-wait.
 func (g *gateway) routeAgain(ctx context.Context, st *stream, req *spotinfer.Request,
-	failed string, attempt, try int) (spotinfer.Decision, bool) {
+	failed string, attempt, try int) (d spotinfer.Decision, ok bool, full error) {
 	if req.ExcludeReplica(failed) != nil {
-		return spotinfer.Decision{}, false
+		return spotinfer.Decision{}, false, nil
 	}
 	d, spent, t0, err := g.routeHeld(ctx, st.heldUntil, req.Route)
 	g.timings.decision.add(spent)
+	if errors.Is(err, spotinfer.ErrFull) {
+		return d, false, err
+	}
 	if err != nil || !d.Serving() {
-		return d, false
+		return d, false, nil
 	}
 	g.stats.fallbacks.Add(1)
 	g.logRoute(st.key, d, t0, map[string]any{"attempt": attempt, "try": try})
-	return d, true
+	return d, true, nil
 }
 
 // logRoute writes a decision's route event, routed from started, with the

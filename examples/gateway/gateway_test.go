@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -848,6 +849,93 @@ func TestQueuedRetryGivesUpAfterTheQueueWait(t *testing.T) {
 	for id := range backends {
 		if s := replicaStatus(t, g, id); s.Inflight != 0 {
 			t.Errorf("%s: %d in flight", id, s.Inflight)
+		}
+	}
+}
+
+// A retry whose route finds every ticket open (router.max_tickets) is
+// overload, as a first route finding it is: 503 with Retry-After, counted
+// as overloaded, not a 502 with the failed try's error. Here the retry is
+// held queued (bronze, its spot replicas tried or draining) while the
+// test takes every ticket, then a spot replica comes back.
+func TestRetryFindingEveryTicketOpenIs503(t *testing.T) {
+	var g *gateway
+	backends := spotFailsAndOtherDrains(t, &g, 0)
+	var failed atomic.Bool
+	for _, id := range []string{"spot-a", "spot-b"} {
+		onFail := backends[id].onFail
+		backends[id].onFail = func() { onFail(); failed.Store(true) }
+	}
+	srv, gw := startTestGateway(t, backends,
+		map[string]string{"spot-a": "spot", "spot-b": "spot", "od-1": "on_demand"}, "spotinfer",
+		"-config", ticketsConfig(t), "-queue-wait", "5s")
+	g = gw
+	answer := make(chan *http.Response, 1)
+	go func() {
+		resp, err := http.Post(srv.URL+"/v1/chat/completions", "application/json", strings.NewReader(bronzeStream))
+		if err != nil {
+			t.Error(err)
+		}
+		answer <- resp
+	}()
+	// The failed try's ticket has ended: the retry is held without one.
+	if !waitFor(3*time.Second, func() bool {
+		inflight := uint32(0)
+		for id := range backends {
+			inflight += replicaStatus(t, g, id).Inflight
+		}
+		return failed.Load() && inflight == 0
+	}) {
+		t.Fatal("the first try did not fail")
+	}
+	var held []spotinfer.Ticket
+	defer func() {
+		for _, tk := range held {
+			g.finish(tk, spotinfer.TicketResult{Status: spotinfer.TicketOK})
+		}
+	}()
+	for i := 0; i < 32; i++ {
+		req, err := g.eng.ParseOpenAI([]byte(silverStream), spotinfer.OpenAIChat)
+		if err != nil {
+			t.Fatal(err)
+		}
+		d, err := req.Route()
+		req.Close()
+		if errors.Is(err, spotinfer.ErrFull) {
+			break
+		}
+		if err != nil {
+			t.Fatalf("route %d: %v", i, err)
+		}
+		held = append(held, d.Ticket)
+	}
+	if len(held) != 16 {
+		t.Fatalf("took %d tickets, want all 16", len(held))
+	}
+	for _, id := range []string{"spot-a", "spot-b"} {
+		if err := g.eng.SetReplicaState(id, spotinfer.ReplicaActive); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var resp *http.Response
+	select {
+	case resp = <-answer:
+	case <-time.After(5 * time.Second):
+		t.Fatal("no answer")
+	}
+	if resp == nil {
+		return
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusServiceUnavailable || resp.Header.Get("Retry-After") == "" ||
+		!strings.Contains(string(b), "overloaded") {
+		t.Fatalf("status %d, Retry-After %q: %s", resp.StatusCode, resp.Header.Get("Retry-After"), b)
+	}
+	m := get(t, srv.URL+"/metrics")
+	for _, s := range []string{`gateway_requests_total{outcome="overloaded"} 1`, `gateway_requests_total{outcome="failed"} 0`} {
+		if !strings.Contains(m, s) {
+			t.Errorf("/metrics lacks %s", s)
 		}
 	}
 }

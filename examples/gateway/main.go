@@ -33,8 +33,10 @@ type options struct {
 	addr, addrFile, configPath, backendsPath, eventsPath, balancer string
 	replayConfig                                                   string
 	scrapeEvery, noticeEvery, readyWait, replayWait, queueWait     time.Duration
+	headerWait                                                     time.Duration
 	replayWorkers                                                  int
 	backendUsage                                                   bool
+	longEventBudget                                                int64
 }
 
 func parseFlags(args []string) (options, error) {
@@ -54,11 +56,18 @@ func parseFlags(args []string) (options, error) {
 	fs.DurationVar(&o.readyWait, "ready-wait", 5*time.Second, "longest wait for a first load reading of every backend")
 	fs.DurationVar(&o.replayWait, "replay-wait", 60*time.Second, "longest a cut stream waits to be resumed")
 	fs.DurationVar(&o.queueWait, "queue-wait", 2*time.Second, "longest a request the library queues is held, over all of its routes")
+	fs.DurationVar(&o.headerWait, "header-wait", 60*time.Second,
+		"longest wait for a backend's response headers once connected (its prefill included), up to 1h; "+
+			"a replay worker's claim on an envelope is leased long enough for 4 such waits")
 	fs.IntVar(&o.replayWorkers, "replay-workers", 4, "goroutines resuming streams from the replay queue")
 	fs.BoolVar(&o.backendUsage, "backend-usage", true,
 		"ask streamed backends for their running token count (stream_options.continuous_usage_stats, "+
 			"as vLLM and SGLang send it; hidden from clients that did not ask); false for a backend "+
 			"that refuses the key: tokens are then estimated from the text")
+	fs.Int64Var(&o.longEventBudget, "long-event-budget", defaultLongEventBudget,
+		"bytes the streams may hold, all together, for server-sent events over their 64 KiB read buffer "+
+			"(an event takes up to twice its size while it is read); a stream whose event finds it "+
+			"spent ends with an error event")
 	if err := fs.Parse(args); err != nil {
 		return o, err
 	}
@@ -71,6 +80,10 @@ func parseFlags(args []string) (options, error) {
 		return o, fmt.Errorf("-balancer: spotinfer or roundrobin (got %q)", o.balancer)
 	case o.scrapeEvery <= 0 || o.noticeEvery <= 0 || o.replayWorkers < 1:
 		return o, errors.New("-scrape-interval, -notice-interval and -replay-workers must be positive")
+	case o.headerWait <= 0 || o.headerWait > time.Hour:
+		return o, fmt.Errorf("-header-wait: more than 0, at most 1h (got %v)", o.headerWait)
+	case o.longEventBudget < 0:
+		return o, fmt.Errorf("-long-event-budget: 0 or more bytes (got %d)", o.longEventBudget)
 	}
 	return o, nil
 }

@@ -49,6 +49,12 @@ func (g *gateway) metrics(w http.ResponseWriter, r *http.Request) {
 	}{{"enqueued", s.replayEnqueued.Load()}, {"resumed", s.replayResumed.Load()}, {"failed", s.replayFailed.Load()}} {
 		fmt.Fprintf(&b, "gateway_replays_total{step=%q} %d\n", o.name, o.v)
 	}
+	if lb := g.longEvents; lb != nil {
+		fmt.Fprintf(&b, "# HELP gateway_long_event_bytes Bytes held for server-sent events over a stream's read buffer, "+
+			"against -long-event-budget.\n# TYPE gateway_long_event_bytes gauge\ngateway_long_event_bytes %d\n", lb.held())
+		counter("gateway_long_event_refusals_total", "Events over a stream's read buffer refused: -long-event-budget was spent.",
+			lb.refused.Load())
+	}
 	if g.queue != nil {
 		// With its store unreachable the queue's gauges would read 0: left out.
 		if qs, err := g.queue.Stats(); err == nil && !qs.StoreUnreachable {

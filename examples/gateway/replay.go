@@ -84,9 +84,9 @@ func (g *gateway) interrupt(ticket uint64) bool {
 // resumeAfterCut checkpoints the stream into the replay queue and waits
 // for a replay worker to hand back a continuation leg. A stream whose
 // continuations keep breaking is given up once replay.max_attempts replays
-// have failed, as the queue dead-letters an envelope nacked that often,
-// and each checkpoint after a failed replay waits out the queue's backoff
-// first.
+// in a row have failed, as the queue dead-letters an envelope nacked that
+// often, and each checkpoint after a failed replay waits out the queue's
+// backoff first.
 func (st *stream) resumeAfterCut(ctx context.Context, cause error) resumption {
 	g := st.g
 	st.mu.Lock()
@@ -135,7 +135,8 @@ func (st *stream) resumeAfterCut(ctx context.Context, cause error) resumption {
 	}
 	g.stats.replayEnqueued.Add(1)
 	g.events.write(map[string]any{"event": "replay_enqueued", "key": env.Key,
-		"offset": env.StreamOffset, "offset_estimated": estimated, "cause": cause.Error()})
+		"offset": env.StreamOffset, "offset_estimated": estimated, "attempts": env.Attempts,
+		"cause": cause.Error()})
 	select {
 	case g.wake <- struct{}{}:
 	default:
@@ -164,8 +165,7 @@ func (g *gateway) replayWorker(ctx context.Context) {
 	poll := time.NewTicker(25 * time.Millisecond)
 	defer poll.Stop()
 	for {
-		// The lease outlasts the longest wait for a backend's headers.
-		c, ok, err := g.queue.Claim(all, replayLeaseMs)
+		c, ok, err := g.queue.Claim(all, g.replayLease().Milliseconds())
 		if err != nil || !ok {
 			select {
 			case <-ctx.Done():
@@ -282,7 +282,18 @@ func (g *gateway) discard(r resumption) {
 
 var errUpstream = errors.New("upstream")
 
-const replayLeaseMs = 90000
+// replayLease is a claim's lease. It outlasts resumeClaim: up to
+// maxReroutes+1 opens of the continuation (it is routed again each time a
+// REPLAY plan cuts it before its first byte), each waiting at most to
+// connect and then -header-wait for the backend's headers, with time to
+// spare for the rest. A lease that ran out would let another worker claim
+// the envelope while this one still opens its leg.
+func (g *gateway) replayLease() time.Duration {
+	return time.Duration(maxReroutes+1)*(dialWait+g.o.headerWait) + leaseSpare
+}
+
+// leaseSpare is the lease's time beyond its opens' waits.
+const leaseSpare = 30 * time.Second
 
 // openContinuation routes the continuation body and opens its leg.
 // scratch: the body is the request as it came (a from-scratch replay),

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
@@ -60,9 +59,11 @@ type stream struct {
 	// tokens holds an estimate: a leg's backend did not count its tokens.
 	estimated bool
 	cuts      uint32 // checkpoints so far: the envelope keys' sequence
-	// The failed replays so far, the Attempts of the next envelope: the
+	// The failed replays in a row, the Attempts of the next envelope: the
 	// nacks of the envelope whose leg feeds the stream, and that leg if it
-	// breaks. At replay.max_attempts the stream is given up.
+	// breaks before it gives the client any new text. A leg that gives
+	// some, or that a notice cuts, sets it back to 0. At
+	// replay.max_attempts the stream is given up.
 	failed uint32
 
 	// The client has had a finish_reason for every choice: the answer is
@@ -134,9 +135,19 @@ func (cs *choiceSet) add(ev *event) (several bool) {
 }
 
 // whole reports whether every choice has had its finish_reason: every one
-// seen, and as many as the body asked for.
+// seen, and as many as the body asked for. It decides whether a leg cut
+// before its [DONE] left the client a whole answer: with fewer choices
+// finished than asked, more may still have been coming.
 func (cs *choiceSet) whole() bool {
 	return len(cs.finished) > 0 && len(cs.finished) >= max(cs.asked, len(cs.seen))
+}
+
+// ended reports whether an answer the backend ended with [DONE] is whole:
+// at least one choice, and every choice seen has had its finish_reason.
+// The backend had the last word on how many choices there are: one that
+// does not implement n answers one, whatever the body asked.
+func (cs *choiceSet) ended() bool {
+	return len(cs.finished) > 0 && len(cs.finished) >= len(cs.seen)
 }
 
 // resumption is what the replay worker hands a waiting stream.
@@ -232,74 +243,12 @@ func (e *event) content() string {
 	return s
 }
 
-// maxEventBytes bounds one server-sent event's data (its data lines
-// together): an event is held whole before it is passed on, and a line
-// may be far longer than the reader's buffer (vLLM's prompt_logprobs, a
-// large tool-call delta). A backend that sends more in one event ends its
-// leg with errEventTooLong.
-const maxEventBytes = 16 << 20
-
-// errEventTooLong: an event over maxEventBytes. It says nothing of the
-// machine, so the stream is not replayed: another leg would send it again.
-var errEventTooLong = fmt.Errorf("an event over %d bytes", maxEventBytes)
-
-// sseReader yields the data of each server-sent event.
-type sseReader struct{ r *bufio.Reader }
-
-func (s *sseReader) next() ([]byte, error) {
-	var data []byte
-	for {
-		line, err := s.readLine(maxEventBytes - len(data))
-		if err != nil {
-			if err == io.EOF && len(line) == 0 && data != nil {
-				return data, nil
-			}
-			return nil, err
-		}
-		line = bytes.TrimRight(line, "\r\n")
-		if len(line) == 0 {
-			if data != nil {
-				return data, nil
-			}
-			continue
-		}
-		if bytes.HasPrefix(line, []byte("data:")) {
-			d := bytes.TrimPrefix(bytes.TrimPrefix(line, []byte("data:")), []byte(" "))
-			if len(data)+len(d) > maxEventBytes {
-				return nil, errEventTooLong
-			}
-			data = append(data, d...)
-		}
-	}
-}
-
-// readLine reads up to and with the next '\n'. A line that fits the
-// buffer is the buffer's (valid until the next read); a longer one is
-// gathered in a slice of its own, and one longer than limit (plus its line
-// end) is errEventTooLong.
-func (s *sseReader) readLine(limit int) ([]byte, error) {
-	line, err := s.r.ReadSlice('\n')
-	if !errors.Is(err, bufio.ErrBufferFull) {
-		return line, err
-	}
-	long := append([]byte(nil), line...)
-	for errors.Is(err, bufio.ErrBufferFull) {
-		// "data: " and "\r\n" do not count against the limit.
-		if len(long) > limit+len("data: \r\n") {
-			return nil, errEventTooLong
-		}
-		line, err = s.r.ReadSlice('\n')
-		long = append(long, line...)
-	}
-	return long, err
-}
-
 var (
 	errCut        = errors.New("interrupted")
 	errClientGone = errors.New("the client went away")
 	errDiverged   = errors.New("the replay diverged from what the client has")
-	// The backend ended the stream with [DONE] before every choice had its
-	// finish_reason.
+	// The backend ended the stream with [DONE] before every choice it sent
+	// had its finish_reason.
 	errNoFinish = errors.New("the backend ended the stream before its finish_reason")
 	// The backend sent an event with an error member.
 	errInBand = errors.New("the backend reported an error")
@@ -320,7 +269,18 @@ func (st *stream) relay(w http.ResponseWriter, ctx context.Context, resp *http.R
 		fl.Flush()
 	}
 	for {
+		st.mu.Lock()
+		had := st.text.Len()
+		st.mu.Unlock()
 		done, err := st.relayLeg(w, fl, resp, &l)
+		st.mu.Lock()
+		if st.text.Len() > had || errors.Is(err, errCut) {
+			// The replay worked: it gave the client more of the answer, or
+			// a notice cut it, which says nothing of the replay. The
+			// failures before it no longer count.
+			st.failed = 0
+		}
+		st.mu.Unlock()
 		resp.Body.Close()
 		if l.cancel != nil {
 			l.cancel()
@@ -339,7 +299,7 @@ func (st *stream) relay(w http.ResponseWriter, ctx context.Context, resp *http.R
 				"answered differently from what was already sent")
 			return
 		}
-		if errors.Is(err, errEventTooLong) {
+		if tooLong(err) {
 			g.stats.failed.Add(1)
 			writeStreamError(w, fl, "the backend sent "+err.Error())
 			return
@@ -380,7 +340,8 @@ func (st *stream) relay(w http.ResponseWriter, ctx context.Context, resp *http.R
 			return
 		}
 		resp, l = r.resp, r.leg
-		// Should this leg break too, that is one more failed replay.
+		// Should this leg break too before it gives the client anything
+		// new, that is one more failed replay.
 		st.mu.Lock()
 		st.failed = r.attempts + 1
 		st.mu.Unlock()
@@ -408,7 +369,8 @@ func (st *stream) relayLeg(w io.Writer, fl http.Flusher, resp *http.Response, l 
 	g := st.g
 	st.register(l)
 	defer st.unregister(l)
-	rd := &sseReader{r: bufio.NewReaderSize(resp.Body, 64<<10)}
+	rd := newSSEReader(resp.Body, g.longEvents)
+	defer rd.release()
 	var tally legTally
 	st.mu.Lock()
 	baseEstimated := st.estimated && l.offset > 0
@@ -430,6 +392,11 @@ func (st *stream) relayLeg(w io.Writer, fl http.Flusher, resp *http.Response, l 
 				end(spotinfer.TicketError)
 				return false, rerr
 			}
+			if errors.Is(rerr, errLongEventBudget) {
+				// The gateway's memory, not the replica's fault.
+				end(spotinfer.TicketCancelled)
+				return false, rerr
+			}
 			if st.wasCut() {
 				rerr = errCut
 			}
@@ -446,8 +413,8 @@ func (st *stream) relayLeg(w io.Writer, fl http.Flusher, resp *http.Response, l 
 			return false, rerr
 		}
 		if string(data) == "[DONE]" {
-			if !st.choices.whole() {
-				// The answer ended without its finish_reason: a backend
+			if !st.choices.ended() {
+				// A choice ended without its finish_reason: a backend
 				// that gave up on it, not a whole answer.
 				end(spotinfer.TicketError)
 				return false, errNoFinish
@@ -667,7 +634,8 @@ func (st *stream) relayPassive(w http.ResponseWriter, resp *http.Response) {
 	w.Header().Set("Content-Type", "text/event-stream")
 	w.Header().Set("Cache-Control", "no-cache")
 	w.WriteHeader(http.StatusOK)
-	rd := &sseReader{r: bufio.NewReaderSize(resp.Body, 64<<10)}
+	rd := newSSEReader(resp.Body, st.g.longEvents)
+	defer rd.release()
 	for {
 		data, err := rd.next()
 		if err != nil {
