@@ -346,6 +346,24 @@ def test_a_body_the_library_refuses_is_400_with_its_message(backends, closing):
     assert sum(r.completed + r.failed for r in routing.engine.ledger()) == 0
 
 
+def test_integer_and_boolean_metadata_hints_are_read_as_text(closing):
+    """Hints given as numbers or booleans (metadata={"sla_ms": 500},
+    {"replayable": True}) reach the library as the text its OpenAI parser
+    takes for metadata values, as Request.set_metadata sends them: the
+    request is routed, not refused with a 400."""
+    router, routing = hand_fed(["spot-a"])
+    closing(routing)
+    for meta in ({"sla_ms": 500}, {"priority": 5}, {"replayable": True},
+                 {"replayable": False}, {"expected_output_tokens": 100}):
+        dep = run(routing.async_get_available_deployment(
+            MODEL, messages=messages("s", "u"), request_kwargs={"metadata": dict(meta)}))
+        assert dep["model_info"]["id"] == "spot-a", meta
+    body, _ = request_body(MODEL, messages("s", "u"), None, {"metadata": {
+        "sla_ms": 500, "replayable": True, "class": "gold", "tenant": 7}})
+    assert json.loads(body)["metadata"] == {"class": "gold", "sla_ms": "500",
+                                            "replayable": "true", "tenant": "7"}
+
+
 def fingerprints(router, model, system, n, sync=False):
     """The backends n requests with one system prompt went to, in order,
     and what LiteLLM called each with (litellm_params.model)."""

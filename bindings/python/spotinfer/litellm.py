@@ -136,7 +136,7 @@ def request_body(model: str, messages: Optional[List[Any]], input: Any,
         if v is not None:
             body[k] = v
     meta = kwargs.get(_metadata_name(kwargs)) or {}
-    hints = {k: meta[k] for k in METADATA_KEYS
+    hints = {k: _hint(meta[k]) for k in METADATA_KEYS
              if isinstance(meta.get(k), (str, int, bool))}
     if "tenant" not in hints and isinstance(meta.get("user_api_key_team_id"), str):
         hints["tenant"] = meta["user_api_key_team_id"]   # the proxy's team
@@ -144,6 +144,14 @@ def request_body(model: str, messages: Optional[List[Any]], input: Any,
         body["metadata"] = hints
     text = json.dumps(body, separators=(",", ":"), default=_jsonable)
     return text.encode("utf-8"), kind
+
+
+def _hint(v: Any) -> str:
+    """A metadata value as the library reads it (OpenAI metadata values are
+    strings): a bool as true/false, an int as its digits."""
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    return v if isinstance(v, str) else str(v)
 
 
 def _ms(later: Any, earlier: Any) -> float:
