@@ -1083,6 +1083,32 @@ def test_ticket_timeout_s_changed_at_run_time_applies_to_open_tickets(closing):
     assert routing.engine.replica_status("spot-a").inflight == 0
 
 
+def test_ticket_timeout_s_set_during_a_sweep_is_not_lost(closing, monkeypatch):
+    """ticket_timeout_s lowered while a sweep is computing the next due time
+    from the old value: the sweep's due time does not overwrite the reset,
+    so the next sweep judges the open tickets by the new value."""
+    router, routing = hand_fed(["spot-a"])          # ticket_timeout_s 600
+    closing(routing)
+    traced_route(routing, {"class": "silver"}, "t1", "q")
+    real = routing._due_of
+    setter = threading.Thread(target=setattr, args=(routing, "ticket_timeout_s", 0.1))
+
+    def due_of(o):
+        due = real(o)                               # by the old value
+        if setter.ident is None:
+            setter.start()                          # set from another thread, mid-sweep
+            setter.join(0.3)
+        return due
+    monkeypatch.setattr(routing, "_due_of", due_of)
+    routing._due = float("-inf")
+    routing._expire_tickets()
+    setter.join(5)
+    time.sleep(0.2)
+    routing._expire_tickets()
+    assert not routing._open
+    assert routing.engine.replica_status("spot-a").inflight == 0
+
+
 def test_the_tick_thread_honours_late_event_wait_s(closing):
     """A started strategy: the try a retry took the place of stays open,
     for its own event, until late_event_wait_s has passed, then the tick

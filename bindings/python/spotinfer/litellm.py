@@ -668,9 +668,12 @@ class SpotinferRouting(CustomLogger, CustomRoutingStrategyBase):  # type: ignore
 
     @ticket_timeout_s.setter
     def ticket_timeout_s(self, value: float) -> None:
-        self._ticket_timeout_s = float(value)
-        # The open tickets' due times moved: the next sweep recomputes them.
-        self._due = float("-inf")
+        # Under the lock: a sweep computing _due from the old value then
+        # writes it before this, not over it.
+        with self._lock:
+            self._ticket_timeout_s = float(value)
+            # The open tickets' due times moved: the next sweep recomputes them.
+            self._due = float("-inf")
 
     def _expire_tickets(self) -> None:
         """Finish as CANCELLED the tickets open past ticket_timeout_s, and
