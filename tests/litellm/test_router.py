@@ -23,6 +23,8 @@ from spotinfer import Pool, ReplicaState, TicketResult, TicketStatus
 from spotinfer.litellm import (LITELLM_VERSION, ROUTING_KEY, TICKET_KEY, TICKETS_KEY,
                                SpotinferRouting, request_body)
 
+from spotinfer.litellm_deployments import replica_id
+
 from conftest import MODEL, ROOT, deployment
 
 # Six system prompts of about 2.8 KB, as a chat product's would be.
@@ -1215,6 +1217,37 @@ def test_a_model_name_with_a_comma_is_routed(closing):
         dep = routing.get_available_deployment("fake,model", **kw) if sync else \
             run(routing.async_get_available_deployment("fake,model", **kw))
         assert dep["model_info"]["id"] in ("spot-a", "spot-b")
+
+
+def test_deployments_without_an_id_are_replicas(backends, closing):
+    """Deployments without model_info.id: LiteLLM gives each a hash of its
+    parameters, 64 hex digits, one byte over the library's replica ids.
+    The strategy installs, gives the library a short form of each id, finds
+    the deployments LiteLLM offers among those replicas (all of them, or
+    some with the rest excluded) and finishes each ticket from the call's
+    events."""
+    deps = []
+    for rid in ("spot-a", "spot-b"):
+        backends.start(rid, *FAST)
+        d = deployment(backends, rid)
+        del d["model_info"]["id"]
+        deps.append(d)
+    router = Router(model_list=deps, num_retries=0)
+    routing = SpotinferRouting.install(router, CONFIG)
+    closing(routing)
+    ids = [d["model_info"]["id"] for d in router.get_model_list()]
+    assert all(len(i) == 64 for i in ids)
+    assert sorted(s.id for s in routing.engine.replicas()) == \
+        sorted(replica_id(i) for i in ids)
+    r = run(router.acompletion(model=MODEL, messages=messages("s", "u"),
+                               metadata={"class": "silver"}))
+    assert r.system_fingerprint in ("spot-a", "spot-b")
+    wait_for(lambda: sum(x.completed for x in routing.engine.ledger()) == 1)
+    cool_down(router, ids[0])                       # offered: the other one
+    dep = run(routing.async_get_available_deployment(
+        MODEL, messages=messages("s", "v"), request_kwargs={"metadata": {}}))
+    assert dep["model_info"]["id"] == ids[1] and dep["model_info"][TICKET_KEY]
+    assert routing.engine.replica_status(replica_id(ids[1])).inflight == 1
 
 
 @pytest.fixture
