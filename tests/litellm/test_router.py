@@ -23,7 +23,7 @@ from spotinfer import Pool, ReplicaState, TicketResult, TicketStatus
 from spotinfer.litellm import (LITELLM_VERSION, ROUTING_KEY, TICKET_KEY, TICKETS_KEY,
                                SpotinferRouting, request_body)
 
-from spotinfer.litellm_deployments import replica_id
+from spotinfer.litellm_deployments import DeploymentError, replica_id
 
 from conftest import MODEL, ROOT, deployment
 
@@ -334,6 +334,84 @@ def test_deployments_added_later_are_routed_to(backends, closing):
     r = run(router.acompletion(model=MODEL, messages=messages("s", "u"),
                                metadata={"class": "silver"}))
     assert r.system_fingerprint == "spot-b"
+
+
+def test_a_bad_deployment_added_at_run_time_is_logged_and_left_out(closing, caplog):
+    """Deployments added or changed at run time (the proxy's database or
+    admin API) that cannot be read, or that the library refuses, do not
+    fail the next route of an unrelated request: each is logged, naming
+    it, and left as it was (not added, or with the settings last applied),
+    and the others, added then or later, are applied."""
+    router, routing = hand_fed(["spot-a"])
+    closing(routing)
+    plain = unreachable("plain")
+    del plain["model_info"]["spotinfer"]            # no price: cannot be read
+    router.add_deployment(Deployment(**plain))
+    far = unreachable("far")
+    far["model_info"]["spotinfer"]["zone"] = "z" * 200   # the library refuses it
+    router.add_deployment(Deployment(**far))
+    changed = unreachable("spot-a")
+    changed["model_info"]["spotinfer"]["usd_per_hour"] = "cheap"
+    router.upsert_deployment(Deployment(**changed))
+    kw = dict(messages=messages("s", "u"), request_kwargs={"metadata": {"class": "silver"}})
+    with caplog.at_level("WARNING", logger="spotinfer.litellm"):
+        dep = run(routing.async_get_available_deployment(MODEL, **kw))
+    assert dep["model_info"]["id"] == "spot-a"
+    warned = " ".join(r.getMessage() for r in caplog.records)
+    assert "'plain'" in warned and "usd_per_hour is missing" in warned
+    assert "'far'" in warned and "zone" in warned
+    assert "'spot-a'" in warned and "cheap" in warned
+    assert sorted(routing._replicas) == ["spot-a"]
+    assert routing.engine.replica_status("spot-a").usd_per_hour == 1.8     # as it was
+    # A change after those is read at the next route.
+    router.add_deployment(Deployment(**unreachable("spot-c")))
+    run(routing.async_get_available_deployment(MODEL, **kw))
+    assert sorted(routing._replicas) == ["spot-a", "spot-c"]
+    assert sorted(s.id for s in routing.engine.replicas()) == ["spot-a", "spot-c"]
+
+
+def test_a_deployment_the_library_refuses_at_install_is_named():
+    """At install a deployment that cannot be read is an error, and so is
+    one the library refuses: a DeploymentError naming it."""
+    far = unreachable("far")
+    far["model_info"]["spotinfer"]["zone"] = "z" * 200
+    router = Router(model_list=[unreachable("spot-a"), far], num_retries=0)
+    with pytest.raises(DeploymentError) as ei:
+        SpotinferRouting(router, {"router": {"load_max_age_ms": 600000}})
+    assert "'far'" in str(ei.value) and "zone" in str(ei.value)
+
+
+def test_syncs_at_once_keep_every_deployment(closing, monkeypatch):
+    """Two threads' routes see the deployments change and sync at once: the
+    one that read the older model list does not apply it over the newer
+    one (which would remove a deployment just added, with the version
+    saying nothing is left to read); syncs run one at a time."""
+    router, routing = hand_fed(["spot-a"])
+    closing(routing)
+    real = routing._model_list
+    read, go = threading.Event(), threading.Event()
+
+    def slow_list():
+        out = real()
+        if threading.current_thread().name == "A":
+            read.set()
+            go.wait(5)                  # A held up after reading the list
+        return out
+    monkeypatch.setattr(routing, "_model_list", slow_list)
+    router.add_deployment(Deployment(**unreachable("spot-b")))
+    a = threading.Thread(target=routing.sync_if_changed, name="A")
+    a.start()
+    assert read.wait(5)
+    router.add_deployment(Deployment(**unreachable("spot-c")))
+    b = threading.Thread(target=routing.sync_if_changed, name="B")
+    b.start()
+    b.join(0.3)
+    go.set()
+    a.join(5)
+    b.join(5)
+    routing.sync_if_changed()           # any later route
+    assert sorted(routing._replicas) == ["spot-a", "spot-b", "spot-c"]
+    assert sorted(s.id for s in routing.engine.replicas()) == ["spot-a", "spot-b", "spot-c"]
 
 
 def test_a_body_the_library_refuses_is_400_with_its_message(backends, closing):

@@ -56,8 +56,9 @@ except ImportError as e:  # pragma: no cover - the message is the point
 from . import MAX_EXCLUDED, Engine, NoCapacityError, ShedError
 from .enums import BreakerState, ModelTier, OpenAIKind, Pool, ReplicaState, TicketStatus
 from ._engine import _closed as _engine_closed_error
-from .errors import InputError, NotFoundError, ResourceError
-from .litellm_deployments import Replica, deployment_id, model_group, replicas_of
+from .errors import InputError, NotFoundError, ResourceError, SpotinferError
+from .litellm_deployments import (DeploymentError, Replica, deployment_id, model_group,
+                                  read_replicas, replicas_of)
 from .notices import TicketPlan, parse_notice
 from .types import TicketResult
 
@@ -323,7 +324,10 @@ class SpotinferRouting(CustomLogger, CustomRoutingStrategyBase):  # type: ignore
         self._threads: List[threading.Thread] = []
         self._closer: Optional[threading.Thread] = None
         self._reqs: List[Any] = []          # idle Request handles, reused
-        self.sync_deployments()
+        # Held for a whole sync of the deployments (_sync), never with _lock
+        # held, never by a call into the library but the sync's own.
+        self._sync_lock = threading.Lock()
+        self._sync(strict=True)
 
     # -- set-up
 
@@ -381,34 +385,95 @@ class SpotinferRouting(CustomLogger, CustomRoutingStrategyBase):  # type: ignore
         database or its admin API); one integer compare when they did not."""
         v = self._registry_version()
         if v is not None and v != self._synced_version:
-            self.sync_deployments()
+            self._sync(strict=False, if_changed=True)
 
     def sync_deployments(self) -> None:
         """Read the router's deployments again: add or update their
-        replicas, remove the replicas of deployments that are gone. Once
-        the strategy is closing, nothing."""
-        self._synced_version = self._registry_version()
-        reps = replicas_of(self._model_list())
-        try:
-            with self._library():
-                for r in reps:
-                    self.engine.upsert_replica(r.info)
-                with self._lock:
-                    gone = set(self._replicas) - {r.info.id for r in reps}
-                    self._replicas = {r.info.id: r for r in reps}
-                    self._serving = _serving_map(reps)
+        replicas, remove the replicas of deployments that are gone. Each
+        deployment is read on its own: one that cannot be read (a bad
+        setting, an id another one has) or that the library refuses is
+        logged as a warning on the ``spotinfer.litellm`` logger and left
+        as it was (not added, or kept with the settings last applied), and
+        the others are applied. Once the strategy is closing, nothing."""
+        self._sync(strict=False)
+
+    def _sync(self, *, strict: bool, if_changed: bool = False) -> None:
+        """sync_deployments; ``strict`` (the strategy being made) raises a
+        DeploymentError naming the first deployment that cannot be read or
+        that the library refuses, and ``if_changed`` reads nothing when
+        another sync read the registry's current version meanwhile. One
+        sync at a time (_sync_lock), the version read before the list: a
+        sync that read an older list never applies it after a newer one,
+        and a change made during a sync moves the version past the one it
+        records."""
+        with self._sync_lock:
+            v = self._registry_version()
+            if if_changed and (v is None or v == self._synced_version):
+                return
+            deps = self._model_list()
+            if strict:
+                reps, bad = replicas_of(deps), []
+            else:
+                read, errors = read_replicas(deps)
+                reps, bad = list(read), list(errors)
+            try:
+                with self._library():
+                    self._apply(deps, reps, bad, strict)
+            except _Closed:
+                return
+            self._synced_version = v
+            for e in bad:
+                _log.warning("spotinfer.litellm: %s; the deployment is left as it was "
+                             "(not added, or with the settings last applied)", e)
+            with self._lock:
+                if self._threads and not self._closing:   # started: new replicas get theirs
+                    running = {t.name for t in self._threads if t.is_alive()}
                     for rid in self._replicas:
-                        self._fresh.setdefault(rid, threading.Event())
-                for rid in gone:
-                    self.engine.remove_replica(rid)
-        except _Closed:
-            return
+                        if f"spotinfer-load-{rid}" not in running:
+                            self._spawn(rid)
+
+    def _apply(self, deps: Sequence[Any], reps: Sequence[Replica],
+               bad: List[Exception], strict: bool) -> None:
+        """Put the replicas read into the engine and the strategy's maps,
+        in model_list order, and remove those of deployments that are gone.
+        A deployment listed but not read (or refused: ``bad`` gets why)
+        keeps the replica it had. Inside _library, under _sync_lock."""
+        applied: Dict[str, Replica] = {}
+        for r in reps:
+            try:
+                self.engine.upsert_replica(r.info)
+            except SpotinferError as e:
+                err = DeploymentError(f"deployment {r.model_id!r}: the library refuses "
+                                      f"it as a replica: {e}")
+                if strict:
+                    raise err from e
+                bad.append(err)
+                continue
+            applied[r.info.id] = r
         with self._lock:
-            if self._threads and not self._closing:   # started: new replicas get theirs
-                running = {t.name for t in self._threads if t.is_alive()}
-                for rid in self._replicas:
-                    if f"spotinfer-load-{rid}" not in running:
-                        self._spawn(rid)
+            kept: Dict[str, Replica] = {}
+            for dep in deps:
+                rid = deployment_id(dep)
+                rep = applied.get(rid) if rid is not None else None
+                if rep is None and rid is not None:
+                    rep = self._replicas.get(rid)
+                if rep is not None:
+                    kept.setdefault(rep.info.id, rep)
+            gone = set(self._replicas) - set(kept)
+            self._replicas = kept
+            self._serving = _serving_map(list(kept.values()))
+            for rid in kept:
+                self._fresh.setdefault(rid, threading.Event())
+        for rid in gone:
+            try:
+                self.engine.remove_replica(rid)
+            except NotFoundError:
+                pass                        # removed by the engine's owner
+            except SpotinferError as e:
+                if strict:
+                    raise
+                _log.warning("spotinfer.litellm: replica %r of a deployment that is "
+                             "gone: the library did not remove it: %s", rid, e)
 
     def _spawn(self, rid: str) -> None:
         """Start a replica's load thread and list it; under _lock, and only

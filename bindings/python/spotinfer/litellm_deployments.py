@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from typing import Any, Dict, Mapping, Optional, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 from .enums import ModelTier, Pool, coerce
 from .types import ReplicaInfo
@@ -263,27 +263,50 @@ def replica_of(deployment: Any) -> Replica:
                    _metrics_url(where, settings, _get(params, "api_base")), model_id)
 
 
-def replicas_of(model_list: Any) -> Tuple[Replica, ...]:
-    """Every deployment of a model list; two with one id are an error."""
-    out = []
+def read_replicas(model_list: Any) -> Tuple[Tuple[Replica, ...], Tuple[DeploymentError, ...]]:
+    """The deployments of a model list that can be read, each on its own,
+    and an error for each of the others, naming it: a bad setting, an id
+    an earlier deployment has (the later one is left out), or a team's
+    name that is another deployment's model_name (a team-scoped name
+    that is some group's too would put the team's replicas and that
+    group's in one choice again)."""
+    out: List[Replica] = []
+    errors: List[DeploymentError] = []
     seen: Dict[str, str] = {}
     for dep in model_list or ():
-        r = replica_of(dep)
+        try:
+            r = replica_of(dep)
+        except DeploymentError as e:
+            errors.append(e)
+            continue
         other = seen.get(r.info.id)
         if other == r.model_id:
-            raise DeploymentError(f"two deployments have model_info.id {r.model_id!r}")
+            errors.append(DeploymentError(f"two deployments have model_info.id {r.model_id!r}"))
+            continue
         if other is not None:
-            raise DeploymentError(f"deployments {other!r} and {r.model_id!r} have one "
-                                  f"replica id, {r.info.id!r}: name one otherwise")
+            errors.append(DeploymentError(
+                f"deployments {other!r} and {r.model_id!r} have one replica id, "
+                f"{r.info.id!r}: name one otherwise"))
+            continue
         seen[r.info.id] = r.model_id
         out.append(r)
-    # A team-scoped name that is some deployment's model_name too would put
-    # the team's replicas and that group's in one choice again.
     groups = {library_name(r.model_group) for r in out}
+    kept = []
     for r in out:
-        for name in r.info.models[1:]:
-            if name in groups:
-                raise DeploymentError(
-                    f"deployment {r.model_id!r}: its team's name {name!r} is "
-                    "another deployment's model_name")
-    return tuple(out)
+        clash = next((n for n in r.info.models[1:] if n in groups), None)
+        if clash is not None:
+            errors.append(DeploymentError(
+                f"deployment {r.model_id!r}: its team's name {clash!r} is "
+                "another deployment's model_name"))
+            continue
+        kept.append(r)
+    return tuple(kept), tuple(errors)
+
+
+def replicas_of(model_list: Any) -> Tuple[Replica, ...]:
+    """Every deployment of a model list; raises the first DeploymentError
+    read_replicas finds (two with one id among them)."""
+    reps, errors = read_replicas(model_list)
+    if errors:
+        raise errors[0]
+    return reps

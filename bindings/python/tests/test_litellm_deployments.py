@@ -8,8 +8,8 @@ import pytest
 from spotinfer import Engine, ModelTier, Pool
 from spotinfer.litellm_deployments import (DeploymentError, default_metrics_url,
                                            deployment_id, library_name, model_group,
-                                           replica_id, replica_of, replicas_of,
-                                           served_names, team_model_name)
+                                           read_replicas, replica_id, replica_of,
+                                           replicas_of, served_names, team_model_name)
 
 from conftest import needs_routing
 
@@ -92,6 +92,23 @@ def test_an_id_is_required_and_unique():
         replica_of(d)
     with pytest.raises(DeploymentError, match="two deployments have model_info.id 'x'"):
         replicas_of([dep("x"), dep("x")])
+
+
+def test_read_replicas_reads_each_deployment_on_its_own():
+    """What a strategy reads at run time: the deployments that can be read,
+    and an error naming each of the others; replicas_of raises the first."""
+    priced = {"spotinfer": {"usd_per_hour": 1}}
+    team = {"model_name": "llama_t_a",
+            "model_info": {"id": "t", "team_id": "t1", "team_public_model_name": "g",
+                           **priced}}
+    deps = [dep("a"), dep("bad", usd_per_hour="cheap"), dep("a"), dep("b"), team,
+            {"model_name": "team:t1/g", "model_info": {"id": "g", **priced}}]
+    reps, errors = read_replicas(deps)
+    assert [r.info.id for r in reps] == ["a", "b", "g"]
+    assert ["'bad'" in str(errors[0]), "model_info.id 'a'" in str(errors[1]),
+            "'t'" in str(errors[2])] == [True, True, True]
+    with pytest.raises(DeploymentError, match="'bad'"):
+        replicas_of(deps)
 
 
 def test_pydantic_like_objects_are_read_too():
