@@ -414,6 +414,90 @@ def test_syncs_at_once_keep_every_deployment(closing, monkeypatch):
     assert sorted(s.id for s in routing.engine.replicas()) == ["spot-a", "spot-b", "spot-c"]
 
 
+def test_a_try_litellm_refuses_before_the_call_ends_after_late_event_wait_s(backends, closing):
+    """A deployment at its max_parallel_requests (LiteLLM derives one from
+    rpm and tpm too): LiteLLM answers 429 after the route, before its call
+    wrapper, with no failure hook and no event. That try was never sent
+    to the deployment, so its ticket ends as CANCELLED once
+    late_event_wait_s has passed since its route (not after
+    ticket_timeout_s, counted on the replica meanwhile, when it is full)."""
+    backends.start("spot-a", "-token-rate", "2000", "-answer-tokens", "12", "-ttft", "1s")
+    dep = deployment(backends, "spot-a")
+    dep["litellm_params"]["max_parallel_requests"] = 1
+    router = Router(model_list=[dep], num_retries=0)
+    routing = SpotinferRouting.install(router, CONFIG, late_event_wait_s=0.5)
+    closing(routing)
+
+    async def go():
+        calls = [router.acompletion(model=MODEL, messages=messages("s", q),
+                                    metadata={"class": "silver"}) for q in ("one", "two")]
+        res = await asyncio.gather(*calls, return_exceptions=True)
+        await settle(routing, 1)
+        return res
+    res = run(go())
+    assert sum(isinstance(r, litellm.RateLimitError) for r in res) == 1, res
+    wait_for(lambda: not routing._open)
+    assert routing.engine.replica_status("spot-a").inflight == 0
+    assert routing.engine.replica_status("spot-a").consecutive_errors == 0     # CANCELLED
+    rows = routing.engine.ledger()
+    assert (sum(r.completed for r in rows), sum(r.failed for r in rows)) == (1, 1)
+
+
+class RefusingCheck(litellm.integrations.custom_logger.CustomLogger):
+    """Another callback's pre-call check that refuses every call (as
+    LiteLLM's model rate limit check does past a deployment's limits)."""
+
+    def pre_call_check(self, deployment):
+        raise litellm.RateLimitError("over the limit", "openai", MODEL)
+
+
+def test_a_sync_try_refused_by_a_pre_call_check_ends_after_late_event_wait_s(backends, closing):
+    """The sync API: a callback's pre_call_check that raises after the route
+    (before the strategy's own, which marks the try sent) leaves no event;
+    the try's ticket ends as CANCELLED after late_event_wait_s."""
+    backends.start("spot-a", *FAST)
+    router = Router(model_list=[deployment(backends, "spot-a")], num_retries=0)
+    refusing = RefusingCheck()
+    litellm.logging_callback_manager.add_litellm_callback(refusing)
+    try:
+        routing = SpotinferRouting.install(router, CONFIG, late_event_wait_s=0.3)
+        closing(routing)
+        routed = time.monotonic()
+        with pytest.raises(litellm.RateLimitError):
+            router.completion(model=MODEL, messages=messages("s", "u"),
+                              metadata={"class": "silver"})
+    finally:
+        litellm.logging_callback_manager.remove_callback_from_all_lists(
+            refusing, require_self=False)
+    wait_for(lambda: not routing._open)
+    assert time.monotonic() - routed >= 0.3
+    assert routing.engine.replica_status("spot-a").inflight == 0
+    assert routing.engine.replica_status("spot-a").consecutive_errors == 0     # CANCELLED
+    assert sum(r.failed for r in routing.engine.ledger()) == 1
+
+
+def test_a_sent_try_outlasting_late_event_wait_s_stays_open(backends, closing):
+    """A try LiteLLM sent (the async call wrapper's deployment hook, the
+    sync Router's pre-call check and the provider's pre-call log) stays
+    open however long it is served, and its events finish it."""
+    backends.start("spot-a", "-token-rate", "2000", "-answer-tokens", "12", "-ttft", "1500ms")
+    router = Router(model_list=[deployment(backends, "spot-a")], num_retries=0)
+    routing = SpotinferRouting.install(router, CONFIG, late_event_wait_s=0.75)
+    closing(routing)
+    kw = dict(model=MODEL, messages=messages("s", "u"), metadata={"class": "silver"})
+    run(router.acompletion(**kw))
+    router.completion(**kw)
+    run(router.atext_completion(model=MODEL, prompt="p", metadata={"class": "silver"}))
+
+    async def stream():
+        resp = await router.acompletion(stream=True, **kw)
+        return [c async for c in resp]
+    run(stream())
+    wait_for(lambda: sum(r.completed for r in routing.engine.ledger()) == 4)
+    assert sum(r.failed for r in routing.engine.ledger()) == 0
+    assert not routing._open
+
+
 def test_a_body_the_library_refuses_is_400_with_its_message(backends, closing):
     backends.start("spot-a", *FAST)
     router = Router(model_list=[deployment(backends, "spot-a")], num_retries=0)
@@ -745,12 +829,21 @@ def test_a_503_among_the_offered_leaves_the_earlier_try_to_the_sweep(closing):
     assert all(s.consecutive_errors == 0 for s in routing.engine.replicas())
 
 
+def sent(routing, dep):
+    """The try a route returned, handed to its deployment as LiteLLM's
+    call wrapper does (its pre-call deployment hook, with the deployment's
+    model_info in the try's kwargs). Returns the deployment."""
+    run(routing.async_pre_call_deployment_hook({"model_info": dep["model_info"]}, None))
+    return dep
+
+
 def traced_route(routing, meta, trace, user):
-    """A route as the Router asks for one: the call's trace id in its
-    kwargs, its metadata dict the one given. Returns the deployment."""
-    return run(routing.async_get_available_deployment(
+    """A route as the Router asks for one, the try then sent: the call's
+    trace id in its kwargs, its metadata dict the one given. Returns the
+    deployment."""
+    return sent(routing, run(routing.async_get_available_deployment(
         MODEL, messages=messages(SYSTEMS[0], user),
-        request_kwargs={"metadata": meta, "litellm_trace_id": trace}))
+        request_kwargs={"metadata": meta, "litellm_trace_id": trace})))
 
 
 def test_calls_sharing_a_metadata_dict_keep_their_own_tickets(closing):
@@ -815,9 +908,9 @@ def test_a_retry_takes_the_place_of_only_its_own_calls_earlier_try(closing):
     routing.late_event_wait_s = 0
     plain = {"class": "silver"}
     kw = dict(messages=messages(SYSTEMS[1], "q"), request_kwargs={"metadata": plain})
-    run(routing.async_get_available_deployment(MODEL, **kw))
+    sent(routing, run(routing.async_get_available_deployment(MODEL, **kw)))
     first = plain[TICKET_KEY]
-    run(routing.async_get_available_deployment(MODEL, **kw))
+    sent(routing, run(routing.async_get_available_deployment(MODEL, **kw)))
     assert plain[TICKET_KEY] != first and routing._open[first].until
     routing._expire_tickets()           # as CANCELLED: no error of a replica's
     assert list(routing._open) == [plain[TICKET_KEY]]
@@ -868,8 +961,8 @@ def test_a_retry_the_library_refuses_leaves_the_earlier_try_to_the_sweep(closing
     def ask(trace):
         kw = dict(messages=messages(SYSTEMS[0], "q"),
                   request_kwargs={"metadata": meta, "litellm_trace_id": trace})
-        return routing.get_available_deployment(MODEL, **kw) if sync else \
-            run(routing.async_get_available_deployment(MODEL, **kw))
+        return sent(routing, routing.get_available_deployment(MODEL, **kw) if sync else
+                    run(routing.async_get_available_deployment(MODEL, **kw)))
     ask("call-1")
     ask("call-2")
     assert len(routing._open) == 2
@@ -1131,6 +1224,28 @@ def test_a_strategy_not_started_sweeps_on_its_routes_and_events(closing):
     assert routing.engine.replica_status("spot-a").inflight == 0
     rows = routing.engine.ledger()
     assert sum(r.completed for r in rows) == 0 and sum(r.failed for r in rows) == 2
+
+
+def test_tries_never_sent_end_after_late_event_wait_s(closing):
+    """Of the tickets a strategy not started routed, those LiteLLM never
+    sent (no pre-call hook within late_event_wait_s of the route) are
+    finished as CANCELLED by the next sweep; a sent one stays open for its
+    events, and the queue of unsent tickets keeps none that is done."""
+    router, routing = hand_fed(["spot-a"], late_event_wait_s=0.2)
+    closing(routing)
+    deps = [run(routing.async_get_available_deployment(
+        MODEL, messages=messages("s", "u"), request_kwargs={"metadata": {"class": "silver"}}))
+        for _ in range(3)]
+    sent(routing, deps[1])
+    kept = deps[1]["model_info"][TICKET_KEY]
+    time.sleep(0.3)
+    routing._sweep_if_due()
+    assert list(routing._open) == [kept] and not routing._unsent
+    assert routing.engine.replica_status("spot-a").consecutive_errors == 0     # CANCELLED
+    run(routing.async_post_call_success_deployment_hook(
+        {"model_info": deps[1]["model_info"]}, litellm.ModelResponse(), None))
+    rows = routing.engine.ledger()
+    assert (sum(r.completed for r in rows), sum(r.failed for r in rows)) == (1, 2)
 
 
 def test_an_event_after_its_ticket_was_due_still_finishes_it(closing):

@@ -32,6 +32,7 @@ message naming the field).
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import inspect
 import itertools
@@ -42,7 +43,8 @@ import threading
 import time
 import urllib.request
 from datetime import datetime
-from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import (Any, Deque, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple,
+                    Union)
 
 try:
     import httpx
@@ -205,15 +207,18 @@ class _Closed(Exception):
 
 
 class _Open:
-    """A ticket between its route and its callback. ``until`` is set once a
-    later route of its call took its place in the metadata
-    (_leave_earlier_try): its own event may still come until then."""
+    """A ticket between its route and its callback. ``sent`` is set once
+    LiteLLM hands its try to the deployment (_mark_sent): a try it never
+    sends has no event. ``until`` is set once a later route of its call
+    took its place in the metadata (_leave_earlier_try): its own event may
+    still come until then."""
 
-    __slots__ = ("replica", "opened", "streamed", "until")
+    __slots__ = ("replica", "opened", "sent", "streamed", "until")
 
     def __init__(self, replica: str) -> None:
         self.replica = replica
         self.opened = time.monotonic()
+        self.sent = False
         self.streamed = False
         self.until = 0.0
 
@@ -255,7 +260,8 @@ class SpotinferRouting(CustomLogger, CustomRoutingStrategyBase):  # type: ignore
     retry-after), ``ticket_timeout_s`` (a ticket no callback finished by
     then is finished as CANCELLED), ``late_event_wait_s`` (how long the
     try a later route of its call took the place of waits for its own
-    event before it is finished as CANCELLED: _leave_earlier_try),
+    event before it is finished as CANCELLED: _leave_earlier_try; and how
+    long after its route a try LiteLLM has not sent is: _mark_sent),
     ``respect_litellm_health`` (take only
     deployments LiteLLM's own checks call healthy: cooldowns, allowed
     fails), ``ready_wait_s`` (start() waits this long for a first load
@@ -313,6 +319,12 @@ class SpotinferRouting(CustomLogger, CustomRoutingStrategyBase):  # type: ignore
         # (_sweep_if_due).
         self._due = float("inf")
         self._swept = 0.0
+        # The open tickets by when they are due unless sent (late_event_wait_s
+        # after the route), in route order; a ticket sent or finished since
+        # stays until it is at the front (_expire_unsent). Written under
+        # _lock; _unsent_due, the front's time, read as _due is.
+        self._unsent: Deque[Tuple[float, int]] = collections.deque()
+        self._unsent_due = float("inf")
         self._ticking = False
         self._replicas: Dict[str, Replica] = {}
         # The replicas the library chooses among for each model name (one
@@ -575,6 +587,8 @@ class SpotinferRouting(CustomLogger, CustomRoutingStrategyBase):  # type: ignore
         with self._lock:
             left = list(self._open)
             self._open.clear()
+            self._unsent.clear()
+            self._unsent_due = float("inf")
             threads, self._threads = self._threads, []
         # The engine serves other threads meanwhile: only its close must
         # wait for them.
@@ -741,22 +755,46 @@ class SpotinferRouting(CustomLogger, CustomRoutingStrategyBase):  # type: ignore
             self._due = float("-inf")
 
     def _expire_tickets(self) -> None:
-        """Finish as CANCELLED the tickets open past ticket_timeout_s, and
-        those a later try took the place of whose own event did not come
-        within late_event_wait_s. One compare while none is due (_due)."""
+        """Finish as CANCELLED the tickets open past ticket_timeout_s, those
+        a later try took the place of whose own event did not come within
+        late_event_wait_s, and those LiteLLM did not send within
+        late_event_wait_s of their route. Two compares while none is due
+        (_due, _unsent_due)."""
         now = time.monotonic()
-        if now < self._due:
+        if now < self._due and now < self._unsent_due:
             return
-        cutoff = now - self.ticket_timeout_s
         with self._lock:
-            old = [tid for tid, o in self._open.items()
-                   if o.opened < cutoff or 0.0 < o.until <= now]
-            for tid in old:
-                del self._open[tid]
-            self._due = min((self._due_of(o) for o in self._open.values()),
-                            default=float("inf"))
+            old = self._expire_unsent(now) if now >= self._unsent_due else []
+            if now >= self._due:
+                cutoff = now - self.ticket_timeout_s
+                late = [tid for tid, o in self._open.items()
+                        if o.opened < cutoff or 0.0 < o.until <= now]
+                for tid in late:
+                    del self._open[tid]
+                old += late
+                self._due = min((self._due_of(o) for o in self._open.values()),
+                                default=float("inf"))
         for tid in old:
             self._finish(tid, TicketResult(status=TicketStatus.CANCELLED))
+
+    def _expire_unsent(self, now: float) -> List[int]:
+        """The tickets LiteLLM did not send within late_event_wait_s of their
+        route, taken out of _open: a failure after the route and before
+        the call (a deployment at its max_parallel_requests, a pre-call
+        check of another callback) has no event. Under _lock; the work is
+        the entries taken off the front."""
+        out: List[int] = []
+        while self._unsent:
+            due, tid = self._unsent[0]
+            o = self._open.get(tid)
+            if o is not None and not o.sent:
+                if due > now:
+                    break
+                del self._open[tid]
+                out.append(tid)
+            self._unsent.popleft()
+        self._unsent_due = self._unsent[0][0] if self._unsent else float("inf")
+        return out
 
     def _due_of(self, o: _Open) -> float:
         """When _expire_tickets finishes an open ticket, unless an event
@@ -772,7 +810,7 @@ class SpotinferRouting(CustomLogger, CustomRoutingStrategyBase):  # type: ignore
         if self._ticking:
             return
         now = time.monotonic()
-        if now < self._due or now < self._swept + _TICK_S:
+        if (now < self._due and now < self._unsent_due) or now < self._swept + _TICK_S:
             return
         self._swept = now
         self._expire_tickets()
@@ -900,6 +938,9 @@ class SpotinferRouting(CustomLogger, CustomRoutingStrategyBase):  # type: ignore
                     if not closing:
                         o = self._open[d.ticket.id] = _Open(rid)
                         self._due = min(self._due, self._due_of(o))
+                        unsent = o.opened + self.late_event_wait_s
+                        self._unsent.append((unsent, d.ticket.id))
+                        self._unsent_due = min(self._unsent_due, unsent)
                         self._keep_ticket(meta, kwargs, d.ticket.id)
                 if closing:
                     self._finish(d.ticket.id, TicketResult(status=TicketStatus.CANCELLED))
@@ -1269,6 +1310,41 @@ class SpotinferRouting(CustomLogger, CustomRoutingStrategyBase):  # type: ignore
                                cached_tokens=res.cached_tokens,
                                duration_ms=(time.monotonic() - o.opened) * 1000.0)
         self._finish(tid, res)
+
+    def _mark_sent(self, data: Mapping[str, Any]) -> None:
+        """The try's ticket is sent: LiteLLM hands the try to the deployment,
+        and from here on a failure has its hook or its event."""
+        tid = self._ticket_of(data)
+        if not tid:
+            return
+        with self._lock:
+            o = self._open.get(tid)
+            if o is not None:
+                o.sent = True
+
+    # Where LiteLLM hands a try to the deployment, past its own checks
+    # between the route and the call (a deployment's max_parallel_requests,
+    # the pre-call checks of other callbacks), which raise with no event.
+    # An async call runs the deployment hook in its call wrapper, for every
+    # try; a sync call has no deployment hook: its Router runs the callbacks'
+    # pre_call_check with the routed deployment before the call (completion,
+    # embedding, image generation, its generic calls), and the provider logs
+    # the request to the callbacks' log_pre_api_call just before sending it
+    # (every call, async ones too). A ticket none of them marked within
+    # late_event_wait_s of its route is finished as CANCELLED.
+
+    async def async_pre_call_deployment_hook(
+            self, kwargs: Dict[str, Any], call_type: Any) -> Optional[Dict[str, Any]]:
+        self._mark_sent(kwargs)
+        return None
+
+    def pre_call_check(self, deployment: Dict[str, Any]) -> Optional[Dict[str, Any]]:
+        self._mark_sent(deployment)
+        return None
+
+    def log_pre_api_call(self, model: Any, messages: Any, kwargs: Any) -> None:
+        if isinstance(kwargs, Mapping):
+            self._mark_sent(kwargs)
 
     # The deployment hooks run inline, before LiteLLM hands the answer to
     # the caller; the logging events run later, from LiteLLM's logging
