@@ -498,6 +498,139 @@ def test_a_sent_try_outlasting_late_event_wait_s_stays_open(backends, closing):
     assert not routing._open
 
 
+def test_a_cancelled_call_ends_its_ticket(backends, closing):
+    """A call cancelled in flight gets no failure hook or event (LiteLLM
+    catches Exception only): a caller's asyncio.wait_for that times out,
+    LiteLLM's abatch_completion_fastest_response cancelling the slower
+    calls. Its ticket ends as CANCELLED when its task ends so, at once
+    (not after ticket_timeout_s, or late_event_wait_s: it was sent)."""
+    backends.start("slow", "-token-rate", "2000", "-answer-tokens", "12", "-ttft", "3s")
+    backends.start("fast", *FAST)
+    deps = [deployment(backends, "slow"), deployment(backends, "fast")]
+    deps[1]["model_name"] = "fast-model"
+    router = Router(model_list=deps, num_retries=0)
+    routing = SpotinferRouting.install(router, CONFIG, late_event_wait_s=60)
+    closing(routing)
+
+    async def go():
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(router.acompletion(
+                model=MODEL, messages=messages("s", "u"), metadata={"class": "silver"}), 0.5)
+        await asyncio.sleep(0.1)
+        assert not routing._open
+        # asyncio.timeout() cancels the call inside the caller's task and
+        # the task goes on: the call in a task of its own ends cancelled.
+        with pytest.raises(TimeoutError):
+            async with asyncio.timeout(0.5):
+                await asyncio.create_task(router.acompletion(
+                    model=MODEL, messages=messages("s", "w"), metadata={"class": "silver"}))
+        await asyncio.sleep(0.1)
+        assert not routing._open
+        r = await router.abatch_completion_fastest_response(
+            model=f"{MODEL},fast-model", messages=messages("s", "v"),
+            metadata={"class": "silver"})
+        assert r.system_fingerprint == "fast"
+        await settle(routing, 1)
+        await asyncio.sleep(0.1)
+    run(go())
+    assert not routing._open
+    assert all(s.inflight == 0 and s.consecutive_errors == 0
+               for s in routing.engine.replicas())                     # CANCELLED
+    rows = {r.model: (r.completed, r.failed) for r in routing.engine.ledger()}
+    assert rows == {MODEL: (0, 3), "fast-model": (1, 0)}, rows
+
+
+def test_a_stream_outlives_the_task_that_routed_it(backends, closing):
+    """A stream is served after its route's task returned (the stream is
+    handed back): that task ending leaves its ticket to the stream's
+    success event. A task cancelled while it reads a stream abandons it
+    (no event comes): its ticket ends as CANCELLED."""
+    backends.start("spot-a", "-token-rate", "20", "-answer-tokens", "12", "-ttft", "20ms")
+    router = Router(model_list=[deployment(backends, "spot-a")], num_retries=0)
+    routing = SpotinferRouting.install(router, CONFIG, late_event_wait_s=60)
+    closing(routing)
+    kw = dict(model=MODEL, messages=messages("s", "u"), metadata={"class": "silver"},
+              stream=True, stream_options={"include_usage": True})
+
+    async def whole():
+        resp = await asyncio.create_task(router.acompletion(**kw))
+        await asyncio.sleep(0.1)                    # its task is done
+        assert len(routing._open) == 1
+        return [c async for c in resp]
+
+    async def cut():
+        resp = await router.acompletion(**kw)
+        async for _ in resp:
+            await asyncio.sleep(10)
+
+    async def go():
+        assert len(await whole()) > 5
+        await settle(routing, 1)
+        t = asyncio.create_task(cut())
+        await asyncio.sleep(0.3)
+        t.cancel()
+        await asyncio.gather(t, return_exceptions=True)
+        await asyncio.sleep(0.05)
+        assert not routing._open
+    run(go())
+    rows = routing.engine.ledger()
+    assert (sum(r.completed for r in rows), sum(r.failed for r in rows)) == (1, 1)
+    assert routing.engine.replica_status("spot-a").consecutive_errors == 0
+
+
+def test_a_cancelled_task_ends_only_its_calls_open_tries(closing):
+    """A task cancelled with tickets of its routes open: the try still its
+    call's ends as CANCELLED, once; the earlier try a retry took the place
+    of is left to its own event or the sweep; a ticket an event finished
+    is not finished again; one whose success event is on its way (an
+    answer the events finish, such as an embedding's) waits for it. A task
+    that routes call after call keeps only its calls still open."""
+    router, routing = hand_fed(["spot-a", "spot-b"], late_event_wait_s=60)
+    closing(routing)
+    meta = {"class": "silver"}
+    ids = []
+
+    async def route(trace, user):
+        dep = await routing.async_get_available_deployment(
+            MODEL, messages=messages(SYSTEMS[0], user),
+            request_kwargs={"metadata": meta, "litellm_trace_id": trace})
+        await routing.async_pre_call_deployment_hook({"model_info": dep["model_info"]}, None)
+        return dep
+
+    async def call():
+        for n in range(20):                         # calls answered one after another
+            dep = await route(f"done-{n}", "x")
+            await routing.async_post_call_success_deployment_hook(
+                {"model_info": dep["model_info"]}, litellm.ModelResponse(), None)
+        assert len(routing._tasks[asyncio.current_task()]) == 1
+        embedded = await route("embedding", "e")
+        await routing.async_post_call_success_deployment_hook(
+            {"model_info": embedded["model_info"]}, litellm.EmbeddingResponse(), None)
+        ids.append(embedded)
+        ids.append((await route("call", "q"))["model_info"][TICKET_KEY])
+        ids.append((await route("call", "q"))["model_info"][TICKET_KEY])     # its retry
+        await asyncio.sleep(30)
+
+    async def go():
+        t = asyncio.create_task(call())
+        while len(ids) < 3 and not t.done():
+            await asyncio.sleep(0.01)
+        t.cancel()
+        await asyncio.gather(t, return_exceptions=True)
+    run(go())
+    assert len(ids) == 3, ids
+    embedded, first, retry = ids
+    waiting = embedded["model_info"][TICKET_KEY]
+    assert sorted(routing._open) == sorted([waiting, first])
+    assert routing._open[first].until and routing._open[waiting].until
+    assert not routing._tasks
+    rows = routing.engine.ledger()
+    assert (sum(r.completed for r in rows), sum(r.failed for r in rows)) == (20, 1)
+    run(routing.async_log_success_event(
+        {"litellm_params": {"model_info": embedded["model_info"]}}, None, None, None))
+    assert sum(r.completed for r in routing.engine.ledger()) == 21
+
+
 def test_a_body_the_library_refuses_is_400_with_its_message(backends, closing):
     backends.start("spot-a", *FAST)
     router = Router(model_list=[deployment(backends, "spot-a")], num_retries=0)

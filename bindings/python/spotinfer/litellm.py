@@ -42,9 +42,10 @@ import secrets
 import threading
 import time
 import urllib.request
+import weakref
 from datetime import datetime
-from typing import (Any, Deque, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple,
-                    Union)
+from typing import (Any, Deque, Dict, Iterator, List, Mapping, Optional, Sequence, Set,
+                    Tuple, Union)
 
 try:
     import httpx
@@ -209,17 +210,22 @@ class _Closed(Exception):
 class _Open:
     """A ticket between its route and its callback. ``sent`` is set once
     LiteLLM hands its try to the deployment (_mark_sent): a try it never
-    sends has no event. ``until`` is set once a later route of its call
-    took its place in the metadata (_leave_earlier_try): its own event may
-    still come until then."""
+    sends has no event. ``streamed`` once the streaming deployment hook
+    ran for it (LiteLLM runs it on a stream's last chunk), ``answered``
+    once the call handed back an answer that its success event finishes
+    (an embedding, say): either way its event may be on its way
+    (_task_done). ``until`` is set once a later route of its call took its
+    place in the metadata (_leave_earlier_try), or its task was cancelled
+    with its event on its way: its own event may still come until then."""
 
-    __slots__ = ("replica", "opened", "sent", "streamed", "until")
+    __slots__ = ("replica", "opened", "sent", "streamed", "answered", "until")
 
     def __init__(self, replica: str) -> None:
         self.replica = replica
         self.opened = time.monotonic()
         self.sent = False
         self.streamed = False
+        self.answered = False
         self.until = 0.0
 
 
@@ -325,6 +331,10 @@ class SpotinferRouting(CustomLogger, CustomRoutingStrategyBase):  # type: ignore
         # _lock; _unsent_due, the front's time, read as _due is.
         self._unsent: Deque[Tuple[float, int]] = collections.deque()
         self._unsent_due = float("inf")
+        # The asyncio tasks that routed, each with the tickets of its routes
+        # still open (_watch_task); under _lock.
+        self._tasks: "weakref.WeakKeyDictionary[asyncio.Task[Any], Set[int]]" = \
+            weakref.WeakKeyDictionary()
         self._ticking = False
         self._replicas: Dict[str, Replica] = {}
         # The replicas the library chooses among for each model name (one
@@ -587,6 +597,7 @@ class SpotinferRouting(CustomLogger, CustomRoutingStrategyBase):  # type: ignore
         with self._lock:
             left = list(self._open)
             self._open.clear()
+            self._tasks.clear()
             self._unsent.clear()
             self._unsent_due = float("inf")
             threads, self._threads = self._threads, []
@@ -942,6 +953,7 @@ class SpotinferRouting(CustomLogger, CustomRoutingStrategyBase):  # type: ignore
                         self._unsent.append((unsent, d.ticket.id))
                         self._unsent_due = min(self._unsent_due, unsent)
                         self._keep_ticket(meta, kwargs, d.ticket.id)
+                        self._watch_task(d.ticket.id)
                 if closing:
                     self._finish(d.ticket.id, TicketResult(status=TicketStatus.CANCELLED))
                     raise self._closed_error(model)
@@ -950,6 +962,59 @@ class SpotinferRouting(CustomLogger, CustomRoutingStrategyBase):  # type: ignore
             return self._marked(dep, 0)
         self._finish(d.ticket.id, TicketResult(status=TicketStatus.CANCELLED))
         return None
+
+    def _watch_task(self, tid: int) -> None:
+        """Keep an opened ticket with the asyncio task routing it (none off
+        an event loop): a task cancelled with the call in it (asyncio.
+        wait_for's timeout, LiteLLM's abatch_completion_fastest_response
+        cancelling the slower calls) gets no failure hook or event, as
+        LiteLLM catches only Exception, and _task_done finishes its
+        tickets. One done-callback a task; its set holds the tickets of its
+        routes still open, so a task that routes call after call holds no
+        more than its calls in flight. Under _lock."""
+        try:
+            task = asyncio.current_task()
+        except RuntimeError:
+            return                          # no running event loop here
+        if task is None:
+            return
+        tids = self._tasks.get(task)
+        if tids is None:
+            tids = self._tasks[task] = set()
+            task.add_done_callback(self._task_done)
+        else:
+            tids.intersection_update(self._open)
+        tids.add(tid)
+
+    def _task_done(self, task: "asyncio.Task[Any]") -> None:
+        """A task that routed is done. Ended by a cancellation: each ticket
+        it opened that is still open and still its call's (no later try
+        took its place: that one's own event, or the sweep, ends it) is
+        finished as CANCELLED, once: the call (or the reading of its
+        stream) was abandoned, with no event to come. One whose success
+        event may be on its way (streamed, answered) waits for it
+        late_event_wait_s, as a try a retry took the place of does. A task
+        that returned or raised is left to the events (a stream is served
+        after its route's task returned)."""
+        ended: List[int] = []
+        with self._lock:
+            tids = self._tasks.pop(task, None)
+            if not tids or not task.cancelled():
+                return
+            now = time.monotonic()
+            for tid in tids:
+                o = self._open.get(tid)
+                if o is None or o.until:
+                    continue
+                if o.streamed or o.answered:
+                    o.until = now + self.late_event_wait_s
+                    self._due = min(self._due, o.until)
+                    continue
+                del self._open[tid]
+                ended.append(tid)
+        for tid in ended:
+            self._finish(tid, TicketResult(status=TicketStatus.CANCELLED))
+        self._sweep_if_due()
 
     def _leave_earlier_try(self, kwargs: Dict[str, Any]) -> Dict[str, Any]:
         """The request's metadata, without an earlier try's ticket. LiteLLM
@@ -1357,6 +1422,15 @@ class SpotinferRouting(CustomLogger, CustomRoutingStrategyBase):  # type: ignore
             self, request_data: Dict[str, Any], response: Any, call_type: Any) -> Any:
         if isinstance(response, litellm.ModelResponse):
             self._done(TicketStatus.OK, request_data, response, None, None)
+            return None
+        # Another answer (an embedding, a stream): its success event, from
+        # the logging worker, finishes it.
+        tid = self._ticket_of(request_data)
+        if tid:
+            with self._lock:
+                o = self._open.get(tid)
+                if o is not None:
+                    o.answered = True
         return None
 
     async def async_post_call_failure_deployment_hook(
