@@ -1148,24 +1148,32 @@ class SpotinferRouting(CustomLogger, CustomRoutingStrategyBase):  # type: ignore
         except NotFoundError:
             return None
 
-    async def async_get_available_deployment(
-            self, model: str, messages: Optional[List[Dict[str, str]]] = None,
-            input: Union[str, List[Any], None] = None,
-            specific_deployment: Optional[bool] = False,
-            request_kwargs: Optional[Dict[str, Any]] = None) -> Any:
+    def _route_start(self, model: str,
+                     request_kwargs: Optional[Dict[str, Any]]) -> Dict[str, Any]:
+        """What each route does first, async or sync; returns the request's
+        kwargs (a dict of its own when LiteLLM passes none). A try of this
+        call still open failed (a retry is what asks again): it leaves the
+        call's place here, whatever this one gets (a 429, a 503, a queue),
+        and is finished by its own event or, without one, by the sweep
+        (_leave_earlier_try); only a trace id tells this call's tries from
+        those of other calls that share the metadata dict. Then: a 503
+        once the strategy is closing, the sweep of a strategy without a
+        tick thread, and the deployments read again if they changed."""
         kwargs = request_kwargs if request_kwargs is not None else {}
         if _trace_of(kwargs) is not None:
-            # A try of this call still open failed (a retry is what asks
-            # again): it leaves the call's place here, whatever this one
-            # gets (a 429, a 503, a queue), and is finished by its own
-            # event or, without one, by the sweep (_leave_earlier_try).
-            # Only a trace id tells this call's tries from those of other
-            # calls that share the metadata dict.
             self._leave_earlier_try(kwargs)
         if self._closing:
             raise self._closed_error(model)
         self._sweep_if_due()
         self.sync_if_changed()
+        return kwargs
+
+    async def async_get_available_deployment(
+            self, model: str, messages: Optional[List[Dict[str, str]]] = None,
+            input: Union[str, List[Any], None] = None,
+            specific_deployment: Optional[bool] = False,
+            request_kwargs: Optional[Dict[str, Any]] = None) -> Any:
+        kwargs = self._route_start(model, request_kwargs)
         if self.respect_litellm_health:
             found = await self._router.select(
                 model, kwargs, kind="healthy", messages=messages, input=input,
@@ -1187,19 +1195,7 @@ class SpotinferRouting(CustomLogger, CustomRoutingStrategyBase):  # type: ignore
             input: Union[str, List[Any], None] = None,
             specific_deployment: Optional[bool] = False,
             request_kwargs: Optional[Dict[str, Any]] = None) -> Any:
-        kwargs = request_kwargs if request_kwargs is not None else {}
-        if _trace_of(kwargs) is not None:
-            # A try of this call still open failed (a retry is what asks
-            # again): it leaves the call's place here, whatever this one
-            # gets (a 429, a 503, a queue), and is finished by its own
-            # event or, without one, by the sweep (_leave_earlier_try).
-            # Only a trace id tells this call's tries from those of other
-            # calls that share the metadata dict.
-            self._leave_earlier_try(kwargs)
-        if self._closing:
-            raise self._closed_error(model)
-        self._sweep_if_due()
-        self.sync_if_changed()
+        kwargs = self._route_start(model, request_kwargs)
         found = self._resolved(model, messages, input, specific_deployment, kwargs)
         if isinstance(found, dict):         # one named deployment: no choice
             return self._marked(found, 0)
