@@ -1379,6 +1379,16 @@ def test_tries_never_sent_end_after_late_event_wait_s(closing):
         {"model_info": deps[1]["model_info"]}, litellm.ModelResponse(), None))
     rows = routing.engine.ledger()
     assert (sum(r.completed for r in rows), sum(r.failed for r in rows)) == (1, 2)
+    # Lowered at run time, late_event_wait_s applies to the tickets open.
+    routing.late_event_wait_s = 60
+    run(routing.async_get_available_deployment(
+        MODEL, messages=messages("s", "u"), request_kwargs={"metadata": {"class": "silver"}}))
+    routing._sweep_if_due()
+    assert len(routing._open) == 1
+    routing.late_event_wait_s = 0.1
+    time.sleep(0.2)
+    routing._sweep_if_due()
+    assert not routing._open
 
 
 def test_an_event_after_its_ticket_was_due_still_finishes_it(closing):

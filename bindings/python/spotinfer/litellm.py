@@ -302,7 +302,7 @@ class SpotinferRouting(CustomLogger, CustomRoutingStrategyBase):  # type: ignore
         self.queue_wait_s = float(queue_wait_s)
         self.retry_after_s = int(retry_after_s)
         self._ticket_timeout_s = float(ticket_timeout_s)
-        self.late_event_wait_s = float(late_event_wait_s)
+        self._late_event_wait_s = float(late_event_wait_s)
         self.respect_litellm_health = bool(respect_litellm_health)
         self.ready_wait_s = float(ready_wait_s)
         self.close_wait_s = float(close_wait_s)
@@ -325,10 +325,11 @@ class SpotinferRouting(CustomLogger, CustomRoutingStrategyBase):  # type: ignore
         # (_sweep_if_due).
         self._due = float("inf")
         self._swept = 0.0
-        # The open tickets by when they are due unless sent (late_event_wait_s
-        # after the route), in route order; a ticket sent or finished since
-        # stays until it is at the front (_expire_unsent). Written under
-        # _lock; _unsent_due, the front's time, read as _due is.
+        # The open tickets with the time of their route, in route order, for
+        # _expire_unsent (due late_event_wait_s after it unless sent); a
+        # ticket sent or finished since stays until it is at the front.
+        # Written under _lock; _unsent_due, when the front is due, read as
+        # _due is.
         self._unsent: Deque[Tuple[float, int]] = collections.deque()
         self._unsent_due = float("inf")
         # The asyncio tasks that routed, each with the tickets of its routes
@@ -765,6 +766,20 @@ class SpotinferRouting(CustomLogger, CustomRoutingStrategyBase):  # type: ignore
             # The open tickets' due times moved: the next sweep recomputes them.
             self._due = float("-inf")
 
+    @property
+    def late_event_wait_s(self) -> float:
+        """How long a try a later route of its call took the place of waits
+        for its own event, and a try LiteLLM has not sent stays open after
+        its route. Assignable at run time: the tickets not sent are then
+        judged by the new value (a try already left waits as it was told)."""
+        return self._late_event_wait_s
+
+    @late_event_wait_s.setter
+    def late_event_wait_s(self, value: float) -> None:
+        with self._lock:
+            self._late_event_wait_s = float(value)
+            self._unsent_due = float("-inf")    # the next sweep recomputes it
+
     def _expire_tickets(self) -> None:
         """Finish as CANCELLED the tickets open past ticket_timeout_s, those
         a later try took the place of whose own event did not come within
@@ -795,16 +810,17 @@ class SpotinferRouting(CustomLogger, CustomRoutingStrategyBase):  # type: ignore
         check of another callback) has no event. Under _lock; the work is
         the entries taken off the front."""
         out: List[int] = []
+        wait = self.late_event_wait_s
         while self._unsent:
-            due, tid = self._unsent[0]
+            opened, tid = self._unsent[0]
             o = self._open.get(tid)
             if o is not None and not o.sent:
-                if due > now:
+                if opened + wait > now:
                     break
                 del self._open[tid]
                 out.append(tid)
             self._unsent.popleft()
-        self._unsent_due = self._unsent[0][0] if self._unsent else float("inf")
+        self._unsent_due = self._unsent[0][0] + wait if self._unsent else float("inf")
         return out
 
     def _due_of(self, o: _Open) -> float:
@@ -949,9 +965,9 @@ class SpotinferRouting(CustomLogger, CustomRoutingStrategyBase):  # type: ignore
                     if not closing:
                         o = self._open[d.ticket.id] = _Open(rid)
                         self._due = min(self._due, self._due_of(o))
-                        unsent = o.opened + self.late_event_wait_s
-                        self._unsent.append((unsent, d.ticket.id))
-                        self._unsent_due = min(self._unsent_due, unsent)
+                        self._unsent.append((o.opened, d.ticket.id))
+                        self._unsent_due = min(self._unsent_due,
+                                               o.opened + self.late_event_wait_s)
                         self._keep_ticket(meta, kwargs, d.ticket.id)
                         self._watch_task(d.ticket.id)
                 if closing:
