@@ -23,6 +23,8 @@ from spotinfer import Pool, ReplicaState, TicketResult, TicketStatus
 from spotinfer.litellm import (LITELLM_VERSION, ROUTING_KEY, TICKET_KEY, TICKETS_KEY,
                                SpotinferRouting, request_body)
 
+from spotinfer.litellm_deployments import DeploymentError, replica_id
+
 from conftest import MODEL, ROOT, deployment
 
 # Six system prompts of about 2.8 KB, as a chat product's would be.
@@ -334,6 +336,301 @@ def test_deployments_added_later_are_routed_to(backends, closing):
     assert r.system_fingerprint == "spot-b"
 
 
+def test_a_bad_deployment_added_at_run_time_is_logged_and_left_out(closing, caplog):
+    """Deployments added or changed at run time (the proxy's database or
+    admin API) that cannot be read, or that the library refuses, do not
+    fail the next route of an unrelated request: each is logged, naming
+    it, and left as it was (not added, or with the settings last applied),
+    and the others, added then or later, are applied."""
+    router, routing = hand_fed(["spot-a"])
+    closing(routing)
+    plain = unreachable("plain")
+    del plain["model_info"]["spotinfer"]            # no price: cannot be read
+    router.add_deployment(Deployment(**plain))
+    far = unreachable("far")
+    far["model_info"]["spotinfer"]["zone"] = "z" * 200   # the library refuses it
+    router.add_deployment(Deployment(**far))
+    changed = unreachable("spot-a")
+    changed["model_info"]["spotinfer"]["usd_per_hour"] = "cheap"
+    router.upsert_deployment(Deployment(**changed))
+    kw = dict(messages=messages("s", "u"), request_kwargs={"metadata": {"class": "silver"}})
+    with caplog.at_level("WARNING", logger="spotinfer.litellm"):
+        dep = run(routing.async_get_available_deployment(MODEL, **kw))
+    assert dep["model_info"]["id"] == "spot-a"
+    warned = " ".join(r.getMessage() for r in caplog.records)
+    assert "'plain'" in warned and "usd_per_hour is missing" in warned
+    assert "'far'" in warned and "zone" in warned
+    assert "'spot-a'" in warned and "cheap" in warned
+    assert sorted(routing._replicas) == ["spot-a"]
+    assert routing.engine.replica_status("spot-a").usd_per_hour == 1.8     # as it was
+    # A change after those is read at the next route.
+    router.add_deployment(Deployment(**unreachable("spot-c")))
+    run(routing.async_get_available_deployment(MODEL, **kw))
+    assert sorted(routing._replicas) == ["spot-a", "spot-c"]
+    assert sorted(s.id for s in routing.engine.replicas()) == ["spot-a", "spot-c"]
+
+
+def test_a_deployment_the_library_refuses_at_install_is_named():
+    """At install a deployment that cannot be read is an error, and so is
+    one the library refuses: a DeploymentError naming it."""
+    far = unreachable("far")
+    far["model_info"]["spotinfer"]["zone"] = "z" * 200
+    router = Router(model_list=[unreachable("spot-a"), far], num_retries=0)
+    with pytest.raises(DeploymentError) as ei:
+        SpotinferRouting(router, {"router": {"load_max_age_ms": 600000}})
+    assert "'far'" in str(ei.value) and "zone" in str(ei.value)
+
+
+def test_syncs_at_once_keep_every_deployment(closing, monkeypatch):
+    """Two threads' routes see the deployments change and sync at once: the
+    one that read the older model list does not apply it over the newer
+    one (which would remove a deployment just added, with the version
+    saying nothing is left to read); syncs run one at a time."""
+    router, routing = hand_fed(["spot-a"])
+    closing(routing)
+    real = routing._model_list
+    read, go = threading.Event(), threading.Event()
+
+    def slow_list():
+        out = real()
+        if threading.current_thread().name == "A":
+            read.set()
+            go.wait(5)                  # A held up after reading the list
+        return out
+    monkeypatch.setattr(routing, "_model_list", slow_list)
+    router.add_deployment(Deployment(**unreachable("spot-b")))
+    a = threading.Thread(target=routing.sync_if_changed, name="A")
+    a.start()
+    assert read.wait(5)
+    router.add_deployment(Deployment(**unreachable("spot-c")))
+    b = threading.Thread(target=routing.sync_if_changed, name="B")
+    b.start()
+    b.join(0.3)
+    go.set()
+    a.join(5)
+    b.join(5)
+    routing.sync_if_changed()           # any later route
+    assert sorted(routing._replicas) == ["spot-a", "spot-b", "spot-c"]
+    assert sorted(s.id for s in routing.engine.replicas()) == ["spot-a", "spot-b", "spot-c"]
+
+
+def test_a_try_litellm_refuses_before_the_call_ends_after_late_event_wait_s(backends, closing):
+    """A deployment at its max_parallel_requests (LiteLLM derives one from
+    rpm and tpm too): LiteLLM answers 429 after the route, before its call
+    wrapper, with no failure hook and no event. That try was never sent
+    to the deployment, so its ticket ends as CANCELLED once
+    late_event_wait_s has passed since its route (not after
+    ticket_timeout_s, counted on the replica meanwhile, when it is full)."""
+    backends.start("spot-a", "-token-rate", "2000", "-answer-tokens", "12", "-ttft", "1s")
+    dep = deployment(backends, "spot-a")
+    dep["litellm_params"]["max_parallel_requests"] = 1
+    router = Router(model_list=[dep], num_retries=0)
+    routing = SpotinferRouting.install(router, CONFIG, late_event_wait_s=0.5)
+    closing(routing)
+
+    async def go():
+        calls = [router.acompletion(model=MODEL, messages=messages("s", q),
+                                    metadata={"class": "silver"}) for q in ("one", "two")]
+        res = await asyncio.gather(*calls, return_exceptions=True)
+        await settle(routing, 1)
+        return res
+    res = run(go())
+    assert sum(isinstance(r, litellm.RateLimitError) for r in res) == 1, res
+    wait_for(lambda: not routing._open)
+    assert routing.engine.replica_status("spot-a").inflight == 0
+    assert routing.engine.replica_status("spot-a").consecutive_errors == 0     # CANCELLED
+    rows = routing.engine.ledger()
+    assert (sum(r.completed for r in rows), sum(r.failed for r in rows)) == (1, 1)
+
+
+class RefusingCheck(litellm.integrations.custom_logger.CustomLogger):
+    """Another callback's pre-call check that refuses every call (as
+    LiteLLM's model rate limit check does past a deployment's limits)."""
+
+    def pre_call_check(self, deployment):
+        raise litellm.RateLimitError("over the limit", "openai", MODEL)
+
+
+def test_a_sync_try_refused_by_a_pre_call_check_ends_after_late_event_wait_s(backends, closing):
+    """The sync API: a callback's pre_call_check that raises after the route
+    (before the strategy's own, which marks the try sent) leaves no event;
+    the try's ticket ends as CANCELLED after late_event_wait_s."""
+    backends.start("spot-a", *FAST)
+    router = Router(model_list=[deployment(backends, "spot-a")], num_retries=0)
+    refusing = RefusingCheck()
+    litellm.logging_callback_manager.add_litellm_callback(refusing)
+    try:
+        routing = SpotinferRouting.install(router, CONFIG, late_event_wait_s=0.3)
+        closing(routing)
+        routed = time.monotonic()
+        with pytest.raises(litellm.RateLimitError):
+            router.completion(model=MODEL, messages=messages("s", "u"),
+                              metadata={"class": "silver"})
+    finally:
+        litellm.logging_callback_manager.remove_callback_from_all_lists(
+            refusing, require_self=False)
+    wait_for(lambda: not routing._open)
+    assert time.monotonic() - routed >= 0.3
+    assert routing.engine.replica_status("spot-a").inflight == 0
+    assert routing.engine.replica_status("spot-a").consecutive_errors == 0     # CANCELLED
+    assert sum(r.failed for r in routing.engine.ledger()) == 1
+
+
+def test_a_sent_try_outlasting_late_event_wait_s_stays_open(backends, closing):
+    """A try LiteLLM sent (the async call wrapper's deployment hook, the
+    sync Router's pre-call check and the provider's pre-call log) stays
+    open however long it is served, and its events finish it."""
+    backends.start("spot-a", "-token-rate", "2000", "-answer-tokens", "12", "-ttft", "1500ms")
+    router = Router(model_list=[deployment(backends, "spot-a")], num_retries=0)
+    routing = SpotinferRouting.install(router, CONFIG, late_event_wait_s=0.75)
+    closing(routing)
+    kw = dict(model=MODEL, messages=messages("s", "u"), metadata={"class": "silver"})
+    run(router.acompletion(**kw))
+    router.completion(**kw)
+    run(router.atext_completion(model=MODEL, prompt="p", metadata={"class": "silver"}))
+
+    async def stream():
+        resp = await router.acompletion(stream=True, **kw)
+        return [c async for c in resp]
+    run(stream())
+    wait_for(lambda: sum(r.completed for r in routing.engine.ledger()) == 4)
+    assert sum(r.failed for r in routing.engine.ledger()) == 0
+    assert not routing._open
+
+
+def test_a_cancelled_call_ends_its_ticket(backends, closing):
+    """A call cancelled in flight gets no failure hook or event (LiteLLM
+    catches Exception only): a caller's asyncio.wait_for that times out,
+    LiteLLM's abatch_completion_fastest_response cancelling the slower
+    calls. Its ticket ends as CANCELLED when its task ends so, at once
+    (not after ticket_timeout_s, or late_event_wait_s: it was sent)."""
+    backends.start("slow", "-token-rate", "2000", "-answer-tokens", "12", "-ttft", "3s")
+    backends.start("fast", *FAST)
+    deps = [deployment(backends, "slow"), deployment(backends, "fast")]
+    deps[1]["model_name"] = "fast-model"
+    router = Router(model_list=deps, num_retries=0)
+    routing = SpotinferRouting.install(router, CONFIG, late_event_wait_s=60)
+    closing(routing)
+
+    async def go():
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(router.acompletion(
+                model=MODEL, messages=messages("s", "u"), metadata={"class": "silver"}), 0.5)
+        await asyncio.sleep(0.1)
+        assert not routing._open
+        # asyncio.timeout() cancels the call inside the caller's task and
+        # the task goes on: the call in a task of its own ends cancelled.
+        with pytest.raises(TimeoutError):
+            async with asyncio.timeout(0.5):
+                await asyncio.create_task(router.acompletion(
+                    model=MODEL, messages=messages("s", "w"), metadata={"class": "silver"}))
+        await asyncio.sleep(0.1)
+        assert not routing._open
+        r = await router.abatch_completion_fastest_response(
+            model=f"{MODEL},fast-model", messages=messages("s", "v"),
+            metadata={"class": "silver"})
+        assert r.system_fingerprint == "fast"
+        await settle(routing, 1)
+        await asyncio.sleep(0.1)
+    run(go())
+    assert not routing._open
+    assert all(s.inflight == 0 and s.consecutive_errors == 0
+               for s in routing.engine.replicas())                     # CANCELLED
+    rows = {r.model: (r.completed, r.failed) for r in routing.engine.ledger()}
+    assert rows == {MODEL: (0, 3), "fast-model": (1, 0)}, rows
+
+
+def test_a_stream_outlives_the_task_that_routed_it(backends, closing):
+    """A stream is served after its route's task returned (the stream is
+    handed back): that task ending leaves its ticket to the stream's
+    success event. A task cancelled while it reads a stream abandons it
+    (no event comes): its ticket ends as CANCELLED."""
+    backends.start("spot-a", "-token-rate", "20", "-answer-tokens", "12", "-ttft", "20ms")
+    router = Router(model_list=[deployment(backends, "spot-a")], num_retries=0)
+    routing = SpotinferRouting.install(router, CONFIG, late_event_wait_s=60)
+    closing(routing)
+    kw = dict(model=MODEL, messages=messages("s", "u"), metadata={"class": "silver"},
+              stream=True, stream_options={"include_usage": True})
+
+    async def whole():
+        resp = await asyncio.create_task(router.acompletion(**kw))
+        await asyncio.sleep(0.1)                    # its task is done
+        assert len(routing._open) == 1
+        return [c async for c in resp]
+
+    async def cut():
+        resp = await router.acompletion(**kw)
+        async for _ in resp:
+            await asyncio.sleep(10)
+
+    async def go():
+        assert len(await whole()) > 5
+        await settle(routing, 1)
+        t = asyncio.create_task(cut())
+        await asyncio.sleep(0.3)
+        t.cancel()
+        await asyncio.gather(t, return_exceptions=True)
+        await asyncio.sleep(0.05)
+        assert not routing._open
+    run(go())
+    rows = routing.engine.ledger()
+    assert (sum(r.completed for r in rows), sum(r.failed for r in rows)) == (1, 1)
+    assert routing.engine.replica_status("spot-a").consecutive_errors == 0
+
+
+def test_a_cancelled_task_ends_only_its_calls_open_tries(closing):
+    """A task cancelled with tickets of its routes open: the try still its
+    call's ends as CANCELLED, once; the earlier try a retry took the place
+    of is left to its own event or the sweep; a ticket an event finished
+    is not finished again; one whose success event is on its way (an
+    answer the events finish, such as an embedding's) waits for it. A task
+    that routes call after call keeps only its calls still open."""
+    router, routing = hand_fed(["spot-a", "spot-b"], late_event_wait_s=60)
+    closing(routing)
+    meta = {"class": "silver"}
+    ids = []
+
+    async def route(trace, user):
+        dep = await routing.async_get_available_deployment(
+            MODEL, messages=messages(SYSTEMS[0], user),
+            request_kwargs={"metadata": meta, "litellm_trace_id": trace})
+        await routing.async_pre_call_deployment_hook({"model_info": dep["model_info"]}, None)
+        return dep
+
+    async def call():
+        for n in range(20):                         # calls answered one after another
+            dep = await route(f"done-{n}", "x")
+            await routing.async_post_call_success_deployment_hook(
+                {"model_info": dep["model_info"]}, litellm.ModelResponse(), None)
+        assert len(routing._tasks[asyncio.current_task()]) == 1
+        embedded = await route("embedding", "e")
+        await routing.async_post_call_success_deployment_hook(
+            {"model_info": embedded["model_info"]}, litellm.EmbeddingResponse(), None)
+        ids.append(embedded)
+        ids.append((await route("call", "q"))["model_info"][TICKET_KEY])
+        ids.append((await route("call", "q"))["model_info"][TICKET_KEY])     # its retry
+        await asyncio.sleep(30)
+
+    async def go():
+        t = asyncio.create_task(call())
+        while len(ids) < 3 and not t.done():
+            await asyncio.sleep(0.01)
+        t.cancel()
+        await asyncio.gather(t, return_exceptions=True)
+    run(go())
+    assert len(ids) == 3, ids
+    embedded, first, retry = ids
+    waiting = embedded["model_info"][TICKET_KEY]
+    assert sorted(routing._open) == sorted([waiting, first])
+    assert routing._open[first].until and routing._open[waiting].until
+    assert not routing._tasks
+    rows = routing.engine.ledger()
+    assert (sum(r.completed for r in rows), sum(r.failed for r in rows)) == (20, 1)
+    run(routing.async_log_success_event(
+        {"litellm_params": {"model_info": embedded["model_info"]}}, None, None, None))
+    assert sum(r.completed for r in routing.engine.ledger()) == 21
+
+
 def test_a_body_the_library_refuses_is_400_with_its_message(backends, closing):
     backends.start("spot-a", *FAST)
     router = Router(model_list=[deployment(backends, "spot-a")], num_retries=0)
@@ -344,6 +641,24 @@ def test_a_body_the_library_refuses_is_400_with_its_message(backends, closing):
     assert ei.value.status_code == 400
     assert "messages[0].content" in str(ei.value)
     assert sum(r.completed + r.failed for r in routing.engine.ledger()) == 0
+
+
+def test_integer_and_boolean_metadata_hints_are_read_as_text(closing):
+    """Hints given as numbers or booleans (metadata={"sla_ms": 500},
+    {"replayable": True}) reach the library as the text its OpenAI parser
+    takes for metadata values, as Request.set_metadata sends them: the
+    request is routed, not refused with a 400."""
+    router, routing = hand_fed(["spot-a"])
+    closing(routing)
+    for meta in ({"sla_ms": 500}, {"priority": 5}, {"replayable": True},
+                 {"replayable": False}, {"expected_output_tokens": 100}):
+        dep = run(routing.async_get_available_deployment(
+            MODEL, messages=messages("s", "u"), request_kwargs={"metadata": dict(meta)}))
+        assert dep["model_info"]["id"] == "spot-a", meta
+    body, _ = request_body(MODEL, messages("s", "u"), None, {"metadata": {
+        "sla_ms": 500, "replayable": True, "class": "gold", "tenant": 7}})
+    assert json.loads(body)["metadata"] == {"class": "gold", "sla_ms": "500",
+                                            "replayable": "true", "tenant": "7"}
 
 
 def fingerprints(router, model, system, n, sync=False):
@@ -647,12 +962,21 @@ def test_a_503_among_the_offered_leaves_the_earlier_try_to_the_sweep(closing):
     assert all(s.consecutive_errors == 0 for s in routing.engine.replicas())
 
 
+def sent(routing, dep):
+    """The try a route returned, handed to its deployment as LiteLLM's
+    call wrapper does (its pre-call deployment hook, with the deployment's
+    model_info in the try's kwargs). Returns the deployment."""
+    run(routing.async_pre_call_deployment_hook({"model_info": dep["model_info"]}, None))
+    return dep
+
+
 def traced_route(routing, meta, trace, user):
-    """A route as the Router asks for one: the call's trace id in its
-    kwargs, its metadata dict the one given. Returns the deployment."""
-    return run(routing.async_get_available_deployment(
+    """A route as the Router asks for one, the try then sent: the call's
+    trace id in its kwargs, its metadata dict the one given. Returns the
+    deployment."""
+    return sent(routing, run(routing.async_get_available_deployment(
         MODEL, messages=messages(SYSTEMS[0], user),
-        request_kwargs={"metadata": meta, "litellm_trace_id": trace}))
+        request_kwargs={"metadata": meta, "litellm_trace_id": trace})))
 
 
 def test_calls_sharing_a_metadata_dict_keep_their_own_tickets(closing):
@@ -717,9 +1041,9 @@ def test_a_retry_takes_the_place_of_only_its_own_calls_earlier_try(closing):
     routing.late_event_wait_s = 0
     plain = {"class": "silver"}
     kw = dict(messages=messages(SYSTEMS[1], "q"), request_kwargs={"metadata": plain})
-    run(routing.async_get_available_deployment(MODEL, **kw))
+    sent(routing, run(routing.async_get_available_deployment(MODEL, **kw)))
     first = plain[TICKET_KEY]
-    run(routing.async_get_available_deployment(MODEL, **kw))
+    sent(routing, run(routing.async_get_available_deployment(MODEL, **kw)))
     assert plain[TICKET_KEY] != first and routing._open[first].until
     routing._expire_tickets()           # as CANCELLED: no error of a replica's
     assert list(routing._open) == [plain[TICKET_KEY]]
@@ -770,8 +1094,8 @@ def test_a_retry_the_library_refuses_leaves_the_earlier_try_to_the_sweep(closing
     def ask(trace):
         kw = dict(messages=messages(SYSTEMS[0], "q"),
                   request_kwargs={"metadata": meta, "litellm_trace_id": trace})
-        return routing.get_available_deployment(MODEL, **kw) if sync else \
-            run(routing.async_get_available_deployment(MODEL, **kw))
+        return sent(routing, routing.get_available_deployment(MODEL, **kw) if sync else
+                    run(routing.async_get_available_deployment(MODEL, **kw)))
     ask("call-1")
     ask("call-2")
     assert len(routing._open) == 2
@@ -1035,6 +1359,38 @@ def test_a_strategy_not_started_sweeps_on_its_routes_and_events(closing):
     assert sum(r.completed for r in rows) == 0 and sum(r.failed for r in rows) == 2
 
 
+def test_tries_never_sent_end_after_late_event_wait_s(closing):
+    """Of the tickets a strategy not started routed, those LiteLLM never
+    sent (no pre-call hook within late_event_wait_s of the route) are
+    finished as CANCELLED by the next sweep; a sent one stays open for its
+    events, and the queue of unsent tickets keeps none that is done."""
+    router, routing = hand_fed(["spot-a"], late_event_wait_s=0.2)
+    closing(routing)
+    deps = [run(routing.async_get_available_deployment(
+        MODEL, messages=messages("s", "u"), request_kwargs={"metadata": {"class": "silver"}}))
+        for _ in range(3)]
+    sent(routing, deps[1])
+    kept = deps[1]["model_info"][TICKET_KEY]
+    time.sleep(0.3)
+    routing._sweep_if_due()
+    assert list(routing._open) == [kept] and not routing._unsent
+    assert routing.engine.replica_status("spot-a").consecutive_errors == 0     # CANCELLED
+    run(routing.async_post_call_success_deployment_hook(
+        {"model_info": deps[1]["model_info"]}, litellm.ModelResponse(), None))
+    rows = routing.engine.ledger()
+    assert (sum(r.completed for r in rows), sum(r.failed for r in rows)) == (1, 2)
+    # Lowered at run time, late_event_wait_s applies to the tickets open.
+    routing.late_event_wait_s = 60
+    run(routing.async_get_available_deployment(
+        MODEL, messages=messages("s", "u"), request_kwargs={"metadata": {"class": "silver"}}))
+    routing._sweep_if_due()
+    assert len(routing._open) == 1
+    routing.late_event_wait_s = 0.1
+    time.sleep(0.2)
+    routing._sweep_if_due()
+    assert not routing._open
+
+
 def test_an_event_after_its_ticket_was_due_still_finishes_it(closing):
     """A strategy not started sweeps after an event has finished its own
     ticket: an event that comes once its ticket was due (past
@@ -1061,6 +1417,32 @@ def test_ticket_timeout_s_changed_at_run_time_applies_to_open_tickets(closing):
     routing.ticket_timeout_s = 0.1
     time.sleep(0.3)
     routing._expire_tickets()                       # what the tick thread does
+    assert not routing._open
+    assert routing.engine.replica_status("spot-a").inflight == 0
+
+
+def test_ticket_timeout_s_set_during_a_sweep_is_not_lost(closing, monkeypatch):
+    """ticket_timeout_s lowered while a sweep is computing the next due time
+    from the old value: the sweep's due time does not overwrite the reset,
+    so the next sweep judges the open tickets by the new value."""
+    router, routing = hand_fed(["spot-a"])          # ticket_timeout_s 600
+    closing(routing)
+    traced_route(routing, {"class": "silver"}, "t1", "q")
+    real = routing._due_of
+    setter = threading.Thread(target=setattr, args=(routing, "ticket_timeout_s", 0.1))
+
+    def due_of(o):
+        due = real(o)                               # by the old value
+        if setter.ident is None:
+            setter.start()                          # set from another thread, mid-sweep
+            setter.join(0.3)
+        return due
+    monkeypatch.setattr(routing, "_due_of", due_of)
+    routing._due = float("-inf")
+    routing._expire_tickets()
+    setter.join(5)
+    time.sleep(0.2)
+    routing._expire_tickets()
     assert not routing._open
     assert routing.engine.replica_status("spot-a").inflight == 0
 
@@ -1171,6 +1553,37 @@ def test_a_model_name_with_a_comma_is_routed(closing):
         dep = routing.get_available_deployment("fake,model", **kw) if sync else \
             run(routing.async_get_available_deployment("fake,model", **kw))
         assert dep["model_info"]["id"] in ("spot-a", "spot-b")
+
+
+def test_deployments_without_an_id_are_replicas(backends, closing):
+    """Deployments without model_info.id: LiteLLM gives each a hash of its
+    parameters, 64 hex digits, one byte over the library's replica ids.
+    The strategy installs, gives the library a short form of each id, finds
+    the deployments LiteLLM offers among those replicas (all of them, or
+    some with the rest excluded) and finishes each ticket from the call's
+    events."""
+    deps = []
+    for rid in ("spot-a", "spot-b"):
+        backends.start(rid, *FAST)
+        d = deployment(backends, rid)
+        del d["model_info"]["id"]
+        deps.append(d)
+    router = Router(model_list=deps, num_retries=0)
+    routing = SpotinferRouting.install(router, CONFIG)
+    closing(routing)
+    ids = [d["model_info"]["id"] for d in router.get_model_list()]
+    assert all(len(i) == 64 for i in ids)
+    assert sorted(s.id for s in routing.engine.replicas()) == \
+        sorted(replica_id(i) for i in ids)
+    r = run(router.acompletion(model=MODEL, messages=messages("s", "u"),
+                               metadata={"class": "silver"}))
+    assert r.system_fingerprint in ("spot-a", "spot-b")
+    wait_for(lambda: sum(x.completed for x in routing.engine.ledger()) == 1)
+    cool_down(router, ids[0])                       # offered: the other one
+    dep = run(routing.async_get_available_deployment(
+        MODEL, messages=messages("s", "v"), request_kwargs={"metadata": {}}))
+    assert dep["model_info"]["id"] == ids[1] and dep["model_info"][TICKET_KEY]
+    assert routing.engine.replica_status(replica_id(ids[1])).inflight == 1
 
 
 @pytest.fixture

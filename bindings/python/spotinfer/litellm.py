@@ -32,6 +32,7 @@ message naming the field).
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import inspect
 import itertools
@@ -41,8 +42,10 @@ import secrets
 import threading
 import time
 import urllib.request
+import weakref
 from datetime import datetime
-from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import (Any, Deque, Dict, Iterator, List, Mapping, Optional, Sequence, Set,
+                    Tuple, Union)
 
 try:
     import httpx
@@ -56,8 +59,9 @@ except ImportError as e:  # pragma: no cover - the message is the point
 from . import MAX_EXCLUDED, Engine, NoCapacityError, ShedError
 from .enums import BreakerState, ModelTier, OpenAIKind, Pool, ReplicaState, TicketStatus
 from ._engine import _closed as _engine_closed_error
-from .errors import InputError, NotFoundError, ResourceError
-from .litellm_deployments import Replica, deployment_id, model_group, replicas_of
+from .errors import InputError, NotFoundError, ResourceError, SpotinferError
+from .litellm_deployments import (DeploymentError, Replica, deployment_id, model_group,
+                                  read_replicas, replicas_of)
 from .notices import TicketPlan, parse_notice
 from .types import TicketResult
 
@@ -136,7 +140,7 @@ def request_body(model: str, messages: Optional[List[Any]], input: Any,
         if v is not None:
             body[k] = v
     meta = kwargs.get(_metadata_name(kwargs)) or {}
-    hints = {k: meta[k] for k in METADATA_KEYS
+    hints = {k: _hint(meta[k]) for k in METADATA_KEYS
              if isinstance(meta.get(k), (str, int, bool))}
     if "tenant" not in hints and isinstance(meta.get("user_api_key_team_id"), str):
         hints["tenant"] = meta["user_api_key_team_id"]   # the proxy's team
@@ -144,6 +148,14 @@ def request_body(model: str, messages: Optional[List[Any]], input: Any,
         body["metadata"] = hints
     text = json.dumps(body, separators=(",", ":"), default=_jsonable)
     return text.encode("utf-8"), kind
+
+
+def _hint(v: Any) -> str:
+    """A metadata value as the library reads it (OpenAI metadata values are
+    strings): a bool as true/false, an int as its digits."""
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    return v if isinstance(v, str) else str(v)
 
 
 def _ms(later: Any, earlier: Any) -> float:
@@ -196,16 +208,24 @@ class _Closed(Exception):
 
 
 class _Open:
-    """A ticket between its route and its callback. ``until`` is set once a
-    later route of its call took its place in the metadata
-    (_leave_earlier_try): its own event may still come until then."""
+    """A ticket between its route and its callback. ``sent`` is set once
+    LiteLLM hands its try to the deployment (_mark_sent): a try it never
+    sends has no event. ``streamed`` once the streaming deployment hook
+    ran for it (LiteLLM runs it on a stream's last chunk), ``answered``
+    once the call handed back an answer that its success event finishes
+    (an embedding, say): either way its event may be on its way
+    (_task_done). ``until`` is set once a later route of its call took its
+    place in the metadata (_leave_earlier_try), or its task was cancelled
+    with its event on its way: its own event may still come until then."""
 
-    __slots__ = ("replica", "opened", "streamed", "until")
+    __slots__ = ("replica", "opened", "sent", "streamed", "answered", "until")
 
     def __init__(self, replica: str) -> None:
         self.replica = replica
         self.opened = time.monotonic()
+        self.sent = False
         self.streamed = False
+        self.answered = False
         self.until = 0.0
 
 
@@ -246,7 +266,8 @@ class SpotinferRouting(CustomLogger, CustomRoutingStrategyBase):  # type: ignore
     retry-after), ``ticket_timeout_s`` (a ticket no callback finished by
     then is finished as CANCELLED), ``late_event_wait_s`` (how long the
     try a later route of its call took the place of waits for its own
-    event before it is finished as CANCELLED: _leave_earlier_try),
+    event before it is finished as CANCELLED: _leave_earlier_try; and how
+    long after its route a try LiteLLM has not sent is: _mark_sent),
     ``respect_litellm_health`` (take only
     deployments LiteLLM's own checks call healthy: cooldowns, allowed
     fails), ``ready_wait_s`` (start() waits this long for a first load
@@ -281,7 +302,7 @@ class SpotinferRouting(CustomLogger, CustomRoutingStrategyBase):  # type: ignore
         self.queue_wait_s = float(queue_wait_s)
         self.retry_after_s = int(retry_after_s)
         self._ticket_timeout_s = float(ticket_timeout_s)
-        self.late_event_wait_s = float(late_event_wait_s)
+        self._late_event_wait_s = float(late_event_wait_s)
         self.respect_litellm_health = bool(respect_litellm_health)
         self.ready_wait_s = float(ready_wait_s)
         self.close_wait_s = float(close_wait_s)
@@ -304,6 +325,17 @@ class SpotinferRouting(CustomLogger, CustomRoutingStrategyBase):  # type: ignore
         # (_sweep_if_due).
         self._due = float("inf")
         self._swept = 0.0
+        # The open tickets with the time of their route, in route order, for
+        # _expire_unsent (due late_event_wait_s after it unless sent); a
+        # ticket sent or finished since stays until it is at the front.
+        # Written under _lock; _unsent_due, when the front is due, read as
+        # _due is.
+        self._unsent: Deque[Tuple[float, int]] = collections.deque()
+        self._unsent_due = float("inf")
+        # The asyncio tasks that routed, each with the tickets of its routes
+        # still open (_watch_task); under _lock.
+        self._tasks: "weakref.WeakKeyDictionary[asyncio.Task[Any], Set[int]]" = \
+            weakref.WeakKeyDictionary()
         self._ticking = False
         self._replicas: Dict[str, Replica] = {}
         # The replicas the library chooses among for each model name (one
@@ -315,7 +347,10 @@ class SpotinferRouting(CustomLogger, CustomRoutingStrategyBase):  # type: ignore
         self._threads: List[threading.Thread] = []
         self._closer: Optional[threading.Thread] = None
         self._reqs: List[Any] = []          # idle Request handles, reused
-        self.sync_deployments()
+        # Held for a whole sync of the deployments (_sync), never with _lock
+        # held, never by a call into the library but the sync's own.
+        self._sync_lock = threading.Lock()
+        self._sync(strict=True)
 
     # -- set-up
 
@@ -373,34 +408,95 @@ class SpotinferRouting(CustomLogger, CustomRoutingStrategyBase):  # type: ignore
         database or its admin API); one integer compare when they did not."""
         v = self._registry_version()
         if v is not None and v != self._synced_version:
-            self.sync_deployments()
+            self._sync(strict=False, if_changed=True)
 
     def sync_deployments(self) -> None:
         """Read the router's deployments again: add or update their
-        replicas, remove the replicas of deployments that are gone. Once
-        the strategy is closing, nothing."""
-        self._synced_version = self._registry_version()
-        reps = replicas_of(self._model_list())
-        try:
-            with self._library():
-                for r in reps:
-                    self.engine.upsert_replica(r.info)
-                with self._lock:
-                    gone = set(self._replicas) - {r.info.id for r in reps}
-                    self._replicas = {r.info.id: r for r in reps}
-                    self._serving = _serving_map(reps)
+        replicas, remove the replicas of deployments that are gone. Each
+        deployment is read on its own: one that cannot be read (a bad
+        setting, an id another one has) or that the library refuses is
+        logged as a warning on the ``spotinfer.litellm`` logger and left
+        as it was (not added, or kept with the settings last applied), and
+        the others are applied. Once the strategy is closing, nothing."""
+        self._sync(strict=False)
+
+    def _sync(self, *, strict: bool, if_changed: bool = False) -> None:
+        """sync_deployments; ``strict`` (the strategy being made) raises a
+        DeploymentError naming the first deployment that cannot be read or
+        that the library refuses, and ``if_changed`` reads nothing when
+        another sync read the registry's current version meanwhile. One
+        sync at a time (_sync_lock), the version read before the list: a
+        sync that read an older list never applies it after a newer one,
+        and a change made during a sync moves the version past the one it
+        records."""
+        with self._sync_lock:
+            v = self._registry_version()
+            if if_changed and (v is None or v == self._synced_version):
+                return
+            deps = self._model_list()
+            if strict:
+                reps, bad = replicas_of(deps), []
+            else:
+                read, errors = read_replicas(deps)
+                reps, bad = list(read), list(errors)
+            try:
+                with self._library():
+                    self._apply(deps, reps, bad, strict)
+            except _Closed:
+                return
+            self._synced_version = v
+            for e in bad:
+                _log.warning("spotinfer.litellm: %s; the deployment is left as it was "
+                             "(not added, or with the settings last applied)", e)
+            with self._lock:
+                if self._threads and not self._closing:   # started: new replicas get theirs
+                    running = {t.name for t in self._threads if t.is_alive()}
                     for rid in self._replicas:
-                        self._fresh.setdefault(rid, threading.Event())
-                for rid in gone:
-                    self.engine.remove_replica(rid)
-        except _Closed:
-            return
+                        if f"spotinfer-load-{rid}" not in running:
+                            self._spawn(rid)
+
+    def _apply(self, deps: Sequence[Any], reps: Sequence[Replica],
+               bad: List[Exception], strict: bool) -> None:
+        """Put the replicas read into the engine and the strategy's maps,
+        in model_list order, and remove those of deployments that are gone.
+        A deployment listed but not read (or refused: ``bad`` gets why)
+        keeps the replica it had. Inside _library, under _sync_lock."""
+        applied: Dict[str, Replica] = {}
+        for r in reps:
+            try:
+                self.engine.upsert_replica(r.info)
+            except SpotinferError as e:
+                err = DeploymentError(f"deployment {r.model_id!r}: the library refuses "
+                                      f"it as a replica: {e}")
+                if strict:
+                    raise err from e
+                bad.append(err)
+                continue
+            applied[r.info.id] = r
         with self._lock:
-            if self._threads and not self._closing:   # started: new replicas get theirs
-                running = {t.name for t in self._threads if t.is_alive()}
-                for rid in self._replicas:
-                    if f"spotinfer-load-{rid}" not in running:
-                        self._spawn(rid)
+            kept: Dict[str, Replica] = {}
+            for dep in deps:
+                rid = deployment_id(dep)
+                rep = applied.get(rid) if rid is not None else None
+                if rep is None and rid is not None:
+                    rep = self._replicas.get(rid)
+                if rep is not None:
+                    kept.setdefault(rep.info.id, rep)
+            gone = set(self._replicas) - set(kept)
+            self._replicas = kept
+            self._serving = _serving_map(list(kept.values()))
+            for rid in kept:
+                self._fresh.setdefault(rid, threading.Event())
+        for rid in gone:
+            try:
+                self.engine.remove_replica(rid)
+            except NotFoundError:
+                pass                        # removed by the engine's owner
+            except SpotinferError as e:
+                if strict:
+                    raise
+                _log.warning("spotinfer.litellm: replica %r of a deployment that is "
+                             "gone: the library did not remove it: %s", rid, e)
 
     def _spawn(self, rid: str) -> None:
         """Start a replica's load thread and list it; under _lock, and only
@@ -502,6 +598,9 @@ class SpotinferRouting(CustomLogger, CustomRoutingStrategyBase):  # type: ignore
         with self._lock:
             left = list(self._open)
             self._open.clear()
+            self._tasks.clear()
+            self._unsent.clear()
+            self._unsent_due = float("inf")
             threads, self._threads = self._threads, []
         # The engine serves other threads meanwhile: only its close must
         # wait for them.
@@ -660,27 +759,69 @@ class SpotinferRouting(CustomLogger, CustomRoutingStrategyBase):  # type: ignore
 
     @ticket_timeout_s.setter
     def ticket_timeout_s(self, value: float) -> None:
-        self._ticket_timeout_s = float(value)
-        # The open tickets' due times moved: the next sweep recomputes them.
-        self._due = float("-inf")
+        # Under the lock: a sweep computing _due from the old value then
+        # writes it before this, not over it.
+        with self._lock:
+            self._ticket_timeout_s = float(value)
+            # The open tickets' due times moved: the next sweep recomputes them.
+            self._due = float("-inf")
+
+    @property
+    def late_event_wait_s(self) -> float:
+        """How long a try a later route of its call took the place of waits
+        for its own event, and a try LiteLLM has not sent stays open after
+        its route. Assignable at run time: the tickets not sent are then
+        judged by the new value (a try already left waits as it was told)."""
+        return self._late_event_wait_s
+
+    @late_event_wait_s.setter
+    def late_event_wait_s(self, value: float) -> None:
+        with self._lock:
+            self._late_event_wait_s = float(value)
+            self._unsent_due = float("-inf")    # the next sweep recomputes it
 
     def _expire_tickets(self) -> None:
-        """Finish as CANCELLED the tickets open past ticket_timeout_s, and
-        those a later try took the place of whose own event did not come
-        within late_event_wait_s. One compare while none is due (_due)."""
+        """Finish as CANCELLED the tickets open past ticket_timeout_s, those
+        a later try took the place of whose own event did not come within
+        late_event_wait_s, and those LiteLLM did not send within
+        late_event_wait_s of their route. Two compares while none is due
+        (_due, _unsent_due)."""
         now = time.monotonic()
-        if now < self._due:
+        if now < self._due and now < self._unsent_due:
             return
-        cutoff = now - self.ticket_timeout_s
         with self._lock:
-            old = [tid for tid, o in self._open.items()
-                   if o.opened < cutoff or 0.0 < o.until <= now]
-            for tid in old:
-                del self._open[tid]
-            self._due = min((self._due_of(o) for o in self._open.values()),
-                            default=float("inf"))
+            old = self._expire_unsent(now) if now >= self._unsent_due else []
+            if now >= self._due:
+                cutoff = now - self.ticket_timeout_s
+                late = [tid for tid, o in self._open.items()
+                        if o.opened < cutoff or 0.0 < o.until <= now]
+                for tid in late:
+                    del self._open[tid]
+                old += late
+                self._due = min((self._due_of(o) for o in self._open.values()),
+                                default=float("inf"))
         for tid in old:
             self._finish(tid, TicketResult(status=TicketStatus.CANCELLED))
+
+    def _expire_unsent(self, now: float) -> List[int]:
+        """The tickets LiteLLM did not send within late_event_wait_s of their
+        route, taken out of _open: a failure after the route and before
+        the call (a deployment at its max_parallel_requests, a pre-call
+        check of another callback) has no event. Under _lock; the work is
+        the entries taken off the front."""
+        out: List[int] = []
+        wait = self.late_event_wait_s
+        while self._unsent:
+            opened, tid = self._unsent[0]
+            o = self._open.get(tid)
+            if o is not None and not o.sent:
+                if opened + wait > now:
+                    break
+                del self._open[tid]
+                out.append(tid)
+            self._unsent.popleft()
+        self._unsent_due = self._unsent[0][0] + wait if self._unsent else float("inf")
+        return out
 
     def _due_of(self, o: _Open) -> float:
         """When _expire_tickets finishes an open ticket, unless an event
@@ -696,7 +837,7 @@ class SpotinferRouting(CustomLogger, CustomRoutingStrategyBase):  # type: ignore
         if self._ticking:
             return
         now = time.monotonic()
-        if now < self._due or now < self._swept + _TICK_S:
+        if (now < self._due and now < self._unsent_due) or now < self._swept + _TICK_S:
             return
         self._swept = now
         self._expire_tickets()
@@ -824,7 +965,11 @@ class SpotinferRouting(CustomLogger, CustomRoutingStrategyBase):  # type: ignore
                     if not closing:
                         o = self._open[d.ticket.id] = _Open(rid)
                         self._due = min(self._due, self._due_of(o))
+                        self._unsent.append((o.opened, d.ticket.id))
+                        self._unsent_due = min(self._unsent_due,
+                                               o.opened + self.late_event_wait_s)
                         self._keep_ticket(meta, kwargs, d.ticket.id)
+                        self._watch_task(d.ticket.id)
                 if closing:
                     self._finish(d.ticket.id, TicketResult(status=TicketStatus.CANCELLED))
                     raise self._closed_error(model)
@@ -833,6 +978,59 @@ class SpotinferRouting(CustomLogger, CustomRoutingStrategyBase):  # type: ignore
             return self._marked(dep, 0)
         self._finish(d.ticket.id, TicketResult(status=TicketStatus.CANCELLED))
         return None
+
+    def _watch_task(self, tid: int) -> None:
+        """Keep an opened ticket with the asyncio task routing it (none off
+        an event loop): a task cancelled with the call in it (asyncio.
+        wait_for's timeout, LiteLLM's abatch_completion_fastest_response
+        cancelling the slower calls) gets no failure hook or event, as
+        LiteLLM catches only Exception, and _task_done finishes its
+        tickets. One done-callback a task; its set holds the tickets of its
+        routes still open, so a task that routes call after call holds no
+        more than its calls in flight. Under _lock."""
+        try:
+            task = asyncio.current_task()
+        except RuntimeError:
+            return                          # no running event loop here
+        if task is None:
+            return
+        tids = self._tasks.get(task)
+        if tids is None:
+            tids = self._tasks[task] = set()
+            task.add_done_callback(self._task_done)
+        else:
+            tids.intersection_update(self._open)
+        tids.add(tid)
+
+    def _task_done(self, task: "asyncio.Task[Any]") -> None:
+        """A task that routed is done. Ended by a cancellation: each ticket
+        it opened that is still open and still its call's (no later try
+        took its place: that one's own event, or the sweep, ends it) is
+        finished as CANCELLED, once: the call (or the reading of its
+        stream) was abandoned, with no event to come. One whose success
+        event may be on its way (streamed, answered) waits for it
+        late_event_wait_s, as a try a retry took the place of does. A task
+        that returned or raised is left to the events (a stream is served
+        after its route's task returned)."""
+        ended: List[int] = []
+        with self._lock:
+            tids = self._tasks.pop(task, None)
+            if not tids or not task.cancelled():
+                return
+            now = time.monotonic()
+            for tid in tids:
+                o = self._open.get(tid)
+                if o is None or o.until:
+                    continue
+                if o.streamed or o.answered:
+                    o.until = now + self.late_event_wait_s
+                    self._due = min(self._due, o.until)
+                    continue
+                del self._open[tid]
+                ended.append(tid)
+        for tid in ended:
+            self._finish(tid, TicketResult(status=TicketStatus.CANCELLED))
+        self._sweep_if_due()
 
     def _leave_earlier_try(self, kwargs: Dict[str, Any]) -> Dict[str, Any]:
         """The request's metadata, without an earlier try's ticket. LiteLLM
@@ -966,24 +1164,32 @@ class SpotinferRouting(CustomLogger, CustomRoutingStrategyBase):  # type: ignore
         except NotFoundError:
             return None
 
-    async def async_get_available_deployment(
-            self, model: str, messages: Optional[List[Dict[str, str]]] = None,
-            input: Union[str, List[Any], None] = None,
-            specific_deployment: Optional[bool] = False,
-            request_kwargs: Optional[Dict[str, Any]] = None) -> Any:
+    def _route_start(self, model: str,
+                     request_kwargs: Optional[Dict[str, Any]]) -> Dict[str, Any]:
+        """What each route does first, async or sync; returns the request's
+        kwargs (a dict of its own when LiteLLM passes none). A try of this
+        call still open failed (a retry is what asks again): it leaves the
+        call's place here, whatever this one gets (a 429, a 503, a queue),
+        and is finished by its own event or, without one, by the sweep
+        (_leave_earlier_try); only a trace id tells this call's tries from
+        those of other calls that share the metadata dict. Then: a 503
+        once the strategy is closing, the sweep of a strategy without a
+        tick thread, and the deployments read again if they changed."""
         kwargs = request_kwargs if request_kwargs is not None else {}
         if _trace_of(kwargs) is not None:
-            # A try of this call still open failed (a retry is what asks
-            # again): it leaves the call's place here, whatever this one
-            # gets (a 429, a 503, a queue), and is finished by its own
-            # event or, without one, by the sweep (_leave_earlier_try).
-            # Only a trace id tells this call's tries from those of other
-            # calls that share the metadata dict.
             self._leave_earlier_try(kwargs)
         if self._closing:
             raise self._closed_error(model)
         self._sweep_if_due()
         self.sync_if_changed()
+        return kwargs
+
+    async def async_get_available_deployment(
+            self, model: str, messages: Optional[List[Dict[str, str]]] = None,
+            input: Union[str, List[Any], None] = None,
+            specific_deployment: Optional[bool] = False,
+            request_kwargs: Optional[Dict[str, Any]] = None) -> Any:
+        kwargs = self._route_start(model, request_kwargs)
         if self.respect_litellm_health:
             found = await self._router.select(
                 model, kwargs, kind="healthy", messages=messages, input=input,
@@ -1005,19 +1211,7 @@ class SpotinferRouting(CustomLogger, CustomRoutingStrategyBase):  # type: ignore
             input: Union[str, List[Any], None] = None,
             specific_deployment: Optional[bool] = False,
             request_kwargs: Optional[Dict[str, Any]] = None) -> Any:
-        kwargs = request_kwargs if request_kwargs is not None else {}
-        if _trace_of(kwargs) is not None:
-            # A try of this call still open failed (a retry is what asks
-            # again): it leaves the call's place here, whatever this one
-            # gets (a 429, a 503, a queue), and is finished by its own
-            # event or, without one, by the sweep (_leave_earlier_try).
-            # Only a trace id tells this call's tries from those of other
-            # calls that share the metadata dict.
-            self._leave_earlier_try(kwargs)
-        if self._closing:
-            raise self._closed_error(model)
-        self._sweep_if_due()
-        self.sync_if_changed()
+        kwargs = self._route_start(model, request_kwargs)
         found = self._resolved(model, messages, input, specific_deployment, kwargs)
         if isinstance(found, dict):         # one named deployment: no choice
             return self._marked(found, 0)
@@ -1194,6 +1388,41 @@ class SpotinferRouting(CustomLogger, CustomRoutingStrategyBase):  # type: ignore
                                duration_ms=(time.monotonic() - o.opened) * 1000.0)
         self._finish(tid, res)
 
+    def _mark_sent(self, data: Mapping[str, Any]) -> None:
+        """The try's ticket is sent: LiteLLM hands the try to the deployment,
+        and from here on a failure has its hook or its event."""
+        tid = self._ticket_of(data)
+        if not tid:
+            return
+        with self._lock:
+            o = self._open.get(tid)
+            if o is not None:
+                o.sent = True
+
+    # Where LiteLLM hands a try to the deployment, past its own checks
+    # between the route and the call (a deployment's max_parallel_requests,
+    # the pre-call checks of other callbacks), which raise with no event.
+    # An async call runs the deployment hook in its call wrapper, for every
+    # try; a sync call has no deployment hook: its Router runs the callbacks'
+    # pre_call_check with the routed deployment before the call (completion,
+    # embedding, image generation, its generic calls), and the provider logs
+    # the request to the callbacks' log_pre_api_call just before sending it
+    # (every call, async ones too). A ticket none of them marked within
+    # late_event_wait_s of its route is finished as CANCELLED.
+
+    async def async_pre_call_deployment_hook(
+            self, kwargs: Dict[str, Any], call_type: Any) -> Optional[Dict[str, Any]]:
+        self._mark_sent(kwargs)
+        return None
+
+    def pre_call_check(self, deployment: Dict[str, Any]) -> Optional[Dict[str, Any]]:
+        self._mark_sent(deployment)
+        return None
+
+    def log_pre_api_call(self, model: Any, messages: Any, kwargs: Any) -> None:
+        if isinstance(kwargs, Mapping):
+            self._mark_sent(kwargs)
+
     # The deployment hooks run inline, before LiteLLM hands the answer to
     # the caller; the logging events run later, from LiteLLM's logging
     # worker. A whole answer finishes its ticket in the hook, so the next
@@ -1205,6 +1434,15 @@ class SpotinferRouting(CustomLogger, CustomRoutingStrategyBase):  # type: ignore
             self, request_data: Dict[str, Any], response: Any, call_type: Any) -> Any:
         if isinstance(response, litellm.ModelResponse):
             self._done(TicketStatus.OK, request_data, response, None, None)
+            return None
+        # Another answer (an embedding, a stream): its success event, from
+        # the logging worker, finishes it.
+        tid = self._ticket_of(request_data)
+        if tid:
+            with self._lock:
+                o = self._open.get(tid)
+                if o is not None:
+                    o.answered = True
         return None
 
     async def async_post_call_failure_deployment_hook(

@@ -24,16 +24,23 @@ goes in the deployment's ``model_info``, under ``spotinfer``::
 ``model_info`` is where LiteLLM keeps a deployment's own facts (it is never
 sent to the model server, unlike ``litellm_params``), and LiteLLM keeps it
 as given, so the proxy's config.yaml and a Router's ``model_list`` say it
-the same way. ``model_info.id`` is LiteLLM's deployment id: without one,
-LiteLLM derives a hash from the parameters, which works but changes when
-they do; naming it keeps the library's per-replica state (prefix index,
-breaker, metrics labels) under a stable name.
+the same way. ``model_info.id`` is LiteLLM's deployment id and, as given,
+the replica id when the library takes it (1..63 bytes of printable ASCII
+without spaces). Without one, LiteLLM derives a hash of the parameters,
+64 hex digits, one byte over what the library takes: such an id, and any
+other the library would refuse, is given to the library in a short form
+of its own (:func:`replica_id`: the id's first characters and a digest of
+it), stable for that id, which the metrics and the ledger show. A derived
+id changes when the parameters do; naming the deployment keeps the
+library's per-replica state (prefix index, breaker, metrics labels) under
+a stable name.
 """
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
-from typing import Any, Mapping, Optional, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 from .enums import ModelTier, Pool, coerce
 from .types import ReplicaInfo
@@ -45,6 +52,13 @@ KEYS = frozenset({"pool", "usd_per_hour", "zone", "instance_type", "node",
                   "metrics_url"})
 
 DEFAULT_MAX_INFLIGHT = 64
+
+#: The longest replica id the library takes, in bytes.
+MAX_ID_BYTES = 63
+
+#: The hex digits of the digest that ends a replica id made from a
+#: model_info.id the library would refuse (replica_id).
+_DIGEST_HEX = 16
 
 
 class DeploymentError(ValueError):
@@ -59,6 +73,7 @@ class Replica:
     info: ReplicaInfo
     model_group: str
     metrics_url: Optional[str]     # None: the strategy reports load itself
+    model_id: str = ""             # model_info.id, as LiteLLM has it
 
 
 def _get(obj: Any, key: str) -> Any:
@@ -169,10 +184,33 @@ def model_group(deployments: Any) -> str:
     return library_name(common[0] if common else names[0][0])
 
 
+def _library_takes(rid: str) -> bool:
+    return 0 < len(rid) <= MAX_ID_BYTES and all("!" <= c <= "~" for c in rid)
+
+
+def replica_id(model_id: str) -> str:
+    """The replica id of the deployment whose model_info.id is model_id:
+    model_id itself when the library takes it (1..63 bytes of printable
+    ASCII without spaces). Else (LiteLLM's derived ids are 64 hex digits;
+    a name may have spaces or other characters) a form the library takes,
+    the same for the same model_id: its first 46 characters, each outside
+    that range as "_", then "~" and 16 hex digits of the SHA-256 of its
+    UTF-8, 63 bytes at most. Two model_info.ids with one replica id (a
+    digest's collision, or an id chosen to look like such a form) are
+    refused by replicas_of."""
+    if _library_takes(model_id):
+        return model_id
+    head_len = MAX_ID_BYTES - 1 - _DIGEST_HEX
+    head = "".join(c if "!" <= c <= "~" else "_" for c in model_id[:head_len])
+    digest = hashlib.sha256(model_id.encode("utf-8", "surrogatepass")).hexdigest()
+    return f"{head}~{digest[:_DIGEST_HEX]}"
+
+
 def deployment_id(deployment: Any) -> Optional[str]:
-    """A deployment's model_info.id (the replica id), None without one."""
+    """A deployment's replica id (replica_id of its model_info.id), None
+    without one."""
     rid = _get(_get(deployment, "model_info"), "id")
-    return str(rid) if rid else None
+    return replica_id(str(rid)) if rid else None
 
 
 def replica_of(deployment: Any) -> Replica:
@@ -181,11 +219,12 @@ def replica_of(deployment: Any) -> Replica:
     model_info = _get(deployment, "model_info") or {}
     params = _get(deployment, "litellm_params") or {}
     group = _get(deployment, "model_name")
-    rid = _get(model_info, "id")
-    if not rid:
+    model_id = _get(model_info, "id")
+    if not model_id:
         raise DeploymentError(f"deployment of {group!r} has no model_info.id")
-    rid = str(rid)
-    where = f"deployment {rid!r} (model_info.spotinfer)"
+    model_id = str(model_id)
+    rid = replica_id(model_id)
+    where = f"deployment {model_id!r} (model_info.spotinfer)"
     settings = _get(model_info, "spotinfer") or {}
     if not isinstance(settings, Mapping):
         raise DeploymentError(f"{where}: must be a mapping, not {type(settings).__name__}")
@@ -221,26 +260,53 @@ def replica_of(deployment: Any) -> Replica:
         decode_tokens_per_s=_number(where, "decode_tokens_per_s",
                                     settings.get("decode_tokens_per_s", 0.0), float))
     return Replica(info, str(group or ""),
-                   _metrics_url(where, settings, _get(params, "api_base")))
+                   _metrics_url(where, settings, _get(params, "api_base")), model_id)
+
+
+def read_replicas(model_list: Any) -> Tuple[Tuple[Replica, ...], Tuple[DeploymentError, ...]]:
+    """The deployments of a model list that can be read, each on its own,
+    and an error for each of the others, naming it: a bad setting, an id
+    an earlier deployment has (the later one is left out), or a team's
+    name that is another deployment's model_name (a team-scoped name
+    that is some group's too would put the team's replicas and that
+    group's in one choice again)."""
+    out: List[Replica] = []
+    errors: List[DeploymentError] = []
+    seen: Dict[str, str] = {}
+    for dep in model_list or ():
+        try:
+            r = replica_of(dep)
+        except DeploymentError as e:
+            errors.append(e)
+            continue
+        other = seen.get(r.info.id)
+        if other == r.model_id:
+            errors.append(DeploymentError(f"two deployments have model_info.id {r.model_id!r}"))
+            continue
+        if other is not None:
+            errors.append(DeploymentError(
+                f"deployments {other!r} and {r.model_id!r} have one replica id, "
+                f"{r.info.id!r}: name one otherwise"))
+            continue
+        seen[r.info.id] = r.model_id
+        out.append(r)
+    groups = {library_name(r.model_group) for r in out}
+    kept = []
+    for r in out:
+        clash = next((n for n in r.info.models[1:] if n in groups), None)
+        if clash is not None:
+            errors.append(DeploymentError(
+                f"deployment {r.model_id!r}: its team's name {clash!r} is "
+                "another deployment's model_name"))
+            continue
+        kept.append(r)
+    return tuple(kept), tuple(errors)
 
 
 def replicas_of(model_list: Any) -> Tuple[Replica, ...]:
-    """Every deployment of a model list; two with one id are an error."""
-    out = []
-    seen = set()
-    for dep in model_list or ():
-        r = replica_of(dep)
-        if r.info.id in seen:
-            raise DeploymentError(f"two deployments have model_info.id {r.info.id!r}")
-        seen.add(r.info.id)
-        out.append(r)
-    # A team-scoped name that is some deployment's model_name too would put
-    # the team's replicas and that group's in one choice again.
-    groups = {library_name(r.model_group) for r in out}
-    for r in out:
-        for name in r.info.models[1:]:
-            if name in groups:
-                raise DeploymentError(
-                    f"deployment {r.info.id!r}: its team's name {name!r} is "
-                    "another deployment's model_name")
-    return tuple(out)
+    """Every deployment of a model list; raises the first DeploymentError
+    read_replicas finds (two with one id among them)."""
+    reps, errors = read_replicas(model_list)
+    if errors:
+        raise errors[0]
+    return reps

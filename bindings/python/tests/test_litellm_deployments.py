@@ -8,8 +8,8 @@ import pytest
 from spotinfer import Engine, ModelTier, Pool
 from spotinfer.litellm_deployments import (DeploymentError, default_metrics_url,
                                            deployment_id, library_name, model_group,
-                                           replica_of, replicas_of, served_names,
-                                           team_model_name)
+                                           read_replicas, replica_id, replica_of,
+                                           replicas_of, served_names, team_model_name)
 
 from conftest import needs_routing
 
@@ -94,6 +94,23 @@ def test_an_id_is_required_and_unique():
         replicas_of([dep("x"), dep("x")])
 
 
+def test_read_replicas_reads_each_deployment_on_its_own():
+    """What a strategy reads at run time: the deployments that can be read,
+    and an error naming each of the others; replicas_of raises the first."""
+    priced = {"spotinfer": {"usd_per_hour": 1}}
+    team = {"model_name": "llama_t_a",
+            "model_info": {"id": "t", "team_id": "t1", "team_public_model_name": "g",
+                           **priced}}
+    deps = [dep("a"), dep("bad", usd_per_hour="cheap"), dep("a"), dep("b"), team,
+            {"model_name": "team:t1/g", "model_info": {"id": "g", **priced}}]
+    reps, errors = read_replicas(deps)
+    assert [r.info.id for r in reps] == ["a", "b", "g"]
+    assert ["'bad'" in str(errors[0]), "model_info.id 'a'" in str(errors[1]),
+            "'t'" in str(errors[2])] == [True, True, True]
+    with pytest.raises(DeploymentError, match="'bad'"):
+        replicas_of(deps)
+
+
 def test_pydantic_like_objects_are_read_too():
     class Obj:
         def __init__(self, **kw):
@@ -168,6 +185,40 @@ def test_a_team_name_that_is_a_group_name_is_refused():
 def test_a_deployment_id():
     assert deployment_id(named("m", "spot-a")) == "spot-a"
     assert deployment_id({"model_name": "m"}) is None
+
+
+def test_an_id_the_library_would_refuse_has_a_short_stable_form():
+    """LiteLLM gives a deployment without model_info.id a hash of its
+    parameters, 64 hex digits; the library takes replica ids of 1..63
+    bytes of printable ASCII without spaces. Such an id (and a name with a
+    space or other characters) is given to the library in a form it
+    takes, the same each time, and deployment_id gives the same one, so
+    the deployments LiteLLM offers are found among the replicas."""
+    derived = "0123456789abcdef" * 4
+    rid = replica_id(derived)
+    assert len(rid.encode()) <= 63 and rid.startswith(derived[:46] + "~")
+    assert rid == replica_id(derived) != replica_id(derived[:-1] + "0")
+    for odd in ("my replica", "réplica-1", "x" * 64, "tab\there"):
+        r = replica_id(odd)
+        assert 0 < len(r.encode()) <= 63 and all("!" <= c <= "~" for c in r), odd
+    assert replica_id("x" * 63) == "x" * 63 and replica_id("spot-a") == "spot-a"
+    d = dep(derived)
+    r = replica_of(d)
+    assert (r.info.id, r.model_id) == (rid, derived)
+    assert deployment_id(d) == rid
+    with Engine() as e:
+        e.upsert_replica(r.info)
+        e.upsert_replica(replica_of(dep("my replica")).info)
+        assert [s.id for s in e.replicas()] == [rid, replica_id("my replica")]
+
+
+def test_two_ids_with_one_replica_id_are_refused():
+    """An id that is the short form of another deployment's id (chosen so,
+    or a digest's collision) would make two deployments one replica."""
+    derived = "f" * 64
+    with pytest.raises(DeploymentError) as ei:
+        replicas_of([dep(derived), dep(replica_id(derived))])
+    assert derived in str(ei.value) and "one replica id" in str(ei.value)
 
 
 def test_library_names():
