@@ -773,13 +773,12 @@ int spi_engine_notice(spi_engine *engine, const spi_notice *notice,
                             "notice: plans[0].struct_size %zu is below "
                             "sizeof(spi_ticket_plan) %zu or misaligned",
                             plans[0].struct_size, sizeof *plans);
-  size_t nlen = bounded_len(notice->node, sizeof notice->node);
-  size_t klen = bounded_len(notice->dedup_key, sizeof notice->dedup_key);
-  if (nlen == 0 || nlen == sizeof notice->node ||
-      klen == sizeof notice->dedup_key)
-    return spi__engine_fail(engine, SPI_EINVAL,
-                            "notice: node must be 1..63 bytes and both node "
-                            "and dedup_key NUL-terminated");
+  /* What every other engine would refuse from the bus is refused here
+   * too: a notice acts on all of them or on none. */
+  char why[SPI_ERRMSG_CAP];
+  if (spi__fleet_notice_check(notice, why, sizeof why) != SPI_OK)
+    return spi__engine_fail(engine, SPI_EINVAL, "notice: %s", why);
+  size_t nlen = strlen(notice->node), klen = strlen(notice->dedup_key);
   *n_out = 0;
   if (notice->kind == SPI_NOTICE_NONE) return SPI_OK;
   spi_router_cfg cfg = router_cfg(engine);

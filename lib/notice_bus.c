@@ -222,28 +222,82 @@ typedef struct decoded {
   spi_fleet_cool cool;
 } decoded;
 
-/* A string member copied into dst (cap bytes with its NUL): at least
- * min_len bytes, no control characters. */
-static int get_str(const cJSON *o, const char *key, char *dst, size_t cap,
-                   size_t min_len, char *err, size_t errcap) {
+/* Where the first control character (a byte below 0x20) of s[0..len) is,
+ * or len if there is none. */
+static size_t control_at(const char *s, size_t len) {
+  size_t i = 0;
+  while (i < len && (unsigned char)s[i] >= 0x20) i++;
+  return i;
+}
+
+/* A text field of cap bytes: NUL-terminated within them, at least min_len
+ * bytes long, without control characters. */
+static int check_text(const char *name, const char *s, size_t cap,
+                      size_t min_len, char *err, size_t errcap) {
+  const char *z = memchr(s, '\0', cap);
+  if (!z) {
+    spi__errf(err, errcap, "%s: not NUL-terminated within its %zu bytes", name,
+              cap);
+    return SPI_EINVAL;
+  }
+  size_t len = (size_t)(z - s), at = control_at(s, len);
+  if (len < min_len) {
+    spi__errf(err, errcap, "%s: %zu bytes, expected %zu..%zu", name, len,
+              min_len, cap - 1);
+    return SPI_EINVAL;
+  }
+  if (at < len) {
+    spi__errf(err, errcap, "%s: control character at byte %zu", name, at);
+    return SPI_EINVAL;
+  }
+  return SPI_OK;
+}
+
+/* The one statement of what a notice message may hold: decode_notice
+ * applies it to what it reads, spi_engine_notice to what it is handed, so
+ * no engine acts on a notice the others would refuse as malformed. */
+int spi__fleet_notice_check(const spi_notice *n, char *err, size_t errcap) {
+  int rc = check_text("node", n->node, sizeof n->node, 1, err, errcap);
+  if (rc == SPI_OK)
+    rc = check_text("event_id", n->event_id, sizeof n->event_id, 0, err,
+                    errcap);
+  if (rc == SPI_OK)
+    rc = check_text("dedup_key", n->dedup_key, sizeof n->dedup_key, 0, err,
+                    errcap);
+  if (rc == SPI_OK && n->deadline_ns < 0) {
+    spi__errf(err, errcap, "deadline_ns: %lld is negative",
+              (long long)n->deadline_ns);
+    rc = SPI_EINVAL;
+  }
+  return rc;
+}
+
+/* A string member copied into dst (cap bytes with its NUL). */
+static int copy_str(const cJSON *o, const char *key, char *dst, size_t cap,
+                    char *err, size_t errcap) {
   const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
   if (!cJSON_IsString(v) || !v->valuestring) {
     spi__errf(err, errcap, "%s: missing or not a string", key);
     return SPI_EPARSE;
   }
   size_t len = strlen(v->valuestring);
-  if (len < min_len || len >= cap) {
-    spi__errf(err, errcap, "%s: %zu bytes, expected %zu..%zu", key, len,
-              min_len, cap - 1);
+  if (len >= cap) {
+    spi__errf(err, errcap, "%s: %zu bytes, expected at most %zu", key, len,
+              cap - 1);
     return SPI_EPARSE;
   }
-  for (size_t i = 0; i < len; i++)
-    if ((unsigned char)v->valuestring[i] < 0x20) {
-      spi__errf(err, errcap, "%s: control character at byte %zu", key, i);
-      return SPI_EPARSE;
-    }
   memcpy(dst, v->valuestring, len + 1);
   return SPI_OK;
+}
+
+/* A string member copied into dst: at least min_len bytes, no control
+ * characters. */
+static int get_str(const cJSON *o, const char *key, char *dst, size_t cap,
+                   size_t min_len, char *err, size_t errcap) {
+  int rc = copy_str(o, key, dst, cap, err, errcap);
+  if (rc == SPI_OK && check_text(key, dst, cap, min_len, err, errcap) != SPI_OK)
+    rc = SPI_EPARSE;
+  return rc;
 }
 
 /* A time: a string of 1..19 decimal digits that fits an int64. */
@@ -269,15 +323,16 @@ static int decode_notice(const cJSON *o, spi_notice *n, char *err,
   memset(n, 0, sizeof *n);
   n->struct_size = sizeof *n;
   char kind[16];
-  int rc = get_str(o, "node", n->node, sizeof n->node, 1, err, errcap);
+  int rc = copy_str(o, "node", n->node, sizeof n->node, err, errcap);
   if (rc == SPI_OK) rc = get_str(o, "kind", kind, sizeof kind, 1, err, errcap);
   if (rc == SPI_OK) rc = get_time(o, "deadline_ns", &n->deadline_ns, err, errcap);
   if (rc == SPI_OK)
-    rc = get_str(o, "dedup_key", n->dedup_key, sizeof n->dedup_key, 0, err,
-                 errcap);
+    rc = copy_str(o, "dedup_key", n->dedup_key, sizeof n->dedup_key, err,
+                  errcap);
   if (rc == SPI_OK)
-    rc = get_str(o, "event_id", n->event_id, sizeof n->event_id, 0, err,
-                 errcap);
+    rc = copy_str(o, "event_id", n->event_id, sizeof n->event_id, err, errcap);
+  if (rc == SPI_OK && spi__fleet_notice_check(n, err, errcap) != SPI_OK)
+    rc = SPI_EPARSE;
   if (rc != SPI_OK) return rc;
   const cJSON *active = cJSON_GetObjectItemCaseSensitive(o, "active");
   if (!cJSON_IsBool(active)) {

@@ -932,6 +932,10 @@ typedef struct spi_ticket_plan {
  * meanwhile starts NOTICED. At most 4,096 machines are tracked; when full,
  * the oldest machines that run no replica are forgotten to make room, so
  * SPI_EFULL means every tracked machine runs replicas.
+ * The notice must be one the fleet bus can carry (SPI_EINVAL naming the
+ * field otherwise, bus or not): node 1..63 bytes, event_id up to 63 and
+ * dedup_key up to 159, each NUL-terminated within its array and without
+ * bytes below 0x20, deadline_ns not negative.
  * Errors: SPI_EINVAL, SPI_EMISUSE, SPI_EBUFSIZE, SPI_EFULL.
  */
 SPI_API int spi_engine_notice(spi_engine *engine, const spi_notice *notice,

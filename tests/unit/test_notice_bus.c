@@ -276,6 +276,52 @@ static void test_malformed_skipped(void **st) {
   fb_two_done(&two);
 }
 
+/* A notice every other engine's reader would refuse as malformed (an
+ * event_id or dedup_key without its NUL, a control character in a text
+ * field, a negative deadline) is refused by spi_engine_notice with
+ * SPI_EINVAL naming the field, and acts nowhere: it would otherwise act
+ * on the engine it was handed to and be lost on every other. At the
+ * limits (63 and 159 bytes, DEL, UTF-8) a notice acts here and on B. */
+static void test_notice_the_bus_cannot_carry_is_refused(void **st) {
+  (void)st;
+  fb_pair two = fb_two(NULL, NULL);
+  fb_world *a = two.a, *bw = two.b;
+  const char *want[] = {"event_id: not NUL-terminated", "dedup_key: not NUL",
+                        "node: control character at byte 2",
+                        "event_id: control character at byte 2",
+                        "dedup_key: control character at byte 1",
+                        "deadline_ns: -1 is negative"};
+  for (int i = 0; i < 6; i++) {
+    spi_notice n = fb_notice("i-aaa", a->now + 120 * SEC, "k-1");
+    if (i == 0) memset(n.event_id, 'e', sizeof n.event_id);
+    if (i == 1) memset(n.dedup_key, 'k', sizeof n.dedup_key);
+    if (i == 2) n.node[2] = '\x1f';
+    if (i == 3) snprintf(n.event_id, sizeof n.event_id, "ev\n1");
+    if (i == 4) snprintf(n.dedup_key, sizeof n.dedup_key, "k\t1");
+    if (i == 5) n.deadline_ns = -1;
+    size_t np = 9;
+    assert_int_equal(spi_engine_notice(a->e, &n, NULL, 0, &np), SPI_EINVAL);
+    if (!strstr(spi_engine_errmsg(a->e), want[i]))
+      fail_msg("case %d: \"%s\", want \"%s\"", i, spi_engine_errmsg(a->e),
+               want[i]);
+    assert_int_equal(fb_state(a->e, "i-aaa"), SPI_NODE_ACTIVE);
+  }
+  assert_int_equal(broker_count(two.bus), 0);
+  spi_notice n = fb_notice("i-aaa", a->now + 120 * SEC, "");
+  memset(n.event_id, 'e', sizeof n.event_id - 1);
+  memset(n.dedup_key, 'k', sizeof n.dedup_key - 1);
+  n.dedup_key[0] = '\x7f';
+  memcpy(n.dedup_key + 1, "\xc3\xa9", 2);
+  fb_hand(a, &n);
+  assert_int_equal(fb_state(a->e, "i-aaa"), SPI_NODE_NOTICED);
+  assert_int_equal(spi_engine_tick(bw->e), SPI_OK);
+  spi_fleet_stats s = fb_stats(bw->e);
+  assert_int_equal(s.malformed, 0);
+  assert_int_equal(s.applied, 1);
+  assert_int_equal(fb_state(bw->e, "i-aaa"), SPI_NODE_NOTICED);
+  fb_two_done(&two);
+}
+
 static void test_publish_failure_keeps_local(void **st) {
   (void)st;
   fb_pair two = fb_two(NULL, NULL);
@@ -840,6 +886,7 @@ int main(void) {
       cmocka_unit_test(test_cooldown_shared),
       cmocka_unit_test(test_malformed_skipped),
       cmocka_unit_test(test_control_bytes_malformed),
+      cmocka_unit_test(test_notice_the_bus_cannot_carry_is_refused),
       cmocka_unit_test(test_publish_failure_keeps_local),
       cmocka_unit_test(test_pending_is_bounded),
       cmocka_unit_test(test_slow_bus_tick_is_bounded),
