@@ -23,9 +23,11 @@
  * flight another), so a configure that retires the snapshot while a slow
  * publish runs frees the instance only when the publish returns. The
  * engine's fleet state has one mutex, a leaf (engine.h's order, 5): the
- * queue of messages a failed publish left and the last error; counters are
- * atomic. One thread polls at a time (a tick finding another poll running
- * skips its own).
+ * queue of messages a failed publish left, which thread is sending, and
+ * the last error; counters are atomic. One thread publishes at a time
+ * (others queue their messages behind it, so order holds even when a
+ * publish fails) and one polls at a time (a tick finding another poll
+ * running skips its own).
  */
 #include <stdarg.h>
 #include <stdio.h>
@@ -60,10 +62,14 @@ typedef struct pending_msg {
 } pending_msg;
 
 struct spi_fleet {
-  pthread_mutex_t mu; /* pending, flushing, last_error */
+  pthread_mutex_t mu; /* pending, sending, last_error */
   pending_msg pending[SPI_FLEET_PENDING_MAX]; /* a ring, oldest at head */
   size_t head, npending;
-  int flushing;       /* a tick is sending pending messages */
+  /* A thread is publishing (a notice's messages, or a tick sending what
+   * was kept): one at a time, so the bus gets messages in the order they
+   * were handed over, and one that fails goes back ahead of those that
+   * queued behind it meanwhile. */
+  int sending;
   atomic_int polling; /* a tick is polling */
   atomic_ullong published, publish_failed, dropped, polls, poll_failed;
   atomic_ullong received, applied, duplicates, malformed, unknown;
@@ -426,21 +432,44 @@ static int call_publish(spi_engine *e, struct spi_fleet *f,
   return SPI_EMODULE;
 }
 
+/* Put a message that failed again back at the head; if the ring filled
+ * meanwhile, it is the one dropped. f->mu held. */
+static void pending_unshift(spi_engine *e, struct spi_fleet *f,
+                            pending_msg p) {
+  if (f->npending == SPI_FLEET_PENDING_MAX) {
+    spi__free(&e->mem, p.text);
+    atomic_fetch_add(&f->dropped, 1);
+    return;
+  }
+  f->head = (f->head + SPI_FLEET_PENDING_MAX - 1) % SPI_FLEET_PENDING_MAX;
+  f->pending[f->head] = p;
+  f->npending++;
+}
+
 /* Send one message, or keep it behind those waiting so the bus keeps
- * their order (a withdrawal must not overtake its notice). */
+ * their order (a withdrawal must not overtake its notice). A message is
+ * sent at once only when nothing is kept and no other thread is sending;
+ * if that publish fails, it goes back ahead of whatever queued behind it
+ * while it was under way. */
 static void send_or_keep(spi_engine *e, struct spi_fleet *f,
                          struct spi_fleet_ref *r, const spi_buf *b) {
   pthread_mutex_lock(&f->mu);
-  int queue = f->npending > 0 || f->flushing;
+  int queue = f->npending > 0 || f->sending;
   if (queue) pending_push(e, f, (const char *)b->data, b->len);
+  else f->sending = 1;
   pthread_mutex_unlock(&f->mu);
   if (queue) return;
   char err[SPI_ERRMSG_CAP];
-  if (call_publish(e, f, r, (const char *)b->data, b->len, err, sizeof err) ==
-      SPI_OK)
-    return;
+  int rc = call_publish(e, f, r, (const char *)b->data, b->len, err,
+                        sizeof err);
   pthread_mutex_lock(&f->mu);
-  pending_push(e, f, (const char *)b->data, b->len);
+  if (rc != SPI_OK) {
+    pending_msg p = {spi__strndup(&e->mem, (const char *)b->data, b->len),
+                     b->len};
+    if (p.text) pending_unshift(e, f, p);
+    else atomic_fetch_add(&f->dropped, 1);
+  }
+  f->sending = 0;
   pthread_mutex_unlock(&f->mu);
 }
 
@@ -467,20 +496,6 @@ void spi__fleet_publish_notice(spi_engine *e, const spi_notice *n,
   spi__fleet_ref_drop(e, r);
 }
 
-/* Put a message that failed again back at the head; if the ring filled
- * meanwhile, it is the one dropped. f->mu held. */
-static void pending_unshift(spi_engine *e, struct spi_fleet *f,
-                            pending_msg p) {
-  if (f->npending == SPI_FLEET_PENDING_MAX) {
-    spi__free(&e->mem, p.text);
-    atomic_fetch_add(&f->dropped, 1);
-    return;
-  }
-  f->head = (f->head + SPI_FLEET_PENDING_MAX - 1) % SPI_FLEET_PENDING_MAX;
-  f->pending[f->head] = p;
-  f->npending++;
-}
-
 /* Take the oldest kept message off the ring (npending > 0). f->mu held. */
 static pending_msg pending_shift(struct spi_fleet *f) {
   pending_msg p = f->pending[f->head];
@@ -499,13 +514,18 @@ static int budget_spent(const spi_engine *e, int64_t start) {
 /* Send what failed before, oldest first, until one fails again or the
  * tick's budget is spent (one is always tried, so the ring drains). What
  * is not sent stays at the head for the next tick. While this runs, new
- * messages queue behind (flushing), so order holds. */
+ * messages queue behind (sending), so order holds; while another thread
+ * is sending, this tick leaves the ring to the next one. */
 static int flush_pending(spi_engine *e, struct spi_fleet *f,
                          struct spi_fleet_ref *r, char *err, size_t errcap) {
   int rc = SPI_OK;
   int64_t start = spi__engine_now(e);
   pthread_mutex_lock(&f->mu);
-  f->flushing = 1;
+  if (f->sending) {
+    pthread_mutex_unlock(&f->mu);
+    return SPI_OK;
+  }
+  f->sending = 1;
   while (f->npending > 0) {
     pending_msg p = pending_shift(f);
     pthread_mutex_unlock(&f->mu);
@@ -519,7 +539,7 @@ static int flush_pending(spi_engine *e, struct spi_fleet *f,
     spi__free(&e->mem, p.text);
     if (spent) break;
   }
-  f->flushing = 0;
+  f->sending = 0;
   pthread_mutex_unlock(&f->mu);
   return rc;
 }

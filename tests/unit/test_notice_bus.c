@@ -6,7 +6,8 @@
  * again; each engine drops its own echo; unreadable messages are skipped
  * and counted; a failing bus loses no local notice, says so in its status,
  * and sends what it kept once it is back, a slow one over several ticks
- * (each tick's sending bounded in time); polls are bounded; the plans for
+ * (each tick's sending bounded in time), and never a withdrawal before
+ * the notice it withdraws; polls are bounded; the plans for
  * B's own tickets come from spi_engine_node_plans; and engines publishing,
  * polling, routing and reconfiguring at once (run under TSan).
  */
@@ -790,6 +791,112 @@ static void test_slow_bus_blocks_nothing(void **st) {
   broker_free(b);
 }
 
+/* A bus over the broker whose first publish waits until released and
+ * then fails (a server that times out); every other publish goes
+ * through. */
+typedef struct gated_bus {
+  broker *b;
+  int calls, entered, released;
+} gated_bus;
+
+static int gated_configure(void *state, const char *json, size_t len,
+                           void **out, char *err, size_t cap) {
+  return broker_configure(((gated_bus *)state)->b, json, len, out, err, cap);
+}
+
+static void gated_release(void *state, void *instance) {
+  broker_release(((gated_bus *)state)->b, instance);
+}
+
+static int gated_publish(void *state, void *instance, const char *msg,
+                         size_t len, char *err, size_t cap) {
+  gated_bus *g = state;
+  pthread_mutex_lock(&g->b->mu);
+  int first = g->calls++ == 0;
+  if (first) {
+    g->entered = 1;
+    pthread_cond_broadcast(&g->b->cv);
+    while (!g->released) pthread_cond_wait(&g->b->cv, &g->b->mu);
+  }
+  pthread_mutex_unlock(&g->b->mu);
+  if (first) return snprintf(err, cap, "timed out"), SPI_EIO;
+  return broker_publish(g->b, instance, msg, len, err, cap);
+}
+
+static int gated_poll(void *state, void *instance, size_t max,
+                      spi_fleet_msg_fn fn, void *ud, char *err, size_t cap) {
+  return broker_poll(((gated_bus *)state)->b, instance, max, fn, ud, err, cap);
+}
+
+typedef struct handing {
+  fb_world *w;
+  spi_notice n;
+} handing;
+
+static void *hand_one(void *arg) {
+  handing *h = arg;
+  size_t np = 0;
+  spi_engine_notice(h->w->e, &h->n, NULL, 0, &np);
+  return NULL;
+}
+
+/* A withdrawal handed in while its notice's publish is still under way on
+ * another thread waits behind it; when that publish fails, the notice is
+ * kept ahead of the withdrawal, so the bus gets the notice first and every
+ * other engine ends with the machine at work, as here. (A publish in
+ * flight used to be neither kept nor a tick's sending: the withdrawal went
+ * out at once, the failed notice after it, and B stayed NOTICED.) */
+static void test_withdrawal_waits_for_notice_in_flight(void **st) {
+  (void)st;
+  spi_test_watchdog("a withdrawal behind a notice in flight", 30);
+  broker *b = broker_new();
+  gated_bus g = {b, 0, 0, 0};
+  fb_world *a = fb_mk(NULL, NULL);
+  spi_fleet_bus_module m =
+      fb_module(gated_configure, gated_release, gated_publish, gated_poll);
+  assert_int_equal(spi_engine_register_module(a->e, SPI_MODULE_FLEET_BUS,
+                                              "gated", 5, &m, &g, NULL),
+                   SPI_OK);
+  const char *cfg = "{\"modules\":{\"fleet_bus\":\"gated\"},"
+                    "\"module_config\":{\"gated\":{\"reader\":\"A\"}}}";
+  assert_int_equal(spi_engine_configure(a->e, cfg, strlen(cfg)), SPI_OK);
+  fb_world *bw = fb_on_bus(b, "B", NULL);
+  handing h = {a, fb_notice("i-aaa", a->now + 600 * SEC, "aws:scheduled:ev-1")};
+  h.n.kind = SPI_NOTICE_MAINTENANCE;
+  snprintf(h.n.event_id, sizeof h.n.event_id, "ev-1");
+  pthread_t t;
+  pthread_create(&t, NULL, hand_one, &h);
+  pthread_mutex_lock(&b->mu);
+  while (!g.entered) pthread_cond_wait(&b->cv, &b->mu);
+  pthread_mutex_unlock(&b->mu);
+  assert_int_equal(fb_state(a->e, "i-aaa"), SPI_NODE_NOTICED);
+  spi_notice w = h.n;
+  w.active = 0;
+  w.deadline_ns = 0;
+  snprintf(w.dedup_key, sizeof w.dedup_key, "aws:scheduled:ev-1:canceled");
+  size_t np = 0;
+  int rc = spi_engine_notice(a->e, &w, NULL, 0, &np);
+  pthread_mutex_lock(&b->mu);
+  g.released = 1;
+  pthread_cond_broadcast(&b->cv);
+  pthread_mutex_unlock(&b->mu);
+  pthread_join(t, NULL);
+  spi_test_watchdog("", 0);
+  assert_int_equal(rc, SPI_OK);
+  assert_int_equal(fb_state(a->e, "i-aaa"), SPI_NODE_ACTIVE);
+  assert_int_equal(fb_stats(a->e).pending, 2);
+  assert_int_equal(spi_engine_tick(a->e), SPI_OK); /* sends what was kept */
+  assert_int_equal(fb_stats(a->e).pending, 0);
+  assert_int_equal(broker_count(b), 2);
+  assert_non_null(strstr(b->msg[0], "\"active\":true"));
+  assert_non_null(strstr(b->msg[1], "\"active\":false"));
+  assert_int_equal(spi_engine_tick(bw->e), SPI_OK);
+  assert_int_equal(fb_state(bw->e, "i-aaa"), SPI_NODE_ACTIVE);
+  fb_done(a);
+  fb_done(bw);
+  broker_free(b);
+}
+
 /* ------------------------------------------------- everything at once */
 
 #define NODES 120
@@ -898,6 +1005,7 @@ int main(void) {
       cmocka_unit_test(test_withdrawal_and_advice_shared),
       cmocka_unit_test(test_config_and_registration),
       cmocka_unit_test(test_slow_bus_blocks_nothing),
+      cmocka_unit_test(test_withdrawal_waits_for_notice_in_flight),
       cmocka_unit_test(test_concurrent),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
