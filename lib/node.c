@@ -412,12 +412,15 @@ int32_t spi__nodes_initial(spi_engine *e, const spi_replica_ident *r,
 
 /* ------------------------------------------------------------ transitions */
 
-/* Count a transition and queue it for the callback. Nodes lock held. */
+/* Count a transition and queue it for the callback; from == to reports a
+ * moved deadline (set_deadline), which the metric does not count. Nodes
+ * lock held. */
 static void record(spi_engine *e, const node *n, int32_t from, int32_t to) {
   struct spi_nodes *t = e->nodes;
   unsigned pin; /* configure may replace metrics nothing was written to */
   spi__snap_acquire(e, &pin);
-  spi__metrics_node_transition(atomic_load(&e->metrics), from, to);
+  if (from != to)
+    spi__metrics_node_transition(atomic_load(&e->metrics), from, to);
   spi__snap_release(e, pin);
   if (t->nev < MAX_EVENTS) {
     event *ev = &t->ev[t->nev++];
@@ -676,6 +679,20 @@ typedef struct notice_run {
   size_t ncool;
 } notice_run;
 
+/* n's deadline moves: it is filed again by when, and the host hears of it
+ * as a NOTICED -> NOTICED (or DRAINING -> DRAINING) transition, because
+ * the plans made against the old deadline may be wrong now and the
+ * callback is how a host learns of notices from the bus. Both locks
+ * held. */
+static void set_deadline(spi_engine *e, node *n, int64_t deadline) {
+  if (deadline == n->deadline_ns ||
+      (n->state != SPI_NODE_NOTICED && n->state != SPI_NODE_DRAINING))
+    return;
+  n->deadline_ns = deadline;
+  requeue(e->nodes, n);
+  record(e, n, n->state, n->state);
+}
+
 /* Advice: no new long requests until it lapses. Both locks held. */
 static void advise(spi_engine *e, node *n, const notice_run *run) {
   if (n->state != SPI_NODE_ACTIVE && n->state != SPI_NODE_ADVISED) return;
@@ -720,10 +737,8 @@ static int notice_act(spi_engine *e, const spi_notice *notice, size_t nlen,
   if (n->state == SPI_NODE_ACTIVE || n->state == SPI_NODE_ADVISED) {
     n->deadline_ns = deadline;
     move(e, n, SPI_NODE_NOTICED);
-  } else if ((n->state == SPI_NODE_NOTICED || n->state == SPI_NODE_DRAINING) &&
-             deadline < n->deadline_ns) {
-    n->deadline_ns = deadline; /* a later notice may bring it forward */
-    requeue(e->nodes, n);
+  } else if (!n->deadline_ns || deadline < n->deadline_ns) {
+    set_deadline(e, n, deadline); /* never later: the earliest one holds */
   }
   if (n->state != SPI_NODE_NOTICED && n->state != SPI_NODE_DRAINING)
     return SPI_OK;

@@ -368,6 +368,45 @@ static void test_state_machine(void **st) {
   fb_done(w);
 }
 
+/* A later notice that brings a noticed machine's deadline forward is
+ * reported as NOTICED -> NOTICED (plans made before may be wrong); one
+ * with a later deadline changes nothing. A machine noticed by hand has no
+ * deadline until a notice gives it one, and then goes at that deadline. */
+static void test_deadline_brought_forward_is_reported(void **st) {
+  (void)st;
+  fb_world *w = mk(NULL);
+  fb_add(w, "spot-a", "i-aaa", SPI_POOL_SPOT, "g5", "z1");
+  spi_notice m = notice("i-aaa", SPI_NOTICE_MAINTENANCE, w->now + 600 * SEC,
+                        "m-1");
+  fb_hand(w, &m);
+  int before = w->transitions;
+  spi_notice later = notice("i-aaa", SPI_NOTICE_TERMINATE, w->now + 900 * SEC,
+                            "t-late");
+  fb_hand(w, &later);
+  assert_int_equal(w->transitions, before);
+  spi_notice t = notice("i-aaa", SPI_NOTICE_TERMINATE, w->now + 120 * SEC,
+                        "t-1");
+  fb_hand(w, &t);
+  assert_int_equal(w->transitions, before + 1);
+  assert_int_equal(w->last_from, SPI_NODE_NOTICED);
+  assert_int_equal(w->last_to, SPI_NODE_NOTICED);
+  fb_add(w, "spot-b", "i-bbb", SPI_POOL_SPOT, "g5", "z2");
+  assert_int_equal(spi_node_set_state(w->e, "i-bbb", 5, SPI_NODE_NOTICED),
+                   SPI_OK);
+  w->now += 3600 * SEC;
+  assert_int_equal(spi_engine_tick(w->e), SPI_OK);
+  assert_int_equal(fb_state(w->e, "i-bbb"), SPI_NODE_NOTICED); /* no deadline */
+  t = notice("i-bbb", SPI_NOTICE_TERMINATE, w->now + 60 * SEC, "t-2");
+  fb_hand(w, &t);
+  assert_string_equal(w->last_node, "i-bbb");
+  assert_int_equal(w->last_from, SPI_NODE_NOTICED);
+  assert_int_equal(w->last_to, SPI_NODE_NOTICED);
+  w->now += 61 * SEC;
+  assert_int_equal(spi_engine_tick(w->e), SPI_OK);
+  assert_int_equal(fb_state(w->e, "i-bbb"), SPI_NODE_TERMINATED);
+  fb_done(w);
+}
+
 static int32_t replica_state(fb_world *w, const char *id) {
   spi_replica_status rs;
   memset(&rs, 0, sizeof rs);
@@ -625,6 +664,7 @@ int main(void) {
       cmocka_unit_test(test_advice_and_expiry),
       cmocka_unit_test(test_pool_cooldown),
       cmocka_unit_test(test_state_machine),
+      cmocka_unit_test(test_deadline_brought_forward_is_reported),
       cmocka_unit_test(test_node_table_flood),
       cmocka_unit_test(test_node_table_full_of_replicas),
       cmocka_unit_test(test_notice_cost_is_bounded),

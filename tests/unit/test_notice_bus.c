@@ -638,6 +638,61 @@ static void test_plans_for_remote_notice(void **st) {
   fb_two_done(&two);
 }
 
+/* A notice from the bus that brings a noticed machine's deadline forward
+ * is reported as a NOTICED -> NOTICED transition: the host hears of bus
+ * notices only from its callback, and a stream it was told to DRAIN
+ * against the old deadline must now be replayed. (The deadline used to
+ * move silently.) */
+static void test_bus_deadline_brought_forward_is_reported(void **st) {
+  (void)st;
+  fb_pair two = fb_two(NULL, NULL);
+  fb_world *a = two.a, *bw = two.b;
+  fb_add(bw, "spot-a", "i-aaa", SPI_POOL_SPOT, "g5.xlarge", "use1-az1");
+  spi_request_reset(bw->r);
+  spi_request_set_str(bw->r, SPI_REQ_MODEL, "m", 1);
+  spi_request_set_str(bw->r, SPI_REQ_PROMPT, "hello", 5);
+  spi_request_set_str(bw->r, SPI_REQ_CLASS, "silver", 6);
+  spi_request_set_int(bw->r, SPI_REQ_MAX_OUTPUT_TOKENS, 20000);
+  spi_decision d;
+  memset(&d, 0, sizeof d);
+  d.struct_size = sizeof d;
+  assert_int_equal(spi_route(bw->r, &d), SPI_OK);
+  assert_string_equal(d.replica_id, "spot-a");
+  /* B's own poller: maintenance a day away. 20000 tokens at 50/s end in
+   * 400 s: DRAIN. */
+  spi_notice m = fb_notice("i-aaa", bw->now + 86400 * SEC, "aws:scheduled:ev-9");
+  m.kind = SPI_NOTICE_MAINTENANCE;
+  spi_ticket_plan plans[4];
+  plans[0].struct_size = sizeof plans[0];
+  size_t np = 0;
+  assert_int_equal(spi_engine_notice(bw->e, &m, plans, 4, &np), SPI_OK);
+  assert_int_equal(np, 1);
+  assert_int_equal(plans[0].action, SPI_ACTION_DRAIN);
+  int seen = bw->transitions;
+  /* A hears the spot interruption of the same machine: two minutes. */
+  spi_notice t = fb_notice("i-aaa", bw->now + 120 * SEC,
+                           "aws:action:i-aaa:terminate");
+  fb_hand(a, &t);
+  assert_int_equal(spi_engine_tick(bw->e), SPI_OK);
+  assert_int_equal(bw->transitions, seen + 1);
+  assert_string_equal(bw->last_node, "i-aaa");
+  assert_int_equal(bw->last_from, SPI_NODE_NOTICED);
+  assert_int_equal(bw->last_to, SPI_NODE_NOTICED);
+  plans[0].struct_size = sizeof plans[0];
+  assert_int_equal(spi_engine_node_plans(bw->e, "i-aaa", 5, plans, 4, &np),
+                   SPI_OK);
+  assert_int_equal(np, 1);
+  assert_int_equal(plans[0].action, SPI_ACTION_REPLAY);
+  assert_true(plans[0].deadline_s > 119 && plans[0].deadline_s <= 120);
+  /* A later deadline moves nothing and says nothing. */
+  spi_notice late = fb_notice("i-aaa", bw->now + 3600 * SEC, "late");
+  fb_hand(a, &late);
+  assert_int_equal(spi_engine_tick(bw->e), SPI_OK);
+  assert_int_equal(bw->transitions, seen + 1);
+  finish(bw, d.ticket);
+  fb_two_done(&two);
+}
+
 static void test_withdrawal_and_advice_shared(void **st) {
   (void)st;
   fb_pair two = fb_two(NULL, NULL);
@@ -1002,6 +1057,7 @@ int main(void) {
       cmocka_unit_test(test_unapplied_notice_applies_later),
       cmocka_unit_test(test_poll_is_bounded),
       cmocka_unit_test(test_plans_for_remote_notice),
+      cmocka_unit_test(test_bus_deadline_brought_forward_is_reported),
       cmocka_unit_test(test_withdrawal_and_advice_shared),
       cmocka_unit_test(test_config_and_registration),
       cmocka_unit_test(test_slow_bus_blocks_nothing),
