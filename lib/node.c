@@ -58,6 +58,20 @@
 
 _Static_assert(NODES_MAX < SPI_NT_NIL, "entries are named in 16 bits");
 
+/* An event that holds a machine out of ACTIVE. A withdrawal takes back
+ * only the event it names: AWS lists canceled maintenance next to a live
+ * spot interruption of the same instance, and that must not put it back
+ * to work. Event ids are kept as 64-bit hashes: two events of one machine
+ * would have to collide. */
+typedef struct held {
+  uint64_t id;    /* XXH3 of the cloud's event id when named */
+  int64_t until;  /* interruption: its deadline; advice: when it lapses */
+  int32_t kind;
+  uint8_t named;  /* it had an event id, so a withdrawal can name it */
+  uint8_t advice;
+} held;
+#define HELD_MAX 4
+
 typedef struct node {
   char id[SPI_ID_MAX];
   size_t len;
@@ -67,6 +81,12 @@ typedef struct node {
   uint16_t older, newer;  /* the order entries were made; free: newer */
   uint16_t lprev, lnext;  /* the lingering list (see expire) */
   int lingering;
+  held held[HELD_MAX];    /* what holds it ADVISED, NOTICED or DRAINING */
+  uint8_t nheld;
+  /* Something holds it that held[] does not list (more than HELD_MAX
+   * events, or a state set by hand): no withdrawal puts it back to work
+   * or moves its deadline later. */
+  uint8_t unlisted;
 } node;
 
 typedef struct cool {
@@ -110,14 +130,15 @@ struct spi_nodes {
 /* ------------------------------------------------------- the state table */
 
 /* ALLOWED[from][to]: the only transitions there are. A withdrawn notice or
- * lapsed advice returns a machine to ACTIVE; a machine can be forgotten
- * (REMOVED) from any state; nothing comes back from TERMINATED. */
+ * lapsed advice returns a machine to ACTIVE, or to ADVISED when the
+ * withdrawn notice leaves only advice holding it; a machine can be
+ * forgotten (REMOVED) from any state; nothing comes back from TERMINATED. */
 static const uint8_t ALLOWED[7][7] = {
     /*            -  ACT ADV NOT DRN TRM REM */
     /* -   */ {0, 0, 0, 0, 0, 0, 0},
     /* ACT */ {0, 0, 1, 1, 1, 1, 1},
     /* ADV */ {0, 1, 0, 1, 1, 1, 1},
-    /* NOT */ {0, 1, 0, 0, 1, 1, 1},
+    /* NOT */ {0, 1, 1, 0, 1, 1, 1},
     /* DRN */ {0, 0, 0, 0, 0, 1, 1},
     /* TRM */ {0, 0, 0, 0, 0, 0, 1},
     /* REM */ {0, 0, 0, 0, 0, 0, 0},
@@ -438,7 +459,9 @@ static int move(spi_engine *e, node *n, int32_t to) {
   int32_t from = n->state;
   n->state = to;
   if (to != SPI_NODE_ADVISED) n->advised_until = 0;
-  if (to == SPI_NODE_ACTIVE) n->deadline_ns = 0;
+  if (to == SPI_NODE_ACTIVE || to == SPI_NODE_ADVISED) n->deadline_ns = 0;
+  if (to == SPI_NODE_ACTIVE || to == SPI_NODE_TERMINATED)
+    n->nheld = n->unlisted = 0; /* nothing holds it, or nothing comes back */
   apply_to_replicas(e, n);
   record(e, n, from, to);
   if (to == SPI_NODE_REMOVED)
@@ -679,6 +702,43 @@ typedef struct notice_run {
   size_t ncool;
 } notice_run;
 
+/* ------------------------------------------------- what holds a machine */
+
+/* Note that the event of notice holds n, as advice lapsing at until or as
+ * an interruption due then. The same event again (its id, or its kind when
+ * it has none) keeps the earlier deadline or the later lapse; beyond
+ * HELD_MAX events n is held unlisted. */
+static void hold(node *n, const spi_notice *notice, int advice, int64_t until) {
+  uint8_t named = notice->event_id[0] != '\0';
+  uint64_t id = named ? XXH3_64bits(notice->event_id, strlen(notice->event_id))
+                      : 0;
+  for (size_t i = 0; i < n->nheld; i++) {
+    held *h = &n->held[i];
+    if (h->named != named || h->advice != advice ||
+        (named ? h->id != id : h->kind != notice->kind))
+      continue;
+    if (advice ? until > h->until : until < h->until) h->until = until;
+    return;
+  }
+  if (n->nheld == HELD_MAX) {
+    n->unlisted = 1;
+    return;
+  }
+  held h = {id, until, notice->kind, named, (uint8_t)(advice != 0)};
+  n->held[n->nheld++] = h;
+}
+
+/* Take back what the event event_id holds n by. Returns 1 if it held it. */
+static int release(node *n, const char *event_id) {
+  uint64_t id = XXH3_64bits(event_id, strlen(event_id));
+  size_t k = 0;
+  for (size_t i = 0; i < n->nheld; i++)
+    if (!n->held[i].named || n->held[i].id != id) n->held[k++] = n->held[i];
+  int found = k < n->nheld;
+  n->nheld = (uint8_t)k;
+  return found;
+}
+
 /* n's deadline moves: it is filed again by when, and the host hears of it
  * as a NOTICED -> NOTICED (or DRAINING -> DRAINING) transition, because
  * the plans made against the old deadline may be wrong now and the
@@ -693,16 +753,106 @@ static void set_deadline(spi_engine *e, node *n, int64_t deadline) {
   record(e, n, n->state, n->state);
 }
 
-/* Advice: no new long requests until it lapses. Both locks held. */
-static void advise(spi_engine *e, node *n, const notice_run *run) {
-  if (n->state != SPI_NODE_ACTIVE && n->state != SPI_NODE_ADVISED) return;
-  n->advised_until = run->now + run->c->advised_ttl_ms * 1000000;
+/* After a withdrawal, what still holds n decides its state: the earliest
+ * deadline of the interruptions left; else the advice left (NOTICED ->
+ * ADVISED); else back to work. A draining machine stays draining. Both
+ * locks held. */
+static void settle(spi_engine *e, node *n, int64_t now) {
+  int64_t deadline = INT64_MAX, advised = 0;
+  size_t k = 0;
+  for (size_t i = 0; i < n->nheld; i++) {
+    held h = n->held[i];
+    if (h.advice && h.until <= now) continue; /* lapsed */
+    if (h.advice && h.until > advised) advised = h.until;
+    if (!h.advice && h.until < deadline) deadline = h.until;
+    n->held[k++] = h;
+  }
+  n->nheld = (uint8_t)k;
+  if (n->unlisted) return;
+  if (deadline != INT64_MAX) {
+    set_deadline(e, n, deadline);
+  } else if (n->state == SPI_NODE_DRAINING) {
+    return;
+  } else if (advised) {
+    n->advised_until = advised;
+    if (n->state == SPI_NODE_ADVISED) {
+      apply_to_replicas(e, n);
+      requeue(e->nodes, n);
+    } else {
+      move(e, n, SPI_NODE_ADVISED);
+    }
+  } else {
+    move(e, n, SPI_NODE_ACTIVE);
+  }
+}
+
+/* ------------------------------------------------------------- a notice */
+
+/* Advice: no new long requests until it lapses. Held by a noticed machine
+ * too, for when its notice is withdrawn. Both locks held. */
+static void advise(spi_engine *e, node *n, const spi_notice *notice,
+                   const notice_run *run) {
+  int64_t until = run->now + run->c->advised_ttl_ms * 1000000;
+  if (n->state != SPI_NODE_ACTIVE && n->state != SPI_NODE_ADVISED &&
+      n->state != SPI_NODE_NOTICED)
+    return;
+  hold(n, notice, 1, until);
+  if (n->state == SPI_NODE_NOTICED) return;
+  n->advised_until = until;
   if (n->state == SPI_NODE_ADVISED) {
     apply_to_replicas(e, n); /* extend the advice */
     requeue(e->nodes, n);
   } else {
     move(e, n, SPI_NODE_ADVISED);
   }
+}
+
+/* An interruption: NOTICED, or an earlier deadline for a machine that is
+ * already going. Both locks held. */
+static void interrupt(spi_engine *e, node *n, const spi_notice *notice,
+                      int64_t deadline) {
+  if (n->state == SPI_NODE_TERMINATED) return;
+  hold(n, notice, 0, deadline);
+  if (n->state == SPI_NODE_ACTIVE || n->state == SPI_NODE_ADVISED) {
+    n->deadline_ns = deadline;
+    move(e, n, SPI_NODE_NOTICED);
+  } else if (!n->deadline_ns || deadline < n->deadline_ns) {
+    set_deadline(e, n, deadline); /* never later: the earliest one holds */
+  }
+}
+
+/* What a notice does to n. Both locks held. */
+static int act(spi_engine *e, node *n, const spi_notice *notice,
+               notice_run *run) {
+  run->deadline = notice->deadline_ns;
+  if (!notice->active) {
+    /* A withdrawn event (completed, canceled) lets go of the machine only
+     * if it is the one that holds it; one without an id names none. */
+    if (notice->event_id[0] && n->state != SPI_NODE_ACTIVE &&
+        n->state != SPI_NODE_TERMINATED && release(n, notice->event_id))
+      settle(e, n, run->now);
+    return SPI_OK;
+  }
+  if (notice->kind == SPI_NOTICE_REBALANCE ||
+      (notice->kind == SPI_NOTICE_MAINTENANCE && notice->deadline_ns == 0)) {
+    advise(e, n, notice, run);
+    return SPI_OK;
+  }
+  run->deadline = notice->deadline_ns
+                      ? notice->deadline_ns
+                      : run->now + run->c->default_window_ms * 1000000;
+  interrupt(e, n, notice, run->deadline);
+  if (n->state != SPI_NODE_NOTICED && n->state != SPI_NODE_DRAINING)
+    return SPI_OK;
+  cool_pools(e, n, run->now + run->c->pool_cooldown_ms * 1000000, run->cool,
+             &run->ncool);
+  if (!run->plan) return SPI_OK;
+  run->found = plan(e, n, run->c, run->now, run->plans, run->cap, run->stride);
+  if (run->found > run->cap)
+    return spi__engine_fail(e, SPI_EBUFSIZE,
+                            "notice: %zu open tickets, room for %zu plans",
+                            run->found, run->cap);
+  return SPI_OK;
 }
 
 /* What a new notice does to its machine; its dedup key is remembered
@@ -717,40 +867,7 @@ static int notice_act(spi_engine *e, const spi_notice *notice, size_t nlen,
                                             : "out of memory",
                             notice->node);
   if (remember_key) remember(e->nodes, notice->dedup_key);
-  run->deadline = notice->deadline_ns;
-  if (!notice->active) {
-    /* A withdrawn event (completed, canceled): back to work if it was only
-     * noticed or advised, and its deadline has not come. */
-    if (n->state == SPI_NODE_NOTICED || n->state == SPI_NODE_ADVISED)
-      move(e, n, SPI_NODE_ACTIVE);
-    return SPI_OK;
-  }
-  if (notice->kind == SPI_NOTICE_REBALANCE ||
-      (notice->kind == SPI_NOTICE_MAINTENANCE && notice->deadline_ns == 0)) {
-    advise(e, n, run);
-    return SPI_OK;
-  }
-  int64_t deadline = notice->deadline_ns
-                         ? notice->deadline_ns
-                         : run->now + run->c->default_window_ms * 1000000;
-  run->deadline = deadline;
-  if (n->state == SPI_NODE_ACTIVE || n->state == SPI_NODE_ADVISED) {
-    n->deadline_ns = deadline;
-    move(e, n, SPI_NODE_NOTICED);
-  } else if (!n->deadline_ns || deadline < n->deadline_ns) {
-    set_deadline(e, n, deadline); /* never later: the earliest one holds */
-  }
-  if (n->state != SPI_NODE_NOTICED && n->state != SPI_NODE_DRAINING)
-    return SPI_OK;
-  cool_pools(e, n, run->now + run->c->pool_cooldown_ms * 1000000, run->cool,
-             &run->ncool);
-  if (!run->plan) return SPI_OK;
-  run->found = plan(e, n, run->c, run->now, run->plans, run->cap, run->stride);
-  if (run->found > run->cap)
-    rc = spi__engine_fail(e, SPI_EBUFSIZE,
-                          "notice: %zu open tickets, room for %zu plans",
-                          run->found, run->cap);
-  return rc;
+  return act(e, n, notice, run);
 }
 
 /* The element size of a caller's plan array (plans[0].struct_size), or 0
@@ -896,6 +1013,14 @@ int spi_engine_node_plans(spi_engine *engine, const char *id, size_t len,
   return rc;
 }
 
+/* The host moves n to state (a legal transition). Its reason is its own:
+ * no withdrawal undoes a machine noticed or advised by hand. Both locks
+ * held. */
+static void set_by_hand(spi_engine *e, node *n, int32_t state) {
+  move(e, n, state);
+  if (state == SPI_NODE_NOTICED || state == SPI_NODE_ADVISED) n->unlisted = 1;
+}
+
 int spi_node_set_state(spi_engine *engine, const char *id, size_t len,
                        int32_t state) {
   if (!spi__engine_ok(engine)) return SPI_EMISUSE;
@@ -913,11 +1038,13 @@ int spi_node_set_state(spi_engine *engine, const char *id, size_t len,
   if (!n) n = get(engine, id, len, &rc);
   if (!n) {
     rc = spi__engine_fail(engine, rc, "node %.*s: cannot track it", (int)len, id);
-  } else if (n->state != state && !move(engine, n, state)) {
+  } else if (n->state != state && !ALLOWED[n->state][state]) {
     rc = spi__engine_fail(engine, SPI_EINVAL,
                           "node %.*s: %s -> %s is not a legal transition",
                           (int)len, id, spi_node_state_name(n->state),
                           spi_node_state_name(state));
+  } else if (n->state != state) {
+    set_by_hand(engine, n, state);
   }
 out:
   unlock_all_and_report(engine);

@@ -254,8 +254,8 @@ type Notice struct {
 	Node       string
 	DeadlineNs int64 // 0 for advice without a deadline
 	ReceivedNs int64
-	Active     bool // false: a scheduled event completed or withdrawn
-	EventID    string
+	Active     bool   // false: a scheduled event completed or withdrawn
+	EventID    string // a withdrawal takes back the notice with this id
 	DedupKey   string
 }
 

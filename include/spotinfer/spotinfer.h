@@ -828,9 +828,11 @@ typedef struct spi_notice {
                               the epoch); 0 for advice without a deadline */
   int64_t received_ns;     /* the now_ns given to the parser */
   int32_t active;          /* 0: a scheduled event that is completed or
-                              canceled (withdraws an earlier notice) */
+                              canceled (withdraws the earlier notice with
+                              the same event_id) */
   int32_t reserved0;
-  char event_id[SPI_ID_MAX]; /* the cloud's event id, "" if none */
+  char event_id[SPI_ID_MAX]; /* the cloud's event id, "" if none (such a
+                                notice cannot be withdrawn) */
   char dedup_key[160];     /* stable across polls of the same event: built
                               from format, node, kind and event id, never
                               from times a poller may move */
@@ -881,7 +883,10 @@ SPI_API int spi_notice_parse_v2(int32_t format, int32_t http_status,
 /* A machine's state. Transitions follow one table (see README): ACTIVE ->
  * ADVISED -> NOTICED -> DRAINING -> TERMINATED -> REMOVED, with ADVISED able
  * to expire back to ACTIVE and a withdrawn notice returning a NOTICED node
- * to ACTIVE before its deadline. */
+ * to ACTIVE before its deadline, or to ADVISED while advice handed in for
+ * it has not lapsed. A withdrawal takes back only the event its event_id
+ * names: the machine stays NOTICED while another interruption holds it,
+ * and one noticed or advised by spi_node_set_state stays so. */
 enum spi_node_state {
   SPI_NODE_ACTIVE = 1,
   SPI_NODE_ADVISED = 2,    /* rebalance advice: no new long requests */

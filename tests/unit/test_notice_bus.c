@@ -700,6 +700,7 @@ static void test_withdrawal_and_advice_shared(void **st) {
   fleet(bw);
   spi_notice n = fb_notice("i-aaa", a->now + 600 * SEC, "ev-1");
   n.kind = SPI_NOTICE_MAINTENANCE;
+  snprintf(n.event_id, sizeof n.event_id, "ev-1");
   fb_hand(a, &n);
   spi_notice adv = fb_notice("i-bbb", 0, "rebalance-1");
   adv.kind = SPI_NOTICE_REBALANCE;
