@@ -44,7 +44,7 @@
  * run no replica are dropped at once, so the walk that finds them is paid
  * once per EVICT_BATCH new machines, not once per machine. */
 #define EVICT_BATCH 64
-#define SEEN_MAX 1024  /* dedup keys remembered (a ring) */
+#define SEEN_MAX 1024  /* dedup keys remembered (a ring, by machine) */
 #define SEEN_CAP 160   /* = sizeof spi_notice.dedup_key */
 #define COOL_MAX 64    /* spot pools cooling down at once */
 #define MAX_EVENTS 16  /* transitions reported per call */
@@ -307,8 +307,16 @@ static node *get(spi_engine *e, const char *id, size_t len, int *rc) {
   return n;
 }
 
-/* Drop n from the table. */
+/* Drop n from the table. A machine forgotten in any state but ACTIVE
+ * (removed, terminated and gone, or dropped to make room) takes the dedup
+ * keys of its notices along: an instance stopped and started again keeps
+ * its id, and its next interruption has the same key. An ACTIVE entry
+ * says nothing, and dropping it forgets nothing: lapsed advice keeps its
+ * key, so a rebalance recommendation the cloud keeps serving does not
+ * advise the machine again every advised_ttl_ms. */
 static void forget(struct spi_nodes *t, node *n) {
+  if (n->state != SPI_NODE_ACTIVE)
+    spi__keyring_forget(&t->seen, t->vhash[at_of(t, n)]);
   uint16_t i = (uint16_t)at_of(t, n);
   spi__hix_remove(&t->ix, i);
   spi__wheap_remove(&t->wake, i);
@@ -670,8 +678,10 @@ static int seen_before(struct spi_nodes *t, const char *key) {
   return spi__keyring_has(&t->seen, key);
 }
 
-static void remember(struct spi_nodes *t, const char *key) {
-  spi__keyring_add(&t->seen, key);
+/* Remember a dedup key handed in for the machine id[0..len). */
+static void remember(struct spi_nodes *t, const char *key, const char *id,
+                     size_t len) {
+  spi__keyring_add(&t->seen, key, XXH3_64bits(id, len));
 }
 
 /* The bus's dedup key of a notice: the machine, what and when. */
@@ -753,6 +763,15 @@ static void set_deadline(spi_engine *e, node *n, int64_t deadline) {
   record(e, n, n->state, n->state);
 }
 
+/* Back to work after a withdrawal or by hand: the keys of the notices
+ * that held it go too, so the next interruption of this machine acts even
+ * if its key is one seen before. Both locks held. */
+static void back_to_work(spi_engine *e, node *n) {
+  struct spi_nodes *t = e->nodes;
+  if (move(e, n, SPI_NODE_ACTIVE))
+    spi__keyring_forget(&t->seen, t->vhash[at_of(t, n)]);
+}
+
 /* After a withdrawal, what still holds n decides its state: the earliest
  * deadline of the interruptions left; else the advice left (NOTICED ->
  * ADVISED); else back to work. A draining machine stays draining. Both
@@ -782,7 +801,7 @@ static void settle(spi_engine *e, node *n, int64_t now) {
       move(e, n, SPI_NODE_ADVISED);
     }
   } else {
-    move(e, n, SPI_NODE_ACTIVE);
+    back_to_work(e, n);
   }
 }
 
@@ -866,8 +885,13 @@ static int notice_act(spi_engine *e, const spi_notice *notice, size_t nlen,
                             rc == SPI_EFULL ? "too many machines"
                                             : "out of memory",
                             notice->node);
-  if (remember_key) remember(e->nodes, notice->dedup_key);
-  return act(e, n, notice, run);
+  rc = act(e, n, notice, run);
+  /* After acting: a withdrawal that puts the machine back to work forgets
+   * the keys of what held it, but polling the withdrawal again must still
+   * do nothing. */
+  if (remember_key)
+    remember(e->nodes, notice->dedup_key, notice->node, nlen);
+  return rc;
 }
 
 /* The element size of a caller's plan array (plans[0].struct_size), or 0
@@ -932,7 +956,8 @@ int spi_engine_notice(spi_engine *engine, const spi_notice *notice,
     fresh = rc == SPI_OK || rc == SPI_EBUFSIZE;
     char key[BUS_KEY_CAP];
     bus_key(key, notice, run.deadline);
-    if (fresh) spi__keyring_add(&t->bus_seen, key); /* its own echo skipped */
+    if (fresh) /* its own echo skipped */
+      spi__keyring_add(&t->bus_seen, key, XXH3_64bits(notice->node, nlen));
   }
   unlock_all_and_report(engine);
   /* Local first, then the fleet: a bus that fails loses nothing here. */
@@ -964,7 +989,7 @@ int spi__nodes_apply_remote(spi_engine *e, const spi_notice *notice) {
       !(notice->dedup_key[0] && seen_before(t, notice->dedup_key))) {
     rc = notice_act(e, notice, nlen, 0, &run);
     if (rc == SPI_OK) {
-      spi__keyring_add(&t->bus_seen, key);
+      spi__keyring_add(&t->bus_seen, key, XXH3_64bits(notice->node, nlen));
       rc = 1;
     }
   }
@@ -1017,6 +1042,10 @@ int spi_engine_node_plans(spi_engine *engine, const char *id, size_t len,
  * no withdrawal undoes a machine noticed or advised by hand. Both locks
  * held. */
 static void set_by_hand(spi_engine *e, node *n, int32_t state) {
+  if (state == SPI_NODE_ACTIVE) {
+    back_to_work(e, n);
+    return;
+  }
   move(e, n, state);
   if (state == SPI_NODE_NOTICED || state == SPI_NODE_ADVISED) n->unlisted = 1;
 }

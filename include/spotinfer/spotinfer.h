@@ -931,8 +931,12 @@ typedef struct spi_ticket_plan {
  * small, the transition still happens): DRAIN when the tokens left at the
  * replica's decode rate fit before the deadline minus router.drain_margin_ms,
  * or when it is gold and past router.gold_drain_progress; otherwise REPLAY.
- * A notice whose dedup_key was already handed in changes nothing and plans
- * nothing. A notice for a machine no replica runs on is remembered until
+ * A notice whose dedup_key was already handed in for its machine changes
+ * nothing and plans nothing. The keys go with the machine: when it is
+ * forgotten (REMOVED by hand, or terminated and no replica left on it) or
+ * put back to work (a withdrawal, or ACTIVE by hand), so an instance
+ * started again under the same id is noticed again. Lapsed advice keeps
+ * its key. A notice for a machine no replica runs on is remembered until
  * its deadline (advice: until it lapses), so a replica added there
  * meanwhile starts NOTICED. At most 4,096 machines are tracked; when full,
  * the oldest machines that run no replica are forgotten to make room, so

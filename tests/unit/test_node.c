@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include <cmocka.h>
 
@@ -549,6 +550,100 @@ static void test_withdrawal_leaves_what_else_holds(void **st) {
   fb_done(w);
 }
 
+/* The notice of an AWS spot stop for i-aaa, due 120 s after w->now. */
+static spi_notice stop_notice(fb_world *w) {
+  time_t t = (time_t)(w->now / SEC + 120);
+  struct tm tm;
+  gmtime_r(&t, &tm);
+  char when[32], body[96];
+  strftime(when, sizeof when, "%Y-%m-%dT%H:%M:%SZ", &tm);
+  snprintf(body, sizeof body, "{\"action\":\"stop\",\"time\":\"%s\"}", when);
+  spi_notice n[2];
+  assert_int_equal(aws(w, SPI_NOTICE_AWS_INSTANCE_ACTION, body, n, 2), 1);
+  return n[0];
+}
+
+/* A spot instance whose interruption behaviour is stop (or a GCP VM
+ * restarted after a preemption) keeps its id: interrupted, stopped,
+ * forgotten, started again, interrupted again - with the same dedup key
+ * ("aws:action:<id>:stop"). Dedup keys go with the machine, so the second
+ * interruption acts; it used to be taken for a repeat (SPI_OK, no plans,
+ * the machine ACTIVE until it stopped). Round 0 forgets the machine by
+ * hand (REMOVED), round 1 by removing its last replica, round 2 has it
+ * put back to work by hand. */
+static void test_restarted_machine_is_noticed_again(void **st) {
+  (void)st;
+  fb_world *w = mk(NULL);
+  fb_add(w, "spot-a", "i-aaa", SPI_POOL_SPOT, "g5.xlarge", "use1-az1");
+  for (int round = 0; round < 3; round++) {
+    spi_notice n = stop_notice(w);
+    int before = w->to_noticed;
+    fb_hand(w, &n);
+    assert_int_equal(fb_state(w->e, "i-aaa"), SPI_NODE_NOTICED);
+    assert_int_equal(w->to_noticed, before + 1);
+    fb_hand(w, &n); /* polled again: nothing new */
+    assert_int_equal(w->to_noticed, before + 1);
+    if (round == 2) {
+      assert_int_equal(spi_node_set_state(w->e, "i-aaa", 5, SPI_NODE_ACTIVE),
+                       SPI_OK);
+      fb_hand(w, &n);
+      assert_int_equal(fb_state(w->e, "i-aaa"), SPI_NODE_NOTICED);
+      break;
+    }
+    w->now += 121 * SEC;
+    assert_int_equal(spi_engine_tick(w->e), SPI_OK);
+    assert_int_equal(fb_state(w->e, "i-aaa"), SPI_NODE_TERMINATED);
+    assert_int_equal(spi_replica_remove(w->e, "spot-a", 6), SPI_OK);
+    if (round == 0)
+      assert_int_equal(spi_node_set_state(w->e, "i-aaa", 5, SPI_NODE_REMOVED),
+                       SPI_OK);
+    else
+      assert_int_equal(spi_engine_tick(w->e), SPI_OK); /* nothing runs there */
+    assert_int_equal(w->last_to, SPI_NODE_REMOVED);
+    w->now += 3600 * SEC; /* started again an hour later, same id */
+    fb_add(w, "spot-a", "i-aaa", SPI_POOL_SPOT, "g5.xlarge", "use1-az1");
+    assert_int_equal(fb_state(w->e, "i-aaa"), SPI_NODE_ACTIVE);
+  }
+  fb_done(w);
+}
+
+/* What stays remembered: a withdrawal polled again does nothing, after it
+ * put its machine back to work too, and is not published again; lapsed
+ * advice keeps its key, so a rebalance recommendation the cloud keeps
+ * serving advises a machine once, for advised_ttl_ms. */
+static void test_keys_kept_while_the_machine_lives(void **st) {
+  (void)st;
+  broker *b = broker_new();
+  fb_world *w = fb_on_bus(b, "A", "\"router\":{\"advised_ttl_ms\":60000}");
+  fb_add(w, "spot-a", "i-aaa", SPI_POOL_SPOT, "g5", "z1");
+  spi_notice m = notice("i-aaa", SPI_NOTICE_MAINTENANCE, w->now + 600 * SEC,
+                        "aws:scheduled:ev-1");
+  snprintf(m.event_id, sizeof m.event_id, "ev-1");
+  fb_hand(w, &m);
+  m.active = 0;
+  snprintf(m.dedup_key, sizeof m.dedup_key, "aws:scheduled:ev-1:canceled");
+  fb_hand(w, &m);
+  assert_int_equal(fb_state(w->e, "i-aaa"), SPI_NODE_ACTIVE);
+  size_t sent = broker_count(b);
+  int before = w->transitions;
+  for (int i = 0; i < 3; i++) {
+    fb_hand(w, &m);
+    assert_int_equal(spi_engine_tick(w->e), SPI_OK);
+  }
+  assert_int_equal(broker_count(b), sent);
+  assert_int_equal(w->transitions, before);
+  spi_notice adv = notice("i-aaa", SPI_NOTICE_REBALANCE, 0, "aws:rebalance:i-aaa");
+  fb_hand(w, &adv);
+  assert_int_equal(fb_state(w->e, "i-aaa"), SPI_NODE_ADVISED);
+  w->now += 61 * SEC;
+  assert_int_equal(spi_engine_tick(w->e), SPI_OK);
+  assert_int_equal(fb_state(w->e, "i-aaa"), SPI_NODE_ACTIVE);
+  fb_hand(w, &adv);
+  assert_int_equal(fb_state(w->e, "i-aaa"), SPI_NODE_ACTIVE);
+  fb_done(w);
+  broker_free(b);
+}
+
 /* Issue 12 item 7: advisory notices for 4,096 machines that run nothing
  * filled the node table for good, and a terminate notice for a machine
  * that does run a replica was refused with SPI_EFULL, its replica left
@@ -792,6 +887,8 @@ int main(void) {
       cmocka_unit_test(test_deadline_brought_forward_is_reported),
       cmocka_unit_test(test_withdrawal_takes_back_only_its_event),
       cmocka_unit_test(test_withdrawal_leaves_what_else_holds),
+      cmocka_unit_test(test_restarted_machine_is_noticed_again),
+      cmocka_unit_test(test_keys_kept_while_the_machine_lives),
       cmocka_unit_test(test_node_table_flood),
       cmocka_unit_test(test_node_table_full_of_replicas),
       cmocka_unit_test(test_notice_cost_is_bounded),
