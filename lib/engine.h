@@ -318,6 +318,12 @@ typedef struct spi_fleet_cool {
 void spi__fleet_publish_notice(spi_engine *e, const spi_notice *n,
                                int64_t deadline, const spi_fleet_cool *cool,
                                size_t ncool);
+/* Whether the bus can carry notice n, by the rules every engine's reader
+ * applies: node 1..63 bytes, event_id up to 63 and dedup_key up to 159,
+ * each NUL-terminated within its array and without control characters
+ * (bytes below 0x20), deadline_ns not negative. SPI_OK, or SPI_EINVAL
+ * with the field named in err. */
+int spi__fleet_notice_check(const spi_notice *n, char *err, size_t errcap);
 /* Inside spi_engine_tick: send what failed before, poll, apply. */
 int spi__fleet_tick(spi_engine *e);
 struct spi_fleet *spi__nodes_fleet(spi_engine *e);

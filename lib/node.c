@@ -44,7 +44,7 @@
  * run no replica are dropped at once, so the walk that finds them is paid
  * once per EVICT_BATCH new machines, not once per machine. */
 #define EVICT_BATCH 64
-#define SEEN_MAX 1024  /* dedup keys remembered (a ring) */
+#define SEEN_MAX 1024  /* dedup keys remembered (a ring, by machine) */
 #define SEEN_CAP 160   /* = sizeof spi_notice.dedup_key */
 #define COOL_MAX 64    /* spot pools cooling down at once */
 #define MAX_EVENTS 16  /* transitions reported per call */
@@ -58,6 +58,20 @@
 
 _Static_assert(NODES_MAX < SPI_NT_NIL, "entries are named in 16 bits");
 
+/* An event that holds a machine out of ACTIVE. A withdrawal takes back
+ * only the event it names: AWS lists canceled maintenance next to a live
+ * spot interruption of the same instance, and that must not put it back
+ * to work. Event ids are kept as 64-bit hashes: two events of one machine
+ * would have to collide. */
+typedef struct held {
+  uint64_t id;    /* XXH3 of the cloud's event id when named */
+  int64_t until;  /* interruption: its deadline; advice: when it lapses */
+  int32_t kind;
+  uint8_t named;  /* it had an event id, so a withdrawal can name it */
+  uint8_t advice;
+} held;
+#define HELD_MAX 4
+
 typedef struct node {
   char id[SPI_ID_MAX];
   size_t len;
@@ -67,6 +81,12 @@ typedef struct node {
   uint16_t older, newer;  /* the order entries were made; free: newer */
   uint16_t lprev, lnext;  /* the lingering list (see expire) */
   int lingering;
+  held held[HELD_MAX];    /* what holds it ADVISED, NOTICED or DRAINING */
+  uint8_t nheld;
+  /* Something holds it that held[] does not list (more than HELD_MAX
+   * events, or a state set by hand): no withdrawal puts it back to work
+   * or moves its deadline later. */
+  uint8_t unlisted;
 } node;
 
 typedef struct cool {
@@ -110,14 +130,15 @@ struct spi_nodes {
 /* ------------------------------------------------------- the state table */
 
 /* ALLOWED[from][to]: the only transitions there are. A withdrawn notice or
- * lapsed advice returns a machine to ACTIVE; a machine can be forgotten
- * (REMOVED) from any state; nothing comes back from TERMINATED. */
+ * lapsed advice returns a machine to ACTIVE, or to ADVISED when the
+ * withdrawn notice leaves only advice holding it; a machine can be
+ * forgotten (REMOVED) from any state; nothing comes back from TERMINATED. */
 static const uint8_t ALLOWED[7][7] = {
     /*            -  ACT ADV NOT DRN TRM REM */
     /* -   */ {0, 0, 0, 0, 0, 0, 0},
     /* ACT */ {0, 0, 1, 1, 1, 1, 1},
     /* ADV */ {0, 1, 0, 1, 1, 1, 1},
-    /* NOT */ {0, 1, 0, 0, 1, 1, 1},
+    /* NOT */ {0, 1, 1, 0, 1, 1, 1},
     /* DRN */ {0, 0, 0, 0, 0, 1, 1},
     /* TRM */ {0, 0, 0, 0, 0, 0, 1},
     /* REM */ {0, 0, 0, 0, 0, 0, 0},
@@ -286,8 +307,16 @@ static node *get(spi_engine *e, const char *id, size_t len, int *rc) {
   return n;
 }
 
-/* Drop n from the table. */
+/* Drop n from the table. A machine forgotten in any state but ACTIVE
+ * (removed, terminated and gone, or dropped to make room) takes the dedup
+ * keys of its notices along: an instance stopped and started again keeps
+ * its id, and its next interruption has the same key. An ACTIVE entry
+ * says nothing, and dropping it forgets nothing: lapsed advice keeps its
+ * key, so a rebalance recommendation the cloud keeps serving does not
+ * advise the machine again every advised_ttl_ms. */
 static void forget(struct spi_nodes *t, node *n) {
+  if (n->state != SPI_NODE_ACTIVE)
+    spi__keyring_forget(&t->seen, t->vhash[at_of(t, n)]);
   uint16_t i = (uint16_t)at_of(t, n);
   spi__hix_remove(&t->ix, i);
   spi__wheap_remove(&t->wake, i);
@@ -412,12 +441,15 @@ int32_t spi__nodes_initial(spi_engine *e, const spi_replica_ident *r,
 
 /* ------------------------------------------------------------ transitions */
 
-/* Count a transition and queue it for the callback. Nodes lock held. */
+/* Count a transition and queue it for the callback; from == to reports a
+ * moved deadline (set_deadline), which the metric does not count. Nodes
+ * lock held. */
 static void record(spi_engine *e, const node *n, int32_t from, int32_t to) {
   struct spi_nodes *t = e->nodes;
   unsigned pin; /* configure may replace metrics nothing was written to */
   spi__snap_acquire(e, &pin);
-  spi__metrics_node_transition(atomic_load(&e->metrics), from, to);
+  if (from != to)
+    spi__metrics_node_transition(atomic_load(&e->metrics), from, to);
   spi__snap_release(e, pin);
   if (t->nev < MAX_EVENTS) {
     event *ev = &t->ev[t->nev++];
@@ -435,7 +467,9 @@ static int move(spi_engine *e, node *n, int32_t to) {
   int32_t from = n->state;
   n->state = to;
   if (to != SPI_NODE_ADVISED) n->advised_until = 0;
-  if (to == SPI_NODE_ACTIVE) n->deadline_ns = 0;
+  if (to == SPI_NODE_ACTIVE || to == SPI_NODE_ADVISED) n->deadline_ns = 0;
+  if (to == SPI_NODE_ACTIVE || to == SPI_NODE_TERMINATED)
+    n->nheld = n->unlisted = 0; /* nothing holds it, or nothing comes back */
   apply_to_replicas(e, n);
   record(e, n, from, to);
   if (to == SPI_NODE_REMOVED)
@@ -644,8 +678,10 @@ static int seen_before(struct spi_nodes *t, const char *key) {
   return spi__keyring_has(&t->seen, key);
 }
 
-static void remember(struct spi_nodes *t, const char *key) {
-  spi__keyring_add(&t->seen, key);
+/* Remember a dedup key handed in for the machine id[0..len). */
+static void remember(struct spi_nodes *t, const char *key, const char *id,
+                     size_t len) {
+  spi__keyring_add(&t->seen, key, XXH3_64bits(id, len));
 }
 
 /* The bus's dedup key of a notice: the machine, what and when. */
@@ -676,16 +712,166 @@ typedef struct notice_run {
   size_t ncool;
 } notice_run;
 
-/* Advice: no new long requests until it lapses. Both locks held. */
-static void advise(spi_engine *e, node *n, const notice_run *run) {
-  if (n->state != SPI_NODE_ACTIVE && n->state != SPI_NODE_ADVISED) return;
-  n->advised_until = run->now + run->c->advised_ttl_ms * 1000000;
+/* ------------------------------------------------- what holds a machine */
+
+/* Note that the event of notice holds n, as advice lapsing at until or as
+ * an interruption due then. The same event again (its id, or its kind when
+ * it has none) keeps the earlier deadline or the later lapse; beyond
+ * HELD_MAX events n is held unlisted. */
+static void hold(node *n, const spi_notice *notice, int advice, int64_t until) {
+  uint8_t named = notice->event_id[0] != '\0';
+  uint64_t id = named ? XXH3_64bits(notice->event_id, strlen(notice->event_id))
+                      : 0;
+  for (size_t i = 0; i < n->nheld; i++) {
+    held *h = &n->held[i];
+    if (h->named != named || h->advice != advice ||
+        (named ? h->id != id : h->kind != notice->kind))
+      continue;
+    if (advice ? until > h->until : until < h->until) h->until = until;
+    return;
+  }
+  if (n->nheld == HELD_MAX) {
+    n->unlisted = 1;
+    return;
+  }
+  held h = {id, until, notice->kind, named, (uint8_t)(advice != 0)};
+  n->held[n->nheld++] = h;
+}
+
+/* Take back what the event event_id holds n by. Returns 1 if it held it. */
+static int release(node *n, const char *event_id) {
+  uint64_t id = XXH3_64bits(event_id, strlen(event_id));
+  size_t k = 0;
+  for (size_t i = 0; i < n->nheld; i++)
+    if (!n->held[i].named || n->held[i].id != id) n->held[k++] = n->held[i];
+  int found = k < n->nheld;
+  n->nheld = (uint8_t)k;
+  return found;
+}
+
+/* n's deadline moves: it is filed again by when, and the host hears of it
+ * as a NOTICED -> NOTICED (or DRAINING -> DRAINING) transition, because
+ * the plans made against the old deadline may be wrong now and the
+ * callback is how a host learns of notices from the bus. Both locks
+ * held. */
+static void set_deadline(spi_engine *e, node *n, int64_t deadline) {
+  if (deadline == n->deadline_ns ||
+      (n->state != SPI_NODE_NOTICED && n->state != SPI_NODE_DRAINING))
+    return;
+  n->deadline_ns = deadline;
+  requeue(e->nodes, n);
+  record(e, n, n->state, n->state);
+}
+
+/* Back to work after a withdrawal or by hand: the keys of the notices
+ * that held it go too, so the next interruption of this machine acts even
+ * if its key is one seen before. Both locks held. */
+static void back_to_work(spi_engine *e, node *n) {
+  struct spi_nodes *t = e->nodes;
+  if (move(e, n, SPI_NODE_ACTIVE))
+    spi__keyring_forget(&t->seen, t->vhash[at_of(t, n)]);
+}
+
+/* After a withdrawal, what still holds n decides its state: the earliest
+ * deadline of the interruptions left; else the advice left (NOTICED ->
+ * ADVISED); else back to work. A draining machine stays draining. Both
+ * locks held. */
+static void settle(spi_engine *e, node *n, int64_t now) {
+  int64_t deadline = INT64_MAX, advised = 0;
+  size_t k = 0;
+  for (size_t i = 0; i < n->nheld; i++) {
+    held h = n->held[i];
+    if (h.advice && h.until <= now) continue; /* lapsed */
+    if (h.advice && h.until > advised) advised = h.until;
+    if (!h.advice && h.until < deadline) deadline = h.until;
+    n->held[k++] = h;
+  }
+  n->nheld = (uint8_t)k;
+  if (n->unlisted) return;
+  if (deadline != INT64_MAX) {
+    set_deadline(e, n, deadline);
+  } else if (n->state == SPI_NODE_DRAINING) {
+    return;
+  } else if (advised) {
+    n->advised_until = advised;
+    if (n->state == SPI_NODE_ADVISED) {
+      apply_to_replicas(e, n);
+      requeue(e->nodes, n);
+    } else {
+      move(e, n, SPI_NODE_ADVISED);
+    }
+  } else {
+    back_to_work(e, n);
+  }
+}
+
+/* ------------------------------------------------------------- a notice */
+
+/* Advice: no new long requests until it lapses. Held by a noticed machine
+ * too, for when its notice is withdrawn. Both locks held. */
+static void advise(spi_engine *e, node *n, const spi_notice *notice,
+                   const notice_run *run) {
+  int64_t until = run->now + run->c->advised_ttl_ms * 1000000;
+  if (n->state != SPI_NODE_ACTIVE && n->state != SPI_NODE_ADVISED &&
+      n->state != SPI_NODE_NOTICED)
+    return;
+  hold(n, notice, 1, until);
+  if (n->state == SPI_NODE_NOTICED) return;
+  n->advised_until = until;
   if (n->state == SPI_NODE_ADVISED) {
     apply_to_replicas(e, n); /* extend the advice */
     requeue(e->nodes, n);
   } else {
     move(e, n, SPI_NODE_ADVISED);
   }
+}
+
+/* An interruption: NOTICED, or an earlier deadline for a machine that is
+ * already going. Both locks held. */
+static void interrupt(spi_engine *e, node *n, const spi_notice *notice,
+                      int64_t deadline) {
+  if (n->state == SPI_NODE_TERMINATED) return;
+  hold(n, notice, 0, deadline);
+  if (n->state == SPI_NODE_ACTIVE || n->state == SPI_NODE_ADVISED) {
+    n->deadline_ns = deadline;
+    move(e, n, SPI_NODE_NOTICED);
+  } else if (!n->deadline_ns || deadline < n->deadline_ns) {
+    set_deadline(e, n, deadline); /* never later: the earliest one holds */
+  }
+}
+
+/* What a notice does to n. Both locks held. */
+static int act(spi_engine *e, node *n, const spi_notice *notice,
+               notice_run *run) {
+  run->deadline = notice->deadline_ns;
+  if (!notice->active) {
+    /* A withdrawn event (completed, canceled) lets go of the machine only
+     * if it is the one that holds it; one without an id names none. */
+    if (notice->event_id[0] && n->state != SPI_NODE_ACTIVE &&
+        n->state != SPI_NODE_TERMINATED && release(n, notice->event_id))
+      settle(e, n, run->now);
+    return SPI_OK;
+  }
+  if (notice->kind == SPI_NOTICE_REBALANCE ||
+      (notice->kind == SPI_NOTICE_MAINTENANCE && notice->deadline_ns == 0)) {
+    advise(e, n, notice, run);
+    return SPI_OK;
+  }
+  run->deadline = notice->deadline_ns
+                      ? notice->deadline_ns
+                      : run->now + run->c->default_window_ms * 1000000;
+  interrupt(e, n, notice, run->deadline);
+  if (n->state != SPI_NODE_NOTICED && n->state != SPI_NODE_DRAINING)
+    return SPI_OK;
+  cool_pools(e, n, run->now + run->c->pool_cooldown_ms * 1000000, run->cool,
+             &run->ncool);
+  if (!run->plan) return SPI_OK;
+  run->found = plan(e, n, run->c, run->now, run->plans, run->cap, run->stride);
+  if (run->found > run->cap)
+    return spi__engine_fail(e, SPI_EBUFSIZE,
+                            "notice: %zu open tickets, room for %zu plans",
+                            run->found, run->cap);
+  return SPI_OK;
 }
 
 /* What a new notice does to its machine; its dedup key is remembered
@@ -699,42 +885,12 @@ static int notice_act(spi_engine *e, const spi_notice *notice, size_t nlen,
                             rc == SPI_EFULL ? "too many machines"
                                             : "out of memory",
                             notice->node);
-  if (remember_key) remember(e->nodes, notice->dedup_key);
-  run->deadline = notice->deadline_ns;
-  if (!notice->active) {
-    /* A withdrawn event (completed, canceled): back to work if it was only
-     * noticed or advised, and its deadline has not come. */
-    if (n->state == SPI_NODE_NOTICED || n->state == SPI_NODE_ADVISED)
-      move(e, n, SPI_NODE_ACTIVE);
-    return SPI_OK;
-  }
-  if (notice->kind == SPI_NOTICE_REBALANCE ||
-      (notice->kind == SPI_NOTICE_MAINTENANCE && notice->deadline_ns == 0)) {
-    advise(e, n, run);
-    return SPI_OK;
-  }
-  int64_t deadline = notice->deadline_ns
-                         ? notice->deadline_ns
-                         : run->now + run->c->default_window_ms * 1000000;
-  run->deadline = deadline;
-  if (n->state == SPI_NODE_ACTIVE || n->state == SPI_NODE_ADVISED) {
-    n->deadline_ns = deadline;
-    move(e, n, SPI_NODE_NOTICED);
-  } else if ((n->state == SPI_NODE_NOTICED || n->state == SPI_NODE_DRAINING) &&
-             deadline < n->deadline_ns) {
-    n->deadline_ns = deadline; /* a later notice may bring it forward */
-    requeue(e->nodes, n);
-  }
-  if (n->state != SPI_NODE_NOTICED && n->state != SPI_NODE_DRAINING)
-    return SPI_OK;
-  cool_pools(e, n, run->now + run->c->pool_cooldown_ms * 1000000, run->cool,
-             &run->ncool);
-  if (!run->plan) return SPI_OK;
-  run->found = plan(e, n, run->c, run->now, run->plans, run->cap, run->stride);
-  if (run->found > run->cap)
-    rc = spi__engine_fail(e, SPI_EBUFSIZE,
-                          "notice: %zu open tickets, room for %zu plans",
-                          run->found, run->cap);
+  rc = act(e, n, notice, run);
+  /* After acting: a withdrawal that puts the machine back to work forgets
+   * the keys of what held it, but polling the withdrawal again must still
+   * do nothing. */
+  if (remember_key)
+    remember(e->nodes, notice->dedup_key, notice->node, nlen);
   return rc;
 }
 
@@ -773,13 +929,12 @@ int spi_engine_notice(spi_engine *engine, const spi_notice *notice,
                             "notice: plans[0].struct_size %zu is below "
                             "sizeof(spi_ticket_plan) %zu or misaligned",
                             plans[0].struct_size, sizeof *plans);
-  size_t nlen = bounded_len(notice->node, sizeof notice->node);
-  size_t klen = bounded_len(notice->dedup_key, sizeof notice->dedup_key);
-  if (nlen == 0 || nlen == sizeof notice->node ||
-      klen == sizeof notice->dedup_key)
-    return spi__engine_fail(engine, SPI_EINVAL,
-                            "notice: node must be 1..63 bytes and both node "
-                            "and dedup_key NUL-terminated");
+  /* What every other engine would refuse from the bus is refused here
+   * too: a notice acts on all of them or on none. */
+  char why[SPI_ERRMSG_CAP];
+  if (spi__fleet_notice_check(notice, why, sizeof why) != SPI_OK)
+    return spi__engine_fail(engine, SPI_EINVAL, "notice: %s", why);
+  size_t nlen = strlen(notice->node), klen = strlen(notice->dedup_key);
   *n_out = 0;
   if (notice->kind == SPI_NOTICE_NONE) return SPI_OK;
   spi_router_cfg cfg = router_cfg(engine);
@@ -801,7 +956,8 @@ int spi_engine_notice(spi_engine *engine, const spi_notice *notice,
     fresh = rc == SPI_OK || rc == SPI_EBUFSIZE;
     char key[BUS_KEY_CAP];
     bus_key(key, notice, run.deadline);
-    if (fresh) spi__keyring_add(&t->bus_seen, key); /* its own echo skipped */
+    if (fresh) /* its own echo skipped */
+      spi__keyring_add(&t->bus_seen, key, XXH3_64bits(notice->node, nlen));
   }
   unlock_all_and_report(engine);
   /* Local first, then the fleet: a bus that fails loses nothing here. */
@@ -833,7 +989,7 @@ int spi__nodes_apply_remote(spi_engine *e, const spi_notice *notice) {
       !(notice->dedup_key[0] && seen_before(t, notice->dedup_key))) {
     rc = notice_act(e, notice, nlen, 0, &run);
     if (rc == SPI_OK) {
-      spi__keyring_add(&t->bus_seen, key);
+      spi__keyring_add(&t->bus_seen, key, XXH3_64bits(notice->node, nlen));
       rc = 1;
     }
   }
@@ -882,6 +1038,18 @@ int spi_engine_node_plans(spi_engine *engine, const char *id, size_t len,
   return rc;
 }
 
+/* The host moves n to state (a legal transition). Its reason is its own:
+ * no withdrawal undoes a machine noticed or advised by hand. Both locks
+ * held. */
+static void set_by_hand(spi_engine *e, node *n, int32_t state) {
+  if (state == SPI_NODE_ACTIVE) {
+    back_to_work(e, n);
+    return;
+  }
+  move(e, n, state);
+  if (state == SPI_NODE_NOTICED || state == SPI_NODE_ADVISED) n->unlisted = 1;
+}
+
 int spi_node_set_state(spi_engine *engine, const char *id, size_t len,
                        int32_t state) {
   if (!spi__engine_ok(engine)) return SPI_EMISUSE;
@@ -899,11 +1067,13 @@ int spi_node_set_state(spi_engine *engine, const char *id, size_t len,
   if (!n) n = get(engine, id, len, &rc);
   if (!n) {
     rc = spi__engine_fail(engine, rc, "node %.*s: cannot track it", (int)len, id);
-  } else if (n->state != state && !move(engine, n, state)) {
+  } else if (n->state != state && !ALLOWED[n->state][state]) {
     rc = spi__engine_fail(engine, SPI_EINVAL,
                           "node %.*s: %s -> %s is not a legal transition",
                           (int)len, id, spi_node_state_name(n->state),
                           spi_node_state_name(state));
+  } else if (n->state != state) {
+    set_by_hand(engine, n, state);
   }
 out:
   unlock_all_and_report(engine);

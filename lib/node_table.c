@@ -173,10 +173,13 @@ int spi__keyring_init(spi_keyring *k, const spi_mem *m, size_t ring,
   memset(k, 0, sizeof *k);
   k->keys = spi__calloc(m, ring, cap);
   k->hash = spi__calloc(m, ring, sizeof *k->hash);
+  k->owner = spi__calloc(m, ring, sizeof *k->owner);
+  k->live = spi__calloc(m, ring, sizeof *k->live);
   k->cap = cap;
   k->ring = ring;
-  if (!k->keys || !k->hash ||
-      spi__hix_init(&k->ix, m, ring, k->hash, probes) != SPI_OK) {
+  if (!k->keys || !k->hash || !k->owner || !k->live ||
+      spi__hix_init(&k->ix, m, ring, k->hash, probes) != SPI_OK ||
+      spi__hix_init(&k->by_owner, m, ring, k->owner, probes) != SPI_OK) {
     spi__keyring_free(k, m);
     return SPI_ENOMEM;
   }
@@ -184,11 +187,15 @@ int spi__keyring_init(spi_keyring *k, const spi_mem *m, size_t ring,
 }
 
 void spi__keyring_free(spi_keyring *k, const spi_mem *m) {
+  spi__hix_free(&k->by_owner, m);
   spi__hix_free(&k->ix, m);
   spi__free(m, k->keys);
   spi__free(m, k->hash);
+  spi__free(m, k->owner);
+  spi__free(m, k->live);
   k->keys = NULL;
-  k->hash = NULL;
+  k->hash = k->owner = NULL;
+  k->live = NULL;
 }
 
 int spi__keyring_has(spi_keyring *k, const char *key) {
@@ -201,16 +208,35 @@ int spi__keyring_has(spi_keyring *k, const char *key) {
   return 0;
 }
 
-void spi__keyring_add(spi_keyring *k, const char *key) {
+/* Take entry e out of both indexes (before its hashes change). */
+static void keyring_unlink(spi_keyring *k, uint32_t e) {
+  spi__hix_remove(&k->ix, e);
+  spi__hix_remove(&k->by_owner, e);
+  k->live[e] = 0;
+}
+
+void spi__keyring_add(spi_keyring *k, const char *key, uint64_t owner) {
   size_t e = k->next;
-  if (k->n == k->ring) spi__hix_remove(&k->ix, (uint32_t)e);
+  if (k->live[e]) keyring_unlink(k, (uint32_t)e);
   char *dst = k->keys + e * k->cap;
   size_t len = strlen(key);
   if (len >= k->cap) len = k->cap - 1;
   memcpy(dst, key, len);
   dst[len] = '\0';
   k->hash[e] = XXH3_64bits(dst, len);
+  k->owner[e] = owner;
   spi__hix_insert(&k->ix, (uint32_t)e);
+  spi__hix_insert(&k->by_owner, (uint32_t)e);
+  k->live[e] = 1;
   k->next = (k->next + 1) % k->ring;
-  if (k->n < k->ring) k->n++;
+}
+
+void spi__keyring_forget(spi_keyring *k, uint64_t owner) {
+  size_t cur = 0;
+  /* A removal shifts the chain it walks: each one starts the walk again. */
+  for (uint32_t e; (e = spi__hix_next(&k->by_owner, owner, &cur)) !=
+                   SPI_NT_NIL;) {
+    keyring_unlink(k, e);
+    cur = 0;
+  }
 }

@@ -61,18 +61,24 @@ void spi__wheap_remove(spi_wheap *q, uint32_t e);
 uint32_t spi__wheap_due(const spi_wheap *q, int64_t now);
 
 /* The last `ring` keys remembered (NUL-terminated, cut to cap - 1 bytes),
- * the oldest forgotten first, with an index to look them up. */
+ * the oldest forgotten first, with an index to look them up. Each key has
+ * an owner (a hash the caller picks: node.c's machine), and an owner's
+ * keys can be forgotten at once, found through a second index. */
 typedef struct spi_keyring {
   char *keys;       /* ring * cap bytes */
-  size_t cap, ring, n, next;
+  size_t cap, ring, next;
   uint64_t *hash;   /* by entry */
-  spi_hix ix;
+  uint64_t *owner;  /* by entry */
+  uint8_t *live;    /* by entry: in both indexes */
+  spi_hix ix, by_owner;
 } spi_keyring;
 
 int spi__keyring_init(spi_keyring *k, const spi_mem *m, size_t ring,
                       size_t cap, uint64_t *probes);
 void spi__keyring_free(spi_keyring *k, const spi_mem *m);
 int spi__keyring_has(spi_keyring *k, const char *key);
-void spi__keyring_add(spi_keyring *k, const char *key);
+void spi__keyring_add(spi_keyring *k, const char *key, uint64_t owner);
+/* Forget every key of owner; the reads are that owner's index chain. */
+void spi__keyring_forget(spi_keyring *k, uint64_t owner);
 
 #endif

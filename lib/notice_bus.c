@@ -23,9 +23,11 @@
  * flight another), so a configure that retires the snapshot while a slow
  * publish runs frees the instance only when the publish returns. The
  * engine's fleet state has one mutex, a leaf (engine.h's order, 5): the
- * queue of messages a failed publish left and the last error; counters are
- * atomic. One thread polls at a time (a tick finding another poll running
- * skips its own).
+ * queue of messages a failed publish left, which thread is sending, and
+ * the last error; counters are atomic. One thread publishes at a time
+ * (others queue their messages behind it, so order holds even when a
+ * publish fails) and one polls at a time (a tick finding another poll
+ * running skips its own).
  */
 #include <stdarg.h>
 #include <stdio.h>
@@ -60,10 +62,14 @@ typedef struct pending_msg {
 } pending_msg;
 
 struct spi_fleet {
-  pthread_mutex_t mu; /* pending, flushing, last_error */
+  pthread_mutex_t mu; /* pending, sending, last_error */
   pending_msg pending[SPI_FLEET_PENDING_MAX]; /* a ring, oldest at head */
   size_t head, npending;
-  int flushing;       /* a tick is sending pending messages */
+  /* A thread is publishing (a notice's messages, or a tick sending what
+   * was kept): one at a time, so the bus gets messages in the order they
+   * were handed over, and one that fails goes back ahead of those that
+   * queued behind it meanwhile. */
+  int sending;
   atomic_int polling; /* a tick is polling */
   atomic_ullong published, publish_failed, dropped, polls, poll_failed;
   atomic_ullong received, applied, duplicates, malformed, unknown;
@@ -222,28 +228,82 @@ typedef struct decoded {
   spi_fleet_cool cool;
 } decoded;
 
-/* A string member copied into dst (cap bytes with its NUL): at least
- * min_len bytes, no control characters. */
-static int get_str(const cJSON *o, const char *key, char *dst, size_t cap,
-                   size_t min_len, char *err, size_t errcap) {
+/* Where the first control character (a byte below 0x20) of s[0..len) is,
+ * or len if there is none. */
+static size_t control_at(const char *s, size_t len) {
+  size_t i = 0;
+  while (i < len && (unsigned char)s[i] >= 0x20) i++;
+  return i;
+}
+
+/* A text field of cap bytes: NUL-terminated within them, at least min_len
+ * bytes long, without control characters. */
+static int check_text(const char *name, const char *s, size_t cap,
+                      size_t min_len, char *err, size_t errcap) {
+  const char *z = memchr(s, '\0', cap);
+  if (!z) {
+    spi__errf(err, errcap, "%s: not NUL-terminated within its %zu bytes", name,
+              cap);
+    return SPI_EINVAL;
+  }
+  size_t len = (size_t)(z - s), at = control_at(s, len);
+  if (len < min_len) {
+    spi__errf(err, errcap, "%s: %zu bytes, expected %zu..%zu", name, len,
+              min_len, cap - 1);
+    return SPI_EINVAL;
+  }
+  if (at < len) {
+    spi__errf(err, errcap, "%s: control character at byte %zu", name, at);
+    return SPI_EINVAL;
+  }
+  return SPI_OK;
+}
+
+/* The one statement of what a notice message may hold: decode_notice
+ * applies it to what it reads, spi_engine_notice to what it is handed, so
+ * no engine acts on a notice the others would refuse as malformed. */
+int spi__fleet_notice_check(const spi_notice *n, char *err, size_t errcap) {
+  int rc = check_text("node", n->node, sizeof n->node, 1, err, errcap);
+  if (rc == SPI_OK)
+    rc = check_text("event_id", n->event_id, sizeof n->event_id, 0, err,
+                    errcap);
+  if (rc == SPI_OK)
+    rc = check_text("dedup_key", n->dedup_key, sizeof n->dedup_key, 0, err,
+                    errcap);
+  if (rc == SPI_OK && n->deadline_ns < 0) {
+    spi__errf(err, errcap, "deadline_ns: %lld is negative",
+              (long long)n->deadline_ns);
+    rc = SPI_EINVAL;
+  }
+  return rc;
+}
+
+/* A string member copied into dst (cap bytes with its NUL). */
+static int copy_str(const cJSON *o, const char *key, char *dst, size_t cap,
+                    char *err, size_t errcap) {
   const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
   if (!cJSON_IsString(v) || !v->valuestring) {
     spi__errf(err, errcap, "%s: missing or not a string", key);
     return SPI_EPARSE;
   }
   size_t len = strlen(v->valuestring);
-  if (len < min_len || len >= cap) {
-    spi__errf(err, errcap, "%s: %zu bytes, expected %zu..%zu", key, len,
-              min_len, cap - 1);
+  if (len >= cap) {
+    spi__errf(err, errcap, "%s: %zu bytes, expected at most %zu", key, len,
+              cap - 1);
     return SPI_EPARSE;
   }
-  for (size_t i = 0; i < len; i++)
-    if ((unsigned char)v->valuestring[i] < 0x20) {
-      spi__errf(err, errcap, "%s: control character at byte %zu", key, i);
-      return SPI_EPARSE;
-    }
   memcpy(dst, v->valuestring, len + 1);
   return SPI_OK;
+}
+
+/* A string member copied into dst: at least min_len bytes, no control
+ * characters. */
+static int get_str(const cJSON *o, const char *key, char *dst, size_t cap,
+                   size_t min_len, char *err, size_t errcap) {
+  int rc = copy_str(o, key, dst, cap, err, errcap);
+  if (rc == SPI_OK && check_text(key, dst, cap, min_len, err, errcap) != SPI_OK)
+    rc = SPI_EPARSE;
+  return rc;
 }
 
 /* A time: a string of 1..19 decimal digits that fits an int64. */
@@ -269,15 +329,16 @@ static int decode_notice(const cJSON *o, spi_notice *n, char *err,
   memset(n, 0, sizeof *n);
   n->struct_size = sizeof *n;
   char kind[16];
-  int rc = get_str(o, "node", n->node, sizeof n->node, 1, err, errcap);
+  int rc = copy_str(o, "node", n->node, sizeof n->node, err, errcap);
   if (rc == SPI_OK) rc = get_str(o, "kind", kind, sizeof kind, 1, err, errcap);
   if (rc == SPI_OK) rc = get_time(o, "deadline_ns", &n->deadline_ns, err, errcap);
   if (rc == SPI_OK)
-    rc = get_str(o, "dedup_key", n->dedup_key, sizeof n->dedup_key, 0, err,
-                 errcap);
+    rc = copy_str(o, "dedup_key", n->dedup_key, sizeof n->dedup_key, err,
+                  errcap);
   if (rc == SPI_OK)
-    rc = get_str(o, "event_id", n->event_id, sizeof n->event_id, 0, err,
-                 errcap);
+    rc = copy_str(o, "event_id", n->event_id, sizeof n->event_id, err, errcap);
+  if (rc == SPI_OK && spi__fleet_notice_check(n, err, errcap) != SPI_OK)
+    rc = SPI_EPARSE;
   if (rc != SPI_OK) return rc;
   const cJSON *active = cJSON_GetObjectItemCaseSensitive(o, "active");
   if (!cJSON_IsBool(active)) {
@@ -371,21 +432,44 @@ static int call_publish(spi_engine *e, struct spi_fleet *f,
   return SPI_EMODULE;
 }
 
+/* Put a message that failed again back at the head; if the ring filled
+ * meanwhile, it is the one dropped. f->mu held. */
+static void pending_unshift(spi_engine *e, struct spi_fleet *f,
+                            pending_msg p) {
+  if (f->npending == SPI_FLEET_PENDING_MAX) {
+    spi__free(&e->mem, p.text);
+    atomic_fetch_add(&f->dropped, 1);
+    return;
+  }
+  f->head = (f->head + SPI_FLEET_PENDING_MAX - 1) % SPI_FLEET_PENDING_MAX;
+  f->pending[f->head] = p;
+  f->npending++;
+}
+
 /* Send one message, or keep it behind those waiting so the bus keeps
- * their order (a withdrawal must not overtake its notice). */
+ * their order (a withdrawal must not overtake its notice). A message is
+ * sent at once only when nothing is kept and no other thread is sending;
+ * if that publish fails, it goes back ahead of whatever queued behind it
+ * while it was under way. */
 static void send_or_keep(spi_engine *e, struct spi_fleet *f,
                          struct spi_fleet_ref *r, const spi_buf *b) {
   pthread_mutex_lock(&f->mu);
-  int queue = f->npending > 0 || f->flushing;
+  int queue = f->npending > 0 || f->sending;
   if (queue) pending_push(e, f, (const char *)b->data, b->len);
+  else f->sending = 1;
   pthread_mutex_unlock(&f->mu);
   if (queue) return;
   char err[SPI_ERRMSG_CAP];
-  if (call_publish(e, f, r, (const char *)b->data, b->len, err, sizeof err) ==
-      SPI_OK)
-    return;
+  int rc = call_publish(e, f, r, (const char *)b->data, b->len, err,
+                        sizeof err);
   pthread_mutex_lock(&f->mu);
-  pending_push(e, f, (const char *)b->data, b->len);
+  if (rc != SPI_OK) {
+    pending_msg p = {spi__strndup(&e->mem, (const char *)b->data, b->len),
+                     b->len};
+    if (p.text) pending_unshift(e, f, p);
+    else atomic_fetch_add(&f->dropped, 1);
+  }
+  f->sending = 0;
   pthread_mutex_unlock(&f->mu);
 }
 
@@ -412,20 +496,6 @@ void spi__fleet_publish_notice(spi_engine *e, const spi_notice *n,
   spi__fleet_ref_drop(e, r);
 }
 
-/* Put a message that failed again back at the head; if the ring filled
- * meanwhile, it is the one dropped. f->mu held. */
-static void pending_unshift(spi_engine *e, struct spi_fleet *f,
-                            pending_msg p) {
-  if (f->npending == SPI_FLEET_PENDING_MAX) {
-    spi__free(&e->mem, p.text);
-    atomic_fetch_add(&f->dropped, 1);
-    return;
-  }
-  f->head = (f->head + SPI_FLEET_PENDING_MAX - 1) % SPI_FLEET_PENDING_MAX;
-  f->pending[f->head] = p;
-  f->npending++;
-}
-
 /* Take the oldest kept message off the ring (npending > 0). f->mu held. */
 static pending_msg pending_shift(struct spi_fleet *f) {
   pending_msg p = f->pending[f->head];
@@ -444,13 +514,18 @@ static int budget_spent(const spi_engine *e, int64_t start) {
 /* Send what failed before, oldest first, until one fails again or the
  * tick's budget is spent (one is always tried, so the ring drains). What
  * is not sent stays at the head for the next tick. While this runs, new
- * messages queue behind (flushing), so order holds. */
+ * messages queue behind (sending), so order holds; while another thread
+ * is sending, this tick leaves the ring to the next one. */
 static int flush_pending(spi_engine *e, struct spi_fleet *f,
                          struct spi_fleet_ref *r, char *err, size_t errcap) {
   int rc = SPI_OK;
   int64_t start = spi__engine_now(e);
   pthread_mutex_lock(&f->mu);
-  f->flushing = 1;
+  if (f->sending) {
+    pthread_mutex_unlock(&f->mu);
+    return SPI_OK;
+  }
+  f->sending = 1;
   while (f->npending > 0) {
     pending_msg p = pending_shift(f);
     pthread_mutex_unlock(&f->mu);
@@ -464,7 +539,7 @@ static int flush_pending(spi_engine *e, struct spi_fleet *f,
     spi__free(&e->mem, p.text);
     if (spent) break;
   }
-  f->flushing = 0;
+  f->sending = 0;
   pthread_mutex_unlock(&f->mu);
   return rc;
 }

@@ -1618,6 +1618,16 @@ int spi__replay_drain(spi_replay_queue *q,
     rq_entry *e = NULL;
     for (int c = SPI_CLASS_GOLD; c <= SPI_CLASS_BRONZE && !e; c++)
       e = q->lane[c].head;
+    /* Only an envelope whose enqueue is durable moves, as only such an
+     * envelope is claimed: pushed while its sync is under way, it would be
+     * in the store although that sync may still fail its enqueue with
+     * SPI_EIO. Wait for the sync outside the lock, then look again. */
+    uint64_t wait = e ? e->seq : 0;
+    if (wait > __atomic_load_n(&q->durable_seq, __ATOMIC_ACQUIRE)) {
+      unlock(q);
+      rc = make_durable(q, wait);
+      continue;
+    }
     /* Pushed under the lock: the entry stays what push saw, and only a
      * drain takes entries out of a fallback journal. The store's enqueue
      * is idempotent, so an ACK record lost after a push only means the

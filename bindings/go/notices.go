@@ -254,8 +254,8 @@ type Notice struct {
 	Node       string
 	DeadlineNs int64 // 0 for advice without a deadline
 	ReceivedNs int64
-	Active     bool // false: a scheduled event completed or withdrawn
-	EventID    string
+	Active     bool   // false: a scheduled event completed or withdrawn
+	EventID    string // a withdrawal takes back the notice with this id
 	DedupKey   string
 }
 
@@ -453,7 +453,9 @@ func (e *Engine) Tick() error {
 
 // OnNodeTransition calls fn(node, from, to) on every node transition, on
 // the goroutine whose call caused it; fn must not call back into the
-// engine. nil clears it. Not concurrent with other calls on the engine.
+// engine. from == to (NodeNoticed or NodeDraining) says the machine's
+// deadline moved: ask NodePlans again. nil clears it. Not concurrent with
+// other calls on the engine.
 func (e *Engine) OnNodeTransition(fn func(node string, from, to NodeState)) error {
 	runtime.LockOSThread() // the call and its errmsg on one OS thread
 	defer runtime.UnlockOSThread()

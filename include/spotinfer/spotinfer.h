@@ -828,9 +828,11 @@ typedef struct spi_notice {
                               the epoch); 0 for advice without a deadline */
   int64_t received_ns;     /* the now_ns given to the parser */
   int32_t active;          /* 0: a scheduled event that is completed or
-                              canceled (withdraws an earlier notice) */
+                              canceled (withdraws the earlier notice with
+                              the same event_id) */
   int32_t reserved0;
-  char event_id[SPI_ID_MAX]; /* the cloud's event id, "" if none */
+  char event_id[SPI_ID_MAX]; /* the cloud's event id, "" if none (such a
+                                notice cannot be withdrawn) */
   char dedup_key[160];     /* stable across polls of the same event: built
                               from format, node, kind and event id, never
                               from times a poller may move */
@@ -881,7 +883,10 @@ SPI_API int spi_notice_parse_v2(int32_t format, int32_t http_status,
 /* A machine's state. Transitions follow one table (see README): ACTIVE ->
  * ADVISED -> NOTICED -> DRAINING -> TERMINATED -> REMOVED, with ADVISED able
  * to expire back to ACTIVE and a withdrawn notice returning a NOTICED node
- * to ACTIVE before its deadline. */
+ * to ACTIVE before its deadline, or to ADVISED while advice handed in for
+ * it has not lapsed. A withdrawal takes back only the event its event_id
+ * names: the machine stays NOTICED while another interruption holds it,
+ * and one noticed or advised by spi_node_set_state stays so. */
 enum spi_node_state {
   SPI_NODE_ACTIVE = 1,
   SPI_NODE_ADVISED = 2,    /* rebalance advice: no new long requests */
@@ -926,12 +931,20 @@ typedef struct spi_ticket_plan {
  * small, the transition still happens): DRAIN when the tokens left at the
  * replica's decode rate fit before the deadline minus router.drain_margin_ms,
  * or when it is gold and past router.gold_drain_progress; otherwise REPLAY.
- * A notice whose dedup_key was already handed in changes nothing and plans
- * nothing. A notice for a machine no replica runs on is remembered until
+ * A notice whose dedup_key was already handed in for its machine changes
+ * nothing and plans nothing. The keys go with the machine: when it is
+ * forgotten (REMOVED by hand, or terminated and no replica left on it) or
+ * put back to work (a withdrawal, or ACTIVE by hand), so an instance
+ * started again under the same id is noticed again. Lapsed advice keeps
+ * its key. A notice for a machine no replica runs on is remembered until
  * its deadline (advice: until it lapses), so a replica added there
  * meanwhile starts NOTICED. At most 4,096 machines are tracked; when full,
  * the oldest machines that run no replica are forgotten to make room, so
  * SPI_EFULL means every tracked machine runs replicas.
+ * The notice must be one the fleet bus can carry (SPI_EINVAL naming the
+ * field otherwise, bus or not): node 1..63 bytes, event_id up to 63 and
+ * dedup_key up to 159, each NUL-terminated within its array and without
+ * bytes below 0x20, deadline_ns not negative.
  * Errors: SPI_EINVAL, SPI_EMISUSE, SPI_EBUFSIZE, SPI_EFULL.
  */
 SPI_API int spi_engine_notice(spi_engine *engine, const spi_notice *notice,
@@ -960,7 +973,10 @@ SPI_API int spi_engine_tick(spi_engine *engine);
 
 /* Called on every node transition, from the thread making the call that
  * caused it, with no engine lock held; it must not call back into the
- * engine. */
+ * engine. from_state == to_state (NOTICED or DRAINING) says the machine's
+ * deadline moved (a later notice, from this engine or the fleet bus,
+ * brought it forward, or a machine noticed by hand got one): plans made
+ * before may be wrong, so ask spi_engine_node_plans() again. */
 typedef void (*spi_node_fn)(void *user_data, const char *node, size_t node_len,
                             int32_t from_state, int32_t to_state);
 /* Set (or clear, with fn NULL) the transition callback. Not concurrent with

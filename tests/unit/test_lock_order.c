@@ -53,6 +53,7 @@ static void *noticer(void *arg) {
     n.kind = i % 3 == 2 ? SPI_NOTICE_REBALANCE : SPI_NOTICE_TERMINATE;
     n.active = i % 3 != 1;
     snprintf(n.node, sizeof n.node, "m1");
+    snprintf(n.event_id, sizeof n.event_id, "ev-%d", i / 3);
     size_t found = 0;
     int rc = spi_engine_notice(s->e, &n, plans, 64, &found);
     if (rc != SPI_OK && rc != SPI_EBUFSIZE) atomic_fetch_add(&s->bad, 1);

@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include <cmocka.h>
 
@@ -335,6 +336,7 @@ static void test_state_machine(void **st) {
   /* A withdrawn notice returns a noticed machine to work. */
   spi_notice n = notice("i-bbb", SPI_NOTICE_MAINTENANCE, w->now + 600 * SEC,
                         "aws:scheduled:ev-1");
+  snprintf(n.event_id, sizeof n.event_id, "ev-1");
   size_t np;
   assert_int_equal(spi_engine_notice(w->e, &n, NULL, 0, &np), SPI_OK);
   assert_int_equal(fb_state(w->e, "i-bbb"), SPI_NODE_NOTICED);
@@ -368,6 +370,45 @@ static void test_state_machine(void **st) {
   fb_done(w);
 }
 
+/* A later notice that brings a noticed machine's deadline forward is
+ * reported as NOTICED -> NOTICED (plans made before may be wrong); one
+ * with a later deadline changes nothing. A machine noticed by hand has no
+ * deadline until a notice gives it one, and then goes at that deadline. */
+static void test_deadline_brought_forward_is_reported(void **st) {
+  (void)st;
+  fb_world *w = mk(NULL);
+  fb_add(w, "spot-a", "i-aaa", SPI_POOL_SPOT, "g5", "z1");
+  spi_notice m = notice("i-aaa", SPI_NOTICE_MAINTENANCE, w->now + 600 * SEC,
+                        "m-1");
+  fb_hand(w, &m);
+  int before = w->transitions;
+  spi_notice later = notice("i-aaa", SPI_NOTICE_TERMINATE, w->now + 900 * SEC,
+                            "t-late");
+  fb_hand(w, &later);
+  assert_int_equal(w->transitions, before);
+  spi_notice t = notice("i-aaa", SPI_NOTICE_TERMINATE, w->now + 120 * SEC,
+                        "t-1");
+  fb_hand(w, &t);
+  assert_int_equal(w->transitions, before + 1);
+  assert_int_equal(w->last_from, SPI_NODE_NOTICED);
+  assert_int_equal(w->last_to, SPI_NODE_NOTICED);
+  fb_add(w, "spot-b", "i-bbb", SPI_POOL_SPOT, "g5", "z2");
+  assert_int_equal(spi_node_set_state(w->e, "i-bbb", 5, SPI_NODE_NOTICED),
+                   SPI_OK);
+  w->now += 3600 * SEC;
+  assert_int_equal(spi_engine_tick(w->e), SPI_OK);
+  assert_int_equal(fb_state(w->e, "i-bbb"), SPI_NODE_NOTICED); /* no deadline */
+  t = notice("i-bbb", SPI_NOTICE_TERMINATE, w->now + 60 * SEC, "t-2");
+  fb_hand(w, &t);
+  assert_string_equal(w->last_node, "i-bbb");
+  assert_int_equal(w->last_from, SPI_NODE_NOTICED);
+  assert_int_equal(w->last_to, SPI_NODE_NOTICED);
+  w->now += 61 * SEC;
+  assert_int_equal(spi_engine_tick(w->e), SPI_OK);
+  assert_int_equal(fb_state(w->e, "i-bbb"), SPI_NODE_TERMINATED);
+  fb_done(w);
+}
+
 static int32_t replica_state(fb_world *w, const char *id) {
   spi_replica_status rs;
   memset(&rs, 0, sizeof rs);
@@ -383,6 +424,224 @@ static int hand_in(fb_world *w, const char *node, int32_t kind, int64_t deadline
   spi_notice n = notice(node, kind, deadline, key);
   size_t np = 0;
   return spi_engine_notice(w->e, &n, NULL, 0, &np);
+}
+
+/* Parse one body of an AWS IMDS path for i-aaa at w->now: its notices. */
+static size_t aws(fb_world *w, int32_t format, const char *body,
+                  spi_notice *out, size_t cap) {
+  char err[256];
+  size_t found = 0;
+  assert_int_equal(spi_notice_parse(format, 200, body, strlen(body), "i-aaa",
+                                    5, w->now, out, cap, &found, err,
+                                    sizeof err),
+                   SPI_OK);
+  return found;
+}
+
+/* A withdrawal takes back only the event it names. AWS lists canceled and
+ * completed maintenance on events/maintenance/scheduled for days, next to
+ * a live spot/instance-action: the canceled reboot must not put a machine
+ * that goes in two minutes back to work (it did, and the interruption's
+ * dedup key kept the next poll from noticing it again). A withdrawal with
+ * no event id names nothing, and a machine noticed by hand stays so. */
+static void test_withdrawal_takes_back_only_its_event(void **st) {
+  (void)st;
+  fb_world *w = mk(NULL);
+  fb_add(w, "spot-a", "i-aaa", SPI_POOL_SPOT, "g5.xlarge", "use1-az1");
+  w->now = 1893456000LL * SEC; /* 2030-01-01T00:00:00Z */
+  spi_notice n[4];
+  assert_int_equal(aws(w, SPI_NOTICE_AWS_INSTANCE_ACTION,
+                       "{\"action\":\"terminate\","
+                       "\"time\":\"2030-01-01T00:02:00Z\"}",
+                       n, 4),
+                   1);
+  size_t np = 0;
+  assert_int_equal(spi_engine_notice(w->e, &n[0], NULL, 0, &np), SPI_OK);
+  assert_int_equal(fb_state(w->e, "i-aaa"), SPI_NODE_NOTICED);
+  assert_int_equal(
+      aws(w, SPI_NOTICE_AWS_SCHEDULED,
+          "[{\"Code\":\"system-reboot\",\"Description\":\"x\",\"EventId\":"
+          "\"instance-event-0d59937288b749b32\",\"NotAfter\":\"21 Jan 2030 "
+          "09:17:23 GMT\",\"NotBefore\":\"14 Jan 2030 09:00:43 GMT\","
+          "\"State\":\"canceled\"}]",
+          n, 4),
+      1);
+  assert_int_equal(n[0].active, 0);
+  int before = w->transitions;
+  assert_int_equal(spi_engine_notice(w->e, &n[0], NULL, 0, &np), SPI_OK);
+  assert_int_equal(fb_state(w->e, "i-aaa"), SPI_NODE_NOTICED);
+  assert_int_equal(w->transitions, before);
+  /* No event id: nothing to take back. */
+  spi_notice m = notice("i-bbb", SPI_NOTICE_MAINTENANCE, w->now + 600 * SEC,
+                        "m-1");
+  assert_int_equal(spi_engine_notice(w->e, &m, NULL, 0, &np), SPI_OK);
+  m.active = 0;
+  snprintf(m.dedup_key, sizeof m.dedup_key, "m-1:canceled");
+  assert_int_equal(spi_engine_notice(w->e, &m, NULL, 0, &np), SPI_OK);
+  assert_int_equal(fb_state(w->e, "i-bbb"), SPI_NODE_NOTICED);
+  /* Noticed by hand: the host's reason is no event a withdrawal names. */
+  assert_int_equal(spi_node_set_state(w->e, "i-ccc", 5, SPI_NODE_NOTICED),
+                   SPI_OK);
+  spi_notice c = notice("i-ccc", SPI_NOTICE_MAINTENANCE, w->now + 600 * SEC,
+                        "c-1");
+  snprintf(c.event_id, sizeof c.event_id, "ev-c");
+  assert_int_equal(spi_engine_notice(w->e, &c, NULL, 0, &np), SPI_OK);
+  c.active = 0;
+  snprintf(c.dedup_key, sizeof c.dedup_key, "c-1:canceled");
+  assert_int_equal(spi_engine_notice(w->e, &c, NULL, 0, &np), SPI_OK);
+  assert_int_equal(fb_state(w->e, "i-ccc"), SPI_NODE_NOTICED);
+  fb_done(w);
+}
+
+/* When a withdrawal takes back what held a machine, what is left decides:
+ * rebalance advice still open makes it ADVISED (NOTICED -> ADVISED) until
+ * the advice lapses; an interruption still open keeps it NOTICED, with
+ * that interruption's deadline (reported NOTICED -> NOTICED, as it moved). */
+static void test_withdrawal_leaves_what_else_holds(void **st) {
+  (void)st;
+  fb_world *w = mk("{\"router\":{\"advised_ttl_ms\":60000}}");
+  fb_add(w, "spot-a", "i-aaa", SPI_POOL_SPOT, "g5", "z1");
+  spi_notice adv = notice("i-aaa", SPI_NOTICE_REBALANCE, 0, "r-1");
+  spi_notice m = notice("i-aaa", SPI_NOTICE_MAINTENANCE, w->now + 600 * SEC,
+                        "m-1");
+  snprintf(m.event_id, sizeof m.event_id, "ev-1");
+  fb_hand(w, &adv);
+  w->now += 10 * SEC;
+  fb_hand(w, &m);
+  assert_int_equal(fb_state(w->e, "i-aaa"), SPI_NODE_NOTICED);
+  spi_notice wd = m;
+  wd.active = 0;
+  snprintf(wd.dedup_key, sizeof wd.dedup_key, "m-1:canceled");
+  fb_hand(w, &wd);
+  assert_int_equal(fb_state(w->e, "i-aaa"), SPI_NODE_ADVISED);
+  assert_int_equal(w->last_from, SPI_NODE_NOTICED);
+  assert_int_equal(w->last_to, SPI_NODE_ADVISED);
+  assert_int_equal(replica_state(w, "spot-a"), SPI_REPLICA_ACTIVE);
+  w->now += 51 * SEC; /* the advice, given 61 s ago, lapses */
+  assert_int_equal(spi_engine_tick(w->e), SPI_OK);
+  assert_int_equal(fb_state(w->e, "i-aaa"), SPI_NODE_ACTIVE);
+  /* Two interruptions: maintenance in 60 s, a spot stop in 120 s. */
+  m = notice("i-aaa", SPI_NOTICE_MAINTENANCE, w->now + 60 * SEC, "m-2");
+  snprintf(m.event_id, sizeof m.event_id, "ev-2");
+  spi_notice stop = notice("i-aaa", SPI_NOTICE_STOP, w->now + 120 * SEC,
+                           "aws:action:i-aaa:stop");
+  fb_hand(w, &m);
+  fb_hand(w, &stop);
+  wd = m;
+  wd.active = 0;
+  snprintf(wd.dedup_key, sizeof wd.dedup_key, "m-2:canceled");
+  int before = w->transitions;
+  fb_hand(w, &wd);
+  assert_int_equal(w->transitions, before + 1);
+  assert_int_equal(w->last_from, SPI_NODE_NOTICED);
+  assert_int_equal(w->last_to, SPI_NODE_NOTICED);
+  w->now += 61 * SEC;
+  assert_int_equal(spi_engine_tick(w->e), SPI_OK);
+  assert_int_equal(fb_state(w->e, "i-aaa"), SPI_NODE_NOTICED);
+  w->now += 60 * SEC;
+  assert_int_equal(spi_engine_tick(w->e), SPI_OK);
+  assert_int_equal(fb_state(w->e, "i-aaa"), SPI_NODE_TERMINATED);
+  /* A moved deadline is no transition for the metric. */
+  char buf[1 << 16];
+  size_t need;
+  assert_int_equal(spi_engine_metrics(w->e, buf, sizeof buf, &need), SPI_OK);
+  assert_null(strstr(buf, "from=\"noticed\",to=\"noticed\""));
+  assert_non_null(strstr(buf, "from=\"noticed\",to=\"advised\"} 1"));
+  fb_done(w);
+}
+
+/* The notice of an AWS spot stop for i-aaa, due 120 s after w->now. */
+static spi_notice stop_notice(fb_world *w) {
+  time_t t = (time_t)(w->now / SEC + 120);
+  struct tm tm;
+  gmtime_r(&t, &tm);
+  char when[32], body[96];
+  strftime(when, sizeof when, "%Y-%m-%dT%H:%M:%SZ", &tm);
+  snprintf(body, sizeof body, "{\"action\":\"stop\",\"time\":\"%s\"}", when);
+  spi_notice n[2];
+  assert_int_equal(aws(w, SPI_NOTICE_AWS_INSTANCE_ACTION, body, n, 2), 1);
+  return n[0];
+}
+
+/* A spot instance whose interruption behaviour is stop (or a GCP VM
+ * restarted after a preemption) keeps its id: interrupted, stopped,
+ * forgotten, started again, interrupted again - with the same dedup key
+ * ("aws:action:<id>:stop"). Dedup keys go with the machine, so the second
+ * interruption acts; it used to be taken for a repeat (SPI_OK, no plans,
+ * the machine ACTIVE until it stopped). Round 0 forgets the machine by
+ * hand (REMOVED), round 1 by removing its last replica, round 2 has it
+ * put back to work by hand. */
+static void test_restarted_machine_is_noticed_again(void **st) {
+  (void)st;
+  fb_world *w = mk(NULL);
+  fb_add(w, "spot-a", "i-aaa", SPI_POOL_SPOT, "g5.xlarge", "use1-az1");
+  for (int round = 0; round < 3; round++) {
+    spi_notice n = stop_notice(w);
+    int before = w->to_noticed;
+    fb_hand(w, &n);
+    assert_int_equal(fb_state(w->e, "i-aaa"), SPI_NODE_NOTICED);
+    assert_int_equal(w->to_noticed, before + 1);
+    fb_hand(w, &n); /* polled again: nothing new */
+    assert_int_equal(w->to_noticed, before + 1);
+    if (round == 2) {
+      assert_int_equal(spi_node_set_state(w->e, "i-aaa", 5, SPI_NODE_ACTIVE),
+                       SPI_OK);
+      fb_hand(w, &n);
+      assert_int_equal(fb_state(w->e, "i-aaa"), SPI_NODE_NOTICED);
+      break;
+    }
+    w->now += 121 * SEC;
+    assert_int_equal(spi_engine_tick(w->e), SPI_OK);
+    assert_int_equal(fb_state(w->e, "i-aaa"), SPI_NODE_TERMINATED);
+    assert_int_equal(spi_replica_remove(w->e, "spot-a", 6), SPI_OK);
+    if (round == 0)
+      assert_int_equal(spi_node_set_state(w->e, "i-aaa", 5, SPI_NODE_REMOVED),
+                       SPI_OK);
+    else
+      assert_int_equal(spi_engine_tick(w->e), SPI_OK); /* nothing runs there */
+    assert_int_equal(w->last_to, SPI_NODE_REMOVED);
+    w->now += 3600 * SEC; /* started again an hour later, same id */
+    fb_add(w, "spot-a", "i-aaa", SPI_POOL_SPOT, "g5.xlarge", "use1-az1");
+    assert_int_equal(fb_state(w->e, "i-aaa"), SPI_NODE_ACTIVE);
+  }
+  fb_done(w);
+}
+
+/* What stays remembered: a withdrawal polled again does nothing, after it
+ * put its machine back to work too, and is not published again; lapsed
+ * advice keeps its key, so a rebalance recommendation the cloud keeps
+ * serving advises a machine once, for advised_ttl_ms. */
+static void test_keys_kept_while_the_machine_lives(void **st) {
+  (void)st;
+  broker *b = broker_new();
+  fb_world *w = fb_on_bus(b, "A", "\"router\":{\"advised_ttl_ms\":60000}");
+  fb_add(w, "spot-a", "i-aaa", SPI_POOL_SPOT, "g5", "z1");
+  spi_notice m = notice("i-aaa", SPI_NOTICE_MAINTENANCE, w->now + 600 * SEC,
+                        "aws:scheduled:ev-1");
+  snprintf(m.event_id, sizeof m.event_id, "ev-1");
+  fb_hand(w, &m);
+  m.active = 0;
+  snprintf(m.dedup_key, sizeof m.dedup_key, "aws:scheduled:ev-1:canceled");
+  fb_hand(w, &m);
+  assert_int_equal(fb_state(w->e, "i-aaa"), SPI_NODE_ACTIVE);
+  size_t sent = broker_count(b);
+  int before = w->transitions;
+  for (int i = 0; i < 3; i++) {
+    fb_hand(w, &m);
+    assert_int_equal(spi_engine_tick(w->e), SPI_OK);
+  }
+  assert_int_equal(broker_count(b), sent);
+  assert_int_equal(w->transitions, before);
+  spi_notice adv = notice("i-aaa", SPI_NOTICE_REBALANCE, 0, "aws:rebalance:i-aaa");
+  fb_hand(w, &adv);
+  assert_int_equal(fb_state(w->e, "i-aaa"), SPI_NODE_ADVISED);
+  w->now += 61 * SEC;
+  assert_int_equal(spi_engine_tick(w->e), SPI_OK);
+  assert_int_equal(fb_state(w->e, "i-aaa"), SPI_NODE_ACTIVE);
+  fb_hand(w, &adv);
+  assert_int_equal(fb_state(w->e, "i-aaa"), SPI_NODE_ACTIVE);
+  fb_done(w);
+  broker_free(b);
 }
 
 /* Issue 12 item 7: advisory notices for 4,096 machines that run nothing
@@ -625,6 +884,11 @@ int main(void) {
       cmocka_unit_test(test_advice_and_expiry),
       cmocka_unit_test(test_pool_cooldown),
       cmocka_unit_test(test_state_machine),
+      cmocka_unit_test(test_deadline_brought_forward_is_reported),
+      cmocka_unit_test(test_withdrawal_takes_back_only_its_event),
+      cmocka_unit_test(test_withdrawal_leaves_what_else_holds),
+      cmocka_unit_test(test_restarted_machine_is_noticed_again),
+      cmocka_unit_test(test_keys_kept_while_the_machine_lives),
       cmocka_unit_test(test_node_table_flood),
       cmocka_unit_test(test_node_table_full_of_replicas),
       cmocka_unit_test(test_notice_cost_is_bounded),

@@ -6,7 +6,8 @@
  * again; each engine drops its own echo; unreadable messages are skipped
  * and counted; a failing bus loses no local notice, says so in its status,
  * and sends what it kept once it is back, a slow one over several ticks
- * (each tick's sending bounded in time); polls are bounded; the plans for
+ * (each tick's sending bounded in time), and never a withdrawal before
+ * the notice it withdraws; polls are bounded; the plans for
  * B's own tickets come from spi_engine_node_plans; and engines publishing,
  * polling, routing and reconfiguring at once (run under TSan).
  */
@@ -273,6 +274,52 @@ static void test_malformed_skipped(void **st) {
   assert_non_null(strstr(s.last_error, "message skipped"));
   assert_int_equal(fb_state(bw->e, "i-aaa"), SPI_NODE_NOTICED);
   assert_int_equal(fb_state(bw->e, "i-bbb"), SPI_NODE_ACTIVE);
+  fb_two_done(&two);
+}
+
+/* A notice every other engine's reader would refuse as malformed (an
+ * event_id or dedup_key without its NUL, a control character in a text
+ * field, a negative deadline) is refused by spi_engine_notice with
+ * SPI_EINVAL naming the field, and acts nowhere: it would otherwise act
+ * on the engine it was handed to and be lost on every other. At the
+ * limits (63 and 159 bytes, DEL, UTF-8) a notice acts here and on B. */
+static void test_notice_the_bus_cannot_carry_is_refused(void **st) {
+  (void)st;
+  fb_pair two = fb_two(NULL, NULL);
+  fb_world *a = two.a, *bw = two.b;
+  const char *want[] = {"event_id: not NUL-terminated", "dedup_key: not NUL",
+                        "node: control character at byte 2",
+                        "event_id: control character at byte 2",
+                        "dedup_key: control character at byte 1",
+                        "deadline_ns: -1 is negative"};
+  for (int i = 0; i < 6; i++) {
+    spi_notice n = fb_notice("i-aaa", a->now + 120 * SEC, "k-1");
+    if (i == 0) memset(n.event_id, 'e', sizeof n.event_id);
+    if (i == 1) memset(n.dedup_key, 'k', sizeof n.dedup_key);
+    if (i == 2) n.node[2] = '\x1f';
+    if (i == 3) snprintf(n.event_id, sizeof n.event_id, "ev\n1");
+    if (i == 4) snprintf(n.dedup_key, sizeof n.dedup_key, "k\t1");
+    if (i == 5) n.deadline_ns = -1;
+    size_t np = 9;
+    assert_int_equal(spi_engine_notice(a->e, &n, NULL, 0, &np), SPI_EINVAL);
+    if (!strstr(spi_engine_errmsg(a->e), want[i]))
+      fail_msg("case %d: \"%s\", want \"%s\"", i, spi_engine_errmsg(a->e),
+               want[i]);
+    assert_int_equal(fb_state(a->e, "i-aaa"), SPI_NODE_ACTIVE);
+  }
+  assert_int_equal(broker_count(two.bus), 0);
+  spi_notice n = fb_notice("i-aaa", a->now + 120 * SEC, "");
+  memset(n.event_id, 'e', sizeof n.event_id - 1);
+  memset(n.dedup_key, 'k', sizeof n.dedup_key - 1);
+  n.dedup_key[0] = '\x7f';
+  memcpy(n.dedup_key + 1, "\xc3\xa9", 2);
+  fb_hand(a, &n);
+  assert_int_equal(fb_state(a->e, "i-aaa"), SPI_NODE_NOTICED);
+  assert_int_equal(spi_engine_tick(bw->e), SPI_OK);
+  spi_fleet_stats s = fb_stats(bw->e);
+  assert_int_equal(s.malformed, 0);
+  assert_int_equal(s.applied, 1);
+  assert_int_equal(fb_state(bw->e, "i-aaa"), SPI_NODE_NOTICED);
   fb_two_done(&two);
 }
 
@@ -591,6 +638,61 @@ static void test_plans_for_remote_notice(void **st) {
   fb_two_done(&two);
 }
 
+/* A notice from the bus that brings a noticed machine's deadline forward
+ * is reported as a NOTICED -> NOTICED transition: the host hears of bus
+ * notices only from its callback, and a stream it was told to DRAIN
+ * against the old deadline must now be replayed. (The deadline used to
+ * move silently.) */
+static void test_bus_deadline_brought_forward_is_reported(void **st) {
+  (void)st;
+  fb_pair two = fb_two(NULL, NULL);
+  fb_world *a = two.a, *bw = two.b;
+  fb_add(bw, "spot-a", "i-aaa", SPI_POOL_SPOT, "g5.xlarge", "use1-az1");
+  spi_request_reset(bw->r);
+  spi_request_set_str(bw->r, SPI_REQ_MODEL, "m", 1);
+  spi_request_set_str(bw->r, SPI_REQ_PROMPT, "hello", 5);
+  spi_request_set_str(bw->r, SPI_REQ_CLASS, "silver", 6);
+  spi_request_set_int(bw->r, SPI_REQ_MAX_OUTPUT_TOKENS, 20000);
+  spi_decision d;
+  memset(&d, 0, sizeof d);
+  d.struct_size = sizeof d;
+  assert_int_equal(spi_route(bw->r, &d), SPI_OK);
+  assert_string_equal(d.replica_id, "spot-a");
+  /* B's own poller: maintenance a day away. 20000 tokens at 50/s end in
+   * 400 s: DRAIN. */
+  spi_notice m = fb_notice("i-aaa", bw->now + 86400 * SEC, "aws:scheduled:ev-9");
+  m.kind = SPI_NOTICE_MAINTENANCE;
+  spi_ticket_plan plans[4];
+  plans[0].struct_size = sizeof plans[0];
+  size_t np = 0;
+  assert_int_equal(spi_engine_notice(bw->e, &m, plans, 4, &np), SPI_OK);
+  assert_int_equal(np, 1);
+  assert_int_equal(plans[0].action, SPI_ACTION_DRAIN);
+  int seen = bw->transitions;
+  /* A hears the spot interruption of the same machine: two minutes. */
+  spi_notice t = fb_notice("i-aaa", bw->now + 120 * SEC,
+                           "aws:action:i-aaa:terminate");
+  fb_hand(a, &t);
+  assert_int_equal(spi_engine_tick(bw->e), SPI_OK);
+  assert_int_equal(bw->transitions, seen + 1);
+  assert_string_equal(bw->last_node, "i-aaa");
+  assert_int_equal(bw->last_from, SPI_NODE_NOTICED);
+  assert_int_equal(bw->last_to, SPI_NODE_NOTICED);
+  plans[0].struct_size = sizeof plans[0];
+  assert_int_equal(spi_engine_node_plans(bw->e, "i-aaa", 5, plans, 4, &np),
+                   SPI_OK);
+  assert_int_equal(np, 1);
+  assert_int_equal(plans[0].action, SPI_ACTION_REPLAY);
+  assert_true(plans[0].deadline_s > 119 && plans[0].deadline_s <= 120);
+  /* A later deadline moves nothing and says nothing. */
+  spi_notice late = fb_notice("i-aaa", bw->now + 3600 * SEC, "late");
+  fb_hand(a, &late);
+  assert_int_equal(spi_engine_tick(bw->e), SPI_OK);
+  assert_int_equal(bw->transitions, seen + 1);
+  finish(bw, d.ticket);
+  fb_two_done(&two);
+}
+
 static void test_withdrawal_and_advice_shared(void **st) {
   (void)st;
   fb_pair two = fb_two(NULL, NULL);
@@ -598,6 +700,7 @@ static void test_withdrawal_and_advice_shared(void **st) {
   fleet(bw);
   spi_notice n = fb_notice("i-aaa", a->now + 600 * SEC, "ev-1");
   n.kind = SPI_NOTICE_MAINTENANCE;
+  snprintf(n.event_id, sizeof n.event_id, "ev-1");
   fb_hand(a, &n);
   spi_notice adv = fb_notice("i-bbb", 0, "rebalance-1");
   adv.kind = SPI_NOTICE_REBALANCE;
@@ -744,6 +847,112 @@ static void test_slow_bus_blocks_nothing(void **st) {
   broker_free(b);
 }
 
+/* A bus over the broker whose first publish waits until released and
+ * then fails (a server that times out); every other publish goes
+ * through. */
+typedef struct gated_bus {
+  broker *b;
+  int calls, entered, released;
+} gated_bus;
+
+static int gated_configure(void *state, const char *json, size_t len,
+                           void **out, char *err, size_t cap) {
+  return broker_configure(((gated_bus *)state)->b, json, len, out, err, cap);
+}
+
+static void gated_release(void *state, void *instance) {
+  broker_release(((gated_bus *)state)->b, instance);
+}
+
+static int gated_publish(void *state, void *instance, const char *msg,
+                         size_t len, char *err, size_t cap) {
+  gated_bus *g = state;
+  pthread_mutex_lock(&g->b->mu);
+  int first = g->calls++ == 0;
+  if (first) {
+    g->entered = 1;
+    pthread_cond_broadcast(&g->b->cv);
+    while (!g->released) pthread_cond_wait(&g->b->cv, &g->b->mu);
+  }
+  pthread_mutex_unlock(&g->b->mu);
+  if (first) return snprintf(err, cap, "timed out"), SPI_EIO;
+  return broker_publish(g->b, instance, msg, len, err, cap);
+}
+
+static int gated_poll(void *state, void *instance, size_t max,
+                      spi_fleet_msg_fn fn, void *ud, char *err, size_t cap) {
+  return broker_poll(((gated_bus *)state)->b, instance, max, fn, ud, err, cap);
+}
+
+typedef struct handing {
+  fb_world *w;
+  spi_notice n;
+} handing;
+
+static void *hand_one(void *arg) {
+  handing *h = arg;
+  size_t np = 0;
+  spi_engine_notice(h->w->e, &h->n, NULL, 0, &np);
+  return NULL;
+}
+
+/* A withdrawal handed in while its notice's publish is still under way on
+ * another thread waits behind it; when that publish fails, the notice is
+ * kept ahead of the withdrawal, so the bus gets the notice first and every
+ * other engine ends with the machine at work, as here. (A publish in
+ * flight used to be neither kept nor a tick's sending: the withdrawal went
+ * out at once, the failed notice after it, and B stayed NOTICED.) */
+static void test_withdrawal_waits_for_notice_in_flight(void **st) {
+  (void)st;
+  spi_test_watchdog("a withdrawal behind a notice in flight", 30);
+  broker *b = broker_new();
+  gated_bus g = {b, 0, 0, 0};
+  fb_world *a = fb_mk(NULL, NULL);
+  spi_fleet_bus_module m =
+      fb_module(gated_configure, gated_release, gated_publish, gated_poll);
+  assert_int_equal(spi_engine_register_module(a->e, SPI_MODULE_FLEET_BUS,
+                                              "gated", 5, &m, &g, NULL),
+                   SPI_OK);
+  const char *cfg = "{\"modules\":{\"fleet_bus\":\"gated\"},"
+                    "\"module_config\":{\"gated\":{\"reader\":\"A\"}}}";
+  assert_int_equal(spi_engine_configure(a->e, cfg, strlen(cfg)), SPI_OK);
+  fb_world *bw = fb_on_bus(b, "B", NULL);
+  handing h = {a, fb_notice("i-aaa", a->now + 600 * SEC, "aws:scheduled:ev-1")};
+  h.n.kind = SPI_NOTICE_MAINTENANCE;
+  snprintf(h.n.event_id, sizeof h.n.event_id, "ev-1");
+  pthread_t t;
+  pthread_create(&t, NULL, hand_one, &h);
+  pthread_mutex_lock(&b->mu);
+  while (!g.entered) pthread_cond_wait(&b->cv, &b->mu);
+  pthread_mutex_unlock(&b->mu);
+  assert_int_equal(fb_state(a->e, "i-aaa"), SPI_NODE_NOTICED);
+  spi_notice w = h.n;
+  w.active = 0;
+  w.deadline_ns = 0;
+  snprintf(w.dedup_key, sizeof w.dedup_key, "aws:scheduled:ev-1:canceled");
+  size_t np = 0;
+  int rc = spi_engine_notice(a->e, &w, NULL, 0, &np);
+  pthread_mutex_lock(&b->mu);
+  g.released = 1;
+  pthread_cond_broadcast(&b->cv);
+  pthread_mutex_unlock(&b->mu);
+  pthread_join(t, NULL);
+  spi_test_watchdog("", 0);
+  assert_int_equal(rc, SPI_OK);
+  assert_int_equal(fb_state(a->e, "i-aaa"), SPI_NODE_ACTIVE);
+  assert_int_equal(fb_stats(a->e).pending, 2);
+  assert_int_equal(spi_engine_tick(a->e), SPI_OK); /* sends what was kept */
+  assert_int_equal(fb_stats(a->e).pending, 0);
+  assert_int_equal(broker_count(b), 2);
+  assert_non_null(strstr(b->msg[0], "\"active\":true"));
+  assert_non_null(strstr(b->msg[1], "\"active\":false"));
+  assert_int_equal(spi_engine_tick(bw->e), SPI_OK);
+  assert_int_equal(fb_state(bw->e, "i-aaa"), SPI_NODE_ACTIVE);
+  fb_done(a);
+  fb_done(bw);
+  broker_free(b);
+}
+
 /* ------------------------------------------------- everything at once */
 
 #define NODES 120
@@ -840,6 +1049,7 @@ int main(void) {
       cmocka_unit_test(test_cooldown_shared),
       cmocka_unit_test(test_malformed_skipped),
       cmocka_unit_test(test_control_bytes_malformed),
+      cmocka_unit_test(test_notice_the_bus_cannot_carry_is_refused),
       cmocka_unit_test(test_publish_failure_keeps_local),
       cmocka_unit_test(test_pending_is_bounded),
       cmocka_unit_test(test_slow_bus_tick_is_bounded),
@@ -848,9 +1058,11 @@ int main(void) {
       cmocka_unit_test(test_unapplied_notice_applies_later),
       cmocka_unit_test(test_poll_is_bounded),
       cmocka_unit_test(test_plans_for_remote_notice),
+      cmocka_unit_test(test_bus_deadline_brought_forward_is_reported),
       cmocka_unit_test(test_withdrawal_and_advice_shared),
       cmocka_unit_test(test_config_and_registration),
       cmocka_unit_test(test_slow_bus_blocks_nothing),
+      cmocka_unit_test(test_withdrawal_waits_for_notice_in_flight),
       cmocka_unit_test(test_concurrent),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);

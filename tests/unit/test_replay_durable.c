@@ -17,6 +17,9 @@
  *   - after a failed fdatasync (batch and always) the enqueue fails, a retry
  *     of the same key is not an OK duplicate, and the envelope cannot be
  *     claimed;
+ *   - a queue store's fallback journal moves an envelope into the store
+ *     only once its enqueue is durable, so a failed fdatasync leaves
+ *     nothing there;
  *   - power loss under "always" and "batch" (several threads, group
  *     commit): every enqueue that returned SPI_OK before the power went is
  *     recovered, and nothing comes back that was never enqueued; under
@@ -45,6 +48,7 @@
 #include "replay_helpers.h"
 
 #include "replay.h"
+#include "spotinfer/spotinfer_module.h"
 
 /* What the claim helpers answer when nothing is ready; the library's answer
  * is SPI_OK with claim id 0 (NOTHING_READY before 0.3.0). */
@@ -420,6 +424,125 @@ static void test_failed_write(void **state) {
   teardown(f);
 }
 
+/* ------------------------------------------- a queue store's fallback */
+
+/* A queue store that answers SPI_EIO while out is set and otherwise counts
+ * the envelopes it takes (threads call it at once: atomics). */
+typedef struct down_store {
+  int out, took;
+} down_store;
+
+static int ds_configure(void *state, const char *json, size_t len,
+                        void **inst, char *err, size_t cap) {
+  (void)json, (void)len, (void)err, (void)cap;
+  *inst = state;
+  return SPI_OK;
+}
+
+static void ds_release(void *state, void *inst) { (void)state, (void)inst; }
+
+static int ds_enqueue(void *state, void *inst, const spi_replay_ctx *ctx,
+                      const spi_envelope *env, int32_t *dup, char *err,
+                      size_t cap) {
+  (void)inst, (void)ctx, (void)env;
+  down_store *s = state;
+  *dup = 0;
+  if (__atomic_load_n(&s->out, __ATOMIC_SEQ_CST))
+    return snprintf(err, cap, "down"), SPI_EIO;
+  __atomic_fetch_add(&s->took, 1, __ATOMIC_SEQ_CST);
+  return SPI_OK;
+}
+
+static int ds_claim(void *state, void *inst, const spi_replay_ctx *ctx,
+                    uint32_t mask, spi_replay_envelope_fn fn, void *fn_data,
+                    uint64_t *id, char *err, size_t cap) {
+  (void)state, (void)inst, (void)ctx, (void)mask, (void)fn, (void)fn_data;
+  (void)err, (void)cap;
+  *id = 0;
+  return SPI_OK;
+}
+
+static int ds_ack(void *state, void *inst, const spi_replay_ctx *ctx,
+                  uint64_t id, char *err, size_t cap) {
+  (void)state, (void)inst, (void)ctx, (void)id, (void)err, (void)cap;
+  return SPI_ESTALE;
+}
+
+static int ds_nack(void *state, void *inst, const spi_replay_ctx *ctx,
+                   uint64_t id, uint32_t attempts, int64_t visible,
+                   int32_t dead, char *err, size_t cap) {
+  (void)attempts, (void)visible, (void)dead;
+  return ds_ack(state, inst, ctx, id, err, cap);
+}
+
+static int ds_stats(void *state, void *inst, const spi_replay_ctx *ctx,
+                    spi_replay_stats *out, char *err, size_t cap) {
+  (void)state, (void)inst, (void)ctx, (void)out, (void)err, (void)cap;
+  return SPI_OK;
+}
+
+static int ds_rstats(void *state, void *inst, spi_replay_store_stats *out) {
+  (void)state, (void)inst, (void)out;
+  return SPI_OK;
+}
+
+static void *do_tick(void *arg) {
+  call *c = arg;
+  c->rc = spi_replay_tick(c->f->q);
+  __atomic_store_n(&c->done, 1, __ATOMIC_SEQ_CST);
+  return NULL;
+}
+
+/* The drain of a fallback journal moves only envelopes whose enqueue is
+ * durable. One whose fdatasync is still under way is waited for: moved
+ * into the store before that sync failed, it was there although its
+ * enqueue answered SPI_EIO (and a retry would enqueue it twice). */
+static void test_fallback_drain_waits_for_fsync(void **state) {
+  (void)state;
+  fixture *f = setup();
+  down_store s = {1, 0};
+  spi_replay_store_module m;
+  memset(&m, 0, sizeof m);
+  m.abi_version = SPI_MODULE_ABI_VERSION;
+  m.struct_size = sizeof m;
+  m.configure = ds_configure;
+  m.release = ds_release;
+  m.enqueue = ds_enqueue;
+  m.claim = ds_claim;
+  m.ack = ds_ack;
+  m.nack = ds_nack;
+  m.queue_stats = ds_stats;
+  m.stats = ds_rstats;
+  assert_int_equal(spi_engine_register_module(f->e, SPI_MODULE_REPLAY_STORE,
+                                              "downq", 5, &m, &s, NULL),
+                   SPI_OK);
+  char json[512];
+  snprintf(json, sizeof json,
+           "{\"store\":\"downq\",\"fallback\":\"journal\",\"dir\":\"%s\","
+           "\"fsync\":\"batch\",\"group_commit_ms\":0}",
+           f->dir);
+  assert_int_equal(spi_replay_open(f->e, json, strlen(json), &f->q), SPI_OK);
+  gate(1);
+  call a = {f, "k", 0, 0, "", 0}, b = a;
+  pthread_t ta, tb;
+  assert_int_equal(pthread_create(&ta, NULL, do_enqueue, &a), 0);
+  wait_at_gate(1); /* in the fallback journal, its fdatasync held */
+  __atomic_store_n(&s.out, 0, __ATOMIC_SEQ_CST); /* the store is back */
+  assert_int_equal(pthread_create(&tb, NULL, do_tick, &b), 0);
+  sleep_ms(150);
+  int early = __atomic_load_n(&s.took, __ATOMIC_SEQ_CST);
+  pthread_mutex_lock(&io.mu);
+  io.fail_syncs = 2;
+  pthread_mutex_unlock(&io.mu);
+  gate(0); /* before any assertion, so a failure never leaves a thread */
+  pthread_join(ta, NULL);
+  pthread_join(tb, NULL);
+  assert_int_equal(early, 0);
+  assert_int_equal(a.rc, SPI_EIO);
+  assert_int_equal(__atomic_load_n(&s.took, __ATOMIC_SEQ_CST), 0);
+  teardown(f);
+}
+
 /* ------------------------------------------------------------ power loss */
 
 #define PL_THREADS 4
@@ -539,6 +662,7 @@ int main(void) {
       cmocka_unit_test(test_failed_fsync_batch),
       cmocka_unit_test(test_failed_fsync_always),
       cmocka_unit_test(test_failed_write),
+      cmocka_unit_test(test_fallback_drain_waits_for_fsync),
       cmocka_unit_test(test_power_loss_always),
       cmocka_unit_test(test_power_loss_batch),
       cmocka_unit_test(test_power_loss_none),

@@ -498,9 +498,11 @@ class Engine:
 
     def on_node_transition(self, fn: Optional[Callable[[str, "NodeState", "NodeState"], None]]) -> None:
         """Call fn(node, from_state, to_state) on every node transition
-        (None clears it). fn runs on the thread whose call caused the
-        transition and must not call back into the engine; exceptions in it
-        are swallowed. Not concurrent with other calls on the engine."""
+        (None clears it). from_state == to_state (NOTICED or DRAINING) says
+        the machine's deadline moved: ask node_plans() again. fn runs on the
+        thread whose call caused the transition and must not call back into
+        the engine; exceptions in it are swallowed. Not concurrent with other
+        calls on the engine."""
         from .enums import NodeState
         if fn is None:
             _lib.spi_engine_on_node_transition(self._p(), _n.NODE_FN(), None)

@@ -33,7 +33,7 @@ class Notice:
     deadline_ns: int = 0     # 0 for advice without a deadline
     received_ns: int = 0
     active: bool = True      # False: a scheduled event withdrawn or done
-    event_id: str = ""
+    event_id: str = ""       # a withdrawal takes back the notice with it
     dedup_key: str = ""
 
     @classmethod
