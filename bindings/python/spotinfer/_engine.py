@@ -18,7 +18,7 @@ from . import _native as _n
 from .enums import (Class, LogLevel, ModelTier, ModuleKind, OnFailure,
                     OpenAIKind, PolicyFlags, Pool, PriorityScheme, Pressure,
                     Reason, ReplicaState, ReqInt, ReqStr, ServiceTier,
-                    TicketStatus, coerce, maybe_enum, unsigned)
+                    TicketStatus, coerce, maybe_enum, signed, unsigned)
 from .errors import (MisuseError, ModuleError, RoutingError, SpotinferError)
 from .types import (CacheKeyValue, Classification, LedgerRow, Load, Price,
                     ReplicaInfo, ReplicaStatus, Signals, TicketResult)
@@ -33,6 +33,9 @@ _lib = _n.lib
 Text = Union[str, bytes]
 Config = Union[str, bytes, Mapping[str, Any], "os.PathLike[str]", None]
 Body = Union[str, bytes, bytearray, memoryview, Mapping[str, Any]]
+
+# Bits of a C size_t (an index the library takes).
+_SIZE_BITS = 8 * sizeof(c_size_t)
 
 __all__ = ["Engine", "Request", "Decision", "Ticket"]
 
@@ -188,7 +191,7 @@ class Engine:
                 st.keep.append(hooks.clock)
             if log is not None:
                 hooks.log = _n.LOG_FN(_log_trampoline(log))
-                hooks.log_level = int(log_level)
+                hooks.log_level = coerce(LogLevel, log_level)
                 st.keep.append(hooks.log)
         ptr = c_void_p()
         _lib.spi_engine_new(byref(ptr), byref(hooks) if hooks is not None else None)
@@ -271,7 +274,8 @@ class Engine:
                             priority: int) -> Class:
         out = c_int32()
         _lib.spi_engine_class_from_priority(self._p(), coerce(PriorityScheme, scheme),
-                                            int(priority), byref(out))
+                                            signed(priority, 32, "priority"),
+                                            byref(out))
         return maybe_enum(Class, out.value)
 
     def class_to_service_tier(self, klass: Union[Class, int, str]) -> ServiceTier:
@@ -442,7 +446,8 @@ class Engine:
 
     def replica_status_at(self, index: int) -> ReplicaStatus:
         out = _n.ReplicaStatus()
-        _lib.spi_replica_status_at(self._p(), int(index), byref(out))
+        _lib.spi_replica_status_at(self._p(), unsigned(index, _SIZE_BITS, "index"),
+                                   byref(out))
         return ReplicaStatus._from(out)
 
     def replicas(self) -> List[ReplicaStatus]:
@@ -563,7 +568,7 @@ class Engine:
 
     def ticket(self, ticket_id: int) -> "Ticket":
         """A Ticket object for a ticket id (e.g. one stored elsewhere)."""
-        return Ticket(self, int(ticket_id))
+        return Ticket(self, unsigned(ticket_id, 64, "ticket_id"))
 
     # -- ledger, signals, metrics
 
@@ -579,7 +584,8 @@ class Engine:
 
     def ledger_row(self, index: int) -> LedgerRow:
         out = _n.LedgerRow()
-        _lib.spi_ledger_row_at(self._p(), int(index), byref(out))
+        _lib.spi_ledger_row_at(self._p(), unsigned(index, _SIZE_BITS, "index"),
+                               byref(out))
         return LedgerRow._from(out)
 
     def ledger_count(self) -> int:
@@ -630,7 +636,7 @@ def _clock_trampoline(clock: Callable[[], int]) -> Callable[[Any], int]:
 
     def tramp(_ud: Any) -> int:
         try:
-            return int(clock())
+            return signed(clock(), 64, "clock")
         except BaseException:  # C cannot take an exception; use real time
             return time.time_ns()
     return tramp
@@ -668,6 +674,9 @@ class _StrAttr:
         req.set_str(self.field, b"" if value is None else value)
 
 
+_INT_NAMES = {int(m): m.name.lower() for m in ReqInt}
+
+
 class _IntAttr:
     """An integer attribute; None reads as unset and unsets it."""
 
@@ -691,7 +700,7 @@ class _IntAttr:
         if value is None:
             req.unset_int(self.field)
         else:
-            req.set_int(self.field, int(value))
+            req.set_int(self.field, value)
 
 
 class Request(_Owned):
@@ -812,7 +821,10 @@ class Request(_Owned):
         return _s(self.get_bytes(field))
 
     def set_int(self, field: Union[ReqInt, int, str], value: int) -> None:
-        _lib.spi_request_set_int(self._p(), coerce(ReqInt, field), int(value))
+        """Set an integer attribute (int64_t: RangeError outside it)."""
+        f = coerce(ReqInt, field)
+        v = signed(value, 64, _INT_NAMES.get(f) or f"field {f}")
+        _lib.spi_request_set_int(self._p(), f, v)
 
     def unset_int(self, field: Union[ReqInt, int, str]) -> None:
         _lib.spi_request_unset_int(self._p(), coerce(ReqInt, field))

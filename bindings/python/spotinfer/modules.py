@@ -68,7 +68,7 @@ from typing import (Any, Callable, Dict, Iterable, List, Optional, Sequence,
 from . import _native as _n
 from .enums import (Class, ModelTier, ModuleKind, OnFailure, PolicyFlags, Pool,
                     Pressure, Reason, ReplayRecordType, ServiceTier, coerce,
-                    maybe_enum)
+                    maybe_enum, signed, unsigned)
 from .errors import SpotinferError
 from .types import CacheKeyValue, Classification, DegradeLevels, Price, Verdict
 
@@ -377,9 +377,10 @@ class ReplayRecord:
         key = self.key.encode("utf-8", "surrogateescape")
         kb = create_string_buffer(key, len(key) or 1)
         keep: Tuple[Any, ...] = (kb,)
-        rec = _n.ReplayRecord(type=int(self.type), attempts=int(self.attempts),
+        rec = _n.ReplayRecord(type=coerce(ReplayRecordType, self.type),
+                              attempts=unsigned(self.attempts, 32, "attempts"),
                               key=cast(kb, _vp), key_len=len(key),
-                              visible_ns=int(self.visible_ns))
+                              visible_ns=signed(self.visible_ns, 64, "visible_ns"))
         if self.envelope is not None:
             env, ekeep = self.envelope._struct()
             rec.envelope = pointer(env)
@@ -653,9 +654,10 @@ class _KeyBuilderAdapter(_Adapter):
             elif isinstance(k, tuple):
                 hi, lo = k
             else:
-                hi, lo = int(k) >> 64, int(k) & (2**64 - 1)
-            out.contents.high64 = hi
-            out.contents.low64 = lo
+                whole = unsigned(k, 128, "key")
+                hi, lo = whole >> 64, whole & (2**64 - 1)
+            out.contents.high64 = unsigned(hi, 64, "key high64")
+            out.contents.low64 = unsigned(lo, 64, "key low64")
             return 0
         except BaseException as e:
             return self._failed(e)
@@ -670,7 +672,7 @@ class _KeyBuilderAdapter(_Adapter):
             hashes = list(self.impl.block_hashes(
                 self._instance(inst), view, CacheKeyValue(k.high64, k.low64)))
             for i, h in enumerate(hashes[:cap]):
-                out[i] = h
+                out[i] = unsigned(h, 64, "block hash")
             n_out[0] = len(hashes)
             # More blocks than room: the first cap are written, and the
             # library asks again with a larger buffer.
@@ -795,7 +797,7 @@ def policy_flags(impl: Any, flags: Optional[int] = None,
     """spi_policy_module.flags for a policy object: the flags given, plus
     SUMMARIES_ONLY from the argument, else from the object's
     ``summaries_only`` attribute."""
-    out = 0 if flags is None else int(flags)
+    out = 0 if flags is None else signed(flags, 32, "flags")
     if summaries_only is None:
         summaries_only = bool(getattr(impl, "summaries_only", False))
     if summaries_only:
@@ -829,11 +831,11 @@ class _PolicyAdapter(_Adapter):
                 ch = PolicyChoice(**ch)
             o = out.contents
             order = list(ch.order)[:1 + _n.MAX_FALLBACKS]
-            o.pool = int(ch.pool)
-            o.reason_code = int(ch.reason_code)
+            o.pool = coerce(Pool, ch.pool)
+            o.reason_code = coerce(Reason, ch.reason_code)
             o.n_order = len(order)
             for i, idx in enumerate(order):
-                o.order[i] = int(idx)
+                o.order[i] = unsigned(idx, 32, "order")
             o.reason = ch.reason.encode("utf-8")[:159]
             return 0
         except BaseException as e:
@@ -879,7 +881,7 @@ class _ReplayStoreAdapter(_Adapter):
                 errbuf: Optional[int], errcap: int) -> int:
         try:
             seq = self.impl.append(self._instance(inst), ReplayRecord._from(rec.contents))
-            out_seq[0] = int(seq)
+            out_seq[0] = unsigned(seq, 64, "append's sequence number")
             return 0
         except BaseException as e:
             return self._err(e, errbuf, errcap)
@@ -911,8 +913,8 @@ class _ReplayStoreAdapter(_Adapter):
                 f = getattr(_n.ReplayStoreStats, k)
                 if o.struct_size < f.offset + f.size:
                     continue  # a library whose struct ends before it
-                setattr(o, k, int(getattr(st, k, 0) if not isinstance(st, dict)
-                                  else st.get(k, 0)))
+                setattr(o, k, unsigned(getattr(st, k, 0) if not isinstance(st, dict)
+                                       else st.get(k, 0), 64, k))
             return 0
         except BaseException as e:
             return self._failed(e)

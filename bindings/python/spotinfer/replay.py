@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping, Optional, Sequence, Tuple, Union
 
 from . import _native as _n
-from .enums import Class, OpenAIKind, coerce, maybe_enum, unsigned
+from .enums import Class, OpenAIKind, coerce, maybe_enum, signed, unsigned
 from ._engine import _Owned
 
 _lib = _n.lib
@@ -61,8 +61,9 @@ class Envelope:
             stream_offset=unsigned(self.stream_offset, 64, "stream_offset"),
             attempts=unsigned(self.attempts, 32, "attempts"),
             flags=unsigned(self.flags, 32, "flags"),
-            first_enqueued_ns=int(self.first_enqueued_ns),
-            deadline_ns=int(self.deadline_ns),
+            first_enqueued_ns=signed(self.first_enqueued_ns, 64,
+                                     "first_enqueued_ns"),
+            deadline_ns=signed(self.deadline_ns, 64, "deadline_ns"),
             tenant=_b(self.tenant)[:_n.ID_MAX - 1])
         return e, (kb, bb, pb, toks)
 
@@ -194,7 +195,8 @@ class ReplayQueue(_Owned):
         first, FIFO within a lane) with a lease; None when nothing is ready."""
         mask = 0
         for c in classes:
-            mask |= 1 << coerce(Class, c)
+            mask |= 1 << unsigned(coerce(Class, c), 5, "class")
+        lease = signed(lease_ms, 64, "lease_ms")
         cid = c_uint64()
         out = _n.Envelope()
         needed = c_size_t()
@@ -203,7 +205,7 @@ class ReplayQueue(_Owned):
         # let go of the GIL.
         buf = create_string_buffer(self._cap)
         while True:
-            rc = _lib.spi_replay_claim(self._p(), mask, int(lease_ms), byref(cid),
+            rc = _lib.spi_replay_claim(self._p(), mask, lease, byref(cid),
                                        byref(out), buf, len(buf), byref(needed))
             if rc == -4:   # EBUFSIZE: nothing was claimed; grow and retry
                 self._cap = max(self._cap, needed.value + 1)
@@ -217,11 +219,11 @@ class ReplayQueue(_Owned):
 
     def ack(self, claim_id: int) -> None:
         """Done: the envelope leaves the queue for good."""
-        _lib.spi_replay_ack(self._p(), int(claim_id))
+        _lib.spi_replay_ack(self._p(), unsigned(claim_id, 64, "claim_id"))
 
     def nack(self, claim_id: int) -> None:
         """Failed: ready again after a backoff, or dead-lettered."""
-        _lib.spi_replay_nack(self._p(), int(claim_id))
+        _lib.spi_replay_nack(self._p(), unsigned(claim_id, 64, "claim_id"))
 
     def stats(self) -> ReplayStats:
         """The queue's counts. With its store unreachable they are partial

@@ -118,6 +118,19 @@ def test_classify_exception_with_fallback(engine):
     assert c.klass is Class.GOLD and c.reason == "rule interactive"
 
 
+def test_verdict_out_of_range_fails_instead_of_wrapping(engine):
+    class Huge(ClassifierModule):
+        def classify(self, instance, req, pressure):
+            # 2**64 would wrap to 0 (no cap) in the C int64_t
+            return Verdict(Class.GOLD, max_output_tokens=2**64)
+
+    engine.register_classifier("huge", Huge())
+    _use(engine, "huge")
+    with pytest.raises(spotinfer.ModuleFailedError) as ei:
+        engine.request(model="m").classify()
+    assert isinstance(ei.value.__cause__, spotinfer.RangeError)
+
+
 def test_on_failure_attribute_is_used(engine):
     mod = Raises(RuntimeError("x"))
     mod.on_failure = OnFailure.FALLBACK

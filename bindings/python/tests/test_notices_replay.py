@@ -138,6 +138,19 @@ def test_replay_queue_memory():
 
 
 @needs_replay
+def test_replay_integers_are_checked():
+    body = json.dumps({"model": "m", "messages": [{"role": "user", "content": "hi"}]})
+    with Engine() as e, e.replay_queue({"store": "memory"}) as q:
+        with pytest.raises(spotinfer.RangeError):
+            q.claim(lease_ms=2**64 + 1)  # ctypes would send 1 ms
+        with pytest.raises(spotinfer.RangeError):
+            q.ack(-1)
+        with pytest.raises(spotinfer.RangeError):
+            q.enqueue(key="k", body=body, deadline_ns=2**63)
+        assert q.stats().enqueued == 0
+
+
+@needs_replay
 def test_replay_queue_closed_with_engine():
     e = Engine()
     q = e.replay_queue()

@@ -107,6 +107,26 @@ def test_replica_management(engine):
         engine.report_load("r2", kv_usage=1.5)
 
 
+def test_out_of_range_integers_do_not_wrap(engine):
+    """Integers bound for C int64_t / int32_t raise RangeError where ctypes
+    would wrap them into other, valid-looking values."""
+    engine.upsert_replica("r1", pool=Pool.SPOT, usd_per_hour=1.8)
+    with pytest.raises(spotinfer.RangeError):
+        engine.report_load("r1", running=1, at_ns=2**64 + 5)  # was 5 ns
+    with pytest.raises(spotinfer.RangeError):
+        engine.report_load("r1", Load(running=1, at_ns=-2**63 - 1))
+    with pytest.raises(spotinfer.RangeError):
+        engine.upsert_replica("r2", pool=2**32 + int(Pool.SPOT),
+                              usd_per_hour=1.8)  # was Pool.SPOT
+    assert engine.replica_count() == 1
+    with pytest.raises(spotinfer.RangeError):
+        engine.class_from_priority("vllm", 2**32 - 1)  # was -1
+    with pytest.raises(spotinfer.RangeError):
+        engine.ledger_row(-1)
+    with pytest.raises(spotinfer.RangeError):
+        engine.ticket(-1)
+
+
 def test_metrics_parse_and_report(engine):
     load = spotinfer.parse_metrics(VLLM_METRICS)
     assert (load.running, load.waiting, load.kv_usage, load.at_ns) == (3, 1, 0.42, 0)
