@@ -19,7 +19,8 @@ from .enums import (Class, LogLevel, ModelTier, ModuleKind, OnFailure,
                     OpenAIKind, PolicyFlags, Pool, PriorityScheme, Pressure,
                     Reason, ReplicaState, ReqInt, ReqStr, ServiceTier,
                     TicketStatus, coerce, maybe_enum, signed, unsigned)
-from .errors import (MisuseError, ModuleError, RoutingError, SpotinferError)
+from .errors import (InvalidArgumentError, MisuseError, ModuleError,
+                     RangeError, RoutingError, SpotinferError, StaleError)
 from .types import (CacheKeyValue, Classification, LedgerRow, Load, Price,
                     ReplicaInfo, ReplicaStatus, Signals, TicketResult)
 
@@ -1004,7 +1005,12 @@ class Ticket:
     """An open ticket of a routed request: report on it, then finish it.
 
     As a context manager it finishes with OK on a normal exit and ERROR when
-    the block raises, unless it was finished inside the block.
+    the block raises, unless it was finished inside the block. A finish the
+    library refused inside the block (InvalidArgumentError, RangeError)
+    leaves the ticket open, so the exit finishes it, as ERROR when the
+    refusal propagates. A ticket the library already closed because its
+    replica was removed (StaleError) is not an error at the exit, and an
+    error at the exit never replaces the exception the block raised.
     """
 
     __slots__ = ("engine", "id", "finished")
@@ -1028,22 +1034,49 @@ class Ticket:
                cached_tokens: int = 0, ttft_ms: float = 0.0,
                duration_ms: float = 0.0) -> None:
         """The ticket ended; feeds the prefix index, load, breaker, ledger
-        and metrics. Finishing twice raises StaleError."""
+        and metrics.
+
+        StaleError when it was finished already (nothing changes), or when
+        its replica was removed meanwhile: the library then closed it and
+        still priced it. InvalidArgumentError (more cached than prompt
+        tokens, a negative or non-finite time, an unknown status) and
+        RangeError (more than 1e9 output tokens) leave it open: finish it
+        again. ``finished`` is True once the library closed it."""
         if isinstance(status, TicketResult):
             res = status._struct()
         else:
             res = TicketResult(coerce(TicketStatus, status), prompt_tokens,  # type: ignore[arg-type]
                                output_tokens, cached_tokens, ttft_ms,
                                duration_ms)._struct()
+        engine = self.engine
+        try:
+            _lib.spi_ticket_finish(engine._p(), self.id, byref(res))
+        except StaleError:
+            self.finished = True
+            raise
         self.finished = True
-        _lib.spi_ticket_finish(self.engine._p(), self.id, byref(res))
 
     def __enter__(self) -> "Ticket":
         return self
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
-        if not self.finished:
+        if self.finished:
+            return
+        try:
             self.finish(TicketStatus.ERROR if exc_type else TicketStatus.OK)
+        except StaleError:
+            pass  # closed by the library (its replica was removed)
+        except (InvalidArgumentError, RangeError):
+            # Refused, so still open: close it as failed all the same.
+            try:
+                self.finish(TicketStatus.ERROR)
+            except SpotinferError:
+                pass
+            if exc_type is None:
+                raise
+        except SpotinferError:
+            if exc_type is None:
+                raise
 
     def __int__(self) -> int:
         return self.id

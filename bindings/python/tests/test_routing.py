@@ -364,6 +364,60 @@ def test_removed_replica_ticket_is_stale(world):
     world.remove_replica(d.replica_id)
     with pytest.raises(spotinfer.StaleError):
         d.ticket.finish()
+    assert d.ticket.finished
+
+
+@pytest.mark.parametrize("refused", [
+    dict(prompt_tokens=1, cached_tokens=5),  # more cached than prompt
+    dict(ttft_ms=-3.0),                      # a clock stepped back
+    dict(output_tokens=2_000_000_000),       # RangeError: above 1e9
+])
+def test_refused_finish_in_with_block_still_closes_the_ticket(world, refused):
+    d = chat(world, stream=True, sla_ms=800).route()
+    with pytest.raises((spotinfer.InvalidArgumentError,
+                        spotinfer.RangeError)):
+        with d.ticket as t:
+            t.finish(**refused)
+    # The library refused it (still open); the exit closed it as ERROR.
+    assert d.ticket.finished
+    assert world.replica_status(d.replica_id).inflight == 0
+    assert sum(row.failed for row in world.ledger()) == 1
+
+
+def test_refused_finish_leaves_the_ticket_open_to_finish_again(world):
+    d = chat(world, stream=True, sla_ms=800).route()
+    with pytest.raises(spotinfer.InvalidArgumentError):
+        d.ticket.finish(prompt_tokens=1, cached_tokens=5)
+    assert not d.ticket.finished
+    d.ticket.finish(prompt_tokens=5, cached_tokens=1)
+    assert d.ticket.finished
+    assert sum(row.completed for row in world.ledger()) == 1
+
+
+def test_with_block_after_the_replica_was_removed_is_not_an_error(world):
+    d = chat(world, stream=True, sla_ms=800).route()
+    with d.ticket:
+        world.remove_replica(d.replica_id)  # a spot reclaim, an autoscaler
+    # The library closed the ticket and priced it as completed.
+    assert sum(row.completed for row in world.ledger()) == 1
+
+
+def test_ticket_exit_never_replaces_the_block_exception(world):
+    d = chat(world, stream=True, sla_ms=800).route()
+    with pytest.raises(KeyError):
+        with d.ticket:
+            world.remove_replica(d.replica_id)
+            raise KeyError("the block's own")
+    d1 = chat(world, stream=True, sla_ms=800).route()
+    d2 = chat(world, stream=True, sla_ms=800).route()
+    with pytest.raises(KeyError):
+        with d1.ticket:
+            world.close()  # the exit's finish cannot reach the engine
+            raise KeyError("the block's own")
+    # With nothing in flight, the exit's error is raised.
+    with pytest.raises(spotinfer.MisuseError):
+        with d2.ticket:
+            pass
 
 
 def test_shadow_policy():
