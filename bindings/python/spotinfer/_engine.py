@@ -134,20 +134,24 @@ class _EngineState:
         return fin
 
     def free(self) -> None:
-        # Swap the table out under the lock; a finalizer the collector runs
-        # meanwhile pops from the new, empty one, never from the one read.
+        # All under the lock, which a child's free holds while it runs (on
+        # another thread, or the collector's): the engine is freed only
+        # after it, and a child freed later finds ptr None and leaves what
+        # the engine's free released alone. The table is swapped out, so a
+        # finalizer the collector runs on this thread meanwhile (the lock
+        # is reentrant) pops from the new, empty one.
         with self.lock:
             taken, self.requests = self.requests, {}
-        # Requests must be freed before their engine (a finalizer that
-        # already ran makes fin() do nothing).
-        for fin, ref in list(taken.values()):
-            fin()
-            r = ref()
-            if r is not None:
-                r._ptr = None
-        ptr, self.ptr = self.ptr, None
-        if ptr is not None:
-            _lib.spi_engine_free(ptr)
+            # Children must be freed before their engine (a finalizer that
+            # already ran makes fin() do nothing).
+            for fin, ref in list(taken.values()):
+                fin()
+                r = ref()
+                if r is not None:
+                    r._ptr = None
+            ptr, self.ptr = self.ptr, None
+            if ptr is not None:
+                _lib.spi_engine_free(ptr)
         self.keep.clear()
 
 
@@ -992,10 +996,12 @@ class Request(_Owned):
 
 def _free_child(free_fn: Callable[[Any], None], ptr: c_void_p,
                 st: _EngineState, key: int) -> None:
+    # Under the lock, so that the engine is not freed while free_fn runs
+    # (spi_request_free and spi_replay_close use their engine).
     with st.lock:
         st.requests.pop(key, None)
-    if st.ptr is not None:  # the engine's own free already released it
-        free_fn(ptr)
+        if st.ptr is not None:  # else the engine's own free released it
+            free_fn(ptr)
 
 
 # ------------------------------------------------------- decisions, tickets
