@@ -6,6 +6,7 @@ import array
 import itertools
 import json
 import os
+import re
 import threading
 import weakref
 from ctypes import (byref, c_char, c_int32, c_int64, c_size_t, c_uint32, c_uint64,
@@ -117,8 +118,10 @@ class _EngineState:
         # made while this thread holds it.
         self.lock = threading.RLock()
         self.seq = itertools.count(1)
-        # The last exception raised inside a Python module callback, per
-        # thread, so a failed call can chain it as the cause.
+        # The exceptions raised inside Python module callbacks during the
+        # current call, per thread and by module kind (by_kind, filled by
+        # modules.remember_error), so a failed call can chain its module's
+        # as the cause.
         self.callback_error = threading.local()
         self.has_py_modules = False
 
@@ -608,20 +611,47 @@ class Engine:
     # -- internals
 
     def _call_modules(self, fn: Callable[..., int], *args: Any) -> int:
-        """Call fn; if it fails after a Python module callback raised, chain
-        that exception as the cause."""
+        """Call fn; if it fails because a Python module failed, chain the
+        exception that module's callback raised as the cause. Nothing
+        raised inside a callback stays referenced after the call."""
         st = self._st
         if not st.has_py_modules:
             return fn(*args)
-        st.callback_error.exc = None
+        errors = st.callback_error
+        errors.by_kind = {}
         try:
             return fn(*args)
         except SpotinferError as e:
-            cause = getattr(st.callback_error, "exc", None)
-            st.callback_error.exc = None
+            cause = _cause_of(e, errors.by_kind)
             if cause is not None:
                 raise e from cause
             raise
+        finally:
+            errors.by_kind = {}
+
+
+# The kinds of module a failure's message names: '<kind> module "name"'
+# (a module's call or configure), 'replay store "name"' and 'replay
+# recovery:' (a replay store's).
+_FAILED_KIND = re.compile(
+    r'\b(?:(?P<kind>' + "|".join(k.name.lower() for k in ModuleKind) +
+    r')\s+module\s+"|(?P<store>replay\s+(?:store\s+"|recovery:)))')
+
+
+def _cause_of(err: SpotinferError,
+              by_kind: Dict[int, BaseException]) -> Optional[BaseException]:
+    """The exception a Python module of the kind err's message names raised
+    during the call, if any: one raised by a module of another kind (say a
+    classifier that fell back to the built-in before a policy failed) is
+    not the cause."""
+    if not by_kind:
+        return None
+    m = _FAILED_KIND.search(err.message)
+    if m is None:
+        return None
+    kind = (ModuleKind.REPLAY_STORE if m.group("store")
+            else ModuleKind[m.group("kind").upper()])
+    return by_kind.get(int(kind))
 
 
 def _sized_text(fn: Callable[..., int], handle: c_void_p) -> bytes:
@@ -1056,7 +1086,9 @@ class Ticket:
                                duration_ms)._struct()
         engine = self.engine
         try:
-            _lib.spi_ticket_finish(engine._p(), self.id, byref(res))
+            # Through the engine: a Python cost model prices the work.
+            engine._call_modules(_lib.spi_ticket_finish, engine._p(), self.id,
+                                 byref(res))
         except StaleError:
             self.finished = True
             raise

@@ -42,7 +42,11 @@ How the C contract maps to Python:
   its text goes to the library's message where the callback has an error
   buffer (configure). The engine then falls back to the built-in or fails
   the call with ModuleFailedError according to ``on_failure``, and the
-  binding chains the Python exception as that error's ``__cause__``.
+  binding chains the Python exception as that error's ``__cause__`` (when
+  the failure the library reports is a module of the same kind: a
+  classifier that raised and fell back is not the cause of a policy
+  failing later in the route). Nothing raised in a callback is kept after
+  the library call returns.
 * The binding keeps the module object and its ctypes callbacks alive until
   the engine is freed, then calls the object's ``destroy()`` if it has one.
 
@@ -490,6 +494,16 @@ class ReplayStoreModule(_ModuleBase):
 # ---------------------------------------------------------------- adapters
 
 
+def remember_error(errors: threading.local, kind: int,
+                   exc: BaseException) -> None:
+    """Keep exc, raised in a callback of a module of kind, for the library
+    call running on this thread to chain as its failure's cause."""
+    by_kind = getattr(errors, "by_kind", None)
+    if by_kind is None:
+        by_kind = errors.by_kind = {}
+    by_kind[kind] = exc
+
+
 def _status_of(exc: BaseException) -> int:
     if isinstance(exc, SpotinferError) and exc.code < 0:
         return exc.code
@@ -539,7 +553,7 @@ class _Adapter:
         self.on_failure = on_failure
 
     def _failed(self, exc: BaseException) -> int:
-        self.errors.exc = exc
+        remember_error(self.errors, self.kind, exc)
         return _status_of(exc)
 
     def _configure(self, _state: Any, text: Optional[int], n: int,
@@ -563,8 +577,8 @@ class _Adapter:
             rel = getattr(self.impl, "release", None)
             if rel is not None:
                 rel(obj)
-        except BaseException as e:
-            self.errors.exc = e
+        except BaseException:
+            pass  # C cannot take it, and no call fails for it
 
     def _destroy(self, _state: Any) -> None:
         try:
@@ -572,8 +586,8 @@ class _Adapter:
             d = getattr(self.impl, "destroy", None)
             if d is not None:
                 d()
-        except BaseException as e:
-            self.errors.exc = e
+        except BaseException:
+            pass  # C cannot take it, and no call fails for it
 
     def _instance(self, inst: Optional[int]) -> Any:
         return self.instances[inst or 0]

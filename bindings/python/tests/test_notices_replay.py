@@ -279,9 +279,46 @@ def test_python_replay_store_failure_fails_the_call():
         except spotinfer.NotSupportedError:
             pytest.skip("the loaded libspotinfer does not take replay stores yet")
         with e.replay_queue({"store": "broken"}) as q:
-            with pytest.raises(spotinfer.SpotinferError) as ei:
+            with pytest.raises(spotinfer.ModuleFailedError) as ei:
                 q.enqueue(key="k", body="{}")
-            assert isinstance(ei.value.__cause__, OSError) or "disk on fire" in ei.value.message
+            assert "disk on fire" in ei.value.message
+            assert isinstance(ei.value.__cause__, OSError)
+            # Not kept past the call that failed.
+            assert not getattr(e._st.callback_error, "by_kind", None)
+
+
+@needs_replay
+def test_python_replay_store_failures_are_chained_on_every_call():
+    class Flaky(ListStore):
+        fail_recover = fail_sync = False
+
+        def recover(self, instance):
+            if self.fail_recover:
+                raise PermissionError("journal unreadable")
+            return super().recover(instance)
+
+        def sync(self, instance, seq):
+            if self.fail_sync:
+                raise TimeoutError("fsync stalled")
+            super().sync(instance, seq)
+
+    store = Flaky()
+    body = json.dumps({"model": "m", "messages": [{"role": "user", "content": "hi"}]})
+    with Engine() as e:
+        e.register_replay_store("flaky", store)
+        cfg = {"store": "flaky", "fsync": "always"}
+        with e.replay_queue(cfg) as q:
+            assert q.enqueue(key="k1", body=body)
+            store.fail_sync = True
+            with pytest.raises(spotinfer.ModuleFailedError) as ei:
+                q.enqueue(key="k2", body=body)
+            assert isinstance(ei.value.__cause__, TimeoutError)
+            store.fail_sync = False
+        store.fail_recover = True
+        with pytest.raises(spotinfer.ModuleFailedError) as ei:
+            e.replay_queue(cfg)
+        assert "journal unreadable" in ei.value.message
+        assert isinstance(ei.value.__cause__, PermissionError)
 
 
 @needs_replay
