@@ -124,10 +124,13 @@ def options() -> List[OptionInfo]:
 
 
 def parse_metrics(text: Union[str, bytes]) -> Load:
-    """Parse a vLLM or SGLang Prometheus /metrics page into a load signal."""
+    """Parse a vLLM or SGLang Prometheus /metrics page into a load signal.
+    A failure's ``message`` says why and where (the line number)."""
+    if lib.has("spi_metrics_parse_v2"):
+        return parse_metrics_report(text)[0]
     data = text.encode("utf-8") if isinstance(text, str) else bytes(text)
     out = _native.Load()
-    lib.spi_metrics_parse(data, len(data), byref(out))
+    lib.spi_metrics_parse(data, len(data), byref(out))  # an older library
     return Load._from(out)
 
 

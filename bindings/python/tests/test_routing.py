@@ -135,8 +135,9 @@ def test_metrics_parse_and_report(engine):
     assert (sg.running, sg.waiting) == (2, 5)
     with pytest.raises(spotinfer.MissingFieldError):
         spotinfer.parse_metrics("# nothing here\nother_metric 1\n")
-    with pytest.raises(spotinfer.ParseError):
+    with pytest.raises(spotinfer.ParseError) as ei:
         spotinfer.parse_metrics("vllm:num_requests_running{ 1\n")
+    assert "line 1" in ei.value.message  # the library's reason, kept
     engine.upsert_replica("r1", pool=Pool.SPOT, usd_per_hour=1.8, max_inflight=8)
     engine.report_metrics("r1", VLLM_METRICS)
     s = engine.replica_status("r1")
