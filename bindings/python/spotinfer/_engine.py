@@ -323,7 +323,8 @@ class Engine:
         ``on_failure`` attribute, else ``OnFailure.ERROR``. Select it with
         ``{"modules": {"<kind>": name}}``; its section of ``module_config``
         is passed to ``configure``. Must not run concurrently with other
-        calls on the engine.
+        calls on the engine. A fleet bus cannot be written in Python
+        (NotSupportedError): it is a C module.
 
         Policies only: ``flags`` (PolicyFlags) go to the module struct as
         given (the library refuses bits it does not know with

@@ -1,4 +1,6 @@
-"""Modules written in Python: classifier, key builder, cost model, policy.
+"""Modules written in Python: classifier, key builder, cost model, policy,
+replay store. A fleet bus is a C module only (``spi_fleet_bus_module``):
+registering a Python object as one raises NotSupportedError.
 
 A module is any object with the kind's methods; subclassing the base classes
 here is optional but documents the protocol::
@@ -73,7 +75,7 @@ from . import _native as _n
 from .enums import (Class, ModelTier, ModuleKind, OnFailure, PolicyFlags, Pool,
                     Pressure, Reason, ReplayRecordType, ServiceTier, coerce,
                     maybe_enum, signed, unsigned)
-from .errors import SpotinferError
+from .errors import NotSupportedError, SpotinferError
 from .types import CacheKeyValue, Classification, DegradeLevels, Price, Verdict
 
 __all__ = [
@@ -955,6 +957,13 @@ def build_module(kind: int, name: str, impl: Any, on_failure: int,
                  errors: threading.local, flags: int = 0) -> _Adapter:
     """The adapter (C struct + callbacks) for a Python module object;
     flags go to a policy's spi_policy_module.flags."""
+    if kind == ModuleKind.FLEET_BUS:
+        raise NotSupportedError(
+            NotSupportedError.CODE,
+            f"fleet bus {name!r}: a fleet bus cannot be written in Python; it "
+            "is a C module (spi_fleet_bus_module, spotinfer_module.h), such "
+            'as the Redis one: {"modules": {"fleet_bus": "redis"}}',
+            status_name="not supported")
     cls = _ADAPTERS.get(kind)
     if cls is None:
         # The library decides what it supports (reserved kinds give
