@@ -58,6 +58,16 @@ def _s(raw: bytes) -> str:
     return raw.decode("utf-8", "surrogateescape")
 
 
+def _fixed_text(data: bytes, size: int, what: str) -> bytes:
+    """data for a C char[size] field: ValueError when it does not fit with
+    its terminating NUL or holds a NUL (C would read it cut short)."""
+    if len(data) >= size:
+        raise ValueError(f"{what}: {len(data)} bytes, at most {size - 1} fit")
+    if b"\0" in data:
+        raise ValueError(f"{what}: contains a NUL byte")
+    return data
+
+
 def _closed(what: str) -> MisuseError:
     return MisuseError(-2, f"the {what} is closed", status_name="misuse")
 

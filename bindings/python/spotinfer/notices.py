@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import List, Tuple, Union
 
 from . import _native as _n
+from ._engine import _fixed_text
 from .enums import (Class, NoticeFormat, NoticeKind, TicketAction, coerce,
                     maybe_enum, signed)
 from .types import ParseReport
@@ -46,12 +47,15 @@ class Notice:
     def _struct(self) -> _n.Notice:
         return _n.Notice(kind=coerce(NoticeKind, self.kind),
                          format=coerce(NoticeFormat, self.format),
-                         node=self.node.encode()[:_n.ID_MAX - 1],
+                         node=_fixed_text(self.node.encode(), _n.ID_MAX, "node"),
                          deadline_ns=signed(self.deadline_ns, 64, "deadline_ns"),
                          received_ns=signed(self.received_ns, 64, "received_ns"),
                          active=int(bool(self.active)),
-                         event_id=self.event_id.encode()[:_n.ID_MAX - 1],
-                         dedup_key=self.dedup_key.encode()[:159])
+                         event_id=_fixed_text(self.event_id.encode(), _n.ID_MAX,
+                                              "event_id"),
+                         dedup_key=_fixed_text(self.dedup_key.encode(),
+                                               _n.Notice.dedup_key.size,
+                                               "dedup_key"))
 
 
 @dataclass(frozen=True)

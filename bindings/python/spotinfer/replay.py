@@ -11,7 +11,7 @@ from typing import Any, Iterable, Mapping, Optional, Sequence, Tuple, Union
 
 from . import _native as _n
 from .enums import Class, OpenAIKind, coerce, maybe_enum, signed, unsigned
-from ._engine import _Owned
+from ._engine import _Owned, _fixed_text
 
 _lib = _n.lib
 
@@ -64,7 +64,7 @@ class Envelope:
             first_enqueued_ns=signed(self.first_enqueued_ns, 64,
                                      "first_enqueued_ns"),
             deadline_ns=signed(self.deadline_ns, 64, "deadline_ns"),
-            tenant=_b(self.tenant)[:_n.ID_MAX - 1])
+            tenant=_fixed_text(_b(self.tenant), _n.ID_MAX, "tenant"))
         return e, (kb, bb, pb, toks)
 
     @classmethod

@@ -151,6 +151,35 @@ def test_replay_integers_are_checked():
 
 
 @needs_replay
+def test_envelope_tenant_too_long_is_refused_not_cut():
+    body = json.dumps({"model": "m", "messages": [{"role": "user", "content": "hi"}]})
+    with Engine() as e, e.replay_queue({"store": "memory"}) as q:
+        # C keeps 63 bytes of a tenant: a longer one (or one that 63 bytes
+        # would cut inside a character) is refused, not cut.
+        assert q.enqueue(key="t63", body=body, tenant="t" * 63)
+        for tenant in ("t" * 64, "é" * 32, "a\0b"):
+            with pytest.raises(ValueError):
+                q.enqueue(key="long", body=body, tenant=tenant)
+        assert q.stats().enqueued == 1
+
+
+def test_notice_fixed_fields_are_refused_when_too_long():
+    ok = Notice(NoticeKind.TERMINATE, NoticeFormat.AWS_INSTANCE_ACTION,
+                "n" * 63, event_id="e" * 63, dedup_key="d" * 159)
+    assert ok._struct().dedup_key == b"d" * 159
+    for field, value in (("node", "n" * 64), ("event_id", "ü" * 32),
+                         ("dedup_key", "d" * 160)):
+        kw = {"node": "i-1", field: value}
+        bad = Notice(NoticeKind.TERMINATE, NoticeFormat.AWS_INSTANCE_ACTION, **kw)
+        with pytest.raises(ValueError) as ei:
+            bad._struct()
+        assert field in str(ei.value)
+    with pytest.raises(spotinfer.RangeError):
+        Notice(NoticeKind.TERMINATE, NoticeFormat.AWS_INSTANCE_ACTION, "i-1",
+               deadline_ns=2**64)._struct()
+
+
+@needs_replay
 def test_replay_queue_closed_with_engine():
     e = Engine()
     q = e.replay_queue()
