@@ -35,7 +35,7 @@ from .enums import (BreakerState, Class, LogLevel, ModelTier, ModuleKind,
                     ServiceTier, Status, TicketStatus, NoticeKind,
                     NoticeFormat, NodeState, TicketAction, ReplayRecordType,
                     PolicyFlags)
-from .enums import coerce as _coerce
+from .enums import coerce as _coerce, signed as _signed
 from .errors import *  # noqa: F401,F403 - the exception classes
 from .errors import __all__ as _errors_all
 from .notices import (Notice, TicketPlan, node_state_name, notice_kind_name,
@@ -89,7 +89,7 @@ else:
 
 
 def _name(fn: Callable[[int], Optional[bytes]], value: int) -> str:
-    return (fn(int(value)) or b"").decode("utf-8", "replace")
+    return (fn(_signed(value, 32, "value")) or b"").decode("utf-8", "replace")
 
 
 def strerror(status: int) -> str:
@@ -124,10 +124,13 @@ def options() -> List[OptionInfo]:
 
 
 def parse_metrics(text: Union[str, bytes]) -> Load:
-    """Parse a vLLM or SGLang Prometheus /metrics page into a load signal."""
+    """Parse a vLLM or SGLang Prometheus /metrics page into a load signal.
+    A failure's ``message`` says why and where (the line number)."""
+    if lib.has("spi_metrics_parse_v2"):
+        return parse_metrics_report(text)[0]
     data = text.encode("utf-8") if isinstance(text, str) else bytes(text)
     out = _native.Load()
-    lib.spi_metrics_parse(data, len(data), byref(out))
+    lib.spi_metrics_parse(data, len(data), byref(out))  # an older library
     return Load._from(out)
 
 

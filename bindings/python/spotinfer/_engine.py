@@ -6,6 +6,7 @@ import array
 import itertools
 import json
 import os
+import re
 import threading
 import weakref
 from ctypes import (byref, c_char, c_int32, c_int64, c_size_t, c_uint32, c_uint64,
@@ -18,8 +19,9 @@ from . import _native as _n
 from .enums import (Class, LogLevel, ModelTier, ModuleKind, OnFailure,
                     OpenAIKind, PolicyFlags, Pool, PriorityScheme, Pressure,
                     Reason, ReplicaState, ReqInt, ReqStr, ServiceTier,
-                    TicketStatus, coerce, maybe_enum, unsigned)
-from .errors import (MisuseError, ModuleError, RoutingError, SpotinferError)
+                    TicketStatus, coerce, maybe_enum, signed, unsigned)
+from .errors import (InvalidArgumentError, MisuseError, ModuleError,
+                     RangeError, RoutingError, SpotinferError, StaleError)
 from .types import (CacheKeyValue, Classification, LedgerRow, Load, Price,
                     ReplicaInfo, ReplicaStatus, Signals, TicketResult)
 
@@ -33,6 +35,9 @@ _lib = _n.lib
 Text = Union[str, bytes]
 Config = Union[str, bytes, Mapping[str, Any], "os.PathLike[str]", None]
 Body = Union[str, bytes, bytearray, memoryview, Mapping[str, Any]]
+
+# Bits of a C size_t (an index the library takes).
+_SIZE_BITS = 8 * sizeof(c_size_t)
 
 __all__ = ["Engine", "Request", "Decision", "Ticket"]
 
@@ -51,6 +56,16 @@ def _b(value: Text) -> bytes:
 
 def _s(raw: bytes) -> str:
     return raw.decode("utf-8", "surrogateescape")
+
+
+def _fixed_text(data: bytes, size: int, what: str) -> bytes:
+    """data for a C char[size] field: ValueError when it does not fit with
+    its terminating NUL or holds a NUL (C would read it cut short)."""
+    if len(data) >= size:
+        raise ValueError(f"{what}: {len(data)} bytes, at most {size - 1} fit")
+    if b"\0" in data:
+        raise ValueError(f"{what}: contains a NUL byte")
+    return data
 
 
 def _closed(what: str) -> MisuseError:
@@ -113,8 +128,10 @@ class _EngineState:
         # made while this thread holds it.
         self.lock = threading.RLock()
         self.seq = itertools.count(1)
-        # The last exception raised inside a Python module callback, per
-        # thread, so a failed call can chain it as the cause.
+        # The exceptions raised inside Python module callbacks during the
+        # current call, per thread and by module kind (by_kind, filled by
+        # modules.remember_error), so a failed call can chain its module's
+        # as the cause.
         self.callback_error = threading.local()
         self.has_py_modules = False
 
@@ -130,20 +147,24 @@ class _EngineState:
         return fin
 
     def free(self) -> None:
-        # Swap the table out under the lock; a finalizer the collector runs
-        # meanwhile pops from the new, empty one, never from the one read.
+        # All under the lock, which a child's free holds while it runs (on
+        # another thread, or the collector's): the engine is freed only
+        # after it, and a child freed later finds ptr None and leaves what
+        # the engine's free released alone. The table is swapped out, so a
+        # finalizer the collector runs on this thread meanwhile (the lock
+        # is reentrant) pops from the new, empty one.
         with self.lock:
             taken, self.requests = self.requests, {}
-        # Requests must be freed before their engine (a finalizer that
-        # already ran makes fin() do nothing).
-        for fin, ref in list(taken.values()):
-            fin()
-            r = ref()
-            if r is not None:
-                r._ptr = None
-        ptr, self.ptr = self.ptr, None
-        if ptr is not None:
-            _lib.spi_engine_free(ptr)
+            # Children must be freed before their engine (a finalizer that
+            # already ran makes fin() do nothing).
+            for fin, ref in list(taken.values()):
+                fin()
+                r = ref()
+                if r is not None:
+                    r._ptr = None
+            ptr, self.ptr = self.ptr, None
+            if ptr is not None:
+                _lib.spi_engine_free(ptr)
         self.keep.clear()
 
 
@@ -188,7 +209,7 @@ class Engine:
                 st.keep.append(hooks.clock)
             if log is not None:
                 hooks.log = _n.LOG_FN(_log_trampoline(log))
-                hooks.log_level = int(log_level)
+                hooks.log_level = coerce(LogLevel, log_level)
                 st.keep.append(hooks.log)
         ptr = c_void_p()
         _lib.spi_engine_new(byref(ptr), byref(hooks) if hooks is not None else None)
@@ -271,7 +292,8 @@ class Engine:
                             priority: int) -> Class:
         out = c_int32()
         _lib.spi_engine_class_from_priority(self._p(), coerce(PriorityScheme, scheme),
-                                            int(priority), byref(out))
+                                            signed(priority, 32, "priority"),
+                                            byref(out))
         return maybe_enum(Class, out.value)
 
     def class_to_service_tier(self, klass: Union[Class, int, str]) -> ServiceTier:
@@ -311,7 +333,8 @@ class Engine:
         ``on_failure`` attribute, else ``OnFailure.ERROR``. Select it with
         ``{"modules": {"<kind>": name}}``; its section of ``module_config``
         is passed to ``configure``. Must not run concurrently with other
-        calls on the engine.
+        calls on the engine. A fleet bus cannot be written in Python
+        (NotSupportedError): it is a C module.
 
         Policies only: ``flags`` (PolicyFlags) go to the module struct as
         given (the library refuses bits it does not know with
@@ -442,7 +465,8 @@ class Engine:
 
     def replica_status_at(self, index: int) -> ReplicaStatus:
         out = _n.ReplicaStatus()
-        _lib.spi_replica_status_at(self._p(), int(index), byref(out))
+        _lib.spi_replica_status_at(self._p(), unsigned(index, _SIZE_BITS, "index"),
+                                   byref(out))
         return ReplicaStatus._from(out)
 
     def replicas(self) -> List[ReplicaStatus]:
@@ -565,7 +589,7 @@ class Engine:
 
     def ticket(self, ticket_id: int) -> "Ticket":
         """A Ticket object for a ticket id (e.g. one stored elsewhere)."""
-        return Ticket(self, int(ticket_id))
+        return Ticket(self, unsigned(ticket_id, 64, "ticket_id"))
 
     # -- ledger, signals, metrics
 
@@ -581,7 +605,8 @@ class Engine:
 
     def ledger_row(self, index: int) -> LedgerRow:
         out = _n.LedgerRow()
-        _lib.spi_ledger_row_at(self._p(), int(index), byref(out))
+        _lib.spi_ledger_row_at(self._p(), unsigned(index, _SIZE_BITS, "index"),
+                               byref(out))
         return LedgerRow._from(out)
 
     def ledger_count(self) -> int:
@@ -599,20 +624,47 @@ class Engine:
     # -- internals
 
     def _call_modules(self, fn: Callable[..., int], *args: Any) -> int:
-        """Call fn; if it fails after a Python module callback raised, chain
-        that exception as the cause."""
+        """Call fn; if it fails because a Python module failed, chain the
+        exception that module's callback raised as the cause. Nothing
+        raised inside a callback stays referenced after the call."""
         st = self._st
         if not st.has_py_modules:
             return fn(*args)
-        st.callback_error.exc = None
+        errors = st.callback_error
+        errors.by_kind = {}
         try:
             return fn(*args)
         except SpotinferError as e:
-            cause = getattr(st.callback_error, "exc", None)
-            st.callback_error.exc = None
+            cause = _cause_of(e, errors.by_kind)
             if cause is not None:
                 raise e from cause
             raise
+        finally:
+            errors.by_kind = {}
+
+
+# The kinds of module a failure's message names: '<kind> module "name"'
+# (a module's call or configure), 'replay store "name"' and 'replay
+# recovery:' (a replay store's).
+_FAILED_KIND = re.compile(
+    r'\b(?:(?P<kind>' + "|".join(k.name.lower() for k in ModuleKind) +
+    r')\s+module\s+"|(?P<store>replay\s+(?:store\s+"|recovery:)))')
+
+
+def _cause_of(err: SpotinferError,
+              by_kind: Dict[int, BaseException]) -> Optional[BaseException]:
+    """The exception a Python module of the kind err's message names raised
+    during the call, if any: one raised by a module of another kind (say a
+    classifier that fell back to the built-in before a policy failed) is
+    not the cause."""
+    if not by_kind:
+        return None
+    m = _FAILED_KIND.search(err.message)
+    if m is None:
+        return None
+    kind = (ModuleKind.REPLAY_STORE if m.group("store")
+            else ModuleKind[m.group("kind").upper()])
+    return by_kind.get(int(kind))
 
 
 def _sized_text(fn: Callable[..., int], handle: c_void_p) -> bytes:
@@ -632,7 +684,7 @@ def _clock_trampoline(clock: Callable[[], int]) -> Callable[[Any], int]:
 
     def tramp(_ud: Any) -> int:
         try:
-            return int(clock())
+            return signed(clock(), 64, "clock")
         except BaseException:  # C cannot take an exception; use real time
             return time.time_ns()
     return tramp
@@ -670,6 +722,9 @@ class _StrAttr:
         req.set_str(self.field, b"" if value is None else value)
 
 
+_INT_NAMES = {int(m): m.name.lower() for m in ReqInt}
+
+
 class _IntAttr:
     """An integer attribute; None reads as unset and unsets it."""
 
@@ -693,7 +748,7 @@ class _IntAttr:
         if value is None:
             req.unset_int(self.field)
         else:
-            req.set_int(self.field, int(value))
+            req.set_int(self.field, value)
 
 
 class Request(_Owned):
@@ -814,7 +869,10 @@ class Request(_Owned):
         return _s(self.get_bytes(field))
 
     def set_int(self, field: Union[ReqInt, int, str], value: int) -> None:
-        _lib.spi_request_set_int(self._p(), coerce(ReqInt, field), int(value))
+        """Set an integer attribute (int64_t: RangeError outside it)."""
+        f = coerce(ReqInt, field)
+        v = signed(value, 64, _INT_NAMES.get(f) or f"field {f}")
+        _lib.spi_request_set_int(self._p(), f, v)
 
     def unset_int(self, field: Union[ReqInt, int, str]) -> None:
         _lib.spi_request_unset_int(self._p(), coerce(ReqInt, field))
@@ -981,10 +1039,12 @@ class Request(_Owned):
 
 def _free_child(free_fn: Callable[[Any], None], ptr: c_void_p,
                 st: _EngineState, key: int) -> None:
+    # Under the lock, so that the engine is not freed while free_fn runs
+    # (spi_request_free and spi_replay_close use their engine).
     with st.lock:
         st.requests.pop(key, None)
-    if st.ptr is not None:  # the engine's own free already released it
-        free_fn(ptr)
+        if st.ptr is not None:  # else the engine's own free released it
+            free_fn(ptr)
 
 
 # ------------------------------------------------------- decisions, tickets
@@ -994,7 +1054,12 @@ class Ticket:
     """An open ticket of a routed request: report on it, then finish it.
 
     As a context manager it finishes with OK on a normal exit and ERROR when
-    the block raises, unless it was finished inside the block.
+    the block raises, unless it was finished inside the block. A finish the
+    library refused inside the block (InvalidArgumentError, RangeError)
+    leaves the ticket open, so the exit finishes it, as ERROR when the
+    refusal propagates. A ticket the library already closed because its
+    replica was removed (StaleError) is not an error at the exit, and an
+    error at the exit never replaces the exception the block raised.
     """
 
     __slots__ = ("engine", "id", "finished")
@@ -1018,22 +1083,51 @@ class Ticket:
                cached_tokens: int = 0, ttft_ms: float = 0.0,
                duration_ms: float = 0.0) -> None:
         """The ticket ended; feeds the prefix index, load, breaker, ledger
-        and metrics. Finishing twice raises StaleError."""
+        and metrics.
+
+        StaleError when it was finished already (nothing changes), or when
+        its replica was removed meanwhile: the library then closed it and
+        still priced it. InvalidArgumentError (more cached than prompt
+        tokens, a negative or non-finite time, an unknown status) and
+        RangeError (more than 1e9 output tokens) leave it open: finish it
+        again. ``finished`` is True once the library closed it."""
         if isinstance(status, TicketResult):
             res = status._struct()
         else:
             res = TicketResult(coerce(TicketStatus, status), prompt_tokens,  # type: ignore[arg-type]
                                output_tokens, cached_tokens, ttft_ms,
                                duration_ms)._struct()
+        engine = self.engine
+        try:
+            # Through the engine: a Python cost model prices the work.
+            engine._call_modules(_lib.spi_ticket_finish, engine._p(), self.id,
+                                 byref(res))
+        except StaleError:
+            self.finished = True
+            raise
         self.finished = True
-        _lib.spi_ticket_finish(self.engine._p(), self.id, byref(res))
 
     def __enter__(self) -> "Ticket":
         return self
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
-        if not self.finished:
+        if self.finished:
+            return
+        try:
             self.finish(TicketStatus.ERROR if exc_type else TicketStatus.OK)
+        except StaleError:
+            pass  # closed by the library (its replica was removed)
+        except (InvalidArgumentError, RangeError):
+            # Refused, so still open: close it as failed all the same.
+            try:
+                self.finish(TicketStatus.ERROR)
+            except SpotinferError:
+                pass
+            if exc_type is None:
+                raise
+        except SpotinferError:
+            if exc_type is None:
+                raise
 
     def __int__(self) -> int:
         return self.id

@@ -239,13 +239,15 @@ class PolicyFlags(enum.IntFlag):
 def coerce(enum_cls: type, value: object) -> int:
     """An enum member, its integer, or its name (any case) as an int.
 
-    Integers pass through unchecked: validating them is the library's job,
-    and it knows values this binding may not.
+    Integers are checked only to fit the C int32_t they go to (RangeError
+    otherwise, where ctypes would wrap them into another value without a
+    word); whether one is valid is the library's job, and it knows values
+    this binding may not.
     """
     if isinstance(value, bool):
         raise TypeError(f"{enum_cls.__name__}: expected an enum, got bool")
     if isinstance(value, int):
-        return int(value)
+        return signed(value, 32, enum_cls.__name__)
     if isinstance(value, str):
         key = value.strip().upper().replace("-", "_")
         try:
@@ -266,6 +268,20 @@ def maybe_enum(enum_cls: Type[_E], value: int) -> _E:
     Typed as the enum, as the fields it fills are declared: a plain int is
     an int like the members, and only a newer library produces one."""
     return enum_cls._value2member_map_.get(value, value)  # type: ignore[arg-type,return-value]
+
+
+def signed(value: Any, bits: int, what: str) -> int:
+    """value as an int from -2**(bits-1) to 2**(bits-1) - 1, for a C signed
+    parameter or field (ctypes would wrap one outside that range into a
+    valid-looking value without a word); RangeError (a ValueError)
+    otherwise."""
+    v = int(value)
+    half = 1 << (bits - 1)
+    if not -half <= v < half:
+        from .errors import RangeError
+        raise RangeError(RangeError.CODE,
+                         f"{what}: {v} is not between {-half} and {half - 1}")
+    return v
 
 
 def unsigned(value: Any, bits: int, what: str) -> int:

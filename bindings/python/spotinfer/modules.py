@@ -1,4 +1,6 @@
-"""Modules written in Python: classifier, key builder, cost model, policy.
+"""Modules written in Python: classifier, key builder, cost model, policy,
+replay store. A fleet bus is a C module only (``spi_fleet_bus_module``):
+registering a Python object as one raises NotSupportedError.
 
 A module is any object with the kind's methods; subclassing the base classes
 here is optional but documents the protocol::
@@ -42,7 +44,11 @@ How the C contract maps to Python:
   its text goes to the library's message where the callback has an error
   buffer (configure). The engine then falls back to the built-in or fails
   the call with ModuleFailedError according to ``on_failure``, and the
-  binding chains the Python exception as that error's ``__cause__``.
+  binding chains the Python exception as that error's ``__cause__`` (when
+  the failure the library reports is a module of the same kind: a
+  classifier that raised and fell back is not the cause of a policy
+  failing later in the route). Nothing raised in a callback is kept after
+  the library call returns.
 * The binding keeps the module object and its ctypes callbacks alive until
   the engine is freed, then calls the object's ``destroy()`` if it has one.
 
@@ -68,8 +74,8 @@ from typing import (Any, Callable, Dict, Iterable, List, Optional, Sequence,
 from . import _native as _n
 from .enums import (Class, ModelTier, ModuleKind, OnFailure, PolicyFlags, Pool,
                     Pressure, Reason, ReplayRecordType, ServiceTier, coerce,
-                    maybe_enum)
-from .errors import SpotinferError
+                    maybe_enum, signed, unsigned)
+from .errors import NotSupportedError, SpotinferError
 from .types import CacheKeyValue, Classification, DegradeLevels, Price, Verdict
 
 __all__ = [
@@ -377,9 +383,10 @@ class ReplayRecord:
         key = self.key.encode("utf-8", "surrogateescape")
         kb = create_string_buffer(key, len(key) or 1)
         keep: Tuple[Any, ...] = (kb,)
-        rec = _n.ReplayRecord(type=int(self.type), attempts=int(self.attempts),
+        rec = _n.ReplayRecord(type=coerce(ReplayRecordType, self.type),
+                              attempts=unsigned(self.attempts, 32, "attempts"),
                               key=cast(kb, _vp), key_len=len(key),
-                              visible_ns=int(self.visible_ns))
+                              visible_ns=signed(self.visible_ns, 64, "visible_ns"))
         if self.envelope is not None:
             env, ekeep = self.envelope._struct()
             rec.envelope = pointer(env)
@@ -489,6 +496,16 @@ class ReplayStoreModule(_ModuleBase):
 # ---------------------------------------------------------------- adapters
 
 
+def remember_error(errors: threading.local, kind: int,
+                   exc: BaseException) -> None:
+    """Keep exc, raised in a callback of a module of kind, for the library
+    call running on this thread to chain as its failure's cause."""
+    by_kind = getattr(errors, "by_kind", None)
+    if by_kind is None:
+        by_kind = errors.by_kind = {}
+    by_kind[kind] = exc
+
+
 def _status_of(exc: BaseException) -> int:
     if isinstance(exc, SpotinferError) and exc.code < 0:
         return exc.code
@@ -538,7 +555,7 @@ class _Adapter:
         self.on_failure = on_failure
 
     def _failed(self, exc: BaseException) -> int:
-        self.errors.exc = exc
+        remember_error(self.errors, self.kind, exc)
         return _status_of(exc)
 
     def _configure(self, _state: Any, text: Optional[int], n: int,
@@ -562,8 +579,8 @@ class _Adapter:
             rel = getattr(self.impl, "release", None)
             if rel is not None:
                 rel(obj)
-        except BaseException as e:
-            self.errors.exc = e
+        except BaseException:
+            pass  # C cannot take it, and no call fails for it
 
     def _destroy(self, _state: Any) -> None:
         try:
@@ -571,8 +588,8 @@ class _Adapter:
             d = getattr(self.impl, "destroy", None)
             if d is not None:
                 d()
-        except BaseException as e:
-            self.errors.exc = e
+        except BaseException:
+            pass  # C cannot take it, and no call fails for it
 
     def _instance(self, inst: Optional[int]) -> Any:
         return self.instances[inst or 0]
@@ -653,9 +670,10 @@ class _KeyBuilderAdapter(_Adapter):
             elif isinstance(k, tuple):
                 hi, lo = k
             else:
-                hi, lo = int(k) >> 64, int(k) & (2**64 - 1)
-            out.contents.high64 = hi
-            out.contents.low64 = lo
+                whole = unsigned(k, 128, "key")
+                hi, lo = whole >> 64, whole & (2**64 - 1)
+            out.contents.high64 = unsigned(hi, 64, "key high64")
+            out.contents.low64 = unsigned(lo, 64, "key low64")
             return 0
         except BaseException as e:
             return self._failed(e)
@@ -670,7 +688,7 @@ class _KeyBuilderAdapter(_Adapter):
             hashes = list(self.impl.block_hashes(
                 self._instance(inst), view, CacheKeyValue(k.high64, k.low64)))
             for i, h in enumerate(hashes[:cap]):
-                out[i] = h
+                out[i] = unsigned(h, 64, "block hash")
             n_out[0] = len(hashes)
             # More blocks than room: the first cap are written, and the
             # library asks again with a larger buffer.
@@ -795,7 +813,7 @@ def policy_flags(impl: Any, flags: Optional[int] = None,
     """spi_policy_module.flags for a policy object: the flags given, plus
     SUMMARIES_ONLY from the argument, else from the object's
     ``summaries_only`` attribute."""
-    out = 0 if flags is None else int(flags)
+    out = 0 if flags is None else signed(flags, 32, "flags")
     if summaries_only is None:
         summaries_only = bool(getattr(impl, "summaries_only", False))
     if summaries_only:
@@ -829,11 +847,11 @@ class _PolicyAdapter(_Adapter):
                 ch = PolicyChoice(**ch)
             o = out.contents
             order = list(ch.order)[:1 + _n.MAX_FALLBACKS]
-            o.pool = int(ch.pool)
-            o.reason_code = int(ch.reason_code)
+            o.pool = coerce(Pool, ch.pool)
+            o.reason_code = coerce(Reason, ch.reason_code)
             o.n_order = len(order)
             for i, idx in enumerate(order):
-                o.order[i] = int(idx)
+                o.order[i] = unsigned(idx, 32, "order")
             o.reason = ch.reason.encode("utf-8")[:159]
             return 0
         except BaseException as e:
@@ -879,7 +897,7 @@ class _ReplayStoreAdapter(_Adapter):
                 errbuf: Optional[int], errcap: int) -> int:
         try:
             seq = self.impl.append(self._instance(inst), ReplayRecord._from(rec.contents))
-            out_seq[0] = int(seq)
+            out_seq[0] = unsigned(seq, 64, "append's sequence number")
             return 0
         except BaseException as e:
             return self._err(e, errbuf, errcap)
@@ -911,8 +929,8 @@ class _ReplayStoreAdapter(_Adapter):
                 f = getattr(_n.ReplayStoreStats, k)
                 if o.struct_size < f.offset + f.size:
                     continue  # a library whose struct ends before it
-                setattr(o, k, int(getattr(st, k, 0) if not isinstance(st, dict)
-                                  else st.get(k, 0)))
+                setattr(o, k, unsigned(getattr(st, k, 0) if not isinstance(st, dict)
+                                       else st.get(k, 0), 64, k))
             return 0
         except BaseException as e:
             return self._failed(e)
@@ -939,6 +957,13 @@ def build_module(kind: int, name: str, impl: Any, on_failure: int,
                  errors: threading.local, flags: int = 0) -> _Adapter:
     """The adapter (C struct + callbacks) for a Python module object;
     flags go to a policy's spi_policy_module.flags."""
+    if kind == ModuleKind.FLEET_BUS:
+        raise NotSupportedError(
+            NotSupportedError.CODE,
+            f"fleet bus {name!r}: a fleet bus cannot be written in Python; it "
+            "is a C module (spi_fleet_bus_module, spotinfer_module.h), such "
+            'as the Redis one: {"modules": {"fleet_bus": "redis"}}',
+            status_name="not supported")
     cls = _ADAPTERS.get(kind)
     if cls is None:
         # The library decides what it supports (reserved kinds give

@@ -9,7 +9,9 @@ from dataclasses import dataclass
 from typing import List, Tuple, Union
 
 from . import _native as _n
-from .enums import Class, NoticeFormat, NoticeKind, TicketAction, coerce, maybe_enum
+from ._engine import _fixed_text
+from .enums import (Class, NoticeFormat, NoticeKind, TicketAction, coerce,
+                    maybe_enum, signed)
 from .types import ParseReport
 
 _lib = _n.lib
@@ -43,13 +45,17 @@ class Notice:
                    _t(n.event_id), _t(n.dedup_key))
 
     def _struct(self) -> _n.Notice:
-        return _n.Notice(kind=int(self.kind), format=int(self.format),
-                         node=self.node.encode()[:_n.ID_MAX - 1],
-                         deadline_ns=int(self.deadline_ns),
-                         received_ns=int(self.received_ns),
+        return _n.Notice(kind=coerce(NoticeKind, self.kind),
+                         format=coerce(NoticeFormat, self.format),
+                         node=_fixed_text(self.node.encode(), _n.ID_MAX, "node"),
+                         deadline_ns=signed(self.deadline_ns, 64, "deadline_ns"),
+                         received_ns=signed(self.received_ns, 64, "received_ns"),
                          active=int(bool(self.active)),
-                         event_id=self.event_id.encode()[:_n.ID_MAX - 1],
-                         dedup_key=self.dedup_key.encode()[:159])
+                         event_id=_fixed_text(self.event_id.encode(), _n.ID_MAX,
+                                              "event_id"),
+                         dedup_key=_fixed_text(self.dedup_key.encode(),
+                                               _n.Notice.dedup_key.size,
+                                               "dedup_key"))
 
 
 @dataclass(frozen=True)
@@ -76,7 +82,7 @@ def _parse_args(body: Union[str, bytes], node: str,
     """The body and node as bytes, and the poll time (default: now)."""
     data = body.encode("utf-8") if isinstance(body, str) else bytes(body)
     return data, node.encode("utf-8"), (time.time_ns() if now_ns is None
-                                        else int(now_ns))
+                                        else signed(now_ns, 64, "now_ns"))
 
 
 def _notices(cap: int) -> Array[_n.Notice]:
@@ -101,7 +107,8 @@ def parse_notice(format: Union[NoticeFormat, int, str], body: Union[str, bytes],
         out = _notices(cap)
         n = c_size_t()
         err = create_string_buffer(256)
-        rc = _lib.spi_notice_parse(coerce(NoticeFormat, format), int(http_status),
+        rc = _lib.spi_notice_parse(coerce(NoticeFormat, format),
+                                   signed(http_status, 32, "http_status"),
                                    data, len(data), nb, len(nb), now, out, cap,
                                    byref(n), err, len(err))
         if rc == 0:
@@ -123,7 +130,8 @@ def parse_notice_report(format: Union[NoticeFormat, int, str],
         rep = _n.ParseReport()
         err = create_string_buffer(256)
         rc = _lib.spi_notice_parse_v2(coerce(NoticeFormat, format),
-                                      int(http_status), data, len(data), nb,
+                                      signed(http_status, 32, "http_status"),
+                                      data, len(data), nb,
                                       len(nb), now, out, cap, byref(rep), err,
                                       len(err))
         if rc == 0:
@@ -133,8 +141,8 @@ def parse_notice_report(format: Union[NoticeFormat, int, str],
 
 
 def notice_kind_name(kind: Union[NoticeKind, int]) -> str:
-    return _t(_lib.spi_notice_kind_name(int(kind)) or b"")
+    return _t(_lib.spi_notice_kind_name(signed(kind, 32, "kind")) or b"")
 
 
 def node_state_name(state: int) -> str:
-    return _t(_lib.spi_node_state_name(int(state)) or b"")
+    return _t(_lib.spi_node_state_name(signed(state, 32, "state")) or b"")

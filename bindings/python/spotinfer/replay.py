@@ -10,8 +10,8 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping, Optional, Sequence, Tuple, Union
 
 from . import _native as _n
-from .enums import Class, OpenAIKind, coerce, maybe_enum, unsigned
-from ._engine import _Owned
+from .enums import Class, OpenAIKind, coerce, maybe_enum, signed, unsigned
+from ._engine import _Owned, _fixed_text
 
 _lib = _n.lib
 
@@ -61,9 +61,10 @@ class Envelope:
             stream_offset=unsigned(self.stream_offset, 64, "stream_offset"),
             attempts=unsigned(self.attempts, 32, "attempts"),
             flags=unsigned(self.flags, 32, "flags"),
-            first_enqueued_ns=int(self.first_enqueued_ns),
-            deadline_ns=int(self.deadline_ns),
-            tenant=_b(self.tenant)[:_n.ID_MAX - 1])
+            first_enqueued_ns=signed(self.first_enqueued_ns, 64,
+                                     "first_enqueued_ns"),
+            deadline_ns=signed(self.deadline_ns, 64, "deadline_ns"),
+            tenant=_fixed_text(_b(self.tenant), _n.ID_MAX, "tenant"))
         return e, (kb, bb, pb, toks)
 
     @classmethod
@@ -164,7 +165,8 @@ class ReplayQueue(_Owned):
     def __init__(self, engine: Any, config: Union[str, bytes, Mapping[str, Any]] = '{"store":"memory"}') -> None:
         text = json.dumps(config).encode() if isinstance(config, Mapping) else _b(config)
         ptr = c_void_p()
-        _lib.spi_replay_open(engine._p(), text, len(text), byref(ptr))
+        engine._call_modules(_lib.spi_replay_open, engine._p(), text, len(text),
+                             byref(ptr))
         self._engine = engine
         self._ptr: Optional[c_void_p] = ptr
         self._fin = engine._st.adopt(self, _lib.spi_replay_close, ptr)
@@ -184,7 +186,7 @@ class ReplayQueue(_Owned):
         env = envelope if envelope is not None else Envelope(**fields)
         s, keep = env._struct()
         dup = c_int32()
-        _lib.spi_replay_enqueue(self._p(), byref(s), byref(dup))
+        self._call(_lib.spi_replay_enqueue, byref(s), byref(dup))
         del keep
         return not dup.value
 
@@ -194,7 +196,8 @@ class ReplayQueue(_Owned):
         first, FIFO within a lane) with a lease; None when nothing is ready."""
         mask = 0
         for c in classes:
-            mask |= 1 << coerce(Class, c)
+            mask |= 1 << unsigned(coerce(Class, c), 5, "class")
+        lease = signed(lease_ms, 64, "lease_ms")
         cid = c_uint64()
         out = _n.Envelope()
         needed = c_size_t()
@@ -203,8 +206,8 @@ class ReplayQueue(_Owned):
         # let go of the GIL.
         buf = create_string_buffer(self._cap)
         while True:
-            rc = _lib.spi_replay_claim(self._p(), mask, int(lease_ms), byref(cid),
-                                       byref(out), buf, len(buf), byref(needed))
+            rc = self._call(_lib.spi_replay_claim, mask, lease, byref(cid),
+                            byref(out), buf, len(buf), byref(needed))
             if rc == -4:   # EBUFSIZE: nothing was claimed; grow and retry
                 self._cap = max(self._cap, needed.value + 1)
                 buf = create_string_buffer(needed.value + 1)
@@ -217,24 +220,29 @@ class ReplayQueue(_Owned):
 
     def ack(self, claim_id: int) -> None:
         """Done: the envelope leaves the queue for good."""
-        _lib.spi_replay_ack(self._p(), int(claim_id))
+        self._call(_lib.spi_replay_ack, unsigned(claim_id, 64, "claim_id"))
 
     def nack(self, claim_id: int) -> None:
         """Failed: ready again after a backoff, or dead-lettered."""
-        _lib.spi_replay_nack(self._p(), int(claim_id))
+        self._call(_lib.spi_replay_nack, unsigned(claim_id, 64, "claim_id"))
 
     def stats(self) -> ReplayStats:
         """The queue's counts. With its store unreachable they are partial
         and say so (store_unreachable, store_error) instead of raising."""
         out = _n.ReplayStats()
-        rc = _lib.spi_replay_stats_get(self._p(), byref(out))
+        rc = self._call(_lib.spi_replay_stats_get, byref(out))
         # SPI_EIO (-41): only the store failed; a message is always set.
         why = (self.errmsg or "unreachable") if rc == -41 else ""
         return ReplayStats._from(out, why)
 
     def tick(self) -> None:
         """Periodic work (lease expiry, group commit, compaction)."""
-        _lib.spi_replay_tick(self._p())
+        self._call(_lib.spi_replay_tick)
+
+    def _call(self, fn: Any, *args: Any) -> int:
+        """fn(queue, *args) through the engine, so that an exception a
+        Python store raised is chained as the failure's cause."""
+        return int(self._engine._call_modules(fn, self._p(), *args))
 
 
 def continuation(envelope: Envelope) -> Tuple[str, int]:

@@ -12,7 +12,7 @@ from typing import Any, List, Optional, Tuple
 from . import _native as _n
 from .enums import (BreakerState, Class, ModelTier, OptionType, Pool,
                     Pressure, Reason, ReplicaState, ServiceTier, TicketStatus,
-                    maybe_enum, unsigned)
+                    coerce, maybe_enum, signed, unsigned)
 
 __all__ = [
     "Classification", "Verdict", "DegradeLevels", "CacheKeyValue", "Price",
@@ -94,12 +94,13 @@ class Verdict:
     reason: str = ""
 
     def _fill(self, out: _n.Classification) -> None:
-        out.klass = int(self.klass)
+        out.klass = coerce(Class, self.klass)
         out.replayable = int(bool(self.replayable))
-        out.model_tier = int(self.model_tier)
-        out.rule_index = int(self.rule_index)
+        out.model_tier = coerce(ModelTier, self.model_tier)
+        out.rule_index = signed(self.rule_index, 32, "rule_index")
         out.complexity = float(self.complexity)
-        out.max_output_tokens = int(self.max_output_tokens)
+        out.max_output_tokens = signed(self.max_output_tokens, 64,
+                                       "max_output_tokens")
         out.tools_allowed = int(bool(self.tools_allowed))
         out.defer = int(bool(self.defer))
         out.reason = self.reason.encode("utf-8")[:119]
@@ -126,7 +127,8 @@ class DegradeLevels:
 
     def _fill(self, out: _n.DegradeLevels) -> None:
         for i in range(4):
-            out.max_output_tokens[i] = int(self.max_output_tokens[i])
+            out.max_output_tokens[i] = signed(self.max_output_tokens[i], 64,
+                                              "max_output_tokens")
             out.tools_allowed[i] = int(bool(self.tools_allowed[i]))
             out.defer[i] = int(bool(self.defer[i]))
 
@@ -218,7 +220,8 @@ class Load:
 
     def _struct(self) -> _n.Load:
         return _n.Load(running=float(self.running), waiting=float(self.waiting),
-                       kv_usage=float(self.kv_usage), at_ns=int(self.at_ns))
+                       kv_usage=float(self.kv_usage),
+                       at_ns=signed(self.at_ns, 64, "at_ns"))
 
 
 @dataclass(frozen=True)
@@ -353,7 +356,7 @@ class TicketResult:
 
     def _struct(self) -> _n.TicketResult:
         return _n.TicketResult(
-            status=int(self.status),
+            status=coerce(TicketStatus, self.status),
             prompt_tokens=unsigned(self.prompt_tokens, 64, "prompt_tokens"),
             output_tokens=unsigned(self.output_tokens, 64, "output_tokens"),
             cached_tokens=unsigned(self.cached_tokens, 64, "cached_tokens"),

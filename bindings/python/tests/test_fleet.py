@@ -59,3 +59,22 @@ def test_node_plans_after_the_notice():
         assert plans[0].replica_id == "spot-a"
         with pytest.raises(spotinfer.InvalidArgumentError):
             e.node_plans("")
+
+
+def test_python_fleet_bus_is_refused_plainly(engine):
+    """A fleet bus is a C module: an object with publish and poll is refused
+    with a message that says so, not "lacks a required callback"."""
+    class Bus:
+        def configure(self, config):
+            return self
+
+        def publish(self, instance, msg):
+            pass
+
+        def poll(self, instance, max_messages):
+            return []
+
+    with pytest.raises(spotinfer.NotSupportedError) as ei:
+        engine.register_module(ModuleKind.FLEET_BUS, "pybus", Bus())
+    assert "C module" in ei.value.message and "pybus" in ei.value.message
+    assert "pybus" not in engine.module_names(ModuleKind.FLEET_BUS)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import threading
+import weakref
 from ctypes import Structure, addressof, c_char, sizeof
 
 import pytest
@@ -116,6 +117,74 @@ def test_classify_exception_with_fallback(engine):
     r = engine.request(model="m", stream=True)
     c = r.classify()
     assert c.klass is Class.GOLD and c.reason == "rule interactive"
+
+
+class Boom(RuntimeError):
+    """Weakly referenceable, so a test can tell when nothing holds it."""
+
+
+def test_exception_of_a_module_that_fell_back_is_not_kept(engine):
+    raised = []
+
+    class Once(ClassifierModule):
+        def classify(self, instance, req, pressure):
+            e = Boom("x")
+            raised.append(weakref.ref(e))
+            raise e
+
+    engine.register_classifier("once", Once(), on_failure=OnFailure.FALLBACK)
+    _use(engine, "once")
+    assert engine.request(model="m").classify().klass is Class.SILVER
+    gc.collect()
+    assert raised and raised[0]() is None, "the binding still holds it"
+
+
+def test_only_the_failing_kind_exception_is_the_cause(engine):
+    """A classifier that raised and fell back to the built-in is not the
+    cause of the policy failing later in the same route."""
+    e = engine
+    e.upsert_replica("s1", pool=Pool.SPOT, usd_per_hour=1.8, max_inflight=8)
+    e.report_load("s1", running=0, kv_usage=0.1)
+
+    class Raising(ClassifierModule):
+        def classify(self, instance, req, pressure):
+            raise Boom("classifier")
+
+    class OutOfRange(spotinfer.PolicyModule):
+        def choose(self, instance, ctx):
+            return spotinfer.PolicyChoice(Pool.SPOT, [99])  # no exception
+
+    class Raises(spotinfer.PolicyModule):
+        def choose(self, instance, ctx):
+            raise KeyError("policy")
+
+    e.register_classifier("raising", Raising(), on_failure=OnFailure.FALLBACK)
+    e.register_policy("oor", OutOfRange())
+    e.register_policy("raises", Raises())
+    e.configure({"modules": {"classifier": "raising", "policy": "oor"}})
+    req = e.request(model="m", sla_ms=5000, replayable=True,
+                    messages=[("user", "hi")])
+    with pytest.raises(spotinfer.ModuleFailedError) as ei:
+        req.route()
+    assert "policy" in ei.value.message
+    assert ei.value.__cause__ is None
+    e.configure({"modules": {"classifier": "raising", "policy": "raises"}})
+    with pytest.raises(spotinfer.ModuleFailedError) as ei:
+        req.route()
+    assert isinstance(ei.value.__cause__, KeyError)
+
+
+def test_verdict_out_of_range_fails_instead_of_wrapping(engine):
+    class Huge(ClassifierModule):
+        def classify(self, instance, req, pressure):
+            # 2**64 would wrap to 0 (no cap) in the C int64_t
+            return Verdict(Class.GOLD, max_output_tokens=2**64)
+
+    engine.register_classifier("huge", Huge())
+    _use(engine, "huge")
+    with pytest.raises(spotinfer.ModuleFailedError) as ei:
+        engine.request(model="m").classify()
+    assert isinstance(ei.value.__cause__, spotinfer.RangeError)
 
 
 def test_on_failure_attribute_is_used(engine):

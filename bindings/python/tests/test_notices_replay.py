@@ -138,6 +138,48 @@ def test_replay_queue_memory():
 
 
 @needs_replay
+def test_replay_integers_are_checked():
+    body = json.dumps({"model": "m", "messages": [{"role": "user", "content": "hi"}]})
+    with Engine() as e, e.replay_queue({"store": "memory"}) as q:
+        with pytest.raises(spotinfer.RangeError):
+            q.claim(lease_ms=2**64 + 1)  # ctypes would send 1 ms
+        with pytest.raises(spotinfer.RangeError):
+            q.ack(-1)
+        with pytest.raises(spotinfer.RangeError):
+            q.enqueue(key="k", body=body, deadline_ns=2**63)
+        assert q.stats().enqueued == 0
+
+
+@needs_replay
+def test_envelope_tenant_too_long_is_refused_not_cut():
+    body = json.dumps({"model": "m", "messages": [{"role": "user", "content": "hi"}]})
+    with Engine() as e, e.replay_queue({"store": "memory"}) as q:
+        # C keeps 63 bytes of a tenant: a longer one (or one that 63 bytes
+        # would cut inside a character) is refused, not cut.
+        assert q.enqueue(key="t63", body=body, tenant="t" * 63)
+        for tenant in ("t" * 64, "é" * 32, "a\0b"):
+            with pytest.raises(ValueError):
+                q.enqueue(key="long", body=body, tenant=tenant)
+        assert q.stats().enqueued == 1
+
+
+def test_notice_fixed_fields_are_refused_when_too_long():
+    ok = Notice(NoticeKind.TERMINATE, NoticeFormat.AWS_INSTANCE_ACTION,
+                "n" * 63, event_id="e" * 63, dedup_key="d" * 159)
+    assert ok._struct().dedup_key == b"d" * 159
+    for field, value in (("node", "n" * 64), ("event_id", "ü" * 32),
+                         ("dedup_key", "d" * 160)):
+        kw = {"node": "i-1", field: value}
+        bad = Notice(NoticeKind.TERMINATE, NoticeFormat.AWS_INSTANCE_ACTION, **kw)
+        with pytest.raises(ValueError) as ei:
+            bad._struct()
+        assert field in str(ei.value)
+    with pytest.raises(spotinfer.RangeError):
+        Notice(NoticeKind.TERMINATE, NoticeFormat.AWS_INSTANCE_ACTION, "i-1",
+               deadline_ns=2**64)._struct()
+
+
+@needs_replay
 def test_replay_queue_closed_with_engine():
     e = Engine()
     q = e.replay_queue()
@@ -266,9 +308,46 @@ def test_python_replay_store_failure_fails_the_call():
         except spotinfer.NotSupportedError:
             pytest.skip("the loaded libspotinfer does not take replay stores yet")
         with e.replay_queue({"store": "broken"}) as q:
-            with pytest.raises(spotinfer.SpotinferError) as ei:
+            with pytest.raises(spotinfer.ModuleFailedError) as ei:
                 q.enqueue(key="k", body="{}")
-            assert isinstance(ei.value.__cause__, OSError) or "disk on fire" in ei.value.message
+            assert "disk on fire" in ei.value.message
+            assert isinstance(ei.value.__cause__, OSError)
+            # Not kept past the call that failed.
+            assert not getattr(e._st.callback_error, "by_kind", None)
+
+
+@needs_replay
+def test_python_replay_store_failures_are_chained_on_every_call():
+    class Flaky(ListStore):
+        fail_recover = fail_sync = False
+
+        def recover(self, instance):
+            if self.fail_recover:
+                raise PermissionError("journal unreadable")
+            return super().recover(instance)
+
+        def sync(self, instance, seq):
+            if self.fail_sync:
+                raise TimeoutError("fsync stalled")
+            super().sync(instance, seq)
+
+    store = Flaky()
+    body = json.dumps({"model": "m", "messages": [{"role": "user", "content": "hi"}]})
+    with Engine() as e:
+        e.register_replay_store("flaky", store)
+        cfg = {"store": "flaky", "fsync": "always"}
+        with e.replay_queue(cfg) as q:
+            assert q.enqueue(key="k1", body=body)
+            store.fail_sync = True
+            with pytest.raises(spotinfer.ModuleFailedError) as ei:
+                q.enqueue(key="k2", body=body)
+            assert isinstance(ei.value.__cause__, TimeoutError)
+            store.fail_sync = False
+        store.fail_recover = True
+        with pytest.raises(spotinfer.ModuleFailedError) as ei:
+            e.replay_queue(cfg)
+        assert "journal unreadable" in ei.value.message
+        assert isinstance(ei.value.__cause__, PermissionError)
 
 
 @needs_replay

@@ -39,6 +39,36 @@ def test_string_and_int_attributes(engine):
     assert r.model == "" and r.stream is None and r.explicit_class == ""
 
 
+def test_int_attributes_out_of_int64_raise_instead_of_wrapping(engine):
+    r = engine.request(model="m", sla_ms=800)
+    with pytest.raises(spotinfer.RangeError) as ei:
+        r.sla_ms = 2**64 + 250  # ctypes would send 250
+    assert "sla_ms" in str(ei.value)
+    with pytest.raises(spotinfer.RangeError):
+        r.priority = -2**63 - 1
+    with pytest.raises(spotinfer.RangeError):
+        r.set_int(spotinfer.ReqInt.REPLAY_SINCE_NS, 2**63)
+    with pytest.raises(spotinfer.RangeError):
+        engine.request(max_output_tokens=2**64)
+    assert r.sla_ms == 800 and r.priority is None  # unchanged
+    with pytest.raises(spotinfer.RangeError):
+        r.set_int(2**32 + int(spotinfer.ReqInt.SLA_MS), 5)  # the field too
+    with pytest.raises(spotinfer.RangeError):
+        r.classify(2**32)  # a Pressure out of int32_t
+
+
+def test_signed_range_edges():
+    from spotinfer.enums import signed
+    assert signed(2**63 - 1, 64, "x") == 2**63 - 1
+    assert signed(-2**63, 64, "x") == -2**63
+    assert signed(-2**31, 32, "x") == -2**31
+    for bad in (2**63, -2**63 - 1):
+        with pytest.raises(spotinfer.RangeError):
+            signed(bad, 64, "x")
+    with pytest.raises(ValueError):  # RangeError is a ValueError
+        signed(2**31, 32, "x")
+
+
 def test_constructor_keywords(engine):
     r = Request(engine, model="m", stream=True, sla_ms=900,
                 messages=[{"role": "user", "content": "hi"}, ("assistant", "yo")],

@@ -107,6 +107,26 @@ def test_replica_management(engine):
         engine.report_load("r2", kv_usage=1.5)
 
 
+def test_out_of_range_integers_do_not_wrap(engine):
+    """Integers bound for C int64_t / int32_t raise RangeError where ctypes
+    would wrap them into other, valid-looking values."""
+    engine.upsert_replica("r1", pool=Pool.SPOT, usd_per_hour=1.8)
+    with pytest.raises(spotinfer.RangeError):
+        engine.report_load("r1", running=1, at_ns=2**64 + 5)  # was 5 ns
+    with pytest.raises(spotinfer.RangeError):
+        engine.report_load("r1", Load(running=1, at_ns=-2**63 - 1))
+    with pytest.raises(spotinfer.RangeError):
+        engine.upsert_replica("r2", pool=2**32 + int(Pool.SPOT),
+                              usd_per_hour=1.8)  # was Pool.SPOT
+    assert engine.replica_count() == 1
+    with pytest.raises(spotinfer.RangeError):
+        engine.class_from_priority("vllm", 2**32 - 1)  # was -1
+    with pytest.raises(spotinfer.RangeError):
+        engine.ledger_row(-1)
+    with pytest.raises(spotinfer.RangeError):
+        engine.ticket(-1)
+
+
 def test_metrics_parse_and_report(engine):
     load = spotinfer.parse_metrics(VLLM_METRICS)
     assert (load.running, load.waiting, load.kv_usage, load.at_ns) == (3, 1, 0.42, 0)
@@ -115,8 +135,9 @@ def test_metrics_parse_and_report(engine):
     assert (sg.running, sg.waiting) == (2, 5)
     with pytest.raises(spotinfer.MissingFieldError):
         spotinfer.parse_metrics("# nothing here\nother_metric 1\n")
-    with pytest.raises(spotinfer.ParseError):
+    with pytest.raises(spotinfer.ParseError) as ei:
         spotinfer.parse_metrics("vllm:num_requests_running{ 1\n")
+    assert "line 1" in ei.value.message  # the library's reason, kept
     engine.upsert_replica("r1", pool=Pool.SPOT, usd_per_hour=1.8, max_inflight=8)
     engine.report_metrics("r1", VLLM_METRICS)
     s = engine.replica_status("r1")
@@ -344,6 +365,60 @@ def test_removed_replica_ticket_is_stale(world):
     world.remove_replica(d.replica_id)
     with pytest.raises(spotinfer.StaleError):
         d.ticket.finish()
+    assert d.ticket.finished
+
+
+@pytest.mark.parametrize("refused", [
+    dict(prompt_tokens=1, cached_tokens=5),  # more cached than prompt
+    dict(ttft_ms=-3.0),                      # a clock stepped back
+    dict(output_tokens=2_000_000_000),       # RangeError: above 1e9
+])
+def test_refused_finish_in_with_block_still_closes_the_ticket(world, refused):
+    d = chat(world, stream=True, sla_ms=800).route()
+    with pytest.raises((spotinfer.InvalidArgumentError,
+                        spotinfer.RangeError)):
+        with d.ticket as t:
+            t.finish(**refused)
+    # The library refused it (still open); the exit closed it as ERROR.
+    assert d.ticket.finished
+    assert world.replica_status(d.replica_id).inflight == 0
+    assert sum(row.failed for row in world.ledger()) == 1
+
+
+def test_refused_finish_leaves_the_ticket_open_to_finish_again(world):
+    d = chat(world, stream=True, sla_ms=800).route()
+    with pytest.raises(spotinfer.InvalidArgumentError):
+        d.ticket.finish(prompt_tokens=1, cached_tokens=5)
+    assert not d.ticket.finished
+    d.ticket.finish(prompt_tokens=5, cached_tokens=1)
+    assert d.ticket.finished
+    assert sum(row.completed for row in world.ledger()) == 1
+
+
+def test_with_block_after_the_replica_was_removed_is_not_an_error(world):
+    d = chat(world, stream=True, sla_ms=800).route()
+    with d.ticket:
+        world.remove_replica(d.replica_id)  # a spot reclaim, an autoscaler
+    # The library closed the ticket and priced it as completed.
+    assert sum(row.completed for row in world.ledger()) == 1
+
+
+def test_ticket_exit_never_replaces_the_block_exception(world):
+    d = chat(world, stream=True, sla_ms=800).route()
+    with pytest.raises(KeyError):
+        with d.ticket:
+            world.remove_replica(d.replica_id)
+            raise KeyError("the block's own")
+    d1 = chat(world, stream=True, sla_ms=800).route()
+    d2 = chat(world, stream=True, sla_ms=800).route()
+    with pytest.raises(KeyError):
+        with d1.ticket:
+            world.close()  # the exit's finish cannot reach the engine
+            raise KeyError("the block's own")
+    # With nothing in flight, the exit's error is raised.
+    with pytest.raises(spotinfer.MisuseError):
+        with d2.ticket:
+            pass
 
 
 def test_shadow_policy():

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import textwrap
 import threading
 
 import spotinfer
@@ -145,3 +148,41 @@ def test_replay_claims_on_threads_keep_their_envelopes():
             t.join()
         assert not bad, bad[:3]
         assert sorted(seen) == ["k%05d" % i for i in range(n)]
+
+
+def test_engine_close_waits_for_a_child_freed_on_another_thread():
+    """Engine.close() while another thread (or the collector) is freeing a
+    replay queue or request of the engine: the engine is freed after that
+    free returns, never under it. In a subprocess: getting it wrong is a
+    use after free."""
+    code = textwrap.dedent("""
+        import threading, spotinfer
+        entered, go = threading.Event(), threading.Event()
+        order = []
+        class Slow(spotinfer.ReplayStoreModule):
+            def configure(self, c): return self
+            def recover(self, i): return []
+            def append(self, i, r): return 1
+            def sync(self, i, s): pass
+            def release(self, i):
+                entered.set(); go.wait(5); order.append("release-done")
+            def destroy(self): order.append("destroy")
+        e = spotinfer.Engine()
+        e.register_replay_store("slow", Slow())
+        q = e.replay_queue({"store": "slow"})
+        r = e.request(model="m")
+        closer = threading.Thread(target=q.close); closer.start()
+        assert entered.wait(10)
+        c = threading.Thread(target=e.close); c.start()
+        c.join(0.5)
+        order.append("engine-closed" if not c.is_alive() else "engine-waiting")
+        go.set(); closer.join(10); c.join(10)
+        assert not c.is_alive() and r.closed and q.closed
+        print(",".join(order))
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    # Wrong: "engine-closed,destroy,..." (the store destroyed and the engine
+    # freed while the queue's close was still inside the store).
+    assert out.stdout.strip() == "engine-waiting,release-done,destroy"
