@@ -49,9 +49,10 @@
 #define COOL_MAX 64    /* spot pools cooling down at once */
 #define MAX_EVENTS 16  /* transitions reported per call */
 /* Notices from the fleet bus already applied here, by machine, kind,
- * deadline and event (a ring): own echoes and repeats act once. */
+ * deadline, event id and dedup key (a ring): own echoes and repeats act
+ * once. A key holds all of them whole (bus_key). */
 #define BUS_SEEN_MAX 512
-#define BUS_KEY_CAP 256
+#define BUS_KEY_CAP 336
 /* Distinct spot pools one notice's cooldown is published for. */
 #define COOL_PUBLISH_MAX 4
 #define NIL SPI_NT_NIL
@@ -684,10 +685,18 @@ static void remember(struct spi_nodes *t, const char *key, const char *id,
   spi__keyring_add(&t->seen, key, XXH3_64bits(id, len));
 }
 
-/* The bus's dedup key of a notice: the machine, what and when. */
+/* The bus's dedup key of a notice: the machine, what, when and which
+ * event. Two events of one machine may share kind and deadline, and an
+ * empty dedup key is allowed, so the event id tells them apart. The text
+ * fields are split by 0x1f, which none of them may hold
+ * (spi__fleet_notice_check), so no two notices share a key. */
+_Static_assert(BUS_KEY_CAP >= 35 + 2 * SPI_ID_MAX +
+                                  sizeof(((spi_notice *)0)->dedup_key),
+               "a bus key is held whole: 3 numbers, 3 texts, 5 marks");
 static void bus_key(char *buf, const spi_notice *n, int64_t deadline) {
-  snprintf(buf, BUS_KEY_CAP, "%d|%d|%lld|%.63s|%.159s", (int)n->kind,
-           n->active ? 1 : 0, (long long)deadline, n->node, n->dedup_key);
+  snprintf(buf, BUS_KEY_CAP, "%d|%d|%lld|%.63s\x1f%.63s\x1f%.159s",
+           (int)n->kind, n->active ? 1 : 0, (long long)deadline, n->node,
+           n->event_id, n->dedup_key);
 }
 
 /* Whether the bus key was applied here. Nodes lock held. */

@@ -953,6 +953,39 @@ static void test_withdrawal_waits_for_notice_in_flight(void **st) {
   broker_free(b);
 }
 
+/* Two events of one machine alike but for their event id (same kind and
+ * deadline, no dedup key) are two messages to every other engine, and
+ * the withdrawal of one leaves the other holding the machine there as
+ * here. The bus's key had no event id: the second was dropped as a
+ * duplicate, and the withdrawal put the machine back to work. */
+static void test_events_alike_but_for_their_id_both_apply(void **st) {
+  (void)st;
+  fb_pair two = fb_two(NULL, NULL);
+  fb_world *a = two.a, *bw = two.b;
+  spi_notice x = fb_notice("i-aaa", a->now + 600 * SEC, "");
+  x.kind = SPI_NOTICE_MAINTENANCE;
+  snprintf(x.event_id, sizeof x.event_id, "ev-x");
+  spi_notice y = x;
+  snprintf(y.event_id, sizeof y.event_id, "ev-y");
+  fb_hand(a, &x);
+  fb_hand(a, &y);
+  spi_notice wx = x;
+  wx.active = 0;
+  wx.deadline_ns = 0;
+  fb_hand(a, &wx);
+  assert_int_equal(fb_state(a->e, "i-aaa"), SPI_NODE_NOTICED); /* y holds */
+  assert_int_equal(spi_engine_tick(bw->e), SPI_OK);
+  spi_fleet_stats s = fb_stats(bw->e);
+  assert_int_equal(s.received, 3);
+  assert_int_equal(s.applied, 3);
+  assert_int_equal(s.duplicates, 0);
+  assert_int_equal(fb_state(bw->e, "i-aaa"), SPI_NODE_NOTICED);
+  /* A's own three come back as duplicates. */
+  assert_int_equal(spi_engine_tick(a->e), SPI_OK);
+  assert_int_equal(fb_stats(a->e).duplicates, 3);
+  fb_two_done(&two);
+}
+
 /* ------------------------------------------------- everything at once */
 
 #define NODES 120
@@ -1060,6 +1093,7 @@ int main(void) {
       cmocka_unit_test(test_plans_for_remote_notice),
       cmocka_unit_test(test_bus_deadline_brought_forward_is_reported),
       cmocka_unit_test(test_withdrawal_and_advice_shared),
+      cmocka_unit_test(test_events_alike_but_for_their_id_both_apply),
       cmocka_unit_test(test_config_and_registration),
       cmocka_unit_test(test_slow_bus_blocks_nothing),
       cmocka_unit_test(test_withdrawal_waits_for_notice_in_flight),
