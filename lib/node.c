@@ -12,9 +12,11 @@
  * nodes, then the registry). Routing never takes it: it reads the effects
  * from the replica slots (state, advice and cooldown deadlines) atomically.
  *
- * With a fleet bus (notice_bus.c), a notice accepted here is published
- * after it has acted and the locks are released, with the spot pools it
- * cooled; what other engines published comes back through tick and acts
+ * With a fleet bus (notice_bus.c), a notice accepted here is queued for
+ * the bus, with the spot pools it cooled, while the lock is still held,
+ * so the bus gets notices in the order they acted here, and sent once the
+ * locks are released; what other engines published comes back through
+ * tick and acts
  * here the same way, but is neither published again nor planned (the
  * host asks spi_engine_node_plans), and is dropped if this engine applied
  * it already (a second ring, by machine, kind, deadline and event).
@@ -956,23 +958,28 @@ int spi_engine_notice(spi_engine *engine, const spi_notice *notice,
   run.cap = cap;
   run.stride = stride;
   struct spi_nodes *t = engine->nodes;
-  int rc = SPI_OK, fresh = 0;
+  int rc = SPI_OK;
+  uint64_t queued = 0;
   lock_all(engine);
   expire(engine, run.now);
   if (!klen || !seen_before(t, notice->dedup_key)) {
     rc = notice_act(engine, notice, nlen, klen > 0, &run);
     *n_out = run.found;
-    fresh = rc == SPI_OK || rc == SPI_EBUFSIZE;
-    char key[BUS_KEY_CAP];
-    bus_key(key, notice, run.deadline);
-    if (fresh) /* its own echo skipped */
+    if (rc == SPI_OK || rc == SPI_EBUFSIZE) {
+      char key[BUS_KEY_CAP];
+      bus_key(key, notice, run.deadline);
+      /* its own echo skipped */
       spi__keyring_add(&t->bus_seen, key, XXH3_64bits(notice->node, nlen));
+      /* Queued under the lock: a withdrawal acting once it is free (on
+       * another thread, while this one runs the callback) goes on the bus
+       * after this notice. */
+      queued = spi__fleet_queue_notice(engine, notice, run.deadline,
+                                       run.cool, run.ncool);
+    }
   }
   unlock_all_and_report(engine);
   /* Local first, then the fleet: a bus that fails loses nothing here. */
-  if (fresh)
-    spi__fleet_publish_notice(engine, notice, run.deadline, run.cool,
-                              run.ncool);
+  spi__fleet_send_queued(engine, queued);
   return rc;
 }
 

@@ -569,7 +569,8 @@ typedef struct spi_replay_store_module {
  * deployment (one engine per proxy process): the interruption notices
  * handed to spi_engine_notice() and the spot-pool cooldowns they start. The
  * library still starts no thread and does no I/O of its own: it publishes
- * from inside spi_engine_notice() (after the notice has acted locally) and
+ * from inside spi_engine_notice() (after the notice has acted locally, in
+ * the order notices acted: each one's messages are queued as it acts) and
  * polls from inside spi_engine_tick(), so a notice handed to any engine
  * stops routing to its machine in every engine within one tick.
  *
