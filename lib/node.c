@@ -147,6 +147,22 @@ static const uint8_t ALLOWED[7][7] = {
     /* REM */ {0, 0, 0, 0, 0, 0, 0},
 };
 
+/* BY_HAND[from][to]: what spi_node_set_state accepts. The same, but for
+ * NOTICED -> ADVISED: that is a withdrawal's move, made when advice
+ * handed in still holds the machine and says until when. By hand, the
+ * interruption that noticed it would still hold it, unlisted, while the
+ * advice lapsed and put it back to work. */
+static const uint8_t BY_HAND[7][7] = {
+    /*            -  ACT ADV NOT DRN TRM REM */
+    /* -   */ {0, 0, 0, 0, 0, 0, 0},
+    /* ACT */ {0, 0, 1, 1, 1, 1, 1},
+    /* ADV */ {0, 1, 0, 1, 1, 1, 1},
+    /* NOT */ {0, 1, 0, 0, 1, 1, 1},
+    /* DRN */ {0, 0, 0, 0, 0, 1, 1},
+    /* TRM */ {0, 0, 0, 0, 0, 0, 1},
+    /* REM */ {0, 0, 0, 0, 0, 0, 0},
+};
+
 /* -------------------------------------------------------------- the table */
 
 int spi__nodes_new(spi_engine *e) {
@@ -1054,14 +1070,17 @@ int spi_engine_node_plans(spi_engine *engine, const char *id, size_t len,
   return rc;
 }
 
-/* The host moves n to state (a legal transition). Its reason is its own:
- * no withdrawal undoes a machine noticed or advised by hand. Both locks
+/* The host moves n to state (in BY_HAND). Its reason is its own: no
+ * withdrawal undoes a machine noticed or advised by hand. Advice by hand
+ * lapses as advice handed in does, advised_ttl_ms from now. Both locks
  * held. */
-static void set_by_hand(spi_engine *e, node *n, int32_t state) {
+static void set_by_hand(spi_engine *e, node *n, int32_t state,
+                        int64_t advised_until) {
   if (state == SPI_NODE_ACTIVE) {
     back_to_work(e, n);
     return;
   }
+  if (state == SPI_NODE_ADVISED) n->advised_until = advised_until;
   move(e, n, state);
   if (state == SPI_NODE_NOTICED || state == SPI_NODE_ADVISED) n->unlisted = 1;
 }
@@ -1075,6 +1094,7 @@ int spi_node_set_state(spi_engine *engine, const char *id, size_t len,
     return spi__engine_fail(engine, SPI_EINVAL, "node: state %d is not valid",
                             (int)state);
   int rc = SPI_OK;
+  spi_router_cfg cfg = router_cfg(engine);
   int64_t now = spi__engine_now(engine);
   lock_all(engine);
   expire(engine, now);
@@ -1083,13 +1103,13 @@ int spi_node_set_state(spi_engine *engine, const char *id, size_t len,
   if (!n) n = get(engine, id, len, &rc);
   if (!n) {
     rc = spi__engine_fail(engine, rc, "node %.*s: cannot track it", (int)len, id);
-  } else if (n->state != state && !ALLOWED[n->state][state]) {
+  } else if (n->state != state && !BY_HAND[n->state][state]) {
     rc = spi__engine_fail(engine, SPI_EINVAL,
                           "node %.*s: %s -> %s is not a legal transition",
                           (int)len, id, spi_node_state_name(n->state),
                           spi_node_state_name(state));
   } else if (n->state != state) {
-    set_by_hand(engine, n, state);
+    set_by_hand(engine, n, state, now + cfg.advised_ttl_ms * 1000000);
   }
 out:
   unlock_all_and_report(engine);

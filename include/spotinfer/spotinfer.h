@@ -953,7 +953,10 @@ SPI_API int spi_engine_notice(spi_engine *engine, const spi_notice *notice,
 
 /* Move a machine to a state by hand (e.g. DRAINING when the proxy starts
  * moving work, TERMINATED when it is gone, REMOVED to forget it). Illegal
- * transitions fail with SPI_EINVAL and a message naming both states.
+ * transitions fail with SPI_EINVAL and a message naming both states;
+ * NOTICED -> ADVISED is one by hand (only a withdrawal makes it, when
+ * advice handed in still holds the machine). ADVISED by hand lasts
+ * router.advised_ttl_ms, as advice handed in does.
  * Errors: SPI_EINVAL, SPI_ENOTFOUND, SPI_EMISUSE. */
 SPI_API int spi_node_set_state(spi_engine *engine, const char *node,
                                size_t node_len, int32_t state);

@@ -417,6 +417,45 @@ static int32_t replica_state(fb_world *w, const char *id) {
   return rs.state;
 }
 
+/* NOTICED -> ADVISED is a withdrawal's move (an interruption taken back,
+ * advice still open), not the host's: by hand it is refused, and the
+ * machine stays NOTICED, so the interruption's next poll is still a
+ * repeat of one that holds it, not of one a lapsed advice let go. */
+static void test_noticed_to_advised_is_not_by_hand(void **st) {
+  (void)st;
+  fb_world *w = mk(NULL);
+  fb_add(w, "spot-a", "i-aaa", SPI_POOL_SPOT, "g5", "z1");
+  spi_notice n = notice("i-aaa", SPI_NOTICE_TERMINATE, w->now + 120 * SEC,
+                        "aws:action:i-aaa:terminate");
+  fb_hand(w, &n);
+  assert_int_equal(spi_node_set_state(w->e, "i-aaa", 5, SPI_NODE_ADVISED),
+                   SPI_EINVAL);
+  assert_non_null(strstr(spi_engine_errmsg(w->e), "noticed -> advised"));
+  fb_hand(w, &n); /* the cloud still serves the interruption */
+  assert_int_equal(fb_state(w->e, "i-aaa"), SPI_NODE_NOTICED);
+  assert_int_equal(replica_state(w, "spot-a"), SPI_REPLICA_NOTICED);
+  fb_done(w);
+}
+
+/* A machine advised by hand is advised for router.advised_ttl_ms, as
+ * advice handed in is; it used to lapse at the next call. */
+static void test_advised_by_hand_lasts_advised_ttl(void **st) {
+  (void)st;
+  fb_world *w = mk("{\"router\":{\"advised_ttl_ms\":60000}}");
+  fb_add(w, "spot-a", "i-aaa", SPI_POOL_SPOT, "g5", "z1");
+  assert_int_equal(spi_node_set_state(w->e, "i-aaa", 5, SPI_NODE_ADVISED),
+                   SPI_OK);
+  w->now += 59 * SEC;
+  assert_int_equal(spi_engine_tick(w->e), SPI_OK);
+  assert_int_equal(fb_state(w->e, "i-aaa"), SPI_NODE_ADVISED);
+  w->now += 2 * SEC;
+  assert_int_equal(spi_engine_tick(w->e), SPI_OK);
+  assert_int_equal(fb_state(w->e, "i-aaa"), SPI_NODE_ACTIVE);
+  assert_int_equal(w->last_from, SPI_NODE_ADVISED);
+  assert_int_equal(w->last_to, SPI_NODE_ACTIVE);
+  fb_done(w);
+}
+
 static int hand_in(fb_world *w, const char *node, int32_t kind, int64_t deadline) {
   char key[96];
   snprintf(key, sizeof key, "k:%s:%d:%lld", node, (int)kind,
@@ -884,6 +923,8 @@ int main(void) {
       cmocka_unit_test(test_advice_and_expiry),
       cmocka_unit_test(test_pool_cooldown),
       cmocka_unit_test(test_state_machine),
+      cmocka_unit_test(test_noticed_to_advised_is_not_by_hand),
+      cmocka_unit_test(test_advised_by_hand_lasts_advised_ttl),
       cmocka_unit_test(test_deadline_brought_forward_is_reported),
       cmocka_unit_test(test_withdrawal_takes_back_only_its_event),
       cmocka_unit_test(test_withdrawal_leaves_what_else_holds),
