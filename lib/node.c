@@ -335,7 +335,7 @@ static node *get(spi_engine *e, const char *id, size_t len, int *rc) {
  * advise the machine again every advised_ttl_ms. */
 static void forget(struct spi_nodes *t, node *n) {
   if (n->state != SPI_NODE_ACTIVE)
-    spi__keyring_forget(&t->seen, t->vhash[at_of(t, n)]);
+    spi__keyring_forget(&t->seen, t->vhash[at_of(t, n)], 0);
   uint16_t i = (uint16_t)at_of(t, n);
   spi__hix_remove(&t->ix, i);
   spi__wheap_remove(&t->wake, i);
@@ -697,10 +697,20 @@ static int seen_before(struct spi_nodes *t, const char *key) {
   return spi__keyring_has(&t->seen, key);
 }
 
-/* Remember a dedup key handed in for the machine id[0..len). */
-static void remember(struct spi_nodes *t, const char *key, const char *id,
+/* Whether notice is advice: rebalance, or maintenance without a
+ * deadline (a live migration). */
+static int is_advice(const spi_notice *notice) {
+  return notice->kind == SPI_NOTICE_REBALANCE ||
+         (notice->kind == SPI_NOTICE_MAINTENANCE && notice->deadline_ns == 0);
+}
+
+/* Remember a dedup key handed in for the machine id[0..len); the keys of
+ * advice are marked, as a machine put back to work keeps them. */
+static void remember(struct spi_nodes *t, const spi_notice *notice,
                      size_t len) {
-  spi__keyring_add(&t->seen, key, XXH3_64bits(id, len));
+  spi__keyring_add(&t->seen, notice->dedup_key,
+                   XXH3_64bits(notice->node, len),
+                   notice->active && is_advice(notice));
 }
 
 /* The bus's dedup key of a notice: the machine, what, when and which
@@ -792,11 +802,13 @@ static void set_deadline(spi_engine *e, node *n, int64_t deadline) {
 
 /* Back to work after a withdrawal or by hand: the keys of the notices
  * that held it go too, so the next interruption of this machine acts even
- * if its key is one seen before. Both locks held. */
+ * if its key is one seen before. The keys of advice stay, lapsed or not:
+ * a rebalance recommendation the cloud goes on serving does not advise
+ * the machine again. Both locks held. */
 static void back_to_work(spi_engine *e, node *n) {
   struct spi_nodes *t = e->nodes;
   if (move(e, n, SPI_NODE_ACTIVE))
-    spi__keyring_forget(&t->seen, t->vhash[at_of(t, n)]);
+    spi__keyring_forget(&t->seen, t->vhash[at_of(t, n)], 1);
 }
 
 /* After a withdrawal, what still holds n decides its state: the earliest
@@ -879,8 +891,7 @@ static int act(spi_engine *e, node *n, const spi_notice *notice,
       settle(e, n, run->now);
     return SPI_OK;
   }
-  if (notice->kind == SPI_NOTICE_REBALANCE ||
-      (notice->kind == SPI_NOTICE_MAINTENANCE && notice->deadline_ns == 0)) {
+  if (is_advice(notice)) {
     advise(e, n, notice, run);
     return SPI_OK;
   }
@@ -916,8 +927,7 @@ static int notice_act(spi_engine *e, const spi_notice *notice, size_t nlen,
   /* After acting: a withdrawal that puts the machine back to work forgets
    * the keys of what held it, but polling the withdrawal again must still
    * do nothing. */
-  if (remember_key)
-    remember(e->nodes, notice->dedup_key, notice->node, nlen);
+  if (remember_key) remember(e->nodes, notice, nlen);
   return rc;
 }
 
@@ -985,7 +995,7 @@ int spi_engine_notice(spi_engine *engine, const spi_notice *notice,
       char key[BUS_KEY_CAP];
       bus_key(key, notice, run.deadline);
       /* its own echo skipped */
-      spi__keyring_add(&t->bus_seen, key, XXH3_64bits(notice->node, nlen));
+      spi__keyring_add(&t->bus_seen, key, XXH3_64bits(notice->node, nlen), 0);
       /* Queued under the lock: a withdrawal acting once it is free (on
        * another thread, while this one runs the callback) goes on the bus
        * after this notice. */
@@ -1021,7 +1031,7 @@ int spi__nodes_apply_remote(spi_engine *e, const spi_notice *notice) {
       !(notice->dedup_key[0] && seen_before(t, notice->dedup_key))) {
     rc = notice_act(e, notice, nlen, 0, &run);
     if (rc == SPI_OK) {
-      spi__keyring_add(&t->bus_seen, key, XXH3_64bits(notice->node, nlen));
+      spi__keyring_add(&t->bus_seen, key, XXH3_64bits(notice->node, nlen), 0);
       rc = 1;
     }
   }

@@ -683,6 +683,34 @@ static void test_keys_kept_while_the_machine_lives(void **st) {
   broker_free(b);
 }
 
+/* A withdrawal that puts a machine back to work forgets the keys of the
+ * interruptions that held it, not those of advice: a rebalance
+ * recommendation the cloud goes on serving does not advise it again. */
+static void test_withdrawal_keeps_advice_keys(void **st) {
+  (void)st;
+  fb_world *w = mk("{\"router\":{\"advised_ttl_ms\":60000}}");
+  fb_add(w, "spot-a", "i-aaa", SPI_POOL_SPOT, "g5", "z1");
+  spi_notice adv = notice("i-aaa", SPI_NOTICE_REBALANCE, 0,
+                          "aws:rebalance:i-aaa");
+  fb_hand(w, &adv);
+  spi_notice m = notice("i-aaa", SPI_NOTICE_MAINTENANCE, w->now + 600 * SEC,
+                        "aws:scheduled:ev-1");
+  snprintf(m.event_id, sizeof m.event_id, "ev-1");
+  fb_hand(w, &m);
+  w->now += 61 * SEC; /* the advice lapses while NOTICED */
+  spi_notice wd = m;
+  wd.active = 0;
+  wd.deadline_ns = 0;
+  snprintf(wd.dedup_key, sizeof wd.dedup_key, "aws:scheduled:ev-1:canceled");
+  fb_hand(w, &wd);
+  assert_int_equal(fb_state(w->e, "i-aaa"), SPI_NODE_ACTIVE);
+  fb_hand(w, &adv); /* the cloud still serves the recommendation */
+  assert_int_equal(fb_state(w->e, "i-aaa"), SPI_NODE_ACTIVE);
+  fb_hand(w, &m); /* the interruption's key went: it acts again */
+  assert_int_equal(fb_state(w->e, "i-aaa"), SPI_NODE_NOTICED);
+  fb_done(w);
+}
+
 /* Issue 12 item 7: advisory notices for 4,096 machines that run nothing
  * filled the node table for good, and a terminate notice for a machine
  * that does run a replica was refused with SPI_EFULL, its replica left
@@ -930,6 +958,7 @@ int main(void) {
       cmocka_unit_test(test_withdrawal_leaves_what_else_holds),
       cmocka_unit_test(test_restarted_machine_is_noticed_again),
       cmocka_unit_test(test_keys_kept_while_the_machine_lives),
+      cmocka_unit_test(test_withdrawal_keeps_advice_keys),
       cmocka_unit_test(test_node_table_flood),
       cmocka_unit_test(test_node_table_full_of_replicas),
       cmocka_unit_test(test_notice_cost_is_bounded),
