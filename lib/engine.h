@@ -267,7 +267,8 @@ void spi__nodes_unlock(spi_engine *e);
  * for the tests. */
 uint64_t spi__nodes_probes(spi_engine *e);
 /* With the nodes lock held: the state a new replica starts in, and its
- * advice and cooldown deadlines. */
+ * advice and cooldown deadlines. A replica added on a machine untracked
+ * or terminated says it was started again: its notices' dedup keys go. */
 int32_t spi__nodes_initial(spi_engine *e, const spi_replica_ident *r,
                            int64_t now, int64_t *advised_until,
                            int64_t *cooldown_until);

@@ -326,16 +326,13 @@ static node *get(spi_engine *e, const char *id, size_t len, int *rc) {
   return n;
 }
 
-/* Drop n from the table. A machine forgotten in any state but ACTIVE
- * (removed, terminated and gone, or dropped to make room) takes the dedup
- * keys of its notices along: an instance stopped and started again keeps
- * its id, and its next interruption has the same key. An ACTIVE entry
- * says nothing, and dropping it forgets nothing: lapsed advice keeps its
- * key, so a rebalance recommendation the cloud keeps serving does not
- * advise the machine again every advised_ttl_ms. */
+/* Drop n from the table. The dedup keys of its notices stay (the ring
+ * ages them out): clouds go on serving an event past its deadline, and a
+ * machine dropped once it terminated, or to make room, must not be
+ * noticed again at every poll. They go when the machine is started
+ * again (spi__nodes_initial), put back to work (back_to_work) or removed
+ * by hand (set_by_hand). */
 static void forget(struct spi_nodes *t, node *n) {
-  if (n->state != SPI_NODE_ACTIVE)
-    spi__keyring_forget(&t->seen, t->vhash[at_of(t, n)], 0);
   uint16_t i = (uint16_t)at_of(t, n);
   spi__hix_remove(&t->ix, i);
   spi__wheap_remove(&t->wake, i);
@@ -453,6 +450,12 @@ int32_t spi__nodes_initial(spi_engine *e, const spi_replica_ident *r,
         !strcmp(t->cool[k].zone, r->zone))
       *cooldown_until = t->cool[k].until;
   const node *n = find(t, r->node, r->node_len);
+  /* A replica added on a machine the table does not hold, or holds as
+   * terminated: the machine was started again (an instance stopped and
+   * started, a VM restarted after a preemption, under the same id), and
+   * its next interruption may have a key seen before. */
+  if (r->node_len && (!n || n->state == SPI_NODE_TERMINATED))
+    spi__keyring_forget(&t->seen, XXH3_64bits(r->node, r->node_len), 0);
   if (!n) return SPI_REPLICA_ACTIVE;
   if (n->state == SPI_NODE_ADVISED) *advised_until = n->advised_until;
   return replica_state_for(n->state);
@@ -1091,6 +1094,9 @@ static void set_by_hand(spi_engine *e, node *n, int32_t state,
     return;
   }
   if (state == SPI_NODE_ADVISED) n->advised_until = advised_until;
+  if (state == SPI_NODE_REMOVED) /* forgotten, with what it was told */
+    spi__keyring_forget(&e->nodes->seen, e->nodes->vhash[at_of(e->nodes, n)],
+                        0);
   move(e, n, state);
   if (state == SPI_NODE_NOTICED || state == SPI_NODE_ADVISED) n->unlisted = 1;
 }

@@ -932,13 +932,15 @@ typedef struct spi_ticket_plan {
  * replica's decode rate fit before the deadline minus router.drain_margin_ms,
  * or when it is gold and past router.gold_drain_progress; otherwise REPLAY.
  * A notice whose dedup_key was already handed in for its machine changes
- * nothing and plans nothing. The keys go with the machine: when it is
- * forgotten (REMOVED by hand, or terminated and no replica left on it) or
- * put back to work (a withdrawal, or ACTIVE by hand), so an instance
- * started again under the same id is noticed again. Lapsed advice keeps
- * its key. A notice for a machine no replica runs on is remembered until
- * its deadline (advice: until it lapses), so a replica added there
- * meanwhile starts NOTICED. At most 4,096 machines are tracked; when full,
+ * nothing and plans nothing. The keys go when the machine is started
+ * again (a replica added on a machine untracked or TERMINATED), removed by
+ * hand, or put back to work (a withdrawal, or ACTIVE by hand; advice keeps
+ * its key then), so an instance started again under the same id is
+ * noticed again; a machine dropped after its termination keeps them, so
+ * an event served past its deadline is a repeat. A notice for a machine
+ * no replica runs on is remembered until its deadline (advice: until it
+ * lapses), so a replica added there meanwhile starts NOTICED. At most
+ * 4,096 machines are tracked; when full,
  * the oldest machines that run no replica are forgotten to make room, so
  * SPI_EFULL means every tracked machine runs replicas.
  * The notice must be one the fleet bus can carry (SPI_EINVAL naming the

@@ -605,11 +605,14 @@ static spi_notice stop_notice(fb_world *w) {
 /* A spot instance whose interruption behaviour is stop (or a GCP VM
  * restarted after a preemption) keeps its id: interrupted, stopped,
  * forgotten, started again, interrupted again - with the same dedup key
- * ("aws:action:<id>:stop"). Dedup keys go with the machine, so the second
- * interruption acts; it used to be taken for a repeat (SPI_OK, no plans,
- * the machine ACTIVE until it stopped). Round 0 forgets the machine by
- * hand (REMOVED), round 1 by removing its last replica, round 2 has it
- * put back to work by hand. */
+ * ("aws:action:<id>:stop"). A replica added on a machine the table does
+ * not hold, or holds as terminated, says it was started again: its keys
+ * go, so the second interruption acts; it used to be taken for a repeat
+ * (SPI_OK, no plans, the machine ACTIVE until it stopped). Round 0
+ * forgets the machine by hand (REMOVED), round 1 by removing its last
+ * replica (its keys stay until the replica is added again: the event
+ * polled meanwhile is a repeat), round 2 has it put back to work by
+ * hand. */
 static void test_restarted_machine_is_noticed_again(void **st) {
   (void)st;
   fb_world *w = mk(NULL);
@@ -639,11 +642,44 @@ static void test_restarted_machine_is_noticed_again(void **st) {
     else
       assert_int_equal(spi_engine_tick(w->e), SPI_OK); /* nothing runs there */
     assert_int_equal(w->last_to, SPI_NODE_REMOVED);
+    if (round == 1) {
+      fb_hand(w, &n); /* served past its deadline: still a repeat */
+      assert_int_equal(w->to_noticed, before + 1);
+      assert_int_equal(fb_state(w->e, "i-aaa"), SPI_NODE_ACTIVE);
+    }
     w->now += 3600 * SEC; /* started again an hour later, same id */
     fb_add(w, "spot-a", "i-aaa", SPI_POOL_SPOT, "g5.xlarge", "use1-az1");
     assert_int_equal(fb_state(w->e, "i-aaa"), SPI_NODE_ACTIVE);
   }
   fb_done(w);
+}
+
+/* Clouds go on serving an event past its deadline (AWS scheduled stops
+ * between NotBefore and the stop, GCP maintenance events, Azure Started
+ * events). A machine that runs nothing is dropped once it terminated, but
+ * the event's key stays: polled again, it is a repeat, not a machine
+ * noticed, terminated and dropped again on every poll, each time on the
+ * bus. */
+static void test_event_served_past_deadline_acts_once(void **st) {
+  (void)st;
+  broker *b = broker_new();
+  fb_world *w = fb_on_bus(b, "A", NULL);
+  spi_notice n = notice("i-zzz", SPI_NOTICE_STOP, w->now + 30 * SEC,
+                        "aws:scheduled:ev-9");
+  snprintf(n.event_id, sizeof n.event_id, "ev-9");
+  fb_hand(w, &n);
+  assert_int_equal(broker_count(b), 1);
+  for (int i = 0; i < 5; i++) {
+    w->now += 31 * SEC;
+    assert_int_equal(spi_engine_tick(w->e), SPI_OK);
+    assert_int_equal(fb_state(w->e, "i-zzz"), SPI_NODE_ACTIVE); /* dropped */
+    fb_hand(w, &n); /* polled again: same event, same key */
+  }
+  assert_int_equal(w->to_noticed, 1);
+  assert_int_equal(w->removed, 1);
+  assert_int_equal(broker_count(b), 1);
+  fb_done(w);
+  broker_free(b);
 }
 
 /* What stays remembered: a withdrawal polled again does nothing, after it
@@ -957,6 +993,7 @@ int main(void) {
       cmocka_unit_test(test_withdrawal_takes_back_only_its_event),
       cmocka_unit_test(test_withdrawal_leaves_what_else_holds),
       cmocka_unit_test(test_restarted_machine_is_noticed_again),
+      cmocka_unit_test(test_event_served_past_deadline_acts_once),
       cmocka_unit_test(test_keys_kept_while_the_machine_lives),
       cmocka_unit_test(test_withdrawal_keeps_advice_keys),
       cmocka_unit_test(test_node_table_flood),
