@@ -86,10 +86,15 @@ typedef struct node {
   int lingering;
   held held[HELD_MAX];    /* what holds it ADVISED, NOTICED or DRAINING */
   uint8_t nheld;
-  /* Something holds it that held[] does not list (more than HELD_MAX
-   * events, or a state set by hand): no withdrawal puts it back to work
-   * or moves its deadline later. */
+  /* A state set by hand holds it: no withdrawal puts it back to work or
+   * moves its deadline later. */
   uint8_t unlisted;
+  /* Events past HELD_MAX are let go (hold), and what they may still
+   * demand is kept: the earliest deadline of the interruptions let go,
+   * the latest lapse of the advice let go (0: none). A withdrawal cannot
+   * tell whether it names one of them, so they hold the machine until
+   * then. */
+  int64_t lost_deadline, lost_advised;
 } node;
 
 typedef struct cool {
@@ -490,8 +495,10 @@ static int move(spi_engine *e, node *n, int32_t to) {
   n->state = to;
   if (to != SPI_NODE_ADVISED) n->advised_until = 0;
   if (to == SPI_NODE_ACTIVE || to == SPI_NODE_ADVISED) n->deadline_ns = 0;
-  if (to == SPI_NODE_ACTIVE || to == SPI_NODE_TERMINATED)
+  if (to == SPI_NODE_ACTIVE || to == SPI_NODE_TERMINATED) {
     n->nheld = n->unlisted = 0; /* nothing holds it, or nothing comes back */
+    n->lost_deadline = n->lost_advised = 0;
+  }
   apply_to_replicas(e, n);
   record(e, n, from, to);
   if (to == SPI_NODE_REMOVED)
@@ -754,10 +761,23 @@ typedef struct notice_run {
 
 /* ------------------------------------------------- what holds a machine */
 
+/* Let go of event h, which n cannot list: what it may still demand is
+ * kept as a bound (node.lost_deadline, node.lost_advised). */
+static void let_go(node *n, const held *h) {
+  if (h->advice) {
+    if (h->until > n->lost_advised) n->lost_advised = h->until;
+  } else if (!n->lost_deadline || h->until < n->lost_deadline) {
+    n->lost_deadline = h->until;
+  }
+}
+
 /* Note that the event of notice holds n, as advice lapsing at until or as
  * an interruption due then. The same event again (its id, or its kind when
- * it has none) keeps the earlier deadline or the later lapse; beyond
- * HELD_MAX events n is held unlisted. */
+ * it has none) keeps the earlier deadline or the later lapse. Beyond
+ * HELD_MAX events, the one due last (of those listed and this one) is let
+ * go: the machine's deadline is the earliest, so the events that decide
+ * it stay listed, and a withdrawal of one of them can move the deadline
+ * as far as the bound of those let go. */
 static void hold(node *n, const spi_notice *notice, int advice, int64_t until) {
   uint8_t named = notice->event_id[0] != '\0';
   uint64_t id = named ? XXH3_64bits(notice->event_id, strlen(notice->event_id))
@@ -770,12 +790,21 @@ static void hold(node *n, const spi_notice *notice, int advice, int64_t until) {
     if (advice ? until > h->until : until < h->until) h->until = until;
     return;
   }
-  if (n->nheld == HELD_MAX) {
-    n->unlisted = 1;
+  held h = {id, until, notice->kind, named, (uint8_t)(advice != 0)};
+  if (n->nheld < HELD_MAX) {
+    n->held[n->nheld++] = h;
     return;
   }
-  held h = {id, until, notice->kind, named, (uint8_t)(advice != 0)};
-  n->held[n->nheld++] = h;
+  size_t last = HELD_MAX; /* h itself */
+  for (size_t i = 0; i < HELD_MAX; i++)
+    if (n->held[i].until > (last == HELD_MAX ? h.until : n->held[last].until))
+      last = i;
+  if (last == HELD_MAX) {
+    let_go(n, &h);
+  } else {
+    let_go(n, &n->held[last]);
+    n->held[last] = h;
+  }
 }
 
 /* Take back what the event event_id holds n by. Returns 1 if it held it. */
@@ -815,11 +844,13 @@ static void back_to_work(spi_engine *e, node *n) {
 }
 
 /* After a withdrawal, what still holds n decides its state: the earliest
- * deadline of the interruptions left; else the advice left (NOTICED ->
- * ADVISED); else back to work. A draining machine stays draining. Both
- * locks held. */
+ * deadline of the interruptions left (those let go included); else the
+ * advice left (NOTICED -> ADVISED); else back to work. A draining machine
+ * stays draining. Both locks held. */
 static void settle(spi_engine *e, node *n, int64_t now) {
-  int64_t deadline = INT64_MAX, advised = 0;
+  if (n->lost_advised <= now) n->lost_advised = 0; /* lapsed */
+  int64_t deadline = n->lost_deadline ? n->lost_deadline : INT64_MAX;
+  int64_t advised = n->lost_advised;
   size_t k = 0;
   for (size_t i = 0; i < n->nheld; i++) {
     held h = n->held[i];

@@ -886,7 +886,9 @@ SPI_API int spi_notice_parse_v2(int32_t format, int32_t http_status,
  * to ACTIVE before its deadline, or to ADVISED while advice handed in for
  * it has not lapsed. A withdrawal takes back only the event its event_id
  * names: the machine stays NOTICED while another interruption holds it,
- * and one noticed or advised by spi_node_set_state stays so. */
+ * and one noticed or advised by spi_node_set_state stays so. A machine
+ * lists four events; past that the one due last is let go, and the
+ * earliest deadline of those let go holds it whatever is withdrawn. */
 enum spi_node_state {
   SPI_NODE_ACTIVE = 1,
   SPI_NODE_ADVISED = 2,    /* rebalance advice: no new long requests */

@@ -589,6 +589,69 @@ static void test_withdrawal_leaves_what_else_holds(void **st) {
   fb_done(w);
 }
 
+/* Hand in a maintenance event named ev-<id> for node, due in `in` s. */
+static void event_in(fb_world *w, const char *node, int id, int64_t in) {
+  char key[48];
+  snprintf(key, sizeof key, "aws:scheduled:%s:ev-%d", node, id);
+  spi_notice m = notice(node, SPI_NOTICE_MAINTENANCE, w->now + in * SEC, key);
+  snprintf(m.event_id, sizeof m.event_id, "ev-%d", id);
+  fb_hand(w, &m);
+}
+
+/* Withdraw event ev-<id> of node. */
+static void withdraw(fb_world *w, const char *node, int id) {
+  char key[56];
+  snprintf(key, sizeof key, "aws:scheduled:%s:ev-%d:canceled", node, id);
+  spi_notice m = notice(node, SPI_NOTICE_MAINTENANCE, 0, key);
+  m.active = 0;
+  snprintf(m.event_id, sizeof m.event_id, "ev-%d", id);
+  fb_hand(w, &m);
+}
+
+/* A machine lists four events. Past that, the one due last is let go and
+ * the earliest deadline of those let go is kept: withdrawals move the
+ * deadline later, but never past it, as an event let go may still be
+ * live. The machine used to be frozen at the deadline it had, withdrawn
+ * or not, and terminated there. */
+static void test_events_past_four_are_bounded(void **st) {
+  (void)st;
+  fb_world *w = mk(NULL);
+  fb_add(w, "spot-a", "i-aaa", SPI_POOL_SPOT, "g5", "z1");
+  fb_add(w, "spot-b", "i-bbb", SPI_POOL_SPOT, "g5", "z1");
+  int64_t t0 = w->now;
+  /* Five events at 600..604 s: the fifth is let go, 604 s kept. */
+  for (int i = 0; i < 5; i++) event_in(w, "i-aaa", i, 600 + i);
+  for (int i = 0; i < 4; i++) {
+    int before = w->transitions;
+    withdraw(w, "i-aaa", i);
+    assert_int_equal(w->transitions, before + 1); /* the deadline moved */
+    assert_int_equal(w->last_from, SPI_NODE_NOTICED);
+    assert_int_equal(w->last_to, SPI_NODE_NOTICED);
+  }
+  withdraw(w, "i-aaa", 4); /* not listed: the bound holds */
+  /* Events at 100, 200, 300, 400, 500 s (500 let go), then 150 s (400 let
+   * go): the bound is 400 s, the earlier of the two. */
+  int64_t in[] = {100, 200, 300, 400, 500, 150};
+  for (int i = 0; i < 6; i++) event_in(w, "i-bbb", i, in[i]);
+  withdraw(w, "i-bbb", 0);
+  withdraw(w, "i-bbb", 5);
+  withdraw(w, "i-bbb", 1);
+  withdraw(w, "i-bbb", 2);
+  w->now = t0 + 399 * SEC;
+  assert_int_equal(spi_engine_tick(w->e), SPI_OK);
+  assert_int_equal(fb_state(w->e, "i-bbb"), SPI_NODE_NOTICED);
+  w->now = t0 + 401 * SEC;
+  assert_int_equal(spi_engine_tick(w->e), SPI_OK);
+  assert_int_equal(fb_state(w->e, "i-bbb"), SPI_NODE_TERMINATED);
+  w->now = t0 + 603 * SEC;
+  assert_int_equal(spi_engine_tick(w->e), SPI_OK);
+  assert_int_equal(fb_state(w->e, "i-aaa"), SPI_NODE_NOTICED);
+  w->now = t0 + 605 * SEC;
+  assert_int_equal(spi_engine_tick(w->e), SPI_OK);
+  assert_int_equal(fb_state(w->e, "i-aaa"), SPI_NODE_TERMINATED);
+  fb_done(w);
+}
+
 /* The notice of an AWS spot stop for i-aaa, due 120 s after w->now. */
 static spi_notice stop_notice(fb_world *w) {
   time_t t = (time_t)(w->now / SEC + 120);
@@ -992,6 +1055,7 @@ int main(void) {
       cmocka_unit_test(test_deadline_brought_forward_is_reported),
       cmocka_unit_test(test_withdrawal_takes_back_only_its_event),
       cmocka_unit_test(test_withdrawal_leaves_what_else_holds),
+      cmocka_unit_test(test_events_past_four_are_bounded),
       cmocka_unit_test(test_restarted_machine_is_noticed_again),
       cmocka_unit_test(test_event_served_past_deadline_acts_once),
       cmocka_unit_test(test_keys_kept_while_the_machine_lives),
