@@ -981,9 +981,11 @@ SPI_API int spi_engine_tick(spi_engine *engine);
 /* Called on every node transition, from the thread making the call that
  * caused it, with no engine lock held; it must not call back into the
  * engine. from_state == to_state (NOTICED or DRAINING) says the machine's
- * deadline moved (a later notice, from this engine or the fleet bus,
- * brought it forward, or a machine noticed by hand got one): plans made
- * before may be wrong, so ask spi_engine_node_plans() again. */
+ * deadline moved: a later notice, from this engine or the fleet bus,
+ * brought it forward, a machine noticed by hand got one, or a withdrawal
+ * moved it later (the interruption withdrawn was the earliest, and
+ * another still holds the machine). Plans made before may be wrong, so
+ * ask spi_engine_node_plans() again. */
 typedef void (*spi_node_fn)(void *user_data, const char *node, size_t node_len,
                             int32_t from_state, int32_t to_state);
 /* Set (or clear, with fn NULL) the transition callback. Not concurrent with
