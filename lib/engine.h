@@ -267,7 +267,8 @@ void spi__nodes_unlock(spi_engine *e);
  * for the tests. */
 uint64_t spi__nodes_probes(spi_engine *e);
 /* With the nodes lock held: the state a new replica starts in, and its
- * advice and cooldown deadlines. */
+ * advice and cooldown deadlines. A replica added on a machine untracked
+ * or terminated says it was started again: its notices' dedup keys go. */
 int32_t spi__nodes_initial(spi_engine *e, const spi_replica_ident *r,
                            int64_t now, int64_t *advised_until,
                            int64_t *cooldown_until);
@@ -308,16 +309,22 @@ int spi__module_autoload(spi_engine *e, int32_t kind, const char *name,
 int spi__nodes_apply_remote(spi_engine *e, const spi_notice *n);
 int spi__nodes_apply_cooldown(spi_engine *e, const char *type,
                               const char *zone, int64_t until);
-/* Publish a notice this engine accepted and the cooldowns it started
- * (notice_bus.c; no lock held). */
+/* A notice this engine accepted and the cooldowns it started, for the
+ * bus: spi__fleet_queue_notice, called with the nodes lock held (it takes
+ * the fleet state's mu, a leaf), writes their messages into the fleet's
+ * ring in the order notices act, when a bus is configured, and returns
+ * the last one's seq (0: none); spi__fleet_send_queued, called once no
+ * lock is held, sends from the ring's head up to that seq unless another
+ * thread is sending or messages kept for a tick come first. */
 typedef struct spi_fleet_cool {
   char type[SPI_ID_MAX];
   char zone[SPI_ID_MAX];
   int64_t until;
 } spi_fleet_cool;
-void spi__fleet_publish_notice(spi_engine *e, const spi_notice *n,
-                               int64_t deadline, const spi_fleet_cool *cool,
-                               size_t ncool);
+uint64_t spi__fleet_queue_notice(spi_engine *e, const spi_notice *n,
+                                 int64_t deadline, const spi_fleet_cool *cool,
+                                 size_t ncool);
+void spi__fleet_send_queued(spi_engine *e, uint64_t upto);
 /* Whether the bus can carry notice n, by the rules every engine's reader
  * applies: node 1..63 bytes, event_id up to 63 and dedup_key up to 159,
  * each NUL-terminated within its array and without control characters

@@ -12,9 +12,11 @@
  * nodes, then the registry). Routing never takes it: it reads the effects
  * from the replica slots (state, advice and cooldown deadlines) atomically.
  *
- * With a fleet bus (notice_bus.c), a notice accepted here is published
- * after it has acted and the locks are released, with the spot pools it
- * cooled; what other engines published comes back through tick and acts
+ * With a fleet bus (notice_bus.c), a notice accepted here is queued for
+ * the bus, with the spot pools it cooled, while the lock is still held,
+ * so the bus gets notices in the order they acted here, and sent once the
+ * locks are released; what other engines published comes back through
+ * tick and acts
  * here the same way, but is neither published again nor planned (the
  * host asks spi_engine_node_plans), and is dropped if this engine applied
  * it already (a second ring, by machine, kind, deadline and event).
@@ -49,9 +51,10 @@
 #define COOL_MAX 64    /* spot pools cooling down at once */
 #define MAX_EVENTS 16  /* transitions reported per call */
 /* Notices from the fleet bus already applied here, by machine, kind,
- * deadline and event (a ring): own echoes and repeats act once. */
+ * deadline, event id and dedup key (a ring): own echoes and repeats act
+ * once. A key holds all of them whole (bus_key). */
 #define BUS_SEEN_MAX 512
-#define BUS_KEY_CAP 256
+#define BUS_KEY_CAP 336
 /* Distinct spot pools one notice's cooldown is published for. */
 #define COOL_PUBLISH_MAX 4
 #define NIL SPI_NT_NIL
@@ -83,10 +86,15 @@ typedef struct node {
   int lingering;
   held held[HELD_MAX];    /* what holds it ADVISED, NOTICED or DRAINING */
   uint8_t nheld;
-  /* Something holds it that held[] does not list (more than HELD_MAX
-   * events, or a state set by hand): no withdrawal puts it back to work
-   * or moves its deadline later. */
+  /* A state set by hand holds it: no withdrawal puts it back to work or
+   * moves its deadline later. */
   uint8_t unlisted;
+  /* Events past HELD_MAX are let go (hold), and what they may still
+   * demand is kept: the earliest deadline of the interruptions let go,
+   * the latest lapse of the advice let go (0: none). A withdrawal cannot
+   * tell whether it names one of them, so they hold the machine until
+   * then. */
+  int64_t lost_deadline, lost_advised;
 } node;
 
 typedef struct cool {
@@ -139,6 +147,22 @@ static const uint8_t ALLOWED[7][7] = {
     /* ACT */ {0, 0, 1, 1, 1, 1, 1},
     /* ADV */ {0, 1, 0, 1, 1, 1, 1},
     /* NOT */ {0, 1, 1, 0, 1, 1, 1},
+    /* DRN */ {0, 0, 0, 0, 0, 1, 1},
+    /* TRM */ {0, 0, 0, 0, 0, 0, 1},
+    /* REM */ {0, 0, 0, 0, 0, 0, 0},
+};
+
+/* BY_HAND[from][to]: what spi_node_set_state accepts. The same, but for
+ * NOTICED -> ADVISED: that is a withdrawal's move, made when advice
+ * handed in still holds the machine and says until when. By hand, the
+ * interruption that noticed it would still hold it, unlisted, while the
+ * advice lapsed and put it back to work. */
+static const uint8_t BY_HAND[7][7] = {
+    /*            -  ACT ADV NOT DRN TRM REM */
+    /* -   */ {0, 0, 0, 0, 0, 0, 0},
+    /* ACT */ {0, 0, 1, 1, 1, 1, 1},
+    /* ADV */ {0, 1, 0, 1, 1, 1, 1},
+    /* NOT */ {0, 1, 0, 0, 1, 1, 1},
     /* DRN */ {0, 0, 0, 0, 0, 1, 1},
     /* TRM */ {0, 0, 0, 0, 0, 0, 1},
     /* REM */ {0, 0, 0, 0, 0, 0, 0},
@@ -307,16 +331,13 @@ static node *get(spi_engine *e, const char *id, size_t len, int *rc) {
   return n;
 }
 
-/* Drop n from the table. A machine forgotten in any state but ACTIVE
- * (removed, terminated and gone, or dropped to make room) takes the dedup
- * keys of its notices along: an instance stopped and started again keeps
- * its id, and its next interruption has the same key. An ACTIVE entry
- * says nothing, and dropping it forgets nothing: lapsed advice keeps its
- * key, so a rebalance recommendation the cloud keeps serving does not
- * advise the machine again every advised_ttl_ms. */
+/* Drop n from the table. The dedup keys of its notices stay (the ring
+ * ages them out): clouds go on serving an event past its deadline, and a
+ * machine dropped once it terminated, or to make room, must not be
+ * noticed again at every poll. They go when the machine is started
+ * again (spi__nodes_initial), put back to work (back_to_work) or removed
+ * by hand (set_by_hand). */
 static void forget(struct spi_nodes *t, node *n) {
-  if (n->state != SPI_NODE_ACTIVE)
-    spi__keyring_forget(&t->seen, t->vhash[at_of(t, n)]);
   uint16_t i = (uint16_t)at_of(t, n);
   spi__hix_remove(&t->ix, i);
   spi__wheap_remove(&t->wake, i);
@@ -434,6 +455,12 @@ int32_t spi__nodes_initial(spi_engine *e, const spi_replica_ident *r,
         !strcmp(t->cool[k].zone, r->zone))
       *cooldown_until = t->cool[k].until;
   const node *n = find(t, r->node, r->node_len);
+  /* A replica added on a machine the table does not hold, or holds as
+   * terminated: the machine was started again (an instance stopped and
+   * started, a VM restarted after a preemption, under the same id), and
+   * its next interruption may have a key seen before. */
+  if (r->node_len && (!n || n->state == SPI_NODE_TERMINATED))
+    spi__keyring_forget(&t->seen, XXH3_64bits(r->node, r->node_len), 0);
   if (!n) return SPI_REPLICA_ACTIVE;
   if (n->state == SPI_NODE_ADVISED) *advised_until = n->advised_until;
   return replica_state_for(n->state);
@@ -468,8 +495,10 @@ static int move(spi_engine *e, node *n, int32_t to) {
   n->state = to;
   if (to != SPI_NODE_ADVISED) n->advised_until = 0;
   if (to == SPI_NODE_ACTIVE || to == SPI_NODE_ADVISED) n->deadline_ns = 0;
-  if (to == SPI_NODE_ACTIVE || to == SPI_NODE_TERMINATED)
+  if (to == SPI_NODE_ACTIVE || to == SPI_NODE_TERMINATED) {
     n->nheld = n->unlisted = 0; /* nothing holds it, or nothing comes back */
+    n->lost_deadline = n->lost_advised = 0;
+  }
   apply_to_replicas(e, n);
   record(e, n, from, to);
   if (to == SPI_NODE_REMOVED)
@@ -678,16 +707,34 @@ static int seen_before(struct spi_nodes *t, const char *key) {
   return spi__keyring_has(&t->seen, key);
 }
 
-/* Remember a dedup key handed in for the machine id[0..len). */
-static void remember(struct spi_nodes *t, const char *key, const char *id,
-                     size_t len) {
-  spi__keyring_add(&t->seen, key, XXH3_64bits(id, len));
+/* Whether notice is advice: rebalance, or maintenance without a
+ * deadline (a live migration). */
+static int is_advice(const spi_notice *notice) {
+  return notice->kind == SPI_NOTICE_REBALANCE ||
+         (notice->kind == SPI_NOTICE_MAINTENANCE && notice->deadline_ns == 0);
 }
 
-/* The bus's dedup key of a notice: the machine, what and when. */
+/* Remember a dedup key handed in for the machine id[0..len); the keys of
+ * advice are marked, as a machine put back to work keeps them. */
+static void remember(struct spi_nodes *t, const spi_notice *notice,
+                     size_t len) {
+  spi__keyring_add(&t->seen, notice->dedup_key,
+                   XXH3_64bits(notice->node, len),
+                   notice->active && is_advice(notice));
+}
+
+/* The bus's dedup key of a notice: the machine, what, when and which
+ * event. Two events of one machine may share kind and deadline, and an
+ * empty dedup key is allowed, so the event id tells them apart. The text
+ * fields are split by 0x1f, which none of them may hold
+ * (spi__fleet_notice_check), so no two notices share a key. */
+_Static_assert(BUS_KEY_CAP >= 35 + 2 * SPI_ID_MAX +
+                                  sizeof(((spi_notice *)0)->dedup_key),
+               "a bus key is held whole: 3 numbers, 3 texts, 5 marks");
 static void bus_key(char *buf, const spi_notice *n, int64_t deadline) {
-  snprintf(buf, BUS_KEY_CAP, "%d|%d|%lld|%.63s|%.159s", (int)n->kind,
-           n->active ? 1 : 0, (long long)deadline, n->node, n->dedup_key);
+  snprintf(buf, BUS_KEY_CAP, "%d|%d|%lld|%.63s\x1f%.63s\x1f%.159s",
+           (int)n->kind, n->active ? 1 : 0, (long long)deadline, n->node,
+           n->event_id, n->dedup_key);
 }
 
 /* Whether the bus key was applied here. Nodes lock held. */
@@ -714,10 +761,23 @@ typedef struct notice_run {
 
 /* ------------------------------------------------- what holds a machine */
 
+/* Let go of event h, which n cannot list: what it may still demand is
+ * kept as a bound (node.lost_deadline, node.lost_advised). */
+static void let_go(node *n, const held *h) {
+  if (h->advice) {
+    if (h->until > n->lost_advised) n->lost_advised = h->until;
+  } else if (!n->lost_deadline || h->until < n->lost_deadline) {
+    n->lost_deadline = h->until;
+  }
+}
+
 /* Note that the event of notice holds n, as advice lapsing at until or as
  * an interruption due then. The same event again (its id, or its kind when
- * it has none) keeps the earlier deadline or the later lapse; beyond
- * HELD_MAX events n is held unlisted. */
+ * it has none) keeps the earlier deadline or the later lapse. Beyond
+ * HELD_MAX events, the one due last (of those listed and this one) is let
+ * go: the machine's deadline is the earliest, so the events that decide
+ * it stay listed, and a withdrawal of one of them can move the deadline
+ * as far as the bound of those let go. */
 static void hold(node *n, const spi_notice *notice, int advice, int64_t until) {
   uint8_t named = notice->event_id[0] != '\0';
   uint64_t id = named ? XXH3_64bits(notice->event_id, strlen(notice->event_id))
@@ -730,12 +790,21 @@ static void hold(node *n, const spi_notice *notice, int advice, int64_t until) {
     if (advice ? until > h->until : until < h->until) h->until = until;
     return;
   }
-  if (n->nheld == HELD_MAX) {
-    n->unlisted = 1;
+  held h = {id, until, notice->kind, named, (uint8_t)(advice != 0)};
+  if (n->nheld < HELD_MAX) {
+    n->held[n->nheld++] = h;
     return;
   }
-  held h = {id, until, notice->kind, named, (uint8_t)(advice != 0)};
-  n->held[n->nheld++] = h;
+  size_t last = HELD_MAX; /* h itself */
+  for (size_t i = 0; i < HELD_MAX; i++)
+    if (n->held[i].until > (last == HELD_MAX ? h.until : n->held[last].until))
+      last = i;
+  if (last == HELD_MAX) {
+    let_go(n, &h);
+  } else {
+    let_go(n, &n->held[last]);
+    n->held[last] = h;
+  }
 }
 
 /* Take back what the event event_id holds n by. Returns 1 if it held it. */
@@ -765,19 +834,23 @@ static void set_deadline(spi_engine *e, node *n, int64_t deadline) {
 
 /* Back to work after a withdrawal or by hand: the keys of the notices
  * that held it go too, so the next interruption of this machine acts even
- * if its key is one seen before. Both locks held. */
+ * if its key is one seen before. The keys of advice stay, lapsed or not:
+ * a rebalance recommendation the cloud goes on serving does not advise
+ * the machine again. Both locks held. */
 static void back_to_work(spi_engine *e, node *n) {
   struct spi_nodes *t = e->nodes;
   if (move(e, n, SPI_NODE_ACTIVE))
-    spi__keyring_forget(&t->seen, t->vhash[at_of(t, n)]);
+    spi__keyring_forget(&t->seen, t->vhash[at_of(t, n)], 1);
 }
 
 /* After a withdrawal, what still holds n decides its state: the earliest
- * deadline of the interruptions left; else the advice left (NOTICED ->
- * ADVISED); else back to work. A draining machine stays draining. Both
- * locks held. */
+ * deadline of the interruptions left (those let go included); else the
+ * advice left (NOTICED -> ADVISED); else back to work. A draining machine
+ * stays draining. Both locks held. */
 static void settle(spi_engine *e, node *n, int64_t now) {
-  int64_t deadline = INT64_MAX, advised = 0;
+  if (n->lost_advised <= now) n->lost_advised = 0; /* lapsed */
+  int64_t deadline = n->lost_deadline ? n->lost_deadline : INT64_MAX;
+  int64_t advised = n->lost_advised;
   size_t k = 0;
   for (size_t i = 0; i < n->nheld; i++) {
     held h = n->held[i];
@@ -852,8 +925,7 @@ static int act(spi_engine *e, node *n, const spi_notice *notice,
       settle(e, n, run->now);
     return SPI_OK;
   }
-  if (notice->kind == SPI_NOTICE_REBALANCE ||
-      (notice->kind == SPI_NOTICE_MAINTENANCE && notice->deadline_ns == 0)) {
+  if (is_advice(notice)) {
     advise(e, n, notice, run);
     return SPI_OK;
   }
@@ -889,8 +961,7 @@ static int notice_act(spi_engine *e, const spi_notice *notice, size_t nlen,
   /* After acting: a withdrawal that puts the machine back to work forgets
    * the keys of what held it, but polling the withdrawal again must still
    * do nothing. */
-  if (remember_key)
-    remember(e->nodes, notice->dedup_key, notice->node, nlen);
+  if (remember_key) remember(e->nodes, notice, nlen);
   return rc;
 }
 
@@ -947,23 +1018,28 @@ int spi_engine_notice(spi_engine *engine, const spi_notice *notice,
   run.cap = cap;
   run.stride = stride;
   struct spi_nodes *t = engine->nodes;
-  int rc = SPI_OK, fresh = 0;
+  int rc = SPI_OK;
+  uint64_t queued = 0;
   lock_all(engine);
   expire(engine, run.now);
   if (!klen || !seen_before(t, notice->dedup_key)) {
     rc = notice_act(engine, notice, nlen, klen > 0, &run);
     *n_out = run.found;
-    fresh = rc == SPI_OK || rc == SPI_EBUFSIZE;
-    char key[BUS_KEY_CAP];
-    bus_key(key, notice, run.deadline);
-    if (fresh) /* its own echo skipped */
-      spi__keyring_add(&t->bus_seen, key, XXH3_64bits(notice->node, nlen));
+    if (rc == SPI_OK || rc == SPI_EBUFSIZE) {
+      char key[BUS_KEY_CAP];
+      bus_key(key, notice, run.deadline);
+      /* its own echo skipped */
+      spi__keyring_add(&t->bus_seen, key, XXH3_64bits(notice->node, nlen), 0);
+      /* Queued under the lock: a withdrawal acting once it is free (on
+       * another thread, while this one runs the callback) goes on the bus
+       * after this notice. */
+      queued = spi__fleet_queue_notice(engine, notice, run.deadline,
+                                       run.cool, run.ncool);
+    }
   }
   unlock_all_and_report(engine);
   /* Local first, then the fleet: a bus that fails loses nothing here. */
-  if (fresh)
-    spi__fleet_publish_notice(engine, notice, run.deadline, run.cool,
-                              run.ncool);
+  spi__fleet_send_queued(engine, queued);
   return rc;
 }
 
@@ -989,7 +1065,7 @@ int spi__nodes_apply_remote(spi_engine *e, const spi_notice *notice) {
       !(notice->dedup_key[0] && seen_before(t, notice->dedup_key))) {
     rc = notice_act(e, notice, nlen, 0, &run);
     if (rc == SPI_OK) {
-      spi__keyring_add(&t->bus_seen, key, XXH3_64bits(notice->node, nlen));
+      spi__keyring_add(&t->bus_seen, key, XXH3_64bits(notice->node, nlen), 0);
       rc = 1;
     }
   }
@@ -1038,14 +1114,20 @@ int spi_engine_node_plans(spi_engine *engine, const char *id, size_t len,
   return rc;
 }
 
-/* The host moves n to state (a legal transition). Its reason is its own:
- * no withdrawal undoes a machine noticed or advised by hand. Both locks
+/* The host moves n to state (in BY_HAND). Its reason is its own: no
+ * withdrawal undoes a machine noticed or advised by hand. Advice by hand
+ * lapses as advice handed in does, advised_ttl_ms from now. Both locks
  * held. */
-static void set_by_hand(spi_engine *e, node *n, int32_t state) {
+static void set_by_hand(spi_engine *e, node *n, int32_t state,
+                        int64_t advised_until) {
   if (state == SPI_NODE_ACTIVE) {
     back_to_work(e, n);
     return;
   }
+  if (state == SPI_NODE_ADVISED) n->advised_until = advised_until;
+  if (state == SPI_NODE_REMOVED) /* forgotten, with what it was told */
+    spi__keyring_forget(&e->nodes->seen, e->nodes->vhash[at_of(e->nodes, n)],
+                        0);
   move(e, n, state);
   if (state == SPI_NODE_NOTICED || state == SPI_NODE_ADVISED) n->unlisted = 1;
 }
@@ -1059,6 +1141,7 @@ int spi_node_set_state(spi_engine *engine, const char *id, size_t len,
     return spi__engine_fail(engine, SPI_EINVAL, "node: state %d is not valid",
                             (int)state);
   int rc = SPI_OK;
+  spi_router_cfg cfg = router_cfg(engine);
   int64_t now = spi__engine_now(engine);
   lock_all(engine);
   expire(engine, now);
@@ -1067,13 +1150,13 @@ int spi_node_set_state(spi_engine *engine, const char *id, size_t len,
   if (!n) n = get(engine, id, len, &rc);
   if (!n) {
     rc = spi__engine_fail(engine, rc, "node %.*s: cannot track it", (int)len, id);
-  } else if (n->state != state && !ALLOWED[n->state][state]) {
+  } else if (n->state != state && !BY_HAND[n->state][state]) {
     rc = spi__engine_fail(engine, SPI_EINVAL,
                           "node %.*s: %s -> %s is not a legal transition",
                           (int)len, id, spi_node_state_name(n->state),
                           spi_node_state_name(state));
   } else if (n->state != state) {
-    set_by_hand(engine, n, state);
+    set_by_hand(engine, n, state, now + cfg.advised_ttl_ms * 1000000);
   }
 out:
   unlock_all_and_report(engine);

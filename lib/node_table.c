@@ -175,9 +175,10 @@ int spi__keyring_init(spi_keyring *k, const spi_mem *m, size_t ring,
   k->hash = spi__calloc(m, ring, sizeof *k->hash);
   k->owner = spi__calloc(m, ring, sizeof *k->owner);
   k->live = spi__calloc(m, ring, sizeof *k->live);
+  k->marked = spi__calloc(m, ring, sizeof *k->marked);
   k->cap = cap;
   k->ring = ring;
-  if (!k->keys || !k->hash || !k->owner || !k->live ||
+  if (!k->keys || !k->hash || !k->owner || !k->live || !k->marked ||
       spi__hix_init(&k->ix, m, ring, k->hash, probes) != SPI_OK ||
       spi__hix_init(&k->by_owner, m, ring, k->owner, probes) != SPI_OK) {
     spi__keyring_free(k, m);
@@ -193,9 +194,10 @@ void spi__keyring_free(spi_keyring *k, const spi_mem *m) {
   spi__free(m, k->hash);
   spi__free(m, k->owner);
   spi__free(m, k->live);
+  spi__free(m, k->marked);
   k->keys = NULL;
   k->hash = k->owner = NULL;
-  k->live = NULL;
+  k->live = k->marked = NULL;
 }
 
 int spi__keyring_has(spi_keyring *k, const char *key) {
@@ -215,7 +217,8 @@ static void keyring_unlink(spi_keyring *k, uint32_t e) {
   k->live[e] = 0;
 }
 
-void spi__keyring_add(spi_keyring *k, const char *key, uint64_t owner) {
+void spi__keyring_add(spi_keyring *k, const char *key, uint64_t owner,
+                      int marked) {
   size_t e = k->next;
   if (k->live[e]) keyring_unlink(k, (uint32_t)e);
   char *dst = k->keys + e * k->cap;
@@ -225,17 +228,19 @@ void spi__keyring_add(spi_keyring *k, const char *key, uint64_t owner) {
   dst[len] = '\0';
   k->hash[e] = XXH3_64bits(dst, len);
   k->owner[e] = owner;
+  k->marked[e] = marked != 0;
   spi__hix_insert(&k->ix, (uint32_t)e);
   spi__hix_insert(&k->by_owner, (uint32_t)e);
   k->live[e] = 1;
   k->next = (k->next + 1) % k->ring;
 }
 
-void spi__keyring_forget(spi_keyring *k, uint64_t owner) {
+void spi__keyring_forget(spi_keyring *k, uint64_t owner, int keep_marked) {
   size_t cur = 0;
   /* A removal shifts the chain it walks: each one starts the walk again. */
   for (uint32_t e; (e = spi__hix_next(&k->by_owner, owner, &cur)) !=
                    SPI_NT_NIL;) {
+    if (keep_marked && k->marked[e]) continue;
     keyring_unlink(k, e);
     cur = 0;
   }

@@ -62,14 +62,16 @@ uint32_t spi__wheap_due(const spi_wheap *q, int64_t now);
 
 /* The last `ring` keys remembered (NUL-terminated, cut to cap - 1 bytes),
  * the oldest forgotten first, with an index to look them up. Each key has
- * an owner (a hash the caller picks: node.c's machine), and an owner's
- * keys can be forgotten at once, found through a second index. */
+ * an owner (a hash the caller picks: node.c's machine) and may be marked
+ * (node.c: advice), and an owner's keys, or its unmarked ones, can be
+ * forgotten at once, found through a second index. */
 typedef struct spi_keyring {
   char *keys;       /* ring * cap bytes */
   size_t cap, ring, next;
   uint64_t *hash;   /* by entry */
   uint64_t *owner;  /* by entry */
   uint8_t *live;    /* by entry: in both indexes */
+  uint8_t *marked;  /* by entry */
   spi_hix ix, by_owner;
 } spi_keyring;
 
@@ -77,8 +79,10 @@ int spi__keyring_init(spi_keyring *k, const spi_mem *m, size_t ring,
                       size_t cap, uint64_t *probes);
 void spi__keyring_free(spi_keyring *k, const spi_mem *m);
 int spi__keyring_has(spi_keyring *k, const char *key);
-void spi__keyring_add(spi_keyring *k, const char *key, uint64_t owner);
-/* Forget every key of owner; the reads are that owner's index chain. */
-void spi__keyring_forget(spi_keyring *k, uint64_t owner);
+void spi__keyring_add(spi_keyring *k, const char *key, uint64_t owner,
+                      int marked);
+/* Forget every key of owner, or only its unmarked ones if keep_marked;
+ * the reads are that owner's index chain. */
+void spi__keyring_forget(spi_keyring *k, uint64_t owner, int keep_marked);
 
 #endif

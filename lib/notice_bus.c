@@ -23,9 +23,12 @@
  * flight another), so a configure that retires the snapshot while a slow
  * publish runs frees the instance only when the publish returns. The
  * engine's fleet state has one mutex, a leaf (engine.h's order, 5): the
- * queue of messages a failed publish left, which thread is sending, and
- * the last error; counters are atomic. One thread publishes at a time
- * (others queue their messages behind it, so order holds even when a
+ * ring of messages waiting to be sent, which thread is sending, and the
+ * last error; counters are atomic. A notice's messages go into the ring
+ * while node.c still holds its lock, so the ring has them in the order
+ * the notices acted, whatever the threads do once the lock is free; then
+ * they are sent from the head. One thread publishes at a time (others
+ * leave their messages in the ring behind it, so order holds even when a
  * publish fails) and one polls at a time (a tick finding another poll
  * running skips its own).
  */
@@ -59,16 +62,22 @@ struct spi_fleet_ref {
 typedef struct pending_msg {
   char *text;
   size_t len;
+  uint64_t seq; /* 1, 2, ...: the order messages went into the ring */
 } pending_msg;
 
 struct spi_fleet {
-  pthread_mutex_t mu; /* pending, sending, last_error */
+  pthread_mutex_t mu; /* pending, seq, kept, sending, last_error */
   pending_msg pending[SPI_FLEET_PENDING_MAX]; /* a ring, oldest at head */
   size_t head, npending;
+  uint64_t seq; /* the last message put in the ring */
+  /* What the ring holds waits for a tick: a publish failed, or a tick's
+   * budget ran out, and the ring has not been empty since. A notice's
+   * thread then only adds its messages behind. */
+  int kept;
   /* A thread is publishing (a notice's messages, or a tick sending what
    * was kept): one at a time, so the bus gets messages in the order they
-   * were handed over, and one that fails goes back ahead of those that
-   * queued behind it meanwhile. */
+   * were put in the ring, and one that fails goes back ahead of those
+   * that queued behind it meanwhile. */
   int sending;
   atomic_int polling; /* a tick is polling */
   atomic_ullong published, publish_failed, dropped, polls, poll_failed;
@@ -393,14 +402,14 @@ static int decode(const char *text, size_t len, decoded *d, char *err,
 
 /* ------------------------------------------------------------- publishing */
 
-/* Keep a message a publish could not send (copied); beyond the bound the
- * oldest goes. f->mu held. */
-static void pending_push(spi_engine *e, struct spi_fleet *f, const char *msg,
-                         size_t len) {
+/* Put a message at the ring's tail (copied); beyond the bound the oldest
+ * goes. Returns its seq, or 0 when it could not be copied. f->mu held. */
+static uint64_t pending_push(spi_engine *e, struct spi_fleet *f,
+                             const char *msg, size_t len) {
   char *copy = spi__strndup(&e->mem, msg, len);
   if (!copy) {
     atomic_fetch_add(&f->dropped, 1);
-    return;
+    return 0;
   }
   if (f->npending == SPI_FLEET_PENDING_MAX) {
     spi__free(&e->mem, f->pending[f->head].text);
@@ -411,7 +420,9 @@ static void pending_push(spi_engine *e, struct spi_fleet *f, const char *msg,
   pending_msg *p = &f->pending[(f->head + f->npending) % SPI_FLEET_PENDING_MAX];
   p->text = copy;
   p->len = len;
+  p->seq = ++f->seq;
   f->npending++;
+  return p->seq;
 }
 
 static int call_publish(spi_engine *e, struct spi_fleet *f,
@@ -446,46 +457,33 @@ static void pending_unshift(spi_engine *e, struct spi_fleet *f,
   f->npending++;
 }
 
-/* Send one message, or keep it behind those waiting so the bus keeps
- * their order (a withdrawal must not overtake its notice). A message is
- * sent at once only when nothing is kept and no other thread is sending;
- * if that publish fails, it goes back ahead of whatever queued behind it
- * while it was under way. */
-static void send_or_keep(spi_engine *e, struct spi_fleet *f,
-                         struct spi_fleet_ref *r, const spi_buf *b) {
-  pthread_mutex_lock(&f->mu);
-  int queue = f->npending > 0 || f->sending;
-  if (queue) pending_push(e, f, (const char *)b->data, b->len);
-  else f->sending = 1;
-  pthread_mutex_unlock(&f->mu);
-  if (queue) return;
-  char err[SPI_ERRMSG_CAP];
-  int rc = call_publish(e, f, r, (const char *)b->data, b->len, err,
-                        sizeof err);
-  pthread_mutex_lock(&f->mu);
-  if (rc != SPI_OK) {
-    pending_msg p = {spi__strndup(&e->mem, (const char *)b->data, b->len),
-                     b->len};
-    if (p.text) pending_unshift(e, f, p);
-    else atomic_fetch_add(&f->dropped, 1);
-  }
-  f->sending = 0;
-  pthread_mutex_unlock(&f->mu);
+/* Take the oldest message off the ring (npending > 0). f->mu held. */
+static pending_msg pending_shift(struct spi_fleet *f) {
+  pending_msg p = f->pending[f->head];
+  f->head = (f->head + 1) % SPI_FLEET_PENDING_MAX;
+  f->npending--;
+  return p;
 }
 
-void spi__fleet_publish_notice(spi_engine *e, const spi_notice *n,
-                               int64_t deadline, const spi_fleet_cool *cool,
-                               size_t ncool) {
-  struct spi_fleet_ref *r = ref_acquire(e);
-  if (!r) return;
+uint64_t spi__fleet_queue_notice(spi_engine *e, const spi_notice *n,
+                                 int64_t deadline, const spi_fleet_cool *cool,
+                                 size_t ncool) {
+  unsigned pin;
+  int configured = spi__snap_acquire(e, &pin)->fleet != NULL;
+  spi__snap_release(e, pin);
+  if (!configured) return 0;
   struct spi_fleet *f = spi__nodes_fleet(e);
   spi_buf b = {0};
+  uint64_t last = 0;
   for (size_t i = 0; i <= ncool; i++) {
     spi__buf_clear(&b);
     int rc = i == 0 ? encode_notice(e, n, deadline, &b)
                     : encode_cooldown(e, &cool[i - 1], &b);
     if (rc == SPI_OK) {
-      send_or_keep(e, f, r, &b);
+      pthread_mutex_lock(&f->mu);
+      uint64_t seq = pending_push(e, f, (const char *)b.data, b.len);
+      pthread_mutex_unlock(&f->mu);
+      if (seq) last = seq;
     } else {
       atomic_fetch_add(&f->dropped, 1);
       set_error(f, "fleet bus: a message for %.63s could not be written: %s",
@@ -493,15 +491,38 @@ void spi__fleet_publish_notice(spi_engine *e, const spi_notice *n,
     }
   }
   spi__buf_free(&b, &e->mem);
-  spi__fleet_ref_drop(e, r);
+  return last;
 }
 
-/* Take the oldest kept message off the ring (npending > 0). f->mu held. */
-static pending_msg pending_shift(struct spi_fleet *f) {
-  pending_msg p = f->pending[f->head];
-  f->head = (f->head + 1) % SPI_FLEET_PENDING_MAX;
-  f->npending--;
-  return p;
+/* Send from the head of the ring up to message upto, unless another
+ * thread is sending (it, or the next tick, sends them) or the ring is
+ * kept for a tick (the next tick sends it, in order). A publish that
+ * fails goes back to the head, and the ring then waits for a tick. */
+void spi__fleet_send_queued(spi_engine *e, uint64_t upto) {
+  if (!upto) return;
+  struct spi_fleet_ref *r = ref_acquire(e);
+  if (!r) return; /* kept until a bus is configured again */
+  struct spi_fleet *f = spi__nodes_fleet(e);
+  pthread_mutex_lock(&f->mu);
+  if (!f->sending) {
+    f->sending = 1;
+    while (!f->kept && f->npending > 0 && f->pending[f->head].seq <= upto) {
+      pending_msg p = pending_shift(f);
+      pthread_mutex_unlock(&f->mu);
+      char err[SPI_ERRMSG_CAP];
+      int rc = call_publish(e, f, r, p.text, p.len, err, sizeof err);
+      pthread_mutex_lock(&f->mu);
+      if (rc != SPI_OK) {
+        pending_unshift(e, f, p);
+        f->kept = f->npending > 0;
+        break;
+      }
+      spi__free(&e->mem, p.text);
+    }
+    f->sending = 0;
+  }
+  pthread_mutex_unlock(&f->mu);
+  spi__fleet_ref_drop(e, r);
 }
 
 /* Whether a flush that started at start has spent FLUSH_BUDGET_NS. A clock
@@ -511,11 +532,12 @@ static int budget_spent(const spi_engine *e, int64_t start) {
   return now < start || (uint64_t)now - (uint64_t)start >= FLUSH_BUDGET_NS;
 }
 
-/* Send what failed before, oldest first, until one fails again or the
- * tick's budget is spent (one is always tried, so the ring drains). What
- * is not sent stays at the head for the next tick. While this runs, new
- * messages queue behind (sending), so order holds; while another thread
- * is sending, this tick leaves the ring to the next one. */
+/* Send what the ring holds (kept after a failure, or left by notices'
+ * threads), oldest first, until one fails again or the tick's budget is
+ * spent (one is always tried, so the ring drains). What is not sent stays
+ * at the head, kept for the next tick. While this runs, new messages
+ * queue behind (sending), so order holds; while another thread is
+ * sending, this tick leaves the ring to the next one. */
 static int flush_pending(spi_engine *e, struct spi_fleet *f,
                          struct spi_fleet_ref *r, char *err, size_t errcap) {
   int rc = SPI_OK;
@@ -539,6 +561,7 @@ static int flush_pending(spi_engine *e, struct spi_fleet *f,
     spi__free(&e->mem, p.text);
     if (spent) break;
   }
+  f->kept = f->npending > 0; /* the rest wait for the next tick */
   f->sending = 0;
   pthread_mutex_unlock(&f->mu);
   return rc;

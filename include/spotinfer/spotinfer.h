@@ -886,7 +886,9 @@ SPI_API int spi_notice_parse_v2(int32_t format, int32_t http_status,
  * to ACTIVE before its deadline, or to ADVISED while advice handed in for
  * it has not lapsed. A withdrawal takes back only the event its event_id
  * names: the machine stays NOTICED while another interruption holds it,
- * and one noticed or advised by spi_node_set_state stays so. */
+ * and one noticed or advised by spi_node_set_state stays so. A machine
+ * lists four events; past that the one due last is let go, and the
+ * earliest deadline of those let go holds it whatever is withdrawn. */
 enum spi_node_state {
   SPI_NODE_ACTIVE = 1,
   SPI_NODE_ADVISED = 2,    /* rebalance advice: no new long requests */
@@ -932,13 +934,15 @@ typedef struct spi_ticket_plan {
  * replica's decode rate fit before the deadline minus router.drain_margin_ms,
  * or when it is gold and past router.gold_drain_progress; otherwise REPLAY.
  * A notice whose dedup_key was already handed in for its machine changes
- * nothing and plans nothing. The keys go with the machine: when it is
- * forgotten (REMOVED by hand, or terminated and no replica left on it) or
- * put back to work (a withdrawal, or ACTIVE by hand), so an instance
- * started again under the same id is noticed again. Lapsed advice keeps
- * its key. A notice for a machine no replica runs on is remembered until
- * its deadline (advice: until it lapses), so a replica added there
- * meanwhile starts NOTICED. At most 4,096 machines are tracked; when full,
+ * nothing and plans nothing. The keys go when the machine is started
+ * again (a replica added on a machine untracked or TERMINATED), removed by
+ * hand, or put back to work (a withdrawal, or ACTIVE by hand; advice keeps
+ * its key then), so an instance started again under the same id is
+ * noticed again; a machine dropped after its termination keeps them, so
+ * an event served past its deadline is a repeat. A notice for a machine
+ * no replica runs on is remembered until its deadline (advice: until it
+ * lapses), so a replica added there meanwhile starts NOTICED. At most
+ * 4,096 machines are tracked; when full,
  * the oldest machines that run no replica are forgotten to make room, so
  * SPI_EFULL means every tracked machine runs replicas.
  * The notice must be one the fleet bus can carry (SPI_EINVAL naming the
@@ -953,7 +957,10 @@ SPI_API int spi_engine_notice(spi_engine *engine, const spi_notice *notice,
 
 /* Move a machine to a state by hand (e.g. DRAINING when the proxy starts
  * moving work, TERMINATED when it is gone, REMOVED to forget it). Illegal
- * transitions fail with SPI_EINVAL and a message naming both states.
+ * transitions fail with SPI_EINVAL and a message naming both states;
+ * NOTICED -> ADVISED is one by hand (only a withdrawal makes it, when
+ * advice handed in still holds the machine). ADVISED by hand lasts
+ * router.advised_ttl_ms, as advice handed in does.
  * Errors: SPI_EINVAL, SPI_ENOTFOUND, SPI_EMISUSE. */
 SPI_API int spi_node_set_state(spi_engine *engine, const char *node,
                                size_t node_len, int32_t state);
@@ -974,9 +981,11 @@ SPI_API int spi_engine_tick(spi_engine *engine);
 /* Called on every node transition, from the thread making the call that
  * caused it, with no engine lock held; it must not call back into the
  * engine. from_state == to_state (NOTICED or DRAINING) says the machine's
- * deadline moved (a later notice, from this engine or the fleet bus,
- * brought it forward, or a machine noticed by hand got one): plans made
- * before may be wrong, so ask spi_engine_node_plans() again. */
+ * deadline moved: a later notice, from this engine or the fleet bus,
+ * brought it forward, a machine noticed by hand got one, or a withdrawal
+ * moved it later (the interruption withdrawn was the earliest, and
+ * another still holds the machine). Plans made before may be wrong, so
+ * ask spi_engine_node_plans() again. */
 typedef void (*spi_node_fn)(void *user_data, const char *node, size_t node_len,
                             int32_t from_state, int32_t to_state);
 /* Set (or clear, with fn NULL) the transition callback. Not concurrent with

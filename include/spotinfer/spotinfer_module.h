@@ -569,7 +569,8 @@ typedef struct spi_replay_store_module {
  * deployment (one engine per proxy process): the interruption notices
  * handed to spi_engine_notice() and the spot-pool cooldowns they start. The
  * library still starts no thread and does no I/O of its own: it publishes
- * from inside spi_engine_notice() (after the notice has acted locally) and
+ * from inside spi_engine_notice() (after the notice has acted locally, in
+ * the order notices acted: each one's messages are queued as it acts) and
  * polls from inside spi_engine_tick(), so a notice handed to any engine
  * stops routing to its machine in every engine within one tick.
  *
@@ -577,10 +578,10 @@ typedef struct spi_replay_store_module {
  * them (compact JSON text, at most SPI_FLEET_MSG_MAX bytes, a versioned
  * format of its own); a module only moves bytes. Every engine hands back
  * every message, its own included; the library drops what it has already
- * applied (by machine, kind and deadline), applies the rest as if they had
- * been handed to spi_engine_notice() (without plans: see
- * spi_engine_node_plans) and never publishes them again. Messages it cannot
- * read are skipped and counted (spi_engine_fleet_stats).
+ * applied (by machine, kind, deadline, event id and dedup key), applies
+ * the rest as if they had been handed to spi_engine_notice() (without
+ * plans: see spi_engine_node_plans) and never publishes them again.
+ * Messages it cannot read are skipped and counted (spi_engine_fleet_stats).
  *
  * Selected by {"modules": {"fleet_bus": "<name>"}}; the module gets
  * module_config.<name> at configure ("{}" when absent). A failed configure

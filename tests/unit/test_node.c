@@ -417,6 +417,45 @@ static int32_t replica_state(fb_world *w, const char *id) {
   return rs.state;
 }
 
+/* NOTICED -> ADVISED is a withdrawal's move (an interruption taken back,
+ * advice still open), not the host's: by hand it is refused, and the
+ * machine stays NOTICED, so the interruption's next poll is still a
+ * repeat of one that holds it, not of one a lapsed advice let go. */
+static void test_noticed_to_advised_is_not_by_hand(void **st) {
+  (void)st;
+  fb_world *w = mk(NULL);
+  fb_add(w, "spot-a", "i-aaa", SPI_POOL_SPOT, "g5", "z1");
+  spi_notice n = notice("i-aaa", SPI_NOTICE_TERMINATE, w->now + 120 * SEC,
+                        "aws:action:i-aaa:terminate");
+  fb_hand(w, &n);
+  assert_int_equal(spi_node_set_state(w->e, "i-aaa", 5, SPI_NODE_ADVISED),
+                   SPI_EINVAL);
+  assert_non_null(strstr(spi_engine_errmsg(w->e), "noticed -> advised"));
+  fb_hand(w, &n); /* the cloud still serves the interruption */
+  assert_int_equal(fb_state(w->e, "i-aaa"), SPI_NODE_NOTICED);
+  assert_int_equal(replica_state(w, "spot-a"), SPI_REPLICA_NOTICED);
+  fb_done(w);
+}
+
+/* A machine advised by hand is advised for router.advised_ttl_ms, as
+ * advice handed in is; it used to lapse at the next call. */
+static void test_advised_by_hand_lasts_advised_ttl(void **st) {
+  (void)st;
+  fb_world *w = mk("{\"router\":{\"advised_ttl_ms\":60000}}");
+  fb_add(w, "spot-a", "i-aaa", SPI_POOL_SPOT, "g5", "z1");
+  assert_int_equal(spi_node_set_state(w->e, "i-aaa", 5, SPI_NODE_ADVISED),
+                   SPI_OK);
+  w->now += 59 * SEC;
+  assert_int_equal(spi_engine_tick(w->e), SPI_OK);
+  assert_int_equal(fb_state(w->e, "i-aaa"), SPI_NODE_ADVISED);
+  w->now += 2 * SEC;
+  assert_int_equal(spi_engine_tick(w->e), SPI_OK);
+  assert_int_equal(fb_state(w->e, "i-aaa"), SPI_NODE_ACTIVE);
+  assert_int_equal(w->last_from, SPI_NODE_ADVISED);
+  assert_int_equal(w->last_to, SPI_NODE_ACTIVE);
+  fb_done(w);
+}
+
 static int hand_in(fb_world *w, const char *node, int32_t kind, int64_t deadline) {
   char key[96];
   snprintf(key, sizeof key, "k:%s:%d:%lld", node, (int)kind,
@@ -550,6 +589,69 @@ static void test_withdrawal_leaves_what_else_holds(void **st) {
   fb_done(w);
 }
 
+/* Hand in a maintenance event named ev-<id> for node, due in `in` s. */
+static void event_in(fb_world *w, const char *node, int id, int64_t in) {
+  char key[48];
+  snprintf(key, sizeof key, "aws:scheduled:%s:ev-%d", node, id);
+  spi_notice m = notice(node, SPI_NOTICE_MAINTENANCE, w->now + in * SEC, key);
+  snprintf(m.event_id, sizeof m.event_id, "ev-%d", id);
+  fb_hand(w, &m);
+}
+
+/* Withdraw event ev-<id> of node. */
+static void withdraw(fb_world *w, const char *node, int id) {
+  char key[56];
+  snprintf(key, sizeof key, "aws:scheduled:%s:ev-%d:canceled", node, id);
+  spi_notice m = notice(node, SPI_NOTICE_MAINTENANCE, 0, key);
+  m.active = 0;
+  snprintf(m.event_id, sizeof m.event_id, "ev-%d", id);
+  fb_hand(w, &m);
+}
+
+/* A machine lists four events. Past that, the one due last is let go and
+ * the earliest deadline of those let go is kept: withdrawals move the
+ * deadline later, but never past it, as an event let go may still be
+ * live. The machine used to be frozen at the deadline it had, withdrawn
+ * or not, and terminated there. */
+static void test_events_past_four_are_bounded(void **st) {
+  (void)st;
+  fb_world *w = mk(NULL);
+  fb_add(w, "spot-a", "i-aaa", SPI_POOL_SPOT, "g5", "z1");
+  fb_add(w, "spot-b", "i-bbb", SPI_POOL_SPOT, "g5", "z1");
+  int64_t t0 = w->now;
+  /* Five events at 600..604 s: the fifth is let go, 604 s kept. */
+  for (int i = 0; i < 5; i++) event_in(w, "i-aaa", i, 600 + i);
+  for (int i = 0; i < 4; i++) {
+    int before = w->transitions;
+    withdraw(w, "i-aaa", i);
+    assert_int_equal(w->transitions, before + 1); /* the deadline moved */
+    assert_int_equal(w->last_from, SPI_NODE_NOTICED);
+    assert_int_equal(w->last_to, SPI_NODE_NOTICED);
+  }
+  withdraw(w, "i-aaa", 4); /* not listed: the bound holds */
+  /* Events at 100, 200, 300, 400, 500 s (500 let go), then 150 s (400 let
+   * go): the bound is 400 s, the earlier of the two. */
+  int64_t in[] = {100, 200, 300, 400, 500, 150};
+  for (int i = 0; i < 6; i++) event_in(w, "i-bbb", i, in[i]);
+  withdraw(w, "i-bbb", 0);
+  withdraw(w, "i-bbb", 5);
+  withdraw(w, "i-bbb", 1);
+  withdraw(w, "i-bbb", 2);
+  w->now = t0 + 399 * SEC;
+  assert_int_equal(spi_engine_tick(w->e), SPI_OK);
+  assert_int_equal(fb_state(w->e, "i-bbb"), SPI_NODE_NOTICED);
+  w->now = t0 + 401 * SEC;
+  assert_int_equal(spi_engine_tick(w->e), SPI_OK);
+  assert_int_equal(fb_state(w->e, "i-bbb"), SPI_NODE_TERMINATED);
+  w->now = t0 + 603 * SEC;
+  assert_int_equal(spi_engine_tick(w->e), SPI_OK);
+  assert_int_equal(fb_state(w->e, "i-aaa"), SPI_NODE_NOTICED);
+  w->now = t0 + 605 * SEC;
+  assert_int_equal(spi_engine_tick(w->e), SPI_OK);
+  assert_int_equal(fb_state(w->e, "i-aaa"), SPI_NODE_TERMINATED);
+  fb_done(w);
+}
+
 /* The notice of an AWS spot stop for i-aaa, due 120 s after w->now. */
 static spi_notice stop_notice(fb_world *w) {
   time_t t = (time_t)(w->now / SEC + 120);
@@ -566,11 +668,14 @@ static spi_notice stop_notice(fb_world *w) {
 /* A spot instance whose interruption behaviour is stop (or a GCP VM
  * restarted after a preemption) keeps its id: interrupted, stopped,
  * forgotten, started again, interrupted again - with the same dedup key
- * ("aws:action:<id>:stop"). Dedup keys go with the machine, so the second
- * interruption acts; it used to be taken for a repeat (SPI_OK, no plans,
- * the machine ACTIVE until it stopped). Round 0 forgets the machine by
- * hand (REMOVED), round 1 by removing its last replica, round 2 has it
- * put back to work by hand. */
+ * ("aws:action:<id>:stop"). A replica added on a machine the table does
+ * not hold, or holds as terminated, says it was started again: its keys
+ * go, so the second interruption acts; it used to be taken for a repeat
+ * (SPI_OK, no plans, the machine ACTIVE until it stopped). Round 0
+ * forgets the machine by hand (REMOVED), round 1 by removing its last
+ * replica (its keys stay until the replica is added again: the event
+ * polled meanwhile is a repeat), round 2 has it put back to work by
+ * hand. */
 static void test_restarted_machine_is_noticed_again(void **st) {
   (void)st;
   fb_world *w = mk(NULL);
@@ -600,11 +705,44 @@ static void test_restarted_machine_is_noticed_again(void **st) {
     else
       assert_int_equal(spi_engine_tick(w->e), SPI_OK); /* nothing runs there */
     assert_int_equal(w->last_to, SPI_NODE_REMOVED);
+    if (round == 1) {
+      fb_hand(w, &n); /* served past its deadline: still a repeat */
+      assert_int_equal(w->to_noticed, before + 1);
+      assert_int_equal(fb_state(w->e, "i-aaa"), SPI_NODE_ACTIVE);
+    }
     w->now += 3600 * SEC; /* started again an hour later, same id */
     fb_add(w, "spot-a", "i-aaa", SPI_POOL_SPOT, "g5.xlarge", "use1-az1");
     assert_int_equal(fb_state(w->e, "i-aaa"), SPI_NODE_ACTIVE);
   }
   fb_done(w);
+}
+
+/* Clouds go on serving an event past its deadline (AWS scheduled stops
+ * between NotBefore and the stop, GCP maintenance events, Azure Started
+ * events). A machine that runs nothing is dropped once it terminated, but
+ * the event's key stays: polled again, it is a repeat, not a machine
+ * noticed, terminated and dropped again on every poll, each time on the
+ * bus. */
+static void test_event_served_past_deadline_acts_once(void **st) {
+  (void)st;
+  broker *b = broker_new();
+  fb_world *w = fb_on_bus(b, "A", NULL);
+  spi_notice n = notice("i-zzz", SPI_NOTICE_STOP, w->now + 30 * SEC,
+                        "aws:scheduled:ev-9");
+  snprintf(n.event_id, sizeof n.event_id, "ev-9");
+  fb_hand(w, &n);
+  assert_int_equal(broker_count(b), 1);
+  for (int i = 0; i < 5; i++) {
+    w->now += 31 * SEC;
+    assert_int_equal(spi_engine_tick(w->e), SPI_OK);
+    assert_int_equal(fb_state(w->e, "i-zzz"), SPI_NODE_ACTIVE); /* dropped */
+    fb_hand(w, &n); /* polled again: same event, same key */
+  }
+  assert_int_equal(w->to_noticed, 1);
+  assert_int_equal(w->removed, 1);
+  assert_int_equal(broker_count(b), 1);
+  fb_done(w);
+  broker_free(b);
 }
 
 /* What stays remembered: a withdrawal polled again does nothing, after it
@@ -642,6 +780,34 @@ static void test_keys_kept_while_the_machine_lives(void **st) {
   assert_int_equal(fb_state(w->e, "i-aaa"), SPI_NODE_ACTIVE);
   fb_done(w);
   broker_free(b);
+}
+
+/* A withdrawal that puts a machine back to work forgets the keys of the
+ * interruptions that held it, not those of advice: a rebalance
+ * recommendation the cloud goes on serving does not advise it again. */
+static void test_withdrawal_keeps_advice_keys(void **st) {
+  (void)st;
+  fb_world *w = mk("{\"router\":{\"advised_ttl_ms\":60000}}");
+  fb_add(w, "spot-a", "i-aaa", SPI_POOL_SPOT, "g5", "z1");
+  spi_notice adv = notice("i-aaa", SPI_NOTICE_REBALANCE, 0,
+                          "aws:rebalance:i-aaa");
+  fb_hand(w, &adv);
+  spi_notice m = notice("i-aaa", SPI_NOTICE_MAINTENANCE, w->now + 600 * SEC,
+                        "aws:scheduled:ev-1");
+  snprintf(m.event_id, sizeof m.event_id, "ev-1");
+  fb_hand(w, &m);
+  w->now += 61 * SEC; /* the advice lapses while NOTICED */
+  spi_notice wd = m;
+  wd.active = 0;
+  wd.deadline_ns = 0;
+  snprintf(wd.dedup_key, sizeof wd.dedup_key, "aws:scheduled:ev-1:canceled");
+  fb_hand(w, &wd);
+  assert_int_equal(fb_state(w->e, "i-aaa"), SPI_NODE_ACTIVE);
+  fb_hand(w, &adv); /* the cloud still serves the recommendation */
+  assert_int_equal(fb_state(w->e, "i-aaa"), SPI_NODE_ACTIVE);
+  fb_hand(w, &m); /* the interruption's key went: it acts again */
+  assert_int_equal(fb_state(w->e, "i-aaa"), SPI_NODE_NOTICED);
+  fb_done(w);
 }
 
 /* Issue 12 item 7: advisory notices for 4,096 machines that run nothing
@@ -884,11 +1050,16 @@ int main(void) {
       cmocka_unit_test(test_advice_and_expiry),
       cmocka_unit_test(test_pool_cooldown),
       cmocka_unit_test(test_state_machine),
+      cmocka_unit_test(test_noticed_to_advised_is_not_by_hand),
+      cmocka_unit_test(test_advised_by_hand_lasts_advised_ttl),
       cmocka_unit_test(test_deadline_brought_forward_is_reported),
       cmocka_unit_test(test_withdrawal_takes_back_only_its_event),
       cmocka_unit_test(test_withdrawal_leaves_what_else_holds),
+      cmocka_unit_test(test_events_past_four_are_bounded),
       cmocka_unit_test(test_restarted_machine_is_noticed_again),
+      cmocka_unit_test(test_event_served_past_deadline_acts_once),
       cmocka_unit_test(test_keys_kept_while_the_machine_lives),
+      cmocka_unit_test(test_withdrawal_keeps_advice_keys),
       cmocka_unit_test(test_node_table_flood),
       cmocka_unit_test(test_node_table_full_of_replicas),
       cmocka_unit_test(test_notice_cost_is_bounded),

@@ -953,6 +953,103 @@ static void test_withdrawal_waits_for_notice_in_flight(void **st) {
   broker_free(b);
 }
 
+/* Two events of one machine alike but for their event id (same kind and
+ * deadline, no dedup key) are two messages to every other engine, and
+ * the withdrawal of one leaves the other holding the machine there as
+ * here. The bus's key had no event id: the second was dropped as a
+ * duplicate, and the withdrawal put the machine back to work. */
+static void test_events_alike_but_for_their_id_both_apply(void **st) {
+  (void)st;
+  fb_pair two = fb_two(NULL, NULL);
+  fb_world *a = two.a, *bw = two.b;
+  spi_notice x = fb_notice("i-aaa", a->now + 600 * SEC, "");
+  x.kind = SPI_NOTICE_MAINTENANCE;
+  snprintf(x.event_id, sizeof x.event_id, "ev-x");
+  spi_notice y = x;
+  snprintf(y.event_id, sizeof y.event_id, "ev-y");
+  fb_hand(a, &x);
+  fb_hand(a, &y);
+  spi_notice wx = x;
+  wx.active = 0;
+  wx.deadline_ns = 0;
+  fb_hand(a, &wx);
+  assert_int_equal(fb_state(a->e, "i-aaa"), SPI_NODE_NOTICED); /* y holds */
+  assert_int_equal(spi_engine_tick(bw->e), SPI_OK);
+  spi_fleet_stats s = fb_stats(bw->e);
+  assert_int_equal(s.received, 3);
+  assert_int_equal(s.applied, 3);
+  assert_int_equal(s.duplicates, 0);
+  assert_int_equal(fb_state(bw->e, "i-aaa"), SPI_NODE_NOTICED);
+  /* A's own three come back as duplicates. */
+  assert_int_equal(spi_engine_tick(a->e), SPI_OK);
+  assert_int_equal(fb_stats(a->e).duplicates, 3);
+  fb_two_done(&two);
+}
+
+/* Holds the first ACTIVE -> NOTICED callback until released. */
+typedef struct gate {
+  pthread_mutex_t mu;
+  pthread_cond_t cv;
+  int in_cb, go, first;
+} gate;
+
+static void blocking_cb(void *ud, const char *node, size_t len, int32_t from,
+                        int32_t to) {
+  (void)node, (void)len;
+  gate *g = ud;
+  pthread_mutex_lock(&g->mu);
+  if (g->first && from == SPI_NODE_ACTIVE && to == SPI_NODE_NOTICED) {
+    g->first = 0;
+    g->in_cb = 1;
+    pthread_cond_broadcast(&g->cv);
+    while (!g->go) pthread_cond_wait(&g->cv, &g->mu);
+  }
+  pthread_mutex_unlock(&g->mu);
+}
+
+/* A notice goes on the bus in the order it acted: a withdrawal handed in
+ * on another thread while the notice's thread is still in the transition
+ * callback (after the locks, before its publish) goes out after it. It
+ * used to go out first: every other engine kept the machine NOTICED and
+ * terminated it, while the engine that heard both had it at work. */
+static void test_withdrawal_waits_for_notice_in_callback(void **st) {
+  (void)st;
+  spi_test_watchdog("a withdrawal behind a notice in its callback", 30);
+  fb_pair two = fb_two(NULL, NULL);
+  fb_world *a = two.a, *bw = two.b;
+  gate g = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0, 0, 1};
+  assert_int_equal(spi_engine_on_node_transition(a->e, blocking_cb, &g),
+                   SPI_OK);
+  handing h = {a, fb_notice("i-aaa", a->now + 600 * SEC, "aws:scheduled:ev-1")};
+  h.n.kind = SPI_NOTICE_MAINTENANCE;
+  snprintf(h.n.event_id, sizeof h.n.event_id, "ev-1");
+  pthread_t t;
+  pthread_create(&t, NULL, hand_one, &h);
+  pthread_mutex_lock(&g.mu);
+  while (!g.in_cb) pthread_cond_wait(&g.cv, &g.mu);
+  pthread_mutex_unlock(&g.mu);
+  spi_notice w = h.n;
+  w.active = 0;
+  w.deadline_ns = 0;
+  snprintf(w.dedup_key, sizeof w.dedup_key, "aws:scheduled:ev-1:canceled");
+  size_t np = 0;
+  assert_int_equal(spi_engine_notice(a->e, &w, NULL, 0, &np), SPI_OK);
+  pthread_mutex_lock(&g.mu);
+  g.go = 1;
+  pthread_cond_broadcast(&g.cv);
+  pthread_mutex_unlock(&g.mu);
+  pthread_join(t, NULL);
+  spi_test_watchdog("", 0);
+  assert_int_equal(fb_state(a->e, "i-aaa"), SPI_NODE_ACTIVE);
+  assert_int_equal(broker_count(two.bus), 2);
+  assert_non_null(strstr(two.bus->msg[0], "\"active\":true"));
+  assert_non_null(strstr(two.bus->msg[1], "\"active\":false"));
+  assert_int_equal(fb_stats(a->e).pending, 0);
+  assert_int_equal(spi_engine_tick(bw->e), SPI_OK);
+  assert_int_equal(fb_state(bw->e, "i-aaa"), SPI_NODE_ACTIVE);
+  fb_two_done(&two);
+}
+
 /* ------------------------------------------------- everything at once */
 
 #define NODES 120
@@ -1060,9 +1157,11 @@ int main(void) {
       cmocka_unit_test(test_plans_for_remote_notice),
       cmocka_unit_test(test_bus_deadline_brought_forward_is_reported),
       cmocka_unit_test(test_withdrawal_and_advice_shared),
+      cmocka_unit_test(test_events_alike_but_for_their_id_both_apply),
       cmocka_unit_test(test_config_and_registration),
       cmocka_unit_test(test_slow_bus_blocks_nothing),
       cmocka_unit_test(test_withdrawal_waits_for_notice_in_flight),
+      cmocka_unit_test(test_withdrawal_waits_for_notice_in_callback),
       cmocka_unit_test(test_concurrent),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
