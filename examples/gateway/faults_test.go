@@ -455,6 +455,61 @@ func TestStreamThatKeepsBreakingIsGivenUp(t *testing.T) {
 	}
 }
 
+// oneWordThenBreak is a backend handler that gives each request one word,
+// its number, and then drops the connection after pause.
+func oneWordThenBreak(n *atomic.Int32, pause time.Duration) http.Handler {
+	return counting(n, func(w http.ResponseWriter) {
+		fmt.Fprint(w, roleChunk)
+		fmt.Fprintf(w, "data: {\"id\":\"x\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\" w%d\"}}]}\n\n", n.Load())
+		w.(http.Flusher).Flush()
+		time.Sleep(pause)
+		if conn, _, err := w.(http.Hijacker).Hijack(); err == nil {
+			conn.Close()
+		}
+	})
+}
+
+// A request that breaks every backend one word into each leg is a failed
+// replay each time, although every leg gives the client a word: a leg
+// that broke within backoff_base and fewer than progressTokens tokens
+// made no progress. With replay.max_attempts 2 the stream ends after the
+// first leg and 2 continuations, the second after a 300 ms backoff.
+func TestLegBrokenOneWordInIsAFailedReplay(t *testing.T) {
+	var n atomic.Int32
+	srv, _ := startRawGateway(t, map[string]http.Handler{"spot-a": oneWordThenBreak(&n, 0)},
+		map[string]string{"spot-a": "spot"},
+		"-replay", `{"store":"memory","max_attempts":2,"backoff_base_ms":300,"backoff_max_ms":300,"backoff_jitter":0}`)
+	t0 := time.Now()
+	evs, timedOut := postChatFor(t, srv.URL, silverStream, 5*time.Second)
+	took := time.Since(t0)
+	if timedOut || !strings.Contains(lastEvent(evs), "after 2 failed replays (replay.max_attempts)") {
+		t.Fatalf("timed out %v after %v, the backend got %d requests; last event %.200s",
+			timedOut, took, n.Load(), lastEvent(evs))
+	}
+	if n.Load() != 3 || took < 300*time.Millisecond {
+		t.Errorf("the backend got %d requests (want 3) in %v (want 300 ms of backoff)", n.Load(), took)
+	}
+}
+
+// A request that breaks every backend after some progress (each leg
+// streams for longer than backoff_base) resets the failed replays each
+// time, and is given up after 4 x replay.max_attempts continuations with
+// an error event naming the limit.
+func TestStreamIsGivenAtMostFourTimesMaxAttemptsReplays(t *testing.T) {
+	var n atomic.Int32
+	srv, _ := startRawGateway(t, map[string]http.Handler{"spot-a": oneWordThenBreak(&n, 40*time.Millisecond)},
+		map[string]string{"spot-a": "spot"},
+		"-replay", `{"store":"memory","max_attempts":2,"backoff_base_ms":10,"backoff_max_ms":40,"backoff_jitter":0}`)
+	evs, timedOut := postChatFor(t, srv.URL, silverStream, 10*time.Second)
+	if timedOut || !strings.Contains(lastEvent(evs), "after 8 replays, the most one stream is given (4 x replay.max_attempts)") {
+		t.Fatalf("timed out %v, the backend got %d requests; last event %.200s", timedOut, n.Load(), lastEvent(evs))
+	}
+	if n.Load() != 9 || len(strings.Fields(textOf(evs))) != 9 {
+		t.Errorf("the backend got %d requests, the client %d words (want 9 of each)",
+			n.Load(), len(strings.Fields(textOf(evs))))
+	}
+}
+
 // openTicketOf is the ticket of the one stream the gateway relays, 0 when
 // none is registered.
 func openTicketOf(g *gateway) uint64 {

@@ -86,7 +86,8 @@ func (g *gateway) interrupt(ticket uint64) bool {
 // continuations keep breaking is given up once replay.max_attempts replays
 // in a row have failed, as the queue dead-letters an envelope nacked that
 // often, and each checkpoint after a failed replay waits out the queue's
-// backoff first.
+// backoff first. A stream is also given up after maxReplays continuations
+// in all, whether they failed or not.
 func (st *stream) resumeAfterCut(ctx context.Context, cause error) resumption {
 	g := st.g
 	st.mu.Lock()
@@ -100,9 +101,17 @@ func (st *stream) resumeAfterCut(ctx context.Context, cause error) resumption {
 	estimated := st.estimated
 	st.resume = make(chan resumption, 1)
 	resume := st.resume
+	replays := st.replays
 	st.mu.Unlock()
-	if env.Attempts >= g.retry.maxAttempts {
-		err := fmt.Errorf("%v, after %d failed replays (replay.max_attempts)", cause, env.Attempts)
+	var err error
+	switch {
+	case env.Attempts >= g.retry.maxAttempts:
+		err = fmt.Errorf("%v, after %d failed replays (replay.max_attempts)", cause, env.Attempts)
+	case replays >= g.retry.maxReplays():
+		err = fmt.Errorf("%v, after %d replays, the most one stream is given (%d x replay.max_attempts)",
+			cause, replays, replaysPerAttempt)
+	}
+	if err != nil {
 		g.stats.replayFailed.Add(1)
 		g.events.write(map[string]any{"event": "replay_failed", "key": env.Key, "error": err.Error()})
 		return resumption{err: err}
@@ -429,6 +438,29 @@ func replayRetryOf(eng *spotinfer.Engine, replayConfig string) replayRetry {
 		r.jitter = n
 	}
 	return r
+}
+
+// replaysPerAttempt is how many continuations one stream may have in all,
+// per replay.max_attempts: a request that breaks every backend after some
+// progress is not replayed without end.
+const replaysPerAttempt = 4
+
+// maxReplays is the most continuations one stream is given.
+func (r replayRetry) maxReplays() uint32 {
+	return uint32(min(uint64(r.maxAttempts)*replaysPerAttempt, 1<<31))
+}
+
+// progressTokens is the output tokens a continuation gives the client that
+// count as progress however fast it broke (madeProgress).
+const progressTokens = 32
+
+// madeProgress reports whether a continuation that gave the client more
+// text (grew) made progress: it streamed for at least the queue's
+// backoff_base, or gave at least progressTokens tokens. One that broke
+// sooner is a failed replay, as one that gave nothing is, so that a
+// request that breaks every backend a token in is backed off and given up.
+func (r replayRetry) madeProgress(grew bool, tokens uint64, streamed time.Duration) bool {
+	return grew && (streamed >= r.base || tokens >= progressTokens)
 }
 
 // backoff is the wait before a replay after n failed ones (n >= 1), as

@@ -61,10 +61,13 @@ type stream struct {
 	cuts      uint32 // checkpoints so far: the envelope keys' sequence
 	// The failed replays in a row, the Attempts of the next envelope: the
 	// nacks of the envelope whose leg feeds the stream, and that leg if it
-	// breaks before it gives the client any new text. A leg that gives
-	// some, or that a notice cuts, sets it back to 0. At
-	// replay.max_attempts the stream is given up.
+	// breaks before it made progress (madeProgress). A leg that did, or
+	// that a notice cuts, sets it back to 0. At replay.max_attempts the
+	// stream is given up.
 	failed uint32
+	// The continuations the stream has had, failed or not: at
+	// maxReplays it is given up however each of them went.
+	replays uint32
 
 	// The client has had a finish_reason for every choice: the answer is
 	// whole, and a leg cut before its [DONE] is not continued. Read and
@@ -270,14 +273,16 @@ func (st *stream) relay(w http.ResponseWriter, ctx context.Context, resp *http.R
 	}
 	for {
 		st.mu.Lock()
-		had := st.text.Len()
+		had, hadTokens := st.text.Len(), st.tokens
 		st.mu.Unlock()
+		began := time.Now()
 		done, err := st.relayLeg(w, fl, resp, &l)
 		st.mu.Lock()
-		if st.text.Len() > had || errors.Is(err, errCut) {
-			// The replay worked: it gave the client more of the answer, or
-			// a notice cut it, which says nothing of the replay. The
-			// failures before it no longer count.
+		if errors.Is(err, errCut) || g.retry.madeProgress(st.text.Len() > had, st.tokens-min(st.tokens, hadTokens),
+			time.Since(began)) {
+			// The replay worked: it streamed more of the answer to the
+			// client, or a notice cut it, which says nothing of the replay.
+			// The failures before it no longer count.
 			st.failed = 0
 		}
 		st.mu.Unlock()
@@ -340,10 +345,11 @@ func (st *stream) relay(w http.ResponseWriter, ctx context.Context, resp *http.R
 			return
 		}
 		resp, l = r.resp, r.leg
-		// Should this leg break too before it gives the client anything
-		// new, that is one more failed replay.
+		// Should this leg break too before it makes progress, that is one
+		// more failed replay.
 		st.mu.Lock()
 		st.failed = r.attempts + 1
+		st.replays++
 		st.mu.Unlock()
 	}
 }
