@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -178,6 +179,51 @@ func TestLongEventOverTheBudgetEndsTheStream(t *testing.T) {
 		if !strings.Contains(m, s) {
 			t.Errorf("/metrics lacks %s", s)
 		}
+	}
+}
+
+// A client that stops reading while an event holding -long-event-budget
+// bytes is written to it is taken for gone after -long-event-write-wait:
+// its stream ends (counted as cancelled), the bytes go back, and another
+// stream's long event finds the budget free again.
+func TestStalledClientGivesTheLongEventBudgetBack(t *testing.T) {
+	pad := strings.Repeat("x", 8<<20)
+	var n atomic.Int32
+	h := counting(&n, func(w http.ResponseWriter) {
+		fmt.Fprint(w, roleChunk)
+		fmt.Fprintf(w, "data: {\"id\":\"x\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\" w0\"},\"logprobs\":{\"pad\":%q}}]}\n\n", pad)
+		fmt.Fprint(w, "data: {\"id\":\"x\",\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"stop\"}]}\n\n")
+		fmt.Fprint(w, "data: [DONE]\n\n")
+	})
+	srv, g := startRawGateway(t, map[string]http.Handler{"spot-a": h}, map[string]string{"spot-a": "spot"},
+		"-long-event-budget", fmt.Sprint(20<<20), "-long-event-write-wait", "300ms")
+	// Client A sends its request and never reads its answer.
+	conn, err := net.Dial("tcp", strings.TrimPrefix(srv.URL, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	fmt.Fprintf(conn, "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"+
+		"Content-Length: %d\r\n\r\n%s", len(silverStream), silverStream)
+	if !waitFor(5*time.Second, func() bool { return g.longEvents.held() > 0 }) {
+		t.Fatal("A's long event never held the budget")
+	}
+	if !waitFor(5*time.Second, func() bool { return g.longEvents.held() == 0 && g.stats.cancelled.Load() == 1 }) {
+		t.Fatalf("A stalls: %d bytes still held, %d streams cancelled", g.longEvents.held(), g.stats.cancelled.Load())
+	}
+	// Client B's long event (over postChatFor's line bound: read whole).
+	c := &http.Client{Timeout: 10 * time.Second}
+	resp, err := c.Post(srv.URL+"/v1/chat/completions", "application/json", strings.NewReader(silverStream))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil || !strings.HasSuffix(string(b), "data: [DONE]\n\n") || len(b) < 8<<20 {
+		t.Fatalf("B: %v, %d bytes, ending %q", err, len(b), b[max(0, len(b)-200):])
+	}
+	if s := replicaStatus(t, g, "spot-a"); s.ConsecutiveErrors != 0 {
+		t.Errorf("spot-a: %d consecutive errors for a client that went away", s.ConsecutiveErrors)
 	}
 }
 

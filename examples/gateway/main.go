@@ -37,6 +37,7 @@ type options struct {
 	replayWorkers                                                  int
 	backendUsage                                                   bool
 	longEventBudget                                                int64
+	longEventWriteWait                                             time.Duration
 }
 
 func parseFlags(args []string) (options, error) {
@@ -68,6 +69,9 @@ func parseFlags(args []string) (options, error) {
 		"bytes the streams may hold, all together, for server-sent events over their 64 KiB read buffer "+
 			"(an event takes up to twice its size while it is read); a stream whose event finds it "+
 			"spent ends with an error event")
+	fs.DurationVar(&o.longEventWriteWait, "long-event-write-wait", 30*time.Second,
+		"longest a client may take to read an event that holds -long-event-budget bytes; "+
+			"a client slower than that is taken for gone and its stream ends, giving the bytes back")
 	if err := fs.Parse(args); err != nil {
 		return o, err
 	}
@@ -82,6 +86,8 @@ func parseFlags(args []string) (options, error) {
 		return o, errors.New("-scrape-interval, -notice-interval and -replay-workers must be positive")
 	case o.headerWait <= 0 || o.headerWait > time.Hour:
 		return o, fmt.Errorf("-header-wait: more than 0, at most 1h (got %v)", o.headerWait)
+	case o.longEventWriteWait <= 0:
+		return o, fmt.Errorf("-long-event-write-wait: more than 0 (got %v)", o.longEventWriteWait)
 	case o.longEventBudget < 0:
 		return o, fmt.Errorf("-long-event-budget: 0 or more bytes (got %d)", o.longEventBudget)
 	}

@@ -362,6 +362,36 @@ func writeDone(w io.Writer, fl http.Flusher) {
 	}
 }
 
+// writeEvent writes one event to the client and flushes it. An event that
+// holds bytes of -long-event-budget (held) is written within
+// -long-event-write-wait: a client that stops reading would otherwise keep
+// those bytes from every other stream for as long as its connection lives.
+// A write that runs out of time fails, and the stream ends as the client's
+// going away does, giving the bytes back.
+func (g *gateway) writeEvent(w http.ResponseWriter, fl http.Flusher, data []byte, held bool) error {
+	if !held {
+		if _, err := fmt.Fprintf(w, "data: %s\n\n", data); err != nil {
+			return err
+		}
+		if fl != nil {
+			fl.Flush()
+		}
+		return nil
+	}
+	rc := http.NewResponseController(w)
+	// A writer without deadlines writes as before.
+	if rc.SetWriteDeadline(time.Now().Add(g.o.longEventWriteWait)) == nil {
+		defer rc.SetWriteDeadline(time.Time{})
+	}
+	if _, err := fmt.Fprintf(w, "data: %s\n\n", data); err != nil {
+		return err
+	}
+	if fl == nil {
+		return nil
+	}
+	return rc.Flush()
+}
+
 func writeStreamError(w io.Writer, fl http.Flusher, msg string) {
 	b, _ := json.Marshal(map[string]any{"error": map[string]any{"message": msg, "type": "upstream_error"}})
 	fmt.Fprintf(w, "data: %s\n\n", b)
@@ -371,7 +401,7 @@ func writeStreamError(w io.Writer, fl http.Flusher, msg string) {
 }
 
 // relayLeg relays one leg; done is true when the answer ended ([DONE]).
-func (st *stream) relayLeg(w io.Writer, fl http.Flusher, resp *http.Response, l *leg) (done bool, err error) {
+func (st *stream) relayLeg(w http.ResponseWriter, fl http.Flusher, resp *http.Response, l *leg) (done bool, err error) {
 	g := st.g
 	st.register(l)
 	defer st.unregister(l)
@@ -446,12 +476,9 @@ func (st *stream) relayLeg(w io.Writer, fl http.Flusher, resp *http.Response, l 
 			// has whole, does not pass the event on; any other stream ends
 			// with it.
 			if !st.finished && (!st.replayable || st.notContinued != "") {
-				if _, err := fmt.Fprintf(w, "data: %s\n\n", data); err != nil {
+				if err := g.writeEvent(w, fl, data, rd.holding()); err != nil {
 					end(spotinfer.TicketCancelled)
 					return false, errClientGone
-				}
-				if fl != nil {
-					fl.Flush()
 				}
 				st.errorSent = true
 			}
@@ -486,12 +513,9 @@ func (st *stream) relayLeg(w io.Writer, fl http.Flusher, resp *http.Response, l 
 		}
 		// The client gets the event before the text counts as delivered:
 		// what a checkpoint holds is what the client has.
-		if _, err := fmt.Fprintf(w, "data: %s\n\n", data); err != nil {
+		if err := g.writeEvent(w, fl, data, rd.holding()); err != nil {
 			end(spotinfer.TicketCancelled)
 			return false, errClientGone
-		}
-		if fl != nil {
-			fl.Flush()
 		}
 		if st.choices.add(&ev) {
 			st.notContinued = whyChoices
@@ -655,12 +679,9 @@ func (st *stream) relayPassive(w http.ResponseWriter, resp *http.Response) {
 			var ev event
 			_ = decodeEvent(data, &ev)
 		}
-		if _, err := fmt.Fprintf(w, "data: %s\n\n", data); err != nil {
+		if err := st.g.writeEvent(w, fl, data, rd.holding()); err != nil {
 			st.g.stats.cancelled.Add(1)
 			return
-		}
-		if fl != nil {
-			fl.Flush()
 		}
 		if string(data) == "[DONE]" {
 			st.g.stats.ok.Add(1)
