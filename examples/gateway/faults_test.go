@@ -695,6 +695,37 @@ func TestContinuationWithoutHeadersWithinTheWait(t *testing.T) {
 	}
 }
 
+// A cut stream waits -replay-wait for a worker to take its continuation
+// up, and then as long as the worker's lease: a continuation whose
+// headers come within -header-wait but after -replay-wait (a slow
+// prefill) is relayed, not opened and dropped.
+func TestContinuationSlowerThanReplayWaitIsRelayed(t *testing.T) {
+	var n atomic.Int32
+	h := counting(&n, func(w http.ResponseWriter) {
+		if n.Load() > 1 {
+			time.Sleep(1500 * time.Millisecond) // the continuation's prefill
+			fmt.Fprint(w, roleChunk)
+			fmt.Fprint(w, "data: {\"id\":\"x\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\" b\"},"+
+				"\"finish_reason\":\"stop\"}]}\n\n")
+			fmt.Fprint(w, "data: [DONE]\n\n")
+			return
+		}
+		fmt.Fprint(w, roleChunk)
+		fmt.Fprint(w, "data: {\"id\":\"x\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\" a\"}}]}\n\n")
+		w.(http.Flusher).Flush()
+		if conn, _, err := w.(http.Hijacker).Hijack(); err == nil {
+			conn.Close()
+		}
+	})
+	srv, _ := startRawGateway(t, map[string]http.Handler{"spot-a": h}, map[string]string{"spot-a": "spot"},
+		"-header-wait", "5s", "-replay-wait", "1s", "-replay", `{"store":"memory"}`)
+	evs, timedOut := postChatFor(t, srv.URL, silverStream, 5*time.Second)
+	if timedOut || lastEvent(evs) != "[DONE]" || textOf(evs) != " a b" || n.Load() != 2 {
+		t.Fatalf("timed out %v, %d backend requests, text %q; last event %.200s",
+			timedOut, n.Load(), textOf(evs), lastEvent(evs))
+	}
+}
+
 // The queue's retry settings are the engine's "replay" section with the
 // keys of -replay over it; the backoff doubles from the base up to the
 // most, shortened by up to the jitter.

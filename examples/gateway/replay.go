@@ -99,8 +99,8 @@ func (st *stream) resumeAfterCut(ctx context.Context, cause error) resumption {
 		OpenAIKind: st.kind, Class: st.class, PartialText: st.text.String(),
 		StreamOffset: st.tokens, Attempts: st.failed, FirstEnqueuedNs: st.firstCut}
 	estimated := st.estimated
-	st.resume = make(chan resumption, 1)
-	resume := st.resume
+	st.resume, st.claimed = make(chan resumption, 1), make(chan struct{}, 1)
+	resume, claimed := st.resume, st.claimed
 	replays := st.replays
 	st.mu.Unlock()
 	var err error
@@ -150,21 +150,41 @@ func (st *stream) resumeAfterCut(ctx context.Context, cause error) resumption {
 	case g.wake <- struct{}{}:
 	default:
 	}
-	select {
-	case r := <-resume:
-		if r.err != nil {
-			g.stats.replayFailed.Add(1)
-			g.events.write(map[string]any{"event": "replay_failed", "key": env.Key, "error": r.err.Error()})
+	// -replay-wait for a worker to take the envelope up; once one has, as
+	// long as its lease, which outlasts the continuation's opens (each up
+	// to -header-wait): a continuation is not opened only to be dropped.
+	until := time.Now().Add(g.o.replayWait)
+	wait := time.NewTimer(g.o.replayWait)
+	defer wait.Stop()
+	for {
+		select {
+		case r := <-resume:
+			if r.err != nil {
+				g.stats.replayFailed.Add(1)
+				g.events.write(map[string]any{"event": "replay_failed", "key": env.Key, "error": r.err.Error()})
+				return r
+			}
+			g.stats.replayResumed.Add(1)
+			g.events.write(map[string]any{"event": "replay_resumed", "key": env.Key, "replica": r.leg.replica,
+				"ticket": r.leg.ticket.ID, "offset": r.leg.offset, "complete": r.complete})
 			return r
+		case <-claimed:
+			if lease := time.Now().Add(g.replayLease()); lease.After(until) {
+				until = lease
+				if !wait.Stop() {
+					select {
+					case <-wait.C:
+					default:
+					}
+				}
+				wait.Reset(time.Until(until))
+			}
+		case <-ctx.Done():
+			return resumption{err: ctx.Err()}
+		case <-wait.C:
+			return resumption{err: fmt.Errorf("not resumed within %v (-replay-wait, or the lease of "+
+				"the replay worker that took it up)", g.o.replayWait)}
 		}
-		g.stats.replayResumed.Add(1)
-		g.events.write(map[string]any{"event": "replay_resumed", "key": env.Key, "replica": r.leg.replica,
-			"ticket": r.leg.ticket.ID, "offset": r.leg.offset, "complete": r.complete})
-		return r
-	case <-ctx.Done():
-		return resumption{err: ctx.Err()}
-	case <-time.After(g.o.replayWait):
-		return resumption{err: fmt.Errorf("not resumed within %v", g.o.replayWait)}
 	}
 }
 
@@ -204,6 +224,7 @@ func (g *gateway) resumeClaim(ctx context.Context, c spotinfer.Claim) {
 		g.queue.Ack(c.ID) // the client is gone: nothing to resume
 		return
 	}
+	g.noteClaim(env.Key, st)
 	give := func(r resumption) { g.handOver(env.Key, st, r) }
 	cont, flags, err := spotinfer.Continuation(env)
 	if errors.Is(err, spotinfer.ErrRange) {
@@ -273,6 +294,20 @@ func (g *gateway) handOver(key string, st *stream, r resumption) bool {
 		return true
 	default:
 		return false
+	}
+}
+
+// noteClaim tells the stream waiting under key that a worker has taken
+// its envelope up and is opening its continuation.
+func (g *gateway) noteClaim(key string, st *stream) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.waiting[key] != st {
+		return
+	}
+	select {
+	case st.claimed <- struct{}{}:
+	default:
 	}
 }
 

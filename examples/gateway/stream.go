@@ -54,8 +54,10 @@ type stream struct {
 	ticket uint64             // the current leg's ticket
 	cancel context.CancelFunc // cancels the current leg
 	resume chan resumption
-	text   strings.Builder // what the client has
-	tokens uint64          // its output tokens: the stream offset (tokens.go)
+	// A worker took the envelope up (noteClaim): wait for its lease.
+	claimed chan struct{}
+	text    strings.Builder // what the client has
+	tokens  uint64          // its output tokens: the stream offset (tokens.go)
 	// tokens holds an estimate: a leg's backend did not count its tokens.
 	estimated bool
 	cuts      uint32 // checkpoints so far: the envelope keys' sequence
