@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -178,6 +179,51 @@ func TestLongEventOverTheBudgetEndsTheStream(t *testing.T) {
 		if !strings.Contains(m, s) {
 			t.Errorf("/metrics lacks %s", s)
 		}
+	}
+}
+
+// A client that stops reading while an event holding -long-event-budget
+// bytes is written to it is taken for gone after -long-event-write-wait:
+// its stream ends (counted as cancelled), the bytes go back, and another
+// stream's long event finds the budget free again.
+func TestStalledClientGivesTheLongEventBudgetBack(t *testing.T) {
+	pad := strings.Repeat("x", 8<<20)
+	var n atomic.Int32
+	h := counting(&n, func(w http.ResponseWriter) {
+		fmt.Fprint(w, roleChunk)
+		fmt.Fprintf(w, "data: {\"id\":\"x\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\" w0\"},\"logprobs\":{\"pad\":%q}}]}\n\n", pad)
+		fmt.Fprint(w, "data: {\"id\":\"x\",\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"stop\"}]}\n\n")
+		fmt.Fprint(w, "data: [DONE]\n\n")
+	})
+	srv, g := startRawGateway(t, map[string]http.Handler{"spot-a": h}, map[string]string{"spot-a": "spot"},
+		"-long-event-budget", fmt.Sprint(20<<20), "-long-event-write-wait", "300ms")
+	// Client A sends its request and never reads its answer.
+	conn, err := net.Dial("tcp", strings.TrimPrefix(srv.URL, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	fmt.Fprintf(conn, "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"+
+		"Content-Length: %d\r\n\r\n%s", len(silverStream), silverStream)
+	if !waitFor(5*time.Second, func() bool { return g.longEvents.held() > 0 }) {
+		t.Fatal("A's long event never held the budget")
+	}
+	if !waitFor(5*time.Second, func() bool { return g.longEvents.held() == 0 && g.stats.cancelled.Load() == 1 }) {
+		t.Fatalf("A stalls: %d bytes still held, %d streams cancelled", g.longEvents.held(), g.stats.cancelled.Load())
+	}
+	// Client B's long event (over postChatFor's line bound: read whole).
+	c := &http.Client{Timeout: 10 * time.Second}
+	resp, err := c.Post(srv.URL+"/v1/chat/completions", "application/json", strings.NewReader(silverStream))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil || !strings.HasSuffix(string(b), "data: [DONE]\n\n") || len(b) < 8<<20 {
+		t.Fatalf("B: %v, %d bytes, ending %q", err, len(b), b[max(0, len(b)-200):])
+	}
+	if s := replicaStatus(t, g, "spot-a"); s.ConsecutiveErrors != 0 {
+		t.Errorf("spot-a: %d consecutive errors for a client that went away", s.ConsecutiveErrors)
 	}
 }
 
@@ -455,6 +501,61 @@ func TestStreamThatKeepsBreakingIsGivenUp(t *testing.T) {
 	}
 }
 
+// oneWordThenBreak is a backend handler that gives each request one word,
+// its number, and then drops the connection after pause.
+func oneWordThenBreak(n *atomic.Int32, pause time.Duration) http.Handler {
+	return counting(n, func(w http.ResponseWriter) {
+		fmt.Fprint(w, roleChunk)
+		fmt.Fprintf(w, "data: {\"id\":\"x\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\" w%d\"}}]}\n\n", n.Load())
+		w.(http.Flusher).Flush()
+		time.Sleep(pause)
+		if conn, _, err := w.(http.Hijacker).Hijack(); err == nil {
+			conn.Close()
+		}
+	})
+}
+
+// A request that breaks every backend one word into each leg is a failed
+// replay each time, although every leg gives the client a word: a leg
+// that broke within backoff_base and fewer than progressTokens tokens
+// made no progress. With replay.max_attempts 2 the stream ends after the
+// first leg and 2 continuations, the second after a 300 ms backoff.
+func TestLegBrokenOneWordInIsAFailedReplay(t *testing.T) {
+	var n atomic.Int32
+	srv, _ := startRawGateway(t, map[string]http.Handler{"spot-a": oneWordThenBreak(&n, 0)},
+		map[string]string{"spot-a": "spot"},
+		"-replay", `{"store":"memory","max_attempts":2,"backoff_base_ms":300,"backoff_max_ms":300,"backoff_jitter":0}`)
+	t0 := time.Now()
+	evs, timedOut := postChatFor(t, srv.URL, silverStream, 5*time.Second)
+	took := time.Since(t0)
+	if timedOut || !strings.Contains(lastEvent(evs), "after 2 failed replays (replay.max_attempts)") {
+		t.Fatalf("timed out %v after %v, the backend got %d requests; last event %.200s",
+			timedOut, took, n.Load(), lastEvent(evs))
+	}
+	if n.Load() != 3 || took < 300*time.Millisecond {
+		t.Errorf("the backend got %d requests (want 3) in %v (want 300 ms of backoff)", n.Load(), took)
+	}
+}
+
+// A request that breaks every backend after some progress (each leg
+// streams for longer than backoff_base) resets the failed replays each
+// time, and is given up after 4 x replay.max_attempts continuations with
+// an error event naming the limit.
+func TestStreamIsGivenAtMostFourTimesMaxAttemptsReplays(t *testing.T) {
+	var n atomic.Int32
+	srv, _ := startRawGateway(t, map[string]http.Handler{"spot-a": oneWordThenBreak(&n, 40*time.Millisecond)},
+		map[string]string{"spot-a": "spot"},
+		"-replay", `{"store":"memory","max_attempts":2,"backoff_base_ms":10,"backoff_max_ms":40,"backoff_jitter":0}`)
+	evs, timedOut := postChatFor(t, srv.URL, silverStream, 10*time.Second)
+	if timedOut || !strings.Contains(lastEvent(evs), "after 8 replays, the most one stream is given (4 x replay.max_attempts)") {
+		t.Fatalf("timed out %v, the backend got %d requests; last event %.200s", timedOut, n.Load(), lastEvent(evs))
+	}
+	if n.Load() != 9 || len(strings.Fields(textOf(evs))) != 9 {
+		t.Errorf("the backend got %d requests, the client %d words (want 9 of each)",
+			n.Load(), len(strings.Fields(textOf(evs))))
+	}
+}
+
 // openTicketOf is the ticket of the one stream the gateway relays, 0 when
 // none is registered.
 func openTicketOf(g *gateway) uint64 {
@@ -591,6 +692,37 @@ func TestContinuationWithoutHeadersWithinTheWait(t *testing.T) {
 	}
 	if n.Load() != 3 {
 		t.Errorf("the backend got %d requests, want the first and 2 continuations", n.Load())
+	}
+}
+
+// A cut stream waits -replay-wait for a worker to take its continuation
+// up, and then as long as the worker's lease: a continuation whose
+// headers come within -header-wait but after -replay-wait (a slow
+// prefill) is relayed, not opened and dropped.
+func TestContinuationSlowerThanReplayWaitIsRelayed(t *testing.T) {
+	var n atomic.Int32
+	h := counting(&n, func(w http.ResponseWriter) {
+		if n.Load() > 1 {
+			time.Sleep(1500 * time.Millisecond) // the continuation's prefill
+			fmt.Fprint(w, roleChunk)
+			fmt.Fprint(w, "data: {\"id\":\"x\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\" b\"},"+
+				"\"finish_reason\":\"stop\"}]}\n\n")
+			fmt.Fprint(w, "data: [DONE]\n\n")
+			return
+		}
+		fmt.Fprint(w, roleChunk)
+		fmt.Fprint(w, "data: {\"id\":\"x\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\" a\"}}]}\n\n")
+		w.(http.Flusher).Flush()
+		if conn, _, err := w.(http.Hijacker).Hijack(); err == nil {
+			conn.Close()
+		}
+	})
+	srv, _ := startRawGateway(t, map[string]http.Handler{"spot-a": h}, map[string]string{"spot-a": "spot"},
+		"-header-wait", "5s", "-replay-wait", "1s", "-replay", `{"store":"memory"}`)
+	evs, timedOut := postChatFor(t, srv.URL, silverStream, 5*time.Second)
+	if timedOut || lastEvent(evs) != "[DONE]" || textOf(evs) != " a b" || n.Load() != 2 {
+		t.Fatalf("timed out %v, %d backend requests, text %q; last event %.200s",
+			timedOut, n.Load(), textOf(evs), lastEvent(evs))
 	}
 }
 

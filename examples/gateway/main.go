@@ -37,6 +37,7 @@ type options struct {
 	replayWorkers                                                  int
 	backendUsage                                                   bool
 	longEventBudget                                                int64
+	longEventWriteWait                                             time.Duration
 }
 
 func parseFlags(args []string) (options, error) {
@@ -54,11 +55,14 @@ func parseFlags(args []string) (options, error) {
 	fs.DurationVar(&o.scrapeEvery, "scrape-interval", 250*time.Millisecond, "how often each backend's /metrics is read")
 	fs.DurationVar(&o.noticeEvery, "notice-interval", 200*time.Millisecond, "how often each machine's metadata is polled")
 	fs.DurationVar(&o.readyWait, "ready-wait", 5*time.Second, "longest wait for a first load reading of every backend")
-	fs.DurationVar(&o.replayWait, "replay-wait", 60*time.Second, "longest a cut stream waits to be resumed")
+	fs.DurationVar(&o.replayWait, "replay-wait", 60*time.Second,
+		"longest a cut stream waits for a replay worker to take its continuation up; "+
+			"once one has, the stream waits as long as the worker's lease (see -header-wait)")
 	fs.DurationVar(&o.queueWait, "queue-wait", 2*time.Second, "longest a request the library queues is held, over all of its routes")
 	fs.DurationVar(&o.headerWait, "header-wait", 60*time.Second,
 		"longest wait for a backend's response headers once connected (its prefill included), up to 1h; "+
-			"a replay worker's claim on an envelope is leased long enough for 4 such waits")
+			"a replay worker's claim on an envelope is leased long enough for 4 such waits, "+
+			"and a cut stream waits for a claimed continuation that long, beyond -replay-wait if need be")
 	fs.IntVar(&o.replayWorkers, "replay-workers", 4, "goroutines resuming streams from the replay queue")
 	fs.BoolVar(&o.backendUsage, "backend-usage", true,
 		"ask streamed backends for their running token count (stream_options.continuous_usage_stats, "+
@@ -68,6 +72,9 @@ func parseFlags(args []string) (options, error) {
 		"bytes the streams may hold, all together, for server-sent events over their 64 KiB read buffer "+
 			"(an event takes up to twice its size while it is read); a stream whose event finds it "+
 			"spent ends with an error event")
+	fs.DurationVar(&o.longEventWriteWait, "long-event-write-wait", 30*time.Second,
+		"longest a client may take to read an event that holds -long-event-budget bytes; "+
+			"a client slower than that is taken for gone and its stream ends, giving the bytes back")
 	if err := fs.Parse(args); err != nil {
 		return o, err
 	}
@@ -82,6 +89,8 @@ func parseFlags(args []string) (options, error) {
 		return o, errors.New("-scrape-interval, -notice-interval and -replay-workers must be positive")
 	case o.headerWait <= 0 || o.headerWait > time.Hour:
 		return o, fmt.Errorf("-header-wait: more than 0, at most 1h (got %v)", o.headerWait)
+	case o.longEventWriteWait <= 0:
+		return o, fmt.Errorf("-long-event-write-wait: more than 0 (got %v)", o.longEventWriteWait)
 	case o.longEventBudget < 0:
 		return o, fmt.Errorf("-long-event-budget: 0 or more bytes (got %d)", o.longEventBudget)
 	}

@@ -86,7 +86,8 @@ func (g *gateway) interrupt(ticket uint64) bool {
 // continuations keep breaking is given up once replay.max_attempts replays
 // in a row have failed, as the queue dead-letters an envelope nacked that
 // often, and each checkpoint after a failed replay waits out the queue's
-// backoff first.
+// backoff first. A stream is also given up after maxReplays continuations
+// in all, whether they failed or not.
 func (st *stream) resumeAfterCut(ctx context.Context, cause error) resumption {
 	g := st.g
 	st.mu.Lock()
@@ -98,11 +99,19 @@ func (st *stream) resumeAfterCut(ctx context.Context, cause error) resumption {
 		OpenAIKind: st.kind, Class: st.class, PartialText: st.text.String(),
 		StreamOffset: st.tokens, Attempts: st.failed, FirstEnqueuedNs: st.firstCut}
 	estimated := st.estimated
-	st.resume = make(chan resumption, 1)
-	resume := st.resume
+	st.resume, st.claimed = make(chan resumption, 1), make(chan struct{}, 1)
+	resume, claimed := st.resume, st.claimed
+	replays := st.replays
 	st.mu.Unlock()
-	if env.Attempts >= g.retry.maxAttempts {
-		err := fmt.Errorf("%v, after %d failed replays (replay.max_attempts)", cause, env.Attempts)
+	var err error
+	switch {
+	case env.Attempts >= g.retry.maxAttempts:
+		err = fmt.Errorf("%v, after %d failed replays (replay.max_attempts)", cause, env.Attempts)
+	case replays >= g.retry.maxReplays():
+		err = fmt.Errorf("%v, after %d replays, the most one stream is given (%d x replay.max_attempts)",
+			cause, replays, replaysPerAttempt)
+	}
+	if err != nil {
 		g.stats.replayFailed.Add(1)
 		g.events.write(map[string]any{"event": "replay_failed", "key": env.Key, "error": err.Error()})
 		return resumption{err: err}
@@ -141,21 +150,41 @@ func (st *stream) resumeAfterCut(ctx context.Context, cause error) resumption {
 	case g.wake <- struct{}{}:
 	default:
 	}
-	select {
-	case r := <-resume:
-		if r.err != nil {
-			g.stats.replayFailed.Add(1)
-			g.events.write(map[string]any{"event": "replay_failed", "key": env.Key, "error": r.err.Error()})
+	// -replay-wait for a worker to take the envelope up; once one has, as
+	// long as its lease, which outlasts the continuation's opens (each up
+	// to -header-wait): a continuation is not opened only to be dropped.
+	until := time.Now().Add(g.o.replayWait)
+	wait := time.NewTimer(g.o.replayWait)
+	defer wait.Stop()
+	for {
+		select {
+		case r := <-resume:
+			if r.err != nil {
+				g.stats.replayFailed.Add(1)
+				g.events.write(map[string]any{"event": "replay_failed", "key": env.Key, "error": r.err.Error()})
+				return r
+			}
+			g.stats.replayResumed.Add(1)
+			g.events.write(map[string]any{"event": "replay_resumed", "key": env.Key, "replica": r.leg.replica,
+				"ticket": r.leg.ticket.ID, "offset": r.leg.offset, "complete": r.complete})
 			return r
+		case <-claimed:
+			if lease := time.Now().Add(g.replayLease()); lease.After(until) {
+				until = lease
+				if !wait.Stop() {
+					select {
+					case <-wait.C:
+					default:
+					}
+				}
+				wait.Reset(time.Until(until))
+			}
+		case <-ctx.Done():
+			return resumption{err: ctx.Err()}
+		case <-wait.C:
+			return resumption{err: fmt.Errorf("not resumed within %v (-replay-wait, or the lease of "+
+				"the replay worker that took it up)", g.o.replayWait)}
 		}
-		g.stats.replayResumed.Add(1)
-		g.events.write(map[string]any{"event": "replay_resumed", "key": env.Key, "replica": r.leg.replica,
-			"ticket": r.leg.ticket.ID, "offset": r.leg.offset, "complete": r.complete})
-		return r
-	case <-ctx.Done():
-		return resumption{err: ctx.Err()}
-	case <-time.After(g.o.replayWait):
-		return resumption{err: fmt.Errorf("not resumed within %v", g.o.replayWait)}
 	}
 }
 
@@ -195,6 +224,7 @@ func (g *gateway) resumeClaim(ctx context.Context, c spotinfer.Claim) {
 		g.queue.Ack(c.ID) // the client is gone: nothing to resume
 		return
 	}
+	g.noteClaim(env.Key, st)
 	give := func(r resumption) { g.handOver(env.Key, st, r) }
 	cont, flags, err := spotinfer.Continuation(env)
 	if errors.Is(err, spotinfer.ErrRange) {
@@ -264,6 +294,20 @@ func (g *gateway) handOver(key string, st *stream, r resumption) bool {
 		return true
 	default:
 		return false
+	}
+}
+
+// noteClaim tells the stream waiting under key that a worker has taken
+// its envelope up and is opening its continuation.
+func (g *gateway) noteClaim(key string, st *stream) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.waiting[key] != st {
+		return
+	}
+	select {
+	case st.claimed <- struct{}{}:
+	default:
 	}
 }
 
@@ -429,6 +473,29 @@ func replayRetryOf(eng *spotinfer.Engine, replayConfig string) replayRetry {
 		r.jitter = n
 	}
 	return r
+}
+
+// replaysPerAttempt is how many continuations one stream may have in all,
+// per replay.max_attempts: a request that breaks every backend after some
+// progress is not replayed without end.
+const replaysPerAttempt = 4
+
+// maxReplays is the most continuations one stream is given.
+func (r replayRetry) maxReplays() uint32 {
+	return uint32(min(uint64(r.maxAttempts)*replaysPerAttempt, 1<<31))
+}
+
+// progressTokens is the output tokens a continuation gives the client that
+// count as progress however fast it broke (madeProgress).
+const progressTokens = 32
+
+// madeProgress reports whether a continuation that gave the client more
+// text (grew) made progress: it streamed for at least the queue's
+// backoff_base, or gave at least progressTokens tokens. One that broke
+// sooner is a failed replay, as one that gave nothing is, so that a
+// request that breaks every backend a token in is backed off and given up.
+func (r replayRetry) madeProgress(grew bool, tokens uint64, streamed time.Duration) bool {
+	return grew && (streamed >= r.base || tokens >= progressTokens)
 }
 
 // backoff is the wait before a replay after n failed ones (n >= 1), as

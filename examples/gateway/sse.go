@@ -105,6 +105,11 @@ func newSSEReader(body io.Reader, budget *byteBudget) *sseReader {
 	return &sseReader{r: bufio.NewReaderSize(body, readerBytes), budget: budget}
 }
 
+// holding reports whether the last event's data holds bytes of the budget.
+func (s *sseReader) holding() bool {
+	return s.held > 0
+}
+
 // release gives back what the last event held on the budget.
 func (s *sseReader) release() {
 	s.budget.give(s.held)

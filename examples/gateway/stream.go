@@ -54,17 +54,22 @@ type stream struct {
 	ticket uint64             // the current leg's ticket
 	cancel context.CancelFunc // cancels the current leg
 	resume chan resumption
-	text   strings.Builder // what the client has
-	tokens uint64          // its output tokens: the stream offset (tokens.go)
+	// A worker took the envelope up (noteClaim): wait for its lease.
+	claimed chan struct{}
+	text    strings.Builder // what the client has
+	tokens  uint64          // its output tokens: the stream offset (tokens.go)
 	// tokens holds an estimate: a leg's backend did not count its tokens.
 	estimated bool
 	cuts      uint32 // checkpoints so far: the envelope keys' sequence
 	// The failed replays in a row, the Attempts of the next envelope: the
 	// nacks of the envelope whose leg feeds the stream, and that leg if it
-	// breaks before it gives the client any new text. A leg that gives
-	// some, or that a notice cuts, sets it back to 0. At
-	// replay.max_attempts the stream is given up.
+	// breaks before it made progress (madeProgress). A leg that did, or
+	// that a notice cuts, sets it back to 0. At replay.max_attempts the
+	// stream is given up.
 	failed uint32
+	// The continuations the stream has had, failed or not: at
+	// maxReplays it is given up however each of them went.
+	replays uint32
 
 	// The client has had a finish_reason for every choice: the answer is
 	// whole, and a leg cut before its [DONE] is not continued. Read and
@@ -270,14 +275,16 @@ func (st *stream) relay(w http.ResponseWriter, ctx context.Context, resp *http.R
 	}
 	for {
 		st.mu.Lock()
-		had := st.text.Len()
+		had, hadTokens := st.text.Len(), st.tokens
 		st.mu.Unlock()
+		began := time.Now()
 		done, err := st.relayLeg(w, fl, resp, &l)
 		st.mu.Lock()
-		if st.text.Len() > had || errors.Is(err, errCut) {
-			// The replay worked: it gave the client more of the answer, or
-			// a notice cut it, which says nothing of the replay. The
-			// failures before it no longer count.
+		if errors.Is(err, errCut) || g.retry.madeProgress(st.text.Len() > had, st.tokens-min(st.tokens, hadTokens),
+			time.Since(began)) {
+			// The replay worked: it streamed more of the answer to the
+			// client, or a notice cut it, which says nothing of the replay.
+			// The failures before it no longer count.
 			st.failed = 0
 		}
 		st.mu.Unlock()
@@ -340,10 +347,11 @@ func (st *stream) relay(w http.ResponseWriter, ctx context.Context, resp *http.R
 			return
 		}
 		resp, l = r.resp, r.leg
-		// Should this leg break too before it gives the client anything
-		// new, that is one more failed replay.
+		// Should this leg break too before it makes progress, that is one
+		// more failed replay.
 		st.mu.Lock()
 		st.failed = r.attempts + 1
+		st.replays++
 		st.mu.Unlock()
 	}
 }
@@ -356,6 +364,36 @@ func writeDone(w io.Writer, fl http.Flusher) {
 	}
 }
 
+// writeEvent writes one event to the client and flushes it. An event that
+// holds bytes of -long-event-budget (held) is written within
+// -long-event-write-wait: a client that stops reading would otherwise keep
+// those bytes from every other stream for as long as its connection lives.
+// A write that runs out of time fails, and the stream ends as the client's
+// going away does, giving the bytes back.
+func (g *gateway) writeEvent(w http.ResponseWriter, fl http.Flusher, data []byte, held bool) error {
+	if !held {
+		if _, err := fmt.Fprintf(w, "data: %s\n\n", data); err != nil {
+			return err
+		}
+		if fl != nil {
+			fl.Flush()
+		}
+		return nil
+	}
+	rc := http.NewResponseController(w)
+	// A writer without deadlines writes as before.
+	if rc.SetWriteDeadline(time.Now().Add(g.o.longEventWriteWait)) == nil {
+		defer rc.SetWriteDeadline(time.Time{})
+	}
+	if _, err := fmt.Fprintf(w, "data: %s\n\n", data); err != nil {
+		return err
+	}
+	if fl == nil {
+		return nil
+	}
+	return rc.Flush()
+}
+
 func writeStreamError(w io.Writer, fl http.Flusher, msg string) {
 	b, _ := json.Marshal(map[string]any{"error": map[string]any{"message": msg, "type": "upstream_error"}})
 	fmt.Fprintf(w, "data: %s\n\n", b)
@@ -365,7 +403,7 @@ func writeStreamError(w io.Writer, fl http.Flusher, msg string) {
 }
 
 // relayLeg relays one leg; done is true when the answer ended ([DONE]).
-func (st *stream) relayLeg(w io.Writer, fl http.Flusher, resp *http.Response, l *leg) (done bool, err error) {
+func (st *stream) relayLeg(w http.ResponseWriter, fl http.Flusher, resp *http.Response, l *leg) (done bool, err error) {
 	g := st.g
 	st.register(l)
 	defer st.unregister(l)
@@ -440,12 +478,9 @@ func (st *stream) relayLeg(w io.Writer, fl http.Flusher, resp *http.Response, l 
 			// has whole, does not pass the event on; any other stream ends
 			// with it.
 			if !st.finished && (!st.replayable || st.notContinued != "") {
-				if _, err := fmt.Fprintf(w, "data: %s\n\n", data); err != nil {
+				if err := g.writeEvent(w, fl, data, rd.holding()); err != nil {
 					end(spotinfer.TicketCancelled)
 					return false, errClientGone
-				}
-				if fl != nil {
-					fl.Flush()
 				}
 				st.errorSent = true
 			}
@@ -480,12 +515,9 @@ func (st *stream) relayLeg(w io.Writer, fl http.Flusher, resp *http.Response, l 
 		}
 		// The client gets the event before the text counts as delivered:
 		// what a checkpoint holds is what the client has.
-		if _, err := fmt.Fprintf(w, "data: %s\n\n", data); err != nil {
+		if err := g.writeEvent(w, fl, data, rd.holding()); err != nil {
 			end(spotinfer.TicketCancelled)
 			return false, errClientGone
-		}
-		if fl != nil {
-			fl.Flush()
 		}
 		if st.choices.add(&ev) {
 			st.notContinued = whyChoices
@@ -649,12 +681,9 @@ func (st *stream) relayPassive(w http.ResponseWriter, resp *http.Response) {
 			var ev event
 			_ = decodeEvent(data, &ev)
 		}
-		if _, err := fmt.Fprintf(w, "data: %s\n\n", data); err != nil {
+		if err := st.g.writeEvent(w, fl, data, rd.holding()); err != nil {
 			st.g.stats.cancelled.Add(1)
 			return
-		}
-		if fl != nil {
-			fl.Flush()
 		}
 		if string(data) == "[DONE]" {
 			st.g.stats.ok.Add(1)
