@@ -314,8 +314,9 @@ int spi__nodes_apply_cooldown(spi_engine *e, const char *type,
  * the fleet state's mu, a leaf), writes their messages into the fleet's
  * ring in the order notices act, when a bus is configured, and returns
  * the last one's seq (0: none); spi__fleet_send_queued, called once no
- * lock is held, sends from the ring's head up to that seq unless another
- * thread is sending or messages kept for a tick come first. */
+ * lock is held, sends from the ring's head up to that seq unless messages
+ * kept for a tick come first (when another thread is sending, that thread
+ * sends them before it stops). */
 typedef struct spi_fleet_cool {
   char type[SPI_ID_MAX];
   char zone[SPI_ID_MAX];

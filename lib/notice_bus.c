@@ -28,9 +28,9 @@
  * while node.c still holds its lock, so the ring has them in the order
  * the notices acted, whatever the threads do once the lock is free; then
  * they are sent from the head. One thread publishes at a time (others
- * leave their messages in the ring behind it, so order holds even when a
- * publish fails) and one polls at a time (a tick finding another poll
- * running skips its own).
+ * leave their messages in the ring behind it and ask it to send them
+ * too, so order holds even when a publish fails) and one polls at a time
+ * (a tick finding another poll running skips its own).
  */
 #include <stdarg.h>
 #include <stdio.h>
@@ -66,7 +66,7 @@ typedef struct pending_msg {
 } pending_msg;
 
 struct spi_fleet {
-  pthread_mutex_t mu; /* pending, seq, kept, sending, last_error */
+  pthread_mutex_t mu; /* pending, seq, kept, sending, want, last_error */
   pending_msg pending[SPI_FLEET_PENDING_MAX]; /* a ring, oldest at head */
   size_t head, npending;
   uint64_t seq; /* the last message put in the ring */
@@ -79,6 +79,10 @@ struct spi_fleet {
    * were put in the ring, and one that fails goes back ahead of those
    * that queued behind it meanwhile. */
   int sending;
+  /* The last message a thread that found another sending asked for: the
+   * sender goes on up to it, so a notice handed in meanwhile goes out
+   * before the sender returns. 0 once the ring is empty. */
+  uint64_t want;
   atomic_int polling; /* a tick is polling */
   atomic_ullong published, publish_failed, dropped, polls, poll_failed;
   atomic_ullong received, applied, duplicates, malformed, unknown;
@@ -462,6 +466,7 @@ static pending_msg pending_shift(struct spi_fleet *f) {
   pending_msg p = f->pending[f->head];
   f->head = (f->head + 1) % SPI_FLEET_PENDING_MAX;
   f->npending--;
+  if (f->npending == 0) f->want = 0;
   return p;
 }
 
@@ -494,19 +499,24 @@ uint64_t spi__fleet_queue_notice(spi_engine *e, const spi_notice *n,
   return last;
 }
 
-/* Send from the head of the ring up to message upto, unless another
- * thread is sending (it, or the next tick, sends them) or the ring is
- * kept for a tick (the next tick sends it, in order). A publish that
- * fails goes back to the head, and the ring then waits for a tick. */
+/* Send from the head of the ring up to message upto, or up to what a
+ * thread that found this one sending asked for (want), unless the ring
+ * is kept for a tick (the next tick sends it, in order). If another
+ * thread is sending, ask it for upto and return: it sends this thread's
+ * messages before it stops. A publish that fails goes back to the head,
+ * and the ring then waits for a tick. */
 void spi__fleet_send_queued(spi_engine *e, uint64_t upto) {
   if (!upto) return;
   struct spi_fleet_ref *r = ref_acquire(e);
   if (!r) return; /* kept until a bus is configured again */
   struct spi_fleet *f = spi__nodes_fleet(e);
   pthread_mutex_lock(&f->mu);
-  if (!f->sending) {
+  if (f->sending) {
+    if (upto > f->want) f->want = upto;
+  } else {
     f->sending = 1;
-    while (!f->kept && f->npending > 0 && f->pending[f->head].seq <= upto) {
+    while (!f->kept && f->npending > 0 &&
+           f->pending[f->head].seq <= (upto > f->want ? upto : f->want)) {
       pending_msg p = pending_shift(f);
       pthread_mutex_unlock(&f->mu);
       char err[SPI_ERRMSG_CAP];

@@ -1050,6 +1050,38 @@ static void test_withdrawal_waits_for_notice_in_callback(void **st) {
   fb_two_done(&two);
 }
 
+/* A notice handed in while another thread's publish is under way goes out
+ * before either call returns: the thread that finds the bus busy asks the
+ * sender to go on up to its message. It used to stay in the ring until the
+ * host's next tick. */
+static void test_notice_behind_sender_goes_out(void **st) {
+  (void)st;
+  spi_test_watchdog("a notice behind another thread's publish", 30);
+  fb_pair two = fb_two(NULL, NULL);
+  broker *b = two.bus;
+  fb_world *a = two.a;
+  pthread_mutex_lock(&b->mu);
+  b->hold = 1;
+  pthread_mutex_unlock(&b->mu);
+  handing h = {a, fb_notice("i-aaa", a->now + 600 * SEC, "k-aaa")};
+  pthread_t t;
+  pthread_create(&t, NULL, hand_one, &h);
+  pthread_mutex_lock(&b->mu);
+  while (!b->held) pthread_cond_wait(&b->cv, &b->mu);
+  pthread_mutex_unlock(&b->mu);
+  spi_notice n2 = fb_notice("i-bbb", a->now + 600 * SEC, "k-bbb");
+  fb_hand(a, &n2); /* returns at once: another thread is sending */
+  pthread_mutex_lock(&b->mu);
+  b->hold = 0;
+  pthread_cond_broadcast(&b->cv);
+  pthread_mutex_unlock(&b->mu);
+  pthread_join(t, NULL);
+  spi_test_watchdog("", 0);
+  assert_int_equal(fb_stats(a->e).pending, 0);
+  assert_int_equal(broker_count(b), 2);
+  fb_two_done(&two);
+}
+
 /* ------------------------------------------------- everything at once */
 
 #define NODES 120
@@ -1162,6 +1194,7 @@ int main(void) {
       cmocka_unit_test(test_slow_bus_blocks_nothing),
       cmocka_unit_test(test_withdrawal_waits_for_notice_in_flight),
       cmocka_unit_test(test_withdrawal_waits_for_notice_in_callback),
+      cmocka_unit_test(test_notice_behind_sender_goes_out),
       cmocka_unit_test(test_concurrent),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
