@@ -458,9 +458,11 @@ int32_t spi__nodes_initial(spi_engine *e, const spi_replica_ident *r,
   /* A replica added on a machine the table does not hold, or holds as
    * terminated: the machine was started again (an instance stopped and
    * started, a VM restarted after a preemption, under the same id), and
-   * its next interruption may have a key seen before. */
+   * its next interruption may have a key seen before. The keys of advice
+   * stay, as in back_to_work: advice the cloud goes on serving does not
+   * advise the machine again. */
   if (r->node_len && (!n || n->state == SPI_NODE_TERMINATED))
-    spi__keyring_forget(&t->seen, XXH3_64bits(r->node, r->node_len), 0);
+    spi__keyring_forget(&t->seen, XXH3_64bits(r->node, r->node_len), 1);
   if (!n) return SPI_REPLICA_ACTIVE;
   if (n->state == SPI_NODE_ADVISED) *advised_until = n->advised_until;
   return replica_state_for(n->state);
