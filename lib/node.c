@@ -297,6 +297,7 @@ static void linger_unlink(struct spi_nodes *t, node *n) {
 }
 
 static int make_room(spi_engine *e);
+static void drop(spi_engine *e, node *n);
 
 /* The node, created ACTIVE if new; NULL when the table is full of machines
  * that run replicas or memory runs out (callers report SPI_EFULL /
@@ -335,7 +336,7 @@ static node *get(spi_engine *e, const char *id, size_t len, int *rc) {
  * ages them out): clouds go on serving an event past its deadline, and a
  * machine dropped once it terminated, or to make room, must not be
  * noticed again at every poll. They go when the machine is started
- * again (spi__nodes_initial), put back to work (back_to_work) or removed
+ * again (spi__nodes_initial, advice keys excepted), put back to work (back_to_work) or removed
  * by hand (set_by_hand). */
 static void forget(struct spi_nodes *t, node *n) {
   uint16_t i = (uint16_t)at_of(t, n);
@@ -454,14 +455,22 @@ int32_t spi__nodes_initial(spi_engine *e, const spi_replica_ident *r,
     if (t->cool[k].until > now && !strcmp(t->cool[k].type, r->instance_type) &&
         !strcmp(t->cool[k].zone, r->zone))
       *cooldown_until = t->cool[k].until;
-  const node *n = find(t, r->node, r->node_len);
+  node *n = find(t, r->node, r->node_len);
   /* A replica added on a machine the table does not hold, or holds as
-   * terminated: the machine was started again (an instance stopped and
-   * started, a VM restarted after a preemption, under the same id), and
-   * its next interruption may have a key seen before. The keys of advice
-   * stay, as in back_to_work: advice the cloud goes on serving does not
-   * advise the machine again. */
-  if (r->node_len && (!n || n->state == SPI_NODE_TERMINATED))
+   * terminated past its deadline: the machine was started again (an
+   * instance stopped and started, a VM restarted after a preemption,
+   * under the same id), and its next interruption may have a key seen
+   * before. The keys of advice stay, as in back_to_work: advice the cloud
+   * goes on serving does not advise the machine again. A terminated entry
+   * is dropped (REMOVED, reported when the next notice or tick releases
+   * the locks), so the machine starts ACTIVE and its notices act again;
+   * replicas still registered there keep their state until the machine's
+   * next transition or their removal. */
+  if (n && n->state == SPI_NODE_TERMINATED && n->deadline_ns <= now) {
+    drop(e, n);
+    n = NULL;
+  }
+  if (r->node_len && !n)
     spi__keyring_forget(&t->seen, XXH3_64bits(r->node, r->node_len), 1);
   if (!n) return SPI_REPLICA_ACTIVE;
   if (n->state == SPI_NODE_ADVISED) *advised_until = n->advised_until;
