@@ -8,15 +8,17 @@
  * one JSON object in canonical form (sorted keys, no spaces), version 1:
  *
  *   {"active":true,"dedup_key":"...","deadline_ns":"1700000120000000000",
- *    "event_id":"...","kind":"terminate","node":"i-0abc","type":"notice",
- *    "v":1}
+ *    "event_id":"...","issued_ns":"1700000000000000000","kind":"terminate",
+ *    "node":"i-0abc","type":"notice","v":1}
  *   {"instance_type":"g5.xlarge","type":"cooldown",
  *    "until_ns":"1700000180000000000","v":1,"zone":"us-east-1a"}
  *
  * Times are decimal strings: JSON numbers are doubles to most readers and
  * would round nanoseconds. A reader skips (and counts) a message of a
  * version or type it does not know, so a newer engine on the same bus is
- * not an error; it ignores members it does not know.
+ * not an error; it ignores members it does not know. issued_ns (the
+ * publishing engine's time when the notice acted there) was added within
+ * version 1: a message without it is read as issued at 0.
  *
  * Module calls run with no engine lock and no pin held: the bus's instance
  * is reference-counted (the snapshot holds one reference, each call in
@@ -210,7 +212,7 @@ static int finish(spi_engine *e, cJSON *o, int ok, spi_buf *out) {
 }
 
 static int encode_notice(spi_engine *e, const spi_notice *n, int64_t deadline,
-                         spi_buf *out) {
+                         int64_t issued, spi_buf *out) {
   cJSON *o = cJSON_CreateObject();
   int ok = o && cJSON_AddNumberToObject(o, "v", MSG_VERSION) &&
            cJSON_AddStringToObject(o, "type", "notice") &&
@@ -219,7 +221,8 @@ static int encode_notice(spi_engine *e, const spi_notice *n, int64_t deadline,
            add_i64(o, "deadline_ns", deadline) &&
            cJSON_AddBoolToObject(o, "active", n->active != 0) &&
            cJSON_AddStringToObject(o, "dedup_key", n->dedup_key) &&
-           cJSON_AddStringToObject(o, "event_id", n->event_id);
+           cJSON_AddStringToObject(o, "event_id", n->event_id) &&
+           add_i64(o, "issued_ns", issued);
   return finish(e, o, ok, out);
 }
 
@@ -238,6 +241,7 @@ static int encode_cooldown(spi_engine *e, const spi_fleet_cool *c,
 enum { MSG_NOTICE = 1, MSG_COOLDOWN = 2, MSG_UNKNOWN = 3 };
 typedef struct decoded {
   spi_notice notice;
+  int64_t issued; /* 0 when the message has no issued_ns */
   spi_fleet_cool cool;
 } decoded;
 
@@ -337,9 +341,10 @@ static int get_time(const cJSON *o, const char *key, int64_t *out, char *err,
   return SPI_OK;
 }
 
-static int decode_notice(const cJSON *o, spi_notice *n, char *err,
-                         size_t errcap) {
+static int decode_notice(const cJSON *o, spi_notice *n, int64_t *issued,
+                         char *err, size_t errcap) {
   memset(n, 0, sizeof *n);
+  *issued = 0;
   n->struct_size = sizeof *n;
   char kind[16];
   int rc = copy_str(o, "node", n->node, sizeof n->node, err, errcap);
@@ -352,6 +357,9 @@ static int decode_notice(const cJSON *o, spi_notice *n, char *err,
     rc = copy_str(o, "event_id", n->event_id, sizeof n->event_id, err, errcap);
   if (rc == SPI_OK && spi__fleet_notice_check(n, err, errcap) != SPI_OK)
     rc = SPI_EPARSE;
+  /* Optional: an older engine neither sends nor reads it. */
+  if (rc == SPI_OK && cJSON_GetObjectItemCaseSensitive(o, "issued_ns"))
+    rc = get_time(o, "issued_ns", issued, err, errcap);
   if (rc != SPI_OK) return rc;
   const cJSON *active = cJSON_GetObjectItemCaseSensitive(o, "active");
   if (!cJSON_IsBool(active)) {
@@ -387,7 +395,7 @@ static int decode(const char *text, size_t len, decoded *d, char *err,
               v->valuedouble);
     rc = MSG_UNKNOWN;
   } else if (!strcmp(type->valuestring, "notice")) {
-    rc = decode_notice(o, &d->notice, err, errcap);
+    rc = decode_notice(o, &d->notice, &d->issued, err, errcap);
     if (rc == SPI_OK) rc = MSG_NOTICE;
   } else if (!strcmp(type->valuestring, "cooldown")) {
     spi_fleet_cool *c = &d->cool;
@@ -471,8 +479,8 @@ static pending_msg pending_shift(struct spi_fleet *f) {
 }
 
 uint64_t spi__fleet_queue_notice(spi_engine *e, const spi_notice *n,
-                                 int64_t deadline, const spi_fleet_cool *cool,
-                                 size_t ncool) {
+                                 int64_t deadline, int64_t issued,
+                                 const spi_fleet_cool *cool, size_t ncool) {
   unsigned pin;
   int configured = spi__snap_acquire(e, &pin)->fleet != NULL;
   spi__snap_release(e, pin);
@@ -482,7 +490,7 @@ uint64_t spi__fleet_queue_notice(spi_engine *e, const spi_notice *n,
   uint64_t last = 0;
   for (size_t i = 0; i <= ncool; i++) {
     spi__buf_clear(&b);
-    int rc = i == 0 ? encode_notice(e, n, deadline, &b)
+    int rc = i == 0 ? encode_notice(e, n, deadline, issued, &b)
                     : encode_cooldown(e, &cool[i - 1], &b);
     if (rc == SPI_OK) {
       pthread_mutex_lock(&f->mu);
@@ -623,7 +631,7 @@ static void apply_one(spi_engine *e, struct spi_fleet *f, const char *text,
     return;
   }
   int rc = kind == MSG_NOTICE
-               ? spi__nodes_apply_remote(e, &d.notice)
+               ? spi__nodes_apply_remote(e, &d.notice, d.issued)
                : spi__nodes_apply_cooldown(e, d.cool.type, d.cool.zone,
                                            d.cool.until);
   if (rc >= 0) {
