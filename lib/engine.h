@@ -314,8 +314,10 @@ int spi__nodes_apply_cooldown(spi_engine *e, const char *type,
                               const char *zone, int64_t until);
 /* A notice this engine accepted and the cooldowns it started, for the
  * bus: spi__fleet_queue_notice, called with the nodes lock held (it takes
- * the fleet state's mu, a leaf), writes their messages into the fleet's
- * ring in the order notices act, when a bus is configured, and returns
+ * the fleet state's mu, a leaf), copies them into the fleet's ring in the
+ * order notices act, when a bus is configured (nothing is allocated; a
+ * message is encoded when it is sent, and one that cannot be for want of
+ * memory is kept like one whose publish failed), and returns
  * the last one's seq (0: none); spi__fleet_send_queued, called once no
  * lock is held, sends from the ring's head up to that seq unless messages
  * kept for a tick come first (when another thread is sending, that thread

@@ -27,7 +27,8 @@
  * engine's fleet state has one mutex, a leaf (engine.h's order, 5): the
  * ring of messages waiting to be sent, which thread is sending, and the
  * last error; counters are atomic. A notice's messages go into the ring
- * while node.c still holds its lock, so the ring has them in the order
+ * (copied, encoded only when sent, so nothing is allocated there) while
+ * node.c still holds its lock, so the ring has them in the order
  * the notices acted, whatever the threads do once the lock is free; then
  * they are sent from the head. One thread publishes at a time (others
  * leave their messages in the ring behind it and ask it to send them
@@ -61,10 +62,17 @@ struct spi_fleet_ref {
   size_t max_per_poll;
 };
 
+/* A message waiting to be sent: what it says, copied as it is queued
+ * (under the nodes lock, so nothing is allocated there), and encoded
+ * when it is sent. */
 typedef struct pending_msg {
-  char *text;
-  size_t len;
   uint64_t seq; /* 1, 2, ...: the order messages went into the ring */
+  int cooldown; /* 1: cool; 0: notice, deadline, issued */
+  int64_t deadline, issued;
+  union {
+    spi_notice notice;
+    spi_fleet_cool cool;
+  } u;
 } pending_msg;
 
 struct spi_fleet {
@@ -105,8 +113,6 @@ struct spi_fleet *spi__fleet_new(const spi_mem *m) {
 
 void spi__fleet_free(struct spi_fleet *f, const spi_mem *m) {
   if (!f) return;
-  for (size_t i = 0; i < f->npending; i++)
-    spi__free(m, f->pending[(f->head + i) % SPI_FLEET_PENDING_MAX].text);
   pthread_mutex_destroy(&f->mu);
   spi__free(m, f);
 }
@@ -414,24 +420,16 @@ static int decode(const char *text, size_t len, decoded *d, char *err,
 
 /* ------------------------------------------------------------- publishing */
 
-/* Put a message at the ring's tail (copied); beyond the bound the oldest
- * goes. Returns its seq, or 0 when it could not be copied. f->mu held. */
-static uint64_t pending_push(spi_engine *e, struct spi_fleet *f,
-                             const char *msg, size_t len) {
-  char *copy = spi__strndup(&e->mem, msg, len);
-  if (!copy) {
-    atomic_fetch_add(&f->dropped, 1);
-    return 0;
-  }
+/* Put a message at the ring's tail (it is copied); beyond the bound the
+ * oldest goes. Returns its seq. Allocates nothing. f->mu held. */
+static uint64_t pending_push(struct spi_fleet *f, const pending_msg *m) {
   if (f->npending == SPI_FLEET_PENDING_MAX) {
-    spi__free(&e->mem, f->pending[f->head].text);
     f->head = (f->head + 1) % SPI_FLEET_PENDING_MAX;
     f->npending--;
     atomic_fetch_add(&f->dropped, 1);
   }
   pending_msg *p = &f->pending[(f->head + f->npending) % SPI_FLEET_PENDING_MAX];
-  p->text = copy;
-  p->len = len;
+  *p = *m;
   p->seq = ++f->seq;
   f->npending++;
   return p->seq;
@@ -457,25 +455,23 @@ static int call_publish(spi_engine *e, struct spi_fleet *f,
 
 /* Put a message that failed again back at the head; if the ring filled
  * meanwhile, it is the one dropped. f->mu held. */
-static void pending_unshift(spi_engine *e, struct spi_fleet *f,
-                            pending_msg p) {
+static void pending_unshift(struct spi_fleet *f, const pending_msg *p) {
   if (f->npending == SPI_FLEET_PENDING_MAX) {
-    spi__free(&e->mem, p.text);
     atomic_fetch_add(&f->dropped, 1);
     return;
   }
   f->head = (f->head + SPI_FLEET_PENDING_MAX - 1) % SPI_FLEET_PENDING_MAX;
-  f->pending[f->head] = p;
+  f->pending[f->head] = *p;
   f->npending++;
 }
 
-/* Take the oldest message off the ring (npending > 0). f->mu held. */
-static pending_msg pending_shift(struct spi_fleet *f) {
-  pending_msg p = f->pending[f->head];
+/* Take the oldest message off the ring (npending > 0) into *p. f->mu
+ * held. */
+static void pending_shift(struct spi_fleet *f, pending_msg *p) {
+  *p = f->pending[f->head];
   f->head = (f->head + 1) % SPI_FLEET_PENDING_MAX;
   f->npending--;
   if (f->npending == 0) f->want = 0;
-  return p;
 }
 
 uint64_t spi__fleet_queue_notice(spi_engine *e, const spi_notice *n,
@@ -486,25 +482,48 @@ uint64_t spi__fleet_queue_notice(spi_engine *e, const spi_notice *n,
   spi__snap_release(e, pin);
   if (!configured) return 0;
   struct spi_fleet *f = spi__nodes_fleet(e);
-  spi_buf b = {0};
-  uint64_t last = 0;
-  for (size_t i = 0; i <= ncool; i++) {
-    spi__buf_clear(&b);
-    int rc = i == 0 ? encode_notice(e, n, deadline, issued, &b)
-                    : encode_cooldown(e, &cool[i - 1], &b);
-    if (rc == SPI_OK) {
-      pthread_mutex_lock(&f->mu);
-      uint64_t seq = pending_push(e, f, (const char *)b.data, b.len);
-      pthread_mutex_unlock(&f->mu);
-      if (seq) last = seq;
-    } else {
-      atomic_fetch_add(&f->dropped, 1);
-      set_error(f, "fleet bus: a message for %.63s could not be written: %s",
-                n->node, spi_strerror(rc));
-    }
+  /* Copied as they are, encoded when sent: nothing here can fail. */
+  pending_msg m;
+  memset(&m, 0, sizeof m);
+  m.u.notice = *n;
+  m.u.notice.struct_size = sizeof m.u.notice;
+  m.deadline = deadline;
+  m.issued = issued;
+  pthread_mutex_lock(&f->mu);
+  uint64_t last = pending_push(f, &m);
+  m.cooldown = 1;
+  for (size_t i = 0; i < ncool; i++) {
+    m.u.cool = cool[i];
+    last = pending_push(f, &m);
   }
-  spi__buf_free(&b, &e->mem);
+  pthread_mutex_unlock(&f->mu);
   return last;
+}
+
+/* Encode p and publish it; no lock held. SPI_OK: sent, or dropped as a
+ * message that can never be written (counted); otherwise it failed and
+ * is to be kept (err says why). */
+static int send_one(spi_engine *e, struct spi_fleet *f,
+                    struct spi_fleet_ref *r, const pending_msg *p,
+                    spi_buf *b, char *err, size_t errcap) {
+  spi__buf_clear(b);
+  int rc = p->cooldown ? encode_cooldown(e, &p->u.cool, b)
+                       : encode_notice(e, &p->u.notice, p->deadline,
+                                       p->issued, b);
+  const char *what = p->cooldown ? p->u.cool.zone : p->u.notice.node;
+  if (rc == SPI_ENOMEM) {
+    spi__errf(err, errcap, "fleet bus: a message for %.63s: out of memory "
+              "(kept to send again)", what);
+    set_error(f, "%s", err);
+    return rc;
+  }
+  if (rc != SPI_OK) {
+    atomic_fetch_add(&f->dropped, 1);
+    set_error(f, "fleet bus: a message for %.63s could not be written: %s",
+              what, spi_strerror(rc));
+    return SPI_OK;
+  }
+  return call_publish(e, f, r, (const char *)b->data, b->len, err, errcap);
 }
 
 /* Send from the head of the ring up to message upto, or up to what a
@@ -518,6 +537,8 @@ void spi__fleet_send_queued(spi_engine *e, uint64_t upto) {
   struct spi_fleet_ref *r = ref_acquire(e);
   if (!r) return; /* kept until a bus is configured again */
   struct spi_fleet *f = spi__nodes_fleet(e);
+  pending_msg p; /* the one being sent */
+  spi_buf b = {0};
   pthread_mutex_lock(&f->mu);
   if (f->sending) {
     if (upto > f->want) f->want = upto;
@@ -525,21 +546,21 @@ void spi__fleet_send_queued(spi_engine *e, uint64_t upto) {
     f->sending = 1;
     while (!f->kept && f->npending > 0 &&
            f->pending[f->head].seq <= (upto > f->want ? upto : f->want)) {
-      pending_msg p = pending_shift(f);
+      pending_shift(f, &p);
       pthread_mutex_unlock(&f->mu);
       char err[SPI_ERRMSG_CAP];
-      int rc = call_publish(e, f, r, p.text, p.len, err, sizeof err);
+      int rc = send_one(e, f, r, &p, &b, err, sizeof err);
       pthread_mutex_lock(&f->mu);
       if (rc != SPI_OK) {
-        pending_unshift(e, f, p);
+        pending_unshift(f, &p);
         f->kept = f->npending > 0;
         break;
       }
-      spi__free(&e->mem, p.text);
     }
     f->sending = 0;
   }
   pthread_mutex_unlock(&f->mu);
+  spi__buf_free(&b, &e->mem);
   spi__fleet_ref_drop(e, r);
 }
 
@@ -566,22 +587,24 @@ static int flush_pending(spi_engine *e, struct spi_fleet *f,
     return SPI_OK;
   }
   f->sending = 1;
+  pending_msg p; /* the one being sent */
+  spi_buf b = {0};
   while (f->npending > 0) {
-    pending_msg p = pending_shift(f);
+    pending_shift(f, &p);
     pthread_mutex_unlock(&f->mu);
-    rc = call_publish(e, f, r, p.text, p.len, err, errcap);
+    rc = send_one(e, f, r, &p, &b, err, errcap);
     int spent = budget_spent(e, start); /* the clock hook: no lock held */
     pthread_mutex_lock(&f->mu);
     if (rc != SPI_OK) {
-      pending_unshift(e, f, p);
+      pending_unshift(f, &p);
       break;
     }
-    spi__free(&e->mem, p.text);
     if (spent) break;
   }
   f->kept = f->npending > 0; /* the rest wait for the next tick */
   f->sending = 0;
   pthread_mutex_unlock(&f->mu);
+  spi__buf_free(&b, &e->mem);
   return rc;
 }
 

@@ -1119,6 +1119,32 @@ static void test_issued_is_optional(void **st) {
   fb_two_done(&two);
 }
 
+/* Queuing a notice for the bus allocates nothing (it runs under the
+ * engine's locks): a notice handed in while memory runs out acts here,
+ * its message is kept, and it goes out once memory is back. It used to
+ * be dropped. */
+static void test_out_of_memory_keeps_message(void **st) {
+  (void)st;
+  fb_pair two = fb_two(NULL, NULL);
+  fb_world *a = two.a, *bw = two.b;
+  spi_notice first = fb_notice("i-aaa", a->now + 600 * SEC, "k-aaa");
+  fb_hand(a, &first);
+  assert_int_equal(broker_count(two.bus), 1);
+  a->fail_from = 1;
+  spi_notice n = fb_notice("i-bbb", a->now + 600 * SEC, "k-bbb");
+  fb_hand(a, &n);
+  a->fail_from = 0;
+  assert_int_equal(fb_state(a->e, "i-bbb"), SPI_NODE_NOTICED);
+  assert_int_equal(fb_stats(a->e).dropped, 0);
+  assert_int_equal(fb_stats(a->e).pending, 1);
+  assert_int_equal(spi_engine_tick(a->e), SPI_OK);
+  assert_int_equal(fb_stats(a->e).pending, 0);
+  assert_int_equal(broker_count(two.bus), 2);
+  assert_int_equal(spi_engine_tick(bw->e), SPI_OK);
+  assert_int_equal(fb_state(bw->e, "i-bbb"), SPI_NODE_NOTICED);
+  fb_two_done(&two);
+}
+
 /* A notice handed in while another thread's publish is under way goes out
  * before either call returns: the thread that finds the bus busy asks the
  * sender to go on up to its message. It used to stay in the ring until the
@@ -1266,6 +1292,7 @@ int main(void) {
       cmocka_unit_test(test_notice_behind_sender_goes_out),
       cmocka_unit_test(test_renotice_after_withdrawal_reaches_others),
       cmocka_unit_test(test_issued_is_optional),
+      cmocka_unit_test(test_out_of_memory_keeps_message),
       cmocka_unit_test(test_concurrent),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
