@@ -303,27 +303,33 @@ int spi__module_autoload(spi_engine *e, int32_t kind, const char *name,
 
 /* node.c and notice_bus.c: what the bus hands back, applied as
  * spi_engine_notice would but not published again and not planned (the
- * caller holds no lock). Returns 1 if it was applied here, 0 if it was a
- * duplicate; a negative status when the engine cannot take it (a later
- * copy is then applied). */
-int spi__nodes_apply_remote(spi_engine *e, const spi_notice *n);
+ * caller holds no lock). issued is the publishing engine's time when the
+ * notice acted there (0 from an engine that does not send it): copies of
+ * one publication share it, a notice published again does not. Returns 1
+ * if it was applied here, 0 if it was a duplicate; a negative status when
+ * the engine cannot take it (a later copy is then applied). */
+int spi__nodes_apply_remote(spi_engine *e, const spi_notice *n,
+                            int64_t issued);
 int spi__nodes_apply_cooldown(spi_engine *e, const char *type,
                               const char *zone, int64_t until);
 /* A notice this engine accepted and the cooldowns it started, for the
  * bus: spi__fleet_queue_notice, called with the nodes lock held (it takes
- * the fleet state's mu, a leaf), writes their messages into the fleet's
- * ring in the order notices act, when a bus is configured, and returns
+ * the fleet state's mu, a leaf), copies them into the fleet's ring in the
+ * order notices act, when a bus is configured (nothing is allocated; a
+ * message is encoded when it is sent, and one that cannot be for want of
+ * memory is kept like one whose publish failed), and returns
  * the last one's seq (0: none); spi__fleet_send_queued, called once no
- * lock is held, sends from the ring's head up to that seq unless another
- * thread is sending or messages kept for a tick come first. */
+ * lock is held, sends from the ring's head up to that seq unless messages
+ * kept for a tick come first (when another thread is sending, that thread
+ * sends them before it stops). */
 typedef struct spi_fleet_cool {
   char type[SPI_ID_MAX];
   char zone[SPI_ID_MAX];
   int64_t until;
 } spi_fleet_cool;
 uint64_t spi__fleet_queue_notice(spi_engine *e, const spi_notice *n,
-                                 int64_t deadline, const spi_fleet_cool *cool,
-                                 size_t ncool);
+                                 int64_t deadline, int64_t issued,
+                                 const spi_fleet_cool *cool, size_t ncool);
 void spi__fleet_send_queued(spi_engine *e, uint64_t upto);
 /* Whether the bus can carry notice n, by the rules every engine's reader
  * applies: node 1..63 bytes, event_id up to 63 and dedup_key up to 159,

@@ -54,7 +54,7 @@
  * deadline, event id and dedup key (a ring): own echoes and repeats act
  * once. A key holds all of them whole (bus_key). */
 #define BUS_SEEN_MAX 512
-#define BUS_KEY_CAP 336
+#define BUS_KEY_CAP 360
 /* Distinct spot pools one notice's cooldown is published for. */
 #define COOL_PUBLISH_MAX 4
 #define NIL SPI_NT_NIL
@@ -297,6 +297,7 @@ static void linger_unlink(struct spi_nodes *t, node *n) {
 }
 
 static int make_room(spi_engine *e);
+static void drop(spi_engine *e, node *n);
 
 /* The node, created ACTIVE if new; NULL when the table is full of machines
  * that run replicas or memory runs out (callers report SPI_EFULL /
@@ -335,7 +336,7 @@ static node *get(spi_engine *e, const char *id, size_t len, int *rc) {
  * ages them out): clouds go on serving an event past its deadline, and a
  * machine dropped once it terminated, or to make room, must not be
  * noticed again at every poll. They go when the machine is started
- * again (spi__nodes_initial), put back to work (back_to_work) or removed
+ * again (spi__nodes_initial, advice keys excepted), put back to work (back_to_work) or removed
  * by hand (set_by_hand). */
 static void forget(struct spi_nodes *t, node *n) {
   uint16_t i = (uint16_t)at_of(t, n);
@@ -454,13 +455,23 @@ int32_t spi__nodes_initial(spi_engine *e, const spi_replica_ident *r,
     if (t->cool[k].until > now && !strcmp(t->cool[k].type, r->instance_type) &&
         !strcmp(t->cool[k].zone, r->zone))
       *cooldown_until = t->cool[k].until;
-  const node *n = find(t, r->node, r->node_len);
+  node *n = find(t, r->node, r->node_len);
   /* A replica added on a machine the table does not hold, or holds as
-   * terminated: the machine was started again (an instance stopped and
-   * started, a VM restarted after a preemption, under the same id), and
-   * its next interruption may have a key seen before. */
-  if (r->node_len && (!n || n->state == SPI_NODE_TERMINATED))
-    spi__keyring_forget(&t->seen, XXH3_64bits(r->node, r->node_len), 0);
+   * terminated past its deadline: the machine was started again (an
+   * instance stopped and started, a VM restarted after a preemption,
+   * under the same id), and its next interruption may have a key seen
+   * before. The keys of advice stay, as in back_to_work: advice the cloud
+   * goes on serving does not advise the machine again. A terminated entry
+   * is dropped (REMOVED, reported when the next notice or tick releases
+   * the locks), so the machine starts ACTIVE and its notices act again;
+   * replicas still registered there keep their state until the machine's
+   * next transition or their removal. */
+  if (n && n->state == SPI_NODE_TERMINATED && n->deadline_ns <= now) {
+    drop(e, n);
+    n = NULL;
+  }
+  if (r->node_len && !n)
+    spi__keyring_forget(&t->seen, XXH3_64bits(r->node, r->node_len), 1);
   if (!n) return SPI_REPLICA_ACTIVE;
   if (n->state == SPI_NODE_ADVISED) *advised_until = n->advised_until;
   return replica_state_for(n->state);
@@ -723,18 +734,23 @@ static void remember(struct spi_nodes *t, const spi_notice *notice,
                    notice->active && is_advice(notice));
 }
 
-/* The bus's dedup key of a notice: the machine, what, when and which
- * event. Two events of one machine may share kind and deadline, and an
- * empty dedup key is allowed, so the event id tells them apart. The text
- * fields are split by 0x1f, which none of them may hold
- * (spi__fleet_notice_check), so no two notices share a key. */
-_Static_assert(BUS_KEY_CAP >= 35 + 2 * SPI_ID_MAX +
+/* The bus's dedup key of a notice: the machine, what, when, which event
+ * and which publication (issued: the publishing engine's time when it
+ * acted there). Two events of one machine may share kind and deadline,
+ * and an empty dedup key is allowed, so the event id tells them apart;
+ * echoes and copies of one publication share issued, while a notice
+ * served again after a withdrawal put its machine back to work is
+ * published anew and acts again everywhere. The text fields are split by
+ * 0x1f, which none of them may hold (spi__fleet_notice_check), so no two
+ * notices share a key. */
+_Static_assert(BUS_KEY_CAP >= 56 + 2 * SPI_ID_MAX +
                                   sizeof(((spi_notice *)0)->dedup_key),
-               "a bus key is held whole: 3 numbers, 3 texts, 5 marks");
-static void bus_key(char *buf, const spi_notice *n, int64_t deadline) {
-  snprintf(buf, BUS_KEY_CAP, "%d|%d|%lld|%.63s\x1f%.63s\x1f%.159s",
-           (int)n->kind, n->active ? 1 : 0, (long long)deadline, n->node,
-           n->event_id, n->dedup_key);
+               "a bus key is held whole: 4 numbers, 3 texts, 6 marks");
+static void bus_key(char *buf, const spi_notice *n, int64_t deadline,
+                    int64_t issued) {
+  snprintf(buf, BUS_KEY_CAP, "%d|%d|%lld|%lld|%.63s\x1f%.63s\x1f%.159s",
+           (int)n->kind, n->active ? 1 : 0, (long long)deadline,
+           (long long)issued, n->node, n->event_id, n->dedup_key);
 }
 
 /* Whether the bus key was applied here. Nodes lock held. */
@@ -1027,14 +1043,14 @@ int spi_engine_notice(spi_engine *engine, const spi_notice *notice,
     *n_out = run.found;
     if (rc == SPI_OK || rc == SPI_EBUFSIZE) {
       char key[BUS_KEY_CAP];
-      bus_key(key, notice, run.deadline);
+      bus_key(key, notice, run.deadline, run.now);
       /* its own echo skipped */
       spi__keyring_add(&t->bus_seen, key, XXH3_64bits(notice->node, nlen), 0);
       /* Queued under the lock: a withdrawal acting once it is free (on
        * another thread, while this one runs the callback) goes on the bus
        * after this notice. */
       queued = spi__fleet_queue_notice(engine, notice, run.deadline,
-                                       run.cool, run.ncool);
+                                       run.now, run.cool, run.ncool);
     }
   }
   unlock_all_and_report(engine);
@@ -1043,7 +1059,8 @@ int spi_engine_notice(spi_engine *engine, const spi_notice *notice,
   return rc;
 }
 
-int spi__nodes_apply_remote(spi_engine *e, const spi_notice *notice) {
+int spi__nodes_apply_remote(spi_engine *e, const spi_notice *notice,
+                            int64_t issued) {
   size_t nlen = bounded_len(notice->node, sizeof notice->node);
   spi_router_cfg cfg = router_cfg(e);
   notice_run run;
@@ -1052,7 +1069,7 @@ int spi__nodes_apply_remote(spi_engine *e, const spi_notice *notice) {
   run.now = spi__engine_now(e);
   struct spi_nodes *t = e->nodes;
   char key[BUS_KEY_CAP];
-  bus_key(key, notice, notice->deadline_ns);
+  bus_key(key, notice, notice->deadline_ns, issued);
   int rc = 0;
   lock_all(e);
   expire(e, run.now);

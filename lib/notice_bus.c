@@ -8,15 +8,17 @@
  * one JSON object in canonical form (sorted keys, no spaces), version 1:
  *
  *   {"active":true,"dedup_key":"...","deadline_ns":"1700000120000000000",
- *    "event_id":"...","kind":"terminate","node":"i-0abc","type":"notice",
- *    "v":1}
+ *    "event_id":"...","issued_ns":"1700000000000000000","kind":"terminate",
+ *    "node":"i-0abc","type":"notice","v":1}
  *   {"instance_type":"g5.xlarge","type":"cooldown",
  *    "until_ns":"1700000180000000000","v":1,"zone":"us-east-1a"}
  *
  * Times are decimal strings: JSON numbers are doubles to most readers and
  * would round nanoseconds. A reader skips (and counts) a message of a
  * version or type it does not know, so a newer engine on the same bus is
- * not an error; it ignores members it does not know.
+ * not an error; it ignores members it does not know. issued_ns (the
+ * publishing engine's time when the notice acted there) was added within
+ * version 1: a message without it is read as issued at 0.
  *
  * Module calls run with no engine lock and no pin held: the bus's instance
  * is reference-counted (the snapshot holds one reference, each call in
@@ -25,12 +27,13 @@
  * engine's fleet state has one mutex, a leaf (engine.h's order, 5): the
  * ring of messages waiting to be sent, which thread is sending, and the
  * last error; counters are atomic. A notice's messages go into the ring
- * while node.c still holds its lock, so the ring has them in the order
+ * (copied, encoded only when sent, so nothing is allocated there) while
+ * node.c still holds its lock, so the ring has them in the order
  * the notices acted, whatever the threads do once the lock is free; then
  * they are sent from the head. One thread publishes at a time (others
- * leave their messages in the ring behind it, so order holds even when a
- * publish fails) and one polls at a time (a tick finding another poll
- * running skips its own).
+ * leave their messages in the ring behind it and ask it to send them
+ * too, so order holds even when a publish fails) and one polls at a time
+ * (a tick finding another poll running skips its own).
  */
 #include <stdarg.h>
 #include <stdio.h>
@@ -59,14 +62,21 @@ struct spi_fleet_ref {
   size_t max_per_poll;
 };
 
+/* A message waiting to be sent: what it says, copied as it is queued
+ * (under the nodes lock, so nothing is allocated there), and encoded
+ * when it is sent. */
 typedef struct pending_msg {
-  char *text;
-  size_t len;
   uint64_t seq; /* 1, 2, ...: the order messages went into the ring */
+  int cooldown; /* 1: cool; 0: notice, deadline, issued */
+  int64_t deadline, issued;
+  union {
+    spi_notice notice;
+    spi_fleet_cool cool;
+  } u;
 } pending_msg;
 
 struct spi_fleet {
-  pthread_mutex_t mu; /* pending, seq, kept, sending, last_error */
+  pthread_mutex_t mu; /* pending, seq, kept, sending, want, last_error */
   pending_msg pending[SPI_FLEET_PENDING_MAX]; /* a ring, oldest at head */
   size_t head, npending;
   uint64_t seq; /* the last message put in the ring */
@@ -79,6 +89,10 @@ struct spi_fleet {
    * were put in the ring, and one that fails goes back ahead of those
    * that queued behind it meanwhile. */
   int sending;
+  /* The last message a thread that found another sending asked for: the
+   * sender goes on up to it, so a notice handed in meanwhile goes out
+   * before the sender returns. 0 once the ring is empty. */
+  uint64_t want;
   atomic_int polling; /* a tick is polling */
   atomic_ullong published, publish_failed, dropped, polls, poll_failed;
   atomic_ullong received, applied, duplicates, malformed, unknown;
@@ -99,8 +113,6 @@ struct spi_fleet *spi__fleet_new(const spi_mem *m) {
 
 void spi__fleet_free(struct spi_fleet *f, const spi_mem *m) {
   if (!f) return;
-  for (size_t i = 0; i < f->npending; i++)
-    spi__free(m, f->pending[(f->head + i) % SPI_FLEET_PENDING_MAX].text);
   pthread_mutex_destroy(&f->mu);
   spi__free(m, f);
 }
@@ -206,7 +218,7 @@ static int finish(spi_engine *e, cJSON *o, int ok, spi_buf *out) {
 }
 
 static int encode_notice(spi_engine *e, const spi_notice *n, int64_t deadline,
-                         spi_buf *out) {
+                         int64_t issued, spi_buf *out) {
   cJSON *o = cJSON_CreateObject();
   int ok = o && cJSON_AddNumberToObject(o, "v", MSG_VERSION) &&
            cJSON_AddStringToObject(o, "type", "notice") &&
@@ -215,7 +227,8 @@ static int encode_notice(spi_engine *e, const spi_notice *n, int64_t deadline,
            add_i64(o, "deadline_ns", deadline) &&
            cJSON_AddBoolToObject(o, "active", n->active != 0) &&
            cJSON_AddStringToObject(o, "dedup_key", n->dedup_key) &&
-           cJSON_AddStringToObject(o, "event_id", n->event_id);
+           cJSON_AddStringToObject(o, "event_id", n->event_id) &&
+           add_i64(o, "issued_ns", issued);
   return finish(e, o, ok, out);
 }
 
@@ -234,6 +247,7 @@ static int encode_cooldown(spi_engine *e, const spi_fleet_cool *c,
 enum { MSG_NOTICE = 1, MSG_COOLDOWN = 2, MSG_UNKNOWN = 3 };
 typedef struct decoded {
   spi_notice notice;
+  int64_t issued; /* 0 when the message has no issued_ns */
   spi_fleet_cool cool;
 } decoded;
 
@@ -333,9 +347,10 @@ static int get_time(const cJSON *o, const char *key, int64_t *out, char *err,
   return SPI_OK;
 }
 
-static int decode_notice(const cJSON *o, spi_notice *n, char *err,
-                         size_t errcap) {
+static int decode_notice(const cJSON *o, spi_notice *n, int64_t *issued,
+                         char *err, size_t errcap) {
   memset(n, 0, sizeof *n);
+  *issued = 0;
   n->struct_size = sizeof *n;
   char kind[16];
   int rc = copy_str(o, "node", n->node, sizeof n->node, err, errcap);
@@ -348,6 +363,9 @@ static int decode_notice(const cJSON *o, spi_notice *n, char *err,
     rc = copy_str(o, "event_id", n->event_id, sizeof n->event_id, err, errcap);
   if (rc == SPI_OK && spi__fleet_notice_check(n, err, errcap) != SPI_OK)
     rc = SPI_EPARSE;
+  /* Optional: an older engine neither sends nor reads it. */
+  if (rc == SPI_OK && cJSON_GetObjectItemCaseSensitive(o, "issued_ns"))
+    rc = get_time(o, "issued_ns", issued, err, errcap);
   if (rc != SPI_OK) return rc;
   const cJSON *active = cJSON_GetObjectItemCaseSensitive(o, "active");
   if (!cJSON_IsBool(active)) {
@@ -383,7 +401,7 @@ static int decode(const char *text, size_t len, decoded *d, char *err,
               v->valuedouble);
     rc = MSG_UNKNOWN;
   } else if (!strcmp(type->valuestring, "notice")) {
-    rc = decode_notice(o, &d->notice, err, errcap);
+    rc = decode_notice(o, &d->notice, &d->issued, err, errcap);
     if (rc == SPI_OK) rc = MSG_NOTICE;
   } else if (!strcmp(type->valuestring, "cooldown")) {
     spi_fleet_cool *c = &d->cool;
@@ -402,24 +420,16 @@ static int decode(const char *text, size_t len, decoded *d, char *err,
 
 /* ------------------------------------------------------------- publishing */
 
-/* Put a message at the ring's tail (copied); beyond the bound the oldest
- * goes. Returns its seq, or 0 when it could not be copied. f->mu held. */
-static uint64_t pending_push(spi_engine *e, struct spi_fleet *f,
-                             const char *msg, size_t len) {
-  char *copy = spi__strndup(&e->mem, msg, len);
-  if (!copy) {
-    atomic_fetch_add(&f->dropped, 1);
-    return 0;
-  }
+/* Put a message at the ring's tail (it is copied); beyond the bound the
+ * oldest goes. Returns its seq. Allocates nothing. f->mu held. */
+static uint64_t pending_push(struct spi_fleet *f, const pending_msg *m) {
   if (f->npending == SPI_FLEET_PENDING_MAX) {
-    spi__free(&e->mem, f->pending[f->head].text);
     f->head = (f->head + 1) % SPI_FLEET_PENDING_MAX;
     f->npending--;
     atomic_fetch_add(&f->dropped, 1);
   }
   pending_msg *p = &f->pending[(f->head + f->npending) % SPI_FLEET_PENDING_MAX];
-  p->text = copy;
-  p->len = len;
+  *p = *m;
   p->seq = ++f->seq;
   f->npending++;
   return p->seq;
@@ -445,83 +455,112 @@ static int call_publish(spi_engine *e, struct spi_fleet *f,
 
 /* Put a message that failed again back at the head; if the ring filled
  * meanwhile, it is the one dropped. f->mu held. */
-static void pending_unshift(spi_engine *e, struct spi_fleet *f,
-                            pending_msg p) {
+static void pending_unshift(struct spi_fleet *f, const pending_msg *p) {
   if (f->npending == SPI_FLEET_PENDING_MAX) {
-    spi__free(&e->mem, p.text);
     atomic_fetch_add(&f->dropped, 1);
     return;
   }
   f->head = (f->head + SPI_FLEET_PENDING_MAX - 1) % SPI_FLEET_PENDING_MAX;
-  f->pending[f->head] = p;
+  f->pending[f->head] = *p;
   f->npending++;
 }
 
-/* Take the oldest message off the ring (npending > 0). f->mu held. */
-static pending_msg pending_shift(struct spi_fleet *f) {
-  pending_msg p = f->pending[f->head];
+/* Take the oldest message off the ring (npending > 0) into *p. f->mu
+ * held. */
+static void pending_shift(struct spi_fleet *f, pending_msg *p) {
+  *p = f->pending[f->head];
   f->head = (f->head + 1) % SPI_FLEET_PENDING_MAX;
   f->npending--;
-  return p;
+  if (f->npending == 0) f->want = 0;
 }
 
 uint64_t spi__fleet_queue_notice(spi_engine *e, const spi_notice *n,
-                                 int64_t deadline, const spi_fleet_cool *cool,
-                                 size_t ncool) {
+                                 int64_t deadline, int64_t issued,
+                                 const spi_fleet_cool *cool, size_t ncool) {
   unsigned pin;
   int configured = spi__snap_acquire(e, &pin)->fleet != NULL;
   spi__snap_release(e, pin);
   if (!configured) return 0;
   struct spi_fleet *f = spi__nodes_fleet(e);
-  spi_buf b = {0};
-  uint64_t last = 0;
-  for (size_t i = 0; i <= ncool; i++) {
-    spi__buf_clear(&b);
-    int rc = i == 0 ? encode_notice(e, n, deadline, &b)
-                    : encode_cooldown(e, &cool[i - 1], &b);
-    if (rc == SPI_OK) {
-      pthread_mutex_lock(&f->mu);
-      uint64_t seq = pending_push(e, f, (const char *)b.data, b.len);
-      pthread_mutex_unlock(&f->mu);
-      if (seq) last = seq;
-    } else {
-      atomic_fetch_add(&f->dropped, 1);
-      set_error(f, "fleet bus: a message for %.63s could not be written: %s",
-                n->node, spi_strerror(rc));
-    }
+  /* Copied as they are, encoded when sent: nothing here can fail. */
+  pending_msg m;
+  memset(&m, 0, sizeof m);
+  m.u.notice = *n;
+  m.u.notice.struct_size = sizeof m.u.notice;
+  m.deadline = deadline;
+  m.issued = issued;
+  pthread_mutex_lock(&f->mu);
+  uint64_t last = pending_push(f, &m);
+  m.cooldown = 1;
+  for (size_t i = 0; i < ncool; i++) {
+    m.u.cool = cool[i];
+    last = pending_push(f, &m);
   }
-  spi__buf_free(&b, &e->mem);
+  pthread_mutex_unlock(&f->mu);
   return last;
 }
 
-/* Send from the head of the ring up to message upto, unless another
- * thread is sending (it, or the next tick, sends them) or the ring is
- * kept for a tick (the next tick sends it, in order). A publish that
- * fails goes back to the head, and the ring then waits for a tick. */
+/* Encode p and publish it; no lock held. SPI_OK: sent, or dropped as a
+ * message that can never be written (counted); otherwise it failed and
+ * is to be kept (err says why). */
+static int send_one(spi_engine *e, struct spi_fleet *f,
+                    struct spi_fleet_ref *r, const pending_msg *p,
+                    spi_buf *b, char *err, size_t errcap) {
+  spi__buf_clear(b);
+  int rc = p->cooldown ? encode_cooldown(e, &p->u.cool, b)
+                       : encode_notice(e, &p->u.notice, p->deadline,
+                                       p->issued, b);
+  const char *what = p->cooldown ? p->u.cool.zone : p->u.notice.node;
+  if (rc == SPI_ENOMEM) {
+    spi__errf(err, errcap, "fleet bus: a message for %.63s: out of memory "
+              "(kept to send again)", what);
+    set_error(f, "%s", err);
+    return rc;
+  }
+  if (rc != SPI_OK) {
+    atomic_fetch_add(&f->dropped, 1);
+    set_error(f, "fleet bus: a message for %.63s could not be written: %s",
+              what, spi_strerror(rc));
+    return SPI_OK;
+  }
+  return call_publish(e, f, r, (const char *)b->data, b->len, err, errcap);
+}
+
+/* Send from the head of the ring up to message upto, or up to what a
+ * thread that found this one sending asked for (want), unless the ring
+ * is kept for a tick (the next tick sends it, in order). If another
+ * thread is sending, ask it for upto and return: it sends this thread's
+ * messages before it stops. A publish that fails goes back to the head,
+ * and the ring then waits for a tick. */
 void spi__fleet_send_queued(spi_engine *e, uint64_t upto) {
   if (!upto) return;
   struct spi_fleet_ref *r = ref_acquire(e);
   if (!r) return; /* kept until a bus is configured again */
   struct spi_fleet *f = spi__nodes_fleet(e);
+  pending_msg p; /* the one being sent */
+  spi_buf b = {0};
   pthread_mutex_lock(&f->mu);
-  if (!f->sending) {
+  if (f->sending) {
+    if (upto > f->want) f->want = upto;
+  } else {
     f->sending = 1;
-    while (!f->kept && f->npending > 0 && f->pending[f->head].seq <= upto) {
-      pending_msg p = pending_shift(f);
+    while (!f->kept && f->npending > 0 &&
+           f->pending[f->head].seq <= (upto > f->want ? upto : f->want)) {
+      pending_shift(f, &p);
       pthread_mutex_unlock(&f->mu);
       char err[SPI_ERRMSG_CAP];
-      int rc = call_publish(e, f, r, p.text, p.len, err, sizeof err);
+      int rc = send_one(e, f, r, &p, &b, err, sizeof err);
       pthread_mutex_lock(&f->mu);
       if (rc != SPI_OK) {
-        pending_unshift(e, f, p);
+        pending_unshift(f, &p);
         f->kept = f->npending > 0;
         break;
       }
-      spi__free(&e->mem, p.text);
     }
     f->sending = 0;
   }
   pthread_mutex_unlock(&f->mu);
+  spi__buf_free(&b, &e->mem);
   spi__fleet_ref_drop(e, r);
 }
 
@@ -548,22 +587,24 @@ static int flush_pending(spi_engine *e, struct spi_fleet *f,
     return SPI_OK;
   }
   f->sending = 1;
+  pending_msg p; /* the one being sent */
+  spi_buf b = {0};
   while (f->npending > 0) {
-    pending_msg p = pending_shift(f);
+    pending_shift(f, &p);
     pthread_mutex_unlock(&f->mu);
-    rc = call_publish(e, f, r, p.text, p.len, err, errcap);
+    rc = send_one(e, f, r, &p, &b, err, errcap);
     int spent = budget_spent(e, start); /* the clock hook: no lock held */
     pthread_mutex_lock(&f->mu);
     if (rc != SPI_OK) {
-      pending_unshift(e, f, p);
+      pending_unshift(f, &p);
       break;
     }
-    spi__free(&e->mem, p.text);
     if (spent) break;
   }
   f->kept = f->npending > 0; /* the rest wait for the next tick */
   f->sending = 0;
   pthread_mutex_unlock(&f->mu);
+  spi__buf_free(&b, &e->mem);
   return rc;
 }
 
@@ -613,7 +654,7 @@ static void apply_one(spi_engine *e, struct spi_fleet *f, const char *text,
     return;
   }
   int rc = kind == MSG_NOTICE
-               ? spi__nodes_apply_remote(e, &d.notice)
+               ? spi__nodes_apply_remote(e, &d.notice, d.issued)
                : spi__nodes_apply_cooldown(e, d.cool.type, d.cool.zone,
                                            d.cool.until);
   if (rc >= 0) {

@@ -810,6 +810,71 @@ static void test_withdrawal_keeps_advice_keys(void **st) {
   fb_done(w);
 }
 
+/* Advice keeps its key, lapsed or not, also when a replica is added on
+ * the machine after its lapsed entry was dropped: the rebalance
+ * recommendation the cloud still serves does not advise it again. */
+static void test_replica_add_keeps_advice_keys(void **st) {
+  (void)st;
+  fb_world *w = mk(NULL);
+  fb_add(w, "r1", "i-aaa", SPI_POOL_SPOT, "g5.xlarge", "use1-az1");
+  spi_notice adv = fb_notice("i-aaa", 0, "aws:rebalance:2026-12-06T06:00:00Z");
+  adv.kind = SPI_NOTICE_REBALANCE;
+  fb_hand(w, &adv);
+  assert_int_equal(fb_state(w->e, "i-aaa"), SPI_NODE_ADVISED);
+  w->now += 1300 * SEC; /* past router.advised_ttl_ms (20 min) */
+  assert_int_equal(spi_engine_tick(w->e), SPI_OK);
+  assert_int_equal(fb_state(w->e, "i-aaa"), SPI_NODE_ACTIVE);
+  fb_hand(w, &adv); /* still served: a repeat */
+  assert_int_equal(fb_state(w->e, "i-aaa"), SPI_NODE_ACTIVE);
+  fb_add(w, "r2", "i-aaa", SPI_POOL_SPOT, "g5.xlarge", "use1-az1");
+  fb_hand(w, &adv); /* still served */
+  assert_int_equal(fb_state(w->e, "i-aaa"), SPI_NODE_ACTIVE);
+  fb_done(w);
+}
+
+/* A replica added on a machine terminated past its deadline is a restart:
+ * the entry goes (reported as REMOVED), the replica starts ACTIVE, and
+ * the machine's next notice acts. It used to stay TERMINATED, with its
+ * keys forgotten, and ignore every later notice. */
+static void test_replica_add_restarts_terminated_machine(void **st) {
+  (void)st;
+  fb_world *w = mk(NULL);
+  fb_add(w, "r1", "i-aaa", SPI_POOL_SPOT, "g5.xlarge", "use1-az1");
+  spi_notice n = fb_notice("i-aaa", w->now + 120 * SEC, "aws:spot:1");
+  fb_hand(w, &n);
+  w->now += 121 * SEC;
+  assert_int_equal(spi_engine_tick(w->e), SPI_OK);
+  assert_int_equal(fb_state(w->e, "i-aaa"), SPI_NODE_TERMINATED);
+  fb_add(w, "r2", "i-aaa", SPI_POOL_SPOT, "g5.xlarge", "use1-az1");
+  assert_int_equal(fb_state(w->e, "i-aaa"), SPI_NODE_ACTIVE);
+  assert_int_equal(spi_engine_tick(w->e), SPI_OK);
+  assert_int_equal(w->last_to, SPI_NODE_REMOVED);
+  spi_notice adv = fb_notice("i-aaa", 0, "aws:rebalance:new");
+  adv.kind = SPI_NOTICE_REBALANCE;
+  fb_hand(w, &adv);
+  assert_int_equal(fb_state(w->e, "i-aaa"), SPI_NODE_ADVISED);
+  n.deadline_ns = w->now + 120 * SEC;
+  fb_hand(w, &n); /* its next interruption, under the key seen before */
+  assert_int_equal(fb_state(w->e, "i-aaa"), SPI_NODE_NOTICED);
+  fb_done(w);
+}
+
+/* A replica added on a machine terminated by hand before its deadline
+ * starts as the machine's other replicas and forgets no key: the machine
+ * has not been started again. */
+static void test_replica_add_before_deadline_is_no_restart(void **st) {
+  (void)st;
+  fb_world *w = mk(NULL);
+  fb_add(w, "r1", "i-aaa", SPI_POOL_SPOT, "g5.xlarge", "use1-az1");
+  spi_notice n = fb_notice("i-aaa", w->now + 120 * SEC, "aws:spot:1");
+  fb_hand(w, &n);
+  assert_int_equal(spi_node_set_state(w->e, "i-aaa", 5, SPI_NODE_TERMINATED),
+                   SPI_OK);
+  fb_add(w, "r2", "i-aaa", SPI_POOL_SPOT, "g5.xlarge", "use1-az1");
+  assert_int_equal(fb_state(w->e, "i-aaa"), SPI_NODE_TERMINATED);
+  fb_done(w);
+}
+
 /* Issue 12 item 7: advisory notices for 4,096 machines that run nothing
  * filled the node table for good, and a terminate notice for a machine
  * that does run a replica was refused with SPI_EFULL, its replica left
@@ -1060,6 +1125,9 @@ int main(void) {
       cmocka_unit_test(test_event_served_past_deadline_acts_once),
       cmocka_unit_test(test_keys_kept_while_the_machine_lives),
       cmocka_unit_test(test_withdrawal_keeps_advice_keys),
+      cmocka_unit_test(test_replica_add_keeps_advice_keys),
+      cmocka_unit_test(test_replica_add_restarts_terminated_machine),
+      cmocka_unit_test(test_replica_add_before_deadline_is_no_restart),
       cmocka_unit_test(test_node_table_flood),
       cmocka_unit_test(test_node_table_full_of_replicas),
       cmocka_unit_test(test_notice_cost_is_bounded),

@@ -1050,6 +1050,133 @@ static void test_withdrawal_waits_for_notice_in_callback(void **st) {
   fb_two_done(&two);
 }
 
+/* A notice served again after its withdrawal put the machine back to
+ * work acts again on every engine: each publication has its own bus key
+ * (the publishing engine's time when it acted), so echoes and copies of
+ * one publication are repeats but a new one is not. It used to act again
+ * only on the engine it was handed to. */
+static void test_renotice_after_withdrawal_reaches_others(void **st) {
+  (void)st;
+  fb_pair two = fb_two(NULL, NULL);
+  fb_world *a = two.a, *bw = two.b;
+  spi_notice x = fb_notice("i-aaa", a->now + 600 * SEC, "aws:scheduled:ev-1");
+  x.kind = SPI_NOTICE_MAINTENANCE;
+  snprintf(x.event_id, sizeof x.event_id, "ev-1");
+  spi_notice wx = x;
+  wx.active = 0;
+  wx.deadline_ns = 0;
+  snprintf(wx.dedup_key, sizeof wx.dedup_key, "aws:scheduled:ev-1:canceled");
+  fb_hand(a, &x);
+  fb_hand(a, &wx);
+  assert_int_equal(spi_engine_tick(bw->e), SPI_OK);
+  assert_int_equal(fb_state(bw->e, "i-aaa"), SPI_NODE_ACTIVE);
+  a->now += SEC;
+  fb_hand(a, &x); /* the event is served again: acts here */
+  assert_int_equal(fb_state(a->e, "i-aaa"), SPI_NODE_NOTICED);
+  assert_int_equal(spi_engine_tick(bw->e), SPI_OK);
+  assert_int_equal(fb_state(bw->e, "i-aaa"), SPI_NODE_NOTICED);
+  /* A's own echoes are repeats there: still NOTICED after A's tick. */
+  assert_int_equal(spi_engine_tick(a->e), SPI_OK);
+  assert_int_equal(fb_state(a->e, "i-aaa"), SPI_NODE_NOTICED);
+  fb_two_done(&two);
+}
+
+/* issued_ns is optional within version 1: a notice from an engine that
+ * does not send it is applied once (a second copy is a repeat), one with
+ * members this engine does not know is applied, and one whose issued_ns
+ * is not a time is malformed. */
+static void test_issued_is_optional(void **st) {
+  (void)st;
+  fb_pair two = fb_two(NULL, NULL);
+  broker *b = two.bus;
+  fb_world *bw = two.b;
+  fleet(bw);
+  const char *old = "{\"active\":true,\"dedup_key\":\"k-1\",\"deadline_ns\":"
+                    "\"1700000600000000000\",\"event_id\":\"\","
+                    "\"kind\":\"terminate\",\"node\":\"i-aaa\","
+                    "\"type\":\"notice\",\"v\":1}";
+  const char *grown = "{\"active\":true,\"dedup_key\":\"k-2\",\"deadline_ns\":"
+                      "\"1700000600000000000\",\"event_id\":\"\","
+                      "\"issued_ns\":\"5\",\"kind\":\"terminate\","
+                      "\"node\":\"i-bbb\",\"region\":\"x\","
+                      "\"type\":\"notice\",\"v\":1}";
+  const char *bad = "{\"active\":true,\"dedup_key\":\"k-3\",\"deadline_ns\":"
+                    "\"1700000600000000000\",\"event_id\":\"\","
+                    "\"issued_ns\":5,\"kind\":\"terminate\","
+                    "\"node\":\"i-ccc\",\"type\":\"notice\",\"v\":1}";
+  broker_put(b, old, strlen(old));
+  broker_put(b, old, strlen(old));
+  broker_put(b, grown, strlen(grown));
+  broker_put(b, bad, strlen(bad));
+  assert_int_equal(spi_engine_tick(bw->e), SPI_OK);
+  spi_fleet_stats s = fb_stats(bw->e);
+  assert_int_equal(s.applied, 2);
+  assert_int_equal(s.duplicates, 1);
+  assert_int_equal(s.malformed, 1);
+  assert_int_equal(fb_state(bw->e, "i-aaa"), SPI_NODE_NOTICED);
+  assert_int_equal(fb_state(bw->e, "i-bbb"), SPI_NODE_NOTICED);
+  assert_int_equal(fb_state(bw->e, "i-ccc"), SPI_NODE_ACTIVE);
+  fb_two_done(&two);
+}
+
+/* Queuing a notice for the bus allocates nothing (it runs under the
+ * engine's locks): a notice handed in while memory runs out acts here,
+ * its message is kept, and it goes out once memory is back. It used to
+ * be dropped. */
+static void test_out_of_memory_keeps_message(void **st) {
+  (void)st;
+  fb_pair two = fb_two(NULL, NULL);
+  fb_world *a = two.a, *bw = two.b;
+  spi_notice first = fb_notice("i-aaa", a->now + 600 * SEC, "k-aaa");
+  fb_hand(a, &first);
+  assert_int_equal(broker_count(two.bus), 1);
+  a->fail_from = 1;
+  spi_notice n = fb_notice("i-bbb", a->now + 600 * SEC, "k-bbb");
+  fb_hand(a, &n);
+  a->fail_from = 0;
+  assert_int_equal(fb_state(a->e, "i-bbb"), SPI_NODE_NOTICED);
+  assert_int_equal(fb_stats(a->e).dropped, 0);
+  assert_int_equal(fb_stats(a->e).pending, 1);
+  assert_int_equal(spi_engine_tick(a->e), SPI_OK);
+  assert_int_equal(fb_stats(a->e).pending, 0);
+  assert_int_equal(broker_count(two.bus), 2);
+  assert_int_equal(spi_engine_tick(bw->e), SPI_OK);
+  assert_int_equal(fb_state(bw->e, "i-bbb"), SPI_NODE_NOTICED);
+  fb_two_done(&two);
+}
+
+/* A notice handed in while another thread's publish is under way goes out
+ * before either call returns: the thread that finds the bus busy asks the
+ * sender to go on up to its message. It used to stay in the ring until the
+ * host's next tick. */
+static void test_notice_behind_sender_goes_out(void **st) {
+  (void)st;
+  spi_test_watchdog("a notice behind another thread's publish", 30);
+  fb_pair two = fb_two(NULL, NULL);
+  broker *b = two.bus;
+  fb_world *a = two.a;
+  pthread_mutex_lock(&b->mu);
+  b->hold = 1;
+  pthread_mutex_unlock(&b->mu);
+  handing h = {a, fb_notice("i-aaa", a->now + 600 * SEC, "k-aaa")};
+  pthread_t t;
+  pthread_create(&t, NULL, hand_one, &h);
+  pthread_mutex_lock(&b->mu);
+  while (!b->held) pthread_cond_wait(&b->cv, &b->mu);
+  pthread_mutex_unlock(&b->mu);
+  spi_notice n2 = fb_notice("i-bbb", a->now + 600 * SEC, "k-bbb");
+  fb_hand(a, &n2); /* returns at once: another thread is sending */
+  pthread_mutex_lock(&b->mu);
+  b->hold = 0;
+  pthread_cond_broadcast(&b->cv);
+  pthread_mutex_unlock(&b->mu);
+  pthread_join(t, NULL);
+  spi_test_watchdog("", 0);
+  assert_int_equal(fb_stats(a->e).pending, 0);
+  assert_int_equal(broker_count(b), 2);
+  fb_two_done(&two);
+}
+
 /* ------------------------------------------------- everything at once */
 
 #define NODES 120
@@ -1162,6 +1289,10 @@ int main(void) {
       cmocka_unit_test(test_slow_bus_blocks_nothing),
       cmocka_unit_test(test_withdrawal_waits_for_notice_in_flight),
       cmocka_unit_test(test_withdrawal_waits_for_notice_in_callback),
+      cmocka_unit_test(test_notice_behind_sender_goes_out),
+      cmocka_unit_test(test_renotice_after_withdrawal_reaches_others),
+      cmocka_unit_test(test_issued_is_optional),
+      cmocka_unit_test(test_out_of_memory_keeps_message),
       cmocka_unit_test(test_concurrent),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
