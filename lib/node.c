@@ -298,6 +298,7 @@ static void linger_unlink(struct spi_nodes *t, node *n) {
 
 static int make_room(spi_engine *e);
 static void drop(spi_engine *e, node *n);
+static void expire(spi_engine *e, int64_t now);
 
 /* The node, created ACTIVE if new; NULL when the table is full of machines
  * that run replicas or memory runs out (callers report SPI_EFULL /
@@ -450,6 +451,9 @@ int32_t spi__nodes_initial(spi_engine *e, const spi_replica_ident *r,
                            int64_t now, int64_t *advised_until,
                            int64_t *cooldown_until) {
   struct spi_nodes *t = e->nodes;
+  /* A deadline passed with no tick since: the machine is TERMINATED now,
+   * so a replica added there is its restart, not a replica noticed. */
+  expire(e, now);
   *advised_until = *cooldown_until = 0;
   for (size_t k = 0; r->pool == SPI_POOL_SPOT && k < t->ncool; k++)
     if (t->cool[k].until > now && !strcmp(t->cool[k].type, r->instance_type) &&
@@ -734,23 +738,22 @@ static void remember(struct spi_nodes *t, const spi_notice *notice,
                    notice->active && is_advice(notice));
 }
 
-/* The bus's dedup key of a notice: the machine, what, when, which event
- * and which publication (issued: the publishing engine's time when it
- * acted there). Two events of one machine may share kind and deadline,
- * and an empty dedup key is allowed, so the event id tells them apart;
- * echoes and copies of one publication share issued, while a notice
- * served again after a withdrawal put its machine back to work is
- * published anew and acts again everywhere. The text fields are split by
- * 0x1f, which none of them may hold (spi__fleet_notice_check), so no two
- * notices share a key. */
+/* The bus's dedup key of a notice: the machine, what, when and which
+ * event. Two events of one machine may share kind and deadline, and an
+ * empty dedup key is allowed, so the event id tells them apart. The
+ * publication (issued_ns) is not in it: engines whose pollers hear the
+ * same cloud event each publish it at their own time, and those copies
+ * must be one notice, or a copy read after the event's withdrawal would
+ * notice the machine again. The text fields are split by 0x1f, which none
+ * of them may hold (spi__fleet_notice_check), so no two notices share a
+ * key. */
 _Static_assert(BUS_KEY_CAP >= 56 + 2 * SPI_ID_MAX +
                                   sizeof(((spi_notice *)0)->dedup_key),
-               "a bus key is held whole: 4 numbers, 3 texts, 6 marks");
-static void bus_key(char *buf, const spi_notice *n, int64_t deadline,
-                    int64_t issued) {
-  snprintf(buf, BUS_KEY_CAP, "%d|%d|%lld|%lld|%.63s\x1f%.63s\x1f%.159s",
-           (int)n->kind, n->active ? 1 : 0, (long long)deadline,
-           (long long)issued, n->node, n->event_id, n->dedup_key);
+               "a bus key is held whole: 3 numbers, 3 texts, 5 marks");
+static void bus_key(char *buf, const spi_notice *n, int64_t deadline) {
+  snprintf(buf, BUS_KEY_CAP, "%d|%d|%lld|%.63s\x1f%.63s\x1f%.159s",
+           (int)n->kind, n->active ? 1 : 0, (long long)deadline, n->node,
+           n->event_id, n->dedup_key);
 }
 
 /* Whether the bus key was applied here. Nodes lock held. */
@@ -1043,7 +1046,7 @@ int spi_engine_notice(spi_engine *engine, const spi_notice *notice,
     *n_out = run.found;
     if (rc == SPI_OK || rc == SPI_EBUFSIZE) {
       char key[BUS_KEY_CAP];
-      bus_key(key, notice, run.deadline, run.now);
+      bus_key(key, notice, run.deadline);
       /* its own echo skipped */
       spi__keyring_add(&t->bus_seen, key, XXH3_64bits(notice->node, nlen), 0);
       /* Queued under the lock: a withdrawal acting once it is free (on
@@ -1069,7 +1072,8 @@ int spi__nodes_apply_remote(spi_engine *e, const spi_notice *notice,
   run.now = spi__engine_now(e);
   struct spi_nodes *t = e->nodes;
   char key[BUS_KEY_CAP];
-  bus_key(key, notice, notice->deadline_ns, issued);
+  (void)issued; /* carried, not a key (bus_key) */
+  bus_key(key, notice, notice->deadline_ns);
   int rc = 0;
   lock_all(e);
   expire(e, run.now);

@@ -18,7 +18,8 @@
  * version or type it does not know, so a newer engine on the same bus is
  * not an error; it ignores members it does not know. issued_ns (the
  * publishing engine's time when the notice acted there) was added within
- * version 1: a message without it is read as issued at 0.
+ * version 1: a message without it is read as issued at 0. It is carried
+ * for the reader, not used to tell repeats apart (node.c, bus_key).
  *
  * Module calls run with no engine lock and no pin held: the bus's instance
  * is reference-counted (the snapshot holds one reference, each call in

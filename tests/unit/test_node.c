@@ -859,6 +859,23 @@ static void test_replica_add_restarts_terminated_machine(void **st) {
   fb_done(w);
 }
 
+/* The same restart when no tick ran between the deadline and the add: the
+ * machine is taken as TERMINATED then, and the new replica starts ACTIVE.
+ * It used to start NOTICED and stay out of routing on an entry the next
+ * tick terminated. */
+static void test_replica_add_restarts_machine_past_deadline(void **st) {
+  (void)st;
+  fb_world *w = mk(NULL);
+  fb_add(w, "r1", "i-aaa", SPI_POOL_SPOT, "g5.xlarge", "use1-az1");
+  spi_notice n = fb_notice("i-aaa", w->now + 120 * SEC, "aws:spot:1");
+  fb_hand(w, &n);
+  w->now += 121 * SEC; /* no tick, no other engine call */
+  fb_add(w, "r2", "i-aaa", SPI_POOL_SPOT, "g5.xlarge", "use1-az1");
+  assert_int_equal(spi_engine_tick(w->e), SPI_OK);
+  assert_int_equal(replica_state(w, "r2"), SPI_REPLICA_ACTIVE);
+  fb_done(w);
+}
+
 /* A replica added on a machine terminated by hand before its deadline
  * starts as the machine's other replicas and forgets no key: the machine
  * has not been started again. */
@@ -1127,6 +1144,7 @@ int main(void) {
       cmocka_unit_test(test_withdrawal_keeps_advice_keys),
       cmocka_unit_test(test_replica_add_keeps_advice_keys),
       cmocka_unit_test(test_replica_add_restarts_terminated_machine),
+      cmocka_unit_test(test_replica_add_restarts_machine_past_deadline),
       cmocka_unit_test(test_replica_add_before_deadline_is_no_restart),
       cmocka_unit_test(test_node_table_flood),
       cmocka_unit_test(test_node_table_full_of_replicas),
