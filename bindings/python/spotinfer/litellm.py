@@ -59,7 +59,8 @@ except ImportError as e:  # pragma: no cover - the message is the point
 from . import MAX_EXCLUDED, Engine, NoCapacityError, ShedError
 from .enums import BreakerState, ModelTier, OpenAIKind, Pool, ReplicaState, TicketStatus
 from ._engine import _closed as _engine_closed_error
-from .errors import InputError, NotFoundError, ResourceError, SpotinferError
+from .errors import (FullError, InputError, NoMemoryError, NotFoundError, ResourceError,
+                     SpotinferError)
 from .litellm_deployments import (DeploymentError, Replica, deployment_id, model_group,
                                   read_replicas, replicas_of)
 from .notices import TicketPlan, parse_notice
@@ -109,6 +110,10 @@ _QUEUE_POLL_S = 0.05
 #: The tick thread's period, and the least time between two sweeps of a
 #: strategy without one (_sweep_if_due).
 _TICK_S = 0.1
+
+#: How often the routes read again a list of deployments whose sync the
+#: library refused in part for room (its replica table full, no memory).
+_SYNC_RETRY_S = 1.0
 
 #: The replica ids serving each model name, those serving any, and every
 #: one (_serving_map).
@@ -342,6 +347,12 @@ class SpotinferRouting(CustomLogger, CustomRoutingStrategyBase):  # type: ignore
         # object, swapped whole by a sync): _serving_map.
         self._serving: _Serving = ({}, (), ())
         self._synced_version: Optional[int] = None
+        # A registry version a sync read but could not apply whole (the
+        # library's table full: _apply), when a route may read it again
+        # (_SYNC_RETRY_S), and the warnings already logged for it.
+        self._unapplied_version: Optional[int] = None
+        self._retry_at = 0.0
+        self._unapplied_logged: Set[str] = set()
         self._fresh: Dict[str, threading.Event] = {}
         self._stop = threading.Event()
         self._threads: List[threading.Thread] = []
@@ -405,10 +416,16 @@ class SpotinferRouting(CustomLogger, CustomRoutingStrategyBase):  # type: ignore
     def sync_if_changed(self) -> None:
         """sync_deployments when the router's deployments changed since the
         last (the proxy adds, updates and removes them in place, from its
-        database or its admin API); one integer compare when they did not."""
+        database or its admin API), or when the last sync could not apply
+        every deployment for lack of room in the library (again at most
+        once a second until one does); one integer compare when they did
+        not."""
         v = self._registry_version()
-        if v is not None and v != self._synced_version:
-            self._sync(strict=False, if_changed=True)
+        if v is None or v == self._synced_version:
+            return
+        if v == self._unapplied_version and time.monotonic() < self._retry_at:
+            return
+        self._sync(strict=False, if_changed=True)
 
     def sync_deployments(self) -> None:
         """Read the router's deployments again: add or update their
@@ -417,7 +434,12 @@ class SpotinferRouting(CustomLogger, CustomRoutingStrategyBase):  # type: ignore
         setting, an id another one has) or that the library refuses is
         logged as a warning on the ``spotinfer.litellm`` logger and left
         as it was (not added, or kept with the settings last applied), and
-        the others are applied. Once the strategy is closing, nothing."""
+        the others are applied. The replicas of deployments that are gone
+        are removed first, so that a deployment replacing another finds
+        its room in the library's replica table; one the library refuses
+        for room all the same (the table full, no memory) is tried again by
+        a later route's sync (sync_if_changed), and its warning is not
+        repeated meanwhile. Once the strategy is closing, nothing."""
         self._sync(strict=False)
 
     def _sync(self, *, strict: bool, if_changed: bool = False) -> None:
@@ -441,11 +463,26 @@ class SpotinferRouting(CustomLogger, CustomRoutingStrategyBase):  # type: ignore
                 reps, bad = list(read), list(errors)
             try:
                 with self._library():
-                    self._apply(deps, reps, bad, strict)
+                    complete = self._apply(deps, reps, bad, strict)
             except _Closed:
                 return
-            self._synced_version = v
+            again = v is not None and v == self._unapplied_version
+            if complete:
+                self._synced_version = v
+                self._unapplied_version = None
+                self._unapplied_logged = set()
+            else:
+                # Refused for room: a later route reads the same version again.
+                self._unapplied_version = v
+                self._retry_at = time.monotonic() + _SYNC_RETRY_S
+                if not again:
+                    self._unapplied_logged = set()
             for e in bad:
+                text = str(e)
+                if again and text in self._unapplied_logged:
+                    continue                # said at the version's first sync
+                if not complete:
+                    self._unapplied_logged.add(text)
                 _log.warning("spotinfer.litellm: %s; the deployment is left as it was "
                              "(not added, or with the settings last applied)", e)
             with self._lock:
@@ -456,11 +493,29 @@ class SpotinferRouting(CustomLogger, CustomRoutingStrategyBase):  # type: ignore
                             self._spawn(rid)
 
     def _apply(self, deps: Sequence[Any], reps: Sequence[Replica],
-               bad: List[Exception], strict: bool) -> None:
-        """Put the replicas read into the engine and the strategy's maps,
-        in model_list order, and remove those of deployments that are gone.
-        A deployment listed but not read (or refused: ``bad`` gets why)
-        keeps the replica it had. Inside _library, under _sync_lock."""
+               bad: List[Exception], strict: bool) -> bool:
+        """Remove from the engine the replicas of deployments that are gone,
+        then put the replicas read into the engine and the strategy's maps,
+        in model_list order (the room the gone ones held is free for the
+        new ones). A deployment listed but not read (or refused: ``bad``
+        gets why) keeps the replica it had. False when the library refused
+        a replica for a reason that passes (its replica table full, no
+        memory): the sync is then not complete, and a later one applies
+        the same list again. Inside _library, under _sync_lock."""
+        listed = {rid for rid in map(deployment_id, deps) if rid is not None}
+        with self._lock:
+            gone = [rid for rid in self._replicas if rid not in listed]
+        for rid in gone:
+            try:
+                self.engine.remove_replica(rid)
+            except NotFoundError:
+                pass                        # removed by the engine's owner
+            except SpotinferError as e:
+                if strict:
+                    raise
+                _log.warning("spotinfer.litellm: replica %r of a deployment that is "
+                             "gone: the library did not remove it: %s", rid, e)
+        complete = True
         applied: Dict[str, Replica] = {}
         for r in reps:
             try:
@@ -470,6 +525,8 @@ class SpotinferRouting(CustomLogger, CustomRoutingStrategyBase):  # type: ignore
                                       f"it as a replica: {e}")
                 if strict:
                     raise err from e
+                if isinstance(e, (FullError, NoMemoryError)):
+                    complete = False
                 bad.append(err)
                 continue
             applied[r.info.id] = r
@@ -482,21 +539,11 @@ class SpotinferRouting(CustomLogger, CustomRoutingStrategyBase):  # type: ignore
                     rep = self._replicas.get(rid)
                 if rep is not None:
                     kept.setdefault(rep.info.id, rep)
-            gone = set(self._replicas) - set(kept)
             self._replicas = kept
             self._serving = _serving_map(list(kept.values()))
             for rid in kept:
                 self._fresh.setdefault(rid, threading.Event())
-        for rid in gone:
-            try:
-                self.engine.remove_replica(rid)
-            except NotFoundError:
-                pass                        # removed by the engine's owner
-            except SpotinferError as e:
-                if strict:
-                    raise
-                _log.warning("spotinfer.litellm: replica %r of a deployment that is "
-                             "gone: the library did not remove it: %s", rid, e)
+        return complete
 
     def _spawn(self, rid: str) -> None:
         """Start a replica's load thread and list it; under _lock, and only

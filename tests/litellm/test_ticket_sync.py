@@ -1,0 +1,119 @@
+"""Tickets of tries LiteLLM holds up, refuses or never sends, and
+deployment syncs that the library refuses or that a new Router repeats:
+against a backend on loopback that answers after a delay."""
+
+import asyncio
+import time
+
+import litellm
+import pytest
+from litellm import Router
+from litellm.integrations.custom_logger import CustomLogger
+from litellm.types.router import Deployment
+
+import spotinfer.litellm
+from spotinfer import Engine, Pool, TicketStatus
+from spotinfer.litellm import SpotinferRouting
+
+from delayed_backend import serve
+
+MODEL = "fake-model"
+MSGS = [{"role": "user", "content": "hi"}]
+META = {"class": "silver"}
+LOOP = asyncio.new_event_loop()
+
+
+def run(coro):
+    return LOOP.run_until_complete(coro)
+
+
+def dep(url, rid="spot-a", **settings):
+    return {"model_name": MODEL,
+            "litellm_params": {"model": f"openai/{MODEL}", "api_base": url, "api_key": "x"},
+            "model_info": {"id": rid, "spotinfer": {"pool": "spot", "usd_per_hour": 1.8,
+                                                    "metrics_url": False, **settings}}}
+
+
+def ledger(routing):
+    rows = routing.engine.ledger()
+    return sum(r.completed for r in rows), sum(r.failed for r in rows)
+
+
+def spy_cancelled(routing):
+    out = []
+    real = routing._finish
+
+    def finish(tid, res):
+        if res.status == TicketStatus.CANCELLED:
+            out.append(tid)
+        real(tid, res)
+    routing._finish = finish
+    return out
+
+
+@pytest.fixture
+def closing():
+    made = []
+    yield made.append
+    for r in made:
+        r.close()
+
+
+def unreachable(rid, name=MODEL):
+    return {"model_name": name,
+            "litellm_params": {"model": f"openai/{MODEL}", "api_key": "x",
+                               "api_base": f"http://127.0.0.1:9/{rid}/v1"},
+            "model_info": {"id": rid, "spotinfer": {"pool": "spot", "usd_per_hour": 1.8,
+                                                    "metrics_url": False}}}
+
+
+def test_a_replacement_refused_for_room_is_applied_by_a_later_sync(closing):
+    """A deployment replaced by another (the proxy's model list reloaded,
+    or one deleted and one added before the next route) with the library's
+    replica table full: the sync upserts the new one before it removes the
+    old one, so the library refuses it (router.max_replicas), and the sync
+    records the registry's version all the same. The old replica is then
+    removed, and no later route reads the list again until some other
+    change: the new deployment stays unroutable for good."""
+    router = Router(model_list=[unreachable("old-a")], num_retries=0)
+    routing = SpotinferRouting(router, {"router": {"load_max_age_ms": 600000,
+                                                   "max_replicas": 1}})
+    closing(routing)
+    router.register_plugin(routing)
+    router.set_model_list([unreachable("new-b")])
+    routing.sync_if_changed()           # the next route
+    routing.sync_if_changed()           # and any later one
+    assert sorted(routing._replicas) == ["new-b"]
+    assert [s.id for s in routing.engine.replicas()] == ["new-b"]
+
+
+
+
+def test_a_deployment_refused_for_room_is_added_by_a_later_route(closing, monkeypatch, caplog):
+    """A deployment added while the library's replica table is full (here
+    with a replica of the engine's owner): the sync that reads it records
+    no registry version, so a later route reads the list again, once
+    _SYNC_RETRY_S has passed, and adds it once there is room; its warning
+    is logged once."""
+    monkeypatch.setattr(spotinfer.litellm, "_SYNC_RETRY_S", 0.2, raising=False)
+    engine = Engine({"router": {"load_max_age_ms": 600000, "max_replicas": 2}})
+    engine.upsert_replica(id="owners", pool=Pool.SPOT, usd_per_hour=1.0)
+    router = Router(model_list=[unreachable("spot-a")], num_retries=0)
+    routing = SpotinferRouting(router, engine=engine)
+    closing(routing)
+    router.register_plugin(routing)
+    router.add_deployment(Deployment(**unreachable("spot-b")))
+    routing.sync_if_changed()
+    assert sorted(routing._replicas) == ["spot-a"]
+    engine.remove_replica("owners")
+    routing.sync_if_changed()           # before _SYNC_RETRY_S: nothing read
+    assert sorted(routing._replicas) == ["spot-a"]
+    time.sleep(0.25)
+    routing.sync_if_changed()
+    assert sorted(routing._replicas) == ["spot-a", "spot-b"]
+    assert sorted(s.id for s in engine.replicas()) == ["spot-a", "spot-b"]
+    refused = [r for r in caplog.records if "spot-b" in r.getMessage()]
+    assert len(refused) == 1
+    routing.close()
+    routing.wait_closed(5)
+    engine.close()
