@@ -117,3 +117,52 @@ def test_a_deployment_refused_for_room_is_added_by_a_later_route(closing, monkey
     routing.close()
     routing.wait_closed(5)
     engine.close()
+
+
+def test_the_proxy_keeps_routing_when_a_new_router_has_a_bad_deployment(monkeypatch):
+    """A deployment added at run time with a bad spotinfer setting (the
+    proxy's admin API or database) is logged and left out by the running
+    strategy, and the proxy serves on. Once the proxy builds a new Router
+    over the same deployments (a config reload), ProxyRouting installs a
+    strategy on it, whose __init__ is strict: the DeploymentError is raised
+    from the proxy's pre-call hook for every request, the same deployment
+    now refusing all traffic instead of being left out."""
+    from litellm.proxy import proxy_server
+    from spotinfer.litellm_proxy import ProxyRouting
+    good = unreachable("spot-a")
+    bad = unreachable("spot-bad")
+    bad["model_info"]["spotinfer"]["usd_per_hr"] = 2.0       # misspelt key
+    first = Router(model_list=[good], num_retries=0)
+    monkeypatch.setattr(proxy_server, "llm_router", first)
+    proxy = ProxyRouting()
+    try:
+        assert proxy.ensure() is not None
+        first.add_deployment(Deployment(**bad))
+        proxy.strategy.sync_if_changed()                   # the next route: logged, left out
+        assert sorted(proxy.strategy._replicas) == ["spot-a"]
+        reloaded = Router(model_list=[good, bad], num_retries=0)
+        monkeypatch.setattr(proxy_server, "llm_router", reloaded)
+        data = {"model": MODEL, "messages": MSGS}
+        run(proxy.async_pre_call_hook(None, None, data, "acompletion"))
+        assert proxy.strategy is not None and proxy.strategy.router is reloaded
+        assert sorted(proxy.strategy._replicas) == ["spot-a"]
+    finally:
+        if proxy.strategy is not None:
+            proxy.strategy.close()
+
+
+def test_a_strategy_made_lenient_leaves_a_bad_deployment_out(closing, caplog):
+    """strict_deployments=False: a deployment with a bad setting is logged
+    and left out of a new strategy, as a later sync does; by default the
+    constructor raises DeploymentError naming it."""
+    from spotinfer.litellm_deployments import DeploymentError
+    bad = unreachable("spot-bad")
+    bad["model_info"]["spotinfer"]["usd_per_hr"] = 2.0
+    router = Router(model_list=[unreachable("spot-a"), bad], num_retries=0)
+    with pytest.raises(DeploymentError, match="spot-bad"):
+        SpotinferRouting(router)
+    routing = SpotinferRouting(router, strict_deployments=False)
+    closing(routing)
+    assert sorted(routing._replicas) == ["spot-a"]
+    assert [s.id for s in routing.engine.replicas()] == ["spot-a"]
+    assert any("spot-bad" in r.getMessage() for r in caplog.records)

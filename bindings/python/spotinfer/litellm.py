@@ -279,7 +279,10 @@ class SpotinferRouting(CustomLogger, CustomRoutingStrategyBase):  # type: ignore
     reading of every replica), ``close_wait_s`` (close() waits at most this
     long; the rest of the close goes on in a thread of its own),
     ``close_timeout_s`` (that thread waits at most this long for the
-    strategy's threads and its calls into the library; see close()).
+    strategy's threads and its calls into the library; see close()),
+    ``strict_deployments`` (True: a deployment that cannot be read or that
+    the library refuses raises DeploymentError from the constructor;
+    False: it is logged and left out, as sync_deployments does).
     """
 
     def __init__(self, router: Any, config: Any = None, *,
@@ -290,7 +293,7 @@ class SpotinferRouting(CustomLogger, CustomRoutingStrategyBase):  # type: ignore
                  late_event_wait_s: float = 5.0,
                  respect_litellm_health: bool = True,
                  ready_wait_s: float = 5.0, close_wait_s: float = 0.1,
-                 close_timeout_s: float = 10.0) -> None:
+                 close_timeout_s: float = 10.0, strict_deployments: bool = True) -> None:
         CustomLogger.__init__(self)
         # LiteLLM keeps one callback per class and public scalar attributes:
         # a number of its own keeps two strategies (two routers) apart.
@@ -361,7 +364,7 @@ class SpotinferRouting(CustomLogger, CustomRoutingStrategyBase):  # type: ignore
         # Held for a whole sync of the deployments (_sync), never with _lock
         # held, never by a call into the library but the sync's own.
         self._sync_lock = threading.Lock()
-        self._sync(strict=True)
+        self._sync(strict=bool(strict_deployments))
 
     # -- set-up
 
