@@ -453,8 +453,8 @@ class RefusingCheck(litellm.integrations.custom_logger.CustomLogger):
 
 def test_a_sync_try_refused_by_a_pre_call_check_ends_after_late_event_wait_s(backends, closing):
     """The sync API: a callback's pre_call_check that raises after the route
-    (before the strategy's own, which marks the try sent) leaves no event;
-    the try's ticket ends as CANCELLED after late_event_wait_s."""
+    leaves no event, and the try was never sent (no log_pre_api_call); its
+    ticket ends as CANCELLED after late_event_wait_s."""
     backends.start("spot-a", *FAST)
     router = Router(model_list=[deployment(backends, "spot-a")], num_retries=0)
     refusing = RefusingCheck()

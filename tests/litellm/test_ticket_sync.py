@@ -166,3 +166,65 @@ def test_a_strategy_made_lenient_leaves_a_bad_deployment_out(closing, caplog):
     assert sorted(routing._replicas) == ["spot-a"]
     assert [s.id for s in routing.engine.replicas()] == ["spot-a"]
     assert any("spot-bad" in r.getMessage() for r in caplog.records)
+
+
+def test_a_sync_try_refused_by_a_check_after_the_strategys_ends(closing):
+    """The sync API: the Router runs the callbacks' pre_call_check in
+    litellm.callbacks order. LiteLLM's model rate limit check, turned on
+    after the strategy was installed (router settings updated at run time,
+    as the proxy does from its database), comes after the strategy's and
+    refuses the call with no event: the try was never sent, and its
+    ticket ends after late_event_wait_s, not ticket_timeout_s (the
+    strategy marks a try sent from the provider's log_pre_api_call, not
+    from a pre_call_check)."""
+    srv, url = serve(0.05)
+    d = dep(url)
+    d["litellm_params"]["rpm"] = 1
+    router = Router(model_list=[d], num_retries=0)
+    routing = SpotinferRouting.install(router, {"router": {"load_max_age_ms": 600000}},
+                                       late_event_wait_s=0.3)
+    closing(routing)
+    router.set_optional_pre_call_checks(["enforce_model_rate_limits"])
+    try:
+        router.completion(model=MODEL, messages=MSGS, metadata=dict(META))
+        with pytest.raises(litellm.RateLimitError):
+            router.completion(model=MODEL, messages=MSGS, metadata=dict(META))
+        time.sleep(1.0)                 # past late_event_wait_s, and the first's event
+    finally:
+        srv.shutdown()
+    assert not routing._open, "a refused sync try stays open for ticket_timeout_s"
+    assert routing.engine.replica_status("spot-a").inflight == 0
+
+
+def _sync_call(router, kind):
+    if kind == "completion":
+        return router.completion(model=MODEL, messages=MSGS, metadata=dict(META))
+    if kind == "stream":
+        out = router.completion(model=MODEL, messages=MSGS, metadata=dict(META), stream=True)
+        return "".join(c.choices[0].delta.content or "" for c in out)
+    if kind == "embedding":
+        return router.embedding(model=MODEL, input=["hi"], metadata=dict(META))
+    return router.responses(model=MODEL, input="hi", metadata=dict(META))
+
+
+@pytest.mark.parametrize("kind", ["completion", "stream", "embedding", "responses"])
+def test_a_sync_try_served_past_late_event_wait_s_is_not_cancelled(closing, kind):
+    """The sync API: each call type that LiteLLM sends is marked sent
+    (log_pre_api_call) before its backend answers, so a backend slower
+    than late_event_wait_s does not have its try swept as CANCELLED."""
+    srv, url = serve(0.6)
+    router = Router(model_list=[dep(url)], num_retries=0)
+    routing = SpotinferRouting.install(router, {"router": {"load_max_age_ms": 600000}},
+                                       late_event_wait_s=0.2)
+    closing(routing)
+    cancelled = spy_cancelled(routing)
+    try:
+        assert _sync_call(router, kind)
+        deadline = time.monotonic() + 5
+        while routing._open and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        srv.shutdown()
+    assert not cancelled
+    assert not routing._open
+    assert ledger(routing) == (1, 0)

@@ -1453,20 +1453,17 @@ class SpotinferRouting(CustomLogger, CustomRoutingStrategyBase):  # type: ignore
     # between the route and the call (a deployment's max_parallel_requests,
     # the pre-call checks of other callbacks), which raise with no event.
     # An async call runs the deployment hook in its call wrapper, for every
-    # try; a sync call has no deployment hook: its Router runs the callbacks'
-    # pre_call_check with the routed deployment before the call (completion,
-    # embedding, image generation, its generic calls), and the provider logs
-    # the request to the callbacks' log_pre_api_call just before sending it
-    # (every call, async ones too). A ticket none of them marked within
-    # late_event_wait_s of its route is finished as CANCELLED.
+    # try; a sync call has no deployment hook: the provider logs the request
+    # to the callbacks' log_pre_api_call just before sending it (every call,
+    # async ones too: completion, streams, embedding, responses). Not the
+    # Router's pre_call_check: it runs the callbacks' checks in their order,
+    # and a check after the strategy's (LiteLLM's model rate limits) may
+    # still refuse the try, with no event. A ticket none of them marked
+    # within late_event_wait_s of its route is finished as CANCELLED.
 
     async def async_pre_call_deployment_hook(
             self, kwargs: Dict[str, Any], call_type: Any) -> Optional[Dict[str, Any]]:
         self._mark_sent(kwargs)
-        return None
-
-    def pre_call_check(self, deployment: Dict[str, Any]) -> Optional[Dict[str, Any]]:
-        self._mark_sent(deployment)
         return None
 
     def log_pre_api_call(self, model: Any, messages: Any, kwargs: Any) -> None:
