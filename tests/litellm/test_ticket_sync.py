@@ -59,6 +59,52 @@ def closing():
         r.close()
 
 
+class SlowDeploymentHook(CustomLogger):
+    """Another callback's deployment-level pre-call hook that takes a while
+    (a proxy guardrail on the deployment's `guardrails`, LiteLLM's
+    compression interception computing embeddings), in litellm.callbacks
+    before the strategy is installed (the proxy installs it at its first
+    request, after every configured callback)."""
+
+    def __init__(self, wait):
+        super().__init__()
+        self.wait = wait
+
+    async def async_pre_call_deployment_hook(self, kwargs, call_type):
+        await asyncio.sleep(self.wait)
+        return None
+
+
+@pytest.mark.parametrize("hook_first", [False, True])
+def test_a_try_delayed_by_another_deployment_hook_is_not_cancelled(closing, hook_first):
+    """A try LiteLLM does send, after another callback's deployment hook
+    held it longer than late_event_wait_s, is not swept as CANCELLED on its
+    way to the replica: its success finishes its ticket (OK)."""
+    srv, url = serve(0.05)
+    slow = SlowDeploymentHook(1.0)
+    litellm.logging_callback_manager.add_litellm_callback(slow)
+    try:
+        router = Router(model_list=[dep(url)], num_retries=0)
+        routing = SpotinferRouting.install(router, {"router": {"load_max_age_ms": 600000}},
+                                           late_event_wait_s=0.4)
+        closing(routing)
+        assert litellm.callbacks[0] is routing     # ahead of the slow hook
+        if hook_first:
+            # Put ahead of the strategy all the same (a callback list
+            # rebuilt after the install): the try's task still has it.
+            litellm.callbacks.remove(slow)
+            litellm.callbacks.insert(0, slow)
+        cancelled = spy_cancelled(routing)
+        r = run(router.acompletion(model=MODEL, messages=MSGS, metadata=dict(META)))
+        assert r.choices[0].message.content == "hi"
+        run(asyncio.sleep(0.5))
+    finally:
+        litellm.logging_callback_manager.remove_callback_from_all_lists(slow, require_self=False)
+        srv.shutdown()
+    assert not cancelled, "a try that was sent and answered was swept as CANCELLED"
+    assert ledger(routing) == (1, 0)
+
+
 def unreachable(rid, name=MODEL):
     return {"model_name": name,
             "litellm_params": {"model": f"openai/{MODEL}", "api_key": "x",
