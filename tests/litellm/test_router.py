@@ -53,7 +53,41 @@ LOOP = asyncio.new_event_loop()
 
 
 def run(coro):
-    return LOOP.run_until_complete(coro)
+    """Await coro in the test's one caller task, as an application's main
+    task awaits call after call: a strategy ends an async route's unsent
+    tickets when the task that routed is done."""
+    return LOOP.run_until_complete(_caller().call(coro))
+
+
+class _Caller:
+    """A task on LOOP that awaits the coroutines handed to it, one at a
+    time, and lives as long as the loop."""
+
+    def __init__(self):
+        self.queue = asyncio.Queue()
+        self.task = LOOP.create_task(self._serve())
+
+    async def _serve(self):
+        while True:
+            coro, fut = await self.queue.get()
+            try:
+                fut.set_result(await coro)
+            except BaseException as e:  # noqa: BLE001 - handed back to run()
+                fut.set_exception(e)
+
+    async def call(self, coro):
+        fut = LOOP.create_future()
+        await self.queue.put((coro, fut))
+        return await fut
+
+
+_CALLERS = []
+
+
+def _caller():
+    if not _CALLERS:
+        _CALLERS.append(_Caller())
+    return _CALLERS[0]
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -453,8 +487,8 @@ class RefusingCheck(litellm.integrations.custom_logger.CustomLogger):
 
 def test_a_sync_try_refused_by_a_pre_call_check_ends_after_late_event_wait_s(backends, closing):
     """The sync API: a callback's pre_call_check that raises after the route
-    (before the strategy's own, which marks the try sent) leaves no event;
-    the try's ticket ends as CANCELLED after late_event_wait_s."""
+    leaves no event, and the try was never sent (no log_pre_api_call); its
+    ticket ends as CANCELLED after late_event_wait_s."""
     backends.start("spot-a", *FAST)
     router = Router(model_list=[deployment(backends, "spot-a")], num_retries=0)
     refusing = RefusingCheck()
@@ -1360,14 +1394,15 @@ def test_a_strategy_not_started_sweeps_on_its_routes_and_events(closing):
 
 
 def test_tries_never_sent_end_after_late_event_wait_s(closing):
-    """Of the tickets a strategy not started routed, those LiteLLM never
-    sent (no pre-call hook within late_event_wait_s of the route) are
-    finished as CANCELLED by the next sweep; a sent one stays open for its
-    events, and the queue of unsent tickets keeps none that is done."""
+    """Of the tickets a strategy not started routed off an event loop (the
+    sync API), those LiteLLM never sent (no pre-call hook or
+    log_pre_api_call within late_event_wait_s of the route) are finished
+    as CANCELLED by the next sweep; a sent one stays open for its events,
+    and the queue of unsent tickets keeps none that is done."""
     router, routing = hand_fed(["spot-a"], late_event_wait_s=0.2)
     closing(routing)
-    deps = [run(routing.async_get_available_deployment(
-        MODEL, messages=messages("s", "u"), request_kwargs={"metadata": {"class": "silver"}}))
+    deps = [routing.get_available_deployment(
+        MODEL, messages=messages("s", "u"), request_kwargs={"metadata": {"class": "silver"}})
         for _ in range(3)]
     sent(routing, deps[1])
     kept = deps[1]["model_info"][TICKET_KEY]
@@ -1381,14 +1416,44 @@ def test_tries_never_sent_end_after_late_event_wait_s(closing):
     assert (sum(r.completed for r in rows), sum(r.failed for r in rows)) == (1, 2)
     # Lowered at run time, late_event_wait_s applies to the tickets open.
     routing.late_event_wait_s = 60
-    run(routing.async_get_available_deployment(
-        MODEL, messages=messages("s", "u"), request_kwargs={"metadata": {"class": "silver"}}))
+    routing.get_available_deployment(
+        MODEL, messages=messages("s", "u"), request_kwargs={"metadata": {"class": "silver"}})
     routing._sweep_if_due()
     assert len(routing._open) == 1
     routing.late_event_wait_s = 0.1
     time.sleep(0.2)
     routing._sweep_if_due()
     assert not routing._open
+
+
+def test_an_async_try_never_sent_ends_with_its_task_not_on_a_timer(closing):
+    """An async route's ticket that LiteLLM never sends is not swept after
+    late_event_wait_s (another callback's deployment hook may hold the
+    try up for longer): it ends as CANCELLED once the task that routed it
+    is done, or at once when a retry of its call routes in that task."""
+    router, routing = hand_fed(["spot-a"], late_event_wait_s=0.1)
+    closing(routing)
+    kw = {"metadata": {"class": "silver"}, "litellm_trace_id": "call-1"}
+
+    async def route():
+        return await routing.async_get_available_deployment(
+            MODEL, messages=messages("s", "u"), request_kwargs=kw)
+
+    async def held():
+        dep = await route()
+        await asyncio.sleep(0.3)        # held up past late_event_wait_s
+        routing._sweep_if_due()
+        tid = dep["model_info"][TICKET_KEY]
+        assert list(routing._open) == [tid]
+        again = await route()           # the call's retry, in this task
+        assert list(routing._open) == [again["model_info"][TICKET_KEY]]
+        return again
+    run(LOOP.create_task(held()))
+    run(asyncio.sleep(0.05))            # the task's done-callback
+    assert not routing._open
+    rows = routing.engine.ledger()
+    assert (sum(r.completed for r in rows), sum(r.failed for r in rows)) == (0, 2)
+    assert routing.engine.replica_status("spot-a").consecutive_errors == 0     # CANCELLED
 
 
 def test_an_event_after_its_ticket_was_due_still_finishes_it(closing):

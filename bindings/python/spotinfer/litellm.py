@@ -56,10 +56,19 @@ except ImportError as e:  # pragma: no cover - the message is the point
     raise ImportError(f"spotinfer.litellm needs LiteLLM ({e}): "
                       "pip install 'spotinfer[litellm]'") from e
 
+try:
+    from litellm.litellm_core_utils import logging_callback_manager as _lcm
+    _lists_lock: Any = getattr(_lcm, "_callback_lists_lock", None)
+except ImportError:  # pragma: no cover - a LiteLLM without the manager
+    _lists_lock = None
+if not isinstance(_lists_lock, type(threading.RLock())):
+    _lists_lock = None                  # add_litellm_callback takes it again
+
 from . import MAX_EXCLUDED, Engine, NoCapacityError, ShedError
 from .enums import BreakerState, ModelTier, OpenAIKind, Pool, ReplicaState, TicketStatus
 from ._engine import _closed as _engine_closed_error
-from .errors import InputError, NotFoundError, ResourceError, SpotinferError
+from .errors import (FullError, InputError, NoMemoryError, NotFoundError, ResourceError,
+                     SpotinferError)
 from .litellm_deployments import (DeploymentError, Replica, deployment_id, model_group,
                                   read_replicas, replicas_of)
 from .notices import TicketPlan, parse_notice
@@ -109,6 +118,10 @@ _QUEUE_POLL_S = 0.05
 #: The tick thread's period, and the least time between two sweeps of a
 #: strategy without one (_sweep_if_due).
 _TICK_S = 0.1
+
+#: How often the routes read again a list of deployments whose sync the
+#: library refused in part for room (its replica table full, no memory).
+_SYNC_RETRY_S = 1.0
 
 #: The replica ids serving each model name, those serving any, and every
 #: one (_serving_map).
@@ -208,9 +221,10 @@ class _Closed(Exception):
 
 
 class _Open:
-    """A ticket between its route and its callback. ``sent`` is set once
-    LiteLLM hands its try to the deployment (_mark_sent): a try it never
-    sends has no event. ``streamed`` once the streaming deployment hook
+    """A ticket between its route and its callback. ``owner`` is what
+    routed it: its asyncio task, by id (_watch_task), else its thread, by
+    ident. ``sent`` is set once LiteLLM hands its try to the deployment
+    (_mark_sent): a try it never sends has no event. ``streamed`` once the streaming deployment hook
     ran for it (LiteLLM runs it on a stream's last chunk), ``answered``
     once the call handed back an answer that its success event finishes
     (an embedding, say): either way its event may be on its way
@@ -218,10 +232,11 @@ class _Open:
     place in the metadata (_leave_earlier_try), or its task was cancelled
     with its event on its way: its own event may still come until then."""
 
-    __slots__ = ("replica", "opened", "sent", "streamed", "answered", "until")
+    __slots__ = ("replica", "owner", "opened", "sent", "streamed", "answered", "until")
 
-    def __init__(self, replica: str) -> None:
+    def __init__(self, replica: str, owner: Tuple[str, int]) -> None:
         self.replica = replica
+        self.owner = owner
         self.opened = time.monotonic()
         self.sent = False
         self.streamed = False
@@ -267,14 +282,19 @@ class SpotinferRouting(CustomLogger, CustomRoutingStrategyBase):  # type: ignore
     then is finished as CANCELLED), ``late_event_wait_s`` (how long the
     try a later route of its call took the place of waits for its own
     event before it is finished as CANCELLED: _leave_earlier_try; and how
-    long after its route a try LiteLLM has not sent is: _mark_sent),
+    long after its route a try routed off an event loop, the sync API's,
+    that LiteLLM has not sent is: _mark_sent; an async route's unsent try
+    ends with its task instead: _task_done),
     ``respect_litellm_health`` (take only
     deployments LiteLLM's own checks call healthy: cooldowns, allowed
     fails), ``ready_wait_s`` (start() waits this long for a first load
     reading of every replica), ``close_wait_s`` (close() waits at most this
     long; the rest of the close goes on in a thread of its own),
     ``close_timeout_s`` (that thread waits at most this long for the
-    strategy's threads and its calls into the library; see close()).
+    strategy's threads and its calls into the library; see close()),
+    ``strict_deployments`` (True: a deployment that cannot be read or that
+    the library refuses raises DeploymentError from the constructor;
+    False: it is logged and left out, as sync_deployments does).
     """
 
     def __init__(self, router: Any, config: Any = None, *,
@@ -285,7 +305,7 @@ class SpotinferRouting(CustomLogger, CustomRoutingStrategyBase):  # type: ignore
                  late_event_wait_s: float = 5.0,
                  respect_litellm_health: bool = True,
                  ready_wait_s: float = 5.0, close_wait_s: float = 0.1,
-                 close_timeout_s: float = 10.0) -> None:
+                 close_timeout_s: float = 10.0, strict_deployments: bool = True) -> None:
         CustomLogger.__init__(self)
         # LiteLLM keeps one callback per class and public scalar attributes:
         # a number of its own keeps two strategies (two routers) apart.
@@ -325,7 +345,8 @@ class SpotinferRouting(CustomLogger, CustomRoutingStrategyBase):  # type: ignore
         # (_sweep_if_due).
         self._due = float("inf")
         self._swept = 0.0
-        # The open tickets with the time of their route, in route order, for
+        # The open tickets routed off an event loop (no task ends them:
+        # _task_done) with the time of their route, in route order, for
         # _expire_unsent (due late_event_wait_s after it unless sent); a
         # ticket sent or finished since stays until it is at the front.
         # Written under _lock; _unsent_due, when the front is due, read as
@@ -342,6 +363,12 @@ class SpotinferRouting(CustomLogger, CustomRoutingStrategyBase):  # type: ignore
         # object, swapped whole by a sync): _serving_map.
         self._serving: _Serving = ({}, (), ())
         self._synced_version: Optional[int] = None
+        # A registry version a sync read but could not apply whole (the
+        # library's table full: _apply), when a route may read it again
+        # (_SYNC_RETRY_S), and the warnings already logged for it.
+        self._unapplied_version: Optional[int] = None
+        self._retry_at = 0.0
+        self._unapplied_logged: Set[str] = set()
         self._fresh: Dict[str, threading.Event] = {}
         self._stop = threading.Event()
         self._threads: List[threading.Thread] = []
@@ -350,7 +377,7 @@ class SpotinferRouting(CustomLogger, CustomRoutingStrategyBase):  # type: ignore
         # Held for a whole sync of the deployments (_sync), never with _lock
         # held, never by a call into the library but the sync's own.
         self._sync_lock = threading.Lock()
-        self._sync(strict=True)
+        self._sync(strict=bool(strict_deployments))
 
     # -- set-up
 
@@ -368,13 +395,24 @@ class SpotinferRouting(CustomLogger, CustomRoutingStrategyBase):  # type: ignore
         return self
 
     def add_callback(self) -> None:
-        """Put the strategy in litellm.callbacks, where LiteLLM (the Router
-        and the proxy alike) finds its success and failure callbacks."""
+        """Put the strategy first in litellm.callbacks, where LiteLLM (the
+        Router and the proxy alike) finds its success and failure
+        callbacks and its deployment hooks. First, so that its pre-call
+        deployment hook marks a try sent before another callback's hook
+        holds it up (a guardrail, an interception computing embeddings):
+        whatever those hooks do then happens inside the call wrapper, whose
+        events end the ticket. The strategy's hooks change no request and
+        no answer, so running them first changes nothing for the others."""
         manager = getattr(litellm, "logging_callback_manager", None)
-        if manager is not None:
-            manager.add_litellm_callback(self)
-        elif self not in litellm.callbacks:
-            litellm.callbacks.append(self)
+        with _lists_lock if _lists_lock is not None else contextlib.nullcontext():
+            if manager is not None:
+                manager.add_litellm_callback(self)
+            elif self not in litellm.callbacks:
+                litellm.callbacks.append(self)
+            cbs = litellm.callbacks
+            if self in cbs and cbs[0] is not self:
+                cbs.remove(self)
+                cbs.insert(0, self)
 
     def remove_callback(self) -> None:
         """Take the strategy out of every callback list LiteLLM copied it
@@ -405,10 +443,16 @@ class SpotinferRouting(CustomLogger, CustomRoutingStrategyBase):  # type: ignore
     def sync_if_changed(self) -> None:
         """sync_deployments when the router's deployments changed since the
         last (the proxy adds, updates and removes them in place, from its
-        database or its admin API); one integer compare when they did not."""
+        database or its admin API), or when the last sync could not apply
+        every deployment for lack of room in the library (again at most
+        once a second until one does); one integer compare when they did
+        not."""
         v = self._registry_version()
-        if v is not None and v != self._synced_version:
-            self._sync(strict=False, if_changed=True)
+        if v is None or v == self._synced_version:
+            return
+        if v == self._unapplied_version and time.monotonic() < self._retry_at:
+            return
+        self._sync(strict=False, if_changed=True)
 
     def sync_deployments(self) -> None:
         """Read the router's deployments again: add or update their
@@ -417,7 +461,12 @@ class SpotinferRouting(CustomLogger, CustomRoutingStrategyBase):  # type: ignore
         setting, an id another one has) or that the library refuses is
         logged as a warning on the ``spotinfer.litellm`` logger and left
         as it was (not added, or kept with the settings last applied), and
-        the others are applied. Once the strategy is closing, nothing."""
+        the others are applied. The replicas of deployments that are gone
+        are removed first, so that a deployment replacing another finds
+        its room in the library's replica table; one the library refuses
+        for room all the same (the table full, no memory) is tried again by
+        a later route's sync (sync_if_changed), and its warning is not
+        repeated meanwhile. Once the strategy is closing, nothing."""
         self._sync(strict=False)
 
     def _sync(self, *, strict: bool, if_changed: bool = False) -> None:
@@ -441,11 +490,26 @@ class SpotinferRouting(CustomLogger, CustomRoutingStrategyBase):  # type: ignore
                 reps, bad = list(read), list(errors)
             try:
                 with self._library():
-                    self._apply(deps, reps, bad, strict)
+                    complete = self._apply(deps, reps, bad, strict)
             except _Closed:
                 return
-            self._synced_version = v
+            again = v is not None and v == self._unapplied_version
+            if complete:
+                self._synced_version = v
+                self._unapplied_version = None
+                self._unapplied_logged = set()
+            else:
+                # Refused for room: a later route reads the same version again.
+                self._unapplied_version = v
+                self._retry_at = time.monotonic() + _SYNC_RETRY_S
+                if not again:
+                    self._unapplied_logged = set()
             for e in bad:
+                text = str(e)
+                if again and text in self._unapplied_logged:
+                    continue                # said at the version's first sync
+                if not complete:
+                    self._unapplied_logged.add(text)
                 _log.warning("spotinfer.litellm: %s; the deployment is left as it was "
                              "(not added, or with the settings last applied)", e)
             with self._lock:
@@ -456,11 +520,29 @@ class SpotinferRouting(CustomLogger, CustomRoutingStrategyBase):  # type: ignore
                             self._spawn(rid)
 
     def _apply(self, deps: Sequence[Any], reps: Sequence[Replica],
-               bad: List[Exception], strict: bool) -> None:
-        """Put the replicas read into the engine and the strategy's maps,
-        in model_list order, and remove those of deployments that are gone.
-        A deployment listed but not read (or refused: ``bad`` gets why)
-        keeps the replica it had. Inside _library, under _sync_lock."""
+               bad: List[Exception], strict: bool) -> bool:
+        """Remove from the engine the replicas of deployments that are gone,
+        then put the replicas read into the engine and the strategy's maps,
+        in model_list order (the room the gone ones held is free for the
+        new ones). A deployment listed but not read (or refused: ``bad``
+        gets why) keeps the replica it had. False when the library refused
+        a replica for a reason that passes (its replica table full, no
+        memory): the sync is then not complete, and a later one applies
+        the same list again. Inside _library, under _sync_lock."""
+        listed = {i for i in map(deployment_id, deps) if i is not None}
+        with self._lock:
+            gone = [i for i in self._replicas if i not in listed]
+        for old in gone:
+            try:
+                self.engine.remove_replica(old)
+            except NotFoundError:
+                pass                        # removed by the engine's owner
+            except SpotinferError as e:
+                if strict:
+                    raise
+                _log.warning("spotinfer.litellm: replica %r of a deployment that is "
+                             "gone: the library did not remove it: %s", old, e)
+        complete = True
         applied: Dict[str, Replica] = {}
         for r in reps:
             try:
@@ -470,6 +552,8 @@ class SpotinferRouting(CustomLogger, CustomRoutingStrategyBase):  # type: ignore
                                       f"it as a replica: {e}")
                 if strict:
                     raise err from e
+                if isinstance(e, (FullError, NoMemoryError)):
+                    complete = False
                 bad.append(err)
                 continue
             applied[r.info.id] = r
@@ -482,21 +566,11 @@ class SpotinferRouting(CustomLogger, CustomRoutingStrategyBase):  # type: ignore
                     rep = self._replicas.get(rid)
                 if rep is not None:
                     kept.setdefault(rep.info.id, rep)
-            gone = set(self._replicas) - set(kept)
             self._replicas = kept
             self._serving = _serving_map(list(kept.values()))
             for rid in kept:
                 self._fresh.setdefault(rid, threading.Event())
-        for rid in gone:
-            try:
-                self.engine.remove_replica(rid)
-            except NotFoundError:
-                pass                        # removed by the engine's owner
-            except SpotinferError as e:
-                if strict:
-                    raise
-                _log.warning("spotinfer.litellm: replica %r of a deployment that is "
-                             "gone: the library did not remove it: %s", rid, e)
+        return complete
 
     def _spawn(self, rid: str) -> None:
         """Start a replica's load thread and list it; under _lock, and only
@@ -769,8 +843,8 @@ class SpotinferRouting(CustomLogger, CustomRoutingStrategyBase):  # type: ignore
     @property
     def late_event_wait_s(self) -> float:
         """How long a try a later route of its call took the place of waits
-        for its own event, and a try LiteLLM has not sent stays open after
-        its route. Assignable at run time: the tickets not sent are then
+        for its own event, and a try routed off an event loop that LiteLLM
+        has not sent stays open after its route. Assignable at run time: the tickets not sent are then
         judged by the new value (a try already left waits as it was told)."""
         return self._late_event_wait_s
 
@@ -783,8 +857,8 @@ class SpotinferRouting(CustomLogger, CustomRoutingStrategyBase):  # type: ignore
     def _expire_tickets(self) -> None:
         """Finish as CANCELLED the tickets open past ticket_timeout_s, those
         a later try took the place of whose own event did not come within
-        late_event_wait_s, and those LiteLLM did not send within
-        late_event_wait_s of their route. Two compares while none is due
+        late_event_wait_s, and those routed off an event loop that LiteLLM
+        did not send within late_event_wait_s of their route. Two compares while none is due
         (_due, _unsent_due)."""
         now = time.monotonic()
         if now < self._due and now < self._unsent_due:
@@ -804,11 +878,14 @@ class SpotinferRouting(CustomLogger, CustomRoutingStrategyBase):  # type: ignore
             self._finish(tid, TicketResult(status=TicketStatus.CANCELLED))
 
     def _expire_unsent(self, now: float) -> List[int]:
-        """The tickets LiteLLM did not send within late_event_wait_s of their
-        route, taken out of _open: a failure after the route and before
-        the call (a deployment at its max_parallel_requests, a pre-call
-        check of another callback) has no event. Under _lock; the work is
-        the entries taken off the front."""
+        """The tickets routed off an event loop that LiteLLM did not send
+        within late_event_wait_s of their route, taken out of _open: a
+        failure after the route and before the call (a deployment at its
+        max_parallel_requests, a pre-call check of another callback) has
+        no event. An async route's ticket is not here: another callback's
+        deployment hook may hold its try up for any time before it is
+        sent, and its task's end tells (_task_done). Under _lock; the work
+        is the entries taken off the front."""
         out: List[int] = []
         wait = self.late_event_wait_s
         while self._unsent:
@@ -944,7 +1021,7 @@ class SpotinferRouting(CustomLogger, CustomRoutingStrategyBase):  # type: ignore
             self._release(req)
 
     def _place(self, model: str, d: Any, candidates: Mapping[str, Any],
-               kwargs: Dict[str, Any]) -> Any:
+               kwargs: Dict[str, Any], *, sync: bool) -> Any:
         """The deployment for a serving decision, as LiteLLM resolved it
         (candidates, by id): its replica, with the decision's ticket (the
         replicas LiteLLM left out were excluded from the decision:
@@ -963,13 +1040,18 @@ class SpotinferRouting(CustomLogger, CustomRoutingStrategyBase):  # type: ignore
                 with self._lock:
                     closing = self._closing
                     if not closing:
-                        o = self._open[d.ticket.id] = _Open(rid)
+                        # The sync API's route may run in a task of
+                        # LiteLLM's (its sync Router runs its async code in
+                        # a loop of its own) that returns before a stream
+                        # is read: its tickets are the timer's.
+                        task = None if sync else self._watch_task(d.ticket.id)
+                        o = self._open[d.ticket.id] = _Open(rid, _owner(task))
                         self._due = min(self._due, self._due_of(o))
-                        self._unsent.append((o.opened, d.ticket.id))
-                        self._unsent_due = min(self._unsent_due,
-                                               o.opened + self.late_event_wait_s)
+                        if task is None:    # no task to end with: the timer
+                            self._unsent.append((o.opened, d.ticket.id))
+                            self._unsent_due = min(self._unsent_due,
+                                                   o.opened + self.late_event_wait_s)
                         self._keep_ticket(meta, kwargs, d.ticket.id)
-                        self._watch_task(d.ticket.id)
                 if closing:
                     self._finish(d.ticket.id, TicketResult(status=TicketStatus.CANCELLED))
                     raise self._closed_error(model)
@@ -979,21 +1061,21 @@ class SpotinferRouting(CustomLogger, CustomRoutingStrategyBase):  # type: ignore
         self._finish(d.ticket.id, TicketResult(status=TicketStatus.CANCELLED))
         return None
 
-    def _watch_task(self, tid: int) -> None:
-        """Keep an opened ticket with the asyncio task routing it (none off
-        an event loop): a task cancelled with the call in it (asyncio.
-        wait_for's timeout, LiteLLM's abatch_completion_fastest_response
-        cancelling the slower calls) gets no failure hook or event, as
-        LiteLLM catches only Exception, and _task_done finishes its
-        tickets. One done-callback a task; its set holds the tickets of its
-        routes still open, so a task that routes call after call holds no
-        more than its calls in flight. Under _lock."""
-        try:
-            task = asyncio.current_task()
-        except RuntimeError:
-            return                          # no running event loop here
+    def _watch_task(self, tid: int) -> "Optional[asyncio.Task[Any]]":
+        """Keep a ticket being opened with the asyncio task routing it, and
+        return that task (None off an event loop). LiteLLM routes a try and
+        sends it in one task (the Router's call, its retries and fallbacks
+        included), so a try still unsent when its task is done was never
+        sent and never will be; and a task cancelled with the call in it
+        (asyncio.wait_for's timeout, LiteLLM's
+        abatch_completion_fastest_response cancelling the slower calls)
+        gets no failure hook or event, as LiteLLM catches only Exception:
+        _task_done finishes both. One done-callback a task; its set holds
+        the tickets of its routes still open, so a task that routes call
+        after call holds no more than its calls in flight. Under _lock."""
+        task = _current_task()
         if task is None:
-            return
+            return None
         tids = self._tasks.get(task)
         if tids is None:
             tids = self._tasks[task] = set()
@@ -1001,28 +1083,33 @@ class SpotinferRouting(CustomLogger, CustomRoutingStrategyBase):  # type: ignore
         else:
             tids.intersection_update(self._open)
         tids.add(tid)
+        return task
 
     def _task_done(self, task: "asyncio.Task[Any]") -> None:
-        """A task that routed is done. Ended by a cancellation: each ticket
-        it opened that is still open and still its call's (no later try
-        took its place: that one's own event, or the sweep, ends it) is
-        finished as CANCELLED, once: the call (or the reading of its
-        stream) was abandoned, with no event to come. One whose success
-        event may be on its way (streamed, answered) waits for it
-        late_event_wait_s, as a try a retry took the place of does. A task
-        that returned or raised is left to the events (a stream is served
-        after its route's task returned)."""
+        """A task that routed is done. Each ticket it opened that is still
+        open and still its call's (no later try took its place: that one's
+        own event, or the sweep, ends it) is finished as CANCELLED, once,
+        if LiteLLM never sent its try (refused between the route and the
+        call: a deployment at its max_parallel_requests, another callback's
+        pre-call check, with no event), or if the task was cancelled: the
+        call (or the reading of its stream) was abandoned, with no event to
+        come. One whose success event may be on its way (streamed,
+        answered) waits for it late_event_wait_s, as a try a retry took the
+        place of does. A sent try of a task that returned or raised is left
+        to its events (a stream is served after its route's task
+        returned)."""
         ended: List[int] = []
         with self._lock:
             tids = self._tasks.pop(task, None)
-            if not tids or not task.cancelled():
+            if not tids:
                 return
+            cancelled = task.cancelled()
             now = time.monotonic()
             for tid in tids:
                 o = self._open.get(tid)
-                if o is None or o.until:
+                if o is None or o.until or (o.sent and not cancelled):
                     continue
-                if o.streamed or o.answered:
+                if o.sent and (o.streamed or o.answered):
                     o.until = now + self.late_event_wait_s
                     self._due = min(self._due, o.until)
                     continue
@@ -1041,14 +1128,20 @@ class SpotinferRouting(CustomLogger, CustomRoutingStrategyBase):  # type: ignore
         call's (its trace id and tickets included), MIRROR_TICKET_KEY: it
         is no retry of the call it mirrors (_is_mirror). A dict whose
         tickets another strategy keeps (ROUTING_KEY: one dict passed to two
-        Routers' calls) is left as it is. A ticket still open there is not
+        Routers' calls) is left as it is. A ticket still open there that
+        LiteLLM never sent, routed by this task (or, off an event loop,
+        this thread), is finished here as CANCELLED: LiteLLM routes and
+        sends a try in one task, so the call moved on to this try with the
+        earlier one refused before its call (a pre-call check, a
+        deployment at its max_parallel_requests), with no event. One never
+        sent of another task (another call in flight under the same trace
+        id and dict) is left to that task (_task_done). Any other is not
         finished here. It is an earlier try of this call whose failure
         event comes later (a stream cut: LiteLLM logs it from a task or a
         thread of its own, and the event finishes that try's ticket, as
-        ERROR, by its mark: _marked), or one that failed with no event (a
-        pre-call check), or the try of another call in flight under the
-        same trace id and dict, still served, which no route can tell
-        apart. Its own event finishes it; without one within
+        ERROR, by its mark: _marked), or the try of another call in flight
+        under the same trace id and dict, still served, which no route can
+        tell apart. Its own event finishes it; without one within
         late_event_wait_s, the sweep does (_expire_tickets, from the tick
         thread or, without one, _sweep_if_due), as CANCELLED: never as
         ERROR for a failure that may not be its own."""
@@ -1064,9 +1157,19 @@ class SpotinferRouting(CustomLogger, CustomRoutingStrategyBase):  # type: ignore
             else:
                 earlier = _ticket_id(self._tickets_by_trace(meta).pop(trace, None))
             o = None if earlier is None else self._open.get(earlier)
-            if o is not None and not o.until:
-                o.until = time.monotonic() + self.late_event_wait_s
-                self._due = min(self._due, o.until)
+            gone = False
+            if earlier is not None and o is not None and not o.until:
+                if not o.sent and o.owner == _owner(_current_task()):
+                    # Routed here and never sent (route and send run in one
+                    # task or thread): the call moved on to this try.
+                    del self._open[earlier]
+                    gone = True
+                elif o.sent or o.owner[0] == "thread":
+                    o.until = time.monotonic() + self.late_event_wait_s
+                    self._due = min(self._due, o.until)
+                # else unsent, of another task: that task's end ends it.
+        if gone and earlier is not None:
+            self._finish(earlier, TicketResult(status=TicketStatus.CANCELLED))
         return meta
 
     def _tickets_by_trace(self, meta: Dict[str, Any]) -> Dict[str, Any]:
@@ -1204,7 +1307,7 @@ class SpotinferRouting(CustomLogger, CustomRoutingStrategyBase):  # type: ignore
         while d is None:
             await asyncio.sleep(_QUEUE_POLL_S)
             d = self._decide_by(model, offer, deadline, kwargs)
-        return self._placed(model, d, offer.candidates, kwargs)
+        return self._placed(model, d, offer.candidates, kwargs, sync=False)
 
     def get_available_deployment(
             self, model: str, messages: Optional[List[Dict[str, str]]] = None,
@@ -1221,7 +1324,7 @@ class SpotinferRouting(CustomLogger, CustomRoutingStrategyBase):  # type: ignore
         while d is None:
             time.sleep(_QUEUE_POLL_S)
             d = self._decide_by(model, offer, deadline, kwargs)
-        return self._placed(model, d, offer.candidates, kwargs)
+        return self._placed(model, d, offer.candidates, kwargs, sync=True)
 
     def _resolved(self, model: str, messages: Optional[List[Any]], input: Any,
                   specific_deployment: Optional[bool], kwargs: Dict[str, Any]) -> Any:
@@ -1302,8 +1405,8 @@ class SpotinferRouting(CustomLogger, CustomRoutingStrategyBase):  # type: ignore
         return None
 
     def _placed(self, model: str, d: Any, candidates: Mapping[str, Any],
-                kwargs: Dict[str, Any]) -> Any:
-        dep = self._place(model, d, candidates, kwargs)
+                kwargs: Dict[str, Any], *, sync: bool) -> Any:
+        dep = self._place(model, d, candidates, kwargs, sync=sync)
         if dep is None:
             dep = self._among_offered(model, d, candidates, kwargs)
         return dep
@@ -1403,20 +1506,23 @@ class SpotinferRouting(CustomLogger, CustomRoutingStrategyBase):  # type: ignore
     # between the route and the call (a deployment's max_parallel_requests,
     # the pre-call checks of other callbacks), which raise with no event.
     # An async call runs the deployment hook in its call wrapper, for every
-    # try; a sync call has no deployment hook: its Router runs the callbacks'
-    # pre_call_check with the routed deployment before the call (completion,
-    # embedding, image generation, its generic calls), and the provider logs
-    # the request to the callbacks' log_pre_api_call just before sending it
-    # (every call, async ones too). A ticket none of them marked within
-    # late_event_wait_s of its route is finished as CANCELLED.
+    # try; a sync call has no deployment hook: the provider logs the request
+    # to the callbacks' log_pre_api_call just before sending it (every call,
+    # async ones too: completion, streams, embedding, responses). Not the
+    # Router's pre_call_check: it runs the callbacks' checks in their order,
+    # and a check after the strategy's (LiteLLM's model rate limits) may
+    # still refuse the try, with no event. An async route's ticket none of
+    # them marked is finished as CANCELLED when its task is done (the
+    # Router routes and sends a try in one task) or a retry of its call
+    # routes in that task; a sync route's, late_event_wait_s after its
+    # route. The strategy's deployment hook runs first (add_callback puts
+    # it first in litellm.callbacks), so another callback's hook that
+    # raises does so inside the call wrapper, whose failure event ends the
+    # ticket.
 
     async def async_pre_call_deployment_hook(
             self, kwargs: Dict[str, Any], call_type: Any) -> Optional[Dict[str, Any]]:
         self._mark_sent(kwargs)
-        return None
-
-    def pre_call_check(self, deployment: Dict[str, Any]) -> Optional[Dict[str, Any]]:
-        self._mark_sent(deployment)
         return None
 
     def log_pre_api_call(self, model: Any, messages: Any, kwargs: Any) -> None:
@@ -1536,6 +1642,21 @@ def _serving_map(reps: Sequence[Replica]) -> _Serving:
             by_name.setdefault(name, []).append(r.info.id)
     return ({n: tuple(ids) for n, ids in by_name.items()}, tuple(anyone),
             tuple(r.info.id for r in reps))
+
+
+def _current_task() -> "Optional[asyncio.Task[Any]]":
+    """The asyncio task running here; None off an event loop."""
+    try:
+        return asyncio.current_task()
+    except RuntimeError:
+        return None
+
+
+def _owner(task: "Optional[asyncio.Task[Any]]") -> Tuple[str, int]:
+    """What routes a ticket (_Open.owner): its task, else its thread."""
+    if task is not None:
+        return ("task", id(task))
+    return ("thread", threading.get_ident())
 
 
 def _ticket_id(value: Any) -> Optional[int]:

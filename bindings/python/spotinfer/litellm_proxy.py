@@ -8,7 +8,9 @@ routes (and again whenever the proxy builds a new Router, as after a
 config reload) it plugs a :class:`spotinfer.litellm.SpotinferRouting` into
 the proxy's Router. The library's configuration is the JSON file named by
 ``$SPOTINFER_CONFIG`` (none: the defaults); each deployment's pool and
-price are in its ``model_info.spotinfer``, as for a Router.
+price are in its ``model_info.spotinfer``, as for a Router. A deployment
+that cannot be read (a bad setting) or that the library refuses is
+logged and left out, at the install as at every later sync.
 """
 
 from __future__ import annotations
@@ -46,7 +48,11 @@ class ProxyRouting(CustomLogger):  # type: ignore[misc]
             current = self.strategy
             if current is not None and current.router is router:
                 return current
-            self.strategy = SpotinferRouting.install(router, self._config())
+            # Lenient: a deployment the running strategy logged and left
+            # out is left out of the new Router's strategy too, rather than
+            # failing every request.
+            self.strategy = SpotinferRouting.install(router, self._config(),
+                                                     strict_deployments=False)
         if current is not None:
             current.close()
         return self.strategy
