@@ -22,46 +22,6 @@ import (
 // Backends that misbehave in ways a fakeBackend does not: any handler as a
 // backend, and the gateway's answer read as raw events.
 
-// startRawGateway is startTestGateway with any handler as a backend.
-func startRawGateway(t *testing.T, backends map[string]http.Handler, pools map[string]string,
-	extra ...string) (*httptest.Server, *gateway) {
-	t.Helper()
-	dir := t.TempDir()
-	var list []map[string]any
-	for _, id := range []string{"spot-a", "spot-b", "od-1"} {
-		h, ok := backends[id]
-		if !ok {
-			continue
-		}
-		srv := httptest.NewServer(h)
-		t.Cleanup(srv.Close)
-		b := map[string]any{"id": id, "url": srv.URL, "pool": pools[id],
-			"zone": "z-" + id, "instance_type": "g5.xlarge", "usd_per_hour": 1.0}
-		if u, ok := pools[id+".metadata"]; ok {
-			b["metadata_url"] = u
-		}
-		list = append(list, b)
-	}
-	raw, _ := json.Marshal(list)
-	path := filepath.Join(dir, "backends.json")
-	if err := os.WriteFile(path, raw, 0o644); err != nil {
-		t.Fatal(err)
-	}
-	o, err := parseFlags(append([]string{"-backends", path, "-replay-wait", "5s"}, extra...))
-	if err != nil {
-		t.Fatal(err)
-	}
-	g, err := newGateway(o)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := contextWithCancel()
-	g.start(ctx)
-	srv := httptest.NewServer(g.routes())
-	t.Cleanup(func() { srv.Close(); cancel(); g.close() })
-	return srv, g
-}
-
 // postChatFor posts a stream and reads its data lines for at most d;
 // timedOut is true when the stream had not ended by then.
 func postChatFor(t *testing.T, url, body string, d time.Duration) (events []string, timedOut bool) {

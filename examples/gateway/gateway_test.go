@@ -227,14 +227,26 @@ func newTestGateway(t *testing.T, backends map[string]*fakeBackend, pools map[st
 func startTestGateway(t *testing.T, backends map[string]*fakeBackend, pools map[string]string, balancer string,
 	extra ...string) (*httptest.Server, *gateway) {
 	t.Helper()
+	handlers := make(map[string]http.Handler, len(backends))
+	for id, fb := range backends {
+		handlers[id] = fb
+	}
+	return startRawGateway(t, handlers, pools, append([]string{"-balancer", balancer}, extra...)...)
+}
+
+// startRawGateway starts a gateway over the backends spot-a, spot-b and od-1
+// (those of them in backends), any handler as a backend.
+func startRawGateway(t *testing.T, backends map[string]http.Handler, pools map[string]string,
+	extra ...string) (*httptest.Server, *gateway) {
+	t.Helper()
 	dir := t.TempDir()
 	var list []map[string]any
 	for _, id := range []string{"spot-a", "spot-b", "od-1"} {
-		fb, ok := backends[id]
+		h, ok := backends[id]
 		if !ok {
 			continue
 		}
-		srv := httptest.NewServer(fb)
+		srv := httptest.NewServer(h)
 		t.Cleanup(srv.Close)
 		b := map[string]any{"id": id, "url": srv.URL, "pool": pools[id],
 			"zone": "z-" + id, "instance_type": "g5.xlarge", "usd_per_hour": 1.0}
@@ -248,7 +260,7 @@ func startTestGateway(t *testing.T, backends map[string]*fakeBackend, pools map[
 	if err := os.WriteFile(path, raw, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	o, err := parseFlags(append([]string{"-backends", path, "-balancer", balancer, "-replay-wait", "5s"}, extra...))
+	o, err := parseFlags(append([]string{"-backends", path, "-replay-wait", "5s"}, extra...))
 	if err != nil {
 		t.Fatal(err)
 	}
