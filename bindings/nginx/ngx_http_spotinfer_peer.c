@@ -471,6 +471,14 @@ ngx_http_spi_answer_failed(ngx_http_spi_ctx_t *ctx, ngx_peer_connection_t *pc)
     }
 
     if (!u->buffering) {
+        /* nginx's order: an answer read to its end is finished, whatever
+         * the connection does after (a reset while a slow client drains
+         * the last buffers sets read->error, and nginx still ends the
+         * request well). */
+        if (u->length == 0) {
+            return 0;
+        }
+
         return u->length > 0 || u->error || (c != NULL && c->read->error);
     }
 
@@ -642,14 +650,16 @@ ngx_http_spi_log_handler(ngx_http_request_t *r)
     }
 
     /* A post_action's answer, wherever it proxied, replaced the status
-     * served in headers_out: the header filter kept the served one. */
-    code = (r->post_action && ctx->served) ? ctx->served
-                                           : r->headers_out.status;
+     * served in headers_out: the header filter kept the served one (0:
+     * none was sent, as when nginx runs the post_action after an error
+     * of its own). */
+    code = r->post_action ? ctx->served : r->headers_out.status;
 
     /* The replica never got the request (an internal redirect, try_files
-     * or another content handler took it first): not its error. */
+     * or another content handler took it first), or, in a post_action, no
+     * answer of its went out: not its error. */
     if (r->connection->error || code == NGX_HTTP_CLIENT_CLOSED_REQUEST
-        || ctx->next == 0)
+        || (r->post_action && code == 0) || ctx->next == 0)
     {
         status = SPI_TICKET_CANCELLED;
 
