@@ -411,8 +411,10 @@ class SpotinferRouting(CustomLogger, CustomRoutingStrategyBase):  # type: ignore
                 litellm.callbacks.append(self)
             cbs = litellm.callbacks
             if self in cbs and cbs[0] is not self:
-                cbs.remove(self)
-                cbs.insert(0, self)
+                # A new list, not the old one reordered in place: requests
+                # going through the old one (awaiting in its hooks) would
+                # run a callback twice or skip one.
+                litellm.callbacks = [self, *(c for c in cbs if c is not self)]
 
     def remove_callback(self) -> None:
         """Take the strategy out of every callback list LiteLLM copied it
