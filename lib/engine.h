@@ -321,7 +321,8 @@ int spi__nodes_apply_cooldown(spi_engine *e, const char *type,
  * the last one's seq (0: none); spi__fleet_send_queued, called once no
  * lock is held, sends from the ring's head up to that seq unless messages
  * kept for a tick come first (when another thread is sending, that thread
- * sends them before it stops). */
+ * sends them before it stops, unless a publish of its fails or, for the
+ * tick's flush, its 100 ms run out: then the next tick does). */
 typedef struct spi_fleet_cool {
   char type[SPI_ID_MAX];
   char zone[SPI_ID_MAX];

@@ -531,8 +531,9 @@ static int send_one(spi_engine *e, struct spi_fleet *f,
  * thread that found this one sending asked for (want), unless the ring
  * is kept for a tick (the next tick sends it, in order). If another
  * thread is sending, ask it for upto and return: it sends this thread's
- * messages before it stops. A publish that fails goes back to the head,
- * and the ring then waits for a tick. */
+ * messages before it stops, unless a publish fails or (the tick's flush)
+ * its time runs out, when the next tick does. A publish that fails goes
+ * back to the head, and the ring then waits for a tick. */
 void spi__fleet_send_queued(spi_engine *e, uint64_t upto) {
   if (!upto) return;
   struct spi_fleet_ref *r = ref_acquire(e);
