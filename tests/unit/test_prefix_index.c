@@ -13,6 +13,7 @@
  */
 #define _DEFAULT_SOURCE /* mincore */
 #include <pthread.h>
+#include <sched.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -965,10 +966,19 @@ static uint32_t random_chain(const mt_shared *sh, uint64_t *rng, uint64_t *h,
   return n;
 }
 
+/* A reader starts once the writers have made this many inserts: on a
+ * loaded machine the readers could otherwise run all their lookups before
+ * a writer is scheduled, and see only misses. */
+#define MT_READER_WARM 256
+
 static void *mt_run(void *arg) {
   mt_thread *t = arg;
   mt_shared *sh = t->sh;
   uint64_t h[MT_MAX_BLOCKS];
+  uint32_t warm = sh->ops < MT_READER_WARM ? (uint32_t)sh->ops : MT_READER_WARM;
+  while (!t->writer &&
+         atomic_load_explicit(&sh->clock, memory_order_relaxed) < warm)
+    sched_yield();
   for (long op = 0; op < sh->ops; op++) {
     uint32_t root, n = random_chain(sh, &t->rng, h, &root);
     uint32_t slot = slot_of_root(root);
