@@ -303,13 +303,10 @@ int spi__module_autoload(spi_engine *e, int32_t kind, const char *name,
 
 /* node.c and notice_bus.c: what the bus hands back, applied as
  * spi_engine_notice would but not published again and not planned (the
- * caller holds no lock). issued is the publishing engine's time when the
- * notice acted there (0 from an engine that does not send it); it is
- * carried, not part of what tells a repeat (node.c, bus_key). Returns 1
- * if it was applied here, 0 if it was a duplicate; a negative status when
- * the engine cannot take it (a later copy is then applied). */
-int spi__nodes_apply_remote(spi_engine *e, const spi_notice *n,
-                            int64_t issued);
+ * caller holds no lock). Returns 1 if it was applied here, 0 if it was
+ * a duplicate; a negative status when the engine cannot take it (a later
+ * copy is then applied). */
+int spi__nodes_apply_remote(spi_engine *e, const spi_notice *n);
 int spi__nodes_apply_cooldown(spi_engine *e, const char *type,
                               const char *zone, int64_t until);
 /* A notice this engine accepted and the cooldowns it started, for the

@@ -1062,8 +1062,7 @@ int spi_engine_notice(spi_engine *engine, const spi_notice *notice,
   return rc;
 }
 
-int spi__nodes_apply_remote(spi_engine *e, const spi_notice *notice,
-                            int64_t issued) {
+int spi__nodes_apply_remote(spi_engine *e, const spi_notice *notice) {
   size_t nlen = bounded_len(notice->node, sizeof notice->node);
   spi_router_cfg cfg = router_cfg(e);
   notice_run run;
@@ -1072,7 +1071,6 @@ int spi__nodes_apply_remote(spi_engine *e, const spi_notice *notice,
   run.now = spi__engine_now(e);
   struct spi_nodes *t = e->nodes;
   char key[BUS_KEY_CAP];
-  (void)issued; /* carried, not a key (bus_key) */
   bus_key(key, notice, notice->deadline_ns);
   int rc = 0;
   lock_all(e);

@@ -248,7 +248,6 @@ static int encode_cooldown(spi_engine *e, const spi_fleet_cool *c,
 enum { MSG_NOTICE = 1, MSG_COOLDOWN = 2, MSG_UNKNOWN = 3 };
 typedef struct decoded {
   spi_notice notice;
-  int64_t issued; /* 0 when the message has no issued_ns */
   spi_fleet_cool cool;
 } decoded;
 
@@ -348,10 +347,9 @@ static int get_time(const cJSON *o, const char *key, int64_t *out, char *err,
   return SPI_OK;
 }
 
-static int decode_notice(const cJSON *o, spi_notice *n, int64_t *issued,
-                         char *err, size_t errcap) {
+static int decode_notice(const cJSON *o, spi_notice *n, char *err,
+                         size_t errcap) {
   memset(n, 0, sizeof *n);
-  *issued = 0;
   n->struct_size = sizeof *n;
   char kind[16];
   int rc = copy_str(o, "node", n->node, sizeof n->node, err, errcap);
@@ -364,9 +362,11 @@ static int decode_notice(const cJSON *o, spi_notice *n, int64_t *issued,
     rc = copy_str(o, "event_id", n->event_id, sizeof n->event_id, err, errcap);
   if (rc == SPI_OK && spi__fleet_notice_check(n, err, errcap) != SPI_OK)
     rc = SPI_EPARSE;
-  /* Optional: an older engine neither sends nor reads it. */
+  /* Optional (an older engine neither sends nor reads it) and not used
+   * here, but a message whose issued_ns is no time is malformed. */
+  int64_t issued;
   if (rc == SPI_OK && cJSON_GetObjectItemCaseSensitive(o, "issued_ns"))
-    rc = get_time(o, "issued_ns", issued, err, errcap);
+    rc = get_time(o, "issued_ns", &issued, err, errcap);
   if (rc != SPI_OK) return rc;
   const cJSON *active = cJSON_GetObjectItemCaseSensitive(o, "active");
   if (!cJSON_IsBool(active)) {
@@ -402,7 +402,7 @@ static int decode(const char *text, size_t len, decoded *d, char *err,
               v->valuedouble);
     rc = MSG_UNKNOWN;
   } else if (!strcmp(type->valuestring, "notice")) {
-    rc = decode_notice(o, &d->notice, &d->issued, err, errcap);
+    rc = decode_notice(o, &d->notice, err, errcap);
     if (rc == SPI_OK) rc = MSG_NOTICE;
   } else if (!strcmp(type->valuestring, "cooldown")) {
     spi_fleet_cool *c = &d->cool;
@@ -527,6 +527,31 @@ static int send_one(spi_engine *e, struct spi_fleet *f,
   return call_publish(e, f, r, (const char *)b->data, b->len, err, errcap);
 }
 
+/* Whether a flush that started at start has spent FLUSH_BUDGET_NS. A clock
+ * that went back counts as spent: a stepped clock must not stretch a tick. */
+static int budget_spent(const spi_engine *e, int64_t start) {
+  int64_t now = spi__engine_now(e);
+  return now < start || (uint64_t)now - (uint64_t)start >= FLUSH_BUDGET_NS;
+}
+
+/* Send the message at the ring's head (npending > 0): taken off, sent
+ * with f->mu released, and put back at the head if it failed. With
+ * spent, also whether a flush that started at start has spent its
+ * budget, read before f->mu is taken again (the clock is a host hook).
+ * f->mu held on entry and on return. */
+static int send_head(spi_engine *e, struct spi_fleet *f,
+                     struct spi_fleet_ref *r, spi_buf *b, char *err,
+                     size_t errcap, int64_t start, int *spent) {
+  pending_msg p;
+  pending_shift(f, &p);
+  pthread_mutex_unlock(&f->mu);
+  int rc = send_one(e, f, r, &p, b, err, errcap);
+  if (spent) *spent = budget_spent(e, start);
+  pthread_mutex_lock(&f->mu);
+  if (rc != SPI_OK) pending_unshift(f, &p);
+  return rc;
+}
+
 /* Send from the head of the ring up to message upto, or up to what a
  * thread that found this one sending asked for (want), unless the ring
  * is kept for a tick (the next tick sends it, in order). If another
@@ -539,7 +564,6 @@ void spi__fleet_send_queued(spi_engine *e, uint64_t upto) {
   struct spi_fleet_ref *r = ref_acquire(e);
   if (!r) return; /* kept until a bus is configured again */
   struct spi_fleet *f = spi__nodes_fleet(e);
-  pending_msg p; /* the one being sent */
   spi_buf b = {0};
   pthread_mutex_lock(&f->mu);
   if (f->sending) {
@@ -548,13 +572,8 @@ void spi__fleet_send_queued(spi_engine *e, uint64_t upto) {
     f->sending = 1;
     while (!f->kept && f->npending > 0 &&
            f->pending[f->head].seq <= (upto > f->want ? upto : f->want)) {
-      pending_shift(f, &p);
-      pthread_mutex_unlock(&f->mu);
       char err[SPI_ERRMSG_CAP];
-      int rc = send_one(e, f, r, &p, &b, err, sizeof err);
-      pthread_mutex_lock(&f->mu);
-      if (rc != SPI_OK) {
-        pending_unshift(f, &p);
+      if (send_head(e, f, r, &b, err, sizeof err, 0, NULL) != SPI_OK) {
         f->kept = f->npending > 0;
         break;
       }
@@ -564,13 +583,6 @@ void spi__fleet_send_queued(spi_engine *e, uint64_t upto) {
   pthread_mutex_unlock(&f->mu);
   spi__buf_free(&b, &e->mem);
   spi__fleet_ref_drop(e, r);
-}
-
-/* Whether a flush that started at start has spent FLUSH_BUDGET_NS. A clock
- * that went back counts as spent: a stepped clock must not stretch a tick. */
-static int budget_spent(const spi_engine *e, int64_t start) {
-  int64_t now = spi__engine_now(e);
-  return now < start || (uint64_t)now - (uint64_t)start >= FLUSH_BUDGET_NS;
 }
 
 /* Send what the ring holds (kept after a failure, or left by notices'
@@ -589,19 +601,11 @@ static int flush_pending(spi_engine *e, struct spi_fleet *f,
     return SPI_OK;
   }
   f->sending = 1;
-  pending_msg p; /* the one being sent */
   spi_buf b = {0};
   while (f->npending > 0) {
-    pending_shift(f, &p);
-    pthread_mutex_unlock(&f->mu);
-    rc = send_one(e, f, r, &p, &b, err, errcap);
-    int spent = budget_spent(e, start); /* the clock hook: no lock held */
-    pthread_mutex_lock(&f->mu);
-    if (rc != SPI_OK) {
-      pending_unshift(f, &p);
-      break;
-    }
-    if (spent) break;
+    int spent;
+    rc = send_head(e, f, r, &b, err, errcap, start, &spent);
+    if (rc != SPI_OK || spent) break;
   }
   f->kept = f->npending > 0; /* the rest wait for the next tick */
   f->sending = 0;
@@ -656,7 +660,7 @@ static void apply_one(spi_engine *e, struct spi_fleet *f, const char *text,
     return;
   }
   int rc = kind == MSG_NOTICE
-               ? spi__nodes_apply_remote(e, &d.notice, d.issued)
+               ? spi__nodes_apply_remote(e, &d.notice)
                : spi__nodes_apply_cooldown(e, d.cool.type, d.cool.zone,
                                            d.cool.until);
   if (rc >= 0) {
