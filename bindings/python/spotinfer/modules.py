@@ -76,7 +76,8 @@ from .enums import (Class, ModelTier, ModuleKind, OnFailure, PolicyFlags, Pool,
                     Pressure, Reason, ReplayRecordType, ServiceTier, coerce,
                     maybe_enum, signed, unsigned)
 from .errors import NotSupportedError, SpotinferError
-from .types import CacheKeyValue, Classification, DegradeLevels, Price, Verdict
+from .types import (CacheKeyValue, Classification, DegradeLevels, Price, Verdict,
+                    utf8_cut)
 
 __all__ = [
     "RequestView", "Candidate", "PoolSummary", "RouteContext", "PolicyChoice",
@@ -852,7 +853,7 @@ class _PolicyAdapter(_Adapter):
             o.n_order = len(order)
             for i, idx in enumerate(order):
                 o.order[i] = unsigned(idx, 32, "order")
-            o.reason = ch.reason.encode("utf-8")[:159]
+            o.reason = utf8_cut(ch.reason, 159)
             return 0
         except BaseException as e:
             return self._failed(e)

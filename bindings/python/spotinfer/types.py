@@ -25,6 +25,18 @@ def _text(b: bytes) -> str:
     return b.decode("utf-8", "replace")
 
 
+def utf8_cut(s: str, limit: int) -> bytes:
+    """s as UTF-8 in at most ``limit`` bytes, cut before a character rather
+    than inside one, so a fixed-size text field never ends in half of one."""
+    b = s.encode("utf-8")
+    if len(b) <= limit:
+        return b
+    end = limit
+    while end > 0 and (b[end] & 0xC0) == 0x80:  # b[end] continues a character
+        end -= 1
+    return b[:end]
+
+
 # value -> member maps for the hot paths (unknown values stay plain ints)
 _CLASS = Class._value2member_map_
 _TIER = ModelTier._value2member_map_
@@ -103,7 +115,7 @@ class Verdict:
                                        "max_output_tokens")
         out.tools_allowed = int(bool(self.tools_allowed))
         out.defer = int(bool(self.defer))
-        out.reason = self.reason.encode("utf-8")[:119]
+        out.reason = utf8_cut(self.reason, 119)
 
 
 @dataclass(frozen=True)

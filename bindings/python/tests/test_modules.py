@@ -76,6 +76,31 @@ def test_python_classifier(engine):
     assert mod.destroyed
 
 
+class LongReason(ClassifierModule):
+    """A verdict whose reason fills the field with two-byte characters."""
+
+    def classify(self, instance, req, pressure):
+        return Verdict(Class.GOLD, reason="x" + "\u00e9" * 100)
+
+
+def test_long_reason_is_cut_between_characters(engine):
+    engine.register_classifier("long", LongReason())
+    _use(engine, "long")
+    c = engine.request(model="m").classify()
+    # 119 bytes hold "x" and 59 whole two-byte characters; the 60th would
+    # be cut in half and is left out instead of read back as U+FFFD.
+    assert c.reason == "x" + "\u00e9" * 59
+
+
+def test_utf8_cut_keeps_whole_characters():
+    from spotinfer.types import utf8_cut
+    assert utf8_cut("abc", 3) == b"abc"
+    assert utf8_cut("ab\u20ac", 4) == b"ab"  # the euro sign takes 3 bytes
+    assert utf8_cut("ab\u20ac", 5) == "ab\u20ac".encode()
+    assert utf8_cut("\U0001F600" * 2, 7) == "\U0001F600".encode()
+    assert utf8_cut("\u00e9", 1) == b""
+
+
 def test_configure_exception_becomes_config_error(engine):
     mod = ThresholdClassifier()
     engine.register_classifier("py", mod)
