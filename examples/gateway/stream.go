@@ -371,27 +371,27 @@ func writeDone(w io.Writer, fl http.Flusher) {
 // A write that runs out of time fails, and the stream ends as the client's
 // going away does, giving the bytes back.
 func (g *gateway) writeEvent(w http.ResponseWriter, fl http.Flusher, data []byte, held bool) error {
-	if !held {
-		if _, err := fmt.Fprintf(w, "data: %s\n\n", data); err != nil {
-			return err
+	// A held (long) event may not wait on a client that stops reading for
+	// longer than -long-event-write-wait; a writer without deadlines
+	// writes as before. Short events take no controller.
+	var rc *http.ResponseController
+	if held {
+		rc = http.NewResponseController(w)
+		if rc.SetWriteDeadline(time.Now().Add(g.o.longEventWriteWait)) == nil {
+			defer rc.SetWriteDeadline(time.Time{})
 		}
-		if fl != nil {
-			fl.Flush()
-		}
-		return nil
-	}
-	rc := http.NewResponseController(w)
-	// A writer without deadlines writes as before.
-	if rc.SetWriteDeadline(time.Now().Add(g.o.longEventWriteWait)) == nil {
-		defer rc.SetWriteDeadline(time.Time{})
 	}
 	if _, err := fmt.Fprintf(w, "data: %s\n\n", data); err != nil {
 		return err
 	}
-	if fl == nil {
+	switch {
+	case fl == nil:
 		return nil
+	case rc != nil:
+		return rc.Flush()
 	}
-	return rc.Flush()
+	fl.Flush()
+	return nil
 }
 
 func writeStreamError(w io.Writer, fl http.Flusher, msg string) {
