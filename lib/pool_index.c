@@ -344,6 +344,23 @@ static void entry_read(spi_pool_index *p, const route_env *x,
     block_join(p, pos, h);
 }
 
+/* The configuration x's route reads entries with (pix_config). */
+static void config_of(const route_env *x, pix_config *o) {
+  o->per_queued_ms = x->cfg->ttft_per_queued_ms;
+  o->default_rate = x->default_rate;
+  o->decode_rate = x->cfg->decode_tokens_per_s;
+  o->max_age = x->max_age;
+}
+
+/* Whether entries read with c read the same under x's configuration. */
+static int config_same(const pix_config *c, const route_env *x) {
+  pix_config now;
+  config_of(x, &now);
+  return c->per_queued_ms == now.per_queued_ms &&
+         c->default_rate == now.default_rate &&
+         c->decode_rate == now.decode_rate && c->max_age == now.max_age;
+}
+
 /* Read every replica of set. The dirty bits are cleared first: a write
  * meanwhile sets its bit again. */
 static void rebuild(spi_pool_index *p, const route_env *x,
@@ -371,9 +388,7 @@ static void rebuild(spi_pool_index *p, const route_env *x,
   }
   p->version = set->version;
   p->n = set->n;
-  p->per_queued_ms = x->cfg->ttft_per_queued_ms;
-  p->default_rate = x->default_rate;
-  p->max_age = x->max_age;
+  config_of(x, &p->read_with);
   p->reg_from = INT64_MIN;
   p->min_until = INT64_MAX;
   p->rebuilds++;
@@ -504,8 +519,7 @@ static int sync_entries(spi_pool_index *p, const route_env *x,
                         const spi_replica_set *set) {
   if (set->version < p->version) return 0;
   if (set->version != p->version || x->now < p->reg_from ||
-      p->per_queued_ms != x->cfg->ttft_per_queued_ms ||
-      p->default_rate != x->default_rate || p->max_age != x->max_age) {
+      !config_same(&p->read_with, x)) {
     rebuild(p, x, set);
     return 1;
   }

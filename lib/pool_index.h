@@ -96,6 +96,17 @@ typedef struct pix_deep {
   uint16_t pos[SPI_SUMMARY_CELLS][PIX_DEEP_TOP];
 } pix_deep;
 
+/* Every configuration value an entry's reading depends on (entry_read:
+ * the wait behind reported queues, the default prefill and decode rates,
+ * the age from which a load is stale). A value the entries do not keep,
+ * read by the route itself (ttft_base_ms, say), is not here. */
+typedef struct pix_config {
+  double per_queued_ms;  /* router.ttft_per_queued_ms */
+  double default_rate;   /* router.prefill_tokens_per_s */
+  double decode_rate;    /* router.decode_tokens_per_s (a slot's wait) */
+  int64_t max_age;       /* router.load_max_age_ms, in ns */
+} pix_config;
+
 typedef struct spi_pool_index {
   atomic_int taken;             /* held by the one route using it */
   atomic_uint turn;             /* routes that have taken it, this one too */
@@ -109,9 +120,8 @@ typedef struct spi_pool_index {
                                    the rendezvous order (pix_avx2.c) */
   uint64_t version;             /* the set described (0: none yet) */
   size_t n;                     /* its replicas */
-  /* The configuration it was read with (a change rebuilds it). */
-  double per_queued_ms, default_rate;
-  int64_t max_age;
+  pix_config read_with;          /* the configuration its entries were read
+                                   with (a change rebuilds it) */
   int64_t reg_from;             /* every regular entry has been regular
                                    since then (regular_from); a route
                                    earlier than it rebuilds the index */
