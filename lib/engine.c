@@ -437,13 +437,11 @@ static int configure_locked(spi_engine *e, const char *json, size_t len) {
 int spi_engine_configure(spi_engine *engine, const char *json, size_t len) {
   if (!spi__engine_ok(engine)) return SPI_EMISUSE;
   /* A module's configure callback calling back in would deadlock. */
-  if (atomic_load(&engine->configuring) &&
-      pthread_equal(engine->config_owner, pthread_self()))
+  if (spi__in_module_configure(engine))
     return spi__engine_fail(engine, SPI_EMISUSE,
                             "config: called from a module's configure callback");
   if (!json && len) return spi__engine_fail(engine, SPI_EINVAL, "config: NULL json");
   pthread_mutex_lock(&engine->config_lock);
-  engine->config_owner = pthread_self();
   int rc = configure_locked(engine, json, len);
   pthread_mutex_unlock(&engine->config_lock);
   return rc;

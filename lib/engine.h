@@ -160,7 +160,6 @@ struct spi_engine {
   char hint_pad1[64];
   struct spi_nodes *nodes;   /* machines and their fate (node.c) */
   atomic_int configuring; /* set while module configure callbacks run */
-  pthread_t config_owner;
   /* Error detail, one message per calling thread (errtab.c). */
   spi_errtab err;
 };
@@ -279,6 +278,9 @@ struct cJSON;
 int spi__module_configure(spi_engine *e, spi_modentry *m, const struct cJSON *sec,
                           const char *shown, void **out_inst, char *err,
                           size_t errcap);
+/* Whether the calling thread is inside a module's configure callback that
+ * e's configuration runs (where configuring e again would deadlock). */
+int spi__in_module_configure(const spi_engine *e);
 
 /* notice_bus.c: the fleet bus (spotinfer_module.h). The bus's instance is
  * held by the snapshot and by each call in flight (a reference count), so

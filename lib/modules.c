@@ -280,6 +280,16 @@ static int known_status(int rc) {
   return strcmp(spi_strerror(rc), spi_strerror(INT32_MIN)) != 0;
 }
 
+/* The engine whose module configure callback this thread is running, if
+ * any: a thread's own, so another thread configuring at the same time
+ * neither reads nor writes it. A callback that configures a second
+ * engine restores the first's on return. */
+static _Thread_local const spi_engine *configuring_here;
+
+int spi__in_module_configure(const spi_engine *e) {
+  return configuring_here == e;
+}
+
 /* Configure one module from its config section (NULL: "{}"), naming it as
  * shown in messages. The roof (engine.c) calls it for every selected module
  * and the fleet bus (notice_bus.c) for its own. */
@@ -293,10 +303,13 @@ int spi__module_configure(spi_engine *e, spi_modentry *m, const cJSON *sec,
   }
   char merr[SPI_ERRMSG_CAP] = "";
   void *inst = NULL;
+  const spi_engine *outer = configuring_here;
+  configuring_here = e;
   atomic_store(&e->configuring, 1);
   int rc = m->configure(m->state, text ? text : "{}", text ? strlen(text) : 2,
                         &inst, merr, sizeof merr);
   atomic_store(&e->configuring, 0);
+  configuring_here = outer;
   cJSON_free(text);
   if (rc != SPI_OK) {
     if (rc > 0 || !known_status(rc)) rc = SPI_EMODULE;

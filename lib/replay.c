@@ -804,8 +804,7 @@ static int load_store_locking(spi_engine *e, const cJSON *sec, char *err,
   if (!cJSON_IsString(st) ||
       find_store(e, st->valuestring, strlen(st->valuestring)))
     return SPI_OK;
-  if (atomic_load(&e->configuring) &&
-      pthread_equal(e->config_owner, pthread_self())) {
+  if (spi__in_module_configure(e)) {
     spi__errf(err, cap, "replay.store: \"%.64s\" cannot be loaded from a "
               "module callback", st->valuestring);
     return SPI_EMISUSE;

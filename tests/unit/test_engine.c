@@ -762,6 +762,68 @@ static void test_new_engine_writes_its_index_only(void **st) {
   for (int i = 0; i < N; i++) spi_engine_free(e[i]);
 }
 
+/* A classifier whose configure calls configure on an engine: its own
+ * (which would deadlock: refused) or another (which may). */
+typedef struct reentry {
+  spi_engine *self, *other;
+  int self_rc, other_rc;
+} reentry;
+
+static int reentry_configure(void *state, const char *json, size_t len,
+                             void **instance, char *err, size_t errcap) {
+  (void)json, (void)len, (void)err, (void)errcap;
+  reentry *r = state;
+  r->self_rc = configure(r->self, "{}");
+  if (r->other) r->other_rc = configure(r->other, "{}");
+  *instance = state;
+  return SPI_OK;
+}
+
+static void test_configure_from_configure_callback(void **st) {
+  (void)st;
+  spi_engine *e = new_engine(), *e2 = new_engine();
+  reentry r = {e, e2, -1, -1};
+  spi_classifier_module m = user_module(SPI_ON_FAILURE_ERROR);
+  m.configure = reentry_configure;
+  assert_int_equal(spi_engine_register_module(e, SPI_MODULE_CLASSIFIER, "re",
+                                              2, &m, &r, NULL),
+                   SPI_OK);
+  assert_int_equal(configure(e, "{\"modules\":{\"classifier\":\"re\"}}"),
+                   SPI_OK);
+  assert_int_equal(r.self_rc, SPI_EMISUSE);
+  assert_int_equal(r.other_rc, SPI_OK); /* another engine is not refused */
+  /* Once the callback is over, the thread configures e as any other. */
+  assert_int_equal(configure(e, "{}"), SPI_OK);
+  spi_engine_free(e);
+  spi_engine_free(e2);
+}
+
+/* Two threads configuring one engine at once: each waits for the other,
+ * and neither reads what the other writes unlocked (ThreadSanitizer). */
+static void *configure_loop(void *arg) {
+  spi_engine *e = arg;
+  for (int i = 0; i < 300; i++) {
+    const char *c = i & 1 ? "{\"router\":{\"ttft_base_ms\":50}}"
+                          : "{\"router\":{\"ttft_base_ms\":60}}";
+    if (configure(e, c) != SPI_OK) return (void *)1;
+  }
+  return NULL;
+}
+
+static void test_configure_on_two_threads(void **st) {
+  (void)st;
+  spi_engine *e = new_engine();
+  pthread_t t[2];
+  for (int i = 0; i < 2; i++)
+    assert_int_equal(pthread_create(&t[i], NULL, configure_loop, e), 0);
+  for (int i = 0; i < 2; i++) {
+    void *rc = NULL;
+    assert_int_equal(pthread_join(t[i], &rc), 0);
+    assert_null(rc);
+  }
+  spi_engine_free(e);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_new_free),
@@ -780,6 +842,8 @@ int main(void) {
       cmocka_unit_test(test_register_and_select),
       cmocka_unit_test(test_register_errors),
       cmocka_unit_test(test_module_failure_policy),
+      cmocka_unit_test(test_configure_from_configure_callback),
+      cmocka_unit_test(test_configure_on_two_threads),
       cmocka_unit_test(test_key_builder_fallback_logged),
       cmocka_unit_test(test_names),
       cmocka_unit_test(test_reload_while_classifying),
