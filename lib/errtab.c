@@ -3,91 +3,98 @@
  * thread on a shared handle (an engine, a replay queue).
  *
  * Many threads share one engine, and a single message slot made a thread
- * read another thread's failure. Each handle keeps a small fixed table of
- * slots keyed by thread id instead: a failing call writes its own thread's
- * slot, and the errmsg getter returns the calling thread's. The table is
- * touched only on failure and by the getter, never on the routing hot path;
- * it is part of the handle (no allocation, no thread-local storage, bounded
- * memory). When more threads than slots have failed, the slot set longest
- * ago is taken over; a thread whose slot was taken over reads
- * SPI_ERRTAB_LOST, never another thread's message.
+ * read another thread's failure. A table of slots on the handle, keyed by
+ * thread, was not enough either: once more threads had failed than it had
+ * slots, a slot was given to another thread while its owner could still be
+ * reading the message its getter had returned, so a thread read half of
+ * another's. So the messages live with the thread instead, in a few entries
+ * of thread-local storage, each naming its handle by an id no other handle
+ * is ever given (an address can be reused after a free; an id cannot). No
+ * other thread reads or writes them: no lock, no allocation, and a message
+ * stays as the getter returned it until the thread's own next call. Nothing
+ * here is on the routing hot path: a failing call writes, the getter reads.
+ *
+ * A thread that fails calls on more handles than it keeps entries for lets
+ * the entry set longest ago go; that handle's getter then reads
+ * SPI_ERRTAB_LOST on that thread, never another handle's message.
  */
+#include <stdatomic.h>
 #include <string.h>
 
 #include "spi_internal.h"
 
 const char SPI_ERRTAB_LOST[] =
-    "(this thread's error detail was replaced: more threads than the handle "
-    "keeps failed since)";
+    "(this thread's error detail was replaced: it failed calls on more "
+    "handles than it keeps messages for since)";
+
+/* Handles whose messages one thread keeps. */
+#define KEEP 8
+
+typedef struct kept_msg {
+  uint64_t handle; /* spi_errtab.id; 0: unused */
+  uint64_t stamp;  /* when it was last set: the oldest is let go */
+  char msg[SPI_ERRMSG_CAP];
+} kept_msg;
+
+static _Thread_local struct {
+  kept_msg kept[KEEP];
+  uint64_t lost[KEEP]; /* handles whose entry was let go (0: unused) */
+  unsigned lost_next;
+  uint64_t stamp;
+} here;
+
+static atomic_uint_fast64_t last_id;
 
 int spi__errtab_init(spi_errtab *t) {
-  memset(t->slot, 0, sizeof t->slot);
-  memset(t->evicted_used, 0, sizeof t->evicted_used);
-  t->evicted_next = 0;
-  t->stamp = 0;
-  return pthread_mutex_init(&t->lock, NULL) == 0 ? SPI_OK : SPI_ENOMEM;
+  t->id = (uint64_t)atomic_fetch_add(&last_id, 1) + 1;
+  return SPI_OK;
 }
 
-void spi__errtab_destroy(spi_errtab *t) { pthread_mutex_destroy(&t->lock); }
+void spi__errtab_destroy(spi_errtab *t) { t->id = 0; }
 
-/* The calling thread's slot, or NULL. Called with t->lock held. */
-static spi_errslot *mine(spi_errtab *t, pthread_t self) {
-  for (size_t i = 0; i < SPI_ERRTAB_SLOTS; i++)
-    if (t->slot[i].used && pthread_equal(t->slot[i].owner, self))
-      return &t->slot[i];
+/* This thread's entry for handle id, or NULL. */
+static kept_msg *entry_of(uint64_t id) {
+  for (int i = 0; i < KEEP; i++)
+    if (here.kept[i].handle == id) return &here.kept[i];
   return NULL;
 }
 
-/* Whether self's slot was taken over (and self has not failed since). */
-static int was_evicted(const spi_errtab *t, pthread_t self, size_t *at) {
-  for (size_t i = 0; i < SPI_ERRTAB_SLOTS; i++)
-    if (t->evicted_used[i] && pthread_equal(t->evicted[i], self)) {
-      if (at) *at = i;
+/* Whether id's entry was let go (and the thread has not set it since);
+ * with forget, it no longer counts as lost. */
+static int was_lost(uint64_t id, int forget) {
+  for (int i = 0; i < KEEP; i++)
+    if (here.lost[i] == id) {
+      if (forget) here.lost[i] = 0;
       return 1;
     }
   return 0;
 }
 
 void spi__errtab_set(spi_errtab *t, const char *msg) {
-  pthread_t self = pthread_self();
-  pthread_mutex_lock(&t->lock);
-  spi_errslot *s = mine(t, self);
-  for (size_t i = 0; !s && i < SPI_ERRTAB_SLOTS; i++)
-    if (!t->slot[i].used) s = &t->slot[i];
-  if (!s) { /* all taken: the one set longest ago */
-    s = &t->slot[0];
-    for (size_t i = 1; i < SPI_ERRTAB_SLOTS; i++)
-      if (t->slot[i].stamp < s->stamp) s = &t->slot[i];
-    /* Remember whose it was, so that thread reads "lost", not ours. */
-    size_t at = t->evicted_next;
-    t->evicted_next = (at + 1) % SPI_ERRTAB_SLOTS;
-    t->evicted[at] = s->owner;
-    t->evicted_used[at] = 1;
+  kept_msg *k = entry_of(t->id);
+  if (!k) {
+    k = &here.kept[0];
+    for (int i = 1; i < KEEP && k->handle; i++)
+      if (!here.kept[i].handle || here.kept[i].stamp < k->stamp)
+        k = &here.kept[i];
+    if (k->handle && k->msg[0]) { /* its handle reads "lost", not ours */
+      here.lost[here.lost_next] = k->handle;
+      here.lost_next = (here.lost_next + 1) % KEEP;
+    }
+    k->handle = t->id;
   }
-  size_t at;
-  if (was_evicted(t, self, &at)) t->evicted_used[at] = 0;
-  s->used = 1;
-  s->owner = self;
-  s->stamp = ++t->stamp;
-  spi__errf(s->msg, sizeof s->msg, "%s", msg);
-  pthread_mutex_unlock(&t->lock);
+  was_lost(t->id, 1);
+  k->stamp = ++here.stamp;
+  spi__errf(k->msg, sizeof k->msg, "%s", msg);
 }
 
 void spi__errtab_clear(spi_errtab *t) {
-  pthread_t self = pthread_self();
-  pthread_mutex_lock(&t->lock);
-  spi_errslot *s = mine(t, self);
-  if (s) s->msg[0] = '\0';
-  size_t at;
-  if (was_evicted(t, self, &at)) t->evicted_used[at] = 0;
-  pthread_mutex_unlock(&t->lock);
+  kept_msg *k = entry_of(t->id);
+  if (k) k->msg[0] = '\0';
+  was_lost(t->id, 1);
 }
 
-const char *spi__errtab_get(spi_errtab *t) {
-  pthread_t self = pthread_self();
-  pthread_mutex_lock(&t->lock);
-  const spi_errslot *s = mine(t, self);
-  const char *msg = s ? s->msg : was_evicted(t, self, NULL) ? SPI_ERRTAB_LOST : "";
-  pthread_mutex_unlock(&t->lock);
-  return msg;
+const char *spi__errtab_get(const spi_errtab *t) {
+  const kept_msg *k = entry_of(t->id);
+  return k ? k->msg : was_lost(t->id, 0) ? SPI_ERRTAB_LOST : "";
 }

@@ -73,5 +73,5 @@ const char *spi_engine_errmsg(const spi_engine *engine) {
   if (!spi__engine_ok(engine)) return "invalid engine handle";
   /* The table's lock is a mutex: reading it does not change the engine as
    * the caller sees it, hence the const in the signature. */
-  return spi__errtab_get((spi_errtab *)&engine->err);
+  return spi__errtab_get(&engine->err);
 }

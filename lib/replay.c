@@ -1172,7 +1172,7 @@ void spi_replay_close(spi_replay_queue *queue) {
 
 const char *spi_replay_errmsg(const spi_replay_queue *queue) {
   if (!queue_ok(queue)) return "invalid replay queue handle";
-  return spi__errtab_get((spi_errtab *)&queue->err);
+  return spi__errtab_get(&queue->err);
 }
 
 /* --------------------------------------------------------------- enqueue */

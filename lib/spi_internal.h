@@ -66,26 +66,13 @@ void spi__verrf(char *buf, size_t cap, const char *fmt, va_list ap)
 /*
  * Error detail per calling thread on a shared handle (errtab.c). The rule,
  * for every handle many threads share (engine, replay queue): a failing call
- * records its message in the calling thread's slot, and the errmsg getter
- * returns the calling thread's slot, so a message always belongs to the
- * caller's own last failed call on that handle. A request is used by one
- * thread at a time and keeps a single message.
+ * records its message with the calling thread, and the errmsg getter
+ * returns the calling thread's, so a message always belongs to the caller's
+ * own last failed call on that handle. A request is used by one thread at a
+ * time and keeps a single message.
  */
-#define SPI_ERRTAB_SLOTS 32
-typedef struct spi_errslot {
-  pthread_t owner;
-  int used;
-  uint64_t stamp; /* when it was last set: the oldest is taken over */
-  char msg[SPI_ERRMSG_CAP];
-} spi_errslot;
 typedef struct spi_errtab {
-  pthread_mutex_t lock; /* a leaf lock (LOCK ORDER in engine.h) */
-  uint64_t stamp;
-  spi_errslot slot[SPI_ERRTAB_SLOTS];
-  /* Threads whose slot was taken over by another: they read LOST. */
-  pthread_t evicted[SPI_ERRTAB_SLOTS];
-  uint8_t evicted_used[SPI_ERRTAB_SLOTS];
-  size_t evicted_next;
+  uint64_t id; /* names the handle to its threads' messages; never reused */
 } spi_errtab;
 extern const char SPI_ERRTAB_LOST[];
 int spi__errtab_init(spi_errtab *t);
@@ -95,8 +82,9 @@ void spi__errtab_set(spi_errtab *t, const char *msg);
 /* This thread's message on the handle is now "". */
 void spi__errtab_clear(spi_errtab *t);
 /* This thread's message: "", its last failure's, or SPI_ERRTAB_LOST.
- * Borrowed until this thread's next call on the handle. */
-const char *spi__errtab_get(spi_errtab *t);
+ * Borrowed until this thread's next call on the handle (only the thread
+ * itself writes it). */
+const char *spi__errtab_get(const spi_errtab *t);
 
 /* memcpy of n bytes through the C library's memcpy. gcc inlines a copy
  * whose size it knows to be bounded as `rep movsq`, which takes about
