@@ -1649,6 +1649,9 @@ int spi__replay_drain(spi_replay_queue *q,
         (*moved)++;
       }
     }
+    /* What moved is acked here as an ack is: compact as an ack does, or
+     * the journal keeps every envelope that ever passed through it. */
+    if (e) maybe_compact(q);
     uint64_t seq = q->last_seq;
     unlock(q);
     if (!e) break;

@@ -11,6 +11,7 @@
  * stores (the fallback drain, a claimed envelope the library refuses), and
  * threads enqueueing, claiming and acking at once.
  */
+#include <dirent.h>
 #include <pthread.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -19,6 +20,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cmocka.h>
@@ -1217,6 +1219,82 @@ static void test_fallback_drain_past_a_refused_envelope(void **st) {
   assert_int_equal(system(cmd), 0);
 }
 
+/* The bytes of the regular files in dir. */
+static uint64_t dir_bytes(const char *dir) {
+  DIR *d = opendir(dir);
+  assert_non_null(d);
+  uint64_t n = 0;
+  struct dirent *de;
+  char p[512];
+  while ((de = readdir(d)) != NULL) {
+    snprintf(p, sizeof p, "%s/%s", dir, de->d_name);
+    struct stat sb;
+    if (stat(p, &sb) == 0 && S_ISREG(sb.st_mode)) n += (uint64_t)sb.st_size;
+  }
+  closedir(d);
+  return n;
+}
+
+/* What a drain moves out of the fallback journal is acked there, and the
+ * journal is compacted as a journal queue's acks compact it: 2,000 envelopes
+ * that each went through it (store down, then back) leave it nearly empty,
+ * not holding every one of them (over 1 MB). */
+static void test_fallback_journal_compacted(void **st) {
+  (void)st;
+  LOCAL_ONLY();
+  fixture *f = setup_engine();
+  fake_qstore s;
+  memset(&s, 0, sizeof s);
+  spi_replay_store_module m;
+  memset(&m, 0, sizeof m);
+  m.abi_version = SPI_MODULE_ABI_VERSION;
+  m.struct_size = sizeof m;
+  m.configure = fq_configure;
+  m.release = fq_release;
+  m.enqueue = fq_enqueue;
+  m.claim = fq_claim;
+  m.ack = fq_settle;
+  m.nack = fq_nack;
+  m.queue_stats = fq_stats;
+  m.stats = fq_rstats;
+  assert_int_equal(spi_engine_register_module(f->e, SPI_MODULE_REPLAY_STORE,
+                                              "fakeq", 5, &m, &s, NULL),
+                   SPI_OK);
+  char dir[256], json[512];
+  rq_tmpdir(dir, sizeof dir, "fallback-compact");
+  snprintf(json, sizeof json,
+           "{\"store\":\"fakeq\",\"fallback\":\"journal\",\"dir\":\"%s\","
+           "\"compact_min_bytes\":0,\"compact_ratio\":1.1,"
+           "\"max_acked_keys\":0,\"segment_bytes\":4096}",
+           dir);
+  assert_int_equal(spi_replay_open(f->e, json, strlen(json), &f->q), SPI_OK);
+  char body[512];
+  memset(body, 'x', sizeof body - 1);
+  body[sizeof body - 1] = '\0';
+  for (int i = 0; i < 2000; i++) {
+    char key[32];
+    snprintf(key, sizeof key, "k%d", i);
+    spi_envelope v = rq_envelope(key, SPI_CLASS_SILVER, body);
+    s.out = 1;
+    rq_enqueue(f->q, &v); /* into the fallback journal */
+    s.out = 0;
+    f->h.now += 200 * MS; /* past the drain's retry delay */
+    assert_int_equal(spi_replay_tick(f->q), SPI_OK); /* moved to the store */
+  }
+  spi_replay_stats rs = stats(f);
+  assert_int_equal(rs.fallback_enqueued, 2000);
+  assert_int_equal(rs.fallback_moved, 2000);
+  assert_int_equal(rs.fallback_held, 0);
+  uint64_t bytes = dir_bytes(dir);
+  if (bytes >= 64 * 1024)
+    fail_msg("the fallback journal holds nothing but %llu bytes on disk",
+             (unsigned long long)bytes);
+  teardown(f);
+  char cmd[300];
+  snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
+  assert_int_equal(system(cmd), 0);
+}
+
 /* A queue store whose claims hand out what the test put in hand[], one a
  * claim (claim id: its index + 1), and keeps the nacks it gets. */
 typedef struct hand_qstore {
@@ -1506,6 +1584,7 @@ int main(void) {
       cmocka_unit_test(test_alloc_failures),
       cmocka_unit_test(test_user_store),
       cmocka_unit_test(test_fallback_drain_past_a_refused_envelope),
+      cmocka_unit_test(test_fallback_journal_compacted),
       cmocka_unit_test(test_claim_dead_letters_a_refused_envelope),
       cmocka_unit_test(test_refused_claim_nack_repeated),
       cmocka_unit_test(test_threads),
