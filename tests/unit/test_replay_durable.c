@@ -16,7 +16,7 @@
  *     once that fsync is done; a claim never hands out the envelope before;
  *   - after a failed fdatasync (batch and always) the enqueue fails, a retry
  *     of the same key is not an OK duplicate, and the envelope cannot be
- *     claimed;
+ *     claimed, nor dead-lettered by a claim (one past its deadline);
  *   - a queue store's fallback journal moves an envelope into the store
  *     only once its enqueue is durable, so a failed fdatasync leaves
  *     nothing there;
@@ -303,6 +303,17 @@ static void *do_enqueue(void *arg) {
   return NULL;
 }
 
+/* do_enqueue of an envelope whose deadline has long passed. */
+static void *do_enqueue_late(void *arg) {
+  call *c = arg;
+  spi_envelope v = env_of(c->key);
+  v.deadline_ns = 1;
+  c->dup = -1;
+  c->rc = spi_replay_enqueue(c->f->q, &v, &c->dup);
+  __atomic_store_n(&c->done, 1, __ATOMIC_SEQ_CST);
+  return NULL;
+}
+
 static void *do_claim(void *arg) {
   call *c = arg;
   c->rc = try_claim(c->f->q, c->claimed, sizeof c->claimed);
@@ -404,6 +415,42 @@ static void test_failed_fsync_batch(void **state) {
 static void test_failed_fsync_always(void **state) {
   (void)state;
   failed_fsync("always");
+}
+
+/* An envelope already past its deadline when enqueued, with max_dead 0: a
+ * claim while its fdatasync is under way must not dead-letter it (with
+ * max_dead 0 straight into the remembered keys) before its enqueue is
+ * durable. The claim waits for that sync as for any envelope; the sync
+ * fails, so the enqueue fails, and a retry of the key is not an OK
+ * duplicate of what was never durable. */
+static void test_late_envelope_failed_fsync(void **state) {
+  (void)state;
+  fixture *f = setup();
+  assert_int_equal(open_j(f, "batch", "\"group_commit_ms\":0,\"max_dead\":0"),
+                   SPI_OK);
+  gate(1);
+  call a = {f, "late", 0, 0, "", 0}, c = a;
+  pthread_t ta, tc;
+  assert_int_equal(pthread_create(&ta, NULL, do_enqueue_late, &a), 0);
+  wait_at_gate(1); /* in the journal, its fdatasync held */
+  assert_int_equal(pthread_create(&tc, NULL, do_claim, &c), 0);
+  sleep_ms(100);
+  pthread_mutex_lock(&io.mu);
+  io.fail_syncs = 1;
+  pthread_mutex_unlock(&io.mu);
+  gate(0); /* before any assertion, so a failure never leaves a thread */
+  pthread_join(ta, NULL);
+  pthread_join(tc, NULL);
+  assert_int_equal(a.rc, SPI_EIO);
+  assert_int_not_equal(c.rc, SPI_OK);
+  spi_envelope v = env_of("late");
+  v.deadline_ns = 1;
+  int32_t dup = -1;
+  int rc = spi_replay_enqueue(f->q, &v, &dup);
+  if (rc == SPI_OK || dup == 1)
+    fail_msg("a retry of the failed enqueue answered %d, duplicate %d", rc,
+             (int)dup);
+  teardown(f);
 }
 
 /* A failed write is undone: the enqueue fails, nothing can be claimed, and
@@ -734,6 +781,7 @@ int main(void) {
       cmocka_unit_test(test_failed_fsync_batch),
       cmocka_unit_test(test_failed_fsync_always),
       cmocka_unit_test(test_failed_write),
+      cmocka_unit_test(test_late_envelope_failed_fsync),
       cmocka_unit_test(test_fallback_drain_waits_for_fsync),
       cmocka_unit_test(test_compaction_power_loss_batch),
       cmocka_unit_test(test_compaction_power_loss_none),
