@@ -448,6 +448,7 @@ int spi__rqs_enqueue(spi_rqs *s, const spi_envelope *env, int32_t *duplicate) {
 typedef struct sink_data {
   spi_rqs *s;
   rqs_copy *c;
+  rqs_claim *keep; /* its entry in the claim table, filled once handed out */
   const char *refused; /* why the envelope was refused, or NULL */
   rqs_refused r;       /* then its attempts and key (id: the claim's) */
 } sink_data;
@@ -477,7 +478,14 @@ static int sink(void *ud, const spi_envelope *env) {
   }
   size_t size = spi__replay_env_size(env);
   rqs_copy *c = spi__alloc(&d->s->mem, sizeof *c + size);
-  if (!c) return SPI_ENOMEM;
+  rqs_claim *keep = spi__alloc(&d->s->mem, sizeof *keep);
+  if (!c || !keep) {
+    spi__free(&d->s->mem, c);
+    spi__free(&d->s->mem, keep);
+    return SPI_ENOMEM;
+  }
+  memset(keep, 0, sizeof *keep);
+  d->keep = keep;
   memset(c, 0, sizeof *c);
   c->size = size;
   c->env.struct_size = sizeof c->env;
@@ -498,20 +506,13 @@ static int hand_out(rqs_copy *c, spi_envelope *out, void *buf, size_t cap,
   return SPI_OK;
 }
 
-/* Keep what a nack of claim id (env, leased at now for lease_ms) needs.
- * With the table full, the claims due to be forgotten first are forgotten
- * now (their ack or nack answers SPI_ESTALE, as after their lease). */
-static void keep_claim(spi_rqs *s, uint64_t id, const spi_envelope *env,
-                       int64_t now, int64_t lease_ms) {
-  rqs_claim *c = spi__alloc(&s->mem, sizeof *c);
-  if (!c) {
-    spi__engine_log(s->engine, SPI_LOG_WARN,
-                    "replay: out of memory keeping claim %llu: its ack or "
-                    "nack will answer SPI_ESTALE",
-                    (unsigned long long)id);
-    return;
-  }
-  memset(c, 0, sizeof *c);
+/* Keep in c what a nack of claim id (env, leased at now for lease_ms)
+ * needs. With the table full, the claims due to be forgotten first are
+ * forgotten now (their ack or nack answers SPI_ESTALE, as after their
+ * lease). */
+static void keep_claim(spi_rqs *s, rqs_claim *c, uint64_t id,
+                       const spi_envelope *env, int64_t now,
+                       int64_t lease_ms) {
   c->id = id;
   int64_t lease_ns = lease_ms * 1000000;
   c->forget_at = now + lease_ns +
@@ -637,6 +638,7 @@ int spi__rqs_claim(spi_rqs *s, uint32_t class_mask, int64_t lease_ms,
   if (id && d.refused) return refuse_claim(s, id, &d);
   if (rc != SPI_OK || (id && !d.c) || (!id && d.c)) {
     spi__free(&s->mem, d.c);
+    spi__free(&s->mem, d.keep);
     if (rc != SPI_OK) return store_failed(s, "claim", rc, err);
     return store_failed(s, "claim", SPI_EMODULE,
                         "claim id and envelope do not match");
@@ -649,7 +651,7 @@ int spi__rqs_claim(spi_rqs *s, uint32_t class_mask, int64_t lease_ms,
   rqs_copy *c = d.c;
   rc = hand_out(c, out, buf, cap, needed);
   if (rc == SPI_OK) {
-    keep_claim(s, id, &c->env, ctx.now_ns, ctx.lease_ms);
+    keep_claim(s, d.keep, id, &c->env, ctx.now_ns, ctx.lease_ms);
     spi__free(&s->mem, c);
     *claim_id = id;
     return SPI_OK;
@@ -659,6 +661,7 @@ int spi__rqs_claim(spi_rqs *s, uint32_t class_mask, int64_t lease_ms,
   int grc = s->store->nack(s->mstate, s->inst, &ctx, id, c->env.attempts,
                            ctx.now_ns, 0, err, sizeof err);
   spi__free(&s->mem, c);
+  spi__free(&s->mem, d.keep);
   if (grc != SPI_OK)
     spi__engine_log(s->engine, SPI_LOG_WARN,
                     "replay store \"%s\": giving back a claim too large for "
