@@ -70,7 +70,9 @@
  *
  * Compaction writes the live records to compact.tmp, syncs it, creates the
  * next log segment, renames the file to N.snap and syncs the directory: the
- * rename is the commit point. Older files are removed afterwards; if the
+ * rename is the commit point. It syncs under every policy, none too: the
+ * snapshot replaces files that may have been on disk for long, and its
+ * data and rename must be durable before their unlinks can be. Older files are removed afterwards; if the
  * process dies first, the next recovery removes them.
  *
  * After a failed write that cannot be undone, or any failed fdatasync, the
@@ -1183,7 +1185,10 @@ static int write_snapshot(journal *j, const spi_replay_record *recs, size_t n,
     }
   }
   spi__buf_free(&b, &j->mem);
-  if (rc == SPI_OK && j->policy != FSYNC_NONE && sync_fd(fd) != 0)
+  /* Synced under every policy, "none" too: the snapshot replaces files
+   * that may have been on disk for long, so it must be on disk before its
+   * rename and the unlinks of those files can be (one sync a compaction). */
+  if (rc == SPI_OK && sync_fd(fd) != 0)
     rc = io_fail(err, cap, j, "compact.tmp", "fdatasync", errno);
   close(fd);
   if (rc != SPI_OK) unlink_name(j, "compact.tmp");
@@ -1236,7 +1241,10 @@ static int j_compact(void *state, void *instance, const spi_replay_record *recs,
     j->next_seq = seq;
     j->written_seq = seq - 1;
     j->stats.compactions++;
-    if (j->policy != FSYNC_NONE && sync_dir(j) != 0) {
+    /* Under "none" too: the rename must be durable before the unlinks of
+     * the files the snapshot replaces, or a power loss can keep the
+     * unlinks and lose the rename. */
+    if (sync_dir(j) != 0) {
       rc = set_failed(j, err, cap, NULL, "fsync", errno);
     } else {
       j->synced_seq = j->written_seq;

@@ -310,7 +310,8 @@ static const spi_optdesc OPTIONS[] = {
      "journal directory (the journal store requires one)"},
     {"replay.fsync", E, "\"batch\"", 0, 0,
      "journal durability: always|batch|none (none survives a killed "
-     "process, not a machine crash)"},
+     "process, not a machine crash; its compactions are synced all the "
+     "same)"},
     {"replay.group_commit_ms", I, "0", 0, 1000,
      "batch: the syncing caller first waits this long for others to share "
      "its fsync"},

@@ -1347,15 +1347,21 @@ static void claim_copy(const rq_entry *e, spi_envelope *out, uint8_t *buf) {
 }
 
 /* The first ready entry of the lanes in mask (NULL if none), with mu held;
- * heads past their deadline are dead-lettered on the way. */
+ * heads past their deadline are dead-lettered on the way. One whose
+ * enqueue is not durable yet (sequence past durable, the caller's reading
+ * of durable_seq) is returned instead, for the claim to wait
+ * for its sync: its enqueue may still fail and be undone, which finds
+ * nothing once the entry is a dead letter (or, with replay.max_dead 0, a
+ * remembered key, so that a retry of the key answered OK, duplicate). */
 static int next_ready(spi_replay_queue *q, uint32_t mask, int64_t now,
-                      rq_entry **out) {
+                      uint64_t durable, rq_entry **out) {
   rq_entry *e = NULL;
   int rc = SPI_OK;
   for (int c = SPI_CLASS_GOLD; c <= SPI_CLASS_BRONZE && !e && rc == SPI_OK;
        c++) {
     if (!(mask & (1u << c))) continue;
     while ((e = q->lane[c].head) != NULL && deadline_passed(e, now)) {
+      if (e->seq > durable) break;
       rc = dead_letter(q, e, e->env.attempts, now);
       if (rc != SPI_OK) break;
     }
@@ -1388,7 +1394,11 @@ int spi_replay_claim(spi_replay_queue *queue, uint32_t class_mask,
     if (lock(q) != SPI_OK) return SPI_EMISUSE;
     now = spi__engine_now(q->engine);
     run_timers(q, now);
-    int rc = next_ready(q, class_mask, now, &e);
+    /* One reading for both: an entry next_ready did not dead-letter for
+     * not being durable yet is waited for below, even if its sync ends in
+     * between (then the wait returns at once, and the next pass sees it). */
+    uint64_t durable = __atomic_load_n(&q->durable_seq, __ATOMIC_ACQUIRE);
+    int rc = next_ready(q, class_mask, now, durable, &e);
     if (rc != SPI_OK) {
       unlock(q);
       return rc;
@@ -1398,7 +1408,7 @@ int spi_replay_claim(spi_replay_queue *queue, uint32_t class_mask,
      * still take back. Wait for its sync outside the lock, then look
      * again: the head may have changed meanwhile. */
     uint64_t seq = e ? e->seq : 0;
-    if (seq <= __atomic_load_n(&q->durable_seq, __ATOMIC_ACQUIRE)) break;
+    if (seq <= durable) break;
     unlock(q);
     rc = make_durable(q, seq);
     if (rc != SPI_OK) return rc;
@@ -1648,6 +1658,9 @@ int spi__replay_drain(spi_replay_queue *q,
         (*moved)++;
       }
     }
+    /* What moved is acked here as an ack is: compact as an ack does, or
+     * the journal keeps every envelope that ever passed through it. */
+    if (e) maybe_compact(q);
     uint64_t seq = q->last_seq;
     unlock(q);
     if (!e) break;

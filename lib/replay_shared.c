@@ -6,7 +6,15 @@
  *   - The claims it handed out (claim id -> key, attempts, deadline), so a
  *     nack can compute the backoff and decide dead-lettering with the same
  *     rules as the local queue (spi__replay_backoff_ms, replay.max_attempts,
- *     the deadline) and hand the store the decision.
+ *     the deadline) and hand the store the decision. A claim neither acked
+ *     nor nacked (the worker gave up on it; the store hands the envelope
+ *     out again once its lease ends) is forgotten its lease length again
+ *     after its lease ended (at least 1 s after: the "redis" store
+ *     remembers a finish as long), on the next claim or tick; its ack or
+ *     nack then answers SPI_ESTALE, as the local queue's does after the
+ *     lease. The table holds at most max(1024, replay.max_bytes / the size
+ *     of an entry) claims; beyond, those due to be forgotten first are
+ *     forgotten first (with a warning).
  *   - A claim the caller's buffer cannot take (SPI_EBUFSIZE) is given back
  *     at once (a nack with its attempts unchanged, ready now), so nothing
  *     is claimed, as with the local queue; in a shared queue it goes back
@@ -35,6 +43,7 @@
  */
 #include <pthread.h>
 #include <stdarg.h>
+#include <stdint.h>
 #include <string.h>
 
 #include <xxhash.h>
@@ -46,6 +55,11 @@
 #define RQS_DRAIN_BATCH 256
 #define RQS_DRAIN_RETRY_NS (100 * 1000000LL)
 #define RQS_REFUSED_MAX 16
+#define RQS_KEY_MAX 128
+/* The claim table holds at most max(RQS_HELD_MIN, replay.max_bytes / the
+ * size of an entry) claims: its memory is bounded by replay.max_bytes. */
+#define RQS_HELD_MIN 1024
+#define RQS_HELD_GRACE_NS (1000 * 1000000LL)
 
 /* A claim whose envelope the library refused and whose dead-lettering nack
  * went unanswered (SPI_EIO): the store still holds it, and the caller never
@@ -56,18 +70,33 @@ typedef struct rqs_refused {
   char key[129];
 } rqs_refused;
 
+/* A claimed envelope, copied whole from the store's callback until it is
+ * handed out into the caller's buffer. */
+typedef struct rqs_copy {
+  size_t size;      /* of the copy in data */
+  spi_envelope env; /* points into data */
+  uint8_t data[];
+} rqs_copy;
+
+/* What this process keeps of a claim it handed out: what a nack needs
+ * (not the envelope), until the claim is acked or nacked, or forgotten at
+ * forget_at: its lease length again after its lease ends (at least
+ * RQS_HELD_GRACE_NS), as long as the "redis" store remembers a finish. */
 typedef struct rqs_claim {
   spi_hnode hn; /* in the claim table (hash: spread id) */
+  struct rqs_claim *prev, *next; /* in s->held, by forget_at */
   uint64_t id;
-  size_t size;            /* of the copy in data */
+  int64_t forget_at;
+  uint32_t attempts;
+  int64_t deadline_ns;
+  size_t key_len;
+  char key[RQS_KEY_MAX + 1];
   /* A nack whose answer was lost (SPI_EIO) is repeated as it was decided,
    * so the store sees the same finish again (the clock may have passed
    * the deadline since). */
   int nack_sent;
   int32_t nack_dead;
   int64_t nack_visible;
-  spi_envelope env;       /* points into data */
-  uint8_t data[];
 } rqs_claim;
 
 struct spi_rqs {
@@ -81,6 +110,8 @@ struct spi_rqs {
   spi_replay_queue *fallback;
   pthread_mutex_t mu;
   spi_htab tab;
+  rqs_claim *held_head, *held_tail; /* every entry of tab, by forget_at */
+  size_t nheld, held_max;
   uint64_t enqueued, duplicates, acked, nacked;
   uint64_t fb_enqueued, fb_moved;
   int64_t drain_after_ns;
@@ -133,25 +164,99 @@ static spi_replay_ctx make_ctx(const spi_rqs *s, int64_t lease_ms) {
 
 static uint64_t id_hash(uint64_t id) { return XXH3_64bits(&id, sizeof id); }
 
-static void tab_put(spi_rqs *s, rqs_claim *c) {
-  spi__htab_insert(&s->tab, &s->mem, &c->hn, id_hash(c->id));
+/* Into the list by forget_at, from its tail (most claims have one lease
+ * length, so they go at the end). */
+static void held_link(spi_rqs *s, rqs_claim *c) {
+  rqs_claim *p = s->held_tail;
+  while (p && p->forget_at > c->forget_at) p = p->prev;
+  c->prev = p;
+  c->next = p ? p->next : s->held_head;
+  if (c->next)
+    c->next->prev = c;
+  else
+    s->held_tail = c;
+  if (p)
+    p->next = c;
+  else
+    s->held_head = c;
+  s->nheld++;
 }
 
-static rqs_claim *tab_find(const spi_rqs *s, uint64_t id) {
+static void held_unlink(spi_rqs *s, rqs_claim *c) {
+  if (c->prev)
+    c->prev->next = c->next;
+  else
+    s->held_head = c->next;
+  if (c->next)
+    c->next->prev = c->prev;
+  else
+    s->held_tail = c->prev;
+  c->prev = c->next = NULL;
+  s->nheld--;
+}
+
+static void tab_put(spi_rqs *s, rqs_claim *c) {
+  spi__htab_insert(&s->tab, &s->mem, &c->hn, id_hash(c->id));
+  held_link(s, c);
+}
+
+/* The entry of claim id; one due to be forgotten by now counts as gone
+ * (INT64_MIN: none does). */
+static rqs_claim *tab_find(const spi_rqs *s, uint64_t id, int64_t now) {
   uint64_t h = id_hash(id);
   for (spi_hnode *n = spi__htab_first(&s->tab, h); n;
        n = spi__htab_next(n, h)) {
     rqs_claim *c = SPI_CONTAINER(n, rqs_claim, hn);
-    if (c->id == id) return c;
+    if (c->id == id) return now < c->forget_at ? c : NULL;
   }
   return NULL;
 }
 
+static void tab_drop(spi_rqs *s, rqs_claim *c) {
+  spi__htab_remove(&s->tab, &c->hn);
+  held_unlink(s, c);
+}
+
 /* Take the claim id out of the table (NULL when not there). */
-static rqs_claim *tab_take(spi_rqs *s, uint64_t id) {
-  rqs_claim *c = tab_find(s, id);
-  if (c) spi__htab_remove(&s->tab, &c->hn);
+static rqs_claim *tab_take(spi_rqs *s, uint64_t id, int64_t now) {
+  rqs_claim *c = tab_find(s, id, now);
+  if (c) tab_drop(s, c);
   return c;
+}
+
+/* Forget, with mu held, the claims due by now and, while the table is
+ * full, those due first; returns the list of them to free outside mu, and
+ * how many were forgotten before their time. */
+static rqs_claim *tab_expire(spi_rqs *s, int64_t now, size_t room,
+                             size_t *early) {
+  rqs_claim *out = NULL;
+  *early = 0;
+  while (s->held_head && (s->held_head->forget_at <= now ||
+                          s->nheld + room > s->held_max)) {
+    rqs_claim *c = s->held_head;
+    if (c->forget_at > now) (*early)++;
+    tab_drop(s, c);
+    c->next = out;
+    out = c;
+  }
+  return out;
+}
+
+static void free_list(spi_rqs *s, rqs_claim *c) {
+  while (c) {
+    rqs_claim *n = c->next;
+    spi__free(&s->mem, c);
+    c = n;
+  }
+}
+
+/* Forget the claims due to be forgotten by now (claims, ticks). */
+static void forget_ended(spi_rqs *s, int64_t now) {
+  size_t early = 0;
+  pthread_mutex_lock(&s->mu);
+  rqs_claim *gone = tab_expire(s, now, 0, &early);
+  pthread_mutex_unlock(&s->mu);
+  free_list(s, gone);
 }
 
 static void free_claim(spi_hnode *n, void *ud) {
@@ -226,6 +331,8 @@ int spi__rqs_new(spi_engine *e, const spi_mem *mem, spi_errtab *err,
   memcpy(s->store_name, cfg->store_name, nl);
   s->store_name[nl] = '\0';
   s->cfg.store_name = s->store_name;
+  uint64_t fit = (uint64_t)cfg->max_bytes / sizeof(rqs_claim);
+  s->held_max = fit > RQS_HELD_MIN ? (size_t)fit : RQS_HELD_MIN;
   s->fallback = fallback;
   report_fallback(s, 0, 0); /* what an earlier process left in it */
   *out = s;
@@ -340,7 +447,8 @@ int spi__rqs_enqueue(spi_rqs *s, const spi_envelope *env, int32_t *duplicate) {
 
 typedef struct sink_data {
   spi_rqs *s;
-  rqs_claim *c;
+  rqs_copy *c;
+  rqs_claim *keep; /* its entry in the claim table, filled once handed out */
   const char *refused; /* why the envelope was refused, or NULL */
   rqs_refused r;       /* then its attempts and key (id: the claim's) */
 } sink_data;
@@ -369,8 +477,15 @@ static int sink(void *ud, const spi_envelope *env) {
     return SPI_EMODULE;
   }
   size_t size = spi__replay_env_size(env);
-  rqs_claim *c = spi__alloc(&d->s->mem, sizeof *c + size);
-  if (!c) return SPI_ENOMEM;
+  rqs_copy *c = spi__alloc(&d->s->mem, sizeof *c + size);
+  rqs_claim *keep = spi__alloc(&d->s->mem, sizeof *keep);
+  if (!c || !keep) {
+    spi__free(&d->s->mem, c);
+    spi__free(&d->s->mem, keep);
+    return SPI_ENOMEM;
+  }
+  memset(keep, 0, sizeof *keep);
+  d->keep = keep;
   memset(c, 0, sizeof *c);
   c->size = size;
   c->env.struct_size = sizeof c->env;
@@ -380,16 +495,44 @@ static int sink(void *ud, const spi_envelope *env) {
 }
 
 /* Hand c out into the caller's buffer, or say how much is needed. */
-static int hand_out(rqs_claim *c, uint64_t *claim_id, spi_envelope *out,
-                    void *buf, size_t cap, size_t *needed) {
+static int hand_out(rqs_copy *c, spi_envelope *out, void *buf, size_t cap,
+                    size_t *needed) {
   if (needed) *needed = c->size;
   if (cap < c->size) return SPI_EBUFSIZE;
   size_t ss = out->struct_size;
   out->struct_size = sizeof *out;
   spi__replay_env_copy(&c->env, out, buf);
   out->struct_size = ss;
-  *claim_id = c->id;
   return SPI_OK;
+}
+
+/* Keep in c what a nack of claim id (env, leased at now for lease_ms)
+ * needs. With the table full, the claims due to be forgotten first are
+ * forgotten now (their ack or nack answers SPI_ESTALE, as after their
+ * lease). */
+static void keep_claim(spi_rqs *s, rqs_claim *c, uint64_t id,
+                       const spi_envelope *env, int64_t now,
+                       int64_t lease_ms) {
+  c->id = id;
+  int64_t lease_ns = lease_ms * 1000000;
+  c->forget_at = now + lease_ns +
+                 (lease_ns > RQS_HELD_GRACE_NS ? lease_ns : RQS_HELD_GRACE_NS);
+  c->attempts = env->attempts;
+  c->deadline_ns = env->deadline_ns;
+  c->key_len = env->key_len < RQS_KEY_MAX ? env->key_len : RQS_KEY_MAX;
+  memcpy(c->key, env->key, c->key_len);
+  size_t early = 0;
+  pthread_mutex_lock(&s->mu);
+  rqs_claim *gone = tab_expire(s, now, 1, &early);
+  tab_put(s, c);
+  pthread_mutex_unlock(&s->mu);
+  free_list(s, gone);
+  if (early)
+    spi__engine_log(s->engine, SPI_LOG_WARN,
+                    "replay: %zu claims held at once: the oldest was "
+                    "forgotten before its lease ended (its ack or nack "
+                    "answers SPI_ESTALE)",
+                    s->held_max);
 }
 
 /* Keep refused claim r whose nack went unanswered, to repeat it from
@@ -484,6 +627,7 @@ int spi__rqs_claim(spi_rqs *s, uint32_t class_mask, int64_t lease_ms,
   drain(s);
   retry_refused(s);
   spi_replay_ctx ctx = make_ctx(s, lease_ms);
+  forget_ended(s, ctx.now_ns);
   sink_data d;
   memset(&d, 0, sizeof d);
   d.s = s;
@@ -494,6 +638,7 @@ int spi__rqs_claim(spi_rqs *s, uint32_t class_mask, int64_t lease_ms,
   if (id && d.refused) return refuse_claim(s, id, &d);
   if (rc != SPI_OK || (id && !d.c) || (!id && d.c)) {
     spi__free(&s->mem, d.c);
+    spi__free(&s->mem, d.keep);
     if (rc != SPI_OK) return store_failed(s, "claim", rc, err);
     return store_failed(s, "claim", SPI_EMODULE,
                         "claim id and envelope do not match");
@@ -503,13 +648,12 @@ int spi__rqs_claim(spi_rqs *s, uint32_t class_mask, int64_t lease_ms,
     if (needed) *needed = 0;
     return SPI_OK;
   }
-  rqs_claim *c = d.c;
-  c->id = id;
-  rc = hand_out(c, claim_id, out, buf, cap, needed);
+  rqs_copy *c = d.c;
+  rc = hand_out(c, out, buf, cap, needed);
   if (rc == SPI_OK) {
-    pthread_mutex_lock(&s->mu);
-    tab_put(s, c);
-    pthread_mutex_unlock(&s->mu);
+    keep_claim(s, d.keep, id, &c->env, ctx.now_ns, ctx.lease_ms);
+    spi__free(&s->mem, c);
+    *claim_id = id;
     return SPI_OK;
   }
   /* Too small a buffer: give it back, no attempt counted. */
@@ -517,6 +661,7 @@ int spi__rqs_claim(spi_rqs *s, uint32_t class_mask, int64_t lease_ms,
   int grc = s->store->nack(s->mstate, s->inst, &ctx, id, c->env.attempts,
                            ctx.now_ns, 0, err, sizeof err);
   spi__free(&s->mem, c);
+  spi__free(&s->mem, d.keep);
   if (grc != SPI_OK)
     spi__engine_log(s->engine, SPI_LOG_WARN,
                     "replay store \"%s\": giving back a claim too large for "
@@ -540,13 +685,14 @@ typedef struct held {
 } held;
 
 static int find_held(spi_rqs *s, uint64_t id, held *h) {
+  int64_t now = spi__engine_now(s->engine);
   pthread_mutex_lock(&s->mu);
-  rqs_claim *c = id ? tab_find(s, id) : NULL;
+  rqs_claim *c = id ? tab_find(s, id, now) : NULL;
   if (c) {
-    h->attempts = c->env.attempts;
-    h->deadline_ns = c->env.deadline_ns;
-    h->key_len = c->env.key_len < 128 ? c->env.key_len : 128;
-    memcpy(h->key, c->env.key, h->key_len);
+    h->attempts = c->attempts;
+    h->deadline_ns = c->deadline_ns;
+    h->key_len = c->key_len;
+    memcpy(h->key, c->key, h->key_len);
     h->nack_sent = c->nack_sent;
     h->nack_dead = c->nack_dead;
     h->nack_visible = c->nack_visible;
@@ -558,7 +704,7 @@ static int find_held(spi_rqs *s, uint64_t id, held *h) {
 /* A nack of claim id went unanswered (SPI_EIO): a repeat sends the same. */
 static void keep_nack(spi_rqs *s, uint64_t id, int32_t dead, int64_t visible) {
   pthread_mutex_lock(&s->mu);
-  rqs_claim *c = tab_find(s, id);
+  rqs_claim *c = tab_find(s, id, INT64_MIN);
   if (c) {
     c->nack_sent = 1;
     c->nack_dead = dead;
@@ -572,7 +718,7 @@ static void keep_nack(spi_rqs *s, uint64_t id, int32_t dead, int64_t visible) {
 static void settle(spi_rqs *s, uint64_t id, int rc, uint64_t *counter) {
   if (rc == SPI_EIO) return;
   pthread_mutex_lock(&s->mu);
-  rqs_claim *c = tab_take(s, id);
+  rqs_claim *c = tab_take(s, id, INT64_MIN); /* answered: due or not */
   if (c && rc == SPI_OK) (*counter)++;
   pthread_mutex_unlock(&s->mu);
   spi__free(&s->mem, c);
@@ -661,6 +807,7 @@ int spi__rqs_stats(spi_rqs *s, spi_replay_stats *all) {
 int spi__rqs_tick(spi_rqs *s) {
   drain(s);
   retry_refused(s);
+  forget_ended(s, spi__engine_now(s->engine));
   if (!s->store->tick) return SPI_OK;
   spi_replay_ctx ctx = make_ctx(s, 0);
   char err[SPI_ERRMSG_CAP] = "";

@@ -52,7 +52,10 @@
  * repeated safely (idempotent), a claim's lease simply runs out, and an
  * ack or nack keeps its claim here (SPI_EIO), so it can be repeated: the
  * server remembers the finish (P finished) and answers the repeat as the
- * first.
+ * first. A claim neither acked nor nacked is forgotten here its lease
+ * length after its lease ended (at least HELD_GRACE_MS), on the next claim
+ * or tick, and the table holds at most max(HELD_MIN, replay.max_bytes /
+ * an entry's size) claims (held_claim).
  */
 #include <pthread.h>
 #include <stdarg.h>
@@ -83,8 +86,19 @@ static const char *const KEY_NAMES[NKEYS] = {
 #define ENV_MAGIC SPR_ENV_TAG SPR_ENV_VERSION
 #define ENV_HEAD 56
 
+/* The claim table: at least this many claims, and a claim is kept at least
+ * this long after its lease ended (held_claim). */
+#define HELD_MIN 1024
+#define HELD_GRACE_MS 1000
+
+/* A claim this instance handed out, kept until it is acked or nacked, or
+ * forgotten at forget_at: its lease length after its lease ended (at least
+ * HELD_GRACE_MS), as long as the server remembers a finish (P finished).
+ * Its ack or nack then answers SPI_ESTALE, as once its lease ended. */
 typedef struct held_claim {
-  struct held_claim *next;
+  struct held_claim *next;             /* in its slot of tab */
+  struct held_claim *lprev, *lnext;    /* in held_head, by forget_at */
+  int64_t forget_at;                   /* ns, the callers' clock */
   uint64_t id;
   int lane;
   int refused;         /* fn refused the envelope */
@@ -104,6 +118,7 @@ typedef struct redis_store {
   int64_t reap_at;       /* spr_now_ms() of the next removal of consumers */
   held_claim **tab;
   size_t mask, n;
+  held_claim *held_head, *held_tail; /* every claim of tab, by forget_at */
   uint64_t next_id;
   uint64_t expired, calls;
 } redis_store;
@@ -218,6 +233,35 @@ static size_t cslot(const redis_store *s, uint64_t id) {
   return (size_t)((id * 0x9e3779b97f4a7c15ull) >> 20) & s->mask;
 }
 
+/* Into the list by forget_at, from its tail (most claims have one lease
+ * length, so they go at the end). */
+static void held_link(redis_store *s, held_claim *c) {
+  held_claim *p = s->held_tail;
+  while (p && p->forget_at > c->forget_at) p = p->lprev;
+  c->lprev = p;
+  c->lnext = p ? p->lnext : s->held_head;
+  if (c->lnext)
+    c->lnext->lprev = c;
+  else
+    s->held_tail = c;
+  if (p)
+    p->lnext = c;
+  else
+    s->held_head = c;
+}
+
+static void held_unlink(redis_store *s, held_claim *c) {
+  if (c->lprev)
+    c->lprev->lnext = c->lnext;
+  else
+    s->held_head = c->lnext;
+  if (c->lnext)
+    c->lnext->lprev = c->lprev;
+  else
+    s->held_tail = c->lprev;
+  c->lprev = c->lnext = NULL;
+}
+
 static void claim_put(redis_store *s, held_claim *c) {
   if (s->n + 1 > s->mask + 1) {
     size_t ncap = (s->mask + 1) * 2;
@@ -240,6 +284,7 @@ static void claim_put(redis_store *s, held_claim *c) {
   c->next = s->tab[k];
   s->tab[k] = c;
   s->n++;
+  held_link(s, c);
 }
 
 static held_claim *claim_take(redis_store *s, uint64_t id) {
@@ -248,9 +293,28 @@ static held_claim *claim_take(redis_store *s, uint64_t id) {
       held_claim *c = *p;
       *p = c->next;
       s->n--;
+      held_unlink(s, c);
       return c;
     }
   return NULL;
+}
+
+/* With mu held: forget the claims due by now, and while more than max
+ * would be held with room more, those due first. */
+static void claims_forget(redis_store *s, int64_t now_ns, size_t room,
+                          size_t max) {
+  while (s->held_head &&
+         (s->held_head->forget_at <= now_ns || s->n + room > max))
+    free(claim_take(s, s->held_head->id));
+}
+
+/* How many claims an instance holds at most: max(HELD_MIN, max_bytes / the
+ * size of one), so their memory is bounded by replay.max_bytes. */
+static size_t claims_max(const spi_replay_ctx *ctx) {
+  uint64_t fit = ctx->max_bytes > 0
+                     ? (uint64_t)ctx->max_bytes / sizeof(held_claim)
+                     : 0;
+  return fit > HELD_MIN ? (size_t)fit : HELD_MIN;
 }
 
 /* ------------------------------------------------------------- commands */
@@ -656,6 +720,11 @@ static int hand_claim(redis_store *s, const spi_replay_ctx *ctx,
   c->lane = (int)int_at(r, 1);
   c->deadline_ns = env.deadline_ns;
   c->lease_ms = ctx->lease_ms;
+  c->forget_at =
+      ctx->now_ns + (ctx->lease_ms +
+                     (ctx->lease_ms > HELD_GRACE_MS ? ctx->lease_ms
+                                                    : HELD_GRACE_MS)) *
+                        1000000;
   memcpy(c->sid, id->str, id->len);
   rc = fn(fn_data, &env);
   free(toks);
@@ -663,6 +732,7 @@ static int hand_claim(redis_store *s, const spi_replay_ctx *ctx,
    * the library dead-letters an envelope it refused: why "refused"). */
   c->refused = rc != SPI_OK;
   pthread_mutex_lock(&s->mu);
+  claims_forget(s, ctx->now_ns, 1, claims_max(ctx));
   c->id = s->next_id++;
   claim_put(s, c);
   pthread_mutex_unlock(&s->mu);
@@ -785,6 +855,7 @@ static int r_tick(void *state, void *inst, const spi_replay_ctx *ctx,
   redis_store *s = inst;
   redisReply *r = NULL;
   pthread_mutex_lock(&s->mu);
+  claims_forget(s, ctx->now_ns, 0, claims_max(ctx));
   int64_t end = spr_conn_deadline(s->conn);
   int rc = run(s, S_TICK, ctx, end, 0, NULL, NULL, &r, err, cap);
   /* A long-lived connection still tidies up now and then. */

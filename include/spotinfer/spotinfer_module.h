@@ -465,8 +465,10 @@ typedef int (*spi_replay_envelope_fn)(void *fn_data, const spi_envelope *env);
  * nack: the library decided: dead (dead-letter it) or ready again at
  * visible_ns with attempts; SPI_ESTALE as for ack.
  * An ack or nack that returns SPI_EIO leaves the claim held in the library,
- * and the caller may repeat it; the library repeats a nack with the same
- * attempts, visible_ns and dead. When the store had done the first (only
+ * and the caller may repeat it (until the library forgets the claim, its
+ * lease length after its lease ended and at least 1 s after: then the
+ * library answers SPI_ESTALE itself); the library repeats a nack with the
+ * same attempts, visible_ns and dead. When the store had done the first (only
  * its answer was lost), the same call repeated should return SPI_OK, not
  * SPI_ESTALE (the "redis" store remembers finished claims for their lease
  * length).

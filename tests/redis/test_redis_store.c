@@ -9,7 +9,9 @@
  * one round trip to set up with AUTH and SELECT; an ack or nack whose
  * answer was lost, repeated. Entries written into the
  * streams by hand: what a claim cannot take is dead-lettered at once.
- * Consumers of processes gone are removed from the groups.
+ * Consumers of processes gone are removed from the groups. The store by
+ * hand: a claim never finished is forgotten after its lease, and the
+ * claims it holds are bounded.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -403,11 +405,12 @@ static void test_finish_after_lost_reply(void **st) {
   assert_int_equal(rq_stats(qa).nacked, 2);
 
   /* The lease ends and b claims it: a's ack is stale, and stays stale
-   * when its answer is lost and it is repeated. */
+   * when its answer is lost and it is repeated. (a still holds the claim:
+   * it forgets it a lease length after the lease ended.) */
   v = rq_envelope("k4", SPI_CLASS_GOLD, "{}");
   rq_enqueue(qa, &v);
   claim_key(qa, GOLD, 1000, "k4", &c);
-  h.now += 2000 * 1000000LL;
+  h.now += 1500 * 1000000LL;
   rq_claimed cb;
   claim_key(qb, GOLD, 0, "k4", &cb);
   assert_int_equal(cb.env.attempts, 1);
@@ -1017,6 +1020,119 @@ static int x_stats(void *st, void *inst, spi_replay_store_stats *out) {
   return SPI_OK;
 }
 
+/* The Redis store by hand (no library queue in front of it), configured
+ * for a queue of its own on the test's server. */
+typedef struct bare_store {
+  spi_replay_store_module m;
+  void *state, *inst;
+  spi_module_destroy_fn destroy;
+} bare_store;
+
+static void bare_open(bare_store *b, const char *prefix) {
+  memset(b, 0, sizeof *b);
+  assert_int_equal(spi_redis_get_module(SPI_MODULE_REPLAY_STORE,
+                                        SPI_REDIS_STORE_NAME, &b->m,
+                                        sizeof b->m, &b->state, &b->destroy),
+                   SPI_OK);
+  char json[512], err[256] = "";
+  snprintf(json, sizeof json,
+           "{\"address\":\"127.0.0.1:%s\",\"key_prefix\":\"%s:%ld:\"}",
+           getenv("SPI_REDIS_PORT"), prefix, (long)getpid());
+  int rc = b->m.configure(b->state, json, strlen(json), &b->inst, err,
+                          sizeof err);
+  if (rc != SPI_OK) print_error("configure: %s\n", err);
+  assert_int_equal(rc, SPI_OK);
+}
+
+static void bare_close(bare_store *b) {
+  b->m.release(b->state, b->inst);
+  if (b->destroy) b->destroy(b->state);
+}
+
+/* A call's context; max_bytes 4096 (claims: the table's bound is 1024). */
+static spi_replay_ctx bare_ctx(int64_t now_ns, int64_t lease_ms) {
+  spi_replay_ctx c;
+  memset(&c, 0, sizeof c);
+  c.struct_size = sizeof c;
+  c.now_ns = now_ns;
+  c.lease_ms = lease_ms;
+  c.max_attempts = 5;
+  c.max_bytes = 4096;
+  c.max_acked_keys = 1000;
+  c.max_dead = 1000;
+  return c;
+}
+
+static int bare_take(void *ud, const spi_envelope *env) {
+  (void)ud, (void)env;
+  return SPI_OK;
+}
+
+static uint64_t bare_claim(bare_store *b, const spi_replay_ctx *ctx) {
+  char err[256] = "";
+  uint64_t id = 0;
+  int rc = b->m.claim(b->state, b->inst, ctx, 0xe, bare_take, NULL, &id, err,
+                      sizeof err);
+  if (rc != SPI_OK) print_error("claim: %s\n", err);
+  assert_int_equal(rc, SPI_OK);
+  assert_true(id != 0);
+  return id;
+}
+
+static void bare_enqueue(bare_store *b, const spi_replay_ctx *ctx, int n) {
+  for (int i = 0; i < n; i++) {
+    char key[32], err[256] = "";
+    snprintf(key, sizeof key, "h%d", i);
+    spi_envelope v = env_of(key);
+    int32_t dup = 0;
+    assert_int_equal(b->m.enqueue(b->state, b->inst, ctx, &v, &dup, err,
+                                  sizeof err),
+                     SPI_OK);
+  }
+}
+
+/* The store forgets a claim neither acked nor nacked its lease length after
+ * the lease ended (at least 1 s), on the next claim or tick, instead of
+ * keeping it for ever; it holds at most max(1024, max_bytes / the size of
+ * one). A forgotten claim's ack is SPI_ESTALE ("not held here"). */
+static void test_claims_forgotten(void **st) {
+  (void)st;
+  if (!getenv("SPI_REDIS_PORT")) skip();
+  bare_store b;
+  bare_open(&b, "forget");
+  int64_t t = 1700000000000LL * 1000000;
+  spi_replay_ctx ctx = bare_ctx(t, 100);
+  ctx.max_bytes = 1 << 20; /* room for them all */
+  bare_enqueue(&b, &ctx, 1100);
+  ctx.max_bytes = 4096;
+  char err[256] = "";
+  /* Abandoned, then forgotten by a tick past its lease and 1 s more. */
+  uint64_t gone = bare_claim(&b, &ctx);
+  ctx = bare_ctx(t + 1101 * 1000000LL, 100);
+  assert_int_equal(b.m.tick(b.state, b.inst, &ctx, err, sizeof err), SPI_OK);
+  assert_int_equal(b.m.ack(b.state, b.inst, &ctx, gone, err, sizeof err),
+                   SPI_ESTALE);
+  assert_non_null(strstr(err, "not held here"));
+  /* Within its time, the ack is done. */
+  uint64_t id = bare_claim(&b, &ctx);
+  ctx = bare_ctx(t + 1150 * 1000000LL, 100);
+  assert_int_equal(b.m.ack(b.state, b.inst, &ctx, id, err, sizeof err),
+                   SPI_OK);
+  /* 1,024 at most (max_bytes / an entry is less): the first of 1,050
+   * claims, its lease still running, is forgotten. */
+  ctx = bare_ctx(t + 1200 * 1000000LL, 600000);
+  uint64_t first = bare_claim(&b, &ctx), last = 0;
+  for (int i = 1; i < 1050; i++) last = bare_claim(&b, &ctx);
+  err[0] = '\0';
+  assert_int_equal(b.m.ack(b.state, b.inst, &ctx, first, err, sizeof err),
+                   SPI_ESTALE);
+  assert_non_null(strstr(err, "not held here"));
+  assert_int_equal(b.m.ack(b.state, b.inst, &ctx, last, err, sizeof err),
+                   SPI_OK);
+  bare_close(&b);
+}
+
+
 static void test_module_structs(void **st) {
   (void)st;
   spi_engine *e = NULL;
@@ -1097,6 +1213,7 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_finished_bounded, rp_setup,
                                       rp_teardown),
       cmocka_unit_test(test_idle_consumers_removed),
+      cmocka_unit_test(test_claims_forgotten),
       cmocka_unit_test(test_module_structs),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);

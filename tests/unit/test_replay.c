@@ -11,6 +11,7 @@
  * stores (the fallback drain, a claimed envelope the library refuses), and
  * threads enqueueing, claiming and acking at once.
  */
+#include <dirent.h>
 #include <pthread.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -19,6 +20,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cmocka.h>
@@ -1217,6 +1219,82 @@ static void test_fallback_drain_past_a_refused_envelope(void **st) {
   assert_int_equal(system(cmd), 0);
 }
 
+/* The bytes of the regular files in dir. */
+static uint64_t dir_bytes(const char *dir) {
+  DIR *d = opendir(dir);
+  assert_non_null(d);
+  uint64_t n = 0;
+  struct dirent *de;
+  char p[512];
+  while ((de = readdir(d)) != NULL) {
+    snprintf(p, sizeof p, "%s/%s", dir, de->d_name);
+    struct stat sb;
+    if (stat(p, &sb) == 0 && S_ISREG(sb.st_mode)) n += (uint64_t)sb.st_size;
+  }
+  closedir(d);
+  return n;
+}
+
+/* What a drain moves out of the fallback journal is acked there, and the
+ * journal is compacted as a journal queue's acks compact it: 2,000 envelopes
+ * that each went through it (store down, then back) leave it nearly empty,
+ * not holding every one of them (over 1 MB). */
+static void test_fallback_journal_compacted(void **st) {
+  (void)st;
+  LOCAL_ONLY();
+  fixture *f = setup_engine();
+  fake_qstore s;
+  memset(&s, 0, sizeof s);
+  spi_replay_store_module m;
+  memset(&m, 0, sizeof m);
+  m.abi_version = SPI_MODULE_ABI_VERSION;
+  m.struct_size = sizeof m;
+  m.configure = fq_configure;
+  m.release = fq_release;
+  m.enqueue = fq_enqueue;
+  m.claim = fq_claim;
+  m.ack = fq_settle;
+  m.nack = fq_nack;
+  m.queue_stats = fq_stats;
+  m.stats = fq_rstats;
+  assert_int_equal(spi_engine_register_module(f->e, SPI_MODULE_REPLAY_STORE,
+                                              "fakeq", 5, &m, &s, NULL),
+                   SPI_OK);
+  char dir[256], json[512];
+  rq_tmpdir(dir, sizeof dir, "fallback-compact");
+  snprintf(json, sizeof json,
+           "{\"store\":\"fakeq\",\"fallback\":\"journal\",\"dir\":\"%s\","
+           "\"compact_min_bytes\":0,\"compact_ratio\":1.1,"
+           "\"max_acked_keys\":0,\"segment_bytes\":4096}",
+           dir);
+  assert_int_equal(spi_replay_open(f->e, json, strlen(json), &f->q), SPI_OK);
+  char body[512];
+  memset(body, 'x', sizeof body - 1);
+  body[sizeof body - 1] = '\0';
+  for (int i = 0; i < 2000; i++) {
+    char key[32];
+    snprintf(key, sizeof key, "k%d", i);
+    spi_envelope v = rq_envelope(key, SPI_CLASS_SILVER, body);
+    s.out = 1;
+    rq_enqueue(f->q, &v); /* into the fallback journal */
+    s.out = 0;
+    f->h.now += 200 * MS; /* past the drain's retry delay */
+    assert_int_equal(spi_replay_tick(f->q), SPI_OK); /* moved to the store */
+  }
+  spi_replay_stats rs = stats(f);
+  assert_int_equal(rs.fallback_enqueued, 2000);
+  assert_int_equal(rs.fallback_moved, 2000);
+  assert_int_equal(rs.fallback_held, 0);
+  uint64_t bytes = dir_bytes(dir);
+  if (bytes >= 64 * 1024)
+    fail_msg("the fallback journal holds nothing but %llu bytes on disk",
+             (unsigned long long)bytes);
+  teardown(f);
+  char cmd[300];
+  snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
+  assert_int_equal(system(cmd), 0);
+}
+
 /* A queue store whose claims hand out what the test put in hand[], one a
  * claim (claim id: its index + 1), and keeps the nacks it gets. */
 typedef struct hand_qstore {
@@ -1381,6 +1459,140 @@ static void test_refused_claim_nack_repeated(void **st) {
   teardown(f);
 }
 
+/* A queue store that hands out one envelope again and again, under a new
+ * claim id each time (as a store does once a lease ends), and counts the
+ * acks it is asked for. */
+typedef struct again_qstore {
+  spi_envelope env;
+  uint64_t next;
+  int acks;
+} again_qstore;
+
+static int aq_claim(void *state, void *inst, const spi_replay_ctx *ctx,
+                    uint32_t mask, spi_replay_envelope_fn fn, void *fn_data,
+                    uint64_t *id, char *err, size_t cap) {
+  (void)inst, (void)ctx, (void)mask, (void)err, (void)cap;
+  again_qstore *s = state;
+  *id = ++s->next;
+  return fn(fn_data, &s->env);
+}
+
+static int aq_ack(void *state, void *inst, const spi_replay_ctx *ctx,
+                  uint64_t id, char *err, size_t cap) {
+  (void)inst, (void)ctx, (void)id, (void)err, (void)cap;
+  ((again_qstore *)state)->acks++;
+  return SPI_OK;
+}
+
+static void open_again(fixture *f, again_qstore *s, const char *json) {
+  spi_replay_store_module m;
+  memset(&m, 0, sizeof m);
+  m.abi_version = SPI_MODULE_ABI_VERSION;
+  m.struct_size = sizeof m;
+  m.configure = fq_configure;
+  m.release = fq_release;
+  m.enqueue = hq_enqueue;
+  m.claim = aq_claim;
+  m.ack = aq_ack;
+  m.nack = hq_nack;
+  m.queue_stats = fq_stats;
+  m.stats = fq_rstats;
+  assert_int_equal(spi_engine_register_module(f->e, SPI_MODULE_REPLAY_STORE,
+                                              "again", 5, &m, s, NULL),
+                   SPI_OK);
+  assert_int_equal(spi_replay_open(f->e, json, strlen(json), &f->q), SPI_OK);
+}
+
+static uint64_t claim_big(fixture *f, void *buf, size_t cap) {
+  spi_envelope out;
+  memset(&out, 0, sizeof out);
+  out.struct_size = sizeof out;
+  uint64_t id = 0;
+  assert_int_equal(spi_replay_claim(f->q, ALL, 1, &id, &out, buf, cap, NULL),
+                   SPI_OK);
+  assert_true(id != 0);
+  return id;
+}
+
+/* A shared queue forgets a claim neither acked nor nacked (the worker gave
+ * up; the store hands the envelope out again) its lease length again after
+ * the lease ended, at least 1 s after, and keeps no copy of the envelope:
+ * 1,000 abandoned claims of a 60 KB envelope hold nothing (60 MB before).
+ * An ack within that time reaches the store; one after answers SPI_ESTALE,
+ * as the local queue's ack after a lease does, without asking the store. */
+static void test_shared_claims_forgotten(void **st) {
+  (void)st;
+  LOCAL_ONLY();
+  fixture *f = setup_engine();
+  static char body[60000];
+  memset(body, 'x', sizeof body - 1);
+  again_qstore s;
+  memset(&s, 0, sizeof s);
+  s.env = env_of("one", SPI_CLASS_SILVER);
+  s.env.body = body;
+  s.env.body_len = sizeof body - 1;
+  open_again(f, &s, "{\"store\":\"again\",\"max_bytes\":4096,"
+                    "\"max_envelope_bytes\":65536}");
+  static uint8_t buf[70000];
+  long base = f->h.allocs - f->h.frees;
+  for (int i = 0; i < 1000; i++) {
+    (void)claim_big(f, buf, sizeof buf);
+    f->h.now += 1001 * MS; /* its lease (1 ms) and 1 s more */
+    assert_int_equal(spi_replay_tick(f->q), SPI_OK);
+  }
+  long held = f->h.allocs - f->h.frees - base;
+  if (held > 4)
+    fail_msg("%ld allocations held after 1,000 abandoned claims", held);
+  /* Within its time, an ack reaches the store. */
+  uint64_t id = claim_big(f, buf, sizeof buf);
+  f->h.now += 1000 * MS;
+  assert_int_equal(spi_replay_ack(f->q, id), SPI_OK);
+  assert_int_equal(s.acks, 1);
+  assert_int_equal(stats(f).acked, 1);
+  /* After it, the claim is not held: SPI_ESTALE, the store not asked. */
+  id = claim_big(f, buf, sizeof buf);
+  f->h.now += 1001 * MS;
+  assert_int_equal(spi_replay_ack(f->q, id), SPI_ESTALE);
+  assert_non_null(strstr(spi_replay_errmsg(f->q), "is not held (lease ended"));
+  assert_int_equal(spi_replay_nack(f->q, id), SPI_ESTALE);
+  assert_int_equal(s.acks, 1);
+  teardown(f);
+}
+
+/* A shared queue holds at most max(1024, replay.max_bytes / an entry's
+ * size) claims: beyond, the oldest is forgotten (its ack answers
+ * SPI_ESTALE) though its lease runs, and memory stays bounded. */
+static void test_shared_claims_bounded(void **st) {
+  (void)st;
+  LOCAL_ONLY();
+  fixture *f = setup_engine();
+  again_qstore s;
+  memset(&s, 0, sizeof s);
+  s.env = env_of("one", SPI_CLASS_SILVER);
+  open_again(f, &s, "{\"store\":\"again\",\"max_bytes\":4096}");
+  static uint8_t buf[4096];
+  long base = f->h.allocs - f->h.frees;
+  uint64_t first = 0, last = 0;
+  for (int i = 0; i < 3000; i++) {
+    spi_envelope out;
+    memset(&out, 0, sizeof out);
+    out.struct_size = sizeof out;
+    uint64_t id = 0;
+    assert_int_equal(spi_replay_claim(f->q, ALL, 600000, &id, &out, buf,
+                                      sizeof buf, NULL),
+                     SPI_OK);
+    if (!first) first = id;
+    last = id;
+  }
+  long held = f->h.allocs - f->h.frees - base;
+  if (held > 1024 + 16)
+    fail_msg("%ld allocations held for 3,000 claims", held);
+  assert_int_equal(spi_replay_ack(f->q, first), SPI_ESTALE);
+  assert_int_equal(spi_replay_ack(f->q, last), SPI_OK);
+  assert_int_equal(s.acks, 1);
+  teardown(f);
+}
+
 /* -------------------------------------------------------------- threads */
 
 #define THREADS 4
@@ -1506,8 +1718,11 @@ int main(void) {
       cmocka_unit_test(test_alloc_failures),
       cmocka_unit_test(test_user_store),
       cmocka_unit_test(test_fallback_drain_past_a_refused_envelope),
+      cmocka_unit_test(test_fallback_journal_compacted),
       cmocka_unit_test(test_claim_dead_letters_a_refused_envelope),
       cmocka_unit_test(test_refused_claim_nack_repeated),
+      cmocka_unit_test(test_shared_claims_forgotten),
+      cmocka_unit_test(test_shared_claims_bounded),
       cmocka_unit_test(test_threads),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);

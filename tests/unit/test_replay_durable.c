@@ -16,14 +16,16 @@
  *     once that fsync is done; a claim never hands out the envelope before;
  *   - after a failed fdatasync (batch and always) the enqueue fails, a retry
  *     of the same key is not an OK duplicate, and the envelope cannot be
- *     claimed;
+ *     claimed, nor dead-lettered by a claim (one past its deadline);
  *   - a queue store's fallback journal moves an envelope into the store
  *     only once its enqueue is durable, so a failed fdatasync leaves
  *     nothing there;
  *   - power loss under "always" and "batch" (several threads, group
  *     commit): every enqueue that returned SPI_OK before the power went is
  *     recovered, and nothing comes back that was never enqueued; under
- *     "none" only the second holds (its documented window).
+ *     "none" only the second holds (its documented window);
+ *   - a compaction followed by a power loss keeps what was on disk before
+ *     it, under "none" too.
  * Rounds: SPI_POWERLOSS_ROUNDS (default 12 per policy).
  */
 #define _XOPEN_SOURCE 700 /* realpath */
@@ -301,6 +303,17 @@ static void *do_enqueue(void *arg) {
   return NULL;
 }
 
+/* do_enqueue of an envelope whose deadline has long passed. */
+static void *do_enqueue_late(void *arg) {
+  call *c = arg;
+  spi_envelope v = env_of(c->key);
+  v.deadline_ns = 1;
+  c->dup = -1;
+  c->rc = spi_replay_enqueue(c->f->q, &v, &c->dup);
+  __atomic_store_n(&c->done, 1, __ATOMIC_SEQ_CST);
+  return NULL;
+}
+
 static void *do_claim(void *arg) {
   call *c = arg;
   c->rc = try_claim(c->f->q, c->claimed, sizeof c->claimed);
@@ -402,6 +415,42 @@ static void test_failed_fsync_batch(void **state) {
 static void test_failed_fsync_always(void **state) {
   (void)state;
   failed_fsync("always");
+}
+
+/* An envelope already past its deadline when enqueued, with max_dead 0: a
+ * claim while its fdatasync is under way must not dead-letter it (with
+ * max_dead 0 straight into the remembered keys) before its enqueue is
+ * durable. The claim waits for that sync as for any envelope; the sync
+ * fails, so the enqueue fails, and a retry of the key is not an OK
+ * duplicate of what was never durable. */
+static void test_late_envelope_failed_fsync(void **state) {
+  (void)state;
+  fixture *f = setup();
+  assert_int_equal(open_j(f, "batch", "\"group_commit_ms\":0,\"max_dead\":0"),
+                   SPI_OK);
+  gate(1);
+  call a = {f, "late", 0, 0, "", 0}, c = a;
+  pthread_t ta, tc;
+  assert_int_equal(pthread_create(&ta, NULL, do_enqueue_late, &a), 0);
+  wait_at_gate(1); /* in the journal, its fdatasync held */
+  assert_int_equal(pthread_create(&tc, NULL, do_claim, &c), 0);
+  sleep_ms(100);
+  pthread_mutex_lock(&io.mu);
+  io.fail_syncs = 1;
+  pthread_mutex_unlock(&io.mu);
+  gate(0); /* before any assertion, so a failure never leaves a thread */
+  pthread_join(ta, NULL);
+  pthread_join(tc, NULL);
+  assert_int_equal(a.rc, SPI_EIO);
+  assert_int_not_equal(c.rc, SPI_OK);
+  spi_envelope v = env_of("late");
+  v.deadline_ns = 1;
+  int32_t dup = -1;
+  int rc = spi_replay_enqueue(f->q, &v, &dup);
+  if (rc == SPI_OK || dup == 1)
+    fail_msg("a retry of the failed enqueue answered %d, duplicate %d", rc,
+             (int)dup);
+  teardown(f);
 }
 
 /* A failed write is undone: the enqueue fails, nothing can be claimed, and
@@ -655,6 +704,76 @@ static void test_power_loss_none(void **state) {
   power_loss_rounds("none", 0);
 }
 
+/* Keepers enqueued and written back (closed, so synced; then a "reboot" of
+ * the model counts every file as durable), then a compaction under policy
+ * and a power loss right after it: what had long been on disk is kept under
+ * every policy, "none" too (a compaction syncs its snapshot before the
+ * rename and the unlinks of the files it replaces). */
+static int compaction_then_power_loss(const char *policy) {
+  fixture *f = setup();
+  const char *extra = "\"compact_min_bytes\":0,\"compact_ratio\":1.1";
+  assert_int_equal(open_j(f, policy, extra), SPI_OK);
+  char key[32];
+  for (int i = 0; i < 30; i++) {
+    snprintf(key, sizeof key, "filler%d", i);
+    spi_envelope v = env_of(key);
+    assert_int_equal(spi_replay_enqueue(f->q, &v, NULL), SPI_OK);
+  }
+  for (int i = 0; i < 10; i++) {
+    snprintf(key, sizeof key, "keeper%d", i);
+    spi_envelope v = env_of(key);
+    assert_int_equal(spi_replay_enqueue(f->q, &v, NULL), SPI_OK);
+  }
+  spi_replay_close(f->q); /* synced at close, under every policy */
+  char real[300];
+  snprintf(real, sizeof real, "%s", io.dir);
+  io_reset(real); /* what is on disk now is durable (written back) */
+  assert_int_equal(open_j(f, policy, extra), SPI_OK);
+  for (int i = 0; i < 30; i++) {
+    spi_envelope out;
+    memset(&out, 0, sizeof out);
+    out.struct_size = sizeof out;
+    uint8_t buf[4096];
+    uint64_t id = 0;
+    assert_int_equal(spi_replay_claim(f->q, ALL, 0, &id, &out, buf, sizeof buf,
+                                      NULL),
+                     SPI_OK);
+    assert_true(id != 0);
+    assert_int_equal(spi_replay_ack(f->q, id), SPI_OK);
+  }
+  spi_replay_stats st = rq_stats(f->q);
+  assert_true(st.compactions >= 1);
+  /* The power goes right after the compaction. */
+  pthread_mutex_lock(&io.mu);
+  __atomic_store_n(&io.dead, 1, __ATOMIC_SEQ_CST);
+  pthread_mutex_unlock(&io.mu);
+  spi_replay_close(f->q);
+  f->q = NULL;
+  uint64_t rng = 42, lost_bytes = 0;
+  power_loss(&rng, &lost_bytes);
+  io_reset(real);
+  assert_int_equal(open_j(f, policy, ""), SPI_OK);
+  int kept = 0;
+  char k[160];
+  while (try_claim(f->q, k, sizeof k) == SPI_OK)
+    if (strncmp(k, "keeper", 6) == 0) kept++;
+  print_message("fsync %s: %d of 10 keepers (on disk before the compaction) "
+                "recovered; %llu bytes cut\n",
+                policy, kept, (unsigned long long)lost_bytes);
+  teardown(f);
+  return kept;
+}
+
+static void test_compaction_power_loss_batch(void **state) {
+  (void)state;
+  assert_int_equal(compaction_then_power_loss("batch"), 10);
+}
+
+static void test_compaction_power_loss_none(void **state) {
+  (void)state;
+  assert_int_equal(compaction_then_power_loss("none"), 10);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_duplicate_waits_for_fsync),
@@ -662,7 +781,10 @@ int main(void) {
       cmocka_unit_test(test_failed_fsync_batch),
       cmocka_unit_test(test_failed_fsync_always),
       cmocka_unit_test(test_failed_write),
+      cmocka_unit_test(test_late_envelope_failed_fsync),
       cmocka_unit_test(test_fallback_drain_waits_for_fsync),
+      cmocka_unit_test(test_compaction_power_loss_batch),
+      cmocka_unit_test(test_compaction_power_loss_none),
       cmocka_unit_test(test_power_loss_always),
       cmocka_unit_test(test_power_loss_batch),
       cmocka_unit_test(test_power_loss_none),
