@@ -125,6 +125,8 @@ typedef struct route_state {
   int64_t expect_out; /* expected output tokens; 0 = not said */
   uint64_t costed_out; /* the output the policy costs it with, and so the
                           ticket's expected output (spi__output_estimate) */
+  uint64_t capped_out; /* costed_out where the class's cap decided it (the
+                          request asked for more, or said nothing); else 0 */
   route_env *env;
   int32_t level[4];   /* each pool's pressure (enum spi_pressure) */
   int32_t shed[4];    /* the pool sheds this route's class */
@@ -346,6 +348,8 @@ static int phase_policy(route_state *rs) {
   /* The plan at the chosen pool's pressure (plan_at) may cap the output
    * differently: the ticket counts the output the policy costed. */
   rs->costed_out = spi__output_estimate(rs->v, rs->cls);
+  int64_t bound = spi__output_bound(rs->v, rs->cls);
+  rs->capped_out = bound > 0 && bound != rs->expect_out ? (uint64_t)bound : 0;
   x.candidates = rs->cands;
   x.n_candidates = rs->ncand;
   x.total_blocks = rs->nblocks;
@@ -499,13 +503,17 @@ static void serve_record(route_state *rs, const spi_replica_ident *r,
   spi_price price;
   memset(&price, 0, sizeof price);
   price.struct_size = sizeof price;
-  /* Priced at the output the ticket counts: a request that asks for more
-   * than its class's cap, which the gateway applies, cannot generate it. */
+  /* Priced at the output the ticket counts wherever the class's cap
+   * decides it (capped_out): a request that asks for more than the cap,
+   * which the gateway applies, cannot generate it, and one that asks for
+   * nothing counts the cap. Elsewhere the cost model reads the request as
+   * it is (its own default when neither the request nor a cap names an
+   * output). */
   const spi_request_view *pv = rs->v;
   spi_request_view capped;
-  if (rs->expect_out > 0 && (uint64_t)rs->expect_out > rs->costed_out) {
+  if (rs->capped_out) {
     capped = *rs->v;
-    capped.expected_output_tokens = (int64_t)rs->costed_out;
+    capped.expected_output_tokens = (int64_t)rs->capped_out;
     capped.expected_output_tokens_set = 1;
     pv = &capped;
   }

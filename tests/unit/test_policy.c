@@ -1380,6 +1380,35 @@ static void test_price_reads_the_capped_output(void **st) {
   done(w);
 }
 
+/* A request that names no output is priced at its class's cap, as the
+ * ticket counts it ("the cap when the request says neither"): silver at
+ * elevated KV pressure, capped at 1,024, costs what asking for 1,024 does
+ * (it was priced at the cost model's default of 256, so asking for less
+ * cost more than asking for nothing). */
+static void test_price_reads_the_cap_when_nothing_is_asked(void **st) {
+  (void)st;
+  costed saw;
+  world *w = costed_world(&saw);
+  uint32_t b[16];
+  for (uint32_t j = 0; j < 16; j++) b[j] = 51000 + j;
+  prompt(w, b, 16, "silver");
+  spi_request_unset_int(w->r, SPI_REQ_EXPECTED_OUTPUT_TOKENS);
+  spi_request_set_int(w->r, SPI_REQ_MAX_OUTPUT_TOKENS, 1024);
+  spi_price asked;
+  memset(&asked, 0, sizeof asked);
+  asked.struct_size = sizeof asked;
+  assert_int_equal(spi_request_price(w->r, SPI_POOL_SPOT, &asked), SPI_OK);
+  spi_request_unset_int(w->r, SPI_REQ_MAX_OUTPUT_TOKENS);
+  spi_decision d;
+  assert_int_equal(route(w, &d), SPI_OK); /* asking for nothing */
+  assert_string_equal(d.replica_id, "s0");
+  assert_int_equal(saw.cls_pressure, SPI_PRESSURE_ELEVATED);
+  print_message("estimated $%.9f; asking 1,024 $%.9f\n", d.est_usd, asked.usd);
+  assert_true(d.est_usd == asked.usd);
+  finish(w, d.ticket);
+  done(w);
+}
+
 /* A replica joining its pool starts at its share of the pool's work, so
  * the guard neither floods nor shuns it: the pool's tokens per stream
  * times its streams. d1, of 48 streams, joins an on-demand pool whose one
@@ -1877,6 +1906,7 @@ int main(void) {
       cmocka_unit_test(test_shares_follow_replica_size),
       cmocka_unit_test(test_replica_joins_at_its_share),
       cmocka_unit_test(test_price_reads_the_capped_output),
+      cmocka_unit_test(test_price_reads_the_cap_when_nothing_is_asked),
       cmocka_unit_test(test_advised_machine_reads_the_capped_output),
       cmocka_unit_test(test_few_conversations_keep_their_replicas),
       cmocka_unit_test(test_document_readers_are_not_one_conversation),
