@@ -152,6 +152,11 @@ static inline uint64_t spi__output_estimate(const spi_request_view *v,
  * larger count is a caller's error, and summed into served_tokens it
  * could wrap that counter. */
 #define SPI_OUTPUT_TOKENS_MAX UINT64_C(1000000000)
+/* The most prompt (or cached prompt) tokens a ticket may report: as many
+ * as a request may say it has (prompt_tokens, request.c). Beyond it the
+ * count no longer converts to the cost model's signed view, and summed
+ * into the ledger's totals it could wrap them. */
+#define SPI_PROMPT_TOKENS_MAX UINT64_C(100000000000)
 
 /* Ticket reports (prefill_model.c). Opening adds the ticket's prefill to
  * its replica's queue and its work (prompt plus expected output) to what

@@ -172,6 +172,14 @@ int spi_ticket_finish(spi_engine *engine, uint64_t ticket,
                             "ticket result: %llu output tokens, above %llu",
                             (unsigned long long)result->output_tokens,
                             (unsigned long long)SPI_OUTPUT_TOKENS_MAX);
+  if (result->prompt_tokens > SPI_PROMPT_TOKENS_MAX ||
+      result->cached_tokens > SPI_PROMPT_TOKENS_MAX)
+    return spi__engine_fail(engine, SPI_ERANGE,
+                            "ticket result: %llu prompt and %llu cached "
+                            "tokens, above %llu",
+                            (unsigned long long)result->prompt_tokens,
+                            (unsigned long long)result->cached_tokens,
+                            (unsigned long long)SPI_PROMPT_TOKENS_MAX);
   /* Pinned before the ticket table is read: configure may replace one
    * that never handed out a ticket. */
   unsigned pin;
@@ -226,11 +234,15 @@ int spi_ticket_finish(spi_engine *engine, uint64_t ticket,
   double gpu_s, usd;
   price_finished(s, k, result, &gpu_s, &usd);
   spi_ledger *lg = atomic_load(&engine->ledger);
-  if (lg)
-    spi__ledger_add(lg, k->tenant, k->model, k->pool, k->klass, ok,
-                    result->prompt_tokens ? result->prompt_tokens
-                                          : k->prompt_tokens_est,
-                    result->output_tokens, result->cached_tokens, gpu_s, usd);
+  if (lg) {
+    /* The counts priced (price_finished): never more cached than prompt. */
+    uint64_t prompt = result->prompt_tokens ? result->prompt_tokens
+                                            : k->prompt_tokens_est;
+    uint64_t cached = result->cached_tokens < prompt ? result->cached_tokens
+                                                     : prompt;
+    spi__ledger_add(lg, k->tenant, k->model, k->pool, k->klass, ok, prompt,
+                    result->output_tokens, cached, gpu_s, usd);
+  }
   /* Interruptions: the work cut off is wasted spot work, and a replay's
    * latency and on-demand time are what recovering it cost. */
   spi_ledger_extra x;

@@ -762,7 +762,8 @@ SPI_API int spi_ticket_progress(spi_engine *engine, uint64_t ticket,
  * breaker, cost ledger and metrics. Finishing twice returns SPI_ESTALE and
  * changes nothing. A ticket whose replica was removed is closed and still
  * priced, and returns SPI_ESTALE. Errors: SPI_EINVAL, SPI_ERANGE (more
- * than 1e9 output tokens: the ticket stays open). */
+ * than 1e9 output tokens, or more than 1e11 prompt or cached tokens: the
+ * ticket stays open). */
 SPI_API int spi_ticket_finish(spi_engine *engine, uint64_t ticket,
                               const spi_ticket_result *result);
 

@@ -267,11 +267,54 @@ static void test_token_counts_out_of_range(void **st) {
   done(w);
 }
 
+/* A finish's prompt and cached counts beyond what any request may say it
+ * has (1e11 tokens) are refused with SPI_ERANGE, the ticket left open: 2^63
+ * prompt tokens priced nothing (the cost model's signed view went
+ * negative) and wrapped the ledger's total. A cached count above the
+ * prompt's is summed into the ledger as priced: no more than the prompt. */
+static void test_prompt_counts_out_of_range(void **st) {
+  (void)st;
+  world *w = mk(NULL);
+  add(w, "od-a", SPI_POOL_ON_DEMAND);
+  uint64_t t = route_class(w, w->r, "gold");
+  spi_ticket_result res;
+  memset(&res, 0, sizeof res);
+  res.struct_size = sizeof res;
+  res.status = SPI_TICKET_OK;
+  res.output_tokens = 10;
+  res.prompt_tokens = UINT64_C(1) << 63;
+  assert_int_equal(spi_ticket_finish(w->e, t, &res), SPI_ERANGE);
+  assert_non_null(strstr(spi_engine_errmsg(w->e), "prompt"));
+  res.prompt_tokens = 0;
+  res.cached_tokens = UINT64_C(100000000001);
+  assert_int_equal(spi_ticket_finish(w->e, t, &res), SPI_ERANGE);
+  /* Still open: a finish in range closes it, cached past the prompt's
+   * estimate (the finish names no prompt count) counted as the prompt. */
+  res.cached_tokens = 1000000;
+  assert_int_equal(spi_ticket_finish(w->e, t, &res), SPI_OK);
+  size_t n = spi_ledger_count(w->e);
+  int seen = 0;
+  for (size_t i = 0; i < n; i++) {
+    spi_ledger_row row;
+    memset(&row, 0, sizeof row);
+    row.struct_size = sizeof row;
+    assert_int_equal(spi_ledger_row_at(w->e, i, &row), SPI_OK);
+    if (!row.completed) continue;
+    seen++;
+    assert_true(row.usd > 0);
+    assert_true(row.prompt_tokens > 0);
+    assert_true(row.cached_tokens <= row.prompt_tokens);
+  }
+  assert_int_equal(seen, 1);
+  done(w);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_first_token_reads_its_own_ticket),
       cmocka_unit_test(test_reports_race_finish_and_reuse),
       cmocka_unit_test(test_token_counts_out_of_range),
+      cmocka_unit_test(test_prompt_counts_out_of_range),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
