@@ -9,6 +9,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 )
 
 // threshold is a classifier written in Go: gold for SLAs under a
@@ -459,5 +460,38 @@ func TestGoViewMetadata(t *testing.T) {
 	defer p.Close()
 	if c, _ := p.Classify(PressureNormal); c.Class != ClassGold {
 		t.Fatal(c.Class)
+	}
+}
+
+// bufSizeKeys fails its block hashes with ErrBufSize, as an error passed up
+// from another spotinfer call would.
+type bufSizeKeys struct{ failing }
+
+func (bufSizeKeys) BuildKey(any, *RequestView) (CacheKey, error) { return CacheKey{1, 2}, nil }
+func (bufSizeKeys) BlockHashes(any, *RequestView, CacheKey, []uint64) ([]uint64, error) {
+	return nil, &Error{Code: StatusBufSize, Message: "inner buffer"}
+}
+
+func TestBlockHashesReturnsAModuleBufSizeError(t *testing.T) {
+	e := newEngine(t, "")
+	must(t, e.RegisterKeyBuilder("bs", bufSizeKeys{}, OnFailureError))
+	must(t, e.Configure(`{"modules":{"key_builder":"bs"}}`))
+	r := newRequest(t, e)
+	must(t, r.SetStr(FieldModel, "m"))
+	must(t, r.SetStr(FieldPrompt, strings.Repeat("z", 200)))
+	done := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread()
+		defer runtime.UnlockOSThread()
+		_, err := r.AppendBlockHashes(make([]uint64, 0, 4))
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		if !errors.Is(err, ErrBufSize) {
+			t.Fatalf("want the module's ErrBufSize, got %v", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("AppendBlockHashes still retrying after 5 s")
 	}
 }

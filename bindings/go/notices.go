@@ -300,14 +300,17 @@ func ParseNotice(format NoticeFormat, httpStatus int, body []byte, node string, 
 
 // parseNotices makes a notice-parsing call (parse: into capacity entries
 // at out, answering its status and the notices found) with room for 8,
-// then twice as many until they fit. missingRC is the status of a library
+// then twice as many (or as many as it found) while it finds more than
+// fit, up to maxRetries times. missingRC is the status of a library
 // without the call; errbuf the call's message buffer.
 func parseNotices(op string, missingRC C.int, errbuf []C.char,
 	parse func(out *C.spi_notice, capacity C.size_t) (C.int, int)) ([]Notice, error) {
-	for capacity := 8; ; capacity *= 2 {
+	capacity := 8
+	for try := 0; ; try++ {
 		out := make([]C.spi_notice, capacity)
 		rc, found := parse(&out[0], C.size_t(capacity))
-		if rc == C.SPI_EBUFSIZE && found > capacity {
+		if rc == C.SPI_EBUFSIZE && found > capacity && try < maxRetries {
+			capacity = max(2*capacity, found)
 			continue
 		}
 		if rc == missingRC {
@@ -538,14 +541,14 @@ func (env *Envelope) args() envArgs {
 func Continuation(env Envelope) (string, uint32, error) {
 	a := env.args()
 	buf := make([]byte, 4096)
-	for {
+	for try := 0; ; try++ {
 		var needed C.size_t
 		var flags C.uint32_t
 		rc := C.spi_go_replay_continuation(a.key, a.kl, a.body, a.bl, a.pt, a.pl, a.toks, a.nt,
 			a.tenant, a.tl, &a.s, (*C.char)(unsafe.Pointer(&buf[0])), C.size_t(len(buf)),
 			&needed, &flags)
 		runtime.KeepAlive(&env)
-		if rc == C.SPI_EBUFSIZE && int(needed) >= len(buf) {
+		if rc == C.SPI_EBUFSIZE && int(needed) >= len(buf) && try < maxRetries {
 			buf = make([]byte, int(needed)+1)
 			continue
 		}
@@ -692,13 +695,15 @@ func (q *ReplayQueue) Claim(mask uint32, leaseMs int64) (c Claim, ok bool, err e
 	out := (*C.spi_envelope)(C.calloc(1, C.size_t(unsafe.Sizeof(C.spi_envelope{}))))
 	defer C.free(unsafe.Pointer(out))
 	capacity := C.size_t(4096)
-	for {
+	for try := 0; ; try++ {
 		buf := C.malloc(capacity)
 		var id C.uint64_t
 		var needed C.size_t
 		rc := C.spi_go_replay_claim(p, C.uint32_t(mask), C.int64_t(leaseMs), &id, out, buf,
 			capacity, &needed)
-		if rc == C.SPI_EBUFSIZE {
+		// Retry only with more room than was offered: an SPI_EBUFSIZE that
+		// needs no more (passed up from a store) is the call's error.
+		if rc == C.SPI_EBUFSIZE && needed > capacity && try < maxRetries {
 			C.free(buf)
 			capacity = needed + 1
 			continue
