@@ -41,6 +41,7 @@ import (
 	"encoding/json"
 	"runtime"
 	"runtime/cgo"
+	"strings"
 	"sync"
 	"time"
 	"unsafe"
@@ -210,6 +211,11 @@ func (e *Engine) ConfigureFile(path string) error {
 	p, err := e.ptr("spi_engine_configure_file")
 	if err != nil {
 		return err
+	}
+	if strings.IndexByte(path, 0) >= 0 {
+		// C would read the path up to the NUL: another file.
+		return &Error{Code: StatusInvalid, Op: "spi_engine_configure_file",
+			Message: "path: contains a NUL byte"}
 	}
 	cs := C.CString(path)
 	defer C.free(unsafe.Pointer(cs))

@@ -210,6 +210,7 @@ import (
 	"fmt"
 	"runtime"
 	"runtime/cgo"
+	"strings"
 	"sync"
 	"unsafe"
 )
@@ -881,6 +882,33 @@ func copyReason(dst []C.char, s string) {
 		dst[i] = C.char(s[i])
 	}
 	dst[n] = 0
+}
+
+// checkID refuses (ErrInvalid, naming the field) an identifier that does not
+// fit a C char[size] with its NUL or holds a NUL, which C would read cut
+// short: identifiers are never cut.
+func checkID(s string, size int, field, op string) error {
+	if len(s) > size-1 {
+		return &Error{Code: StatusInvalid, Op: op,
+			Message: fmt.Sprintf("%s: %d bytes, at most %d fit", field, len(s), size-1)}
+	}
+	if strings.IndexByte(s, 0) >= 0 {
+		return &Error{Code: StatusInvalid, Op: op, Message: field + ": contains a NUL byte"}
+	}
+	return nil
+}
+
+// copyID writes the identifier s NUL-terminated into a fixed C char array,
+// or refuses it as checkID does.
+func copyID(dst []C.char, s, field, op string) error {
+	if err := checkID(s, len(dst), field, op); err != nil {
+		return err
+	}
+	for i := 0; i < len(s); i++ {
+		dst[i] = C.char(s[i])
+	}
+	dst[len(s)] = 0
+	return nil
 }
 
 func fillVerdict(out *C.spi_classification, v Verdict) {
