@@ -872,11 +872,16 @@ func routeContextFrom(c *C.spi_route_context, view *RequestView) *RouteContext {
 	return ctx
 }
 
-// copyReason writes s NUL-terminated into a fixed C char array.
+// copyReason writes s NUL-terminated into a fixed C char array. Reasons are
+// free text: one longer than the array is cut, before a UTF-8 character
+// rather than inside one, so the field never ends in half of one.
 func copyReason(dst []C.char, s string) {
 	n := len(s)
 	if n > len(dst)-1 {
 		n = len(dst) - 1
+		for n > 0 && s[n]&0xC0 == 0x80 { // s[n] continues a character
+			n--
+		}
 	}
 	for i := 0; i < n; i++ {
 		dst[i] = C.char(s[i])

@@ -10,6 +10,7 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+	"unicode/utf8"
 )
 
 // threshold is a classifier written in Go: gold for SLAs under a
@@ -493,5 +494,28 @@ func TestBlockHashesReturnsAModuleBufSizeError(t *testing.T) {
 		}
 	case <-time.After(5 * time.Second):
 		t.Fatal("AppendBlockHashes still retrying after 5 s")
+	}
+}
+
+// longReason answers a reason longer than the C field, in two-byte
+// characters, so a cut at the field's size lands inside one.
+type longReason struct{}
+
+func (longReason) Configure([]byte) (any, error) { return nil, nil }
+func (longReason) Classify(any, *RequestView, Pressure) (Verdict, error) {
+	return Verdict{Class: ClassGold, Reason: strings.Repeat("é", 100)}, nil
+}
+
+func TestGoReasonIsCutBeforeACharacter(t *testing.T) {
+	e := newEngine(t, "")
+	must(t, e.RegisterClassifier("long", longReason{}, OnFailureError))
+	must(t, e.Configure(`{"modules":{"classifier":"long"}}`))
+	r := newRequest(t, e)
+	must(t, r.SetStr(FieldModel, "m"))
+	c, err := r.Classify(PressureNormal)
+	must(t, err)
+	full := strings.Repeat("é", 100)
+	if !utf8.ValidString(c.Reason) || !strings.HasPrefix(full, c.Reason) || len(c.Reason) < 100 {
+		t.Fatalf("reason %d bytes %q: want a whole-character prefix of the module's", len(c.Reason), c.Reason)
 	}
 }
