@@ -940,10 +940,18 @@ func fillLevels(out *C.spi_degrade_levels, lv DegradeLevels) {
 	}
 }
 
-func fillChoice(out *C.spi_policy_choice, ch PolicyChoice) {
+// fillChoice writes a Go policy's answer for a context of n candidates. An
+// index the library could not be handed as is (outside 0..n-1) is the
+// module's error, never wrapped into another candidate's index.
+func fillChoice(out *C.spi_policy_choice, ch PolicyChoice, n int) error {
 	order := ch.Order
 	if len(order) > len(out.order) {
 		order = order[:len(out.order)]
+	}
+	for _, idx := range order {
+		if idx < 0 || idx >= n {
+			return fmt.Errorf("policy order: candidate index %d out of range (%d candidates)", idx, n)
+		}
 	}
 	out.pool = C.int32_t(ch.Pool)
 	out.reason_code = C.int32_t(ch.ReasonCode)
@@ -952,4 +960,5 @@ func fillChoice(out *C.spi_policy_choice, ch PolicyChoice) {
 		out.order[i] = C.uint32_t(idx)
 	}
 	copyReason(out.reason[:], ch.Reason)
+	return nil
 }
