@@ -370,10 +370,15 @@ func (m *module) release(instance uintptr) {
 	if !ok {
 		return
 	}
+	defer h.Delete() // whatever Release does
 	if r, ok := m.impl.(Releaser); ok {
+		defer func() {
+			if p := recover(); p != nil {
+				m.setErr(fmt.Errorf("panic: %v", p))
+			}
+		}()
 		r.Release(h.Value())
 	}
-	h.Delete()
 }
 
 func (m *module) destroy() {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"runtime"
+	"runtime/cgo"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -464,6 +465,29 @@ func TestGoViewMetadata(t *testing.T) {
 	}
 }
 
+// longReason answers a reason longer than the C field, in two-byte
+// characters, so a cut at the field's size lands inside one.
+type longReason struct{}
+
+func (longReason) Configure([]byte) (any, error) { return nil, nil }
+func (longReason) Classify(any, *RequestView, Pressure) (Verdict, error) {
+	return Verdict{Class: ClassGold, Reason: strings.Repeat("é", 100)}, nil
+}
+
+func TestGoReasonIsCutBeforeACharacter(t *testing.T) {
+	e := newEngine(t, "")
+	must(t, e.RegisterClassifier("long", longReason{}, OnFailureError))
+	must(t, e.Configure(`{"modules":{"classifier":"long"}}`))
+	r := newRequest(t, e)
+	must(t, r.SetStr(FieldModel, "m"))
+	c, err := r.Classify(PressureNormal)
+	must(t, err)
+	full := strings.Repeat("é", 100)
+	if !utf8.ValidString(c.Reason) || !strings.HasPrefix(full, c.Reason) || len(c.Reason) < 100 {
+		t.Fatalf("reason %d bytes %q: want a whole-character prefix of the module's", len(c.Reason), c.Reason)
+	}
+}
+
 // bufSizeKeys fails its block hashes with ErrBufSize, as an error passed up
 // from another spotinfer call would.
 type bufSizeKeys struct{ failing }
@@ -497,25 +521,41 @@ func TestBlockHashesReturnsAModuleBufSizeError(t *testing.T) {
 	}
 }
 
-// longReason answers a reason longer than the C field, in two-byte
-// characters, so a cut at the field's size lands inside one.
-type longReason struct{}
+// panicRelease panics in Release.
+type panicRelease struct{ failing }
 
-func (longReason) Configure([]byte) (any, error) { return nil, nil }
-func (longReason) Classify(any, *RequestView, Pressure) (Verdict, error) {
-	return Verdict{Class: ClassGold, Reason: strings.Repeat("é", 100)}, nil
-}
+func (panicRelease) Configure([]byte) (any, error) { return &thresholdInst{}, nil }
+func (panicRelease) Release(any)                   { panic("release failed") }
 
-func TestGoReasonIsCutBeforeACharacter(t *testing.T) {
-	e := newEngine(t, "")
-	must(t, e.RegisterClassifier("long", longReason{}, OnFailureError))
-	must(t, e.Configure(`{"modules":{"classifier":"long"}}`))
-	r := newRequest(t, e)
-	must(t, r.SetStr(FieldModel, "m"))
-	c, err := r.Classify(PressureNormal)
+func TestPanickingReleaseStillDeletesTheHandle(t *testing.T) {
+	m := &module{name: "pr", impl: panicRelease{}, handles: map[cgo.Handle]struct{}{}}
+	inst, err := m.configure([]byte("{}"))
 	must(t, err)
-	full := strings.Repeat("é", 100)
-	if !utf8.ValidString(c.Reason) || !strings.HasPrefix(full, c.Reason) || len(c.Reason) < 100 {
-		t.Fatalf("reason %d bytes %q: want a whole-character prefix of the module's", len(c.Reason), c.Reason)
+	func() {
+		defer func() {
+			if p := recover(); p != nil {
+				t.Fatalf("release let the panic out: %v", p)
+			}
+		}()
+		m.release(inst)
+	}()
+	if err := m.lastErr; err == nil || !strings.Contains(err.Error(), "release failed") {
+		t.Errorf("the panic is not kept as the module's error: %v", err)
 	}
+	deleted := func() (ok bool) {
+		defer func() { ok = recover() != nil }() // Value panics on a deleted handle
+		cgo.Handle(inst).Value()
+		return false
+	}()
+	if !deleted {
+		t.Fatal("the instance's handle outlived a panicking Release")
+	}
+	// Through an engine: configurations come and go, Close releases the last.
+	e, err := NewEngine("")
+	must(t, err)
+	must(t, e.RegisterClassifier("pr", panicRelease{}, OnFailureError))
+	for i := 0; i < 3; i++ {
+		must(t, useClassifier(t, e, "pr", fmt.Sprintf(`{"n":%d}`, i)))
+	}
+	must(t, e.Close())
 }
