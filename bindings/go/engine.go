@@ -204,7 +204,8 @@ func (e *Engine) ConfigureValue(v any) error {
 	return e.Configure(string(b))
 }
 
-// ConfigureFile applies the JSON configuration in a file.
+// ConfigureFile applies the JSON configuration in a file. A path holding a
+// NUL is refused with ErrInvalid.
 func (e *Engine) ConfigureFile(path string) error {
 	runtime.LockOSThread() // the call and its errmsg on one OS thread
 	defer runtime.UnlockOSThread()

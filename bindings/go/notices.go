@@ -249,7 +249,9 @@ const (
 	ActionReplay TicketAction = C.SPI_ACTION_REPLAY // checkpoint and replay on on-demand
 )
 
-// Notice is one interruption notice, whatever cloud it came from.
+// Notice is one interruption notice, whatever cloud it came from. Node and
+// EventID hold at most 63 bytes, DedupKey 159, none a NUL: Engine.Notice
+// refuses others with ErrInvalid rather than cut them.
 type Notice struct {
 	Kind       NoticeKind
 	Format     NoticeFormat
@@ -519,9 +521,9 @@ type Envelope struct {
 	StreamOffset    uint64 // tokens the client already has
 	Attempts        uint32
 	Flags           uint32
-	FirstEnqueuedNs int64 // 0 = now at enqueue
-	DeadlineNs      int64 // 0 = none
-	Tenant          string
+	FirstEnqueuedNs int64  // 0 = now at enqueue
+	DeadlineNs      int64  // 0 = none
+	Tenant          string // at most 63 bytes, no NUL (ErrInvalid otherwise)
 }
 
 type envArgs struct {
