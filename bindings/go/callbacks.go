@@ -117,7 +117,10 @@ func spiGoChoose(state, instance C.uintptr_t, ctx *C.spi_route_context,
 		m.setErr(err)
 		return statusOf(err)
 	}
-	fillChoice(out, ch)
+	if err := fillChoice(out, ch, int(ctx.n_candidates)); err != nil {
+		m.setErr(err)
+		return C.SPI_EMODULE
+	}
 	return 0
 }
 

@@ -41,6 +41,7 @@ import (
 	"encoding/json"
 	"runtime"
 	"runtime/cgo"
+	"strings"
 	"sync"
 	"time"
 	"unsafe"
@@ -203,13 +204,19 @@ func (e *Engine) ConfigureValue(v any) error {
 	return e.Configure(string(b))
 }
 
-// ConfigureFile applies the JSON configuration in a file.
+// ConfigureFile applies the JSON configuration in a file. A path holding a
+// NUL is refused with ErrInvalid.
 func (e *Engine) ConfigureFile(path string) error {
 	runtime.LockOSThread() // the call and its errmsg on one OS thread
 	defer runtime.UnlockOSThread()
 	p, err := e.ptr("spi_engine_configure_file")
 	if err != nil {
 		return err
+	}
+	if strings.IndexByte(path, 0) >= 0 {
+		// C would read the path up to the NUL: another file.
+		return &Error{Code: StatusInvalid, Op: "spi_engine_configure_file",
+			Message: "path: contains a NUL byte"}
 	}
 	cs := C.CString(path)
 	defer C.free(unsafe.Pointer(cs))
@@ -221,21 +228,26 @@ func (e *Engine) ConfigureFile(path string) error {
 	return nil
 }
 
+// maxRetries bounds every retry of a call that answered SPI_EBUFSIZE with
+// a larger size: the size may keep growing meanwhile, but not forever.
+const maxRetries = 8
+
 // sizedText calls a (buf, cap, needed) function that may answer EBUFSIZE.
+// It retries only when the text needs more room than it was given; an
+// EBUFSIZE that asks for no more is the call's error.
 func sizedText(call func(buf *C.char, cap C.size_t, needed *C.size_t) C.int) (string, C.int) {
 	buf := make([]byte, 4096)
-	for i := 0; i < 8; i++ {
+	for try := 0; ; try++ {
 		var needed C.size_t
 		rc := call((*C.char)(unsafe.Pointer(&buf[0])), C.size_t(len(buf)), &needed)
 		if rc == 0 {
 			return string(buf[:needed]), 0
 		}
-		if rc != C.SPI_EBUFSIZE {
+		if rc != C.SPI_EBUFSIZE || int(needed) < len(buf) || try >= maxRetries {
 			return "", rc
 		}
-		buf = make([]byte, int(needed)+1)
+		buf = make([]byte, int(needed)+1) // the text and its NUL
 	}
-	return "", C.SPI_EBUFSIZE
 }
 
 // ConfigJSON is the effective configuration as canonical JSON, with every

@@ -87,14 +87,14 @@ func (e *Engine) NodePlans(node string) ([]TicketPlan, error) {
 		return nil, err
 	}
 	capacity := 64
-	for {
+	for try := 0; ; try++ {
 		plans := make([]C.spi_ticket_plan, capacity)
 		plans[0].struct_size = C.sizeof_spi_ticket_plan // the element size
 		s, n := cstr(node)
 		var count C.size_t
 		rc := C.spi_go_node_plans(p, s, n, &plans[0], C.size_t(capacity), &count)
 		runtime.KeepAlive(node)
-		if rc == C.SPI_EBUFSIZE && int(count) > capacity {
+		if rc == C.SPI_EBUFSIZE && int(count) > capacity && try < maxRetries {
 			capacity = int(count) + 64 // tickets opened meanwhile: retry
 			continue
 		}

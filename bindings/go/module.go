@@ -210,6 +210,7 @@ import (
 	"fmt"
 	"runtime"
 	"runtime/cgo"
+	"strings"
 	"sync"
 	"unsafe"
 )
@@ -369,10 +370,15 @@ func (m *module) release(instance uintptr) {
 	if !ok {
 		return
 	}
+	defer h.Delete() // whatever Release does
 	if r, ok := m.impl.(Releaser); ok {
+		defer func() {
+			if p := recover(); p != nil {
+				m.setErr(fmt.Errorf("panic: %v", p))
+			}
+		}()
 		r.Release(h.Value())
 	}
-	h.Delete()
 }
 
 func (m *module) destroy() {
@@ -871,16 +877,48 @@ func routeContextFrom(c *C.spi_route_context, view *RequestView) *RouteContext {
 	return ctx
 }
 
-// copyReason writes s NUL-terminated into a fixed C char array.
+// copyReason writes s NUL-terminated into a fixed C char array. Reasons are
+// free text: one longer than the array is cut, before a UTF-8 character
+// rather than inside one, so the field never ends in half of one.
 func copyReason(dst []C.char, s string) {
 	n := len(s)
 	if n > len(dst)-1 {
 		n = len(dst) - 1
+		for n > 0 && s[n]&0xC0 == 0x80 { // s[n] continues a character
+			n--
+		}
 	}
 	for i := 0; i < n; i++ {
 		dst[i] = C.char(s[i])
 	}
 	dst[n] = 0
+}
+
+// checkID refuses (ErrInvalid, naming the field) an identifier that does not
+// fit a C char[size] with its NUL or holds a NUL, which C would read cut
+// short: identifiers are never cut.
+func checkID(s string, size int, field, op string) error {
+	if len(s) > size-1 {
+		return &Error{Code: StatusInvalid, Op: op,
+			Message: fmt.Sprintf("%s: %d bytes, at most %d fit", field, len(s), size-1)}
+	}
+	if strings.IndexByte(s, 0) >= 0 {
+		return &Error{Code: StatusInvalid, Op: op, Message: field + ": contains a NUL byte"}
+	}
+	return nil
+}
+
+// copyID writes the identifier s NUL-terminated into a fixed C char array,
+// or refuses it as checkID does.
+func copyID(dst []C.char, s, field, op string) error {
+	if err := checkID(s, len(dst), field, op); err != nil {
+		return err
+	}
+	for i := 0; i < len(s); i++ {
+		dst[i] = C.char(s[i])
+	}
+	dst[len(s)] = 0
+	return nil
 }
 
 func fillVerdict(out *C.spi_classification, v Verdict) {
@@ -907,10 +945,18 @@ func fillLevels(out *C.spi_degrade_levels, lv DegradeLevels) {
 	}
 }
 
-func fillChoice(out *C.spi_policy_choice, ch PolicyChoice) {
+// fillChoice writes a Go policy's answer for a context of n candidates. An
+// index the library could not be handed as is (outside 0..n-1) is the
+// module's error, never wrapped into another candidate's index.
+func fillChoice(out *C.spi_policy_choice, ch PolicyChoice, n int) error {
 	order := ch.Order
 	if len(order) > len(out.order) {
 		order = order[:len(out.order)]
+	}
+	for _, idx := range order {
+		if idx < 0 || idx >= n {
+			return fmt.Errorf("policy order: candidate index %d out of range (%d candidates)", idx, n)
+		}
 	}
 	out.pool = C.int32_t(ch.Pool)
 	out.reason_code = C.int32_t(ch.ReasonCode)
@@ -919,4 +965,5 @@ func fillChoice(out *C.spi_policy_choice, ch PolicyChoice) {
 		out.order[i] = C.uint32_t(idx)
 	}
 	copyReason(out.reason[:], ch.Reason)
+	return nil
 }

@@ -5,10 +5,13 @@ import (
 	"errors"
 	"fmt"
 	"runtime"
+	"runtime/cgo"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
+	"unicode/utf8"
 )
 
 // threshold is a classifier written in Go: gold for SLAs under a
@@ -460,4 +463,99 @@ func TestGoViewMetadata(t *testing.T) {
 	if c, _ := p.Classify(PressureNormal); c.Class != ClassGold {
 		t.Fatal(c.Class)
 	}
+}
+
+// longReason answers a reason longer than the C field, in two-byte
+// characters, so a cut at the field's size lands inside one.
+type longReason struct{}
+
+func (longReason) Configure([]byte) (any, error) { return nil, nil }
+func (longReason) Classify(any, *RequestView, Pressure) (Verdict, error) {
+	return Verdict{Class: ClassGold, Reason: strings.Repeat("é", 100)}, nil
+}
+
+func TestGoReasonIsCutBeforeACharacter(t *testing.T) {
+	e := newEngine(t, "")
+	must(t, e.RegisterClassifier("long", longReason{}, OnFailureError))
+	must(t, e.Configure(`{"modules":{"classifier":"long"}}`))
+	r := newRequest(t, e)
+	must(t, r.SetStr(FieldModel, "m"))
+	c, err := r.Classify(PressureNormal)
+	must(t, err)
+	full := strings.Repeat("é", 100)
+	if !utf8.ValidString(c.Reason) || !strings.HasPrefix(full, c.Reason) || len(c.Reason) < 100 {
+		t.Fatalf("reason %d bytes %q: want a whole-character prefix of the module's", len(c.Reason), c.Reason)
+	}
+}
+
+// bufSizeKeys fails its block hashes with ErrBufSize, as an error passed up
+// from another spotinfer call would.
+type bufSizeKeys struct{ failing }
+
+func (bufSizeKeys) BuildKey(any, *RequestView) (CacheKey, error) { return CacheKey{1, 2}, nil }
+func (bufSizeKeys) BlockHashes(any, *RequestView, CacheKey, []uint64) ([]uint64, error) {
+	return nil, &Error{Code: StatusBufSize, Message: "inner buffer"}
+}
+
+func TestBlockHashesReturnsAModuleBufSizeError(t *testing.T) {
+	e := newEngine(t, "")
+	must(t, e.RegisterKeyBuilder("bs", bufSizeKeys{}, OnFailureError))
+	must(t, e.Configure(`{"modules":{"key_builder":"bs"}}`))
+	r := newRequest(t, e)
+	must(t, r.SetStr(FieldModel, "m"))
+	must(t, r.SetStr(FieldPrompt, strings.Repeat("z", 200)))
+	done := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread()
+		defer runtime.UnlockOSThread()
+		_, err := r.AppendBlockHashes(make([]uint64, 0, 4))
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		if !errors.Is(err, ErrBufSize) {
+			t.Fatalf("want the module's ErrBufSize, got %v", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("AppendBlockHashes still retrying after 5 s")
+	}
+}
+
+// panicRelease panics in Release.
+type panicRelease struct{ failing }
+
+func (panicRelease) Configure([]byte) (any, error) { return &thresholdInst{}, nil }
+func (panicRelease) Release(any)                   { panic("release failed") }
+
+func TestPanickingReleaseStillDeletesTheHandle(t *testing.T) {
+	m := &module{name: "pr", impl: panicRelease{}, handles: map[cgo.Handle]struct{}{}}
+	inst, err := m.configure([]byte("{}"))
+	must(t, err)
+	func() {
+		defer func() {
+			if p := recover(); p != nil {
+				t.Fatalf("release let the panic out: %v", p)
+			}
+		}()
+		m.release(inst)
+	}()
+	if err := m.lastErr; err == nil || !strings.Contains(err.Error(), "release failed") {
+		t.Errorf("the panic is not kept as the module's error: %v", err)
+	}
+	deleted := func() (ok bool) {
+		defer func() { ok = recover() != nil }() // Value panics on a deleted handle
+		cgo.Handle(inst).Value()
+		return false
+	}()
+	if !deleted {
+		t.Fatal("the instance's handle outlived a panicking Release")
+	}
+	// Through an engine: configurations come and go, Close releases the last.
+	e, err := NewEngine("")
+	must(t, err)
+	must(t, e.RegisterClassifier("pr", panicRelease{}, OnFailureError))
+	for i := 0; i < 3; i++ {
+		must(t, useClassifier(t, e, "pr", fmt.Sprintf(`{"n":%d}`, i)))
+	}
+	must(t, e.Close())
 }

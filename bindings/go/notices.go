@@ -130,6 +130,8 @@ static void spi_go_env(spi_envelope *e, const char *key, size_t kl,
   e->flags = s->flags;
   e->first_enqueued_ns = s->first_enqueued_ns;
   e->deadline_ns = s->deadline_ns;
+  // The binding refuses a longer tenant before the call; this only keeps
+  // the copy inside the field.
   if (tl > sizeof e->tenant - 1) tl = sizeof e->tenant - 1;
   memcpy(e->tenant, tenant ? tenant : "", tl);
 }
@@ -247,7 +249,9 @@ const (
 	ActionReplay TicketAction = C.SPI_ACTION_REPLAY // checkpoint and replay on on-demand
 )
 
-// Notice is one interruption notice, whatever cloud it came from.
+// Notice is one interruption notice, whatever cloud it came from. Node and
+// EventID hold at most 63 bytes, DedupKey 159, none a NUL: Engine.Notice
+// refuses others with ErrInvalid rather than cut them.
 type Notice struct {
 	Kind       NoticeKind
 	Format     NoticeFormat
@@ -266,18 +270,27 @@ func noticeFrom(n *C.spi_notice) Notice {
 		EventID: goText(&n.event_id[0]), DedupKey: goText(&n.dedup_key[0])}
 }
 
-func (n Notice) c() C.spi_notice {
+// c is the notice as C has it. Its node, event id and dedup key are
+// identifiers: one that does not fit its field or holds a NUL is refused
+// with ErrInvalid naming the field, never cut into another value.
+func (n Notice) c(op string) (C.spi_notice, error) {
 	var out C.spi_notice
 	out.struct_size = C.size_t(unsafe.Sizeof(out))
 	out.kind = C.int32_t(n.Kind)
 	out.format = C.int32_t(n.Format)
-	copyReason(out.node[:], n.Node)
+	if err := copyID(out.node[:], n.Node, "node", op); err != nil {
+		return out, err
+	}
 	out.deadline_ns = C.int64_t(n.DeadlineNs)
 	out.received_ns = C.int64_t(n.ReceivedNs)
 	out.active = b2i(n.Active)
-	copyReason(out.event_id[:], n.EventID)
-	copyReason(out.dedup_key[:], n.DedupKey)
-	return out
+	if err := copyID(out.event_id[:], n.EventID, "event_id", op); err != nil {
+		return out, err
+	}
+	if err := copyID(out.dedup_key[:], n.DedupKey, "dedup_key", op); err != nil {
+		return out, err
+	}
+	return out, nil
 }
 
 // ParseNotice parses a notice body as the cloud serves it. httpStatus is
@@ -300,14 +313,17 @@ func ParseNotice(format NoticeFormat, httpStatus int, body []byte, node string, 
 
 // parseNotices makes a notice-parsing call (parse: into capacity entries
 // at out, answering its status and the notices found) with room for 8,
-// then twice as many until they fit. missingRC is the status of a library
+// then twice as many (or as many as it found) while it finds more than
+// fit, up to maxRetries times. missingRC is the status of a library
 // without the call; errbuf the call's message buffer.
 func parseNotices(op string, missingRC C.int, errbuf []C.char,
 	parse func(out *C.spi_notice, capacity C.size_t) (C.int, int)) ([]Notice, error) {
-	for capacity := 8; ; capacity *= 2 {
+	capacity := 8
+	for try := 0; ; try++ {
 		out := make([]C.spi_notice, capacity)
 		rc, found := parse(&out[0], C.size_t(capacity))
-		if rc == C.SPI_EBUFSIZE && found > capacity {
+		if rc == C.SPI_EBUFSIZE && found > capacity && try < maxRetries {
+			capacity = max(2*capacity, found)
 			continue
 		}
 		if rc == missingRC {
@@ -353,10 +369,13 @@ func (e *Engine) Notice(n Notice) ([]TicketPlan, error) {
 			open += int(s.Inflight)
 		}
 	}
+	cn, err := n.c("spi_engine_notice")
+	if err != nil {
+		return nil, err
+	}
 	capacity := 2*open + 64
 	plans := make([]C.spi_ticket_plan, capacity)
 	plans[0].struct_size = C.sizeof_spi_ticket_plan // the element size
-	cn := n.c()
 	var count C.size_t
 	rc := C.spi_go_engine_notice(p, &cn, &plans[0], C.size_t(capacity), &count)
 	k := int(count)
@@ -502,9 +521,9 @@ type Envelope struct {
 	StreamOffset    uint64 // tokens the client already has
 	Attempts        uint32
 	Flags           uint32
-	FirstEnqueuedNs int64 // 0 = now at enqueue
-	DeadlineNs      int64 // 0 = none
-	Tenant          string
+	FirstEnqueuedNs int64  // 0 = now at enqueue
+	DeadlineNs      int64  // 0 = none
+	Tenant          string // at most 63 bytes, no NUL (ErrInvalid otherwise)
 }
 
 type envArgs struct {
@@ -515,8 +534,14 @@ type envArgs struct {
 	s                     C.spi_go_env_scalars
 }
 
-func (env *Envelope) args() envArgs {
+// args views the envelope for C. Its tenant goes to a fixed char array: one
+// that does not fit or holds a NUL is refused with ErrInvalid, never cut.
+func (env *Envelope) args(op string) (envArgs, error) {
 	var a envArgs
+	var ce C.spi_envelope
+	if err := checkID(env.Tenant, len(ce.tenant), "tenant", op); err != nil {
+		return a, err
+	}
 	a.key, a.kl = cstr(env.Key)
 	a.body, a.bl = cbytes(env.Body)
 	a.pt, a.pl = cstr(env.PartialText)
@@ -529,23 +554,26 @@ func (env *Envelope) args() envArgs {
 		stream_offset: C.uint64_t(env.StreamOffset), attempts: C.uint32_t(env.Attempts),
 		flags: C.uint32_t(env.Flags), first_enqueued_ns: C.int64_t(env.FirstEnqueuedNs),
 		deadline_ns: C.int64_t(env.DeadlineNs)}
-	return a
+	return a, nil
 }
 
 // Continuation is the continuation of an envelope as an OpenAI body, so a
 // client's stream resumes where it stopped, with its flags
 // (EnvelopeFromScratch when the partial output cannot be continued).
 func Continuation(env Envelope) (string, uint32, error) {
-	a := env.args()
+	a, err := env.args("spi_replay_continuation")
+	if err != nil {
+		return "", 0, err
+	}
 	buf := make([]byte, 4096)
-	for {
+	for try := 0; ; try++ {
 		var needed C.size_t
 		var flags C.uint32_t
 		rc := C.spi_go_replay_continuation(a.key, a.kl, a.body, a.bl, a.pt, a.pl, a.toks, a.nt,
 			a.tenant, a.tl, &a.s, (*C.char)(unsafe.Pointer(&buf[0])), C.size_t(len(buf)),
 			&needed, &flags)
 		runtime.KeepAlive(&env)
-		if rc == C.SPI_EBUFSIZE && int(needed) >= len(buf) {
+		if rc == C.SPI_EBUFSIZE && int(needed) >= len(buf) && try < maxRetries {
 			buf = make([]byte, int(needed)+1)
 			continue
 		}
@@ -652,7 +680,10 @@ func (q *ReplayQueue) Enqueue(env Envelope) (duplicate bool, err error) {
 	if err != nil {
 		return false, err
 	}
-	a := env.args()
+	a, err := env.args("spi_replay_enqueue")
+	if err != nil {
+		return false, err
+	}
 	var dup C.int32_t
 	rc := C.spi_go_replay_enqueue(p, a.key, a.kl, a.body, a.bl, a.pt, a.pl, a.toks, a.nt,
 		a.tenant, a.tl, &a.s, &dup)
@@ -692,13 +723,15 @@ func (q *ReplayQueue) Claim(mask uint32, leaseMs int64) (c Claim, ok bool, err e
 	out := (*C.spi_envelope)(C.calloc(1, C.size_t(unsafe.Sizeof(C.spi_envelope{}))))
 	defer C.free(unsafe.Pointer(out))
 	capacity := C.size_t(4096)
-	for {
+	for try := 0; ; try++ {
 		buf := C.malloc(capacity)
 		var id C.uint64_t
 		var needed C.size_t
 		rc := C.spi_go_replay_claim(p, C.uint32_t(mask), C.int64_t(leaseMs), &id, out, buf,
 			capacity, &needed)
-		if rc == C.SPI_EBUFSIZE {
+		// Retry only with more room than was offered: an SPI_EBUFSIZE that
+		// needs no more (passed up from a store) is the call's error.
+		if rc == C.SPI_EBUFSIZE && needed > capacity && try < maxRetries {
 			C.free(buf)
 			capacity = needed + 1
 			continue

@@ -323,3 +323,77 @@ func TestReplayFallbackCounts(t *testing.T) {
 		t.Fatalf("a journal queue: %+v", st)
 	}
 }
+
+// A notice's node, event id and dedup key are identifiers: one that does
+// not fit its C field, or holds a NUL, is refused, never cut into another
+// value (a cut node would name another machine).
+func TestNoticeIdentifiersAreRefusedNotCut(t *testing.T) {
+	e := newEngine(t, "")
+	short := strings.Repeat("n", 63)
+	for _, node := range []string{short, "i-1"} {
+		must(t, e.UpsertReplica(ReplicaInfo{ID: "spot-" + node[:1], Pool: PoolSpot, USDPerHour: 2,
+			MaxInflight: 16, Node: node}))
+	}
+	base := Notice{Kind: NoticeTerminate, Format: NoticeAWSInstanceAction, Node: "i-1",
+		DeadlineNs: 1 << 62, Active: true, DedupKey: "k"}
+	for _, c := range []struct {
+		field string
+		edit  func(n *Notice)
+	}{
+		{"node", func(n *Notice) { n.Node = short + "-other-machine" }},
+		{"node", func(n *Notice) { n.Node = "i-1\x00i-2" }},
+		{"event_id", func(n *Notice) { n.EventID = strings.Repeat("e", 64) }},
+		{"event_id", func(n *Notice) { n.EventID = "ev\x00" }},
+		{"dedup_key", func(n *Notice) { n.DedupKey = strings.Repeat("d", 160) }},
+		{"dedup_key", func(n *Notice) { n.DedupKey = "k\x00other" }},
+	} {
+		n := base
+		c.edit(&n)
+		_, err := e.Notice(n)
+		skipUnlessExported(t, err, "spi_engine_notice")
+		if !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), c.field) {
+			t.Errorf("notice %+v: %v; want ErrInvalid naming %s", n, err, c.field)
+		}
+	}
+	for _, node := range []string{short, "i-1"} {
+		if st, err := e.NodeState(node); err != nil || st != NodeActive {
+			t.Errorf("machine %q is %v (%v) after refused notices", node, st, err)
+		}
+	}
+	// What fits is taken as is.
+	n := base
+	n.Node, n.EventID, n.DedupKey = short, strings.Repeat("e", 63), strings.Repeat("d", 159)
+	_, err := e.Notice(n)
+	must(t, err)
+	if st, _ := e.NodeState(short); st != NodeNoticed {
+		t.Fatalf("machine %q is %v", short, st)
+	}
+}
+
+// An envelope's tenant goes to a fixed C field too: refused when it does
+// not fit or holds a NUL, never cut (possibly inside a character).
+func TestEnvelopeTenantIsRefusedNotCut(t *testing.T) {
+	e := newEngine(t, "")
+	q, err := e.OpenReplayQueue(`{"store":"memory"}`)
+	skipUnlessExported(t, err, "spi_replay_open")
+	must(t, err)
+	defer q.Close()
+	body := []byte(`{"model":"m","max_tokens":10,"messages":[{"role":"user","content":"hi"}]}`)
+	for _, tenant := range []string{strings.Repeat("t", 62) + "é", strings.Repeat("t", 64), "acme\x00evil"} {
+		env := Envelope{Key: "a", Body: body, Class: ClassGold, Tenant: tenant, PartialText: "x"}
+		if _, err := q.Enqueue(env); !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), "tenant") {
+			t.Errorf("enqueue with tenant %q (%d bytes): %v; want ErrInvalid", tenant, len(tenant), err)
+		}
+		if _, _, err := Continuation(env); !errors.Is(err, ErrInvalid) {
+			t.Errorf("continuation with tenant %q: %v; want ErrInvalid", tenant, err)
+		}
+	}
+	tenant := strings.Repeat("t", 61) + "é" // 63 bytes: fits
+	_, err = q.Enqueue(Envelope{Key: "b", Body: body, Class: ClassGold, Tenant: tenant})
+	must(t, err)
+	c, ok, err := q.Claim(ClassMask(ClassGold), 0)
+	must(t, err)
+	if !ok || c.Envelope.Key != "b" || c.Envelope.Tenant != tenant {
+		t.Fatalf("claimed %+v, want key b with tenant %q", c, tenant)
+	}
+}

@@ -403,7 +403,7 @@ func (r *Request) AppendBlockHashes(dst []uint64) ([]uint64, error) {
 		return dst, err
 	}
 	start := len(dst)
-	for {
+	for try := 0; ; try++ {
 		free := dst[start:cap(dst)]
 		var ptr *C.uint64_t
 		if len(free) > 0 {
@@ -416,7 +416,10 @@ func (r *Request) AppendBlockHashes(dst []uint64) ([]uint64, error) {
 			runtime.KeepAlive(r)
 			return dst[:start+n], nil
 		}
-		if rc != C.SPI_EBUFSIZE {
+		// Retry only when the library needs more room than it was given:
+		// SPI_EBUFSIZE with no more needed (a key builder module's own
+		// failure, passed through) is the call's error.
+		if rc != C.SPI_EBUFSIZE || n <= len(free) || try >= maxRetries {
 			return dst, r.fail(rc, "spi_request_block_hashes")
 		}
 		grown := make([]uint64, start, start+n)

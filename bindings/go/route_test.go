@@ -390,3 +390,31 @@ func TestZeroTicket(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// farIndex answers a candidate index the C order field (uint32) cannot
+// hold, or one below 0.
+type farIndex struct{ idx int }
+
+func (farIndex) Configure([]byte) (any, error) { return nil, nil }
+func (p farIndex) Choose(_ any, ctx *RouteContext) (PolicyChoice, error) {
+	return PolicyChoice{Pool: ctx.Candidates[0].Pool, Order: []int{p.idx}, Reason: "far"}, nil
+}
+
+func TestGoPolicyIndexOutOfRangeIsAModuleError(t *testing.T) {
+	e := newEngine(t, "")
+	must(t, e.UpsertReplica(ReplicaInfo{ID: "od-a", Pool: PoolOnDemand, USDPerHour: 4.5, MaxInflight: 16}))
+	must(t, e.ReportLoad("od-a", Load{Running: 1, KVUsage: 0.2}))
+	for i, idx := range []int{1 << 32, 1<<32 + 1, -1, 1} {
+		name := fmt.Sprintf("far%d", i)
+		must(t, e.RegisterPolicy(name, farIndex{idx}, OnFailureError))
+		must(t, e.Configure(`{"modules":{"policy":"`+name+`"}}`))
+		r := newRequest(t, e)
+		must(t, r.SetStr(FieldModel, "m"))
+		must(t, r.AddMessage("user", "hi"))
+		d, err := r.Route()
+		if !errors.Is(err, ErrModule) {
+			t.Fatalf("index %d of 1 candidate: routed to %q (%s), err %v; want ErrModule",
+				idx, d.ReplicaID, d.Reason, err)
+		}
+	}
+}

@@ -134,6 +134,10 @@ func TestConfigJSONAndFile(t *testing.T) {
 	if err := e.ConfigureFile(filepath.Join(t.TempDir(), "missing.json")); !errors.Is(err, ErrIO) {
 		t.Fatalf("missing file: %v", err)
 	}
+	// A NUL would end the path C reads early: another file.
+	if err := e.ConfigureFile(path + "\x00.missing"); !errors.Is(err, ErrInvalid) {
+		t.Fatalf("path with a NUL: %v", err)
+	}
 	must(t, e.ConfigureValue(map[string]any{"cache_key": map[string]any{"block_bytes": 128}}))
 	if _, err := NewEngine("{"); !errors.Is(err, ErrParse) {
 		t.Fatalf("NewEngine with bad config: %v", err)
