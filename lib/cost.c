@@ -205,10 +205,12 @@ SPI_API int spi_cost_max_sequences(double gpu_memory_bytes, double model_bytes,
   uint64_t n = (uint64_t)q; /* truncation is floor for q >= 0 */
   /* (64 GiB / 512 MiB) * 1.0 is exactly 128, but 100 * 0.29 comes out as
    * 28.999999999999996; a few ulps of slack give the count a person would
-   * compute by hand. */
+   * compute by hand. Only a few ulps, and only while they are far below a
+   * sequence: at 1e15 an ulp is 1/8, and a slack relative to q reached a
+   * whole sequence there. */
   double next = (double)n + 1.0;
-  if (next < COST_TWO_POW_64 && q * (1.0 + 8.0 * DBL_EPSILON) >= next)
-    n++;
+  double gap = next - q, ulp = nextafter(q, INFINITY) - q;
+  if (next < COST_TWO_POW_64 && gap > 0 && gap <= 8.0 * ulp && gap <= 1e-6) n++;
   *out_sequences = n;
   return SPI_OK;
 }

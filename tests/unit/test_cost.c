@@ -380,6 +380,14 @@ static void test_max_sequences(void **st) {
   /* But a real shortfall still rounds down. */
   assert_int_equal(spi_cost_max_sequences(100, 0, 0.2899, 1, &n), SPI_OK);
   assert_true(n == 28);
+  /* The slack is a few ulps, never a whole sequence: a large exact count
+   * stays what it is (1e15 came out as 1e15 + 1, 2^53 as 2^53 + 1). */
+  assert_int_equal(spi_cost_max_sequences(1e15, 0, 1.0, 1, &n), SPI_OK);
+  assert_true(n == UINT64_C(1000000000000000));
+  assert_int_equal(spi_cost_max_sequences(0x1p53, 0, 1.0, 1, &n), SPI_OK);
+  assert_true(n == UINT64_C(1) << 53);
+  assert_int_equal(spi_cost_max_sequences(0x1p40 + 0.5, 0, 1.0, 1, &n), SPI_OK);
+  assert_true(n == UINT64_C(1) << 40);
 
   n = 777;
   assert_int_equal(spi_cost_max_sequences(80 * GIB, 16 * GIB, 0.9, kv, NULL),
