@@ -1156,6 +1156,11 @@ int spi_node_set_state(spi_engine *engine, const char *id, size_t len,
   if (!spi__engine_ok(engine)) return SPI_EMISUSE;
   if (!id || len == 0 || len >= SPI_ID_MAX)
     return spi__engine_fail(engine, SPI_EINVAL, "node: id must be 1..63 bytes");
+  /* As a replica's node and a notice's: no machine could have this one. */
+  for (size_t i = 0; i < len; i++)
+    if ((unsigned char)id[i] < 0x20 || id[i] == 0x7f)
+      return spi__engine_fail(engine, SPI_EINVAL,
+                              "node: control character at byte %zu", i);
   if (state < SPI_NODE_ACTIVE || state > SPI_NODE_REMOVED)
     return spi__engine_fail(engine, SPI_EINVAL, "node: state %d is not valid",
                             (int)state);

@@ -14,6 +14,8 @@
 #include <stdio.h>
 #include <string.h>
 
+#include <xxhash.h>
+
 #include "replica_pass.h"
 
 /* An index entry is live while its replica is ACTIVE with the same gen. */
@@ -78,6 +80,31 @@ static void copy_id(char dst[SPI_ID_MAX], const char *src, size_t len) {
   if (len >= SPI_ID_MAX) len = SPI_ID_MAX - 1;
   memcpy(dst, src, len);
   dst[len] = '\0';
+}
+
+/* A ticket's tenant or model, as the ledger keys its rows and the cost
+ * model reads it at the finish: the name itself when it fits and has no
+ * control byte, else its first SPI_NAME_KEPT bytes (cut before a UTF-8
+ * character, control bytes as '?'), '~' and 16 hex digits of XXH3-64 of
+ * the whole name. Cut alone, names sharing their first 63 bytes, or
+ * "acme" and "acme\0x", shared one row. */
+#define SPI_NAME_KEPT (SPI_ID_MAX - 1 - 1 - 16)
+
+static void copy_name(char dst[SPI_ID_MAX], const char *src, size_t len) {
+  int plain = len < SPI_ID_MAX;
+  for (size_t i = 0; plain && i < len; i++)
+    plain = (unsigned char)src[i] >= 0x20 && src[i] != 0x7f;
+  if (plain) {
+    copy_id(dst, src, len);
+    return;
+  }
+  size_t keep = len < SPI_NAME_KEPT ? len : SPI_NAME_KEPT;
+  if (keep < len)
+    while (keep > 0 && ((unsigned char)src[keep] & 0xC0) == 0x80) keep--;
+  for (size_t i = 0; i < keep; i++)
+    dst[i] = (unsigned char)src[i] < 0x20 || src[i] == 0x7f ? '?' : src[i];
+  snprintf(dst + keep, SPI_ID_MAX - keep, "~%016llx",
+           (unsigned long long)XXH3_64bits(src, len));
 }
 
 /* What a route has taken that it must give back if it fails: the
@@ -482,8 +509,8 @@ static void ticket_fill(route_state *rs, spi_ticket *k,
   k->n_hashes = rs->nblocks < SPI_TICKET_HASHES ? rs->nblocks : SPI_TICKET_HASHES;
   if (k->n_hashes)
     spi__copy(k->hashes, req->hashes, k->n_hashes * sizeof k->hashes[0]);
-  copy_id(k->tenant, v->tenant, v->tenant_len);
-  copy_id(k->model, v->model, v->model_len);
+  copy_name(k->tenant, v->tenant, v->tenant_len);
+  copy_name(k->model, v->model, v->model_len);
 }
 
 /* What the decision says of a served request besides the replica, and its

@@ -333,6 +333,11 @@ static void test_state_machine(void **st) {
                    SPI_OK);
   assert_int_equal(fb_state(w->e, "i-aaa"), SPI_NODE_ACTIVE); /* forgotten */
   assert_int_equal(spi_node_set_state(w->e, "i-aaa", 5, 42), SPI_EINVAL);
+  /* A machine no replica or notice could name (a control byte, as a
+   * notice's node and a replica's refuse) is refused, not tracked. */
+  assert_int_equal(spi_node_set_state(w->e, "i-1\0i-2", 7, SPI_NODE_DRAINING),
+                   SPI_EINVAL);
+  assert_non_null(strstr(spi_engine_errmsg(w->e), "control character at byte 3"));
   /* A withdrawn notice returns a noticed machine to work. */
   spi_notice n = notice("i-bbb", SPI_NOTICE_MAINTENANCE, w->now + 600 * SEC,
                         "aws:scheduled:ev-1");

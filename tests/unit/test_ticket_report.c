@@ -309,12 +309,63 @@ static void test_prompt_counts_out_of_range(void **st) {
   done(w);
 }
 
+/* Tenants the ledger must tell apart although a row's name holds 63
+ * bytes: two sharing their first 63 bytes, and "acme" beside "acme" with
+ * a NUL and more after it. Each gets a row of its own; a plain short name
+ * keeps its own text. */
+static void test_ledger_tells_long_tenants_apart(void **st) {
+  (void)st;
+  world *w = mk(NULL);
+  add(w, "od-a", SPI_POOL_ON_DEMAND);
+  char a[80], b[80];
+  memset(a, 'x', sizeof a);
+  memcpy(b, a, sizeof b);
+  b[sizeof b - 1] = 'y';
+  const struct { const char *t; size_t n; } tenants[] = {
+      {a, sizeof a}, {b, sizeof b}, {"acme", 4}, {"acme\0evil", 9}};
+  for (size_t i = 0; i < 4; i++) {
+    spi_request_reset(w->r);
+    spi_request_set_str(w->r, SPI_REQ_MODEL, "llama", 5);
+    spi_request_set_str(w->r, SPI_REQ_CLASS, "gold", 4);
+    assert_int_equal(spi_request_set_str(w->r, SPI_REQ_TENANT, tenants[i].t,
+                                         tenants[i].n),
+                     SPI_OK);
+    spi_request_add_message(w->r, "user", 4, "hello", 5);
+    spi_decision d;
+    memset(&d, 0, sizeof d);
+    d.struct_size = sizeof d;
+    assert_int_equal(spi_route(w->r, &d), SPI_OK);
+    spi_ticket_result res;
+    memset(&res, 0, sizeof res);
+    res.struct_size = sizeof res;
+    res.status = SPI_TICKET_OK;
+    res.output_tokens = 5;
+    assert_int_equal(spi_ticket_finish(w->e, d.ticket, &res), SPI_OK);
+  }
+  size_t n = spi_ledger_count(w->e), rows = 0, plain = 0;
+  for (size_t i = 0; i < n; i++) {
+    spi_ledger_row row;
+    memset(&row, 0, sizeof row);
+    row.struct_size = sizeof row;
+    assert_int_equal(spi_ledger_row_at(w->e, i, &row), SPI_OK);
+    if (!row.completed) continue;
+    rows++;
+    assert_int_equal(row.completed, 1);
+    assert_true(strlen(row.tenant) < SPI_ID_MAX);
+    plain += strcmp(row.tenant, "acme") == 0;
+  }
+  assert_int_equal(rows, 4);
+  assert_int_equal(plain, 1);
+  done(w);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_first_token_reads_its_own_ticket),
       cmocka_unit_test(test_reports_race_finish_and_reuse),
       cmocka_unit_test(test_token_counts_out_of_range),
       cmocka_unit_test(test_prompt_counts_out_of_range),
+      cmocka_unit_test(test_ledger_tells_long_tenants_apart),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
