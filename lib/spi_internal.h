@@ -205,6 +205,12 @@ int spi__json_parse_object(const char *text, size_t len, size_t max_len,
  * cJSON ran out of memory (SPI_ENOMEM), no means the text is malformed. */
 int spi__json_well_formed(const char *text, size_t len);
 
+/* The whole of s[0..n) as a JSON number (json_syntax.c), read the same in
+ * every locale: 0 and *out set, or -1 when it is not a JSON number or not
+ * a finite double. Correctly rounded for up to 15 significant digits and
+ * exponents within 22; otherwise within a few ulps. */
+int spi__json_number(const char *s, size_t n, double *out);
+
 /*
  * Typed readers for one key of obj. table_path is the option's path in the
  * table (its last component is the key read from obj); shown is the path

@@ -2,6 +2,7 @@
  * test_engine.c - engine life cycle, hooks, configuration validation and
  * snapshots, option listing, the module registry and module failure policy.
  */
+#include <locale.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -319,6 +320,59 @@ static void test_every_bound_enforced(void **st) {
     checked++;
   }
   assert_true(checked > 20);
+}
+
+/* Spot and on-demand prices of one completions request. */
+static void prices(spi_engine *e, double usd[2]) {
+  spi_request *r = NULL;
+  assert_int_equal(spi_request_new(e, &r), SPI_OK);
+  const char *body = "{\"model\":\"m\",\"prompt\":\"hello\",\"max_tokens\":100}";
+  assert_int_equal(spi_request_parse_openai(r, body, strlen(body),
+                                            SPI_OPENAI_AUTO),
+                   SPI_OK);
+  const int32_t pools[2] = {SPI_POOL_SPOT, SPI_POOL_ON_DEMAND};
+  for (int i = 0; i < 2; i++) {
+    spi_price p = {.struct_size = sizeof p};
+    assert_int_equal(spi_request_price(r, pools[i], &p), SPI_OK);
+    usd[i] = p.usd;
+  }
+  spi_request_free(r);
+}
+
+/* Option defaults are read the same whatever LC_NUMERIC the host set: in a
+ * decimal-comma locale strtod read "0.85" as 0, so spi_engine_new failed
+ * (router.kv_open 0 is out of range) and "1.8" $/h became 1. The thread's
+ * locale is switched with uselocale; skipped when no such locale is
+ * installed (LOCPATH may point at a generated one). */
+static void test_defaults_in_comma_locale(void **st) {
+  (void)st;
+  static const char *const names[] = {"de_DE.UTF-8", "de_DE.utf8",
+                                      "fr_FR.UTF-8", "fr_FR.utf8",
+                                      "ru_RU.UTF-8", "ps_AF.UTF-8"};
+  locale_t loc = (locale_t)0;
+  for (size_t i = 0; i < sizeof names / sizeof names[0] && !loc; i++)
+    loc = newlocale(LC_NUMERIC_MASK, names[i], (locale_t)0);
+  if (!loc) skip();
+  spi_engine *c = new_engine();
+  double want[2];
+  prices(c, want);
+  locale_t old = uselocale(loc);
+  char probe[16];
+  snprintf(probe, sizeof probe, "%.1f", 1.5);
+  spi_engine *e = NULL;
+  int rc = spi_engine_new(&e, NULL);
+  int rc2 = rc == SPI_OK ? configure(e, "{}") : rc;
+  double got[2] = {0, 0};
+  if (rc2 == SPI_OK) prices(e, got);
+  uselocale(old);
+  freelocale(loc);
+  assert_string_not_equal(probe, "1.5"); /* the locale is a comma one */
+  assert_int_equal(rc, SPI_OK);
+  assert_int_equal(rc2, SPI_OK);
+  assert_true(got[0] == want[0]);
+  assert_true(got[1] == want[1]);
+  spi_engine_free(e);
+  spi_engine_free(c);
 }
 
 static void test_option_listing(void **st) {
@@ -782,6 +836,7 @@ int main(void) {
       cmocka_unit_test(test_module_failure_policy),
       cmocka_unit_test(test_key_builder_fallback_logged),
       cmocka_unit_test(test_names),
+      cmocka_unit_test(test_defaults_in_comma_locale),
       cmocka_unit_test(test_reload_while_classifying),
       cmocka_unit_test(test_new_engine_writes_its_index_only),
   };
