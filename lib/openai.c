@@ -216,6 +216,8 @@ static int read_prompt(reader *rd, const cJSON *prompt) {
 static int read_metadata(reader *rd, const cJSON *md) {
   if (!cJSON_IsObject(md))
     return spi__req_fail(rd->r, SPI_ETYPE, "metadata: must be an object");
+  int dup = no_duplicate_keys(rd, md, "metadata");
+  if (dup) return dup;
   for (const cJSON *kv = md->child; kv; kv = kv->next) {
     char path[96];
     snprintf(path, sizeof path, "metadata.%.64s", kv->string ? kv->string : "");

@@ -975,6 +975,9 @@ static const bad_body BAD_BODIES[] = {
     {"{\"model\":\"m\",\"messages\":[{\"role\":\"user\",\"content\":[{\"type\":"
      "\"text\",\"text\":\"a\",\"text\":\"b\"}]}]}",
      0, SPI_EPARSE, "messages[0].content[0].text:", "duplicate key"},
+    {"{\"model\":\"m\",\"prompt\":\"p\",\"metadata\":{\"class\":\"gold\","
+     "\"class\":\"bronze\"}}",
+     0, SPI_EPARSE, "metadata.class:", "duplicate key"},
     /* An escaped backslash before "u0000" is text, not a NUL. */
     {"{\"model\":\"m\",\"prompt\":\"a\\\\u0000\"}", 0, SPI_OK, "", NULL},
     {"   ", 0, SPI_EPARSE, "body:", "byte offset"},
