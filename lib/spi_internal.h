@@ -53,6 +53,14 @@ int spi__buf_reserve(spi_buf *b, const spi_mem *m, size_t extra);
 int spi__buf_append(spi_buf *b, const spi_mem *m, const void *data, size_t n);
 int spi__buf_append_byte(spi_buf *b, const spi_mem *m, uint8_t c);
 void spi__buf_clear(spi_buf *b);
+/* The canonical prompt (docs/cache-key.md) keeps bytes 0x1B-0x1F for its
+ * own structure. spi__prompt_reserved_at: the offset of the first such byte
+ * in data, or n. spi__buf_append_text: append text with each of them
+ * written as 0x1B, byte ^ 0x40 ("\x1b[" .. "\x1b_"), so no text can spell
+ * a message boundary. SPI_OK or SPI_ENOMEM (buffer unchanged). */
+size_t spi__prompt_reserved_at(const void *data, size_t n);
+int spi__buf_append_text(spi_buf *b, const spi_mem *m, const void *data,
+                         size_t n);
 void spi__buf_free(spi_buf *b, const spi_mem *m);
 
 /* ---------------------------------------------------------------- errors */
