@@ -19,7 +19,8 @@
 typedef struct reader {
   spi_request *r;
   const spi_limits *l;
-  spi_buf scratch; /* assembled message content */
+  spi_buf scratch;  /* assembled message content */
+  spi_json_src src; /* the body's text, for numbers beyond 2^53 */
 } reader;
 
 static const cJSON *get(const cJSON *o, const char *key) {
@@ -93,7 +94,7 @@ static int put_frame(reader *rd, const cJSON *v, const char *path) {
   const spi_mem *m = &rd->r->engine->mem;
   size_t start = rd->scratch.len;
   int rc = spi__buf_append_byte(&rd->scratch, m, 0x1D);
-  if (!rc) rc = spi__canon_json(v, &rd->scratch, m);
+  if (!rc) rc = spi__canon_json_src(v, &rd->scratch, m, &rd->src);
   if (!rc) rc = spi__buf_append_byte(&rd->scratch, m, 0x1D);
   if (!rc) return SPI_OK;
   rd->scratch.len = start;
@@ -280,7 +281,7 @@ static int read_body(reader *rd, const cJSON *body, int32_t kind) {
     if (!cJSON_IsArray(tools))
       return spi__req_fail(rd->r, SPI_ETYPE, "tools: must be an array");
     spi_buf canon = {0};
-    rc = spi__canon_json(tools, &canon, &rd->r->engine->mem);
+    rc = spi__canon_json_src(tools, &canon, &rd->r->engine->mem, &rd->src);
     if (rc == SPI_OK)
       rc = spi__req_set_str(rd->r, rd->l, SPI_REQ_TOOLS_JSON,
                             (const char *)canon.data, canon.len);
@@ -332,9 +333,11 @@ int spi_request_parse_openai(spi_request *req, const char *json, size_t len,
   int rc = spi__json_parse_object(json, len, (size_t)l.max_body_bytes, "body",
                                   &body, req->errmsg, sizeof req->errmsg);
   if (rc != SPI_OK) return rc;
-  reader rd = {req, &l, {0}};
+  reader rd = {req, &l, {0}, {0}};
+  spi__json_src_init(&rd.src, json, len, body);
   rc = read_body(&rd, body, kind);
   spi__buf_free(&rd.scratch, &req->engine->mem);
+  spi__json_src_free(&rd.src, &req->engine->mem);
   cJSON_Delete(body);
   if (rc != SPI_OK) {
     char keep[SPI_ERRMSG_CAP];

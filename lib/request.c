@@ -191,7 +191,10 @@ static int set_tools(spi_request *r, const spi_limits *l, const char *v,
    * error (spi__canon_json restores the length) the old value stays. */
   spi_buf *b = &r->str[SPI_REQ_TOOLS_JSON];
   size_t old = b->len;
-  rc = spi__canon_json(root, b, &r->engine->mem);
+  spi_json_src src;
+  spi__json_src_init(&src, v, len, root);
+  rc = spi__canon_json_src(root, b, &r->engine->mem, &src);
+  spi__json_src_free(&src, &r->engine->mem);
   cJSON_Delete(root);
   if (rc != SPI_OK) {
     b->len = old;

@@ -253,13 +253,39 @@ int spi__cfg_check_keys(const struct cJSON *obj, const char *table_prefix,
 
 /*
  * Append the canonical form of v to out: object keys sorted bytewise,
- * no whitespace, integers in [-2^53, 2^53] without exponent or fraction and
- * other numbers as %.17g, strings with only '"', '\\' and bytes < 0x20
+ * no whitespace, integers in [-2^53, 2^53] without exponent or fraction
+ * (beyond that, with spi__canon_json_src, integer literals as their exact
+ * digits) and other numbers as %.17g, strings with only '"', '\\' and
+ * bytes < 0x20
  * escaped (as \", \\, \b \f \n \r \t, else \u00xx lowercase), UTF-8 as is.
  * Errors: SPI_EPARSE (duplicate key, non-finite number),
  * SPI_ETOOBIG (nesting deeper than 64), SPI_ENOMEM.
  */
 int spi__canon_json(const struct cJSON *v, spi_buf *out, const spi_mem *m);
+
+/*
+ * The text a cJSON tree was parsed from, so canonical JSON can write an
+ * integer from its digits where the double cannot tell integers apart
+ * (beyond 2^53: 9007199254740993 and 9007199254740992 are one double).
+ * Which literal is which node is worked out on first need (a scan of the
+ * text, numbers in document order), so text without such numbers costs
+ * nothing. spi__json_src_free frees that map.
+ */
+typedef struct spi_json_src {
+  const char *text;
+  size_t len;
+  const struct cJSON *root;
+  struct spi_numlit *lits; /* sorted by node */
+  size_t n;
+  int state; /* 0 not built, 1 built, -1 unusable (fall back to doubles) */
+} spi_json_src;
+void spi__json_src_init(spi_json_src *src, const char *text, size_t len,
+                        const struct cJSON *root);
+void spi__json_src_free(spi_json_src *src, const spi_mem *m);
+/* spi__canon_json, with the numbers of v (a node of src->root's tree) read
+ * from src where needed; src may be NULL. */
+int spi__canon_json_src(const struct cJSON *v, spi_buf *out, const spi_mem *m,
+                        spi_json_src *src);
 
 /* Whether the object obj names a member twice, in O(n log n): SPI_EPARSE
  * with *dup the name, SPI_OK (*dup NULL), or SPI_ENOMEM. */

@@ -26,6 +26,7 @@ reordered tools give the same key, block chains share prefixes), so a vector
 set that no longer demonstrates them is never written.
 """
 
+import decimal
 import json
 import math
 import os
@@ -138,9 +139,26 @@ def _canon_str(s):
     return "".join(out)
 
 
-def _canon_num(x):
+class Num:
+    """A JSON number: its literal text and its double."""
+
+    def __init__(self, text):
+        self.text = text
+        self.x = float(text)
+
+
+def _canon_num(n):
+    x = n.x
     if not math.isfinite(x):
         raise ValueError("non-finite number")
+    # From 2^53 on one double stands for several integers: an integer
+    # literal (its exact decimal value an integer, "1e20" too) is written
+    # as its digits.
+    if x == math.floor(x) and abs(x) >= 2.0 ** 53:
+        d = decimal.Decimal(n.text)
+        with decimal.localcontext(decimal.Context(prec=1000)):
+            if d == d.to_integral_value():
+                return str(int(d))
     if x == math.floor(x) and abs(x) <= 2.0 ** 53:
         return str(int(x))
     return "%.17g" % x
@@ -153,7 +171,7 @@ def _canon(v, depth):
         return "false"
     if v is None:
         return "null"
-    if isinstance(v, float):
+    if isinstance(v, Num):
         return _canon_num(v)
     if isinstance(v, str):
         return _canon_str(v)
@@ -169,9 +187,10 @@ def _canon(v, depth):
 
 
 def canon_json(text):
-    """Canonical UTF-8 bytes of JSON text; numbers are doubles, as in C."""
-    v = json.loads(text, object_pairs_hook=_pairs, parse_int=float,
-                   parse_float=float, parse_constant=_reject_constant)
+    """Canonical UTF-8 bytes of JSON text; numbers are doubles, as in C,
+    except integers from 2^53 on, which keep their digits."""
+    v = json.loads(text, object_pairs_hook=_pairs, parse_int=Num,
+                   parse_float=Num, parse_constant=_reject_constant)
     return _canon(v, 0).encode("utf-8")
 
 
@@ -194,8 +213,8 @@ def canon_text(b):
 
 
 def _load(text):
-    return json.loads(text, object_pairs_hook=_pairs, parse_int=float,
-                      parse_float=float, parse_constant=_reject_constant)
+    return json.loads(text, object_pairs_hook=_pairs, parse_int=Num,
+                      parse_float=Num, parse_constant=_reject_constant)
 
 
 def _frame(v):
@@ -348,6 +367,16 @@ def build_vectors():
             differs_from="base")
     add("tools_reordered", CFG64, with_(BASE, tools_json=REORDERED_TOOLS),
         same_key_as="base")
+    # Integers from 2^53 on keep their digits: 2^53 + 1 is not 2^53 (one
+    # double), 1e20 is 100000000000000000000, a fraction is a double.
+    big = '[{"enum":[9007199254740993,%s,-9007199254740993.0,9007199254740993.5]}]'
+    add("tools_big_ints", CFG64, with_(BASE, tools_json=big % "1e20"))
+    add("tools_big_ints_digits", CFG64,
+        with_(BASE, tools_json=big % "100000000000000000000"),
+        same_key_as="tools_big_ints")
+    add("tools_big_ints_2p53", CFG64, with_(BASE, tools_json=(
+        '[{"enum":[9007199254740992,1e20,-9007199254740993.0,9007199254740993.5]}]')),
+        differs_from="tools_big_ints")
     add("tools_empty_array", CFG64, with_(BASE, tools_json="[]"),
         differs_from="base")
     add("no_tools", CFG64, with_(BASE, tools_json=""), differs_from="base")
@@ -490,6 +519,13 @@ def build_bodies():
         {"type": "text", "text": PAD},
         {"type": "text", "text": _canon(_load(json.dumps(IMAGE)), 0)}])),
         differs_from="image_part")
+    # Numbers from 2^53 on in tools and parts keep their digits.
+    add("big_ints_93", '{"model":"m","messages":[{"role":"user","content":[{"type":"text",'
+        '"text":"' + PAD + '"},{"type":"x","n":9007199254740993}]}],'
+        '"tools":[{"enum":[9007199254740993]}]}')
+    add("big_ints_92", '{"model":"m","messages":[{"role":"user","content":[{"type":"text",'
+        '"text":"' + PAD + '"},{"type":"x","n":9007199254740992}]}],'
+        '"tools":[{"enum":[9007199254740992]}]}', differs_from="big_ints_93")
     return b
 
 

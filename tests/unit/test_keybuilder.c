@@ -301,7 +301,10 @@ static void run_vector(const cJSON *vec) {
   if (in.len[F_TOOLS]) {
     cJSON *t = cJSON_ParseWithLengthOpts(in.f[F_TOOLS], in.len[F_TOOLS], NULL, 0);
     assert_non_null(t);
-    assert_int_equal(spi__canon_json(t, &canon, &k->mem), SPI_OK);
+    spi_json_src src;
+    spi__json_src_init(&src, in.f[F_TOOLS], in.len[F_TOOLS], t);
+    assert_int_equal(spi__canon_json_src(t, &canon, &k->mem, &src), SPI_OK);
+    spi__json_src_free(&src, &k->mem);
     cJSON_Delete(t);
   }
   if (canon.len != strlen(in.want_tools) ||

@@ -429,6 +429,34 @@ static void test_reset(void **state) {
   "\"days\":{\"maximum\":7,\"type\":\"integer\"}},\"required\":[\"city\"],"  \
   "\"type\":\"object\"}},\"type\":\"function\"}]"
 
+/* Integers beyond 2^53 in tools (set or in a body) keep their digits: one
+ * double stands for 2^53 and 2^53 + 1, their keys must not. */
+static void test_tools_big_integers(void **state) {
+  world *f = *state;
+  spi_request *r = f->r;
+  static const char *const big[] = {"9007199254740993", "9007199254740992"};
+  spi_cache_key set[2], body[2];
+  for (int i = 0; i < 2; i++) {
+    char tools[128], text[256];
+    snprintf(tools, sizeof tools, "[{\"type\":\"integer\",\"enum\":[%s]}]",
+             big[i]);
+    spi_request_reset(r);
+    assert_int_equal(spi_request_set_str(r, SPI_REQ_MODEL, LIT("m")), SPI_OK);
+    assert_int_equal(spi_request_set_str(r, SPI_REQ_TOOLS_JSON, tools,
+                                         strlen(tools)),
+                     SPI_OK);
+    snprintf(text, sizeof text, "[{\"enum\":[%s],\"type\":\"integer\"}]", big[i]);
+    assert_str(r, SPI_REQ_TOOLS_JSON, text);
+    set[i] = key_of(r);
+    snprintf(text, sizeof text,
+             "{\"model\":\"m\",\"prompt\":\"q\",\"tools\":%s}", tools);
+    assert_int_equal(parse(r, text), SPI_OK);
+    body[i] = key_of(r);
+    assert_true(keys_equal(set[i], body[i]));
+  }
+  assert_false(keys_equal(set[0], set[1]));
+}
+
 static void test_tools_canonical(void **state) {
   world *f = *state;
   spi_request *r = f->r;
@@ -2140,6 +2168,8 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_token_ids, world_setup, world_teardown),
       cmocka_unit_test_setup_teardown(test_parse_chat, world_setup, world_teardown),
       cmocka_unit_test(test_prompt_text_escape),
+      cmocka_unit_test_setup_teardown(test_tools_big_integers, world_setup,
+                                      world_teardown),
       cmocka_unit_test_setup_teardown(test_canonical_prompt_structure,
                                       world_setup, world_teardown),
       cmocka_unit_test_setup_teardown(test_parse_chat_variants, world_setup,
