@@ -175,11 +175,13 @@ static int integer_literal(canon_ctx *c, const cJSON *v, char *dst,
     int eneg = 0;
     if (i < n && (t[i] == '+' || t[i] == '-')) eneg = t[i++] == '-';
     long e = 0;
-    for (; i < n && t[i] >= '0' && t[i] <= '9'; i++)
-      if (e < 100000) e = e * 10 + (t[i] - '0');
+    for (; i < n && t[i] >= '0' && t[i] <= '9'; i++) {
+      if (e >= 100000000) return 0; /* absurd: the double decides */
+      e = e * 10 + (t[i] - '0');
+    }
     exp10 += eneg ? -e : e;
   }
-  if (i != n || ie == ib) return 0;
+  if (i != n || ie == ib || fe - fb > 100000000) return 0;
   size_t nd = (ie - ib) + (fe - fb);
 #define DIGIT(k) ((k) < ie - ib ? t[ib + (k)] : t[fb + (k) - (ie - ib)])
   size_t lead = 0;
