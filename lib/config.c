@@ -103,7 +103,7 @@ int spi__json_parse_as(const char *text, size_t len, int want,
                        size_t errcap) {
   *out = NULL;
   const char *end = NULL;
-  cJSON *root = cJSON_ParseWithLengthOpts(text, len, &end, 0);
+  cJSON *root = spi__cjson_parse(text, len, &end);
   if (!root && spi__json_well_formed(text, len)) {
     /* cJSON answers NULL for both; well-formed text means it ran out. */
     spi__errf(err, errcap, "%s: out of memory while parsing JSON", what);

@@ -22,6 +22,8 @@
  * space, tab, CR and LF outside strings (cJSON skips any of them as
  * whitespace), and U+0000 inside a string (cJSON cuts the string there).
  */
+#include <locale.h>
+#include <pthread.h>
 #include <string.h>
 
 #include <cjson/cJSON.h>
@@ -287,4 +289,46 @@ int spi__json_number(const char *s, size_t n, double *out) {
   }
   *out = neg ? -d : d;
   return 0;
+}
+
+/* ------------------------------------------------ cJSON in the C locale */
+
+/*
+ * cJSON reads and prints numbers with the C library in the thread's
+ * LC_NUMERIC, swapping '.' for the first byte of the locale's decimal
+ * point. That works for a comma; for a two-byte separator (ps_AF's U+066B)
+ * every fraction fails to parse (and read as out of memory) and prints as
+ * broken JSON. So the library runs cJSON in the C locale: uselocale on the
+ * calling thread only, put back after, which leaves the host's locale
+ * alone. When the C locale object cannot be made (no memory at first use),
+ * cJSON runs in whatever locale there is, as before.
+ */
+static locale_t c_locale;
+static pthread_once_t c_locale_once = PTHREAD_ONCE_INIT;
+
+static void make_c_locale(void) {
+  c_locale = newlocale(LC_ALL_MASK, "C", (locale_t)0);
+}
+
+static locale_t enter_c_locale(void) {
+  pthread_once(&c_locale_once, make_c_locale);
+  return c_locale ? uselocale(c_locale) : (locale_t)0;
+}
+
+static void leave_c_locale(locale_t old) {
+  if (old) uselocale(old);
+}
+
+cJSON *spi__cjson_parse(const char *text, size_t len, const char **end) {
+  locale_t old = enter_c_locale();
+  cJSON *root = cJSON_ParseWithLengthOpts(text, len, end, 0);
+  leave_c_locale(old);
+  return root;
+}
+
+char *spi__cjson_print(const cJSON *item) {
+  locale_t old = enter_c_locale();
+  char *text = cJSON_PrintUnformatted(item);
+  leave_c_locale(old);
+  return text;
 }

@@ -219,6 +219,13 @@ int spi__json_well_formed(const char *text, size_t len);
  * exponents within 22; otherwise within a few ulps. */
 int spi__json_number(const char *s, size_t n, double *out);
 
+/* cJSON_ParseWithLengthOpts (not requiring a NUL after the value) and
+ * cJSON_PrintUnformatted run in the C locale on the calling thread, so the
+ * host's LC_NUMERIC never changes how numbers read or print
+ * (json_syntax.c). The library calls cJSON through these only. */
+struct cJSON *spi__cjson_parse(const char *text, size_t len, const char **end);
+char *spi__cjson_print(const struct cJSON *item);
+
 /*
  * Typed readers for one key of obj. table_path is the option's path in the
  * table (its last component is the key read from obj); shown is the path

@@ -6,6 +6,7 @@
  * one parser built on it (spi__json_parse_as) with its messages, among
  * them the control bytes cJSON takes as whitespace and JSON does not.
  */
+#include <locale.h>
 #include <math.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -399,6 +400,31 @@ static void test_number_text(void **st) {
   assert_true(v == 0.85);
 }
 
+/* cJSON through the library reads and prints numbers the same in every
+ * locale; ps_AF's two-byte decimal separator broke both. Runs in each
+ * installed locale of the list, skipped when there is none. */
+static void test_cjson_in_any_locale(void **st) {
+  (void)st;
+  static const char *const names[] = {"de_DE.UTF-8", "fr_FR.UTF-8",
+                                      "ps_AF.UTF-8"};
+  int tried = 0;
+  for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
+    if (!setlocale(LC_NUMERIC, names[i])) continue;
+    tried++;
+    const char *text = "[0.85,-2.5e-3,1.5]";
+    cJSON *v = spi__cjson_parse(text, strlen(text), NULL);
+    char *out = v ? spi__cjson_print(v) : NULL;
+    double a = v ? v->child->valuedouble : 0;
+    setlocale(LC_NUMERIC, "C");
+    if (!v) fail_msg("%s: %s not parsed", names[i], text);
+    assert_true(a == 0.85);
+    assert_string_equal(out, "[0.85,-0.0025,1.5]");
+    cJSON_free(out);
+    cJSON_Delete(v);
+  }
+  if (!tried) skip();
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_values),
@@ -408,6 +434,7 @@ int main(void) {
       cmocka_unit_test(test_control_bytes),
       cmocka_unit_test(test_control_bytes_out_of_memory),
       cmocka_unit_test(test_number_text),
+      cmocka_unit_test(test_cjson_in_any_locale),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
