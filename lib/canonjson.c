@@ -9,9 +9,14 @@
  *   - no whitespace anywhere;
  *   - numbers: a double that is integer-valued and within [-2^53, 2^53] is
  *     printed as a plain integer ("1", "1.0" and "1e0" all give "1", and
- *     -0 gives "0"); any other finite double is printed as %.17g with '.'
- *     as the decimal separator whatever LC_NUMERIC says; non-finite numbers
- *     (e.g. 1e999 overflowing) are refused;
+ *     -0 gives "0"); beyond that, with the source text at hand
+ *     (spi__canon_json_src), a literal whose decimal value is an integer is
+ *     printed as that integer's digits ("9007199254740993" stays itself
+ *     rather than becoming the double 2^53, "1e20" and
+ *     "100000000000000000000" both give the latter); any other finite
+ *     double is printed as %.17g with '.' as the decimal separator whatever
+ *     LC_NUMERIC says; non-finite numbers (e.g. 1e999 overflowing) are
+ *     refused;
  *   - strings: only '"', '\\' and bytes below 0x20 are escaped (\" \\ \b \f
  *     \n \r \t, otherwise \u00xx in lowercase hex); every other byte,
  *     including UTF-8 sequences and 0x7f, is copied as is;
@@ -41,7 +46,158 @@
 typedef struct canon_ctx {
   spi_buf *out;
   const spi_mem *mem;
+  spi_json_src *src; /* may be NULL */
 } canon_ctx;
+
+/* ------------------------------------------------ number literals' text */
+
+typedef struct spi_numlit {
+  const cJSON *node;
+  size_t off, len;
+} spi_numlit;
+
+void spi__json_src_init(spi_json_src *src, const char *text, size_t len,
+                        const cJSON *root) {
+  memset(src, 0, sizeof *src);
+  src->text = text;
+  src->len = len;
+  src->root = root;
+}
+
+void spi__json_src_free(spi_json_src *src, const spi_mem *m) {
+  if (src && src->lits) spi__free(m, src->lits);
+  if (src) src->lits = NULL, src->n = 0, src->state = 0;
+}
+
+static size_t count_numbers(const cJSON *v) {
+  size_t n = 0;
+  for (; v; v = v->next) {
+    if ((v->type & 0xff) == cJSON_Number) n++;
+    n += count_numbers(v->child);
+  }
+  return n;
+}
+
+/* The number nodes in document order (cJSON keeps members and elements in
+ * the order of the text; a pre-order walk visits them so). Recursion is
+ * bounded by cJSON's nesting limit. */
+static void list_numbers(const cJSON *v, spi_numlit *lits, size_t *k) {
+  for (; v; v = v->next) {
+    if ((v->type & 0xff) == cJSON_Number) lits[(*k)++].node = v;
+    list_numbers(v->child, lits, k);
+  }
+}
+
+static int lit_cmp(const void *a, const void *b) {
+  const cJSON *x = ((const spi_numlit *)a)->node;
+  const cJSON *y = ((const spi_numlit *)b)->node;
+  return x < y ? -1 : x > y;
+}
+
+static int is_num_byte(char ch) {
+  return (ch >= '0' && ch <= '9') || ch == '-' || ch == '+' || ch == '.' ||
+         ch == 'e' || ch == 'E';
+}
+
+/* Pair each number node with its literal: the number tokens of the text
+ * (outside strings) in order. SPI_OK (state 1, or -1 when the counts do not
+ * agree, which text cJSON parsed never gives) or SPI_ENOMEM. */
+static int build_lits(spi_json_src *src, const spi_mem *m) {
+  size_t n = count_numbers(src->root->child);
+  if ((src->root->type & 0xff) == cJSON_Number) n++;
+  spi_numlit *lits = spi__calloc(m, n ? n : 1, sizeof *lits);
+  if (!lits) return SPI_ENOMEM;
+  size_t k = 0;
+  if ((src->root->type & 0xff) == cJSON_Number) lits[k++].node = src->root;
+  list_numbers(src->root->child, lits, &k);
+  size_t t = 0;
+  const char *p = src->text;
+  for (size_t i = 0; i < src->len;) {
+    char ch = p[i];
+    if (ch == '"') {
+      for (i++; i < src->len && p[i] != '"'; i++)
+        if (p[i] == '\\') i++;
+      i++;
+    } else if (ch == '-' || (ch >= '0' && ch <= '9')) {
+      size_t start = i;
+      while (i < src->len && is_num_byte(p[i])) i++;
+      if (t < n) lits[t].off = start, lits[t].len = i - start;
+      t++;
+    } else {
+      i++;
+    }
+  }
+  if (t != n) {
+    spi__free(m, lits);
+    src->state = -1;
+    return SPI_OK;
+  }
+  qsort(lits, n, sizeof *lits, lit_cmp);
+  src->lits = lits;
+  src->n = n;
+  src->state = 1;
+  return SPI_OK;
+}
+
+/*
+ * The literal of node v as an exact integer, when its decimal value is one:
+ * "-" (unless zero) and the digits, without leading zeros, in dst (room for
+ * cap). 1 when written, 0 when the value is not an integer (or the text
+ * is not at hand), -1 on no memory.
+ */
+static int integer_literal(canon_ctx *c, const cJSON *v, char *dst,
+                           size_t cap, size_t *dn) {
+  spi_json_src *src = c->src;
+  if (!src || !src->text || !src->root || src->state < 0) return 0;
+  if (src->state == 0 && build_lits(src, c->mem) != SPI_OK) return -1;
+  if (src->state != 1) return 0;
+  spi_numlit key = {v, 0, 0};
+  const spi_numlit *hit =
+      bsearch(&key, src->lits, src->n, sizeof key, lit_cmp);
+  if (!hit) return 0;
+  const char *t = src->text + hit->off;
+  size_t n = hit->len, i = 0;
+  int neg = 0;
+  if (i < n && t[i] == '-') neg = 1, i++;
+  /* The significant digits are those of t[ib, ie) then t[fb, fe) (integer
+   * and fraction part); exp10 is the power of ten of the last. */
+  size_t ib = i;
+  while (i < n && t[i] >= '0' && t[i] <= '9') i++;
+  size_t ie = i, fb = i, fe = i;
+  if (i < n && t[i] == '.') {
+    fb = ++i;
+    while (i < n && t[i] >= '0' && t[i] <= '9') i++;
+    fe = i;
+  }
+  long exp10 = -(long)(fe - fb);
+  if (i < n && (t[i] == 'e' || t[i] == 'E')) {
+    i++;
+    int eneg = 0;
+    if (i < n && (t[i] == '+' || t[i] == '-')) eneg = t[i++] == '-';
+    long e = 0;
+    for (; i < n && t[i] >= '0' && t[i] <= '9'; i++) {
+      if (e >= 100000000) return 0; /* absurd: the double decides */
+      e = e * 10 + (t[i] - '0');
+    }
+    exp10 += eneg ? -e : e;
+  }
+  if (i != n || ie == ib || fe - fb > 100000000) return 0;
+  size_t nd = (ie - ib) + (fe - fb);
+#define DIGIT(k) ((k) < ie - ib ? t[ib + (k)] : t[fb + (k) - (ie - ib)])
+  size_t lead = 0;
+  while (lead < nd && DIGIT(lead) == '0') lead++;
+  while (nd > lead && DIGIT(nd - 1) == '0') nd--, exp10++;
+  if (lead == nd || exp10 < 0) return 0; /* zero or not an integer */
+  if ((size_t)exp10 + (nd - lead) + 2 > cap) return 0;
+  size_t k = 0;
+  if (neg) dst[k++] = '-';
+  for (size_t j = lead; j < nd; j++) dst[k++] = DIGIT(j);
+#undef DIGIT
+  memset(dst + k, '0', (size_t)exp10);
+  k += (size_t)exp10;
+  *dn = k;
+  return 1;
+}
 
 static int canon_value(canon_ctx *c, const cJSON *v, int depth);
 
@@ -99,9 +255,20 @@ static int canon_string(canon_ctx *c, const char *s) {
  * bytes that is not a digit, sign or exponent letter is the separator and is
  * replaced by a single '.'.
  */
-static int canon_number(canon_ctx *c, double d) {
+static int canon_number(canon_ctx *c, const cJSON *v) {
+  double d = v->valuedouble;
   char tmp[64];
   if (!isfinite(d)) return SPI_EPARSE;
+  if (d == floor(d) && fabs(d) >= 9007199254740992.0) {
+    /* One double stands for several integers from 2^53 on (2^53 + 1 reads
+     * as 2^53): write the literal's own digits when it is an integer (a
+     * finite double has at most 309 of them). */
+    char big[320];
+    size_t n = 0;
+    int rc = integer_literal(c, v, big, sizeof big, &n);
+    if (rc < 0) return SPI_ENOMEM;
+    if (rc > 0) return put(c, big, n);
+  }
   if (d == floor(d) && fabs(d) <= 9007199254740992.0) {
     int n = snprintf(tmp, sizeof tmp, "%" PRId64, (int64_t)d);
     if (n < 0 || (size_t)n >= sizeof tmp) return SPI_EPARSE;
@@ -205,7 +372,7 @@ static int canon_value(canon_ctx *c, const cJSON *v, int depth) {
     case cJSON_False: return put_str(c, "false");
     case cJSON_True: return put_str(c, "true");
     case cJSON_NULL: return put_str(c, "null");
-    case cJSON_Number: return canon_number(c, v->valuedouble);
+    case cJSON_Number: return canon_number(c, v);
     case cJSON_String: return canon_string(c, v->valuestring);
     case cJSON_Array:
       if (depth >= SPI_CANON_MAX_DEPTH) return SPI_ETOOBIG;
@@ -220,9 +387,14 @@ static int canon_value(canon_ctx *c, const cJSON *v, int depth) {
 }
 
 int spi__canon_json(const struct cJSON *v, spi_buf *out, const spi_mem *m) {
+  return spi__canon_json_src(v, out, m, NULL);
+}
+
+int spi__canon_json_src(const struct cJSON *v, spi_buf *out, const spi_mem *m,
+                        spi_json_src *src) {
   if (!v || !out || !m) return SPI_EINVAL;
   size_t start = out->len;
-  canon_ctx c = {out, m};
+  canon_ctx c = {out, m, src};
   int rc = canon_value(&c, v, 0);
   if (rc != SPI_OK) out->len = start;
   return rc;

@@ -121,7 +121,7 @@ static int get_list(const cJSON *obj, const char *key, const char *table_path,
   *owned = NULL;
   if (!it || cJSON_IsNull(it)) {
     const spi_optdesc *d = spi__opt_find(table_path);
-    *owned = cJSON_Parse(d->default_json);
+    *owned = spi__cjson_parse(d->default_json, strlen(d->default_json), NULL);
     if (!*owned) {
       spi__errf(c->err, c->errcap, "%s: out of memory", shown);
       return SPI_ENOMEM;

@@ -103,7 +103,7 @@ int spi__json_parse_as(const char *text, size_t len, int want,
                        size_t errcap) {
   *out = NULL;
   const char *end = NULL;
-  cJSON *root = cJSON_ParseWithLengthOpts(text, len, &end, 0);
+  cJSON *root = spi__cjson_parse(text, len, &end);
   if (!root && spi__json_well_formed(text, len)) {
     /* cJSON answers NULL for both; well-formed text means it ran out. */
     spi__errf(err, errcap, "%s: out of memory while parsing JSON", what);
@@ -155,12 +155,14 @@ static const spi_optdesc *must_find(const char *table_path, char *err,
   return d;
 }
 
-/* Defaults are JSON text in the table; parse the scalar ones directly. */
+/* Defaults are JSON text in the table; parse the scalar ones directly, and
+ * not with strtod, which follows LC_NUMERIC: in a locale with a decimal
+ * comma it read "0.85" as 0. */
 static int default_number(const spi_optdesc *d, double *out) {
   if (strcmp(d->default_json, "null") == 0) return 0;
-  char *end = NULL;
-  double v = strtod(d->default_json, &end);
-  if (end == d->default_json) return 0;
+  double v = 0;
+  if (spi__json_number(d->default_json, strlen(d->default_json), &v) != 0)
+    return 0;
   *out = v;
   return 1;
 }

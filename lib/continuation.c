@@ -343,7 +343,7 @@ int spi_replay_continuation(const spi_envelope *env, char *buf, size_t cap,
       /* The request as it came: nothing to continue. */
       rc = emit(env->body, env->body_len, buf, cap, needed);
     } else {
-      char *text = cJSON_PrintUnformatted(root);
+      char *text = spi__cjson_print(root);
       rc = text ? emit(text, strlen(text), buf, cap, needed) : SPI_ENOMEM;
       cJSON_free(text);
     }

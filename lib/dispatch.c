@@ -13,14 +13,21 @@
 
 /* ------------------------------------------------------- derived request */
 
+/* The canonical prompt (docs/cache-key.md): each message as role, 0x1F,
+ * content, 0x1E, where the content is stored canonical already (text with
+ * 0x1B-0x1F escaped, other parts framed by 0x1D); so content can never
+ * spell a message boundary. The system prompt joins the system/developer
+ * contents with 0x1E, one between every two (an empty message too). */
 static int derive(spi_request *r) {
   if (r->derived_ok) return SPI_OK;
   const spi_mem *m = &r->engine->mem;
   spi__buf_clear(&r->prompt);
   spi__buf_clear(&r->sysprompt);
+  r->prompt_escaped = 0;
   r->last_user_off = r->last_user_len = 0;
   r->last_user_in_prompt = 0;
   int rc = SPI_OK;
+  size_t nsys = 0;
   for (size_t i = 0; i < r->nmsgs && rc == SPI_OK; i++) {
     const spi_msg *g = &r->msgs[i];
     const char *role = spi__role_name(g->role);
@@ -35,7 +42,7 @@ static int derive(spi_request *r) {
     spi__buf_append(&r->prompt, m, content, g->len);
     spi__buf_append_byte(&r->prompt, m, 0x1E);
     if (g->role == SPI_ROLE_SYSTEM || g->role == SPI_ROLE_DEVELOPER) {
-      if (r->sysprompt.len) rc = spi__buf_append_byte(&r->sysprompt, m, 0x1E);
+      if (nsys++) rc = spi__buf_append_byte(&r->sysprompt, m, 0x1E);
       if (!rc) rc = spi__buf_append(&r->sysprompt, m, content, g->len);
     }
     if (g->role == SPI_ROLE_USER) {
@@ -47,6 +54,15 @@ static int derive(spi_request *r) {
   if (r->nmsgs == 0) {
     r->last_user_in_prompt = 1;
     r->last_user_len = r->str[SPI_REQ_PROMPT].len;
+    /* A completions prompt is its text, escaped as message content is: it
+     * never holds a raw 0x1E or 0x1F, which every chat prompt does. The
+     * common prompt without such bytes is used in place. */
+    const spi_buf *p = &r->str[SPI_REQ_PROMPT];
+    if (p->len && spi__prompt_reserved_at(p->data, p->len) < p->len) {
+      if (spi__buf_append_text(&r->prompt, m, p->data, p->len))
+        return spi__req_fail(r, SPI_ENOMEM, "request: out of memory");
+      r->prompt_escaped = 1;
+    }
   }
   r->derived_ok = 1;
   return SPI_OK;
@@ -86,7 +102,7 @@ int spi__request_view(spi_request *r, spi_request_view *v) {
                             : "";
     v->last_user_text_len = r->last_user_len;
   }
-  if (r->nmsgs) {
+  if (r->nmsgs || r->prompt_escaped) {
     v->prompt = r->prompt.len ? r->prompt.data : (const uint8_t *)"";
     v->prompt_len = r->prompt.len;
   } else {

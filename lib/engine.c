@@ -360,7 +360,8 @@ static int fill_defaults(cJSON *root) {
     }
     if (dot) continue;
     if (cJSON_GetObjectItemCaseSensitive(obj, part)) continue;
-    cJSON *v = cJSON_Parse(t[i].default_json);
+    cJSON *v = spi__cjson_parse(t[i].default_json,
+                                 strlen(t[i].default_json), NULL);
     if (!v) return SPI_ENOMEM;
     if (!cJSON_AddItemToObject(obj, part, v)) {
       cJSON_Delete(v);

@@ -228,6 +228,7 @@ struct spi_request {
   /* Derived on demand, cached until the request changes. */
   int derived_ok;
   spi_buf prompt;        /* canonical prompt text */
+  int prompt_escaped;    /* no messages: prompt holds the escaped str[PROMPT] */
   spi_buf sysprompt;     /* system/developer messages joined */
   size_t last_user_off, last_user_len; /* into msgbuf or str[PROMPT] */
   int last_user_in_prompt;
@@ -402,8 +403,10 @@ void spi__req_clear(spi_request *r);
 int spi__req_set_str(spi_request *r, const spi_limits *l, int32_t field,
                      const char *v, size_t len);
 int spi__req_set_int(spi_request *r, int32_t field, int64_t v);
+/* content is text (escaped on the way in, spi__buf_append_text) or, with
+ * canonical set, a message's canonical content already built (openai.c). */
 int spi__req_add_message(spi_request *r, const spi_limits *l, int32_t role,
-                         const char *content, size_t len);
+                         const char *content, size_t len, int canonical);
 int spi__req_set_tokens(spi_request *r, const spi_limits *l,
                         const uint32_t *ids, size_t n);
 int spi__req_set_metadata(spi_request *r, const spi_limits *l, const char *k,

@@ -22,6 +22,8 @@
  * space, tab, CR and LF outside strings (cJSON skips any of them as
  * whitespace), and U+0000 inside a string (cJSON cuts the string there).
  */
+#include <locale.h>
+#include <pthread.h>
 #include <string.h>
 
 #include <cjson/cJSON.h>
@@ -212,4 +214,121 @@ void spi__json_scan(const char *text, size_t len, size_t *ctl, size_t *nul) {
       *nul = i; /* a raw zero byte: cJSON takes it, and cuts the string */
     }
   }
+}
+
+/* ------------------------------------------------------ number text */
+
+static const double POW10[23] = {1e0,  1e1,  1e2,  1e3,  1e4,  1e5,
+                                 1e6,  1e7,  1e8,  1e9,  1e10, 1e11,
+                                 1e12, 1e13, 1e14, 1e15, 1e16, 1e17,
+                                 1e18, 1e19, 1e20, 1e21, 1e22};
+
+/*
+ * The whole of s[0..n) as a JSON number, read without strtod, so the
+ * process's (or thread's) LC_NUMERIC never turns "0.85" into 0. The value
+ * is correctly rounded when the significant digits fit 2^53 and the
+ * decimal exponent is within 22 (one exact operation), which every option
+ * default is (test_options checks each against strtod in the C locale);
+ * beyond that it is within a few ulps.
+ */
+int spi__json_number(const char *s, size_t n, double *out) {
+  size_t i = 0;
+  int neg = 0;
+  if (i < n && s[i] == '-') neg = 1, i++;
+  if (i >= n || !is_digit((unsigned char)s[i])) return -1;
+  if (s[i] == '0' && i + 1 < n && is_digit((unsigned char)s[i + 1]))
+    return -1; /* no leading zeros in JSON */
+  uint64_t mant = 0;
+  int ndig = 0; /* significant digits kept in mant (at most 19) */
+  long e10 = 0; /* decimal exponent of mant */
+  for (; i < n && is_digit((unsigned char)s[i]); i++) {
+    if (ndig < 19) {
+      mant = mant * 10 + (uint64_t)(s[i] - '0');
+      if (mant) ndig++;
+    } else {
+      e10++;
+    }
+  }
+  if (i < n && s[i] == '.') {
+    i++;
+    if (i >= n || !is_digit((unsigned char)s[i])) return -1;
+    for (; i < n && is_digit((unsigned char)s[i]); i++) {
+      if (ndig < 19) {
+        mant = mant * 10 + (uint64_t)(s[i] - '0');
+        if (mant) ndig++;
+        e10--;
+      }
+    }
+  }
+  if (i < n && (s[i] == 'e' || s[i] == 'E')) {
+    i++;
+    int eneg = 0;
+    if (i < n && (s[i] == '+' || s[i] == '-')) eneg = s[i++] == '-';
+    if (i >= n || !is_digit((unsigned char)s[i])) return -1;
+    long ex = 0;
+    for (; i < n && is_digit((unsigned char)s[i]); i++)
+      if (ex < 100000) ex = ex * 10 + (s[i] - '0');
+    e10 += eneg ? -ex : ex;
+  }
+  if (i != n) return -1;
+  double d = (double)mant;
+  if (mant == 0) {
+    d = 0.0;
+  } else if (mant <= (1ull << 53) && e10 >= -22 && e10 <= 22) {
+    d = e10 < 0 ? d / POW10[-e10] : d * POW10[e10];
+  } else if (e10 > 330) {
+    return -1; /* out of range: not a finite double */
+  } else if (e10 < -350) {
+    d = 0.0;
+  } else {
+    /* Split the scaling so no intermediate power overflows. */
+    for (; e10 > 22; e10 -= 22) d *= POW10[22];
+    for (; e10 < -22; e10 += 22) d /= POW10[22];
+    d = e10 < 0 ? d / POW10[-e10] : d * POW10[e10];
+    if (!(d - d == 0)) return -1; /* overflowed to infinity */
+  }
+  *out = neg ? -d : d;
+  return 0;
+}
+
+/* ------------------------------------------------ cJSON in the C locale */
+
+/*
+ * cJSON reads and prints numbers with the C library in the thread's
+ * LC_NUMERIC, swapping '.' for the first byte of the locale's decimal
+ * point. That works for a comma; for a two-byte separator (ps_AF's U+066B)
+ * every fraction fails to parse (and read as out of memory) and prints as
+ * broken JSON. So the library runs cJSON in the C locale: uselocale on the
+ * calling thread only, put back after, which leaves the host's locale
+ * alone. When the C locale object cannot be made (no memory at first use),
+ * cJSON runs in whatever locale there is, as before.
+ */
+static locale_t c_locale;
+static pthread_once_t c_locale_once = PTHREAD_ONCE_INIT;
+
+static void make_c_locale(void) {
+  c_locale = newlocale(LC_ALL_MASK, "C", (locale_t)0);
+}
+
+static locale_t enter_c_locale(void) {
+  pthread_once(&c_locale_once, make_c_locale);
+  return c_locale ? uselocale(c_locale) : (locale_t)0;
+}
+
+static void leave_c_locale(locale_t old) {
+  if (old) uselocale(old);
+}
+
+cJSON *spi__cjson_parse(const char *text, size_t len, const char **end) {
+  locale_t old = enter_c_locale();
+  cJSON *root = cJSON_ParseWithLengthOpts(text, len, end, 0);
+  leave_c_locale(old);
+  return root;
+}
+
+char *spi__cjson_print(const cJSON *item) {
+  locale_t old = enter_c_locale();
+  char *text = cJSON_PrintUnformatted(item);
+  leave_c_locale(old);
+  return text;
 }

@@ -272,7 +272,7 @@ void spi__modules_free(spi_engine *e) {
 /* JSON text of a subtree for a module's configure ("{}" when absent). */
 static char *section_text(const cJSON *sec) {
   if (!sec) return NULL;
-  return cJSON_PrintUnformatted(sec);
+  return spi__cjson_print(sec);
 }
 
 /* Whether rc is one of enum spi_status (a module may return anything). */

@@ -19,7 +19,8 @@
 typedef struct reader {
   spi_request *r;
   const spi_limits *l;
-  spi_buf scratch; /* assembled message content */
+  spi_buf scratch;  /* assembled message content */
+  spi_json_src src; /* the body's text, for numbers beyond 2^53 */
 } reader;
 
 static const cJSON *get(const cJSON *o, const char *key) {
@@ -78,34 +79,51 @@ static int no_duplicate_keys(reader *rd, const cJSON *obj, const char *path) {
   return SPI_OK;
 }
 
-/* Content as a string, an array of parts, or null (tool calls only). */
-static int message_content(reader *rd, const cJSON *msg, const char *path) {
+/* Text into the message's canonical content, 0x1B-0x1F escaped. */
+static int put_text(reader *rd, const char *s, const char *path) {
+  if (spi__buf_append_text(&rd->scratch, &rd->r->engine->mem, s, strlen(s)))
+    return spi__req_fail(rd->r, SPI_ENOMEM, "%s: out of memory", path);
+  return SPI_OK;
+}
+
+/* A value that is not text - an image or other part, the tool calls, the
+ * tool call id - as 0x1D, its canonical JSON, 0x1D. Canonical JSON escapes
+ * every byte below 0x20 and escaped text has no raw 0x1D, so no text can
+ * spell a frame and a frame's end is never in doubt. */
+static int put_frame(reader *rd, const cJSON *v, const char *path) {
   const spi_mem *m = &rd->r->engine->mem;
+  size_t start = rd->scratch.len;
+  int rc = spi__buf_append_byte(&rd->scratch, m, 0x1D);
+  if (!rc) rc = spi__canon_json_src(v, &rd->scratch, m, &rd->src);
+  if (!rc) rc = spi__buf_append_byte(&rd->scratch, m, 0x1D);
+  if (!rc) return SPI_OK;
+  rd->scratch.len = start;
+  if (rc == SPI_ENOMEM)
+    return spi__req_fail(rd->r, SPI_ENOMEM, "%s: out of memory", path);
+  return spi__req_fail(rd->r, rc, "%s: %s", path, spi_strerror(rc));
+}
+
+/*
+ * A message's canonical content (docs/cache-key.md): its content - a
+ * string, an array of parts, or null - as text with the non-text parts
+ * framed, then its tool_calls (an assistant's) and its tool_call_id (a tool
+ * result's) framed, so two messages that differ in any of them differ.
+ */
+static int message_content(reader *rd, const cJSON *msg, const char *path) {
   spi__buf_clear(&rd->scratch);
   const cJSON *c = get(msg, "content");
   char p[96];
-  if (!c) {
-    /* An assistant turn that only calls tools: its calls are the content. */
-    const cJSON *calls = get(msg, "tool_calls");
-    if (!calls) return SPI_OK;
-    if (!cJSON_IsArray(calls))
-      return spi__req_fail(rd->r, SPI_ETYPE, "%s.tool_calls: must be an array",
-                           path);
-    int rc = spi__canon_json(calls, &rd->scratch, m);
-    if (rc) return spi__req_fail(rd->r, rc, "%s.tool_calls: %s", path,
-                                 spi_strerror(rc));
-    return SPI_OK;
-  }
-  if (cJSON_IsString(c))
-    return spi__buf_append(&rd->scratch, m, c->valuestring,
-                           strlen(c->valuestring))
-               ? spi__req_fail(rd->r, SPI_ENOMEM, "%s: out of memory", path)
-               : SPI_OK;
-  if (!cJSON_IsArray(c))
+  int rc = SPI_OK;
+  if (c && cJSON_IsString(c)) {
+    snprintf(p, sizeof p, "%s.content", path);
+    rc = put_text(rd, c->valuestring, p);
+  } else if (c && !cJSON_IsArray(c)) {
     return spi__req_fail(rd->r, SPI_ETYPE,
                          "%s.content: must be a string, an array or null", path);
+  }
   int i = 0;
-  for (const cJSON *part = c->child; part; part = part->next, i++) {
+  for (const cJSON *part = c && cJSON_IsArray(c) ? c->child : NULL;
+       part && !rc; part = part->next, i++) {
     snprintf(p, sizeof p, "%s.content[%d]", path, i);
     if (!cJSON_IsObject(part))
       return spi__req_fail(rd->r, SPI_ETYPE, "%s: must be an object", p);
@@ -116,21 +134,31 @@ static int message_content(reader *rd, const cJSON *msg, const char *path) {
       return spi__req_fail(rd->r, SPI_EMISSING, "%s.type: missing", p);
     if (!cJSON_IsString(type))
       return spi__req_fail(rd->r, SPI_ETYPE, "%s.type: must be a string", p);
-    int rc;
     if (strcmp(type->valuestring, "text") == 0) {
       const cJSON *text = get(part, "text");
       if (!text || !cJSON_IsString(text))
         return spi__req_fail(rd->r, SPI_ETYPE, "%s.text: must be a string", p);
-      rc = spi__buf_append(&rd->scratch, m, text->valuestring,
-                           strlen(text->valuestring));
+      rc = put_text(rd, text->valuestring, p);
     } else {
       /* Images, audio, files: their canonical JSON stands for them, so two
        * prompts with different images never share a prefix. */
-      rc = spi__canon_json(part, &rd->scratch, m);
-      if (rc && rc != SPI_ENOMEM)
-        return spi__req_fail(rd->r, rc, "%s: %s", p, spi_strerror(rc));
+      rc = put_frame(rd, part, p);
     }
-    if (rc) return spi__req_fail(rd->r, SPI_ENOMEM, "%s: out of memory", p);
+  }
+  if (rc) return rc;
+  const cJSON *calls = get(msg, "tool_calls");
+  if (calls) {
+    snprintf(p, sizeof p, "%s.tool_calls", path);
+    if (!cJSON_IsArray(calls))
+      return spi__req_fail(rd->r, SPI_ETYPE, "%s: must be an array", p);
+    if ((rc = put_frame(rd, calls, p))) return rc;
+  }
+  const cJSON *id = get(msg, "tool_call_id");
+  if (id) {
+    snprintf(p, sizeof p, "%s.tool_call_id", path);
+    if (!cJSON_IsString(id))
+      return spi__req_fail(rd->r, SPI_ETYPE, "%s: must be a string", p);
+    if ((rc = put_frame(rd, id, p))) return rc;
   }
   return SPI_OK;
 }
@@ -164,7 +192,7 @@ static int read_messages(reader *rd, const cJSON *msgs) {
     int rc = message_content(rd, msg, path);
     if (rc) return rc;
     rc = spi__req_add_message(rd->r, rd->l, ri, (const char *)rd->scratch.data,
-                              rd->scratch.len);
+                              rd->scratch.len, 1);
     if (rc) return at(rd, rc, path);
   }
   return SPI_OK;
@@ -216,6 +244,8 @@ static int read_prompt(reader *rd, const cJSON *prompt) {
 static int read_metadata(reader *rd, const cJSON *md) {
   if (!cJSON_IsObject(md))
     return spi__req_fail(rd->r, SPI_ETYPE, "metadata: must be an object");
+  int dup = no_duplicate_keys(rd, md, "metadata");
+  if (dup) return dup;
   for (const cJSON *kv = md->child; kv; kv = kv->next) {
     char path[96];
     snprintf(path, sizeof path, "metadata.%.64s", kv->string ? kv->string : "");
@@ -251,7 +281,7 @@ static int read_body(reader *rd, const cJSON *body, int32_t kind) {
     if (!cJSON_IsArray(tools))
       return spi__req_fail(rd->r, SPI_ETYPE, "tools: must be an array");
     spi_buf canon = {0};
-    rc = spi__canon_json(tools, &canon, &rd->r->engine->mem);
+    rc = spi__canon_json_src(tools, &canon, &rd->r->engine->mem, &rd->src);
     if (rc == SPI_OK)
       rc = spi__req_set_str(rd->r, rd->l, SPI_REQ_TOOLS_JSON,
                             (const char *)canon.data, canon.len);
@@ -303,9 +333,11 @@ int spi_request_parse_openai(spi_request *req, const char *json, size_t len,
   int rc = spi__json_parse_object(json, len, (size_t)l.max_body_bytes, "body",
                                   &body, req->errmsg, sizeof req->errmsg);
   if (rc != SPI_OK) return rc;
-  reader rd = {req, &l, {0}};
+  reader rd = {req, &l, {0}, {0}};
+  spi__json_src_init(&rd.src, json, len, body);
   rc = read_body(&rd, body, kind);
   spi__buf_free(&rd.scratch, &req->engine->mem);
+  spi__json_src_free(&rd.src, &req->engine->mem);
   cJSON_Delete(body);
   if (rc != SPI_OK) {
     char keep[SPI_ERRMSG_CAP];

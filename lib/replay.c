@@ -767,7 +767,7 @@ static int check_store(spi_engine *e, const rq_cfg *c, const cJSON *sec,
   const spi_modentry *m = find_store(e, c->store, strlen(c->store));
   if (m->builtin || !m->m.replay_store.check) return SPI_OK;
   const cJSON *sc = cJSON_GetObjectItemCaseSensitive(sec, "store_config");
-  char *text = sc && !cJSON_IsNull(sc) ? cJSON_PrintUnformatted(sc) : NULL;
+  char *text = sc && !cJSON_IsNull(sc) ? spi__cjson_print(sc) : NULL;
   if (sc && !cJSON_IsNull(sc) && !text) {
     spi__errf(err, cap, "replay: out of memory");
     return SPI_ENOMEM;
@@ -822,7 +822,7 @@ static int merged_config(spi_engine *e, const char *json, size_t len,
   *out = NULL;
   unsigned pin;
   spi_snapshot *s = spi__snap_acquire(e, &pin);
-  cJSON *root = cJSON_ParseWithLength(s->json, s->json_len);
+  cJSON *root = spi__cjson_parse(s->json, s->json_len, NULL);
   spi__snap_release(e, pin);
   /* The snapshot is canonical JSON the engine wrote: it always parses, so
    * a failure here is memory, and going on with defaults would silently
@@ -1019,7 +1019,7 @@ static int open_store(spi_replay_queue *q, const cJSON *sec, char *err,
   if (!q->mod->builtin)
     what = cJSON_GetObjectItemCaseSensitive(sec, "store_config");
   char *text =
-      what && !cJSON_IsNull(what) ? cJSON_PrintUnformatted(what) : NULL;
+      what && !cJSON_IsNull(what) ? spi__cjson_print(what) : NULL;
   if (what && !cJSON_IsNull(what) && !text) {
     spi__errf(err, cap, "replay: out of memory");
     return SPI_ENOMEM;
@@ -1083,7 +1083,7 @@ static int open_fallback(spi_replay_queue *q, const cJSON *sec,
   char *text = NULL;
   if (fb && cJSON_AddStringToObject(fb, "store", SPI_BUILTIN_STORE_JOURNAL) &&
       cJSON_AddStringToObject(fb, "fallback", "none"))
-    text = cJSON_PrintUnformatted(fb);
+    text = spi__cjson_print(fb);
   cJSON_Delete(fb);
   if (!text) {
     spi__errf(err, cap, "replay: out of memory");

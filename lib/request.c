@@ -191,7 +191,10 @@ static int set_tools(spi_request *r, const spi_limits *l, const char *v,
    * error (spi__canon_json restores the length) the old value stays. */
   spi_buf *b = &r->str[SPI_REQ_TOOLS_JSON];
   size_t old = b->len;
-  rc = spi__canon_json(root, b, &r->engine->mem);
+  spi_json_src src;
+  spi__json_src_init(&src, v, len, root);
+  rc = spi__canon_json_src(root, b, &r->engine->mem, &src);
+  spi__json_src_free(&src, &r->engine->mem);
   cJSON_Delete(root);
   if (rc != SPI_OK) {
     b->len = old;
@@ -280,7 +283,7 @@ int spi_request_unset_int(spi_request *req, int32_t field) {
 }
 
 int spi__req_add_message(spi_request *r, const spi_limits *l, int32_t role,
-                       const char *content, size_t len) {
+                         const char *content, size_t len, int canonical) {
   if ((int64_t)r->nmsgs >= l->max_messages)
     return spi__req_fail(r, SPI_ETOOBIG, "messages: more than %lld",
                     (long long)l->max_messages);
@@ -300,11 +303,12 @@ int spi__req_add_message(spi_request *r, const spi_limits *l, int32_t role,
     r->msgcap = cap;
   }
   size_t off = r->msgbuf.len;
-  if (spi__buf_append(&r->msgbuf, m, content, len) != SPI_OK)
+  if ((canonical ? spi__buf_append(&r->msgbuf, m, content, len)
+                 : spi__buf_append_text(&r->msgbuf, m, content, len)) != SPI_OK)
     return spi__req_fail(r, SPI_ENOMEM, "messages: out of memory");
   r->msgs[r->nmsgs].role = role;
   r->msgs[r->nmsgs].off = off;
-  r->msgs[r->nmsgs].len = len;
+  r->msgs[r->nmsgs].len = r->msgbuf.len - off;
   r->nmsgs++;
   r->derived_ok = 0;
   return SPI_OK;
@@ -329,7 +333,7 @@ int spi_request_add_message(spi_request *req, const char *role,
                     "or tool",
                     (int)(role_len > 32 ? 32 : role_len), role ? role : "");
   spi_limits l = spi__req_limits(req);
-  return spi__req_add_message(req, &l, ri, content, content_len);
+  return spi__req_add_message(req, &l, ri, content, content_len, 0);
 }
 
 int spi__req_set_tokens(spi_request *r, const spi_limits *l, const uint32_t *ids,

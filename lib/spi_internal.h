@@ -53,6 +53,14 @@ int spi__buf_reserve(spi_buf *b, const spi_mem *m, size_t extra);
 int spi__buf_append(spi_buf *b, const spi_mem *m, const void *data, size_t n);
 int spi__buf_append_byte(spi_buf *b, const spi_mem *m, uint8_t c);
 void spi__buf_clear(spi_buf *b);
+/* The canonical prompt (docs/cache-key.md) keeps bytes 0x1B-0x1F for its
+ * own structure. spi__prompt_reserved_at: the offset of the first such byte
+ * in data, or n. spi__buf_append_text: append text with each of them
+ * written as 0x1B, byte ^ 0x40 ("\x1b[" .. "\x1b_"), so no text can spell
+ * a message boundary. SPI_OK or SPI_ENOMEM (buffer unchanged). */
+size_t spi__prompt_reserved_at(const void *data, size_t n);
+int spi__buf_append_text(spi_buf *b, const spi_mem *m, const void *data,
+                         size_t n);
 void spi__buf_free(spi_buf *b, const spi_mem *m);
 
 /* ---------------------------------------------------------------- errors */
@@ -193,6 +201,19 @@ int spi__json_parse_object(const char *text, size_t len, size_t max_len,
  * cJSON ran out of memory (SPI_ENOMEM), no means the text is malformed. */
 int spi__json_well_formed(const char *text, size_t len);
 
+/* The whole of s[0..n) as a JSON number (json_syntax.c), read the same in
+ * every locale: 0 and *out set, or -1 when it is not a JSON number or not
+ * a finite double. Correctly rounded for up to 15 significant digits and
+ * exponents within 22; otherwise within a few ulps. */
+int spi__json_number(const char *s, size_t n, double *out);
+
+/* cJSON_ParseWithLengthOpts (not requiring a NUL after the value) and
+ * cJSON_PrintUnformatted run in the C locale on the calling thread, so the
+ * host's LC_NUMERIC never changes how numbers read or print
+ * (json_syntax.c). The library calls cJSON through these only. */
+struct cJSON *spi__cjson_parse(const char *text, size_t len, const char **end);
+char *spi__cjson_print(const struct cJSON *item);
+
 /*
  * Typed readers for one key of obj. table_path is the option's path in the
  * table (its last component is the key read from obj); shown is the path
@@ -227,13 +248,39 @@ int spi__cfg_check_keys(const struct cJSON *obj, const char *table_prefix,
 
 /*
  * Append the canonical form of v to out: object keys sorted bytewise,
- * no whitespace, integers in [-2^53, 2^53] without exponent or fraction and
- * other numbers as %.17g, strings with only '"', '\\' and bytes < 0x20
+ * no whitespace, integers in [-2^53, 2^53] without exponent or fraction
+ * (beyond that, with spi__canon_json_src, integer literals as their exact
+ * digits) and other numbers as %.17g, strings with only '"', '\\' and
+ * bytes < 0x20
  * escaped (as \", \\, \b \f \n \r \t, else \u00xx lowercase), UTF-8 as is.
  * Errors: SPI_EPARSE (duplicate key, non-finite number),
  * SPI_ETOOBIG (nesting deeper than 64), SPI_ENOMEM.
  */
 int spi__canon_json(const struct cJSON *v, spi_buf *out, const spi_mem *m);
+
+/*
+ * The text a cJSON tree was parsed from, so canonical JSON can write an
+ * integer from its digits where the double cannot tell integers apart
+ * (beyond 2^53: 9007199254740993 and 9007199254740992 are one double).
+ * Which literal is which node is worked out on first need (a scan of the
+ * text, numbers in document order), so text without such numbers costs
+ * nothing. spi__json_src_free frees that map.
+ */
+typedef struct spi_json_src {
+  const char *text;
+  size_t len;
+  const struct cJSON *root;
+  struct spi_numlit *lits; /* sorted by node */
+  size_t n;
+  int state; /* 0 not built, 1 built, -1 unusable (fall back to doubles) */
+} spi_json_src;
+void spi__json_src_init(spi_json_src *src, const char *text, size_t len,
+                        const struct cJSON *root);
+void spi__json_src_free(spi_json_src *src, const spi_mem *m);
+/* spi__canon_json, with the numbers of v (a node of src->root's tree) read
+ * from src where needed; src may be NULL. */
+int spi__canon_json_src(const struct cJSON *v, spi_buf *out, const spi_mem *m,
+                        spi_json_src *src);
 
 /* Whether the object obj names a member twice, in O(n log n): SPI_EPARSE
  * with *dup the name, SPI_OK (*dup NULL), or SPI_ENOMEM. */

@@ -5,6 +5,10 @@
 #include <stdlib.h>
 #include <string.h>
 
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
+
 #include "spi_internal.h"
 
 void *spi__alloc(const spi_mem *m, size_t size) {
@@ -62,6 +66,59 @@ int spi__buf_append(spi_buf *b, const spi_mem *m, const void *data, size_t n) {
 
 int spi__buf_append_byte(spi_buf *b, const spi_mem *m, uint8_t c) {
   return spi__buf_append(b, m, &c, 1);
+}
+
+/* Whether byte c is one the canonical prompt escapes (0x1B-0x1F). */
+static int prompt_reserved(uint8_t c) { return (uint8_t)(c - 0x1B) <= 4; }
+
+size_t spi__prompt_reserved_at(const void *data, size_t n) {
+  const uint8_t *p = data;
+  size_t i = 0;
+#if defined(__SSE2__)
+  /* Sixteen bytes at a time: b - 0x1B (wrapping) is at most 4 exactly for
+   * the reserved bytes, i.e. equal to its minimum with 4. */
+  const __m128i base = _mm_set1_epi8(0x1B), four = _mm_set1_epi8(4);
+  for (; i + 16 <= n; i += 16) {
+    __m128i x = _mm_sub_epi8(_mm_loadu_si128((const __m128i *)(p + i)), base);
+    int hit = _mm_movemask_epi8(_mm_cmpeq_epi8(_mm_min_epu8(x, four), x));
+    if (hit) return i + (size_t)__builtin_ctz((unsigned)hit);
+  }
+#endif
+  /* Eight bytes at a time: a byte in 0x18..0x1F has (b & 0xF8) == 0x18,
+   * i.e. a zero byte after the mask and xor; 0x18..0x1A are rare enough
+   * to be sorted out one by one. */
+  const uint64_t ones = 0x0101010101010101ull, highs = 0x8080808080808080ull;
+  for (; i + 8 <= n; i += 8) {
+    uint64_t w;
+    memcpy(&w, p + i, 8);
+    uint64_t z = (w & (0xF8 * ones)) ^ (0x18 * ones);
+    if (((z - ones) & ~z & highs) == 0) continue;
+    for (size_t k = i; k < i + 8; k++)
+      if (prompt_reserved(p[k])) return k;
+  }
+  for (; i < n; i++)
+    if (prompt_reserved(p[i])) return i;
+  return n;
+}
+
+int spi__buf_append_text(spi_buf *b, const spi_mem *m, const void *data,
+                         size_t n) {
+  const uint8_t *p = data;
+  size_t at = spi__prompt_reserved_at(p, n);
+  if (at == n) return spi__buf_append(b, m, p, n);
+  size_t start = b->len;
+  while (n) {
+    if (spi__buf_append(b, m, p, at) != SPI_OK) break;
+    if (at == n) return SPI_OK;
+    uint8_t esc[2] = {0x1B, (uint8_t)(p[at] ^ 0x40)};
+    if (spi__buf_append(b, m, esc, 2) != SPI_OK) break;
+    p += at + 1;
+    n -= at + 1;
+    at = spi__prompt_reserved_at(p, n);
+  }
+  if (n == 0) return SPI_OK;
+  b->len = start;
+  return SPI_ENOMEM;
 }
 
 void spi__buf_clear(spi_buf *b) { b->len = 0; }

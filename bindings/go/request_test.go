@@ -205,6 +205,17 @@ func TestGoldenVectors(t *testing.T) {
 			Request map[string]json.RawMessage
 			Key     string
 			Blocks  []string
+			// The blocks of the prompt sent as a completions prompt,
+			// when escaping bytes 0x1B-0x1F changes it.
+			CompletionsBlocks []string `json:"completions_blocks"`
+		}
+		Bodies []struct {
+			Name            string
+			Config          json.RawMessage
+			Body            string
+			CanonicalPrompt string `json:"canonical_prompt"`
+			Key             string
+			Blocks          []string
 		}
 	}
 	must(t, json.Unmarshal(raw, &doc))
@@ -239,7 +250,7 @@ func TestGoldenVectors(t *testing.T) {
 			}
 			cp, err := r.CanonicalPrompt()
 			must(t, err)
-			if !bytes.Equal(cp, prompt) {
+			if !bytes.Equal(cp, completionsText(prompt)) {
 				t.Fatal("canonical prompt differs")
 			}
 			k, err := r.CacheKey()
@@ -247,16 +258,60 @@ func TestGoldenVectors(t *testing.T) {
 			if k.Hex() != v.Key {
 				t.Fatalf("key %s, want %s", k.Hex(), v.Key)
 			}
-			blocks, err := r.BlockHashes()
-			must(t, err)
-			if len(blocks) != len(v.Blocks) {
-				t.Fatalf("%d blocks, want %d", len(blocks), len(v.Blocks))
+			want := v.Blocks
+			if v.CompletionsBlocks != nil {
+				want = v.CompletionsBlocks
 			}
-			for i, b := range blocks {
-				if hex16(b) != v.Blocks[i] {
-					t.Fatalf("block %d: %s, want %s", i, hex16(b), v.Blocks[i])
-				}
-			}
+			checkBlocks(t, r, want)
 		})
+	}
+	if len(doc.Bodies) < 20 {
+		t.Fatal(len(doc.Bodies))
+	}
+	for _, v := range doc.Bodies {
+		t.Run("body/"+v.Name, func(t *testing.T) {
+			must(t, e.Configure(`{"cache_key":`+string(v.Config)+`}`))
+			r := newRequest(t, e)
+			must(t, r.ParseOpenAI([]byte(v.Body), OpenAIAuto))
+			cp, err := r.CanonicalPrompt()
+			must(t, err)
+			if string(cp) != v.CanonicalPrompt {
+				t.Fatalf("canonical prompt %q, want %q", cp, v.CanonicalPrompt)
+			}
+			k, err := r.CacheKey()
+			must(t, err)
+			if k.Hex() != v.Key {
+				t.Fatalf("key %s, want %s", k.Hex(), v.Key)
+			}
+			checkBlocks(t, r, v.Blocks)
+		})
+	}
+}
+
+// completionsText is a completions prompt's canonical text: each byte
+// 0x1B-0x1F written as 0x1B, byte ^ 0x40 (docs/cache-key.md).
+func completionsText(b []byte) []byte {
+	out := make([]byte, 0, len(b))
+	for _, x := range b {
+		if x >= 0x1B && x <= 0x1F {
+			out = append(out, 0x1B, x^0x40)
+		} else {
+			out = append(out, x)
+		}
+	}
+	return out
+}
+
+func checkBlocks(t *testing.T, r *Request, want []string) {
+	t.Helper()
+	blocks, err := r.BlockHashes()
+	must(t, err)
+	if len(blocks) != len(want) {
+		t.Fatalf("%d blocks, want %d", len(blocks), len(want))
+	}
+	for i, b := range blocks {
+		if hex16(b) != want[i] {
+			t.Fatalf("block %d: %s, want %s", i, hex16(b), want[i])
+		}
 	}
 }

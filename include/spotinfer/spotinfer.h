@@ -484,7 +484,10 @@ SPI_API int spi_request_block_hashes(spi_request *req, uint64_t *out,
 /*
  * The request's canonical prompt text (the bytes the blocks are cut from):
  * for chat, each message as role, 0x1F, content, 0x1E; for completions the
- * prompt. Borrowed until the request changes. Errors: SPI_EINVAL, SPI_ENOMEM.
+ * prompt. In text, each byte 0x1B-0x1F is written as 0x1B, byte ^ 0x40;
+ * non-text parts, tool calls and tool call ids are framed by 0x1D
+ * (docs/cache-key.md). Borrowed until the request changes. Errors:
+ * SPI_EINVAL, SPI_ENOMEM.
  */
 SPI_API int spi_request_canonical_prompt(spi_request *req, const uint8_t **out,
                                          size_t *out_len);

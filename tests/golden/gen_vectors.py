@@ -13,12 +13,20 @@ Requires the `xxhash` package (pip install xxhash). Run from anywhere:
     python3 tests/golden/gen_vectors.py            # rewrite the file
     python3 tests/golden/gen_vectors.py --check    # fail if it would change
 
+It also implements the canonical prompt the request module builds from an
+OpenAI body (docs/cache-key.md, "Block hashes"): the "bodies" vectors give
+a body and the canonical prompt, system prompt, key and block hashes it
+must read as, and a vector whose prompt holds a byte 0x1B-0x1F has
+"completions_blocks", the block hashes of that text sent as a completions
+prompt (which escapes those bytes).
+
 Besides recording values, the generator asserts the properties the vectors
 are meant to show (each field changes the key, salts isolate tenants,
 reordered tools give the same key, block chains share prefixes), so a vector
 set that no longer demonstrates them is never written.
 """
 
+import decimal
 import json
 import math
 import os
@@ -131,9 +139,26 @@ def _canon_str(s):
     return "".join(out)
 
 
-def _canon_num(x):
+class Num:
+    """A JSON number: its literal text and its double."""
+
+    def __init__(self, text):
+        self.text = text
+        self.x = float(text)
+
+
+def _canon_num(n):
+    x = n.x
     if not math.isfinite(x):
         raise ValueError("non-finite number")
+    # From 2^53 on one double stands for several integers: an integer
+    # literal (its exact decimal value an integer, "1e20" too) is written
+    # as its digits.
+    if x == math.floor(x) and abs(x) >= 2.0 ** 53:
+        d = decimal.Decimal(n.text)
+        with decimal.localcontext(decimal.Context(prec=1000)):
+            if d == d.to_integral_value():
+                return str(int(d))
     if x == math.floor(x) and abs(x) <= 2.0 ** 53:
         return str(int(x))
     return "%.17g" % x
@@ -146,7 +171,7 @@ def _canon(v, depth):
         return "false"
     if v is None:
         return "null"
-    if isinstance(v, float):
+    if isinstance(v, Num):
         return _canon_num(v)
     if isinstance(v, str):
         return _canon_str(v)
@@ -162,10 +187,75 @@ def _canon(v, depth):
 
 
 def canon_json(text):
-    """Canonical UTF-8 bytes of JSON text; numbers are doubles, as in C."""
-    v = json.loads(text, object_pairs_hook=_pairs, parse_int=float,
-                   parse_float=float, parse_constant=_reject_constant)
+    """Canonical UTF-8 bytes of JSON text; numbers are doubles, as in C,
+    except integers from 2^53 on, which keep their digits."""
+    v = json.loads(text, object_pairs_hook=_pairs, parse_int=Num,
+                   parse_float=Num, parse_constant=_reject_constant)
     return _canon(v, 0).encode("utf-8")
+
+
+# ------------------------------------------------------ canonical prompt
+
+ESC = 0x1B
+FRAME = b"\x1d"
+
+
+def canon_text(b):
+    """Text as the canonical prompt holds it: each byte 0x1B-0x1F becomes
+    0x1B followed by the byte xor 0x40, every other byte is kept."""
+    out = bytearray()
+    for x in b:
+        if 0x1B <= x <= 0x1F:
+            out += bytes([ESC, x ^ 0x40])
+        else:
+            out.append(x)
+    return bytes(out)
+
+
+def _load(text):
+    return json.loads(text, object_pairs_hook=_pairs, parse_int=Num,
+                      parse_float=Num, parse_constant=_reject_constant)
+
+
+def _frame(v):
+    return FRAME + _canon(v, 0).encode("utf-8") + FRAME
+
+
+def message_content(msg):
+    """A message's canonical content: text escaped, other parts, the tool
+    calls and the tool call id each framed as 0x1D canonical-JSON 0x1D."""
+    out = b""
+    c = msg.get("content")
+    if isinstance(c, str):
+        out += canon_text(c.encode("utf-8"))
+    elif isinstance(c, list):
+        for part in c:
+            if part.get("type") == "text":
+                out += canon_text(part["text"].encode("utf-8"))
+            else:
+                out += _frame(part)
+    if msg.get("tool_calls") is not None:
+        out += _frame(msg["tool_calls"])
+    if msg.get("tool_call_id") is not None:
+        out += _frame(msg["tool_call_id"])
+    return out
+
+
+def read_body(text):
+    """(canonical prompt, system prompt, model, canonical tools) of a body."""
+    body = _load(text)
+    tools = body.get("tools")
+    tools_c = _canon(tools, 0).encode("utf-8") if tools is not None else b""
+    model = body["model"].encode("utf-8")
+    if "messages" not in body:
+        return canon_text(body["prompt"].encode("utf-8")), b"", model, tools_c
+    prompt, system = b"", []
+    for msg in body["messages"]:
+        content = message_content(msg)
+        prompt += msg["role"].encode("utf-8") + b"\x1f" + content + b"\x1e"
+        if msg["role"] in ("system", "developer"):
+            system.append(content)
+    return prompt, b"\x1e".join(system), model, tools_c
 
 
 # ---------------------------------------------------------------- vectors
@@ -277,6 +367,16 @@ def build_vectors():
             differs_from="base")
     add("tools_reordered", CFG64, with_(BASE, tools_json=REORDERED_TOOLS),
         same_key_as="base")
+    # Integers from 2^53 on keep their digits: 2^53 + 1 is not 2^53 (one
+    # double), 1e20 is 100000000000000000000, a fraction is a double.
+    big = '[{"enum":[9007199254740993,%s,-9007199254740993.0,9007199254740993.5]}]'
+    add("tools_big_ints", CFG64, with_(BASE, tools_json=big % "1e20"))
+    add("tools_big_ints_digits", CFG64,
+        with_(BASE, tools_json=big % "100000000000000000000"),
+        same_key_as="tools_big_ints")
+    add("tools_big_ints_2p53", CFG64, with_(BASE, tools_json=(
+        '[{"enum":[9007199254740992,1e20,-9007199254740993.0,9007199254740993.5]}]')),
+        differs_from="tools_big_ints")
     add("tools_empty_array", CFG64, with_(BASE, tools_json="[]"),
         differs_from="base")
     add("no_tools", CFG64, with_(BASE, tools_json=""), differs_from="base")
@@ -347,6 +447,115 @@ def build_vectors():
     return v
 
 
+PAD = "Tell me about the weather, the sea and the mountains in some detail."
+
+
+def _m(role, content, **kw):
+    d = {"role": role, "content": content}
+    d.update(kw)
+    return d
+
+
+def _call(city):
+    return [{"id": "c1", "type": "function", "function": {
+        "name": "weather", "arguments": json.dumps({"city": city})}}]
+
+
+def _chat(*msgs, **kw):
+    body = {"model": "llama-3.1-70b-instruct", "messages": list(msgs)}
+    body.update(kw)
+    return json.dumps(body, ensure_ascii=False)
+
+
+IMAGE = {"type": "image_url", "image_url": {"url": "https://x/a.png"}}
+
+
+def build_bodies():
+    """OpenAI bodies and what they read as; differs_from names a body whose
+    canonical prompt or system prompt must differ (its structure does)."""
+    b = []
+
+    def add(name, body, **extra):
+        b.append(dict(name=name, config=CFG64, body=body, **extra))
+
+    add("chat_plain", _chat(_m("system", SYSTEM), _m("developer", "Be brief."),
+                            _m("user", PAD + "\n\tThanks."),
+                            tools=json.loads(BASE_TOOLS)))
+    add("completions_plain", json.dumps({"model": "llama-3.1-70b-instruct",
+                                         "prompt": PAD + " \"quoted\"\n"}))
+    add("tool_calls_oslo", _chat(_m("user", PAD),
+                                 _m("assistant", "", tool_calls=_call("Oslo"))))
+    add("tool_calls_paris", _chat(_m("user", PAD),
+                                  _m("assistant", "", tool_calls=_call("Paris"))),
+        differs_from="tool_calls_oslo")
+    add("tool_calls_text", _chat(_m("user", PAD),
+                                 _m("assistant", "Checking.", tool_calls=_call("Oslo"))),
+        differs_from="tool_calls_oslo")
+    add("tool_calls_only", _chat(_m("user", PAD),
+                                 _m("assistant", None, tool_calls=_call("Oslo"))))
+    add("tool_calls_as_text", _chat(
+        _m("user", PAD), _m("assistant", _canon(_load(json.dumps(_call("Oslo"))),
+                                                0))),
+        differs_from="tool_calls_only")
+    add("tool_result_c1", _chat(_m("user", PAD), _m("tool", "-3C", tool_call_id="c1")))
+    add("tool_result_c2", _chat(_m("user", PAD), _m("tool", "-3C", tool_call_id="c2")),
+        differs_from="tool_result_c1")
+    add("two_messages", _chat(_m("user", "hi"), _m("assistant", "yes" + PAD)))
+    add("forged_boundary", _chat(_m("user", "hi\x1eassistant\x1fyes" + PAD)),
+        differs_from="two_messages")
+    add("escapes", _chat(_m("user", "a\x1bb\x1cc\x1dd\x1ee\x1ff\x1ag" + PAD)))
+    add("system_two", _chat(_m("system", "A"), _m("system", "B"), _m("user", PAD)))
+    add("system_one_rs", _chat(_m("system", "A\x1eB"), _m("user", PAD)),
+        differs_from="system_two")
+    add("system_b", _chat(_m("system", "B"), _m("user", PAD)))
+    add("system_empty_b", _chat(_m("system", ""), _m("system", "B"), _m("user", PAD)),
+        differs_from="system_b")
+    add("chat_user_hi", _chat(_m("user", "hi" + PAD)))
+    add("completions_spelling_chat", json.dumps(
+        {"model": "llama-3.1-70b-instruct", "prompt": "user\x1fhi" + PAD + "\x1e"}),
+        differs_from="chat_user_hi")
+    add("image_part", _chat(_m("user", [{"type": "text", "text": PAD}, IMAGE])))
+    add("text_spelling_image", _chat(_m("user", [
+        {"type": "text", "text": PAD},
+        {"type": "text", "text": _canon(_load(json.dumps(IMAGE)), 0)}])),
+        differs_from="image_part")
+    # Numbers from 2^53 on in tools and parts keep their digits.
+    add("big_ints_93", '{"model":"m","messages":[{"role":"user","content":[{"type":"text",'
+        '"text":"' + PAD + '"},{"type":"x","n":9007199254740993}]}],'
+        '"tools":[{"enum":[9007199254740993]}]}')
+    add("big_ints_92", '{"model":"m","messages":[{"role":"user","content":[{"type":"text",'
+        '"text":"' + PAD + '"},{"type":"x","n":9007199254740992}]}],'
+        '"tools":[{"enum":[9007199254740992]}]}', differs_from="big_ints_93")
+    return b
+
+
+def evaluate_body(x):
+    prompt, system, model, tools = read_body(x["body"])
+    cfg = dict(DEFAULTS)
+    cfg.update(x["config"])
+    f = {k: b"" for k in FIELDS if k != "tools_json"}
+    f.update(model=model, system_prompt=system, tools_canonical=tools)
+    key16 = cache_key(cfg, f)
+    return prompt, system, key16, block_hashes(cfg, key16, prompt, [])
+
+
+def check_body_properties(bodies, results):
+    by = {x["name"]: results[i] for i, x in enumerate(bodies)}
+    assert len(by) == len(bodies), "duplicate body name"
+    for x in bodies:
+        if "differs_from" in x:
+            mine, other = by[x["name"]], by[x["differs_from"]]
+            assert mine[:2] != other[:2], x["name"]
+            if mine[1] != other[1]:
+                assert mine[2] != other[2], x["name"]
+        assert by[x["name"]][3], x["name"] + " has no full block"
+    # Ordinary bodies read as they always have: text as is.
+    assert by["chat_plain"][0] == ("system\x1f" + SYSTEM + "\x1edeveloper\x1fBe brief."
+                                   "\x1euser\x1f" + PAD + "\n\tThanks.\x1e").encode()
+    assert by["chat_plain"][1] == (SYSTEM + "\x1eBe brief.").encode()
+    assert by["completions_plain"][0] == (PAD + ' "quoted"\n').encode()
+
+
 def check_properties(vecs, results):
     by = {x["name"]: results[i] for i, x in enumerate(vecs)}
     assert len(by) == len(vecs), "duplicate vector name"
@@ -385,15 +594,35 @@ def main():
         item["tools_canonical"] = tools.decode("utf-8")
         item["key"] = key.hex()
         item["blocks"] = ["%016x" % b for b in blocks]
+        req = x["request"]
+        text = prompt_bytes(req)
+        if not token_list(req) and canon_text(text) != text:
+            cfg = dict(DEFAULTS)
+            cfg.update(x["config"])
+            item["completions_blocks"] = [
+                "%016x" % b for b in block_hashes(cfg, key, canon_text(text), [])]
         for tag in ("same_key_as", "differs_from", "isolated_from", "prefix_of"):
             if tag in x:
                 item[tag] = x[tag]
         out.append(item)
+    bodies = build_bodies()
+    body_results = [evaluate_body(x) for x in bodies]
+    check_body_properties(bodies, body_results)
+    body_out = []
+    for x, (prompt, system, key, blocks) in zip(bodies, body_results):
+        item = {"name": x["name"], "config": x["config"], "body": x["body"],
+                "canonical_prompt": prompt.decode("utf-8"),
+                "system_prompt": system.decode("utf-8"),
+                "key": key.hex(), "blocks": ["%016x" % b for b in blocks]}
+        if "differs_from" in x:
+            item["differs_from"] = x["differs_from"]
+        body_out.append(item)
     doc = {
         "comment": "Golden vectors of the xxh3-v1 cache key and block hashes; "
                    "generated by tests/golden/gen_vectors.py, do not edit.",
         "module": "xxh3-v1",
         "vectors": out,
+        "bodies": body_out,
     }
     text = json.dumps(doc, ensure_ascii=False, indent=1) + "\n"
     path = os.path.join(os.path.dirname(os.path.abspath(__file__)),
@@ -402,11 +631,12 @@ def main():
         with open(path, encoding="utf-8") as fh:
             if fh.read() != text:
                 sys.exit("cache_key_vectors.json is out of date")
-        print("cache_key_vectors.json is up to date (%d vectors)" % len(out))
+        print("cache_key_vectors.json is up to date (%d vectors, %d bodies)"
+              % (len(out), len(body_out)))
         return
     with open(path, "w", encoding="utf-8") as fh:
         fh.write(text)
-    print("wrote %s (%d vectors)" % (path, len(out)))
+    print("wrote %s (%d vectors, %d bodies)" % (path, len(out), len(body_out)))
 
 
 if __name__ == "__main__":

@@ -302,12 +302,112 @@ static void test_alloc_failures(void **st) {
   cJSON_Delete(v);
 }
 
+/* Canonicalise text with its source at hand (spi__canon_json_src), as the
+ * request module does; fail_at refuses that allocation (-1: none). */
+static int canon_src(const char *text, long fail_at, char **out) {
+  counting_alloc a = {0, 0, fail_at};
+  spi_mem m = counting_mem(&a);
+  *out = NULL;
+  cJSON *v = cJSON_ParseWithLengthOpts(text, strlen(text), NULL, 0);
+  if (!v) fail_msg("cJSON could not parse %s", text);
+  spi_json_src src;
+  spi__json_src_init(&src, text, strlen(text), v);
+  spi_buf b = {0};
+  assert_int_equal(spi__buf_append(&b, &m, "x", 1), SPI_OK);
+  int rc = spi__canon_json_src(v, &b, &m, &src);
+  spi__json_src_free(&src, &m);
+  cJSON_Delete(v);
+  if (rc == SPI_OK) {
+    *out = malloc(b.len);
+    memcpy(*out, b.data + 1, b.len - 1);
+    (*out)[b.len - 1] = '\0';
+  } else {
+    assert_int_equal(b.len, 1);
+  }
+  spi__buf_free(&b, &m);
+  assert_int_equal(a.live, 0);
+  return rc;
+}
+
+static void expect_src(const char *in, const char *want) {
+  char *got = NULL;
+  if (canon_src(in, -1, &got) != SPI_OK) fail_msg("%s: refused", in);
+  if (strcmp(got, want) != 0) fail_msg("%s\n  gave %s\n  want %s", in, got, want);
+  char *again = NULL;
+  assert_int_equal(canon_src(got, -1, &again), SPI_OK);
+  assert_string_equal(again, got);
+  free(again);
+  free(got);
+}
+
+/* From 2^53 on one double stands for several integers (2^53 + 1 reads as
+ * 2^53): with the source text an integer literal keeps its digits, so two
+ * tool lists that differ there never key the same. */
+static void test_big_integers(void **st) {
+  (void)st;
+  expect_src("[9007199254740993]", "[9007199254740993]");
+  expect_src("[9007199254740992]", "[9007199254740992]");
+  expect_src("[-9007199254740993,-9007199254740992]",
+             "[-9007199254740993,-9007199254740992]");
+  expect_src("[18446744073709551617]", "[18446744073709551617]");
+  /* An integer is one whatever its spelling, as 1 and 1.0 are. */
+  expect_src("[1e20,100000000000000000000,1.0E+20,100000000000000000000.000]",
+             "[100000000000000000000,100000000000000000000,"
+             "100000000000000000000,100000000000000000000]");
+  expect_src("[9007199254740993.0,90071992547409930e-1]",
+             "[9007199254740993,9007199254740993]");
+  /* Below 2^53 and for fractions, the double as before. */
+  expect_src("[1,1.0,-0,-0.0,1e0,0.5,1e-7,2.5e15]",
+             "[1,1,0,0,1,0.5,9.9999999999999995e-08,2500000000000000]");
+  expect_src("[9007199254740993.5]", "[9007199254740994]");
+  expect_src("[1e300]", "[1"
+             "000000000000000000000000000000000000000000000000000000000000"
+             "000000000000000000000000000000000000000000000000000000000000"
+             "000000000000000000000000000000000000000000000000000000000000"
+             "000000000000000000000000000000000000000000000000000000000000"
+             "000000000000000000000000000000000000000000000000000000000000]");
+  /* Digits and signs inside strings and keys are not numbers. */
+  expect_src("{\"k-1\":\"9007199254740993 -5 \\\" 7\",\"n\":[9007199254740995],"
+             "\"m\":{\"x\\\\\":9007199254740997}}",
+             "{\"k-1\":\"9007199254740993 -5 \\\" 7\",\"m\":{\"x\\\\\":"
+             "9007199254740997},\"n\":[9007199254740995]}");
+  /* A lone number, nested values, a subtree of the parsed text. */
+  expect_src("9007199254740993", "9007199254740993");
+  expect_src("[[[{\"a\":[1,2,9007199254740993]}]],3]",
+             "[[[{\"a\":[1,2,9007199254740993]}]],3]");
+  const char *text = "{\"a\":[9007199254740993],\"b\":[9007199254740995]}";
+  cJSON *v = cJSON_Parse(text);
+  spi_json_src src;
+  spi__json_src_init(&src, text, strlen(text), v);
+  spi_buf b = {0};
+  assert_int_equal(spi__canon_json_src(cJSON_GetObjectItem(v, "b"), &b, &MEM,
+                                       &src), SPI_OK);
+  assert_int_equal(b.len, strlen("[9007199254740995]"));
+  assert_memory_equal(b.data, "[9007199254740995]", b.len);
+  spi__json_src_free(&src, &MEM);
+  spi__buf_free(&b, &MEM);
+  cJSON_Delete(v);
+  /* Without the text (NULL source), the double as before; overflow is
+   * refused either way. */
+  expect("[9007199254740993]", "[9007199254740992]");
+  char *got = NULL;
+  assert_int_equal(canon_src("[1e999]", -1, &got), SPI_EPARSE);
+  /* The map is allocated on first need: refusing that allocation is
+   * SPI_ENOMEM and leaves the buffer as it was; text without big numbers
+   * allocates nothing for it. */
+  assert_int_equal(canon_src("[9007199254740993]", 1, &got), SPI_ENOMEM);
+  assert_int_equal(canon_src("[1,2.5]", 1, &got), SPI_OK);
+  assert_string_equal(got, "[1,2.5]");
+  free(got);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_key_order),
       cmocka_unit_test(test_whitespace),
       cmocka_unit_test(test_numbers),
       cmocka_unit_test(test_numbers_locale),
+      cmocka_unit_test(test_big_integers),
       cmocka_unit_test(test_strings),
       cmocka_unit_test(test_duplicates),
       cmocka_unit_test(test_large_object),

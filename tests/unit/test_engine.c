@@ -2,6 +2,7 @@
  * test_engine.c - engine life cycle, hooks, configuration validation and
  * snapshots, option listing, the module registry and module failure policy.
  */
+#include <locale.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -319,6 +320,68 @@ static void test_every_bound_enforced(void **st) {
     checked++;
   }
   assert_true(checked > 20);
+}
+
+/* Spot and on-demand prices of one completions request. */
+static void prices(spi_engine *e, double usd[2]) {
+  spi_request *r = NULL;
+  assert_int_equal(spi_request_new(e, &r), SPI_OK);
+  const char *body = "{\"model\":\"m\",\"prompt\":\"hello\",\"max_tokens\":100}";
+  assert_int_equal(spi_request_parse_openai(r, body, strlen(body),
+                                            SPI_OPENAI_AUTO),
+                   SPI_OK);
+  const int32_t pools[2] = {SPI_POOL_SPOT, SPI_POOL_ON_DEMAND};
+  for (int i = 0; i < 2; i++) {
+    spi_price p = {.struct_size = sizeof p};
+    assert_int_equal(spi_request_price(r, pools[i], &p), SPI_OK);
+    usd[i] = p.usd;
+  }
+  spi_request_free(r);
+}
+
+/* Option defaults and given numbers are read the same whatever LC_NUMERIC
+ * the host set: in a decimal-comma locale strtod read the default "0.85"
+ * as 0, so spi_engine_new failed (router.kv_open 0 is out of range) and
+ * "1.8" $/h became 1; with ps_AF's two-byte separator cJSON could read no
+ * fraction at all ("out of memory"). Runs in each installed locale of the
+ * list; skipped when there is none (LOCPATH may point at generated ones). */
+static void test_defaults_in_comma_locale(void **st) {
+  (void)st;
+  static const char *const names[] = {"de_DE.UTF-8", "fr_FR.UTF-8",
+                                      "ru_RU.UTF-8", "ps_AF.UTF-8"};
+  spi_engine *c = new_engine();
+  double want[2];
+  prices(c, want);
+  const char *given = "{\"router\":{\"kv_open\":0.9,\"kv_close\":0.8}}";
+  assert_int_equal(configure(c, given), SPI_OK);
+  char *want_dump = config_dump(c);
+  int tried = 0;
+  for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
+    if (!setlocale(LC_NUMERIC, names[i])) continue;
+    tried++;
+    char probe[16];
+    snprintf(probe, sizeof probe, "%.1f", 1.5);
+    spi_engine *e = NULL;
+    int rc = spi_engine_new(&e, NULL);
+    int rc2 = rc == SPI_OK ? configure(e, "{}") : rc;
+    double got[2] = {0, 0};
+    if (rc2 == SPI_OK) prices(e, got);
+    int rc3 = rc2 == SPI_OK ? configure(e, given) : rc2;
+    char *dump = rc3 == SPI_OK ? config_dump(e) : NULL;
+    setlocale(LC_NUMERIC, "C");
+    if (strcmp(probe, "1.5") == 0) fail_msg("%s uses '.'", names[i]);
+    if (rc != SPI_OK || rc2 != SPI_OK || rc3 != SPI_OK)
+      fail_msg("%s: new %d, {} %d, given %d: %s", names[i], rc, rc2, rc3,
+               e ? spi_engine_errmsg(e) : "");
+    assert_true(got[0] == want[0]);
+    assert_true(got[1] == want[1]);
+    assert_string_equal(dump, want_dump);
+    free(dump);
+    spi_engine_free(e);
+  }
+  free(want_dump);
+  spi_engine_free(c);
+  if (!tried) skip();
 }
 
 static void test_option_listing(void **st) {
@@ -846,6 +909,7 @@ int main(void) {
       cmocka_unit_test(test_configure_on_two_threads),
       cmocka_unit_test(test_key_builder_fallback_logged),
       cmocka_unit_test(test_names),
+      cmocka_unit_test(test_defaults_in_comma_locale),
       cmocka_unit_test(test_reload_while_classifying),
       cmocka_unit_test(test_new_engine_writes_its_index_only),
   };

@@ -6,6 +6,8 @@
  * one parser built on it (spi__json_parse_as) with its messages, among
  * them the control bytes cJSON takes as whitespace and JSON does not.
  */
+#include <locale.h>
+#include <math.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -358,6 +360,71 @@ static void test_control_bytes_out_of_memory(void **st) {
   }
 }
 
+/* spi__json_number: the JSON number grammar, no locale, exact results. */
+static void test_number_text(void **st) {
+  (void)st;
+  static const struct {
+    const char *text;
+    double want;
+  } ok[] = {{"0", 0},         {"-0", -0.0},     {"0.85", 0.85},
+            {"1.8", 1.8},     {"4.5", 4.5},     {"8388608", 8388608},
+            {"-1", -1},       {"1e3", 1000},    {"2.5E-2", 0.025},
+            {"1e+2", 100},    {"0.1", 0.1},     {"123456789012345", 123456789012345.0},
+            {"9007199254740992", 9007199254740992.0}, {"1e22", 1e22},
+            {"1e-22", 1e-22}, {"0.000001", 1e-6}};
+  for (size_t i = 0; i < sizeof ok / sizeof ok[0]; i++) {
+    double v = -7;
+    if (spi__json_number(ok[i].text, strlen(ok[i].text), &v) != 0 ||
+        v != ok[i].want)
+      fail_msg("%s read as %.17g", ok[i].text, v);
+  }
+  /* Outside the exact range the answer is still close. */
+  double v = 0;
+  assert_int_equal(spi__json_number("1.5e300", 7, &v), 0);
+  assert_true(fabs(v / 1.5e300 - 1) < 1e-14);
+  assert_int_equal(spi__json_number("12345678901234567890123", 23, &v), 0);
+  assert_true(fabs(v / 12345678901234567890123.0 - 1) < 1e-14);
+  assert_int_equal(spi__json_number("1e-400", 6, &v), 0);
+  assert_true(v == 0);
+  static const char *const bad[] = {"",    "-",    "+1",  "01",   "1.",
+                                    ".5",  "1e",   "1e+", "0x10", "1,5",
+                                    "1.5 ", " 1",  "inf", "NaN",  "1e999",
+                                    "null", "--1", "1..2"};
+  for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+    v = -7;
+    if (spi__json_number(bad[i], strlen(bad[i]), &v) != -1 || v != -7)
+      fail_msg("\"%s\" accepted as %.17g", bad[i], v);
+  }
+  /* Only the n bytes given are read. */
+  assert_int_equal(spi__json_number("0.85xyz", 4, &v), 0);
+  assert_true(v == 0.85);
+}
+
+/* cJSON through the library reads and prints numbers the same in every
+ * locale; ps_AF's two-byte decimal separator broke both. Runs in each
+ * installed locale of the list, skipped when there is none. */
+static void test_cjson_in_any_locale(void **st) {
+  (void)st;
+  static const char *const names[] = {"de_DE.UTF-8", "fr_FR.UTF-8",
+                                      "ps_AF.UTF-8"};
+  int tried = 0;
+  for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
+    if (!setlocale(LC_NUMERIC, names[i])) continue;
+    tried++;
+    const char *text = "[0.85,-2.5e-3,1.5]";
+    cJSON *v = spi__cjson_parse(text, strlen(text), NULL);
+    char *out = v ? spi__cjson_print(v) : NULL;
+    double a = v ? v->child->valuedouble : 0;
+    setlocale(LC_NUMERIC, "C");
+    if (!v) fail_msg("%s: %s not parsed", names[i], text);
+    assert_true(a == 0.85);
+    assert_string_equal(out, "[0.85,-0.0025,1.5]");
+    cJSON_free(out);
+    cJSON_Delete(v);
+  }
+  if (!tried) skip();
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_values),
@@ -366,6 +433,8 @@ int main(void) {
       cmocka_unit_test(test_parse_as),
       cmocka_unit_test(test_control_bytes),
       cmocka_unit_test(test_control_bytes_out_of_memory),
+      cmocka_unit_test(test_number_text),
+      cmocka_unit_test(test_cjson_in_any_locale),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -3,7 +3,9 @@
  *
  * The golden vectors (tests/golden/cache_key_vectors.json) come from an
  * independent implementation of the wire format (tests/golden/gen_vectors.py);
- * every key and block hash must match them byte for byte. The property tests
+ * every key and block hash must match them byte for byte, and every OpenAI
+ * body in it must read as the canonical prompt, system prompt, key and
+ * blocks that implementation gives. The property tests
  * below check what the vectors cannot: argument validation, the cap /
  * SPI_EBUFSIZE contract, chaining, isolation, configuration errors and
  * allocation failure.
@@ -180,8 +182,22 @@ typedef struct vec_input {
   char want_key[33];
   size_t want_n;
   uint64_t *want_blocks;
+  /* The blocks of the prompt sent as a completions prompt, which escapes
+   * bytes 0x1B-0x1F: given when that changes it, else want_blocks. */
+  size_t want_cn;
+  uint64_t *want_cblocks;
   const char *want_tools;
 } vec_input;
+
+static uint64_t *hex_list(const cJSON *arr, size_t *n) {
+  *n = (size_t)cJSON_GetArraySize(arr);
+  uint64_t *out = calloc(*n + 1, sizeof *out);
+  assert_non_null(out);
+  size_t i = 0;
+  for (const cJSON *b = arr ? arr->child : NULL; b; b = b->next)
+    out[i++] = strtoull(b->valuestring, NULL, 16);
+  return out;
+}
 
 static void vec_decode(const cJSON *vec, vec_input *in) {
   memset(in, 0, sizeof *in);
@@ -214,12 +230,11 @@ static void vec_decode(const cJSON *vec, vec_input *in) {
   }
   snprintf(in->want_key, sizeof in->want_key, "%s",
            cJSON_GetObjectItemCaseSensitive(vec, "key")->valuestring);
-  const cJSON *blocks = cJSON_GetObjectItemCaseSensitive(vec, "blocks");
-  in->want_n = (size_t)cJSON_GetArraySize(blocks);
-  in->want_blocks = calloc(in->want_n + 1, sizeof *in->want_blocks);
-  size_t i = 0;
-  for (const cJSON *b = blocks->child; b; b = b->next)
-    in->want_blocks[i++] = strtoull(b->valuestring, NULL, 16);
+  in->want_blocks =
+      hex_list(cJSON_GetObjectItemCaseSensitive(vec, "blocks"), &in->want_n);
+  const cJSON *cb = cJSON_GetObjectItemCaseSensitive(vec, "completions_blocks");
+  in->want_cblocks = hex_list(
+      cb ? cb : cJSON_GetObjectItemCaseSensitive(vec, "blocks"), &in->want_cn);
   in->want_tools =
       cJSON_GetObjectItemCaseSensitive(vec, "tools_canonical")->valuestring;
 }
@@ -229,6 +244,7 @@ static void vec_free(vec_input *in) {
   free(in->prompt);
   free(in->ids);
   free(in->want_blocks);
+  free(in->want_cblocks);
 }
 
 static void check_key(const char *name, const spi_cache_key *key,
@@ -240,14 +256,17 @@ static void check_key(const char *name, const spi_cache_key *key,
     fail_msg("%s: key %s, expected %s", name, hex, want);
 }
 
-static void check_blocks(const vec_input *in, const uint64_t *got, size_t n) {
-  if (n != in->want_n)
-    fail_msg("%s: %zu blocks, expected %zu", in->name, n, in->want_n);
+static void check_list(const char *name, const uint64_t *got, size_t n,
+                       const uint64_t *want, size_t want_n) {
+  if (n != want_n) fail_msg("%s: %zu blocks, expected %zu", name, n, want_n);
   for (size_t i = 0; i < n; i++)
-    if (got[i] != in->want_blocks[i])
-      fail_msg("%s: block %zu is %016llx, expected %016llx", in->name, i,
-               (unsigned long long)got[i],
-               (unsigned long long)in->want_blocks[i]);
+    if (got[i] != want[i])
+      fail_msg("%s: block %zu is %016llx, expected %016llx", name, i,
+               (unsigned long long)got[i], (unsigned long long)want[i]);
+}
+
+static void check_blocks(const vec_input *in, const uint64_t *got, size_t n) {
+  check_list(in->name, got, n, in->want_blocks, in->want_n);
 }
 
 /* The module called directly with a view built here. */
@@ -282,7 +301,10 @@ static void run_vector(const cJSON *vec) {
   if (in.len[F_TOOLS]) {
     cJSON *t = cJSON_ParseWithLengthOpts(in.f[F_TOOLS], in.len[F_TOOLS], NULL, 0);
     assert_non_null(t);
-    assert_int_equal(spi__canon_json(t, &canon, &k->mem), SPI_OK);
+    spi_json_src src;
+    spi__json_src_init(&src, in.f[F_TOOLS], in.len[F_TOOLS], t);
+    assert_int_equal(spi__canon_json_src(t, &canon, &k->mem, &src), SPI_OK);
+    spi__json_src_free(&src, &k->mem);
     cJSON_Delete(t);
   }
   if (canon.len != strlen(in.want_tools) ||
@@ -340,11 +362,24 @@ static void run_vector_public(spi_engine *e, const cJSON *vec) {
   if (in.nids)
     assert_int_equal(spi_request_set_token_ids(r, in.ids, in.nids), SPI_OK);
 
+  /* The canonical prompt of a completions prompt is its text with each
+   * byte 0x1B-0x1F written as 0x1B, byte ^ 0x40 (docs/cache-key.md). */
+  uint8_t *want_cp = malloc(2 * in.prompt_len + 1);
+  size_t want_cp_len = 0;
+  for (size_t i = 0; i < in.prompt_len; i++) {
+    if (in.prompt[i] >= 0x1B && in.prompt[i] <= 0x1F) {
+      want_cp[want_cp_len++] = 0x1B;
+      want_cp[want_cp_len++] = (uint8_t)(in.prompt[i] ^ 0x40);
+    } else {
+      want_cp[want_cp_len++] = in.prompt[i];
+    }
+  }
   const uint8_t *cp = NULL;
   size_t cp_len = 0;
   assert_int_equal(spi_request_canonical_prompt(r, &cp, &cp_len), SPI_OK);
-  assert_int_equal(cp_len, in.prompt_len);
-  if (cp_len) assert_memory_equal(cp, in.prompt, cp_len);
+  assert_int_equal(cp_len, want_cp_len);
+  if (cp_len) assert_memory_equal(cp, want_cp, cp_len);
+  free(want_cp);
 
   spi_cache_key key;
   if (spi_request_cache_key(r, &key) != SPI_OK)
@@ -354,13 +389,13 @@ static void run_vector_public(spi_engine *e, const cJSON *vec) {
   assert_int_equal(spi_cache_key_hex(&key, hex, sizeof hex), SPI_OK);
   assert_string_equal(hex, in.want_key);
 
-  uint64_t *out = calloc(in.want_n + 1, sizeof *out);
+  uint64_t *out = calloc(in.want_cn + 1, sizeof *out);
   size_t n = 12345;
   assert_int_equal(spi_request_block_hashes(r, NULL, 0, &n),
-                   in.want_n ? SPI_EBUFSIZE : SPI_OK);
-  assert_int_equal(n, in.want_n);
-  assert_int_equal(spi_request_block_hashes(r, out, in.want_n + 1, &n), SPI_OK);
-  check_blocks(&in, out, n);
+                   in.want_cn ? SPI_EBUFSIZE : SPI_OK);
+  assert_int_equal(n, in.want_cn);
+  assert_int_equal(spi_request_block_hashes(r, out, in.want_cn + 1, &n), SPI_OK);
+  check_list(in.name, out, n, in.want_cblocks, in.want_cn);
   free(out);
   spi_request_free(r);
   vec_free(&in);
@@ -389,6 +424,65 @@ static void test_golden_vectors_public_api(void **st) {
   assert_int_equal(spi_engine_new(&e, NULL), SPI_OK);
   const cJSON *vecs = cJSON_GetObjectItemCaseSensitive(doc, "vectors");
   for (const cJSON *v = vecs->child; v; v = v->next) run_vector_public(e, v);
+  spi_engine_free(e);
+  cJSON_Delete(doc);
+}
+
+/* An OpenAI body read by the request module: its canonical prompt, system
+ * prompt, key and blocks are the independent implementation's. */
+static void run_body(spi_engine *e, const cJSON *vec) {
+  const char *name = cJSON_GetObjectItemCaseSensitive(vec, "name")->valuestring;
+  cJSON *cfg = cJSON_CreateObject();
+  cJSON_AddItemToObject(
+      cfg, "cache_key",
+      cJSON_Duplicate(cJSON_GetObjectItemCaseSensitive(vec, "config"), 1));
+  char *cfg_text = cJSON_PrintUnformatted(cfg);
+  cJSON_Delete(cfg);
+  if (spi_engine_configure(e, cfg_text, strlen(cfg_text)) != SPI_OK)
+    fail_msg("configure %s: %s", cfg_text, spi_engine_errmsg(e));
+  cJSON_free(cfg_text);
+  const char *body = cJSON_GetObjectItemCaseSensitive(vec, "body")->valuestring;
+  spi_request *r = NULL;
+  assert_int_equal(spi_request_new(e, &r), SPI_OK);
+  if (spi_request_parse_openai(r, body, strlen(body), SPI_OPENAI_AUTO) != SPI_OK)
+    fail_msg("%s: %s", name, spi_request_errmsg(r));
+  const char *want =
+      cJSON_GetObjectItemCaseSensitive(vec, "canonical_prompt")->valuestring;
+  const uint8_t *cp = NULL;
+  size_t cp_len = 0;
+  assert_int_equal(spi_request_canonical_prompt(r, &cp, &cp_len), SPI_OK);
+  if (cp_len != strlen(want) || memcmp(cp, want, cp_len) != 0)
+    fail_msg("%s: canonical prompt \"%.*s\", expected \"%s\"", name,
+             (int)cp_len, (const char *)cp, want);
+  spi_request_view v;
+  assert_int_equal(spi__request_view(r, &v), SPI_OK);
+  want = cJSON_GetObjectItemCaseSensitive(vec, "system_prompt")->valuestring;
+  if (v.system_prompt_len != strlen(want) ||
+      memcmp(v.system_prompt, want, v.system_prompt_len) != 0)
+    fail_msg("%s: system prompt \"%.*s\", expected \"%s\"", name,
+             (int)v.system_prompt_len, v.system_prompt, want);
+  spi_cache_key key;
+  assert_int_equal(spi_request_cache_key(r, &key), SPI_OK);
+  check_key(name, &key, cJSON_GetObjectItemCaseSensitive(vec, "key")->valuestring);
+  size_t want_n = 0, n = 0;
+  uint64_t *want_blocks =
+      hex_list(cJSON_GetObjectItemCaseSensitive(vec, "blocks"), &want_n);
+  uint64_t *out = calloc(want_n + 1, sizeof *out);
+  assert_int_equal(spi_request_block_hashes(r, out, want_n + 1, &n), SPI_OK);
+  check_list(name, out, n, want_blocks, want_n);
+  free(out);
+  free(want_blocks);
+  spi_request_free(r);
+}
+
+static void test_golden_bodies(void **st) {
+  (void)st;
+  cJSON *doc = load_vectors();
+  spi_engine *e = NULL;
+  assert_int_equal(spi_engine_new(&e, NULL), SPI_OK);
+  const cJSON *bodies = cJSON_GetObjectItemCaseSensitive(doc, "bodies");
+  assert_true(cJSON_GetArraySize(bodies) >= 20);
+  for (const cJSON *v = bodies->child; v; v = v->next) run_body(e, v);
   spi_engine_free(e);
   cJSON_Delete(doc);
 }
@@ -1058,6 +1152,7 @@ int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_golden_vectors),
       cmocka_unit_test(test_golden_vectors_public_api),
+      cmocka_unit_test(test_golden_bodies),
       cmocka_unit_test(test_wide_xxh3_matches),
       cmocka_unit_test(test_block_hash_long_path_matches),
       cmocka_unit_test(test_wide_xxh3_leaves_upper_state_clean),

@@ -117,12 +117,37 @@ static void test_unknown_not_found(void **st) {
   assert_int_equal(tried, n);
 }
 
+/* Every number default reads (as config.c reads it, without strtod) as
+ * the same double strtod gives in the C locale, and lies in its bounds. */
+static void test_number_defaults(void **st) {
+  (void)st;
+  size_t n = 0, tried = 0;
+  const spi_optdesc *rows = spi__opt_table(&n);
+  for (size_t i = 0; i < n; i++) {
+    if (rows[i].type != SPI_OPT_INT && rows[i].type != SPI_OPT_DOUBLE) continue;
+    const char *t = rows[i].default_json;
+    if (strcmp(t, "null") == 0) continue;
+    double v = 0;
+    if (spi__json_number(t, strlen(t), &v) != 0)
+      fail_msg("%s: default %s is not a JSON number", rows[i].path, t);
+    char *end = NULL;
+    double c = strtod(t, &end);
+    if (*end != '\0' || v != c)
+      fail_msg("%s: default %s read as %.17g", rows[i].path, t, v);
+    if (v < rows[i].min_value || v > rows[i].max_value)
+      fail_msg("%s: default %s out of bounds", rows[i].path, t);
+    tried++;
+  }
+  assert_true(tried > 50);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_first_use_from_threads),
       cmocka_unit_test(test_index_sorted),
       cmocka_unit_test(test_every_option_found),
       cmocka_unit_test(test_unknown_not_found),
+      cmocka_unit_test(test_number_defaults),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -429,6 +429,34 @@ static void test_reset(void **state) {
   "\"days\":{\"maximum\":7,\"type\":\"integer\"}},\"required\":[\"city\"],"  \
   "\"type\":\"object\"}},\"type\":\"function\"}]"
 
+/* Integers beyond 2^53 in tools (set or in a body) keep their digits: one
+ * double stands for 2^53 and 2^53 + 1, their keys must not. */
+static void test_tools_big_integers(void **state) {
+  world *f = *state;
+  spi_request *r = f->r;
+  static const char *const big[] = {"9007199254740993", "9007199254740992"};
+  spi_cache_key set[2], body[2];
+  for (int i = 0; i < 2; i++) {
+    char tools[128], text[256];
+    snprintf(tools, sizeof tools, "[{\"type\":\"integer\",\"enum\":[%s]}]",
+             big[i]);
+    spi_request_reset(r);
+    assert_int_equal(spi_request_set_str(r, SPI_REQ_MODEL, LIT("m")), SPI_OK);
+    assert_int_equal(spi_request_set_str(r, SPI_REQ_TOOLS_JSON, tools,
+                                         strlen(tools)),
+                     SPI_OK);
+    snprintf(text, sizeof text, "[{\"enum\":[%s],\"type\":\"integer\"}]", big[i]);
+    assert_str(r, SPI_REQ_TOOLS_JSON, text);
+    set[i] = key_of(r);
+    snprintf(text, sizeof text,
+             "{\"model\":\"m\",\"prompt\":\"q\",\"tools\":%s}", tools);
+    assert_int_equal(parse(r, text), SPI_OK);
+    body[i] = key_of(r);
+    assert_true(keys_equal(set[i], body[i]));
+  }
+  assert_false(keys_equal(set[0], set[1]));
+}
+
 static void test_tools_canonical(void **state) {
   world *f = *state;
   spi_request *r = f->r;
@@ -740,13 +768,13 @@ static void test_parse_chat(void **state) {
       r,
       "system\x1fYou are a travel agent.\x1e"
       "user\x1fWeather in Oslo?\x1e"
-      "assistant\x1f[{\"function\":{\"arguments\":\"{\\\"city\\\":\\\"Oslo\\\"}"
+      "assistant\x1f\x1d[{\"function\":{\"arguments\":\"{\\\"city\\\":\\\"Oslo\\\"}"
       "\",\"name\":\"get_weather\"},\"id\":\"call_1\",\"type\":\"function\"}]"
-      "\x1e"
-      "tool\x1f-3C, snow\x1e"
+      "\x1d\x1e"
+      "tool\x1f-3C, snow\x1d\"call_1\"\x1d\x1e"
       "user\x1f" "And this place? "
-      "{\"image_url\":{\"detail\":\"low\",\"url\":\"https://example.com/a.png\"},"
-      "\"type\":\"image_url\"}Thanks.\x1e");
+      "\x1d{\"image_url\":{\"detail\":\"low\",\"url\":\"https://example.com/a.png\"},"
+      "\"type\":\"image_url\"}\x1dThanks.\x1e");
   assert_str(r, SPI_REQ_TOOLS_JSON,
              "[{\"function\":{\"name\":\"get_weather\",\"parameters\":{"
              "\"properties\":{\"city\":{\"type\":\"string\"}},\"type\":"
@@ -787,7 +815,7 @@ static void test_parse_chat(void **state) {
   assert_string_equal(c.reason, "explicit class bronze");
   /* The last user message is the cascade query. */
   assert_int_equal(r->last_user_len,
-                   strlen("And this place? ") + strlen("Thanks.") +
+                   strlen("And this place? ") + strlen("Thanks.") + 2 +
                        strlen("{\"image_url\":{\"detail\":\"low\",\"url\":"
                               "\"https://example.com/a.png\"},\"type\":"
                               "\"image_url\"}"));
@@ -871,6 +899,182 @@ static void test_parse_chat_variants(void **state) {
                    SPI_OK);
   assert_int_equal(spi_request_message_count(r), 0);
   assert_str(r, SPI_REQ_PROMPT, "p");
+}
+
+/* What a body reads as: its canonical prompt, system prompt, key, and the
+ * hashes of its first 64-byte blocks. */
+typedef struct canon_of {
+  uint8_t prompt[2048];
+  size_t n;
+  char sys[512];
+  size_t sys_n;
+  spi_cache_key key;
+  uint64_t blocks[32];
+  size_t nblocks;
+} canon_of;
+
+static void read_as_(spi_request *r, const char *body, canon_of *o, int line) {
+  memset(o, 0, sizeof *o);
+  if (parse(r, body) != SPI_OK)
+    fail_msg("line %d: %s: %s", line, body, spi_request_errmsg(r));
+  const uint8_t *p = NULL;
+  assert_int_equal(spi_request_canonical_prompt(r, &p, &o->n), SPI_OK);
+  assert_true(o->n <= sizeof o->prompt);
+  if (o->n) memcpy(o->prompt, p, o->n);
+  spi_request_view v;
+  assert_int_equal(spi__request_view(r, &v), SPI_OK);
+  assert_true(v.system_prompt_len <= sizeof o->sys);
+  o->sys_n = v.system_prompt_len;
+  if (o->sys_n) memcpy(o->sys, v.system_prompt, o->sys_n);
+  o->key = key_of(r);
+  assert_int_equal(spi_request_block_hashes(r, o->blocks, 32, &o->nblocks),
+                   SPI_OK);
+}
+#define read_as(r, body, o) read_as_((r), (body), (o), __LINE__)
+
+/* Two bodies of different structure never read the same: neither their
+ * canonical prompts nor their system prompts (so neither their keys). */
+static void assert_apart_(spi_request *r, const char *a, const char *b,
+                          int line) {
+  canon_of x, y;
+  read_as_(r, a, &x, line);
+  read_as_(r, b, &y, line);
+  if (x.n == y.n && memcmp(x.prompt, y.prompt, x.n) == 0 &&
+      x.sys_n == y.sys_n && memcmp(x.sys, y.sys, x.sys_n) == 0)
+    fail_msg("line %d: read the same:\n  %s\n  %s", line, a, b);
+}
+#define assert_apart(r, a, b) assert_apart_((r), (a), (b), __LINE__)
+
+#define MSGS "{\"model\":\"m\",\"messages\":["
+#define CALL(city)                                                           \
+  "{\"id\":\"c1\",\"type\":\"function\",\"function\":{\"name\":\"f\","      \
+  "\"arguments\":\"{\\\"city\\\":\\\"" city "\\\"}\"}}"
+/* 70 bytes of filler: prompts longer than a 64-byte block. */
+#define PAD "0123456789012345678901234567890123456789012345678901234567890123456789"
+
+/* The canonical prompt keeps each message's structure: tool calls next to
+ * content, a tool result's call id, bytes 0x1B-0x1F in text, image parts
+ * against text spelling them, empty system messages, completions prompts
+ * against chat prompts. */
+static void test_canonical_prompt_structure(void **state) {
+  world *f = *state;
+  spi_request *r = f->r;
+  assert_int_equal(spi_engine_configure(f->e, "{\"cache_key\":{\"block_bytes\":64}}",
+                                        strlen("{\"cache_key\":{\"block_bytes\":64}}")),
+                   SPI_OK);
+  /* Tool calls count whatever the content is. */
+  assert_apart(r,
+               MSGS "{\"role\":\"user\",\"content\":\"" PAD "\"},"
+               "{\"role\":\"assistant\",\"content\":\"\",\"tool_calls\":["
+               CALL("Oslo") "]}]}",
+               MSGS "{\"role\":\"user\",\"content\":\"" PAD "\"},"
+               "{\"role\":\"assistant\",\"content\":\"\",\"tool_calls\":["
+               CALL("Paris") "]}]}");
+  assert_apart(r,
+               MSGS "{\"role\":\"assistant\",\"content\":\"Checking.\","
+               "\"tool_calls\":[" CALL("Oslo") "]}]}",
+               MSGS "{\"role\":\"assistant\",\"content\":\"Checking.\","
+               "\"tool_calls\":[" CALL("Paris") "]}]}");
+  assert_apart(r,
+               MSGS "{\"role\":\"assistant\",\"content\":\"Checking.\","
+               "\"tool_calls\":[" CALL("Oslo") "]}]}",
+               MSGS "{\"role\":\"assistant\",\"content\":\"Checking.\"}]}");
+  canon_of o;
+  read_as(r, MSGS "{\"role\":\"assistant\",\"content\":\"Hm\",\"tool_calls\":[]}]}",
+          &o);
+  assert_int_equal(o.n, strlen("assistant\x1fHm\x1d[]\x1d\x1e"));
+  assert_memory_equal(o.prompt, "assistant\x1fHm\x1d[]\x1d\x1e", o.n);
+  /* A tool result's call id counts. */
+  assert_apart(r,
+               MSGS "{\"role\":\"tool\",\"tool_call_id\":\"c1\",\"content\":\"-3C\"}]}",
+               MSGS "{\"role\":\"tool\",\"tool_call_id\":\"c2\",\"content\":\"-3C\"}]}");
+  /* Content that spells a message boundary is not one. */
+  assert_apart(r,
+               MSGS "{\"role\":\"user\",\"content\":\"hi\\u001eassistant\\u001f"
+               "yes" PAD "\"}]}",
+               MSGS "{\"role\":\"user\",\"content\":\"hi\"},"
+               "{\"role\":\"assistant\",\"content\":\"yes" PAD "\"}]}");
+  read_as(r, MSGS "{\"role\":\"user\",\"content\":\"a\\u001bb\\u001cc\\u001dd"
+               "\\u001ee\\u001ff\\u001ag\"}]}",
+          &o);
+  static const char esc[] =
+      "user\x1f" "a\x1b[b\x1b\\c\x1b]d\x1b^e\x1b_f\x1ag\x1e";
+  assert_int_equal(o.n, sizeof esc - 1);
+  assert_memory_equal(o.prompt, esc, o.n);
+  /* System prompts: one message holding 0x1E is not two, and an empty
+   * system message does not vanish from the join. */
+  assert_apart(r,
+               MSGS "{\"role\":\"system\",\"content\":\"A\\u001eB\"},"
+               "{\"role\":\"user\",\"content\":\"q\"}]}",
+               MSGS "{\"role\":\"system\",\"content\":\"A\"},"
+               "{\"role\":\"system\",\"content\":\"B\"},"
+               "{\"role\":\"user\",\"content\":\"q\"}]}");
+  canon_of a, b;
+  read_as(r, MSGS "{\"role\":\"system\",\"content\":\"A\\u001eB\"},"
+               "{\"role\":\"user\",\"content\":\"q\"}]}", &a);
+  read_as(r, MSGS "{\"role\":\"system\",\"content\":\"A\"},"
+               "{\"role\":\"system\",\"content\":\"B\"},"
+               "{\"role\":\"user\",\"content\":\"q\"}]}", &b);
+  assert_false(keys_equal(a.key, b.key));
+  read_as(r, MSGS "{\"role\":\"system\",\"content\":\"\"},"
+               "{\"role\":\"system\",\"content\":\"B\"},"
+               "{\"role\":\"user\",\"content\":\"q\"}]}", &a);
+  read_as(r, MSGS "{\"role\":\"system\",\"content\":\"B\"},"
+               "{\"role\":\"user\",\"content\":\"q\"}]}", &b);
+  assert_false(keys_equal(a.key, b.key));
+  assert_int_equal(a.sys_n, 2);
+  assert_memory_equal(a.sys, "\x1e" "B", 2);
+  /* A completions prompt is never a chat prompt. */
+  assert_apart(r, "{\"model\":\"m\",\"prompt\":\"user\\u001f" PAD "\\u001e\"}",
+               MSGS "{\"role\":\"user\",\"content\":\"" PAD "\"}]}");
+  read_as(r, "{\"model\":\"m\",\"prompt\":\"user\\u001fhi\\u001e\"}", &o);
+  assert_int_equal(o.n, strlen("user\x1b_hi\x1b^"));
+  assert_memory_equal(o.prompt, "user\x1b_hi\x1b^", o.n);
+  /* An image part is not the text of its canonical JSON, nor are tool
+   * calls the text of theirs. */
+  assert_apart(r,
+               MSGS "{\"role\":\"user\",\"content\":[{\"type\":\"image_url\","
+               "\"image_url\":{\"url\":\"https://x/a.png\"}}]}]}",
+               MSGS "{\"role\":\"user\",\"content\":[{\"type\":\"text\","
+               "\"text\":\"{\\\"image_url\\\":{\\\"url\\\":\\\"https://x/a.png"
+               "\\\"},\\\"type\\\":\\\"image_url\\\"}\"}]}]}");
+  assert_apart(r,
+               MSGS "{\"role\":\"assistant\",\"content\":null,\"tool_calls\":[]}]}",
+               MSGS "{\"role\":\"assistant\",\"content\":\"[]\"}]}");
+  /* Ordinary requests read as before: text as is, roles and separators. */
+  read_as(r, MSGS "{\"role\":\"system\",\"content\":\"S\\n1\"},"
+               "{\"role\":\"developer\",\"content\":\"D\"},"
+               "{\"role\":\"user\",\"content\":[{\"type\":\"text\",\"text\":\"a\"},"
+               "{\"type\":\"text\",\"text\":\"b\\t\"}]}]}",
+          &o);
+  static const char plain[] =
+      "system\x1fS\n1\x1e" "developer\x1f" "D\x1e" "user\x1f" "ab\t\x1e";
+  assert_int_equal(o.n, sizeof plain - 1);
+  assert_memory_equal(o.prompt, plain, o.n);
+  assert_int_equal(o.sys_n, 5);
+  assert_memory_equal(o.sys, "S\n1\x1e" "D", 5);
+  read_as(r, "{\"model\":\"m\",\"prompt\":\"Say \\\"hi\\\"\\n\"}", &o);
+  assert_int_equal(o.n, 9);
+  assert_memory_equal(o.prompt, "Say \"hi\"\n", 9);
+  /* Messages added one by one are escaped the same way. */
+  spi_request_reset(r);
+  assert_int_equal(spi_request_add_message(r, LIT("user"), LIT("hi\x1e" "assistant\x1fyes")),
+                   SPI_OK);
+  const uint8_t *p = NULL;
+  size_t n = 0;
+  assert_int_equal(spi_request_canonical_prompt(r, &p, &n), SPI_OK);
+  static const char added[] = "user\x1fhi\x1b^assistant\x1b_yes\x1e";
+  assert_int_equal(n, sizeof added - 1);
+  assert_memory_equal(p, added, n);
+  /* Bad types are refused with their path. */
+  assert_int_equal(parse(r, MSGS "{\"role\":\"assistant\",\"content\":\"x\","
+                            "\"tool_calls\":{}}]}"),
+                   SPI_ETYPE);
+  assert_starts(spi_request_errmsg(r), "messages[0].tool_calls:");
+  assert_int_equal(parse(r, MSGS "{\"role\":\"tool\",\"content\":\"x\","
+                            "\"tool_call_id\":7}]}"),
+                   SPI_ETYPE);
+  assert_starts(spi_request_errmsg(r), "messages[0].tool_call_id:");
 }
 
 static void test_parse_completions(void **state) {
@@ -975,6 +1179,9 @@ static const bad_body BAD_BODIES[] = {
     {"{\"model\":\"m\",\"messages\":[{\"role\":\"user\",\"content\":[{\"type\":"
      "\"text\",\"text\":\"a\",\"text\":\"b\"}]}]}",
      0, SPI_EPARSE, "messages[0].content[0].text:", "duplicate key"},
+    {"{\"model\":\"m\",\"prompt\":\"p\",\"metadata\":{\"class\":\"gold\","
+     "\"class\":\"bronze\"}}",
+     0, SPI_EPARSE, "metadata.class:", "duplicate key"},
     /* An escaped backslash before "u0000" is text, not a NUL. */
     {"{\"model\":\"m\",\"prompt\":\"a\\\\u0000\"}", 0, SPI_OK, "", NULL},
     {"   ", 0, SPI_EPARSE, "body:", "byte offset"},
@@ -1904,6 +2111,42 @@ static void test_token_ids(void **state) {
   assert_int_equal(blocks, 0);
 }
 
+/* The escape scan reads eight bytes at a time: every byte value at every
+ * position of a word and of the tail is found (or not) as one by one. */
+static void test_prompt_text_escape(void **st) {
+  (void)st;
+  uint8_t buf[24];
+  for (size_t len = 0; len <= sizeof buf; len++)
+    for (size_t pos = 0; pos < len; pos++)
+      for (int c = 0; c < 256; c++) {
+        memset(buf, 'a', sizeof buf);
+        buf[pos] = (uint8_t)c;
+        if (pos + 1 < len) buf[pos + 1] = 0x1A; /* not reserved */
+        size_t want = len;
+        for (size_t i = 0; i < len && want == len; i++)
+          if (buf[i] >= 0x1B && buf[i] <= 0x1F) want = i;
+        assert_int_equal(spi__prompt_reserved_at(buf, len), want);
+      }
+  counter a = {0, 0, 0, -1, 0};
+  spi_mem m = {count_alloc, count_free, &a};
+  spi_buf b = {0};
+  static const char in[] = "x\x1b\x1c\x1d\x1e\x1f\x18\x1a\n" "0123456789\x1e";
+  static const char out[] = "x\x1b[\x1b\\\x1b]\x1b^\x1b_\x18\x1a\n" "0123456789\x1b^";
+  assert_int_equal(spi__buf_append_text(&b, &m, in, sizeof in - 1), SPI_OK);
+  assert_int_equal(b.len, sizeof out - 1);
+  assert_memory_equal(b.data, out, b.len);
+  /* Out of memory part way: the buffer is as it was. */
+  static char big[200];
+  memset(big, 'z', sizeof big);
+  big[100] = 0x1e;
+  a.fail_at = a.calls;
+  assert_int_equal(spi__buf_append_text(&b, &m, big, sizeof big), SPI_ENOMEM);
+  assert_int_equal(b.len, sizeof out - 1);
+  assert_memory_equal(b.data, out, b.len);
+  spi__buf_free(&b, &m);
+  assert_int_equal(a.allocs, a.frees);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test_setup_teardown(test_str_set_get, world_setup, world_teardown),
@@ -1924,6 +2167,11 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_metadata_setter, world_setup, world_teardown),
       cmocka_unit_test_setup_teardown(test_token_ids, world_setup, world_teardown),
       cmocka_unit_test_setup_teardown(test_parse_chat, world_setup, world_teardown),
+      cmocka_unit_test(test_prompt_text_escape),
+      cmocka_unit_test_setup_teardown(test_tools_big_integers, world_setup,
+                                      world_teardown),
+      cmocka_unit_test_setup_teardown(test_canonical_prompt_structure,
+                                      world_setup, world_teardown),
       cmocka_unit_test_setup_teardown(test_parse_chat_variants, world_setup,
                                       world_teardown),
       cmocka_unit_test_setup_teardown(test_parse_completions, world_setup, world_teardown),

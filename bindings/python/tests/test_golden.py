@@ -52,6 +52,15 @@ def token_ids(req):
     return req.get("token_ids", [])
 
 
+def completions_text(b: bytes) -> bytes:
+    """A completions prompt's canonical text: each byte 0x1B-0x1F written as
+    0x1B, byte ^ 0x40 (docs/cache-key.md)."""
+    out = bytearray()
+    for x in b:
+        out += bytes([0x1B, x ^ 0x40]) if 0x1B <= x <= 0x1F else bytes([x])
+    return bytes(out)
+
+
 def test_vector_file():
     assert DOC["module"] == "xxh3-v1"
     assert len(DOC["vectors"]) >= 30
@@ -80,7 +89,21 @@ def test_golden_vector(golden_engine, vec):
         ids = token_ids(req)
         if ids:
             r.set_token_ids(ids)
-        assert r.canonical_prompt() == prompt
+        assert r.canonical_prompt() == completions_text(prompt)
+        assert r.cache_key() == vec["key"]
+        # The vector's blocks are those of its prompt as canonical text; as a
+        # completions prompt, bytes 0x1B-0x1F are escaped first.
+        blocks = vec.get("completions_blocks", vec["blocks"])
+        assert r.block_hashes() == [int(b, 16) for b in blocks]
+        assert r.block_count() == len(blocks)
+
+
+@pytest.mark.parametrize("vec", DOC["bodies"], ids=[v["name"] for v in DOC["bodies"]])
+def test_golden_body(golden_engine, vec):
+    e = golden_engine
+    e.configure({"cache_key": vec["config"]})
+    with e.request() as r:
+        r.parse_openai(vec["body"])
+        assert r.canonical_prompt() == vec["canonical_prompt"].encode("utf-8")
         assert r.cache_key() == vec["key"]
         assert r.block_hashes() == [int(b, 16) for b in vec["blocks"]]
-        assert r.block_count() == len(vec["blocks"])
