@@ -59,6 +59,7 @@ void spi__buf_clear(spi_buf *b);
  * written as 0x1B, byte ^ 0x40 ("\x1b[" .. "\x1b_"), so no text can spell
  * a message boundary. SPI_OK or SPI_ENOMEM (buffer unchanged). */
 size_t spi__prompt_reserved_at(const void *data, size_t n);
+size_t spi__prompt_reserved_at_avx2(const void *data, size_t n); /* text_avx2.c */
 int spi__buf_append_text(spi_buf *b, const spi_mem *m, const void *data,
                          size_t n);
 void spi__buf_free(spi_buf *b, const spi_mem *m);

@@ -2127,6 +2127,24 @@ static void test_prompt_text_escape(void **st) {
           if (buf[i] >= 0x1B && buf[i] <= 0x1F) want = i;
         assert_int_equal(spi__prompt_reserved_at(buf, len), want);
       }
+  /* Long texts take the wide loops (64 or 128 bytes a turn, AVX2 from 256
+   * bytes where the CPU has it): one byte at every position, its neighbours
+   * in value around it, and a second reserved byte later that must not be
+   * the one found. */
+  static const uint8_t probe[] = {0x1A, 0x1B, 0x1D, 0x1F, 0x20, 0x9B, 0xFF};
+  static const size_t lens[] = {63, 64, 127, 255, 256, 257, 300, 1031};
+  static uint8_t wide[1031];
+  for (size_t l = 0; l < sizeof lens / sizeof lens[0]; l++)
+    for (size_t pos = 0; pos < lens[l]; pos++)
+      for (size_t c = 0; c < sizeof probe; c++) {
+        size_t len = lens[l];
+        memset(wide, 'a', len);
+        wide[pos] = probe[c];
+        if (pos + 40 < len) wide[pos + 40] = 0x1E;
+        int hit = probe[c] >= 0x1B && probe[c] <= 0x1F;
+        size_t want = hit ? pos : pos + 40 < len ? pos + 40 : len;
+        assert_int_equal(spi__prompt_reserved_at(wide, len), want);
+      }
   counter a = {0, 0, 0, -1, 0};
   spi_mem m = {count_alloc, count_free, &a};
   spi_buf b = {0};
