@@ -47,6 +47,9 @@ static void usage(void) {
           "  [--family NAME] [--scenario replay] [--targets DATA_DIR]\n"
           "policies: library, greedy, sglang, epp, round-robin, least-loaded,\n"
           "  consistent-hash (all-on-demand is always run as the baseline)\n"
+          "--requests: at most 10000000; --rate: 0.01 to 1000000 a second;\n"
+          "  --replicas x --kv-blocks: at most 16777216 KV blocks; a run (the\n"
+          "  arrivals and the horizon after them): at most 2e7 simulated seconds.\n"
           "--trace: requests from a file, its format told by content: Mooncake or\n"
           "  Qwen/Bailian JSONL (hash_ids of a power-of-two block, 16-4096 tokens), or CSV with a\n"
           "  time, an input-token and an output-token column (Azure, BurstGPT).\n"
@@ -97,13 +100,42 @@ static void usage(void) {
           "Progress goes to standard error (each 5%%, at most every 2 s).\n");
 }
 
+/* A whole decimal number: digits only (strtoull would take "-5" as
+ * 2^64 - 5, and leading blanks or a '+'). */
 static int parse_u64(const char *s, uint64_t *out) {
   char *end;
+  if (*s < '0' || *s > '9') return -1;
   errno = 0;
   unsigned long long v = strtoull(s, &end, 10);
   if (errno || end == s || *end) return -1;
   *out = v;
   return 0;
+}
+
+/* A finite number and nothing after it. */
+static int parse_num(const char *s, double *out) {
+  char *end;
+  errno = 0;
+  double v = strtod(s, &end);
+  if (end == s || *end || errno == ERANGE || !isfinite(v)) return -1;
+  *out = v;
+  return 0;
+}
+
+/* --mix G,S,B: three weights, nothing else. */
+static int parse_mix(const char *s, double mix[4]) {
+  char buf[128];
+  if (strlen(s) >= sizeof buf) return -1;
+  snprintf(buf, sizeof buf, "%s", s);
+  char *p = buf;
+  for (int k = 1; k <= 3; k++) {
+    char *c = strchr(p, ',');
+    if ((k < 3) != (c != NULL)) return -1;
+    if (c) *c = 0;
+    if (parse_num(p, &mix[k]) || !(mix[k] >= 0)) return -1;
+    p = c ? c + 1 : p;
+  }
+  return mix[1] + mix[2] + mix[3] > 0 ? 0 : -1;
 }
 
 /* The whole file as a string (free() it), or NULL with msg. */
@@ -158,14 +190,15 @@ int main(int argc, char **argv) {
     const char *v = i + 1 < argc ? argv[i + 1] : NULL;
     uint64_t u = 0;
     int bad = 0;
+    const char *want = NULL; /* what the option takes, for the message */
 #define NEEDV() do { if (!v) { usage(); return 2; } i++; } while (0)
-    if (!strcmp(a, "--requests")) { NEEDV(); bad = parse_u64(v, &u) || u < 1; o.gen.requests = (size_t)u; o.requests_given = 1; }
-    else if (!strcmp(a, "--rate")) { NEEDV(); o.gen.rate_per_s = atof(v); bad = !(o.gen.rate_per_s > 0 && isfinite(o.gen.rate_per_s)); o.rate_given = 1; }
-    else if (!strcmp(a, "--seed")) { NEEDV(); bad = parse_u64(v, &o.gen.seed); }
-    else if (!strcmp(a, "--replicas")) { NEEDV(); sized = 1; bad = parse_u64(v, &u) || u < 2 || u > 1000; o.replicas = (uint32_t)u; }
-    else if (!strcmp(a, "--on-demand")) { NEEDV(); sized = 1; bad = parse_u64(v, &u) || u > 1000; o.on_demand = (uint32_t)u; }
-    else if (!strcmp(a, "--kv-blocks")) { NEEDV(); sized = 1; bad = parse_u64(v, &u) || u < 16 || u > 100000000; o.kv_blocks = (uint32_t)u; }
-    else if (!strcmp(a, "--limit")) { NEEDV(); bad = parse_u64(v, &u); o.limit = (size_t)u; }
+    if (!strcmp(a, "--requests")) { NEEDV(); bad = parse_u64(v, &u) || u < 1 || u > SIM_MAX_REQUESTS; want = "a whole number from 1 to 10000000"; o.gen.requests = (size_t)u; o.requests_given = 1; }
+    else if (!strcmp(a, "--rate")) { NEEDV(); bad = parse_num(v, &o.gen.rate_per_s) || !(o.gen.rate_per_s >= SIM_MIN_RATE && o.gen.rate_per_s <= SIM_MAX_RATE); want = "a number from 0.01 to 1000000"; o.rate_given = 1; }
+    else if (!strcmp(a, "--seed")) { NEEDV(); bad = parse_u64(v, &o.gen.seed); want = "a whole number"; }
+    else if (!strcmp(a, "--replicas")) { NEEDV(); sized = 1; bad = parse_u64(v, &u) || u < 2 || u > 1000; want = "a whole number from 2 to 1000"; o.replicas = (uint32_t)u; }
+    else if (!strcmp(a, "--on-demand")) { NEEDV(); sized = 1; bad = parse_u64(v, &u) || u > 1000; want = "a whole number from 0 to 1000"; o.on_demand = (uint32_t)u; }
+    else if (!strcmp(a, "--kv-blocks")) { NEEDV(); sized = 1; bad = parse_u64(v, &u) || u < 16 || u > 100000000; want = "a whole number from 16 to 100000000"; o.kv_blocks = (uint32_t)u; }
+    else if (!strcmp(a, "--limit")) { NEEDV(); bad = parse_u64(v, &u); want = "a whole number"; o.limit = (size_t)u; }
     else if (!strcmp(a, "--trace")) { NEEDV(); o.trace = v; }
     else if (!strcmp(a, "--speedup")) {
       NEEDV();
@@ -184,20 +217,26 @@ int main(int argc, char **argv) {
     }
     else if (!strcmp(a, "--mix")) {
       NEEDV();
-      bad = sscanf(v, "%lf,%lf,%lf", &o.gen.mix[1], &o.gen.mix[2], &o.gen.mix[3]) != 3 ||
-            !(o.gen.mix[1] >= 0 && isfinite(o.gen.mix[1])) ||
-            !(o.gen.mix[2] >= 0 && isfinite(o.gen.mix[2])) ||
-            !(o.gen.mix[3] >= 0 && isfinite(o.gen.mix[3])) ||
-            o.gen.mix[1] + o.gen.mix[2] + o.gen.mix[3] <= 0;
+      bad = parse_mix(v, o.gen.mix);
+      want = "three weights G,S,B, none negative, not all 0";
     }
-    else if (!strcmp(a, "--policies")) { NEEDV(); o.policies = v; }
+    else if (!strcmp(a, "--policies")) {
+      NEEDV();
+      char which[72];
+      if (sim_policies_check(v, which, sizeof which)) {
+        fprintf(stderr, "spotinfer_sim: --policies: unknown policy \"%s\" (library, greedy, "
+                "sglang, epp, round-robin, least-loaded, consistent-hash)\n", which);
+        return 2;
+      }
+      o.policies = v;
+    }
     else if (!strcmp(a, "--json")) { NEEDV(); o.json = v; }
     else if (!strcmp(a, "--svg")) { NEEDV(); o.svg = v; }
     else if (!strcmp(a, "--quiet")) o.quiet = 1;
     else if (!strcmp(a, "--config")) { NEEDV(); config_path = v; }
     /* At most about 115 days: its nanoseconds, and an arrival's plus it,
      * stay far inside int64. */
-    else if (!strcmp(a, "--horizon")) { NEEDV(); o.horizon_s = atof(v); bad = !(o.horizon_s > 0 && o.horizon_s <= 1e7); }
+    else if (!strcmp(a, "--horizon")) { NEEDV(); bad = parse_num(v, &o.horizon_s) || !(o.horizon_s > 0 && o.horizon_s <= 1e7); want = "a number of seconds above 0, at most 1e7"; }
     else if (!strcmp(a, "--no-interruptions")) o.no_interruptions = 1;
     else if (!strcmp(a, "--family")) { NEEDV(); bad = sim_family_parse(v, &o.gen.family); o.family_given = 1; }
     else if (!strcmp(a, "--scenario")) { NEEDV(); bad = strcmp(v, "replay") != 0; scenario = 1; }
@@ -206,7 +245,11 @@ int main(int argc, char **argv) {
     else if (!strcmp(a, "--help") || !strcmp(a, "-h")) { usage(); return 0; }
     else { fprintf(stderr, "spotinfer_sim: unknown argument %s\n", a); usage(); return 2; }
 #undef NEEDV
-    if (bad) { fprintf(stderr, "spotinfer_sim: bad value for %s\n", a); return 2; }
+    if (bad) {
+      if (want) fprintf(stderr, "spotinfer_sim: bad value for %s: %s (want %s)\n", a, v, want);
+      else fprintf(stderr, "spotinfer_sim: bad value for %s\n", a);
+      return 2;
+    }
   }
   if (config_path) {
     char msg[256];
@@ -248,6 +291,12 @@ int main(int argc, char **argv) {
   }
   if (o.on_demand > o.replicas) {
     fprintf(stderr, "spotinfer_sim: --on-demand cannot exceed --replicas\n");
+    return 2;
+  }
+  if ((uint64_t)o.replicas * o.kv_blocks > SIM_MAX_CLUSTER_KV) {
+    fprintf(stderr, "spotinfer_sim: --replicas x --kv-blocks is %" PRIu64 " KV blocks, "
+            "more than the %u the simulator holds\n",
+            (uint64_t)o.replicas * o.kv_blocks, SIM_MAX_CLUSTER_KV);
     return 2;
   }
   return sim_main(&o);

@@ -231,6 +231,7 @@ int sim_cluster_parse(sim_cluster *c, const char *buf, size_t len, const char *p
   }
   size_t gi = 0;
   int has_od = 0;
+  uint64_t kv = 0;
   for (const cJSON *g = groups->child; g; g = g->next, gi++) {
     if (read_group(c, g, gi, path, msg, cap)) goto out;
     sim_group *s = &c->g[gi];
@@ -239,6 +240,15 @@ int sim_cluster_parse(sim_cluster *c, const char *buf, size_t len, const char *p
       char at[32];
       snprintf(at, sizeof at, "groups[%zu].count", gi);
       bad(msg, cap, path, at, "the cluster would exceed 1000 replicas");
+      goto out;
+    }
+    kv += (uint64_t)s->count * s->kv_blocks;
+    if (kv > SIM_MAX_CLUSTER_KV) {
+      char at[32], why[96];
+      snprintf(at, sizeof at, "groups[%zu].kv_blocks", gi);
+      snprintf(why, sizeof why, "the cluster would exceed %u KV blocks (count x kv_blocks)",
+               SIM_MAX_CLUSTER_KV);
+      bad(msg, cap, path, at, why);
       goto out;
     }
     has_od |= s->pool == SPI_POOL_ON_DEMAND;

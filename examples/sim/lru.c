@@ -37,11 +37,16 @@ uint64_t sim_mix64(uint64_t x) {
 int sim_lru_init(sim_lru *l, uint32_t capacity) {
   memset(l, 0, sizeof *l);
   if (capacity < 1) capacity = 1;
-  uint32_t slots = 4;
-  while (slots < capacity * 2u) slots <<= 1;
+  /* Slot indices are 32-bit with UINT32_MAX for none: at most 2^31 slots,
+   * so at most SIM_LRU_MAX_CAP keys. Counted in 64 bits: twice a capacity
+   * past 2^31 wraps in 32. */
+  if (capacity > SIM_LRU_MAX_CAP) return -1;
+  uint64_t slots = 4;
+  while (slots < (uint64_t)capacity * 2) slots <<= 1;
+  if (slots > SIZE_MAX / sizeof *l->slots) return -1;
   l->cap = capacity;
-  l->mask = slots - 1;
-  l->slots = calloc(slots, sizeof *l->slots);
+  l->mask = (uint32_t)(slots - 1);
+  l->slots = calloc((size_t)slots, sizeof *l->slots);
   if (!l->slots) {
     sim_lru_free(l);
     return -1;

@@ -2,6 +2,7 @@
  * report.c - the table program: every policy on the same trace and spot
  * schedule, the hit-rate ceilings, and the tables, JSON and SVG.
  */
+#include <errno.h>
 #include <inttypes.h>
 #include <math.h>
 #include <stdio.h>
@@ -41,8 +42,9 @@ static void compute_ceilings(const sim_opts *o, const sim_trace *tr, sim_ceiling
     for (size_t g = 0; g < o->cluster->n; g++)
       kv += (uint64_t)o->cluster->g[g].kv_blocks * o->cluster->g[g].count;
   }
-  if (kv > 0xffffffffu / 2) kv = 0xffffffffu / 2;
-  if (!set || sim_lru_init(&pooled, (uint32_t)kv)) abort();
+  if (kv > SIM_LRU_MAX_CAP) kv = SIM_LRU_MAX_CAP;
+  if (!set) sim_oom("the oracle's set of blocks");
+  if (sim_lru_init(&pooled, (uint32_t)kv)) sim_oom("the pooled LRU ceiling's cache");
   for (size_t i = 0; i < tr->n; i++) {
     const sim_trace_req *q = &tr->reqs[i];
     const uint64_t *ch = tr->chain + q->block_off;
@@ -80,6 +82,13 @@ int sim_setup_load(sim_setup *su, const sim_opts *o) {
   if (o->trace) sim_trace_speedup(&su->tr, o->speedup);
   su->horizon_s = (double)su->tr.reqs[su->tr.n - 1].arrival_ns / 1e9 +
                   (o->horizon_s > 0 ? o->horizon_s : 3600);
+  if (!(su->horizon_s <= SIM_MAX_RUN_S)) {
+    fprintf(stderr, "spotinfer_sim: the run would last %.0f simulated seconds (%.0f s of "
+            "arrivals and the horizon after them), more than the %.0f the simulator runs\n",
+            su->horizon_s, (double)su->tr.reqs[su->tr.n - 1].arrival_ns / 1e9, SIM_MAX_RUN_S);
+    sim_trace_free(&su->tr);
+    return -1;
+  }
   sim_zone *zones = su->zones;
   size_t nz = 0;
   if (o->n_spot) {
@@ -286,10 +295,11 @@ static void json_num_or_null(FILE *f, int have, double v) {
   else fprintf(f, "null");
 }
 
-static void write_json(const char *path, const sim_opts *o, const sim_setup *su,
-                       const sim_result *rs, size_t n) {
+/* 0, or -1 (errno says why) when the file cannot be written whole. */
+static int write_json(const char *path, const sim_opts *o, const sim_setup *su,
+                      const sim_result *rs, size_t n) {
   FILE *f = fopen(path, "w");
-  if (!f) { perror(path); return; }
+  if (!f) return -1;
   const sim_trace *tr = &su->tr;
   const sim_ceilings *c = &su->ceil;
   fprintf(f, "{\"trace\":{\"requests\":%zu,\"blocks\":%zu,\"bad_lines\":%zu},\n",
@@ -352,7 +362,20 @@ static void write_json(const char *path, const sim_opts *o, const sim_setup *su,
     fprintf(f, "}}%s\n", k + 1 < n ? "," : "");
   }
   fprintf(f, " ]}\n");
-  fclose(f);
+  int err = ferror(f);
+  if (fclose(f) || err) {
+    if (!errno) errno = EIO;
+    return -1;
+  }
+  return 0;
+}
+
+/* An output file the run could not write: what and why on standard error;
+ * the run then exits 1. */
+static int write_failed(const char *what, const char *path) {
+  fprintf(stderr, "spotinfer_sim: %s%s%s: %s\n", what, path ? " " : "", path ? path : "",
+          errno ? strerror(errno) : "write error");
+  return 1;
 }
 
 /* --------------------------------------------------------------- main */
@@ -374,6 +397,21 @@ int sim_wanted(const char *list, const char *name) {
   for (const char *p = list; (p = strstr(p, name)); p += n)
     if ((p == list || p[-1] == ',') && (p[n] == ',' || !p[n])) return 1;
   return 0;
+}
+
+int sim_policies_check(const char *list, char *bad, size_t cap) {
+  for (const char *p = list;; p++) {
+    size_t n = strcspn(p, ",");
+    int known = n == strlen("all-on-demand") && !strncmp(p, "all-on-demand", n);
+    for (size_t k = 0; k < SIM_N_POLICIES && !known; k++)
+      known = strlen(SIM_POLICIES[k].name) == n && !strncmp(p, SIM_POLICIES[k].name, n);
+    if (!known) {
+      snprintf(bad, cap, "%.*s", (int)(n < 64 ? n : 64), p);
+      return -1;
+    }
+    p += n;
+    if (!*p) return 0;
+  }
 }
 
 int sim_main(const sim_opts *o) {
@@ -399,8 +437,13 @@ int sim_main(const sim_opts *o) {
   }
   double el = wall_s() - t0, cpu = sim_cpu_s() - c0;
   print_tables(o, &su, rs, n);
-  if (o->json) write_json(o->json, o, &su, rs, n);
-  if (o->svg && sim_write_chart(o->svg, &su, rs, n)) perror(o->svg);
+  int unwritten = 0;
+  errno = 0;
+  if (fflush(stdout) || ferror(stdout)) unwritten = write_failed("standard output", NULL);
+  errno = 0;
+  if (o->json && write_json(o->json, o, &su, rs, n)) unwritten = write_failed("--json", o->json);
+  errno = 0;
+  if (o->svg && sim_write_chart(o->svg, &su, rs, n)) unwritten = write_failed("--svg", o->svg);
   double loop = 0;
   for (size_t k = 0; k < n; k++) loop += rs[k].loop_cpu_s;
   if (!o->quiet)
@@ -414,5 +457,5 @@ int sim_main(const sim_opts *o) {
   int bad = 0;
   for (size_t k = 0; k < n; k++) bad |= rs[k].lost != 0 || !sim_conserved(&rs[k], su.tr.n);
   sim_setup_free(&su);
-  return bad ? 3 : 0;
+  return bad ? 3 : unwritten ? 1 : 0;
 }

@@ -84,7 +84,7 @@ static void heap_push(heap *h, int64_t t, uint32_t type, uint32_t a,
   if (h->n == h->cap) {
     h->cap = h->cap ? h->cap * 2 : 4096;
     event *p = realloc(h->e, h->cap * sizeof *p);
-    if (!p) abort();
+    if (!p) sim_oom("the event queue");
     h->e = p;
   }
   event ev = {t, h->seq++, type, a, epoch};
@@ -227,7 +227,7 @@ static void wq_push(replica *p, uint32_t i) {
   if (p->wq_tail - p->wq_head == p->wq_cap) {
     size_t c = p->wq_cap ? p->wq_cap * 2 : 64;
     uint32_t *n = malloc(c * sizeof *n);
-    if (!n) abort();
+    if (!n) sim_oom("a replica's wait queue");
     for (size_t k = 0; k < p->wq_cap; k++) n[k] = p->wq[(p->wq_head + k) % p->wq_cap];
     p->wq_tail -= p->wq_head;
     p->wq_head = 0;
@@ -361,7 +361,7 @@ static void park(sim *s, uint32_t i) {
   if (s->n_parked == s->parked_cap) {
     size_t c = s->parked_cap ? s->parked_cap * 2 : 256;
     uint32_t *p = realloc(s->parked, c * sizeof *p);
-    if (!p) abort();
+    if (!p) sim_oom("the parked requests");
     s->parked = p;
     s->parked_cap = c;
   }
@@ -695,7 +695,7 @@ static void summarise(sim *s) {
   sim_result *r = s->res;
   size_t n = s->tr->n;
   float *a = malloc((n ? n : 1) * sizeof *a), *b = malloc((n ? n : 1) * sizeof *b);
-  if (!a || !b) abort();
+  if (!a || !b) sim_oom("the latency percentiles");
   for (size_t i = 0; i < n; i++) {
     const sreq *q = &s->r[i];
     r->n_class[s->tr->reqs[i].klass & 3]++;
@@ -960,7 +960,7 @@ static void replicas_make(sim *s, int all_od) {
     p->pool = spot ? SPI_POOL_SPOT : SPI_POOL_ON_DEMAND;
     if (spot) p->zslot = s->zones[p->zone].size++;
     p->head = -1;
-    if (sim_lru_init(&p->lru, p->kv_blocks)) abort();
+    if (sim_lru_init(&p->lru, p->kv_blocks)) sim_oom("a replica's KV cache");
   }
 }
 
@@ -1016,7 +1016,7 @@ int sim_run_policy(const sim_opts *o, const sim_trace *tr, sim_zone *zones, size
   hk.clock_user_data = &s;
   const sim_cluster *cl = o->cluster;
   s.nrep = cl ? cl->replicas : o->replicas;
-  if (view_init(&s.view, o, tr, s.nrep)) abort();
+  if (view_init(&s.view, o, tr, s.nrep)) sim_oom("the gateway's view");
   int rc = spi_engine_new(&s.eng, &hk);
   if (rc == SPI_OK) rc = sim_register_policies(s.eng, &s.view, policy);
   sim_engine_params ep = engine_params(o, tr, policy, all_od);
@@ -1059,7 +1059,7 @@ int sim_run_policy(const sim_opts *o, const sim_trace *tr, sim_zone *zones, size
   s.reps = calloc(s.nrep, sizeof *s.reps);
   for (size_t z = 0; z < nz; z++) zones[z].size = 0;
   s.r = calloc(tr->n ? tr->n : 1, sizeof *s.r);
-  if (!s.reps || !s.r) abort();
+  if (!s.reps || !s.r) sim_oom("the replicas and requests");
   replicas_make(&s, all_od);
   if (!all_od) schedule_zones(&s, horizon_s);
   sim_timeline_init(&res->tl, (uint32_t)s.nz);

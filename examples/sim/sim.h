@@ -16,6 +16,16 @@
 
 /* One trace block is this many prompt tokens (Mooncake's hash_ids unit). */
 #define SIM_BLOCK_TOKENS 512
+
+/* Bounds of the generator's options: --requests at most SIM_MAX_REQUESTS,
+ * --rate from SIM_MIN_RATE to SIM_MAX_RATE a second (its arrivals then
+ * stay far inside int64 nanoseconds), and a run (the trace's arrivals and
+ * the horizon after them) at most SIM_MAX_RUN_S simulated seconds, about
+ * 231 days: the spot capacity is kept tick by tick over all of it. */
+#define SIM_MAX_REQUESTS 10000000u
+#define SIM_MIN_RATE 0.01
+#define SIM_MAX_RATE 1e6
+#define SIM_MAX_RUN_S 2e7
 /* A trace block is handed to the library as this many synthesized token
  * ids, and cache_key.block_tokens is set to the same number, so one trace
  * block is exactly one library block. */
@@ -109,6 +119,11 @@ void sim_trace_chain(sim_trace *t);
 sim_trace_req *sim_trace_add_req(sim_trace *t);
 int sim_trace_add_block(sim_trace *t, uint64_t id);
 void sim_trace_note_bad(sim_trace *t, size_t line, const char *why);
+/* Out of memory for what: says so on standard error and exits 1. */
+#if defined(__GNUC__)
+__attribute__((noreturn))
+#endif
+void sim_oom(const char *what);
 uint32_t sim_session_class(const sim_rng *r, const double mix[4], uint64_t session);
 int sim_trace_cmp_arrival(const void *a, const void *b);
 
@@ -171,6 +186,14 @@ typedef struct sim_lru {
   uint32_t cap, size, head, tail; /* head, tail: slot indices */
 } sim_lru;
 
+/* The most keys an LRU holds: its slots are 32-bit indices, at most 2^31. */
+#define SIM_LRU_MAX_CAP (1u << 30)
+/* The most KV blocks of a whole cluster (--replicas times --kv-blocks, or
+ * a cluster file's groups): the pooled ceiling's cache holds all of them,
+ * and its table is 32 bytes a block (512 MiB at this bound). */
+#define SIM_MAX_CLUSTER_KV 16777216u
+
+/* 0, or -1 when capacity is above SIM_LRU_MAX_CAP or memory runs out. */
 int sim_lru_init(sim_lru *l, uint32_t capacity);
 void sim_lru_free(sim_lru *l);
 void sim_lru_clear(sim_lru *l);

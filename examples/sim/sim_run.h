@@ -189,6 +189,10 @@ int sim_setup_load(sim_setup *su, const sim_opts *o);
 void sim_spot_place(sim_setup *su, const sim_opts *o);
 void sim_setup_free(sim_setup *su);
 int sim_wanted(const char *list, const char *name);
+/* A --policies list: 0 when every comma-separated name is one of
+ * SIM_POLICIES (or all-on-demand, always run), else -1 with the first
+ * that is not (an empty one too) in bad. */
+int sim_policies_check(const char *list, char *bad, size_t cap);
 double sim_cpu_s(void);
 /* CPU time of the calling thread, seconds. */
 double sim_thread_cpu_s(void);

@@ -186,7 +186,7 @@ static void reach_serve(reach_walk *w, size_t i, double at_s) {
 static void reach_set_up(reach_walk *w, uint32_t up, double at_s) {
   if (up == w->up) return;
   w->up = up;
-  sim_lru_set_cap(&w->lru, (uint32_t)fmin((double)up * w->kv, (double)(UINT32_MAX / 2)));
+  sim_lru_set_cap(&w->lru, (uint32_t)fmin((double)up * w->kv, (double)SIM_LRU_MAX_CAP));
   if (!up) return;
   for (size_t k = 0; k < w->ndef; k++) reach_serve(w, w->deferred[k], at_s);
   w->ndef = 0;
@@ -246,9 +246,10 @@ double sim_reachable_pct(const sim_opts *o, const sim_trace *tr, const sim_resul
   double ratio = r->price_ratio < 1 ? r->price_ratio : 1;
   double blocks = spot_peak(&r->tl) * w.kv;
   if (!(base->usd > 0) || !(w.pre > 0) || !(w.dec > 0) || !(blocks >= 1)) return 0;
-  if (blocks > 0xffffffffu / 2) blocks = 0xffffffffu / 2;
+  if (blocks > SIM_LRU_MAX_CAP) blocks = SIM_LRU_MAX_CAP;
   w.deferred = malloc((tr->n ? tr->n : 1) * sizeof *w.deferred);
-  if (!w.deferred || sim_lru_init(&w.lru, (uint32_t)blocks)) abort();
+  if (!w.deferred) sim_oom("the reachable maximum's queue");
+  if (sim_lru_init(&w.lru, (uint32_t)blocks)) sim_oom("the reachable maximum's spot cache");
   sim_lru_set_cap(&w.lru, 0);
   for (size_t i = 0; i < tr->n; i++) {
     const sim_trace_req *q = &tr->reqs[i];

@@ -321,6 +321,11 @@ int sim_trace_generate(sim_trace *t, const sim_gen_opts *o) {
   return 0;
 }
 
+void sim_oom(const char *what) {
+  fprintf(stderr, "spotinfer_sim: out of memory (%s)\n", what);
+  exit(1);
+}
+
 void sim_trace_note_bad(sim_trace *t, size_t line, const char *why) {
   if (!t->bad_lines++)
     snprintf(t->first_bad, sizeof t->first_bad, "line %zu: %s", line, why);

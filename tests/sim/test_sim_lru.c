@@ -4,8 +4,9 @@
  * as vLLM and SGLang do: a cache full of one prompt that must make room
  * keeps that prompt's leading blocks, so the next request with the same
  * prefix still hits them; a capacity changed later (sim_lru_set_cap, the
- * reachable maximum's spot pool) keeps the most recent keys. Exits 0 when
- * every check holds.
+ * reachable maximum's spot pool) keeps the most recent keys; a capacity
+ * its 32-bit slot indices cannot hold is refused. Exits 0 when every
+ * check holds.
  */
 #include <stdio.h>
 
@@ -54,6 +55,10 @@ int main(void) {
   sim_lru_prefix_fill(&l, chain, 4);
   check(sim_lru_prefix_fill(&l, chain, 4) == 4, "raised again: it caches");
   sim_lru_free(&l);
+  /* A capacity past what 32-bit slot indices can hold is refused (twice
+   * 2^31 once wrapped to 0 in 32 bits: a 4-slot table for 2^31 keys). */
+  sim_lru big;
+  check(sim_lru_init(&big, 0x80000000u) == -1, "2^31 keys refused");
   if (!fails) printf("sim lru checks passed\n");
   return fails ? 1 : 0;
 }
