@@ -70,7 +70,7 @@ int trace_csv_header(trace_reader *rd, const char *line, char *msg, size_t msgca
   char *buf = strdup(line);
   if (!buf) {
     snprintf(msg, msgcap, "out of memory");
-    return -1;
+    return -2;
   }
   char *p = buf, *f;
   rd->col[0] = rd->col[1] = rd->col[2] = -1;

@@ -1,7 +1,7 @@
 /*
  * trace_read.c - a request trace from a file: its format told by content
- * (a line that starts with '{' is JSONL, trace_jsonl.c; anything else CSV,
- * trace_csv.c), then made into what the simulator runs: arrivals from the
+ * (the first line that reads as one: a line that starts with '{' as JSONL,
+ * trace_jsonl.c; anything else as CSV, trace_csv.c), then made into what the simulator runs: arrivals from the
  * file's first, the file's hash ids as the simulator's 512-token blocks,
  * a session and a class for every request, arrivals in order, chained
  * block hashes. Bad lines are counted and skipped, never fatal.
@@ -113,17 +113,42 @@ int sim_trace_read(sim_trace *t, const char *path, size_t limit,
   return rc;
 }
 
-/* A line of the file, its format decided by the first: 0 read or skipped,
- * 1 the file is unusable (msg says why), -1 out of memory. */
-static int read_line(trace_reader *rd, char *line, size_t len, size_t lineno, char *msg,
-                     size_t msgcap) {
-  if (rd->fmt == TRACE_UNKNOWN && line[0] != '{') {
+/* A line of the file. Until a line gives a request (or a CSV header names
+ * the three columns), each is tried as each format: a line that starts
+ * with '{' as JSONL, any other as a CSV header or row; one that gives
+ * nothing is a bad line (counted) and the format stays open, so a first
+ * line cut in half, or a stray one, does not decide how the rest is read.
+ * 0 read or skipped, -1 out of memory. */
+static int read_line(trace_reader *rd, char *line, size_t len, size_t lineno) {
+  if (rd->fmt != TRACE_UNKNOWN)
+    return rd->fmt == TRACE_CSV ? trace_csv_line(rd, line, lineno)
+                                : trace_jsonl_line(rd, line, len, lineno);
+  sim_trace *t = rd->t;
+  size_t n0 = t->n;
+  int rc;
+  if (line[0] == '{') {
+    rc = trace_jsonl_line(rd, line, len, lineno);
+  } else {
+    char why[96];
+    int h = trace_csv_header(rd, line, why, sizeof why);
+    if (h == -2) return -1;
+    if (h == 1) return rd->fmt = TRACE_CSV, 0;
+    if (h < 0) {
+      char note[160];
+      snprintf(note, sizeof note, "neither JSON nor CSV: %s", why);
+      /* Three or more fields: a header with names this reader does not
+       * know, so the rows under it cannot be read as time, input, output. */
+      const char *c = strchr(line, ',');
+      if (c && strchr(c + 1, ',')) rd->unknown_header = 1;
+      return sim_trace_note_bad(t, lineno, note), 0;
+    }
+    if (rd->unknown_header)
+      return sim_trace_note_bad(t, lineno, "a CSV row under a header of unknown columns"), 0;
     rd->fmt = TRACE_CSV;
-    int h = trace_csv_header(rd, line, msg, msgcap);
-    if (h) return h < 0 ? 1 : 0;
+    rc = trace_csv_line(rd, line, lineno);
   }
-  return rd->fmt == TRACE_CSV ? trace_csv_line(rd, line, lineno)
-                              : trace_jsonl_line(rd, line, len, lineno);
+  if (!rc && t->n == n0) rd->fmt = TRACE_UNKNOWN, rd->time_kind = 0;
+  return rc;
 }
 
 int sim_trace_parse(sim_trace *t, FILE *f, const char *name, size_t limit,
@@ -132,7 +157,7 @@ int sim_trace_parse(sim_trace *t, FILE *f, const char *name, size_t limit,
   memset(t, 0, sizeof *t);
   t->source = name;
   trace_reader rd = {.t = t};
-  char *line = NULL, why[160] = "no usable request";
+  char *line = NULL;
   size_t cap = 0, lineno = 0;
   int rc = 0;
   ssize_t got;
@@ -147,15 +172,24 @@ int sim_trace_parse(sim_trace *t, FILE *f, const char *name, size_t limit,
     while (*s == ' ' || *s == '\t') s++;
     len -= (size_t)(s - line);
     if (!len) continue;
-    rc = read_line(&rd, s, len, lineno, why, sizeof why);
+    rc = read_line(&rd, s, len, lineno);
     if (limit && t->n >= limit) break;
   }
   free(line);
   trace_map_free(&rd.chats);
   t->format = format_name(rd.fmt);
-  if (!rc && !t->n) rc = 1;
+  if (!rc && !t->n) {
+    /* Why: how many lines were bad, and what the first was. */
+    if (t->bad_lines)
+      snprintf(msg, msgcap, "%s: no usable request (%zu bad line%s, the first %s)", name,
+               t->bad_lines, t->bad_lines == 1 ? "" : "s", t->first_bad);
+    else
+      snprintf(msg, msgcap, "%s: no usable request (no line of text)", name);
+    sim_trace_free(t);
+    return -1;
+  }
   if (!rc && !finish(t, rd.fmt, mix, seed)) return 0;
-  snprintf(msg, msgcap, "%s: %s", name, rc > 0 ? why : "out of memory");
+  snprintf(msg, msgcap, "%s: out of memory", name);
   sim_trace_free(t);
   return -1;
 }

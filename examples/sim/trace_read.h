@@ -29,12 +29,15 @@ int trace_mooncake_conversations(sim_trace *t);
 
 typedef struct trace_reader {
   sim_trace *t;
-  int fmt;          /* TRACE_*, from the first line */
+  int fmt;          /* TRACE_*, from the first line that gives a request */
   trace_map chats;  /* Bailian: chat id + 1 to its first chat */
   int col[3];       /* CSV: the columns of time, input and output */
   int ncols;        /* CSV: columns a line must have at least */
   int time_kind;    /* CSV: 0 not yet known, 1 dates and times, 2 seconds
                        (the first line's; a line of the other kind is bad) */
+  int unknown_header; /* a line with 3+ fields that named no column: the
+                         CSV rows after it are bad, not read as the first
+                         three columns */
 } trace_reader;
 
 /* A JSONL line: its format from the first line that is an object (Mooncake
@@ -43,9 +46,10 @@ typedef struct trace_reader {
  * -1 out of memory. */
 int trace_jsonl_line(trace_reader *rd, const char *line, size_t len, size_t lineno);
 
-/* The first line of a CSV: 1 a header (its columns taken), 0 data (the
- * columns are time, input, output in that order), -1 a header that names
- * no time, input or output column (msg says which). */
+/* A line that may be a CSV's first: 1 a header (its columns taken), 0 data
+ * (the columns are time, input, output in that order), -1 a header that
+ * names no time, input or output column (msg says which), -2 out of
+ * memory. */
 int trace_csv_header(trace_reader *rd, const char *line, char *msg, size_t msgcap);
 /* A CSV line: 0 read or skipped (counted), -1 out of memory. Arrivals are
  * absolute ns (or s since the file's zero, as ns); every request is its own

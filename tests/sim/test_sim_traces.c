@@ -5,8 +5,9 @@
  * 512-token ids, conversations past a global prompt), Qwen/Bailian JSONL (s, 16-token ids, conversations by
  * parent_chat_id), Azure CSV (2023 and 2024 timestamps), BurstGPT CSV (a
  * header in another order, failed requests), SplitwiseSim's and Vidur's
- * column names, and headers that name no
- * usable column. Exits 0 when every check holds.
+ * column names, headers that name no usable column, and first lines that
+ * are cut or stray (bad lines, not the format). Exits 0 when every check
+ * holds.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -230,6 +231,58 @@ static void test_unusable(void) {
   sim_trace_free(&t);
 }
 
+/* The format is the first line's that reads as one: a first line cut in
+ * half (a trace's tail) or a stray line is a bad line, not the format. */
+static void test_first_line(void) {
+  const char *good =
+      "{\"timestamp\": 0, \"input_length\": 1000, \"output_length\": 5, \"hash_ids\": [1, 2]}\n"
+      "{\"timestamp\": 1500, \"input_length\": 1100, \"output_length\": 7, \"hash_ids\": [1, 3, 4]}\n";
+  static const char *const firsts[4] = {
+      "97]}\n",                                                      /* digits: a CSV row? */
+      "put_length\": 10, \"output_length\": 5, \"hash_ids\": [1]}\n", /* fields: a header? */
+      "garbage here\n",
+      "{\"timestamp\": 0, \"input_len\n",                           /* JSON, cut */
+  };
+  char text[1024], msg[256] = "";
+  for (int k = 0; k < 4; k++) {
+    sim_trace t;
+    snprintf(text, sizeof text, "%s%s", firsts[k], good);
+    int rc = read_text(&t, text, msg, sizeof msg);
+    check(!rc, "first line: the file is read");
+    if (rc) {
+      fprintf(stderr, "  after %s  %s\n", firsts[k], msg);
+      continue;
+    }
+    check(t.n == 2 && t.bad_lines == 1 && !strncmp(t.first_bad, "line 1:", 7),
+          "first line: counted as a bad line");
+    check(!strcmp(t.format, "Mooncake JSONL") && t.file_block_tokens == 512,
+          "first line: the rest read as Mooncake");
+    sim_trace_free(&t);
+  }
+  /* A Qwen/Bailian trace's cut first line does not make it Mooncake. */
+  sim_trace t;
+  snprintf(text, sizeof text, "%s%s", "d\": 3, \"timestamp\": 1}\n",
+           "{\"chat_id\": 1, \"parent_chat_id\": -1, \"timestamp\": 1, \"input_length\": 32, "
+           "\"output_length\": 4, \"hash_ids\": [1, 2]}\n");
+  check(!read_text(&t, text, msg, sizeof msg) && t.n == 1 && !strcmp(t.format, "Bailian JSONL"),
+        "first line: a cut Bailian line");
+  sim_trace_free(&t);
+  /* A CSV after a stray line: its header still names the columns. */
+  check(!read_text(&t, "exported by tool\nTIMESTAMP,ContextTokens,GeneratedTokens\n"
+                       "2023-11-16 18:17:03,100,5\n2023-11-16 18:17:04,200,6\n",
+                   msg, sizeof msg) &&
+            t.n == 2 && t.bad_lines == 1 && !strcmp(t.format, "CSV"),
+        "first line: a stray line before a CSV header");
+  sim_trace_free(&t);
+  /* With no usable request, the reason: how many lines were bad and why
+   * the first was. */
+  check(read_text(&t, "{oops\n{\"timestamp\": 1}\n", msg, sizeof msg) &&
+            strstr(msg, "no usable request") && strstr(msg, "2 bad lines") &&
+            strstr(msg, "line 1: malformed JSON"),
+        "no usable request: the count and the first reason");
+  if (!strstr(msg, "2 bad lines")) fprintf(stderr, "  got: %s\n", msg);
+}
+
 /* The targets program's spot sets: each file prefixed with the cloud its
  * set's name says. */
 static void test_spot_sets(void) {
@@ -266,6 +319,7 @@ int main(void) {
   test_burstgpt();
   test_simulator_inputs();
   test_unusable();
+  test_first_line();
   test_spot_sets();
   if (fails) fprintf(stderr, "%d check(s) failed\n", fails);
   else printf("trace readers: every check holds\n");
