@@ -148,7 +148,17 @@ static void panel_cost(FILE *f, const sim_result *rs, size_t n) {
     rect(f, p.px, y - bh / 2, w, bh, policy_colour(&rs[k]));
     char save[48] = "";
     double d = base && base->usd > 0 ? round(-100.0 * (1 - rs[k].usd / base->usd)) : 0;
-    if (base && base != &rs[k] && base->usd > 0)
+    /* Against the baseline only when both did the same work; else how
+     * much the run left unfinished. */
+    uint64_t all = rs[k].completed + rs[k].lost + rs[k].expired + rs[k].at_horizon;
+    if (base && base != &rs[k] && !sim_savings_comparable(&rs[k], base)) {
+      if (sim_unfinished(&rs[k]))
+        snprintf(save, sizeof save, " (%.1f%% unfinished)",
+                 all ? 100.0 * (double)sim_unfinished(&rs[k]) / (double)all : 0);
+      else
+        snprintf(save, sizeof save, " (n/a)");
+    }
+    else if (base && base != &rs[k] && base->usd > 0)
       snprintf(save, sizeof save, d == 0 ? " (0%%)" : " (%+.0f%%)", d);
     text(f, p.px + w + 4, y + 4, "start", "value cost", "#222", "$%#.3g%s", v, save);
   }
@@ -199,7 +209,7 @@ static void panel_hits(FILE *f, const sim_ceilings *c, const sim_result *rs, siz
 static void ttft_range(const sim_result *rs, size_t n, double *lo, double *hi) {
   double a = SIM_SLO_GOLD_TTFT_P95_MS, b = SIM_SLO_GOLD_TTFT_P95_MS;
   for (size_t k = 0; k < n; k++) {
-    if (!rs[k].n_class[SPI_CLASS_GOLD]) continue;
+    if (!rs[k].done_class[SPI_CLASS_GOLD]) continue;
     for (int j = 0; j < 3; j++) {
       double v = rs[k].ttft[SPI_CLASS_GOLD][j];
       if (v > 0 && v < a) a = v;
@@ -241,8 +251,9 @@ static void fmt_ms(char *out, size_t cap, double ms) {
 static void ttft_row(const panel *p, const sim_result *r, size_t k, size_t n, double lo,
                      double hi) {
   double bh, y = row_y(p, k, n, &bh);
-  if (!r->n_class[SPI_CLASS_GOLD]) {
-    text(p->f, p->px + 6, y + 4, "start", "value", "#555", "no gold requests");
+  if (!r->done_class[SPI_CLASS_GOLD]) {
+    text(p->f, p->px + 6, y + 4, "start", "value", "#555",
+         r->n_class[SPI_CLASS_GOLD] ? "no gold request completed" : "no gold requests");
     return;
   }
   const double *t = r->ttft[SPI_CLASS_GOLD];

@@ -165,6 +165,12 @@ void sim_savings(const sim_opts *o, const sim_result *r, const sim_result *base,
   *max_pct = base->usd > 0 && spot ? 100.0 * nongold / base->usd * (1 - ratio) : 0;
 }
 
+uint64_t sim_unfinished(const sim_result *r) { return r->at_horizon + r->expired; }
+
+int sim_savings_comparable(const sim_result *r, const sim_result *base) {
+  return r == base || (!sim_unfinished(r) && !sim_unfinished(base));
+}
+
 /* sim_reachable_pct: timeline.c, beside the spot capacity it follows. */
 
 /* ------------------------------------------------------------ reports */
@@ -182,10 +188,11 @@ static void check_slos(sim_result *r, const sim_ceilings *c) {
   r->slo[3] = r->replayed ? sim_replay_success_pct(r) > 99 : -1;
 }
 
-/* A latency cell: n/a when the class had no requests. */
+/* A latency cell: n/a when the class had no completed request (none at
+ * all, or none that finished). */
 static void cell(char *buf, size_t cap, const sim_result *r, int cl, double v, double scale,
                  int prec) {
-  if (!r->n_class[cl]) snprintf(buf, cap, "n/a");
+  if (!r->done_class[cl]) snprintf(buf, cap, "n/a");
   else snprintf(buf, cap, "%.*f", prec, v / scale);
 }
 
@@ -246,6 +253,9 @@ static void print_tables(const sim_opts *o, const sim_setup *su, const sim_resul
     const sim_result *r = &rs[k];
     double sav, mx;
     sim_savings(o, r, base, &sav, &mx);
+    char sv[24]; /* n/a when the run or the baseline left work unfinished */
+    if (sim_savings_comparable(r, base)) snprintf(sv, sizeof sv, "%.1f%%", sav);
+    else snprintf(sv, sizeof sv, "n/a");
     char rch[24]; /* n/a in a run with no spot zone (the all-on-demand one) */
     if (r->tl.nz) snprintf(rch, sizeof rch, "%.1f%%", sim_reachable_pct(o, tr, r, base, mx));
     else snprintf(rch, sizeof rch, "n/a");
@@ -256,19 +266,26 @@ static void print_tables(const sim_opts *o, const sim_setup *su, const sim_resul
     cell(s99, sizeof s99, r, SPI_CLASS_SILVER, r->done[2][2], 1000, 2);
     if (r->replayed) snprintf(rok, sizeof rok, "%.2f", sim_replay_success_pct(r));
     else snprintf(rok, sizeof rok, "n/a");
-    printf("| %s | %.2f | %.3f | %.1f%% | %.1f%% | %s | %.1f | %.1f | %.1f | %s | %s | %" PRIu64
+    printf("| %s | %.2f | %.3f | %s | %.1f%% | %s | %.1f | %.1f | %.1f | %s | %s | %" PRIu64
            " | %s | %" PRIu64 " | %.2f | %.2f | %d/%d %s |\n",
-           r->name, r->usd, r->tokens > 0 ? r->usd / r->tokens * 1e6 : 0, sav, mx, rch,
+           r->name, r->usd, r->tokens > 0 ? r->usd / r->tokens * 1e6 : 0, sv, mx, rch,
            sim_hit_pct(r),
            sim_of_pooled_pct(r, c), sim_of_oracle_pct(r, c), g95, s99, r->replays, rok, r->lost,
            r->imbalance, r->start_imbalance, ok, 4 - na, ok == 4 - na ? "pass" : "FAIL");
   }
+  for (size_t k = 0; k < n; k++)
+    if (!sim_savings_comparable(&rs[k], base))
+      printf("%ssavings n/a for %s: %" PRIu64 " of %zu requests unfinished in it and %" PRIu64
+             " in all-on-demand (still queued at the horizon or expired), so the two costs are "
+             "not for the same work\n",
+             k ? "" : "\n", rs[k].name, sim_unfinished(&rs[k]), tr->n, sim_unfinished(base));
   printf("\n| policy | class | requests | TTFT p50 / p95 / p99 ms | completion p50 / p95 / p99 s |\n");
   printf("|---|---|---:|---|---|\n");
   for (size_t k = 0; k < n; k++)
     for (int cl = 1; cl <= 3; cl++) {
-      if (!rs[k].n_class[cl]) {
-        printf("| %s | %s | 0 | n/a | n/a |\n", rs[k].name, CLS[cl]);
+      if (!rs[k].done_class[cl]) {
+        printf("| %s | %s | %" PRIu64 " | n/a | n/a |\n", rs[k].name, CLS[cl],
+               rs[k].n_class[cl]);
         continue;
       }
       printf("| %s | %s | %" PRIu64 " | %.0f / %.0f / %.0f | %.2f / %.2f / %.2f |\n", rs[k].name,
@@ -287,6 +304,11 @@ static void print_tables(const sim_opts *o, const sim_setup *su, const sim_resul
            sim_conserved(&rs[k], tr->n) ? "ok" : "BROKEN", rs[k].completed, rs[k].lost,
            rs[k].expired, rs[k].at_horizon, tr->n, rs[k].replayed, rs[k].notices, rs[k].drains,
            rs[k].requeued, rs[k].spot_served, rs[k].od_served, rs[k].usd_fleet);
+    if (rs[k].route_errors)
+      printf("%s: %" PRIu64 " ROUTE ERRORS: requests the library did not take (never offered "
+             "again, so unfinished) or notices it did not read; the first is on standard "
+             "error\n",
+             rs[k].name, rs[k].route_errors);
   }
 }
 
@@ -318,25 +340,30 @@ static int write_json(const char *path, const sim_opts *o, const sim_setup *su,
     const sim_result *r = &rs[k];
     double sav, mx;
     sim_savings(o, r, &rs[n - 1], &sav, &mx);
+    char savs[32] = "null"; /* withheld when the two runs did different work */
+    if (sim_savings_comparable(r, &rs[n - 1])) snprintf(savs, sizeof savs, "%.3f", sav);
     fprintf(f, "  {\"name\":\"%s\",\"usd\":%.4f,\"usd_fleet\":%.4f,\"usd_per_million\":%.6f,"
-               "\"savings_pct\":%.3f,\"max_savings_pct\":%.3f,\"reachable_savings_pct\":%.3f,"
+               "\"savings_pct\":%s,\"max_savings_pct\":%.3f,\"reachable_savings_pct\":%.3f,"
                "\"hit\":%.6f,\"predicted_hit\":%.6f,\"hit_of_pooled_pct\":%.3f,"
                "\"hit_of_oracle_pct\":%.3f,"
                "\"completed\":%" PRIu64 ",\"lost\":%" PRIu64 ",\"expired\":%" PRIu64
-               ",\"at_horizon\":%" PRIu64 ",\"replays\":%" PRIu64 ",\"replayed\":%" PRIu64
+               ",\"at_horizon\":%" PRIu64 ",\"unfinished\":%" PRIu64 ",\"replays\":%" PRIu64
+               ",\"replayed\":%" PRIu64
                ",\"replay_success\":",
-            r->name, r->usd, r->usd_fleet, r->tokens > 0 ? r->usd / r->tokens * 1e6 : 0, sav, mx,
+            r->name, r->usd, r->usd_fleet, r->tokens > 0 ? r->usd / r->tokens * 1e6 : 0, savs, mx,
             sim_reachable_pct(o, tr, r, &rs[n - 1], mx),
             sim_hit_pct(r) / 100, sim_predicted_hit_pct(r) / 100, sim_of_pooled_pct(r, c),
             sim_of_oracle_pct(r, c), r->completed, r->lost, r->expired, r->at_horizon,
+            sim_unfinished(r),
             r->replays, r->replayed);
     if (r->replayed) fprintf(f, "%.6f", sim_replay_success_pct(r) / 100);
     else fprintf(f, "null");
-    fprintf(f, ",\"imbalance\":%.4f,\"start_imbalance\":%.4f,\"notices\":%" PRIu64 ",",
-            r->imbalance, r->start_imbalance, r->notices);
+    fprintf(f, ",\"imbalance\":%.4f,\"start_imbalance\":%.4f,\"notices\":%" PRIu64
+               ",\"route_errors\":%" PRIu64 ",\"continuation_budget_mismatches\":%" PRIu64 ",",
+            r->imbalance, r->start_imbalance, r->notices, r->route_errors, r->budget_mismatches);
     fprintf(f, "\"classes\":{");
     for (int cl = 1; cl <= 3; cl++) {
-      int h = r->n_class[cl] > 0;
+      int h = r->done_class[cl] > 0; /* latencies of completed requests */
       fprintf(f, "%s\"%s\":{\"requests\":%" PRIu64 ",\"ttft_ms\":[", cl > 1 ? "," : "", CLS[cl],
               r->n_class[cl]);
       for (int j = 0; j < 3; j++) {

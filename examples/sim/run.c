@@ -325,17 +325,26 @@ static int build_request(sim *s, uint32_t i, spi_request *rq) {
 }
 
 /* Route request i; 1 when it landed on a replica, 0 when refused, 2 when
- * the library holds it for spot capacity that is not up. */
+ * the library holds it for spot capacity that is not up, 3 when the library
+ * does not take the request at all (a route error: offering it again would
+ * give the same answer, so it is not). */
 static int route(sim *s, uint32_t i) {
   sreq *q = &s->r[i];
-  if (build_request(s, i, s->rq) != SPI_OK) return s->res->route_errors++, 0;
+  int brc = build_request(s, i, s->rq);
+  if (brc != SPI_OK) {
+    if (!s->res->route_errors++)
+      fprintf(stderr, "spotinfer_sim: %s: request %u not taken: %s: %s\n", s->res->name, i,
+              spi_strerror(brc), spi_request_errmsg(s->rq));
+    return 3;
+  }
   spi_decision d; /* spi_route clears it; its fields are read on SPI_OK only */
   d.struct_size = sizeof d;
   int rc = spi_route(s->rq, &d);
   if (rc != SPI_OK || !d.ticket) {
     if (rc != SPI_OK && rc != SPI_ESHED && rc != SPI_ENOCAPACITY) {
-      if (!s->res->route_errors++ && !s->o->quiet)
-        fprintf(stderr, "route: %s: %s\n", spi_strerror(rc), spi_engine_errmsg(s->eng));
+      if (!s->res->route_errors++) /* the first, even with --quiet: the table counts them */
+        fprintf(stderr, "spotinfer_sim: %s: route: %s: %s\n", s->res->name, spi_strerror(rc),
+                spi_engine_errmsg(s->eng));
     }
     return rc == SPI_OK && d.reason_code == SPI_REASON_QUEUE_NO_SPOT ? 2 : 0;
   }
@@ -470,8 +479,13 @@ static void pump(sim *s) {
     if (rc == SPI_OK &&
         spi_request_parse_openai(s->scratch, cont, need, SPI_OPENAI_COMPLETIONS) == SPI_OK)
       spi_request_get_int(s->scratch, SPI_REQ_MAX_OUTPUT_TOKENS, &left, NULL);
-    if (left != (int64_t)q->out_left) s->res->route_errors++;
-    if (route(s, i) == 1) {
+    /* The continuation's budget against the output the run still owes:
+     * they differ when the library restarts the request from scratch (a
+     * completions prompt with no partial text) while the run goes on from
+     * where the stream stopped. Counted apart from the route errors. */
+    if (left != (int64_t)q->out_left) s->res->budget_mismatches++;
+    int routed = route(s, i);
+    if (routed == 1 || routed == 3) { /* 3: never taken; it stays unfinished */
       spi_replay_ack(s->q, claim);
     } else {
       spi_replay_nack(s->q, claim);
@@ -597,8 +611,9 @@ static void notice_replica(sim *s, replica *p, int64_t gone_at) {
   int rc = spi_notice_parse(fmt, 200, body, strlen(body), p->node, strlen(p->node),
                             SIM_EPOCH_NS + s->now, &nt, 1, &nn, err, sizeof err);
   if (rc != SPI_OK || nn != 1) {
-    if (!s->o->quiet) fprintf(stderr, "notice parse: %s: %s\n", spi_strerror(rc), err);
-    s->res->route_errors++;
+    if (!s->res->route_errors++)
+      fprintf(stderr, "spotinfer_sim: %s: notice parse: %s: %s\n", s->res->name,
+              spi_strerror(rc), err);
     return;
   }
   /* Tell the engine how far each stream got, so the plans weigh progress. */
@@ -711,6 +726,7 @@ static void summarise(sim *s) {
         a[m] = s->r[i].ttft_ms;
         b[m++] = s->r[i].done_ms;
       }
+    r->done_class[c] = m;
     qsort(a, m, sizeof *a, cmp_float);
     qsort(b, m, sizeof *b, cmp_float);
     const double ps[3] = {0.50, 0.95, 0.99};
@@ -877,6 +893,8 @@ static void run_events(sim *s, double horizon_s) {
       }
       switch (route(s, ev.a)) {
       case 1:
+        break;
+      case 3: /* not taken at all: a route error, not offered again */
         break;
       case 2: /* held for spot: offered again when spot capacity returns */
         s->res->requeued++;

@@ -145,9 +145,12 @@ typedef struct sim_result {
    * gold p95 TTFT, silver p99 completion, ms. */
   double slo_gold_ttft_p95, slo_silver_done_p99;
   uint64_t n_class[4];  /* requests by class (0: the class shows n/a) */
+  uint64_t done_class[4]; /* of them, completed: 0, its latencies are n/a */
   uint64_t completed, lost, expired, at_horizon;
   uint64_t replays, replayed, replayed_ok, requeued, notices, drains;
   uint64_t route_errors, spot_served, od_served;
+  uint64_t budget_mismatches; /* replays whose continuation's max_tokens is
+                                 not the output left (run.c, pump) */
   double price_ratio;     /* spot / on-demand price in the run's config */
   double imbalance;       /* token load per up-second, max / mean */
   double start_imbalance; /* request starts per up-second, max / mean */
@@ -205,6 +208,13 @@ double sim_replay_success_pct(const sim_result *r);
 int sim_conserved(const sim_result *r, size_t n);
 void sim_savings(const sim_opts *o, const sim_result *r, const sim_result *base,
                  double *saving_pct, double *max_pct);
+/* The requests a run left unfinished: still queued at its horizon, or
+ * expired. */
+uint64_t sim_unfinished(const sim_result *r);
+/* Whether r's saving against base compares like with like: r is base, or
+ * neither left a request unfinished. A run that did less of the trace's
+ * work costs less for it, so its saving is withheld (n/a, null). */
+int sim_savings_comparable(const sim_result *r, const sim_result *base);
 double sim_reachable_pct(const sim_opts *o, const sim_trace *tr, const sim_result *r,
                          const sim_result *base, double max_pct);
 

@@ -92,24 +92,30 @@ static void print_spot(const char *target, const char *label, const sim_opts *o,
   double sav, mx;
   sim_savings(o, r, base, &sav, &mx);
   double reach = sim_reachable_pct(o, &su->tr, r, base, mx);
-  int gold = r->n_class[SPI_CLASS_GOLD] > 0;
+  int gold = r->done_class[SPI_CLASS_GOLD] > 0;
+  /* Withheld (null) when the run or the baseline left work unfinished:
+   * their costs are not for the same work. */
+  int cmp = sim_savings_comparable(r, base);
   printf("{\"target\":\"%s\",\"trace\":\"%s\",\"setup\":\"%u on-demand + %u spot\","
          "\"window\":\"%s\",\"spot_start_s\":%.0f,\"seed\":%" PRIu64 ","
-         "\"policy\":\"%s\",\"requests\":%zu,\"savings_pct\":%.3f,\"max_savings_pct\":%.3f,"
-         "\"savings_of_max_pct\":",
+         "\"policy\":\"%s\",\"requests\":%zu,\"unfinished\":%" PRIu64 ",\"savings_pct\":",
          target, label, o->on_demand, o->replicas - o->on_demand, window_name(o, su),
-         su->spot_start_s, o->gen.seed, r->name, su->tr.n, sav, mx);
-  json_or_null(mx > 0 ? 100 * sav / mx : 0, mx > 0);
+         su->spot_start_s, o->gen.seed, r->name, su->tr.n, sim_unfinished(r));
+  json_or_null(sav, cmp);
+  printf(",\"max_savings_pct\":%.3f,\"savings_of_max_pct\":", mx);
+  json_or_null(mx > 0 ? 100 * sav / mx : 0, cmp && mx > 0);
   printf(",\"reachable_savings_pct\":%.3f,\"savings_of_reachable_pct\":", reach);
-  json_or_null(reach > 0 ? 100 * sav / reach : 0, reach > 0);
+  json_or_null(reach > 0 ? 100 * sav / reach : 0, cmp && reach > 0);
   /* The savings are against the library's own all-on-demand run, so a
    * policy change that makes that run cheaper too can lower them while the
    * spot run costs less: both costs, in dollars, for comparing runs. */
   printf(",\"usd\":%.6f,\"all_on_demand_usd\":%.6f", r->usd, base->usd);
-  printf(",\"lost\":%" PRIu64 ",\"expired\":%" PRIu64 ",\"at_horizon\":%" PRIu64
+  printf(",\"lost\":%" PRIu64 ",\"route_errors\":%" PRIu64 ",\"expired\":%" PRIu64
+         ",\"at_horizon\":%" PRIu64
          ",\"notices\":%" PRIu64 ",\"replays\":%" PRIu64 ",\"replayed_requests\":%" PRIu64
          ",\"replay_success_pct\":",
-         r->lost, r->expired, r->at_horizon, r->notices, r->replays, r->replayed);
+         r->lost, r->route_errors, r->expired, r->at_horizon, r->notices, r->replays,
+         r->replayed);
   json_or_null(sim_replay_success_pct(r), r->replayed > 0);
   printf(",\"spot_replicas_up_mean\":%.2f,\"spot_hit_pct\":", r->spot_up_mean);
   json_or_null(r->spot_total_blocks > 0 ? 100 * r->spot_hit_blocks / r->spot_total_blocks : 0,
@@ -120,11 +126,12 @@ static void print_spot(const char *target, const char *label, const sim_opts *o,
   json_or_null(r->ttft[SPI_CLASS_GOLD][1], gold);
   if (calm) {
     printf(",\"gold_p95_ttft_calm_ms\":");
-    json_or_null(calm->ttft[SPI_CLASS_GOLD][1], gold);
+    json_or_null(calm->ttft[SPI_CLASS_GOLD][1], calm->done_class[SPI_CLASS_GOLD] > 0);
     printf(",\"gold_p95_vs_calm\":");
     json_or_null(calm->ttft[SPI_CLASS_GOLD][1] > 0
                      ? r->ttft[SPI_CLASS_GOLD][1] / calm->ttft[SPI_CLASS_GOLD][1] : 0,
-                 gold && calm->ttft[SPI_CLASS_GOLD][1] > 0);
+                 gold && calm->done_class[SPI_CLASS_GOLD] > 0 &&
+                     calm->ttft[SPI_CLASS_GOLD][1] > 0);
   }
   printf(",\"conserved\":%s}\n", sim_conserved(r, su->tr.n) ? "true" : "false");
   fflush(stdout);

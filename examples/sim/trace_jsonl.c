@@ -13,6 +13,7 @@
  * (trace_read.c), not assumed. Other fields are ignored.
  */
 #include <cjson/cJSON.h>
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -106,6 +107,14 @@ static int add_line(trace_reader *rd, size_t nb0, const double v[3], size_t line
   if (!(v[0] >= 0 && ns <= TRACE_MAX_NS) || v[1] < 1 || v[2] < 1 || v[1] > 4e6 || v[2] > 1e6) {
     t->nb = nb0;
     return sim_trace_note_bad(t, lineno, "missing or out-of-range field"), 0;
+  }
+  /* An id stands for 16 tokens at the least (trace_read.c): more ids than
+   * that makes of input_length is no prompt of that length, and would
+   * give the library more token ids than it takes. */
+  if ((double)(t->nb - nb0) > ceil(v[1] / TRACE_MIN_ID_TOKENS)) {
+    t->nb = nb0;
+    return sim_trace_note_bad(t, lineno, "more hash_ids than input_length has 16-token blocks"),
+           0;
   }
   sim_trace_req *q = sim_trace_add_req(t);
   if (!q) return -1;

@@ -10,6 +10,11 @@
 
 enum { TRACE_UNKNOWN, TRACE_MOONCAKE, TRACE_BAILIAN, TRACE_CSV };
 
+/* The fewest tokens a hash id of a JSONL trace stands for (trace_read.c
+ * finds the unit, 16 to 4096): a line with more ids than its input_length
+ * makes of these is a bad line. */
+#define TRACE_MIN_ID_TOKENS 16
+
 /* Nonzero 64-bit keys to values, open addressing, grown at half full
  * (trace_conv.c): Bailian's chats to their first chat, Mooncake's prompts
  * to their conversation. */
