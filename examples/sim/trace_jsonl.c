@@ -8,8 +8,8 @@
  *   Bailian    (Qwen's traces) also chat_id and parent_chat_id: timestamps
  *              in s, a conversation is a chain of parents; 16-token blocks.
  *
- * The first line that is an object decides the schema: Bailian when it
- * names chat_id. The tokens an id stands for are found from the lengths
+ * The first object line that gives a request decides the schema (the lines
+ * before it are bad lines, trace_read.c): Bailian when it names chat_id. The tokens an id stands for are found from the lengths
  * (trace_read.c), not assumed. Other fields are ignored.
  */
 #include <cjson/cJSON.h>

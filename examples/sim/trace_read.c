@@ -1,7 +1,8 @@
 /*
  * trace_read.c - a request trace from a file: its format told by content
  * (the first line that reads as one: a line that starts with '{' as JSONL,
- * trace_jsonl.c; anything else as CSV, trace_csv.c), then made into what the simulator runs: arrivals from the
+ * trace_jsonl.c; anything else as CSV, trace_csv.c), then made into what
+ * the simulator runs: arrivals from the
  * file's first, the file's hash ids as the simulator's 512-token blocks,
  * a session and a class for every request, arrivals in order, chained
  * block hashes. Bad lines are counted and skipped, never fatal.

@@ -45,8 +45,8 @@ typedef struct trace_reader {
                          three columns */
 } trace_reader;
 
-/* A JSONL line: its format from the first line that is an object (Mooncake
- * unless it names chat_id). Arrivals are in ns from the file's zero and
+/* A JSONL line: its format from the first object line, until a line gives
+ * a request (trace_read.c; Mooncake unless it names chat_id). Arrivals are in ns from the file's zero and
  * sessions are set for Bailian lines only. 0 read or skipped (counted),
  * -1 out of memory. */
 int trace_jsonl_line(trace_reader *rd, const char *line, size_t len, size_t lineno);
