@@ -14,9 +14,12 @@
  * stays as the getter returned it until the thread's own next call. Nothing
  * here is on the routing hot path: a failing call writes, the getter reads.
  *
- * A thread that fails calls on more handles than it keeps entries for lets
- * the entry set longest ago go; that handle's getter then reads
- * SPI_ERRTAB_LOST on that thread, never another handle's message.
+ * A thread that fails calls on more live handles than it keeps entries for
+ * lets the entry set longest ago go (an empty one first); that handle's
+ * getter then reads SPI_ERRTAB_LOST on that thread, never another handle's
+ * message. A handle freed on the thread gives its entry back at once, so a
+ * thread that makes, fails on and frees handles in turn (a configuration
+ * checker) lets nothing go.
  */
 #include <stdatomic.h>
 #include <string.h>
@@ -27,8 +30,9 @@ const char SPI_ERRTAB_LOST[] =
     "(this thread's error detail was replaced: it failed calls on more "
     "handles than it keeps messages for since)";
 
-/* Handles whose messages one thread keeps. */
+/* Handles whose messages one thread keeps, and whose loss it remembers. */
 #define KEEP 8
+#define LOST 32
 
 typedef struct kept_msg {
   uint64_t handle; /* spi_errtab.id; 0: unused */
@@ -38,7 +42,7 @@ typedef struct kept_msg {
 
 static _Thread_local struct {
   kept_msg kept[KEEP];
-  uint64_t lost[KEEP]; /* handles whose entry was let go (0: unused) */
+  uint64_t lost[LOST]; /* handles whose entry was let go (0: unused) */
   unsigned lost_next;
   uint64_t stamp;
 } here;
@@ -50,7 +54,16 @@ int spi__errtab_init(spi_errtab *t) {
   return SPI_OK;
 }
 
-void spi__errtab_destroy(spi_errtab *t) { t->id = 0; }
+/* Whether id's entry was let go (and the thread has not set it since);
+ * with forget, it no longer counts as lost. */
+static int was_lost(uint64_t id, int forget) {
+  for (int i = 0; i < LOST; i++)
+    if (here.lost[i] == id) {
+      if (forget) here.lost[i] = 0;
+      return 1;
+    }
+  return 0;
+}
 
 /* This thread's entry for handle id, or NULL. */
 static kept_msg *entry_of(uint64_t id) {
@@ -59,27 +72,39 @@ static kept_msg *entry_of(uint64_t id) {
   return NULL;
 }
 
-/* Whether id's entry was let go (and the thread has not set it since);
- * with forget, it no longer counts as lost. */
-static int was_lost(uint64_t id, int forget) {
-  for (int i = 0; i < KEEP; i++)
-    if (here.lost[i] == id) {
-      if (forget) here.lost[i] = 0;
-      return 1;
-    }
-  return 0;
+void spi__errtab_destroy(spi_errtab *t) {
+  kept_msg *k = entry_of(t->id);
+  if (k) {
+    k->handle = 0;
+    k->msg[0] = '\0';
+  }
+  was_lost(t->id, 1);
+  t->id = 0;
+}
+
+/* The entry a new handle takes: a free one, else one with no message, else
+ * the one set longest ago. */
+static kept_msg *entry_to_take(void) {
+  kept_msg *k = &here.kept[0];
+  for (int i = 1; i < KEEP; i++) {
+    const kept_msg *c = &here.kept[i];
+    int better = !k->handle ? 0
+                 : !c->handle ? 1
+                 : !k->msg[0] ? 0
+                 : !c->msg[0] ? 1
+                              : c->stamp < k->stamp;
+    if (better) k = &here.kept[i];
+  }
+  return k;
 }
 
 void spi__errtab_set(spi_errtab *t, const char *msg) {
   kept_msg *k = entry_of(t->id);
   if (!k) {
-    k = &here.kept[0];
-    for (int i = 1; i < KEEP && k->handle; i++)
-      if (!here.kept[i].handle || here.kept[i].stamp < k->stamp)
-        k = &here.kept[i];
+    k = entry_to_take();
     if (k->handle && k->msg[0]) { /* its handle reads "lost", not ours */
       here.lost[here.lost_next] = k->handle;
-      here.lost_next = (here.lost_next + 1) % KEEP;
+      here.lost_next = (here.lost_next + 1) % LOST;
     }
     k->handle = t->id;
   }

@@ -280,14 +280,22 @@ static int known_status(int rc) {
   return strcmp(spi_strerror(rc), spi_strerror(INT32_MIN)) != 0;
 }
 
-/* The engine whose module configure callback this thread is running, if
- * any: a thread's own, so another thread configuring at the same time
- * neither reads nor writes it. A callback that configures a second
- * engine restores the first's on return. */
-static _Thread_local const spi_engine *configuring_here;
+/* The engines whose module configure callbacks this thread is running,
+ * innermost first: a chain of frames on the thread's own stack, so another
+ * thread configuring at the same time neither reads nor writes it. A
+ * callback may configure a second engine, whose callback may not
+ * configure the first again: every engine of the chain is refused. */
+typedef struct configure_frame {
+  const spi_engine *e;
+  const struct configure_frame *outer;
+} configure_frame;
+
+static _Thread_local const configure_frame *configuring_here;
 
 int spi__in_module_configure(const spi_engine *e) {
-  return configuring_here == e;
+  for (const configure_frame *f = configuring_here; f; f = f->outer)
+    if (f->e == e) return 1;
+  return 0;
 }
 
 /* Configure one module from its config section (NULL: "{}"), naming it as
@@ -303,13 +311,13 @@ int spi__module_configure(spi_engine *e, spi_modentry *m, const cJSON *sec,
   }
   char merr[SPI_ERRMSG_CAP] = "";
   void *inst = NULL;
-  const spi_engine *outer = configuring_here;
-  configuring_here = e;
+  configure_frame here = {e, configuring_here};
+  configuring_here = &here;
   atomic_store(&e->configuring, 1);
   int rc = m->configure(m->state, text ? text : "{}", text ? strlen(text) : 2,
                         &inst, merr, sizeof merr);
   atomic_store(&e->configuring, 0);
-  configuring_here = outer;
+  configuring_here = here.outer;
   cJSON_free(text);
   if (rc != SPI_OK) {
     if (rc > 0 || !known_status(rc)) rc = SPI_EMODULE;

@@ -87,11 +87,22 @@ static void copy_id(char dst[SPI_ID_MAX], const char *src, size_t len) {
  * control byte, else its first SPI_NAME_KEPT bytes (cut before a UTF-8
  * character, control bytes as '?'), '~' and 16 hex digits of XXH3-64 of
  * the whole name. Cut alone, names sharing their first 63 bytes, or
- * "acme" and "acme\0x", shared one row. */
+ * "acme" and "acme\0x", shared one row. A name that already ends as that
+ * form does ('~' and 16 lowercase hex digits) is hashed too, so no name
+ * can spell another's row. */
 #define SPI_NAME_KEPT (SPI_ID_MAX - 1 - 1 - 16)
 
+/* Whether the name ends as copy_name's hashed form does. */
+static int ends_hashed(const char *s, size_t len) {
+  if (len < 17 || s[len - 17] != '~') return 0;
+  for (size_t i = len - 16; i < len; i++)
+    if (!((s[i] >= '0' && s[i] <= '9') || (s[i] >= 'a' && s[i] <= 'f')))
+      return 0;
+  return 1;
+}
+
 static void copy_name(char dst[SPI_ID_MAX], const char *src, size_t len) {
-  int plain = len < SPI_ID_MAX;
+  int plain = len < SPI_ID_MAX && !ends_hashed(src, len);
   for (size_t i = 0; plain && i < len; i++)
     plain = (unsigned char)src[i] >= 0x20 && src[i] != 0x7f;
   if (plain) {
@@ -153,7 +164,8 @@ typedef struct route_state {
   uint64_t costed_out; /* the output the policy costs it with, and so the
                           ticket's expected output (spi__output_estimate) */
   uint64_t capped_out; /* costed_out where the class's cap decided it (the
-                          request asked for more, or said nothing); else 0 */
+                          request asked for more, or said nothing) or the
+                          request said 0; else 0 */
   route_env *env;
   int32_t level[4];   /* each pool's pressure (enum spi_pressure) */
   int32_t shed[4];    /* the pool sheds this route's class */
@@ -376,7 +388,11 @@ static int phase_policy(route_state *rs) {
    * differently: the ticket counts the output the policy costed. */
   rs->costed_out = spi__output_estimate(rs->v, rs->cls);
   int64_t bound = spi__output_bound(rs->v, rs->cls);
-  rs->capped_out = bound > 0 && bound != rs->expect_out ? (uint64_t)bound : 0;
+  /* A request that says it expects no output is costed as one that says
+   * nothing (spi__output_estimate): priced so too. */
+  rs->capped_out = bound == 0                           ? rs->costed_out
+                   : bound > 0 && bound != rs->expect_out ? (uint64_t)bound
+                                                          : 0;
   x.candidates = rs->cands;
   x.n_candidates = rs->ncand;
   x.total_blocks = rs->nblocks;

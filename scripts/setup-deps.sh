@@ -20,6 +20,7 @@ packages=(
   python3
   python3-venv
   python3-pip
+  locales           # the locale tests' de_DE and ps_AF sources (localedef)
 )
 
 # Go comes with the machine image when present; Debian's is the fallback for

@@ -17,9 +17,11 @@
  *    of the calling thread's last failed call on that engine or queue, so
  *    threads sharing a handle never read each other's. Read it on the
  *    thread that made the call (bindings whose threads migrate pin the call
- *    and the read to one OS thread). A handle keeps messages for 32 threads;
- *    a thread whose slot was taken by later failures on other threads reads
- *    a note saying so, never another thread's text. A spi_request is used by
+ *    and the read to one OS thread). The thread keeps its messages (no other
+ *    thread can change one) for its last 8 live handles it failed on: one
+ *    whose message was let go since, because the thread failed calls on 8
+ *    other live handles, reads a note saying so, never another handle's or
+ *    thread's text. A spi_request is used by
  *    one thread at a time and keeps its own message (spi_request_errmsg()).
  *  - Text arrives as pointer + length and is never assumed NUL-terminated.
  *    A NULL pointer with length 0 is the empty string.
@@ -189,7 +191,8 @@ SPI_API void spi_engine_free(spi_engine *engine);
 /*
  * The message of the calling thread's last failed call on this engine (""
  * if it has none; see the error detail convention at the top). Borrowed:
- * valid until this thread's next call on the engine. Never NULL.
+ * valid until this thread's next call on the engine, or until it fails
+ * calls on 8 other live handles. Never NULL.
  */
 SPI_API const char *spi_engine_errmsg(const spi_engine *engine);
 

@@ -92,7 +92,9 @@ typedef struct spi_request_view {
   const char *tenant_tier;        size_t tenant_tier_len;
   const char *tenant_salt;        size_t tenant_salt_len;
   const char *decode_profile;     size_t decode_profile_len;
-  const char *last_user_text;     size_t last_user_text_len; /* cascade query, canonical */
+  /* The cascade's query: the last user message as the canonical prompt
+   * holds it (a completions prompt as given). */
+  const char *last_user_text;     size_t last_user_text_len;
   const uint8_t *prompt;          size_t prompt_len; /* canonical prompt text */
   const uint32_t *token_ids;      size_t token_count; /* 0 if none given */
   int32_t explicit_class;         /* enum spi_class, UNSET if none */

@@ -205,12 +205,34 @@ static void test_more_handles_than_kept(void **st) {
   for (int i = 0; i < HANDLES; i++) spi_engine_free(e[i]);
 }
 
+/* A thread that makes an engine, fails a call on it and frees it, again and
+ * again (a configuration checker), keeps the message of a handle it holds:
+ * a freed handle gives its entry back at once. */
+static void test_freed_handles_keep_nothing(void **st) {
+  (void)st;
+  spi_engine *a = NULL;
+  assert_int_equal(spi_engine_new(&a, NULL), SPI_OK);
+  assert_int_not_equal(spi_engine_configure(a, "{\"bogus_a\":1}", 13), SPI_OK);
+  const char *kept = spi_engine_errmsg(a);
+  assert_non_null(strstr(kept, "bogus_a"));
+  for (int i = 0; i < 40; i++) {
+    spi_engine *t = NULL;
+    assert_int_equal(spi_engine_new(&t, NULL), SPI_OK);
+    assert_int_not_equal(spi_engine_configure(t, "{\"bogus_t\":1}", 13), SPI_OK);
+    spi_engine_free(t);
+  }
+  assert_ptr_equal(spi_engine_errmsg(a), kept);
+  assert_non_null(strstr(kept, "bogus_a"));
+  spi_engine_free(a);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_engine_messages_do_not_cross),
       cmocka_unit_test(test_queue_messages_do_not_cross),
       cmocka_unit_test(test_many_threads_read_their_own),
       cmocka_unit_test(test_more_handles_than_kept),
+      cmocka_unit_test(test_freed_handles_keep_nothing),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

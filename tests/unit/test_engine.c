@@ -16,6 +16,7 @@
 #include <cmocka.h>
 
 #include "engine.h"
+#include "watchdog.h"
 
 /* ---------------------------------------------------------------- helpers */
 
@@ -861,6 +862,47 @@ static void test_configure_from_configure_callback(void **st) {
   spi_engine_free(e2);
 }
 
+/* Nested: A's callback configures B, whose callback configures A again
+ * (A's configuration lock is held: a deadlock if let through) and B. */
+typedef struct nested {
+  spi_engine *a, *b;
+  int depth, a_again, b_again, b_rc;
+} nested;
+
+static int nested_configure(void *state, const char *json, size_t len,
+                            void **instance, char *err, size_t errcap) {
+  (void)json, (void)len, (void)err, (void)errcap;
+  nested *n = state;
+  *instance = state;
+  if (n->depth++ == 0) {
+    n->b_rc = configure(n->b, "{\"modules\":{\"classifier\":\"nest\"}}");
+  } else {
+    n->a_again = configure(n->a, "{}");
+    n->b_again = configure(n->b, "{}");
+  }
+  return SPI_OK;
+}
+
+static void test_configure_nested_callbacks(void **st) {
+  (void)st;
+  spi_test_watchdog("a configure callback nested two engines deep", 30);
+  nested n = {new_engine(), new_engine(), 0, -1, -1, -1};
+  spi_classifier_module m = user_module(SPI_ON_FAILURE_ERROR);
+  m.configure = nested_configure;
+  for (int i = 0; i < 2; i++)
+    assert_int_equal(spi_engine_register_module(i ? n.b : n.a,
+                                                SPI_MODULE_CLASSIFIER, "nest",
+                                                4, &m, &n, NULL),
+                     SPI_OK);
+  assert_int_equal(configure(n.a, "{\"modules\":{\"classifier\":\"nest\"}}"),
+                   SPI_OK);
+  assert_int_equal(n.b_rc, SPI_OK);
+  assert_int_equal(n.a_again, SPI_EMISUSE);
+  assert_int_equal(n.b_again, SPI_EMISUSE);
+  spi_engine_free(n.a);
+  spi_engine_free(n.b);
+}
+
 /* Two threads configuring one engine at once: each waits for the other,
  * and neither reads what the other writes unlocked (ThreadSanitizer). */
 static void *configure_loop(void *arg) {
@@ -907,6 +949,7 @@ int main(void) {
       cmocka_unit_test(test_module_failure_policy),
       cmocka_unit_test(test_configure_from_configure_callback),
       cmocka_unit_test(test_configure_on_two_threads),
+      cmocka_unit_test(test_configure_nested_callbacks),
       cmocka_unit_test(test_key_builder_fallback_logged),
       cmocka_unit_test(test_names),
       cmocka_unit_test(test_defaults_in_comma_locale),

@@ -1384,9 +1384,9 @@ static void test_price_reads_the_capped_output(void **st) {
  * ticket counts it ("the cap when the request says neither"): silver at
  * elevated KV pressure, capped at 1,024, costs what asking for 1,024 does
  * (it was priced at the cost model's default of 256, so asking for less
- * cost more than asking for nothing). */
-static void test_price_reads_the_cap_when_nothing_is_asked(void **st) {
-  (void)st;
+ * cost more than asking for nothing). One that says it expects 0 tokens is
+ * counted as one that says nothing, and priced so (it was priced at 0). */
+static void price_at_the_cap(int say_zero) {
   costed saw;
   world *w = costed_world(&saw);
   uint32_t b[16];
@@ -1399,6 +1399,7 @@ static void test_price_reads_the_cap_when_nothing_is_asked(void **st) {
   asked.struct_size = sizeof asked;
   assert_int_equal(spi_request_price(w->r, SPI_POOL_SPOT, &asked), SPI_OK);
   spi_request_unset_int(w->r, SPI_REQ_MAX_OUTPUT_TOKENS);
+  if (say_zero) spi_request_set_int(w->r, SPI_REQ_EXPECTED_OUTPUT_TOKENS, 0);
   spi_decision d;
   assert_int_equal(route(w, &d), SPI_OK); /* asking for nothing */
   assert_string_equal(d.replica_id, "s0");
@@ -1407,6 +1408,12 @@ static void test_price_reads_the_cap_when_nothing_is_asked(void **st) {
   assert_true(d.est_usd == asked.usd);
   finish(w, d.ticket);
   done(w);
+}
+
+static void test_price_reads_the_cap_when_nothing_is_asked(void **st) {
+  (void)st;
+  price_at_the_cap(0);
+  price_at_the_cap(1);
 }
 
 /* A replica joining its pool starts at its share of the pool's work, so
