@@ -139,6 +139,20 @@ static int build_lits(spi_json_src *src, const spi_mem *m) {
   return SPI_OK;
 }
 
+int spi__json_src_literal(spi_json_src *src, const cJSON *v,
+                          const spi_mem *m, const char **lit, size_t *len) {
+  if (!src || !src->text || !src->root || src->state < 0) return 0;
+  if (src->state == 0 && build_lits(src, m) != SPI_OK) return SPI_ENOMEM;
+  if (src->state != 1) return 0;
+  spi_numlit key = {v, 0, 0};
+  const spi_numlit *hit =
+      bsearch(&key, src->lits, src->n, sizeof key, lit_cmp);
+  if (!hit) return 0;
+  *lit = src->text + hit->off;
+  *len = hit->len;
+  return 1;
+}
+
 /*
  * The literal of node v as an exact integer, when its decimal value is one:
  * "-" (unless zero) and the digits, without leading zeros, in dst (room for
@@ -147,16 +161,10 @@ static int build_lits(spi_json_src *src, const spi_mem *m) {
  */
 static int integer_literal(canon_ctx *c, const cJSON *v, char *dst,
                            size_t cap, size_t *dn) {
-  spi_json_src *src = c->src;
-  if (!src || !src->text || !src->root || src->state < 0) return 0;
-  if (src->state == 0 && build_lits(src, c->mem) != SPI_OK) return -1;
-  if (src->state != 1) return 0;
-  spi_numlit key = {v, 0, 0};
-  const spi_numlit *hit =
-      bsearch(&key, src->lits, src->n, sizeof key, lit_cmp);
-  if (!hit) return 0;
-  const char *t = src->text + hit->off;
-  size_t n = hit->len, i = 0;
+  const char *t = NULL;
+  size_t n = 0, i = 0;
+  int found = spi__json_src_literal(c->src, v, c->mem, &t, &n);
+  if (found != 1) return found == SPI_ENOMEM ? -1 : 0;
   int neg = 0;
   if (i < n && t[i] == '-') neg = 1, i++;
   /* The significant digits are those of t[ib, ie) then t[fb, fe) (integer

@@ -17,6 +17,12 @@
  * in a form the prompt cannot take (token ids for a chat or text prompt,
  * text for a token-id prompt).
  *
+ * Every number of the body comes back as the client spelled it (its
+ * literal in the body's text), not as cJSON would print its double: an
+ * integer beyond 2^53, a seed say, keeps its value, and tools keep the text
+ * their cache key is made from. Only a budget the offset reduced, and
+ * token ids appended to a prompt, are written anew.
+ *
  * Pure: cJSON's own allocator, no engine, no state.
  */
 #include <math.h>
@@ -254,6 +260,88 @@ static int continue_completion(cJSON *root, const spi_envelope *env) {
   return SPI_OK;
 }
 
+/* ---------------------------------------- numbers as the client wrote them */
+
+/* Whether s[0..n) is a number as JSON's grammar has it, of any magnitude.
+ * cJSON also reads "01", "1." and "1.e5"; such a literal is not kept. */
+static int strict_number(const char *s, size_t n) {
+  size_t i = 0, d;
+  if (i < n && s[i] == '-') i++;
+  if (i < n && s[i] == '0') {
+    i++;
+  } else {
+    for (d = i; i < n && s[i] >= '0' && s[i] <= '9';) i++;
+    if (i == d) return 0;
+  }
+  if (i < n && s[i] == '.') {
+    for (d = ++i; i < n && s[i] >= '0' && s[i] <= '9';) i++;
+    if (i == d) return 0;
+  }
+  if (i < n && (s[i] == 'e' || s[i] == 'E')) {
+    i++;
+    if (i < n && (s[i] == '+' || s[i] == '-')) i++;
+    for (d = i; i < n && s[i] >= '0' && s[i] <= '9';) i++;
+    if (i == d) return 0;
+  }
+  return i == n;
+}
+
+static void *cj_alloc(void *ud, size_t n) {
+  (void)ud;
+  return cJSON_malloc(n);
+}
+
+static void cj_free(void *ud, void *p) {
+  (void)ud;
+  cJSON_free(p);
+}
+
+/* Give each number node of the list v (and below) its literal, as a copy in
+ * valuestring: cJSON leaves that unused for numbers, copies it in
+ * cJSON_Duplicate and frees it in cJSON_Delete. A number whose literal is
+ * not known, or not strict JSON, gets none and prints from its double.
+ * Recursion is bounded by cJSON's nesting limit. */
+static int attach_literals(cJSON *v, spi_json_src *src, const spi_mem *m) {
+  for (; v; v = v->next) {
+    if ((v->type & 0xff) == cJSON_Number && !v->valuestring) {
+      const char *lit = NULL;
+      size_t n = 0;
+      int rc = spi__json_src_literal(src, v, m, &lit, &n);
+      if (rc == SPI_ENOMEM) return rc;
+      if (rc == 1 && strict_number(lit, n)) {
+        char *copy = cJSON_malloc(n + 1);
+        if (!copy) return SPI_ENOMEM;
+        memcpy(copy, lit, n);
+        copy[n] = '\0';
+        v->valuestring = copy;
+      }
+    }
+    int rc = attach_literals(v->child, src, m);
+    if (rc != SPI_OK) return rc;
+  }
+  return SPI_OK;
+}
+
+/* Before any change to the tree: its numbers' literals, from the body. */
+static int keep_literals(cJSON *root, const spi_envelope *env) {
+  const spi_mem m = {cj_alloc, cj_free, NULL};
+  spi_json_src src;
+  spi__json_src_init(&src, env->body, env->body_len, root);
+  int rc = attach_literals(root->child, &src, &m);
+  spi__json_src_free(&src, &m);
+  return rc;
+}
+
+/* Before printing: a number with its literal becomes a raw node, which
+ * cJSON prints as that text. */
+static void literals_as_raw(cJSON *v) {
+  for (; v; v = v->next) {
+    if ((v->type & 0xff) == cJSON_Number && v->valuestring)
+      v->type = (v->type & ~0xff) | cJSON_Raw;
+    literals_as_raw(v->child);
+  }
+}
+
 /* Shrink the output budget by what the client already has. */
 static int reduce_budget(cJSON *root, uint64_t offset) {
   static const char *const caps[] = {"max_tokens", "max_completion_tokens"};
@@ -267,6 +355,9 @@ static int reduce_budget(cJSON *root, uint64_t offset) {
     double left = v - (double)offset;
     if (i < 2 && left < 1) return SPI_ERANGE;
     if (left < 0) left = 0;
+    if (left == v) continue; /* as the client wrote it */
+    cJSON_free(it->valuestring);
+    it->valuestring = NULL;
     cJSON_SetNumberValue(it, left);
   }
   return SPI_OK;
@@ -324,7 +415,8 @@ int spi_replay_continuation(const spi_envelope *env, char *buf, size_t cap,
   int streamed =
       env->partial_text_len || env->partial_token_count || env->stream_offset;
   int scratch = (out_flags & SPI_ENVELOPE_FROM_SCRATCH) || is_guided(root);
-  if (!scratch && streamed) {
+  if (!scratch && streamed) rc = keep_literals(root, env);
+  if (rc == SPI_OK && !scratch && streamed) {
     if (kind == SPI_OPENAI_CHAT)
       rc = env->partial_text_len ? continue_chat(root, env) : 1;
     else
@@ -343,6 +435,7 @@ int spi_replay_continuation(const spi_envelope *env, char *buf, size_t cap,
       /* The request as it came: nothing to continue. */
       rc = emit(env->body, env->body_len, buf, cap, needed);
     } else {
+      literals_as_raw(root->child);
       char *text = spi__cjson_print(root);
       rc = text ? emit(text, strlen(text), buf, cap, needed) : SPI_ENOMEM;
       cJSON_free(text);

@@ -278,6 +278,12 @@ typedef struct spi_json_src {
 void spi__json_src_init(spi_json_src *src, const char *text, size_t len,
                         const struct cJSON *root);
 void spi__json_src_free(spi_json_src *src, const spi_mem *m);
+/* The literal number node v (of src->root's tree) was parsed from, as it
+ * stands in src->text: 1 with *lit (not NUL-terminated) and *len set, 0
+ * when it is not known (src NULL, v not a number of the tree as parsed, or
+ * a map that could not be made), SPI_ENOMEM. m allocates the map. */
+int spi__json_src_literal(spi_json_src *src, const struct cJSON *v,
+                          const spi_mem *m, const char **lit, size_t *len);
 /* spi__canon_json, with the numbers of v (a node of src->root's tree) read
  * from src where needed; src may be NULL. */
 int spi__canon_json_src(const struct cJSON *v, spi_buf *out, const spi_mem *m,

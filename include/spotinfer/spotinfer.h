@@ -1132,10 +1132,12 @@ SPI_API int spi_replay_tick(spi_replay_queue *queue);
  * message with "continue_final_message": true and "add_generation_prompt":
  * false (vLLM and compatible servers); completions get it appended to the
  * prompt; max_tokens / max_completion_tokens are reduced by what was
- * streamed. A body with guided or JSON-schema decoding (response_format,
- * guided_json, guided_regex, guided_grammar, guided_choice) is replayed from
- * scratch and *flags gets SPI_ENVELOPE_FROM_SCRATCH. Written to buf[0..cap)
- * with a NUL; *needed (may be NULL) gets the length. Pure and thread-safe.
+ * streamed. Every other number is kept as the body spells it (an integer
+ * beyond 2^53 keeps its digits, so tools key as they did). A body with
+ * guided or JSON-schema decoding (response_format, guided_json,
+ * guided_regex, guided_grammar, guided_choice) is replayed from scratch
+ * and *flags gets SPI_ENVELOPE_FROM_SCRATCH. Written to buf[0..cap) with a
+ * NUL; *needed (may be NULL) gets the length. Pure and thread-safe.
  * Errors: SPI_EINVAL, SPI_EPARSE (body: not one JSON object, a key given
  * twice, or \u0000 inside a string, which the continuation could not keep),
  * SPI_ERANGE (nothing left to generate), SPI_EBUFSIZE, SPI_ENOMEM.

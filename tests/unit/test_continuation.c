@@ -175,6 +175,72 @@ static void test_budgets(void **st) {
          0);
 }
 
+/* ------------------------------------------------------------- numbers */
+
+/* The cache key of a body, from a request of a fresh engine. */
+static spi_cache_key key_of_body(const char *body) {
+  spi_engine *e = NULL;
+  spi_request *r = NULL;
+  assert_int_equal(spi_engine_new(&e, NULL), SPI_OK);
+  assert_int_equal(spi_request_new(e, &r), SPI_OK);
+  int rc = spi_request_parse_openai(r, body, strlen(body), SPI_OPENAI_AUTO);
+  if (rc != SPI_OK) print_error("parse %d %s\n", rc, spi_request_errmsg(r));
+  assert_int_equal(rc, SPI_OK);
+  spi_cache_key k = {0, 0};
+  assert_int_equal(spi_request_cache_key(r, &k), SPI_OK);
+  spi_request_free(r);
+  spi_engine_free(e);
+  return k;
+}
+
+/* Every number of the body comes back as the client spelled it: an integer
+ * beyond 2^53 (which a double would round), a float, an exponent, one that
+ * overflows a double. The tools keep their exact digits, so the
+ * continuation keys as the original does. */
+static void test_numbers_as_spelled(void **st) {
+  (void)st;
+#define TOOLS                                                              \
+  "\"tools\":[{\"type\":\"function\",\"function\":{\"name\":\"f\","       \
+  "\"parameters\":{\"type\":\"object\",\"properties\":{\"n\":{\"type\":"   \
+  "\"integer\",\"maximum\":9007199254740993,\"minimum\":-1.50E+1}}}}}]"
+  static const char body[] =
+      "{\"model\":\"m\",\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}],"
+      TOOLS ",\"seed\":12345678901234567,\"temperature\":0.1,\"top_p\":1.0,"
+      "\"logit_bias\":{\"50256\":-100,\"11\":2.5e-3},\"max_tokens\":100,"
+      "\"x\":[1e400,-0,0.30000000000000004]}";
+  spi_envelope v = env_of(body, SPI_OPENAI_CHAT, "Hel", 1);
+  static const char want[] =
+      "{\"model\":\"m\",\"messages\":[{\"role\":\"user\",\"content\":\"hi\"},"
+      "{\"role\":\"assistant\",\"content\":\"Hel\"}]," TOOLS
+      ",\"seed\":12345678901234567,\"temperature\":0.1,\"top_p\":1.0,"
+      "\"logit_bias\":{\"50256\":-100,\"11\":2.5e-3},\"max_tokens\":99,"
+      "\"x\":[1e400,-0,0.30000000000000004],"
+      "\"continue_final_message\":true,\"add_generation_prompt\":false}";
+  expect(&v, want, 0);
+  /* The continuation's key is the original's (the messages are not in it). */
+  spi_cache_key a = key_of_body(body), b = key_of_body(want);
+  assert_true(a.high64 == b.high64 && a.low64 == b.low64);
+  /* A budget keeps its spelling when nothing changes it, and is written
+   * anew when the offset reduces it. */
+  v = env_of("{\"prompt\":\"a\",\"max_tokens\":1.0e2,\"min_tokens\":5}",
+             SPI_OPENAI_COMPLETIONS, "b", 0);
+  expect(&v, "{\"prompt\":\"ab\",\"max_tokens\":1.0e2,\"min_tokens\":5}", 0);
+  v.stream_offset = 3;
+  expect(&v, "{\"prompt\":\"ab\",\"max_tokens\":97,\"min_tokens\":2}", 0);
+  /* Token ids keep theirs; the ids added are written as integers. */
+  static const uint32_t ids[] = {7, 8};
+  v = env_of("{\"prompt\":[1,2.0E0],\"max_tokens\":9}", SPI_OPENAI_COMPLETIONS,
+             NULL, 2);
+  v.partial_tokens = ids;
+  v.partial_token_count = 2;
+  expect(&v, "{\"prompt\":[1,2.0E0,7,8],\"max_tokens\":7}", 0);
+  /* cJSON also reads literals JSON has not; they print from the double. */
+  v = env_of("{\"prompt\":\"a\",\"x\":[01,1.,-2.e1]}",
+             SPI_OPENAI_COMPLETIONS, "b", 0);
+  expect(&v, "{\"prompt\":\"ab\",\"x\":[1,1,-20]}", 0);
+#undef TOOLS
+}
+
 /* ---------------------------------------------------------- completions */
 
 static void test_completions(void **st) {
@@ -458,6 +524,7 @@ int main(void) {
       cmocka_unit_test(test_chat_new_assistant_message),
       cmocka_unit_test(test_chat_extends_trailing_assistant),
       cmocka_unit_test(test_budgets),
+      cmocka_unit_test(test_numbers_as_spelled),
       cmocka_unit_test(test_completions),
       cmocka_unit_test(test_from_scratch),
       cmocka_unit_test(test_buffer),
