@@ -32,7 +32,7 @@ const char SPI_ERRTAB_LOST[] =
 
 /* Handles whose messages one thread keeps, and whose loss it remembers. */
 #define KEEP 8
-#define LOST 32
+#define LOST 64
 
 typedef struct kept_msg {
   uint64_t handle; /* spi_errtab.id; 0: unused */

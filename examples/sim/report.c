@@ -273,12 +273,13 @@ static void print_tables(const sim_opts *o, const sim_setup *su, const sim_resul
            sim_of_pooled_pct(r, c), sim_of_oracle_pct(r, c), g95, s99, r->replays, rok, r->lost,
            r->imbalance, r->start_imbalance, ok, 4 - na, ok == 4 - na ? "pass" : "FAIL");
   }
+  int noted = 0; /* a blank line ends the table before the first note */
   for (size_t k = 0; k < n; k++)
     if (!sim_savings_comparable(&rs[k], base))
       printf("%ssavings n/a for %s: %" PRIu64 " of %zu requests unfinished in it and %" PRIu64
              " in all-on-demand (still queued at the horizon or expired), so the two costs are "
              "not for the same work\n",
-             k ? "" : "\n", rs[k].name, sim_unfinished(&rs[k]), tr->n, sim_unfinished(base));
+             noted++ ? "" : "\n", rs[k].name, sim_unfinished(&rs[k]), tr->n, sim_unfinished(base));
   printf("\n| policy | class | requests | TTFT p50 / p95 / p99 ms | completion p50 / p95 / p99 s |\n");
   printf("|---|---|---:|---|---|\n");
   for (size_t k = 0; k < n; k++)

@@ -137,10 +137,13 @@ static int read_line(trace_reader *rd, char *line, size_t len, size_t lineno) {
     if (h < 0) {
       char note[160];
       snprintf(note, sizeof note, "neither JSON nor CSV: %s", why);
-      /* Three or more fields: a header with names this reader does not
-       * know, so the rows under it cannot be read as time, input, output. */
+      /* Three or more fields and no digit: a header with names this
+       * reader does not know, so the rows under it cannot be read as time,
+       * input, output. A line with digits is a row cut short (the tail of
+       * a file) or a stray note, and says nothing of the rows after it. */
       const char *c = strchr(line, ',');
-      if (c && strchr(c + 1, ',')) rd->unknown_header = 1;
+      if (c && strchr(c + 1, ',') && !strpbrk(line, "0123456789"))
+        rd->unknown_header = 1;
       return sim_trace_note_bad(t, lineno, note), 0;
     }
     if (rd->unknown_header)

@@ -12,17 +12,19 @@
  *  - Functions that can fail return an int status: SPI_OK (0) or a negative
  *    value of enum spi_status. spi_strerror() names any integer.
  *  - Error detail (a message naming what was wrong) belongs to the call that
- *    failed. It is kept on the handle the call was made on, per calling
+ *    failed. It is kept for the handle the call was made on, per calling
  *    thread: spi_engine_errmsg() and spi_replay_errmsg() return the message
  *    of the calling thread's last failed call on that engine or queue, so
  *    threads sharing a handle never read each other's. Read it on the
  *    thread that made the call (bindings whose threads migrate pin the call
  *    and the read to one OS thread). The thread keeps its messages (no other
- *    thread can change one) for its last 8 live handles it failed on: one
- *    whose message was let go since, because the thread failed calls on 8
- *    other live handles, reads a note saying so, never another handle's or
- *    thread's text. A spi_request is used by
- *    one thread at a time and keeps its own message (spi_request_errmsg()).
+ *    thread can change one) for the last 8 handles it failed on (a handle
+ *    it frees gives its place back; one freed by another thread keeps it
+ *    until it is the oldest). A handle whose message was let go reads a
+ *    note saying so, never another handle's or thread's text, while it is
+ *    among the last 64 the thread let go; after that, "". A spi_request is
+ *    used by one thread at a time and keeps its own message
+ *    (spi_request_errmsg()).
  *  - Text arrives as pointer + length and is never assumed NUL-terminated.
  *    A NULL pointer with length 0 is the empty string.
  *  - The library copies everything it is given before the call returns.
@@ -192,7 +194,7 @@ SPI_API void spi_engine_free(spi_engine *engine);
  * The message of the calling thread's last failed call on this engine (""
  * if it has none; see the error detail convention at the top). Borrowed:
  * valid until this thread's next call on the engine, or until it fails
- * calls on 8 other live handles. Never NULL.
+ * calls on 8 other handles. Never NULL.
  */
 SPI_API const char *spi_engine_errmsg(const spi_engine *engine);
 

@@ -29,6 +29,13 @@ grep -Eq '^\| library \| [0-9.]+ \| [0-9.]+ \| n/a \|' "$tmp/d.txt" \
   || fail "library's savings not n/a: $(grep '^| library |' "$tmp/d.txt" | head -1)"
 grep -q '^savings n/a for library: 107 of 300 requests unfinished' "$tmp/d.txt" \
   || fail "no line says why library's savings are n/a"
+# The note after a later policy's row is set off from the table by a blank
+# line (glued to it, Markdown reads it as a row).
+"$sim" --quiet --requests 20000 --rate 200 --horizon 120 --policies library,consistent-hash \
+  >"$tmp/two.txt" || fail "the two-policy run exited $?"
+awk '/^savings n\/a for consistent-hash/ { exit prev == "" ? 0 : 1 } { prev = $0 } END { }' \
+  "$tmp/two.txt" || fail "the note is glued to the table: $(grep -B1 '^savings n/a' "$tmp/two.txt")"
+grep -q '^savings n/a for consistent-hash' "$tmp/two.txt" || fail "no note for consistent-hash"
 grep -Eq '^\| library \| bronze \| 107 \| n/a \| n/a \|' "$tmp/d.txt" \
   || fail "bronze, none completed, not n/a: $(grep '^| library | bronze' "$tmp/d.txt")"
 python3 - "$tmp/d.json" <<'PY' || fail "JSON of the unfinished run"

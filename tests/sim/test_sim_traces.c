@@ -274,6 +274,20 @@ static void test_first_line(void) {
             t.n == 2 && t.bad_lines == 1 && !strcmp(t.format, "CSV"),
         "first line: a stray line before a CSV header");
   sim_trace_free(&t);
+  /* A headerless CSV's tail whose first line is cut in its time (three
+   * fields, not a row): the rows after it are read. A stray note with
+   * commas and digits does not make them rows of an unknown header. */
+  static const char *const cuts[2] = {"-16 18:56:48.4634000,849,85\n",
+                                      "note: exported by tool, v2, 2024\n"};
+  for (int k = 0; k < 2; k++) {
+    snprintf(text, sizeof text, "%s%s", cuts[k],
+             "2023-11-16 18:17:03,100,5\n2023-11-16 18:17:04,200,6\n");
+    check(!read_text(&t, text, msg, sizeof msg) && t.n == 2 && t.bad_lines == 1 &&
+              !strcmp(t.format, "CSV"),
+          "first line: a CSV row cut in its time, or a note, before the rows");
+    if (t.n != 2) fprintf(stderr, "  after %s  %s\n", cuts[k], msg);
+    sim_trace_free(&t);
+  }
   /* With no usable request, the reason: how many lines were bad and why
    * the first was. */
   check(read_text(&t, "{oops\n{\"timestamp\": 1}\n", msg, sizeof msg) &&
