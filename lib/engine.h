@@ -272,6 +272,13 @@ uint64_t spi__nodes_probes(spi_engine *e);
 int32_t spi__nodes_initial(spi_engine *e, const spi_replica_ident *r,
                            int64_t now, int64_t *advised_until,
                            int64_t *cooldown_until);
+/* With the nodes lock held: when r's spot pool stops cooling down (0: it
+ * is not cooling, or r is not spot). */
+int64_t spi__nodes_cooldown(spi_engine *e, const spi_replica_ident *r,
+                            int64_t now);
+/* With the nodes lock held: the state machine id[0..len) holds its
+ * replicas in (ACTIVE for one untracked), as of its last transition. */
+int32_t spi__nodes_holds(spi_engine *e, const char *id, size_t len);
 
 struct cJSON;
 /* Configure module m with its section sec (modules.c), as configure does

@@ -447,6 +447,22 @@ static void cool_pools(spi_engine *e, const node *n, int64_t until,
   }
 }
 
+int64_t spi__nodes_cooldown(spi_engine *e, const spi_replica_ident *r,
+                            int64_t now) {
+  const struct spi_nodes *t = e->nodes;
+  int64_t until = 0;
+  for (size_t k = 0; r->pool == SPI_POOL_SPOT && k < t->ncool; k++)
+    if (t->cool[k].until > now && !strcmp(t->cool[k].type, r->instance_type) &&
+        !strcmp(t->cool[k].zone, r->zone))
+      until = t->cool[k].until;
+  return until;
+}
+
+int32_t spi__nodes_holds(spi_engine *e, const char *id, size_t len) {
+  const node *n = find(e->nodes, id, len);
+  return n ? replica_state_for(n->state) : SPI_REPLICA_ACTIVE;
+}
+
 int32_t spi__nodes_initial(spi_engine *e, const spi_replica_ident *r,
                            int64_t now, int64_t *advised_until,
                            int64_t *cooldown_until) {
@@ -454,11 +470,8 @@ int32_t spi__nodes_initial(spi_engine *e, const spi_replica_ident *r,
   /* A deadline passed with no tick since: the machine is TERMINATED now,
    * so a replica added there is its restart, not a replica noticed. */
   expire(e, now);
-  *advised_until = *cooldown_until = 0;
-  for (size_t k = 0; r->pool == SPI_POOL_SPOT && k < t->ncool; k++)
-    if (t->cool[k].until > now && !strcmp(t->cool[k].type, r->instance_type) &&
-        !strcmp(t->cool[k].zone, r->zone))
-      *cooldown_until = t->cool[k].until;
+  *advised_until = 0;
+  *cooldown_until = spi__nodes_cooldown(e, r, now);
   node *n = find(t, r->node, r->node_len);
   /* A replica added on a machine the table does not hold, or holds as
    * terminated past its deadline: the machine was started again (an

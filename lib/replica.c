@@ -248,17 +248,25 @@ static void links_del(spi_registry *g, const spi_replica_ident *r) {
               pool_bucket(r->instance_type, r->zone), r->slot);
 }
 
+static int same_node(const spi_replica_ident *a, const spi_replica_ident *b) {
+  return a->node_len == b->node_len && !memcmp(a->node, b->node, a->node_len);
+}
+
+/* Whether a and b are in one spot pool (instance type, zone), or neither
+ * is spot. */
+static int same_spot_pool(const spi_replica_ident *a,
+                          const spi_replica_ident *b) {
+  return a->pool == b->pool &&
+         (b->pool != SPI_POOL_SPOT ||
+          (!strcmp(a->instance_type, b->instance_type) &&
+           !strcmp(a->zone, b->zone)));
+}
+
 /* The replica cur becomes r (same slot): relinked if its machine or spot
  * pool changed. */
 static void links_move(spi_registry *g, const spi_replica_ident *cur,
                        const spi_replica_ident *r) {
-  int same_pool = cur->pool == r->pool &&
-                  (r->pool != SPI_POOL_SPOT ||
-                   (!strcmp(cur->instance_type, r->instance_type) &&
-                    !strcmp(cur->zone, r->zone)));
-  if (same_pool && cur->node_len == r->node_len &&
-      !memcmp(cur->node, r->node, r->node_len))
-    return;
+  if (same_spot_pool(cur, r) && same_node(cur, r)) return;
   links_del(g, cur);
   links_add(g, r);
 }
@@ -596,6 +604,36 @@ static long slot_alloc(spi_registry *g) {
   return -1;
 }
 
+/* The replica cur becomes r (same slot, both locks held). What a notice
+ * did to it belongs to its machine and spot pool, so on another machine it
+ * takes that machine's state and advice, and in another spot pool that
+ * pool's cooldown, as a replica added there would (spi__nodes_initial).
+ * DRAINING that its old machine does not explain was set by the host
+ * (spi_replica_set_state) and stays, unless the new machine is itself
+ * noticed or draining. NOTICED always names a machine's interruption, so it
+ * never follows the replica. Its open tickets go with it: plans find them
+ * through the replicas a machine runs now. */
+static void move_interruptions(spi_engine *e, const spi_replica_ident *cur,
+                               const spi_replica_ident *r) {
+  spi_replica_slot *s = &e->registry.slots[r->slot];
+  int64_t now = spi__engine_now(e);
+  if (!same_spot_pool(cur, r))
+    atomic_store(&s->cooldown_until_ns, spi__nodes_cooldown(e, r, now));
+  if (!same_node(cur, r)) {
+    int32_t was = atomic_load(&s->state);
+    int host_drains = was == SPI_REPLICA_DRAINING &&
+                      spi__nodes_holds(e, cur->node, cur->node_len) !=
+                          SPI_REPLICA_DRAINING;
+    int64_t advised = 0, cooling = 0;
+    int32_t state = spi__nodes_initial(e, r, now, &advised, &cooling);
+    if (host_drains && state == SPI_REPLICA_ACTIVE)
+      state = SPI_REPLICA_DRAINING;
+    atomic_store(&s->advised_until_ns, advised);
+    spi__replica_slot_set_state(s, state);
+  }
+  spi__replica_touch(&e->registry, r->slot);
+}
+
 static int upsert_locked(spi_engine *e, spi_replica_ident *r, int64_t limit,
                          spi_replica_set **retired) {
   spi_registry *g = &e->registry;
@@ -611,6 +649,7 @@ static int upsert_locked(spi_engine *e, spi_replica_ident *r, int64_t limit,
     next->r[at] = *r;
     set_index(next);
     links_move(g, cur, r);
+    move_interruptions(e, cur, r);
     /* Entries placed for the old pool or model list no longer hold. */
     if (cur->pool != r->pool || !same_models(cur, r))
       atomic_fetch_add(&g->slots[r->slot].gen, 1u);

@@ -561,6 +561,14 @@ typedef struct spi_replica_info {
  * update keeps its load, breaker and prefix-index entries unless its pool or
  * models change, which purges its index entries. New replicas start ACTIVE
  * with no load signal, which counts as saturated until the first report.
+ * What notices did belongs to machines and spot pools: a replica added on
+ * a noticed or advised machine, or in a cooling spot pool, starts so, and
+ * an update that moves it to another machine (node) gives it that
+ * machine's state and advice, one into another spot pool (pool, instance
+ * type, zone) that pool's cooldown, as if it were added there. DRAINING
+ * set with spi_replica_set_state is the host's and stays through a move,
+ * unless the new machine is noticed or draining; NOTICED stays with the
+ * machine it was set on.
  * Errors: SPI_EINVAL (bad field, message names it), SPI_EFULL
  * (router.max_replicas), SPI_ENOMEM, SPI_EMISUSE.
  */
@@ -574,7 +582,9 @@ SPI_API int spi_replica_remove(spi_engine *engine, const char *id,
 
 /* Set a replica's state (enum spi_replica_state). DRAINING and NOTICED
  * replicas are never chosen and their index entries are purged; ACTIVE
- * makes one eligible again. Errors: SPI_ENOTFOUND, SPI_EINVAL. */
+ * makes one eligible again. A transition of its machine sets it again, and
+ * so does an update onto another machine (spi_replica_upsert), which keeps
+ * DRAINING. Errors: SPI_ENOTFOUND, SPI_EINVAL. */
 SPI_API int spi_replica_set_state(spi_engine *engine, const char *id,
                                   size_t id_len, int32_t state);
 
