@@ -49,7 +49,16 @@
 #define SEEN_MAX 1024  /* dedup keys remembered (a ring, by machine) */
 #define SEEN_CAP 160   /* = sizeof spi_notice.dedup_key */
 #define COOL_MAX 64    /* spot pools cooling down at once */
-#define MAX_EVENTS 16  /* transitions reported per call */
+/* Transitions wait in a queue (a ring) for the callback, which runs with no
+ * lock held. None is ever dropped: a call makes room before it records
+ * (make_room_for), by reporting the oldest a chunk at a time; expire, which
+ * may move every tracked machine at once, makes room between entries, and
+ * what a call records after its expire (a notice's own moves, and
+ * make_room's batch of machines forgotten) is reserved in advance. */
+#define EV_QUEUE 256
+#define EV_CHUNK 32    /* reported at once, from a copy on the stack */
+#define EV_RESERVE (EVICT_BATCH + 8)
+_Static_assert(EV_QUEUE >= EV_RESERVE + EV_CHUNK, "a call's moves fit");
 /* Notices from the fleet bus already applied here, by machine, kind,
  * deadline, event id and dedup key (a ring): own echoes and repeats act
  * once. A key holds all of them whole (bus_key). */
@@ -129,9 +138,10 @@ struct spi_nodes {
   size_t ncool;
   spi_node_fn cb;
   void *cb_ud;
-  /* Transitions made under the lock, reported after it is released. */
-  event ev[MAX_EVENTS];
-  size_t nev;
+  /* Transitions made under the lock, reported after it is released:
+   * nev of them from ev[evhead] on (a ring). */
+  event ev[EV_QUEUE];
+  size_t evhead, nev;
   uint64_t probes;        /* entries looked at (spi__nodes_probes) */
 };
 
@@ -213,7 +223,14 @@ void spi__nodes_free(spi_engine *e) {
 
 struct spi_fleet *spi__nodes_fleet(spi_engine *e) { return e->nodes->fleet; }
 
-void spi__nodes_lock(spi_engine *e) { pthread_mutex_lock(&e->nodes->lock); }
+static int ev_room_locks(spi_engine *e, size_t k, int both);
+
+/* For adding a replica (replica.c): room for what spi__nodes_initial may
+ * record, which waits in the queue for the next call to report. */
+void spi__nodes_lock(spi_engine *e) {
+  pthread_mutex_lock(&e->nodes->lock);
+  ev_room_locks(e, 4, 0);
+}
 void spi__nodes_unlock(spi_engine *e) { pthread_mutex_unlock(&e->nodes->lock); }
 
 uint64_t spi__nodes_probes(spi_engine *e) {
@@ -299,6 +316,8 @@ static void linger_unlink(struct spi_nodes *t, node *n) {
 static int make_room(spi_engine *e);
 static void drop(spi_engine *e, node *n);
 static void expire(spi_engine *e, int64_t now);
+static void due(spi_engine *e, node *n, int64_t now);
+static int ev_room(spi_engine *e, size_t k);
 
 /* The node, created ACTIVE if new; NULL when the table is full of machines
  * that run replicas or memory runs out (callers report SPI_EFULL /
@@ -451,15 +470,20 @@ int32_t spi__nodes_initial(spi_engine *e, const spi_replica_ident *r,
                            int64_t now, int64_t *advised_until,
                            int64_t *cooldown_until) {
   struct spi_nodes *t = e->nodes;
-  /* A deadline passed with no tick since: the machine is TERMINATED now,
-   * so a replica added there is its restart, not a replica noticed. */
-  expire(e, now);
   *advised_until = *cooldown_until = 0;
   for (size_t k = 0; r->pool == SPI_POOL_SPOT && k < t->ncool; k++)
     if (t->cool[k].until > now && !strcmp(t->cool[k].type, r->instance_type) &&
         !strcmp(t->cool[k].zone, r->zone))
       *cooldown_until = t->cool[k].until;
   node *n = find(t, r->node, r->node_len);
+  /* A deadline passed with no tick since: the machine is TERMINATED now,
+   * so a replica added there is its restart, not a replica noticed. Only
+   * this machine is brought up to date (at most two transitions, room for
+   * which spi__nodes_lock made); the rest wait for the next call. */
+  if (n && wake_of(n) <= now) {
+    due(e, n, now);
+    n = find(t, r->node, r->node_len);
+  }
   /* A replica added on a machine the table does not hold, or holds as
    * terminated past its deadline: the machine was started again (an
    * instance stopped and started, a VM restarted after a preemption,
@@ -493,8 +517,10 @@ static void record(spi_engine *e, const node *n, int32_t from, int32_t to) {
   if (from != to)
     spi__metrics_node_transition(atomic_load(&e->metrics), from, to);
   spi__snap_release(e, pin);
-  if (t->nev < MAX_EVENTS) {
-    event *ev = &t->ev[t->nev++];
+  /* Room was made before (ev_room); were the queue full, this would be a
+   * bug, and writing past it worse. */
+  if (t->nev < EV_QUEUE) {
+    event *ev = &t->ev[(t->evhead + t->nev++) % EV_QUEUE];
     memcpy(ev->id, n->id, n->len);
     ev->len = n->len;
     ev->from = from;
@@ -540,40 +566,64 @@ static void drop(spi_engine *e, node *n) {
   forget(e->nodes, n);
 }
 
-/* The entries due by now, earliest first: lapsed advice and passed
- * deadlines; then entries that say nothing any more are dropped. A machine
+/* What time does to n, which is due: its advice lapses or its deadline
+ * passes, and an entry that says nothing any more is dropped; a machine
  * terminated with replicas still on it lingers, looked at again only when
- * the replica set has changed since (a removal is what lets it go), so
- * that look is paid by the set's writer, not by every notice. Both locks
- * held. */
-static void expire(spi_engine *e, int64_t now) {
+ * the replica set has changed since (drop_lingering). Records at most two
+ * transitions. Both locks held. */
+static void due(spi_engine *e, node *n, int64_t now) {
   struct spi_nodes *t = e->nodes;
-  if (!t->v) return;
-  for (uint32_t i; (i = spi__wheap_due(&t->wake, now)) != NIL;) {
-    node *n = &t->v[i];
-    t->probes++;
-    if (n->state == SPI_NODE_ADVISED && n->advised_until <= now)
-      move(e, n, SPI_NODE_ACTIVE);
-    else if ((n->state == SPI_NODE_NOTICED || n->state == SPI_NODE_DRAINING) &&
-             n->deadline_ns && n->deadline_ns <= now)
-      move(e, n, SPI_NODE_TERMINATED);
-    if (!worth_keeping(e, n, now)) {
-      drop(e, n);
-      continue;
-    }
-    if (n->state == SPI_NODE_TERMINATED && n->deadline_ns <= now)
-      linger_link(t, n);
-    requeue(t, n); /* due later now, or never while it lingers */
+  t->probes++;
+  if (n->state == SPI_NODE_ADVISED && n->advised_until <= now)
+    move(e, n, SPI_NODE_ACTIVE);
+  else if ((n->state == SPI_NODE_NOTICED || n->state == SPI_NODE_DRAINING) &&
+           n->deadline_ns && n->deadline_ns <= now)
+    move(e, n, SPI_NODE_TERMINATED);
+  if (!worth_keeping(e, n, now)) {
+    drop(e, n);
+    return;
   }
+  if (n->state == SPI_NODE_TERMINATED && n->deadline_ns <= now)
+    linger_link(t, n);
+  requeue(t, n); /* due later now, or never while it lingers */
+}
+
+/* Drop the lingering machines whose replicas are gone, once per replica
+ * set, so that look is paid by the set's writer, not by every notice.
+ * When the queue fills, the locks are let go to report (ev_room) and the
+ * walk starts again from the head, as the list may have changed. Both
+ * locks held. */
+static void drop_lingering(spi_engine *e) {
+  struct spi_nodes *t = e->nodes;
   const spi_replica_set *set = atomic_load(&e->registry.set);
   if (t->linger == NIL || !set || set->version == t->linger_version) return;
   t->linger_version = set->version;
   for (uint16_t i = t->linger, next; i != NIL; i = next) {
+    if (ev_room(e, 1) && (i = t->linger) == NIL) return;
     node *n = &t->v[i];
     next = n->lnext;
     t->probes++;
     if (!runs_replicas(e, n)) drop(e, n);
   }
+}
+
+/* The entries due by now, earliest first: lapsed advice and passed
+ * deadlines; then entries that say nothing any more are dropped. Room is
+ * made as it goes, and at the end for what the caller records next
+ * (EV_RESERVE), so the locks may be let go and taken again here: callers
+ * expire first, before they look at anything. Both locks held. */
+static void expire(spi_engine *e, int64_t now) {
+  struct spi_nodes *t = e->nodes;
+  if (t->v) {
+    for (;;) {
+      ev_room(e, 2); /* may let the locks go: the heap is read after */
+      uint32_t i = spi__wheap_due(&t->wake, now);
+      if (i == NIL) break;
+      due(e, &t->v[i], now);
+    }
+    drop_lingering(e);
+  }
+  ev_room(e, EV_RESERVE);
 }
 
 /* The table is full: forget the oldest EVICT_BATCH machines that run no
@@ -606,18 +656,48 @@ static void lock_all(spi_engine *e) {
   pthread_mutex_lock(&e->registry.lock);
 }
 
-static void unlock_all_and_report(spi_engine *e) {
+/* Take up to EV_CHUNK of the oldest transitions waiting off the queue,
+ * release the nodes lock (the registry's too if both) and report them: no
+ * lock is held while the callback runs. Returns how many it reported. */
+static size_t report_chunk(spi_engine *e, int both) {
   struct spi_nodes *t = e->nodes;
-  event ev[MAX_EVENTS];
-  size_t nev = t->nev;
-  memcpy(ev, t->ev, nev * sizeof ev[0]);
-  t->nev = 0;
+  event ev[EV_CHUNK];
+  size_t nev = t->nev < EV_CHUNK ? t->nev : EV_CHUNK;
+  for (size_t i = 0; i < nev; i++) ev[i] = t->ev[(t->evhead + i) % EV_QUEUE];
+  t->evhead = (t->evhead + nev) % EV_QUEUE;
+  t->nev -= nev;
   spi_node_fn cb = t->cb;
   void *ud = t->cb_ud;
-  pthread_mutex_unlock(&e->registry.lock);
+  if (both) pthread_mutex_unlock(&e->registry.lock);
   pthread_mutex_unlock(&t->lock);
   for (size_t i = 0; cb && i < nev; i++)
     cb(ud, ev[i].id, ev[i].len, ev[i].from, ev[i].to);
+  return nev;
+}
+
+/* Room in the queue for k more transitions. When there is not, the oldest
+ * are reported until half the queue (or k) is free: the locks (nodes, and
+ * the registry's if both) are let go meanwhile, so a caller makes room
+ * only where nothing is half done. Returns 1 if the locks were let go. */
+static int ev_room_locks(spi_engine *e, size_t k, int both) {
+  struct spi_nodes *t = e->nodes;
+  if (EV_QUEUE - t->nev >= k) return 0;
+  size_t want = k > EV_QUEUE / 2 ? k : EV_QUEUE / 2;
+  while (EV_QUEUE - t->nev < want) {
+    report_chunk(e, both);
+    pthread_mutex_lock(&t->lock);
+    if (both) pthread_mutex_lock(&e->registry.lock);
+  }
+  return 1;
+}
+
+static int ev_room(spi_engine *e, size_t k) { return ev_room_locks(e, k, 1); }
+
+/* Release both locks and report every transition waiting: this call's,
+ * and any a call that could not report them left (adding a replica). */
+static void unlock_all_and_report(spi_engine *e) {
+  pthread_mutex_unlock(&e->registry.lock);
+  while (report_chunk(e, 0) == EV_CHUNK) pthread_mutex_lock(&e->nodes->lock);
 }
 
 /* ------------------------------------------------------------------ plans */

@@ -987,9 +987,13 @@ SPI_API int spi_node_get_state(spi_engine *engine, const char *node,
  * the message says why; see spi_engine_fleet_stats()). */
 SPI_API int spi_engine_tick(spi_engine *engine);
 
-/* Called on every node transition, from the thread making the call that
- * caused it, with no engine lock held; it must not call back into the
- * engine. from_state == to_state (NOTICED or DRAINING) says the machine's
+/* Called on every node transition, none dropped however many one call
+ * makes, in the order they were made, with no engine lock held; it must
+ * not call back into the engine. A transition is reported by the call
+ * that made it before it returns, or by a call on another thread that
+ * reported the waiting ones first; one made by adding a replica (a
+ * terminated machine started again, reported as REMOVED) waits for the
+ * next notice, tick or state call. from_state == to_state (NOTICED or DRAINING) says the machine's
  * deadline moved: a later notice, from this engine or the fleet bus,
  * brought it forward, a machine noticed by hand got one, or a withdrawal
  * moved it later (the interruption withdrawn was the earliest, and

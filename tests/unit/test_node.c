@@ -897,6 +897,59 @@ static void test_replica_add_before_deadline_is_no_restart(void **st) {
   fb_done(w);
 }
 
+/* Every transition reaches the callback, however many one call makes:
+ * 40 machines that run replicas and 4,000 that run nothing pass their
+ * deadline at one tick (4,040 TERMINATED, 4,000 REMOVED). Only the first
+ * 16 of a call used to be reported. */
+static void test_every_transition_is_reported(void **st) {
+  (void)st;
+  fb_world *w = mk(NULL);
+  char id[32], node[32];
+  for (int i = 0; i < 40; i++) {
+    snprintf(id, sizeof id, "r-%02d", i);
+    snprintf(node, sizeof node, "i-%02d", i);
+    fb_add(w, id, node, SPI_POOL_SPOT, "g5", "z1");
+    assert_int_equal(hand_in(w, node, SPI_NOTICE_TERMINATE, w->now + 60 * SEC),
+                     SPI_OK);
+  }
+  for (int i = 0; i < 4000; i++) {
+    snprintf(node, sizeof node, "m-%04d", i);
+    assert_int_equal(hand_in(w, node, SPI_NOTICE_TERMINATE, w->now + 60 * SEC),
+                     SPI_OK);
+  }
+  assert_int_equal(w->to_noticed, 4040);
+  w->now += 61 * SEC;
+  assert_int_equal(spi_engine_tick(w->e), SPI_OK);
+  assert_int_equal(w->terminated, 4040);
+  assert_int_equal(w->removed, 4000);
+  assert_int_equal(fb_state(w->e, "i-39"), SPI_NODE_TERMINATED);
+  fb_done(w);
+}
+
+/* When the table is full, the machines forgotten to make room are reported
+ * and so is the notice's own move, last: for a notice from the fleet bus
+ * it is how the host learns to ask for plans. It used to be dropped behind
+ * the first 16 machines forgotten. */
+static void test_notice_reported_when_table_full(void **st) {
+  (void)st;
+  fb_world *w = mk(NULL);
+  char node[32];
+  for (int i = 0; i < 4096; i++) {
+    snprintf(node, sizeof node, "n-%04d", i);
+    assert_int_equal(
+        spi_node_set_state(w->e, node, strlen(node), SPI_NODE_NOTICED), SPI_OK);
+  }
+  fb_add(w, "spot-x", "i-x", SPI_POOL_SPOT, "g5", "z1");
+  int noticed = w->to_noticed;
+  assert_int_equal(hand_in(w, "i-x", SPI_NOTICE_TERMINATE, w->now + 120 * SEC),
+                   SPI_OK);
+  assert_int_equal(w->removed, 64);
+  assert_int_equal(w->to_noticed, noticed + 1);
+  assert_string_equal(w->last_node, "i-x");
+  assert_int_equal(w->last_to, SPI_NODE_NOTICED);
+  fb_done(w);
+}
+
 /* Issue 12 item 7: advisory notices for 4,096 machines that run nothing
  * filled the node table for good, and a terminate notice for a machine
  * that does run a replica was refused with SPI_EFULL, its replica left
@@ -1151,6 +1204,8 @@ int main(void) {
       cmocka_unit_test(test_replica_add_restarts_terminated_machine),
       cmocka_unit_test(test_replica_add_restarts_machine_past_deadline),
       cmocka_unit_test(test_replica_add_before_deadline_is_no_restart),
+      cmocka_unit_test(test_every_transition_is_reported),
+      cmocka_unit_test(test_notice_reported_when_table_full),
       cmocka_unit_test(test_node_table_flood),
       cmocka_unit_test(test_node_table_full_of_replicas),
       cmocka_unit_test(test_notice_cost_is_bounded),
