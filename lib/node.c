@@ -390,9 +390,11 @@ static int runs_replicas(spi_engine *e, const node *n) {
   return set && next_on(e, set, n, &cur) != NULL;
 }
 
-/* The state a machine's replicas are in while it is in node_state. */
+/* The state a machine's replicas are in while it is in node_state. A
+ * machine forgotten (REMOVED) is what one never heard of is: ACTIVE. */
 static int32_t replica_state_for(int32_t node_state) {
-  return node_state == SPI_NODE_ACTIVE || node_state == SPI_NODE_ADVISED
+  return node_state == SPI_NODE_ACTIVE || node_state == SPI_NODE_ADVISED ||
+                 node_state == SPI_NODE_REMOVED
              ? SPI_REPLICA_ACTIVE
          : node_state == SPI_NODE_DRAINING ? SPI_REPLICA_DRAINING
                                            : SPI_REPLICA_NOTICED;

@@ -965,7 +965,9 @@ SPI_API int spi_engine_notice(spi_engine *engine, const spi_notice *notice,
                               size_t *n_out);
 
 /* Move a machine to a state by hand (e.g. DRAINING when the proxy starts
- * moving work, TERMINATED when it is gone, REMOVED to forget it). Illegal
+ * moving work, TERMINATED when it is gone, REMOVED to forget it: it is then
+ * a machine never heard of, ACTIVE with its replicas still registered, the
+ * way back for a machine TERMINATED and started again). Illegal
  * transitions fail with SPI_EINVAL and a message naming both states;
  * NOTICED -> ADVISED is one by hand (only a withdrawal makes it, when
  * advice handed in still holds the machine). ADVISED by hand lasts

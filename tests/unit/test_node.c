@@ -897,6 +897,41 @@ static void test_replica_add_before_deadline_is_no_restart(void **st) {
   fb_done(w);
 }
 
+/* A machine forgotten by hand is what an unknown machine is: its replicas
+ * still registered take requests again, whether it was active, advised or
+ * terminated (a VM preempted and restarted under its name, its replica
+ * kept registered). They used to stay NOTICED for good while the machine
+ * read ACTIVE. */
+static void test_removed_by_hand_is_unknown(void **st) {
+  (void)st;
+  fb_world *w = mk(NULL);
+  fb_add(w, "r0", "i-aaa", SPI_POOL_ON_DEMAND, "g5", "z1");
+  fb_add(w, "r1", "i-bbb", SPI_POOL_ON_DEMAND, "g5", "z1");
+  fb_add(w, "r2", "i-ccc", SPI_POOL_SPOT, "g5", "z2");
+  assert_int_equal(spi_node_set_state(w->e, "i-aaa", 5, SPI_NODE_REMOVED),
+                   SPI_OK);
+  assert_int_equal(replica_state(w, "r0"), SPI_REPLICA_ACTIVE);
+  assert_int_equal(spi_node_set_state(w->e, "i-bbb", 5, SPI_NODE_ADVISED),
+                   SPI_OK);
+  assert_int_equal(spi_node_set_state(w->e, "i-bbb", 5, SPI_NODE_REMOVED),
+                   SPI_OK);
+  w->now += 86400 * SEC;
+  assert_int_equal(spi_engine_tick(w->e), SPI_OK);
+  assert_int_equal(fb_state(w->e, "i-bbb"), SPI_NODE_ACTIVE);
+  assert_int_equal(replica_state(w, "r1"), SPI_REPLICA_ACTIVE);
+  assert_int_equal(hand_in(w, "i-ccc", SPI_NOTICE_PREEMPT, w->now + 30 * SEC),
+                   SPI_OK);
+  w->now += 31 * SEC;
+  assert_int_equal(spi_engine_tick(w->e), SPI_OK);
+  assert_int_equal(fb_state(w->e, "i-ccc"), SPI_NODE_TERMINATED);
+  assert_int_equal(replica_state(w, "r2"), SPI_REPLICA_NOTICED);
+  assert_int_equal(spi_node_set_state(w->e, "i-ccc", 5, SPI_NODE_REMOVED),
+                   SPI_OK);
+  assert_int_equal(fb_state(w->e, "i-ccc"), SPI_NODE_ACTIVE);
+  assert_int_equal(replica_state(w, "r2"), SPI_REPLICA_ACTIVE);
+  fb_done(w);
+}
+
 /* Every transition reaches the callback, however many one call makes:
  * 40 machines that run replicas and 4,000 that run nothing pass their
  * deadline at one tick (4,040 TERMINATED, 4,000 REMOVED). Only the first
@@ -1204,6 +1239,7 @@ int main(void) {
       cmocka_unit_test(test_replica_add_restarts_terminated_machine),
       cmocka_unit_test(test_replica_add_restarts_machine_past_deadline),
       cmocka_unit_test(test_replica_add_before_deadline_is_no_restart),
+      cmocka_unit_test(test_removed_by_hand_is_unknown),
       cmocka_unit_test(test_every_transition_is_reported),
       cmocka_unit_test(test_notice_reported_when_table_full),
       cmocka_unit_test(test_node_table_flood),
