@@ -1217,8 +1217,8 @@ int spi_engine_node_plans(spi_engine *engine, const char *id, size_t len,
 
 /* The host moves n to state (in BY_HAND). Its reason is its own: no
  * withdrawal undoes a machine noticed or advised by hand. Advice by hand
- * lapses as advice handed in does, advised_ttl_ms from now. Both locks
- * held. */
+ * lapses as advice handed in does, advised_ttl_ms from now, and holds the
+ * machine ADVISED until then whatever is withdrawn. Both locks held. */
 static void set_by_hand(spi_engine *e, node *n, int32_t state,
                         int64_t advised_until) {
   if (state == SPI_NODE_ACTIVE) {
@@ -1230,7 +1230,12 @@ static void set_by_hand(spi_engine *e, node *n, int32_t state,
     spi__keyring_forget(&e->nodes->seen, e->nodes->vhash[at_of(e->nodes, n)],
                         0);
   move(e, n, state);
-  if (state == SPI_NODE_NOTICED || state == SPI_NODE_ADVISED) n->unlisted = 1;
+  /* Noticed by hand: no withdrawal puts it back. Advised by hand: advice
+   * no withdrawal can name, held until it lapses as one let go is
+   * (settle), so a notice withdrawn later leaves it ADVISED, not NOTICED. */
+  if (state == SPI_NODE_NOTICED) n->unlisted = 1;
+  if (state == SPI_NODE_ADVISED && advised_until > n->lost_advised)
+    n->lost_advised = advised_until;
 }
 
 int spi_node_set_state(spi_engine *engine, const char *id, size_t len,

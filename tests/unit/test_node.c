@@ -897,6 +897,37 @@ static void test_replica_add_before_deadline_is_no_restart(void **st) {
   fb_done(w);
 }
 
+/* A machine advised by hand, then noticed, goes back to ADVISED when that
+ * notice is withdrawn (and to ACTIVE once the advice lapses), not NOTICED
+ * until the withdrawn deadline and then TERMINATED: by hand it was advised,
+ * not noticed. */
+static void test_advised_by_hand_then_withdrawn(void **st) {
+  (void)st;
+  fb_world *w = mk("{\"router\":{\"advised_ttl_ms\":600000}}");
+  fb_add(w, "spot-a", "i-aaa", SPI_POOL_SPOT, "g5", "z1");
+  assert_int_equal(spi_node_set_state(w->e, "i-aaa", 5, SPI_NODE_ADVISED),
+                   SPI_OK);
+  spi_notice m = notice("i-aaa", SPI_NOTICE_MAINTENANCE, w->now + 3600 * SEC,
+                        "ev-1");
+  snprintf(m.event_id, sizeof m.event_id, "ev-1");
+  fb_hand(w, &m);
+  assert_int_equal(fb_state(w->e, "i-aaa"), SPI_NODE_NOTICED);
+  spi_notice wd = m;
+  wd.active = 0;
+  snprintf(wd.dedup_key, sizeof wd.dedup_key, "ev-1:canceled");
+  fb_hand(w, &wd);
+  assert_int_equal(fb_state(w->e, "i-aaa"), SPI_NODE_ADVISED);
+  assert_int_equal(replica_state(w, "spot-a"), SPI_REPLICA_ACTIVE);
+  w->now += 601 * SEC;
+  assert_int_equal(spi_engine_tick(w->e), SPI_OK);
+  assert_int_equal(fb_state(w->e, "i-aaa"), SPI_NODE_ACTIVE);
+  w->now += 3600 * SEC;
+  assert_int_equal(spi_engine_tick(w->e), SPI_OK);
+  assert_int_equal(fb_state(w->e, "i-aaa"), SPI_NODE_ACTIVE);
+  assert_int_equal(replica_state(w, "spot-a"), SPI_REPLICA_ACTIVE);
+  fb_done(w);
+}
+
 /* A machine forgotten by hand is what an unknown machine is: its replicas
  * still registered take requests again, whether it was active, advised or
  * terminated (a VM preempted and restarted under its name, its replica
@@ -1240,6 +1271,7 @@ int main(void) {
       cmocka_unit_test(test_replica_add_restarts_machine_past_deadline),
       cmocka_unit_test(test_replica_add_before_deadline_is_no_restart),
       cmocka_unit_test(test_removed_by_hand_is_unknown),
+      cmocka_unit_test(test_advised_by_hand_then_withdrawn),
       cmocka_unit_test(test_every_transition_is_reported),
       cmocka_unit_test(test_notice_reported_when_table_full),
       cmocka_unit_test(test_node_table_flood),
