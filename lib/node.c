@@ -800,8 +800,13 @@ static size_t plan(spi_engine *e, const node *n, const spi_router_cfg *c,
 
 /* ------------------------------------------------------------- public API */
 
-static int seen_before(struct spi_nodes *t, const char *key) {
-  return spi__keyring_has(&t->seen, key);
+/* Whether the notice's dedup key was handed in for its machine (nlen
+ * bytes of its id): a key is a machine's, so one a host built reused for
+ * another machine is another notice. Nodes lock held. */
+static int seen_before(struct spi_nodes *t, const spi_notice *notice,
+                       size_t nlen) {
+  return spi__keyring_has(&t->seen, notice->dedup_key,
+                          XXH3_64bits(notice->node, nlen));
 }
 
 /* Whether notice is advice: rebalance, or maintenance without a
@@ -839,8 +844,9 @@ static void bus_key(char *buf, const spi_notice *n, int64_t deadline) {
 }
 
 /* Whether the bus key was applied here. Nodes lock held. */
-static int bus_seen_before(struct spi_nodes *t, const char *key) {
-  return spi__keyring_has(&t->bus_seen, key);
+static int bus_seen_before(struct spi_nodes *t, const char *key,
+                           const spi_notice *notice, size_t nlen) {
+  return spi__keyring_has(&t->bus_seen, key, XXH3_64bits(notice->node, nlen));
 }
 
 static size_t bounded_len(const char *s, size_t cap) {
@@ -1123,7 +1129,7 @@ int spi_engine_notice(spi_engine *engine, const spi_notice *notice,
   uint64_t queued = 0;
   lock_all(engine);
   expire(engine, run.now);
-  if (!klen || !seen_before(t, notice->dedup_key)) {
+  if (!klen || !seen_before(t, notice, nlen)) {
     rc = notice_act(engine, notice, nlen, klen > 0, &run);
     *n_out = run.found;
     if (rc == SPI_OK || rc == SPI_EBUFSIZE) {
@@ -1162,8 +1168,8 @@ int spi__nodes_apply_remote(spi_engine *e, const spi_notice *notice) {
    * not remembered, so this engine's own poller still gets its plans; the
    * bus key only once the notice has acted, so a copy from another engine
    * is applied after one that could not be. */
-  if (!bus_seen_before(t, key) &&
-      !(notice->dedup_key[0] && seen_before(t, notice->dedup_key))) {
+  if (!bus_seen_before(t, key, notice, nlen) &&
+      !(notice->dedup_key[0] && seen_before(t, notice, nlen))) {
     rc = notice_act(e, notice, nlen, 0, &run);
     if (rc == SPI_OK) {
       spi__keyring_add(&t->bus_seen, key, XXH3_64bits(notice->node, nlen), 0);

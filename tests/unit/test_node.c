@@ -928,6 +928,30 @@ static void test_advised_by_hand_then_withdrawn(void **st) {
   fb_done(w);
 }
 
+/* A dedup key is its machine's: one a host built and reused for a second
+ * machine notices that machine too (it used to be dropped as a repeat),
+ * while the first machine's repeat is still one. */
+static void test_dedup_key_is_per_machine(void **st) {
+  (void)st;
+  fb_world *w = mk(NULL);
+  fb_add(w, "spot-a", "i-aaa", SPI_POOL_SPOT, "g5", "z1");
+  fb_add(w, "spot-b", "i-bbb", SPI_POOL_SPOT, "g5", "z2");
+  spi_notice a = notice("i-aaa", SPI_NOTICE_TERMINATE, w->now + 120 * SEC,
+                        "terminate");
+  spi_notice b = notice("i-bbb", SPI_NOTICE_TERMINATE, w->now + 120 * SEC,
+                        "terminate");
+  fb_hand(w, &a);
+  fb_hand(w, &b);
+  assert_int_equal(fb_state(w->e, "i-aaa"), SPI_NODE_NOTICED);
+  assert_int_equal(fb_state(w->e, "i-bbb"), SPI_NODE_NOTICED);
+  assert_int_equal(replica_state(w, "spot-b"), SPI_REPLICA_NOTICED);
+  int before = w->transitions;
+  fb_hand(w, &a);
+  fb_hand(w, &b);
+  assert_int_equal(w->transitions, before);
+  fb_done(w);
+}
+
 /* A machine forgotten by hand is what an unknown machine is: its replicas
  * still registered take requests again, whether it was active, advised or
  * terminated (a VM preempted and restarted under its name, its replica
@@ -1271,6 +1295,7 @@ int main(void) {
       cmocka_unit_test(test_replica_add_restarts_machine_past_deadline),
       cmocka_unit_test(test_replica_add_before_deadline_is_no_restart),
       cmocka_unit_test(test_removed_by_hand_is_unknown),
+      cmocka_unit_test(test_dedup_key_is_per_machine),
       cmocka_unit_test(test_advised_by_hand_then_withdrawn),
       cmocka_unit_test(test_every_transition_is_reported),
       cmocka_unit_test(test_notice_reported_when_table_full),
