@@ -764,7 +764,12 @@ static size_t plan_pinned(spi_engine *e, const node *n,
   spi_ticket_table *tt = atomic_load(&e->tickets);
   const spi_replica_set *set = atomic_load(&e->registry.set);
   if (!tt || !set) return 0;
-  double deadline_s = (double)(n->deadline_ns - now) / 1e9;
+  /* A machine noticed or drained by hand has no deadline until a notice
+   * gives it one: planned against the window a notice without a deadline
+   * gets (act). */
+  int64_t deadline =
+      n->deadline_ns ? n->deadline_ns : now + c->default_window_ms * 1000000;
+  double deadline_s = (double)(deadline - now) / 1e9;
   double margin_s = (double)c->drain_margin_ms / 1000.0;
   /* The machine's replicas' slots, once: each ticket is matched by its
    * slot, and only records ever handed out are scanned. */

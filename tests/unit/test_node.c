@@ -952,6 +952,37 @@ static void test_dedup_key_is_per_machine(void **st) {
   fb_done(w);
 }
 
+/* Plans for a machine noticed or drained by hand, which has no deadline,
+ * are made against router.default_window_ms from now, as for a notice
+ * without one: a stream a token from its end drains. They used to be made
+ * against the epoch (deadline_s about -1.7e9) and replay everything. */
+static void test_plans_by_hand_use_default_window(void **st) {
+  (void)st;
+  fb_world *w = mk("{\"router\":{\"default_window_ms\":30000}}");
+  fb_add(w, "spot-a", "i-aaa", SPI_POOL_SPOT, "g5", "z1");
+  refresh_loads(w);
+  spi_decision d;
+  assert_int_equal(route(w, "silver", 100, &d), SPI_OK);
+  spi_ticket_progress(w->e, d.ticket, 99);
+  int32_t states[2] = {SPI_NODE_NOTICED, SPI_NODE_DRAINING};
+  for (int i = 0; i < 2; i++) {
+    assert_int_equal(spi_node_set_state(w->e, "i-aaa", 5, states[i]), SPI_OK);
+    spi_ticket_plan p[2];
+    p[0].struct_size = sizeof p[0];
+    size_t np = 0;
+    assert_int_equal(spi_engine_node_plans(w->e, "i-aaa", 5, p, 2, &np),
+                     SPI_OK);
+    assert_int_equal((int)np, 1);
+    assert_true(p[0].deadline_s > 29.9 && p[0].deadline_s <= 30.0);
+    assert_int_equal(p[0].action, SPI_ACTION_DRAIN);
+  }
+  spi_ticket_result res;
+  memset(&res, 0, sizeof res);
+  res.struct_size = sizeof res;
+  spi_ticket_finish(w->e, d.ticket, &res);
+  fb_done(w);
+}
+
 /* A machine forgotten by hand is what an unknown machine is: its replicas
  * still registered take requests again, whether it was active, advised or
  * terminated (a VM preempted and restarted under its name, its replica
@@ -1295,6 +1326,7 @@ int main(void) {
       cmocka_unit_test(test_replica_add_restarts_machine_past_deadline),
       cmocka_unit_test(test_replica_add_before_deadline_is_no_restart),
       cmocka_unit_test(test_removed_by_hand_is_unknown),
+      cmocka_unit_test(test_plans_by_hand_use_default_window),
       cmocka_unit_test(test_dedup_key_is_per_machine),
       cmocka_unit_test(test_advised_by_hand_then_withdrawn),
       cmocka_unit_test(test_every_transition_is_reported),
