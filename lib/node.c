@@ -1087,8 +1087,10 @@ static size_t plan_stride(const spi_ticket_plan *plans, size_t cap) {
   return stride;
 }
 
-/* A copy of the settings, not a pin: the transition callback runs at the
- * end and may upsert or remove replicas, which wait for pins to end. */
+/* A copy of the settings, not a pin: the transition callback runs with
+ * no lock and no pin held (at the end, and while expire makes room in the
+ * queue) and may call back into the engine: upsert or remove replicas,
+ * which wait for pins to end, hand in notices, ask for plans. */
 static spi_router_cfg router_cfg(spi_engine *e) {
   unsigned pin;
   spi_router_cfg cfg = spi__snap_acquire(e, &pin)->router;

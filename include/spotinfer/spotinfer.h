@@ -990,12 +990,16 @@ SPI_API int spi_node_get_state(spi_engine *engine, const char *node,
 SPI_API int spi_engine_tick(spi_engine *engine);
 
 /* Called on every node transition, none dropped however many one call
- * makes, in the order they were made, with no engine lock held; it must
- * not call back into the engine. A transition is reported by the call
- * that made it before it returns, or by a call on another thread that
- * reported the waiting ones first; one made by adding a replica (a
- * terminated machine started again, reported as REMOVED) waits for the
- * next notice, tick or state call. from_state == to_state (NOTICED or DRAINING) says the machine's
+ * makes, with no engine lock and no pin held, so it may call back into
+ * the engine (upsert or remove replicas, ask for plans, hand in a notice);
+ * only spi_engine_on_node_transition() and spi_engine_free() are not for
+ * it. Transitions are queued in the order they are made and handed out
+ * in that order, a few at a time: by the call that made them before it
+ * returns, or by a call on another thread that took the waiting ones
+ * first, so calls on several threads may run the callback at once. One
+ * made by adding a replica (a terminated machine started again, reported
+ * as REMOVED) waits for the next notice, tick or machine state call.
+ * from_state == to_state (NOTICED or DRAINING) says the machine's
  * deadline moved: a later notice, from this engine or the fleet bus,
  * brought it forward, a machine noticed by hand got one, or a withdrawal
  * moved it later (the interruption withdrawn was the earliest, and
