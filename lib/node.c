@@ -98,6 +98,10 @@ typedef struct node {
   /* A state set by hand holds it: no withdrawal puts it back to work or
    * moves its deadline later. */
   uint8_t unlisted;
+  /* TERMINATED by maintenance alone (paused): a reboot, freeze or
+   * redeploy ends, so the events that held it stay listed and their
+   * withdrawal puts the machine back to work (resume). */
+  uint8_t paused;
   /* Events past HELD_MAX are let go (hold), and what they may still
    * demand is kept: the earliest deadline of the interruptions let go,
    * the latest lapse of the advice let go (0: none). A withdrawal cannot
@@ -150,7 +154,9 @@ struct spi_nodes {
 /* ALLOWED[from][to]: the only transitions there are. A withdrawn notice or
  * lapsed advice returns a machine to ACTIVE, or to ADVISED when the
  * withdrawn notice leaves only advice holding it; a machine can be
- * forgotten (REMOVED) from any state; nothing comes back from TERMINATED. */
+ * forgotten (REMOVED) from any state; only a machine terminated by
+ * maintenance alone comes back from TERMINATED, to ACTIVE, when that
+ * maintenance is withdrawn (resume). */
 static const uint8_t ALLOWED[7][7] = {
     /*            -  ACT ADV NOT DRN TRM REM */
     /* -   */ {0, 0, 0, 0, 0, 0, 0},
@@ -158,12 +164,13 @@ static const uint8_t ALLOWED[7][7] = {
     /* ADV */ {0, 1, 0, 1, 1, 1, 1},
     /* NOT */ {0, 1, 1, 0, 1, 1, 1},
     /* DRN */ {0, 0, 0, 0, 0, 1, 1},
-    /* TRM */ {0, 0, 0, 0, 0, 0, 1},
+    /* TRM */ {0, 1, 0, 0, 0, 0, 1},
     /* REM */ {0, 0, 0, 0, 0, 0, 0},
 };
 
 /* BY_HAND[from][to]: what spi_node_set_state accepts. The same, but for
- * NOTICED -> ADVISED: that is a withdrawal's move, made when advice
+ * NOTICED -> ADVISED and TERMINATED -> ACTIVE: those are a withdrawal's
+ * moves. The first is made when advice
  * handed in still holds the machine and says until when. By hand, the
  * interruption that noticed it would still hold it, unlisted, while the
  * advice lapsed and put it back to work. */
@@ -318,6 +325,7 @@ static void drop(spi_engine *e, node *n);
 static void expire(spi_engine *e, int64_t now);
 static void due(spi_engine *e, node *n, int64_t now);
 static int ev_room(spi_engine *e, size_t k);
+static int maintenance_only(const node *n);
 
 /* The node, created ACTIVE if new; NULL when the table is full of machines
  * that run replicas or memory runs out (callers report SPI_EFULL /
@@ -538,8 +546,10 @@ static int move(spi_engine *e, node *n, int32_t to) {
   n->state = to;
   if (to != SPI_NODE_ADVISED) n->advised_until = 0;
   if (to == SPI_NODE_ACTIVE || to == SPI_NODE_ADVISED) n->deadline_ns = 0;
-  if (to == SPI_NODE_ACTIVE || to == SPI_NODE_TERMINATED) {
-    n->nheld = n->unlisted = 0; /* nothing holds it, or nothing comes back */
+  if (to == SPI_NODE_ACTIVE ||
+      (to == SPI_NODE_TERMINATED && !n->paused)) {
+    /* nothing holds it, or nothing comes back */
+    n->nheld = n->unlisted = n->paused = 0;
     n->lost_deadline = n->lost_advised = 0;
   }
   apply_to_replicas(e, n);
@@ -579,8 +589,10 @@ static void due(spi_engine *e, node *n, int64_t now) {
   if (n->state == SPI_NODE_ADVISED && n->advised_until <= now)
     move(e, n, SPI_NODE_ACTIVE);
   else if ((n->state == SPI_NODE_NOTICED || n->state == SPI_NODE_DRAINING) &&
-           n->deadline_ns && n->deadline_ns <= now)
+           n->deadline_ns && n->deadline_ns <= now) {
+    n->paused = (uint8_t)maintenance_only(n);
     move(e, n, SPI_NODE_TERMINATED);
+  }
   if (!worth_keeping(e, n, now)) {
     drop(e, n);
     return;
@@ -955,6 +967,31 @@ static void back_to_work(spi_engine *e, node *n) {
     spi__keyring_forget(&t->seen, t->vhash[at_of(t, n)], 1);
 }
 
+/* Whether only named maintenance holds n (advice aside): a reboot, freeze
+ * or redeploy the cloud can say is over, and nothing set by hand or let
+ * go, whose end no withdrawal can name. */
+static int maintenance_only(const node *n) {
+  if (n->unlisted || n->lost_deadline) return 0;
+  size_t k = 0;
+  for (size_t i = 0; i < n->nheld; i++) {
+    const held *h = &n->held[i];
+    if (h->advice) continue;
+    if (!h->named || h->kind != SPI_NOTICE_MAINTENANCE) return 0;
+    k++;
+  }
+  return k > 0;
+}
+
+/* A withdrawal let go of a maintenance that holds n, which it terminated:
+ * once no interruption holds it any more the machine is back (TERMINATED
+ * -> ACTIVE), its replicas with it. Both locks held. */
+static void resume(spi_engine *e, node *n) {
+  for (size_t i = 0; i < n->nheld; i++)
+    if (!n->held[i].advice) return;
+  linger_unlink(e->nodes, n);
+  back_to_work(e, n);
+}
+
 /* After a withdrawal, what still holds n decides its state: the earliest
  * deadline of the interruptions left (those let go included); else the
  * advice left (NOTICED -> ADVISED); else back to work. A draining machine
@@ -1015,7 +1052,17 @@ static void advise(spi_engine *e, node *n, const spi_notice *notice,
  * already going. Both locks held. */
 static void interrupt(spi_engine *e, node *n, const spi_notice *notice,
                       int64_t deadline) {
-  if (n->state == SPI_NODE_TERMINATED) return;
+  if (n->state == SPI_NODE_TERMINATED) {
+    /* Paused: another maintenance holds it too; anything else ends it for
+     * good, as a termination does. */
+    if (!n->paused) return;
+    hold(n, notice, 0, deadline);
+    if (!(n->paused = (uint8_t)maintenance_only(n))) {
+      n->nheld = 0;
+      n->lost_deadline = n->lost_advised = 0;
+    }
+    return;
+  }
   hold(n, notice, 0, deadline);
   if (n->state == SPI_NODE_ACTIVE || n->state == SPI_NODE_ADVISED) {
     n->deadline_ns = deadline;
@@ -1032,9 +1079,12 @@ static int act(spi_engine *e, node *n, const spi_notice *notice,
   if (!notice->active) {
     /* A withdrawn event (completed, canceled) lets go of the machine only
      * if it is the one that holds it; one without an id names none. */
-    if (notice->event_id[0] && n->state != SPI_NODE_ACTIVE &&
-        n->state != SPI_NODE_TERMINATED && release(n, notice->event_id))
-      settle(e, n, run->now);
+    if (!notice->event_id[0] || n->state == SPI_NODE_ACTIVE) return SPI_OK;
+    if (n->state != SPI_NODE_TERMINATED) {
+      if (release(n, notice->event_id)) settle(e, n, run->now);
+    } else if (n->paused && release(n, notice->event_id)) {
+      resume(e, n);
+    }
     return SPI_OK;
   }
   if (is_advice(notice)) {

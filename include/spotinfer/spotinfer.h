@@ -895,9 +895,13 @@ SPI_API int spi_notice_parse_v2(int32_t format, int32_t http_status,
  * to ACTIVE before its deadline, or to ADVISED while advice handed in for
  * it has not lapsed. A withdrawal takes back only the event its event_id
  * names: the machine stays NOTICED while another interruption holds it,
- * and one noticed or advised by spi_node_set_state stays so. A machine
+ * one noticed by spi_node_set_state stays so, and one advised by it stays
+ * advised until that advice lapses. A machine
  * lists four events; past that the one due last is let go, and the
- * earliest deadline of those let go holds it whatever is withdrawn. */
+ * earliest deadline of those let go holds it whatever is withdrawn. A
+ * machine TERMINATED while only maintenance with an event id held it (a
+ * reboot, freeze or redeploy) comes back to ACTIVE when that maintenance
+ * is withdrawn; nothing else leaves TERMINATED but REMOVED. */
 enum spi_node_state {
   SPI_NODE_ACTIVE = 1,
   SPI_NODE_ADVISED = 2,    /* rebalance advice: no new long requests */

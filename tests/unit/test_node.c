@@ -983,6 +983,84 @@ static void test_plans_by_hand_use_default_window(void **st) {
   fb_done(w);
 }
 
+/* A reboot, freeze or redeploy ends: a machine whose deadline passed with
+ * only such maintenance holding it is TERMINATED, and the withdrawal of
+ * that maintenance (AWS "completed"; for Azure, which drops an event once
+ * it is over, the host's withdrawal naming it) brings it back to ACTIVE
+ * with its replicas. It used to be terminated for good, the withdrawal
+ * ignored. A spot interruption still ends a machine for good. */
+static void test_maintenance_withdrawn_after_termination(void **st) {
+  (void)st;
+  fb_world *w = mk(NULL);
+  fb_add(w, "spot-a", "i-aaa", SPI_POOL_SPOT, "g5", "z1");
+  const char *act =
+      "[{\"Code\":\"system-reboot\",\"EventId\":\"instance-event-1\","
+      "\"State\":\"active\",\"NotBefore\":\"14 Nov 2023 22:15:00 GMT\"}]";
+  const char *done =
+      "[{\"Code\":\"system-reboot\",\"EventId\":\"instance-event-1\","
+      "\"State\":\"completed\",\"NotBefore\":\"14 Nov 2023 22:15:00 GMT\"}]";
+  spi_notice ns[2];
+  assert_int_equal(aws(w, SPI_NOTICE_AWS_SCHEDULED, act, ns, 2), 1);
+  fb_hand(w, &ns[0]);
+  assert_int_equal(fb_state(w->e, "i-aaa"), SPI_NODE_NOTICED);
+  w->now = ns[0].deadline_ns + 300 * SEC;
+  assert_int_equal(spi_engine_tick(w->e), SPI_OK);
+  assert_int_equal(fb_state(w->e, "i-aaa"), SPI_NODE_TERMINATED);
+  assert_int_equal(replica_state(w, "spot-a"), SPI_REPLICA_NOTICED);
+  assert_int_equal(aws(w, SPI_NOTICE_AWS_SCHEDULED, done, ns, 2), 1);
+  fb_hand(w, &ns[0]);
+  assert_int_equal(fb_state(w->e, "i-aaa"), SPI_NODE_ACTIVE);
+  assert_int_equal(w->last_from, SPI_NODE_TERMINATED);
+  assert_int_equal(w->last_to, SPI_NODE_ACTIVE);
+  assert_int_equal(replica_state(w, "spot-a"), SPI_REPLICA_ACTIVE);
+
+  /* Azure Freeze, started: noticed now, over a minute later. */
+  fb_add(w, "r-az", "WestNO_0", SPI_POOL_ON_DEMAND, "D4", "z1");
+  const char *frz =
+      "{\"DocumentIncarnation\":4,\"Events\":[{\"EventId\":\"C7061BAC\","
+      "\"EventStatus\":\"Started\",\"EventType\":\"Freeze\","
+      "\"ResourceType\":\"VirtualMachine\",\"Resources\":[\"WestNO_0\"],"
+      "\"NotBefore\":\"\",\"DurationInSeconds\":5}]}";
+  char err[256];
+  size_t found = 0;
+  assert_int_equal(spi_notice_parse(SPI_NOTICE_AZURE_SCHEDULED, 200, frz,
+                                    strlen(frz), "WestNO_0", 8, w->now, ns, 2,
+                                    &found, err, sizeof err),
+                   SPI_OK);
+  assert_int_equal((int)found, 1);
+  fb_hand(w, &ns[0]);
+  w->now += 60 * SEC;
+  assert_int_equal(spi_engine_tick(w->e), SPI_OK);
+  assert_int_equal(fb_state(w->e, "WestNO_0"), SPI_NODE_TERMINATED);
+  spi_notice gone = ns[0];
+  gone.active = 0;
+  snprintf(gone.dedup_key, sizeof gone.dedup_key, "azure:C7061BAC:gone");
+  fb_hand(w, &gone);
+  assert_int_equal(fb_state(w->e, "WestNO_0"), SPI_NODE_ACTIVE);
+  assert_int_equal(replica_state(w, "r-az"), SPI_REPLICA_ACTIVE);
+
+  /* Maintenance and a spot interruption: terminated for good. */
+  spi_notice m = notice("i-aaa", SPI_NOTICE_MAINTENANCE, w->now + 60 * SEC,
+                        "m-2");
+  snprintf(m.event_id, sizeof m.event_id, "ev-2");
+  fb_hand(w, &m);
+  spi_notice t = notice("i-aaa", SPI_NOTICE_TERMINATE, w->now + 120 * SEC,
+                        "t-2");
+  fb_hand(w, &t);
+  w->now += 121 * SEC;
+  assert_int_equal(spi_engine_tick(w->e), SPI_OK);
+  assert_int_equal(fb_state(w->e, "i-aaa"), SPI_NODE_TERMINATED);
+  m.active = 0;
+  snprintf(m.dedup_key, sizeof m.dedup_key, "m-2:completed");
+  fb_hand(w, &m);
+  assert_int_equal(fb_state(w->e, "i-aaa"), SPI_NODE_TERMINATED);
+  assert_int_equal(replica_state(w, "spot-a"), SPI_REPLICA_NOTICED);
+  /* Nor can the host put a terminated machine to work by hand. */
+  assert_int_equal(spi_node_set_state(w->e, "i-aaa", 5, SPI_NODE_ACTIVE),
+                   SPI_EINVAL);
+  fb_done(w);
+}
+
 /* A machine forgotten by hand is what an unknown machine is: its replicas
  * still registered take requests again, whether it was active, advised or
  * terminated (a VM preempted and restarted under its name, its replica
@@ -1326,6 +1404,7 @@ int main(void) {
       cmocka_unit_test(test_replica_add_restarts_machine_past_deadline),
       cmocka_unit_test(test_replica_add_before_deadline_is_no_restart),
       cmocka_unit_test(test_removed_by_hand_is_unknown),
+      cmocka_unit_test(test_maintenance_withdrawn_after_termination),
       cmocka_unit_test(test_plans_by_hand_use_default_window),
       cmocka_unit_test(test_dedup_key_is_per_machine),
       cmocka_unit_test(test_advised_by_hand_then_withdrawn),
