@@ -49,7 +49,16 @@
 #define SEEN_MAX 1024  /* dedup keys remembered (a ring, by machine) */
 #define SEEN_CAP 160   /* = sizeof spi_notice.dedup_key */
 #define COOL_MAX 64    /* spot pools cooling down at once */
-#define MAX_EVENTS 16  /* transitions reported per call */
+/* Transitions wait in a queue (a ring) for the callback, which runs with no
+ * lock held. None is ever dropped: a call makes room before it records
+ * (make_room_for), by reporting the oldest a chunk at a time; expire, which
+ * may move every tracked machine at once, makes room between entries, and
+ * what a call records after its expire (a notice's own moves, and
+ * make_room's batch of machines forgotten) is reserved in advance. */
+#define EV_QUEUE 256
+#define EV_CHUNK 32    /* reported at once, from a copy on the stack */
+#define EV_RESERVE (EVICT_BATCH + 8)
+_Static_assert(EV_QUEUE >= EV_RESERVE + EV_CHUNK, "a call's moves fit");
 /* Notices from the fleet bus already applied here, by machine, kind,
  * deadline, event id and dedup key (a ring): own echoes and repeats act
  * once. A key holds all of them whole (bus_key). */
@@ -89,6 +98,10 @@ typedef struct node {
   /* A state set by hand holds it: no withdrawal puts it back to work or
    * moves its deadline later. */
   uint8_t unlisted;
+  /* TERMINATED by maintenance alone (paused): a reboot, freeze or
+   * redeploy ends, so the events that held it stay listed and their
+   * withdrawal puts the machine back to work (resume). */
+  uint8_t paused;
   /* Events past HELD_MAX are let go (hold), and what they may still
    * demand is kept: the earliest deadline of the interruptions let go,
    * the latest lapse of the advice let go (0: none). A withdrawal cannot
@@ -129,9 +142,10 @@ struct spi_nodes {
   size_t ncool;
   spi_node_fn cb;
   void *cb_ud;
-  /* Transitions made under the lock, reported after it is released. */
-  event ev[MAX_EVENTS];
-  size_t nev;
+  /* Transitions made under the lock, reported after it is released:
+   * nev of them from ev[evhead] on (a ring). */
+  event ev[EV_QUEUE];
+  size_t evhead, nev;
   uint64_t probes;        /* entries looked at (spi__nodes_probes) */
 };
 
@@ -140,7 +154,9 @@ struct spi_nodes {
 /* ALLOWED[from][to]: the only transitions there are. A withdrawn notice or
  * lapsed advice returns a machine to ACTIVE, or to ADVISED when the
  * withdrawn notice leaves only advice holding it; a machine can be
- * forgotten (REMOVED) from any state; nothing comes back from TERMINATED. */
+ * forgotten (REMOVED) from any state; only a machine terminated by
+ * maintenance alone comes back from TERMINATED, to ACTIVE, when that
+ * maintenance is withdrawn (resume). */
 static const uint8_t ALLOWED[7][7] = {
     /*            -  ACT ADV NOT DRN TRM REM */
     /* -   */ {0, 0, 0, 0, 0, 0, 0},
@@ -148,12 +164,13 @@ static const uint8_t ALLOWED[7][7] = {
     /* ADV */ {0, 1, 0, 1, 1, 1, 1},
     /* NOT */ {0, 1, 1, 0, 1, 1, 1},
     /* DRN */ {0, 0, 0, 0, 0, 1, 1},
-    /* TRM */ {0, 0, 0, 0, 0, 0, 1},
+    /* TRM */ {0, 1, 0, 0, 0, 0, 1},
     /* REM */ {0, 0, 0, 0, 0, 0, 0},
 };
 
 /* BY_HAND[from][to]: what spi_node_set_state accepts. The same, but for
- * NOTICED -> ADVISED: that is a withdrawal's move, made when advice
+ * NOTICED -> ADVISED and TERMINATED -> ACTIVE: those are a withdrawal's
+ * moves. The first is made when advice
  * handed in still holds the machine and says until when. By hand, the
  * interruption that noticed it would still hold it, unlisted, while the
  * advice lapsed and put it back to work. */
@@ -213,7 +230,14 @@ void spi__nodes_free(spi_engine *e) {
 
 struct spi_fleet *spi__nodes_fleet(spi_engine *e) { return e->nodes->fleet; }
 
-void spi__nodes_lock(spi_engine *e) { pthread_mutex_lock(&e->nodes->lock); }
+static int ev_room_locks(spi_engine *e, size_t k, int both);
+
+/* For adding a replica (replica.c): room for what spi__nodes_initial may
+ * record, which waits in the queue for the next call to report. */
+void spi__nodes_lock(spi_engine *e) {
+  pthread_mutex_lock(&e->nodes->lock);
+  ev_room_locks(e, 4, 0);
+}
 void spi__nodes_unlock(spi_engine *e) { pthread_mutex_unlock(&e->nodes->lock); }
 
 uint64_t spi__nodes_probes(spi_engine *e) {
@@ -299,6 +323,9 @@ static void linger_unlink(struct spi_nodes *t, node *n) {
 static int make_room(spi_engine *e);
 static void drop(spi_engine *e, node *n);
 static void expire(spi_engine *e, int64_t now);
+static void due(spi_engine *e, node *n, int64_t now);
+static int ev_room(spi_engine *e, size_t k);
+static int maintenance_only(const node *n);
 
 /* The node, created ACTIVE if new; NULL when the table is full of machines
  * that run replicas or memory runs out (callers report SPI_EFULL /
@@ -371,9 +398,11 @@ static int runs_replicas(spi_engine *e, const node *n) {
   return set && next_on(e, set, n, &cur) != NULL;
 }
 
-/* The state a machine's replicas are in while it is in node_state. */
+/* The state a machine's replicas are in while it is in node_state. A
+ * machine forgotten (REMOVED) is what one never heard of is: ACTIVE. */
 static int32_t replica_state_for(int32_t node_state) {
-  return node_state == SPI_NODE_ACTIVE || node_state == SPI_NODE_ADVISED
+  return node_state == SPI_NODE_ACTIVE || node_state == SPI_NODE_ADVISED ||
+                 node_state == SPI_NODE_REMOVED
              ? SPI_REPLICA_ACTIVE
          : node_state == SPI_NODE_DRAINING ? SPI_REPLICA_DRAINING
                                            : SPI_REPLICA_NOTICED;
@@ -467,12 +496,17 @@ int32_t spi__nodes_initial(spi_engine *e, const spi_replica_ident *r,
                            int64_t now, int64_t *advised_until,
                            int64_t *cooldown_until) {
   struct spi_nodes *t = e->nodes;
-  /* A deadline passed with no tick since: the machine is TERMINATED now,
-   * so a replica added there is its restart, not a replica noticed. */
-  expire(e, now);
   *advised_until = 0;
   *cooldown_until = spi__nodes_cooldown(e, r, now);
   node *n = find(t, r->node, r->node_len);
+  /* A deadline passed with no tick since: the machine is TERMINATED now,
+   * so a replica added there is its restart, not a replica noticed. Only
+   * this machine is brought up to date (at most two transitions, room for
+   * which spi__nodes_lock made); the rest wait for the next call. */
+  if (n && wake_of(n) <= now) {
+    due(e, n, now);
+    n = find(t, r->node, r->node_len);
+  }
   /* A replica added on a machine the table does not hold, or holds as
    * terminated past its deadline: the machine was started again (an
    * instance stopped and started, a VM restarted after a preemption,
@@ -506,8 +540,10 @@ static void record(spi_engine *e, const node *n, int32_t from, int32_t to) {
   if (from != to)
     spi__metrics_node_transition(atomic_load(&e->metrics), from, to);
   spi__snap_release(e, pin);
-  if (t->nev < MAX_EVENTS) {
-    event *ev = &t->ev[t->nev++];
+  /* Room was made before (ev_room); were the queue full, this would be a
+   * bug, and writing past it worse. */
+  if (t->nev < EV_QUEUE) {
+    event *ev = &t->ev[(t->evhead + t->nev++) % EV_QUEUE];
     memcpy(ev->id, n->id, n->len);
     ev->len = n->len;
     ev->from = from;
@@ -523,8 +559,10 @@ static int move(spi_engine *e, node *n, int32_t to) {
   n->state = to;
   if (to != SPI_NODE_ADVISED) n->advised_until = 0;
   if (to == SPI_NODE_ACTIVE || to == SPI_NODE_ADVISED) n->deadline_ns = 0;
-  if (to == SPI_NODE_ACTIVE || to == SPI_NODE_TERMINATED) {
-    n->nheld = n->unlisted = 0; /* nothing holds it, or nothing comes back */
+  if (to == SPI_NODE_ACTIVE ||
+      (to == SPI_NODE_TERMINATED && !n->paused)) {
+    /* nothing holds it, or nothing comes back */
+    n->nheld = n->unlisted = n->paused = 0;
     n->lost_deadline = n->lost_advised = 0;
   }
   apply_to_replicas(e, n);
@@ -553,40 +591,66 @@ static void drop(spi_engine *e, node *n) {
   forget(e->nodes, n);
 }
 
-/* The entries due by now, earliest first: lapsed advice and passed
- * deadlines; then entries that say nothing any more are dropped. A machine
+/* What time does to n, which is due: its advice lapses or its deadline
+ * passes, and an entry that says nothing any more is dropped; a machine
  * terminated with replicas still on it lingers, looked at again only when
- * the replica set has changed since (a removal is what lets it go), so
- * that look is paid by the set's writer, not by every notice. Both locks
- * held. */
-static void expire(spi_engine *e, int64_t now) {
+ * the replica set has changed since (drop_lingering). Records at most two
+ * transitions. Both locks held. */
+static void due(spi_engine *e, node *n, int64_t now) {
   struct spi_nodes *t = e->nodes;
-  if (!t->v) return;
-  for (uint32_t i; (i = spi__wheap_due(&t->wake, now)) != NIL;) {
-    node *n = &t->v[i];
-    t->probes++;
-    if (n->state == SPI_NODE_ADVISED && n->advised_until <= now)
-      move(e, n, SPI_NODE_ACTIVE);
-    else if ((n->state == SPI_NODE_NOTICED || n->state == SPI_NODE_DRAINING) &&
-             n->deadline_ns && n->deadline_ns <= now)
-      move(e, n, SPI_NODE_TERMINATED);
-    if (!worth_keeping(e, n, now)) {
-      drop(e, n);
-      continue;
-    }
-    if (n->state == SPI_NODE_TERMINATED && n->deadline_ns <= now)
-      linger_link(t, n);
-    requeue(t, n); /* due later now, or never while it lingers */
+  t->probes++;
+  if (n->state == SPI_NODE_ADVISED && n->advised_until <= now)
+    move(e, n, SPI_NODE_ACTIVE);
+  else if ((n->state == SPI_NODE_NOTICED || n->state == SPI_NODE_DRAINING) &&
+           n->deadline_ns && n->deadline_ns <= now) {
+    n->paused = (uint8_t)maintenance_only(n);
+    move(e, n, SPI_NODE_TERMINATED);
   }
+  if (!worth_keeping(e, n, now)) {
+    drop(e, n);
+    return;
+  }
+  if (n->state == SPI_NODE_TERMINATED && n->deadline_ns <= now)
+    linger_link(t, n);
+  requeue(t, n); /* due later now, or never while it lingers */
+}
+
+/* Drop the lingering machines whose replicas are gone, once per replica
+ * set, so that look is paid by the set's writer, not by every notice.
+ * When the queue fills, the locks are let go to report (ev_room) and the
+ * walk starts again from the head, as the list may have changed. Both
+ * locks held. */
+static void drop_lingering(spi_engine *e) {
+  struct spi_nodes *t = e->nodes;
   const spi_replica_set *set = atomic_load(&e->registry.set);
   if (t->linger == NIL || !set || set->version == t->linger_version) return;
   t->linger_version = set->version;
   for (uint16_t i = t->linger, next; i != NIL; i = next) {
+    if (ev_room(e, 1) && (i = t->linger) == NIL) return;
     node *n = &t->v[i];
     next = n->lnext;
     t->probes++;
     if (!runs_replicas(e, n)) drop(e, n);
   }
+}
+
+/* The entries due by now, earliest first: lapsed advice and passed
+ * deadlines; then entries that say nothing any more are dropped. Room is
+ * made as it goes, and at the end for what the caller records next
+ * (EV_RESERVE), so the locks may be let go and taken again here: callers
+ * expire first, before they look at anything. Both locks held. */
+static void expire(spi_engine *e, int64_t now) {
+  struct spi_nodes *t = e->nodes;
+  if (t->v) {
+    for (;;) {
+      ev_room(e, 2); /* may let the locks go: the heap is read after */
+      uint32_t i = spi__wheap_due(&t->wake, now);
+      if (i == NIL) break;
+      due(e, &t->v[i], now);
+    }
+    drop_lingering(e);
+  }
+  ev_room(e, EV_RESERVE);
 }
 
 /* The table is full: forget the oldest EVICT_BATCH machines that run no
@@ -619,18 +683,48 @@ static void lock_all(spi_engine *e) {
   pthread_mutex_lock(&e->registry.lock);
 }
 
-static void unlock_all_and_report(spi_engine *e) {
+/* Take up to EV_CHUNK of the oldest transitions waiting off the queue,
+ * release the nodes lock (the registry's too if both) and report them: no
+ * lock is held while the callback runs. Returns how many it reported. */
+static size_t report_chunk(spi_engine *e, int both) {
   struct spi_nodes *t = e->nodes;
-  event ev[MAX_EVENTS];
-  size_t nev = t->nev;
-  memcpy(ev, t->ev, nev * sizeof ev[0]);
-  t->nev = 0;
+  event ev[EV_CHUNK];
+  size_t nev = t->nev < EV_CHUNK ? t->nev : EV_CHUNK;
+  for (size_t i = 0; i < nev; i++) ev[i] = t->ev[(t->evhead + i) % EV_QUEUE];
+  t->evhead = (t->evhead + nev) % EV_QUEUE;
+  t->nev -= nev;
   spi_node_fn cb = t->cb;
   void *ud = t->cb_ud;
-  pthread_mutex_unlock(&e->registry.lock);
+  if (both) pthread_mutex_unlock(&e->registry.lock);
   pthread_mutex_unlock(&t->lock);
   for (size_t i = 0; cb && i < nev; i++)
     cb(ud, ev[i].id, ev[i].len, ev[i].from, ev[i].to);
+  return nev;
+}
+
+/* Room in the queue for k more transitions. When there is not, the oldest
+ * are reported until half the queue (or k) is free: the locks (nodes, and
+ * the registry's if both) are let go meanwhile, so a caller makes room
+ * only where nothing is half done. Returns 1 if the locks were let go. */
+static int ev_room_locks(spi_engine *e, size_t k, int both) {
+  struct spi_nodes *t = e->nodes;
+  if (EV_QUEUE - t->nev >= k) return 0;
+  size_t want = k > EV_QUEUE / 2 ? k : EV_QUEUE / 2;
+  while (EV_QUEUE - t->nev < want) {
+    report_chunk(e, both);
+    pthread_mutex_lock(&t->lock);
+    if (both) pthread_mutex_lock(&e->registry.lock);
+  }
+  return 1;
+}
+
+static int ev_room(spi_engine *e, size_t k) { return ev_room_locks(e, k, 1); }
+
+/* Release both locks and report every transition waiting: this call's,
+ * and any a call that could not report them left (adding a replica). */
+static void unlock_all_and_report(spi_engine *e) {
+  pthread_mutex_unlock(&e->registry.lock);
+  while (report_chunk(e, 0) == EV_CHUNK) pthread_mutex_lock(&e->nodes->lock);
 }
 
 /* ------------------------------------------------------------------ plans */
@@ -695,7 +789,12 @@ static size_t plan_pinned(spi_engine *e, const node *n,
   spi_ticket_table *tt = atomic_load(&e->tickets);
   const spi_replica_set *set = atomic_load(&e->registry.set);
   if (!tt || !set) return 0;
-  double deadline_s = (double)(n->deadline_ns - now) / 1e9;
+  /* A machine noticed or drained by hand has no deadline until a notice
+   * gives it one: planned against the window a notice without a deadline
+   * gets (act). */
+  int64_t deadline =
+      n->deadline_ns ? n->deadline_ns : now + c->default_window_ms * 1000000;
+  double deadline_s = (double)(deadline - now) / 1e9;
   double margin_s = (double)c->drain_margin_ms / 1000.0;
   /* The machine's replicas' slots, once: each ticket is matched by its
    * slot, and only records ever handed out are scanned. */
@@ -731,8 +830,13 @@ static size_t plan(spi_engine *e, const node *n, const spi_router_cfg *c,
 
 /* ------------------------------------------------------------- public API */
 
-static int seen_before(struct spi_nodes *t, const char *key) {
-  return spi__keyring_has(&t->seen, key);
+/* Whether the notice's dedup key was handed in for its machine (nlen
+ * bytes of its id): a key is a machine's, so one a host built reused for
+ * another machine is another notice. Nodes lock held. */
+static int seen_before(struct spi_nodes *t, const spi_notice *notice,
+                       size_t nlen) {
+  return spi__keyring_has(&t->seen, notice->dedup_key,
+                          XXH3_64bits(notice->node, nlen));
 }
 
 /* Whether notice is advice: rebalance, or maintenance without a
@@ -770,8 +874,9 @@ static void bus_key(char *buf, const spi_notice *n, int64_t deadline) {
 }
 
 /* Whether the bus key was applied here. Nodes lock held. */
-static int bus_seen_before(struct spi_nodes *t, const char *key) {
-  return spi__keyring_has(&t->bus_seen, key);
+static int bus_seen_before(struct spi_nodes *t, const char *key,
+                           const spi_notice *notice, size_t nlen) {
+  return spi__keyring_has(&t->bus_seen, key, XXH3_64bits(notice->node, nlen));
 }
 
 static size_t bounded_len(const char *s, size_t cap) {
@@ -875,6 +980,31 @@ static void back_to_work(spi_engine *e, node *n) {
     spi__keyring_forget(&t->seen, t->vhash[at_of(t, n)], 1);
 }
 
+/* Whether only named maintenance holds n (advice aside): a reboot, freeze
+ * or redeploy the cloud can say is over, and nothing set by hand or let
+ * go, whose end no withdrawal can name. */
+static int maintenance_only(const node *n) {
+  if (n->unlisted || n->lost_deadline) return 0;
+  size_t k = 0;
+  for (size_t i = 0; i < n->nheld; i++) {
+    const held *h = &n->held[i];
+    if (h->advice) continue;
+    if (!h->named || h->kind != SPI_NOTICE_MAINTENANCE) return 0;
+    k++;
+  }
+  return k > 0;
+}
+
+/* A withdrawal let go of a maintenance that holds n, which it terminated:
+ * once no interruption holds it any more the machine is back (TERMINATED
+ * -> ACTIVE), its replicas with it. Both locks held. */
+static void resume(spi_engine *e, node *n) {
+  for (size_t i = 0; i < n->nheld; i++)
+    if (!n->held[i].advice) return;
+  linger_unlink(e->nodes, n);
+  back_to_work(e, n);
+}
+
 /* After a withdrawal, what still holds n decides its state: the earliest
  * deadline of the interruptions left (those let go included); else the
  * advice left (NOTICED -> ADVISED); else back to work. A draining machine
@@ -935,7 +1065,17 @@ static void advise(spi_engine *e, node *n, const spi_notice *notice,
  * already going. Both locks held. */
 static void interrupt(spi_engine *e, node *n, const spi_notice *notice,
                       int64_t deadline) {
-  if (n->state == SPI_NODE_TERMINATED) return;
+  if (n->state == SPI_NODE_TERMINATED) {
+    /* Paused: another maintenance holds it too; anything else ends it for
+     * good, as a termination does. */
+    if (!n->paused) return;
+    hold(n, notice, 0, deadline);
+    if (!(n->paused = (uint8_t)maintenance_only(n))) {
+      n->nheld = 0;
+      n->lost_deadline = n->lost_advised = 0;
+    }
+    return;
+  }
   hold(n, notice, 0, deadline);
   if (n->state == SPI_NODE_ACTIVE || n->state == SPI_NODE_ADVISED) {
     n->deadline_ns = deadline;
@@ -952,9 +1092,12 @@ static int act(spi_engine *e, node *n, const spi_notice *notice,
   if (!notice->active) {
     /* A withdrawn event (completed, canceled) lets go of the machine only
      * if it is the one that holds it; one without an id names none. */
-    if (notice->event_id[0] && n->state != SPI_NODE_ACTIVE &&
-        n->state != SPI_NODE_TERMINATED && release(n, notice->event_id))
-      settle(e, n, run->now);
+    if (!notice->event_id[0] || n->state == SPI_NODE_ACTIVE) return SPI_OK;
+    if (n->state != SPI_NODE_TERMINATED) {
+      if (release(n, notice->event_id)) settle(e, n, run->now);
+    } else if (n->paused && release(n, notice->event_id)) {
+      resume(e, n);
+    }
     return SPI_OK;
   }
   if (is_advice(notice)) {
@@ -1007,8 +1150,10 @@ static size_t plan_stride(const spi_ticket_plan *plans, size_t cap) {
   return stride;
 }
 
-/* A copy of the settings, not a pin: the transition callback runs at the
- * end and may upsert or remove replicas, which wait for pins to end. */
+/* A copy of the settings, not a pin: the transition callback runs with
+ * no lock and no pin held (at the end, and while expire makes room in the
+ * queue) and may call back into the engine: upsert or remove replicas,
+ * which wait for pins to end, hand in notices, ask for plans. */
 static spi_router_cfg router_cfg(spi_engine *e) {
   unsigned pin;
   spi_router_cfg cfg = spi__snap_acquire(e, &pin)->router;
@@ -1054,7 +1199,7 @@ int spi_engine_notice(spi_engine *engine, const spi_notice *notice,
   uint64_t queued = 0;
   lock_all(engine);
   expire(engine, run.now);
-  if (!klen || !seen_before(t, notice->dedup_key)) {
+  if (!klen || !seen_before(t, notice, nlen)) {
     rc = notice_act(engine, notice, nlen, klen > 0, &run);
     *n_out = run.found;
     if (rc == SPI_OK || rc == SPI_EBUFSIZE) {
@@ -1093,8 +1238,8 @@ int spi__nodes_apply_remote(spi_engine *e, const spi_notice *notice) {
    * not remembered, so this engine's own poller still gets its plans; the
    * bus key only once the notice has acted, so a copy from another engine
    * is applied after one that could not be. */
-  if (!bus_seen_before(t, key) &&
-      !(notice->dedup_key[0] && seen_before(t, notice->dedup_key))) {
+  if (!bus_seen_before(t, key, notice, nlen) &&
+      !(notice->dedup_key[0] && seen_before(t, notice, nlen))) {
     rc = notice_act(e, notice, nlen, 0, &run);
     if (rc == SPI_OK) {
       spi__keyring_add(&t->bus_seen, key, XXH3_64bits(notice->node, nlen), 0);
@@ -1148,8 +1293,8 @@ int spi_engine_node_plans(spi_engine *engine, const char *id, size_t len,
 
 /* The host moves n to state (in BY_HAND). Its reason is its own: no
  * withdrawal undoes a machine noticed or advised by hand. Advice by hand
- * lapses as advice handed in does, advised_ttl_ms from now. Both locks
- * held. */
+ * lapses as advice handed in does, advised_ttl_ms from now, and holds the
+ * machine ADVISED until then whatever is withdrawn. Both locks held. */
 static void set_by_hand(spi_engine *e, node *n, int32_t state,
                         int64_t advised_until) {
   if (state == SPI_NODE_ACTIVE) {
@@ -1161,7 +1306,12 @@ static void set_by_hand(spi_engine *e, node *n, int32_t state,
     spi__keyring_forget(&e->nodes->seen, e->nodes->vhash[at_of(e->nodes, n)],
                         0);
   move(e, n, state);
-  if (state == SPI_NODE_NOTICED || state == SPI_NODE_ADVISED) n->unlisted = 1;
+  /* Noticed by hand: no withdrawal puts it back. Advised by hand: advice
+   * no withdrawal can name, held until it lapses as one let go is
+   * (settle), so a notice withdrawn later leaves it ADVISED, not NOTICED. */
+  if (state == SPI_NODE_NOTICED) n->unlisted = 1;
+  if (state == SPI_NODE_ADVISED && advised_until > n->lost_advised)
+    n->lost_advised = advised_until;
 }
 
 int spi_node_set_state(spi_engine *engine, const char *id, size_t len,

@@ -200,13 +200,13 @@ void spi__keyring_free(spi_keyring *k, const spi_mem *m) {
   k->live = k->marked = NULL;
 }
 
-int spi__keyring_has(spi_keyring *k, const char *key) {
+int spi__keyring_has(spi_keyring *k, const char *key, uint64_t owner) {
   size_t len = strlen(key);
   if (len >= k->cap) return 0; /* only shorter keys are kept whole */
   uint64_t hv = XXH3_64bits(key, len);
   size_t cur = 0;
   for (uint32_t e; (e = spi__hix_next(&k->ix, hv, &cur)) != SPI_NT_NIL;)
-    if (!strcmp(k->keys + e * k->cap, key)) return 1;
+    if (k->owner[e] == owner && !strcmp(k->keys + e * k->cap, key)) return 1;
   return 0;
 }
 

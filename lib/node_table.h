@@ -78,7 +78,9 @@ typedef struct spi_keyring {
 int spi__keyring_init(spi_keyring *k, const spi_mem *m, size_t ring,
                       size_t cap, uint64_t *probes);
 void spi__keyring_free(spi_keyring *k, const spi_mem *m);
-int spi__keyring_has(spi_keyring *k, const char *key);
+/* Whether key was remembered for owner (the same key of another owner is
+ * another key). */
+int spi__keyring_has(spi_keyring *k, const char *key, uint64_t owner);
 void spi__keyring_add(spi_keyring *k, const char *key, uint64_t owner,
                       int marked);
 /* Forget every key of owner, or only its unmarked ones if keep_marked;

@@ -471,8 +471,10 @@ func (e *Engine) Tick() error {
 }
 
 // OnNodeTransition calls fn(node, from, to) on every node transition, on
-// the goroutine whose call caused it; fn must not call back into the
-// engine. from == to (NodeNoticed or NodeDraining) says the machine's
+// the goroutine whose call caused it (or another's call that reported the
+// waiting transitions first), with no engine lock held: fn may call back
+// into the engine (add or remove replicas, NodePlans, hand in a notice),
+// but not OnNodeTransition or Close. from == to (NodeNoticed or NodeDraining) says the machine's
 // deadline moved: ask NodePlans again. nil clears it. Not concurrent with
 // other calls on the engine.
 func (e *Engine) OnNodeTransition(fn func(node string, from, to NodeState)) error {

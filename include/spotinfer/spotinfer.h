@@ -905,9 +905,13 @@ SPI_API int spi_notice_parse_v2(int32_t format, int32_t http_status,
  * to ACTIVE before its deadline, or to ADVISED while advice handed in for
  * it has not lapsed. A withdrawal takes back only the event its event_id
  * names: the machine stays NOTICED while another interruption holds it,
- * and one noticed or advised by spi_node_set_state stays so. A machine
+ * one noticed by spi_node_set_state stays so, and one advised by it stays
+ * advised until that advice lapses. A machine
  * lists four events; past that the one due last is let go, and the
- * earliest deadline of those let go holds it whatever is withdrawn. */
+ * earliest deadline of those let go holds it whatever is withdrawn. A
+ * machine TERMINATED while only maintenance with an event id held it (a
+ * reboot, freeze or redeploy) comes back to ACTIVE when that maintenance
+ * is withdrawn; nothing else leaves TERMINATED but REMOVED. */
 enum spi_node_state {
   SPI_NODE_ACTIVE = 1,
   SPI_NODE_ADVISED = 2,    /* rebalance advice: no new long requests */
@@ -975,7 +979,9 @@ SPI_API int spi_engine_notice(spi_engine *engine, const spi_notice *notice,
                               size_t *n_out);
 
 /* Move a machine to a state by hand (e.g. DRAINING when the proxy starts
- * moving work, TERMINATED when it is gone, REMOVED to forget it). Illegal
+ * moving work, TERMINATED when it is gone, REMOVED to forget it: it is then
+ * a machine never heard of, ACTIVE with its replicas still registered, the
+ * way back for a machine TERMINATED and started again). Illegal
  * transitions fail with SPI_EINVAL and a message naming both states;
  * NOTICED -> ADVISED is one by hand (only a withdrawal makes it, when
  * advice handed in still holds the machine). ADVISED by hand lasts
@@ -997,9 +1003,17 @@ SPI_API int spi_node_get_state(spi_engine *engine, const char *node,
  * the message says why; see spi_engine_fleet_stats()). */
 SPI_API int spi_engine_tick(spi_engine *engine);
 
-/* Called on every node transition, from the thread making the call that
- * caused it, with no engine lock held; it must not call back into the
- * engine. from_state == to_state (NOTICED or DRAINING) says the machine's
+/* Called on every node transition, none dropped however many one call
+ * makes, with no engine lock and no pin held, so it may call back into
+ * the engine (upsert or remove replicas, ask for plans, hand in a notice);
+ * only spi_engine_on_node_transition() and spi_engine_free() are not for
+ * it. Transitions are queued in the order they are made and handed out
+ * in that order, a few at a time: by the call that made them before it
+ * returns, or by a call on another thread that took the waiting ones
+ * first, so calls on several threads may run the callback at once. One
+ * made by adding a replica (a terminated machine started again, reported
+ * as REMOVED) waits for the next notice, tick or machine state call.
+ * from_state == to_state (NOTICED or DRAINING) says the machine's
  * deadline moved: a later notice, from this engine or the fleet bus,
  * brought it forward, a machine noticed by hand got one, or a withdrawal
  * moved it later (the interruption withdrawn was the earliest, and

@@ -660,7 +660,10 @@ SPI_API int spi_engine_fleet_stats(spi_engine *engine, spi_fleet_stats *out);
  * computed now against its deadline, exactly as spi_engine_notice() writes
  * them (same array rules: plans[0].struct_size is the element size). For a
  * machine a fleet bus noticed inside spi_engine_tick(), whose transition
- * callback says so, or after SPI_EBUFSIZE. Any other machine has none:
+ * callback says so, or after SPI_EBUFSIZE. A machine noticed or drained
+ * by hand has no deadline until a notice gives it one: its plans are
+ * computed against router.default_window_ms from now, as for a notice that
+ * gives none. Any other machine has none:
  * *n_out = 0. Errors: SPI_EMISUSE, SPI_EINVAL, SPI_EBUFSIZE. Since: 0.3.0.
  */
 SPI_API int spi_engine_node_plans(spi_engine *engine, const char *node,

@@ -279,6 +279,7 @@ typedef struct fb_world {
   int transitions;
   int to_noticed; /* transitions to NOTICED */
   int removed;    /* transitions to REMOVED: machines forgotten */
+  int terminated; /* transitions to TERMINATED */
   int32_t last_from, last_to;
   char last_node[64];
   size_t fail_from; /* > 0: the engine's allocations of this many bytes
@@ -303,6 +304,7 @@ static inline void fb_on_transition(void *ud, const char *node, size_t len,
   w->transitions++;
   w->to_noticed += to == SPI_NODE_NOTICED;
   w->removed += to == SPI_NODE_REMOVED;
+  w->terminated += to == SPI_NODE_TERMINATED;
   w->last_from = from;
   w->last_to = to;
   snprintf(w->last_node, sizeof w->last_node, "%.*s", (int)len, node);

@@ -4,7 +4,8 @@
  * once waited for pins while holding the lock a pinned notice needed, and
  * hung both threads), notices against configuration reloads, and notice plans
  * scanning the ticket table while routes take and finish tickets (a data race
- * ThreadSanitizer reports). A watchdog turns a hang into a failure.
+ * ThreadSanitizer reports), and thousands of node transitions reported from
+ * several threads at once. A watchdog turns a hang into a failure.
  */
 #include <pthread.h>
 #include <setjmp.h>
@@ -247,12 +248,104 @@ static void test_callback_changes_replicas(void **st) {
   alarm(0);
 }
 
+/* Machines noticed on two threads while a third ticks: their deadlines
+ * pass by the thousand inside one call, which reports them a chunk at a
+ * time while the others record more, and the callback calls back into the
+ * engine. Every machine is reported NOTICED, TERMINATED and REMOVED once. */
+#define FLOOD 2000 /* a machine each: 4,000, which the table holds */
+typedef struct flood {
+  spi_engine *e;
+  int64_t deadline;
+  int which;
+  atomic_int *stop;
+  atomic_long noticed, terminated, removed, bad;
+} flood;
+
+static void on_flood(void *ud, const char *node, size_t len, int32_t from,
+                     int32_t to) {
+  (void)from;
+  flood *f = ud;
+  int32_t state = 0;
+  if (spi_node_get_state(f->e, node, len, &state) != SPI_OK)
+    atomic_fetch_add(&f->bad, 1);
+  atomic_fetch_add(to == SPI_NODE_NOTICED      ? &f->noticed
+                   : to == SPI_NODE_TERMINATED ? &f->terminated
+                   : to == SPI_NODE_REMOVED    ? &f->removed
+                                               : &f->bad,
+                   1);
+}
+
+typedef struct flood_arg {
+  flood *f;
+  int which;
+} flood_arg;
+
+static void *flood_noticer(void *arg) {
+  flood_arg *a = arg;
+  for (int i = 0; i < FLOOD; i++) {
+    spi_notice n;
+    memset(&n, 0, sizeof n);
+    n.struct_size = sizeof n;
+    n.kind = SPI_NOTICE_TERMINATE;
+    n.active = 1;
+    n.deadline_ns = a->f->deadline;
+    snprintf(n.node, sizeof n.node, "f%d-%05d", a->which, i);
+    size_t found = 0;
+    if (spi_engine_notice(a->f->e, &n, NULL, 0, &found) != SPI_OK)
+      atomic_fetch_add(&a->f->bad, 1);
+  }
+  return NULL;
+}
+
+static void *flood_ticker(void *arg) {
+  flood *f = arg;
+  while (!atomic_load(f->stop))
+    if (spi_engine_tick(f->e) != SPI_OK) atomic_fetch_add(&f->bad, 1);
+  return NULL;
+}
+
+static void test_transition_flood_on_threads(void **st) {
+  (void)st;
+  spi_test_watchdog("node transitions reported from several threads", 120);
+  atomic_int stop = 0;
+  flood f;
+  memset(&f, 0, sizeof f);
+  f.stop = &stop;
+  assert_int_equal(spi_engine_new(&f.e, NULL), SPI_OK);
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  f.deadline = (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec + 50000000;
+  assert_int_equal(spi_engine_on_node_transition(f.e, on_flood, &f), SPI_OK);
+  pthread_t t[3];
+  flood_arg a[2] = {{&f, 0}, {&f, 1}};
+  for (int i = 0; i < 2; i++)
+    assert_int_equal(pthread_create(&t[i], NULL, flood_noticer, &a[i]), 0);
+  assert_int_equal(pthread_create(&t[2], NULL, flood_ticker, &f), 0);
+  for (int i = 0; i < 2; i++) pthread_join(t[i], NULL);
+  atomic_store(&stop, 1);
+  pthread_join(t[2], NULL);
+  for (;;) { /* past the deadline, then the tick that takes it */
+    clock_gettime(CLOCK_REALTIME, &ts);
+    if ((int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec > f.deadline) break;
+    struct timespec nap = {0, 1000000};
+    nanosleep(&nap, NULL);
+  }
+  assert_int_equal(spi_engine_tick(f.e), SPI_OK);
+  assert_int_equal(atomic_load(&f.bad), 0);
+  assert_int_equal(atomic_load(&f.noticed), 2 * FLOOD);
+  assert_int_equal(atomic_load(&f.terminated), 2 * FLOOD);
+  assert_int_equal(atomic_load(&f.removed), 2 * FLOOD);
+  spi_engine_free(f.e);
+  alarm(0);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_notice_vs_upsert),
       cmocka_unit_test(test_notice_vs_configure),
       cmocka_unit_test(test_tickets_vs_plan),
       cmocka_unit_test(test_callback_changes_replicas),
+      cmocka_unit_test(test_transition_flood_on_threads),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

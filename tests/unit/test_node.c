@@ -897,6 +897,258 @@ static void test_replica_add_before_deadline_is_no_restart(void **st) {
   fb_done(w);
 }
 
+/* A machine advised by hand, then noticed, goes back to ADVISED when that
+ * notice is withdrawn (and to ACTIVE once the advice lapses), not NOTICED
+ * until the withdrawn deadline and then TERMINATED: by hand it was advised,
+ * not noticed. */
+static void test_advised_by_hand_then_withdrawn(void **st) {
+  (void)st;
+  fb_world *w = mk("{\"router\":{\"advised_ttl_ms\":600000}}");
+  fb_add(w, "spot-a", "i-aaa", SPI_POOL_SPOT, "g5", "z1");
+  assert_int_equal(spi_node_set_state(w->e, "i-aaa", 5, SPI_NODE_ADVISED),
+                   SPI_OK);
+  spi_notice m = notice("i-aaa", SPI_NOTICE_MAINTENANCE, w->now + 3600 * SEC,
+                        "ev-1");
+  snprintf(m.event_id, sizeof m.event_id, "ev-1");
+  fb_hand(w, &m);
+  assert_int_equal(fb_state(w->e, "i-aaa"), SPI_NODE_NOTICED);
+  spi_notice wd = m;
+  wd.active = 0;
+  snprintf(wd.dedup_key, sizeof wd.dedup_key, "ev-1:canceled");
+  fb_hand(w, &wd);
+  assert_int_equal(fb_state(w->e, "i-aaa"), SPI_NODE_ADVISED);
+  assert_int_equal(replica_state(w, "spot-a"), SPI_REPLICA_ACTIVE);
+  w->now += 601 * SEC;
+  assert_int_equal(spi_engine_tick(w->e), SPI_OK);
+  assert_int_equal(fb_state(w->e, "i-aaa"), SPI_NODE_ACTIVE);
+  w->now += 3600 * SEC;
+  assert_int_equal(spi_engine_tick(w->e), SPI_OK);
+  assert_int_equal(fb_state(w->e, "i-aaa"), SPI_NODE_ACTIVE);
+  assert_int_equal(replica_state(w, "spot-a"), SPI_REPLICA_ACTIVE);
+  fb_done(w);
+}
+
+/* A dedup key is its machine's: one a host built and reused for a second
+ * machine notices that machine too (it used to be dropped as a repeat),
+ * while the first machine's repeat is still one. */
+static void test_dedup_key_is_per_machine(void **st) {
+  (void)st;
+  fb_world *w = mk(NULL);
+  fb_add(w, "spot-a", "i-aaa", SPI_POOL_SPOT, "g5", "z1");
+  fb_add(w, "spot-b", "i-bbb", SPI_POOL_SPOT, "g5", "z2");
+  spi_notice a = notice("i-aaa", SPI_NOTICE_TERMINATE, w->now + 120 * SEC,
+                        "terminate");
+  spi_notice b = notice("i-bbb", SPI_NOTICE_TERMINATE, w->now + 120 * SEC,
+                        "terminate");
+  fb_hand(w, &a);
+  fb_hand(w, &b);
+  assert_int_equal(fb_state(w->e, "i-aaa"), SPI_NODE_NOTICED);
+  assert_int_equal(fb_state(w->e, "i-bbb"), SPI_NODE_NOTICED);
+  assert_int_equal(replica_state(w, "spot-b"), SPI_REPLICA_NOTICED);
+  int before = w->transitions;
+  fb_hand(w, &a);
+  fb_hand(w, &b);
+  assert_int_equal(w->transitions, before);
+  fb_done(w);
+}
+
+/* Plans for a machine noticed or drained by hand, which has no deadline,
+ * are made against router.default_window_ms from now, as for a notice
+ * without one: a stream a token from its end drains. They used to be made
+ * against the epoch (deadline_s about -1.7e9) and replay everything. */
+static void test_plans_by_hand_use_default_window(void **st) {
+  (void)st;
+  fb_world *w = mk("{\"router\":{\"default_window_ms\":30000}}");
+  fb_add(w, "spot-a", "i-aaa", SPI_POOL_SPOT, "g5", "z1");
+  refresh_loads(w);
+  spi_decision d;
+  assert_int_equal(route(w, "silver", 100, &d), SPI_OK);
+  spi_ticket_progress(w->e, d.ticket, 99);
+  int32_t states[2] = {SPI_NODE_NOTICED, SPI_NODE_DRAINING};
+  for (int i = 0; i < 2; i++) {
+    assert_int_equal(spi_node_set_state(w->e, "i-aaa", 5, states[i]), SPI_OK);
+    spi_ticket_plan p[2];
+    p[0].struct_size = sizeof p[0];
+    size_t np = 0;
+    assert_int_equal(spi_engine_node_plans(w->e, "i-aaa", 5, p, 2, &np),
+                     SPI_OK);
+    assert_int_equal((int)np, 1);
+    assert_true(p[0].deadline_s > 29.9 && p[0].deadline_s <= 30.0);
+    assert_int_equal(p[0].action, SPI_ACTION_DRAIN);
+  }
+  spi_ticket_result res;
+  memset(&res, 0, sizeof res);
+  res.struct_size = sizeof res;
+  spi_ticket_finish(w->e, d.ticket, &res);
+  fb_done(w);
+}
+
+/* A reboot, freeze or redeploy ends: a machine whose deadline passed with
+ * only such maintenance holding it is TERMINATED, and the withdrawal of
+ * that maintenance (AWS "completed"; for Azure, which drops an event once
+ * it is over, the host's withdrawal naming it) brings it back to ACTIVE
+ * with its replicas. It used to be terminated for good, the withdrawal
+ * ignored. A spot interruption still ends a machine for good. */
+static void test_maintenance_withdrawn_after_termination(void **st) {
+  (void)st;
+  fb_world *w = mk(NULL);
+  fb_add(w, "spot-a", "i-aaa", SPI_POOL_SPOT, "g5", "z1");
+  const char *act =
+      "[{\"Code\":\"system-reboot\",\"EventId\":\"instance-event-1\","
+      "\"State\":\"active\",\"NotBefore\":\"14 Nov 2023 22:15:00 GMT\"}]";
+  const char *done =
+      "[{\"Code\":\"system-reboot\",\"EventId\":\"instance-event-1\","
+      "\"State\":\"completed\",\"NotBefore\":\"14 Nov 2023 22:15:00 GMT\"}]";
+  spi_notice ns[2];
+  assert_int_equal(aws(w, SPI_NOTICE_AWS_SCHEDULED, act, ns, 2), 1);
+  fb_hand(w, &ns[0]);
+  assert_int_equal(fb_state(w->e, "i-aaa"), SPI_NODE_NOTICED);
+  w->now = ns[0].deadline_ns + 300 * SEC;
+  assert_int_equal(spi_engine_tick(w->e), SPI_OK);
+  assert_int_equal(fb_state(w->e, "i-aaa"), SPI_NODE_TERMINATED);
+  assert_int_equal(replica_state(w, "spot-a"), SPI_REPLICA_NOTICED);
+  assert_int_equal(aws(w, SPI_NOTICE_AWS_SCHEDULED, done, ns, 2), 1);
+  fb_hand(w, &ns[0]);
+  assert_int_equal(fb_state(w->e, "i-aaa"), SPI_NODE_ACTIVE);
+  assert_int_equal(w->last_from, SPI_NODE_TERMINATED);
+  assert_int_equal(w->last_to, SPI_NODE_ACTIVE);
+  assert_int_equal(replica_state(w, "spot-a"), SPI_REPLICA_ACTIVE);
+
+  /* Azure Freeze, started: noticed now, over a minute later. */
+  fb_add(w, "r-az", "WestNO_0", SPI_POOL_ON_DEMAND, "D4", "z1");
+  const char *frz =
+      "{\"DocumentIncarnation\":4,\"Events\":[{\"EventId\":\"C7061BAC\","
+      "\"EventStatus\":\"Started\",\"EventType\":\"Freeze\","
+      "\"ResourceType\":\"VirtualMachine\",\"Resources\":[\"WestNO_0\"],"
+      "\"NotBefore\":\"\",\"DurationInSeconds\":5}]}";
+  char err[256];
+  size_t found = 0;
+  assert_int_equal(spi_notice_parse(SPI_NOTICE_AZURE_SCHEDULED, 200, frz,
+                                    strlen(frz), "WestNO_0", 8, w->now, ns, 2,
+                                    &found, err, sizeof err),
+                   SPI_OK);
+  assert_int_equal((int)found, 1);
+  fb_hand(w, &ns[0]);
+  w->now += 60 * SEC;
+  assert_int_equal(spi_engine_tick(w->e), SPI_OK);
+  assert_int_equal(fb_state(w->e, "WestNO_0"), SPI_NODE_TERMINATED);
+  spi_notice gone = ns[0];
+  gone.active = 0;
+  snprintf(gone.dedup_key, sizeof gone.dedup_key, "azure:C7061BAC:gone");
+  fb_hand(w, &gone);
+  assert_int_equal(fb_state(w->e, "WestNO_0"), SPI_NODE_ACTIVE);
+  assert_int_equal(replica_state(w, "r-az"), SPI_REPLICA_ACTIVE);
+
+  /* Maintenance and a spot interruption: terminated for good. */
+  spi_notice m = notice("i-aaa", SPI_NOTICE_MAINTENANCE, w->now + 60 * SEC,
+                        "m-2");
+  snprintf(m.event_id, sizeof m.event_id, "ev-2");
+  fb_hand(w, &m);
+  spi_notice t = notice("i-aaa", SPI_NOTICE_TERMINATE, w->now + 120 * SEC,
+                        "t-2");
+  fb_hand(w, &t);
+  w->now += 121 * SEC;
+  assert_int_equal(spi_engine_tick(w->e), SPI_OK);
+  assert_int_equal(fb_state(w->e, "i-aaa"), SPI_NODE_TERMINATED);
+  m.active = 0;
+  snprintf(m.dedup_key, sizeof m.dedup_key, "m-2:completed");
+  fb_hand(w, &m);
+  assert_int_equal(fb_state(w->e, "i-aaa"), SPI_NODE_TERMINATED);
+  assert_int_equal(replica_state(w, "spot-a"), SPI_REPLICA_NOTICED);
+  /* Nor can the host put a terminated machine to work by hand. */
+  assert_int_equal(spi_node_set_state(w->e, "i-aaa", 5, SPI_NODE_ACTIVE),
+                   SPI_EINVAL);
+  fb_done(w);
+}
+
+/* A machine forgotten by hand is what an unknown machine is: its replicas
+ * still registered take requests again, whether it was active, advised or
+ * terminated (a VM preempted and restarted under its name, its replica
+ * kept registered). They used to stay NOTICED for good while the machine
+ * read ACTIVE. */
+static void test_removed_by_hand_is_unknown(void **st) {
+  (void)st;
+  fb_world *w = mk(NULL);
+  fb_add(w, "r0", "i-aaa", SPI_POOL_ON_DEMAND, "g5", "z1");
+  fb_add(w, "r1", "i-bbb", SPI_POOL_ON_DEMAND, "g5", "z1");
+  fb_add(w, "r2", "i-ccc", SPI_POOL_SPOT, "g5", "z2");
+  assert_int_equal(spi_node_set_state(w->e, "i-aaa", 5, SPI_NODE_REMOVED),
+                   SPI_OK);
+  assert_int_equal(replica_state(w, "r0"), SPI_REPLICA_ACTIVE);
+  assert_int_equal(spi_node_set_state(w->e, "i-bbb", 5, SPI_NODE_ADVISED),
+                   SPI_OK);
+  assert_int_equal(spi_node_set_state(w->e, "i-bbb", 5, SPI_NODE_REMOVED),
+                   SPI_OK);
+  w->now += 86400 * SEC;
+  assert_int_equal(spi_engine_tick(w->e), SPI_OK);
+  assert_int_equal(fb_state(w->e, "i-bbb"), SPI_NODE_ACTIVE);
+  assert_int_equal(replica_state(w, "r1"), SPI_REPLICA_ACTIVE);
+  assert_int_equal(hand_in(w, "i-ccc", SPI_NOTICE_PREEMPT, w->now + 30 * SEC),
+                   SPI_OK);
+  w->now += 31 * SEC;
+  assert_int_equal(spi_engine_tick(w->e), SPI_OK);
+  assert_int_equal(fb_state(w->e, "i-ccc"), SPI_NODE_TERMINATED);
+  assert_int_equal(replica_state(w, "r2"), SPI_REPLICA_NOTICED);
+  assert_int_equal(spi_node_set_state(w->e, "i-ccc", 5, SPI_NODE_REMOVED),
+                   SPI_OK);
+  assert_int_equal(fb_state(w->e, "i-ccc"), SPI_NODE_ACTIVE);
+  assert_int_equal(replica_state(w, "r2"), SPI_REPLICA_ACTIVE);
+  fb_done(w);
+}
+
+/* Every transition reaches the callback, however many one call makes:
+ * 40 machines that run replicas and 4,000 that run nothing pass their
+ * deadline at one tick (4,040 TERMINATED, 4,000 REMOVED). Only the first
+ * 16 of a call used to be reported. */
+static void test_every_transition_is_reported(void **st) {
+  (void)st;
+  fb_world *w = mk(NULL);
+  char id[32], node[32];
+  for (int i = 0; i < 40; i++) {
+    snprintf(id, sizeof id, "r-%02d", i);
+    snprintf(node, sizeof node, "i-%02d", i);
+    fb_add(w, id, node, SPI_POOL_SPOT, "g5", "z1");
+    assert_int_equal(hand_in(w, node, SPI_NOTICE_TERMINATE, w->now + 60 * SEC),
+                     SPI_OK);
+  }
+  for (int i = 0; i < 4000; i++) {
+    snprintf(node, sizeof node, "m-%04d", i);
+    assert_int_equal(hand_in(w, node, SPI_NOTICE_TERMINATE, w->now + 60 * SEC),
+                     SPI_OK);
+  }
+  assert_int_equal(w->to_noticed, 4040);
+  w->now += 61 * SEC;
+  assert_int_equal(spi_engine_tick(w->e), SPI_OK);
+  assert_int_equal(w->terminated, 4040);
+  assert_int_equal(w->removed, 4000);
+  assert_int_equal(fb_state(w->e, "i-39"), SPI_NODE_TERMINATED);
+  fb_done(w);
+}
+
+/* When the table is full, the machines forgotten to make room are reported
+ * and so is the notice's own move, last: for a notice from the fleet bus
+ * it is how the host learns to ask for plans. It used to be dropped behind
+ * the first 16 machines forgotten. */
+static void test_notice_reported_when_table_full(void **st) {
+  (void)st;
+  fb_world *w = mk(NULL);
+  char node[32];
+  for (int i = 0; i < 4096; i++) {
+    snprintf(node, sizeof node, "n-%04d", i);
+    assert_int_equal(
+        spi_node_set_state(w->e, node, strlen(node), SPI_NODE_NOTICED), SPI_OK);
+  }
+  fb_add(w, "spot-x", "i-x", SPI_POOL_SPOT, "g5", "z1");
+  int noticed = w->to_noticed;
+  assert_int_equal(hand_in(w, "i-x", SPI_NOTICE_TERMINATE, w->now + 120 * SEC),
+                   SPI_OK);
+  assert_int_equal(w->removed, 64);
+  assert_int_equal(w->to_noticed, noticed + 1);
+  assert_string_equal(w->last_node, "i-x");
+  assert_int_equal(w->last_to, SPI_NODE_NOTICED);
+  fb_done(w);
+}
+
 /* Issue 12 item 7: advisory notices for 4,096 machines that run nothing
  * filled the node table for good, and a terminate notice for a machine
  * that does run a replica was refused with SPI_EFULL, its replica left
@@ -1151,6 +1403,13 @@ int main(void) {
       cmocka_unit_test(test_replica_add_restarts_terminated_machine),
       cmocka_unit_test(test_replica_add_restarts_machine_past_deadline),
       cmocka_unit_test(test_replica_add_before_deadline_is_no_restart),
+      cmocka_unit_test(test_removed_by_hand_is_unknown),
+      cmocka_unit_test(test_maintenance_withdrawn_after_termination),
+      cmocka_unit_test(test_plans_by_hand_use_default_window),
+      cmocka_unit_test(test_dedup_key_is_per_machine),
+      cmocka_unit_test(test_advised_by_hand_then_withdrawn),
+      cmocka_unit_test(test_every_transition_is_reported),
+      cmocka_unit_test(test_notice_reported_when_table_full),
       cmocka_unit_test(test_node_table_flood),
       cmocka_unit_test(test_node_table_full_of_replicas),
       cmocka_unit_test(test_notice_cost_is_bounded),

@@ -524,9 +524,12 @@ class Engine:
         """Call fn(node, from_state, to_state) on every node transition
         (None clears it). from_state == to_state (NOTICED or DRAINING) says
         the machine's deadline moved: ask node_plans() again. fn runs on the
-        thread whose call caused the transition and must not call back into
-        the engine; exceptions in it are swallowed. Not concurrent with other
-        calls on the engine."""
+        thread whose call caused the transition (or another thread's call
+        that reported the waiting transitions first), with no engine lock
+        held: it may call back into the engine (add or remove replicas,
+        node_plans, hand in a notice), but not on_node_transition or close;
+        exceptions in it are swallowed. Not concurrent with other calls on
+        the engine."""
         from .enums import NodeState
         if fn is None:
             _lib.spi_engine_on_node_transition(self._p(), _n.NODE_FN(), None)
