@@ -732,6 +732,10 @@ route_again(spi_request *req, spi_snapshot *snap, spi_request_view *v,
     int rc = route_pinned(req, snap, v, out);
     if (rc != ROUTE_AGAIN) return rc;
   }
+  /* The last route's class and key stay, as for any refusal. */
+  out->reason_code = SPI_REASON_NO_CAPACITY;
+  spi__join(out->reason, sizeof out->reason,
+            "chosen replica left service while routing", NULL, NULL);
   return spi__req_fail(req, SPI_ENOCAPACITY,
                        "route: the chosen replica left service before its "
                        "ticket opened, %d times",

@@ -7,8 +7,8 @@
  * tickets in between must not miss the ticket: either the route reads the
  * new state at the last moment and routes again elsewhere, or the notice
  * waits for the route's ticket and plans it (routing.h,
- * spi__slot_open_begin). Each side is forced here in turn, then both race
- * for a bounded while.
+ * spi__slot_open_begin). Each side is forced here in turn (and the bound
+ * on routing again), then both race for a bounded while.
  */
 #include <pthread.h>
 #include <sched.h>
@@ -119,6 +119,74 @@ static void notice_while_choosing(void **state) {
   memset(&res, 0, sizeof res);
   res.struct_size = sizeof res;
   assert_int_equal(spi_ticket_finish(w->e, d.ticket, &res), SPI_OK);
+  fb_done(w);
+}
+
+/* Every replica the policy chooses is noticed while it chooses: the route
+ * routes 4 times, then answers no capacity, leaving no ticket open. */
+static int notice_every_choice(void *state, void *inst,
+                               const spi_route_context *x,
+                               spi_policy_choice *out) {
+  (void)state;
+  (void)inst;
+  during.calls++;
+  out->reason_code = SPI_REASON_NO_CAPACITY;
+  for (uint32_t i = 0; i < x->n_candidates; i++) {
+    const spi_candidate *c = (const spi_candidate *)(const void *)(
+        (const char *)x->candidates + i * x->candidate_size);
+    if (!c->eligible) continue;
+    char node[16], key[24];
+    snprintf(node, sizeof node, "i-%.*s", (int)c->id_len - 1, c->id + 1);
+    snprintf(key, sizeof key, "ev-%s", node);
+    spi_notice n = fb_notice(node, during.w->now + 120 * FB_SEC, key);
+    size_t np = 0;
+    if (!during.np) /* set: notice no more */
+      assert_int_equal(spi_engine_notice(during.w->e, &n, NULL, 0, &np),
+                       SPI_OK);
+    out->pool = c->pool;
+    out->reason_code = SPI_REASON_LEAST_LOADED;
+    out->n_order = 1;
+    out->order[0] = i;
+    break;
+  }
+  return SPI_OK;
+}
+
+static void notice_at_every_try(void **state) {
+  (void)state;
+  fb_world *w = fb_mk(NULL, NULL);
+  memset(&during, 0, sizeof during);
+  during.w = w;
+  spi_policy_module m = ff_policy_module(notice_every_choice, 0);
+  assert_int_equal(spi_engine_register_module(w->e, SPI_MODULE_POLICY,
+                                              "noticer", 7, &m, NULL, NULL),
+                   SPI_OK);
+  const char *cfg = "{\"modules\":{\"policy\":\"noticer\"}}";
+  assert_int_equal(spi_engine_configure(w->e, cfg, strlen(cfg)), SPI_OK);
+  /* Each in a zone of its own: a notice cools its machine's spot pool. */
+  for (int i = 0; i < 6; i++) {
+    char id[8], node[8], zone[8];
+    snprintf(id, sizeof id, "s%d", i);
+    snprintf(node, sizeof node, "i-%d", i);
+    snprintf(zone, sizeof zone, "z%d", i);
+    fb_add(w, id, node, SPI_POOL_SPOT, "g5", zone);
+  }
+  silver(w->r);
+  spi_decision d;
+  assert_int_equal(route(w->r, &d), SPI_ENOCAPACITY);
+  assert_int_equal(during.calls, 4);
+  assert_int_equal(d.pool, 0);
+  assert_int_equal(d.ticket, 0);
+  assert_int_equal(d.reason_code, SPI_REASON_NO_CAPACITY);
+  assert_int_equal(d.klass, SPI_CLASS_SILVER);
+  assert_int_equal(spi__tickets_open(atomic_load(&w->e->tickets)), 0);
+  /* Two replicas were never chosen: with no more notices, the next route
+   * takes one. */
+  during.np = 1;
+  assert_int_equal(route(w->r, &d), SPI_OK);
+  assert_string_equal(d.replica_id, "s4");
+  assert_int_equal(during.calls, 5);
+  assert_int_not_equal(d.ticket, 0);
   fb_done(w);
 }
 
@@ -296,6 +364,7 @@ static void notices_racing_routes(void **state) {
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(notice_while_choosing),
+      cmocka_unit_test(notice_at_every_try),
       cmocka_unit_test(notice_waits_for_opening_ticket),
       cmocka_unit_test(notices_racing_routes),
   };
