@@ -36,7 +36,10 @@
  *      config_lock (1) may be held across the wait because no pinned thread
  *      takes it. Waiting for RCU pins while holding one waits for oneself;
  *      waiting for ticket pins while RCU-pinned (a finish) is fine, because a
- *      ticket pin's holder never waits for anything.
+ *      ticket pin's holder never waits for anything. A notice's plan scan
+ *      (node.c, under 2 and 3) waits for the routes opening a ticket on the
+ *      machine's replicas (routing.h, spi__slot_open_begin): fine for the
+ *      same reason, such a route holds no lock and waits for nothing.
  *   B. Callbacks into the caller's code that may call back into the engine
  *      (node transitions) run with no lock and no pin held. Module callbacks
  *      run pinned: a module's configure calling spi_engine_configure gets

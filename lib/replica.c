@@ -22,6 +22,7 @@
  * locks, so waiting for it under them would hang both.
  */
 #include <math.h>
+#include <sched.h>
 #include <string.h>
 #include <xxhash.h>
 
@@ -138,7 +139,7 @@ static void set_index(spi_replica_set *set) {
 
 /* What a slot holds of its replica, and its value before any report: one
  * list, so the slot's first set-up and a new replica's reset cannot drift
- * apart. (gen, incarnation, state and held outlive a replica.) */
+ * apart. (gen, incarnation, state, held and opening outlive a replica.) */
 #define SLOT_REPLICA_FIELDS(X, s)              \
   X(&(s)->running, 0ull);                      \
   X(&(s)->waiting, 0ull);                      \
@@ -161,7 +162,8 @@ static void slot_reset(spi_replica_slot *s) { SLOT_REPLICA_FIELDS(atomic_store, 
 
 /* A tripwire: a field added to spi_replica_slot belongs in
  * SLOT_REPLICA_FIELDS (reset for each new replica) or beside gen,
- * incarnation, state and held (set up once in spi__registry_init). */
+ * incarnation, state, held and opening (set up once in
+ * spi__registry_init). */
 _Static_assert(sizeof(spi_replica_slot) == 128,
                "spi_replica_slot changed: set its new field up above");
 
@@ -344,6 +346,7 @@ int spi__registry_init(spi_registry *g, const spi_mem *m) {
     atomic_init(&s->incarnation, 0u);
     atomic_init(&s->state, 0);
     atomic_init(&s->held, 0);
+    atomic_init(&s->opening, 0u);
     SLOT_REPLICA_FIELDS(atomic_init, s);
   }
   memset(g->links, 0xff, sizeof *g->links);
@@ -763,6 +766,14 @@ void spi__replica_slot_set_state(spi_replica_slot *s, int32_t state) {
    * prefix-index entries die with the bump. */
   if (was == SPI_REPLICA_ACTIVE && state != SPI_REPLICA_ACTIVE)
     atomic_fetch_add(&s->gen, 1u);
+}
+
+void spi__slot_opens_wait(spi_replica_slot *s) {
+  /* A route's window is a few stores long and waits for nothing: it ends
+   * as soon as its thread runs. The first load is the one that pairs with
+   * the route's count (routing.h); acquire on the 0 carries its ticket. */
+  while (atomic_load_explicit(&s->opening, memory_order_seq_cst) != 0)
+    sched_yield();
 }
 
 int spi_replica_set_state(spi_engine *engine, const char *id, size_t id_len,

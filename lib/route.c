@@ -589,6 +589,27 @@ static void index_served(route_state *rs, const spi_replica_ident *r,
                     (uint32_t)rs->cfg->weight_seconds, spi__entry_live, rs->e);
 }
 
+/* What a route returns (route_pinned) when its chosen replica left service
+ * after the pass read it: spi_route routes again. Not an SPI_ code. */
+#define ROUTE_AGAIN 1
+
+/* The chosen replica left service before the ticket opened: give back
+ * what the route took, to route again. Out of line: rare. */
+static __attribute__((noinline, cold)) int left_service(route_state *rs) {
+  return route_unwind(&rs->taken, rs->out, ROUTE_AGAIN);
+}
+
+/* The replica still takes the request: its state is read again at the last
+ * moment, in the window a notice waits for (routing.h,
+ * spi__slot_open_begin), so either the ticket is published before the
+ * notice's plan scan, which plans it, or the route sees the new state and
+ * gives back what it took to route again. On success the window is open:
+ * serve closes it once the ticket is published. */
+static inline int still_active(route_state *rs, spi_replica_slot *s) {
+  if (__builtin_expect(spi__slot_open_begin(s), 1)) return SPI_OK;
+  return left_service(rs);
+}
+
 /* Serve: open a ticket, count it on the replica, record the placement in
  * the prefix index. The ticket is the last thing that can fail. */
 static int serve(route_state *rs) {
@@ -611,6 +632,7 @@ static int serve(route_state *rs) {
   rs->taken.tt = tt;
   rs->taken.ticket = k;
   ticket_fill(rs, k, r, s);
+  if (still_active(rs, s)) return ROUTE_AGAIN;
   /* The cost model's counters: the prefill this ticket queues there (the
    * part of the prompt the replica does not hold) and the work it was
    * sent (the prompt and the expected output); the slowdown at open lets
@@ -627,6 +649,7 @@ static int serve(route_state *rs) {
   spi__prefill_open(s, k, rs->tokens, cached,
                     straight ? 1.0 + c->running * r->inv_max_inflight : 0.0);
   rs->out->ticket = spi__ticket_publish(tt, k);
+  spi__slot_open_end(s);
   rs->taken.ticket = NULL; /* published: the caller's to finish */
   rs->taken.probe = NULL;  /* ... and the probe goes with it */
   atomic_fetch_add(&s->inflight, 1);
@@ -693,6 +716,32 @@ static int route_pinned(spi_request *req, spi_snapshot *snap,
   return phase_commit(&rs);
 }
 
+/* Route again, after a route whose chosen replica left service between
+ * the pass and its ticket (ROUTE_AGAIN): each pass reads the replicas as
+ * they are then, so one that left is not chosen again. Bounded: a fleet
+ * whose replicas keep leaving under every route gets no capacity, not a
+ * route that never ends. Out of line: rare. */
+#define ROUTE_TRIES 4
+static __attribute__((noinline, cold)) int
+route_again(spi_request *req, spi_snapshot *snap, spi_request_view *v,
+            spi_decision *out) {
+  size_t size = out->struct_size;
+  for (int i = 1; i < ROUTE_TRIES; i++) {
+    spi__zero(out, sizeof *out); /* the next route writes it anew */
+    out->struct_size = size;
+    int rc = route_pinned(req, snap, v, out);
+    if (rc != ROUTE_AGAIN) return rc;
+  }
+  /* The last route's class and key stay, as for any refusal. */
+  out->reason_code = SPI_REASON_NO_CAPACITY;
+  spi__join(out->reason, sizeof out->reason,
+            "chosen replica left service while routing", NULL, NULL);
+  return spi__req_fail(req, SPI_ENOCAPACITY,
+                       "route: the chosen replica left service before its "
+                       "ticket opened, %d times",
+                       ROUTE_TRIES);
+}
+
 int spi_route(spi_request *req, spi_decision *out) {
   if (!spi__request_ok(req)) return SPI_EMISUSE;
   if (!out || out->struct_size < sizeof *out)
@@ -706,6 +755,8 @@ int spi_route(spi_request *req, spi_decision *out) {
   unsigned pin;
   spi_snapshot *snap = spi__snap_acquire(req->engine, &pin);
   rc = route_pinned(req, snap, &v, out);
+  if (__builtin_expect(rc == ROUTE_AGAIN, 0))
+    rc = route_again(req, snap, &v, out);
   spi__snap_release(req->engine, pin);
   return rc;
 }

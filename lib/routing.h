@@ -121,6 +121,10 @@ typedef struct spi_replica_slot {
   atomic_uint consecutive_errors;
   atomic_llong open_until_ns;
   atomic_int probe_taken;   /* half-open: the single probe is out */
+  /* Routes between their last look at the state and their ticket's
+   * publish (spi__slot_open_begin): a notice waits for 0 before it plans
+   * the replica's tickets. Outlives a replica, as state does. */
+  atomic_uint opening;
   /* The cost model's per-replica state (prefill_model.h), kept
    * incrementally by tickets so a route only reads it: prefill this library
    * queued there and that has no first token yet, in uncached prompt
@@ -245,6 +249,38 @@ const spi_replica_ident *spi__registry_next_in_pool(spi_registry *g,
 /* Set a live slot's state; leaving ACTIVE kills its prefix-index entries.
  * Registry lock held. */
 void spi__replica_slot_set_state(spi_replica_slot *s, int32_t state);
+
+/* A route opening a ticket on a replica against a notice planning the
+ * replica's open tickets. The route reads the state long before it
+ * publishes its ticket (the pass, then the policy); a notice that set the
+ * state and scanned the tickets in between would miss a ticket published
+ * on a machine that is going away. So the route counts itself in the
+ * slot's `opening`, then reads the state again; the notice stores the
+ * state, then waits until `opening` is 0, then scans. All four are
+ * sequentially consistent, so one side sees the other: the route reads
+ * the state the notice stored (and publishes nothing there), or the notice
+ * sees the route counted and waits for its ticket to be published (and
+ * its scan finds it). The window holds no lock and waits for nothing, so a
+ * notice may wait for it under its locks.
+ *
+ * Whether the replica is still ACTIVE: if so the window is open, closed by
+ * spi__slot_open_end once the ticket is published; if not, it is closed. */
+static inline int spi__slot_open_begin(spi_replica_slot *s) {
+  atomic_fetch_add_explicit(&s->opening, 1u, memory_order_seq_cst);
+  if (atomic_load_explicit(&s->state, memory_order_seq_cst) ==
+      SPI_REPLICA_ACTIVE)
+    return 1;
+  atomic_fetch_sub_explicit(&s->opening, 1u, memory_order_release);
+  return 0;
+}
+/* The ticket opened in the window is published (release: a notice that
+ * reads 0 here sees it). */
+static inline void spi__slot_open_end(spi_replica_slot *s) {
+  atomic_fetch_sub_explicit(&s->opening, 1u, memory_order_release);
+}
+/* Wait until no route is between its look at the state and its ticket's
+ * publish: the notice's side, after it stored the state (replica.c). */
+void spi__slot_opens_wait(spi_replica_slot *s);
 /* Whether ident serves model (its models list names it, or is empty). */
 int spi__replica_serves(const spi_replica_ident *r, const char *model,
                         size_t len);

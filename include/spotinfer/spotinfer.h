@@ -736,8 +736,12 @@ typedef struct spi_decision {
  * On SPI_OK, pool is SPOT or ON_DEMAND with a replica and a ticket, or QUEUE
  * (no ticket). SPI_ESHED and SPI_ENOCAPACITY still fill class, reason and key.
  * A warm engine routes without allocating, locking or making a system call
- * (the clock hook aside). Errors: SPI_EINVAL, SPI_EMISUSE, SPI_EMODULE,
- * SPI_EFULL (router.max_tickets open), SPI_ESHED, SPI_ENOCAPACITY.
+ * (the clock hook aside). The ticket opens only on a replica still ACTIVE
+ * at that moment: when the chosen one was noticed, drained or removed while
+ * the call ran, it routes again (SPI_ENOCAPACITY after 4 such routes in one
+ * call), so a notice's plans name every ticket its machine got. Errors:
+ * SPI_EINVAL, SPI_EMISUSE, SPI_EMODULE, SPI_EFULL (router.max_tickets
+ * open), SPI_ESHED, SPI_ENOCAPACITY.
  */
 SPI_API int spi_route(spi_request *req, spi_decision *out);
 
@@ -947,7 +951,9 @@ typedef struct spi_ticket_plan {
 
 /*
  * Hand in a notice. From this call on the machine's replicas get no new
- * request (NOTICED) or no new long request (ADVISED); an interruption also
+ * request (NOTICED) or no new long request (ADVISED): a spi_route running
+ * meanwhile either opens its ticket before the plans are made, and the
+ * plans name it, or routes elsewhere; an interruption also
  * cools down its spot pool (instance type and zone) for
  * router.pool_cooldown_ms. For each open ticket on the machine, a plan is
  * written to plans[0..cap), elements plans[0].struct_size bytes apart (at
