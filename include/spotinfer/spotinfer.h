@@ -598,7 +598,10 @@ SPI_API int spi_replica_report_load(spi_engine *engine, const char *id,
  * signal: vllm:num_requests_running, vllm:num_requests_waiting,
  * vllm:gpu_cache_usage_perc or vllm:kv_cache_usage_perc; sglang:num_running_reqs,
  * sglang:num_queue_reqs, sglang:token_usage. Samples of one metric with
- * several label sets are summed (usage: the maximum). out->at_ns is set to 0.
+ * several label sets are summed (usage: the maximum), except a series with
+ * a non-empty priority label: SGLang with priority scheduling writes the
+ * total under priority="" and a breakdown by priority beside it, which is
+ * left out. out->at_ns is set to 0.
  * Pure and thread-safe. Errors: SPI_EINVAL, SPI_EPARSE (malformed line),
  * SPI_EMISSING (no known metric), SPI_ERANGE (NaN, negative, usage > 1).
  */
