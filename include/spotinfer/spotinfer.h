@@ -349,7 +349,11 @@ SPI_API int spi_request_add_message(spi_request *req, const char *role,
  * tenant_tier, tenant_salt, decode_profile, tokenizer_version,
  * retrieval_template. Every pair is kept, in order, for classifier rules
  * (classifier.rules[].when.metadata) and modules (spi_request_view's
- * metadata). Errors as the setters it forwards to. */
+ * metadata). As OpenAI's, keys are 1..64 characters and values at most
+ * 512, counted as UTF-8 code points (every byte but a continuation byte
+ * 0x80-0xBF starts one; the text is not checked to be UTF-8), and at most
+ * 4 bytes a character (256 and 2048 bytes), else SPI_ETOOBIG. Errors as
+ * the setters it forwards to. */
 SPI_API int spi_request_set_metadata(spi_request *req, const char *key,
                                      size_t key_len, const char *value,
                                      size_t value_len);
