@@ -1077,6 +1077,56 @@ static void test_canonical_prompt_structure(void **state) {
   assert_starts(spi_request_errmsg(r), "messages[0].tool_call_id:");
 }
 
+/* Content-part forms vLLM reads besides OpenAI's: a plain string part is
+ * text, a text part whose text is null adds nothing, and a part without
+ * "type" that carries image_url, audio_url, input_audio or video_url is a
+ * media part, framed as any non-text part is. */
+static void test_vllm_content_parts(void **state) {
+  world *f = *state;
+  spi_request *r = f->r;
+  canon_of a, b;
+  static const char hi[] = "user\x1fhello\x1e";
+  read_as(r, MSGS "{\"role\":\"user\",\"content\":[\"hello\"]}]}", &a);
+  assert_int_equal(a.n, sizeof hi - 1);
+  assert_memory_equal(a.prompt, hi, a.n);
+  read_as(r, MSGS "{\"role\":\"user\",\"content\":[{\"type\":\"text\","
+               "\"text\":\"hel\"},\"lo\"]}]}",
+          &b);
+  assert_int_equal(b.n, a.n);
+  assert_memory_equal(b.prompt, a.prompt, a.n);
+  /* Escaped as any text is. */
+  read_as(r, MSGS "{\"role\":\"user\",\"content\":[\"a\\u001eb\"]}]}", &a);
+  assert_int_equal(a.n, strlen("user\x1f" "a\x1b^b\x1e"));
+  assert_memory_equal(a.prompt, "user\x1f" "a\x1b^b\x1e", a.n);
+  read_as(r, MSGS "{\"role\":\"user\",\"content\":[{\"type\":\"text\","
+               "\"text\":null},{\"type\":\"text\",\"text\":\"hello\"}]}]}",
+          &a);
+  assert_int_equal(a.n, sizeof hi - 1);
+  assert_memory_equal(a.prompt, hi, a.n);
+  static const char img[] =
+      "user\x1f\x1d{\"image_url\":\"https://x/y.png\"}\x1dhi\x1e";
+  read_as(r, MSGS "{\"role\":\"user\",\"content\":[{\"image_url\":"
+               "\"https://x/y.png\"},{\"type\":\"text\",\"text\":\"hi\"}]}]}",
+          &a);
+  assert_int_equal(a.n, sizeof img - 1);
+  assert_memory_equal(a.prompt, img, a.n);
+  assert_int_equal(parse(r, MSGS "{\"role\":\"user\",\"content\":[{"
+                            "\"audio_url\":{\"url\":\"u\"}},{\"video_url\":\"v\"},"
+                            "{\"input_audio\":{\"data\":\"d\"}}]}]}"),
+                   SPI_OK);
+  /* Without one of those, or with it null, a part still needs a type. */
+  assert_int_equal(parse(r, MSGS "{\"role\":\"user\",\"content\":[{"
+                            "\"image_url\":null,\"text\":\"a\"}]}]}"),
+                   SPI_EMISSING);
+  assert_starts(spi_request_errmsg(r), "messages[0].content[0].type:");
+  assert_int_equal(parse(r, MSGS "{\"role\":\"user\",\"content\":[{"
+                            "\"type\":\"text\",\"text\":false}]}]}"),
+                   SPI_ETYPE);
+  assert_int_equal(parse(r, MSGS "{\"role\":\"user\",\"content\":[null]}]}"),
+                   SPI_ETYPE);
+  assert_starts(spi_request_errmsg(r), "messages[0].content[0]:");
+}
+
 static void test_parse_completions(void **state) {
   world *f = *state;
   spi_request *r = f->r;
@@ -1230,8 +1280,8 @@ static const bad_body BAD_BODIES[] = {
      "]}",
      0, SPI_ETYPE, "messages[0].content:", NULL},
     {"{\"model\":\"m\",\"messages\":[{\"role\":\"user\",\"content\":[{\"type\":"
-     "\"text\",\"text\":\"a\"},\"b\"]}]}",
-     0, SPI_ETYPE, "messages[0].content[1]:", "object"},
+     "\"text\",\"text\":\"a\"},5]}]}",
+     0, SPI_ETYPE, "messages[0].content[1]:", "string or an object"},
     {"{\"model\":\"m\",\"messages\":[{\"role\":\"user\",\"content\":[{\"type\":"
      "\"text\",\"text\":1}]}]}",
      0, SPI_ETYPE, "messages[0].content[0].text:", NULL},
@@ -2241,6 +2291,8 @@ int main(void) {
                                       world_teardown),
       cmocka_unit_test_setup_teardown(test_canonical_prompt_structure,
                                       world_setup, world_teardown),
+      cmocka_unit_test_setup_teardown(test_vllm_content_parts, world_setup,
+                                      world_teardown),
       cmocka_unit_test_setup_teardown(test_parse_chat_variants, world_setup,
                                       world_teardown),
       cmocka_unit_test_setup_teardown(test_parse_completions, world_setup, world_teardown),
