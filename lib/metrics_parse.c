@@ -30,7 +30,9 @@
  * point.
  *
  * A page must end with a line feed (as the format requires): a body cut off
- * in the middle of "... 12" would otherwise read as 1.
+ * in the middle of "... 12" would otherwise read as 1. OpenMetrics' "# EOF"
+ * ends the page: lines after it are not read but skipped and counted, as
+ * lines in newer syntax are (they may be a second page run on).
  */
 #include <math.h>
 #include <string.h>
@@ -184,10 +186,11 @@ typedef struct parse_state {
   double sum[3]; /* running, waiting: sums; usage: maximum */
   int seen[3];
   size_t found;         /* samples of a load metric read */
-  size_t skipped;       /* lines in newer syntax, left out */
+  size_t skipped;       /* lines in newer syntax or after # EOF, left out */
   size_t first_skipped; /* line number of the first */
   const char *skip_why; /* what the current line has that we do not read */
   const char *first_why;
+  int ended;            /* an OpenMetrics "# EOF" line was read */
 } parse_state;
 
 static int fail(parse_state *ps, int status, const char *what) {
@@ -481,11 +484,25 @@ static int parse_comment(parse_state *ps, const char *s, size_t n, size_t i) {
   return SPI_OK;
 }
 
-/* One line; blank and comment lines included. */
+/* Whether s[i..n) is OpenMetrics' "# EOF", which ends the page. */
+static int is_eof(const char *s, size_t i, size_t n) {
+  return n - i == 5 && memcmp(s + i, "# EOF", 5) == 0;
+}
+
+/* One line; blank and comment lines included. A line after "# EOF" is
+ * not part of the page: skipped and counted, never read. */
 static int parse_line(parse_state *ps, const char *s, size_t n) {
   size_t i = skip_blanks(s, 0, n);
   if (i == n) return SPI_OK;
-  int rc = s[i] == '#' ? parse_comment(ps, s, n, i) : parse_sample(ps, s, n, i);
+  int rc;
+  if (ps->ended) {
+    rc = skip_line(ps, "a line after # EOF");
+  } else if (is_eof(s, i, n)) {
+    ps->ended = 1;
+    return SPI_OK;
+  } else {
+    rc = s[i] == '#' ? parse_comment(ps, s, n, i) : parse_sample(ps, s, n, i);
+  }
   if (rc != SKIP_LINE) return rc;
   if (ps->skipped++ == 0) {
     ps->first_skipped = ps->line;
@@ -499,7 +516,7 @@ static int parse_line(parse_state *ps, const char *s, size_t n) {
 static void skip_note(const parse_state *ps, char *err, size_t errcap,
                       const char *head) {
   spi__errf(err, errcap,
-            "%sskipped %zu line%s in syntax this version does not read "
+            "%sskipped %zu line%s this version does not read "
             "(first: line %zu, %s)",
             head, ps->skipped, ps->skipped == 1 ? "" : "s", ps->first_skipped,
             ps->first_why);
@@ -509,7 +526,7 @@ static void skip_note(const parse_state *ps, char *err, size_t errcap,
  * anything but blanks, or OpenMetrics' "# EOF", which says it is whole. */
 static int cut_short(const char *s, size_t n) {
   size_t b = skip_blanks(s, 0, n);
-  return b != n && !(n - b == 5 && memcmp(s + b, "# EOF", 5) == 0);
+  return b != n && !is_eof(s, b, n);
 }
 
 int spi__metrics_parse_report(const char *text, size_t len, spi_load *out,
@@ -533,7 +550,7 @@ int spi__metrics_parse_report(const char *text, size_t len, spi_load *out,
     size_t n = end - pos;
     pos = nl ? end + 1 : len;
     if (n && s[n - 1] == '\r') n--;
-    if (!nl && cut_short(s, n))
+    if (!nl && !ps.ended && cut_short(s, n))
       return fail(&ps, SPI_EPARSE,
                   "the last line has no line feed (the page was cut short?)");
     int rc = parse_line(&ps, s, n);

@@ -617,7 +617,8 @@ SPI_API int spi_metrics_parse(const char *text, size_t len, spi_load *out);
  * type or state this version does not know (a notice document's event) or a
  * line in newer syntax (a metrics page's native-histogram value or start
  * timestamp) is skipped and counted rather than failing the whole body; a
- * body that is malformed still fails.
+ * body that is malformed still fails. A metrics page's lines after
+ * OpenMetrics' "# EOF" are skipped and counted too, never read.
  */
 typedef struct spi_parse_report {
   size_t struct_size;

@@ -542,6 +542,44 @@ static void test_line_structure(void **st) {
   expect_err("# HELP x y", SPI_EPARSE, "line 1: ");
 }
 
+/* v2 of text, expecting rc, the load and the skipped count. */
+static void expect_v2(const char *text, int rc, double running,
+                      size_t skipped, size_t first) {
+  spi_load l;
+  memset(&l, 0, sizeof l);
+  l.struct_size = sizeof l;
+  spi_parse_report rep;
+  memset(&rep, 0, sizeof rep);
+  rep.struct_size = sizeof rep;
+  char err[256];
+  assert_int_equal(spi_metrics_parse_v2(text, strlen(text), &l, &rep, err,
+                                        sizeof err),
+                   rc);
+  if (rc == SPI_OK) assert_true(l.running == running);
+  assert_int_equal(rep.skipped, skipped);
+  assert_int_equal(rep.first_skipped, first);
+  if (skipped) assert_non_null(strstr(err, "a line after # EOF"));
+}
+
+/* OpenMetrics' "# EOF" ends the page: what follows is not read, whatever
+ * it is, but skipped and counted; blank lines after it are not counted. */
+static void test_eof_ends_page(void **st) {
+  (void)st;
+  expect_v2("vllm:num_requests_running 3\n# EOF\nvllm:num_requests_running 40\n",
+            SPI_OK, 3, 1, 3);
+  expect_ok("vllm:num_requests_running 3\n# EOF\nvllm:num_requests_running 40\n",
+            3, 0, 0);
+  /* Not metrics text, or cut short: not read, so no error. */
+  expect_v2("vllm:num_requests_running 3\n  # EOF\r\n\n{\"a\":1}\n"
+            "vllm:num_requests_running 4",
+            SPI_OK, 3, 2, 4);
+  expect_v2("vllm:num_requests_running 3\n# EOF\n\n \r\n", SPI_OK, 3, 0, 0);
+  /* Nothing read before it: no load. */
+  expect_v2("# EOF\nvllm:num_requests_running 40\n", SPI_EMISSING, 0, 1, 2);
+  /* "# EOF" is the whole line; longer is a plain comment. */
+  expect_v2("# EOF x\nvllm:num_requests_running 40\n", SPI_OK, 40, 0, 0);
+}
+
 /* -------------------------------------------- newer syntax (bug 3) */
 
 /* A page from a newer server: Prometheus 3 quoted names are read; a
@@ -872,6 +910,7 @@ int main(void) {
       cmocka_unit_test(test_bad_numbers),
       cmocka_unit_test(test_locale_independent),
       cmocka_unit_test(test_line_structure),
+      cmocka_unit_test(test_eof_ends_page),
       cmocka_unit_test(test_newer_syntax),
       cmocka_unit_test(test_engine_counts_skipped),
       cmocka_unit_test(test_parse_errors),
