@@ -29,7 +29,7 @@
 #define MAX_META_VALUES 32         /* ... one key's list */
 #define MAX_TOTAL_META_KEYS 128    /* across all rules */
 #define MAX_TOTAL_META_VALUES 256
-#define META_KEY_MAX 64            /* a request's metadata keys are 1..64 */
+#define META_KEY_MAX 64            /* bytes of a rule's metadata key */
 #define META_VALUE_MAX 128
 #define RULE_NAME_MAX 40
 

@@ -57,7 +57,7 @@ struct spi_metrics {
   atomic_ullong draft_accepted, draft_rejected;
   atomic_ullong shadow_agreed, shadow_disagreed, shadow_matched;
   atomic_ullong node_transitions[7][7]; /* [from][to], enum spi_node_state */
-  atomic_ullong lines_skipped; /* /metrics lines in newer syntax, not read */
+  atomic_ullong lines_skipped; /* /metrics lines skipped (new syntax, # EOF) */
   /* Replay queues' fallback journals: envelopes held (all queues of the
    * engine), enqueues they took, envelopes moved into the store. */
   atomic_llong fallback_held;

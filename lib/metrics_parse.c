@@ -12,6 +12,12 @@
  * Prometheus 3's quoted names ({"name",label="v"}, quoted label names and
  * # TYPE "name") are read too.
  *
+ * The samples of a load metric are added up over its series (tensor- and
+ * data-parallel ranks, engines), all but a series with a non-empty
+ * priority label: SGLang with priority scheduling writes each queue gauge
+ * as the total under priority="" and again as a breakdown by priority, so
+ * adding the breakdown would count every request twice.
+ *
  * Every line is checked against that grammar, whether or not its metric is
  * one we read, so a page that is not metrics text is rejected rather than
  * half-read. Servers add syntax, though, so a line that is well-formed up to
@@ -24,7 +30,9 @@
  * point.
  *
  * A page must end with a line feed (as the format requires): a body cut off
- * in the middle of "... 12" would otherwise read as 1.
+ * in the middle of "... 12" would otherwise read as 1. OpenMetrics' "# EOF"
+ * ends the page: lines after it are not read but skipped and counted, as
+ * lines in newer syntax are (they may be a second page run on).
  */
 #include <math.h>
 #include <string.h>
@@ -178,10 +186,11 @@ typedef struct parse_state {
   double sum[3]; /* running, waiting: sums; usage: maximum */
   int seen[3];
   size_t found;         /* samples of a load metric read */
-  size_t skipped;       /* lines in newer syntax, left out */
+  size_t skipped;       /* lines in newer syntax or after # EOF, left out */
   size_t first_skipped; /* line number of the first */
   const char *skip_why; /* what the current line has that we do not read */
   const char *first_why;
+  int ended;            /* an OpenMetrics "# EOF" line was read */
 } parse_state;
 
 static int fail(parse_state *ps, int status, const char *what) {
@@ -244,12 +253,21 @@ static int parse_quoted_name(parse_state *ps, const char *s, size_t n,
   return SPI_OK;
 }
 
+/* Whether a label is priority="<something>", which marks a series as
+ * SGLang's breakdown by priority of the total under priority="" (see the
+ * top of the file). */
+static int is_breakdown(const char *name, size_t name_len, size_t value_len) {
+  return name_len == 8 && memcmp(name, "priority", 8) == 0 && value_len > 0;
+}
+
 /* A label set "{name="value",...}" starting at s[*pi] == '{'. Label names
  * bare or quoted; escapes in values: \\ \" \n; a trailing comma is
  * allowed. With name non-NULL the set opens the line and must start with
- * the quoted metric name, which *name and *name_len get. */
+ * the quoted metric name, which *name and *name_len get. With breakdown
+ * non-NULL (a series' own labels, not an exemplar's), *breakdown is set
+ * when the set has a non-empty priority label (is_breakdown). */
 static int parse_labels(parse_state *ps, const char *s, size_t n, size_t *pi,
-                        const char **name, size_t *name_len) {
+                        const char **name, size_t *name_len, int *breakdown) {
   size_t i = *pi + 1;
   if (name) {
     i = skip_blanks(s, i, n);
@@ -262,9 +280,13 @@ static int parse_labels(parse_state *ps, const char *s, size_t n, size_t *pi,
     i = skip_blanks(s, i, n);
     if (i < n && s[i] == '}') break;
     size_t e = scan_name(s, i, n, 0);
+    const char *label = s + i;
+    size_t label_len = e - i;
     if (e == i && i < n && s[i] == '"') {
       int rc = parse_string(ps, s, n, &i, "quoted label name");
       if (rc != SPI_OK) return rc;
+      label++;
+      label_len = (size_t)(s + i - label);
       e = i + 1;
     }
     if (e == i) return fail(ps, SPI_EPARSE, "expected a label name or '}'");
@@ -274,8 +296,11 @@ static int parse_labels(parse_state *ps, const char *s, size_t n, size_t *pi,
     i = skip_blanks(s, i + 1, n);
     if (i >= n || s[i] != '"')
       return fail(ps, SPI_EPARSE, "expected '\"' to open a label value");
+    size_t open = i;
     int rc = parse_string(ps, s, n, &i, "label value");
     if (rc != SPI_OK) return rc;
+    if (breakdown && is_breakdown(label, label_len, i - open - 1))
+      *breakdown = 1;
     i = skip_blanks(s, i + 1, n);
     if (i < n && s[i] == ',') {
       i++;
@@ -327,7 +352,7 @@ static int parse_tail(parse_state *ps, const char *s, size_t n, size_t i,
   i = skip_blanks(s, i + 1, n);
   if (i >= n || s[i] != '{')
     return fail(ps, SPI_EPARSE, "expected '{' to open an exemplar's labels");
-  int rc = parse_labels(ps, s, n, &i, NULL, NULL);
+  int rc = parse_labels(ps, s, n, &i, NULL, NULL, NULL);
   if (rc != SPI_OK) return rc;
   size_t j = skip_blanks(s, i, n);
   if (j == i || j >= n)
@@ -376,14 +401,14 @@ static int is_composite(const char *s, size_t i, size_t n) {
 }
 
 /* The metric name, bare or (Prometheus 3) quoted inside the label set,
- * and the label set; *pi is left after them. */
+ * and the label set; *pi is left after them. *breakdown as parse_labels. */
 static int parse_series(parse_state *ps, const char *s, size_t n, size_t *pi,
-                        const char **name, size_t *name_len, int *labels) {
+                        const char **name, size_t *name_len, int *labels,
+                        int *breakdown) {
   size_t i = *pi;
   if (s[i] == '{') {
     *labels = 1;
-    int rc = parse_labels(ps, s, n, pi, name, name_len);
-    return rc;
+    return parse_labels(ps, s, n, pi, name, name_len, breakdown);
   }
   size_t name_end = scan_name(s, i, n, 1);
   if (name_end == i) return fail(ps, SPI_EPARSE, "expected a metric name");
@@ -392,7 +417,7 @@ static int parse_series(parse_state *ps, const char *s, size_t n, size_t *pi,
   i = skip_blanks(s, name_end, n);
   *labels = i < n && s[i] == '{' && !(i > name_end && is_composite(s, i, n));
   if (*labels) {
-    int rc = parse_labels(ps, s, n, &i, NULL, NULL);
+    int rc = parse_labels(ps, s, n, &i, NULL, NULL, breakdown);
     if (rc != SPI_OK) return rc;
   } else {
     i = name_end;
@@ -404,8 +429,8 @@ static int parse_series(parse_state *ps, const char *s, size_t n, size_t *pi,
 static int parse_sample(parse_state *ps, const char *s, size_t n, size_t i) {
   const char *name = NULL;
   size_t name_len = 0;
-  int labels = 0;
-  int rc = parse_series(ps, s, n, &i, &name, &name_len, &labels);
+  int labels = 0, breakdown = 0;
+  int rc = parse_series(ps, s, n, &i, &name, &name_len, &labels, &breakdown);
   if (rc != SPI_OK) return rc;
   size_t j = skip_blanks(s, i, n);
   if (j >= n) return fail(ps, SPI_EPARSE, "missing value");
@@ -420,7 +445,7 @@ static int parse_sample(parse_state *ps, const char *s, size_t n, size_t i) {
   if (parse_number(s + j, e - j, &v) != 0)
     return fail(ps, SPI_EPARSE, "invalid value");
   rc = parse_tail(ps, s, n, e, 1);
-  if (rc != SPI_OK) return rc;
+  if (rc != SPI_OK || breakdown) return rc;
   for (size_t k = 0; k < NKNOWN; k++)
     if (KNOWN[k].len == name_len && memcmp(KNOWN[k].name, name, name_len) == 0)
       return record(ps, &KNOWN[k], v);
@@ -459,11 +484,25 @@ static int parse_comment(parse_state *ps, const char *s, size_t n, size_t i) {
   return SPI_OK;
 }
 
-/* One line; blank and comment lines included. */
+/* Whether s[i..n) is OpenMetrics' "# EOF", which ends the page. */
+static int is_eof(const char *s, size_t i, size_t n) {
+  return n - i == 5 && memcmp(s + i, "# EOF", 5) == 0;
+}
+
+/* One line; blank and comment lines included. A line after "# EOF" is
+ * not part of the page: skipped and counted, never read. */
 static int parse_line(parse_state *ps, const char *s, size_t n) {
   size_t i = skip_blanks(s, 0, n);
   if (i == n) return SPI_OK;
-  int rc = s[i] == '#' ? parse_comment(ps, s, n, i) : parse_sample(ps, s, n, i);
+  int rc;
+  if (ps->ended) {
+    rc = skip_line(ps, "a line after # EOF");
+  } else if (is_eof(s, i, n)) {
+    ps->ended = 1;
+    return SPI_OK;
+  } else {
+    rc = s[i] == '#' ? parse_comment(ps, s, n, i) : parse_sample(ps, s, n, i);
+  }
   if (rc != SKIP_LINE) return rc;
   if (ps->skipped++ == 0) {
     ps->first_skipped = ps->line;
@@ -477,7 +516,7 @@ static int parse_line(parse_state *ps, const char *s, size_t n) {
 static void skip_note(const parse_state *ps, char *err, size_t errcap,
                       const char *head) {
   spi__errf(err, errcap,
-            "%sskipped %zu line%s in syntax this version does not read "
+            "%sskipped %zu line%s this version does not read "
             "(first: line %zu, %s)",
             head, ps->skipped, ps->skipped == 1 ? "" : "s", ps->first_skipped,
             ps->first_why);
@@ -487,7 +526,7 @@ static void skip_note(const parse_state *ps, char *err, size_t errcap,
  * anything but blanks, or OpenMetrics' "# EOF", which says it is whole. */
 static int cut_short(const char *s, size_t n) {
   size_t b = skip_blanks(s, 0, n);
-  return b != n && !(n - b == 5 && memcmp(s + b, "# EOF", 5) == 0);
+  return b != n && !is_eof(s, b, n);
 }
 
 int spi__metrics_parse_report(const char *text, size_t len, spi_load *out,
@@ -511,7 +550,7 @@ int spi__metrics_parse_report(const char *text, size_t len, spi_load *out,
     size_t n = end - pos;
     pos = nl ? end + 1 : len;
     if (n && s[n - 1] == '\r') n--;
-    if (!nl && cut_short(s, n))
+    if (!nl && !ps.ended && cut_short(s, n))
       return fail(&ps, SPI_EPARSE,
                   "the last line has no line feed (the page was cut short?)");
     int rc = parse_line(&ps, s, n);

@@ -103,6 +103,46 @@ static int put_frame(reader *rd, const cJSON *v, const char *path) {
   return spi__req_fail(rd->r, rc, "%s: %s", path, spi_strerror(rc));
 }
 
+/* A part without "type" that vLLM still reads: its simple image, audio and
+ * video forms, which carry the media under one of these names. */
+static int typeless_media(const cJSON *part) {
+  static const char *const FIELDS[] = {"image_url", "audio_url", "input_audio",
+                                       "video_url"};
+  for (size_t i = 0; i < sizeof FIELDS / sizeof FIELDS[0]; i++) {
+    if (get(part, FIELDS[i])) return 1; /* present and not null */
+  }
+  return 0;
+}
+
+/* One part of an array content, read as vLLM reads it: a string is text;
+ * a text part is its text, or nothing when the text is null; any other
+ * part, a type-less media part included, is framed. */
+static int content_part(reader *rd, const cJSON *part, const char *p) {
+  if (cJSON_IsString(part)) return put_text(rd, part->valuestring, p);
+  if (!cJSON_IsObject(part))
+    return spi__req_fail(rd->r, SPI_ETYPE, "%s: must be a string or an object",
+                         p);
+  int dup = no_duplicate_keys(rd, part, p);
+  if (dup) return dup;
+  const cJSON *type = get(part, "type");
+  if (!type && typeless_media(part)) return put_frame(rd, part, p);
+  if (!type)
+    return spi__req_fail(rd->r, SPI_EMISSING,
+                         "%s.type: missing (and no image_url, audio_url, "
+                         "input_audio or video_url)", p);
+  if (!cJSON_IsString(type))
+    return spi__req_fail(rd->r, SPI_ETYPE, "%s.type: must be a string", p);
+  /* Images, audio, files: their canonical JSON stands for them, so two
+   * prompts with different images never share a prefix. */
+  if (strcmp(type->valuestring, "text") != 0) return put_frame(rd, part, p);
+  /* A null text is skipped (vLLM does so); a missing one is an error. */
+  const cJSON *text = cJSON_GetObjectItemCaseSensitive(part, "text");
+  if (cJSON_IsNull(text)) return SPI_OK;
+  if (!cJSON_IsString(text))
+    return spi__req_fail(rd->r, SPI_ETYPE, "%s.text: must be a string", p);
+  return put_text(rd, text->valuestring, p);
+}
+
 /*
  * A message's canonical content (docs/cache-key.md): its content - a
  * string, an array of parts, or null - as text with the non-text parts
@@ -125,25 +165,7 @@ static int message_content(reader *rd, const cJSON *msg, const char *path) {
   for (const cJSON *part = c && cJSON_IsArray(c) ? c->child : NULL;
        part && !rc; part = part->next, i++) {
     snprintf(p, sizeof p, "%s.content[%d]", path, i);
-    if (!cJSON_IsObject(part))
-      return spi__req_fail(rd->r, SPI_ETYPE, "%s: must be an object", p);
-    int dup = no_duplicate_keys(rd, part, p);
-    if (dup) return dup;
-    const cJSON *type = get(part, "type");
-    if (!type)
-      return spi__req_fail(rd->r, SPI_EMISSING, "%s.type: missing", p);
-    if (!cJSON_IsString(type))
-      return spi__req_fail(rd->r, SPI_ETYPE, "%s.type: must be a string", p);
-    if (strcmp(type->valuestring, "text") == 0) {
-      const cJSON *text = get(part, "text");
-      if (!text || !cJSON_IsString(text))
-        return spi__req_fail(rd->r, SPI_ETYPE, "%s.text: must be a string", p);
-      rc = put_text(rd, text->valuestring, p);
-    } else {
-      /* Images, audio, files: their canonical JSON stands for them, so two
-       * prompts with different images never share a prefix. */
-      rc = put_frame(rd, part, p);
-    }
+    rc = content_part(rd, part, p);
   }
   if (rc) return rc;
   const cJSON *calls = get(msg, "tool_calls");

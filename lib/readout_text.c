@@ -213,7 +213,7 @@ static void render_inputs(writer *w, const spi_metrics *x) {
   const char *name = "spotinfer_metrics_lines_skipped_total";
   family(w, name, "counter",
          "Lines of replicas' /metrics pages in syntax this version does not "
-         "read, skipped.");
+         "read, or after # EOF, skipped.");
   sample_u64(w, name, NULL, spi__mget(&x->lines_skipped));
 }
 

@@ -414,13 +414,37 @@ static const struct {
     {"retrieval_template", SPI_REQ_RETRIEVAL_TEMPLATE, 0, 0},
 };
 
+/* OpenAI's metadata limits, in characters: keys 1..64, values up to 512. */
+#define META_KEY_CHARS 64
+#define META_VALUE_CHARS 512
+
+/* Characters of UTF-8 text: every byte but a continuation byte (10xxxxxx)
+ * starts one. The text is not checked to be UTF-8, so the caller bounds the
+ * bytes as well (4 a character), which keeps a pair's memory bounded
+ * whatever the bytes are. */
+static size_t utf8_chars(const char *s, size_t n) {
+  size_t c = 0;
+  for (size_t i = 0; i < n; i++) c += ((unsigned char)s[i] & 0xC0) != 0x80;
+  return c;
+}
+
+static int meta_size_ok(const char *k, size_t klen, const char *v,
+                        size_t vlen) {
+  return klen > 0 && klen <= 4 * META_KEY_CHARS &&
+         vlen <= 4 * META_VALUE_CHARS &&
+         utf8_chars(k, klen) <= META_KEY_CHARS &&
+         utf8_chars(v, vlen) <= META_VALUE_CHARS;
+}
+
 int spi__req_set_metadata(spi_request *r, const spi_limits *l, const char *k,
                         size_t klen, const char *v, size_t vlen) {
   if ((!k && klen) || (!v && vlen))
     return spi__req_fail(r, SPI_EINVAL, "metadata: NULL key or value");
-  if (klen == 0 || klen > 64 || vlen > 512)
+  if (!meta_size_ok(k, klen, v, vlen))
     return spi__req_fail(r, SPI_ETOOBIG,
-                    "metadata: keys are 1..64 bytes and values at most 512");
+                         "metadata: keys are 1..%d characters and values at "
+                         "most %d (UTF-8, at most 4 bytes a character)",
+                         META_KEY_CHARS, META_VALUE_CHARS);
   if ((int64_t)r->nmeta >= l->max_metadata_pairs)
     return spi__req_fail(r, SPI_ETOOBIG, "metadata: more than %lld pairs",
                     (long long)l->max_metadata_pairs);

@@ -349,7 +349,11 @@ SPI_API int spi_request_add_message(spi_request *req, const char *role,
  * tenant_tier, tenant_salt, decode_profile, tokenizer_version,
  * retrieval_template. Every pair is kept, in order, for classifier rules
  * (classifier.rules[].when.metadata) and modules (spi_request_view's
- * metadata). Errors as the setters it forwards to. */
+ * metadata). As OpenAI's, keys are 1..64 characters and values at most
+ * 512, counted as UTF-8 code points (every byte but a continuation byte
+ * 0x80-0xBF starts one; the text is not checked to be UTF-8), and at most
+ * 4 bytes a character (256 and 2048 bytes), else SPI_ETOOBIG. Errors as
+ * the setters it forwards to. */
 SPI_API int spi_request_set_metadata(spi_request *req, const char *key,
                                      size_t key_len, const char *value,
                                      size_t value_len);
@@ -608,7 +612,10 @@ SPI_API int spi_replica_report_load(spi_engine *engine, const char *id,
  * signal: vllm:num_requests_running, vllm:num_requests_waiting,
  * vllm:gpu_cache_usage_perc or vllm:kv_cache_usage_perc; sglang:num_running_reqs,
  * sglang:num_queue_reqs, sglang:token_usage. Samples of one metric with
- * several label sets are summed (usage: the maximum). out->at_ns is set to 0.
+ * several label sets are summed (usage: the maximum), except a series with
+ * a non-empty priority label: SGLang with priority scheduling writes the
+ * total under priority="" and a breakdown by priority beside it, which is
+ * left out. out->at_ns is set to 0.
  * Pure and thread-safe. Errors: SPI_EINVAL, SPI_EPARSE (malformed line),
  * SPI_EMISSING (no known metric), SPI_ERANGE (NaN, negative, usage > 1).
  */
@@ -620,7 +627,8 @@ SPI_API int spi_metrics_parse(const char *text, size_t len, spi_load *out);
  * type or state this version does not know (a notice document's event) or a
  * line in newer syntax (a metrics page's native-histogram value or start
  * timestamp) is skipped and counted rather than failing the whole body; a
- * body that is malformed still fails.
+ * body that is malformed still fails. A metrics page's lines after
+ * OpenMetrics' "# EOF" are skipped and counted too, never read.
  */
 typedef struct spi_parse_report {
   size_t struct_size;

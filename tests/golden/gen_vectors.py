@@ -230,10 +230,12 @@ def message_content(msg):
         out += canon_text(c.encode("utf-8"))
     elif isinstance(c, list):
         for part in c:
-            if part.get("type") == "text":
-                out += canon_text(part["text"].encode("utf-8"))
-            else:
+            if isinstance(part, str):  # a plain string part is text
+                out += canon_text(part.encode("utf-8"))
+            elif part.get("type") != "text":  # a part without a type too
                 out += _frame(part)
+            elif part["text"] is not None:  # a null text adds nothing
+                out += canon_text(part["text"].encode("utf-8"))
     if msg.get("tool_calls") is not None:
         out += _frame(msg["tool_calls"])
     if msg.get("tool_call_id") is not None:
@@ -519,6 +521,17 @@ def build_bodies():
         {"type": "text", "text": PAD},
         {"type": "text", "text": _canon(_load(json.dumps(IMAGE)), 0)}])),
         differs_from="image_part")
+    # Part forms vLLM reads besides OpenAI's: a string part is text, a text
+    # part with a null text adds nothing, a part without a type that holds
+    # image_url is framed as any non-text part.
+    add("string_part", _chat(_m("user", ["hi" + PAD])))
+    add("string_and_text_parts", _chat(_m("user", [{"type": "text", "text": "h"},
+                                                   "i" + PAD])))
+    add("text_null_part", _chat(_m("user", [{"type": "text", "text": None},
+                                            {"type": "text", "text": "hi" + PAD}])))
+    add("image_part_untyped", _chat(_m("user", [
+        {"type": "text", "text": PAD}, {"image_url": IMAGE["image_url"]}])),
+        differs_from="image_part")
     # Numbers from 2^53 on in tools and parts keep their digits.
     add("big_ints_93", '{"model":"m","messages":[{"role":"user","content":[{"type":"text",'
         '"text":"' + PAD + '"},{"type":"x","n":9007199254740993}]}],'
@@ -554,6 +567,9 @@ def check_body_properties(bodies, results):
                                    "\x1euser\x1f" + PAD + "\n\tThanks.\x1e").encode()
     assert by["chat_plain"][1] == (SYSTEM + "\x1eBe brief.").encode()
     assert by["completions_plain"][0] == (PAD + ' "quoted"\n').encode()
+    # vLLM's part forms read as the text they hold.
+    for name in ("string_part", "string_and_text_parts", "text_null_part"):
+        assert by[name][:3] == by["chat_user_hi"][:3], name
 
 
 def check_properties(vecs, results):

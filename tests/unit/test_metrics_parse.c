@@ -227,6 +227,32 @@ static const char SGLANG_TP[] =
     "sglang:token_usage{engine_type=\"unified\",model_name=\"deepseek-ai/"
     "DeepSeek-V3\",pp_rank=\"0\",tp_rank=\"1\"} 0.93\n";
 
+/* SGLang with --enable-priority-scheduling: each queue gauge is written as
+ * the total under priority="" and again by priority under priority="<n>".
+ * 5 running (3 at priority 0, 2 at priority 1), 4 queued (all at 1). */
+static const char SGLANG_PRIORITY[] =
+    "# HELP sglang:num_running_reqs The number of running requests.\n"
+    "# TYPE sglang:num_running_reqs gauge\n"
+    "sglang:num_running_reqs{engine_type=\"unified\",model_name=\"m\","
+    "moe_ep_rank=\"0\",pp_rank=\"0\",priority=\"\",tp_rank=\"0\"} 5.0\n"
+    "sglang:num_running_reqs{engine_type=\"unified\",model_name=\"m\","
+    "moe_ep_rank=\"0\",pp_rank=\"0\",priority=\"0\",tp_rank=\"0\"} 3.0\n"
+    "sglang:num_running_reqs{engine_type=\"unified\",model_name=\"m\","
+    "moe_ep_rank=\"0\",pp_rank=\"0\",priority=\"1\",tp_rank=\"0\"} 2.0\n"
+    "# HELP sglang:num_queue_reqs The number of requests in the waiting "
+    "queue.\n"
+    "# TYPE sglang:num_queue_reqs gauge\n"
+    "sglang:num_queue_reqs{engine_type=\"unified\",model_name=\"m\","
+    "moe_ep_rank=\"0\",pp_rank=\"0\",priority=\"\",tp_rank=\"0\"} 4.0\n"
+    "sglang:num_queue_reqs{engine_type=\"unified\",model_name=\"m\","
+    "moe_ep_rank=\"0\",pp_rank=\"0\",priority=\"0\",tp_rank=\"0\"} 0.0\n"
+    "sglang:num_queue_reqs{engine_type=\"unified\",model_name=\"m\","
+    "moe_ep_rank=\"0\",pp_rank=\"0\",priority=\"1\",tp_rank=\"0\"} 4.0\n"
+    "# HELP sglang:token_usage The token usage.\n"
+    "# TYPE sglang:token_usage gauge\n"
+    "sglang:token_usage{engine_type=\"unified\",model_name=\"m\","
+    "moe_ep_rank=\"0\",pp_rank=\"0\",priority=\"\",tp_rank=\"0\"} 0.42\n";
+
 typedef struct page {
   const char *name;
   const char *text;
@@ -239,6 +265,7 @@ static const page PAGES[] = {
     {"vllm_dp", VLLM_DP, 7, 7, 0.75},
     {"sglang", SGLANG, 21, 3, 0.62},
     {"sglang_tp", SGLANG_TP, 78, 2, 0.93},
+    {"sglang_priority", SGLANG_PRIORITY, 5, 4, 0.42},
 };
 
 /* ---------------------------------------------------------------- helpers */
@@ -328,6 +355,45 @@ static void test_multiple_label_sets(void **st) {
             "xvllm:num_requests_running 50\n"
             "vllm:num_requests_runnin 50\n",
             1, 0, 0);
+}
+
+/* A series with a non-empty priority label is a breakdown of the total
+ * beside it: read (a malformed one still fails) but not added. */
+static void test_priority_breakdown(void **st) {
+  (void)st;
+  spi_load l;
+  memset(&l, 0, sizeof l);
+  l.struct_size = sizeof l;
+  spi_parse_report rep;
+  memset(&rep, 0, sizeof rep);
+  rep.struct_size = sizeof rep;
+  char err[256] = "x";
+  assert_int_equal(spi_metrics_parse_v2(SGLANG_PRIORITY,
+                                        strlen(SGLANG_PRIORITY), &l, &rep, err,
+                                        sizeof err),
+                   SPI_OK);
+  assert_true(l.running == 5 && l.waiting == 4 && l.kv_usage == 0.42);
+  /* Left out on purpose, as metrics we do not read are: not "skipped". */
+  assert_int_equal(rep.found, 3);
+  assert_int_equal(rep.skipped, 0);
+  assert_string_equal(err, "");
+  /* Totals of several ranks still add up; a quoted label name counts. */
+  expect_ok("sglang:num_running_reqs{priority=\"\",tp_rank=\"0\"} 2\n"
+            "sglang:num_running_reqs{priority=\"\",tp_rank=\"1\"} 3\n"
+            "sglang:num_running_reqs{tp_rank=\"0\",priority=\"5\"} 2\n"
+            "sglang:num_running_reqs{\"priority\"=\"7\",tp_rank=\"1\"} 3\n"
+            "{\"sglang:num_queue_reqs\",\"priority\"=\"1\"} 9\n"
+            "sglang:num_queue_reqs 1\n",
+            5, 1, 0);
+  /* Only the series' own labels: an exemplar's priority is not one, nor
+   * is a label that only starts or ends like it. */
+  expect_ok("sglang:num_running_reqs{a=\"b\"} 2 # {priority=\"1\"} 1\n"
+            "sglang:num_running_reqs{priority_class=\"1\"} 3\n"
+            "sglang:num_running_reqs{x_priority=\"1\"} 4\n",
+            9, 0, 0);
+  /* A breakdown is still checked as a line. */
+  expect_err("sglang:num_running_reqs{priority=\"1\"} 2x\n", SPI_EPARSE,
+             "line 1: invalid value");
 }
 
 static void test_escapes_and_labels(void **st) {
@@ -474,6 +540,44 @@ static void test_line_structure(void **st) {
              SPI_EPARSE, "line 2: the last line has no line feed");
   expect_err("vllm:num_requests_running 1", SPI_EPARSE, "line 1: ");
   expect_err("# HELP x y", SPI_EPARSE, "line 1: ");
+}
+
+/* v2 of text, expecting rc, the load and the skipped count. */
+static void expect_v2(const char *text, int rc, double running,
+                      size_t skipped, size_t first) {
+  spi_load l;
+  memset(&l, 0, sizeof l);
+  l.struct_size = sizeof l;
+  spi_parse_report rep;
+  memset(&rep, 0, sizeof rep);
+  rep.struct_size = sizeof rep;
+  char err[256];
+  assert_int_equal(spi_metrics_parse_v2(text, strlen(text), &l, &rep, err,
+                                        sizeof err),
+                   rc);
+  if (rc == SPI_OK) assert_true(l.running == running);
+  assert_int_equal(rep.skipped, skipped);
+  assert_int_equal(rep.first_skipped, first);
+  if (skipped) assert_non_null(strstr(err, "a line after # EOF"));
+}
+
+/* OpenMetrics' "# EOF" ends the page: what follows is not read, whatever
+ * it is, but skipped and counted; blank lines after it are not counted. */
+static void test_eof_ends_page(void **st) {
+  (void)st;
+  expect_v2("vllm:num_requests_running 3\n# EOF\nvllm:num_requests_running 40\n",
+            SPI_OK, 3, 1, 3);
+  expect_ok("vllm:num_requests_running 3\n# EOF\nvllm:num_requests_running 40\n",
+            3, 0, 0);
+  /* Not metrics text, or cut short: not read, so no error. */
+  expect_v2("vllm:num_requests_running 3\n  # EOF\r\n\n{\"a\":1}\n"
+            "vllm:num_requests_running 4",
+            SPI_OK, 3, 2, 4);
+  expect_v2("vllm:num_requests_running 3\n# EOF\n\n \r\n", SPI_OK, 3, 0, 0);
+  /* Nothing read before it: no load. */
+  expect_v2("# EOF\nvllm:num_requests_running 40\n", SPI_EMISSING, 0, 1, 2);
+  /* "# EOF" is the whole line; longer is a plain comment. */
+  expect_v2("# EOF x\nvllm:num_requests_running 40\n", SPI_OK, 40, 0, 0);
 }
 
 /* -------------------------------------------- newer syntax (bug 3) */
@@ -799,12 +903,14 @@ int main(void) {
       cmocka_unit_test(test_pages),
       cmocka_unit_test(test_both_cache_names),
       cmocka_unit_test(test_multiple_label_sets),
+      cmocka_unit_test(test_priority_breakdown),
       cmocka_unit_test(test_escapes_and_labels),
       cmocka_unit_test(test_timestamps_and_exemplars),
       cmocka_unit_test(test_number_forms),
       cmocka_unit_test(test_bad_numbers),
       cmocka_unit_test(test_locale_independent),
       cmocka_unit_test(test_line_structure),
+      cmocka_unit_test(test_eof_ends_page),
       cmocka_unit_test(test_newer_syntax),
       cmocka_unit_test(test_engine_counts_skipped),
       cmocka_unit_test(test_parse_errors),

@@ -1077,6 +1077,56 @@ static void test_canonical_prompt_structure(void **state) {
   assert_starts(spi_request_errmsg(r), "messages[0].tool_call_id:");
 }
 
+/* Content-part forms vLLM reads besides OpenAI's: a plain string part is
+ * text, a text part whose text is null adds nothing, and a part without
+ * "type" that carries image_url, audio_url, input_audio or video_url is a
+ * media part, framed as any non-text part is. */
+static void test_vllm_content_parts(void **state) {
+  world *f = *state;
+  spi_request *r = f->r;
+  canon_of a, b;
+  static const char hi[] = "user\x1fhello\x1e";
+  read_as(r, MSGS "{\"role\":\"user\",\"content\":[\"hello\"]}]}", &a);
+  assert_int_equal(a.n, sizeof hi - 1);
+  assert_memory_equal(a.prompt, hi, a.n);
+  read_as(r, MSGS "{\"role\":\"user\",\"content\":[{\"type\":\"text\","
+               "\"text\":\"hel\"},\"lo\"]}]}",
+          &b);
+  assert_int_equal(b.n, a.n);
+  assert_memory_equal(b.prompt, a.prompt, a.n);
+  /* Escaped as any text is. */
+  read_as(r, MSGS "{\"role\":\"user\",\"content\":[\"a\\u001eb\"]}]}", &a);
+  assert_int_equal(a.n, strlen("user\x1f" "a\x1b^b\x1e"));
+  assert_memory_equal(a.prompt, "user\x1f" "a\x1b^b\x1e", a.n);
+  read_as(r, MSGS "{\"role\":\"user\",\"content\":[{\"type\":\"text\","
+               "\"text\":null},{\"type\":\"text\",\"text\":\"hello\"}]}]}",
+          &a);
+  assert_int_equal(a.n, sizeof hi - 1);
+  assert_memory_equal(a.prompt, hi, a.n);
+  static const char img[] =
+      "user\x1f\x1d{\"image_url\":\"https://x/y.png\"}\x1dhi\x1e";
+  read_as(r, MSGS "{\"role\":\"user\",\"content\":[{\"image_url\":"
+               "\"https://x/y.png\"},{\"type\":\"text\",\"text\":\"hi\"}]}]}",
+          &a);
+  assert_int_equal(a.n, sizeof img - 1);
+  assert_memory_equal(a.prompt, img, a.n);
+  assert_int_equal(parse(r, MSGS "{\"role\":\"user\",\"content\":[{"
+                            "\"audio_url\":{\"url\":\"u\"}},{\"video_url\":\"v\"},"
+                            "{\"input_audio\":{\"data\":\"d\"}}]}]}"),
+                   SPI_OK);
+  /* Without one of those, or with it null, a part still needs a type. */
+  assert_int_equal(parse(r, MSGS "{\"role\":\"user\",\"content\":[{"
+                            "\"image_url\":null,\"text\":\"a\"}]}]}"),
+                   SPI_EMISSING);
+  assert_starts(spi_request_errmsg(r), "messages[0].content[0].type:");
+  assert_int_equal(parse(r, MSGS "{\"role\":\"user\",\"content\":[{"
+                            "\"type\":\"text\",\"text\":false}]}]}"),
+                   SPI_ETYPE);
+  assert_int_equal(parse(r, MSGS "{\"role\":\"user\",\"content\":[null]}]}"),
+                   SPI_ETYPE);
+  assert_starts(spi_request_errmsg(r), "messages[0].content[0]:");
+}
+
 static void test_parse_completions(void **state) {
   world *f = *state;
   spi_request *r = f->r;
@@ -1230,8 +1280,8 @@ static const bad_body BAD_BODIES[] = {
      "]}",
      0, SPI_ETYPE, "messages[0].content:", NULL},
     {"{\"model\":\"m\",\"messages\":[{\"role\":\"user\",\"content\":[{\"type\":"
-     "\"text\",\"text\":\"a\"},\"b\"]}]}",
-     0, SPI_ETYPE, "messages[0].content[1]:", "object"},
+     "\"text\",\"text\":\"a\"},5]}]}",
+     0, SPI_ETYPE, "messages[0].content[1]:", "string or an object"},
     {"{\"model\":\"m\",\"messages\":[{\"role\":\"user\",\"content\":[{\"type\":"
      "\"text\",\"text\":1}]}]}",
      0, SPI_ETYPE, "messages[0].content[0].text:", NULL},
@@ -2014,6 +2064,55 @@ static void test_misuse(void **state) {
 
 /* -------------------------------------------------------------- metadata */
 
+/* n copies of the UTF-8 character c into buf (room for them), its length. */
+static size_t repeat_utf8(char *buf, const char *c, size_t n) {
+  size_t m = strlen(c);
+  for (size_t i = 0; i < n; i++) memcpy(buf + i * m, c, m);
+  return n * m;
+}
+
+/* Metadata limits are OpenAI's, in characters: a value of 200 CJK
+ * characters is 600 bytes and within them. Bytes are bounded at 4 a
+ * character whatever the text is. */
+static void test_metadata_characters(void **state) {
+  world *f = *state;
+  spi_request *r = f->r;
+  static char buf[4096];
+  const char *cjk = "\xe6\x97\xa5", *emoji = "\xf0\x9f\x99\x82";
+  size_t n = repeat_utf8(buf, cjk, 200);
+  assert_int_equal(spi_request_set_metadata(r, LIT("note"), buf, n), SPI_OK);
+  n = repeat_utf8(buf, emoji, 512);
+  assert_int_equal(n, 2048);
+  assert_int_equal(spi_request_set_metadata(r, LIT("note"), buf, n), SPI_OK);
+  n = repeat_utf8(buf, cjk, 513);
+  assert_int_equal(spi_request_set_metadata(r, LIT("note"), buf, n),
+                   SPI_ETOOBIG);
+  assert_non_null(strstr(spi_request_errmsg(r), "512"));
+  n = repeat_utf8(buf, emoji, 64);
+  assert_int_equal(spi_request_set_metadata(r, buf, n, LIT("v")), SPI_OK);
+  n = repeat_utf8(buf, cjk, 65);
+  assert_int_equal(spi_request_set_metadata(r, buf, n, LIT("v")), SPI_ETOOBIG);
+  /* Not UTF-8: stray continuation bytes start no character, but the bytes
+   * stay bounded. */
+  memset(buf, 0x80, 2049);
+  assert_int_equal(spi_request_set_metadata(r, LIT("raw"), buf, 2048), SPI_OK);
+  assert_int_equal(spi_request_set_metadata(r, LIT("raw"), buf, 2049),
+                   SPI_ETOOBIG);
+  assert_int_equal(spi_request_set_metadata(r, buf, 256, LIT("v")), SPI_OK);
+  assert_int_equal(spi_request_set_metadata(r, buf, 257, LIT("v")),
+                   SPI_ETOOBIG);
+  /* And from a body. */
+  static char body[4096];
+  n = repeat_utf8(buf, cjk, 200);
+  snprintf(body, sizeof body,
+           "{\"model\":\"m\",\"messages\":[{\"role\":\"user\",\"content\":"
+           "\"hi\"}],\"metadata\":{\"note\":\"%.*s\"}}",
+           (int)n, buf);
+  assert_int_equal(spi_request_parse_openai(r, body, strlen(body), 0), SPI_OK);
+  buf[n] = '\0';
+  assert_true(has_meta(r, "note", buf));
+}
+
 static void test_metadata_setter(void **state) {
   world *f = *state;
   spi_request *r = f->r;
@@ -2055,7 +2154,7 @@ static void test_metadata_setter(void **state) {
   /* An empty value is allowed for a plain key. */
   assert_int_equal(spi_request_set_metadata(r, LIT("empty"), NULL, 0), SPI_OK);
   assert_true(has_meta(r, "empty", ""));
-  /* Sizes: key 1..64 bytes, value up to 512. */
+  /* Sizes: key 1..64 characters, value up to 512 (ASCII here). */
   char k65[65], v513[513];
   memset(k65, 'k', sizeof k65);
   memset(v513, 'v', sizeof v513);
@@ -2183,6 +2282,8 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_limits_follow_reconfigure, world_setup,
                                       world_teardown),
       cmocka_unit_test_setup_teardown(test_metadata_setter, world_setup, world_teardown),
+      cmocka_unit_test_setup_teardown(test_metadata_characters, world_setup,
+                                      world_teardown),
       cmocka_unit_test_setup_teardown(test_token_ids, world_setup, world_teardown),
       cmocka_unit_test_setup_teardown(test_parse_chat, world_setup, world_teardown),
       cmocka_unit_test(test_prompt_text_escape),
@@ -2190,6 +2291,8 @@ int main(void) {
                                       world_teardown),
       cmocka_unit_test_setup_teardown(test_canonical_prompt_structure,
                                       world_setup, world_teardown),
+      cmocka_unit_test_setup_teardown(test_vllm_content_parts, world_setup,
+                                      world_teardown),
       cmocka_unit_test_setup_teardown(test_parse_chat_variants, world_setup,
                                       world_teardown),
       cmocka_unit_test_setup_teardown(test_parse_completions, world_setup, world_teardown),
