@@ -127,6 +127,25 @@ static void set_free(const spi_mem *m, spi_replica_set *set) {
   spi__free(m, b);
 }
 
+/* n entries copied into a new block: the fixed fields and each text up to
+ * and with its NUL, not the rest of its array. An entry is 864 bytes, most
+ * of them room for text (the models list's 512 alone) that nothing reads
+ * past the NUL. A removal or an update copies every entry, and a spot
+ * fleet removes and adds replicas as its zones come and go. */
+static void idents_copy(spi_replica_ident *dst, const spi_replica_ident *src,
+                        size_t n) {
+  for (size_t i = 0; i < n; i++) {
+    spi_replica_ident *d = &dst[i];
+    const spi_replica_ident *s = &src[i];
+    memcpy(d, s, offsetof(spi_replica_ident, id));
+    memcpy(d->id, s->id, s->id_len + 1);
+    memcpy(d->zone, s->zone, s->zone_len + 1);
+    memcpy(d->instance_type, s->instance_type, s->type_len + 1);
+    memcpy(d->node, s->node, s->node_len + 1);
+    memcpy(d->models, s->models, (size_t)s->models_len + 1);
+  }
+}
+
 /* Fill the slot-to-position map and the index by id of a new block once
  * the entries are final. */
 static void set_index(spi_replica_set *set) {
@@ -562,7 +581,7 @@ static spi_replica_set *set_append(const spi_mem *m, const spi_replica_set *old,
     return next;
   }
   if (!(next = set_new(m, old->n + 1))) return NULL;
-  if (old->n) memcpy(next->r, old->r, old->n * sizeof *old->r);
+  idents_copy(next->r, old->r, old->n);
   next->r[old->n] = *r;
   set_index(next);
   return next;
@@ -648,7 +667,7 @@ static int upsert_locked(spi_engine *e, spi_replica_ident *r, int64_t limit,
     spi_replica_set *next = set_new(&e->mem, old->n);
     if (!next) return spi__engine_fail(e, SPI_ENOMEM, "replica: out of memory");
     size_t at = (size_t)(cur - old->r);
-    memcpy(next->r, old->r, old->n * sizeof *old->r);
+    idents_copy(next->r, old->r, old->n);
     next->r[at] = *r;
     set_index(next);
     links_move(g, cur, r);
@@ -724,9 +743,8 @@ static int remove_locked(spi_engine *e, const char *id, size_t len,
   spi_replica_set *next = set_new(&e->mem, old->n - 1);
   if (!next) return spi__engine_fail(e, SPI_ENOMEM, "replica: out of memory");
   size_t at = (size_t)(cur - old->r);
-  if (at) memcpy(next->r, old->r, at * sizeof *old->r);
-  if (old->n - at - 1)
-    memcpy(next->r + at, old->r + at + 1, (old->n - at - 1) * sizeof *old->r);
+  idents_copy(next->r, old->r, at);
+  idents_copy(next->r + at, old->r + at + 1, old->n - at - 1);
   set_index(next);
   /* Ineligible at once for routers still reading the old set; the gen bump
    * kills its prefix-index entries. Held until those routers and the ticket

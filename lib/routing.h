@@ -164,7 +164,9 @@ typedef struct spi_replica_ident {
   /* The rest is read when the replica is chosen or listed. */
   size_t zone_len, type_len, node_len;
   double decode_tps;        /* one stream's decode rate; 0 = router default */
-  /* The text, read when chosen or when models are listed. */
+  /* The text, read when chosen or when models are listed. Each text ends
+   * at its NUL: a set made by a removal or an update copies no byte past
+   * it (replica.c, idents_copy), so nothing reads beyond. */
   char id[SPI_ID_MAX];
   char zone[SPI_ID_MAX];
   char instance_type[SPI_ID_MAX];

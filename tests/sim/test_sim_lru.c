@@ -5,8 +5,10 @@
  * keeps that prompt's leading blocks, so the next request with the same
  * prefix still hits them; a capacity changed later (sim_lru_set_cap, the
  * reachable maximum's spot pool) keeps the most recent keys; a capacity
- * its 32-bit slot indices cannot hold is refused. Exits 0 when every
- * check holds.
+ * its 32-bit slot indices cannot hold is refused; and a long random run
+ * of fills (shared prefixes, prompts longer than the cache, repeated
+ * blocks) hits and evicts as a plain list model of the same rules does.
+ * Exits 0 when every check holds.
  */
 #include <stdio.h>
 
@@ -21,7 +23,86 @@ static void check(int ok, const char *what) {
   }
 }
 
+/* The rules of sim_lru_prefix_fill on a plain recency list, most recent
+ * first: the leading hits moved to the front, the rest inserted last to
+ * first (the oldest evicted when full), then the hits touched again last
+ * to first. */
+enum { MODEL_CAP = 600 };
+typedef struct model {
+  uint64_t k[MODEL_CAP];
+  uint32_t n, cap;
+} model;
+
+static int model_find(const model *m, uint64_t key) {
+  for (uint32_t i = 0; i < m->n; i++)
+    if (m->k[i] == key) return (int)i;
+  return -1;
+}
+
+static void model_front(model *m, int i) {
+  uint64_t key = m->k[i];
+  for (; i > 0; i--) m->k[i] = m->k[i - 1];
+  m->k[0] = key;
+}
+
+static void model_insert(model *m, uint64_t key) {
+  int i = model_find(m, key);
+  if (i < 0) {
+    if (m->n == m->cap) m->n--;
+    i = (int)m->n++;
+    m->k[i] = key;
+  }
+  model_front(m, i);
+}
+
+static uint32_t model_fill(model *m, const uint64_t *chain, uint32_t n) {
+  uint32_t hit = 0;
+  for (int i; hit < n && (i = model_find(m, chain[hit])) >= 0; hit++) model_front(m, i);
+  for (uint32_t b = n; b-- > hit;) model_insert(m, chain[b]);
+  for (uint32_t b = hit; b-- > 0;) {
+    int i = model_find(m, chain[b]);
+    if (i >= 0) model_front(m, i);
+  }
+  return hit;
+}
+
+static uint64_t rng(uint64_t *s) {
+  *s = *s * 6364136223846793005ull + 1442695040888963407ull;
+  return *s >> 33;
+}
+
+/* Random prompts over a few shared prefixes against the model: the same
+ * hits every fill and the same keys held after it. Capacities small
+ * (evictions in most fills) and large (hits of several hundred blocks). */
+static void random_fills(uint32_t cap, uint32_t max_len, int fills) {
+  sim_lru l;
+  static model m;
+  if (sim_lru_init(&l, cap)) {
+    check(0, "random fills: init");
+    return;
+  }
+  m.n = 0, m.cap = cap;
+  uint64_t seed = cap, chain[1024];
+  int bad = 0;
+  for (int f = 0; f < fills && !bad; f++) {
+    uint32_t n = 1 + (uint32_t)(rng(&seed) % max_len);
+    uint64_t root = rng(&seed) % 4, split = rng(&seed) % (n + 1);
+    for (uint32_t b = 0; b < n; b++)
+      chain[b] = b < split ? root * 100000 + b : 1000000 + rng(&seed) % (4 * cap);
+    if (n > 2 && rng(&seed) % 8 == 0) chain[n - 1] = chain[n / 2]; /* a repeat */
+    uint32_t want = model_fill(&m, chain, n), got = sim_lru_prefix_fill(&l, chain, n);
+    bad |= want != got;
+    for (uint32_t i = 0; i < m.n; i++) bad |= !sim_lru_contains(&l, m.k[i]);
+    bad |= l.size != m.n;
+  }
+  check(!bad, "random fills: the same hits and keys as the list model");
+  sim_lru_free(&l);
+}
+
 int main(void) {
+  random_fills(16, 24, 4000);
+  random_fills(64, 40, 4000);
+  random_fills(MODEL_CAP, 400, 1500);
   sim_lru l;
   if (sim_lru_init(&l, 4)) return 2;
   const uint64_t chain[4] = {11, 12, 13, 14};

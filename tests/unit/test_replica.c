@@ -689,6 +689,73 @@ static void test_add_cost(void **st) {
   spi_engine_free(e);
 }
 
+/* Every allocation filled with a byte no text holds, so a copy that
+ * missed a text's end would show it. */
+static void *poison_alloc(void *ud, size_t n) {
+  (void)ud;
+  void *p = malloc(n);
+  if (p) memset(p, 0xA5, n);
+  return p;
+}
+
+static void poison_free(void *ud, void *p) {
+  (void)ud;
+  free(p);
+}
+
+/* An entry's text as it was given: the same length and the NUL after it. */
+static void expect_text(const char *have, size_t have_len, const char *want) {
+  assert_int_equal(have_len, strlen(want));
+  assert_string_equal(have, want);
+}
+
+/* A removal or an update copies the other entries into a new set, their
+ * texts up to the NUL and no further (replica.c, idents_copy): each keeps
+ * its id, zone, type, node and models whole, whatever it is next to. */
+static void test_remove_keeps_texts(void **st) {
+  (void)st;
+  spi_hooks h;
+  memset(&h, 0, sizeof h);
+  h.struct_size = sizeof h;
+  h.alloc = poison_alloc;
+  h.free = poison_free;
+  spi_engine *e = NULL;
+  assert_int_equal(spi_engine_new(&e, &h), SPI_OK);
+  static const char *const ids[] = {"r0", "replica-one", "r2", "r-three-long-id"};
+  static const char *const zones[] = {"z", "us-central1-a", "", "europe-west4-b"};
+  static const char *const models[] = {"", "m1,m2", "llama-3.1-8b", "q"};
+  char node[4][32];
+  for (int i = 0; i < 4; i++) {
+    spi_replica_info ri = info(ids[i], i % 2 ? SPI_POOL_SPOT : SPI_POOL_ON_DEMAND);
+    ri.zone = zones[i], ri.zone_len = strlen(zones[i]);
+    ri.models = models[i], ri.models_len = strlen(models[i]);
+    snprintf(node[i], sizeof node[i], "node-%d%s", i, i == 3 ? "-with-more" : "");
+    ri.node = node[i], ri.node_len = i == 2 ? 0 : strlen(node[i]);
+    assert_int_equal(spi_replica_upsert(e, &ri), SPI_OK);
+  }
+  /* An update of one (a new set, every entry copied), then removals. */
+  spi_replica_info up = info(ids[2], SPI_POOL_ON_DEMAND);
+  up.zone = zones[2], up.zone_len = 0;
+  up.models = models[2], up.models_len = strlen(models[2]);
+  up.usd_per_hour = 3.0;
+  assert_int_equal(spi_replica_upsert(e, &up), SPI_OK);
+  assert_int_equal(spi_replica_remove(e, ids[1], strlen(ids[1])), SPI_OK);
+  assert_int_equal(spi_replica_remove(e, ids[0], strlen(ids[0])), SPI_OK);
+  const spi_replica_set *set = atomic_load(&e->registry.set);
+  assert_int_equal(set->n, 2);
+  for (size_t k = 0; k < set->n; k++) {
+    const spi_replica_ident *r = &set->r[k];
+    int i = (int)k + 2;
+    expect_text(r->id, r->id_len, ids[i]);
+    expect_text(r->zone, r->zone_len, zones[i]);
+    expect_text(r->instance_type, r->type_len, "g6e.xlarge");
+    expect_text(r->node, r->node_len, i == 2 ? ids[2] : node[i]);
+    expect_text(r->models, r->models_len, models[i]);
+    assert_ptr_equal(spi__registry_find(set, ids[i], strlen(ids[i])), r);
+  }
+  spi_engine_free(e);
+}
+
 typedef struct adder {
   spi_engine *e;
   char id[16];
@@ -948,6 +1015,7 @@ int main(void) {
       cmocka_unit_test(test_alloc_failure),
       cmocka_unit_test(test_add_cost),
       cmocka_unit_test(test_add_beside_pinned_reader),
+      cmocka_unit_test(test_remove_keeps_texts),
       cmocka_unit_test(test_concurrent),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
