@@ -939,22 +939,26 @@ static void named_mark(scan *sc, size_t nrep) {
 }
 
 /* The candidate index of arena entry ei: its position (full), or its rank
- * among the named positions (compact). */
-static int32_t index_of(const named_set *ns, const ev_arena *a, uint32_t ei) {
-  if (!ns) return (int32_t)a->pos[ei];
-  return ns->cidx[ei] == NOT_NAMED ? -1 : (int32_t)ns->cidx[ei];
+ * among the named positions (compact; -1 when not named). */
+static inline int32_t index_of(const named_set *ns, const ev_arena *a,
+                               uint32_t ei) {
+  return ns ? (int32_t)ns->cidx[ei] : (int32_t)a->pos[ei];
 }
 
-static void summary_out(const scan *sc, int k, const named_set *ns,
-                        spi_pool_summary *o) {
+/* Cell k's summary. Top is filled with -1 (all bits set) in a couple of
+ * stores and the entries in use written over it: not a test of each of
+ * the seven. */
+static inline void summary_out(const scan *sc, int k, const named_set *ns,
+                               spi_pool_summary *o) {
   const cell_acc *c = &sc->cell[k];
   const ev_arena *a = &sc->a;
+  uint32_t n = c->n_top;
   o->pool = k / 2 + SPI_POOL_SPOT;
   o->model_tier = k % 2 + SPI_TIER_SMALL;
   o->usable = c->usable;
-  o->n_top = c->n_top;
-  for (uint32_t j = 0; j < SPI_SUMMARY_TOP; j++)
-    o->top[j] = j < c->n_top ? index_of(ns, a, c->top[j].ei) : -1;
+  o->n_top = n;
+  memset(o->top, 0xff, sizeof o->top);
+  for (uint32_t j = 0; j < n; j++) o->top[j] = index_of(ns, a, c->top[j].ei);
   o->warm = c->warm != NO_EV ? index_of(ns, a, c->warm) : -1;
   o->least = c->least != NO_EV ? index_of(ns, a, c->least) : -1;
   o->rendezvous = c->rdv != NO_EV ? index_of(ns, a, c->rdv) : -1;
@@ -1176,7 +1180,7 @@ static size_t named_candidates(scan *sc, const spi_replica_set *set,
       uint32_t pos = (uint32_t)(w * 64 + (size_t)__builtin_ctzll(b));
       uint8_t ei = sc->byte_of[pos];
       ns->pos[n] = pos;
-      ns->cidx[ei] = (uint8_t)n;
+      ns->cidx[ei] = (int8_t)n;
       fill_candidate(&out[n], &set->r[pos], &sc->a.ev[ei]);
       n++;
     }
@@ -1186,8 +1190,13 @@ static size_t named_candidates(scan *sc, const spi_replica_set *set,
 
 size_t spi__pass_candidates(scan *sc, const spi_replica_set *set, size_t nrep,
                             spi_candidate *named, spi_pool_summary *summaries) {
-  size_t n = named ? named_candidates(sc, set, nrep, named) : nrep;
+  if (!named) {
+    for (int k = 0; k < SPI_SUMMARY_CELLS; k++)
+      summary_out(sc, k, NULL, &summaries[k]);
+    return nrep;
+  }
+  size_t n = named_candidates(sc, set, nrep, named);
   for (int k = 0; k < SPI_SUMMARY_CELLS; k++)
-    summary_out(sc, k, named ? &sc->named : NULL, &summaries[k]);
+    summary_out(sc, k, &sc->named, &summaries[k]);
   return n;
 }

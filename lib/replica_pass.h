@@ -199,10 +199,13 @@ _Static_assert(SPI_SUMMARY_CELLS * HINT_N <= 255, "a seed index fits a byte");
  * in a bitmap, so they come out sorted without a sort. */
 #define NOT_NAMED 0xffu
 _Static_assert(ARENA_CAP < NOT_NAMED, "arena indices fit a byte");
+/* cidx holds a candidate index as a signed byte, NOT_NAMED reading as -1:
+ * the summary's "none" without a test. */
+_Static_assert(ARENA_KEEP <= INT8_MAX, "candidate indices fit a signed byte");
 typedef struct named_set {
   uint32_t n;
   uint32_t pos[ARENA_KEEP];
-  uint8_t cidx[ARENA_CAP];
+  int8_t cidx[ARENA_CAP];
   uint64_t bits[SPI_REPLICA_SLOTS / 64];
 } named_set;
 
