@@ -511,10 +511,9 @@ static inline double indexed_t(const route_env *x, const pix_hot *h) {
  * if the replica gets in somewhere. (What it enters does not depend on the
  * order the three are tested in: each summary keeps its own.) */
 static inline __attribute__((always_inline)) void
-offer_body(const route_env *x, const spi_pool_index *p, scan *sc, uint32_t pos,
-           double t) {
+offer_in(const route_env *x, const spi_pool_index *p, scan *sc, cell_acc *c,
+         uint32_t pos, double t) {
   const pix_hot *h = &p->hot[pos];
-  cell_acc *c = &sc->cell[h->cell];
   uint64_t w = spi__rdv_weight(h->id_hash, x->rkey);
   int top = top_enters(c, t, pos), least = least_enters(c, h->rel, h->srv, pos);
   int rdv = !h->busy && rdv_enters(c, w, pos);
@@ -535,6 +534,13 @@ offer_body(const route_env *x, const spi_pool_index *p, scan *sc, uint32_t pos,
     c->rdv_w = w;
     c->rdv_pos = pos;
   }
+}
+
+/* offer_in, into the replica's own cell. */
+static inline __attribute__((always_inline)) void
+offer_body(const route_env *x, const spi_pool_index *p, scan *sc, uint32_t pos,
+           double t) {
+  offer_in(x, p, sc, &sc->cell[p->hot[pos].cell], pos, t);
 }
 
 /* Offer the regular replica at pos to its cell's summaries, once: what it
@@ -733,10 +739,11 @@ static void indexed_top(const route_env *x, spi_pool_index *p, scan *sc,
  * offered here only, so without the offered bits the ranked cells keep. */
 static __attribute__((noinline)) void
 indexed_all(const route_env *x, const spi_pool_index *p, scan *sc, int k) {
+  cell_acc *c = &sc->cell[k]; /* the cell of every replica in creg[k] */
   for (size_t w = 0; w < (p->n + 63) / 64; w++)
     for (uint64_t m = p->creg[k][w]; m; m &= m - 1) {
       uint32_t pos = (uint32_t)(w * 64 + (size_t)__builtin_ctzll(m));
-      offer_body(x, p, sc, pos, indexed_t(x, &p->hot[pos]));
+      offer_in(x, p, sc, c, pos, indexed_t(x, &p->hot[pos]));
     }
 }
 
