@@ -176,9 +176,12 @@ static uint32_t arena_put(scan *sc, uint32_t pos, const replica_eval *ev) {
 }
 
 /* Ranking by TTFT, ties to the lower position. Bitwise, not short-circuit:
- * the outcome is data, and a branch on it would be mispredicted often. */
+ * the outcome is data, and a branch on it would be mispredicted often.
+ * Where ta < tb fails, ta <= tb holds exactly when ta == tb (for a NaN on
+ * either side both fail), so "<=" tests the tie: on x86 one compare and
+ * one flag, where "==" needs the parity flag as well. */
 static inline int ttft_before(double ta, uint32_t pa, double tb, uint32_t pb) {
-  return (ta < tb) | ((ta == tb) & (pa < pb));
+  return (ta < tb) | ((ta <= tb) & (pa < pb));
 }
 
 /* Whether a replica enters each summary now. Bitwise, like ttft_before.

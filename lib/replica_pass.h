@@ -81,7 +81,10 @@ static inline double served_ratio(const spi_replica_ident *r, double served) {
  * lower position. */
 static inline int least_before(double rel, double srv, uint32_t pos, double brel,
                                double bsrv, uint32_t bpos) {
-  return (rel < brel) | ((rel == brel) & ((srv < bsrv) | ((srv == bsrv) & (pos < bpos))));
+  /* "<=" after "<" fails is "==" (ttft_before in replica_pass.c), in
+   * fewer instructions. */
+  return (rel < brel) |
+         ((rel <= brel) & ((srv < bsrv) | ((srv <= bsrv) & (pos < bpos))));
 }
 static inline int is_busy(const spi_replica_ident *r, double running,
                           double waiting, uint32_t inflight) {
