@@ -90,7 +90,8 @@ static inline void eval_replica(const route_env *x, const spi_replica_ident *r,
   eval_of(x, r, &rd, matched, ok, probe, o);
 }
 
-static void fill_candidate(spi_candidate *c, const spi_replica_ident *r,
+static inline __attribute__((always_inline)) void
+fill_candidate(spi_candidate *c, const spi_replica_ident *r,
                            const replica_eval *ev) {
   c->id = r->id;
   c->id_len = r->id_len;
@@ -750,6 +751,53 @@ indexed_all(const route_env *x, const spi_pool_index *p, scan *sc, int k) {
     }
 }
 
+/* Every cell named whole (none ranked): each regular replica offered to
+ * its own cell, in position order across the cells. Each cell meets its
+ * replicas in the order indexed_all gives it (ascending positions), so
+ * the summaries are the same; the arena then lies in position order, as
+ * the candidates do, and they can be taken from it as they lie
+ * (named_in_order). */
+static __attribute__((noinline)) void
+indexed_all_cells(const route_env *x, const spi_pool_index *p, scan *sc) {
+  for (size_t w = 0; w < (p->n + 63) / 64; w++) {
+    uint64_t m = 0;
+    for (int k = 0; k < SPI_SUMMARY_CELLS; k++) m |= p->creg[k][w];
+    for (; m; m &= m - 1) {
+      uint32_t pos = (uint32_t)(w * 64 + (size_t)__builtin_ctzll(m));
+      offer_body(x, p, sc, pos, indexed_t(x, &p->hot[pos]));
+    }
+  }
+}
+
+/* The cells of the pass through the index once some are ranked (more
+ * usable replicas than a summary holds): those named whole offer every
+ * replica (indexed_all), the ranked ones their seeds, least loaded,
+ * rendezvous winner and best TTFTs. Out of line from scan_indexed, so
+ * the route over a small fleet (indexed_all_cells) keeps its own
+ * registers. */
+static __attribute__((noinline)) void
+indexed_ranked(const route_env *x, spi_pool_index *p,
+               const spi_replica_set *set, scan *sc, unsigned ranked) {
+  /* The prefix's rendezvous order, for the cells ranked below; without
+   * one, each ranked cell's winner, weighed in one pass. */
+  const pix_rdv *o = spi__pix_rdv(p, x, set);
+  uint32_t win[SPI_SUMMARY_CELLS];
+  if (!o) spi__pix_free_best(p, ranked, x->rkey, win);
+  p->tdone = 0;
+  for (int k = 0; k < SPI_SUMMARY_CELLS; k++) {
+    if (!p->usable[k]) continue;
+    if (p->usable[k] <= SPI_SUMMARY_TOP) {
+      indexed_all(x, p, sc, k);
+      continue;
+    }
+    cell_cap(&sc->cell[k], PASS_TOP); /* ranks only what it will name */
+    indexed_seed(x, p, sc, k);
+    indexed_least(x, p, sc, k);
+    indexed_rdv(x, p, set, sc, k, o, win);
+    indexed_top(x, p, sc, k);
+  }
+}
+
 /*
  * How long a route waits for the pool index while another route has it, in
  * turns of a spin-wait: about what reading every slot instead would cost
@@ -802,27 +850,13 @@ scan_indexed(const route_env *x, const spi_replica_set *set, size_t nrep,
     for (uint64_t b = p->exc[w]; b; b &= b - 1)
       indexed_exception(x, set, (uint32_t)(w * 64 + (size_t)__builtin_ctzll(b)),
                         sc, sums);
-  /* The prefix's rendezvous order, for the cells ranked below; without
-   * one, each ranked cell's winner, weighed in one pass. */
-  unsigned ranked = 0;
+  unsigned ranked = 0; /* the cells with more usable than a top holds */
   for (int k = 0; k < SPI_SUMMARY_CELLS; k++)
     ranked |= (unsigned)(p->usable[k] > SPI_SUMMARY_TOP) << k;
-  const pix_rdv *o = ranked ? spi__pix_rdv(p, x, set) : NULL;
-  uint32_t win[SPI_SUMMARY_CELLS];
-  if (ranked && !o) spi__pix_free_best(p, ranked, x->rkey, win);
-  p->tdone = 0;
-  for (int k = 0; k < SPI_SUMMARY_CELLS; k++) {
-    if (!p->usable[k]) continue;
-    if (p->usable[k] <= SPI_SUMMARY_TOP) {
-      indexed_all(x, p, sc, k);
-      continue;
-    }
-    cell_cap(&sc->cell[k], PASS_TOP); /* ranks only what it will name */
-    indexed_seed(x, p, sc, k);
-    indexed_least(x, p, sc, k);
-    indexed_rdv(x, p, set, sc, k, o, win);
-    indexed_top(x, p, sc, k);
-  }
+  if (ranked)
+    indexed_ranked(x, p, set, sc, ranked);
+  else
+    indexed_all_cells(x, p, sc);
   spi__pix_release(p);
   hint_store(x->e, sc);
   return 1;
@@ -1176,10 +1210,35 @@ uint32_t spi__pass_prefix(scan *sc, route_env *x, const spi_replica_set *set,
   return matched;
 }
 
+/* Whether every arena entry is in a cell's top, and the arena lies in
+ * ascending positions: then the named replicas are the arena's, in the
+ * candidates' order. Each top's entries are distinct, and no entry is in
+ * two cells, so as many top entries as arena entries are all of them;
+ * warm, least and rendezvous then name entries of a top. */
+static int named_in_order(const scan *sc) {
+  uint32_t tops = 0;
+  for (int k = 0; k < SPI_SUMMARY_CELLS; k++) tops += sc->cell[k].n_top;
+  if (tops != sc->a.n) return 0;
+  for (uint32_t i = 1; i < sc->a.n; i++)
+    if (sc->a.pos[i] <= sc->a.pos[i - 1]) return 0;
+  return 1;
+}
+
 /* The candidates a summaries-only policy reads: those the summaries name. */
 static size_t named_candidates(scan *sc, const spi_replica_set *set,
                                size_t nrep, spi_candidate *out) {
   named_set *ns = &sc->named;
+  if (named_in_order(sc)) { /* each entry is its own candidate */
+    uint32_t n = sc->a.n;
+    for (uint32_t ei = 0; ei < n; ei++) {
+      uint32_t pos = sc->a.pos[ei];
+      ns->pos[ei] = pos;
+      ns->cidx[ei] = (int8_t)ei;
+      fill_candidate(&out[ei], &set->r[pos], &sc->a.ev[ei]);
+    }
+    ns->n = n;
+    return n;
+  }
   memset(ns->cidx, NOT_NAMED, sizeof ns->cidx);
   named_mark(sc, nrep);
   /* Positions ascend out of the bitmap: each named one's entry is its
