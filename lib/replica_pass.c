@@ -61,7 +61,7 @@ static inline void eval_of(const route_env *x, const spi_replica_ident *r,
   o->running = rd->run;
   o->waiting = rd->wait;
   o->kv_usage = rd->kv;
-  o->fresh = (uint8_t)rd->fresh;
+  o->fresh = rd->fresh;
   o->inflight = rd->inflight;
   o->matched = matched;
   o->match_flags = 0;
@@ -75,7 +75,8 @@ static inline void eval_of(const route_env *x, const spi_replica_ident *r,
   o->rdv = spi__rdv_weight(r->id_hash, x->rkey);
   o->busy = (uint8_t)busy_of(r, rd);
   o->usable = (uint8_t)usable;
-  o->probe = (uint8_t)(usable && probe);
+  o->probe = usable && probe;
+  o->eligible = usable && !probe;
 }
 
 /* Evaluate one replica: load, eligibility (all but shedding), TTFT
@@ -97,13 +98,11 @@ fill_candidate(spi_candidate *c, const spi_replica_ident *r,
   c->id_len = r->id_len;
   c->pool = r->pool;
   c->model_tier = r->model_tier;
-  c->eligible = (ev->usable != 0) & !ev->probe;
-  c->probe = ev->probe;
-  c->fresh = ev->fresh;
-  c->advised = ev->advised;
   /* The evaluation's fields as they lie (replica_eval), around the two
    * that come from the identity. */
-  memcpy(&c->running, &ev->running, SPI_EV_AT(inflight) + sizeof ev->inflight);
+  memcpy(&c->eligible, &ev->eligible,
+         offsetof(replica_eval, inflight) + sizeof ev->inflight -
+             offsetof(replica_eval, eligible));
   c->max_inflight = r->max_inflight;
   memcpy(&c->matched_blocks, &ev->matched, SPI_EV_AT(hole_usd) - SPI_EV_AT(matched));
   c->usd_per_hour = r->usd_per_hour;
@@ -486,6 +485,8 @@ static void indexed_eval(const spi_pool_index *p, uint32_t pos, double t,
   o->running = c->running;
   o->waiting = c->waiting;
   o->kv_usage = c->kv;
+  o->eligible = 1;
+  o->probe = 0;
   o->fresh = 1;
   o->inflight = c->inflight;
   o->matched = 0;
@@ -500,7 +501,6 @@ static void indexed_eval(const spi_pool_index *p, uint32_t pos, double t,
   o->rdv = rdv;
   o->busy = h->busy;
   o->usable = 1;
-  o->probe = 0;
 }
 
 /* The TTFT of the regular replica h for this request: the TTFT model's
@@ -1114,10 +1114,11 @@ static void eval_from_candidate(const route_env *x, const spi_replica_ident *r,
   o->match_flags = 0;
   o->active = 1;
   o->usable = (uint8_t)(c->eligible || c->probe);
-  o->probe = (uint8_t)c->probe;
+  o->probe = c->probe;
+  o->eligible = o->usable && !o->probe; /* what fill_candidate made of it */
   o->busy = (uint8_t)is_busy(r, c->running, c->waiting, c->inflight);
-  o->fresh = (uint8_t)c->fresh;
-  o->advised = (uint8_t)c->advised;
+  o->fresh = c->fresh;
+  o->advised = c->advised;
   o->wait_ms = c->est_wait_ms;
   o->served = c->served_tokens;
   o->rate = c->prefill_tokens_per_s;

@@ -29,13 +29,16 @@ typedef struct route_env {
                                NULL when it excludes none */
 } route_env;
 
-/* One replica as this request sees it. From running to rate the fields
- * are spi_candidate's from running to prefill_tokens_per_s, at the same
+/* One replica as this request sees it. From eligible to rate the fields
+ * are spi_candidate's from eligible to prefill_tokens_per_s, at the same
  * offsets from running, so a candidate takes them in three copies
  * (fill_candidate); the two holes are the candidate's fields that come
  * from the replica's identity (max_inflight, usd_per_hour), never read
  * here. */
 typedef struct replica_eval {
+  /* As the candidate has them: eligible (usable, not as the probe), the
+   * half-open breaker's probe, a fresh load, rebalance advice. */
+  int32_t eligible, probe, fresh, advised;
   double running, waiting, kv_usage; /* stale reads as saturated */
   uint32_t inflight;
   uint32_t hole_max_inflight; /* spi_candidate.max_inflight's place */
@@ -46,11 +49,24 @@ typedef struct replica_eval {
   double hole_usd;          /* spi_candidate.usd_per_hour's place */
   double wait_ms, served, rate; /* the TTFT model's parts */
   double ms_tok;            /* ... (prefill_model.h) */
-  uint8_t active, usable, probe, busy, fresh, advised;
+  uint8_t active, usable, busy; /* usable: eligible or the probe */
 } replica_eval;
 
 #define SPI_EV_AT(f) (offsetof(replica_eval, f) - offsetof(replica_eval, running))
 #define SPI_CAND_AT(f) (offsetof(spi_candidate, f) - offsetof(spi_candidate, running))
+_Static_assert(offsetof(replica_eval, running) - offsetof(replica_eval, eligible) ==
+                       offsetof(spi_candidate, running) -
+                           offsetof(spi_candidate, eligible) &&
+                   offsetof(replica_eval, probe) - offsetof(replica_eval, eligible) ==
+                       offsetof(spi_candidate, probe) -
+                           offsetof(spi_candidate, eligible) &&
+                   offsetof(replica_eval, fresh) - offsetof(replica_eval, eligible) ==
+                       offsetof(spi_candidate, fresh) -
+                           offsetof(spi_candidate, eligible) &&
+                   offsetof(replica_eval, advised) - offsetof(replica_eval, eligible) ==
+                       offsetof(spi_candidate, advised) -
+                           offsetof(spi_candidate, eligible),
+               "an evaluation's flags lie as a candidate's do (fill_candidate)");
 _Static_assert(SPI_EV_AT(inflight) == SPI_CAND_AT(inflight) &&
                    SPI_EV_AT(matched) == SPI_CAND_AT(matched_blocks) &&
                    SPI_EV_AT(match_flags) == SPI_CAND_AT(match_flags) &&
