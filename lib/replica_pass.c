@@ -1211,17 +1211,32 @@ uint32_t spi__pass_prefix(scan *sc, route_env *x, const spi_replica_set *set,
   return matched;
 }
 
-/* Whether every arena entry is in a cell's top, and the arena lies in
- * ascending positions: then the named replicas are the arena's, in the
- * candidates' order. Each top's entries are distinct, and no entry is in
- * two cells, so as many top entries as arena entries are all of them;
- * warm, least and rendezvous then name entries of a top. */
-static int named_in_order(const scan *sc) {
+/* Whether every arena entry is in a cell's top. Each top's entries are
+ * distinct, and no entry is in two cells, so as many top entries as arena
+ * entries are all of them; warm, least and rendezvous then name entries
+ * of a top. */
+static int all_in_tops(const scan *sc) {
   uint32_t tops = 0;
   for (int k = 0; k < SPI_SUMMARY_CELLS; k++) tops += sc->cell[k].n_top;
-  if (tops != sc->a.n) return 0;
-  for (uint32_t i = 1; i < sc->a.n; i++)
-    if (sc->a.pos[i] <= sc->a.pos[i - 1]) return 0;
+  return tops == sc->a.n;
+}
+
+/* When every arena entry is named (all_in_tops) and the arena lies in
+ * ascending positions (indexed_all_cells), each entry is its own
+ * candidate, in the candidates' order: made so here, and 1. 0, with out
+ * partly written, when the positions do not ascend. */
+static int named_in_order(scan *sc, const spi_replica_set *set,
+                          spi_candidate *out) {
+  named_set *ns = &sc->named;
+  uint32_t n = sc->a.n;
+  for (uint32_t ei = 0; ei < n; ei++) {
+    uint32_t pos = sc->a.pos[ei];
+    if (ei && pos <= ns->pos[ei - 1]) return 0;
+    ns->pos[ei] = pos;
+    ns->cidx[ei] = (int8_t)ei;
+    fill_candidate(&out[ei], &set->r[pos], &sc->a.ev[ei]);
+  }
+  ns->n = n;
   return 1;
 }
 
@@ -1229,17 +1244,7 @@ static int named_in_order(const scan *sc) {
 static size_t named_candidates(scan *sc, const spi_replica_set *set,
                                size_t nrep, spi_candidate *out) {
   named_set *ns = &sc->named;
-  if (named_in_order(sc)) { /* each entry is its own candidate */
-    uint32_t n = sc->a.n;
-    for (uint32_t ei = 0; ei < n; ei++) {
-      uint32_t pos = sc->a.pos[ei];
-      ns->pos[ei] = pos;
-      ns->cidx[ei] = (int8_t)ei;
-      fill_candidate(&out[ei], &set->r[pos], &sc->a.ev[ei]);
-    }
-    ns->n = n;
-    return n;
-  }
+  if (all_in_tops(sc) && named_in_order(sc, set, out)) return ns->n;
   memset(ns->cidx, NOT_NAMED, sizeof ns->cidx);
   named_mark(sc, nrep);
   /* Positions ascend out of the bitmap: each named one's entry is its
