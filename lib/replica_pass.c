@@ -476,31 +476,14 @@ static void indexed_exception(const route_env *x, const spi_replica_set *set,
 }
 
 /* A regular replica's evaluation from the index, as eval_of makes it from
- * its slot: t was computed with the TTFT model's operations, rdv is its
+ * its slot: the index's copy (ev_at, made with its entry) with this
+ * request's t, computed with the TTFT model's operations, and rdv, its
  * rendezvous weight (spi__rdv_weight of its id_hash). */
-static void indexed_eval(const spi_pool_index *p, uint32_t pos, double t,
-                         uint64_t rdv, replica_eval *o) {
-  const pix_hot *h = &p->hot[pos];
-  const pix_cold *c = &p->cold[pos];
-  o->running = c->running;
-  o->waiting = c->waiting;
-  o->kv_usage = c->kv;
-  o->eligible = 1;
-  o->probe = 0;
-  o->fresh = 1;
-  o->inflight = c->inflight;
-  o->matched = 0;
-  o->match_flags = 0;
-  o->active = 1;
-  o->advised = 0;
-  o->rate = c->rate;
-  o->ms_tok = h->ms_tok;
-  o->served = (double)c->served;
-  o->wait_ms = h->wait_ms;
+static inline void indexed_eval(const spi_pool_index *p, uint32_t pos, double t,
+                                uint64_t rdv, replica_eval *o) {
+  *o = p->ev_at[pos];
   o->t = t;
   o->rdv = rdv;
-  o->busy = h->busy;
-  o->usable = 1;
 }
 
 /* The TTFT of the regular replica h for this request: the TTFT model's
