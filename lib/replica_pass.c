@@ -827,7 +827,10 @@ scan_indexed(const route_env *x, const spi_replica_set *set, size_t nrep,
     sums->streams[q] += p->streams[q];
   }
   size_t words = (nrep + 63) / 64;
-  memcpy(sc->counted, p->reg, words * sizeof sc->counted[0]);
+  if (words == 1) /* as bits_clear: one word, not a call */
+    sc->counted[0] = p->reg[0];
+  else
+    memcpy(sc->counted, p->reg, words * sizeof sc->counted[0]);
   bits_clear(sc->offered, words);
   for (size_t w = 0; w < words; w++)
     for (uint64_t b = p->exc[w]; b; b &= b - 1)
