@@ -1214,10 +1214,12 @@ static int all_in_tops(const scan *sc) {
 static int named_in_order(scan *sc, const spi_replica_set *set,
                           spi_candidate *out) {
   named_set *ns = &sc->named;
-  uint32_t n = sc->a.n;
+  uint32_t n = sc->a.n, prev = 0; /* in a local: the fills' stores could
+                                      otherwise be taken to change it */
   for (uint32_t ei = 0; ei < n; ei++) {
     uint32_t pos = sc->a.pos[ei];
-    if (ei && pos <= ns->pos[ei - 1]) return 0;
+    if (ei && pos <= prev) return 0;
+    prev = pos;
     ns->pos[ei] = pos;
     ns->cidx[ei] = (int8_t)ei;
     fill_candidate(&out[ei], &set->r[pos], &sc->a.ev[ei]);
