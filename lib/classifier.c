@@ -53,6 +53,9 @@ typedef struct rule {
   uint32_t tier_mask; /* bit per enum spi_service_tier; 0 = don't care */
   uint32_t tenant_first, tenant_count; /* into inst->tenant_tiers */
   uint32_t meta_first, meta_count;     /* into inst->meta_keys */
+  /* The yes/no tests above as what a request's facts (facts_of) must be
+   * where need_mask is set: need_want (rule_needs). */
+  uint32_t need_mask, need_want;
 } rule;
 
 typedef struct plan {
@@ -322,6 +325,45 @@ static int parse_when(const cJSON *w, const char *shown, rule *r,
   return SPI_OK;
 }
 
+/* A request's yes/no facts that rules test, a bit each (facts_of). */
+enum {
+  FACT_STREAM = 1u << 0,
+  FACT_REPLAY_SET = 1u << 1,
+  FACT_REPLAY = 1u << 2,
+  FACT_SLA = 1u << 3,
+  FACT_TOOLS = 1u << 4,
+  FACT_PRIO = 1u << 5,
+  FACT_EOT = 1u << 6,
+  FACT_NEVER = 1u << 7 /* in need_want only: a rule no request matches */
+};
+
+/* Require fact bit b to be yes (want 1) or no (want 0); asking both makes
+ * the rule one no request matches. */
+static void need(rule *r, uint32_t b, int want) {
+  uint32_t w = want ? b : 0;
+  if ((r->need_mask & b) && (r->need_want & b) != w) r->need_want |= FACT_NEVER;
+  r->need_mask |= b;
+  r->need_want = (r->need_want & ~b) | w;
+}
+
+/* The facts rule_matches tests of a request, as one mask and value, so
+ * the rules a request's facts rule out cost one compare each
+ * (ref_classify). Only what rule_matches would refuse anyway is ruled out:
+ * a rule that passes is still tested in full. */
+static void rule_needs(rule *r) {
+  r->need_mask = r->need_want = 0;
+  if (r->stream != ANY) need(r, FACT_STREAM, r->stream);
+  if (r->replayable_is != ANY) {
+    need(r, FACT_REPLAY_SET, 1);
+    need(r, FACT_REPLAY, r->replayable_is);
+  }
+  if (r->has_sla != ANY) need(r, FACT_SLA, r->has_sla);
+  if (r->has_tools != ANY) need(r, FACT_TOOLS, r->has_tools);
+  if (r->have_sla_max || r->have_sla_min) need(r, FACT_SLA, 1);
+  if (r->have_prio_min || r->have_prio_max) need(r, FACT_PRIO, 1);
+  if (r->have_eot_min || r->have_eot_max) need(r, FACT_EOT, 1);
+}
+
 static int parse_rule(const cJSON *o, int idx, rule *r, parse_ctx *c) {
   char shown[64];
   snprintf(shown, sizeof shown, "classifier.rules[%d]", idx);
@@ -363,6 +405,7 @@ static int parse_rule(const cJSON *o, int idx, rule *r, parse_ctx *c) {
     snprintf(ws, sizeof ws, "%s.when", shown);
     if ((rc = parse_when(w, ws, r, c))) return rc;
   }
+  rule_needs(r);
   return SPI_OK;
 }
 
@@ -627,6 +670,23 @@ static int rule_matches(const instance *in, const rule *r,
   return 1;
 }
 
+/* The facts of v that rule_needs describes. */
+static uint32_t facts_of(const spi_request_view *v) {
+  return (v->stream != 0 ? FACT_STREAM : 0) |
+         (v->replayable_set ? FACT_REPLAY_SET : 0) |
+         (v->replayable != 0 ? FACT_REPLAY : 0) |
+         (v->sla_ms_set ? FACT_SLA : 0) | (v->has_tools ? FACT_TOOLS : 0) |
+         (v->priority_set ? FACT_PRIO : 0) |
+         (v->expected_output_tokens_set ? FACT_EOT : 0);
+}
+
+/* Whether v's facts and service tier leave rule r possible: when not,
+ * rule_matches refuses it too. */
+static int rule_possible(const rule *r, uint32_t facts, uint32_t tier_bit) {
+  return (facts & r->need_mask) == r->need_want &&
+         (!r->tier_mask || (r->tier_mask & tier_bit));
+}
+
 #define SCAN_MAX 8192 /* classifier.cascade.scan_bytes max: a stack buffer */
 
 /*
@@ -671,8 +731,13 @@ static int ref_classify(void *state, void *inst, const spi_request_view *v,
   } else {
     meta_pairs mp; /* split when a rule first tests metadata */
     mp.ready = 0;
+    uint32_t facts = facts_of(v);
+    uint32_t tier_bit = v->service_tier > 0 && v->service_tier < 32
+                            ? 1u << v->service_tier
+                            : 0;
     for (size_t i = 0; i < in->nrules && !hit; i++) {
-      if (rule_matches(in, &in->rules[i], v, &mp)) {
+      if (rule_possible(&in->rules[i], facts, tier_bit) &&
+          rule_matches(in, &in->rules[i], v, &mp)) {
         hit = &in->rules[i];
         out->rule_index = (int32_t)i;
       }

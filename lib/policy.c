@@ -202,7 +202,9 @@ static void fold(const spi_route_context *x, const spi_pool_summary *s,
      * below would copy s as it is, and every comparison take s's entry. */
     m->any = 1;
     m->usable = s->usable;
-    for (uint32_t k = 0; k < ns; k++) m->top[k] = s->top[k];
+    /* All SPI_SUMMARY_TOP entries in a fixed-size copy (those past ns
+     * are never read): cheaper than a loop of ns. */
+    memcpy(m->top, s->top, sizeof s->top);
     m->n_top = ns;
     m->warm = s->warm >= 0 ? s->warm : -1;
     m->least = s->least >= 0 ? s->least : -1;
@@ -546,22 +548,30 @@ static int tie_before(const spi_route_context *x, int64_t a, int64_t b) {
   return a < b;
 }
 
-/* The one of the named usable candidates (named[k] >= 0) that holds more
- * of the prompt than every other: the request's conversation lives there.
- * -1 when none holds any, or two hold it as deep: then the request is new
- * work to each (excess_tokens). */
-static int64_t sole_deepest(const spi_route_context *x, const int32_t *named,
-                            uint32_t n) {
-  int64_t best = -1;
-  uint32_t deep = 0;
-  for (uint32_t k = 0; k < n; k++) {
-    int64_t i = named[k];
-    if (i < 0 || i == best) continue;
-    uint32_t mb = x->candidates[i].matched_blocks;
-    if (mb > deep) best = i, deep = mb;
-    else if (mb == deep && deep > 0) best = -2; /* a second as deep */
-  }
-  return best >= 0 ? best : -1;
+/* The servable candidates the summary names, each once, as cheapest
+ * reads them (at most 2 * SPI_SUMMARY_TOP + 3). A replica named twice (the
+ * warm one is usually in the top too) would only be costed twice to the
+ * same bits: the lowest cost and the tie order do not depend on repeats
+ * nor on the order of the list. Gathered with them, in the same order as
+ * separate loops over the list would meet them: the least own_ms (the
+ * prefill part of the TTFT) and the holder, the one that holds more of the
+ * prompt than every other (-1 when none holds any, or two hold it as
+ * deep: then the request is new work to each, excess_tokens). */
+typedef struct named_list {
+  uint32_t n;
+  int32_t i[2 * SPI_SUMMARY_TOP + 3];
+  double own_min;
+  int64_t holder;  /* -2 while a second as deep has been met */
+  uint32_t deep;
+} named_list;
+
+static void name_one(const spi_route_context *x, named_list *l, int32_t i) {
+  const spi_candidate *c = &x->candidates[i];
+  l->i[l->n++] = i;
+  if (own_ms(c) < l->own_min) l->own_min = own_ms(c);
+  uint32_t mb = c->matched_blocks;
+  if (mb > l->deep) l->holder = i, l->deep = mb;
+  else if (mb == l->deep && l->deep > 0) l->holder = -2; /* a second as deep */
 }
 
 /* Whether i is among the first n of named. */
@@ -571,23 +581,22 @@ static int listed_in(const int32_t *named, uint32_t n, int32_t i) {
   return 0;
 }
 
-/* The servable candidates the summary names, each once, into named (at
- * most 2 * SPI_SUMMARY_TOP + 3); how many. A replica named twice (the warm
- * one is usually in the top too) would only be costed twice to the same
- * bits: the lowest cost and the tie order do not depend on repeats nor on
- * the order of the list. */
-static uint32_t distinct_servable(const spi_route_context *x,
-                                  const summary *m, int32_t *named) {
+static void named_servable(const spi_route_context *x, const summary *m,
+                           named_list *l) {
   int64_t more[3] = {m->warm, m->least, m->rdv};
-  uint32_t n = 0;
+  l->n = 0;
+  l->own_min = HUGE_VAL;
+  l->holder = -1;
+  l->deep = 0;
+  /* The top's entries are distinct: only the three more are looked up. */
   for (uint32_t k = 0; k < m->n_top; k++)
-    if (servable(&x->candidates[m->top[k]])) named[n++] = m->top[k];
+    if (servable(&x->candidates[m->top[k]])) name_one(x, l, m->top[k]);
   for (int k = 0; k < 3; k++) {
     int32_t i = (int32_t)more[k];
-    if (i >= 0 && servable(&x->candidates[i]) && !listed_in(named, n, i))
-      named[n++] = i;
+    if (i >= 0 && servable(&x->candidates[i]) && !listed_in(l->i, l->n, i))
+      name_one(x, l, i);
   }
-  return n;
+  if (l->holder < 0) l->holder = -1;
 }
 
 /* Whether c's batch is full: its later requests wait for a decode to end,
@@ -640,15 +649,13 @@ static void alternatives_wait(const spi_route_context *x, const int32_t *named,
  * unless their rates or batches differ). -1 when none is usable. */
 static int64_t cheapest(const terms *t, const spi_route_context *x,
                         const summary *m, double w) {
-  int32_t named[2 * SPI_SUMMARY_TOP + 3];
+  named_list l;
   double cost[2 * SPI_SUMMARY_TOP + 3];
-  uint32_t n = distinct_servable(x, m, named);
-  double low = HUGE_VAL, own_min = HUGE_VAL;
-  for (uint32_t k = 0; k < n; k++) {
-    const spi_candidate *c = &x->candidates[named[k]];
-    if (own_ms(c) < own_min) own_min = own_ms(c);
-  }
-  int64_t holder = sole_deepest(x, named, n);
+  named_servable(x, m, &l);
+  const int32_t *named = l.i;
+  uint32_t n = l.n;
+  double low = HUGE_VAL, own_min = l.own_min;
+  int64_t holder = l.holder;
   pool_waits pw;
   alternatives_wait(x, named, n, holder, m, &pw);
   for (uint32_t k = 0; k < n; k++) {
@@ -795,15 +802,18 @@ static pick choose_in_pool(const pinst *p, const spi_route_context *x,
 static void add_fallbacks(const spi_route_context *x, const summary *m,
                           spi_policy_choice *out, uint32_t limit,
                           int stale_ok) {
-  for (uint32_t k = 0; k < m->n_top && out->n_order < limit; k++) {
+  /* The count in a local: every store to order[] could otherwise be
+   * taken to change n_order, and it would be read again. */
+  uint32_t n = out->n_order;
+  for (uint32_t k = 0; k < m->n_top && n < limit; k++) {
     uint32_t i = (uint32_t)m->top[k];
     if (!x->candidates[i].eligible || !(x->candidates[i].fresh || stale_ok))
       continue;
-    int listed = 0;
-    for (uint32_t j = 0; j < out->n_order && !listed; j++)
-      listed = out->order[j] == i;
-    if (!listed) out->order[out->n_order++] = i;
+    uint32_t j = 0;
+    while (j < n && out->order[j] != i) j++;
+    if (j == n) out->order[n++] = i;
   }
+  out->n_order = n;
 }
 
 /* Whether the summary names a replica the policy may serve on. */

@@ -161,6 +161,10 @@ typedef struct spi_pool_index {
   /* hot's rel and srv again, position after position (written where the
    * position is regular), for finding a block's least loaded again. */
   double t_rel[SPI_REPLICA_SLOTS], t_srv[SPI_REPLICA_SLOTS];
+  /* A regular position's evaluation as a route takes it into its arena
+   * (written with its entry, entry_eval): all of it but the TTFT and the
+   * rendezvous weight, which are the request's. */
+  replica_eval ev_at[SPI_REPLICA_SLOTS];
   /* Every position's id hash and cell (of the set described, whatever its
    * state), in a row: the rendezvous order weighs them all. Positions from
    * n up to the next multiple of 8 hold 0 and -1 (no cell), so a loop may

@@ -61,7 +61,7 @@ static inline void eval_of(const route_env *x, const spi_replica_ident *r,
   o->running = rd->run;
   o->waiting = rd->wait;
   o->kv_usage = rd->kv;
-  o->fresh = (uint8_t)rd->fresh;
+  o->fresh = rd->fresh;
   o->inflight = rd->inflight;
   o->matched = matched;
   o->match_flags = 0;
@@ -75,7 +75,8 @@ static inline void eval_of(const route_env *x, const spi_replica_ident *r,
   o->rdv = spi__rdv_weight(r->id_hash, x->rkey);
   o->busy = (uint8_t)busy_of(r, rd);
   o->usable = (uint8_t)usable;
-  o->probe = (uint8_t)(usable && probe);
+  o->probe = usable && probe;
+  o->eligible = usable && !probe;
 }
 
 /* Evaluate one replica: load, eligibility (all but shedding), TTFT
@@ -90,19 +91,18 @@ static inline void eval_replica(const route_env *x, const spi_replica_ident *r,
   eval_of(x, r, &rd, matched, ok, probe, o);
 }
 
-static void fill_candidate(spi_candidate *c, const spi_replica_ident *r,
+static inline __attribute__((always_inline)) void
+fill_candidate(spi_candidate *c, const spi_replica_ident *r,
                            const replica_eval *ev) {
   c->id = r->id;
   c->id_len = r->id_len;
   c->pool = r->pool;
   c->model_tier = r->model_tier;
-  c->eligible = (ev->usable != 0) & !ev->probe;
-  c->probe = ev->probe;
-  c->fresh = ev->fresh;
-  c->advised = ev->advised;
   /* The evaluation's fields as they lie (replica_eval), around the two
    * that come from the identity. */
-  memcpy(&c->running, &ev->running, SPI_EV_AT(inflight) + sizeof ev->inflight);
+  memcpy(&c->eligible, &ev->eligible,
+         offsetof(replica_eval, inflight) + sizeof ev->inflight -
+             offsetof(replica_eval, eligible));
   c->max_inflight = r->max_inflight;
   memcpy(&c->matched_blocks, &ev->matched, SPI_EV_AT(hole_usd) - SPI_EV_AT(matched));
   c->usd_per_hour = r->usd_per_hour;
@@ -176,9 +176,12 @@ static uint32_t arena_put(scan *sc, uint32_t pos, const replica_eval *ev) {
 }
 
 /* Ranking by TTFT, ties to the lower position. Bitwise, not short-circuit:
- * the outcome is data, and a branch on it would be mispredicted often. */
+ * the outcome is data, and a branch on it would be mispredicted often.
+ * Where ta < tb fails, ta <= tb holds exactly when ta == tb (for a NaN on
+ * either side both fail), so "<=" tests the tie: on x86 one compare and
+ * one flag, where "==" needs the parity flag as well. */
 static inline int ttft_before(double ta, uint32_t pa, double tb, uint32_t pb) {
-  return (ta < tb) | ((ta == tb) & (pa < pb));
+  return (ta < tb) | ((ta <= tb) & (pa < pb));
 }
 
 /* Whether a replica enters each summary now. Bitwise, like ttft_before.
@@ -473,30 +476,14 @@ static void indexed_exception(const route_env *x, const spi_replica_set *set,
 }
 
 /* A regular replica's evaluation from the index, as eval_of makes it from
- * its slot: t was computed with the TTFT model's operations, rdv is its
+ * its slot: the index's copy (ev_at, made with its entry) with this
+ * request's t, computed with the TTFT model's operations, and rdv, its
  * rendezvous weight (spi__rdv_weight of its id_hash). */
-static void indexed_eval(const spi_pool_index *p, uint32_t pos, double t,
-                         uint64_t rdv, replica_eval *o) {
-  const pix_hot *h = &p->hot[pos];
-  const pix_cold *c = &p->cold[pos];
-  o->running = c->running;
-  o->waiting = c->waiting;
-  o->kv_usage = c->kv;
-  o->fresh = 1;
-  o->inflight = c->inflight;
-  o->matched = 0;
-  o->match_flags = 0;
-  o->active = 1;
-  o->advised = 0;
-  o->rate = c->rate;
-  o->ms_tok = h->ms_tok;
-  o->served = (double)c->served;
-  o->wait_ms = h->wait_ms;
+static inline void indexed_eval(const spi_pool_index *p, uint32_t pos, double t,
+                                uint64_t rdv, replica_eval *o) {
+  *o = p->ev_at[pos];
   o->t = t;
   o->rdv = rdv;
-  o->busy = h->busy;
-  o->usable = 1;
-  o->probe = 0;
 }
 
 /* The TTFT of the regular replica h for this request: the TTFT model's
@@ -511,10 +498,9 @@ static inline double indexed_t(const route_env *x, const pix_hot *h) {
  * if the replica gets in somewhere. (What it enters does not depend on the
  * order the three are tested in: each summary keeps its own.) */
 static inline __attribute__((always_inline)) void
-offer_body(const route_env *x, const spi_pool_index *p, scan *sc, uint32_t pos,
-           double t) {
+offer_in(const route_env *x, const spi_pool_index *p, scan *sc, cell_acc *c,
+         uint32_t pos, double t) {
   const pix_hot *h = &p->hot[pos];
-  cell_acc *c = &sc->cell[h->cell];
   uint64_t w = spi__rdv_weight(h->id_hash, x->rkey);
   int top = top_enters(c, t, pos), least = least_enters(c, h->rel, h->srv, pos);
   int rdv = !h->busy && rdv_enters(c, w, pos);
@@ -535,6 +521,13 @@ offer_body(const route_env *x, const spi_pool_index *p, scan *sc, uint32_t pos,
     c->rdv_w = w;
     c->rdv_pos = pos;
   }
+}
+
+/* offer_in, into the replica's own cell. */
+static inline __attribute__((always_inline)) void
+offer_body(const route_env *x, const spi_pool_index *p, scan *sc, uint32_t pos,
+           double t) {
+  offer_in(x, p, sc, &sc->cell[p->hot[pos].cell], pos, t);
 }
 
 /* Offer the regular replica at pos to its cell's summaries, once: what it
@@ -733,11 +726,59 @@ static void indexed_top(const route_env *x, spi_pool_index *p, scan *sc,
  * offered here only, so without the offered bits the ranked cells keep. */
 static __attribute__((noinline)) void
 indexed_all(const route_env *x, const spi_pool_index *p, scan *sc, int k) {
+  cell_acc *c = &sc->cell[k]; /* the cell of every replica in creg[k] */
   for (size_t w = 0; w < (p->n + 63) / 64; w++)
     for (uint64_t m = p->creg[k][w]; m; m &= m - 1) {
       uint32_t pos = (uint32_t)(w * 64 + (size_t)__builtin_ctzll(m));
+      offer_in(x, p, sc, c, pos, indexed_t(x, &p->hot[pos]));
+    }
+}
+
+/* Every cell named whole (none ranked): each regular replica offered to
+ * its own cell, in position order across the cells. Each cell meets its
+ * replicas in the order indexed_all gives it (ascending positions), so
+ * the summaries are the same; the arena then lies in position order, as
+ * the candidates do, and they can be taken from it as they lie
+ * (named_in_order). */
+static __attribute__((noinline)) void
+indexed_all_cells(const route_env *x, const spi_pool_index *p, scan *sc) {
+  for (size_t w = 0; w < (p->n + 63) / 64; w++) {
+    uint64_t m = 0;
+    for (int k = 0; k < SPI_SUMMARY_CELLS; k++) m |= p->creg[k][w];
+    for (; m; m &= m - 1) {
+      uint32_t pos = (uint32_t)(w * 64 + (size_t)__builtin_ctzll(m));
       offer_body(x, p, sc, pos, indexed_t(x, &p->hot[pos]));
     }
+  }
+}
+
+/* The cells of the pass through the index once some are ranked (more
+ * usable replicas than a summary holds): those named whole offer every
+ * replica (indexed_all), the ranked ones their seeds, least loaded,
+ * rendezvous winner and best TTFTs. Out of line from scan_indexed, so
+ * the route over a small fleet (indexed_all_cells) keeps its own
+ * registers. */
+static __attribute__((noinline)) void
+indexed_ranked(const route_env *x, spi_pool_index *p,
+               const spi_replica_set *set, scan *sc, unsigned ranked) {
+  /* The prefix's rendezvous order, for the cells ranked below; without
+   * one, each ranked cell's winner, weighed in one pass. */
+  const pix_rdv *o = spi__pix_rdv(p, x, set);
+  uint32_t win[SPI_SUMMARY_CELLS];
+  if (!o) spi__pix_free_best(p, ranked, x->rkey, win);
+  p->tdone = 0;
+  for (int k = 0; k < SPI_SUMMARY_CELLS; k++) {
+    if (!p->usable[k]) continue;
+    if (p->usable[k] <= SPI_SUMMARY_TOP) {
+      indexed_all(x, p, sc, k);
+      continue;
+    }
+    cell_cap(&sc->cell[k], PASS_TOP); /* ranks only what it will name */
+    indexed_seed(x, p, sc, k);
+    indexed_least(x, p, sc, k);
+    indexed_rdv(x, p, set, sc, k, o, win);
+    indexed_top(x, p, sc, k);
+  }
 }
 
 /*
@@ -786,33 +827,22 @@ scan_indexed(const route_env *x, const spi_replica_set *set, size_t nrep,
     sums->streams[q] += p->streams[q];
   }
   size_t words = (nrep + 63) / 64;
-  memcpy(sc->counted, p->reg, words * sizeof sc->counted[0]);
+  if (words == 1) /* as bits_clear: one word, not a call */
+    sc->counted[0] = p->reg[0];
+  else
+    memcpy(sc->counted, p->reg, words * sizeof sc->counted[0]);
   bits_clear(sc->offered, words);
   for (size_t w = 0; w < words; w++)
     for (uint64_t b = p->exc[w]; b; b &= b - 1)
       indexed_exception(x, set, (uint32_t)(w * 64 + (size_t)__builtin_ctzll(b)),
                         sc, sums);
-  /* The prefix's rendezvous order, for the cells ranked below; without
-   * one, each ranked cell's winner, weighed in one pass. */
-  unsigned ranked = 0;
+  unsigned ranked = 0; /* the cells with more usable than a top holds */
   for (int k = 0; k < SPI_SUMMARY_CELLS; k++)
     ranked |= (unsigned)(p->usable[k] > SPI_SUMMARY_TOP) << k;
-  const pix_rdv *o = ranked ? spi__pix_rdv(p, x, set) : NULL;
-  uint32_t win[SPI_SUMMARY_CELLS];
-  if (ranked && !o) spi__pix_free_best(p, ranked, x->rkey, win);
-  p->tdone = 0;
-  for (int k = 0; k < SPI_SUMMARY_CELLS; k++) {
-    if (!p->usable[k]) continue;
-    if (p->usable[k] <= SPI_SUMMARY_TOP) {
-      indexed_all(x, p, sc, k);
-      continue;
-    }
-    cell_cap(&sc->cell[k], PASS_TOP); /* ranks only what it will name */
-    indexed_seed(x, p, sc, k);
-    indexed_least(x, p, sc, k);
-    indexed_rdv(x, p, set, sc, k, o, win);
-    indexed_top(x, p, sc, k);
-  }
+  if (ranked)
+    indexed_ranked(x, p, set, sc, ranked);
+  else
+    indexed_all_cells(x, p, sc);
   spi__pix_release(p);
   hint_store(x->e, sc);
   return 1;
@@ -939,22 +969,26 @@ static void named_mark(scan *sc, size_t nrep) {
 }
 
 /* The candidate index of arena entry ei: its position (full), or its rank
- * among the named positions (compact). */
-static int32_t index_of(const named_set *ns, const ev_arena *a, uint32_t ei) {
-  if (!ns) return (int32_t)a->pos[ei];
-  return ns->cidx[ei] == NOT_NAMED ? -1 : (int32_t)ns->cidx[ei];
+ * among the named positions (compact; -1 when not named). */
+static inline int32_t index_of(const named_set *ns, const ev_arena *a,
+                               uint32_t ei) {
+  return ns ? (int32_t)ns->cidx[ei] : (int32_t)a->pos[ei];
 }
 
-static void summary_out(const scan *sc, int k, const named_set *ns,
-                        spi_pool_summary *o) {
+/* Cell k's summary. Top is filled with -1 (all bits set) in a couple of
+ * stores and the entries in use written over it: not a test of each of
+ * the seven. */
+static inline void summary_out(const scan *sc, int k, const named_set *ns,
+                               spi_pool_summary *o) {
   const cell_acc *c = &sc->cell[k];
   const ev_arena *a = &sc->a;
+  uint32_t n = c->n_top;
   o->pool = k / 2 + SPI_POOL_SPOT;
   o->model_tier = k % 2 + SPI_TIER_SMALL;
   o->usable = c->usable;
-  o->n_top = c->n_top;
-  for (uint32_t j = 0; j < SPI_SUMMARY_TOP; j++)
-    o->top[j] = j < c->n_top ? index_of(ns, a, c->top[j].ei) : -1;
+  o->n_top = n;
+  memset(o->top, 0xff, sizeof o->top);
+  for (uint32_t j = 0; j < n; j++) o->top[j] = index_of(ns, a, c->top[j].ei);
   o->warm = c->warm != NO_EV ? index_of(ns, a, c->warm) : -1;
   o->least = c->least != NO_EV ? index_of(ns, a, c->least) : -1;
   o->rendezvous = c->rdv != NO_EV ? index_of(ns, a, c->rdv) : -1;
@@ -1066,10 +1100,11 @@ static void eval_from_candidate(const route_env *x, const spi_replica_ident *r,
   o->match_flags = 0;
   o->active = 1;
   o->usable = (uint8_t)(c->eligible || c->probe);
-  o->probe = (uint8_t)c->probe;
+  o->probe = c->probe;
+  o->eligible = o->usable && !o->probe; /* what fill_candidate made of it */
   o->busy = (uint8_t)is_busy(r, c->running, c->waiting, c->inflight);
-  o->fresh = (uint8_t)c->fresh;
-  o->advised = (uint8_t)c->advised;
+  o->fresh = c->fresh;
+  o->advised = c->advised;
   o->wait_ms = c->est_wait_ms;
   o->served = c->served_tokens;
   o->rate = c->prefill_tokens_per_s;
@@ -1162,10 +1197,42 @@ uint32_t spi__pass_prefix(scan *sc, route_env *x, const spi_replica_set *set,
   return matched;
 }
 
+/* Whether every arena entry is in a cell's top. Each top's entries are
+ * distinct, and no entry is in two cells, so as many top entries as arena
+ * entries are all of them; warm, least and rendezvous then name entries
+ * of a top. */
+static int all_in_tops(const scan *sc) {
+  uint32_t tops = 0;
+  for (int k = 0; k < SPI_SUMMARY_CELLS; k++) tops += sc->cell[k].n_top;
+  return tops == sc->a.n;
+}
+
+/* When every arena entry is named (all_in_tops) and the arena lies in
+ * ascending positions (indexed_all_cells), each entry is its own
+ * candidate, in the candidates' order: made so here, and 1. 0, with out
+ * partly written, when the positions do not ascend. */
+static int named_in_order(scan *sc, const spi_replica_set *set,
+                          spi_candidate *out) {
+  named_set *ns = &sc->named;
+  uint32_t n = sc->a.n, prev = 0; /* in a local: the fills' stores could
+                                      otherwise be taken to change it */
+  for (uint32_t ei = 0; ei < n; ei++) {
+    uint32_t pos = sc->a.pos[ei];
+    if (ei && pos <= prev) return 0;
+    prev = pos;
+    ns->pos[ei] = pos;
+    ns->cidx[ei] = (int8_t)ei;
+    fill_candidate(&out[ei], &set->r[pos], &sc->a.ev[ei]);
+  }
+  ns->n = n;
+  return 1;
+}
+
 /* The candidates a summaries-only policy reads: those the summaries name. */
 static size_t named_candidates(scan *sc, const spi_replica_set *set,
                                size_t nrep, spi_candidate *out) {
   named_set *ns = &sc->named;
+  if (all_in_tops(sc) && named_in_order(sc, set, out)) return ns->n;
   memset(ns->cidx, NOT_NAMED, sizeof ns->cidx);
   named_mark(sc, nrep);
   /* Positions ascend out of the bitmap: each named one's entry is its
@@ -1176,7 +1243,7 @@ static size_t named_candidates(scan *sc, const spi_replica_set *set,
       uint32_t pos = (uint32_t)(w * 64 + (size_t)__builtin_ctzll(b));
       uint8_t ei = sc->byte_of[pos];
       ns->pos[n] = pos;
-      ns->cidx[ei] = (uint8_t)n;
+      ns->cidx[ei] = (int8_t)n;
       fill_candidate(&out[n], &set->r[pos], &sc->a.ev[ei]);
       n++;
     }
@@ -1186,8 +1253,13 @@ static size_t named_candidates(scan *sc, const spi_replica_set *set,
 
 size_t spi__pass_candidates(scan *sc, const spi_replica_set *set, size_t nrep,
                             spi_candidate *named, spi_pool_summary *summaries) {
-  size_t n = named ? named_candidates(sc, set, nrep, named) : nrep;
+  if (!named) {
+    for (int k = 0; k < SPI_SUMMARY_CELLS; k++)
+      summary_out(sc, k, NULL, &summaries[k]);
+    return nrep;
+  }
+  size_t n = named_candidates(sc, set, nrep, named);
   for (int k = 0; k < SPI_SUMMARY_CELLS; k++)
-    summary_out(sc, k, named ? &sc->named : NULL, &summaries[k]);
+    summary_out(sc, k, &sc->named, &summaries[k]);
   return n;
 }

@@ -29,13 +29,16 @@ typedef struct route_env {
                                NULL when it excludes none */
 } route_env;
 
-/* One replica as this request sees it. From running to rate the fields
- * are spi_candidate's from running to prefill_tokens_per_s, at the same
+/* One replica as this request sees it. From eligible to rate the fields
+ * are spi_candidate's from eligible to prefill_tokens_per_s, at the same
  * offsets from running, so a candidate takes them in three copies
  * (fill_candidate); the two holes are the candidate's fields that come
  * from the replica's identity (max_inflight, usd_per_hour), never read
  * here. */
 typedef struct replica_eval {
+  /* As the candidate has them: eligible (usable, not as the probe), the
+   * half-open breaker's probe, a fresh load, rebalance advice. */
+  int32_t eligible, probe, fresh, advised;
   double running, waiting, kv_usage; /* stale reads as saturated */
   uint32_t inflight;
   uint32_t hole_max_inflight; /* spi_candidate.max_inflight's place */
@@ -46,11 +49,24 @@ typedef struct replica_eval {
   double hole_usd;          /* spi_candidate.usd_per_hour's place */
   double wait_ms, served, rate; /* the TTFT model's parts */
   double ms_tok;            /* ... (prefill_model.h) */
-  uint8_t active, usable, probe, busy, fresh, advised;
+  uint8_t active, usable, busy; /* usable: eligible or the probe */
 } replica_eval;
 
 #define SPI_EV_AT(f) (offsetof(replica_eval, f) - offsetof(replica_eval, running))
 #define SPI_CAND_AT(f) (offsetof(spi_candidate, f) - offsetof(spi_candidate, running))
+_Static_assert(offsetof(replica_eval, running) - offsetof(replica_eval, eligible) ==
+                       offsetof(spi_candidate, running) -
+                           offsetof(spi_candidate, eligible) &&
+                   offsetof(replica_eval, probe) - offsetof(replica_eval, eligible) ==
+                       offsetof(spi_candidate, probe) -
+                           offsetof(spi_candidate, eligible) &&
+                   offsetof(replica_eval, fresh) - offsetof(replica_eval, eligible) ==
+                       offsetof(spi_candidate, fresh) -
+                           offsetof(spi_candidate, eligible) &&
+                   offsetof(replica_eval, advised) - offsetof(replica_eval, eligible) ==
+                       offsetof(spi_candidate, advised) -
+                           offsetof(spi_candidate, eligible),
+               "an evaluation's flags lie as a candidate's do (fill_candidate)");
 _Static_assert(SPI_EV_AT(inflight) == SPI_CAND_AT(inflight) &&
                    SPI_EV_AT(matched) == SPI_CAND_AT(matched_blocks) &&
                    SPI_EV_AT(match_flags) == SPI_CAND_AT(match_flags) &&
@@ -81,7 +97,10 @@ static inline double served_ratio(const spi_replica_ident *r, double served) {
  * lower position. */
 static inline int least_before(double rel, double srv, uint32_t pos, double brel,
                                double bsrv, uint32_t bpos) {
-  return (rel < brel) | ((rel == brel) & ((srv < bsrv) | ((srv == bsrv) & (pos < bpos))));
+  /* "<=" after "<" fails is "==" (ttft_before in replica_pass.c), in
+   * fewer instructions. */
+  return (rel < brel) |
+         ((rel <= brel) & ((srv < bsrv) | ((srv <= bsrv) & (pos < bpos))));
 }
 static inline int is_busy(const spi_replica_ident *r, double running,
                           double waiting, uint32_t inflight) {
@@ -199,10 +218,13 @@ _Static_assert(SPI_SUMMARY_CELLS * HINT_N <= 255, "a seed index fits a byte");
  * in a bitmap, so they come out sorted without a sort. */
 #define NOT_NAMED 0xffu
 _Static_assert(ARENA_CAP < NOT_NAMED, "arena indices fit a byte");
+/* cidx holds a candidate index as a signed byte, NOT_NAMED reading as -1:
+ * the summary's "none" without a test. */
+_Static_assert(ARENA_KEEP <= INT8_MAX, "candidate indices fit a signed byte");
 typedef struct named_set {
   uint32_t n;
   uint32_t pos[ARENA_KEEP];
-  uint8_t cidx[ARENA_CAP];
+  int8_t cidx[ARENA_CAP];
   uint64_t bits[SPI_REPLICA_SLOTS / 64];
 } named_set;
 

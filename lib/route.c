@@ -102,6 +102,10 @@ static int ends_hashed(const char *s, size_t len) {
 }
 
 static void copy_name(char dst[SPI_ID_MAX], const char *src, size_t len) {
+  if (len == 0) { /* no tenant, say: as copy_id would leave it */
+    dst[0] = '\0';
+    return;
+  }
   int plain = len < SPI_ID_MAX && !ends_hashed(src, len);
   for (size_t i = 0; plain && i < len; i++)
     plain = (unsigned char)src[i] >= 0x20 && src[i] != 0x7f;

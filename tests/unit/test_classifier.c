@@ -730,6 +730,26 @@ static void test_rule_conditions(void **state) {
   MATCH(r);
   set_int(r, SPI_REQ_SLA_MS, 301);
   NO_MATCH(r);
+  /* A bound on the SLA asks for one: with has_sla false no request
+   * matches, with or without an SLA (the rules' yes/no facts are folded
+   * into one test at configure time, and these two contradict). */
+  one_rule(e, "{\"has_sla\":false,\"sla_ms_max\":1000}", NULL);
+  set_int(r, SPI_REQ_SLA_MS, 500);
+  NO_MATCH(r);
+  spi_request_reset(r);
+  NO_MATCH(r);
+  /* Several facts at once: each must hold. */
+  one_rule(e, "{\"stream\":false,\"replayable\":false,\"has_tools\":false}",
+           NULL);
+  NO_MATCH(r); /* replayable unset */
+  set_int(r, SPI_REQ_REPLAYABLE, 0);
+  MATCH(r);
+  set_int(r, SPI_REQ_STREAM, 1);
+  NO_MATCH(r);
+  set_int(r, SPI_REQ_STREAM, 0);
+  set_str(r, SPI_REQ_TOOLS_JSON, "[]");
+  NO_MATCH(r);
+  spi_request_reset(r);
 
   /* Priorities reach the rules only with honor_priority off. */
   const char *noprio = "\"honor_priority\":false,";
