@@ -21,7 +21,7 @@ import (
 const maxBodyBytes = 8 << 20
 
 // dialWait bounds connecting to a backend; -header-wait bounds the wait
-// for its response headers after that.
+// for a streamed answer's response headers after that (headerwait.go).
 const dialWait = 2 * time.Second
 
 type gateway struct {
@@ -64,17 +64,17 @@ func newGateway(o options) (*gateway, error) {
 	for _, b := range list {
 		g.byID[b.ID] = b
 	}
-	// Streams have no overall timeout (answers can be long); connecting and
-	// waiting for headers do.
+	// Streams have no overall timeout (answers can be long); connecting
+	// does, and so does waiting for a streamed answer's headers
+	// (headerWaitTransport).
 	tr := &http.Transport{
-		DialContext:           (&net.Dialer{Timeout: dialWait, KeepAlive: 30 * time.Second}).DialContext,
-		MaxIdleConns:          1024,
-		MaxIdleConnsPerHost:   256,
-		IdleConnTimeout:       90 * time.Second,
-		ResponseHeaderTimeout: o.headerWait,
-		DisableCompression:    true,
+		DialContext:         (&net.Dialer{Timeout: dialWait, KeepAlive: 30 * time.Second}).DialContext,
+		MaxIdleConns:        1024,
+		MaxIdleConnsPerHost: 256,
+		IdleConnTimeout:     90 * time.Second,
+		DisableCompression:  true,
 	}
-	g.client = &http.Client{Transport: tr}
+	g.client = &http.Client{Transport: headerWaitTransport{tr}}
 	if o.eventsPath != "" {
 		f, err := os.OpenFile(o.eventsPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 		if err != nil {
@@ -233,10 +233,10 @@ func (g *gateway) completion(kind spotinfer.OpenAIKind) http.HandlerFunc {
 // with the backend taken in turn and no library call at all.
 func (g *gateway) serveRoundRobin(w http.ResponseWriter, r *http.Request, body []byte) {
 	b := g.backends[int(g.rr.Add(1)-1)%len(g.backends)]
-	resp, err := g.forward(r.Context(), b, r.URL.Path, "", body)
+	resp, err := g.forward(g.headerWaitFor(r.Context(), body), b, r.URL.Path, "", body)
 	if err != nil {
 		g.stats.failed.Add(1)
-		apiError(w, http.StatusBadGateway, "upstream_error", err.Error())
+		apiError(w, http.StatusBadGateway, "upstream_error", backendError(b.ID, err).Error())
 		return
 	}
 	defer resp.Body.Close()
@@ -462,11 +462,12 @@ func (g *gateway) try(ctx context.Context, cancel context.CancelFunc, st *stream
 	// over, and a cut in between still stops it.
 	l := leg{replica: d.ReplicaID, ticket: d.Ticket, sent: time.Now(), cancel: cancel}
 	st.register(&l)
-	resp, err := g.forward(ctx, b, st.path, st.key, applyPlan(body, d))
+	resp, err := g.forward(g.headerWaitFor(ctx, body), b, st.path, st.key, applyPlan(body, d))
 	if err == nil && resp.StatusCode < 500 {
 		return resp, l, nil
 	}
 	defer st.unregister(&l)
+	err = backendError(d.ReplicaID, err)
 	if err == nil {
 		msg, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
 		resp.Body.Close()
