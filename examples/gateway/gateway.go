@@ -301,6 +301,9 @@ func (g *gateway) serveRouted(w http.ResponseWriter, r *http.Request, body []byt
 	st.heldUntil = time.Now().Add(g.o.queueWait)
 	st.choices.asked = askedChoices(body)
 	st.holdBack = stopHoldBack(body)
+	if echoes(body) {
+		st.notContinued = whyEcho
+	}
 	// The backend gets a streamed body asking for its running token count;
 	// the envelope keeps the client's.
 	fwd := body

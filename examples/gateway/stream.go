@@ -78,8 +78,9 @@ type stream struct {
 	choices  choiceSet
 	// Why the stream is not continued after a cut, "" when it may be: the
 	// client has had what a checkpoint does not hold, tool-call or
-	// reasoning deltas (a continuation would repeat or lose them), or
-	// several choices (a checkpoint holds one text and one offset).
+	// reasoning deltas (a continuation would repeat or lose them),
+	// several choices (a checkpoint holds one text and one offset), or an
+	// echo of its prompt (whyEcho).
 	notContinued string
 	// The client had a backend's error event: the stream ends with it.
 	errorSent bool
@@ -96,7 +97,27 @@ type choiceSet struct {
 const (
 	whyBeyondText = "it had tool-call or reasoning deltas, which a checkpoint does not hold"
 	whyChoices    = "it has several choices, and a checkpoint holds one"
+	// A checkpoint would take the echoed prompt (or last message) for
+	// part of the answer, and the continuation would echo its own prompt,
+	// which holds that text, again.
+	whyEcho = "it echoes its prompt, which a checkpoint would take for the answer"
 )
+
+// echoes reports whether a body asks the backend to echo its prompt
+// (completions) or its last message (chat): its last member echo is true.
+func echoes(body []byte) bool {
+	if !bytes.Contains(body, []byte(`"echo"`)) && !bytes.Contains(body, []byte(`\u`)) {
+		return false
+	}
+	echo := false
+	eachMember(body, func(m member) bool {
+		if m.is("echo") {
+			echo = string(body[m.val:m.end]) == "true"
+		}
+		return true
+	})
+	return echo
+}
 
 // askedChoices is the body's n (the last given), 0 when it gives none or
 // it is not a number; a continuation body keeps it.

@@ -1,0 +1,131 @@
+package main
+
+import (
+	"bufio"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// Streams cut at their edges: before their first event, around their
+// role chunk, after their last token; and streams a checkpoint cannot hold.
+
+// postFor posts a stream to path and reads its data lines for at most d;
+// timedOut is true when the stream had not ended by then.
+func postFor(t *testing.T, url, path, body string, d time.Duration) (events []string, timedOut bool) {
+	t.Helper()
+	c := &http.Client{Timeout: d}
+	resp, err := c.Post(url+path, "application/json", strings.NewReader(body))
+	if err != nil {
+		return nil, true
+	}
+	defer resp.Body.Close()
+	sc := bufio.NewScanner(resp.Body)
+	for sc.Scan() {
+		if d, ok := strings.CutPrefix(sc.Text(), "data: "); ok {
+			events = append(events, d)
+		}
+	}
+	return events, sc.Err() != nil
+}
+
+// echoBackend is a /v1/completions server that streams as vLLM does with
+// "echo": true: the first event's text is the prompt, then " w<k>" words up
+// to w9 (a prompt that already ends in " w0 ... w<k-1>" resumes at k). The
+// first request dies after 3 words.
+type echoBackend struct {
+	mu     sync.Mutex
+	bodies []string
+}
+
+func (e *echoBackend) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if r.URL.Path == "/metrics" {
+		(&fakeBackend{}).ServeHTTP(w, r)
+		return
+	}
+	raw, _ := io.ReadAll(r.Body)
+	var b struct {
+		Prompt string `json:"prompt"`
+		Echo   bool   `json:"echo"`
+	}
+	json.Unmarshal(raw, &b)
+	e.mu.Lock()
+	e.bodies = append(e.bodies, string(raw))
+	first := len(e.bodies) == 1
+	e.mu.Unlock()
+	start := 0
+	for k := 10; k > 0; k-- {
+		if strings.HasSuffix(b.Prompt, want(k)) {
+			start = k
+			break
+		}
+	}
+	w.Header().Set("Content-Type", "text/event-stream")
+	fl := w.(http.Flusher)
+	ev := func(text string, finish string) {
+		f := "null"
+		if finish != "" {
+			f = `"` + finish + `"`
+		}
+		t, _ := json.Marshal(text)
+		fmt.Fprintf(w, "data: {\"id\":\"cmpl-1\",\"object\":\"text_completion\",\"choices\":[{\"index\":0,\"text\":%s,\"finish_reason\":%s}]}\n\n", t, f)
+		fl.Flush()
+	}
+	if b.Echo {
+		ev(b.Prompt, "")
+	}
+	for k := start; k < 10; k++ {
+		if first && k == 3 {
+			time.Sleep(10 * time.Millisecond)
+			if c, _, err := w.(http.Hijacker).Hijack(); err == nil {
+				c.Close()
+			}
+			return
+		}
+		ev(fmt.Sprintf(" w%d", k), "")
+	}
+	ev("", "stop")
+	fmt.Fprint(w, "data: [DONE]\n\n")
+	fl.Flush()
+}
+
+// A stream that echoes its prompt is not continued after a cut: a
+// checkpoint would hold the echo as answer text, and the continuation
+// would echo it again. The client keeps what it had, once, and an error
+// event that says why; chat's echo (of the last message) likewise.
+func TestEchoStreamIsNotContinued(t *testing.T) {
+	eb := &echoBackend{}
+	srv, _ := startRawGateway(t, map[string]http.Handler{"spot-a": eb, "od-1": eb},
+		map[string]string{"spot-a": "spot", "od-1": "on_demand"})
+	body := `{"model":"m","stream":true,"echo":true,"metadata":{"class":"silver"},"prompt":"hello"}`
+	evs, _ := postFor(t, srv.URL, "/v1/completions", body, 5*time.Second)
+	eb.mu.Lock()
+	sent := len(eb.bodies)
+	eb.mu.Unlock()
+	if text := textOf(evs); text != "hello"+want(3) || sent != 1 ||
+		!strings.Contains(lastEvent(evs), "echoes its prompt") {
+		t.Errorf("%d requests, text %q, last event %s", sent, text, lastEvent(evs))
+	}
+
+	fb := &fakeBackend{n: 10}
+	fb.cutAfter.Store(4)
+	od := &fakeBackend{n: 10}
+	srv, _ = startRawGateway(t, map[string]http.Handler{"spot-a": fb, "od-1": od},
+		map[string]string{"spot-a": "spot", "od-1": "on_demand"})
+	chat := strings.Replace(silverStream, `"stream":true,`, `"stream":true,"echo":true,`, 1)
+	evs, _ = postFor(t, srv.URL, "/v1/chat/completions", chat, 5*time.Second)
+	fb.mu.Lock()
+	od.mu.Lock()
+	sent = len(fb.bodies) + len(od.bodies)
+	od.mu.Unlock()
+	fb.mu.Unlock()
+	if text := textOf(evs); text != want(4) || sent != 1 ||
+		!strings.Contains(lastEvent(evs), "echoes its prompt") {
+		t.Errorf("chat: %d requests, text %q, last event %s", sent, text, lastEvent(evs))
+	}
+}
