@@ -129,3 +129,67 @@ func TestEchoStreamIsNotContinued(t *testing.T) {
 		t.Errorf("chat: %d requests, text %q, last event %s", sent, text, lastEvent(evs))
 	}
 }
+
+// headersThenDrop answers its first completion with the response headers
+// and nothing more, then drops the connection (a machine that dies during
+// prefill); the next ones are next's (with next nil, every one drops).
+func headersThenDrop(next http.Handler) http.Handler {
+	var once sync.Once
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/metrics" {
+			(&fakeBackend{}).ServeHTTP(w, r)
+			return
+		}
+		first := false
+		once.Do(func() { first = true })
+		if !first && next != nil {
+			next.ServeHTTP(w, r)
+			return
+		}
+		io.ReadAll(r.Body)
+		w.Header().Set("Content-Type", "text/event-stream")
+		w.WriteHeader(200)
+		w.(http.Flusher).Flush()
+		time.Sleep(20 * time.Millisecond)
+		if conn, _, err := w.(http.Hijacker).Hijack(); err == nil {
+			conn.Close()
+		}
+	})
+}
+
+// A gold stream (not replayable) whose backend dies after its response
+// headers and before its first event leaves the client nothing: the
+// client's headers wait for the first event, and the request is routed
+// again, with the replica that broke kept out. Its ticket ends as ERROR.
+func TestStreamBrokenBeforeItsFirstEventIsRoutedAgain(t *testing.T) {
+	od := &fakeBackend{n: 6}
+	a := headersThenDrop(od)
+	srv, g := startRawGateway(t, map[string]http.Handler{"spot-a": a, "od-1": a},
+		map[string]string{"spot-a": "on_demand", "od-1": "on_demand"}, "-config", breakerOfOne(t))
+	gold := strings.Replace(silverStream, `"silver"`, `"gold"`, 1)
+	evs, _ := postChatFor(t, srv.URL, gold, 5*time.Second)
+	if textOf(evs) != want(6) || lastEvent(evs) != "[DONE]" {
+		t.Fatalf("gold stream broken before its first event: %v", evs)
+	}
+	errs := replicaStatus(t, g, "spot-a").ConsecutiveErrors + replicaStatus(t, g, "od-1").ConsecutiveErrors
+	if errs != 1 {
+		t.Errorf("%d consecutive errors in all, want 1 (the leg that broke)", errs)
+	}
+	if m := get(t, srv.URL+"/metrics"); !strings.Contains(m, "gateway_rerouted_total 1") {
+		t.Errorf("/metrics: not rerouted once")
+	}
+}
+
+// When every replica's stream breaks before its first event, the client
+// gets 502 with the last break, as after failed tries.
+func TestEveryStreamBrokenBeforeItsFirstEventIs502(t *testing.T) {
+	srv, _ := startRawGateway(t, map[string]http.Handler{"spot-a": headersThenDrop(nil), "od-1": headersThenDrop(nil)},
+		map[string]string{"spot-a": "on_demand", "od-1": "on_demand"})
+	gold := strings.Replace(silverStream, `"silver"`, `"gold"`, 1)
+	resp := postChat(t, srv.URL, gold)
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusBadGateway || !strings.Contains(string(b), "broke before its first event") {
+		t.Fatalf("status %d: %s", resp.StatusCode, b)
+	}
+}

@@ -48,6 +48,13 @@ type stream struct {
 	// heldUntil bounds how long the library may keep it queued, over
 	// all of its routes: -queue-wait from its arrival.
 	heldUntil time.Time
+	// The replicas whose stream broke before its first event, kept out
+	// of the request's next routes, and the last such break.
+	broken    []string
+	brokeWith error
+	// The client has had its response headers, sent with its first
+	// event (begin). Read and written by the relaying goroutine only.
+	began bool
 
 	mu     sync.Mutex
 	cut    bool               // a REPLAY plan asked for this leg to stop
@@ -284,16 +291,13 @@ var (
 // each, and reports the ticket. When a leg breaks before the answer ends
 // (the machine died, or a REPLAY plan cut it) and the request may be
 // replayed, the stream is checkpointed into the replay queue and resumed
-// from the leg a replay worker hands back.
-func (st *stream) relay(w http.ResponseWriter, ctx context.Context, resp *http.Response, l leg) {
+// from the leg a replay worker hands back. A first leg that breaks before
+// its first event leaves the client nothing, not even its headers: relay
+// then returns why, and the caller routes the request again or answers
+// it; otherwise the client has had its answer and relay returns nil.
+func (st *stream) relay(w http.ResponseWriter, ctx context.Context, resp *http.Response, l leg) error {
 	g := st.g
 	fl, _ := w.(http.Flusher)
-	w.Header().Set("Content-Type", "text/event-stream")
-	w.Header().Set("Cache-Control", "no-cache")
-	w.WriteHeader(http.StatusOK)
-	if fl != nil {
-		fl.Flush()
-	}
 	for {
 		st.mu.Lock()
 		had, hadTokens := st.text.Len(), st.tokens
@@ -315,57 +319,60 @@ func (st *stream) relay(w http.ResponseWriter, ctx context.Context, resp *http.R
 		}
 		if done {
 			g.stats.ok.Add(1)
-			return
+			return nil
 		}
 		if ctx.Err() != nil || errors.Is(err, errClientGone) {
 			g.stats.cancelled.Add(1)
-			return
+			return nil
+		}
+		if !st.began {
+			return err
 		}
 		if errors.Is(err, errDiverged) {
 			g.stats.failed.Add(1)
 			writeStreamError(w, fl, "the stream was interrupted and its replay "+
 				"answered differently from what was already sent")
-			return
+			return nil
 		}
 		if tooLong(err) {
 			g.stats.failed.Add(1)
 			writeStreamError(w, fl, "the backend sent "+err.Error())
-			return
+			return nil
 		}
 		if st.finished {
 			// Cut after the finish_reason and before [DONE]: nothing is
 			// missing, and a continuation would write past the end.
 			writeDone(w, fl)
 			g.stats.ok.Add(1)
-			return
+			return nil
 		}
 		if !st.replayable || st.notContinued != "" {
 			g.stats.failed.Add(1)
 			if st.errorSent {
-				return // the client has the backend's error event
+				return nil // the client has the backend's error event
 			}
 			msg := fmt.Sprintf("the backend stream broke: %v", err)
 			if st.replayable {
 				msg += "; not continued: " + st.notContinued
 			}
 			writeStreamError(w, fl, msg)
-			return
+			return nil
 		}
 		var r resumption
 		if r = st.resumeAfterCut(ctx, err); r.err != nil {
 			if ctx.Err() != nil {
 				g.stats.cancelled.Add(1)
-				return
+				return nil
 			}
 			g.stats.failed.Add(1)
 			writeStreamError(w, fl, "the stream was interrupted and could not be resumed: "+r.err.Error())
-			return
+			return nil
 		}
 		if r.complete {
 			// Cut after the last token and before [DONE].
 			writeDone(w, fl)
 			g.stats.ok.Add(1)
-			return
+			return nil
 		}
 		resp, l = r.resp, r.leg
 		// Should this leg break too before it makes progress, that is one
@@ -375,6 +382,19 @@ func (st *stream) relay(w http.ResponseWriter, ctx context.Context, resp *http.R
 		st.replays++
 		st.mu.Unlock()
 	}
+}
+
+// begin sends the client's response headers, once, as its first event
+// goes out: until then a broken leg leaves the client nothing, and the
+// request can be routed again.
+func (st *stream) begin(w http.ResponseWriter) {
+	if st.began {
+		return
+	}
+	st.began = true
+	w.Header().Set("Content-Type", "text/event-stream")
+	w.Header().Set("Cache-Control", "no-cache")
+	w.WriteHeader(http.StatusOK)
 }
 
 // writeDone ends the client's stream as a backend's [DONE] would.
@@ -478,6 +498,7 @@ func (st *stream) relayLeg(w http.ResponseWriter, fl http.Flusher, resp *http.Re
 				end(spotinfer.TicketError)
 				return false, errNoFinish
 			}
+			st.begin(w)
 			if _, err := io.WriteString(w, "data: [DONE]\n\n"); err != nil {
 				end(spotinfer.TicketCancelled)
 				return false, errClientGone
@@ -497,8 +518,9 @@ func (st *stream) relayLeg(w http.ResponseWriter, fl http.Flusher, resp *http.Re
 			// leg is broken (the replica's fault: ERROR, which its breaker
 			// counts). A stream that may be resumed, or that the client
 			// has whole, does not pass the event on; any other stream ends
-			// with it.
-			if !st.finished && (!st.replayable || st.notContinued != "") {
+			// with it, unless the client has had nothing yet: the request
+			// is then routed again.
+			if st.began && !st.finished && (!st.replayable || st.notContinued != "") {
 				if err := g.writeEvent(w, fl, data, rd.holding()); err != nil {
 					end(spotinfer.TicketCancelled)
 					return false, errClientGone
@@ -536,6 +558,7 @@ func (st *stream) relayLeg(w http.ResponseWriter, fl http.Flusher, resp *http.Re
 		}
 		// The client gets the event before the text counts as delivered:
 		// what a checkpoint holds is what the client has.
+		st.begin(w)
 		if err := g.writeEvent(w, fl, data, rd.holding()); err != nil {
 			end(spotinfer.TicketCancelled)
 			return false, errClientGone
