@@ -193,3 +193,44 @@ func TestEveryStreamBrokenBeforeItsFirstEventIs502(t *testing.T) {
 		t.Fatalf("status %d: %s", resp.StatusCode, b)
 	}
 }
+
+// textThenDrop answers its first completion with the words w0 .. w(n-1)
+// in events without a role chunk, then drops the connection; the next
+// completions are next's.
+func textThenDrop(n int, next http.Handler) http.Handler {
+	var once sync.Once
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/metrics" {
+			(&fakeBackend{}).ServeHTTP(w, r)
+			return
+		}
+		first := false
+		once.Do(func() { first = true })
+		if !first {
+			next.ServeHTTP(w, r)
+			return
+		}
+		io.ReadAll(r.Body)
+		w.Header().Set("Content-Type", "text/event-stream")
+		for i := 0; i < n; i++ {
+			fmt.Fprintf(w, "data: {\"id\":\"x\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\" w%d\"}}]}\n\n", i)
+		}
+		w.(http.Flusher).Flush()
+		time.Sleep(20 * time.Millisecond)
+		if conn, _, err := w.(http.Hijacker).Hijack(); err == nil {
+			conn.Close()
+		}
+	})
+}
+
+// A stream cut before the client had a role chunk gets the
+// continuation's: the client has the role once.
+func TestContinuationGivesTheRoleTheClientLacks(t *testing.T) {
+	od := &fakeBackend{n: 6}
+	srv, _ := startRawGateway(t, map[string]http.Handler{"spot-a": textThenDrop(2, od), "od-1": od},
+		map[string]string{"spot-a": "spot", "od-1": "on_demand"})
+	text, done, roles := readStream(t, postChat(t, srv.URL, silverStream))
+	if text != want(6) || !done || roles != 1 {
+		t.Errorf("text %q done %v, %d role chunks (want 1)", text, done, roles)
+	}
+}

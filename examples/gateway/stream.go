@@ -55,6 +55,9 @@ type stream struct {
 	// The client has had its response headers, sent with its first
 	// event (begin). Read and written by the relaying goroutine only.
 	began bool
+	// The client has had a role chunk: a continuation's is dropped then,
+	// and passed on when the first leg broke before its own.
+	roleSent bool
 
 	mu     sync.Mutex
 	cut    bool               // a REPLAY plan asked for this leg to stop
@@ -245,6 +248,16 @@ type event struct {
 	// then [DONE], when its engine fails mid-answer). Read, like the
 	// usage, from the member whose key is error exactly.
 	Error json.RawMessage `json:"-"`
+}
+
+// hasRole reports whether a choice's delta gives the role.
+func (e *event) hasRole() bool {
+	for _, c := range e.Choices {
+		if c.Delta.Role != "" {
+			return true
+		}
+	}
+	return false
 }
 
 // beyondText reports deltas other than text: tool calls, reasoning.
@@ -566,6 +579,7 @@ func (st *stream) relayLeg(w http.ResponseWriter, fl http.Flusher, resp *http.Re
 		if st.choices.add(&ev) {
 			st.notContinued = whyChoices
 		}
+		st.roleSent = st.roleSent || ev.hasRole()
 		st.finished = st.choices.whole()
 		if ev.beyondText() && st.notContinued == "" {
 			st.notContinued = whyBeyondText
@@ -622,12 +636,12 @@ func (t *legTally) result(status spotinfer.TicketStatus) spotinfer.TicketResult 
 }
 
 // continuedEvent adapts an event of a continuation leg: the role-only
-// opening chunk is dropped (drop: the client had it), a from-scratch
+// opening chunk is dropped (drop) when the client had one, a from-scratch
 // replay's text the client already has is skipped, and the usage chunk
 // counts the tokens of every leg. diverged: a from-scratch replay wrote
 // something else than what the client has, which cannot be joined to it.
 func (st *stream) continuedEvent(data []byte, ev *event, text *string, l *leg) (out []byte, drop, diverged bool) {
-	if len(ev.Choices) == 1 && ev.Choices[0].Delta.Role != "" && *text == "" &&
+	if st.roleSent && len(ev.Choices) == 1 && ev.Choices[0].Delta.Role != "" && *text == "" &&
 		ev.Choices[0].FinishReason == nil {
 		return data, true, false
 	}
