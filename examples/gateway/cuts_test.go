@@ -234,3 +234,95 @@ func TestContinuationGivesTheRoleTheClientLacks(t *testing.T) {
 		t.Errorf("text %q done %v, %d role chunks (want 1)", text, done, roles)
 	}
 }
+
+// streamThenDrop streams a role chunk and n words, each with the running
+// usage, then (withFinish) the finish chunk, then drops the connection
+// before the usage chunk and [DONE]. A continuation is answered by next.
+func streamThenDrop(n int, withFinish bool, next http.Handler) http.Handler {
+	var once sync.Once
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/metrics" {
+			(&fakeBackend{}).ServeHTTP(w, r)
+			return
+		}
+		first := false
+		once.Do(func() { first = true })
+		if !first {
+			next.ServeHTTP(w, r)
+			return
+		}
+		io.ReadAll(r.Body)
+		w.Header().Set("Content-Type", "text/event-stream")
+		head := `"id":"x","object":"chat.completion.chunk","created":7,"model":"m"`
+		fmt.Fprintf(w, "data: {%s,\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":\"\"}}]}\n\n", head)
+		for i := 0; i < n; i++ {
+			fmt.Fprintf(w, "data: {%s,\"choices\":[{\"index\":0,\"delta\":{\"content\":\" w%d\"}}],"+
+				"\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":%d,\"total_tokens\":%d}}\n\n", head, i, i+1, i+4)
+		}
+		if withFinish {
+			fmt.Fprintf(w, "data: {%s,\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"length\"}],"+
+				"\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":%d,\"total_tokens\":%d}}\n\n", head, n, n+3)
+		}
+		w.(http.Flusher).Flush()
+		time.Sleep(20 * time.Millisecond)
+		if conn, _, err := w.(http.Hijacker).Hijack(); err == nil {
+			conn.Close()
+		}
+	})
+}
+
+// streamEnd is a stream's finish_reason ("" without one), its usage
+// chunk's completion tokens (-1 without one) and that chunk as written.
+func streamEnd(evs []string) (finish string, usage int, usageChunk string) {
+	usage = -1
+	for _, d := range evs {
+		var ev event
+		if d == "[DONE]" || decodeEvent([]byte(d), &ev) != nil {
+			continue
+		}
+		for _, c := range ev.Choices {
+			if c.FinishReason != nil {
+				finish = *c.FinishReason
+			}
+		}
+		if ev.Usage != nil && len(ev.Choices) == 0 {
+			usage, usageChunk = int(ev.Usage.CompletionTokens), d
+		}
+	}
+	return finish, usage, usageChunk
+}
+
+// A stream cut after its finish chunk and before its usage chunk is whole,
+// but for that chunk: the client that asked for it (include_usage) gets
+// one from the leg's count, then [DONE]; one that did not ask gets none.
+func TestCutAfterTheFinishChunkGetsItsUsageChunk(t *testing.T) {
+	for _, asked := range []bool{true, false} {
+		od := &fakeBackend{n: 10}
+		srv, g := startRawGateway(t, map[string]http.Handler{"spot-a": streamThenDrop(5, true, od), "od-1": od},
+			map[string]string{"spot-a": "spot", "od-1": "on_demand"})
+		body := strings.Replace(silverStream, `"stream":true,`, `"stream":true,"max_tokens":5,`, 1)
+		if asked {
+			body = strings.Replace(withUsage, `"stream":true,`, `"stream":true,"max_tokens":5,`, 1)
+		}
+		evs, _ := postChatFor(t, srv.URL, body, 5*time.Second)
+		finish, usage, chunk := streamEnd(evs)
+		wantUsage := -1
+		if asked {
+			wantUsage = 5
+		}
+		if textOf(evs) != want(5) || finish != "length" || usage != wantUsage || lastEvent(evs) != "[DONE]" {
+			t.Errorf("asked %v: text %q finish %q usage %d, last %s", asked, textOf(evs), finish, usage, lastEvent(evs))
+		}
+		if asked && !strings.Contains(chunk, `"prompt_tokens":3`) || asked && !strings.Contains(chunk, `"model":"m"`) {
+			t.Errorf("usage chunk %s", chunk)
+		}
+		od.mu.Lock()
+		if len(od.bodies) != 0 {
+			t.Errorf("asked %v: a whole answer was continued", asked)
+		}
+		od.mu.Unlock()
+		if s := replicaStatus(t, g, "spot-a"); s.Inflight != 0 {
+			t.Errorf("spot-a: %d tickets still open", s.Inflight)
+		}
+	}
+}

@@ -310,9 +310,12 @@ func (g *gateway) serveRouted(w http.ResponseWriter, r *http.Request, body []byt
 	}
 	// The backend gets a streamed body asking for its running token count;
 	// the envelope keeps the client's.
-	fwd := body
+	fwd, asked, hide := askRunningUsage(body)
+	st.asked = asked // what the client asked for, asked or not for more
 	if g.o.backendUsage {
-		fwd, st.asked, st.hideUsage = askRunningUsage(body)
+		st.hideUsage = hide
+	} else {
+		fwd = body
 	}
 	for attempt := 0; ; attempt++ {
 		d, started, req, ok := g.decide(w, r, st)

@@ -42,6 +42,9 @@ type stream struct {
 	ctx        context.Context // the client's request
 	firstCut   int64           // when it was first interrupted (ns), 0 before
 	streamID   string          // the id of the first leg's events
+	// The first event's object, created and model, for the chunks the
+	// gateway writes itself (endings.go).
+	head eventHead
 	// The most tokens a backend's count may run ahead of the text sent by
 	// (stopHoldBack): the offset is lowered to what the client has.
 	holdBack uint64
@@ -58,6 +61,10 @@ type stream struct {
 	// The client has had a role chunk: a continuation's is dropped then,
 	// and passed on when the first leg broke before its own.
 	roleSent bool
+	// The client has had the usage chunk (choices empty, usage given),
+	// and the usage the last leg's events gave as the client sees it.
+	usageSent bool
+	lastUsage clientUsage
 
 	mu     sync.Mutex
 	cut    bool               // a REPLAY plan asked for this leg to stop
@@ -236,6 +243,7 @@ func (c *choice) index() string {
 type event struct {
 	ID      string   `json:"id"`
 	Choices []choice `json:"choices"`
+	eventHead
 	// The usage, read by decodeEvent (usage.go) from the member whose
 	// key is usage exactly: encoding/json would also take "Usage" for it,
 	// which the gateway would then count and not take out.
@@ -353,9 +361,10 @@ func (st *stream) relay(w http.ResponseWriter, ctx context.Context, resp *http.R
 			return nil
 		}
 		if st.finished {
-			// Cut after the finish_reason and before [DONE]: nothing is
-			// missing, and a continuation would write past the end.
-			writeDone(w, fl)
+			// Cut after the finish_reason and before [DONE]: nothing of
+			// the answer is missing, and a continuation would write past
+			// the end. The usage chunk may be.
+			st.endWhole(w, fl)
 			g.stats.ok.Add(1)
 			return nil
 		}
@@ -545,10 +554,11 @@ func (st *stream) relayLeg(w http.ResponseWriter, fl http.Flusher, resp *http.Re
 		}
 		text := ev.content()
 		if st.streamID == "" {
-			st.streamID = ev.ID
+			st.streamID, st.head = ev.ID, ev.eventHead
 		}
 		// Counted before anything is dropped: the backend generated it all.
 		tally.add(g, l.ticket, &ev)
+		st.lastUsage = tally.forClient(l.offset)
 		if st.holdBack > 0 {
 			tally.words.add(text) // all of it: a skipped text is the client's too
 		}
@@ -580,6 +590,7 @@ func (st *stream) relayLeg(w http.ResponseWriter, fl http.Flusher, resp *http.Re
 			st.notContinued = whyChoices
 		}
 		st.roleSent = st.roleSent || ev.hasRole()
+		st.usageSent = st.usageSent || (ev.usageGiven && len(ev.Choices) == 0)
 		st.finished = st.choices.whole()
 		if ev.beyondText() && st.notContinued == "" {
 			st.notContinued = whyBeyondText
