@@ -326,3 +326,29 @@ func TestCutAfterTheFinishChunkGetsItsUsageChunk(t *testing.T) {
 		}
 	}
 }
+
+// A stream cut after the last token its max_tokens allows and before its
+// finish chunk has the whole answer: it is not continued, and the client
+// gets the finish chunk (finish_reason "length") and the usage chunk it
+// asked for, then [DONE].
+func TestCutAfterTheLastTokenGetsItsFinishChunk(t *testing.T) {
+	od := &fakeBackend{n: 10}
+	srv, g := startRawGateway(t, map[string]http.Handler{"spot-a": streamThenDrop(5, false, od), "od-1": od},
+		map[string]string{"spot-a": "spot", "od-1": "on_demand"})
+	body := strings.Replace(withUsage, `"stream":true,`, `"stream":true,"max_tokens":5,`, 1)
+	evs, _ := postChatFor(t, srv.URL, body, 5*time.Second)
+	finish, usage, _ := streamEnd(evs)
+	if textOf(evs) != want(5) || finish != "length" || usage != 5 || lastEvent(evs) != "[DONE]" {
+		t.Errorf("text %q finish %q usage %d, last %s", textOf(evs), finish, usage, lastEvent(evs))
+	}
+	od.mu.Lock()
+	if len(od.bodies) != 0 {
+		t.Errorf("a whole answer was continued")
+	}
+	od.mu.Unlock()
+	for _, id := range []string{"spot-a", "od-1"} {
+		if s := replicaStatus(t, g, id); s.Inflight != 0 {
+			t.Errorf("%s: %d tickets still open", id, s.Inflight)
+		}
+	}
+}

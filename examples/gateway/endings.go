@@ -46,6 +46,20 @@ func (st *stream) endWhole(w http.ResponseWriter, fl http.Flusher) {
 	writeDone(w, fl)
 }
 
+// endLength ends a stream that has every token its max_tokens allows and
+// no finish_reason yet: the finish chunk (finish_reason "length", with the
+// usage when the client asked for it in every chunk), then as endWhole.
+func (st *stream) endLength(w http.ResponseWriter, fl http.Flusher) {
+	c := map[string]any{"index": 0, "finish_reason": "length"}
+	if st.kind == spotinfer.OpenAICompletions {
+		c["text"] = ""
+	} else {
+		c["delta"] = map[string]any{}
+	}
+	st.writeChunk(w, fl, []any{c}, st.asked.running)
+	st.endWhole(w, fl)
+}
+
 // writeChunk writes an event of the stream's with these choices, and with
 // the usage when withUsage.
 func (st *stream) writeChunk(w http.ResponseWriter, fl http.Flusher, choices []any, withUsage bool) {

@@ -391,8 +391,9 @@ func (st *stream) relay(w http.ResponseWriter, ctx context.Context, resp *http.R
 			return nil
 		}
 		if r.complete {
-			// Cut after the last token and before [DONE].
-			writeDone(w, fl)
+			// Cut after the last token max_tokens allows and before the
+			// finish chunk: the answer is whole but for its ending.
+			st.endLength(w, fl)
 			g.stats.ok.Add(1)
 			return nil
 		}
