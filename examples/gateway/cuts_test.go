@@ -352,3 +352,38 @@ func TestCutAfterTheLastTokenGetsItsFinishChunk(t *testing.T) {
 		}
 	}
 }
+
+// A leg that broke before the client had an event may have sent events the
+// client does not get (a usage chunk it did not ask for): the stream's id
+// is the first event's the client has, and a continuation after a later
+// cut keeps it.
+func TestStreamIDIsTheFirstWrittenEvents(t *testing.T) {
+	var once sync.Once
+	later := &fakeBackend{n: 10}
+	a := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		first := false
+		if r.URL.Path != "/metrics" {
+			once.Do(func() { first = true })
+		}
+		if !first {
+			later.ServeHTTP(w, r)
+			return
+		}
+		io.ReadAll(r.Body)
+		w.Header().Set("Content-Type", "text/event-stream")
+		fmt.Fprint(w, "data: {\"id\":\"unseen\",\"choices\":[],\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":0}}\n\n")
+		w.(http.Flusher).Flush()
+		time.Sleep(20 * time.Millisecond)
+		if conn, _, err := w.(http.Hijacker).Hijack(); err == nil {
+			conn.Close()
+		}
+	})
+	od := &fakeBackend{n: 10}
+	od.cutAfter.Store(3)
+	srv, _ := startRawGateway(t, map[string]http.Handler{"spot-a": a, "od-1": od},
+		map[string]string{"spot-a": "spot", "od-1": "on_demand"})
+	text, done, _, ids, _ := readStreamAll(t, postChat(t, srv.URL, silverStream))
+	if text != want(10) || !done || len(ids) != 1 || ids[0] == "unseen" {
+		t.Errorf("text %q done %v ids %v", text, done, ids)
+	}
+}

@@ -554,9 +554,6 @@ func (st *stream) relayLeg(w http.ResponseWriter, fl http.Flusher, resp *http.Re
 			return false, fmt.Errorf("%w: %s", errInBand, ev.errorMessage())
 		}
 		text := ev.content()
-		if st.streamID == "" {
-			st.streamID, st.head = ev.ID, ev.eventHead
-		}
 		// Counted before anything is dropped: the backend generated it all.
 		tally.add(g, l.ticket, &ev)
 		st.lastUsage = tally.forClient(l.offset)
@@ -586,6 +583,11 @@ func (st *stream) relayLeg(w http.ResponseWriter, fl http.Flusher, resp *http.Re
 		if err := g.writeEvent(w, fl, data, rd.holding()); err != nil {
 			end(spotinfer.TicketCancelled)
 			return false, errClientGone
+		}
+		if st.streamID == "" {
+			// The id of the first event the client has (a leg that broke
+			// before it wrote one may be followed by another's).
+			st.streamID, st.head = ev.ID, ev.eventHead
 		}
 		if st.choices.add(&ev) {
 			st.notContinued = whyChoices
