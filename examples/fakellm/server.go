@@ -297,11 +297,10 @@ func (s *server) plan(w http.ResponseWriter, kind, prompt, partial string, maxTo
 		}
 		limit = *maxTokens
 	}
-	left := s.o.answerTokens - k
-	if left < 1 {
-		apiError(w, http.StatusBadRequest, "the final message already holds the whole answer")
-		return j, false
-	}
+	// A final message that already holds the whole answer gets no more
+	// text and finish_reason "stop", as from vLLM (the model's next token
+	// ends it).
+	left := max(s.o.answerTokens-k, 0)
 	j.count, j.finish = left, "stop"
 	if limit < left {
 		j.count, j.finish = limit, "length"

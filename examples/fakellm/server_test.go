@@ -357,3 +357,37 @@ func TestStreamOptionsAsVLLMReadsThem(t *testing.T) {
 		}
 	}
 }
+
+// A continuation whose final message already holds the whole answer is
+// answered as vLLM answers it: no text, finish_reason "stop" (streamed,
+// with a usage of 0 tokens; and whole).
+func TestContinuationOfTheWholeAnswerStops(t *testing.T) {
+	ts, _ := testServer(t, "-answer-tokens", "8")
+	url := ts.URL + "/v1/chat/completions"
+	full, _, _ := streamText(t, url, `{"model":"m","stream":true,"messages":[{"role":"user","content":"hi"}]}`)
+	pj, _ := json.Marshal(full)
+	cont := `{"model":"m","stream":true,"stream_options":{"include_usage":true},
+	  "continue_final_message":true,"add_generation_prompt":false,
+	  "messages":[{"role":"user","content":"hi"},{"role":"assistant","content":` + string(pj) + `}]}`
+	rest, finish, usage := streamText(t, url, cont)
+	if rest != "" || finish != "stop" || usage != 0 {
+		t.Fatalf("rest %q, finish %q, usage %d", rest, finish, usage)
+	}
+	whole := strings.Replace(cont, `"stream":true,`, "", 1)
+	resp, err := http.Post(url, "application/json", strings.NewReader(whole))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var out struct {
+		Choices []struct {
+			Message      struct{ Content string }
+			FinishReason string `json:"finish_reason"`
+		}
+	}
+	json.NewDecoder(resp.Body).Decode(&out)
+	if resp.StatusCode != 200 || len(out.Choices) != 1 || out.Choices[0].Message.Content != "" ||
+		out.Choices[0].FinishReason != "stop" {
+		t.Fatalf("status %d: %+v", resp.StatusCode, out)
+	}
+}

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bufio"
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -578,7 +579,7 @@ func TestReplaysCutAfterStreamingAreNotFailures(t *testing.T) {
 
 // A replay worker's lease on an envelope outlasts the continuation's
 // opens, the first and its reroutes, each up to the connect timeout and
-// -header-wait (which the transport applies): another worker cannot claim
+// -header-wait (which a streamed request gets): another worker cannot claim
 // the envelope meanwhile. -header-wait is more than 0 and at most 1h, so
 // the lease stays within the queue's bound of a day.
 func TestReplayLeaseCoversTheReroutes(t *testing.T) {
@@ -600,7 +601,8 @@ func TestReplayLeaseCoversTheReroutes(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		hw := g.client.Transport.(*http.Transport).ResponseHeaderTimeout
+		// The wait a streamed request's headers get (a continuation's is).
+		hw, _ := g.headerWaitFor(context.Background(), []byte(`{"stream":true}`)).Value(headerWaitKey{}).(time.Duration)
 		opens := time.Duration(maxReroutes+1) * (dialWait + hw)
 		if l := g.replayLease(); hw != o.headerWait || l < opens+10*time.Second || l > 24*time.Hour {
 			t.Errorf("-header-wait %q: headers awaited %v, lease %v for %v of opens", wait, hw, l, opens)

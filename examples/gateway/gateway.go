@@ -21,7 +21,7 @@ import (
 const maxBodyBytes = 8 << 20
 
 // dialWait bounds connecting to a backend; -header-wait bounds the wait
-// for its response headers after that.
+// for a streamed answer's response headers after that (headerwait.go).
 const dialWait = 2 * time.Second
 
 type gateway struct {
@@ -64,17 +64,17 @@ func newGateway(o options) (*gateway, error) {
 	for _, b := range list {
 		g.byID[b.ID] = b
 	}
-	// Streams have no overall timeout (answers can be long); connecting and
-	// waiting for headers do.
+	// Streams have no overall timeout (answers can be long); connecting
+	// does, and so does waiting for a streamed answer's headers
+	// (headerWaitTransport).
 	tr := &http.Transport{
-		DialContext:           (&net.Dialer{Timeout: dialWait, KeepAlive: 30 * time.Second}).DialContext,
-		MaxIdleConns:          1024,
-		MaxIdleConnsPerHost:   256,
-		IdleConnTimeout:       90 * time.Second,
-		ResponseHeaderTimeout: o.headerWait,
-		DisableCompression:    true,
+		DialContext:         (&net.Dialer{Timeout: dialWait, KeepAlive: 30 * time.Second}).DialContext,
+		MaxIdleConns:        1024,
+		MaxIdleConnsPerHost: 256,
+		IdleConnTimeout:     90 * time.Second,
+		DisableCompression:  true,
 	}
-	g.client = &http.Client{Transport: tr}
+	g.client = &http.Client{Transport: headerWaitTransport{tr}}
 	if o.eventsPath != "" {
 		f, err := os.OpenFile(o.eventsPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 		if err != nil {
@@ -233,10 +233,10 @@ func (g *gateway) completion(kind spotinfer.OpenAIKind) http.HandlerFunc {
 // with the backend taken in turn and no library call at all.
 func (g *gateway) serveRoundRobin(w http.ResponseWriter, r *http.Request, body []byte) {
 	b := g.backends[int(g.rr.Add(1)-1)%len(g.backends)]
-	resp, err := g.forward(r.Context(), b, r.URL.Path, "", body)
+	resp, err := g.forward(g.headerWaitFor(r.Context(), body), b, r.URL.Path, "", body)
 	if err != nil {
 		g.stats.failed.Add(1)
-		apiError(w, http.StatusBadGateway, "upstream_error", err.Error())
+		apiError(w, http.StatusBadGateway, "upstream_error", backendError(b.ID, err).Error())
 		return
 	}
 	defer resp.Body.Close()
@@ -248,14 +248,18 @@ func (g *gateway) serveRoundRobin(w http.ResponseWriter, r *http.Request, body [
 	copyWhole(w, resp)
 }
 
-// route asks the library where the request goes. A request the library
-// queues (batch work while no spot capacity is up) is routed again until
-// heldUntil.
+// route asks the library where the request goes, with the replicas in
+// exclude kept out. A request the library queues (batch work while no spot
+// capacity is up) is routed again until heldUntil.
 func (g *gateway) route(ctx context.Context, req *spotinfer.Request, body []byte,
-	kind spotinfer.OpenAIKind, heldUntil time.Time) (d spotinfer.Decision, spent time.Duration, t0 time.Time, err error) {
+	kind spotinfer.OpenAIKind, heldUntil time.Time, exclude []string) (
+	d spotinfer.Decision, spent time.Duration, t0 time.Time, err error) {
 	return g.routeHeld(ctx, heldUntil, func() (spotinfer.Decision, error) {
 		if err := req.ParseOpenAI(body, kind); err != nil {
 			return spotinfer.Decision{}, badRequest{err}
+		}
+		for _, id := range exclude {
+			req.ExcludeReplica(id)
 		}
 		return req.Route()
 	})
@@ -289,8 +293,8 @@ func (g *gateway) routeHeld(ctx context.Context, heldUntil time.Time, routeOnce 
 const queueRetry = 50 * time.Millisecond
 
 // maxReroutes bounds how often a request cut before its first byte (its
-// machine got a notice while the backend was still prefilling) is routed
-// again.
+// machine got a notice while the backend was still prefilling), or whose
+// stream broke before its first event, is routed again.
 const maxReroutes = 3
 
 func (g *gateway) serveRouted(w http.ResponseWriter, r *http.Request, body []byte, kind spotinfer.OpenAIKind) {
@@ -301,14 +305,20 @@ func (g *gateway) serveRouted(w http.ResponseWriter, r *http.Request, body []byt
 	st.heldUntil = time.Now().Add(g.o.queueWait)
 	st.choices.asked = askedChoices(body)
 	st.holdBack = stopHoldBack(body)
+	if echoes(body) {
+		st.notContinued = whyEcho
+	}
 	// The backend gets a streamed body asking for its running token count;
 	// the envelope keeps the client's.
-	fwd := body
+	fwd, asked, hide := askRunningUsage(body)
+	st.asked = asked // what the client asked for, asked or not for more
 	if g.o.backendUsage {
-		fwd, st.asked, st.hideUsage = askRunningUsage(body)
+		st.hideUsage = hide
+	} else {
+		fwd = body
 	}
 	for attempt := 0; ; attempt++ {
-		d, started, req, ok := g.decide(w, r, body, kind, st.heldUntil)
+		d, started, req, ok := g.decide(w, r, st)
 		if !ok {
 			return
 		}
@@ -349,30 +359,54 @@ func (g *gateway) serveRouted(w http.ResponseWriter, r *http.Request, body []byt
 			st.relayWhole(w, resp, l)
 			return
 		}
-		st.relay(w, r.Context(), resp, l)
+		err = st.relay(w, r.Context(), resp, l)
+		if err == nil {
+			return
+		}
+		// The stream broke before its first event: the client has nothing
+		// yet, whatever the class, and it is routed again. A leg that was
+		// not cut (the library keeps a noticed machine out) broke on its
+		// own: its replica is kept out.
+		err = fmt.Errorf("%s: the stream broke before its first event: %w", l.replica, err)
+		if r.Context().Err() == nil && attempt < maxReroutes && !tooLong(err) {
+			g.stats.rerouted.Add(1)
+			if !errors.Is(err, errCut) {
+				st.broken = append(st.broken, l.replica)
+			}
+			st.brokeWith = err
+			continue
+		}
+		g.stats.failed.Add(1)
+		apiError(w, http.StatusBadGateway, "upstream_error", err.Error())
 		return
 	}
 }
 
-// decide asks the library where the request goes. The request it was
+// decide asks the library where the stream's request goes, with the
+// replicas its earlier streams broke on kept out. The request it was
 // routed with comes back with the decision, parsed, for the tries after a
 // failed one to route again; the caller puts it back in g.reqs. When it
 // goes nowhere, the client has its answer (400, 429, 500, 503: no
-// capacity, or every ticket open) and ok is false.
-func (g *gateway) decide(w http.ResponseWriter, r *http.Request, body []byte,
-	kind spotinfer.OpenAIKind, heldUntil time.Time) (spotinfer.Decision, time.Time, *spotinfer.Request, bool) {
+// capacity, or every ticket open; 502 with the last broken stream's error
+// when no replica is left for it) and ok is false.
+func (g *gateway) decide(w http.ResponseWriter, r *http.Request, st *stream) (spotinfer.Decision, time.Time, *spotinfer.Request, bool) {
 	req, _ := g.reqs.Get().(*spotinfer.Request)
 	if req == nil {
 		apiError(w, http.StatusInternalServerError, "internal_error", "no request handle")
 		return spotinfer.Decision{}, time.Time{}, nil, false
 	}
-	d, spent, started, err := g.route(r.Context(), req, body, kind, heldUntil)
+	d, spent, started, err := g.route(r.Context(), req, st.body, st.kind, st.heldUntil, st.broken)
 	g.timings.decision.add(spent)
 	if err == nil {
 		return d, started, req, true
 	}
 	g.reqs.Put(req)
 	switch {
+	case st.brokeWith != nil && (errors.Is(err, spotinfer.ErrShed) || errors.Is(err, spotinfer.ErrNoCapacity)):
+		// No replica left after the streams that broke: the client gets
+		// the last one's error, as after failed tries.
+		g.stats.failed.Add(1)
+		apiError(w, http.StatusBadGateway, "upstream_error", st.brokeWith.Error())
 	case errors.Is(err, spotinfer.ErrShed):
 		g.stats.shed.Add(1)
 		w.Header().Set("Retry-After", "1")
@@ -462,11 +496,12 @@ func (g *gateway) try(ctx context.Context, cancel context.CancelFunc, st *stream
 	// over, and a cut in between still stops it.
 	l := leg{replica: d.ReplicaID, ticket: d.Ticket, sent: time.Now(), cancel: cancel}
 	st.register(&l)
-	resp, err := g.forward(ctx, b, st.path, st.key, applyPlan(body, d))
+	resp, err := g.forward(g.headerWaitFor(ctx, body), b, st.path, st.key, applyPlan(body, d))
 	if err == nil && resp.StatusCode < 500 {
 		return resp, l, nil
 	}
 	defer st.unregister(&l)
+	err = backendError(d.ReplicaID, err)
 	if err == nil {
 		msg, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
 		resp.Body.Close()

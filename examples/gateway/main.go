@@ -60,7 +60,9 @@ func parseFlags(args []string) (options, error) {
 			"once one has, the stream waits as long as the worker's lease (see -header-wait)")
 	fs.DurationVar(&o.queueWait, "queue-wait", 2*time.Second, "longest a request the library queues is held, over all of its routes")
 	fs.DurationVar(&o.headerWait, "header-wait", 60*time.Second,
-		"longest wait for a backend's response headers once connected (its prefill included), up to 1h; "+
+		"longest wait for a streamed answer's response headers once connected, up to 1h (a try "+
+			"without them is a dead backend: it is tried elsewhere; a non-streamed answer, whose headers "+
+			"come with the whole answer, has no such wait); "+
 			"a replay worker's claim on an envelope is leased long enough for 4 such waits, "+
 			"and a cut stream waits for a claimed continuation that long, beyond -replay-wait if need be")
 	fs.IntVar(&o.replayWorkers, "replay-workers", 4, "goroutines resuming streams from the replay queue")

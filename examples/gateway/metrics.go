@@ -41,7 +41,7 @@ func (g *gateway) metrics(w http.ResponseWriter, r *http.Request) {
 	counter("gateway_fallbacks_total", "Tries routed again, the replicas tried so far excluded, after a try failed before the first byte.", s.fallbacks.Load())
 	counter("gateway_notices_total", "Interruption notices handed to the library (each event once).", s.notices.Load())
 	counter("gateway_streams_cut_total", "Requests cut for a REPLAY plan.", s.interrupted.Load())
-	counter("gateway_rerouted_total", "Requests cut before their first byte and routed again.", s.rerouted.Load())
+	counter("gateway_rerouted_total", "Requests cut before their first byte, or whose stream broke before its first event, routed again.", s.rerouted.Load())
 	fmt.Fprintf(&b, "# HELP gateway_replays_total Stream replays by step.\n# TYPE gateway_replays_total counter\n")
 	for _, o := range []struct {
 		name string

@@ -402,7 +402,8 @@ func (g *gateway) openContinuation(ctx context.Context, st *stream, body []byte,
 	// Findable from the start, as a first leg is: a REPLAY plan for the
 	// machine reaches it while it waits for its first byte.
 	st.register(&l)
-	resp, err := g.forward(lctx, b, st.path, env.Key, applyPlan(fwd, plan))
+	resp, err := g.forward(g.headerWaitFor(lctx, fwd), b, st.path, env.Key, applyPlan(fwd, plan))
+	err = backendError(d.ReplicaID, err)
 	if err == nil && resp.StatusCode != http.StatusOK {
 		msg, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
 		resp.Body.Close()

@@ -42,12 +42,29 @@ type stream struct {
 	ctx        context.Context // the client's request
 	firstCut   int64           // when it was first interrupted (ns), 0 before
 	streamID   string          // the id of the first leg's events
+	// The first event's object, created and model, for the chunks the
+	// gateway writes itself (endings.go).
+	head eventHead
 	// The most tokens a backend's count may run ahead of the text sent by
 	// (stopHoldBack): the offset is lowered to what the client has.
 	holdBack uint64
 	// heldUntil bounds how long the library may keep it queued, over
 	// all of its routes: -queue-wait from its arrival.
 	heldUntil time.Time
+	// The replicas whose stream broke before its first event, kept out
+	// of the request's next routes, and the last such break.
+	broken    []string
+	brokeWith error
+	// The client has had its response headers, sent with its first
+	// event (begin). Read and written by the relaying goroutine only.
+	began bool
+	// The client has had a role chunk: a continuation's is dropped then,
+	// and passed on when the first leg broke before its own.
+	roleSent bool
+	// The client has had the usage chunk (choices empty, usage given),
+	// and the usage the last leg's events gave as the client sees it.
+	usageSent bool
+	lastUsage clientUsage
 
 	mu     sync.Mutex
 	cut    bool               // a REPLAY plan asked for this leg to stop
@@ -78,8 +95,9 @@ type stream struct {
 	choices  choiceSet
 	// Why the stream is not continued after a cut, "" when it may be: the
 	// client has had what a checkpoint does not hold, tool-call or
-	// reasoning deltas (a continuation would repeat or lose them), or
-	// several choices (a checkpoint holds one text and one offset).
+	// reasoning deltas (a continuation would repeat or lose them),
+	// several choices (a checkpoint holds one text and one offset), or an
+	// echo of its prompt (whyEcho).
 	notContinued string
 	// The client had a backend's error event: the stream ends with it.
 	errorSent bool
@@ -96,7 +114,27 @@ type choiceSet struct {
 const (
 	whyBeyondText = "it had tool-call or reasoning deltas, which a checkpoint does not hold"
 	whyChoices    = "it has several choices, and a checkpoint holds one"
+	// A checkpoint would take the echoed prompt (or last message) for
+	// part of the answer, and the continuation would echo its own prompt,
+	// which holds that text, again.
+	whyEcho = "it echoes its prompt, which a checkpoint would take for the answer"
 )
+
+// echoes reports whether a body asks the backend to echo its prompt
+// (completions) or its last message (chat): its last member echo is true.
+func echoes(body []byte) bool {
+	if !bytes.Contains(body, []byte(`"echo"`)) && !bytes.Contains(body, []byte(`\u`)) {
+		return false
+	}
+	echo := false
+	eachMember(body, func(m member) bool {
+		if m.is("echo") {
+			echo = string(body[m.val:m.end]) == "true"
+		}
+		return true
+	})
+	return echo
+}
 
 // askedChoices is the body's n (the last given), 0 when it gives none or
 // it is not a number; a continuation body keeps it.
@@ -205,6 +243,7 @@ func (c *choice) index() string {
 type event struct {
 	ID      string   `json:"id"`
 	Choices []choice `json:"choices"`
+	eventHead
 	// The usage, read by decodeEvent (usage.go) from the member whose
 	// key is usage exactly: encoding/json would also take "Usage" for it,
 	// which the gateway would then count and not take out.
@@ -217,6 +256,16 @@ type event struct {
 	// then [DONE], when its engine fails mid-answer). Read, like the
 	// usage, from the member whose key is error exactly.
 	Error json.RawMessage `json:"-"`
+}
+
+// hasRole reports whether a choice's delta gives the role.
+func (e *event) hasRole() bool {
+	for _, c := range e.Choices {
+		if c.Delta.Role != "" {
+			return true
+		}
+	}
+	return false
 }
 
 // beyondText reports deltas other than text: tool calls, reasoning.
@@ -263,16 +312,13 @@ var (
 // each, and reports the ticket. When a leg breaks before the answer ends
 // (the machine died, or a REPLAY plan cut it) and the request may be
 // replayed, the stream is checkpointed into the replay queue and resumed
-// from the leg a replay worker hands back.
-func (st *stream) relay(w http.ResponseWriter, ctx context.Context, resp *http.Response, l leg) {
+// from the leg a replay worker hands back. A first leg that breaks before
+// its first event leaves the client nothing, not even its headers: relay
+// then returns why, and the caller routes the request again or answers
+// it; otherwise the client has had its answer and relay returns nil.
+func (st *stream) relay(w http.ResponseWriter, ctx context.Context, resp *http.Response, l leg) error {
 	g := st.g
 	fl, _ := w.(http.Flusher)
-	w.Header().Set("Content-Type", "text/event-stream")
-	w.Header().Set("Cache-Control", "no-cache")
-	w.WriteHeader(http.StatusOK)
-	if fl != nil {
-		fl.Flush()
-	}
 	for {
 		st.mu.Lock()
 		had, hadTokens := st.text.Len(), st.tokens
@@ -294,57 +340,62 @@ func (st *stream) relay(w http.ResponseWriter, ctx context.Context, resp *http.R
 		}
 		if done {
 			g.stats.ok.Add(1)
-			return
+			return nil
 		}
 		if ctx.Err() != nil || errors.Is(err, errClientGone) {
 			g.stats.cancelled.Add(1)
-			return
+			return nil
+		}
+		if !st.began {
+			return err
 		}
 		if errors.Is(err, errDiverged) {
 			g.stats.failed.Add(1)
 			writeStreamError(w, fl, "the stream was interrupted and its replay "+
 				"answered differently from what was already sent")
-			return
+			return nil
 		}
 		if tooLong(err) {
 			g.stats.failed.Add(1)
 			writeStreamError(w, fl, "the backend sent "+err.Error())
-			return
+			return nil
 		}
 		if st.finished {
-			// Cut after the finish_reason and before [DONE]: nothing is
-			// missing, and a continuation would write past the end.
-			writeDone(w, fl)
+			// Cut after the finish_reason and before [DONE]: nothing of
+			// the answer is missing, and a continuation would write past
+			// the end. The usage chunk may be.
+			st.endWhole(w, fl)
 			g.stats.ok.Add(1)
-			return
+			return nil
 		}
 		if !st.replayable || st.notContinued != "" {
 			g.stats.failed.Add(1)
 			if st.errorSent {
-				return // the client has the backend's error event
+				return nil // the client has the backend's error event
 			}
 			msg := fmt.Sprintf("the backend stream broke: %v", err)
 			if st.replayable {
 				msg += "; not continued: " + st.notContinued
 			}
 			writeStreamError(w, fl, msg)
-			return
+			return nil
 		}
 		var r resumption
 		if r = st.resumeAfterCut(ctx, err); r.err != nil {
 			if ctx.Err() != nil {
 				g.stats.cancelled.Add(1)
-				return
+				return nil
 			}
 			g.stats.failed.Add(1)
 			writeStreamError(w, fl, "the stream was interrupted and could not be resumed: "+r.err.Error())
-			return
+			return nil
 		}
 		if r.complete {
-			// Cut after the last token and before [DONE].
-			writeDone(w, fl)
+			// Cut after the last token max_tokens allows and before the
+			// finish chunk: the answer is whole but for its ending.
+			st.endLength(w, fl)
 			g.stats.ok.Add(1)
-			return
+			return nil
 		}
 		resp, l = r.resp, r.leg
 		// Should this leg break too before it makes progress, that is one
@@ -354,6 +405,19 @@ func (st *stream) relay(w http.ResponseWriter, ctx context.Context, resp *http.R
 		st.replays++
 		st.mu.Unlock()
 	}
+}
+
+// begin sends the client's response headers, once, as its first event
+// goes out: until then a broken leg leaves the client nothing, and the
+// request can be routed again.
+func (st *stream) begin(w http.ResponseWriter) {
+	if st.began {
+		return
+	}
+	st.began = true
+	w.Header().Set("Content-Type", "text/event-stream")
+	w.Header().Set("Cache-Control", "no-cache")
+	w.WriteHeader(http.StatusOK)
 }
 
 // writeDone ends the client's stream as a backend's [DONE] would.
@@ -457,6 +521,7 @@ func (st *stream) relayLeg(w http.ResponseWriter, fl http.Flusher, resp *http.Re
 				end(spotinfer.TicketError)
 				return false, errNoFinish
 			}
+			st.begin(w)
 			if _, err := io.WriteString(w, "data: [DONE]\n\n"); err != nil {
 				end(spotinfer.TicketCancelled)
 				return false, errClientGone
@@ -476,8 +541,9 @@ func (st *stream) relayLeg(w http.ResponseWriter, fl http.Flusher, resp *http.Re
 			// leg is broken (the replica's fault: ERROR, which its breaker
 			// counts). A stream that may be resumed, or that the client
 			// has whole, does not pass the event on; any other stream ends
-			// with it.
-			if !st.finished && (!st.replayable || st.notContinued != "") {
+			// with it, unless the client has had nothing yet: the request
+			// is then routed again.
+			if st.began && !st.finished && (!st.replayable || st.notContinued != "") {
 				if err := g.writeEvent(w, fl, data, rd.holding()); err != nil {
 					end(spotinfer.TicketCancelled)
 					return false, errClientGone
@@ -488,11 +554,9 @@ func (st *stream) relayLeg(w http.ResponseWriter, fl http.Flusher, resp *http.Re
 			return false, fmt.Errorf("%w: %s", errInBand, ev.errorMessage())
 		}
 		text := ev.content()
-		if st.streamID == "" {
-			st.streamID = ev.ID
-		}
 		// Counted before anything is dropped: the backend generated it all.
 		tally.add(g, l.ticket, &ev)
+		st.lastUsage = tally.forClient(l.offset)
 		if st.holdBack > 0 {
 			tally.words.add(text) // all of it: a skipped text is the client's too
 		}
@@ -515,13 +579,21 @@ func (st *stream) relayLeg(w http.ResponseWriter, fl http.Flusher, resp *http.Re
 		}
 		// The client gets the event before the text counts as delivered:
 		// what a checkpoint holds is what the client has.
+		st.begin(w)
 		if err := g.writeEvent(w, fl, data, rd.holding()); err != nil {
 			end(spotinfer.TicketCancelled)
 			return false, errClientGone
 		}
+		if st.streamID == "" {
+			// The id of the first event the client has (a leg that broke
+			// before it wrote one may be followed by another's).
+			st.streamID, st.head = ev.ID, ev.eventHead
+		}
 		if st.choices.add(&ev) {
 			st.notContinued = whyChoices
 		}
+		st.roleSent = st.roleSent || ev.hasRole()
+		st.usageSent = st.usageSent || (ev.usageGiven && len(ev.Choices) == 0)
 		st.finished = st.choices.whole()
 		if ev.beyondText() && st.notContinued == "" {
 			st.notContinued = whyBeyondText
@@ -578,12 +650,12 @@ func (t *legTally) result(status spotinfer.TicketStatus) spotinfer.TicketResult 
 }
 
 // continuedEvent adapts an event of a continuation leg: the role-only
-// opening chunk is dropped (drop: the client had it), a from-scratch
+// opening chunk is dropped (drop) when the client had one, a from-scratch
 // replay's text the client already has is skipped, and the usage chunk
 // counts the tokens of every leg. diverged: a from-scratch replay wrote
 // something else than what the client has, which cannot be joined to it.
 func (st *stream) continuedEvent(data []byte, ev *event, text *string, l *leg) (out []byte, drop, diverged bool) {
-	if len(ev.Choices) == 1 && ev.Choices[0].Delta.Role != "" && *text == "" &&
+	if st.roleSent && len(ev.Choices) == 1 && ev.Choices[0].Delta.Role != "" && *text == "" &&
 		ev.Choices[0].FinishReason == nil {
 		return data, true, false
 	}
