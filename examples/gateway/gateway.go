@@ -18,8 +18,6 @@ import (
 	spotinfer "github.com/libspotinfer/libspotinfer/bindings/go"
 )
 
-const maxBodyBytes = 8 << 20
-
 // dialWait bounds connecting to a backend; -header-wait bounds the wait
 // for its response headers after that.
 const dialWait = 2 * time.Second
@@ -86,7 +84,7 @@ func newGateway(o options) (*gateway, error) {
 		g.ready.Store(true)
 		return g, nil
 	}
-	if g.eng, err = newEngine(o.configPath); err != nil {
+	if g.eng, err = newEngine(o.configPath, o.maxBody); err != nil {
 		return nil, err
 	}
 	if err := register(g.eng, list); err != nil {
@@ -210,12 +208,12 @@ func (g *gateway) completion(kind spotinfer.OpenAIKind) http.HandlerFunc {
 			apiError(w, http.StatusServiceUnavailable, "unavailable", "starting: no load reading yet")
 			return
 		}
-		body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxBodyBytes))
+		body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, g.o.maxBody))
 		if err != nil {
 			var mbe *http.MaxBytesError
 			if errors.As(err, &mbe) {
 				apiError(w, http.StatusRequestEntityTooLarge, "invalid_request_error",
-					fmt.Sprintf("body over %d bytes", maxBodyBytes))
+					fmt.Sprintf("body over %d bytes", g.o.maxBody))
 			} else {
 				g.stats.cancelled.Add(1)
 			}
@@ -388,21 +386,30 @@ func (g *gateway) decide(w http.ResponseWriter, r *http.Request, body []byte,
 	default:
 		var br badRequest
 		if errors.As(err, &br) {
-			// The library's message names the field (and the byte offset
-			// of malformed JSON).
-			g.stats.badRequest.Add(1)
-			msg := br.err.Error()
-			var se *spotinfer.Error
-			if errors.As(br.err, &se) && se.Message != "" {
-				msg = se.Message
-			}
-			apiError(w, http.StatusBadRequest, "invalid_request_error", msg)
+			g.refuse(w, br.err)
 			break
 		}
 		g.stats.failed.Add(1)
 		apiError(w, http.StatusInternalServerError, "internal_error", err.Error())
 	}
 	return d, started, nil, false
+}
+
+// refuse answers a body the library would not read: 413 when it is over
+// one of the library's limits, 400 when it is malformed. The library's
+// message names the field (and the byte offset of malformed JSON).
+func (g *gateway) refuse(w http.ResponseWriter, err error) {
+	g.stats.badRequest.Add(1)
+	msg := err.Error()
+	var se *spotinfer.Error
+	if errors.As(err, &se) && se.Message != "" {
+		msg = se.Message
+	}
+	status := http.StatusBadRequest
+	if errors.Is(err, spotinfer.ErrTooBig) {
+		status = http.StatusRequestEntityTooLarge
+	}
+	apiError(w, status, "invalid_request_error", msg)
 }
 
 // overloaded answers a route that found every ticket open
