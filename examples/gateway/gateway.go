@@ -203,6 +203,11 @@ func (g *gateway) completion(kind spotinfer.OpenAIKind) http.HandlerFunc {
 			apiError(w, http.StatusMethodNotAllowed, "invalid_request_error", "use POST")
 			return
 		}
+		p := clientPassed(r.Header)
+		if p.requestID != "" {
+			w.Header().Set("X-Request-Id", p.requestID)
+		}
+		r = r.WithContext(context.WithValue(r.Context(), passedKey{}, p))
 		if !g.ready.Load() {
 			w.Header().Set("Retry-After", "1")
 			apiError(w, http.StatusServiceUnavailable, "unavailable", "starting: no load reading yet")
@@ -299,6 +304,10 @@ func (g *gateway) serveRouted(w http.ResponseWriter, r *http.Request, body []byt
 	st.heldUntil = time.Now().Add(g.o.queueWait)
 	st.choices.asked = askedChoices(body)
 	st.holdBack = stopHoldBack(body)
+	// The client's id, or else the one the backends and the event log get.
+	if w.Header().Get("X-Request-Id") == "" {
+		w.Header().Set("X-Request-Id", st.key)
+	}
 	// The backend gets a streamed body asking for its running token count;
 	// the envelope keeps the client's.
 	fwd := body
@@ -311,7 +320,11 @@ func (g *gateway) serveRouted(w http.ResponseWriter, r *http.Request, body []byt
 			return
 		}
 		st.class, st.replayable = d.Class, d.Replayable
-		g.logRoute(st.key, d, started, map[string]any{"attempt": attempt})
+		more := map[string]any{"attempt": attempt}
+		if p, _ := r.Context().Value(passedKey{}).(passed); p.requestID != "" {
+			more["client_request_id"] = p.requestID
+		}
+		g.logRoute(st.key, d, started, more)
 		// A leg has its own context so that a REPLAY plan can cut it
 		// without touching the client's connection.
 		lctx, cancel := context.WithCancel(r.Context())
@@ -344,6 +357,7 @@ func (g *gateway) serveRouted(w http.ResponseWriter, r *http.Request, body []byt
 			st.unregister(&l)
 			defer cancel()
 			defer resp.Body.Close()
+			passBack(w.Header(), resp)
 			st.relayWhole(w, resp, l)
 			return
 		}
@@ -527,19 +541,81 @@ func (g *gateway) logRoute(key string, d spotinfer.Decision, started time.Time, 
 	g.events.write(ev)
 }
 
-// forward posts the body to a backend; id (when not "") goes as
-// X-Request-Id, which vLLM takes as the request's id.
+// forward posts the body to a backend with the client's headers that pass
+// (clientHeaders, held in ctx) and the backend's API key; id goes as
+// X-Request-Id, which vLLM takes as the request's id ("": the client's).
 func (g *gateway) forward(ctx context.Context, b *backend, path, id string, body []byte) (*http.Response, error) {
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, b.URL+path, bytes.NewReader(body))
 	if err != nil {
 		return nil, err
+	}
+	if p, ok := ctx.Value(passedKey{}).(passed); ok {
+		for k, v := range p.h {
+			req.Header[k] = v
+		}
+		if id == "" {
+			id = p.requestID
+		}
 	}
 	req.Header.Set("Content-Type", "application/json")
 	req.Header.Set("Accept", "application/json, text/event-stream")
 	if id != "" {
 		req.Header.Set("X-Request-Id", id)
 	}
+	if b.apiKey != "" {
+		req.Header.Set("Authorization", "Bearer "+b.apiKey)
+	}
 	return g.client.Do(req)
+}
+
+// clientHeaders are the client's request headers passed on to every leg.
+// Not Authorization: a client's key is the gateway's to check, if anyone's,
+// and a backend gets its own (api_key in the backends file). Not
+// X-Request-Id either: a routed request's backends get the gateway's id,
+// unique for each request, which the event log names too; the client's
+// comes back in the answer and is logged with the route.
+var clientHeaders = []string{"OpenAI-Organization", "OpenAI-Project", "Traceparent", "Tracestate"}
+
+// answerHeaders are the backend's response headers a whole (not streamed)
+// answer passes back: none hop-by-hop, none the relay changes
+// (Content-Length), and not X-Request-Id, which the gateway sets.
+var answerHeaders = []string{"Openai-Processing-Ms", "Openai-Version", "Openai-Organization",
+	"Openai-Project", "Retry-After"}
+
+// maxRequestID bounds the client's X-Request-Id kept; a longer one is
+// dropped.
+const maxRequestID = 256
+
+// passed is what a request's headers give its legs, held in its context
+// (under passedKey), which every leg's context derives from.
+type passed struct {
+	h         http.Header
+	requestID string // the client's X-Request-Id, "" if none
+}
+
+type passedKey struct{}
+
+func clientPassed(in http.Header) passed {
+	p := passed{h: http.Header{}}
+	for _, k := range clientHeaders {
+		if v := in.Values(k); len(v) > 0 {
+			p.h[http.CanonicalHeaderKey(k)] = v
+		}
+	}
+	if id := in.Get("X-Request-Id"); len(id) <= maxRequestID {
+		p.requestID = id
+	}
+	return p
+}
+
+// passBack copies answerHeaders from a backend's answer into the client's.
+// A helper for every relay of a whole answer.
+func passBack(dst http.Header, resp *http.Response) {
+	for _, k := range answerHeaders {
+		if v := resp.Header.Values(k); len(v) > 0 {
+			dst[http.CanonicalHeaderKey(k)] = v
+		}
+	}
 }
 
 func isEventStream(resp *http.Response) bool {
@@ -548,6 +624,7 @@ func isEventStream(resp *http.Response) bool {
 }
 
 func copyWhole(w http.ResponseWriter, resp *http.Response) {
+	passBack(w.Header(), resp)
 	if ct := resp.Header.Get("Content-Type"); ct != "" {
 		w.Header().Set("Content-Type", ct)
 	}

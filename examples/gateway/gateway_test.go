@@ -250,8 +250,15 @@ func startRawGateway(t *testing.T, backends map[string]http.Handler, pools map[s
 		t.Cleanup(srv.Close)
 		b := map[string]any{"id": id, "url": srv.URL, "pool": pools[id],
 			"zone": "z-" + id, "instance_type": "g5.xlarge", "usd_per_hour": 1.0}
-		if u, ok := pools[id+".metadata"]; ok {
-			b["metadata_url"] = u
+		// pools["<id>.<field>"] sets a field of the entry ("metadata":
+		// metadata_url).
+		for k, v := range pools {
+			if f, ok := strings.CutPrefix(k, id+"."); ok {
+				if f == "metadata" {
+					f = "metadata_url"
+				}
+				b[f] = v
+			}
 		}
 		list = append(list, b)
 	}
