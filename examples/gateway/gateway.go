@@ -34,6 +34,7 @@ type gateway struct {
 	rr       atomic.Uint64
 	seq      atomic.Uint64
 	ready    atomic.Bool
+	started  time.Time          // the models' "created"
 	stop     context.CancelFunc // ends the background work
 	bg       sync.WaitGroup
 
@@ -56,7 +57,7 @@ func newGateway(o options) (*gateway, error) {
 	if err != nil {
 		return nil, err
 	}
-	g := &gateway{o: o, backends: list, byID: map[string]*backend{},
+	g := &gateway{o: o, backends: list, byID: map[string]*backend{}, started: time.Now(),
 		open: map[uint64]*stream{}, waiting: map[string]*stream{}, wake: make(chan struct{}, 1),
 		longEvents: newByteBudget(o.longEventBudget)}
 	for _, b := range list {
@@ -182,6 +183,8 @@ func (g *gateway) routes() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("/v1/chat/completions", g.completion(spotinfer.OpenAIChat))
 	mux.HandleFunc("/v1/completions", g.completion(spotinfer.OpenAICompletions))
+	mux.HandleFunc("/v1/models", g.models)
+	mux.HandleFunc("/v1/models/", g.models)
 	mux.HandleFunc("/metrics", g.metrics)
 	mux.HandleFunc("/healthz", g.healthz)
 	mux.HandleFunc("/debug/timing", g.timing)
