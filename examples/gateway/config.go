@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net/http"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -88,6 +89,13 @@ func loadBackends(path string) ([]*backend, error) {
 		}
 	}
 	return list, nil
+}
+
+// authorize gives a request to the backend its API key, if it has one.
+func (b *backend) authorize(req *http.Request) {
+	if b.apiKey != "" {
+		req.Header.Set("Authorization", "Bearer "+b.apiKey)
+	}
 }
 
 // readAPIKey sets b.apiKey from api_key, api_key_env or api_key_file.

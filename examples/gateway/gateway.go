@@ -565,9 +565,7 @@ func (g *gateway) forward(ctx context.Context, b *backend, path, id string, body
 	if id != "" {
 		req.Header.Set("X-Request-Id", id)
 	}
-	if b.apiKey != "" {
-		req.Header.Set("Authorization", "Bearer "+b.apiKey)
-	}
+	b.authorize(req)
 	return g.client.Do(req)
 }
 

@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 )
 
@@ -18,10 +19,15 @@ type keyedBackend struct {
 	next http.Handler
 	mu   sync.Mutex
 	got  http.Header
+	// metricsKeyed: /metrics was read with the key (a server may guard it).
+	metricsKeyed atomic.Bool
 }
 
 func (k *keyedBackend) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if r.URL.Path == "/metrics" {
+		if r.Header.Get("Authorization") == "Bearer "+k.key {
+			k.metricsKeyed.Store(true)
+		}
 		k.next.ServeHTTP(w, r)
 		return
 	}
@@ -66,7 +72,8 @@ func postWithHeaders(t *testing.T, url string) (int, http.Header) {
 }
 
 // A backend that needs an API key gets the one the backends file gives it
-// (here from an environment variable), never the client's Authorization;
+// (here from an environment variable), on its /metrics too, never the
+// client's Authorization;
 // the client's listed headers reach it, others do not; the answer brings
 // back the backend's listed headers and the client's X-Request-Id.
 func TestBackendGetsItsKeyAndTheClientsListedHeaders(t *testing.T) {
@@ -90,6 +97,9 @@ func TestBackendGetsItsKeyAndTheClientsListedHeaders(t *testing.T) {
 		// A routed request's backends get the gateway's own id.
 		if id := got.Get("X-Request-Id"); id == "" || (balancer == "spotinfer") == (id == "client-req-1") {
 			t.Errorf("%s: the backend got X-Request-Id %q", balancer, id)
+		}
+		if balancer == "spotinfer" && !kb.metricsKeyed.Load() {
+			t.Errorf("%s: /metrics was not read with the backend's key", balancer)
 		}
 		for k, want := range map[string]string{"Openai-Processing-Ms": "42", "X-Request-Id": "client-req-1",
 			"X-Backend-Internal": ""} {

@@ -94,9 +94,7 @@ func (g *gateway) askModels(ctx context.Context, b *backend) []string {
 	if err != nil {
 		return nil
 	}
-	if b.apiKey != "" {
-		req.Header.Set("Authorization", "Bearer "+b.apiKey)
-	}
+	b.authorize(req)
 	resp, err := g.client.Do(req)
 	if err != nil {
 		return nil
