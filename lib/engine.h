@@ -413,8 +413,10 @@ void spi__req_clear(spi_request *r);
 int spi__req_set_str(spi_request *r, const spi_limits *l, int32_t field,
                      const char *v, size_t len);
 int spi__req_set_int(spi_request *r, int32_t field, int64_t v);
-/* content is text (escaped on the way in, spi__buf_append_text) or, with
- * canonical set, a message's canonical content already built (openai.c). */
+/* content is text (escaped on the way in, spi__buf_append_text), at most
+ * limits.max_field_bytes, or, with canonical set, a message's canonical
+ * content already built (openai.c), whose text the caller has held to that
+ * limit. */
 int spi__req_add_message(spi_request *r, const spi_limits *l, int32_t role,
                          const char *content, size_t len, int canonical);
 int spi__req_set_tokens(spi_request *r, const spi_limits *l,

@@ -21,6 +21,7 @@ typedef struct reader {
   const spi_limits *l;
   spi_buf scratch;  /* assembled message content */
   spi_json_src src; /* the body's text, for numbers beyond 2^53 */
+  size_t text;      /* bytes of text in scratch, for limits.max_field_bytes */
 } reader;
 
 static const cJSON *get(const cJSON *o, const char *key) {
@@ -81,8 +82,10 @@ static int no_duplicate_keys(reader *rd, const cJSON *obj, const char *path) {
 
 /* Text into the message's canonical content, 0x1B-0x1F escaped. */
 static int put_text(reader *rd, const char *s, const char *path) {
-  if (spi__buf_append_text(&rd->scratch, &rd->r->engine->mem, s, strlen(s)))
+  size_t len = strlen(s);
+  if (spi__buf_append_text(&rd->scratch, &rd->r->engine->mem, s, len))
     return spi__req_fail(rd->r, SPI_ENOMEM, "%s: out of memory", path);
+  rd->text += len;
   return SPI_OK;
 }
 
@@ -151,6 +154,7 @@ static int content_part(reader *rd, const cJSON *part, const char *p) {
  */
 static int message_content(reader *rd, const cJSON *msg, const char *path) {
   spi__buf_clear(&rd->scratch);
+  rd->text = 0;
   const cJSON *c = get(msg, "content");
   char p[96];
   int rc = SPI_OK;
@@ -168,6 +172,12 @@ static int message_content(reader *rd, const cJSON *msg, const char *path) {
     rc = content_part(rd, part, p);
   }
   if (rc) return rc;
+  /* Only the text counts toward the field limit: an image's base64 is
+   * most of a body that limits.max_body_bytes already bounds. */
+  if ((int64_t)rd->text > rd->l->max_field_bytes)
+    return spi__req_fail(rd->r, SPI_ETOOBIG,
+                         "%s.content: %zu bytes of text exceeds %lld", path,
+                         rd->text, (long long)rd->l->max_field_bytes);
   const cJSON *calls = get(msg, "tool_calls");
   if (calls) {
     snprintf(p, sizeof p, "%s.tool_calls", path);
@@ -355,7 +365,7 @@ int spi_request_parse_openai(spi_request *req, const char *json, size_t len,
   int rc = spi__json_parse_object(json, len, (size_t)l.max_body_bytes, "body",
                                   &body, req->errmsg, sizeof req->errmsg);
   if (rc != SPI_OK) return rc;
-  reader rd = {req, &l, {0}, {0}};
+  reader rd = {req, &l, {0}, {0}, 0};
   spi__json_src_init(&rd.src, json, len, body);
   rc = read_body(&rd, body, kind);
   spi__buf_free(&rd.scratch, &req->engine->mem);

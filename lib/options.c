@@ -61,7 +61,8 @@ static const spi_optdesc OPTIONS[] = {
     {"limits.max_body_bytes", I, "4194304", 64, 1073741824,
      "largest OpenAI JSON body accepted"},
     {"limits.max_field_bytes", I, "1048576", 16, 1073741824,
-     "largest single string attribute or message"},
+     "largest single string attribute, or text of a message (its images "
+     "and other parts count toward max_body_bytes only)"},
     {"limits.max_messages", I, "2048", 1, 1048576, "most chat messages"},
     {"limits.max_tools_bytes", I, "262144", 2, 1073741824,
      "largest tools JSON array"},

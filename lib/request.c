@@ -287,7 +287,9 @@ int spi__req_add_message(spi_request *r, const spi_limits *l, int32_t role,
   if ((int64_t)r->nmsgs >= l->max_messages)
     return spi__req_fail(r, SPI_ETOOBIG, "messages: more than %lld",
                     (long long)l->max_messages);
-  if ((int64_t)len > l->max_field_bytes)
+  /* A canonical content's text was counted by its reader (openai.c); its
+   * framed parts count toward the body only. */
+  if (!canonical && (int64_t)len > l->max_field_bytes)
     return spi__req_fail(r, SPI_ETOOBIG, "messages[%zu].content: %zu bytes exceeds %lld",
                     r->nmsgs, len, (long long)l->max_field_bytes);
   if (!content && len)

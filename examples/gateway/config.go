@@ -3,9 +3,12 @@ package main
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"net/http"
 	"net/url"
 	"os"
+	"path/filepath"
 	"strings"
 
 	spotinfer "github.com/libspotinfer/libspotinfer/bindings/go"
@@ -28,6 +31,14 @@ type backend struct {
 	// Node is the machine's instance id; "" means the backend id.
 	Node             string  `json:"node"`
 	DecodeTokensPerS float64 `json:"decode_tokens_per_s"`
+	// The backend's own API key (vLLM's --api-key), sent to it as
+	// "Authorization: Bearer <key>": at most one of the key itself, the
+	// name of an environment variable holding it, or a file holding it
+	// (a relative path is the backends file's directory's).
+	APIKey     string `json:"api_key"`
+	APIKeyEnv  string `json:"api_key_env"`
+	APIKeyFile string `json:"api_key_file"`
+	apiKey     string // the key, from whichever of the three is given
 }
 
 // loadBackends reads and checks the backends file: every mistake is named
@@ -73,8 +84,62 @@ func loadBackends(path string) ([]*backend, error) {
 		if b.Node == "" {
 			b.Node = b.ID
 		}
+		if err := b.readAPIKey(filepath.Dir(path)); err != nil {
+			return nil, fmt.Errorf("%s.%v", where, err)
+		}
 	}
 	return list, nil
+}
+
+// authorize gives a request to the backend its API key, if it has one.
+func (b *backend) authorize(req *http.Request) {
+	if b.apiKey != "" {
+		req.Header.Set("Authorization", "Bearer "+b.apiKey)
+	}
+}
+
+// readAPIKey sets b.apiKey from api_key, api_key_env or api_key_file.
+// Errors name the key's source, never the key.
+func (b *backend) readAPIKey(dir string) error {
+	given := 0
+	for _, s := range []string{b.APIKey, b.APIKeyEnv, b.APIKeyFile} {
+		if s != "" {
+			given++
+		}
+	}
+	switch {
+	case given > 1:
+		return errors.New("api_key: give one of api_key, api_key_env and api_key_file")
+	case b.APIKeyEnv != "":
+		b.apiKey = os.Getenv(b.APIKeyEnv)
+		if b.apiKey == "" {
+			return fmt.Errorf("api_key_env: $%s is not set or empty", b.APIKeyEnv)
+		}
+	case b.APIKeyFile != "":
+		p := b.APIKeyFile
+		if !filepath.IsAbs(p) {
+			p = filepath.Join(dir, p)
+		}
+		raw, err := os.ReadFile(p)
+		if err != nil {
+			return fmt.Errorf("api_key_file: %v", err)
+		}
+		// A file written by echo or an editor ends with a newline.
+		b.apiKey = strings.TrimRight(string(raw), "\r\n")
+		if b.apiKey == "" {
+			return fmt.Errorf("api_key_file: %s is empty", p)
+		}
+	default:
+		b.apiKey = b.APIKey
+	}
+	// A header value cannot hold control characters (a line break would
+	// end the header and start another).
+	for _, c := range []byte(b.apiKey) {
+		if c < 0x20 || c == 0x7f {
+			return errors.New("api_key: holds a control character")
+		}
+	}
+	return nil
 }
 
 func (b *backend) pool() spotinfer.Pool {

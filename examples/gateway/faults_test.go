@@ -692,7 +692,7 @@ func TestContinuationSlowerThanReplayWaitIsRelayed(t *testing.T) {
 // keys of -replay over it; the backoff doubles from the base up to the
 // most, shortened by up to the jitter.
 func TestReplayRetrySettings(t *testing.T) {
-	e, err := newEngine(ticketsConfig(t))
+	e, err := newEngine(ticketsConfig(t), 8<<20)
 	if err != nil {
 		t.Fatal(err)
 	}

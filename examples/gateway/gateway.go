@@ -18,8 +18,6 @@ import (
 	spotinfer "github.com/libspotinfer/libspotinfer/bindings/go"
 )
 
-const maxBodyBytes = 8 << 20
-
 // dialWait bounds connecting to a backend; -header-wait bounds the wait
 // for a streamed answer's response headers after that (headerwait.go).
 const dialWait = 2 * time.Second
@@ -36,6 +34,7 @@ type gateway struct {
 	rr       atomic.Uint64
 	seq      atomic.Uint64
 	ready    atomic.Bool
+	started  time.Time          // the models' "created"
 	stop     context.CancelFunc // ends the background work
 	bg       sync.WaitGroup
 
@@ -58,7 +57,7 @@ func newGateway(o options) (*gateway, error) {
 	if err != nil {
 		return nil, err
 	}
-	g := &gateway{o: o, backends: list, byID: map[string]*backend{},
+	g := &gateway{o: o, backends: list, byID: map[string]*backend{}, started: time.Now(),
 		open: map[uint64]*stream{}, waiting: map[string]*stream{}, wake: make(chan struct{}, 1),
 		longEvents: newByteBudget(o.longEventBudget)}
 	for _, b := range list {
@@ -86,7 +85,7 @@ func newGateway(o options) (*gateway, error) {
 		g.ready.Store(true)
 		return g, nil
 	}
-	if g.eng, err = newEngine(o.configPath); err != nil {
+	if g.eng, err = newEngine(o.configPath, o.maxBody); err != nil {
 		return nil, err
 	}
 	if err := register(g.eng, list); err != nil {
@@ -184,6 +183,8 @@ func (g *gateway) routes() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("/v1/chat/completions", g.completion(spotinfer.OpenAIChat))
 	mux.HandleFunc("/v1/completions", g.completion(spotinfer.OpenAICompletions))
+	mux.HandleFunc("/v1/models", g.models)
+	mux.HandleFunc("/v1/models/", g.models)
 	mux.HandleFunc("/metrics", g.metrics)
 	mux.HandleFunc("/healthz", g.healthz)
 	mux.HandleFunc("/debug/timing", g.timing)
@@ -205,17 +206,22 @@ func (g *gateway) completion(kind spotinfer.OpenAIKind) http.HandlerFunc {
 			apiError(w, http.StatusMethodNotAllowed, "invalid_request_error", "use POST")
 			return
 		}
+		p := clientPassed(r.Header)
+		if p.requestID != "" {
+			w.Header().Set("X-Request-Id", p.requestID)
+		}
+		r = r.WithContext(context.WithValue(r.Context(), passedKey{}, p))
 		if !g.ready.Load() {
 			w.Header().Set("Retry-After", "1")
 			apiError(w, http.StatusServiceUnavailable, "unavailable", "starting: no load reading yet")
 			return
 		}
-		body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxBodyBytes))
+		body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, g.o.maxBody))
 		if err != nil {
 			var mbe *http.MaxBytesError
 			if errors.As(err, &mbe) {
 				apiError(w, http.StatusRequestEntityTooLarge, "invalid_request_error",
-					fmt.Sprintf("body over %d bytes", maxBodyBytes))
+					fmt.Sprintf("body over %d bytes", g.o.maxBody))
 			} else {
 				g.stats.cancelled.Add(1)
 			}
@@ -308,6 +314,10 @@ func (g *gateway) serveRouted(w http.ResponseWriter, r *http.Request, body []byt
 	if echoes(body) {
 		st.notContinued = whyEcho
 	}
+	// The client's id, or else the one the backends and the event log get.
+	if w.Header().Get("X-Request-Id") == "" {
+		w.Header().Set("X-Request-Id", st.key)
+	}
 	// The backend gets a streamed body asking for its running token count;
 	// the envelope keeps the client's.
 	fwd, asked, hide := askRunningUsage(body)
@@ -323,7 +333,11 @@ func (g *gateway) serveRouted(w http.ResponseWriter, r *http.Request, body []byt
 			return
 		}
 		st.class, st.replayable = d.Class, d.Replayable
-		g.logRoute(st.key, d, started, map[string]any{"attempt": attempt})
+		more := map[string]any{"attempt": attempt}
+		if p, _ := r.Context().Value(passedKey{}).(passed); p.requestID != "" {
+			more["client_request_id"] = p.requestID
+		}
+		g.logRoute(st.key, d, started, more)
 		// A leg has its own context so that a REPLAY plan can cut it
 		// without touching the client's connection.
 		lctx, cancel := context.WithCancel(r.Context())
@@ -356,6 +370,7 @@ func (g *gateway) serveRouted(w http.ResponseWriter, r *http.Request, body []byt
 			st.unregister(&l)
 			defer cancel()
 			defer resp.Body.Close()
+			passBack(w.Header(), resp)
 			st.relayWhole(w, resp, l)
 			return
 		}
@@ -422,21 +437,30 @@ func (g *gateway) decide(w http.ResponseWriter, r *http.Request, st *stream) (sp
 	default:
 		var br badRequest
 		if errors.As(err, &br) {
-			// The library's message names the field (and the byte offset
-			// of malformed JSON).
-			g.stats.badRequest.Add(1)
-			msg := br.err.Error()
-			var se *spotinfer.Error
-			if errors.As(br.err, &se) && se.Message != "" {
-				msg = se.Message
-			}
-			apiError(w, http.StatusBadRequest, "invalid_request_error", msg)
+			g.refuse(w, br.err)
 			break
 		}
 		g.stats.failed.Add(1)
 		apiError(w, http.StatusInternalServerError, "internal_error", err.Error())
 	}
 	return d, started, nil, false
+}
+
+// refuse answers a body the library would not read: 413 when it is over
+// one of the library's limits, 400 when it is malformed. The library's
+// message names the field (and the byte offset of malformed JSON).
+func (g *gateway) refuse(w http.ResponseWriter, err error) {
+	g.stats.badRequest.Add(1)
+	msg := err.Error()
+	var se *spotinfer.Error
+	if errors.As(err, &se) && se.Message != "" {
+		msg = se.Message
+	}
+	status := http.StatusBadRequest
+	if errors.Is(err, spotinfer.ErrTooBig) {
+		status = http.StatusRequestEntityTooLarge
+	}
+	apiError(w, status, "invalid_request_error", msg)
 }
 
 // overloaded answers a route that found every ticket open
@@ -555,19 +579,80 @@ func (g *gateway) logRoute(key string, d spotinfer.Decision, started time.Time, 
 	g.events.write(ev)
 }
 
-// forward posts the body to a backend; id (when not "") goes as
-// X-Request-Id, which vLLM takes as the request's id.
+// forward posts the body to a backend with the client's headers that pass
+// (clientHeaders, held in ctx) and the backend's API key; id goes as
+// X-Request-Id, which vLLM takes as the request's id ("": the client's).
 func (g *gateway) forward(ctx context.Context, b *backend, path, id string, body []byte) (*http.Response, error) {
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, b.URL+path, bytes.NewReader(body))
 	if err != nil {
 		return nil, err
+	}
+	if p, ok := ctx.Value(passedKey{}).(passed); ok {
+		for k, v := range p.h {
+			req.Header[k] = v
+		}
+		if id == "" {
+			id = p.requestID
+		}
 	}
 	req.Header.Set("Content-Type", "application/json")
 	req.Header.Set("Accept", "application/json, text/event-stream")
 	if id != "" {
 		req.Header.Set("X-Request-Id", id)
 	}
+	b.authorize(req)
 	return g.client.Do(req)
+}
+
+// clientHeaders are the client's request headers passed on to each try's
+// backend (a replay's leg, sent from a replay worker's context, gets none).
+// Not Authorization: a client's key is the gateway's to check, if anyone's,
+// and a backend gets its own (api_key in the backends file). Not
+// X-Request-Id either: a routed request's backends get the gateway's id,
+// unique for each request, which the event log names too; the client's
+// comes back in the answer and is logged with the route.
+var clientHeaders = []string{"OpenAI-Organization", "OpenAI-Project", "Traceparent", "Tracestate"}
+
+// answerHeaders are the backend's response headers a whole (not streamed)
+// answer passes back: none hop-by-hop, none the relay changes
+// (Content-Length), and not X-Request-Id, which the gateway sets.
+var answerHeaders = []string{"Openai-Processing-Ms", "Openai-Version", "Openai-Organization",
+	"Openai-Project", "Retry-After"}
+
+// maxRequestID bounds the client's X-Request-Id kept; a longer one is
+// dropped.
+const maxRequestID = 256
+
+// passed is what a request's headers give its legs, held in its context
+// (under passedKey), which every leg's context derives from.
+type passed struct {
+	h         http.Header
+	requestID string // the client's X-Request-Id, "" if none
+}
+
+type passedKey struct{}
+
+func clientPassed(in http.Header) passed {
+	p := passed{h: http.Header{}}
+	for _, k := range clientHeaders {
+		if v := in.Values(k); len(v) > 0 {
+			p.h[http.CanonicalHeaderKey(k)] = v
+		}
+	}
+	if id := in.Get("X-Request-Id"); len(id) <= maxRequestID {
+		p.requestID = id
+	}
+	return p
+}
+
+// passBack copies answerHeaders from a backend's answer into the client's.
+// A helper for every relay of a whole answer.
+func passBack(dst http.Header, resp *http.Response) {
+	for _, k := range answerHeaders {
+		if v := resp.Header.Values(k); len(v) > 0 {
+			dst[http.CanonicalHeaderKey(k)] = v
+		}
+	}
 }
 
 func isEventStream(resp *http.Response) bool {
@@ -576,6 +661,7 @@ func isEventStream(resp *http.Response) bool {
 }
 
 func copyWhole(w http.ResponseWriter, resp *http.Response) {
+	passBack(w.Header(), resp)
 	if ct := resp.Header.Get("Content-Type"); ct != "" {
 		w.Header().Set("Content-Type", ct)
 	}

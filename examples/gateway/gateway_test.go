@@ -250,8 +250,20 @@ func startRawGateway(t *testing.T, backends map[string]http.Handler, pools map[s
 		t.Cleanup(srv.Close)
 		b := map[string]any{"id": id, "url": srv.URL, "pool": pools[id],
 			"zone": "z-" + id, "instance_type": "g5.xlarge", "usd_per_hour": 1.0}
-		if u, ok := pools[id+".metadata"]; ok {
-			b["metadata_url"] = u
+		// pools["<id>.<field>"] sets a field of the entry ("metadata":
+		// metadata_url), to a list of strings if it is one in JSON.
+		for k, v := range pools {
+			if f, ok := strings.CutPrefix(k, id+"."); ok {
+				if f == "metadata" {
+					f = "metadata_url"
+				}
+				var list []string // a JSON list: a list field (models)
+				if json.Unmarshal([]byte(v), &list) == nil {
+					b[f] = list
+				} else {
+					b[f] = v
+				}
+			}
 		}
 		list = append(list, b)
 	}

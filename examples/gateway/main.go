@@ -13,7 +13,9 @@
 package main
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -38,6 +40,7 @@ type options struct {
 	backendUsage                                                   bool
 	longEventBudget                                                int64
 	longEventWriteWait                                             time.Duration
+	maxBody                                                        int64
 }
 
 func parseFlags(args []string) (options, error) {
@@ -77,6 +80,10 @@ func parseFlags(args []string) (options, error) {
 	fs.DurationVar(&o.longEventWriteWait, "long-event-write-wait", 30*time.Second,
 		"longest a client may take to read an event that holds -long-event-budget bytes; "+
 			"a client slower than that is taken for gone and its stream ends, giving the bytes back")
+	fs.Int64Var(&o.maxBody, "max-body-bytes", 8<<20,
+		"largest request body, 64 bytes to 1 GiB; a larger one gets 413. It also sets the library's "+
+			"limits.max_body_bytes, max_field_bytes and max_tools_bytes, unless -config names them, so a "+
+			"body under it is not refused for one large message (an image) or a large tools array")
 	if err := fs.Parse(args); err != nil {
 		return o, err
 	}
@@ -93,6 +100,8 @@ func parseFlags(args []string) (options, error) {
 		return o, fmt.Errorf("-header-wait: more than 0, at most 1h (got %v)", o.headerWait)
 	case o.longEventWriteWait <= 0:
 		return o, fmt.Errorf("-long-event-write-wait: more than 0 (got %v)", o.longEventWriteWait)
+	case o.maxBody < 64 || o.maxBody > 1<<30:
+		return o, fmt.Errorf("-max-body-bytes: 64 to 1073741824 (got %d)", o.maxBody)
 	case o.longEventBudget < 0:
 		return o, fmt.Errorf("-long-event-budget: 0 or more bytes (got %d)", o.longEventBudget)
 	}
@@ -149,16 +158,55 @@ func main() {
 }
 
 // newEngine builds the engine from the library's JSON configuration file.
-func newEngine(path string) (*spotinfer.Engine, error) {
+func newEngine(path string, maxBody int64) (*spotinfer.Engine, error) {
 	e, err := spotinfer.NewEngine("")
 	if err != nil {
 		return nil, err
 	}
-	if path != "" {
-		if err := e.ConfigureFile(path); err != nil {
-			e.Close()
-			return nil, fmt.Errorf("%s: %v", path, err)
-		}
+	if err := configure(e, path, maxBody); err != nil {
+		e.Close()
+		return nil, err
 	}
 	return e, nil
+}
+
+// bodyLimits are the library's limits the gateway's body limit sets: the
+// body, and the parts of it that may be most of it (a message with an
+// image, the tools).
+var bodyLimits = []string{"max_body_bytes", "max_field_bytes", "max_tools_bytes"}
+
+// configure applies the configuration file (none: the defaults) with
+// bodyLimits set to maxBody where the file does not name them. The file is
+// applied as it is first, so its mistakes are named as the library names
+// them.
+func configure(e *spotinfer.Engine, path string, maxBody int64) error {
+	config := map[string]any{}
+	if path != "" {
+		if err := e.ConfigureFile(path); err != nil {
+			return fmt.Errorf("%s: %v", path, err)
+		}
+		raw, err := os.ReadFile(path)
+		if err != nil {
+			return err
+		}
+		d := json.NewDecoder(bytes.NewReader(raw))
+		d.UseNumber() // numbers go back to the library as they were written
+		if err := d.Decode(&config); err != nil {
+			return fmt.Errorf("%s: %v", path, err)
+		}
+	}
+	limits, _ := config["limits"].(map[string]any)
+	if limits == nil {
+		limits = map[string]any{}
+	}
+	for _, k := range bodyLimits {
+		if _, given := limits[k]; !given {
+			limits[k] = maxBody
+		}
+	}
+	config["limits"] = limits
+	if err := e.ConfigureValue(config); err != nil {
+		return fmt.Errorf("-config %q with the limits of -max-body-bytes: %v", path, err)
+	}
+	return nil
 }

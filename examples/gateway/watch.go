@@ -19,6 +19,7 @@ func (g *gateway) scrape(ctx context.Context, b *backend, firstDone func()) {
 	client := &http.Client{Timeout: 2 * time.Second}
 	for first := true; ; first = false {
 		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, b.URL+"/metrics", nil)
+		b.authorize(req) // a server may guard /metrics with its key too
 		if resp, err := client.Do(req); err == nil {
 			text, err := io.ReadAll(io.LimitReader(resp.Body, 4<<20))
 			resp.Body.Close()

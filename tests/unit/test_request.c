@@ -1610,6 +1610,42 @@ static void test_parse_deep_and_large(void **state) {
   free(body);
 }
 
+/* limits.max_field_bytes holds a parsed message's text, all its text parts
+ * together; its images and other framed parts count toward the body only,
+ * so a photo does not make a chat message too big. */
+static void test_field_limit_counts_text_only(void **state) {
+  world *f = *state;
+  spi_request *r = f->r;
+  configure(f->e, "{\"limits\":{\"max_field_bytes\":16}}");
+  char img[300];
+  memset(img, 'A', sizeof img - 1);
+  img[sizeof img - 1] = 0;
+  char body[1024];
+  const char *fmt =
+      "{\"model\":\"m\",\"messages\":[{\"role\":\"user\",\"content\":["
+      "{\"type\":\"text\",\"text\":\"%s\"},{\"type\":\"image_url\","
+      "\"image_url\":{\"url\":\"data:image/png;base64,%s\"}},"
+      "{\"type\":\"text\",\"text\":\"%s\"}]}]}";
+  /* 16 bytes of text and a 299-byte image: accepted, image and all. */
+  snprintf(body, sizeof body, fmt, "0123456789", img, "abcdef");
+  assert_int_equal(parse(r, body), SPI_OK);
+  assert_int_equal(spi_request_message_count(r), 1);
+  assert_true(r->msgs[0].len > 300);
+  /* 17 bytes of text over two parts: refused, naming the message. */
+  snprintf(body, sizeof body, fmt, "0123456789", img, "abcdefg");
+  assert_int_equal(parse(r, body), SPI_ETOOBIG);
+  assert_starts(spi_request_errmsg(r), "messages[0].content:");
+  assert_contains(spi_request_errmsg(r), "17 bytes of text exceeds 16");
+  /* A string content is all text. */
+  assert_int_equal(parse(r, "{\"model\":\"m\",\"messages\":[{\"role\":"
+                            "\"user\",\"content\":\"0123456789abcdefg\"}]}"),
+                   SPI_ETOOBIG);
+  /* The field-by-field API still holds the whole message to the limit. */
+  assert_int_equal(
+      spi_request_add_message(r, LIT("user"), LIT("0123456789abcdefg")),
+      SPI_ETOOBIG);
+}
+
 /* A failed parse replaces nothing it did not finish: the request is empty,
  * not a mix of the old and the new body. */
 static void test_parse_all_or_nothing(void **state) {
@@ -2279,6 +2315,8 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_tools_canonical, world_setup, world_teardown),
       cmocka_unit_test_setup_teardown(test_tools_errors, world_setup, world_teardown),
       cmocka_unit_test_setup_teardown(test_limits_from_config, world_setup, world_teardown),
+      cmocka_unit_test_setup_teardown(test_field_limit_counts_text_only, world_setup,
+                                      world_teardown),
       cmocka_unit_test_setup_teardown(test_limits_follow_reconfigure, world_setup,
                                       world_teardown),
       cmocka_unit_test_setup_teardown(test_metadata_setter, world_setup, world_teardown),
