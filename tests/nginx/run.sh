@@ -589,6 +589,21 @@ cp "$work/good.json" "$work/prefix/conf/spotinfer.json"
 # spotinfer upstream does not have
 conf bad.conf 1 on "$port" 'zone llm_peers 64k;'
 expect_t_fail "a zone in a spotinfer upstream" 'upstream "llm" cannot have a "zone"'
+# A server line before "spotinfer" is read with nginx's parameters allowed:
+# those that differ from nginx's defaults are refused (the balancer would
+# ignore them, and route to a server marked down), the defaults written out
+# pass.
+early_server() { # <server parameters>
+  conf bad.conf 1 on "$port" 'spotinfer_replica 127.0.0.1:9 id=early pool=on_demand price=1;'
+  sed -i "s|^  upstream llm {|  upstream llm {\n    server 127.0.0.1:9 $1;|" "$work/prefix/conf/bad.conf"
+}
+for param in down weight=2 max_fails=3 fail_timeout=5s max_conns=4; do
+  early_server "$param"
+  expect_t_fail "\"server ... $param\" before spotinfer" "server \"127.0.0.1:9\" has \"${param%%=*}"
+done
+early_server "weight=1 max_fails=1 fail_timeout=10s max_conns=0"
+nginx -p "$work/prefix" -c conf/bad.conf -t >/dev/null 2>&1 ||
+  die "nginx -t refused a server before spotinfer with nginx's default parameters"
 conf bad.conf 1 on "$port"
 sed -i 's/spotinfer_route llm;/spotinfer_route nowhere;/' "$work/prefix/conf/bad.conf"
 expect_t_fail "a route to an upstream without spotinfer" 'upstream "nowhere" is named by a spotinfer directive'
