@@ -112,6 +112,7 @@ struct ngx_http_spi_upstream_s {
     u_char                         *text;      /* rendering buffer */
     size_t                          text_cap;
     unsigned                        zone_full_logged:1;
+    unsigned                        encoded_logged:1;
     ngx_log_t                      *log;
 };
 

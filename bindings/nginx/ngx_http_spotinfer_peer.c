@@ -762,6 +762,38 @@ ngx_http_spi_output_tokens(ngx_http_spi_ctx_t *ctx)
 }
 
 
+/* An answer the backend compressed (the client's Accept-Encoding passed
+ * on) is not text the token reader can read: it is not counted (0,
+ * unknown), rather than read as garbage, and the first such answer in a
+ * worker says how to keep the backend's answers readable. */
+static ngx_uint_t
+ngx_http_spi_encoded(ngx_http_request_t *r, ngx_http_spi_ctx_t *ctx)
+{
+    ngx_table_elt_t  *ce;
+
+    ce = r->upstream->headers_in.content_encoding;
+
+    if (ce == NULL || ce->value.len == 0
+        || (ce->value.len == 8
+            && ngx_strncasecmp(ce->value.data, (u_char *) "identity", 8) == 0))
+    {
+        return 0;
+    }
+
+    if (!ctx->up->encoded_logged) {
+        ctx->up->encoded_logged = 1;
+        ngx_log_error(NGX_LOG_WARN, r->connection->log, 0,
+                      "spotinfer: upstream \"%V\": an answer came with "
+                      "\"Content-Encoding: %V\", whose output tokens are "
+                      "not counted: set proxy_set_header Accept-Encoding \"\" "
+                      "where it is proxied (said once per worker)",
+                      &ctx->up->name, &ce->value);
+    }
+
+    return 1;
+}
+
+
 static void
 ngx_http_spi_first_body(ngx_http_request_t *r, ngx_http_spi_ctx_t *ctx)
 {
@@ -772,6 +804,11 @@ ngx_http_spi_first_body(ngx_http_request_t *r, ngx_http_spi_ctx_t *ctx)
     if (r->upstream == NULL || r->upstream->headers_in.status_n < 200
         || r->upstream->headers_in.status_n >= 300)
     {
+        ctx->counting = 0;
+        return;
+    }
+
+    if (ngx_http_spi_encoded(r, ctx)) {
         ctx->counting = 0;
         return;
     }

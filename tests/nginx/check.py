@@ -697,6 +697,38 @@ def check_unix_socket(base, error_log, workers):
         f"a request served through it")
 
 
+def check_encoded(base, log, error_log):
+    """The sock replica's /gz/ compresses its answer when the client
+    accepts gzip: the module does not read those bytes as text (0 output
+    tokens, and the error log says why, once a worker); with the client's
+    Accept-Encoding not passed on, the same answers are counted."""
+    got = {}
+    for where in ("gz", "identity"):
+        for stream in (True, False):
+            probe = f"enc-{where}-{'stream' if stream else 'whole'}"
+            req = urllib.request.Request(
+                f"{base}/sock-{where}/v1/chat/completions?probe={probe}",
+                data=json.dumps(chat(SYSTEM, probe, stream=stream, metadata={"class": "silver"})).encode(),
+                method="POST",
+                headers={"Content-Type": "application/json", "Accept-Encoding": "gzip, deflate"})
+            with urllib.request.urlopen(req, timeout=30) as resp:
+                coded = resp.headers.get("Content-Encoding")
+                resp.read()
+            if (coded == "gzip") != (where == "gz"):
+                fail(f"{probe}: the answer came with Content-Encoding {coded}")
+            got[probe] = [e["tokens"] for e in access_log(log, "probe=" + probe)]
+    if any(got[p] != ["0"] for p in got if "-gz-" in p) or any(
+            len(got[p]) != 1 or int(got[p][0]) <= 0 for p in got if "-identity-" in p):
+        fail(f"compressed answers: the tickets' output tokens {got}")
+    with open(error_log) as f:
+        said = [line for line in f if '"Content-Encoding: gzip", whose output tokens are not counted' in line]
+    if not said:
+        fail("compressed answers: the error log does not say their tokens are not counted")
+    say(f"compressed answers: not counted ({got['enc-gz-stream'][0]} tokens), said in the error log; "
+        f"with Accept-Encoding \"\" on the proxied request counted "
+        f"({got['enc-identity-stream'][0]} and {got['enc-identity-whole'][0]})")
+
+
 def check_refused(base, log):
     """Upstream "refused": its spot replica answers 404 (on a unix socket),
     which proxy_next_upstream http_404 passes over, and the next try's
@@ -1209,6 +1241,7 @@ def main():
     check_keepalive_timeout(a.base, a.access_log, a.error_log)
     check_answer_failed(a.base, a.access_log, a.error_log)
     check_unix_socket(a.base, a.error_log, a.workers)
+    check_encoded(a.base, a.access_log, a.error_log)
     check_refused(a.base, a.access_log)
     check_cancel(a.base, a.access_log)
     heir = check_notice(a.base, owner, nodes, addrs, a.access_log, a.workers)

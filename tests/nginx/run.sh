@@ -473,6 +473,18 @@ http {
       proxy_pass http://sock/;
     }
     location = /sock-metrics { spotinfer_metrics sock; }
+    # The sock replica's /gz/ compresses what the client accepts: the
+    # client's Accept-Encoding passed on (/sock-gz/), or not
+    # (/sock-identity/, as docs/nginx.md says to write it).
+    location /sock-gz/ {
+      spotinfer_route sock;
+      proxy_pass http://sock/gz/;
+    }
+    location /sock-identity/ {
+      spotinfer_route sock;
+      proxy_pass http://sock/gz/;
+      proxy_set_header Accept-Encoding "";
+    }
     # The first refused replica's 404, passed over; the next try's
     # connect() fails at once.
     location /refused/ {
@@ -528,6 +540,15 @@ http {
     listen unix:$u;
     access_log off;
     location / { proxy_pass http://$e; }
+    # what the client accepts, compressed (nginx proxies with HTTP/1.0)
+    location /gz/ {
+      proxy_pass http://$e/;
+      gzip on;
+      gzip_min_length 1;
+      gzip_proxied any;
+      gzip_http_version 1.0;
+      gzip_types application/json text/event-stream;
+    }
     location = /metrics {
       default_type text/plain;
       return 200 'vllm:num_requests_running 0\nvllm:num_requests_waiting 0\nvllm:kv_cache_usage_perc 0.25\n';
