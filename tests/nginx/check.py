@@ -26,6 +26,8 @@ import openai
 SYSTEM = ("You are the support assistant of a company that sells spot GPU capacity. "
           "Answer briefly, cite the runbook, never invent prices. ") * 24
 OTHER_SYSTEM = ("You translate short English sentences into formal French, one line each. ") * 40
+# notices handed in after spot-a's before the reload: more than the ring
+NOTICE_FLOOD = 70
 DEADLINE = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + 600))
 
 
@@ -1181,15 +1183,29 @@ def valgrind_round(base, backends):
         "streams of several tokens an event, a notice on an open stream")
 
 
+def flood_notices(base, count=NOTICE_FLOOD):
+    """More notices than the shared ring holds, for machines that run no
+    replica, after spot-a's: a worker that starts later still has to take
+    spot-a's (after_reload)."""
+    for i in range(count):
+        notice(base, "notice", f"i-flood{i:012d}")
+    say(f"notices: {count} more for machines without replicas, past the ring of 64")
+
+
 def after_reload(base, workers):
-    """nginx -s reload started new workers with new engines: they read the
-    notices already in the shared ring, so spot-a stays avoided."""
+    """nginx -s reload started new workers with new engines: they take the
+    notices still in force from the shared zone (spot-a's came before
+    NOTICE_FLOOD others, more than the ring holds), so spot-a stays
+    avoided."""
     time.sleep(1.5)  # the new workers have ticked and published
     _, _, raw = http("GET", base + "/metrics")
-    noticed = re.findall(r'^spotinfer_node_transitions_total\{worker="(\d+)",from="active",'
-                         r'to="noticed"\} 1$', raw.decode(), re.M)
+    noticed = re.findall(r'^spotinfer_replica_state\{worker="(\d+)",replica="spot-a",[^}]*\} 3$',
+                         raw.decode(), re.M)
+    flooded = re.findall(r'^spotinfer_node_transitions_total\{worker="(\d+)",from="active",'
+                         r'to="noticed"\} (\d+)$', raw.decode(), re.M)
     if len(noticed) < workers:
-        fail(f"after the reload the notice is in the engines of workers {noticed} only")
+        fail(f"after the reload spot-a is noticed in the engines of workers {noticed} only "
+             f"(machines noticed: {flooded})")
     # Silver goes to spot first; spot-a is the only spot replica with a
     # load reading (spot-b is dead), so without the notice it would get
     # these. With it, the spot pool has nothing to give.
@@ -1199,7 +1215,8 @@ def after_reload(base, workers):
         if status == 200 and json.loads(raw)["system_fingerprint"] == "spot-a":
             fail(f"after the reload request {i} went to the noticed spot-a")
         answers.add(status)
-    say(f"reload: the new workers ({len(noticed)}) took the earlier notice from the shared zone; "
+    say(f"reload: the new workers ({len(noticed)}) took the earlier notice from the shared zone, "
+        f"{NOTICE_FLOOD} notices later (machines noticed: {sorted(set(n for _, n in flooded))}); "
         f"spot-a still gets nothing (answers {sorted(answers)})")
 
 
@@ -1250,6 +1267,7 @@ def main():
     check_fallback(a.base, heir, pids, addrs, a.access_log)
     check_shed_and_capacity(a.base, addrs["hot"], "i-00000000000000ff0", a.access_log)
     check_metrics(a.base, a.metrics_out, a.access_log, a.workers)
+    flood_notices(a.base)
     print("check: all passed")
 
 
