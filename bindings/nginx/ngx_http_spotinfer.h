@@ -112,6 +112,7 @@ struct ngx_http_spi_upstream_s {
     spi_request                    *req;
     ngx_atomic_uint_t               seen_seq;
     int64_t                         advice_ns; /* router.advised_ttl_ms */
+    off_t                           max_body;  /* limits.max_body_bytes */
     unsigned                        replayed:1;
     ngx_event_t                     timer;
     ngx_msec_t                      last_scrape;
@@ -218,7 +219,9 @@ ngx_http_spi_ctx_t *ngx_http_spi_get_ctx(ngx_http_request_t *r);
 ngx_int_t ngx_http_spi_route_handler(ngx_http_request_t *r);
 ngx_int_t ngx_http_spi_send_error(ngx_http_request_t *r, ngx_uint_t status,
     const char *type, ngx_str_t *msg, ngx_uint_t retry_after);
-ngx_int_t ngx_http_spi_read_body(ngx_http_request_t *r, ngx_str_t *out);
+ngx_int_t ngx_http_spi_read_body(ngx_http_request_t *r, ngx_str_t *out,
+    off_t max);
+ngx_int_t ngx_http_spi_too_big(ngx_http_request_t *r, size_t size, off_t max);
 ngx_int_t ngx_http_spi_reroute(ngx_http_spi_ctx_t *ctx);
 
 /* ngx_http_spotinfer_peer.c */

@@ -777,6 +777,9 @@ ngx_http_spi_engine_open(ngx_http_spi_upstream_t *up, ngx_log_t *log)
         goto failed;
     }
 
+    up->max_body = (off_t) ngx_http_spi_config_int(up, "max_body_bytes",
+                                                   4194304);
+
     rep = up->replicas.elts;
 
     for (i = 0; i < up->replicas.nelts; i++) {

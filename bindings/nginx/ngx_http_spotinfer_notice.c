@@ -15,6 +15,8 @@
 
 #define NGX_HTTP_SPI_PARSE_MAX  16
 #define NGX_HTTP_SPI_PLANS      64
+/* the largest body spi_notice_parse reads */
+#define NGX_HTTP_SPI_NOTICE_MAX_BODY  (1024 * 1024)
 
 
 static void ngx_http_spi_notice_body(ngx_http_request_t *r);
@@ -401,16 +403,23 @@ ngx_http_spi_notice_take(ngx_http_request_t *r)
     size_t                    n;
     u_char                    errbuf[256], *out;
     int32_t                   format;
-    ngx_int_t                 status;
+    ngx_int_t                 rc, status;
     ngx_str_t                 body, node, v, msg;
     spi_notice                stack[NGX_HTTP_SPI_PARSE_MAX], *notices;
     ngx_http_spi_loc_conf_t  *lcf;
 
     lcf = ngx_http_get_module_loc_conf(r, ngx_http_spotinfer_module);
 
-    if (lcf->notice->engine == NULL || lcf->notice->shm == NULL
-        || ngx_http_spi_read_body(r, &body) != NGX_OK)
-    {
+    if (lcf->notice->engine == NULL || lcf->notice->shm == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    rc = ngx_http_spi_read_body(r, &body, NGX_HTTP_SPI_NOTICE_MAX_BODY);
+    if (rc == NGX_DECLINED) {
+        return ngx_http_spi_too_big(r, body.len, NGX_HTTP_SPI_NOTICE_MAX_BODY);
+    }
+
+    if (rc != NGX_OK) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 

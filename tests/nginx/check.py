@@ -331,6 +331,32 @@ def check_big_body(oa, log):
         f"({logged[0]['blocks']} blocks), {resp.usage.prompt_tokens} prompt tokens arrived")
 
 
+def peak_memory(pid):
+    """A process's peak resident memory (VmHWM), in bytes."""
+    with open(f"/proc/{pid}/status") as f:
+        return int(re.search(r"^VmHWM:\s+(\d+) kB", f.read(), re.M).group(1)) * 1024
+
+
+def check_huge_body(base, log):
+    """A body far over limits.max_body_bytes (4 MiB), let in by
+    client_max_body_size (/huge/), is refused 413 with the library's
+    message, unread: the worker's peak memory does not grow by its size."""
+    before = {e["pid"]: peak_memory(e["pid"]) for e in access_log(log, "")}
+    body = json.dumps(chat(SYSTEM, "many words " * (6 << 20))).encode()
+    status, _, raw = http("POST", f"{base}/huge/v1/chat/completions?probe=huge", body, timeout=60)
+    logged = access_log(log, "probe=huge")
+    if status != 413 or "exceeds the limit of 4194304" not in raw.decode() or len(logged) != 1:
+        fail(f"a {len(body)}-byte body: {status} {raw[:200]!r}, logged {logged}")
+    pid = logged[0]["pid"]
+    if pid not in before:
+        fail(f"the worker {pid} that took the huge body served nothing before it ({sorted(before)})")
+    grown = peak_memory(pid) - before[pid]
+    if grown > 16 << 20:
+        fail(f"a {len(body) >> 20} MiB body refused 413 raised the worker's peak memory by {grown >> 20} MiB")
+    say(f"a {len(body) >> 20} MiB body: 413 {json.loads(raw)['error']['message']!r}, the worker's "
+        f"peak memory grew by {grown >> 10} KiB")
+
+
 def edge_metrics(base, location="/edge-metrics"):
     """Upstream "edge" (or another) summed over the workers: decisions (all,
     and those that chose the on-demand pool), breakers opened, open tickets
@@ -1249,6 +1275,7 @@ def main():
     check_tokens(a.base, a.access_log, a.error_log)
     check_bad_requests(oa, a.base)
     check_big_body(oa, a.access_log)
+    check_huge_body(a.base, a.access_log)
     check_redirects(a.base, a.access_log)
     check_pair(a.base, a.access_log)
     check_retry_nowhere(a.base, a.access_log, a.error_log)

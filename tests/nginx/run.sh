@@ -238,6 +238,12 @@ http {
       proxy_buffering off;
       proxy_next_upstream error timeout http_502 http_503 non_idempotent;
     }
+    # a client_max_body_size far over the library's limits.max_body_bytes
+    location /huge/ {
+      spotinfer_route llm;
+      proxy_pass http://llm/;
+      client_max_body_size 128m;
+    }
     location /hot/ {
       spotinfer_route hot;
       proxy_pass http://hot/;
