@@ -552,6 +552,37 @@ ngx_http_spi_too_big(ngx_http_request_t *r, size_t size, off_t max)
 }
 
 
+/* Whether nginx's error_page of the location takes the status (by the
+ * test nginx applies to its own errors): the module then leaves the answer
+ * to it, so that "error_page 429 503 = @fallback" works for the module's
+ * answers too. */
+static ngx_uint_t
+ngx_http_spi_error_page(ngx_http_request_t *r, ngx_uint_t status)
+{
+    ngx_uint_t                 i;
+    ngx_http_err_page_t       *page;
+    ngx_http_core_loc_conf_t  *clcf;
+
+    clcf = ngx_http_get_module_loc_conf(r, ngx_http_core_module);
+
+    if (r->error_page || clcf->error_pages == NULL || r->uri_changes == 0) {
+        return 0;
+    }
+
+    page = clcf->error_pages->elts;
+
+    for (i = 0; i < clcf->error_pages->nelts; i++) {
+        if (page[i].status == (ngx_int_t) status) {
+            return 1;
+        }
+    }
+
+    return 0;
+}
+
+
+/* The error in the OpenAI shape, or, when the location has an error_page
+ * for its status, the status for nginx to finalize the request with. */
 ngx_int_t
 ngx_http_spi_send_error(ngx_http_request_t *r, ngx_uint_t status,
     const char *type, ngx_str_t *msg, ngx_uint_t retry_after)
@@ -559,6 +590,10 @@ ngx_http_spi_send_error(ngx_http_request_t *r, ngx_uint_t status,
     u_char     *p;
     size_t      len;
     ngx_str_t   text;
+
+    if (ngx_http_spi_error_page(r, status)) {
+        return status;
+    }
 
     len = sizeof("{\"error\":{\"message\":\"\",\"type\":\"\","
                  "\"param\":null,\"code\":null}}\n") - 1

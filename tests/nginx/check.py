@@ -1096,6 +1096,21 @@ def check_shed_and_capacity(base, hot_addr, hot_node, log):
         f"{json.loads(raw)['error']['message']!r}")
 
 
+def check_error_page(base):
+    """hot's only replica is noticed (check_shed_and_capacity): /hot/
+    answers the module's 503, /hot-fb/ the named location its error_page
+    names."""
+    silver = chat("interactive", "fallback", metadata={"class": "silver"})
+    status, _, raw = http("POST", base + "/hot-fb/v1/chat/completions", silver)
+    if status != 200 or json.loads(raw) != {"fallback": True}:
+        fail(f"error_page 503 = @hot-fallback: {status} {raw!r}")
+    status, _, raw = http("POST", base + "/hot/v1/chat/completions", silver)
+    if status != 503:
+        fail(f"/hot/ without an error_page: {status} {raw!r}")
+    say(f"error_page: the module's 503 went to the named location (and stays {json.loads(raw)['error']['type']} "
+        f"where the location has none)")
+
+
 def check_metrics(base, out, log, workers):
     """One scrape has every worker's samples, labelled worker="N"."""
     # Another worker's copy is up to a second old: read until every worker
@@ -1294,6 +1309,7 @@ def main():
     check_fallback(a.base, heir, pids, addrs, a.access_log)
     check_shed_and_capacity(a.base, addrs["hot"], "i-00000000000000ff0", a.access_log)
     check_metrics(a.base, a.metrics_out, a.access_log, a.workers)
+    check_error_page(a.base)
     flood_notices(a.base)
     print("check: all passed")
 

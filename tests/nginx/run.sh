@@ -258,6 +258,16 @@ http {
       # three buffers
       proxy_buffer_size 160;
     }
+    # The module's own 429 and 503 go to the error_page of the location.
+    location /hot-fb/ {
+      spotinfer_route hot;
+      proxy_pass http://hot/;
+      error_page 429 503 = @hot-fallback;
+    }
+    location @hot-fallback {
+      default_type application/json;
+      return 200 '{"fallback":true}';
+    }
     location = /metrics { spotinfer_metrics llm; }
     location = /notice { spotinfer_notice llm; }
     location = /hot-notice { spotinfer_notice hot; }
