@@ -22,6 +22,7 @@
 
 
 #define NGX_HTTP_SPI_NOTICE_RING    64
+#define NGX_HTTP_SPI_NOTICE_KEPT    512
 #define NGX_HTTP_SPI_SCRAPE_MAX     (4 * 1024 * 1024)
 #define NGX_HTTP_SPI_SCRAPE_TIMEOUT 2000
 #define NGX_HTTP_SPI_TICK           100
@@ -80,10 +81,14 @@ typedef struct {
 
 
 /* The upstream's shared zone: the ring of pushed notices (seq counts every
- * notice written) and the workers' metrics. */
+ * notice written), the notices still in force (in the order they came: a
+ * worker that starts, or one the ring went past, replays them) and the
+ * workers' metrics. */
 typedef struct {
     ngx_atomic_t                    seq;
     spi_notice                      ring[NGX_HTTP_SPI_NOTICE_RING];
+    ngx_uint_t                      nkept;
+    spi_notice                      kept[NGX_HTTP_SPI_NOTICE_KEPT];
     ngx_http_spi_slot_t             slots[NGX_HTTP_SPI_METRIC_SLOTS];
 } ngx_http_spi_shm_t;
 
@@ -106,12 +111,16 @@ struct ngx_http_spi_upstream_s {
     spi_engine                     *engine;
     spi_request                    *req;
     ngx_atomic_uint_t               seen_seq;
+    int64_t                         advice_ns; /* router.advised_ttl_ms */
+    off_t                           max_body;  /* limits.max_body_bytes */
+    unsigned                        replayed:1;
     ngx_event_t                     timer;
     ngx_msec_t                      last_scrape;
     ngx_msec_t                      last_publish;
     u_char                         *text;      /* rendering buffer */
     size_t                          text_cap;
     unsigned                        zone_full_logged:1;
+    unsigned                        encoded_logged:1;
     ngx_log_t                      *log;
 };
 
@@ -202,13 +211,17 @@ ngx_http_spi_upstream_t *ngx_http_spi_upstream_get(ngx_conf_t *cf,
 ngx_int_t ngx_http_spi_engine_open(ngx_http_spi_upstream_t *up,
     ngx_log_t *log);
 void ngx_http_spi_engine_close(ngx_http_spi_upstream_t *up);
+int64_t ngx_http_spi_config_int(ngx_http_spi_upstream_t *up, const char *key,
+    int64_t dflt);
 
 /* ngx_http_spotinfer_route.c */
 ngx_http_spi_ctx_t *ngx_http_spi_get_ctx(ngx_http_request_t *r);
 ngx_int_t ngx_http_spi_route_handler(ngx_http_request_t *r);
 ngx_int_t ngx_http_spi_send_error(ngx_http_request_t *r, ngx_uint_t status,
     const char *type, ngx_str_t *msg, ngx_uint_t retry_after);
-ngx_int_t ngx_http_spi_read_body(ngx_http_request_t *r, ngx_str_t *out);
+ngx_int_t ngx_http_spi_read_body(ngx_http_request_t *r, ngx_str_t *out,
+    off_t max);
+ngx_int_t ngx_http_spi_too_big(ngx_http_request_t *r, size_t size, off_t max);
 ngx_int_t ngx_http_spi_reroute(ngx_http_spi_ctx_t *ctx);
 
 /* ngx_http_spotinfer_peer.c */
@@ -237,6 +250,7 @@ void ngx_http_spi_scrape_stop(ngx_http_spi_replica_t *rep);
 
 /* ngx_http_spotinfer_notice.c */
 ngx_int_t ngx_http_spi_shm_init(ngx_shm_zone_t *zone, void *data);
+void ngx_http_spi_notice_start(ngx_http_spi_upstream_t *up);
 void ngx_http_spi_notice_sync(ngx_http_spi_upstream_t *up);
 ngx_int_t ngx_http_spi_notice_handler(ngx_http_request_t *r);
 ngx_int_t ngx_http_spi_send_text(ngx_http_request_t *r, ngx_uint_t status,

@@ -777,6 +777,9 @@ ngx_http_spi_engine_open(ngx_http_spi_upstream_t *up, ngx_log_t *log)
         goto failed;
     }
 
+    up->max_body = (off_t) ngx_http_spi_config_int(up, "max_body_bytes",
+                                                   4194304);
+
     rep = up->replicas.elts;
 
     for (i = 0; i < up->replicas.nelts; i++) {
@@ -798,6 +801,49 @@ failed:
     ngx_http_spi_engine_close(up);
 
     return NGX_ERROR;
+}
+
+
+/* A number of the engine's effective configuration (its canonical JSON,
+ * where each key's last part is one the configuration has once), dflt
+ * when it cannot be read. */
+int64_t
+ngx_http_spi_config_int(ngx_http_spi_upstream_t *up, const char *key,
+    int64_t dflt)
+{
+    size_t    needed;
+    int64_t   v;
+    u_char   *json, *p, name[64];
+
+    needed = 0;
+    (void) spi_engine_config_json(up->engine, NULL, 0, &needed);
+
+    json = ngx_alloc(needed + 1, up->log);
+    if (json == NULL) {
+        return dflt;
+    }
+
+    v = dflt;
+    ngx_snprintf(name, sizeof(name), "\"%s\":%Z", key);
+
+    if (spi_engine_config_json(up->engine, (char *) json, needed + 1, NULL)
+        == SPI_OK
+        && (p = (u_char *) ngx_strstr(json, name)) != NULL)
+    {
+        p += ngx_strlen(name);
+        while (*p == ' ') {
+            p++;
+        }
+        if (*p >= '0' && *p <= '9') {
+            for (v = 0; *p >= '0' && *p <= '9'; p++) {
+                v = v * 10 + (*p - '0');
+            }
+        }
+    }
+
+    ngx_free(json);
+
+    return v;
 }
 
 
@@ -861,7 +907,7 @@ ngx_http_spi_init_process(ngx_cycle_t *cycle)
             return NGX_ERROR;
         }
 
-        up->seen_seq = 0;
+        ngx_http_spi_notice_start(up);
         up->timer.handler = ngx_http_spi_tick;
         up->timer.data = up;
         up->timer.log = cycle->log;

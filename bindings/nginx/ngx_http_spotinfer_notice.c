@@ -15,6 +15,8 @@
 
 #define NGX_HTTP_SPI_PARSE_MAX  16
 #define NGX_HTTP_SPI_PLANS      64
+/* the largest body spi_notice_parse reads */
+#define NGX_HTTP_SPI_NOTICE_MAX_BODY  (1024 * 1024)
 
 
 static void ngx_http_spi_notice_body(ngx_http_request_t *r);
@@ -117,21 +119,166 @@ ngx_http_spi_notice_apply(ngx_http_spi_upstream_t *up, spi_notice *n)
 }
 
 
-/* Notices other workers wrote since this one last looked. */
+static int64_t
+ngx_http_spi_wall_ns(void)
+{
+    struct timespec  ts;
+
+    (void) clock_gettime(CLOCK_REALTIME, &ts);
+
+    return (int64_t) ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+
+/* A worker's start: its new engine has none of the notices handed in so
+ * far, and takes those still in force at its first sync. */
+void
+ngx_http_spi_notice_start(ngx_http_spi_upstream_t *up)
+{
+    up->seen_seq = 0;
+    up->replayed = 0;
+    /* advice kept past that would advise its machine anew in an engine it
+     * is replayed to */
+    up->advice_ns = ngx_http_spi_config_int(up, "advised_ttl_ms", 1200000)
+                    * 1000000;
+}
+
+
+static ngx_uint_t
+ngx_http_spi_is_advice(spi_notice *n)
+{
+    return n->kind == SPI_NOTICE_REBALANCE
+           || (n->kind == SPI_NOTICE_MAINTENANCE && n->deadline_ns == 0);
+}
+
+
+static void
+ngx_http_spi_kept_remove(ngx_http_spi_shm_t *shm, ngx_uint_t i)
+{
+    ngx_memmove(&shm->kept[i], &shm->kept[i + 1],
+                (shm->nkept - i - 1) * sizeof(spi_notice));
+    shm->nkept--;
+}
+
+
+/* Advice that has lapsed holds nothing any more. A notice past its
+ * deadline is kept: its machine is terminated in every engine that has
+ * it, and would be routed to by one that had not. Zone locked. */
+static void
+ngx_http_spi_kept_prune(ngx_http_spi_upstream_t *up, int64_t now)
+{
+    ngx_uint_t           i;
+    spi_notice          *k;
+    ngx_http_spi_shm_t  *shm = up->shm;
+
+    for (i = 0; i < shm->nkept; /* void */) {
+        k = &shm->kept[i];
+
+        if (ngx_http_spi_is_advice(k) && k->received_ns + up->advice_ns < now) {
+            ngx_http_spi_kept_remove(shm, i);
+            continue;
+        }
+
+        i++;
+    }
+}
+
+
+/* The one to let go when the table is full: the notice whose deadline
+ * passed first, else (every one still in force) the oldest. */
+static ngx_uint_t
+ngx_http_spi_kept_victim(ngx_http_spi_shm_t *shm, int64_t now)
+{
+    ngx_uint_t   i, victim;
+    spi_notice  *k;
+
+    victim = 0;
+
+    for (i = 0; i < shm->nkept; i++) {
+        k = &shm->kept[i];
+
+        if (k->deadline_ns != 0 && k->deadline_ns < now
+            && (shm->kept[victim].deadline_ns == 0
+                || shm->kept[victim].deadline_ns >= now
+                || k->deadline_ns < shm->kept[victim].deadline_ns))
+        {
+            victim = i;
+        }
+    }
+
+    return victim;
+}
+
+
+/* A withdrawal takes the notices of the event it names out of the table
+ * (the engines that had them apply it; one that starts has neither); a
+ * notice handed in again under its dedup key is kept once. Returns 1 when
+ * a notice still in force was let go to make room. Zone locked. */
+static ngx_uint_t
+ngx_http_spi_kept_add(ngx_http_spi_upstream_t *up, spi_notice *n, int64_t now)
+{
+    ngx_uint_t           i, lost;
+    spi_notice          *k;
+    ngx_http_spi_shm_t  *shm = up->shm;
+
+    ngx_http_spi_kept_prune(up, now);
+
+    for (i = 0; i < shm->nkept; /* void */) {
+        k = &shm->kept[i];
+
+        if (ngx_strcmp(k->node, n->node) == 0
+            && ((!n->active && n->event_id[0] != '\0'
+                 && ngx_strcmp(k->event_id, n->event_id) == 0)
+                || (n->active && n->dedup_key[0] != '\0'
+                    && ngx_strcmp(k->dedup_key, n->dedup_key) == 0)))
+        {
+            if (n->active) {
+                return 0;
+            }
+
+            ngx_http_spi_kept_remove(shm, i);
+            continue;
+        }
+
+        i++;
+    }
+
+    if (!n->active) {
+        return 0;
+    }
+
+    lost = 0;
+
+    if (shm->nkept == NGX_HTTP_SPI_NOTICE_KEPT) {
+        i = ngx_http_spi_kept_victim(shm, now);
+        k = &shm->kept[i];
+        lost = k->deadline_ns == 0 || k->deadline_ns >= now;
+        ngx_http_spi_kept_remove(shm, i);
+    }
+
+    shm->kept[shm->nkept++] = *n;
+
+    return lost;
+}
+
+
+/* Notices other workers wrote since this one last looked: from the ring,
+ * or, for a worker that starts or that the ring went past, every notice
+ * still in force (those it had already are repeats to its engine). */
 void
 ngx_http_spi_notice_sync(ngx_http_spi_upstream_t *up)
 {
-    ngx_uint_t         i, n;
+    ngx_uint_t         i, n, behind;
     ngx_atomic_uint_t  seq, from;
 
-    static spi_notice  copy[NGX_HTTP_SPI_NOTICE_RING];
+    static spi_notice  copy[NGX_HTTP_SPI_NOTICE_KEPT];
 
     if (up->shm == NULL || up->engine == NULL) {
         return;
     }
 
     seq = up->shm->seq;
-    if (seq == up->seen_seq) {
+    if (seq == up->seen_seq && up->replayed) {
         return;
     }
 
@@ -139,18 +286,30 @@ ngx_http_spi_notice_sync(ngx_http_spi_upstream_t *up)
 
     seq = up->shm->seq;
     from = up->seen_seq;
+    behind = up->replayed && seq - from > NGX_HTTP_SPI_NOTICE_RING;
 
-    if (seq - from > NGX_HTTP_SPI_NOTICE_RING) {
-        from = seq - NGX_HTTP_SPI_NOTICE_RING;
-    }
+    if (!up->replayed || behind) {
+        n = up->shm->nkept;
+        ngx_memcpy(copy, up->shm->kept, n * sizeof(spi_notice));
 
-    for (n = 0; from + n < seq; n++) {
-        copy[n] = up->shm->ring[(from + n) % NGX_HTTP_SPI_NOTICE_RING];
+    } else {
+        for (n = 0; from + n < seq; n++) {
+            copy[n] = up->shm->ring[(from + n) % NGX_HTTP_SPI_NOTICE_RING];
+        }
     }
 
     ngx_shmtx_unlock(&up->shpool->mutex);
 
+    if (behind) {
+        ngx_log_error(NGX_LOG_WARN, up->log, 0,
+                      "spotinfer: upstream \"%V\": %uA notices came since "
+                      "this worker last read them, more than the ring of "
+                      "%d holds: it takes the %ui still in force again",
+                      &up->name, seq - from, NGX_HTTP_SPI_NOTICE_RING, n);
+    }
+
     up->seen_seq = seq;
+    up->replayed = 1;
 
     for (i = 0; i < n; i++) {
         ngx_http_spi_notice_apply(up, &copy[i]);
@@ -163,7 +322,12 @@ ngx_http_spi_notice_publish(ngx_http_spi_upstream_t *up, spi_notice *n,
     size_t count)
 {
     size_t             i;
+    int64_t            now;
+    ngx_uint_t         lost;
     ngx_atomic_uint_t  seq;
+
+    now = ngx_http_spi_wall_ns();
+    lost = 0;
 
     ngx_shmtx_lock(&up->shpool->mutex);
 
@@ -172,11 +336,20 @@ ngx_http_spi_notice_publish(ngx_http_spi_upstream_t *up, spi_notice *n,
     for (i = 0; i < count; i++) {
         up->shm->ring[seq % NGX_HTTP_SPI_NOTICE_RING] = n[i];
         seq++;
+        lost += ngx_http_spi_kept_add(up, &n[i], now);
     }
 
     up->shm->seq = seq;
 
     ngx_shmtx_unlock(&up->shpool->mutex);
+
+    if (lost) {
+        ngx_log_error(NGX_LOG_WARN, up->log, 0,
+                      "spotinfer: upstream \"%V\": %ui notices in force were "
+                      "let go to keep newer ones (%d are kept): a worker "
+                      "that starts now does not have them",
+                      &up->name, lost, NGX_HTTP_SPI_NOTICE_KEPT);
+    }
 }
 
 
@@ -223,17 +396,6 @@ ngx_http_spi_notice_format(ngx_http_request_t *r, int32_t *format)
 }
 
 
-static int64_t
-ngx_http_spi_wall_ns(void)
-{
-    struct timespec  ts;
-
-    (void) clock_gettime(CLOCK_REALTIME, &ts);
-
-    return (int64_t) ts.tv_sec * 1000000000 + ts.tv_nsec;
-}
-
-
 static ngx_int_t
 ngx_http_spi_notice_take(ngx_http_request_t *r)
 {
@@ -241,16 +403,23 @@ ngx_http_spi_notice_take(ngx_http_request_t *r)
     size_t                    n;
     u_char                    errbuf[256], *out;
     int32_t                   format;
-    ngx_int_t                 status;
+    ngx_int_t                 rc, status;
     ngx_str_t                 body, node, v, msg;
     spi_notice                stack[NGX_HTTP_SPI_PARSE_MAX], *notices;
     ngx_http_spi_loc_conf_t  *lcf;
 
     lcf = ngx_http_get_module_loc_conf(r, ngx_http_spotinfer_module);
 
-    if (lcf->notice->engine == NULL || lcf->notice->shm == NULL
-        || ngx_http_spi_read_body(r, &body) != NGX_OK)
-    {
+    if (lcf->notice->engine == NULL || lcf->notice->shm == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    rc = ngx_http_spi_read_body(r, &body, NGX_HTTP_SPI_NOTICE_MAX_BODY);
+    if (rc == NGX_DECLINED) {
+        return ngx_http_spi_too_big(r, body.len, NGX_HTTP_SPI_NOTICE_MAX_BODY);
+    }
+
+    if (rc != NGX_OK) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 

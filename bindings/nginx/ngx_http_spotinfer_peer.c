@@ -38,6 +38,51 @@ static ngx_http_output_header_filter_pt  ngx_http_next_header_filter;
 static ngx_http_output_body_filter_pt    ngx_http_next_body_filter;
 
 
+/* A server line before "spotinfer" was read with nginx's parameters
+ * allowed; the balancer would ignore them (a server marked down would still
+ * be routed to), so any that differs from nginx's default is refused, as
+ * nginx refuses them on a server line after "spotinfer". */
+static ngx_int_t
+ngx_http_spi_check_params(ngx_conf_t *cf, ngx_http_spi_upstream_t *up,
+    ngx_http_upstream_server_t *server)
+{
+    const char  *param;
+
+    param = NULL;
+
+    if (server->down) {
+        param = "down";
+
+    } else if (server->weight != 1) {
+        param = "weight=";
+
+    } else if (server->max_fails != 1) {
+        param = "max_fails=";
+
+    } else if (server->fail_timeout != 10) {
+        param = "fail_timeout=";
+
+    } else if (server->max_conns != 0) {
+        param = "max_conns=";
+
+    } else if (server->slow_start != 0) {
+        param = "slow_start=";
+    }
+
+    if (param == NULL) {
+        return NGX_OK;
+    }
+
+    ngx_log_error(NGX_LOG_EMERG, cf->log, 0,
+                  "spotinfer: upstream \"%V\": server \"%V\" has \"%s\", "
+                  "which a spotinfer upstream does not take (the library's "
+                  "load reading, error breaker and fallbacks decide; a "
+                  "replica out of rotation is removed or noticed)",
+                  &up->name, &server->name, param);
+    return NGX_ERROR;
+}
+
+
 static ngx_int_t
 ngx_http_spi_match_server(ngx_conf_t *cf, ngx_http_spi_upstream_t *up,
     ngx_http_upstream_server_t *server)
@@ -70,6 +115,10 @@ ngx_http_spi_match_server(ngx_conf_t *cf, ngx_http_spi_upstream_t *up,
                       "one address, listed once and not a backup (the "
                       "library's fallbacks are the backups)",
                       &up->name, &server->name);
+        return NGX_ERROR;
+    }
+
+    if (ngx_http_spi_check_params(cf, up, server) != NGX_OK) {
         return NGX_ERROR;
     }
 
@@ -713,6 +762,38 @@ ngx_http_spi_output_tokens(ngx_http_spi_ctx_t *ctx)
 }
 
 
+/* An answer the backend compressed (the client's Accept-Encoding passed
+ * on) is not text the token reader can read: it is not counted (0,
+ * unknown), rather than read as garbage, and the first such answer in a
+ * worker says how to keep the backend's answers readable. */
+static ngx_uint_t
+ngx_http_spi_encoded(ngx_http_request_t *r, ngx_http_spi_ctx_t *ctx)
+{
+    ngx_table_elt_t  *ce;
+
+    ce = r->upstream->headers_in.content_encoding;
+
+    if (ce == NULL || ce->value.len == 0
+        || (ce->value.len == 8
+            && ngx_strncasecmp(ce->value.data, (u_char *) "identity", 8) == 0))
+    {
+        return 0;
+    }
+
+    if (!ctx->up->encoded_logged) {
+        ctx->up->encoded_logged = 1;
+        ngx_log_error(NGX_LOG_WARN, r->connection->log, 0,
+                      "spotinfer: upstream \"%V\": an answer came with "
+                      "\"Content-Encoding: %V\", whose output tokens are "
+                      "not counted: set proxy_set_header Accept-Encoding \"\" "
+                      "where it is proxied (said once per worker)",
+                      &ctx->up->name, &ce->value);
+    }
+
+    return 1;
+}
+
+
 static void
 ngx_http_spi_first_body(ngx_http_request_t *r, ngx_http_spi_ctx_t *ctx)
 {
@@ -723,6 +804,11 @@ ngx_http_spi_first_body(ngx_http_request_t *r, ngx_http_spi_ctx_t *ctx)
     if (r->upstream == NULL || r->upstream->headers_in.status_n < 200
         || r->upstream->headers_in.status_n >= 300)
     {
+        ctx->counting = 0;
+        return;
+    }
+
+    if (ngx_http_spi_encoded(r, ctx)) {
         ctx->counting = 0;
         return;
     }

@@ -131,9 +131,11 @@ ngx_http_spi_body_handler(ngx_http_request_t *r)
 
 
 /* The body in one piece: the buffered body is a chain of memory and file
- * buffers (a body over client_body_buffer_size is in a file). */
+ * buffers (a body over client_body_buffer_size is in a file). A body over
+ * max bytes is not copied (client_max_body_size may let in far more than
+ * the library takes): NGX_DECLINED, out->len its size. */
 ngx_int_t
-ngx_http_spi_read_body(ngx_http_request_t *r, ngx_str_t *out)
+ngx_http_spi_read_body(ngx_http_request_t *r, ngx_str_t *out, off_t max)
 {
     u_char       *p;
     off_t         size;
@@ -148,17 +150,22 @@ ngx_http_spi_read_body(ngx_http_request_t *r, ngx_str_t *out)
         return NGX_OK;
     }
 
+    size = 0;
+    for (cl = r->request_body->bufs; cl; cl = cl->next) {
+        size += ngx_buf_size(cl->buf);
+    }
+
+    if (size > max) {
+        out->len = (size_t) size;
+        return NGX_DECLINED;
+    }
+
     cl = r->request_body->bufs;
 
     if (cl->next == NULL && !cl->buf->in_file) {
         out->data = cl->buf->pos;
         out->len = cl->buf->last - cl->buf->pos;
         return NGX_OK;
-    }
-
-    size = 0;
-    for (cl = r->request_body->bufs; cl; cl = cl->next) {
-        size += ngx_buf_size(cl->buf);
     }
 
     p = ngx_pnalloc(r->pool, (size_t) size + 1);
@@ -264,6 +271,7 @@ ngx_http_spi_decide(ngx_http_request_t *r, ngx_http_spi_ctx_t *ctx,
     ngx_http_spi_loc_conf_t *lcf)
 {
     int                       st;
+    ngx_int_t                 rc;
     ngx_str_t                 body, msg;
     spi_decision              d;
     ngx_pool_cleanup_t       *cln;
@@ -273,7 +281,12 @@ ngx_http_spi_decide(ngx_http_request_t *r, ngx_http_spi_ctx_t *ctx,
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
-    if (ngx_http_spi_read_body(r, &body) != NGX_OK) {
+    rc = ngx_http_spi_read_body(r, &body, up->max_body);
+    if (rc == NGX_DECLINED) {
+        return ngx_http_spi_too_big(r, body.len, up->max_body);
+    }
+
+    if (rc != NGX_OK) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
@@ -519,6 +532,57 @@ ngx_http_spi_retry_after(ngx_http_request_t *r)
 
 
 /* {"error":{"message":...,"type":...,"param":null,"code":null}} */
+/* A body over the limit, unread: the 413 the library's parser would give. */
+ngx_int_t
+ngx_http_spi_too_big(ngx_http_request_t *r, size_t size, off_t max)
+{
+    ngx_str_t  msg;
+
+    msg.data = ngx_pnalloc(r->pool, NGX_OFF_T_LEN * 2 + 64);
+    if (msg.data == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    msg.len = ngx_sprintf(msg.data, "body: %uz bytes exceeds the limit of %O",
+                          size, max)
+              - msg.data;
+
+    return ngx_http_spi_send_error(r, NGX_HTTP_REQUEST_ENTITY_TOO_LARGE,
+                                   "invalid_request_error", &msg, 0);
+}
+
+
+/* Whether nginx's error_page of the location takes the status (by the
+ * test nginx applies to its own errors): the module then leaves the answer
+ * to it, so that "error_page 429 503 = @fallback" works for the module's
+ * answers too. */
+static ngx_uint_t
+ngx_http_spi_error_page(ngx_http_request_t *r, ngx_uint_t status)
+{
+    ngx_uint_t                 i;
+    ngx_http_err_page_t       *page;
+    ngx_http_core_loc_conf_t  *clcf;
+
+    clcf = ngx_http_get_module_loc_conf(r, ngx_http_core_module);
+
+    if (r->error_page || clcf->error_pages == NULL || r->uri_changes == 0) {
+        return 0;
+    }
+
+    page = clcf->error_pages->elts;
+
+    for (i = 0; i < clcf->error_pages->nelts; i++) {
+        if (page[i].status == (ngx_int_t) status) {
+            return 1;
+        }
+    }
+
+    return 0;
+}
+
+
+/* The error in the OpenAI shape, or, when the location has an error_page
+ * for its status, the status for nginx to finalize the request with. */
 ngx_int_t
 ngx_http_spi_send_error(ngx_http_request_t *r, ngx_uint_t status,
     const char *type, ngx_str_t *msg, ngx_uint_t retry_after)
@@ -526,6 +590,10 @@ ngx_http_spi_send_error(ngx_http_request_t *r, ngx_uint_t status,
     u_char     *p;
     size_t      len;
     ngx_str_t   text;
+
+    if (ngx_http_spi_error_page(r, status)) {
+        return status;
+    }
 
     len = sizeof("{\"error\":{\"message\":\"\",\"type\":\"\","
                  "\"param\":null,\"code\":null}}\n") - 1

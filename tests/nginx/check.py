@@ -26,6 +26,8 @@ import openai
 SYSTEM = ("You are the support assistant of a company that sells spot GPU capacity. "
           "Answer briefly, cite the runbook, never invent prices. ") * 24
 OTHER_SYSTEM = ("You translate short English sentences into formal French, one line each. ") * 40
+# notices handed in after spot-a's before the reload: more than the ring
+NOTICE_FLOOD = 70
 DEADLINE = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + 600))
 
 
@@ -327,6 +329,32 @@ def check_big_body(oa, log):
         fail(f"a {len(big)}-byte prompt: {logged}, usage {resp.usage}")
     say(f"a {len(big) // 1024} KiB body (buffered in a file): routed to {logged[0]['replica']} "
         f"({logged[0]['blocks']} blocks), {resp.usage.prompt_tokens} prompt tokens arrived")
+
+
+def peak_memory(pid):
+    """A process's peak resident memory (VmHWM), in bytes."""
+    with open(f"/proc/{pid}/status") as f:
+        return int(re.search(r"^VmHWM:\s+(\d+) kB", f.read(), re.M).group(1)) * 1024
+
+
+def check_huge_body(base, log):
+    """A body far over limits.max_body_bytes (4 MiB), let in by
+    client_max_body_size (/huge/), is refused 413 with the library's
+    message, unread: the worker's peak memory does not grow by its size."""
+    before = {e["pid"]: peak_memory(e["pid"]) for e in access_log(log, "")}
+    body = json.dumps(chat(SYSTEM, "many words " * (6 << 20))).encode()
+    status, _, raw = http("POST", f"{base}/huge/v1/chat/completions?probe=huge", body, timeout=60)
+    logged = access_log(log, "probe=huge")
+    if status != 413 or "exceeds the limit of 4194304" not in raw.decode() or len(logged) != 1:
+        fail(f"a {len(body)}-byte body: {status} {raw[:200]!r}, logged {logged}")
+    pid = logged[0]["pid"]
+    if pid not in before:
+        fail(f"the worker {pid} that took the huge body served nothing before it ({sorted(before)})")
+    grown = peak_memory(pid) - before[pid]
+    if grown > 16 << 20:
+        fail(f"a {len(body) >> 20} MiB body refused 413 raised the worker's peak memory by {grown >> 20} MiB")
+    say(f"a {len(body) >> 20} MiB body: 413 {json.loads(raw)['error']['message']!r}, the worker's "
+        f"peak memory grew by {grown >> 10} KiB")
 
 
 def edge_metrics(base, location="/edge-metrics"):
@@ -697,6 +725,38 @@ def check_unix_socket(base, error_log, workers):
         f"a request served through it")
 
 
+def check_encoded(base, log, error_log):
+    """The sock replica's /gz/ compresses its answer when the client
+    accepts gzip: the module does not read those bytes as text (0 output
+    tokens, and the error log says why, once a worker); with the client's
+    Accept-Encoding not passed on, the same answers are counted."""
+    got = {}
+    for where in ("gz", "identity"):
+        for stream in (True, False):
+            probe = f"enc-{where}-{'stream' if stream else 'whole'}"
+            req = urllib.request.Request(
+                f"{base}/sock-{where}/v1/chat/completions?probe={probe}",
+                data=json.dumps(chat(SYSTEM, probe, stream=stream, metadata={"class": "silver"})).encode(),
+                method="POST",
+                headers={"Content-Type": "application/json", "Accept-Encoding": "gzip, deflate"})
+            with urllib.request.urlopen(req, timeout=30) as resp:
+                coded = resp.headers.get("Content-Encoding")
+                resp.read()
+            if (coded == "gzip") != (where == "gz"):
+                fail(f"{probe}: the answer came with Content-Encoding {coded}")
+            got[probe] = [e["tokens"] for e in access_log(log, "probe=" + probe)]
+    if any(got[p] != ["0"] for p in got if "-gz-" in p) or any(
+            len(got[p]) != 1 or int(got[p][0]) <= 0 for p in got if "-identity-" in p):
+        fail(f"compressed answers: the tickets' output tokens {got}")
+    with open(error_log) as f:
+        said = [line for line in f if '"Content-Encoding: gzip", whose output tokens are not counted' in line]
+    if not said:
+        fail("compressed answers: the error log does not say their tokens are not counted")
+    say(f"compressed answers: not counted ({got['enc-gz-stream'][0]} tokens), said in the error log; "
+        f"with Accept-Encoding \"\" on the proxied request counted "
+        f"({got['enc-identity-stream'][0]} and {got['enc-identity-whole'][0]})")
+
+
 def check_refused(base, log):
     """Upstream "refused": its spot replica answers 404 (on a unix socket),
     which proxy_next_upstream http_404 passes over, and the next try's
@@ -1036,6 +1096,21 @@ def check_shed_and_capacity(base, hot_addr, hot_node, log):
         f"{json.loads(raw)['error']['message']!r}")
 
 
+def check_error_page(base):
+    """hot's only replica is noticed (check_shed_and_capacity): /hot/
+    answers the module's 503, /hot-fb/ the named location its error_page
+    names."""
+    silver = chat("interactive", "fallback", metadata={"class": "silver"})
+    status, _, raw = http("POST", base + "/hot-fb/v1/chat/completions", silver)
+    if status != 200 or json.loads(raw) != {"fallback": True}:
+        fail(f"error_page 503 = @hot-fallback: {status} {raw!r}")
+    status, _, raw = http("POST", base + "/hot/v1/chat/completions", silver)
+    if status != 503:
+        fail(f"/hot/ without an error_page: {status} {raw!r}")
+    say(f"error_page: the module's 503 went to the named location (and stays {json.loads(raw)['error']['type']} "
+        f"where the location has none)")
+
+
 def check_metrics(base, out, log, workers):
     """One scrape has every worker's samples, labelled worker="N"."""
     # Another worker's copy is up to a second old: read until every worker
@@ -1149,15 +1224,29 @@ def valgrind_round(base, backends):
         "streams of several tokens an event, a notice on an open stream")
 
 
+def flood_notices(base, count=NOTICE_FLOOD):
+    """More notices than the shared ring holds, for machines that run no
+    replica, after spot-a's: a worker that starts later still has to take
+    spot-a's (after_reload)."""
+    for i in range(count):
+        notice(base, "notice", f"i-flood{i:012d}")
+    say(f"notices: {count} more for machines without replicas, past the ring of 64")
+
+
 def after_reload(base, workers):
-    """nginx -s reload started new workers with new engines: they read the
-    notices already in the shared ring, so spot-a stays avoided."""
+    """nginx -s reload started new workers with new engines: they take the
+    notices still in force from the shared zone (spot-a's came before
+    NOTICE_FLOOD others, more than the ring holds), so spot-a stays
+    avoided."""
     time.sleep(1.5)  # the new workers have ticked and published
     _, _, raw = http("GET", base + "/metrics")
-    noticed = re.findall(r'^spotinfer_node_transitions_total\{worker="(\d+)",from="active",'
-                         r'to="noticed"\} 1$', raw.decode(), re.M)
+    noticed = re.findall(r'^spotinfer_replica_state\{worker="(\d+)",replica="spot-a",[^}]*\} 3$',
+                         raw.decode(), re.M)
+    flooded = re.findall(r'^spotinfer_node_transitions_total\{worker="(\d+)",from="active",'
+                         r'to="noticed"\} (\d+)$', raw.decode(), re.M)
     if len(noticed) < workers:
-        fail(f"after the reload the notice is in the engines of workers {noticed} only")
+        fail(f"after the reload spot-a is noticed in the engines of workers {noticed} only "
+             f"(machines noticed: {flooded})")
     # Silver goes to spot first; spot-a is the only spot replica with a
     # load reading (spot-b is dead), so without the notice it would get
     # these. With it, the spot pool has nothing to give.
@@ -1167,7 +1256,8 @@ def after_reload(base, workers):
         if status == 200 and json.loads(raw)["system_fingerprint"] == "spot-a":
             fail(f"after the reload request {i} went to the noticed spot-a")
         answers.add(status)
-    say(f"reload: the new workers ({len(noticed)}) took the earlier notice from the shared zone; "
+    say(f"reload: the new workers ({len(noticed)}) took the earlier notice from the shared zone, "
+        f"{NOTICE_FLOOD} notices later (machines noticed: {sorted(set(n for _, n in flooded))}); "
         f"spot-a still gets nothing (answers {sorted(answers)})")
 
 
@@ -1200,6 +1290,7 @@ def main():
     check_tokens(a.base, a.access_log, a.error_log)
     check_bad_requests(oa, a.base)
     check_big_body(oa, a.access_log)
+    check_huge_body(a.base, a.access_log)
     check_redirects(a.base, a.access_log)
     check_pair(a.base, a.access_log)
     check_retry_nowhere(a.base, a.access_log, a.error_log)
@@ -1209,6 +1300,7 @@ def main():
     check_keepalive_timeout(a.base, a.access_log, a.error_log)
     check_answer_failed(a.base, a.access_log, a.error_log)
     check_unix_socket(a.base, a.error_log, a.workers)
+    check_encoded(a.base, a.access_log, a.error_log)
     check_refused(a.base, a.access_log)
     check_cancel(a.base, a.access_log)
     heir = check_notice(a.base, owner, nodes, addrs, a.access_log, a.workers)
@@ -1217,6 +1309,8 @@ def main():
     check_fallback(a.base, heir, pids, addrs, a.access_log)
     check_shed_and_capacity(a.base, addrs["hot"], "i-00000000000000ff0", a.access_log)
     check_metrics(a.base, a.metrics_out, a.access_log, a.workers)
+    check_error_page(a.base)
+    flood_notices(a.base)
     print("check: all passed")
 
 

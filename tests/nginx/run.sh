@@ -238,6 +238,12 @@ http {
       proxy_buffering off;
       proxy_next_upstream error timeout http_502 http_503 non_idempotent;
     }
+    # a client_max_body_size far over the library's limits.max_body_bytes
+    location /huge/ {
+      spotinfer_route llm;
+      proxy_pass http://llm/;
+      client_max_body_size 128m;
+    }
     location /hot/ {
       spotinfer_route hot;
       proxy_pass http://hot/;
@@ -251,6 +257,16 @@ http {
       # event of 230 bytes or more reaches the body filter cut in two or
       # three buffers
       proxy_buffer_size 160;
+    }
+    # The module's own 429 and 503 go to the error_page of the location.
+    location /hot-fb/ {
+      spotinfer_route hot;
+      proxy_pass http://hot/;
+      error_page 429 503 = @hot-fallback;
+    }
+    location @hot-fallback {
+      default_type application/json;
+      return 200 '{"fallback":true}';
     }
     location = /metrics { spotinfer_metrics llm; }
     location = /notice { spotinfer_notice llm; }
@@ -473,6 +489,18 @@ http {
       proxy_pass http://sock/;
     }
     location = /sock-metrics { spotinfer_metrics sock; }
+    # The sock replica's /gz/ compresses what the client accepts: the
+    # client's Accept-Encoding passed on (/sock-gz/), or not
+    # (/sock-identity/, as docs/nginx.md says to write it).
+    location /sock-gz/ {
+      spotinfer_route sock;
+      proxy_pass http://sock/gz/;
+    }
+    location /sock-identity/ {
+      spotinfer_route sock;
+      proxy_pass http://sock/gz/;
+      proxy_set_header Accept-Encoding "";
+    }
     # The first refused replica's 404, passed over; the next try's
     # connect() fails at once.
     location /refused/ {
@@ -528,6 +556,15 @@ http {
     listen unix:$u;
     access_log off;
     location / { proxy_pass http://$e; }
+    # what the client accepts, compressed (nginx proxies with HTTP/1.0)
+    location /gz/ {
+      proxy_pass http://$e/;
+      gzip on;
+      gzip_min_length 1;
+      gzip_proxied any;
+      gzip_http_version 1.0;
+      gzip_types application/json text/event-stream;
+    }
     location = /metrics {
       default_type text/plain;
       return 200 'vllm:num_requests_running 0\nvllm:num_requests_waiting 0\nvllm:kv_cache_usage_perc 0.25\n';
@@ -589,6 +626,21 @@ cp "$work/good.json" "$work/prefix/conf/spotinfer.json"
 # spotinfer upstream does not have
 conf bad.conf 1 on "$port" 'zone llm_peers 64k;'
 expect_t_fail "a zone in a spotinfer upstream" 'upstream "llm" cannot have a "zone"'
+# A server line before "spotinfer" is read with nginx's parameters allowed:
+# those that differ from nginx's defaults are refused (the balancer would
+# ignore them, and route to a server marked down), the defaults written out
+# pass.
+early_server() { # <server parameters>
+  conf bad.conf 1 on "$port" 'spotinfer_replica 127.0.0.1:9 id=early pool=on_demand price=1;'
+  sed -i "s|^  upstream llm {|  upstream llm {\n    server 127.0.0.1:9 $1;|" "$work/prefix/conf/bad.conf"
+}
+for param in down weight=2 max_fails=3 fail_timeout=5s max_conns=4; do
+  early_server "$param"
+  expect_t_fail "\"server ... $param\" before spotinfer" "server \"127.0.0.1:9\" has \"${param%%=*}"
+done
+early_server "weight=1 max_fails=1 fail_timeout=10s max_conns=0"
+nginx -p "$work/prefix" -c conf/bad.conf -t >/dev/null 2>&1 ||
+  die "nginx -t refused a server before spotinfer with nginx's default parameters"
 conf bad.conf 1 on "$port"
 sed -i 's/spotinfer_route llm;/spotinfer_route nowhere;/' "$work/prefix/conf/bad.conf"
 expect_t_fail "a route to an upstream without spotinfer" 'upstream "nowhere" is named by a spotinfer directive'
