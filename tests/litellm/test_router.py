@@ -249,6 +249,36 @@ def test_shed_is_429_and_no_capacity_503(backends, closing):
     assert total(samples, "spotinfer_decisions_total", reason="no_capacity") == 1
 
 
+def test_an_async_streams_ttft_is_its_first_chunks_time(backends, closing):
+    """LiteLLM runs the streaming deployment hook on a stream's last chunk:
+    the time to first token the library records for an async stream is
+    the one its success event gives (the first chunk's), not the whole
+    stream's."""
+    backends.start("spot-a", "-ttft", "50ms", "-token-rate", "20", "-answer-tokens", "24")
+    router = Router(model_list=[deployment(backends, "spot-a")], num_retries=0)
+    routing = SpotinferRouting.install(router, CONFIG)
+    closing(routing)
+
+    async def go():
+        firsts = []
+        for i in range(3):
+            start, first = time.monotonic(), None
+            resp = await router.acompletion(model=MODEL, messages=messages("s", f"q{i}"),
+                                            metadata={"class": "silver"}, stream=True)
+            async for _ in resp:
+                first = first or time.monotonic() - start
+            firsts.append(first)
+            assert time.monotonic() - start > 1.0       # a stream of over a second
+        await settle(routing, 3)
+        return firsts
+    firsts = run(go())
+    samples = metric_samples(routing.metrics())
+    n = total(samples, "spotinfer_ttft_seconds_count")
+    mean = total(samples, "spotinfer_ttft_seconds_sum") / n
+    assert n == 3
+    assert mean < max(firsts) + 0.2, (mean, firsts)
+
+
 def aws_notice(seconds_ahead=120):
     at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + seconds_ahead))
     return json.dumps({"action": "terminate", "time": at})

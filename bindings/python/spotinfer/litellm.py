@@ -1535,8 +1535,8 @@ class SpotinferRouting(CustomLogger, CustomRoutingStrategyBase):  # type: ignore
     # the caller; the logging events run later, from LiteLLM's logging
     # worker. A whole answer finishes its ticket in the hook, so the next
     # request of the conversation, sent as soon as this one returns, finds
-    # the prefix where it went; a stream reports its first token from the
-    # hook and finishes in the success event, which has its usage.
+    # the prefix where it went; a stream finishes in the success event,
+    # which has its usage and the time of its first chunk.
 
     async def async_post_call_success_deployment_hook(
             self, request_data: Dict[str, Any], response: Any, call_type: Any) -> Any:
@@ -1565,20 +1565,19 @@ class SpotinferRouting(CustomLogger, CustomRoutingStrategyBase):  # type: ignore
 
     async def async_post_call_streaming_deployment_hook(
             self, request_data: Dict[str, Any], response_chunk: Any, call_type: Any) -> Any:
+        # LiteLLM runs this hook on a stream's last chunk, not its first:
+        # the time to first token comes with the success event
+        # (completion_start_time: ticket_result). A first_token() here would
+        # record the whole stream as the first token's wait, and the library
+        # keeps the first one it is told. The stream's success event is on
+        # its way: _task_done waits for it.
         tid = self._ticket_of(request_data)
         if not tid:
             return None
         with self._lock:
             o = self._open.get(tid)
-            first = o is not None and not o.streamed
-            if first:
+            if o is not None:
                 o.streamed = True
-        if first:
-            try:
-                with self._library(new=False):
-                    self.engine.ticket(tid).first_token()
-            except Exception:  # noqa: BLE001 - finished meanwhile, or engine closed
-                pass
         return None
 
     async def async_log_success_event(self, kwargs: Any, response_obj: Any,
