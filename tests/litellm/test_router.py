@@ -868,6 +868,36 @@ def cool_down(router, rid):
         rid, Exception("failing"), 500, 60)
 
 
+@pytest.mark.parametrize("respect", [True, False])
+def test_the_sync_route_leaves_out_what_litellm_leaves_out(closing, respect):
+    """The sync route (router.completion) is offered what LiteLLM's own
+    sync selection offers: no deployment an admin paused
+    (model_info.blocked), and with respect_litellm_health none cooling
+    down; the async route the same (a paused one never, whatever
+    respect_litellm_health says). Every deployment left out: LiteLLM's
+    429."""
+    router, routing = hand_fed(["spot-a", "spot-b", "spot-c"],
+                               respect_litellm_health=respect)
+    closing(routing)
+    router.model_list[0]["model_info"]["blocked"] = True
+    cool_down(router, "spot-b")
+    served = set()
+    for i, system in enumerate(SYSTEMS * 2):
+        meta = {"class": "silver"}
+        sync = routing.get_available_deployment(
+            MODEL, messages=messages(system, f"s{i}"), request_kwargs={"metadata": meta})
+        served.add(sync["model_info"]["id"])
+        served.add(offered_route(routing, system, f"a{i}")[0])
+    assert "spot-a" not in served
+    assert ("spot-b" in served) is not respect
+    if respect:
+        cool_down(router, "spot-c")
+        with pytest.raises(Exception) as e:
+            routing.get_available_deployment(MODEL, messages=messages("s", "u"),
+                                              request_kwargs={"metadata": {}})
+        assert getattr(e.value, "status_code", None) == 429, e.value
+
+
 def excluding(monkeypatch):
     """The replica ids each route of the strategy excludes, a list a route."""
     seen = []

@@ -1300,7 +1300,8 @@ class SpotinferRouting(CustomLogger, CustomRoutingStrategyBase):  # type: ignore
                 model, kwargs, kind="healthy", messages=messages, input=input,
                 specific_deployment=specific_deployment)
         else:
-            found = self._resolved(model, messages, input, specific_deployment, kwargs)
+            found = self._filtered(model, self._resolved(
+                model, messages, input, specific_deployment, kwargs), health=False)
         if isinstance(found, dict):         # one named deployment: no choice
             return self._marked(found, 0)
         offer = self._offer_for(model, found, messages, input, kwargs)
@@ -1317,7 +1318,9 @@ class SpotinferRouting(CustomLogger, CustomRoutingStrategyBase):  # type: ignore
             specific_deployment: Optional[bool] = False,
             request_kwargs: Optional[Dict[str, Any]] = None) -> Any:
         kwargs = self._route_start(model, request_kwargs)
-        found = self._resolved(model, messages, input, specific_deployment, kwargs)
+        found = self._filtered(model, self._resolved(
+            model, messages, input, specific_deployment, kwargs),
+            health=self.respect_litellm_health)
         if isinstance(found, dict):         # one named deployment: no choice
             return self._marked(found, 0)
         offer = self._offer_for(model, found, messages, input, kwargs)
@@ -1343,6 +1346,44 @@ class SpotinferRouting(CustomLogger, CustomRoutingStrategyBase):  # type: ignore
             model=model, messages=messages, input=input,
             specific_deployment=specific_deployment, request_kwargs=kwargs)
         return found
+
+    def _filtered(self, model: str, found: Any, *, health: bool) -> Any:
+        """The resolved deployments LiteLLM's own selection keeps (the async
+        route with respect_litellm_health asks the Router's select, which
+        does this; the sync Router has no such call): none an admin paused
+        (``model_info.blocked``), and with ``health`` none marked unhealthy
+        by its background health checks or cooling down (unless its
+        health-check routing drives the cooldowns and would leave none, as
+        LiteLLM lets them all through then). None left: LiteLLM's 429
+        (RouterRateLimitError), as its selection raises; a paused
+        deployment the call names: its 503."""
+        if isinstance(found, dict):
+            if _paused(found):
+                raise litellm.ServiceUnavailableError(
+                    message=f"Model '{model}' is currently paused and cannot accept "
+                            "requests.", llm_provider="", model=model)
+            return found
+        deps, cooling = list(found or ()), set()
+        if health:
+            deps, cooling = self._healthy(deps)
+        kept = [d for d in deps if not _paused(d)]
+        if not kept and found:
+            raise _all_cooling_down(model, cooling)
+        return kept
+
+    def _healthy(self, deps: List[Any]) -> Tuple[List[Any], Set[str]]:
+        """LiteLLM's health-check and cooldown filters, in its order, and
+        the ids cooling down."""
+        r = self._router
+        check = getattr(r, "_filter_health_check_unhealthy_deployments", None)
+        if callable(check):
+            deps = check(healthy_deployments=deps, parent_otel_span=None)
+        cooling = _cooling_down(r)
+        kept = [d for d in deps if deployment_id(d) not in cooling]
+        if not kept and getattr(r, "_core_enable_health_check_routing", False) and \
+                getattr(r, "_core_allowed_fails_policy", None) is not None:
+            kept = deps
+        return kept, cooling
 
     def _offer_for(self, model: str, found: Any, messages: Optional[List[Any]],
                    input: Any, kwargs: Dict[str, Any]) -> _Offer:
@@ -1643,6 +1684,36 @@ def _serving_map(reps: Sequence[Replica]) -> _Serving:
             by_name.setdefault(name, []).append(r.info.id)
     return ({n: tuple(ids) for n, ids in by_name.items()}, tuple(anyone),
             tuple(r.info.id for r in reps))
+
+
+def _paused(dep: Any) -> bool:
+    info = dep.get("model_info") if isinstance(dep, Mapping) else None
+    return isinstance(info, Mapping) and info.get("blocked") is True
+
+
+def _cooling_down(router: Any) -> Set[str]:
+    """The ids of the deployments LiteLLM's Router is cooling down now."""
+    try:
+        from litellm.router_utils.cooldown_handlers import get_cooldown_deployments
+        ctx = getattr(router, "_core_ctx", None)
+        ids = get_cooldown_deployments(ctx=ctx, parent_otel_span=None) if ctx is not None \
+            else get_cooldown_deployments(router, parent_otel_span=None)
+    except Exception:  # noqa: BLE001 - a Router without cooldowns
+        return set()
+    return {i for i in ids or () if isinstance(i, str)}
+
+
+def _all_cooling_down(model: str, cooling: Set[str]) -> Exception:
+    """LiteLLM's answer when every deployment of a request is cooling
+    down: its RouterRateLimitError (429, which its retries wait out)."""
+    try:
+        from litellm.types.router import RouterRateLimitError
+        return RouterRateLimitError(model=model, cooldown_time=0.0,
+                                    enable_pre_call_checks=False,
+                                    cooldown_list=sorted(cooling))
+    except Exception:  # noqa: BLE001 - another LiteLLM's signature
+        return litellm.RateLimitError(message=f"every deployment of {model} is cooling "
+                                      "down", llm_provider="spotinfer", model=model)
 
 
 def _current_task() -> "Optional[asyncio.Task[Any]]":
