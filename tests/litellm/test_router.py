@@ -2,6 +2,7 @@
 the package's `litellm` extra pins) against fakellm backends on loopback."""
 
 import asyncio
+import gc
 import http.server
 import json
 import os
@@ -2051,3 +2052,40 @@ def test_close_during_a_sync_that_starts_a_load_thread(closing):
     assert routing.wait_closed(20)
     assert routing.engine.closed
     assert not [t for t in threading.enumerate() if t.name.startswith("spotinfer-load-")]
+
+
+@pytest.mark.parametrize("reader", ["break", "aclose", "task-returns"])
+def test_a_stream_its_reader_stops_reading_ends(backends, closing, reader):
+    """LiteLLM logs no event for a stream its reader stops reading (a
+    `break`, `aclose()`, a task that returns with the stream dropped): its
+    ticket ends as CANCELLED late_event_wait_s after the stream is
+    dropped, not after ticket_timeout_s."""
+    backends.start("spot-a", "-ttft", "20ms", "-token-rate", "20", "-answer-tokens", "200")
+    router = Router(model_list=[deployment(backends, "spot-a")], num_retries=0)
+    routing = SpotinferRouting.install(router, CONFIG, late_event_wait_s=0.5)
+    closing(routing)
+
+    async def read_two():
+        resp = await router.acompletion(model=MODEL, messages=messages("s", "a story"),
+                                        metadata={"class": "silver"}, stream=True)
+        n = 0
+        async for _ in resp:
+            n += 1
+            if n == 2:
+                break
+        if reader == "aclose":
+            await resp.aclose()
+        return n
+
+    async def go():
+        if reader == "task-returns":
+            await asyncio.create_task(read_two())
+        else:
+            await read_two()
+        gc.collect()
+        assert len(routing._open) == 1      # its late_event_wait_s runs
+        await asyncio.sleep(1.5)            # the backend streams on for 10 s
+        assert not routing._open
+    run(go())
+    assert routing.engine.replica_status("spot-a").inflight == 0
+    assert routing.engine.replica_status("spot-a").consecutive_errors == 0    # CANCELLED

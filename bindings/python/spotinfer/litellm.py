@@ -34,6 +34,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import contextvars
 import inspect
 import itertools
 import json
@@ -357,6 +358,14 @@ class SpotinferRouting(CustomLogger, CustomRoutingStrategyBase):  # type: ignore
         # still open (_watch_task); under _lock.
         self._tasks: "weakref.WeakKeyDictionary[asyncio.Task[Any], Set[int]]" = \
             weakref.WeakKeyDictionary()
+        # The tickets of the Router call running here (_wrap_calls): the
+        # call's end ends those LiteLLM never sent (_call_ended).
+        self._call: "contextvars.ContextVar[Optional[List[int]]]" = \
+            contextvars.ContextVar(f"spotinfer_call_{self.instance}", default=None)
+        # The tickets of answers (streams) their caller dropped or closed,
+        # appended by a finalizer, which may run in any thread at any
+        # allocation and so takes no lock: the sweep takes them (_expire_tickets).
+        self._dropped: Deque[Tuple[int, ...]] = collections.deque()
         self._ticking = False
         self._replicas: Dict[str, Replica] = {}
         # The replicas the library chooses among for each model name (one
@@ -390,9 +399,62 @@ class SpotinferRouting(CustomLogger, CustomRoutingStrategyBase):  # type: ignore
         if register is None:                # LiteLLM before register_plugin
             register = router.set_custom_routing_strategy
         register(self)
+        self._wrap_calls()
         self.add_callback()
         self.start()
         return self
+
+    def _wrap_calls(self) -> None:
+        """Put the strategy around the Router's retry and fallback loop
+        (``async_function_with_fallbacks``: every async call goes through
+        it, and the sync API runs it in a loop of its own), so that a
+        call's end tells what LiteLLM logs no event for: an answer its
+        caller dropped unread or closed (a stream left with ``break`` or
+        ``aclose()``: _call_ended)."""
+        inner = getattr(self._router, "async_function_with_fallbacks", None)
+        if not inspect.iscoroutinefunction(inner):
+            return
+
+        async def calls(*args: Any, **kwargs: Any) -> Any:
+            mine: List[int] = []
+            reset = self._call.set(mine)
+            try:
+                answer = await inner(*args, **kwargs)
+            except BaseException as e:
+                self._call_ended(mine, None, cancelled=isinstance(e, asyncio.CancelledError))
+                raise
+            finally:
+                self._call.reset(reset)
+            self._call_ended(mine, answer, cancelled=False)
+            return answer
+
+        calls.__wrapped__ = inner           # type: ignore[attr-defined]
+        calls.spotinfer_routing = self      # type: ignore[attr-defined]
+        self._router.async_function_with_fallbacks = calls
+
+    def _unwrap_calls(self) -> None:
+        """The Router's own loop back, while the strategy's wrapper is what
+        it has."""
+        outer = self._router.__dict__.get("async_function_with_fallbacks") \
+            if hasattr(self._router, "__dict__") else None
+        if outer is None:
+            outer = getattr(self._router, "async_function_with_fallbacks", None)
+        if getattr(outer, "spotinfer_routing", None) is self:
+            with contextlib.suppress(AttributeError):
+                del self._router.async_function_with_fallbacks
+
+    def _call_ended(self, tids: List[int], answer: Any, *, cancelled: bool) -> None:
+        """A Router call ended. The tickets of its routes still open are
+        the answer's (a stream being read, an answer whose success event is
+        on its way): dropping the answer starts their late_event_wait_s
+        (_answers_dropped)."""
+        if not tids:
+            return
+        with self._lock:
+            left = tuple(t for t in tids if t in self._open)
+        if left and answer is not None:
+            with contextlib.suppress(TypeError):    # not weakly referable
+                weakref.finalize(answer, self._dropped.append, left)
 
     def add_callback(self) -> None:
         """Put the strategy first in litellm.callbacks, where LiteLLM (the
@@ -645,6 +707,7 @@ class SpotinferRouting(CustomLogger, CustomRoutingStrategyBase):  # type: ignore
         innermost is the strategy's bound method). A Router without
         _reset_custom_routing_strategy keeps the strategy, which then
         answers 503."""
+        self._unwrap_calls()
         reset = getattr(self._router, "_reset_custom_routing_strategy", None)
         plugged = getattr(self._router, "get_available_deployment", None)
         if callable(reset) and callable(plugged) and \
@@ -863,6 +926,9 @@ class SpotinferRouting(CustomLogger, CustomRoutingStrategyBase):  # type: ignore
         did not send within late_event_wait_s of their route. Two compares while none is due
         (_due, _unsent_due)."""
         now = time.monotonic()
+        if self._dropped:
+            with self._lock:
+                self._answers_dropped(now)
         if now < self._due and now < self._unsent_due:
             return
         with self._lock:
@@ -916,7 +982,8 @@ class SpotinferRouting(CustomLogger, CustomRoutingStrategyBase):  # type: ignore
         if self._ticking:
             return
         now = time.monotonic()
-        if (now < self._due and now < self._unsent_due) or now < self._swept + _TICK_S:
+        if (now < self._due and now < self._unsent_due and not self._dropped) or \
+                now < self._swept + _TICK_S:
             return
         self._swept = now
         self._expire_tickets()
@@ -1049,6 +1116,9 @@ class SpotinferRouting(CustomLogger, CustomRoutingStrategyBase):  # type: ignore
                         task = None if sync else self._watch_task(d.ticket.id)
                         o = self._open[d.ticket.id] = _Open(rid, _owner(task))
                         self._due = min(self._due, self._due_of(o))
+                        call = self._call.get()
+                        if call is not None:    # the call's end ends it unsent
+                            call.append(d.ticket.id)
                         if task is None:    # no task to end with: the timer
                             self._unsent.append((o.opened, d.ticket.id))
                             self._unsent_due = min(self._unsent_due,
@@ -1120,6 +1190,18 @@ class SpotinferRouting(CustomLogger, CustomRoutingStrategyBase):  # type: ignore
         for tid in ended:
             self._finish(tid, TicketResult(status=TicketStatus.CANCELLED))
         self._sweep_if_due()
+
+    def _answers_dropped(self, now: float) -> None:
+        """The tickets of answers their caller dropped (_call_ended's
+        finalizers) wait late_event_wait_s for their event, then the sweep
+        finishes them as CANCELLED: LiteLLM logs no event for a stream its
+        reader stopped reading or closed. Under _lock."""
+        while self._dropped:
+            for tid in self._dropped.popleft():
+                o = self._open.get(tid)
+                if o is not None and not o.until:
+                    o.until = now + self.late_event_wait_s
+                    self._due = min(self._due, o.until)
 
     def _leave_earlier_try(self, kwargs: Dict[str, Any]) -> Dict[str, Any]:
         """The request's metadata, without an earlier try's ticket. LiteLLM
