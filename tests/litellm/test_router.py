@@ -913,11 +913,13 @@ def excluding(monkeypatch):
 
 
 def offered_route(routing, system, user, cls="silver"):
-    """A route as LiteLLM asks for one: the deployment's id and the
+    """A route as LiteLLM asks for one, its try then sent (a task that
+    routes again ends its unsent tries): the deployment's id and the
     request's metadata (where its ticket rides)."""
     meta = {"class": cls}
     dep = run(routing.async_get_available_deployment(
         MODEL, messages=messages(system, user), request_kwargs={"metadata": meta}))
+    routing._mark_sent({"model_info": dep["model_info"]})
     return dep["model_info"]["id"], meta
 
 
@@ -2089,3 +2091,57 @@ def test_a_stream_its_reader_stops_reading_ends(backends, closing, reader):
     run(go())
     assert routing.engine.replica_status("spot-a").inflight == 0
     assert routing.engine.replica_status("spot-a").consecutive_errors == 0    # CANCELLED
+
+
+@pytest.mark.parametrize("retries", [0, 2])
+def test_a_refused_try_in_a_task_that_lives_on_ends(backends, closing, retries):
+    """A try LiteLLM refuses after the route and before the call (a
+    deployment at its max_parallel_requests: 429, no hook, no event) in a
+    task that goes on awaiting other calls, as an application's main task
+    does: its ticket ends as CANCELLED when the call raises, its retries'
+    too, not when the task ends or after ticket_timeout_s."""
+    # The slot is held longer than LiteLLM's retries wait.
+    backends.start("spot-a", "-token-rate", "2000", "-answer-tokens", "4", "-ttft", "6s")
+    dep = deployment(backends, "spot-a")
+    dep["litellm_params"]["max_parallel_requests"] = 1
+    router = Router(model_list=[dep], num_retries=retries, retry_after=0)
+    routing = SpotinferRouting.install(router, CONFIG, late_event_wait_s=0.5)
+    closing(routing)
+    kw = dict(model=MODEL, metadata={"class": "silver"})
+
+    async def go():
+        holder = asyncio.create_task(router.acompletion(messages=messages("s", "hold"), **kw))
+        await asyncio.sleep(0.3)                    # the one slot is taken
+        with pytest.raises(litellm.RateLimitError):
+            await router.acompletion(messages=messages("s", "refused"), **kw)
+        assert len(routing._open) == 1              # the holder's
+        await holder
+        await settle(routing, 1, timeout=10)
+        assert not routing._open
+    run(go())
+    assert routing.engine.replica_status("spot-a").inflight == 0
+    assert routing.engine.replica_status("spot-a").consecutive_errors == 0    # CANCELLED
+
+
+def test_a_task_that_routes_again_ends_its_unsent_tries(closing):
+    """A task that routes again has moved on from its earlier tries (LiteLLM
+    routes and sends a try in one task): one it never sent, of another
+    call, ends as CANCELLED at that route; a sent one is left to its
+    events."""
+    router, routing = hand_fed(["spot-a", "spot-b"])
+    closing(routing)
+
+    async def go():
+        first = await routing.async_get_available_deployment(
+            MODEL, messages=messages("s", "one"), request_kwargs={"metadata": {}})
+        sent = await routing.async_get_available_deployment(
+            MODEL, messages=messages("s", "two"), request_kwargs={"metadata": {}})
+        routing._mark_sent({"model_info": sent["model_info"]})
+        ids = {d["model_info"][TICKET_KEY] for d in (first, sent)}
+        assert set(routing._open) == {sent["model_info"][TICKET_KEY]}
+        await routing.async_get_available_deployment(
+            MODEL, messages=messages("s", "three"), request_kwargs={"metadata": {}})
+        assert len(routing._open) == 2 and ids & set(routing._open) == ids - {
+            first["model_info"][TICKET_KEY]}
+    run(go())
+    assert sum(r.failed for r in routing.engine.ledger()) == 1

@@ -408,9 +408,10 @@ class SpotinferRouting(CustomLogger, CustomRoutingStrategyBase):  # type: ignore
         """Put the strategy around the Router's retry and fallback loop
         (``async_function_with_fallbacks``: every async call goes through
         it, and the sync API runs it in a loop of its own), so that a
-        call's end tells what LiteLLM logs no event for: an answer its
-        caller dropped unread or closed (a stream left with ``break`` or
-        ``aclose()``: _call_ended)."""
+        call's end tells what LiteLLM logs no event for: a try it never
+        sent (refused between the route and the call: _call_ended) and an
+        answer its caller dropped unread or closed (a stream left with
+        ``break`` or ``aclose()``: _answer_dropped)."""
         inner = getattr(self._router, "async_function_with_fallbacks", None)
         if not inspect.iscoroutinefunction(inner):
             return
@@ -444,14 +445,21 @@ class SpotinferRouting(CustomLogger, CustomRoutingStrategyBase):  # type: ignore
                 del self._router.async_function_with_fallbacks
 
     def _call_ended(self, tids: List[int], answer: Any, *, cancelled: bool) -> None:
-        """A Router call ended. The tickets of its routes still open are
-        the answer's (a stream being read, an answer whose success event is
-        on its way): dropping the answer starts their late_event_wait_s
-        (_answers_dropped)."""
+        """A Router call ended: each ticket of its routes still open that
+        LiteLLM never sent is finished as CANCELLED (no event comes for
+        it); with ``cancelled``, a sent one too, as _task_done does. Those
+        left open are the answer's (a stream being read, an answer whose
+        success event is on its way): dropping the answer starts their
+        late_event_wait_s (_answer_dropped)."""
         if not tids:
             return
         with self._lock:
+            # A sync route's unsent try is the timer's (_expire_unsent).
+            ended = self._end_tickets([t for t in tids if t in self._open and
+                                       self._open[t].owner[0] == "task"], cancelled)
             left = tuple(t for t in tids if t in self._open)
+        for tid in ended:
+            self._finish(tid, TicketResult(status=TicketStatus.CANCELLED))
         if left and answer is not None:
             with contextlib.suppress(TypeError):    # not weakly referable
                 weakref.finalize(answer, self._dropped.append, left)
@@ -1106,6 +1114,7 @@ class SpotinferRouting(CustomLogger, CustomRoutingStrategyBase):  # type: ignore
                 continue
             meta = self._leave_earlier_try(kwargs)
             if i == 0:
+                moved_on: List[int] = []
                 with self._lock:
                     closing = self._closing
                     if not closing:
@@ -1113,7 +1122,8 @@ class SpotinferRouting(CustomLogger, CustomRoutingStrategyBase):  # type: ignore
                         # LiteLLM's (its sync Router runs its async code in
                         # a loop of its own) that returns before a stream
                         # is read: its tickets are the timer's.
-                        task = None if sync else self._watch_task(d.ticket.id)
+                        task, moved_on = (None, []) if sync else \
+                            self._watch_task(d.ticket.id)
                         o = self._open[d.ticket.id] = _Open(rid, _owner(task))
                         self._due = min(self._due, self._due_of(o))
                         call = self._call.get()
@@ -1124,6 +1134,8 @@ class SpotinferRouting(CustomLogger, CustomRoutingStrategyBase):  # type: ignore
                             self._unsent_due = min(self._unsent_due,
                                                    o.opened + self.late_event_wait_s)
                         self._keep_ticket(meta, kwargs, d.ticket.id)
+                for tid in moved_on:
+                    self._finish(tid, TicketResult(status=TicketStatus.CANCELLED))
                 if closing:
                     self._finish(d.ticket.id, TicketResult(status=TicketStatus.CANCELLED))
                     raise self._closed_error(model)
@@ -1133,7 +1145,7 @@ class SpotinferRouting(CustomLogger, CustomRoutingStrategyBase):  # type: ignore
         self._finish(d.ticket.id, TicketResult(status=TicketStatus.CANCELLED))
         return None
 
-    def _watch_task(self, tid: int) -> "Optional[asyncio.Task[Any]]":
+    def _watch_task(self, tid: int) -> "Tuple[Optional[asyncio.Task[Any]], List[int]]":
         """Keep a ticket being opened with the asyncio task routing it, and
         return that task (None off an event loop). LiteLLM routes a try and
         sends it in one task (the Router's call, its retries and fallbacks
@@ -1144,18 +1156,26 @@ class SpotinferRouting(CustomLogger, CustomRoutingStrategyBase):  # type: ignore
         gets no failure hook or event, as LiteLLM catches only Exception:
         _task_done finishes both. One done-callback a task; its set holds
         the tickets of its routes still open, so a task that routes call
-        after call holds no more than its calls in flight. Under _lock."""
+        after call holds no more than its calls in flight. A task that
+        routes again has moved on from its earlier tries: those it never
+        sent are taken out of _open and returned, for the caller to finish
+        as CANCELLED (an application's main task awaiting call after call
+        may live on for hours). Under _lock."""
         task = _current_task()
+        moved_on: List[int] = []
         if task is None:
-            return None
+            return None, moved_on
         tids = self._tasks.get(task)
         if tids is None:
             tids = self._tasks[task] = set()
             task.add_done_callback(self._task_done)
         else:
+            # The task routes again: a try of its routes still unsent was
+            # refused before its call (route and send run in one task).
+            moved_on = self._end_tickets(tids, False)
             tids.intersection_update(self._open)
         tids.add(tid)
-        return task
+        return task, moved_on
 
     def _task_done(self, task: "asyncio.Task[Any]") -> None:
         """A task that routed is done. Each ticket it opened that is still
@@ -1170,26 +1190,34 @@ class SpotinferRouting(CustomLogger, CustomRoutingStrategyBase):  # type: ignore
         place of does. A sent try of a task that returned or raised is left
         to its events (a stream is served after its route's task
         returned)."""
-        ended: List[int] = []
         with self._lock:
             tids = self._tasks.pop(task, None)
             if not tids:
                 return
-            cancelled = task.cancelled()
-            now = time.monotonic()
-            for tid in tids:
-                o = self._open.get(tid)
-                if o is None or o.until or (o.sent and not cancelled):
-                    continue
-                if o.sent and (o.streamed or o.answered):
-                    o.until = now + self.late_event_wait_s
-                    self._due = min(self._due, o.until)
-                    continue
-                del self._open[tid]
-                ended.append(tid)
+            ended = self._end_tickets(tids, task.cancelled())
         for tid in ended:
             self._finish(tid, TicketResult(status=TicketStatus.CANCELLED))
         self._sweep_if_due()
+
+    def _end_tickets(self, tids: Sequence[int], cancelled: bool) -> List[int]:
+        """Of tickets whose task or call ended, those to finish as
+        CANCELLED, taken out of _open: each still open and still its
+        call's that LiteLLM never sent, or any with ``cancelled`` (no event
+        comes); one whose success event may be on its way (streamed,
+        answered) gets late_event_wait_s instead. Under _lock."""
+        ended: List[int] = []
+        now = time.monotonic()
+        for tid in tids:
+            o = self._open.get(tid)
+            if o is None or o.until or (o.sent and not cancelled):
+                continue
+            if o.sent and (o.streamed or o.answered):
+                o.until = now + self.late_event_wait_s
+                self._due = min(self._due, o.until)
+                continue
+            del self._open[tid]
+            ended.append(tid)
+        return ended
 
     def _answers_dropped(self, now: float) -> None:
         """The tickets of answers their caller dropped (_call_ended's
