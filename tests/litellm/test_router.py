@@ -2,6 +2,7 @@
 the package's `litellm` extra pins) against fakellm backends on loopback."""
 
 import asyncio
+import gc
 import http.server
 import json
 import os
@@ -249,6 +250,36 @@ def test_shed_is_429_and_no_capacity_503(backends, closing):
     assert total(samples, "spotinfer_decisions_total", reason="no_capacity") == 1
 
 
+def test_an_async_streams_ttft_is_its_first_chunks_time(backends, closing):
+    """LiteLLM runs the streaming deployment hook on a stream's last chunk:
+    the time to first token the library records for an async stream is
+    the one its success event gives (the first chunk's), not the whole
+    stream's."""
+    backends.start("spot-a", "-ttft", "50ms", "-token-rate", "20", "-answer-tokens", "24")
+    router = Router(model_list=[deployment(backends, "spot-a")], num_retries=0)
+    routing = SpotinferRouting.install(router, CONFIG)
+    closing(routing)
+
+    async def go():
+        firsts = []
+        for i in range(3):
+            start, first = time.monotonic(), None
+            resp = await router.acompletion(model=MODEL, messages=messages("s", f"q{i}"),
+                                            metadata={"class": "silver"}, stream=True)
+            async for _ in resp:
+                first = first or time.monotonic() - start
+            firsts.append(first)
+            assert time.monotonic() - start > 1.0       # a stream of over a second
+        await settle(routing, 3)
+        return firsts
+    firsts = run(go())
+    samples = metric_samples(routing.metrics())
+    n = total(samples, "spotinfer_ttft_seconds_count")
+    mean = total(samples, "spotinfer_ttft_seconds_sum") / n
+    assert n == 3
+    assert mean < max(firsts) + 0.2, (mean, firsts)
+
+
 def aws_notice(seconds_ahead=120):
     at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + seconds_ahead))
     return json.dumps({"action": "terminate", "time": at})
@@ -485,29 +516,60 @@ class RefusingCheck(litellm.integrations.custom_logger.CustomLogger):
         raise litellm.RateLimitError("over the limit", "openai", MODEL)
 
 
-def test_a_sync_try_refused_by_a_pre_call_check_ends_after_late_event_wait_s(backends, closing):
+def test_a_sync_try_refused_by_a_pre_call_check_ends_with_its_call(backends, closing):
     """The sync API: a callback's pre_call_check that raises after the route
     leaves no event, and the try was never sent (no log_pre_api_call); its
-    ticket ends as CANCELLED after late_event_wait_s."""
+    ticket ends as CANCELLED when the call raises, long before
+    late_event_wait_s."""
     backends.start("spot-a", *FAST)
     router = Router(model_list=[deployment(backends, "spot-a")], num_retries=0)
     refusing = RefusingCheck()
     litellm.logging_callback_manager.add_litellm_callback(refusing)
     try:
-        routing = SpotinferRouting.install(router, CONFIG, late_event_wait_s=0.3)
+        routing = SpotinferRouting.install(router, CONFIG, late_event_wait_s=60)
         closing(routing)
-        routed = time.monotonic()
         with pytest.raises(litellm.RateLimitError):
             router.completion(model=MODEL, messages=messages("s", "u"),
                               metadata={"class": "silver"})
     finally:
         litellm.logging_callback_manager.remove_callback_from_all_lists(
             refusing, require_self=False)
-    wait_for(lambda: not routing._open)
-    assert time.monotonic() - routed >= 0.3
+    assert not routing._open
     assert routing.engine.replica_status("spot-a").inflight == 0
     assert routing.engine.replica_status("spot-a").consecutive_errors == 0     # CANCELLED
     assert sum(r.failed for r in routing.engine.ledger()) == 1
+
+
+class HoldingCheck(litellm.integrations.custom_logger.CustomLogger):
+    """Another callback's pre-call check that waits for a slot (as a
+    blocking rate limiter does) before it lets the call through."""
+
+    def pre_call_check(self, deployment):
+        time.sleep(0.8)
+
+
+def test_a_sync_try_held_past_late_event_wait_s_is_served_and_finished(backends, closing):
+    """The sync API: a try held between its route and its send for longer
+    than late_event_wait_s (another callback's check waiting for a slot)
+    is then sent and served; its success finishes its ticket (OK, its
+    tokens in the ledger), not a timer that took it for refused."""
+    backends.start("spot-a", *FAST)
+    router = Router(model_list=[deployment(backends, "spot-a")], num_retries=0)
+    holding = HoldingCheck()
+    litellm.logging_callback_manager.add_litellm_callback(holding)
+    try:
+        routing = SpotinferRouting.install(router, CONFIG, late_event_wait_s=0.3)
+        closing(routing)
+        r = router.completion(model=MODEL, messages=messages("s", "u"),
+                              metadata={"class": "silver"})
+    finally:
+        litellm.logging_callback_manager.remove_callback_from_all_lists(
+            holding, require_self=False)
+    assert r.choices[0].message.content
+    wait_for(lambda: not routing._open)
+    rows = routing.engine.ledger()
+    assert (sum(x.completed for x in rows), sum(x.failed for x in rows)) == (1, 0)
+    assert sum(x.output_tokens for x in rows) == 12
 
 
 def test_a_sent_try_outlasting_late_event_wait_s_stays_open(backends, closing):
@@ -838,6 +900,36 @@ def cool_down(router, rid):
         rid, Exception("failing"), 500, 60)
 
 
+@pytest.mark.parametrize("respect", [True, False])
+def test_the_sync_route_leaves_out_what_litellm_leaves_out(closing, respect):
+    """The sync route (router.completion) is offered what LiteLLM's own
+    sync selection offers: no deployment an admin paused
+    (model_info.blocked), and with respect_litellm_health none cooling
+    down; the async route the same (a paused one never, whatever
+    respect_litellm_health says). Every deployment left out: LiteLLM's
+    429."""
+    router, routing = hand_fed(["spot-a", "spot-b", "spot-c"],
+                               respect_litellm_health=respect)
+    closing(routing)
+    router.model_list[0]["model_info"]["blocked"] = True
+    cool_down(router, "spot-b")
+    served = set()
+    for i, system in enumerate(SYSTEMS * 2):
+        meta = {"class": "silver"}
+        sync = routing.get_available_deployment(
+            MODEL, messages=messages(system, f"s{i}"), request_kwargs={"metadata": meta})
+        served.add(sync["model_info"]["id"])
+        served.add(offered_route(routing, system, f"a{i}")[0])
+    assert "spot-a" not in served
+    assert ("spot-b" in served) is not respect
+    if respect:
+        cool_down(router, "spot-c")
+        with pytest.raises(Exception) as e:
+            routing.get_available_deployment(MODEL, messages=messages("s", "u"),
+                                              request_kwargs={"metadata": {}})
+        assert getattr(e.value, "status_code", None) == 429, e.value
+
+
 def excluding(monkeypatch):
     """The replica ids each route of the strategy excludes, a list a route."""
     seen = []
@@ -852,11 +944,13 @@ def excluding(monkeypatch):
 
 
 def offered_route(routing, system, user, cls="silver"):
-    """A route as LiteLLM asks for one: the deployment's id and the
+    """A route as LiteLLM asks for one, its try then sent (a task that
+    routes again ends its unsent tries): the deployment's id and the
     request's metadata (where its ticket rides)."""
     meta = {"class": cls}
     dep = run(routing.async_get_available_deployment(
         MODEL, messages=messages(system, user), request_kwargs={"metadata": meta}))
+    routing._mark_sent({"model_info": dep["model_info"]})
     return dep["model_info"]["id"], meta
 
 
@@ -1991,3 +2085,94 @@ def test_close_during_a_sync_that_starts_a_load_thread(closing):
     assert routing.wait_closed(20)
     assert routing.engine.closed
     assert not [t for t in threading.enumerate() if t.name.startswith("spotinfer-load-")]
+
+
+@pytest.mark.parametrize("reader", ["break", "aclose", "task-returns"])
+def test_a_stream_its_reader_stops_reading_ends(backends, closing, reader):
+    """LiteLLM logs no event for a stream its reader stops reading (a
+    `break`, `aclose()`, a task that returns with the stream dropped): its
+    ticket ends as CANCELLED late_event_wait_s after the stream is
+    dropped, not after ticket_timeout_s."""
+    backends.start("spot-a", "-ttft", "20ms", "-token-rate", "20", "-answer-tokens", "200")
+    router = Router(model_list=[deployment(backends, "spot-a")], num_retries=0)
+    routing = SpotinferRouting.install(router, CONFIG, late_event_wait_s=0.5)
+    closing(routing)
+
+    async def read_two():
+        resp = await router.acompletion(model=MODEL, messages=messages("s", "a story"),
+                                        metadata={"class": "silver"}, stream=True)
+        n = 0
+        async for _ in resp:
+            n += 1
+            if n == 2:
+                break
+        if reader == "aclose":
+            await resp.aclose()
+        return n
+
+    async def go():
+        if reader == "task-returns":
+            await asyncio.create_task(read_two())
+        else:
+            await read_two()
+        gc.collect()
+        assert len(routing._open) == 1      # its late_event_wait_s runs
+        await asyncio.sleep(1.5)            # the backend streams on for 10 s
+        assert not routing._open
+    run(go())
+    assert routing.engine.replica_status("spot-a").inflight == 0
+    assert routing.engine.replica_status("spot-a").consecutive_errors == 0    # CANCELLED
+
+
+@pytest.mark.parametrize("retries", [0, 2])
+def test_a_refused_try_in_a_task_that_lives_on_ends(backends, closing, retries):
+    """A try LiteLLM refuses after the route and before the call (a
+    deployment at its max_parallel_requests: 429, no hook, no event) in a
+    task that goes on awaiting other calls, as an application's main task
+    does: its ticket ends as CANCELLED when the call raises, its retries'
+    too, not when the task ends or after ticket_timeout_s."""
+    # The slot is held longer than LiteLLM's retries wait.
+    backends.start("spot-a", "-token-rate", "2000", "-answer-tokens", "4", "-ttft", "6s")
+    dep = deployment(backends, "spot-a")
+    dep["litellm_params"]["max_parallel_requests"] = 1
+    router = Router(model_list=[dep], num_retries=retries, retry_after=0)
+    routing = SpotinferRouting.install(router, CONFIG, late_event_wait_s=0.5)
+    closing(routing)
+    kw = dict(model=MODEL, metadata={"class": "silver"})
+
+    async def go():
+        holder = asyncio.create_task(router.acompletion(messages=messages("s", "hold"), **kw))
+        await asyncio.sleep(0.3)                    # the one slot is taken
+        with pytest.raises(litellm.RateLimitError):
+            await router.acompletion(messages=messages("s", "refused"), **kw)
+        assert len(routing._open) == 1              # the holder's
+        await holder
+        await settle(routing, 1, timeout=10)
+        assert not routing._open
+    run(go())
+    assert routing.engine.replica_status("spot-a").inflight == 0
+    assert routing.engine.replica_status("spot-a").consecutive_errors == 0    # CANCELLED
+
+
+def test_a_task_that_routes_again_ends_its_unsent_tries(closing):
+    """A task that routes again has moved on from its earlier tries (LiteLLM
+    routes and sends a try in one task): one it never sent, of another
+    call, ends as CANCELLED at that route; a sent one is left to its
+    events."""
+    router, routing = hand_fed(["spot-a", "spot-b"])
+    closing(routing)
+
+    async def go():
+        first = await routing.async_get_available_deployment(
+            MODEL, messages=messages("s", "one"), request_kwargs={"metadata": {}})
+        sent = await routing.async_get_available_deployment(
+            MODEL, messages=messages("s", "two"), request_kwargs={"metadata": {}})
+        routing._mark_sent({"model_info": sent["model_info"]})
+        ids = {d["model_info"][TICKET_KEY] for d in (first, sent)}
+        assert set(routing._open) == {sent["model_info"][TICKET_KEY]}
+        await routing.async_get_available_deployment(
+            MODEL, messages=messages("s", "three"), request_kwargs={"metadata": {}})
+        assert len(routing._open) == 2 and ids & set(routing._open) == ids - {
+            first["model_info"][TICKET_KEY]}
+    run(go())
+    assert sum(r.failed for r in routing.engine.ledger()) == 1

@@ -34,6 +34,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import contextvars
 import inspect
 import itertools
 import json
@@ -282,9 +283,10 @@ class SpotinferRouting(CustomLogger, CustomRoutingStrategyBase):  # type: ignore
     then is finished as CANCELLED), ``late_event_wait_s`` (how long the
     try a later route of its call took the place of waits for its own
     event before it is finished as CANCELLED: _leave_earlier_try; and how
-    long after its route a try routed off an event loop, the sync API's,
-    that LiteLLM has not sent is: _mark_sent; an async route's unsent try
-    ends with its task instead: _task_done),
+    long after its route a sync route's try outside a Router call (the
+    strategy called directly) that LiteLLM has not sent is: _mark_sent; a
+    Router call's unsent try ends with the call, an async route's with
+    its task: _call_ended, _task_done),
     ``respect_litellm_health`` (take only
     deployments LiteLLM's own checks call healthy: cooldowns, allowed
     fails), ``ready_wait_s`` (start() waits this long for a first load
@@ -345,8 +347,8 @@ class SpotinferRouting(CustomLogger, CustomRoutingStrategyBase):  # type: ignore
         # (_sweep_if_due).
         self._due = float("inf")
         self._swept = 0.0
-        # The open tickets routed off an event loop (no task ends them:
-        # _task_done) with the time of their route, in route order, for
+        # The open tickets routed off an event loop outside a Router call
+        # (no call or task ends them: _call_ended, _task_done) with the time of their route, in route order, for
         # _expire_unsent (due late_event_wait_s after it unless sent); a
         # ticket sent or finished since stays until it is at the front.
         # Written under _lock; _unsent_due, when the front is due, read as
@@ -357,6 +359,14 @@ class SpotinferRouting(CustomLogger, CustomRoutingStrategyBase):  # type: ignore
         # still open (_watch_task); under _lock.
         self._tasks: "weakref.WeakKeyDictionary[asyncio.Task[Any], Set[int]]" = \
             weakref.WeakKeyDictionary()
+        # The tickets of the Router call running here (_wrap_calls): the
+        # call's end ends those LiteLLM never sent (_call_ended).
+        self._call: "contextvars.ContextVar[Optional[List[int]]]" = \
+            contextvars.ContextVar(f"spotinfer_call_{self.instance}", default=None)
+        # The tickets of answers (streams) their caller dropped or closed,
+        # appended by a finalizer, which may run in any thread at any
+        # allocation and so takes no lock: the sweep takes them (_expire_tickets).
+        self._dropped: Deque[Tuple[int, ...]] = collections.deque()
         self._ticking = False
         self._replicas: Dict[str, Replica] = {}
         # The replicas the library chooses among for each model name (one
@@ -390,9 +400,68 @@ class SpotinferRouting(CustomLogger, CustomRoutingStrategyBase):  # type: ignore
         if register is None:                # LiteLLM before register_plugin
             register = router.set_custom_routing_strategy
         register(self)
+        self._wrap_calls()
         self.add_callback()
         self.start()
         return self
+
+    def _wrap_calls(self) -> None:
+        """Put the strategy around the Router's retry and fallback loop
+        (``async_function_with_fallbacks``: every async call goes through
+        it, and the sync API runs it in a loop of its own), so that a
+        call's end tells what LiteLLM logs no event for: a try it never
+        sent (refused between the route and the call: _call_ended) and an
+        answer its caller dropped unread or closed (a stream left with
+        ``break`` or ``aclose()``: _answer_dropped)."""
+        inner = getattr(self._router, "async_function_with_fallbacks", None)
+        if not inspect.iscoroutinefunction(inner):
+            return
+
+        async def calls(*args: Any, **kwargs: Any) -> Any:
+            mine: List[int] = []
+            reset = self._call.set(mine)
+            try:
+                answer = await inner(*args, **kwargs)
+            except BaseException as e:
+                self._call_ended(mine, None, cancelled=isinstance(e, asyncio.CancelledError))
+                raise
+            finally:
+                self._call.reset(reset)
+            self._call_ended(mine, answer, cancelled=False)
+            return answer
+
+        calls.__wrapped__ = inner           # type: ignore[attr-defined]
+        calls.spotinfer_routing = self      # type: ignore[attr-defined]
+        self._router.async_function_with_fallbacks = calls
+
+    def _unwrap_calls(self) -> None:
+        """The Router's own loop back, while the strategy's wrapper is what
+        it has."""
+        outer = self._router.__dict__.get("async_function_with_fallbacks") \
+            if hasattr(self._router, "__dict__") else None
+        if outer is None:
+            outer = getattr(self._router, "async_function_with_fallbacks", None)
+        if getattr(outer, "spotinfer_routing", None) is self:
+            with contextlib.suppress(AttributeError):
+                del self._router.async_function_with_fallbacks
+
+    def _call_ended(self, tids: List[int], answer: Any, *, cancelled: bool) -> None:
+        """A Router call ended: each ticket of its routes still open that
+        LiteLLM never sent is finished as CANCELLED (no event comes for
+        it); with ``cancelled``, a sent one too, as _task_done does. Those
+        left open are the answer's (a stream being read, an answer whose
+        success event is on its way): dropping the answer starts their
+        late_event_wait_s (_answer_dropped)."""
+        if not tids:
+            return
+        with self._lock:
+            ended = self._end_tickets(tids, cancelled)
+            left = tuple(t for t in tids if t in self._open)
+        for tid in ended:
+            self._finish(tid, TicketResult(status=TicketStatus.CANCELLED))
+        if left and answer is not None:
+            with contextlib.suppress(TypeError):    # not weakly referable
+                weakref.finalize(answer, self._dropped.append, left)
 
     def add_callback(self) -> None:
         """Put the strategy first in litellm.callbacks, where LiteLLM (the
@@ -645,6 +714,7 @@ class SpotinferRouting(CustomLogger, CustomRoutingStrategyBase):  # type: ignore
         innermost is the strategy's bound method). A Router without
         _reset_custom_routing_strategy keeps the strategy, which then
         answers 503."""
+        self._unwrap_calls()
         reset = getattr(self._router, "_reset_custom_routing_strategy", None)
         plugged = getattr(self._router, "get_available_deployment", None)
         if callable(reset) and callable(plugged) and \
@@ -863,6 +933,9 @@ class SpotinferRouting(CustomLogger, CustomRoutingStrategyBase):  # type: ignore
         did not send within late_event_wait_s of their route. Two compares while none is due
         (_due, _unsent_due)."""
         now = time.monotonic()
+        if self._dropped:
+            with self._lock:
+                self._answers_dropped(now)
         if now < self._due and now < self._unsent_due:
             return
         with self._lock:
@@ -884,9 +957,10 @@ class SpotinferRouting(CustomLogger, CustomRoutingStrategyBase):  # type: ignore
         within late_event_wait_s of their route, taken out of _open: a
         failure after the route and before the call (a deployment at its
         max_parallel_requests, a pre-call check of another callback) has
-        no event. An async route's ticket is not here: another callback's
-        deployment hook may hold its try up for any time before it is
-        sent, and its task's end tells (_task_done). Under _lock; the work
+        no event. A Router call's ticket and an async route's are not
+        here: another callback's hook may hold a try up for any time before
+        it is sent, and the call's end (_call_ended) or its task's
+        (_task_done) tells. Under _lock; the work
         is the entries taken off the front."""
         out: List[int] = []
         wait = self.late_event_wait_s
@@ -916,7 +990,8 @@ class SpotinferRouting(CustomLogger, CustomRoutingStrategyBase):  # type: ignore
         if self._ticking:
             return
         now = time.monotonic()
-        if (now < self._due and now < self._unsent_due) or now < self._swept + _TICK_S:
+        if (now < self._due and now < self._unsent_due and not self._dropped) or \
+                now < self._swept + _TICK_S:
             return
         self._swept = now
         self._expire_tickets()
@@ -1039,21 +1114,29 @@ class SpotinferRouting(CustomLogger, CustomRoutingStrategyBase):  # type: ignore
                 continue
             meta = self._leave_earlier_try(kwargs)
             if i == 0:
+                moved_on: List[int] = []
                 with self._lock:
                     closing = self._closing
                     if not closing:
                         # The sync API's route may run in a task of
                         # LiteLLM's (its sync Router runs its async code in
                         # a loop of its own) that returns before a stream
-                        # is read: its tickets are the timer's.
-                        task = None if sync else self._watch_task(d.ticket.id)
+                        # is read: its tickets are its call's (_wrap_calls),
+                        # else the timer's.
+                        task, moved_on = (None, []) if sync else \
+                            self._watch_task(d.ticket.id)
                         o = self._open[d.ticket.id] = _Open(rid, _owner(task))
                         self._due = min(self._due, self._due_of(o))
-                        if task is None:    # no task to end with: the timer
+                        call = self._call.get()
+                        if call is not None:    # the call's end ends it unsent
+                            call.append(d.ticket.id)
+                        elif task is None:  # no task or call to end with: the timer
                             self._unsent.append((o.opened, d.ticket.id))
                             self._unsent_due = min(self._unsent_due,
                                                    o.opened + self.late_event_wait_s)
                         self._keep_ticket(meta, kwargs, d.ticket.id)
+                for tid in moved_on:
+                    self._finish(tid, TicketResult(status=TicketStatus.CANCELLED))
                 if closing:
                     self._finish(d.ticket.id, TicketResult(status=TicketStatus.CANCELLED))
                     raise self._closed_error(model)
@@ -1063,7 +1146,7 @@ class SpotinferRouting(CustomLogger, CustomRoutingStrategyBase):  # type: ignore
         self._finish(d.ticket.id, TicketResult(status=TicketStatus.CANCELLED))
         return None
 
-    def _watch_task(self, tid: int) -> "Optional[asyncio.Task[Any]]":
+    def _watch_task(self, tid: int) -> "Tuple[Optional[asyncio.Task[Any]], List[int]]":
         """Keep a ticket being opened with the asyncio task routing it, and
         return that task (None off an event loop). LiteLLM routes a try and
         sends it in one task (the Router's call, its retries and fallbacks
@@ -1074,18 +1157,26 @@ class SpotinferRouting(CustomLogger, CustomRoutingStrategyBase):  # type: ignore
         gets no failure hook or event, as LiteLLM catches only Exception:
         _task_done finishes both. One done-callback a task; its set holds
         the tickets of its routes still open, so a task that routes call
-        after call holds no more than its calls in flight. Under _lock."""
+        after call holds no more than its calls in flight. A task that
+        routes again has moved on from its earlier tries: those it never
+        sent are taken out of _open and returned, for the caller to finish
+        as CANCELLED (an application's main task awaiting call after call
+        may live on for hours). Under _lock."""
         task = _current_task()
+        moved_on: List[int] = []
         if task is None:
-            return None
+            return None, moved_on
         tids = self._tasks.get(task)
         if tids is None:
             tids = self._tasks[task] = set()
             task.add_done_callback(self._task_done)
         else:
+            # The task routes again: a try of its routes still unsent was
+            # refused before its call (route and send run in one task).
+            moved_on = self._end_tickets(tids, False)
             tids.intersection_update(self._open)
         tids.add(tid)
-        return task
+        return task, moved_on
 
     def _task_done(self, task: "asyncio.Task[Any]") -> None:
         """A task that routed is done. Each ticket it opened that is still
@@ -1100,26 +1191,46 @@ class SpotinferRouting(CustomLogger, CustomRoutingStrategyBase):  # type: ignore
         place of does. A sent try of a task that returned or raised is left
         to its events (a stream is served after its route's task
         returned)."""
-        ended: List[int] = []
         with self._lock:
             tids = self._tasks.pop(task, None)
             if not tids:
                 return
-            cancelled = task.cancelled()
-            now = time.monotonic()
-            for tid in tids:
-                o = self._open.get(tid)
-                if o is None or o.until or (o.sent and not cancelled):
-                    continue
-                if o.sent and (o.streamed or o.answered):
-                    o.until = now + self.late_event_wait_s
-                    self._due = min(self._due, o.until)
-                    continue
-                del self._open[tid]
-                ended.append(tid)
+            ended = self._end_tickets(tids, task.cancelled())
         for tid in ended:
             self._finish(tid, TicketResult(status=TicketStatus.CANCELLED))
         self._sweep_if_due()
+
+    def _end_tickets(self, tids: Sequence[int], cancelled: bool) -> List[int]:
+        """Of tickets whose task or call ended, those to finish as
+        CANCELLED, taken out of _open: each still open and still its
+        call's that LiteLLM never sent, or any with ``cancelled`` (no event
+        comes); one whose success event may be on its way (streamed,
+        answered) gets late_event_wait_s instead. Under _lock."""
+        ended: List[int] = []
+        now = time.monotonic()
+        for tid in tids:
+            o = self._open.get(tid)
+            if o is None or o.until or (o.sent and not cancelled):
+                continue
+            if o.sent and (o.streamed or o.answered):
+                o.until = now + self.late_event_wait_s
+                self._due = min(self._due, o.until)
+                continue
+            del self._open[tid]
+            ended.append(tid)
+        return ended
+
+    def _answers_dropped(self, now: float) -> None:
+        """The tickets of answers their caller dropped (_call_ended's
+        finalizers) wait late_event_wait_s for their event, then the sweep
+        finishes them as CANCELLED: LiteLLM logs no event for a stream its
+        reader stopped reading or closed. Under _lock."""
+        while self._dropped:
+            for tid in self._dropped.popleft():
+                o = self._open.get(tid)
+                if o is not None and not o.until:
+                    o.until = now + self.late_event_wait_s
+                    self._due = min(self._due, o.until)
 
     def _leave_earlier_try(self, kwargs: Dict[str, Any]) -> Dict[str, Any]:
         """The request's metadata, without an earlier try's ticket. LiteLLM
@@ -1300,7 +1411,8 @@ class SpotinferRouting(CustomLogger, CustomRoutingStrategyBase):  # type: ignore
                 model, kwargs, kind="healthy", messages=messages, input=input,
                 specific_deployment=specific_deployment)
         else:
-            found = self._resolved(model, messages, input, specific_deployment, kwargs)
+            found = self._filtered(model, self._resolved(
+                model, messages, input, specific_deployment, kwargs), health=False)
         if isinstance(found, dict):         # one named deployment: no choice
             return self._marked(found, 0)
         offer = self._offer_for(model, found, messages, input, kwargs)
@@ -1317,7 +1429,9 @@ class SpotinferRouting(CustomLogger, CustomRoutingStrategyBase):  # type: ignore
             specific_deployment: Optional[bool] = False,
             request_kwargs: Optional[Dict[str, Any]] = None) -> Any:
         kwargs = self._route_start(model, request_kwargs)
-        found = self._resolved(model, messages, input, specific_deployment, kwargs)
+        found = self._filtered(model, self._resolved(
+            model, messages, input, specific_deployment, kwargs),
+            health=self.respect_litellm_health)
         if isinstance(found, dict):         # one named deployment: no choice
             return self._marked(found, 0)
         offer = self._offer_for(model, found, messages, input, kwargs)
@@ -1343,6 +1457,44 @@ class SpotinferRouting(CustomLogger, CustomRoutingStrategyBase):  # type: ignore
             model=model, messages=messages, input=input,
             specific_deployment=specific_deployment, request_kwargs=kwargs)
         return found
+
+    def _filtered(self, model: str, found: Any, *, health: bool) -> Any:
+        """The resolved deployments LiteLLM's own selection keeps (the async
+        route with respect_litellm_health asks the Router's select, which
+        does this; the sync Router has no such call): none an admin paused
+        (``model_info.blocked``), and with ``health`` none marked unhealthy
+        by its background health checks or cooling down (unless its
+        health-check routing drives the cooldowns and would leave none, as
+        LiteLLM lets them all through then). None left: LiteLLM's 429
+        (RouterRateLimitError), as its selection raises; a paused
+        deployment the call names: its 503."""
+        if isinstance(found, dict):
+            if _paused(found):
+                raise litellm.ServiceUnavailableError(
+                    message=f"Model '{model}' is currently paused and cannot accept "
+                            "requests.", llm_provider="", model=model)
+            return found
+        deps, cooling = list(found or ()), set()
+        if health:
+            deps, cooling = self._healthy(deps)
+        kept = [d for d in deps if not _paused(d)]
+        if not kept and found:
+            raise _all_cooling_down(model, cooling)
+        return kept
+
+    def _healthy(self, deps: List[Any]) -> Tuple[List[Any], Set[str]]:
+        """LiteLLM's health-check and cooldown filters, in its order, and
+        the ids cooling down."""
+        r = self._router
+        check = getattr(r, "_filter_health_check_unhealthy_deployments", None)
+        if callable(check):
+            deps = check(healthy_deployments=deps, parent_otel_span=None)
+        cooling = _cooling_down(r)
+        kept = [d for d in deps if deployment_id(d) not in cooling]
+        if not kept and getattr(r, "_core_enable_health_check_routing", False) and \
+                getattr(r, "_core_allowed_fails_policy", None) is not None:
+            kept = deps
+        return kept, cooling
 
     def _offer_for(self, model: str, found: Any, messages: Optional[List[Any]],
                    input: Any, kwargs: Dict[str, Any]) -> _Offer:
@@ -1535,8 +1687,8 @@ class SpotinferRouting(CustomLogger, CustomRoutingStrategyBase):  # type: ignore
     # the caller; the logging events run later, from LiteLLM's logging
     # worker. A whole answer finishes its ticket in the hook, so the next
     # request of the conversation, sent as soon as this one returns, finds
-    # the prefix where it went; a stream reports its first token from the
-    # hook and finishes in the success event, which has its usage.
+    # the prefix where it went; a stream finishes in the success event,
+    # which has its usage and the time of its first chunk.
 
     async def async_post_call_success_deployment_hook(
             self, request_data: Dict[str, Any], response: Any, call_type: Any) -> Any:
@@ -1565,20 +1717,19 @@ class SpotinferRouting(CustomLogger, CustomRoutingStrategyBase):  # type: ignore
 
     async def async_post_call_streaming_deployment_hook(
             self, request_data: Dict[str, Any], response_chunk: Any, call_type: Any) -> Any:
+        # LiteLLM runs this hook on a stream's last chunk, not its first:
+        # the time to first token comes with the success event
+        # (completion_start_time: ticket_result). A first_token() here would
+        # record the whole stream as the first token's wait, and the library
+        # keeps the first one it is told. The stream's success event is on
+        # its way: _task_done waits for it.
         tid = self._ticket_of(request_data)
         if not tid:
             return None
         with self._lock:
             o = self._open.get(tid)
-            first = o is not None and not o.streamed
-            if first:
+            if o is not None:
                 o.streamed = True
-        if first:
-            try:
-                with self._library(new=False):
-                    self.engine.ticket(tid).first_token()
-            except Exception:  # noqa: BLE001 - finished meanwhile, or engine closed
-                pass
         return None
 
     async def async_log_success_event(self, kwargs: Any, response_obj: Any,
@@ -1644,6 +1795,36 @@ def _serving_map(reps: Sequence[Replica]) -> _Serving:
             by_name.setdefault(name, []).append(r.info.id)
     return ({n: tuple(ids) for n, ids in by_name.items()}, tuple(anyone),
             tuple(r.info.id for r in reps))
+
+
+def _paused(dep: Any) -> bool:
+    info = dep.get("model_info") if isinstance(dep, Mapping) else None
+    return isinstance(info, Mapping) and info.get("blocked") is True
+
+
+def _cooling_down(router: Any) -> Set[str]:
+    """The ids of the deployments LiteLLM's Router is cooling down now."""
+    try:
+        from litellm.router_utils.cooldown_handlers import get_cooldown_deployments
+        ctx = getattr(router, "_core_ctx", None)
+        ids = get_cooldown_deployments(ctx=ctx, parent_otel_span=None) if ctx is not None \
+            else get_cooldown_deployments(router, parent_otel_span=None)
+    except Exception:  # noqa: BLE001 - a Router without cooldowns
+        return set()
+    return {i for i in ids or () if isinstance(i, str)}
+
+
+def _all_cooling_down(model: str, cooling: Set[str]) -> Exception:
+    """LiteLLM's answer when every deployment of a request is cooling
+    down: its RouterRateLimitError (429, which its retries wait out)."""
+    try:
+        from litellm.types.router import RouterRateLimitError
+        return RouterRateLimitError(model=model, cooldown_time=0.0,
+                                    enable_pre_call_checks=False,
+                                    cooldown_list=sorted(cooling))
+    except Exception:  # noqa: BLE001 - another LiteLLM's signature
+        return litellm.RateLimitError(message=f"every deployment of {model} is cooling "
+                                      "down", llm_provider="spotinfer", model=model)
 
 
 def _current_task() -> "Optional[asyncio.Task[Any]]":
