@@ -605,7 +605,7 @@ func (g *gateway) forward(ctx context.Context, b *backend, path, id string, body
 }
 
 // clientHeaders are the client's request headers passed on to each try's
-// backend (a replay's leg, sent from a replay worker's context, gets none).
+// backend, a replay's leg included.
 // Not Authorization: a client's key is the gateway's to check, if anyone's,
 // and a backend gets its own (api_key in the backends file). Not
 // X-Request-Id either: a routed request's backends get the gateway's id,

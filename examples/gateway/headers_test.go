@@ -143,3 +143,56 @@ func TestBackendAPIKeySources(t *testing.T) {
 		}
 	}
 }
+
+// orgLog records the OpenAI-Organization header of each chat request
+// before next serves it.
+type orgLog struct {
+	next http.Handler
+	mu   sync.Mutex
+	got  []string
+}
+
+func (o *orgLog) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if r.Method == http.MethodPost {
+		o.mu.Lock()
+		o.got = append(o.got, r.Header.Get("Openai-Organization"))
+		o.mu.Unlock()
+	}
+	o.next.ServeHTTP(w, r)
+}
+
+func (o *orgLog) seen() []string {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return append([]string(nil), o.got...)
+}
+
+// A stream cut mid-way is resumed by a replay worker; the continuation's
+// leg carries the client's listed headers as the first leg did.
+func TestReplayLegGetsTheClientsListedHeaders(t *testing.T) {
+	a, od := &fakeBackend{n: 40}, &fakeBackend{n: 40}
+	a.cutAfter.Store(13)
+	la, lod := &orgLog{next: a}, &orgLog{next: od}
+	srv, _ := startRawGateway(t, map[string]http.Handler{"spot-a": la, "od-1": lod},
+		map[string]string{"spot-a": "spot", "od-1": "on_demand"})
+	req, _ := http.NewRequest("POST", srv.URL+"/v1/chat/completions", strings.NewReader(withUsage))
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("OpenAI-Organization", "org-1")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	text, done, _, _, _ := readStreamAll(t, resp)
+	if text != want(40) || !done {
+		t.Fatalf("got %q done=%v", text, done)
+	}
+	legs := append(la.seen(), lod.seen()...)
+	if len(legs) < 2 {
+		t.Fatalf("%d legs: the stream was not resumed", len(legs))
+	}
+	for i, org := range legs {
+		if org != "org-1" {
+			t.Errorf("leg %d got OpenAI-Organization %q, want org-1 (all: %q)", i, org, legs)
+		}
+	}
+}

@@ -377,8 +377,11 @@ func (g *gateway) openContinuation(ctx context.Context, st *stream, body []byte,
 		g.finish(d.Ticket, spotinfer.TicketResult{Status: spotinfer.TicketError})
 		return nil, leg{}, fmt.Errorf("the library chose %q, which is not a configured backend", d.ReplicaID)
 	}
-	// The leg lives as long as the client's stream, not the worker.
-	lctx, cancel := context.WithCancel(context.Background())
+	// The leg lives as long as the client's stream, not the worker, and
+	// carries what the client's request passes on (its listed headers):
+	// the stream's context without its cancel, which the goroutine below
+	// forwards.
+	lctx, cancel := context.WithCancel(context.WithoutCancel(st.ctx))
 	go func() {
 		select {
 		case <-st.ctx.Done():
