@@ -424,3 +424,32 @@ func TestClientHas(t *testing.T) {
 		t.Errorf("words of a text in pieces: %d, want 3", w.n)
 	}
 }
+
+// A usage whose counts are whole numbers written with a fraction or an
+// exponent is read; one the gateway cannot read (a string, a negative or
+// fractional count) is no usage: the event and its text still go on, and
+// its words are counted instead.
+func TestUsageTheGatewayCannotReadKeepsTheEvent(t *testing.T) {
+	const text = `{"id":"a","choices":[{"delta":{"content":" x y"}}]`
+	for _, c := range []struct {
+		in    string
+		count uint64
+	}{
+		{text + `,"usage":{"prompt_tokens":3.0,"completion_tokens":9e0}}`, 9},
+		{text + `,"usage":{"completion_tokens":"9"}}`, 2},
+		{text + `,"usage":{"completion_tokens":-1}}`, 2},
+		{text + `,"usage":{"completion_tokens":2.5}}`, 2},
+		{text + `,"usage":{"completion_tokens":9,"prompt_tokens_details":{"cached_tokens":"all"}}}`, 2},
+		{text + `,"usage":[9]}`, 2},
+	} {
+		var ev event
+		if err := decodeEvent([]byte(c.in), &ev); err != nil {
+			t.Fatalf("%s: the event is dropped: %v", c.in, err)
+		}
+		var n tokenCount
+		n.add(&ev)
+		if ev.content() != " x y" || n.n != c.count {
+			t.Errorf("%s: text %q, counted %d (want %d)", c.in, ev.content(), n.n, c.count)
+		}
+	}
+}

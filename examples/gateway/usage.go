@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"encoding/json"
+	"math"
 )
 
 // usage is an event's token usage, as far as the gateway reads it.
@@ -34,21 +35,26 @@ func decodeEvent(data []byte, e *event) error {
 		!bytes.Contains(data, []byte(`\u`)) {
 		return nil
 	}
-	var err error
 	eachMember(data, func(m member) bool {
 		switch {
 		case m.is("usage"):
+			// A usage the gateway cannot read (a count that is a string,
+			// a negative one) is no usage: the event's text still goes
+			// on, and the leg's tokens are counted from its text.
 			e.usageGiven = true
-			e.Usage, err = decodeUsage(data[m.val:m.end])
+			var err error
+			if e.Usage, err = decodeUsage(data[m.val:m.end]); err != nil {
+				e.Usage = nil
+			}
 		case m.is("error"):
 			e.Error = nil
 			if v := data[m.val:m.end]; string(v) != "null" {
 				e.Error = v
 			}
 		}
-		return err == nil
+		return true
 	})
-	return err
+	return nil
 }
 
 // errorMessage is the message of the event's error (its "message" when it
@@ -81,9 +87,9 @@ func decodeUsage(raw []byte) (*usage, error) {
 		v := raw[m.val:m.end]
 		switch {
 		case m.is("prompt_tokens"):
-			err = json.Unmarshal(v, &u.PromptTokens)
+			err = readCount(v, &u.PromptTokens)
 		case m.is("completion_tokens"):
-			err = json.Unmarshal(v, &u.CompletionTokens)
+			err = readCount(v, &u.CompletionTokens)
 		case m.is("prompt_tokens_details"):
 			u.Details, err = decodeDetails(v)
 		}
@@ -103,9 +109,27 @@ func decodeDetails(raw []byte) (*usageDetails, error) {
 	var err error
 	eachMember(raw, func(m member) bool {
 		if m.is("cached_tokens") {
-			err = json.Unmarshal(raw[m.val:m.end], &d.CachedTokens)
+			err = readCount(raw[m.val:m.end], &d.CachedTokens)
 		}
 		return err == nil
 	})
 	return d, err
+}
+
+// readCount reads a token count: a whole number, written as an integer or,
+// as some servers write their counts, with a fraction or an exponent that
+// leaves it whole (3.0, 3e0). Anything else is an error.
+func readCount(v []byte, dst *uint64) error {
+	if json.Unmarshal(v, dst) == nil {
+		return nil
+	}
+	var f float64
+	if err := json.Unmarshal(v, &f); err != nil {
+		return err
+	}
+	if f < 0 || f > 1<<53 || f != math.Trunc(f) {
+		return &json.UnmarshalTypeError{Value: string(v), Field: "usage"}
+	}
+	*dst = uint64(f)
+	return nil
 }
