@@ -22,6 +22,7 @@ from .enums import (Class, LogLevel, ModelTier, ModuleKind, OnFailure,
                     TicketStatus, coerce, maybe_enum, signed, unsigned)
 from .errors import (InvalidArgumentError, MisuseError, ModuleError,
                      RangeError, RoutingError, SpotinferError, StaleError)
+from .modules import guarded, in_callback
 from .types import (CacheKeyValue, Classification, LedgerRow, Load, Price,
                     ReplicaInfo, ReplicaStatus, Signals, TicketResult)
 
@@ -72,6 +73,15 @@ def _closed(what: str) -> MisuseError:
     return MisuseError(-2, f"the {what} is closed", status_name="misuse")
 
 
+def _refuse_close_in_callback(st: "_EngineState", what: str) -> None:
+    """MisuseError when this thread is inside one of the engine's callbacks
+    (a module, a hook, the node transition callback): the C call under it
+    still uses the engine and its handles, which closing would free."""
+    if st.ptr is not None and in_callback(st.callback_error):
+        raise MisuseError(-2, f"the {what} cannot be closed from inside one "
+                          "of its engine's callbacks", status_name="misuse")
+
+
 _O = TypeVar("_O", bound="_Owned")
 
 
@@ -85,7 +95,10 @@ class _Owned:
     _fin: Callable[[], None]       # frees it once; from engine._st.adopt
 
     def close(self) -> None:
-        """Free it (a replay queue flushes first). Idempotent."""
+        """Free it (a replay queue flushes first). Idempotent. MisuseError
+        inside a callback of its engine."""
+        if self._ptr is not None:
+            _refuse_close_in_callback(self._engine._st, self._what)
         self._fin()
         self._ptr = None
 
@@ -205,10 +218,12 @@ class Engine:
         if clock is not None or log is not None:
             hooks = _n.Hooks()
             if clock is not None:
-                hooks.clock = _n.CLOCK_FN(_clock_trampoline(clock))
+                hooks.clock = _n.CLOCK_FN(
+                    guarded(st.callback_error, _clock_trampoline(clock)))
                 st.keep.append(hooks.clock)
             if log is not None:
-                hooks.log = _n.LOG_FN(_log_trampoline(log))
+                hooks.log = _n.LOG_FN(
+                    guarded(st.callback_error, _log_trampoline(log)))
                 hooks.log_level = coerce(LogLevel, log_level)
                 st.keep.append(hooks.log)
         ptr = c_void_p()
@@ -225,7 +240,10 @@ class Engine:
     # -- life cycle
 
     def close(self) -> None:
-        """Free the engine (and any request still open on it). Idempotent."""
+        """Free the engine (and any request still open on it). Idempotent.
+        MisuseError inside one of the engine's callbacks (a module, a hook,
+        the node transition callback): the call under it still uses it."""
+        _refuse_close_in_callback(self._st, "engine")
         self._finalizer()
 
     @property
@@ -541,7 +559,7 @@ class Engine:
                 fn(name, maybe_enum(NodeState, a), maybe_enum(NodeState, b))
             except BaseException:
                 pass
-        cb = _n.NODE_FN(tramp)
+        cb = _n.NODE_FN(guarded(self._st.callback_error, tramp))
         _lib.spi_engine_on_node_transition(self._p(), cb, None)
         self._st.keep.append(cb)  # C may call it until the engine is freed
 
