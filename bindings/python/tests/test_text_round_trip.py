@@ -37,3 +37,14 @@ def test_parsed_notice_for_a_non_utf8_node_reaches_that_node():
         assert notices[0].kind is NoticeKind.TERMINATE
         e.notice(notices[0])
         assert e.node_state(NODE) is NodeState.NOTICED
+
+
+def test_ledger_tenant_round_trips_non_utf8_bytes():
+    with Engine(clock=lambda: NOW) as e:
+        e.upsert_replica(id="spot-a", pool=Pool.SPOT, usd_per_hour=2.0,
+                         max_inflight=16)
+        r = e.request(model="m", messages=[("user", "hello")])
+        r.tenant = TENANT
+        d = r.route()
+        d.ticket.finish(prompt_tokens=10, output_tokens=5)
+        assert [row.tenant for row in e.ledger()] == [TENANT]
