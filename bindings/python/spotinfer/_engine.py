@@ -979,7 +979,7 @@ class Request(_Owned):
     def set_token_ids(self, ids: Sequence[int]) -> None:
         """Give the prompt as token ids (uint32); an empty sequence clears them."""
         arr = ids if isinstance(ids, array.array) and ids.typecode == "I" \
-            else array.array("I", ids)
+            else _token_array(ids)
         if arr.itemsize != 4:  # pragma: no cover - exotic platforms
             arr = (c_uint32 * len(ids))(*ids)  # type: ignore[assignment]
             _lib.spi_request_set_token_ids(self._p(), arr, len(ids))
@@ -1056,6 +1056,18 @@ class Request(_Owned):
         if self.closed:
             return "<spotinfer.Request closed>"
         return f"<spotinfer.Request model={self.model!r} messages={self.message_count}>"
+
+
+def _token_array(ids: Sequence[int]) -> "array.array[int]":
+    """ids as an array of uint32; RangeError for one outside it (array
+    raises OverflowError, which is not the ValueError every other integer
+    the binding checks gives)."""
+    try:
+        return array.array("I", ids)
+    except OverflowError:
+        for v in ids:
+            unsigned(v, 32, "token id")
+        raise
 
 
 def _free_child(free_fn: Callable[[Any], None], ptr: c_void_p,

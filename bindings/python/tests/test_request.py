@@ -197,7 +197,7 @@ def test_token_ids(engine):
     assert len(r.block_hashes()) == 3
     r.set_token_ids([])
     assert r.block_hashes() == []
-    with pytest.raises(OverflowError):
+    with pytest.raises(spotinfer.RangeError):
         r.set_token_ids([2**32])
 
 
@@ -230,3 +230,16 @@ def test_freed_handle_is_detected_by_the_library(engine):
     with pytest.raises(spotinfer.MisuseError):
         spotinfer.lib.spi_classify(ctypes.cast(bogus, ctypes.c_void_p), 0,
                                    ctypes.byref(spotinfer._native.Classification()))
+
+
+@pytest.mark.parametrize("bad", [2**32, -1, 2**64 + 5])
+def test_token_id_outside_uint32_is_a_range_error(engine, bad):
+    # As for every other integer the binding hands to C (an envelope's
+    # partial_tokens included): RangeError, a ValueError, naming the value.
+    r = engine.request(model="m")
+    r.set_token_ids([1, 2, 3])
+    with pytest.raises(spotinfer.RangeError, match=str(bad)):
+        r.set_token_ids([7, bad])
+    with pytest.raises(ValueError):
+        engine.request(model="m", token_ids=[bad])
+    assert r.block_count() >= 0
