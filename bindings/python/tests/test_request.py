@@ -243,3 +243,15 @@ def test_token_id_outside_uint32_is_a_range_error(engine, bad):
     with pytest.raises(ValueError):
         engine.request(model="m", token_ids=[bad])
     assert r.block_count() >= 0
+
+
+@pytest.mark.parametrize("bad", [1500.5, float("inf"), float("nan")])
+def test_integer_attribute_refuses_a_fraction_instead_of_cutting_it(engine, bad):
+    # int(1500.5) would send 1500 without a word: the value given is not
+    # the value used. A whole float (1500.0) is still taken.
+    r = engine.request(model="m")
+    with pytest.raises(ValueError):
+        r.sla_ms = bad
+    assert r.sla_ms is None
+    r.sla_ms = 1500.0
+    assert r.sla_ms == 1500
