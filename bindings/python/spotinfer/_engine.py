@@ -73,13 +73,20 @@ def _closed(what: str) -> MisuseError:
     return MisuseError(-2, f"the {what} is closed", status_name="misuse")
 
 
-def _refuse_close_in_callback(st: "_EngineState", what: str) -> None:
+def _refuse_close_in_callback(st: "_EngineState", what: str,
+                              handle: Optional[c_void_p] = None) -> None:
     """MisuseError when this thread is inside one of the engine's callbacks
-    (a module, a hook, the node transition callback): the C call under it
-    still uses the engine and its handles, which closing would free."""
-    if st.ptr is not None and in_callback(st.callback_error):
-        raise MisuseError(-2, f"the {what} cannot be closed from inside one "
-                          "of its engine's callbacks", status_name="misuse")
+    (a module, a hook, the node transition callback) and the C call under
+    it still uses what would be freed: the engine, or (handle) a request or
+    replay queue that call was made on. Other requests may be closed there."""
+    errors = st.callback_error
+    if st.ptr is None or not in_callback(errors):
+        return
+    if handle is not None and handle.value not in \
+            [h.value for h in getattr(errors, "busy", ())]:
+        return
+    raise MisuseError(-2, f"the {what} cannot be closed from inside a "
+                      "callback of a call that uses it", status_name="misuse")
 
 
 _O = TypeVar("_O", bound="_Owned")
@@ -98,7 +105,7 @@ class _Owned:
         """Free it (a replay queue flushes first). Idempotent. MisuseError
         inside a callback of its engine."""
         if self._ptr is not None:
-            _refuse_close_in_callback(self._engine._st, self._what)
+            _refuse_close_in_callback(self._engine._st, self._what, self._ptr)
         self._fin()
         self._ptr = None
 
@@ -649,19 +656,26 @@ class Engine:
         exception that module's callback raised as the cause. Nothing
         raised inside a callback stays referenced after the call."""
         st = self._st
-        if not st.has_py_modules:
-            return fn(*args)
         errors = st.callback_error
-        errors.by_kind = {}
+        # The handle this call is made on (a request, a replay queue), which
+        # a callback under it must not close.
+        busy = errors.__dict__.setdefault("busy", [])
+        busy.append(args[0])
         try:
-            return fn(*args)
-        except SpotinferError as e:
-            cause = _cause_of(e, errors.by_kind)
-            if cause is not None:
-                raise e from cause
-            raise
-        finally:
+            if not st.has_py_modules:
+                return fn(*args)
             errors.by_kind = {}
+            try:
+                return fn(*args)
+            except SpotinferError as e:
+                cause = _cause_of(e, errors.by_kind)
+                if cause is not None:
+                    raise e from cause
+                raise
+            finally:
+                errors.by_kind = {}
+        finally:
+            busy.pop()
 
 
 # The kinds of module a failure's message names: '<kind> module "name"'

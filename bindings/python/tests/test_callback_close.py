@@ -86,3 +86,26 @@ def test_close_outside_callbacks_still_works_after_one():
     assert req.closed
     eng.close()
     assert eng.closed
+
+
+def test_other_requests_may_be_made_and_closed_inside_a_callback():
+    # Only what the call under the callback uses is refused: a request made
+    # there (one that fails to parse included) is closed as usual.
+    seen = []
+
+    class Maker:
+        def classify(self, instance, req, pressure):
+            other = eng.request(model="x")
+            other.close()
+            seen.append(other.closed)
+            try:
+                eng.parse_openai("{not json")
+            except spotinfer.SpotinferError as e:
+                seen.append(type(e).__name__)
+            return Verdict(Class.SILVER)
+
+    eng = _engine_with(Maker())
+    req = eng.request(model="m")
+    assert req.classify().klass == Class.SILVER
+    assert seen == [True, "ParseError"]
+    eng.close()
