@@ -140,6 +140,7 @@ class _EngineState:
         # ctypes callback objects and module adapters C may call; dropped
         # only after spi_engine_free() returned.
         self.keep: List[Any] = []
+        self.node_cb: Any = None  # the node transition callback C holds
         # Live requests and replay queues: key -> (finalizer, weakref to
         # the object); the engine frees them before itself.
         self.requests: Dict[int, Tuple[weakref.finalize, "weakref.ref[Any]"]] = {}
@@ -558,6 +559,7 @@ class Engine:
         from .enums import NodeState
         if fn is None:
             _lib.spi_engine_on_node_transition(self._p(), _n.NODE_FN(), None)
+            self._drop_node_callback(None)
             return
 
         def tramp(_ud: Any, node: Optional[int], n: int, a: int, b: int) -> None:
@@ -567,8 +569,17 @@ class Engine:
             except BaseException:
                 pass
         cb = _n.NODE_FN(guarded(self._st.callback_error, tramp))
+        self._st.keep.append(cb)  # C may call it until it is replaced
         _lib.spi_engine_on_node_transition(self._p(), cb, None)
-        self._st.keep.append(cb)  # C may call it until the engine is freed
+        self._drop_node_callback(cb)
+
+    def _drop_node_callback(self, new: Any) -> None:
+        """Let the callback C called until now go, new taking its place;
+        kept when set from inside a callback, where it may be running."""
+        st = self._st
+        old, st.node_cb = st.node_cb, new
+        if old is not None and not in_callback(st.callback_error):
+            st.keep.remove(old)
 
     def tick(self) -> None:
         """Periodic node work: expired rebalance advice, deadlines passed,

@@ -109,3 +109,27 @@ def test_other_requests_may_be_made_and_closed_inside_a_callback():
     assert req.classify().klass == Class.SILVER
     assert seen == [True, "ParseError"]
     eng.close()
+
+
+def test_a_replaced_node_transition_callback_is_let_go():
+    # Only the callback C can still call is kept: setting a new one (or
+    # None) drops the old, instead of keeping every one ever set.
+    import gc
+    import weakref
+    from spotinfer import NodeState
+
+    seen = []
+    with Engine() as e:
+        def first(node, a, b):
+            seen.append(("first", node))
+        ref = weakref.ref(first)
+        e.on_node_transition(first)
+        del first
+        e.on_node_transition(lambda node, a, b: seen.append(("second", node)))
+        gc.collect()
+        assert ref() is None
+        e.set_node_state("n1", NodeState.DRAINING)
+        assert seen == [("second", "n1")]
+        e.on_node_transition(None)
+        e.set_node_state("n1", NodeState.TERMINATED)
+        assert seen == [("second", "n1")]
