@@ -255,3 +255,11 @@ def test_integer_attribute_refuses_a_fraction_instead_of_cutting_it(engine, bad)
     assert r.sla_ms is None
     r.sla_ms = 1500.0
     assert r.sla_ms == 1500
+
+
+@pytest.mark.parametrize("high, low", [(2**64 + 5, 0), (-1, 0), (0, 2**64)])
+def test_cache_key_hex_refuses_halves_outside_uint64(high, low):
+    # ctypes would keep the low 64 bits: 2**64 + 5 formatted as key 5.
+    with pytest.raises(spotinfer.RangeError):
+        spotinfer.cache_key_hex(high, low)
+    assert spotinfer.cache_key_hex(2**64 - 1, 5) == "f" * 16 + "0" * 15 + "5"
