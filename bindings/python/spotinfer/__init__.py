@@ -35,7 +35,8 @@ from .enums import (BreakerState, Class, LogLevel, ModelTier, ModuleKind,
                     ServiceTier, Status, TicketStatus, NoticeKind,
                     NoticeFormat, NodeState, TicketAction, ReplayRecordType,
                     PolicyFlags)
-from .enums import coerce as _coerce, signed as _signed
+from .enums import (coerce as _coerce, signed as _signed,
+                    unsigned as _unsigned)
 from .errors import *  # noqa: F401,F403 - the exception classes
 from .errors import __all__ as _errors_all
 from .notices import (Notice, TicketPlan, node_state_name, notice_kind_name,
@@ -149,7 +150,8 @@ def parse_metrics_report(text: Union[str, bytes]) -> Tuple[Load, ParseReport]:
 
 def cache_key_hex(high64: int, low64: int) -> str:
     """A 128-bit key as 32 lowercase hex digits, formatted by the library."""
-    key = _native.CacheKey(high64=high64, low64=low64)
+    key = _native.CacheKey(high64=_unsigned(high64, 64, "high64"),
+                           low64=_unsigned(low64, 64, "low64"))
     buf = create_string_buffer(33)
     lib.spi_cache_key_hex(byref(key), buf, 33)
     return buf.value.decode("ascii")

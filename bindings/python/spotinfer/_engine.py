@@ -22,6 +22,7 @@ from .enums import (Class, LogLevel, ModelTier, ModuleKind, OnFailure,
                     TicketStatus, coerce, maybe_enum, signed, unsigned)
 from .errors import (InvalidArgumentError, MisuseError, ModuleError,
                      RangeError, RoutingError, SpotinferError, StaleError)
+from .modules import guarded, in_callback
 from .types import (CacheKeyValue, Classification, LedgerRow, Load, Price,
                     ReplicaInfo, ReplicaStatus, Signals, TicketResult)
 
@@ -72,6 +73,22 @@ def _closed(what: str) -> MisuseError:
     return MisuseError(-2, f"the {what} is closed", status_name="misuse")
 
 
+def _refuse_close_in_callback(st: "_EngineState", what: str,
+                              handle: Optional[c_void_p] = None) -> None:
+    """MisuseError when this thread is inside one of the engine's callbacks
+    (a module, a hook, the node transition callback) and the C call under
+    it still uses what would be freed: the engine, or (handle) a request or
+    replay queue that call was made on. Other requests may be closed there."""
+    errors = st.callback_error
+    if st.ptr is None or not in_callback(errors):
+        return
+    if handle is not None and handle.value not in \
+            [h.value for h in getattr(errors, "busy", ())]:
+        return
+    raise MisuseError(-2, f"the {what} cannot be closed from inside a "
+                      "callback of a call that uses it", status_name="misuse")
+
+
 _O = TypeVar("_O", bound="_Owned")
 
 
@@ -85,7 +102,10 @@ class _Owned:
     _fin: Callable[[], None]       # frees it once; from engine._st.adopt
 
     def close(self) -> None:
-        """Free it (a replay queue flushes first). Idempotent."""
+        """Free it (a replay queue flushes first). Idempotent. MisuseError
+        inside a callback of its engine."""
+        if self._ptr is not None:
+            _refuse_close_in_callback(self._engine._st, self._what, self._ptr)
         self._fin()
         self._ptr = None
 
@@ -120,6 +140,7 @@ class _EngineState:
         # ctypes callback objects and module adapters C may call; dropped
         # only after spi_engine_free() returned.
         self.keep: List[Any] = []
+        self.node_cb: Any = None  # the node transition callback C holds
         # Live requests and replay queues: key -> (finalizer, weakref to
         # the object); the engine frees them before itself.
         self.requests: Dict[int, Tuple[weakref.finalize, "weakref.ref[Any]"]] = {}
@@ -205,10 +226,12 @@ class Engine:
         if clock is not None or log is not None:
             hooks = _n.Hooks()
             if clock is not None:
-                hooks.clock = _n.CLOCK_FN(_clock_trampoline(clock))
+                hooks.clock = _n.CLOCK_FN(
+                    guarded(st.callback_error, _clock_trampoline(clock)))
                 st.keep.append(hooks.clock)
             if log is not None:
-                hooks.log = _n.LOG_FN(_log_trampoline(log))
+                hooks.log = _n.LOG_FN(
+                    guarded(st.callback_error, _log_trampoline(log)))
                 hooks.log_level = coerce(LogLevel, log_level)
                 st.keep.append(hooks.log)
         ptr = c_void_p()
@@ -225,7 +248,10 @@ class Engine:
     # -- life cycle
 
     def close(self) -> None:
-        """Free the engine (and any request still open on it). Idempotent."""
+        """Free the engine (and any request still open on it). Idempotent.
+        MisuseError inside one of the engine's callbacks (a module, a hook,
+        the node transition callback): the call under it still uses it."""
+        _refuse_close_in_callback(self._st, "engine")
         self._finalizer()
 
     @property
@@ -533,6 +559,7 @@ class Engine:
         from .enums import NodeState
         if fn is None:
             _lib.spi_engine_on_node_transition(self._p(), _n.NODE_FN(), None)
+            self._drop_node_callback(None)
             return
 
         def tramp(_ud: Any, node: Optional[int], n: int, a: int, b: int) -> None:
@@ -541,9 +568,18 @@ class Engine:
                 fn(name, maybe_enum(NodeState, a), maybe_enum(NodeState, b))
             except BaseException:
                 pass
-        cb = _n.NODE_FN(tramp)
+        cb = _n.NODE_FN(guarded(self._st.callback_error, tramp))
+        self._st.keep.append(cb)  # C may call it until it is replaced
         _lib.spi_engine_on_node_transition(self._p(), cb, None)
-        self._st.keep.append(cb)  # C may call it until the engine is freed
+        self._drop_node_callback(cb)
+
+    def _drop_node_callback(self, new: Any) -> None:
+        """Let the callback C called until now go, new taking its place;
+        kept when set from inside a callback, where it may be running."""
+        st = self._st
+        old, st.node_cb = st.node_cb, new
+        if old is not None and not in_callback(st.callback_error):
+            st.keep.remove(old)
 
     def tick(self) -> None:
         """Periodic node work: expired rebalance advice, deadlines passed,
@@ -631,19 +667,26 @@ class Engine:
         exception that module's callback raised as the cause. Nothing
         raised inside a callback stays referenced after the call."""
         st = self._st
-        if not st.has_py_modules:
-            return fn(*args)
         errors = st.callback_error
-        errors.by_kind = {}
+        # The handle this call is made on (a request, a replay queue), which
+        # a callback under it must not close.
+        busy = errors.__dict__.setdefault("busy", [])
+        busy.append(args[0])
         try:
-            return fn(*args)
-        except SpotinferError as e:
-            cause = _cause_of(e, errors.by_kind)
-            if cause is not None:
-                raise e from cause
-            raise
-        finally:
+            if not st.has_py_modules:
+                return fn(*args)
             errors.by_kind = {}
+            try:
+                return fn(*args)
+            except SpotinferError as e:
+                cause = _cause_of(e, errors.by_kind)
+                if cause is not None:
+                    raise e from cause
+                raise
+            finally:
+                errors.by_kind = {}
+        finally:
+            busy.pop()
 
 
 # The kinds of module a failure's message names: '<kind> module "name"'
@@ -687,7 +730,9 @@ def _clock_trampoline(clock: Callable[[], int]) -> Callable[[Any], int]:
 
     def tramp(_ud: Any) -> int:
         try:
-            return signed(clock(), 64, "clock")
+            # A fraction of a nanosecond (time.time() * 1e9) is dropped.
+            t = clock()
+            return signed(int(t) if isinstance(t, float) else t, 64, "clock")
         except BaseException:  # C cannot take an exception; use real time
             return time.time_ns()
     return tramp
@@ -961,7 +1006,7 @@ class Request(_Owned):
     def set_token_ids(self, ids: Sequence[int]) -> None:
         """Give the prompt as token ids (uint32); an empty sequence clears them."""
         arr = ids if isinstance(ids, array.array) and ids.typecode == "I" \
-            else array.array("I", ids)
+            else _token_array(ids)
         if arr.itemsize != 4:  # pragma: no cover - exotic platforms
             arr = (c_uint32 * len(ids))(*ids)  # type: ignore[assignment]
             _lib.spi_request_set_token_ids(self._p(), arr, len(ids))
@@ -1038,6 +1083,18 @@ class Request(_Owned):
         if self.closed:
             return "<spotinfer.Request closed>"
         return f"<spotinfer.Request model={self.model!r} messages={self.message_count}>"
+
+
+def _token_array(ids: Sequence[int]) -> "array.array[int]":
+    """ids as an array of uint32; RangeError for one outside it (array
+    raises OverflowError, which is not the ValueError every other integer
+    the binding checks gives)."""
+    try:
+        return array.array("I", ids)
+    except OverflowError:
+        for v in ids:
+            unsigned(v, 32, "token id")
+        raise
 
 
 def _free_child(free_fn: Callable[[Any], None], ptr: c_void_p,

@@ -270,12 +270,24 @@ def maybe_enum(enum_cls: Type[_E], value: int) -> _E:
     return enum_cls._value2member_map_.get(value, value)  # type: ignore[arg-type,return-value]
 
 
+def _whole(value: Any, what: str) -> int:
+    """value as an int; a float must be a whole number (int() would cut
+    1500.5 to 1500 without a word), and an infinite one is out of range."""
+    if isinstance(value, float):
+        if value != value or not value.is_integer():
+            if value in (float("inf"), float("-inf")):
+                from .errors import RangeError
+                raise RangeError(RangeError.CODE, f"{what}: {value} is out of range")
+            raise ValueError(f"{what}: {value} is not a whole number")
+    return int(value)
+
+
 def signed(value: Any, bits: int, what: str) -> int:
     """value as an int from -2**(bits-1) to 2**(bits-1) - 1, for a C signed
     parameter or field (ctypes would wrap one outside that range into a
     valid-looking value without a word); RangeError (a ValueError)
     otherwise."""
-    v = int(value)
+    v = _whole(value, what)
     half = 1 << (bits - 1)
     if not -half <= v < half:
         from .errors import RangeError
@@ -288,7 +300,7 @@ def unsigned(value: Any, bits: int, what: str) -> int:
     """value as an int from 0 to 2**bits - 1, for a C unsigned parameter or
     field (ctypes would wrap a negative one into a huge valid-looking value
     without a word); RangeError (a ValueError) otherwise."""
-    v = int(value)
+    v = _whole(value, what)
     if not 0 <= v < 1 << bits:
         from .errors import RangeError
         raise RangeError(RangeError.CODE,

@@ -507,6 +507,24 @@ def remember_error(errors: threading.local, kind: int,
     by_kind[kind] = exc
 
 
+def guarded(errors: threading.local, fn: Callable[..., Any]) -> Callable[..., Any]:
+    """fn, counting in errors.depth that this thread is inside one of the
+    engine's callbacks while it runs: closing the engine or one of its
+    handles there would free what the C call under it is using."""
+    def call(*args: Any) -> Any:
+        errors.depth = getattr(errors, "depth", 0) + 1
+        try:
+            return fn(*args)
+        finally:
+            errors.depth -= 1
+    return call
+
+
+def in_callback(errors: threading.local) -> bool:
+    """Whether this thread is inside one of the engine's callbacks."""
+    return getattr(errors, "depth", 0) > 0
+
+
 def _status_of(exc: BaseException) -> int:
     if isinstance(exc, SpotinferError) and exc.code < 0:
         return exc.code
@@ -549,11 +567,15 @@ class _Adapter:
         self.errors = errors
         self.instances: Dict[int, Any] = {}
         self.ids = itertools.count(1)
-        self.configure_fn = _n.CONFIGURE_FN(self._configure)
-        self.release_fn = _n.RELEASE_FN(self._release)
-        self.destroy_fn = _n.DESTROY_FN(self._destroy)
+        self.configure_fn = self._cb(_n.CONFIGURE_FN, self._configure)
+        self.release_fn = self._cb(_n.RELEASE_FN, self._release)
+        self.destroy_fn = self._cb(_n.DESTROY_FN, self._destroy)
         self.struct: Any = None
         self.on_failure = on_failure
+
+    def _cb(self, ftype: Any, method: Callable[..., Any]) -> Any:
+        """The ctypes callback of ftype for method, marked as a callback."""
+        return ftype(guarded(self.errors, method))
 
     def _failed(self, exc: BaseException) -> int:
         remember_error(self.errors, self.kind, exc)
@@ -616,13 +638,13 @@ def _has_levels(impl: Any) -> bool:
 class _ClassifierAdapter(_Adapter):
     def __init__(self, *a: Any) -> None:
         super().__init__(*a)
-        self.classify_fn = _n.CLASSIFY_FN(self._classify)
+        self.classify_fn = self._cb(_n.CLASSIFY_FN, self._classify)
         self.struct = _n.ClassifierModule(
             on_failure=self.on_failure, configure=self.configure_fn,
             release=self.release_fn, classify=self.classify_fn)
         if _has_levels(self.impl):
-            self.classify_levels_fn = _n.CLASSIFY_LEVELS_FN(
-                self._classify_levels)
+            self.classify_levels_fn = self._cb(_n.CLASSIFY_LEVELS_FN,
+                                               self._classify_levels)
             self.struct.classify_levels = self.classify_levels_fn
 
     def _classify_levels(self, _s: Any, inst: Optional[int], req: Any,
@@ -655,8 +677,8 @@ class _ClassifierAdapter(_Adapter):
 class _KeyBuilderAdapter(_Adapter):
     def __init__(self, *a: Any) -> None:
         super().__init__(*a)
-        self.build_key_fn = _n.BUILD_KEY_FN(self._build_key)
-        self.block_hashes_fn = _n.BLOCK_HASHES_FN(self._block_hashes)
+        self.build_key_fn = self._cb(_n.BUILD_KEY_FN, self._build_key)
+        self.block_hashes_fn = self._cb(_n.BLOCK_HASHES_FN, self._block_hashes)
         self.struct = _n.KeyBuilderModule(
             on_failure=self.on_failure, configure=self.configure_fn,
             release=self.release_fn, build_key=self.build_key_fn,
@@ -703,7 +725,7 @@ class _KeyBuilderAdapter(_Adapter):
 class _CostModelAdapter(_Adapter):
     def __init__(self, *a: Any) -> None:
         super().__init__(*a)
-        self.price_fn = _n.PRICE_FN(self._price)
+        self.price_fn = self._cb(_n.PRICE_FN, self._price)
         self.struct = _n.CostModelModule(
             on_failure=self.on_failure, configure=self.configure_fn,
             release=self.release_fn, price=self.price_fn)
@@ -825,7 +847,7 @@ def policy_flags(impl: Any, flags: Optional[int] = None,
 class _PolicyAdapter(_Adapter):
     def __init__(self, *a: Any) -> None:
         super().__init__(*a)
-        self.choose_fn = _n.CHOOSE_FN(self._choose)
+        self.choose_fn = self._cb(_n.CHOOSE_FN, self._choose)
         self.struct = _n.PolicyModule(
             on_failure=self.on_failure, flags=self.flags,
             configure=self.configure_fn, release=self.release_fn,
@@ -865,11 +887,11 @@ class _PolicyAdapter(_Adapter):
 class _ReplayStoreAdapter(_Adapter):
     def __init__(self, *a: Any) -> None:
         super().__init__(*a)
-        self.recover_fn = _n.RECOVER_FN(self._recover)
-        self.append_fn = _n.APPEND_FN(self._append)
-        self.sync_fn = _n.SYNC_FN(self._sync)
-        self.compact_fn = _n.COMPACT_FN(self._compact)
-        self.stats_fn = _n.STORE_STATS_FN(self._stats)
+        self.recover_fn = self._cb(_n.RECOVER_FN, self._recover)
+        self.append_fn = self._cb(_n.APPEND_FN, self._append)
+        self.sync_fn = self._cb(_n.SYNC_FN, self._sync)
+        self.compact_fn = self._cb(_n.COMPACT_FN, self._compact)
+        self.stats_fn = self._cb(_n.STORE_STATS_FN, self._stats)
         self.struct = _n.ReplayStoreModule(
             on_failure=self.on_failure, configure=self.configure_fn,
             release=self.release_fn, recover=self.recover_fn,

@@ -22,7 +22,13 @@ __all__ = ["Notice", "TicketPlan", "parse_notice", "parse_notice_report",
 
 
 def _t(b: bytes) -> str:
-    return b.decode("utf-8", "replace")
+    # surrogateescape, as the engine's own fields: a node name that is not
+    # UTF-8 reads back as the str that encodes to the same bytes again.
+    return b.decode("utf-8", "surrogateescape")
+
+
+def _enc(s: Union[str, bytes]) -> bytes:
+    return s.encode("utf-8", "surrogateescape") if isinstance(s, str) else bytes(s)
 
 
 @dataclass(frozen=True)
@@ -47,13 +53,13 @@ class Notice:
     def _struct(self) -> _n.Notice:
         return _n.Notice(kind=coerce(NoticeKind, self.kind),
                          format=coerce(NoticeFormat, self.format),
-                         node=_fixed_text(self.node.encode(), _n.ID_MAX, "node"),
+                         node=_fixed_text(_enc(self.node), _n.ID_MAX, "node"),
                          deadline_ns=signed(self.deadline_ns, 64, "deadline_ns"),
                          received_ns=signed(self.received_ns, 64, "received_ns"),
                          active=int(bool(self.active)),
-                         event_id=_fixed_text(self.event_id.encode(), _n.ID_MAX,
+                         event_id=_fixed_text(_enc(self.event_id), _n.ID_MAX,
                                               "event_id"),
-                         dedup_key=_fixed_text(self.dedup_key.encode(),
+                         dedup_key=_fixed_text(_enc(self.dedup_key),
                                                _n.Notice.dedup_key.size,
                                                "dedup_key"))
 
@@ -80,9 +86,8 @@ class TicketPlan:
 def _parse_args(body: Union[str, bytes], node: str,
                 now_ns: Union[int, None]) -> Tuple[bytes, bytes, int]:
     """The body and node as bytes, and the poll time (default: now)."""
-    data = body.encode("utf-8") if isinstance(body, str) else bytes(body)
-    return data, node.encode("utf-8"), (time.time_ns() if now_ns is None
-                                        else signed(now_ns, 64, "now_ns"))
+    now = time.time_ns() if now_ns is None else signed(now_ns, 64, "now_ns")
+    return _enc(body), _enc(node), now
 
 
 def _notices(cap: int) -> Array[_n.Notice]:

@@ -81,7 +81,7 @@ class Envelope:
             partial_tokens=tuple(toks), stream_offset=e.stream_offset,
             attempts=e.attempts, flags=e.flags,
             first_enqueued_ns=e.first_enqueued_ns, deadline_ns=e.deadline_ns,
-            tenant=e.tenant.decode("utf-8", "replace"))
+            tenant=e.tenant.decode("utf-8", "surrogateescape"))
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,9 @@ __all__ = [
 
 
 def _text(b: bytes) -> str:
-    return b.decode("utf-8", "replace")
+    # surrogateescape: a tenant or model that is not UTF-8 reads back as the
+    # str that encodes to the same bytes, as Request's own fields do.
+    return b.decode("utf-8", "surrogateescape")
 
 
 def utf8_cut(s: str, limit: int) -> bytes:

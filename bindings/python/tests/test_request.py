@@ -197,7 +197,7 @@ def test_token_ids(engine):
     assert len(r.block_hashes()) == 3
     r.set_token_ids([])
     assert r.block_hashes() == []
-    with pytest.raises(OverflowError):
+    with pytest.raises(spotinfer.RangeError):
         r.set_token_ids([2**32])
 
 
@@ -230,3 +230,36 @@ def test_freed_handle_is_detected_by_the_library(engine):
     with pytest.raises(spotinfer.MisuseError):
         spotinfer.lib.spi_classify(ctypes.cast(bogus, ctypes.c_void_p), 0,
                                    ctypes.byref(spotinfer._native.Classification()))
+
+
+@pytest.mark.parametrize("bad", [2**32, -1, 2**64 + 5])
+def test_token_id_outside_uint32_is_a_range_error(engine, bad):
+    # As for every other integer the binding hands to C (an envelope's
+    # partial_tokens included): RangeError, a ValueError, naming the value.
+    r = engine.request(model="m")
+    r.set_token_ids([1, 2, 3])
+    with pytest.raises(spotinfer.RangeError, match=str(bad)):
+        r.set_token_ids([7, bad])
+    with pytest.raises(ValueError):
+        engine.request(model="m", token_ids=[bad])
+    assert r.block_count() >= 0
+
+
+@pytest.mark.parametrize("bad", [1500.5, float("inf"), float("nan")])
+def test_integer_attribute_refuses_a_fraction_instead_of_cutting_it(engine, bad):
+    # int(1500.5) would send 1500 without a word: the value given is not
+    # the value used. A whole float (1500.0) is still taken.
+    r = engine.request(model="m")
+    with pytest.raises(ValueError):
+        r.sla_ms = bad
+    assert r.sla_ms is None
+    r.sla_ms = 1500.0
+    assert r.sla_ms == 1500
+
+
+@pytest.mark.parametrize("high, low", [(2**64 + 5, 0), (-1, 0), (0, 2**64)])
+def test_cache_key_hex_refuses_halves_outside_uint64(high, low):
+    # ctypes would keep the low 64 bits: 2**64 + 5 formatted as key 5.
+    with pytest.raises(spotinfer.RangeError):
+        spotinfer.cache_key_hex(high, low)
+    assert spotinfer.cache_key_hex(2**64 - 1, 5) == "f" * 16 + "0" * 15 + "5"
