@@ -69,6 +69,14 @@ if [[ -w /dev/full ]]; then
   fi
 fi
 
+# --json output is UTF-8 whatever bytes a file name, a flag value or the
+# input carries (a non-UTF-8 byte becomes U+FFFD).
+printf '{"action": "stop", "time": "2023-11-14T22:15:00Z"}' >"$work/s"$'\xfe'".json"
+run 0 --json notice parse --cloud aws --node $'i-\xff' "$work/s"$'\xfe'".json" &&
+  jq_eq "--json with non-UTF-8 node and file name" 'j["ok"] and j["notices"][0]["node"] == "i-\ufffd" and j["input"].endswith("s\ufffd.json")'
+run 1 --json config check "$work/s"$'\xfe'".json" &&
+  jq_eq "--json error with a non-UTF-8 file name" 'not j["ok"] and "\ufffd" in j["input"]'
+
 # ---------------------------------------------------------- config check
 printf '{"router": {"max_replicas": 0}}' >"$work/bad.json"
 printf '{"cost": {"spot_usd_per_gpu_hour": 2.5}}' >"$work/good.json"

@@ -97,8 +97,48 @@ static void print_text(const cJSON *item, const char *prefix) {
   free(v);
 }
 
+/* Length of the valid UTF-8 sequence at s, or 0 (overlong forms,
+ * surrogates and code points above U+10FFFF are not valid). */
+static size_t utf8_seq(const unsigned char *s) {
+  unsigned c = s[0];
+  if (c < 0x80) return 1;
+  size_t n = c >= 0xC2 && c <= 0xDF ? 2 : c >= 0xE0 && c <= 0xEF ? 3
+             : c >= 0xF0 && c <= 0xF4 ? 4 : 0;
+  for (size_t k = 1; k < n; k++)
+    if ((s[k] & 0xC0) != 0x80) return 0;
+  if ((c == 0xE0 && s[1] < 0xA0) || (c == 0xED && s[1] > 0x9F) ||
+      (c == 0xF0 && s[1] < 0x90) || (c == 0xF4 && s[1] > 0x8F))
+    return 0;
+  return n;
+}
+
+/* JSON text is UTF-8, but file names, flag values and the bytes an input
+ * carries need not be: each byte that does not start a valid sequence is
+ * printed as U+FFFD, so --json output always parses. */
+static void utf8_fix(cJSON *item) {
+  for (cJSON *ch = item; ch; ch = ch->next) {
+    if (ch->child) utf8_fix(ch->child);
+    if (!cJSON_IsString(ch) || !ch->valuestring) continue;
+    const unsigned char *s = (const unsigned char *)ch->valuestring;
+    size_t len = strlen(ch->valuestring), bad = 0;
+    for (size_t i = 0, n; i < len; i += n ? n : 1) bad += (n = utf8_seq(s + i)) == 0;
+    if (!bad) continue;
+    char *fixed = malloc(len + 2 * bad + 1), *o = fixed;
+    if (!fixed) continue;
+    for (size_t i = 0, n; i < len; i += n ? n : 1) {
+      n = utf8_seq(s + i);
+      memcpy(o, n ? (const char *)s + i : "\xEF\xBF\xBD", n ? n : 3);
+      o += n ? n : 3;
+    }
+    *o = '\0';
+    cJSON_SetValuestring(ch, fixed);
+    free(fixed);
+  }
+}
+
 void cli_print(const cli_ctx *c, cJSON *root) {
   if (c->json) {
+    utf8_fix(root);
     char *s = cJSON_Print(root);
     if (s) puts(s);
     free(s);
