@@ -138,6 +138,13 @@ run 0 notice parse --json --format aws-scheduled --node i-9 "$work/ev70.json" &&
   jq_eq "70 scheduled events, all of them" 'j["found"] == 70 and len(j["notices"]) == 70' 
 run 0 notice parse --json --status 404 --cloud aws --node i-9 "$work/stop.json" &&
   jq_eq "404 means no notice" 'j["found"] == 0'
+# A 404 is no notice whatever its body (an HTML error page): no --cloud
+# or --format is needed to say so; another non-2xx status is an error.
+printf '<html>404 - Not Found</html>' >"$work/404.html"
+run 0 --json notice parse --status 404 --node i-9 "$work/404.html" &&
+  jq_eq "404 without --cloud: no notice" 'j["ok"] and j["found"] == 0 and j["notices"] == [] and j["format"] is None'
+run 1 notice parse --status 503 --node i-9 "$work/404.html" && [[ "$err" == *"http status 503"* ]] &&
+  ok "503 without --cloud names the status"
 printf 'hello' >"$work/hello.txt"
 run 1 notice parse "$work/hello.txt" && [[ "$err" == *"--cloud"* ]] && ok "unrecognisable body names --cloud"
 run 2 notice parse --cloud moon "$work/stop.json" && ok "unknown cloud is usage"
