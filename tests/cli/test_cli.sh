@@ -92,6 +92,13 @@ printf '{"no_such_section": {}}' >"$work/unknown.json"
 run 1 config check "$work/unknown.json" && [[ "$err" == *no_such_section* ]] && ok "unknown key named"
 run 0 config check - <"$work/good.json" && ok "config from stdin"
 run 1 config check "$work/missing.json" && [[ "$err" == *"missing.json"* ]] && ok "unreadable file is exit 1"
+# Why a file cannot be read is said once, on stderr and in --json.
+run 1 --json config check "$work/missing.json" &&
+  jq_eq "--json: a missing file says why" '"No such file or directory" in j["error"] and j["input"].endswith("missing.json")'
+[[ $(grep -c . "$work/err") -eq 1 ]] && ok "a missing file: one message" || bad "a missing file: one message"
+run 1 --json metrics parse "$work" && jq_eq "--json: a directory says why" '"Is a directory" in j["error"]'
+run 1 route --config "$here/config.json" --replicas "$work" "$here/chat.json" && [[ "$err" == *"Is a directory"* ]] &&
+  ok "route: a directory as the replicas file says why" || bad "route: a directory as the replicas file says why"
 run 2 config check && ok "config check without FILE"
 run 2 config check a b && ok "config check with two FILEs"
 run 2 config check --bogus x && ok "config check unknown option"

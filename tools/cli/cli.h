@@ -24,9 +24,10 @@ typedef struct cli_ctx {
   const char *prog; /* argv[0] for messages */
 } cli_ctx;
 
-/* Read FILE ("-" = stdin) whole into a NUL-terminated buffer. NULL with a
- * message on stderr when it cannot be read. */
-char *cli_read_input(const char *path, size_t *len);
+/* Read FILE ("-" = stdin) whole into a NUL-terminated buffer. NULL when it
+ * cannot be read, with the reason (strerror, too large) in why, for the
+ * caller's cli_invalid() to print once and put in the --json answer. */
+char *cli_read_input(const char *path, size_t *len, char *why, size_t wcap);
 
 /* Print a finished answer (takes ownership of root). */
 void cli_print(const cli_ctx *c, cJSON *root);

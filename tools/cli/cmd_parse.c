@@ -192,8 +192,9 @@ int cmd_notice_parse(const cli_ctx *c, int argc, char **argv) {
     node = host;
   }
   size_t len;
-  char *body = cli_read_input(path, &len);
-  if (!body) return cli_invalid(c, path, SPI_EIO, "cannot be read");
+  char why[128];
+  char *body = cli_read_input(path, &len, why, sizeof why);
+  if (!body) return cli_invalid(c, path, SPI_EIO, why);
   if (!have_now) now = now_ns();
   if (!format && !cloud && status != 0 && (status < 200 || status > 299)) {
     free(body);
@@ -264,8 +265,9 @@ int cmd_metrics_parse(const cli_ctx *c, int argc, char **argv) {
   }
   if (!path) return cli_usage(c, "metrics parse ", "FILE is missing");
   size_t len;
-  char *text = cli_read_input(path, &len);
-  if (!text) return cli_invalid(c, path, SPI_EIO, "cannot be read");
+  char why[128];
+  char *text = cli_read_input(path, &len, why, sizeof why);
+  if (!text) return cli_invalid(c, path, SPI_EIO, why);
   spi_load load;
   memset(&load, 0, sizeof load);
   load.struct_size = sizeof load;

@@ -187,8 +187,9 @@ static int replica_from(const cJSON *r, size_t i, spi_replica_info *info,
 /* Add every replica of the file to the engine. */
 static int load_replicas(const cli_ctx *c, spi_engine *e, const char *path) {
   size_t len;
-  char *text = cli_read_input(path, &len);
-  if (!text) return cli_invalid(c, path, SPI_EIO, "cannot be read");
+  char why[128];
+  char *text = cli_read_input(path, &len, why, sizeof why);
+  if (!text) return cli_invalid(c, path, SPI_EIO, why);
   const char *end = NULL;
   cJSON *doc = cJSON_ParseWithLengthOpts(text, len, &end, 0);
   int trailing = 0;
@@ -385,10 +386,11 @@ int cmd_route(const cli_ctx *c, int argc, char **argv) {
   spi_request *req = NULL;
   size_t len = 0;
   char *body = NULL;
+  char why[128];
   if (strcmp(config, "-") == 0) { /* as config check reads it */
-    char *text = cli_read_input(config, &len);
+    char *text = cli_read_input(config, &len, why, sizeof why);
     if (!text) {
-      ret = cli_invalid(c, config, SPI_EIO, "cannot be read");
+      ret = cli_invalid(c, config, SPI_EIO, why);
       goto done;
     }
     rc = spi_engine_configure(e, text, len);
@@ -402,9 +404,9 @@ int cmd_route(const cli_ctx *c, int argc, char **argv) {
   }
   ret = load_replicas(c, e, replicas);
   if (ret != CLI_OK) goto done;
-  body = cli_read_input(body_path, &len);
+  body = cli_read_input(body_path, &len, why, sizeof why);
   if (!body) {
-    ret = cli_invalid(c, body_path, SPI_EIO, "cannot be read");
+    ret = cli_invalid(c, body_path, SPI_EIO, why);
     goto done;
   }
   rc = spi_request_new(e, &req);

@@ -16,25 +16,23 @@
  * MiB is far above any of them and keeps a mistaken device read bounded. */
 #define CLI_MAX_INPUT ((size_t)64 << 20)
 
-char *cli_read_input(const char *path, size_t *len) {
+char *cli_read_input(const char *path, size_t *len, char *why, size_t wcap) {
   FILE *f = strcmp(path, "-") == 0 ? stdin : fopen(path, "rb");
   if (!f) {
-    fprintf(stderr, "spotinfer: %s: %s\n", path, strerror(errno));
+    snprintf(why, wcap, "%s", strerror(errno));
     return NULL;
   }
   size_t cap = 4096, n = 0;
   char *buf = malloc(cap);
+  if (!buf) snprintf(why, wcap, "out of memory");
   while (buf) {
     if (n + 1 >= cap) {
-      if (cap >= CLI_MAX_INPUT) {
-        fprintf(stderr, "spotinfer: %s: larger than %zu bytes\n", path,
-                CLI_MAX_INPUT);
-        free(buf);
-        buf = NULL;
-        break;
-      }
-      char *b = realloc(buf, cap * 2);
+      char *b = cap >= CLI_MAX_INPUT ? NULL : realloc(buf, cap * 2);
       if (!b) {
+        if (cap >= CLI_MAX_INPUT)
+          snprintf(why, wcap, "larger than %zu bytes", CLI_MAX_INPUT);
+        else
+          snprintf(why, wcap, "out of memory");
         free(buf);
         buf = NULL;
         break;
@@ -42,11 +40,12 @@ char *cli_read_input(const char *path, size_t *len) {
       buf = b;
       cap *= 2;
     }
+    errno = 0;
     size_t got = fread(buf + n, 1, cap - n - 1, f);
     n += got;
     if (got == 0) {
       if (ferror(f)) {
-        fprintf(stderr, "spotinfer: %s: read error\n", path);
+        snprintf(why, wcap, "%s", errno ? strerror(errno) : "read error");
         free(buf);
         buf = NULL;
       }
