@@ -244,6 +244,13 @@ run 1 cost per-million --usd-per-gpu-hour -1 --gpus 1 --tokens-per-s 1000 && [[ 
 run 1 cost --json per-million --usd-per-gpu-hour 3.5 --gpus 1.5 --tokens-per-s 1000 && jq_eq "fractional gpus --json" 'not j["ok"]'
 run 2 cost per-million --usd-per-gpu-hour 3.5 --gpus 1 && [[ "$err" == *tokens-per-s* ]] && ok "missing flag named"
 run 2 cost per-million --usd-per-gpu-hour abc --gpus 1 --tokens-per-s 1 && ok "non-number is usage"
+# A flag given twice is a usage error, not the last one silently winning.
+run 2 cost per-million --usd-per-gpu-hour 3.5 --gpus 1 --gpus 2 --tokens-per-s 1000 &&
+  [[ "$err" == *"--gpus"*"twice"* ]] && ok "cost: a flag twice" || bad "cost: a flag twice"
+run 2 route --config "$cfg" --config "$work/bad.json" --replicas "$reps" "$here/chat.json" &&
+  [[ "$err" == *"--config"*"twice"* ]] && ok "route: --config twice" || bad "route: --config twice"
+run 2 notice parse --node a --node b "$work/stop.json" &&
+  [[ "$err" == *"--node"*"twice"* ]] && ok "notice parse: --node twice" || bad "notice parse: --node twice"
 run 2 cost warp-drive && ok "unknown formula"
 run 2 cost && ok "cost without formula"
 run 0 cost --help && has "cost --help lists formulas" "max-sequences"

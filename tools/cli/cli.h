@@ -40,6 +40,12 @@ int cli_invalid(const cli_ctx *c, const char *what, int status,
 /* A usage error: the message and a pointer to --help. Returns CLI_USAGE. */
 int cli_usage(const cli_ctx *c, const char *cmd, const char *fmt, ...);
 
+/* An option that takes a value may be given once: CLI_USAGE (with the
+ * message) when arg is one of opts (NULL-terminated) already in *seen, else
+ * marks it and returns CLI_OK. */
+int cli_once(const cli_ctx *c, const char *cmd, const char *const *opts,
+             const char *arg, unsigned *seen);
+
 /* 1 if arg is --help or -h. */
 int cli_is_help(const char *arg);
 

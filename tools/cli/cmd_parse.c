@@ -140,11 +140,15 @@ static int status_only(const cli_ctx *c, const char *path, long long status) {
   return CLI_OK;
 }
 
+static const char *const NOTICE_OPTS[] = {"--cloud", "--format", "--node",
+                                           "--status", "--now-ns", NULL};
+
 int cmd_notice_parse(const cli_ctx *c, int argc, char **argv) {
   const char *cloud = NULL, *path = NULL, *node = "";
   int format = 0;
   long long status = 200, now = 0;
   int have_now = 0;
+  unsigned seen = 0;
   for (int i = 0; i < argc; i++) {
     const char *a = argv[i];
     if (cli_is_help(a)) {
@@ -152,6 +156,8 @@ int cmd_notice_parse(const cli_ctx *c, int argc, char **argv) {
       return CLI_OK;
     }
     int has_val = i + 1 < argc;
+    if (has_val && cli_once(c, "notice parse ", NOTICE_OPTS, a, &seen))
+      return CLI_USAGE;
     if (strcmp(a, "--cloud") == 0 && has_val) {
       cloud = argv[++i];
       if (strcmp(cloud, "aws") && strcmp(cloud, "gcp") && strcmp(cloud, "azure"))

@@ -348,6 +348,9 @@ static int parse_pressure(const char *s) {
 int cmd_route(const cli_ctx *c, int argc, char **argv) {
   const char *config = NULL, *replicas = NULL, *body_path = NULL;
   int pressure = SPI_PRESSURE_NORMAL;
+  static const char *const opts[] = {"--config", "--replicas", "--pressure",
+                                     NULL};
+  unsigned seen = 0;
   for (int i = 0; i < argc; i++) {
     const char *a = argv[i];
     if (cli_is_help(a)) {
@@ -355,6 +358,7 @@ int cmd_route(const cli_ctx *c, int argc, char **argv) {
       return CLI_OK;
     }
     int has_val = i + 1 < argc;
+    if (has_val && cli_once(c, "route ", opts, a, &seen)) return CLI_USAGE;
     if (strcmp(a, "--config") == 0 && has_val)
       config = argv[++i];
     else if (strcmp(a, "--replicas") == 0 && has_val)

@@ -172,6 +172,17 @@ int cli_usage(const cli_ctx *c, const char *cmd, const char *fmt, ...) {
   return CLI_USAGE;
 }
 
+int cli_once(const cli_ctx *c, const char *cmd, const char *const *opts,
+             const char *arg, unsigned *seen) {
+  for (unsigned k = 0; opts[k]; k++) {
+    if (strcmp(arg, opts[k]) != 0) continue;
+    if (*seen & 1u << k)
+      return cli_usage(c, cmd, "%s is given twice", arg);
+    *seen |= 1u << k;
+  }
+  return CLI_OK;
+}
+
 int cli_is_help(const char *arg) {
   return strcmp(arg, "--help") == 0 || strcmp(arg, "-h") == 0;
 }
