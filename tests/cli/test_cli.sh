@@ -208,6 +208,11 @@ printf '[{"id": "a", "pool": "spot", "usd_per_hour": 1, "max_inflight": 1}]\n[]'
 run 1 route --config "$cfg" --replicas "$work/r5.json" "$here/chat.json" && [[ "$err" == *"data after the JSON value"* ]] && ok "replicas file: trailing data"
 printf '{"replicas": [], "extra": 1}' >"$work/r6.json"
 run 1 route --config "$cfg" --replicas "$work/r6.json" "$here/chat.json" && ok "replicas file: another top-level key"
+printf '{"replicas": [{"id": "spot-a", "pool": "spot", "usd_per_hour": 1.8, "max_inflight": 4}]}' >"$work/r9.json"
+run 0 --json route --config "$cfg" --replicas "$work/r9.json" "$here/batch.json" &&
+  jq_eq "replicas file: the object form" 'j["replica"] == "spot-a"'
+printf '{"replicas": [], "replicas": [{"id": "a", "pool": "spot", "usd_per_hour": 1, "max_inflight": 1}]}' >"$work/r8.json"
+run 1 route --config "$cfg" --replicas "$work/r8.json" "$here/chat.json" && ok "replicas file: \"replicas\" twice"
 printf '[{"id": "a", "pool": "spot", "usd_per_hour": 1, "max_inflight": 1}, {"id": "a", "pool": "on_demand", "usd_per_hour": 2, "max_inflight": 1}]' >"$work/r7.json"
 run 1 route --config "$cfg" --replicas "$work/r7.json" "$here/chat.json" && [[ "$err" == *'id "a" is given twice'* ]] && ok "replicas file: an id twice"
 printf '{"model": "llama", "messages": "hi"}' >"$work/badbody.json"

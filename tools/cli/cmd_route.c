@@ -197,11 +197,12 @@ static int load_replicas(const cli_ctx *c, spi_engine *e, const char *path) {
     trailing |= !(*p == ' ' || *p == '\t' || *p == '\n' || *p == '\r');
   free(text);
   const cJSON *list = doc;
-  if (cJSON_IsObject(doc)) {
-    list = cJSON_GetObjectItemCaseSensitive(doc, "replicas");
-    for (const cJSON *k = doc->child; k && list; k = k->next)
-      if (!k->string || strcmp(k->string, "replicas") != 0) list = NULL;
-  }
+  /* The object form holds "replicas" once and nothing else: a second
+   * "replicas" would be dropped unread. */
+  if (cJSON_IsObject(doc))
+    list = cJSON_GetArraySize(doc) == 1
+               ? cJSON_GetObjectItemCaseSensitive(doc, "replicas")
+               : NULL;
   if (!cJSON_IsArray(list) || trailing) {
     cJSON_Delete(doc);
     return cli_invalid(c, path, SPI_EPARSE,
