@@ -157,6 +157,7 @@ run 1 notice parse "$work/hello.txt" && [[ "$err" == *"--cloud"* ]] && ok "unrec
 run 2 notice parse --cloud moon "$work/stop.json" && ok "unknown cloud is usage"
 run 2 notice parse --format nope "$work/stop.json" && ok "unknown format is usage"
 run 2 notice parse --status abc "$work/stop.json" && ok "bad status is usage"
+run 2 notice parse --status ' 404' "$work/stop.json" && ok "a status with a leading blank is usage"
 run 2 notice parse && ok "notice parse without FILE"
 run 0 notice parse --help && has "notice parse --help" "azure-scheduled"
 
@@ -256,6 +257,14 @@ run 2 route --config "$cfg" --config "$work/bad.json" --replicas "$reps" "$here/
   [[ "$err" == *"--config"*"twice"* ]] && ok "route: --config twice" || bad "route: --config twice"
 run 2 notice parse --node a --node b "$work/stop.json" &&
   [[ "$err" == *"--node"*"twice"* ]] && ok "notice parse: --node twice" || bad "notice parse: --node twice"
+# A value is a number as written: a tiny one that underflows is still a
+# number (the formula then says whether it is in range), and leading blanks
+# are refused as trailing ones are.
+run 1 cost per-million --usd-per-gpu-hour 3.5 --gpus 1 --tokens-per-s 1e-320 && [[ "$err" == *range* ]] &&
+  ok "an underflowing value is a number" || bad "an underflowing value is a number"
+run 2 cost per-million --usd-per-gpu-hour ' 3.5' --gpus 1 --tokens-per-s 1000 && ok "a leading blank is not a number"
+run 2 cost per-million --usd-per-gpu-hour 1e999 --gpus 1 --tokens-per-s 1000 && [[ "$err" == *finite* ]] &&
+  ok "an overflowing value: not a finite number" || bad "an overflowing value: not a finite number"
 run 2 cost warp-drive && ok "unknown formula"
 run 2 cost && ok "cost without formula"
 run 0 cost --help && has "cost --help lists formulas" "max-sequences"

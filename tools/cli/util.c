@@ -1,7 +1,9 @@
 /*
  * util.c - input, output and argument helpers of the spotinfer tool.
  */
+#include <ctype.h>
 #include <errno.h>
+#include <float.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -190,8 +192,13 @@ int cli_is_help(const char *arg) {
 int cli_double(const char *s, double *out) {
   char *end;
   errno = 0;
+  /* strtod skips leading blanks; they are refused as trailing ones are. An
+   * underflow (ERANGE with a result that is 0 or subnormal) is still the
+   * number written, for the formula to judge; an overflow is not finite. */
+  if (isspace((unsigned char)*s)) return -1;
   double v = strtod(s, &end);
-  if (end == s || *end || errno || !isfinite(v)) return -1;
+  if (end == s || *end || !isfinite(v)) return -1;
+  if (errno && !(errno == ERANGE && fabs(v) < DBL_MIN)) return -1;
   *out = v;
   return 0;
 }
@@ -199,6 +206,7 @@ int cli_double(const char *s, double *out) {
 int cli_i64(const char *s, long long *out) {
   char *end;
   errno = 0;
+  if (isspace((unsigned char)*s)) return -1;
   long long v = strtoll(s, &end, 10);
   if (end == s || *end || errno) return -1;
   *out = v;
