@@ -69,6 +69,14 @@ if [[ -w /dev/full ]]; then
   fi
 fi
 
+# --json output is UTF-8 whatever bytes a file name, a flag value or the
+# input carries (a non-UTF-8 byte becomes U+FFFD).
+printf '{"action": "stop", "time": "2023-11-14T22:15:00Z"}' >"$work/s"$'\xfe'".json"
+run 0 --json notice parse --cloud aws --node $'i-\xff' "$work/s"$'\xfe'".json" &&
+  jq_eq "--json with non-UTF-8 node and file name" 'j["ok"] and j["notices"][0]["node"] == "i-\ufffd" and j["input"].endswith("s\ufffd.json")'
+run 1 --json config check "$work/s"$'\xfe'".json" &&
+  jq_eq "--json error with a non-UTF-8 file name" 'not j["ok"] and "\ufffd" in j["input"]'
+
 # ---------------------------------------------------------- config check
 printf '{"router": {"max_replicas": 0}}' >"$work/bad.json"
 printf '{"cost": {"spot_usd_per_gpu_hour": 2.5}}' >"$work/good.json"
@@ -84,6 +92,13 @@ printf '{"no_such_section": {}}' >"$work/unknown.json"
 run 1 config check "$work/unknown.json" && [[ "$err" == *no_such_section* ]] && ok "unknown key named"
 run 0 config check - <"$work/good.json" && ok "config from stdin"
 run 1 config check "$work/missing.json" && [[ "$err" == *"missing.json"* ]] && ok "unreadable file is exit 1"
+# Why a file cannot be read is said once, on stderr and in --json.
+run 1 --json config check "$work/missing.json" &&
+  jq_eq "--json: a missing file says why" '"No such file or directory" in j["error"] and j["input"].endswith("missing.json")'
+[[ $(grep -c . "$work/err") -eq 1 ]] && ok "a missing file: one message" || bad "a missing file: one message"
+run 1 --json metrics parse "$work" && jq_eq "--json: a directory says why" '"Is a directory" in j["error"]'
+run 1 route --config "$here/config.json" --replicas "$work" "$here/chat.json" && [[ "$err" == *"Is a directory"* ]] &&
+  ok "route: a directory as the replicas file says why" || bad "route: a directory as the replicas file says why"
 run 2 config check && ok "config check without FILE"
 run 2 config check a b && ok "config check with two FILEs"
 run 2 config check --bogus x && ok "config check unknown option"
@@ -130,11 +145,19 @@ run 0 notice parse --json --format aws-scheduled --node i-9 "$work/ev70.json" &&
   jq_eq "70 scheduled events, all of them" 'j["found"] == 70 and len(j["notices"]) == 70' 
 run 0 notice parse --json --status 404 --cloud aws --node i-9 "$work/stop.json" &&
   jq_eq "404 means no notice" 'j["found"] == 0'
+# A 404 is no notice whatever its body (an HTML error page): no --cloud
+# or --format is needed to say so; another non-2xx status is an error.
+printf '<html>404 - Not Found</html>' >"$work/404.html"
+run 0 --json notice parse --status 404 --node i-9 "$work/404.html" &&
+  jq_eq "404 without --cloud: no notice" 'j["ok"] and j["found"] == 0 and j["notices"] == [] and j["format"] is None'
+run 1 notice parse --status 503 --node i-9 "$work/404.html" && [[ "$err" == *"http status 503"* ]] &&
+  ok "503 without --cloud names the status"
 printf 'hello' >"$work/hello.txt"
 run 1 notice parse "$work/hello.txt" && [[ "$err" == *"--cloud"* ]] && ok "unrecognisable body names --cloud"
 run 2 notice parse --cloud moon "$work/stop.json" && ok "unknown cloud is usage"
 run 2 notice parse --format nope "$work/stop.json" && ok "unknown format is usage"
 run 2 notice parse --status abc "$work/stop.json" && ok "bad status is usage"
+run 2 notice parse --status ' 404' "$work/stop.json" && ok "a status with a leading blank is usage"
 run 2 notice parse && ok "notice parse without FILE"
 run 0 notice parse --help && has "notice parse --help" "azure-scheduled"
 
@@ -186,6 +209,11 @@ printf '[{"id": "a", "pool": "spot", "usd_per_hour": 1, "max_inflight": 1}]\n[]'
 run 1 route --config "$cfg" --replicas "$work/r5.json" "$here/chat.json" && [[ "$err" == *"data after the JSON value"* ]] && ok "replicas file: trailing data"
 printf '{"replicas": [], "extra": 1}' >"$work/r6.json"
 run 1 route --config "$cfg" --replicas "$work/r6.json" "$here/chat.json" && ok "replicas file: another top-level key"
+printf '{"replicas": [{"id": "spot-a", "pool": "spot", "usd_per_hour": 1.8, "max_inflight": 4}]}' >"$work/r9.json"
+run 0 --json route --config "$cfg" --replicas "$work/r9.json" "$here/batch.json" &&
+  jq_eq "replicas file: the object form" 'j["replica"] == "spot-a"'
+printf '{"replicas": [], "replicas": [{"id": "a", "pool": "spot", "usd_per_hour": 1, "max_inflight": 1}]}' >"$work/r8.json"
+run 1 route --config "$cfg" --replicas "$work/r8.json" "$here/chat.json" && ok "replicas file: \"replicas\" twice"
 printf '[{"id": "a", "pool": "spot", "usd_per_hour": 1, "max_inflight": 1}, {"id": "a", "pool": "on_demand", "usd_per_hour": 2, "max_inflight": 1}]' >"$work/r7.json"
 run 1 route --config "$cfg" --replicas "$work/r7.json" "$here/chat.json" && [[ "$err" == *'id "a" is given twice'* ]] && ok "replicas file: an id twice"
 printf '{"model": "llama", "messages": "hi"}' >"$work/badbody.json"
@@ -222,6 +250,21 @@ run 1 cost per-million --usd-per-gpu-hour -1 --gpus 1 --tokens-per-s 1000 && [[ 
 run 1 cost --json per-million --usd-per-gpu-hour 3.5 --gpus 1.5 --tokens-per-s 1000 && jq_eq "fractional gpus --json" 'not j["ok"]'
 run 2 cost per-million --usd-per-gpu-hour 3.5 --gpus 1 && [[ "$err" == *tokens-per-s* ]] && ok "missing flag named"
 run 2 cost per-million --usd-per-gpu-hour abc --gpus 1 --tokens-per-s 1 && ok "non-number is usage"
+# A flag given twice is a usage error, not the last one silently winning.
+run 2 cost per-million --usd-per-gpu-hour 3.5 --gpus 1 --gpus 2 --tokens-per-s 1000 &&
+  [[ "$err" == *"--gpus"*"twice"* ]] && ok "cost: a flag twice" || bad "cost: a flag twice"
+run 2 route --config "$cfg" --config "$work/bad.json" --replicas "$reps" "$here/chat.json" &&
+  [[ "$err" == *"--config"*"twice"* ]] && ok "route: --config twice" || bad "route: --config twice"
+run 2 notice parse --node a --node b "$work/stop.json" &&
+  [[ "$err" == *"--node"*"twice"* ]] && ok "notice parse: --node twice" || bad "notice parse: --node twice"
+# A value is a number as written: a tiny one that underflows is still a
+# number (the formula then says whether it is in range), and leading blanks
+# are refused as trailing ones are.
+run 1 cost per-million --usd-per-gpu-hour 3.5 --gpus 1 --tokens-per-s 1e-320 && [[ "$err" == *range* ]] &&
+  ok "an underflowing value is a number" || bad "an underflowing value is a number"
+run 2 cost per-million --usd-per-gpu-hour ' 3.5' --gpus 1 --tokens-per-s 1000 && ok "a leading blank is not a number"
+run 2 cost per-million --usd-per-gpu-hour 1e999 --gpus 1 --tokens-per-s 1000 && [[ "$err" == *finite* ]] &&
+  ok "an overflowing value: not a finite number" || bad "an overflowing value: not a finite number"
 run 2 cost warp-drive && ok "unknown formula"
 run 2 cost && ok "cost without formula"
 run 0 cost --help && has "cost --help lists formulas" "max-sequences"

@@ -24,9 +24,10 @@ typedef struct cli_ctx {
   const char *prog; /* argv[0] for messages */
 } cli_ctx;
 
-/* Read FILE ("-" = stdin) whole into a NUL-terminated buffer. NULL with a
- * message on stderr when it cannot be read. */
-char *cli_read_input(const char *path, size_t *len);
+/* Read FILE ("-" = stdin) whole into a NUL-terminated buffer. NULL when it
+ * cannot be read, with the reason (strerror, too large) in why, for the
+ * caller's cli_invalid() to print once and put in the --json answer. */
+char *cli_read_input(const char *path, size_t *len, char *why, size_t wcap);
 
 /* Print a finished answer (takes ownership of root). */
 void cli_print(const cli_ctx *c, cJSON *root);
@@ -38,6 +39,12 @@ int cli_invalid(const cli_ctx *c, const char *what, int status,
 
 /* A usage error: the message and a pointer to --help. Returns CLI_USAGE. */
 int cli_usage(const cli_ctx *c, const char *cmd, const char *fmt, ...);
+
+/* An option that takes a value may be given once: CLI_USAGE (with the
+ * message) when arg is one of opts (NULL-terminated) already in *seen, else
+ * marks it and returns CLI_OK. */
+int cli_once(const cli_ctx *c, const char *cmd, const char *const *opts,
+             const char *arg, unsigned *seen);
 
 /* 1 if arg is --help or -h. */
 int cli_is_help(const char *arg);

@@ -41,8 +41,9 @@ int cmd_config_check(const cli_ctx *c, int argc, char **argv) {
   }
   if (!path) return cli_usage(c, "config check ", "FILE is missing");
   size_t len;
-  char *text = cli_read_input(path, &len);
-  if (!text) return cli_invalid(c, path, SPI_EIO, "cannot be read");
+  char why[128];
+  char *text = cli_read_input(path, &len, why, sizeof why);
+  if (!text) return cli_invalid(c, path, SPI_EIO, why);
   spi_engine *e = NULL;
   int rc = spi_engine_new(&e, NULL);
   if (rc != SPI_OK) {

@@ -143,8 +143,10 @@ int cmd_cost(const cli_ctx *c, int argc, char **argv) {
                        argv[i]);
     if (i + 1 >= argc)
       return cli_usage(c, "cost ", "%s needs a value", argv[i]);
+    if (seen[k])
+      return cli_usage(c, "cost ", "%s: %s is given twice", f->name, argv[i]);
     if (cli_double(argv[i + 1], &v[k]))
-      return cli_usage(c, "cost ", "%s: '%s' is not a number", argv[i],
+      return cli_usage(c, "cost ", "%s: '%s' is not a finite number", argv[i],
                        argv[i + 1]);
     seen[k] = 1;
     i++;

@@ -31,7 +31,8 @@ static const char NOTICE_HELP[] =
     "              azure-scheduled\n"
     "  --node ID   the machine that was polled, for formats whose body\n"
     "              does not name it (default: this host's name)\n"
-    "  --status N  the HTTP status of the metadata request (404: no notice)\n"
+    "  --status N  the HTTP status of the metadata request (404: no notice,\n"
+    "              whatever the body; needs no --cloud)\n"
     "  --now-ns N  the time of the poll in ns since the epoch (default now;\n"
     "              a GCP preemption's deadline is now + 30 s)\n";
 
@@ -117,11 +118,37 @@ static cJSON *notice_json(const spi_notice *n, int64_t now) {
   return o;
 }
 
+/* Without --cloud or --format the format is told from the body, but a
+ * poll answered with a status other than 2xx carries no notice (its body
+ * is an error page): 404 is "no notice" for every cloud, another status
+ * an error. */
+static int status_only(const cli_ctx *c, const char *path, long long status) {
+  if (status != 404) {
+    char msg[96];
+    snprintf(msg, sizeof msg, "http status %lld: only 2xx carries a notice "
+             "and 404 means none", status);
+    return cli_invalid(c, path, SPI_EINVAL, msg);
+  }
+  cJSON *o = cJSON_CreateObject();
+  cJSON_AddBoolToObject(o, "ok", 1);
+  cJSON_AddStringToObject(o, "input", path);
+  cJSON_AddNullToObject(o, "format");
+  cJSON_AddNumberToObject(o, "found", 0);
+  cJSON_AddNumberToObject(o, "skipped", 0);
+  cJSON_AddArrayToObject(o, "notices");
+  cli_print(c, o);
+  return CLI_OK;
+}
+
+static const char *const NOTICE_OPTS[] = {"--cloud", "--format", "--node",
+                                           "--status", "--now-ns", NULL};
+
 int cmd_notice_parse(const cli_ctx *c, int argc, char **argv) {
   const char *cloud = NULL, *path = NULL, *node = "";
   int format = 0;
   long long status = 200, now = 0;
   int have_now = 0;
+  unsigned seen = 0;
   for (int i = 0; i < argc; i++) {
     const char *a = argv[i];
     if (cli_is_help(a)) {
@@ -129,6 +156,8 @@ int cmd_notice_parse(const cli_ctx *c, int argc, char **argv) {
       return CLI_OK;
     }
     int has_val = i + 1 < argc;
+    if (has_val && cli_once(c, "notice parse ", NOTICE_OPTS, a, &seen))
+      return CLI_USAGE;
     if (strcmp(a, "--cloud") == 0 && has_val) {
       cloud = argv[++i];
       if (strcmp(cloud, "aws") && strcmp(cloud, "gcp") && strcmp(cloud, "azure"))
@@ -169,9 +198,14 @@ int cmd_notice_parse(const cli_ctx *c, int argc, char **argv) {
     node = host;
   }
   size_t len;
-  char *body = cli_read_input(path, &len);
-  if (!body) return cli_invalid(c, path, SPI_EIO, "cannot be read");
+  char why[128];
+  char *body = cli_read_input(path, &len, why, sizeof why);
+  if (!body) return cli_invalid(c, path, SPI_EIO, why);
   if (!have_now) now = now_ns();
+  if (!format && !cloud && status != 0 && (status < 200 || status > 299)) {
+    free(body);
+    return status_only(c, path, status);
+  }
   if (!format) format = detect(cloud, body);
   if (!format) {
     free(body);
@@ -237,8 +271,9 @@ int cmd_metrics_parse(const cli_ctx *c, int argc, char **argv) {
   }
   if (!path) return cli_usage(c, "metrics parse ", "FILE is missing");
   size_t len;
-  char *text = cli_read_input(path, &len);
-  if (!text) return cli_invalid(c, path, SPI_EIO, "cannot be read");
+  char why[128];
+  char *text = cli_read_input(path, &len, why, sizeof why);
+  if (!text) return cli_invalid(c, path, SPI_EIO, why);
   spi_load load;
   memset(&load, 0, sizeof load);
   load.struct_size = sizeof load;

@@ -187,8 +187,9 @@ static int replica_from(const cJSON *r, size_t i, spi_replica_info *info,
 /* Add every replica of the file to the engine. */
 static int load_replicas(const cli_ctx *c, spi_engine *e, const char *path) {
   size_t len;
-  char *text = cli_read_input(path, &len);
-  if (!text) return cli_invalid(c, path, SPI_EIO, "cannot be read");
+  char why[128];
+  char *text = cli_read_input(path, &len, why, sizeof why);
+  if (!text) return cli_invalid(c, path, SPI_EIO, why);
   const char *end = NULL;
   cJSON *doc = cJSON_ParseWithLengthOpts(text, len, &end, 0);
   int trailing = 0;
@@ -196,11 +197,12 @@ static int load_replicas(const cli_ctx *c, spi_engine *e, const char *path) {
     trailing |= !(*p == ' ' || *p == '\t' || *p == '\n' || *p == '\r');
   free(text);
   const cJSON *list = doc;
-  if (cJSON_IsObject(doc)) {
-    list = cJSON_GetObjectItemCaseSensitive(doc, "replicas");
-    for (const cJSON *k = doc->child; k && list; k = k->next)
-      if (!k->string || strcmp(k->string, "replicas") != 0) list = NULL;
-  }
+  /* The object form holds "replicas" once and nothing else: a second
+   * "replicas" would be dropped unread. */
+  if (cJSON_IsObject(doc))
+    list = cJSON_GetArraySize(doc) == 1
+               ? cJSON_GetObjectItemCaseSensitive(doc, "replicas")
+               : NULL;
   if (!cJSON_IsArray(list) || trailing) {
     cJSON_Delete(doc);
     return cli_invalid(c, path, SPI_EPARSE,
@@ -347,6 +349,9 @@ static int parse_pressure(const char *s) {
 int cmd_route(const cli_ctx *c, int argc, char **argv) {
   const char *config = NULL, *replicas = NULL, *body_path = NULL;
   int pressure = SPI_PRESSURE_NORMAL;
+  static const char *const opts[] = {"--config", "--replicas", "--pressure",
+                                     NULL};
+  unsigned seen = 0;
   for (int i = 0; i < argc; i++) {
     const char *a = argv[i];
     if (cli_is_help(a)) {
@@ -354,6 +359,7 @@ int cmd_route(const cli_ctx *c, int argc, char **argv) {
       return CLI_OK;
     }
     int has_val = i + 1 < argc;
+    if (has_val && cli_once(c, "route ", opts, a, &seen)) return CLI_USAGE;
     if (strcmp(a, "--config") == 0 && has_val)
       config = argv[++i];
     else if (strcmp(a, "--replicas") == 0 && has_val)
@@ -385,10 +391,11 @@ int cmd_route(const cli_ctx *c, int argc, char **argv) {
   spi_request *req = NULL;
   size_t len = 0;
   char *body = NULL;
+  char why[128];
   if (strcmp(config, "-") == 0) { /* as config check reads it */
-    char *text = cli_read_input(config, &len);
+    char *text = cli_read_input(config, &len, why, sizeof why);
     if (!text) {
-      ret = cli_invalid(c, config, SPI_EIO, "cannot be read");
+      ret = cli_invalid(c, config, SPI_EIO, why);
       goto done;
     }
     rc = spi_engine_configure(e, text, len);
@@ -402,9 +409,9 @@ int cmd_route(const cli_ctx *c, int argc, char **argv) {
   }
   ret = load_replicas(c, e, replicas);
   if (ret != CLI_OK) goto done;
-  body = cli_read_input(body_path, &len);
+  body = cli_read_input(body_path, &len, why, sizeof why);
   if (!body) {
-    ret = cli_invalid(c, body_path, SPI_EIO, "cannot be read");
+    ret = cli_invalid(c, body_path, SPI_EIO, why);
     goto done;
   }
   rc = spi_request_new(e, &req);
