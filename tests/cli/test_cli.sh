@@ -33,6 +33,9 @@ run() {
   return 0
 }
 
+# A check is `run ... && [[ cond ]] && ok NAME || bad NAME`: a condition
+# that does not hold counts as a failure (a run that exits otherwise is
+# counted by run itself, and once more by bad).
 ok() { echo "ok   $1"; pass=$((pass + 1)); }
 bad() { echo "FAIL $1"; echo "  stdout: ${out:0:600}"; echo "  stderr: ${err:0:300}"; fail=$((fail + 1)); }
 
@@ -54,10 +57,10 @@ jq_eq() {
 
 # ------------------------------------------------------------- top level
 run 0 --help && has "help lists commands" "notice parse"
-run 2 && has "no command is a usage error" "" && [[ "$err" == *Usage* ]] && ok "usage on stderr"
-run 2 frobnicate && [[ "$err" == *"unknown command"* ]] && ok "unknown command"
+run 2 && has "no command is a usage error" "" && [[ "$err" == *Usage* ]] && ok "usage on stderr" || bad "usage on stderr"
+run 2 frobnicate && [[ "$err" == *"unknown command"* ]] && ok "unknown command" || bad "unknown command"
 run 0 version --json && jq_eq "version" 'j["version"].count(".") == 2'
-run 2 version junk && [[ "$err" == *"unexpected argument"* ]] && ok "version takes no argument"
+run 2 version junk && [[ "$err" == *"unexpected argument"* ]] && ok "version takes no argument" || bad "version takes no argument"
 run 0 version --help && has "version --help" "Usage: spotinfer version"
 # Output that cannot be written is a failure, not success.
 if [[ -w /dev/full ]]; then
@@ -65,7 +68,7 @@ if [[ -w /dev/full ]]; then
     bad "a write error exits 0"
   else
     err=$(cat "$work/err")
-    [[ "$err" == *"write error"* ]] && ok "a write error exits 1 and says so"
+    [[ "$err" == *"write error"* ]] && ok "a write error exits 1 and says so" || bad "a write error exits 1 and says so"
   fi
 fi
 
@@ -83,15 +86,15 @@ printf '{"cost": {"spot_usd_per_gpu_hour": 2.5}}' >"$work/good.json"
 run 0 config check "$work/good.json" && has "config check prints the effective config" '"spot_usd_per_gpu_hour":2.5'
 run 0 config check --json "$work/good.json" &&
   jq_eq "config check --json" 'j["ok"] and j["config"]["cost"]["spot_usd_per_gpu_hour"] == 2.5 and "router" in j["config"]'
-run 1 config check "$work/bad.json" && [[ "$err" == *"router.max_replicas"* ]] && ok "config error names the key path"
+run 1 config check "$work/bad.json" && [[ "$err" == *"router.max_replicas"* ]] && ok "config error names the key path" || bad "config error names the key path"
 run 1 config check --json "$work/bad.json" &&
   jq_eq "config error --json" 'not j["ok"] and "router.max_replicas" in j["error"]'
 printf '{"router": ' >"$work/trunc.json"
-run 1 config check "$work/trunc.json" && ok "truncated config is invalid"
+run 1 config check "$work/trunc.json" && ok "truncated config is invalid" || bad "truncated config is invalid"
 printf '{"no_such_section": {}}' >"$work/unknown.json"
-run 1 config check "$work/unknown.json" && [[ "$err" == *no_such_section* ]] && ok "unknown key named"
-run 0 config check - <"$work/good.json" && ok "config from stdin"
-run 1 config check "$work/missing.json" && [[ "$err" == *"missing.json"* ]] && ok "unreadable file is exit 1"
+run 1 config check "$work/unknown.json" && [[ "$err" == *no_such_section* ]] && ok "unknown key named" || bad "unknown key named"
+run 0 config check - <"$work/good.json" && ok "config from stdin" || bad "config from stdin"
+run 1 config check "$work/missing.json" && [[ "$err" == *"missing.json"* ]] && ok "unreadable file is exit 1" || bad "unreadable file is exit 1"
 # Why a file cannot be read is said once, on stderr and in --json.
 run 1 --json config check "$work/missing.json" &&
   jq_eq "--json: a missing file says why" '"No such file or directory" in j["error"] and j["input"].endswith("missing.json")'
@@ -99,9 +102,9 @@ run 1 --json config check "$work/missing.json" &&
 run 1 --json metrics parse "$work" && jq_eq "--json: a directory says why" '"Is a directory" in j["error"]'
 run 1 route --config "$here/config.json" --replicas "$work" "$here/chat.json" && [[ "$err" == *"Is a directory"* ]] &&
   ok "route: a directory as the replicas file says why" || bad "route: a directory as the replicas file says why"
-run 2 config check && ok "config check without FILE"
-run 2 config check a b && ok "config check with two FILEs"
-run 2 config check --bogus x && ok "config check unknown option"
+run 2 config check && ok "config check without FILE" || bad "config check without FILE"
+run 2 config check a b && ok "config check with two FILEs" || bad "config check with two FILEs"
+run 2 config check --bogus x && ok "config check unknown option" || bad "config check unknown option"
 run 0 config check --help && has "config check --help" "key path"
 
 # --------------------------------------------------------------- options
@@ -110,8 +113,8 @@ run 0 options --json &&
   jq_eq "options --json: every option has path, type, default, doc" \
     'len(j["options"]) > 20 and all({"path","type","default","doc"} <= set(o) for o in j["options"]) and any(o["path"] == "router.max_replicas" and o["min"] >= 1 for o in j["options"])'
 run 0 options --json cost. && jq_eq "options PREFIX filters" 'all(o["path"].startswith("cost.") for o in j["options"]) and j["options"]'
-run 1 options no.such.prefix && ok "options with an unknown prefix is exit 1"
-run 2 options --bogus && ok "options unknown flag"
+run 1 options no.such.prefix && ok "options with an unknown prefix is exit 1" || bad "options with an unknown prefix is exit 1"
+run 2 options --bogus && ok "options unknown flag" || bad "options unknown flag"
 run 0 options --help && has "options --help" "PREFIX"
 
 # ---------------------------------------------------------- notice parse
@@ -153,12 +156,12 @@ run 0 --json notice parse --status 404 --node i-9 "$work/404.html" &&
 run 1 notice parse --status 503 --node i-9 "$work/404.html" && [[ "$err" == *"http status 503"* ]] &&
   ok "503 without --cloud names the status"
 printf 'hello' >"$work/hello.txt"
-run 1 notice parse "$work/hello.txt" && [[ "$err" == *"--cloud"* ]] && ok "unrecognisable body names --cloud"
-run 2 notice parse --cloud moon "$work/stop.json" && ok "unknown cloud is usage"
-run 2 notice parse --format nope "$work/stop.json" && ok "unknown format is usage"
-run 2 notice parse --status abc "$work/stop.json" && ok "bad status is usage"
-run 2 notice parse --status ' 404' "$work/stop.json" && ok "a status with a leading blank is usage"
-run 2 notice parse && ok "notice parse without FILE"
+run 1 notice parse "$work/hello.txt" && [[ "$err" == *"--cloud"* ]] && ok "unrecognisable body names --cloud" || bad "unrecognisable body names --cloud"
+run 2 notice parse --cloud moon "$work/stop.json" && ok "unknown cloud is usage" || bad "unknown cloud is usage"
+run 2 notice parse --format nope "$work/stop.json" && ok "unknown format is usage" || bad "unknown format is usage"
+run 2 notice parse --status abc "$work/stop.json" && ok "bad status is usage" || bad "bad status is usage"
+run 2 notice parse --status ' 404' "$work/stop.json" && ok "a status with a leading blank is usage" || bad "a status with a leading blank is usage"
+run 2 notice parse && ok "notice parse without FILE" || bad "notice parse without FILE"
 run 0 notice parse --help && has "notice parse --help" "azure-scheduled"
 
 # --------------------------------------------------------- metrics parse
@@ -173,10 +176,10 @@ run 0 metrics parse "$work/vllm.txt" && has "metrics parse text" "running 3" && 
 run 0 metrics parse --json - <"$work/vllm.txt" &&
   jq_eq "metrics parse --json" 'j["running"] == 3 and j["waiting"] == 1 and j["kv_usage"] == 0.42 and j["samples"] == 3'
 printf 'vllm:num_requests_running{model_name="x} 1\n' >"$work/badpage.txt"
-run 1 metrics parse "$work/badpage.txt" && [[ "$err" == *"line 1"* ]] && ok "malformed page names the line"
+run 1 metrics parse "$work/badpage.txt" && [[ "$err" == *"line 1"* ]] && ok "malformed page names the line" || bad "malformed page names the line"
 printf 'other_metric 1\n' >"$work/nothing.txt"
 run 1 metrics parse --json "$work/nothing.txt" && jq_eq "no load metric --json" 'not j["ok"]'
-run 2 metrics parse && ok "metrics parse without FILE"
+run 2 metrics parse && ok "metrics parse without FILE" || bad "metrics parse without FILE"
 run 0 metrics parse --help && has "metrics parse --help" "SGLang"
 
 # ----------------------------------------------------------------- route
@@ -195,36 +198,36 @@ printf '[]' >"$work/none.json"
 run 0 route --json --config "$cfg" --replicas "$work/none.json" "$here/chat.json" &&
   jq_eq "no replicas: no_capacity" 'j["outcome"] == "no_capacity" and j["class"] == "gold"'
 printf '[{"id": "x", "pool": "moon", "usd_per_hour": 1, "max_inflight": 1}]' >"$work/r1.json"
-run 1 route --config "$cfg" --replicas "$work/r1.json" "$here/chat.json" && [[ "$err" == *"replicas[0].pool"* ]] && ok "bad pool named"
+run 1 route --config "$cfg" --replicas "$work/r1.json" "$here/chat.json" && [[ "$err" == *"replicas[0].pool"* ]] && ok "bad pool named" || bad "bad pool named"
 printf '[{"id": "x", "pool": "spot", "usd_per_hour": 1, "max_inflight": 1, "colour": "red"}]' >"$work/r2.json"
 run 1 route --json --config "$cfg" --replicas "$work/r2.json" "$here/chat.json" &&
   jq_eq "unknown replica key named" '"replicas[0].colour" in j["error"]'
 printf '[{"id": "x", "pool": "spot", "max_inflight": 1}]' >"$work/r3.json"
-run 1 route --config "$cfg" --replicas "$work/r3.json" "$here/chat.json" && [[ "$err" == *usd_per_hour* ]] && ok "missing usd_per_hour named"
+run 1 route --config "$cfg" --replicas "$work/r3.json" "$here/chat.json" && [[ "$err" == *usd_per_hour* ]] && ok "missing usd_per_hour named" || bad "missing usd_per_hour named"
 printf '[{"id": "x", "pool": "spot", "usd_per_hour": 1, "max_inflight": 1, "load": {"kv_usage": 2}}]' >"$work/r4.json"
-run 1 route --config "$cfg" --replicas "$work/r4.json" "$here/chat.json" && ok "load out of range is invalid"
+run 1 route --config "$cfg" --replicas "$work/r4.json" "$here/chat.json" && ok "load out of range is invalid" || bad "load out of range is invalid"
 # The replicas file is read strictly: one JSON value, "replicas" alone in
 # the object form, and no id twice.
 printf '[{"id": "a", "pool": "spot", "usd_per_hour": 1, "max_inflight": 1}]\n[]' >"$work/r5.json"
-run 1 route --config "$cfg" --replicas "$work/r5.json" "$here/chat.json" && [[ "$err" == *"data after the JSON value"* ]] && ok "replicas file: trailing data"
+run 1 route --config "$cfg" --replicas "$work/r5.json" "$here/chat.json" && [[ "$err" == *"data after the JSON value"* ]] && ok "replicas file: trailing data" || bad "replicas file: trailing data"
 printf '{"replicas": [], "extra": 1}' >"$work/r6.json"
-run 1 route --config "$cfg" --replicas "$work/r6.json" "$here/chat.json" && ok "replicas file: another top-level key"
+run 1 route --config "$cfg" --replicas "$work/r6.json" "$here/chat.json" && ok "replicas file: another top-level key" || bad "replicas file: another top-level key"
 printf '{"replicas": [{"id": "spot-a", "pool": "spot", "usd_per_hour": 1.8, "max_inflight": 4}]}' >"$work/r9.json"
 run 0 --json route --config "$cfg" --replicas "$work/r9.json" "$here/batch.json" &&
   jq_eq "replicas file: the object form" 'j["replica"] == "spot-a"'
 printf '{"replicas": [], "replicas": [{"id": "a", "pool": "spot", "usd_per_hour": 1, "max_inflight": 1}]}' >"$work/r8.json"
 run 1 route --config "$cfg" --replicas "$work/r8.json" "$here/chat.json" && ok "replicas file: \"replicas\" twice"
 printf '[{"id": "a", "pool": "spot", "usd_per_hour": 1, "max_inflight": 1}, {"id": "a", "pool": "on_demand", "usd_per_hour": 2, "max_inflight": 1}]' >"$work/r7.json"
-run 1 route --config "$cfg" --replicas "$work/r7.json" "$here/chat.json" && [[ "$err" == *'id "a" is given twice'* ]] && ok "replicas file: an id twice"
+run 1 route --config "$cfg" --replicas "$work/r7.json" "$here/chat.json" && [[ "$err" == *'id "a" is given twice'* ]] && ok "replicas file: an id twice" || bad "replicas file: an id twice"
 printf '{"model": "llama", "messages": "hi"}' >"$work/badbody.json"
-run 1 route --config "$cfg" --replicas "$reps" "$work/badbody.json" && [[ "$err" == *messages* ]] && ok "bad body names the field"
-run 1 route --config "$work/bad.json" --replicas "$reps" "$here/chat.json" && [[ "$err" == *max_replicas* ]] && ok "bad config in route"
-run 0 route --config "$cfg" --replicas "$reps" - <"$here/chat.json" && ok "route body from stdin"
+run 1 route --config "$cfg" --replicas "$reps" "$work/badbody.json" && [[ "$err" == *messages* ]] && ok "bad body names the field" || bad "bad body names the field"
+run 1 route --config "$work/bad.json" --replicas "$reps" "$here/chat.json" && [[ "$err" == *max_replicas* ]] && ok "bad config in route" || bad "bad config in route"
+run 0 route --config "$cfg" --replicas "$reps" - <"$here/chat.json" && ok "route body from stdin" || bad "route body from stdin"
 run 0 route --config - --replicas "$reps" "$here/chat.json" <"$cfg" && has "route config from stdin" "class gold"
-run 2 route --config - --replicas - "$here/chat.json" <"$cfg" && [[ "$err" == *"only one of"* ]] && ok "stdin for two inputs is a usage error"
-run 2 route --replicas "$reps" "$here/chat.json" && [[ "$err" == *"--config"* ]] && ok "route without --config"
-run 2 route --config "$cfg" --replicas "$reps" && ok "route without BODY"
-run 2 route --config "$cfg" --replicas "$reps" --pressure extreme "$here/chat.json" && ok "bad pressure"
+run 2 route --config - --replicas - "$here/chat.json" <"$cfg" && [[ "$err" == *"only one of"* ]] && ok "stdin for two inputs is a usage error" || bad "stdin for two inputs is a usage error"
+run 2 route --replicas "$reps" "$here/chat.json" && [[ "$err" == *"--config"* ]] && ok "route without --config" || bad "route without --config"
+run 2 route --config "$cfg" --replicas "$reps" && ok "route without BODY" || bad "route without BODY"
+run 2 route --config "$cfg" --replicas "$reps" --pressure extreme "$here/chat.json" && ok "bad pressure" || bad "bad pressure"
 run 0 route --json --pressure critical --config "$cfg" --replicas "$reps" "$here/batch.json" &&
   jq_eq "plan at critical pressure" 'j["plan"]["pressure"] == "critical" and j["plan"]["defer"] in (True, False)'
 
@@ -246,10 +249,10 @@ run 0 cost --json kv-bytes --layers 32 --kv-heads 8 --head-dim 128 --seq-len 409
   jq_eq "kv-bytes" 'j["bytes"] == 2*32*8*128*4096*2'
 run 0 cost --json max-sequences --gpu-memory-bytes 80e9 --model-bytes 16e9 --utilization 0.9 --kv-bytes-per-sequence 536870912 &&
   jq_eq "max-sequences" 'j["sequences"] == int((80e9-16e9)*0.9/536870912)'
-run 1 cost per-million --usd-per-gpu-hour -1 --gpus 1 --tokens-per-s 1000 && [[ "$err" == *range* ]] && ok "negative price is invalid"
+run 1 cost per-million --usd-per-gpu-hour -1 --gpus 1 --tokens-per-s 1000 && [[ "$err" == *range* ]] && ok "negative price is invalid" || bad "negative price is invalid"
 run 1 cost --json per-million --usd-per-gpu-hour 3.5 --gpus 1.5 --tokens-per-s 1000 && jq_eq "fractional gpus --json" 'not j["ok"]'
-run 2 cost per-million --usd-per-gpu-hour 3.5 --gpus 1 && [[ "$err" == *tokens-per-s* ]] && ok "missing flag named"
-run 2 cost per-million --usd-per-gpu-hour abc --gpus 1 --tokens-per-s 1 && ok "non-number is usage"
+run 2 cost per-million --usd-per-gpu-hour 3.5 --gpus 1 && [[ "$err" == *tokens-per-s* ]] && ok "missing flag named" || bad "missing flag named"
+run 2 cost per-million --usd-per-gpu-hour abc --gpus 1 --tokens-per-s 1 && ok "non-number is usage" || bad "non-number is usage"
 # A flag given twice is a usage error, not the last one silently winning.
 run 2 cost per-million --usd-per-gpu-hour 3.5 --gpus 1 --gpus 2 --tokens-per-s 1000 &&
   [[ "$err" == *"--gpus"*"twice"* ]] && ok "cost: a flag twice" || bad "cost: a flag twice"
@@ -262,11 +265,11 @@ run 2 notice parse --node a --node b "$work/stop.json" &&
 # are refused as trailing ones are.
 run 1 cost per-million --usd-per-gpu-hour 3.5 --gpus 1 --tokens-per-s 1e-320 && [[ "$err" == *range* ]] &&
   ok "an underflowing value is a number" || bad "an underflowing value is a number"
-run 2 cost per-million --usd-per-gpu-hour ' 3.5' --gpus 1 --tokens-per-s 1000 && ok "a leading blank is not a number"
+run 2 cost per-million --usd-per-gpu-hour ' 3.5' --gpus 1 --tokens-per-s 1000 && ok "a leading blank is not a number" || bad "a leading blank is not a number"
 run 2 cost per-million --usd-per-gpu-hour 1e999 --gpus 1 --tokens-per-s 1000 && [[ "$err" == *finite* ]] &&
   ok "an overflowing value: not a finite number" || bad "an overflowing value: not a finite number"
-run 2 cost warp-drive && ok "unknown formula"
-run 2 cost && ok "cost without formula"
+run 2 cost warp-drive && ok "unknown formula" || bad "unknown formula"
+run 2 cost && ok "cost without formula" || bad "cost without formula"
 run 0 cost --help && has "cost --help lists formulas" "max-sequences"
 
 echo "cli: $pass passed, $fail failed"
