@@ -98,6 +98,7 @@ class _Owned:
     engine, whichever comes first."""
 
     _what = "handle"               # its name in the closed error
+    _engine: "Engine"              # the engine that owns it
     _ptr: Optional[c_void_p]
     _fin: Callable[[], None]       # frees it once; from engine._st.adopt
 
