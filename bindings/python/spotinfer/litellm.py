@@ -283,10 +283,9 @@ class SpotinferRouting(CustomLogger, CustomRoutingStrategyBase):  # type: ignore
     then is finished as CANCELLED), ``late_event_wait_s`` (how long the
     try a later route of its call took the place of waits for its own
     event before it is finished as CANCELLED: _leave_earlier_try; and how
-    long after its route a sync route's try outside a Router call (the
-    strategy called directly) that LiteLLM has not sent is: _mark_sent; a
-    Router call's unsent try ends with the call, an async route's with
-    its task: _call_ended, _task_done),
+    long after its route a try routed off an event loop, the sync API's,
+    that LiteLLM has not sent is: _mark_sent; an async route's unsent try
+    ends with its task instead: _task_done),
     ``respect_litellm_health`` (take only
     deployments LiteLLM's own checks call healthy: cooldowns, allowed
     fails), ``ready_wait_s`` (start() waits this long for a first load
@@ -347,8 +346,8 @@ class SpotinferRouting(CustomLogger, CustomRoutingStrategyBase):  # type: ignore
         # (_sweep_if_due).
         self._due = float("inf")
         self._swept = 0.0
-        # The open tickets routed off an event loop outside a Router call
-        # (no call or task ends them: _call_ended, _task_done) with the time of their route, in route order, for
+        # The open tickets routed off an event loop (no task ends them:
+        # _task_done) with the time of their route, in route order, for
         # _expire_unsent (due late_event_wait_s after it unless sent); a
         # ticket sent or finished since stays until it is at the front.
         # Written under _lock; _unsent_due, when the front is due, read as
@@ -455,7 +454,9 @@ class SpotinferRouting(CustomLogger, CustomRoutingStrategyBase):  # type: ignore
         if not tids:
             return
         with self._lock:
-            ended = self._end_tickets(tids, cancelled)
+            # A sync route's unsent try is the timer's (_expire_unsent).
+            ended = self._end_tickets([t for t in tids if t in self._open and
+                                       self._open[t].owner[0] == "task"], cancelled)
             left = tuple(t for t in tids if t in self._open)
         for tid in ended:
             self._finish(tid, TicketResult(status=TicketStatus.CANCELLED))
@@ -957,10 +958,9 @@ class SpotinferRouting(CustomLogger, CustomRoutingStrategyBase):  # type: ignore
         within late_event_wait_s of their route, taken out of _open: a
         failure after the route and before the call (a deployment at its
         max_parallel_requests, a pre-call check of another callback) has
-        no event. A Router call's ticket and an async route's are not
-        here: another callback's hook may hold a try up for any time before
-        it is sent, and the call's end (_call_ended) or its task's
-        (_task_done) tells. Under _lock; the work
+        no event. An async route's ticket is not here: another callback's
+        deployment hook may hold its try up for any time before it is
+        sent, and its task's end tells (_task_done). Under _lock; the work
         is the entries taken off the front."""
         out: List[int] = []
         wait = self.late_event_wait_s
@@ -1121,8 +1121,7 @@ class SpotinferRouting(CustomLogger, CustomRoutingStrategyBase):  # type: ignore
                         # The sync API's route may run in a task of
                         # LiteLLM's (its sync Router runs its async code in
                         # a loop of its own) that returns before a stream
-                        # is read: its tickets are its call's (_wrap_calls),
-                        # else the timer's.
+                        # is read: its tickets are the timer's.
                         task, moved_on = (None, []) if sync else \
                             self._watch_task(d.ticket.id)
                         o = self._open[d.ticket.id] = _Open(rid, _owner(task))
@@ -1130,7 +1129,7 @@ class SpotinferRouting(CustomLogger, CustomRoutingStrategyBase):  # type: ignore
                         call = self._call.get()
                         if call is not None:    # the call's end ends it unsent
                             call.append(d.ticket.id)
-                        elif task is None:  # no task or call to end with: the timer
+                        if task is None:    # no task to end with: the timer
                             self._unsent.append((o.opened, d.ticket.id))
                             self._unsent_due = min(self._unsent_due,
                                                    o.opened + self.late_event_wait_s)
