@@ -133,29 +133,7 @@ func TestEchoStreamIsNotContinued(t *testing.T) {
 // headersThenDrop answers its first completion with the response headers
 // and nothing more, then drops the connection (a machine that dies during
 // prefill); the next ones are next's (with next nil, every one drops).
-func headersThenDrop(next http.Handler) http.Handler {
-	var once sync.Once
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.URL.Path == "/metrics" {
-			(&fakeBackend{}).ServeHTTP(w, r)
-			return
-		}
-		first := false
-		once.Do(func() { first = true })
-		if !first && next != nil {
-			next.ServeHTTP(w, r)
-			return
-		}
-		io.ReadAll(r.Body)
-		w.Header().Set("Content-Type", "text/event-stream")
-		w.WriteHeader(200)
-		w.(http.Flusher).Flush()
-		time.Sleep(20 * time.Millisecond)
-		if conn, _, err := w.(http.Hijacker).Hijack(); err == nil {
-			conn.Close()
-		}
-	})
-}
+func headersThenDrop(next http.Handler) http.Handler { return textThenDrop(0, next) }
 
 // A gold stream (not replayable) whose backend dies after its response
 // headers and before its first event leaves the client nothing: the
@@ -196,7 +174,7 @@ func TestEveryStreamBrokenBeforeItsFirstEventIs502(t *testing.T) {
 
 // textThenDrop answers its first completion with the words w0 .. w(n-1)
 // in events without a role chunk, then drops the connection; the next
-// completions are next's.
+// completions are next's (with next nil, every one drops).
 func textThenDrop(n int, next http.Handler) http.Handler {
 	var once sync.Once
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -206,7 +184,7 @@ func textThenDrop(n int, next http.Handler) http.Handler {
 		}
 		first := false
 		once.Do(func() { first = true })
-		if !first {
+		if !first && next != nil {
 			next.ServeHTTP(w, r)
 			return
 		}
