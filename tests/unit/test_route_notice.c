@@ -90,20 +90,29 @@ static int notice_then_choose(void *state, void *inst,
   return SPI_OK;
 }
 
-/* The pass read spot-a as ACTIVE; the notice for its machine comes while
- * the policy chooses it. The route must not open its ticket there: it
- * routes again and lands on od-b, and the notice planned nothing. */
-static void notice_while_choosing(void **state) {
-  (void)state;
+/* A fleet whose routes go through the policy module choose, which hands
+ * notices in through `during`. */
+static fb_world *world_with_policy(int (*choose)(void *, void *,
+                                                 const spi_route_context *,
+                                                 spi_policy_choice *)) {
   fb_world *w = fb_mk(NULL, NULL);
   memset(&during, 0, sizeof during);
   during.w = w;
-  spi_policy_module m = ff_policy_module(notice_then_choose, 0);
+  spi_policy_module m = ff_policy_module(choose, 0);
   assert_int_equal(spi_engine_register_module(w->e, SPI_MODULE_POLICY,
                                               "noticer", 7, &m, NULL, NULL),
                    SPI_OK);
   const char *cfg = "{\"modules\":{\"policy\":\"noticer\"}}";
   assert_int_equal(spi_engine_configure(w->e, cfg, strlen(cfg)), SPI_OK);
+  return w;
+}
+
+/* The pass read spot-a as ACTIVE; the notice for its machine comes while
+ * the policy chooses it. The route must not open its ticket there: it
+ * routes again and lands on od-b, and the notice planned nothing. */
+static void notice_while_choosing(void **state) {
+  (void)state;
+  fb_world *w = world_with_policy(notice_then_choose);
   fb_add(w, "spot-a", "i-aaa", SPI_POOL_SPOT, "g5", "z1");
   fb_add(w, "od-b", "i-bbb", SPI_POOL_ON_DEMAND, "g5", "z2");
   silver(w->r);
@@ -154,15 +163,7 @@ static int notice_every_choice(void *state, void *inst,
 
 static void notice_at_every_try(void **state) {
   (void)state;
-  fb_world *w = fb_mk(NULL, NULL);
-  memset(&during, 0, sizeof during);
-  during.w = w;
-  spi_policy_module m = ff_policy_module(notice_every_choice, 0);
-  assert_int_equal(spi_engine_register_module(w->e, SPI_MODULE_POLICY,
-                                              "noticer", 7, &m, NULL, NULL),
-                   SPI_OK);
-  const char *cfg = "{\"modules\":{\"policy\":\"noticer\"}}";
-  assert_int_equal(spi_engine_configure(w->e, cfg, strlen(cfg)), SPI_OK);
+  fb_world *w = world_with_policy(notice_every_choice);
   /* Each in a zone of its own: a notice cools its machine's spot pool. */
   for (int i = 0; i < 6; i++) {
     char id[8], node[8], zone[8];
