@@ -35,7 +35,7 @@ type options struct {
 	addr, addrFile, configPath, backendsPath, eventsPath, balancer string
 	replayConfig                                                   string
 	scrapeEvery, noticeEvery, readyWait, replayWait, queueWait     time.Duration
-	headerWait                                                     time.Duration
+	headerWait, eventWait                                          time.Duration
 	replayWorkers                                                  int
 	backendUsage                                                   bool
 	longEventBudget                                                int64
@@ -68,6 +68,12 @@ func parseFlags(args []string) (options, error) {
 			"come with the whole answer, has no such wait); "+
 			"a replay worker's claim on an envelope is leased long enough for 4 such waits, "+
 			"and a cut stream waits for a claimed continuation that long, beyond -replay-wait if need be")
+	fs.DurationVar(&o.eventWait, "event-wait", 60*time.Second,
+		"longest silence of a streamed answer once its first bytes have come, up to 1h: a backend "+
+			"that sends nothing for that long (no event, not even a comment line) with its connection "+
+			"open is taken for one whose connection dropped, and the stream goes on as after a drop "+
+			"(a replayable stream is continued elsewhere; its wait for the first bytes, which a "+
+			"backend's queue and prefill take, is not bounded by it)")
 	fs.IntVar(&o.replayWorkers, "replay-workers", 4, "goroutines resuming streams from the replay queue")
 	fs.BoolVar(&o.backendUsage, "backend-usage", true,
 		"ask streamed backends for their running token count (stream_options.continuous_usage_stats, "+
@@ -98,6 +104,8 @@ func parseFlags(args []string) (options, error) {
 		return o, errors.New("-scrape-interval, -notice-interval and -replay-workers must be positive")
 	case o.headerWait <= 0 || o.headerWait > time.Hour:
 		return o, fmt.Errorf("-header-wait: more than 0, at most 1h (got %v)", o.headerWait)
+	case o.eventWait <= 0 || o.eventWait > time.Hour:
+		return o, fmt.Errorf("-event-wait: more than 0, at most 1h (got %v)", o.eventWait)
 	case o.longEventWriteWait <= 0:
 		return o, fmt.Errorf("-long-event-write-wait: more than 0 (got %v)", o.longEventWriteWait)
 	case o.maxBody < 64 || o.maxBody > 1<<30:

@@ -471,7 +471,7 @@ func (st *stream) relayLeg(w http.ResponseWriter, fl http.Flusher, resp *http.Re
 	g := st.g
 	st.register(l)
 	defer st.unregister(l)
-	rd := newSSEReader(resp.Body, g.longEvents)
+	rd := newSSEReader(newEventWaitBody(resp.Body, g.o.eventWait, l.cancel), g.longEvents)
 	defer rd.release()
 	var tally legTally
 	st.mu.Lock()
@@ -731,14 +731,15 @@ func rewriteText(data []byte, text string) []byte {
 	return b
 }
 
-// relayPassive is the yardstick's relay: the same event reading, writing
-// and flushing, without tickets or replays.
-func (st *stream) relayPassive(w http.ResponseWriter, resp *http.Response) {
+// relayPassive is the yardstick's relay: the same event reading (within
+// -event-wait, whose running out calls cancel), writing and flushing,
+// without tickets or replays.
+func (st *stream) relayPassive(w http.ResponseWriter, resp *http.Response, cancel context.CancelFunc) {
 	fl, _ := w.(http.Flusher)
 	w.Header().Set("Content-Type", "text/event-stream")
 	w.Header().Set("Cache-Control", "no-cache")
 	w.WriteHeader(http.StatusOK)
-	rd := newSSEReader(resp.Body, st.g.longEvents)
+	rd := newSSEReader(newEventWaitBody(resp.Body, st.g.o.eventWait, cancel), st.g.longEvents)
 	defer rd.release()
 	for {
 		data, err := rd.next()
