@@ -92,6 +92,10 @@ func newGateway(o options) (*gateway, error) {
 		g.eng.Close()
 		return nil, err
 	}
+	if err := replayFits(g.eng, o.replayConfig, o.maxBody); err != nil {
+		g.eng.Close()
+		return nil, err
+	}
 	// The in-memory store by default: a gateway that restarts loses its
 	// clients' connections anyway. A journal keeps envelopes across
 	// restarts, for replays whose answers are delivered another way.
