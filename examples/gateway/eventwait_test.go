@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -121,6 +122,37 @@ func TestStalledStreamIsTreatedAsDropped(t *testing.T) {
 			strings.Join(stalled.metrics, ",") != strings.Join(dropped.metrics, ",") {
 			t.Errorf("%s: stalled %+v, dropped %+v", c.name, stalled, dropped)
 		}
+	}
+}
+
+// A replica whose leg went silent is kept out of that stream's
+// continuations: a hung engine keeps its connections open and would stall
+// each continuation routed back to it for -event-wait again. spot-a
+// stalls every answer here; the stream is continued on od-1 after one
+// wait, and spot-a is sent nothing more.
+func TestStalledReplicaIsKeptOutOfTheContinuation(t *testing.T) {
+	release := make(chan struct{})
+	defer close(release)
+	var n atomic.Int32
+	a := textThenStall(3, release, nil)
+	counted := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path != "/metrics" {
+			n.Add(1)
+		}
+		a.ServeHTTP(w, r)
+	})
+	od := &fakeBackend{n: 10}
+	srv, _ := startRawGateway(t, map[string]http.Handler{"spot-a": counted, "od-1": od},
+		map[string]string{"spot-a": "spot", "od-1": "on_demand"}, "-event-wait", "300ms")
+	t0 := time.Now()
+	evs, timedOut := postChatFor(t, srv.URL, silverStream, 5*time.Second)
+	took := time.Since(t0)
+	if timedOut || textOf(evs) != want(10) || lastEvent(evs) != "[DONE]" {
+		t.Fatalf("timed out %v after %v, text %q, last event %.200s", timedOut, took, textOf(evs), lastEvent(evs))
+	}
+	if n.Load() != 1 || len(continuations(od)) != 1 || took > 2*time.Second {
+		t.Errorf("spot-a was sent %d requests, od-1 %d continuations, in %v (want 1, 1, one wait)",
+			n.Load(), len(continuations(od)), took)
 	}
 }
 

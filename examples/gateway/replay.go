@@ -357,6 +357,11 @@ func (g *gateway) openContinuation(ctx context.Context, st *stream, body []byte,
 	if err == nil {
 		err = req.SetInt(spotinfer.FieldReplaySinceNs, env.FirstEnqueuedNs)
 	}
+	st.mu.Lock()
+	for _, id := range st.quiet {
+		req.ExcludeReplica(id) // past spotinfer.MaxExcluded, the rest may be chosen
+	}
+	st.mu.Unlock()
 	var d spotinfer.Decision
 	if err == nil {
 		d, err = req.Route()
