@@ -92,6 +92,10 @@ func newGateway(o options) (*gateway, error) {
 		g.eng.Close()
 		return nil, err
 	}
+	if err := replayFits(g.eng, o.replayConfig, o.maxBody); err != nil {
+		g.eng.Close()
+		return nil, err
+	}
 	// The in-memory store by default: a gateway that restarts loses its
 	// clients' connections anyway. A journal keeps envelopes across
 	// restarts, for replays whose answers are delivered another way.
@@ -239,7 +243,9 @@ func (g *gateway) completion(kind spotinfer.OpenAIKind) http.HandlerFunc {
 // with the backend taken in turn and no library call at all.
 func (g *gateway) serveRoundRobin(w http.ResponseWriter, r *http.Request, body []byte) {
 	b := g.backends[int(g.rr.Add(1)-1)%len(g.backends)]
-	resp, err := g.forward(g.headerWaitFor(r.Context(), body), b, r.URL.Path, "", body)
+	ctx, cancel := context.WithCancel(r.Context())
+	defer cancel()
+	resp, err := g.forward(g.headerWaitFor(ctx, body), b, r.URL.Path, "", body)
 	if err != nil {
 		g.stats.failed.Add(1)
 		apiError(w, http.StatusBadGateway, "upstream_error", backendError(b.ID, err).Error())
@@ -248,7 +254,7 @@ func (g *gateway) serveRoundRobin(w http.ResponseWriter, r *http.Request, body [
 	defer resp.Body.Close()
 	st := &stream{g: g}
 	if isEventStream(resp) {
-		st.relayPassive(w, resp)
+		st.relayPassive(w, resp, cancel)
 		return
 	}
 	copyWhole(w, resp)

@@ -35,7 +35,7 @@ type options struct {
 	addr, addrFile, configPath, backendsPath, eventsPath, balancer string
 	replayConfig                                                   string
 	scrapeEvery, noticeEvery, readyWait, replayWait, queueWait     time.Duration
-	headerWait                                                     time.Duration
+	headerWait, eventWait                                          time.Duration
 	replayWorkers                                                  int
 	backendUsage                                                   bool
 	longEventBudget                                                int64
@@ -68,6 +68,12 @@ func parseFlags(args []string) (options, error) {
 			"come with the whole answer, has no such wait); "+
 			"a replay worker's claim on an envelope is leased long enough for 4 such waits, "+
 			"and a cut stream waits for a claimed continuation that long, beyond -replay-wait if need be")
+	fs.DurationVar(&o.eventWait, "event-wait", 60*time.Second,
+		"longest silence of a streamed answer once its first bytes have come, up to 1h: a backend "+
+			"that sends nothing for that long (no event, not even a comment line) with its connection "+
+			"open is taken for one whose connection dropped, and the stream goes on as after a drop "+
+			"(a replayable stream is continued elsewhere; its wait for the first bytes, which a "+
+			"backend's queue and prefill take, is not bounded by it)")
 	fs.IntVar(&o.replayWorkers, "replay-workers", 4, "goroutines resuming streams from the replay queue")
 	fs.BoolVar(&o.backendUsage, "backend-usage", true,
 		"ask streamed backends for their running token count (stream_options.continuous_usage_stats, "+
@@ -81,9 +87,13 @@ func parseFlags(args []string) (options, error) {
 		"longest a client may take to read an event that holds -long-event-budget bytes; "+
 			"a client slower than that is taken for gone and its stream ends, giving the bytes back")
 	fs.Int64Var(&o.maxBody, "max-body-bytes", 8<<20,
-		"largest request body, 64 bytes to 1 GiB; a larger one gets 413. It also sets the library's "+
-			"limits.max_body_bytes, max_field_bytes and max_tools_bytes, unless -config names them, so a "+
-			"body under it is not refused for one large message (an image) or a large tools array")
+		"largest request body, 64 bytes to 1 GiB less 8 MiB; a larger one gets 413. Unless -config "+
+			"names them, it also sets the library's limits.max_tools_bytes to it, and "+
+			"limits.max_body_bytes and max_field_bytes to it and 8 MiB more, so a body under it is not "+
+			"refused for one large message (an image) or a large tools array, nor its continuation after "+
+			"a cut (which holds the answer so far); and it raises replay.max_envelope_bytes to at least "+
+			"that and replay.max_bytes to hold one such envelope, so such a stream can be checkpointed. "+
+			"Smaller replay settings named in -config or -replay are refused")
 	if err := fs.Parse(args); err != nil {
 		return o, err
 	}
@@ -98,10 +108,13 @@ func parseFlags(args []string) (options, error) {
 		return o, errors.New("-scrape-interval, -notice-interval and -replay-workers must be positive")
 	case o.headerWait <= 0 || o.headerWait > time.Hour:
 		return o, fmt.Errorf("-header-wait: more than 0, at most 1h (got %v)", o.headerWait)
+	case o.eventWait <= 0 || o.eventWait > time.Hour:
+		return o, fmt.Errorf("-event-wait: more than 0, at most 1h (got %v)", o.eventWait)
 	case o.longEventWriteWait <= 0:
 		return o, fmt.Errorf("-long-event-write-wait: more than 0 (got %v)", o.longEventWriteWait)
-	case o.maxBody < 64 || o.maxBody > 1<<30:
-		return o, fmt.Errorf("-max-body-bytes: 64 to 1073741824 (got %d)", o.maxBody)
+	case o.maxBody < 64 || o.maxBody > maxMaxBody:
+		return o, fmt.Errorf("-max-body-bytes: 64 to %d, 1 GiB less %d MiB of room for a cut "+
+			"stream's answer (got %d)", maxMaxBody, replayRoom>>20, o.maxBody)
 	case o.longEventBudget < 0:
 		return o, fmt.Errorf("-long-event-budget: 0 or more bytes (got %d)", o.longEventBudget)
 	}
@@ -170,13 +183,45 @@ func newEngine(path string, maxBody int64) (*spotinfer.Engine, error) {
 	return e, nil
 }
 
-// bodyLimits are the library's limits the gateway's body limit sets: the
-// body, and the parts of it that may be most of it (a message with an
-// image, the tools).
-var bodyLimits = []string{"max_body_bytes", "max_field_bytes", "max_tools_bytes"}
+// replayRoom is what a cut stream's checkpoint and continuation hold
+// beyond its body: the answer the client has had, as the checkpoint's
+// partial output and as the continuation's last message (its text
+// escaped). The library's defaults leave this much: an envelope of
+// 16 MiB for the gateway's default body of 8 MiB.
+const replayRoom = 8 << 20
+
+// queueSlack is what the replay queue counts for an envelope beyond its
+// key, body and partial output (its records), with room to spare.
+const queueSlack = 64 << 10
+
+// maxMaxBody is -max-body-bytes' top: the library's limits go up to 1 GiB,
+// and a body leaves them replayRoom.
+const maxMaxBody = 1<<30 - replayRoom
+
+// derivedLimits are the library's settings the gateway's body limit sets
+// where the configuration file does not name them: the body and a text
+// field (a message with an image), which a continuation's body exceeds by
+// the answer it holds, and the tools array; and, never below what the
+// engine has (the file's or the library's default), the replay queue's
+// envelope, which holds the body and the answer, and its memory, which
+// holds one such envelope.
+func derivedLimits(e *spotinfer.Engine, maxBody int64) map[string]map[string]int64 {
+	room := maxBody + replayRoom
+	now := replaySection(e, "")
+	atLeast := func(key string, v int64) int64 {
+		var n float64
+		json.Unmarshal(now[key], &n)
+		return max(int64(n), v)
+	}
+	envelope := atLeast("max_envelope_bytes", room)
+	return map[string]map[string]int64{
+		"limits": {"max_body_bytes": room, "max_field_bytes": room, "max_tools_bytes": maxBody},
+		"replay": {"max_envelope_bytes": envelope, "max_bytes": atLeast("max_bytes", envelope+queueSlack)},
+	}
+}
 
 // configure applies the configuration file (none: the defaults) with
-// bodyLimits set to maxBody where the file does not name them. The file is
+// derivedLimits set where the file does not name them. The file is
 // applied as it is first, so its mistakes are named as the library names
 // them.
 func configure(e *spotinfer.Engine, path string, maxBody int64) error {
@@ -195,16 +240,18 @@ func configure(e *spotinfer.Engine, path string, maxBody int64) error {
 			return fmt.Errorf("%s: %v", path, err)
 		}
 	}
-	limits, _ := config["limits"].(map[string]any)
-	if limits == nil {
-		limits = map[string]any{}
-	}
-	for _, k := range bodyLimits {
-		if _, given := limits[k]; !given {
-			limits[k] = maxBody
+	for name, keys := range derivedLimits(e, maxBody) {
+		section, _ := config[name].(map[string]any)
+		if section == nil {
+			section = map[string]any{}
 		}
+		for k, v := range keys {
+			if _, given := section[k]; !given {
+				section[k] = v
+			}
+		}
+		config[name] = section
 	}
-	config["limits"] = limits
 	if err := e.ConfigureValue(config); err != nil {
 		return fmt.Errorf("-config %q with the limits of -max-body-bytes: %v", path, err)
 	}

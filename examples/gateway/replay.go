@@ -357,6 +357,11 @@ func (g *gateway) openContinuation(ctx context.Context, st *stream, body []byte,
 	if err == nil {
 		err = req.SetInt(spotinfer.FieldReplaySinceNs, env.FirstEnqueuedNs)
 	}
+	st.mu.Lock()
+	for _, id := range st.quiet {
+		req.ExcludeReplica(id) // past spotinfer.MaxExcluded, the rest may be chosen
+	}
+	st.mu.Unlock()
 	var d spotinfer.Decision
 	if err == nil {
 		d, err = req.Route()
@@ -449,6 +454,26 @@ type replayRetry struct {
 // library's default.
 func replayRetryOf(eng *spotinfer.Engine, replayConfig string) replayRetry {
 	r := replayRetry{maxAttempts: 5, base: time.Second, max: time.Minute, jitter: 0.5}
+	cfg := replaySection(eng, replayConfig)
+	var n float64
+	if json.Unmarshal(cfg["max_attempts"], &n) == nil && n >= 1 {
+		r.maxAttempts = uint32(min(n, 1<<31))
+	}
+	if json.Unmarshal(cfg["backoff_base_ms"], &n) == nil && n >= 1 {
+		r.base = time.Duration(n) * time.Millisecond
+	}
+	if json.Unmarshal(cfg["backoff_max_ms"], &n) == nil && n >= 1 {
+		r.max = time.Duration(n) * time.Millisecond
+	}
+	if json.Unmarshal(cfg["backoff_jitter"], &n) == nil && n >= 0 && n <= 1 {
+		r.jitter = n
+	}
+	return r
+}
+
+// replaySection is the queue's configuration as the library opens it: the
+// engine's "replay" section with the keys of -replay over it.
+func replaySection(eng *spotinfer.Engine, replayConfig string) map[string]json.RawMessage {
 	var cfg struct {
 		Replay map[string]json.RawMessage `json:"replay"`
 	}
@@ -463,20 +488,30 @@ func replayRetryOf(eng *spotinfer.Engine, replayConfig string) replayRetry {
 	for k, v := range over {
 		cfg.Replay[k] = v
 	}
-	var n float64
-	if json.Unmarshal(cfg.Replay["max_attempts"], &n) == nil && n >= 1 {
-		r.maxAttempts = uint32(min(n, 1<<31))
+	return cfg.Replay
+}
+
+// replayFits reports an error when the queue cannot hold the checkpoint
+// of a stream cut with a body of maxBody: an envelope limit under the
+// body and replayRoom for its answer, or a queue smaller than that
+// envelope (settings -config or -replay named; those the gateway derives
+// fit).
+func replayFits(eng *spotinfer.Engine, replayConfig string, maxBody int64) error {
+	cfg := replaySection(eng, replayConfig)
+	var envelope, total float64
+	json.Unmarshal(cfg["max_envelope_bytes"], &envelope)
+	json.Unmarshal(cfg["max_bytes"], &total)
+	if need := maxBody + replayRoom; envelope < float64(need) {
+		return fmt.Errorf("replay.max_envelope_bytes %.0f cannot hold a stream cut with a body of "+
+			"-max-body-bytes (%d) and %d MiB of its answer: give it at least %d, or a smaller "+
+			"-max-body-bytes", envelope, maxBody, replayRoom>>20, need)
 	}
-	if json.Unmarshal(cfg.Replay["backoff_base_ms"], &n) == nil && n >= 1 {
-		r.base = time.Duration(n) * time.Millisecond
+	if total < envelope+queueSlack {
+		return fmt.Errorf("replay.max_bytes %.0f cannot hold one envelope of replay.max_envelope_bytes "+
+			"(%.0f), a stream cut with the largest body: give it at least %.0f",
+			total, envelope, envelope+queueSlack)
 	}
-	if json.Unmarshal(cfg.Replay["backoff_max_ms"], &n) == nil && n >= 1 {
-		r.max = time.Duration(n) * time.Millisecond
-	}
-	if json.Unmarshal(cfg.Replay["backoff_jitter"], &n) == nil && n >= 0 && n <= 1 {
-		r.jitter = n
-	}
-	return r
+	return nil
 }
 
 // replaysPerAttempt is how many continuations one stream may have in all,

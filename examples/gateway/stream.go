@@ -78,6 +78,10 @@ type stream struct {
 	// tokens holds an estimate: a leg's backend did not count its tokens.
 	estimated bool
 	cuts      uint32 // checkpoints so far: the envelope keys' sequence
+	// The replicas whose leg went silent for -event-wait, kept out of the
+	// stream's continuations: a hung engine keeps its connections open,
+	// and would stall a continuation routed back to it the same way.
+	quiet []string
 	// The failed replays in a row, the Attempts of the next envelope: the
 	// nacks of the envelope whose leg feeds the stream, and that leg if it
 	// breaks before it made progress (madeProgress). A leg that did, or
@@ -326,6 +330,9 @@ func (st *stream) relay(w http.ResponseWriter, ctx context.Context, resp *http.R
 		began := time.Now()
 		done, err := st.relayLeg(w, fl, resp, &l)
 		st.mu.Lock()
+		if errors.Is(err, errEventWait) {
+			st.quiet = append(st.quiet, l.replica)
+		}
 		if errors.Is(err, errCut) || g.retry.madeProgress(st.text.Len() > had, st.tokens-min(st.tokens, hadTokens),
 			time.Since(began)) {
 			// The replay worked: it streamed more of the answer to the
@@ -471,7 +478,7 @@ func (st *stream) relayLeg(w http.ResponseWriter, fl http.Flusher, resp *http.Re
 	g := st.g
 	st.register(l)
 	defer st.unregister(l)
-	rd := newSSEReader(resp.Body, g.longEvents)
+	rd := newSSEReader(newEventWaitBody(resp.Body, g.o.eventWait, l.cancel), g.longEvents)
 	defer rd.release()
 	var tally legTally
 	st.mu.Lock()
@@ -731,14 +738,15 @@ func rewriteText(data []byte, text string) []byte {
 	return b
 }
 
-// relayPassive is the yardstick's relay: the same event reading, writing
-// and flushing, without tickets or replays.
-func (st *stream) relayPassive(w http.ResponseWriter, resp *http.Response) {
+// relayPassive is the yardstick's relay: the same event reading (within
+// -event-wait, whose running out calls cancel), writing and flushing,
+// without tickets or replays.
+func (st *stream) relayPassive(w http.ResponseWriter, resp *http.Response, cancel context.CancelFunc) {
 	fl, _ := w.(http.Flusher)
 	w.Header().Set("Content-Type", "text/event-stream")
 	w.Header().Set("Cache-Control", "no-cache")
 	w.WriteHeader(http.StatusOK)
-	rd := newSSEReader(resp.Body, st.g.longEvents)
+	rd := newSSEReader(newEventWaitBody(resp.Body, st.g.o.eventWait, cancel), st.g.longEvents)
 	defer rd.release()
 	for {
 		data, err := rd.next()
