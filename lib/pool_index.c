@@ -282,10 +282,12 @@ static int regular(const route_env *x, const spi_replica_ident *r,
  * its hot and cold parts: what a pass reading its slot would make of it
  * (eval_of, a fresh load, usable, no probe, no advice), but for the TTFT
  * and rendezvous weight, which the route writes over the copy. */
-static void entry_eval(spi_pool_index *p, uint32_t pos) {
+static void entry_eval(spi_pool_index *p, const spi_replica_ident *r,
+                       uint32_t pos) {
   const pix_hot *h = &p->hot[pos];
   const pix_cold *c = &p->cold[pos];
   replica_eval *o = &p->ev_at[pos];
+  eval_ident(o, r);
   o->eligible = 1;
   o->probe = 0;
   o->fresh = 1;
@@ -294,12 +296,10 @@ static void entry_eval(spi_pool_index *p, uint32_t pos) {
   o->waiting = c->waiting;
   o->kv_usage = c->kv;
   o->inflight = c->inflight;
-  o->hole_max_inflight = 0;
   o->matched = 0;
   o->match_flags = 0;
   o->rdv = 0;
   o->t = 0;
-  o->hole_usd = 0;
   o->wait_ms = h->wait_ms;
   o->served = (double)c->served;
   o->rate = c->rate;
@@ -369,7 +369,7 @@ static void entry_read(spi_pool_index *p, const route_env *x,
   bit_set(p->reg, pos);
   bit_set(p->creg[h->cell], pos);
   if (!h->busy) bit_set(p->cfree[h->cell], pos);
-  entry_eval(p, pos);
+  entry_eval(p, r, pos);
   if (moved)
     block_move(p, pos, &old, h);
   else

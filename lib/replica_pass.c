@@ -58,6 +58,7 @@ static inline int usable_of(const route_env *x, const spi_replica_ident *r,
 static inline void eval_of(const route_env *x, const spi_replica_ident *r,
                            const slot_read *rd, uint32_t matched, int usable,
                            int probe, replica_eval *o) {
+  eval_ident(o, r);
   o->running = rd->run;
   o->waiting = rd->wait;
   o->kv_usage = rd->kv;
@@ -91,22 +92,11 @@ static inline void eval_replica(const route_env *x, const spi_replica_ident *r,
   eval_of(x, r, &rd, matched, ok, probe, o);
 }
 
+/* A candidate is the evaluation's first bytes (replica_eval), identity
+ * and all: one copy. */
 static inline __attribute__((always_inline)) void
-fill_candidate(spi_candidate *c, const spi_replica_ident *r,
-                           const replica_eval *ev) {
-  c->id = r->id;
-  c->id_len = r->id_len;
-  c->pool = r->pool;
-  c->model_tier = r->model_tier;
-  /* The evaluation's fields as they lie (replica_eval), around the two
-   * that come from the identity. */
-  memcpy(&c->eligible, &ev->eligible,
-         offsetof(replica_eval, inflight) + sizeof ev->inflight -
-             offsetof(replica_eval, eligible));
-  c->max_inflight = r->max_inflight;
-  memcpy(&c->matched_blocks, &ev->matched, SPI_EV_AT(hole_usd) - SPI_EV_AT(matched));
-  c->usd_per_hour = r->usd_per_hour;
-  memcpy(&c->est_wait_ms, &ev->wait_ms, SPI_EV_AT(ms_tok) - SPI_EV_AT(wait_ms));
+fill_candidate(spi_candidate *c, const replica_eval *ev) {
+  memcpy(c, ev, sizeof *c);
 }
 
 
@@ -1010,7 +1000,7 @@ static void scan_full(const route_env *x, const spi_replica_set *set,
       sums->kv_fix[r->pool] += spi__kv_fix(ev.kv_usage);
       sums->kv_n[r->pool] += 1;
     }
-    fill_candidate(&cands[i], r, &ev);
+    fill_candidate(&cands[i], &ev);
     if (ev.usable && r->cell >= 0) {
       sums->served[r->pool] += (uint64_t)ev.served;
       sums->streams[r->pool] += r->max_inflight;
@@ -1091,6 +1081,7 @@ void spi__pass_shed(scan *sc, int32_t pool, spi_candidate *cands, size_t nrep) {
 static void eval_from_candidate(const route_env *x, const spi_replica_ident *r,
                                 const spi_candidate *c, uint32_t matched,
                                 replica_eval *o) {
+  eval_ident(o, r);
   o->running = c->running;
   o->waiting = c->waiting;
   o->kv_usage = c->kv_usage;
@@ -1211,8 +1202,7 @@ static int all_in_tops(const scan *sc) {
  * ascending positions (indexed_all_cells), each entry is its own
  * candidate, in the candidates' order: made so here, and 1. 0, with out
  * partly written, when the positions do not ascend. */
-static int named_in_order(scan *sc, const spi_replica_set *set,
-                          spi_candidate *out) {
+static int named_in_order(scan *sc, spi_candidate *out) {
   named_set *ns = &sc->named;
   uint32_t n = sc->a.n, prev = 0; /* in a local: the fills' stores could
                                       otherwise be taken to change it */
@@ -1222,17 +1212,16 @@ static int named_in_order(scan *sc, const spi_replica_set *set,
     prev = pos;
     ns->pos[ei] = pos;
     ns->cidx[ei] = (int8_t)ei;
-    fill_candidate(&out[ei], &set->r[pos], &sc->a.ev[ei]);
+    fill_candidate(&out[ei], &sc->a.ev[ei]);
   }
   ns->n = n;
   return 1;
 }
 
 /* The candidates a summaries-only policy reads: those the summaries name. */
-static size_t named_candidates(scan *sc, const spi_replica_set *set,
-                               size_t nrep, spi_candidate *out) {
+static size_t named_candidates(scan *sc, size_t nrep, spi_candidate *out) {
   named_set *ns = &sc->named;
-  if (all_in_tops(sc) && named_in_order(sc, set, out)) return ns->n;
+  if (all_in_tops(sc) && named_in_order(sc, out)) return ns->n;
   memset(ns->cidx, NOT_NAMED, sizeof ns->cidx);
   named_mark(sc, nrep);
   /* Positions ascend out of the bitmap: each named one's entry is its
@@ -1244,7 +1233,7 @@ static size_t named_candidates(scan *sc, const spi_replica_set *set,
       uint8_t ei = sc->byte_of[pos];
       ns->pos[n] = pos;
       ns->cidx[ei] = (int8_t)n;
-      fill_candidate(&out[n], &set->r[pos], &sc->a.ev[ei]);
+      fill_candidate(&out[n], &sc->a.ev[ei]);
       n++;
     }
   ns->n = n;
@@ -1253,12 +1242,13 @@ static size_t named_candidates(scan *sc, const spi_replica_set *set,
 
 size_t spi__pass_candidates(scan *sc, const spi_replica_set *set, size_t nrep,
                             spi_candidate *named, spi_pool_summary *summaries) {
+  (void)set; /* each evaluation carries its replica's identity */
   if (!named) {
     for (int k = 0; k < SPI_SUMMARY_CELLS; k++)
       summary_out(sc, k, NULL, &summaries[k]);
     return nrep;
   }
-  size_t n = named_candidates(sc, set, nrep, named);
+  size_t n = named_candidates(sc, nrep, named);
   for (int k = 0; k < SPI_SUMMARY_CELLS; k++)
     summary_out(sc, k, &sc->named, &summaries[k]);
   return n;
