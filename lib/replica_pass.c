@@ -742,6 +742,104 @@ indexed_all_cells(const route_env *x, const spi_pool_index *p, scan *sc) {
   }
 }
 
+/* Top of a cell that cannot fill (no more usable replicas than it
+ * holds) takes a replica whose TTFT is a number (top_enters against an
+ * empty cell's threshold): met in ascending positions, a replica goes
+ * before the entries of higher TTFT only (its position is above all of
+ * theirs, so ttft_before is "<"). The threshold is set as top_insert
+ * sets it, once top holds cap. */
+static inline __attribute__((always_inline)) void
+top_append(cell_acc *c, double t, uint32_t pos, uint32_t ei) {
+  uint32_t at = c->n_top;
+  while (at > 0 && t < c->top[at - 1].t) {
+    c->top[at] = c->top[at - 1];
+    at--;
+  }
+  c->top[at].t = t;
+  c->top[at].pos = pos;
+  c->top[at].ei = ei;
+  c->n_top++;
+}
+
+/* Cell k's least loaded after indexed_whole: its regular replicas' least
+ * (least_before), which the index's blocks keep (indexed_least); its
+ * arena entry is byte_of[pos]. A block with members but no least (a load
+ * no block takes) is ranked from the arena instead, in the order the
+ * offers meet them. */
+static void whole_least(const spi_pool_index *p, scan *sc, int k) {
+  cell_acc *c = &sc->cell[k];
+  const pix_block *best = NULL;
+  int odd = 0;
+  for (size_t w = 0; w < (p->n + 63) / 64; w++) {
+    const pix_block *b = &p->blk[k][w];
+    if (!b->n) continue;
+    odd |= b->rel_pos == UINT32_MAX;
+    if (!best || least_before(b->rel, b->srv, b->rel_pos, best->rel,
+                              best->srv, best->rel_pos))
+      best = b;
+  }
+  if (odd) {
+    for (uint32_t ei = 0; ei < sc->a.n; ei++) {
+      uint32_t pos = sc->a.pos[ei];
+      const pix_hot *h = &p->hot[pos];
+      if (h->cell != k || !least_enters(c, h->rel, h->srv, pos)) continue;
+      c->least = ei;
+      c->least_rel = h->rel;
+      c->least_srv = h->srv;
+      c->least_pos = pos;
+    }
+    return;
+  }
+  if (!best) return;
+  uint32_t pos = best->rel_pos;
+  c->least = sc->byte_of[pos];
+  c->least_rel = p->hot[pos].rel;
+  c->least_srv = p->hot[pos].srv;
+  c->least_pos = pos;
+}
+
+/* Every cell named whole and no exception: every regular replica is
+ * usable and no cell has more than its top holds, so each goes into the
+ * arena, in ascending positions (named_copy takes the candidates as they
+ * lie), and into its cell's top unless its TTFT is not a number; the
+ * rendezvous winner is met as indexed_all_cells meets it, and the least
+ * loaded is the index's (whole_least). The summaries are those of
+ * indexed_all_cells: each is a minimum or maximum under a total order. */
+static __attribute__((noinline)) void
+indexed_whole(const route_env *x, const spi_pool_index *p, scan *sc) {
+  const double base = x->cfg->ttft_base_ms, cold = x->cold_tok;
+  const uint64_t rkey = x->rkey;
+  uint32_t n = 0; /* no exception: the arena is empty */
+  for (size_t w = 0; w < (p->n + 63) / 64; w++)
+    for (uint64_t m = p->reg[w]; m; m &= m - 1) {
+      uint32_t pos = (uint32_t)(w * 64 + (size_t)__builtin_ctzll(m));
+      const pix_hot *h = &p->hot[pos];
+      cell_acc *c = &sc->cell[h->cell];
+      double t = spi__pix_ttft(base, h->wait_ms, cold, h->ms_tok, h->slow);
+      uint64_t wt = spi__rdv_weight(h->id_hash, rkey);
+      sc->a.pos[n] = pos;
+      indexed_eval(p, pos, t, wt, &sc->a.ev[n]);
+      sc->byte_of[pos] = (uint8_t)n;
+      if (t <= HUGE_VAL) top_append(c, t, pos, n);
+      if (!h->busy && rdv_enters(c, wt, pos)) {
+        c->rdv = n;
+        c->rdv_w = wt;
+        c->rdv_pos = pos;
+      }
+      n++;
+    }
+  sc->a.n = n;
+  sc->a.in_order = 1;
+  for (int k = 0; k < SPI_SUMMARY_CELLS; k++) {
+    cell_acc *c = &sc->cell[k];
+    if (c->n_top == c->cap) {
+      c->thr_t = c->top[c->cap - 1].t;
+      c->thr_pos = c->top[c->cap - 1].pos;
+    }
+    whole_least(p, sc, k);
+  }
+}
+
 /* The cells of the pass through the index once some are ranked (more
  * usable replicas than a summary holds): those named whole offer every
  * replica (indexed_all), the ranked ones their seeds, least loaded,
@@ -822,15 +920,20 @@ scan_indexed(const route_env *x, const spi_replica_set *set, size_t nrep,
   else
     memcpy(sc->counted, p->reg, words * sizeof sc->counted[0]);
   bits_clear(sc->offered, words);
-  for (size_t w = 0; w < words; w++)
+  uint64_t exc = 0;
+  for (size_t w = 0; w < words; w++) {
+    exc |= p->exc[w];
     for (uint64_t b = p->exc[w]; b; b &= b - 1)
       indexed_exception(x, set, (uint32_t)(w * 64 + (size_t)__builtin_ctzll(b)),
                         sc, sums);
+  }
   unsigned ranked = 0; /* the cells with more usable than a top holds */
   for (int k = 0; k < SPI_SUMMARY_CELLS; k++)
     ranked |= (unsigned)(p->usable[k] > SPI_SUMMARY_TOP) << k;
   if (ranked)
     indexed_ranked(x, p, set, sc, ranked);
+  else if (!exc)
+    indexed_whole(x, p, sc);
   else
     indexed_all_cells(x, p, sc);
   spi__pix_release(p);
@@ -1013,6 +1116,7 @@ static void scan_full(const route_env *x, const spi_replica_set *set,
 
 static void pass_begin(scan *sc, size_t nrep) {
   sc->a.n = 0;
+  sc->a.in_order = 0;
   bits_clear(sc->counted, (nrep + 63) / 64);
   for (int k = 0; k < SPI_SUMMARY_CELLS; k++) cell_clear(&sc->cell[k]);
 }
@@ -1146,6 +1250,7 @@ static void prefix_holder(scan *sc, const route_env *x,
     if (taken) sc->a.n--; /* the last entry, and nothing points to it */
     return;
   }
+  if (taken) sc->a.in_order = 0; /* appended out of position order */
   cell_warm(sc, k, pos, ei, j);
 }
 
@@ -1218,10 +1323,28 @@ static int named_in_order(scan *sc, spi_candidate *out) {
   return 1;
 }
 
+/* named_in_order for an arena known to ascend (ev_arena.in_order). */
+static void named_copy(scan *sc, spi_candidate *out) {
+  named_set *ns = &sc->named;
+  uint32_t n = sc->a.n;
+  for (uint32_t ei = 0; ei < n; ei++) {
+    ns->pos[ei] = sc->a.pos[ei];
+    ns->cidx[ei] = (int8_t)ei;
+    fill_candidate(&out[ei], &sc->a.ev[ei]);
+  }
+  ns->n = n;
+}
+
 /* The candidates a summaries-only policy reads: those the summaries name. */
 static size_t named_candidates(scan *sc, size_t nrep, spi_candidate *out) {
   named_set *ns = &sc->named;
-  if (all_in_tops(sc) && named_in_order(sc, out)) return ns->n;
+  if (all_in_tops(sc)) {
+    if (sc->a.in_order) {
+      named_copy(sc, out);
+      return ns->n;
+    }
+    if (named_in_order(sc, out)) return ns->n;
+  }
   memset(ns->cidx, NOT_NAMED, sizeof ns->cidx);
   named_mark(sc, nrep);
   /* Positions ascend out of the bitmap: each named one's entry is its

@@ -209,6 +209,9 @@ typedef struct cell_acc {
 
 typedef struct ev_arena {
   uint32_t n;
+  /* Set by a pass that put every entry in ascending positions
+   * (indexed_whole); an entry put after it clears it (prefix_holder). */
+  uint32_t in_order;
   uint32_t pos[ARENA_CAP];
   replica_eval ev[ARENA_CAP];
 } ev_arena;
