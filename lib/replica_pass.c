@@ -937,7 +937,8 @@ scan_indexed(const route_env *x, const spi_replica_set *set, size_t nrep,
   else
     indexed_all_cells(x, p, sc);
   spi__pix_release(p);
-  hint_store(x->e, sc);
+  if (ranked || exc) /* else every cell is named whole: no hint to leave */
+    hint_store(x->e, sc);
   return 1;
 }
 
@@ -1061,30 +1062,47 @@ static void named_mark(scan *sc, size_t nrep) {
   }
 }
 
-/* The candidate index of arena entry ei: its position (full), or its rank
- * among the named positions (compact; -1 when not named). */
-static inline int32_t index_of(const named_set *ns, const ev_arena *a,
-                               uint32_t ei) {
-  return ns ? (int32_t)ns->cidx[ei] : (int32_t)a->pos[ei];
+/* How a summary names a candidate: by position (every replica a
+ * candidate), by its rank among the named positions (compact), or by its
+ * arena index (compact, each entry its own candidate: named_copy and
+ * named_in_order). */
+enum { BY_POS, BY_NAMED, BY_ENTRY };
+
+/* The candidate index of arena entry ei (-1 when not named); by entry,
+ * NO_EV reads as -1 too. */
+static inline __attribute__((always_inline)) int32_t
+index_of(int by, const named_set *ns, const ev_arena *a, uint32_t ei) {
+  if (by == BY_ENTRY) return (int32_t)ei;
+  return by == BY_NAMED ? (int32_t)ns->cidx[ei] : (int32_t)a->pos[ei];
 }
+
+/* ... for a summary's warm, least or rendezvous entry, which may be NO_EV. */
+static inline __attribute__((always_inline)) int32_t
+index_or_none(int by, const named_set *ns, const ev_arena *a, uint32_t ei) {
+  if (by == BY_ENTRY) return (int32_t)ei;
+  return ei != NO_EV ? index_of(by, ns, a, ei) : -1;
+}
+_Static_assert((int32_t)NO_EV == -1, "NO_EV reads as -1");
 
 /* Cell k's summary. Top is filled with -1 (all bits set) in a couple of
  * stores and the entries in use written over it: not a test of each of
  * the seven. */
-static inline void summary_out(const scan *sc, int k, const named_set *ns,
-                               spi_pool_summary *o) {
+static inline __attribute__((always_inline)) void
+summary_out(const scan *sc, int k, int by, spi_pool_summary *o) {
   const cell_acc *c = &sc->cell[k];
   const ev_arena *a = &sc->a;
+  const named_set *ns = &sc->named;
   uint32_t n = c->n_top;
   o->pool = k / 2 + SPI_POOL_SPOT;
   o->model_tier = k % 2 + SPI_TIER_SMALL;
   o->usable = c->usable;
   o->n_top = n;
   memset(o->top, 0xff, sizeof o->top);
-  for (uint32_t j = 0; j < n; j++) o->top[j] = index_of(ns, a, c->top[j].ei);
-  o->warm = c->warm != NO_EV ? index_of(ns, a, c->warm) : -1;
-  o->least = c->least != NO_EV ? index_of(ns, a, c->least) : -1;
-  o->rendezvous = c->rdv != NO_EV ? index_of(ns, a, c->rdv) : -1;
+  for (uint32_t j = 0; j < n; j++)
+    o->top[j] = index_of(by, ns, a, c->top[j].ei);
+  o->warm = index_or_none(by, ns, a, c->warm);
+  o->least = index_or_none(by, ns, a, c->least);
+  o->rendezvous = index_or_none(by, ns, a, c->rdv);
   o->reserved0 = 0;
 }
 
@@ -1305,8 +1323,9 @@ static int all_in_tops(const scan *sc) {
 
 /* When every arena entry is named (all_in_tops) and the arena lies in
  * ascending positions (indexed_all_cells), each entry is its own
- * candidate, in the candidates' order: made so here, and 1. 0, with out
- * partly written, when the positions do not ascend. */
+ * candidate, in the candidates' order (the summaries name it by its arena
+ * index, BY_ENTRY): made so here, and 1. 0, with out partly written, when
+ * the positions do not ascend. */
 static int named_in_order(scan *sc, spi_candidate *out) {
   named_set *ns = &sc->named;
   uint32_t n = sc->a.n, prev = 0; /* in a local: the fills' stores could
@@ -1316,7 +1335,6 @@ static int named_in_order(scan *sc, spi_candidate *out) {
     if (ei && pos <= prev) return 0;
     prev = pos;
     ns->pos[ei] = pos;
-    ns->cidx[ei] = (int8_t)ei;
     fill_candidate(&out[ei], &sc->a.ev[ei]);
   }
   ns->n = n;
@@ -1329,15 +1347,17 @@ static void named_copy(scan *sc, spi_candidate *out) {
   uint32_t n = sc->a.n;
   for (uint32_t ei = 0; ei < n; ei++) {
     ns->pos[ei] = sc->a.pos[ei];
-    ns->cidx[ei] = (int8_t)ei;
     fill_candidate(&out[ei], &sc->a.ev[ei]);
   }
   ns->n = n;
 }
 
-/* The candidates a summaries-only policy reads: those the summaries name. */
-static size_t named_candidates(scan *sc, size_t nrep, spi_candidate *out) {
+/* The candidates a summaries-only policy reads: those the summaries name.
+ * *by: how the summaries are to name them (summary_out). */
+static size_t named_candidates(scan *sc, size_t nrep, spi_candidate *out,
+                               int *by) {
   named_set *ns = &sc->named;
+  *by = BY_ENTRY;
   if (all_in_tops(sc)) {
     if (sc->a.in_order) {
       named_copy(sc, out);
@@ -1345,6 +1365,7 @@ static size_t named_candidates(scan *sc, size_t nrep, spi_candidate *out) {
     }
     if (named_in_order(sc, out)) return ns->n;
   }
+  *by = BY_NAMED;
   memset(ns->cidx, NOT_NAMED, sizeof ns->cidx);
   named_mark(sc, nrep);
   /* Positions ascend out of the bitmap: each named one's entry is its
@@ -1368,11 +1389,16 @@ size_t spi__pass_candidates(scan *sc, const spi_replica_set *set, size_t nrep,
   (void)set; /* each evaluation carries its replica's identity */
   if (!named) {
     for (int k = 0; k < SPI_SUMMARY_CELLS; k++)
-      summary_out(sc, k, NULL, &summaries[k]);
+      summary_out(sc, k, BY_POS, &summaries[k]);
     return nrep;
   }
-  size_t n = named_candidates(sc, nrep, named);
-  for (int k = 0; k < SPI_SUMMARY_CELLS; k++)
-    summary_out(sc, k, &sc->named, &summaries[k]);
+  int by;
+  size_t n = named_candidates(sc, nrep, named, &by);
+  if (by == BY_ENTRY)
+    for (int k = 0; k < SPI_SUMMARY_CELLS; k++)
+      summary_out(sc, k, BY_ENTRY, &summaries[k]);
+  else
+    for (int k = 0; k < SPI_SUMMARY_CELLS; k++)
+      summary_out(sc, k, BY_NAMED, &summaries[k]);
   return n;
 }
