@@ -251,10 +251,12 @@ typedef struct scan {
   double seed_served[SPI_SUMMARY_CELLS * HINT_N]; /* ... and tokens served */
   uint64_t seed_wait[SPI_SUMMARY_CELLS * HINT_N]; /* ... and spi__wait_fix */
   /* One byte per position, read only where a bitmap says so: during the
-   * pass, a hinted replica's index in seed_kv (where counted is set
-   * before the pass); once the summaries are final, a named replica's
-   * arena entry (where named.bits is set). One array serves both: the
-   * first use has ended when the second begins. */
+   * lean pass, a hinted replica's index in seed_kv (where counted is set
+   * before the pass); during the pass of a fleet named whole
+   * (indexed_whole), a regular replica's arena entry (where the index's
+   * reg is set); once the summaries are final, a named replica's arena
+   * entry (where named.bits is set). One array serves all three: each use
+   * has ended when the next begins. */
   uint8_t byte_of[SPI_REPLICA_SLOTS];
   /* The regular replicas the pass through the pool index has offered to
    * their cell's summaries (cleared for the set's words when it starts). */
