@@ -277,38 +277,43 @@ static int regular(const route_env *x, const spi_replica_ident *r,
          !(r->pool == SPI_POOL_SPOT && rd->cooldown_until > x->now);
 }
 
-/* Read the slot of the replica at pos again. */
 /* The regular entry at pos as a route's evaluation of it (ev_at), from
  * its hot and cold parts: what a pass reading its slot would make of it
  * (eval_of, a fresh load, usable, no probe, no advice), but for the TTFT
- * and rendezvous weight, which the route writes over the copy. */
-static void entry_eval(spi_pool_index *p, uint32_t pos) {
+ * and rendezvous weight, which the route writes over the copy. An entry
+ * that was regular already (moved) has its identity and the fields every
+ * regular entry has alike from then: only what its slot says is written
+ * again. */
+static void entry_eval(spi_pool_index *p, const spi_replica_ident *r,
+                       uint32_t pos, int moved) {
   const pix_hot *h = &p->hot[pos];
   const pix_cold *c = &p->cold[pos];
   replica_eval *o = &p->ev_at[pos];
-  o->eligible = 1;
-  o->probe = 0;
-  o->fresh = 1;
-  o->advised = 0;
+  if (!moved) {
+    eval_ident(o, r);
+    o->eligible = 1;
+    o->probe = 0;
+    o->fresh = 1;
+    o->advised = 0;
+    o->matched = 0;
+    o->match_flags = 0;
+    o->rdv = 0;
+    o->t = 0;
+    o->active = 1;
+    o->usable = 1;
+  }
   o->running = c->running;
   o->waiting = c->waiting;
   o->kv_usage = c->kv;
   o->inflight = c->inflight;
-  o->hole_max_inflight = 0;
-  o->matched = 0;
-  o->match_flags = 0;
-  o->rdv = 0;
-  o->t = 0;
-  o->hole_usd = 0;
   o->wait_ms = h->wait_ms;
   o->served = (double)c->served;
   o->rate = c->rate;
   o->ms_tok = h->ms_tok;
-  o->active = 1;
-  o->usable = 1;
   o->busy = h->busy;
 }
 
+/* Read the slot of the replica at pos again. */
 static void entry_read(spi_pool_index *p, const route_env *x,
                        const spi_replica_ident *r, uint32_t pos) {
   const spi_replica_slot *s = &x->e->registry.slots[r->slot];
@@ -369,7 +374,7 @@ static void entry_read(spi_pool_index *p, const route_env *x,
   bit_set(p->reg, pos);
   bit_set(p->creg[h->cell], pos);
   if (!h->busy) bit_set(p->cfree[h->cell], pos);
-  entry_eval(p, pos);
+  entry_eval(p, r, pos, moved);
   if (moved)
     block_move(p, pos, &old, h);
   else
@@ -539,6 +544,7 @@ int spi__pix_blocks_exact(spi_pool_index *p) {
 
 static void blocks_fix(spi_pool_index *p) {
   for (int k = 0; k < SPI_SUMMARY_CELLS; k++) {
+    if (!(p->blk_dirty[k] | p->lst_dirty[k])) continue; /* most cells */
     for (uint64_t d = p->blk_dirty[k]; d; d &= d - 1)
       block_fix(p, k, (uint32_t)__builtin_ctzll(d));
     for (uint64_t d = p->lst_dirty[k] & ~p->blk_dirty[k]; d; d &= d - 1)

@@ -58,6 +58,7 @@ static inline int usable_of(const route_env *x, const spi_replica_ident *r,
 static inline void eval_of(const route_env *x, const spi_replica_ident *r,
                            const slot_read *rd, uint32_t matched, int usable,
                            int probe, replica_eval *o) {
+  eval_ident(o, r);
   o->running = rd->run;
   o->waiting = rd->wait;
   o->kv_usage = rd->kv;
@@ -91,22 +92,11 @@ static inline void eval_replica(const route_env *x, const spi_replica_ident *r,
   eval_of(x, r, &rd, matched, ok, probe, o);
 }
 
+/* A candidate is the evaluation's first bytes (replica_eval), identity
+ * and all: one copy. */
 static inline __attribute__((always_inline)) void
-fill_candidate(spi_candidate *c, const spi_replica_ident *r,
-                           const replica_eval *ev) {
-  c->id = r->id;
-  c->id_len = r->id_len;
-  c->pool = r->pool;
-  c->model_tier = r->model_tier;
-  /* The evaluation's fields as they lie (replica_eval), around the two
-   * that come from the identity. */
-  memcpy(&c->eligible, &ev->eligible,
-         offsetof(replica_eval, inflight) + sizeof ev->inflight -
-             offsetof(replica_eval, eligible));
-  c->max_inflight = r->max_inflight;
-  memcpy(&c->matched_blocks, &ev->matched, SPI_EV_AT(hole_usd) - SPI_EV_AT(matched));
-  c->usd_per_hour = r->usd_per_hour;
-  memcpy(&c->est_wait_ms, &ev->wait_ms, SPI_EV_AT(ms_tok) - SPI_EV_AT(wait_ms));
+fill_candidate(spi_candidate *c, const replica_eval *ev) {
+  memcpy(c, ev, sizeof *c);
 }
 
 
@@ -752,6 +742,104 @@ indexed_all_cells(const route_env *x, const spi_pool_index *p, scan *sc) {
   }
 }
 
+/* Top of a cell that cannot fill (no more usable replicas than it
+ * holds) takes a replica whose TTFT is a number (top_enters against an
+ * empty cell's threshold): met in ascending positions, a replica goes
+ * before the entries of higher TTFT only (its position is above all of
+ * theirs, so ttft_before is "<"). The threshold is set as top_insert
+ * sets it, once top holds cap. */
+static inline __attribute__((always_inline)) void
+top_append(cell_acc *c, double t, uint32_t pos, uint32_t ei) {
+  uint32_t at = c->n_top;
+  while (at > 0 && t < c->top[at - 1].t) {
+    c->top[at] = c->top[at - 1];
+    at--;
+  }
+  c->top[at].t = t;
+  c->top[at].pos = pos;
+  c->top[at].ei = ei;
+  c->n_top++;
+}
+
+/* Cell k's least loaded after indexed_whole: its regular replicas' least
+ * (least_before), which the index's blocks keep (indexed_least); its
+ * arena entry is byte_of[pos]. A block with members but no least (a load
+ * no block takes) is ranked from the arena instead, in the order the
+ * offers meet them. */
+static void whole_least(const spi_pool_index *p, scan *sc, int k) {
+  cell_acc *c = &sc->cell[k];
+  const pix_block *best = NULL;
+  int odd = 0;
+  for (size_t w = 0; w < (p->n + 63) / 64; w++) {
+    const pix_block *b = &p->blk[k][w];
+    if (!b->n) continue;
+    odd |= b->rel_pos == UINT32_MAX;
+    if (!best || least_before(b->rel, b->srv, b->rel_pos, best->rel,
+                              best->srv, best->rel_pos))
+      best = b;
+  }
+  if (odd) {
+    for (uint32_t ei = 0; ei < sc->a.n; ei++) {
+      uint32_t pos = sc->a.pos[ei];
+      const pix_hot *h = &p->hot[pos];
+      if (h->cell != k || !least_enters(c, h->rel, h->srv, pos)) continue;
+      c->least = ei;
+      c->least_rel = h->rel;
+      c->least_srv = h->srv;
+      c->least_pos = pos;
+    }
+    return;
+  }
+  if (!best) return;
+  uint32_t pos = best->rel_pos;
+  c->least = sc->byte_of[pos];
+  c->least_rel = p->hot[pos].rel;
+  c->least_srv = p->hot[pos].srv;
+  c->least_pos = pos;
+}
+
+/* Every cell named whole and no exception: every regular replica is
+ * usable and no cell has more than its top holds, so each goes into the
+ * arena, in ascending positions (named_copy takes the candidates as they
+ * lie), and into its cell's top unless its TTFT is not a number; the
+ * rendezvous winner is met as indexed_all_cells meets it, and the least
+ * loaded is the index's (whole_least). The summaries are those of
+ * indexed_all_cells: each is a minimum or maximum under a total order. */
+static __attribute__((noinline)) void
+indexed_whole(const route_env *x, const spi_pool_index *p, scan *sc) {
+  const double base = x->cfg->ttft_base_ms, cold = x->cold_tok;
+  const uint64_t rkey = x->rkey;
+  uint32_t n = 0; /* no exception: the arena is empty */
+  for (size_t w = 0; w < (p->n + 63) / 64; w++)
+    for (uint64_t m = p->reg[w]; m; m &= m - 1) {
+      uint32_t pos = (uint32_t)(w * 64 + (size_t)__builtin_ctzll(m));
+      const pix_hot *h = &p->hot[pos];
+      cell_acc *c = &sc->cell[h->cell];
+      double t = spi__pix_ttft(base, h->wait_ms, cold, h->ms_tok, h->slow);
+      uint64_t wt = spi__rdv_weight(h->id_hash, rkey);
+      sc->a.pos[n] = pos;
+      indexed_eval(p, pos, t, wt, &sc->a.ev[n]);
+      sc->byte_of[pos] = (uint8_t)n;
+      if (t <= HUGE_VAL) top_append(c, t, pos, n);
+      if (!h->busy && rdv_enters(c, wt, pos)) {
+        c->rdv = n;
+        c->rdv_w = wt;
+        c->rdv_pos = pos;
+      }
+      n++;
+    }
+  sc->a.n = n;
+  sc->a.in_order = 1;
+  for (int k = 0; k < SPI_SUMMARY_CELLS; k++) {
+    cell_acc *c = &sc->cell[k];
+    if (c->n_top == c->cap) {
+      c->thr_t = c->top[c->cap - 1].t;
+      c->thr_pos = c->top[c->cap - 1].pos;
+    }
+    whole_least(p, sc, k);
+  }
+}
+
 /* The cells of the pass through the index once some are ranked (more
  * usable replicas than a summary holds): those named whole offer every
  * replica (indexed_all), the ranked ones their seeds, least loaded,
@@ -832,19 +920,25 @@ scan_indexed(const route_env *x, const spi_replica_set *set, size_t nrep,
   else
     memcpy(sc->counted, p->reg, words * sizeof sc->counted[0]);
   bits_clear(sc->offered, words);
-  for (size_t w = 0; w < words; w++)
+  uint64_t exc = 0;
+  for (size_t w = 0; w < words; w++) {
+    exc |= p->exc[w];
     for (uint64_t b = p->exc[w]; b; b &= b - 1)
       indexed_exception(x, set, (uint32_t)(w * 64 + (size_t)__builtin_ctzll(b)),
                         sc, sums);
+  }
   unsigned ranked = 0; /* the cells with more usable than a top holds */
   for (int k = 0; k < SPI_SUMMARY_CELLS; k++)
     ranked |= (unsigned)(p->usable[k] > SPI_SUMMARY_TOP) << k;
   if (ranked)
     indexed_ranked(x, p, set, sc, ranked);
+  else if (!exc)
+    indexed_whole(x, p, sc);
   else
     indexed_all_cells(x, p, sc);
   spi__pix_release(p);
-  hint_store(x->e, sc);
+  if (ranked || exc) /* else every cell is named whole: no hint to leave */
+    hint_store(x->e, sc);
   return 1;
 }
 
@@ -968,30 +1062,47 @@ static void named_mark(scan *sc, size_t nrep) {
   }
 }
 
-/* The candidate index of arena entry ei: its position (full), or its rank
- * among the named positions (compact; -1 when not named). */
-static inline int32_t index_of(const named_set *ns, const ev_arena *a,
-                               uint32_t ei) {
-  return ns ? (int32_t)ns->cidx[ei] : (int32_t)a->pos[ei];
+/* How a summary names a candidate: by position (every replica a
+ * candidate), by its rank among the named positions (compact), or by its
+ * arena index (compact, each entry its own candidate: named_copy and
+ * named_in_order). */
+enum { BY_POS, BY_NAMED, BY_ENTRY };
+
+/* The candidate index of arena entry ei (-1 when not named); by entry,
+ * NO_EV reads as -1 too. */
+static inline __attribute__((always_inline)) int32_t
+index_of(int by, const named_set *ns, const ev_arena *a, uint32_t ei) {
+  if (by == BY_ENTRY) return (int32_t)ei;
+  return by == BY_NAMED ? (int32_t)ns->cidx[ei] : (int32_t)a->pos[ei];
 }
+
+/* ... for a summary's warm, least or rendezvous entry, which may be NO_EV. */
+static inline __attribute__((always_inline)) int32_t
+index_or_none(int by, const named_set *ns, const ev_arena *a, uint32_t ei) {
+  if (by == BY_ENTRY) return (int32_t)ei;
+  return ei != NO_EV ? index_of(by, ns, a, ei) : -1;
+}
+_Static_assert((int32_t)NO_EV == -1, "NO_EV reads as -1");
 
 /* Cell k's summary. Top is filled with -1 (all bits set) in a couple of
  * stores and the entries in use written over it: not a test of each of
  * the seven. */
-static inline void summary_out(const scan *sc, int k, const named_set *ns,
-                               spi_pool_summary *o) {
+static inline __attribute__((always_inline)) void
+summary_out(const scan *sc, int k, int by, spi_pool_summary *o) {
   const cell_acc *c = &sc->cell[k];
   const ev_arena *a = &sc->a;
+  const named_set *ns = &sc->named;
   uint32_t n = c->n_top;
   o->pool = k / 2 + SPI_POOL_SPOT;
   o->model_tier = k % 2 + SPI_TIER_SMALL;
   o->usable = c->usable;
   o->n_top = n;
   memset(o->top, 0xff, sizeof o->top);
-  for (uint32_t j = 0; j < n; j++) o->top[j] = index_of(ns, a, c->top[j].ei);
-  o->warm = c->warm != NO_EV ? index_of(ns, a, c->warm) : -1;
-  o->least = c->least != NO_EV ? index_of(ns, a, c->least) : -1;
-  o->rendezvous = c->rdv != NO_EV ? index_of(ns, a, c->rdv) : -1;
+  for (uint32_t j = 0; j < n; j++)
+    o->top[j] = index_of(by, ns, a, c->top[j].ei);
+  o->warm = index_or_none(by, ns, a, c->warm);
+  o->least = index_or_none(by, ns, a, c->least);
+  o->rendezvous = index_or_none(by, ns, a, c->rdv);
   o->reserved0 = 0;
 }
 
@@ -1010,7 +1121,7 @@ static void scan_full(const route_env *x, const spi_replica_set *set,
       sums->kv_fix[r->pool] += spi__kv_fix(ev.kv_usage);
       sums->kv_n[r->pool] += 1;
     }
-    fill_candidate(&cands[i], r, &ev);
+    fill_candidate(&cands[i], &ev);
     if (ev.usable && r->cell >= 0) {
       sums->served[r->pool] += (uint64_t)ev.served;
       sums->streams[r->pool] += r->max_inflight;
@@ -1023,6 +1134,7 @@ static void scan_full(const route_env *x, const spi_replica_set *set,
 
 static void pass_begin(scan *sc, size_t nrep) {
   sc->a.n = 0;
+  sc->a.in_order = 0;
   bits_clear(sc->counted, (nrep + 63) / 64);
   for (int k = 0; k < SPI_SUMMARY_CELLS; k++) cell_clear(&sc->cell[k]);
 }
@@ -1091,6 +1203,7 @@ void spi__pass_shed(scan *sc, int32_t pool, spi_candidate *cands, size_t nrep) {
 static void eval_from_candidate(const route_env *x, const spi_replica_ident *r,
                                 const spi_candidate *c, uint32_t matched,
                                 replica_eval *o) {
+  eval_ident(o, r);
   o->running = c->running;
   o->waiting = c->waiting;
   o->kv_usage = c->kv_usage;
@@ -1155,6 +1268,7 @@ static void prefix_holder(scan *sc, const route_env *x,
     if (taken) sc->a.n--; /* the last entry, and nothing points to it */
     return;
   }
+  if (taken) sc->a.in_order = 0; /* appended out of position order */
   cell_warm(sc, k, pos, ei, j);
 }
 
@@ -1209,10 +1323,10 @@ static int all_in_tops(const scan *sc) {
 
 /* When every arena entry is named (all_in_tops) and the arena lies in
  * ascending positions (indexed_all_cells), each entry is its own
- * candidate, in the candidates' order: made so here, and 1. 0, with out
- * partly written, when the positions do not ascend. */
-static int named_in_order(scan *sc, const spi_replica_set *set,
-                          spi_candidate *out) {
+ * candidate, in the candidates' order (the summaries name it by its arena
+ * index, BY_ENTRY): made so here, and 1. 0, with out partly written, when
+ * the positions do not ascend. */
+static int named_in_order(scan *sc, spi_candidate *out) {
   named_set *ns = &sc->named;
   uint32_t n = sc->a.n, prev = 0; /* in a local: the fills' stores could
                                       otherwise be taken to change it */
@@ -1221,18 +1335,37 @@ static int named_in_order(scan *sc, const spi_replica_set *set,
     if (ei && pos <= prev) return 0;
     prev = pos;
     ns->pos[ei] = pos;
-    ns->cidx[ei] = (int8_t)ei;
-    fill_candidate(&out[ei], &set->r[pos], &sc->a.ev[ei]);
+    fill_candidate(&out[ei], &sc->a.ev[ei]);
   }
   ns->n = n;
   return 1;
 }
 
-/* The candidates a summaries-only policy reads: those the summaries name. */
-static size_t named_candidates(scan *sc, const spi_replica_set *set,
-                               size_t nrep, spi_candidate *out) {
+/* named_in_order for an arena known to ascend (ev_arena.in_order). */
+static void named_copy(scan *sc, spi_candidate *out) {
   named_set *ns = &sc->named;
-  if (all_in_tops(sc) && named_in_order(sc, set, out)) return ns->n;
+  uint32_t n = sc->a.n;
+  for (uint32_t ei = 0; ei < n; ei++) {
+    ns->pos[ei] = sc->a.pos[ei];
+    fill_candidate(&out[ei], &sc->a.ev[ei]);
+  }
+  ns->n = n;
+}
+
+/* The candidates a summaries-only policy reads: those the summaries name.
+ * *by: how the summaries are to name them (summary_out). */
+static size_t named_candidates(scan *sc, size_t nrep, spi_candidate *out,
+                               int *by) {
+  named_set *ns = &sc->named;
+  *by = BY_ENTRY;
+  if (all_in_tops(sc)) {
+    if (sc->a.in_order) {
+      named_copy(sc, out);
+      return ns->n;
+    }
+    if (named_in_order(sc, out)) return ns->n;
+  }
+  *by = BY_NAMED;
   memset(ns->cidx, NOT_NAMED, sizeof ns->cidx);
   named_mark(sc, nrep);
   /* Positions ascend out of the bitmap: each named one's entry is its
@@ -1244,7 +1377,7 @@ static size_t named_candidates(scan *sc, const spi_replica_set *set,
       uint8_t ei = sc->byte_of[pos];
       ns->pos[n] = pos;
       ns->cidx[ei] = (int8_t)n;
-      fill_candidate(&out[n], &set->r[pos], &sc->a.ev[ei]);
+      fill_candidate(&out[n], &sc->a.ev[ei]);
       n++;
     }
   ns->n = n;
@@ -1253,13 +1386,19 @@ static size_t named_candidates(scan *sc, const spi_replica_set *set,
 
 size_t spi__pass_candidates(scan *sc, const spi_replica_set *set, size_t nrep,
                             spi_candidate *named, spi_pool_summary *summaries) {
+  (void)set; /* each evaluation carries its replica's identity */
   if (!named) {
     for (int k = 0; k < SPI_SUMMARY_CELLS; k++)
-      summary_out(sc, k, NULL, &summaries[k]);
+      summary_out(sc, k, BY_POS, &summaries[k]);
     return nrep;
   }
-  size_t n = named_candidates(sc, set, nrep, named);
-  for (int k = 0; k < SPI_SUMMARY_CELLS; k++)
-    summary_out(sc, k, &sc->named, &summaries[k]);
+  int by;
+  size_t n = named_candidates(sc, nrep, named, &by);
+  if (by == BY_ENTRY)
+    for (int k = 0; k < SPI_SUMMARY_CELLS; k++)
+      summary_out(sc, k, BY_ENTRY, &summaries[k]);
+  else
+    for (int k = 0; k < SPI_SUMMARY_CELLS; k++)
+      summary_out(sc, k, BY_NAMED, &summaries[k]);
   return n;
 }

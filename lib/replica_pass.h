@@ -29,53 +29,61 @@ typedef struct route_env {
                                NULL when it excludes none */
 } route_env;
 
-/* One replica as this request sees it. From eligible to rate the fields
- * are spi_candidate's from eligible to prefill_tokens_per_s, at the same
- * offsets from running, so a candidate takes them in three copies
- * (fill_candidate); the two holes are the candidate's fields that come
- * from the replica's identity (max_inflight, usd_per_hour), never read
- * here. */
+/* One replica as this request sees it: a candidate (spi_candidate, field
+ * for field at the same offsets), then what only the route reads. Every
+ * evaluation carries its replica's identity (id, pool, tier, max_inflight,
+ * price), so a candidate is its first sizeof(spi_candidate) bytes in one
+ * copy (fill_candidate). */
 typedef struct replica_eval {
+  const char *id;
+  size_t id_len;
+  int32_t pool, model_tier;
   /* As the candidate has them: eligible (usable, not as the probe), the
    * half-open breaker's probe, a fresh load, rebalance advice. */
   int32_t eligible, probe, fresh, advised;
   double running, waiting, kv_usage; /* stale reads as saturated */
   uint32_t inflight;
-  uint32_t hole_max_inflight; /* spi_candidate.max_inflight's place */
+  uint32_t max_inflight;
   uint32_t matched;
   uint32_t match_flags;     /* SPI_MATCH_CONTINUED or 0 (spi_candidate) */
   uint64_t rdv;             /* rendezvous weight */
   double t;                 /* est TTFT, ms */
-  double hole_usd;          /* spi_candidate.usd_per_hour's place */
+  double usd_per_hour;
   double wait_ms, served, rate; /* the TTFT model's parts */
+  /* The candidate ends here. */
   double ms_tok;            /* ... (prefill_model.h) */
   uint8_t active, usable, busy; /* usable: eligible or the probe */
 } replica_eval;
 
-#define SPI_EV_AT(f) (offsetof(replica_eval, f) - offsetof(replica_eval, running))
-#define SPI_CAND_AT(f) (offsetof(spi_candidate, f) - offsetof(spi_candidate, running))
-_Static_assert(offsetof(replica_eval, running) - offsetof(replica_eval, eligible) ==
-                       offsetof(spi_candidate, running) -
-                           offsetof(spi_candidate, eligible) &&
-                   offsetof(replica_eval, probe) - offsetof(replica_eval, eligible) ==
-                       offsetof(spi_candidate, probe) -
-                           offsetof(spi_candidate, eligible) &&
-                   offsetof(replica_eval, fresh) - offsetof(replica_eval, eligible) ==
-                       offsetof(spi_candidate, fresh) -
-                           offsetof(spi_candidate, eligible) &&
-                   offsetof(replica_eval, advised) - offsetof(replica_eval, eligible) ==
-                       offsetof(spi_candidate, advised) -
-                           offsetof(spi_candidate, eligible),
-               "an evaluation's flags lie as a candidate's do (fill_candidate)");
-_Static_assert(SPI_EV_AT(inflight) == SPI_CAND_AT(inflight) &&
-                   SPI_EV_AT(matched) == SPI_CAND_AT(matched_blocks) &&
-                   SPI_EV_AT(match_flags) == SPI_CAND_AT(match_flags) &&
-                   SPI_EV_AT(rdv) == SPI_CAND_AT(rendezvous) &&
-                   SPI_EV_AT(t) == SPI_CAND_AT(est_ttft_ms) &&
-                   SPI_EV_AT(wait_ms) == SPI_CAND_AT(est_wait_ms) &&
-                   SPI_EV_AT(served) == SPI_CAND_AT(served_tokens) &&
-                   SPI_EV_AT(rate) == SPI_CAND_AT(prefill_tokens_per_s),
-               "an evaluation lies as a candidate does (fill_candidate)");
+#define SPI_EV_SAME(f, g) (offsetof(replica_eval, f) == offsetof(spi_candidate, g))
+_Static_assert(SPI_EV_SAME(id, id) && SPI_EV_SAME(id_len, id_len) &&
+                   SPI_EV_SAME(pool, pool) && SPI_EV_SAME(model_tier, model_tier) &&
+                   SPI_EV_SAME(eligible, eligible) && SPI_EV_SAME(probe, probe) &&
+                   SPI_EV_SAME(fresh, fresh) && SPI_EV_SAME(advised, advised) &&
+                   SPI_EV_SAME(running, running) && SPI_EV_SAME(waiting, waiting) &&
+                   SPI_EV_SAME(kv_usage, kv_usage) &&
+                   SPI_EV_SAME(inflight, inflight) &&
+                   SPI_EV_SAME(max_inflight, max_inflight) &&
+                   SPI_EV_SAME(matched, matched_blocks) &&
+                   SPI_EV_SAME(match_flags, match_flags) &&
+                   SPI_EV_SAME(rdv, rendezvous) && SPI_EV_SAME(t, est_ttft_ms) &&
+                   SPI_EV_SAME(usd_per_hour, usd_per_hour) &&
+                   SPI_EV_SAME(wait_ms, est_wait_ms) &&
+                   SPI_EV_SAME(served, served_tokens) &&
+                   SPI_EV_SAME(rate, prefill_tokens_per_s) &&
+                   offsetof(replica_eval, ms_tok) == sizeof(spi_candidate),
+               "an evaluation begins as a candidate (fill_candidate)");
+#undef SPI_EV_SAME
+
+/* The identity fields of an evaluation, from its replica. */
+static inline void eval_ident(replica_eval *o, const spi_replica_ident *r) {
+  o->id = r->id;
+  o->id_len = r->id_len;
+  o->pool = r->pool;
+  o->model_tier = r->model_tier;
+  o->max_inflight = r->max_inflight;
+  o->usd_per_hour = r->usd_per_hour;
+}
 
 /* The summary's definitions, one place each. Load is divided by the
  * capacity, not multiplied by its inverse: the header defines it so, and
@@ -201,6 +209,9 @@ typedef struct cell_acc {
 
 typedef struct ev_arena {
   uint32_t n;
+  /* Set by a pass that put every entry in ascending positions
+   * (indexed_whole); an entry put after it clears it (prefix_holder). */
+  uint32_t in_order;
   uint32_t pos[ARENA_CAP];
   replica_eval ev[ARENA_CAP];
 } ev_arena;
@@ -240,10 +251,12 @@ typedef struct scan {
   double seed_served[SPI_SUMMARY_CELLS * HINT_N]; /* ... and tokens served */
   uint64_t seed_wait[SPI_SUMMARY_CELLS * HINT_N]; /* ... and spi__wait_fix */
   /* One byte per position, read only where a bitmap says so: during the
-   * pass, a hinted replica's index in seed_kv (where counted is set
-   * before the pass); once the summaries are final, a named replica's
-   * arena entry (where named.bits is set). One array serves both: the
-   * first use has ended when the second begins. */
+   * lean pass, a hinted replica's index in seed_kv (where counted is set
+   * before the pass); during the pass of a fleet named whole
+   * (indexed_whole), a regular replica's arena entry (where the index's
+   * reg is set); once the summaries are final, a named replica's arena
+   * entry (where named.bits is set). One array serves all three: each use
+   * has ended when the next begins. */
   uint8_t byte_of[SPI_REPLICA_SLOTS];
   /* The regular replicas the pass through the pool index has offered to
    * their cell's summaries (cleared for the set's words when it starts). */

@@ -1549,6 +1549,8 @@ typedef struct twin {
   uint32_t n_ids;    /* replica ids "q0".."q{n_ids-1}" */
   uint32_t notices;
   int small;         /* replicas take one or two requests: many are busy */
+  int regular;       /* no models lists, fresh loads, nothing that makes a
+                        replica an exception to the pool index */
 } twin;
 
 static uint32_t rnd(twin *t, uint32_t n) {
@@ -1660,7 +1662,7 @@ static void twin_upsert(twin *t, uint32_t i) {
   snprintf(node, sizeof node, "n%u", i % 7 == 0 ? i : i % 11);
   snprintf(zone, sizeof zone, "z%u", rnd(t, 2));
   snprintf(type, sizeof type, "t%u", rnd(t, 2));
-  const char *mo = models[rnd(t, 6)];
+  const char *mo = t->regular ? "" : models[rnd(t, 6)];
   spi_replica_info ri;
   memset(&ri, 0, sizeof ri);
   ri.struct_size = sizeof ri;
@@ -1692,7 +1694,7 @@ static void twin_load(twin *t, uint32_t i) {
   l.running = rnd(t, 5) ? (double)rnd(t, 20) : 0.5 * rnd(t, 9);
   l.waiting = rnd(t, 3) ? 0 : (double)rnd(t, 6);
   l.kv_usage = rnd(t, 6) ? 0.006 * rnd(t, 101) : 0.97;
-  uint32_t age = rnd(t, 12);
+  uint32_t age = t->regular ? 0 : rnd(t, 12);
   l.at_ns = age < 8 ? 0
             : age < 11 ? t->w[0]->now - (int64_t)rnd(t, 6000) * MS
                       : t->w[0]->now + (int64_t)rnd(t, 6000) * MS;
@@ -1867,6 +1869,53 @@ static void twin_step(twin *t, uint32_t step) {
   }
 }
 
+/* One step of a history of regular replicas only: routes, fresh loads,
+ * tickets that succeed, time. */
+static void twin_step_regular(twin *t, uint32_t step) {
+  uint32_t op = rnd(t, 100), i = rnd(t, t->n_ids);
+  if (op < 55) {
+    twin_route(t, step);
+  } else if (op < 75) {
+    twin_load(t, i);
+  } else if (op < 85) {
+    if (t->n_open) twin_finish(t, rnd(t, t->n_open), SPI_TICKET_OK);
+  } else if (op < 88) {
+    twin_upsert(t, i);
+    twin_load(t, i);
+  } else {
+    int64_t dt = (int64_t)rnd(t, 150) * MS;
+    for (int k = 0; k < 2; k++) t->w[k]->now += dt;
+  }
+}
+
+/* Small fleets of regular replicas, where every cell is named whole and
+ * none is an exception: the pass through the index takes every replica
+ * as it lies (indexed_whole), the least loaded from the index's blocks. */
+static void test_whole_cells_match_every_candidate(void **st) {
+  (void)st;
+  for (uint64_t seed = 1; seed <= 8; seed++) {
+    twin t;
+    memset(&t, 0, sizeof t);
+    t.rng = seed * 0x9e3779b97f4a7c15ULL;
+    seen saw[2];
+    t.saw[0] = &saw[0];
+    t.saw[1] = &saw[1];
+    t.w[0] = mk_twin(0, &saw[0]);
+    t.w[1] = mk_twin(1, &saw[1]);
+    t.n_ids = 2 + rnd(&t, 14);
+    t.small = seed % 2 == 0;
+    t.regular = 1;
+    for (uint32_t i = 0; i < t.n_ids; i++) {
+      twin_upsert(&t, i);
+      twin_load(&t, i);
+    }
+    for (uint32_t step = 0; step < 600; step++) twin_step_regular(&t, step);
+    while (t.n_open) twin_finish(&t, 0, SPI_TICKET_OK);
+    done(t.w[0]);
+    done(t.w[1]);
+  }
+}
+
 static void test_summaries_match_every_candidate(void **st) {
   (void)st;
   const char *s = getenv("SPI_EQ_SEEDS"), *b = getenv("SPI_EQ_SEED_BASE");
@@ -1928,6 +1977,7 @@ int main(void) {
       cmocka_unit_test(test_output_estimate_is_capped_by_the_class),
       cmocka_unit_test(test_cache_hit_rule_reads_the_capped_output),
       cmocka_unit_test(test_summaries_match_every_candidate),
+      cmocka_unit_test(test_whole_cells_match_every_candidate),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
