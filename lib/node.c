@@ -963,7 +963,9 @@ static int release(node *n, const char *event_id) {
 /* n's deadline moves: it is filed again by when, and the host hears of it
  * as a NOTICED -> NOTICED (or DRAINING -> DRAINING) transition, because
  * the plans made against the old deadline may be wrong now and the
- * callback is how a host learns of notices from the bus. Both locks
+ * callback is how a host learns of notices from the bus. 0 takes the
+ * deadline away (a draining machine no interruption holds any more): its
+ * plans are then made against router.default_window_ms. Both locks
  * held. */
 static void set_deadline(spi_engine *e, node *n, int64_t deadline) {
   if (deadline == n->deadline_ns ||
@@ -1013,7 +1015,9 @@ static void resume(spi_engine *e, node *n) {
 /* After a withdrawal, what still holds n decides its state: the earliest
  * deadline of the interruptions left (those let go included); else the
  * advice left (NOTICED -> ADVISED); else back to work. A draining machine
- * stays draining. Both locks held. */
+ * stays draining (the host drained it, and only the host ends that), but
+ * with no interruption left it has no deadline either: it must not be
+ * terminated at a time the cloud took back. Both locks held. */
 static void settle(spi_engine *e, node *n, int64_t now) {
   if (n->lost_advised <= now) n->lost_advised = 0; /* lapsed */
   int64_t deadline = n->lost_deadline ? n->lost_deadline : INT64_MAX;
@@ -1031,7 +1035,7 @@ static void settle(spi_engine *e, node *n, int64_t now) {
   if (deadline != INT64_MAX) {
     set_deadline(e, n, deadline);
   } else if (n->state == SPI_NODE_DRAINING) {
-    return;
+    set_deadline(e, n, 0);
   } else if (advised) {
     n->advised_until = advised;
     if (n->state == SPI_NODE_ADVISED) {

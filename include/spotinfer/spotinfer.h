@@ -917,8 +917,9 @@ SPI_API int spi_notice_parse_v2(int32_t format, int32_t http_status,
  * to ACTIVE before its deadline, or to ADVISED while advice handed in for
  * it has not lapsed. A withdrawal takes back only the event its event_id
  * names: the machine stays NOTICED while another interruption holds it,
- * one noticed by spi_node_set_state stays so, and one advised by it stays
- * advised until that advice lapses. A machine
+ * one noticed by spi_node_set_state stays so, one advised by it stays
+ * advised until that advice lapses, and one DRAINING stays DRAINING,
+ * without a deadline once no interruption holds it. A machine
  * lists four events; past that the one due last is let go, and the
  * earliest deadline of those let go holds it whatever is withdrawn. A
  * machine TERMINATED while only maintenance with an event id held it (a
