@@ -835,15 +835,6 @@ static size_t plan(spi_engine *e, const node *n, const spi_router_cfg *c,
 
 /* ------------------------------------------------------------- public API */
 
-/* Whether the notice's dedup key was handed in for its machine (nlen
- * bytes of its id): a key is a machine's, so one a host built reused for
- * another machine is another notice. Nodes lock held. */
-static int seen_before(struct spi_nodes *t, const spi_notice *notice,
-                       size_t nlen) {
-  return spi__keyring_has(&t->seen, notice->dedup_key,
-                          XXH3_64bits(notice->node, nlen));
-}
-
 /* Whether notice is advice: rebalance, or maintenance without a
  * deadline (a live migration). */
 static int is_advice(const spi_notice *notice) {
@@ -851,13 +842,41 @@ static int is_advice(const spi_notice *notice) {
          (notice->kind == SPI_NOTICE_MAINTENANCE && notice->deadline_ns == 0);
 }
 
-/* Remember a dedup key handed in for the machine id[0..len); the keys of
- * advice are marked, as a machine put back to work keeps them. */
+/* Whether the notice repeats one handed in for its machine (nlen bytes of
+ * its id): its dedup key was (a key is a machine's, so one a host built
+ * reused for another machine is another notice), and it does not bring
+ * that key's deadline forward. Keys hold no time, since some pollers move
+ * it on every poll, so the key remembers the deadline it last acted with:
+ * an interruption served again with an earlier one (an AWS scheduled event
+ * moved to an earlier NotBefore under its EventId) acts again and plans
+ * against it, while that deadline is still to come. A later one is a
+ * repeat (the earliest deadline holds, interrupt), and so is any once the
+ * deadline remembered has passed: an event served past its deadline does
+ * not notice a dropped machine again. Nodes lock held. */
+static int seen_before(struct spi_nodes *t, const spi_notice *notice,
+                       size_t nlen, int64_t now) {
+  int64_t when = 0;
+  if (!spi__keyring_has(&t->seen, notice->dedup_key,
+                        XXH3_64bits(notice->node, nlen), &when))
+    return 0;
+  int earlier = notice->active && !is_advice(notice) && notice->deadline_ns &&
+                notice->deadline_ns < when && now < when;
+  return !earlier;
+}
+
+/* Remember a dedup key handed in for the machine id[0..len), with the
+ * deadline an interruption acted with (0: none to bring forward); the
+ * keys of advice are marked, as a machine put back to work keeps them. A
+ * key remembered already (an interruption brought forward) keeps its
+ * place in the ring. */
 static void remember(struct spi_nodes *t, const spi_notice *notice,
-                     size_t len) {
-  spi__keyring_add(&t->seen, notice->dedup_key,
-                   XXH3_64bits(notice->node, len),
-                   notice->active && is_advice(notice));
+                     size_t len, int64_t deadline) {
+  uint64_t owner = XXH3_64bits(notice->node, len);
+  int advice = is_advice(notice);
+  int64_t when = notice->active && !advice ? deadline : 0;
+  if (!spi__keyring_set_when(&t->seen, notice->dedup_key, owner, when))
+    spi__keyring_add(&t->seen, notice->dedup_key, owner,
+                     notice->active && advice, when);
 }
 
 /* The bus's dedup key of a notice: the machine, what, when and which
@@ -881,7 +900,8 @@ static void bus_key(char *buf, const spi_notice *n, int64_t deadline) {
 /* Whether the bus key was applied here. Nodes lock held. */
 static int bus_seen_before(struct spi_nodes *t, const char *key,
                            const spi_notice *notice, size_t nlen) {
-  return spi__keyring_has(&t->bus_seen, key, XXH3_64bits(notice->node, nlen));
+  return spi__keyring_has(&t->bus_seen, key, XXH3_64bits(notice->node, nlen),
+                          NULL);
 }
 
 static size_t bounded_len(const char *s, size_t cap) {
@@ -1145,7 +1165,7 @@ static int notice_act(spi_engine *e, const spi_notice *notice, size_t nlen,
   /* After acting: a withdrawal that puts the machine back to work forgets
    * the keys of what held it, but polling the withdrawal again must still
    * do nothing. */
-  if (remember_key) remember(e->nodes, notice, nlen);
+  if (remember_key) remember(e->nodes, notice, nlen, run->deadline);
   return rc;
 }
 
@@ -1208,14 +1228,15 @@ int spi_engine_notice(spi_engine *engine, const spi_notice *notice,
   uint64_t queued = 0;
   lock_all(engine);
   expire(engine, run.now);
-  if (!klen || !seen_before(t, notice, nlen)) {
+  if (!klen || !seen_before(t, notice, nlen, run.now)) {
     rc = notice_act(engine, notice, nlen, klen > 0, &run);
     *n_out = run.found;
     if (rc == SPI_OK || rc == SPI_EBUFSIZE) {
       char key[BUS_KEY_CAP];
       bus_key(key, notice, run.deadline);
       /* its own echo skipped */
-      spi__keyring_add(&t->bus_seen, key, XXH3_64bits(notice->node, nlen), 0);
+      spi__keyring_add(&t->bus_seen, key, XXH3_64bits(notice->node, nlen), 0,
+                       0);
       /* Queued under the lock: a withdrawal acting once it is free (on
        * another thread, while this one runs the callback) goes on the bus
        * after this notice. */
@@ -1248,10 +1269,11 @@ int spi__nodes_apply_remote(spi_engine *e, const spi_notice *notice) {
    * bus key only once the notice has acted, so a copy from another engine
    * is applied after one that could not be. */
   if (!bus_seen_before(t, key, notice, nlen) &&
-      !(notice->dedup_key[0] && seen_before(t, notice, nlen))) {
+      !(notice->dedup_key[0] && seen_before(t, notice, nlen, run.now))) {
     rc = notice_act(e, notice, nlen, 0, &run);
     if (rc == SPI_OK) {
-      spi__keyring_add(&t->bus_seen, key, XXH3_64bits(notice->node, nlen), 0);
+      spi__keyring_add(&t->bus_seen, key, XXH3_64bits(notice->node, nlen), 0,
+                       0);
       rc = 1;
     }
   }

@@ -972,7 +972,10 @@ typedef struct spi_ticket_plan {
  * replica's decode rate fit before the deadline minus router.drain_margin_ms,
  * or when it is gold and past router.gold_drain_progress; otherwise REPLAY.
  * A notice whose dedup_key was already handed in for its machine changes
- * nothing and plans nothing. The keys go when the machine is started
+ * nothing and plans nothing, unless it is an interruption that brings
+ * forward the deadline that key last acted with, still to come (an event
+ * moved earlier): then it acts, the machine's deadline moves earlier and
+ * the plans are made against it. The keys go when the machine is started
  * again (a replica added on a machine untracked or TERMINATED), removed by
  * hand, or put back to work (a withdrawal, or ACTIVE by hand; advice keeps
  * its key then), so an instance started again under the same id is

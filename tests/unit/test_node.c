@@ -984,6 +984,65 @@ static void test_drain_outlives_withdrawn_notice(void **st) {
   fb_done(w);
 }
 
+/* An AWS scheduled event moved to an earlier NotBefore under the same
+ * EventId (its dedup key, which holds no time) moves the machine's
+ * deadline earlier and plans again: a stream that drained against the
+ * old deadline is replayed now. It used to be a repeat, and streams
+ * stayed planned against the later deadline. A repeat that is not earlier
+ * does nothing, the earliest deadline in force stays, and one earlier
+ * than a deadline that has passed is a repeat too. */
+static void test_event_moved_earlier_replans(void **st) {
+  (void)st;
+  fb_world *w = mk(NULL);
+  fb_add(w, "spot-a", "i-aaa", SPI_POOL_SPOT, "g5", "z1");
+  w->now = 1893456000LL * SEC; /* 2030-01-01T00:00:00Z */
+  refresh_loads(w);
+  spi_decision d;
+  assert_int_equal(route(w, "silver", 4000, &d), SPI_OK);
+  spi_ticket_progress(w->e, d.ticket, 100); /* 3900 left at 50/s: 78 s */
+  spi_ticket_plan p[2];
+  const char *code = "instance-retirement";
+  assert_int_equal(scheduled(w, code, "active", "1 Jan 2030 00:10:00 GMT", p,
+                             2), 1);
+  assert_int_equal(p[0].action, SPI_ACTION_DRAIN);
+  int before = w->transitions;
+  assert_int_equal(scheduled(w, code, "active", "1 Jan 2030 00:01:00 GMT", p,
+                             2), 1);
+  assert_int_equal(p[0].action, SPI_ACTION_REPLAY);
+  assert_true(p[0].deadline_s > 59.9 && p[0].deadline_s <= 60.0);
+  assert_int_equal(w->transitions, before + 1);
+  assert_int_equal(w->last_from, SPI_NODE_NOTICED);
+  assert_int_equal(w->last_to, SPI_NODE_NOTICED);
+  /* Polled again, or back at the later time: a repeat. */
+  assert_int_equal(scheduled(w, code, "active", "1 Jan 2030 00:01:00 GMT", p,
+                             2), 0);
+  assert_int_equal(scheduled(w, code, "active", "1 Jan 2030 00:10:00 GMT", p,
+                             2), 0);
+  assert_int_equal(w->transitions, before + 1);
+  w->now += 61 * SEC;
+  assert_int_equal(spi_engine_tick(w->e), SPI_OK);
+  assert_int_equal(fb_state(w->e, "i-aaa"), SPI_NODE_TERMINATED);
+  spi_ticket_result res;
+  memset(&res, 0, sizeof res);
+  res.struct_size = sizeof res;
+  res.status = SPI_TICKET_INTERRUPTED;
+  spi_ticket_finish(w->e, d.ticket, &res);
+  /* A machine that runs nothing, dropped once terminated: the event
+   * served again, even earlier, is a repeat of one that has passed. */
+  spi_notice z = notice("i-zzz", SPI_NOTICE_STOP, w->now + 30 * SEC,
+                        "aws:scheduled:ev-9");
+  snprintf(z.event_id, sizeof z.event_id, "ev-9");
+  fb_hand(w, &z);
+  w->now += 31 * SEC;
+  assert_int_equal(spi_engine_tick(w->e), SPI_OK);
+  int noticed = w->to_noticed;
+  z.deadline_ns -= 10 * SEC;
+  fb_hand(w, &z);
+  assert_int_equal(w->to_noticed, noticed);
+  assert_int_equal(fb_state(w->e, "i-zzz"), SPI_NODE_ACTIVE);
+  fb_done(w);
+}
+
 /* A dedup key is its machine's: one a host built and reused for a second
  * machine notices that machine too (it used to be dropped as a repeat),
  * while the first machine's repeat is still one. */
@@ -1465,6 +1524,7 @@ int main(void) {
       cmocka_unit_test(test_dedup_key_is_per_machine),
       cmocka_unit_test(test_advised_by_hand_then_withdrawn),
       cmocka_unit_test(test_drain_outlives_withdrawn_notice),
+      cmocka_unit_test(test_event_moved_earlier_replans),
       cmocka_unit_test(test_every_transition_is_reported),
       cmocka_unit_test(test_notice_reported_when_table_full),
       cmocka_unit_test(test_node_table_flood),
