@@ -322,6 +322,7 @@ static void linger_unlink(struct spi_nodes *t, node *n) {
 
 static int make_room(spi_engine *e);
 static void drop(spi_engine *e, node *n);
+static int move(spi_engine *e, node *n, int32_t to);
 static void expire(spi_engine *e, int64_t now);
 static void due(spi_engine *e, node *n, int64_t now);
 static int ev_room(spi_engine *e, size_t k);
@@ -513,12 +514,13 @@ int32_t spi__nodes_initial(spi_engine *e, const spi_replica_ident *r,
    * under the same id), and its next interruption may have a key seen
    * before. The keys of advice stay, as in back_to_work: advice the cloud
    * goes on serving does not advise the machine again. A terminated entry
-   * is dropped (REMOVED, reported when the next notice or tick releases
-   * the locks), so the machine starts ACTIVE and its notices act again;
-   * replicas still registered there keep their state until the machine's
-   * next transition or their removal. */
+   * is forgotten (REMOVED, reported when the next notice or tick releases
+   * the locks), so the machine starts ACTIVE and its notices act again.
+   * That is a new life of the machine for every replica registered there,
+   * as when the host forgets it by hand: those from before take requests
+   * again, instead of staying NOTICED on a machine that reads ACTIVE. */
   if (n && n->state == SPI_NODE_TERMINATED && n->deadline_ns <= now) {
-    drop(e, n);
+    move(e, n, SPI_NODE_REMOVED);
     n = NULL;
   }
   if (r->node_len && !n)

@@ -924,7 +924,9 @@ SPI_API int spi_notice_parse_v2(int32_t format, int32_t http_status,
  * earliest deadline of those let go holds it whatever is withdrawn. A
  * machine TERMINATED while only maintenance with an event id held it (a
  * reboot, freeze or redeploy) comes back to ACTIVE when that maintenance
- * is withdrawn; nothing else leaves TERMINATED but REMOVED. */
+ * is withdrawn; nothing else leaves TERMINATED but REMOVED, by hand or
+ * when a replica is added there past its deadline (the machine started
+ * again: it and every replica registered there are ACTIVE). */
 enum spi_node_state {
   SPI_NODE_ACTIVE = 1,
   SPI_NODE_ADVISED = 2,    /* rebalance advice: no new long requests */

@@ -1043,6 +1043,46 @@ static void test_event_moved_earlier_replans(void **st) {
   fb_done(w);
 }
 
+/* A replica added on a machine terminated past its deadline starts the
+ * machine's new life, for every replica registered there: those still
+ * registered from before take requests again (ACTIVE), as they do when
+ * the host forgets the machine by hand. They used to stay NOTICED on a
+ * machine that read ACTIVE until its next transition. Also when no tick
+ * ran since the deadline, and when the replica moves there. */
+static void test_restart_frees_other_replicas(void **st) {
+  (void)st;
+  fb_world *w = mk(NULL);
+  fb_add(w, "r1", "i-aaa", SPI_POOL_SPOT, "g5.xlarge", "use1-az1");
+  fb_add(w, "r2", "i-aaa", SPI_POOL_SPOT, "g5.xlarge", "use1-az1");
+  fb_add(w, "mv", "i-bbb", SPI_POOL_SPOT, "g5.xlarge", "use1-az1");
+  for (int round = 0; round < 3; round++) {
+    char key[16];
+    snprintf(key, sizeof key, "aws:spot:%d", round);
+    spi_notice n = fb_notice("i-aaa", w->now + 120 * SEC, key);
+    fb_hand(w, &n);
+    w->now += 121 * SEC;
+    if (round != 1) {
+      assert_int_equal(spi_engine_tick(w->e), SPI_OK);
+      assert_int_equal(fb_state(w->e, "i-aaa"), SPI_NODE_TERMINATED);
+      assert_int_equal(replica_state(w, "r1"), SPI_REPLICA_NOTICED);
+    }
+    int removed = w->removed;
+    if (round == 2)
+      fb_add(w, "mv", "i-aaa", SPI_POOL_SPOT, "g5.xlarge", "use1-az1");
+    else
+      fb_add(w, round ? "r3b" : "r3", "i-aaa", SPI_POOL_SPOT, "g5.xlarge",
+             "use1-az1");
+    assert_int_equal(spi_engine_tick(w->e), SPI_OK);
+    assert_int_equal(fb_state(w->e, "i-aaa"), SPI_NODE_ACTIVE);
+    assert_int_equal(w->removed, removed + 1);
+    assert_int_equal(replica_state(w, "r1"), SPI_REPLICA_ACTIVE);
+    assert_int_equal(replica_state(w, "r2"), SPI_REPLICA_ACTIVE);
+    assert_int_equal(replica_state(w, round == 2 ? "mv" : round ? "r3b" : "r3"),
+                     SPI_REPLICA_ACTIVE);
+  }
+  fb_done(w);
+}
+
 /* A dedup key is its machine's: one a host built and reused for a second
  * machine notices that machine too (it used to be dropped as a repeat),
  * while the first machine's repeat is still one. */
@@ -1525,6 +1565,7 @@ int main(void) {
       cmocka_unit_test(test_advised_by_hand_then_withdrawn),
       cmocka_unit_test(test_drain_outlives_withdrawn_notice),
       cmocka_unit_test(test_event_moved_earlier_replans),
+      cmocka_unit_test(test_restart_frees_other_replicas),
       cmocka_unit_test(test_every_transition_is_reported),
       cmocka_unit_test(test_notice_reported_when_table_full),
       cmocka_unit_test(test_node_table_flood),
