@@ -322,6 +322,7 @@ static void linger_unlink(struct spi_nodes *t, node *n) {
 
 static int make_room(spi_engine *e);
 static void drop(spi_engine *e, node *n);
+static int move(spi_engine *e, node *n, int32_t to);
 static void expire(spi_engine *e, int64_t now);
 static void due(spi_engine *e, node *n, int64_t now);
 static int ev_room(spi_engine *e, size_t k);
@@ -513,12 +514,13 @@ int32_t spi__nodes_initial(spi_engine *e, const spi_replica_ident *r,
    * under the same id), and its next interruption may have a key seen
    * before. The keys of advice stay, as in back_to_work: advice the cloud
    * goes on serving does not advise the machine again. A terminated entry
-   * is dropped (REMOVED, reported when the next notice or tick releases
-   * the locks), so the machine starts ACTIVE and its notices act again;
-   * replicas still registered there keep their state until the machine's
-   * next transition or their removal. */
+   * is forgotten (REMOVED, reported when the next notice or tick releases
+   * the locks), so the machine starts ACTIVE and its notices act again.
+   * That is a new life of the machine for every replica registered there,
+   * as when the host forgets it by hand: those from before take requests
+   * again, instead of staying NOTICED on a machine that reads ACTIVE. */
   if (n && n->state == SPI_NODE_TERMINATED && n->deadline_ns <= now) {
-    drop(e, n);
+    move(e, n, SPI_NODE_REMOVED);
     n = NULL;
   }
   if (r->node_len && !n)
@@ -835,15 +837,6 @@ static size_t plan(spi_engine *e, const node *n, const spi_router_cfg *c,
 
 /* ------------------------------------------------------------- public API */
 
-/* Whether the notice's dedup key was handed in for its machine (nlen
- * bytes of its id): a key is a machine's, so one a host built reused for
- * another machine is another notice. Nodes lock held. */
-static int seen_before(struct spi_nodes *t, const spi_notice *notice,
-                       size_t nlen) {
-  return spi__keyring_has(&t->seen, notice->dedup_key,
-                          XXH3_64bits(notice->node, nlen));
-}
-
 /* Whether notice is advice: rebalance, or maintenance without a
  * deadline (a live migration). */
 static int is_advice(const spi_notice *notice) {
@@ -851,13 +844,41 @@ static int is_advice(const spi_notice *notice) {
          (notice->kind == SPI_NOTICE_MAINTENANCE && notice->deadline_ns == 0);
 }
 
-/* Remember a dedup key handed in for the machine id[0..len); the keys of
- * advice are marked, as a machine put back to work keeps them. */
+/* Whether the notice repeats one handed in for its machine (nlen bytes of
+ * its id): its dedup key was (a key is a machine's, so one a host built
+ * reused for another machine is another notice), and it does not bring
+ * that key's deadline forward. Keys hold no time, since some pollers move
+ * it on every poll, so the key remembers the deadline it last acted with:
+ * an interruption served again with an earlier one (an AWS scheduled event
+ * moved to an earlier NotBefore under its EventId) acts again and plans
+ * against it, while that deadline is still to come. A later one is a
+ * repeat (the earliest deadline holds, interrupt), and so is any once the
+ * deadline remembered has passed: an event served past its deadline does
+ * not notice a dropped machine again. Nodes lock held. */
+static int seen_before(struct spi_nodes *t, const spi_notice *notice,
+                       size_t nlen, int64_t now) {
+  int64_t when = 0;
+  if (!spi__keyring_has(&t->seen, notice->dedup_key,
+                        XXH3_64bits(notice->node, nlen), &when))
+    return 0;
+  int earlier = notice->active && !is_advice(notice) && notice->deadline_ns &&
+                notice->deadline_ns < when && now < when;
+  return !earlier;
+}
+
+/* Remember a dedup key handed in for the machine id[0..len), with the
+ * deadline an interruption acted with (0: none to bring forward); the
+ * keys of advice are marked, as a machine put back to work keeps them. A
+ * key remembered already (an interruption brought forward) keeps its
+ * place in the ring. */
 static void remember(struct spi_nodes *t, const spi_notice *notice,
-                     size_t len) {
-  spi__keyring_add(&t->seen, notice->dedup_key,
-                   XXH3_64bits(notice->node, len),
-                   notice->active && is_advice(notice));
+                     size_t len, int64_t deadline) {
+  uint64_t owner = XXH3_64bits(notice->node, len);
+  int advice = is_advice(notice);
+  int64_t when = notice->active && !advice ? deadline : 0;
+  if (!spi__keyring_set_when(&t->seen, notice->dedup_key, owner, when))
+    spi__keyring_add(&t->seen, notice->dedup_key, owner,
+                     notice->active && advice, when);
 }
 
 /* The bus's dedup key of a notice: the machine, what, when and which
@@ -881,7 +902,8 @@ static void bus_key(char *buf, const spi_notice *n, int64_t deadline) {
 /* Whether the bus key was applied here. Nodes lock held. */
 static int bus_seen_before(struct spi_nodes *t, const char *key,
                            const spi_notice *notice, size_t nlen) {
-  return spi__keyring_has(&t->bus_seen, key, XXH3_64bits(notice->node, nlen));
+  return spi__keyring_has(&t->bus_seen, key, XXH3_64bits(notice->node, nlen),
+                          NULL);
 }
 
 static size_t bounded_len(const char *s, size_t cap) {
@@ -963,7 +985,9 @@ static int release(node *n, const char *event_id) {
 /* n's deadline moves: it is filed again by when, and the host hears of it
  * as a NOTICED -> NOTICED (or DRAINING -> DRAINING) transition, because
  * the plans made against the old deadline may be wrong now and the
- * callback is how a host learns of notices from the bus. Both locks
+ * callback is how a host learns of notices from the bus. 0 takes the
+ * deadline away (a draining machine no interruption holds any more): its
+ * plans are then made against router.default_window_ms. Both locks
  * held. */
 static void set_deadline(spi_engine *e, node *n, int64_t deadline) {
   if (deadline == n->deadline_ns ||
@@ -1013,7 +1037,9 @@ static void resume(spi_engine *e, node *n) {
 /* After a withdrawal, what still holds n decides its state: the earliest
  * deadline of the interruptions left (those let go included); else the
  * advice left (NOTICED -> ADVISED); else back to work. A draining machine
- * stays draining. Both locks held. */
+ * stays draining (the host drained it, and only the host ends that), but
+ * with no interruption left it has no deadline either: it must not be
+ * terminated at a time the cloud took back. Both locks held. */
 static void settle(spi_engine *e, node *n, int64_t now) {
   if (n->lost_advised <= now) n->lost_advised = 0; /* lapsed */
   int64_t deadline = n->lost_deadline ? n->lost_deadline : INT64_MAX;
@@ -1031,7 +1057,7 @@ static void settle(spi_engine *e, node *n, int64_t now) {
   if (deadline != INT64_MAX) {
     set_deadline(e, n, deadline);
   } else if (n->state == SPI_NODE_DRAINING) {
-    return;
+    set_deadline(e, n, 0);
   } else if (advised) {
     n->advised_until = advised;
     if (n->state == SPI_NODE_ADVISED) {
@@ -1141,7 +1167,7 @@ static int notice_act(spi_engine *e, const spi_notice *notice, size_t nlen,
   /* After acting: a withdrawal that puts the machine back to work forgets
    * the keys of what held it, but polling the withdrawal again must still
    * do nothing. */
-  if (remember_key) remember(e->nodes, notice, nlen);
+  if (remember_key) remember(e->nodes, notice, nlen, run->deadline);
   return rc;
 }
 
@@ -1204,14 +1230,15 @@ int spi_engine_notice(spi_engine *engine, const spi_notice *notice,
   uint64_t queued = 0;
   lock_all(engine);
   expire(engine, run.now);
-  if (!klen || !seen_before(t, notice, nlen)) {
+  if (!klen || !seen_before(t, notice, nlen, run.now)) {
     rc = notice_act(engine, notice, nlen, klen > 0, &run);
     *n_out = run.found;
     if (rc == SPI_OK || rc == SPI_EBUFSIZE) {
       char key[BUS_KEY_CAP];
       bus_key(key, notice, run.deadline);
       /* its own echo skipped */
-      spi__keyring_add(&t->bus_seen, key, XXH3_64bits(notice->node, nlen), 0);
+      spi__keyring_add(&t->bus_seen, key, XXH3_64bits(notice->node, nlen), 0,
+                       0);
       /* Queued under the lock: a withdrawal acting once it is free (on
        * another thread, while this one runs the callback) goes on the bus
        * after this notice. */
@@ -1244,10 +1271,11 @@ int spi__nodes_apply_remote(spi_engine *e, const spi_notice *notice) {
    * bus key only once the notice has acted, so a copy from another engine
    * is applied after one that could not be. */
   if (!bus_seen_before(t, key, notice, nlen) &&
-      !(notice->dedup_key[0] && seen_before(t, notice, nlen))) {
+      !(notice->dedup_key[0] && seen_before(t, notice, nlen, run.now))) {
     rc = notice_act(e, notice, nlen, 0, &run);
     if (rc == SPI_OK) {
-      spi__keyring_add(&t->bus_seen, key, XXH3_64bits(notice->node, nlen), 0);
+      spi__keyring_add(&t->bus_seen, key, XXH3_64bits(notice->node, nlen), 0,
+                       0);
       rc = 1;
     }
   }

@@ -176,9 +176,11 @@ int spi__keyring_init(spi_keyring *k, const spi_mem *m, size_t ring,
   k->owner = spi__calloc(m, ring, sizeof *k->owner);
   k->live = spi__calloc(m, ring, sizeof *k->live);
   k->marked = spi__calloc(m, ring, sizeof *k->marked);
+  k->when = spi__calloc(m, ring, sizeof *k->when);
   k->cap = cap;
   k->ring = ring;
   if (!k->keys || !k->hash || !k->owner || !k->live || !k->marked ||
+      !k->when ||
       spi__hix_init(&k->ix, m, ring, k->hash, probes) != SPI_OK ||
       spi__hix_init(&k->by_owner, m, ring, k->owner, probes) != SPI_OK) {
     spi__keyring_free(k, m);
@@ -195,19 +197,38 @@ void spi__keyring_free(spi_keyring *k, const spi_mem *m) {
   spi__free(m, k->owner);
   spi__free(m, k->live);
   spi__free(m, k->marked);
+  spi__free(m, k->when);
   k->keys = NULL;
   k->hash = k->owner = NULL;
   k->live = k->marked = NULL;
+  k->when = NULL;
 }
 
-int spi__keyring_has(spi_keyring *k, const char *key, uint64_t owner) {
+/* The entry that remembers key for owner, or SPI_NT_NIL. */
+static uint32_t keyring_find(spi_keyring *k, const char *key, uint64_t owner) {
   size_t len = strlen(key);
-  if (len >= k->cap) return 0; /* only shorter keys are kept whole */
+  if (len >= k->cap) return SPI_NT_NIL; /* only shorter keys are kept whole */
   uint64_t hv = XXH3_64bits(key, len);
   size_t cur = 0;
   for (uint32_t e; (e = spi__hix_next(&k->ix, hv, &cur)) != SPI_NT_NIL;)
-    if (k->owner[e] == owner && !strcmp(k->keys + e * k->cap, key)) return 1;
-  return 0;
+    if (k->owner[e] == owner && !strcmp(k->keys + e * k->cap, key)) return e;
+  return SPI_NT_NIL;
+}
+
+int spi__keyring_has(spi_keyring *k, const char *key, uint64_t owner,
+                     int64_t *when) {
+  uint32_t e = keyring_find(k, key, owner);
+  if (e == SPI_NT_NIL) return 0;
+  if (when) *when = k->when[e];
+  return 1;
+}
+
+int spi__keyring_set_when(spi_keyring *k, const char *key, uint64_t owner,
+                          int64_t when) {
+  uint32_t e = keyring_find(k, key, owner);
+  if (e == SPI_NT_NIL) return 0;
+  k->when[e] = when;
+  return 1;
 }
 
 /* Take entry e out of both indexes (before its hashes change). */
@@ -218,7 +239,7 @@ static void keyring_unlink(spi_keyring *k, uint32_t e) {
 }
 
 void spi__keyring_add(spi_keyring *k, const char *key, uint64_t owner,
-                      int marked) {
+                      int marked, int64_t when) {
   size_t e = k->next;
   if (k->live[e]) keyring_unlink(k, (uint32_t)e);
   char *dst = k->keys + e * k->cap;
@@ -229,6 +250,7 @@ void spi__keyring_add(spi_keyring *k, const char *key, uint64_t owner,
   k->hash[e] = XXH3_64bits(dst, len);
   k->owner[e] = owner;
   k->marked[e] = marked != 0;
+  k->when[e] = when;
   spi__hix_insert(&k->ix, (uint32_t)e);
   spi__hix_insert(&k->by_owner, (uint32_t)e);
   k->live[e] = 1;

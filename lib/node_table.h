@@ -62,8 +62,9 @@ uint32_t spi__wheap_due(const spi_wheap *q, int64_t now);
 
 /* The last `ring` keys remembered (NUL-terminated, cut to cap - 1 bytes),
  * the oldest forgotten first, with an index to look them up. Each key has
- * an owner (a hash the caller picks: node.c's machine) and may be marked
- * (node.c: advice), and an owner's keys, or its unmarked ones, can be
+ * an owner (a hash the caller picks: node.c's machine), may be marked
+ * (node.c: advice) and carries a time (node.c: the deadline its event
+ * last acted with), and an owner's keys, or its unmarked ones, can be
  * forgotten at once, found through a second index. */
 typedef struct spi_keyring {
   char *keys;       /* ring * cap bytes */
@@ -72,6 +73,7 @@ typedef struct spi_keyring {
   uint64_t *owner;  /* by entry */
   uint8_t *live;    /* by entry: in both indexes */
   uint8_t *marked;  /* by entry */
+  int64_t *when;    /* by entry */
   spi_hix ix, by_owner;
 } spi_keyring;
 
@@ -79,10 +81,16 @@ int spi__keyring_init(spi_keyring *k, const spi_mem *m, size_t ring,
                       size_t cap, uint64_t *probes);
 void spi__keyring_free(spi_keyring *k, const spi_mem *m);
 /* Whether key was remembered for owner (the same key of another owner is
- * another key). */
-int spi__keyring_has(spi_keyring *k, const char *key, uint64_t owner);
+ * another key); if it was and when is not NULL, *when is its time. */
+int spi__keyring_has(spi_keyring *k, const char *key, uint64_t owner,
+                     int64_t *when);
+/* Remember key for owner, as the newest entry. */
 void spi__keyring_add(spi_keyring *k, const char *key, uint64_t owner,
-                      int marked);
+                      int marked, int64_t when);
+/* Give key, remembered for owner, the time when, where it is in the ring.
+ * Returns 0 if it is not remembered. */
+int spi__keyring_set_when(spi_keyring *k, const char *key, uint64_t owner,
+                          int64_t when);
 /* Forget every key of owner, or only its unmarked ones if keep_marked;
  * the reads are that owner's index chain. */
 void spi__keyring_forget(spi_keyring *k, uint64_t owner, int keep_marked);

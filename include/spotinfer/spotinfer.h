@@ -917,13 +917,16 @@ SPI_API int spi_notice_parse_v2(int32_t format, int32_t http_status,
  * to ACTIVE before its deadline, or to ADVISED while advice handed in for
  * it has not lapsed. A withdrawal takes back only the event its event_id
  * names: the machine stays NOTICED while another interruption holds it,
- * one noticed by spi_node_set_state stays so, and one advised by it stays
- * advised until that advice lapses. A machine
+ * one noticed by spi_node_set_state stays so, one advised by it stays
+ * advised until that advice lapses, and one DRAINING stays DRAINING,
+ * without a deadline once no interruption holds it. A machine
  * lists four events; past that the one due last is let go, and the
  * earliest deadline of those let go holds it whatever is withdrawn. A
  * machine TERMINATED while only maintenance with an event id held it (a
  * reboot, freeze or redeploy) comes back to ACTIVE when that maintenance
- * is withdrawn; nothing else leaves TERMINATED but REMOVED. */
+ * is withdrawn; nothing else leaves TERMINATED but REMOVED, by hand or
+ * when a replica is added there past its deadline (the machine started
+ * again: it and every replica registered there are ACTIVE). */
 enum spi_node_state {
   SPI_NODE_ACTIVE = 1,
   SPI_NODE_ADVISED = 2,    /* rebalance advice: no new long requests */
@@ -971,7 +974,10 @@ typedef struct spi_ticket_plan {
  * replica's decode rate fit before the deadline minus router.drain_margin_ms,
  * or when it is gold and past router.gold_drain_progress; otherwise REPLAY.
  * A notice whose dedup_key was already handed in for its machine changes
- * nothing and plans nothing. The keys go when the machine is started
+ * nothing and plans nothing, unless it is an interruption that brings
+ * forward the deadline that key last acted with, still to come (an event
+ * moved earlier): then it acts, the machine's deadline moves earlier and
+ * the plans are made against it. The keys go when the machine is started
  * again (a replica added on a machine untracked or TERMINATED), removed by
  * hand, or put back to work (a withdrawal, or ACTIVE by hand; advice keeps
  * its key then), so an instance started again under the same id is

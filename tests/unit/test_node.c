@@ -928,6 +928,161 @@ static void test_advised_by_hand_then_withdrawn(void **st) {
   fb_done(w);
 }
 
+/* Hand in the AWS scheduled event ev-1 for i-aaa: `code`, `state`, not
+ * before `when` (AWS's own time format); its plans go to p[0..cap). */
+static size_t scheduled(fb_world *w, const char *code, const char *state,
+                        const char *when, spi_ticket_plan *p, size_t cap) {
+  char body[256];
+  snprintf(body, sizeof body,
+           "[{\"Code\":\"%s\",\"EventId\":\"instance-event-1\","
+           "\"State\":\"%s\",\"NotBefore\":\"%s\"}]",
+           code, state, when);
+  spi_notice ns[2];
+  assert_int_equal(aws(w, SPI_NOTICE_AWS_SCHEDULED, body, ns, 2), 1);
+  size_t np = 0;
+  if (p) p[0].struct_size = sizeof p[0];
+  assert_int_equal(spi_engine_notice(w->e, &ns[0], p, cap, &np), SPI_OK);
+  return np;
+}
+
+/* A machine the host drains, whose only interruption is then withdrawn,
+ * stays DRAINING (the host's drain) and loses the withdrawn deadline,
+ * reported as DRAINING -> DRAINING: plans made against it may drain now.
+ * It used to be TERMINATED at the cancelled time. Drained before the
+ * notice, or noticed and then drained, alike. */
+static void test_drain_outlives_withdrawn_notice(void **st) {
+  (void)st;
+  fb_world *w = mk(NULL);
+  fb_add(w, "spot-a", "i-aaa", SPI_POOL_SPOT, "g5", "z1");
+  for (int round = 0; round < 2; round++) {
+    w->now = (1893456000LL + round * 86400) * SEC; /* 2030-01-01, 02 */
+    const char *when = round ? "2 Jan 2030 00:10:00 GMT"
+                             : "1 Jan 2030 00:10:00 GMT";
+    if (round == 0)
+      assert_int_equal(spi_node_set_state(w->e, "i-aaa", 5, SPI_NODE_DRAINING),
+                       SPI_OK);
+    scheduled(w, "instance-stop", "active", when, NULL, 0);
+    if (round == 1) {
+      assert_int_equal(fb_state(w->e, "i-aaa"), SPI_NODE_NOTICED);
+      assert_int_equal(spi_node_set_state(w->e, "i-aaa", 5, SPI_NODE_DRAINING),
+                       SPI_OK);
+    }
+    int before = w->transitions;
+    scheduled(w, "instance-stop", "canceled", when, NULL, 0);
+    assert_int_equal(w->transitions, before + 1);
+    assert_int_equal(w->last_from, SPI_NODE_DRAINING);
+    assert_int_equal(w->last_to, SPI_NODE_DRAINING);
+    w->now += 601 * SEC; /* past the cancelled time */
+    assert_int_equal(spi_engine_tick(w->e), SPI_OK);
+    assert_int_equal(fb_state(w->e, "i-aaa"), SPI_NODE_DRAINING);
+    assert_int_equal(replica_state(w, "spot-a"), SPI_REPLICA_DRAINING);
+    assert_int_equal(w->terminated, 0);
+    /* Forgotten by hand, for the next round. */
+    assert_int_equal(spi_node_set_state(w->e, "i-aaa", 5, SPI_NODE_REMOVED),
+                     SPI_OK);
+  }
+  fb_done(w);
+}
+
+/* An AWS scheduled event moved to an earlier NotBefore under the same
+ * EventId (its dedup key, which holds no time) moves the machine's
+ * deadline earlier and plans again: a stream that drained against the
+ * old deadline is replayed now. It used to be a repeat, and streams
+ * stayed planned against the later deadline. A repeat that is not earlier
+ * does nothing, the earliest deadline in force stays, and one earlier
+ * than a deadline that has passed is a repeat too. */
+static void test_event_moved_earlier_replans(void **st) {
+  (void)st;
+  fb_world *w = mk(NULL);
+  fb_add(w, "spot-a", "i-aaa", SPI_POOL_SPOT, "g5", "z1");
+  w->now = 1893456000LL * SEC; /* 2030-01-01T00:00:00Z */
+  refresh_loads(w);
+  spi_decision d;
+  assert_int_equal(route(w, "silver", 4000, &d), SPI_OK);
+  spi_ticket_progress(w->e, d.ticket, 100); /* 3900 left at 50/s: 78 s */
+  spi_ticket_plan p[2];
+  const char *code = "instance-retirement";
+  assert_int_equal(scheduled(w, code, "active", "1 Jan 2030 00:10:00 GMT", p,
+                             2), 1);
+  assert_int_equal(p[0].action, SPI_ACTION_DRAIN);
+  int before = w->transitions;
+  assert_int_equal(scheduled(w, code, "active", "1 Jan 2030 00:01:00 GMT", p,
+                             2), 1);
+  assert_int_equal(p[0].action, SPI_ACTION_REPLAY);
+  assert_true(p[0].deadline_s > 59.9 && p[0].deadline_s <= 60.0);
+  assert_int_equal(w->transitions, before + 1);
+  assert_int_equal(w->last_from, SPI_NODE_NOTICED);
+  assert_int_equal(w->last_to, SPI_NODE_NOTICED);
+  /* Polled again, or back at the later time: a repeat. */
+  assert_int_equal(scheduled(w, code, "active", "1 Jan 2030 00:01:00 GMT", p,
+                             2), 0);
+  assert_int_equal(scheduled(w, code, "active", "1 Jan 2030 00:10:00 GMT", p,
+                             2), 0);
+  assert_int_equal(w->transitions, before + 1);
+  w->now += 61 * SEC;
+  assert_int_equal(spi_engine_tick(w->e), SPI_OK);
+  assert_int_equal(fb_state(w->e, "i-aaa"), SPI_NODE_TERMINATED);
+  spi_ticket_result res;
+  memset(&res, 0, sizeof res);
+  res.struct_size = sizeof res;
+  res.status = SPI_TICKET_INTERRUPTED;
+  spi_ticket_finish(w->e, d.ticket, &res);
+  /* A machine that runs nothing, dropped once terminated: the event
+   * served again, even earlier, is a repeat of one that has passed. */
+  spi_notice z = notice("i-zzz", SPI_NOTICE_STOP, w->now + 30 * SEC,
+                        "aws:scheduled:ev-9");
+  snprintf(z.event_id, sizeof z.event_id, "ev-9");
+  fb_hand(w, &z);
+  w->now += 31 * SEC;
+  assert_int_equal(spi_engine_tick(w->e), SPI_OK);
+  int noticed = w->to_noticed;
+  z.deadline_ns -= 10 * SEC;
+  fb_hand(w, &z);
+  assert_int_equal(w->to_noticed, noticed);
+  assert_int_equal(fb_state(w->e, "i-zzz"), SPI_NODE_ACTIVE);
+  fb_done(w);
+}
+
+/* A replica added on a machine terminated past its deadline starts the
+ * machine's new life, for every replica registered there: those still
+ * registered from before take requests again (ACTIVE), as they do when
+ * the host forgets the machine by hand. They used to stay NOTICED on a
+ * machine that read ACTIVE until its next transition. Also when no tick
+ * ran since the deadline, and when the replica moves there. */
+static void test_restart_frees_other_replicas(void **st) {
+  (void)st;
+  fb_world *w = mk(NULL);
+  fb_add(w, "r1", "i-aaa", SPI_POOL_SPOT, "g5.xlarge", "use1-az1");
+  fb_add(w, "r2", "i-aaa", SPI_POOL_SPOT, "g5.xlarge", "use1-az1");
+  fb_add(w, "mv", "i-bbb", SPI_POOL_SPOT, "g5.xlarge", "use1-az1");
+  for (int round = 0; round < 3; round++) {
+    char key[16];
+    snprintf(key, sizeof key, "aws:spot:%d", round);
+    spi_notice n = fb_notice("i-aaa", w->now + 120 * SEC, key);
+    fb_hand(w, &n);
+    w->now += 121 * SEC;
+    if (round != 1) {
+      assert_int_equal(spi_engine_tick(w->e), SPI_OK);
+      assert_int_equal(fb_state(w->e, "i-aaa"), SPI_NODE_TERMINATED);
+      assert_int_equal(replica_state(w, "r1"), SPI_REPLICA_NOTICED);
+    }
+    int removed = w->removed;
+    if (round == 2)
+      fb_add(w, "mv", "i-aaa", SPI_POOL_SPOT, "g5.xlarge", "use1-az1");
+    else
+      fb_add(w, round ? "r3b" : "r3", "i-aaa", SPI_POOL_SPOT, "g5.xlarge",
+             "use1-az1");
+    assert_int_equal(spi_engine_tick(w->e), SPI_OK);
+    assert_int_equal(fb_state(w->e, "i-aaa"), SPI_NODE_ACTIVE);
+    assert_int_equal(w->removed, removed + 1);
+    assert_int_equal(replica_state(w, "r1"), SPI_REPLICA_ACTIVE);
+    assert_int_equal(replica_state(w, "r2"), SPI_REPLICA_ACTIVE);
+    assert_int_equal(replica_state(w, round == 2 ? "mv" : round ? "r3b" : "r3"),
+                     SPI_REPLICA_ACTIVE);
+  }
+  fb_done(w);
+}
+
 /* A dedup key is its machine's: one a host built and reused for a second
  * machine notices that machine too (it used to be dropped as a repeat),
  * while the first machine's repeat is still one. */
@@ -1408,6 +1563,9 @@ int main(void) {
       cmocka_unit_test(test_plans_by_hand_use_default_window),
       cmocka_unit_test(test_dedup_key_is_per_machine),
       cmocka_unit_test(test_advised_by_hand_then_withdrawn),
+      cmocka_unit_test(test_drain_outlives_withdrawn_notice),
+      cmocka_unit_test(test_event_moved_earlier_replans),
+      cmocka_unit_test(test_restart_frees_other_replicas),
       cmocka_unit_test(test_every_transition_is_reported),
       cmocka_unit_test(test_notice_reported_when_table_full),
       cmocka_unit_test(test_node_table_flood),

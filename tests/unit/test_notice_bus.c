@@ -693,6 +693,32 @@ static void test_bus_deadline_brought_forward_is_reported(void **st) {
   fb_two_done(&two);
 }
 
+/* An event another engine heard moved to an earlier deadline, under the
+ * dedup key this engine's own poller handed in, moves the deadline here
+ * too (NOTICED -> NOTICED). It used to be dropped as a repeat of the key,
+ * and the machine kept the later deadline here. */
+static void test_bus_event_moved_earlier_applies(void **st) {
+  (void)st;
+  fb_pair two = fb_two(NULL, NULL);
+  fb_world *a = two.a, *bw = two.b;
+  fb_add(bw, "spot-a", "i-aaa", SPI_POOL_SPOT, "g5.xlarge", "use1-az1");
+  spi_notice x = fb_notice("i-aaa", bw->now + 600 * SEC, "aws:scheduled:ev-1");
+  x.kind = SPI_NOTICE_STOP;
+  snprintf(x.event_id, sizeof x.event_id, "ev-1");
+  fb_hand(bw, &x); /* B's own poller */
+  int seen = bw->transitions;
+  x.deadline_ns = bw->now + 120 * SEC; /* moved earlier; A's poller hears it */
+  fb_hand(a, &x);
+  assert_int_equal(spi_engine_tick(bw->e), SPI_OK);
+  assert_int_equal(bw->transitions, seen + 1);
+  assert_int_equal(bw->last_from, SPI_NODE_NOTICED);
+  assert_int_equal(bw->last_to, SPI_NODE_NOTICED);
+  bw->now += 121 * SEC;
+  assert_int_equal(spi_engine_tick(bw->e), SPI_OK);
+  assert_int_equal(fb_state(bw->e, "i-aaa"), SPI_NODE_TERMINATED);
+  fb_two_done(&two);
+}
+
 static void test_withdrawal_and_advice_shared(void **st) {
   (void)st;
   fb_pair two = fb_two(NULL, NULL);
@@ -1279,6 +1305,7 @@ int main(void) {
       cmocka_unit_test(test_poll_is_bounded),
       cmocka_unit_test(test_plans_for_remote_notice),
       cmocka_unit_test(test_bus_deadline_brought_forward_is_reported),
+      cmocka_unit_test(test_bus_event_moved_earlier_applies),
       cmocka_unit_test(test_withdrawal_and_advice_shared),
       cmocka_unit_test(test_events_alike_but_for_their_id_both_apply),
       cmocka_unit_test(test_config_and_registration),
