@@ -199,16 +199,12 @@ static void prefetch_home(const sim_lru *l, uint64_t key) {
  * missing blocks are inserted last to first, then the hits again last to
  * first (looked up again: an insert's eviction may have shifted them, and
  * a prompt longer than the cache may have evicted them). */
-uint32_t sim_lru_prefix_fill(sim_lru *l, const uint64_t *chain, uint32_t n) {
-  uint32_t hit = 0, empty = NIL, i;
-  if (!l->cap) return 0; /* emptied by sim_lru_set_cap: holds nothing */
-  for (uint32_t b = 0; b < n && b < PREFETCH_AHEAD; b++) prefetch_home(l, chain[b]);
-  while (hit < n) {
-    if (hit + PREFETCH_AHEAD < n) prefetch_home(l, chain[hit + PREFETCH_AHEAD]);
-    i = find_slot(l, chain[hit], &empty);
-    if (i == NIL) break;
-    move_front(l, i);
-    hit++;
+static void fill_evicting(sim_lru *l, const uint64_t *chain, uint32_t n, uint32_t hit,
+                          const uint32_t *at) {
+  /* Nothing has moved since the hits were found: their slots, when kept. */
+  for (uint32_t b = 0; b < hit; b++) {
+    if (at) move_front(l, at[b]);
+    else sim_lru_touch(l, chain[b]);
   }
   for (uint32_t b = n; b-- > hit;) {
     if (b >= hit + PREFETCH_AHEAD) prefetch_home(l, chain[b - PREFETCH_AHEAD]);
@@ -220,5 +216,47 @@ uint32_t sim_lru_prefix_fill(sim_lru *l, const uint64_t *chain, uint32_t n) {
     sim_lru_insert(l, chain[b]);
   }
   for (uint32_t b = hit; b-- > 0;) sim_lru_touch(l, chain[b]);
+}
+
+/* The same when the missing blocks fit beside what the cache holds: no
+ * insert evicts, so no slot moves and the hits' slots found before the
+ * inserts are still theirs. Touching the hits before the inserts changes
+ * nothing then (each is touched again after them, and nothing is evicted
+ * in between), so they are touched once, after: the same recency order
+ * and the same slots as fill_evicting, with one lookup a hit, not two. */
+static void fill_in_room(sim_lru *l, const uint64_t *chain, uint32_t n, uint32_t hit,
+                         const uint32_t *at) {
+  for (uint32_t b = n; b-- > hit;) {
+    if (b >= hit + PREFETCH_AHEAD) prefetch_home(l, chain[b - PREFETCH_AHEAD]);
+    uint32_t empty = NIL, i = find_slot(l, chain[b], &empty);
+    if (i != NIL) {
+      move_front(l, i);
+    } else {
+      l->size++;
+      l->slots[empty].key1 = chain[b] + 1;
+      push_front(l, empty);
+    }
+  }
+  for (uint32_t b = hit; b-- > 0;) move_front(l, at[b]);
+}
+
+/* Hits whose slots a fill remembers; a longer run of hits takes
+ * fill_evicting. */
+#define FILL_AT_MAX 1024
+
+uint32_t sim_lru_prefix_fill(sim_lru *l, const uint64_t *chain, uint32_t n) {
+  uint32_t hit = 0, empty = NIL, i, at[FILL_AT_MAX];
+  if (!l->cap) return 0; /* emptied by sim_lru_set_cap: holds nothing */
+  for (uint32_t b = 0; b < n && b < PREFETCH_AHEAD; b++) prefetch_home(l, chain[b]);
+  while (hit < n) {
+    if (hit + PREFETCH_AHEAD < n) prefetch_home(l, chain[hit + PREFETCH_AHEAD]);
+    i = find_slot(l, chain[hit], &empty);
+    if (i == NIL) break;
+    if (hit < FILL_AT_MAX) at[hit] = i;
+    hit++;
+  }
+  const uint32_t *kept = hit <= FILL_AT_MAX ? at : NULL;
+  if (kept && n - hit <= l->cap - l->size) fill_in_room(l, chain, n, hit, kept);
+  else fill_evicting(l, chain, n, hit, kept);
   return hit;
 }

@@ -73,8 +73,11 @@ static uint64_t rng(uint64_t *s) {
 
 /* Random prompts over a few shared prefixes against the model: the same
  * hits every fill and the same keys held after it. Capacities small
- * (evictions in most fills) and large (hits of several hundred blocks). */
-static void random_fills(uint32_t cap, uint32_t max_len, int fills) {
+ * (evictions in most fills) and large (hits of several hundred blocks).
+ * Every clear_every fills both start empty again, so fills that fit beside
+ * what the cache holds (no eviction) come often, and the evictions after
+ * them check the recency order they left. */
+static void random_fills(uint32_t cap, uint32_t max_len, int fills, int clear_every) {
   sim_lru l;
   static model m;
   if (sim_lru_init(&l, cap)) {
@@ -85,6 +88,10 @@ static void random_fills(uint32_t cap, uint32_t max_len, int fills) {
   uint64_t seed = cap, chain[1024];
   int bad = 0;
   for (int f = 0; f < fills && !bad; f++) {
+    if (f % clear_every == 0) {
+      sim_lru_clear(&l);
+      m.n = 0;
+    }
     uint32_t n = 1 + (uint32_t)(rng(&seed) % max_len);
     uint64_t root = rng(&seed) % 4, split = rng(&seed) % (n + 1);
     for (uint32_t b = 0; b < n; b++)
@@ -100,9 +107,11 @@ static void random_fills(uint32_t cap, uint32_t max_len, int fills) {
 }
 
 int main(void) {
-  random_fills(16, 24, 4000);
-  random_fills(64, 40, 4000);
-  random_fills(MODEL_CAP, 400, 1500);
+  random_fills(16, 24, 4000, 4000);
+  random_fills(64, 40, 4000, 4000);
+  random_fills(MODEL_CAP, 400, 1500, 1500);
+  random_fills(64, 12, 4000, 10);
+  random_fills(MODEL_CAP, 60, 3000, 16);
   sim_lru l;
   if (sim_lru_init(&l, 4)) return 2;
   const uint64_t chain[4] = {11, 12, 13, 14};
