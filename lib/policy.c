@@ -588,10 +588,13 @@ static void named_servable(const spi_route_context *x, const summary *m,
   l->own_min = HUGE_VAL;
   l->holder = -1;
   l->deep = 0;
-  /* The top's entries are distinct: only the three more are looked up. */
+  /* The top's entries are distinct: only the three more are looked up,
+   * and not even they when the top lists every usable candidate (n_top ==
+   * usable: a summary's top holds them all when they fit), as each of
+   * them is a usable one. */
   for (uint32_t k = 0; k < m->n_top; k++)
     if (servable(&x->candidates[m->top[k]])) name_one(x, l, m->top[k]);
-  for (int k = 0; k < 3; k++) {
+  for (int k = 0; k < 3 && m->n_top != m->usable; k++) {
     int32_t i = (int32_t)more[k];
     if (i >= 0 && servable(&x->candidates[i]) && !listed_in(l->i, l->n, i))
       name_one(x, l, i);
