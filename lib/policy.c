@@ -806,15 +806,17 @@ static void add_fallbacks(const spi_route_context *x, const summary *m,
                           spi_policy_choice *out, uint32_t limit,
                           int stale_ok) {
   /* The count in a local: every store to order[] could otherwise be
-   * taken to change n_order, and it would be read again. */
-  uint32_t n = out->n_order;
+   * taken to change n_order, and it would be read again. The top's
+   * entries are distinct, so one is looked up only among those listed
+   * before this call. */
+  uint32_t n = out->n_order, before = n;
   for (uint32_t k = 0; k < m->n_top && n < limit; k++) {
     uint32_t i = (uint32_t)m->top[k];
     if (!x->candidates[i].eligible || !(x->candidates[i].fresh || stale_ok))
       continue;
     uint32_t j = 0;
-    while (j < n && out->order[j] != i) j++;
-    if (j == n) out->order[n++] = i;
+    while (j < before && out->order[j] != i) j++;
+    if (j == before) out->order[n++] = i;
   }
   out->n_order = n;
 }
