@@ -554,15 +554,19 @@ static int tie_before(const spi_route_context *x, int64_t a, int64_t b) {
  * same bits: the lowest cost and the tie order do not depend on repeats
  * nor on the order of the list. Gathered with them, in the same order as
  * separate loops over the list would meet them: the least own_ms (the
- * prefill part of the TTFT) and the holder, the one that holds more of the
+ * prefill part of the TTFT), the holder, the one that holds more of the
  * prompt than every other (-1 when none holds any, or two hold it as
- * deep: then the request is new work to each, excess_tokens). */
+ * deep: then the request is new work to each, excess_tokens), and the sum
+ * of the est_wait_ms of all but the holder (alternatives_wait), added in
+ * list order: the sum of all of them so far, and of all but the holder so
+ * far, which is the sum of all before it when it is met. */
 typedef struct named_list {
   uint32_t n;
   int32_t i[2 * SPI_SUMMARY_TOP + 3];
   double own_min;
   int64_t holder;  /* -2 while a second as deep has been met */
   uint32_t deep;
+  double wait_all, wait_others; /* est_wait_ms summed: all, all but holder */
 } named_list;
 
 static void name_one(const spi_route_context *x, named_list *l, int32_t i) {
@@ -570,8 +574,14 @@ static void name_one(const spi_route_context *x, named_list *l, int32_t i) {
   l->i[l->n++] = i;
   if (own_ms(c) < l->own_min) l->own_min = own_ms(c);
   uint32_t mb = c->matched_blocks;
-  if (mb > l->deep) l->holder = i, l->deep = mb;
-  else if (mb == l->deep && l->deep > 0) l->holder = -2; /* a second as deep */
+  if (mb > l->deep) {
+    l->holder = i, l->deep = mb;
+    l->wait_others = l->wait_all;
+  } else {
+    if (mb == l->deep && l->deep > 0) l->holder = -2; /* a second as deep */
+    l->wait_others += c->est_wait_ms;
+  }
+  l->wait_all += c->est_wait_ms;
 }
 
 /* Whether i is among the first n of named. */
@@ -588,6 +598,7 @@ static void named_servable(const spi_route_context *x, const summary *m,
   l->own_min = HUGE_VAL;
   l->holder = -1;
   l->deep = 0;
+  l->wait_all = l->wait_others = 0;
   /* The top's entries are distinct: only the three more are looked up,
    * and not even they when the top lists every usable candidate (n_top ==
    * usable: a summary's top holds them all when they fit), as each of
@@ -618,18 +629,16 @@ static int batch_full(const spi_candidate *c) {
  * the mean prefill backlog of the pool's other usable replicas, those with
  * a full batch at none (batch_full), from the pool's whole backlog the
  * library adds up in its pass (m->backlog). */
-static void alternatives_wait(const spi_route_context *x, const int32_t *named,
-                              uint32_t n, int64_t holder, const summary *m,
+static void alternatives_wait(const spi_route_context *x,
+                              const named_list *l, const summary *m,
                               pool_waits *pw) {
-  double sum = 0, rest = m->backlog;
-  uint32_t k, seen = 0, others = m->usable;
-  for (k = 0; k < n; k++) {
-    if (named[k] == holder) continue;
-    sum += x->candidates[named[k]].est_wait_ms;
-    seen++;
-  }
-  if (holder >= 0 && others > 0) {
-    const spi_candidate *h = &x->candidates[holder];
+  double rest = m->backlog;
+  uint32_t others = m->usable;
+  /* The named ones' waits summed but the holder's, in list order. */
+  double sum = l->holder >= 0 ? l->wait_others : l->wait_all;
+  uint32_t seen = l->n - (l->holder >= 0);
+  if (l->holder >= 0 && others > 0) {
+    const spi_candidate *h = &x->candidates[l->holder];
     if (!batch_full(h)) rest -= h->est_wait_ms;
     others--;
   }
@@ -660,7 +669,7 @@ static int64_t cheapest(const terms *t, const spi_route_context *x,
   double low = HUGE_VAL, own_min = l.own_min;
   int64_t holder = l.holder;
   pool_waits pw;
-  alternatives_wait(x, named, n, holder, m, &pw);
+  alternatives_wait(x, &l, m, &pw);
   for (uint32_t k = 0; k < n; k++) {
     const spi_candidate *c = &x->candidates[named[k]];
     cost[k] = guarded_cost(t, x, c, w, named[k] == holder) +
