@@ -191,27 +191,14 @@ static int ttft_before(const spi_route_context *x, int32_t a, int32_t b) {
   return ta < tb || (ta == tb && a < b);
 }
 
-/* Fold one summary into m. Every candidate a summary names is usable. */
-static void fold(const spi_route_context *x, const spi_pool_summary *s,
-                 summary *m) {
+/* Merge s, a second tier's summary, into m (fold_tier). Out of line: a pool's
+ * one tier, the usual summary, is only copied, and the copy is cheaper
+ * inline without the registers the merge takes. */
+__attribute__((noinline)) static void merge(const spi_route_context *x,
+                                            const spi_pool_summary *s,
+                                            summary *m) {
   const spi_candidate *cs = x->candidates;
-  if (!s || s->usable == 0) return;
   uint32_t ns = s->n_top < SPI_SUMMARY_TOP ? s->n_top : SPI_SUMMARY_TOP;
-  if (!m->any) {
-    /* The first summary folded into an empty m (summarise): the merge
-     * below would copy s as it is, and every comparison take s's entry. */
-    m->any = 1;
-    m->usable = s->usable;
-    /* All SPI_SUMMARY_TOP entries in a fixed-size copy (those past ns
-     * are never read): cheaper than a loop of ns. */
-    memcpy(m->top, s->top, sizeof s->top);
-    m->n_top = ns;
-    m->warm = s->warm >= 0 ? s->warm : -1;
-    m->least = s->least >= 0 ? s->least : -1;
-    m->rdv = s->rendezvous >= 0 ? s->rendezvous : -1;
-    return;
-  }
-  m->any = 1;
   m->usable += s->usable;
   /* Merge s->top into m->top, both sorted. */
   int32_t merged[2 * SPI_SUMMARY_TOP];
@@ -245,14 +232,29 @@ static void fold(const spi_route_context *x, const spi_pool_summary *s,
   }
 }
 
-/* Fold the summary of pool and tier into m, with its prefill backlog. */
+/* Fold the summary of pool and tier into m, with its prefill backlog.
+ * Every candidate a summary names is usable. */
 static void fold_tier(const spi_route_context *x, int32_t pool, int32_t tier,
                       summary *m) {
   const spi_pool_summary *s = cell(x, pool, tier);
-  fold(x, s, m);
-  if (s && s->usable)
-    m->backlog += x->mean_prefill_wait_ms[SPI_SUMMARY_INDEX(pool, tier)] *
-                  (double)s->usable;
+  if (!s || s->usable == 0) return;
+  if (m->any) {
+    merge(x, s, m);
+  } else {
+    /* The first summary folded into an empty m (summarise): the merge
+     * would copy s as it is, and every comparison take s's entry. */
+    m->any = 1;
+    m->usable = s->usable;
+    /* All SPI_SUMMARY_TOP entries in a fixed-size copy (those past n_top
+     * are never read): cheaper than a loop of n_top. */
+    memcpy(m->top, s->top, sizeof s->top);
+    m->n_top = s->n_top < SPI_SUMMARY_TOP ? s->n_top : SPI_SUMMARY_TOP;
+    m->warm = s->warm >= 0 ? s->warm : -1;
+    m->least = s->least >= 0 ? s->least : -1;
+    m->rdv = s->rendezvous >= 0 ? s->rendezvous : -1;
+  }
+  m->backlog += x->mean_prefill_wait_ms[SPI_SUMMARY_INDEX(pool, tier)] *
+                (double)s->usable;
 }
 
 /* The summary of pool for tier (0 = any tier). */
@@ -662,7 +664,7 @@ static void alternatives_wait(const spi_route_context *x,
 static int64_t cheapest(const terms *t, const spi_route_context *x,
                         const summary *m, double w) {
   named_list l;
-  double cost[2 * SPI_SUMMARY_TOP + 3];
+  double cost[2 * SPI_SUMMARY_TOP + 3], tie[2 * SPI_SUMMARY_TOP + 3];
   named_servable(x, m, &l);
   const int32_t *named = l.i;
   uint32_t n = l.n;
@@ -674,12 +676,13 @@ static int64_t cheapest(const terms *t, const spi_route_context *x,
     const spi_candidate *c = &x->candidates[named[k]];
     cost[k] = guarded_cost(t, x, c, w, named[k] == holder) +
               queue_delay_ms(t, c, own_min, &pw);
+    tie[k] = block_ms(t, x, c); /* while c is at hand */
     if (cost[k] < low) low = cost[k];
   }
   int64_t best = -1;
   for (uint32_t k = 0; k < n; k++) {
     int64_t i = named[k];
-    if (cost[k] > low + block_ms(t, x, &x->candidates[i])) continue;
+    if (cost[k] > low + tie[k]) continue;
     if (best < 0 || tie_before(x, i, best)) best = i;
   }
   return best;
