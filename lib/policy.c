@@ -167,6 +167,7 @@ static double rel_load(const spi_candidate *c) {
  * of that pool, merged over the tiers asked for. Indices are -1 when there
  * is none; top is every summarised candidate, best TTFT first. */
 typedef struct summary {
+  int32_t pool;     /* the pool summarised */
   int64_t warm;     /* deepest match, then best TTFT */
   int64_t least;    /* least loaded, relative to size */
   int64_t rdv;      /* rendezvous winner among the not busy */
@@ -260,6 +261,7 @@ static void fold_tier(const spi_route_context *x, int32_t pool, int32_t tier,
 /* The summary of pool for tier (0 = any tier). */
 static void summarise(const spi_route_context *x, int32_t pool, int32_t tier,
                       summary *m) {
+  m->pool = pool;
   m->warm = m->least = m->rdv = -1;
   m->any = 0;
   m->usable = 0;
@@ -310,7 +312,9 @@ typedef struct terms {
                         conversation's own size is counted */
   double streams[2]; /* by pool: its mean max_inflight (0: none) */
   uint32_t whole[2]; /* ... when a whole number (a pool of one size),
-                        else 0: a replica of that size is of size 1 */
+                        else 0: a replica of that size is of size 1
+                        without a division (replica_size would give it
+                        exactly 1 too); 0 but in the pool placed in */
   double cap;        /* policy.load_share_cap */
 } terms;
 
@@ -327,9 +331,10 @@ static double allowed_for(double cap, double after, double work) {
   return allowed < after + work ? after + work : allowed;
 }
 
-/* The terms for a pool of n usable replicas. */
-static void terms_for(const pinst *p, const spi_route_context *x, uint32_t n,
-                      terms *t) {
+/* The terms for pool, of n usable replicas (whole only for pool: the
+ * other's candidates are not costed, and would cost the same without). */
+static void terms_for(const pinst *p, const spi_route_context *x,
+                      int32_t pool, uint32_t n, terms *t) {
   static const int32_t pools[2] = {SPI_POOL_SPOT, SPI_POOL_ON_DEMAND};
   t->req = request_tokens(x);
   t->work = work_tokens(x);
@@ -340,7 +345,8 @@ static void terms_for(const pinst *p, const spi_route_context *x, uint32_t n,
   for (int k = 0; k < 2; k++) {
     double s = x->mean_max_inflight[pools[k]];
     t->streams[k] = s;
-    t->whole[k] = s >= 1 && s <= (double)UINT32_MAX && s == (double)(uint32_t)s
+    t->whole[k] = pools[k] == pool && s >= 1 && s <= (double)UINT32_MAX &&
+                          s == (double)(uint32_t)s
                       ? (uint32_t)s
                       : 0;
     double after = x->mean_served_tokens[pools[k]] + share;
@@ -774,7 +780,7 @@ static pick choose_in_pool(const pinst *p, const spi_route_context *x,
   }
   double w = p->wait_weight[klass >= 0 && klass < 4 ? klass : 0];
   terms t;
-  terms_for(p, x, m->usable, &t);
+  terms_for(p, x, m->pool, m->usable, &t);
   int64_t best = cheapest(&t, x, m, w);
   if (best < 0) return r;
   const spi_candidate *b = &x->candidates[best];
