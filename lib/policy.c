@@ -668,16 +668,15 @@ static void alternatives_wait(const spi_route_context *x,
  * as deep and, of those that do, has the lowest TTFT (the lowest cost too
  * unless their rates or batches differ). -1 when none is usable. */
 static int64_t cheapest(const terms *t, const spi_route_context *x,
-                        const summary *m, double w) {
-  named_list l;
+                        const summary *m, double w, named_list *l) {
   double cost[2 * SPI_SUMMARY_TOP + 3], tie[2 * SPI_SUMMARY_TOP + 3];
-  named_servable(x, m, &l);
-  const int32_t *named = l.i;
-  uint32_t n = l.n;
-  double low = HUGE_VAL, own_min = l.own_min;
-  int64_t holder = l.holder;
+  named_servable(x, m, l);
+  const int32_t *named = l->i;
+  uint32_t n = l->n;
+  double low = HUGE_VAL, own_min = l->own_min;
+  int64_t holder = l->holder;
   pool_waits pw;
-  alternatives_wait(x, &l, m, &pw);
+  alternatives_wait(x, l, m, &pw);
   for (uint32_t k = 0; k < n; k++) {
     const spi_candidate *c = &x->candidates[named[k]];
     cost[k] = guarded_cost(t, x, c, w, named[k] == holder) +
@@ -707,21 +706,20 @@ static int full(const spi_candidate *c) {
  * one later hit there saves: the rendezvous winner itself when it may, so
  * proxies that share no state agree, and otherwise the next in rendezvous
  * order they can see, so they still agree where their counts do. -1 when
- * none may (then the lowest cost decides). */
+ * none may (then the lowest cost decides). The named replicas are
+ * cheapest's list l: with no warm replica, the servable ones of the top,
+ * the least loaded and the rendezvous winner, each once (the answer does
+ * not depend on their order nor on repeats). */
 static int64_t cold_placement(const terms *t, const spi_route_context *x,
-                              const summary *m, double w,
+                              const named_list *l, double w,
                               const spi_candidate *b) {
-  int64_t named[2 * SPI_SUMMARY_TOP + 2], v = -1;
-  uint32_t n = 0;
-  for (uint32_t k = 0; k < m->n_top; k++) named[n++] = m->top[k];
-  named[n++] = m->least;
-  named[n++] = m->rdv;
-  for (uint32_t k = 0; k < n; k++) {
-    int64_t i = named[k];
-    if (i < 0 || !servable(&x->candidates[i])) continue;
+  int64_t v = -1;
+  double cost_b = cost_of(b, w);
+  for (uint32_t k = 0; k < l->n; k++) {
+    int64_t i = l->i[k];
     const spi_candidate *c = &x->candidates[i];
     if (over_share_new(t, c) ||
-        cost_of(c, w) - cost_of(b, w) > c->est_ttft_ms - c->est_wait_ms)
+        cost_of(c, w) - cost_b > c->est_ttft_ms - c->est_wait_ms)
       continue;
     if (v < 0 || c->rendezvous > x->candidates[v].rendezvous ||
         (c->rendezvous == x->candidates[v].rendezvous && i < v))
@@ -781,12 +779,13 @@ static pick choose_in_pool(const pinst *p, const spi_route_context *x,
   double w = p->wait_weight[klass >= 0 && klass < 4 ? klass : 0];
   terms t;
   terms_for(p, x, m->pool, m->usable, &t);
-  int64_t best = cheapest(&t, x, m, w);
+  named_list l;
+  int64_t best = cheapest(&t, x, m, w, &l);
   if (best < 0) return r;
   const spi_candidate *b = &x->candidates[best];
   r.idx = best;
   if (m->warm < 0) {
-    int64_t v = cold_placement(&t, x, m, w, b);
+    int64_t v = cold_placement(&t, x, &l, w, b);
     if (v >= 0) r.idx = v;
     r.reason = v >= 0 ? SPI_REASON_RENDEZVOUS : SPI_REASON_LEAST_LOADED;
     r.why = v < 0         ? "cold prefix: lowest estimated cost"
