@@ -827,13 +827,16 @@ static void add_fallbacks(const spi_route_context *x, const summary *m,
    * entries are distinct, so one is looked up only among those listed
    * before this call. */
   uint32_t n = out->n_order, before = n;
-  for (uint32_t k = 0; k < m->n_top && n < limit; k++) {
+  if (n >= limit) return;
+  for (uint32_t k = 0; k < m->n_top; k++) {
     uint32_t i = (uint32_t)m->top[k];
-    if (!x->candidates[i].eligible || !(x->candidates[i].fresh || stale_ok))
-      continue;
+    const spi_candidate *c = &x->candidates[i];
+    if (!c->eligible || !(c->fresh || stale_ok)) continue;
     uint32_t j = 0;
     while (j < before && out->order[j] != i) j++;
-    if (j == before) out->order[n++] = i;
+    if (j < before) continue;
+    out->order[n++] = i;
+    if (n == limit) break;
   }
   out->n_order = n;
 }
