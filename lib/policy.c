@@ -250,9 +250,11 @@ static void fold_tier(const spi_route_context *x, int32_t pool, int32_t tier,
      * are never read): cheaper than a loop of n_top. */
     memcpy(m->top, s->top, sizeof s->top);
     m->n_top = s->n_top < SPI_SUMMARY_TOP ? s->n_top : SPI_SUMMARY_TOP;
-    m->warm = s->warm >= 0 ? s->warm : -1;
-    m->least = s->least >= 0 ? s->least : -1;
-    m->rdv = s->rendezvous >= 0 ? s->rendezvous : -1;
+    /* As they are: every reader of these asks only whether one is
+     * negative (none), as -1 is. */
+    m->warm = s->warm;
+    m->least = s->least;
+    m->rdv = s->rendezvous;
   }
   m->backlog += x->mean_prefill_wait_ms[SPI_SUMMARY_INDEX(pool, tier)] *
                 (double)s->usable;
