@@ -167,6 +167,7 @@ static double rel_load(const spi_candidate *c) {
  * of that pool, merged over the tiers asked for. Indices are -1 when there
  * is none; top is every summarised candidate, best TTFT first. */
 typedef struct summary {
+  int32_t pool;     /* the pool summarised */
   int64_t warm;     /* deepest match, then best TTFT */
   int64_t least;    /* least loaded, relative to size */
   int64_t rdv;      /* rendezvous winner among the not busy */
@@ -191,27 +192,14 @@ static int ttft_before(const spi_route_context *x, int32_t a, int32_t b) {
   return ta < tb || (ta == tb && a < b);
 }
 
-/* Fold one summary into m. Every candidate a summary names is usable. */
-static void fold(const spi_route_context *x, const spi_pool_summary *s,
-                 summary *m) {
+/* Merge s, a second tier's summary, into m (fold_tier). Out of line: a pool's
+ * one tier, the usual summary, is only copied, and the copy is cheaper
+ * inline without the registers the merge takes. */
+__attribute__((noinline)) static void merge(const spi_route_context *x,
+                                            const spi_pool_summary *s,
+                                            summary *m) {
   const spi_candidate *cs = x->candidates;
-  if (!s || s->usable == 0) return;
   uint32_t ns = s->n_top < SPI_SUMMARY_TOP ? s->n_top : SPI_SUMMARY_TOP;
-  if (!m->any) {
-    /* The first summary folded into an empty m (summarise): the merge
-     * below would copy s as it is, and every comparison take s's entry. */
-    m->any = 1;
-    m->usable = s->usable;
-    /* All SPI_SUMMARY_TOP entries in a fixed-size copy (those past ns
-     * are never read): cheaper than a loop of ns. */
-    memcpy(m->top, s->top, sizeof s->top);
-    m->n_top = ns;
-    m->warm = s->warm >= 0 ? s->warm : -1;
-    m->least = s->least >= 0 ? s->least : -1;
-    m->rdv = s->rendezvous >= 0 ? s->rendezvous : -1;
-    return;
-  }
-  m->any = 1;
   m->usable += s->usable;
   /* Merge s->top into m->top, both sorted. */
   int32_t merged[2 * SPI_SUMMARY_TOP];
@@ -245,19 +233,37 @@ static void fold(const spi_route_context *x, const spi_pool_summary *s,
   }
 }
 
-/* Fold the summary of pool and tier into m, with its prefill backlog. */
+/* Fold the summary of pool and tier into m, with its prefill backlog.
+ * Every candidate a summary names is usable. */
 static void fold_tier(const spi_route_context *x, int32_t pool, int32_t tier,
                       summary *m) {
   const spi_pool_summary *s = cell(x, pool, tier);
-  fold(x, s, m);
-  if (s && s->usable)
-    m->backlog += x->mean_prefill_wait_ms[SPI_SUMMARY_INDEX(pool, tier)] *
-                  (double)s->usable;
+  if (!s || s->usable == 0) return;
+  if (m->any) {
+    merge(x, s, m);
+  } else {
+    /* The first summary folded into an empty m (summarise): the merge
+     * would copy s as it is, and every comparison take s's entry. */
+    m->any = 1;
+    m->usable = s->usable;
+    /* All SPI_SUMMARY_TOP entries in a fixed-size copy (those past n_top
+     * are never read): cheaper than a loop of n_top. */
+    memcpy(m->top, s->top, sizeof s->top);
+    m->n_top = s->n_top < SPI_SUMMARY_TOP ? s->n_top : SPI_SUMMARY_TOP;
+    /* As they are: every reader of these asks only whether one is
+     * negative (none), as -1 is. */
+    m->warm = s->warm;
+    m->least = s->least;
+    m->rdv = s->rendezvous;
+  }
+  m->backlog += x->mean_prefill_wait_ms[SPI_SUMMARY_INDEX(pool, tier)] *
+                (double)s->usable;
 }
 
 /* The summary of pool for tier (0 = any tier). */
 static void summarise(const spi_route_context *x, int32_t pool, int32_t tier,
                       summary *m) {
+  m->pool = pool;
   m->warm = m->least = m->rdv = -1;
   m->any = 0;
   m->usable = 0;
@@ -308,7 +314,9 @@ typedef struct terms {
                         conversation's own size is counted */
   double streams[2]; /* by pool: its mean max_inflight (0: none) */
   uint32_t whole[2]; /* ... when a whole number (a pool of one size),
-                        else 0: a replica of that size is of size 1 */
+                        else 0: a replica of that size is of size 1
+                        without a division (replica_size would give it
+                        exactly 1 too); 0 but in the pool placed in */
   double cap;        /* policy.load_share_cap */
 } terms;
 
@@ -325,9 +333,10 @@ static double allowed_for(double cap, double after, double work) {
   return allowed < after + work ? after + work : allowed;
 }
 
-/* The terms for a pool of n usable replicas. */
-static void terms_for(const pinst *p, const spi_route_context *x, uint32_t n,
-                      terms *t) {
+/* The terms for pool, of n usable replicas (whole only for pool: the
+ * other's candidates are not costed, and would cost the same without). */
+static void terms_for(const pinst *p, const spi_route_context *x,
+                      int32_t pool, uint32_t n, terms *t) {
   static const int32_t pools[2] = {SPI_POOL_SPOT, SPI_POOL_ON_DEMAND};
   t->req = request_tokens(x);
   t->work = work_tokens(x);
@@ -338,7 +347,8 @@ static void terms_for(const pinst *p, const spi_route_context *x, uint32_t n,
   for (int k = 0; k < 2; k++) {
     double s = x->mean_max_inflight[pools[k]];
     t->streams[k] = s;
-    t->whole[k] = s >= 1 && s <= (double)UINT32_MAX && s == (double)(uint32_t)s
+    t->whole[k] = pools[k] == pool && s >= 1 && s <= (double)UINT32_MAX &&
+                          s == (double)(uint32_t)s
                       ? (uint32_t)s
                       : 0;
     double after = x->mean_served_tokens[pools[k]] + share;
@@ -554,15 +564,19 @@ static int tie_before(const spi_route_context *x, int64_t a, int64_t b) {
  * same bits: the lowest cost and the tie order do not depend on repeats
  * nor on the order of the list. Gathered with them, in the same order as
  * separate loops over the list would meet them: the least own_ms (the
- * prefill part of the TTFT) and the holder, the one that holds more of the
+ * prefill part of the TTFT), the holder, the one that holds more of the
  * prompt than every other (-1 when none holds any, or two hold it as
- * deep: then the request is new work to each, excess_tokens). */
+ * deep: then the request is new work to each, excess_tokens), and the sum
+ * of the est_wait_ms of all but the holder (alternatives_wait), added in
+ * list order: the sum of all of them so far, and of all but the holder so
+ * far, which is the sum of all before it when it is met. */
 typedef struct named_list {
   uint32_t n;
   int32_t i[2 * SPI_SUMMARY_TOP + 3];
   double own_min;
   int64_t holder;  /* -2 while a second as deep has been met */
   uint32_t deep;
+  double wait_all, wait_others; /* est_wait_ms summed: all, all but holder */
 } named_list;
 
 static void name_one(const spi_route_context *x, named_list *l, int32_t i) {
@@ -570,8 +584,14 @@ static void name_one(const spi_route_context *x, named_list *l, int32_t i) {
   l->i[l->n++] = i;
   if (own_ms(c) < l->own_min) l->own_min = own_ms(c);
   uint32_t mb = c->matched_blocks;
-  if (mb > l->deep) l->holder = i, l->deep = mb;
-  else if (mb == l->deep && l->deep > 0) l->holder = -2; /* a second as deep */
+  if (mb > l->deep) {
+    l->holder = i, l->deep = mb;
+    l->wait_others = l->wait_all;
+  } else {
+    if (mb == l->deep && l->deep > 0) l->holder = -2; /* a second as deep */
+    l->wait_others += c->est_wait_ms;
+  }
+  l->wait_all += c->est_wait_ms;
 }
 
 /* Whether i is among the first n of named. */
@@ -588,10 +608,14 @@ static void named_servable(const spi_route_context *x, const summary *m,
   l->own_min = HUGE_VAL;
   l->holder = -1;
   l->deep = 0;
-  /* The top's entries are distinct: only the three more are looked up. */
+  l->wait_all = l->wait_others = 0;
+  /* The top's entries are distinct: only the three more are looked up,
+   * and not even they when the top lists every usable candidate (n_top ==
+   * usable: a summary's top holds them all when they fit), as each of
+   * them is a usable one. */
   for (uint32_t k = 0; k < m->n_top; k++)
     if (servable(&x->candidates[m->top[k]])) name_one(x, l, m->top[k]);
-  for (int k = 0; k < 3; k++) {
+  for (int k = 0; k < 3 && m->n_top != m->usable; k++) {
     int32_t i = (int32_t)more[k];
     if (i >= 0 && servable(&x->candidates[i]) && !listed_in(l->i, l->n, i))
       name_one(x, l, i);
@@ -615,18 +639,16 @@ static int batch_full(const spi_candidate *c) {
  * the mean prefill backlog of the pool's other usable replicas, those with
  * a full batch at none (batch_full), from the pool's whole backlog the
  * library adds up in its pass (m->backlog). */
-static void alternatives_wait(const spi_route_context *x, const int32_t *named,
-                              uint32_t n, int64_t holder, const summary *m,
+static void alternatives_wait(const spi_route_context *x,
+                              const named_list *l, const summary *m,
                               pool_waits *pw) {
-  double sum = 0, rest = m->backlog;
-  uint32_t k, seen = 0, others = m->usable;
-  for (k = 0; k < n; k++) {
-    if (named[k] == holder) continue;
-    sum += x->candidates[named[k]].est_wait_ms;
-    seen++;
-  }
-  if (holder >= 0 && others > 0) {
-    const spi_candidate *h = &x->candidates[holder];
+  double rest = m->backlog;
+  uint32_t others = m->usable;
+  /* The named ones' waits summed but the holder's, in list order. */
+  double sum = l->holder >= 0 ? l->wait_others : l->wait_all;
+  uint32_t seen = l->n - (l->holder >= 0);
+  if (l->holder >= 0 && others > 0) {
+    const spi_candidate *h = &x->candidates[l->holder];
     if (!batch_full(h)) rest -= h->est_wait_ms;
     others--;
   }
@@ -648,26 +670,26 @@ static void alternatives_wait(const spi_route_context *x, const int32_t *named,
  * as deep and, of those that do, has the lowest TTFT (the lowest cost too
  * unless their rates or batches differ). -1 when none is usable. */
 static int64_t cheapest(const terms *t, const spi_route_context *x,
-                        const summary *m, double w) {
-  named_list l;
-  double cost[2 * SPI_SUMMARY_TOP + 3];
-  named_servable(x, m, &l);
-  const int32_t *named = l.i;
-  uint32_t n = l.n;
-  double low = HUGE_VAL, own_min = l.own_min;
-  int64_t holder = l.holder;
+                        const summary *m, double w, named_list *l) {
+  double cost[2 * SPI_SUMMARY_TOP + 3], tie[2 * SPI_SUMMARY_TOP + 3];
+  named_servable(x, m, l);
+  const int32_t *named = l->i;
+  uint32_t n = l->n;
+  double low = HUGE_VAL, own_min = l->own_min;
+  int64_t holder = l->holder;
   pool_waits pw;
-  alternatives_wait(x, named, n, holder, m, &pw);
+  alternatives_wait(x, l, m, &pw);
   for (uint32_t k = 0; k < n; k++) {
     const spi_candidate *c = &x->candidates[named[k]];
     cost[k] = guarded_cost(t, x, c, w, named[k] == holder) +
               queue_delay_ms(t, c, own_min, &pw);
+    tie[k] = block_ms(t, x, c); /* while c is at hand */
     if (cost[k] < low) low = cost[k];
   }
   int64_t best = -1;
   for (uint32_t k = 0; k < n; k++) {
     int64_t i = named[k];
-    if (cost[k] > low + block_ms(t, x, &x->candidates[i])) continue;
+    if (cost[k] > low + tie[k]) continue;
     if (best < 0 || tie_before(x, i, best)) best = i;
   }
   return best;
@@ -686,21 +708,20 @@ static int full(const spi_candidate *c) {
  * one later hit there saves: the rendezvous winner itself when it may, so
  * proxies that share no state agree, and otherwise the next in rendezvous
  * order they can see, so they still agree where their counts do. -1 when
- * none may (then the lowest cost decides). */
+ * none may (then the lowest cost decides). The named replicas are
+ * cheapest's list l: with no warm replica, the servable ones of the top,
+ * the least loaded and the rendezvous winner, each once (the answer does
+ * not depend on their order nor on repeats). */
 static int64_t cold_placement(const terms *t, const spi_route_context *x,
-                              const summary *m, double w,
+                              const named_list *l, double w,
                               const spi_candidate *b) {
-  int64_t named[2 * SPI_SUMMARY_TOP + 2], v = -1;
-  uint32_t n = 0;
-  for (uint32_t k = 0; k < m->n_top; k++) named[n++] = m->top[k];
-  named[n++] = m->least;
-  named[n++] = m->rdv;
-  for (uint32_t k = 0; k < n; k++) {
-    int64_t i = named[k];
-    if (i < 0 || !servable(&x->candidates[i])) continue;
+  int64_t v = -1;
+  double cost_b = cost_of(b, w);
+  for (uint32_t k = 0; k < l->n; k++) {
+    int64_t i = l->i[k];
     const spi_candidate *c = &x->candidates[i];
     if (over_share_new(t, c) ||
-        cost_of(c, w) - cost_of(b, w) > c->est_ttft_ms - c->est_wait_ms)
+        cost_of(c, w) - cost_b > c->est_ttft_ms - c->est_wait_ms)
       continue;
     if (v < 0 || c->rendezvous > x->candidates[v].rendezvous ||
         (c->rendezvous == x->candidates[v].rendezvous && i < v))
@@ -759,13 +780,14 @@ static pick choose_in_pool(const pinst *p, const spi_route_context *x,
   }
   double w = p->wait_weight[klass >= 0 && klass < 4 ? klass : 0];
   terms t;
-  terms_for(p, x, m->usable, &t);
-  int64_t best = cheapest(&t, x, m, w);
+  terms_for(p, x, m->pool, m->usable, &t);
+  named_list l;
+  int64_t best = cheapest(&t, x, m, w, &l);
   if (best < 0) return r;
   const spi_candidate *b = &x->candidates[best];
   r.idx = best;
   if (m->warm < 0) {
-    int64_t v = cold_placement(&t, x, m, w, b);
+    int64_t v = cold_placement(&t, x, &l, w, b);
     if (v >= 0) r.idx = v;
     r.reason = v >= 0 ? SPI_REASON_RENDEZVOUS : SPI_REASON_LEAST_LOADED;
     r.why = v < 0         ? "cold prefix: lowest estimated cost"
@@ -803,15 +825,20 @@ static void add_fallbacks(const spi_route_context *x, const summary *m,
                           spi_policy_choice *out, uint32_t limit,
                           int stale_ok) {
   /* The count in a local: every store to order[] could otherwise be
-   * taken to change n_order, and it would be read again. */
-  uint32_t n = out->n_order;
-  for (uint32_t k = 0; k < m->n_top && n < limit; k++) {
+   * taken to change n_order, and it would be read again. The top's
+   * entries are distinct, so one is looked up only among those listed
+   * before this call. */
+  uint32_t n = out->n_order, before = n;
+  if (n >= limit) return;
+  for (uint32_t k = 0; k < m->n_top; k++) {
     uint32_t i = (uint32_t)m->top[k];
-    if (!x->candidates[i].eligible || !(x->candidates[i].fresh || stale_ok))
-      continue;
+    const spi_candidate *c = &x->candidates[i];
+    if (!c->eligible || !(c->fresh || stale_ok)) continue;
     uint32_t j = 0;
-    while (j < n && out->order[j] != i) j++;
-    if (j == n) out->order[n++] = i;
+    while (j < before && out->order[j] != i) j++;
+    if (j < before) continue;
+    out->order[n++] = i;
+    if (n == limit) break;
   }
   out->n_order = n;
 }
