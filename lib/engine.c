@@ -459,6 +459,7 @@ int spi_engine_configure_file(spi_engine *engine, const char *path) {
   int rc = SPI_OK;
   char chunk[4096];
   size_t n;
+  errno = 0;
   while ((n = fread(chunk, 1, sizeof chunk, f)) > 0) {
     if (b.len + n > SPI_CONFIG_MAX_BYTES) {
       rc = spi__engine_fail(engine, SPI_ETOOBIG,
@@ -471,9 +472,11 @@ int spi_engine_configure_file(spi_engine *engine, const char *path) {
       break;
     }
   }
+  /* fopen opens a directory; its first read fails (EISDIR): say so. */
   if (rc == SPI_OK && ferror(f))
-    rc = spi__engine_fail(engine, SPI_EIO, "config file %.*s: read error",
-                          SPI_CUT(path, 160));
+    rc = spi__engine_fail(engine, SPI_EIO, "config file %.*s: %s",
+                          SPI_CUT(path, 160),
+                          errno ? strerror(errno) : "read error");
   fclose(f);
   if (rc == SPI_OK)
     rc = spi_engine_configure(engine, (const char *)b.data, b.len);
