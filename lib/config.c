@@ -309,7 +309,7 @@ int spi__cfg_enum(const cJSON *obj, const char *table_path, const char *shown,
     used += (size_t)w;
   }
   spi__errf(err, errcap, "%s: unknown value \"%.*s\" (expected %s)", where,
-            (int)(vlen > 64 ? 64 : vlen), val, list);
+            (int)spi__utf8_fit(val, vlen, 64), val, list);
   return SPI_EUNKNOWN;
 }
 

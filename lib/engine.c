@@ -267,8 +267,8 @@ static int module_config_shape(const cJSON *root, char *err, size_t errcap) {
   }
   for (const cJSON *c = mcfg->child; c; c = c->next)
     if (!cJSON_IsObject(c)) {
-      spi__errf(err, errcap, "module_config.%.64s: must be an object",
-                c->string ? c->string : "");
+      spi__errf(err, errcap, "module_config.%.*s: must be an object",
+                SPI_CUT(c->string ? c->string : "", 64));
       return SPI_ETYPE;
     }
   return SPI_OK;
@@ -289,8 +289,8 @@ static int configure_modules(spi_engine *e, const cJSON *root, spi_snapshot *s,
       if (!m->builtin && c->string && strcmp(m->name, c->string) == 0)
         found = 1;
     if (!found) {
-      spi__errf(err, errcap, "module_config.%.64s: no user module of that name",
-                c->string ? c->string : "");
+      spi__errf(err, errcap, "module_config.%.*s: no user module of that name",
+                SPI_CUT(c->string ? c->string : "", 64));
       return SPI_EUNKNOWN;
     }
   }
@@ -305,7 +305,7 @@ static int configure_modules(spi_engine *e, const cJSON *root, spi_snapshot *s,
     spi_modentry *sel = spi__module_find(e, kind, name, nlen);
     if (!sel) {
       spi__errf(err, errcap, "%s: no %s module named \"%.*s\"", path,
-                KIND_KEYS[i].key, (int)(nlen > 64 ? 64 : nlen), name);
+                KIND_KEYS[i].key, (int)spi__utf8_fit(name, nlen, 64), name);
       return SPI_ENOTFOUND;
     }
     spi_modentry *bi = NULL;
@@ -453,16 +453,18 @@ int spi_engine_configure_file(spi_engine *engine, const char *path) {
   if (!path) return spi__engine_fail(engine, SPI_EINVAL, "config file: NULL path");
   FILE *f = fopen(path, "rb");
   if (!f)
-    return spi__engine_fail(engine, SPI_EIO, "config file %.160s: %s", path,
-                       strerror(errno));
+    return spi__engine_fail(engine, SPI_EIO, "config file %.*s: %s",
+                            SPI_CUT(path, 160), strerror(errno));
   spi_buf b = {0};
   int rc = SPI_OK;
   char chunk[4096];
   size_t n;
+  errno = 0;
   while ((n = fread(chunk, 1, sizeof chunk, f)) > 0) {
     if (b.len + n > SPI_CONFIG_MAX_BYTES) {
-      rc = spi__engine_fail(engine, SPI_ETOOBIG, "config file %.160s: over %u bytes",
-                       path, SPI_CONFIG_MAX_BYTES);
+      rc = spi__engine_fail(engine, SPI_ETOOBIG,
+                            "config file %.*s: over %u bytes",
+                            SPI_CUT(path, 160), SPI_CONFIG_MAX_BYTES);
       break;
     }
     if ((rc = spi__buf_append(&b, &engine->mem, chunk, n)) != SPI_OK) {
@@ -470,8 +472,11 @@ int spi_engine_configure_file(spi_engine *engine, const char *path) {
       break;
     }
   }
+  /* fopen opens a directory; its first read fails (EISDIR): say so. */
   if (rc == SPI_OK && ferror(f))
-    rc = spi__engine_fail(engine, SPI_EIO, "config file %.160s: read error", path);
+    rc = spi__engine_fail(engine, SPI_EIO, "config file %.*s: %s",
+                          SPI_CUT(path, 160),
+                          errno ? strerror(errno) : "read error");
   fclose(f);
   if (rc == SPI_OK)
     rc = spi_engine_configure(engine, (const char *)b.data, b.len);

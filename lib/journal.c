@@ -242,8 +242,8 @@ static const char *errno_text(int errnum) {
 /* An I/O failure: message with the path and errno text, SPI_EIO. */
 static int io_fail(char *err, size_t cap, const journal *j, const char *name,
                    const char *op, int errnum) {
-  spi__errf(err, cap, "journal %.160s/%s: %s: %s", j->dir, name ? name : "", op,
-            errno_text(errnum));
+  spi__errf(err, cap, "journal %.*s/%s: %s: %s", SPI_CUT(j->dir, 160),
+            name ? name : "", op, errno_text(errnum));
   return SPI_EIO;
 }
 
@@ -381,7 +381,8 @@ static int take_lock(journal *j, char *err, size_t cap) {
     fl.l_type = F_WRLCK;
     fl.l_whence = SEEK_SET;
     long pid = fcntl(j->lockfd, F_GETLK, &fl) == 0 ? (long)fl.l_pid : -1;
-    spi__errf(err, cap, "journal %.160s: in use by process %ld", j->dir, pid);
+    spi__errf(err, cap, "journal %.*s: in use by process %ld",
+              SPI_CUT(j->dir, 160), pid);
     return SPI_EIO;
   }
   return io_fail(err, cap, j, "LOCK", "fcntl(F_SETLK)", e);
@@ -450,8 +451,8 @@ static int j_configure(void *state, const char *config_json, size_t config_len,
       j->ino = sb.st_ino;
       rc = state_claim(st, j->dev, j->ino);
       if (rc == SPI_EIO)
-        spi__errf(err, cap, "journal %.160s: already open in this process",
-                  j->dir);
+        spi__errf(err, cap, "journal %.*s: already open in this process",
+                  SPI_CUT(j->dir, 160));
       else if (rc != SPI_OK)
         spi__errf(err, cap, "journal: out of memory");
       if (rc != SPI_OK) {
@@ -725,7 +726,7 @@ static void warn_add(char *w, size_t cap, const char *fmt, ...) {
   }
   va_list ap;
   va_start(ap, fmt);
-  vsnprintf(w + used, cap - used, fmt, ap);
+  spi__verrf(w + used, cap - used, fmt, ap); /* cut between characters */
   va_end(ap);
 }
 
@@ -762,17 +763,19 @@ static int handle_tail(journal *j, jr_file *f, int fd, int active,
   const char *kind = sc->stop == SPI_JR_TORN ? "torn" : "corrupt";
   if (!active) {
     warn_add(w, wcap,
-             "journal %.96s/%s: %s record at the end: %s; %llu bytes left in "
+             "journal %.*s/%s: %s record at the end: %s; %llu bytes left in "
              "place (later segments were read)",
-             j->dir, name, kind, sc->skipped ? "see above" : sc->why,
+             SPI_CUT(j->dir, 96), name, kind,
+             sc->skipped ? "see above" : sc->why,
              (unsigned long long)tail);
     return SPI_OK;
   }
   char aside[JR_NAME_MAX + 40];
   int rc = cut_tail(j, f, fd, sc, aside, sizeof aside, err, cap);
   if (rc != SPI_OK) return rc;
-  warn_add(w, wcap, "journal %.96s/%s: %s record: %s; cut off %llu bytes%s%s",
-           j->dir, name, kind, sc->skipped ? "at the end" : sc->why,
+  warn_add(w, wcap, "journal %.*s/%s: %s record: %s; cut off %llu bytes%s%s",
+           SPI_CUT(j->dir, 96), name, kind,
+           sc->skipped ? "at the end" : sc->why,
            (unsigned long long)tail, aside[0] ? ", kept as " : "", aside);
   f->size = sc->valid_bytes;
   return SPI_OK;
@@ -799,10 +802,11 @@ static int handle_damage(journal *j, jr_file *f, int fd, int active,
   j->stats.truncated_bytes += sc->skipped_bytes + tail;
   if (sc->skipped)
     warn_add(w, wcap,
-             "journal %.96s/%s: corrupt record: %s; skipped %llu damaged "
+             "journal %.*s/%s: corrupt record: %s; skipped %llu damaged "
              "range(s), %llu bytes, left in place; every good record after "
              "them was read",
-             j->dir, name, sc->why, (unsigned long long)sc->skipped,
+             SPI_CUT(j->dir, 96), name, sc->why,
+             (unsigned long long)sc->skipped,
              (unsigned long long)sc->skipped_bytes);
   int rc = SPI_OK;
   if (sc->stop != SPI_JR_END)
@@ -986,13 +990,13 @@ static int j_recover(void *state, void *instance, spi_replay_record_fn fn,
   /* Evidence from earlier opens is named on every open until removed. */
   if (aside_before)
     warn_add(warn, sizeof warn,
-             "journal %.96s: %llu file(s) of damaged records (*.corrupt, "
+             "journal %.*s: %llu file(s) of damaged records (*.corrupt, "
              "%llu bytes) are kept for inspection; remove them once seen",
-             j->dir, (unsigned long long)j->stats.aside_files,
+             SPI_CUT(j->dir, 96), (unsigned long long)j->stats.aside_files,
              (unsigned long long)j->aside_bytes);
   /* Last, what lost nothing: the warning is cut at its size, and a loss
    * in any file must not be cut for a repair in an earlier one. */
-  if (rep[0]) warn_add(warn, sizeof warn, "journal %.96s/%s", j->dir, rep);
+  if (rep[0]) warn_add(warn, sizeof warn, "journal %.*s/%s", SPI_CUT(j->dir, 96), rep);
   if (warn[0]) spi__errf(err, cap, "%s", warn);
   return SPI_OK;
 }

@@ -75,8 +75,8 @@ static int no_duplicate_keys(reader *rd, const cJSON *obj, const char *path) {
   if (rc == SPI_ENOMEM)
     return spi__req_fail(rd->r, SPI_ENOMEM, "body: out of memory");
   if (rc != SPI_OK)
-    return spi__req_fail(rd->r, SPI_EPARSE, "%s%s%.64s: duplicate key", path,
-                         path[0] ? "." : "", dup);
+    return spi__req_fail(rd->r, SPI_EPARSE, "%s%s%.*s: duplicate key", path,
+                         path[0] ? "." : "", SPI_CUT(dup, 64));
   return SPI_OK;
 }
 
@@ -219,8 +219,9 @@ static int read_messages(reader *rd, const cJSON *msgs) {
       return spi__req_fail(rd->r, SPI_ETYPE, "%s.role: must be a string", path);
     int ri = spi__role_from_name(role->valuestring, strlen(role->valuestring));
     if (ri < 0)
-      return spi__req_fail(rd->r, SPI_EUNKNOWN, "%s.role: unknown role \"%.32s\"",
-                           path, role->valuestring);
+      return spi__req_fail(rd->r, SPI_EUNKNOWN,
+                           "%s.role: unknown role \"%.*s\"", path,
+                           SPI_CUT(role->valuestring, 32));
     int rc = message_content(rd, msg, path);
     if (rc) return rc;
     rc = spi__req_add_message(rd->r, rd->l, ri, (const char *)rd->scratch.data,
@@ -280,7 +281,8 @@ static int read_metadata(reader *rd, const cJSON *md) {
   if (dup) return dup;
   for (const cJSON *kv = md->child; kv; kv = kv->next) {
     char path[96];
-    snprintf(path, sizeof path, "metadata.%.64s", kv->string ? kv->string : "");
+    spi__errf(path, sizeof path, "metadata.%.*s",
+              SPI_CUT(kv->string ? kv->string : "", 64));
     if (!cJSON_IsString(kv))
       return spi__req_fail(rd->r, SPI_ETYPE, "%s: values must be strings", path);
     int rc = spi__req_set_metadata(rd->r, rd->l, kv->string, strlen(kv->string),

@@ -680,7 +680,7 @@ static int read_cfg(spi_engine *e, const cJSON *obj, rq_cfg *c, char *err,
   if (rc == SPI_OK) {
     if (!find_store(e, s, slen)) {
       spi__errf(err, cap, "replay.store: no replay_store module named \"%.*s\"",
-                (int)(slen > 64 ? 64 : slen), s);
+                (int)spi__utf8_fit(s, slen, 64), s);
       rc = SPI_ENOTFOUND;
     } else {
       memcpy(c->store, s, slen);
@@ -805,8 +805,8 @@ static int load_store_locking(spi_engine *e, const cJSON *sec, char *err,
       find_store(e, st->valuestring, strlen(st->valuestring)))
     return SPI_OK;
   if (spi__in_module_configure(e)) {
-    spi__errf(err, cap, "replay.store: \"%.64s\" cannot be loaded from a "
-              "module callback", st->valuestring);
+    spi__errf(err, cap, "replay.store: \"%.*s\" cannot be loaded from a "
+              "module callback", SPI_CUT(st->valuestring, 64));
     return SPI_EMISUSE;
   }
   pthread_mutex_lock(&e->config_lock);

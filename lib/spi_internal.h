@@ -72,6 +72,20 @@ void spi__errf(char *buf, size_t cap, const char *fmt, ...)
 void spi__verrf(char *buf, size_t cap, const char *fmt, va_list ap)
     __attribute__((format(printf, 3, 0)));
 
+/* Messages are UTF-8 and are cut to fit their buffers; a cut never splits a
+ * character. spi__utf8_fit: how many of the len bytes at s to show in at
+ * most max (all of them when len <= max; else max, less the start of a
+ * character max would split), for "%.*s". spi__utf8_fitz: the same for the
+ * NUL-terminated s. spi__utf8_trim: s[0..len) less a last character it
+ * holds only part of, NUL-terminated there; returns the new length. Bytes
+ * that are not UTF-8 are left as they are. */
+size_t spi__utf8_fit(const char *s, size_t len, size_t max);
+int spi__utf8_fitz(const char *s, size_t max);
+size_t spi__utf8_trim(char *s, size_t len);
+/* The two arguments of "%.*s" that show the NUL-terminated s in at most
+ * max bytes without splitting a character. */
+#define SPI_CUT(s, max) spi__utf8_fitz((s), (max)), (s)
+
 /*
  * Error detail per calling thread on a shared handle (errtab.c). The rule,
  * for every handle many threads share (engine, replay queue): a failing call

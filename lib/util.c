@@ -150,10 +150,42 @@ void spi__buf_free(spi_buf *b, const spi_mem *m) {
   b->len = b->cap = 0;
 }
 
+/* Whether byte c continues a UTF-8 character (10xxxxxx). */
+static int utf8_cont(unsigned char c) { return (c & 0xC0) == 0x80; }
+
+size_t spi__utf8_fit(const char *s, size_t len, size_t max) {
+  if (len <= max) return len;
+  /* s[max] is the first byte left out: when it continues a character, the
+   * cut is inside that character, whose start is at most 3 bytes back. */
+  size_t n = max;
+  while (n > 0 && max - n < 3 && utf8_cont((unsigned char)s[n])) n--;
+  return utf8_cont((unsigned char)s[n]) ? max : n;
+}
+
+int spi__utf8_fitz(const char *s, size_t max) {
+  size_t len = 0;
+  while (len <= max && s[len]) len++;
+  return (int)spi__utf8_fit(s, len, max);
+}
+
+size_t spi__utf8_trim(char *s, size_t len) {
+  /* The last character's first byte, and how many bytes it says it has. */
+  size_t i = len;
+  while (i > 0 && len - i < 4 && utf8_cont((unsigned char)s[i - 1])) i--;
+  unsigned char lead = i > 0 ? (unsigned char)s[i - 1] : 0;
+  size_t want = lead >= 0xF0 ? 4 : lead >= 0xE0 ? 3 : 2;
+  if (lead >= 0xC2 && lead <= 0xF4 && len - (i - 1) < want) len = i - 1;
+  s[len] = '\0';
+  return len;
+}
+
 void spi__verrf(char *buf, size_t cap, const char *fmt, va_list ap) {
   if (!buf || cap == 0) return;
   int n = vsnprintf(buf, cap, fmt, ap);
   if (n < 0) buf[0] = '\0';
+  /* A message longer than buf is cut at a byte count; a reader (and a
+   * binding that decodes it) must not get half a character at its end. */
+  else if ((size_t)n >= cap) spi__utf8_trim(buf, cap - 1);
 }
 
 void spi__errf(char *buf, size_t cap, const char *fmt, ...) {

@@ -878,7 +878,7 @@ SPI_API const char *spi_notice_kind_name(int32_t kind);
  * the metadata request (404 means no notice; 0 is taken as 200). node names
  * the machine that was polled (used when the body does not say). now_ns is
  * the time of the poll: GCP gives no deadline, so a preemption's deadline is
- * now + 30 s. Documents that carry several events (AWS scheduled, Azure)
+ * now + 30 s (now_ns is 0..INT64_MAX - 30 s, SPI_EINVAL past it). Documents that carry several events (AWS scheduled, Azure)
  * give one notice each: up to cap are written to out and *n_out gets the
  * number found (0 = no notice); SPI_EBUFSIZE when cap is too small. Pure and
  * thread-safe. Errors: SPI_EINVAL (an argument, or a status neither 2xx

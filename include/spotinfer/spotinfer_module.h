@@ -69,7 +69,8 @@ enum spi_module_on_failure {
 /*
  * Common callbacks of every module. errbuf (capacity errcap, > 0) takes a
  * NUL-terminated message when a callback fails; the library prefixes it with
- * the module and configuration path.
+ * the module and configuration path, and cuts the whole to its message size
+ * before a UTF-8 character, never inside one.
  */
 typedef int (*spi_module_configure_fn)(void *state, const char *config_json,
                                        size_t config_len, void **out_instance,

@@ -62,6 +62,48 @@ run 2 frobnicate && [[ "$err" == *"unknown command"* ]] && ok "unknown command" 
 run 0 version --json && jq_eq "version" 'j["version"].count(".") == 2'
 run 2 version junk && [[ "$err" == *"unexpected argument"* ]] && ok "version takes no argument" || bad "version takes no argument"
 run 0 version --help && has "version --help" "Usage: spotinfer version"
+# Every option a subcommand takes (its *_OPTS table in tools/cli) is in the
+# top-level --help's line for it, in its own --help and in the man page's
+# synopsis, and those name no option the table lacks.
+run 0 --help && top=$out
+for cmd in "notice parse" route; do
+  run 0 $cmd --help
+  if python3 - "$src/tools/cli" "$cmd" "$top" "$out" "$src/tools/cli/spotinfer.1" <<'PY' 2>"$work/pyerr"; then
+import glob, re, sys
+srcdir, cmd, top, sub, man = sys.argv[1:6]
+table = {"notice parse": "NOTICE_OPTS", "route": "ROUTE_OPTS"}[cmd]
+text = "".join(open(f).read() for f in glob.glob(srcdir + "/*.c"))
+m = re.search(r"\b%s\[\]\s*=\s*\{(.*?)\};" % table, text, re.S)
+if not m:
+    sys.exit("no %s table in %s" % (table, srcdir))
+opts = set(re.findall(r'"(--[a-z-]+)"', m.group(1)))
+assert opts, table
+# The top-level entry: its first line starts with the command, and the
+# lines indented further continue it.
+entry, inside = [], False
+for line in top.splitlines():
+    if re.match(r"  \S", line):
+        inside = line.startswith("  " + cmd + " ")
+    if inside:
+        entry.append(line)
+# The man page's synopsis line: "\fBnotice parse\fR ...", "\fBroute ...".
+synopsis = [l for l in open(man).read().replace("\\-", "-").splitlines()
+            if "\\fB" + cmd + ("\\fR" if " " in cmd else " ") in l]
+shown = {"top-level --help": "\n".join(entry), cmd + " --help": sub,
+         "spotinfer.1 synopsis": "\n".join(synopsis)}
+bad = []
+for where, t in shown.items():
+    found = set(re.findall(r"--[a-z][a-z-]*", t)) - {"--json", "--help"}
+    if found != opts:
+        bad.append("%s: lacks %s, has extra %s" % (where, sorted(opts - found), sorted(found - opts)))
+if bad:
+    sys.exit("\n".join(bad))
+PY
+    ok "help of $cmd lists every option it takes"
+  else
+    bad "help of $cmd lists every option it takes: $(cat "$work/pyerr")"
+  fi
+done
 # Output that cannot be written is a failure, not success.
 if [[ -w /dev/full ]]; then
   if "$bin" version >/dev/full 2>"$work/err"; then
@@ -102,6 +144,10 @@ run 1 --json config check "$work/missing.json" &&
 run 1 --json metrics parse "$work" && jq_eq "--json: a directory says why" '"Is a directory" in j["error"]'
 run 1 route --config "$here/config.json" --replicas "$work" "$here/chat.json" && [[ "$err" == *"Is a directory"* ]] &&
   ok "route: a directory as the replicas file says why" || bad "route: a directory as the replicas file says why"
+run 1 --json route --config "$work" --replicas "$here/replicas.json" "$here/chat.json" &&
+  jq_eq "route --json: a directory as the config says why" '"Is a directory" in j["error"]'
+run 1 route --config "$work" --replicas "$here/replicas.json" "$here/chat.json" && [[ "$err" == *"Is a directory"* ]] &&
+  ok "route: a directory as the config file says why" || bad "route: a directory as the config file says why"
 run 2 config check && ok "config check without FILE" || bad "config check without FILE"
 run 2 config check a b && ok "config check with two FILEs" || bad "config check with two FILEs"
 run 2 config check --bogus x && ok "config check unknown option" || bad "config check unknown option"
@@ -161,6 +207,13 @@ run 2 notice parse --cloud moon "$work/stop.json" && ok "unknown cloud is usage"
 run 2 notice parse --format nope "$work/stop.json" && ok "unknown format is usage" || bad "unknown format is usage"
 run 2 notice parse --status abc "$work/stop.json" && ok "bad status is usage" || bad "bad status is usage"
 run 2 notice parse --status ' 404' "$work/stop.json" && ok "a status with a leading blank is usage" || bad "a status with a leading blank is usage"
+# --now-ns is a usage error past the parser's range (the time a GCP
+# deadline of now + 30 s can be added to), like any other bad value.
+run 0 --json notice parse --format aws-instance-action --node i-9 --now-ns 9223372006854775807 "$work/stop.json" &&
+  jq_eq "--now-ns at the top of its range" 'j["found"] == 1'
+run 2 notice parse --format aws-instance-action --node i-9 --now-ns 9223372006854775808 "$work/stop.json" && [[ "$err" == *"--now-ns"* ]] &&
+  ok "--now-ns past its range is usage" || bad "--now-ns past its range is usage"
+run 2 notice parse --node i-9 --now-ns 9223372036854775807 "$work/stop.json" && ok "--now-ns INT64_MAX is usage" || bad "--now-ns INT64_MAX is usage"
 run 2 notice parse && ok "notice parse without FILE" || bad "notice parse without FILE"
 run 0 notice parse --help && has "notice parse --help" "azure-scheduled"
 
@@ -179,6 +232,21 @@ printf 'vllm:num_requests_running{model_name="x} 1\n' >"$work/badpage.txt"
 run 1 metrics parse "$work/badpage.txt" && [[ "$err" == *"line 1"* ]] && ok "malformed page names the line" || bad "malformed page names the line"
 printf 'other_metric 1\n' >"$work/nothing.txt"
 run 1 metrics parse --json "$work/nothing.txt" && jq_eq "no load metric --json" 'not j["ok"]'
+# Inputs up to 64 MiB are read; one byte more is refused. (A page of
+# comments after one sample, to the size wanted.)
+page_of() {
+  python3 -c 'import sys
+n = int(sys.argv[1]); head = b"vllm:num_requests_running 2\n"
+sys.stdout.buffer.write(head + b"#" * (n - len(head) - 1) + b"\n")' "$1" >"$work/big.txt"
+}
+mib64=$((64 * 1024 * 1024))
+for size in $((mib64 - 1)) $mib64; do
+  page_of $size
+  run 0 --json metrics parse "$work/big.txt" && jq_eq "an input of $size bytes is read" 'j["running"] == 2'
+done
+page_of $((mib64 + 1))
+run 1 metrics parse "$work/big.txt" && [[ "$err" == *"larger than"* ]] && ok "an input over 64 MiB is refused" || bad "an input over 64 MiB is refused"
+rm -f "$work/big.txt"
 run 2 metrics parse && ok "metrics parse without FILE" || bad "metrics parse without FILE"
 run 0 metrics parse --help && has "metrics parse --help" "SGLang"
 
@@ -249,6 +317,14 @@ run 0 cost --json kv-bytes --layers 32 --kv-heads 8 --head-dim 128 --seq-len 409
   jq_eq "kv-bytes" 'j["bytes"] == 2*32*8*128*4096*2'
 run 0 cost --json max-sequences --gpu-memory-bytes 80e9 --model-bytes 16e9 --utilization 0.9 --kv-bytes-per-sequence 536870912 &&
   jq_eq "max-sequences" 'j["sequences"] == int((80e9-16e9)*0.9/536870912)'
+# Integers are printed exactly, however large: in text and in --json (as
+# JSON integers, not in exponent form).
+run 0 cost max-sequences --gpu-memory-bytes 9007199254740994 --model-bytes 0 --utilization 1 --kv-bytes-per-sequence 1 &&
+  has "max-sequences above 2^53, exactly" "sequences 9007199254740994"
+run 0 cost --json max-sequences --gpu-memory-bytes 18446744073709549568 --model-bytes 0 --utilization 1 --kv-bytes-per-sequence 1 &&
+  jq_eq "max-sequences near 2^64, exactly" 'j["sequences"] == 2**64 - 2048 and type(j["sequences"]) is int'
+run 0 cost --json kv-bytes --layers 4294967295 --kv-heads 16777216 --head-dim 1 --seq-len 1 --bytes-per-element 1 &&
+  jq_eq "kv-bytes above 1e17, exactly" 'j["bytes"] == 2 * 4294967295 * 16777216 and type(j["bytes"]) is int'
 run 1 cost per-million --usd-per-gpu-hour -1 --gpus 1 --tokens-per-s 1000 && [[ "$err" == *range* ]] && ok "negative price is invalid" || bad "negative price is invalid"
 run 1 cost --json per-million --usd-per-gpu-hour 3.5 --gpus 1.5 --tokens-per-s 1000 && jq_eq "fractional gpus --json" 'not j["ok"]'
 run 2 cost per-million --usd-per-gpu-hour 3.5 --gpus 1 && [[ "$err" == *tokens-per-s* ]] && ok "missing flag named" || bad "missing flag named"

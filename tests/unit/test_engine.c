@@ -438,6 +438,9 @@ static void test_configure_file(void **st) {
   assert_int_equal(spi_engine_configure_file(e, "/nonexistent/spi.json"),
                    SPI_EIO);
   assert_non_null(strstr(spi_engine_errmsg(e), "/nonexistent/spi.json"));
+  /* A directory opens; reading it fails, and the message says why. */
+  assert_int_equal(spi_engine_configure_file(e, "/tmp"), SPI_EIO);
+  assert_non_null(strstr(spi_engine_errmsg(e), "/tmp: Is a directory"));
   char path[] = "/tmp/spi_cfg_XXXXXX";
   int fd = mkstemp(path);
   assert_true(fd >= 0);

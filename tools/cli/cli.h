@@ -14,6 +14,7 @@
 #define SPOTINFER_CLI_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 #include <cjson/cJSON.h>
 
@@ -28,6 +29,11 @@ typedef struct cli_ctx {
  * cannot be read, with the reason (strerror, too large) in why, for the
  * caller's cli_invalid() to print once and put in the --json answer. */
 char *cli_read_input(const char *path, size_t *len, char *why, size_t wcap);
+
+/* Add an integer to o exactly, in JSON and text alike: cJSON keeps numbers
+ * as doubles and prints 15 or 17 digits, so counts above 2^53 (or 1e17)
+ * lost digits or came out in exponent form. */
+void cli_add_uint(cJSON *o, const char *key, uint64_t v);
 
 /* Print a finished answer (takes ownership of root). */
 void cli_print(const cli_ctx *c, cJSON *root);

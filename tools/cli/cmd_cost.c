@@ -61,6 +61,15 @@ static int u32(double v, uint32_t *out) {
   return 0;
 }
 
+/* KV bytes are a whole number unless bytes-per-element is a fraction (a
+ * 4-bit cache): a whole one is printed exactly. */
+static void add_bytes(cJSON *o, double d) {
+  if (d >= 0 && d < 18446744073709551616.0 && d == (double)(uint64_t)d)
+    cli_add_uint(o, "bytes", (uint64_t)d);
+  else
+    cJSON_AddNumberToObject(o, "bytes", d);
+}
+
 static int compute(const formula *f, const double *v, cJSON *o, char *msg,
                    size_t cap) {
   double d = 0;
@@ -98,11 +107,11 @@ static int compute(const formula *f, const double *v, cJSON *o, char *msg,
     if (u32(v[0], &a) || u32(v[1], &b) || u32(v[2], &c2) || u32(v[3], &e))
       goto notint;
     rc = spi_cost_kv_bytes_per_sequence(a, b, c2, e, v[4], &d);
-    if (rc == SPI_OK) cJSON_AddNumberToObject(o, "bytes", d);
+    if (rc == SPI_OK) add_bytes(o, d);
   } else {
     uint64_t n = 0;
     rc = spi_cost_max_sequences(v[0], v[1], v[2], v[3], &n);
-    if (rc == SPI_OK) cJSON_AddNumberToObject(o, "sequences", (double)n);
+    if (rc == SPI_OK) cli_add_uint(o, "sequences", n);
   }
   /* cli_invalid names the formula; the message is what is wrong. */
   if (rc != SPI_OK)

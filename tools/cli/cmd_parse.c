@@ -34,7 +34,8 @@ static const char NOTICE_HELP[] =
     "  --status N  the HTTP status of the metadata request (404: no notice,\n"
     "              whatever the body; needs no --cloud)\n"
     "  --now-ns N  the time of the poll in ns since the epoch (default now;\n"
-    "              a GCP preemption's deadline is now + 30 s)\n";
+    "              a GCP preemption's deadline is now + 30 s), at most\n"
+    "              9223372006854775807 (2^63 - 1 less 30 s)\n";
 
 static const char METRICS_HELP[] =
     "Usage: spotinfer metrics parse [--json] FILE|-\n"
@@ -81,6 +82,11 @@ static int detect(const char *cloud, const char *body) {
   }
   return 0;
 }
+
+/* The parser adds up to GCP's 30 s to the time of the poll, which must
+ * leave room for it (spi_notice_parse): a later --now-ns is a usage error
+ * like any other bad value, not an invalid input. */
+#define NOW_NS_MAX ((long long)INT64_MAX - 30 * 1000000000LL)
 
 static int64_t now_ns(void) {
   struct timespec ts;
@@ -140,6 +146,8 @@ static int status_only(const cli_ctx *c, const char *path, long long status) {
   return CLI_OK;
 }
 
+/* Every option notice parse takes (each with a value); the help texts list
+ * them all (tests/cli checks). */
 static const char *const NOTICE_OPTS[] = {"--cloud", "--format", "--node",
                                            "--status", "--now-ns", NULL};
 
@@ -178,9 +186,9 @@ int cmd_notice_parse(const cli_ctx *c, int argc, char **argv) {
         return cli_usage(c, "notice parse ", "--status: '%s' is not an "
                          "HTTP status", argv[i]);
     } else if (strcmp(a, "--now-ns") == 0 && has_val) {
-      if (cli_i64(argv[++i], &now) || now <= 0)
-        return cli_usage(c, "notice parse ", "--now-ns: '%s' is not a "
-                         "positive integer", argv[i]);
+      if (cli_i64(argv[++i], &now) || now <= 0 || now > NOW_NS_MAX)
+        return cli_usage(c, "notice parse ", "--now-ns: '%s' is not an "
+                         "integer in 1..%lld", argv[i], NOW_NS_MAX);
       have_now = 1;
     } else if (a[0] == '-' && a[1]) {
       return cli_usage(c, "notice parse ", "unknown option or missing value "

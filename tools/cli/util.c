@@ -4,6 +4,7 @@
 #include <ctype.h>
 #include <errno.h>
 #include <float.h>
+#include <inttypes.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -18,6 +19,10 @@
  * MiB is far above any of them and keeps a mistaken device read bounded. */
 #define CLI_MAX_INPUT ((size_t)64 << 20)
 
+/* The buffer holds the input, its NUL and one byte more: a read that
+ * fills it has found an input over the limit. */
+#define CLI_INPUT_BUF (CLI_MAX_INPUT + 2)
+
 char *cli_read_input(const char *path, size_t *len, char *why, size_t wcap) {
   FILE *f = strcmp(path, "-") == 0 ? stdin : fopen(path, "rb");
   if (!f) {
@@ -29,9 +34,10 @@ char *cli_read_input(const char *path, size_t *len, char *why, size_t wcap) {
   if (!buf) snprintf(why, wcap, "out of memory");
   while (buf) {
     if (n + 1 >= cap) {
-      char *b = cap >= CLI_MAX_INPUT ? NULL : realloc(buf, cap * 2);
+      size_t want = cap * 2 < CLI_INPUT_BUF ? cap * 2 : CLI_INPUT_BUF;
+      char *b = n > CLI_MAX_INPUT ? NULL : realloc(buf, want);
       if (!b) {
-        if (cap >= CLI_MAX_INPUT)
+        if (n > CLI_MAX_INPUT)
           snprintf(why, wcap, "larger than %zu bytes", CLI_MAX_INPUT);
         else
           snprintf(why, wcap, "out of memory");
@@ -40,7 +46,7 @@ char *cli_read_input(const char *path, size_t *len, char *why, size_t wcap) {
         break;
       }
       buf = b;
-      cap *= 2;
+      cap = want;
     }
     errno = 0;
     size_t got = fread(buf + n, 1, cap - n - 1, f);
@@ -135,6 +141,12 @@ static void utf8_fix(cJSON *item) {
     cJSON_SetValuestring(ch, fixed);
     free(fixed);
   }
+}
+
+void cli_add_uint(cJSON *o, const char *key, uint64_t v) {
+  char digits[24];
+  snprintf(digits, sizeof digits, "%" PRIu64, v);
+  cJSON_AddRawToObject(o, key, digits); /* printed as is, in both forms */
 }
 
 void cli_print(const cli_ctx *c, cJSON *root) {

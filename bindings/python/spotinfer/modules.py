@@ -534,7 +534,9 @@ def _status_of(exc: BaseException) -> int:
 def _write_err(errbuf: Optional[int], errcap: int, text: str) -> None:
     if not errbuf or errcap <= 0:
         return
-    data = text.encode("utf-8", "replace")[:errcap - 1] + b"\0"
+    # The library prefixes the message and shows it as UTF-8: half a
+    # character at the end would read back as U+FFFD.
+    data = utf8_cut(text, errcap - 1, "replace") + b"\0"
     memmove(errbuf, data, len(data))
 
 

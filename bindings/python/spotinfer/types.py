@@ -27,10 +27,11 @@ def _text(b: bytes) -> str:
     return b.decode("utf-8", "surrogateescape")
 
 
-def utf8_cut(s: str, limit: int) -> bytes:
+def utf8_cut(s: str, limit: int, errors: str = "strict") -> bytes:
     """s as UTF-8 in at most ``limit`` bytes, cut before a character rather
-    than inside one, so a fixed-size text field never ends in half of one."""
-    b = s.encode("utf-8")
+    than inside one, so a fixed-size text field never ends in half of one.
+    ``errors`` is str.encode's, for text that may hold lone surrogates."""
+    b = s.encode("utf-8", errors)
     if len(b) <= limit:
         return b
     end = limit

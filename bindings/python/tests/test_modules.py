@@ -5,7 +5,8 @@ from __future__ import annotations
 import gc
 import threading
 import weakref
-from ctypes import Structure, addressof, c_char, sizeof
+from ctypes import (Structure, addressof, c_char, create_string_buffer,
+                    sizeof)
 
 import pytest
 
@@ -111,6 +112,39 @@ def test_configure_exception_becomes_config_error(engine):
     assert isinstance(ei.value.__cause__, ValueError)
     # The previous configuration stays in force.
     assert engine.config["modules"]["classifier"] == "reference"
+
+
+class RaisesLong(ClassifierModule):
+    """configure raises a message longer than the library's error buffer,
+    of three-byte characters after pad ASCII ones."""
+
+    def __init__(self, pad):
+        self.pad = pad
+
+    def configure(self, config):
+        raise ValueError("x" * self.pad + "\u20ac" * 200)
+
+
+@pytest.mark.parametrize("pad", [0, 1, 2])
+def test_long_module_message_is_cut_between_characters(engine, pad):
+    engine.register_classifier("long", RaisesLong(pad))
+    with pytest.raises(spotinfer.ModuleFailedError) as ei:
+        _use(engine, "long")
+    msg = ei.value.message
+    # Cut twice (by the binding into the module's buffer, by the library
+    # after its prefix), each time before a character, not inside one.
+    assert "\u20ac" * 10 in msg, msg
+    assert "\ufffd" not in msg, msg
+    assert msg.encode("utf-8").decode("utf-8") == msg
+
+
+@pytest.mark.parametrize("pad", [0, 1, 2])
+def test_module_error_buffer_gets_whole_characters(pad):
+    from spotinfer.modules import _write_err
+    buf = create_string_buffer(b"z" * 16)
+    _write_err(addressof(buf), 16, "x" * pad + "\u20ac" * 10)
+    written = buf.value
+    assert written.decode("utf-8") == "x" * pad + "\u20ac" * ((15 - pad) // 3)
 
 
 class Raises(ClassifierModule):

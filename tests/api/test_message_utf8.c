@@ -1,0 +1,225 @@
+/*
+ * test_message_utf8.c - an error message cut to fit its buffer is still
+ * UTF-8: neither the cut at the message's end nor a name shortened inside
+ * it splits a character. Names and module texts here are made of two- and
+ * three-byte characters, each tried at every offset a cut can fall on.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include <spotinfer/spotinfer.h>
+#include <spotinfer/spotinfer_module.h>
+
+#define EURO "\xe2\x82\xac" /* U+20AC: three bytes */
+#define EACUTE "\xc3\xa9"   /* U+00E9: two bytes */
+
+/* Whether s is well-formed UTF-8 (no sequence cut short, none overlong). */
+static int utf8_valid(const char *s) {
+  const unsigned char *p = (const unsigned char *)s;
+  while (*p) {
+    unsigned char c = *p;
+    int n = c < 0x80 ? 0 : c >= 0xC2 && c < 0xE0 ? 1 : c >= 0xE0 && c < 0xF0 ? 2
+            : c >= 0xF0 && c < 0xF5 ? 3 : -1;
+    if (n < 0) return 0;
+    p++;
+    for (int i = 0; i < n; i++, p++)
+      if ((*p & 0xC0) != 0x80) return 0;
+  }
+  return 1;
+}
+
+#define assert_utf8(s)                                                      \
+  do {                                                                      \
+    const char *m_ = (s);                                                   \
+    if (!utf8_valid(m_)) fail_msg("not UTF-8 (%zu bytes): %s", strlen(m_), m_); \
+  } while (0)
+
+/* Whether msg holds two of the characters the names here are made of. */
+static int has_chars(const char *msg) {
+  return strstr(msg, EACUTE EACUTE) || strstr(msg, EURO EURO);
+}
+
+/* pad ASCII bytes, then count copies of ch, NUL-terminated in buf. */
+static const char *text_of(char *buf, size_t cap, int pad, const char *ch,
+                           int count) {
+  size_t used = 0;
+  for (int i = 0; i < pad && used + 1 < cap; i++) buf[used++] = 'a';
+  size_t cl = strlen(ch);
+  for (int i = 0; i < count && used + cl < cap; i++, used += cl)
+    memcpy(buf + used, ch, cl);
+  buf[used] = '\0';
+  return buf;
+}
+
+/* ------------------------------------------ a message cut at its end */
+
+/* A policy module whose configure fails with a message that fills the
+ * buffer it is given, in whole characters; the library prefixes it with
+ * the module's name and path, so the whole no longer fits. */
+typedef struct { int pad; } fail_state;
+
+static int fail_configure(void *state, const char *json, size_t len,
+                          void **out, char *errbuf, size_t errcap) {
+  (void)json;
+  (void)len;
+  (void)out;
+  const fail_state *f = state;
+  char buf[1024];
+  text_of(buf, sizeof buf, f->pad, EURO, 400);
+  size_t n = strlen(buf) < errcap - 1 ? strlen(buf) : errcap - 1;
+  while (n > 0 && ((unsigned char)buf[n] & 0xC0) == 0x80) n--;
+  memcpy(errbuf, buf, n);
+  errbuf[n] = '\0';
+  return SPI_EMODULE;
+}
+
+static int never_choose(void *state, void *inst, const spi_route_context *ctx,
+                        spi_policy_choice *out) {
+  (void)state;
+  (void)inst;
+  (void)ctx;
+  (void)out;
+  return SPI_EMODULE;
+}
+
+static void test_module_message_cut_at_its_end(void **st) {
+  (void)st;
+  for (int pad = 0; pad < 3; pad++) {
+    spi_engine *e = NULL;
+    assert_int_equal(spi_engine_new(&e, NULL), SPI_OK);
+    fail_state f = {pad};
+    spi_policy_module m;
+    memset(&m, 0, sizeof m);
+    m.abi_version = SPI_MODULE_ABI_VERSION;
+    m.struct_size = sizeof m;
+    m.configure = fail_configure;
+    m.choose = never_choose;
+    assert_int_equal(spi_engine_register_module(e, SPI_MODULE_POLICY, "fails",
+                                                5, &m, &f, NULL),
+                     SPI_OK);
+    const char *cfg = "{\"modules\":{\"policy\":\"fails\"}}";
+    assert_int_not_equal(spi_engine_configure(e, cfg, strlen(cfg)), SPI_OK);
+    const char *msg = spi_engine_errmsg(e);
+    assert_non_null(strstr(msg, "\"fails\""));
+    assert_non_null(strstr(msg, EURO EURO));
+    assert_utf8(msg);
+    spi_engine_free(e);
+  }
+}
+
+/* ------------------------------------ a name shortened inside a message */
+
+static void configure_fails_utf8(spi_engine *e, const char *fmt,
+                                 const char *name) {
+  char cfg[1024];
+  snprintf(cfg, sizeof cfg, fmt, name);
+  assert_int_not_equal(spi_engine_configure(e, cfg, strlen(cfg)), SPI_OK);
+  if (!has_chars(spi_engine_errmsg(e)))
+    fail_msg("the name is not in: %s", spi_engine_errmsg(e));
+  assert_utf8(spi_engine_errmsg(e));
+}
+
+static void test_config_names_cut_between_characters(void **st) {
+  (void)st;
+  spi_engine *e = NULL;
+  assert_int_equal(spi_engine_new(&e, NULL), SPI_OK);
+  char name[512];
+  for (int pad = 0; pad < 3; pad++) {
+    text_of(name, sizeof name, pad, pad == 2 ? EURO : EACUTE, 60);
+    /* module_config.<key>: must be an object */
+    configure_fails_utf8(e, "{\"module_config\":{\"%s\":1}}", name);
+    /* module_config.<key>: no user module of that name */
+    configure_fails_utf8(e, "{\"module_config\":{\"%s\":{}}}", name);
+    /* modules.policy: no policy module named "<name>" */
+    configure_fails_utf8(e, "{\"modules\":{\"policy\":\"%s\"}}", name);
+    /* a value none of the expected ones */
+    configure_fails_utf8(e, "{\"policy\":{\"default_pool\":\"%s\"}}", name);
+  }
+  spi_engine_free(e);
+}
+
+static void test_replay_store_name_cut_between_characters(void **st) {
+  (void)st;
+  spi_engine *e = NULL;
+  assert_int_equal(spi_engine_new(&e, NULL), SPI_OK);
+  char name[512], cfg[1024];
+  for (int pad = 0; pad < 3; pad++) {
+    text_of(name, sizeof name, pad, pad == 2 ? EURO : EACUTE, 60);
+    static const char *const cfgs[] = {
+        "{\"store\":\"%s\"}", "{\"fsync\":\"%s\"}",
+        "{\"dir\":\"/nonexistent/%s/%s/q\"}"};
+    for (size_t c = 0; c < 3; c++) {
+      snprintf(cfg, sizeof cfg, cfgs[c], name, name);
+      spi_replay_queue *q = NULL;
+      assert_int_not_equal(spi_replay_open(e, cfg, strlen(cfg), &q), SPI_OK);
+      assert_null(q);
+      if (!has_chars(spi_engine_errmsg(e)))
+        fail_msg("the name is not in: %s", spi_engine_errmsg(e));
+      assert_utf8(spi_engine_errmsg(e));
+    }
+  }
+  spi_engine_free(e);
+}
+
+/* A config file's path, shortened in its message. */
+static void test_config_path_cut_between_characters(void **st) {
+  (void)st;
+  spi_engine *e = NULL;
+  assert_int_equal(spi_engine_new(&e, NULL), SPI_OK);
+  char name[512], path[1024];
+  for (int pad = 0; pad < 3; pad++) {
+    text_of(name, sizeof name, pad, pad == 2 ? EURO : EACUTE, 100);
+    snprintf(path, sizeof path, "/nonexistent/%s.json", name);
+    assert_int_equal(spi_engine_configure_file(e, path), SPI_EIO);
+    if (!has_chars(spi_engine_errmsg(e)))
+      fail_msg("the path is not in: %s", spi_engine_errmsg(e));
+    assert_utf8(spi_engine_errmsg(e));
+  }
+  spi_engine_free(e);
+}
+
+/* A request body's names: a duplicate key, a metadata key, a role. */
+#define MSG "[{\"role\":\"user\",\"content\":\"x\"}]"
+static void test_request_names_cut_between_characters(void **st) {
+  (void)st;
+  spi_engine *e = NULL;
+  assert_int_equal(spi_engine_new(&e, NULL), SPI_OK);
+  spi_request *r = NULL;
+  assert_int_equal(spi_request_new(e, &r), SPI_OK);
+  static const char *const bodies[] = {
+      "{\"model\":\"m\",\"messages\":" MSG ",\"%s\":1,\"%s\":2}",
+      "{\"model\":\"m\",\"messages\":" MSG ",\"metadata\":{\"%s\":1}}",
+      "{\"model\":\"m\",\"messages\":[{\"role\":\"%s\",\"content\":\"x\"}]}",
+  };
+  char name[512], body[2048];
+  for (size_t b = 0; b < sizeof bodies / sizeof bodies[0]; b++)
+    for (int pad = 0; pad < 3; pad++) {
+      text_of(name, sizeof name, pad, pad == 2 ? EURO : EACUTE, 60);
+      snprintf(body, sizeof body, bodies[b], name, name);
+      assert_int_not_equal(spi_request_parse_openai(r, body, strlen(body), 0),
+                           SPI_OK);
+      const char *msg = spi_request_errmsg(r);
+      if (!has_chars(msg))
+        fail_msg("the name is not in: %s", msg);
+      assert_utf8(msg);
+    }
+  spi_request_free(r);
+  spi_engine_free(e);
+}
+
+int main(void) {
+  const struct CMUnitTest tests[] = {
+      cmocka_unit_test(test_module_message_cut_at_its_end),
+      cmocka_unit_test(test_config_names_cut_between_characters),
+      cmocka_unit_test(test_replay_store_name_cut_between_characters),
+      cmocka_unit_test(test_config_path_cut_between_characters),
+      cmocka_unit_test(test_request_names_cut_between_characters),
+  };
+  return cmocka_run_group_tests(tests, NULL, NULL);
+}
