@@ -604,6 +604,9 @@ typedef struct pl_worker {
   int started;                  /* enqueues begun */
 } pl_worker;
 
+/* Enqueues acknowledged in the round so far, by every worker. */
+static int pl_acked;
+
 static void *pl_run(void *arg) {
   pl_worker *w = arg;
   char key[32];
@@ -614,8 +617,10 @@ static void *pl_run(void *arg) {
     w->started = i + 1;
     int rc = spi_replay_enqueue(w->f->q, &v, NULL);
     /* Acknowledged only if it returned while the power was still on. */
-    if (rc == SPI_OK && !__atomic_load_n(&io.dead, __ATOMIC_SEQ_CST))
+    if (rc == SPI_OK && !__atomic_load_n(&io.dead, __ATOMIC_SEQ_CST)) {
       w->acked[i] = 1;
+      __atomic_add_fetch(&pl_acked, 1, __ATOMIC_SEQ_CST);
+    }
   }
   return NULL;
 }
@@ -633,12 +638,18 @@ static void power_loss_rounds(const char *policy, int must_keep) {
     pl_worker w[PL_THREADS];
     pthread_t t[PL_THREADS];
     memset(w, 0, sizeof w);
+    __atomic_store_n(&pl_acked, 0, __ATOMIC_SEQ_CST);
     for (int i = 0; i < PL_THREADS; i++) {
       w[i].f = f;
       w[i].id = i;
       assert_int_equal(pthread_create(&t[i], NULL, pl_run, &w[i]), 0);
     }
     sleep_ms(5 + (int)(rng_next(&rng) % 40));
+    /* On a loaded machine the workers may not have run yet: the power goes
+     * only once an enqueue was acknowledged (at most 5 s more), so every
+     * round has one that must survive. */
+    for (int ms = 0; ms < 5000 && !__atomic_load_n(&pl_acked, __ATOMIC_SEQ_CST); ms++)
+      sleep_ms(1);
     pthread_mutex_lock(&io.mu);
     __atomic_store_n(&io.dead, 1, __ATOMIC_SEQ_CST);
     pthread_mutex_unlock(&io.mu);
