@@ -335,6 +335,10 @@ int spi_cache_key_hex(const spi_cache_key *key, char *out, size_t cap) {
 int spi__key_in(spi_request *req, const spi_snapshot *s,
                 const spi_request_view *v, spi_cache_key *out) {
   const spi_slot *sl = &s->slot[SPI_MODULE_KEY_BUILDER];
+  if (sl->mod == sl->builtin) { /* v is spi__request_view's: it cannot fail */
+    spi__kb_key_view(sl->inst, v, out);
+    return SPI_OK;
+  }
   const spi_modentry *by = sl->mod;
   int rc = sl->mod->m.key_builder.build_key(sl->mod->state, sl->inst, v, out);
   if (rc != SPI_OK && use_fallback(sl)) {
@@ -373,6 +377,10 @@ int spi__blocks_in(spi_request *req, const spi_snapshot *s,
                    const spi_request_view *v, const spi_cache_key *key,
                    uint64_t *out, size_t cap, size_t *n_out) {
   const spi_slot *sl = &s->slot[SPI_MODULE_KEY_BUILDER];
+  if (sl->mod == sl->builtin) { /* as spi__key_in */
+    *n_out = spi__kb_blocks_view(sl->inst, v, key, out, cap);
+    return *n_out > cap ? SPI_EBUFSIZE : SPI_OK;
+  }
   const spi_modentry *by = sl->mod;
   int rc = blocks_with(sl->mod, sl->inst, v, key, out, cap, n_out);
   if (rc != SPI_OK && rc != SPI_EBUFSIZE && use_fallback(sl)) {
@@ -382,6 +390,14 @@ int spi__blocks_in(spi_request *req, const spi_snapshot *s,
   if (rc != SPI_OK && rc != SPI_EBUFSIZE)
     rc = module_failed(req, by, rc, "block count");
   return rc;
+}
+
+int spi__blocks_count(const spi_snapshot *s, const spi_request_view *v,
+                      size_t *n) {
+  const spi_slot *sl = &s->slot[SPI_MODULE_KEY_BUILDER];
+  if (sl->mod != sl->builtin) return 0;
+  *n = spi__kb_block_count(sl->inst, v);
+  return 1;
 }
 
 int spi_request_block_hashes(spi_request *req, uint64_t *out, size_t cap,

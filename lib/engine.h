@@ -212,6 +212,8 @@ enum spi_role {
   SPI_ROLE_COUNT = 5
 };
 
+#define SPI_HASH_ROOM 16 /* 16 KiB of prompt at the default block_bytes */
+
 struct spi_request {
   uint32_t magic;
   spi_engine *engine;
@@ -239,9 +241,12 @@ struct spi_request {
    * it: spi_engine_new installs seq 1) until the first setter reads them. */
   uint64_t lim_seq;
   spi_limits lim;
-  /* Routing scratch, grown on demand and kept warm across routes. */
+  /* Routing scratch, grown on demand and kept warm across routes. The
+   * hashes start in hash_room, so a first route of a prompt of up to
+   * SPI_HASH_ROOM blocks allocates nothing for them. */
   uint64_t *hashes;
   size_t hashcap;
+  uint64_t hash_room[SPI_HASH_ROOM];
   spi_candidate *cands;
   size_t candcap;
   /* Where the last classification's answer came from (enum spi_cls_from,
@@ -402,6 +407,11 @@ int spi__blocks_in(spi_request *req, const spi_snapshot *s,
 /* req may be NULL (pricing a finished ticket): errors are then bare. */
 int spi__price_in(spi_request *req, const spi_snapshot *s,
                   const spi_request_view *v, int32_t pool, spi_price *out);
+/* The number of block hashes spi__blocks_in will give for v, when known
+ * without hashing (the built-in key builder): 1 and *n, else 0. A route
+ * makes room for them first, so it hashes the blocks once. */
+int spi__blocks_count(const spi_snapshot *s, const spi_request_view *v,
+                      size_t *n);
 
 int spi__request_ok(const spi_request *r);
 /* Record an error on the request and return status. */

@@ -221,12 +221,10 @@ static const kb_instance *instance_of(const void *instance) {
 
 /* ----------------------------------------------------------- callbacks */
 
-static int kb_build_key(void *state, void *instance,
-                        const spi_request_view *req, spi_cache_key *out) {
-  (void)state;
-  const kb_instance *in = instance_of(instance);
-  if (!in || !out || !view_ok(req)) return SPI_EINVAL;
-
+/* M and the key of a view that passed view_ok (kb_build_key), or that
+ * spi__request_view made (spi__kb_key_view). */
+static void key_of(const kb_instance *in, const spi_request_view *req,
+                   spi_cache_key *out) {
   kb_msg m;
   memcpy(m.buf, KB_KEY_MAGIC, KB_MAGIC_LEN);
   m.len = KB_MAGIC_LEN;
@@ -245,6 +243,14 @@ static int kb_build_key(void *state, void *instance,
   XXH128_hash_t h = XXH3_128bits_withSeed(m.buf, m.len, KB_KEY_SEED);
   out->high64 = h.high64;
   out->low64 = h.low64;
+}
+
+static int kb_build_key(void *state, void *instance,
+                        const spi_request_view *req, spi_cache_key *out) {
+  (void)state;
+  const kb_instance *in = instance_of(instance);
+  if (!in || !out || !view_ok(req)) return SPI_EINVAL;
+  key_of(in, req, out);
   return SPI_OK;
 }
 
@@ -457,6 +463,28 @@ __attribute__((noinline)) static void token_chain(const spi_cache_key *key,
 #endif
 }
 
+/* A view's block size and full blocks (at most max_blocks); 0 for a block
+ * size the instance cannot hash (kb_block_hashes refuses it). */
+static size_t blocks_of(const kb_instance *in, const spi_request_view *req,
+                        size_t *block) {
+  int tokens = req->token_count > 0;
+  *block = tokens ? in->block_tokens : in->block_bytes;
+  size_t total = tokens ? req->token_count : req->prompt_len;
+  if (*block == 0 || (tokens && *block > KB_MAX_BLOCK_TOKENS)) return 0;
+  size_t n = total / *block;
+  return n > in->max_blocks ? in->max_blocks : n;
+}
+
+/* The first todo block hashes of a view (todo <= its full blocks). */
+static void hash_blocks(const spi_request_view *req, const spi_cache_key *key,
+                        size_t block, size_t todo, uint64_t *out) {
+  if (todo == 0) return;
+  if (req->token_count > 0)
+    token_chain(key, req->token_ids, block, todo, out);
+  else
+    byte_chain(key, req->prompt, block, todo, out);
+}
+
 static int kb_block_hashes(void *state, void *instance,
                            const spi_request_view *req,
                            const spi_cache_key *key, uint64_t *out,
@@ -466,22 +494,39 @@ static int kb_block_hashes(void *state, void *instance,
   if (!in || !key || !n_out || !view_ok(req) || (!out && cap > 0))
     return SPI_EINVAL;
 
-  int tokens = req->token_count > 0;
-  size_t block = tokens ? in->block_tokens : in->block_bytes;
-  size_t total = tokens ? req->token_count : req->prompt_len;
-  if (block == 0 || (tokens && block > KB_MAX_BLOCK_TOKENS)) return SPI_EINVAL;
-  size_t n = total / block;
-  if (n > in->max_blocks) n = in->max_blocks;
+  size_t block;
+  size_t n = blocks_of(in, req, &block);
+  if (block == 0 || (req->token_count > 0 && block > KB_MAX_BLOCK_TOKENS))
+    return SPI_EINVAL;
   *n_out = n;
-
-  size_t todo = n < cap ? n : cap;
-  if (todo > 0) {
-    if (tokens)
-      token_chain(key, req->token_ids, block, todo, out);
-    else
-      byte_chain(key, req->prompt, block, todo, out);
-  }
+  hash_blocks(req, key, block, n < cap ? n : cap, out);
   return n > cap ? SPI_EBUFSIZE : SPI_OK;
+}
+
+/* ------------------------------------------------ the library's own calls */
+
+/* A view spi__request_view made passes view_ok by construction (an unset
+ * text is "", the prompt is never NULL, token ids come with their count),
+ * and an instance kb_configure made has a block size it can hash: the
+ * library's calls to the built-in (dispatch.c) skip those checks and the
+ * call through the module table. The bytes hashed are the same. */
+void spi__kb_key_view(const void *instance, const spi_request_view *v,
+                      spi_cache_key *out) {
+  key_of(instance, v, out);
+}
+
+size_t spi__kb_block_count(const void *instance, const spi_request_view *v) {
+  size_t block;
+  return blocks_of(instance, v, &block);
+}
+
+size_t spi__kb_blocks_view(const void *instance, const spi_request_view *v,
+                           const spi_cache_key *key, uint64_t *out,
+                           size_t cap) {
+  size_t block;
+  size_t n = blocks_of(instance, v, &block);
+  hash_blocks(v, key, block, n < cap ? n : cap, out);
+  return n;
 }
 
 /* Read one integer option into a uint32_t (the table bounds fit). */

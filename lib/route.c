@@ -34,7 +34,7 @@ static int grow_scratch(spi_request *r, size_t hashes, size_t cands) {
   if (hashes > r->hashcap) {
     uint64_t *p = spi__calloc(m, hashes, sizeof *p);
     if (!p) return SPI_ENOMEM;
-    spi__free(m, r->hashes);
+    if (r->hashes != r->hash_room) spi__free(m, r->hashes);
     r->hashes = p;
     r->hashcap = hashes;
   }
@@ -202,6 +202,9 @@ static int phase_key(route_state *rs) {
   size_t n = 0;
   int rc = spi__key_in(req, rs->snap, rs->v, &rs->out->key);
   if (rc) return rc;
+  if (spi__blocks_count(rs->snap, rs->v, &n) && n > req->hashcap &&
+      grow_scratch(req, n, 0))
+    return spi__req_fail(req, SPI_ENOMEM, "route: out of memory");
   rc = spi__blocks_in(req, rs->snap, rs->v, &rs->out->key, req->hashes,
                       req->hashcap, &n);
   if (rc == SPI_EBUFSIZE) {
