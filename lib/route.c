@@ -48,10 +48,21 @@ static int grow_scratch(spi_request *r, size_t hashes, size_t cands) {
   return SPI_OK;
 }
 
+/* (uint64_t)ceil(x), without ceil's sequence where x is in [0, 2^52):
+ * there the conversion truncates exactly, so one more where it dropped a
+ * fraction is the ceiling. */
+static inline uint64_t ceil_u64(double x) {
+  if (x >= 0 && x < 4503599627370496.0) {
+    uint64_t w = (uint64_t)x;
+    return (double)w < x ? w + 1 : w;
+  }
+  return (uint64_t)ceil(x);
+}
+
 static uint64_t prompt_tokens(const spi_request_view *v, double bytes_per_token) {
   if (v->prompt_tokens_set) return (uint64_t)v->prompt_tokens;
   if (v->token_count) return v->token_count;
-  return (uint64_t)ceil((double)v->prompt_len / bytes_per_token);
+  return ceil_u64((double)v->prompt_len / bytes_per_token);
 }
 
 static int choice_ok(const spi_policy_choice *c, const spi_route_context *x) {
@@ -101,18 +112,35 @@ static int ends_hashed(const char *s, size_t len) {
   return 1;
 }
 
-static void copy_name(char dst[SPI_ID_MAX], const char *src, size_t len) {
-  if (len == 0) { /* no tenant, say: as copy_id would leave it */
-    dst[0] = '\0';
-    return;
+/* Whether dst[0..len) (len < SPI_ID_MAX) holds a control byte (below
+ * 0x20, or 0x7f). On a little-endian host eight bytes at a time: a word's
+ * bytes below 0x20 and its 0x7f bytes each set their top bit in bad
+ * (exactly at the lowest such byte; a borrow can mark only bytes above
+ * it), and the bytes at and past len are masked off. The words lie within
+ * dst's SPI_ID_MAX bytes. */
+static int has_control(const char dst[SPI_ID_MAX], size_t len) {
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+  const uint64_t ones = UINT64_C(0x0101010101010101);
+  const uint64_t tops = UINT64_C(0x8080808080808080);
+  for (size_t i = 0; i < len; i += 8) {
+    uint64_t w, d;
+    memcpy(&w, dst + i, sizeof w);
+    d = w ^ (0x7f * ones);
+    uint64_t bad = (((w - 0x20 * ones) & ~w) | ((d - ones) & ~d)) & tops;
+    if (len - i < 8) bad &= (UINT64_C(1) << (8 * (len - i))) - 1;
+    if (bad) return 1;
   }
-  int plain = len < SPI_ID_MAX && !ends_hashed(src, len);
-  for (size_t i = 0; plain && i < len; i++)
-    plain = (unsigned char)src[i] >= 0x20 && src[i] != 0x7f;
-  if (plain) {
-    copy_id(dst, src, len);
-    return;
-  }
+  return 0;
+#else
+  for (size_t i = 0; i < len; i++)
+    if ((unsigned char)dst[i] < 0x20 || dst[i] == 0x7f) return 1;
+  return 0;
+#endif
+}
+
+/* The name's hashed form. Out of line: most names are kept as they are. */
+static __attribute__((noinline, cold)) void
+copy_name_hashed(char dst[SPI_ID_MAX], const char *src, size_t len) {
   size_t keep = len < SPI_NAME_KEPT ? len : SPI_NAME_KEPT;
   if (keep < len)
     while (keep > 0 && ((unsigned char)src[keep] & 0xC0) == 0x80) keep--;
@@ -120,6 +148,19 @@ static void copy_name(char dst[SPI_ID_MAX], const char *src, size_t len) {
     dst[i] = (unsigned char)src[i] < 0x20 || src[i] == 0x7f ? '?' : src[i];
   snprintf(dst + keep, SPI_ID_MAX - keep, "~%016llx",
            (unsigned long long)XXH3_64bits(src, len));
+}
+
+static inline void copy_name(char dst[SPI_ID_MAX], const char *src,
+                             size_t len) {
+  if (len == 0) { /* no tenant, say: as copy_id would leave it */
+    dst[0] = '\0';
+    return;
+  }
+  if (len < SPI_ID_MAX && !ends_hashed(src, len)) {
+    copy_id(dst, src, len); /* checked where it was copied to */
+    if (!has_control(dst, len)) return;
+  }
+  copy_name_hashed(dst, src, len);
 }
 
 /* What a route has taken that it must give back if it fails: the
@@ -647,7 +688,7 @@ static int serve(route_state *rs) {
   double uncached = c->matched_blocks ? rs->env->warm_tok : rs->env->cold_tok;
   double tokens = (double)rs->tokens;
   uint64_t cached =
-      rs->tokens - (uint64_t)ceil(uncached < tokens ? uncached : tokens);
+      rs->tokens - ceil_u64(uncached < tokens ? uncached : tokens);
   /* A first token teaches the rate only if the request went straight to
    * prefill: behind a full batch its TTFT is the wait for a slot. */
   int straight = c->fresh && c->waiting == 0 &&
