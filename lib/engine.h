@@ -407,11 +407,13 @@ int spi__blocks_in(spi_request *req, const spi_snapshot *s,
 /* req may be NULL (pricing a finished ticket): errors are then bare. */
 int spi__price_in(spi_request *req, const spi_snapshot *s,
                   const spi_request_view *v, int32_t pool, spi_price *out);
-/* The number of block hashes spi__blocks_in will give for v, when known
- * without hashing (the built-in key builder): 1 and *n, else 0. A route
- * makes room for them first, so it hashes the blocks once. */
-int spi__blocks_count(const spi_snapshot *s, const spi_request_view *v,
-                      size_t *n);
+/* The key, then the block hashes as spi__blocks_in gives them, for a
+ * route: with the built-in key builder in one call, and when they do not
+ * fit in cap none is hashed (SPI_EBUFSIZE, *n_out the number), so a route
+ * that makes room and asks spi__blocks_in again hashes them once. */
+int spi__keys_in(spi_request *req, const spi_snapshot *s,
+                 const spi_request_view *v, spi_cache_key *key, uint64_t *out,
+                 size_t cap, size_t *n_out);
 
 int spi__request_ok(const spi_request *r);
 /* Record an error on the request and return status. */
