@@ -416,6 +416,12 @@ int spi__keys_in(spi_request *req, const spi_snapshot *s,
                  size_t cap, size_t *n_out);
 
 int spi__request_ok(const spi_request *r);
+/* The same test inline (spi__request_ok is it out of line), for a call
+ * made on every route. */
+static inline int spi__request_ok_inline(const spi_request *r) {
+  return r && r->magic == SPI_REQUEST_MAGIC && r->engine &&
+         r->engine->magic == SPI_ENGINE_MAGIC;
+}
 /* Record an error on the request and return status. */
 int spi__req_fail(spi_request *r, int status, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));

@@ -16,9 +16,7 @@
 
 #include "engine.h"
 
-int spi__request_ok(const spi_request *r) {
-  return r && r->magic == SPI_REQUEST_MAGIC && spi__engine_ok(r->engine);
-}
+int spi__request_ok(const spi_request *r) { return spi__request_ok_inline(r); }
 
 int spi__req_fail(spi_request *r, int status, const char *fmt, ...) {
   va_list ap;

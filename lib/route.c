@@ -821,7 +821,7 @@ route_again(spi_request *req, spi_snapshot *snap, spi_request_view *v,
 }
 
 int spi_route(spi_request *req, spi_decision *out) {
-  if (!spi__request_ok(req)) return SPI_EMISUSE;
+  if (!spi__request_ok_inline(req)) return SPI_EMISUSE;
   if (!out || out->struct_size < sizeof *out)
     return spi__req_fail(req, SPI_EINVAL, "decision: NULL or struct_size");
   size_t size = out->struct_size;
