@@ -75,11 +75,21 @@ const char *spi__kv_level_name(int level) {
   return KV_LEVEL_NAMES[level];
 }
 
-int32_t spi__pressure_level(double pressure, const spi_router_cfg *c) {
+static inline int32_t pressure_level(double pressure, const spi_router_cfg *c) {
   if (pressure < c->kv_close) return SPI_PRESSURE_NORMAL;
   if (pressure < c->kv_open) return SPI_PRESSURE_ELEVATED;
   if (pressure < c->kv_silver_open) return SPI_PRESSURE_HIGH;
   return SPI_PRESSURE_CRITICAL; /* also NaN */
+}
+
+int32_t spi__pressure_level(double pressure, const spi_router_cfg *c) {
+  return pressure_level(pressure, c);
+}
+
+int spi__kv_breaker_step_level(int level, double pressure,
+                               const spi_router_cfg *c, int32_t *plevel) {
+  *plevel = pressure_level(pressure, c);
+  return spi__kv_breaker_step(level, pressure, c);
 }
 
 /* ------------------------------------------------- replica error breaker */

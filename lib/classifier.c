@@ -93,6 +93,11 @@ typedef struct instance {
   plan degrade[4][4]; /* [class][pressure] */
   rule rules[MAX_RULES];
   size_t nrules;
+  /* The first rule a request's facts leave possible (rule_possible), by
+   * its facts and whether it gives a service tier (bit 7): the rules
+   * before it cannot match, so classification starts there. A rule that
+   * tests the tier counts as possible whenever a tier is given. */
+  uint8_t first_rule[256];
   tenant_tier tenant_tiers[MAX_TOTAL_TENANT_TIERS];
   size_t ntenant_tiers;
   meta_key meta_keys[MAX_TOTAL_META_KEYS];
@@ -409,6 +414,20 @@ static int parse_rule(const cJSON *o, int idx, rule *r, parse_ctx *c) {
   return SPI_OK;
 }
 
+/* instance.first_rule, once the rules are read. */
+static void index_rules(instance *in) {
+  _Static_assert(MAX_RULES < 256, "a rule index fits a byte");
+  for (uint32_t key = 0; key < 256; key++) {
+    uint32_t facts = key & 0x7f, tier = key >> 7;
+    size_t i = 0;
+    while (i < in->nrules &&
+           !((facts & in->rules[i].need_mask) == in->rules[i].need_want &&
+             (!in->rules[i].tier_mask || tier)))
+      i++;
+    in->first_rule[key] = (uint8_t)i;
+  }
+}
+
 static int parse_rules(const cJSON *sec, parse_ctx *c) {
   cJSON *owned = NULL;
   const cJSON *arr;
@@ -420,6 +439,7 @@ static int parse_rules(const cJSON *sec, parse_ctx *c) {
     rc = parse_rule(o, i, &c->in->rules[i], c);
   c->in->nrules = (size_t)i;
   cJSON_Delete(owned);
+  if (rc == SPI_OK) index_rules(c->in);
   return rc;
 }
 
@@ -735,7 +755,8 @@ static int ref_classify(void *state, void *inst, const spi_request_view *v,
     uint32_t tier_bit = v->service_tier > 0 && v->service_tier < 32
                             ? 1u << v->service_tier
                             : 0;
-    for (size_t i = 0; i < in->nrules && !hit; i++) {
+    size_t first = in->first_rule[facts | (tier_bit ? 0x80u : 0)];
+    for (size_t i = first; i < in->nrules && !hit; i++) {
       if (rule_possible(&in->rules[i], facts, tier_bit) &&
           rule_matches(in, &in->rules[i], v, &mp)) {
         hit = &in->rules[i];

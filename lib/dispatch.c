@@ -6,6 +6,7 @@
  * back to the built-in of the same kind or fails with SPI_EMODULE, as the
  * module declared. A module's output is never used unchecked.
  */
+#include <float.h>
 #include <math.h>
 #include <string.h>
 
@@ -76,8 +77,11 @@ static void strv(const spi_request *r, int field, const char **p, size_t *n) {
 int spi__request_view(spi_request *r, spi_request_view *v) {
   int rc = derive(r);
   if (rc) return rc;
-  spi__zero(v, sizeof *v);
+  /* Every field is set below, so the view is not cleared first (its
+   * padding is never read). A field added to the view must be set here. */
+  _Static_assert(sizeof *v == 42 * 8, "every field of the view is set");
   v->struct_size = sizeof *v;
+  v->priority_class = SPI_CLASS_UNSET; /* spi__classify_in sets it */
   strv(r, SPI_REQ_MODEL, &v->model, &v->model_len);
   strv(r, SPI_REQ_TOKENIZER_VERSION, &v->tokenizer_version,
        &v->tokenizer_version_len);
@@ -162,12 +166,13 @@ static int classification_ok(spi_classification *c) {
          (c->defer == 0 || c->defer == 1);
 }
 
+/* Finite and not negative: false for a NaN, an infinity or below 0. */
+static int finite_nonneg(double d) { return d >= 0 && d <= DBL_MAX; }
+
 static int price_ok(const spi_price *p) {
-  const double d[] = {p->prompt_tokens, p->output_tokens, p->gpu_seconds,
-                      p->usd, p->usd_per_million};
-  for (size_t i = 0; i < sizeof d / sizeof d[0]; i++)
-    if (!isfinite(d[i]) || d[i] < 0) return 0;
-  return 1;
+  return finite_nonneg(p->prompt_tokens) && finite_nonneg(p->output_tokens) &&
+         finite_nonneg(p->gpu_seconds) && finite_nonneg(p->usd) &&
+         finite_nonneg(p->usd_per_million);
 }
 
 /* What a call returns internally when a module claimed success but its
@@ -255,6 +260,34 @@ static int32_t answered_by(const spi_modentry *m, const spi_slot *sl) {
   return m->m.classifier.classify_levels ? CLS_LEVELS : CLS_ASK;
 }
 
+/* What the engine adds to a classification. */
+static void classified(const spi_snapshot *s, int32_t pressure,
+                       spi_classification *out) {
+  out->vllm_priority = s->vllm_prio[out->klass];
+  out->llmd_priority = s->llmd_prio[out->klass];
+  out->service_tier = s->service_tier[out->klass];
+  out->pressure = pressure;
+}
+
+/* The selected classifier failed (rc): the built-in answers if the module
+ * falls back, else the failure is recorded. Out of line, so the classify
+ * that succeeds saves no registers for it. */
+static __attribute__((noinline, cold)) int
+classify_failed(spi_request *req, const spi_snapshot *s, spi_request_view *v,
+                int32_t pressure, spi_classification *out, int rc) {
+  const spi_slot *sl = &s->slot[SPI_MODULE_CLASSIFIER];
+  const spi_modentry *by = sl->mod;
+  if (use_fallback(sl)) {
+    by = fall_back(req, sl);
+    rc = run_classifier(sl->builtin, sl->builtin_inst, v, pressure, out,
+                        &req->cls_levels);
+  }
+  if (rc != SPI_OK) rc = module_failed(req, by, rc, "classification");
+  req->cls_from = answered_by(by, sl);
+  if (rc == SPI_OK) classified(s, pressure, out);
+  return rc;
+}
+
 int spi__classify_in(spi_request *req, const spi_snapshot *s,
                      spi_request_view *v, int32_t pressure,
                      spi_classification *out) {
@@ -266,22 +299,12 @@ int spi__classify_in(spi_request *req, const spi_snapshot *s,
     v->priority_class = v->priority <= s->vllm_prio[1]   ? SPI_CLASS_GOLD
                         : v->priority <= s->vllm_prio[2] ? SPI_CLASS_SILVER
                                                          : SPI_CLASS_BRONZE;
-  const spi_modentry *by = sl->mod;
   int rc = run_classifier(sl->mod, sl->inst, v, pressure, out, &req->cls_levels);
-  if (rc != SPI_OK && use_fallback(sl)) {
-    by = fall_back(req, sl);
-    rc = run_classifier(sl->builtin, sl->builtin_inst, v, pressure, out,
-                        &req->cls_levels);
-  }
-  if (rc != SPI_OK) rc = module_failed(req, by, rc, "classification");
-  req->cls_from = answered_by(by, sl);
-  if (rc == SPI_OK) {
-    out->vllm_priority = s->vllm_prio[out->klass];
-    out->llmd_priority = s->llmd_prio[out->klass];
-    out->service_tier = s->service_tier[out->klass];
-    out->pressure = pressure;
-  }
-  return rc;
+  if (__builtin_expect(rc != SPI_OK, 0))
+    return classify_failed(req, s, v, pressure, out, rc);
+  req->cls_from = answered_by(sl->mod, sl);
+  classified(s, pressure, out);
+  return SPI_OK;
 }
 
 int spi__classify_plan_at(spi_request *req, const spi_snapshot *s,
@@ -335,6 +358,10 @@ int spi_cache_key_hex(const spi_cache_key *key, char *out, size_t cap) {
 int spi__key_in(spi_request *req, const spi_snapshot *s,
                 const spi_request_view *v, spi_cache_key *out) {
   const spi_slot *sl = &s->slot[SPI_MODULE_KEY_BUILDER];
+  if (sl->mod == sl->builtin) { /* v is spi__request_view's: it cannot fail */
+    spi__kb_key_view(sl->inst, v, out);
+    return SPI_OK;
+  }
   const spi_modentry *by = sl->mod;
   int rc = sl->mod->m.key_builder.build_key(sl->mod->state, sl->inst, v, out);
   if (rc != SPI_OK && use_fallback(sl)) {
@@ -373,6 +400,10 @@ int spi__blocks_in(spi_request *req, const spi_snapshot *s,
                    const spi_request_view *v, const spi_cache_key *key,
                    uint64_t *out, size_t cap, size_t *n_out) {
   const spi_slot *sl = &s->slot[SPI_MODULE_KEY_BUILDER];
+  if (sl->mod == sl->builtin) { /* as spi__key_in */
+    *n_out = spi__kb_blocks_view(sl->inst, v, key, out, cap);
+    return *n_out > cap ? SPI_EBUFSIZE : SPI_OK;
+  }
   const spi_modentry *by = sl->mod;
   int rc = blocks_with(sl->mod, sl->inst, v, key, out, cap, n_out);
   if (rc != SPI_OK && rc != SPI_EBUFSIZE && use_fallback(sl)) {
@@ -382,6 +413,27 @@ int spi__blocks_in(spi_request *req, const spi_snapshot *s,
   if (rc != SPI_OK && rc != SPI_EBUFSIZE)
     rc = module_failed(req, by, rc, "block count");
   return rc;
+}
+
+/* spi__keys_in with a key-builder module. Out of line, so the built-in's
+ * path saves no registers for it. */
+static __attribute__((noinline)) int
+keys_with_module(spi_request *req, const spi_snapshot *s,
+                 const spi_request_view *v, spi_cache_key *key, uint64_t *out,
+                 size_t cap, size_t *n_out) {
+  int rc = spi__key_in(req, s, v, key);
+  if (rc == SPI_OK) rc = spi__blocks_in(req, s, v, key, out, cap, n_out);
+  return rc;
+}
+
+int spi__keys_in(spi_request *req, const spi_snapshot *s,
+                 const spi_request_view *v, spi_cache_key *key, uint64_t *out,
+                 size_t cap, size_t *n_out) {
+  const spi_slot *sl = &s->slot[SPI_MODULE_KEY_BUILDER];
+  if (sl->mod != sl->builtin)
+    return keys_with_module(req, s, v, key, out, cap, n_out);
+  /* as spi__key_in */
+  return spi__kb_key_blocks(sl->inst, v, key, out, cap, n_out);
 }
 
 int spi_request_block_hashes(spi_request *req, uint64_t *out, size_t cap,
@@ -419,18 +471,27 @@ static int price_with(const spi_modentry *m, void *inst,
   return rc;
 }
 
-int spi__price_in(spi_request *req, const spi_snapshot *s,
-                  const spi_request_view *v, int32_t pool, spi_price *out) {
-  const spi_slot *sl = &s->slot[SPI_MODULE_COST_MODEL];
+/* The selected cost model failed (rc): as classify_failed. */
+static __attribute__((noinline, cold)) int
+price_failed(spi_request *req, const spi_slot *sl, const spi_request_view *v,
+             int32_t pool, spi_price *out, int rc) {
   const spi_modentry *by = sl->mod;
-  int rc = price_with(sl->mod, sl->inst, v, pool, out);
-  if (rc != SPI_OK && use_fallback(sl)) {
+  if (use_fallback(sl)) {
     by = fall_back(req, sl);
     rc = price_with(sl->builtin, sl->builtin_inst, v, pool, out);
   }
   if (rc != SPI_OK && req) rc = module_failed(req, by, rc, "price");
   else if (rc != SPI_OK) rc = SPI_EMODULE;
   return rc;
+}
+
+int spi__price_in(spi_request *req, const spi_snapshot *s,
+                  const spi_request_view *v, int32_t pool, spi_price *out) {
+  const spi_slot *sl = &s->slot[SPI_MODULE_COST_MODEL];
+  int rc = price_with(sl->mod, sl->inst, v, pool, out);
+  if (__builtin_expect(rc != SPI_OK, 0))
+    return price_failed(req, sl, v, pool, out, rc);
+  return SPI_OK;
 }
 
 int spi_request_price(spi_request *req, int32_t pool, spi_price *out) {

@@ -212,6 +212,8 @@ enum spi_role {
   SPI_ROLE_COUNT = 5
 };
 
+#define SPI_HASH_ROOM 16 /* 16 KiB of prompt at the default block_bytes */
+
 struct spi_request {
   uint32_t magic;
   spi_engine *engine;
@@ -239,9 +241,12 @@ struct spi_request {
    * it: spi_engine_new installs seq 1) until the first setter reads them. */
   uint64_t lim_seq;
   spi_limits lim;
-  /* Routing scratch, grown on demand and kept warm across routes. */
+  /* Routing scratch, grown on demand and kept warm across routes. The
+   * hashes start in hash_room, so a first route of a prompt of up to
+   * SPI_HASH_ROOM blocks allocates nothing for them. */
   uint64_t *hashes;
   size_t hashcap;
+  uint64_t hash_room[SPI_HASH_ROOM];
   spi_candidate *cands;
   size_t candcap;
   /* Where the last classification's answer came from (enum spi_cls_from,
@@ -402,8 +407,21 @@ int spi__blocks_in(spi_request *req, const spi_snapshot *s,
 /* req may be NULL (pricing a finished ticket): errors are then bare. */
 int spi__price_in(spi_request *req, const spi_snapshot *s,
                   const spi_request_view *v, int32_t pool, spi_price *out);
+/* The key, then the block hashes as spi__blocks_in gives them, for a
+ * route: with the built-in key builder in one call, and when they do not
+ * fit in cap none is hashed (SPI_EBUFSIZE, *n_out the number), so a route
+ * that makes room and asks spi__blocks_in again hashes them once. */
+int spi__keys_in(spi_request *req, const spi_snapshot *s,
+                 const spi_request_view *v, spi_cache_key *key, uint64_t *out,
+                 size_t cap, size_t *n_out);
 
 int spi__request_ok(const spi_request *r);
+/* The same test inline (spi__request_ok is it out of line), for a call
+ * made on every route. */
+static inline int spi__request_ok_inline(const spi_request *r) {
+  return r && r->magic == SPI_REQUEST_MAGIC && r->engine &&
+         r->engine->magic == SPI_ENGINE_MAGIC;
+}
 /* Record an error on the request and return status. */
 int spi__req_fail(spi_request *r, int status, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));

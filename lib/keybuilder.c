@@ -155,18 +155,52 @@ typedef struct kb_msg {
   size_t len;
 } kb_msg;
 
+/* n (4 to 16) bytes from v to p by two loads and stores that may overlap:
+ * no call for the short identifiers most records hold (a model name). */
+static inline void copy_short(uint8_t *p, const uint8_t *v, size_t n) {
+  if (n >= 8) {
+    uint64_t a, b;
+    memcpy(&a, v, 8);
+    memcpy(&b, v + n - 8, 8);
+    memcpy(p, &a, 8);
+    memcpy(p + n - 8, &b, 8);
+  } else {
+    uint32_t a, b;
+    memcpy(&a, v, 4);
+    memcpy(&b, v + n - 4, 4);
+    memcpy(p, &a, 4);
+    memcpy(p + n - 4, &b, 4);
+  }
+}
+
 static void msg_rec(kb_msg *m, uint8_t tag, const void *v, size_t n) {
   /* Callers only pass n <= KB_INLINE_MAX; KB_KEY_MSG_MAX covers them all. */
   m->buf[m->len] = tag;
   put_u32le(m->buf + m->len + 1, (uint32_t)n);
-  if (n) memcpy(m->buf + m->len + KB_REC_HDR, v, n);
+  if (n >= 4 && n <= 16)
+    copy_short(m->buf + m->len + KB_REC_HDR, v, n);
+  else if (n)
+    memcpy(m->buf + m->len + KB_REC_HDR, v, n);
   m->len += KB_REC_HDR + n;
 }
 
 /* D(""): most requests leave most digested fields unset. */
-static const uint8_t kb_empty_digest[16] = {
-    0x99, 0xaa, 0x06, 0xd3, 0x01, 0x47, 0x98, 0xd8,
-    0x60, 0x01, 0xc3, 0x24, 0x46, 0x8d, 0x49, 0x7f};
+#define KB_EMPTY_DIGEST                                                    \
+  0x99, 0xaa, 0x06, 0xd3, 0x01, 0x47, 0x98, 0xd8, 0x60, 0x01, 0xc3, 0x24, \
+      0x46, 0x8d, 0x49, 0x7f
+static const uint8_t kb_empty_digest[16] = {KB_EMPTY_DIGEST};
+
+/* M's records after the model's when every field after it is empty, as
+ * most requests leave them: rec(0x03, ""), rec(0x04..0x06, D("")) and
+ * rec(0x07..0x09, ""), copied in one piece (key_of). */
+static const uint8_t kb_empty_tail[5 + 3 * (KB_REC_HDR + 16) + 3 * 5] = {
+    0x03, 0, 0, 0, 0,
+    0x04, 16, 0, 0, 0, KB_EMPTY_DIGEST,
+    0x05, 16, 0, 0, 0, KB_EMPTY_DIGEST,
+    0x06, 16, 0, 0, 0, KB_EMPTY_DIGEST,
+    0x07, 0, 0, 0, 0,
+    0x08, 0, 0, 0, 0,
+    0x09, 0, 0, 0, 0};
 
 /* The digest of a field that is set: out of line, so the common empty
  * field (msg_digest) is a few stores where the message is built. */
@@ -221,12 +255,10 @@ static const kb_instance *instance_of(const void *instance) {
 
 /* ----------------------------------------------------------- callbacks */
 
-static int kb_build_key(void *state, void *instance,
-                        const spi_request_view *req, spi_cache_key *out) {
-  (void)state;
-  const kb_instance *in = instance_of(instance);
-  if (!in || !out || !view_ok(req)) return SPI_EINVAL;
-
+/* M and the key of a view that passed view_ok (kb_build_key), or that
+ * spi__request_view made (spi__kb_key_view). */
+static void key_of(const kb_instance *in, const spi_request_view *req,
+                   spi_cache_key *out) {
   kb_msg m;
   memcpy(m.buf, KB_KEY_MAGIC, KB_MAGIC_LEN);
   m.len = KB_MAGIC_LEN;
@@ -234,17 +266,34 @@ static int kb_build_key(void *state, void *instance,
   put_u32le(ver, in->schema_version);
   msg_rec(&m, 0x01, ver, sizeof ver);
   msg_id(&m, 0x02, req->model, req->model_len);
-  msg_id(&m, 0x03, req->tokenizer_version, req->tokenizer_version_len);
-  msg_digest(&m, 0x04, req->system_prompt, req->system_prompt_len);
-  msg_digest(&m, 0x05, req->tools_canonical, req->tools_canonical_len);
-  msg_digest(&m, 0x06, req->retrieval_template, req->retrieval_template_len);
-  msg_id(&m, 0x07, req->tenant_tier, req->tenant_tier_len);
-  msg_id(&m, 0x08, req->tenant_salt, req->tenant_salt_len);
-  msg_id(&m, 0x09, req->decode_profile, req->decode_profile_len);
+  if ((req->tokenizer_version_len | req->system_prompt_len |
+       req->tools_canonical_len | req->retrieval_template_len |
+       req->tenant_tier_len | req->tenant_salt_len |
+       req->decode_profile_len) == 0) {
+    memcpy(m.buf + m.len, kb_empty_tail, sizeof kb_empty_tail);
+    m.len += sizeof kb_empty_tail;
+  } else {
+    msg_id(&m, 0x03, req->tokenizer_version, req->tokenizer_version_len);
+    msg_digest(&m, 0x04, req->system_prompt, req->system_prompt_len);
+    msg_digest(&m, 0x05, req->tools_canonical, req->tools_canonical_len);
+    msg_digest(&m, 0x06, req->retrieval_template,
+               req->retrieval_template_len);
+    msg_id(&m, 0x07, req->tenant_tier, req->tenant_tier_len);
+    msg_id(&m, 0x08, req->tenant_salt, req->tenant_salt_len);
+    msg_id(&m, 0x09, req->decode_profile, req->decode_profile_len);
+  }
 
   XXH128_hash_t h = XXH3_128bits_withSeed(m.buf, m.len, KB_KEY_SEED);
   out->high64 = h.high64;
   out->low64 = h.low64;
+}
+
+static int kb_build_key(void *state, void *instance,
+                        const spi_request_view *req, spi_cache_key *out) {
+  (void)state;
+  const kb_instance *in = instance_of(instance);
+  if (!in || !out || !view_ok(req)) return SPI_EINVAL;
+  key_of(in, req, out);
   return SPI_OK;
 }
 
@@ -457,6 +506,28 @@ __attribute__((noinline)) static void token_chain(const spi_cache_key *key,
 #endif
 }
 
+/* A view's block size and full blocks (at most max_blocks); 0 for a block
+ * size the instance cannot hash (kb_block_hashes refuses it). */
+static size_t blocks_of(const kb_instance *in, const spi_request_view *req,
+                        size_t *block) {
+  int tokens = req->token_count > 0;
+  *block = tokens ? in->block_tokens : in->block_bytes;
+  size_t total = tokens ? req->token_count : req->prompt_len;
+  if (*block == 0 || (tokens && *block > KB_MAX_BLOCK_TOKENS)) return 0;
+  size_t n = total / *block;
+  return n > in->max_blocks ? in->max_blocks : n;
+}
+
+/* The first todo block hashes of a view (todo <= its full blocks). */
+static void hash_blocks(const spi_request_view *req, const spi_cache_key *key,
+                        size_t block, size_t todo, uint64_t *out) {
+  if (todo == 0) return;
+  if (req->token_count > 0)
+    token_chain(key, req->token_ids, block, todo, out);
+  else
+    byte_chain(key, req->prompt, block, todo, out);
+}
+
 static int kb_block_hashes(void *state, void *instance,
                            const spi_request_view *req,
                            const spi_cache_key *key, uint64_t *out,
@@ -466,22 +537,46 @@ static int kb_block_hashes(void *state, void *instance,
   if (!in || !key || !n_out || !view_ok(req) || (!out && cap > 0))
     return SPI_EINVAL;
 
-  int tokens = req->token_count > 0;
-  size_t block = tokens ? in->block_tokens : in->block_bytes;
-  size_t total = tokens ? req->token_count : req->prompt_len;
-  if (block == 0 || (tokens && block > KB_MAX_BLOCK_TOKENS)) return SPI_EINVAL;
-  size_t n = total / block;
-  if (n > in->max_blocks) n = in->max_blocks;
+  size_t block;
+  size_t n = blocks_of(in, req, &block);
+  if (block == 0 || (req->token_count > 0 && block > KB_MAX_BLOCK_TOKENS))
+    return SPI_EINVAL;
   *n_out = n;
-
-  size_t todo = n < cap ? n : cap;
-  if (todo > 0) {
-    if (tokens)
-      token_chain(key, req->token_ids, block, todo, out);
-    else
-      byte_chain(key, req->prompt, block, todo, out);
-  }
+  hash_blocks(req, key, block, n < cap ? n : cap, out);
   return n > cap ? SPI_EBUFSIZE : SPI_OK;
+}
+
+/* ------------------------------------------------ the library's own calls */
+
+/* A view spi__request_view made passes view_ok by construction (an unset
+ * text is "", the prompt is never NULL, token ids come with their count),
+ * and an instance kb_configure made has a block size it can hash: the
+ * library's calls to the built-in (dispatch.c) skip those checks and the
+ * call through the module table. The bytes hashed are the same. */
+void spi__kb_key_view(const void *instance, const spi_request_view *v,
+                      spi_cache_key *out) {
+  key_of(instance, v, out);
+}
+
+int spi__kb_key_blocks(const void *instance, const spi_request_view *v,
+                       spi_cache_key *key, uint64_t *out, size_t cap,
+                       size_t *n_out) {
+  size_t block;
+  key_of(instance, v, key);
+  size_t n = blocks_of(instance, v, &block);
+  *n_out = n;
+  if (n > cap) return SPI_EBUFSIZE;
+  hash_blocks(v, key, block, n, out);
+  return SPI_OK;
+}
+
+size_t spi__kb_blocks_view(const void *instance, const spi_request_view *v,
+                           const spi_cache_key *key, uint64_t *out,
+                           size_t cap) {
+  size_t block;
+  size_t n = blocks_of(instance, v, &block);
+  hash_blocks(v, key, block, n < cap ? n : cap, out);
+  return n;
 }
 
 /* Read one integer option into a uint32_t (the table bounds fit). */

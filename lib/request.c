@@ -16,9 +16,7 @@
 
 #include "engine.h"
 
-int spi__request_ok(const spi_request *r) {
-  return r && r->magic == SPI_REQUEST_MAGIC && spi__engine_ok(r->engine);
-}
+int spi__request_ok(const spi_request *r) { return spi__request_ok_inline(r); }
 
 int spi__req_fail(spi_request *r, int status, const char *fmt, ...) {
   va_list ap;
@@ -61,6 +59,8 @@ int spi_request_new(spi_engine *engine, spi_request **out) {
   if (!r) return spi__engine_fail(engine, SPI_ENOMEM, "request: out of memory");
   r->magic = SPI_REQUEST_MAGIC;
   r->engine = engine;
+  r->hashes = r->hash_room;
+  r->hashcap = SPI_HASH_ROOM;
   *out = r;
   return SPI_OK;
 }
@@ -75,7 +75,7 @@ void spi_request_free(spi_request *req) {
   spi__free(m, req->tokens);
   spi__buf_free(&req->prompt, m);
   spi__buf_free(&req->sysprompt, m);
-  spi__free(m, req->hashes);
+  if (req->hashes != req->hash_room) spi__free(m, req->hashes);
   spi__free(m, req->cands);
   req->magic = SPI_DEAD_MAGIC;
   spi__free(m, req);

@@ -34,7 +34,7 @@ static int grow_scratch(spi_request *r, size_t hashes, size_t cands) {
   if (hashes > r->hashcap) {
     uint64_t *p = spi__calloc(m, hashes, sizeof *p);
     if (!p) return SPI_ENOMEM;
-    spi__free(m, r->hashes);
+    if (r->hashes != r->hash_room) spi__free(m, r->hashes);
     r->hashes = p;
     r->hashcap = hashes;
   }
@@ -48,10 +48,27 @@ static int grow_scratch(spi_request *r, size_t hashes, size_t cands) {
   return SPI_OK;
 }
 
+/* (uint64_t)ceil(x), without ceil's sequence where x is in [0, 2^52):
+ * there the conversion truncates exactly, so one more where it dropped a
+ * fraction is the ceiling. */
+static inline uint64_t ceil_u64(double x) {
+  if (x >= 0 && x < 4503599627370496.0) {
+    int64_t w = (int64_t)x; /* signed: one instruction each way */
+    return (uint64_t)((double)w < x ? w + 1 : w);
+  }
+  return (uint64_t)ceil(x);
+}
+
+/* (double)t: through a signed conversion (one instruction) when t fits
+ * one, the same value; prompt token counts always do. */
+static inline double u64_double(uint64_t t) {
+  return t <= INT64_MAX ? (double)(int64_t)t : (double)t;
+}
+
 static uint64_t prompt_tokens(const spi_request_view *v, double bytes_per_token) {
   if (v->prompt_tokens_set) return (uint64_t)v->prompt_tokens;
   if (v->token_count) return v->token_count;
-  return (uint64_t)ceil((double)v->prompt_len / bytes_per_token);
+  return ceil_u64((double)v->prompt_len / bytes_per_token);
 }
 
 static int choice_ok(const spi_policy_choice *c, const spi_route_context *x) {
@@ -76,9 +93,31 @@ static int run_policy(const spi_modentry *m, void *inst,
   return rc;
 }
 
-static void copy_id(char dst[SPI_ID_MAX], const char *src, size_t len) {
+/* An id (a replica's, a tenant's) of at most SPI_ID_MAX - 1 bytes kept,
+ * and its NUL. By words that overlap at the end, reading only the id's own
+ * bytes: gcc makes the bounded memcpy a `rep movsb`, slow to start for
+ * the few bytes of an id. */
+static inline void copy_id(char dst[SPI_ID_MAX], const char *src, size_t len) {
   if (len >= SPI_ID_MAX) len = SPI_ID_MAX - 1;
-  memcpy(dst, src, len);
+  if (len >= 8) { /* the first and last words, and any between */
+    uint64_t w;
+    for (size_t i = 8; i < len - 8; i += 8) {
+      memcpy(&w, src + i, 8);
+      memcpy(dst + i, &w, 8);
+    }
+    memcpy(&w, src, 8);
+    memcpy(dst, &w, 8);
+    memcpy(&w, src + len - 8, 8);
+    memcpy(dst + len - 8, &w, 8);
+  } else if (len >= 4) {
+    uint32_t a, b;
+    memcpy(&a, src, 4);
+    memcpy(&b, src + len - 4, 4);
+    memcpy(dst, &a, 4);
+    memcpy(dst + len - 4, &b, 4);
+  } else {
+    for (size_t i = 0; i < len; i++) dst[i] = src[i];
+  }
   dst[len] = '\0';
 }
 
@@ -101,18 +140,35 @@ static int ends_hashed(const char *s, size_t len) {
   return 1;
 }
 
-static void copy_name(char dst[SPI_ID_MAX], const char *src, size_t len) {
-  if (len == 0) { /* no tenant, say: as copy_id would leave it */
-    dst[0] = '\0';
-    return;
+/* Whether dst[0..len) (len < SPI_ID_MAX) holds a control byte (below
+ * 0x20, or 0x7f). On a little-endian host eight bytes at a time: a word's
+ * bytes below 0x20 and its 0x7f bytes each set their top bit in bad
+ * (exactly at the lowest such byte; a borrow can mark only bytes above
+ * it), and the bytes at and past len are masked off. The words lie within
+ * dst's SPI_ID_MAX bytes. */
+static int has_control(const char dst[SPI_ID_MAX], size_t len) {
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+  const uint64_t ones = UINT64_C(0x0101010101010101);
+  const uint64_t tops = UINT64_C(0x8080808080808080);
+  for (size_t i = 0; i < len; i += 8) {
+    uint64_t w, d;
+    memcpy(&w, dst + i, sizeof w);
+    d = w ^ (0x7f * ones);
+    uint64_t bad = (((w - 0x20 * ones) & ~w) | ((d - ones) & ~d)) & tops;
+    if (len - i < 8) bad &= (UINT64_C(1) << (8 * (len - i))) - 1;
+    if (bad) return 1;
   }
-  int plain = len < SPI_ID_MAX && !ends_hashed(src, len);
-  for (size_t i = 0; plain && i < len; i++)
-    plain = (unsigned char)src[i] >= 0x20 && src[i] != 0x7f;
-  if (plain) {
-    copy_id(dst, src, len);
-    return;
-  }
+  return 0;
+#else
+  for (size_t i = 0; i < len; i++)
+    if ((unsigned char)dst[i] < 0x20 || dst[i] == 0x7f) return 1;
+  return 0;
+#endif
+}
+
+/* The name's hashed form. Out of line: most names are kept as they are. */
+static __attribute__((noinline, cold)) void
+copy_name_hashed(char dst[SPI_ID_MAX], const char *src, size_t len) {
   size_t keep = len < SPI_NAME_KEPT ? len : SPI_NAME_KEPT;
   if (keep < len)
     while (keep > 0 && ((unsigned char)src[keep] & 0xC0) == 0x80) keep--;
@@ -120,6 +176,19 @@ static void copy_name(char dst[SPI_ID_MAX], const char *src, size_t len) {
     dst[i] = (unsigned char)src[i] < 0x20 || src[i] == 0x7f ? '?' : src[i];
   snprintf(dst + keep, SPI_ID_MAX - keep, "~%016llx",
            (unsigned long long)XXH3_64bits(src, len));
+}
+
+static inline void copy_name(char dst[SPI_ID_MAX], const char *src,
+                             size_t len) {
+  if (len == 0) { /* no tenant, say: as copy_id would leave it */
+    dst[0] = '\0';
+    return;
+  }
+  if (len < SPI_ID_MAX && !ends_hashed(src, len)) {
+    copy_id(dst, src, len); /* checked where it was copied to */
+    if (!has_control(dst, len)) return;
+  }
+  copy_name_hashed(dst, src, len);
 }
 
 /* What a route has taken that it must give back if it fails: the
@@ -200,10 +269,8 @@ static int serves(int32_t pool) {
 static int phase_key(route_state *rs) {
   spi_request *req = rs->req;
   size_t n = 0;
-  int rc = spi__key_in(req, rs->snap, rs->v, &rs->out->key);
-  if (rc) return rc;
-  rc = spi__blocks_in(req, rs->snap, rs->v, &rs->out->key, req->hashes,
-                      req->hashcap, &n);
+  int rc = spi__keys_in(req, rs->snap, rs->v, &rs->out->key, req->hashes,
+                        req->hashcap, &n);
   if (rc == SPI_EBUFSIZE) {
     if (grow_scratch(req, n, 0))
       return spi__req_fail(req, SPI_ENOMEM, "route: out of memory");
@@ -250,7 +317,7 @@ static void env_init(route_state *rs) {
   x->now = spi__engine_now(rs->e);
   x->max_age = c->load_max_age_ms * 1000000;
   rs->tokens = prompt_tokens(v, c->bytes_per_token);
-  x->cold_tok = (double)rs->tokens;
+  x->cold_tok = u64_double(rs->tokens);
   x->warm_tok = x->cold_tok;
   x->default_rate = c->prefill_tokens_per_s;
   x->default_ms_tok = 1000.0 / x->default_rate;
@@ -320,18 +387,19 @@ static void pass_for_capped_output(route_state *rs, pool_sums *sums) {
  * replica left. */
 static int phase_pressure(route_state *rs, pool_sums *sums) {
   spi_engine *e = rs->e;
-  int32_t kvl[4] = {0};
+  int32_t kvl[4]; /* read at the two pools only */
   rs->level[0] = rs->level[3] = 0;
   for (int p = SPI_POOL_SPOT; p <= SPI_POOL_ON_DEMAND; p++) {
     double press = spi__pass_kv_mean(sums, p);
     unsigned old = atomic_load(&e->kv_level[p]);
-    int nl = spi__kv_breaker_step((int)old, press, rs->cfg);
+    int32_t lv;
+    int nl = spi__kv_breaker_step_level((int)old, press, rs->cfg, &lv);
+    rs->level[p] = lv;
     if ((unsigned)nl != old &&
         atomic_compare_exchange_strong(&e->kv_level[p], &old, (unsigned)nl) &&
         nl > (int)old && atomic_load(&e->metrics))
       spi__metrics_breaker_open(atomic_load(&e->metrics));
     kvl[p] = nl;
-    rs->level[p] = spi__pressure_level(press, rs->cfg);
   }
   rs->worst = rs->level[SPI_POOL_SPOT] > rs->level[SPI_POOL_ON_DEMAND]
                   ? rs->level[SPI_POOL_SPOT]
@@ -382,8 +450,11 @@ static void run_shadow(route_state *rs, const spi_route_context *x) {
  * its choice is checked before it is used. */
 static int phase_policy(route_state *rs) {
   const spi_slot *sl = &rs->snap->slot[SPI_MODULE_POLICY];
+  /* Every field is set below (there is no padding), so x is not cleared
+   * first. A field added to the context must be set here. */
   spi_route_context x;
-  spi__zero(&x, sizeof x);
+  _Static_assert(sizeof x == 25 * 8 + 8 * SPI_SUMMARY_CELLS,
+                 "every field of the context is set");
   x.struct_size = sizeof x;
   x.candidate_size = sizeof(spi_candidate);
   x.req = rs->v;
@@ -410,7 +481,7 @@ static int phase_policy(route_state *rs) {
   x.summary_size = sizeof(spi_pool_summary);
   x.n_summaries = SPI_SUMMARY_CELLS;
   for (int p = 0; p < 4; p++) x.mean_served_tokens[p] = rs->mean_served[p];
-  x.prompt_tokens = (double)rs->tokens;
+  x.prompt_tokens = u64_double(rs->tokens);
   for (int p = 0; p < 4; p++) x.mean_max_inflight[p] = rs->mean_streams[p];
   for (int k = 0; k < SPI_SUMMARY_CELLS; k++)
     x.mean_prefill_wait_ms[k] = rs->mean_wait[k];
@@ -527,7 +598,9 @@ static void ticket_fill(route_state *rs, spi_ticket *k,
   k->prompt_tokens_est = rs->tokens;
   k->weight = (uint32_t)rs->cfg->class_weight[cls->klass];
   k->n_hashes = rs->nblocks < SPI_TICKET_HASHES ? rs->nblocks : SPI_TICKET_HASHES;
-  if (k->n_hashes)
+  if (k->n_hashes == 1) /* a prompt of one block: no call for 8 bytes */
+    k->hashes[0] = req->hashes[0];
+  else if (k->n_hashes)
     spi__copy(k->hashes, req->hashes, k->n_hashes * sizeof k->hashes[0]);
   copy_name(k->tenant, v->tenant, v->tenant_len);
   copy_name(k->model, v->model, v->model_len);
@@ -542,13 +615,14 @@ static void serve_record(route_state *rs, const spi_replica_ident *r,
   copy_id(out->replica_id, r->id, r->id_len);
   out->matched_blocks = c->matched_blocks;
   out->est_ttft_ms = c->est_ttft_ms;
-  for (uint32_t i = rs->first + 1;
-       i < ch->n_order && out->n_fallbacks < SPI_MAX_FALLBACKS; i++) {
+  uint32_t nf = 0; /* out->n_fallbacks, counted in a register */
+  for (uint32_t i = rs->first + 1; i < ch->n_order && nf < SPI_MAX_FALLBACKS;
+       i++, nf++) {
     const spi_candidate *f = &rs->cands[ch->order[i]];
-    copy_id(out->fallback_ids[out->n_fallbacks++], f->id, f->id_len);
+    copy_id(out->fallback_ids[nf], f->id, f->id_len);
   }
-  spi_price price;
-  memset(&price, 0, sizeof price);
+  out->n_fallbacks = nf;
+  spi_price price; /* cleared by the dispatch but for its struct_size */
   price.struct_size = sizeof price;
   /* Priced at the output the ticket counts wherever the class's cap
    * decides it (capped_out): a request that asks for more than the cap,
@@ -642,9 +716,9 @@ static int serve(route_state *rs) {
    * sent (the prompt and the expected output); the slowdown at open lets
    * its first token teach the rate. */
   double uncached = c->matched_blocks ? rs->env->warm_tok : rs->env->cold_tok;
-  double tokens = (double)rs->tokens;
+  double tokens = u64_double(rs->tokens);
   uint64_t cached =
-      rs->tokens - (uint64_t)ceil(uncached < tokens ? uncached : tokens);
+      rs->tokens - ceil_u64(uncached < tokens ? uncached : tokens);
   /* A first token teaches the rate only if the request went straight to
    * prefill: behind a full batch its TTFT is the wait for a slot. */
   int straight = c->fresh && c->waiting == 0 &&
@@ -747,7 +821,7 @@ route_again(spi_request *req, spi_snapshot *snap, spi_request_view *v,
 }
 
 int spi_route(spi_request *req, spi_decision *out) {
-  if (!spi__request_ok(req)) return SPI_EMISUSE;
+  if (!spi__request_ok_inline(req)) return SPI_EMISUSE;
   if (!out || out->struct_size < sizeof *out)
     return spi__req_fail(req, SPI_EINVAL, "decision: NULL or struct_size");
   size_t size = out->struct_size;

@@ -352,6 +352,10 @@ void spi__classifier_plan_at(const void *inst, int32_t pressure,
 int spi__kv_breaker_step(int level, double pressure, const spi_router_cfg *c);
 /* Pressure level (enum spi_pressure) for the degrade plan of a pool. */
 int32_t spi__pressure_level(double pressure, const spi_router_cfg *c);
+/* Both of the above for one pool's reading, in one call (a route asks
+ * both for each pool): the new level, and the pressure level in *plevel. */
+int spi__kv_breaker_step_level(int level, double pressure,
+                               const spi_router_cfg *c, int32_t *plevel);
 /* "closed", "shed_bronze", "shed_silver"; "invalid" otherwise. */
 const char *spi__kv_level_name(int level);
 /* "closed", "open", "half_open" (enum spi_breaker_state); "invalid". */

@@ -316,6 +316,20 @@ int spi__json_duplicate_key(const struct cJSON *obj, const spi_mem *m,
 #define SPI_BUILTIN_COST_MODEL "reference"
 void spi__builtin_classifier(spi_classifier_module *out);
 void spi__builtin_key_builder(spi_key_builder_module *out);
+/* The built-in key builder called directly on a view spi__request_view
+ * made and an instance it configured (dispatch.c): the key; the key and,
+ * when they fit in cap, all the block hashes (SPI_OK), else none
+ * (SPI_EBUFSIZE), their number in *n_out; and the first min(count, cap)
+ * block hashes (returns the count). The same values as through the module
+ * table. */
+void spi__kb_key_view(const void *instance, const spi_request_view *v,
+                      spi_cache_key *out);
+int spi__kb_key_blocks(const void *instance, const spi_request_view *v,
+                       spi_cache_key *key, uint64_t *out, size_t cap,
+                       size_t *n_out);
+size_t spi__kb_blocks_view(const void *instance, const spi_request_view *v,
+                           const spi_cache_key *key, uint64_t *out,
+                           size_t cap);
 
 /* XXH3_64bits_withSeed / XXH3_64bits compiled for AVX2 (xxh_wide.c; the
  * seeded one over more than 240 bytes with each stripe's key made in

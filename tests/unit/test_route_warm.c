@@ -140,9 +140,49 @@ static void test_warm_route_allocates_nothing(void **st) {
   spi_engine_free(e);
 }
 
+/* A fresh request's first route on a warm engine: a prompt of up to 16
+ * blocks keeps its block hashes in the request, so the route allocates
+ * nothing; a longer one allocates its hashes once (and hashes them once). */
+static void test_first_route_of_a_new_request(void **st) {
+  (void)st;
+  counting c = {0, 1700000000LL * 1000 * MS};
+  spi_hooks h;
+  memset(&h, 0, sizeof h);
+  h.struct_size = sizeof h;
+  h.alloc = c_alloc;
+  h.free = c_free;
+  h.alloc_user_data = &c;
+  h.clock = c_clock;
+  h.clock_user_data = &c;
+  spi_engine *e = NULL;
+  assert_int_equal(spi_engine_new(&e, &h), SPI_OK);
+  for (int i = 0; i < 8; i++) {
+    upsert(e, i);
+    report(e, i, i % 3);
+  }
+  static char prompt[64 * 1024];
+  for (size_t k = 0; k < sizeof prompt; k++)
+    prompt[k] = (char)('a' + (k * 7) % 26);
+  const size_t sizes[] = {1024, 1024, 16 * 1024, 16 * 1024 + 1023, 17 * 1024,
+                          64 * 1024};
+  const long want[] = {-1, 0, 0, 0, 1, 1}; /* -1: warming the engine */
+  for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++) {
+    spi_request *r = NULL;
+    assert_int_equal(spi_request_new(e, &r), SPI_OK);
+    spi_request_set_str(r, SPI_REQ_MODEL, "m", 1);
+    spi_request_set_str(r, SPI_REQ_PROMPT, prompt, sizes[i]);
+    spi_request_set_int(r, SPI_REQ_REPLAYABLE, 1);
+    long made = route_counting(e, &c, r);
+    if (want[i] >= 0) assert_int_equal(made, want[i]);
+    spi_request_free(r);
+  }
+  spi_engine_free(e);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_warm_route_allocates_nothing),
+      cmocka_unit_test(test_first_route_of_a_new_request),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -373,8 +373,65 @@ static void test_ledger_tells_long_tenants_apart(void **st) {
   done(w);
 }
 
+/* Whether the ledger has a completed row whose tenant is want (exact), or
+ * with hashed set, one that starts with want followed by '~' and 16 hex
+ * digits. */
+static int has_row(world *w, const char *want, int hashed) {
+  size_t n = spi_ledger_count(w->e), k = strlen(want);
+  for (size_t i = 0; i < n; i++) {
+    spi_ledger_row row;
+    memset(&row, 0, sizeof row);
+    row.struct_size = sizeof row;
+    assert_int_equal(spi_ledger_row_at(w->e, i, &row), SPI_OK);
+    if (!row.completed) continue;
+    if (!hashed && strcmp(row.tenant, want) == 0) return 1;
+    if (hashed && strncmp(row.tenant, want, k) == 0 && row.tenant[k] == '~' &&
+        strlen(row.tenant) == k + 17)
+      return 1;
+  }
+  return 0;
+}
+
+/* A tenant keeps its own text unless it holds a control byte (below 0x20,
+ * or 0x7f): then it is the hashed form with each such byte as '?'. Every
+ * length a row holds whole, that byte at every place, and bytes beside
+ * the control range (0x20, 0x7e, 0x80) that are kept. */
+static void test_ledger_names_control_bytes_anywhere(void **st) {
+  (void)st;
+  world *w = mk(NULL);
+  add(w, "od-a", SPI_POOL_ON_DEMAND);
+  const unsigned char bytes[] = {0x01, 0x1f, 0x7f, 0x20, 0x7e, 0x80};
+  const size_t lens[] = {1, 7, 8, 9, 16, 17, 46}; /* rows: under 1024 */
+  int t = 0;
+  for (size_t li = 0; li < sizeof lens / sizeof lens[0]; li++) {
+    for (size_t at = 0; at < lens[li]; at++) {
+      for (size_t bi = 0; bi < sizeof bytes; bi++, t++) {
+        char name[64];
+        /* Distinct names: a serial in the first bytes, then 'n's. */
+        memset(name, 'n', sizeof name);
+        name[lens[li]] = '\0';
+        char tag[8];
+        snprintf(tag, sizeof tag, "%c%c%c", 'A' + t % 26, 'A' + t / 26 % 26,
+                 'A' + t / 676 % 26);
+        memcpy(name, tag, lens[li] < 3 ? lens[li] : 3);
+        name[at] = (char)bytes[bi];
+        int control = bytes[bi] < 0x20 || bytes[bi] == 0x7f;
+        serve_tenant(w, name, lens[li]);
+        char want[64];
+        memcpy(want, name, lens[li] + 1);
+        if (control) want[at] = '?';
+        if (!has_row(w, want, control))
+          fail_msg("tenant of %zu bytes, 0x%02x at %zu: no row", lens[li],
+                   bytes[bi], at);
+      }
+    }
+  }
+  done(w);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
+      cmocka_unit_test(test_ledger_names_control_bytes_anywhere),
       cmocka_unit_test(test_first_token_reads_its_own_ticket),
       cmocka_unit_test(test_reports_race_finish_and_reuse),
       cmocka_unit_test(test_token_counts_out_of_range),
