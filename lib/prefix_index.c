@@ -39,6 +39,14 @@
  * request that matches the block there later is a second continuation, a
  * branch, not the next turn of one conversation. Refreshes keep the bit.
  *
+ * No entry is ever emptied again (a rewrite goes from one block to
+ * another), and an insert fills the first empty entry of its bucket, so a
+ * bucket's empty entries all follow its others. Every scan of a bucket
+ * stops at its first empty entry: in a table that is not full yet, a
+ * probe reads the bucket's blocks and one more tag, not all eight. A scan
+ * that stops at an empty entry just as a writer claims it misses only
+ * blocks written while it ran, as any scan may.
+ *
  * Concurrency
  * -----------
  * Readers and writers only use atomics. A writer claims an entry by a CAS of
@@ -289,9 +297,12 @@ probe(const spi_prefix_index *ix, uint64_t h, ix_memo *lm, ix_found *f) {
   f->n = 0;
   f->live = IX_WAYS;
   for (unsigned e = 0; e < IX_WAYS; e++) {
-    if ((atomic_load_explicit(&b->tag[e], memory_order_relaxed) &
-         IX_KEY_MASK) != key)
+    uint64_t k =
+        atomic_load_explicit(&b->tag[e], memory_order_relaxed) & IX_KEY_MASK;
+    if (k != key) {
+      if (k == IX_KEY_EMPTY) break; /* the rest is empty too */
       continue;
+    }
     uint64_t t = atomic_load_explicit(&b->tag[e], memory_order_acquire), p;
     if ((t & IX_KEY_MASK) != key || !read_payload(b, e, t, &p)) continue;
     if (f->live == IX_WAYS && memo_live(lm, IX_SLOT(p), IX_GEN(p)))
@@ -402,12 +413,6 @@ static void refresh(ix_bucket *b, unsigned e, uint64_t seen, uint64_t mine) {
                                           memory_order_relaxed);
 }
 
-static int first_empty(const uint64_t *tags) {
-  for (unsigned e = 0; e < IX_WAYS; e++)
-    if ((tags[e] & IX_KEY_MASK) == IX_KEY_EMPTY) return (int)e;
-  return -1;
-}
-
 /* The entries of other blocks, payloads read into pays: as a mask. */
 static unsigned others_read(ix_bucket *b, uint64_t key, const uint64_t *tags,
                             uint64_t *pays) {
@@ -438,12 +443,18 @@ static void insert_block(spi_prefix_index *ix, uint64_t h, const ix_new *nw,
     unsigned occupied = 0, victim = 0;
     int rank = RANK_NONE;
     int64_t vvalue = 0;
-    /* This block's entries first: only their payloads are read here. */
-    for (unsigned e = 0; e < IX_WAYS; e++) {
+    /* This block's entries first: only their payloads are read here. The
+     * scan ends at the first empty entry (the rest is empty too), which
+     * is the one to fill if the block is not there. */
+    unsigned e = 0;
+    for (; e < IX_WAYS; e++) {
       uint64_t t = atomic_load_explicit(&b->tag[e], memory_order_acquire);
       tags[e] = t;
-      if ((t & IX_KEY_MASK) != key || !read_payload(b, e, t, &pays[e]))
+      if ((t & IX_KEY_MASK) != key) {
+        if ((t & IX_KEY_MASK) == IX_KEY_EMPTY) break;
         continue;
+      }
+      if (!read_payload(b, e, t, &pays[e])) continue;
       if (IX_SLOT(pays[e]) == nw->slot) {
         if (IX_GEN(pays[e]) == nw->gen) {
           refresh(b, e, pays[e], nw->payload);
@@ -455,25 +466,24 @@ static void insert_block(spi_prefix_index *ix, uint64_t h, const ix_new *nw,
       occupied |= 1u << e;
     }
     if (rank > RANK_EMPTY) {
-      int empty = first_empty(tags);
-      if (empty >= 0)
-        rank = RANK_EMPTY, victim = (unsigned)empty;
+      if (e < IX_WAYS)
+        rank = RANK_EMPTY, victim = e;
       else
         occupied |= others_read(b, key, tags, pays);
     }
     if (rank > RANK_EMPTY) {
-      for (unsigned e = 0; e < IX_WAYS && rank > RANK_DEAD; e++) {
-        if (!(occupied >> e & 1u)) continue;
-        uint64_t p = pays[e];
+      for (unsigned i = 0; i < IX_WAYS && rank > RANK_DEAD; i++) {
+        if (!(occupied >> i & 1u)) continue;
+        uint64_t p = pays[i];
         if (!memo_live(lm, IX_SLOT(p), IX_GEN(p))) {
-          rank = RANK_DEAD, victim = e;
+          rank = RANK_DEAD, victim = i;
           break;
         }
         int64_t age = stamp_age(nw->now_s, IX_STAMP(p));
         int64_t v = (int64_t)IX_WEIGHT(p) * nw->weight_seconds - age;
         if (rank == RANK_NONE || v < vvalue) {
           rank = RANK_LIVE;
-          victim = e;
+          victim = i;
           vvalue = v;
         }
       }
@@ -503,6 +513,7 @@ void spi__index_mark_continued(spi_prefix_index *ix, uint64_t h, uint32_t slot,
   gen &= SPI_INDEX_GEN_MASK;
   for (unsigned e = 0; e < IX_WAYS; e++) {
     uint64_t t = atomic_load_explicit(&b->tag[e], memory_order_acquire), p;
+    if ((t & IX_KEY_MASK) == IX_KEY_EMPTY) break; /* the rest is empty too */
     if ((t & IX_KEY_MASK) != key || !read_payload(b, e, t, &p) ||
         IX_SLOT(p) != slot || IX_GEN(p) != gen)
       continue;
