@@ -426,19 +426,35 @@ static unsigned others_read(ix_bucket *b, uint64_t key, const uint64_t *tags,
   return occupied;
 }
 
+/* Write the block over entry e, whose tag was seen: claim it, store the
+ * payload, publish the tag with the next version. 0 if the claim lost. */
+static int claim(ix_bucket *b, unsigned e, uint64_t seen, uint64_t key,
+                 uint64_t payload) {
+  uint64_t version = seen >> IX_KEY_BITS;
+  if (!atomic_compare_exchange_strong_explicit(
+          &b->tag[e], &seen, version << IX_KEY_BITS | IX_KEY_BUSY,
+          memory_order_acquire, memory_order_relaxed))
+    return 0;
+  atomic_store_explicit(&b->payload[e], payload, memory_order_release);
+  atomic_store_explicit(&b->tag[e], ((version + 1) & 0xffu) << IX_KEY_BITS | key,
+                        memory_order_release);
+  return 1;
+}
+
 /*
- * One block: refresh this slot's entry of this generation if the bucket has
- * it; else write the block over, in this order, an entry of this slot from
- * an older generation (the last one), the first empty entry, the first dead
- * one, or the live one of lowest value if the block is worth more. A
- * bucket's tags share one cache line and its payloads the next; the other
- * blocks' payloads are read only when there is no empty entry.
+ * One block into a bucket, in full: refresh this slot's entry of this
+ * generation if the bucket has it; else write the block over, in this
+ * order, an entry of this slot from an older generation (the last one),
+ * the first empty entry, the first dead one, or the live one of lowest
+ * value if the block is worth more. The other blocks' payloads are read
+ * only when there is no empty entry. attempts is 2, or 1 after a lost
+ * claim. Out of line: insert_block takes every case but a full bucket
+ * and a lost claim, and keeps the insert loop's registers to itself.
  */
-static void insert_block(spi_prefix_index *ix, uint64_t h, const ix_new *nw,
-                         ix_memo *lm) {
-  ix_bucket *b = bucket_of(ix, h);
-  uint64_t key = key_of(h);
-  for (int attempt = 0; attempt < 2; attempt++) {
+__attribute__((noinline)) static void
+insert_full(ix_bucket *b, uint64_t key, const ix_new *nw, ix_memo *lm,
+            int attempts) {
+  for (int attempt = 0; attempt < attempts; attempt++) {
     uint64_t tags[IX_WAYS], pays[IX_WAYS];
     unsigned occupied = 0, victim = 0;
     int rank = RANK_NONE;
@@ -490,19 +506,41 @@ static void insert_block(spi_prefix_index *ix, uint64_t h, const ix_new *nw,
     }
     if (rank == RANK_NONE) return; /* every entry is being written */
     if (rank == RANK_LIVE && vvalue > nw->value) return;
-    uint64_t seen = tags[victim];
-    uint64_t version = seen >> IX_KEY_BITS;
-    if (atomic_compare_exchange_strong_explicit(
-            &b->tag[victim], &seen, version << IX_KEY_BITS | IX_KEY_BUSY,
-            memory_order_acquire, memory_order_relaxed)) {
-      atomic_store_explicit(&b->payload[victim], nw->payload,
-                            memory_order_release);
-      atomic_store_explicit(&b->tag[victim],
-                            ((version + 1) & 0xffu) << IX_KEY_BITS | key,
-                            memory_order_release);
+    if (claim(b, victim, tags[victim], key, nw->payload)) return;
+  }
+}
+
+/*
+ * One block: what insert_full does, taken here up to the first empty
+ * entry, which is all a bucket that is not full has: the refresh of this
+ * slot's entry of this generation, else the last entry of this slot from
+ * an older generation, else the first empty one. A full bucket with
+ * neither, and a lost claim, go to insert_full.
+ */
+static inline void insert_block(spi_prefix_index *ix, uint64_t h,
+                                const ix_new *nw, ix_memo *lm) {
+  ix_bucket *b = bucket_of(ix, h);
+  uint64_t key = key_of(h), seen = 0;
+  unsigned victim = IX_WAYS;
+  for (unsigned e = 0; e < IX_WAYS; e++) {
+    uint64_t t = atomic_load_explicit(&b->tag[e], memory_order_acquire), p;
+    if ((t & IX_KEY_MASK) == IX_KEY_EMPTY) {
+      if (victim == IX_WAYS) victim = e, seen = t;
+      break;
+    }
+    if ((t & IX_KEY_MASK) != key || !read_payload(b, e, t, &p) ||
+        IX_SLOT(p) != nw->slot)
+      continue;
+    if (IX_GEN(p) == nw->gen) {
+      refresh(b, e, p, nw->payload);
       return;
     }
+    victim = e, seen = t;
   }
+  if (victim == IX_WAYS)
+    insert_full(b, key, nw, lm, 2);
+  else if (!claim(b, victim, seen, key, nw->payload))
+    insert_full(b, key, nw, lm, 1);
 }
 
 void spi__index_mark_continued(spi_prefix_index *ix, uint64_t h, uint32_t slot,
