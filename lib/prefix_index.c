@@ -159,6 +159,13 @@ static inline int read_payload(ix_bucket *b, unsigned e, uint64_t t,
   return atomic_load_explicit(&b->tag[e], memory_order_relaxed) == t;
 }
 
+/* Whether the bucket's last entry is taken: then every entry is, for
+ * good, and a scan need not look for the first empty one. An empty entry
+ * has never been claimed, so its whole tag is 0. */
+static inline int bucket_full(ix_bucket *b) {
+  return atomic_load_explicit(&b->tag[IX_WAYS - 1], memory_order_relaxed) != 0;
+}
+
 /* Tags only (a lookup), or tags and payloads (an insert). */
 static inline void prefetch_bucket(const spi_prefix_index *ix, uint64_t h,
                                    int both) {
@@ -290,24 +297,37 @@ typedef struct ix_found {
  * lookup, the lookup's whole cost at 8 replicas over what it was before
  * the holders were deferred.
  */
+/* Entry e, whose tag held key at a first look: into f if it still does. */
+__attribute__((always_inline)) static inline void
+probe_entry(ix_bucket *b, unsigned e, uint64_t key, ix_memo *lm,
+            ix_found *f) {
+  uint64_t t = atomic_load_explicit(&b->tag[e], memory_order_acquire), p;
+  if ((t & IX_KEY_MASK) != key || !read_payload(b, e, t, &p)) return;
+  if (f->live == IX_WAYS && memo_live(lm, IX_SLOT(p), IX_GEN(p)))
+    f->live = f->n;
+  f->pay[f->n++] = p;
+}
+
 __attribute__((always_inline)) static inline int
 probe(const spi_prefix_index *ix, uint64_t h, ix_memo *lm, ix_found *f) {
   ix_bucket *b = bucket_of(ix, h);
   uint64_t key = key_of(h);
   f->n = 0;
   f->live = IX_WAYS;
+  if (bucket_full(b)) {
+    for (unsigned e = 0; e < IX_WAYS; e++)
+      if ((atomic_load_explicit(&b->tag[e], memory_order_relaxed) &
+           IX_KEY_MASK) == key)
+        probe_entry(b, e, key, lm, f);
+    return f->live != IX_WAYS;
+  }
   for (unsigned e = 0; e < IX_WAYS; e++) {
     uint64_t k =
         atomic_load_explicit(&b->tag[e], memory_order_relaxed) & IX_KEY_MASK;
-    if (k != key) {
-      if (k == IX_KEY_EMPTY) break; /* the rest is empty too */
-      continue;
-    }
-    uint64_t t = atomic_load_explicit(&b->tag[e], memory_order_acquire), p;
-    if ((t & IX_KEY_MASK) != key || !read_payload(b, e, t, &p)) continue;
-    if (f->live == IX_WAYS && memo_live(lm, IX_SLOT(p), IX_GEN(p)))
-      f->live = f->n;
-    f->pay[f->n++] = p;
+    if (k == key)
+      probe_entry(b, e, key, lm, f);
+    else if (k == IX_KEY_EMPTY)
+      break; /* the rest is empty too */
   }
   return f->live != IX_WAYS;
 }
@@ -413,19 +433,6 @@ static void refresh(ix_bucket *b, unsigned e, uint64_t seen, uint64_t mine) {
                                           memory_order_relaxed);
 }
 
-/* The entries of other blocks, payloads read into pays: as a mask. */
-static unsigned others_read(ix_bucket *b, uint64_t key, const uint64_t *tags,
-                            uint64_t *pays) {
-  unsigned occupied = 0;
-  for (unsigned e = 0; e < IX_WAYS; e++) {
-    uint64_t k = tags[e] & IX_KEY_MASK;
-    if (k != key && k != IX_KEY_BUSY && k != IX_KEY_EMPTY &&
-        read_payload(b, e, tags[e], &pays[e]))
-      occupied |= 1u << e;
-  }
-  return occupied;
-}
-
 /* Write the block over entry e, whose tag was seen: claim it, store the
  * payload, publish the tag with the next version. 0 if the claim lost. */
 static int claim(ix_bucket *b, unsigned e, uint64_t seen, uint64_t key,
@@ -446,10 +453,10 @@ static int claim(ix_bucket *b, unsigned e, uint64_t seen, uint64_t key,
  * generation if the bucket has it; else write the block over, in this
  * order, an entry of this slot from an older generation (the last one),
  * the first empty entry, the first dead one, or the live one of lowest
- * value if the block is worth more. The other blocks' payloads are read
- * only when there is no empty entry. attempts is 2, or 1 after a lost
+ * value if the block is worth more. attempts is 2, or 1 after a lost
  * claim. Out of line: insert_block takes every case but a full bucket
- * and a lost claim, and keeps the insert loop's registers to itself.
+ * with no entry of this slot and a lost claim, and keeps the insert
+ * loop's registers to itself.
  */
 __attribute__((noinline)) static void
 insert_full(ix_bucket *b, uint64_t key, const ix_new *nw, ix_memo *lm,
@@ -459,19 +466,17 @@ insert_full(ix_bucket *b, uint64_t key, const ix_new *nw, ix_memo *lm,
     unsigned occupied = 0, victim = 0;
     int rank = RANK_NONE;
     int64_t vvalue = 0;
-    /* This block's entries first: only their payloads are read here. The
-     * scan ends at the first empty entry (the rest is empty too), which
-     * is the one to fill if the block is not there. */
+    /* One pass: every entry's payload is read, as an eviction needs
+     * them all. The scan ends at the first empty entry (the rest is
+     * empty too), which is the one to fill if the block is not there. */
     unsigned e = 0;
     for (; e < IX_WAYS; e++) {
       uint64_t t = atomic_load_explicit(&b->tag[e], memory_order_acquire);
+      uint64_t k = t & IX_KEY_MASK;
       tags[e] = t;
-      if ((t & IX_KEY_MASK) != key) {
-        if ((t & IX_KEY_MASK) == IX_KEY_EMPTY) break;
-        continue;
-      }
-      if (!read_payload(b, e, t, &pays[e])) continue;
-      if (IX_SLOT(pays[e]) == nw->slot) {
+      if (k == IX_KEY_EMPTY) break;
+      if (k == IX_KEY_BUSY || !read_payload(b, e, t, &pays[e])) continue;
+      if (k == key && IX_SLOT(pays[e]) == nw->slot) {
         if (IX_GEN(pays[e]) == nw->gen) {
           refresh(b, e, pays[e], nw->payload);
           return;
@@ -481,12 +486,7 @@ insert_full(ix_bucket *b, uint64_t key, const ix_new *nw, ix_memo *lm,
       }
       occupied |= 1u << e;
     }
-    if (rank > RANK_EMPTY) {
-      if (e < IX_WAYS)
-        rank = RANK_EMPTY, victim = e;
-      else
-        occupied |= others_read(b, key, tags, pays);
-    }
+    if (rank > RANK_EMPTY && e < IX_WAYS) rank = RANK_EMPTY, victim = e;
     if (rank > RANK_EMPTY) {
       for (unsigned i = 0; i < IX_WAYS && rank > RANK_DEAD; i++) {
         if (!(occupied >> i & 1u)) continue;
