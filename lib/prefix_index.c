@@ -39,6 +39,14 @@
  * request that matches the block there later is a second continuation, a
  * branch, not the next turn of one conversation. Refreshes keep the bit.
  *
+ * No entry is ever emptied again (a rewrite goes from one block to
+ * another), and an insert fills the first empty entry of its bucket, so a
+ * bucket's empty entries all follow its others. Every scan of a bucket
+ * stops at its first empty entry: in a table that is not full yet, a
+ * probe reads the bucket's blocks and one more tag, not all eight. A scan
+ * that stops at an empty entry just as a writer claims it misses only
+ * blocks written while it ran, as any scan may.
+ *
  * Concurrency
  * -----------
  * Readers and writers only use atomics. A writer claims an entry by a CAS of
@@ -149,6 +157,13 @@ static inline int read_payload(ix_bucket *b, unsigned e, uint64_t t,
                                uint64_t *p) {
   *p = atomic_load_explicit(&b->payload[e], memory_order_acquire);
   return atomic_load_explicit(&b->tag[e], memory_order_relaxed) == t;
+}
+
+/* Whether the bucket's last entry is taken: then every entry is, for
+ * good, and a scan need not look for the first empty one. An empty entry
+ * has never been claimed, so its whole tag is 0. */
+static inline int bucket_full(ix_bucket *b) {
+  return atomic_load_explicit(&b->tag[IX_WAYS - 1], memory_order_relaxed) != 0;
 }
 
 /* Tags only (a lookup), or tags and payloads (an insert). */
@@ -282,21 +297,37 @@ typedef struct ix_found {
  * lookup, the lookup's whole cost at 8 replicas over what it was before
  * the holders were deferred.
  */
+/* Entry e, whose tag held key at a first look: into f if it still does. */
+__attribute__((always_inline)) static inline void
+probe_entry(ix_bucket *b, unsigned e, uint64_t key, ix_memo *lm,
+            ix_found *f) {
+  uint64_t t = atomic_load_explicit(&b->tag[e], memory_order_acquire), p;
+  if ((t & IX_KEY_MASK) != key || !read_payload(b, e, t, &p)) return;
+  if (f->live == IX_WAYS && memo_live(lm, IX_SLOT(p), IX_GEN(p)))
+    f->live = f->n;
+  f->pay[f->n++] = p;
+}
+
 __attribute__((always_inline)) static inline int
 probe(const spi_prefix_index *ix, uint64_t h, ix_memo *lm, ix_found *f) {
   ix_bucket *b = bucket_of(ix, h);
   uint64_t key = key_of(h);
   f->n = 0;
   f->live = IX_WAYS;
+  if (bucket_full(b)) {
+    for (unsigned e = 0; e < IX_WAYS; e++)
+      if ((atomic_load_explicit(&b->tag[e], memory_order_relaxed) &
+           IX_KEY_MASK) == key)
+        probe_entry(b, e, key, lm, f);
+    return f->live != IX_WAYS;
+  }
   for (unsigned e = 0; e < IX_WAYS; e++) {
-    if ((atomic_load_explicit(&b->tag[e], memory_order_relaxed) &
-         IX_KEY_MASK) != key)
-      continue;
-    uint64_t t = atomic_load_explicit(&b->tag[e], memory_order_acquire), p;
-    if ((t & IX_KEY_MASK) != key || !read_payload(b, e, t, &p)) continue;
-    if (f->live == IX_WAYS && memo_live(lm, IX_SLOT(p), IX_GEN(p)))
-      f->live = f->n;
-    f->pay[f->n++] = p;
+    uint64_t k =
+        atomic_load_explicit(&b->tag[e], memory_order_relaxed) & IX_KEY_MASK;
+    if (k == key)
+      probe_entry(b, e, key, lm, f);
+    else if (k == IX_KEY_EMPTY)
+      break; /* the rest is empty too */
   }
   return f->live != IX_WAYS;
 }
@@ -402,49 +433,50 @@ static void refresh(ix_bucket *b, unsigned e, uint64_t seen, uint64_t mine) {
                                           memory_order_relaxed);
 }
 
-static int first_empty(const uint64_t *tags) {
-  for (unsigned e = 0; e < IX_WAYS; e++)
-    if ((tags[e] & IX_KEY_MASK) == IX_KEY_EMPTY) return (int)e;
-  return -1;
-}
-
-/* The entries of other blocks, payloads read into pays: as a mask. */
-static unsigned others_read(ix_bucket *b, uint64_t key, const uint64_t *tags,
-                            uint64_t *pays) {
-  unsigned occupied = 0;
-  for (unsigned e = 0; e < IX_WAYS; e++) {
-    uint64_t k = tags[e] & IX_KEY_MASK;
-    if (k != key && k != IX_KEY_BUSY && k != IX_KEY_EMPTY &&
-        read_payload(b, e, tags[e], &pays[e]))
-      occupied |= 1u << e;
-  }
-  return occupied;
+/* Write the block over entry e, whose tag was seen: claim it, store the
+ * payload, publish the tag with the next version. 0 if the claim lost. */
+static int claim(ix_bucket *b, unsigned e, uint64_t seen, uint64_t key,
+                 uint64_t payload) {
+  uint64_t version = seen >> IX_KEY_BITS;
+  if (!atomic_compare_exchange_strong_explicit(
+          &b->tag[e], &seen, version << IX_KEY_BITS | IX_KEY_BUSY,
+          memory_order_acquire, memory_order_relaxed))
+    return 0;
+  atomic_store_explicit(&b->payload[e], payload, memory_order_release);
+  atomic_store_explicit(&b->tag[e], ((version + 1) & 0xffu) << IX_KEY_BITS | key,
+                        memory_order_release);
+  return 1;
 }
 
 /*
- * One block: refresh this slot's entry of this generation if the bucket has
- * it; else write the block over, in this order, an entry of this slot from
- * an older generation (the last one), the first empty entry, the first dead
- * one, or the live one of lowest value if the block is worth more. A
- * bucket's tags share one cache line and its payloads the next; the other
- * blocks' payloads are read only when there is no empty entry.
+ * One block into a bucket, in full: refresh this slot's entry of this
+ * generation if the bucket has it; else write the block over, in this
+ * order, an entry of this slot from an older generation (the last one),
+ * the first empty entry, the first dead one, or the live one of lowest
+ * value if the block is worth more. attempts is 2, or 1 after a lost
+ * claim. Out of line: insert_block takes every case but a full bucket
+ * with no entry of this slot and a lost claim, and keeps the insert
+ * loop's registers to itself.
  */
-static void insert_block(spi_prefix_index *ix, uint64_t h, const ix_new *nw,
-                         ix_memo *lm) {
-  ix_bucket *b = bucket_of(ix, h);
-  uint64_t key = key_of(h);
-  for (int attempt = 0; attempt < 2; attempt++) {
+__attribute__((noinline)) static void
+insert_full(ix_bucket *b, uint64_t key, const ix_new *nw, ix_memo *lm,
+            int attempts) {
+  for (int attempt = 0; attempt < attempts; attempt++) {
     uint64_t tags[IX_WAYS], pays[IX_WAYS];
     unsigned occupied = 0, victim = 0;
     int rank = RANK_NONE;
     int64_t vvalue = 0;
-    /* This block's entries first: only their payloads are read here. */
-    for (unsigned e = 0; e < IX_WAYS; e++) {
+    /* One pass: every entry's payload is read, as an eviction needs
+     * them all. The scan ends at the first empty entry (the rest is
+     * empty too), which is the one to fill if the block is not there. */
+    unsigned e = 0;
+    for (; e < IX_WAYS; e++) {
       uint64_t t = atomic_load_explicit(&b->tag[e], memory_order_acquire);
+      uint64_t k = t & IX_KEY_MASK;
       tags[e] = t;
-      if ((t & IX_KEY_MASK) != key || !read_payload(b, e, t, &pays[e]))
-        continue;
-      if (IX_SLOT(pays[e]) == nw->slot) {
+      if (k == IX_KEY_EMPTY) break;
+      if (k == IX_KEY_BUSY || !read_payload(b, e, t, &pays[e])) continue;
+      if (k == key && IX_SLOT(pays[e]) == nw->slot) {
         if (IX_GEN(pays[e]) == nw->gen) {
           refresh(b, e, pays[e], nw->payload);
           return;
@@ -454,45 +486,61 @@ static void insert_block(spi_prefix_index *ix, uint64_t h, const ix_new *nw,
       }
       occupied |= 1u << e;
     }
+    if (rank > RANK_EMPTY && e < IX_WAYS) rank = RANK_EMPTY, victim = e;
     if (rank > RANK_EMPTY) {
-      int empty = first_empty(tags);
-      if (empty >= 0)
-        rank = RANK_EMPTY, victim = (unsigned)empty;
-      else
-        occupied |= others_read(b, key, tags, pays);
-    }
-    if (rank > RANK_EMPTY) {
-      for (unsigned e = 0; e < IX_WAYS && rank > RANK_DEAD; e++) {
-        if (!(occupied >> e & 1u)) continue;
-        uint64_t p = pays[e];
+      for (unsigned i = 0; i < IX_WAYS && rank > RANK_DEAD; i++) {
+        if (!(occupied >> i & 1u)) continue;
+        uint64_t p = pays[i];
         if (!memo_live(lm, IX_SLOT(p), IX_GEN(p))) {
-          rank = RANK_DEAD, victim = e;
+          rank = RANK_DEAD, victim = i;
           break;
         }
         int64_t age = stamp_age(nw->now_s, IX_STAMP(p));
         int64_t v = (int64_t)IX_WEIGHT(p) * nw->weight_seconds - age;
         if (rank == RANK_NONE || v < vvalue) {
           rank = RANK_LIVE;
-          victim = e;
+          victim = i;
           vvalue = v;
         }
       }
     }
     if (rank == RANK_NONE) return; /* every entry is being written */
     if (rank == RANK_LIVE && vvalue > nw->value) return;
-    uint64_t seen = tags[victim];
-    uint64_t version = seen >> IX_KEY_BITS;
-    if (atomic_compare_exchange_strong_explicit(
-            &b->tag[victim], &seen, version << IX_KEY_BITS | IX_KEY_BUSY,
-            memory_order_acquire, memory_order_relaxed)) {
-      atomic_store_explicit(&b->payload[victim], nw->payload,
-                            memory_order_release);
-      atomic_store_explicit(&b->tag[victim],
-                            ((version + 1) & 0xffu) << IX_KEY_BITS | key,
-                            memory_order_release);
+    if (claim(b, victim, tags[victim], key, nw->payload)) return;
+  }
+}
+
+/*
+ * One block: what insert_full does, taken here up to the first empty
+ * entry, which is all a bucket that is not full has: the refresh of this
+ * slot's entry of this generation, else the last entry of this slot from
+ * an older generation, else the first empty one. A full bucket with
+ * neither, and a lost claim, go to insert_full.
+ */
+static inline void insert_block(spi_prefix_index *ix, uint64_t h,
+                                const ix_new *nw, ix_memo *lm) {
+  ix_bucket *b = bucket_of(ix, h);
+  uint64_t key = key_of(h), seen = 0;
+  unsigned victim = IX_WAYS;
+  for (unsigned e = 0; e < IX_WAYS; e++) {
+    uint64_t t = atomic_load_explicit(&b->tag[e], memory_order_acquire), p;
+    if ((t & IX_KEY_MASK) == IX_KEY_EMPTY) {
+      if (victim == IX_WAYS) victim = e, seen = t;
+      break;
+    }
+    if ((t & IX_KEY_MASK) != key || !read_payload(b, e, t, &p) ||
+        IX_SLOT(p) != nw->slot)
+      continue;
+    if (IX_GEN(p) == nw->gen) {
+      refresh(b, e, p, nw->payload);
       return;
     }
+    victim = e, seen = t;
   }
+  if (victim == IX_WAYS)
+    insert_full(b, key, nw, lm, 2);
+  else if (!claim(b, victim, seen, key, nw->payload))
+    insert_full(b, key, nw, lm, 1);
 }
 
 void spi__index_mark_continued(spi_prefix_index *ix, uint64_t h, uint32_t slot,
@@ -503,6 +551,7 @@ void spi__index_mark_continued(spi_prefix_index *ix, uint64_t h, uint32_t slot,
   gen &= SPI_INDEX_GEN_MASK;
   for (unsigned e = 0; e < IX_WAYS; e++) {
     uint64_t t = atomic_load_explicit(&b->tag[e], memory_order_acquire), p;
+    if ((t & IX_KEY_MASK) == IX_KEY_EMPTY) break; /* the rest is empty too */
     if ((t & IX_KEY_MASK) != key || !read_payload(b, e, t, &p) ||
         IX_SLOT(p) != slot || IX_GEN(p) != gen)
       continue;
