@@ -77,9 +77,19 @@ static void strv(const spi_request *r, int field, const char **p, size_t *n) {
 int spi__request_view(spi_request *r, spi_request_view *v) {
   int rc = derive(r);
   if (rc) return rc;
-  /* Every field is set below, so the view is not cleared first (its
-   * padding is never read). A field added to the view must be set here. */
+  /* Every field is set below, so the view is not cleared whole; a field
+   * added to the view must be set here. Its only padding, after each of
+   * the three int32 flags that an int64 follows, lies between
+   * replayable_set and prompt_tokens: that span is cleared, since a
+   * module may read the view as bytes (a memo keyed by it), and the
+   * caller's stack must not reach it. */
   _Static_assert(sizeof *v == 42 * 8, "every field of the view is set");
+  _Static_assert(offsetof(spi_request_view, prompt_tokens) -
+                         offsetof(spi_request_view, replayable_set) == 40,
+                 "the padded span is the three flags and the int64s after them");
+  memset(&v->replayable_set, 0,
+         offsetof(spi_request_view, prompt_tokens) -
+             offsetof(spi_request_view, replayable_set));
   v->struct_size = sizeof *v;
   v->priority_class = SPI_CLASS_UNSET; /* spi__classify_in sets it */
   strv(r, SPI_REQ_MODEL, &v->model, &v->model_len);

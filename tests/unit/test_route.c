@@ -676,6 +676,48 @@ static void test_user_policy_checked(void **st) {
   done(w);
 }
 
+/* A module reads the request view as bytes (a memo keyed by it, say): the
+ * view's padding, between its int32 flags and the int64 after them, is
+ * zero whatever the caller's stack held before the route. */
+static int view_dirty;
+static int view_bytes_choose(void *state, void *inst, const spi_route_context *x,
+                             spi_policy_choice *out) {
+  (void)state;
+  (void)inst;
+  const unsigned char *v = (const unsigned char *)x->req;
+  size_t from = offsetof(spi_request_view, replayable_set);
+  size_t to = offsetof(spi_request_view, prompt_tokens);
+  for (size_t i = from; i < to; i++) view_dirty |= v[i] != 0 && v[i] != 1;
+  out->pool = x->candidates[0].pool;
+  out->n_order = 1;
+  out->order[0] = 0;
+  return SPI_OK;
+}
+static void __attribute__((noinline)) soil_stack(void) {
+  volatile unsigned char junk[1 << 16]; /* volatile: every store made */
+  for (size_t i = 0; i < sizeof junk; i++) junk[i] = 0xAA;
+}
+static void test_view_padding_is_zero(void **st) {
+  (void)st;
+  world *w = mk(NULL);
+  spi_policy_module m = ff_policy_module(view_bytes_choose, 0);
+  assert_int_equal(spi_engine_register_module(w->e, SPI_MODULE_POLICY, "bytes",
+                                              5, &m, NULL, NULL),
+                   SPI_OK);
+  const char *cfg = "{\"modules\":{\"policy\":\"bytes\"}}";
+  assert_int_equal(spi_engine_configure(w->e, cfg, strlen(cfg)), SPI_OK);
+  add(w, "od-a", SPI_POOL_ON_DEMAND, 0, 16);
+  load(w, "od-a", 0, 0, 0.1);
+  spi_decision d;
+  chat(w, "hi", 1, 800, NULL, -1);
+  view_dirty = 0;
+  soil_stack();
+  assert_int_equal(route(w, &d), SPI_OK);
+  assert_false(view_dirty);
+  finish(w, d.ticket, SPI_TICKET_OK);
+  done(w);
+}
+
 /* New conversations behind a system prompt the replicas hold reach every
  * idle replica. The built-in policy reads the summaries' candidates only,
  * and among idle replicas (equal load) the least loaded is the one sent
@@ -1217,6 +1259,7 @@ int main(void) {
       cmocka_unit_test(test_metrics_and_shadow),
       cmocka_unit_test(test_speculative),
       cmocka_unit_test(test_user_policy_checked),
+      cmocka_unit_test(test_view_padding_is_zero),
       cmocka_unit_test(test_new_work_reaches_every_idle_replica),
       cmocka_unit_test(test_summaries_full),
       cmocka_unit_test(test_summaries_compact),
