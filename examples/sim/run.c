@@ -171,6 +171,8 @@ typedef struct sim {
   sreq *r;
   int pump_pending, unpark_pending;
   int rq_warm; /* rq holds the attributes every request shares */
+  int32_t rq_class; /* the class rq's class attributes are set for; -1 none */
+  int rq_replay;    /* rq has a replay-since time set */
   uint32_t *parked; /* FIFO of requests held for spot */
   size_t n_parked, parked_cap;
   char dir[64];
@@ -304,23 +306,35 @@ static int build_request(sim *s, uint32_t i, spi_request *rq) {
     spi_request_reset(rq);
     spi_request_set_str(rq, SPI_REQ_MODEL, "sim-model", 9);
     s->rq_warm = 1;
+    s->rq_class = -1; /* none set yet */
+    s->rq_replay = 0; /* reset cleared it */
   }
-  const char *cls = spi_class_name((int32_t)t->klass);
-  spi_request_set_str(rq, SPI_REQ_CLASS, cls, strlen(cls));
-  if (t->klass != SPI_CLASS_GOLD) {
-    spi_request_set_int(rq, SPI_REQ_REPLAYABLE, 1);
-    spi_request_unset_int(rq, SPI_REQ_SLA_MS);
-  } else {
-    spi_request_unset_int(rq, SPI_REQ_REPLAYABLE);
-    spi_request_set_int(rq, SPI_REQ_SLA_MS, 2000);
+  /* What depends on the class alone is set when the class changes: a
+   * route reads the handle and leaves it as it was, and setting a field
+   * to the value it holds changes nothing the token ids (always set
+   * below) do not change too. */
+  if (s->rq_class != (int32_t)t->klass) {
+    const char *cls = spi_class_name((int32_t)t->klass);
+    spi_request_set_str(rq, SPI_REQ_CLASS, cls, strlen(cls));
+    if (t->klass != SPI_CLASS_GOLD) {
+      spi_request_set_int(rq, SPI_REQ_REPLAYABLE, 1);
+      spi_request_unset_int(rq, SPI_REQ_SLA_MS);
+    } else {
+      spi_request_unset_int(rq, SPI_REQ_REPLAYABLE);
+      spi_request_set_int(rq, SPI_REQ_SLA_MS, 2000);
+    }
+    s->rq_class = (int32_t)t->klass;
   }
   spi_request_set_int(rq, SPI_REQ_PROMPT_TOKENS, q->prompt_tokens);
   spi_request_set_int(rq, SPI_REQ_EXPECTED_OUTPUT_TOKENS, q->out_left);
   spi_request_set_int(rq, SPI_REQ_MAX_OUTPUT_TOKENS, q->out_left);
-  if (q->replay_since)
+  if (q->replay_since) {
     spi_request_set_int(rq, SPI_REQ_REPLAY_SINCE_NS, SIM_EPOCH_NS + q->replay_since);
-  else
+    s->rq_replay = 1;
+  } else if (s->rq_replay) {
     spi_request_unset_int(rq, SPI_REQ_REPLAY_SINCE_NS);
+    s->rq_replay = 0;
+  }
   return spi_request_set_token_ids(rq, s->tr->ids + t->block_off * SIM_IDS_PER_BLOCK, n);
 }
 
