@@ -98,18 +98,29 @@ static void heap_push(heap *h, int64_t t, uint32_t type, uint32_t a,
   h->e[i] = ev;
 }
 
+/* The earliest event out. Its hole goes down to a leaf along the earlier
+ * child, one comparison a level, and the last event goes up from there:
+ * it came from the bottom, so it seldom rises far, where sifting it down
+ * from the root compares it at every level too. The order events come
+ * out in is (t, seq) either way: no two share a seq. */
 static event heap_pop(heap *h) {
   event top = h->e[0], last = h->e[--h->n];
-  size_t i = 0;
+  size_t n = h->n, i = 0;
+  if (!n) return top;
   for (;;) {
     size_t c = 2 * i + 1;
-    if (c >= h->n) break;
-    if (c + 1 < h->n && ev_less(&h->e[c + 1], &h->e[c])) c++;
-    if (!ev_less(&h->e[c], &last)) break;
+    if (c >= n) break;
+    if (c + 1 < n && ev_less(&h->e[c + 1], &h->e[c])) c++;
     h->e[i] = h->e[c];
     i = c;
   }
-  if (h->n) h->e[i] = last;
+  while (i) {
+    size_t p = (i - 1) / 2;
+    if (!ev_less(&last, &h->e[p])) break;
+    h->e[i] = h->e[p];
+    i = p;
+  }
+  h->e[i] = last;
   return top;
 }
 
