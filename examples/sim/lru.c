@@ -8,8 +8,8 @@
  * and its list links (slot indices), so finding a key and moving it to the
  * front reads the slot and its two neighbours, and nothing else; the table
  * is 16 bytes a slot at half load, 32 KB for 1,024 blocks.
- * sim_lru_prefix_fill prefetches the slots of the leading blocks it looks
- * up for hits. */
+ * sim_lru_prefix_fill prefetches the slots of the blocks it looks up for
+ * hits, and a fill that may evict those of the blocks it inserts. */
 #include <stdlib.h>
 #include <string.h>
 
