@@ -70,54 +70,86 @@ void spi__ledger_free(const spi_mem *m, spi_ledger *l) {
   spi__free(m, l);
 }
 
-/* FNV-1a over tenant, model (each with its NUL), pool and class. */
-static uint64_t key_hash(const char *tenant, const char *model, int32_t pool,
+/* A key's text as the row keeps it: s cut to SPI_ID_MAX - 1 bytes (NULL is
+ * ""). Read in place, not copied: a finish looks up a row it has used
+ * before far more often than it makes one. */
+typedef struct key_text {
+  const char *s;
+  size_t n;
+} key_text;
+
+static key_text key_text_of(const char *s) {
+  key_text k = {"", 0};
+  if (s) {
+    const char *end = memchr(s, '\0', SPI_ID_MAX - 1);
+    k.s = s;
+    k.n = end ? (size_t)(end - s) : SPI_ID_MAX - 1;
+  }
+  return k;
+}
+
+/* Eight bytes of a key's text at a time, then its length: the hash only
+ * places rows in the table (rows keep the order of first use), so any
+ * hash that spreads keys will do, and bytes one at a time cost a finish
+ * some sixty instructions for a model name. */
+static uint64_t text_hash(uint64_t h, key_text k) {
+  const uint64_t prime = UINT64_C(0x100000001b3);
+  size_t i = 0;
+  for (; i + 8 <= k.n; i += 8) {
+    uint64_t w;
+    memcpy(&w, k.s + i, 8);
+    h = (h ^ w) * prime;
+    h ^= h >> 32;
+  }
+  uint64_t w = 0;
+  for (size_t j = 0; i + j < k.n; j++) w |= (uint64_t)(uint8_t)k.s[i + j] << (8 * j);
+  return (h ^ w ^ ((uint64_t)k.n << 56)) * prime;
+}
+
+/* Tenant, model, pool and class, finished as splitmix64 does: the table's
+ * slot is the hash's low bits. */
+static uint64_t key_hash(key_text tenant, key_text model, int32_t pool,
                          int32_t klass) {
   uint64_t h = UINT64_C(0xcbf29ce484222325);
-  const uint64_t prime = UINT64_C(0x100000001b3);
-  for (const char *s = tenant;; s++) {
-    h = (h ^ (uint8_t)*s) * prime;
-    if (!*s) break;
-  }
-  for (const char *s = model;; s++) {
-    h = (h ^ (uint8_t)*s) * prime;
-    if (!*s) break;
-  }
-  h = (h ^ (uint32_t)pool) * prime;
-  h = (h ^ (uint32_t)klass) * prime;
-  return h ^ (h >> 29);
+  h = text_hash(h, tenant);
+  h = text_hash(h, model);
+  h ^= (uint64_t)(uint32_t)pool << 32 | (uint32_t)klass;
+  h = (h ^ (h >> 30)) * UINT64_C(0xbf58476d1ce4e5b9);
+  h = (h ^ (h >> 27)) * UINT64_C(0x94d049bb133111eb);
+  return h ^ (h >> 31);
 }
 
-/* Copy s into a row field, cut to SPI_ID_MAX - 1 bytes. */
-static void copy_id(char dst[SPI_ID_MAX], const char *s) {
-  size_t n = 0;
-  if (s)
-    while (n < SPI_ID_MAX - 1 && s[n]) n++;
-  if (n) memcpy(dst, s, n);
-  dst[n] = '\0';
+/* Whether a row's field (NUL-terminated) holds exactly the key text. */
+static int field_is(const char field[SPI_ID_MAX], key_text k) {
+  return field[k.n] == '\0' && memcmp(field, k.s, k.n) == 0;
 }
 
-/* The row of a key (with the key already cut to field size), created if
- * there is room of the right kind; NULL when a keyed row is wanted and the
- * keyed rows are used up. Called with the lock held. */
-static spi_ledger_totals *find_or_add(spi_ledger *l, const char *tenant,
-                               const char *model, int32_t pool, int32_t klass,
+static void field_set(char field[SPI_ID_MAX], key_text k) {
+  if (k.n) memcpy(field, k.s, k.n);
+  field[k.n] = '\0';
+}
+
+/* The row of a key, created if there is room of the right kind; NULL when
+ * a keyed row is wanted and the keyed rows are used up. Called with the
+ * lock held. */
+static spi_ledger_totals *find_or_add(spi_ledger *l, key_text tenant,
+                               key_text model, int32_t pool, int32_t klass,
                                int overflow) {
   size_t i = (size_t)key_hash(tenant, model, pool, klass) & l->hmask;
   for (;; i = (i + 1) & l->hmask) {
     uint32_t v = l->hash[i];
     if (v == 0) break;
     spi_ledger_totals *r = &l->rows[v - 1];
-    if (r->pool == pool && r->klass == klass &&
-        strcmp(r->tenant, tenant) == 0 && strcmp(r->model, model) == 0)
+    if (r->pool == pool && r->klass == klass && field_is(r->tenant, tenant) &&
+        field_is(r->model, model))
       return r;
   }
   if (!overflow && l->n_keyed >= l->max_rows) return NULL;
   /* Keyed rows stop at max_rows and overflow rows at one per pool and
    * class, so n never passes max_rows + LEDGER_RESERVE. */
   spi_ledger_totals *r = &l->rows[l->n];
-  memcpy(r->tenant, tenant, strlen(tenant) + 1);
-  memcpy(r->model, model, strlen(model) + 1);
+  field_set(r->tenant, tenant);
+  field_set(r->model, model);
   r->pool = pool;
   r->klass = klass;
   l->hash[i] = (uint32_t)(l->n + 1);
@@ -133,14 +165,14 @@ static double amount(double d) { return d >= 0.0 && d <= DBL_MAX ? d : 0.0; }
 /* Lock the ledger and return the row for the key, or its overflow row. */
 static spi_ledger_totals *lock_row(spi_ledger *l, const char *tenant,
                             const char *model, int32_t pool, int32_t klass) {
-  char t[SPI_ID_MAX], mo[SPI_ID_MAX];
-  copy_id(t, tenant);
-  copy_id(mo, model);
+  key_text t = key_text_of(tenant), mo = key_text_of(model);
   if (pool < 0 || pool >= LEDGER_POOLS) pool = 0;
   if (klass < 0 || klass >= LEDGER_CLASSES) klass = 0;
   pthread_mutex_lock(&l->lock);
   spi_ledger_totals *r = find_or_add(l, t, mo, pool, klass, 0);
-  return r ? r : find_or_add(l, LEDGER_OTHER, LEDGER_OTHER, pool, klass, 1);
+  if (r) return r;
+  key_text other = key_text_of(LEDGER_OTHER);
+  return find_or_add(l, other, other, pool, klass, 1);
 }
 
 void spi__ledger_add(spi_ledger *l, const char *tenant, const char *model,

@@ -8,7 +8,8 @@
  * and its list links (slot indices), so finding a key and moving it to the
  * front reads the slot and its two neighbours, and nothing else; the table
  * is 16 bytes a slot at half load, 32 KB for 1,024 blocks.
- * sim_lru_prefix_fill prefetches the slots of the blocks it will look up. */
+ * sim_lru_prefix_fill prefetches the slots of the blocks it looks up for
+ * hits, and a fill that may evict those of the blocks it inserts. */
 #include <stdlib.h>
 #include <string.h>
 
@@ -223,11 +224,12 @@ static void fill_evicting(sim_lru *l, const uint64_t *chain, uint32_t n, uint32_
  * inserts are still theirs. Touching the hits before the inserts changes
  * nothing then (each is touched again after them, and nothing is evicted
  * in between), so they are touched once, after: the same recency order
- * and the same slots as fill_evicting, with one lookup a hit, not two. */
+ * and the same slots as fill_evicting, with one lookup a hit, not two.
+ * Its inserts are not prefetched ahead: that was five instructions a block
+ * and no time told apart (docs/simulator.md). */
 static void fill_in_room(sim_lru *l, const uint64_t *chain, uint32_t n, uint32_t hit,
                          const uint32_t *at) {
   for (uint32_t b = n; b-- > hit;) {
-    if (b >= hit + PREFETCH_AHEAD) prefetch_home(l, chain[b - PREFETCH_AHEAD]);
     uint32_t empty = NIL, i = find_slot(l, chain[b], &empty);
     if (i != NIL) {
       move_front(l, i);

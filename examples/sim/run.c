@@ -98,18 +98,29 @@ static void heap_push(heap *h, int64_t t, uint32_t type, uint32_t a,
   h->e[i] = ev;
 }
 
+/* The earliest event out. Its hole goes down to a leaf along the earlier
+ * child, one comparison a level, and the last event goes up from there:
+ * it came from the bottom, so it seldom rises far, where sifting it down
+ * from the root compares it at every level too. The order events come
+ * out in is (t, seq) either way: no two share a seq. */
 static event heap_pop(heap *h) {
   event top = h->e[0], last = h->e[--h->n];
-  size_t i = 0;
+  size_t n = h->n, i = 0;
+  if (!n) return top;
   for (;;) {
     size_t c = 2 * i + 1;
-    if (c >= h->n) break;
-    if (c + 1 < h->n && ev_less(&h->e[c + 1], &h->e[c])) c++;
-    if (!ev_less(&h->e[c], &last)) break;
+    if (c >= n) break;
+    if (c + 1 < n && ev_less(&h->e[c + 1], &h->e[c])) c++;
     h->e[i] = h->e[c];
     i = c;
   }
-  if (h->n) h->e[i] = last;
+  while (i) {
+    size_t p = (i - 1) / 2;
+    if (!ev_less(&last, &h->e[p])) break;
+    h->e[i] = h->e[p];
+    i = p;
+  }
+  h->e[i] = last;
   return top;
 }
 
@@ -171,6 +182,8 @@ typedef struct sim {
   sreq *r;
   int pump_pending, unpark_pending;
   int rq_warm; /* rq holds the attributes every request shares */
+  int32_t rq_class; /* the class rq's class attributes are set for; -1 none */
+  int rq_replay;    /* rq has a replay-since time set */
   uint32_t *parked; /* FIFO of requests held for spot */
   size_t n_parked, parked_cap;
   char dir[64];
@@ -304,23 +317,35 @@ static int build_request(sim *s, uint32_t i, spi_request *rq) {
     spi_request_reset(rq);
     spi_request_set_str(rq, SPI_REQ_MODEL, "sim-model", 9);
     s->rq_warm = 1;
+    s->rq_class = -1; /* none set yet */
+    s->rq_replay = 0; /* reset cleared it */
   }
-  const char *cls = spi_class_name((int32_t)t->klass);
-  spi_request_set_str(rq, SPI_REQ_CLASS, cls, strlen(cls));
-  if (t->klass != SPI_CLASS_GOLD) {
-    spi_request_set_int(rq, SPI_REQ_REPLAYABLE, 1);
-    spi_request_unset_int(rq, SPI_REQ_SLA_MS);
-  } else {
-    spi_request_unset_int(rq, SPI_REQ_REPLAYABLE);
-    spi_request_set_int(rq, SPI_REQ_SLA_MS, 2000);
+  /* What depends on the class alone is set when the class changes: a
+   * route reads the handle and leaves it as it was, and setting a field
+   * to the value it holds changes nothing the token ids (always set
+   * below) do not change too. */
+  if (s->rq_class != (int32_t)t->klass) {
+    const char *cls = spi_class_name((int32_t)t->klass);
+    spi_request_set_str(rq, SPI_REQ_CLASS, cls, strlen(cls));
+    if (t->klass != SPI_CLASS_GOLD) {
+      spi_request_set_int(rq, SPI_REQ_REPLAYABLE, 1);
+      spi_request_unset_int(rq, SPI_REQ_SLA_MS);
+    } else {
+      spi_request_unset_int(rq, SPI_REQ_REPLAYABLE);
+      spi_request_set_int(rq, SPI_REQ_SLA_MS, 2000);
+    }
+    s->rq_class = (int32_t)t->klass;
   }
   spi_request_set_int(rq, SPI_REQ_PROMPT_TOKENS, q->prompt_tokens);
   spi_request_set_int(rq, SPI_REQ_EXPECTED_OUTPUT_TOKENS, q->out_left);
   spi_request_set_int(rq, SPI_REQ_MAX_OUTPUT_TOKENS, q->out_left);
-  if (q->replay_since)
+  if (q->replay_since) {
     spi_request_set_int(rq, SPI_REQ_REPLAY_SINCE_NS, SIM_EPOCH_NS + q->replay_since);
-  else
+    s->rq_replay = 1;
+  } else if (s->rq_replay) {
     spi_request_unset_int(rq, SPI_REQ_REPLAY_SINCE_NS);
+    s->rq_replay = 0;
+  }
   return spi_request_set_token_ids(rq, s->tr->ids + t->block_off * SIM_IDS_PER_BLOCK, n);
 }
 

@@ -138,6 +138,36 @@ static void test_derived_fields(void **st) {
   spi__ledger_free(&MEM, l);
 }
 
+/* Keys are compared field by field: the same bytes split differently
+ * between tenant and model, a name and its prefix, and a name cut to
+ * SPI_ID_MAX - 1 bytes against the same name one byte longer (the same
+ * row) are told apart, or not, by what each field holds. */
+static void test_keys_by_field(void **st) {
+  (void)st;
+  spi_ledger *l = new_ledger(16);
+  add_ok(l, "ab", "c", 1, 1);
+  add_ok(l, "a", "bc", 1, 1);
+  add_ok(l, "a", "b", 1, 1);
+  add_ok(l, "a", "bcdefghij", 1, 1);
+  add_ok(l, "a", "bcdefghi", 1, 1);
+  add_ok(l, "ab", "c", 1, 1);
+  assert_int_equal(spi__ledger_count(l), 5);
+  assert_int_equal(find(l, "ab", "c", 1, 1).completed, 2);
+  assert_int_equal(find(l, "a", "bc", 1, 1).completed, 1);
+  char cut[SPI_ID_MAX + 1];
+  memset(cut, 'm', SPI_ID_MAX);
+  cut[SPI_ID_MAX] = '\0';
+  add_ok(l, "t", cut, 2, 2);        /* cut to SPI_ID_MAX - 1 bytes */
+  cut[SPI_ID_MAX - 1] = '\0';
+  add_ok(l, "t", cut, 2, 2);        /* the same row */
+  cut[SPI_ID_MAX - 2] = '\0';
+  add_ok(l, "t", cut, 2, 2);        /* one byte shorter: its own */
+  assert_int_equal(spi__ledger_count(l), 7);
+  assert_int_equal(row_at(l, 5).completed, 2);
+  assert_int_equal(row_at(l, 6).completed, 1);
+  spi__ledger_free(&MEM, l);
+}
+
 /* NaN, infinite or negative amounts add nothing; long names are cut. */
 static void test_bad_amounts_and_long_names(void **st) {
   (void)st;
@@ -369,6 +399,7 @@ int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_accumulates_per_key),
       cmocka_unit_test(test_derived_fields),
+      cmocka_unit_test(test_keys_by_field),
       cmocka_unit_test(test_bad_amounts_and_long_names),
       cmocka_unit_test(test_overflow_row),
       cmocka_unit_test(test_zero_rows),
