@@ -492,6 +492,13 @@ price_failed(spi_request *req, const spi_slot *sl, const spi_request_view *v,
 int spi__price_in(spi_request *req, const spi_snapshot *s,
                   const spi_request_view *v, int32_t pool, spi_price *out) {
   const spi_slot *sl = &s->slot[SPI_MODULE_COST_MODEL];
+  /* The built-in, called directly: its output is every field, so it is
+   * not cleared first, and its price is checked as a module's. Any other
+   * outcome takes the module path below, which gives the same answer with
+   * the output cleared. */
+  if (sl->mod == sl->builtin &&
+      spi__cost_price_view(sl->inst, v, pool, out) == SPI_OK && price_ok(out))
+    return SPI_OK;
   int rc = price_with(sl->mod, sl->inst, v, pool, out);
   if (__builtin_expect(rc != SPI_OK, 0))
     return price_failed(req, sl, v, pool, out, rc);
