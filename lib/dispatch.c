@@ -489,20 +489,28 @@ price_failed(spi_request *req, const spi_slot *sl, const spi_request_view *v,
   return rc;
 }
 
+/* The price through the module table. Out of line, so the built-in's
+ * path in spi__price_in saves no registers for it. */
+static __attribute__((noinline)) int
+price_module(spi_request *req, const spi_slot *sl, const spi_request_view *v,
+             int32_t pool, spi_price *out) {
+  int rc = price_with(sl->mod, sl->inst, v, pool, out);
+  if (__builtin_expect(rc != SPI_OK, 0))
+    return price_failed(req, sl, v, pool, out, rc);
+  return SPI_OK;
+}
+
 int spi__price_in(spi_request *req, const spi_snapshot *s,
                   const spi_request_view *v, int32_t pool, spi_price *out) {
   const spi_slot *sl = &s->slot[SPI_MODULE_COST_MODEL];
   /* The built-in, called directly: its output is every field, so it is
    * not cleared first, and its price is checked as a module's. Any other
-   * outcome takes the module path below, which gives the same answer with
-   * the output cleared. */
+   * outcome takes the module path, which gives the same answer with the
+   * output cleared. */
   if (sl->mod == sl->builtin &&
       spi__cost_price_view(sl->inst, v, pool, out) == SPI_OK && price_ok(out))
     return SPI_OK;
-  int rc = price_with(sl->mod, sl->inst, v, pool, out);
-  if (__builtin_expect(rc != SPI_OK, 0))
-    return price_failed(req, sl, v, pool, out, rc);
-  return SPI_OK;
+  return price_module(req, sl, v, pool, out);
 }
 
 int spi_request_price(spi_request *req, int32_t pool, spi_price *out) {
