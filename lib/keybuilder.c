@@ -114,6 +114,7 @@
  * (the empty tail's), each 16-byte chunk's XXH3_mix16B with its secret and
  * the sum of its two words. Made once, at configure (kb_tail_init). */
 typedef struct kb_tail {
+  uint8_t head[32]; /* M[0..32) but the model's length and bytes */
   uint64_t mix_head, sum_head;  /* M[0..16), with the secret at 0 */
   uint64_t mix[4], sum[4];      /* M[len-16(4-i)..), with the secret at 32i+16 */
 } kb_tail;
@@ -227,8 +228,17 @@ _Static_assert(KB_SHORT_FIXED + sizeof kb_empty_tail > 96 &&
                "a short key message is read as four pairs of chunks");
 _Static_assert(sizeof kb_empty_tail >= 64, "the pairs' second chunks are the tail's");
 
-/* The constant parts of key_short's hash (kb_tail). */
-static void kb_tail_init(kb_tail *t) {
+/* The constant parts of a short message (kb_tail): its head, the magic
+ * and the schema's record then the model's tag, with the model's length
+ * and bytes left 0; and what key_short's hash takes from M's constant
+ * chunks. */
+static void kb_tail_init(kb_tail *t, uint32_t schema_version) {
+  memset(t->head, 0, sizeof t->head);
+  memcpy(t->head, KB_KEY_MAGIC, KB_MAGIC_LEN);
+  t->head[KB_MAGIC_LEN] = 0x01;
+  put_u32le(t->head + KB_MAGIC_LEN + 1, 4);
+  put_u32le(t->head + KB_MAGIC_LEN + KB_REC_HDR, schema_version);
+  t->head[KB_MAGIC_LEN + KB_REC_HDR + 4] = 0x02;
   const uint8_t *end = kb_empty_tail + sizeof kb_empty_tail;
   const uint8_t *head = (const uint8_t *)KB_KEY_MAGIC;
   t->mix_head = XXH3_mix16B(head, XXH3_kSecret, KB_KEY_SEED);
@@ -319,10 +329,36 @@ static void key_short(const kb_instance *in, const uint8_t *m, size_t len,
   out->high64 = (uint64_t)0 - XXH3_avalanche(h_hi);
 }
 
+/* The key of a view whose model has at most KB_SHORT_MODEL bytes and
+ * whose later fields are all empty: M is the instance's head with the
+ * model's length (one byte of it) and bytes, then the empty tail. */
+static void key_of_short(const kb_instance *in, const spi_request_view *req,
+                         spi_cache_key *out) {
+  uint8_t m[KB_SHORT_FIXED + KB_SHORT_MODEL + sizeof kb_empty_tail];
+  size_t n = req->model_len;
+  const uint8_t *model = (const uint8_t *)req->model;
+  memcpy(m, in->tail.head, sizeof in->tail.head);
+  m[KB_SHORT_FIXED - 4] = (uint8_t)n; /* u32le(n), n < 256 */
+  if (n >= 4)
+    copy_short(m + KB_SHORT_FIXED, model, n);
+  else
+    for (size_t i = 0; i < n; i++) m[KB_SHORT_FIXED + i] = model[i];
+  memcpy(m + KB_SHORT_FIXED + n, kb_empty_tail, sizeof kb_empty_tail);
+  key_short(in, m, KB_SHORT_FIXED + n + sizeof kb_empty_tail, out);
+}
+
 /* M and the key of a view that passed view_ok (kb_build_key), or that
  * spi__request_view made (spi__kb_key_view). */
 static void key_of(const kb_instance *in, const spi_request_view *req,
                    spi_cache_key *out) {
+  int tail_empty = (req->tokenizer_version_len | req->system_prompt_len |
+                    req->tools_canonical_len | req->retrieval_template_len |
+                    req->tenant_tier_len | req->tenant_salt_len |
+                    req->decode_profile_len) == 0;
+  if (tail_empty && req->model_len <= KB_SHORT_MODEL) {
+    key_of_short(in, req, out);
+    return;
+  }
   kb_msg m;
   memcpy(m.buf, KB_KEY_MAGIC, KB_MAGIC_LEN);
   m.len = KB_MAGIC_LEN;
@@ -330,16 +366,9 @@ static void key_of(const kb_instance *in, const spi_request_view *req,
   put_u32le(ver, in->schema_version);
   msg_rec(&m, 0x01, ver, sizeof ver);
   msg_id(&m, 0x02, req->model, req->model_len);
-  if ((req->tokenizer_version_len | req->system_prompt_len |
-       req->tools_canonical_len | req->retrieval_template_len |
-       req->tenant_tier_len | req->tenant_salt_len |
-       req->decode_profile_len) == 0) {
+  if (tail_empty) {
     memcpy(m.buf + m.len, kb_empty_tail, sizeof kb_empty_tail);
     m.len += sizeof kb_empty_tail;
-    if (req->model_len <= KB_SHORT_MODEL) {
-      key_short(in, m.buf, m.len, out);
-      return;
-    }
   } else {
     msg_id(&m, 0x03, req->tokenizer_version, req->tokenizer_version_len);
     msg_digest(&m, 0x04, req->system_prompt, req->system_prompt_len);
@@ -677,8 +706,7 @@ static int kb_configure(void *state, const char *json, size_t len,
                                   &obj, err, errcap);
   if (rc != SPI_OK) return rc;
 
-  kb_instance cfg = {KB_INSTANCE_MAGIC, 0, 0, 0, 0, {0, 0, {0}, {0}}};
-  kb_tail_init(&cfg.tail);
+  kb_instance cfg = {KB_INSTANCE_MAGIC, 0, 0, 0, 0, {{0}, 0, 0, {0}, {0}}};
   rc = spi__cfg_check_keys(obj, "cache_key", "cache_key", err, errcap);
   if (rc == SPI_OK)
     rc = read_u32(obj, "cache_key.schema_version", &cfg.schema_version, err,
@@ -692,6 +720,7 @@ static int kb_configure(void *state, const char *json, size_t len,
     rc = read_u32(obj, "cache_key.max_blocks", &cfg.max_blocks, err, errcap);
   cJSON_Delete(obj);
   if (rc != SPI_OK) return rc;
+  kb_tail_init(&cfg.tail, cfg.schema_version);
 
   /* The table bounds already hold; these guard the stack buffers if the
    * table and this file ever disagree. */
