@@ -88,6 +88,15 @@ int32_t spi__pressure_level(double pressure, const spi_router_cfg *c) {
 
 int spi__kv_breaker_step_level(int level, double pressure,
                                const spi_router_cfg *c, int32_t *plevel) {
+  /* Below all four thresholds, as a pool mostly is: both bands are
+   * BAND_BELOW, whose row closes the breaker from every level, and the
+   * pressure is normal. Four compares instead of the clamp, both bands and
+   * the table (a NaN fails them and takes the full step). */
+  if (pressure < c->kv_close && pressure < c->kv_open &&
+      pressure < c->kv_silver_close && pressure < c->kv_silver_open) {
+    *plevel = SPI_PRESSURE_NORMAL;
+    return KV_CLOSED;
+  }
   *plevel = pressure_level(pressure, c);
   return spi__kv_breaker_step(level, pressure, c);
 }

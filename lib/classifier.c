@@ -351,10 +351,9 @@ static void need(rule *r, uint32_t b, int want) {
   r->need_want = (r->need_want & ~b) | w;
 }
 
-/* The facts rule_matches tests of a request, as one mask and value, so
- * the rules a request's facts rule out cost one compare each
- * (ref_classify). Only what rule_matches would refuse anyway is ruled out:
- * a rule that passes is still tested in full. */
+/* The facts a rule tests of a request, as one mask and value, so the
+ * rules a request's facts rule out cost one compare each (ref_classify,
+ * rule_possible); rule_matches tests the rest of a rule that passes. */
 static void rule_needs(rule *r) {
   r->need_mask = r->need_want = 0;
   if (r->stream != ANY) need(r, FACT_STREAM, r->stream);
@@ -597,10 +596,6 @@ static void ref_release(void *state, void *inst) {
 
 /* ---------------------------------------------------------------- verdict */
 
-static int match_bool(int32_t want, int32_t have) {
-  return want == ANY || want == have;
-}
-
 /* The request's metadata pairs, split once per classification, and only
  * when a rule tests metadata: each rule key is then looked up among them
  * by length first, so a classification compares at most the rules' keys
@@ -653,29 +648,19 @@ static int meta_matches(const instance *in, const meta_key *k,
   return 0;
 }
 
+/* Whether rule r matches v, once rule_possible has passed it: that
+ * settled its yes/no conditions (stream, replayable, SLA, tools), that
+ * each value a range tests is set, and the service tier (rule_needs makes
+ * need_mask of exactly those), so only the ranges, the tenant tiers and
+ * the metadata are left to test. */
 static int rule_matches(const instance *in, const rule *r,
                         const spi_request_view *v, meta_pairs *mp) {
-  if (!match_bool(r->stream, v->stream != 0)) return 0;
-  if (r->replayable_is != ANY &&
-      (!v->replayable_set || (v->replayable != 0) != r->replayable_is))
-    return 0;
-  if (!match_bool(r->has_sla, v->sla_ms_set != 0)) return 0;
-  if (!match_bool(r->has_tools, v->has_tools != 0)) return 0;
-  if (r->have_sla_max && (!v->sla_ms_set || v->sla_ms > r->sla_max)) return 0;
-  if (r->have_sla_min && (!v->sla_ms_set || v->sla_ms < r->sla_min)) return 0;
-  if (r->have_prio_min && (!v->priority_set || v->priority < r->prio_min))
-    return 0;
-  if (r->have_prio_max && (!v->priority_set || v->priority > r->prio_max))
-    return 0;
-  if (r->have_eot_min && (!v->expected_output_tokens_set ||
-                          v->expected_output_tokens < r->eot_min))
-    return 0;
-  if (r->have_eot_max && (!v->expected_output_tokens_set ||
-                          v->expected_output_tokens > r->eot_max))
-    return 0;
-  if (r->tier_mask && !(v->service_tier > 0 && v->service_tier < 32 &&
-                        (r->tier_mask & (1u << v->service_tier))))
-    return 0;
+  if (r->have_sla_max && v->sla_ms > r->sla_max) return 0;
+  if (r->have_sla_min && v->sla_ms < r->sla_min) return 0;
+  if (r->have_prio_min && v->priority < r->prio_min) return 0;
+  if (r->have_prio_max && v->priority > r->prio_max) return 0;
+  if (r->have_eot_min && v->expected_output_tokens < r->eot_min) return 0;
+  if (r->have_eot_max && v->expected_output_tokens > r->eot_max) return 0;
   if (r->tenant_count) {
     int hit = 0;
     for (uint32_t i = 0; i < r->tenant_count && !hit; i++) {

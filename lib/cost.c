@@ -69,7 +69,7 @@
 
 #include <cjson/cJSON.h>
 
-#include "spi_internal.h"
+#include "engine.h"
 
 /* The cost section is a handful of numbers; anything larger is a mistake. */
 #define COST_MAX_CONFIG_BYTES 65536
@@ -344,14 +344,11 @@ static void cost_release(void *state, void *instance) {
 /* A view's int64 token count as a double, or -1 when it is negative. */
 static double view_count(int64_t v) { return v < 0 ? -1.0 : (double)v; }
 
-static int cost_price(void *state, void *instance, const spi_request_view *req,
-                      int32_t pool, spi_price *out) {
-  (void)state;
+/* cost_price past its argument checks; the library calls it directly for
+ * the views it makes (dispatch.c). */
+int spi__cost_price_view(const void *instance, const spi_request_view *req,
+                         int32_t pool, spi_price *out) {
   const cost_instance *inst = instance;
-  if (!inst || !req || req->struct_size < sizeof(spi_request_view) || !out ||
-      out->struct_size < sizeof(spi_price))
-    return SPI_EINVAL;
-
   double hourly, per_million;
   switch (pool) {
     case SPI_POOL_SPOT:
@@ -404,6 +401,15 @@ static int cost_price(void *state, void *instance, const spi_request_view *req,
   out->usd = usd;
   out->usd_per_million = per_million;
   return SPI_OK;
+}
+
+static int cost_price(void *state, void *instance, const spi_request_view *req,
+                      int32_t pool, spi_price *out) {
+  (void)state;
+  if (!instance || !req || req->struct_size < sizeof(spi_request_view) ||
+      !out || out->struct_size < sizeof(spi_price))
+    return SPI_EINVAL;
+  return spi__cost_price_view(instance, req, pool, out);
 }
 
 void spi__builtin_cost_model(spi_cost_model_module *out) {

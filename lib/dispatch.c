@@ -242,12 +242,15 @@ static void plan_of(const spi_degrade_levels *l, int32_t pressure,
 }
 
 /* One classifier call; a module with classify_levels also leaves every
- * pressure's plan in *lv. */
+ * pressure's plan in *lv. A module's output starts cleared; the built-in
+ * (builtin set) writes every field it gives on every path (the reason as
+ * far as its NUL), so its output is not cleared first. */
 static int run_classifier(const spi_modentry *m, void *inst,
                           const spi_request_view *v, int32_t pressure,
-                          spi_classification *out, spi_degrade_levels *lv) {
+                          spi_classification *out, spi_degrade_levels *lv,
+                          int builtin) {
   size_t size = out->struct_size;
-  spi__zero(out, sizeof *out);
+  if (!builtin) spi__zero(out, sizeof *out);
   out->struct_size = size;
   out->rule_index = -1;
   int rc;
@@ -290,7 +293,7 @@ classify_failed(spi_request *req, const spi_snapshot *s, spi_request_view *v,
   if (use_fallback(sl)) {
     by = fall_back(req, sl);
     rc = run_classifier(sl->builtin, sl->builtin_inst, v, pressure, out,
-                        &req->cls_levels);
+                        &req->cls_levels, 0);
   }
   if (rc != SPI_OK) rc = module_failed(req, by, rc, "classification");
   req->cls_from = answered_by(by, sl);
@@ -309,7 +312,8 @@ int spi__classify_in(spi_request *req, const spi_snapshot *s,
     v->priority_class = v->priority <= s->vllm_prio[1]   ? SPI_CLASS_GOLD
                         : v->priority <= s->vllm_prio[2] ? SPI_CLASS_SILVER
                                                          : SPI_CLASS_BRONZE;
-  int rc = run_classifier(sl->mod, sl->inst, v, pressure, out, &req->cls_levels);
+  int rc = run_classifier(sl->mod, sl->inst, v, pressure, out, &req->cls_levels,
+                          sl->mod == sl->builtin);
   if (__builtin_expect(rc != SPI_OK, 0))
     return classify_failed(req, s, v, pressure, out, rc);
   req->cls_from = answered_by(sl->mod, sl);
@@ -495,13 +499,28 @@ price_failed(spi_request *req, const spi_slot *sl, const spi_request_view *v,
   return rc;
 }
 
-int spi__price_in(spi_request *req, const spi_snapshot *s,
-                  const spi_request_view *v, int32_t pool, spi_price *out) {
-  const spi_slot *sl = &s->slot[SPI_MODULE_COST_MODEL];
+/* The price through the module table. Out of line, so the built-in's
+ * path in spi__price_in saves no registers for it. */
+static __attribute__((noinline)) int
+price_module(spi_request *req, const spi_slot *sl, const spi_request_view *v,
+             int32_t pool, spi_price *out) {
   int rc = price_with(sl->mod, sl->inst, v, pool, out);
   if (__builtin_expect(rc != SPI_OK, 0))
     return price_failed(req, sl, v, pool, out, rc);
   return SPI_OK;
+}
+
+int spi__price_in(spi_request *req, const spi_snapshot *s,
+                  const spi_request_view *v, int32_t pool, spi_price *out) {
+  const spi_slot *sl = &s->slot[SPI_MODULE_COST_MODEL];
+  /* The built-in, called directly: its output is every field, so it is
+   * not cleared first, and its price is checked as a module's. Any other
+   * outcome takes the module path, which gives the same answer with the
+   * output cleared. */
+  if (sl->mod == sl->builtin &&
+      spi__cost_price_view(sl->inst, v, pool, out) == SPI_OK && price_ok(out))
+    return SPI_OK;
+  return price_module(req, sl, v, pool, out);
 }
 
 int spi_request_price(spi_request *req, int32_t pool, spi_price *out) {

@@ -404,6 +404,11 @@ int spi__key_in(spi_request *req, const spi_snapshot *s,
 int spi__blocks_in(spi_request *req, const spi_snapshot *s,
                    const spi_request_view *v, const spi_cache_key *key,
                    uint64_t *out, size_t cap, size_t *n_out);
+/* The built-in cost model's price of a view spi__request_view made with
+ * an instance its configure made (cost.c): every field of out but
+ * struct_size is written when it returns SPI_OK. */
+int spi__cost_price_view(const void *instance, const spi_request_view *v,
+                         int32_t pool, spi_price *out);
 /* req may be NULL (pricing a finished ticket): errors are then bare. */
 int spi__price_in(spi_request *req, const spi_snapshot *s,
                   const spi_request_view *v, int32_t pool, spi_price *out);

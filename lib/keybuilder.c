@@ -109,12 +109,23 @@
 
 #define KB_INSTANCE_MAGIC 0x6b623176u /* "kb1v" */
 
+/* What XXH3_128 of a short key message (key_short) takes from the parts
+ * of M that never change: its first 16 bytes (the magic) and its last 64
+ * (the empty tail's), each 16-byte chunk's XXH3_mix16B with its secret and
+ * the sum of its two words. Made once, at configure (kb_tail_init). */
+typedef struct kb_tail {
+  uint8_t head[32]; /* M[0..32) but the model's length and bytes */
+  uint64_t mix_head, sum_head;  /* M[0..16), with the secret at 0 */
+  uint64_t mix[4], sum[4];      /* M[len-16(4-i)..), with the secret at 32i+16 */
+} kb_tail;
+
 typedef struct kb_instance {
   uint32_t magic;
   uint32_t schema_version;
   uint32_t block_bytes;
   uint32_t block_tokens;
   uint32_t max_blocks;
+  kb_tail tail;
 } kb_instance;
 
 /* ------------------------------------------------------------ encoding */
@@ -202,6 +213,43 @@ static const uint8_t kb_empty_tail[5 + 3 * (KB_REC_HDR + 16) + 3 * 5] = {
     0x08, 0, 0, 0, 0,
     0x09, 0, 0, 0, 0};
 
+/* M's bytes past the model's record when every later field is empty:
+ * 16 + (5 + 4) + 5 + model_len + sizeof kb_empty_tail. With a model of at
+ * most KB_SHORT_MODEL bytes M is at most 128 bytes, and XXH3_128 reads it
+ * as four pairs of 16-byte chunks (XXH3_len_17to128_128b): M[16i..16i+16)
+ * with M[len-16(i+1)..len-16i) for i = 3, 2, 1, 0. The second chunk of
+ * each pair lies in the empty tail (len - 64 is past the model's record),
+ * and so does nothing of it depend on the model; nor does the first
+ * chunk of the last pair, the magic. */
+#define KB_SHORT_MODEL 15
+#define KB_SHORT_FIXED (KB_MAGIC_LEN + KB_REC_HDR + 4 + KB_REC_HDR)
+_Static_assert(KB_SHORT_FIXED + sizeof kb_empty_tail > 96 &&
+                   KB_SHORT_FIXED + KB_SHORT_MODEL + sizeof kb_empty_tail <= 128,
+               "a short key message is read as four pairs of chunks");
+_Static_assert(sizeof kb_empty_tail >= 64, "the pairs' second chunks are the tail's");
+
+/* The constant parts of a short message (kb_tail): its head, the magic
+ * and the schema's record then the model's tag, with the model's length
+ * and bytes left 0; and what key_short's hash takes from M's constant
+ * chunks. */
+static void kb_tail_init(kb_tail *t, uint32_t schema_version) {
+  memset(t->head, 0, sizeof t->head);
+  memcpy(t->head, KB_KEY_MAGIC, KB_MAGIC_LEN);
+  t->head[KB_MAGIC_LEN] = 0x01;
+  put_u32le(t->head + KB_MAGIC_LEN + 1, 4);
+  put_u32le(t->head + KB_MAGIC_LEN + KB_REC_HDR, schema_version);
+  t->head[KB_MAGIC_LEN + KB_REC_HDR + 4] = 0x02;
+  const uint8_t *end = kb_empty_tail + sizeof kb_empty_tail;
+  const uint8_t *head = (const uint8_t *)KB_KEY_MAGIC;
+  t->mix_head = XXH3_mix16B(head, XXH3_kSecret, KB_KEY_SEED);
+  t->sum_head = XXH_readLE64(head) + XXH_readLE64(head + 8);
+  for (int i = 0; i < 4; i++) {
+    const uint8_t *c = end - 16 * (i + 1);
+    t->mix[i] = XXH3_mix16B(c, XXH3_kSecret + 32 * i + 16, KB_KEY_SEED);
+    t->sum[i] = XXH_readLE64(c) + XXH_readLE64(c + 8);
+  }
+}
+
 /* The digest of a field that is set: out of line, so the common empty
  * field (msg_digest) is a few stores where the message is built. */
 static __attribute__((noinline)) void msg_digest_of(kb_msg *m, uint8_t tag,
@@ -255,10 +303,62 @@ static const kb_instance *instance_of(const void *instance) {
 
 /* ----------------------------------------------------------- callbacks */
 
+/* XXH3_128(M, KB_KEY_SEED) of the message m of len bytes (97 to 128)
+ * whose last 64 bytes are the empty tail's: XXH3_len_17to128_128b's steps
+ * in its order, with the chunks that never change taken from in->tail. */
+static void key_short(const kb_instance *in, const uint8_t *m, size_t len,
+                      spi_cache_key *out) {
+  const kb_tail *t = &in->tail;
+  const uint64_t seed = KB_KEY_SEED;
+  uint64_t lo = len * XXH_PRIME64_1, hi = 0;
+  for (int i = 3; i >= 1; i--) { /* XXH128_mix32B(M + 16i, tail chunk i) */
+    const uint8_t *c = m + 16 * i;
+    lo += XXH3_mix16B(c, XXH3_kSecret + 32 * i, seed);
+    lo ^= t->sum[i];
+    hi += t->mix[i];
+    hi ^= XXH_readLE64(c) + XXH_readLE64(c + 8);
+  }
+  lo += t->mix_head;
+  lo ^= t->sum[0];
+  hi += t->mix[0];
+  hi ^= t->sum_head;
+  uint64_t h_lo = lo + hi;
+  uint64_t h_hi = lo * XXH_PRIME64_1 + hi * XXH_PRIME64_4 +
+                  (len - seed) * XXH_PRIME64_2;
+  out->low64 = XXH3_avalanche(h_lo);
+  out->high64 = (uint64_t)0 - XXH3_avalanche(h_hi);
+}
+
+/* The key of a view whose model has at most KB_SHORT_MODEL bytes and
+ * whose later fields are all empty: M is the instance's head with the
+ * model's length (one byte of it) and bytes, then the empty tail. */
+static void key_of_short(const kb_instance *in, const spi_request_view *req,
+                         spi_cache_key *out) {
+  uint8_t m[KB_SHORT_FIXED + KB_SHORT_MODEL + sizeof kb_empty_tail];
+  size_t n = req->model_len;
+  const uint8_t *model = (const uint8_t *)req->model;
+  memcpy(m, in->tail.head, sizeof in->tail.head);
+  m[KB_SHORT_FIXED - 4] = (uint8_t)n; /* u32le(n), n < 256 */
+  if (n >= 4)
+    copy_short(m + KB_SHORT_FIXED, model, n);
+  else
+    for (size_t i = 0; i < n; i++) m[KB_SHORT_FIXED + i] = model[i];
+  memcpy(m + KB_SHORT_FIXED + n, kb_empty_tail, sizeof kb_empty_tail);
+  key_short(in, m, KB_SHORT_FIXED + n + sizeof kb_empty_tail, out);
+}
+
 /* M and the key of a view that passed view_ok (kb_build_key), or that
  * spi__request_view made (spi__kb_key_view). */
 static void key_of(const kb_instance *in, const spi_request_view *req,
                    spi_cache_key *out) {
+  int tail_empty = (req->tokenizer_version_len | req->system_prompt_len |
+                    req->tools_canonical_len | req->retrieval_template_len |
+                    req->tenant_tier_len | req->tenant_salt_len |
+                    req->decode_profile_len) == 0;
+  if (tail_empty && req->model_len <= KB_SHORT_MODEL) {
+    key_of_short(in, req, out);
+    return;
+  }
   kb_msg m;
   memcpy(m.buf, KB_KEY_MAGIC, KB_MAGIC_LEN);
   m.len = KB_MAGIC_LEN;
@@ -266,10 +366,7 @@ static void key_of(const kb_instance *in, const spi_request_view *req,
   put_u32le(ver, in->schema_version);
   msg_rec(&m, 0x01, ver, sizeof ver);
   msg_id(&m, 0x02, req->model, req->model_len);
-  if ((req->tokenizer_version_len | req->system_prompt_len |
-       req->tools_canonical_len | req->retrieval_template_len |
-       req->tenant_tier_len | req->tenant_salt_len |
-       req->decode_profile_len) == 0) {
+  if (tail_empty) {
     memcpy(m.buf + m.len, kb_empty_tail, sizeof kb_empty_tail);
     m.len += sizeof kb_empty_tail;
   } else {
@@ -609,7 +706,7 @@ static int kb_configure(void *state, const char *json, size_t len,
                                   &obj, err, errcap);
   if (rc != SPI_OK) return rc;
 
-  kb_instance cfg = {KB_INSTANCE_MAGIC, 0, 0, 0, 0};
+  kb_instance cfg = {KB_INSTANCE_MAGIC, 0, 0, 0, 0, {{0}, 0, 0, {0}, {0}}};
   rc = spi__cfg_check_keys(obj, "cache_key", "cache_key", err, errcap);
   if (rc == SPI_OK)
     rc = read_u32(obj, "cache_key.schema_version", &cfg.schema_version, err,
@@ -623,6 +720,7 @@ static int kb_configure(void *state, const char *json, size_t len,
     rc = read_u32(obj, "cache_key.max_blocks", &cfg.max_blocks, err, errcap);
   cJSON_Delete(obj);
   if (rc != SPI_OK) return rc;
+  kb_tail_init(&cfg.tail, cfg.schema_version);
 
   /* The table bounds already hold; these guard the stack buffers if the
    * table and this file ever disagree. */

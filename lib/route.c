@@ -83,9 +83,16 @@ static int choice_ok(const spi_policy_choice *c, const spi_route_context *x) {
   return x->candidates[c->order[0]].pool == c->pool;
 }
 
+/* A module's choice starts cleared. The built-in (builtin set) writes its
+ * reason on every path, from the start, and reads none of the choice
+ * before it writes it: only the fields before the reason are cleared. */
 static int run_policy(const spi_modentry *m, void *inst,
-                      const spi_route_context *x, spi_policy_choice *out) {
-  spi__zero(out, sizeof *out);
+                      const spi_route_context *x, spi_policy_choice *out,
+                      int builtin) {
+  if (builtin)
+    memset(out, 0, offsetof(spi_policy_choice, reason));
+  else
+    spi__zero(out, sizeof *out);
   out->struct_size = sizeof *out;
   int rc = m->m.policy.choose(m->state, inst, x, out);
   out->reason[sizeof out->reason - 1] = '\0';
@@ -435,7 +442,8 @@ static void phase_candidates(route_state *rs) {
 static void run_shadow(route_state *rs, const spi_route_context *x) {
   spi_policy_choice sh;
   spi_decision *out = rs->out;
-  if (run_policy(rs->snap->shadow.mod, rs->snap->shadow.inst, x, &sh) != SPI_OK)
+  if (run_policy(rs->snap->shadow.mod, rs->snap->shadow.inst, x, &sh, 0) !=
+      SPI_OK)
     return;
   out->shadow_pool = sh.pool ? sh.pool : -1;
   if (sh.n_order && serves(sh.pool)) {
@@ -487,10 +495,10 @@ static int phase_policy(route_state *rs) {
     x.mean_prefill_wait_ms[k] = rs->mean_wait[k];
   x.spot_seen_ns = atomic_load_explicit(&rs->e->registry.spot_seen_ns,
                                         memory_order_relaxed);
-  int rc = run_policy(sl->mod, sl->inst, &x, rs->ch);
+  int rc = run_policy(sl->mod, sl->inst, &x, rs->ch, sl->mod == sl->builtin);
   if (rc != SPI_OK && sl->mod != sl->builtin &&
       sl->mod->on_failure == SPI_ON_FAILURE_FALLBACK)
-    rc = run_policy(sl->builtin, sl->builtin_inst, &x, rs->ch);
+    rc = run_policy(sl->builtin, sl->builtin_inst, &x, rs->ch, 0);
   if (rc != SPI_OK)
     return spi__req_fail(rs->req, SPI_EMODULE,
                          "policy module \"%s\" failed or chose an ineligible "

@@ -130,6 +130,29 @@ static void test_kv_table_rules(void **st) {
   }
 }
 
+/* The step with its pressure level (what a route calls, with a path of
+ * its own below every threshold) is the step and the level apart, at every
+ * level and pressure, with the thresholds in either order and a NaN. */
+static void test_kv_step_level_same(void **st) {
+  (void)st;
+  spi_router_cfg c = cfg();
+  for (int odd = 0; odd <= 1; odd++) {
+    if (odd) { /* silver's thresholds below bronze's: not a sane config */
+      c.kv_silver_close = 0.2;
+      c.kv_silver_open = 0.3;
+    }
+    for (int level = 0; level <= 2; level++) {
+      for (int k = 0; k <= 1001; k++) {
+        double p = k == 1001 ? NAN : k / 1000.0;
+        int32_t lv = -1;
+        int next = spi__kv_breaker_step_level(level, p, &c, &lv);
+        assert_int_equal(next, spi__kv_breaker_step(level, p, &c));
+        assert_int_equal(lv, spi__pressure_level(p, &c));
+      }
+    }
+  }
+}
+
 static void test_pressure_level(void **st) {
   (void)st;
   spi_router_cfg c = cfg();
@@ -511,6 +534,7 @@ int main(void) {
       cmocka_unit_test(test_kv_odd_inputs),
       cmocka_unit_test(test_kv_table_rules),
       cmocka_unit_test(test_pressure_level),
+      cmocka_unit_test(test_kv_step_level_same),
       cmocka_unit_test(test_names),
       cmocka_unit_test(test_closed_counts_errors),
       cmocka_unit_test(test_open_then_half_open),
