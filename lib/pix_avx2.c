@@ -58,11 +58,17 @@ uint64_t spi__pix_under_avx2(const double *t, size_t n, double thr) {
   const __m256d th = _mm256_set1_pd(thr);
   uint64_t m = 0;
   size_t i = 0;
-  /* Less or equal, false for a NaN: the scalar t <= thr. */
-  for (; i + 4 <= n; i += 4)
-    m |= (uint64_t)(unsigned)_mm256_movemask_pd(
-             _mm256_cmp_pd(_mm256_loadu_pd(t + i), th, _CMP_LE_OQ))
-         << i;
+  /* Less or equal, false for a NaN: the scalar t <= thr. Sixteen at a
+   * time, their four masks joined before the shift into m (a block of 64
+   * is four turns, not sixteen). */
+#define UNDER4(j)                                                          \
+  ((uint64_t)(unsigned)_mm256_movemask_pd(                                 \
+       _mm256_cmp_pd(_mm256_loadu_pd(t + i + (j)), th, _CMP_LE_OQ))        \
+   << (j))
+  for (; i + 16 <= n; i += 16)
+    m |= (UNDER4(0) | UNDER4(4) | UNDER4(8) | UNDER4(12)) << i;
+  for (; i + 4 <= n; i += 4) m |= UNDER4(0) << i;
+#undef UNDER4
   m |= spi__pix_under_from(i, t, n, thr);
   _mm256_zeroupper();
   return m;
@@ -146,12 +152,21 @@ typedef struct best_lanes {
   __m256i w, at, found;
 } best_lanes;
 
+/* The lane masks of each four bits of a free bitmap, bit j all ones in
+ * lane j: one load where a broadcast, an and and a compare made it. */
+static const int64_t lane_masks[16][4] = {
+#define L(b, j) (((b) >> (j) & 1) ? -1 : 0)
+#define ROW(b) {L(b, 0), L(b, 1), L(b, 2), L(b, 3)}
+    ROW(0),  ROW(1),  ROW(2),  ROW(3),  ROW(4),  ROW(5),  ROW(6),  ROW(7),
+    ROW(8),  ROW(9),  ROW(10), ROW(11), ROW(12), ROW(13), ROW(14), ROW(15),
+#undef ROW
+#undef L
+};
+
 static inline void best_take(best_lanes *b, uint64_t bits, __m256i wt,
                              __m256i pos) {
-  const __m256i lane = _mm256_set_epi64x(8, 4, 2, 1);
-  __m256i m = _mm256_cmpeq_epi64(
-      _mm256_and_si256(_mm256_set1_epi64x((long long)(bits & 0xfu)), lane),
-      lane);
+  __m256i m = _mm256_loadu_si256(
+      (const __m256i *)(const void *)lane_masks[bits & 0xfu]);
   __m256i take = _mm256_and_si256(
       m, _mm256_or_si256(_mm256_cmpgt_epi64(wt, b->w),
                          _mm256_andnot_si256(b->found, m)));
