@@ -144,12 +144,15 @@ void spi__pix_rdv_avx2(pix_rdv *o, pix_rdv_acc *a, const spi_pool_index *p,
 }
 
 /* spi__pix_free_best four lanes at a time. A cell's lanes each keep the
- * heaviest weight they have met among its free positions and that
+ * heaviest weight above 0 they have met among its free positions and that
  * position (a strictly heavier one replaces it, so a lane keeps its first
- * on a tie); then the heaviest lanes' lowest position. Unsigned compares
- * are signed ones with both signs flipped (best is kept flipped). */
+ * on a tie); then the heaviest lanes' lowest position. Starting from 0
+ * with no "found" mask keeps a cell's step to a compare, an and and two
+ * selects; a weight of 0 (one input of the finaliser in 2^64 gives it) is
+ * left to the one-by-one pass (best_of), as in rdv_wide.c. Unsigned
+ * compares are signed ones with both signs flipped (w is kept flipped). */
 typedef struct best_lanes {
-  __m256i w, at, found;
+  __m256i w, at;
 } best_lanes;
 
 /* The lane masks of each four bits of a free bitmap, bit j all ones in
@@ -167,28 +170,32 @@ static inline void best_take(best_lanes *b, uint64_t bits, __m256i wt,
                              __m256i pos) {
   __m256i m = _mm256_loadu_si256(
       (const __m256i *)(const void *)lane_masks[bits & 0xfu]);
-  __m256i take = _mm256_and_si256(
-      m, _mm256_or_si256(_mm256_cmpgt_epi64(wt, b->w),
-                         _mm256_andnot_si256(b->found, m)));
+  __m256i take = _mm256_and_si256(m, _mm256_cmpgt_epi64(wt, b->w));
   b->w = _mm256_blendv_epi8(b->w, wt, take);
   b->at = _mm256_blendv_epi8(b->at, pos, take);
-  b->found = _mm256_or_si256(b->found, m);
 }
 
-static uint32_t best_of(const best_lanes *b) {
-  uint64_t w[4], a[4], f[4];
+/* Cell k's winner: the heaviest lanes' lowest position. When no lane took
+ * a weight (the cell has no free replica, or only ones that weigh 0), the
+ * one-by-one pass answers: UINT32_MAX or the lowest such position. */
+static uint32_t best_of(const best_lanes *b, const spi_pool_index *p, int k,
+                        uint64_t rkey) {
+  uint64_t w[4], a[4];
   _mm256_storeu_si256((__m256i *)(void *)w, b->w);
   _mm256_storeu_si256((__m256i *)(void *)a, b->at);
-  _mm256_storeu_si256((__m256i *)(void *)f, b->found);
   uint32_t pos = UINT32_MAX;
   uint64_t top = 0;
   for (int j = 0; j < 4; j++) {
-    if (!f[j]) continue;
     uint64_t v = w[j] ^ 0x8000000000000000ULL;
-    if (pos == UINT32_MAX || v > top || (v == top && a[j] < pos)) {
+    if (v > top || (v == top && v && a[j] < pos)) {
       top = v;
       pos = (uint32_t)a[j];
     }
+  }
+  if (!top) {
+    uint32_t out[SPI_SUMMARY_CELLS];
+    spi__pix_free_best_each(p, 1u << k, rkey, out);
+    return out[k];
   }
   return pos;
 }
@@ -201,7 +208,7 @@ void spi__pix_free_best2_avx2(const spi_pool_index *p, int ka, int kb,
   const __m256i key = _mm256_set1_epi64x((long long)rkey);
   const __m256i sign = _mm256_set1_epi64x((long long)0x8000000000000000ULL);
   const __m256i step = _mm256_set_epi64x(3, 2, 1, 0);
-  best_lanes a = {sign, _mm256_setzero_si256(), _mm256_setzero_si256()};
+  best_lanes a = {sign, _mm256_setzero_si256()};
   best_lanes b = a;
   for (size_t w = 0; w < (p->n + 63) / 64; w++) {
     uint64_t fa = p->cfree[ka][w], fb = kb >= 0 ? p->cfree[kb][w] : 0;
@@ -215,8 +222,8 @@ void spi__pix_free_best2_avx2(const spi_pool_index *p, int ka, int kb,
       best_take(&b, fb, wt, pos);
     }
   }
-  out[ka] = best_of(&a);
-  if (kb >= 0) out[kb] = best_of(&b);
+  out[ka] = best_of(&a, p, ka, rkey);
+  if (kb >= 0) out[kb] = best_of(&b, p, kb, rkey);
   _mm256_zeroupper();
 }
 
