@@ -513,18 +513,25 @@ static void block_fix(spi_pool_index *p, int k, uint32_t w) {
 /* Find block w of cell k's least loaded again (block_fix's choice, from
  * the same values in the same order); its other values stand. */
 static void block_least(spi_pool_index *p, int k, uint32_t w) {
-  pix_block *b = &p->blk[k][w];
-  b->rel = b->srv = HUGE_VAL;
-  b->rel_pos = UINT32_MAX;
+  /* The least so far in locals (least_takes' test on them): written
+   * through b, it was stored and loaded again for every member, since
+   * t_rel and t_srv are doubles too. */
+  double rel_min = HUGE_VAL, srv_min = HUGE_VAL;
+  uint32_t at = UINT32_MAX;
   for (uint64_t m = p->creg[k][w]; m; m &= m - 1) {
     uint32_t pos = w * 64 + (uint32_t)__builtin_ctzll(m);
     double rel = p->t_rel[pos], srv = p->t_srv[pos];
-    if (least_takes(b, rel, srv, pos)) {
-      b->rel = rel;
-      b->srv = srv;
-      b->rel_pos = pos;
+    if (at == UINT32_MAX ? rel < rel_min
+                         : least_before(rel, srv, pos, rel_min, srv_min, at)) {
+      rel_min = rel;
+      srv_min = srv;
+      at = pos;
     }
   }
+  pix_block *b = &p->blk[k][w];
+  b->rel = rel_min;
+  b->srv = srv_min;
+  b->rel_pos = at;
 }
 
 /* Whether every block that is not waiting for block_fix holds what
