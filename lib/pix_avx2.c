@@ -44,12 +44,20 @@ void spi__pix_ttft_avx2(double *t, const double *wait, const double *ms,
                         double cold) {
   const __m256d b = _mm256_set1_pd(base), c = _mm256_set1_pd(cold);
   size_t i = 0;
-  for (; i + 4 <= n; i += 4) {
-    __m256d a = _mm256_add_pd(b, _mm256_loadu_pd(wait + i));
-    __m256d p = _mm256_mul_pd(c, _mm256_loadu_pd(ms + i));
-    p = _mm256_mul_pd(p, _mm256_loadu_pd(slow + i));
-    _mm256_storeu_pd(t + i, _mm256_add_pd(a, p));
+  /* Eight at a time (two fours: one turn of the loop's count and test),
+   * then four. */
+#define TTFT4(j)                                                          \
+  _mm256_storeu_pd(                                                       \
+      t + i + (j),                                                        \
+      _mm256_add_pd(_mm256_add_pd(b, _mm256_loadu_pd(wait + i + (j))),    \
+                    _mm256_mul_pd(_mm256_mul_pd(c, _mm256_loadu_pd(ms + i + (j))), \
+                                  _mm256_loadu_pd(slow + i + (j)))))
+  for (; i + 8 <= n; i += 8) {
+    TTFT4(0);
+    TTFT4(4);
   }
+  for (; i + 4 <= n; i += 4) TTFT4(0);
+#undef TTFT4
   spi__pix_ttft_from(i, t, wait, ms, slow, n, base, cold);
   _mm256_zeroupper();
 }
