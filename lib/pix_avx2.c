@@ -44,12 +44,20 @@ void spi__pix_ttft_avx2(double *t, const double *wait, const double *ms,
                         double cold) {
   const __m256d b = _mm256_set1_pd(base), c = _mm256_set1_pd(cold);
   size_t i = 0;
-  for (; i + 4 <= n; i += 4) {
-    __m256d a = _mm256_add_pd(b, _mm256_loadu_pd(wait + i));
-    __m256d p = _mm256_mul_pd(c, _mm256_loadu_pd(ms + i));
-    p = _mm256_mul_pd(p, _mm256_loadu_pd(slow + i));
-    _mm256_storeu_pd(t + i, _mm256_add_pd(a, p));
+  /* Eight at a time (two fours: one turn of the loop's count and test),
+   * then four. */
+#define TTFT4(j)                                                          \
+  _mm256_storeu_pd(                                                       \
+      t + i + (j),                                                        \
+      _mm256_add_pd(_mm256_add_pd(b, _mm256_loadu_pd(wait + i + (j))),    \
+                    _mm256_mul_pd(_mm256_mul_pd(c, _mm256_loadu_pd(ms + i + (j))), \
+                                  _mm256_loadu_pd(slow + i + (j)))))
+  for (; i + 8 <= n; i += 8) {
+    TTFT4(0);
+    TTFT4(4);
   }
+  for (; i + 4 <= n; i += 4) TTFT4(0);
+#undef TTFT4
   spi__pix_ttft_from(i, t, wait, ms, slow, n, base, cold);
   _mm256_zeroupper();
 }
@@ -58,11 +66,17 @@ uint64_t spi__pix_under_avx2(const double *t, size_t n, double thr) {
   const __m256d th = _mm256_set1_pd(thr);
   uint64_t m = 0;
   size_t i = 0;
-  /* Less or equal, false for a NaN: the scalar t <= thr. */
-  for (; i + 4 <= n; i += 4)
-    m |= (uint64_t)(unsigned)_mm256_movemask_pd(
-             _mm256_cmp_pd(_mm256_loadu_pd(t + i), th, _CMP_LE_OQ))
-         << i;
+  /* Less or equal, false for a NaN: the scalar t <= thr. Sixteen at a
+   * time, their four masks joined before the shift into m (a block of 64
+   * is four turns, not sixteen). */
+#define UNDER4(j)                                                          \
+  ((uint64_t)(unsigned)_mm256_movemask_pd(                                 \
+       _mm256_cmp_pd(_mm256_loadu_pd(t + i + (j)), th, _CMP_LE_OQ))        \
+   << (j))
+  for (; i + 16 <= n; i += 16)
+    m |= (UNDER4(0) | UNDER4(4) | UNDER4(8) | UNDER4(12)) << i;
+  for (; i + 4 <= n; i += 4) m |= UNDER4(0) << i;
+#undef UNDER4
   m |= spi__pix_under_from(i, t, n, thr);
   _mm256_zeroupper();
   return m;
@@ -138,42 +152,58 @@ void spi__pix_rdv_avx2(pix_rdv *o, pix_rdv_acc *a, const spi_pool_index *p,
 }
 
 /* spi__pix_free_best four lanes at a time. A cell's lanes each keep the
- * heaviest weight they have met among its free positions and that
+ * heaviest weight above 0 they have met among its free positions and that
  * position (a strictly heavier one replaces it, so a lane keeps its first
- * on a tie); then the heaviest lanes' lowest position. Unsigned compares
- * are signed ones with both signs flipped (best is kept flipped). */
+ * on a tie); then the heaviest lanes' lowest position. Starting from 0
+ * with no "found" mask keeps a cell's step to a compare, an and and two
+ * selects; a weight of 0 (one input of the finaliser in 2^64 gives it) is
+ * left to the one-by-one pass (best_of), as in rdv_wide.c. Unsigned
+ * compares are signed ones with both signs flipped (w is kept flipped). */
 typedef struct best_lanes {
-  __m256i w, at, found;
+  __m256i w, at;
 } best_lanes;
+
+/* The lane masks of each four bits of a free bitmap, bit j all ones in
+ * lane j: one load where a broadcast, an and and a compare made it. */
+static const int64_t lane_masks[16][4] = {
+#define L(b, j) (((b) >> (j) & 1) ? -1 : 0)
+#define ROW(b) {L(b, 0), L(b, 1), L(b, 2), L(b, 3)}
+    ROW(0),  ROW(1),  ROW(2),  ROW(3),  ROW(4),  ROW(5),  ROW(6),  ROW(7),
+    ROW(8),  ROW(9),  ROW(10), ROW(11), ROW(12), ROW(13), ROW(14), ROW(15),
+#undef ROW
+#undef L
+};
 
 static inline void best_take(best_lanes *b, uint64_t bits, __m256i wt,
                              __m256i pos) {
-  const __m256i lane = _mm256_set_epi64x(8, 4, 2, 1);
-  __m256i m = _mm256_cmpeq_epi64(
-      _mm256_and_si256(_mm256_set1_epi64x((long long)(bits & 0xfu)), lane),
-      lane);
-  __m256i take = _mm256_and_si256(
-      m, _mm256_or_si256(_mm256_cmpgt_epi64(wt, b->w),
-                         _mm256_andnot_si256(b->found, m)));
+  __m256i m = _mm256_loadu_si256(
+      (const __m256i *)(const void *)lane_masks[bits & 0xfu]);
+  __m256i take = _mm256_and_si256(m, _mm256_cmpgt_epi64(wt, b->w));
   b->w = _mm256_blendv_epi8(b->w, wt, take);
   b->at = _mm256_blendv_epi8(b->at, pos, take);
-  b->found = _mm256_or_si256(b->found, m);
 }
 
-static uint32_t best_of(const best_lanes *b) {
-  uint64_t w[4], a[4], f[4];
+/* Cell k's winner: the heaviest lanes' lowest position. When no lane took
+ * a weight (the cell has no free replica, or only ones that weigh 0), the
+ * one-by-one pass answers: UINT32_MAX or the lowest such position. */
+static uint32_t best_of(const best_lanes *b, const spi_pool_index *p, int k,
+                        uint64_t rkey) {
+  uint64_t w[4], a[4];
   _mm256_storeu_si256((__m256i *)(void *)w, b->w);
   _mm256_storeu_si256((__m256i *)(void *)a, b->at);
-  _mm256_storeu_si256((__m256i *)(void *)f, b->found);
   uint32_t pos = UINT32_MAX;
   uint64_t top = 0;
   for (int j = 0; j < 4; j++) {
-    if (!f[j]) continue;
     uint64_t v = w[j] ^ 0x8000000000000000ULL;
-    if (pos == UINT32_MAX || v > top || (v == top && a[j] < pos)) {
+    if (v > top || (v == top && v && a[j] < pos)) {
       top = v;
       pos = (uint32_t)a[j];
     }
+  }
+  if (!top) {
+    uint32_t out[SPI_SUMMARY_CELLS];
+    spi__pix_free_best_each(p, 1u << k, rkey, out);
+    return out[k];
   }
   return pos;
 }
@@ -186,7 +216,7 @@ void spi__pix_free_best2_avx2(const spi_pool_index *p, int ka, int kb,
   const __m256i key = _mm256_set1_epi64x((long long)rkey);
   const __m256i sign = _mm256_set1_epi64x((long long)0x8000000000000000ULL);
   const __m256i step = _mm256_set_epi64x(3, 2, 1, 0);
-  best_lanes a = {sign, _mm256_setzero_si256(), _mm256_setzero_si256()};
+  best_lanes a = {sign, _mm256_setzero_si256()};
   best_lanes b = a;
   for (size_t w = 0; w < (p->n + 63) / 64; w++) {
     uint64_t fa = p->cfree[ka][w], fb = kb >= 0 ? p->cfree[kb][w] : 0;
@@ -200,8 +230,8 @@ void spi__pix_free_best2_avx2(const spi_pool_index *p, int ka, int kb,
       best_take(&b, fb, wt, pos);
     }
   }
-  out[ka] = best_of(&a);
-  if (kb >= 0) out[kb] = best_of(&b);
+  out[ka] = best_of(&a, p, ka, rkey);
+  if (kb >= 0) out[kb] = best_of(&b, p, kb, rkey);
   _mm256_zeroupper();
 }
 

@@ -156,10 +156,13 @@ static void block_leave(spi_pool_index *p, uint32_t pos, const pix_hot *h) {
   int ok = least_leave(&b->wait_ms, &b->n_wait_ms, h->wait_ms);
   ok &= least_leave(&b->ms_tok, &b->n_ms_tok, h->ms_tok);
   ok &= least_leave(&b->slow, &b->n_slow, h->slow);
-  if (!ok)
+  if (!ok) {
     p->blk_dirty[h->cell] |= UINT64_C(1) << (pos / 64);
-  else if (pos == b->rel_pos)
+    p->fix_cells |= (uint8_t)(1u << h->cell);
+  } else if (pos == b->rel_pos) {
     p->lst_dirty[h->cell] |= UINT64_C(1) << (pos / 64);
+    p->fix_cells |= (uint8_t)(1u << h->cell);
+  }
 }
 
 /* Whether (rel, srv) at pos ranks before the block's least loaded
@@ -217,10 +220,13 @@ static void block_move(spi_pool_index *p, uint32_t pos, const pix_hot *o,
   /* The TTFT parts' least needs the whole block; the least loaded alone
    * (the one that held it ranks lower now: a finished ticket's tokens
    * served) only rel and srv, in a row (block_least). */
-  if (!ok)
+  if (!ok) {
     p->blk_dirty[h->cell] |= UINT64_C(1) << (pos / 64);
-  else if (!least_ok)
+    p->fix_cells |= (uint8_t)(1u << h->cell);
+  } else if (!least_ok) {
     p->lst_dirty[h->cell] |= UINT64_C(1) << (pos / 64);
+    p->fix_cells |= (uint8_t)(1u << h->cell);
+  }
 }
 
 /* Take position pos out of the sums and the kinds; a regular entry leaves
@@ -423,6 +429,7 @@ static void rebuild(spi_pool_index *p, const route_env *x,
     p->blk_dirty[k] = ~UINT64_C(0);
     p->lst_dirty[k] = 0;
   }
+  p->fix_cells = (uint8_t)((1u << SPI_SUMMARY_CELLS) - 1);
   p->version = set->version;
   p->n = set->n;
   config_of(x, &p->read_with);
@@ -506,18 +513,25 @@ static void block_fix(spi_pool_index *p, int k, uint32_t w) {
 /* Find block w of cell k's least loaded again (block_fix's choice, from
  * the same values in the same order); its other values stand. */
 static void block_least(spi_pool_index *p, int k, uint32_t w) {
-  pix_block *b = &p->blk[k][w];
-  b->rel = b->srv = HUGE_VAL;
-  b->rel_pos = UINT32_MAX;
+  /* The least so far in locals (least_takes' test on them): written
+   * through b, it was stored and loaded again for every member, since
+   * t_rel and t_srv are doubles too. */
+  double rel_min = HUGE_VAL, srv_min = HUGE_VAL;
+  uint32_t at = UINT32_MAX;
   for (uint64_t m = p->creg[k][w]; m; m &= m - 1) {
     uint32_t pos = w * 64 + (uint32_t)__builtin_ctzll(m);
     double rel = p->t_rel[pos], srv = p->t_srv[pos];
-    if (least_takes(b, rel, srv, pos)) {
-      b->rel = rel;
-      b->srv = srv;
-      b->rel_pos = pos;
+    if (at == UINT32_MAX ? rel < rel_min
+                         : least_before(rel, srv, pos, rel_min, srv_min, at)) {
+      rel_min = rel;
+      srv_min = srv;
+      at = pos;
     }
   }
+  pix_block *b = &p->blk[k][w];
+  b->rel = rel_min;
+  b->srv = srv_min;
+  b->rel_pos = at;
 }
 
 /* Whether every block that is not waiting for block_fix holds what
@@ -542,15 +556,18 @@ int spi__pix_blocks_exact(spi_pool_index *p) {
   return 1;
 }
 
+/* The cells marked in fix_cells only: most syncs change no block's
+ * bounds, and those that do, one cell's. */
 static void blocks_fix(spi_pool_index *p) {
-  for (int k = 0; k < SPI_SUMMARY_CELLS; k++) {
-    if (!(p->blk_dirty[k] | p->lst_dirty[k])) continue; /* most cells */
+  for (unsigned cells = p->fix_cells; cells; cells &= cells - 1) {
+    int k = __builtin_ctz(cells);
     for (uint64_t d = p->blk_dirty[k]; d; d &= d - 1)
       block_fix(p, k, (uint32_t)__builtin_ctzll(d));
     for (uint64_t d = p->lst_dirty[k] & ~p->blk_dirty[k]; d; d &= d - 1)
       block_least(p, k, (uint32_t)__builtin_ctzll(d));
     p->blk_dirty[k] = p->lst_dirty[k] = 0;
   }
+  p->fix_cells = 0;
 }
 
 static int sync_entries(spi_pool_index *p, const route_env *x,

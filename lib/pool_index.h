@@ -107,6 +107,7 @@ typedef struct pix_config {
   int64_t max_age;       /* router.load_max_age_ms, in ns */
 } pix_config;
 
+_Static_assert(SPI_SUMMARY_CELLS <= 8, "a byte holds a bit a cell");
 typedef struct spi_pool_index {
   atomic_int taken;             /* held by the one route using it */
   atomic_uint turn;             /* routes that have taken it, this one too */
@@ -147,6 +148,9 @@ typedef struct spi_pool_index {
   pix_seen rdv_seen;             /* prefixes asked for once (rdv_tag) */
   pix_deep deep[PIX_DEEP_WAYS];
   uint8_t deep_next;            /* the one a miss replaces next */
+  uint8_t fix_cells;            /* cells with a bit set in blk_dirty or
+                                   lst_dirty, a bit each: most syncs find
+                                   none (in deep_next's padding) */
   pix_seen deep_seen;           /* ... a deep order (deep_tag) */
   uint64_t tdone;               /* blocks whose t_now the route has made */
   pix_hot hot[SPI_REPLICA_SLOTS];

@@ -551,22 +551,23 @@ static inline void indexed_offer(const route_env *x, const spi_pool_index *p,
 
 /* The last route's ranking of cell k (its hint, see seed_from_hint) goes
  * first, so the thresholds are tight from the start and few others get
- * in: the summaries do not depend on the order replicas are offered in. */
+ * in: the summaries do not depend on the order replicas are offered in.
+ * A hinted position is offered when it is a regular replica of cell k
+ * (its bit in creg[k]: kind and cell in one test) not offered yet; an
+ * empty hint entry (0) reads as position UINT32_MAX, past the set. */
 static void indexed_seed(const route_env *x, const spi_pool_index *p,
                          scan *sc, int k) {
+  cell_acc *c = &sc->cell[k];
   for (int h = 0; h < 2; h++) {
     uint64_t word =
         atomic_load_explicit(&x->e->route_hint[k][h], memory_order_relaxed);
     for (int j = 0; j < HINT_PER_WORD; j++, word >>= 16) {
-      uint32_t v = (uint32_t)(word & 0xffffu);
-      if (v == 0 || v > p->n) continue;
-      const pix_hot *ht = &p->hot[v - 1];
-      uint32_t pos = v - 1;
+      uint32_t pos = (uint32_t)(word & 0xffffu) - 1u;
+      if (pos >= p->n) continue;
       uint64_t bit = UINT64_C(1) << (pos % 64);
-      if (ht->kind != PIX_REG || ht->cell != k || (sc->offered[pos / 64] & bit))
-        continue;
+      if (!(p->creg[k][pos / 64] & ~sc->offered[pos / 64] & bit)) continue;
       sc->offered[pos / 64] |= bit;
-      offer_body(x, p, sc, pos, indexed_t(x, ht));
+      offer_in(x, p, sc, c, pos, indexed_t(x, &p->hot[pos]));
     }
   }
 }
