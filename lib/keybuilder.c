@@ -166,31 +166,13 @@ typedef struct kb_msg {
   size_t len;
 } kb_msg;
 
-/* n (4 to 16) bytes from v to p by two loads and stores that may overlap:
- * no call for the short identifiers most records hold (a model name). */
-static inline void copy_short(uint8_t *p, const uint8_t *v, size_t n) {
-  if (n >= 8) {
-    uint64_t a, b;
-    memcpy(&a, v, 8);
-    memcpy(&b, v + n - 8, 8);
-    memcpy(p, &a, 8);
-    memcpy(p + n - 8, &b, 8);
-  } else {
-    uint32_t a, b;
-    memcpy(&a, v, 4);
-    memcpy(&b, v + n - 4, 4);
-    memcpy(p, &a, 4);
-    memcpy(p + n - 4, &b, 4);
-  }
-}
-
 static void msg_rec(kb_msg *m, uint8_t tag, const void *v, size_t n) {
   /* Callers only pass n <= KB_INLINE_MAX; KB_KEY_MSG_MAX covers them all. */
   m->buf[m->len] = tag;
   put_u32le(m->buf + m->len + 1, (uint32_t)n);
-  if (n >= 4 && n <= 16)
-    copy_short(m->buf + m->len + KB_REC_HDR, v, n);
-  else if (n)
+  if (n <= 16)
+    spi__copy_small(m->buf + m->len + KB_REC_HDR, v, n);
+  else
     memcpy(m->buf + m->len + KB_REC_HDR, v, n);
   m->len += KB_REC_HDR + n;
 }
@@ -339,10 +321,7 @@ static void key_of_short(const kb_instance *in, const spi_request_view *req,
   const uint8_t *model = (const uint8_t *)req->model;
   memcpy(m, in->tail.head, sizeof in->tail.head);
   m[KB_SHORT_FIXED - 4] = (uint8_t)n; /* u32le(n), n < 256 */
-  if (n >= 4)
-    copy_short(m + KB_SHORT_FIXED, model, n);
-  else
-    for (size_t i = 0; i < n; i++) m[KB_SHORT_FIXED + i] = model[i];
+  spi__copy_small(m + KB_SHORT_FIXED, model, n);
   memcpy(m + KB_SHORT_FIXED + n, kb_empty_tail, sizeof kb_empty_tail);
   key_short(in, m, KB_SHORT_FIXED + n + sizeof kb_empty_tail, out);
 }

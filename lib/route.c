@@ -101,30 +101,10 @@ static int run_policy(const spi_modentry *m, void *inst,
 }
 
 /* An id (a replica's, a tenant's) of at most SPI_ID_MAX - 1 bytes kept,
- * and its NUL. By words that overlap at the end, reading only the id's own
- * bytes: gcc makes the bounded memcpy a `rep movsb`, slow to start for
- * the few bytes of an id. */
+ * and its NUL (spi__copy_small: no `rep movsb` for a few bytes). */
 static inline void copy_id(char dst[SPI_ID_MAX], const char *src, size_t len) {
   if (len >= SPI_ID_MAX) len = SPI_ID_MAX - 1;
-  if (len >= 8) { /* the first and last words, and any between */
-    uint64_t w;
-    for (size_t i = 8; i < len - 8; i += 8) {
-      memcpy(&w, src + i, 8);
-      memcpy(dst + i, &w, 8);
-    }
-    memcpy(&w, src, 8);
-    memcpy(dst, &w, 8);
-    memcpy(&w, src + len - 8, 8);
-    memcpy(dst + len - 8, &w, 8);
-  } else if (len >= 4) {
-    uint32_t a, b;
-    memcpy(&a, src, 4);
-    memcpy(&b, src + len - 4, 4);
-    memcpy(dst, &a, 4);
-    memcpy(dst + len - 4, &b, 4);
-  } else {
-    for (size_t i = 0; i < len; i++) dst[i] = src[i];
-  }
+  spi__copy_small(dst, src, len);
   dst[len] = '\0';
 }
 

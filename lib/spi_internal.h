@@ -118,6 +118,33 @@ static inline void spi__copy(void *dst, const void *src, size_t n) {
   memcpy(dst, src, size);
 }
 
+/* n bytes from src to dst by words, the last word overlapping the one
+ * before it, reading only the n bytes: for the few bytes of an id or a
+ * model name, where a bounded memcpy is a `rep movsb`, slow to start. */
+static inline void spi__copy_small(void *dst, const void *src, size_t n) {
+  unsigned char *d = dst;
+  const unsigned char *s = src;
+  if (n >= 8) { /* the first and last words, and any between */
+    uint64_t w;
+    for (size_t i = 8; i + 8 < n; i += 8) {
+      memcpy(&w, s + i, 8);
+      memcpy(d + i, &w, 8);
+    }
+    memcpy(&w, s, 8);
+    memcpy(d, &w, 8);
+    memcpy(&w, s + n - 8, 8);
+    memcpy(d + n - 8, &w, 8);
+  } else if (n >= 4) {
+    uint32_t a, b;
+    memcpy(&a, s, 4);
+    memcpy(&b, s + n - 4, 4);
+    memcpy(d, &a, 4);
+    memcpy(d + n - 4, &b, 4);
+  } else {
+    for (size_t i = 0; i < n; i++) d[i] = s[i];
+  }
+}
+
 /* s appended at dst[n], cut to leave room for the terminator. A literal
  * that fits is copied inline (its length is known where it is joined);
  * any other text through spi__copy. */
