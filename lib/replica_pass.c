@@ -188,6 +188,23 @@ static inline int rdv_enters(const cell_acc *c, uint64_t w, uint32_t pos) {
   return (w > c->rdv_w) | ((w == c->rdv_w) & (pos < c->rdv_pos));
 }
 
+/* Where pos is in cell c's top: its index, or c->n_top when it is not. */
+static uint32_t top_index(const cell_acc *c, uint32_t pos) {
+  uint32_t j = 0;
+  while (j < c->n_top && c->top[j].pos != pos) j++;
+  return j;
+}
+
+/* The arena index of the scan's evaluation of pos in cell c, or NO_EV; j
+ * is top_index(c, pos). */
+static uint32_t cell_find(const cell_acc *c, const ev_arena *a, uint32_t pos,
+                          uint32_t j) {
+  if (j < c->n_top) return c->top[j].ei;
+  if (c->least != NO_EV && a->pos[c->least] == pos) return c->least;
+  if (c->rdv != NO_EV && a->pos[c->rdv] == pos) return c->rdv;
+  return NO_EV;
+}
+
 /* Keep top sorted, best first (ties to the lower position, as the summary
  * promises): a better replica shifts the worse ones down, and the last one
  * drops out once top is full. The caller checked top_enters. */
@@ -488,12 +505,12 @@ static inline double indexed_t(const route_env *x, const pix_hot *h) {
  * if the replica gets in somewhere. (What it enters does not depend on the
  * order the three are tested in: each summary keeps its own.) */
 static inline __attribute__((always_inline)) void
-offer_in(const route_env *x, const spi_pool_index *p, scan *sc, cell_acc *c,
-         uint32_t pos, double t) {
+offer_in_as(const route_env *x, const spi_pool_index *p, scan *sc, cell_acc *c,
+            uint32_t pos, double t, int rdv_tested) {
   const pix_hot *h = &p->hot[pos];
   uint64_t w = spi__rdv_weight(h->id_hash, x->rkey);
   int top = top_enters(c, t, pos), least = least_enters(c, h->rel, h->srv, pos);
-  int rdv = !h->busy && rdv_enters(c, w, pos);
+  int rdv = rdv_tested && !h->busy && rdv_enters(c, w, pos);
   if (!(top | least | rdv)) return;
   if (sc->a.n == ARENA_CAP) arena_sweep(sc);
   uint32_t ei = sc->a.n++;
@@ -511,6 +528,12 @@ offer_in(const route_env *x, const spi_pool_index *p, scan *sc, cell_acc *c,
     c->rdv_w = w;
     c->rdv_pos = pos;
   }
+}
+
+static inline __attribute__((always_inline)) void
+offer_in(const route_env *x, const spi_pool_index *p, scan *sc, cell_acc *c,
+         uint32_t pos, double t) {
+  offer_in_as(x, p, sc, c, pos, t, 1);
 }
 
 /* offer_in, into the replica's own cell. */
@@ -554,20 +577,32 @@ static inline void indexed_offer(const route_env *x, const spi_pool_index *p,
  * in: the summaries do not depend on the order replicas are offered in.
  * A hinted position is offered when it is a regular replica of cell k
  * (its bit in creg[k]: kind and cell in one test) not offered yet; an
- * empty hint entry (0) reads as position UINT32_MAX, past the set. */
+ * empty hint entry (0) reads as position UINT32_MAX, past the set. Its
+ * TTFT is block_ttft's where that block's are made (the same bits as
+ * indexed_t). A seed is not tried as the rendezvous winner here: the
+ * cell's winner among its free regular replicas is found after
+ * (indexed_rdv), and no other regular replica can take its place, so the
+ * test would only be undone; indexed_rdv takes a winner that was seeded
+ * (seeded_rdv). */
 static void indexed_seed(const route_env *x, const spi_pool_index *p,
                          scan *sc, int k) {
   cell_acc *c = &sc->cell[k];
+  const double base = x->cfg->ttft_base_ms, cold = x->cold_tok;
+  const uint32_t n = (uint32_t)p->n;
   for (int h = 0; h < 2; h++) {
     uint64_t word =
         atomic_load_explicit(&x->e->route_hint[k][h], memory_order_relaxed);
     for (int j = 0; j < HINT_PER_WORD; j++, word >>= 16) {
       uint32_t pos = (uint32_t)(word & 0xffffu) - 1u;
-      if (pos >= p->n) continue;
+      if (pos >= n) continue;
       uint64_t bit = UINT64_C(1) << (pos % 64);
       if (!(p->creg[k][pos / 64] & ~sc->offered[pos / 64] & bit)) continue;
       sc->offered[pos / 64] |= bit;
-      offer_in(x, p, sc, c, pos, indexed_t(x, &p->hot[pos]));
+      const pix_hot *hp = &p->hot[pos];
+      double t = p->tdone >> (pos / 64) & 1
+                     ? p->t_now[pos]
+                     : spi__pix_ttft(base, hp->wait_ms, cold, hp->ms_tok, hp->slow);
+      offer_in_as(x, p, sc, c, pos, t, 0);
     }
   }
 }
@@ -584,6 +619,43 @@ static void indexed_least(const route_env *x, const spi_pool_index *p,
       best = b;
   }
   if (best) indexed_offer(x, p, sc, best->rel_pos);
+}
+
+/* Cell k's rendezvous winner pos (a free regular replica of the cell),
+ * offered once it was seeded: a seed was offered to top and least only
+ * (indexed_seed), so it is made the rendezvous entry here as offer_in
+ * would have made it, from its arena entry when a summary kept one, else
+ * from a new one. */
+static __attribute__((noinline)) void
+seeded_rdv(const route_env *x, const spi_pool_index *p, scan *sc, int k,
+           uint32_t pos) {
+  cell_acc *c = &sc->cell[k];
+  const pix_hot *h = &p->hot[pos];
+  uint64_t w = spi__rdv_weight(h->id_hash, x->rkey);
+  if (h->busy || !rdv_enters(c, w, pos)) return;
+  uint32_t ei = cell_find(c, &sc->a, pos, top_index(c, pos));
+  if (ei == NO_EV) {
+    if (sc->a.n == ARENA_CAP) arena_sweep(sc);
+    ei = sc->a.n++;
+    sc->a.pos[ei] = pos;
+    indexed_eval(p, pos, indexed_t(x, h), w, &sc->a.ev[ei]);
+  }
+  c->rdv = ei;
+  c->rdv_w = w;
+  c->rdv_pos = pos;
+}
+
+/* The winner's offer: whole when it was not offered yet, else as the
+ * rendezvous entry only (seeded_rdv). */
+static inline void rdv_offer(const route_env *x, const spi_pool_index *p,
+                             scan *sc, int k, uint32_t pos) {
+  uint64_t bit = UINT64_C(1) << (pos % 64);
+  if (sc->offered[pos / 64] & bit) {
+    seeded_rdv(x, p, sc, k, pos);
+    return;
+  }
+  sc->offered[pos / 64] |= bit;
+  indexed_offer_first(x, p, sc, pos, indexed_t(x, &p->hot[pos]));
 }
 
 /* The first regular replica that is not busy among an order's positions
@@ -620,7 +692,7 @@ static void indexed_rdv(const route_env *x, spi_pool_index *p,
       pos = one[k];
     }
   }
-  if (pos != UINT32_MAX) indexed_offer(x, p, sc, pos);
+  if (pos != UINT32_MAX) rdv_offer(x, p, sc, k, pos);
 }
 
 /* The TTFTs of block w's positions for this route (indexed_t's operations
@@ -856,6 +928,10 @@ indexed_ranked(const route_env *x, spi_pool_index *p,
   uint32_t win[SPI_SUMMARY_CELLS];
   if (!o) spi__pix_free_best(p, ranked, x->rkey, win);
   p->tdone = 0;
+  /* One block holds every position: its TTFTs are made here, as the first
+   * ranked cell's indexed_top would make them, so that the seeds read
+   * theirs (indexed_seed). */
+  if (p->n <= 64) block_ttft(x, p, 0);
   for (int k = 0; k < SPI_SUMMARY_CELLS; k++) {
     if (!p->usable[k]) continue;
     if (p->usable[k] <= SPI_SUMMARY_TOP) {
@@ -941,23 +1017,6 @@ scan_indexed(const route_env *x, const spi_replica_set *set, size_t nrep,
   if (ranked || exc) /* else every cell is named whole: no hint to leave */
     hint_store(x->e, sc);
   return 1;
-}
-
-/* Where pos is in cell c's top: its index, or c->n_top when it is not. */
-static uint32_t top_index(const cell_acc *c, uint32_t pos) {
-  uint32_t j = 0;
-  while (j < c->n_top && c->top[j].pos != pos) j++;
-  return j;
-}
-
-/* The arena index of the scan's evaluation of pos in cell c, or NO_EV; j
- * is top_index(c, pos). */
-static uint32_t cell_find(const cell_acc *c, const ev_arena *a, uint32_t pos,
-                          uint32_t j) {
-  if (j < c->n_top) return c->top[j].ei;
-  if (c->least != NO_EV && a->pos[c->least] == pos) return c->least;
-  if (c->rdv != NO_EV && a->pos[c->rdv] == pos) return c->rdv;
-  return NO_EV;
 }
 
 /* Top entry j takes TTFT t: moved to its place in one go, the entries it
