@@ -572,6 +572,64 @@ static inline void indexed_offer(const route_env *x, const spi_pool_index *p,
   indexed_offer_first(x, p, sc, pos, indexed_t(x, &p->hot[pos]));
 }
 
+/* Top's entries put in order (ttft_before, a total order on entries whose
+ * TTFT is a number: what inserting them one by one makes), and the
+ * threshold top_insert sets once top holds cap. */
+static void top_sort(cell_acc *c) {
+  for (uint32_t i = 1; i < c->n_top; i++) {
+    top_ent e = c->top[i];
+    uint32_t at = i;
+    for (; at > 0 && ttft_before(e.t, e.pos, c->top[at - 1].t, c->top[at - 1].pos); at--)
+      c->top[at] = c->top[at - 1];
+    c->top[at] = e;
+  }
+  if (c->n_top == c->cap) {
+    c->thr_t = c->top[c->cap - 1].t;
+    c->thr_pos = c->top[c->cap - 1].pos;
+  }
+}
+
+/* Top after seeds put last (seed_append): ordered when one came out of
+ * order, and its threshold set if it is full. */
+static inline void top_done(cell_acc *c, int unsorted) {
+  if (unsorted) {
+    top_sort(c);
+  } else if (c->n_top == c->cap) {
+    c->thr_t = c->top[c->cap - 1].t;
+    c->thr_pos = c->top[c->cap - 1].pos;
+  }
+}
+
+/* A seed while top has room: it enters top whatever its TTFT (a number:
+ * the threshold is +inf, at UINT32_MAX, until top is full), so it is put
+ * last, and tried as the least loaded; not as the rendezvous winner
+ * (indexed_seed). 1 when it ranks before the entry it follows, which
+ * top_sort then places (the hint names the last route's top best first,
+ * so seeds mostly come in order). */
+static inline __attribute__((always_inline)) int
+seed_append(const route_env *x, const spi_pool_index *p, scan *sc, cell_acc *c,
+            uint32_t pos, double t) {
+  const pix_hot *h = &p->hot[pos];
+  uint64_t w = spi__rdv_weight(h->id_hash, x->rkey);
+  int least = least_enters(c, h->rel, h->srv, pos);
+  if (sc->a.n == ARENA_CAP) arena_sweep(sc);
+  uint32_t ei = sc->a.n++;
+  sc->a.pos[ei] = pos;
+  indexed_eval(p, pos, t, w, &sc->a.ev[ei]);
+  uint32_t n = c->n_top++;
+  int before = n && ttft_before(t, pos, c->top[n - 1].t, c->top[n - 1].pos);
+  c->top[n].t = t;
+  c->top[n].pos = pos;
+  c->top[n].ei = ei;
+  if (least) {
+    c->least = ei;
+    c->least_rel = h->rel;
+    c->least_srv = h->srv;
+    c->least_pos = pos;
+  }
+  return before;
+}
+
 /* The last route's ranking of cell k (its hint, see seed_from_hint) goes
  * first, so the thresholds are tight from the start and few others get
  * in: the summaries do not depend on the order replicas are offered in.
@@ -579,16 +637,18 @@ static inline void indexed_offer(const route_env *x, const spi_pool_index *p,
  * (its bit in creg[k]: kind and cell in one test) not offered yet; an
  * empty hint entry (0) reads as position UINT32_MAX, past the set. Its
  * TTFT is block_ttft's where that block's are made (the same bits as
- * indexed_t). A seed is not tried as the rendezvous winner here: the
- * cell's winner among its free regular replicas is found after
- * (indexed_rdv), and no other regular replica can take its place, so the
- * test would only be undone; indexed_rdv takes a winner that was seeded
- * (seeded_rdv). */
+ * indexed_t). While top has room, seeds are put in it as they come and
+ * ordered once if they came out of order (seed_append, top_done). A seed is not tried as the
+ * rendezvous winner here: the cell's winner among its free regular
+ * replicas is found after (indexed_rdv), and no other regular replica can
+ * take its place, so the test would only be undone; indexed_rdv takes a
+ * winner that was seeded (seeded_rdv). */
 static void indexed_seed(const route_env *x, const spi_pool_index *p,
                          scan *sc, int k) {
   cell_acc *c = &sc->cell[k];
   const double base = x->cfg->ttft_base_ms, cold = x->cold_tok;
   const uint32_t n = (uint32_t)p->n;
+  int unsorted = 0;
   for (int h = 0; h < 2; h++) {
     uint64_t word =
         atomic_load_explicit(&x->e->route_hint[k][h], memory_order_relaxed);
@@ -602,9 +662,16 @@ static void indexed_seed(const route_env *x, const spi_pool_index *p,
       double t = p->tdone >> (pos / 64) & 1
                      ? p->t_now[pos]
                      : spi__pix_ttft(base, hp->wait_ms, cold, hp->ms_tok, hp->slow);
+      if (c->n_top < c->cap && t == t) {
+        unsorted |= seed_append(x, p, sc, c, pos, t);
+        continue;
+      }
+      top_done(c, unsorted);
+      unsorted = 0;
       offer_in_as(x, p, sc, c, pos, t, 0);
     }
   }
+  top_done(c, unsorted);
 }
 
 /* Cell k's least relatively loaded regular replica: the least of the
