@@ -506,10 +506,11 @@ static inline double indexed_t(const route_env *x, const pix_hot *h) {
  * order the three are tested in: each summary keeps its own.) */
 static inline __attribute__((always_inline)) void
 offer_in_as(const route_env *x, const spi_pool_index *p, scan *sc, cell_acc *c,
-            uint32_t pos, double t, int rdv_tested) {
+            uint32_t pos, double t, int least_tested, int rdv_tested) {
   const pix_hot *h = &p->hot[pos];
   uint64_t w = spi__rdv_weight(h->id_hash, x->rkey);
-  int top = top_enters(c, t, pos), least = least_enters(c, h->rel, h->srv, pos);
+  int top = top_enters(c, t, pos);
+  int least = least_tested && least_enters(c, h->rel, h->srv, pos);
   int rdv = rdv_tested && !h->busy && rdv_enters(c, w, pos);
   if (!(top | least | rdv)) return;
   if (sc->a.n == ARENA_CAP) arena_sweep(sc);
@@ -533,7 +534,7 @@ offer_in_as(const route_env *x, const spi_pool_index *p, scan *sc, cell_acc *c,
 static inline __attribute__((always_inline)) void
 offer_in(const route_env *x, const spi_pool_index *p, scan *sc, cell_acc *c,
          uint32_t pos, double t) {
-  offer_in_as(x, p, sc, c, pos, t, 1);
+  offer_in_as(x, p, sc, c, pos, t, 1, 1);
 }
 
 /* offer_in, into the replica's own cell. */
@@ -608,10 +609,10 @@ static inline void top_done(cell_acc *c, int unsorted) {
  * so seeds mostly come in order). */
 static inline __attribute__((always_inline)) int
 seed_append(const route_env *x, const spi_pool_index *p, scan *sc, cell_acc *c,
-            uint32_t pos, double t) {
+            uint32_t pos, double t, int least_tested) {
   const pix_hot *h = &p->hot[pos];
   uint64_t w = spi__rdv_weight(h->id_hash, x->rkey);
-  int least = least_enters(c, h->rel, h->srv, pos);
+  int least = least_tested && least_enters(c, h->rel, h->srv, pos);
   if (sc->a.n == ARENA_CAP) arena_sweep(sc);
   uint32_t ei = sc->a.n++;
   sc->a.pos[ei] = pos;
@@ -642,9 +643,12 @@ seed_append(const route_env *x, const spi_pool_index *p, scan *sc, cell_acc *c,
  * rendezvous winner here: the cell's winner among its free regular
  * replicas is found after (indexed_rdv), and no other regular replica can
  * take its place, so the test would only be undone; indexed_rdv takes a
- * winner that was seeded (seeded_rdv). */
+ * winner that was seeded (seeded_rdv). Nor is a seed tried as the least
+ * loaded unless it is the one the index knows (least_block, UINT32_MAX
+ * when it knows none: then every seed is tried): no other regular replica
+ * ranks before that one, which is offered after if it was not seeded. */
 static void indexed_seed(const route_env *x, const spi_pool_index *p,
-                         scan *sc, int k) {
+                         scan *sc, int k, uint32_t least) {
   cell_acc *c = &sc->cell[k];
   const double base = x->cfg->ttft_base_ms, cold = x->cold_tok;
   const uint32_t n = (uint32_t)p->n;
@@ -663,21 +667,23 @@ static void indexed_seed(const route_env *x, const spi_pool_index *p,
                      ? p->t_now[pos]
                      : spi__pix_ttft(base, hp->wait_ms, cold, hp->ms_tok, hp->slow);
       if (c->n_top < c->cap && t == t) {
-        unsorted |= seed_append(x, p, sc, c, pos, t);
+        unsorted |= seed_append(x, p, sc, c, pos, t, (least == UINT32_MAX) | (pos == least));
         continue;
       }
       top_done(c, unsorted);
       unsorted = 0;
-      offer_in_as(x, p, sc, c, pos, t, 0);
+      offer_in_as(x, p, sc, c, pos, t, (least == UINT32_MAX) | (pos == least), 0);
     }
   }
   top_done(c, unsorted);
 }
 
 /* Cell k's least relatively loaded regular replica: the least of the
- * blocks' (each the first of its equals, and blocks ascend). */
-static void indexed_least(const route_env *x, const spi_pool_index *p,
-                          scan *sc, int k) {
+ * blocks' (each the first of its equals, and blocks ascend), or
+ * UINT32_MAX when no block holds one. Every other regular replica of the
+ * cell ranks after it (least_before): a block takes every finite load, and
+ * a load it does not take, +inf or NaN, never ranks before a finite one. */
+static uint32_t least_block(const spi_pool_index *p, int k) {
   const pix_block *best = NULL;
   for (size_t w = 0; w < (p->n + 63) / 64; w++) {
     const pix_block *b = &p->blk[k][w];
@@ -685,7 +691,14 @@ static void indexed_least(const route_env *x, const spi_pool_index *p,
                                        best->srv, best->rel_pos)))
       best = b;
   }
-  if (best) indexed_offer(x, p, sc, best->rel_pos);
+  return best ? best->rel_pos : UINT32_MAX;
+}
+
+/* Cell k's least loaded regular replica pos (least_block), offered if
+ * it was not (as a seed, it was tried as the least loaded). */
+static inline void indexed_least(const route_env *x, const spi_pool_index *p,
+                                 scan *sc, uint32_t pos) {
+  if (pos != UINT32_MAX) indexed_offer(x, p, sc, pos);
 }
 
 /* Cell k's rendezvous winner pos (a free regular replica of the cell),
@@ -1006,8 +1019,9 @@ indexed_ranked(const route_env *x, spi_pool_index *p,
       continue;
     }
     cell_cap(&sc->cell[k], PASS_TOP); /* ranks only what it will name */
-    indexed_seed(x, p, sc, k);
-    indexed_least(x, p, sc, k);
+    uint32_t least = least_block(p, k);
+    indexed_seed(x, p, sc, k, least);
+    indexed_least(x, p, sc, least);
     indexed_rdv(x, p, set, sc, k, o, win);
     indexed_top(x, p, sc, k);
   }
