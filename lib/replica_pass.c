@@ -798,16 +798,16 @@ static void block_ttft(const route_env *x, spi_pool_index *p, uint32_t w) {
   p->tdone |= UINT64_C(1) << w;
 }
 
-/* The regular replicas of cell k in block w whose TTFT is at most thr. */
-static uint64_t block_under(const spi_pool_index *p, int k, uint32_t w,
-                            double thr) {
+/* The positions of block w whose TTFT is at most thr. */
+static inline __attribute__((always_inline)) uint64_t
+block_under_at(const spi_pool_index *p, uint32_t w, double thr) {
   const double *t = &p->t_now[(size_t)w * 64];
   size_t n = p->n - (size_t)w * 64 < 64 ? p->n - (size_t)w * 64 : 64;
 #if SPI_HAVE_RDV_AVX512
-  if (p->wide) return spi__pix_under_avx512(t, n, thr) & p->creg[k][w];
+  if (p->wide) return spi__pix_under_avx512(t, n, thr);
 #endif
 #if SPI_HAVE_PIX_AVX2
-  if (p->avx2) return spi__pix_under_avx2(t, n, thr) & p->creg[k][w];
+  if (p->avx2) return spi__pix_under_avx2(t, n, thr);
 #endif
   uint64_t m = 0;
   size_t i = 0;
@@ -822,7 +822,18 @@ static uint64_t block_under(const spi_pool_index *p, int k, uint32_t w,
 #undef UNDER2
 #endif
   m |= spi__pix_under_from(i, t, n, thr);
-  return m & p->creg[k][w];
+  return m;
+}
+
+/* The regular replicas of cell k in block w whose TTFT is at most thr. */
+static inline uint64_t block_under(const spi_pool_index *p, int k, uint32_t w,
+                                   double thr) {
+  return block_under_at(p, w, thr) & p->creg[k][w];
+}
+
+/* ... of block 0, of any cell. */
+static inline uint64_t block_under_all(const spi_pool_index *p, double thr) {
+  return block_under_at(p, 0, thr);
 }
 
 /* Cell k's best TTFTs among the regular replicas: blocks in the order of
@@ -859,6 +870,31 @@ static void indexed_top(const route_env *x, spi_pool_index *p, scan *sc,
       if (ttft_before(t, pos, c->thr_t, c->thr_pos))
         indexed_offer_t(x, p, sc, pos, t);
     }
+  }
+}
+
+/* indexed_top for every ranked cell of a set of one block (its TTFTs
+ * made, indexed_ranked): the positions at most the loosest cell's
+ * threshold found in one pass, each then tried against its own cell's
+ * (ttft_before, as indexed_top tries those under its cell's). Every
+ * position indexed_top would offer is among them: a threshold only drops
+ * as replicas get in. */
+static void one_block_tops(const route_env *x, spi_pool_index *p, scan *sc,
+                           unsigned ranked) {
+  double thr = -HUGE_VAL;
+  uint64_t regs = 0;
+  for (int k = 0; k < SPI_SUMMARY_CELLS; k++)
+    if (ranked >> k & 1) {
+      regs |= p->creg[k][0];
+      if (sc->cell[k].thr_t > thr) thr = sc->cell[k].thr_t;
+    }
+  uint64_t m = block_under_all(p, thr) & regs & ~sc->offered[0];
+  for (; m; m &= m - 1) {
+    uint32_t pos = (uint32_t)__builtin_ctzll(m);
+    const cell_acc *c = &sc->cell[p->hot[pos].cell];
+    double t = p->t_now[pos]; /* indexed_t's bits (block_ttft) */
+    if (ttft_before(t, pos, c->thr_t, c->thr_pos))
+      indexed_offer_t(x, p, sc, pos, t);
   }
 }
 
@@ -1023,8 +1059,9 @@ indexed_ranked(const route_env *x, spi_pool_index *p,
     indexed_seed(x, p, sc, k, least);
     indexed_least(x, p, sc, least);
     indexed_rdv(x, p, set, sc, k, o, win);
-    indexed_top(x, p, sc, k);
+    if (p->n > 64) indexed_top(x, p, sc, k);
   }
+  if (p->n <= 64) one_block_tops(x, p, sc, ranked);
 }
 
 /*
