@@ -631,6 +631,26 @@ seed_append(const route_env *x, const spi_pool_index *p, scan *sc, cell_acc *c,
   return before;
 }
 
+/* A hinted position of cell k to seed: its bit was set in *avail (a
+ * regular replica of cell k not offered yet) and is taken out of it. In a
+ * set of one block (one), *avail is the cell's first word, kept here
+ * rather than tested and set in creg and offered for each position, and
+ * the caller marks what it took as offered; else the words are read and
+ * offered is set here. */
+static inline __attribute__((always_inline)) int
+seed_take(const spi_pool_index *p, scan *sc, int k, uint32_t pos,
+          uint64_t *avail, int one) {
+  uint64_t bit = UINT64_C(1) << (pos % 64);
+  if (one) {
+    if (!(*avail & bit)) return 0;
+    *avail &= ~bit;
+    return 1;
+  }
+  if (!(p->creg[k][pos / 64] & ~sc->offered[pos / 64] & bit)) return 0;
+  sc->offered[pos / 64] |= bit;
+  return 1;
+}
+
 /* The last route's ranking of cell k (its hint, see seed_from_hint) goes
  * first, so the thresholds are tight from the start and few others get
  * in: the summaries do not depend on the order replicas are offered in.
@@ -639,35 +659,35 @@ seed_append(const route_env *x, const spi_pool_index *p, scan *sc, cell_acc *c,
  * empty hint entry (0) reads as position UINT32_MAX, past the set. Its
  * TTFT is block_ttft's where that block's are made (the same bits as
  * indexed_t). While top has room, seeds are put in it as they come and
- * ordered once if they came out of order (seed_append, top_done). A seed is not tried as the
- * rendezvous winner here: the cell's winner among its free regular
- * replicas is found after (indexed_rdv), and no other regular replica can
- * take its place, so the test would only be undone; indexed_rdv takes a
- * winner that was seeded (seeded_rdv). Nor is a seed tried as the least
+ * ordered once if they came out of order (seed_append, top_done). A seed
+ * is not tried as the rendezvous winner here: the cell's winner among its
+ * free regular replicas is found after (indexed_rdv), and no other
+ * regular replica can take its place, so the test would only be undone;
+ * indexed_rdv takes a winner that was seeded (seeded_rdv). Nor is a seed tried as the least
  * loaded unless it is the one the index knows (least_block, UINT32_MAX
  * when it knows none: then every seed is tried): no other regular replica
  * ranks before that one, which is offered after if it was not seeded. */
-static void indexed_seed(const route_env *x, const spi_pool_index *p,
-                         scan *sc, int k, uint32_t least) {
+static inline __attribute__((always_inline)) void
+seed_cell(const route_env *x, const spi_pool_index *p, scan *sc, int k,
+          uint32_t least, int one) {
   cell_acc *c = &sc->cell[k];
   const double base = x->cfg->ttft_base_ms, cold = x->cold_tok;
   const uint32_t n = (uint32_t)p->n;
+  uint64_t avail = one ? p->creg[k][0] & ~sc->offered[0] : 0, was = avail;
   int unsorted = 0;
   for (int h = 0; h < 2; h++) {
     uint64_t word =
         atomic_load_explicit(&x->e->route_hint[k][h], memory_order_relaxed);
     for (int j = 0; j < HINT_PER_WORD; j++, word >>= 16) {
       uint32_t pos = (uint32_t)(word & 0xffffu) - 1u;
-      if (pos >= n) continue;
-      uint64_t bit = UINT64_C(1) << (pos % 64);
-      if (!(p->creg[k][pos / 64] & ~sc->offered[pos / 64] & bit)) continue;
-      sc->offered[pos / 64] |= bit;
+      if (pos >= n || !seed_take(p, sc, k, pos, &avail, one)) continue;
       const pix_hot *hp = &p->hot[pos];
-      double t = p->tdone >> (pos / 64) & 1
+      double t = one || p->tdone >> (pos / 64) & 1
                      ? p->t_now[pos]
                      : spi__pix_ttft(base, hp->wait_ms, cold, hp->ms_tok, hp->slow);
       if (c->n_top < c->cap && t == t) {
-        unsorted |= seed_append(x, p, sc, c, pos, t, (least == UINT32_MAX) | (pos == least));
+        unsorted |= seed_append(x, p, sc, c, pos, t,
+                                (least == UINT32_MAX) | (pos == least));
         continue;
       }
       top_done(c, unsorted);
@@ -676,6 +696,17 @@ static void indexed_seed(const route_env *x, const spi_pool_index *p,
     }
   }
   top_done(c, unsorted);
+  if (one) sc->offered[0] |= was & ~avail;
+}
+
+/* indexed_seed's two builds: a set of one block, whose TTFTs are made
+ * before the seeds (indexed_ranked), and any other. */
+static void indexed_seed(const route_env *x, const spi_pool_index *p,
+                         scan *sc, int k, uint32_t least) {
+  if (p->n <= 64)
+    seed_cell(x, p, sc, k, least, 1);
+  else
+    seed_cell(x, p, sc, k, least, 0);
 }
 
 /* Cell k's least relatively loaded regular replica: the least of the
