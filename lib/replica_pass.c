@@ -856,47 +856,42 @@ block_under_at(const spi_pool_index *p, uint32_t w, double thr) {
   return m;
 }
 
-/* The regular replicas of cell k in block w whose TTFT is at most thr. */
-static inline uint64_t block_under(const spi_pool_index *p, int k, uint32_t w,
-                                   double thr) {
-  return block_under_at(p, w, thr) & p->creg[k][w];
-}
-
 /* ... of block 0, of any cell. */
 static inline uint64_t block_under_all(const spi_pool_index *p, double thr) {
   return block_under_at(p, 0, thr);
 }
 
-/* Cell k's best TTFTs among the regular replicas: blocks in the order of
- * their bound (the least TTFT any of theirs can have, then their first
- * position), each read whole while it may hold one that gets in. */
-static void indexed_top(const route_env *x, spi_pool_index *p, scan *sc,
-                        int k) {
-  cell_acc *c = &sc->cell[k];
-  double lb[SPI_REPLICA_SLOTS / 64];
-  uint64_t todo = 0;
+/* Every ranked cell's best TTFTs among its regular replicas, a block at a
+ * time: a block is read whole where some ranked cell's bound for it (the
+ * least TTFT any of the cell's replicas there can have, at the block's
+ * first position) enters that cell's top, its positions at most the
+ * loosest such cell's threshold found in one pass and each tried against
+ * its own cell's (ttft_before). Every position that can enter a top is
+ * among them (its block's bound for its cell enters too, thresholds only
+ * drop as replicas get in), and the tops do not depend on the order
+ * positions are offered in. */
+static void many_block_tops(const route_env *x, spi_pool_index *p, scan *sc,
+                            unsigned ranked) {
+  const double base = x->cfg->ttft_base_ms, cold = x->cold_tok;
   for (uint32_t w = 0; w < (p->n + 63) / 64; w++) {
-    const pix_block *b = &p->blk[k][w];
-    if (!b->n) continue;
-    lb[w] = spi__pix_ttft(x->cfg->ttft_base_ms, b->wait_ms, x->cold_tok,
-                          b->ms_tok, b->slow);
-    todo |= UINT64_C(1) << w;
-  }
-  while (todo) {
-    uint32_t best = (uint32_t)__builtin_ctzll(todo);
-    for (uint64_t m = todo & (todo - 1); m; m &= m - 1) {
-      uint32_t w = (uint32_t)__builtin_ctzll(m);
-      if (lb[w] < lb[best]) best = w;
+    uint64_t regs = 0;
+    double thr = -HUGE_VAL;
+    for (int k = 0; k < SPI_SUMMARY_CELLS; k++) {
+      const pix_block *b = &p->blk[k][w];
+      if (!(ranked >> k & 1) || !b->n) continue;
+      const cell_acc *c = &sc->cell[k];
+      if (!top_enters(c, spi__pix_ttft(base, b->wait_ms, cold, b->ms_tok, b->slow),
+                      w * 64))
+        continue;
+      regs |= p->creg[k][w];
+      if (c->thr_t > thr) thr = c->thr_t;
     }
-    if (!top_enters(c, lb[best], best * 64)) return;
-    todo &= ~(UINT64_C(1) << best);
-    if (!(p->tdone >> best & 1)) block_ttft(x, p, best);
-    /* Only those at most the threshold now may get in (it only drops),
-     * and only those not offered yet (the seeds, mostly) would be offered
-     * (indexed_offer_t). */
-    uint64_t fresh = ~sc->offered[best];
-    for (uint64_t m = block_under(p, k, best, c->thr_t) & fresh; m; m &= m - 1) {
-      uint32_t pos = best * 64 + (uint32_t)__builtin_ctzll(m);
+    if (!regs) continue;
+    if (!(p->tdone >> w & 1)) block_ttft(x, p, w);
+    for (uint64_t m = block_under_at(p, w, thr) & regs & ~sc->offered[w]; m;
+         m &= m - 1) {
+      uint32_t pos = w * 64 + (uint32_t)__builtin_ctzll(m);
+      const cell_acc *c = &sc->cell[p->hot[pos].cell];
       double t = p->t_now[pos]; /* indexed_t's bits (block_ttft) */
       if (ttft_before(t, pos, c->thr_t, c->thr_pos))
         indexed_offer_t(x, p, sc, pos, t);
@@ -904,12 +899,10 @@ static void indexed_top(const route_env *x, spi_pool_index *p, scan *sc,
   }
 }
 
-/* indexed_top for every ranked cell of a set of one block (its TTFTs
- * made, indexed_ranked): the positions at most the loosest cell's
- * threshold found in one pass, each then tried against its own cell's
- * (ttft_before, as indexed_top tries those under its cell's). Every
- * position indexed_top would offer is among them: a threshold only drops
- * as replicas get in. */
+/* many_block_tops for a set of one block (its TTFTs made,
+ * indexed_ranked), without the blocks' bounds: the positions at most the
+ * loosest ranked cell's threshold found in one pass, each then tried
+ * against its own cell's (ttft_before). */
 static void one_block_tops(const route_env *x, spi_pool_index *p, scan *sc,
                            unsigned ranked) {
   double thr = -HUGE_VAL;
@@ -1076,7 +1069,7 @@ indexed_ranked(const route_env *x, spi_pool_index *p,
   if (!o) spi__pix_free_best(p, ranked, x->rkey, win);
   p->tdone = 0;
   /* One block holds every position: its TTFTs are made here, as the first
-   * ranked cell's indexed_top would make them, so that the seeds read
+   * ranked cell's tops would make them, so that the seeds read
    * theirs (indexed_seed). */
   if (p->n <= 64) block_ttft(x, p, 0);
   for (int k = 0; k < SPI_SUMMARY_CELLS; k++) {
@@ -1090,9 +1083,11 @@ indexed_ranked(const route_env *x, spi_pool_index *p,
     indexed_seed(x, p, sc, k, least);
     indexed_least(x, p, sc, least);
     indexed_rdv(x, p, set, sc, k, o, win);
-    if (p->n > 64) indexed_top(x, p, sc, k);
   }
-  if (p->n <= 64) one_block_tops(x, p, sc, ranked);
+  if (p->n <= 64)
+    one_block_tops(x, p, sc, ranked);
+  else
+    many_block_tops(x, p, sc, ranked);
 }
 
 /*
