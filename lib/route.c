@@ -234,7 +234,7 @@ typedef struct route_state {
   double mean_streams[4]; /* ... and mean max_inflight */
   double mean_wait[SPI_SUMMARY_CELLS]; /* each cell's prefill backlog, ms */
   spi_classification *cls;
-  spi_candidate *cands;
+  const spi_candidate *cands; /* full, named, or the scan's arena */
   size_t ncand;
   spi_policy_choice *ch;
   uint32_t first;     /* the order entry served (past lost probe races) */
@@ -413,9 +413,10 @@ static void phase_candidates(route_state *rs) {
   spi_candidate *full = rs->compact ? NULL : rs->req->cands;
   spi__pass_prefix(rs->sc, rs->env, rs->set, rs->nrep, rs->shed, full,
                    rs->ix, rs->req->hashes, rs->nblocks);
-  rs->cands = rs->compact ? rs->named : full;
+  rs->cands = full;
   rs->ncand = spi__pass_candidates(rs->sc, rs->set, rs->nrep,
-                                   rs->compact ? rs->named : NULL, rs->sums);
+                                   rs->compact ? rs->named : NULL, rs->sums,
+                                   &rs->cands);
 }
 
 /* Shadow mode: the other policy's answer, recorded only. */
