@@ -924,15 +924,17 @@ scan_indexed(const route_env *x, const spi_replica_set *set, size_t nrep,
     spi__pix_release(p);
     return 0;
   }
+  /* The sums begin as the regular replicas' (sums is not cleared before
+   * this pass: every field is set here), the exceptions added below. */
   for (int k = 0; k < SPI_SUMMARY_CELLS; k++) {
     sc->cell[k].usable += p->usable[k];
-    sums->wait_fix[k] += p->wait_fix[k];
+    sums->wait_fix[k] = p->wait_fix[k];
   }
-  for (int q = SPI_POOL_SPOT; q <= SPI_POOL_ON_DEMAND; q++) {
-    sums->kv_fix[q] += p->kv_fix[q];
-    sums->kv_n[q] += p->kv_n[q];
-    sums->served[q] += p->served[q];
-    sums->streams[q] += p->streams[q];
+  for (int q = 0; q < 4; q++) {
+    sums->kv_fix[q] = p->kv_fix[q];
+    sums->kv_n[q] = p->kv_n[q];
+    sums->served[q] = p->served[q];
+    sums->streams[q] = p->streams[q];
   }
   size_t words = (nrep + 63) / 64;
   if (words == 1) /* as bits_clear: one word, not a call */
@@ -1169,9 +1171,11 @@ static void pass_end(scan *sc) {
 void spi__pass_run(scan *sc, const route_env *x, const spi_replica_set *set,
                    size_t nrep, spi_candidate *cands, pool_sums *sums) {
   pass_begin(sc, nrep);
-  if (cands)
+  if (cands) {
+    memset(sums, 0, sizeof *sums);
     scan_full(x, set, nrep, sc, cands, sums);
-  else if (!scan_indexed(x, set, nrep, sc, sums)) {
+  } else if (!scan_indexed(x, set, nrep, sc, sums)) {
+    memset(sums, 0, sizeof *sums);
     spi__metrics_slot_pass(
         atomic_load_explicit(&x->e->metrics, memory_order_acquire));
     scan_lean(x, set, nrep, sc, sums);
@@ -1186,6 +1190,7 @@ void spi__pass_run_slots(scan *sc, const route_env *x,
                          const spi_replica_set *set, size_t nrep,
                          spi_candidate *cands, pool_sums *sums) {
   pass_begin(sc, nrep);
+  memset(sums, 0, sizeof *sums);
   if (cands)
     scan_full(x, set, nrep, sc, cands, sums);
   else

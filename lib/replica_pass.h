@@ -342,11 +342,11 @@ static inline uint64_t spi__wait_fix(double wait_ms, double running,
 
 /* Pass over every replica of set: cands (full candidates, nrep of them)
  * filled when not NULL, else the lean pass that evaluates only replicas
- * that may rank in a summary. Adds to sums (cleared by the caller). */
+ * that may rank in a summary. Sets every field of sums. */
 void spi__pass_run(scan *sc, const route_env *x, const spi_replica_set *set,
                    size_t nrep, spi_candidate *cands, pool_sums *sums);
 /* The same pass for a request that excludes replicas (x->excl): every
- * slot is read, never the pool index. */
+ * slot is read, never the pool index. Sets every field of sums too. */
 void spi__pass_run_slots(scan *sc, const route_env *x,
                          const spi_replica_set *set, size_t nrep,
                          spi_candidate *cands, pool_sums *sums);

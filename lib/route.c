@@ -362,7 +362,6 @@ static void pass_for_capped_output(route_state *rs, pool_sums *sums) {
       spi__output_bound(rs->v, rs->cls) > rs->cfg->advised_max_output_tokens)
     return;
   x->long_request = 0;
-  memset(sums, 0, sizeof *sums);
   run_pass(rs, sums);
   spi__pass_mean_served(rs->sc, sums, rs->mean_served, rs->mean_streams);
   spi__pass_mean_wait(rs->sc, sums, rs->mean_wait);
@@ -772,8 +771,7 @@ static int route_pinned(spi_request *req, spi_snapshot *snap,
   rs.taken.probe = NULL;
   rs.taken.tt = NULL;
   rs.taken.ticket = NULL;
-  pool_sums sums_of_pools;
-  spi__zero(&sums_of_pools, sizeof sums_of_pools);
+  pool_sums sums_of_pools; /* the pass sets every field */
   int rc = phase_key(&rs);
   if (rc == SPI_OK) rc = phase_replicas(&rs, &sums_of_pools);
   if (rc == SPI_OK) rc = phase_pressure(&rs, &sums_of_pools);
