@@ -852,6 +852,7 @@ indexed_whole(const route_env *x, const spi_pool_index *p, scan *sc) {
   sc->a.in_order = 1;
   for (int k = 0; k < SPI_SUMMARY_CELLS; k++) {
     cell_acc *c = &sc->cell[k];
+    if (!p->usable[k]) continue; /* no replica: nothing to find */
     if (c->n_top == c->cap) {
       c->thr_t = c->top[c->cap - 1].t;
       c->thr_pos = c->top[c->cap - 1].pos;
