@@ -927,9 +927,11 @@ scan_indexed(const route_env *x, const spi_replica_set *set, size_t nrep,
   }
   /* The sums begin as the regular replicas' (sums is not cleared before
    * this pass: every field is set here), the exceptions added below. */
+  unsigned ranked = 0; /* the cells with more usable than a top holds */
   for (int k = 0; k < SPI_SUMMARY_CELLS; k++) {
     sc->cell[k].usable += p->usable[k];
     sums->wait_fix[k] = p->wait_fix[k];
+    ranked |= (unsigned)(p->usable[k] > SPI_SUMMARY_TOP) << k;
   }
   for (int q = 0; q < 4; q++) {
     sums->kv_fix[q] = p->kv_fix[q];
@@ -950,9 +952,6 @@ scan_indexed(const route_env *x, const spi_replica_set *set, size_t nrep,
       indexed_exception(x, set, (uint32_t)(w * 64 + (size_t)__builtin_ctzll(b)),
                         sc, sums);
   }
-  unsigned ranked = 0; /* the cells with more usable than a top holds */
-  for (int k = 0; k < SPI_SUMMARY_CELLS; k++)
-    ranked |= (unsigned)(p->usable[k] > SPI_SUMMARY_TOP) << k;
   if (ranked)
     indexed_ranked(x, p, set, sc, ranked);
   else if (!exc)
@@ -1199,22 +1198,19 @@ void spi__pass_run_slots(scan *sc, const route_env *x,
   pass_end(sc);
 }
 
-void spi__pass_mean_served(const scan *sc, const pool_sums *sums,
-                           double mean[4], double streams[4]) {
+void spi__pass_means(const scan *sc, const pool_sums *sums, double mean[4],
+                     double streams[4], double wait[SPI_SUMMARY_CELLS]) {
+  uint32_t u[SPI_SUMMARY_CELLS];
+  for (int k = 0; k < SPI_SUMMARY_CELLS; k++) {
+    uint32_t n = u[k] = sc->cell[k].usable;
+    wait[k] = n ? (double)sums->wait_fix[k] / 1000.0 / (double)n : 0.0;
+  }
   mean[0] = mean[3] = streams[0] = streams[3] = 0.0;
   for (int p = SPI_POOL_SPOT; p <= SPI_POOL_ON_DEMAND; p++) {
-    uint32_t n = sc->cell[SPI_SUMMARY_INDEX(p, SPI_TIER_SMALL)].usable +
-                 sc->cell[SPI_SUMMARY_INDEX(p, SPI_TIER_LARGE)].usable;
+    uint32_t n = u[SPI_SUMMARY_INDEX(p, SPI_TIER_SMALL)] +
+                 u[SPI_SUMMARY_INDEX(p, SPI_TIER_LARGE)];
     mean[p] = n ? (double)sums->served[p] / (double)n : 0.0;
     streams[p] = n ? (double)sums->streams[p] / (double)n : 0.0;
-  }
-}
-
-void spi__pass_mean_wait(const scan *sc, const pool_sums *sums,
-                         double wait[SPI_SUMMARY_CELLS]) {
-  for (int k = 0; k < SPI_SUMMARY_CELLS; k++) {
-    uint32_t n = sc->cell[k].usable;
-    wait[k] = n ? (double)sums->wait_fix[k] / 1000.0 / (double)n : 0.0;
   }
 }
 

@@ -351,13 +351,11 @@ void spi__pass_run_slots(scan *sc, const route_env *x,
                          const spi_replica_set *set, size_t nrep,
                          spi_candidate *cands, pool_sums *sums);
 /* Each pool's mean tokens served by its usable replicas (before shedding
- * empties any), and their mean max_inflight. */
-void spi__pass_mean_served(const scan *sc, const pool_sums *sums,
-                           double mean[4], double streams[4]);
-/* Each cell's mean prefill backlog over its usable replicas, ms
- * (spi_route_context.mean_prefill_wait_ms). */
-void spi__pass_mean_wait(const scan *sc, const pool_sums *sums,
-                         double wait[SPI_SUMMARY_CELLS]);
+ * empties any), and their mean max_inflight; each cell's mean prefill
+ * backlog over its usable replicas, ms (spi_route_context.
+ * mean_prefill_wait_ms). One call for the three. */
+void spi__pass_means(const scan *sc, const pool_sums *sums, double mean[4],
+                     double streams[4], double wait[SPI_SUMMARY_CELLS]);
 /* A pool that sheds the route's class: no usable replica there. */
 void spi__pass_shed(scan *sc, int32_t pool, spi_candidate *cands, size_t nrep);
 /* The replicas that likely hold the longest matched prefix of hashes: their

@@ -345,8 +345,8 @@ static int phase_replicas(route_state *rs, pool_sums *sums) {
     return spi__req_fail(rs->req, SPI_ENOMEM, "route: out of memory");
   env_init(rs);
   run_pass(rs, sums);
-  spi__pass_mean_served(rs->sc, sums, rs->mean_served, rs->mean_streams);
-  spi__pass_mean_wait(rs->sc, sums, rs->mean_wait);
+  spi__pass_means(rs->sc, sums, rs->mean_served, rs->mean_streams,
+                  rs->mean_wait);
   return SPI_OK;
 }
 
@@ -363,8 +363,8 @@ static void pass_for_capped_output(route_state *rs, pool_sums *sums) {
     return;
   x->long_request = 0;
   run_pass(rs, sums);
-  spi__pass_mean_served(rs->sc, sums, rs->mean_served, rs->mean_streams);
-  spi__pass_mean_wait(rs->sc, sums, rs->mean_wait);
+  spi__pass_means(rs->sc, sums, rs->mean_served, rs->mean_streams,
+                  rs->mean_wait);
 }
 
 /* Phase 3, pressure and breakers: each pool's KV breaker steps on the
