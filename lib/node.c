@@ -1175,10 +1175,10 @@ static int notice_act(spi_engine *e, const spi_notice *notice, size_t nlen,
   int rc = SPI_OK;
   node *n = get(e, notice->node, nlen, &rc);
   if (!n)
-    return spi__engine_fail(e, rc, "notice: %s tracking machine %.63s",
+    return spi__engine_fail(e, rc, "notice: %s tracking machine %.*s",
                             rc == SPI_EFULL ? "too many machines"
                                             : "out of memory",
-                            notice->node);
+                            SPI_CUT(notice->node, 63));
   rc = act(e, n, notice, run);
   /* After acting: a withdrawal that puts the machine back to work forgets
    * the keys of what held it, but polling the withdrawal again must still
