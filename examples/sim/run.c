@@ -174,6 +174,13 @@ typedef struct sim {
   int all_on_demand;
   int64_t now;
   heap h;
+  /* The trace's next arrival waits beside the heap, not in it: it is the
+   * earliest event most of the time, so pushed it would rise to the root
+   * and be popped from there at once. Its seq is drawn from the heap's
+   * counter when it is set, as a push would, so events come out in the
+   * same (t, seq) order. */
+  event arrival;
+  int arrival_set;
   spi_engine *eng;
   spi_request *rq, *scratch;
   spi_replay_queue *q;
@@ -862,6 +869,34 @@ static void view_free(sim_gw_view *v) {
   free(v->epoch);
 }
 
+/* The next event, from the heap or beside it (see sim.arrival); NULL when
+ * there is none. */
+static const event *next_event(const sim *s) {
+  const event *a = s->arrival_set ? &s->arrival : NULL;
+  if (s->h.n && (!a || ev_less(&s->h.e[0], a))) return &s->h.e[0];
+  return a;
+}
+
+/* Take the next event out; 0 when there is none. */
+static int take_event(sim *s, event *ev) {
+  const event *e = next_event(s);
+  if (!e) return 0;
+  if (e == &s->arrival) {
+    *ev = s->arrival;
+    s->arrival_set = 0;
+  } else {
+    *ev = heap_pop(&s->h);
+  }
+  return 1;
+}
+
+/* The trace's request k arrives next (its event beside the heap). */
+static void set_arrival(sim *s, size_t k) {
+  event ev = {s->tr->reqs[k].arrival_ns, s->h.seq++, EV_ARRIVE, (uint32_t)k, 1};
+  s->arrival = ev;
+  s->arrival_set = 1;
+}
+
 /* Start loading what the next event in the heap will read (its request,
  * and an arrival's token ids, which the route copies and hashes) while
  * this one runs. A request's data is touched a few times over minutes of
@@ -869,12 +904,13 @@ static void view_free(sim_gw_view *v) {
  * request is not (it has just read it). Most likely still the next event
  * when this one is done; a hint otherwise. */
 static void warm_next_event(const sim *s) {
-  if (!s->h.n || s->h.e[0].type > EV_FINISH) return;
-  uint32_t i = s->h.e[0].a;
+  const event *e = next_event(s);
+  if (!e || e->type > EV_FINISH) return;
+  uint32_t i = e->a;
   const sim_trace_req *t = &s->tr->reqs[i];
   __builtin_prefetch(t);
   __builtin_prefetch(&s->r[i]);
-  if (s->h.e[0].type != EV_ARRIVE) return;
+  if (e->type != EV_ARRIVE) return;
   const char *ids = (const char *)(s->tr->ids + t->block_off * SIM_IDS_PER_BLOCK);
   size_t len = (size_t)t->nblocks * SIM_IDS_PER_BLOCK * sizeof *s->tr->ids;
   for (size_t off = 0; off < len; off += 64) __builtin_prefetch(ids + off);
@@ -889,9 +925,9 @@ static void warm_next_event(const sim *s) {
 __attribute__((noinline))
 #endif
 static void run_events(sim *s, double horizon_s) {
-  /* Arrivals are pushed lazily, one ahead, to keep the heap small. */
+  /* Arrivals are set lazily, one ahead, beside the heap (sim.arrival). */
   size_t next_arrival = 0;
-  if (s->tr->n) heap_push(&s->h, s->tr->reqs[0].arrival_ns, EV_ARRIVE, 0, 1);
+  if (s->tr->n) set_arrival(s, 0);
   next_arrival = 1;
   /* Progress on standard error at each 5% of the requests done, but at most
    * once every 2 s of wall time, so short runs print none. */
@@ -901,8 +937,8 @@ static void run_events(sim *s, double horizon_s) {
   /* The horizon bounds the run: traffic that can never be placed is left
    * queued there and counted, not retried for ever. */
   const int64_t horizon_ns = (int64_t)(horizon_s * 1e9);
-  while (s->h.n && s->done_n < s->tr->n) {
-    event ev = heap_pop(&s->h);
+  event ev;
+  while (s->done_n < s->tr->n && take_event(s, &ev)) {
     warm_next_event(s);
     if (ev.t > horizon_ns) {
       s->now = horizon_ns;
@@ -911,11 +947,7 @@ static void run_events(sim *s, double horizon_s) {
     s->now = ev.t;
     switch (ev.type) {
     case EV_ARRIVE:
-      if (ev.epoch && next_arrival < s->tr->n) {
-        heap_push(&s->h, s->tr->reqs[next_arrival].arrival_ns, EV_ARRIVE,
-                  (uint32_t)next_arrival, 1);
-        next_arrival++;
-      }
+      if (ev.epoch && next_arrival < s->tr->n) set_arrival(s, next_arrival++);
       switch (route(s, ev.a)) {
       case 1:
         break;
