@@ -166,6 +166,14 @@ typedef struct replica {
 } replica;
 
 
+/* A warm request handle, as a gateway's per-worker request would be. */
+typedef struct sim_rq {
+  spi_request *h;
+  int warm;    /* h holds the attributes every request shares */
+  int32_t cls; /* the class h's class attributes are set for; -1 none */
+  int replay;  /* h has a replay-since time set */
+} sim_rq;
+
 typedef struct sim {
   const sim_opts *o;
   const sim_trace *tr;
@@ -182,15 +190,13 @@ typedef struct sim {
   event arrival;
   int arrival_set;
   spi_engine *eng;
-  spi_request *rq, *scratch;
+  sim_rq rq[4]; /* a warm request handle a class (the class's value & 3) */
+  spi_request *scratch;
   spi_replay_queue *q;
   replica *reps;
   uint32_t nrep;
   sreq *r;
   int pump_pending, unpark_pending;
-  int rq_warm; /* rq holds the attributes every request shares */
-  int32_t rq_class; /* the class rq's class attributes are set for; -1 none */
-  int rq_replay;    /* rq has a replay-since time set */
   uint32_t *parked; /* FIFO of requests held for spot */
   size_t n_parked, parked_cap;
   char dir[64];
@@ -312,26 +318,31 @@ static uint32_t replica_of(const char *id) {
   return k;
 }
 
-/* Build the library request for request i from its trace blocks. The
- * handle stays warm between requests, as a gateway's per-worker request
- * would: the model is set once, and every other attribute a request may
- * carry is set or cleared each time. */
-static int build_request(sim *s, uint32_t i, spi_request *rq) {
+/* Build the library request for request i from its trace blocks, in its
+ * class's handle. A handle stays warm between requests, as a gateway's
+ * per-worker request would: the model is set once, and every other
+ * attribute a request may carry is set or cleared each time. A handle a
+ * class sets the class's attributes once instead of at every change of
+ * class (a route reads the handle and derives the request anew from it,
+ * whichever handle it is). */
+static spi_request *build_request(sim *s, uint32_t i, int *rc) {
   const sim_trace_req *t = &s->tr->reqs[i];
   sreq *q = &s->r[i];
   size_t n = (size_t)t->nblocks * SIM_IDS_PER_BLOCK;
-  if (!s->rq_warm) {
+  sim_rq *h = &s->rq[t->klass & 3];
+  spi_request *rq = h->h;
+  if (!h->warm) {
     spi_request_reset(rq);
     spi_request_set_str(rq, SPI_REQ_MODEL, "sim-model", 9);
-    s->rq_warm = 1;
-    s->rq_class = -1; /* none set yet */
-    s->rq_replay = 0; /* reset cleared it */
+    h->warm = 1;
+    h->cls = -1;   /* none set yet */
+    h->replay = 0; /* reset cleared it */
   }
   /* What depends on the class alone is set when the class changes: a
    * route reads the handle and leaves it as it was, and setting a field
    * to the value it holds changes nothing the token ids (always set
    * below) do not change too. */
-  if (s->rq_class != (int32_t)t->klass) {
+  if (h->cls != (int32_t)t->klass) {
     const char *cls = spi_class_name((int32_t)t->klass);
     spi_request_set_str(rq, SPI_REQ_CLASS, cls, strlen(cls));
     if (t->klass != SPI_CLASS_GOLD) {
@@ -341,19 +352,20 @@ static int build_request(sim *s, uint32_t i, spi_request *rq) {
       spi_request_unset_int(rq, SPI_REQ_REPLAYABLE);
       spi_request_set_int(rq, SPI_REQ_SLA_MS, 2000);
     }
-    s->rq_class = (int32_t)t->klass;
+    h->cls = (int32_t)t->klass;
   }
   spi_request_set_int(rq, SPI_REQ_PROMPT_TOKENS, q->prompt_tokens);
   spi_request_set_int(rq, SPI_REQ_EXPECTED_OUTPUT_TOKENS, q->out_left);
   spi_request_set_int(rq, SPI_REQ_MAX_OUTPUT_TOKENS, q->out_left);
   if (q->replay_since) {
     spi_request_set_int(rq, SPI_REQ_REPLAY_SINCE_NS, SIM_EPOCH_NS + q->replay_since);
-    s->rq_replay = 1;
-  } else if (s->rq_replay) {
+    h->replay = 1;
+  } else if (h->replay) {
     spi_request_unset_int(rq, SPI_REQ_REPLAY_SINCE_NS);
-    s->rq_replay = 0;
+    h->replay = 0;
   }
-  return spi_request_set_token_ids(rq, s->tr->ids + t->block_off * SIM_IDS_PER_BLOCK, n);
+  *rc = spi_request_set_token_ids(rq, s->tr->ids + t->block_off * SIM_IDS_PER_BLOCK, n);
+  return rq;
 }
 
 /* Route request i; 1 when it landed on a replica, 0 when refused, 2 when
@@ -362,16 +374,17 @@ static int build_request(sim *s, uint32_t i, spi_request *rq) {
  * give the same answer, so it is not). */
 static int route(sim *s, uint32_t i) {
   sreq *q = &s->r[i];
-  int brc = build_request(s, i, s->rq);
+  int brc;
+  spi_request *rq = build_request(s, i, &brc);
   if (brc != SPI_OK) {
     if (!s->res->route_errors++)
       fprintf(stderr, "spotinfer_sim: %s: request %u not taken: %s: %s\n", s->res->name, i,
-              spi_strerror(brc), spi_request_errmsg(s->rq));
+              spi_strerror(brc), spi_request_errmsg(rq));
     return 3;
   }
   spi_decision d; /* spi_route clears it; its fields are read on SPI_OK only */
   d.struct_size = sizeof d;
-  int rc = spi_route(s->rq, &d);
+  int rc = spi_route(rq, &d);
   if (rc != SPI_OK || !d.ticket) {
     if (rc != SPI_OK && rc != SPI_ESHED && rc != SPI_ENOCAPACITY) {
       if (!s->res->route_errors++) /* the first, even with --quiet: the table counts them */
@@ -1125,7 +1138,7 @@ int sim_run_policy(const sim_opts *o, const sim_trace *tr, sim_zone *zones, size
            "\"max_attempts\":1000,\"backoff_base_ms\":250,\"backoff_max_ms\":4000}",
            s.dir);
   rc = spi_replay_open(s.eng, qcfg, strlen(qcfg), &s.q);
-  if (rc == SPI_OK) rc = spi_request_new(s.eng, &s.rq);
+  for (int c = 0; c < 4 && rc == SPI_OK; c++) rc = spi_request_new(s.eng, &s.rq[c].h);
   if (rc == SPI_OK) rc = spi_request_new(s.eng, &s.scratch);
   if (rc != SPI_OK) {
     fprintf(stderr, "setup: %s: %s\n", spi_strerror(rc), spi_engine_errmsg(s.eng));
@@ -1162,7 +1175,7 @@ int sim_run_policy(const sim_opts *o, const sim_trace *tr, sim_zone *zones, size
   res->loop_cpu_s = sim_thread_cpu_s() - c0;
   res->tl.end_s = (double)s.now / 1e9;
   summarise(&s);
-  spi_request_free(s.rq);
+  for (int c = 0; c < 4; c++) spi_request_free(s.rq[c].h);
   spi_request_free(s.scratch);
   spi_replay_close(s.q);
   spi_engine_free(s.eng);
