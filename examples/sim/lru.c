@@ -111,6 +111,31 @@ static void move_front(sim_lru *l, uint32_t i) {
   }
 }
 
+/* The same as move_front of at[n-1], at[n-2], ..., at[0] in turn: the
+ * slots end at the front in the order at[0..n) gives, the rest of the list
+ * in its own order behind them. A run of them that already follow one
+ * another in the list (at[j-1]'s next is at[j], looked at when the run is
+ * moved, after the runs behind it) is moved in one piece: the blocks a
+ * prompt shares with one cached before lie in the list as it left them,
+ * so a fill's hits are mostly one run or a few. */
+static void move_front_all(sim_lru *l, const uint32_t *at, uint32_t n) {
+  struct sim_lru_slot *s = l->slots;
+  while (n) {
+    uint32_t last = at[--n], first = last;
+    while (n && s[at[n - 1]].next == first) first = at[--n];
+    if (l->head == first) continue;
+    /* first is not the head, so it has a prev; out, then in at the head */
+    uint32_t before = s[first].prev, after = s[last].next;
+    s[before].next = after;
+    if (after != NIL) s[after].prev = before;
+    else l->tail = before;
+    s[first].prev = NIL;
+    s[last].next = l->head;
+    s[l->head].prev = last;
+    l->head = first;
+  }
+}
+
 /* Move the entry in slot j to the empty slot i, links and all. */
 static void move_entry(sim_lru *l, uint32_t i, uint32_t j) {
   struct sim_lru_slot *x = &l->slots[i];
@@ -244,7 +269,7 @@ static void fill_in_room(sim_lru *l, const uint64_t *chain, uint32_t n, uint32_t
       push_front(l, empty);
     }
   }
-  for (uint32_t b = hit; b-- > 0;) move_front(l, at[b]);
+  move_front_all(l, at, hit);
 }
 
 /* Hits whose slots a fill remembers; a longer run of hits takes
