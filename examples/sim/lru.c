@@ -276,17 +276,35 @@ static void fill_in_room(sim_lru *l, const uint64_t *chain, uint32_t n, uint32_t
  * fill_evicting. */
 #define FILL_AT_MAX 1024
 
-uint32_t sim_lru_prefix_fill(sim_lru *l, const uint64_t *chain, uint32_t n) {
-  uint32_t hit = 0, empty = NIL, i, at[FILL_AT_MAX];
-  if (!l->cap) return 0; /* emptied by sim_lru_set_cap: holds nothing */
+/* The leading blocks present: their count, and the slots of the first
+ * FILL_AT_MAX of them in at. A block is looked for first in the slot after
+ * the one before it in the recency list: a fill leaves a prompt's blocks
+ * there in order, so a prefix cached before is mostly found that way, with
+ * one comparison; a key is in one slot only, so a match is the slot a
+ * lookup would find. */
+static uint32_t leading_hits(const sim_lru *l, const uint64_t *chain, uint32_t n,
+                             uint32_t *at) {
+  uint32_t hit = 0, empty = NIL, i, next = NIL;
   for (uint32_t b = 0; b < n && b < PREFETCH_AHEAD; b++) prefetch_home(l, chain[b]);
   while (hit < n) {
     if (hit + PREFETCH_AHEAD < n) prefetch_home(l, chain[hit + PREFETCH_AHEAD]);
-    i = find_slot(l, chain[hit], &empty);
-    if (i == NIL) break;
+    if (next != NIL && l->slots[next].key1 == chain[hit] + 1) {
+      i = next;
+    } else {
+      i = find_slot(l, chain[hit], &empty);
+      if (i == NIL) break;
+    }
     if (hit < FILL_AT_MAX) at[hit] = i;
     hit++;
+    next = l->slots[i].next;
   }
+  return hit;
+}
+
+uint32_t sim_lru_prefix_fill(sim_lru *l, const uint64_t *chain, uint32_t n) {
+  uint32_t at[FILL_AT_MAX];
+  if (!l->cap) return 0; /* emptied by sim_lru_set_cap: holds nothing */
+  uint32_t hit = leading_hits(l, chain, n, at);
   const uint32_t *kept = hit <= FILL_AT_MAX ? at : NULL;
   if (kept && n - hit <= l->cap - l->size) fill_in_room(l, chain, n, hit, kept);
   else fill_evicting(l, chain, n, hit, kept);
