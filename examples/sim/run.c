@@ -178,7 +178,7 @@ typedef struct replica {
   uint32_t running, waiting_n, running_blocks;
   int32_t head; /* members (waiting and running), intrusive list */
   uint32_t *wq; /* FIFO of waiting request indices (lazy: checked on pop) */
-  size_t wq_head, wq_tail, wq_cap;
+  size_t wq_head, wq_tail, wq_cap; /* wq_cap: 0 or a power of two */
   int64_t prefill_free_at, up_since;
   double up_seconds;
   uint64_t starts;
@@ -274,14 +274,14 @@ static void wq_push(replica *p, uint32_t i) {
     size_t c = p->wq_cap ? p->wq_cap * 2 : 64;
     uint32_t *n = malloc(c * sizeof *n);
     if (!n) sim_oom("a replica's wait queue");
-    for (size_t k = 0; k < p->wq_cap; k++) n[k] = p->wq[(p->wq_head + k) % p->wq_cap];
+    for (size_t k = 0; k < p->wq_cap; k++) n[k] = p->wq[(p->wq_head + k) & (p->wq_cap - 1)];
     p->wq_tail -= p->wq_head;
     p->wq_head = 0;
     free(p->wq);
     p->wq = n;
     p->wq_cap = c;
   }
-  p->wq[p->wq_tail++ % p->wq_cap] = i;
+  p->wq[p->wq_tail++ & (p->wq_cap - 1)] = i; /* a mask, not a division */
 }
 
 /* Leading prompt blocks present in an LRU, then all of them inserted. */
@@ -323,7 +323,7 @@ static void start_one(sim *s, replica *p, uint32_t i) {
 
 static void try_start(sim *s, replica *p) {
   while (p->running < p->max_batch && p->wq_head < p->wq_tail) {
-    uint32_t i = p->wq[p->wq_head++ % p->wq_cap];
+    uint32_t i = p->wq[p->wq_head++ & (p->wq_cap - 1)];
     sreq *q = &s->r[i];
     if (q->state != RQ_WAITING || q->replica != (int32_t)(p - s->reps)) continue;
     p->waiting_n--;
