@@ -217,7 +217,7 @@ static int parse_meta_when(const cJSON *m, const char *shown, rule *r,
     const char *key = e->string ? e->string : "";
     size_t klen = strlen(key);
     char el[SPI_ERRMSG_CAP];
-    spi__errf(el, sizeof el, "%s.%.64s", sub, key);
+    spi__errf(el, sizeof el, "%s.%.*s", sub, SPI_CUT(key, 64));
     if (klen == 0 || klen > META_KEY_MAX) {
       spi__errf(c->err, c->errcap, "%s: a key is 1..%d bytes", el, META_KEY_MAX);
       return SPI_ERANGE;
@@ -287,9 +287,9 @@ static int parse_when(const cJSON *w, const char *shown, rule *r,
         if (strcmp(t->valuestring, TIERS[k]) == 0) found = k;
       if (found < 0) {
         spi__errf(c->err, c->errcap,
-                  "%s: unknown value \"%.32s\" (expected "
+                  "%s: unknown value \"%.*s\" (expected "
                   "auto|default|flex|priority|scale)",
-                  el, t->valuestring);
+                  el, SPI_CUT(t->valuestring, 32));
         return SPI_EUNKNOWN;
       }
       r->tier_mask |= 1u << (found + SPI_SERVICE_TIER_AUTO);

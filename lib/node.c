@@ -881,6 +881,22 @@ static void remember(struct spi_nodes *t, const spi_notice *notice,
                      notice->active && advice, when);
 }
 
+/* A notice from the bus acted on a machine whose dedup key this engine's
+ * poller handed in: it brought the key's deadline forward (seen_before),
+ * so the key keeps the new deadline, or a later copy, and a copy past the
+ * new deadline, would be judged against the old one and act again (a
+ * dropped machine noticed again, a later deadline published). It keeps it
+ * 1 ns later, so the poller's own copy of the same deadline still acts
+ * once and gets its plans, as it does for a key it has not handed in; a
+ * key not handed in here is not remembered. Nodes lock held. */
+static void remember_remote(struct spi_nodes *t, const spi_notice *notice,
+                            size_t nlen, int64_t deadline) {
+  if (notice->dedup_key[0] && notice->active && !is_advice(notice) &&
+      deadline > 0 && deadline < INT64_MAX)
+    spi__keyring_set_when(&t->seen, notice->dedup_key,
+                          XXH3_64bits(notice->node, nlen), deadline + 1);
+}
+
 /* The bus's dedup key of a notice: the machine, what, when and which
  * event. Two events of one machine may share kind and deadline, and an
  * empty dedup key is allowed, so the event id tells them apart. The
@@ -1159,10 +1175,10 @@ static int notice_act(spi_engine *e, const spi_notice *notice, size_t nlen,
   int rc = SPI_OK;
   node *n = get(e, notice->node, nlen, &rc);
   if (!n)
-    return spi__engine_fail(e, rc, "notice: %s tracking machine %.63s",
+    return spi__engine_fail(e, rc, "notice: %s tracking machine %.*s",
                             rc == SPI_EFULL ? "too many machines"
                                             : "out of memory",
-                            notice->node);
+                            SPI_CUT(notice->node, 63));
   rc = act(e, n, notice, run);
   /* After acting: a withdrawal that puts the machine back to work forgets
    * the keys of what held it, but polling the withdrawal again must still
@@ -1267,13 +1283,15 @@ int spi__nodes_apply_remote(spi_engine *e, const spi_notice *notice) {
   expire(e, run.now);
   /* Handed in here already (the same event from this engine's own
    * poller) or applied from the bus before: nothing new. The dedup key is
-   * not remembered, so this engine's own poller still gets its plans; the
+   * not remembered, so this engine's own poller still gets its plans (one
+   * it remembers keeps the deadline brought forward: remember_remote); the
    * bus key only once the notice has acted, so a copy from another engine
    * is applied after one that could not be. */
   if (!bus_seen_before(t, key, notice, nlen) &&
       !(notice->dedup_key[0] && seen_before(t, notice, nlen, run.now))) {
     rc = notice_act(e, notice, nlen, 0, &run);
     if (rc == SPI_OK) {
+      remember_remote(t, notice, nlen, run.deadline);
       spi__keyring_add(&t->bus_seen, key, XXH3_64bits(notice->node, nlen), 0,
                        0);
       rc = 1;

@@ -177,7 +177,7 @@ int spi__fleet_configure(spi_engine *e, const cJSON *root, spi_snapshot *s,
   }
   if (!m) {
     spi__errf(err, errcap, "modules.fleet_bus: no fleet_bus module named \"%.*s\"",
-              (int)(nlen > 64 ? 64 : nlen), name);
+              (int)spi__utf8_fit(name, nlen, 64), name);
     return SPI_ENOTFOUND;
   }
   struct spi_fleet_ref *r = spi__calloc(&e->mem, 1, sizeof *r);
@@ -411,8 +411,8 @@ static int decode(const char *text, size_t len, decoded *d, char *err,
     if (rc == SPI_OK) rc = get_time(o, "until_ns", &c->until, err, errcap);
     if (rc == SPI_OK) rc = MSG_COOLDOWN;
   } else {
-    spi__errf(err, errcap, "type \"%.32s\" is not one this engine reads",
-              type->valuestring);
+    spi__errf(err, errcap, "type \"%.*s\" is not one this engine reads",
+              SPI_CUT(type->valuestring, 32));
     rc = MSG_UNKNOWN;
   }
   cJSON_Delete(o);
@@ -513,15 +513,15 @@ static int send_one(spi_engine *e, struct spi_fleet *f,
                                        p->issued, b);
   const char *what = p->cooldown ? p->u.cool.zone : p->u.notice.node;
   if (rc == SPI_ENOMEM) {
-    spi__errf(err, errcap, "fleet bus: a message for %.63s: out of memory "
-              "(kept to send again)", what);
+    spi__errf(err, errcap, "fleet bus: a message for %.*s: out of memory "
+              "(kept to send again)", SPI_CUT(what, 63));
     set_error(f, "%s", err);
     return rc;
   }
   if (rc != SPI_OK) {
     atomic_fetch_add(&f->dropped, 1);
-    set_error(f, "fleet bus: a message for %.63s could not be written: %s",
-              what, spi_strerror(rc));
+    set_error(f, "fleet bus: a message for %.*s could not be written: %s",
+              SPI_CUT(what, 63), spi_strerror(rc));
     return SPI_OK;
   }
   return call_publish(e, f, r, (const char *)b->data, b->len, err, errcap);
@@ -667,10 +667,10 @@ static void apply_one(spi_engine *e, struct spi_fleet *f, const char *text,
     atomic_fetch_add(rc > 0 ? &f->applied : &f->duplicates, 1);
     return;
   }
-  set_error(f, "fleet bus: notice for %.63s not applied: %s", d.notice.node,
-            spi_strerror(rc));
-  spi__engine_log(e, SPI_LOG_WARN, "fleet bus: notice for %.63s not applied: %s",
-                  d.notice.node, spi_strerror(rc));
+  set_error(f, "fleet bus: notice for %.*s not applied: %s",
+            SPI_CUT(d.notice.node, 63), spi_strerror(rc));
+  spi__engine_log(e, SPI_LOG_WARN, "fleet bus: notice for %.*s not applied: %s",
+                  SPI_CUT(d.notice.node, 63), spi_strerror(rc));
 }
 
 static int poll_once(spi_engine *e, struct spi_fleet *f,

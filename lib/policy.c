@@ -535,10 +535,17 @@ static double guarded_cost(const terms *t, const spi_route_context *x,
                     c->prefill_tokens_per_s;
 }
 
+/* A reason's text with its length, so that joining it needs no strlen. */
+typedef struct text {
+  const char *s;
+  size_t n;
+} text;
+#define TEXT(lit) ((text){"" lit, sizeof(lit) - 1})
+
 typedef struct pick {
   int64_t idx;
   int32_t reason;
-  const char *why;
+  text why;
 } pick;
 
 /* Whether a should win over b among near-ties: the one sent fewer tokens
@@ -771,11 +778,11 @@ static void spare_summary(const spi_route_context *x, const summary *m,
 /* Choose a replica in one pool; idx -1 when none, -2 to queue (bronze). */
 static pick choose_in_pool(const pinst *p, const spi_route_context *x,
                            const summary *m, int32_t klass) {
-  pick r = {-1, SPI_REASON_NONE, ""};
+  pick r = {-1, SPI_REASON_NONE, TEXT("")};
   if (!p->affinity) {
     r.idx = m->least >= 0 && servable(&x->candidates[m->least]) ? m->least : -1;
     r.reason = SPI_REASON_LEAST_LOADED;
-    r.why = "least loaded";
+    r.why = TEXT("least loaded");
     return r;
   }
   double w = p->wait_weight[klass >= 0 && klass < 4 ? klass : 0];
@@ -790,10 +797,10 @@ static pick choose_in_pool(const pinst *p, const spi_route_context *x,
     int64_t v = cold_placement(&t, x, &l, w, b);
     if (v >= 0) r.idx = v;
     r.reason = v >= 0 ? SPI_REASON_RENDEZVOUS : SPI_REASON_LEAST_LOADED;
-    r.why = v < 0         ? "cold prefix: lowest estimated cost"
-            : v == m->rdv ? "cold prefix placed by rendezvous hash"
-                          : "cold prefix placed by rendezvous hash among the "
-                            "replicas at or below the pool's mean";
+    r.why = v < 0         ? TEXT("cold prefix: lowest estimated cost")
+            : v == m->rdv ? TEXT("cold prefix placed by rendezvous hash")
+                          : TEXT("cold prefix placed by rendezvous hash among "
+                                 "the replicas at or below the pool's mean");
     return r;
   }
   const spi_candidate *wm = &x->candidates[m->warm];
@@ -803,17 +810,17 @@ static pick choose_in_pool(const pinst *p, const spi_route_context *x,
      * pay for every millisecond. */
     r.idx = -2;
     r.reason = SPI_REASON_WAIT_WARM;
-    r.why = "waits for its busy warm replica";
+    r.why = TEXT("waits for its busy warm replica");
   } else if (b->matched_blocks > 0) {
     r.reason = SPI_REASON_AFFINITY;
-    r.why = "holds the prefix: lowest estimated cost";
+    r.why = TEXT("holds the prefix: lowest estimated cost");
   } else if (cost_of(wm, w) <= cost_of(b, w) + block_ms(&t, x, b)) {
     /* It would have won on cost: only the guard moved the request. */
     r.reason = SPI_REASON_IMBALANCE;
-    r.why = "warm replica over its share of the pool's work";
+    r.why = TEXT("warm replica over its share of the pool's work");
   } else {
     r.reason = SPI_REASON_AFFINITY_LEFT;
-    r.why = "warm replica's wait costs more than the prefill it saves";
+    r.why = TEXT("warm replica's wait costs more than the prefill it saves");
   }
   return r;
 }
@@ -909,9 +916,9 @@ static int64_t fresh_warm(const spi_route_context *x, const summary *m) {
 /* The pool rules (the file's comment), in order: the rule's pool, its
  * fallback (0: none, SPI_POOL_QUEUE: queue) and the rule's text. warm_s
  * and warm_o are the spot and on-demand summaries' fresh prefix holders. */
-static const char *pool_rule(const pinst *p, const spi_route_context *x,
-                             int64_t warm_s, int64_t warm_o, int32_t *pool,
-                             int32_t *fallback) {
+static text pool_rule(const pinst *p, const spi_route_context *x,
+                      int64_t warm_s, int64_t warm_o, int32_t *pool,
+                      int32_t *fallback) {
   const spi_request_view *v = x->req;
   const spi_classification *cls = x->cls;
   int32_t klass = cls->klass;
@@ -923,7 +930,7 @@ static const char *pool_rule(const pinst *p, const spi_route_context *x,
     if (p->gold_overflow == OVERFLOW_ALWAYS ||
         (p->gold_overflow == OVERFLOW_WARM && warm_s >= 0))
       *fallback = SPI_POOL_SPOT;
-    return "gold within its SLA: on-demand";
+    return TEXT("gold within its SLA: on-demand");
   }
   if (p->affinity && warm_s >= 0 && out_tokens >= 0 &&
       out_tokens < p->hit_max_output && klass != SPI_CLASS_GOLD &&
@@ -933,28 +940,38 @@ static const char *pool_rule(const pinst *p, const spi_route_context *x,
      * conversation held on on-demand does not split it off to spot. */
     *pool = SPI_POOL_SPOT;
     *fallback = klass == SPI_CLASS_BRONZE ? 0 : SPI_POOL_ON_DEMAND;
-    return "spot cache hit with short output: spot";
+    return TEXT("spot cache hit with short output: spot");
   }
   if (cls->replayable && p->replayable_to_spot && klass != SPI_CLASS_BRONZE) {
     *pool = SPI_POOL_SPOT;
     *fallback = (klass == SPI_CLASS_GOLD || p->silver_fallback)
                     ? SPI_POOL_ON_DEMAND
                     : 0;
-    return "replayable: spot";
+    return TEXT("replayable: spot");
   }
   if (klass == SPI_CLASS_BRONZE) {
     *pool = SPI_POOL_SPOT;
     *fallback = p->bronze_queue ? SPI_POOL_QUEUE : SPI_POOL_ON_DEMAND;
-    return "batch: spot";
+    return TEXT("batch: spot");
   }
   if (klass == SPI_CLASS_SILVER) {
     *pool = SPI_POOL_SPOT;
     *fallback = p->silver_fallback ? SPI_POOL_ON_DEMAND : 0;
-    return "low priority: spot";
+    return TEXT("low priority: spot");
   }
   *pool = p->default_pool;
   *fallback = *pool == SPI_POOL_SPOT ? SPI_POOL_ON_DEMAND : 0;
-  return "default pool";
+  return TEXT("default pool");
+}
+
+/* out->reason = rule "; " why, their lengths known. */
+static inline __attribute__((always_inline)) void
+join_reason(spi_policy_choice *out, text rule, text why) {
+  size_t cap = sizeof out->reason;
+  size_t n = spi__join_part_len(out->reason, 0, cap, rule.s, rule.n);
+  n = spi__join_part(out->reason, n, cap, "; ");
+  n = spi__join_part_len(out->reason, n, cap, why.s, why.n);
+  out->reason[n] = '\0';
 }
 
 static int policy_choose(void *state, void *inst, const spi_route_context *x,
@@ -979,7 +996,7 @@ static int policy_choose(void *state, void *inst, const spi_route_context *x,
 
   /* Pool rules, in order; fallback pool and whether queueing is allowed. */
   int32_t pool, fallback = 0;
-  const char *rule = pool_rule(p, x, warm_s, warm_o, &pool, &fallback);
+  text rule = pool_rule(p, x, warm_s, warm_o, &pool, &fallback);
 
   const summary *primary = pool == SPI_POOL_SPOT ? &ms : &mo;
   const int32_t rule_pool = pool, rule_fallback = fallback;
@@ -989,7 +1006,7 @@ static int policy_choose(void *state, void *inst, const spi_route_context *x,
   if (pk.idx == -2) { /* bronze waits for its warm replica */
     out->pool = SPI_POOL_QUEUE;
     out->reason_code = pk.reason;
-    spi__join(out->reason, sizeof out->reason, rule, "; ", pk.why);
+    join_reason(out, rule, pk.why);
     return SPI_OK;
   }
   /* A pool whose KV breaker sheds this class is loaded, not gone: the
@@ -1016,11 +1033,11 @@ static int policy_choose(void *state, void *inst, const spi_route_context *x,
        * say whether it has, so bronze is served on a stale spot replica
        * as a last resort, and queued only when there is none. */
       if (!has_servable(x, &mo) &&
-          last_resort(x, &ms, &mo, rule_pool, rule_fallback, rule, out))
+          last_resort(x, &ms, &mo, rule_pool, rule_fallback, rule.s, out))
         return SPI_OK;
       out->pool = SPI_POOL_QUEUE;
       out->reason_code = SPI_REASON_QUEUE_NO_SPOT;
-      spi__join(out->reason, sizeof out->reason, rule, "; ",
+      spi__join(out->reason, sizeof out->reason, rule.s, "; ",
                 "no spot capacity: queued");
       return SPI_OK;
     }
@@ -1028,17 +1045,17 @@ static int policy_choose(void *state, void *inst, const spi_route_context *x,
     if (kept && !shed && has_servable(x, &mo)) {
       out->pool = 0;
       out->reason_code = SPI_REASON_NO_CAPACITY;
-      spi__join(out->reason, sizeof out->reason, rule, "; ",
+      spi__join(out->reason, sizeof out->reason, rule.s, "; ",
                 "no spot replica, and on-demand is kept for gold beyond "
                 "policy.fallback_batch_share of each batch");
       return SPI_OK;
     }
     if (!shed &&
-        last_resort(x, &ms, &mo, rule_pool, rule_fallback, rule, out))
+        last_resort(x, &ms, &mo, rule_pool, rule_fallback, rule.s, out))
       return SPI_OK;
     out->pool = 0;
     out->reason_code = shed ? SPI_REASON_SHED : SPI_REASON_NO_CAPACITY;
-    spi__join(out->reason, sizeof out->reason, rule, "; ",
+    spi__join(out->reason, sizeof out->reason, rule.s, "; ",
               shed ? "KV pressure sheds this class" : "no eligible replica");
     return SPI_OK;
   }
@@ -1050,7 +1067,7 @@ static int policy_choose(void *state, void *inst, const spi_route_context *x,
   add_fallbacks(x, primary, out, limit, 0);
   if (fallback == SPI_POOL_SPOT || fallback == SPI_POOL_ON_DEMAND)
     add_fallbacks(x, fallback == SPI_POOL_SPOT ? &ms : &mo, out, limit, 0);
-  spi__join(out->reason, sizeof out->reason, rule, "; ", pk.why);
+  join_reason(out, rule, pk.why);
   return SPI_OK;
 }
 

@@ -16,11 +16,16 @@
 
 /* The TTFT estimate (prefill_model.h): every caller goes through there,
  * so the same inputs give the same bits whichever pass computed them. */
+static double est_ttft_of(const route_env *x, double wait_ms, double running,
+                          double ms_tok, int32_t advised,
+                          const spi_replica_ident *r, double uncached) {
+  return spi__prefill_ttft_ms(x->cfg, wait_ms, running, r->inv_max_inflight,
+                              uncached, ms_tok, advised);
+}
 static double est_ttft(const route_env *x, const replica_eval *ev,
                        const spi_replica_ident *r, double uncached) {
-  return spi__prefill_ttft_ms(x->cfg, ev->wait_ms, ev->running,
-                              r->inv_max_inflight, uncached, ev->ms_tok,
-                              ev->advised);
+  return est_ttft_of(x, ev->wait_ms, ev->running, ev->ms_tok, ev->advised, r,
+                     uncached);
 }
 
 static double rel_load(const replica_eval *ev, const spi_replica_ident *r) {
@@ -142,7 +147,8 @@ static void arena_sweep(scan *sc) {
   for (uint32_t i = 0; i < sc->a.n; i++) {
     if (map[i] == NO_EV) continue;
     sc->a.pos[n] = sc->a.pos[i];
-    sc->a.ev[n] = sc->a.ev[i];
+    sc->a.head[n] = sc->a.head[i];
+    sc->a.tail[n] = sc->a.tail[i];
     map[i] = n++;
   }
   sc->a.n = n;
@@ -161,7 +167,7 @@ static uint32_t arena_put(scan *sc, uint32_t pos, const replica_eval *ev) {
   if (sc->a.n == ARENA_CAP) arena_sweep(sc);
   uint32_t i = sc->a.n++;
   sc->a.pos[i] = pos;
-  if (ev) sc->a.ev[i] = *ev;
+  if (ev) arena_set(&sc->a, i, ev);
   return i;
 }
 
@@ -486,11 +492,24 @@ static void indexed_exception(const route_env *x, const spi_replica_set *set,
  * its slot: the index's copy (ev_at, made with its entry) with this
  * request's t, computed with the TTFT model's operations, and rdv, its
  * rendezvous weight (spi__rdv_weight of its id_hash). */
-static inline void indexed_eval(const spi_pool_index *p, uint32_t pos, double t,
-                                uint64_t rdv, replica_eval *o) {
-  *o = p->ev_at[pos];
-  o->t = t;
-  o->rdv = rdv;
+static inline __attribute__((always_inline)) void
+indexed_eval(const spi_pool_index *p, uint32_t pos, double t, uint64_t rdv,
+             ev_arena *a, uint32_t ei) {
+  /* The copy around rdv and t, which lie together mid-head: as a copy of
+   * the whole and two stores over it, but without copying those 16 bytes
+   * (gcc left them out of a plain struct copy; of an ev_head, which may
+   * alias, it cannot). */
+  enum { RT = offsetof(replica_eval, rdv), AFTER = RT + 16 };
+  _Static_assert(offsetof(replica_eval, t) == RT + 8 &&
+                     offsetof(replica_eval, usd_per_hour) == AFTER,
+                 "rdv and t lie together");
+  const char *ev = (const char *)&p->ev_at[pos];
+  char *h = (char *)&a->head[ei];
+  memcpy(h, ev, RT);
+  memcpy(h + AFTER, ev + AFTER, sizeof(ev_head) - AFTER);
+  memcpy(h + RT, &rdv, 8);
+  memcpy(h + RT + 8, &t, 8);
+  memcpy(&a->tail[ei], ev + sizeof(ev_head), sizeof(ev_tail));
 }
 
 /* The TTFT of the regular replica h for this request: the TTFT model's
@@ -516,7 +535,7 @@ offer_in_as(const route_env *x, const spi_pool_index *p, scan *sc, cell_acc *c,
   if (sc->a.n == ARENA_CAP) arena_sweep(sc);
   uint32_t ei = sc->a.n++;
   sc->a.pos[ei] = pos;
-  indexed_eval(p, pos, t, w, &sc->a.ev[ei]);
+  indexed_eval(p, pos, t, w, &sc->a, ei);
   if (top) top_insert(c, t, pos, ei);
   if (least) {
     c->least = ei;
@@ -942,7 +961,7 @@ indexed_all(const route_env *x, const spi_pool_index *p, scan *sc, int k) {
  * replicas in the order indexed_all gives it (ascending positions), so
  * the summaries are the same; the arena then lies in position order, as
  * the candidates do, and they can be taken from it as they lie
- * (named_in_order). */
+ * (named_candidates). */
 static __attribute__((noinline)) void
 indexed_all_cells(const route_env *x, const spi_pool_index *p, scan *sc) {
   for (size_t w = 0; w < (p->n + 63) / 64; w++) {
@@ -1013,9 +1032,9 @@ static void whole_least(const spi_pool_index *p, scan *sc, int k) {
 
 /* Every cell named whole and no exception: every regular replica is
  * usable and no cell has more than its top holds, so each goes into the
- * arena, in ascending positions (named_copy takes the candidates as they
- * lie), and into its cell's top unless its TTFT is not a number; the
- * rendezvous winner is met as indexed_all_cells meets it, and the least
+ * arena, in ascending positions (the candidates are the arena as it lies:
+ * named_candidates), and into its cell's top unless its TTFT is not a
+ * number; the rendezvous winner is met as indexed_all_cells meets it, and the least
  * loaded is the index's (whole_least). The summaries are those of
  * indexed_all_cells: each is a minimum or maximum under a total order. */
 static __attribute__((noinline)) void
@@ -1031,7 +1050,7 @@ indexed_whole(const route_env *x, const spi_pool_index *p, scan *sc) {
       double t = spi__pix_ttft(base, h->wait_ms, cold, h->ms_tok, h->slow);
       uint64_t wt = spi__rdv_weight(h->id_hash, rkey);
       sc->a.pos[n] = pos;
-      indexed_eval(p, pos, t, wt, &sc->a.ev[n]);
+      indexed_eval(p, pos, t, wt, &sc->a, n);
       sc->byte_of[pos] = (uint8_t)n;
       if (t <= HUGE_VAL) top_append(c, t, pos, n);
       if (!h->busy && rdv_enters(c, wt, pos)) {
@@ -1045,6 +1064,7 @@ indexed_whole(const route_env *x, const spi_pool_index *p, scan *sc) {
   sc->a.in_order = 1;
   for (int k = 0; k < SPI_SUMMARY_CELLS; k++) {
     cell_acc *c = &sc->cell[k];
+    if (!p->usable[k]) continue; /* no replica: nothing to find */
     if (c->n_top == c->cap) {
       c->thr_t = c->top[c->cap - 1].t;
       c->thr_pos = c->top[c->cap - 1].pos;
@@ -1125,15 +1145,19 @@ scan_indexed(const route_env *x, const spi_replica_set *set, size_t nrep,
     spi__pix_release(p);
     return 0;
   }
+  /* The sums begin as the regular replicas' (sums is not cleared before
+   * this pass: every field is set here), the exceptions added below. */
+  unsigned ranked = 0; /* the cells with more usable than a top holds */
   for (int k = 0; k < SPI_SUMMARY_CELLS; k++) {
     sc->cell[k].usable += p->usable[k];
-    sums->wait_fix[k] += p->wait_fix[k];
+    sums->wait_fix[k] = p->wait_fix[k];
+    ranked |= (unsigned)(p->usable[k] > SPI_SUMMARY_TOP) << k;
   }
-  for (int q = SPI_POOL_SPOT; q <= SPI_POOL_ON_DEMAND; q++) {
-    sums->kv_fix[q] += p->kv_fix[q];
-    sums->kv_n[q] += p->kv_n[q];
-    sums->served[q] += p->served[q];
-    sums->streams[q] += p->streams[q];
+  for (int q = 0; q < 4; q++) {
+    sums->kv_fix[q] = p->kv_fix[q];
+    sums->kv_n[q] = p->kv_n[q];
+    sums->served[q] = p->served[q];
+    sums->streams[q] = p->streams[q];
   }
   size_t words = (nrep + 63) / 64;
   if (words == 1) /* as bits_clear: one word, not a call */
@@ -1148,9 +1172,6 @@ scan_indexed(const route_env *x, const spi_replica_set *set, size_t nrep,
       indexed_exception(x, set, (uint32_t)(w * 64 + (size_t)__builtin_ctzll(b)),
                         sc, sums);
   }
-  unsigned ranked = 0; /* the cells with more usable than a top holds */
-  for (int k = 0; k < SPI_SUMMARY_CELLS; k++)
-    ranked |= (unsigned)(p->usable[k] > SPI_SUMMARY_TOP) << k;
   if (ranked)
     indexed_ranked(x, p, set, sc, ranked);
   else if (!exc)
@@ -1192,7 +1213,7 @@ static void top_move(cell_acc *c, uint32_t j, double t, uint32_t pos,
  * let it compete for warm. */
 static void cell_warm(scan *sc, int k, uint32_t pos, uint32_t ei, uint32_t j) {
   cell_acc *c = &sc->cell[k];
-  const replica_eval *ev = &sc->a.ev[ei];
+  const ev_head *ev = arena_cev(&sc->a, ei);
   if (j < c->n_top && ttft_before(ev->t, pos, HUGE_VAL, UINT32_MAX)) {
     top_move(c, j, ev->t, pos, ei);
   } else {
@@ -1208,7 +1229,7 @@ static void cell_warm(scan *sc, int k, uint32_t pos, uint32_t ei, uint32_t j) {
     c->warm = ei;
     return;
   }
-  const replica_eval *w = &sc->a.ev[c->warm];
+  const ev_head *w = arena_cev(&sc->a, c->warm);
   if (ev->matched > w->matched ||
       (ev->matched == w->matched &&
        ttft_before(ev->t, pos, w->t, sc->a.pos[c->warm])))
@@ -1268,8 +1289,8 @@ static void named_mark(scan *sc, size_t nrep) {
 
 /* How a summary names a candidate: by position (every replica a
  * candidate), by its rank among the named positions (compact), or by its
- * arena index (compact, each entry its own candidate: named_copy and
- * named_in_order). */
+ * arena index (compact, each entry its own candidate as it lies in the
+ * arena: named_candidates). */
 enum { BY_POS, BY_NAMED, BY_ENTRY };
 
 /* The candidate index of arena entry ei (-1 when not named); by entry,
@@ -1353,9 +1374,11 @@ static void pass_end(scan *sc) {
 void spi__pass_run(scan *sc, const route_env *x, const spi_replica_set *set,
                    size_t nrep, spi_candidate *cands, pool_sums *sums) {
   pass_begin(sc, nrep);
-  if (cands)
+  if (cands) {
+    memset(sums, 0, sizeof *sums);
     scan_full(x, set, nrep, sc, cands, sums);
-  else if (!scan_indexed(x, set, nrep, sc, sums)) {
+  } else if (!scan_indexed(x, set, nrep, sc, sums)) {
+    memset(sums, 0, sizeof *sums);
     spi__metrics_slot_pass(
         atomic_load_explicit(&x->e->metrics, memory_order_acquire));
     scan_lean(x, set, nrep, sc, sums);
@@ -1370,6 +1393,7 @@ void spi__pass_run_slots(scan *sc, const route_env *x,
                          const spi_replica_set *set, size_t nrep,
                          spi_candidate *cands, pool_sums *sums) {
   pass_begin(sc, nrep);
+  memset(sums, 0, sizeof *sums);
   if (cands)
     scan_full(x, set, nrep, sc, cands, sums);
   else
@@ -1377,22 +1401,19 @@ void spi__pass_run_slots(scan *sc, const route_env *x,
   pass_end(sc);
 }
 
-void spi__pass_mean_served(const scan *sc, const pool_sums *sums,
-                           double mean[4], double streams[4]) {
+void spi__pass_means(const scan *sc, const pool_sums *sums, double mean[4],
+                     double streams[4], double wait[SPI_SUMMARY_CELLS]) {
+  uint32_t u[SPI_SUMMARY_CELLS];
+  for (int k = 0; k < SPI_SUMMARY_CELLS; k++) {
+    uint32_t n = u[k] = sc->cell[k].usable;
+    wait[k] = n ? (double)sums->wait_fix[k] / 1000.0 / (double)n : 0.0;
+  }
   mean[0] = mean[3] = streams[0] = streams[3] = 0.0;
   for (int p = SPI_POOL_SPOT; p <= SPI_POOL_ON_DEMAND; p++) {
-    uint32_t n = sc->cell[SPI_SUMMARY_INDEX(p, SPI_TIER_SMALL)].usable +
-                 sc->cell[SPI_SUMMARY_INDEX(p, SPI_TIER_LARGE)].usable;
+    uint32_t n = u[SPI_SUMMARY_INDEX(p, SPI_TIER_SMALL)] +
+                 u[SPI_SUMMARY_INDEX(p, SPI_TIER_LARGE)];
     mean[p] = n ? (double)sums->served[p] / (double)n : 0.0;
     streams[p] = n ? (double)sums->streams[p] / (double)n : 0.0;
-  }
-}
-
-void spi__pass_mean_wait(const scan *sc, const pool_sums *sums,
-                         double wait[SPI_SUMMARY_CELLS]) {
-  for (int k = 0; k < SPI_SUMMARY_CELLS; k++) {
-    uint32_t n = sc->cell[k].usable;
-    wait[k] = n ? (double)sums->wait_fix[k] / 1000.0 / (double)n : 0.0;
   }
 }
 
@@ -1442,23 +1463,23 @@ static void prefix_holder(scan *sc, const route_env *x,
   int k = r->cell >= 0 && !shed[r->pool] ? r->cell : -1;
   uint32_t j = k >= 0 ? top_index(&sc->cell[k], pos) : 0;
   uint32_t ei = k >= 0 ? cell_find(&sc->cell[k], &sc->a, pos, j) : NO_EV;
-  replica_eval *ev;
+  ev_head *ev;
   int taken = 0;
   if (ei != NO_EV) {
-    ev = &sc->a.ev[ei];
+    ev = arena_ev(&sc->a, ei);
     ev->matched = matched;
-    ev->t = est_ttft(x, ev, r, x->warm_tok);
+    ev->t = est_ttft_of(x, ev->wait_ms, ev->running, sc->a.tail[ei].ms_tok,
+                        ev->advised, r, x->warm_tok);
   } else if (cands || (k >= 0 && was_counted(sc, pos))) {
-    /* Evaluated straight into the arena entry it takes if usable (a copy
-     * of an evaluation just written field by field would wait for those
-     * stores); given back below if not. */
-    ei = arena_put(sc, pos, NULL);
-    taken = 1;
-    ev = &sc->a.ev[ei];
+    /* Put in the arena (given back below if not usable). */
+    replica_eval e;
     if (cands)
-      eval_from_candidate(x, r, &cands[pos], matched, ev);
+      eval_from_candidate(x, r, &cands[pos], matched, &e);
     else
-      eval_replica(x, r, matched, ev);
+      eval_replica(x, r, matched, &e);
+    ei = arena_put(sc, pos, &e);
+    taken = 1;
+    ev = arena_ev(&sc->a, ei);
   } else {
     return; /* not usable when the pass met it */
   }
@@ -1468,7 +1489,7 @@ static void prefix_holder(scan *sc, const route_env *x,
     cands[pos].match_flags = continued ? SPI_MATCH_CONTINUED : 0;
     cands[pos].est_ttft_ms = ev->t;
   }
-  if (!ev->usable || k < 0) {
+  if (!sc->a.tail[ei].usable || k < 0) {
     if (taken) sc->a.n--; /* the last entry, and nothing points to it */
     return;
   }
@@ -1525,49 +1546,30 @@ static int all_in_tops(const scan *sc) {
   return tops == sc->a.n;
 }
 
-/* When every arena entry is named (all_in_tops) and the arena lies in
- * ascending positions (indexed_all_cells), each entry is its own
- * candidate, in the candidates' order (the summaries name it by its arena
- * index, BY_ENTRY): made so here, and 1. 0, with out partly written, when
- * the positions do not ascend. */
-static int named_in_order(scan *sc, spi_candidate *out) {
-  named_set *ns = &sc->named;
-  uint32_t n = sc->a.n, prev = 0; /* in a local: the fills' stores could
-                                      otherwise be taken to change it */
-  for (uint32_t ei = 0; ei < n; ei++) {
-    uint32_t pos = sc->a.pos[ei];
-    if (ei && pos <= prev) return 0;
-    prev = pos;
-    ns->pos[ei] = pos;
-    fill_candidate(&out[ei], &sc->a.ev[ei]);
-  }
-  ns->n = n;
+/* Whether the arena's positions ascend: ev_arena.in_order says so of a
+ * pass that put them so (indexed_whole); else they are looked at. */
+static int arena_ascends(const ev_arena *a) {
+  if (a->in_order) return 1;
+  for (uint32_t ei = 1; ei < a->n; ei++)
+    if (a->pos[ei] <= a->pos[ei - 1]) return 0;
   return 1;
 }
 
-/* named_in_order for an arena known to ascend (ev_arena.in_order). */
-static void named_copy(scan *sc, spi_candidate *out) {
-  named_set *ns = &sc->named;
-  uint32_t n = sc->a.n;
-  for (uint32_t ei = 0; ei < n; ei++) {
-    ns->pos[ei] = sc->a.pos[ei];
-    fill_candidate(&out[ei], &sc->a.ev[ei]);
-  }
-  ns->n = n;
-}
-
 /* The candidates a summaries-only policy reads: those the summaries name.
- * *by: how the summaries are to name them (summary_out). */
-static size_t named_candidates(scan *sc, size_t nrep, spi_candidate *out,
-                               int *by) {
+ * When every arena entry is named (all_in_tops) and their positions
+ * ascend, each entry is its own candidate as it lies in the arena (the
+ * summaries name it by its arena index, BY_ENTRY), and the arena's heads
+ * are the candidates: nothing is copied. Else the named ones are copied
+ * into out in position order (BY_NAMED). *by: how the summaries are to
+ * name them (summary_out). */
+static const spi_candidate *named_candidates(scan *sc, size_t nrep,
+                                             spi_candidate *out, int *by) {
   named_set *ns = &sc->named;
-  *by = BY_ENTRY;
-  if (all_in_tops(sc)) {
-    if (sc->a.in_order) {
-      named_copy(sc, out);
-      return ns->n;
-    }
-    if (named_in_order(sc, out)) return ns->n;
+  if (all_in_tops(sc) && arena_ascends(&sc->a)) {
+    *by = BY_ENTRY;
+    ns->n = sc->a.n;
+    ns->at = sc->a.pos;
+    return sc->a.head;
   }
   *by = BY_NAMED;
   memset(ns->cidx, NOT_NAMED, sizeof ns->cidx);
@@ -1581,15 +1583,17 @@ static size_t named_candidates(scan *sc, size_t nrep, spi_candidate *out,
       uint8_t ei = sc->byte_of[pos];
       ns->pos[n] = pos;
       ns->cidx[ei] = (int8_t)n;
-      fill_candidate(&out[n], &sc->a.ev[ei]);
+      memcpy(&out[n], &sc->a.head[ei], sizeof out[n]);
       n++;
     }
   ns->n = n;
-  return n;
+  ns->at = ns->pos;
+  return out;
 }
 
 size_t spi__pass_candidates(scan *sc, const spi_replica_set *set, size_t nrep,
-                            spi_candidate *named, spi_pool_summary *summaries) {
+                            spi_candidate *named, spi_pool_summary *summaries,
+                            const spi_candidate **cands) {
   (void)set; /* each evaluation carries its replica's identity */
   if (!named) {
     for (int k = 0; k < SPI_SUMMARY_CELLS; k++)
@@ -1597,12 +1601,12 @@ size_t spi__pass_candidates(scan *sc, const spi_replica_set *set, size_t nrep,
     return nrep;
   }
   int by;
-  size_t n = named_candidates(sc, nrep, named, &by);
+  *cands = named_candidates(sc, nrep, named, &by);
   if (by == BY_ENTRY)
     for (int k = 0; k < SPI_SUMMARY_CELLS; k++)
       summary_out(sc, k, BY_ENTRY, &summaries[k]);
   else
     for (int k = 0; k < SPI_SUMMARY_CELLS; k++)
       summary_out(sc, k, BY_NAMED, &summaries[k]);
-  return n;
+  return sc->named.n;
 }

@@ -29,31 +29,53 @@ typedef struct route_env {
                                NULL when it excludes none */
 } route_env;
 
+/* The fields of an evaluation a candidate has too (spi_candidate, field
+ * for field at the same offsets), under the pass's own names. */
+#define SPI_EV_HEAD                                                          \
+  const char *id;                                                            \
+  size_t id_len;                                                             \
+  int32_t pool, model_tier;                                                  \
+  /* As the candidate has them: eligible (usable, not as the probe), the   \
+   * half-open breaker's probe, a fresh load, rebalance advice. */          \
+  int32_t eligible, probe, fresh, advised;                                   \
+  double running, waiting, kv_usage; /* stale reads as saturated */          \
+  uint32_t inflight;                                                         \
+  uint32_t max_inflight;                                                     \
+  uint32_t matched;                                                          \
+  uint32_t match_flags; /* SPI_MATCH_CONTINUED or 0 (spi_candidate) */       \
+  uint64_t rdv;         /* rendezvous weight */                              \
+  double t;             /* est TTFT, ms */                                   \
+  double usd_per_hour;                                                       \
+  double wait_ms, served, rate; /* the TTFT model's parts */
+/* ... and what only the route reads. */
+#define SPI_EV_TAIL                                                          \
+  double ms_tok; /* ... (prefill_model.h) */                                 \
+  uint8_t active, usable, busy; /* usable: eligible or the probe */
+
 /* One replica as this request sees it: a candidate (spi_candidate, field
  * for field at the same offsets), then what only the route reads. Every
  * evaluation carries its replica's identity (id, pool, tier, max_inflight,
  * price), so a candidate is its first sizeof(spi_candidate) bytes in one
  * copy (fill_candidate). */
 typedef struct replica_eval {
-  const char *id;
-  size_t id_len;
-  int32_t pool, model_tier;
-  /* As the candidate has them: eligible (usable, not as the probe), the
-   * half-open breaker's probe, a fresh load, rebalance advice. */
-  int32_t eligible, probe, fresh, advised;
-  double running, waiting, kv_usage; /* stale reads as saturated */
-  uint32_t inflight;
-  uint32_t max_inflight;
-  uint32_t matched;
-  uint32_t match_flags;     /* SPI_MATCH_CONTINUED or 0 (spi_candidate) */
-  uint64_t rdv;             /* rendezvous weight */
-  double t;                 /* est TTFT, ms */
-  double usd_per_hour;
-  double wait_ms, served, rate; /* the TTFT model's parts */
+  SPI_EV_HEAD
   /* The candidate ends here. */
-  double ms_tok;            /* ... (prefill_model.h) */
-  uint8_t active, usable, busy; /* usable: eligible or the probe */
+  SPI_EV_TAIL
 } replica_eval;
+
+/* An evaluation in the scan's arena lies in two parts: its candidate's
+ * bytes (ev_head, over a spi_candidate: the arena's entries are
+ * candidates as they lie, so a fleet whose every entry is named hands the
+ * policy the arena itself) and the rest (ev_tail). ev_head may alias the
+ * spi_candidate it is read over. */
+typedef struct __attribute__((may_alias)) ev_head {
+  SPI_EV_HEAD
+} ev_head;
+typedef struct ev_tail {
+  SPI_EV_TAIL
+} ev_tail;
+#undef SPI_EV_HEAD
+#undef SPI_EV_TAIL
 
 #define SPI_EV_SAME(f, g) (offsetof(replica_eval, f) == offsetof(spi_candidate, g))
 _Static_assert(SPI_EV_SAME(id, id) && SPI_EV_SAME(id_len, id_len) &&
@@ -74,6 +96,14 @@ _Static_assert(SPI_EV_SAME(id, id) && SPI_EV_SAME(id_len, id_len) &&
                    offsetof(replica_eval, ms_tok) == sizeof(spi_candidate),
                "an evaluation begins as a candidate (fill_candidate)");
 #undef SPI_EV_SAME
+_Static_assert(sizeof(ev_head) == sizeof(spi_candidate) &&
+                   _Alignof(ev_head) <= _Alignof(spi_candidate) &&
+                   sizeof(replica_eval) == sizeof(ev_head) + sizeof(ev_tail) &&
+                   offsetof(replica_eval, ms_tok) ==
+                       sizeof(ev_head) + offsetof(ev_tail, ms_tok) &&
+                   offsetof(replica_eval, active) ==
+                       sizeof(ev_head) + offsetof(ev_tail, active),
+               "an evaluation is its head and then its tail, byte for byte");
 
 /* The identity fields of an evaluation, from its replica. */
 static inline void eval_ident(replica_eval *o, const spi_replica_ident *r) {
@@ -213,8 +243,24 @@ typedef struct ev_arena {
    * (indexed_whole); an entry put after it clears it (prefix_holder). */
   uint32_t in_order;
   uint32_t pos[ARENA_CAP];
-  replica_eval ev[ARENA_CAP];
+  spi_candidate head[ARENA_CAP]; /* each entry's ev_head (arena_ev) */
+  ev_tail tail[ARENA_CAP];
 } ev_arena;
+
+/* Arena entry i's head, with the pass's names for its fields. */
+static inline ev_head *arena_ev(ev_arena *a, uint32_t i) {
+  return (ev_head *)(void *)&a->head[i];
+}
+static inline const ev_head *arena_cev(const ev_arena *a, uint32_t i) {
+  return (const ev_head *)(const void *)&a->head[i];
+}
+
+/* Arena entry i takes ev: its head and its tail, a copy each. */
+static inline __attribute__((always_inline)) void
+arena_set(ev_arena *a, uint32_t i, const replica_eval *ev) {
+  memcpy(&a->head[i], ev, sizeof(ev_head));
+  memcpy(&a->tail[i], (const char *)ev + sizeof(ev_head), sizeof(ev_tail));
+}
 
 /* The hint of a cell (see seed_from_hint): two words of four positions. */
 #define HINT_PER_WORD 4
@@ -235,6 +281,8 @@ _Static_assert(ARENA_KEEP <= INT8_MAX, "candidate indices fit a signed byte");
 typedef struct named_set {
   uint32_t n;
   uint32_t pos[ARENA_KEEP];
+  const uint32_t *at; /* candidate i's position: pos, or the arena's when
+                         the candidates are the arena's heads */
   int8_t cidx[ARENA_CAP];
   uint64_t bits[SPI_REPLICA_SLOTS / 64];
 } named_set;
@@ -294,22 +342,20 @@ static inline uint64_t spi__wait_fix(double wait_ms, double running,
 
 /* Pass over every replica of set: cands (full candidates, nrep of them)
  * filled when not NULL, else the lean pass that evaluates only replicas
- * that may rank in a summary. Adds to sums (cleared by the caller). */
+ * that may rank in a summary. Sets every field of sums. */
 void spi__pass_run(scan *sc, const route_env *x, const spi_replica_set *set,
                    size_t nrep, spi_candidate *cands, pool_sums *sums);
 /* The same pass for a request that excludes replicas (x->excl): every
- * slot is read, never the pool index. */
+ * slot is read, never the pool index. Sets every field of sums too. */
 void spi__pass_run_slots(scan *sc, const route_env *x,
                          const spi_replica_set *set, size_t nrep,
                          spi_candidate *cands, pool_sums *sums);
 /* Each pool's mean tokens served by its usable replicas (before shedding
- * empties any), and their mean max_inflight. */
-void spi__pass_mean_served(const scan *sc, const pool_sums *sums,
-                           double mean[4], double streams[4]);
-/* Each cell's mean prefill backlog over its usable replicas, ms
- * (spi_route_context.mean_prefill_wait_ms). */
-void spi__pass_mean_wait(const scan *sc, const pool_sums *sums,
-                         double wait[SPI_SUMMARY_CELLS]);
+ * empties any), and their mean max_inflight; each cell's mean prefill
+ * backlog over its usable replicas, ms (spi_route_context.
+ * mean_prefill_wait_ms). One call for the three. */
+void spi__pass_means(const scan *sc, const pool_sums *sums, double mean[4],
+                     double streams[4], double wait[SPI_SUMMARY_CELLS]);
 /* A pool that sheds the route's class: no usable replica there. */
 void spi__pass_shed(scan *sc, int32_t pool, spi_candidate *cands, size_t nrep);
 /* The replicas that likely hold the longest matched prefix of hashes: their
@@ -321,15 +367,18 @@ uint32_t spi__pass_prefix(scan *sc, route_env *x, const spi_replica_set *set,
                           const uint64_t *hashes, uint32_t nblocks);
 /* The candidates and summaries the policy reads. With named (room for
  * ARENA_KEEP), a summaries-only policy's: only the replicas the summaries
- * name are made candidates, into named, and the summaries index them;
- * else every replica is a candidate (filled by the pass) and the
- * summaries give positions. Returns the number of candidates. */
+ * name are made candidates, and the summaries index them; *cands is where
+ * they lie (named, or the scan's own arena when each of its entries is a
+ * candidate as it lies, valid while the scan is). Else every replica is a
+ * candidate (filled by the pass), the summaries give positions, and
+ * *cands is left as it is. Returns the number of candidates. */
 size_t spi__pass_candidates(scan *sc, const spi_replica_set *set, size_t nrep,
-                            spi_candidate *named, spi_pool_summary *summaries);
+                            spi_candidate *named, spi_pool_summary *summaries,
+                            const spi_candidate **cands);
 /* The replica position of a policy's candidate index. */
 static inline uint32_t spi__pass_position(const scan *sc, int compact,
                                           uint32_t idx) {
-  return compact ? sc->named.pos[idx] : idx;
+  return compact ? sc->named.at[idx] : idx;
 }
 
 #endif /* SPI_REPLICA_PASS_H */

@@ -222,7 +222,7 @@ int spi__req_set_str(spi_request *r, const spi_limits *l, int32_t field,
     if (len && i < 0)
       return spi__req_fail(r, SPI_EUNKNOWN,
                       "class: \"%.*s\" is not gold, silver or bronze",
-                      (int)(len > 32 ? 32 : len), v);
+                      (int)spi__utf8_fit(v, len, 32), v);
     klass = len ? i + SPI_CLASS_GOLD : SPI_CLASS_UNSET;
   } else if (field == SPI_REQ_SERVICE_TIER) {
     int i = len ? name_index(TIER_WORDS, 5, v, len) : -1;
@@ -230,7 +230,7 @@ int spi__req_set_str(spi_request *r, const spi_limits *l, int32_t field,
       return spi__req_fail(r, SPI_EUNKNOWN,
                       "service_tier: \"%.*s\" is not auto, default, flex, "
                       "priority or scale",
-                      (int)(len > 32 ? 32 : len), v);
+                      (int)spi__utf8_fit(v, len, 32), v);
     tier = len ? i + SPI_SERVICE_TIER_AUTO : SPI_SERVICE_TIER_UNSET;
   }
   spi_buf *b = &r->str[field];
@@ -333,7 +333,8 @@ int spi_request_add_message(spi_request *req, const char *role,
     return spi__req_fail(req, SPI_EUNKNOWN,
                     "role: \"%.*s\" is not system, developer, user, assistant "
                     "or tool",
-                    (int)(role_len > 32 ? 32 : role_len), role ? role : "");
+                    (int)spi__utf8_fit(role ? role : "", role ? role_len : 0, 32),
+                    role ? role : "");
   spi_limits l = spi__req_limits(req);
   return spi__req_add_message(req, &l, ri, content, content_len, 0);
 }
@@ -468,7 +469,7 @@ int spi__req_set_metadata(spi_request *r, const spi_limits *l, const char *k,
                                     : parse_i64(v, vlen, &n);
       if (!ok)
         return spi__req_fail(r, SPI_ETYPE, "metadata.%s: \"%.*s\" is not %s",
-                        META_KEYS[i].key, (int)(vlen > 32 ? 32 : vlen), v,
+                        META_KEYS[i].key, (int)spi__utf8_fit(v, vlen, 32), v,
                         META_KEYS[i].boolean ? "true or false" : "an integer");
       rc = spi__req_set_int(r, META_KEYS[i].int_field, n);
     }

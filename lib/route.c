@@ -234,7 +234,7 @@ typedef struct route_state {
   double mean_streams[4]; /* ... and mean max_inflight */
   double mean_wait[SPI_SUMMARY_CELLS]; /* each cell's prefill backlog, ms */
   spi_classification *cls;
-  spi_candidate *cands;
+  const spi_candidate *cands; /* full, named, or the scan's arena */
   size_t ncand;
   spi_policy_choice *ch;
   uint32_t first;     /* the order entry served (past lost probe races) */
@@ -345,8 +345,8 @@ static int phase_replicas(route_state *rs, pool_sums *sums) {
     return spi__req_fail(rs->req, SPI_ENOMEM, "route: out of memory");
   env_init(rs);
   run_pass(rs, sums);
-  spi__pass_mean_served(rs->sc, sums, rs->mean_served, rs->mean_streams);
-  spi__pass_mean_wait(rs->sc, sums, rs->mean_wait);
+  spi__pass_means(rs->sc, sums, rs->mean_served, rs->mean_streams,
+                  rs->mean_wait);
   return SPI_OK;
 }
 
@@ -362,10 +362,9 @@ static void pass_for_capped_output(route_state *rs, pool_sums *sums) {
       spi__output_bound(rs->v, rs->cls) > rs->cfg->advised_max_output_tokens)
     return;
   x->long_request = 0;
-  memset(sums, 0, sizeof *sums);
   run_pass(rs, sums);
-  spi__pass_mean_served(rs->sc, sums, rs->mean_served, rs->mean_streams);
-  spi__pass_mean_wait(rs->sc, sums, rs->mean_wait);
+  spi__pass_means(rs->sc, sums, rs->mean_served, rs->mean_streams,
+                  rs->mean_wait);
 }
 
 /* Phase 3, pressure and breakers: each pool's KV breaker steps on the
@@ -413,9 +412,10 @@ static void phase_candidates(route_state *rs) {
   spi_candidate *full = rs->compact ? NULL : rs->req->cands;
   spi__pass_prefix(rs->sc, rs->env, rs->set, rs->nrep, rs->shed, full,
                    rs->ix, rs->req->hashes, rs->nblocks);
-  rs->cands = rs->compact ? rs->named : full;
+  rs->cands = full;
   rs->ncand = spi__pass_candidates(rs->sc, rs->set, rs->nrep,
-                                   rs->compact ? rs->named : NULL, rs->sums);
+                                   rs->compact ? rs->named : NULL, rs->sums,
+                                   &rs->cands);
 }
 
 /* Shadow mode: the other policy's answer, recorded only. */
@@ -771,8 +771,7 @@ static int route_pinned(spi_request *req, spi_snapshot *snap,
   rs.taken.probe = NULL;
   rs.taken.tt = NULL;
   rs.taken.ticket = NULL;
-  pool_sums sums_of_pools;
-  spi__zero(&sums_of_pools, sizeof sums_of_pools);
+  pool_sums sums_of_pools; /* the pass sets every field */
   int rc = phase_key(&rs);
   if (rc == SPI_OK) rc = phase_replicas(&rs, &sums_of_pools);
   if (rc == SPI_OK) rc = phase_pressure(&rs, &sums_of_pools);

@@ -145,13 +145,12 @@ static inline void spi__copy_small(void *dst, const void *src, size_t n) {
   }
 }
 
-/* s appended at dst[n], cut to leave room for the terminator. A literal
- * that fits is copied inline (its length is known where it is joined);
- * any other text through spi__copy. */
-static inline size_t spi__join_part(char *dst, size_t n, size_t cap,
-                                    const char *s) {
-  if (!s) return n;
-  size_t len = strlen(s), room = cap - 1 - n;
+/* s (of len bytes, or up to its NUL) appended at dst[n], cut to leave
+ * room for the terminator. A literal that fits is copied inline (its
+ * length is known where it is joined); any other text through spi__copy. */
+static inline size_t spi__join_part_len(char *dst, size_t n, size_t cap,
+                                        const char *s, size_t len) {
+  size_t room = cap - 1 - n;
   if (__builtin_constant_p(len) && len <= room) {
     memcpy(dst + n, s, len);
     return n + len;
@@ -159,6 +158,11 @@ static inline size_t spi__join_part(char *dst, size_t n, size_t cap,
   if (len > room) len = room;
   spi__copy(dst + n, s, len);
   return n + len;
+}
+static inline size_t spi__join_part(char *dst, size_t n, size_t cap,
+                                    const char *s) {
+  if (!s) return n;
+  return spi__join_part_len(dst, n, cap, s, strlen(s));
 }
 
 /* dst = a sep b, truncated to cap (> 0) with a NUL; NULL parts are skipped.

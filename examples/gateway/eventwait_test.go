@@ -56,9 +56,9 @@ type stallOutcome struct {
 
 // breakOnce streams body through a gateway whose first leg (on spot-a, or
 // on od-1 alone when onlyOD) is broken by broken(next) and whose other
-// legs get 10 words, with -event-wait 300ms.
+// legs get 10 words, with -event-wait 300ms and the extra flags.
 func breakOnce(t *testing.T, body string, onlyOD bool,
-	broken func(next http.Handler) http.Handler) stallOutcome {
+	broken func(next http.Handler) http.Handler, extra ...string) stallOutcome {
 	t.Helper()
 	od := &fakeBackend{n: 10}
 	backends := map[string]http.Handler{"spot-a": broken(od), "od-1": od}
@@ -66,7 +66,7 @@ func breakOnce(t *testing.T, body string, onlyOD bool,
 	if onlyOD {
 		backends, pools = map[string]http.Handler{"od-1": broken(od)}, map[string]string{"od-1": "on_demand"}
 	}
-	srv, g := startRawGateway(t, backends, pools, "-event-wait", "300ms")
+	srv, g := startRawGateway(t, backends, pools, append([]string{"-event-wait", "300ms"}, extra...)...)
 	t0 := time.Now()
 	evs, timedOut := postChatFor(t, srv.URL, body, 5*time.Second)
 	o := stallOutcome{text: textOf(evs), last: lastEvent(evs), timedOut: timedOut, took: time.Since(t0),
@@ -121,6 +121,45 @@ func TestStalledStreamIsTreatedAsDropped(t *testing.T) {
 		if stalled.continuations != dropped.continuations || stalled.errors != dropped.errors ||
 			strings.Join(stalled.metrics, ",") != strings.Join(dropped.metrics, ",") {
 			t.Errorf("%s: stalled %+v, dropped %+v", c.name, stalled, dropped)
+		}
+	}
+}
+
+// A backend that sends its response headers and then nothing at all,
+// with its connection open, is taken for one whose connection dropped
+// once -first-event-wait has passed, as one silent mid-answer is after
+// -event-wait: the stream goes on as after a drop with no bytes (a
+// replayable stream is routed again, one that is not is answered with an
+// error). Its wait for the first bytes used to have no bound, and the
+// client waited for as long as the backend held the connection.
+func TestSilentAfterHeadersIsTreatedAsDropped(t *testing.T) {
+	gold := strings.Replace(silverStream, `"silver"`, `"gold"`, 1)
+	for _, c := range []struct {
+		name   string
+		body   string
+		onlyOD bool
+	}{{"silver", silverStream, false}, {"gold", gold, true}} {
+		release := make(chan struct{})
+		stalled := breakOnce(t, c.body, c.onlyOD, func(next http.Handler) http.Handler {
+			return textThenStall(0, release, next)
+		}, "-first-event-wait", "400ms")
+		close(release)
+		dropped := breakOnce(t, c.body, c.onlyOD, func(next http.Handler) http.Handler {
+			return textThenDrop(0, next)
+		}, "-first-event-wait", "400ms")
+		if stalled.timedOut || stalled.took > 3*time.Second {
+			t.Fatalf("%s: a stream silent after its headers was not ended: the client waited %v for %q",
+				c.name, stalled.took, stalled.text)
+		}
+		if stalled.took < 400*time.Millisecond {
+			t.Errorf("%s: ended after %v, before -first-event-wait", c.name, stalled.took)
+		}
+		if stalled.text != dropped.text || stalled.continuations != dropped.continuations ||
+			stalled.errors != dropped.errors || strings.Join(stalled.metrics, ",") != strings.Join(dropped.metrics, ",") {
+			t.Errorf("%s: stalled %+v, dropped %+v", c.name, stalled, dropped)
+		}
+		if !c.onlyOD && (stalled.text != want(10) || stalled.last != "[DONE]") {
+			t.Errorf("%s: text %q, last event %.200s", c.name, stalled.text, stalled.last)
 		}
 	}
 }
@@ -222,5 +261,19 @@ func TestEventWaitFlag(t *testing.T) {
 	o, err := parseFlags([]string{"-backends", "b.json"})
 	if err != nil || o.eventWait != 60*time.Second {
 		t.Errorf("default -event-wait %v (%v), want 60s", o.eventWait, err)
+	}
+}
+
+// -first-event-wait is more than 0 and at most 1h too, 60s by default.
+func TestFirstEventWaitFlag(t *testing.T) {
+	for _, v := range []string{"0s", "-1s", "61m"} {
+		if _, err := parseFlags([]string{"-backends", "b.json", "-first-event-wait", v}); err == nil ||
+			!strings.Contains(err.Error(), "-first-event-wait") {
+			t.Errorf("-first-event-wait %s: %v", v, err)
+		}
+	}
+	o, err := parseFlags([]string{"-backends", "b.json"})
+	if err != nil || o.firstEventWait != 60*time.Second {
+		t.Errorf("default -first-event-wait %v (%v), want 60s", o.firstEventWait, err)
 	}
 }

@@ -35,7 +35,7 @@ type options struct {
 	addr, addrFile, configPath, backendsPath, eventsPath, balancer string
 	replayConfig                                                   string
 	scrapeEvery, noticeEvery, readyWait, replayWait, queueWait     time.Duration
-	headerWait, eventWait                                          time.Duration
+	headerWait, firstEventWait, eventWait                          time.Duration
 	replayWorkers                                                  int
 	backendUsage                                                   bool
 	longEventBudget                                                int64
@@ -68,12 +68,16 @@ func parseFlags(args []string) (options, error) {
 			"come with the whole answer, has no such wait); "+
 			"a replay worker's claim on an envelope is leased long enough for 4 such waits, "+
 			"and a cut stream waits for a claimed continuation that long, beyond -replay-wait if need be")
+	fs.DurationVar(&o.firstEventWait, "first-event-wait", 60*time.Second,
+		"longest wait for a streamed answer's first bytes once its response headers have come, up to "+
+			"1h (the backend's queue and prefill): a backend that sends nothing for that long with its "+
+			"connection open is taken for one whose connection dropped, as with -event-wait")
 	fs.DurationVar(&o.eventWait, "event-wait", 60*time.Second,
 		"longest silence of a streamed answer once its first bytes have come, up to 1h: a backend "+
 			"that sends nothing for that long (no event, not even a comment line) with its connection "+
 			"open is taken for one whose connection dropped, and the stream goes on as after a drop "+
-			"(a replayable stream is continued elsewhere; its wait for the first bytes, which a "+
-			"backend's queue and prefill take, is not bounded by it)")
+			"(a replayable stream is continued elsewhere; its wait for the first bytes is "+
+			"-first-event-wait's)")
 	fs.IntVar(&o.replayWorkers, "replay-workers", 4, "goroutines resuming streams from the replay queue")
 	fs.BoolVar(&o.backendUsage, "backend-usage", true,
 		"ask streamed backends for their running token count (stream_options.continuous_usage_stats, "+
@@ -110,6 +114,8 @@ func parseFlags(args []string) (options, error) {
 		return o, fmt.Errorf("-header-wait: more than 0, at most 1h (got %v)", o.headerWait)
 	case o.eventWait <= 0 || o.eventWait > time.Hour:
 		return o, fmt.Errorf("-event-wait: more than 0, at most 1h (got %v)", o.eventWait)
+	case o.firstEventWait <= 0 || o.firstEventWait > time.Hour:
+		return o, fmt.Errorf("-first-event-wait: more than 0, at most 1h (got %v)", o.firstEventWait)
 	case o.longEventWriteWait <= 0:
 		return o, fmt.Errorf("-long-event-write-wait: more than 0 (got %v)", o.longEventWriteWait)
 	case o.maxBody < 64 || o.maxBody > maxMaxBody:

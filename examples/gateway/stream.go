@@ -78,8 +78,9 @@ type stream struct {
 	// tokens holds an estimate: a leg's backend did not count its tokens.
 	estimated bool
 	cuts      uint32 // checkpoints so far: the envelope keys' sequence
-	// The replicas whose leg went silent for -event-wait, kept out of the
-	// stream's continuations: a hung engine keeps its connections open,
+	// The replicas whose leg went silent for -event-wait (or, before its
+	// first bytes, -first-event-wait), kept out of the stream's
+	// continuations: a hung engine keeps its connections open,
 	// and would stall a continuation routed back to it the same way.
 	quiet []string
 	// The failed replays in a row, the Attempts of the next envelope: the
@@ -478,7 +479,7 @@ func (st *stream) relayLeg(w http.ResponseWriter, fl http.Flusher, resp *http.Re
 	g := st.g
 	st.register(l)
 	defer st.unregister(l)
-	rd := newSSEReader(newEventWaitBody(resp.Body, g.o.eventWait, l.cancel), g.longEvents)
+	rd := newSSEReader(newEventWaitBody(resp.Body, g.o.firstEventWait, g.o.eventWait, l.cancel), g.longEvents)
 	defer rd.release()
 	var tally legTally
 	st.mu.Lock()
@@ -739,14 +740,15 @@ func rewriteText(data []byte, text string) []byte {
 }
 
 // relayPassive is the yardstick's relay: the same event reading (within
-// -event-wait, whose running out calls cancel), writing and flushing,
+// -first-event-wait and -event-wait, whose running out calls cancel),
+// writing and flushing,
 // without tickets or replays.
 func (st *stream) relayPassive(w http.ResponseWriter, resp *http.Response, cancel context.CancelFunc) {
 	fl, _ := w.(http.Flusher)
 	w.Header().Set("Content-Type", "text/event-stream")
 	w.Header().Set("Cache-Control", "no-cache")
 	w.WriteHeader(http.StatusOK)
-	rd := newSSEReader(newEventWaitBody(resp.Body, st.g.o.eventWait, cancel), st.g.longEvents)
+	rd := newSSEReader(newEventWaitBody(resp.Body, st.g.o.firstEventWait, st.g.o.eventWait, cancel), st.g.longEvents)
 	defer rd.release()
 	for {
 		data, err := rd.next()

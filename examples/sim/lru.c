@@ -61,8 +61,13 @@ void sim_lru_free(sim_lru *l) {
   memset(l, 0, sizeof *l);
 }
 
+/* A slot is empty when its key is 0; an empty slot's links are never read
+ * (a key taking the slot writes them), so only the keys are cleared: a
+ * store a slot, four a turn (a table has a power of two slots, at least
+ * four), where a memset wrote every byte of the table. */
 void sim_lru_clear(sim_lru *l) {
-  memset(l->slots, 0, ((size_t)l->mask + 1) * sizeof *l->slots);
+  struct sim_lru_slot *x = l->slots, *end = x + (size_t)l->mask + 1;
+  for (; x < end; x += 4) x[0].key1 = x[1].key1 = x[2].key1 = x[3].key1 = 0;
   l->size = 0;
   l->head = l->tail = NIL;
 }
@@ -103,6 +108,31 @@ static void move_front(sim_lru *l, uint32_t i) {
   if (l->head != i) {
     unlink_slot(l, i);
     push_front(l, i);
+  }
+}
+
+/* The same as move_front of at[n-1], at[n-2], ..., at[0] in turn: the
+ * slots end at the front in the order at[0..n) gives, the rest of the list
+ * in its own order behind them. A run of them that already follow one
+ * another in the list (at[j-1]'s next is at[j], looked at when the run is
+ * moved, after the runs behind it) is moved in one piece: the blocks a
+ * prompt shares with one cached before lie in the list as it left them,
+ * so a fill's hits are mostly one run or a few. */
+static void move_front_all(sim_lru *l, const uint32_t *at, uint32_t n) {
+  struct sim_lru_slot *s = l->slots;
+  while (n) {
+    uint32_t last = at[--n], first = last;
+    while (n && s[at[n - 1]].next == first) first = at[--n];
+    if (l->head == first) continue;
+    /* first is not the head, so it has a prev; out, then in at the head */
+    uint32_t before = s[first].prev, after = s[last].next;
+    s[before].next = after;
+    if (after != NIL) s[after].prev = before;
+    else l->tail = before;
+    s[first].prev = NIL;
+    s[last].next = l->head;
+    s[l->head].prev = last;
+    l->head = first;
   }
 }
 
@@ -239,24 +269,42 @@ static void fill_in_room(sim_lru *l, const uint64_t *chain, uint32_t n, uint32_t
       push_front(l, empty);
     }
   }
-  for (uint32_t b = hit; b-- > 0;) move_front(l, at[b]);
+  move_front_all(l, at, hit);
 }
 
 /* Hits whose slots a fill remembers; a longer run of hits takes
  * fill_evicting. */
 #define FILL_AT_MAX 1024
 
-uint32_t sim_lru_prefix_fill(sim_lru *l, const uint64_t *chain, uint32_t n) {
-  uint32_t hit = 0, empty = NIL, i, at[FILL_AT_MAX];
-  if (!l->cap) return 0; /* emptied by sim_lru_set_cap: holds nothing */
+/* The leading blocks present: their count, and the slots of the first
+ * FILL_AT_MAX of them in at. A block is looked for first in the slot after
+ * the one before it in the recency list: a fill leaves a prompt's blocks
+ * there in order, so a prefix cached before is mostly found that way, with
+ * one comparison; a key is in one slot only, so a match is the slot a
+ * lookup would find. */
+static uint32_t leading_hits(const sim_lru *l, const uint64_t *chain, uint32_t n,
+                             uint32_t *at) {
+  uint32_t hit = 0, empty = NIL, i, next = NIL;
   for (uint32_t b = 0; b < n && b < PREFETCH_AHEAD; b++) prefetch_home(l, chain[b]);
   while (hit < n) {
     if (hit + PREFETCH_AHEAD < n) prefetch_home(l, chain[hit + PREFETCH_AHEAD]);
-    i = find_slot(l, chain[hit], &empty);
-    if (i == NIL) break;
+    if (next != NIL && l->slots[next].key1 == chain[hit] + 1) {
+      i = next;
+    } else {
+      i = find_slot(l, chain[hit], &empty);
+      if (i == NIL) break;
+    }
     if (hit < FILL_AT_MAX) at[hit] = i;
     hit++;
+    next = l->slots[i].next;
   }
+  return hit;
+}
+
+uint32_t sim_lru_prefix_fill(sim_lru *l, const uint64_t *chain, uint32_t n) {
+  uint32_t at[FILL_AT_MAX];
+  if (!l->cap) return 0; /* emptied by sim_lru_set_cap: holds nothing */
+  uint32_t hit = leading_hits(l, chain, n, at);
   const uint32_t *kept = hit <= FILL_AT_MAX ? at : NULL;
   if (kept && n - hit <= l->cap - l->size) fill_in_room(l, chain, n, hit, kept);
   else fill_evicting(l, chain, n, hit, kept);

@@ -79,6 +79,12 @@ static int ev_less(const event *x, const event *y) {
   return x->t < y->t || (x->t == y->t && x->seq < y->seq);
 }
 
+/* The heap is 4-ary: event i's children are 4i+1 to 4i+4, so a path from
+ * the root is half as long as a binary heap's, and a pop's way down takes
+ * three comparisons a level where the binary one took one in twice the
+ * levels, with half the moves. */
+#define HEAP_PARENT(i) (((i) - 1) / 4)
+
 static void heap_push(heap *h, int64_t t, uint32_t type, uint32_t a,
                       uint32_t epoch) {
   if (h->n == h->cap) {
@@ -90,7 +96,7 @@ static void heap_push(heap *h, int64_t t, uint32_t type, uint32_t a,
   event ev = {t, h->seq++, type, a, epoch};
   size_t i = h->n++;
   while (i) {
-    size_t p = (i - 1) / 2;
+    size_t p = HEAP_PARENT(i);
     if (!ev_less(&ev, &h->e[p])) break;
     h->e[i] = h->e[p];
     i = p;
@@ -98,8 +104,22 @@ static void heap_push(heap *h, int64_t t, uint32_t type, uint32_t a,
   h->e[i] = ev;
 }
 
-/* The earliest event out. Its hole goes down to a leaf along the earlier
- * child, one comparison a level, and the last event goes up from there:
+/* The earliest of the children from c (at least one, at most four, below
+ * n). */
+static size_t heap_least_child(const event *e, size_t c, size_t n) {
+  if (c + 4 <= n) {
+    size_t a = ev_less(&e[c + 1], &e[c]) ? c + 1 : c;
+    size_t b = ev_less(&e[c + 3], &e[c + 2]) ? c + 3 : c + 2;
+    return ev_less(&e[b], &e[a]) ? b : a;
+  }
+  size_t m = c;
+  for (size_t k = c + 1; k < n; k++)
+    if (ev_less(&e[k], &e[m])) m = k;
+  return m;
+}
+
+/* The earliest event out. Its hole goes down to a leaf along the earliest
+ * child, and the last event goes up from there:
  * it came from the bottom, so it seldom rises far, where sifting it down
  * from the root compares it at every level too. The order events come
  * out in is (t, seq) either way: no two share a seq. */
@@ -108,14 +128,14 @@ static event heap_pop(heap *h) {
   size_t n = h->n, i = 0;
   if (!n) return top;
   for (;;) {
-    size_t c = 2 * i + 1;
+    size_t c = 4 * i + 1;
     if (c >= n) break;
-    if (c + 1 < n && ev_less(&h->e[c + 1], &h->e[c])) c++;
+    c = heap_least_child(h->e, c, n);
     h->e[i] = h->e[c];
     i = c;
   }
   while (i) {
-    size_t p = (i - 1) / 2;
+    size_t p = HEAP_PARENT(i);
     if (!ev_less(&last, &h->e[p])) break;
     h->e[i] = h->e[p];
     i = p;
@@ -158,13 +178,21 @@ typedef struct replica {
   uint32_t running, waiting_n, running_blocks;
   int32_t head; /* members (waiting and running), intrusive list */
   uint32_t *wq; /* FIFO of waiting request indices (lazy: checked on pop) */
-  size_t wq_head, wq_tail, wq_cap;
+  size_t wq_head, wq_tail, wq_cap; /* wq_cap: 0 or a power of two */
   int64_t prefill_free_at, up_since;
   double up_seconds;
   uint64_t starts;
   double tokens_served; /* prompt + output of the requests started here */
 } replica;
 
+
+/* A warm request handle, as a gateway's per-worker request would be. */
+typedef struct sim_rq {
+  spi_request *h;
+  int warm;    /* h holds the attributes every request shares */
+  int32_t cls; /* the class h's class attributes are set for; -1 none */
+  int replay;  /* h has a replay-since time set */
+} sim_rq;
 
 typedef struct sim {
   const sim_opts *o;
@@ -174,16 +202,21 @@ typedef struct sim {
   int all_on_demand;
   int64_t now;
   heap h;
+  /* The trace's next arrival waits beside the heap, not in it: it is the
+   * earliest event most of the time, so pushed it would rise to the root
+   * and be popped from there at once. Its seq is drawn from the heap's
+   * counter when it is set, as a push would, so events come out in the
+   * same (t, seq) order. */
+  event arrival;
+  int arrival_set;
   spi_engine *eng;
-  spi_request *rq, *scratch;
+  sim_rq rq[4]; /* a warm request handle a class (the class's value & 3) */
+  spi_request *scratch;
   spi_replay_queue *q;
   replica *reps;
   uint32_t nrep;
   sreq *r;
   int pump_pending, unpark_pending;
-  int rq_warm; /* rq holds the attributes every request shares */
-  int32_t rq_class; /* the class rq's class attributes are set for; -1 none */
-  int rq_replay;    /* rq has a replay-since time set */
   uint32_t *parked; /* FIFO of requests held for spot */
   size_t n_parked, parked_cap;
   char dir[64];
@@ -241,14 +274,14 @@ static void wq_push(replica *p, uint32_t i) {
     size_t c = p->wq_cap ? p->wq_cap * 2 : 64;
     uint32_t *n = malloc(c * sizeof *n);
     if (!n) sim_oom("a replica's wait queue");
-    for (size_t k = 0; k < p->wq_cap; k++) n[k] = p->wq[(p->wq_head + k) % p->wq_cap];
+    for (size_t k = 0; k < p->wq_cap; k++) n[k] = p->wq[(p->wq_head + k) & (p->wq_cap - 1)];
     p->wq_tail -= p->wq_head;
     p->wq_head = 0;
     free(p->wq);
     p->wq = n;
     p->wq_cap = c;
   }
-  p->wq[p->wq_tail++ % p->wq_cap] = i;
+  p->wq[p->wq_tail++ & (p->wq_cap - 1)] = i; /* a mask, not a division */
 }
 
 /* Leading prompt blocks present in an LRU, then all of them inserted. */
@@ -290,7 +323,7 @@ static void start_one(sim *s, replica *p, uint32_t i) {
 
 static void try_start(sim *s, replica *p) {
   while (p->running < p->max_batch && p->wq_head < p->wq_tail) {
-    uint32_t i = p->wq[p->wq_head++ % p->wq_cap];
+    uint32_t i = p->wq[p->wq_head++ & (p->wq_cap - 1)];
     sreq *q = &s->r[i];
     if (q->state != RQ_WAITING || q->replica != (int32_t)(p - s->reps)) continue;
     p->waiting_n--;
@@ -305,26 +338,31 @@ static uint32_t replica_of(const char *id) {
   return k;
 }
 
-/* Build the library request for request i from its trace blocks. The
- * handle stays warm between requests, as a gateway's per-worker request
- * would: the model is set once, and every other attribute a request may
- * carry is set or cleared each time. */
-static int build_request(sim *s, uint32_t i, spi_request *rq) {
+/* Build the library request for request i from its trace blocks, in its
+ * class's handle. A handle stays warm between requests, as a gateway's
+ * per-worker request would: the model is set once, and every other
+ * attribute a request may carry is set or cleared each time. A handle a
+ * class sets the class's attributes once instead of at every change of
+ * class (a route reads the handle and derives the request anew from it,
+ * whichever handle it is). */
+static spi_request *build_request(sim *s, uint32_t i, int *rc) {
   const sim_trace_req *t = &s->tr->reqs[i];
   sreq *q = &s->r[i];
   size_t n = (size_t)t->nblocks * SIM_IDS_PER_BLOCK;
-  if (!s->rq_warm) {
+  sim_rq *h = &s->rq[t->klass & 3];
+  spi_request *rq = h->h;
+  if (!h->warm) {
     spi_request_reset(rq);
     spi_request_set_str(rq, SPI_REQ_MODEL, "sim-model", 9);
-    s->rq_warm = 1;
-    s->rq_class = -1; /* none set yet */
-    s->rq_replay = 0; /* reset cleared it */
+    h->warm = 1;
+    h->cls = -1;   /* none set yet */
+    h->replay = 0; /* reset cleared it */
   }
   /* What depends on the class alone is set when the class changes: a
    * route reads the handle and leaves it as it was, and setting a field
    * to the value it holds changes nothing the token ids (always set
    * below) do not change too. */
-  if (s->rq_class != (int32_t)t->klass) {
+  if (h->cls != (int32_t)t->klass) {
     const char *cls = spi_class_name((int32_t)t->klass);
     spi_request_set_str(rq, SPI_REQ_CLASS, cls, strlen(cls));
     if (t->klass != SPI_CLASS_GOLD) {
@@ -334,19 +372,20 @@ static int build_request(sim *s, uint32_t i, spi_request *rq) {
       spi_request_unset_int(rq, SPI_REQ_REPLAYABLE);
       spi_request_set_int(rq, SPI_REQ_SLA_MS, 2000);
     }
-    s->rq_class = (int32_t)t->klass;
+    h->cls = (int32_t)t->klass;
   }
   spi_request_set_int(rq, SPI_REQ_PROMPT_TOKENS, q->prompt_tokens);
   spi_request_set_int(rq, SPI_REQ_EXPECTED_OUTPUT_TOKENS, q->out_left);
   spi_request_set_int(rq, SPI_REQ_MAX_OUTPUT_TOKENS, q->out_left);
   if (q->replay_since) {
     spi_request_set_int(rq, SPI_REQ_REPLAY_SINCE_NS, SIM_EPOCH_NS + q->replay_since);
-    s->rq_replay = 1;
-  } else if (s->rq_replay) {
+    h->replay = 1;
+  } else if (h->replay) {
     spi_request_unset_int(rq, SPI_REQ_REPLAY_SINCE_NS);
-    s->rq_replay = 0;
+    h->replay = 0;
   }
-  return spi_request_set_token_ids(rq, s->tr->ids + t->block_off * SIM_IDS_PER_BLOCK, n);
+  *rc = spi_request_set_token_ids(rq, s->tr->ids + t->block_off * SIM_IDS_PER_BLOCK, n);
+  return rq;
 }
 
 /* Route request i; 1 when it landed on a replica, 0 when refused, 2 when
@@ -355,16 +394,17 @@ static int build_request(sim *s, uint32_t i, spi_request *rq) {
  * give the same answer, so it is not). */
 static int route(sim *s, uint32_t i) {
   sreq *q = &s->r[i];
-  int brc = build_request(s, i, s->rq);
+  int brc;
+  spi_request *rq = build_request(s, i, &brc);
   if (brc != SPI_OK) {
     if (!s->res->route_errors++)
       fprintf(stderr, "spotinfer_sim: %s: request %u not taken: %s: %s\n", s->res->name, i,
-              spi_strerror(brc), spi_request_errmsg(s->rq));
+              spi_strerror(brc), spi_request_errmsg(rq));
     return 3;
   }
   spi_decision d; /* spi_route clears it; its fields are read on SPI_OK only */
   d.struct_size = sizeof d;
-  int rc = spi_route(s->rq, &d);
+  int rc = spi_route(rq, &d);
   if (rc != SPI_OK || !d.ticket) {
     if (rc != SPI_OK && rc != SPI_ESHED && rc != SPI_ENOCAPACITY) {
       if (!s->res->route_errors++) /* the first, even with --quiet: the table counts them */
@@ -862,6 +902,34 @@ static void view_free(sim_gw_view *v) {
   free(v->epoch);
 }
 
+/* The next event, from the heap or beside it (see sim.arrival); NULL when
+ * there is none. */
+static const event *next_event(const sim *s) {
+  const event *a = s->arrival_set ? &s->arrival : NULL;
+  if (s->h.n && (!a || ev_less(&s->h.e[0], a))) return &s->h.e[0];
+  return a;
+}
+
+/* Take the next event out; 0 when there is none. */
+static int take_event(sim *s, event *ev) {
+  const event *e = next_event(s);
+  if (!e) return 0;
+  if (e == &s->arrival) {
+    *ev = s->arrival;
+    s->arrival_set = 0;
+  } else {
+    *ev = heap_pop(&s->h);
+  }
+  return 1;
+}
+
+/* The trace's request k arrives next (its event beside the heap). */
+static void set_arrival(sim *s, size_t k) {
+  event ev = {s->tr->reqs[k].arrival_ns, s->h.seq++, EV_ARRIVE, (uint32_t)k, 1};
+  s->arrival = ev;
+  s->arrival_set = 1;
+}
+
 /* Start loading what the next event in the heap will read (its request,
  * and an arrival's token ids, which the route copies and hashes) while
  * this one runs. A request's data is touched a few times over minutes of
@@ -869,12 +937,13 @@ static void view_free(sim_gw_view *v) {
  * request is not (it has just read it). Most likely still the next event
  * when this one is done; a hint otherwise. */
 static void warm_next_event(const sim *s) {
-  if (!s->h.n || s->h.e[0].type > EV_FINISH) return;
-  uint32_t i = s->h.e[0].a;
+  const event *e = next_event(s);
+  if (!e || e->type > EV_FINISH) return;
+  uint32_t i = e->a;
   const sim_trace_req *t = &s->tr->reqs[i];
   __builtin_prefetch(t);
   __builtin_prefetch(&s->r[i]);
-  if (s->h.e[0].type != EV_ARRIVE) return;
+  if (e->type != EV_ARRIVE) return;
   const char *ids = (const char *)(s->tr->ids + t->block_off * SIM_IDS_PER_BLOCK);
   size_t len = (size_t)t->nblocks * SIM_IDS_PER_BLOCK * sizeof *s->tr->ids;
   for (size_t off = 0; off < len; off += 64) __builtin_prefetch(ids + off);
@@ -889,9 +958,9 @@ static void warm_next_event(const sim *s) {
 __attribute__((noinline))
 #endif
 static void run_events(sim *s, double horizon_s) {
-  /* Arrivals are pushed lazily, one ahead, to keep the heap small. */
+  /* Arrivals are set lazily, one ahead, beside the heap (sim.arrival). */
   size_t next_arrival = 0;
-  if (s->tr->n) heap_push(&s->h, s->tr->reqs[0].arrival_ns, EV_ARRIVE, 0, 1);
+  if (s->tr->n) set_arrival(s, 0);
   next_arrival = 1;
   /* Progress on standard error at each 5% of the requests done, but at most
    * once every 2 s of wall time, so short runs print none. */
@@ -901,8 +970,8 @@ static void run_events(sim *s, double horizon_s) {
   /* The horizon bounds the run: traffic that can never be placed is left
    * queued there and counted, not retried for ever. */
   const int64_t horizon_ns = (int64_t)(horizon_s * 1e9);
-  while (s->h.n && s->done_n < s->tr->n) {
-    event ev = heap_pop(&s->h);
+  event ev;
+  while (s->done_n < s->tr->n && take_event(s, &ev)) {
     warm_next_event(s);
     if (ev.t > horizon_ns) {
       s->now = horizon_ns;
@@ -911,11 +980,7 @@ static void run_events(sim *s, double horizon_s) {
     s->now = ev.t;
     switch (ev.type) {
     case EV_ARRIVE:
-      if (ev.epoch && next_arrival < s->tr->n) {
-        heap_push(&s->h, s->tr->reqs[next_arrival].arrival_ns, EV_ARRIVE,
-                  (uint32_t)next_arrival, 1);
-        next_arrival++;
-      }
+      if (ev.epoch && next_arrival < s->tr->n) set_arrival(s, next_arrival++);
       switch (route(s, ev.a)) {
       case 1:
         break;
@@ -1093,7 +1158,7 @@ int sim_run_policy(const sim_opts *o, const sim_trace *tr, sim_zone *zones, size
            "\"max_attempts\":1000,\"backoff_base_ms\":250,\"backoff_max_ms\":4000}",
            s.dir);
   rc = spi_replay_open(s.eng, qcfg, strlen(qcfg), &s.q);
-  if (rc == SPI_OK) rc = spi_request_new(s.eng, &s.rq);
+  for (int c = 0; c < 4 && rc == SPI_OK; c++) rc = spi_request_new(s.eng, &s.rq[c].h);
   if (rc == SPI_OK) rc = spi_request_new(s.eng, &s.scratch);
   if (rc != SPI_OK) {
     fprintf(stderr, "setup: %s: %s\n", spi_strerror(rc), spi_engine_errmsg(s.eng));
@@ -1130,7 +1195,7 @@ int sim_run_policy(const sim_opts *o, const sim_trace *tr, sim_zone *zones, size
   res->loop_cpu_s = sim_thread_cpu_s() - c0;
   res->tl.end_s = (double)s.now / 1e9;
   summarise(&s);
-  spi_request_free(s.rq);
+  for (int c = 0; c < 4; c++) spi_request_free(s.rq[c].h);
   spi_request_free(s.scratch);
   spi_replay_close(s.q);
   spi_engine_free(s.eng);

@@ -213,6 +213,137 @@ static void test_request_names_cut_between_characters(void **st) {
   spi_engine_free(e);
 }
 
+/* The request setters' values: a class, a service tier, a role, and a
+ * metadata value that should be a number or a boolean. */
+static void test_request_values_cut_between_characters(void **st) {
+  (void)st;
+  spi_engine *e = NULL;
+  assert_int_equal(spi_engine_new(&e, NULL), SPI_OK);
+  spi_request *r = NULL;
+  assert_int_equal(spi_request_new(e, &r), SPI_OK);
+  static const char *const bodies[] = {
+      "{\"model\":\"m\",\"messages\":" MSG ",\"metadata\":{\"replayable\":\"%s\"}}",
+      "{\"model\":\"m\",\"messages\":" MSG ",\"metadata\":{\"priority\":\"%s\"}}",
+  };
+  char name[512], body[2048];
+  for (int pad = 0; pad < 3; pad++) {
+    text_of(name, sizeof name, pad, pad == 2 ? EURO : EACUTE, 60);
+    const int32_t fields[] = {SPI_REQ_CLASS, SPI_REQ_SERVICE_TIER};
+    for (size_t f = 0; f < 2; f++) {
+      assert_int_not_equal(spi_request_set_str(r, fields[f], name, strlen(name)), SPI_OK);
+      if (!has_chars(spi_request_errmsg(r)))
+        fail_msg("the value is not in: %s", spi_request_errmsg(r));
+      assert_utf8(spi_request_errmsg(r));
+    }
+    assert_int_not_equal(spi_request_add_message(r, name, strlen(name), "x", 1), SPI_OK);
+    if (!has_chars(spi_request_errmsg(r)))
+      fail_msg("the role is not in: %s", spi_request_errmsg(r));
+    assert_utf8(spi_request_errmsg(r));
+    for (size_t b = 0; b < sizeof bodies / sizeof bodies[0]; b++) {
+      snprintf(body, sizeof body, bodies[b], name);
+      assert_int_not_equal(spi_request_parse_openai(r, body, strlen(body), 0), SPI_OK);
+      if (!has_chars(spi_request_errmsg(r)))
+        fail_msg("the value is not in: %s", spi_request_errmsg(r));
+      assert_utf8(spi_request_errmsg(r));
+    }
+  }
+  spi_request_free(r);
+  spi_engine_free(e);
+}
+
+/* The classifier's rules: a metadata key too long, a service tier it does
+ * not know; and a fleet bus module that is not registered. */
+static void test_classifier_and_bus_names_cut_between_characters(void **st) {
+  (void)st;
+  spi_engine *e = NULL;
+  assert_int_equal(spi_engine_new(&e, NULL), SPI_OK);
+  char name[512];
+  for (int pad = 0; pad < 3; pad++) {
+    text_of(name, sizeof name, pad, pad == 2 ? EURO : EACUTE, 60);
+    configure_fails_utf8(e,
+                         "{\"classifier\":{\"rules\":[{\"class\":\"gold\","
+                         "\"when\":{\"metadata\":{\"%s\":[\"x\"]}}}]}}",
+                         name);
+    configure_fails_utf8(e,
+                         "{\"classifier\":{\"rules\":[{\"class\":\"gold\","
+                         "\"when\":{\"service_tier\":[\"%s\"]}}]}}",
+                         name);
+    configure_fails_utf8(e, "{\"modules\":{\"fleet_bus\":\"%s\"}}", name);
+  }
+  spi_engine_free(e);
+}
+
+/* A fleet bus whose every poll hands in one message of a type no engine
+ * reads, named by text. */
+static int bus_configure(void *state, const char *json, size_t len,
+                         void **out, char *errbuf, size_t errcap) {
+  (void)json;
+  (void)len;
+  (void)errbuf;
+  (void)errcap;
+  *out = state;
+  return SPI_OK;
+}
+
+static void bus_release(void *state, void *inst) {
+  (void)state;
+  (void)inst;
+}
+
+static int bus_publish(void *state, void *inst, const char *msg, size_t len,
+                       char *errbuf, size_t errcap) {
+  (void)state;
+  (void)inst;
+  (void)msg;
+  (void)len;
+  (void)errbuf;
+  (void)errcap;
+  return SPI_OK;
+}
+
+static int bus_poll(void *state, void *inst, size_t max, spi_fleet_msg_fn fn,
+                    void *ud, char *errbuf, size_t errcap) {
+  (void)inst;
+  (void)errbuf;
+  (void)errcap;
+  char msg[1024];
+  snprintf(msg, sizeof msg, "{\"type\":\"%s\",\"v\":1}", (const char *)state);
+  return max ? (fn(ud, msg, strlen(msg)), SPI_OK) : SPI_OK;
+}
+
+static void test_bus_message_type_cut_between_characters(void **st) {
+  (void)st;
+  char name[512];
+  for (int pad = 0; pad < 3; pad++) {
+    text_of(name, sizeof name, pad, pad == 2 ? EURO : EACUTE, 60);
+    spi_engine *e = NULL;
+    assert_int_equal(spi_engine_new(&e, NULL), SPI_OK);
+    spi_fleet_bus_module m;
+    memset(&m, 0, sizeof m);
+    m.abi_version = SPI_MODULE_ABI_VERSION;
+    m.struct_size = sizeof m;
+    m.configure = bus_configure;
+    m.release = bus_release;
+    m.publish = bus_publish;
+    m.poll = bus_poll;
+    assert_int_equal(spi_engine_register_module(e, SPI_MODULE_FLEET_BUS, "b", 1,
+                                                &m, name, NULL),
+                     SPI_OK);
+    const char *cfg = "{\"modules\":{\"fleet_bus\":\"b\"}}";
+    assert_int_equal(spi_engine_configure(e, cfg, strlen(cfg)), SPI_OK);
+    spi_engine_tick(e);
+    spi_fleet_stats fs;
+    memset(&fs, 0, sizeof fs);
+    fs.struct_size = sizeof fs;
+    assert_int_equal(spi_engine_fleet_stats(e, &fs), SPI_OK);
+    assert_int_equal(fs.unknown, 1);
+    if (!has_chars(fs.last_error))
+      fail_msg("the type is not in: %s", fs.last_error);
+    assert_utf8(fs.last_error);
+    spi_engine_free(e);
+  }
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_module_message_cut_at_its_end),
@@ -220,6 +351,9 @@ int main(void) {
       cmocka_unit_test(test_replay_store_name_cut_between_characters),
       cmocka_unit_test(test_config_path_cut_between_characters),
       cmocka_unit_test(test_request_names_cut_between_characters),
+      cmocka_unit_test(test_request_values_cut_between_characters),
+      cmocka_unit_test(test_classifier_and_bus_names_cut_between_characters),
+      cmocka_unit_test(test_bus_message_type_cut_between_characters),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

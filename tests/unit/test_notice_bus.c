@@ -719,6 +719,56 @@ static void test_bus_event_moved_earlier_applies(void **st) {
   fb_two_done(&two);
 }
 
+/* An event moved earlier, applied from the bus under a dedup key this
+ * engine's poller handed in, is the key's deadline here from then on: the
+ * poller's copies later than it are repeats (they published and planned
+ * again), and so is any copy once that deadline has passed (a dropped
+ * machine was noticed again). The key kept the deadline the poller had
+ * handed in. The poller's own first copy of the earlier deadline still
+ * acts, as it does for a key it has not handed in. */
+static void test_bus_moved_deadline_is_the_keys(void **st) {
+  (void)st;
+  fb_pair two = fb_two(NULL, NULL);
+  fb_world *a = two.a, *bw = two.b;
+  spi_notice x = fb_notice("i-zzz", bw->now + 600 * SEC, "aws:scheduled:ev-2");
+  x.kind = SPI_NOTICE_STOP;
+  snprintf(x.event_id, sizeof x.event_id, "ev-2");
+  fb_hand(bw, &x); /* B's own poller; i-zzz runs nothing here */
+  x.deadline_ns = bw->now + 120 * SEC; /* moved earlier; A's poller hears it */
+  fb_hand(a, &x);
+  assert_int_equal(spi_engine_tick(bw->e), SPI_OK);
+  assert_int_equal(bw->last_to, SPI_NODE_NOTICED);
+  uint64_t published = fb_stats(bw->e).published;
+  /* Between the two: a repeat. */
+  x.deadline_ns = bw->now + 300 * SEC;
+  fb_hand(bw, &x);
+  assert_int_equal(fb_stats(bw->e).published, published);
+  /* The poller's first copy of the bus's deadline acts once. */
+  x.deadline_ns = bw->now + 120 * SEC;
+  fb_hand(bw, &x);
+  assert_int_equal(fb_stats(bw->e).published, published + 1);
+  fb_hand(bw, &x);
+  assert_int_equal(fb_stats(bw->e).published, published + 1);
+  fb_two_done(&two);
+  /* Past the bus's deadline: the machine is dropped, and the event
+   * served again does not notice it again. */
+  two = fb_two(NULL, NULL);
+  a = two.a, bw = two.b;
+  x.deadline_ns = bw->now + 600 * SEC;
+  fb_hand(bw, &x);
+  x.deadline_ns = bw->now + 120 * SEC;
+  fb_hand(a, &x);
+  assert_int_equal(spi_engine_tick(bw->e), SPI_OK);
+  bw->now += 121 * SEC;
+  assert_int_equal(spi_engine_tick(bw->e), SPI_OK);
+  assert_int_equal(bw->terminated, 1);
+  int noticed = bw->to_noticed;
+  fb_hand(bw, &x);
+  assert_int_equal(bw->to_noticed, noticed);
+  assert_int_equal(fb_state(bw->e, "i-zzz"), SPI_NODE_ACTIVE);
+  fb_two_done(&two);
+}
+
 static void test_withdrawal_and_advice_shared(void **st) {
   (void)st;
   fb_pair two = fb_two(NULL, NULL);
@@ -1306,6 +1356,7 @@ int main(void) {
       cmocka_unit_test(test_plans_for_remote_notice),
       cmocka_unit_test(test_bus_deadline_brought_forward_is_reported),
       cmocka_unit_test(test_bus_event_moved_earlier_applies),
+      cmocka_unit_test(test_bus_moved_deadline_is_the_keys),
       cmocka_unit_test(test_withdrawal_and_advice_shared),
       cmocka_unit_test(test_events_alike_but_for_their_id_both_apply),
       cmocka_unit_test(test_config_and_registration),
