@@ -635,7 +635,7 @@ seed_append(const route_env *x, const spi_pool_index *p, scan *sc, cell_acc *c,
   if (sc->a.n == ARENA_CAP) arena_sweep(sc);
   uint32_t ei = sc->a.n++;
   sc->a.pos[ei] = pos;
-  indexed_eval(p, pos, t, w, &sc->a.ev[ei]);
+  indexed_eval(p, pos, t, w, &sc->a, ei);
   uint32_t n = c->n_top++;
   int before = n && ttft_before(t, pos, c->top[n - 1].t, c->top[n - 1].pos);
   c->top[n].t = t;
@@ -768,7 +768,7 @@ seeded_rdv(const route_env *x, const spi_pool_index *p, scan *sc, int k,
     if (sc->a.n == ARENA_CAP) arena_sweep(sc);
     ei = sc->a.n++;
     sc->a.pos[ei] = pos;
-    indexed_eval(p, pos, indexed_t(x, h), w, &sc->a.ev[ei]);
+    indexed_eval(p, pos, indexed_t(x, h), w, &sc->a, ei);
   }
   c->rdv = ei;
   c->rdv_w = w;
