@@ -174,13 +174,21 @@ static const int64_t lane_masks[16][4] = {
 #undef L
 };
 
+/* A lane's take is all ones or all zeros, so a select by each 64-bit
+ * lane's top bit (blendv_pd) is the byte select's answer in one
+ * instruction (gcc made the byte select's mask again, with a compare). */
+static inline __m256i select64(__m256i a, __m256i b, __m256i take) {
+  return _mm256_castpd_si256(_mm256_blendv_pd(
+      _mm256_castsi256_pd(a), _mm256_castsi256_pd(b), _mm256_castsi256_pd(take)));
+}
+
 static inline void best_take(best_lanes *b, uint64_t bits, __m256i wt,
                              __m256i pos) {
   __m256i m = _mm256_loadu_si256(
       (const __m256i *)(const void *)lane_masks[bits & 0xfu]);
   __m256i take = _mm256_and_si256(m, _mm256_cmpgt_epi64(wt, b->w));
-  b->w = _mm256_blendv_epi8(b->w, wt, take);
-  b->at = _mm256_blendv_epi8(b->at, pos, take);
+  b->w = select64(b->w, wt, take);
+  b->at = select64(b->at, pos, take);
 }
 
 /* Cell k's winner: the heaviest lanes' lowest position. When no lane took
@@ -216,16 +224,19 @@ void spi__pix_free_best2_avx2(const spi_pool_index *p, int ka, int kb,
   const __m256i key = _mm256_set1_epi64x((long long)rkey);
   const __m256i sign = _mm256_set1_epi64x((long long)0x8000000000000000ULL);
   const __m256i step = _mm256_set_epi64x(3, 2, 1, 0);
+  const __m256i four = _mm256_set1_epi64x(4);
   best_lanes a = {sign, _mm256_setzero_si256()};
   best_lanes b = a;
   for (size_t w = 0; w < (p->n + 63) / 64; w++) {
     uint64_t fa = p->cfree[ka][w], fb = kb >= 0 ? p->cfree[kb][w] : 0;
-    for (size_t i = w * 64; fa | fb; i += 4, fa >>= 4, fb >>= 4) {
+    /* The lanes' positions i .. i + 3, stepped with i. */
+    __m256i pos = _mm256_add_epi64(_mm256_set1_epi64x((long long)(w * 64)), step);
+    for (size_t i = w * 64; fa | fb;
+         i += 4, fa >>= 4, fb >>= 4, pos = _mm256_add_epi64(pos, four)) {
       if (!((fa | fb) & 0xfu)) continue;
       const __m256i *at = (const __m256i *)(const void *)&p->id_hash_at[i];
       __m256i wt = _mm256_xor_si256(
           mix_lanes(_mm256_xor_si256(_mm256_loadu_si256(at), key)), sign);
-      __m256i pos = _mm256_add_epi64(_mm256_set1_epi64x((long long)i), step);
       best_take(&a, fa, wt, pos);
       best_take(&b, fb, wt, pos);
     }

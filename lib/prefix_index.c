@@ -297,12 +297,17 @@ typedef struct ix_found {
  * lookup, the lookup's whole cost at 8 replicas over what it was before
  * the holders were deferred.
  */
-/* Entry e, whose tag held key at a first look: into f if it still does. */
+/* Entry e, whose tag the scan read as t (relaxed) and found holding the
+ * key: into f if the tag is still t after its payload is read. The fence
+ * makes the scan's load an acquire one (the payload is read after it, as
+ * read_payload's writer published them), so the tag is not loaded again
+ * before the payload. */
 __attribute__((always_inline)) static inline void
-probe_entry(ix_bucket *b, unsigned e, uint64_t key, ix_memo *lm,
+probe_entry(ix_bucket *b, unsigned e, uint64_t t, ix_memo *lm,
             ix_found *f) {
-  uint64_t t = atomic_load_explicit(&b->tag[e], memory_order_acquire), p;
-  if ((t & IX_KEY_MASK) != key || !read_payload(b, e, t, &p)) return;
+  uint64_t p;
+  atomic_thread_fence(memory_order_acquire);
+  if (!read_payload(b, e, t, &p)) return;
   if (f->live == IX_WAYS && memo_live(lm, IX_SLOT(p), IX_GEN(p)))
     f->live = f->n;
   f->pay[f->n++] = p;
@@ -315,17 +320,17 @@ probe(const spi_prefix_index *ix, uint64_t h, ix_memo *lm, ix_found *f) {
   f->n = 0;
   f->live = IX_WAYS;
   if (bucket_full(b)) {
-    for (unsigned e = 0; e < IX_WAYS; e++)
-      if ((atomic_load_explicit(&b->tag[e], memory_order_relaxed) &
-           IX_KEY_MASK) == key)
-        probe_entry(b, e, key, lm, f);
+    for (unsigned e = 0; e < IX_WAYS; e++) {
+      uint64_t t = atomic_load_explicit(&b->tag[e], memory_order_relaxed);
+      if ((t & IX_KEY_MASK) == key) probe_entry(b, e, t, lm, f);
+    }
     return f->live != IX_WAYS;
   }
   for (unsigned e = 0; e < IX_WAYS; e++) {
-    uint64_t k =
-        atomic_load_explicit(&b->tag[e], memory_order_relaxed) & IX_KEY_MASK;
+    uint64_t t = atomic_load_explicit(&b->tag[e], memory_order_relaxed);
+    uint64_t k = t & IX_KEY_MASK;
     if (k == key)
-      probe_entry(b, e, key, lm, f);
+      probe_entry(b, e, t, lm, f);
     else if (k == IX_KEY_EMPTY)
       break; /* the rest is empty too */
   }

@@ -194,6 +194,23 @@ static inline int rdv_enters(const cell_acc *c, uint64_t w, uint32_t pos) {
   return (w > c->rdv_w) | ((w == c->rdv_w) & (pos < c->rdv_pos));
 }
 
+/* Where pos is in cell c's top: its index, or c->n_top when it is not. */
+static uint32_t top_index(const cell_acc *c, uint32_t pos) {
+  uint32_t j = 0;
+  while (j < c->n_top && c->top[j].pos != pos) j++;
+  return j;
+}
+
+/* The arena index of the scan's evaluation of pos in cell c, or NO_EV; j
+ * is top_index(c, pos). */
+static uint32_t cell_find(const cell_acc *c, const ev_arena *a, uint32_t pos,
+                          uint32_t j) {
+  if (j < c->n_top) return c->top[j].ei;
+  if (c->least != NO_EV && a->pos[c->least] == pos) return c->least;
+  if (c->rdv != NO_EV && a->pos[c->rdv] == pos) return c->rdv;
+  return NO_EV;
+}
+
 /* Keep top sorted, best first (ties to the lower position, as the summary
  * promises): a better replica shifts the worse ones down, and the last one
  * drops out once top is full. The caller checked top_enters. */
@@ -507,12 +524,13 @@ static inline double indexed_t(const route_env *x, const pix_hot *h) {
  * if the replica gets in somewhere. (What it enters does not depend on the
  * order the three are tested in: each summary keeps its own.) */
 static inline __attribute__((always_inline)) void
-offer_in(const route_env *x, const spi_pool_index *p, scan *sc, cell_acc *c,
-         uint32_t pos, double t) {
+offer_in_as(const route_env *x, const spi_pool_index *p, scan *sc, cell_acc *c,
+            uint32_t pos, double t, int least_tested, int rdv_tested) {
   const pix_hot *h = &p->hot[pos];
   uint64_t w = spi__rdv_weight(h->id_hash, x->rkey);
-  int top = top_enters(c, t, pos), least = least_enters(c, h->rel, h->srv, pos);
-  int rdv = !h->busy && rdv_enters(c, w, pos);
+  int top = top_enters(c, t, pos);
+  int least = least_tested && least_enters(c, h->rel, h->srv, pos);
+  int rdv = rdv_tested && !h->busy && rdv_enters(c, w, pos);
   if (!(top | least | rdv)) return;
   if (sc->a.n == ARENA_CAP) arena_sweep(sc);
   uint32_t ei = sc->a.n++;
@@ -530,6 +548,12 @@ offer_in(const route_env *x, const spi_pool_index *p, scan *sc, cell_acc *c,
     c->rdv_w = w;
     c->rdv_pos = pos;
   }
+}
+
+static inline __attribute__((always_inline)) void
+offer_in(const route_env *x, const spi_pool_index *p, scan *sc, cell_acc *c,
+         uint32_t pos, double t) {
+  offer_in_as(x, p, sc, c, pos, t, 1, 1);
 }
 
 /* offer_in, into the replica's own cell. */
@@ -568,33 +592,148 @@ static inline void indexed_offer(const route_env *x, const spi_pool_index *p,
   indexed_offer_first(x, p, sc, pos, indexed_t(x, &p->hot[pos]));
 }
 
+/* Top's entries put in order (ttft_before, a total order on entries whose
+ * TTFT is a number: what inserting them one by one makes), and the
+ * threshold top_insert sets once top holds cap. */
+static void top_sort(cell_acc *c) {
+  for (uint32_t i = 1; i < c->n_top; i++) {
+    top_ent e = c->top[i];
+    uint32_t at = i;
+    for (; at > 0 && ttft_before(e.t, e.pos, c->top[at - 1].t, c->top[at - 1].pos); at--)
+      c->top[at] = c->top[at - 1];
+    c->top[at] = e;
+  }
+  if (c->n_top == c->cap) {
+    c->thr_t = c->top[c->cap - 1].t;
+    c->thr_pos = c->top[c->cap - 1].pos;
+  }
+}
+
+/* Top after seeds put last (seed_append): ordered when one came out of
+ * order, and its threshold set if it is full. */
+static inline void top_done(cell_acc *c, int unsorted) {
+  if (unsorted) {
+    top_sort(c);
+  } else if (c->n_top == c->cap) {
+    c->thr_t = c->top[c->cap - 1].t;
+    c->thr_pos = c->top[c->cap - 1].pos;
+  }
+}
+
+/* A seed while top has room: it enters top whatever its TTFT (a number:
+ * the threshold is +inf, at UINT32_MAX, until top is full), so it is put
+ * last, and tried as the least loaded; not as the rendezvous winner
+ * (indexed_seed). 1 when it ranks before the entry it follows, which
+ * top_sort then places (the hint names the last route's top best first,
+ * so seeds mostly come in order). */
+static inline __attribute__((always_inline)) int
+seed_append(const route_env *x, const spi_pool_index *p, scan *sc, cell_acc *c,
+            uint32_t pos, double t, int least_tested) {
+  const pix_hot *h = &p->hot[pos];
+  uint64_t w = spi__rdv_weight(h->id_hash, x->rkey);
+  int least = least_tested && least_enters(c, h->rel, h->srv, pos);
+  if (sc->a.n == ARENA_CAP) arena_sweep(sc);
+  uint32_t ei = sc->a.n++;
+  sc->a.pos[ei] = pos;
+  indexed_eval(p, pos, t, w, &sc->a, ei);
+  uint32_t n = c->n_top++;
+  int before = n && ttft_before(t, pos, c->top[n - 1].t, c->top[n - 1].pos);
+  c->top[n].t = t;
+  c->top[n].pos = pos;
+  c->top[n].ei = ei;
+  if (least) {
+    c->least = ei;
+    c->least_rel = h->rel;
+    c->least_srv = h->srv;
+    c->least_pos = pos;
+  }
+  return before;
+}
+
+/* A hinted position of cell k to seed: its bit was set in *avail (a
+ * regular replica of cell k not offered yet) and is taken out of it. In a
+ * set of one block (one), *avail is the cell's first word, kept here
+ * rather than tested and set in creg and offered for each position, and
+ * the caller marks what it took as offered; else the words are read and
+ * offered is set here. */
+static inline __attribute__((always_inline)) int
+seed_take(const spi_pool_index *p, scan *sc, int k, uint32_t pos,
+          uint64_t *avail, int one) {
+  uint64_t bit = UINT64_C(1) << (pos % 64);
+  if (one) {
+    if (!(*avail & bit)) return 0;
+    *avail &= ~bit;
+    return 1;
+  }
+  if (!(p->creg[k][pos / 64] & ~sc->offered[pos / 64] & bit)) return 0;
+  sc->offered[pos / 64] |= bit;
+  return 1;
+}
+
 /* The last route's ranking of cell k (its hint, see seed_from_hint) goes
  * first, so the thresholds are tight from the start and few others get
  * in: the summaries do not depend on the order replicas are offered in.
  * A hinted position is offered when it is a regular replica of cell k
  * (its bit in creg[k]: kind and cell in one test) not offered yet; an
- * empty hint entry (0) reads as position UINT32_MAX, past the set. */
-static void indexed_seed(const route_env *x, const spi_pool_index *p,
-                         scan *sc, int k) {
+ * empty hint entry (0) reads as position UINT32_MAX, past the set. Its
+ * TTFT is block_ttft's where that block's are made (the same bits as
+ * indexed_t). While top has room, seeds are put in it as they come and
+ * ordered once if they came out of order (seed_append, top_done). A seed
+ * is not tried as the rendezvous winner here: the cell's winner among its
+ * free regular replicas is found after (indexed_rdv), and no other
+ * regular replica can take its place, so the test would only be undone;
+ * indexed_rdv takes a winner that was seeded (seeded_rdv). Nor is a seed tried as the least
+ * loaded unless it is the one the index knows (least_block, UINT32_MAX
+ * when it knows none: then every seed is tried): no other regular replica
+ * ranks before that one, which is offered after if it was not seeded. */
+static inline __attribute__((always_inline)) void
+seed_cell(const route_env *x, const spi_pool_index *p, scan *sc, int k,
+          uint32_t least, int one) {
   cell_acc *c = &sc->cell[k];
+  const double base = x->cfg->ttft_base_ms, cold = x->cold_tok;
+  const uint32_t n = (uint32_t)p->n;
+  uint64_t avail = one ? p->creg[k][0] & ~sc->offered[0] : 0, was = avail;
+  int unsorted = 0;
   for (int h = 0; h < 2; h++) {
     uint64_t word =
         atomic_load_explicit(&x->e->route_hint[k][h], memory_order_relaxed);
     for (int j = 0; j < HINT_PER_WORD; j++, word >>= 16) {
       uint32_t pos = (uint32_t)(word & 0xffffu) - 1u;
-      if (pos >= p->n) continue;
-      uint64_t bit = UINT64_C(1) << (pos % 64);
-      if (!(p->creg[k][pos / 64] & ~sc->offered[pos / 64] & bit)) continue;
-      sc->offered[pos / 64] |= bit;
-      offer_in(x, p, sc, c, pos, indexed_t(x, &p->hot[pos]));
+      if (pos >= n || !seed_take(p, sc, k, pos, &avail, one)) continue;
+      const pix_hot *hp = &p->hot[pos];
+      double t = one || p->tdone >> (pos / 64) & 1
+                     ? p->t_now[pos]
+                     : spi__pix_ttft(base, hp->wait_ms, cold, hp->ms_tok, hp->slow);
+      if (c->n_top < c->cap && t == t) {
+        unsorted |= seed_append(x, p, sc, c, pos, t,
+                                (least == UINT32_MAX) | (pos == least));
+        continue;
+      }
+      top_done(c, unsorted);
+      unsorted = 0;
+      offer_in_as(x, p, sc, c, pos, t, (least == UINT32_MAX) | (pos == least), 0);
     }
   }
+  top_done(c, unsorted);
+  if (one) sc->offered[0] |= was & ~avail;
+}
+
+/* indexed_seed's two builds: a set of one block, whose TTFTs are made
+ * before the seeds (indexed_ranked), and any other. */
+static void indexed_seed(const route_env *x, const spi_pool_index *p,
+                         scan *sc, int k, uint32_t least) {
+  if (p->n <= 64)
+    seed_cell(x, p, sc, k, least, 1);
+  else
+    seed_cell(x, p, sc, k, least, 0);
 }
 
 /* Cell k's least relatively loaded regular replica: the least of the
- * blocks' (each the first of its equals, and blocks ascend). */
-static void indexed_least(const route_env *x, const spi_pool_index *p,
-                          scan *sc, int k) {
+ * blocks' (each the first of its equals, and blocks ascend), or
+ * UINT32_MAX when no block holds one. Every other regular replica of the
+ * cell ranks after it (least_before): a block takes every finite load, and
+ * a load it does not take, +inf or NaN, never ranks before a finite one. */
+static uint32_t least_block(const spi_pool_index *p, int k) {
   const pix_block *best = NULL;
   for (size_t w = 0; w < (p->n + 63) / 64; w++) {
     const pix_block *b = &p->blk[k][w];
@@ -602,7 +741,51 @@ static void indexed_least(const route_env *x, const spi_pool_index *p,
                                        best->srv, best->rel_pos)))
       best = b;
   }
-  if (best) indexed_offer(x, p, sc, best->rel_pos);
+  return best ? best->rel_pos : UINT32_MAX;
+}
+
+/* Cell k's least loaded regular replica pos (least_block), offered if
+ * it was not (as a seed, it was tried as the least loaded). */
+static inline void indexed_least(const route_env *x, const spi_pool_index *p,
+                                 scan *sc, uint32_t pos) {
+  if (pos != UINT32_MAX) indexed_offer(x, p, sc, pos);
+}
+
+/* Cell k's rendezvous winner pos (a free regular replica of the cell),
+ * offered once it was seeded: a seed was offered to top and least only
+ * (indexed_seed), so it is made the rendezvous entry here as offer_in
+ * would have made it, from its arena entry when a summary kept one, else
+ * from a new one. */
+static __attribute__((noinline)) void
+seeded_rdv(const route_env *x, const spi_pool_index *p, scan *sc, int k,
+           uint32_t pos) {
+  cell_acc *c = &sc->cell[k];
+  const pix_hot *h = &p->hot[pos];
+  uint64_t w = spi__rdv_weight(h->id_hash, x->rkey);
+  if (h->busy || !rdv_enters(c, w, pos)) return;
+  uint32_t ei = cell_find(c, &sc->a, pos, top_index(c, pos));
+  if (ei == NO_EV) {
+    if (sc->a.n == ARENA_CAP) arena_sweep(sc);
+    ei = sc->a.n++;
+    sc->a.pos[ei] = pos;
+    indexed_eval(p, pos, indexed_t(x, h), w, &sc->a, ei);
+  }
+  c->rdv = ei;
+  c->rdv_w = w;
+  c->rdv_pos = pos;
+}
+
+/* The winner's offer: whole when it was not offered yet, else as the
+ * rendezvous entry only (seeded_rdv). */
+static inline void rdv_offer(const route_env *x, const spi_pool_index *p,
+                             scan *sc, int k, uint32_t pos) {
+  uint64_t bit = UINT64_C(1) << (pos % 64);
+  if (sc->offered[pos / 64] & bit) {
+    seeded_rdv(x, p, sc, k, pos);
+    return;
+  }
+  sc->offered[pos / 64] |= bit;
+  indexed_offer_first(x, p, sc, pos, indexed_t(x, &p->hot[pos]));
 }
 
 /* The first regular replica that is not busy among an order's positions
@@ -639,7 +822,7 @@ static void indexed_rdv(const route_env *x, spi_pool_index *p,
       pos = one[k];
     }
   }
-  if (pos != UINT32_MAX) indexed_offer(x, p, sc, pos);
+  if (pos != UINT32_MAX) rdv_offer(x, p, sc, k, pos);
 }
 
 /* The TTFTs of block w's positions for this route (indexed_t's operations
@@ -665,16 +848,16 @@ static void block_ttft(const route_env *x, spi_pool_index *p, uint32_t w) {
   p->tdone |= UINT64_C(1) << w;
 }
 
-/* The regular replicas of cell k in block w whose TTFT is at most thr. */
-static uint64_t block_under(const spi_pool_index *p, int k, uint32_t w,
-                            double thr) {
+/* The positions of block w whose TTFT is at most thr. */
+static inline __attribute__((always_inline)) uint64_t
+block_under_at(const spi_pool_index *p, uint32_t w, double thr) {
   const double *t = &p->t_now[(size_t)w * 64];
   size_t n = p->n - (size_t)w * 64 < 64 ? p->n - (size_t)w * 64 : 64;
 #if SPI_HAVE_RDV_AVX512
-  if (p->wide) return spi__pix_under_avx512(t, n, thr) & p->creg[k][w];
+  if (p->wide) return spi__pix_under_avx512(t, n, thr);
 #endif
 #if SPI_HAVE_PIX_AVX2
-  if (p->avx2) return spi__pix_under_avx2(t, n, thr) & p->creg[k][w];
+  if (p->avx2) return spi__pix_under_avx2(t, n, thr);
 #endif
   uint64_t m = 0;
   size_t i = 0;
@@ -689,43 +872,72 @@ static uint64_t block_under(const spi_pool_index *p, int k, uint32_t w,
 #undef UNDER2
 #endif
   m |= spi__pix_under_from(i, t, n, thr);
-  return m & p->creg[k][w];
+  return m;
 }
 
-/* Cell k's best TTFTs among the regular replicas: blocks in the order of
- * their bound (the least TTFT any of theirs can have, then their first
- * position), each read whole while it may hold one that gets in. */
-static void indexed_top(const route_env *x, spi_pool_index *p, scan *sc,
-                        int k) {
-  cell_acc *c = &sc->cell[k];
-  double lb[SPI_REPLICA_SLOTS / 64];
-  uint64_t todo = 0;
+/* ... of block 0, of any cell. */
+static inline uint64_t block_under_all(const spi_pool_index *p, double thr) {
+  return block_under_at(p, 0, thr);
+}
+
+/* Every ranked cell's best TTFTs among its regular replicas, a block at a
+ * time: a block is read whole where some ranked cell's bound for it (the
+ * least TTFT any of the cell's replicas there can have, at the block's
+ * first position) enters that cell's top, its positions at most the
+ * loosest such cell's threshold found in one pass and each tried against
+ * its own cell's (ttft_before). Every position that can enter a top is
+ * among them (its block's bound for its cell enters too, thresholds only
+ * drop as replicas get in), and the tops do not depend on the order
+ * positions are offered in. */
+static void many_block_tops(const route_env *x, spi_pool_index *p, scan *sc,
+                            unsigned ranked) {
+  const double base = x->cfg->ttft_base_ms, cold = x->cold_tok;
   for (uint32_t w = 0; w < (p->n + 63) / 64; w++) {
-    const pix_block *b = &p->blk[k][w];
-    if (!b->n) continue;
-    lb[w] = spi__pix_ttft(x->cfg->ttft_base_ms, b->wait_ms, x->cold_tok,
-                          b->ms_tok, b->slow);
-    todo |= UINT64_C(1) << w;
-  }
-  while (todo) {
-    uint32_t best = (uint32_t)__builtin_ctzll(todo);
-    for (uint64_t m = todo & (todo - 1); m; m &= m - 1) {
-      uint32_t w = (uint32_t)__builtin_ctzll(m);
-      if (lb[w] < lb[best]) best = w;
+    uint64_t regs = 0;
+    double thr = -HUGE_VAL;
+    for (int k = 0; k < SPI_SUMMARY_CELLS; k++) {
+      const pix_block *b = &p->blk[k][w];
+      if (!(ranked >> k & 1) || !b->n) continue;
+      const cell_acc *c = &sc->cell[k];
+      if (!top_enters(c, spi__pix_ttft(base, b->wait_ms, cold, b->ms_tok, b->slow),
+                      w * 64))
+        continue;
+      regs |= p->creg[k][w];
+      if (c->thr_t > thr) thr = c->thr_t;
     }
-    if (!top_enters(c, lb[best], best * 64)) return;
-    todo &= ~(UINT64_C(1) << best);
-    if (!(p->tdone >> best & 1)) block_ttft(x, p, best);
-    /* Only those at most the threshold now may get in (it only drops),
-     * and only those not offered yet (the seeds, mostly) would be offered
-     * (indexed_offer_t). */
-    uint64_t fresh = ~sc->offered[best];
-    for (uint64_t m = block_under(p, k, best, c->thr_t) & fresh; m; m &= m - 1) {
-      uint32_t pos = best * 64 + (uint32_t)__builtin_ctzll(m);
+    if (!regs) continue;
+    if (!(p->tdone >> w & 1)) block_ttft(x, p, w);
+    for (uint64_t m = block_under_at(p, w, thr) & regs & ~sc->offered[w]; m;
+         m &= m - 1) {
+      uint32_t pos = w * 64 + (uint32_t)__builtin_ctzll(m);
+      const cell_acc *c = &sc->cell[p->hot[pos].cell];
       double t = p->t_now[pos]; /* indexed_t's bits (block_ttft) */
       if (ttft_before(t, pos, c->thr_t, c->thr_pos))
         indexed_offer_t(x, p, sc, pos, t);
     }
+  }
+}
+
+/* many_block_tops for a set of one block (its TTFTs made,
+ * indexed_ranked), without the blocks' bounds: the positions at most the
+ * loosest ranked cell's threshold found in one pass, each then tried
+ * against its own cell's (ttft_before). */
+static void one_block_tops(const route_env *x, spi_pool_index *p, scan *sc,
+                           unsigned ranked) {
+  double thr = -HUGE_VAL;
+  uint64_t regs = 0;
+  for (int k = 0; k < SPI_SUMMARY_CELLS; k++)
+    if (ranked >> k & 1) {
+      regs |= p->creg[k][0];
+      if (sc->cell[k].thr_t > thr) thr = sc->cell[k].thr_t;
+    }
+  uint64_t m = block_under_all(p, thr) & regs & ~sc->offered[0];
+  for (; m; m &= m - 1) {
+    uint32_t pos = (uint32_t)__builtin_ctzll(m);
+    const cell_acc *c = &sc->cell[p->hot[pos].cell];
+    double t = p->t_now[pos]; /* indexed_t's bits (block_ttft) */
+    if (ttft_before(t, pos, c->thr_t, c->thr_pos))
+      indexed_offer_t(x, p, sc, pos, t);
   }
 }
 
@@ -876,6 +1088,10 @@ indexed_ranked(const route_env *x, spi_pool_index *p,
   uint32_t win[SPI_SUMMARY_CELLS];
   if (!o) spi__pix_free_best(p, ranked, x->rkey, win);
   p->tdone = 0;
+  /* One block holds every position: its TTFTs are made here, as the first
+   * ranked cell's tops would make them, so that the seeds read
+   * theirs (indexed_seed). */
+  if (p->n <= 64) block_ttft(x, p, 0);
   for (int k = 0; k < SPI_SUMMARY_CELLS; k++) {
     if (!p->usable[k]) continue;
     if (p->usable[k] <= SPI_SUMMARY_TOP) {
@@ -883,11 +1099,15 @@ indexed_ranked(const route_env *x, spi_pool_index *p,
       continue;
     }
     cell_cap(&sc->cell[k], PASS_TOP); /* ranks only what it will name */
-    indexed_seed(x, p, sc, k);
-    indexed_least(x, p, sc, k);
+    uint32_t least = least_block(p, k);
+    indexed_seed(x, p, sc, k, least);
+    indexed_least(x, p, sc, least);
     indexed_rdv(x, p, set, sc, k, o, win);
-    indexed_top(x, p, sc, k);
   }
+  if (p->n <= 64)
+    one_block_tops(x, p, sc, ranked);
+  else
+    many_block_tops(x, p, sc, ranked);
 }
 
 /*
@@ -962,23 +1182,6 @@ scan_indexed(const route_env *x, const spi_replica_set *set, size_t nrep,
   if (ranked || exc) /* else every cell is named whole: no hint to leave */
     hint_store(x->e, sc);
   return 1;
-}
-
-/* Where pos is in cell c's top: its index, or c->n_top when it is not. */
-static uint32_t top_index(const cell_acc *c, uint32_t pos) {
-  uint32_t j = 0;
-  while (j < c->n_top && c->top[j].pos != pos) j++;
-  return j;
-}
-
-/* The arena index of the scan's evaluation of pos in cell c, or NO_EV; j
- * is top_index(c, pos). */
-static uint32_t cell_find(const cell_acc *c, const ev_arena *a, uint32_t pos,
-                          uint32_t j) {
-  if (j < c->n_top) return c->top[j].ei;
-  if (c->least != NO_EV && a->pos[c->least] == pos) return c->least;
-  if (c->rdv != NO_EV && a->pos[c->rdv] == pos) return c->rdv;
-  return NO_EV;
 }
 
 /* Top entry j takes TTFT t: moved to its place in one go, the entries it

@@ -2262,12 +2262,14 @@ static void test_prompt_text_escape(void **st) {
           if (buf[i] >= 0x1B && buf[i] <= 0x1F) want = i;
         assert_int_equal(spi__prompt_reserved_at(buf, len), want);
       }
-  /* Long texts take the wide loops (64 or 128 bytes a turn, AVX2 from 256
-   * bytes where the CPU has it): one byte at every position, its neighbours
-   * in value around it, and a second reserved byte later that must not be
-   * the one found. */
-  static const uint8_t probe[] = {0x1A, 0x1B, 0x1D, 0x1F, 0x20, 0x9B, 0xFF};
-  static const size_t lens[] = {63, 64, 127, 255, 256, 257, 300, 1031};
+  /* Long texts take the wide loops (64 bytes a turn, or 256 with AVX2 from
+   * 256 bytes where the CPU has it): one byte at every position, its
+   * neighbours in value around it (and those the AVX2 turn's moved bytes
+   * wrap or change sign at: 0x9A, 0x9B, 0x00, 0x7F, 0x80), and a second
+   * reserved byte later that must not be the one found. */
+  static const uint8_t probe[] = {0x1A, 0x1B, 0x1D, 0x1F, 0x20, 0x9A,
+                                  0x9B, 0xFF, 0x00, 0x7F, 0x80};
+  static const size_t lens[] = {63, 64, 127, 255, 256, 257, 300, 511, 512, 513, 1031};
   static uint8_t wide[1031];
   for (size_t l = 0; l < sizeof lens / sizeof lens[0]; l++)
     for (size_t pos = 0; pos < lens[l]; pos++)
