@@ -319,6 +319,54 @@ static void entry_eval(spi_pool_index *p, const spi_replica_ident *r,
   o->busy = h->busy;
 }
 
+/* Whether a and b are the same bits (0.0 and -0.0 are not: either may
+ * be copied out to a caller as it is). */
+static int same_bits(double a, double b) {
+  uint64_t u, v;
+  memcpy(&u, &a, sizeof u);
+  memcpy(&v, &b, sizeof v);
+  return u == v;
+}
+
+/* Whether the regular entry at pos, read again as rd (regular, in the
+ * same cell), differs from what it was read from in tokens served at
+ * most: its load, counters, rate and load time the same bits, so every
+ * value made from them is too (the configuration they were read with is
+ * the index's, or it is rebuilt). A ticket opened and finished there
+ * since the last route leaves just that. */
+static int served_only(const spi_pool_index *p, const slot_read *rd,
+                       int64_t until, uint32_t pos) {
+  const pix_cold *c = &p->cold[pos];
+  return same_bits(rd->run, c->running) & same_bits(rd->wait, c->waiting) &
+         same_bits(rd->kv, c->kv) & (rd->inflight == c->inflight) &
+         same_bits(rd->pf.rate, c->rate) &
+         same_bits(rd->pf.ms_tok, p->hot[pos].ms_tok) &
+         same_bits(rd->pf.queued, c->queued) &
+         same_bits(rd->pf.mean_out, c->mean_out) & (until == c->until);
+}
+
+/* The regular entry at pos takes the tokens served rd says; every other
+ * value stands (served_only). The pool's sum moves by the difference,
+ * modulo 2^64 as the sums are kept. */
+static void entry_served(spi_pool_index *p, const spi_replica_ident *r,
+                         const slot_read *rd, uint32_t pos) {
+  pix_hot *h = &p->hot[pos];
+  pix_cold *c = &p->cold[pos];
+  uint64_t served = (uint64_t)rd->pf.served;
+  p->served[c->pool] += served - c->served;
+  c->served = served;
+  p->ev_at[pos].served = (double)served;
+  pix_hot old; /* what block_move reads of it */
+  old.wait_ms = h->wait_ms;
+  old.ms_tok = h->ms_tok;
+  old.slow = h->slow;
+  old.rel = h->rel;
+  old.srv = h->srv;
+  h->srv = served_ratio(r, rd->pf.served);
+  p->t_srv[pos] = h->srv;
+  block_move(p, pos, &old, h);
+}
+
 /* Read the slot of the replica at pos again. */
 static void entry_read(spi_pool_index *p, const route_env *x,
                        const spi_replica_ident *r, uint32_t pos) {
@@ -330,6 +378,13 @@ static void entry_read(spi_pool_index *p, const route_env *x,
              : regular(x, r, &rd)          ? PIX_REG
                                            : PIX_EXC;
   pix_hot *h = &p->hot[pos];
+  if (kind == PIX_REG && h->kind == PIX_REG && h->cell == r->cell &&
+      served_only(p, &rd, stale_at(at, x->max_age), pos)) {
+    int64_t from = regular_from(x, r, &rd, at);
+    if (from > p->reg_from) p->reg_from = from;
+    entry_served(p, r, &rd, pos);
+    return;
+  }
   /* A replica that stays regular moves within its block (block_move):
    * one whose ranked values come back the same (a ticket opened and
    * finished) leaves the block's bounds be. */
@@ -362,6 +417,8 @@ static void entry_read(spi_pool_index *p, const route_env *x,
   c->waiting = rd.wait;
   c->kv = rd.kv;
   c->rate = rd.pf.rate;
+  c->queued = rd.pf.queued;
+  c->mean_out = rd.pf.mean_out;
   c->served = (uint64_t)rd.pf.served;
   c->wait_fix = spi__wait_fix(h->wait_ms, rd.run, r->max_inflight);
   c->inflight = rd.inflight;

@@ -29,9 +29,12 @@ typedef struct pix_hot {
   uint8_t kind, busy;
 } pix_hot;
 
-/* The rest of its evaluation, read when a summary takes it. */
+/* The rest of its evaluation, read when a summary takes it, and the
+ * counters its wait was made from (queued, mean_out: entry_read finds a
+ * slot that changed in tokens served alone). */
 typedef struct pix_cold {
   double running, waiting, kv, rate;
+  double queued, mean_out;
   uint64_t served;
   uint64_t wait_fix;            /* spi__wait_fix */
   int64_t until;                /* stale from then on: regular no longer */
