@@ -191,6 +191,37 @@ static void block_join(spi_pool_index *p, uint32_t pos, const pix_hot *h) {
   }
 }
 
+/* Block b's least loaded as the regular replica at pos of it moves from
+ * (o_rel, o_srv) to h's: whether it is still known without the row's
+ * values (block_least) read again. */
+static int least_loaded_moves(pix_block *b, uint32_t pos, double o_rel,
+                              double o_srv, const pix_hot *h) {
+  if (pos == b->rel_pos) {
+    if (!least_before(h->rel, h->srv, pos, o_rel, o_srv, pos + 1)) return 0;
+    b->rel = h->rel; /* still the least: it ranks no lower than before */
+    b->srv = h->srv;
+  } else if (least_takes(b, h->rel, h->srv, pos)) {
+    b->rel = h->rel;
+    b->srv = h->srv;
+    b->rel_pos = pos;
+  }
+  return 1;
+}
+
+/* Marks block pos / 64 of cell k for the next sync: summed up again when
+ * its TTFT parts' least values are not known (ok 0), or its least loaded
+ * found again (least_ok 0). */
+static void block_mark(spi_pool_index *p, int k, uint32_t pos, int ok,
+                       int least_ok) {
+  if (!ok) {
+    p->blk_dirty[k] |= UINT64_C(1) << (pos / 64);
+    p->fix_cells |= (uint8_t)(1u << k);
+  } else if (!least_ok) {
+    p->lst_dirty[k] |= UINT64_C(1) << (pos / 64);
+    p->fix_cells |= (uint8_t)(1u << k);
+  }
+}
+
 /* A regular replica of the block stays regular with new values h (o: its
  * old ones): the block's least values follow without a pass over it when
  * they can (block_leave and block_join in one, without marking a block
@@ -204,29 +235,11 @@ static void block_move(spi_pool_index *p, uint32_t pos, const pix_hot *o,
   int ok = least_moves(&b->wait_ms, &b->n_wait_ms, o->wait_ms, h->wait_ms);
   ok &= least_moves(&b->ms_tok, &b->n_ms_tok, o->ms_tok, h->ms_tok);
   ok &= least_moves(&b->slow, &b->n_slow, o->slow, h->slow);
-  int least_ok = 1;
-  if (pos == b->rel_pos) {
-    if (least_before(h->rel, h->srv, pos, o->rel, o->srv, pos + 1)) {
-      b->rel = h->rel; /* still the least: it ranks no lower than before */
-      b->srv = h->srv;
-    } else {
-      least_ok = 0;
-    }
-  } else if (least_takes(b, h->rel, h->srv, pos)) {
-    b->rel = h->rel;
-    b->srv = h->srv;
-    b->rel_pos = pos;
-  }
   /* The TTFT parts' least needs the whole block; the least loaded alone
    * (the one that held it ranks lower now: a finished ticket's tokens
    * served) only rel and srv, in a row (block_least). */
-  if (!ok) {
-    p->blk_dirty[h->cell] |= UINT64_C(1) << (pos / 64);
-    p->fix_cells |= (uint8_t)(1u << h->cell);
-  } else if (!least_ok) {
-    p->lst_dirty[h->cell] |= UINT64_C(1) << (pos / 64);
-    p->fix_cells |= (uint8_t)(1u << h->cell);
-  }
+  block_mark(p, h->cell, pos, ok,
+             least_loaded_moves(b, pos, o->rel, o->srv, h));
 }
 
 /* Take position pos out of the sums and the kinds; a regular entry leaves
@@ -356,15 +369,21 @@ static void entry_served(spi_pool_index *p, const spi_replica_ident *r,
   p->served[c->pool] += served - c->served;
   c->served = served;
   p->ev_at[pos].served = (double)served;
-  pix_hot old; /* what block_move reads of it */
-  old.wait_ms = h->wait_ms;
-  old.ms_tok = h->ms_tok;
-  old.slow = h->slow;
-  old.rel = h->rel;
-  old.srv = h->srv;
+  double o_srv = h->srv;
   h->srv = served_ratio(r, rd->pf.served);
   p->t_srv[pos] = h->srv;
-  block_move(p, pos, &old, h);
+  /* block_move with the TTFT parts and rel unchanged: each of the parts
+   * keeps its least (least_moves of equal values), unless it is NaN. */
+  if (!(h->wait_ms == h->wait_ms && h->ms_tok == h->ms_tok &&
+        h->slow == h->slow && h->rel == h->rel)) {
+    pix_hot old = *h;
+    old.srv = o_srv;
+    block_move(p, pos, &old, h);
+  } else if (h->srv != o_srv) {
+    block_mark(p, h->cell, pos, 1,
+               least_loaded_moves(&p->blk[h->cell][pos / 64], pos, h->rel,
+                                  o_srv, h));
+  }
 }
 
 /* Read the slot of the replica at pos again. */
