@@ -332,13 +332,12 @@ static void entry_eval(spi_pool_index *p, const spi_replica_ident *r,
   o->busy = h->busy;
 }
 
-/* Whether a and b are the same bits (0.0 and -0.0 are not: either may
- * be copied out to a caller as it is). */
-static int same_bits(double a, double b) {
-  uint64_t u, v;
-  memcpy(&u, &a, sizeof u);
-  memcpy(&v, &b, sizeof v);
-  return u == v;
+/* The bits of d: two doubles are the same bits (0.0 and -0.0 are not:
+ * either may be copied out to a caller as it is) when their xor is 0. */
+static uint64_t bits_of(double d) {
+  uint64_t u;
+  memcpy(&u, &d, sizeof u);
+  return u;
 }
 
 /* Whether the regular entry at pos, read again as rd (regular, in the
@@ -350,12 +349,16 @@ static int same_bits(double a, double b) {
 static int served_only(const spi_pool_index *p, const slot_read *rd,
                        int64_t until, uint32_t pos) {
   const pix_cold *c = &p->cold[pos];
-  return same_bits(rd->run, c->running) & same_bits(rd->wait, c->waiting) &
-         same_bits(rd->kv, c->kv) & (rd->inflight == c->inflight) &
-         same_bits(rd->pf.rate, c->rate) &
-         same_bits(rd->pf.ms_tok, p->hot[pos].ms_tok) &
-         same_bits(rd->pf.queued, c->queued) &
-         same_bits(rd->pf.mean_out, c->mean_out) & (until == c->until);
+  uint64_t d = (bits_of(rd->run) ^ bits_of(c->running)) |
+               (bits_of(rd->wait) ^ bits_of(c->waiting)) |
+               (bits_of(rd->kv) ^ bits_of(c->kv)) |
+               (bits_of(rd->pf.rate) ^ bits_of(c->rate)) |
+               (bits_of(rd->pf.ms_tok) ^ bits_of(p->hot[pos].ms_tok)) |
+               (bits_of(rd->pf.queued) ^ bits_of(c->queued)) |
+               (bits_of(rd->pf.mean_out) ^ bits_of(c->mean_out)) |
+               ((uint64_t)until ^ (uint64_t)c->until) |
+               (uint64_t)(rd->inflight ^ c->inflight);
+  return d == 0;
 }
 
 /* The regular entry at pos takes the tokens served rd says; every other
