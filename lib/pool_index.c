@@ -512,6 +512,7 @@ static void rebuild(spi_pool_index *p, const route_env *x,
   p->version = set->version;
   p->n = set->n;
   config_of(x, &p->read_with);
+  p->read_seq = x->cfg_seq;
   p->reg_from = INT64_MIN;
   p->min_until = INT64_MAX;
   p->rebuilds++;
@@ -649,11 +650,21 @@ static void blocks_fix(spi_pool_index *p) {
   p->fix_cells = 0;
 }
 
+/* Whether the entries read the same under x's configuration: a snapshot
+ * is never changed, so one found to hold read_with is not compared again
+ * (seqs are the engine's, one a snapshot). */
+static int config_holds(spi_pool_index *p, const route_env *x) {
+  if (x->cfg_seq == p->read_seq && p->read_seq != 0) return 1;
+  if (!config_same(&p->read_with, x)) return 0;
+  p->read_seq = x->cfg_seq;
+  return 1;
+}
+
 static int sync_entries(spi_pool_index *p, const route_env *x,
                         const spi_replica_set *set) {
   if (set->version < p->version) return 0;
   if (set->version != p->version || x->now < p->reg_from ||
-      !config_same(&p->read_with, x)) {
+      !config_holds(p, x)) {
     rebuild(p, x, set);
     return 1;
   }

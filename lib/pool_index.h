@@ -126,6 +126,8 @@ typedef struct spi_pool_index {
   size_t n;                     /* its replicas */
   pix_config read_with;          /* the configuration its entries were read
                                    with (a change rebuilds it) */
+  uint64_t read_seq;            /* a snapshot found to hold read_with (0:
+                                   none): its routes compare no values */
   int64_t reg_from;             /* every regular entry has been regular
                                    since then (regular_from); a route
                                    earlier than it rebuilds the index */
