@@ -191,6 +191,37 @@ static void block_join(spi_pool_index *p, uint32_t pos, const pix_hot *h) {
   }
 }
 
+/* Block b's least loaded as the regular replica at pos of it moves from
+ * (o_rel, o_srv) to h's: whether it is still known without the row's
+ * values (block_least) read again. */
+static int least_loaded_moves(pix_block *b, uint32_t pos, double o_rel,
+                              double o_srv, const pix_hot *h) {
+  if (pos == b->rel_pos) {
+    if (!least_before(h->rel, h->srv, pos, o_rel, o_srv, pos + 1)) return 0;
+    b->rel = h->rel; /* still the least: it ranks no lower than before */
+    b->srv = h->srv;
+  } else if (least_takes(b, h->rel, h->srv, pos)) {
+    b->rel = h->rel;
+    b->srv = h->srv;
+    b->rel_pos = pos;
+  }
+  return 1;
+}
+
+/* Marks block pos / 64 of cell k for the next sync: summed up again when
+ * its TTFT parts' least values are not known (ok 0), or its least loaded
+ * found again (least_ok 0). */
+static void block_mark(spi_pool_index *p, int k, uint32_t pos, int ok,
+                       int least_ok) {
+  if (!ok) {
+    p->blk_dirty[k] |= UINT64_C(1) << (pos / 64);
+    p->fix_cells |= (uint8_t)(1u << k);
+  } else if (!least_ok) {
+    p->lst_dirty[k] |= UINT64_C(1) << (pos / 64);
+    p->fix_cells |= (uint8_t)(1u << k);
+  }
+}
+
 /* A regular replica of the block stays regular with new values h (o: its
  * old ones): the block's least values follow without a pass over it when
  * they can (block_leave and block_join in one, without marking a block
@@ -204,29 +235,11 @@ static void block_move(spi_pool_index *p, uint32_t pos, const pix_hot *o,
   int ok = least_moves(&b->wait_ms, &b->n_wait_ms, o->wait_ms, h->wait_ms);
   ok &= least_moves(&b->ms_tok, &b->n_ms_tok, o->ms_tok, h->ms_tok);
   ok &= least_moves(&b->slow, &b->n_slow, o->slow, h->slow);
-  int least_ok = 1;
-  if (pos == b->rel_pos) {
-    if (least_before(h->rel, h->srv, pos, o->rel, o->srv, pos + 1)) {
-      b->rel = h->rel; /* still the least: it ranks no lower than before */
-      b->srv = h->srv;
-    } else {
-      least_ok = 0;
-    }
-  } else if (least_takes(b, h->rel, h->srv, pos)) {
-    b->rel = h->rel;
-    b->srv = h->srv;
-    b->rel_pos = pos;
-  }
   /* The TTFT parts' least needs the whole block; the least loaded alone
    * (the one that held it ranks lower now: a finished ticket's tokens
    * served) only rel and srv, in a row (block_least). */
-  if (!ok) {
-    p->blk_dirty[h->cell] |= UINT64_C(1) << (pos / 64);
-    p->fix_cells |= (uint8_t)(1u << h->cell);
-  } else if (!least_ok) {
-    p->lst_dirty[h->cell] |= UINT64_C(1) << (pos / 64);
-    p->fix_cells |= (uint8_t)(1u << h->cell);
-  }
+  block_mark(p, h->cell, pos, ok,
+             least_loaded_moves(b, pos, o->rel, o->srv, h));
 }
 
 /* Take position pos out of the sums and the kinds; a regular entry leaves
@@ -319,6 +332,63 @@ static void entry_eval(spi_pool_index *p, const spi_replica_ident *r,
   o->busy = h->busy;
 }
 
+/* The bits of d: two doubles are the same bits (0.0 and -0.0 are not:
+ * either may be copied out to a caller as it is) when their xor is 0. */
+static uint64_t bits_of(double d) {
+  uint64_t u;
+  memcpy(&u, &d, sizeof u);
+  return u;
+}
+
+/* Whether the regular entry at pos, read again as rd (regular, in the
+ * same cell), differs from what it was read from in tokens served at
+ * most: its load, counters, rate and load time the same bits, so every
+ * value made from them is too (the configuration they were read with is
+ * the index's, or it is rebuilt). A ticket opened and finished there
+ * since the last route leaves just that. */
+static int served_only(const spi_pool_index *p, const slot_read *rd,
+                       int64_t until, uint32_t pos) {
+  const pix_cold *c = &p->cold[pos];
+  uint64_t d = (bits_of(rd->run) ^ bits_of(c->running)) |
+               (bits_of(rd->wait) ^ bits_of(c->waiting)) |
+               (bits_of(rd->kv) ^ bits_of(c->kv)) |
+               (bits_of(rd->pf.rate) ^ bits_of(c->rate)) |
+               (bits_of(rd->pf.ms_tok) ^ bits_of(p->hot[pos].ms_tok)) |
+               (bits_of(rd->pf.queued) ^ bits_of(c->queued)) |
+               (bits_of(rd->pf.mean_out) ^ bits_of(c->mean_out)) |
+               ((uint64_t)until ^ (uint64_t)c->until) |
+               (uint64_t)(rd->inflight ^ c->inflight);
+  return d == 0;
+}
+
+/* The regular entry at pos takes the tokens served rd says; every other
+ * value stands (served_only). The pool's sum moves by the difference,
+ * modulo 2^64 as the sums are kept. */
+static void entry_served(spi_pool_index *p, const spi_replica_ident *r,
+                         const slot_read *rd, uint32_t pos) {
+  pix_hot *h = &p->hot[pos];
+  pix_cold *c = &p->cold[pos];
+  uint64_t served = (uint64_t)rd->pf.served;
+  p->served[c->pool] += served - c->served;
+  c->served = served;
+  p->ev_at[pos].served = (double)served;
+  double o_srv = h->srv;
+  h->srv = served_ratio(r, rd->pf.served);
+  p->t_srv[pos] = h->srv;
+  /* block_move with the TTFT parts and rel unchanged: each of the parts
+   * keeps its least (least_moves of equal values), unless it is NaN. */
+  if (!(h->wait_ms == h->wait_ms && h->ms_tok == h->ms_tok &&
+        h->slow == h->slow && h->rel == h->rel)) {
+    pix_hot old = *h;
+    old.srv = o_srv;
+    block_move(p, pos, &old, h);
+  } else if (h->srv != o_srv) {
+    block_mark(p, h->cell, pos, 1,
+               least_loaded_moves(&p->blk[h->cell][pos / 64], pos, h->rel,
+                                  o_srv, h));
+  }
+}
+
 /* Read the slot of the replica at pos again. */
 static void entry_read(spi_pool_index *p, const route_env *x,
                        const spi_replica_ident *r, uint32_t pos) {
@@ -330,6 +400,13 @@ static void entry_read(spi_pool_index *p, const route_env *x,
              : regular(x, r, &rd)          ? PIX_REG
                                            : PIX_EXC;
   pix_hot *h = &p->hot[pos];
+  if (kind == PIX_REG && h->kind == PIX_REG && h->cell == r->cell &&
+      served_only(p, &rd, stale_at(at, x->max_age), pos)) {
+    int64_t from = regular_from(x, r, &rd, at);
+    if (from > p->reg_from) p->reg_from = from;
+    entry_served(p, r, &rd, pos);
+    return;
+  }
   /* A replica that stays regular moves within its block (block_move):
    * one whose ranked values come back the same (a ticket opened and
    * finished) leaves the block's bounds be. */
@@ -362,6 +439,8 @@ static void entry_read(spi_pool_index *p, const route_env *x,
   c->waiting = rd.wait;
   c->kv = rd.kv;
   c->rate = rd.pf.rate;
+  c->queued = rd.pf.queued;
+  c->mean_out = rd.pf.mean_out;
   c->served = (uint64_t)rd.pf.served;
   c->wait_fix = spi__wait_fix(h->wait_ms, rd.run, r->max_inflight);
   c->inflight = rd.inflight;
@@ -433,6 +512,7 @@ static void rebuild(spi_pool_index *p, const route_env *x,
   p->version = set->version;
   p->n = set->n;
   config_of(x, &p->read_with);
+  p->read_seq = x->cfg_seq;
   p->reg_from = INT64_MIN;
   p->min_until = INT64_MAX;
   p->rebuilds++;
@@ -570,11 +650,21 @@ static void blocks_fix(spi_pool_index *p) {
   p->fix_cells = 0;
 }
 
+/* Whether the entries read the same under x's configuration: a snapshot
+ * is never changed, so one found to hold read_with is not compared again
+ * (seqs are the engine's, one a snapshot). */
+static int config_holds(spi_pool_index *p, const route_env *x) {
+  if (x->cfg_seq == p->read_seq && p->read_seq != 0) return 1;
+  if (!config_same(&p->read_with, x)) return 0;
+  p->read_seq = x->cfg_seq;
+  return 1;
+}
+
 static int sync_entries(spi_pool_index *p, const route_env *x,
                         const spi_replica_set *set) {
   if (set->version < p->version) return 0;
   if (set->version != p->version || x->now < p->reg_from ||
-      !config_same(&p->read_with, x)) {
+      !config_holds(p, x)) {
     rebuild(p, x, set);
     return 1;
   }

@@ -29,9 +29,12 @@ typedef struct pix_hot {
   uint8_t kind, busy;
 } pix_hot;
 
-/* The rest of its evaluation, read when a summary takes it. */
+/* The rest of its evaluation, read when a summary takes it, and the
+ * counters its wait was made from (queued, mean_out: entry_read finds a
+ * slot that changed in tokens served alone). */
 typedef struct pix_cold {
   double running, waiting, kv, rate;
+  double queued, mean_out;
   uint64_t served;
   uint64_t wait_fix;            /* spi__wait_fix */
   int64_t until;                /* stale from then on: regular no longer */
@@ -123,6 +126,8 @@ typedef struct spi_pool_index {
   size_t n;                     /* its replicas */
   pix_config read_with;          /* the configuration its entries were read
                                    with (a change rebuilds it) */
+  uint64_t read_seq;            /* a snapshot found to hold read_with (0:
+                                   none): its routes compare no values */
   int64_t reg_from;             /* every regular entry has been regular
                                    since then (regular_from); a route
                                    earlier than it rebuilds the index */

@@ -17,6 +17,7 @@
 typedef struct route_env {
   spi_engine *e;
   const spi_router_cfg *cfg;
+  uint64_t cfg_seq;         /* the seq of the snapshot cfg is in */
   const spi_request_view *v;
   int64_t now, max_age;
   double cold_tok, warm_tok; /* uncached prompt tokens: cold, or warm to the

@@ -300,6 +300,7 @@ static void env_init(route_state *rs) {
   route_env *x = rs->env;
   x->e = rs->e;
   x->cfg = c;
+  x->cfg_seq = rs->snap->seq;
   x->v = v;
   x->now = spi__engine_now(rs->e);
   x->max_age = c->load_max_age_ms * 1000000;
