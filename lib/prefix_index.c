@@ -149,7 +149,8 @@ static inline uint64_t pack(uint32_t slot, uint32_t gen, uint32_t weight,
  * clock stepped back). */
 static inline int64_t stamp_age(uint32_t now_s, uint32_t stamp) {
   uint32_t d = (now_s - stamp) & IX_STAMP_MASK;
-  return d > (IX_STAMP_MASK >> 1) ? (int64_t)d - (INT64_C(1) << 31) : (int64_t)d;
+  /* Bit 30 is the sign of the 31-bit difference: less 2^31 when set. */
+  return (int64_t)d - 2 * (int64_t)(d & UINT32_C(0x40000000));
 }
 
 /* The payload of entry e if its tag is still t after reading it. */
@@ -195,6 +196,19 @@ static int memo_live(ix_memo *m, uint32_t slot, uint32_t gen) {
   if (m->key[i] != k) {
     m->key[i] = k;
     m->live[i] = m->fn(m->ctx, slot, gen) != 0;
+  }
+  return m->live[i];
+}
+
+/* memo_live for a payload: its low 24 bits are gen << 12 | slot, the
+ * memo's key less its mark, so the key is not put together again. */
+static inline int memo_live_payload(ix_memo *m, uint64_t p) {
+  if (!m->fn) return 1;
+  uint32_t k = 1u << 24 | ((uint32_t)p & 0xffffffu);
+  unsigned i = (uint32_t)p & 15u;
+  if (m->key[i] != k) {
+    m->key[i] = k;
+    m->live[i] = m->fn(m->ctx, IX_SLOT(p), IX_GEN(p)) != 0;
   }
   return m->live[i];
 }
@@ -525,18 +539,20 @@ __attribute__((noinline)) static void evict_into(ix_bucket *b, uint64_t key,
                                                  ix_memo *lm) {
   uint64_t vtag = 0;
   unsigned victim = IX_WAYS;
-  int64_t vvalue = INT64_MIN; /* a dead entry's: always taken */
+  /* Above any live entry's value, so the first is taken; a dead entry's
+   * is INT64_MIN, below any block's. */
+  int64_t vvalue = INT64_MAX;
   for (unsigned e = 0; e < IX_WAYS; e++) {
     uint64_t t = atomic_load_explicit(&b->tag[e], memory_order_acquire), p;
     if ((t & IX_KEY_MASK) == IX_KEY_BUSY || !read_payload(b, e, t, &p))
       continue;
-    if (!memo_live(lm, IX_SLOT(p), IX_GEN(p))) {
+    if (!memo_live_payload(lm, p)) {
       victim = e, vtag = t, vvalue = INT64_MIN;
       break;
     }
     int64_t v = (int64_t)IX_WEIGHT(p) * nw->weight_seconds -
                 stamp_age(nw->now_s, IX_STAMP(p));
-    if (victim == IX_WAYS || v < vvalue) victim = e, vtag = t, vvalue = v;
+    if (v < vvalue) victim = e, vtag = t, vvalue = v;
   }
   if (victim == IX_WAYS) return; /* every entry is being written */
   if (vvalue > nw->value) return; /* the block is worth less than any */
