@@ -574,13 +574,13 @@ static inline void insert_block(spi_prefix_index *ix, uint64_t h,
   unsigned victim = IX_WAYS;
   for (unsigned e = 0; e < IX_WAYS; e++) {
     uint64_t t = atomic_load_explicit(&b->tag[e], memory_order_acquire), p;
-    if ((t & IX_KEY_MASK) == IX_KEY_EMPTY) {
+    if ((t & IX_KEY_MASK) != key) {
+      /* A key is never 0: an empty entry is only told apart here. */
+      if ((t & IX_KEY_MASK) != IX_KEY_EMPTY) continue;
       if (victim == IX_WAYS) victim = e, seen = t;
       break;
     }
-    if ((t & IX_KEY_MASK) != key || !read_payload(b, e, t, &p) ||
-        IX_SLOT(p) != nw->slot)
-      continue;
+    if (!read_payload(b, e, t, &p) || IX_SLOT(p) != nw->slot) continue;
     if (IX_GEN(p) == nw->gen) {
       refresh(b, e, p, nw->payload);
       return;
