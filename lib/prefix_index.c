@@ -149,7 +149,8 @@ static inline uint64_t pack(uint32_t slot, uint32_t gen, uint32_t weight,
  * clock stepped back). */
 static inline int64_t stamp_age(uint32_t now_s, uint32_t stamp) {
   uint32_t d = (now_s - stamp) & IX_STAMP_MASK;
-  return d > (IX_STAMP_MASK >> 1) ? (int64_t)d - (INT64_C(1) << 31) : (int64_t)d;
+  /* Bit 30 is the sign of the 31-bit difference: less 2^31 when set. */
+  return (int64_t)d - 2 * (int64_t)(d & UINT32_C(0x40000000));
 }
 
 /* The payload of entry e if its tag is still t after reading it. */
@@ -195,6 +196,19 @@ static int memo_live(ix_memo *m, uint32_t slot, uint32_t gen) {
   if (m->key[i] != k) {
     m->key[i] = k;
     m->live[i] = m->fn(m->ctx, slot, gen) != 0;
+  }
+  return m->live[i];
+}
+
+/* memo_live for a payload: its low 24 bits are gen << 12 | slot, the
+ * memo's key less its mark, so the key is not put together again. */
+static inline int memo_live_payload(ix_memo *m, uint64_t p) {
+  if (!m->fn) return 1;
+  uint32_t k = 1u << 24 | ((uint32_t)p & 0xffffffu);
+  unsigned i = (uint32_t)p & 15u;
+  if (m->key[i] != k) {
+    m->key[i] = k;
+    m->live[i] = m->fn(m->ctx, IX_SLOT(p), IX_GEN(p)) != 0;
   }
   return m->live[i];
 }
@@ -458,10 +472,9 @@ static int claim(ix_bucket *b, unsigned e, uint64_t seen, uint64_t key,
  * generation if the bucket has it; else write the block over, in this
  * order, an entry of this slot from an older generation (the last one),
  * the first empty entry, the first dead one, or the live one of lowest
- * value if the block is worth more. attempts is 2, or 1 after a lost
- * claim. Out of line: insert_block takes every case but a full bucket
- * with no entry of this slot and a lost claim, and keeps the insert
- * loop's registers to itself.
+ * value if the block is worth more, up to attempts times while a claim
+ * is lost. Called once a claim is lost (insert_block, evict_into), with
+ * attempts 1: rare, so out of line.
  */
 __attribute__((noinline)) static void
 insert_full(ix_bucket *b, uint64_t key, const ix_new *nw, ix_memo *lm,
@@ -516,11 +529,48 @@ insert_full(ix_bucket *b, uint64_t key, const ix_new *nw, ix_memo *lm,
 }
 
 /*
+ * The eviction of insert_full for a full bucket that insert_block has just
+ * scanned and found no entry of this block and slot in: one pass that
+ * reads each payload and ranks it as it goes (the first dead entry ends
+ * it), instead of a second scan for this block's entries and a pass over
+ * what it kept. An entry is never emptied again, so the bucket is still
+ * full. If a concurrent insert wrote this block for this slot between the
+ * two scans, the block may be written twice; a refresh then keeps the
+ * first and the other ages out, as with two inserts that claim two empty
+ * entries at once. A lost claim goes to insert_full for one more try.
+ */
+__attribute__((noinline)) static void evict_into(ix_bucket *b, uint64_t key,
+                                                 const ix_new *nw,
+                                                 ix_memo *lm) {
+  uint64_t vtag = 0;
+  unsigned victim = IX_WAYS;
+  /* Above any live entry's value, so the first is taken; a dead entry's
+   * is INT64_MIN, below any block's. */
+  int64_t vvalue = INT64_MAX;
+  for (unsigned e = 0; e < IX_WAYS; e++) {
+    uint64_t t = atomic_load_explicit(&b->tag[e], memory_order_acquire), p;
+    if ((t & IX_KEY_MASK) == IX_KEY_BUSY || !read_payload(b, e, t, &p))
+      continue;
+    if (!memo_live_payload(lm, p)) {
+      victim = e, vtag = t, vvalue = INT64_MIN;
+      break;
+    }
+    int64_t v = (int64_t)IX_WEIGHT(p) * nw->weight_seconds -
+                stamp_age(nw->now_s, IX_STAMP(p));
+    if (v < vvalue) victim = e, vtag = t, vvalue = v;
+  }
+  if (victim == IX_WAYS) return; /* every entry is being written */
+  if (vvalue > nw->value) return; /* the block is worth less than any */
+  if (!claim(b, victim, vtag, key, nw->payload))
+    insert_full(b, key, nw, lm, 1);
+}
+
+/*
  * One block: what insert_full does, taken here up to the first empty
  * entry, which is all a bucket that is not full has: the refresh of this
  * slot's entry of this generation, else the last entry of this slot from
  * an older generation, else the first empty one. A full bucket with
- * neither, and a lost claim, go to insert_full.
+ * neither goes to evict_into, a lost claim to insert_full.
  */
 static inline void insert_block(spi_prefix_index *ix, uint64_t h,
                                 const ix_new *nw, ix_memo *lm) {
@@ -529,13 +579,13 @@ static inline void insert_block(spi_prefix_index *ix, uint64_t h,
   unsigned victim = IX_WAYS;
   for (unsigned e = 0; e < IX_WAYS; e++) {
     uint64_t t = atomic_load_explicit(&b->tag[e], memory_order_acquire), p;
-    if ((t & IX_KEY_MASK) == IX_KEY_EMPTY) {
+    if ((t & IX_KEY_MASK) != key) {
+      /* A key is never 0: an empty entry is only told apart here. */
+      if ((t & IX_KEY_MASK) != IX_KEY_EMPTY) continue;
       if (victim == IX_WAYS) victim = e, seen = t;
       break;
     }
-    if ((t & IX_KEY_MASK) != key || !read_payload(b, e, t, &p) ||
-        IX_SLOT(p) != nw->slot)
-      continue;
+    if (!read_payload(b, e, t, &p) || IX_SLOT(p) != nw->slot) continue;
     if (IX_GEN(p) == nw->gen) {
       refresh(b, e, p, nw->payload);
       return;
@@ -543,7 +593,7 @@ static inline void insert_block(spi_prefix_index *ix, uint64_t h,
     victim = e, seen = t;
   }
   if (victim == IX_WAYS)
-    insert_full(b, key, nw, lm, 2);
+    evict_into(b, key, nw, lm);
   else if (!claim(b, victim, seen, key, nw->payload))
     insert_full(b, key, nw, lm, 1);
 }

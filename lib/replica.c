@@ -435,11 +435,32 @@ int spi__replica_serves(const spi_replica_ident *r, const char *model,
 
 /* ------------------------------------------------------------- validation */
 
+/* The high bit of each of w's bytes that is not printable ASCII other
+ * than space (0x21..0x7e): set in w itself, in b + 1 for 0x7f, and clear
+ * in b + 0x5f for 0x20 and below. Below 0x80 neither sum carries into the
+ * next byte; a byte at 0x80 or above is out whatever its sums do. */
+static uint64_t id_word_out(uint64_t w) {
+  const uint64_t ones = UINT64_C(0x0101010101010101);
+  return (w | (w + ones) | ~(w + 0x5f * ones)) & 0x80 * ones;
+}
+
+/* A load report checks its id every time: eight bytes at a time, the last
+ * eight read once more where they overlap the word before. */
 static int valid_id(const char *id, size_t len) {
   if (!id || len == 0 || len >= SPI_ID_MAX) return 0;
-  for (size_t i = 0; i < len; i++)
-    if ((unsigned char)id[i] <= 0x20 || (unsigned char)id[i] >= 0x7f) return 0;
-  return 1;
+  if (len < 8) {
+    for (size_t i = 0; i < len; i++)
+      if ((unsigned char)id[i] <= 0x20 || (unsigned char)id[i] >= 0x7f)
+        return 0;
+    return 1;
+  }
+  uint64_t w, out = 0;
+  for (size_t i = 0; i + 8 < len; i += 8) {
+    memcpy(&w, id + i, 8);
+    out |= id_word_out(w);
+  }
+  memcpy(&w, id + len - 8, 8);
+  return (out | id_word_out(w)) == 0;
 }
 
 static int check_id(spi_engine *e, const char *id, size_t len) {

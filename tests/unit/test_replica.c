@@ -237,6 +237,15 @@ static void test_validation(void **st) {
   CASE((ri.id = "gpu\x7f", ri.id_len = 4), "replica id");
   CASE((ri.id = "gp\xc3\xa9", ri.id_len = 4), "replica id");
   CASE((ri.id = "gpu\0x", ri.id_len = 5), "replica id");
+  /* Ids of 8 bytes and more are checked a word at a time: a bad byte in
+   * the first word, the middle one, the overlapping last one, the last. */
+  CASE((ri.id = "g\x7fu-spot-us-east-1a", ri.id_len = 19), "replica id");
+  CASE((ri.id = "gpu-spot us-east-1a", ri.id_len = 19), "replica id");
+  CASE((ri.id = "gpu-spot-us-east-1\x80", ri.id_len = 19), "replica id");
+  CASE((ri.id = "gpu-spot-us-east-1\x20", ri.id_len = 19), "replica id");
+  CASE((ri.id = "gpu-spot-us-e\x01st-1a", ri.id_len = 19), "replica id");
+  CASE((ri.id = "gpu-spo\xff", ri.id_len = 8), "replica id");
+  CASE((ri.id = "gpu-spot\x1f", ri.id_len = 9), "replica id");
   CASE(ri.pool = 0, "replica \"gpu-1\": pool 0 is not valid");
   CASE(ri.pool = SPI_POOL_QUEUE, "pool 3 is not valid");
   CASE(ri.model_tier = 3, "replica \"gpu-1\": model_tier 3");
