@@ -586,19 +586,27 @@ typedef struct named_list {
   double wait_all, wait_others; /* est_wait_ms summed: all, all but holder */
 } named_list;
 
-static void name_one(const spi_route_context *x, named_list *l, int32_t i) {
-  const spi_candidate *c = &x->candidates[i];
-  l->i[l->n++] = i;
-  if (own_ms(c) < l->own_min) l->own_min = own_ms(c);
+/* What named_servable gathers besides the list, kept apart from it so
+ * that it stays in registers while the list is written. */
+typedef struct named_acc {
+  double own_min;
+  int64_t holder;
+  uint32_t deep;
+  double wait_all, wait_others;
+} named_acc;
+
+static inline void name_one(const spi_candidate *c, named_acc *a, int32_t i) {
+  double own = own_ms(c), wait = c->est_wait_ms;
+  if (own < a->own_min) a->own_min = own;
   uint32_t mb = c->matched_blocks;
-  if (mb > l->deep) {
-    l->holder = i, l->deep = mb;
-    l->wait_others = l->wait_all;
+  if (mb > a->deep) {
+    a->holder = i, a->deep = mb;
+    a->wait_others = a->wait_all;
   } else {
-    if (mb == l->deep && l->deep > 0) l->holder = -2; /* a second as deep */
-    l->wait_others += c->est_wait_ms;
+    if (mb == a->deep && a->deep > 0) a->holder = -2; /* a second as deep */
+    a->wait_others += wait;
   }
-  l->wait_all += c->est_wait_ms;
+  a->wait_all += wait;
 }
 
 /* Whether i is among the first n of named. */
@@ -610,24 +618,36 @@ static int listed_in(const int32_t *named, uint32_t n, int32_t i) {
 
 static void named_servable(const spi_route_context *x, const summary *m,
                            named_list *l) {
-  int64_t more[3] = {m->warm, m->least, m->rdv};
-  l->n = 0;
-  l->own_min = HUGE_VAL;
-  l->holder = -1;
-  l->deep = 0;
-  l->wait_all = l->wait_others = 0;
+  const spi_candidate *cs = x->candidates;
+  named_acc a = {HUGE_VAL, -1, 0, 0, 0};
+  uint32_t n = 0;
   /* The top's entries are distinct: only the three more are looked up,
    * and not even they when the top lists every usable candidate (n_top ==
    * usable: a summary's top holds them all when they fit), as each of
    * them is a usable one. */
-  for (uint32_t k = 0; k < m->n_top; k++)
-    if (servable(&x->candidates[m->top[k]])) name_one(x, l, m->top[k]);
-  for (int k = 0; k < 3 && m->n_top != m->usable; k++) {
-    int32_t i = (int32_t)more[k];
-    if (i >= 0 && servable(&x->candidates[i]) && !listed_in(l->i, l->n, i))
-      name_one(x, l, i);
+  for (uint32_t k = 0; k < m->n_top; k++) {
+    int32_t i = m->top[k];
+    if (servable(&cs[i])) {
+      l->i[n++] = i;
+      name_one(&cs[i], &a, i);
+    }
   }
-  if (l->holder < 0) l->holder = -1;
+  if (m->n_top != m->usable) {
+    int64_t more[3] = {m->warm, m->least, m->rdv};
+    for (int k = 0; k < 3; k++) {
+      int32_t i = (int32_t)more[k];
+      if (i >= 0 && servable(&cs[i]) && !listed_in(l->i, n, i)) {
+        l->i[n++] = i;
+        name_one(&cs[i], &a, i);
+      }
+    }
+  }
+  l->n = n;
+  l->own_min = a.own_min;
+  l->holder = a.holder < 0 ? -1 : a.holder;
+  l->deep = a.deep;
+  l->wait_all = a.wait_all;
+  l->wait_others = a.wait_others;
 }
 
 /* Whether c's batch is full: its later requests wait for a decode to end,
