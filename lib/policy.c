@@ -308,23 +308,20 @@ typedef struct terms {
   double work;       /* work_tokens */
   double block;      /* req / total_blocks: one block's tokens */
   double block_k;    /* block * 1000.0 (block_ms before the rate) */
-  double after[2];   /* by pool (spot, on-demand): its mean with this
-                        request's share of it (excess_tokens) */
-  double allowed[2]; /* by pool: an own turn's share before the
-                        conversation's own size is counted */
-  double streams[2]; /* by pool: its mean max_inflight (0: none) */
-  uint32_t whole[2]; /* ... when a whole number (a pool of one size),
+  double req_k;      /* 1000.0 * req (queue_delay_ms) */
+  /* Of the pool placed in, the one pool whose candidates are costed
+   * (every candidate its summary names is of that pool): */
+  double after;      /* its mean with this request's share of it
+                        (excess_tokens) */
+  double allowed;    /* an own turn's share before the conversation's
+                        own size is counted */
+  double streams;    /* its mean max_inflight (0: none) */
+  uint32_t whole;    /* ... when a whole number (a pool of one size),
                         else 0: a replica of that size is of size 1
                         without a division (replica_size would give it
-                        exactly 1 too); 0 but in the pool placed in */
+                        exactly 1 too) */
   double cap;        /* policy.load_share_cap */
 } terms;
-
-/* Where c's pool is in terms' by-pool arrays: excess_tokens read the
- * on-demand mean for any pool other than spot, and so does this. */
-static int pool_slot(const spi_candidate *c) {
-  return c->pool == SPI_POOL_SPOT ? 0 : 1;
-}
 
 /* What an own turn may take a replica of share `after` up to: cap times
  * it, and never less than one request (work) above it. */
@@ -333,28 +330,23 @@ static double allowed_for(double cap, double after, double work) {
   return allowed < after + work ? after + work : allowed;
 }
 
-/* The terms for pool, of n usable replicas (whole only for pool: the
- * other's candidates are not costed, and would cost the same without). */
+/* The terms for pool (spot or on-demand), of n usable replicas. */
 static void terms_for(const pinst *p, const spi_route_context *x,
                       int32_t pool, uint32_t n, terms *t) {
-  static const int32_t pools[2] = {SPI_POOL_SPOT, SPI_POOL_ON_DEMAND};
   t->req = request_tokens(x);
+  t->req_k = 1000.0 * t->req;
   t->work = work_tokens(x);
   t->block = x->total_blocks ? t->req / (double)x->total_blocks : 0;
   t->block_k = t->block * 1000.0;
   double share = t->work / (double)(n ? n : 1);
   t->cap = p->load_cap;
-  for (int k = 0; k < 2; k++) {
-    double s = x->mean_max_inflight[pools[k]];
-    t->streams[k] = s;
-    t->whole[k] = pools[k] == pool && s >= 1 && s <= (double)UINT32_MAX &&
-                          s == (double)(uint32_t)s
-                      ? (uint32_t)s
-                      : 0;
-    double after = x->mean_served_tokens[pools[k]] + share;
-    t->after[k] = after;
-    t->allowed[k] = allowed_for(p->load_cap, after, t->work);
-  }
+  double s = x->mean_max_inflight[pool];
+  t->streams = s;
+  t->whole = s >= 1 && s <= (double)UINT32_MAX && s == (double)(uint32_t)s
+                 ? (uint32_t)s
+                 : 0;
+  t->after = x->mean_served_tokens[pool] + share;
+  t->allowed = allowed_for(p->load_cap, t->after, t->work);
 }
 
 /* The backlogs of the pool the request could add to, ms
@@ -405,8 +397,8 @@ static double queue_delay_ms(const terms *t, const spi_candidate *c, double own_
   double next = c->est_wait_ms > 0 ? c->est_wait_ms / (c->est_wait_ms + own) : 0;
   if (!(t->req > 0) || !(c->prefill_tokens_per_s > 0))
     return redundant * next;
-  double held = pw->named * c->prefill_tokens_per_s / (1000.0 * t->req);
-  double full = t->req * 1000.0 / c->prefill_tokens_per_s;
+  double held = pw->named * c->prefill_tokens_per_s / t->req_k;
+  double full = t->req_k / c->prefill_tokens_per_s;
   double omega = pw->prefill / full;
   double during = omega * (omega + redundant / full);
   return redundant * (next + (during > held ? during : held));
@@ -449,9 +441,9 @@ static double unit_tokens(const terms *t, const spi_route_context *x,
  * and its share grows with it; in a pool of one size it is exactly 1 (n
  * equal integers sum and divide back exactly), and every share is the
  * plain mean's bits. */
-static double replica_size(const terms *t, const spi_candidate *c, int k) {
-  if (!(t->streams[k] > 0) || !c->max_inflight) return 1.0;
-  return (double)c->max_inflight / t->streams[k];
+static double replica_size(const terms *t, const spi_candidate *c) {
+  if (!(t->streams > 0) || !c->max_inflight) return 1.0;
+  return (double)c->max_inflight / t->streams;
 }
 
 /* The work c, sent this request too, would have beyond its share of the
@@ -481,11 +473,10 @@ static double replica_size(const terms *t, const spi_candidate *c, int k) {
  * turn. Positive: over its share. */
 static double excess_tokens(const terms *t, const spi_candidate *c, int own,
                             double unit) {
-  int k = pool_slot(c);
-  double after = t->after[k], allowed = t->allowed[k];
-  double size = c->max_inflight == t->whole[k] ? 1.0 : replica_size(t, c, k);
+  double after = t->after, allowed = t->allowed;
+  double size = c->max_inflight == t->whole ? 1.0 : replica_size(t, c);
   if (size != 1.0) { /* terms_for's allowance on this replica's share */
-    after = t->after[k] * size;
+    after = t->after * size;
     allowed = allowed_for(t->cap, after, t->work);
   }
   if (!own) return c->served_tokens - after;
