@@ -406,9 +406,9 @@ static double queue_delay_ms(const terms *t, const spi_candidate *c, double own_
 
 /* The time one prompt block takes to prefill on c, ms: the resolution of
  * the cost model (a replica saves whole blocks). */
-static double block_ms(const terms *t, const spi_route_context *x,
-                       const spi_candidate *c) {
-  if (x->total_blocks == 0 || !(c->prefill_tokens_per_s > 0)) return 0;
+static double block_ms(const terms *t, const spi_candidate *c) {
+  /* Without blocks, block_k is +0.0, and so is its quotient. */
+  if (!(c->prefill_tokens_per_s > 0)) return 0;
   return t->block_k / c->prefill_tokens_per_s;
 }
 
@@ -701,7 +701,7 @@ static int64_t cheapest(const terms *t, const spi_route_context *x,
     const spi_candidate *c = &x->candidates[named[k]];
     cost[k] = guarded_cost(t, x, c, w, named[k] == holder) +
               queue_delay_ms(t, c, own_min, &pw);
-    tie[k] = block_ms(t, x, c); /* while c is at hand */
+    tie[k] = block_ms(t, c); /* while c is at hand */
     if (cost[k] < low) low = cost[k];
   }
   int64_t best = -1;
@@ -825,7 +825,7 @@ static pick choose_in_pool(const pinst *p, const spi_route_context *x,
   } else if (b->matched_blocks > 0) {
     r.reason = SPI_REASON_AFFINITY;
     r.why = TEXT("holds the prefix: lowest estimated cost");
-  } else if (cost_of(wm, w) <= cost_of(b, w) + block_ms(&t, x, b)) {
+  } else if (cost_of(wm, w) <= cost_of(b, w) + block_ms(&t, b)) {
     /* It would have won on cost: only the guard moved the request. */
     r.reason = SPI_REASON_IMBALANCE;
     r.why = TEXT("warm replica over its share of the pool's work");
