@@ -308,23 +308,20 @@ typedef struct terms {
   double work;       /* work_tokens */
   double block;      /* req / total_blocks: one block's tokens */
   double block_k;    /* block * 1000.0 (block_ms before the rate) */
-  double after[2];   /* by pool (spot, on-demand): its mean with this
-                        request's share of it (excess_tokens) */
-  double allowed[2]; /* by pool: an own turn's share before the
-                        conversation's own size is counted */
-  double streams[2]; /* by pool: its mean max_inflight (0: none) */
-  uint32_t whole[2]; /* ... when a whole number (a pool of one size),
+  double req_k;      /* 1000.0 * req (queue_delay_ms) */
+  /* Of the pool placed in, the one pool whose candidates are costed
+   * (every candidate its summary names is of that pool): */
+  double after;      /* its mean with this request's share of it
+                        (excess_tokens) */
+  double allowed;    /* an own turn's share before the conversation's
+                        own size is counted */
+  double streams;    /* its mean max_inflight (0: none) */
+  uint32_t whole;    /* ... when a whole number (a pool of one size),
                         else 0: a replica of that size is of size 1
                         without a division (replica_size would give it
-                        exactly 1 too); 0 but in the pool placed in */
+                        exactly 1 too) */
   double cap;        /* policy.load_share_cap */
 } terms;
-
-/* Where c's pool is in terms' by-pool arrays: excess_tokens read the
- * on-demand mean for any pool other than spot, and so does this. */
-static int pool_slot(const spi_candidate *c) {
-  return c->pool == SPI_POOL_SPOT ? 0 : 1;
-}
 
 /* What an own turn may take a replica of share `after` up to: cap times
  * it, and never less than one request (work) above it. */
@@ -333,28 +330,23 @@ static double allowed_for(double cap, double after, double work) {
   return allowed < after + work ? after + work : allowed;
 }
 
-/* The terms for pool, of n usable replicas (whole only for pool: the
- * other's candidates are not costed, and would cost the same without). */
+/* The terms for pool (spot or on-demand), of n usable replicas. */
 static void terms_for(const pinst *p, const spi_route_context *x,
                       int32_t pool, uint32_t n, terms *t) {
-  static const int32_t pools[2] = {SPI_POOL_SPOT, SPI_POOL_ON_DEMAND};
   t->req = request_tokens(x);
+  t->req_k = 1000.0 * t->req;
   t->work = work_tokens(x);
   t->block = x->total_blocks ? t->req / (double)x->total_blocks : 0;
   t->block_k = t->block * 1000.0;
   double share = t->work / (double)(n ? n : 1);
   t->cap = p->load_cap;
-  for (int k = 0; k < 2; k++) {
-    double s = x->mean_max_inflight[pools[k]];
-    t->streams[k] = s;
-    t->whole[k] = pools[k] == pool && s >= 1 && s <= (double)UINT32_MAX &&
-                          s == (double)(uint32_t)s
-                      ? (uint32_t)s
-                      : 0;
-    double after = x->mean_served_tokens[pools[k]] + share;
-    t->after[k] = after;
-    t->allowed[k] = allowed_for(p->load_cap, after, t->work);
-  }
+  double s = x->mean_max_inflight[pool];
+  t->streams = s;
+  t->whole = s >= 1 && s <= (double)UINT32_MAX && s == (double)(uint32_t)s
+                 ? (uint32_t)s
+                 : 0;
+  t->after = x->mean_served_tokens[pool] + share;
+  t->allowed = allowed_for(p->load_cap, t->after, t->work);
 }
 
 /* The backlogs of the pool the request could add to, ms
@@ -405,8 +397,8 @@ static double queue_delay_ms(const terms *t, const spi_candidate *c, double own_
   double next = c->est_wait_ms > 0 ? c->est_wait_ms / (c->est_wait_ms + own) : 0;
   if (!(t->req > 0) || !(c->prefill_tokens_per_s > 0))
     return redundant * next;
-  double held = pw->named * c->prefill_tokens_per_s / (1000.0 * t->req);
-  double full = t->req * 1000.0 / c->prefill_tokens_per_s;
+  double held = pw->named * c->prefill_tokens_per_s / t->req_k;
+  double full = t->req_k / c->prefill_tokens_per_s;
   double omega = pw->prefill / full;
   double during = omega * (omega + redundant / full);
   return redundant * (next + (during > held ? during : held));
@@ -414,9 +406,9 @@ static double queue_delay_ms(const terms *t, const spi_candidate *c, double own_
 
 /* The time one prompt block takes to prefill on c, ms: the resolution of
  * the cost model (a replica saves whole blocks). */
-static double block_ms(const terms *t, const spi_route_context *x,
-                       const spi_candidate *c) {
-  if (x->total_blocks == 0 || !(c->prefill_tokens_per_s > 0)) return 0;
+static double block_ms(const terms *t, const spi_candidate *c) {
+  /* Without blocks, block_k is +0.0, and so is its quotient. */
+  if (!(c->prefill_tokens_per_s > 0)) return 0;
   return t->block_k / c->prefill_tokens_per_s;
 }
 
@@ -449,9 +441,9 @@ static double unit_tokens(const terms *t, const spi_route_context *x,
  * and its share grows with it; in a pool of one size it is exactly 1 (n
  * equal integers sum and divide back exactly), and every share is the
  * plain mean's bits. */
-static double replica_size(const terms *t, const spi_candidate *c, int k) {
-  if (!(t->streams[k] > 0) || !c->max_inflight) return 1.0;
-  return (double)c->max_inflight / t->streams[k];
+static double replica_size(const terms *t, const spi_candidate *c) {
+  if (!(t->streams > 0) || !c->max_inflight) return 1.0;
+  return (double)c->max_inflight / t->streams;
 }
 
 /* The work c, sent this request too, would have beyond its share of the
@@ -481,11 +473,10 @@ static double replica_size(const terms *t, const spi_candidate *c, int k) {
  * turn. Positive: over its share. */
 static double excess_tokens(const terms *t, const spi_candidate *c, int own,
                             double unit) {
-  int k = pool_slot(c);
-  double after = t->after[k], allowed = t->allowed[k];
-  double size = c->max_inflight == t->whole[k] ? 1.0 : replica_size(t, c, k);
+  double after = t->after, allowed = t->allowed;
+  double size = c->max_inflight == t->whole ? 1.0 : replica_size(t, c);
   if (size != 1.0) { /* terms_for's allowance on this replica's share */
-    after = t->after[k] * size;
+    after = t->after * size;
     allowed = allowed_for(t->cap, after, t->work);
   }
   if (!own) return c->served_tokens - after;
@@ -586,19 +577,27 @@ typedef struct named_list {
   double wait_all, wait_others; /* est_wait_ms summed: all, all but holder */
 } named_list;
 
-static void name_one(const spi_route_context *x, named_list *l, int32_t i) {
-  const spi_candidate *c = &x->candidates[i];
-  l->i[l->n++] = i;
-  if (own_ms(c) < l->own_min) l->own_min = own_ms(c);
+/* What named_servable gathers besides the list, kept apart from it so
+ * that it stays in registers while the list is written. */
+typedef struct named_acc {
+  double own_min;
+  int64_t holder;
+  uint32_t deep;
+  double wait_all, wait_others;
+} named_acc;
+
+static inline void name_one(const spi_candidate *c, named_acc *a, int32_t i) {
+  double own = own_ms(c), wait = c->est_wait_ms;
+  if (own < a->own_min) a->own_min = own;
   uint32_t mb = c->matched_blocks;
-  if (mb > l->deep) {
-    l->holder = i, l->deep = mb;
-    l->wait_others = l->wait_all;
+  if (mb > a->deep) {
+    a->holder = i, a->deep = mb;
+    a->wait_others = a->wait_all;
   } else {
-    if (mb == l->deep && l->deep > 0) l->holder = -2; /* a second as deep */
-    l->wait_others += c->est_wait_ms;
+    if (mb == a->deep && a->deep > 0) a->holder = -2; /* a second as deep */
+    a->wait_others += wait;
   }
-  l->wait_all += c->est_wait_ms;
+  a->wait_all += wait;
 }
 
 /* Whether i is among the first n of named. */
@@ -610,24 +609,36 @@ static int listed_in(const int32_t *named, uint32_t n, int32_t i) {
 
 static void named_servable(const spi_route_context *x, const summary *m,
                            named_list *l) {
-  int64_t more[3] = {m->warm, m->least, m->rdv};
-  l->n = 0;
-  l->own_min = HUGE_VAL;
-  l->holder = -1;
-  l->deep = 0;
-  l->wait_all = l->wait_others = 0;
+  const spi_candidate *cs = x->candidates;
+  named_acc a = {HUGE_VAL, -1, 0, 0, 0};
+  uint32_t n = 0;
   /* The top's entries are distinct: only the three more are looked up,
    * and not even they when the top lists every usable candidate (n_top ==
    * usable: a summary's top holds them all when they fit), as each of
    * them is a usable one. */
-  for (uint32_t k = 0; k < m->n_top; k++)
-    if (servable(&x->candidates[m->top[k]])) name_one(x, l, m->top[k]);
-  for (int k = 0; k < 3 && m->n_top != m->usable; k++) {
-    int32_t i = (int32_t)more[k];
-    if (i >= 0 && servable(&x->candidates[i]) && !listed_in(l->i, l->n, i))
-      name_one(x, l, i);
+  for (uint32_t k = 0; k < m->n_top; k++) {
+    int32_t i = m->top[k];
+    if (servable(&cs[i])) {
+      l->i[n++] = i;
+      name_one(&cs[i], &a, i);
+    }
   }
-  if (l->holder < 0) l->holder = -1;
+  if (m->n_top != m->usable) {
+    int64_t more[3] = {m->warm, m->least, m->rdv};
+    for (int k = 0; k < 3; k++) {
+      int32_t i = (int32_t)more[k];
+      if (i >= 0 && servable(&cs[i]) && !listed_in(l->i, n, i)) {
+        l->i[n++] = i;
+        name_one(&cs[i], &a, i);
+      }
+    }
+  }
+  l->n = n;
+  l->own_min = a.own_min;
+  l->holder = a.holder < 0 ? -1 : a.holder;
+  l->deep = a.deep;
+  l->wait_all = a.wait_all;
+  l->wait_others = a.wait_others;
 }
 
 /* Whether c's batch is full: its later requests wait for a decode to end,
@@ -690,7 +701,7 @@ static int64_t cheapest(const terms *t, const spi_route_context *x,
     const spi_candidate *c = &x->candidates[named[k]];
     cost[k] = guarded_cost(t, x, c, w, named[k] == holder) +
               queue_delay_ms(t, c, own_min, &pw);
-    tie[k] = block_ms(t, x, c); /* while c is at hand */
+    tie[k] = block_ms(t, c); /* while c is at hand */
     if (cost[k] < low) low = cost[k];
   }
   int64_t best = -1;
@@ -814,7 +825,7 @@ static pick choose_in_pool(const pinst *p, const spi_route_context *x,
   } else if (b->matched_blocks > 0) {
     r.reason = SPI_REASON_AFFINITY;
     r.why = TEXT("holds the prefix: lowest estimated cost");
-  } else if (cost_of(wm, w) <= cost_of(b, w) + block_ms(&t, x, b)) {
+  } else if (cost_of(wm, w) <= cost_of(b, w) + block_ms(&t, b)) {
     /* It would have won on cost: only the guard moved the request. */
     r.reason = SPI_REASON_IMBALANCE;
     r.why = TEXT("warm replica over its share of the pool's work");
