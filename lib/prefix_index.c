@@ -187,6 +187,9 @@ static void memo_init(ix_memo *m, spi_index_live_fn fn, void *ctx) {
   m->fn = fn;
   m->ctx = ctx;
   memset(m->key, 0, sizeof m->key);
+  /* Read only after its key is set; cleared so that no compiler (gcc with
+   * the probe's scan unrolled) takes it for read unset. */
+  memset(m->live, 0, sizeof m->live);
 }
 
 static int memo_live(ix_memo *m, uint32_t slot, uint32_t gen) {
@@ -340,6 +343,7 @@ probe(const spi_prefix_index *ix, uint64_t h, ix_memo *lm, ix_found *f) {
     }
     return f->live != IX_WAYS;
   }
+#pragma GCC unroll 8
   for (unsigned e = 0; e < IX_WAYS; e++) {
     uint64_t t = atomic_load_explicit(&b->tag[e], memory_order_acquire);
     uint64_t k = t & IX_KEY_MASK;
@@ -577,6 +581,7 @@ static inline void insert_block(spi_prefix_index *ix, uint64_t h,
   ix_bucket *b = bucket_of(ix, h);
   uint64_t key = key_of(h), seen = 0;
   unsigned victim = IX_WAYS;
+#pragma GCC unroll 8
   for (unsigned e = 0; e < IX_WAYS; e++) {
     uint64_t t = atomic_load_explicit(&b->tag[e], memory_order_acquire), p;
     if ((t & IX_KEY_MASK) != key) {
