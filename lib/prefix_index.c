@@ -337,6 +337,7 @@ probe(const spi_prefix_index *ix, uint64_t h, ix_memo *lm, ix_found *f) {
   f->n = 0;
   f->live = IX_WAYS;
   if (bucket_full(b)) {
+#pragma GCC unroll 8
     for (unsigned e = 0; e < IX_WAYS; e++) {
       uint64_t t = atomic_load_explicit(&b->tag[e], memory_order_acquire);
       if ((t & IX_KEY_MASK) == key) probe_entry(b, e, t, lm, f);
@@ -551,6 +552,7 @@ __attribute__((noinline)) static void evict_into(ix_bucket *b, uint64_t key,
   /* Above any live entry's value, so the first is taken; a dead entry's
    * is INT64_MIN, below any block's. */
   int64_t vvalue = INT64_MAX;
+#pragma GCC unroll 8
   for (unsigned e = 0; e < IX_WAYS; e++) {
     uint64_t t = atomic_load_explicit(&b->tag[e], memory_order_acquire), p;
     if ((t & IX_KEY_MASK) == IX_KEY_BUSY || !read_payload(b, e, t, &p))
