@@ -611,6 +611,7 @@ void spi__index_mark_continued(spi_prefix_index *ix, uint64_t h, uint32_t slot,
   ix_bucket *b = bucket_of(ix, h);
   uint64_t key = key_of(h);
   gen &= SPI_INDEX_GEN_MASK;
+#pragma GCC unroll 8
   for (unsigned e = 0; e < IX_WAYS; e++) {
     uint64_t t = atomic_load_explicit(&b->tag[e], memory_order_acquire), p;
     if ((t & IX_KEY_MASK) == IX_KEY_EMPTY) break; /* the rest is empty too */
