@@ -567,6 +567,7 @@ static void serialise_ids(uint8_t *p, const uint32_t *ids, size_t n) {
 static void short_chain(uint64_t c, const uint32_t *ids, size_t block,
                         size_t n, uint64_t *out) {
   if (block == 4) {
+#pragma GCC unroll 4
     for (size_t i = 0; i < n; i++, ids += 4) {
       c = XXH3_64bits_withSeed(ids, 16, c);
       out[i] = c;
