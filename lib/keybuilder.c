@@ -557,6 +557,30 @@ static void serialise_ids(uint8_t *p, const uint32_t *ids, size_t n) {
 }
 #endif
 
+#if KB_LITTLE_ENDIAN
+/* A block of at most 240 bytes takes XXH3's short paths, which the AVX2
+ * and AVX-512 builds hand to xxHash's own code unchanged: inlined here, a
+ * chain of them goes without a call through the picked function and its
+ * length tests per block, and the 4-id (16-byte) block, one 64-bit
+ * multiply with every length test known, is compiled apart. The same
+ * function of the same bytes, so the same bits. */
+static void short_chain(uint64_t c, const uint32_t *ids, size_t block,
+                        size_t n, uint64_t *out) {
+  if (block == 4) {
+#pragma GCC unroll 4
+    for (size_t i = 0; i < n; i++, ids += 4) {
+      c = XXH3_64bits_withSeed(ids, 16, c);
+      out[i] = c;
+    }
+    return;
+  }
+  for (size_t i = 0; i < n; i++, ids += block) {
+    c = XXH3_64bits_withSeed(ids, block * 4, c);
+    out[i] = c;
+  }
+}
+#endif
+
 /* Kept out of line so the byte path stays small. On a little-endian host
  * the ids as they lie in memory are already their u32le serialisation,
  * so each block is hashed where it lies: the same bytes, so the same bits,
@@ -568,6 +592,10 @@ __attribute__((noinline)) static void token_chain(const spi_cache_key *key,
                                                   uint64_t *out) {
   uint64_t c = chain_start(key, KB_MODE_TOKENS, (uint32_t)block);
 #if KB_LITTLE_ENDIAN
+  if (block * 4 <= XXH3_MIDSIZE_MAX) {
+    short_chain(c, ids, block, n, out);
+    return;
+  }
   for (size_t i = 0; i < n; i++, ids += block) {
     c = spi__xxh3_seeded(ids, block * 4, c);
     out[i] = c;

@@ -187,6 +187,9 @@ static void memo_init(ix_memo *m, spi_index_live_fn fn, void *ctx) {
   m->fn = fn;
   m->ctx = ctx;
   memset(m->key, 0, sizeof m->key);
+  /* Read only after its key is set; cleared so that no compiler (gcc with
+   * the probe's scan unrolled) takes it for read unset. */
+  memset(m->live, 0, sizeof m->live);
 }
 
 static int memo_live(ix_memo *m, uint32_t slot, uint32_t gen) {
@@ -334,12 +337,14 @@ probe(const spi_prefix_index *ix, uint64_t h, ix_memo *lm, ix_found *f) {
   f->n = 0;
   f->live = IX_WAYS;
   if (bucket_full(b)) {
+#pragma GCC unroll 8
     for (unsigned e = 0; e < IX_WAYS; e++) {
       uint64_t t = atomic_load_explicit(&b->tag[e], memory_order_acquire);
       if ((t & IX_KEY_MASK) == key) probe_entry(b, e, t, lm, f);
     }
     return f->live != IX_WAYS;
   }
+#pragma GCC unroll 8
   for (unsigned e = 0; e < IX_WAYS; e++) {
     uint64_t t = atomic_load_explicit(&b->tag[e], memory_order_acquire);
     uint64_t k = t & IX_KEY_MASK;
@@ -547,6 +552,7 @@ __attribute__((noinline)) static void evict_into(ix_bucket *b, uint64_t key,
   /* Above any live entry's value, so the first is taken; a dead entry's
    * is INT64_MIN, below any block's. */
   int64_t vvalue = INT64_MAX;
+#pragma GCC unroll 8
   for (unsigned e = 0; e < IX_WAYS; e++) {
     uint64_t t = atomic_load_explicit(&b->tag[e], memory_order_acquire), p;
     if ((t & IX_KEY_MASK) == IX_KEY_BUSY || !read_payload(b, e, t, &p))
@@ -577,6 +583,7 @@ static inline void insert_block(spi_prefix_index *ix, uint64_t h,
   ix_bucket *b = bucket_of(ix, h);
   uint64_t key = key_of(h), seen = 0;
   unsigned victim = IX_WAYS;
+#pragma GCC unroll 8
   for (unsigned e = 0; e < IX_WAYS; e++) {
     uint64_t t = atomic_load_explicit(&b->tag[e], memory_order_acquire), p;
     if ((t & IX_KEY_MASK) != key) {
@@ -604,6 +611,7 @@ void spi__index_mark_continued(spi_prefix_index *ix, uint64_t h, uint32_t slot,
   ix_bucket *b = bucket_of(ix, h);
   uint64_t key = key_of(h);
   gen &= SPI_INDEX_GEN_MASK;
+#pragma GCC unroll 8
   for (unsigned e = 0; e < IX_WAYS; e++) {
     uint64_t t = atomic_load_explicit(&b->tag[e], memory_order_acquire), p;
     if ((t & IX_KEY_MASK) == IX_KEY_EMPTY) break; /* the rest is empty too */

@@ -882,6 +882,49 @@ static void test_token_mode(void **st) {
   kb_free(k);
 }
 
+/* Token blocks of at most 240 bytes (60 ids) are hashed on XXH3's short
+ * paths: every such block size, and the first long ones, give the chain
+ * of the definition, c_0 = XXH3_64(S, "spi-blk1") and c_i = XXH3_64(the
+ * block's u32le ids, c_{i-1}), computed here with libxxhash. */
+static void test_token_chain_short_blocks(void **st) {
+  (void)st;
+  enum { NB = 5, MAXB = 64 };
+  kb *k = kb_new("{}");
+  spi_request_view v = base_view();
+  static uint32_t ids[NB * MAXB];
+  uint8_t bytes[MAXB * 4];
+  for (uint32_t i = 0; i < NB * MAXB; i++) ids[i] = i * 2654435761u ^ 0x5bd1e995u;
+  spi_cache_key key = key_of(k, &v);
+  v.token_ids = ids;
+  for (uint32_t b = 1; b <= MAXB; b++) {
+    char cfg[64];
+    snprintf(cfg, sizeof cfg, "{\"block_tokens\":%u}", b);
+    assert_int_equal(kb_config(k, cfg), SPI_OK);
+    v.token_count = NB * b + b / 2;
+    uint64_t out[NB];
+    size_t n = 0;
+    assert_int_equal(k->mod.block_hashes(&k->mem, k->inst, &v, &key, out, NB, &n),
+                     SPI_OK);
+    assert_int_equal(n, NB);
+    uint8_t s[16 + 16 + 1 + 4];
+    memcpy(s, "spotinfer:blk:v1", 16);
+    for (int i = 0; i < 8; i++) {
+      s[16 + i] = (uint8_t)(key.high64 >> (56 - 8 * i));
+      s[24 + i] = (uint8_t)(key.low64 >> (56 - 8 * i));
+    }
+    s[32] = 0x02;
+    for (int i = 0; i < 4; i++) s[33 + i] = (uint8_t)(b >> (8 * i));
+    uint64_t c = XXH3_64bits_withSeed(s, sizeof s, UINT64_C(0x7370692d626c6b31));
+    for (uint32_t i = 0; i < NB; i++) {
+      for (uint32_t j = 0; j < b; j++)
+        for (int q = 0; q < 4; q++) bytes[4 * j + q] = (uint8_t)(ids[i * b + j] >> (8 * q));
+      c = XXH3_64bits_withSeed(bytes, 4 * (size_t)b, c);
+      assert_true(out[i] == c);
+    }
+  }
+  kb_free(k);
+}
+
 /* ------------------------------------------------------------ isolation */
 
 static void test_every_field_matters(void **st) {
@@ -1213,6 +1256,7 @@ int main(void) {
       cmocka_unit_test(test_max_blocks),
       cmocka_unit_test(test_chaining),
       cmocka_unit_test(test_token_mode),
+      cmocka_unit_test(test_token_chain_short_blocks),
       cmocka_unit_test(test_every_field_matters),
       cmocka_unit_test(test_salt_isolation),
       cmocka_unit_test(test_tools_order_invariance),
