@@ -45,6 +45,13 @@ static int has_chars(const char *msg) {
   return strstr(msg, EACUTE EACUTE) || strstr(msg, EURO EURO);
 }
 
+/* A message that names a cut name or value (what): it holds the name's
+ * characters, and every character it holds is whole. */
+static void assert_cut_message(const char *msg, const char *what) {
+  if (!has_chars(msg)) fail_msg("the %s is not in: %s", what, msg);
+  assert_utf8(msg);
+}
+
 /* pad ASCII bytes, then count copies of ch, NUL-terminated in buf. */
 static const char *text_of(char *buf, size_t cap, int pad, const char *ch,
                            int count) {
@@ -120,9 +127,7 @@ static void configure_fails_utf8(spi_engine *e, const char *fmt,
   char cfg[1024];
   snprintf(cfg, sizeof cfg, fmt, name);
   assert_int_not_equal(spi_engine_configure(e, cfg, strlen(cfg)), SPI_OK);
-  if (!has_chars(spi_engine_errmsg(e)))
-    fail_msg("the name is not in: %s", spi_engine_errmsg(e));
-  assert_utf8(spi_engine_errmsg(e));
+  assert_cut_message(spi_engine_errmsg(e), "name");
 }
 
 static void test_config_names_cut_between_characters(void **st) {
@@ -159,9 +164,7 @@ static void test_replay_store_name_cut_between_characters(void **st) {
       spi_replay_queue *q = NULL;
       assert_int_not_equal(spi_replay_open(e, cfg, strlen(cfg), &q), SPI_OK);
       assert_null(q);
-      if (!has_chars(spi_engine_errmsg(e)))
-        fail_msg("the name is not in: %s", spi_engine_errmsg(e));
-      assert_utf8(spi_engine_errmsg(e));
+      assert_cut_message(spi_engine_errmsg(e), "name");
     }
   }
   spi_engine_free(e);
@@ -177,9 +180,7 @@ static void test_config_path_cut_between_characters(void **st) {
     text_of(name, sizeof name, pad, pad == 2 ? EURO : EACUTE, 100);
     snprintf(path, sizeof path, "/nonexistent/%s.json", name);
     assert_int_equal(spi_engine_configure_file(e, path), SPI_EIO);
-    if (!has_chars(spi_engine_errmsg(e)))
-      fail_msg("the path is not in: %s", spi_engine_errmsg(e));
-    assert_utf8(spi_engine_errmsg(e));
+    assert_cut_message(spi_engine_errmsg(e), "path");
   }
   spi_engine_free(e);
 }
@@ -204,10 +205,7 @@ static void test_request_names_cut_between_characters(void **st) {
       snprintf(body, sizeof body, bodies[b], name, name);
       assert_int_not_equal(spi_request_parse_openai(r, body, strlen(body), 0),
                            SPI_OK);
-      const char *msg = spi_request_errmsg(r);
-      if (!has_chars(msg))
-        fail_msg("the name is not in: %s", msg);
-      assert_utf8(msg);
+      assert_cut_message(spi_request_errmsg(r), "name");
     }
   spi_request_free(r);
   spi_engine_free(e);
@@ -231,20 +229,14 @@ static void test_request_values_cut_between_characters(void **st) {
     const int32_t fields[] = {SPI_REQ_CLASS, SPI_REQ_SERVICE_TIER};
     for (size_t f = 0; f < 2; f++) {
       assert_int_not_equal(spi_request_set_str(r, fields[f], name, strlen(name)), SPI_OK);
-      if (!has_chars(spi_request_errmsg(r)))
-        fail_msg("the value is not in: %s", spi_request_errmsg(r));
-      assert_utf8(spi_request_errmsg(r));
+      assert_cut_message(spi_request_errmsg(r), "value");
     }
     assert_int_not_equal(spi_request_add_message(r, name, strlen(name), "x", 1), SPI_OK);
-    if (!has_chars(spi_request_errmsg(r)))
-      fail_msg("the role is not in: %s", spi_request_errmsg(r));
-    assert_utf8(spi_request_errmsg(r));
+    assert_cut_message(spi_request_errmsg(r), "role");
     for (size_t b = 0; b < sizeof bodies / sizeof bodies[0]; b++) {
       snprintf(body, sizeof body, bodies[b], name);
       assert_int_not_equal(spi_request_parse_openai(r, body, strlen(body), 0), SPI_OK);
-      if (!has_chars(spi_request_errmsg(r)))
-        fail_msg("the value is not in: %s", spi_request_errmsg(r));
-      assert_utf8(spi_request_errmsg(r));
+      assert_cut_message(spi_request_errmsg(r), "value");
     }
   }
   spi_request_free(r);
@@ -337,9 +329,7 @@ static void test_bus_message_type_cut_between_characters(void **st) {
     fs.struct_size = sizeof fs;
     assert_int_equal(spi_engine_fleet_stats(e, &fs), SPI_OK);
     assert_int_equal(fs.unknown, 1);
-    if (!has_chars(fs.last_error))
-      fail_msg("the type is not in: %s", fs.last_error);
-    assert_utf8(fs.last_error);
+    assert_cut_message(fs.last_error, "type");
     spi_engine_free(e);
   }
 }
