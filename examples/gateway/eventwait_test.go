@@ -84,6 +84,31 @@ func breakOnce(t *testing.T, body string, onlyOD bool,
 	return o
 }
 
+// silverAndGold: a replayable stream, and one that is not (gold, placed
+// on on-demand replicas only).
+var silverAndGold = []struct {
+	name   string
+	body   string
+	onlyOD bool
+}{{"silver", silverStream, false}, {"gold", strings.Replace(silverStream, `"silver"`, `"gold"`, 1), true}}
+
+// stallAgainstDrop sends body once to a spot backend that answers sent
+// events and then goes silent with its connection open, and once to one
+// that answers as many and drops its connection, each gateway started
+// with extra flags: what a stall ends as, beside what a drop does.
+func stallAgainstDrop(t *testing.T, body string, onlyOD bool, sent int, extra ...string) (stalled, dropped stallOutcome) {
+	t.Helper()
+	release := make(chan struct{})
+	stalled = breakOnce(t, body, onlyOD, func(next http.Handler) http.Handler {
+		return textThenStall(sent, release, next)
+	}, extra...)
+	close(release)
+	dropped = breakOnce(t, body, onlyOD, func(next http.Handler) http.Handler {
+		return textThenDrop(sent, next)
+	}, extra...)
+	return stalled, dropped
+}
+
 // A backend that stalls mid-answer with its connection open is taken, once
 // it has sent nothing for -event-wait, for one whose connection dropped,
 // and the stream goes on as after a drop: a replayable (silver) stream is
@@ -91,20 +116,8 @@ func breakOnce(t *testing.T, body string, onlyOD bool,
 // not (gold) ends with an error event naming the wait; the tickets end as
 // a drop's do, so the breakers count the same.
 func TestStalledStreamIsTreatedAsDropped(t *testing.T) {
-	gold := strings.Replace(silverStream, `"silver"`, `"gold"`, 1)
-	for _, c := range []struct {
-		name   string
-		body   string
-		onlyOD bool
-	}{{"silver", silverStream, false}, {"gold", gold, true}} {
-		release := make(chan struct{})
-		stalled := breakOnce(t, c.body, c.onlyOD, func(next http.Handler) http.Handler {
-			return textThenStall(3, release, next)
-		})
-		close(release)
-		dropped := breakOnce(t, c.body, c.onlyOD, func(next http.Handler) http.Handler {
-			return textThenDrop(3, next)
-		})
+	for _, c := range silverAndGold {
+		stalled, dropped := stallAgainstDrop(t, c.body, c.onlyOD, 3)
 		if stalled.timedOut || stalled.took > 3*time.Second {
 			t.Fatalf("%s: a stalled stream was not ended: the client waited %v for %q", c.name, stalled.took, stalled.text)
 		}
@@ -133,20 +146,8 @@ func TestStalledStreamIsTreatedAsDropped(t *testing.T) {
 // error). Its wait for the first bytes used to have no bound, and the
 // client waited for as long as the backend held the connection.
 func TestSilentAfterHeadersIsTreatedAsDropped(t *testing.T) {
-	gold := strings.Replace(silverStream, `"silver"`, `"gold"`, 1)
-	for _, c := range []struct {
-		name   string
-		body   string
-		onlyOD bool
-	}{{"silver", silverStream, false}, {"gold", gold, true}} {
-		release := make(chan struct{})
-		stalled := breakOnce(t, c.body, c.onlyOD, func(next http.Handler) http.Handler {
-			return textThenStall(0, release, next)
-		}, "-first-event-wait", "400ms")
-		close(release)
-		dropped := breakOnce(t, c.body, c.onlyOD, func(next http.Handler) http.Handler {
-			return textThenDrop(0, next)
-		}, "-first-event-wait", "400ms")
+	for _, c := range silverAndGold {
+		stalled, dropped := stallAgainstDrop(t, c.body, c.onlyOD, 0, "-first-event-wait", "400ms")
 		if stalled.timedOut || stalled.took > 3*time.Second {
 			t.Fatalf("%s: a stream silent after its headers was not ended: the client waited %v for %q",
 				c.name, stalled.took, stalled.text)
