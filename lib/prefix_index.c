@@ -192,28 +192,26 @@ static void memo_init(ix_memo *m, spi_index_live_fn fn, void *ctx) {
   memset(m->live, 0, sizeof m->live);
 }
 
-static int memo_live(ix_memo *m, uint32_t slot, uint32_t gen) {
+/* Whether the entry of gs = gen << 12 | slot (a payload's low 24 bits) is
+ * live, asking the callback once a call for each. */
+static inline int memo_live_gs(ix_memo *m, uint32_t gs) {
   if (!m->fn) return 1;
-  uint32_t k = 1u << 24 | gen << 12 | slot;
-  unsigned i = slot & 15u;
+  uint32_t k = 1u << 24 | gs;
+  unsigned i = gs & 15u;
   if (m->key[i] != k) {
     m->key[i] = k;
-    m->live[i] = m->fn(m->ctx, slot, gen) != 0;
+    m->live[i] = m->fn(m->ctx, gs & 0xfffu, gs >> 12) != 0;
   }
   return m->live[i];
 }
 
-/* memo_live for a payload: its low 24 bits are gen << 12 | slot, the
- * memo's key less its mark, so the key is not put together again. */
+static int memo_live(ix_memo *m, uint32_t slot, uint32_t gen) {
+  return memo_live_gs(m, gen << 12 | slot);
+}
+
+/* memo_live for a payload, whose low 24 bits are the memo's gs already. */
 static inline int memo_live_payload(ix_memo *m, uint64_t p) {
-  if (!m->fn) return 1;
-  uint32_t k = 1u << 24 | ((uint32_t)p & 0xffffffu);
-  unsigned i = (uint32_t)p & 15u;
-  if (m->key[i] != k) {
-    m->key[i] = k;
-    m->live[i] = m->fn(m->ctx, IX_SLOT(p), IX_GEN(p)) != 0;
-  }
-  return m->live[i];
+  return memo_live_gs(m, (uint32_t)p & 0xffffffu);
 }
 
 /* ---------------------------------------------------------- lifecycle */
