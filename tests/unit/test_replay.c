@@ -1346,21 +1346,18 @@ static int hq_nack(void *state, void *inst, const spi_replay_ctx *ctx,
   return SPI_OK;
 }
 
-/* A claimed envelope the library refuses (here its class) can never be
- * taken: it is dead-lettered at once (a nack with dead set, its attempts
- * unchanged), with an error, and the next claim goes on. It was held until
- * its lease ended, then claimed and refused again. */
-static void test_claim_dead_letters_a_refused_envelope(void **st) {
-  (void)st;
-  LOCAL_ONLY();
+/* An engine whose replay queue is a hand store holding "bad" (a class out
+ * of range, 2 attempts) and then "good"; its first nack_eio nacks go
+ * unanswered (SPI_EIO). */
+static fixture *open_refusing_store(hand_qstore *s, int nack_eio) {
   fixture *f = setup_engine();
-  hand_qstore s;
-  memset(&s, 0, sizeof s);
-  s.hand[0] = env_of("bad", SPI_CLASS_SILVER);
-  s.hand[0].klass = 9;
-  s.hand[0].attempts = 2;
-  s.hand[1] = env_of("good", SPI_CLASS_SILVER);
-  s.n = 2;
+  memset(s, 0, sizeof *s);
+  s->hand[0] = env_of("bad", SPI_CLASS_SILVER);
+  s->hand[0].klass = 9;
+  s->hand[0].attempts = 2;
+  s->hand[1] = env_of("good", SPI_CLASS_SILVER);
+  s->n = 2;
+  s->nack_eio = nack_eio;
   spi_replay_store_module m;
   memset(&m, 0, sizeof m);
   m.abi_version = SPI_MODULE_ABI_VERSION;
@@ -1374,10 +1371,22 @@ static void test_claim_dead_letters_a_refused_envelope(void **st) {
   m.queue_stats = fq_stats;
   m.stats = fq_rstats;
   assert_int_equal(spi_engine_register_module(f->e, SPI_MODULE_REPLAY_STORE,
-                                              "handq", 5, &m, &s, NULL),
+                                              "handq", 5, &m, s, NULL),
                    SPI_OK);
   const char *json = "{\"store\":\"handq\"}";
   assert_int_equal(spi_replay_open(f->e, json, strlen(json), &f->q), SPI_OK);
+  return f;
+}
+
+/* A claimed envelope the library refuses (here its class) can never be
+ * taken: it is dead-lettered at once (a nack with dead set, its attempts
+ * unchanged), with an error, and the next claim goes on. It was held until
+ * its lease ended, then claimed and refused again. */
+static void test_claim_dead_letters_a_refused_envelope(void **st) {
+  (void)st;
+  LOCAL_ONLY();
+  hand_qstore s;
+  fixture *f = open_refusing_store(&s, 0);
   claimed c;
   assert_int_equal(claim(f, ALL, 0, &c), SPI_EMODULE);
   assert_int_equal(s.nacks, 1);
@@ -1405,32 +1414,8 @@ static void test_claim_dead_letters_a_refused_envelope(void **st) {
 static void test_refused_claim_nack_repeated(void **st) {
   (void)st;
   LOCAL_ONLY();
-  fixture *f = setup_engine();
   hand_qstore s;
-  memset(&s, 0, sizeof s);
-  s.hand[0] = env_of("bad", SPI_CLASS_SILVER);
-  s.hand[0].klass = 9;
-  s.hand[0].attempts = 2;
-  s.hand[1] = env_of("good", SPI_CLASS_SILVER);
-  s.n = 2;
-  s.nack_eio = 2;
-  spi_replay_store_module m;
-  memset(&m, 0, sizeof m);
-  m.abi_version = SPI_MODULE_ABI_VERSION;
-  m.struct_size = sizeof m;
-  m.configure = fq_configure;
-  m.release = fq_release;
-  m.enqueue = hq_enqueue;
-  m.claim = hq_claim;
-  m.ack = fq_settle;
-  m.nack = hq_nack;
-  m.queue_stats = fq_stats;
-  m.stats = fq_rstats;
-  assert_int_equal(spi_engine_register_module(f->e, SPI_MODULE_REPLAY_STORE,
-                                              "handq", 5, &m, &s, NULL),
-                   SPI_OK);
-  const char *json = "{\"store\":\"handq\"}";
-  assert_int_equal(spi_replay_open(f->e, json, strlen(json), &f->q), SPI_OK);
+  fixture *f = open_refusing_store(&s, 2);
   claimed c;
   assert_int_equal(claim(f, ALL, 0, &c), SPI_EIO);
   assert_non_null(strstr(spi_replay_errmsg(f->q),
