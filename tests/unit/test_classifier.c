@@ -411,44 +411,42 @@ static void test_degrade_custom(void **state) {
 
 /* ------------------------------------------------- vocabularies in verdict */
 
+/* A class's priorities and service tier in its verdict. */
+typedef struct {
+  const char *klass;
+  int32_t vllm, llmd, tier;
+} class_vocab;
+
+static void assert_vocab(spi_request *r, const class_vocab want[3]) {
+  for (int k = 0; k < 3; k++) {
+    set_str(r, SPI_REQ_CLASS, want[k].klass);
+    spi_classification c = classify(r);
+    assert_int_equal(c.vllm_priority, want[k].vllm);
+    assert_int_equal(c.llmd_priority, want[k].llmd);
+    assert_int_equal(c.service_tier, want[k].tier);
+  }
+}
+
 static void test_priority_map_in_verdict(void **state) {
   world *f = *state;
   spi_request *r = f->r;
-  static const struct {
-    const char *klass;
-    int32_t vllm, llmd, tier;
-  } defaults[] = {
+  static const class_vocab defaults[] = {
       {"gold", -1, 1, SPI_SERVICE_TIER_PRIORITY},
       {"silver", 0, 0, SPI_SERVICE_TIER_DEFAULT},
       {"bronze", 1, -1, SPI_SERVICE_TIER_FLEX},
   };
-  for (int k = 0; k < 3; k++) {
-    set_str(r, SPI_REQ_CLASS, defaults[k].klass);
-    spi_classification c = classify(r);
-    assert_int_equal(c.vllm_priority, defaults[k].vllm);
-    assert_int_equal(c.llmd_priority, defaults[k].llmd);
-    assert_int_equal(c.service_tier, defaults[k].tier);
-  }
+  assert_vocab(r, defaults);
   configure(f->e,
             "{\"priority_map\":{\"vllm\":{\"gold\":-10,\"silver\":5,\"bronze\":"
             "20},\"llmd\":{\"gold\":100,\"silver\":50,\"bronze\":-3},"
             "\"service_tier\":{\"gold\":\"scale\",\"silver\":\"auto\","
             "\"bronze\":\"default\"}}}");
-  static const struct {
-    const char *klass;
-    int32_t vllm, llmd, tier;
-  } custom[] = {
+  static const class_vocab custom[] = {
       {"gold", -10, 100, SPI_SERVICE_TIER_SCALE},
       {"silver", 5, 50, SPI_SERVICE_TIER_AUTO},
       {"bronze", 20, -3, SPI_SERVICE_TIER_DEFAULT},
   };
-  for (int k = 0; k < 3; k++) {
-    set_str(r, SPI_REQ_CLASS, custom[k].klass);
-    spi_classification c = classify(r);
-    assert_int_equal(c.vllm_priority, custom[k].vllm);
-    assert_int_equal(c.llmd_priority, custom[k].llmd);
-    assert_int_equal(c.service_tier, custom[k].tier);
-  }
+  assert_vocab(r, custom);
   /* A verdict reached through a rule carries them too. */
   spi_request_reset(r);
   set_int(r, SPI_REQ_STREAM, 1);
