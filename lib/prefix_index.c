@@ -20,24 +20,27 @@
  *
  * Entries
  * -------
- *   tag     = version (8 bits) << 56 | key (56 bits)
- *   key     = low 56 bits of the block hash; 0 and 1 are reserved (empty,
+ *   tag     = version (32 bits) << 32 | key (32 bits)
+ *   key     = low 32 bits of the block hash; 0 and 1 are reserved (empty,
  *             being written), so hashes whose low bits are 0 or 1 use 2, 3
  *   payload = continued (1) << 63 | stamp (31) << 32 | weight (8) << 24 |
  *             gen (12) << 12 | slot (12)
- * The high 8 bits of a hash can be dropped from the key because they pick
- * the bucket: two hashes that differ only there live in different buckets
- * once the table has 256 buckets (a 32 KiB budget). The version counts the
- * rewrites of the entry; it lets a reader tell a rewritten entry from the
- * one it started reading. The slot field has 12 bits, so no slot read from
- * the table can reach SPI_REPLICA_SLOTS, torn or not. The gen is the
- * replica's generation & SPI_INDEX_GEN_MASK; after 4096 generations of one
- * slot an old entry may look live again, which costs at most one misplaced
- * request. The stamp is in seconds and ages are taken modulo 2^31 (68
- * years). The continued bit says a request routed to the replica went on
- * past this block with blocks of its own (spi__index_mark_continued): a
- * request that matches the block there later is a second continuation, a
- * branch, not the next turn of one conversation. Refreshes keep the bit.
+ * The key is the hash's low half, the bucket its high half, so two blocks
+ * of one bucket share an entry's key only if their hashes agree on their
+ * low 32 bits: for a block not in the index, a probe of a full bucket
+ * takes another block's entries for its own with a chance of 8 in 2^32,
+ * which costs at most one misplaced request, as a stale gen does. The
+ * version counts the rewrites of the entry; it lets a reader tell a
+ * rewritten entry from the one it started reading (see Concurrency). The
+ * slot field has 12 bits, so no slot read from the table can reach
+ * SPI_REPLICA_SLOTS, torn or not. The gen is the replica's generation &
+ * SPI_INDEX_GEN_MASK; after 4096 generations of one slot an old entry may
+ * look live again, which costs at most one misplaced request. The stamp is
+ * in seconds and ages are taken modulo 2^31 (68 years). The continued bit
+ * says a request routed to the replica went on past this block with
+ * blocks of its own (spi__index_mark_continued): a request that matches
+ * the block there later is a second continuation, a branch, not the next
+ * turn of one conversation. Refreshes keep the bit.
  *
  * No entry is ever emptied again (a rewrite goes from one block to
  * another), and an insert fills the first empty entry of its bucket, so a
@@ -56,12 +59,18 @@
  * the block go: the index is a hint. A reader loads the tag (acquire), the
  * payload (acquire) and the tag again, and drops the entry unless both tags
  * are equal: if the payload came from a later claim, that claim's tag store
- * precedes it, so the second load sees "being written" or a later version.
- * Only 256 complete rewrites between the reader's two loads could pair a key
- * with another entry's payload. Refreshing an entry (same key, slot and gen)
- * changes only its stamp and weight, by a CAS on the payload, and skips the
- * store when nothing changed, so a hot prefix does not bounce its cache line
- * between routing threads.
+ * precedes it, so the second load sees "being written" or another version.
+ * The version wraps after 2^32 claims of the entry, so a reader takes a
+ * payload that was not written with the tag it loaded only if the entry is
+ * claimed a multiple of 2^32 times between its two loads of the tag and
+ * ends on the same key: at one claim every 10 ns, a pause of 43 seconds
+ * between two loads a few instructions apart, while every claim in the
+ * process lands on that one entry. (An 8-bit version came back after 256
+ * claims; test_reader_paused rewrites an entry 65536 times under a paused
+ * reader.) Refreshing an entry (same key, slot and gen) changes only its
+ * stamp and weight, by a CAS on the payload, and skips the store when
+ * nothing changed, so a hot prefix does not bounce its cache line between
+ * routing threads.
  *
  * Longest match
  * -------------
@@ -94,12 +103,13 @@
 #include <sys/mman.h>
 #endif
 
+#include "prefix_index.h"
 #include "routing.h"
 
 #define IX_WAYS 8
 #define IX_LINE 64
 
-#define IX_KEY_BITS 56
+#define IX_KEY_BITS 32
 #define IX_KEY_MASK ((UINT64_C(1) << IX_KEY_BITS) - 1)
 #define IX_KEY_EMPTY UINT64_C(0)
 #define IX_KEY_BUSY UINT64_C(1)
@@ -153,11 +163,23 @@ static inline int64_t stamp_age(uint32_t now_s, uint32_t stamp) {
   return (int64_t)d - 2 * (int64_t)(d & UINT32_C(0x40000000));
 }
 
+/* A reader's second step: entry e's payload, after its tag was loaded
+ * (acquire), so that it is at least as new as the tag. */
+static inline uint64_t load_payload(ix_bucket *b, unsigned e) {
+  return atomic_load_explicit(&b->payload[e], memory_order_acquire);
+}
+
+/* A reader's third step: whether entry e's tag is still t, the tag loaded
+ * before the payload. */
+static inline int tag_still(ix_bucket *b, unsigned e, uint64_t t) {
+  return atomic_load_explicit(&b->tag[e], memory_order_relaxed) == t;
+}
+
 /* The payload of entry e if its tag is still t after reading it. */
 static inline int read_payload(ix_bucket *b, unsigned e, uint64_t t,
                                uint64_t *p) {
-  *p = atomic_load_explicit(&b->payload[e], memory_order_acquire);
-  return atomic_load_explicit(&b->tag[e], memory_order_relaxed) == t;
+  *p = load_payload(b, e);
+  return tag_still(b, e, t);
 }
 
 /* Whether the bucket's last entry is taken: then every entry is, for
@@ -465,7 +487,8 @@ static int claim(ix_bucket *b, unsigned e, uint64_t seen, uint64_t key,
           memory_order_acquire, memory_order_relaxed))
     return 0;
   atomic_store_explicit(&b->payload[e], payload, memory_order_release);
-  atomic_store_explicit(&b->tag[e], ((version + 1) & 0xffu) << IX_KEY_BITS | key,
+  /* The shift drops the carry out of the version: it wraps at 2^32. */
+  atomic_store_explicit(&b->tag[e], (version + 1) << IX_KEY_BITS | key,
                         memory_order_release);
   return 1;
 }
@@ -642,4 +665,26 @@ void spi__index_insert(spi_prefix_index *ix, const uint64_t *hashes,
     if (n - i > 2) prefetch_bucket(ix, hashes[i + 2], 1);
     insert_block(ix, hashes[i], &nw, &lm);
   }
+}
+
+/* ------------------------------------------------------ reader's steps */
+
+uint64_t spi__index_step_tag(const spi_prefix_index *ix, uint64_t h,
+                             unsigned e) {
+  return atomic_load_explicit(&bucket_of(ix, h)->tag[e % IX_WAYS],
+                              memory_order_acquire);
+}
+
+int spi__index_step_key(uint64_t tag, uint64_t h) {
+  return (tag & IX_KEY_MASK) == key_of(h);
+}
+
+uint64_t spi__index_step_payload(const spi_prefix_index *ix, uint64_t h,
+                                 unsigned e) {
+  return load_payload(bucket_of(ix, h), e % IX_WAYS);
+}
+
+int spi__index_step_confirm(const spi_prefix_index *ix, uint64_t h,
+                            unsigned e, uint64_t t) {
+  return tag_still(bucket_of(ix, h), e % IX_WAYS, t);
 }
