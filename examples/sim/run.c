@@ -85,14 +85,21 @@ static int ev_less(const event *x, const event *y) {
  * levels, with half the moves. */
 #define HEAP_PARENT(i) (((i) - 1) / 4)
 
-static void heap_push(heap *h, int64_t t, uint32_t type, uint32_t a,
-                      uint32_t epoch) {
-  if (h->n == h->cap) {
-    h->cap = h->cap ? h->cap * 2 : 4096;
-    event *p = realloc(h->e, h->cap * sizeof *p);
-    if (!p) sim_oom("the event queue");
-    h->e = p;
-  }
+/* Room for more events: seldom (the queue doubles), so kept out of the
+ * pushes, which are then short enough to inline at each caller. */
+#if defined(__GNUC__)
+__attribute__((noinline, cold))
+#endif
+static void heap_grow(heap *h) {
+  h->cap = h->cap ? h->cap * 2 : 4096;
+  event *p = realloc(h->e, h->cap * sizeof *p);
+  if (!p) sim_oom("the event queue");
+  h->e = p;
+}
+
+static inline void heap_push(heap *h, int64_t t, uint32_t type, uint32_t a,
+                             uint32_t epoch) {
+  if (h->n == h->cap) heap_grow(h);
   event ev = {t, h->seq++, type, a, epoch};
   size_t i = h->n++;
   while (i) {
