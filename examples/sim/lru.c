@@ -247,6 +247,12 @@ static void prefetch_home(const sim_lru *l, uint64_t key) {
  * missing blocks are inserted last to first, then the hits again last to
  * first (looked up again: an insert's eviction may have shifted them, and
  * a prompt longer than the cache may have evicted them). */
+/* Not inlined: most fills have room, and without this path inlined
+ * sim_lru_prefix_fill is 1.1 KB of code instead of 1.9 KB and runs a few
+ * instructions fewer a fill (counted with callgrind). */
+#if defined(__GNUC__)
+__attribute__((noinline))
+#endif
 static void fill_evicting(sim_lru *l, const uint64_t *chain, uint32_t n, uint32_t hit,
                           const uint32_t *at) {
   /* Nothing has moved since the hits were found: their slots, when kept. */
