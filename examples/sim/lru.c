@@ -136,6 +136,23 @@ static void move_front_all(sim_lru *l, const uint32_t *at, uint32_t n) {
   }
 }
 
+/* move_front_all when the n (at least one) slots at at follow one another
+ * in the list, in that order: the one run it would find, moved in one
+ * piece, without reading every hit's link to find it. */
+static void move_front_run(sim_lru *l, const uint32_t *at, uint32_t n) {
+  struct sim_lru_slot *s = l->slots;
+  uint32_t first = at[0], last = at[n - 1];
+  if (l->head == first) return;
+  uint32_t before = s[first].prev, after = s[last].next;
+  s[before].next = after;
+  if (after != NIL) s[after].prev = before;
+  else l->tail = before;
+  s[first].prev = NIL;
+  s[last].next = l->head;
+  s[l->head].prev = last;
+  l->head = first;
+}
+
 /* Move the entry in slot j to the empty slot i, links and all. */
 static void move_entry(sim_lru *l, uint32_t i, uint32_t j) {
   struct sim_lru_slot *x = &l->slots[i];
@@ -230,6 +247,12 @@ static void prefetch_home(const sim_lru *l, uint64_t key) {
  * missing blocks are inserted last to first, then the hits again last to
  * first (looked up again: an insert's eviction may have shifted them, and
  * a prompt longer than the cache may have evicted them). */
+/* Not inlined: most fills have room, and without this path inlined
+ * sim_lru_prefix_fill is 1.1 KB of code instead of 1.9 KB and runs a few
+ * instructions fewer a fill (counted with callgrind). */
+#if defined(__GNUC__)
+__attribute__((noinline))
+#endif
 static void fill_evicting(sim_lru *l, const uint64_t *chain, uint32_t n, uint32_t hit,
                           const uint32_t *at) {
   /* Nothing has moved since the hits were found: their slots, when kept. */
@@ -258,18 +281,20 @@ static void fill_evicting(sim_lru *l, const uint64_t *chain, uint32_t n, uint32_
  * Its inserts are not prefetched ahead: that was five instructions a block
  * and no time told apart (docs/simulator.md). */
 static void fill_in_room(sim_lru *l, const uint64_t *chain, uint32_t n, uint32_t hit,
-                         const uint32_t *at) {
+                         const uint32_t *at, int one_run) {
   for (uint32_t b = n; b-- > hit;) {
     uint32_t empty = NIL, i = find_slot(l, chain[b], &empty);
     if (i != NIL) {
       move_front(l, i);
+      one_run = 0; /* a block past the hits was cached: the list moved */
     } else {
       l->size++;
       l->slots[empty].key1 = chain[b] + 1;
       push_front(l, empty);
     }
   }
-  move_front_all(l, at, hit);
+  if (one_run) move_front_run(l, at, hit);
+  else move_front_all(l, at, hit);
 }
 
 /* Hits whose slots a fill remembers; a longer run of hits takes
@@ -281,10 +306,12 @@ static void fill_in_room(sim_lru *l, const uint64_t *chain, uint32_t n, uint32_t
  * the one before it in the recency list: a fill leaves a prompt's blocks
  * there in order, so a prefix cached before is mostly found that way, with
  * one comparison; a key is in one slot only, so a match is the slot a
- * lookup would find. */
+ * lookup would find. *lookups counts the hits found by a lookup: with one,
+ * the first, the hits follow one another in the list (a walk along it
+ * meets no slot twice, so no key repeats among them either). */
 static uint32_t leading_hits(const sim_lru *l, const uint64_t *chain, uint32_t n,
-                             uint32_t *at) {
-  uint32_t hit = 0, empty = NIL, i, next = NIL;
+                             uint32_t *at, uint32_t *lookups) {
+  uint32_t hit = 0, empty = NIL, i, next = NIL, found = 0;
   for (uint32_t b = 0; b < n && b < PREFETCH_AHEAD; b++) prefetch_home(l, chain[b]);
   while (hit < n) {
     if (hit + PREFETCH_AHEAD < n) prefetch_home(l, chain[hit + PREFETCH_AHEAD]);
@@ -293,20 +320,22 @@ static uint32_t leading_hits(const sim_lru *l, const uint64_t *chain, uint32_t n
     } else {
       i = find_slot(l, chain[hit], &empty);
       if (i == NIL) break;
+      found++;
     }
     if (hit < FILL_AT_MAX) at[hit] = i;
     hit++;
     next = l->slots[i].next;
   }
+  *lookups = found;
   return hit;
 }
 
 uint32_t sim_lru_prefix_fill(sim_lru *l, const uint64_t *chain, uint32_t n) {
-  uint32_t at[FILL_AT_MAX];
+  uint32_t at[FILL_AT_MAX], lookups;
   if (!l->cap) return 0; /* emptied by sim_lru_set_cap: holds nothing */
-  uint32_t hit = leading_hits(l, chain, n, at);
+  uint32_t hit = leading_hits(l, chain, n, at, &lookups);
   const uint32_t *kept = hit <= FILL_AT_MAX ? at : NULL;
-  if (kept && n - hit <= l->cap - l->size) fill_in_room(l, chain, n, hit, kept);
+  if (kept && n - hit <= l->cap - l->size) fill_in_room(l, chain, n, hit, kept, lookups == 1);
   else fill_evicting(l, chain, n, hit, kept);
   return hit;
 }

@@ -85,15 +85,21 @@ static int ev_less(const event *x, const event *y) {
  * levels, with half the moves. */
 #define HEAP_PARENT(i) (((i) - 1) / 4)
 
-static void heap_push(heap *h, int64_t t, uint32_t type, uint32_t a,
-                      uint32_t epoch) {
-  if (h->n == h->cap) {
-    h->cap = h->cap ? h->cap * 2 : 4096;
-    event *p = realloc(h->e, h->cap * sizeof *p);
-    if (!p) sim_oom("the event queue");
-    h->e = p;
-  }
-  event ev = {t, h->seq++, type, a, epoch};
+/* Room for more events: seldom (the queue doubles), so kept out of the
+ * pushes, which are then short enough to inline at each caller. */
+#if defined(__GNUC__)
+__attribute__((noinline, cold))
+#endif
+static void heap_grow(heap *h) {
+  h->cap = h->cap ? h->cap * 2 : 4096;
+  event *p = realloc(h->e, h->cap * sizeof *p);
+  if (!p) sim_oom("the event queue");
+  h->e = p;
+}
+
+/* ev into the heap, its seq already drawn. */
+static inline void heap_add(heap *h, event ev) {
+  if (h->n == h->cap) heap_grow(h);
   size_t i = h->n++;
   while (i) {
     size_t p = HEAP_PARENT(i);
@@ -102,6 +108,12 @@ static void heap_push(heap *h, int64_t t, uint32_t type, uint32_t a,
     i = p;
   }
   h->e[i] = ev;
+}
+
+static inline void heap_push(heap *h, int64_t t, uint32_t type, uint32_t a,
+                             uint32_t epoch) {
+  event ev = {t, h->seq++, type, a, epoch};
+  heap_add(h, ev);
 }
 
 /* The earliest of the children from c (at least one, at most four, below
@@ -202,6 +214,13 @@ typedef struct sim {
   int all_on_demand;
   int64_t now;
   heap h;
+  /* First tokens wait in a heap of their own (their seqs drawn from h's
+   * counter): a prefill ends soon after it starts, so its event sat near
+   * the root of h, among the finishes of every running stream, and its
+   * push and pop walked h's height; here they walk the height of a heap
+   * of the prefills under way. The next event is the earliest of the two
+   * tops and the arrival, in the same (t, seq) order. */
+  heap hf;
   /* The trace's next arrival waits beside the heap, not in it: it is the
    * earliest event most of the time, so pushed it would rise to the root
    * and be popped from there at once. Its seq is drawn from the heap's
@@ -317,7 +336,8 @@ static void start_one(sim *s, replica *p, uint32_t i) {
   p->running_blocks += t->nblocks;
   p->starts++;
   p->tokens_served += (double)q->prompt_tokens + (double)q->out_left;
-  heap_push(&s->h, q->prefill_end, EV_FIRST, i, q->epoch);
+  event first = {q->prefill_end, s->h.seq++, EV_FIRST, i, q->epoch};
+  heap_add(&s->hf, first);
   heap_push(&s->h, end, EV_FINISH, i, q->epoch);
 }
 
@@ -902,12 +922,13 @@ static void view_free(sim_gw_view *v) {
   free(v->epoch);
 }
 
-/* The next event, from the heap or beside it (see sim.arrival); NULL when
- * there is none. */
+/* The next event, from the heaps or beside them (see sim.arrival and
+ * sim.hf); NULL when there is none. */
 static const event *next_event(const sim *s) {
-  const event *a = s->arrival_set ? &s->arrival : NULL;
-  if (s->h.n && (!a || ev_less(&s->h.e[0], a))) return &s->h.e[0];
-  return a;
+  const event *e = s->arrival_set ? &s->arrival : NULL;
+  if (s->h.n && (!e || ev_less(&s->h.e[0], e))) e = &s->h.e[0];
+  if (s->hf.n && (!e || ev_less(&s->hf.e[0], e))) e = &s->hf.e[0];
+  return e;
 }
 
 /* Take the next event out; 0 when there is none. */
@@ -918,7 +939,7 @@ static int take_event(sim *s, event *ev) {
     *ev = s->arrival;
     s->arrival_set = 0;
   } else {
-    *ev = heap_pop(&s->h);
+    *ev = heap_pop(e == s->hf.e ? &s->hf : &s->h);
   }
   return 1;
 }
@@ -1208,6 +1229,7 @@ int sim_run_policy(const sim_opts *o, const sim_trace *tr, sim_zone *zones, size
   free(s.r);
   free(s.parked);
   free(s.h.e);
+  free(s.hf.e);
   view_free(&s.view);
   res->other_cpu_s = sim_thread_cpu_s() - cpu0 - res->loop_cpu_s;
   return 0;
