@@ -1053,7 +1053,10 @@ indexed_whole(const route_env *x, const spi_pool_index *p, scan *sc) {
       indexed_eval(p, pos, t, wt, &sc->a, n);
       sc->byte_of[pos] = (uint8_t)n;
       if (t <= HUGE_VAL) top_append(c, t, pos, n);
-      if (!h->busy && rdv_enters(c, wt, pos)) {
+      /* rdv_enters, of a position above every one met before: a tie goes
+       * to the one met first, so only a heavier weight enters, or any
+       * weight while the cell has none (weight 0 then). */
+      if (!h->busy && ((wt > c->rdv_w) | (c->rdv == NO_EV))) {
         c->rdv = n;
         c->rdv_w = wt;
         c->rdv_pos = pos;
