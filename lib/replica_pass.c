@@ -982,14 +982,16 @@ indexed_all_cells(const route_env *x, const spi_pool_index *p, scan *sc) {
  * sets it, once top holds cap. */
 static inline __attribute__((always_inline)) void
 top_append(cell_acc *c, double t, uint32_t pos, uint32_t ei) {
-  uint32_t at = c->n_top;
-  while (at > 0 && t < c->top[at - 1].t) {
-    c->top[at] = c->top[at - 1];
-    at--;
+  /* Walked by pointer: indexed, gcc computed each entry's address from
+   * the cell's again at every step. */
+  top_ent *e = &c->top[c->n_top];
+  while (e != c->top && t < e[-1].t) {
+    e[0] = e[-1];
+    e--;
   }
-  c->top[at].t = t;
-  c->top[at].pos = pos;
-  c->top[at].ei = ei;
+  e->t = t;
+  e->pos = pos;
+  e->ei = ei;
   c->n_top++;
 }
 
