@@ -217,14 +217,15 @@ static uint32_t cell_find(const cell_acc *c, const ev_arena *a, uint32_t pos,
 static inline __attribute__((always_inline)) void
 top_insert(cell_acc *c, double t, uint32_t pos, uint32_t ei) {
   uint32_t n = c->n_top;
-  uint32_t at = n < c->cap ? n : n - 1;
-  while (at > 0 && ttft_before(t, pos, c->top[at - 1].t, c->top[at - 1].pos)) {
-    c->top[at] = c->top[at - 1];
-    at--;
+  /* Walked by pointer, as top_append is. */
+  top_ent *e = &c->top[n < c->cap ? n : n - 1];
+  while (e != c->top && ttft_before(t, pos, e[-1].t, e[-1].pos)) {
+    e[0] = e[-1];
+    e--;
   }
-  c->top[at].t = t;
-  c->top[at].pos = pos;
-  c->top[at].ei = ei;
+  e->t = t;
+  e->pos = pos;
+  e->ei = ei;
   if (n < c->cap) c->n_top = n + 1;
   if (c->n_top == c->cap) {
     c->thr_t = c->top[c->cap - 1].t;
