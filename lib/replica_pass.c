@@ -1195,18 +1195,19 @@ scan_indexed(const route_env *x, const spi_replica_set *set, size_t nrep,
  * gives, with half the moves). */
 static void top_move(cell_acc *c, uint32_t j, double t, uint32_t pos,
                      uint32_t ei) {
-  while (j > 0 && ttft_before(t, pos, c->top[j - 1].t, c->top[j - 1].pos)) {
-    c->top[j] = c->top[j - 1];
-    j--;
+  /* Walked by pointer, as top_append is. */
+  top_ent *e = &c->top[j], *last = &c->top[c->n_top - 1];
+  while (e != c->top && ttft_before(t, pos, e[-1].t, e[-1].pos)) {
+    e[0] = e[-1];
+    e--;
   }
-  while (j + 1 < c->n_top &&
-         ttft_before(c->top[j + 1].t, c->top[j + 1].pos, t, pos)) {
-    c->top[j] = c->top[j + 1];
-    j++;
+  while (e != last && ttft_before(e[1].t, e[1].pos, t, pos)) {
+    e[0] = e[1];
+    e++;
   }
-  c->top[j].t = t;
-  c->top[j].pos = pos;
-  c->top[j].ei = ei;
+  e->t = t;
+  e->pos = pos;
+  e->ei = ei;
   if (c->n_top == c->cap) {
     c->thr_t = c->top[c->cap - 1].t;
     c->thr_pos = c->top[c->cap - 1].pos;
