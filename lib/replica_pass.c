@@ -1156,15 +1156,20 @@ scan_indexed(const route_env *x, const spi_replica_set *set, size_t nrep,
   unsigned ranked = 0; /* the cells with more usable than a top holds */
   for (int k = 0; k < SPI_SUMMARY_CELLS; k++) {
     sc->cell[k].usable += p->usable[k];
-    sums->wait_fix[k] = p->wait_fix[k];
     ranked |= (unsigned)(p->usable[k] > SPI_SUMMARY_TOP) << k;
   }
-  for (int q = 0; q < 4; q++) {
-    sums->kv_fix[q] = p->kv_fix[q];
-    sums->kv_n[q] = p->kv_n[q];
-    sums->served[q] = p->served[q];
-    sums->streams[q] = p->streams[q];
-  }
+  /* Array by array, in wide copies. */
+  _Static_assert(sizeof sums->wait_fix == sizeof p->wait_fix &&
+                     sizeof sums->kv_fix == sizeof p->kv_fix &&
+                     sizeof sums->kv_n == sizeof p->kv_n &&
+                     sizeof sums->served == sizeof p->served &&
+                     sizeof sums->streams == sizeof p->streams,
+                 "the index keeps the pass's sums as the pass does");
+  memcpy(sums->wait_fix, p->wait_fix, sizeof sums->wait_fix);
+  memcpy(sums->kv_fix, p->kv_fix, sizeof sums->kv_fix);
+  memcpy(sums->kv_n, p->kv_n, sizeof sums->kv_n);
+  memcpy(sums->served, p->served, sizeof sums->served);
+  memcpy(sums->streams, p->streams, sizeof sums->streams);
   size_t words = (nrep + 63) / 64;
   if (words == 1) /* as bits_clear: one word, not a call */
     sc->counted[0] = p->reg[0];
