@@ -1614,11 +1614,15 @@ size_t spi__pass_candidates(scan *sc, const spi_replica_set *set, size_t nrep,
   }
   int by;
   *cands = named_candidates(sc, nrep, named, &by);
-  if (by == BY_ENTRY)
+  /* Unrolled: each cell's pool and tier are then constants. */
+  if (by == BY_ENTRY) {
+#pragma GCC unroll 4
     for (int k = 0; k < SPI_SUMMARY_CELLS; k++)
       summary_out(sc, k, BY_ENTRY, &summaries[k]);
-  else
+  } else {
+#pragma GCC unroll 4
     for (int k = 0; k < SPI_SUMMARY_CELLS; k++)
       summary_out(sc, k, BY_NAMED, &summaries[k]);
+  }
   return sc->named.n;
 }
