@@ -337,6 +337,7 @@ static void seed_from_hint(const route_env *x, const spi_replica_set *set,
  * ranked, so its hint would speed nothing up: it is left as it is (a
  * stale hint only costs time). */
 static void hint_store(spi_engine *e, const scan *sc) {
+#pragma GCC unroll 4
   for (int k = 0; k < SPI_SUMMARY_CELLS; k++) {
     const cell_acc *c = &sc->cell[k];
     if (c->usable <= SPI_SUMMARY_TOP) continue;
@@ -1254,6 +1255,7 @@ static void cell_warm(scan *sc, int k, uint32_t pos, uint32_t ei, uint32_t j) {
 /* The arena entries the summaries name, in the order named_mark met them. */
 static uint32_t named_list(const scan *sc, uint32_t *eis) {
   uint32_t n = 0;
+#pragma GCC unroll 4
   for (int k = 0; k < SPI_SUMMARY_CELLS; k++) {
     const cell_acc *c = &sc->cell[k];
     for (uint32_t j = 0; j < c->n_top; j++) eis[n++] = c->top[j].ei;
@@ -1281,6 +1283,7 @@ static inline void named_one(scan *sc, uint32_t ei, uint64_t *w) {
 static void named_mark(scan *sc, size_t nrep) {
   if (nrep <= 64) {
     uint64_t w = 0;
+#pragma GCC unroll 4
     for (int k = 0; k < SPI_SUMMARY_CELLS; k++) {
       const cell_acc *c = &sc->cell[k];
       for (uint32_t j = 0; j < c->n_top; j++) named_one(sc, c->top[j].ei, &w);
