@@ -897,6 +897,7 @@ static void many_block_tops(const route_env *x, spi_pool_index *p, scan *sc,
   for (uint32_t w = 0; w < (p->n + 63) / 64; w++) {
     uint64_t regs = 0;
     double thr = -HUGE_VAL;
+#pragma GCC unroll 4
     for (int k = 0; k < SPI_SUMMARY_CELLS; k++) {
       const pix_block *b = &p->blk[k][w];
       if (!(ranked >> k & 1) || !b->n) continue;
@@ -928,6 +929,7 @@ static void one_block_tops(const route_env *x, spi_pool_index *p, scan *sc,
                            unsigned ranked) {
   double thr = -HUGE_VAL;
   uint64_t regs = 0;
+#pragma GCC unroll 4
   for (int k = 0; k < SPI_SUMMARY_CELLS; k++)
     if (ranked >> k & 1) {
       regs |= p->creg[k][0];
