@@ -361,19 +361,19 @@ static int served_only(const spi_pool_index *p, const slot_read *rd,
   return d == 0;
 }
 
-/* The regular entry at pos takes the tokens served rd says; every other
- * value stands (served_only). The pool's sum moves by the difference,
- * modulo 2^64 as the sums are kept. */
+/* The regular entry at pos takes tokens served as read (spi_prefill_read:
+ * the counter as a double); every other value stands (served_only). The
+ * pool's sum moves by the difference, modulo 2^64 as the sums are kept. */
 static void entry_served(spi_pool_index *p, const spi_replica_ident *r,
-                         const slot_read *rd, uint32_t pos) {
+                         double read, uint32_t pos) {
   pix_hot *h = &p->hot[pos];
   pix_cold *c = &p->cold[pos];
-  uint64_t served = (uint64_t)rd->pf.served;
+  uint64_t served = (uint64_t)read;
   p->served[c->pool] += served - c->served;
   c->served = served;
   p->ev_at[pos].served = (double)served;
   double o_srv = h->srv;
-  h->srv = served_ratio(r, rd->pf.served);
+  h->srv = served_ratio(r, read);
   p->t_srv[pos] = h->srv;
   /* block_move with the TTFT parts and rel unchanged: each of the parts
    * keeps its least (least_moves of equal values), unless it is NaN. */
@@ -389,13 +389,109 @@ static void entry_served(spi_pool_index *p, const spi_replica_ident *r,
   }
 }
 
-/* Read the slot of the replica at pos again. */
-static void entry_read(spi_pool_index *p, const route_env *x,
-                       const spi_replica_ident *r, uint32_t pos) {
-  const spi_replica_slot *s = &x->e->registry.slots[r->slot];
-  int64_t at = atomic_load_explicit(&s->load_at_ns, memory_order_acquire);
+/* The words of slot s that read_slot reads, each read once, load_at
+ * first and with acquire, as spi__replica_load reads it. */
+void spi__pix_raw_read(const spi_replica_slot *s, pix_raw *o) {
+  o->load_at = atomic_load_explicit(&s->load_at_ns, memory_order_acquire);
+  o->running = atomic_load_explicit(&s->running, memory_order_relaxed);
+  o->waiting = atomic_load_explicit(&s->waiting, memory_order_relaxed);
+  o->kv = atomic_load_explicit(&s->kv_usage, memory_order_relaxed);
+  o->rate_samples = atomic_load_explicit(&s->rate_samples, memory_order_relaxed);
+  o->rate = atomic_load_explicit(&s->prefill_rate, memory_order_relaxed);
+  o->queued = atomic_load_explicit(&s->prefill_queued, memory_order_relaxed);
+  o->served = atomic_load_explicit(&s->served_tokens, memory_order_relaxed);
+  o->mean_out = atomic_load_explicit(&s->mean_output, memory_order_relaxed);
+  o->inflight = atomic_load_explicit(&s->inflight, memory_order_relaxed);
+  o->state = atomic_load_explicit(&s->state, memory_order_relaxed);
+  o->breaker = atomic_load_explicit(&s->breaker, memory_order_relaxed);
+  o->advised_until =
+      atomic_load_explicit(&s->advised_until_ns, memory_order_relaxed);
+  o->cooldown_until =
+      atomic_load_explicit(&s->cooldown_until_ns, memory_order_relaxed);
+}
+
+/* What read_slot makes of a slot holding w's words, made from w: the
+ * same operations as spi__replica_load's and spi__prefill_read's on the
+ * same words, so the same bits (test_pool_index checks it against
+ * read_slot), and a function of w alone, whatever writers do to the slot
+ * meanwhile. */
+void spi__pix_raw_reading(const route_env *x, const pix_raw *w,
+                          slot_read *o) {
+  int64_t max_age = spi__load_max_age(x->max_age), age;
+  if (__builtin_expect(w->load_at == 0, 0) ||
+      __builtin_expect(__builtin_sub_overflow(x->now, w->load_at, &age), 0) ||
+      __builtin_expect(age >= max_age || age <= -max_age, 0)) {
+    o->run = o->wait = SPI_LOAD_SATURATED;
+    o->kv = 1.0;
+    o->fresh = 0;
+  } else {
+    o->run = spi__bitsd(w->running);
+    o->wait = spi__bitsd(w->waiting);
+    o->kv = spi__bitsd(w->kv);
+    o->fresh = 1;
+  }
+  double learnt = spi__bitsd(w->rate);
+  o->pf.queued = (double)w->queued;
+  o->pf.served = (double)w->served;
+  int own = w->rate_samples >= SPI_PREFILL_MIN_SAMPLES && learnt > 0;
+  o->pf.rate = own ? learnt : x->default_rate;
+  o->pf.ms_tok = own ? 1000.0 / learnt : x->default_ms_tok;
+  o->pf.mean_out = spi__bitsd(w->mean_out);
+  o->inflight = w->inflight;
+  o->state = w->state;
+  o->breaker = w->breaker;
+  o->advised_until = w->advised_until;
+  o->cooldown_until = w->cooldown_until;
+}
+
+/* Whether a and b hold the same words, tokens served aside. */
+static int raw_same(const pix_raw *a, const pix_raw *b) {
+  uint64_t d = (uint64_t)(a->load_at ^ b->load_at) |
+               (uint64_t)(a->advised_until ^ b->advised_until) |
+               (uint64_t)(a->cooldown_until ^ b->cooldown_until) |
+               (a->running ^ b->running) | (a->waiting ^ b->waiting) |
+               (a->kv ^ b->kv) | (a->queued ^ b->queued) |
+               (a->rate ^ b->rate) | (a->mean_out ^ b->mean_out) |
+               (a->inflight ^ b->inflight) |
+               (a->rate_samples ^ b->rate_samples) |
+               (uint32_t)(a->state ^ b->state) |
+               (uint32_t)(a->breaker ^ b->breaker);
+  return d == 0;
+}
+
+/* The regular entry at pos keeps raw, the words its values are made from
+ * (or stand for: served_only), and the start of its being regular. */
+static void entry_raw(pix_cold *c, const pix_raw *raw, int64_t from) {
+  c->raw = *raw;
+  c->from = from;
+  c->steady = from != INT64_MIN && c->until != INT64_MAX;
+}
+
+/* Whether the regular entry at pos is what entry_read would make of the
+ * slot's words raw, tokens served aside: they are the words it was read
+ * from, and x->now is in [from, until). The same words, with neither
+ * bound saturated (steady), make a regular entry at exactly those times:
+ * its load fresh from load_at - max_age + 1 up to before load_at +
+ * max_age (spi__replica_load), its advice and, in the spot pool, its
+ * cooldown over from their ends on (regular, regular_from). The
+ * configuration its values were read with holds (spi__pix_sync). */
+static int entry_steady(const spi_pool_index *p, const route_env *x,
+                        const pix_raw *raw, uint32_t pos) {
+  const pix_cold *c = &p->cold[pos];
+  return p->hot[pos].kind == PIX_REG && c->steady && x->now >= c->from &&
+         x->now < c->until && raw_same(raw, &c->raw);
+}
+
+/* The entry at pos read from raw, the words just read from its slot. Out
+ * of line: most reads take tokens served alone (entry_read). */
+static __attribute__((noinline)) void
+entry_read_whole(spi_pool_index *p, const route_env *x,
+                 const spi_replica_ident *r, uint32_t pos) {
+  pix_raw raw;
+  spi__pix_raw_read(&x->e->registry.slots[r->slot], &raw);
+  int64_t at = raw.load_at;
   slot_read rd;
-  read_slot(x, s, &rd);
+  spi__pix_raw_reading(x, &raw, &rd);
   int kind = rd.state != SPI_REPLICA_ACTIVE ? PIX_OFF
              : regular(x, r, &rd)          ? PIX_REG
                                            : PIX_EXC;
@@ -404,7 +500,8 @@ static void entry_read(spi_pool_index *p, const route_env *x,
       served_only(p, &rd, stale_at(at, x->max_age), pos)) {
     int64_t from = regular_from(x, r, &rd, at);
     if (from > p->reg_from) p->reg_from = from;
-    entry_served(p, r, &rd, pos);
+    entry_raw(&p->cold[pos], &raw, from);
+    entry_served(p, r, rd.pf.served, pos);
     return;
   }
   /* A replica that stays regular moves within its block (block_move):
@@ -450,6 +547,7 @@ static void entry_read(spi_pool_index *p, const route_env *x,
   if (c->until < p->min_until) p->min_until = c->until;
   int64_t from = regular_from(x, r, &rd, at);
   if (from > p->reg_from) p->reg_from = from;
+  entry_raw(c, &raw, from);
   p->usable[h->cell]++;
   p->kv_fix[c->pool] += spi__kv_fix(c->kv);
   p->kv_n[c->pool]++;
@@ -464,6 +562,23 @@ static void entry_read(spi_pool_index *p, const route_env *x,
     block_move(p, pos, &old, h);
   else
     block_join(p, pos, h);
+}
+
+/* Read the slot of the replica at pos again. A slot whose words changed in
+ * tokens served alone (a ticket opened and finished there since the last
+ * route) takes only those (entry_steady), without a reading of the
+ * rest; any other is read again whole (a later reading of it). */
+static void entry_read(spi_pool_index *p, const route_env *x,
+                       const spi_replica_ident *r, uint32_t pos) {
+  pix_raw raw;
+  spi__pix_raw_read(&x->e->registry.slots[r->slot], &raw);
+  if (!entry_steady(p, x, &raw, pos)) {
+    entry_read_whole(p, x, r, pos);
+    return;
+  }
+  const pix_cold *c = &p->cold[pos];
+  if (c->from > p->reg_from) p->reg_from = c->from;
+  entry_served(p, r, (double)raw.served, pos);
 }
 
 /* The configuration x's route reads entries with (pix_config). */
@@ -520,7 +635,7 @@ static void rebuild(spi_pool_index *p, const route_env *x,
     p->hot[i].kind = PIX_OFF;
     p->id_hash_at[i] = set->r[i].id_hash;
     p->cell_at[i] = (int8_t)set->r[i].cell;
-    entry_read(p, x, &set->r[i], (uint32_t)i);
+    entry_read_whole(p, x, &set->r[i], (uint32_t)i);
   }
   for (size_t i = set->n; i % 8; i++) {
     p->id_hash_at[i] = 0;

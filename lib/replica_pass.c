@@ -217,14 +217,15 @@ static uint32_t cell_find(const cell_acc *c, const ev_arena *a, uint32_t pos,
 static inline __attribute__((always_inline)) void
 top_insert(cell_acc *c, double t, uint32_t pos, uint32_t ei) {
   uint32_t n = c->n_top;
-  uint32_t at = n < c->cap ? n : n - 1;
-  while (at > 0 && ttft_before(t, pos, c->top[at - 1].t, c->top[at - 1].pos)) {
-    c->top[at] = c->top[at - 1];
-    at--;
+  /* Walked by pointer, as top_append is. */
+  top_ent *e = &c->top[n < c->cap ? n : n - 1];
+  while (e != c->top && ttft_before(t, pos, e[-1].t, e[-1].pos)) {
+    e[0] = e[-1];
+    e--;
   }
-  c->top[at].t = t;
-  c->top[at].pos = pos;
-  c->top[at].ei = ei;
+  e->t = t;
+  e->pos = pos;
+  e->ei = ei;
   if (n < c->cap) c->n_top = n + 1;
   if (c->n_top == c->cap) {
     c->thr_t = c->top[c->cap - 1].t;
@@ -336,6 +337,7 @@ static void seed_from_hint(const route_env *x, const spi_replica_set *set,
  * ranked, so its hint would speed nothing up: it is left as it is (a
  * stale hint only costs time). */
 static void hint_store(spi_engine *e, const scan *sc) {
+#pragma GCC unroll 4
   for (int k = 0; k < SPI_SUMMARY_CELLS; k++) {
     const cell_acc *c = &sc->cell[k];
     if (c->usable <= SPI_SUMMARY_TOP) continue;
@@ -895,6 +897,7 @@ static void many_block_tops(const route_env *x, spi_pool_index *p, scan *sc,
   for (uint32_t w = 0; w < (p->n + 63) / 64; w++) {
     uint64_t regs = 0;
     double thr = -HUGE_VAL;
+#pragma GCC unroll 4
     for (int k = 0; k < SPI_SUMMARY_CELLS; k++) {
       const pix_block *b = &p->blk[k][w];
       if (!(ranked >> k & 1) || !b->n) continue;
@@ -926,6 +929,7 @@ static void one_block_tops(const route_env *x, spi_pool_index *p, scan *sc,
                            unsigned ranked) {
   double thr = -HUGE_VAL;
   uint64_t regs = 0;
+#pragma GCC unroll 4
   for (int k = 0; k < SPI_SUMMARY_CELLS; k++)
     if (ranked >> k & 1) {
       regs |= p->creg[k][0];
@@ -982,14 +986,16 @@ indexed_all_cells(const route_env *x, const spi_pool_index *p, scan *sc) {
  * sets it, once top holds cap. */
 static inline __attribute__((always_inline)) void
 top_append(cell_acc *c, double t, uint32_t pos, uint32_t ei) {
-  uint32_t at = c->n_top;
-  while (at > 0 && t < c->top[at - 1].t) {
-    c->top[at] = c->top[at - 1];
-    at--;
+  /* Walked by pointer: indexed, gcc computed each entry's address from
+   * the cell's again at every step. */
+  top_ent *e = &c->top[c->n_top];
+  while (e != c->top && t < e[-1].t) {
+    e[0] = e[-1];
+    e--;
   }
-  c->top[at].t = t;
-  c->top[at].pos = pos;
-  c->top[at].ei = ei;
+  e->t = t;
+  e->pos = pos;
+  e->ei = ei;
   c->n_top++;
 }
 
@@ -1053,7 +1059,10 @@ indexed_whole(const route_env *x, const spi_pool_index *p, scan *sc) {
       indexed_eval(p, pos, t, wt, &sc->a, n);
       sc->byte_of[pos] = (uint8_t)n;
       if (t <= HUGE_VAL) top_append(c, t, pos, n);
-      if (!h->busy && rdv_enters(c, wt, pos)) {
+      /* rdv_enters, of a position above every one met before: a tie goes
+       * to the one met first, so only a heavier weight enters, or any
+       * weight while the cell has none (weight 0 then). */
+      if (!h->busy && ((wt > c->rdv_w) | (c->rdv == NO_EV))) {
         c->rdv = n;
         c->rdv_w = wt;
         c->rdv_pos = pos;
@@ -1062,6 +1071,8 @@ indexed_whole(const route_env *x, const spi_pool_index *p, scan *sc) {
     }
   sc->a.n = n;
   sc->a.in_order = 1;
+  /* Unrolled: each cell's block row is then at a constant offset. */
+#pragma GCC unroll 4
   for (int k = 0; k < SPI_SUMMARY_CELLS; k++) {
     cell_acc *c = &sc->cell[k];
     if (!p->usable[k]) continue; /* no replica: nothing to find */
@@ -1150,15 +1161,20 @@ scan_indexed(const route_env *x, const spi_replica_set *set, size_t nrep,
   unsigned ranked = 0; /* the cells with more usable than a top holds */
   for (int k = 0; k < SPI_SUMMARY_CELLS; k++) {
     sc->cell[k].usable += p->usable[k];
-    sums->wait_fix[k] = p->wait_fix[k];
     ranked |= (unsigned)(p->usable[k] > SPI_SUMMARY_TOP) << k;
   }
-  for (int q = 0; q < 4; q++) {
-    sums->kv_fix[q] = p->kv_fix[q];
-    sums->kv_n[q] = p->kv_n[q];
-    sums->served[q] = p->served[q];
-    sums->streams[q] = p->streams[q];
-  }
+  /* Array by array, in wide copies. */
+  _Static_assert(sizeof sums->wait_fix == sizeof p->wait_fix &&
+                     sizeof sums->kv_fix == sizeof p->kv_fix &&
+                     sizeof sums->kv_n == sizeof p->kv_n &&
+                     sizeof sums->served == sizeof p->served &&
+                     sizeof sums->streams == sizeof p->streams,
+                 "the index keeps the pass's sums as the pass does");
+  memcpy(sums->wait_fix, p->wait_fix, sizeof sums->wait_fix);
+  memcpy(sums->kv_fix, p->kv_fix, sizeof sums->kv_fix);
+  memcpy(sums->kv_n, p->kv_n, sizeof sums->kv_n);
+  memcpy(sums->served, p->served, sizeof sums->served);
+  memcpy(sums->streams, p->streams, sizeof sums->streams);
   size_t words = (nrep + 63) / 64;
   if (words == 1) /* as bits_clear: one word, not a call */
     sc->counted[0] = p->reg[0];
@@ -1189,18 +1205,19 @@ scan_indexed(const route_env *x, const spi_replica_set *set, size_t nrep,
  * gives, with half the moves). */
 static void top_move(cell_acc *c, uint32_t j, double t, uint32_t pos,
                      uint32_t ei) {
-  while (j > 0 && ttft_before(t, pos, c->top[j - 1].t, c->top[j - 1].pos)) {
-    c->top[j] = c->top[j - 1];
-    j--;
+  /* Walked by pointer, as top_append is. */
+  top_ent *e = &c->top[j], *last = &c->top[c->n_top - 1];
+  while (e != c->top && ttft_before(t, pos, e[-1].t, e[-1].pos)) {
+    e[0] = e[-1];
+    e--;
   }
-  while (j + 1 < c->n_top &&
-         ttft_before(c->top[j + 1].t, c->top[j + 1].pos, t, pos)) {
-    c->top[j] = c->top[j + 1];
-    j++;
+  while (e != last && ttft_before(e[1].t, e[1].pos, t, pos)) {
+    e[0] = e[1];
+    e++;
   }
-  c->top[j].t = t;
-  c->top[j].pos = pos;
-  c->top[j].ei = ei;
+  e->t = t;
+  e->pos = pos;
+  e->ei = ei;
   if (c->n_top == c->cap) {
     c->thr_t = c->top[c->cap - 1].t;
     c->thr_pos = c->top[c->cap - 1].pos;
@@ -1240,6 +1257,7 @@ static void cell_warm(scan *sc, int k, uint32_t pos, uint32_t ei, uint32_t j) {
 /* The arena entries the summaries name, in the order named_mark met them. */
 static uint32_t named_list(const scan *sc, uint32_t *eis) {
   uint32_t n = 0;
+#pragma GCC unroll 4
   for (int k = 0; k < SPI_SUMMARY_CELLS; k++) {
     const cell_acc *c = &sc->cell[k];
     for (uint32_t j = 0; j < c->n_top; j++) eis[n++] = c->top[j].ei;
@@ -1267,6 +1285,7 @@ static inline void named_one(scan *sc, uint32_t ei, uint64_t *w) {
 static void named_mark(scan *sc, size_t nrep) {
   if (nrep <= 64) {
     uint64_t w = 0;
+#pragma GCC unroll 4
     for (int k = 0; k < SPI_SUMMARY_CELLS; k++) {
       const cell_acc *c = &sc->cell[k];
       for (uint32_t j = 0; j < c->n_top; j++) named_one(sc, c->top[j].ei, &w);
@@ -1602,11 +1621,15 @@ size_t spi__pass_candidates(scan *sc, const spi_replica_set *set, size_t nrep,
   }
   int by;
   *cands = named_candidates(sc, nrep, named, &by);
-  if (by == BY_ENTRY)
+  /* Unrolled: each cell's pool and tier are then constants. */
+  if (by == BY_ENTRY) {
+#pragma GCC unroll 4
     for (int k = 0; k < SPI_SUMMARY_CELLS; k++)
       summary_out(sc, k, BY_ENTRY, &summaries[k]);
-  else
+  } else {
+#pragma GCC unroll 4
     for (int k = 0; k < SPI_SUMMARY_CELLS; k++)
       summary_out(sc, k, BY_NAMED, &summaries[k]);
+  }
   return sc->named.n;
 }

@@ -376,6 +376,7 @@ static int phase_pressure(route_state *rs, pool_sums *sums) {
   spi_engine *e = rs->e;
   int32_t kvl[4]; /* read at the two pools only */
   rs->level[0] = rs->level[3] = 0;
+#pragma GCC unroll 2
   for (int p = SPI_POOL_SPOT; p <= SPI_POOL_ON_DEMAND; p++) {
     double press = spi__pass_kv_mean(sums, p);
     unsigned old = atomic_load(&e->kv_level[p]);
@@ -397,6 +398,7 @@ static int phase_pressure(route_state *rs, pool_sums *sums) {
   pass_for_capped_output(rs, sums);
   int32_t klass = rs->cls->klass;
   rs->shed[0] = rs->shed[3] = 0;
+#pragma GCC unroll 2
   for (int p = SPI_POOL_SPOT; p <= SPI_POOL_ON_DEMAND; p++) {
     rs->shed[p] = (kvl[p] >= 1 && klass == SPI_CLASS_BRONZE) ||
                   (kvl[p] >= 2 && klass != SPI_CLASS_GOLD);

@@ -789,6 +789,69 @@ static void test_rdv_winner_past_busy_head(void **st) {
   spi_engine_free(e);
 }
 
+/* What the index makes of a slot's words (spi__pix_raw_reading) is what
+ * read_slot makes of the slot holding them, bit for bit, and
+ * spi__pix_raw_read reads them as they are: loads fresh, stale, missing,
+ * from the future and at the ends of int64; rates learnt, not yet, and
+ * not positive; every state and breaker. */
+static int64_t pick_i64(uint64_t *rng, int64_t now, int64_t age) {
+  switch (mix(rng) % 8) {
+    case 0: return 0;
+    case 1: return INT64_MIN;
+    case 2: return INT64_MAX;
+    case 3: return now - age;
+    case 4: return now + age;
+    case 5: return now - age + 1;
+    default: return now + (int64_t)(mix(rng) % 4000000000u) - 2000000000;
+  }
+}
+
+static uint64_t pick_bits(uint64_t *rng) {
+  double v[] = {0.0, -0.0, 1.0, 0.25, 3e9, -2.0, 1.0 / 0.0, 0.0 / 0.0};
+  double d = mix(rng) % 2 ? v[mix(rng) % 8] : (double)(mix(rng) % 100000) / 7.0;
+  uint64_t u;
+  memcpy(&u, &d, sizeof u);
+  return u;
+}
+
+static void test_raw_reading_same_as_slot(void **st) {
+  (void)st;
+  uint64_t rng = 17;
+  for (uint32_t round = 0; round < 20000; round++) {
+    route_env x;
+    memset(&x, 0, sizeof x);
+    x.now = (int64_t)(mix(&rng) % 3) == 0 ? INT64_MAX - 5 : 1700000000000000000ll;
+    x.max_age = mix(&rng) % 4 ? 1000000000ll : 0;
+    x.default_rate = 1000.0 + (double)(mix(&rng) % 50000);
+    x.default_ms_tok = 1000.0 / x.default_rate;
+    int64_t age = x.max_age ? x.max_age : 1000000000ll;
+    spi_replica_slot s;
+    memset(&s, 0, sizeof s);
+    atomic_init(&s.load_at_ns, pick_i64(&rng, x.now, age));
+    atomic_init(&s.running, pick_bits(&rng));
+    atomic_init(&s.waiting, pick_bits(&rng));
+    atomic_init(&s.kv_usage, pick_bits(&rng));
+    atomic_init(&s.rate_samples, mix(&rng) % 12);
+    atomic_init(&s.prefill_rate, pick_bits(&rng));
+    atomic_init(&s.prefill_queued, (uint64_t)mix(&rng) << (mix(&rng) % 40));
+    atomic_init(&s.served_tokens, (uint64_t)mix(&rng) << (mix(&rng) % 40));
+    atomic_init(&s.mean_output, pick_bits(&rng));
+    atomic_init(&s.inflight, mix(&rng) % 300);
+    atomic_init(&s.state, (int)(mix(&rng) % 4));
+    atomic_init(&s.breaker, (int)(mix(&rng) % 3));
+    atomic_init(&s.advised_until_ns, pick_i64(&rng, x.now, age));
+    atomic_init(&s.cooldown_until_ns, pick_i64(&rng, x.now, age));
+    slot_read want, got;
+    memset(&want, 0, sizeof want);
+    memset(&got, 0, sizeof got);
+    read_slot(&x, &s, &want);
+    pix_raw w;
+    spi__pix_raw_read(&s, &w);
+    spi__pix_raw_reading(&x, &w, &got);
+    assert_memory_equal(&got, &want, sizeof want);
+  }
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_index_exact_after_concurrent_writes),
@@ -801,6 +864,7 @@ int main(void) {
       cmocka_unit_test(test_wide_free_best_same),
       cmocka_unit_test(test_free_best_any_cells),
       cmocka_unit_test(test_rdv_winner_past_busy_head),
+      cmocka_unit_test(test_raw_reading_same_as_slot),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
