@@ -51,6 +51,18 @@ def spy_cancelled(routing):
     return out
 
 
+def wait_for_ledger(routing, timeout=10.0):
+    """The ledger once a ticket's finish has reached the library. A ticket
+    leaves the strategy's open set before its finish is in the library
+    (the sync success event finishes it on LiteLLM's logging thread), so
+    the ledger, not the open set, says when it is done."""
+    deadline = time.monotonic() + timeout
+    while sum(ledger(routing)) == 0 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    time.sleep(0.3)                     # a second finish would show by now
+    return ledger(routing)
+
+
 @pytest.fixture
 def closing():
     made = []
@@ -266,11 +278,79 @@ def test_a_sync_try_served_past_late_event_wait_s_is_not_cancelled(closing, kind
     cancelled = spy_cancelled(routing)
     try:
         assert _sync_call(router, kind)
-        deadline = time.monotonic() + 5
-        while routing._open and time.monotonic() < deadline:
-            time.sleep(0.05)
+        done = wait_for_ledger(routing)
     finally:
         srv.shutdown()
     assert not cancelled
     assert not routing._open
-    assert ledger(routing) == (1, 0)
+    assert done == (1, 0)
+
+
+class HoldingCheck(CustomLogger):
+    """Another callback's pre-call check that waits (for a slot, as a
+    blocking rate limiter does) before it lets the try through, or, with
+    ``refuse``, then refuses it (no event: the try was never sent)."""
+
+    def __init__(self, wait, refuse=False):
+        super().__init__()
+        self.wait = wait
+        self.refuse = refuse
+
+    def pre_call_check(self, deployment):
+        time.sleep(self.wait)
+        if self.refuse:
+            raise litellm.RateLimitError("over the limit", "openai", MODEL)
+
+
+@pytest.mark.parametrize("kind", ["completion", "stream", "embedding", "responses"])
+def test_a_sync_try_held_past_late_event_wait_s_is_served_and_finished(closing, kind):
+    """The sync API: a try held between its route and its send for longer
+    than late_event_wait_s (another callback's pre-call check waiting for a
+    slot) is then sent and served; its success finishes its ticket (OK,
+    counted in the ledger), not a timer that took it for refused."""
+    srv, url = serve(0.05)
+    holding = HoldingCheck(1.2)
+    litellm.logging_callback_manager.add_litellm_callback(holding)
+    try:
+        router = Router(model_list=[dep(url)], num_retries=0)
+        # A stream's success event comes from LiteLLM's logging thread
+        # after the stream is read and dropped, within late_event_wait_s.
+        routing = SpotinferRouting.install(router, {"router": {"load_max_age_ms": 600000}},
+                                           late_event_wait_s=0.5)
+        closing(routing)
+        cancelled = spy_cancelled(routing)
+        assert _sync_call(router, kind)
+        done = wait_for_ledger(routing)
+    finally:
+        litellm.logging_callback_manager.remove_callback_from_all_lists(
+            holding, require_self=False)
+        srv.shutdown()
+    assert not cancelled, "a sync try that was held, then sent and served, was CANCELLED"
+    assert done == (1, 0)
+    assert not routing._open
+
+
+@pytest.mark.parametrize("kind", ["completion", "responses"])
+def test_a_held_sync_try_never_sent_ends_with_its_call(closing, kind):
+    """The sync API: a try held past late_event_wait_s and then refused
+    before its send (no event comes for it) is finished as CANCELLED when
+    its call raises, not left open: no timer took it meanwhile, and none
+    is needed after."""
+    srv, url = serve(0.05)
+    refusing = HoldingCheck(0.4, refuse=True)
+    litellm.logging_callback_manager.add_litellm_callback(refusing)
+    try:
+        router = Router(model_list=[dep(url)], num_retries=0)
+        routing = SpotinferRouting.install(router, {"router": {"load_max_age_ms": 600000}},
+                                           late_event_wait_s=0.1, ticket_timeout_s=600)
+        closing(routing)
+        with pytest.raises(litellm.RateLimitError):
+            _sync_call(router, kind)
+        # At once: the call's end finished it, in the caller's thread.
+        assert not routing._open
+        assert ledger(routing) == (0, 1)
+    finally:
+        litellm.logging_callback_manager.remove_callback_from_all_lists(
+            refusing, require_self=False)
+        srv.shutdown()
+    assert routing.engine.replica_status("spot-a").inflight == 0

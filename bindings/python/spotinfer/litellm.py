@@ -120,6 +120,13 @@ _QUEUE_POLL_S = 0.05
 #: strategy without one (_sweep_if_due).
 _TICK_S = 0.1
 
+#: The Router's sync calls that route, run the pre-call checks and send
+#: their try without its retry and fallback loop
+#: (async_function_with_fallbacks): its generic calls (responses,
+#: generate_content, ocr, search). The strategy wraps them too
+#: (_wrap_calls), so that their end ends a try they never sent.
+_SYNC_CALLS = ("_generic_api_call_with_fallbacks",)
+
 #: How often the routes read again a list of deployments whose sync the
 #: library refused in part for room (its replica table full, no memory).
 _SYNC_RETRY_S = 1.0
@@ -283,9 +290,10 @@ class SpotinferRouting(CustomLogger, CustomRoutingStrategyBase):  # type: ignore
     then is finished as CANCELLED), ``late_event_wait_s`` (how long the
     try a later route of its call took the place of waits for its own
     event before it is finished as CANCELLED: _leave_earlier_try; and how
-    long after its route a try routed off an event loop, the sync API's,
-    that LiteLLM has not sent is: _mark_sent; an async route's unsent try
-    ends with its task instead: _task_done),
+    long after its route a sync route's try outside a Router call (the
+    strategy called directly) that LiteLLM has not sent is: _mark_sent; a
+    Router call's unsent try ends with the call, an async route's with
+    its task: _call_ended, _task_done),
     ``respect_litellm_health`` (take only
     deployments LiteLLM's own checks call healthy: cooldowns, allowed
     fails), ``ready_wait_s`` (start() waits this long for a first load
@@ -346,8 +354,9 @@ class SpotinferRouting(CustomLogger, CustomRoutingStrategyBase):  # type: ignore
         # (_sweep_if_due).
         self._due = float("inf")
         self._swept = 0.0
-        # The open tickets routed off an event loop (no task ends them:
-        # _task_done) with the time of their route, in route order, for
+        # The open tickets routed off an event loop outside a Router call
+        # (no call or task ends them: _call_ended, _task_done) with the
+        # time of their route, in route order, for
         # _expire_unsent (due late_event_wait_s after it unless sent); a
         # ticket sent or finished since stays until it is at the front.
         # Written under _lock; _unsent_due, when the front is due, read as
@@ -407,15 +416,28 @@ class SpotinferRouting(CustomLogger, CustomRoutingStrategyBase):  # type: ignore
     def _wrap_calls(self) -> None:
         """Put the strategy around the Router's retry and fallback loop
         (``async_function_with_fallbacks``: every async call goes through
-        it, and the sync API runs it in a loop of its own), so that a
-        call's end tells what LiteLLM logs no event for: a try it never
-        sent (refused between the route and the call: _call_ended) and an
-        answer its caller dropped unread or closed (a stream left with
-        ``break`` or ``aclose()``: _answer_dropped)."""
+        it, and the sync API's completion, embedding and image calls run
+        it in a loop of their own) and around the sync calls that route
+        and send without it (_SYNC_CALLS), so that a call's end tells what
+        LiteLLM logs no event for: a try it never sent (refused between
+        the route and the call: _call_ended) and an answer its caller
+        dropped unread or closed (a stream left with ``break`` or
+        ``aclose()``: _answer_dropped)."""
         inner = getattr(self._router, "async_function_with_fallbacks", None)
-        if not inspect.iscoroutinefunction(inner):
-            return
+        if inspect.iscoroutinefunction(inner):
+            self._wrap_call("async_function_with_fallbacks", self._async_call(inner))
+        for name in _SYNC_CALLS:
+            sync_inner = getattr(self._router, name, None)
+            if callable(sync_inner) and not inspect.iscoroutinefunction(sync_inner):
+                self._wrap_call(name, self._sync_call(sync_inner))
 
+    def _wrap_call(self, name: str, calls: Any) -> None:
+        calls.spotinfer_routing = self
+        setattr(self._router, name, calls)
+
+    def _async_call(self, inner: Any) -> Any:
+        """An async Router call's wrapper: its routes' tickets in a list of
+        its own (_call), ended with it (_call_ended)."""
         async def calls(*args: Any, **kwargs: Any) -> Any:
             mine: List[int] = []
             reset = self._call.set(mine)
@@ -430,33 +452,54 @@ class SpotinferRouting(CustomLogger, CustomRoutingStrategyBase):  # type: ignore
             return answer
 
         calls.__wrapped__ = inner           # type: ignore[attr-defined]
-        calls.spotinfer_routing = self      # type: ignore[attr-defined]
-        self._router.async_function_with_fallbacks = calls
+        return calls
+
+    def _sync_call(self, inner: Any) -> Any:
+        """A sync Router call's wrapper, as _async_call's: the call routes
+        and sends its tries in the caller's thread, in this context."""
+        def calls(*args: Any, **kwargs: Any) -> Any:
+            mine: List[int] = []
+            reset = self._call.set(mine)
+            try:
+                answer = inner(*args, **kwargs)
+            except BaseException:
+                self._call_ended(mine, None, cancelled=False)
+                raise
+            finally:
+                self._call.reset(reset)
+            self._call_ended(mine, answer, cancelled=False)
+            return answer
+
+        calls.__wrapped__ = inner           # type: ignore[attr-defined]
+        return calls
 
     def _unwrap_calls(self) -> None:
-        """The Router's own loop back, while the strategy's wrapper is what
-        it has."""
-        outer = self._router.__dict__.get("async_function_with_fallbacks") \
-            if hasattr(self._router, "__dict__") else None
-        if outer is None:
-            outer = getattr(self._router, "async_function_with_fallbacks", None)
-        if getattr(outer, "spotinfer_routing", None) is self:
-            with contextlib.suppress(AttributeError):
-                del self._router.async_function_with_fallbacks
+        """The Router's own calls back, where the strategy's wrappers are
+        what it has."""
+        for name in ("async_function_with_fallbacks", *_SYNC_CALLS):
+            outer = self._router.__dict__.get(name) \
+                if hasattr(self._router, "__dict__") else None
+            if outer is None:
+                outer = getattr(self._router, name, None)
+            if getattr(outer, "spotinfer_routing", None) is self:
+                with contextlib.suppress(AttributeError):
+                    delattr(self._router, name)
 
     def _call_ended(self, tids: List[int], answer: Any, *, cancelled: bool) -> None:
         """A Router call ended: each ticket of its routes still open that
         LiteLLM never sent is finished as CANCELLED (no event comes for
-        it); with ``cancelled``, a sent one too, as _task_done does. Those
+        it); with ``cancelled``, a sent one too, as _task_done does. The
+        sync API's tries as the async API's: LiteLLM marks a sync try sent
+        (log_pre_api_call) inline, in the thread that routed it, just
+        before it sends the request, so a try still unsent when its call
+        ends was never sent, however long it was held up first. Those
         left open are the answer's (a stream being read, an answer whose
         success event is on its way): dropping the answer starts their
         late_event_wait_s (_answer_dropped)."""
         if not tids:
             return
         with self._lock:
-            # A sync route's unsent try is the timer's (_expire_unsent).
-            ended = self._end_tickets([t for t in tids if t in self._open and
-                                       self._open[t].owner[0] == "task"], cancelled)
+            ended = self._end_tickets(tids, cancelled)
             left = tuple(t for t in tids if t in self._open)
         for tid in ended:
             self._finish(tid, TicketResult(status=TicketStatus.CANCELLED))
@@ -916,9 +959,10 @@ class SpotinferRouting(CustomLogger, CustomRoutingStrategyBase):  # type: ignore
     @property
     def late_event_wait_s(self) -> float:
         """How long a try a later route of its call took the place of waits
-        for its own event, and a try routed off an event loop that LiteLLM
-        has not sent stays open after its route. Assignable at run time: the tickets not sent are then
-        judged by the new value (a try already left waits as it was told)."""
+        for its own event, and a try routed off an event loop outside a
+        Router call that LiteLLM has not sent stays open after its route.
+        Assignable at run time: the tickets not sent are then judged by
+        the new value (a try already left waits as it was told)."""
         return self._late_event_wait_s
 
     @late_event_wait_s.setter
@@ -930,9 +974,9 @@ class SpotinferRouting(CustomLogger, CustomRoutingStrategyBase):  # type: ignore
     def _expire_tickets(self) -> None:
         """Finish as CANCELLED the tickets open past ticket_timeout_s, those
         a later try took the place of whose own event did not come within
-        late_event_wait_s, and those routed off an event loop that LiteLLM
-        did not send within late_event_wait_s of their route. Two compares while none is due
-        (_due, _unsent_due)."""
+        late_event_wait_s, and those routed off an event loop outside a
+        Router call that LiteLLM did not send within late_event_wait_s of
+        their route. Two compares while none is due (_due, _unsent_due)."""
         now = time.monotonic()
         if self._dropped:
             with self._lock:
@@ -954,13 +998,14 @@ class SpotinferRouting(CustomLogger, CustomRoutingStrategyBase):  # type: ignore
             self._finish(tid, TicketResult(status=TicketStatus.CANCELLED))
 
     def _expire_unsent(self, now: float) -> List[int]:
-        """The tickets routed off an event loop that LiteLLM did not send
-        within late_event_wait_s of their route, taken out of _open: a
+        """The tickets routed off an event loop outside a Router call that
+        LiteLLM did not send within late_event_wait_s of their route, taken out of _open: a
         failure after the route and before the call (a deployment at its
         max_parallel_requests, a pre-call check of another callback) has
-        no event. An async route's ticket is not here: another callback's
-        deployment hook may hold its try up for any time before it is
-        sent, and its task's end tells (_task_done). Under _lock; the work
+        no event. A Router call's ticket and an async route's are not
+        here: another callback's hook or pre-call check may hold a try up
+        for any time before it is sent, and the call's end (_call_ended)
+        or its task's (_task_done) tells. Under _lock; the work
         is the entries taken off the front."""
         out: List[int] = []
         wait = self.late_event_wait_s
@@ -1121,7 +1166,8 @@ class SpotinferRouting(CustomLogger, CustomRoutingStrategyBase):  # type: ignore
                         # The sync API's route may run in a task of
                         # LiteLLM's (its sync Router runs its async code in
                         # a loop of its own) that returns before a stream
-                        # is read: its tickets are the timer's.
+                        # is read: its tickets are its call's, else the
+                        # timer's.
                         task, moved_on = (None, []) if sync else \
                             self._watch_task(d.ticket.id)
                         o = self._open[d.ticket.id] = _Open(rid, _owner(task))
@@ -1129,7 +1175,7 @@ class SpotinferRouting(CustomLogger, CustomRoutingStrategyBase):  # type: ignore
                         call = self._call.get()
                         if call is not None:    # the call's end ends it unsent
                             call.append(d.ticket.id)
-                        if task is None:    # no task to end with: the timer
+                        elif task is None:  # no call or task to end with: the timer
                             self._unsent.append((o.opened, d.ticket.id))
                             self._unsent_due = min(self._unsent_due,
                                                    o.opened + self.late_event_wait_s)
@@ -1667,8 +1713,10 @@ class SpotinferRouting(CustomLogger, CustomRoutingStrategyBase):  # type: ignore
     # still refuse the try, with no event. An async route's ticket none of
     # them marked is finished as CANCELLED when its task is done (the
     # Router routes and sends a try in one task) or a retry of its call
-    # routes in that task; a sync route's, late_event_wait_s after its
-    # route. The strategy's deployment hook runs first (add_callback puts
+    # routes in that task; a sync route's when its Router call ends
+    # (log_pre_api_call runs inline in the thread that routed it, so the
+    # call's end has seen it), or, outside a Router call, late_event_wait_s
+    # after its route. The strategy's deployment hook runs first (add_callback puts
     # it first in litellm.callbacks), so another callback's hook that
     # raises does so inside the call wrapper, whose failure event ends the
     # ticket.
