@@ -794,15 +794,21 @@ static void test_rdv_winner_past_busy_head(void **st) {
  * spi__pix_raw_read reads them as they are: loads fresh, stale, missing,
  * from the future and at the ends of int64; rates learnt, not yet, and
  * not positive; every state and breaker. */
+/* now + d, wrapping at the ends of int64 as a clock stamp from a writer
+ * may (a signed overflow would be undefined). */
+static int64_t plus(int64_t now, int64_t d) {
+  return (int64_t)((uint64_t)now + (uint64_t)d);
+}
+
 static int64_t pick_i64(uint64_t *rng, int64_t now, int64_t age) {
   switch (mix(rng) % 8) {
     case 0: return 0;
     case 1: return INT64_MIN;
     case 2: return INT64_MAX;
-    case 3: return now - age;
-    case 4: return now + age;
-    case 5: return now - age + 1;
-    default: return now + (int64_t)(mix(rng) % 4000000000u) - 2000000000;
+    case 3: return plus(now, -age);
+    case 4: return plus(now, age);
+    case 5: return plus(now, 1 - age);
+    default: return plus(now, (int64_t)(mix(rng) % 4000000000u) - 2000000000);
   }
 }
 
