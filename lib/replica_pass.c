@@ -739,8 +739,12 @@ static uint32_t least_block(const spi_pool_index *p, int k) {
   const pix_block *best = NULL;
   for (size_t w = 0; w < (p->n + 63) / 64; w++) {
     const pix_block *b = &p->blk[k][w];
-    if (b->n && (!best || least_before(b->rel, b->srv, b->rel_pos, best->rel,
-                                       best->srv, best->rel_pos)))
+    if (!b->n) continue;
+    /* A load not at most the best's is never before it (least_before
+     * fails on its first two terms, a NaN too): one compare, most blocks. */
+    if (best && !(b->rel <= best->rel)) continue;
+    if (!best || least_before(b->rel, b->srv, b->rel_pos, best->rel,
+                              best->srv, best->rel_pos))
       best = b;
   }
   return best ? best->rel_pos : UINT32_MAX;
