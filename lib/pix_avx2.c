@@ -62,6 +62,37 @@ void spi__pix_ttft_avx2(double *t, const double *wait, const double *ms,
   _mm256_zeroupper();
 }
 
+/* Four TTFTs (TTFT4's operations) stored at t, and which are at most th
+ * (UNDER4's compare), as four bits. */
+static inline uint64_t ttft_under4(double *t, const double *wait,
+                                   const double *ms, const double *slow,
+                                   __m256d b, __m256d c, __m256d th) {
+  __m256d v = _mm256_add_pd(_mm256_add_pd(b, _mm256_loadu_pd(wait)),
+                            _mm256_mul_pd(_mm256_mul_pd(c, _mm256_loadu_pd(ms)),
+                                          _mm256_loadu_pd(slow)));
+  _mm256_storeu_pd(t, v);
+  return (unsigned)_mm256_movemask_pd(_mm256_cmp_pd(v, th, _CMP_LE_OQ));
+}
+
+uint64_t spi__pix_ttft_under_avx2(double *t, const double *wait,
+                                  const double *ms, const double *slow,
+                                  size_t n, double base, double cold,
+                                  double thr) {
+  const __m256d b = _mm256_set1_pd(base), c = _mm256_set1_pd(cold),
+                th = _mm256_set1_pd(thr);
+  uint64_t m = 0;
+  size_t i = 0;
+#define TU4(j) \
+  (ttft_under4(t + i + (j), wait + i + (j), ms + i + (j), slow + i + (j), b, c, th) << (j))
+  for (; i + 8 <= n; i += 8) m |= (TU4(0) | TU4(4)) << i;
+  for (; i + 4 <= n; i += 4) m |= TU4(0) << i;
+#undef TU4
+  spi__pix_ttft_from(i, t, wait, ms, slow, n, base, cold);
+  m |= spi__pix_under_from(i, t, n, thr);
+  _mm256_zeroupper();
+  return m;
+}
+
 uint64_t spi__pix_under_avx2(const double *t, size_t n, double thr) {
   const __m256d th = _mm256_set1_pd(thr);
   uint64_t m = 0;
@@ -256,6 +287,14 @@ void spi__pix_ttft_avx2(double *t, const double *wait, const double *ms,
 }
 
 uint64_t spi__pix_under_avx2(const double *t, size_t n, double thr) {
+  return spi__pix_under_from(0, t, n, thr);
+}
+
+uint64_t spi__pix_ttft_under_avx2(double *t, const double *wait,
+                                  const double *ms, const double *slow,
+                                  size_t n, double base, double cold,
+                                  double thr) {
+  spi__pix_ttft_from(0, t, wait, ms, slow, n, base, cold);
   return spi__pix_under_from(0, t, n, thr);
 }
 

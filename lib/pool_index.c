@@ -716,6 +716,9 @@ static void block_least(spi_pool_index *p, int k, uint32_t w) {
   for (uint64_t m = p->creg[k][w]; m; m &= m - 1) {
     uint32_t pos = w * 64 + (uint32_t)__builtin_ctzll(m);
     double rel = p->t_rel[pos], srv = p->t_srv[pos];
+    /* Both tests below fail for a load not at most the least so far (a
+     * NaN too): one compare for most members. */
+    if (!(rel <= rel_min)) continue;
     if (at == UINT32_MAX ? rel < rel_min
                          : least_before(rel, srv, pos, rel_min, srv_min, at)) {
       rel_min = rel;

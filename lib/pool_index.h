@@ -351,6 +351,12 @@ uint64_t spi__pix_under_avx512(const double *t, size_t n, double thr);
 void spi__pix_ttft_avx2(double *t, const double *wait, const double *ms,
                         const double *slow, size_t n, double base, double cold);
 uint64_t spi__pix_under_avx2(const double *t, size_t n, double thr);
+/* ... and both in one pass (the TTFTs stored, their mask returned): a
+ * block read for its tops is one whose TTFTs were not made yet. */
+uint64_t spi__pix_ttft_under_avx2(double *t, const double *wait,
+                                  const double *ms, const double *slow,
+                                  size_t n, double base, double cold,
+                                  double thr);
 
 /* The rendezvous weight of a replica for a prefix key. */
 static inline uint64_t spi__rdv_weight(uint64_t id_hash, uint64_t rkey) {

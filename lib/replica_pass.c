@@ -739,8 +739,12 @@ static uint32_t least_block(const spi_pool_index *p, int k) {
   const pix_block *best = NULL;
   for (size_t w = 0; w < (p->n + 63) / 64; w++) {
     const pix_block *b = &p->blk[k][w];
-    if (b->n && (!best || least_before(b->rel, b->srv, b->rel_pos, best->rel,
-                                       best->srv, best->rel_pos)))
+    if (!b->n) continue;
+    /* A load not at most the best's is never before it (least_before
+     * fails on its first two terms, a NaN too): one compare, most blocks. */
+    if (best && !(b->rel <= best->rel)) continue;
+    if (!best || least_before(b->rel, b->srv, b->rel_pos, best->rel,
+                              best->srv, best->rel_pos))
       best = b;
   }
   return best ? best->rel_pos : UINT32_MAX;
@@ -877,6 +881,25 @@ block_under_at(const spi_pool_index *p, uint32_t w, double thr) {
   return m;
 }
 
+/* Block w's positions whose TTFT is at most thr, its TTFTs made first
+ * where they were not (block_ttft): with AVX2, in the same pass, each
+ * TTFT compared as it is made (the same bits and compares as the two
+ * passes). */
+static inline uint64_t block_ttft_under(const route_env *x, spi_pool_index *p,
+                                        uint32_t w, double thr) {
+#if SPI_HAVE_PIX_AVX2
+  if (!(p->tdone >> w & 1) && !p->wide && p->avx2) {
+    size_t lo = (size_t)w * 64, n = p->n - lo < 64 ? p->n - lo : 64;
+    p->tdone |= UINT64_C(1) << w;
+    return spi__pix_ttft_under_avx2(&p->t_now[lo], &p->t_wait[lo],
+                                    &p->t_ms_tok[lo], &p->t_slow[lo], n,
+                                    x->cfg->ttft_base_ms, x->cold_tok, thr);
+  }
+#endif
+  if (!(p->tdone >> w & 1)) block_ttft(x, p, w);
+  return block_under_at(p, w, thr);
+}
+
 /* ... of block 0, of any cell. */
 static inline uint64_t block_under_all(const spi_pool_index *p, double thr) {
   return block_under_at(p, 0, thr);
@@ -909,9 +932,8 @@ static void many_block_tops(const route_env *x, spi_pool_index *p, scan *sc,
       if (c->thr_t > thr) thr = c->thr_t;
     }
     if (!regs) continue;
-    if (!(p->tdone >> w & 1)) block_ttft(x, p, w);
-    for (uint64_t m = block_under_at(p, w, thr) & regs & ~sc->offered[w]; m;
-         m &= m - 1) {
+    for (uint64_t m = block_ttft_under(x, p, w, thr) & regs & ~sc->offered[w];
+         m; m &= m - 1) {
       uint32_t pos = w * 64 + (uint32_t)__builtin_ctzll(m);
       const cell_acc *c = &sc->cell[p->hot[pos].cell];
       double t = p->t_now[pos]; /* indexed_t's bits (block_ttft) */

@@ -541,12 +541,37 @@ static void block_loops_same_bits(ttft_fn ttft, under_fn under) {
   }
 }
 
+/* The one pass of both (spi__pix_ttft_under_avx2): the scalar loops'
+ * TTFTs, bit for bit, and their mask, NaNs never under. */
+static void ttft_under_same_bits(void) {
+  uint64_t rng = 7;
+  double wait[64], ms[64], slow[64], t[64], want_t[64];
+  for (uint32_t round = 0; round < 4000; round++) {
+    size_t n = 1 + mix(&rng) % 64;
+    double base = (double)(mix(&rng) % 1000) / 7.0;
+    double cold = (double)(mix(&rng) % 50000);
+    for (size_t i = 0; i < n; i++) {
+      wait[i] = (double)(mix(&rng) % 100000) / 3.0;
+      ms[i] = 1000.0 / (double)(500 + mix(&rng) % 40000);
+      slow[i] = 1.0 + (double)(mix(&rng) % 9) / (double)(1 + mix(&rng) % 7);
+    }
+    if (round % 4 == 0) wait[mix(&rng) % n] = 0.0 / 0.0; /* a NaN TTFT */
+    spi__pix_ttft_from(0, want_t, wait, ms, slow, n, base, cold);
+    double thr = want_t[mix(&rng) % n];
+    uint64_t want = spi__pix_under_from(0, want_t, n, thr);
+    uint64_t got = spi__pix_ttft_under_avx2(t, wait, ms, slow, n, base, cold, thr);
+    assert_memory_equal(t, want_t, n * sizeof t[0]);
+    assert_true(got == want);
+  }
+}
+
 static void test_wide_block_loops_same_bits(void **st) {
   (void)st;
   int wide, avx2;
   wide_loops(&wide, &avx2);
   if (wide) block_loops_same_bits(spi__pix_ttft_avx512, spi__pix_under_avx512);
   if (avx2) block_loops_same_bits(spi__pix_ttft_avx2, spi__pix_under_avx2);
+  if (avx2) ttft_under_same_bits();
 }
 
 /* The rendezvous order made with the wide loops (rdv_wide.c with
