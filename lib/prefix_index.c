@@ -91,8 +91,9 @@
  * weight_seconds; if even the lowest live entry is worth more, the new one
  * is not stored, so a burst of bronze traffic cannot push out gold prefixes
  * younger than (gold - bronze) * weight_seconds. The live callback's answers
- * are remembered for the length of one call (16 slots, direct-mapped), since
- * a chain's buckets mostly name the same few replicas.
+ * are remembered for the length of one call (direct-mapped: 16 places for a
+ * lookup, 64 for an insert), since a chain's buckets mostly name the same
+ * few replicas.
  */
 #define _DEFAULT_SOURCE /* MADV_HUGEPAGE */
 #include <stdatomic.h>
@@ -139,8 +140,13 @@ struct spi_prefix_index {
 
 /* ------------------------------------------------------------- helpers */
 
+static inline ix_bucket *bucket_in(ix_bucket *tab, uint64_t nbuckets,
+                                   uint64_t h) {
+  return &tab[((h >> 32) * nbuckets) >> 32];
+}
+
 static inline ix_bucket *bucket_of(const spi_prefix_index *ix, uint64_t h) {
-  return &ix->b[((h >> 32) * ix->nbuckets) >> 32];
+  return bucket_in(ix->b, ix->nbuckets, h);
 }
 
 static inline uint64_t key_of(uint64_t h) {
@@ -197,29 +203,59 @@ static inline void prefetch_bucket(const spi_prefix_index *ix, uint64_t h,
   if (both) __builtin_prefetch(b->payload);
 }
 
-/* The live callback's answers during one call. */
+/* The live callback's answers during one call: a lookup's in the first
+ * IX_MEMO_LOOKUP, an insert's in all IX_MEMO_INSERT. An insert that
+ * evicts asks about every entry of a full bucket, which a busy fleet's
+ * slots fill from all over (at 64 replicas, 16 places lost an answer in
+ * two); a lookup asks about few and clears what it uses on every call. */
+#define IX_MEMO_LOOKUP 16u
+#define IX_MEMO_INSERT 64u
 typedef struct ix_memo {
   spi_index_live_fn fn;
   void *ctx;
-  uint32_t key[16]; /* 1 << 24 | gen << 12 | slot; 0 = nothing yet */
-  uint8_t live[16];
+  uint32_t key[IX_MEMO_INSERT]; /* 1 << 24 | gen << 12 | slot; 0 = nothing
+                                   yet */
+  uint8_t live[IX_MEMO_INSERT];
+  int ready; /* an insert's: key and live cleared (when it first asks: most
+              * inserts never do) */
 } ix_memo;
 
+/* The first n answers forgotten. */
+static void memo_clear(ix_memo *m, size_t n) {
+  memset(m->key, 0, n * sizeof m->key[0]);
+  /* Read only after its key is set; cleared so that no compiler (gcc with
+   * the probe's scan unrolled) takes it for read unset. */
+  memset(m->live, 0, n);
+}
+
+/* A lookup's memo. */
 static void memo_init(ix_memo *m, spi_index_live_fn fn, void *ctx) {
   m->fn = fn;
   m->ctx = ctx;
-  memset(m->key, 0, sizeof m->key);
-  /* Read only after its key is set; cleared so that no compiler (gcc with
-   * the probe's scan unrolled) takes it for read unset. */
-  memset(m->live, 0, sizeof m->live);
+  memo_clear(m, IX_MEMO_LOOKUP);
+}
+
+/* An insert's memo, with nothing cleared until memo_ready. */
+static void memo_init_lazy(ix_memo *m, spi_index_live_fn fn, void *ctx) {
+  m->fn = fn;
+  m->ctx = ctx;
+  m->ready = 0;
+}
+
+/* An insert's memo, made ready before its first question. */
+static void memo_ready(ix_memo *m) {
+  if (m->ready) return;
+  memo_clear(m, IX_MEMO_INSERT);
+  m->ready = 1;
 }
 
 /* Whether the entry of gs = gen << 12 | slot (a payload's low 24 bits) is
- * live, asking the callback once a call for each. */
-static inline int memo_live_gs(ix_memo *m, uint32_t gs) {
+ * live, asking the callback once a call for each; places is the memo's
+ * size (a lookup's or an insert's). */
+static inline int memo_live_gs(ix_memo *m, uint32_t gs, unsigned places) {
   if (!m->fn) return 1;
   uint32_t k = 1u << 24 | gs;
-  unsigned i = gs & 15u;
+  unsigned i = gs & (places - 1u);
   if (m->key[i] != k) {
     m->key[i] = k;
     m->live[i] = m->fn(m->ctx, gs & 0xfffu, gs >> 12) != 0;
@@ -227,13 +263,15 @@ static inline int memo_live_gs(ix_memo *m, uint32_t gs) {
   return m->live[i];
 }
 
+/* A lookup's question. */
 static int memo_live(ix_memo *m, uint32_t slot, uint32_t gen) {
-  return memo_live_gs(m, gen << 12 | slot);
+  return memo_live_gs(m, gen << 12 | slot, IX_MEMO_LOOKUP);
 }
 
-/* memo_live for a payload, whose low 24 bits are the memo's gs already. */
+/* An insert's, for a payload, whose low 24 bits are the memo's gs
+ * already. */
 static inline int memo_live_payload(ix_memo *m, uint64_t p) {
-  return memo_live_gs(m, (uint32_t)p & 0xffffffu);
+  return memo_live_gs(m, (uint32_t)p & 0xffffffu, IX_MEMO_INSERT);
 }
 
 /* ---------------------------------------------------------- lifecycle */
@@ -505,6 +543,7 @@ static int claim(ix_bucket *b, unsigned e, uint64_t seen, uint64_t key,
 __attribute__((noinline)) static void
 insert_full(ix_bucket *b, uint64_t key, const ix_new *nw, ix_memo *lm,
             int attempts) {
+  memo_ready(lm);
   for (int attempt = 0; attempt < attempts; attempt++) {
     uint64_t tags[IX_WAYS], pays[IX_WAYS];
     unsigned occupied = 0, victim = 0;
@@ -535,7 +574,7 @@ insert_full(ix_bucket *b, uint64_t key, const ix_new *nw, ix_memo *lm,
       for (unsigned i = 0; i < IX_WAYS && rank > RANK_DEAD; i++) {
         if (!(occupied >> i & 1u)) continue;
         uint64_t p = pays[i];
-        if (!memo_live(lm, IX_SLOT(p), IX_GEN(p))) {
+        if (!memo_live_payload(lm, p)) {
           rank = RANK_DEAD, victim = i;
           break;
         }
@@ -570,6 +609,10 @@ __attribute__((noinline)) static void evict_into(ix_bucket *b, uint64_t key,
                                                  ix_memo *lm) {
   uint64_t vtag = 0;
   unsigned victim = IX_WAYS;
+  /* In registers: the scan's acquire loads would have nw read again. */
+  const int64_t wsec = nw->weight_seconds;
+  const uint32_t now_s = nw->now_s;
+  memo_ready(lm);
   /* Above any live entry's value, so the first is taken; a dead entry's
    * is INT64_MIN, below any block's. */
   int64_t vvalue = INT64_MAX;
@@ -582,8 +625,7 @@ __attribute__((noinline)) static void evict_into(ix_bucket *b, uint64_t key,
       victim = e, vtag = t, vvalue = INT64_MIN;
       break;
     }
-    int64_t v = (int64_t)IX_WEIGHT(p) * nw->weight_seconds -
-                stamp_age(nw->now_s, IX_STAMP(p));
+    int64_t v = (int64_t)IX_WEIGHT(p) * wsec - stamp_age(now_s, IX_STAMP(p));
     if (v < vvalue) victim = e, vtag = t, vvalue = v;
   }
   if (victim == IX_WAYS) return; /* every entry is being written */
@@ -593,15 +635,14 @@ __attribute__((noinline)) static void evict_into(ix_bucket *b, uint64_t key,
 }
 
 /*
- * One block: what insert_full does, taken here up to the first empty
- * entry, which is all a bucket that is not full has: the refresh of this
- * slot's entry of this generation, else the last entry of this slot from
- * an older generation, else the first empty one. A full bucket with
- * neither goes to evict_into, a lost claim to insert_full.
+ * One block, h, into its bucket b: what insert_full does, taken here up
+ * to the first empty entry, which is all a bucket that is not full has:
+ * the refresh of this slot's entry of this generation, else the last entry
+ * of this slot from an older generation, else the first empty one. A full
+ * bucket with neither goes to evict_into, a lost claim to insert_full.
  */
-static inline void insert_block(spi_prefix_index *ix, uint64_t h,
-                                const ix_new *nw, ix_memo *lm) {
-  ix_bucket *b = bucket_of(ix, h);
+static inline void insert_block(ix_bucket *b, uint64_t h, const ix_new *nw,
+                                ix_memo *lm) {
   uint64_t key = key_of(h), seen = 0;
   unsigned victim = IX_WAYS;
 #pragma GCC unroll 8
@@ -660,10 +701,25 @@ void spi__index_insert(spi_prefix_index *ix, const uint64_t *hashes,
   nw.payload = pack(slot, nw.gen, weight, now_s);
   nw.value = (int64_t)weight * weight_seconds;
   ix_memo lm;
-  memo_init(&lm, live, ctx);
+  memo_init_lazy(&lm, live, ctx);
+  if (from >= n) return;
+  /* The table's place in locals: the loop's atomic stores would have
+   * the header read again for every bucket. Each block's bucket is found
+   * once, when it is prefetched two blocks ahead, and kept till then. */
+  ix_bucket *const tab = ix->b;
+  const uint64_t nb = ix->nbuckets;
+  ix_bucket *cur = bucket_in(tab, nb, hashes[from]);
+  ix_bucket *next = n - from > 1 ? bucket_in(tab, nb, hashes[from + 1]) : NULL;
   for (uint32_t i = from; i < n; i++) {
-    if (n - i > 2) prefetch_bucket(ix, hashes[i + 2], 1);
-    insert_block(ix, hashes[i], &nw, &lm);
+    ix_bucket *after = NULL;
+    if (n - i > 2) {
+      after = bucket_in(tab, nb, hashes[i + 2]);
+      __builtin_prefetch(after->tag);
+      __builtin_prefetch(after->payload);
+    }
+    insert_block(cur, hashes[i], &nw, &lm);
+    cur = next;
+    next = after;
   }
 }
 

@@ -523,6 +523,32 @@ static void test_dead_evicted_first(void **state) {
   fixture_free(f);
 }
 
+/* An insert that evicts asks the live callback about every entry of the
+ * full bucket; it asks once a call for each replica (slot and gen), also
+ * when a fleet's slots are far apart (here 0, 16, 32, 48: one place in a
+ * memo of 16). */
+static void test_evict_asks_once(void **state) {
+  (void)state;
+  fixture *f = fixture_new();
+  registry *r = registry_new();
+  spi_prefix_index *ix = index_buckets(f, 1);
+  /* Two gold blocks on each of four replicas fill the bucket. */
+  for (uint32_t i = 0; i < 8; i++) put(ix, r, one(i), 16 * (i % 4), 255, 100);
+  assert_int_equal(spi__index_live_entries(ix), 8);
+  /* Ten bronze blocks, each worth less than any gold entry: every one
+   * looks at all eight entries and is not stored. */
+  uint64_t *h = chain_new(10, 77);
+  r->calls = 0;
+  ins(ix, r, h, 0, 10, 1, 1, 100);
+  assert_int_equal(r->calls, 4);
+  for (uint32_t i = 0; i < 8; i++) assert_true(present(ix, r, one(i)));
+  assert_false(present(ix, r, h[0]));
+  free(h);
+  free(r);
+  spi__index_free(&f->mem, ix);
+  fixture_free(f);
+}
+
 static void test_eviction_order(void **state) {
   (void)state;
   fixture *f = fixture_new();
@@ -1180,6 +1206,7 @@ int main(void) {
       cmocka_unit_test(test_divergence),
       cmocka_unit_test(test_dead_entries),
       cmocka_unit_test(test_dead_evicted_first),
+      cmocka_unit_test(test_evict_asks_once),
       cmocka_unit_test(test_eviction_order),
       cmocka_unit_test(test_full_table),
       cmocka_unit_test(test_reader_paused),
