@@ -164,9 +164,12 @@ static inline uint64_t pack(uint32_t slot, uint32_t gen, uint32_t weight,
  * now_s: the difference modulo 2^31, negative if the stamp is ahead (a
  * clock stepped back). */
 static inline int64_t stamp_age(uint32_t now_s, uint32_t stamp) {
-  uint32_t d = (now_s - stamp) & IX_STAMP_MASK;
-  /* Bit 30 is the sign of the 31-bit difference: less 2^31 when set. */
-  return (int64_t)d - 2 * (int64_t)(d & UINT32_C(0x40000000));
+  /* The 31-bit difference moved to the top of 32 bits (bit 31 of either
+   * operand falls off) and back down with its sign, bit 30: gcc and clang
+   * convert to int32_t modulo 2^32 and shift a negative one
+   * arithmetically. Two instructions, where masking the difference and
+   * taking 2^31 off when bit 30 is set took five. */
+  return (int32_t)((now_s - stamp) << 1) >> 1;
 }
 
 /* A reader's second step: entry e's payload, after its tag was loaded
@@ -249,11 +252,24 @@ static void memo_ready(ix_memo *m) {
   m->ready = 1;
 }
 
+/* memo_live_gs with a callback (m->fn not NULL). */
+static inline int memo_ask_gs(ix_memo *m, uint32_t gs, unsigned places) {
+  uint32_t k = 1u << 24 | gs;
+  unsigned i = gs & (places - 1u);
+  if (m->key[i] != k) {
+    m->key[i] = k;
+    m->live[i] = m->fn(m->ctx, gs & 0xfffu, gs >> 12) != 0;
+  }
+  return m->live[i];
+}
+
 /* Whether the entry of gs = gen << 12 | slot (a payload's low 24 bits) is
  * live, asking the callback once a call for each; places is the memo's
  * size (a lookup's or an insert's). */
 static inline int memo_live_gs(ix_memo *m, uint32_t gs, unsigned places) {
   if (!m->fn) return 1;
+  /* memo_ask_gs's body, not a call to it: gcc then schedules the lookup's
+   * probe as it did before the eviction's copy was split off. */
   uint32_t k = 1u << 24 | gs;
   unsigned i = gs & (places - 1u);
   if (m->key[i] != k) {
@@ -603,16 +619,18 @@ insert_full(ix_bucket *b, uint64_t key, const ix_new *nw, ix_memo *lm,
  * two scans, the block may be written twice; a refresh then keeps the
  * first and the other ages out, as with two inserts that claim two empty
  * entries at once. A lost claim goes to insert_full for one more try.
+ * evict_rank is the pass (ask 0: no callback, every entry is live), its
+ * victim the first dead entry (value INT64_MIN), else the live one of
+ * lowest value, IX_WAYS if every entry is being written.
  */
-__attribute__((noinline)) static void evict_into(ix_bucket *b, uint64_t key,
-                                                 const ix_new *nw,
-                                                 ix_memo *lm) {
+__attribute__((always_inline)) static inline void
+evict_rank(ix_bucket *b, const ix_new *nw, ix_memo *lm, int ask,
+           unsigned *victim_out, uint64_t *vtag_out, int64_t *vvalue_out) {
   uint64_t vtag = 0;
   unsigned victim = IX_WAYS;
   /* In registers: the scan's acquire loads would have nw read again. */
   const int64_t wsec = nw->weight_seconds;
   const uint32_t now_s = nw->now_s;
-  memo_ready(lm);
   /* Above any live entry's value, so the first is taken; a dead entry's
    * is INT64_MIN, below any block's. */
   int64_t vvalue = INT64_MAX;
@@ -621,13 +639,31 @@ __attribute__((noinline)) static void evict_into(ix_bucket *b, uint64_t key,
     uint64_t t = atomic_load_explicit(&b->tag[e], memory_order_acquire), p;
     if ((t & IX_KEY_MASK) == IX_KEY_BUSY || !read_payload(b, e, t, &p))
       continue;
-    if (!memo_live_payload(lm, p)) {
+    if (ask && !memo_ask_gs(lm, (uint32_t)p & 0xffffffu, IX_MEMO_INSERT)) {
       victim = e, vtag = t, vvalue = INT64_MIN;
       break;
     }
     int64_t v = (int64_t)IX_WEIGHT(p) * wsec - stamp_age(now_s, IX_STAMP(p));
     if (v < vvalue) victim = e, vtag = t, vvalue = v;
   }
+  *victim_out = victim;
+  *vtag_out = vtag;
+  *vvalue_out = vvalue;
+}
+
+__attribute__((noinline)) static void evict_into(ix_bucket *b, uint64_t key,
+                                                 const ix_new *nw,
+                                                 ix_memo *lm) {
+  uint64_t vtag;
+  unsigned victim;
+  int64_t vvalue;
+  /* Whether there is a callback to ask, once, not at every entry: a copy
+   * of the scan for each answer. */
+  memo_ready(lm);
+  if (lm->fn)
+    evict_rank(b, nw, lm, 1, &victim, &vtag, &vvalue);
+  else
+    evict_rank(b, nw, lm, 0, &victim, &vtag, &vvalue);
   if (victim == IX_WAYS) return; /* every entry is being written */
   if (vvalue > nw->value) return; /* the block is worth less than any */
   if (!claim(b, victim, vtag, key, nw->payload))

@@ -549,6 +549,35 @@ static void test_evict_asks_once(void **state) {
   fixture_free(f);
 }
 
+/* Ages are taken modulo 2^31 with a sign: an entry stamped after now (a
+ * clock stepped back) is younger than one stamped at now, and a stamp from
+ * before the 31-bit stamp wrapped is older than one from after it, also
+ * when now has bit 31 set. Eight bronze entries fill the bucket, entry 0
+ * the youngest by those rules; a bronze newcomer worth more than the rest
+ * takes entry 1, the first of the oldest. */
+static void check_stamp_ages(uint32_t young, uint32_t old, uint32_t now) {
+  fixture *f = fixture_new();
+  registry *r = registry_new();
+  spi_prefix_index *ix = index_buckets(f, 1);
+  put(ix, r, one(0), 10, 1, young);
+  for (uint32_t i = 1; i < 8; i++) put(ix, r, one(i), 10 + i, 1, old);
+  put(ix, r, one(100), 50, 1, now);
+  assert_true(present(ix, r, one(100)));
+  assert_true(present(ix, r, one(0)));
+  assert_false(present(ix, r, one(1)));
+  for (uint32_t i = 2; i < 8; i++) assert_true(present(ix, r, one(i)));
+  free(r);
+  spi__index_free(&f->mem, ix);
+  fixture_free(f);
+}
+
+static void test_stamp_ages(void **state) {
+  (void)state;
+  check_stamp_ages(1000, 890, 900);              /* young is ahead of now */
+  check_stamp_ages(5, 0x7ffffff0u, 10);          /* old is before the wrap */
+  check_stamp_ages(0x80000005u, 0x7ffffff0u, 0x80000010u); /* bit 31 */
+}
+
 static void test_eviction_order(void **state) {
   (void)state;
   fixture *f = fixture_new();
@@ -1207,6 +1236,7 @@ int main(void) {
       cmocka_unit_test(test_dead_entries),
       cmocka_unit_test(test_dead_evicted_first),
       cmocka_unit_test(test_evict_asks_once),
+      cmocka_unit_test(test_stamp_ages),
       cmocka_unit_test(test_eviction_order),
       cmocka_unit_test(test_full_table),
       cmocka_unit_test(test_reader_paused),
