@@ -741,11 +741,16 @@ void spi__index_insert(spi_prefix_index *ix, const uint64_t *hashes,
   if (from >= n) return;
   /* The table's place in locals: the loop's atomic stores would have
    * the header read again for every bucket. Each block's bucket is found
-   * once, when it is prefetched two blocks ahead, and kept till then. */
+   * once, when it is prefetched two blocks ahead, and kept till then; a
+   * lone block (a short prompt) skips the ring. */
   ix_bucket *const tab = ix->b;
   const uint64_t nb = ix->nbuckets;
   ix_bucket *cur = bucket_in(tab, nb, hashes[from]);
-  ix_bucket *next = n - from > 1 ? bucket_in(tab, nb, hashes[from + 1]) : NULL;
+  if (n - from == 1) {
+    insert_block(cur, hashes[from], &nw, &lm);
+    return;
+  }
+  ix_bucket *next = bucket_in(tab, nb, hashes[from + 1]);
   for (uint32_t i = from; i < n; i++) {
     ix_bucket *after = NULL;
     if (n - i > 2) {
