@@ -690,7 +690,10 @@ static inline void insert_block(ix_bucket *b, uint64_t h, const ix_new *nw,
       if (victim == IX_WAYS) victim = e, seen = t;
       break;
     }
-    if (!read_payload(b, e, t, &p) || IX_SLOT(p) != nw->slot) continue;
+    /* Another slot's entry is passed over whether or not the payload is
+     * still the tag's: the tag is checked again only for this slot's. */
+    p = load_payload(b, e);
+    if (IX_SLOT(p) != nw->slot || !tag_still(b, e, t)) continue;
     if (IX_GEN(p) == nw->gen) {
       refresh(b, e, p, nw->payload);
       return;
