@@ -91,8 +91,9 @@
  * weight_seconds; if even the lowest live entry is worth more, the new one
  * is not stored, so a burst of bronze traffic cannot push out gold prefixes
  * younger than (gold - bronze) * weight_seconds. The live callback's answers
- * are remembered for the length of one call (16 slots, direct-mapped), since
- * a chain's buckets mostly name the same few replicas.
+ * are remembered for the length of one call (direct-mapped: 16 places for a
+ * lookup, 64 for an insert), since a chain's buckets mostly name the same
+ * few replicas.
  */
 #define _DEFAULT_SOURCE /* MADV_HUGEPAGE */
 #include <stdatomic.h>
@@ -139,8 +140,13 @@ struct spi_prefix_index {
 
 /* ------------------------------------------------------------- helpers */
 
+static inline ix_bucket *bucket_in(ix_bucket *tab, uint64_t nbuckets,
+                                   uint64_t h) {
+  return &tab[((h >> 32) * nbuckets) >> 32];
+}
+
 static inline ix_bucket *bucket_of(const spi_prefix_index *ix, uint64_t h) {
-  return &ix->b[((h >> 32) * ix->nbuckets) >> 32];
+  return bucket_in(ix->b, ix->nbuckets, h);
 }
 
 static inline uint64_t key_of(uint64_t h) {
@@ -158,9 +164,12 @@ static inline uint64_t pack(uint32_t slot, uint32_t gen, uint32_t weight,
  * now_s: the difference modulo 2^31, negative if the stamp is ahead (a
  * clock stepped back). */
 static inline int64_t stamp_age(uint32_t now_s, uint32_t stamp) {
-  uint32_t d = (now_s - stamp) & IX_STAMP_MASK;
-  /* Bit 30 is the sign of the 31-bit difference: less 2^31 when set. */
-  return (int64_t)d - 2 * (int64_t)(d & UINT32_C(0x40000000));
+  /* The 31-bit difference moved to the top of 32 bits (bit 31 of either
+   * operand falls off) and back down with its sign, bit 30: gcc and clang
+   * convert to int32_t modulo 2^32 and shift a negative one
+   * arithmetically. Two instructions, where masking the difference and
+   * taking 2^31 off when bit 30 is set took five. */
+  return (int32_t)((now_s - stamp) << 1) >> 1;
 }
 
 /* A reader's second step: entry e's payload, after its tag was loaded
@@ -197,29 +206,56 @@ static inline void prefetch_bucket(const spi_prefix_index *ix, uint64_t h,
   if (both) __builtin_prefetch(b->payload);
 }
 
-/* The live callback's answers during one call. */
+/* The live callback's answers during one call: a lookup's in the first
+ * IX_MEMO_LOOKUP, an insert's in all IX_MEMO_INSERT. An insert that
+ * evicts asks about every entry of a full bucket, which a busy fleet's
+ * slots fill from all over (at 64 replicas, 16 places lost an answer in
+ * two); a lookup asks about few and clears what it uses on every call. */
+#define IX_MEMO_LOOKUP 16u
+#define IX_MEMO_INSERT 64u
 typedef struct ix_memo {
   spi_index_live_fn fn;
   void *ctx;
-  uint32_t key[16]; /* 1 << 24 | gen << 12 | slot; 0 = nothing yet */
-  uint8_t live[16];
+  uint32_t key[IX_MEMO_INSERT]; /* 1 << 24 | gen << 12 | slot; 0 = nothing
+                                   yet */
+  uint8_t live[IX_MEMO_INSERT];
+  int ready; /* an insert's: key and live cleared (when it first asks: most
+              * inserts never do) */
 } ix_memo;
 
+/* The first n answers forgotten. */
+static void memo_clear(ix_memo *m, size_t n) {
+  memset(m->key, 0, n * sizeof m->key[0]);
+  /* Read only after its key is set; cleared so that no compiler (gcc with
+   * the probe's scan unrolled) takes it for read unset. */
+  memset(m->live, 0, n);
+}
+
+/* A lookup's memo. */
 static void memo_init(ix_memo *m, spi_index_live_fn fn, void *ctx) {
   m->fn = fn;
   m->ctx = ctx;
-  memset(m->key, 0, sizeof m->key);
-  /* Read only after its key is set; cleared so that no compiler (gcc with
-   * the probe's scan unrolled) takes it for read unset. */
-  memset(m->live, 0, sizeof m->live);
+  memo_clear(m, IX_MEMO_LOOKUP);
 }
 
-/* Whether the entry of gs = gen << 12 | slot (a payload's low 24 bits) is
- * live, asking the callback once a call for each. */
-static inline int memo_live_gs(ix_memo *m, uint32_t gs) {
-  if (!m->fn) return 1;
+/* An insert's memo, with nothing cleared until memo_ready. */
+static void memo_init_lazy(ix_memo *m, spi_index_live_fn fn, void *ctx) {
+  m->fn = fn;
+  m->ctx = ctx;
+  m->ready = 0;
+}
+
+/* An insert's memo, made ready before its first question. */
+static void memo_ready(ix_memo *m) {
+  if (m->ready) return;
+  memo_clear(m, IX_MEMO_INSERT);
+  m->ready = 1;
+}
+
+/* memo_live_gs with a callback (m->fn not NULL). */
+static inline int memo_ask_gs(ix_memo *m, uint32_t gs, unsigned places) {
   uint32_t k = 1u << 24 | gs;
-  unsigned i = gs & 15u;
+  unsigned i = gs & (places - 1u);
   if (m->key[i] != k) {
     m->key[i] = k;
     m->live[i] = m->fn(m->ctx, gs & 0xfffu, gs >> 12) != 0;
@@ -227,13 +263,31 @@ static inline int memo_live_gs(ix_memo *m, uint32_t gs) {
   return m->live[i];
 }
 
-static int memo_live(ix_memo *m, uint32_t slot, uint32_t gen) {
-  return memo_live_gs(m, gen << 12 | slot);
+/* Whether the entry of gs = gen << 12 | slot (a payload's low 24 bits) is
+ * live, asking the callback once a call for each; places is the memo's
+ * size (a lookup's or an insert's). */
+static inline int memo_live_gs(ix_memo *m, uint32_t gs, unsigned places) {
+  if (!m->fn) return 1;
+  /* memo_ask_gs's body, not a call to it: gcc then schedules the lookup's
+   * probe as it did before the eviction's copy was split off. */
+  uint32_t k = 1u << 24 | gs;
+  unsigned i = gs & (places - 1u);
+  if (m->key[i] != k) {
+    m->key[i] = k;
+    m->live[i] = m->fn(m->ctx, gs & 0xfffu, gs >> 12) != 0;
+  }
+  return m->live[i];
 }
 
-/* memo_live for a payload, whose low 24 bits are the memo's gs already. */
+/* A lookup's question. */
+static int memo_live(ix_memo *m, uint32_t slot, uint32_t gen) {
+  return memo_live_gs(m, gen << 12 | slot, IX_MEMO_LOOKUP);
+}
+
+/* An insert's, for a payload, whose low 24 bits are the memo's gs
+ * already. */
 static inline int memo_live_payload(ix_memo *m, uint64_t p) {
-  return memo_live_gs(m, (uint32_t)p & 0xffffffu);
+  return memo_live_gs(m, (uint32_t)p & 0xffffffu, IX_MEMO_INSERT);
 }
 
 /* ---------------------------------------------------------- lifecycle */
@@ -505,6 +559,7 @@ static int claim(ix_bucket *b, unsigned e, uint64_t seen, uint64_t key,
 __attribute__((noinline)) static void
 insert_full(ix_bucket *b, uint64_t key, const ix_new *nw, ix_memo *lm,
             int attempts) {
+  memo_ready(lm);
   for (int attempt = 0; attempt < attempts; attempt++) {
     uint64_t tags[IX_WAYS], pays[IX_WAYS];
     unsigned occupied = 0, victim = 0;
@@ -535,7 +590,7 @@ insert_full(ix_bucket *b, uint64_t key, const ix_new *nw, ix_memo *lm,
       for (unsigned i = 0; i < IX_WAYS && rank > RANK_DEAD; i++) {
         if (!(occupied >> i & 1u)) continue;
         uint64_t p = pays[i];
-        if (!memo_live(lm, IX_SLOT(p), IX_GEN(p))) {
+        if (!memo_live_payload(lm, p)) {
           rank = RANK_DEAD, victim = i;
           break;
         }
@@ -564,12 +619,18 @@ insert_full(ix_bucket *b, uint64_t key, const ix_new *nw, ix_memo *lm,
  * two scans, the block may be written twice; a refresh then keeps the
  * first and the other ages out, as with two inserts that claim two empty
  * entries at once. A lost claim goes to insert_full for one more try.
+ * evict_rank is the pass (ask 0: no callback, every entry is live), its
+ * victim the first dead entry (value INT64_MIN), else the live one of
+ * lowest value, IX_WAYS if every entry is being written.
  */
-__attribute__((noinline)) static void evict_into(ix_bucket *b, uint64_t key,
-                                                 const ix_new *nw,
-                                                 ix_memo *lm) {
+__attribute__((always_inline)) static inline void
+evict_rank(ix_bucket *b, const ix_new *nw, ix_memo *lm, int ask,
+           unsigned *victim_out, uint64_t *vtag_out, int64_t *vvalue_out) {
   uint64_t vtag = 0;
   unsigned victim = IX_WAYS;
+  /* In registers: the scan's acquire loads would have nw read again. */
+  const int64_t wsec = nw->weight_seconds;
+  const uint32_t now_s = nw->now_s;
   /* Above any live entry's value, so the first is taken; a dead entry's
    * is INT64_MIN, below any block's. */
   int64_t vvalue = INT64_MAX;
@@ -578,14 +639,31 @@ __attribute__((noinline)) static void evict_into(ix_bucket *b, uint64_t key,
     uint64_t t = atomic_load_explicit(&b->tag[e], memory_order_acquire), p;
     if ((t & IX_KEY_MASK) == IX_KEY_BUSY || !read_payload(b, e, t, &p))
       continue;
-    if (!memo_live_payload(lm, p)) {
+    if (ask && !memo_ask_gs(lm, (uint32_t)p & 0xffffffu, IX_MEMO_INSERT)) {
       victim = e, vtag = t, vvalue = INT64_MIN;
       break;
     }
-    int64_t v = (int64_t)IX_WEIGHT(p) * nw->weight_seconds -
-                stamp_age(nw->now_s, IX_STAMP(p));
+    int64_t v = (int64_t)IX_WEIGHT(p) * wsec - stamp_age(now_s, IX_STAMP(p));
     if (v < vvalue) victim = e, vtag = t, vvalue = v;
   }
+  *victim_out = victim;
+  *vtag_out = vtag;
+  *vvalue_out = vvalue;
+}
+
+__attribute__((noinline)) static void evict_into(ix_bucket *b, uint64_t key,
+                                                 const ix_new *nw,
+                                                 ix_memo *lm) {
+  uint64_t vtag;
+  unsigned victim;
+  int64_t vvalue;
+  /* Whether there is a callback to ask, once, not at every entry: a copy
+   * of the scan for each answer. */
+  memo_ready(lm);
+  if (lm->fn)
+    evict_rank(b, nw, lm, 1, &victim, &vtag, &vvalue);
+  else
+    evict_rank(b, nw, lm, 0, &victim, &vtag, &vvalue);
   if (victim == IX_WAYS) return; /* every entry is being written */
   if (vvalue > nw->value) return; /* the block is worth less than any */
   if (!claim(b, victim, vtag, key, nw->payload))
@@ -593,15 +671,14 @@ __attribute__((noinline)) static void evict_into(ix_bucket *b, uint64_t key,
 }
 
 /*
- * One block: what insert_full does, taken here up to the first empty
- * entry, which is all a bucket that is not full has: the refresh of this
- * slot's entry of this generation, else the last entry of this slot from
- * an older generation, else the first empty one. A full bucket with
- * neither goes to evict_into, a lost claim to insert_full.
+ * One block, h, into its bucket b: what insert_full does, taken here up
+ * to the first empty entry, which is all a bucket that is not full has:
+ * the refresh of this slot's entry of this generation, else the last entry
+ * of this slot from an older generation, else the first empty one. A full
+ * bucket with neither goes to evict_into, a lost claim to insert_full.
  */
-static inline void insert_block(spi_prefix_index *ix, uint64_t h,
-                                const ix_new *nw, ix_memo *lm) {
-  ix_bucket *b = bucket_of(ix, h);
+static inline void insert_block(ix_bucket *b, uint64_t h, const ix_new *nw,
+                                ix_memo *lm) {
   uint64_t key = key_of(h), seen = 0;
   unsigned victim = IX_WAYS;
 #pragma GCC unroll 8
@@ -613,7 +690,10 @@ static inline void insert_block(spi_prefix_index *ix, uint64_t h,
       if (victim == IX_WAYS) victim = e, seen = t;
       break;
     }
-    if (!read_payload(b, e, t, &p) || IX_SLOT(p) != nw->slot) continue;
+    /* Another slot's entry is passed over whether or not the payload is
+     * still the tag's: the tag is checked again only for this slot's. */
+    p = load_payload(b, e);
+    if (IX_SLOT(p) != nw->slot || !tag_still(b, e, t)) continue;
     if (IX_GEN(p) == nw->gen) {
       refresh(b, e, p, nw->payload);
       return;
@@ -660,10 +740,30 @@ void spi__index_insert(spi_prefix_index *ix, const uint64_t *hashes,
   nw.payload = pack(slot, nw.gen, weight, now_s);
   nw.value = (int64_t)weight * weight_seconds;
   ix_memo lm;
-  memo_init(&lm, live, ctx);
+  memo_init_lazy(&lm, live, ctx);
+  if (from >= n) return;
+  /* The table's place in locals: the loop's atomic stores would have
+   * the header read again for every bucket. Each block's bucket is found
+   * once, when it is prefetched two blocks ahead, and kept till then; a
+   * lone block (a short prompt) skips the ring. */
+  ix_bucket *const tab = ix->b;
+  const uint64_t nb = ix->nbuckets;
+  ix_bucket *cur = bucket_in(tab, nb, hashes[from]);
+  if (n - from == 1) {
+    insert_block(cur, hashes[from], &nw, &lm);
+    return;
+  }
+  ix_bucket *next = bucket_in(tab, nb, hashes[from + 1]);
   for (uint32_t i = from; i < n; i++) {
-    if (n - i > 2) prefetch_bucket(ix, hashes[i + 2], 1);
-    insert_block(ix, hashes[i], &nw, &lm);
+    ix_bucket *after = NULL;
+    if (n - i > 2) {
+      after = bucket_in(tab, nb, hashes[i + 2]);
+      __builtin_prefetch(after->tag);
+      __builtin_prefetch(after->payload);
+    }
+    insert_block(cur, hashes[i], &nw, &lm);
+    cur = next;
+    next = after;
   }
 }
 

@@ -523,6 +523,61 @@ static void test_dead_evicted_first(void **state) {
   fixture_free(f);
 }
 
+/* An insert that evicts asks the live callback about every entry of the
+ * full bucket; it asks once a call for each replica (slot and gen), also
+ * when a fleet's slots are far apart (here 0, 16, 32, 48: one place in a
+ * memo of 16). */
+static void test_evict_asks_once(void **state) {
+  (void)state;
+  fixture *f = fixture_new();
+  registry *r = registry_new();
+  spi_prefix_index *ix = index_buckets(f, 1);
+  /* Two gold blocks on each of four replicas fill the bucket. */
+  for (uint32_t i = 0; i < 8; i++) put(ix, r, one(i), 16 * (i % 4), 255, 100);
+  assert_int_equal(spi__index_live_entries(ix), 8);
+  /* Ten bronze blocks, each worth less than any gold entry: every one
+   * looks at all eight entries and is not stored. */
+  uint64_t *h = chain_new(10, 77);
+  r->calls = 0;
+  ins(ix, r, h, 0, 10, 1, 1, 100);
+  assert_int_equal(r->calls, 4);
+  for (uint32_t i = 0; i < 8; i++) assert_true(present(ix, r, one(i)));
+  assert_false(present(ix, r, h[0]));
+  free(h);
+  free(r);
+  spi__index_free(&f->mem, ix);
+  fixture_free(f);
+}
+
+/* Ages are taken modulo 2^31 with a sign: an entry stamped after now (a
+ * clock stepped back) is younger than one stamped at now, and a stamp from
+ * before the 31-bit stamp wrapped is older than one from after it, also
+ * when now has bit 31 set. Eight bronze entries fill the bucket, entry 0
+ * the youngest by those rules; a bronze newcomer worth more than the rest
+ * takes entry 1, the first of the oldest. */
+static void check_stamp_ages(uint32_t young, uint32_t old, uint32_t now) {
+  fixture *f = fixture_new();
+  registry *r = registry_new();
+  spi_prefix_index *ix = index_buckets(f, 1);
+  put(ix, r, one(0), 10, 1, young);
+  for (uint32_t i = 1; i < 8; i++) put(ix, r, one(i), 10 + i, 1, old);
+  put(ix, r, one(100), 50, 1, now);
+  assert_true(present(ix, r, one(100)));
+  assert_true(present(ix, r, one(0)));
+  assert_false(present(ix, r, one(1)));
+  for (uint32_t i = 2; i < 8; i++) assert_true(present(ix, r, one(i)));
+  free(r);
+  spi__index_free(&f->mem, ix);
+  fixture_free(f);
+}
+
+static void test_stamp_ages(void **state) {
+  (void)state;
+  check_stamp_ages(1000, 890, 900);              /* young is ahead of now */
+  check_stamp_ages(5, 0x7ffffff0u, 10);          /* old is before the wrap */
+  check_stamp_ages(0x80000005u, 0x7ffffff0u, 0x80000010u); /* bit 31 */
+}
+
 static void test_eviction_order(void **state) {
   (void)state;
   fixture *f = fixture_new();
@@ -1180,6 +1235,8 @@ int main(void) {
       cmocka_unit_test(test_divergence),
       cmocka_unit_test(test_dead_entries),
       cmocka_unit_test(test_dead_evicted_first),
+      cmocka_unit_test(test_evict_asks_once),
+      cmocka_unit_test(test_stamp_ages),
       cmocka_unit_test(test_eviction_order),
       cmocka_unit_test(test_full_table),
       cmocka_unit_test(test_reader_paused),

@@ -515,6 +515,33 @@ static void test_load_and_stale(void **st) {
   done(w);
 }
 
+/* An id is 1..63 bytes of 0x21..0x7e: every byte value at every place of
+ * ids of 1 to 17 bytes, each in a buffer of its own length (so a read past
+ * it is a sanitizer's error), is taken or refused as that says. */
+static void test_id_bytes(void **st) {
+  (void)st;
+  world *w = mk(NULL);
+  spi_load l;
+  memset(&l, 0, sizeof l);
+  l.struct_size = sizeof l;
+  for (size_t len = 1; len <= 17; len++) {
+    char *id = malloc(len);
+    assert_non_null(id);
+    for (size_t at = 0; at < len; at++)
+      for (unsigned v = 0; v < 256; v++) {
+        memset(id, 'a', len);
+        id[at] = (char)v;
+        int want = v > 0x20 && v < 0x7f ? SPI_ENOTFOUND : SPI_EINVAL;
+        int rc = spi_replica_report_load(w->e, id, len, &l);
+        if (rc != want)
+          fail_msg("len %zu, byte %zu = 0x%02x: %d, want %d", len, at, v, rc,
+                   want);
+      }
+    free(id);
+  }
+  done(w);
+}
+
 static void test_load_errors(void **st) {
   (void)st;
   world *w = mk(NULL);
@@ -1019,6 +1046,7 @@ int main(void) {
       cmocka_unit_test(test_state_and_gen),
       cmocka_unit_test(test_load_and_stale),
       cmocka_unit_test(test_load_errors),
+      cmocka_unit_test(test_id_bytes),
       cmocka_unit_test(test_metrics_text),
       cmocka_unit_test(test_serves_and_find),
       cmocka_unit_test(test_alloc_failure),
