@@ -486,12 +486,10 @@ static int entry_steady(const spi_pool_index *p, const route_env *x,
  * of line: most reads take tokens served alone (entry_read). */
 static __attribute__((noinline)) void
 entry_read_whole(spi_pool_index *p, const route_env *x,
-                 const spi_replica_ident *r, uint32_t pos) {
-  pix_raw raw;
-  spi__pix_raw_read(&x->e->registry.slots[r->slot], &raw);
-  int64_t at = raw.load_at;
+                 const spi_replica_ident *r, uint32_t pos, const pix_raw *raw) {
+  int64_t at = raw->load_at;
   slot_read rd;
-  spi__pix_raw_reading(x, &raw, &rd);
+  spi__pix_raw_reading(x, raw, &rd);
   int kind = rd.state != SPI_REPLICA_ACTIVE ? PIX_OFF
              : regular(x, r, &rd)          ? PIX_REG
                                            : PIX_EXC;
@@ -500,7 +498,7 @@ entry_read_whole(spi_pool_index *p, const route_env *x,
       served_only(p, &rd, stale_at(at, x->max_age), pos)) {
     int64_t from = regular_from(x, r, &rd, at);
     if (from > p->reg_from) p->reg_from = from;
-    entry_raw(&p->cold[pos], &raw, from);
+    entry_raw(&p->cold[pos], raw, from);
     entry_served(p, r, rd.pf.served, pos);
     return;
   }
@@ -547,7 +545,7 @@ entry_read_whole(spi_pool_index *p, const route_env *x,
   if (c->until < p->min_until) p->min_until = c->until;
   int64_t from = regular_from(x, r, &rd, at);
   if (from > p->reg_from) p->reg_from = from;
-  entry_raw(c, &raw, from);
+  entry_raw(c, raw, from);
   p->usable[h->cell]++;
   p->kv_fix[c->pool] += spi__kv_fix(c->kv);
   p->kv_n[c->pool]++;
@@ -564,16 +562,18 @@ entry_read_whole(spi_pool_index *p, const route_env *x,
     block_join(p, pos, h);
 }
 
-/* Read the slot of the replica at pos again. A slot whose words changed in
- * tokens served alone (a ticket opened and finished there since the last
- * route) takes only those (entry_steady), without a reading of the
- * rest; any other is read again whole (a later reading of it). */
+/* Read the slot of the replica at pos again, its words once. A slot whose
+ * words changed in tokens served alone (a ticket opened and finished there
+ * since the last route) takes only those (entry_steady), without a reading
+ * of the rest; any other entry is made whole from the same words (a load
+ * report changes them: a second read of the slot would cost a tenth more
+ * a sync when reports come often). */
 static void entry_read(spi_pool_index *p, const route_env *x,
                        const spi_replica_ident *r, uint32_t pos) {
   pix_raw raw;
   spi__pix_raw_read(&x->e->registry.slots[r->slot], &raw);
   if (!entry_steady(p, x, &raw, pos)) {
-    entry_read_whole(p, x, r, pos);
+    entry_read_whole(p, x, r, pos, &raw);
     return;
   }
   const pix_cold *c = &p->cold[pos];
@@ -635,7 +635,9 @@ static void rebuild(spi_pool_index *p, const route_env *x,
     p->hot[i].kind = PIX_OFF;
     p->id_hash_at[i] = set->r[i].id_hash;
     p->cell_at[i] = (int8_t)set->r[i].cell;
-    entry_read_whole(p, x, &set->r[i], (uint32_t)i);
+    pix_raw raw;
+    spi__pix_raw_read(&x->e->registry.slots[set->r[i].slot], &raw);
+    entry_read_whole(p, x, &set->r[i], (uint32_t)i, &raw);
   }
   for (size_t i = set->n; i % 8; i++) {
     p->id_hash_at[i] = 0;
