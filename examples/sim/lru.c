@@ -111,38 +111,12 @@ static void move_front(sim_lru *l, uint32_t i) {
   }
 }
 
-/* The same as move_front of at[n-1], at[n-2], ..., at[0] in turn: the
- * slots end at the front in the order at[0..n) gives, the rest of the list
- * in its own order behind them. A run of them that already follow one
- * another in the list (at[j-1]'s next is at[j], looked at when the run is
- * moved, after the runs behind it) is moved in one piece: the blocks a
- * prompt shares with one cached before lie in the list as it left them,
- * so a fill's hits are mostly one run or a few. */
-static void move_front_all(sim_lru *l, const uint32_t *at, uint32_t n) {
+/* The run of slots first..last (linked in that order) moved to the front
+ * of the list in one piece; nothing when it is there already. */
+static inline void splice_front(sim_lru *l, uint32_t first, uint32_t last) {
   struct sim_lru_slot *s = l->slots;
-  while (n) {
-    uint32_t last = at[--n], first = last;
-    while (n && s[at[n - 1]].next == first) first = at[--n];
-    if (l->head == first) continue;
-    /* first is not the head, so it has a prev; out, then in at the head */
-    uint32_t before = s[first].prev, after = s[last].next;
-    s[before].next = after;
-    if (after != NIL) s[after].prev = before;
-    else l->tail = before;
-    s[first].prev = NIL;
-    s[last].next = l->head;
-    s[l->head].prev = last;
-    l->head = first;
-  }
-}
-
-/* move_front_all when the n (at least one) slots at at follow one another
- * in the list, in that order: the one run it would find, moved in one
- * piece, without reading every hit's link to find it. */
-static void move_front_run(sim_lru *l, const uint32_t *at, uint32_t n) {
-  struct sim_lru_slot *s = l->slots;
-  uint32_t first = at[0], last = at[n - 1];
   if (l->head == first) return;
+  /* first is not the head, so it has a prev; out, then in at the head */
   uint32_t before = s[first].prev, after = s[last].next;
   s[before].next = after;
   if (after != NIL) s[after].prev = before;
@@ -151,6 +125,29 @@ static void move_front_run(sim_lru *l, const uint32_t *at, uint32_t n) {
   s[last].next = l->head;
   s[l->head].prev = last;
   l->head = first;
+}
+
+/* The same as move_front of at[n-1], at[n-2], ..., at[0] in turn: the
+ * slots end at the front in the order at[0..n) gives, the rest of the list
+ * in its own order behind them. A run of them that already follow one
+ * another in the list (at[j-1]'s next is at[j], looked at when the run is
+ * moved, after the runs behind it) is moved in one piece: the blocks a
+ * prompt shares with one cached before lie in the list as it left them,
+ * so a fill's hits are mostly one run or a few. */
+static void move_front_all(sim_lru *l, const uint32_t *at, uint32_t n) {
+  const struct sim_lru_slot *s = l->slots;
+  while (n) {
+    uint32_t last = at[--n], first = last;
+    while (n && s[at[n - 1]].next == first) first = at[--n];
+    splice_front(l, first, last);
+  }
+}
+
+/* move_front_all when the n (at least one) slots at at follow one another
+ * in the list, in that order: the one run it would find, moved in one
+ * piece, without reading every hit's link to find it. */
+static void move_front_run(sim_lru *l, const uint32_t *at, uint32_t n) {
+  splice_front(l, at[0], at[n - 1]);
 }
 
 /* Move the entry in slot j to the empty slot i, links and all. */
