@@ -516,18 +516,27 @@ static void wide_loops(int *wide, int *avx2) {
   if (!*wide && !*avx2) skip();
 }
 
+/* A block of 1..64 positions' TTFT inputs, and a route's base and cold
+ * tokens, drawn from rng; the number of positions. */
+static size_t random_block(uint64_t *rng, double *wait, double *ms,
+                           double *slow, double *base, double *cold) {
+  size_t n = 1 + mix(rng) % 64;
+  *base = (double)(mix(rng) % 1000) / 7.0;
+  *cold = (double)(mix(rng) % 50000);
+  for (size_t i = 0; i < n; i++) {
+    wait[i] = (double)(mix(rng) % 100000) / 3.0;
+    ms[i] = 1000.0 / (double)(500 + mix(rng) % 40000);
+    slow[i] = 1.0 + (double)(mix(rng) % 9) / (double)(1 + mix(rng) % 7);
+  }
+  return n;
+}
+
 static void block_loops_same_bits(ttft_fn ttft, under_fn under) {
   uint64_t rng = 5;
   double wait[64], ms[64], slow[64], t[64];
   for (uint32_t round = 0; round < 4000; round++) {
-    size_t n = 1 + mix(&rng) % 64;
-    double base = (double)(mix(&rng) % 1000) / 7.0;
-    double cold = (double)(mix(&rng) % 50000);
-    for (size_t i = 0; i < n; i++) {
-      wait[i] = (double)(mix(&rng) % 100000) / 3.0;
-      ms[i] = 1000.0 / (double)(500 + mix(&rng) % 40000);
-      slow[i] = 1.0 + (double)(mix(&rng) % 9) / (double)(1 + mix(&rng) % 7);
-    }
+    double base, cold;
+    size_t n = random_block(&rng, wait, ms, slow, &base, &cold);
     ttft(t, wait, ms, slow, n, base, cold);
     for (size_t i = 0; i < n; i++) {
       double want = (base + wait[i]) + (cold * ms[i]) * slow[i];
@@ -547,14 +556,8 @@ static void ttft_under_same_bits(void) {
   uint64_t rng = 7;
   double wait[64], ms[64], slow[64], t[64], want_t[64];
   for (uint32_t round = 0; round < 4000; round++) {
-    size_t n = 1 + mix(&rng) % 64;
-    double base = (double)(mix(&rng) % 1000) / 7.0;
-    double cold = (double)(mix(&rng) % 50000);
-    for (size_t i = 0; i < n; i++) {
-      wait[i] = (double)(mix(&rng) % 100000) / 3.0;
-      ms[i] = 1000.0 / (double)(500 + mix(&rng) % 40000);
-      slow[i] = 1.0 + (double)(mix(&rng) % 9) / (double)(1 + mix(&rng) % 7);
-    }
+    double base, cold;
+    size_t n = random_block(&rng, wait, ms, slow, &base, &cold);
     if (round % 4 == 0) wait[mix(&rng) % n] = 0.0 / 0.0; /* a NaN TTFT */
     spi__pix_ttft_from(0, want_t, wait, ms, slow, n, base, cold);
     double thr = want_t[mix(&rng) % n];
