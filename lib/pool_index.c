@@ -264,7 +264,7 @@ static void entry_drop(spi_pool_index *p, uint32_t pos, int moved) {
   h->kind = PIX_OFF;
 }
 
-/* When a load stamped at goes stale (spi__replica_load's rule). */
+/* When a load stamped at goes stale (spi__load_view_of's rule). */
 static int64_t stale_at(int64_t at, int64_t max_age) {
   int64_t until;
   if (__builtin_add_overflow(at, spi__load_max_age(max_age), &until))
@@ -273,7 +273,7 @@ static int64_t stale_at(int64_t at, int64_t max_age) {
 }
 
 /* The earliest time a replica that is regular now has been regular since,
- * as far as time alone goes: its load fresh (spi__replica_load: less than
+ * as far as time alone goes: its load fresh (spi__load_view_of: less than
  * max_age before at, at + 1 - max_age or later), its advice over and, in
  * the spot pool, its cooldown over. Regular at x->now and at any time
  * between this and x->now, since each condition holds over an interval. */
@@ -389,63 +389,8 @@ static void entry_served(spi_pool_index *p, const spi_replica_ident *r,
   }
 }
 
-/* The words of slot s that read_slot reads, each read once, load_at
- * first and with acquire, as spi__replica_load reads it. */
-void spi__pix_raw_read(const spi_replica_slot *s, pix_raw *o) {
-  o->load_at = atomic_load_explicit(&s->load_at_ns, memory_order_acquire);
-  o->running = atomic_load_explicit(&s->running, memory_order_relaxed);
-  o->waiting = atomic_load_explicit(&s->waiting, memory_order_relaxed);
-  o->kv = atomic_load_explicit(&s->kv_usage, memory_order_relaxed);
-  o->rate_samples = atomic_load_explicit(&s->rate_samples, memory_order_relaxed);
-  o->rate = atomic_load_explicit(&s->prefill_rate, memory_order_relaxed);
-  o->queued = atomic_load_explicit(&s->prefill_queued, memory_order_relaxed);
-  o->served = atomic_load_explicit(&s->served_tokens, memory_order_relaxed);
-  o->mean_out = atomic_load_explicit(&s->mean_output, memory_order_relaxed);
-  o->inflight = atomic_load_explicit(&s->inflight, memory_order_relaxed);
-  o->state = atomic_load_explicit(&s->state, memory_order_relaxed);
-  o->breaker = atomic_load_explicit(&s->breaker, memory_order_relaxed);
-  o->advised_until =
-      atomic_load_explicit(&s->advised_until_ns, memory_order_relaxed);
-  o->cooldown_until =
-      atomic_load_explicit(&s->cooldown_until_ns, memory_order_relaxed);
-}
-
-/* What read_slot makes of a slot holding w's words, made from w: the
- * same operations as spi__replica_load's and spi__prefill_read's on the
- * same words, so the same bits (test_pool_index checks it against
- * read_slot), and a function of w alone, whatever writers do to the slot
- * meanwhile. */
-void spi__pix_raw_reading(const route_env *x, const pix_raw *w,
-                          slot_read *o) {
-  int64_t max_age = spi__load_max_age(x->max_age), age;
-  if (__builtin_expect(w->load_at == 0, 0) ||
-      __builtin_expect(__builtin_sub_overflow(x->now, w->load_at, &age), 0) ||
-      __builtin_expect(age >= max_age || age <= -max_age, 0)) {
-    o->run = o->wait = SPI_LOAD_SATURATED;
-    o->kv = 1.0;
-    o->fresh = 0;
-  } else {
-    o->run = spi__bitsd(w->running);
-    o->wait = spi__bitsd(w->waiting);
-    o->kv = spi__bitsd(w->kv);
-    o->fresh = 1;
-  }
-  double learnt = spi__bitsd(w->rate);
-  o->pf.queued = (double)w->queued;
-  o->pf.served = (double)w->served;
-  int own = w->rate_samples >= SPI_PREFILL_MIN_SAMPLES && learnt > 0;
-  o->pf.rate = own ? learnt : x->default_rate;
-  o->pf.ms_tok = own ? 1000.0 / learnt : x->default_ms_tok;
-  o->pf.mean_out = spi__bitsd(w->mean_out);
-  o->inflight = w->inflight;
-  o->state = w->state;
-  o->breaker = w->breaker;
-  o->advised_until = w->advised_until;
-  o->cooldown_until = w->cooldown_until;
-}
-
 /* Whether a and b hold the same words, tokens served aside. */
-static int raw_same(const pix_raw *a, const pix_raw *b) {
+static int raw_same(const spi_slot_words *a, const spi_slot_words *b) {
   uint64_t d = (uint64_t)(a->load_at ^ b->load_at) |
                (uint64_t)(a->advised_until ^ b->advised_until) |
                (uint64_t)(a->cooldown_until ^ b->cooldown_until) |
@@ -461,7 +406,7 @@ static int raw_same(const pix_raw *a, const pix_raw *b) {
 
 /* The regular entry at pos keeps raw, the words its values are made from
  * (or stand for: served_only), and the start of its being regular. */
-static void entry_raw(pix_cold *c, const pix_raw *raw, int64_t from) {
+static void entry_raw(pix_cold *c, const spi_slot_words *raw, int64_t from) {
   c->raw = *raw;
   c->from = from;
   c->steady = from != INT64_MIN && c->until != INT64_MAX;
@@ -472,11 +417,11 @@ static void entry_raw(pix_cold *c, const pix_raw *raw, int64_t from) {
  * from, and x->now is in [from, until). The same words, with neither
  * bound saturated (steady), make a regular entry at exactly those times:
  * its load fresh from load_at - max_age + 1 up to before load_at +
- * max_age (spi__replica_load), its advice and, in the spot pool, its
+ * max_age (spi__load_view_of), its advice and, in the spot pool, its
  * cooldown over from their ends on (regular, regular_from). The
  * configuration its values were read with holds (spi__pix_sync). */
 static int entry_steady(const spi_pool_index *p, const route_env *x,
-                        const pix_raw *raw, uint32_t pos) {
+                        const spi_slot_words *raw, uint32_t pos) {
   const pix_cold *c = &p->cold[pos];
   return p->hot[pos].kind == PIX_REG && c->steady && x->now >= c->from &&
          x->now < c->until && raw_same(raw, &c->raw);
@@ -486,10 +431,11 @@ static int entry_steady(const spi_pool_index *p, const route_env *x,
  * of line: most reads take tokens served alone (entry_read). */
 static __attribute__((noinline)) void
 entry_read_whole(spi_pool_index *p, const route_env *x,
-                 const spi_replica_ident *r, uint32_t pos, const pix_raw *raw) {
+                 const spi_replica_ident *r, uint32_t pos,
+                 const spi_slot_words *raw) {
   int64_t at = raw->load_at;
   slot_read rd;
-  spi__pix_raw_reading(x, raw, &rd);
+  slot_reading(x, raw, &rd);
   int kind = rd.state != SPI_REPLICA_ACTIVE ? PIX_OFF
              : regular(x, r, &rd)          ? PIX_REG
                                            : PIX_EXC;
@@ -570,8 +516,8 @@ entry_read_whole(spi_pool_index *p, const route_env *x,
  * a sync when reports come often). */
 static void entry_read(spi_pool_index *p, const route_env *x,
                        const spi_replica_ident *r, uint32_t pos) {
-  pix_raw raw;
-  spi__pix_raw_read(&x->e->registry.slots[r->slot], &raw);
+  spi_slot_words raw;
+  spi__slot_words_read(&x->e->registry.slots[r->slot], &raw);
   if (!entry_steady(p, x, &raw, pos)) {
     entry_read_whole(p, x, r, pos, &raw);
     return;
@@ -635,8 +581,8 @@ static void rebuild(spi_pool_index *p, const route_env *x,
     p->hot[i].kind = PIX_OFF;
     p->id_hash_at[i] = set->r[i].id_hash;
     p->cell_at[i] = (int8_t)set->r[i].cell;
-    pix_raw raw;
-    spi__pix_raw_read(&x->e->registry.slots[set->r[i].slot], &raw);
+    spi_slot_words raw;
+    spi__slot_words_read(&x->e->registry.slots[set->r[i].slot], &raw);
     entry_read_whole(p, x, &set->r[i], (uint32_t)i, &raw);
   }
   for (size_t i = set->n; i % 8; i++) {

@@ -29,18 +29,6 @@ typedef struct pix_hot {
   uint8_t kind, busy;
 } pix_hot;
 
-/* The words of a replica's slot that read_slot reads, as one read of the
- * slot took them: an entry's values are made from these alone
- * (entry_read), so a slot whose words read the same again, tokens served
- * aside, gives the same values (entry_steady). */
-typedef struct pix_raw {
-  int64_t load_at, advised_until, cooldown_until;
-  uint64_t running, waiting, kv;         /* double bits */
-  uint64_t queued, served, rate, mean_out; /* rate, mean_out: double bits */
-  uint32_t inflight, rate_samples;
-  int32_t state, breaker;
-} pix_raw;
-
 /* The rest of its evaluation, read when a summary takes it, and the
  * counters its wait was made from (queued, mean_out: entry_read finds a
  * slot that changed in tokens served alone). */
@@ -54,11 +42,13 @@ typedef struct pix_cold {
   uint32_t inflight;
   int32_t pool;
   uint32_t max_inflight;
-  /* The slot's words the entry was read from, and whether the entry is
+  /* The slot's words the entry was read from (its values are made from
+   * these alone, slot_reading, so a slot whose words read the same again,
+   * tokens served aside, gives the same values), and whether the entry is
    * regular exactly while from <= now < until as long as they stay
    * (neither bound saturated: entry_steady). */
   int steady;
-  pix_raw raw;
+  spi_slot_words raw;
 } pix_cold;
 
 /* The regular replicas of one cell among 64 positions (a word of the
@@ -258,12 +248,6 @@ static inline void spi__pix_release(spi_pool_index *p) {
  * 0 when it cannot describe set (an older set than it last described). */
 int spi__pix_sync(spi_pool_index *p, const route_env *x,
                   const spi_replica_set *set);
-/* The words of slot s that read_slot reads (pix_raw), each read once; and
- * what read_slot makes of a slot holding them, made from them alone (for
- * the index and its tests). */
-void spi__pix_raw_read(const spi_replica_slot *s, pix_raw *o);
-void spi__pix_raw_reading(const route_env *x, const pix_raw *w,
-                          slot_read *o);
 /* With the index taken: whether every block's bounds are what a pass over
  * its regular replicas makes (for tests). */
 int spi__pix_blocks_exact(spi_pool_index *p);

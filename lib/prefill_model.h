@@ -45,25 +45,21 @@ typedef struct spi_prefill_read {
                       (prefill_model.c); 0 before the first */
 } spi_prefill_read;
 
-/* default_ms_tok: 1000 / default_rate, computed once a route (the same
- * bits as here), so a replica still on the configured rate costs no
- * division. */
-static inline void spi__prefill_read(const spi_replica_slot *s,
+/* The cost-model counters as a route reads them, from the slot's words w
+ * (spi__slot_words_read). default_ms_tok: 1000 / default_rate, computed
+ * once a route (the same bits as here), so a replica still on the
+ * configured rate costs no division. */
+static inline void spi__prefill_read(const spi_slot_words *w,
                                      double default_rate,
                                      double default_ms_tok,
                                      spi_prefill_read *o) {
-  unsigned n = atomic_load_explicit(&s->rate_samples, memory_order_relaxed);
-  double learnt = spi__bitsd(
-      atomic_load_explicit(&s->prefill_rate, memory_order_relaxed));
-  o->queued = (double)atomic_load_explicit(&s->prefill_queued,
-                                           memory_order_relaxed);
-  o->served =
-      (double)atomic_load_explicit(&s->served_tokens, memory_order_relaxed);
-  int own = n >= SPI_PREFILL_MIN_SAMPLES && learnt > 0;
+  double learnt = spi__bitsd(w->rate);
+  o->queued = (double)w->queued;
+  o->served = (double)w->served;
+  int own = w->rate_samples >= SPI_PREFILL_MIN_SAMPLES && learnt > 0;
   o->rate = own ? learnt : default_rate;
   o->ms_tok = own ? 1000.0 / learnt : default_ms_tok;
-  o->mean_out = spi__bitsd(atomic_load_explicit(&s->mean_output,
-                                                memory_order_relaxed));
+  o->mean_out = spi__bitsd(w->mean_out);
 }
 
 /* The streams a replica carries: what it reports running and waiting, or

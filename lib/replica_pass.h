@@ -157,25 +157,34 @@ typedef struct slot_read {
   int fresh;
 } slot_read;
 
+/* What routing makes of a slot holding w's words (spi__slot_words_read),
+ * made from w alone: the one definition a pass (read_slot) and the pool
+ * index (which keeps the words an entry was read from) share. Always
+ * inlined, as read_slot is. */
+__attribute__((always_inline)) static inline void
+slot_reading(const route_env *x, const spi_slot_words *w, slot_read *o) {
+  spi_load_view l;
+  spi__load_view_of(w, x->now, x->max_age, &l);
+  o->run = l.running;
+  o->wait = l.waiting;
+  o->kv = l.kv_usage;
+  o->fresh = l.fresh;
+  spi__prefill_read(w, x->default_rate, x->default_ms_tok, &o->pf);
+  o->inflight = w->inflight;
+  o->state = w->state;
+  o->breaker = w->breaker;
+  o->advised_until = w->advised_until;
+  o->cooldown_until = w->cooldown_until;
+}
+
 /* Always inlined: the pass calls it for every replica, and a call per
  * replica (which gcc chose once the cost model's reads made it longer)
  * cost about a quarter of a route over 512 replicas. */
 __attribute__((always_inline)) static inline void
 read_slot(const route_env *x, const spi_replica_slot *s, slot_read *o) {
-  spi_load_view l;
-  spi__replica_load(s, x->now, x->max_age, &l);
-  o->run = l.running;
-  o->wait = l.waiting;
-  o->kv = l.kv_usage;
-  o->fresh = l.fresh;
-  spi__prefill_read(s, x->default_rate, x->default_ms_tok, &o->pf);
-  o->inflight = atomic_load_explicit(&s->inflight, memory_order_relaxed);
-  o->state = atomic_load_explicit(&s->state, memory_order_relaxed);
-  o->breaker = atomic_load_explicit(&s->breaker, memory_order_relaxed);
-  o->advised_until =
-      atomic_load_explicit(&s->advised_until_ns, memory_order_relaxed);
-  o->cooldown_until =
-      atomic_load_explicit(&s->cooldown_until_ns, memory_order_relaxed);
+  spi_slot_words w;
+  spi__slot_words_read(s, &w);
+  slot_reading(x, &w, o);
 }
 
 static inline int busy_of(const spi_replica_ident *r, const slot_read *rd) {

@@ -301,11 +301,55 @@ typedef struct spi_load_view {
 static inline int64_t spi__load_max_age(int64_t max_age_ns) {
   return max_age_ns > 0 ? max_age_ns : SPI_DEFAULT_LOAD_MAX_AGE_MS * 1000000ll;
 }
-/* Inline: routing reads every replica's load on every route. */
-static inline void spi__replica_load(const spi_replica_slot *s, int64_t now_ns,
+/* The words of a replica's slot that a route reads (all in its first
+ * cache line but the cost model's), as one read of the slot took them:
+ * what routing makes of a replica is made from these alone, so a reading
+ * is a function of them, whatever writers do to the slot meanwhile. */
+typedef struct spi_slot_words {
+  int64_t load_at, advised_until, cooldown_until;
+  uint64_t running, waiting, kv;           /* double bits */
+  uint64_t queued, served, rate, mean_out; /* rate, mean_out: double bits */
+  uint32_t inflight, rate_samples;
+  int32_t state, breaker;
+} spi_slot_words;
+
+/* The load signal's words of s into w (load_at, running, waiting, kv):
+ * load_at first and with acquire, so the load published with it is seen
+ * whole; the rest relaxed. */
+static inline void spi__load_words_read(const spi_replica_slot *s,
+                                        spi_slot_words *w) {
+  w->load_at = atomic_load_explicit(&s->load_at_ns, memory_order_acquire);
+  w->running = atomic_load_explicit(&s->running, memory_order_relaxed);
+  w->waiting = atomic_load_explicit(&s->waiting, memory_order_relaxed);
+  w->kv = atomic_load_explicit(&s->kv_usage, memory_order_relaxed);
+}
+
+/* Every word of s a route reads into w, each once: the load's first
+ * (spi__load_words_read), then the cost model's and the rest, relaxed. */
+static inline void spi__slot_words_read(const spi_replica_slot *s,
+                                        spi_slot_words *w) {
+  spi__load_words_read(s, w);
+  w->rate_samples =
+      atomic_load_explicit(&s->rate_samples, memory_order_relaxed);
+  w->rate = atomic_load_explicit(&s->prefill_rate, memory_order_relaxed);
+  w->queued = atomic_load_explicit(&s->prefill_queued, memory_order_relaxed);
+  w->served = atomic_load_explicit(&s->served_tokens, memory_order_relaxed);
+  w->mean_out = atomic_load_explicit(&s->mean_output, memory_order_relaxed);
+  w->inflight = atomic_load_explicit(&s->inflight, memory_order_relaxed);
+  w->state = atomic_load_explicit(&s->state, memory_order_relaxed);
+  w->breaker = atomic_load_explicit(&s->breaker, memory_order_relaxed);
+  w->advised_until =
+      atomic_load_explicit(&s->advised_until_ns, memory_order_relaxed);
+  w->cooldown_until =
+      atomic_load_explicit(&s->cooldown_until_ns, memory_order_relaxed);
+}
+
+/* The load as routing sees it at now_ns, from w's load words alone
+ * (load_at, running, waiting, kv): the one definition of a stale load.
+ * Inline: routing reads every replica's load on every route. */
+static inline void spi__load_view_of(const spi_slot_words *w, int64_t now_ns,
                                      int64_t max_age_ns, spi_load_view *out) {
   max_age_ns = spi__load_max_age(max_age_ns);
-  int64_t at = atomic_load_explicit(&s->load_at_ns, memory_order_acquire);
   int64_t age;
   /* Missing, or older than max_age_ns, is stale. A signal stamped further
    * in the future than it may be old is as suspect as an old one (a clock
@@ -313,18 +357,26 @@ static inline void spi__replica_load(const spi_replica_slot *s, int64_t now_ns,
    * the stale case said to be rare: written as one flag, gcc laid the
    * stale case out as the straight path of the routing pass's loop and
    * jumped out of it for every fresh replica. */
-  if (__builtin_expect(at == 0, 0) ||
-      __builtin_expect(__builtin_sub_overflow(now_ns, at, &age), 0) ||
+  if (__builtin_expect(w->load_at == 0, 0) ||
+      __builtin_expect(__builtin_sub_overflow(now_ns, w->load_at, &age), 0) ||
       __builtin_expect(age >= max_age_ns || age <= -max_age_ns, 0)) {
     out->running = out->waiting = SPI_LOAD_SATURATED;
     out->kv_usage = 1.0;
     out->fresh = 0;
     return;
   }
-  out->running = spi__bitsd(atomic_load_explicit(&s->running, memory_order_relaxed));
-  out->waiting = spi__bitsd(atomic_load_explicit(&s->waiting, memory_order_relaxed));
-  out->kv_usage = spi__bitsd(atomic_load_explicit(&s->kv_usage, memory_order_relaxed));
+  out->running = spi__bitsd(w->running);
+  out->waiting = spi__bitsd(w->waiting);
+  out->kv_usage = spi__bitsd(w->kv);
   out->fresh = 1;
+}
+
+/* The load of slot s as routing sees it at now_ns (spi__load_view_of). */
+static inline void spi__replica_load(const spi_replica_slot *s, int64_t now_ns,
+                                     int64_t max_age_ns, spi_load_view *out) {
+  spi_slot_words w;
+  spi__load_words_read(s, &w);
+  spi__load_view_of(&w, now_ns, max_age_ns, out);
 }
 
 /* Prometheus text of a vLLM/SGLang /metrics page -> load (metrics_parse.c).

@@ -817,11 +817,12 @@ static void test_rdv_winner_past_busy_head(void **st) {
   spi_engine_free(e);
 }
 
-/* What the index makes of a slot's words (spi__pix_raw_reading) is what
- * read_slot makes of the slot holding them, bit for bit, and
- * spi__pix_raw_read reads them as they are: loads fresh, stale, missing,
- * from the future and at the ends of int64; rates learnt, not yet, and
- * not positive; every state and breaker. */
+/* What a route makes of a slot (read_slot: the words read once, then
+ * slot_reading, which the pool index also makes its entries with) is what
+ * the rules say, bit for bit, worked out here on their own terms; and
+ * spi__replica_load, which other readers use, sees the same load: loads
+ * fresh, stale, missing, from the future and at the ends of int64; rates
+ * learnt, not yet, and not positive; every state and breaker. */
 /* now + d, wrapping at the ends of int64 as a clock stamp from a writer
  * may (a signed overflow would be undefined). */
 static int64_t plus(int64_t now, int64_t d) {
@@ -848,7 +849,63 @@ static uint64_t pick_bits(uint64_t *rng) {
   return u;
 }
 
-static void test_raw_reading_same_as_slot(void **st) {
+static double bits_d(uint64_t u) {
+  double d;
+  memcpy(&d, &u, sizeof d);
+  return d;
+}
+
+/* The rules: a load is fresh when stamped (not 0) less than the maximum
+ * age (1 s when not set) from now, either way, the difference taken
+ * without overflow; a stale one reads as saturated (running and waiting
+ * SPI_LOAD_SATURATED, KV usage 1). The learnt prefill rate counts from
+ * SPI_PREFILL_MIN_SAMPLES first tokens on, when positive; before, the
+ * configured one, at its precomputed ms a token. The rest as written. */
+static void expect_reading(const route_env *x, const spi_replica_slot *s,
+                           slot_read *o) {
+  int64_t at = atomic_load(&s->load_at_ns);
+  __int128 d = (__int128)x->now - at;
+  __int128 age = x->max_age > 0 ? x->max_age : 1000000000;
+  int fresh = at != 0 && d < age && d > -age;
+  o->run = fresh ? bits_d(atomic_load(&s->running)) : SPI_LOAD_SATURATED;
+  o->wait = fresh ? bits_d(atomic_load(&s->waiting)) : SPI_LOAD_SATURATED;
+  o->kv = fresh ? bits_d(atomic_load(&s->kv_usage)) : 1.0;
+  o->fresh = fresh;
+  double learnt = bits_d(atomic_load(&s->prefill_rate));
+  int own = atomic_load(&s->rate_samples) >= SPI_PREFILL_MIN_SAMPLES &&
+            learnt > 0;
+  o->pf.queued = (double)atomic_load(&s->prefill_queued);
+  o->pf.served = (double)atomic_load(&s->served_tokens);
+  o->pf.rate = own ? learnt : x->default_rate;
+  o->pf.ms_tok = own ? 1000.0 / learnt : x->default_ms_tok;
+  o->pf.mean_out = bits_d(atomic_load(&s->mean_output));
+  o->inflight = atomic_load(&s->inflight);
+  o->state = atomic_load(&s->state);
+  o->breaker = atomic_load(&s->breaker);
+  o->advised_until = atomic_load(&s->advised_until_ns);
+  o->cooldown_until = atomic_load(&s->cooldown_until_ns);
+}
+
+static void random_slot(uint64_t *rng, int64_t now, int64_t age,
+                        spi_replica_slot *s) {
+  memset(s, 0, sizeof *s);
+  atomic_init(&s->load_at_ns, pick_i64(rng, now, age));
+  atomic_init(&s->running, pick_bits(rng));
+  atomic_init(&s->waiting, pick_bits(rng));
+  atomic_init(&s->kv_usage, pick_bits(rng));
+  atomic_init(&s->rate_samples, mix(rng) % 12);
+  atomic_init(&s->prefill_rate, pick_bits(rng));
+  atomic_init(&s->prefill_queued, (uint64_t)mix(rng) << (mix(rng) % 40));
+  atomic_init(&s->served_tokens, (uint64_t)mix(rng) << (mix(rng) % 40));
+  atomic_init(&s->mean_output, pick_bits(rng));
+  atomic_init(&s->inflight, mix(rng) % 300);
+  atomic_init(&s->state, (int)(mix(rng) % 4));
+  atomic_init(&s->breaker, (int)(mix(rng) % 3));
+  atomic_init(&s->advised_until_ns, pick_i64(rng, now, age));
+  atomic_init(&s->cooldown_until_ns, pick_i64(rng, now, age));
+}
+
+static void test_slot_reading_by_the_rules(void **st) {
   (void)st;
   uint64_t rng = 17;
   for (uint32_t round = 0; round < 20000; round++) {
@@ -858,31 +915,20 @@ static void test_raw_reading_same_as_slot(void **st) {
     x.max_age = mix(&rng) % 4 ? 1000000000ll : 0;
     x.default_rate = 1000.0 + (double)(mix(&rng) % 50000);
     x.default_ms_tok = 1000.0 / x.default_rate;
-    int64_t age = x.max_age ? x.max_age : 1000000000ll;
     spi_replica_slot s;
-    memset(&s, 0, sizeof s);
-    atomic_init(&s.load_at_ns, pick_i64(&rng, x.now, age));
-    atomic_init(&s.running, pick_bits(&rng));
-    atomic_init(&s.waiting, pick_bits(&rng));
-    atomic_init(&s.kv_usage, pick_bits(&rng));
-    atomic_init(&s.rate_samples, mix(&rng) % 12);
-    atomic_init(&s.prefill_rate, pick_bits(&rng));
-    atomic_init(&s.prefill_queued, (uint64_t)mix(&rng) << (mix(&rng) % 40));
-    atomic_init(&s.served_tokens, (uint64_t)mix(&rng) << (mix(&rng) % 40));
-    atomic_init(&s.mean_output, pick_bits(&rng));
-    atomic_init(&s.inflight, mix(&rng) % 300);
-    atomic_init(&s.state, (int)(mix(&rng) % 4));
-    atomic_init(&s.breaker, (int)(mix(&rng) % 3));
-    atomic_init(&s.advised_until_ns, pick_i64(&rng, x.now, age));
-    atomic_init(&s.cooldown_until_ns, pick_i64(&rng, x.now, age));
+    random_slot(&rng, x.now, x.max_age ? x.max_age : 1000000000ll, &s);
     slot_read want, got;
     memset(&want, 0, sizeof want);
     memset(&got, 0, sizeof got);
-    read_slot(&x, &s, &want);
-    pix_raw w;
-    spi__pix_raw_read(&s, &w);
-    spi__pix_raw_reading(&x, &w, &got);
+    expect_reading(&x, &s, &want);
+    read_slot(&x, &s, &got);
     assert_memory_equal(&got, &want, sizeof want);
+    spi_load_view l;
+    spi__replica_load(&s, x.now, x.max_age, &l);
+    assert_memory_equal(&l.running, &want.run, sizeof l.running);
+    assert_memory_equal(&l.waiting, &want.wait, sizeof l.waiting);
+    assert_memory_equal(&l.kv_usage, &want.kv, sizeof l.kv_usage);
+    assert_int_equal(l.fresh, want.fresh);
   }
 }
 
@@ -898,7 +944,7 @@ int main(void) {
       cmocka_unit_test(test_wide_free_best_same),
       cmocka_unit_test(test_free_best_any_cells),
       cmocka_unit_test(test_rdv_winner_past_busy_head),
-      cmocka_unit_test(test_raw_reading_same_as_slot),
+      cmocka_unit_test(test_slot_reading_by_the_rules),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
