@@ -209,6 +209,12 @@ _Static_assert(KB_SHORT_FIXED + sizeof kb_empty_tail > 96 &&
                    KB_SHORT_FIXED + KB_SHORT_MODEL + sizeof kb_empty_tail <= 128,
                "a short key message is read as four pairs of chunks");
 _Static_assert(sizeof kb_empty_tail >= 64, "the pairs' second chunks are the tail's");
+/* The empty tail's bytes a short message is made with: enough to reach
+ * M[64) after a model of no bytes, in whole 16-byte copies. */
+#define KB_SHORT_TAIL 48
+_Static_assert(KB_SHORT_FIXED + KB_SHORT_TAIL >= 64 &&
+                   KB_SHORT_TAIL <= sizeof kb_empty_tail,
+               "a short message's first 64 bytes are made");
 
 /* The constant parts of a short message (kb_tail): its head, the magic
  * and the schema's record then the model's tag, with the model's length
@@ -288,8 +294,9 @@ static const kb_instance *instance_of(const void *instance) {
 /* XXH3_128(M, KB_KEY_SEED) of the message m of len bytes (97 to 128)
  * whose last 64 bytes are the empty tail's: XXH3_len_17to128_128b's steps
  * in its order, with the chunks that never change taken from in->tail. */
-static void key_short(const kb_instance *in, const uint8_t *m, size_t len,
-                      spi_cache_key *out) {
+static inline __attribute__((always_inline)) void
+key_short(const kb_instance *in, const uint8_t *m, size_t len,
+          spi_cache_key *out) {
   const kb_tail *t = &in->tail;
   const uint64_t seed = KB_KEY_SEED;
   uint64_t lo = len * XXH_PRIME64_1, hi = 0;
@@ -314,30 +321,27 @@ static void key_short(const kb_instance *in, const uint8_t *m, size_t len,
 /* The key of a view whose model has at most KB_SHORT_MODEL bytes and
  * whose later fields are all empty: M is the instance's head with the
  * model's length (one byte of it) and bytes, then the empty tail. */
-static void key_of_short(const kb_instance *in, const spi_request_view *req,
-                         spi_cache_key *out) {
-  uint8_t m[KB_SHORT_FIXED + KB_SHORT_MODEL + sizeof kb_empty_tail];
+static inline __attribute__((always_inline)) void
+key_of_short(const kb_instance *in, const spi_request_view *req,
+             spi_cache_key *out) {
+  /* key_short reads M[16..64) of it (the rest is in in->tail), which
+   * ends within the tail's first KB_SHORT_TAIL bytes. */
+  uint8_t m[KB_SHORT_FIXED + KB_SHORT_MODEL + KB_SHORT_TAIL];
   size_t n = req->model_len;
   const uint8_t *model = (const uint8_t *)req->model;
   memcpy(m, in->tail.head, sizeof in->tail.head);
   m[KB_SHORT_FIXED - 4] = (uint8_t)n; /* u32le(n), n < 256 */
   spi__copy_small(m + KB_SHORT_FIXED, model, n);
-  memcpy(m + KB_SHORT_FIXED + n, kb_empty_tail, sizeof kb_empty_tail);
+  memcpy(m + KB_SHORT_FIXED + n, kb_empty_tail, KB_SHORT_TAIL);
   key_short(in, m, KB_SHORT_FIXED + n + sizeof kb_empty_tail, out);
 }
 
-/* M and the key of a view that passed view_ok (kb_build_key), or that
- * spi__request_view made (spi__kb_key_view). */
-static void key_of(const kb_instance *in, const spi_request_view *req,
-                   spi_cache_key *out) {
-  int tail_empty = (req->tokenizer_version_len | req->system_prompt_len |
-                    req->tools_canonical_len | req->retrieval_template_len |
-                    req->tenant_tier_len | req->tenant_salt_len |
-                    req->decode_profile_len) == 0;
-  if (tail_empty && req->model_len <= KB_SHORT_MODEL) {
-    key_of_short(in, req, out);
-    return;
-  }
+/* M and the key of a view that key_of did not find short. Out of line:
+ * its message buffer (1.4 KB) and registers are no cost to a short key. */
+static __attribute__((noinline)) void key_of_long(const kb_instance *in,
+                                                  const spi_request_view *req,
+                                                  spi_cache_key *out,
+                                                  int tail_empty) {
   kb_msg m;
   memcpy(m.buf, KB_KEY_MAGIC, KB_MAGIC_LEN);
   m.len = KB_MAGIC_LEN;
@@ -362,6 +366,21 @@ static void key_of(const kb_instance *in, const spi_request_view *req,
   XXH128_hash_t h = XXH3_128bits_withSeed(m.buf, m.len, KB_KEY_SEED);
   out->high64 = h.high64;
   out->low64 = h.low64;
+}
+
+/* The key of a view that passed view_ok (kb_build_key), or that
+ * spi__request_view made (spi__kb_key_view). Inline: a short key is made
+ * in its caller's frame. */
+static inline __attribute__((always_inline)) void
+key_of(const kb_instance *in, const spi_request_view *req, spi_cache_key *out) {
+  int tail_empty = (req->tokenizer_version_len | req->system_prompt_len |
+                    req->tools_canonical_len | req->retrieval_template_len |
+                    req->tenant_tier_len | req->tenant_salt_len |
+                    req->decode_profile_len) == 0;
+  if (tail_empty && req->model_len <= KB_SHORT_MODEL)
+    key_of_short(in, req, out);
+  else
+    key_of_long(in, req, out, tail_empty);
 }
 
 static int kb_build_key(void *state, void *instance,
@@ -632,6 +651,16 @@ static void hash_blocks(const spi_request_view *req, const spi_cache_key *key,
     byte_chain(key, req->prompt, block, todo, out);
 }
 
+/* hash_blocks of a view's n blocks, SPI_OK: spi__kb_key_blocks ends in a
+ * jump here, with no frame kept for after it. */
+static __attribute__((noinline)) int hashed(const spi_request_view *req,
+                                            const spi_cache_key *key,
+                                            size_t block, size_t n,
+                                            uint64_t *out) {
+  hash_blocks(req, key, block, n, out);
+  return SPI_OK;
+}
+
 static int kb_block_hashes(void *state, void *instance,
                            const spi_request_view *req,
                            const spi_cache_key *key, uint64_t *out,
@@ -670,8 +699,7 @@ int spi__kb_key_blocks(const void *instance, const spi_request_view *v,
   size_t n = blocks_of(instance, v, &block);
   *n_out = n;
   if (n > cap) return SPI_EBUFSIZE;
-  hash_blocks(v, key, block, n, out);
-  return SPI_OK;
+  return hashed(v, key, block, n, out);
 }
 
 size_t spi__kb_blocks_view(const void *instance, const spi_request_view *v,
