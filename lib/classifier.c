@@ -50,6 +50,7 @@ typedef struct rule {
   int64_t sla_max, sla_min, prio_min, prio_max, eot_min, eot_max;
   uint8_t have_sla_max, have_sla_min, have_prio_min, have_prio_max,
       have_eot_min, have_eot_max;
+  uint8_t have_range; /* any of the six above (rule_needs) */
   uint32_t tier_mask; /* bit per enum spi_service_tier; 0 = don't care */
   uint32_t tenant_first, tenant_count; /* into inst->tenant_tiers */
   uint32_t meta_first, meta_count;     /* into inst->meta_keys */
@@ -365,6 +366,8 @@ static void rule_needs(rule *r) {
   if (r->have_sla_max || r->have_sla_min) need(r, FACT_SLA, 1);
   if (r->have_prio_min || r->have_prio_max) need(r, FACT_PRIO, 1);
   if (r->have_eot_min || r->have_eot_max) need(r, FACT_EOT, 1);
+  r->have_range = r->have_sla_max || r->have_sla_min || r->have_prio_min ||
+                  r->have_prio_max || r->have_eot_min || r->have_eot_max;
 }
 
 static int parse_rule(const cJSON *o, int idx, rule *r, parse_ctx *c) {
@@ -646,19 +649,13 @@ static int meta_matches(const instance *in, const meta_key *k,
   return 0;
 }
 
-/* Whether rule r matches v, once rule_possible has passed it: that
- * settled its yes/no conditions (stream, replayable, SLA, tools), that
- * each value a range tests is set, and the service tier (rule_needs makes
- * need_mask of exactly those), so only the ranges, the tenant tiers and
- * the metadata are left to test. */
-static int rule_matches(const instance *in, const rule *r,
-                        const spi_request_view *v, meta_pairs *mp) {
-  if (r->have_sla_max && v->sla_ms > r->sla_max) return 0;
-  if (r->have_sla_min && v->sla_ms < r->sla_min) return 0;
-  if (r->have_prio_min && v->priority < r->prio_min) return 0;
-  if (r->have_prio_max && v->priority > r->prio_max) return 0;
-  if (r->have_eot_min && v->expected_output_tokens < r->eot_min) return 0;
-  if (r->have_eot_max && v->expected_output_tokens > r->eot_max) return 0;
+/* Whether v's tenant tier and metadata are among rule r's. Out of line:
+ * a rule without such lists (the built-in's defaults) keeps the rule
+ * scan free of the registers these loops and their calls take. */
+static __attribute__((noinline)) int lists_match(const instance *in,
+                                                 const rule *r,
+                                                 const spi_request_view *v,
+                                                 meta_pairs *mp) {
   if (r->tenant_count) {
     int hit = 0;
     for (uint32_t i = 0; i < r->tenant_count && !hit; i++) {
@@ -671,6 +668,28 @@ static int rule_matches(const instance *in, const rule *r,
   for (uint32_t i = 0; i < r->meta_count; i++)
     if (!meta_matches(in, &in->meta_keys[r->meta_first + i], v, mp)) return 0;
   return 1;
+}
+
+/* Whether v is within rule r's ranges (SLA, priority, expected output). */
+static inline int in_ranges(const rule *r, const spi_request_view *v) {
+  if (r->have_sla_max && v->sla_ms > r->sla_max) return 0;
+  if (r->have_sla_min && v->sla_ms < r->sla_min) return 0;
+  if (r->have_prio_min && v->priority < r->prio_min) return 0;
+  if (r->have_prio_max && v->priority > r->prio_max) return 0;
+  if (r->have_eot_min && v->expected_output_tokens < r->eot_min) return 0;
+  if (r->have_eot_max && v->expected_output_tokens > r->eot_max) return 0;
+  return 1;
+}
+
+/* Whether rule r matches v, once rule_possible has passed it: that
+ * settled its yes/no conditions (stream, replayable, SLA, tools), that
+ * each value a range tests is set, and the service tier (rule_needs makes
+ * need_mask of exactly those), so only the ranges, the tenant tiers and
+ * the metadata are left to test. */
+static int rule_matches(const instance *in, const rule *r,
+                        const spi_request_view *v, meta_pairs *mp) {
+  if (r->have_range && !in_ranges(r, v)) return 0;
+  return (r->tenant_count | r->meta_count) == 0 || lists_match(in, r, v, mp);
 }
 
 /* The facts of v that rule_needs describes. */
