@@ -14,8 +14,12 @@
  * Classification reads only the immutable instance and the request view: no
  * allocation, no lock, safe from any number of threads.
  */
+#include <stddef.h>
 #include <stdio.h>
 #include <string.h>
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
 
 #include <cjson/cJSON.h>
 
@@ -330,15 +334,16 @@ static int parse_when(const cJSON *w, const char *shown, rule *r,
   return SPI_OK;
 }
 
-/* A request's yes/no facts that rules test, a bit each (facts_of). */
+/* A request's yes/no facts that rules test, a bit each (facts_of), in
+ * the order the view holds them. */
 enum {
-  FACT_STREAM = 1u << 0,
-  FACT_REPLAY_SET = 1u << 1,
-  FACT_REPLAY = 1u << 2,
-  FACT_SLA = 1u << 3,
-  FACT_TOOLS = 1u << 4,
-  FACT_PRIO = 1u << 5,
-  FACT_EOT = 1u << 6,
+  FACT_PRIO = 1u << 0,
+  FACT_STREAM = 1u << 1,
+  FACT_SLA = 1u << 2,
+  FACT_REPLAY = 1u << 3,
+  FACT_REPLAY_SET = 1u << 4,
+  FACT_EOT = 1u << 5,
+  FACT_TOOLS = 1u << 6,
   FACT_NEVER = 1u << 7 /* in need_want only: a rule no request matches */
 };
 
@@ -693,14 +698,48 @@ static int rule_matches(const instance *in, const rule *r,
 }
 
 /* The facts of v that rule_needs describes. */
-static uint32_t facts_of(const spi_request_view *v) {
-  return (v->stream != 0 ? FACT_STREAM : 0) |
-         (v->replayable_set ? FACT_REPLAY_SET : 0) |
-         (v->replayable != 0 ? FACT_REPLAY : 0) |
-         (v->sla_ms_set ? FACT_SLA : 0) | (v->has_tools ? FACT_TOOLS : 0) |
-         (v->priority_set ? FACT_PRIO : 0) |
-         (v->expected_output_tokens_set ? FACT_EOT : 0);
+#if defined(__SSE2__)
+#define VIEW_AT(f) offsetof(spi_request_view, f)
+_Static_assert(VIEW_AT(stream) == VIEW_AT(priority_set) + 4 &&
+                   VIEW_AT(replayable) == VIEW_AT(sla_ms_set) + 4 &&
+                   VIEW_AT(replayable_set) == VIEW_AT(sla_ms_set) + 8 &&
+                   VIEW_AT(expected_output_tokens_set) ==
+                       VIEW_AT(expected_output_tokens) + 8 &&
+                   VIEW_AT(has_tools) == VIEW_AT(prompt_tokens) + 12 &&
+                   VIEW_AT(has_tools) + 4 <= sizeof(spi_request_view),
+               "the view's yes/no fields lie in four 16-byte rows");
+/* The 32-bit lanes of the 16 bytes at v + off that are 0, a bit each. */
+static inline uint32_t zero_lanes(const spi_request_view *v, size_t off) {
+  __m128i x = _mm_loadu_si128((const __m128i *)((const char *)v + off));
+  return (uint32_t)_mm_movemask_ps(
+      _mm_castsi128_ps(_mm_cmpeq_epi32(x, _mm_setzero_si128())));
 }
+/* Four rows of the view, one compare each: priority_set and stream (lanes
+ * 0-1), sla_ms_set, replayable and replayable_set (0-2), the expected
+ * output's flag (2) and has_tools (3), each fact's bit its lane's. */
+static uint32_t facts_of(const spi_request_view *v) {
+  uint32_t zero = (zero_lanes(v, VIEW_AT(priority_set)) & 3) |
+                  (zero_lanes(v, VIEW_AT(sla_ms_set)) & 7) << 2 |
+                  ((zero_lanes(v, VIEW_AT(expected_output_tokens)) & 4) |
+                   (zero_lanes(v, VIEW_AT(prompt_tokens)) & 8))
+                      << 3;
+  _Static_assert(FACT_PRIO == 1 && FACT_STREAM == 2 && FACT_SLA == 4 &&
+                     FACT_REPLAY == 8 && FACT_REPLAY_SET == 16 &&
+                     FACT_EOT == 32 && FACT_TOOLS == 64,
+                 "each fact's bit is its lane's");
+  return ~zero & 0x7Fu;
+}
+#undef VIEW_AT
+#else
+static uint32_t facts_of(const spi_request_view *v) {
+  return (v->priority_set ? FACT_PRIO : 0) |
+         (v->stream != 0 ? FACT_STREAM : 0) | (v->sla_ms_set ? FACT_SLA : 0) |
+         (v->replayable != 0 ? FACT_REPLAY : 0) |
+         (v->replayable_set ? FACT_REPLAY_SET : 0) |
+         (v->expected_output_tokens_set ? FACT_EOT : 0) |
+         (v->has_tools ? FACT_TOOLS : 0);
+}
+#endif
 
 /* Whether v's facts and service tier leave rule r possible: when not,
  * rule_matches refuses it too. */
