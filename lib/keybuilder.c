@@ -119,6 +119,20 @@ typedef struct kb_tail {
   uint64_t mix[4], sum[4];      /* M[len-16(4-i)..), with the secret at 32i+16 */
 } kb_tail;
 
+/* A short key (key_of_short) by its model: the key is a function of the
+ * model's bytes alone once the instance is made, and a gateway's requests
+ * name few models, so the keys of the last few are kept. A slot is a
+ * sequence lock: seq is 0 while empty and odd while a writer fills it; a
+ * reader takes the slot's words only if seq was even and non-zero and the
+ * same before and after. A writer that finds the slot busy leaves it. */
+#define KB_MEMO_SLOTS 8
+typedef struct kb_memo {
+  atomic_uint seq;
+  atomic_ullong m0, m1; /* the model's bytes, 0-padded; m1's top byte its length */
+  atomic_ullong high64, low64; /* its key */
+  char pad[64 - 5 * 8];        /* a slot a cache line's worth */
+} kb_memo;
+
 typedef struct kb_instance {
   uint32_t magic;
   uint32_t schema_version;
@@ -126,6 +140,9 @@ typedef struct kb_instance {
   uint32_t block_tokens;
   uint32_t max_blocks;
   kb_tail tail;
+  /* Written by the routes that key a model first: the one part of the
+   * instance that changes after kb_configure (kb_memo_of). */
+  kb_memo memo[KB_MEMO_SLOTS];
 } kb_instance;
 
 /* ------------------------------------------------------------ encoding */
@@ -321,9 +338,54 @@ key_short(const kb_instance *in, const uint8_t *m, size_t len,
 /* The key of a view whose model has at most KB_SHORT_MODEL bytes and
  * whose later fields are all empty: M is the instance's head with the
  * model's length (one byte of it) and bytes, then the empty tail. */
-static inline __attribute__((always_inline)) void
-key_of_short(const kb_instance *in, const spi_request_view *req,
-             spi_cache_key *out) {
+/* The memo slot of the model whose 16 bytes (memo's m0, m1) are m0, m1. */
+static kb_memo *kb_memo_of(const kb_instance *in, uint64_t m0, uint64_t m1) {
+  uint64_t h = (m0 ^ m1) * UINT64_C(0x9e3779b97f4a7c15);
+  _Static_assert(KB_MEMO_SLOTS == 8, "three bits of the hash pick the slot");
+  return (kb_memo *)&in->memo[h >> 61];
+}
+
+/* The key kept for m0, m1 in slot e into out: 1, or 0 if not kept. */
+static inline int kb_memo_get(kb_memo *e, uint64_t m0, uint64_t m1,
+                              spi_cache_key *out) {
+  unsigned s = atomic_load_explicit(&e->seq, memory_order_acquire);
+  uint64_t a = atomic_load_explicit(&e->m0, memory_order_relaxed);
+  uint64_t b = atomic_load_explicit(&e->m1, memory_order_relaxed);
+  uint64_t hi = atomic_load_explicit(&e->high64, memory_order_relaxed);
+  uint64_t lo = atomic_load_explicit(&e->low64, memory_order_relaxed);
+  atomic_thread_fence(memory_order_acquire);
+  if (s == 0 || (s & 1) ||
+      atomic_load_explicit(&e->seq, memory_order_relaxed) != s || a != m0 ||
+      b != m1)
+    return 0;
+  out->high64 = hi;
+  out->low64 = lo;
+  return 1;
+}
+
+/* Keep key for m0, m1 in slot e, unless another writer holds it. */
+static __attribute__((noinline)) void kb_memo_put(kb_memo *e, uint64_t m0,
+                                                  uint64_t m1,
+                                                  const spi_cache_key *key) {
+  unsigned s = atomic_load_explicit(&e->seq, memory_order_relaxed);
+  if ((s & 1) || !atomic_compare_exchange_strong_explicit(
+                     &e->seq, &s, s + 1, memory_order_relaxed,
+                     memory_order_relaxed))
+    return;
+  atomic_thread_fence(memory_order_release);
+  atomic_store_explicit(&e->m0, m0, memory_order_relaxed);
+  atomic_store_explicit(&e->m1, m1, memory_order_relaxed);
+  atomic_store_explicit(&e->high64, key->high64, memory_order_relaxed);
+  atomic_store_explicit(&e->low64, key->low64, memory_order_relaxed);
+  /* 0 means empty: a count that wraps there skips it. */
+  atomic_store_explicit(&e->seq, s + 2 ? s + 2 : 2, memory_order_release);
+}
+
+/* key_of_short's key made, and kept in slot e for the model's m0, m1.
+ * Out of line: a model's first key, or one whose slot another took. */
+static __attribute__((noinline)) void
+key_of_short_made(const kb_instance *in, const spi_request_view *req,
+                  spi_cache_key *out, kb_memo *e, uint64_t m0, uint64_t m1) {
   /* key_short reads M[16..64) of it (the rest is in in->tail), which
    * ends within the tail's first KB_SHORT_TAIL bytes. */
   uint8_t m[KB_SHORT_FIXED + KB_SHORT_MODEL + KB_SHORT_TAIL];
@@ -334,6 +396,22 @@ key_of_short(const kb_instance *in, const spi_request_view *req,
   spi__copy_small(m + KB_SHORT_FIXED, model, n);
   memcpy(m + KB_SHORT_FIXED + n, kb_empty_tail, KB_SHORT_TAIL);
   key_short(in, m, KB_SHORT_FIXED + n + sizeof kb_empty_tail, out);
+  kb_memo_put(e, m0, m1, out);
+}
+
+static inline __attribute__((always_inline)) void
+key_of_short(const kb_instance *in, const spi_request_view *req,
+             spi_cache_key *out) {
+  _Static_assert(KB_SHORT_MODEL < 16, "a model and its length fit 16 bytes");
+  uint8_t b[16] = {0};
+  size_t n = req->model_len;
+  spi__copy_small(b, req->model, n);
+  b[15] = (uint8_t)n;
+  uint64_t m0, m1;
+  memcpy(&m0, b, 8);
+  memcpy(&m1, b + 8, 8);
+  kb_memo *e = kb_memo_of(in, m0, m1);
+  if (!kb_memo_get(e, m0, m1, out)) key_of_short_made(in, req, out, e, m0, m1);
 }
 
 /* M and the key of a view that key_of did not find short. Out of line:
@@ -741,7 +819,7 @@ static int kb_configure(void *state, const char *json, size_t len,
                                   &obj, err, errcap);
   if (rc != SPI_OK) return rc;
 
-  kb_instance cfg = {KB_INSTANCE_MAGIC, 0, 0, 0, 0, {{0}, 0, 0, {0}, {0}}};
+  kb_instance cfg = {KB_INSTANCE_MAGIC, 0, 0, 0, 0, {{0}, 0, 0, {0}, {0}}, {{0}}};
   rc = spi__cfg_check_keys(obj, "cache_key", "cache_key", err, errcap);
   if (rc == SPI_OK)
     rc = read_u32(obj, "cache_key.schema_version", &cfg.schema_version, err,
@@ -774,7 +852,20 @@ static int kb_configure(void *state, const char *json, size_t len,
     spi__errf(err, errcap, "cache_key: out of memory");
     return SPI_ENOMEM;
   }
-  *in = cfg;
+  in->magic = cfg.magic;
+  in->schema_version = cfg.schema_version;
+  in->block_bytes = cfg.block_bytes;
+  in->block_tokens = cfg.block_tokens;
+  in->max_blocks = cfg.max_blocks;
+  in->tail = cfg.tail;
+  for (int i = 0; i < KB_MEMO_SLOTS; i++) { /* empty */
+    kb_memo *e = &in->memo[i];
+    atomic_init(&e->seq, 0u);
+    atomic_init(&e->m0, 0ull);
+    atomic_init(&e->m1, 0ull);
+    atomic_init(&e->high64, 0ull);
+    atomic_init(&e->low64, 0ull);
+  }
   *out_instance = in;
   return SPI_OK;
 }
