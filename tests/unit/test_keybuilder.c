@@ -1315,6 +1315,53 @@ static void test_short_key_memo(void **st) {
   kb_free(r.k);
 }
 
+/* The library's own key-and-blocks call (spi__kb_key_blocks, which takes
+ * a short key and its byte chain's start from the instance's memo when
+ * kept) against the module's build_key and block_hashes: models short and
+ * long, with later fields and without, prompts of whole and partial
+ * blocks, token ids; each asked twice (made, then kept). */
+static void test_key_blocks_matches(void **st) {
+  (void)st;
+  kb *k = kb_new("{\"block_bytes\":64,\"block_tokens\":4}");
+  const char *models[] = {"", "m", "llama", "llama-3-8b-inst", "llama-3-8b-instr",
+                          "llama-3.1-70b-instruct"};
+  uint8_t *prompt = pattern(1000, 7, 3);
+  uint32_t ids[40];
+  for (int i = 0; i < 40; i++) ids[i] = (uint32_t)(i * 2654435761u);
+  for (size_t mi = 0; mi < sizeof models / sizeof models[0]; mi++) {
+    for (int shape = 0; shape < 4; shape++) {
+      spi_request_view v;
+      memset(&v, 0, sizeof v);
+      v.struct_size = sizeof v;
+      v.model = models[mi];
+      v.model_len = strlen(models[mi]);
+      v.tenant_salt = shape == 1 ? "salt" : "";
+      v.tenant_salt_len = shape == 1 ? 4 : 0;
+      v.prompt = prompt;
+      v.prompt_len = shape == 2 ? 63 : 1000;
+      v.token_ids = shape == 3 ? ids : NULL;
+      v.token_count = shape == 3 ? 40 : 0;
+      spi_cache_key want = key_of(k, &v);
+      uint64_t want_h[32], got_h[32];
+      size_t want_n = 0, got_n = 0;
+      assert_int_equal(k->mod.block_hashes(&k->mem, k->inst, &v, &want, want_h,
+                                           32, &want_n),
+                       SPI_OK);
+      for (int round = 0; round < 2; round++) {
+        spi_cache_key got = {0, 0};
+        memset(got_h, 0, sizeof got_h);
+        assert_int_equal(spi__kb_key_blocks(k->inst, &v, &got, got_h, 32, &got_n),
+                         SPI_OK);
+        assert_true(same_key(got, want));
+        assert_int_equal(got_n, want_n);
+        assert_memory_equal(got_h, want_h, want_n * sizeof want_h[0]);
+      }
+    }
+  }
+  free(prompt);
+  kb_free(k);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_golden_vectors),
@@ -1340,6 +1387,7 @@ int main(void) {
       cmocka_unit_test(test_no_allocation_on_hot_path),
       cmocka_unit_test(test_short_messages),
       cmocka_unit_test(test_short_key_memo),
+      cmocka_unit_test(test_key_blocks_matches),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
