@@ -1318,8 +1318,8 @@ static void test_short_key_memo(void **st) {
 /* The library's own key-and-blocks call (spi__kb_key_blocks, which takes
  * a short key and its byte chain's start from the instance's memo when
  * kept) against the module's build_key and block_hashes: models short and
- * long, with later fields and without, prompts of whole and partial
- * blocks, token ids; each asked twice (made, then kept). */
+ * long, with later fields and without, prompts of no block, one and
+ * several, token ids; each asked twice (made, then kept). */
 static void test_key_blocks_matches(void **st) {
   (void)st;
   kb *k = kb_new("{\"block_bytes\":64,\"block_tokens\":4}");
@@ -1329,7 +1329,7 @@ static void test_key_blocks_matches(void **st) {
   uint32_t ids[40];
   for (int i = 0; i < 40; i++) ids[i] = (uint32_t)(i * 2654435761u);
   for (size_t mi = 0; mi < sizeof models / sizeof models[0]; mi++) {
-    for (int shape = 0; shape < 4; shape++) {
+    for (int shape = 0; shape < 5; shape++) {
       spi_request_view v;
       memset(&v, 0, sizeof v);
       v.struct_size = sizeof v;
@@ -1338,7 +1338,7 @@ static void test_key_blocks_matches(void **st) {
       v.tenant_salt = shape == 1 ? "salt" : "";
       v.tenant_salt_len = shape == 1 ? 4 : 0;
       v.prompt = prompt;
-      v.prompt_len = shape == 2 ? 63 : 1000;
+      v.prompt_len = shape == 2 ? 63 : shape == 4 ? 100 : 1000; /* 0, 1, 15 blocks */
       v.token_ids = shape == 3 ? ids : NULL;
       v.token_count = shape == 3 ? 40 : 0;
       spi_cache_key want = key_of(k, &v);
