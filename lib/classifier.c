@@ -14,8 +14,12 @@
  * Classification reads only the immutable instance and the request view: no
  * allocation, no lock, safe from any number of threads.
  */
+#include <stddef.h>
 #include <stdio.h>
 #include <string.h>
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
 
 #include <cjson/cJSON.h>
 
@@ -36,20 +40,21 @@
 enum { ANY = -1 };
 
 /* What a classification says it matched: "rule <name>", "rule #<i>" or
- * "default class <class>", made once at configure time and copied with its
- * length on every route (no printf, no strlen on that path). */
+ * "default class <class>", made once at configure time in the calloc'd
+ * instance and copied whole on every route (no printf, no strlen on that
+ * path). */
 #define REASON_MAX (RULE_NAME_MAX + 8)
 
 typedef struct rule {
   char name[RULE_NAME_MAX];
-  char reason[REASON_MAX];
-  size_t reason_len;
+  char reason[REASON_MAX]; /* NUL, then zeros to its end */
   int32_t klass;
   int32_t replayable; /* ANY = class default */
   int32_t stream, replayable_is, has_sla, has_tools; /* ANY = don't care */
   int64_t sla_max, sla_min, prio_min, prio_max, eot_min, eot_max;
   uint8_t have_sla_max, have_sla_min, have_prio_min, have_prio_max,
       have_eot_min, have_eot_max;
+  uint8_t have_range; /* any of the six above (rule_needs) */
   uint32_t tier_mask; /* bit per enum spi_service_tier; 0 = don't care */
   uint32_t tenant_first, tenant_count; /* into inst->tenant_tiers */
   uint32_t meta_first, meta_count;     /* into inst->meta_keys */
@@ -87,8 +92,7 @@ typedef struct meta_value {
 
 typedef struct instance {
   int32_t honor_explicit, honor_priority, default_class;
-  char default_reason[REASON_MAX];
-  size_t default_reason_len;
+  char default_reason[REASON_MAX]; /* as a rule's reason */
   int32_t replayable_default[4];
   plan degrade[4][4]; /* [class][pressure] */
   rule rules[MAX_RULES];
@@ -330,15 +334,16 @@ static int parse_when(const cJSON *w, const char *shown, rule *r,
   return SPI_OK;
 }
 
-/* A request's yes/no facts that rules test, a bit each (facts_of). */
+/* A request's yes/no facts that rules test, a bit each (facts_of), in
+ * the order the view holds them. */
 enum {
-  FACT_STREAM = 1u << 0,
-  FACT_REPLAY_SET = 1u << 1,
-  FACT_REPLAY = 1u << 2,
-  FACT_SLA = 1u << 3,
-  FACT_TOOLS = 1u << 4,
-  FACT_PRIO = 1u << 5,
-  FACT_EOT = 1u << 6,
+  FACT_PRIO = 1u << 0,
+  FACT_STREAM = 1u << 1,
+  FACT_SLA = 1u << 2,
+  FACT_REPLAY = 1u << 3,
+  FACT_REPLAY_SET = 1u << 4,
+  FACT_EOT = 1u << 5,
+  FACT_TOOLS = 1u << 6,
   FACT_NEVER = 1u << 7 /* in need_want only: a rule no request matches */
 };
 
@@ -366,6 +371,8 @@ static void rule_needs(rule *r) {
   if (r->have_sla_max || r->have_sla_min) need(r, FACT_SLA, 1);
   if (r->have_prio_min || r->have_prio_max) need(r, FACT_PRIO, 1);
   if (r->have_eot_min || r->have_eot_max) need(r, FACT_EOT, 1);
+  r->have_range = r->have_sla_max || r->have_sla_min || r->have_prio_min ||
+                  r->have_prio_max || r->have_eot_min || r->have_eot_max;
 }
 
 static int parse_rule(const cJSON *o, int idx, rule *r, parse_ctx *c) {
@@ -387,9 +394,9 @@ static int parse_rule(const cJSON *o, int idx, rule *r, parse_ctx *c) {
   }
   memcpy(r->name, name, nlen);
   if (nlen)
-    r->reason_len = spi__join(r->reason, sizeof r->reason, "rule ", NULL, r->name);
+    spi__join(r->reason, sizeof r->reason, "rule ", NULL, r->name);
   else
-    r->reason_len = (size_t)snprintf(r->reason, sizeof r->reason, "rule #%d", idx);
+    snprintf(r->reason, sizeof r->reason, "rule #%d", idx);
   const cJSON *cls_item = cJSON_GetObjectItemCaseSensitive(o, "class");
   if (!cls_item || cJSON_IsNull(cls_item)) {
     spi__errf(c->err, c->errcap, "%s.class: missing", shown);
@@ -545,9 +552,8 @@ static int parse_section(const cJSON *sec, parse_ctx *c) {
                           c->err, c->errcap)))
     return rc;
   in->default_class = dc + SPI_CLASS_GOLD;
-  in->default_reason_len =
-      spi__join(in->default_reason, sizeof in->default_reason,
-                "default class ", NULL, spi_class_name(in->default_class));
+  spi__join(in->default_reason, sizeof in->default_reason, "default class ",
+            NULL, spi_class_name(in->default_class));
   const cJSON *rd = cJSON_GetObjectItemCaseSensitive(sec, "replayable_default");
   const char *R = "classifier.replayable_default";
   if (rd && !cJSON_IsNull(rd) &&
@@ -648,19 +654,13 @@ static int meta_matches(const instance *in, const meta_key *k,
   return 0;
 }
 
-/* Whether rule r matches v, once rule_possible has passed it: that
- * settled its yes/no conditions (stream, replayable, SLA, tools), that
- * each value a range tests is set, and the service tier (rule_needs makes
- * need_mask of exactly those), so only the ranges, the tenant tiers and
- * the metadata are left to test. */
-static int rule_matches(const instance *in, const rule *r,
-                        const spi_request_view *v, meta_pairs *mp) {
-  if (r->have_sla_max && v->sla_ms > r->sla_max) return 0;
-  if (r->have_sla_min && v->sla_ms < r->sla_min) return 0;
-  if (r->have_prio_min && v->priority < r->prio_min) return 0;
-  if (r->have_prio_max && v->priority > r->prio_max) return 0;
-  if (r->have_eot_min && v->expected_output_tokens < r->eot_min) return 0;
-  if (r->have_eot_max && v->expected_output_tokens > r->eot_max) return 0;
+/* Whether v's tenant tier and metadata are among rule r's. Out of line:
+ * a rule without such lists (the built-in's defaults) keeps the rule
+ * scan free of the registers these loops and their calls take. */
+static __attribute__((noinline)) int lists_match(const instance *in,
+                                                 const rule *r,
+                                                 const spi_request_view *v,
+                                                 meta_pairs *mp) {
   if (r->tenant_count) {
     int hit = 0;
     for (uint32_t i = 0; i < r->tenant_count && !hit; i++) {
@@ -675,15 +675,71 @@ static int rule_matches(const instance *in, const rule *r,
   return 1;
 }
 
-/* The facts of v that rule_needs describes. */
-static uint32_t facts_of(const spi_request_view *v) {
-  return (v->stream != 0 ? FACT_STREAM : 0) |
-         (v->replayable_set ? FACT_REPLAY_SET : 0) |
-         (v->replayable != 0 ? FACT_REPLAY : 0) |
-         (v->sla_ms_set ? FACT_SLA : 0) | (v->has_tools ? FACT_TOOLS : 0) |
-         (v->priority_set ? FACT_PRIO : 0) |
-         (v->expected_output_tokens_set ? FACT_EOT : 0);
+/* Whether v is within rule r's ranges (SLA, priority, expected output). */
+static inline int in_ranges(const rule *r, const spi_request_view *v) {
+  if (r->have_sla_max && v->sla_ms > r->sla_max) return 0;
+  if (r->have_sla_min && v->sla_ms < r->sla_min) return 0;
+  if (r->have_prio_min && v->priority < r->prio_min) return 0;
+  if (r->have_prio_max && v->priority > r->prio_max) return 0;
+  if (r->have_eot_min && v->expected_output_tokens < r->eot_min) return 0;
+  if (r->have_eot_max && v->expected_output_tokens > r->eot_max) return 0;
+  return 1;
 }
+
+/* Whether rule r matches v, once rule_possible has passed it: that
+ * settled its yes/no conditions (stream, replayable, SLA, tools), that
+ * each value a range tests is set, and the service tier (rule_needs makes
+ * need_mask of exactly those), so only the ranges, the tenant tiers and
+ * the metadata are left to test. */
+static int rule_matches(const instance *in, const rule *r,
+                        const spi_request_view *v, meta_pairs *mp) {
+  if (r->have_range && !in_ranges(r, v)) return 0;
+  return (r->tenant_count | r->meta_count) == 0 || lists_match(in, r, v, mp);
+}
+
+/* The facts of v that rule_needs describes. */
+#if defined(__SSE2__)
+#define VIEW_AT(f) offsetof(spi_request_view, f)
+_Static_assert(VIEW_AT(stream) == VIEW_AT(priority_set) + 4 &&
+                   VIEW_AT(replayable) == VIEW_AT(sla_ms_set) + 4 &&
+                   VIEW_AT(replayable_set) == VIEW_AT(sla_ms_set) + 8 &&
+                   VIEW_AT(expected_output_tokens_set) ==
+                       VIEW_AT(expected_output_tokens) + 8 &&
+                   VIEW_AT(has_tools) == VIEW_AT(prompt_tokens) + 12 &&
+                   VIEW_AT(has_tools) + 4 <= sizeof(spi_request_view),
+               "the view's yes/no fields lie in four 16-byte rows");
+/* The 32-bit lanes of the 16 bytes at v + off that are 0, a bit each. */
+static inline uint32_t zero_lanes(const spi_request_view *v, size_t off) {
+  __m128i x = _mm_loadu_si128((const __m128i *)((const char *)v + off));
+  return (uint32_t)_mm_movemask_ps(
+      _mm_castsi128_ps(_mm_cmpeq_epi32(x, _mm_setzero_si128())));
+}
+/* Four rows of the view, one compare each: priority_set and stream (lanes
+ * 0-1), sla_ms_set, replayable and replayable_set (0-2), the expected
+ * output's flag (2) and has_tools (3), each fact's bit its lane's. */
+static uint32_t facts_of(const spi_request_view *v) {
+  uint32_t zero = (zero_lanes(v, VIEW_AT(priority_set)) & 3) |
+                  (zero_lanes(v, VIEW_AT(sla_ms_set)) & 7) << 2 |
+                  ((zero_lanes(v, VIEW_AT(expected_output_tokens)) & 4) |
+                   (zero_lanes(v, VIEW_AT(prompt_tokens)) & 8))
+                      << 3;
+  _Static_assert(FACT_PRIO == 1 && FACT_STREAM == 2 && FACT_SLA == 4 &&
+                     FACT_REPLAY == 8 && FACT_REPLAY_SET == 16 &&
+                     FACT_EOT == 32 && FACT_TOOLS == 64,
+                 "each fact's bit is its lane's");
+  return ~zero & 0x7Fu;
+}
+#undef VIEW_AT
+#else
+static uint32_t facts_of(const spi_request_view *v) {
+  return (v->priority_set ? FACT_PRIO : 0) |
+         (v->stream != 0 ? FACT_STREAM : 0) | (v->sla_ms_set ? FACT_SLA : 0) |
+         (v->replayable != 0 ? FACT_REPLAY : 0) |
+         (v->replayable_set ? FACT_REPLAY_SET : 0) |
+         (v->expected_output_tokens_set ? FACT_EOT : 0) |
+         (v->has_tools ? FACT_TOOLS : 0);
+}
+#endif
 
 /* Whether v's facts and service tier leave rule r possible: when not,
  * rule_matches refuses it too. */
@@ -749,12 +805,12 @@ static int ref_classify(void *state, void *inst, const spi_request_view *v,
       }
     }
     out->klass = hit ? hit->klass : in->default_class;
-    /* Made at configure time: classification runs on every route. */
+    /* Made at configure time: classification runs on every route. Its
+     * whole array (its NUL, then the zeros of the calloc'd instance) goes
+     * in a few fixed moves, fewer instructions than a copy of its length
+     * through the C library's memcpy. */
     _Static_assert(REASON_MAX <= sizeof out->reason, "a reason fits");
-    if (hit)
-      spi__copy(out->reason, hit->reason, hit->reason_len + 1);
-    else
-      spi__copy(out->reason, in->default_reason, in->default_reason_len + 1);
+    memcpy(out->reason, hit ? hit->reason : in->default_reason, REASON_MAX);
   }
   /* The request's own word on replayability wins, then the rule's. */
   if (v->replayable_set)

@@ -74,9 +74,18 @@ static void strv(const spi_request *r, int field, const char **p, size_t *n) {
   *n = r->str[field].len;
 }
 
-int spi__request_view(spi_request *r, spi_request_view *v) {
+/* A request's first view: derive it, then view it. Out of line, so the
+ * view of a request derived already (a second call on it, or a route
+ * again) saves no registers for the derivation. */
+static __attribute__((noinline)) int view_derived(spi_request *r,
+                                                 spi_request_view *v) {
   int rc = derive(r);
   if (rc) return rc;
+  return spi__request_view(r, v);
+}
+
+int spi__request_view(spi_request *r, spi_request_view *v) {
+  if (!r->derived_ok) return view_derived(r, v);
   /* Every field is set below, so the view is not cleared whole; a field
    * added to the view must be set here. Its only padding, after each of
    * the three int32 flags that an int64 follows, lies between

@@ -119,6 +119,22 @@ typedef struct kb_tail {
   uint64_t mix[4], sum[4];      /* M[len-16(4-i)..), with the secret at 32i+16 */
 } kb_tail;
 
+/* A short key (key_of_short) and its byte chain's start (chain_start at
+ * block_bytes) by its model: both are functions of the model's bytes
+ * alone once the instance is made, and a gateway's requests name few
+ * models, so those of the last few are kept. A slot is a
+ * sequence lock: seq is 0 while empty and odd while a writer fills it; a
+ * reader takes the slot's words only if seq was even and non-zero and the
+ * same before and after. A writer that finds the slot busy leaves it. */
+#define KB_MEMO_SLOTS 8
+typedef struct kb_memo {
+  atomic_uint seq;
+  atomic_ullong m0, m1; /* the model's bytes, 0-padded; m1's top byte its length */
+  atomic_ullong high64, low64; /* its key */
+  atomic_ullong c0;            /* the key's byte chain's start (chain_start) */
+  char pad[64 - 6 * 8];        /* a slot a cache line's worth */
+} kb_memo;
+
 typedef struct kb_instance {
   uint32_t magic;
   uint32_t schema_version;
@@ -126,6 +142,9 @@ typedef struct kb_instance {
   uint32_t block_tokens;
   uint32_t max_blocks;
   kb_tail tail;
+  /* Written by the routes that key a model first: the one part of the
+   * instance that changes after kb_configure (kb_memo_of). */
+  kb_memo memo[KB_MEMO_SLOTS];
 } kb_instance;
 
 /* ------------------------------------------------------------ encoding */
@@ -209,6 +228,12 @@ _Static_assert(KB_SHORT_FIXED + sizeof kb_empty_tail > 96 &&
                    KB_SHORT_FIXED + KB_SHORT_MODEL + sizeof kb_empty_tail <= 128,
                "a short key message is read as four pairs of chunks");
 _Static_assert(sizeof kb_empty_tail >= 64, "the pairs' second chunks are the tail's");
+/* The empty tail's bytes a short message is made with: enough to reach
+ * M[64) after a model of no bytes, in whole 16-byte copies. */
+#define KB_SHORT_TAIL 48
+_Static_assert(KB_SHORT_FIXED + KB_SHORT_TAIL >= 64 &&
+                   KB_SHORT_TAIL <= sizeof kb_empty_tail,
+               "a short message's first 64 bytes are made");
 
 /* The constant parts of a short message (kb_tail): its head, the magic
  * and the schema's record then the model's tag, with the model's length
@@ -288,8 +313,9 @@ static const kb_instance *instance_of(const void *instance) {
 /* XXH3_128(M, KB_KEY_SEED) of the message m of len bytes (97 to 128)
  * whose last 64 bytes are the empty tail's: XXH3_len_17to128_128b's steps
  * in its order, with the chunks that never change taken from in->tail. */
-static void key_short(const kb_instance *in, const uint8_t *m, size_t len,
-                      spi_cache_key *out) {
+static inline __attribute__((always_inline)) void
+key_short(const kb_instance *in, const uint8_t *m, size_t len,
+          spi_cache_key *out) {
   const kb_tail *t = &in->tail;
   const uint64_t seed = KB_KEY_SEED;
   uint64_t lo = len * XXH_PRIME64_1, hi = 0;
@@ -311,33 +337,105 @@ static void key_short(const kb_instance *in, const uint8_t *m, size_t len,
   out->high64 = (uint64_t)0 - XXH3_avalanche(h_hi);
 }
 
-/* The key of a view whose model has at most KB_SHORT_MODEL bytes and
- * whose later fields are all empty: M is the instance's head with the
- * model's length (one byte of it) and bytes, then the empty tail. */
-static void key_of_short(const kb_instance *in, const spi_request_view *req,
-                         spi_cache_key *out) {
-  uint8_t m[KB_SHORT_FIXED + KB_SHORT_MODEL + sizeof kb_empty_tail];
+/* The memo slot of the model whose 16 bytes (memo's m0, m1) are m0, m1. */
+static kb_memo *kb_memo_of(const kb_instance *in, uint64_t m0, uint64_t m1) {
+  uint64_t h = (m0 ^ m1) * UINT64_C(0x9e3779b97f4a7c15);
+  _Static_assert(KB_MEMO_SLOTS == 8, "three bits of the hash pick the slot");
+  return (kb_memo *)&in->memo[h >> 61];
+}
+
+/* The key kept for m0, m1 in slot e into out, its byte chain's start
+ * into *c0: 1, or 0 if not kept. */
+static inline int kb_memo_get(kb_memo *e, uint64_t m0, uint64_t m1,
+                              spi_cache_key *out, uint64_t *c0) {
+  unsigned s = atomic_load_explicit(&e->seq, memory_order_acquire);
+  uint64_t a = atomic_load_explicit(&e->m0, memory_order_relaxed);
+  uint64_t b = atomic_load_explicit(&e->m1, memory_order_relaxed);
+  uint64_t hi = atomic_load_explicit(&e->high64, memory_order_relaxed);
+  uint64_t lo = atomic_load_explicit(&e->low64, memory_order_relaxed);
+  uint64_t c = atomic_load_explicit(&e->c0, memory_order_relaxed);
+  atomic_thread_fence(memory_order_acquire);
+  if (s == 0 || (s & 1) ||
+      atomic_load_explicit(&e->seq, memory_order_relaxed) != s || a != m0 ||
+      b != m1)
+    return 0;
+  out->high64 = hi;
+  out->low64 = lo;
+  *c0 = c;
+  return 1;
+}
+
+/* Keep key for m0, m1 in slot e, unless another writer holds it. */
+static __attribute__((noinline)) void kb_memo_put(kb_memo *e, uint64_t m0,
+                                                  uint64_t m1,
+                                                  const spi_cache_key *key,
+                                                  uint64_t c0) {
+  unsigned s = atomic_load_explicit(&e->seq, memory_order_relaxed);
+  if ((s & 1) || !atomic_compare_exchange_strong_explicit(
+                     &e->seq, &s, s + 1, memory_order_relaxed,
+                     memory_order_relaxed))
+    return;
+  atomic_thread_fence(memory_order_release);
+  atomic_store_explicit(&e->m0, m0, memory_order_relaxed);
+  atomic_store_explicit(&e->m1, m1, memory_order_relaxed);
+  atomic_store_explicit(&e->high64, key->high64, memory_order_relaxed);
+  atomic_store_explicit(&e->low64, key->low64, memory_order_relaxed);
+  atomic_store_explicit(&e->c0, c0, memory_order_relaxed);
+  /* 0 means empty: a count that wraps there skips it. */
+  atomic_store_explicit(&e->seq, s + 2 ? s + 2 : 2, memory_order_release);
+}
+
+static uint64_t chain_start(const spi_cache_key *key, uint8_t mode,
+                            uint32_t block_size);
+
+/* key_of_short's key and its byte chain's start made, and kept in slot e
+ * for the model's m0, m1. M is the instance's head with the model's
+ * length (one byte of it) and bytes, then the empty tail. Out of line: a
+ * model's first key, or one whose slot another took. */
+static __attribute__((noinline)) uint64_t
+key_of_short_made(const kb_instance *in, const spi_request_view *req,
+                  spi_cache_key *out, kb_memo *e, uint64_t m0, uint64_t m1) {
+  /* key_short reads M[16..64) of it (the rest is in in->tail), which
+   * ends within the tail's first KB_SHORT_TAIL bytes. */
+  uint8_t m[KB_SHORT_FIXED + KB_SHORT_MODEL + KB_SHORT_TAIL];
   size_t n = req->model_len;
   const uint8_t *model = (const uint8_t *)req->model;
   memcpy(m, in->tail.head, sizeof in->tail.head);
   m[KB_SHORT_FIXED - 4] = (uint8_t)n; /* u32le(n), n < 256 */
   spi__copy_small(m + KB_SHORT_FIXED, model, n);
-  memcpy(m + KB_SHORT_FIXED + n, kb_empty_tail, sizeof kb_empty_tail);
+  memcpy(m + KB_SHORT_FIXED + n, kb_empty_tail, KB_SHORT_TAIL);
   key_short(in, m, KB_SHORT_FIXED + n + sizeof kb_empty_tail, out);
+  uint64_t c0 = chain_start(out, KB_MODE_BYTES, in->block_bytes);
+  kb_memo_put(e, m0, m1, out, c0);
+  return c0;
 }
 
-/* M and the key of a view that passed view_ok (kb_build_key), or that
- * spi__request_view made (spi__kb_key_view). */
-static void key_of(const kb_instance *in, const spi_request_view *req,
-                   spi_cache_key *out) {
-  int tail_empty = (req->tokenizer_version_len | req->system_prompt_len |
-                    req->tools_canonical_len | req->retrieval_template_len |
-                    req->tenant_tier_len | req->tenant_salt_len |
-                    req->decode_profile_len) == 0;
-  if (tail_empty && req->model_len <= KB_SHORT_MODEL) {
-    key_of_short(in, req, out);
-    return;
-  }
+/* The key of a view whose model has at most KB_SHORT_MODEL bytes and
+ * whose later fields are all empty, and its byte chain's start (the
+ * instance's block_bytes). */
+static inline __attribute__((always_inline)) uint64_t
+key_of_short(const kb_instance *in, const spi_request_view *req,
+             spi_cache_key *out) {
+  _Static_assert(KB_SHORT_MODEL < 16, "a model and its length fit 16 bytes");
+  uint8_t b[16] = {0};
+  size_t n = req->model_len;
+  spi__copy_small(b, req->model, n);
+  b[15] = (uint8_t)n;
+  uint64_t m0, m1;
+  memcpy(&m0, b, 8);
+  memcpy(&m1, b + 8, 8);
+  kb_memo *e = kb_memo_of(in, m0, m1);
+  uint64_t c0;
+  if (kb_memo_get(e, m0, m1, out, &c0)) return c0;
+  return key_of_short_made(in, req, out, e, m0, m1);
+}
+
+/* M and the key of a view that key_of did not find short. Out of line:
+ * its message buffer (1.4 KB) and registers are no cost to a short key. */
+static __attribute__((noinline)) void key_of_long(const kb_instance *in,
+                                                  const spi_request_view *req,
+                                                  spi_cache_key *out,
+                                                  int tail_empty) {
   kb_msg m;
   memcpy(m.buf, KB_KEY_MAGIC, KB_MAGIC_LEN);
   m.len = KB_MAGIC_LEN;
@@ -362,6 +460,32 @@ static void key_of(const kb_instance *in, const spi_request_view *req,
   XXH128_hash_t h = XXH3_128bits_withSeed(m.buf, m.len, KB_KEY_SEED);
   out->high64 = h.high64;
   out->low64 = h.low64;
+}
+
+/* The key of a view that passed view_ok (kb_build_key), or that
+ * spi__request_view made (spi__kb_key_view), and for a short key its byte
+ * chain's start into *c0: 1, or 0 when that is to be made (chain_start).
+ * Inline: a short key is made in its caller's frame. */
+static inline __attribute__((always_inline)) int
+key_and_start(const kb_instance *in, const spi_request_view *req,
+              spi_cache_key *out, uint64_t *c0) {
+  int tail_empty = (req->tokenizer_version_len | req->system_prompt_len |
+                    req->tools_canonical_len | req->retrieval_template_len |
+                    req->tenant_tier_len | req->tenant_salt_len |
+                    req->decode_profile_len) == 0;
+  if (tail_empty && req->model_len <= KB_SHORT_MODEL) {
+    *c0 = key_of_short(in, req, out);
+    return 1;
+  }
+  key_of_long(in, req, out, tail_empty);
+  return 0;
+}
+
+/* key_and_start without the start. */
+static inline __attribute__((always_inline)) void
+key_of(const kb_instance *in, const spi_request_view *req, spi_cache_key *out) {
+  uint64_t c0;
+  (void)key_and_start(in, req, out, &c0);
 }
 
 static int kb_build_key(void *state, void *instance,
@@ -527,13 +651,19 @@ static uint64_t chain_start(const spi_cache_key *key, uint8_t mode,
   return XXH3_64bits_withSeed(s, sizeof s, KB_BLK_SEED);
 }
 
-static void byte_chain(const spi_cache_key *key, const uint8_t *p,
-                       size_t block, size_t n, uint64_t *out) {
-  uint64_t c = chain_start(key, KB_MODE_BYTES, (uint32_t)block);
+/* The byte chain of n blocks from its start c. */
+static void byte_chain_from(uint64_t c, const uint8_t *p, size_t block,
+                            size_t n, uint64_t *out) {
   for (size_t i = 0; i < n; i++, p += block) {
     c = spi__xxh3_seeded(p, block, c);
     out[i] = c;
   }
+}
+
+static void byte_chain(const spi_cache_key *key, const uint8_t *p,
+                       size_t block, size_t n, uint64_t *out) {
+  byte_chain_from(chain_start(key, KB_MODE_BYTES, (uint32_t)block), p, block,
+                  n, out);
 }
 
 #if !KB_LITTLE_ENDIAN
@@ -632,6 +762,29 @@ static void hash_blocks(const spi_request_view *req, const spi_cache_key *key,
     byte_chain(key, req->prompt, block, todo, out);
 }
 
+/* byte_chain_from of a view's n blocks, SPI_OK: as hashed. */
+static __attribute__((noinline)) int hashed_from(uint64_t c0,
+                                                 const uint8_t *p,
+                                                 size_t block, size_t n,
+                                                 uint64_t *out) {
+  if (n == 1) { /* one block: no loop to keep registers for */
+    out[0] = spi__xxh3_seeded(p, block, c0);
+    return SPI_OK;
+  }
+  byte_chain_from(c0, p, block, n, out);
+  return SPI_OK;
+}
+
+/* hash_blocks of a view's n blocks, SPI_OK: spi__kb_key_blocks ends in a
+ * jump here, with no frame kept for after it. */
+static __attribute__((noinline)) int hashed(const spi_request_view *req,
+                                            const spi_cache_key *key,
+                                            size_t block, size_t n,
+                                            uint64_t *out) {
+  hash_blocks(req, key, block, n, out);
+  return SPI_OK;
+}
+
 static int kb_block_hashes(void *state, void *instance,
                            const spi_request_view *req,
                            const spi_cache_key *key, uint64_t *out,
@@ -666,12 +819,15 @@ int spi__kb_key_blocks(const void *instance, const spi_request_view *v,
                        spi_cache_key *key, uint64_t *out, size_t cap,
                        size_t *n_out) {
   size_t block;
-  key_of(instance, v, key);
+  uint64_t c0;
+  int started = key_and_start(instance, v, key, &c0);
   size_t n = blocks_of(instance, v, &block);
   *n_out = n;
   if (n > cap) return SPI_EBUFSIZE;
-  hash_blocks(v, key, block, n, out);
-  return SPI_OK;
+  /* A short key's start is its byte chain's (block is block_bytes then). */
+  if (started && v->token_count == 0 && n)
+    return hashed_from(c0, v->prompt, block, n, out);
+  return hashed(v, key, block, n, out);
 }
 
 size_t spi__kb_blocks_view(const void *instance, const spi_request_view *v,
@@ -713,7 +869,7 @@ static int kb_configure(void *state, const char *json, size_t len,
                                   &obj, err, errcap);
   if (rc != SPI_OK) return rc;
 
-  kb_instance cfg = {KB_INSTANCE_MAGIC, 0, 0, 0, 0, {{0}, 0, 0, {0}, {0}}};
+  kb_instance cfg = {KB_INSTANCE_MAGIC, 0, 0, 0, 0, {{0}, 0, 0, {0}, {0}}, {{0}}};
   rc = spi__cfg_check_keys(obj, "cache_key", "cache_key", err, errcap);
   if (rc == SPI_OK)
     rc = read_u32(obj, "cache_key.schema_version", &cfg.schema_version, err,
@@ -746,7 +902,20 @@ static int kb_configure(void *state, const char *json, size_t len,
     spi__errf(err, errcap, "cache_key: out of memory");
     return SPI_ENOMEM;
   }
-  *in = cfg;
+  in->magic = cfg.magic;
+  in->schema_version = cfg.schema_version;
+  in->block_bytes = cfg.block_bytes;
+  in->block_tokens = cfg.block_tokens;
+  in->max_blocks = cfg.max_blocks;
+  in->tail = cfg.tail;
+  for (int i = 0; i < KB_MEMO_SLOTS; i++) { /* empty */
+    kb_memo *e = &in->memo[i];
+    atomic_init(&e->seq, 0u);
+    atomic_init(&e->m0, 0ull);
+    atomic_init(&e->m1, 0ull);
+    atomic_init(&e->high64, 0ull);
+    atomic_init(&e->low64, 0ull);
+  }
   *out_instance = in;
   return SPI_OK;
 }

@@ -10,8 +10,10 @@
  * SPI_EBUFSIZE contract, chaining, isolation, configuration errors and
  * allocation failure.
  */
+#include <pthread.h>
 #include <setjmp.h>
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -1195,11 +1197,36 @@ static void test_no_allocation_on_hot_path(void **st) {
  * empty, at several schema versions, against XXH3_128 of the message the
  * wire format spells (the built-in takes a short message's constant
  * chunks from its instance). */
+static const uint8_t empty_digest[16] = {0x99, 0xaa, 0x06, 0xd3, 0x01, 0x47,
+                                         0x98, 0xd8, 0x60, 0x01, 0xc3, 0x24,
+                                         0x46, 0x8d, 0x49, 0x7f};
+
+/* XXH3_128 of the key message the wire format spells for a model of n
+ * (at most 40) bytes with every later field empty. */
+static XXH128_hash_t short_key_want(uint32_t version, const char *model,
+                                    size_t n) {
+  uint8_t m[512];
+  size_t len = 0;
+  memcpy(m, "spotinfer:key:v1", 16);
+  len = 16;
+  m[len++] = 0x01;
+  m[len++] = 4, m[len++] = 0, m[len++] = 0, m[len++] = 0;
+  for (int b = 0; b < 4; b++) m[len++] = (uint8_t)(version >> (8 * b));
+  m[len++] = 0x02;
+  m[len++] = (uint8_t)n, m[len++] = 0, m[len++] = 0, m[len++] = 0;
+  memcpy(m + len, model, n);
+  len += n;
+  for (uint8_t tag = 0x03; tag <= 0x09; tag++) {
+    int digest = tag >= 0x04 && tag <= 0x06;
+    m[len++] = tag;
+    m[len++] = digest ? 16 : 0, m[len++] = 0, m[len++] = 0, m[len++] = 0;
+    if (digest) memcpy(m + len, empty_digest, 16), len += 16;
+  }
+  return XXH3_128bits_withSeed(m, len, UINT64_C(0x7370692d6b657931));
+}
+
 static void test_short_messages(void **st) {
   (void)st;
-  static const uint8_t empty_digest[16] = {
-      0x99, 0xaa, 0x06, 0xd3, 0x01, 0x47, 0x98, 0xd8,
-      0x60, 0x01, 0xc3, 0x24, 0x46, 0x8d, 0x49, 0x7f};
   XXH128_canonical_t d;
   XXH128_canonicalFromHash(&d, XXH3_128bits("", 0));
   assert_memory_equal(d.digest, empty_digest, 16);
@@ -1211,24 +1238,7 @@ static void test_short_messages(void **st) {
     snprintf(cfg, sizeof cfg, "{\"schema_version\":%u}", (unsigned)versions[vi]);
     kb *k = kb_new(cfg);
     for (size_t n = 0; n <= 40; n++) {
-      uint8_t m[512];
-      size_t len = 0;
-      memcpy(m, "spotinfer:key:v1", 16);
-      len = 16;
-      m[len++] = 0x01;
-      m[len++] = 4, m[len++] = 0, m[len++] = 0, m[len++] = 0;
-      for (int b = 0; b < 4; b++) m[len++] = (uint8_t)(versions[vi] >> (8 * b));
-      m[len++] = 0x02;
-      m[len++] = (uint8_t)n, m[len++] = 0, m[len++] = 0, m[len++] = 0;
-      memcpy(m + len, model, n);
-      len += n;
-      for (uint8_t tag = 0x03; tag <= 0x09; tag++) {
-        int digest = tag >= 0x04 && tag <= 0x06;
-        m[len++] = tag;
-        m[len++] = digest ? 16 : 0, m[len++] = 0, m[len++] = 0, m[len++] = 0;
-        if (digest) memcpy(m + len, empty_digest, 16), len += 16;
-      }
-      XXH128_hash_t want = XXH3_128bits_withSeed(m, len, UINT64_C(0x7370692d6b657931));
+      XXH128_hash_t want = short_key_want(versions[vi], model, n);
       spi_request_view v;
       memset(&v, 0, sizeof v);
       v.struct_size = sizeof v;
@@ -1239,6 +1249,117 @@ static void test_short_messages(void **st) {
     }
     kb_free(k);
   }
+}
+
+/* Short models for the memo test: every prefix of one name (models that
+ * share their first 8 bytes and differ in length), and some of them with
+ * their last byte changed (the same length, one byte apart). */
+#define MEMO_MODELS 24
+typedef struct memo_run {
+  kb *k;
+  char model[MEMO_MODELS][16];
+  size_t len[MEMO_MODELS];
+  XXH128_hash_t want[MEMO_MODELS];
+  unsigned stride;
+  atomic_int wrong;
+} memo_run;
+
+typedef struct memo_thread {
+  memo_run *run;
+  unsigned id;
+} memo_thread;
+
+static void *memo_keys(void *arg) {
+  memo_thread *t = arg;
+  memo_run *r = t->run;
+  spi_request_view v;
+  memset(&v, 0, sizeof v);
+  v.struct_size = sizeof v;
+  for (unsigned i = 0; i < 20000; i++) {
+    unsigned j = (i * (2 * t->id + 1) + t->id) % MEMO_MODELS;
+    v.model = r->model[j];
+    v.model_len = r->len[j];
+    spi_cache_key key = {0, 0};
+    if (r->k->mod.build_key(&r->k->mem, r->k->inst, &v, &key) != SPI_OK ||
+        key.high64 != r->want[j].high64 || key.low64 != r->want[j].low64)
+      atomic_fetch_add(&r->wrong, 1);
+  }
+  return NULL;
+}
+
+/* The built-in keeps the keys of the short models it keyed last: many
+ * models, more than it keeps and sharing its slots, keyed by four
+ * threads at once in different orders, every key the wire format's. */
+static void test_short_key_memo(void **st) {
+  (void)st;
+  static memo_run r;
+  memset(&r, 0, sizeof r);
+  r.k = kb_new("{\"schema_version\":3}");
+  const char *name = "llama-3-8b-inst";
+  for (unsigned j = 0; j < MEMO_MODELS; j++) {
+    r.len[j] = j < 16 ? j : j - 8; /* 0..15, then 8..15 again */
+    memcpy(r.model[j], name, r.len[j]);
+    if (j >= 16) r.model[j][r.len[j] - 1] = 'X';
+    r.want[j] = short_key_want(3, r.model[j], r.len[j]);
+  }
+  atomic_init(&r.wrong, 0);
+  memo_thread t[4];
+  pthread_t th[4];
+  for (unsigned i = 0; i < 4; i++) {
+    t[i].run = &r;
+    t[i].id = i;
+    assert_int_equal(pthread_create(&th[i], NULL, memo_keys, &t[i]), 0);
+  }
+  for (unsigned i = 0; i < 4; i++) pthread_join(th[i], NULL);
+  assert_int_equal(atomic_load(&r.wrong), 0);
+  kb_free(r.k);
+}
+
+/* The library's own key-and-blocks call (spi__kb_key_blocks, which takes
+ * a short key and its byte chain's start from the instance's memo when
+ * kept) against the module's build_key and block_hashes: models short and
+ * long, with later fields and without, prompts of no block, one and
+ * several, token ids; each asked twice (made, then kept). */
+static void test_key_blocks_matches(void **st) {
+  (void)st;
+  kb *k = kb_new("{\"block_bytes\":64,\"block_tokens\":4}");
+  const char *models[] = {"", "m", "llama", "llama-3-8b-inst", "llama-3-8b-instr",
+                          "llama-3.1-70b-instruct"};
+  uint8_t *prompt = pattern(1000, 7, 3);
+  uint32_t ids[40];
+  for (int i = 0; i < 40; i++) ids[i] = (uint32_t)(i * 2654435761u);
+  for (size_t mi = 0; mi < sizeof models / sizeof models[0]; mi++) {
+    for (int shape = 0; shape < 5; shape++) {
+      spi_request_view v;
+      memset(&v, 0, sizeof v);
+      v.struct_size = sizeof v;
+      v.model = models[mi];
+      v.model_len = strlen(models[mi]);
+      v.tenant_salt = shape == 1 ? "salt" : "";
+      v.tenant_salt_len = shape == 1 ? 4 : 0;
+      v.prompt = prompt;
+      v.prompt_len = shape == 2 ? 63 : shape == 4 ? 100 : 1000; /* 0, 1, 15 blocks */
+      v.token_ids = shape == 3 ? ids : NULL;
+      v.token_count = shape == 3 ? 40 : 0;
+      spi_cache_key want = key_of(k, &v);
+      uint64_t want_h[32], got_h[32];
+      size_t want_n = 0, got_n = 0;
+      assert_int_equal(k->mod.block_hashes(&k->mem, k->inst, &v, &want, want_h,
+                                           32, &want_n),
+                       SPI_OK);
+      for (int round = 0; round < 2; round++) {
+        spi_cache_key got = {0, 0};
+        memset(got_h, 0, sizeof got_h);
+        assert_int_equal(spi__kb_key_blocks(k->inst, &v, &got, got_h, 32, &got_n),
+                         SPI_OK);
+        assert_true(same_key(got, want));
+        assert_int_equal(got_n, want_n);
+        assert_memory_equal(got_h, want_h, want_n * sizeof want_h[0]);
+      }
+    }
+  }
+  free(prompt);
+  kb_free(k);
 }
 
 int main(void) {
@@ -1265,6 +1386,8 @@ int main(void) {
       cmocka_unit_test(test_alloc_failures),
       cmocka_unit_test(test_no_allocation_on_hot_path),
       cmocka_unit_test(test_short_messages),
+      cmocka_unit_test(test_short_key_memo),
+      cmocka_unit_test(test_key_blocks_matches),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
