@@ -674,6 +674,24 @@ static void alternatives_wait(const spi_route_context *x,
   pw->prefill = others && rest > 0 ? rest / others : 0;
 }
 
+/* Whether cheapest may leave out the queue delay (queue_delay_ms) of a
+ * candidate whose guarded cost (guarded_cost) is finite and above the
+ * lowest full cost so far plus its block's prefill, when its prefill rate
+ * is finite too. Its queue delay is then at least 0 and never NaN: the
+ * wait weight is positive (policy.*_wait_weight are at least 0.01) and
+ * the prompt a finite count at least 0 (route.c), so a finite cost makes
+ * the wait and own prefill finite; the least own prefill at least 0 makes
+ * a redundant one positive and finite, and the share of queue ahead in
+ * [0, 1]; the named mean wait at least 0 makes the requests held at least
+ * 0 or +inf (an omega that is NaN loses to them). So its full cost is no
+ * lower than the guarded one: above the lowest so far plus the block, so
+ * above the lowest in the end plus the block (rounding is monotone, the
+ * block's prefill at least 0), out of the ties and not the lowest, as its
+ * full cost would have been. */
+static int may_leave_uncosted(double own_min, const pool_waits *pw) {
+  return own_min >= 0 && pw->named >= 0;
+}
+
 /* The candidate to serve on among the usable ones the summary names: of
  * those whose guarded cost, with the delay its redundant prefill makes
  * (queue_delay_ms), is within one block's prefill of the lowest,
@@ -697,12 +715,32 @@ static int64_t cheapest(const terms *t, const spi_route_context *x,
   int64_t holder = l->holder;
   pool_waits pw;
   alternatives_wait(x, l, m, &pw);
+  /* The holder first: most often the lowest, it leaves the others whose
+   * guarded cost is beyond it uncosted (may_leave_uncosted). */
+  double held = 0;
+  if (holder >= 0) {
+    const spi_candidate *h = &x->candidates[holder];
+    held = guarded_cost(t, x, h, w, 1) + queue_delay_ms(t, h, own_min, &pw);
+    if (held < low) low = held;
+  }
+  double z = may_leave_uncosted(own_min, &pw) ? 0.0 : NAN;
+  double cut = low + z; /* low, or NaN: none left uncosted */
   for (uint32_t k = 0; k < n; k++) {
     const spi_candidate *c = &x->candidates[named[k]];
-    cost[k] = guarded_cost(t, x, c, w, named[k] == holder) +
-              queue_delay_ms(t, c, own_min, &pw);
+    if (named[k] == holder) {
+      cost[k] = held;
+      tie[k] = block_ms(t, c);
+      continue;
+    }
+    double g = guarded_cost(t, x, c, w, 0);
     tie[k] = block_ms(t, c); /* while c is at hand */
-    if (cost[k] < low) low = cost[k];
+    if (g > cut + tie[k] && g < HUGE_VAL &&
+        c->prefill_tokens_per_s < HUGE_VAL) {
+      cost[k] = g; /* out of the ties, and not the lowest */
+      continue;
+    }
+    cost[k] = g + queue_delay_ms(t, c, own_min, &pw);
+    if (cost[k] < low) low = cost[k], cut = low + z;
   }
   int64_t best = -1;
   for (uint32_t k = 0; k < n; k++) {
