@@ -571,10 +571,13 @@ static int tie_before(const spi_route_context *x, int64_t a, int64_t b) {
 typedef struct named_list {
   uint32_t n;
   int32_t i[2 * SPI_SUMMARY_TOP + 3];
-  double own_min;
+  /* est_wait_ms summed: all, all but holder (apart: stored as a pair,
+   * they were summed as one) */
+  double wait_all;
   int64_t holder;  /* -2 while a second as deep has been met */
+  double wait_others;
   uint32_t deep;
-  double wait_all, wait_others; /* est_wait_ms summed: all, all but holder */
+  double own_min;
 } named_list;
 
 /* What named_servable gathers besides the list, kept apart from it so
