@@ -710,10 +710,13 @@ static int may_leave_uncosted(double own_min, const pool_waits *pw) {
  * unless their rates or batches differ). -1 when none is usable. */
 static int64_t cheapest(const terms *t, const spi_route_context *x,
                         const summary *m, double w, named_list *l) {
+  /* The costed candidates (the others are out of the ties): their index,
+   * full cost and block's prefill. */
   double cost[2 * SPI_SUMMARY_TOP + 3], tie[2 * SPI_SUMMARY_TOP + 3];
+  int32_t at[2 * SPI_SUMMARY_TOP + 3];
   named_servable(x, m, l);
   const int32_t *named = l->i;
-  uint32_t n = l->n;
+  uint32_t n = l->n, kept = 0;
   double low = HUGE_VAL, own_min = l->own_min;
   int64_t holder = l->holder;
   pool_waits pw;
@@ -730,24 +733,24 @@ static int64_t cheapest(const terms *t, const spi_route_context *x,
   double cut = low + z; /* low, or NaN: none left uncosted */
   for (uint32_t k = 0; k < n; k++) {
     const spi_candidate *c = &x->candidates[named[k]];
+    at[kept] = named[k];
     if (named[k] == holder) {
-      cost[k] = held;
-      tie[k] = block_ms(t, c);
+      cost[kept] = held;
+      tie[kept++] = block_ms(t, c);
       continue;
     }
     double g = guarded_cost(t, x, c, w, 0);
-    tie[k] = block_ms(t, c); /* while c is at hand */
-    if (g > cut + tie[k] && g < HUGE_VAL &&
-        c->prefill_tokens_per_s < HUGE_VAL) {
-      cost[k] = g; /* out of the ties, and not the lowest */
-      continue;
-    }
-    cost[k] = g + queue_delay_ms(t, c, own_min, &pw);
-    if (cost[k] < low) low = cost[k], cut = low + z;
+    tie[kept] = block_ms(t, c); /* while c is at hand */
+    if (g > cut + tie[kept] && g < HUGE_VAL &&
+        c->prefill_tokens_per_s < HUGE_VAL)
+      continue; /* out of the ties, and not the lowest */
+    cost[kept] = g + queue_delay_ms(t, c, own_min, &pw);
+    if (cost[kept] < low) low = cost[kept], cut = low + z;
+    kept++;
   }
   int64_t best = -1;
-  for (uint32_t k = 0; k < n; k++) {
-    int64_t i = named[k];
+  for (uint32_t k = 0; k < kept; k++) {
+    int64_t i = at[k];
     if (cost[k] > low + tie[k]) continue;
     if (best < 0 || tie_before(x, i, best)) best = i;
   }
