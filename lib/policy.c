@@ -294,8 +294,8 @@ static double request_tokens(const spi_route_context *x) {
  * output it is expected to generate (decoding is work too, and a long
  * generation holds its replica's batch and KV longer than its prompt
  * says). */
-static double work_tokens(const spi_route_context *x) {
-  return x->prompt_tokens + (double)spi__output_estimate(x->req, x->cls);
+static double work_tokens(const spi_route_context *x, int64_t bound) {
+  return x->prompt_tokens + (double)spi__output_estimate_of(bound, x->cls);
 }
 
 /* The parts of a candidate's cost that depend only on the request and its
@@ -330,12 +330,13 @@ static double allowed_for(double cap, double after, double work) {
   return allowed < after + work ? after + work : allowed;
 }
 
-/* The terms for pool (spot or on-demand), of n usable replicas. */
+/* The terms for pool (spot or on-demand), of n usable replicas, for a
+ * request of output bound (spi__output_bound). */
 static void terms_for(const pinst *p, const spi_route_context *x,
-                      int32_t pool, uint32_t n, terms *t) {
+                      int32_t pool, uint32_t n, int64_t bound, terms *t) {
   t->req = request_tokens(x);
   t->req_k = 1000.0 * t->req;
-  t->work = work_tokens(x);
+  t->work = work_tokens(x, bound);
   t->block = x->total_blocks ? t->req / (double)x->total_blocks : 0;
   t->block_k = t->block * 1000.0;
   double share = t->work / (double)(n ? n : 1);
@@ -830,19 +831,22 @@ static void spare_summary(const spi_route_context *x, const summary *m,
       *named[k] = -1;
 }
 
-/* Choose a replica in one pool; idx -1 when none, -2 to queue (bronze). */
+/* The affinity-blind choice (least-loaded): the pool's least loaded. */
+static pick choose_least(const spi_route_context *x, const summary *m) {
+  pick r = {-1, SPI_REASON_LEAST_LOADED, TEXT("least loaded")};
+  r.idx = m->least >= 0 && servable(&x->candidates[m->least]) ? m->least : -1;
+  return r;
+}
+
+/* Choose a replica in one pool for a request of output bound
+ * (spi__output_bound); idx -1 when none, -2 to queue (bronze). */
 static pick choose_in_pool(const pinst *p, const spi_route_context *x,
-                           const summary *m, int32_t klass) {
+                           const summary *m, int32_t klass, int64_t bound) {
   pick r = {-1, SPI_REASON_NONE, TEXT("")};
-  if (!p->affinity) {
-    r.idx = m->least >= 0 && servable(&x->candidates[m->least]) ? m->least : -1;
-    r.reason = SPI_REASON_LEAST_LOADED;
-    r.why = TEXT("least loaded");
-    return r;
-  }
+  if (!p->affinity) return choose_least(x, m);
   double w = p->wait_weight[klass >= 0 && klass < 4 ? klass : 0];
   terms t;
-  terms_for(p, x, m->pool, m->usable, &t);
+  terms_for(p, x, m->pool, m->usable, bound, &t);
   named_list l;
   int64_t best = cheapest(&t, x, m, w, &l);
   if (best < 0) return r;
@@ -970,14 +974,15 @@ static int64_t fresh_warm(const spi_route_context *x, const summary *m) {
 
 /* The pool rules (the file's comment), in order: the rule's pool, its
  * fallback (0: none, SPI_POOL_QUEUE: queue) and the rule's text. warm_s
- * and warm_o are the spot and on-demand summaries' fresh prefix holders. */
+ * and warm_o are the spot and on-demand summaries' fresh prefix holders;
+ * out_tokens is the request's spi__output_bound, which the costs read
+ * too (work_tokens). */
 static text pool_rule(const pinst *p, const spi_route_context *x,
-                      int64_t warm_s, int64_t warm_o, int32_t *pool,
-                      int32_t *fallback) {
+                      int64_t warm_s, int64_t warm_o, int64_t out_tokens,
+                      int32_t *pool, int32_t *fallback) {
   const spi_request_view *v = x->req;
   const spi_classification *cls = x->cls;
   int32_t klass = cls->klass;
-  int64_t out_tokens = spi__output_bound(v, cls);
   *fallback = 0;
   if (klass == SPI_CLASS_GOLD &&
       (!v->sla_ms_set || v->sla_ms <= p->gold_sla_ms)) {
@@ -1051,13 +1056,14 @@ static int policy_choose(void *state, void *inst, const spi_route_context *x,
 
   /* Pool rules, in order; fallback pool and whether queueing is allowed. */
   int32_t pool, fallback = 0;
-  text rule = pool_rule(p, x, warm_s, warm_o, &pool, &fallback);
+  int64_t bound = spi__output_bound(v, cls);
+  text rule = pool_rule(p, x, warm_s, warm_o, bound, &pool, &fallback);
 
   const summary *primary = pool == SPI_POOL_SPOT ? &ms : &mo;
   const int32_t rule_pool = pool, rule_fallback = fallback;
   summary spare;
   int kept = 0;
-  pick pk = choose_in_pool(p, x, primary, klass);
+  pick pk = choose_in_pool(p, x, primary, klass, bound);
   if (pk.idx == -2) { /* bronze waits for its warm replica */
     out->pool = SPI_POOL_QUEUE;
     out->reason_code = pk.reason;
@@ -1078,7 +1084,7 @@ static int policy_choose(void *state, void *inst, const spi_route_context *x,
       primary = &spare;
       kept = 1;
     }
-    pk = choose_in_pool(p, x, primary, klass);
+    pk = choose_in_pool(p, x, primary, klass, bound);
     if (pk.idx == -2) pk.idx = -1;
   }
   if (pk.idx < 0) {
