@@ -158,6 +158,11 @@ static int servable(const spi_candidate *c) {
   return (c->eligible || c->probe) && c->fresh;
 }
 
+/* servable for a candidate a summary names: every one is usable (eligible,
+ * or the breaker's probe; spi_pool_summary), so it is servable when its
+ * load is fresh. */
+static int summary_servable(const spi_candidate *c) { return c->fresh; }
+
 static double rel_load(const spi_candidate *c) {
   double cap = c->max_inflight ? (double)c->max_inflight : 1;
   return (load_of(c) + c->inflight) / cap;
@@ -622,7 +627,7 @@ static void named_servable(const spi_route_context *x, const summary *m,
    * them is a usable one. */
   for (uint32_t k = 0; k < m->n_top; k++) {
     int32_t i = m->top[k];
-    if (servable(&cs[i])) {
+    if (summary_servable(&cs[i])) {
       l->i[n++] = i;
       name_one(&cs[i], &a, i);
     }
@@ -631,7 +636,7 @@ static void named_servable(const spi_route_context *x, const summary *m,
     int64_t more[3] = {m->warm, m->least, m->rdv};
     for (int k = 0; k < 3; k++) {
       int32_t i = (int32_t)more[k];
-      if (i >= 0 && servable(&cs[i]) && !listed_in(l->i, n, i)) {
+      if (i >= 0 && summary_servable(&cs[i]) && !listed_in(l->i, n, i)) {
         l->i[n++] = i;
         name_one(&cs[i], &a, i);
       }
@@ -969,7 +974,8 @@ static int last_resort(const spi_route_context *x, const summary *ms,
  * pool rules read only replicas with a fresh load: a stale holder is no
  * cache hit, and no warm replica for gold to overflow to. */
 static int64_t fresh_warm(const spi_route_context *x, const summary *m) {
-  return m->warm >= 0 && servable(&x->candidates[m->warm]) ? m->warm : -1;
+  return m->warm >= 0 && summary_servable(&x->candidates[m->warm]) ? m->warm
+                                                                      : -1;
 }
 
 /* The pool rules (the file's comment), in order: the rule's pool, its
