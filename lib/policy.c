@@ -278,6 +278,23 @@ static void summarise(const spi_route_context *x, int32_t pool, int32_t tier,
   if (tier != SPI_TIER_SMALL) fold_tier(x, pool, SPI_TIER_LARGE, m);
 }
 
+/* The on-demand pool's summary, made when first read (od): a request
+ * placed on spot whose own pool fills its fallbacks, and whose rule does
+ * not compare the pools' prefix holders, never reads it. */
+typedef struct od_lazy {
+  summary m;
+  int made;
+  int32_t tier;
+} od_lazy;
+
+static summary *od(const spi_route_context *x, od_lazy *o) {
+  if (!o->made) {
+    summarise(x, SPI_POOL_ON_DEMAND, o->tier, &o->m);
+    o->made = 1;
+  }
+  return &o->m;
+}
+
 /* The cost of serving on c, in weighted ms: the wait behind queued
  * prefill counts w, the rest of the TTFT (its own prefill) counts fully. */
 static double cost_of(const spi_candidate *c, double w) {
@@ -980,11 +997,11 @@ static int64_t fresh_warm(const spi_route_context *x, const summary *m) {
 
 /* The pool rules (the file's comment), in order: the rule's pool, its
  * fallback (0: none, SPI_POOL_QUEUE: queue) and the rule's text. warm_s
- * and warm_o are the spot and on-demand summaries' fresh prefix holders;
- * out_tokens is the request's spi__output_bound, which the costs read
- * too (work_tokens). */
+ * is the spot summary's fresh prefix holder, o the on-demand summary (its
+ * holder read only by the cache-hit rule); out_tokens is the request's
+ * spi__output_bound, which the costs read too (work_tokens). */
 static text pool_rule(const pinst *p, const spi_route_context *x,
-                      int64_t warm_s, int64_t warm_o, int64_t out_tokens,
+                      int64_t warm_s, od_lazy *o, int64_t out_tokens,
                       int32_t *pool, int32_t *fallback) {
   const spi_request_view *v = x->req;
   const spi_classification *cls = x->cls;
@@ -998,10 +1015,12 @@ static text pool_rule(const pinst *p, const spi_route_context *x,
       *fallback = SPI_POOL_SPOT;
     return TEXT("gold within its SLA: on-demand");
   }
+  int64_t warm_o;
   if (p->affinity && warm_s >= 0 && out_tokens >= 0 &&
       out_tokens < p->hit_max_output && klass != SPI_CLASS_GOLD &&
-      (warm_o < 0 || x->candidates[warm_s].matched_blocks >=
-                         x->candidates[warm_o].matched_blocks)) {
+      ((warm_o = fresh_warm(x, od(x, o))) < 0 ||
+       x->candidates[warm_s].matched_blocks >=
+           x->candidates[warm_o].matched_blocks)) {
     /* Only where the prefix lives deepest: one short turn of a
      * conversation held on on-demand does not split it off to spot. */
     *pool = SPI_POOL_SPOT;
@@ -1050,22 +1069,25 @@ static int policy_choose(void *state, void *inst, const spi_route_context *x,
   int32_t tier = v->forced_model_tier ? v->forced_model_tier
                  : p->speculative_first ? SPI_TIER_SMALL
                                         : cls->model_tier;
-  summary ms, mo;
+  summary ms;
+  od_lazy o;
+  o.made = 0;
+  o.tier = tier;
   summarise(x, SPI_POOL_SPOT, tier, &ms);
-  summarise(x, SPI_POOL_ON_DEMAND, tier, &mo);
   /* No replica of the small tier at all: the target serves it. */
-  if (tier == SPI_TIER_SMALL && !v->forced_model_tier && !ms.any && !mo.any) {
+  if (tier == SPI_TIER_SMALL && !v->forced_model_tier && !ms.any &&
+      !od(x, &o)->any) {
     summarise(x, SPI_POOL_SPOT, SPI_TIER_LARGE, &ms);
-    summarise(x, SPI_POOL_ON_DEMAND, SPI_TIER_LARGE, &mo);
+    summarise(x, SPI_POOL_ON_DEMAND, SPI_TIER_LARGE, &o.m);
   }
-  int64_t warm_s = fresh_warm(x, &ms), warm_o = fresh_warm(x, &mo);
+  int64_t warm_s = fresh_warm(x, &ms);
 
   /* Pool rules, in order; fallback pool and whether queueing is allowed. */
   int32_t pool, fallback = 0;
   int64_t bound = spi__output_bound(v, cls);
-  text rule = pool_rule(p, x, warm_s, warm_o, bound, &pool, &fallback);
+  text rule = pool_rule(p, x, warm_s, &o, bound, &pool, &fallback);
 
-  const summary *primary = pool == SPI_POOL_SPOT ? &ms : &mo;
+  const summary *primary = pool == SPI_POOL_SPOT ? &ms : od(x, &o);
   const int32_t rule_pool = pool, rule_fallback = fallback;
   summary spare;
   int kept = 0;
@@ -1082,11 +1104,11 @@ static int policy_choose(void *state, void *inst, const spi_route_context *x,
    * queue ahead of the class that pool serves. */
   if (pk.idx < 0 && !x->shed[pool] &&
       (fallback == SPI_POOL_SPOT || fallback == SPI_POOL_ON_DEMAND)) {
-    primary = fallback == SPI_POOL_SPOT ? &ms : &mo;
+    primary = fallback == SPI_POOL_SPOT ? &ms : od(x, &o);
     pool = fallback;
     fallback = 0;
     if (pool == SPI_POOL_ON_DEMAND && kept_to_spare(p, x, klass)) {
-      spare_summary(x, &mo, p->fallback_share, &spare);
+      spare_summary(x, primary, p->fallback_share, &spare);
       primary = &spare;
       kept = 1;
     }
@@ -1094,13 +1116,14 @@ static int policy_choose(void *state, void *inst, const spi_route_context *x,
     if (pk.idx == -2) pk.idx = -1;
   }
   if (pk.idx < 0) {
+    const summary *mo = od(x, &o);
     if (fallback == SPI_POOL_QUEUE && !x->shed[SPI_POOL_SPOT]) {
       /* The queue waits for spot capacity to come back; a fleet that
        * reports no load at all (no fresh replica in either pool) cannot
        * say whether it has, so bronze is served on a stale spot replica
        * as a last resort, and queued only when there is none. */
-      if (!has_servable(x, &mo) &&
-          last_resort(x, &ms, &mo, rule_pool, rule_fallback, rule.s, out))
+      if (!has_servable(x, mo) &&
+          last_resort(x, &ms, mo, rule_pool, rule_fallback, rule.s, out))
         return SPI_OK;
       out->pool = SPI_POOL_QUEUE;
       out->reason_code = SPI_REASON_QUEUE_NO_SPOT;
@@ -1109,7 +1132,7 @@ static int policy_choose(void *state, void *inst, const spi_route_context *x,
       return SPI_OK;
     }
     int shed = x->shed[pool] || (fallback && x->shed[fallback]);
-    if (kept && !shed && has_servable(x, &mo)) {
+    if (kept && !shed && has_servable(x, mo)) {
       out->pool = 0;
       out->reason_code = SPI_REASON_NO_CAPACITY;
       spi__join(out->reason, sizeof out->reason, rule.s, "; ",
@@ -1118,7 +1141,7 @@ static int policy_choose(void *state, void *inst, const spi_route_context *x,
       return SPI_OK;
     }
     if (!shed &&
-        last_resort(x, &ms, &mo, rule_pool, rule_fallback, rule.s, out))
+        last_resort(x, &ms, mo, rule_pool, rule_fallback, rule.s, out))
       return SPI_OK;
     out->pool = 0;
     out->reason_code = shed ? SPI_REASON_SHED : SPI_REASON_NO_CAPACITY;
@@ -1132,8 +1155,10 @@ static int policy_choose(void *state, void *inst, const spi_route_context *x,
   out->n_order = 1;
   uint32_t limit = 1 + x->max_fallbacks;
   add_fallbacks(x, primary, out, limit, 0);
-  if (fallback == SPI_POOL_SPOT || fallback == SPI_POOL_ON_DEMAND)
-    add_fallbacks(x, fallback == SPI_POOL_SPOT ? &ms : &mo, out, limit, 0);
+  if ((fallback == SPI_POOL_SPOT || fallback == SPI_POOL_ON_DEMAND) &&
+      out->n_order < limit) /* else it would add none */
+    add_fallbacks(x, fallback == SPI_POOL_SPOT ? &ms : od(x, &o), out, limit,
+                  0);
   join_reason(out, rule, pk.why);
   return SPI_OK;
 }
