@@ -996,12 +996,13 @@ static int64_t fresh_warm(const spi_route_context *x, const summary *m) {
 }
 
 /* The pool rules (the file's comment), in order: the rule's pool, its
- * fallback (0: none, SPI_POOL_QUEUE: queue) and the rule's text. warm_s
- * is the spot summary's fresh prefix holder, o the on-demand summary (its
- * holder read only by the cache-hit rule); out_tokens is the request's
- * spi__output_bound, which the costs read too (work_tokens). */
+ * fallback (0: none, SPI_POOL_QUEUE: queue) and the rule's text. ms is
+ * the spot summary and o the on-demand one; their fresh prefix holders
+ * are read only by the rules that compare them (after the rules' other
+ * conditions). out_tokens is the request's spi__output_bound, which the
+ * costs read too (work_tokens). */
 static text pool_rule(const pinst *p, const spi_route_context *x,
-                      int64_t warm_s, od_lazy *o, int64_t out_tokens,
+                      const summary *ms, od_lazy *o, int64_t out_tokens,
                       int32_t *pool, int32_t *fallback) {
   const spi_request_view *v = x->req;
   const spi_classification *cls = x->cls;
@@ -1011,13 +1012,13 @@ static text pool_rule(const pinst *p, const spi_route_context *x,
       (!v->sla_ms_set || v->sla_ms <= p->gold_sla_ms)) {
     *pool = SPI_POOL_ON_DEMAND;
     if (p->gold_overflow == OVERFLOW_ALWAYS ||
-        (p->gold_overflow == OVERFLOW_WARM && warm_s >= 0))
+        (p->gold_overflow == OVERFLOW_WARM && fresh_warm(x, ms) >= 0))
       *fallback = SPI_POOL_SPOT;
     return TEXT("gold within its SLA: on-demand");
   }
-  int64_t warm_o;
-  if (p->affinity && warm_s >= 0 && out_tokens >= 0 &&
-      out_tokens < p->hit_max_output && klass != SPI_CLASS_GOLD &&
+  int64_t warm_s, warm_o;
+  if (p->affinity && out_tokens >= 0 && out_tokens < p->hit_max_output &&
+      klass != SPI_CLASS_GOLD && (warm_s = fresh_warm(x, ms)) >= 0 &&
       ((warm_o = fresh_warm(x, od(x, o))) < 0 ||
        x->candidates[warm_s].matched_blocks >=
            x->candidates[warm_o].matched_blocks)) {
@@ -1080,12 +1081,11 @@ static int policy_choose(void *state, void *inst, const spi_route_context *x,
     summarise(x, SPI_POOL_SPOT, SPI_TIER_LARGE, &ms);
     summarise(x, SPI_POOL_ON_DEMAND, SPI_TIER_LARGE, &o.m);
   }
-  int64_t warm_s = fresh_warm(x, &ms);
 
   /* Pool rules, in order; fallback pool and whether queueing is allowed. */
   int32_t pool, fallback = 0;
   int64_t bound = spi__output_bound(v, cls);
-  text rule = pool_rule(p, x, warm_s, &o, bound, &pool, &fallback);
+  text rule = pool_rule(p, x, &ms, &o, bound, &pool, &fallback);
 
   const summary *primary = pool == SPI_POOL_SPOT ? &ms : od(x, &o);
   const int32_t rule_pool = pool, rule_fallback = fallback;
