@@ -554,12 +554,45 @@ typedef struct text {
   const char *s;
   size_t n;
 } text;
-#define TEXT(lit) ((text){"" lit, sizeof(lit) - 1})
+#define TEXT(lit) ((text)TEXT_INIT(lit))
+#define TEXT_INIT(lit) {"" lit, sizeof(lit) - 1} /* a static table's */
 
-typedef struct pick {
-  int64_t idx;
+/* What a pool's choice says for itself: its reason code and text. */
+enum {
+  WHY_NONE, WHY_LEAST, WHY_COLD_COST, WHY_COLD_RDV, WHY_COLD_RDV_MEAN,
+  WHY_WAIT_WARM, WHY_AFFINITY, WHY_IMBALANCE, WHY_AFFINITY_LEFT
+};
+static const struct {
   int32_t reason;
   text why;
+} WHY[] = {
+    [WHY_NONE] = {SPI_REASON_NONE, TEXT_INIT("")},
+    [WHY_LEAST] = {SPI_REASON_LEAST_LOADED, TEXT_INIT("least loaded")},
+    [WHY_COLD_COST] = {SPI_REASON_LEAST_LOADED,
+                       TEXT_INIT("cold prefix: lowest estimated cost")},
+    [WHY_COLD_RDV] = {SPI_REASON_RENDEZVOUS,
+                      TEXT_INIT("cold prefix placed by rendezvous hash")},
+    [WHY_COLD_RDV_MEAN] = {SPI_REASON_RENDEZVOUS,
+                           TEXT_INIT("cold prefix placed by rendezvous hash "
+                                     "among the replicas at or below the "
+                                     "pool's mean")},
+    [WHY_WAIT_WARM] = {SPI_REASON_WAIT_WARM,
+                       TEXT_INIT("waits for its busy warm replica")},
+    [WHY_AFFINITY] = {SPI_REASON_AFFINITY,
+                      TEXT_INIT("holds the prefix: lowest estimated cost")},
+    [WHY_IMBALANCE] = {SPI_REASON_IMBALANCE,
+                       TEXT_INIT("warm replica over its share of the "
+                                 "pool's work")},
+    [WHY_AFFINITY_LEFT] = {SPI_REASON_AFFINITY_LEFT,
+                           TEXT_INIT("warm replica's wait costs more than "
+                                     "the prefill it saves")},
+};
+
+/* A pool's choice: the index and what it says for itself (WHY), small
+ * enough to come back in two registers. */
+typedef struct pick {
+  int64_t idx;
+  uint32_t why;
 } pick;
 
 /* Whether a should win over b among near-ties: the one sent fewer tokens
@@ -855,7 +888,7 @@ static void spare_summary(const spi_route_context *x, const summary *m,
 
 /* The affinity-blind choice (least-loaded): the pool's least loaded. */
 static pick choose_least(const spi_route_context *x, const summary *m) {
-  pick r = {-1, SPI_REASON_LEAST_LOADED, TEXT("least loaded")};
+  pick r = {-1, WHY_LEAST};
   r.idx = m->least >= 0 && servable(&x->candidates[m->least]) ? m->least : -1;
   return r;
 }
@@ -864,7 +897,7 @@ static pick choose_least(const spi_route_context *x, const summary *m) {
  * (spi__output_bound); idx -1 when none, -2 to queue (bronze). */
 static pick choose_in_pool(const pinst *p, const spi_route_context *x,
                            const summary *m, int32_t klass, int64_t bound) {
-  pick r = {-1, SPI_REASON_NONE, TEXT("")};
+  pick r = {-1, WHY_NONE};
   if (!p->affinity) return choose_least(x, m);
   double w = p->wait_weight[klass >= 0 && klass < 4 ? klass : 0];
   terms t;
@@ -877,11 +910,8 @@ static pick choose_in_pool(const pinst *p, const spi_route_context *x,
   if (m->warm < 0) {
     int64_t v = cold_placement(&t, x, &l, w, b);
     if (v >= 0) r.idx = v;
-    r.reason = v >= 0 ? SPI_REASON_RENDEZVOUS : SPI_REASON_LEAST_LOADED;
-    r.why = v < 0         ? TEXT("cold prefix: lowest estimated cost")
-            : v == m->rdv ? TEXT("cold prefix placed by rendezvous hash")
-                          : TEXT("cold prefix placed by rendezvous hash among "
-                                 "the replicas at or below the pool's mean");
+    r.why = v < 0 ? WHY_COLD_COST : v == m->rdv ? WHY_COLD_RDV
+                                                : WHY_COLD_RDV_MEAN;
     return r;
   }
   const spi_candidate *wm = &x->candidates[m->warm];
@@ -890,18 +920,14 @@ static pick choose_in_pool(const pinst *p, const spi_route_context *x,
      * the replica's, where it would be served ahead of the classes that
      * pay for every millisecond. */
     r.idx = -2;
-    r.reason = SPI_REASON_WAIT_WARM;
-    r.why = TEXT("waits for its busy warm replica");
+    r.why = WHY_WAIT_WARM;
   } else if (b->matched_blocks > 0) {
-    r.reason = SPI_REASON_AFFINITY;
-    r.why = TEXT("holds the prefix: lowest estimated cost");
+    r.why = WHY_AFFINITY;
   } else if (cost_of(wm, w) <= cost_of(b, w) + block_ms(&t, b)) {
     /* It would have won on cost: only the guard moved the request. */
-    r.reason = SPI_REASON_IMBALANCE;
-    r.why = TEXT("warm replica over its share of the pool's work");
+    r.why = WHY_IMBALANCE;
   } else {
-    r.reason = SPI_REASON_AFFINITY_LEFT;
-    r.why = TEXT("warm replica's wait costs more than the prefill it saves");
+    r.why = WHY_AFFINITY_LEFT;
   }
   return r;
 }
@@ -1094,8 +1120,8 @@ static int policy_choose(void *state, void *inst, const spi_route_context *x,
   pick pk = choose_in_pool(p, x, primary, klass, bound);
   if (pk.idx == -2) { /* bronze waits for its warm replica */
     out->pool = SPI_POOL_QUEUE;
-    out->reason_code = pk.reason;
-    join_reason(out, rule, pk.why);
+    out->reason_code = WHY[pk.why].reason;
+    join_reason(out, rule, WHY[pk.why].why);
     return SPI_OK;
   }
   /* A pool whose KV breaker sheds this class is loaded, not gone: the
@@ -1150,7 +1176,7 @@ static int policy_choose(void *state, void *inst, const spi_route_context *x,
     return SPI_OK;
   }
   out->pool = pool;
-  out->reason_code = pk.reason;
+  out->reason_code = WHY[pk.why].reason;
   out->order[0] = (uint32_t)pk.idx;
   out->n_order = 1;
   uint32_t limit = 1 + x->max_fallbacks;
@@ -1159,7 +1185,7 @@ static int policy_choose(void *state, void *inst, const spi_route_context *x,
       out->n_order < limit) /* else it would add none */
     add_fallbacks(x, fallback == SPI_POOL_SPOT ? &ms : od(x, &o), out, limit,
                   0);
-  join_reason(out, rule, pk.why);
+  join_reason(out, rule, WHY[pk.why].why);
   return SPI_OK;
 }
 
