@@ -942,19 +942,19 @@ static void add_fallbacks(const spi_route_context *x, const summary *m,
    * taken to change n_order, and it would be read again. The top's
    * entries are distinct, so one is looked up only among those listed
    * before this call. */
-  uint32_t n = out->n_order, before = n;
+  size_t n = out->n_order, before = n; /* size_t: no widening to index */
   if (n >= limit) return;
   for (uint32_t k = 0; k < m->n_top; k++) {
     uint32_t i = (uint32_t)m->top[k];
     const spi_candidate *c = &x->candidates[i];
     if (!c->eligible || !(c->fresh || stale_ok)) continue;
-    uint32_t j = 0;
+    size_t j = 0;
     while (j < before && out->order[j] != i) j++;
     if (j < before) continue;
     out->order[n++] = i;
     if (n == limit) break;
   }
-  out->n_order = n;
+  out->n_order = (uint32_t)n;
 }
 
 /* Whether the summary names a replica the policy may serve on. */
