@@ -238,29 +238,32 @@ __attribute__((noinline)) static void merge(const spi_route_context *x,
   }
 }
 
+/* The first summary folded into an empty m: the merge would copy s as it
+ * is, and every comparison take s's entry. */
+static inline void copy_first(const spi_pool_summary *s, summary *m) {
+  m->any = 1;
+  m->usable = s->usable;
+  /* All SPI_SUMMARY_TOP entries in a fixed-size copy (those past n_top
+   * are never read): cheaper than a loop of n_top. */
+  memcpy(m->top, s->top, sizeof s->top);
+  m->n_top = s->n_top < SPI_SUMMARY_TOP ? s->n_top : SPI_SUMMARY_TOP;
+  /* As they are: every reader of these asks only whether one is
+   * negative (none), as -1 is. */
+  m->warm = s->warm;
+  m->least = s->least;
+  m->rdv = s->rendezvous;
+}
+
 /* Fold the summary of pool and tier into m, with its prefill backlog.
  * Every candidate a summary names is usable. */
 static void fold_tier(const spi_route_context *x, int32_t pool, int32_t tier,
                       summary *m) {
   const spi_pool_summary *s = cell(x, pool, tier);
   if (!s || s->usable == 0) return;
-  if (m->any) {
+  if (m->any)
     merge(x, s, m);
-  } else {
-    /* The first summary folded into an empty m (summarise): the merge
-     * would copy s as it is, and every comparison take s's entry. */
-    m->any = 1;
-    m->usable = s->usable;
-    /* All SPI_SUMMARY_TOP entries in a fixed-size copy (those past n_top
-     * are never read): cheaper than a loop of n_top. */
-    memcpy(m->top, s->top, sizeof s->top);
-    m->n_top = s->n_top < SPI_SUMMARY_TOP ? s->n_top : SPI_SUMMARY_TOP;
-    /* As they are: every reader of these asks only whether one is
-     * negative (none), as -1 is. */
-    m->warm = s->warm;
-    m->least = s->least;
-    m->rdv = s->rendezvous;
-  }
+  else
+    copy_first(s, m);
   m->backlog += x->mean_prefill_wait_ms[SPI_SUMMARY_INDEX(pool, tier)] *
                 (double)s->usable;
 }
@@ -276,6 +279,25 @@ static void summarise(const spi_route_context *x, int32_t pool, int32_t tier,
   m->n_top = 0;
   if (tier != SPI_TIER_LARGE) fold_tier(x, pool, SPI_TIER_SMALL, m);
   if (tier != SPI_TIER_SMALL) fold_tier(x, pool, SPI_TIER_LARGE, m);
+}
+
+/* summarise for one tier (not 0), inline: what fold_tier makes of an
+ * empty m, each field set once (the backlog added to 0, as it was). */
+static inline void summarise_one(const spi_route_context *x, int32_t pool,
+                                 int32_t tier, summary *m) {
+  const spi_pool_summary *s = cell(x, pool, tier);
+  m->pool = pool;
+  if (!s || s->usable == 0) {
+    m->warm = m->least = m->rdv = -1;
+    m->any = 0;
+    m->usable = 0;
+    m->backlog = 0;
+    m->n_top = 0;
+    return;
+  }
+  copy_first(s, m);
+  m->backlog = 0.0 + x->mean_prefill_wait_ms[SPI_SUMMARY_INDEX(pool, tier)] *
+                         (double)s->usable;
 }
 
 /* The on-demand pool's summary, made when first read (od): a request
@@ -1100,7 +1122,10 @@ static int policy_choose(void *state, void *inst, const spi_route_context *x,
   od_lazy o;
   o.made = 0;
   o.tier = tier;
-  summarise(x, SPI_POOL_SPOT, tier, &ms);
+  if (tier == SPI_TIER_SMALL || tier == SPI_TIER_LARGE)
+    summarise_one(x, SPI_POOL_SPOT, tier, &ms);
+  else
+    summarise(x, SPI_POOL_SPOT, tier, &ms);
   /* No replica of the small tier at all: the target serves it. */
   if (tier == SPI_TIER_SMALL && !v->forced_model_tier && !ms.any &&
       !od(x, &o)->any) {
