@@ -300,6 +300,15 @@ static inline void summarise_one(const spi_route_context *x, int32_t pool,
                          (double)s->usable;
 }
 
+/* summarise, inline for one tier. */
+static inline void summarise_tier(const spi_route_context *x, int32_t pool,
+                                  int32_t tier, summary *m) {
+  if (tier == SPI_TIER_SMALL || tier == SPI_TIER_LARGE)
+    summarise_one(x, pool, tier, m);
+  else
+    summarise(x, pool, tier, m);
+}
+
 /* The on-demand pool's summary, made when first read (od): a request
  * placed on spot whose own pool fills its fallbacks, and whose rule does
  * not compare the pools' prefix holders, never reads it. */
@@ -311,7 +320,7 @@ typedef struct od_lazy {
 
 static summary *od(const spi_route_context *x, od_lazy *o) {
   if (!o->made) {
-    summarise(x, SPI_POOL_ON_DEMAND, o->tier, &o->m);
+    summarise_tier(x, SPI_POOL_ON_DEMAND, o->tier, &o->m);
     o->made = 1;
   }
   return &o->m;
@@ -1122,10 +1131,7 @@ static int policy_choose(void *state, void *inst, const spi_route_context *x,
   od_lazy o;
   o.made = 0;
   o.tier = tier;
-  if (tier == SPI_TIER_SMALL || tier == SPI_TIER_LARGE)
-    summarise_one(x, SPI_POOL_SPOT, tier, &ms);
-  else
-    summarise(x, SPI_POOL_SPOT, tier, &ms);
+  summarise_tier(x, SPI_POOL_SPOT, tier, &ms);
   /* No replica of the small tier at all: the target serves it. */
   if (tier == SPI_TIER_SMALL && !v->forced_model_tier && !ms.any &&
       !od(x, &o)->any) {
