@@ -341,9 +341,6 @@ static void cost_release(void *state, void *instance) {
   if (mem && instance) spi__free(mem, instance);
 }
 
-/* A view's int64 token count as a double, or -1 when it is negative. */
-static double view_count(int64_t v) { return v < 0 ? -1.0 : (double)v; }
-
 /* cost_price past its argument checks; the library calls it directly for
  * the views it makes (dispatch.c). */
 int spi__cost_price_view(const void *instance, const spi_request_view *req,
@@ -363,9 +360,13 @@ int spi__cost_price_view(const void *instance, const spi_request_view *req,
       return SPI_EINVAL;
   }
 
+  /* A count the request gives is refused when negative; the others (the
+   * token ids, the estimate from the bytes, the configured default) are
+   * at least 0. */
   double prompt;
   if (req->prompt_tokens_set) {
-    prompt = view_count(req->prompt_tokens);
+    if (req->prompt_tokens < 0) return SPI_ERANGE;
+    prompt = (double)req->prompt_tokens;
   } else if (req->token_count > 0) {
     prompt = (double)req->token_count;
   } else {
@@ -380,18 +381,24 @@ int spi__cost_price_view(const void *instance, const spi_request_view *req,
   }
 
   double output;
-  if (req->expected_output_tokens_set)
-    output = view_count(req->expected_output_tokens);
-  else if (req->max_output_tokens_set)
-    output = view_count(req->max_output_tokens);
-  else
+  if (req->expected_output_tokens_set || req->max_output_tokens_set) {
+    int64_t said = req->expected_output_tokens_set
+                       ? req->expected_output_tokens
+                       : req->max_output_tokens;
+    if (said < 0) return SPI_ERANGE;
+    output = (double)said;
+  } else {
     output = inst->default_output_tokens;
-  if (prompt < 0.0 || output < 0.0) return SPI_ERANGE;
+  }
 
+  /* Counts at least 0 over rates of at least 1 token/s (the options'
+   * floors): gpu_seconds is finite and at least 0, and whatever a change
+   * to that let through (a NaN, an infinity) would carry into usd, a
+   * product with the positive, finite GPUs and price, which is tested. */
   double gpu_seconds = prompt / inst->prefill_tokens_per_s +
                        output / inst->decode_tokens_per_s;
   double usd = gpu_seconds * inst->gpus_per_replica * hourly / 3600.0;
-  if (!finite_nonneg(gpu_seconds) || !finite_nonneg(usd)) return SPI_ERANGE;
+  if (!finite_nonneg(usd)) return SPI_ERANGE;
 
   out->pool = pool;
   out->reserved0 = 0;

@@ -158,6 +158,11 @@ static int servable(const spi_candidate *c) {
   return (c->eligible || c->probe) && c->fresh;
 }
 
+/* servable for a candidate a summary names: every one is usable (eligible,
+ * or the breaker's probe; spi_pool_summary), so it is servable when its
+ * load is fresh. */
+static int summary_servable(const spi_candidate *c) { return c->fresh; }
+
 static double rel_load(const spi_candidate *c) {
   double cap = c->max_inflight ? (double)c->max_inflight : 1;
   return (load_of(c) + c->inflight) / cap;
@@ -233,29 +238,32 @@ __attribute__((noinline)) static void merge(const spi_route_context *x,
   }
 }
 
+/* The first summary folded into an empty m: the merge would copy s as it
+ * is, and every comparison take s's entry. */
+static inline void copy_first(const spi_pool_summary *s, summary *m) {
+  m->any = 1;
+  m->usable = s->usable;
+  /* All SPI_SUMMARY_TOP entries in a fixed-size copy (those past n_top
+   * are never read): cheaper than a loop of n_top. */
+  memcpy(m->top, s->top, sizeof s->top);
+  m->n_top = s->n_top < SPI_SUMMARY_TOP ? s->n_top : SPI_SUMMARY_TOP;
+  /* As they are: every reader of these asks only whether one is
+   * negative (none), as -1 is. */
+  m->warm = s->warm;
+  m->least = s->least;
+  m->rdv = s->rendezvous;
+}
+
 /* Fold the summary of pool and tier into m, with its prefill backlog.
  * Every candidate a summary names is usable. */
 static void fold_tier(const spi_route_context *x, int32_t pool, int32_t tier,
                       summary *m) {
   const spi_pool_summary *s = cell(x, pool, tier);
   if (!s || s->usable == 0) return;
-  if (m->any) {
+  if (m->any)
     merge(x, s, m);
-  } else {
-    /* The first summary folded into an empty m (summarise): the merge
-     * would copy s as it is, and every comparison take s's entry. */
-    m->any = 1;
-    m->usable = s->usable;
-    /* All SPI_SUMMARY_TOP entries in a fixed-size copy (those past n_top
-     * are never read): cheaper than a loop of n_top. */
-    memcpy(m->top, s->top, sizeof s->top);
-    m->n_top = s->n_top < SPI_SUMMARY_TOP ? s->n_top : SPI_SUMMARY_TOP;
-    /* As they are: every reader of these asks only whether one is
-     * negative (none), as -1 is. */
-    m->warm = s->warm;
-    m->least = s->least;
-    m->rdv = s->rendezvous;
-  }
+  else
+    copy_first(s, m);
   m->backlog += x->mean_prefill_wait_ms[SPI_SUMMARY_INDEX(pool, tier)] *
                 (double)s->usable;
 }
@@ -271,6 +279,51 @@ static void summarise(const spi_route_context *x, int32_t pool, int32_t tier,
   m->n_top = 0;
   if (tier != SPI_TIER_LARGE) fold_tier(x, pool, SPI_TIER_SMALL, m);
   if (tier != SPI_TIER_SMALL) fold_tier(x, pool, SPI_TIER_LARGE, m);
+}
+
+/* summarise for one tier (not 0), inline: what fold_tier makes of an
+ * empty m, each field set once (the backlog added to 0, as it was). */
+static inline void summarise_one(const spi_route_context *x, int32_t pool,
+                                 int32_t tier, summary *m) {
+  const spi_pool_summary *s = cell(x, pool, tier);
+  m->pool = pool;
+  if (!s || s->usable == 0) {
+    m->warm = m->least = m->rdv = -1;
+    m->any = 0;
+    m->usable = 0;
+    m->backlog = 0;
+    m->n_top = 0;
+    return;
+  }
+  copy_first(s, m);
+  m->backlog = 0.0 + x->mean_prefill_wait_ms[SPI_SUMMARY_INDEX(pool, tier)] *
+                         (double)s->usable;
+}
+
+/* summarise, inline for one tier. */
+static inline void summarise_tier(const spi_route_context *x, int32_t pool,
+                                  int32_t tier, summary *m) {
+  if (tier == SPI_TIER_SMALL || tier == SPI_TIER_LARGE)
+    summarise_one(x, pool, tier, m);
+  else
+    summarise(x, pool, tier, m);
+}
+
+/* The on-demand pool's summary, made when first read (od): a request
+ * placed on spot whose own pool fills its fallbacks, and whose rule does
+ * not compare the pools' prefix holders, never reads it. */
+typedef struct od_lazy {
+  summary m;
+  int made;
+  int32_t tier;
+} od_lazy;
+
+static summary *od(const spi_route_context *x, od_lazy *o) {
+  if (!o->made) {
+    summarise_tier(x, SPI_POOL_ON_DEMAND, o->tier, &o->m);
+    o->made = 1;
+  }
+  return &o->m;
 }
 
 /* The cost of serving on c, in weighted ms: the wait behind queued
@@ -294,8 +347,8 @@ static double request_tokens(const spi_route_context *x) {
  * output it is expected to generate (decoding is work too, and a long
  * generation holds its replica's batch and KV longer than its prompt
  * says). */
-static double work_tokens(const spi_route_context *x) {
-  return x->prompt_tokens + (double)spi__output_estimate(x->req, x->cls);
+static double work_tokens(const spi_route_context *x, int64_t bound) {
+  return x->prompt_tokens + (double)spi__output_estimate_of(bound, x->cls);
 }
 
 /* The parts of a candidate's cost that depend only on the request and its
@@ -330,12 +383,13 @@ static double allowed_for(double cap, double after, double work) {
   return allowed < after + work ? after + work : allowed;
 }
 
-/* The terms for pool (spot or on-demand), of n usable replicas. */
+/* The terms for pool (spot or on-demand), of n usable replicas, for a
+ * request of output bound (spi__output_bound). */
 static void terms_for(const pinst *p, const spi_route_context *x,
-                      int32_t pool, uint32_t n, terms *t) {
+                      int32_t pool, uint32_t n, int64_t bound, terms *t) {
   t->req = request_tokens(x);
   t->req_k = 1000.0 * t->req;
-  t->work = work_tokens(x);
+  t->work = work_tokens(x, bound);
   t->block = x->total_blocks ? t->req / (double)x->total_blocks : 0;
   t->block_k = t->block * 1000.0;
   double share = t->work / (double)(n ? n : 1);
@@ -531,12 +585,45 @@ typedef struct text {
   const char *s;
   size_t n;
 } text;
-#define TEXT(lit) ((text){"" lit, sizeof(lit) - 1})
+#define TEXT(lit) ((text)TEXT_INIT(lit))
+#define TEXT_INIT(lit) {"" lit, sizeof(lit) - 1} /* a static table's */
 
-typedef struct pick {
-  int64_t idx;
+/* What a pool's choice says for itself: its reason code and text. */
+enum {
+  WHY_NONE, WHY_LEAST, WHY_COLD_COST, WHY_COLD_RDV, WHY_COLD_RDV_MEAN,
+  WHY_WAIT_WARM, WHY_AFFINITY, WHY_IMBALANCE, WHY_AFFINITY_LEFT
+};
+static const struct {
   int32_t reason;
   text why;
+} WHY[] = {
+    [WHY_NONE] = {SPI_REASON_NONE, TEXT_INIT("")},
+    [WHY_LEAST] = {SPI_REASON_LEAST_LOADED, TEXT_INIT("least loaded")},
+    [WHY_COLD_COST] = {SPI_REASON_LEAST_LOADED,
+                       TEXT_INIT("cold prefix: lowest estimated cost")},
+    [WHY_COLD_RDV] = {SPI_REASON_RENDEZVOUS,
+                      TEXT_INIT("cold prefix placed by rendezvous hash")},
+    [WHY_COLD_RDV_MEAN] = {SPI_REASON_RENDEZVOUS,
+                           TEXT_INIT("cold prefix placed by rendezvous hash "
+                                     "among the replicas at or below the "
+                                     "pool's mean")},
+    [WHY_WAIT_WARM] = {SPI_REASON_WAIT_WARM,
+                       TEXT_INIT("waits for its busy warm replica")},
+    [WHY_AFFINITY] = {SPI_REASON_AFFINITY,
+                      TEXT_INIT("holds the prefix: lowest estimated cost")},
+    [WHY_IMBALANCE] = {SPI_REASON_IMBALANCE,
+                       TEXT_INIT("warm replica over its share of the "
+                                 "pool's work")},
+    [WHY_AFFINITY_LEFT] = {SPI_REASON_AFFINITY_LEFT,
+                           TEXT_INIT("warm replica's wait costs more than "
+                                     "the prefill it saves")},
+};
+
+/* A pool's choice: the index and what it says for itself (WHY), small
+ * enough to come back in two registers. */
+typedef struct pick {
+  int64_t idx;
+  uint32_t why;
 } pick;
 
 /* Whether a should win over b among near-ties: the one sent fewer tokens
@@ -571,10 +658,13 @@ static int tie_before(const spi_route_context *x, int64_t a, int64_t b) {
 typedef struct named_list {
   uint32_t n;
   int32_t i[2 * SPI_SUMMARY_TOP + 3];
-  double own_min;
+  /* est_wait_ms summed: all, all but holder (apart: stored as a pair,
+   * they were summed as one) */
+  double wait_all;
   int64_t holder;  /* -2 while a second as deep has been met */
+  double wait_others;
   uint32_t deep;
-  double wait_all, wait_others; /* est_wait_ms summed: all, all but holder */
+  double own_min;
 } named_list;
 
 /* What named_servable gathers besides the list, kept apart from it so
@@ -618,7 +708,7 @@ static void named_servable(const spi_route_context *x, const summary *m,
    * them is a usable one. */
   for (uint32_t k = 0; k < m->n_top; k++) {
     int32_t i = m->top[k];
-    if (servable(&cs[i])) {
+    if (summary_servable(&cs[i])) {
       l->i[n++] = i;
       name_one(&cs[i], &a, i);
     }
@@ -627,7 +717,7 @@ static void named_servable(const spi_route_context *x, const summary *m,
     int64_t more[3] = {m->warm, m->least, m->rdv};
     for (int k = 0; k < 3; k++) {
       int32_t i = (int32_t)more[k];
-      if (i >= 0 && servable(&cs[i]) && !listed_in(l->i, n, i)) {
+      if (i >= 0 && summary_servable(&cs[i]) && !listed_in(l->i, n, i)) {
         l->i[n++] = i;
         name_one(&cs[i], &a, i);
       }
@@ -674,6 +764,24 @@ static void alternatives_wait(const spi_route_context *x,
   pw->prefill = others && rest > 0 ? rest / others : 0;
 }
 
+/* Whether cheapest may leave out the queue delay (queue_delay_ms) of a
+ * candidate whose guarded cost (guarded_cost) is finite and above the
+ * lowest full cost so far plus its block's prefill, when its prefill rate
+ * is finite too. Its queue delay is then at least 0 and never NaN: the
+ * wait weight is positive (policy.*_wait_weight are at least 0.01) and
+ * the prompt a finite count at least 0 (route.c), so a finite cost makes
+ * the wait and own prefill finite; the least own prefill at least 0 makes
+ * a redundant one positive and finite, and the share of queue ahead in
+ * [0, 1]; the named mean wait at least 0 makes the requests held at least
+ * 0 or +inf (an omega that is NaN loses to them). So its full cost is no
+ * lower than the guarded one: above the lowest so far plus the block, so
+ * above the lowest in the end plus the block (rounding is monotone, the
+ * block's prefill at least 0), out of the ties and not the lowest, as its
+ * full cost would have been. */
+static int may_leave_uncosted(double own_min, const pool_waits *pw) {
+  return own_min >= 0 && pw->named >= 0;
+}
+
 /* The candidate to serve on among the usable ones the summary names: of
  * those whose guarded cost, with the delay its redundant prefill makes
  * (queue_delay_ms), is within one block's prefill of the lowest,
@@ -689,24 +797,47 @@ static void alternatives_wait(const spi_route_context *x,
  * unless their rates or batches differ). -1 when none is usable. */
 static int64_t cheapest(const terms *t, const spi_route_context *x,
                         const summary *m, double w, named_list *l) {
+  /* The costed candidates (the others are out of the ties): their index,
+   * full cost and block's prefill. */
   double cost[2 * SPI_SUMMARY_TOP + 3], tie[2 * SPI_SUMMARY_TOP + 3];
+  int32_t at[2 * SPI_SUMMARY_TOP + 3];
   named_servable(x, m, l);
   const int32_t *named = l->i;
-  uint32_t n = l->n;
+  uint32_t n = l->n, kept = 0;
   double low = HUGE_VAL, own_min = l->own_min;
   int64_t holder = l->holder;
   pool_waits pw;
   alternatives_wait(x, l, m, &pw);
+  /* The holder first: most often the lowest, it leaves the others whose
+   * guarded cost is beyond it uncosted (may_leave_uncosted). */
+  double held = 0;
+  if (holder >= 0) {
+    const spi_candidate *h = &x->candidates[holder];
+    held = guarded_cost(t, x, h, w, 1) + queue_delay_ms(t, h, own_min, &pw);
+    if (held < low) low = held;
+  }
+  double z = may_leave_uncosted(own_min, &pw) ? 0.0 : NAN;
+  double cut = low + z; /* low, or NaN: none left uncosted */
   for (uint32_t k = 0; k < n; k++) {
     const spi_candidate *c = &x->candidates[named[k]];
-    cost[k] = guarded_cost(t, x, c, w, named[k] == holder) +
-              queue_delay_ms(t, c, own_min, &pw);
-    tie[k] = block_ms(t, c); /* while c is at hand */
-    if (cost[k] < low) low = cost[k];
+    at[kept] = named[k];
+    if (named[k] == holder) {
+      cost[kept] = held;
+      tie[kept++] = block_ms(t, c);
+      continue;
+    }
+    double g = guarded_cost(t, x, c, w, 0);
+    tie[kept] = block_ms(t, c); /* while c is at hand */
+    if (g > cut + tie[kept] && g < HUGE_VAL &&
+        c->prefill_tokens_per_s < HUGE_VAL)
+      continue; /* out of the ties, and not the lowest */
+    cost[kept] = g + queue_delay_ms(t, c, own_min, &pw);
+    if (cost[kept] < low) low = cost[kept], cut = low + z;
+    kept++;
   }
   int64_t best = -1;
-  for (uint32_t k = 0; k < n; k++) {
-    int64_t i = named[k];
+  for (uint32_t k = 0; k < kept; k++) {
+    int64_t i = at[k];
     if (cost[k] > low + tie[k]) continue;
     if (best < 0 || tie_before(x, i, best)) best = i;
   }
@@ -786,19 +917,22 @@ static void spare_summary(const spi_route_context *x, const summary *m,
       *named[k] = -1;
 }
 
-/* Choose a replica in one pool; idx -1 when none, -2 to queue (bronze). */
+/* The affinity-blind choice (least-loaded): the pool's least loaded. */
+static pick choose_least(const spi_route_context *x, const summary *m) {
+  pick r = {-1, WHY_LEAST};
+  r.idx = m->least >= 0 && servable(&x->candidates[m->least]) ? m->least : -1;
+  return r;
+}
+
+/* Choose a replica in one pool for a request of output bound
+ * (spi__output_bound); idx -1 when none, -2 to queue (bronze). */
 static pick choose_in_pool(const pinst *p, const spi_route_context *x,
-                           const summary *m, int32_t klass) {
-  pick r = {-1, SPI_REASON_NONE, TEXT("")};
-  if (!p->affinity) {
-    r.idx = m->least >= 0 && servable(&x->candidates[m->least]) ? m->least : -1;
-    r.reason = SPI_REASON_LEAST_LOADED;
-    r.why = TEXT("least loaded");
-    return r;
-  }
+                           const summary *m, int32_t klass, int64_t bound) {
+  pick r = {-1, WHY_NONE};
+  if (!p->affinity) return choose_least(x, m);
   double w = p->wait_weight[klass >= 0 && klass < 4 ? klass : 0];
   terms t;
-  terms_for(p, x, m->pool, m->usable, &t);
+  terms_for(p, x, m->pool, m->usable, bound, &t);
   named_list l;
   int64_t best = cheapest(&t, x, m, w, &l);
   if (best < 0) return r;
@@ -807,11 +941,8 @@ static pick choose_in_pool(const pinst *p, const spi_route_context *x,
   if (m->warm < 0) {
     int64_t v = cold_placement(&t, x, &l, w, b);
     if (v >= 0) r.idx = v;
-    r.reason = v >= 0 ? SPI_REASON_RENDEZVOUS : SPI_REASON_LEAST_LOADED;
-    r.why = v < 0         ? TEXT("cold prefix: lowest estimated cost")
-            : v == m->rdv ? TEXT("cold prefix placed by rendezvous hash")
-                          : TEXT("cold prefix placed by rendezvous hash among "
-                                 "the replicas at or below the pool's mean");
+    r.why = v < 0 ? WHY_COLD_COST : v == m->rdv ? WHY_COLD_RDV
+                                                : WHY_COLD_RDV_MEAN;
     return r;
   }
   const spi_candidate *wm = &x->candidates[m->warm];
@@ -820,18 +951,14 @@ static pick choose_in_pool(const pinst *p, const spi_route_context *x,
      * the replica's, where it would be served ahead of the classes that
      * pay for every millisecond. */
     r.idx = -2;
-    r.reason = SPI_REASON_WAIT_WARM;
-    r.why = TEXT("waits for its busy warm replica");
+    r.why = WHY_WAIT_WARM;
   } else if (b->matched_blocks > 0) {
-    r.reason = SPI_REASON_AFFINITY;
-    r.why = TEXT("holds the prefix: lowest estimated cost");
+    r.why = WHY_AFFINITY;
   } else if (cost_of(wm, w) <= cost_of(b, w) + block_ms(&t, b)) {
     /* It would have won on cost: only the guard moved the request. */
-    r.reason = SPI_REASON_IMBALANCE;
-    r.why = TEXT("warm replica over its share of the pool's work");
+    r.why = WHY_IMBALANCE;
   } else {
-    r.reason = SPI_REASON_AFFINITY_LEFT;
-    r.why = TEXT("warm replica's wait costs more than the prefill it saves");
+    r.why = WHY_AFFINITY_LEFT;
   }
   return r;
 }
@@ -846,19 +973,19 @@ static void add_fallbacks(const spi_route_context *x, const summary *m,
    * taken to change n_order, and it would be read again. The top's
    * entries are distinct, so one is looked up only among those listed
    * before this call. */
-  uint32_t n = out->n_order, before = n;
+  size_t n = out->n_order, before = n; /* size_t: no widening to index */
   if (n >= limit) return;
   for (uint32_t k = 0; k < m->n_top; k++) {
     uint32_t i = (uint32_t)m->top[k];
     const spi_candidate *c = &x->candidates[i];
     if (!c->eligible || !(c->fresh || stale_ok)) continue;
-    uint32_t j = 0;
+    size_t j = 0;
     while (j < before && out->order[j] != i) j++;
     if (j < before) continue;
     out->order[n++] = i;
     if (n == limit) break;
   }
-  out->n_order = n;
+  out->n_order = (uint32_t)n;
 }
 
 /* Whether the summary names a replica the policy may serve on. */
@@ -921,32 +1048,37 @@ static int last_resort(const spi_route_context *x, const summary *ms,
  * pool rules read only replicas with a fresh load: a stale holder is no
  * cache hit, and no warm replica for gold to overflow to. */
 static int64_t fresh_warm(const spi_route_context *x, const summary *m) {
-  return m->warm >= 0 && servable(&x->candidates[m->warm]) ? m->warm : -1;
+  return m->warm >= 0 && summary_servable(&x->candidates[m->warm]) ? m->warm
+                                                                      : -1;
 }
 
 /* The pool rules (the file's comment), in order: the rule's pool, its
- * fallback (0: none, SPI_POOL_QUEUE: queue) and the rule's text. warm_s
- * and warm_o are the spot and on-demand summaries' fresh prefix holders. */
+ * fallback (0: none, SPI_POOL_QUEUE: queue) and the rule's text. ms is
+ * the spot summary and o the on-demand one; their fresh prefix holders
+ * are read only by the rules that compare them (after the rules' other
+ * conditions). out_tokens is the request's spi__output_bound, which the
+ * costs read too (work_tokens). */
 static text pool_rule(const pinst *p, const spi_route_context *x,
-                      int64_t warm_s, int64_t warm_o, int32_t *pool,
-                      int32_t *fallback) {
+                      const summary *ms, od_lazy *o, int64_t out_tokens,
+                      int32_t *pool, int32_t *fallback) {
   const spi_request_view *v = x->req;
   const spi_classification *cls = x->cls;
   int32_t klass = cls->klass;
-  int64_t out_tokens = spi__output_bound(v, cls);
   *fallback = 0;
   if (klass == SPI_CLASS_GOLD &&
       (!v->sla_ms_set || v->sla_ms <= p->gold_sla_ms)) {
     *pool = SPI_POOL_ON_DEMAND;
     if (p->gold_overflow == OVERFLOW_ALWAYS ||
-        (p->gold_overflow == OVERFLOW_WARM && warm_s >= 0))
+        (p->gold_overflow == OVERFLOW_WARM && fresh_warm(x, ms) >= 0))
       *fallback = SPI_POOL_SPOT;
     return TEXT("gold within its SLA: on-demand");
   }
-  if (p->affinity && warm_s >= 0 && out_tokens >= 0 &&
-      out_tokens < p->hit_max_output && klass != SPI_CLASS_GOLD &&
-      (warm_o < 0 || x->candidates[warm_s].matched_blocks >=
-                         x->candidates[warm_o].matched_blocks)) {
+  int64_t warm_s, warm_o;
+  if (p->affinity && out_tokens >= 0 && out_tokens < p->hit_max_output &&
+      klass != SPI_CLASS_GOLD && (warm_s = fresh_warm(x, ms)) >= 0 &&
+      ((warm_o = fresh_warm(x, od(x, o))) < 0 ||
+       x->candidates[warm_s].matched_blocks >=
+           x->candidates[warm_o].matched_blocks)) {
     /* Only where the prefix lives deepest: one short turn of a
      * conversation held on on-demand does not split it off to spot. */
     *pool = SPI_POOL_SPOT;
@@ -995,29 +1127,32 @@ static int policy_choose(void *state, void *inst, const spi_route_context *x,
   int32_t tier = v->forced_model_tier ? v->forced_model_tier
                  : p->speculative_first ? SPI_TIER_SMALL
                                         : cls->model_tier;
-  summary ms, mo;
-  summarise(x, SPI_POOL_SPOT, tier, &ms);
-  summarise(x, SPI_POOL_ON_DEMAND, tier, &mo);
+  summary ms;
+  od_lazy o;
+  o.made = 0;
+  o.tier = tier;
+  summarise_tier(x, SPI_POOL_SPOT, tier, &ms);
   /* No replica of the small tier at all: the target serves it. */
-  if (tier == SPI_TIER_SMALL && !v->forced_model_tier && !ms.any && !mo.any) {
+  if (tier == SPI_TIER_SMALL && !v->forced_model_tier && !ms.any &&
+      !od(x, &o)->any) {
     summarise(x, SPI_POOL_SPOT, SPI_TIER_LARGE, &ms);
-    summarise(x, SPI_POOL_ON_DEMAND, SPI_TIER_LARGE, &mo);
+    summarise(x, SPI_POOL_ON_DEMAND, SPI_TIER_LARGE, &o.m);
   }
-  int64_t warm_s = fresh_warm(x, &ms), warm_o = fresh_warm(x, &mo);
 
   /* Pool rules, in order; fallback pool and whether queueing is allowed. */
   int32_t pool, fallback = 0;
-  text rule = pool_rule(p, x, warm_s, warm_o, &pool, &fallback);
+  int64_t bound = spi__output_bound(v, cls);
+  text rule = pool_rule(p, x, &ms, &o, bound, &pool, &fallback);
 
-  const summary *primary = pool == SPI_POOL_SPOT ? &ms : &mo;
+  const summary *primary = pool == SPI_POOL_SPOT ? &ms : od(x, &o);
   const int32_t rule_pool = pool, rule_fallback = fallback;
   summary spare;
   int kept = 0;
-  pick pk = choose_in_pool(p, x, primary, klass);
+  pick pk = choose_in_pool(p, x, primary, klass, bound);
   if (pk.idx == -2) { /* bronze waits for its warm replica */
     out->pool = SPI_POOL_QUEUE;
-    out->reason_code = pk.reason;
-    join_reason(out, rule, pk.why);
+    out->reason_code = WHY[pk.why].reason;
+    join_reason(out, rule, WHY[pk.why].why);
     return SPI_OK;
   }
   /* A pool whose KV breaker sheds this class is loaded, not gone: the
@@ -1026,25 +1161,26 @@ static int policy_choose(void *state, void *inst, const spi_route_context *x,
    * queue ahead of the class that pool serves. */
   if (pk.idx < 0 && !x->shed[pool] &&
       (fallback == SPI_POOL_SPOT || fallback == SPI_POOL_ON_DEMAND)) {
-    primary = fallback == SPI_POOL_SPOT ? &ms : &mo;
+    primary = fallback == SPI_POOL_SPOT ? &ms : od(x, &o);
     pool = fallback;
     fallback = 0;
     if (pool == SPI_POOL_ON_DEMAND && kept_to_spare(p, x, klass)) {
-      spare_summary(x, &mo, p->fallback_share, &spare);
+      spare_summary(x, primary, p->fallback_share, &spare);
       primary = &spare;
       kept = 1;
     }
-    pk = choose_in_pool(p, x, primary, klass);
+    pk = choose_in_pool(p, x, primary, klass, bound);
     if (pk.idx == -2) pk.idx = -1;
   }
   if (pk.idx < 0) {
+    const summary *mo = od(x, &o);
     if (fallback == SPI_POOL_QUEUE && !x->shed[SPI_POOL_SPOT]) {
       /* The queue waits for spot capacity to come back; a fleet that
        * reports no load at all (no fresh replica in either pool) cannot
        * say whether it has, so bronze is served on a stale spot replica
        * as a last resort, and queued only when there is none. */
-      if (!has_servable(x, &mo) &&
-          last_resort(x, &ms, &mo, rule_pool, rule_fallback, rule.s, out))
+      if (!has_servable(x, mo) &&
+          last_resort(x, &ms, mo, rule_pool, rule_fallback, rule.s, out))
         return SPI_OK;
       out->pool = SPI_POOL_QUEUE;
       out->reason_code = SPI_REASON_QUEUE_NO_SPOT;
@@ -1053,7 +1189,7 @@ static int policy_choose(void *state, void *inst, const spi_route_context *x,
       return SPI_OK;
     }
     int shed = x->shed[pool] || (fallback && x->shed[fallback]);
-    if (kept && !shed && has_servable(x, &mo)) {
+    if (kept && !shed && has_servable(x, mo)) {
       out->pool = 0;
       out->reason_code = SPI_REASON_NO_CAPACITY;
       spi__join(out->reason, sizeof out->reason, rule.s, "; ",
@@ -1062,7 +1198,7 @@ static int policy_choose(void *state, void *inst, const spi_route_context *x,
       return SPI_OK;
     }
     if (!shed &&
-        last_resort(x, &ms, &mo, rule_pool, rule_fallback, rule.s, out))
+        last_resort(x, &ms, mo, rule_pool, rule_fallback, rule.s, out))
       return SPI_OK;
     out->pool = 0;
     out->reason_code = shed ? SPI_REASON_SHED : SPI_REASON_NO_CAPACITY;
@@ -1071,14 +1207,16 @@ static int policy_choose(void *state, void *inst, const spi_route_context *x,
     return SPI_OK;
   }
   out->pool = pool;
-  out->reason_code = pk.reason;
+  out->reason_code = WHY[pk.why].reason;
   out->order[0] = (uint32_t)pk.idx;
   out->n_order = 1;
   uint32_t limit = 1 + x->max_fallbacks;
   add_fallbacks(x, primary, out, limit, 0);
-  if (fallback == SPI_POOL_SPOT || fallback == SPI_POOL_ON_DEMAND)
-    add_fallbacks(x, fallback == SPI_POOL_SPOT ? &ms : &mo, out, limit, 0);
-  join_reason(out, rule, pk.why);
+  if ((fallback == SPI_POOL_SPOT || fallback == SPI_POOL_ON_DEMAND) &&
+      out->n_order < limit) /* else it would add none */
+    add_fallbacks(x, fallback == SPI_POOL_SPOT ? &ms : od(x, &o), out, limit,
+                  0);
+  join_reason(out, rule, WHY[pk.why].why);
   return SPI_OK;
 }
 

@@ -135,12 +135,16 @@ static inline int64_t spi__output_bound(const spi_request_view *v,
  * classification it chooses with (at the higher of the pools' pressures,
  * so the cap is that plan's), and the ticket keeps the same figure (drain
  * estimates, the work a replica was sent), not one from the plan at the
- * chosen pool's pressure (route.c). */
-static inline uint64_t spi__output_estimate(const spi_request_view *v,
-                                            const spi_classification *cls) {
-  int64_t b = spi__output_bound(v, cls);
+ * chosen pool's pressure (route.c). spi__output_estimate_of: the same
+ * from the bound, read already. */
+static inline uint64_t spi__output_estimate_of(int64_t b,
+                                               const spi_classification *cls) {
   if (b > 0) return (uint64_t)b;
   return cls->max_output_tokens > 0 ? (uint64_t)cls->max_output_tokens : 256;
+}
+static inline uint64_t spi__output_estimate(const spi_request_view *v,
+                                            const spi_classification *cls) {
+  return spi__output_estimate_of(spi__output_bound(v, cls), cls);
 }
 
 /* The most output tokens a ticket may report, streamed or at its finish:

@@ -735,6 +735,15 @@ static void test_module_price_invalid(void **st) {
   assert_int_equal(f->mod.price(&f->mem, inst, &v, SPI_POOL_ON_DEMAND, &p),
                    SPI_ERANGE);
   assert_true(p.usd == SENTINEL);
+  /* Only the count that is read is refused: an expected output wins over
+   * max_output_tokens, whatever that says. */
+  v.expected_output_tokens = 10;
+  v.expected_output_tokens_set = 1;
+  assert_int_equal(price(f, inst, &v, SPI_POOL_ON_DEMAND, &p), SPI_OK);
+  assert_true(p.output_tokens == 10);
+  v.expected_output_tokens = -1;
+  v.max_output_tokens = 10;
+  assert_int_equal(price(f, inst, &v, SPI_POOL_ON_DEMAND, &p), SPI_ERANGE);
 
   /* The largest counts still give finite, non-negative dollars. */
   v = empty_view();
