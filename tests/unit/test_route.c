@@ -827,6 +827,15 @@ static void check_summaries(const spi_route_context *x, int full) {
       } else {
         CHECK(s->usable >= usable || s->usable == 0);
       }
+      /* Every candidate a summary names is usable and of its cell: the
+       * built-in policy serves a named one on its fresh load alone. */
+      const int32_t named[3] = {s->least, s->rendezvous, s->warm};
+      for (int j = 0; j < 3; j++) {
+        if (named[j] < 0) continue;
+        CHECK((size_t)named[j] < x->n_candidates);
+        const spi_candidate *c = &x->candidates[named[j]];
+        CHECK(usable_c(c) && c->pool == pool && c->model_tier == tier);
+      }
       CHECK(s->n_top == 0 || s->top[0] == best);
       for (uint32_t j = 0; j < SPI_SUMMARY_TOP; j++) {
         if (j >= s->n_top) {
