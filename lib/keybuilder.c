@@ -915,6 +915,7 @@ static int kb_configure(void *state, const char *json, size_t len,
     atomic_init(&e->m1, 0ull);
     atomic_init(&e->high64, 0ull);
     atomic_init(&e->low64, 0ull);
+    atomic_init(&e->c0, 0ull);
   }
   *out_instance = in;
   return SPI_OK;

@@ -268,15 +268,20 @@ static void fold_tier(const spi_route_context *x, int32_t pool, int32_t tier,
                 (double)s->usable;
 }
 
-/* The summary of pool for tier (0 = any tier). */
-static void summarise(const spi_route_context *x, int32_t pool, int32_t tier,
-                      summary *m) {
+/* An empty summary of pool: no replica named, nothing folded. */
+static inline void summary_empty(int32_t pool, summary *m) {
   m->pool = pool;
   m->warm = m->least = m->rdv = -1;
   m->any = 0;
   m->usable = 0;
   m->backlog = 0;
   m->n_top = 0;
+}
+
+/* The summary of pool for tier (0 = any tier). */
+static void summarise(const spi_route_context *x, int32_t pool, int32_t tier,
+                      summary *m) {
+  summary_empty(pool, m);
   if (tier != SPI_TIER_LARGE) fold_tier(x, pool, SPI_TIER_SMALL, m);
   if (tier != SPI_TIER_SMALL) fold_tier(x, pool, SPI_TIER_LARGE, m);
 }
@@ -286,15 +291,11 @@ static void summarise(const spi_route_context *x, int32_t pool, int32_t tier,
 static inline void summarise_one(const spi_route_context *x, int32_t pool,
                                  int32_t tier, summary *m) {
   const spi_pool_summary *s = cell(x, pool, tier);
-  m->pool = pool;
   if (!s || s->usable == 0) {
-    m->warm = m->least = m->rdv = -1;
-    m->any = 0;
-    m->usable = 0;
-    m->backlog = 0;
-    m->n_top = 0;
+    summary_empty(pool, m);
     return;
   }
+  m->pool = pool;
   copy_first(s, m);
   m->backlog = 0.0 + x->mean_prefill_wait_ms[SPI_SUMMARY_INDEX(pool, tier)] *
                          (double)s->usable;
