@@ -19,8 +19,14 @@
  * index keeps those per position of the replica set, and each pool's sums
  * over the regular replicas (integers: KV usage in fixed point, tokens, so
  * that sums kept as replicas come and go equal the sums a pass makes in
- * position order). Every other ACTIVE replica is an exception, read whole
- * by every route exactly as the pass reads it.
+ * position order). A replica of a spot pool that is cooling down after an
+ * interruption is usable by no request, whatever else its slot says: all
+ * a pass takes from it is its KV usage while its load is fresh, which the
+ * index keeps in the sums too until the cooldown ends or the load's
+ * freshness changes, then reads its slot again (PIX_COOL). A zone's
+ * replicas cool together for minutes (router.pool_cooldown_ms), and a
+ * route would otherwise read every one of them. Every other ACTIVE replica
+ * is an exception, read whole by every route exactly as the pass reads it.
  *
  * Staying current. Every writer of a slot field routing reads calls
  * spi__replica_touch, which sets the slot's bit in the registry's dirty
@@ -242,6 +248,18 @@ static void block_move(spi_pool_index *p, uint32_t pos, const pix_hot *o,
              least_loaded_moves(b, pos, o->rel, o->srv, h));
 }
 
+/* The cooling entry at pos out of the sums and the kinds (entry_drop).
+ * Out of line, so that entry_drop stays small enough to be inlined. */
+static __attribute__((noinline)) void cool_drop(spi_pool_index *p,
+                                                uint32_t pos) {
+  const pix_cold *c = &p->cold[pos];
+  if (c->fresh) {
+    p->kv_fix[c->pool] -= spi__kv_fix(c->kv);
+    p->kv_n[c->pool]--;
+  }
+  bit_clear(p->cool, pos);
+}
+
 /* Take position pos out of the sums and the kinds; a regular entry leaves
  * its block unless the caller puts it back (moved). */
 static void entry_drop(spi_pool_index *p, uint32_t pos, int moved) {
@@ -260,6 +278,8 @@ static void entry_drop(spi_pool_index *p, uint32_t pos, int moved) {
     if (!moved) block_leave(p, pos, h);
   } else if (h->kind == PIX_EXC) {
     bit_clear(p->exc, pos);
+  } else if (h->kind == PIX_COOL) {
+    cool_drop(p, pos);
   }
   h->kind = PIX_OFF;
 }
@@ -294,6 +314,65 @@ static int regular(const route_env *x, const spi_replica_ident *r,
   return r->cell >= 0 && rd->fresh && r->models_len == 0 &&
          rd->breaker == SPI_BREAKER_CLOSED && rd->advised_until <= x->now &&
          !(r->pool == SPI_POOL_SPOT && rd->cooldown_until > x->now);
+}
+
+/* Whether what rd says makes the replica one of a spot pool cooling down
+ * at x->now: usable by no request (usable_of), whatever else it says. */
+static int cooling(const route_env *x, const spi_replica_ident *r,
+                   const slot_read *rd) {
+  return r->pool == SPI_POOL_SPOT && rd->cooldown_until > x->now;
+}
+
+/* The times [*from, *until) around x->now over which a cooling replica's
+ * reading stays as rd has it: its pool still cooling, its load as fresh or
+ * as stale as now (spi__load_view_of: fresh from at - max_age + 1 up to
+ * before at + max_age). 0 when the load was stamped further ahead than it
+ * may be old, or so far off that the age overflows: such an entry stays
+ * an exception. */
+static int cool_window(const route_env *x, const slot_read *rd, int64_t at,
+                       int64_t *from, int64_t *until) {
+  int64_t m = spi__load_max_age(x->max_age), age;
+  *from = INT64_MIN;
+  *until = INT64_MAX;
+  if (at != 0) {
+    if (__builtin_sub_overflow(x->now, at, &age)) return 0;
+    if (rd->fresh) {
+      if (__builtin_sub_overflow(at, m - 1, from)) *from = INT64_MIN;
+      *until = stale_at(at, x->max_age);
+    } else if (age >= m) {
+      *from = stale_at(at, x->max_age); /* stale for good from then on */
+    } else {
+      return 0; /* stamped in the future: fresh later */
+    }
+  }
+  if (rd->cooldown_until < *until) *until = rd->cooldown_until;
+  return 1;
+}
+
+/* The entry at pos as one of a cooling spot pool (PIX_COOL): only its KV
+ * pressure, while its load is fresh, is in what the pass adds up, as an
+ * exception's would be (indexed_exception). 0 when its reading does not
+ * hold over a window of time (cool_window): it is an exception then. */
+static int entry_cool(spi_pool_index *p, const route_env *x,
+                      const spi_replica_ident *r, uint32_t pos,
+                      const slot_read *rd, int64_t at) {
+  int64_t from, until;
+  if (!cool_window(x, rd, at, &from, &until)) return 0;
+  pix_cold *c = &p->cold[pos];
+  p->hot[pos].kind = PIX_COOL;
+  bit_set(p->cool, pos);
+  c->pool = r->pool;
+  c->fresh = rd->fresh;
+  c->kv = rd->kv;
+  c->from = from;
+  c->until = until;
+  if (from > p->reg_from) p->reg_from = from;
+  if (until < p->min_until) p->min_until = until;
+  if (rd->fresh) {
+    p->kv_fix[c->pool] += spi__kv_fix(c->kv);
+    p->kv_n[c->pool]++;
+  }
+  return 1;
 }
 
 /* The regular entry at pos as a route's evaluation of it (ev_at), from
@@ -438,6 +517,7 @@ entry_read_whole(spi_pool_index *p, const route_env *x,
   slot_reading(x, raw, &rd);
   int kind = rd.state != SPI_REPLICA_ACTIVE ? PIX_OFF
              : regular(x, r, &rd)          ? PIX_REG
+             : cooling(x, r, &rd)          ? PIX_COOL
                                            : PIX_EXC;
   pix_hot *h = &p->hot[pos];
   if (kind == PIX_REG && h->kind == PIX_REG && h->cell == r->cell &&
@@ -456,7 +536,8 @@ entry_read_whole(spi_pool_index *p, const route_env *x,
   entry_drop(p, pos, moved);
   p->t_wait[pos] = p->t_ms_tok[pos] = p->t_slow[pos] = 0.0;
   if (kind == PIX_OFF) return;
-  if (kind == PIX_EXC) {
+  if (kind == PIX_COOL && entry_cool(p, x, r, pos, &rd, at)) return;
+  if (kind != PIX_REG) {
     h->kind = PIX_EXC;
     bit_set(p->exc, pos);
     return;
@@ -563,6 +644,7 @@ static void rebuild(spi_pool_index *p, const route_env *x,
   memset(p->wait_fix, 0, sizeof p->wait_fix);
   memset(p->reg, 0, sizeof p->reg);
   memset(p->exc, 0, sizeof p->exc);
+  memset(p->cool, 0, sizeof p->cool);
   memset(p->creg, 0, sizeof p->creg);
   memset(p->cfree, 0, sizeof p->cfree);
   for (int k = 0; k < SPI_SUMMARY_CELLS; k++) {
@@ -613,11 +695,23 @@ static void read_dirty(spi_pool_index *p, const route_env *x,
   }
 }
 
-/* Regular entries whose load is stale at x->now become exceptions; the
- * earliest staleness of the rest is found again. */
-static void expire(spi_pool_index *p, const route_env *x) {
+/* Cooling entries past their window are read again (they may be anything
+ * now), regular entries whose load is stale at x->now become exceptions,
+ * and the earliest time either comes for the rest is found again. Out of
+ * line: few syncs come to it. */
+static __attribute__((noinline)) void
+expire(spi_pool_index *p, const route_env *x, const spi_replica_set *set) {
+  size_t words = (p->n + 63) / 64;
+  for (size_t w = 0; w < words; w++)
+    for (uint64_t b = p->cool[w]; b; b &= b - 1) {
+      uint32_t pos = (uint32_t)(w * 64 + (size_t)__builtin_ctzll(b));
+      if (p->cold[pos].until > x->now) continue;
+      spi_slot_words raw; /* a cooling entry is read whole (entry_steady) */
+      spi__slot_words_read(&x->e->registry.slots[set->r[pos].slot], &raw);
+      entry_read_whole(p, x, &set->r[pos], pos, &raw);
+    }
   int64_t min = INT64_MAX;
-  for (size_t w = 0; w < (p->n + 63) / 64; w++)
+  for (size_t w = 0; w < words; w++) {
     for (uint64_t b = p->reg[w]; b; b &= b - 1) {
       uint32_t pos = (uint32_t)(w * 64 + (size_t)__builtin_ctzll(b));
       int64_t until = p->cold[pos].until;
@@ -629,6 +723,12 @@ static void expire(spi_pool_index *p, const route_env *x) {
       p->hot[pos].kind = PIX_EXC;
       bit_set(p->exc, pos);
     }
+    /* Read again above if due: each is due later than now. */
+    for (uint64_t b = p->cool[w]; b; b &= b - 1) {
+      int64_t until = p->cold[(size_t)w * 64 + (size_t)__builtin_ctzll(b)].until;
+      if (until < min) min = until;
+    }
+  }
   p->min_until = min;
 }
 
@@ -735,7 +835,7 @@ static int sync_entries(spi_pool_index *p, const route_env *x,
     return 1;
   }
   read_dirty(p, x, set);
-  if (x->now >= p->min_until) expire(p, x);
+  if (x->now >= p->min_until) expire(p, x, set);
   return 1;
 }
 

@@ -14,7 +14,11 @@
 enum {
   PIX_OFF = 0, /* not ACTIVE: in no sum and no summary */
   PIX_REG = 1, /* regular: usable by any request until `until` */
-  PIX_EXC = 2  /* anything else ACTIVE: read whole by every route */
+  PIX_EXC = 2, /* anything else ACTIVE: read whole by every route */
+  PIX_COOL = 3 /* ACTIVE in a spot pool cooling down: usable by none, in
+                  the KV sums while its load is fresh; as it is from
+                  `from` until `until` (the cooldown's end, or its load's
+                  freshness changing), then read whole again */
 };
 
 /* A regular replica as every route reads it: its TTFT for a request of c
@@ -37,8 +41,10 @@ typedef struct pix_cold {
   double queued, mean_out;
   uint64_t served;
   uint64_t wait_fix;            /* spi__wait_fix */
-  int64_t until;                /* stale from then on: regular no longer */
-  int64_t from;                 /* regular since (regular_from) */
+  int64_t until;                /* stale from then on: regular no longer
+                                   (PIX_COOL: read again from then on) */
+  int64_t from;                 /* regular since (regular_from; PIX_COOL:
+                                   cool_window) */
   uint32_t inflight;
   int32_t pool;
   uint32_t max_inflight;
@@ -48,6 +54,7 @@ typedef struct pix_cold {
    * regular exactly while from <= now < until as long as they stay
    * (neither bound saturated: entry_steady). */
   int steady;
+  int fresh;                    /* PIX_COOL: its load fresh, kv in the sums */
   spi_slot_words raw;
 } pix_cold;
 
@@ -139,7 +146,8 @@ typedef struct spi_pool_index {
   int64_t reg_from;             /* every regular entry has been regular
                                    since then (regular_from); a route
                                    earlier than it rebuilds the index */
-  int64_t min_until;            /* no regular entry is stale before this */
+  int64_t min_until;            /* no regular entry is stale, and no
+                                   cooling one due, before this */
   uint64_t rebuilds;            /* from every slot, since made (tests) */
   /* The regular replicas' share of what the pass adds up. */
   uint32_t usable[SPI_SUMMARY_CELLS];
@@ -150,6 +158,7 @@ typedef struct spi_pool_index {
   uint64_t wait_fix[SPI_SUMMARY_CELLS];
   uint64_t reg[SPI_REPLICA_SLOTS / 64]; /* positions, by kind */
   uint64_t exc[SPI_REPLICA_SLOTS / 64];
+  uint64_t cool[SPI_REPLICA_SLOTS / 64];
   uint64_t creg[SPI_SUMMARY_CELLS][SPI_REPLICA_SLOTS / 64]; /* reg, by cell */
   uint64_t cfree[SPI_SUMMARY_CELLS][SPI_REPLICA_SLOTS / 64]; /* ... not busy */
   uint64_t blk_dirty[SPI_SUMMARY_CELLS]; /* blocks to sum up again */

@@ -16,7 +16,12 @@
  * replicas at once. Then the 8 KiB case again where every route's prompt
  * is one no route has seen ("fresh":1: its first block differs, so the
  * prefix index holds none of it and the prefix has no rendezvous order
- * kept), as most of real traffic's prompts are. Then decisions per second
+ * kept), as most of real traffic's prompts are. Then the 8 KiB case again
+ * just after a spot interruption ("cooling": how many replicas' spot pool
+ * is cooling down, router.pool_cooldown_ms): the spot replicas are in two
+ * zones and a notice on one machine of the first cools its pool, a
+ * quarter of the fleet, which no route may use until the cooldown ends.
+ * Then decisions per second
  * (route + finish) on 1 and 2 threads over one engine, and on 2 threads
  * each with an engine of its own ("engines":2, what sharing one cannot
  * beat), at 64 and 512 replicas (the 8 KiB case's prompts; each thread on
@@ -85,6 +90,8 @@ static int cmp_double(const void *a, const void *b) {
   return x < y ? -1 : x > y;
 }
 
+/* Replica i: odd ones on-demand, even ones spot, the spot ones in two
+ * zones (z0 and z1) of one instance type, each on a machine of its own. */
 static spi_engine *make_engine(int replicas, uint32_t max_inflight) {
   spi_hooks h;
   memset(&h, 0, sizeof h);
@@ -104,6 +111,10 @@ static spi_engine *make_engine(int replicas, uint32_t max_inflight) {
     ri.id_len = strlen(id);
     ri.pool = i % 2 ? SPI_POOL_ON_DEMAND : SPI_POOL_SPOT;
     ri.usd_per_hour = i % 2 ? 4.5 : 1.8;
+    ri.zone = i % 4 == 0 ? "z0" : "z1";
+    ri.zone_len = 2;
+    ri.instance_type = "g6.xlarge";
+    ri.instance_type_len = strlen(ri.instance_type);
     ri.max_inflight = max_inflight;
     if (spi_replica_upsert(e, &ri) != SPI_OK) return NULL;
     spi_load l;
@@ -222,8 +233,30 @@ static void make_fresh(spi_request *r, char *text, size_t size, int n) {
   spi_request_set_str(r, SPI_REQ_PROMPT, text, size);
 }
 
+/* An interruption notice on the machine of replica 0 (spot, zone z0): its
+ * spot pool cools down, every replica of it but the noticed one still
+ * ACTIVE. How many replicas are in that pool. */
+static int cool_first_zone(spi_engine *e, int replicas) {
+  spi_notice n;
+  memset(&n, 0, sizeof n);
+  n.struct_size = sizeof n;
+  snprintf(n.node, sizeof n.node, "replica-000");
+  n.kind = SPI_NOTICE_TERMINATE;
+  n.format = SPI_NOTICE_AWS_INSTANCE_ACTION;
+  n.active = 1;
+  n.received_ns = fixed_clock(NULL);
+  n.deadline_ns = n.received_ns + 120LL * 1000000000LL;
+  snprintf(n.dedup_key, sizeof n.dedup_key, "bench-notice");
+  size_t got = 0;
+  if (spi_engine_notice(e, &n, NULL, 0, &got) != SPI_OK) {
+    fprintf(stderr, "notice: %s\n", spi_engine_errmsg(e));
+    exit(1);
+  }
+  return (replicas + 3) / 4;
+}
+
 static void bench_latency(size_t size, int replicas, int shared_first,
-                          int fresh) {
+                          int fresh, int cool) {
   /* Replicas that take few requests at once let the warm-up spread the
    * shared first block; the others take many, as a large server does. */
   uint32_t max_inflight = shared_first ? 4 : 256;
@@ -234,6 +267,7 @@ static void bench_latency(size_t size, int replicas, int shared_first,
   }
   int holders = shared_first ? spread_first_block(e, size, replicas, max_inflight)
                              : 0;
+  int cooling = cool ? cool_first_zone(e, replicas) : 0;
   spi_request *warm[NREQ], *reqs[NREQ];
   /* Fill the index with many prefixes first. */
   for (int round = 0; round < 8; round++) {
@@ -295,12 +329,12 @@ static void bench_latency(size_t size, int replicas, int shared_first,
   (void)sink;
   double p50 = t[N / 2], p99 = t[N * 99 / 100], pass = x[N / 2];
   printf("{\"bench\":\"route\",\"prompt_bytes\":%zu,\"replicas\":%d,"
-         "\"shared_first\":%d,\"fresh\":%d,\"holders\":%d,\"p50_ns\":%.0f,\"p99_ns\":%.0f,\"xxh3_pass_ns\":%.1f,"
+         "\"shared_first\":%d,\"fresh\":%d,\"cooling\":%d,\"holders\":%d,\"p50_ns\":%.0f,\"p99_ns\":%.0f,\"xxh3_pass_ns\":%.1f,"
          "\"xxh3_best_ns\":%.1f,\"p50_ratio\":%.2f,\"p99_ratio\":%.2f,"
          "\"xxh3_avx2_best_ns\":%.1f,\"p50_ratio_avx2\":%.2f,"
          "\"batch_ratio_p50\":%.2f,\"batch_ratio_lo\":%.2f,\"batch_ratio_hi\":%.2f,"
          "\"minor_faults\":%ld}\n",
-         size, replicas, shared_first, fresh, holders, p50, p99, pass, best, p50 / pass, p99 / pass, wide,
+         size, replicas, shared_first, fresh, cooling, holders, p50, p99, pass, best, p50 / pass, p99 / pass, wide,
          p50 / wide, bratio[BATCHES / 2], bratio[BATCHES / 10],
          bratio[BATCHES - 1 - BATCHES / 10], faults);
   for (int i = 0; i < NREQ; i++) free(texts[i]);
@@ -393,17 +427,19 @@ static void bench_throughput(int threads, int replicas, int separate) {
 /* With arguments "<prompt bytes> <replicas> [shared_first [fresh]]", run
  * that one latency case. */
 int main(int argc, char **argv) {
-  if (argc >= 3 && argc <= 5) {
+  if (argc >= 3 && argc <= 6) {
     bench_latency((size_t)atol(argv[1]), atoi(argv[2]),
-                  argc >= 4 ? atoi(argv[3]) : 0, argc == 5 ? atoi(argv[4]) : 0);
+                  argc >= 4 ? atoi(argv[3]) : 0, argc >= 5 ? atoi(argv[4]) : 0,
+                  argc == 6 ? atoi(argv[5]) : 0);
     return 0;
   }
   size_t sizes[] = {1024, 8192, 65536};
   int reps[] = {8, 64, 512};
   for (int s = 0; s < 3; s++)
-    for (int r = 0; r < 3; r++) bench_latency(sizes[s], reps[r], 0, 0);
-  for (int r = 0; r < 3; r++) bench_latency(8192, reps[r], 1, 0);
-  for (int r = 0; r < 3; r++) bench_latency(8192, reps[r], 0, 1);
+    for (int r = 0; r < 3; r++) bench_latency(sizes[s], reps[r], 0, 0, 0);
+  for (int r = 0; r < 3; r++) bench_latency(8192, reps[r], 1, 0, 0);
+  for (int r = 0; r < 3; r++) bench_latency(8192, reps[r], 0, 1, 0);
+  for (int r = 1; r < 3; r++) bench_latency(8192, reps[r], 0, 0, 1);
   for (int r = 1; r < 3; r++) {
     bench_throughput(1, reps[r], 0);
     bench_throughput(2, reps[r], 0);

@@ -134,10 +134,9 @@ static spi_engine *fixed_engine(void) {
   return e;
 }
 
-/* Route request q under policy; what that policy saw lands in its seen. */
-static void route_as(spi_engine *e, spi_request *r, uint32_t q,
-                     const char *policy, seen *o) {
-  configure(e, policy);
+/* Route request q under the policy configured; what that policy saw
+ * lands in its seen. */
+static void route_seen(spi_request *r, uint32_t q, seen *o) {
   request(r, q);
   spi_decision d;
   memset(&d, 0, sizeof d);
@@ -146,15 +145,28 @@ static void route_as(spi_engine *e, spi_request *r, uint32_t q,
   assert_int_equal(spi_route(r, &d), SPI_OK);
 }
 
+/* Route request q under policy. */
+static void route_as(spi_engine *e, spi_request *r, uint32_t q,
+                     const char *policy, seen *o) {
+  configure(e, policy);
+  route_seen(r, q, o);
+}
+
+/* What the policy reading the summaries and the one reading every
+ * candidate saw of request q must be the same. */
+static void assert_saw_same(uint32_t q, seen saw[2]) {
+  if (strcmp(saw[0].text, saw[1].text))
+    print_error("request %u:\n%s\n----\n%s\n", q, saw[0].text, saw[1].text);
+  assert_string_equal(saw[0].text, saw[1].text);
+}
+
 /* Request q routed through the index (policy "seen") and through a pass
  * over every slot ("seenall"): both must see the same. */
 static void same_as_full(spi_engine *e, spi_request *r, uint32_t q,
                          seen saw[2]) {
   route_as(e, r, q, "seen", &saw[0]);
   route_as(e, r, q, "seenall", &saw[1]);
-  if (strcmp(saw[0].text, saw[1].text))
-    print_error("request %u:\n%s\n----\n%s\n", q, saw[0].text, saw[1].text);
-  assert_string_equal(saw[0].text, saw[1].text);
+  assert_saw_same(q, saw);
 }
 
 static void load(spi_engine *e, uint32_t i, uint64_t *rng) {
@@ -388,6 +400,15 @@ static spi_engine *moving_engine(int64_t t0) {
   return e;
 }
 
+/* moving_engine with the policies "seen" (the summaries) and "seenall"
+ * (every candidate) recording into saw[0] and saw[1]. */
+static spi_engine *seen_engine(int64_t t0, seen saw[2]) {
+  spi_engine *e = moving_engine(t0);
+  register_seen(e, "seen", 1, &saw[0]);
+  register_seen(e, "seenall", 0, &saw[1]);
+  return e;
+}
+
 static void test_blocks_follow_every_change(void **st) {
   (void)st;
   spi_engine *e = moving_engine(1700000000LL * 1000000000LL);
@@ -457,10 +478,8 @@ static void test_blocks_follow_every_change(void **st) {
 static void test_clock_back_rebuilds_when_it_must(void **st) {
   (void)st;
   const int64_t t0 = 1700000000LL * 1000000000LL, ms = 1000000;
-  spi_engine *e = moving_engine(t0);
   seen saw[2];
-  register_seen(e, "seen", 1, &saw[0]);
-  register_seen(e, "seenall", 0, &saw[1]);
+  spi_engine *e = seen_engine(t0, saw);
   configure(e, NULL); /* load_max_age_ms: 1000 */
   even_fleet(e, 40, 3);
   spi_request *r = NULL;
@@ -487,6 +506,122 @@ static void test_clock_back_rebuilds_when_it_must(void **st) {
   moving_now = t0 + 800 * ms; /* forward again: fresh, no rebuild */
   same_as_full(e, r, 5, saw);
   assert_int_equal(p->rebuilds, built + 1);
+  spi_request_free(r);
+  spi_engine_free(e);
+}
+
+/* The configuration of test_cooling_pool_kept_not_read: policy, and an
+ * interruption's spot pool cooling down for cooldown_ms. */
+static void configure_cooldown(spi_engine *e, const char *policy,
+                               int cooldown_ms) {
+  char cfg[256];
+  snprintf(cfg, sizeof cfg,
+           "{\"router\":{\"max_tickets\":1024,\"load_max_age_ms\":1000,"
+           "\"pool_cooldown_ms\":%d},\"modules\":{\"policy\":\"%s\"}}",
+           cooldown_ms, policy);
+  int rc = spi_engine_configure(e, cfg, strlen(cfg));
+  if (rc) print_error("%s\n", spi_engine_errmsg(e));
+  assert_int_equal(rc, SPI_OK);
+}
+
+/* same_as_full with configure_cooldown's configuration. */
+static void cooled_as_full(spi_engine *e, spi_request *r, uint32_t q,
+                           int cooldown_ms, seen saw[2]) {
+  static const char *const policies[2] = {"seen", "seenall"};
+  for (int k = 0; k < 2; k++) {
+    configure_cooldown(e, policies[k], cooldown_ms);
+    route_seen(r, q, &saw[k]);
+  }
+  assert_saw_same(q, saw);
+}
+
+/* An interruption notice for machine node, received now. */
+static void interrupt(spi_engine *e, const char *node) {
+  spi_notice n;
+  memset(&n, 0, sizeof n);
+  n.struct_size = sizeof n;
+  snprintf(n.node, sizeof n.node, "%s", node);
+  n.kind = SPI_NOTICE_TERMINATE;
+  n.format = SPI_NOTICE_AWS_INSTANCE_ACTION;
+  n.active = 1;
+  n.received_ns = moving_now;
+  n.deadline_ns = moving_now + 120000000000LL;
+  snprintf(n.dedup_key, sizeof n.dedup_key, "cool-%s", node);
+  size_t got = 0;
+  assert_int_equal(spi_engine_notice(e, &n, NULL, 0, &got), SPI_OK);
+}
+
+/* How many of the index's n positions are set in bitmap b. */
+static unsigned positions_in(const spi_pool_index *p, const uint64_t *b) {
+  unsigned c = 0;
+  for (size_t w = 0; w < (p->n + 63) / 64; w++)
+    c += (unsigned)__builtin_popcountll(b[w]);
+  return c;
+}
+
+static void assert_kinds(const spi_pool_index *p, unsigned reg, unsigned exc,
+                         unsigned cool) {
+  assert_int_equal(positions_in(p, p->reg), reg);
+  assert_int_equal(positions_in(p, p->exc), exc);
+  assert_int_equal(positions_in(p, p->cool), cool);
+}
+
+/* A spot pool cooling down after an interruption: its other replicas,
+ * which no request may use, are kept by the index (PIX_COOL) instead of
+ * being read whole by every route as exceptions, their KV usage in the
+ * sums while their loads are fresh. When the cooldown ends they are
+ * regular again with no write to their slots; a load gone stale by then
+ * makes them exceptions, as any stale load does. Every route is compared
+ * with the full pass. */
+static void test_cooling_pool_kept_not_read(void **st) {
+  (void)st;
+  const int64_t t0 = 1700000000LL * 1000000000LL, ms = 1000000;
+  seen saw[2];
+  spi_engine *e = seen_engine(t0, saw);
+  configure_cooldown(e, "seen", 500);
+  /* 24 replicas: the odd ones on-demand, the even ones spot, in zones z0
+   * (p0, p4, .., p20) and z1 (p2, p6, .., p22) of one instance type. */
+  uint64_t rng = 5;
+  for (uint32_t i = 0; i < 24; i++) {
+    char id[16];
+    snprintf(id, sizeof id, "p%u", i);
+    spi_replica_info ri = ff_replica(
+        id, i % 2 ? SPI_POOL_ON_DEMAND : SPI_POOL_SPOT, 2.0, 8);
+    if (i % 2 == 0) ff_place(&ri, NULL, "t", i % 4 == 0 ? "z0" : "z1");
+    assert_int_equal(spi_replica_upsert(e, &ri), SPI_OK);
+    load(e, i, &rng);
+  }
+  spi_request *r = NULL;
+  assert_int_equal(spi_request_new(e, &r), SPI_OK);
+  spi_pool_index *p = e->registry.pix;
+  moving_now = t0 + 100 * ms;
+  cooled_as_full(e, r, 0, 500, saw);
+  assert_kinds(p, 24, 0, 0);
+  /* p0's machine is reclaimed: z0 cools until t0 + 600 ms. */
+  interrupt(e, "p0");
+  cooled_as_full(e, r, 1, 500, saw);
+  assert_kinds(p, 18, 0, 5);
+  assert_int_equal(p->kv_n[SPI_POOL_SPOT], 11);
+  uint64_t built = p->rebuilds;
+  moving_now = t0 + 700 * ms; /* over, the loads still fresh: no write */
+  cooled_as_full(e, r, 2, 500, saw);
+  assert_kinds(p, 23, 0, 0);
+  /* p2's machine: z1 cools for 5 s, longer than its loads stay fresh. */
+  configure_cooldown(e, "seen", 5000);
+  interrupt(e, "p2");
+  cooled_as_full(e, r, 3, 5000, saw);
+  assert_kinds(p, 17, 0, 5);
+  moving_now = t0 + 1500 * ms; /* every load stale */
+  cooled_as_full(e, r, 4, 5000, saw);
+  assert_kinds(p, 0, 17, 5);
+  assert_int_equal(p->kv_n[SPI_POOL_SPOT], 0);
+  moving_now = t0 + 5800 * ms; /* over, the loads stale: exceptions */
+  cooled_as_full(e, r, 5, 5000, saw);
+  assert_kinds(p, 0, 22, 0);
+  for (uint32_t i = 0; i < 24; i++) load(e, i, &rng);
+  cooled_as_full(e, r, 6, 5000, saw);
+  assert_kinds(p, 22, 0, 0);
+  assert_int_equal(p->rebuilds, built); /* all of it kept, none rebuilt */
   spi_request_free(r);
   spi_engine_free(e);
 }
@@ -939,6 +1074,7 @@ int main(void) {
       cmocka_unit_test(test_contention_counted),
       cmocka_unit_test(test_blocks_follow_every_change),
       cmocka_unit_test(test_clock_back_rebuilds_when_it_must),
+      cmocka_unit_test(test_cooling_pool_kept_not_read),
       cmocka_unit_test(test_wide_block_loops_same_bits),
       cmocka_unit_test(test_wide_rdv_same_order),
       cmocka_unit_test(test_wide_free_best_same),
