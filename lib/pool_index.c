@@ -308,10 +308,23 @@ static int64_t regular_from(const route_env *x, const spi_replica_ident *r,
   return from;
 }
 
+/* Whether r serves the models every regular replica serves: any, or the
+ * index's list. */
+static int models_regular(const spi_pool_index *p,
+                          const spi_replica_ident *r) {
+  return r->models_len == 0 ||
+         (r->models_len == p->models_len &&
+          memcmp(r->models, p->models, r->models_len) == 0);
+}
+
+int spi__pix_serves(const spi_pool_index *p, const char *model, size_t len) {
+  return spi__models_serve(p->models, p->models_len, model, len);
+}
+
 /* Whether what rd says makes the replica regular at x->now. */
-static int regular(const route_env *x, const spi_replica_ident *r,
-                   const slot_read *rd) {
-  return r->cell >= 0 && rd->fresh && r->models_len == 0 &&
+static int regular(const spi_pool_index *p, const route_env *x,
+                   const spi_replica_ident *r, const slot_read *rd) {
+  return r->cell >= 0 && rd->fresh && models_regular(p, r) &&
          rd->breaker == SPI_BREAKER_CLOSED && rd->advised_until <= x->now &&
          !(r->pool == SPI_POOL_SPOT && rd->cooldown_until > x->now);
 }
@@ -516,7 +529,7 @@ entry_read_whole(spi_pool_index *p, const route_env *x,
   slot_read rd;
   slot_reading(x, raw, &rd);
   int kind = rd.state != SPI_REPLICA_ACTIVE ? PIX_OFF
-             : regular(x, r, &rd)          ? PIX_REG
+             : regular(p, x, r, &rd)       ? PIX_REG
              : cooling(x, r, &rd)          ? PIX_COOL
                                            : PIX_EXC;
   pix_hot *h = &p->hot[pos];
@@ -625,6 +638,32 @@ static int config_same(const pix_config *c, const route_env *x) {
          c->decode_rate == now.decode_rate && c->max_age == now.max_age;
 }
 
+/* The models list the most replicas of set have, of the first
+ * MODELS_SEEN distinct ones met ("" when none has one): a fleet that
+ * serves one model, its replicas saying so, is regular as if none said
+ * anything. */
+#define MODELS_SEEN 8
+static void models_choose(spi_pool_index *p, const spi_replica_set *set) {
+  const spi_replica_ident *seen[MODELS_SEEN];
+  uint32_t count[MODELS_SEEN], n = 0, best = 0;
+  for (size_t i = 0; i < set->n; i++) {
+    const spi_replica_ident *r = &set->r[i];
+    if (!r->models_len) continue;
+    uint32_t k = 0;
+    while (k < n && (seen[k]->models_len != r->models_len ||
+                     memcmp(seen[k]->models, r->models, r->models_len)))
+      k++;
+    if (k == n) {
+      if (n == MODELS_SEEN) continue;
+      seen[n] = r;
+      count[n++] = 0;
+    }
+    if (++count[k] > count[best]) best = k;
+  }
+  p->models_len = n ? seen[best]->models_len : 0;
+  if (n) memcpy(p->models, seen[best]->models, p->models_len);
+}
+
 /* Read every replica of set. The dirty bits are cleared first: a write
  * meanwhile sets its bit again. */
 static void rebuild(spi_pool_index *p, const route_env *x,
@@ -654,6 +693,7 @@ static void rebuild(spi_pool_index *p, const route_env *x,
   p->fix_cells = (uint8_t)((1u << SPI_SUMMARY_CELLS) - 1);
   p->version = set->version;
   p->n = set->n;
+  models_choose(p, set);
   config_of(x, &p->read_with);
   p->read_seq = x->cfg_seq;
   p->reg_from = INT64_MIN;

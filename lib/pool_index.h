@@ -143,6 +143,12 @@ typedef struct spi_pool_index {
                                    with (a change rebuilds it) */
   uint64_t read_seq;            /* a snapshot found to hold read_with (0:
                                    none): its routes compare no values */
+  /* The one models list a regular replica may have besides none: the list
+   * most of the set's replicas that have one share (models_regular), ""
+   * when none has one. A request for a model it does not name is routed
+   * by a pass over the slots (spi__pix_serves). */
+  uint32_t models_len;
+  char models[sizeof ((spi_replica_ident *)0)->models];
   int64_t reg_from;             /* every regular entry has been regular
                                    since then (regular_from); a route
                                    earlier than it rebuilds the index */
@@ -201,6 +207,11 @@ typedef struct spi_pool_index {
    * so the arrays above keep their alignment). */
   uint64_t slot_words;
 } spi_pool_index;
+
+/* Whether every regular replica serves the model named model[0..len)
+ * (spi__replica_serves): a request for one it does not cannot use the
+ * index's summaries. */
+int spi__pix_serves(const spi_pool_index *p, const char *model, size_t len);
 
 /* Made with the registry (replica.c), freed with it. */
 spi_pool_index *spi__pix_new(const spi_mem *m);

@@ -416,12 +416,12 @@ const spi_replica_ident *spi__registry_find(const spi_replica_set *set,
   return find_in(set, id, len, NULL);
 }
 
-int spi__replica_serves(const spi_replica_ident *r, const char *model,
-                        size_t len) {
+int spi__models_serve(const char *models, size_t models_len,
+                      const char *model, size_t len) {
   /* No list serves every model; a request that names no model may go to
    * any replica. */
-  if (r->models_len == 0 || len == 0) return 1;
-  const char *p = r->models, *end = r->models + r->models_len;
+  if (models_len == 0 || len == 0) return 1;
+  const char *p = models, *end = models + models_len;
   while (p < end) {
     const char *comma = memchr(p, ',', (size_t)(end - p));
     const char *a = p, *b = comma ? comma : end;
@@ -431,6 +431,11 @@ int spi__replica_serves(const spi_replica_ident *r, const char *model,
     p = comma ? comma + 1 : end;
   }
   return 0;
+}
+
+int spi__replica_serves(const spi_replica_ident *r, const char *model,
+                        size_t len) {
+  return spi__models_serve(r->models, r->models_len, model, len);
 }
 
 /* ------------------------------------------------------------- validation */

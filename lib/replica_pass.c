@@ -1165,7 +1165,9 @@ static size_t pix_wait_turns(size_t nrep) { return nrep / 4; }
 /* The lean pass through the pool index: the regular replicas' sums as
  * kept, the exceptions read whole, the regular replicas ranked from the
  * index. 0 when the index stayed another route's (pix_wait_turns) or
- * cannot describe set: the caller then reads every slot. Not inlined into
+ * cannot describe set, -1 when its regular replicas do not serve the
+ * request's model (their models list, spi__pix_serves): the caller then
+ * reads every slot, counting the first case only. Not inlined into
  * spi__pass_run: since the wait for the index can end in a call, gcc 12
  * laid the inlined pass out in 70-80 more instructions a route (callgrind,
  * 8 KiB x 64: 14,866 inlined, 14,794 not, 14,787 before the wait). */
@@ -1177,6 +1179,11 @@ scan_indexed(const route_env *x, const spi_replica_set *set, size_t nrep,
   if (!spi__pix_sync(p, x, set)) {
     spi__pix_release(p);
     return 0;
+  }
+  if (__builtin_expect(p->models_len != 0, 0) &&
+      !spi__pix_serves(p, x->v->model, x->v->model_len)) {
+    spi__pix_release(p);
+    return -1; /* its regular replicas serve another model */
   }
   /* The sums begin as the regular replicas' (sums is not cleared before
    * this pass: every field is set here), the exceptions added below. */
@@ -1418,11 +1425,15 @@ void spi__pass_run(scan *sc, const route_env *x, const spi_replica_set *set,
   if (cands) {
     memset(sums, 0, sizeof *sums);
     scan_full(x, set, nrep, sc, cands, sums);
-  } else if (!scan_indexed(x, set, nrep, sc, sums)) {
-    memset(sums, 0, sizeof *sums);
-    spi__metrics_slot_pass(
-        atomic_load_explicit(&x->e->metrics, memory_order_acquire));
-    scan_lean(x, set, nrep, sc, sums);
+  } else {
+    int indexed = scan_indexed(x, set, nrep, sc, sums);
+    if (indexed <= 0) {
+      memset(sums, 0, sizeof *sums);
+      if (indexed == 0)
+        spi__metrics_slot_pass(
+            atomic_load_explicit(&x->e->metrics, memory_order_acquire));
+      scan_lean(x, set, nrep, sc, sums);
+    }
   }
   pass_end(sc);
 }

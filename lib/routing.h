@@ -283,6 +283,9 @@ static inline void spi__slot_open_end(spi_replica_slot *s) {
 /* Wait until no route is between its look at the state and its ticket's
  * publish: the notice's side, after it stored the state (replica.c). */
 void spi__slot_opens_wait(spi_replica_slot *s);
+/* Whether a models list (comma-separated names, "" any) serves model. */
+int spi__models_serve(const char *models, size_t models_len,
+                      const char *model, size_t len);
 /* Whether ident serves model (its models list names it, or is empty). */
 int spi__replica_serves(const spi_replica_ident *r, const char *model,
                         size_t len);

@@ -626,6 +626,76 @@ static void test_cooling_pool_kept_not_read(void **st) {
   spi_engine_free(e);
 }
 
+/* Request q (request()) for model. */
+static void route_model(spi_engine *e, spi_request *r, uint32_t q,
+                        const char *policy, const char *model, seen *o) {
+  configure(e, policy);
+  request(r, q);
+  spi_request_set_str(r, SPI_REQ_MODEL, model, strlen(model));
+  spi_decision d;
+  memset(&d, 0, sizeof d);
+  d.struct_size = sizeof d;
+  o->text[0] = '\0';
+  assert_int_equal(spi_route(r, &d), SPI_OK);
+}
+
+/* Replica p<i> of 8 streams (odd: on-demand, even: spot) serving models. */
+static void upsert_serving(spi_engine *e, uint32_t i, const char *models) {
+  char id[16];
+  snprintf(id, sizeof id, "p%u", i);
+  spi_replica_info ri =
+      ff_replica(id, i % 2 ? SPI_POOL_ON_DEMAND : SPI_POOL_SPOT, 2.0, 8);
+  ri.models = models;
+  ri.models_len = strlen(models);
+  assert_int_equal(spi_replica_upsert(e, &ri), SPI_OK);
+}
+
+/* Requests q0..q1-1 for models taking turns, each through the index and
+ * through every slot; then how many replicas the index holds regular and
+ * as exceptions. */
+static void models_routed(spi_engine *e, spi_request *r, uint32_t q0,
+                          uint32_t q1, seen saw[2], unsigned reg,
+                          unsigned exc) {
+  static const char *const models[] = {"m", "big", "x", "none", ""};
+  const spi_pool_index *p = e->registry.pix;
+  for (uint32_t q = q0; q < q1; q++) {
+    route_model(e, r, q, "seen", models[q % 5], &saw[0]);
+    route_model(e, r, q, "seenall", models[q % 5], &saw[1]);
+    assert_saw_same(q, saw);
+    assert_int_equal(positions_in(p, p->reg), reg);
+    assert_int_equal(positions_in(p, p->exc), exc);
+  }
+}
+
+/* Replicas that say which models they serve: those whose list is the one
+ * most of them share are regular, as those with no list (a fleet of one
+ * model that says so keeps the index); a request for a model that list
+ * does not name reads every slot, and is not counted as a route that
+ * found the index in use. Every route is compared with the full pass. */
+static void test_models_lists_kept_regular(void **st) {
+  (void)st;
+  seen saw[2];
+  spi_engine *e = seen_engine(1700000000LL * 1000000000LL, saw);
+  configure(e, NULL);
+  /* 30 replicas: p0..p19 serve "m, big" (as written, with a blank),
+   * p20..p25 serve "x", p26..p29 any model. */
+  uint64_t rng = 9;
+  for (uint32_t i = 0; i < 30; i++) {
+    upsert_serving(e, i, i < 20 ? "m, big" : i < 26 ? "x" : "");
+    load(e, i, &rng);
+  }
+  spi_request *r = NULL;
+  assert_int_equal(spi_request_new(e, &r), SPI_OK);
+  models_routed(e, r, 0, 40, saw, 24, 6);
+  assert_int_equal(
+      spi_test_metric(e, "spotinfer_route_slot_passes_total"), 0);
+  /* p10..p29 made to serve "x": now most lists are "x". */
+  for (uint32_t i = 10; i < 30; i++) upsert_serving(e, i, "x");
+  models_routed(e, r, 40, 60, saw, 20, 10);
+  spi_request_free(r);
+  spi_engine_free(e);
+}
+
 /* The wide loops over a block (rdv_wide.c with AVX-512, pix_avx2.c with
  * AVX2) give the scalar loops' bits: a block's TTFTs ((base + wait) +
  * (cold * ms) * slow, never fused) and which are at most a threshold
@@ -1075,6 +1145,7 @@ int main(void) {
       cmocka_unit_test(test_blocks_follow_every_change),
       cmocka_unit_test(test_clock_back_rebuilds_when_it_must),
       cmocka_unit_test(test_cooling_pool_kept_not_read),
+      cmocka_unit_test(test_models_lists_kept_regular),
       cmocka_unit_test(test_wide_block_loops_same_bits),
       cmocka_unit_test(test_wide_rdv_same_order),
       cmocka_unit_test(test_wide_free_best_same),
