@@ -308,23 +308,15 @@ static int64_t regular_from(const route_env *x, const spi_replica_ident *r,
   return from;
 }
 
-/* Whether r serves the models every regular replica serves: any, or the
- * index's list. */
-static int models_regular(const spi_pool_index *p,
-                          const spi_replica_ident *r) {
-  return r->models_len == 0 ||
-         (r->models_len == p->models_len &&
-          memcmp(r->models, p->models, r->models_len) == 0);
-}
-
 int spi__pix_serves(const spi_pool_index *p, const char *model, size_t len) {
   return spi__models_serve(p->models, p->models_len, model, len);
 }
 
 /* Whether what rd says makes the replica regular at x->now. */
 static int regular(const spi_pool_index *p, const route_env *x,
-                   const spi_replica_ident *r, const slot_read *rd) {
-  return r->cell >= 0 && rd->fresh && models_regular(p, r) &&
+                   const spi_replica_ident *r, uint32_t pos,
+                   const slot_read *rd) {
+  return r->cell >= 0 && rd->fresh && (p->serves[pos / 64] >> (pos % 64) & 1) &&
          rd->breaker == SPI_BREAKER_CLOSED && rd->advised_until <= x->now &&
          !(r->pool == SPI_POOL_SPOT && rd->cooldown_until > x->now);
 }
@@ -529,7 +521,7 @@ entry_read_whole(spi_pool_index *p, const route_env *x,
   slot_read rd;
   slot_reading(x, raw, &rd);
   int kind = rd.state != SPI_REPLICA_ACTIVE ? PIX_OFF
-             : regular(p, x, r, &rd)       ? PIX_REG
+             : regular(p, x, r, pos, &rd)  ? PIX_REG
              : cooling(x, r, &rd)          ? PIX_COOL
                                            : PIX_EXC;
   pix_hot *h = &p->hot[pos];
@@ -638,30 +630,77 @@ static int config_same(const pix_config *c, const route_env *x) {
          c->decode_rate == now.decode_rate && c->max_age == now.max_age;
 }
 
-/* The models list the most replicas of set have, of the first
- * MODELS_SEEN distinct ones met ("" when none has one): a fleet that
- * serves one model, its replicas saying so, is regular as if none said
- * anything. */
+/* Whether models list a serves every model list b names (a is empty, or
+ * names each of b's names: spi__models_serve's reading of a list). */
+static int models_cover(const char *a, size_t alen, const char *b,
+                        size_t blen) {
+  for (const char *p = b, *end = b + blen; alen && p < end;) {
+    size_t n;
+    const char *name = spi__models_next(&p, end, &n);
+    if (!spi__models_serve(a, alen, name, n)) return 0;
+  }
+  return 1;
+}
+
+/* The distinct models lists of a set, the first MODELS_SEEN met, and how
+ * many replicas have each. */
 #define MODELS_SEEN 8
+typedef struct models_seen {
+  const spi_replica_ident *r[MODELS_SEEN];
+  uint32_t count[MODELS_SEEN], n;
+} models_seen;
+
+/* Which of ms's lists r has (ms->n when none of them, or r has none). */
+static uint32_t models_which(const models_seen *ms,
+                             const spi_replica_ident *r) {
+  uint32_t k = 0;
+  while (k < ms->n && (ms->r[k]->models_len != r->models_len ||
+                       memcmp(ms->r[k]->models, r->models, r->models_len)))
+    k++;
+  return r->models_len ? k : ms->n;
+}
+
+/* The index's models list: of the lists met, the one that the most
+ * replicas serve every model of (models_cover; the first on a tie), ""
+ * when no replica has a list. Then which positions serve every model it
+ * names, which alone may be regular: the index serves a request for one
+ * of them (spi__pix_serves) as if no replica had a list. A fleet of one
+ * model that says so keeps the index whole. */
 static void models_choose(spi_pool_index *p, const spi_replica_set *set) {
-  const spi_replica_ident *seen[MODELS_SEEN];
-  uint32_t count[MODELS_SEEN], n = 0, best = 0;
+  models_seen ms;
+  ms.n = 0;
   for (size_t i = 0; i < set->n; i++) {
     const spi_replica_ident *r = &set->r[i];
-    if (!r->models_len) continue;
-    uint32_t k = 0;
-    while (k < n && (seen[k]->models_len != r->models_len ||
-                     memcmp(seen[k]->models, r->models, r->models_len)))
-      k++;
-    if (k == n) {
-      if (n == MODELS_SEEN) continue;
-      seen[n] = r;
-      count[n++] = 0;
+    uint32_t k = models_which(&ms, r);
+    if (k == ms.n && r->models_len && ms.n < MODELS_SEEN) {
+      ms.r[ms.n] = r;
+      ms.count[ms.n++] = 0;
     }
-    if (++count[k] > count[best]) best = k;
+    if (k < ms.n) ms.count[k]++;
   }
-  p->models_len = n ? seen[best]->models_len : 0;
-  if (n) memcpy(p->models, seen[best]->models, p->models_len);
+  uint8_t cover[MODELS_SEEN][MODELS_SEEN];
+  uint32_t best = 0, best_n = 0;
+  for (uint32_t c = 0; c < ms.n; c++) {
+    uint32_t served = 0;
+    for (uint32_t k = 0; k < ms.n; k++) {
+      cover[c][k] = (uint8_t)models_cover(ms.r[k]->models, ms.r[k]->models_len,
+                                          ms.r[c]->models, ms.r[c]->models_len);
+      served += cover[c][k] ? ms.count[k] : 0;
+    }
+    if (served > best_n) best = c, best_n = served;
+  }
+  p->models_len = ms.n ? ms.r[best]->models_len : 0;
+  if (ms.n) memcpy(p->models, ms.r[best]->models, p->models_len);
+  memset(p->serves, 0, sizeof p->serves);
+  for (size_t i = 0; i < set->n; i++) {
+    const spi_replica_ident *r = &set->r[i];
+    uint32_t k = models_which(&ms, r);
+    int serves = !r->models_len ? 1
+                 : k < ms.n     ? cover[best][k]
+                                : models_cover(r->models, r->models_len,
+                                               p->models, p->models_len);
+    if (serves) bit_set(p->serves, (uint32_t)i);
+  }
 }
 
 /* Read every replica of set. The dirty bits are cleared first: a write

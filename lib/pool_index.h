@@ -143,12 +143,14 @@ typedef struct spi_pool_index {
                                    with (a change rebuilds it) */
   uint64_t read_seq;            /* a snapshot found to hold read_with (0:
                                    none): its routes compare no values */
-  /* The one models list a regular replica may have besides none: the list
-   * most of the set's replicas that have one share (models_regular), ""
-   * when none has one. A request for a model it does not name is routed
-   * by a pass over the slots (spi__pix_serves). */
+  /* The models list every regular replica serves each model of (as
+   * chosen for the set: models_choose; "" when no replica has one), and
+   * the positions that do, which alone may be regular. A request for a
+   * model it does not name is routed by a pass over the slots
+   * (spi__pix_serves). */
   uint32_t models_len;
   char models[sizeof ((spi_replica_ident *)0)->models];
+  uint64_t serves[SPI_REPLICA_SLOTS / 64];
   int64_t reg_from;             /* every regular entry has been regular
                                    since then (regular_from); a route
                                    earlier than it rebuilds the index */

@@ -416,19 +416,25 @@ const spi_replica_ident *spi__registry_find(const spi_replica_set *set,
   return find_in(set, id, len, NULL);
 }
 
+const char *spi__models_next(const char **p, const char *end, size_t *len) {
+  const char *comma = memchr(*p, ',', (size_t)(end - *p));
+  const char *a = *p, *b = comma ? comma : end;
+  while (a < b && (*a == ' ' || *a == '\t')) a++;
+  while (b > a && (b[-1] == ' ' || b[-1] == '\t')) b--;
+  *p = comma ? comma + 1 : end;
+  *len = (size_t)(b - a);
+  return a;
+}
+
 int spi__models_serve(const char *models, size_t models_len,
                       const char *model, size_t len) {
   /* No list serves every model; a request that names no model may go to
    * any replica. */
   if (models_len == 0 || len == 0) return 1;
-  const char *p = models, *end = models + models_len;
-  while (p < end) {
-    const char *comma = memchr(p, ',', (size_t)(end - p));
-    const char *a = p, *b = comma ? comma : end;
-    while (a < b && (*a == ' ' || *a == '\t')) a++;
-    while (b > a && (b[-1] == ' ' || b[-1] == '\t')) b--;
-    if ((size_t)(b - a) == len && memcmp(a, model, len) == 0) return 1;
-    p = comma ? comma + 1 : end;
+  for (const char *p = models, *end = models + models_len; p < end;) {
+    size_t n;
+    const char *name = spi__models_next(&p, end, &n);
+    if (n == len && memcmp(name, model, len) == 0) return 1;
   }
   return 0;
 }

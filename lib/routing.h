@@ -283,6 +283,10 @@ static inline void spi__slot_open_end(spi_replica_slot *s) {
 /* Wait until no route is between its look at the state and its ticket's
  * publish: the notice's side, after it stored the state (replica.c). */
 void spi__slot_opens_wait(spi_replica_slot *s);
+/* The next name of a models list from *p (before end): where it starts
+ * and, in *len, its length, the blanks around it left out; *p moves past
+ * it and its comma. */
+const char *spi__models_next(const char **p, const char *end, size_t *len);
 /* Whether a models list (comma-separated names, "" any) serves model. */
 int spi__models_serve(const char *models, size_t models_len,
                       const char *model, size_t len);

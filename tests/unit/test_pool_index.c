@@ -667,11 +667,12 @@ static void models_routed(spi_engine *e, spi_request *r, uint32_t q0,
   }
 }
 
-/* Replicas that say which models they serve: those whose list is the one
- * most of them share are regular, as those with no list (a fleet of one
- * model that says so keeps the index); a request for a model that list
- * does not name reads every slot, and is not counted as a route that
- * found the index in use. Every route is compared with the full pass. */
+/* Replicas that say which models they serve: of the lists they have, the
+ * one that the most replicas serve every model of is the index's, and
+ * those replicas are regular, as those with no list (a fleet of one model
+ * that says so keeps the index); a request for a model that list does not
+ * name reads every slot, and is not counted as a route that found the
+ * index in use. Every route is compared with the full pass. */
 static void test_models_lists_kept_regular(void **st) {
   (void)st;
   seen saw[2];
@@ -692,6 +693,9 @@ static void test_models_lists_kept_regular(void **st) {
   /* p10..p29 made to serve "x": now most lists are "x". */
   for (uint32_t i = 10; i < 30; i++) upsert_serving(e, i, "x");
   models_routed(e, r, 40, 60, saw, 20, 10);
+  /* p0..p4 serve "x, m": every model of "x" and more, so regular too. */
+  for (uint32_t i = 0; i < 5; i++) upsert_serving(e, i, "x, m");
+  models_routed(e, r, 60, 80, saw, 25, 5);
   spi_request_free(r);
   spi_engine_free(e);
 }
