@@ -8,9 +8,10 @@
  * uncached tokens, its relative load, whether it is busy, its rendezvous
  * weight for the prefix; and it adds up each pool's KV usage, tokens served
  * and usable count. Most of that does not depend on the request: for a
- * replica that is ACTIVE, has a fresh load, no models list, a closed
- * breaker, no rebalance advice and no cooling spot pool - a regular replica
- * - every request finds it usable, its TTFT is
+ * replica that is ACTIVE, has a fresh load, a closed breaker, no rebalance
+ * advice, no cooling spot pool and no models list, or one naming every
+ * model of the index's list (models_choose) - a regular replica - every
+ * request the index serves finds it usable, its TTFT is
  *
  *   (ttft_base_ms + wait_ms) + (uncached * ms_tok) * slow
  *
@@ -19,14 +20,16 @@
  * index keeps those per position of the replica set, and each pool's sums
  * over the regular replicas (integers: KV usage in fixed point, tokens, so
  * that sums kept as replicas come and go equal the sums a pass makes in
- * position order). A replica of a spot pool that is cooling down after an
- * interruption is usable by no request, whatever else its slot says: all
- * a pass takes from it is its KV usage while its load is fresh, which the
- * index keeps in the sums too until the cooldown ends or the load's
- * freshness changes, then reads its slot again (PIX_COOL). A zone's
- * replicas cool together for minutes (router.pool_cooldown_ms), and a
- * route would otherwise read every one of them. Every other ACTIVE replica
- * is an exception, read whole by every route exactly as the pass reads it.
+ * position order). Some replicas no request the index serves may use,
+ * whatever else their slots say: those of a spot pool cooling down after
+ * an interruption, and those serving none of the models of the index's
+ * models list (models_choose). All a pass takes from such a replica is its
+ * KV usage while its load is fresh, which the index keeps in the sums too
+ * until the cooldown ends or the load's freshness changes, then reads its
+ * slot again (PIX_ASIDE). A zone's replicas cool together for minutes
+ * (router.pool_cooldown_ms), and a fleet may serve several models: a route
+ * would otherwise read every one of them. Every other ACTIVE replica is an
+ * exception, read whole by every route exactly as the pass reads it.
  *
  * Staying current. Every writer of a slot field routing reads calls
  * spi__replica_touch, which sets the slot's bit in the registry's dirty
@@ -80,6 +83,8 @@ spi_pool_index *spi__pix_new(const spi_mem *m) {
   spi_pool_index *p = spi__alloc(m, sizeof *p);
   if (!p) return NULL;
   memset(p, 0, offsetof(spi_pool_index, hot));
+  p->models_len = 0; /* as an index of no set has it (rebuild sets these) */
+  p->other_any = 0;
   atomic_init(&p->taken, 0);
   atomic_init(&p->turn, 0u);
   atomic_init(&p->stuck, UINT_MAX); /* no turn is */
@@ -248,16 +253,16 @@ static void block_move(spi_pool_index *p, uint32_t pos, const pix_hot *o,
              least_loaded_moves(b, pos, o->rel, o->srv, h));
 }
 
-/* The cooling entry at pos out of the sums and the kinds (entry_drop).
+/* The entry set aside at pos out of the sums and the kinds (entry_drop).
  * Out of line, so that entry_drop stays small enough to be inlined. */
-static __attribute__((noinline)) void cool_drop(spi_pool_index *p,
-                                                uint32_t pos) {
+static __attribute__((noinline)) void aside_drop(spi_pool_index *p,
+                                                 uint32_t pos) {
   const pix_cold *c = &p->cold[pos];
   if (c->fresh) {
     p->kv_fix[c->pool] -= spi__kv_fix(c->kv);
     p->kv_n[c->pool]--;
   }
-  bit_clear(p->cool, pos);
+  bit_clear(p->aside, pos);
 }
 
 /* Take position pos out of the sums and the kinds; a regular entry leaves
@@ -278,8 +283,8 @@ static void entry_drop(spi_pool_index *p, uint32_t pos, int moved) {
     if (!moved) block_leave(p, pos, h);
   } else if (h->kind == PIX_EXC) {
     bit_clear(p->exc, pos);
-  } else if (h->kind == PIX_COOL) {
-    cool_drop(p, pos);
+  } else if (h->kind == PIX_ASIDE) {
+    aside_drop(p, pos);
   }
   h->kind = PIX_OFF;
 }
@@ -309,6 +314,9 @@ static int64_t regular_from(const route_env *x, const spi_replica_ident *r,
 }
 
 int spi__pix_serves(const spi_pool_index *p, const char *model, size_t len) {
+  /* A request that names no model may go to any replica, those set aside
+   * for serving other models too. */
+  if (len == 0) return !p->other_any;
   return spi__models_serve(p->models, p->models_len, model, len);
 }
 
@@ -328,14 +336,24 @@ static int cooling(const route_env *x, const spi_replica_ident *r,
   return r->pool == SPI_POOL_SPOT && rd->cooldown_until > x->now;
 }
 
-/* The times [*from, *until) around x->now over which a cooling replica's
- * reading stays as rd has it: its pool still cooling, its load as fresh or
- * as stale as now (spi__load_view_of: fresh from at - max_age + 1 up to
- * before at + max_age). 0 when the load was stamped further ahead than it
- * may be old, or so far off that the age overflows: such an entry stays
- * an exception. */
-static int cool_window(const route_env *x, const slot_read *rd, int64_t at,
-                       int64_t *from, int64_t *until) {
+/* Whether the replica at pos is usable by no request the index serves:
+ * its spot pool cooling, or a models list naming none of the index's
+ * (its bit in p->other). */
+static int set_aside(const spi_pool_index *p, const route_env *x,
+                     const spi_replica_ident *r, uint32_t pos,
+                     const slot_read *rd) {
+  return cooling(x, r, rd) || (p->other[pos / 64] >> (pos % 64) & 1);
+}
+
+/* The times [*from, *until) around x->now over which the reading of a
+ * replica set aside stays as rd has it: its pool still cooling if it is,
+ * its load as fresh or as stale as now (spi__load_view_of: fresh from
+ * at - max_age + 1 up to before at + max_age). 0 when the load was stamped
+ * further ahead than it may be old, or so far off that the age overflows:
+ * such an entry stays an exception. */
+static int aside_window(const route_env *x, const spi_replica_ident *r,
+                        const slot_read *rd, int64_t at, int64_t *from,
+                        int64_t *until) {
   int64_t m = spi__load_max_age(x->max_age), age;
   *from = INT64_MIN;
   *until = INT64_MAX;
@@ -350,22 +368,23 @@ static int cool_window(const route_env *x, const slot_read *rd, int64_t at,
       return 0; /* stamped in the future: fresh later */
     }
   }
-  if (rd->cooldown_until < *until) *until = rd->cooldown_until;
+  if (cooling(x, r, rd) && rd->cooldown_until < *until)
+    *until = rd->cooldown_until;
   return 1;
 }
 
-/* The entry at pos as one of a cooling spot pool (PIX_COOL): only its KV
- * pressure, while its load is fresh, is in what the pass adds up, as an
- * exception's would be (indexed_exception). 0 when its reading does not
- * hold over a window of time (cool_window): it is an exception then. */
-static int entry_cool(spi_pool_index *p, const route_env *x,
-                      const spi_replica_ident *r, uint32_t pos,
-                      const slot_read *rd, int64_t at) {
+/* The entry at pos as one set aside (PIX_ASIDE): only its KV pressure,
+ * while its load is fresh, is in what the pass adds up, as an exception's
+ * would be (indexed_exception). 0 when its reading does not hold over a
+ * window of time (aside_window): it is an exception then. */
+static int entry_aside(spi_pool_index *p, const route_env *x,
+                       const spi_replica_ident *r, uint32_t pos,
+                       const slot_read *rd, int64_t at) {
   int64_t from, until;
-  if (!cool_window(x, rd, at, &from, &until)) return 0;
+  if (!aside_window(x, r, rd, at, &from, &until)) return 0;
   pix_cold *c = &p->cold[pos];
-  p->hot[pos].kind = PIX_COOL;
-  bit_set(p->cool, pos);
+  p->hot[pos].kind = PIX_ASIDE;
+  bit_set(p->aside, pos);
   c->pool = r->pool;
   c->fresh = rd->fresh;
   c->kv = rd->kv;
@@ -522,7 +541,7 @@ entry_read_whole(spi_pool_index *p, const route_env *x,
   slot_reading(x, raw, &rd);
   int kind = rd.state != SPI_REPLICA_ACTIVE ? PIX_OFF
              : regular(p, x, r, pos, &rd)  ? PIX_REG
-             : cooling(x, r, &rd)          ? PIX_COOL
+             : set_aside(p, x, r, pos, &rd) ? PIX_ASIDE
                                            : PIX_EXC;
   pix_hot *h = &p->hot[pos];
   if (kind == PIX_REG && h->kind == PIX_REG && h->cell == r->cell &&
@@ -541,7 +560,7 @@ entry_read_whole(spi_pool_index *p, const route_env *x,
   entry_drop(p, pos, moved);
   p->t_wait[pos] = p->t_ms_tok[pos] = p->t_slow[pos] = 0.0;
   if (kind == PIX_OFF) return;
-  if (kind == PIX_COOL && entry_cool(p, x, r, pos, &rd, at)) return;
+  if (kind == PIX_ASIDE && entry_aside(p, x, r, pos, &rd, at)) return;
   if (kind != PIX_REG) {
     h->kind = PIX_EXC;
     bit_set(p->exc, pos);
@@ -630,16 +649,21 @@ static int config_same(const pix_config *c, const route_env *x) {
          c->decode_rate == now.decode_rate && c->max_age == now.max_age;
 }
 
-/* Whether models list a serves every model list b names (a is empty, or
- * names each of b's names: spi__models_serve's reading of a list). */
+/* How much of model list b's names a non-empty models list a serves
+ * (spi__models_serve's reading of a list): MODELS_ALL every one of them,
+ * MODELS_NONE none, MODELS_SOME the others. */
+enum { MODELS_NONE, MODELS_SOME, MODELS_ALL };
 static int models_cover(const char *a, size_t alen, const char *b,
                         size_t blen) {
-  for (const char *p = b, *end = b + blen; alen && p < end;) {
+  int some = 0, all = 1;
+  for (const char *p = b, *end = b + blen; p < end;) {
     size_t n;
     const char *name = spi__models_next(&p, end, &n);
-    if (!spi__models_serve(a, alen, name, n)) return 0;
+    int serves = spi__models_serve(a, alen, name, n);
+    some |= serves;
+    all &= serves;
   }
-  return 1;
+  return all ? MODELS_ALL : some ? MODELS_SOME : MODELS_NONE;
 }
 
 /* The distinct models lists of a set, the first MODELS_SEEN met, and how
@@ -663,9 +687,11 @@ static uint32_t models_which(const models_seen *ms,
 /* The index's models list: of the lists met, the one that the most
  * replicas serve every model of (models_cover; the first on a tie), ""
  * when no replica has a list. Then which positions serve every model it
- * names, which alone may be regular: the index serves a request for one
- * of them (spi__pix_serves) as if no replica had a list. A fleet of one
- * model that says so keeps the index whole. */
+ * names, which alone may be regular (p->serves), and which none (p->other:
+ * set aside): the index serves a request for one of them
+ * (spi__pix_serves) as if no replica had a list. A fleet of one model
+ * that says so keeps the index whole, and one of several models keeps the
+ * replicas of the others aside. */
 static void models_choose(spi_pool_index *p, const spi_replica_set *set) {
   models_seen ms;
   ms.n = 0;
@@ -685,21 +711,25 @@ static void models_choose(spi_pool_index *p, const spi_replica_set *set) {
     for (uint32_t k = 0; k < ms.n; k++) {
       cover[c][k] = (uint8_t)models_cover(ms.r[k]->models, ms.r[k]->models_len,
                                           ms.r[c]->models, ms.r[c]->models_len);
-      served += cover[c][k] ? ms.count[k] : 0;
+      served += cover[c][k] == MODELS_ALL ? ms.count[k] : 0;
     }
     if (served > best_n) best = c, best_n = served;
   }
   p->models_len = ms.n ? ms.r[best]->models_len : 0;
   if (ms.n) memcpy(p->models, ms.r[best]->models, p->models_len);
   memset(p->serves, 0, sizeof p->serves);
+  memset(p->other, 0, sizeof p->other);
+  p->other_any = 0;
   for (size_t i = 0; i < set->n; i++) {
     const spi_replica_ident *r = &set->r[i];
     uint32_t k = models_which(&ms, r);
-    int serves = !r->models_len ? 1
-                 : k < ms.n     ? cover[best][k]
-                                : models_cover(r->models, r->models_len,
-                                               p->models, p->models_len);
-    if (serves) bit_set(p->serves, (uint32_t)i);
+    int cover_of = !r->models_len ? MODELS_ALL
+                   : k < ms.n     ? cover[best][k]
+                                  : models_cover(r->models, r->models_len,
+                                                 p->models, p->models_len);
+    if (cover_of == MODELS_ALL) bit_set(p->serves, (uint32_t)i);
+    if (cover_of == MODELS_NONE) bit_set(p->other, (uint32_t)i);
+    p->other_any |= cover_of == MODELS_NONE;
   }
 }
 
@@ -722,7 +752,7 @@ static void rebuild(spi_pool_index *p, const route_env *x,
   memset(p->wait_fix, 0, sizeof p->wait_fix);
   memset(p->reg, 0, sizeof p->reg);
   memset(p->exc, 0, sizeof p->exc);
-  memset(p->cool, 0, sizeof p->cool);
+  memset(p->aside, 0, sizeof p->aside);
   memset(p->creg, 0, sizeof p->creg);
   memset(p->cfree, 0, sizeof p->cfree);
   for (int k = 0; k < SPI_SUMMARY_CELLS; k++) {
@@ -774,7 +804,7 @@ static void read_dirty(spi_pool_index *p, const route_env *x,
   }
 }
 
-/* Cooling entries past their window are read again (they may be anything
+/* Entries set aside past their window are read again (they may be anything
  * now), regular entries whose load is stale at x->now become exceptions,
  * and the earliest time either comes for the rest is found again. Out of
  * line: few syncs come to it. */
@@ -782,10 +812,10 @@ static __attribute__((noinline)) void
 expire(spi_pool_index *p, const route_env *x, const spi_replica_set *set) {
   size_t words = (p->n + 63) / 64;
   for (size_t w = 0; w < words; w++)
-    for (uint64_t b = p->cool[w]; b; b &= b - 1) {
+    for (uint64_t b = p->aside[w]; b; b &= b - 1) {
       uint32_t pos = (uint32_t)(w * 64 + (size_t)__builtin_ctzll(b));
       if (p->cold[pos].until > x->now) continue;
-      spi_slot_words raw; /* a cooling entry is read whole (entry_steady) */
+      spi_slot_words raw; /* one set aside is read whole (entry_steady) */
       spi__slot_words_read(&x->e->registry.slots[set->r[pos].slot], &raw);
       entry_read_whole(p, x, &set->r[pos], pos, &raw);
     }
@@ -803,7 +833,7 @@ expire(spi_pool_index *p, const route_env *x, const spi_replica_set *set) {
       bit_set(p->exc, pos);
     }
     /* Read again above if due: each is due later than now. */
-    for (uint64_t b = p->cool[w]; b; b &= b - 1) {
+    for (uint64_t b = p->aside[w]; b; b &= b - 1) {
       int64_t until = p->cold[(size_t)w * 64 + (size_t)__builtin_ctzll(b)].until;
       if (until < min) min = until;
     }

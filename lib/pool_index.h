@@ -15,10 +15,12 @@ enum {
   PIX_OFF = 0, /* not ACTIVE: in no sum and no summary */
   PIX_REG = 1, /* regular: usable by any request until `until` */
   PIX_EXC = 2, /* anything else ACTIVE: read whole by every route */
-  PIX_COOL = 3 /* ACTIVE in a spot pool cooling down: usable by none, in
-                  the KV sums while its load is fresh; as it is from
-                  `from` until `until` (the cooldown's end, or its load's
-                  freshness changing), then read whole again */
+  PIX_ASIDE = 3 /* ACTIVE, usable by no request the index serves (its
+                   spot pool cooling down, or serving none of the models
+                   of the index's list): in the KV sums while its load is
+                   fresh; as it is from `from` until `until` (the
+                   cooldown's end, or its load's freshness changing), then
+                   read whole again */
 };
 
 /* A regular replica as every route reads it: its TTFT for a request of c
@@ -42,9 +44,9 @@ typedef struct pix_cold {
   uint64_t served;
   uint64_t wait_fix;            /* spi__wait_fix */
   int64_t until;                /* stale from then on: regular no longer
-                                   (PIX_COOL: read again from then on) */
-  int64_t from;                 /* regular since (regular_from; PIX_COOL:
-                                   cool_window) */
+                                   (PIX_ASIDE: read again from then on) */
+  int64_t from;                 /* regular since (regular_from;
+                                   PIX_ASIDE: aside_window) */
   uint32_t inflight;
   int32_t pool;
   uint32_t max_inflight;
@@ -54,7 +56,8 @@ typedef struct pix_cold {
    * regular exactly while from <= now < until as long as they stay
    * (neither bound saturated: entry_steady). */
   int steady;
-  int fresh;                    /* PIX_COOL: its load fresh, kv in the sums */
+  int fresh;                    /* PIX_ASIDE: its load fresh, kv in the
+                                   sums */
   spi_slot_words raw;
 } pix_cold;
 
@@ -143,19 +146,11 @@ typedef struct spi_pool_index {
                                    with (a change rebuilds it) */
   uint64_t read_seq;            /* a snapshot found to hold read_with (0:
                                    none): its routes compare no values */
-  /* The models list every regular replica serves each model of (as
-   * chosen for the set: models_choose; "" when no replica has one), and
-   * the positions that do, which alone may be regular. A request for a
-   * model it does not name is routed by a pass over the slots
-   * (spi__pix_serves). */
-  uint32_t models_len;
-  char models[sizeof ((spi_replica_ident *)0)->models];
-  uint64_t serves[SPI_REPLICA_SLOTS / 64];
   int64_t reg_from;             /* every regular entry has been regular
                                    since then (regular_from); a route
                                    earlier than it rebuilds the index */
-  int64_t min_until;            /* no regular entry is stale, and no
-                                   cooling one due, before this */
+  int64_t min_until;            /* no regular entry is stale, and none
+                                   set aside due, before this */
   uint64_t rebuilds;            /* from every slot, since made (tests) */
   /* The regular replicas' share of what the pass adds up. */
   uint32_t usable[SPI_SUMMARY_CELLS];
@@ -166,7 +161,7 @@ typedef struct spi_pool_index {
   uint64_t wait_fix[SPI_SUMMARY_CELLS];
   uint64_t reg[SPI_REPLICA_SLOTS / 64]; /* positions, by kind */
   uint64_t exc[SPI_REPLICA_SLOTS / 64];
-  uint64_t cool[SPI_REPLICA_SLOTS / 64];
+  uint64_t aside[SPI_REPLICA_SLOTS / 64];
   uint64_t creg[SPI_SUMMARY_CELLS][SPI_REPLICA_SLOTS / 64]; /* reg, by cell */
   uint64_t cfree[SPI_SUMMARY_CELLS][SPI_REPLICA_SLOTS / 64]; /* ... not busy */
   uint64_t blk_dirty[SPI_SUMMARY_CELLS]; /* blocks to sum up again */
@@ -205,9 +200,23 @@ typedef struct spi_pool_index {
    * read eight at a time. */
   uint64_t id_hash_at[SPI_REPLICA_SLOTS];
   int8_t cell_at[SPI_REPLICA_SLOTS];
-  /* The registry's dirty words holding the set's slots, a bit each (last,
-   * so the arrays above keep their alignment). */
+  /* The registry's dirty words holding the set's slots, a bit each (after
+   * the arrays above, so that they keep their alignment). */
   uint64_t slot_words;
+  /* The models list every regular replica serves each model of (as
+   * chosen for the set: models_choose; "" when no replica has one), the
+   * positions that do, which alone may be regular, and those that serve
+   * none of its models (set aside; other_any: there are some). A request
+   * for a model it does not name, or for none while some replica serves
+   * other models, is routed by a pass over the slots (spi__pix_serves).
+   * Set by every rebuild, which every index has before its first route;
+   * after the arrays above, which the routes' passes read, and not cleared
+   * when the index is made. */
+  uint32_t models_len;
+  char models[sizeof ((spi_replica_ident *)0)->models];
+  uint64_t serves[SPI_REPLICA_SLOTS / 64];
+  uint64_t other[SPI_REPLICA_SLOTS / 64];
+  int other_any;
 } spi_pool_index;
 
 /* Whether every regular replica serves the model named model[0..len)

@@ -560,10 +560,10 @@ static unsigned positions_in(const spi_pool_index *p, const uint64_t *b) {
 }
 
 static void assert_kinds(const spi_pool_index *p, unsigned reg, unsigned exc,
-                         unsigned cool) {
+                         unsigned aside) {
   assert_int_equal(positions_in(p, p->reg), reg);
   assert_int_equal(positions_in(p, p->exc), exc);
-  assert_int_equal(positions_in(p, p->cool), cool);
+  assert_int_equal(positions_in(p, p->aside), aside);
 }
 
 /* A spot pool cooling down after an interruption: its other replicas,
@@ -651,51 +651,53 @@ static void upsert_serving(spi_engine *e, uint32_t i, const char *models) {
 }
 
 /* Requests q0..q1-1 for models taking turns, each through the index and
- * through every slot; then how many replicas the index holds regular and
- * as exceptions. */
+ * through every slot; then how many replicas the index holds regular, as
+ * exceptions and set aside. */
 static void models_routed(spi_engine *e, spi_request *r, uint32_t q0,
                           uint32_t q1, seen saw[2], unsigned reg,
-                          unsigned exc) {
+                          unsigned exc, unsigned aside) {
   static const char *const models[] = {"m", "big", "x", "none", ""};
   const spi_pool_index *p = e->registry.pix;
   for (uint32_t q = q0; q < q1; q++) {
     route_model(e, r, q, "seen", models[q % 5], &saw[0]);
     route_model(e, r, q, "seenall", models[q % 5], &saw[1]);
     assert_saw_same(q, saw);
-    assert_int_equal(positions_in(p, p->reg), reg);
-    assert_int_equal(positions_in(p, p->exc), exc);
+    assert_kinds(p, reg, exc, aside);
   }
 }
 
 /* Replicas that say which models they serve: of the lists they have, the
  * one that the most replicas serve every model of is the index's, and
  * those replicas are regular, as those with no list (a fleet of one model
- * that says so keeps the index); a request for a model that list does not
- * name reads every slot, and is not counted as a route that found the
- * index in use. Every route is compared with the full pass. */
+ * that says so keeps the index); those that serve none of its models are
+ * set aside, those that serve some are exceptions. A request for a model
+ * that list does not name, or for none, reads every slot, and is not
+ * counted as a route that found the index in use. Every route is compared
+ * with the full pass. */
 static void test_models_lists_kept_regular(void **st) {
   (void)st;
   seen saw[2];
   spi_engine *e = seen_engine(1700000000LL * 1000000000LL, saw);
   configure(e, NULL);
   /* 30 replicas: p0..p19 serve "m, big" (as written, with a blank),
-   * p20..p25 serve "x", p26..p29 any model. */
+   * p20..p22 "big, y", p23..p25 "x", p26..p29 any model. */
+  static const char *const lists[] = {"m, big", "big, y", "x", ""};
   uint64_t rng = 9;
   for (uint32_t i = 0; i < 30; i++) {
-    upsert_serving(e, i, i < 20 ? "m, big" : i < 26 ? "x" : "");
+    upsert_serving(e, i, lists[i < 20 ? 0 : i < 23 ? 1 : i < 26 ? 2 : 3]);
     load(e, i, &rng);
   }
   spi_request *r = NULL;
   assert_int_equal(spi_request_new(e, &r), SPI_OK);
-  models_routed(e, r, 0, 40, saw, 24, 6);
+  models_routed(e, r, 0, 40, saw, 24, 3, 3);
   assert_int_equal(
       spi_test_metric(e, "spotinfer_route_slot_passes_total"), 0);
   /* p10..p29 made to serve "x": now most lists are "x". */
   for (uint32_t i = 10; i < 30; i++) upsert_serving(e, i, "x");
-  models_routed(e, r, 40, 60, saw, 20, 10);
+  models_routed(e, r, 40, 60, saw, 20, 0, 10);
   /* p0..p4 serve "x, m": every model of "x" and more, so regular too. */
   for (uint32_t i = 0; i < 5; i++) upsert_serving(e, i, "x, m");
-  models_routed(e, r, 60, 80, saw, 25, 5);
+  models_routed(e, r, 60, 80, saw, 25, 0, 5);
   spi_request_free(r);
   spi_engine_free(e);
 }
