@@ -254,8 +254,10 @@ static int cool_first_zone(spi_engine *e, int replicas) {
   n.received_ns = fixed_clock(NULL);
   n.deadline_ns = n.received_ns + 120LL * 1000000000LL;
   snprintf(n.dedup_key, sizeof n.dedup_key, "bench-notice");
+  static spi_ticket_plan plans[256]; /* the warm-up finished its tickets */
+  plans[0].struct_size = sizeof plans[0];
   size_t got = 0;
-  if (spi_engine_notice(e, &n, NULL, 0, &got) != SPI_OK) {
+  if (spi_engine_notice(e, &n, plans, 256, &got) != SPI_OK) {
     fprintf(stderr, "notice: %s\n", spi_engine_errmsg(e));
     exit(1);
   }

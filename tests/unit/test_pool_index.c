@@ -5,7 +5,9 @@
  * clears a mark reads the slot after).
  *
  * Threads route (opening and finishing tickets, giving first tokens) and
- * report loads and states on one engine. Once they have stopped, the same
+ * report loads and states on one engine, with interruptions that cool
+ * spot pools down and replicas changing the models they serve (the index
+ * keeps some replicas set aside). Once they have stopped, the same
  * requests are routed with a policy that reads the summaries (through the
  * index) and with one that reads every candidate (a pass over every slot):
  * what the two see must be the same, bit for bit. Run under
@@ -197,6 +199,14 @@ typedef struct worker {
   uint64_t rng;
 } worker;
 
+/* How many of the index's n positions are set in bitmap b. */
+static unsigned positions_in(const spi_pool_index *p, const uint64_t *b) {
+  unsigned c = 0;
+  for (size_t w = 0; w < (p->n + 63) / 64; w++)
+    c += (unsigned)__builtin_popcountll(b[w]);
+  return c;
+}
+
 static void *router(void *arg) {
   worker *w = arg;
   spi_request *r = NULL;
@@ -224,6 +234,47 @@ static void *router(void *arg) {
   return NULL;
 }
 
+/* Replica p<i> of the concurrent fleet: its pool, tier and size by i, a
+ * spot one in one of three zones, serving the models given. */
+static void upsert_concurrent(spi_engine *e, uint32_t i, const char *models) {
+  static const char *const zones[] = {"z0", "z1", "z2"};
+  char id[16];
+  snprintf(id, sizeof id, "p%u", i);
+  spi_replica_info ri = ff_replica(
+      id, i % 2 ? SPI_POOL_ON_DEMAND : SPI_POOL_SPOT, 2.0, 1 + i % 4);
+  ri.model_tier = i % 3 ? SPI_TIER_LARGE : SPI_TIER_SMALL;
+  if (i % 2 == 0) ff_place(&ri, NULL, "t", zones[i / 2 % 3]);
+  ri.models = models;
+  ri.models_len = strlen(models);
+  assert_int_equal(spi_replica_upsert(e, &ri), SPI_OK);
+}
+
+/* The models lists of the concurrent fleet: most serve the requests'
+ * model "m" (regular), a fifth only "x" (set aside), some any. */
+static const char *concurrent_models(uint32_t i) {
+  static const char *const lists[] = {"x", "m, x", "", "m", "m"};
+  return lists[i % 5];
+}
+
+/* Interrupt p<at>'s machine: its spot pool, if it has one, cools down. */
+static void interrupt_at(spi_engine *e, uint32_t at, uint32_t k) {
+  spi_notice n;
+  memset(&n, 0, sizeof n);
+  n.struct_size = sizeof n;
+  snprintf(n.node, sizeof n.node, "p%u", at);
+  n.kind = SPI_NOTICE_TERMINATE;
+  n.format = SPI_NOTICE_AWS_INSTANCE_ACTION;
+  n.active = 1;
+  n.received_ns = fixed_clock(NULL);
+  n.deadline_ns = n.received_ns + 120000000000LL;
+  snprintf(n.dedup_key, sizeof n.dedup_key, "storm-%u", k);
+  spi_ticket_plan plans[HELD * ROUTERS]; /* room for every open ticket */
+  plans[0].struct_size = sizeof plans[0];
+  size_t got = 0;
+  assert_int_equal(spi_engine_notice(e, &n, plans, HELD * ROUTERS, &got),
+                   SPI_OK);
+}
+
 static void *reporter(void *arg) {
   worker *w = arg;
   for (uint32_t i = 0; i < 3 * ROUTES; i++) {
@@ -235,6 +286,12 @@ static void *reporter(void *arg) {
       spi_replica_set_state(w->e, id, strlen(id),
                             i % 2 ? SPI_REPLICA_DRAINING : SPI_REPLICA_ACTIVE);
     }
+    /* Now and then a machine is reclaimed, or a replica changes what it
+     * serves (a new replica set: the index is rebuilt and its models list
+     * chosen again while routes go on). */
+    if (i % 601 == 300) interrupt_at(w->e, at, i);
+    if (i % 307 == 0)
+      upsert_concurrent(w->e, at, i % 2 ? "x" : concurrent_models(at));
   }
   return NULL;
 }
@@ -248,12 +305,7 @@ static void test_index_exact_after_concurrent_writes(void **st) {
   configure(e, NULL);
   uint64_t rng = 7;
   for (uint32_t i = 0; i < NREP; i++) {
-    char id[16];
-    snprintf(id, sizeof id, "p%u", i);
-    spi_replica_info ri = ff_replica(
-        id, i % 2 ? SPI_POOL_ON_DEMAND : SPI_POOL_SPOT, 2.0, 1 + i % 4);
-    ri.model_tier = i % 3 ? SPI_TIER_LARGE : SPI_TIER_SMALL;
-    assert_int_equal(spi_replica_upsert(e, &ri), SPI_OK);
+    upsert_concurrent(e, i, concurrent_models(i));
     load(e, i, &rng);
   }
   worker w[ROUTERS + 1];
@@ -272,6 +324,9 @@ static void test_index_exact_after_concurrent_writes(void **st) {
     same_as_full(e, r, q, saw);
     assert_true(strchr(saw[0].text, '/') != NULL); /* it named replicas */
   }
+  const spi_pool_index *p = e->registry.pix;
+  assert_true(positions_in(p, p->aside) > 0);
+  assert_true(positions_in(p, p->reg) > 0);
   spi_request_free(r);
   spi_engine_free(e);
 }
@@ -547,16 +602,10 @@ static void interrupt(spi_engine *e, const char *node) {
   n.received_ns = moving_now;
   n.deadline_ns = moving_now + 120000000000LL;
   snprintf(n.dedup_key, sizeof n.dedup_key, "cool-%s", node);
+  spi_ticket_plan plans[64]; /* room for the routes' tickets left open */
+  plans[0].struct_size = sizeof plans[0];
   size_t got = 0;
-  assert_int_equal(spi_engine_notice(e, &n, NULL, 0, &got), SPI_OK);
-}
-
-/* How many of the index's n positions are set in bitmap b. */
-static unsigned positions_in(const spi_pool_index *p, const uint64_t *b) {
-  unsigned c = 0;
-  for (size_t w = 0; w < (p->n + 63) / 64; w++)
-    c += (unsigned)__builtin_popcountll(b[w]);
-  return c;
+  assert_int_equal(spi_engine_notice(e, &n, plans, 64, &got), SPI_OK);
 }
 
 static void assert_kinds(const spi_pool_index *p, unsigned reg, unsigned exc,
