@@ -256,8 +256,9 @@ static const char *concurrent_models(uint32_t i) {
   return lists[i % 5];
 }
 
-/* Interrupt p<at>'s machine: its spot pool, if it has one, cools down. */
-static void interrupt_at(spi_engine *e, uint32_t at, uint32_t k) {
+/* An interruption notice for the machine p<at>, received at now (dedup
+ * key "cut-<k>"): its spot pool, if it has one, cools down. */
+static void interrupt(spi_engine *e, uint32_t at, int64_t now, uint32_t k) {
   spi_notice n;
   memset(&n, 0, sizeof n);
   n.struct_size = sizeof n;
@@ -265,14 +266,13 @@ static void interrupt_at(spi_engine *e, uint32_t at, uint32_t k) {
   n.kind = SPI_NOTICE_TERMINATE;
   n.format = SPI_NOTICE_AWS_INSTANCE_ACTION;
   n.active = 1;
-  n.received_ns = fixed_clock(NULL);
-  n.deadline_ns = n.received_ns + 120000000000LL;
-  snprintf(n.dedup_key, sizeof n.dedup_key, "storm-%u", k);
-  spi_ticket_plan plans[HELD * ROUTERS]; /* room for every open ticket */
+  n.received_ns = now;
+  n.deadline_ns = now + 120000000000LL;
+  snprintf(n.dedup_key, sizeof n.dedup_key, "cut-%u", k);
+  spi_ticket_plan plans[64]; /* room for the tickets the tests leave open */
   plans[0].struct_size = sizeof plans[0];
   size_t got = 0;
-  assert_int_equal(spi_engine_notice(e, &n, plans, HELD * ROUTERS, &got),
-                   SPI_OK);
+  assert_int_equal(spi_engine_notice(e, &n, plans, 64, &got), SPI_OK);
 }
 
 static void *reporter(void *arg) {
@@ -289,7 +289,7 @@ static void *reporter(void *arg) {
     /* Now and then a machine is reclaimed, or a replica changes what it
      * serves (a new replica set: the index is rebuilt and its models list
      * chosen again while routes go on). */
-    if (i % 601 == 300) interrupt_at(w->e, at, i);
+    if (i % 601 == 300) interrupt(w->e, at, fixed_clock(NULL), i);
     if (i % 307 == 0)
       upsert_concurrent(w->e, at, i % 2 ? "x" : concurrent_models(at));
   }
@@ -590,24 +590,6 @@ static void cooled_as_full(spi_engine *e, spi_request *r, uint32_t q,
   assert_saw_same(q, saw);
 }
 
-/* An interruption notice for machine node, received now. */
-static void interrupt(spi_engine *e, const char *node) {
-  spi_notice n;
-  memset(&n, 0, sizeof n);
-  n.struct_size = sizeof n;
-  snprintf(n.node, sizeof n.node, "%s", node);
-  n.kind = SPI_NOTICE_TERMINATE;
-  n.format = SPI_NOTICE_AWS_INSTANCE_ACTION;
-  n.active = 1;
-  n.received_ns = moving_now;
-  n.deadline_ns = moving_now + 120000000000LL;
-  snprintf(n.dedup_key, sizeof n.dedup_key, "cool-%s", node);
-  spi_ticket_plan plans[64]; /* room for the routes' tickets left open */
-  plans[0].struct_size = sizeof plans[0];
-  size_t got = 0;
-  assert_int_equal(spi_engine_notice(e, &n, plans, 64, &got), SPI_OK);
-}
-
 static void assert_kinds(const spi_pool_index *p, unsigned reg, unsigned exc,
                          unsigned aside) {
   assert_int_equal(positions_in(p, p->reg), reg);
@@ -647,7 +629,7 @@ static void test_cooling_pool_kept_not_read(void **st) {
   cooled_as_full(e, r, 0, 500, saw);
   assert_kinds(p, 24, 0, 0);
   /* p0's machine is reclaimed: z0 cools until t0 + 600 ms. */
-  interrupt(e, "p0");
+  interrupt(e, 0, moving_now, 0);
   cooled_as_full(e, r, 1, 500, saw);
   assert_kinds(p, 18, 0, 5);
   assert_int_equal(p->kv_n[SPI_POOL_SPOT], 11);
@@ -657,7 +639,7 @@ static void test_cooling_pool_kept_not_read(void **st) {
   assert_kinds(p, 23, 0, 0);
   /* p2's machine: z1 cools for 5 s, longer than its loads stay fresh. */
   configure_cooldown(e, "seen", 5000);
-  interrupt(e, "p2");
+  interrupt(e, 2, moving_now, 2);
   cooled_as_full(e, r, 3, 5000, saw);
   assert_kinds(p, 17, 0, 5);
   moving_now = t0 + 1500 * ms; /* every load stale */
