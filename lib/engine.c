@@ -108,7 +108,9 @@ int spi_engine_new(spi_engine **out, const spi_hooks *hooks) {
     spi__free(&mem, e);
     return SPI_ENOMEM;
   }
-  if (e->registry.pix) e->registry.pix->counts = &e->metrics;
+  e->registry.pix->counts = &e->metrics;
+  for (size_t k = 0; k < SPI_PIX_MODELS; k++)
+    e->registry.pix_model[k]->counts = &e->metrics;
   if (spi__nodes_new(e) != SPI_OK) {
     spi__registry_destroy(&e->registry, &e->mem);
     spi__errtab_destroy(&e->err);

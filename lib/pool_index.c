@@ -59,9 +59,20 @@
  * build each kept evaluation from the same values; tests/unit/test_policy.c
  * compares every summary with a full pass on random histories.
  *
- * Memory: a fixed array for SPI_REPLICA_SLOTS positions, made with the
- * registry; a route allocates nothing, takes no lock and makes no system
- * call (it may spin a bounded while for the index: spi__pix_take).
+ * Models. Each index has one models list whose every model its regular
+ * replicas serve (models_choose). The registry's first index chooses it
+ * from the set; a request for a model it does not name goes to an index
+ * of that model alone (spi__pix_for_model), one of SPI_PIX_MODELS the
+ * registry hands out in turn, for good, to models some replica's list
+ * names. Writers mark a slot once, in the registry: the index that takes
+ * a mark hands it on to the others in use (marks_take), so each reads
+ * the slot again. With no model index in use, that costs nothing.
+ *
+ * Memory: SPI_PIX_MODELS + 1 indexes of fixed arrays for SPI_REPLICA_SLOTS
+ * positions each (about 1.9 MB of address space each, touched as
+ * positions are used), made with the registry; a route allocates nothing,
+ * takes no lock and makes no system call (it may spin a bounded while for
+ * an index: spi__pix_take).
  */
 #include <limits.h>
 #include <math.h>
@@ -85,6 +96,10 @@ spi_pool_index *spi__pix_new(const spi_mem *m) {
   memset(p, 0, offsetof(spi_pool_index, hot));
   p->models_len = 0; /* as an index of no set has it (rebuild sets these) */
   p->other_any = 0;
+  atomic_init(&p->named, 0);
+  p->model_len = 0;
+  for (size_t w = 0; w < SPI_REPLICA_SLOTS / 64; w++)
+    atomic_init(&p->pending[w], 0);
   atomic_init(&p->taken, 0);
   atomic_init(&p->turn, 0u);
   atomic_init(&p->stuck, UINT_MAX); /* no turn is */
@@ -318,6 +333,44 @@ int spi__pix_serves(const spi_pool_index *p, const char *model, size_t len) {
    * for serving other models too. */
   if (len == 0) return !p->other_any;
   return spi__models_serve(p->models, p->models_len, model, len);
+}
+
+/* Whether a replica of set with a models list names model: a model index
+ * is taken only for a model the fleet says it serves, not for every name
+ * a request makes up. */
+static int set_names(const spi_replica_set *set, const char *model,
+                     size_t len) {
+  for (size_t i = 0; i < set->n; i++) {
+    const spi_replica_ident *r = &set->r[i];
+    if (r->models_len && spi__models_serve(r->models, r->models_len, model, len))
+      return 1;
+  }
+  return 0;
+}
+
+spi_pool_index *spi__pix_for_model(spi_registry *g, const spi_replica_set *set,
+                                   const char *model, size_t len) {
+  unsigned n = atomic_load_explicit(&g->pix_models_n, memory_order_acquire);
+  for (unsigned k = 0; k < n; k++) {
+    spi_pool_index *q = g->pix_model[k];
+    if (atomic_load_explicit(&q->named, memory_order_acquire) &&
+        q->model_len == len && memcmp(q->model, model, len) == 0)
+      return q;
+  }
+  if (len == 0 || len > SPI_PIX_MODEL_MAX || n >= SPI_PIX_MODELS ||
+      !set_names(set, model, len))
+    return NULL;
+  /* Taken by one route; another taking one at once reads every slot this
+   * time, or takes the next for the same model (two indexes, both exact). */
+  if (!atomic_compare_exchange_strong_explicit(&g->pix_models_n, &n, n + 1,
+                                               memory_order_acq_rel,
+                                               memory_order_acquire))
+    return NULL;
+  spi_pool_index *q = g->pix_model[n];
+  memcpy(q->model, model, len);
+  q->model_len = (uint32_t)len;
+  atomic_store_explicit(&q->named, 1, memory_order_release);
+  return q;
 }
 
 /* Whether what rd says makes the replica regular at x->now. */
@@ -684,15 +737,42 @@ static uint32_t models_which(const models_seen *ms,
   return r->models_len ? k : ms->n;
 }
 
-/* The index's models list: of the lists met, the one that the most
- * replicas serve every model of (models_cover; the first on a tie), ""
- * when no replica has a list. Then which positions serve every model it
- * names, which alone may be regular (p->serves), and which none (p->other:
- * set aside): the index serves a request for one of them
- * (spi__pix_serves) as if no replica had a list. A fleet of one model
- * that says so keeps the index whole, and one of several models keeps the
- * replicas of the others aside. */
+/* Which positions of set serve every model of the index's list (p->serves,
+ * which alone may be regular) and which none (p->other: set aside). ms
+ * holds the set's lists and cover[k] how much list k serves of the
+ * index's (NULL: worked out a replica at a time). */
+static void models_mark(spi_pool_index *p, const spi_replica_set *set,
+                        const models_seen *ms, const uint8_t *cover) {
+  memset(p->serves, 0, sizeof p->serves);
+  memset(p->other, 0, sizeof p->other);
+  p->other_any = 0;
+  for (size_t i = 0; i < set->n; i++) {
+    const spi_replica_ident *r = &set->r[i];
+    uint32_t k = ms ? models_which(ms, r) : 0;
+    int cover_of = !r->models_len ? MODELS_ALL
+                   : ms && k < ms->n ? cover[k]
+                                     : models_cover(r->models, r->models_len,
+                                                    p->models, p->models_len);
+    if (cover_of == MODELS_ALL) bit_set(p->serves, (uint32_t)i);
+    if (cover_of == MODELS_NONE) bit_set(p->other, (uint32_t)i);
+    p->other_any |= cover_of == MODELS_NONE;
+  }
+}
+
+/* The index's models list: a model index's own model, else, of the lists
+ * met, the one that the most replicas serve every model of (models_cover;
+ * the first on a tie), "" when no replica has a list. Then which positions
+ * serve every model it names and which none (models_mark): the index
+ * serves a request for one of them (spi__pix_serves) as if no replica had
+ * a list. A fleet of one model that says so keeps the index whole, and
+ * one of several models keeps the replicas of the others aside. */
 static void models_choose(spi_pool_index *p, const spi_replica_set *set) {
+  if (atomic_load_explicit(&p->named, memory_order_acquire)) {
+    p->models_len = p->model_len;
+    memcpy(p->models, p->model, p->model_len);
+    models_mark(p, set, NULL, NULL);
+    return;
+  }
   models_seen ms;
   ms.n = 0;
   for (size_t i = 0; i < set->n; i++) {
@@ -717,29 +797,52 @@ static void models_choose(spi_pool_index *p, const spi_replica_set *set) {
   }
   p->models_len = ms.n ? ms.r[best]->models_len : 0;
   if (ms.n) memcpy(p->models, ms.r[best]->models, p->models_len);
-  memset(p->serves, 0, sizeof p->serves);
-  memset(p->other, 0, sizeof p->other);
-  p->other_any = 0;
-  for (size_t i = 0; i < set->n; i++) {
-    const spi_replica_ident *r = &set->r[i];
-    uint32_t k = models_which(&ms, r);
-    int cover_of = !r->models_len ? MODELS_ALL
-                   : k < ms.n     ? cover[best][k]
-                                  : models_cover(r->models, r->models_len,
-                                                 p->models, p->models_len);
-    if (cover_of == MODELS_ALL) bit_set(p->serves, (uint32_t)i);
-    if (cover_of == MODELS_NONE) bit_set(p->other, (uint32_t)i);
-    p->other_any |= cover_of == MODELS_NONE;
-  }
+  models_mark(p, set, &ms, cover[best]);
 }
 
-/* Read every replica of set. The dirty bits are cleared first: a write
- * meanwhile sets its bit again. */
+/* Hand the marks bits of word w, taken from the registry by p, on to
+ * every other index of the registry's first `models` + 1: each must read
+ * those slots again too. */
+static void marks_forward(const spi_pool_index *p, spi_registry *g, size_t w,
+                          uint64_t bits, unsigned models) {
+  if (g->pix != p)
+    atomic_fetch_or_explicit(&g->pix->pending[w], bits, memory_order_release);
+  for (unsigned k = 0; k < models; k++)
+    if (g->pix_model[k] != p)
+      atomic_fetch_or_explicit(&g->pix_model[k]->pending[w], bits,
+                               memory_order_release);
+}
+
+/* The marks of word w for p: the registry's, handed on to the other
+ * indexes while it has model indexes (models of them), and what those
+ * handed on to p. A write that marked its slot after the registry's word
+ * was taken marks it again, so nothing is lost. Inlined: with no model
+ * index it is the one load and test a word it always was. */
+static inline __attribute__((always_inline)) uint64_t
+marks_take(spi_pool_index *p, spi_registry *g, size_t w, unsigned models) {
+  uint64_t bits = 0;
+  if (atomic_load_explicit(&g->dirty[w], memory_order_relaxed)) {
+    bits = atomic_exchange_explicit(&g->dirty[w], 0, memory_order_acq_rel);
+    if (bits && models) marks_forward(p, g, w, bits, models);
+  }
+  if (models && atomic_load_explicit(&p->pending[w], memory_order_relaxed))
+    bits |= atomic_exchange_explicit(&p->pending[w], 0, memory_order_acq_rel);
+  return bits;
+}
+
+/* How many model indexes the registry has taken so far. */
+static unsigned models_in_use(spi_registry *g) {
+  return atomic_load_explicit(&g->pix_models_n, memory_order_acquire);
+}
+
+/* Read every replica of set. The marks are taken first: a write meanwhile
+ * marks its slot again. */
 static void rebuild(spi_pool_index *p, const route_env *x,
                     const spi_replica_set *set) {
   spi_registry *g = &x->e->registry;
+  unsigned models = models_in_use(g);
   for (size_t w = 0; w < SPI_REPLICA_SLOTS / 64; w++)
-    atomic_exchange_explicit(&g->dirty[w], 0, memory_order_acq_rel);
+    (void)marks_take(p, g, w, models);
   _Static_assert(SPI_REPLICA_SLOTS / 64 <= 64, "a bit a dirty word");
   p->slot_words = 0;
   for (size_t i = 0; i < set->n; i++)
@@ -787,20 +890,39 @@ static void rebuild(spi_pool_index *p, const route_env *x,
  * cleared (a locked instruction): a bit set after the look is found by the
  * next route. A slot outside the set is read when a set holding it comes,
  * which rebuilds the index. */
-static void read_dirty(spi_pool_index *p, const route_env *x,
-                       const spi_replica_set *set) {
+/* Read again the slots of the set that bits (word w of the marks) name. */
+static inline void read_marked(spi_pool_index *p, const route_env *x,
+                               const spi_replica_set *set, uint32_t w,
+                               uint64_t bits) {
+  for (; bits; bits &= bits - 1) {
+    uint32_t slot = w * 64 + (uint32_t)__builtin_ctzll(bits);
+    uint16_t pos = set->pos_of_slot[slot];
+    if (pos != SPI_NO_POS && pos < set->n) entry_read(p, x, &set->r[pos], pos);
+  }
+}
+
+/* read_dirty while the registry has model indexes (models of them). */
+static __attribute__((noinline)) void
+read_dirty_shared(spi_pool_index *p, const route_env *x,
+                  const spi_replica_set *set, unsigned models) {
   spi_registry *g = &x->e->registry;
   for (uint64_t words = p->slot_words; words; words &= words - 1) {
     uint32_t w = (uint32_t)__builtin_ctzll(words);
-    if (!atomic_load_explicit(&g->dirty[w], memory_order_relaxed)) continue;
-    uint64_t bits =
-        atomic_exchange_explicit(&g->dirty[w], 0, memory_order_acq_rel);
-    for (; bits; bits &= bits - 1) {
-      uint32_t slot = w * 64 + (uint32_t)__builtin_ctzll(bits);
-      uint16_t pos = set->pos_of_slot[slot];
-      if (pos != SPI_NO_POS && pos < set->n)
-        entry_read(p, x, &set->r[pos], pos);
-    }
+    read_marked(p, x, set, w, marks_take(p, g, w, models));
+  }
+}
+
+static void read_dirty(spi_pool_index *p, const route_env *x,
+                       const spi_replica_set *set) {
+  spi_registry *g = &x->e->registry;
+  unsigned models = models_in_use(g);
+  if (__builtin_expect(models != 0, 0)) {
+    read_dirty_shared(p, x, set, models);
+    return;
+  }
+  for (uint64_t words = p->slot_words; words; words &= words - 1) {
+    uint32_t w = (uint32_t)__builtin_ctzll(words);
+    read_marked(p, x, set, w, marks_take(p, g, w, 0));
   }
 }
 

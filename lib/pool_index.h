@@ -10,6 +10,9 @@
 
 #include "replica_pass.h"
 
+/* The longest model name a model index is kept for. */
+#define SPI_PIX_MODEL_MAX 128
+
 /* What the index knows of the replica at a position of the set. */
 enum {
   PIX_OFF = 0, /* not ACTIVE: in no sum and no summary */
@@ -152,6 +155,10 @@ typedef struct spi_pool_index {
   int64_t min_until;            /* no regular entry is stale, and none
                                    set aside due, before this */
   uint64_t rebuilds;            /* from every slot, since made (tests) */
+  /* Marks of slots written since this index last read them, handed on by
+   * another index that took them from the registry (marks_take): read as
+   * the registry's are. Only while the registry has model indexes. */
+  atomic_ullong pending[SPI_REPLICA_SLOTS / 64];
   /* The regular replicas' share of what the pass adds up. */
   uint32_t usable[SPI_SUMMARY_CELLS];
   int64_t kv_fix[4];
@@ -217,12 +224,25 @@ typedef struct spi_pool_index {
   uint64_t serves[SPI_REPLICA_SLOTS / 64];
   uint64_t other[SPI_REPLICA_SLOTS / 64];
   int other_any;
+  /* An index of one model (spi__pix_for_model): the model, written once
+   * before named is set; its models list is the model's name alone. The
+   * registry's first index has none and chooses its list from the set. */
+  atomic_int named;
+  uint32_t model_len;
+  char model[SPI_PIX_MODEL_MAX];
 } spi_pool_index;
 
 /* Whether every regular replica serves the model named model[0..len)
  * (spi__replica_serves): a request for one it does not cannot use the
  * index's summaries. */
 int spi__pix_serves(const spi_pool_index *p, const char *model, size_t len);
+
+/* The registry's index for requests for the model named model[0..len),
+ * taking one of its model indexes for it when none has it yet and a
+ * replica of set serves it; NULL when none can (every model index taken,
+ * no model named, a name longer than SPI_PIX_MODEL_MAX). */
+spi_pool_index *spi__pix_for_model(spi_registry *g, const spi_replica_set *set,
+                                   const char *model, size_t len);
 
 /* Made with the registry (replica.c), freed with it. */
 spi_pool_index *spi__pix_new(const spi_mem *m);

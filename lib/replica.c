@@ -344,12 +344,19 @@ int spi__registry_init(spi_registry *g, const spi_mem *m) {
   g->slots_raw = spi__calloc(m, 1, SPI_REPLICA_SLOTS * sizeof *g->slots + 63);
   spi_replica_set *empty = set_new(m, 0);
   g->pix = spi__pix_new(m);
+  int pix_ok = g->pix != NULL;
+  for (size_t k = 0; k < SPI_PIX_MODELS; k++)
+    pix_ok &= (g->pix_model[k] = spi__pix_new(m)) != NULL;
   g->links = spi__alloc(m, sizeof *g->links);
-  if (!g->slots_raw || !empty || !g->pix || !g->links ||
+  if (!g->slots_raw || !empty || !pix_ok || !g->links ||
       pthread_mutex_init(&g->lock, NULL) != 0) {
     spi__free(m, g->slots_raw);
     set_free(m, empty);
     spi__pix_free(m, g->pix);
+    for (size_t k = 0; k < SPI_PIX_MODELS; k++) {
+      spi__pix_free(m, g->pix_model[k]);
+      g->pix_model[k] = NULL;
+    }
     spi__free(m, g->links);
     g->links = NULL;
     g->pix = NULL;
@@ -374,6 +381,7 @@ int spi__registry_init(spi_registry *g, const spi_mem *m) {
   g->next_slot = 0;
   g->set_version = 0;
   for (size_t w = 0; w < SPI_REPLICA_SLOTS / 64; w++) atomic_init(&g->dirty[w], 0);
+  atomic_init(&g->pix_models_n, 0u);
   atomic_init(&g->spot_seen_ns, 0);
   return SPI_OK;
 }
@@ -383,6 +391,10 @@ void spi__registry_destroy(spi_registry *g, const spi_mem *m) {
   set_free(m, atomic_exchange(&g->set, NULL));
   spi__free(m, g->slots_raw);
   spi__pix_free(m, g->pix);
+  for (size_t k = 0; k < SPI_PIX_MODELS; k++) {
+    spi__pix_free(m, g->pix_model[k]);
+    g->pix_model[k] = NULL;
+  }
   spi__free(m, g->links);
   g->links = NULL;
   g->pix = NULL;

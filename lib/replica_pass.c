@@ -1162,12 +1162,36 @@ indexed_ranked(const route_env *x, spi_pool_index *p,
  */
 static size_t pix_wait_turns(size_t nrep) { return nrep / 4; }
 
+static inline __attribute__((always_inline)) int
+scan_taken(const route_env *x, spi_pool_index *p, const spi_replica_set *set,
+           size_t nrep, scan *sc, pool_sums *sums);
+
+/* scan_indexed for a request whose model the regular replicas of p (held)
+ * do not serve: through the model's own index instead (taken and brought
+ * up to date), or scan_indexed's 0 or -1. Out of line: most fleets never
+ * come here. */
+static __attribute__((noinline)) int
+scan_of_model(const route_env *x, const spi_replica_set *set, size_t nrep,
+              scan *sc, pool_sums *sums, spi_pool_index *p) {
+  spi__pix_release(p);
+  spi_pool_index *q = spi__pix_for_model(&x->e->registry, set, x->v->model,
+                                         x->v->model_len);
+  if (!q) return -1;
+  if (!spi__pix_take(q, pix_wait_turns(nrep))) return 0;
+  if (!spi__pix_sync(q, x, set)) {
+    spi__pix_release(q);
+    return 0;
+  }
+  return scan_taken(x, q, set, nrep, sc, sums);
+}
+
 /* The lean pass through the pool index: the regular replicas' sums as
  * kept, the exceptions read whole, the regular replicas ranked from the
  * index. 0 when the index stayed another route's (pix_wait_turns) or
  * cannot describe set, -1 when its regular replicas do not serve the
- * request's model (their models list, spi__pix_serves): the caller then
- * reads every slot, counting the first case only. Not inlined into
+ * request's model (their models list, spi__pix_serves) and no model index
+ * can be had for it (spi__pix_for_model): the caller then reads every
+ * slot, counting the first case only. Not inlined into
  * spi__pass_run: since the wait for the index can end in a call, gcc 12
  * laid the inlined pass out in 70-80 more instructions a route (callgrind,
  * 8 KiB x 64: 14,866 inlined, 14,794 not, 14,787 before the wait). */
@@ -1181,10 +1205,16 @@ scan_indexed(const route_env *x, const spi_replica_set *set, size_t nrep,
     return 0;
   }
   if (__builtin_expect(p->models_len != 0, 0) &&
-      !spi__pix_serves(p, x->v->model, x->v->model_len)) {
-    spi__pix_release(p);
-    return -1; /* its regular replicas serve another model */
-  }
+      !spi__pix_serves(p, x->v->model, x->v->model_len))
+    return scan_of_model(x, set, nrep, sc, sums, p);
+  return scan_taken(x, p, set, nrep, sc, sums);
+}
+
+/* The pass through index p, taken and brought up to date (in both of its
+ * callers: a call here would cost the common one a frame). */
+static inline __attribute__((always_inline)) int
+scan_taken(const route_env *x, spi_pool_index *p, const spi_replica_set *set,
+           size_t nrep, scan *sc, pool_sums *sums) {
   /* The sums begin as the regular replicas' (sums is not cleared before
    * this pass: every field is set here), the exceptions added below. */
   unsigned ranked = 0; /* the cells with more usable than a top holds */

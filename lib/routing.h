@@ -96,6 +96,7 @@ typedef struct spi_router_cfg {
 /* ------------------------------------------------------------- replicas */
 
 #define SPI_REPLICA_SLOTS 4096 /* hard cap of router.max_replicas */
+#define SPI_PIX_MODELS 3 /* pool indexes of one model each (spi_registry) */
 
 /* Per-replica state that changes at run time, in a slot that never moves.
  * All fields atomic: routers read them without a lock. What every route
@@ -204,6 +205,12 @@ typedef struct spi_registry {
    * set's slots and reads only those. */
   atomic_ullong dirty[SPI_REPLICA_SLOTS / 64];
   struct spi_pool_index *pix; /* made with the registry */
+  /* Indexes of one model each, for requests for a model pix's models list
+   * does not name (pool_index.h, spi__pix_for_model): made with the
+   * registry, taken for a model in turn (pix_models_n of them so far),
+   * each for good. */
+  struct spi_pool_index *pix_model[SPI_PIX_MODELS];
+  atomic_uint pix_models_n;
   /* The current set's replicas by machine and by spot pool (replica.c):
    * kept by the set's writers and read by node.c, both under lock. */
   struct spi_replica_links *links;

@@ -214,6 +214,8 @@ static void *router(void *arg) {
   uint64_t held[HELD] = {0};
   for (uint32_t i = 0; i < ROUTES; i++) {
     request(r, mix(&w->rng) % 40);
+    /* A fifth ask for "x", which has an index of its own. */
+    if (i % 5 == 4) spi_request_set_str(r, SPI_REQ_MODEL, "x", 1);
     spi_decision d;
     memset(&d, 0, sizeof d);
     d.struct_size = sizeof d;
@@ -232,6 +234,19 @@ static void *router(void *arg) {
   }
   spi_request_free(r); /* the last tickets stay open */
   return NULL;
+}
+
+/* Request q (request()) for model. */
+static void route_model(spi_engine *e, spi_request *r, uint32_t q,
+                        const char *policy, const char *model, seen *o) {
+  configure(e, policy);
+  request(r, q);
+  spi_request_set_str(r, SPI_REQ_MODEL, model, strlen(model));
+  spi_decision d;
+  memset(&d, 0, sizeof d);
+  d.struct_size = sizeof d;
+  o->text[0] = '\0';
+  assert_int_equal(spi_route(r, &d), SPI_OK);
 }
 
 /* Replica p<i> of the concurrent fleet: its pool, tier and size by i, a
@@ -323,10 +338,14 @@ static void test_index_exact_after_concurrent_writes(void **st) {
   for (uint32_t q = 0; q < 40; q++) {
     same_as_full(e, r, q, saw);
     assert_true(strchr(saw[0].text, '/') != NULL); /* it named replicas */
+    route_model(e, r, q, "seen", "x", &saw[0]);
+    route_model(e, r, q, "seenall", "x", &saw[1]);
+    assert_saw_same(q, saw);
   }
   const spi_pool_index *p = e->registry.pix;
   assert_true(positions_in(p, p->aside) > 0);
   assert_true(positions_in(p, p->reg) > 0);
+  assert_int_equal(atomic_load(&e->registry.pix_models_n), 1);
   spi_request_free(r);
   spi_engine_free(e);
 }
@@ -657,19 +676,6 @@ static void test_cooling_pool_kept_not_read(void **st) {
   spi_engine_free(e);
 }
 
-/* Request q (request()) for model. */
-static void route_model(spi_engine *e, spi_request *r, uint32_t q,
-                        const char *policy, const char *model, seen *o) {
-  configure(e, policy);
-  request(r, q);
-  spi_request_set_str(r, SPI_REQ_MODEL, model, strlen(model));
-  spi_decision d;
-  memset(&d, 0, sizeof d);
-  d.struct_size = sizeof d;
-  o->text[0] = '\0';
-  assert_int_equal(spi_route(r, &d), SPI_OK);
-}
-
 /* Replica p<i> of 8 streams (odd: on-demand, even: spot) serving models. */
 static void upsert_serving(spi_engine *e, uint32_t i, const char *models) {
   char id[16];
@@ -723,12 +729,25 @@ static void test_models_lists_kept_regular(void **st) {
   models_routed(e, r, 0, 40, saw, 24, 3, 3);
   assert_int_equal(
       spi_test_metric(e, "spotinfer_route_slot_passes_total"), 0);
+  /* The requests for "x" went to an index of their own: regular there are
+   * the replicas that serve "x", set aside the others. "none", which no
+   * list names, took no index. */
+  const spi_registry *g = &e->registry;
+  assert_int_equal(atomic_load(&g->pix_models_n), 1);
+  assert_kinds(g->pix_model[0], 7, 0, 23);
   /* p10..p29 made to serve "x": now most lists are "x". */
   for (uint32_t i = 10; i < 30; i++) upsert_serving(e, i, "x");
   models_routed(e, r, 40, 60, saw, 20, 0, 10);
   /* p0..p4 serve "x, m": every model of "x" and more, so regular too. */
   for (uint32_t i = 0; i < 5; i++) upsert_serving(e, i, "x, m");
   models_routed(e, r, 60, 80, saw, 25, 0, 5);
+  /* "m" and "big" have an index each now; "m"'s holds "x, m" and
+   * "m, big" regular. */
+  assert_int_equal(atomic_load(&g->pix_models_n), 3);
+  const spi_pool_index *m = spi__pix_for_model(
+      &e->registry, atomic_load(&e->registry.set), "m", 1);
+  assert_non_null(m);
+  assert_kinds(m, 10, 0, 20);
   spi_request_free(r);
   spi_engine_free(e);
 }
