@@ -177,7 +177,7 @@ static int breaker_take(spi_replica_slot *s, int from, int ev,
   int to = BREAKER_NEXT[from][ev];
   if (to == STAY) return 0;
   if (to == SPI_BREAKER_OPEN) {
-    int64_t was = atomic_load(&s->open_until_ns);
+    long long was = atomic_load(&s->open_until_ns); /* the atomic's type */
     while (was < enter_open_until &&
            !atomic_compare_exchange_weak(&s->open_until_ns, &was,
                                          enter_open_until)) {
