@@ -373,20 +373,20 @@ spi_pool_index *spi__pix_for_model(spi_registry *g, const spi_replica_set *set,
   return q;
 }
 
+/* Whether what rd says makes the replica one of a spot pool cooling down
+ * at x->now: usable by no request (usable_of), whatever else it says. */
+static int cooling(const route_env *x, const spi_replica_ident *r,
+                   const slot_read *rd) {
+  return r->pool == SPI_POOL_SPOT && rd->cooldown_until > x->now;
+}
+
 /* Whether what rd says makes the replica regular at x->now. */
 static int regular(const spi_pool_index *p, const route_env *x,
                    const spi_replica_ident *r, uint32_t pos,
                    const slot_read *rd) {
   return r->cell >= 0 && rd->fresh && (p->serves[pos / 64] >> (pos % 64) & 1) &&
          rd->breaker == SPI_BREAKER_CLOSED && rd->advised_until <= x->now &&
-         !(r->pool == SPI_POOL_SPOT && rd->cooldown_until > x->now);
-}
-
-/* Whether what rd says makes the replica one of a spot pool cooling down
- * at x->now: usable by no request (usable_of), whatever else it says. */
-static int cooling(const route_env *x, const spi_replica_ident *r,
-                   const slot_read *rd) {
-  return r->pool == SPI_POOL_SPOT && rd->cooldown_until > x->now;
+         !cooling(x, r, rd);
 }
 
 /* Whether the replica at pos is usable by no request the index serves:
@@ -821,11 +821,14 @@ static void marks_forward(const spi_pool_index *p, spi_registry *g, size_t w,
 static inline __attribute__((always_inline)) uint64_t
 marks_take(spi_pool_index *p, spi_registry *g, size_t w, unsigned models) {
   uint64_t bits = 0;
-  if (atomic_load_explicit(&g->dirty[w], memory_order_relaxed)) {
+  /* Acquire, not relaxed: an index's first rebuild that finds a word
+   * empty must still see the slots an earlier taker of its marks saw
+   * written (free on x86, where every load acquires). */
+  if (atomic_load_explicit(&g->dirty[w], memory_order_acquire)) {
     bits = atomic_exchange_explicit(&g->dirty[w], 0, memory_order_acq_rel);
     if (bits && models) marks_forward(p, g, w, bits, models);
   }
-  if (models && atomic_load_explicit(&p->pending[w], memory_order_relaxed))
+  if (models && atomic_load_explicit(&p->pending[w], memory_order_acquire))
     bits |= atomic_exchange_explicit(&p->pending[w], 0, memory_order_acq_rel);
   return bits;
 }
