@@ -8,17 +8,20 @@
  * uncached tokens, its relative load, whether it is busy, its rendezvous
  * weight for the prefix; and it adds up each pool's KV usage, tokens served
  * and usable count. Most of that does not depend on the request: for a
- * replica that is ACTIVE, has a fresh load, a closed breaker, no rebalance
- * advice, no cooling spot pool and no models list, or one naming every
- * model of the index's list (models_choose) - a regular replica - every
- * request the index serves finds it usable, its TTFT is
+ * replica that is ACTIVE, has a load that stays as fresh or as stale as it
+ * is (a stale or missing one reads as saturated until the next report), a
+ * closed breaker, no rebalance advice, no cooling spot pool and no models
+ * list, or one naming every model of the index's list (models_choose) - a
+ * regular replica - every request the index serves finds it usable, its
+ * TTFT is
  *
  *   (ttft_base_ms + wait_ms) + (uncached * ms_tok) * slow
  *
  * with wait_ms, ms_tok and slow fixed until its slot changes, and its
  * relative load, busy flag, KV usage and tokens served are fixed too. The
  * index keeps those per position of the replica set, and each pool's sums
- * over the regular replicas (integers: KV usage in fixed point, tokens, so
+ * over the regular replicas (KV usage only where the load is fresh: a stale
+ * one says nothing of KV; integers: KV usage in fixed point, tokens, so
  * that sums kept as replicas come and go equal the sums a pass makes in
  * position order). Some replicas no request the index serves may use,
  * whatever else their slots say: those of a spot pool cooling down after
@@ -41,17 +44,19 @@
  * cleared a bit sets it again, so nothing is lost. Time alone changes one
  * thing about a regular replica: its load goes stale at load_at +
  * load_max_age. The index keeps a lower bound of the earliest such time, and
- * a route at or past it moves the stale ones to the exceptions. A route's
+ * a route at or past it reads those replicas again: stale for good, they
+ * stay regular, out of the KV sums (a fleet whose loads all went stale, in
+ * a metrics outage, or that never reports any, keeps its index). A route's
  * time may also be earlier than the last route's (threads read the clock,
  * then wait their turn for the index): the index still holds then unless a
- * regular entry was not yet regular at that time (its load stamped later
- * than load_max_age ahead, its advice or its spot pool's cooldown ending
- * after it). The index keeps the latest such start (reg_from), and a route
- * before it, a newer replica set or a different configuration rebuilds the
- * index from every slot. Advice ending, a cooldown ending or a
- * future-stamped load becoming fresh only make an exception regular again
- * at its next write: an exception is always read whole, so that costs
- * time, never exactness.
+ * regular entry was not yet as it has it at that time (its load stamped
+ * later than load_max_age ahead, or still fresh where it has it stale, its
+ * advice or its spot pool's cooldown ending after it). The index keeps the
+ * latest such start (reg_from), and a route before it, a newer replica set
+ * or a different configuration rebuilds the index from every slot. Advice
+ * ending, a cooldown ending or a future-stamped load becoming fresh only
+ * make an exception regular again at its next write: an exception is
+ * always read whole, so that costs time, never exactness.
  *
  * Exactness. Routes rank the regular replicas by the values above with the
  * same operations as the pass (same bits), offer them to the same
@@ -287,8 +292,10 @@ static void entry_drop(spi_pool_index *p, uint32_t pos, int moved) {
   if (h->kind == PIX_REG) {
     const pix_cold *c = &p->cold[pos];
     p->usable[h->cell]--;
-    p->kv_fix[c->pool] -= spi__kv_fix(c->kv);
-    p->kv_n[c->pool]--;
+    if (c->fresh) {
+      p->kv_fix[c->pool] -= spi__kv_fix(c->kv);
+      p->kv_n[c->pool]--;
+    }
     p->served[c->pool] -= c->served;
     p->streams[c->pool] -= c->max_inflight;
     p->wait_fix[h->cell] -= c->wait_fix;
@@ -312,16 +319,38 @@ static int64_t stale_at(int64_t at, int64_t max_age) {
   return until;
 }
 
+/* The times [*from, *until) around x->now over which rd's load stays as
+ * fresh or as stale as it is now (spi__load_view_of: fresh from
+ * at - max_age + 1 up to before at + max_age, stale for good from then on,
+ * and at every time when none was ever reported, at 0). 1 when both
+ * bounds are exact, 0 when one is saturated (an overflow), -1 when there
+ * is no such window: a load stamped further ahead than it may be old
+ * (stale now, fresh later), or so far off that its age overflows. */
+static int load_window(const route_env *x, const slot_read *rd, int64_t at,
+                       int64_t *from, int64_t *until) {
+  int64_t m = spi__load_max_age(x->max_age), age;
+  *from = INT64_MIN;
+  *until = INT64_MAX;
+  if (at == 0) return 1;
+  if (__builtin_sub_overflow(x->now, at, &age)) return -1;
+  if (rd->fresh) {
+    int exact = !__builtin_sub_overflow(at, m - 1, from);
+    if (!exact) *from = INT64_MIN;
+    *until = stale_at(at, x->max_age);
+    return exact && *until != INT64_MAX;
+  }
+  if (age < m) return -1; /* stamped in the future: fresh later */
+  *from = stale_at(at, x->max_age); /* at + max_age <= now: exact */
+  return 1;
+}
+
 /* The earliest time a replica that is regular now has been regular since,
- * as far as time alone goes: its load fresh (spi__load_view_of: less than
- * max_age before at, at + 1 - max_age or later), its advice over and, in
- * the spot pool, its cooldown over. Regular at x->now and at any time
- * between this and x->now, since each condition holds over an interval. */
-static int64_t regular_from(const route_env *x, const spi_replica_ident *r,
-                            const slot_read *rd, int64_t at) {
-  int64_t from;
-  if (__builtin_sub_overflow(at, spi__load_max_age(x->max_age) - 1, &from))
-    from = INT64_MIN;
+ * as far as time alone goes: its load as fresh or as stale as now (from,
+ * load_window's), its advice over and, in the spot pool, its cooldown
+ * over. Regular at x->now and at any time between this and x->now, since
+ * each condition holds over an interval. */
+static int64_t regular_from(const spi_replica_ident *r, const slot_read *rd,
+                            int64_t from) {
   if (rd->advised_until > from) from = rd->advised_until;
   if (r->pool == SPI_POOL_SPOT && rd->cooldown_until > from)
     from = rd->cooldown_until;
@@ -380,11 +409,18 @@ static int cooling(const route_env *x, const spi_replica_ident *r,
   return r->pool == SPI_POOL_SPOT && rd->cooldown_until > x->now;
 }
 
-/* Whether what rd says makes the replica regular at x->now. */
+/* Whether what rd says makes the replica regular at x->now, its load
+ * holding as fresh or as stale as now over a window of time (window,
+ * load_window's answer, not -1). A stale load is read as saturated
+ * (spi__load_view_of) until the next report, which any route reads as the
+ * index keeps it: such a replica is regular too, only out of the KV sums,
+ * so that a fleet that reports no load (or a metrics outage) keeps a
+ * route's cost where a reporting one has it. */
 static int regular(const spi_pool_index *p, const route_env *x,
                    const spi_replica_ident *r, uint32_t pos,
-                   const slot_read *rd) {
-  return r->cell >= 0 && rd->fresh && (p->serves[pos / 64] >> (pos % 64) & 1) &&
+                   const slot_read *rd, int window) {
+  return r->cell >= 0 && window >= 0 &&
+         (p->serves[pos / 64] >> (pos % 64) & 1) &&
          rd->breaker == SPI_BREAKER_CLOSED && rd->advised_until <= x->now &&
          !cooling(x, r, rd);
 }
@@ -398,43 +434,19 @@ static int set_aside(const spi_pool_index *p, const route_env *x,
   return cooling(x, r, rd) || (p->other[pos / 64] >> (pos % 64) & 1);
 }
 
-/* The times [*from, *until) around x->now over which the reading of a
- * replica set aside stays as rd has it: its pool still cooling if it is,
- * its load as fresh or as stale as now (spi__load_view_of: fresh from
- * at - max_age + 1 up to before at + max_age). 0 when the load was stamped
- * further ahead than it may be old, or so far off that the age overflows:
- * such an entry stays an exception. */
-static int aside_window(const route_env *x, const spi_replica_ident *r,
-                        const slot_read *rd, int64_t at, int64_t *from,
-                        int64_t *until) {
-  int64_t m = spi__load_max_age(x->max_age), age;
-  *from = INT64_MIN;
-  *until = INT64_MAX;
-  if (at != 0) {
-    if (__builtin_sub_overflow(x->now, at, &age)) return 0;
-    if (rd->fresh) {
-      if (__builtin_sub_overflow(at, m - 1, from)) *from = INT64_MIN;
-      *until = stale_at(at, x->max_age);
-    } else if (age >= m) {
-      *from = stale_at(at, x->max_age); /* stale for good from then on */
-    } else {
-      return 0; /* stamped in the future: fresh later */
-    }
-  }
-  if (cooling(x, r, rd) && rd->cooldown_until < *until)
-    *until = rd->cooldown_until;
-  return 1;
-}
-
 /* The entry at pos as one set aside (PIX_ASIDE): only its KV pressure,
  * while its load is fresh, is in what the pass adds up, as an exception's
- * would be (indexed_exception). 0 when its reading does not hold over a
- * window of time (aside_window): it is an exception then. */
+ * would be (indexed_exception). Its reading stays as rd has it over
+ * [from, until), its load's window (load_window), while its pool still
+ * cools if it does. 0 when there is no such window: it is an exception
+ * then. */
 static int entry_aside(spi_pool_index *p, const route_env *x,
                        const spi_replica_ident *r, uint32_t pos,
-                       const slot_read *rd, int64_t at) {
-  int64_t from, until;
-  if (!aside_window(x, r, rd, at, &from, &until)) return 0;
+                       const slot_read *rd, int window, int64_t from,
+                       int64_t until) {
+  if (window < 0) return 0;
+  if (cooling(x, r, rd) && rd->cooldown_until < until)
+    until = rd->cooldown_until;
   pix_cold *c = &p->cold[pos];
   p->hot[pos].kind = PIX_ASIDE;
   bit_set(p->aside, pos);
@@ -454,7 +466,7 @@ static int entry_aside(spi_pool_index *p, const route_env *x,
 
 /* The regular entry at pos as a route's evaluation of it (ev_at), from
  * its hot and cold parts: what a pass reading its slot would make of it
- * (eval_of, a fresh load, usable, no probe, no advice), but for the TTFT
+ * (eval_of: usable, no probe, no advice), but for the TTFT
  * and rendezvous weight, which the route writes over the copy. An entry
  * that was regular already (moved) has its identity and the fields every
  * regular entry has alike from then: only what its slot says is written
@@ -468,7 +480,6 @@ static void entry_eval(spi_pool_index *p, const spi_replica_ident *r,
     eval_ident(o, r);
     o->eligible = 1;
     o->probe = 0;
-    o->fresh = 1;
     o->advised = 0;
     o->matched = 0;
     o->match_flags = 0;
@@ -477,6 +488,7 @@ static void entry_eval(spi_pool_index *p, const spi_replica_ident *r,
     o->active = 1;
     o->usable = 1;
   }
+  o->fresh = c->fresh;
   o->running = c->running;
   o->waiting = c->waiting;
   o->kv_usage = c->kv;
@@ -498,7 +510,8 @@ static uint64_t bits_of(double d) {
 
 /* Whether the regular entry at pos, read again as rd (regular, in the
  * same cell), differs from what it was read from in tokens served at
- * most: its load, counters, rate and load time the same bits, so every
+ * most: its load (fresh or stale), counters, rate and its load's window
+ * the same bits, so every
  * value made from them is too (the configuration they were read with is
  * the index's, or it is rebuilt). A ticket opened and finished there
  * since the last route leaves just that. */
@@ -513,7 +526,8 @@ static int served_only(const spi_pool_index *p, const slot_read *rd,
                (bits_of(rd->pf.queued) ^ bits_of(c->queued)) |
                (bits_of(rd->pf.mean_out) ^ bits_of(c->mean_out)) |
                ((uint64_t)until ^ (uint64_t)c->until) |
-               (uint64_t)(rd->inflight ^ c->inflight);
+               (uint64_t)(rd->inflight ^ c->inflight) |
+               (uint64_t)(rd->fresh ^ c->fresh);
   return d == 0;
 }
 
@@ -561,20 +575,22 @@ static int raw_same(const spi_slot_words *a, const spi_slot_words *b) {
 }
 
 /* The regular entry at pos keeps raw, the words its values are made from
- * (or stand for: served_only), and the start of its being regular. */
-static void entry_raw(pix_cold *c, const spi_slot_words *raw, int64_t from) {
+ * (or stand for: served_only), the start of its being regular, and
+ * whether its load's window is exact (load_window's 1: steady). */
+static void entry_raw(pix_cold *c, const spi_slot_words *raw, int64_t from,
+                      int window) {
   c->raw = *raw;
   c->from = from;
-  c->steady = from != INT64_MIN && c->until != INT64_MAX;
+  c->steady = window == 1;
 }
 
 /* Whether the regular entry at pos is what entry_read would make of the
  * slot's words raw, tokens served aside: they are the words it was read
  * from, and x->now is in [from, until). The same words, with neither
  * bound saturated (steady), make a regular entry at exactly those times:
- * its load fresh from load_at - max_age + 1 up to before load_at +
- * max_age (spi__load_view_of), its advice and, in the spot pool, its
- * cooldown over from their ends on (regular, regular_from). The
+ * its load as fresh or as stale as when read (load_window), its advice
+ * and, in the spot pool, its cooldown over from their ends on (regular,
+ * regular_from). The
  * configuration its values were read with holds (spi__pix_sync). */
 static int entry_steady(const spi_pool_index *p, const route_env *x,
                         const spi_slot_words *raw, uint32_t pos) {
@@ -589,19 +605,20 @@ static __attribute__((noinline)) void
 entry_read_whole(spi_pool_index *p, const route_env *x,
                  const spi_replica_ident *r, uint32_t pos,
                  const spi_slot_words *raw) {
-  int64_t at = raw->load_at;
   slot_read rd;
   slot_reading(x, raw, &rd);
-  int kind = rd.state != SPI_REPLICA_ACTIVE ? PIX_OFF
-             : regular(p, x, r, pos, &rd)  ? PIX_REG
-             : set_aside(p, x, r, pos, &rd) ? PIX_ASIDE
-                                           : PIX_EXC;
+  int64_t from, until;
+  int window = load_window(x, &rd, raw->load_at, &from, &until);
+  int kind = rd.state != SPI_REPLICA_ACTIVE     ? PIX_OFF
+             : regular(p, x, r, pos, &rd, window) ? PIX_REG
+             : set_aside(p, x, r, pos, &rd)       ? PIX_ASIDE
+                                                  : PIX_EXC;
   pix_hot *h = &p->hot[pos];
   if (kind == PIX_REG && h->kind == PIX_REG && h->cell == r->cell &&
-      served_only(p, &rd, stale_at(at, x->max_age), pos)) {
-    int64_t from = regular_from(x, r, &rd, at);
-    if (from > p->reg_from) p->reg_from = from;
-    entry_raw(&p->cold[pos], raw, from);
+      served_only(p, &rd, until, pos)) {
+    int64_t since = regular_from(r, &rd, from);
+    if (since > p->reg_from) p->reg_from = since;
+    entry_raw(&p->cold[pos], raw, since, window);
     entry_served(p, r, rd.pf.served, pos);
     return;
   }
@@ -613,7 +630,8 @@ entry_read_whole(spi_pool_index *p, const route_env *x,
   entry_drop(p, pos, moved);
   p->t_wait[pos] = p->t_ms_tok[pos] = p->t_slow[pos] = 0.0;
   if (kind == PIX_OFF) return;
-  if (kind == PIX_ASIDE && entry_aside(p, x, r, pos, &rd, at)) return;
+  if (kind == PIX_ASIDE && entry_aside(p, x, r, pos, &rd, window, from, until))
+    return;
   if (kind != PIX_REG) {
     h->kind = PIX_EXC;
     bit_set(p->exc, pos);
@@ -645,14 +663,17 @@ entry_read_whole(spi_pool_index *p, const route_env *x,
   c->inflight = rd.inflight;
   c->pool = r->pool;
   c->max_inflight = r->max_inflight;
-  c->until = stale_at(at, x->max_age);
-  if (c->until < p->min_until) p->min_until = c->until;
-  int64_t from = regular_from(x, r, &rd, at);
-  if (from > p->reg_from) p->reg_from = from;
-  entry_raw(c, raw, from);
+  c->fresh = rd.fresh;
+  c->until = until;
+  if (until < p->min_until) p->min_until = until;
+  int64_t since = regular_from(r, &rd, from);
+  if (since > p->reg_from) p->reg_from = since;
+  entry_raw(c, raw, since, window);
   p->usable[h->cell]++;
-  p->kv_fix[c->pool] += spi__kv_fix(c->kv);
-  p->kv_n[c->pool]++;
+  if (rd.fresh) { /* a stale load says nothing of KV */
+    p->kv_fix[c->pool] += spi__kv_fix(c->kv);
+    p->kv_n[c->pool]++;
+  }
   p->served[c->pool] += c->served;
   p->streams[c->pool] += c->max_inflight;
   p->wait_fix[h->cell] += c->wait_fix;
@@ -929,40 +950,28 @@ static void read_dirty(spi_pool_index *p, const route_env *x,
   }
 }
 
-/* Entries set aside past their window are read again (they may be anything
- * now), regular entries whose load is stale at x->now become exceptions,
- * and the earliest time either comes for the rest is found again. Out of
- * line: few syncs come to it. */
+/* Entries past their window (cold[].until) are read again: a regular
+ * one whose load has gone stale stays regular with its load read as
+ * saturated, one set aside may be anything now. Then the earliest time
+ * the next comes is found again (every entry just read is due later than
+ * now: load_window, entry_aside). Out of line: few syncs come to it. */
 static __attribute__((noinline)) void
 expire(spi_pool_index *p, const route_env *x, const spi_replica_set *set) {
   size_t words = (p->n + 63) / 64;
   for (size_t w = 0; w < words; w++)
-    for (uint64_t b = p->aside[w]; b; b &= b - 1) {
+    for (uint64_t b = p->reg[w] | p->aside[w]; b; b &= b - 1) {
       uint32_t pos = (uint32_t)(w * 64 + (size_t)__builtin_ctzll(b));
       if (p->cold[pos].until > x->now) continue;
-      spi_slot_words raw; /* one set aside is read whole (entry_steady) */
+      spi_slot_words raw; /* read whole: entry_steady holds before until */
       spi__slot_words_read(&x->e->registry.slots[set->r[pos].slot], &raw);
       entry_read_whole(p, x, &set->r[pos], pos, &raw);
     }
   int64_t min = INT64_MAX;
-  for (size_t w = 0; w < words; w++) {
-    for (uint64_t b = p->reg[w]; b; b &= b - 1) {
-      uint32_t pos = (uint32_t)(w * 64 + (size_t)__builtin_ctzll(b));
-      int64_t until = p->cold[pos].until;
-      if (until > x->now) {
-        if (until < min) min = until;
-        continue;
-      }
-      entry_drop(p, pos, 0);
-      p->hot[pos].kind = PIX_EXC;
-      bit_set(p->exc, pos);
-    }
-    /* Read again above if due: each is due later than now. */
-    for (uint64_t b = p->aside[w]; b; b &= b - 1) {
+  for (size_t w = 0; w < words; w++)
+    for (uint64_t b = p->reg[w] | p->aside[w]; b; b &= b - 1) {
       int64_t until = p->cold[(size_t)w * 64 + (size_t)__builtin_ctzll(b)].until;
       if (until < min) min = until;
     }
-  }
   p->min_until = min;
 }
 

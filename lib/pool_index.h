@@ -16,7 +16,9 @@
 /* What the index knows of the replica at a position of the set. */
 enum {
   PIX_OFF = 0, /* not ACTIVE: in no sum and no summary */
-  PIX_REG = 1, /* regular: usable by any request until `until` */
+  PIX_REG = 1, /* regular: usable by any request, as it is until `until`
+                  (its load going stale), its load fresh or stale for
+                  good (read as saturated, out of the KV sums) */
   PIX_EXC = 2, /* anything else ACTIVE: read whole by every route */
   PIX_ASIDE = 3 /* ACTIVE, usable by no request the index serves (its
                    spot pool cooling down, or serving none of the models
@@ -46,8 +48,8 @@ typedef struct pix_cold {
   double queued, mean_out;
   uint64_t served;
   uint64_t wait_fix;            /* spi__wait_fix */
-  int64_t until;                /* stale from then on: regular no longer
-                                   (PIX_ASIDE: read again from then on) */
+  int64_t until;                /* its load stale from then on: read
+                                   again then (INT64_MAX: stale already) */
   int64_t from;                 /* regular since (regular_from;
                                    PIX_ASIDE: aside_window) */
   uint32_t inflight;
@@ -59,8 +61,7 @@ typedef struct pix_cold {
    * regular exactly while from <= now < until as long as they stay
    * (neither bound saturated: entry_steady). */
   int steady;
-  int fresh;                    /* PIX_ASIDE: its load fresh, kv in the
-                                   sums */
+  int fresh;                    /* its load fresh: kv in the sums */
   spi_slot_words raw;
 } pix_cold;
 

@@ -805,13 +805,22 @@ static uint32_t first_free(const spi_pool_index *p, const uint16_t *pos,
   return UINT32_MAX;
 }
 
+/* Whether cell k has a regular replica that is not busy. */
+static int cell_any_free(const spi_pool_index *p, int k) {
+  uint64_t any = 0;
+  for (size_t w = 0; w < (p->n + 63) / 64; w++) any |= p->cfree[k][w];
+  return any != 0;
+}
+
 /* Cell k's rendezvous winner among the regular replicas that are not
  * busy: the first such of the prefix's kept order, else of its deeper one
  * (when it has one), else weighed (spi__pix_free_best). When the prefix
  * has no kept order (o NULL), win[k] is that weighing's answer, made for
  * every ranked cell at once (scan_indexed). Each order is the cell's true
  * first few, so the first such in it is the winner; only when it holds
- * none and is not the whole cell is the next step needed. */
+ * none and is not the whole cell is the next step needed, and not even
+ * then when the cell has no such replica (every one busy: a fleet whose
+ * loads are all stale, read as saturated). */
 static void indexed_rdv(const route_env *x, spi_pool_index *p,
                         const spi_replica_set *set, scan *sc, int k,
                         const pix_rdv *o, const uint32_t *win) {
@@ -819,7 +828,7 @@ static void indexed_rdv(const route_env *x, spi_pool_index *p,
   if (!o) {
     pos = win[k];
   } else if ((pos = first_free(p, o->pos[k], 0, o->n[k])) == UINT32_MAX &&
-             o->n[k] == PIX_RDV_TOP) {
+             o->n[k] == PIX_RDV_TOP && cell_any_free(p, k)) {
     const pix_deep *d = spi__pix_deep(p, x, set, k);
     if (d) pos = first_free(p, d->pos[k], PIX_RDV_TOP, d->n[k]);
     if (pos == UINT32_MAX && (!d || d->n[k] == PIX_DEEP_TOP)) {

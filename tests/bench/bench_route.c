@@ -22,7 +22,10 @@
  * zones and a notice on one machine of the first cools its pool, a
  * quarter of the fleet, which no route may use until the cooldown ends.
  * Then the 8 KiB case again where every replica says which model it
- * serves ("models":1, the requests' own). Then decisions per second
+ * serves ("models":1, the requests' own). Then the 8 KiB case again
+ * where no replica has reported a load ("loads":0: a gateway that does
+ * not scrape its servers' metrics, or a metrics outage; every load reads
+ * as saturated). Then decisions per second
  * (route + finish) on 1 and 2 threads over one engine, and on 2 threads
  * each with an engine of its own ("engines":2, what sharing one cannot
  * beat), at 64 and 512 replicas (the 8 KiB case's prompts; each thread on
@@ -93,9 +96,10 @@ static int cmp_double(const void *a, const void *b) {
 
 /* Replica i: odd ones on-demand, even ones spot, the spot ones in two
  * zones (z0 and z1) of one instance type, each on a machine of its own;
- * serving models (a models list; NULL: any model). */
+ * serving models (a models list; NULL: any model); each reporting a load
+ * when loads is set. */
 static spi_engine *make_engine(int replicas, uint32_t max_inflight,
-                               const char *models) {
+                               const char *models, int loads) {
   spi_hooks h;
   memset(&h, 0, sizeof h);
   h.struct_size = sizeof h;
@@ -130,7 +134,7 @@ static spi_engine *make_engine(int replicas, uint32_t max_inflight,
     l.running = i % 7;
     l.waiting = i % 3;
     l.kv_usage = 0.3;
-    spi_replica_report_load(e, id, strlen(id), &l);
+    if (loads) spi_replica_report_load(e, id, strlen(id), &l);
   }
   return e;
 }
@@ -266,7 +270,7 @@ static int cool_first_zone(spi_engine *e, int replicas) {
 
 /* What a latency case adds to the plain one (the file's head says). */
 typedef struct lat_case {
-  int shared_first, fresh, cool, models;
+  int shared_first, fresh, cool, models, no_loads;
 } lat_case;
 
 static void bench_latency(size_t size, int replicas, lat_case c) {
@@ -275,7 +279,7 @@ static void bench_latency(size_t size, int replicas, lat_case c) {
    * shared first block; the others take many, as a large server does. */
   uint32_t max_inflight = shared_first ? 4 : 256;
   spi_engine *e =
-      make_engine(replicas, max_inflight, c.models ? "llama" : NULL);
+      make_engine(replicas, max_inflight, c.models ? "llama" : NULL, !c.no_loads);
   if (!e) {
     fprintf(stderr, "engine setup failed\n");
     exit(1);
@@ -344,12 +348,15 @@ static void bench_latency(size_t size, int replicas, lat_case c) {
   (void)sink;
   double p50 = t[N / 2], p99 = t[N * 99 / 100], pass = x[N / 2];
   printf("{\"bench\":\"route\",\"prompt_bytes\":%zu,\"replicas\":%d,"
-         "\"shared_first\":%d,\"fresh\":%d,\"cooling\":%d,\"models\":%d,\"holders\":%d,\"p50_ns\":%.0f,\"p99_ns\":%.0f,\"xxh3_pass_ns\":%.1f,"
+         "\"shared_first\":%d,\"fresh\":%d,\"cooling\":%d,\"models\":%d,"
+         "\"loads\":%d,\"holders\":%d,\"p50_ns\":%.0f,\"p99_ns\":%.0f,"
+         "\"xxh3_pass_ns\":%.1f,"
          "\"xxh3_best_ns\":%.1f,\"p50_ratio\":%.2f,\"p99_ratio\":%.2f,"
          "\"xxh3_avx2_best_ns\":%.1f,\"p50_ratio_avx2\":%.2f,"
          "\"batch_ratio_p50\":%.2f,\"batch_ratio_lo\":%.2f,\"batch_ratio_hi\":%.2f,"
          "\"minor_faults\":%ld}\n",
-         size, replicas, shared_first, fresh, cooling, c.models, holders, p50, p99, pass, best, p50 / pass, p99 / pass, wide,
+         size, replicas, shared_first, fresh, cooling, c.models, !c.no_loads,
+         holders, p50, p99, pass, best, p50 / pass, p99 / pass, wide,
          p50 / wide, bratio[BATCHES / 2], bratio[BATCHES / 10],
          bratio[BATCHES - 1 - BATCHES / 10], faults);
   for (int i = 0; i < NREQ; i++) free(texts[i]);
@@ -405,8 +412,8 @@ static void *throughput_thread(void *arg) {
  * changes from one minute to the next). */
 static void bench_throughput(int threads, int replicas, int separate) {
   int apart = separate && threads > 1;
-  spi_engine *e = make_engine(replicas, 256, NULL);
-  spi_engine *own = apart ? make_engine(replicas, 256, NULL) : NULL;
+  spi_engine *e = make_engine(replicas, 256, NULL, 1);
+  spi_engine *own = apart ? make_engine(replicas, 256, NULL, 1) : NULL;
   if (!e || (apart && !own)) {
     fprintf(stderr, "engine setup failed\n");
     exit(1);
@@ -439,12 +446,13 @@ static void bench_throughput(int threads, int replicas, int separate) {
   spi_engine_free(e);
 }
 
-/* With arguments "<prompt bytes> <replicas> [shared_first [fresh]]", run
- * that one latency case. */
+/* With arguments "<prompt bytes> <replicas> [shared_first [fresh [cooling
+ * [models [no_loads]]]]]", run that one latency case. */
 int main(int argc, char **argv) {
-  if (argc >= 3 && argc <= 7) {
+  if (argc >= 3 && argc <= 8) {
     lat_case c = {argc >= 4 ? atoi(argv[3]) : 0, argc >= 5 ? atoi(argv[4]) : 0,
-                  argc >= 6 ? atoi(argv[5]) : 0, argc == 7 ? atoi(argv[6]) : 0};
+                  argc >= 6 ? atoi(argv[5]) : 0, argc >= 7 ? atoi(argv[6]) : 0,
+                  argc == 8 ? atoi(argv[7]) : 0};
     bench_latency((size_t)atol(argv[1]), atoi(argv[2]), c);
     return 0;
   }
@@ -452,11 +460,12 @@ int main(int argc, char **argv) {
   int reps[] = {8, 64, 512};
   for (int s = 0; s < 3; s++)
     for (int r = 0; r < 3; r++)
-      bench_latency(sizes[s], reps[r], (lat_case){0, 0, 0, 0});
-  for (int r = 0; r < 3; r++) bench_latency(8192, reps[r], (lat_case){1, 0, 0, 0});
-  for (int r = 0; r < 3; r++) bench_latency(8192, reps[r], (lat_case){0, 1, 0, 0});
-  for (int r = 1; r < 3; r++) bench_latency(8192, reps[r], (lat_case){0, 0, 1, 0});
-  for (int r = 1; r < 3; r++) bench_latency(8192, reps[r], (lat_case){0, 0, 0, 1});
+      bench_latency(sizes[s], reps[r], (lat_case){0, 0, 0, 0, 0});
+  for (int r = 0; r < 3; r++) bench_latency(8192, reps[r], (lat_case){1, 0, 0, 0, 0});
+  for (int r = 0; r < 3; r++) bench_latency(8192, reps[r], (lat_case){0, 1, 0, 0, 0});
+  for (int r = 1; r < 3; r++) bench_latency(8192, reps[r], (lat_case){0, 0, 1, 0, 0});
+  for (int r = 1; r < 3; r++) bench_latency(8192, reps[r], (lat_case){0, 0, 0, 1, 0});
+  for (int r = 1; r < 3; r++) bench_latency(8192, reps[r], (lat_case){0, 0, 0, 0, 1});
   for (int r = 1; r < 3; r++) {
     bench_throughput(1, reps[r], 0);
     bench_throughput(2, reps[r], 0);

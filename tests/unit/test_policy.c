@@ -1574,8 +1574,9 @@ static void seen_cand(seen *o, size_t *at, const spi_route_context *x,
   }
   const spi_candidate *c = &x->candidates[i];
   *at += (size_t)snprintf(o->text + *at, sizeof o->text - *at,
-                          " %.*s/%d%d/%a/%a/%a/%u/%u/%u/%a/%a/%a", (int)c->id_len,
-                          c->id, c->eligible, c->probe, c->est_ttft_ms,
+                          " %.*s/%d%d%d%d/%a/%a/%a/%u/%u/%u/%a/%a/%a", (int)c->id_len,
+                          c->id, c->eligible, c->probe, c->fresh, c->advised,
+                          c->est_ttft_ms,
                           c->est_wait_ms, c->running + c->waiting,
                           c->inflight, c->matched_blocks, c->match_flags, c->kv_usage,
                           c->served_tokens, c->prefill_tokens_per_s);

@@ -62,8 +62,9 @@ static void seen_cand(seen *o, size_t *at, const spi_route_context *x,
   }
   const spi_candidate *c = &x->candidates[i];
   *at += (size_t)snprintf(o->text + *at, sizeof o->text - *at,
-                          " %.*s/%d%d/%a/%a/%a/%u/%a/%a/%llx", (int)c->id_len,
-                          c->id, c->eligible, c->probe, c->est_ttft_ms,
+                          " %.*s/%d%d%d%d/%a/%a/%a/%u/%a/%a/%llx", (int)c->id_len,
+                          c->id, c->eligible, c->probe, c->fresh, c->advised,
+                          c->est_ttft_ms,
                           c->est_wait_ms, c->running + c->waiting, c->inflight,
                           c->kv_usage, c->served_tokens,
                           (unsigned long long)c->rendezvous);
@@ -180,16 +181,21 @@ static void load(spi_engine *e, uint32_t i, uint64_t *rng) {
   ff_report(e, id, running, waiting, 0.01 * (mix(rng) % 100));
 }
 
+/* Replica "p<i>" of 8 streams: odd ones on-demand, even ones spot. */
+static void upsert_even(spi_engine *e, uint32_t i) {
+  char id[16];
+  snprintf(id, sizeof id, "p%u", i);
+  spi_replica_info ri =
+      ff_replica(id, i % 2 ? SPI_POOL_ON_DEMAND : SPI_POOL_SPOT, 2.0, 8);
+  assert_int_equal(spi_replica_upsert(e, &ri), SPI_OK);
+}
+
 /* n replicas "p0".. of 8 streams each, the pools taking turns, each with
  * a load drawn from seed. */
 static void even_fleet(spi_engine *e, uint32_t n, uint64_t seed) {
   uint64_t rng = seed;
   for (uint32_t i = 0; i < n; i++) {
-    char id[16];
-    snprintf(id, sizeof id, "p%u", i);
-    spi_replica_info ri = ff_replica(
-        id, i % 2 ? SPI_POOL_ON_DEMAND : SPI_POOL_SPOT, 2.0, 8);
-    assert_int_equal(spi_replica_upsert(e, &ri), SPI_OK);
+    upsert_even(e, i);
     load(e, i, &rng);
   }
 }
@@ -617,12 +623,12 @@ static void assert_kinds(const spi_pool_index *p, unsigned reg, unsigned exc,
 }
 
 /* A spot pool cooling down after an interruption: its other replicas,
- * which no request may use, are kept by the index (PIX_COOL) instead of
+ * which no request may use, are kept by the index (PIX_ASIDE) instead of
  * being read whole by every route as exceptions, their KV usage in the
  * sums while their loads are fresh. When the cooldown ends they are
- * regular again with no write to their slots; a load gone stale by then
- * makes them exceptions, as any stale load does. Every route is compared
- * with the full pass. */
+ * regular again with no write to their slots, whether their loads are
+ * still fresh or have gone stale by then (regular with no KV usage, as
+ * any stale load is). Every route is compared with the full pass. */
 static void test_cooling_pool_kept_not_read(void **st) {
   (void)st;
   const int64_t t0 = 1700000000LL * 1000000000LL, ms = 1000000;
@@ -661,17 +667,64 @@ static void test_cooling_pool_kept_not_read(void **st) {
   interrupt(e, 2, moving_now, 2);
   cooled_as_full(e, r, 3, 5000, saw);
   assert_kinds(p, 17, 0, 5);
-  moving_now = t0 + 1500 * ms; /* every load stale */
+  moving_now = t0 + 1500 * ms; /* every load stale: regular, no KV */
   cooled_as_full(e, r, 4, 5000, saw);
-  assert_kinds(p, 0, 17, 5);
+  assert_kinds(p, 17, 0, 5);
   assert_int_equal(p->kv_n[SPI_POOL_SPOT], 0);
-  moving_now = t0 + 5800 * ms; /* over, the loads stale: exceptions */
+  assert_int_equal(p->kv_n[SPI_POOL_ON_DEMAND], 0);
+  moving_now = t0 + 5800 * ms; /* over, the loads stale: regular too */
   cooled_as_full(e, r, 5, 5000, saw);
-  assert_kinds(p, 0, 22, 0);
+  assert_kinds(p, 22, 0, 0);
   for (uint32_t i = 0; i < 24; i++) load(e, i, &rng);
   cooled_as_full(e, r, 6, 5000, saw);
   assert_kinds(p, 22, 0, 0);
   assert_int_equal(p->rebuilds, built); /* all of it kept, none rebuilt */
+  spi_request_free(r);
+  spi_engine_free(e);
+}
+
+/* A fleet that reports no load (a gateway that does not scrape its
+ * servers' metrics) and one whose loads all go stale (a metrics outage):
+ * each load reads as saturated until the next report, and the index keeps
+ * those replicas regular, out of the KV sums, instead of handing every one
+ * to every route to read whole. A report makes a replica fresh again.
+ * Every route is compared with the full pass; the index is never built
+ * again and no route reads every slot. */
+static void test_stale_loads_kept_regular(void **st) {
+  (void)st;
+  const int64_t t0 = 1700000000LL * 1000000000LL, ms = 1000000;
+  seen saw[2];
+  spi_engine *e = seen_engine(t0, saw);
+  configure(e, NULL); /* load_max_age_ms: 1000 */
+  for (uint32_t i = 0; i < 40; i++) upsert_even(e, i); /* no load */
+  spi_request *r = NULL;
+  assert_int_equal(spi_request_new(e, &r), SPI_OK);
+  spi_pool_index *p = e->registry.pix;
+  moving_now = t0 + 100 * ms;
+  for (uint32_t q = 0; q < 4; q++) same_as_full(e, r, q, saw);
+  assert_kinds(p, 40, 0, 0);
+  assert_int_equal(p->kv_n[SPI_POOL_SPOT] + p->kv_n[SPI_POOL_ON_DEMAND], 0);
+  uint64_t built = p->rebuilds;
+  uint64_t rng = 17;
+  for (uint32_t i = 0; i < 40; i++) load(e, i, &rng);
+  same_as_full(e, r, 4, saw);
+  assert_kinds(p, 40, 0, 0);
+  assert_int_equal(p->kv_n[SPI_POOL_SPOT], 20);
+  assert_int_equal(p->kv_n[SPI_POOL_ON_DEMAND], 20);
+  moving_now = t0 + 1200 * ms; /* every load stale */
+  for (uint32_t q = 5; q < 9; q++) same_as_full(e, r, q, saw);
+  assert_kinds(p, 40, 0, 0);
+  assert_int_equal(p->kv_n[SPI_POOL_SPOT] + p->kv_n[SPI_POOL_ON_DEMAND], 0);
+  load(e, 3, &rng); /* p3, on-demand, reports again */
+  same_as_full(e, r, 9, saw);
+  assert_kinds(p, 40, 0, 0);
+  assert_int_equal(p->kv_n[SPI_POOL_ON_DEMAND], 1);
+  moving_now = t0 + 2300 * ms; /* and goes stale again */
+  same_as_full(e, r, 10, saw);
+  assert_int_equal(p->kv_n[SPI_POOL_ON_DEMAND], 0);
+  assert_int_equal(p->rebuilds, built);
+  assert_int_equal(
+      spi_test_metric(e, "spotinfer_route_slot_passes_total"), 0);
   spi_request_free(r);
   spi_engine_free(e);
 }
@@ -1201,6 +1254,7 @@ int main(void) {
       cmocka_unit_test(test_blocks_follow_every_change),
       cmocka_unit_test(test_clock_back_rebuilds_when_it_must),
       cmocka_unit_test(test_cooling_pool_kept_not_read),
+      cmocka_unit_test(test_stale_loads_kept_regular),
       cmocka_unit_test(test_models_lists_kept_regular),
       cmocka_unit_test(test_wide_block_loops_same_bits),
       cmocka_unit_test(test_wide_rdv_same_order),
