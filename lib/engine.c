@@ -109,8 +109,7 @@ int spi_engine_new(spi_engine **out, const spi_hooks *hooks) {
     return SPI_ENOMEM;
   }
   e->registry.pix->counts = &e->metrics;
-  for (size_t k = 0; k < SPI_PIX_MODELS; k++)
-    e->registry.pix_model[k]->counts = &e->metrics;
+  e->registry.pix_counts = &e->metrics; /* for model indexes made later */
   if (spi__nodes_new(e) != SPI_OK) {
     spi__registry_destroy(&e->registry, &e->mem);
     spi__errtab_destroy(&e->err);

@@ -67,15 +67,22 @@
  * Models. Each index has one models list whose every model its regular
  * replicas serve (models_choose). The registry's first index chooses it
  * from the set; a request for a model it does not name goes to an index
- * of that model alone (spi__pix_for_model), one of SPI_PIX_MODELS the
- * registry hands out in turn, for good, to models some replica's list
- * names. Writers mark a slot once, in the registry: the index that takes
- * a mark hands it on to the others in use (marks_take), so each reads
- * the slot again. With no model index in use, that costs nothing.
+ * of that model alone (spi__pix_for_model), which the registry hands out
+ * in turn, for good, to models some replica's list names. One is made for
+ * each name replicas' lists bring, up to SPI_PIX_MODELS
+ * (spi__pix_models_make, as a replica is registered: a fleet of many
+ * models, such as a proxy in front of many model groups, keeps its
+ * routes' cost, and one with no lists makes none). Writers mark a slot
+ * once, in the registry: the index that takes a mark hands it on to the
+ * others in use (marks_take), so each reads the slot again; one set aside
+ * whose words changed in nothing it reads (a ticket on a replica of
+ * another model) is not read whole (aside_steady). With no model index in
+ * use, that costs nothing.
  *
- * Memory: SPI_PIX_MODELS + 1 indexes of fixed arrays for SPI_REPLICA_SLOTS
- * positions each (about 1.9 MB of address space each, touched as
- * positions are used), made with the registry; a route allocates nothing,
+ * Memory: indexes of fixed arrays for SPI_REPLICA_SLOTS positions each
+ * (about 1.9 MB of address space each, touched as positions are used):
+ * the first made with the registry, the model indexes as lists name
+ * models, at most SPI_PIX_MODELS of them; a route allocates nothing,
  * takes no lock and makes no system call (it may spin a bounded while for
  * an index: spi__pix_take).
  */
@@ -386,7 +393,10 @@ spi_pool_index *spi__pix_for_model(spi_registry *g, const spi_replica_set *set,
         q->model_len == len && memcmp(q->model, model, len) == 0)
       return q;
   }
-  if (len == 0 || len > SPI_PIX_MODEL_MAX || n >= SPI_PIX_MODELS ||
+  /* Acquire: the index's pointer was stored before the count of those
+   * made (spi__pix_models_make). */
+  unsigned made = atomic_load_explicit(&g->pix_made_n, memory_order_acquire);
+  if (len == 0 || len > SPI_PIX_MODEL_MAX || n >= made ||
       !set_names(set, model, len))
     return NULL;
   /* Taken by one route; another taking one at once reads every slot this
@@ -400,6 +410,35 @@ spi_pool_index *spi__pix_for_model(spi_registry *g, const spi_replica_set *set,
   q->model_len = (uint32_t)len;
   atomic_store_explicit(&q->named, 1, memory_order_release);
   return q;
+}
+
+/* Whether g's names met so far (pix_names) have name[0..len). */
+static int name_met(const spi_registry *g, const char *name, size_t len) {
+  for (uint32_t k = 0; k < g->pix_names_n; k++)
+    if (g->pix_names_len[k] == len && !memcmp(g->pix_names[k], name, len))
+      return 1;
+  return 0;
+}
+
+void spi__pix_models_make(spi_registry *g, const spi_mem *m,
+                          const char *models, size_t len) {
+  for (const char *at = models, *end = models + len;
+       at < end && g->pix_names_n < SPI_PIX_MODELS;) {
+    size_t n;
+    const char *name = spi__models_next(&at, end, &n);
+    if (n == 0 || n > SPI_PIX_MODEL_MAX || name_met(g, name, n)) continue;
+    memcpy(g->pix_names[g->pix_names_n], name, n);
+    g->pix_names_len[g->pix_names_n++] = (uint32_t)n;
+  }
+  unsigned made = atomic_load_explicit(&g->pix_made_n, memory_order_relaxed);
+  for (; made < g->pix_names_n; made++) {
+    spi_pool_index *q = spi__pix_new(m);
+    if (!q) return;
+    q->counts = g->pix_counts;
+    g->pix_model[made] = q;
+    /* Release: a route that reads the count finds the index made. */
+    atomic_store_explicit(&g->pix_made_n, made + 1, memory_order_release);
+  }
 }
 
 /* Whether what rd says makes the replica one of a spot pool cooling down
@@ -434,22 +473,24 @@ static int set_aside(const spi_pool_index *p, const route_env *x,
   return cooling(x, r, rd) || (p->other[pos / 64] >> (pos % 64) & 1);
 }
 
-/* The entry at pos as one set aside (PIX_ASIDE): only its KV pressure,
- * while its load is fresh, is in what the pass adds up, as an exception's
- * would be (indexed_exception). Its reading stays as rd has it over
- * [from, until), its load's window (load_window), while its pool still
- * cools if it does. 0 when there is no such window: it is an exception
- * then. */
+/* The entry at pos as one set aside (PIX_ASIDE), read as rd from the
+ * slot's words raw: only its KV pressure, while its load is fresh, is in
+ * what the pass adds up, as an exception's would be (indexed_exception).
+ * Its reading stays as rd has it over [from, until), its load's window
+ * (load_window), while its pool still cools if it does. 0 when there is
+ * no such window: it is an exception then. */
 static int entry_aside(spi_pool_index *p, const route_env *x,
                        const spi_replica_ident *r, uint32_t pos,
-                       const slot_read *rd, int window, int64_t from,
-                       int64_t until) {
+                       const slot_read *rd, const spi_slot_words *raw,
+                       int window, int64_t from, int64_t until) {
   if (window < 0) return 0;
   if (cooling(x, r, rd) && rd->cooldown_until < until)
     until = rd->cooldown_until;
   pix_cold *c = &p->cold[pos];
   p->hot[pos].kind = PIX_ASIDE;
   bit_set(p->aside, pos);
+  c->raw = *raw;
+  c->steady = window == 1;
   c->pool = r->pool;
   c->fresh = rd->fresh;
   c->kv = rd->kv;
@@ -630,7 +671,8 @@ entry_read_whole(spi_pool_index *p, const route_env *x,
   entry_drop(p, pos, moved);
   p->t_wait[pos] = p->t_ms_tok[pos] = p->t_slow[pos] = 0.0;
   if (kind == PIX_OFF) return;
-  if (kind == PIX_ASIDE && entry_aside(p, x, r, pos, &rd, window, from, until))
+  if (kind == PIX_ASIDE &&
+      entry_aside(p, x, r, pos, &rd, raw, window, from, until))
     return;
   if (kind != PIX_REG) {
     h->kind = PIX_EXC;
@@ -687,18 +729,53 @@ entry_read_whole(spi_pool_index *p, const route_env *x,
     block_join(p, pos, h);
 }
 
+/* Whether a and b hold the same words in all that a replica set aside
+ * is read from: its state, its load's stamp and KV usage, and its spot
+ * pool's cooldown (set_aside: serving none of the index's models, or
+ * cooling, it is usable by none of its requests whatever else it says). */
+static int aside_same(const spi_slot_words *a, const spi_slot_words *b) {
+  uint64_t d = (uint64_t)(a->load_at ^ b->load_at) |
+               (uint64_t)(a->cooldown_until ^ b->cooldown_until) |
+               (a->kv ^ b->kv) | (uint32_t)(a->state ^ b->state);
+  return d == 0;
+}
+
+/* Whether the entry at pos is set aside and is what entry_read_whole would
+ * make of the slot's words raw: they are its words where it reads any
+ * (aside_same), and x->now is in its window, bounds exact (steady). A
+ * ticket opened or finished on a replica of another model leaves that. */
+static int aside_steady(const spi_pool_index *p, const route_env *x,
+                        const spi_slot_words *raw, uint32_t pos) {
+  const pix_cold *c = &p->cold[pos];
+  return p->hot[pos].kind == PIX_ASIDE && c->steady && x->now >= c->from &&
+         x->now < c->until && aside_same(raw, &c->raw);
+}
+
+/* The entry at pos, whose slot's words raw changed in more than tokens
+ * served: nothing to do for one set aside whose words changed in nothing
+ * it reads (aside_steady), else read whole. Out of line, as
+ * entry_read_whole is: inlined, its test cost a route over a fleet with
+ * no entry set aside 60 instructions in the sync's layout. */
+static __attribute__((noinline)) void
+entry_read_changed(spi_pool_index *p, const route_env *x,
+                   const spi_replica_ident *r, uint32_t pos,
+                   const spi_slot_words *raw) {
+  if (!aside_steady(p, x, raw, pos)) entry_read_whole(p, x, r, pos, raw);
+}
+
 /* Read the slot of the replica at pos again, its words once. A slot whose
  * words changed in tokens served alone (a ticket opened and finished there
  * since the last route) takes only those (entry_steady), without a reading
- * of the rest; any other entry is made whole from the same words (a load
- * report changes them: a second read of the slot would cost a tenth more
- * a sync when reports come often). */
+ * of the rest, and one set aside whose words changed in nothing it reads
+ * takes nothing (aside_steady); any other entry is made whole from the
+ * same words (a load report changes them: a second read of the slot would
+ * cost a tenth more a sync when reports come often). */
 static void entry_read(spi_pool_index *p, const route_env *x,
                        const spi_replica_ident *r, uint32_t pos) {
   spi_slot_words raw;
   spi__slot_words_read(&x->e->registry.slots[r->slot], &raw);
   if (!entry_steady(p, x, &raw, pos)) {
-    entry_read_whole(p, x, r, pos, &raw);
+    entry_read_changed(p, x, r, pos, &raw);
     return;
   }
   const pix_cold *c = &p->cold[pos];

@@ -10,8 +10,6 @@
 
 #include "replica_pass.h"
 
-/* The longest model name a model index is kept for. */
-#define SPI_PIX_MODEL_MAX 128
 
 /* What the index knows of the replica at a position of the set. */
 enum {
@@ -240,12 +238,20 @@ int spi__pix_serves(const spi_pool_index *p, const char *model, size_t len);
 
 /* The registry's index for requests for the model named model[0..len),
  * taking one of its model indexes for it when none has it yet and a
- * replica of set serves it; NULL when none can (every model index taken,
- * no model named, a name longer than SPI_PIX_MODEL_MAX). */
+ * replica of set serves it; NULL when none can (every model index made
+ * taken, no model named, a name longer than SPI_PIX_MODEL_MAX). */
 spi_pool_index *spi__pix_for_model(spi_registry *g, const spi_replica_set *set,
                                    const char *model, size_t len);
 
-/* Made with the registry (replica.c), freed with it. */
+/* As a replica's models list (models[0..len)) is registered, under the
+ * registry's lock: a model index made for each name no list named before,
+ * up to SPI_PIX_MODELS in all. One that cannot be made (out of memory) is
+ * not: requests for the models it would have served read every slot. */
+void spi__pix_models_make(spi_registry *g, const spi_mem *m,
+                          const char *models, size_t len);
+
+/* Made with the registry (replica.c), freed with it; model indexes
+ * (spi__pix_models_make) too. */
 spi_pool_index *spi__pix_new(const spi_mem *m);
 void spi__pix_free(const spi_mem *m, spi_pool_index *p);
 

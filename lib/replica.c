@@ -344,19 +344,12 @@ int spi__registry_init(spi_registry *g, const spi_mem *m) {
   g->slots_raw = spi__calloc(m, 1, SPI_REPLICA_SLOTS * sizeof *g->slots + 63);
   spi_replica_set *empty = set_new(m, 0);
   g->pix = spi__pix_new(m);
-  int pix_ok = g->pix != NULL;
-  for (size_t k = 0; k < SPI_PIX_MODELS; k++)
-    pix_ok &= (g->pix_model[k] = spi__pix_new(m)) != NULL;
   g->links = spi__alloc(m, sizeof *g->links);
-  if (!g->slots_raw || !empty || !pix_ok || !g->links ||
+  if (!g->slots_raw || !empty || !g->pix || !g->links ||
       pthread_mutex_init(&g->lock, NULL) != 0) {
     spi__free(m, g->slots_raw);
     set_free(m, empty);
     spi__pix_free(m, g->pix);
-    for (size_t k = 0; k < SPI_PIX_MODELS; k++) {
-      spi__pix_free(m, g->pix_model[k]);
-      g->pix_model[k] = NULL;
-    }
     spi__free(m, g->links);
     g->links = NULL;
     g->pix = NULL;
@@ -381,6 +374,10 @@ int spi__registry_init(spi_registry *g, const spi_mem *m) {
   g->next_slot = 0;
   g->set_version = 0;
   for (size_t w = 0; w < SPI_REPLICA_SLOTS / 64; w++) atomic_init(&g->dirty[w], 0);
+  for (size_t k = 0; k < SPI_PIX_MODELS; k++) g->pix_model[k] = NULL;
+  g->pix_names_n = 0;
+  g->pix_counts = NULL;
+  atomic_init(&g->pix_made_n, 0u);
   atomic_init(&g->pix_models_n, 0u);
   atomic_init(&g->spot_seen_ns, 0);
   return SPI_OK;
@@ -391,7 +388,8 @@ void spi__registry_destroy(spi_registry *g, const spi_mem *m) {
   set_free(m, atomic_exchange(&g->set, NULL));
   spi__free(m, g->slots_raw);
   spi__pix_free(m, g->pix);
-  for (size_t k = 0; k < SPI_PIX_MODELS; k++) {
+  unsigned made = atomic_load(&g->pix_made_n);
+  for (unsigned k = 0; k < made; k++) {
     spi__pix_free(m, g->pix_model[k]);
     g->pix_model[k] = NULL;
   }
@@ -785,6 +783,9 @@ int spi_replica_upsert(spi_engine *engine, const spi_replica_info *info) {
   spi__nodes_lock(engine);
   pthread_mutex_lock(&engine->registry.lock);
   rc = upsert_locked(engine, &r, limit, &retired);
+  if (rc == SPI_OK && r.models_len)
+    spi__pix_models_make(&engine->registry, &engine->mem, r.models,
+                         r.models_len);
   pthread_mutex_unlock(&engine->registry.lock);
   spi__nodes_unlock(engine);
   retire(engine, retired);

@@ -96,7 +96,8 @@ typedef struct spi_router_cfg {
 /* ------------------------------------------------------------- replicas */
 
 #define SPI_REPLICA_SLOTS 4096 /* hard cap of router.max_replicas */
-#define SPI_PIX_MODELS 3 /* pool indexes of one model each (spi_registry) */
+#define SPI_PIX_MODELS 15 /* pool indexes of one model each (spi_registry) */
+#define SPI_PIX_MODEL_MAX 128 /* the longest model name one is kept for */
 
 /* Per-replica state that changes at run time, in a slot that never moves.
  * All fields atomic: routers read them without a lock. What every route
@@ -206,11 +207,18 @@ typedef struct spi_registry {
   atomic_ullong dirty[SPI_REPLICA_SLOTS / 64];
   struct spi_pool_index *pix; /* made with the registry */
   /* Indexes of one model each, for requests for a model pix's models list
-   * does not name (pool_index.h, spi__pix_for_model): made with the
-   * registry, taken for a model in turn (pix_models_n of them so far),
-   * each for good. */
+   * does not name (pool_index.h, spi__pix_for_model): made as replicas'
+   * models lists name models, one a distinct name up to SPI_PIX_MODELS
+   * (spi__pix_models_make, under lock: the names met so far, and
+   * pix_made_n indexes made, each published before the count), then
+   * taken for a model in turn (pix_models_n of them so far), each for
+   * good. pix_counts: where each counts its waits (the engine's metrics). */
   struct spi_pool_index *pix_model[SPI_PIX_MODELS];
+  char pix_names[SPI_PIX_MODELS][SPI_PIX_MODEL_MAX];
+  uint32_t pix_names_len[SPI_PIX_MODELS], pix_names_n;
+  atomic_uint pix_made_n;
   atomic_uint pix_models_n;
+  _Atomic(struct spi_metrics *) *pix_counts;
   /* The current set's replicas by machine and by spot pool (replica.c):
    * kept by the set's writers and read by node.c, both under lock. */
   struct spi_replica_links *links;

@@ -22,11 +22,12 @@
  * zones and a notice on one machine of the first cools its pool, a
  * quarter of the fleet, which no route may use until the cooldown ends.
  * Then the 8 KiB case again where every replica says which model it
- * serves ("models":1, the requests' own). Then the 8 KiB case again
- * where no replica has reported a load ("loads":0: a gateway that does
- * not scrape its servers' metrics, or a metrics outage; every load reads
- * as saturated). Then decisions per second
- * (route + finish) on 1 and 2 threads over one engine, and on 2 threads
+ * serves ("models":1, the requests' own), and where the fleet serves 16
+ * models, each on a sixteenth of it, the requests asking for each in turn
+ * ("models":16). Then the 8 KiB case again where no replica has reported
+ * a load ("loads":0: a gateway that does not scrape its servers' metrics,
+ * or a metrics outage; every load reads as saturated). Then decisions per
+ * second (route + finish) on 1 and 2 threads over one engine, and on 2 threads
  * each with an engine of its own ("engines":2, what sharing one cannot
  * beat), at 64 and 512 replicas (the 8 KiB case's prompts; each thread on
  * a CPU of its own), with how often the threads on one engine waited for
@@ -94,12 +95,24 @@ static int cmp_double(const void *a, const void *b) {
   return x < y ? -1 : x > y;
 }
 
+/* How many models the fleet serves (lat_case.models): 0, any model (no
+ * models lists); 1, "llama" on every replica and in every request; n > 1,
+ * "m<k>" for k = i % n on replica i and in request i. */
+static int n_models;
+
+/* The model of replica or request i (n_models). */
+static const char *model_of(int i, char *buf, size_t cap) {
+  if (n_models <= 1) return "llama";
+  snprintf(buf, cap, "m%d", i % n_models);
+  return buf;
+}
+
 /* Replica i: odd ones on-demand, even ones spot, the spot ones in two
  * zones (z0 and z1) of one instance type, each on a machine of its own;
- * serving models (a models list; NULL: any model); each reporting a load
- * when loads is set. */
+ * serving models as n_models says; each reporting a load when loads is
+ * set. */
 static spi_engine *make_engine(int replicas, uint32_t max_inflight,
-                               const char *models, int loads) {
+                               int loads) {
   spi_hooks h;
   memset(&h, 0, sizeof h);
   h.struct_size = sizeof h;
@@ -122,9 +135,10 @@ static spi_engine *make_engine(int replicas, uint32_t max_inflight,
     ri.zone_len = 2;
     ri.instance_type = "g6.xlarge";
     ri.instance_type_len = strlen(ri.instance_type);
-    if (models) {
-      ri.models = models;
-      ri.models_len = strlen(models);
+    char model[16];
+    if (n_models) {
+      ri.models = model_of(i, model, sizeof model);
+      ri.models_len = strlen(ri.models);
     }
     ri.max_inflight = max_inflight;
     if (spi_replica_upsert(e, &ri) != SPI_OK) return NULL;
@@ -162,7 +176,9 @@ static int prepare_texts(spi_engine *e, spi_request **reqs, size_t size,
     char *p = malloc(size);
     if (spi_request_new(e, &reqs[i]) != SPI_OK) return -1;
     fill_prompt(p, size, i % 16, salt * NREQ + i, shared_first);
-    spi_request_set_str(reqs[i], SPI_REQ_MODEL, "llama", 5);
+    char model[16];
+    const char *m = model_of(i, model, sizeof model);
+    spi_request_set_str(reqs[i], SPI_REQ_MODEL, m, strlen(m));
     spi_request_set_str(reqs[i], SPI_REQ_PROMPT, p, size);
     spi_request_set_int(reqs[i], SPI_REQ_REPLAYABLE, 1);
     if (texts)
@@ -275,11 +291,12 @@ typedef struct lat_case {
 
 static void bench_latency(size_t size, int replicas, lat_case c) {
   int shared_first = c.shared_first, fresh = c.fresh;
+  n_models = c.models;
   /* Replicas that take few requests at once let the warm-up spread the
    * shared first block; the others take many, as a large server does. */
   uint32_t max_inflight = shared_first ? 4 : 256;
   spi_engine *e =
-      make_engine(replicas, max_inflight, c.models ? "llama" : NULL, !c.no_loads);
+      make_engine(replicas, max_inflight, !c.no_loads);
   if (!e) {
     fprintf(stderr, "engine setup failed\n");
     exit(1);
@@ -412,8 +429,9 @@ static void *throughput_thread(void *arg) {
  * changes from one minute to the next). */
 static void bench_throughput(int threads, int replicas, int separate) {
   int apart = separate && threads > 1;
-  spi_engine *e = make_engine(replicas, 256, NULL, 1);
-  spi_engine *own = apart ? make_engine(replicas, 256, NULL, 1) : NULL;
+  n_models = 0;
+  spi_engine *e = make_engine(replicas, 256, 1);
+  spi_engine *own = apart ? make_engine(replicas, 256, 1) : NULL;
   if (!e || (apart && !own)) {
     fprintf(stderr, "engine setup failed\n");
     exit(1);
@@ -465,6 +483,7 @@ int main(int argc, char **argv) {
   for (int r = 0; r < 3; r++) bench_latency(8192, reps[r], (lat_case){0, 1, 0, 0, 0});
   for (int r = 1; r < 3; r++) bench_latency(8192, reps[r], (lat_case){0, 0, 1, 0, 0});
   for (int r = 1; r < 3; r++) bench_latency(8192, reps[r], (lat_case){0, 0, 0, 1, 0});
+  for (int r = 1; r < 3; r++) bench_latency(8192, reps[r], (lat_case){0, 0, 0, 16, 0});
   for (int r = 1; r < 3; r++) bench_latency(8192, reps[r], (lat_case){0, 0, 0, 0, 1});
   for (int r = 1; r < 3; r++) {
     bench_throughput(1, reps[r], 0);

@@ -805,6 +805,51 @@ static void test_models_lists_kept_regular(void **st) {
   spi_engine_free(e);
 }
 
+/* A fleet of 20 models, two replicas each: a model index is made for
+ * each name the lists bring, up to SPI_PIX_MODELS (none before any list
+ * names a model), and handed to the models requests ask for in turn; the
+ * first index serves the list it chose ("m0", the first of equals), 15
+ * more models get one each, and the last four read every slot. Every
+ * route is compared with the full pass, and none is counted as a slot
+ * pass. */
+static void test_model_indexes_made_as_named(void **st) {
+  (void)st;
+  seen saw[2];
+  spi_engine *e = seen_engine(1700000000LL * 1000000000LL, saw);
+  configure(e, NULL);
+  const spi_registry *g = &e->registry;
+  assert_int_equal(atomic_load(&g->pix_made_n), 0);
+  uint64_t rng = 21;
+  for (uint32_t i = 0; i < 40; i++) {
+    char list[16];
+    snprintf(list, sizeof list, "m%u", i % 20);
+    upsert_serving(e, i, list);
+    load(e, i, &rng);
+  }
+  assert_int_equal(atomic_load(&g->pix_made_n), SPI_PIX_MODELS);
+  spi_request *r = NULL;
+  assert_int_equal(spi_request_new(e, &r), SPI_OK);
+  for (uint32_t q = 0; q < 80; q++) {
+    char model[16];
+    snprintf(model, sizeof model, "m%u", q % 20);
+    route_model(e, r, q, "seen", model, &saw[0]);
+    route_model(e, r, q, "seenall", model, &saw[1]);
+    assert_saw_same(q, saw);
+  }
+  assert_int_equal(atomic_load(&g->pix_models_n), SPI_PIX_MODELS);
+  for (uint32_t k = 0; k < SPI_PIX_MODELS; k++) {
+    char model[16];
+    snprintf(model, sizeof model, "m%u", k + 1);
+    assert_int_equal(g->pix_model[k]->model_len, strlen(model));
+    assert_memory_equal(g->pix_model[k]->model, model, strlen(model));
+    assert_kinds(g->pix_model[k], 2, 0, 38);
+  }
+  assert_int_equal(
+      spi_test_metric(e, "spotinfer_route_slot_passes_total"), 0);
+  spi_request_free(r);
+  spi_engine_free(e);
+}
+
 /* The wide loops over a block (rdv_wide.c with AVX-512, pix_avx2.c with
  * AVX2) give the scalar loops' bits: a block's TTFTs ((base + wait) +
  * (cold * ms) * slow, never fused) and which are at most a threshold
@@ -1256,6 +1301,7 @@ int main(void) {
       cmocka_unit_test(test_cooling_pool_kept_not_read),
       cmocka_unit_test(test_stale_loads_kept_regular),
       cmocka_unit_test(test_models_lists_kept_regular),
+      cmocka_unit_test(test_model_indexes_made_as_named),
       cmocka_unit_test(test_wide_block_loops_same_bits),
       cmocka_unit_test(test_wide_rdv_same_order),
       cmocka_unit_test(test_wide_free_best_same),
