@@ -79,6 +79,12 @@
  * another model) is not read whole (aside_steady). With no model index in
  * use, that costs nothing.
  *
+ * Exclusions. A request that excludes replicas (a retry, a proxy that
+ * offers only some) may use none of them: the sync sets each regular one
+ * aside for that route (pix_hide: its KV usage kept, as a pass adds up an
+ * excluded replica's) and marks its slot, so the next sync reads it whole
+ * and it is regular again.
+ *
  * Memory: indexes of fixed arrays for SPI_REPLICA_SLOTS positions each
  * (about 1.9 MB of address space each, touched as positions are used):
  * the first made with the registry, the model indexes as lists name
@@ -1159,11 +1165,49 @@ static int sync_entries(spi_pool_index *p, const route_env *x,
   return 1;
 }
 
+static void pix_hide(spi_pool_index *p, const route_env *x,
+                     const spi_replica_set *set);
+
 int spi__pix_sync(spi_pool_index *p, const route_env *x,
                   const spi_replica_set *set) {
   if (!sync_entries(p, x, set)) return 0;
+  if (__builtin_expect(x->excl != NULL, 0)) pix_hide(p, x, set);
   blocks_fix(p);
   return 1;
+}
+
+/* The regular entry at pos set aside for one route (pix_hide): out
+ * of the ranking and of the sums but for its KV usage. */
+static void entry_hide(spi_pool_index *p, uint32_t pos) {
+  pix_cold *c = &p->cold[pos];
+  entry_drop(p, pos, 0);
+  p->t_wait[pos] = p->t_ms_tok[pos] = p->t_slow[pos] = 0.0;
+  p->hot[pos].kind = PIX_ASIDE;
+  bit_set(p->aside, pos);
+  c->steady = 0; /* not one aside_steady may leave as it is */
+  if (c->fresh) { /* entry_drop took it out; aside_drop takes it again */
+    p->kv_fix[c->pool] += spi__kv_fix(c->kv);
+    p->kv_n[c->pool]++;
+  }
+}
+
+/* The regular replicas x->excl names set aside for this route
+ * (entry_hide), each slot marked again so that the next sync reads it
+ * whole and it is regular again. Out of line: few routes exclude any. */
+static __attribute__((noinline)) void pix_hide(spi_pool_index *p,
+                                               const route_env *x,
+                                               const spi_replica_set *set) {
+  for (uint64_t words = p->slot_words; words; words &= words - 1) {
+    uint32_t w = (uint32_t)__builtin_ctzll(words);
+    for (uint64_t b = x->excl[w]; b; b &= b - 1) {
+      uint32_t slot = w * 64 + (uint32_t)__builtin_ctzll(b);
+      uint16_t pos = set->pos_of_slot[slot];
+      if (pos == SPI_NO_POS || pos >= set->n || p->hot[pos].kind != PIX_REG)
+        continue;
+      entry_hide(p, pos);
+      spi__replica_touch(&x->e->registry, slot);
+    }
+  }
 }
 
 /* Whether (w, a) ranks before (v, b) in rendezvous order. */

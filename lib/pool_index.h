@@ -302,8 +302,14 @@ static inline void spi__pix_release(spi_pool_index *p) {
 }
 
 /* With the index taken: bring it up to date with set at x->now (the slots
- * marked since, a newer set or configuration, regular entries gone stale).
- * 0 when it cannot describe set (an older set than it last described). */
+ * marked since, a newer set or configuration, regular entries gone stale),
+ * for a route whose request excludes the replicas of x->excl (when not
+ * NULL) with each regular one of them set aside (its KV usage still in
+ * the sums, as a pass adds up an excluded replica's), so that the index
+ * ranks only what the request may use. Their slots are marked again: the
+ * next sync reads them whole, and they are regular again for the routes
+ * after. 0 when it cannot describe set (an older set than it last
+ * described). */
 int spi__pix_sync(spi_pool_index *p, const route_env *x,
                   const spi_replica_set *set);
 /* With the index taken: whether every block's bounds are what a pass over

@@ -252,9 +252,8 @@ static void render_index(writer *w, const spi_metrics *x) {
   family(w, name, "counter",
          "Routes that read every replica's state instead of the pool index: "
          "it stayed in use by other routes, or described a newer replica set "
-         "(a policy that reads every candidate, a route that excludes "
-         "replicas, and one for a model no pool index serves always do; "
-         "none of them is counted).");
+         "(a policy that reads every candidate and a route for a model no "
+         "pool index serves always do; neither is counted).");
   sample_u64(w, name, NULL, spi__mget(&x->slot_passes));
 }
 

@@ -1263,8 +1263,10 @@ scan_taken(const route_env *x, spi_pool_index *p, const spi_replica_set *set,
   else
     indexed_all_cells(x, p, sc);
   spi__pix_release(p);
-  if (ranked || exc) /* else every cell is named whole: no hint to leave */
-    hint_store(x->e, sc);
+  /* Else every cell is named whole: no hint to leave. A ranking without
+   * the replicas one request excluded would only seed the next routes
+   * worse. */
+  if ((ranked || exc) && !x->excl) hint_store(x->e, sc);
   return 1;
 }
 
@@ -1477,20 +1479,6 @@ void spi__pass_run(scan *sc, const route_env *x, const spi_replica_set *set,
   pass_end(sc);
 }
 
-/* The pool index ranks replicas for every request alike, so a request
- * that excludes some reads every slot instead (not a slot pass the metric
- * counts: that one tells of routes contending for the index). */
-void spi__pass_run_slots(scan *sc, const route_env *x,
-                         const spi_replica_set *set, size_t nrep,
-                         spi_candidate *cands, pool_sums *sums) {
-  pass_begin(sc, nrep);
-  memset(sums, 0, sizeof *sums);
-  if (cands)
-    scan_full(x, set, nrep, sc, cands, sums);
-  else
-    scan_lean(x, set, nrep, sc, sums);
-  pass_end(sc);
-}
 
 void spi__pass_means(const scan *sc, const pool_sums *sums, double mean[4],
                      double streams[4], double wait[SPI_SUMMARY_CELLS]) {

@@ -355,11 +355,6 @@ static inline uint64_t spi__wait_fix(double wait_ms, double running,
  * that may rank in a summary. Sets every field of sums. */
 void spi__pass_run(scan *sc, const route_env *x, const spi_replica_set *set,
                    size_t nrep, spi_candidate *cands, pool_sums *sums);
-/* The same pass for a request that excludes replicas (x->excl): every
- * slot is read, never the pool index. Sets every field of sums too. */
-void spi__pass_run_slots(scan *sc, const route_env *x,
-                         const spi_replica_set *set, size_t nrep,
-                         spi_candidate *cands, pool_sums *sums);
 /* Each pool's mean tokens served by its usable replicas (before shedding
  * empties any), and their mean max_inflight; each cell's mean prefill
  * backlog over its usable replicas, ms (spi_route_context.

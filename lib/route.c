@@ -317,18 +317,17 @@ static void env_init(route_state *rs) {
   x->excl = NULL; /* the pass sets it (run_pass) */
 }
 
-/* The pass over the replicas. A request that excludes replicas the set
- * holds reads every slot (spi__pass_run_slots); every other route tests
- * one thing more than before, the number of ids it excludes. */
+/* The pass over the replicas, with the replicas the request excludes
+ * (those the set holds) as x->excl: the pool index sets them aside for
+ * this route alone (spi__pix_sync). Every other route tests one thing
+ * more, the number of ids it excludes. */
 static inline __attribute__((always_inline)) void run_pass(route_state *rs,
                                                         pool_sums *sums) {
   route_env *x = rs->env;
   spi_candidate *full = rs->compact ? NULL : rs->req->cands;
-  if (__builtin_expect(rs->req->nexcl != 0, 0) &&
-      (x->excl || (x->excl = excl_resolve(rs->req, rs->set)) != NULL))
-    spi__pass_run_slots(rs->sc, x, rs->set, rs->nrep, full, sums);
-  else
-    spi__pass_run(rs->sc, x, rs->set, rs->nrep, full, sums);
+  if (__builtin_expect(rs->req->nexcl != 0, 0) && !x->excl)
+    x->excl = excl_resolve(rs->req, rs->set);
+  spi__pass_run(rs->sc, x, rs->set, rs->nrep, full, sums);
 }
 
 /* Phase 2, replicas: one pass reads every replica's slot (its load and

@@ -375,10 +375,10 @@ SPI_API int spi_request_set_metadata(spi_request *req, const char *key,
  * replicas of that moment: one no replica has (removed since) excludes
  * nothing. They stay with the request, route after route, until
  * spi_request_reset() or spi_request_parse_openai() clears them.
- * A route with exclusions reads every replica's state instead of the
- * replicas' pool index (slower over many replicas); a request without
- * exclusions routes as before, with a test of its count and one per
- * replica a pass asks about.
+ * A route with exclusions ranks the replicas through their pool index like
+ * any other, the excluded ones set aside for it (about 1.6 times a route
+ * without them over 512 replicas); a request without exclusions routes as
+ * before, with a test of its count and one per replica a pass asks about.
  * Errors: SPI_EMISUSE, SPI_EINVAL (id NULL, empty or too long),
  * SPI_EFULL (SPI_MAX_EXCLUDED ids already excluded).
  */

@@ -26,7 +26,9 @@
  * models, each on a sixteenth of it, the requests asking for each in turn
  * ("models":16). Then the 8 KiB case again where no replica has reported
  * a load ("loads":0: a gateway that does not scrape its servers' metrics,
- * or a metrics outage; every load reads as saturated). Then decisions per
+ * or a metrics outage; every load reads as saturated), and where each
+ * request excludes one replica ("excluded":1, a retry after that replica
+ * failed it). Then decisions per
  * second (route + finish) on 1 and 2 threads over one engine, and on 2 threads
  * each with an engine of its own ("engines":2, what sharing one cannot
  * beat), at 64 and 512 replicas (the 8 KiB case's prompts; each thread on
@@ -99,6 +101,10 @@ static int cmp_double(const void *a, const void *b) {
  * models lists); 1, "llama" on every replica and in every request; n > 1,
  * "m<k>" for k = i % n on replica i and in request i. */
 static int n_models;
+
+/* Replicas in the fleet when each request excludes one (lat_case.exclude;
+ * 0: none does): request i excludes replica (7 * i) % excluding. */
+static int excluding;
 
 /* The model of replica or request i (n_models). */
 static const char *model_of(int i, char *buf, size_t cap) {
@@ -181,6 +187,11 @@ static int prepare_texts(spi_engine *e, spi_request **reqs, size_t size,
     spi_request_set_str(reqs[i], SPI_REQ_MODEL, m, strlen(m));
     spi_request_set_str(reqs[i], SPI_REQ_PROMPT, p, size);
     spi_request_set_int(reqs[i], SPI_REQ_REPLAYABLE, 1);
+    if (excluding) {
+      char id[32];
+      snprintf(id, sizeof id, "replica-%03d", 7 * i % excluding);
+      spi_request_exclude_replica(reqs[i], id, strlen(id));
+    }
     if (texts)
       texts[i] = p;
     else
@@ -286,12 +297,13 @@ static int cool_first_zone(spi_engine *e, int replicas) {
 
 /* What a latency case adds to the plain one (the file's head says). */
 typedef struct lat_case {
-  int shared_first, fresh, cool, models, no_loads;
+  int shared_first, fresh, cool, models, no_loads, exclude;
 } lat_case;
 
 static void bench_latency(size_t size, int replicas, lat_case c) {
   int shared_first = c.shared_first, fresh = c.fresh;
   n_models = c.models;
+  excluding = c.exclude ? replicas : 0;
   /* Replicas that take few requests at once let the warm-up spread the
    * shared first block; the others take many, as a large server does. */
   uint32_t max_inflight = shared_first ? 4 : 256;
@@ -366,14 +378,15 @@ static void bench_latency(size_t size, int replicas, lat_case c) {
   double p50 = t[N / 2], p99 = t[N * 99 / 100], pass = x[N / 2];
   printf("{\"bench\":\"route\",\"prompt_bytes\":%zu,\"replicas\":%d,"
          "\"shared_first\":%d,\"fresh\":%d,\"cooling\":%d,\"models\":%d,"
-         "\"loads\":%d,\"holders\":%d,\"p50_ns\":%.0f,\"p99_ns\":%.0f,"
+         "\"loads\":%d,\"excluded\":%d,\"holders\":%d,\"p50_ns\":%.0f,"
+         "\"p99_ns\":%.0f,"
          "\"xxh3_pass_ns\":%.1f,"
          "\"xxh3_best_ns\":%.1f,\"p50_ratio\":%.2f,\"p99_ratio\":%.2f,"
          "\"xxh3_avx2_best_ns\":%.1f,\"p50_ratio_avx2\":%.2f,"
          "\"batch_ratio_p50\":%.2f,\"batch_ratio_lo\":%.2f,\"batch_ratio_hi\":%.2f,"
          "\"minor_faults\":%ld}\n",
          size, replicas, shared_first, fresh, cooling, c.models, !c.no_loads,
-         holders, p50, p99, pass, best, p50 / pass, p99 / pass, wide,
+         c.exclude != 0, holders, p50, p99, pass, best, p50 / pass, p99 / pass, wide,
          p50 / wide, bratio[BATCHES / 2], bratio[BATCHES / 10],
          bratio[BATCHES - 1 - BATCHES / 10], faults);
   for (int i = 0; i < NREQ; i++) free(texts[i]);
@@ -430,6 +443,7 @@ static void *throughput_thread(void *arg) {
 static void bench_throughput(int threads, int replicas, int separate) {
   int apart = separate && threads > 1;
   n_models = 0;
+  excluding = 0;
   spi_engine *e = make_engine(replicas, 256, 1);
   spi_engine *own = apart ? make_engine(replicas, 256, 1) : NULL;
   if (!e || (apart && !own)) {
@@ -465,12 +479,12 @@ static void bench_throughput(int threads, int replicas, int separate) {
 }
 
 /* With arguments "<prompt bytes> <replicas> [shared_first [fresh [cooling
- * [models [no_loads]]]]]", run that one latency case. */
+ * [models [no_loads [exclude]]]]]]", run that one latency case. */
 int main(int argc, char **argv) {
-  if (argc >= 3 && argc <= 8) {
+  if (argc >= 3 && argc <= 9) {
     lat_case c = {argc >= 4 ? atoi(argv[3]) : 0, argc >= 5 ? atoi(argv[4]) : 0,
                   argc >= 6 ? atoi(argv[5]) : 0, argc >= 7 ? atoi(argv[6]) : 0,
-                  argc == 8 ? atoi(argv[7]) : 0};
+                  argc >= 8 ? atoi(argv[7]) : 0, argc == 9 ? atoi(argv[8]) : 0};
     bench_latency((size_t)atol(argv[1]), atoi(argv[2]), c);
     return 0;
   }
@@ -478,13 +492,14 @@ int main(int argc, char **argv) {
   int reps[] = {8, 64, 512};
   for (int s = 0; s < 3; s++)
     for (int r = 0; r < 3; r++)
-      bench_latency(sizes[s], reps[r], (lat_case){0, 0, 0, 0, 0});
-  for (int r = 0; r < 3; r++) bench_latency(8192, reps[r], (lat_case){1, 0, 0, 0, 0});
-  for (int r = 0; r < 3; r++) bench_latency(8192, reps[r], (lat_case){0, 1, 0, 0, 0});
-  for (int r = 1; r < 3; r++) bench_latency(8192, reps[r], (lat_case){0, 0, 1, 0, 0});
-  for (int r = 1; r < 3; r++) bench_latency(8192, reps[r], (lat_case){0, 0, 0, 1, 0});
-  for (int r = 1; r < 3; r++) bench_latency(8192, reps[r], (lat_case){0, 0, 0, 16, 0});
-  for (int r = 1; r < 3; r++) bench_latency(8192, reps[r], (lat_case){0, 0, 0, 0, 1});
+      bench_latency(sizes[s], reps[r], (lat_case){0, 0, 0, 0, 0, 0});
+  for (int r = 0; r < 3; r++) bench_latency(8192, reps[r], (lat_case){1, 0, 0, 0, 0, 0});
+  for (int r = 0; r < 3; r++) bench_latency(8192, reps[r], (lat_case){0, 1, 0, 0, 0, 0});
+  for (int r = 1; r < 3; r++) bench_latency(8192, reps[r], (lat_case){0, 0, 1, 0, 0, 0});
+  for (int r = 1; r < 3; r++) bench_latency(8192, reps[r], (lat_case){0, 0, 0, 1, 0, 0});
+  for (int r = 1; r < 3; r++) bench_latency(8192, reps[r], (lat_case){0, 0, 0, 16, 0, 0});
+  for (int r = 1; r < 3; r++) bench_latency(8192, reps[r], (lat_case){0, 0, 0, 0, 1, 0});
+  for (int r = 1; r < 3; r++) bench_latency(8192, reps[r], (lat_case){0, 0, 0, 0, 0, 1});
   for (int r = 1; r < 3; r++) {
     bench_throughput(1, reps[r], 0);
     bench_throughput(2, reps[r], 0);

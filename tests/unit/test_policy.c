@@ -1733,6 +1733,10 @@ static void twin_request(twin *t) {
   const char *klass = classes[rnd(t, 4)];
   uint32_t out = rnd(t, 5), sla = rnd(t, 4), tier = rnd(t, 8);
   int stream = (int)rnd(t, 2), model_x = rnd(t, 10) == 0;
+  /* One request in eight excludes up to four replicas (a retry, a proxy
+   * that offers only some): the index sets them aside for that route. */
+  uint32_t nex = rnd(t, 8) == 0 ? 1 + rnd(t, 4) : 0, ex[4];
+  for (uint32_t k = 0; k < nex; k++) ex[k] = rnd(t, t->n_ids);
   for (int k = 0; k < 2; k++) {
     spi_request *r = t->w[k]->r;
     spi_request_reset(r);
@@ -1750,6 +1754,11 @@ static void twin_request(twin *t) {
     if (tier == 1) spi_request_set_int(r, SPI_REQ_MODEL_TIER, SPI_TIER_LARGE);
     assert_int_equal(spi_request_set_token_ids(r, ids, nb * IDS_PER_BLOCK),
                      SPI_OK);
+    for (uint32_t k = 0; k < nex; k++) {
+      char id[16];
+      snprintf(id, sizeof id, "q%u", ex[k]);
+      assert_int_equal(spi_request_exclude_replica(r, id, strlen(id)), SPI_OK);
+    }
   }
 }
 
