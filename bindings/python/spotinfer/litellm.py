@@ -1564,8 +1564,8 @@ class SpotinferRouting(CustomLogger, CustomRoutingStrategyBase):  # type: ignore
         """The replicas the library would choose among for a request of
         model name (as the library is given it) that LiteLLM does not
         offer: none when it offers them all, as it does unless some are
-        cooling down or filtered out (a route that excludes replicas reads
-        every replica's state, which the common case does not pay). Also
+        cooling down or filtered out (a route that excludes replicas costs
+        the library more, which the common case does not pay). Also
         none when it offers a deployment the library would not choose for
         the name (several model groups at once): the offered are then no
         subset of the name's replicas, and _among_offered decides. At most
