@@ -25,12 +25,14 @@
  * that sums kept as replicas come and go equal the sums a pass makes in
  * position order). Some replicas no request the index serves may use,
  * whatever else their slots say: those of a spot pool cooling down after
- * an interruption, and those serving none of the models of the index's
- * models list (models_choose). All a pass takes from such a replica is its
- * KV usage while its load is fresh, which the index keeps in the sums too
- * until the cooldown ends or the load's freshness changes, then reads its
- * slot again (PIX_ASIDE). A zone's replicas cool together for minutes
- * (router.pool_cooldown_ms), and a fleet may serve several models: a route
+ * an interruption, those whose breaker opened and is cooling down
+ * (router.error_cooldown_ms), and those serving none of the models of the
+ * index's models list (models_choose). All a pass takes from such a
+ * replica is its KV usage while its load is fresh, which the index keeps
+ * in the sums too until the cooldown ends or the load's freshness
+ * changes, then reads its slot again (PIX_ASIDE). A zone's replicas cool
+ * together for minutes (router.pool_cooldown_ms), a failing zone opens
+ * many breakers at once, and a fleet may serve several models: a route
  * would otherwise read every one of them. Every other ACTIVE replica is an
  * exception, read whole by every route exactly as the pass reads it.
  *
@@ -470,28 +472,53 @@ static int regular(const spi_pool_index *p, const route_env *x,
          !cooling(x, r, rd);
 }
 
+/* Whether what rd says makes the replica's breaker open with its cooldown
+ * running at x->now: spi__breaker_allows refuses it to every request, not
+ * even the probe, until then (*until). The cooldown's end is read from the
+ * slot, which the words rd was made from do not hold: a breaker that
+ * opens again meanwhile marks the slot, and the index reads it again. */
+static int breaker_cooling(const route_env *x, const spi_replica_ident *r,
+                           const slot_read *rd, int64_t *until) {
+  if (rd->breaker != SPI_BREAKER_OPEN) return 0;
+  *until = atomic_load_explicit(&x->e->registry.slots[r->slot].open_until_ns,
+                                memory_order_relaxed);
+  return x->now < *until;
+}
+
 /* Whether the replica at pos is usable by no request the index serves:
- * its spot pool cooling, or a models list naming none of the index's
- * (its bit in p->other). */
+ * its spot pool cooling, its breaker open and cooling down, or a models
+ * list naming none of the index's (its bit in p->other). *until: the
+ * earliest time one of the first two ends (INT64_MAX: neither holds). */
 static int set_aside(const spi_pool_index *p, const route_env *x,
                      const spi_replica_ident *r, uint32_t pos,
-                     const slot_read *rd) {
-  return cooling(x, r, rd) || (p->other[pos / 64] >> (pos % 64) & 1);
+                     const slot_read *rd, int64_t *until) {
+  int64_t open_until;
+  int aside = (int)(p->other[pos / 64] >> (pos % 64) & 1);
+  *until = INT64_MAX;
+  if (cooling(x, r, rd)) {
+    aside = 1;
+    *until = rd->cooldown_until;
+  }
+  if (breaker_cooling(x, r, rd, &open_until)) {
+    aside = 1;
+    if (open_until < *until) *until = open_until;
+  }
+  return aside;
 }
 
 /* The entry at pos as one set aside (PIX_ASIDE), read as rd from the
  * slot's words raw: only its KV pressure, while its load is fresh, is in
  * what the pass adds up, as an exception's would be (indexed_exception).
  * Its reading stays as rd has it over [from, until), its load's window
- * (load_window), while its pool still cools if it does. 0 when there is
- * no such window: it is an exception then. */
-static int entry_aside(spi_pool_index *p, const route_env *x,
-                       const spi_replica_ident *r, uint32_t pos,
-                       const slot_read *rd, const spi_slot_words *raw,
-                       int window, int64_t from, int64_t until) {
+ * (load_window), up to aside_until (set_aside's: its pool's or its
+ * breaker's cooldown ending). 0 when there is no such window: it is an
+ * exception then. */
+static int entry_aside(spi_pool_index *p, const spi_replica_ident *r,
+                       uint32_t pos, const slot_read *rd,
+                       const spi_slot_words *raw, int window, int64_t from,
+                       int64_t until, int64_t aside_until) {
   if (window < 0) return 0;
-  if (cooling(x, r, rd) && rd->cooldown_until < until)
-    until = rd->cooldown_until;
+  if (aside_until < until) until = aside_until;
   pix_cold *c = &p->cold[pos];
   p->hot[pos].kind = PIX_ASIDE;
   bit_set(p->aside, pos);
@@ -654,12 +681,12 @@ entry_read_whole(spi_pool_index *p, const route_env *x,
                  const spi_slot_words *raw) {
   slot_read rd;
   slot_reading(x, raw, &rd);
-  int64_t from, until;
+  int64_t from, until, aside_until = INT64_MAX;
   int window = load_window(x, &rd, raw->load_at, &from, &until);
-  int kind = rd.state != SPI_REPLICA_ACTIVE     ? PIX_OFF
-             : regular(p, x, r, pos, &rd, window) ? PIX_REG
-             : set_aside(p, x, r, pos, &rd)       ? PIX_ASIDE
-                                                  : PIX_EXC;
+  int kind = rd.state != SPI_REPLICA_ACTIVE                  ? PIX_OFF
+             : regular(p, x, r, pos, &rd, window)              ? PIX_REG
+             : set_aside(p, x, r, pos, &rd, &aside_until)      ? PIX_ASIDE
+                                                               : PIX_EXC;
   pix_hot *h = &p->hot[pos];
   if (kind == PIX_REG && h->kind == PIX_REG && h->cell == r->cell &&
       served_only(p, &rd, until, pos)) {
@@ -678,7 +705,7 @@ entry_read_whole(spi_pool_index *p, const route_env *x,
   p->t_wait[pos] = p->t_ms_tok[pos] = p->t_slow[pos] = 0.0;
   if (kind == PIX_OFF) return;
   if (kind == PIX_ASIDE &&
-      entry_aside(p, x, r, pos, &rd, raw, window, from, until))
+      entry_aside(p, r, pos, &rd, raw, window, from, until, aside_until))
     return;
   if (kind != PIX_REG) {
     h->kind = PIX_EXC;
@@ -736,13 +763,16 @@ entry_read_whole(spi_pool_index *p, const route_env *x,
 }
 
 /* Whether a and b hold the same words in all that a replica set aside
- * is read from: its state, its load's stamp and KV usage, and its spot
- * pool's cooldown (set_aside: serving none of the index's models, or
- * cooling, it is usable by none of its requests whatever else it says). */
+ * is read from: its state, its load's stamp and KV usage, its spot pool's
+ * cooldown and its breaker (set_aside: serving none of the index's
+ * models, cooling, or its breaker open, it is usable by none of its
+ * requests whatever else it says; a breaker open again later has its
+ * entry read again at the earlier end, as a cooldown's end is). */
 static int aside_same(const spi_slot_words *a, const spi_slot_words *b) {
   uint64_t d = (uint64_t)(a->load_at ^ b->load_at) |
                (uint64_t)(a->cooldown_until ^ b->cooldown_until) |
-               (a->kv ^ b->kv) | (uint32_t)(a->state ^ b->state);
+               (a->kv ^ b->kv) | (uint32_t)(a->state ^ b->state) |
+               (uint32_t)(a->breaker ^ b->breaker);
   return d == 0;
 }
 

@@ -19,11 +19,11 @@ enum {
                   good (read as saturated, out of the KV sums) */
   PIX_EXC = 2, /* anything else ACTIVE: read whole by every route */
   PIX_ASIDE = 3 /* ACTIVE, usable by no request the index serves (its
-                   spot pool cooling down, or serving none of the models
-                   of the index's list): in the KV sums while its load is
-                   fresh; as it is from `from` until `until` (the
-                   cooldown's end, or its load's freshness changing), then
-                   read whole again */
+                   spot pool cooling down, its breaker open and cooling
+                   down, or serving none of the models of the index's
+                   list): in the KV sums while its load is fresh; as it is
+                   from `from` until `until` (a cooldown's end, or its
+                   load's freshness changing), then read whole again */
 };
 
 /* A regular replica as every route reads it: its TTFT for a request of c

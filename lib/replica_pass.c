@@ -54,8 +54,15 @@ static inline int usable_of(const route_env *x, const spi_replica_ident *r,
     ok = !(x->excl[r->slot / 64] >> (r->slot % 64) & 1u);
   if (ok && r->models_len)
     ok = spi__replica_serves(r, x->v->model, x->v->model_len);
-  if (ok && rd->breaker != SPI_BREAKER_CLOSED)
+  if (ok && rd->breaker != SPI_BREAKER_CLOSED) {
     ok = spi__breaker_allows(s, x->now, probe);
+    /* An open breaker whose cooldown ended is half-open now: its slot is
+     * marked, as any write routing reads marks it, so that an index that
+     * keeps it set aside until that end reads it again even for a route
+     * whose clock is behind this one's. */
+    if (atomic_load_explicit(&s->breaker, memory_order_relaxed) != rd->breaker)
+      spi__replica_touch(&x->e->registry, r->slot);
+  }
   return ok;
 }
 

@@ -729,6 +729,71 @@ static void test_stale_loads_kept_regular(void **st) {
   spi_engine_free(e);
 }
 
+/* Request q routed by the built-in policy onto replica p<target> of the
+ * first n (every other one excluded), its ticket finished as status. */
+static void ticket_on(spi_engine *e, spi_request *r, uint32_t q,
+                      uint32_t target, uint32_t n, int status) {
+  configure(e, NULL);
+  request(r, q);
+  spi_request_set_str(r, SPI_REQ_CLASS, "gold", 4);
+  for (uint32_t i = 0; i < n; i++) {
+    char id[16];
+    snprintf(id, sizeof id, "p%u", i);
+    if (i != target)
+      assert_int_equal(spi_request_exclude_replica(r, id, strlen(id)), SPI_OK);
+  }
+  spi_decision d;
+  memset(&d, 0, sizeof d);
+  d.struct_size = sizeof d;
+  assert_int_equal(spi_route(r, &d), SPI_OK);
+  char want[16];
+  snprintf(want, sizeof want, "p%u", target);
+  assert_string_equal(d.replica_id, want);
+  spi_ticket_result res;
+  memset(&res, 0, sizeof res);
+  res.struct_size = sizeof res;
+  res.status = status;
+  assert_int_equal(spi_ticket_finish(e, d.ticket, &res), SPI_OK);
+}
+
+/* A replica whose breaker opened after errors is usable by no request
+ * until its cooldown ends (router.error_cooldown_ms): the index sets it
+ * aside, its KV usage kept, instead of handing it to every route to read
+ * whole. Once the cooldown ends it is half-open, the probe's to take: an
+ * exception, as any breaker not closed that a route may use. After the
+ * probe succeeds it is regular again. Every route is compared with the
+ * full pass. */
+static void test_open_breaker_set_aside(void **st) {
+  (void)st;
+  const int64_t t0 = 1700000000LL * 1000000000LL, ms = 1000000;
+  seen saw[2];
+  spi_engine *e = seen_engine(t0, saw);
+  configure(e, NULL); /* error_threshold: 2; error_cooldown_ms: 10000 */
+  even_fleet(e, 8, 5);
+  spi_request *r = NULL;
+  assert_int_equal(spi_request_new(e, &r), SPI_OK);
+  spi_pool_index *p = e->registry.pix;
+  moving_now = t0 + 100 * ms;
+  same_as_full(e, r, 0, saw);
+  assert_kinds(p, 8, 0, 0);
+  ticket_on(e, r, 1, 3, 8, SPI_TICKET_ERROR);
+  ticket_on(e, r, 2, 3, 8, SPI_TICKET_ERROR); /* p3's breaker opens */
+  for (uint32_t q = 3; q < 6; q++) {
+    same_as_full(e, r, q, saw);
+    assert_kinds(p, 7, 0, 1);
+  }
+  /* p3's load, on-demand, still counts */
+  assert_int_equal(p->kv_n[SPI_POOL_ON_DEMAND], 4);
+  moving_now = t0 + 10200 * ms; /* the cooldown is over: half-open */
+  same_as_full(e, r, 6, saw);
+  assert_kinds(p, 7, 1, 0);
+  ticket_on(e, r, 7, 3, 8, SPI_TICKET_OK); /* the probe succeeds */
+  same_as_full(e, r, 8, saw);
+  assert_kinds(p, 8, 0, 0);
+  spi_request_free(r);
+  spi_engine_free(e);
+}
+
 /* Replica p<i> of 8 streams (odd: on-demand, even: spot) serving models. */
 static void upsert_serving(spi_engine *e, uint32_t i, const char *models) {
   char id[16];
@@ -1300,6 +1365,7 @@ int main(void) {
       cmocka_unit_test(test_clock_back_rebuilds_when_it_must),
       cmocka_unit_test(test_cooling_pool_kept_not_read),
       cmocka_unit_test(test_stale_loads_kept_regular),
+      cmocka_unit_test(test_open_breaker_set_aside),
       cmocka_unit_test(test_models_lists_kept_regular),
       cmocka_unit_test(test_model_indexes_made_as_named),
       cmocka_unit_test(test_wide_block_loops_same_bits),
