@@ -1486,7 +1486,6 @@ void spi__pass_run(scan *sc, const route_env *x, const spi_replica_set *set,
   pass_end(sc);
 }
 
-
 void spi__pass_means(const scan *sc, const pool_sums *sums, double mean[4],
                      double streams[4], double wait[SPI_SUMMARY_CELLS]) {
   uint32_t u[SPI_SUMMARY_CELLS];
