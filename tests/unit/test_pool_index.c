@@ -222,6 +222,13 @@ static void *router(void *arg) {
     request(r, mix(&w->rng) % 40);
     /* A fifth ask for "x", which has an index of its own. */
     if (i % 5 == 4) spi_request_set_str(r, SPI_REQ_MODEL, "x", 1);
+    /* A seventh exclude two replicas: the index that ranks them sets them
+     * aside for that route and marks their slots. */
+    for (int k = 0; k < 2 && i % 7 == 3; k++) {
+      char id[16];
+      snprintf(id, sizeof id, "p%u", (unsigned)(mix(&w->rng) % NREP));
+      assert_int_equal(spi_request_exclude_replica(r, id, strlen(id)), SPI_OK);
+    }
     spi_decision d;
     memset(&d, 0, sizeof d);
     d.struct_size = sizeof d;
