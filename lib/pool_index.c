@@ -288,15 +288,24 @@ static void block_move(spi_pool_index *p, uint32_t pos, const pix_hot *o,
              least_loaded_moves(b, pos, o->rel, o->srv, h));
 }
 
+/* The KV usage of the entry c into its pool's sums, or out of them, while
+ * its load is fresh: a stale load says nothing of KV (the pass's rule). */
+static inline void kv_join(spi_pool_index *p, const pix_cold *c) {
+  if (!c->fresh) return;
+  p->kv_fix[c->pool] += spi__kv_fix(c->kv);
+  p->kv_n[c->pool]++;
+}
+static inline void kv_leave(spi_pool_index *p, const pix_cold *c) {
+  if (!c->fresh) return;
+  p->kv_fix[c->pool] -= spi__kv_fix(c->kv);
+  p->kv_n[c->pool]--;
+}
+
 /* The entry set aside at pos out of the sums and the kinds (entry_drop).
  * Out of line, so that entry_drop stays small enough to be inlined. */
 static __attribute__((noinline)) void aside_drop(spi_pool_index *p,
                                                  uint32_t pos) {
-  const pix_cold *c = &p->cold[pos];
-  if (c->fresh) {
-    p->kv_fix[c->pool] -= spi__kv_fix(c->kv);
-    p->kv_n[c->pool]--;
-  }
+  kv_leave(p, &p->cold[pos]);
   bit_clear(p->aside, pos);
 }
 
@@ -307,10 +316,7 @@ static void entry_drop(spi_pool_index *p, uint32_t pos, int moved) {
   if (h->kind == PIX_REG) {
     const pix_cold *c = &p->cold[pos];
     p->usable[h->cell]--;
-    if (c->fresh) {
-      p->kv_fix[c->pool] -= spi__kv_fix(c->kv);
-      p->kv_n[c->pool]--;
-    }
+    kv_leave(p, c);
     p->served[c->pool] -= c->served;
     p->streams[c->pool] -= c->max_inflight;
     p->wait_fix[h->cell] -= c->wait_fix;
@@ -531,10 +537,7 @@ static int entry_aside(spi_pool_index *p, const spi_replica_ident *r,
   c->until = until;
   if (from > p->reg_from) p->reg_from = from;
   if (until < p->min_until) p->min_until = until;
-  if (rd->fresh) {
-    p->kv_fix[c->pool] += spi__kv_fix(c->kv);
-    p->kv_n[c->pool]++;
-  }
+  kv_join(p, c);
   return 1;
 }
 
@@ -658,19 +661,25 @@ static void entry_raw(pix_cold *c, const spi_slot_words *raw, int64_t from,
   c->steady = window == 1;
 }
 
+/* Whether x->now is in the entry c's window [from, until) and both bounds
+ * are exact (steady): the same words make the same entry at those times. */
+static inline int window_holds(const pix_cold *c, const route_env *x) {
+  return c->steady && x->now >= c->from && x->now < c->until;
+}
+
 /* Whether the regular entry at pos is what entry_read would make of the
  * slot's words raw, tokens served aside: they are the words it was read
- * from, and x->now is in [from, until). The same words, with neither
- * bound saturated (steady), make a regular entry at exactly those times:
- * its load as fresh or as stale as when read (load_window), its advice
- * and, in the spot pool, its cooldown over from their ends on (regular,
- * regular_from). The
- * configuration its values were read with holds (spi__pix_sync). */
+ * from, and x->now is in its window. The same words, with neither bound
+ * saturated, make a regular entry at exactly those times: its load as
+ * fresh or as stale as when read (load_window), its advice and, in the
+ * spot pool, its cooldown over from their ends on (regular,
+ * regular_from). The configuration its values were read with holds
+ * (spi__pix_sync). */
 static int entry_steady(const spi_pool_index *p, const route_env *x,
                         const spi_slot_words *raw, uint32_t pos) {
   const pix_cold *c = &p->cold[pos];
-  return p->hot[pos].kind == PIX_REG && c->steady && x->now >= c->from &&
-         x->now < c->until && raw_same(raw, &c->raw);
+  return p->hot[pos].kind == PIX_REG && window_holds(c, x) &&
+         raw_same(raw, &c->raw);
 }
 
 /* The entry at pos read from raw, the words just read from its slot. Out
@@ -745,10 +754,7 @@ entry_read_whole(spi_pool_index *p, const route_env *x,
   if (since > p->reg_from) p->reg_from = since;
   entry_raw(c, raw, since, window);
   p->usable[h->cell]++;
-  if (rd.fresh) { /* a stale load says nothing of KV */
-    p->kv_fix[c->pool] += spi__kv_fix(c->kv);
-    p->kv_n[c->pool]++;
-  }
+  kv_join(p, c);
   p->served[c->pool] += c->served;
   p->streams[c->pool] += c->max_inflight;
   p->wait_fix[h->cell] += c->wait_fix;
@@ -783,8 +789,8 @@ static int aside_same(const spi_slot_words *a, const spi_slot_words *b) {
 static int aside_steady(const spi_pool_index *p, const route_env *x,
                         const spi_slot_words *raw, uint32_t pos) {
   const pix_cold *c = &p->cold[pos];
-  return p->hot[pos].kind == PIX_ASIDE && c->steady && x->now >= c->from &&
-         x->now < c->until && aside_same(raw, &c->raw);
+  return p->hot[pos].kind == PIX_ASIDE && window_holds(c, x) &&
+         aside_same(raw, &c->raw);
 }
 
 /* The entry at pos, whose slot's words raw changed in more than tokens
@@ -1215,10 +1221,7 @@ static void entry_hide(spi_pool_index *p, uint32_t pos) {
   p->hot[pos].kind = PIX_ASIDE;
   bit_set(p->aside, pos);
   c->steady = 0; /* not one aside_steady may leave as it is */
-  if (c->fresh) { /* entry_drop took it out; aside_drop takes it again */
-    p->kv_fix[c->pool] += spi__kv_fix(c->kv);
-    p->kv_n[c->pool]++;
-  }
+  kv_join(p, c); /* entry_drop took it out; aside_drop takes it again */
 }
 
 /* The regular replicas x->excl names set aside for this route
