@@ -28,7 +28,11 @@
  * a load ("loads":0: a gateway that does not scrape its servers' metrics,
  * or a metrics outage; every load reads as saturated), and where each
  * request excludes one replica ("excluded":1, a retry after that replica
- * failed it). Then decisions per
+ * failed it). Then the 8 KiB case again while a quarter of the fleet has
+ * rebalance advice ("advised": how many replicas), for requests that say
+ * nothing of their output ("long":0, which advised machines still take)
+ * and for requests asking for 2,048 tokens ("long":1, which they do not).
+ * Then decisions per
  * second (route + finish) on 1 and 2 threads over one engine, and on 2 threads
  * each with an engine of its own ("engines":2, what sharing one cannot
  * beat), at 64 and 512 replicas (the 8 KiB case's prompts; each thread on
@@ -105,6 +109,12 @@ static int n_models;
 /* Replicas in the fleet when each request excludes one (lat_case.exclude;
  * 0: none does): request i excludes replica (7 * i) % excluding. */
 static int excluding;
+
+/* The output the requests ask for when part of the fleet has rebalance
+ * advice (lat_case.advised): 1, none said (a short request, which an
+ * advised machine still takes); 2, max_tokens 2048 (a long one, which it
+ * does not, router.advised_max_output_tokens). */
+static int asking;
 
 /* The model of replica or request i (n_models). */
 static const char *model_of(int i, char *buf, size_t cap) {
@@ -187,6 +197,7 @@ static int prepare_texts(spi_engine *e, spi_request **reqs, size_t size,
     spi_request_set_str(reqs[i], SPI_REQ_MODEL, m, strlen(m));
     spi_request_set_str(reqs[i], SPI_REQ_PROMPT, p, size);
     spi_request_set_int(reqs[i], SPI_REQ_REPLAYABLE, 1);
+    if (asking == 2) spi_request_set_int(reqs[i], SPI_REQ_MAX_OUTPUT_TOKENS, 2048);
     if (excluding) {
       char id[32];
       snprintf(id, sizeof id, "replica-%03d", 7 * i % excluding);
@@ -295,15 +306,42 @@ static int cool_first_zone(spi_engine *e, int replicas) {
   return (replicas + 3) / 4;
 }
 
+/* Rebalance advice on the machine of every spot replica of zone z0 (a
+ * quarter of the fleet, each on a machine of its own), as a cloud sends
+ * it to many machines of one capacity pool at once: those replicas take
+ * no long request and cost a short one router.advised_penalty_ms more,
+ * until the advice lapses (router.advised_ttl_ms). How many replicas. */
+static int advise_first_zone(spi_engine *e, int replicas) {
+  int n = 0;
+  for (int i = 0; i < replicas; i += 4, n++) {
+    spi_notice no;
+    memset(&no, 0, sizeof no);
+    no.struct_size = sizeof no;
+    snprintf(no.node, sizeof no.node, "replica-%03d", i);
+    no.kind = SPI_NOTICE_REBALANCE;
+    no.format = SPI_NOTICE_AWS_REBALANCE;
+    no.active = 1;
+    no.received_ns = fixed_clock(NULL);
+    snprintf(no.dedup_key, sizeof no.dedup_key, "bench-advice-%d", i);
+    size_t got = 0;
+    if (spi_engine_notice(e, &no, NULL, 0, &got) != SPI_OK) {
+      fprintf(stderr, "notice: %s\n", spi_engine_errmsg(e));
+      exit(1);
+    }
+  }
+  return n;
+}
+
 /* What a latency case adds to the plain one (the file's head says). */
 typedef struct lat_case {
-  int shared_first, fresh, cool, models, no_loads, exclude;
+  int shared_first, fresh, cool, models, no_loads, exclude, advised;
 } lat_case;
 
 static void bench_latency(size_t size, int replicas, lat_case c) {
   int shared_first = c.shared_first, fresh = c.fresh;
   n_models = c.models;
   excluding = c.exclude ? replicas : 0;
+  asking = c.advised;
   /* Replicas that take few requests at once let the warm-up spread the
    * shared first block; the others take many, as a large server does. */
   uint32_t max_inflight = shared_first ? 4 : 256;
@@ -316,6 +354,7 @@ static void bench_latency(size_t size, int replicas, lat_case c) {
   int holders = shared_first ? spread_first_block(e, size, replicas, max_inflight)
                              : 0;
   int cooling = c.cool ? cool_first_zone(e, replicas) : 0;
+  int advised = c.advised ? advise_first_zone(e, replicas) : 0;
   spi_request *warm[NREQ], *reqs[NREQ];
   /* Fill the index with many prefixes first. */
   for (int round = 0; round < 8; round++) {
@@ -378,7 +417,7 @@ static void bench_latency(size_t size, int replicas, lat_case c) {
   double p50 = t[N / 2], p99 = t[N * 99 / 100], pass = x[N / 2];
   printf("{\"bench\":\"route\",\"prompt_bytes\":%zu,\"replicas\":%d,"
          "\"shared_first\":%d,\"fresh\":%d,\"cooling\":%d,\"models\":%d,"
-         "\"loads\":%d,\"excluded\":%d,\"holders\":%d,\"p50_ns\":%.0f,"
+         "\"loads\":%d,\"excluded\":%d,\"advised\":%d,\"long\":%d,\"holders\":%d,\"p50_ns\":%.0f,"
          "\"p99_ns\":%.0f,"
          "\"xxh3_pass_ns\":%.1f,"
          "\"xxh3_best_ns\":%.1f,\"p50_ratio\":%.2f,\"p99_ratio\":%.2f,"
@@ -386,7 +425,7 @@ static void bench_latency(size_t size, int replicas, lat_case c) {
          "\"batch_ratio_p50\":%.2f,\"batch_ratio_lo\":%.2f,\"batch_ratio_hi\":%.2f,"
          "\"minor_faults\":%ld}\n",
          size, replicas, shared_first, fresh, cooling, c.models, !c.no_loads,
-         c.exclude != 0, holders, p50, p99, pass, best, p50 / pass, p99 / pass, wide,
+         c.exclude != 0, advised, c.advised == 2, holders, p50, p99, pass, best, p50 / pass, p99 / pass, wide,
          p50 / wide, bratio[BATCHES / 2], bratio[BATCHES / 10],
          bratio[BATCHES - 1 - BATCHES / 10], faults);
   for (int i = 0; i < NREQ; i++) free(texts[i]);
@@ -444,6 +483,7 @@ static void bench_throughput(int threads, int replicas, int separate) {
   int apart = separate && threads > 1;
   n_models = 0;
   excluding = 0;
+  asking = 0;
   spi_engine *e = make_engine(replicas, 256, 1);
   spi_engine *own = apart ? make_engine(replicas, 256, 1) : NULL;
   if (!e || (apart && !own)) {
@@ -479,12 +519,14 @@ static void bench_throughput(int threads, int replicas, int separate) {
 }
 
 /* With arguments "<prompt bytes> <replicas> [shared_first [fresh [cooling
- * [models [no_loads [exclude]]]]]]", run that one latency case. */
+ * [models [no_loads [exclude [advised]]]]]]]", run that one latency case
+ * (advised: 1 short requests, 2 long ones). */
 int main(int argc, char **argv) {
-  if (argc >= 3 && argc <= 9) {
+  if (argc >= 3 && argc <= 10) {
     lat_case c = {argc >= 4 ? atoi(argv[3]) : 0, argc >= 5 ? atoi(argv[4]) : 0,
                   argc >= 6 ? atoi(argv[5]) : 0, argc >= 7 ? atoi(argv[6]) : 0,
-                  argc >= 8 ? atoi(argv[7]) : 0, argc == 9 ? atoi(argv[8]) : 0};
+                  argc >= 8 ? atoi(argv[7]) : 0, argc >= 9 ? atoi(argv[8]) : 0,
+                  argc == 10 ? atoi(argv[9]) : 0};
     bench_latency((size_t)atol(argv[1]), atoi(argv[2]), c);
     return 0;
   }
@@ -492,14 +534,17 @@ int main(int argc, char **argv) {
   int reps[] = {8, 64, 512};
   for (int s = 0; s < 3; s++)
     for (int r = 0; r < 3; r++)
-      bench_latency(sizes[s], reps[r], (lat_case){0, 0, 0, 0, 0, 0});
-  for (int r = 0; r < 3; r++) bench_latency(8192, reps[r], (lat_case){1, 0, 0, 0, 0, 0});
-  for (int r = 0; r < 3; r++) bench_latency(8192, reps[r], (lat_case){0, 1, 0, 0, 0, 0});
-  for (int r = 1; r < 3; r++) bench_latency(8192, reps[r], (lat_case){0, 0, 1, 0, 0, 0});
-  for (int r = 1; r < 3; r++) bench_latency(8192, reps[r], (lat_case){0, 0, 0, 1, 0, 0});
-  for (int r = 1; r < 3; r++) bench_latency(8192, reps[r], (lat_case){0, 0, 0, 16, 0, 0});
-  for (int r = 1; r < 3; r++) bench_latency(8192, reps[r], (lat_case){0, 0, 0, 0, 1, 0});
-  for (int r = 1; r < 3; r++) bench_latency(8192, reps[r], (lat_case){0, 0, 0, 0, 0, 1});
+      bench_latency(sizes[s], reps[r], (lat_case){0, 0, 0, 0, 0, 0, 0});
+  for (int r = 0; r < 3; r++) bench_latency(8192, reps[r], (lat_case){1, 0, 0, 0, 0, 0, 0});
+  for (int r = 0; r < 3; r++) bench_latency(8192, reps[r], (lat_case){0, 1, 0, 0, 0, 0, 0});
+  for (int r = 1; r < 3; r++) bench_latency(8192, reps[r], (lat_case){0, 0, 1, 0, 0, 0, 0});
+  for (int r = 1; r < 3; r++) bench_latency(8192, reps[r], (lat_case){0, 0, 0, 1, 0, 0, 0});
+  for (int r = 1; r < 3; r++) bench_latency(8192, reps[r], (lat_case){0, 0, 0, 16, 0, 0, 0});
+  for (int r = 1; r < 3; r++) bench_latency(8192, reps[r], (lat_case){0, 0, 0, 0, 1, 0, 0});
+  for (int r = 1; r < 3; r++) bench_latency(8192, reps[r], (lat_case){0, 0, 0, 0, 0, 1, 0});
+  for (int a = 1; a <= 2; a++)
+    for (int r = 1; r < 3; r++)
+      bench_latency(8192, reps[r], (lat_case){0, 0, 0, 0, 0, 0, a});
   for (int r = 1; r < 3; r++) {
     bench_throughput(1, reps[r], 0);
     bench_throughput(2, reps[r], 0);
