@@ -33,8 +33,16 @@
  * changes, then reads its slot again (PIX_ASIDE). A zone's replicas cool
  * together for minutes (router.pool_cooldown_ms), a failing zone opens
  * many breakers at once, and a fleet may serve several models: a route
- * would otherwise read every one of them. Every other ACTIVE replica is an
- * exception, read whole by every route exactly as the pass reads it.
+ * would otherwise read every one of them. A replica regular but for its
+ * machine's rebalance advice is usable by a request that is not long
+ * (router.advised_max_output_tokens) only, at a TTFT higher by
+ * router.advised_penalty_ms: the index keeps its values as a regular
+ * one's, its KV usage in the sums as one set aside, and its other sums
+ * apart (PIX_ADV). A long request meets it in the KV sums alone; any other
+ * offers it from what is kept, after the regular replicas, which costs a
+ * few compares each (a cloud advises many machines of a capacity pool at
+ * once). Every other ACTIVE replica is an exception, read whole by every
+ * route exactly as the pass reads it.
  *
  * Staying current. Every writer of a slot field routing reads calls
  * spi__replica_touch, which sets the slot's bit in the registry's dirty
@@ -55,8 +63,9 @@
  * later than load_max_age ahead, or still fresh where it has it stale, its
  * advice or its spot pool's cooldown ending after it). The index keeps the
  * latest such start (reg_from), and a route before it, a newer replica set
- * or a different configuration rebuilds the index from every slot. Advice
- * ending, a cooldown ending or a future-stamped load becoming fresh only
+ * or a different configuration rebuilds the index from every slot. An
+ * entry set aside or advised is read again when its cooldown or advice
+ * ends. A cooldown ending or a future-stamped load becoming fresh only
  * make an exception regular again at its next write: an exception is
  * always read whole, so that costs time, never exactness.
  *
@@ -301,12 +310,24 @@ static inline void kv_leave(spi_pool_index *p, const pix_cold *c) {
   p->kv_n[c->pool]--;
 }
 
-/* The entry set aside at pos out of the sums and the kinds (entry_drop).
- * Out of line, so that entry_drop stays small enough to be inlined. */
+/* The entry set aside or advised at pos out of the sums and the kinds
+ * (entry_drop). Out of line, so that entry_drop stays small enough to be
+ * inlined. */
 static __attribute__((noinline)) void aside_drop(spi_pool_index *p,
                                                  uint32_t pos) {
-  kv_leave(p, &p->cold[pos]);
-  bit_clear(p->aside, pos);
+  const pix_cold *c = &p->cold[pos];
+  kv_leave(p, c);
+  if (p->hot[pos].kind == PIX_ADV) {
+    int k = p->hot[pos].cell;
+    bit_clear(p->adv, pos);
+    p->adv_n--;
+    p->adv_usable[k]--;
+    p->adv_served[c->pool] -= c->served;
+    p->adv_streams[c->pool] -= c->max_inflight;
+    p->adv_wait_fix[k] -= c->wait_fix;
+  } else {
+    bit_clear(p->aside, pos);
+  }
 }
 
 /* Take position pos out of the sums and the kinds; a regular entry leaves
@@ -326,7 +347,7 @@ static void entry_drop(spi_pool_index *p, uint32_t pos, int moved) {
     if (!moved) block_leave(p, pos, h);
   } else if (h->kind == PIX_EXC) {
     bit_clear(p->exc, pos);
-  } else if (h->kind == PIX_ASIDE) {
+  } else if (h->kind == PIX_ASIDE || h->kind == PIX_ADV) {
     aside_drop(p, pos);
   }
   h->kind = PIX_OFF;
@@ -365,17 +386,25 @@ static int load_window(const route_env *x, const slot_read *rd, int64_t at,
   return 1;
 }
 
-/* The earliest time a replica that is regular now has been regular since,
- * as far as time alone goes: its load as fresh or as stale as now (from,
- * load_window's), its advice over and, in the spot pool, its cooldown
- * over. Regular at x->now and at any time between this and x->now, since
- * each condition holds over an interval. */
-static int64_t regular_from(const spi_replica_ident *r, const slot_read *rd,
-                            int64_t from) {
-  if (rd->advised_until > from) from = rd->advised_until;
+/* The earliest time a replica that is regular now, but for its advice,
+ * has been so since, as far as time alone goes: its load as fresh or as
+ * stale as now (from, load_window's) and, in the spot pool, its cooldown
+ * over. Advice needs no start: advised_until > t holds at every t before
+ * the now that found it so. */
+static int64_t cooled_from(const spi_replica_ident *r, const slot_read *rd,
+                           int64_t from) {
   if (r->pool == SPI_POOL_SPOT && rd->cooldown_until > from)
     from = rd->cooldown_until;
   return from;
+}
+
+/* ... and that of a replica regular now: its advice over too. Regular at
+ * x->now and at any time between this and x->now, since each condition
+ * holds over an interval. */
+static int64_t regular_from(const spi_replica_ident *r, const slot_read *rd,
+                            int64_t from) {
+  if (rd->advised_until > from) from = rd->advised_until;
+  return cooled_from(r, rd, from);
 }
 
 int spi__pix_serves(const spi_pool_index *p, const char *model, size_t len) {
@@ -462,20 +491,22 @@ static int cooling(const route_env *x, const spi_replica_ident *r,
   return r->pool == SPI_POOL_SPOT && rd->cooldown_until > x->now;
 }
 
-/* Whether what rd says makes the replica regular at x->now, its load
- * holding as fresh or as stale as now over a window of time (window,
- * load_window's answer, not -1). A stale load is read as saturated
- * (spi__load_view_of) until the next report, which any route reads as the
- * index keeps it: such a replica is regular too, only out of the KV sums,
- * so that a fleet that reports no load (or a metrics outage) keeps a
- * route's cost where a reporting one has it. */
-static int regular(const spi_pool_index *p, const route_env *x,
-                   const spi_replica_ident *r, uint32_t pos,
-                   const slot_read *rd, int window) {
+/* Whether what rd says makes the replica regular at x->now but for
+ * rebalance advice, its load holding as fresh or as stale as now over a
+ * window of time (window, load_window's answer, not -1). A stale load is
+ * read as saturated (spi__load_view_of) until the next report, which any
+ * route reads as the index keeps it: such a replica is regular too, only
+ * out of the KV sums, so that a fleet that reports no load (or a metrics
+ * outage) keeps a route's cost where a reporting one has it. Advised, it
+ * is PIX_ADV: a cloud advises many machines of a capacity pool at once,
+ * and a fleet with a zone advised would otherwise have every route read
+ * each of them whole. */
+static int regular_but_advice(const spi_pool_index *p, const route_env *x,
+                              const spi_replica_ident *r, uint32_t pos,
+                              const slot_read *rd, int window) {
   return r->cell >= 0 && window >= 0 &&
          (p->serves[pos / 64] >> (pos % 64) & 1) &&
-         rd->breaker == SPI_BREAKER_CLOSED && rd->advised_until <= x->now &&
-         !cooling(x, r, rd);
+         rd->breaker == SPI_BREAKER_CLOSED && !cooling(x, r, rd);
 }
 
 /* Whether what rd says makes the replica's breaker open with its cooldown
@@ -541,15 +572,15 @@ static int entry_aside(spi_pool_index *p, const spi_replica_ident *r,
   return 1;
 }
 
-/* The regular entry at pos as a route's evaluation of it (ev_at), from
- * its hot and cold parts: what a pass reading its slot would make of it
- * (eval_of: usable, no probe, no advice), but for the TTFT
- * and rendezvous weight, which the route writes over the copy. An entry
- * that was regular already (moved) has its identity and the fields every
- * regular entry has alike from then: only what its slot says is written
- * again. */
+/* The regular or advised entry at pos as a route's evaluation of it
+ * (ev_at), from its hot and cold parts: what a pass reading its slot would
+ * make of it (eval_of: usable, no probe, advised as said), but for the
+ * TTFT and rendezvous weight, which the route writes over the copy. An
+ * entry that was regular already (moved) has its identity and the fields
+ * every regular entry has alike from then: only what its slot says is
+ * written again. */
 static void entry_eval(spi_pool_index *p, const spi_replica_ident *r,
-                       uint32_t pos, int moved) {
+                       uint32_t pos, int moved, int advised) {
   const pix_hot *h = &p->hot[pos];
   const pix_cold *c = &p->cold[pos];
   replica_eval *o = &p->ev_at[pos];
@@ -557,7 +588,7 @@ static void entry_eval(spi_pool_index *p, const spi_replica_ident *r,
     eval_ident(o, r);
     o->eligible = 1;
     o->probe = 0;
-    o->advised = 0;
+    o->advised = advised;
     o->matched = 0;
     o->match_flags = 0;
     o->rdv = 0;
@@ -682,6 +713,109 @@ static int entry_steady(const spi_pool_index *p, const route_env *x,
          raw_same(raw, &c->raw);
 }
 
+/* What the index makes of a replica read as rd at x->now (PIX_OFF ...
+ * PIX_ADV); *aside_until as set_aside sets it. */
+static int entry_kind(const spi_pool_index *p, const route_env *x,
+                      const spi_replica_ident *r, uint32_t pos,
+                      const slot_read *rd, int window, int64_t *aside_until) {
+  if (rd->state != SPI_REPLICA_ACTIVE) return PIX_OFF;
+  if (regular_but_advice(p, x, r, pos, rd, window))
+    return rd->advised_until <= x->now ? PIX_REG : PIX_ADV;
+  return set_aside(p, x, r, pos, rd, aside_until) ? PIX_ASIDE : PIX_EXC;
+}
+
+/* The values of a regular or advised entry at pos, from rd: its hot and
+ * cold parts, as a pass reading its slot makes them. */
+static void entry_values(spi_pool_index *p, const route_env *x,
+                         const spi_replica_ident *r, uint32_t pos,
+                         const slot_read *rd) {
+  pix_hot *h = &p->hot[pos];
+  pix_cold *c = &p->cold[pos];
+  h->cell = r->cell;
+  h->wait_ms = spi__prefill_wait_ms(x->cfg, r, rd->run, rd->wait, rd->inflight, &rd->pf);
+  h->ms_tok = rd->pf.ms_tok;
+  h->slow = 1.0 + rd->run * r->inv_max_inflight;
+  h->rel = rel_ratio(r, rd->run, rd->wait, rd->inflight);
+  h->srv = served_ratio(r, rd->pf.served);
+  h->busy = (uint8_t)is_busy(r, rd->run, rd->wait, rd->inflight);
+  h->id_hash = r->id_hash;
+  c->running = rd->run;
+  c->waiting = rd->wait;
+  c->kv = rd->kv;
+  c->rate = rd->pf.rate;
+  c->queued = rd->pf.queued;
+  c->mean_out = rd->pf.mean_out;
+  c->served = (uint64_t)rd->pf.served;
+  c->wait_fix = spi__wait_fix(h->wait_ms, rd->run, r->max_inflight);
+  c->inflight = rd->inflight;
+  c->pool = r->pool;
+  c->max_inflight = r->max_inflight;
+  c->fresh = rd->fresh;
+}
+
+/* The entry at pos, its values made (entry_values), as an advised one:
+ * in the KV sums while its load is fresh, as an entry set aside is, and
+ * in no other sum, order or block. It stays so over its load's window
+ * (from, until) from the end of its pool's cooldown, up to the advice's
+ * end; then it is read whole again. */
+static void entry_advised(spi_pool_index *p, const spi_replica_ident *r,
+                          uint32_t pos, const slot_read *rd,
+                          const spi_slot_words *raw, int window, int64_t from,
+                          int64_t until) {
+  pix_cold *c = &p->cold[pos];
+  int k = p->hot[pos].cell;
+  p->hot[pos].kind = PIX_ADV;
+  bit_set(p->adv, pos);
+  p->adv_n++;
+  p->adv_usable[k]++;
+  p->adv_served[c->pool] += c->served;
+  p->adv_streams[c->pool] += c->max_inflight;
+  p->adv_wait_fix[k] += c->wait_fix;
+  if (rd->advised_until < until) until = rd->advised_until;
+  c->until = until;
+  if (until < p->min_until) p->min_until = until;
+  int64_t since = cooled_from(r, rd, from);
+  if (since > p->reg_from) p->reg_from = since;
+  entry_raw(c, raw, since, window);
+  kv_join(p, c);
+  entry_eval(p, r, pos, 0, 1);
+}
+
+/* The entry at pos, its values made (entry_values), as a regular one:
+ * in the sums, the cell's bitmaps and its block (moved: it was regular in
+ * the same cell, with old's values). */
+static void entry_regular(spi_pool_index *p, const spi_replica_ident *r,
+                          uint32_t pos, const slot_read *rd,
+                          const spi_slot_words *raw, int window, int64_t from,
+                          int64_t until, const pix_hot *old, int moved) {
+  pix_hot *h = &p->hot[pos];
+  pix_cold *c = &p->cold[pos];
+  h->kind = PIX_REG;
+  p->t_wait[pos] = h->wait_ms;
+  p->t_ms_tok[pos] = h->ms_tok;
+  p->t_slow[pos] = h->slow;
+  p->t_rel[pos] = h->rel;
+  p->t_srv[pos] = h->srv;
+  c->until = until;
+  if (until < p->min_until) p->min_until = until;
+  int64_t since = regular_from(r, rd, from);
+  if (since > p->reg_from) p->reg_from = since;
+  entry_raw(c, raw, since, window);
+  p->usable[h->cell]++;
+  kv_join(p, c);
+  p->served[c->pool] += c->served;
+  p->streams[c->pool] += c->max_inflight;
+  p->wait_fix[h->cell] += c->wait_fix;
+  bit_set(p->reg, pos);
+  bit_set(p->creg[h->cell], pos);
+  if (!h->busy) bit_set(p->cfree[h->cell], pos);
+  entry_eval(p, r, pos, moved, 0);
+  if (moved)
+    block_move(p, pos, old, h);
+  else
+    block_join(p, pos, h);
+}
+
 /* The entry at pos read from raw, the words just read from its slot. Out
  * of line: most reads take tokens served alone (entry_read). */
 static __attribute__((noinline)) void
@@ -692,10 +826,7 @@ entry_read_whole(spi_pool_index *p, const route_env *x,
   slot_reading(x, raw, &rd);
   int64_t from, until, aside_until = INT64_MAX;
   int window = load_window(x, &rd, raw->load_at, &from, &until);
-  int kind = rd.state != SPI_REPLICA_ACTIVE                  ? PIX_OFF
-             : regular(p, x, r, pos, &rd, window)              ? PIX_REG
-             : set_aside(p, x, r, pos, &rd, &aside_until)      ? PIX_ASIDE
-                                                               : PIX_EXC;
+  int kind = entry_kind(p, x, r, pos, &rd, window, &aside_until);
   pix_hot *h = &p->hot[pos];
   if (kind == PIX_REG && h->kind == PIX_REG && h->cell == r->cell &&
       served_only(p, &rd, until, pos)) {
@@ -716,56 +847,16 @@ entry_read_whole(spi_pool_index *p, const route_env *x,
   if (kind == PIX_ASIDE &&
       entry_aside(p, r, pos, &rd, raw, window, from, until, aside_until))
     return;
-  if (kind != PIX_REG) {
+  if (kind == PIX_ASIDE || kind == PIX_EXC) {
     h->kind = PIX_EXC;
     bit_set(p->exc, pos);
     return;
   }
-  pix_cold *c = &p->cold[pos];
-  h->kind = PIX_REG;
-  h->cell = r->cell;
-  h->wait_ms = spi__prefill_wait_ms(x->cfg, r, rd.run, rd.wait, rd.inflight, &rd.pf);
-  h->ms_tok = rd.pf.ms_tok;
-  h->slow = 1.0 + rd.run * r->inv_max_inflight;
-  p->t_wait[pos] = h->wait_ms;
-  p->t_ms_tok[pos] = h->ms_tok;
-  p->t_slow[pos] = h->slow;
-  h->rel = rel_ratio(r, rd.run, rd.wait, rd.inflight);
-  h->srv = served_ratio(r, rd.pf.served);
-  p->t_rel[pos] = h->rel;
-  p->t_srv[pos] = h->srv;
-  h->busy = (uint8_t)is_busy(r, rd.run, rd.wait, rd.inflight);
-  h->id_hash = r->id_hash;
-  c->running = rd.run;
-  c->waiting = rd.wait;
-  c->kv = rd.kv;
-  c->rate = rd.pf.rate;
-  c->queued = rd.pf.queued;
-  c->mean_out = rd.pf.mean_out;
-  c->served = (uint64_t)rd.pf.served;
-  c->wait_fix = spi__wait_fix(h->wait_ms, rd.run, r->max_inflight);
-  c->inflight = rd.inflight;
-  c->pool = r->pool;
-  c->max_inflight = r->max_inflight;
-  c->fresh = rd.fresh;
-  c->until = until;
-  if (until < p->min_until) p->min_until = until;
-  int64_t since = regular_from(r, &rd, from);
-  if (since > p->reg_from) p->reg_from = since;
-  entry_raw(c, raw, since, window);
-  p->usable[h->cell]++;
-  kv_join(p, c);
-  p->served[c->pool] += c->served;
-  p->streams[c->pool] += c->max_inflight;
-  p->wait_fix[h->cell] += c->wait_fix;
-  bit_set(p->reg, pos);
-  bit_set(p->creg[h->cell], pos);
-  if (!h->busy) bit_set(p->cfree[h->cell], pos);
-  entry_eval(p, r, pos, moved);
-  if (moved)
-    block_move(p, pos, &old, h);
+  entry_values(p, x, r, pos, &rd);
+  if (kind == PIX_ADV)
+    entry_advised(p, r, pos, &rd, raw, window, from, until);
   else
-    block_join(p, pos, h);
+    entry_regular(p, r, pos, &rd, raw, window, from, until, &old, moved);
 }
 
 /* Whether a and b hold the same words in all that a replica set aside
@@ -999,6 +1090,12 @@ static void rebuild(spi_pool_index *p, const route_env *x,
   memset(p->reg, 0, sizeof p->reg);
   memset(p->exc, 0, sizeof p->exc);
   memset(p->aside, 0, sizeof p->aside);
+  memset(p->adv, 0, sizeof p->adv);
+  p->adv_n = 0;
+  memset(p->adv_usable, 0, sizeof p->adv_usable);
+  memset(p->adv_served, 0, sizeof p->adv_served);
+  memset(p->adv_streams, 0, sizeof p->adv_streams);
+  memset(p->adv_wait_fix, 0, sizeof p->adv_wait_fix);
   memset(p->creg, 0, sizeof p->creg);
   memset(p->cfree, 0, sizeof p->cfree);
   for (int k = 0; k < SPI_SUMMARY_CELLS; k++) {
@@ -1071,14 +1168,14 @@ static void read_dirty(spi_pool_index *p, const route_env *x,
 
 /* Entries past their window (cold[].until) are read again: a regular
  * one whose load has gone stale stays regular with its load read as
- * saturated, one set aside may be anything now. Then the earliest time
+ * saturated, one set aside or advised may be anything now. Then the earliest time
  * the next comes is found again (every entry just read is due later than
  * now: load_window, entry_aside). Out of line: few syncs come to it. */
 static __attribute__((noinline)) void
 expire(spi_pool_index *p, const route_env *x, const spi_replica_set *set) {
   size_t words = (p->n + 63) / 64;
   for (size_t w = 0; w < words; w++)
-    for (uint64_t b = p->reg[w] | p->aside[w]; b; b &= b - 1) {
+    for (uint64_t b = p->reg[w] | p->aside[w] | p->adv[w]; b; b &= b - 1) {
       uint32_t pos = (uint32_t)(w * 64 + (size_t)__builtin_ctzll(b));
       if (p->cold[pos].until > x->now) continue;
       spi_slot_words raw; /* read whole: entry_steady holds before until */
@@ -1087,7 +1184,7 @@ expire(spi_pool_index *p, const route_env *x, const spi_replica_set *set) {
     }
   int64_t min = INT64_MAX;
   for (size_t w = 0; w < words; w++)
-    for (uint64_t b = p->reg[w] | p->aside[w]; b; b &= b - 1) {
+    for (uint64_t b = p->reg[w] | p->aside[w] | p->adv[w]; b; b &= b - 1) {
       int64_t until = p->cold[(size_t)w * 64 + (size_t)__builtin_ctzll(b)].until;
       if (until < min) min = until;
     }

@@ -18,12 +18,20 @@ enum {
                   (its load going stale), its load fresh or stale for
                   good (read as saturated, out of the KV sums) */
   PIX_EXC = 2, /* anything else ACTIVE: read whole by every route */
-  PIX_ASIDE = 3 /* ACTIVE, usable by no request the index serves (its
-                   spot pool cooling down, its breaker open and cooling
-                   down, or serving none of the models of the index's
-                   list): in the KV sums while its load is fresh; as it is
-                   from `from` until `until` (a cooldown's end, or its
-                   load's freshness changing), then read whole again */
+  PIX_ASIDE = 3, /* ACTIVE, usable by no request the index serves (its
+                    spot pool cooling down, its breaker open and cooling
+                    down, or serving none of the models of the index's
+                    list): in the KV sums while its load is fresh; as it
+                    is from `from` until `until` (a cooldown's end, or its
+                    load's freshness changing), then read whole again */
+  PIX_ADV = 4 /* regular but for its machine's rebalance advice: usable by
+                 a request that is not long only, at a TTFT higher by
+                 router.advised_penalty_ms. Kept as a regular entry is
+                 (hot, cold, ev_at), but in no block, order or sum but the
+                 KV ones, as one set aside is; a route that may use it
+                 offers it from what is kept (indexed_advised). As it is
+                 until `until`: the advice lapsing, or its load's
+                 freshness changing */
 };
 
 /* A regular replica as every route reads it: its TTFT for a request of c
@@ -49,7 +57,8 @@ typedef struct pix_cold {
   int64_t until;                /* its load stale from then on: read
                                    again then (INT64_MAX: stale already) */
   int64_t from;                 /* regular since (regular_from;
-                                   PIX_ASIDE: aside_window) */
+                                   PIX_ASIDE: load_window's; PIX_ADV:
+                                   cooled_from) */
   uint32_t inflight;
   int32_t pool;
   uint32_t max_inflight;
@@ -168,6 +177,14 @@ typedef struct spi_pool_index {
   uint64_t reg[SPI_REPLICA_SLOTS / 64]; /* positions, by kind */
   uint64_t exc[SPI_REPLICA_SLOTS / 64];
   uint64_t aside[SPI_REPLICA_SLOTS / 64];
+  uint64_t adv[SPI_REPLICA_SLOTS / 64];
+  uint32_t adv_n;               /* positions in adv */
+  /* The advised replicas' share of what the pass adds up, but KV (in the
+   * sums above), for a request that may use them. */
+  uint32_t adv_usable[SPI_SUMMARY_CELLS];
+  uint64_t adv_served[4];
+  uint64_t adv_streams[4];
+  uint64_t adv_wait_fix[SPI_SUMMARY_CELLS];
   uint64_t creg[SPI_SUMMARY_CELLS][SPI_REPLICA_SLOTS / 64]; /* reg, by cell */
   uint64_t cfree[SPI_SUMMARY_CELLS][SPI_REPLICA_SLOTS / 64]; /* ... not busy */
   uint64_t blk_dirty[SPI_SUMMARY_CELLS]; /* blocks to sum up again */

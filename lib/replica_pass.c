@@ -572,6 +572,65 @@ offer_body(const route_env *x, const spi_pool_index *p, scan *sc, uint32_t pos,
   offer_in(x, p, sc, &sc->cell[p->hot[pos].cell], pos, t);
 }
 
+/* The advised replica at pos (PIX_ADV) that a request excludes out of
+ * what indexed_advised_all counted it into. */
+static void advised_uncount(const spi_pool_index *p, uint32_t pos, scan *sc,
+                            pool_sums *sums) {
+  const pix_hot *h = &p->hot[pos];
+  const pix_cold *c = &p->cold[pos];
+  sc->cell[h->cell].usable--;
+  sc->counted[pos / 64] &= ~(UINT64_C(1) << (pos % 64));
+  sums->served[c->pool] -= c->served;
+  sums->streams[c->pool] -= c->max_inflight;
+  sums->wait_fix[h->cell] -= c->wait_fix;
+}
+
+/* The advised replicas (PIX_ADV), for a request that is not long (a long
+ * one meets them in the KV sums alone, as the index keeps them): what
+ * indexed_exception would make of each from its slot, without the read.
+ * Each is usable unless the request excludes it; the counts and sums of
+ * them all are the index's (entry_advised; their KV is in its KV sums
+ * already), and each is offered to its cell from what the index keeps, at
+ * its TTFT with router.advised_penalty_ms added last, as the TTFT model
+ * adds it. Offered after the regular replicas: the summaries are the same
+ * whatever the order of the offers, and by then their thresholds are
+ * tight, so few advised replicas get in (and a fleet named whole is
+ * taken as it lies first, indexed_whole). 1 when any was offered: the
+ * ranking is then a hint worth leaving. Out of line: few routes meet
+ * advice. */
+static __attribute__((noinline)) int
+indexed_advised_all(const route_env *x, const spi_pool_index *p,
+                    const spi_replica_set *set, size_t words, scan *sc,
+                    pool_sums *sums) {
+  if (x->long_request) return 0;
+  for (int k = 0; k < SPI_SUMMARY_CELLS; k++) {
+    sc->cell[k].usable += p->adv_usable[k];
+    sums->wait_fix[k] += p->adv_wait_fix[k];
+  }
+  for (int k = 0; k < 4; k++) {
+    sums->served[k] += p->adv_served[k];
+    sums->streams[k] += p->adv_streams[k];
+  }
+  sc->a.in_order = 0; /* appended after the regular ones */
+  const double pen = x->cfg->advised_penalty_ms;
+  for (size_t w = 0; w < words; w++) {
+    sc->counted[w] |= p->adv[w];
+    for (uint64_t b = p->adv[w]; b; b &= b - 1) {
+      uint32_t pos = (uint32_t)(w * 64 + (size_t)__builtin_ctzll(b));
+      if (__builtin_expect(x->excl != NULL, 0)) {
+        uint32_t slot = set->r[pos].slot;
+        if (x->excl[slot / 64] >> (slot % 64) & 1u) {
+          advised_uncount(p, pos, sc, sums);
+          continue;
+        }
+      }
+      const pix_hot *h = &p->hot[pos];
+      offer_in(x, p, sc, &sc->cell[h->cell], pos, indexed_t(x, h) + pen);
+    }
+  }
+  return 1;
+}
+
 /* Offer the regular replica at pos to its cell's summaries, once: what it
  * did not get in the first time (the thresholds only get harder to pass)
  * it does not get in later, and where it got in it stays until a better
@@ -1269,6 +1328,8 @@ scan_taken(const route_env *x, spi_pool_index *p, const spi_replica_set *set,
     indexed_whole(x, p, sc);
   else
     indexed_all_cells(x, p, sc);
+  if (__builtin_expect(p->adv_n != 0, 0))
+    exc |= (uint64_t)indexed_advised_all(x, p, set, words, sc, sums);
   spi__pix_release(p);
   /* Else every cell is named whole: no hint to leave. A ranking without
    * the replicas one request excluded would only seed the next routes

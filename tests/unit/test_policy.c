@@ -1610,7 +1610,9 @@ static int seen_choose(void *state, void *inst, const spi_route_context *x,
  * keeps per replica (the wait per queued request, the configured prefill
  * rate, the age a load goes stale at, and the decode rate a batch slot's
  * wait is read with), so the index is built again. Odd and even variants
- * differ in the decode rate alone: a change no other one hides. */
+ * differ in the decode rate alone: a change no other one hides. Advice
+ * lapses within seconds (router.advised_ttl_ms), so that histories meet
+ * machines whose advice ran out with no tick since. */
 static void twin_configure(world *w, uint32_t v) {
   char cfg[512];
   snprintf(cfg, sizeof cfg,
@@ -1619,9 +1621,10 @@ static void twin_configure(world *w, uint32_t v) {
            "\"error_cooldown_ms\":700,\"pool_cooldown_ms\":1500,"
            "\"ttft_per_queued_ms\":%u,\"prefill_tokens_per_s\":%u,"
            "\"max_fallbacks\":4,\"shadow_policy\":\"seen\","
-           "\"decode_tokens_per_s\":%u}}",
+           "\"advised_ttl_ms\":%u,\"decode_tokens_per_s\":%u}}",
            IDS_PER_BLOCK, 4000 - 1000 * (v / 2 % 3), 50 + 25 * (v / 2 % 2),
-           10000 + 5000 * (v / 2 % 4), 30 + 970 * (v % 2));
+           10000 + 5000 * (v / 2 % 4), 1500 + 1000 * (v / 2 % 2),
+           30 + 970 * (v % 2));
   int rc = spi_engine_configure(w->e, cfg, strlen(cfg));
   if (rc) print_error("%s\n", spi_engine_errmsg(w->e));
   assert_int_equal(rc, SPI_OK);

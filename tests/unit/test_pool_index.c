@@ -801,6 +801,113 @@ static void test_open_breaker_set_aside(void **st) {
   spi_engine_free(e);
 }
 
+/* Rebalance advice for machine p<at>, received at now: no long request
+ * there until it lapses (router.advised_ttl_ms later). */
+static void advise(spi_engine *e, uint32_t at, int64_t now) {
+  spi_notice n;
+  memset(&n, 0, sizeof n);
+  n.struct_size = sizeof n;
+  snprintf(n.node, sizeof n.node, "p%u", at);
+  n.kind = SPI_NOTICE_REBALANCE;
+  n.format = SPI_NOTICE_AWS_REBALANCE;
+  n.active = 1;
+  n.received_ns = now;
+  snprintf(n.dedup_key, sizeof n.dedup_key, "advice-%u", at);
+  size_t got = 0;
+  assert_int_equal(spi_engine_notice(e, &n, NULL, 0, &got), SPI_OK);
+}
+
+/* Request q asking for out output tokens (0: it says nothing, a short
+ * request), excluding replica p<excl> (none when excl < 0), routed through
+ * the index ("seen") and through a pass over every slot ("seenall"), with
+ * advice lasting 2 s: both must see the same. */
+static void advised_as_full(spi_engine *e, spi_request *r, uint32_t q,
+                            int64_t out, int excl, seen saw[2]) {
+  static const char *const policies[2] = {"seen", "seenall"};
+  for (int k = 0; k < 2; k++) {
+    char cfg[256];
+    snprintf(cfg, sizeof cfg,
+             "{\"router\":{\"max_tickets\":1024,\"advised_ttl_ms\":2000},"
+             "\"modules\":{\"policy\":\"%s\"}}",
+             policies[k]);
+    assert_int_equal(spi_engine_configure(e, cfg, strlen(cfg)), SPI_OK);
+    request(r, q);
+    if (out) spi_request_set_int(r, SPI_REQ_EXPECTED_OUTPUT_TOKENS, out);
+    if (excl >= 0) {
+      char id[16];
+      snprintf(id, sizeof id, "p%d", excl);
+      assert_int_equal(spi_request_exclude_replica(r, id, strlen(id)), SPI_OK);
+    }
+    spi_decision d;
+    memset(&d, 0, sizeof d);
+    d.struct_size = sizeof d;
+    saw[k].text[0] = '\0';
+    assert_int_equal(spi_route(r, &d), SPI_OK);
+  }
+  assert_saw_same(q, saw);
+}
+
+/* Short and long requests (advised_as_full), none excluding a replica,
+ * from request q on. */
+static void advised_both(spi_engine *e, spi_request *r, uint32_t q,
+                         seen saw[2]) {
+  advised_as_full(e, r, q, 0, -1, saw);
+  advised_as_full(e, r, q + 1, 4000, -1, saw);
+}
+
+/* Rebalance advice on a sixth of the fleet, as a cloud sends it to many
+ * machines of a capacity pool at once: the index keeps those replicas
+ * (PIX_ADV) instead of handing every one to every route to read whole. A
+ * long request meets them in the KV sums alone; one that is not long
+ * takes them from what the index keeps, at the TTFT with the penalty,
+ * unless it excludes them. A ticket there reads the entry again; its load
+ * going stale keeps it advised, out of the KV sums; the advice lapsing
+ * makes it regular with no write to its slot. Every route is compared
+ * with the full pass; the index is never built again. */
+static void test_advised_kept_not_read(void **st) {
+  (void)st;
+  const int64_t t0 = 1700000000LL * 1000000000LL, ms = 1000000;
+  seen saw[2];
+  spi_engine *e = seen_engine(t0, saw);
+  even_fleet(e, 24, 9);
+  spi_request *r = NULL;
+  assert_int_equal(spi_request_new(e, &r), SPI_OK);
+  spi_pool_index *p = e->registry.pix;
+  moving_now = t0 + 100 * ms;
+  advised_both(e, r, 0, saw);
+  assert_kinds(p, 24, 0, 0);
+  uint64_t built = p->rebuilds;
+  static const uint32_t advised[] = {0, 3, 4, 7}; /* spot and on-demand */
+  for (int k = 0; k < 4; k++) advise(e, advised[k], moving_now);
+  for (uint32_t q = 2; q < 10; q += 2) advised_both(e, r, q, saw);
+  assert_kinds(p, 20, 0, 0);
+  assert_int_equal(positions_in(p, p->adv), 4);
+  assert_int_equal(p->adv_n, 4);
+  assert_int_equal(p->kv_n[SPI_POOL_SPOT] + p->kv_n[SPI_POOL_ON_DEMAND], 24);
+  advised_as_full(e, r, 10, 0, 3, saw); /* p3 excluded */
+  advised_as_full(e, r, 11, 0, 4, saw); /* p4 excluded */
+  ticket_on(e, r, 12, 3, 24, SPI_TICKET_OK); /* a short one on p3 */
+  advised_both(e, r, 13, saw);
+  assert_int_equal(p->adv_n, 4);
+  moving_now = t0 + 1200 * ms; /* every load stale: still advised */
+  advised_both(e, r, 15, saw);
+  assert_int_equal(p->adv_n, 4);
+  assert_int_equal(p->kv_n[SPI_POOL_SPOT] + p->kv_n[SPI_POOL_ON_DEMAND], 0);
+  uint64_t rng = 21;
+  for (uint32_t i = 0; i < 24; i++) load(e, i, &rng);
+  advised_both(e, r, 17, saw);
+  assert_kinds(p, 20, 0, 0);
+  moving_now = t0 + 2200 * ms; /* the advice lapsed: no write */
+  advised_both(e, r, 19, saw);
+  assert_kinds(p, 24, 0, 0);
+  assert_int_equal(p->adv_n, 0);
+  assert_int_equal(p->rebuilds, built);
+  assert_int_equal(
+      spi_test_metric(e, "spotinfer_route_slot_passes_total"), 0);
+  spi_request_free(r);
+  spi_engine_free(e);
+}
+
 /* Replica p<i> of 8 streams (odd: on-demand, even: spot) serving models. */
 static void upsert_serving(spi_engine *e, uint32_t i, const char *models) {
   char id[16];
@@ -1373,6 +1480,7 @@ int main(void) {
       cmocka_unit_test(test_cooling_pool_kept_not_read),
       cmocka_unit_test(test_stale_loads_kept_regular),
       cmocka_unit_test(test_open_breaker_set_aside),
+      cmocka_unit_test(test_advised_kept_not_read),
       cmocka_unit_test(test_models_lists_kept_regular),
       cmocka_unit_test(test_model_indexes_made_as_named),
       cmocka_unit_test(test_wide_block_loops_same_bits),
