@@ -79,8 +79,10 @@
  * replicas serve (models_choose). The registry's first index chooses it
  * from the set; a request for a model it does not name goes to an index
  * of that model alone (spi__pix_for_model), which the registry hands out
- * in turn, for good, to models some replica's list names. One is made for
- * each name replicas' lists bring, up to SPI_PIX_MODELS
+ * in turn to models some replica's list names; once all are handed out,
+ * one whose model no list names any more goes to the next model asked
+ * for (pix_rename: models come and go in a long-lived gateway). One is
+ * made for each name replicas' lists bring, up to SPI_PIX_MODELS
  * (spi__pix_models_make, as a replica is registered: a fleet of many
  * models, such as a proxy in front of many model groups, keeps its
  * routes' cost, and one with no lists makes none). Writers mark a slot
@@ -126,6 +128,7 @@ spi_pool_index *spi__pix_new(const spi_mem *m) {
   p->models_len = 0; /* as an index of no set has it (rebuild sets these) */
   p->other_any = 0;
   atomic_init(&p->named, 0);
+  atomic_init(&p->model_key, 0);
   p->model_len = 0;
   for (size_t w = 0; w < SPI_REPLICA_SLOTS / 64; w++)
     atomic_init(&p->pending[w], 0);
@@ -427,21 +430,84 @@ static int set_names(const spi_replica_set *set, const char *model,
   return 0;
 }
 
+/* A model name's key (FNV-1a over its 8-byte words), never 0, which
+ * stands for no model. Routes find a model index by its key alone: its
+ * name may be rewritten (pix_rename) while they look. */
+static uint64_t model_key(const char *model, size_t len) {
+  uint64_t h = 0xcbf29ce484222325ULL, w;
+  size_t i = 0;
+  for (; i + 8 <= len; i += 8) {
+    memcpy(&w, model + i, 8);
+    h = (h ^ w) * 0x100000001b3ULL;
+  }
+  for (; i < len; i++) h = (h ^ (unsigned char)model[i]) * 0x100000001b3ULL;
+  return h ? h : 1;
+}
+
+int spi__pix_names(const spi_pool_index *q, const char *model, size_t len) {
+  return q->model_len == len && memcmp(q->model, model, len) == 0;
+}
+
+/* Index q, taken by no route, for the model model[0..len) of key key: its
+ * name written first, then the key (release), by which routes find it. */
+static void pix_name(spi_pool_index *q, const char *model, size_t len,
+                     uint64_t key) {
+  memcpy(q->model, model, len);
+  q->model_len = (uint32_t)len;
+  atomic_store_explicit(&q->named, 1, memory_order_relaxed);
+  atomic_store_explicit(&q->model_key, key, memory_order_release);
+}
+
+/* Every model index taken: one whose model no replica of set lists any
+ * more (its replicas removed, or serving others now) is given to
+ * model[0..len), which one does. It is renamed while taken, so a route
+ * holding it never sees its name change, and made again from every slot
+ * at its next sync (version 0); a route that found it by the old key
+ * finds the new name once it takes it, and reads every slot
+ * (scan_of_model). The lists change only with the set, so the indexes
+ * are looked over once per set version. */
+static __attribute__((noinline)) spi_pool_index *
+pix_rename(spi_registry *g, const spi_replica_set *set, const char *model,
+           size_t len, uint64_t key, unsigned n) {
+  if (atomic_load_explicit(&g->pix_renamed_at, memory_order_relaxed) ==
+          set->version ||
+      !set_names(set, model, len))
+    return NULL;
+  for (unsigned k = 0; k < n; k++) {
+    spi_pool_index *q = g->pix_model[k];
+    if (!spi__pix_acquire(q)) continue;
+    /* Acquire: a model index counted in n may still be being named
+     * (spi__pix_for_model's claim); its name is whole once its key is. */
+    int gone = atomic_load_explicit(&q->model_key, memory_order_acquire) &&
+               !set_names(set, q->model, q->model_len);
+    if (gone) {
+      q->version = 0;
+      pix_name(q, model, len, key);
+    }
+    spi__pix_release(q);
+    if (gone) return q;
+  }
+  atomic_store_explicit(&g->pix_renamed_at, set->version, memory_order_relaxed);
+  return NULL;
+}
+
 spi_pool_index *spi__pix_for_model(spi_registry *g, const spi_replica_set *set,
                                    const char *model, size_t len) {
+  if (len == 0 || len > SPI_PIX_MODEL_MAX) return NULL;
+  uint64_t key = model_key(model, len);
   unsigned n = atomic_load_explicit(&g->pix_models_n, memory_order_acquire);
   for (unsigned k = 0; k < n; k++) {
     spi_pool_index *q = g->pix_model[k];
-    if (atomic_load_explicit(&q->named, memory_order_acquire) &&
-        q->model_len == len && memcmp(q->model, model, len) == 0)
+    if (atomic_load_explicit(&q->model_key, memory_order_acquire) == key)
       return q;
   }
   /* Acquire: the index's pointer was stored before the count of those
    * made (spi__pix_models_make). */
   unsigned made = atomic_load_explicit(&g->pix_made_n, memory_order_acquire);
-  if (len == 0 || len > SPI_PIX_MODEL_MAX || n >= made ||
-      !set_names(set, model, len))
-    return NULL;
+  if (n >= made)
+    return made == SPI_PIX_MODELS ? pix_rename(g, set, model, len, key, n)
+                                  : NULL;
+  if (!set_names(set, model, len)) return NULL;
   /* Taken by one route; another taking one at once reads every slot this
    * time, or takes the next for the same model (two indexes, both exact). */
   if (!atomic_compare_exchange_strong_explicit(&g->pix_models_n, &n, n + 1,
@@ -449,9 +515,7 @@ spi_pool_index *spi__pix_for_model(spi_registry *g, const spi_replica_set *set,
                                                memory_order_acquire))
     return NULL;
   spi_pool_index *q = g->pix_model[n];
-  memcpy(q->model, model, len);
-  q->model_len = (uint32_t)len;
-  atomic_store_explicit(&q->named, 1, memory_order_release);
+  pix_name(q, model, len, key);
   return q;
 }
 

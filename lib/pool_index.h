@@ -240,10 +240,13 @@ typedef struct spi_pool_index {
   uint64_t serves[SPI_REPLICA_SLOTS / 64];
   uint64_t other[SPI_REPLICA_SLOTS / 64];
   int other_any;
-  /* An index of one model (spi__pix_for_model): the model, written once
-   * before named is set; its models list is the model's name alone. The
+  /* An index of one model (spi__pix_for_model): the model, written
+   * before named and model_key are set, and rewritten only while the
+   * index is taken (pix_rename), so read only then; routes find the index
+   * by model_key (0: none). Its models list is the model's name alone. The
    * registry's first index has none and chooses its list from the set. */
   atomic_int named;
+  _Atomic uint64_t model_key;
   uint32_t model_len;
   char model[SPI_PIX_MODEL_MAX];
 } spi_pool_index;
@@ -255,10 +258,15 @@ int spi__pix_serves(const spi_pool_index *p, const char *model, size_t len);
 
 /* The registry's index for requests for the model named model[0..len),
  * taking one of its model indexes for it when none has it yet and a
- * replica of set serves it; NULL when none can (every model index made
- * taken, no model named, a name longer than SPI_PIX_MODEL_MAX). */
+ * replica of set serves it (with every one taken, one whose model no
+ * replica lists any more); NULL when none can (each taken for a model
+ * still listed, no model named, a name longer than SPI_PIX_MODEL_MAX).
+ * Found by a key of the name: the caller checks, once it has taken the
+ * index, that it is still that model's (spi__pix_names). */
 spi_pool_index *spi__pix_for_model(spi_registry *g, const spi_replica_set *set,
                                    const char *model, size_t len);
+/* Whether model index q, taken, is the one for model[0..len). */
+int spi__pix_names(const spi_pool_index *q, const char *model, size_t len);
 
 /* As a replica's models list (models[0..len)) is registered, under the
  * registry's lock: a model index made for each name no list named before,

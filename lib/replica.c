@@ -379,6 +379,7 @@ int spi__registry_init(spi_registry *g, const spi_mem *m) {
   g->pix_counts = NULL;
   atomic_init(&g->pix_made_n, 0u);
   atomic_init(&g->pix_models_n, 0u);
+  atomic_init(&g->pix_renamed_at, 0u);
   atomic_init(&g->spot_seen_ns, 0);
   return SPI_OK;
 }

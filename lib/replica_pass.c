@@ -1253,6 +1253,10 @@ scan_of_model(const route_env *x, const spi_replica_set *set, size_t nrep,
                                          x->v->model_len);
   if (!q) return -1;
   if (!spi__pix_take(q, pix_wait_turns(nrep))) return 0;
+  if (!spi__pix_names(q, x->v->model, x->v->model_len)) {
+    spi__pix_release(q); /* given to another model meanwhile */
+    return -1;
+  }
   if (!spi__pix_sync(q, x, set)) {
     spi__pix_release(q);
     return 0;

@@ -211,13 +211,16 @@ typedef struct spi_registry {
    * models lists name models, one a distinct name up to SPI_PIX_MODELS
    * (spi__pix_models_make, under lock: the names met so far, and
    * pix_made_n indexes made, each published before the count), then
-   * taken for a model in turn (pix_models_n of them so far), each for
-   * good. pix_counts: where each counts its waits (the engine's metrics). */
+   * taken for a model in turn (pix_models_n of them so far); once all
+   * are, one whose model no list names any more is given to another
+   * (pix_rename; pix_renamed_at: the set version at which none was).
+   * pix_counts: where each counts its waits (the engine's metrics). */
   struct spi_pool_index *pix_model[SPI_PIX_MODELS];
   char pix_names[SPI_PIX_MODELS][SPI_PIX_MODEL_MAX];
   uint32_t pix_names_len[SPI_PIX_MODELS], pix_names_n;
   atomic_uint pix_made_n;
   atomic_uint pix_models_n;
+  _Atomic uint64_t pix_renamed_at;
   _Atomic(struct spi_metrics *) *pix_counts;
   /* The current set's replicas by machine and by spot pool (replica.c):
    * kept by the set's writers and read by node.c, both under lock. */

@@ -200,6 +200,15 @@ static void even_fleet(spi_engine *e, uint32_t n, uint64_t seed) {
   }
 }
 
+/* The model index of model, if one has it (no route is running). */
+static const spi_pool_index *model_index(const spi_registry *g,
+                                         const char *model) {
+  for (unsigned k = 0; k < atomic_load(&g->pix_models_n); k++)
+    if (spi__pix_names(g->pix_model[k], model, strlen(model)))
+      return g->pix_model[k];
+  return NULL;
+}
+
 typedef struct worker {
   spi_engine *e;
   uint64_t rng;
@@ -213,6 +222,19 @@ static unsigned positions_in(const spi_pool_index *p, const uint64_t *b) {
   return c;
 }
 
+/* Models that come and go in the concurrent fleet: every replica p<i>
+ * with i % 20 == 19 serves one of them (7 in all, so fewer are listed at
+ * once than there are model indexes), and the routers move one such
+ * replica at a time to the next (rotated, the newest so far), so that
+ * more models than there are model indexes come and go while routes ask
+ * for the newest few: indexes are given to new models as routes run. */
+static atomic_uint rotated;
+static void rotating_model(unsigned k, char out[16]) {
+  snprintf(out, 16, "r%u", k);
+}
+
+static void upsert_rotating(spi_engine *e, uint32_t i, unsigned k);
+
 static void *router(void *arg) {
   worker *w = arg;
   spi_request *r = NULL;
@@ -220,8 +242,19 @@ static void *router(void *arg) {
   uint64_t held[HELD] = {0};
   for (uint32_t i = 0; i < ROUTES; i++) {
     request(r, mix(&w->rng) % 40);
-    /* A fifth ask for "x", which has an index of its own. */
+    /* A fifth ask for "x", which has an index of its own; a ninth for one
+     * of the models that come and go (rotating_model). */
     if (i % 5 == 4) spi_request_set_str(r, SPI_REQ_MODEL, "x", 1);
+    if (i % 9 == 2) {
+      char model[16];
+      rotating_model(atomic_load(&rotated) - mix(&w->rng) % 4, model);
+      spi_request_set_str(r, SPI_REQ_MODEL, model, strlen(model));
+    }
+    /* Now and then a router moves a replica to the next model. */
+    if (i % 40 == 39) {
+      unsigned k = atomic_fetch_add(&rotated, 1) + 1;
+      upsert_rotating(w->e, 20 * (k % (NREP / 20)) + 19, k);
+    }
     /* A seventh exclude two replicas: the index that ranks them sets them
      * aside for that route and marks their slots. */
     for (int k = 0; k < 2 && i % 7 == 3; k++) {
@@ -284,6 +317,14 @@ static const char *concurrent_models(uint32_t i) {
   return lists[i % 5];
 }
 
+/* Replica p<i> (i % 20 == 19) of the concurrent fleet moved to model
+ * r<k> (rotating_model). */
+static void upsert_rotating(spi_engine *e, uint32_t i, unsigned k) {
+  char model[16];
+  rotating_model(k, model);
+  upsert_concurrent(e, i, model);
+}
+
 /* An interruption notice for the machine p<at>, received at now (dedup
  * key "cut-<k>"): its spot pool, if it has one, cools down. */
 static void interrupt(spi_engine *e, uint32_t at, int64_t now, uint32_t k) {
@@ -318,7 +359,7 @@ static void *reporter(void *arg) {
      * serves (a new replica set: the index is rebuilt and its models list
      * chosen again while routes go on). */
     if (i % 601 == 300) interrupt(w->e, at, fixed_clock(NULL), i);
-    if (i % 307 == 0)
+    if (i % 307 == 0 && at % 20 != 19)
       upsert_concurrent(w->e, at, i % 2 ? "x" : concurrent_models(at));
   }
   return NULL;
@@ -332,8 +373,12 @@ static void test_index_exact_after_concurrent_writes(void **st) {
   register_seen(e, "seenall", 0, &saw[1]);
   configure(e, NULL);
   uint64_t rng = 7;
+  atomic_store(&rotated, 0);
   for (uint32_t i = 0; i < NREP; i++) {
-    upsert_concurrent(e, i, concurrent_models(i));
+    if (i % 20 == 19)
+      upsert_rotating(e, i, 0);
+    else
+      upsert_concurrent(e, i, concurrent_models(i));
     load(e, i, &rng);
   }
   worker w[ROUTERS + 1];
@@ -354,11 +399,21 @@ static void test_index_exact_after_concurrent_writes(void **st) {
     route_model(e, r, q, "seen", "x", &saw[0]);
     route_model(e, r, q, "seenall", "x", &saw[1]);
     assert_saw_same(q, saw);
+    char model[16];
+    rotating_model(atomic_load(&rotated) - q % 4, model);
+    route_model(e, r, q, "seen", model, &saw[0]);
+    route_model(e, r, q, "seenall", model, &saw[1]);
+    assert_saw_same(q, saw);
   }
   const spi_pool_index *p = e->registry.pix;
   assert_true(positions_in(p, p->aside) > 0);
   assert_true(positions_in(p, p->reg) > 0);
-  assert_int_equal(atomic_load(&e->registry.pix_models_n), 1);
+  /* More models came than there are indexes, and the newest have one. */
+  assert_true(atomic_load(&rotated) > SPI_PIX_MODELS + 1);
+  assert_int_equal(atomic_load(&e->registry.pix_models_n), SPI_PIX_MODELS);
+  char newest[16];
+  rotating_model(atomic_load(&rotated), newest);
+  assert_non_null(model_index(&e->registry, newest));
   spi_request_free(r);
   spi_engine_free(e);
 }
@@ -1037,6 +1092,81 @@ typedef void (*ttft_fn)(double *, const double *, const double *,
                         const double *, size_t, double, double);
 typedef uint64_t (*under_fn)(const double *, size_t, double);
 
+/* Requests for each of the 20 models from q0 on, through the index and
+ * through the full pass: both must see the same. */
+static void twenty_models_routed(spi_engine *e, spi_request *r, uint32_t q0,
+                                 seen saw[2]) {
+  for (uint32_t q = q0; q < q0 + 40; q++) {
+    char model[16];
+    snprintf(model, sizeof model, "m%u", q % 20);
+    route_model(e, r, q, "seen", model, &saw[0]);
+    route_model(e, r, q, "seenall", model, &saw[1]);
+    assert_saw_same(q, saw);
+  }
+}
+
+/* Models come and go: with every model index taken, one whose model no
+ * replica lists any more (its replicas moved to another model) is given
+ * to a model that has none, instead of that model's requests reading
+ * every slot for good; the models still listed keep theirs. A route that
+ * found the index under its old name reads every slot. Every route is
+ * compared with the full pass. */
+static void test_model_indexes_given_again(void **st) {
+  (void)st;
+  seen saw[2];
+  spi_engine *e = seen_engine(1700000000LL * 1000000000LL, saw);
+  configure(e, NULL);
+  const spi_registry *g = &e->registry;
+  uint64_t rng = 23;
+  for (uint32_t i = 0; i < 40; i++) {
+    char list[16];
+    snprintf(list, sizeof list, "m%u", i % 20);
+    upsert_serving(e, i, list);
+    load(e, i, &rng);
+  }
+  spi_request *r = NULL;
+  assert_int_equal(spi_request_new(e, &r), SPI_OK);
+  twenty_models_routed(e, r, 0, saw);
+  assert_int_equal(atomic_load(&g->pix_models_n), SPI_PIX_MODELS);
+  assert_null(model_index(g, "m16"));
+  /* m1..m4's replicas serve m16..m19 now. */
+  for (uint32_t i = 1; i <= 4; i++) {
+    char list[16];
+    snprintf(list, sizeof list, "m%u", i + 15);
+    upsert_serving(e, i, list);
+    upsert_serving(e, i + 20, list);
+  }
+  twenty_models_routed(e, r, 40, saw);
+  /* Each of the 16 models listed now has an index, the first (whose list
+   * is one with the most replicas now, four) or a model index of its own;
+   * those no list names have none. */
+  for (uint32_t k = 0; k <= 19; k++) {
+    char model[16];
+    snprintf(model, sizeof model, "m%u", k);
+    const spi_pool_index *q = model_index(g, model);
+    int first = spi__pix_serves(g->pix, model, strlen(model));
+    uint32_t served_by = k >= 16 ? 4 : 2;
+    if (k >= 1 && k <= 4) {
+      assert_true(q == NULL && !first);
+    } else if (!first) {
+      assert_non_null(q);
+      assert_kinds(q, served_by, 0, 40 - served_by);
+    }
+  }
+  /* A route that found m18's index by its key after it was given to
+   * another model (the name checked once taken) reads every slot. */
+  spi_pool_index *q18 = (spi_pool_index *)model_index(g, "m18");
+  assert_non_null(q18);
+  memcpy(q18->model, "m15", 3); /* as a rename leaves it */
+  q18->version = 0;
+  route_model(e, r, 80, "seen", "m18", &saw[0]);
+  route_model(e, r, 80, "seenall", "m18", &saw[1]);
+  assert_saw_same(80, saw);
+  memcpy(q18->model, "m18", 3);
+  spi_request_free(r);
+  spi_engine_free(e);
+}
+
 /* Which wide loops can run here: AVX-512 when the index uses it (the
  * build and the CPU have it); AVX2 wherever the CPU has it (the index uses
  * those loops only on CPUs without AVX-512, but the tests check them on
@@ -1483,6 +1613,7 @@ int main(void) {
       cmocka_unit_test(test_advised_kept_not_read),
       cmocka_unit_test(test_models_lists_kept_regular),
       cmocka_unit_test(test_model_indexes_made_as_named),
+      cmocka_unit_test(test_model_indexes_given_again),
       cmocka_unit_test(test_wide_block_loops_same_bits),
       cmocka_unit_test(test_wide_rdv_same_order),
       cmocka_unit_test(test_wide_free_best_same),
