@@ -612,7 +612,9 @@ indexed_advised_all(const route_env *x, const spi_pool_index *p,
     sums->streams[k] += p->adv_streams[k];
   }
   sc->a.in_order = 0; /* appended after the regular ones */
+  const double base = x->cfg->ttft_base_ms, cold = x->cold_tok;
   const double pen = x->cfg->advised_penalty_ms;
+  const uint64_t rkey = x->rkey;
   for (size_t w = 0; w < words; w++) {
     sc->counted[w] |= p->adv[w];
     for (uint64_t b = p->adv[w]; b; b &= b - 1) {
@@ -625,7 +627,16 @@ indexed_advised_all(const route_env *x, const spi_pool_index *p,
         }
       }
       const pix_hot *h = &p->hot[pos];
-      offer_in(x, p, sc, &sc->cell[h->cell], pos, indexed_t(x, h) + pen);
+      cell_acc *c = &sc->cell[h->cell];
+      /* indexed_t's bits, the penalty added last */
+      double t = spi__pix_ttft(base, h->wait_ms, cold, h->ms_tok, h->slow) + pen;
+      /* What may rank in anything, by values alone (each exact test
+       * implies its part; the lean pass's test): most advised replicas,
+       * slower by the penalty, fail it. */
+      uint64_t wt = spi__rdv_weight(h->id_hash, rkey);
+      if ((t <= c->thr_t) | (h->rel <= c->least_rel) |
+          ((!h->busy) & (wt >= c->rdv_w)))
+        offer_in(x, p, sc, c, pos, t);
     }
   }
   return 1;
