@@ -227,14 +227,14 @@ typedef struct spi_pool_index {
    * the arrays above, so that they keep their alignment). */
   uint64_t slot_words;
   /* The models list every regular replica serves each model of (as
-   * chosen for the set: models_choose; "" when no replica has one), the
-   * positions that do, which alone may be regular, and those that serve
-   * none of its models (set aside; other_any: there are some). A request
-   * for a model it does not name, or for none while some replica serves
-   * other models, is routed by a pass over the slots (spi__pix_serves).
-   * Set by every rebuild, which every index has before its first route;
-   * after the arrays above, which the routes' passes read, and not cleared
-   * when the index is made. */
+   * chosen for the set: spi__pix_models_choose; "" when no replica has
+   * one), the positions that do, which alone may be regular, and those
+   * that serve none of its models (set aside; other_any: there are
+   * some). A request for a model it does not name, or for none while some
+   * replica serves other models, is routed by a pass over the slots
+   * (spi__pix_serves). Set by every rebuild, which every index has before
+   * its first route; after the arrays above, which the routes' passes
+   * read, and not cleared when the index is made. */
   uint32_t models_len;
   char models[sizeof ((spi_replica_ident *)0)->models];
   uint64_t serves[SPI_REPLICA_SLOTS / 64];
@@ -267,6 +267,11 @@ spi_pool_index *spi__pix_for_model(spi_registry *g, const spi_replica_set *set,
                                    const char *model, size_t len);
 /* Whether model index q, taken, is the one for model[0..len). */
 int spi__pix_names(const spi_pool_index *q, const char *model, size_t len);
+/* The models list index p (taken, being rebuilt) serves for set: a model
+ * index's own model, else the list the most replicas serve every model
+ * of; and which positions serve all of it (p->serves: they alone may be
+ * regular) and which none (p->other: set aside). pool_models.c. */
+void spi__pix_models_choose(spi_pool_index *p, const spi_replica_set *set);
 
 /* As a replica's models list (models[0..len)) is registered, under the
  * registry's lock: a model index made for each name no list named before,

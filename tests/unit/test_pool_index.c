@@ -325,23 +325,34 @@ static void upsert_rotating(spi_engine *e, uint32_t i, unsigned k) {
   upsert_concurrent(e, i, model);
 }
 
-/* An interruption notice for the machine p<at>, received at now (dedup
- * key "cut-<k>"): its spot pool, if it has one, cools down. */
-static void interrupt(spi_engine *e, uint32_t at, int64_t now, uint32_t k) {
+/* A notice of kind (format as AWS serves it) for the machine p<at>,
+ * received at now, with dedup key key; room in its plans for the tickets
+ * the tests leave open. */
+static void machine_notice(spi_engine *e, uint32_t at, int64_t now,
+                           int32_t kind, int32_t format, const char *key) {
   spi_notice n;
   memset(&n, 0, sizeof n);
   n.struct_size = sizeof n;
   snprintf(n.node, sizeof n.node, "p%u", at);
-  n.kind = SPI_NOTICE_TERMINATE;
-  n.format = SPI_NOTICE_AWS_INSTANCE_ACTION;
+  n.kind = kind;
+  n.format = format;
   n.active = 1;
   n.received_ns = now;
-  n.deadline_ns = now + 120000000000LL;
-  snprintf(n.dedup_key, sizeof n.dedup_key, "cut-%u", k);
-  spi_ticket_plan plans[64]; /* room for the tickets the tests leave open */
+  if (kind == SPI_NOTICE_TERMINATE) n.deadline_ns = now + 120000000000LL;
+  snprintf(n.dedup_key, sizeof n.dedup_key, "%s", key);
+  spi_ticket_plan plans[64];
   plans[0].struct_size = sizeof plans[0];
   size_t got = 0;
   assert_int_equal(spi_engine_notice(e, &n, plans, 64, &got), SPI_OK);
+}
+
+/* An interruption notice for the machine p<at>, received at now (dedup
+ * key "cut-<k>"): its spot pool, if it has one, cools down. */
+static void interrupt(spi_engine *e, uint32_t at, int64_t now, uint32_t k) {
+  char key[32];
+  snprintf(key, sizeof key, "cut-%u", k);
+  machine_notice(e, at, now, SPI_NOTICE_TERMINATE,
+                 SPI_NOTICE_AWS_INSTANCE_ACTION, key);
 }
 
 static void *reporter(void *arg) {
@@ -859,17 +870,10 @@ static void test_open_breaker_set_aside(void **st) {
 /* Rebalance advice for machine p<at>, received at now: no long request
  * there until it lapses (router.advised_ttl_ms later). */
 static void advise(spi_engine *e, uint32_t at, int64_t now) {
-  spi_notice n;
-  memset(&n, 0, sizeof n);
-  n.struct_size = sizeof n;
-  snprintf(n.node, sizeof n.node, "p%u", at);
-  n.kind = SPI_NOTICE_REBALANCE;
-  n.format = SPI_NOTICE_AWS_REBALANCE;
-  n.active = 1;
-  n.received_ns = now;
-  snprintf(n.dedup_key, sizeof n.dedup_key, "advice-%u", at);
-  size_t got = 0;
-  assert_int_equal(spi_engine_notice(e, &n, NULL, 0, &got), SPI_OK);
+  char key[32];
+  snprintf(key, sizeof key, "advice-%u", at);
+  machine_notice(e, at, now, SPI_NOTICE_REBALANCE, SPI_NOTICE_AWS_REBALANCE,
+                 key);
 }
 
 /* Request q asking for out output tokens (0: it says nothing, a short
