@@ -280,6 +280,10 @@ void spi__pix_models_choose(spi_pool_index *p, const spi_replica_set *set);
 void spi__pix_models_make(spi_registry *g, const spi_mem *m,
                           const char *models, size_t len);
 
+/* Which builds index p weighs and ranks with on this CPU (p->wide,
+ * p->avx2; pool_rdv.c). */
+void spi__pix_builds(spi_pool_index *p);
+
 /* Made with the registry (replica.c), freed with it; model indexes
  * (spi__pix_models_make) too. */
 spi_pool_index *spi__pix_new(const spi_mem *m);
