@@ -108,7 +108,8 @@ int spi_engine_new(spi_engine **out, const spi_hooks *hooks) {
     spi__free(&mem, e);
     return SPI_ENOMEM;
   }
-  e->registry.pix->counts = &e->metrics;
+  for (size_t k = 0; k < SPI_PIX_LANES; k++)
+    e->registry.pix_lane[k]->counts = &e->metrics;
   e->registry.pix_counts = &e->metrics; /* for model indexes made later */
   if (spi__nodes_new(e) != SPI_OK) {
     spi__registry_destroy(&e->registry, &e->mem);

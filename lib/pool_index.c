@@ -861,42 +861,65 @@ static int config_same(const pix_config *c, const route_env *x) {
          c->decode_rate == now.decode_rate && c->max_age == now.max_age;
 }
 
+/* The other indexes in use that marks are handed on to: the model
+ * indexes taken so far and the first index's lanes open. */
+typedef struct pix_others {
+  unsigned models, lanes;
+} pix_others;
+
+static int others_any(pix_others o) { return (o.models != 0) | (o.lanes > 1); }
+
 /* Hand the marks bits of word w, taken from the registry by p, on to
- * every other index of the registry's first `models` + 1: each must read
- * those slots again too. */
+ * every other index in use (o): each must read those slots again too. */
 static void marks_forward(const spi_pool_index *p, spi_registry *g, size_t w,
-                          uint64_t bits, unsigned models) {
-  if (g->pix != p)
-    atomic_fetch_or_explicit(&g->pix->pending[w], bits, memory_order_release);
-  for (unsigned k = 0; k < models; k++)
+                          uint64_t bits, pix_others o) {
+  for (unsigned k = 0; k < o.lanes; k++)
+    if (g->pix_lane[k] != p)
+      atomic_fetch_or_explicit(&g->pix_lane[k]->pending[w], bits,
+                               memory_order_release);
+  for (unsigned k = 0; k < o.models; k++)
     if (g->pix_model[k] != p)
       atomic_fetch_or_explicit(&g->pix_model[k]->pending[w], bits,
                                memory_order_release);
 }
 
 /* The marks of word w for p: the registry's, handed on to the other
- * indexes while it has model indexes (models of them), and what those
- * handed on to p. A write that marked its slot after the registry's word
- * was taken marks it again, so nothing is lost. Inlined: with no model
- * index it is the one load and test a word it always was. */
+ * indexes in use (o), and what those handed on to p. A write that marked
+ * its slot after the registry's word was taken marks it again, so nothing
+ * is lost. Inlined: with no other index it is the one load and test a
+ * word it always was. */
 static inline __attribute__((always_inline)) uint64_t
-marks_take(spi_pool_index *p, spi_registry *g, size_t w, unsigned models) {
+marks_take(spi_pool_index *p, spi_registry *g, size_t w, pix_others o) {
   uint64_t bits = 0;
+  int others = others_any(o);
   /* Acquire, not relaxed: an index's first rebuild that finds a word
    * empty must still see the slots an earlier taker of its marks saw
    * written (free on x86, where every load acquires). */
   if (atomic_load_explicit(&g->dirty[w], memory_order_acquire)) {
     bits = atomic_exchange_explicit(&g->dirty[w], 0, memory_order_acq_rel);
-    if (bits && models) marks_forward(p, g, w, bits, models);
+    if (bits && others) marks_forward(p, g, w, bits, o);
   }
-  if (models && atomic_load_explicit(&p->pending[w], memory_order_acquire))
+  if (others && atomic_load_explicit(&p->pending[w], memory_order_acquire))
     bits |= atomic_exchange_explicit(&p->pending[w], 0, memory_order_acq_rel);
   return bits;
 }
 
-/* How many model indexes the registry has taken so far. */
-static unsigned models_in_use(spi_registry *g) {
-  return atomic_load_explicit(&g->pix_models_n, memory_order_acquire);
+/* The other indexes in use for p's sync. The first lane's holder opens
+ * the lanes routes asked for (spi__pix_lanes_ask) here, before it takes
+ * any mark: every mark taken after is handed on to them, and every write
+ * whose mark was taken before happened before their first rebuild (the
+ * count's store, release, before their routes' load of it, acquire). */
+static pix_others others_in_use(spi_pool_index *p, spi_registry *g) {
+  pix_others o;
+  o.models = atomic_load_explicit(&g->pix_models_n, memory_order_acquire);
+  unsigned v = atomic_load_explicit(&g->pix_lanes, memory_order_relaxed);
+  o.lanes = v & 0xffu;
+  if (__builtin_expect((v >> 8) > o.lanes, 0) && p == g->pix) {
+    o.lanes = v >> 8;
+    atomic_store_explicit(&g->pix_lanes, o.lanes << 8 | o.lanes,
+                          memory_order_release);
+  }
+  return o;
 }
 
 /* Read every replica of set. The marks are taken first: a write meanwhile
@@ -904,9 +927,9 @@ static unsigned models_in_use(spi_registry *g) {
 static void rebuild(spi_pool_index *p, const route_env *x,
                     const spi_replica_set *set) {
   spi_registry *g = &x->e->registry;
-  unsigned models = models_in_use(g);
+  pix_others o = others_in_use(p, g);
   for (size_t w = 0; w < SPI_REPLICA_SLOTS / 64; w++)
-    (void)marks_take(p, g, w, models);
+    (void)marks_take(p, g, w, o);
   _Static_assert(SPI_REPLICA_SLOTS / 64 <= 64, "a bit a dirty word");
   p->slot_words = 0;
   for (size_t i = 0; i < set->n; i++)
@@ -971,28 +994,34 @@ static inline void read_marked(spi_pool_index *p, const route_env *x,
   }
 }
 
-/* read_dirty while the registry has model indexes (models of them). */
+/* read_dirty while the registry has other indexes in use, or lanes
+ * asked for (others_in_use). */
 static __attribute__((noinline)) void
 read_dirty_shared(spi_pool_index *p, const route_env *x,
-                  const spi_replica_set *set, unsigned models) {
+                  const spi_replica_set *set) {
   spi_registry *g = &x->e->registry;
+  pix_others o = others_in_use(p, g);
   for (uint64_t words = p->slot_words; words; words &= words - 1) {
     uint32_t w = (uint32_t)__builtin_ctzll(words);
-    read_marked(p, x, set, w, marks_take(p, g, w, models));
+    read_marked(p, x, set, w, marks_take(p, g, w, o));
   }
 }
 
 static void read_dirty(spi_pool_index *p, const route_env *x,
                        const spi_replica_set *set) {
   spi_registry *g = &x->e->registry;
-  unsigned models = models_in_use(g);
-  if (__builtin_expect(models != 0, 0)) {
-    read_dirty_shared(p, x, set, models);
+  /* No model index taken, one lane open and none asked for: the index is
+   * the registry's only one (two loads, one test). */
+  unsigned models = atomic_load_explicit(&g->pix_models_n, memory_order_acquire);
+  unsigned lanes = atomic_load_explicit(&g->pix_lanes, memory_order_relaxed);
+  if (__builtin_expect((models | (lanes ^ 1u)) != 0, 0)) {
+    read_dirty_shared(p, x, set);
     return;
   }
+  const pix_others alone = {0, 1};
   for (uint64_t words = p->slot_words; words; words &= words - 1) {
     uint32_t w = (uint32_t)__builtin_ctzll(words);
-    read_marked(p, x, set, w, marks_take(p, g, w, 0));
+    read_marked(p, x, set, w, marks_take(p, g, w, alone));
   }
 }
 

@@ -318,6 +318,18 @@ static inline void spi__spin_turn(void) {
 #endif
 }
 
+/* How many lanes of the registry's first index are open (acquire: a
+ * lane counted is one its opener's marks hand on to). */
+static inline unsigned spi__pix_lanes(spi_registry *g) {
+  return atomic_load_explicit(&g->pix_lanes, memory_order_acquire) & 0xffu;
+}
+/* A route found every open lane taken: ask for all of them to be opened
+ * (the first lane's holder opens them, spi__pix_sync). */
+static inline void spi__pix_lanes_ask(spi_registry *g) {
+  atomic_fetch_or_explicit(&g->pix_lanes, (unsigned)SPI_PIX_LANES << 8,
+                           memory_order_relaxed);
+}
+
 /* The wait of spi__pix_take, once the index was found taken. */
 int spi__pix_wait(spi_pool_index *p, size_t turns);
 

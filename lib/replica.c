@@ -343,13 +343,21 @@ int spi__registry_init(spi_registry *g, const spi_mem *m) {
    * whatever the allocator held. */
   g->slots_raw = spi__calloc(m, 1, SPI_REPLICA_SLOTS * sizeof *g->slots + 63);
   spi_replica_set *empty = set_new(m, 0);
-  g->pix = spi__pix_new(m);
+  int lanes_made = 1;
+  for (size_t k = 0; k < SPI_PIX_LANES; k++) {
+    g->pix_lane[k] = spi__pix_new(m);
+    lanes_made &= g->pix_lane[k] != NULL;
+  }
+  g->pix = g->pix_lane[0];
   g->links = spi__alloc(m, sizeof *g->links);
-  if (!g->slots_raw || !empty || !g->pix || !g->links ||
+  if (!g->slots_raw || !empty || !lanes_made || !g->links ||
       pthread_mutex_init(&g->lock, NULL) != 0) {
     spi__free(m, g->slots_raw);
     set_free(m, empty);
-    spi__pix_free(m, g->pix);
+    for (size_t k = 0; k < SPI_PIX_LANES; k++) {
+      spi__pix_free(m, g->pix_lane[k]);
+      g->pix_lane[k] = NULL;
+    }
     spi__free(m, g->links);
     g->links = NULL;
     g->pix = NULL;
@@ -380,6 +388,7 @@ int spi__registry_init(spi_registry *g, const spi_mem *m) {
   atomic_init(&g->pix_made_n, 0u);
   atomic_init(&g->pix_models_n, 0u);
   atomic_init(&g->pix_renamed_at, 0u);
+  atomic_init(&g->pix_lanes, 1u);
   atomic_init(&g->spot_seen_ns, 0);
   return SPI_OK;
 }
@@ -388,7 +397,10 @@ void spi__registry_destroy(spi_registry *g, const spi_mem *m) {
   if (!g->slots) return;
   set_free(m, atomic_exchange(&g->set, NULL));
   spi__free(m, g->slots_raw);
-  spi__pix_free(m, g->pix);
+  for (size_t k = 0; k < SPI_PIX_LANES; k++) {
+    spi__pix_free(m, g->pix_lane[k]);
+    g->pix_lane[k] = NULL;
+  }
   unsigned made = atomic_load(&g->pix_made_n);
   for (unsigned k = 0; k < made; k++) {
     spi__pix_free(m, g->pix_model[k]);

@@ -1252,6 +1252,33 @@ static inline __attribute__((always_inline)) int
 scan_taken(const route_env *x, spi_pool_index *p, const spi_replica_set *set,
            size_t nrep, scan *sc, pool_sums *sums);
 
+/* The lane a thread waits on: threads have separate stacks, so a mix of
+ * a stack address spreads them over the lanes without thread-local
+ * state (rcu.c's stripes do the same). */
+static unsigned lane_of(const void *stack_addr, unsigned lanes) {
+  uint64_t v = (uint64_t)(uintptr_t)stack_addr >> 12;
+  v ^= v >> 17;
+  v *= 0xed5ad4bbu;
+  v ^= v >> 11;
+  return (unsigned)(v % lanes);
+}
+
+/* The first lane of the registry's first index was taken by another
+ * route: another lane free now, else one waited for (pix_wait_turns),
+ * and while fewer than SPI_PIX_LANES are open, a word to open them all.
+ * NULL when none was had (the route reads every slot). Out of line: a
+ * route on one thread never comes here. */
+static __attribute__((noinline)) spi_pool_index *
+lane_take(spi_registry *g, size_t nrep) {
+  unsigned lanes = spi__pix_lanes(g);
+  for (unsigned k = 1; k < lanes; k++)
+    if (spi__pix_acquire(g->pix_lane[k])) return g->pix_lane[k];
+  if (lanes < SPI_PIX_LANES) spi__pix_lanes_ask(g);
+  char here = 0;
+  spi_pool_index *p = g->pix_lane[lane_of(&here, lanes)];
+  return spi__pix_wait(p, pix_wait_turns(nrep)) ? p : NULL;
+}
+
 /* scan_indexed for a request whose model the regular replicas of p (held)
  * do not serve: through the model's own index instead (taken and brought
  * up to date), or scan_indexed's 0 or -1. Out of line: most fleets never
@@ -1289,7 +1316,9 @@ static __attribute__((noinline)) int
 scan_indexed(const route_env *x, const spi_replica_set *set, size_t nrep,
              scan *sc, pool_sums *sums) {
   spi_pool_index *p = x->e->registry.pix;
-  if (!p || !spi__pix_take(p, pix_wait_turns(nrep))) return 0;
+  if (!p) return 0;
+  if (!spi__pix_acquire(p) && !(p = lane_take(&x->e->registry, nrep)))
+    return 0;
   if (!spi__pix_sync(p, x, set)) {
     spi__pix_release(p);
     return 0;

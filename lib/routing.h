@@ -97,6 +97,7 @@ typedef struct spi_router_cfg {
 
 #define SPI_REPLICA_SLOTS 4096 /* hard cap of router.max_replicas */
 #define SPI_PIX_MODELS 15 /* pool indexes of one model each (spi_registry) */
+#define SPI_PIX_LANES 2   /* copies of the first index, for routes at once */
 #define SPI_PIX_MODEL_MAX 128 /* the longest model name one is kept for */
 
 /* Per-replica state that changes at run time, in a slot that never moves.
@@ -206,6 +207,13 @@ typedef struct spi_registry {
    * set's slots and reads only those. */
   atomic_ullong dirty[SPI_REPLICA_SLOTS / 64];
   struct spi_pool_index *pix; /* made with the registry */
+  /* Lanes of the first index: copies of it kept from the same marks, so
+   * that routes on several threads each have one (pix_lane[0] is pix).
+   * Made with the registry, opened when a route finds every open one
+   * taken (pix_lanes: how many are open in the low byte, how many routes
+   * asked for in the next; spi__pix_lanes_open). */
+  struct spi_pool_index *pix_lane[SPI_PIX_LANES];
+  atomic_uint pix_lanes;
   /* Indexes of one model each, for requests for a model pix's models list
    * does not name (pool_index.h, spi__pix_for_model): made as replicas'
    * models lists name models, one a distinct name up to SPI_PIX_MODELS

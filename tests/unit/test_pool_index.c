@@ -416,6 +416,14 @@ static void test_index_exact_after_concurrent_writes(void **st) {
     route_model(e, r, q, "seenall", model, &saw[1]);
     assert_saw_same(q, saw);
   }
+  /* The routers met on the first index, so its other lanes were opened
+   * (on a machine that ran them one at a time, maybe not): each is exact
+   * too, lane 0 held as another route would. */
+  if (spi__pix_lanes(&e->registry) > 1) {
+    assert_true(spi__pix_acquire(e->registry.pix_lane[0]));
+    for (uint32_t q = 40; q < 60; q++) same_as_full(e, r, q, saw);
+    spi__pix_release(e->registry.pix_lane[0]);
+  }
   const spi_pool_index *p = e->registry.pix;
   assert_true(positions_in(p, p->aside) > 0);
   assert_true(positions_in(p, p->reg) > 0);
@@ -963,6 +971,58 @@ static void test_advised_kept_not_read(void **st) {
   assert_int_equal(p->rebuilds, built);
   assert_int_equal(
       spi_test_metric(e, "spotinfer_route_slot_passes_total"), 0);
+  spi_request_free(r);
+  spi_engine_free(e);
+}
+
+/* Routes on several threads share the registry's first index in lanes:
+ * a route that finds the first lane taken asks for the others, which the
+ * first lane's holder opens at its next sync; from then on each lane is
+ * kept from the same marks, handed on between them. Holding lane 0 here,
+ * as another thread's route would, makes a route take lane 1. Every
+ * route through either lane is compared with the full pass, with load
+ * reports, tickets and advice in between; lane 1 is built once and then
+ * kept from the marks alone. */
+static void test_lanes_kept_from_the_same_marks(void **st) {
+  (void)st;
+  const int64_t t0 = 1700000000LL * 1000000000LL, ms = 1000000;
+  seen saw[2];
+  spi_engine *e = seen_engine(t0, saw);
+  configure(e, NULL);
+  even_fleet(e, 32, 11); /* a request excludes up to 32 (ticket_on) */
+  spi_request *r = NULL;
+  assert_int_equal(spi_request_new(e, &r), SPI_OK);
+  spi_registry *g = &e->registry;
+  spi_pool_index *l0 = g->pix_lane[0], *l1 = g->pix_lane[1];
+  moving_now = t0 + 100 * ms;
+  same_as_full(e, r, 0, saw);
+  assert_int_equal(spi__pix_lanes(g), 1);
+  assert_true(spi__pix_acquire(l0)); /* another route has it */
+  same_as_full(e, r, 1, saw);        /* waits, reads every slot, asks */
+  spi__pix_release(l0);
+  assert_int_equal(spi__pix_lanes(g), 1);
+  assert_int_equal(
+      spi_test_metric(e, "spotinfer_route_slot_passes_total"), 1);
+  same_as_full(e, r, 2, saw); /* lane 0's sync opens lane 1 */
+  assert_int_equal(spi__pix_lanes(g), 2);
+  uint64_t rng = 13;
+  for (uint32_t q = 3; q < 120; q++) {
+    uint32_t i = mix(&rng) % 32, what = mix(&rng) % 4;
+    if (what == 0) load(e, i, &rng);
+    if (what == 1) /* gold, on an on-demand replica */
+      ticket_on(e, r, q + 1000, i | 1, 32, SPI_TICKET_OK);
+    if (what == 2 && q % 16 == 2) advise(e, i, moving_now);
+    if (what == 3) moving_now += 40 * ms;
+    int hold = (int)(mix(&rng) % 2);
+    if (hold) assert_true(spi__pix_acquire(l0));
+    same_as_full(e, r, q, saw);
+    if (hold) spi__pix_release(l0);
+  }
+  assert_int_equal(l1->rebuilds, 1);
+  assert_int_equal(
+      spi_test_metric(e, "spotinfer_route_slot_passes_total"), 1);
+  assert_true(spi__pix_blocks_exact(l0));
+  assert_true(spi__pix_blocks_exact(l1));
   spi_request_free(r);
   spi_engine_free(e);
 }
@@ -1615,6 +1675,7 @@ int main(void) {
       cmocka_unit_test(test_stale_loads_kept_regular),
       cmocka_unit_test(test_open_breaker_set_aside),
       cmocka_unit_test(test_advised_kept_not_read),
+      cmocka_unit_test(test_lanes_kept_from_the_same_marks),
       cmocka_unit_test(test_models_lists_kept_regular),
       cmocka_unit_test(test_model_indexes_made_as_named),
       cmocka_unit_test(test_model_indexes_given_again),
