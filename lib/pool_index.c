@@ -104,10 +104,17 @@
  * cell's winner among its free regular replicas is found without weighing
  * them all.
  *
+ * Lanes. An index is one route's at a time. The registry keeps the first
+ * in SPI_PIX_LANES lanes, each a whole index kept from the same marks:
+ * the others are opened when a route finds the first taken (lane_take in
+ * replica_pass.c asks; the first lane's holder opens them before it takes
+ * any mark, others_in_use), so routes on several threads each have one,
+ * and a caller on one thread never opens them.
+ *
  * Memory: indexes of fixed arrays for SPI_REPLICA_SLOTS positions each
  * (about 1.9 MB of address space each, touched as positions are used):
- * the first made with the registry, the model indexes as lists name
- * models, at most SPI_PIX_MODELS of them; a route allocates nothing,
+ * the first's lanes made with the registry, the model indexes as lists
+ * name models, at most SPI_PIX_MODELS of them; a route allocates nothing,
  * takes no lock and makes no system call (it may spin a bounded while for
  * an index: spi__pix_take).
  */
