@@ -457,23 +457,48 @@ static int breaker_cooling(const route_env *x, const spi_replica_ident *r,
   return x->now < *until;
 }
 
+/* Whether what rd says makes the replica's breaker half-open with its one
+ * probe out: spi__breaker_allows refuses it to every request until the
+ * probe ends. Read from the slot, which the words rd was made from do not
+ * hold; the probe's claim and its end (the probe's ticket finished, or
+ * the route that claimed it failing) each mark the slot after the write. */
+static int probe_out(const route_env *x, const spi_replica_ident *r,
+                     const slot_read *rd) {
+  return rd->breaker == SPI_BREAKER_HALF_OPEN &&
+         atomic_load_explicit(&x->e->registry.slots[r->slot].probe_taken,
+                              memory_order_acquire) != 0;
+}
+
+/* When a replica set aside stops being so: at until (INT64_MAX: no time
+ * ends it), or, marked, at the next write to its slot whatever it writes
+ * (a probe's end changes none of the words the entry keeps). */
+typedef struct aside_end {
+  int64_t until;
+  int marked;
+} aside_end;
+
 /* Whether the replica at pos is usable by no request the index serves:
- * its spot pool cooling, its breaker open and cooling down, or a models
- * list naming none of the index's (its bit in p->other). *until: the
- * earliest time one of the first two ends (INT64_MAX: neither holds). */
+ * its spot pool cooling, its breaker open and cooling down or half-open
+ * with its probe out, or a models list naming none of the index's (its
+ * bit in p->other). *end: when the first of them ends. */
 static int set_aside(const spi_pool_index *p, const route_env *x,
                      const spi_replica_ident *r, uint32_t pos,
-                     const slot_read *rd, int64_t *until) {
+                     const slot_read *rd, aside_end *end) {
   int64_t open_until;
   int aside = (int)(p->other[pos / 64] >> (pos % 64) & 1);
-  *until = INT64_MAX;
+  end->until = INT64_MAX;
+  end->marked = 0;
   if (cooling(x, r, rd)) {
     aside = 1;
-    *until = rd->cooldown_until;
+    end->until = rd->cooldown_until;
   }
   if (breaker_cooling(x, r, rd, &open_until)) {
     aside = 1;
-    if (open_until < *until) *until = open_until;
+    if (open_until < end->until) end->until = open_until;
+  }
+  if (probe_out(x, r, rd)) {
+    aside = 1;
+    end->marked = 1;
   }
   return aside;
 }
@@ -488,14 +513,14 @@ static int set_aside(const spi_pool_index *p, const route_env *x,
 static int entry_aside(spi_pool_index *p, const spi_replica_ident *r,
                        uint32_t pos, const slot_read *rd,
                        const spi_slot_words *raw, int window, int64_t from,
-                       int64_t until, int64_t aside_until) {
+                       int64_t until, const aside_end *end) {
   if (window < 0) return 0;
-  if (aside_until < until) until = aside_until;
+  if (end->until < until) until = end->until;
   pix_cold *c = &p->cold[pos];
   p->hot[pos].kind = PIX_ASIDE;
   bit_set(p->aside, pos);
   c->raw = *raw;
-  c->steady = window == 1;
+  c->steady = window == 1 && !end->marked; /* marked: no aside_steady */
   c->pool = r->pool;
   c->fresh = rd->fresh;
   c->kv = rd->kv;
@@ -649,14 +674,14 @@ static int entry_steady(const spi_pool_index *p, const route_env *x,
 }
 
 /* What the index makes of a replica read as rd at x->now (PIX_OFF ...
- * PIX_ADV); *aside_until as set_aside sets it. */
+ * PIX_ADV); *end as set_aside sets it. */
 static int entry_kind(const spi_pool_index *p, const route_env *x,
                       const spi_replica_ident *r, uint32_t pos,
-                      const slot_read *rd, int window, int64_t *aside_until) {
+                      const slot_read *rd, int window, aside_end *end) {
   if (rd->state != SPI_REPLICA_ACTIVE) return PIX_OFF;
   if (regular_but_advice(p, x, r, pos, rd, window))
     return rd->advised_until <= x->now ? PIX_REG : PIX_ADV;
-  return set_aside(p, x, r, pos, rd, aside_until) ? PIX_ASIDE : PIX_EXC;
+  return set_aside(p, x, r, pos, rd, end) ? PIX_ASIDE : PIX_EXC;
 }
 
 /* The values of a regular or advised entry at pos, from rd: its hot and
@@ -759,9 +784,10 @@ entry_read_whole(spi_pool_index *p, const route_env *x,
                  const spi_slot_words *raw) {
   slot_read rd;
   slot_reading(x, raw, &rd);
-  int64_t from, until, aside_until = INT64_MAX;
+  int64_t from, until;
+  aside_end end = {INT64_MAX, 0};
   int window = load_window(x, &rd, raw->load_at, &from, &until);
-  int kind = entry_kind(p, x, r, pos, &rd, window, &aside_until);
+  int kind = entry_kind(p, x, r, pos, &rd, window, &end);
   pix_hot *h = &p->hot[pos];
   if (kind == PIX_REG && h->kind == PIX_REG && h->cell == r->cell &&
       served_only(p, &rd, until, pos)) {
@@ -780,7 +806,7 @@ entry_read_whole(spi_pool_index *p, const route_env *x,
   p->t_wait[pos] = p->t_ms_tok[pos] = p->t_slow[pos] = 0.0;
   if (kind == PIX_OFF) return;
   if (kind == PIX_ASIDE &&
-      entry_aside(p, r, pos, &rd, raw, window, from, until, aside_until))
+      entry_aside(p, r, pos, &rd, raw, window, from, until, &end))
     return;
   if (kind == PIX_ASIDE || kind == PIX_EXC) {
     h->kind = PIX_EXC;

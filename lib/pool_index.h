@@ -20,10 +20,12 @@ enum {
   PIX_EXC = 2, /* anything else ACTIVE: read whole by every route */
   PIX_ASIDE = 3, /* ACTIVE, usable by no request the index serves (its
                     spot pool cooling down, its breaker open and cooling
-                    down, or serving none of the models of the index's
-                    list): in the KV sums while its load is fresh; as it
-                    is from `from` until `until` (a cooldown's end, or its
-                    load's freshness changing), then read whole again */
+                    down or half-open with its probe out, or serving none
+                    of the models of the index's list): in the KV sums
+                    while its load is fresh; as it is from `from` until
+                    `until` (a cooldown's end, or its load's freshness
+                    changing) or, for a probe, until its slot's next
+                    write, then read whole again */
   PIX_ADV = 4 /* regular but for its machine's rebalance advice: usable by
                  a request that is not long only, at a TTFT higher by
                  router.advised_penalty_ms. Kept as a regular entry is

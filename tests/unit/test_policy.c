@@ -1853,8 +1853,12 @@ static void twin_step(twin *t, uint32_t step) {
     twin_load(t, i);
     twin_load(t, rnd(t, t->n_ids));
   } else if (op < 68) {
-    if (t->n_open) twin_finish(t, rnd(t, t->n_open),
-                               rnd(t, 3) ? SPI_TICKET_OK : SPI_TICKET_ERROR);
+    /* Some tickets end in error (breakers open), a few are cancelled (a
+     * cancelled probe leaves its breaker half-open for the next). */
+    static const int32_t ends[] = {SPI_TICKET_OK, SPI_TICKET_OK,
+                                   SPI_TICKET_ERROR, SPI_TICKET_OK,
+                                   SPI_TICKET_ERROR, SPI_TICKET_CANCELLED};
+    if (t->n_open) twin_finish(t, rnd(t, t->n_open), ends[rnd(t, 6)]);
   } else if (op < 71) {
     for (int k = 0; k < 2; k++)
       rc[k] = spi_replica_remove(t->w[k]->e, id, strlen(id));

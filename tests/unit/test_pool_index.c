@@ -811,9 +811,9 @@ static void test_stale_loads_kept_regular(void **st) {
 }
 
 /* Request q routed by the built-in policy onto replica p<target> of the
- * first n (every other one excluded), its ticket finished as status. */
-static void ticket_on(spi_engine *e, spi_request *r, uint32_t q,
-                      uint32_t target, uint32_t n, int status) {
+ * first n (every other one excluded); its ticket, open. */
+static uint64_t ticket_open_on(spi_engine *e, spi_request *r, uint32_t q,
+                               uint32_t target, uint32_t n) {
   configure(e, NULL);
   request(r, q);
   spi_request_set_str(r, SPI_REQ_CLASS, "gold", 4);
@@ -830,19 +830,31 @@ static void ticket_on(spi_engine *e, spi_request *r, uint32_t q,
   char want[16];
   snprintf(want, sizeof want, "p%u", target);
   assert_string_equal(d.replica_id, want);
+  return d.ticket;
+}
+
+static void ticket_finish(spi_engine *e, uint64_t ticket, int status) {
   spi_ticket_result res;
   memset(&res, 0, sizeof res);
   res.struct_size = sizeof res;
   res.status = status;
-  assert_int_equal(spi_ticket_finish(e, d.ticket, &res), SPI_OK);
+  assert_int_equal(spi_ticket_finish(e, ticket, &res), SPI_OK);
+}
+
+/* Request q routed by the built-in policy onto replica p<target> of the
+ * first n (every other one excluded), its ticket finished as status. */
+static void ticket_on(spi_engine *e, spi_request *r, uint32_t q,
+                      uint32_t target, uint32_t n, int status) {
+  ticket_finish(e, ticket_open_on(e, r, q, target, n), status);
 }
 
 /* A replica whose breaker opened after errors is usable by no request
  * until its cooldown ends (router.error_cooldown_ms): the index sets it
  * aside, its KV usage kept, instead of handing it to every route to read
  * whole. Once the cooldown ends it is half-open, the probe's to take: an
- * exception, as any breaker not closed that a route may use. After the
- * probe succeeds it is regular again. Every route is compared with the
+ * exception, as any breaker not closed that a route may use. With the
+ * probe out it is set aside again until the probe ends; a cancelled
+ * probe leaves it half-open, and after one succeeds it is regular again. Every route is compared with the
  * full pass. */
 static void test_open_breaker_set_aside(void **st) {
   (void)st;
@@ -868,8 +880,17 @@ static void test_open_breaker_set_aside(void **st) {
   moving_now = t0 + 10200 * ms; /* the cooldown is over: half-open */
   same_as_full(e, r, 6, saw);
   assert_kinds(p, 7, 1, 0);
-  ticket_on(e, r, 7, 3, 8, SPI_TICKET_OK); /* the probe succeeds */
+  /* The probe out: usable by none until it ends, set aside again. */
+  uint64_t probe = ticket_open_on(e, r, 7, 3, 8);
   same_as_full(e, r, 8, saw);
+  assert_kinds(p, 7, 0, 1);
+  /* Cancelled, it says nothing of the replica: half-open again, the
+   * next probe's (no word the entry keeps changed, only the mark). */
+  ticket_finish(e, probe, SPI_TICKET_CANCELLED);
+  same_as_full(e, r, 9, saw);
+  assert_kinds(p, 7, 1, 0);
+  ticket_on(e, r, 10, 3, 8, SPI_TICKET_OK); /* the probe succeeds */
+  same_as_full(e, r, 11, saw);
   assert_kinds(p, 8, 0, 0);
   spi_request_free(r);
   spi_engine_free(e);
