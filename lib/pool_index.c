@@ -59,15 +59,16 @@
  * a metrics outage, or that never reports any, keeps its index). A route's
  * time may also be earlier than the last route's (threads read the clock,
  * then wait their turn for the index): the index still holds then unless a
- * regular entry was not yet as it has it at that time (its load stamped
- * later than load_max_age ahead, or still fresh where it has it stale, its
- * advice or its spot pool's cooldown ending after it). The index keeps the
+ * regular entry was not yet as it has it at that time (its load still
+ * fresh where it has it stale, its advice or its spot pool's cooldown
+ * ending after it). A load stamped further ahead than it may be old (a
+ * clock mix-up) is stale until it may be fresh, and regular as any stale
+ * load, read again when it turns fresh. The index keeps the
  * latest such start (reg_from), and a route before it, a newer replica set
  * or a different configuration rebuilds the index from every slot. An
  * entry set aside or advised is read again when its cooldown or advice
- * ends. A cooldown ending or a future-stamped load becoming fresh only
- * make an exception regular again at its next write: an exception is
- * always read whole, so that costs time, never exactness.
+ * ends. Nothing makes an exception regular again but its next write: an
+ * exception is always read whole, so that costs time, never exactness.
  *
  * Exactness. Routes rank the regular replicas by the values above with the
  * same operations as the pass (same bits), offer them to the same
@@ -375,11 +376,10 @@ static int64_t stale_at(int64_t at, int64_t max_age) {
 
 /* The times [*from, *until) around x->now over which rd's load stays as
  * fresh or as stale as it is now (spi__load_view_of: fresh from
- * at - max_age + 1 up to before at + max_age, stale for good from then on,
- * and at every time when none was ever reported, at 0). 1 when both
- * bounds are exact, 0 when one is saturated (an overflow), -1 when there
- * is no such window: a load stamped further ahead than it may be old
- * (stale now, fresh later), or so far off that its age overflows. */
+ * at - max_age + 1 up to before at + max_age, stale before and for good
+ * after, and at every time when none was ever reported, at 0). 1 when
+ * both bounds are exact, 0 when one is saturated (an overflow), -1 when
+ * there is no such window: a load so far off that its age overflows. */
 static int load_window(const route_env *x, const slot_read *rd, int64_t at,
                        int64_t *from, int64_t *until) {
   int64_t m = spi__load_max_age(x->max_age), age;
@@ -393,7 +393,10 @@ static int load_window(const route_env *x, const slot_read *rd, int64_t at,
     *until = stale_at(at, x->max_age);
     return exact && *until != INT64_MAX;
   }
-  if (age < m) return -1; /* stamped in the future: fresh later */
+  if (age < m) { /* stamped further ahead than it may be old */
+    *until = at - (m - 1); /* fresh from then; no overflow: at >= now + m */
+    return 1;
+  }
   *from = stale_at(at, x->max_age); /* at + max_age <= now: exact */
   return 1;
 }

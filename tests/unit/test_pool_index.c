@@ -803,6 +803,25 @@ static void test_stale_loads_kept_regular(void **st) {
   moving_now = t0 + 2300 * ms; /* and goes stale again */
   same_as_full(e, r, 10, saw);
   assert_int_equal(p->kv_n[SPI_POOL_ON_DEMAND], 0);
+  /* p4 (spot) reports a load stamped 1.5 s ahead (a clock mix-up): stale
+   * until it may be fresh, at - 999.999999 ms, and regular throughout. */
+  spi_load ahead;
+  memset(&ahead, 0, sizeof ahead);
+  ahead.struct_size = sizeof ahead;
+  ahead.running = 1;
+  ahead.kv_usage = 0.5;
+  ahead.at_ns = moving_now + 1500 * ms;
+  assert_int_equal(spi_replica_report_load(e, "p4", 2, &ahead), SPI_OK);
+  same_as_full(e, r, 11, saw);
+  assert_kinds(p, 40, 0, 0);
+  assert_int_equal(p->kv_n[SPI_POOL_SPOT], 0);
+  moving_now += 500 * ms; /* age -1000 ms: still stale */
+  same_as_full(e, r, 12, saw);
+  assert_int_equal(p->kv_n[SPI_POOL_SPOT], 0);
+  moving_now += 1; /* fresh from this nanosecond, with no write */
+  same_as_full(e, r, 13, saw);
+  assert_kinds(p, 40, 0, 0);
+  assert_int_equal(p->kv_n[SPI_POOL_SPOT], 1);
   assert_int_equal(p->rebuilds, built);
   assert_int_equal(
       spi_test_metric(e, "spotinfer_route_slot_passes_total"), 0);
