@@ -919,23 +919,41 @@ static void marks_forward(const spi_pool_index *p, spi_registry *g, size_t w,
                                memory_order_release);
 }
 
+/* The other indexes in use now: loaded after a take of the registry's
+ * marks, so that an index made or opened before its first rebuild (which
+ * takes every mark, then reads every slot) is counted by whoever takes a
+ * mark of a write that rebuild may have missed: that take reads the mark
+ * after the rebuild's own take, in the release sequence the rebuild's
+ * exchange heads, so the count's store that came before the rebuild
+ * happened before this load. */
+static pix_others others_now(spi_registry *g) {
+  pix_others o;
+  o.models = atomic_load_explicit(&g->pix_models_n, memory_order_acquire);
+  o.lanes = atomic_load_explicit(&g->pix_lanes, memory_order_acquire) & 0xffu;
+  return o;
+}
+
 /* The marks of word w for p: the registry's, handed on to the other
- * indexes in use (o), and what those handed on to p. A write that marked
+ * indexes in use when they were taken (others_now), and, while others are
+ * in use at its sync (o), what those handed on to p. A write that marked
  * its slot after the registry's word was taken marks it again, so nothing
- * is lost. Inlined: with no other index it is the one load and test a
- * word it always was. */
+ * is lost. Inlined: with no other index and no mark it is the one load
+ * and test a word it always was. */
 static inline __attribute__((always_inline)) uint64_t
 marks_take(spi_pool_index *p, spi_registry *g, size_t w, pix_others o) {
   uint64_t bits = 0;
-  int others = others_any(o);
   /* Acquire, not relaxed: an index's first rebuild that finds a word
    * empty must still see the slots an earlier taker of its marks saw
    * written (free on x86, where every load acquires). */
   if (atomic_load_explicit(&g->dirty[w], memory_order_acquire)) {
     bits = atomic_exchange_explicit(&g->dirty[w], 0, memory_order_acq_rel);
-    if (bits && others) marks_forward(p, g, w, bits, o);
+    if (bits) {
+      pix_others now = others_now(g);
+      if (others_any(now)) marks_forward(p, g, w, bits, now);
+    }
   }
-  if (others && atomic_load_explicit(&p->pending[w], memory_order_acquire))
+  if (others_any(o) &&
+      atomic_load_explicit(&p->pending[w], memory_order_acquire))
     bits |= atomic_exchange_explicit(&p->pending[w], 0, memory_order_acq_rel);
   return bits;
 }
