@@ -323,21 +323,36 @@ static inline void kv_leave(spi_pool_index *p, const pix_cold *c) {
   p->kv_n[c->pool]--;
 }
 
+/* The advised entry at pos (hot and cold made) into the advised counts
+ * and sums the index keeps apart, or out of them. */
+static void adv_join(spi_pool_index *p, uint32_t pos) {
+  const pix_cold *c = &p->cold[pos];
+  int k = p->hot[pos].cell;
+  p->adv_n++;
+  p->adv_usable[k]++;
+  p->adv_served[c->pool] += c->served;
+  p->adv_streams[c->pool] += c->max_inflight;
+  p->adv_wait_fix[k] += c->wait_fix;
+}
+static void adv_leave(spi_pool_index *p, uint32_t pos) {
+  const pix_cold *c = &p->cold[pos];
+  int k = p->hot[pos].cell;
+  p->adv_n--;
+  p->adv_usable[k]--;
+  p->adv_served[c->pool] -= c->served;
+  p->adv_streams[c->pool] -= c->max_inflight;
+  p->adv_wait_fix[k] -= c->wait_fix;
+}
+
 /* The entry set aside or advised at pos out of the sums and the kinds
  * (entry_drop). Out of line, so that entry_drop stays small enough to be
  * inlined. */
 static __attribute__((noinline)) void aside_drop(spi_pool_index *p,
                                                  uint32_t pos) {
-  const pix_cold *c = &p->cold[pos];
-  kv_leave(p, c);
+  kv_leave(p, &p->cold[pos]);
   if (p->hot[pos].kind == PIX_ADV) {
-    int k = p->hot[pos].cell;
     bit_clear(p->adv, pos);
-    p->adv_n--;
-    p->adv_usable[k]--;
-    p->adv_served[c->pool] -= c->served;
-    p->adv_streams[c->pool] -= c->max_inflight;
-    p->adv_wait_fix[k] -= c->wait_fix;
+    adv_leave(p, pos);
   } else {
     bit_clear(p->aside, pos);
   }
@@ -510,9 +525,10 @@ static int set_aside(const spi_pool_index *p, const route_env *x,
  * slot's words raw: only its KV pressure, while its load is fresh, is in
  * what the pass adds up, as an exception's would be (indexed_exception).
  * Its reading stays as rd has it over [from, until), its load's window
- * (load_window), up to aside_until (set_aside's: its pool's or its
- * breaker's cooldown ending). 0 when there is no such window: it is an
- * exception then. */
+ * (load_window), up to end->until (set_aside's: its pool's or its
+ * breaker's cooldown ending), and is not steady when end says only a
+ * mark ends it. 0 when there is no such window: it is an exception
+ * then. */
 static int entry_aside(spi_pool_index *p, const spi_replica_ident *r,
                        uint32_t pos, const slot_read *rd,
                        const spi_slot_words *raw, int window, int64_t from,
@@ -666,7 +682,7 @@ static inline int window_holds(const pix_cold *c, const route_env *x) {
  * from, and x->now is in its window. The same words, with neither bound
  * saturated, make a regular entry at exactly those times: its load as
  * fresh or as stale as when read (load_window), its advice and, in the
- * spot pool, its cooldown over from their ends on (regular,
+ * spot pool, its cooldown over from their ends on (regular_but_advice,
  * regular_from). The configuration its values were read with holds
  * (spi__pix_sync). */
 static int entry_steady(const spi_pool_index *p, const route_env *x,
@@ -726,14 +742,9 @@ static void entry_advised(spi_pool_index *p, const spi_replica_ident *r,
                           const spi_slot_words *raw, int window, int64_t from,
                           int64_t until) {
   pix_cold *c = &p->cold[pos];
-  int k = p->hot[pos].cell;
   p->hot[pos].kind = PIX_ADV;
   bit_set(p->adv, pos);
-  p->adv_n++;
-  p->adv_usable[k]++;
-  p->adv_served[c->pool] += c->served;
-  p->adv_streams[c->pool] += c->max_inflight;
-  p->adv_wait_fix[k] += c->wait_fix;
+  adv_join(p, pos);
   if (rd->advised_until < until) until = rd->advised_until;
   c->until = until;
   if (until < p->min_until) p->min_until = until;
@@ -964,13 +975,12 @@ marks_take(spi_pool_index *p, spi_registry *g, size_t w, pix_others o) {
  * whose mark was taken before happened before their first rebuild (the
  * count's store, release, before their routes' load of it, acquire). */
 static pix_others others_in_use(spi_pool_index *p, spi_registry *g) {
-  pix_others o;
-  o.models = atomic_load_explicit(&g->pix_models_n, memory_order_acquire);
-  unsigned v = atomic_load_explicit(&g->pix_lanes, memory_order_relaxed);
-  o.lanes = v & 0xffu;
-  if (__builtin_expect((v >> 8) > o.lanes, 0) && p == g->pix) {
-    o.lanes = v >> 8;
-    atomic_store_explicit(&g->pix_lanes, o.lanes << 8 | o.lanes,
+  pix_others o = others_now(g);
+  unsigned asked =
+      atomic_load_explicit(&g->pix_lanes, memory_order_relaxed) >> 8;
+  if (__builtin_expect(asked > o.lanes, 0) && p == g->pix) {
+    o.lanes = asked;
+    atomic_store_explicit(&g->pix_lanes, asked << 8 | asked,
                           memory_order_release);
   }
   return o;
@@ -1081,9 +1091,10 @@ static void read_dirty(spi_pool_index *p, const route_env *x,
 
 /* Entries past their window (cold[].until) are read again: a regular
  * one whose load has gone stale stays regular with its load read as
- * saturated, one set aside or advised may be anything now. Then the earliest time
- * the next comes is found again (every entry just read is due later than
- * now: load_window, entry_aside). Out of line: few syncs come to it. */
+ * saturated, one set aside or advised may be anything now. Then the
+ * earliest time the next comes is found again (every entry just read is
+ * due later than now: load_window, entry_aside). Out of line: few syncs
+ * come to it. */
 static __attribute__((noinline)) void
 expire(spi_pool_index *p, const route_env *x, const spi_replica_set *set) {
   size_t words = (p->n + 63) / 64;

@@ -19,14 +19,9 @@ int spi__rcu_init(spi_rcu *r) {
 
 void spi__rcu_destroy(spi_rcu *r) { pthread_mutex_destroy(&r->sync_lock); }
 
-/* Threads have separate stacks, so a mix of the stack address spreads them
- * over the stripes without thread-local state. */
+/* The stripe of the thread whose stack holds stack_addr. */
 static unsigned rcu_stripe(const void *stack_addr) {
-  uint64_t x = (uint64_t)(uintptr_t)stack_addr >> 12;
-  x ^= x >> 17;
-  x *= 0xed5ad4bbu;
-  x ^= x >> 11;
-  return (unsigned)(x & (SPI_RCU_STRIPES - 1));
+  return (unsigned)(spi__stack_mix(stack_addr) & (SPI_RCU_STRIPES - 1));
 }
 
 /* The pin holds the epoch parity in bit 0 and the stripe above it. */

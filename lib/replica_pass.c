@@ -1252,17 +1252,6 @@ static inline __attribute__((always_inline)) int
 scan_taken(const route_env *x, spi_pool_index *p, const spi_replica_set *set,
            size_t nrep, scan *sc, pool_sums *sums);
 
-/* The lane a thread waits on: threads have separate stacks, so a mix of
- * a stack address spreads them over the lanes without thread-local
- * state (rcu.c's stripes do the same). */
-static unsigned lane_of(const void *stack_addr, unsigned lanes) {
-  uint64_t v = (uint64_t)(uintptr_t)stack_addr >> 12;
-  v ^= v >> 17;
-  v *= 0xed5ad4bbu;
-  v ^= v >> 11;
-  return (unsigned)(v % lanes);
-}
-
 /* The first lane of the registry's first index was taken by another
  * route: another lane free now, else one waited for (pix_wait_turns),
  * and while fewer than SPI_PIX_LANES are open, a word to open them all.
@@ -1274,8 +1263,8 @@ lane_take(spi_registry *g, size_t nrep) {
   for (unsigned k = 1; k < lanes; k++)
     if (spi__pix_acquire(g->pix_lane[k])) return g->pix_lane[k];
   if (lanes < SPI_PIX_LANES) spi__pix_lanes_ask(g);
-  char here = 0;
-  spi_pool_index *p = g->pix_lane[lane_of(&here, lanes)];
+  char here = 0; /* the lane this thread waits on: spi__stack_mix */
+  spi_pool_index *p = g->pix_lane[spi__stack_mix(&here) % lanes];
   return spi__pix_wait(p, pix_wait_turns(nrep)) ? p : NULL;
 }
 

@@ -211,7 +211,8 @@ typedef struct spi_registry {
    * that routes on several threads each have one (pix_lane[0] is pix).
    * Made with the registry, opened when a route finds every open one
    * taken (pix_lanes: how many are open in the low byte, how many routes
-   * asked for in the next; spi__pix_lanes_open). */
+   * asked for in the next; spi__pix_lanes_ask asks, the first lane's
+   * holder opens them at its sync, others_in_use in pool_index.c). */
   struct spi_pool_index *pix_lane[SPI_PIX_LANES];
   atomic_uint pix_lanes;
   /* Indexes of one model each, for requests for a model pix's models list
