@@ -148,6 +148,9 @@ typedef struct spi_pool_index {
   atomic_uint stuck;            /* a turn a route waited out: its holder is
                                    not running (descheduled), so no route
                                    waits for it again (spi__pix_take) */
+  atomic_uint holder;           /* the thread that took it last
+                                   (spi__thread_no), which takes the same
+                                   lane again (scan_indexed) */
   _Atomic(spi_metrics *) *counts; /* where the waits are counted (the
                                    engine's metrics), or NULL */
   int wide;                     /* the CPU has AVX-512 F and DQ (rdv_wide.c) */

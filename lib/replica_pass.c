@@ -1268,6 +1268,21 @@ lane_take(spi_registry *g, size_t nrep) {
   return spi__pix_wait(p, pix_wait_turns(nrep)) ? p : NULL;
 }
 
+/* A lane after the first that thread me had last, taken; NULL when it had
+ * none or another route has it. A thread then keeps to its lane: each
+ * lane's entries and blocks stay in one CPU's cache, where taking the
+ * first free lane moved both lanes between the threads' CPUs at every
+ * other route. */
+static inline spi_pool_index *own_lane(spi_registry *g, uint32_t me) {
+  unsigned lanes = spi__pix_lanes(g);
+  for (unsigned k = 1; k < lanes; k++) {
+    spi_pool_index *q = g->pix_lane[k];
+    if (atomic_load_explicit(&q->holder, memory_order_relaxed) == me)
+      return spi__pix_acquire(q) ? q : NULL;
+  }
+  return NULL;
+}
+
 /* scan_indexed for a request whose model the regular replicas of p (held)
  * do not serve: through the model's own index instead (taken and brought
  * up to date), or scan_indexed's 0 or -1. Out of line: most fleets never
@@ -1304,10 +1319,17 @@ scan_of_model(const route_env *x, const spi_replica_set *set, size_t nrep,
 static __attribute__((noinline)) int
 scan_indexed(const route_env *x, const spi_replica_set *set, size_t nrep,
              scan *sc, pool_sums *sums) {
-  spi_pool_index *p = x->e->registry.pix;
+  spi_registry *g = &x->e->registry;
+  spi_pool_index *p = g->pix;
   if (!p) return 0;
-  if (!spi__pix_acquire(p) && !(p = lane_take(&x->e->registry, nrep)))
+  uint32_t me = x->thread_no;
+  spi_pool_index *q = own_lane(g, me);
+  if (q)
+    p = q;
+  else if (!spi__pix_acquire(p) && !(p = lane_take(g, nrep)))
     return 0;
+  if (atomic_load_explicit(&p->holder, memory_order_relaxed) != me)
+    atomic_store_explicit(&p->holder, me, memory_order_relaxed);
   if (!spi__pix_sync(p, x, set)) {
     spi__pix_release(p);
     return 0;

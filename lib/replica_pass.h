@@ -28,6 +28,8 @@ typedef struct route_env {
   int long_request;         /* too long for an advised machine */
   const uint64_t *excl;     /* the slots the request excludes, a bit each;
                                NULL when it excludes none */
+  uint32_t thread_no;       /* the routing thread's (spi__thread_no): its
+                               index lane and ticket stripe */
 } route_env;
 
 /* The fields of an evaluation a candidate has too (spi_candidate, field

@@ -303,6 +303,7 @@ static void env_init(route_state *rs) {
   x->cfg_seq = rs->snap->seq;
   x->v = v;
   x->now = spi__engine_now(rs->e);
+  x->thread_no = spi__thread_no();
   x->max_age = c->load_max_age_ms * 1000000;
   rs->tokens = prompt_tokens(v, c->bytes_per_token);
   x->cold_tok = u64_double(rs->tokens);
@@ -685,12 +686,12 @@ static int serve(route_state *rs) {
   const spi_replica_ident *r = chosen(rs, rs->first);
   spi_replica_slot *s = &rs->e->registry.slots[r->slot];
   spi_ticket_table *tt = atomic_load(&rs->e->tickets);
-  spi_ticket *k = spi__ticket_take(tt);
+  spi_ticket *k = spi__ticket_take_for(tt, rs->env->thread_no);
   if (!k) {
     /* A table configure replaced (sealed before it was swapped out, so it
      * hands out nothing): take from the one in force. */
     spi_ticket_table *now = atomic_load(&rs->e->tickets);
-    if (now != tt) k = spi__ticket_take(tt = now);
+    if (now != tt) k = spi__ticket_take_for(tt = now, rs->env->thread_no);
   }
   if (!k)
     return route_unwind(&rs->taken, rs->out,

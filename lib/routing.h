@@ -540,6 +540,9 @@ void spi__index_mark_continued(spi_prefix_index *ix, uint64_t h, uint32_t slot,
 typedef struct spi_ticket {
   atomic_ullong id;          /* current ticket id; 0 = free */
   atomic_uint readers;       /* scans reading this record (ticket pins) */
+  /* Kept from one use of the record to the next (ticket.c): */
+  uint64_t uses;             /* times published: its ids' generation */
+  uint32_t stripe;           /* the free stack it goes back to */
   uint32_t slot, gen;        /* replica; gen for the index entries */
   uint32_t incarnation;      /* the slot's replica when the ticket opened */
   uint64_t expected_output;  /* for drain estimates at notice time, and
@@ -567,9 +570,14 @@ int spi__tickets_new(const spi_mem *m, size_t capacity, spi_ticket_table **out);
 void spi__tickets_free(const spi_mem *m, spi_ticket_table *t);
 size_t spi__tickets_capacity(const spi_ticket_table *t);
 size_t spi__tickets_open(const spi_ticket_table *t);
+/* The free records on stripe's stack (a record's stripe is k->stripe);
+ * exact while no take or release runs meanwhile. */
+size_t spi__tickets_free_in(const spi_ticket_table *t, unsigned stripe);
 /* Take a free ticket (lock-free); NULL when all are open. The caller fills
  * it and then publishes it with spi__ticket_publish (which assigns the id). */
 spi_ticket *spi__ticket_take(spi_ticket_table *t);
+/* spi__ticket_take by the thread of number thread_no (spi__thread_no). */
+spi_ticket *spi__ticket_take_for(spi_ticket_table *t, uint32_t thread_no);
 uint64_t spi__ticket_publish(spi_ticket_table *t, spi_ticket *k);
 /* The open ticket with this id, or NULL (stale, finished, never issued). */
 spi_ticket *spi__ticket_lookup(spi_ticket_table *t, uint64_t id);

@@ -109,6 +109,10 @@ void spi__errtab_clear(spi_errtab *t);
  * itself writes it). */
 const char *spi__errtab_get(const spi_errtab *t);
 
+/* The calling thread's number: given from 1 in the order threads first ask
+ * (thread_no.c), so that a few threads fall on different stripes. */
+uint32_t spi__thread_no(void);
+
 /* A mix of a stack address, for spreading threads over stripes or lanes
  * without thread-local state: threads have separate stacks, so an address
  * on each one's stack (its page and above) tells them apart. */

@@ -7,22 +7,30 @@
  * front cost each spi_engine_new that much memory in touched pages (and its
  * time), even when the configuration replaced the table right after. A
  * record never handed out is never written or read: takes hand out the
- * never-used records in index order (the counter fresh) once the free stack
- * is empty, and the taker initialises the record, then sets its ready flag
+ * never-used records in index order (the counter fresh) once every free
+ * stack is empty, and the taker initialises the record, then sets its ready flag
  * (release). Every reader that reaches a record by index or id (pins,
  * lookups) first reads the flag (acquire) and treats a record that is not
  * ready as free: a never-issued id is not found. Only the header and the
  * one-byte flags are zeroed at creation.
  *
- * Free tickets sit on a Treiber stack. Its head is one 64-bit atomic holding
- * a 32-bit tag in the high half and (index + 1) of the top ticket in the low
- * half (0 = empty); next[i] is (index + 1) of the ticket below ticket i.
- * Every successful push and pop bumps the tag, so a pop that read head and
+ * Free tickets sit on Treiber stacks, one a stripe (TICKET_STRIPES). A
+ * thread takes from its own stripe (spi__thread_no), and a ticket goes back
+ * to the stripe of the thread that took it: threads that share an engine
+ * then each take and give back on a head and records of their own, where
+ * one stack had every route and finish of every thread write one line and
+ * reuse records the other thread had just written. A thread whose stripe
+ * is empty takes from another's, and only when every stripe is empty a
+ * never-used record (so the records ever handed out stay as few as the
+ * most ever open at once). Each head is one 64-bit atomic holding a 32-bit
+ * tag in the high half and (index + 1) of the top ticket in the low half
+ * (0 = empty); next[i] is (index + 1) of the ticket below ticket i. Every
+ * successful push and pop bumps the head's tag, so a pop that read head and
  * next[top] before another thread popped top, popped what lay below it and
- * pushed top back (the ABA case) fails its CAS instead of installing a stale
- * next. next[] is atomic because a slow pop may still read next[top] while
- * the new owner of top pushes it back and rewrites it; the value it reads is
- * then thrown away by the failed CAS.
+ * pushed top back, on this stripe or another (the ABA case), fails its CAS
+ * instead of installing a stale next. next[] is atomic because a slow pop
+ * may still read next[top] while the new owner of top pushes it back and
+ * rewrites it; the value it reads is then thrown away by the failed CAS.
  *
  * A ticket id is (generation << 24) | (index + 1). The generation is per
  * ticket record and is bumped at every publish, so an id is never issued
@@ -58,27 +66,34 @@
 #define TICKET_GEN_MASK ((UINT64_C(1) << (64 - TICKET_INDEX_BITS)) - 1)
 #define TICKET_MAX_CAPACITY (UINT64_C(1) << 22)
 #define HEAD_INDEX_MASK UINT64_C(0xffffffff)
+#define TICKET_STRIPES 8
+
+/* One stripe's free stack. Each head has a cache line of its own: a head
+ * is written by every take and release on its stripe, and 64 bytes apart
+ * no two share a line whatever the allocation's alignment (padding, not
+ * alignas: the allocator hook only promises malloc's alignment). */
+typedef struct free_stack {
+  _Atomic uint64_t head;
+  char pad[64 - sizeof(uint64_t)];
+} free_stack;
 
 struct spi_ticket_table {
   size_t capacity;
   spi_ticket *t;     /* capacity records; written only from first use */
-  uint64_t *gen;     /* per record; touched only by its owner */
   atomic_uint *next; /* free-stack links: index + 1, 0 = bottom; written
                       * when a record is pushed, read only for one pushed */
   atomic_uchar *ready; /* per record: 1 once initialised (zeroed with the
                         * header) */
-  /* head is written by every take and release; the padding keeps it off
-   * the cache line of the read-mostly fields above and of those below
-   * (padding, not alignas: the allocator hook only promises malloc's
-   * alignment). There is no count of open tickets to keep beside it: one
-   * more locked instruction on every route and finish, for a figure only
-   * a check needs (spi__tickets_open counts them). */
+  /* The heads, each on a line of its own and off the lines of the
+   * read-mostly fields above and of those below. There is no count of
+   * open tickets to keep beside them: one more locked instruction on every
+   * route and finish, for a figure only a check needs (spi__tickets_open
+   * counts them). */
   char pad0[64];
-  _Atomic uint64_t head;
-  char pad1[64];
+  free_stack free[TICKET_STRIPES];
   /* One past the highest record ever handed out: never-used records are
-   * handed out in index order (fresh) and only once the free stack is
-   * empty, so scans stop here, not at the capacity. Written rarely (only
+   * handed out in index order (fresh) and only once every free stack
+   * is empty, so scans stop here, not at the capacity. Written rarely (only
    * when a new high is reached). */
   atomic_size_t high;
   /* Records [fresh, capacity) have never been handed out (capacity once
@@ -94,12 +109,14 @@ int spi__tickets_new(const spi_mem *m, size_t capacity,
   *out = NULL;
   if (capacity == 0 || (uint64_t)capacity > TICKET_MAX_CAPACITY)
     return SPI_ERANGE;
-  /* One allocation: header, ready flags, records, generations, links.
-   * Only the header and the flags are written here. */
+  /* One allocation: header, ready flags, records, links. Only the header
+   * and the flags are written here. A record's generation and stripe are
+   * in the record, not in arrays beside it: one use's writes to them then
+   * stay on a line the taker writes anyway, not on one it shares with the
+   * records other threads take. */
   size_t off_ready = align_up(sizeof(spi_ticket_table), alignof(max_align_t));
   size_t off_t = align_up(off_ready + capacity, alignof(max_align_t));
-  size_t off_gen = off_t + capacity * sizeof(spi_ticket);
-  size_t off_next = off_gen + capacity * sizeof(uint64_t);
+  size_t off_next = off_t + capacity * sizeof(spi_ticket);
   size_t total = off_next + capacity * sizeof(atomic_uint);
   unsigned char *p = spi__alloc(m, total);
   if (!p) return SPI_ENOMEM;
@@ -108,9 +125,9 @@ int spi__tickets_new(const spi_mem *m, size_t capacity,
   tt->capacity = capacity;
   tt->ready = (atomic_uchar *)(void *)(p + off_ready);
   tt->t = (spi_ticket *)(void *)(p + off_t);
-  tt->gen = (uint64_t *)(void *)(p + off_gen);
   tt->next = (atomic_uint *)(void *)(p + off_next);
-  atomic_init(&tt->head, 0ull); /* tag 0, stack empty */
+  for (int s = 0; s < TICKET_STRIPES; s++)
+    atomic_init(&tt->free[s].head, 0ull); /* tag 0, stack empty */
   atomic_init(&tt->high, (size_t)0);
   atomic_init(&tt->fresh, (size_t)0);
   *out = tt;
@@ -130,19 +147,29 @@ size_t spi__tickets_capacity(const spi_ticket_table *t) {
   return t ? t->capacity : 0;
 }
 
-/* The records ever handed out less those back on the free stack. Exact
+size_t spi__tickets_free_in(const spi_ticket_table *t, unsigned stripe) {
+  if (!t || stripe >= TICKET_STRIPES) return 0;
+  size_t high = atomic_load_explicit(&t->high, memory_order_acquire);
+  size_t n = 0;
+  uint64_t top = atomic_load_explicit(&t->free[stripe].head,
+                                      memory_order_acquire) &
+                 HEAD_INDEX_MASK;
+  while (top != 0 && n < high) {
+    n++;
+    top = atomic_load_explicit(&t->next[top - 1], memory_order_relaxed);
+  }
+  return n;
+}
+
+/* The records ever handed out less those back on the free stacks. Exact
  * while no take or release runs meanwhile; a bounded walk otherwise. */
 size_t spi__tickets_open(const spi_ticket_table *t) {
   if (!t) return 0;
   size_t high = atomic_load_explicit(&t->high, memory_order_acquire);
   size_t free_n = 0;
-  uint64_t top = atomic_load_explicit(&t->head, memory_order_acquire) &
-                 HEAD_INDEX_MASK;
-  while (top != 0 && free_n < high) {
-    free_n++;
-    top = atomic_load_explicit(&t->next[top - 1], memory_order_relaxed);
-  }
-  return high - free_n;
+  for (unsigned s = 0; s < TICKET_STRIPES; s++)
+    free_n += spi__tickets_free_in(t, s);
+  return free_n < high ? high - free_n : 0;
 }
 
 static void ticket_reset(spi_ticket *k) {
@@ -174,10 +201,10 @@ static void opened(spi_ticket_table *t, uint64_t top) {
   }
 }
 
-/* The free stack is empty: hand out the next never-used record, made ready
- * here (no reader touches it before its flag is set). NULL when none is
- * left. */
-static spi_ticket *take_fresh(spi_ticket_table *t) {
+/* Every free stack is empty: hand out the next never-used record, made
+ * ready here (no reader touches it before its flag is set). NULL when none
+ * is left. */
+static spi_ticket *take_fresh(spi_ticket_table *t, unsigned stripe) {
   size_t f = atomic_load_explicit(&t->fresh, memory_order_relaxed);
   do {
     if (f >= t->capacity) return NULL;
@@ -189,36 +216,52 @@ static spi_ticket *take_fresh(spi_ticket_table *t) {
   atomic_init(&k->readers, 0u);
   atomic_init(&k->first_token_ns, 0ll);
   atomic_init(&k->tokens_streamed, 0ull);
-  t->gen[f] = 0;
+  k->stripe = stripe; /* k->uses 0, from the memset */
   atomic_store_explicit(&t->ready[f], 1, memory_order_release);
   opened(t, (uint64_t)f + 1);
   return k;
 }
 
-spi_ticket *spi__ticket_take(spi_ticket_table *t) {
-  if (!t) return NULL;
-  uint64_t old = atomic_load_explicit(&t->head, memory_order_acquire);
+/* Pop the top of stripe s's free stack: its (index + 1), or 0 when the
+ * stack is empty. */
+static uint64_t pop(spi_ticket_table *t, unsigned s) {
+  _Atomic uint64_t *head = &t->free[s].head;
+  uint64_t old = atomic_load_explicit(head, memory_order_acquire);
   for (;;) {
     uint64_t top = old & HEAD_INDEX_MASK;
-    if (top == 0) return take_fresh(t);
+    if (top == 0) return 0;
     uint64_t below =
         atomic_load_explicit(&t->next[top - 1], memory_order_relaxed);
-    uint64_t tag = (old >> 32) + 1;
-    uint64_t want = (tag << 32) | below;
+    uint64_t want = (((old >> 32) + 1) << 32) | below;
     if (atomic_compare_exchange_weak_explicit(
-            &t->head, &old, want, memory_order_acquire, memory_order_acquire)) {
-      opened(t, top);
-      spi_ticket *k = &t->t[top - 1];
-      ticket_reset(k);
-      return k;
-    }
+            head, &old, want, memory_order_acquire, memory_order_acquire))
+      return top;
   }
+}
+
+spi_ticket *spi__ticket_take(spi_ticket_table *t) {
+  return spi__ticket_take_for(t, spi__thread_no());
+}
+
+spi_ticket *spi__ticket_take_for(spi_ticket_table *t, uint32_t thread_no) {
+  if (!t) return NULL;
+  unsigned mine = thread_no % TICKET_STRIPES;
+  for (unsigned j = 0; j < TICKET_STRIPES; j++) {
+    uint64_t top = pop(t, (mine + j) % TICKET_STRIPES);
+    if (!top) continue;
+    opened(t, top);
+    spi_ticket *k = &t->t[top - 1];
+    k->stripe = mine;
+    ticket_reset(k);
+    return k;
+  }
+  return take_fresh(t, mine);
 }
 
 uint64_t spi__ticket_publish(spi_ticket_table *t, spi_ticket *k) {
   size_t i = (size_t)(k - t->t);
-  uint64_t g = (t->gen[i] + 1) & TICKET_GEN_MASK;
-  t->gen[i] = g;
+  uint64_t g = (k->uses + 1) & TICKET_GEN_MASK;
+  k->uses = g;
   uint64_t id = (g << TICKET_INDEX_BITS) | (uint64_t)(i + 1);
   atomic_store_explicit(&k->id, id, memory_order_release);
   return id;
@@ -299,13 +342,14 @@ void spi__ticket_release(spi_ticket_table *t, spi_ticket *k) {
   /* A scan that pinned it before id went to 0 is still reading it. */
   while (atomic_load_explicit(&k->readers, memory_order_seq_cst) != 0)
     sched_yield();
-  uint64_t old = atomic_load_explicit(&t->head, memory_order_relaxed);
+  _Atomic uint64_t *head = &t->free[k->stripe % TICKET_STRIPES].head;
+  uint64_t old = atomic_load_explicit(head, memory_order_relaxed);
   for (;;) {
     atomic_store_explicit(&t->next[i], (unsigned)(old & HEAD_INDEX_MASK),
                           memory_order_relaxed);
     uint64_t want = (((old >> 32) + 1) << 32) | (uint64_t)(i + 1);
     if (atomic_compare_exchange_weak_explicit(
-            &t->head, &old, want, memory_order_release, memory_order_relaxed))
+            head, &old, want, memory_order_release, memory_order_relaxed))
       break;
   }
 }

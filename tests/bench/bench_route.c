@@ -520,8 +520,10 @@ static void bench_throughput(int threads, int replicas, int separate) {
 
 /* With arguments "<prompt bytes> <replicas> [shared_first [fresh [cooling
  * [models [no_loads [exclude [advised]]]]]]]", run that one latency case
- * (advised: 1 short requests, 2 long ones). */
+ * (advised: 1 short requests, 2 long ones); with "throughput", the
+ * decisions a second alone. */
 int main(int argc, char **argv) {
+  int tput_only = argc == 2 && strcmp(argv[1], "throughput") == 0;
   if (argc >= 3 && argc <= 10) {
     lat_case c = {argc >= 4 ? atoi(argv[3]) : 0, argc >= 5 ? atoi(argv[4]) : 0,
                   argc >= 6 ? atoi(argv[5]) : 0, argc >= 7 ? atoi(argv[6]) : 0,
@@ -532,19 +534,21 @@ int main(int argc, char **argv) {
   }
   size_t sizes[] = {1024, 8192, 65536};
   int reps[] = {8, 64, 512};
-  for (int s = 0; s < 3; s++)
-    for (int r = 0; r < 3; r++)
-      bench_latency(sizes[s], reps[r], (lat_case){0, 0, 0, 0, 0, 0, 0});
-  for (int r = 0; r < 3; r++) bench_latency(8192, reps[r], (lat_case){1, 0, 0, 0, 0, 0, 0});
-  for (int r = 0; r < 3; r++) bench_latency(8192, reps[r], (lat_case){0, 1, 0, 0, 0, 0, 0});
-  for (int r = 1; r < 3; r++) bench_latency(8192, reps[r], (lat_case){0, 0, 1, 0, 0, 0, 0});
-  for (int r = 1; r < 3; r++) bench_latency(8192, reps[r], (lat_case){0, 0, 0, 1, 0, 0, 0});
-  for (int r = 1; r < 3; r++) bench_latency(8192, reps[r], (lat_case){0, 0, 0, 16, 0, 0, 0});
-  for (int r = 1; r < 3; r++) bench_latency(8192, reps[r], (lat_case){0, 0, 0, 0, 1, 0, 0});
-  for (int r = 1; r < 3; r++) bench_latency(8192, reps[r], (lat_case){0, 0, 0, 0, 0, 1, 0});
-  for (int a = 1; a <= 2; a++)
-    for (int r = 1; r < 3; r++)
-      bench_latency(8192, reps[r], (lat_case){0, 0, 0, 0, 0, 0, a});
+  if (!tput_only) {
+    for (int s = 0; s < 3; s++)
+      for (int r = 0; r < 3; r++)
+        bench_latency(sizes[s], reps[r], (lat_case){0, 0, 0, 0, 0, 0, 0});
+    for (int r = 0; r < 3; r++) bench_latency(8192, reps[r], (lat_case){1, 0, 0, 0, 0, 0, 0});
+    for (int r = 0; r < 3; r++) bench_latency(8192, reps[r], (lat_case){0, 1, 0, 0, 0, 0, 0});
+    for (int r = 1; r < 3; r++) bench_latency(8192, reps[r], (lat_case){0, 0, 1, 0, 0, 0, 0});
+    for (int r = 1; r < 3; r++) bench_latency(8192, reps[r], (lat_case){0, 0, 0, 1, 0, 0, 0});
+    for (int r = 1; r < 3; r++) bench_latency(8192, reps[r], (lat_case){0, 0, 0, 16, 0, 0, 0});
+    for (int r = 1; r < 3; r++) bench_latency(8192, reps[r], (lat_case){0, 0, 0, 0, 1, 0, 0});
+    for (int r = 1; r < 3; r++) bench_latency(8192, reps[r], (lat_case){0, 0, 0, 0, 0, 1, 0});
+    for (int a = 1; a <= 2; a++)
+      for (int r = 1; r < 3; r++)
+        bench_latency(8192, reps[r], (lat_case){0, 0, 0, 0, 0, 0, a});
+  }
   for (int r = 1; r < 3; r++) {
     bench_throughput(1, reps[r], 0);
     bench_throughput(2, reps[r], 0);

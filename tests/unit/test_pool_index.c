@@ -1019,7 +1019,9 @@ static void test_advised_kept_not_read(void **st) {
  * a route that finds the first lane taken asks for the others, which the
  * first lane's holder opens at its next sync; from then on each lane is
  * kept from the same marks, handed on between them. Holding lane 0 here,
- * as another thread's route would, makes a route take lane 1. Every
+ * as another thread's route would, makes a route take lane 1, and holding
+ * lane 1 makes it take lane 0; with neither held, it takes lane 1 once
+ * this thread has had it (each lane's turns counted). Every
  * route through either lane is compared with the full pass, with load
  * reports, tickets and advice in between; lane 1 is built once and then
  * kept from the marks alone. */
@@ -1045,6 +1047,7 @@ static void test_lanes_kept_from_the_same_marks(void **st) {
       spi_test_metric(e, "spotinfer_route_slot_passes_total"), 1);
   same_as_full(e, r, 2, saw); /* lane 0's sync opens lane 1 */
   assert_int_equal(spi__pix_lanes(g), 2);
+  int had1 = 0; /* lane 1 was this thread's */
   uint64_t rng = 13;
   for (uint32_t q = 3; q < 120; q++) {
     uint32_t i = mix(&rng) % 32, what = mix(&rng) % 4;
@@ -1053,10 +1056,19 @@ static void test_lanes_kept_from_the_same_marks(void **st) {
       ticket_on(e, r, q + 1000, i | 1, 32, SPI_TICKET_OK);
     if (what == 2 && q % 16 == 2) advise(e, i, moving_now);
     if (what == 3) moving_now += 40 * ms;
-    int hold = (int)(mix(&rng) % 2);
-    if (hold) assert_true(spi__pix_acquire(l0));
+    /* Another route has lane 0, lane 1 or neither: this one takes the
+     * other, or with neither held lane 1 once it has had it (no other
+     * thread took it since). */
+    int hold = (int)(mix(&rng) % 3);
+    spi_pool_index *held = hold == 1 ? l0 : hold == 2 ? l1 : NULL;
+    if (held) assert_true(spi__pix_acquire(held));
+    unsigned turns0 = atomic_load(&l0->turn), turns1 = atomic_load(&l1->turn);
     same_as_full(e, r, q, saw);
-    if (hold) spi__pix_release(l0);
+    spi_pool_index *took = held == l0 ? l1 : held == l1 ? l0 : had1 ? l1 : l0;
+    assert_int_equal(atomic_load(&l0->turn) - turns0, took == l0);
+    assert_int_equal(atomic_load(&l1->turn) - turns1, took == l1);
+    had1 |= took == l1;
+    if (held) spi__pix_release(held);
   }
   assert_int_equal(l1->rebuilds, 1);
   assert_int_equal(

@@ -423,7 +423,7 @@ static void engine_free(void *ud, void *p) {
 static void test_engine_table_untouched(void **st) {
   (void)st;
   enum { CAP = 16384 }; /* router.max_tickets by default */
-  const size_t per = sizeof(spi_ticket) + sizeof(uint64_t) + sizeof(unsigned);
+  const size_t per = sizeof(spi_ticket) + sizeof(unsigned); /* and a flag */
   spi_hooks h;
   memset(&h, 0, sizeof h);
   h.struct_size = sizeof h;
@@ -480,6 +480,89 @@ static void test_exhaustion_and_reuse(void **st) {
 }
 
 /* ---------------------------------------------------------------- threads */
+
+/* A thread's step in test_stripes: take n records (or release them). */
+typedef struct striped {
+  spi_ticket_table *t;
+  spi_ticket *k[4];
+  int n;
+  int give_back; /* 0 take n, 1 release k[0..n) */
+} striped;
+
+static void *striped_step(void *arg) {
+  striped *s = arg;
+  for (int i = 0; i < s->n; i++)
+    if (s->give_back)
+      spi__ticket_release(s->t, s->k[i]);
+    else
+      s->k[i] = spi__ticket_take(s->t);
+  return NULL;
+}
+
+static void run_on_new_thread(striped *s) {
+  pthread_t th;
+  assert_int_equal(pthread_create(&th, NULL, striped_step, s), 0);
+  pthread_join(th, NULL);
+}
+
+/* Free records go back to the stripe of the thread that took them,
+ * whichever thread finished them; a thread whose stripe is empty takes
+ * another's before a never-used record, so the records ever handed out
+ * stay as many as were ever open at once. Threads are numbered as they
+ * first take (spi__thread_no): the test's threads are made one after
+ * another, and this one took in the tests before, so each has a stripe of
+ * its own. */
+static void test_stripes(void **st) {
+  (void)st;
+  spi_ticket_table *t = new_table(64);
+  spi_ticket *mine = spi__ticket_take(t); /* record 0 */
+  unsigned here = mine->stripe;
+  striped a = {t, {NULL}, 4, 0}, b = {t, {NULL}, 2, 0};
+  run_on_new_thread(&a); /* records 1-4: nothing was free */
+  run_on_new_thread(&b); /* records 5-6 */
+  unsigned sa = a.k[0]->stripe, sb = b.k[0]->stripe;
+  assert_true(sa != here && sb != here && sa != sb);
+  for (int i = 0; i < 4; i++) {
+    assert_ptr_equal(a.k[i], spi__ticket_at(t, (size_t)i + 1));
+    assert_int_equal(a.k[i]->stripe, sa);
+  }
+  assert_int_equal(b.k[1]->stripe, sb);
+  assert_int_equal(spi__tickets_high(t), 7);
+
+  /* A's records given back by this thread, B's by a new one: each to its
+   * taker's stripe. */
+  for (int i = 0; i < 4; i++) spi__ticket_release(t, a.k[i]);
+  b.give_back = 1;
+  run_on_new_thread(&b);
+  assert_int_equal(spi__tickets_free_in(t, sa), 4);
+  assert_int_equal(spi__tickets_free_in(t, sb), 2);
+  assert_int_equal(spi__tickets_free_in(t, here), 0);
+  assert_int_equal(spi__tickets_open(t), 1);
+
+  /* This thread's stripe is empty: it takes what the others hold, not a
+   * never-used record, and what it takes is its stripe's from then on. */
+  spi_ticket *got[6];
+  for (int i = 0; i < 6; i++) {
+    got[i] = spi__ticket_take(t);
+    assert_non_null(got[i]);
+    assert_int_equal(got[i]->stripe, here);
+  }
+  assert_int_equal(spi__tickets_high(t), 7);
+  assert_int_equal(spi__tickets_free_in(t, sa), 0);
+  assert_int_equal(spi__tickets_free_in(t, sb), 0);
+  for (int i = 0; i < 6; i++) spi__ticket_release(t, got[i]);
+  spi__ticket_release(t, mine);
+  assert_int_equal(spi__tickets_free_in(t, here), 7);
+  /* Now every stripe but this one is empty, and a new thread takes from
+   * it rather than a never-used record. */
+  striped c = {t, {NULL}, 1, 0};
+  run_on_new_thread(&c);
+  assert_ptr_equal(c.k[0], mine); /* the last given back */
+  assert_int_equal(spi__tickets_high(t), 7);
+  spi__ticket_release(t, c.k[0]);
+  assert_int_equal(spi__tickets_open(t), 0);
+  spi__tickets_free(&MEM, t);
+}
 
 enum { H_THREADS = 6, H_ITERS = 60000, H_BOARD = 64, H_CAP = 48 };
 
@@ -611,6 +694,7 @@ int main(void) {
       cmocka_unit_test(test_records_made_on_first_use),
       cmocka_unit_test(test_table_memory),
       cmocka_unit_test(test_engine_table_untouched),
+      cmocka_unit_test(test_stripes),
       cmocka_unit_test(test_threads_hammer),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);

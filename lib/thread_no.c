@@ -1,0 +1,30 @@
+/*
+ * thread_no.c - a small number for the calling thread, for spreading the
+ * threads that share an engine over the parts of it each would otherwise
+ * write in turn (the ticket table's free stacks) and for keeping a thread
+ * on the same lane of the pool index.
+ *
+ * Numbers are given in the order threads first ask, from 1, so that up to
+ * N threads get N different stripes of N. A mix of a stack address (what
+ * the RCU stripes use, spi__stack_mix) needs no thread-local state but
+ * puts two threads of two on one stripe once in N runs, and a benchmark of
+ * two threads then measures the one-stripe case. The number is one word
+ * of thread-local storage, in the default model: the library may be
+ * loaded with dlopen (Python's ctypes), where the initial-exec model can
+ * fail to load.
+ */
+#include <stdatomic.h>
+#include <stdint.h>
+
+#include "spi_internal.h"
+
+static _Thread_local uint32_t mine;
+static atomic_uint last_given;
+
+uint32_t spi__thread_no(void) {
+  uint32_t n = mine;
+  while (__builtin_expect(n == 0, 0)) /* 0 only after 2^32 threads asked */
+    n = mine = atomic_fetch_add_explicit(&last_given, 1u,
+                                         memory_order_relaxed) + 1u;
+  return n;
+}
