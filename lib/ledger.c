@@ -10,8 +10,17 @@
  * reserved at creation, so adding never fails and never allocates. The
  * ledger therefore holds at most max_rows + 16 rows.
  *
- * Finishing a ticket is not the routing hot path, so one mutex guards the
- * whole ledger; holding it costs one hash probe and a few additions.
+ * A row's key is written once, before the row is published (the count of
+ * rows and its hash slot, release), and never again, so finding a row
+ * takes no lock; adding one takes the ledger's lock. Its sums are kept in
+ * stripes (LEDGER_STRIPES), each with a mutex of its own: a finish adds
+ * to its thread's stripe (spi__thread_no), and a read adds the stripes up,
+ * taking their mutexes one at a time. One mutex over the whole ledger had
+ * every finish of every thread take the same lock and write the same row,
+ * so threads sharing an engine moved both between their CPUs at each
+ * finish. A row's sums are zeroed in every stripe when it is made, so no
+ * page of a stripe is touched before a row uses it. Every mutex here is a
+ * leaf: none is taken while another is held.
  */
 #include <float.h>
 #include <stdalign.h>
@@ -24,18 +33,57 @@
 #define LEDGER_RESERVE (LEDGER_POOLS * LEDGER_CLASSES)
 #define LEDGER_OTHER "(other)"
 #define LEDGER_MAX_ROWS ((size_t)1 << 24)
+#define LEDGER_STRIPES 4
+
+/* What a row is kept by. */
+typedef struct ledger_key {
+  char tenant[SPI_ID_MAX];
+  char model[SPI_ID_MAX];
+  int32_t pool, klass;
+} ledger_key;
+
+/* What a row adds up (spi_ledger_totals' sums). */
+typedef struct ledger_sums {
+  uint64_t completed, failed;
+  uint64_t prompt_tokens, output_tokens, cached_tokens;
+  double gpu_seconds, usd;
+  uint64_t interrupted, wasted_output_tokens, reprefilled_tokens, replays;
+  double wasted_usd, replay_latency_ms, fallback_on_demand_seconds;
+} ledger_sums;
+
+/* One stripe: every row's sums from the threads that add here. Its mutex
+ * and pointer fill a line of their own, so stripes never share one. */
+typedef union ledger_stripe {
+  struct {
+    pthread_mutex_t lock;
+    ledger_sums *sums; /* a row each */
+  } s;
+  char line[128];
+} ledger_stripe;
 
 struct spi_ledger {
-  pthread_mutex_t lock;
-  size_t max_rows; /* keyed rows */
-  size_t n;        /* rows in use, keyed and overflow */
-  size_t n_keyed;
-  size_t hmask;     /* hash slots - 1 */
-  spi_ledger_totals *rows; /* max_rows + LEDGER_RESERVE */
-  uint32_t *hash;   /* row index + 1, 0 = empty */
+  pthread_mutex_t lock; /* adding a row */
+  size_t max_rows;      /* keyed rows */
+  atomic_size_t n;      /* rows in use, keyed and overflow (release: the
+                           rows below it are whole) */
+  size_t n_keyed;       /* under lock */
+  size_t hmask;         /* hash slots - 1 */
+  ledger_key *keys;     /* max_rows + LEDGER_RESERVE */
+  atomic_uint *hash;    /* row index + 1, 0 = empty (release: the row is
+                           whole) */
+  int stripes_made;     /* stripe mutexes initialised (for the unwind) */
+  ledger_stripe stripe[LEDGER_STRIPES];
 };
 
 static size_t align_up(size_t n, size_t a) { return (n + a - 1) / a * a; }
+
+/* The ledger's mutex and the stripes' made so far (stripes_made),
+ * destroyed. */
+static void ledger_locks_end(spi_ledger *l) {
+  for (int i = 0; i < l->stripes_made; i++)
+    pthread_mutex_destroy(&l->stripe[i].s.lock);
+  pthread_mutex_destroy(&l->lock);
+}
 
 int spi__ledger_new(const spi_mem *m, size_t max_rows, spi_ledger **out) {
   if (!m || !out) return SPI_EINVAL;
@@ -45,28 +93,43 @@ int spi__ledger_new(const spi_mem *m, size_t max_rows, spi_ledger **out) {
   /* At most half full: probes stay short and always end at an empty slot. */
   size_t slots = 16;
   while (slots < 2 * cap) slots *= 2;
-  size_t off_rows = align_up(sizeof(spi_ledger), alignof(max_align_t));
-  size_t off_hash = off_rows + cap * sizeof(spi_ledger_totals);
-  size_t total = off_hash + slots * sizeof(uint32_t);
+  /* One allocation: header, hash, keys, then each stripe's sums. Only the
+   * header and the hash are zeroed here: a row is made whole when it is
+   * added (row_add). */
+  size_t off_hash = align_up(sizeof(spi_ledger), alignof(max_align_t));
+  size_t off_keys =
+      align_up(off_hash + slots * sizeof(atomic_uint), alignof(max_align_t));
+  size_t off_sums = off_keys + cap * sizeof(ledger_key);
+  size_t total = off_sums + LEDGER_STRIPES * cap * sizeof(ledger_sums);
   unsigned char *p = spi__alloc(m, total);
   if (!p) return SPI_ENOMEM;
-  memset(p, 0, total);
+  memset(p, 0, off_keys);
   spi_ledger *l = (spi_ledger *)(void *)p;
-  if (pthread_mutex_init(&l->lock, NULL) != 0) {
-    spi__free(m, p);
-    return SPI_ENOMEM;
+  if (pthread_mutex_init(&l->lock, NULL) != 0) goto fail_alloc;
+  for (; l->stripes_made < LEDGER_STRIPES; l->stripes_made++) {
+    ledger_stripe *s = &l->stripe[l->stripes_made];
+    if (pthread_mutex_init(&s->s.lock, NULL) != 0) goto fail_locks;
+    s->s.sums = (ledger_sums *)(void *)(p + off_sums +
+                                        (size_t)l->stripes_made * cap *
+                                            sizeof(ledger_sums));
   }
   l->max_rows = max_rows;
   l->hmask = slots - 1;
-  l->rows = (spi_ledger_totals *)(void *)(p + off_rows);
-  l->hash = (uint32_t *)(void *)(p + off_hash);
+  l->keys = (ledger_key *)(void *)(p + off_keys);
+  l->hash = (atomic_uint *)(void *)(p + off_hash);
+  atomic_init(&l->n, (size_t)0);
   *out = l;
   return SPI_OK;
+fail_locks:
+  ledger_locks_end(l);
+fail_alloc:
+  spi__free(m, p);
+  return SPI_ENOMEM;
 }
 
 void spi__ledger_free(const spi_mem *m, spi_ledger *l) {
   if (!l) return;
-  pthread_mutex_destroy(&l->lock);
+  ledger_locks_end(l);
   spi__free(m, l);
 }
 
@@ -129,32 +192,57 @@ static void field_set(char field[SPI_ID_MAX], key_text k) {
   field[k.n] = '\0';
 }
 
-/* The row of a key, created if there is room of the right kind; NULL when
- * a keyed row is wanted and the keyed rows are used up. Called with the
- * lock held. */
-static spi_ledger_totals *find_or_add(spi_ledger *l, key_text tenant,
-                               key_text model, int32_t pool, int32_t klass,
-                               int overflow) {
+/* The row of a key, or NO_ROW; where its hash slot is or would be, in
+ * *slot. Takes no lock: a row found is whole and its key never changes. */
+#define NO_ROW SIZE_MAX
+static size_t row_find(const spi_ledger *l, key_text tenant, key_text model,
+                       int32_t pool, int32_t klass, size_t *slot) {
   size_t i = (size_t)key_hash(tenant, model, pool, klass) & l->hmask;
   for (;; i = (i + 1) & l->hmask) {
-    uint32_t v = l->hash[i];
+    unsigned v = atomic_load_explicit(&l->hash[i], memory_order_acquire);
     if (v == 0) break;
-    spi_ledger_totals *r = &l->rows[v - 1];
-    if (r->pool == pool && r->klass == klass && field_is(r->tenant, tenant) &&
-        field_is(r->model, model))
-      return r;
+    const ledger_key *k = &l->keys[v - 1];
+    if (k->pool == pool && k->klass == klass && field_is(k->tenant, tenant) &&
+        field_is(k->model, model))
+      return v - 1;
   }
-  if (!overflow && l->n_keyed >= l->max_rows) return NULL;
-  /* Keyed rows stop at max_rows and overflow rows at one per pool and
-   * class, so n never passes max_rows + LEDGER_RESERVE. */
-  spi_ledger_totals *r = &l->rows[l->n];
-  field_set(r->tenant, tenant);
-  field_set(r->model, model);
-  r->pool = pool;
-  r->klass = klass;
-  l->hash[i] = (uint32_t)(l->n + 1);
-  l->n++;
+  *slot = i;
+  return NO_ROW;
+}
+
+/* A new row for the key at hash slot i, made whole (its key, its sums
+ * zeroed in every stripe) before it is published; NO_ROW when a keyed row
+ * is wanted and the keyed rows are used up. Called with the lock held.
+ * Keyed rows stop at max_rows and overflow rows at one per pool and class,
+ * so n never passes max_rows + LEDGER_RESERVE. */
+static size_t row_add(spi_ledger *l, key_text tenant, key_text model,
+                      int32_t pool, int32_t klass, int overflow, size_t i) {
+  if (!overflow && l->n_keyed >= l->max_rows) return NO_ROW;
+  size_t r = atomic_load_explicit(&l->n, memory_order_relaxed);
+  ledger_key *k = &l->keys[r];
+  field_set(k->tenant, tenant);
+  field_set(k->model, model);
+  k->pool = pool;
+  k->klass = klass;
+  for (int s = 0; s < LEDGER_STRIPES; s++)
+    memset(&l->stripe[s].s.sums[r], 0, sizeof(ledger_sums));
+  atomic_store_explicit(&l->n, r + 1, memory_order_release);
+  atomic_store_explicit(&l->hash[i], (unsigned)(r + 1), memory_order_release);
   if (!overflow) l->n_keyed++;
+  return r;
+}
+
+/* The row of a key, made under the lock if no thread made it first. */
+static size_t row_of(spi_ledger *l, key_text tenant, key_text model,
+                     int32_t pool, int32_t klass, int overflow) {
+  size_t slot;
+  size_t r = row_find(l, tenant, model, pool, klass, &slot);
+  if (r != NO_ROW) return r;
+  pthread_mutex_lock(&l->lock);
+  r = row_find(l, tenant, model, pool, klass, &slot);
+  if (r == NO_ROW)
+    r = row_add(l, tenant, model, pool, klass, overflow, slot);
+  pthread_mutex_unlock(&l->lock);
   return r;
 }
 
@@ -162,25 +250,34 @@ static spi_ledger_totals *find_or_add(spi_ledger *l, key_text tenant,
  * for good. */
 static double amount(double d) { return d >= 0.0 && d <= DBL_MAX ? d : 0.0; }
 
-/* Lock the ledger and return the row for the key, or its overflow row. */
-static spi_ledger_totals *lock_row(spi_ledger *l, const char *tenant,
-                            const char *model, int32_t pool, int32_t klass) {
+/* The sums of the key's row, or of its overflow row, in this thread's
+ * stripe, with the stripe's mutex held (stripe_done releases it). */
+static ledger_sums *stripe_row(spi_ledger *l, const char *tenant,
+                               const char *model, int32_t pool, int32_t klass,
+                               ledger_stripe **held) {
   key_text t = key_text_of(tenant), mo = key_text_of(model);
   if (pool < 0 || pool >= LEDGER_POOLS) pool = 0;
   if (klass < 0 || klass >= LEDGER_CLASSES) klass = 0;
-  pthread_mutex_lock(&l->lock);
-  spi_ledger_totals *r = find_or_add(l, t, mo, pool, klass, 0);
-  if (r) return r;
-  key_text other = key_text_of(LEDGER_OTHER);
-  return find_or_add(l, other, other, pool, klass, 1);
+  size_t r = row_of(l, t, mo, pool, klass, 0);
+  if (r == NO_ROW) {
+    key_text other = key_text_of(LEDGER_OTHER);
+    r = row_of(l, other, other, pool, klass, 1);
+  }
+  ledger_stripe *s = &l->stripe[spi__thread_no() % LEDGER_STRIPES];
+  pthread_mutex_lock(&s->s.lock);
+  *held = s;
+  return &s->s.sums[r];
 }
+
+static void stripe_done(ledger_stripe *s) { pthread_mutex_unlock(&s->s.lock); }
 
 void spi__ledger_add(spi_ledger *l, const char *tenant, const char *model,
                      int32_t pool, int32_t klass, int ok,
                      uint64_t prompt_tokens, uint64_t output_tokens,
                      uint64_t cached_tokens, double gpu_seconds, double usd) {
   if (!l) return;
-  spi_ledger_totals *r = lock_row(l, tenant, model, pool, klass);
+  ledger_stripe *s;
+  ledger_sums *r = stripe_row(l, tenant, model, pool, klass, &s);
   if (ok)
     r->completed++;
   else
@@ -190,14 +287,15 @@ void spi__ledger_add(spi_ledger *l, const char *tenant, const char *model,
   r->cached_tokens += cached_tokens;
   r->gpu_seconds += amount(gpu_seconds);
   r->usd += amount(usd);
-  pthread_mutex_unlock(&l->lock);
+  stripe_done(s);
 }
 
 void spi__ledger_add_extra(spi_ledger *l, const char *tenant, const char *model,
                            int32_t pool, int32_t klass,
                            const spi_ledger_extra *x) {
   if (!l || !x) return;
-  spi_ledger_totals *r = lock_row(l, tenant, model, pool, klass);
+  ledger_stripe *s;
+  ledger_sums *r = stripe_row(l, tenant, model, pool, klass, &s);
   r->interrupted += x->interrupted ? 1u : 0u;
   r->wasted_output_tokens += x->wasted_output_tokens;
   r->reprefilled_tokens += x->reprefilled_tokens;
@@ -205,25 +303,49 @@ void spi__ledger_add_extra(spi_ledger *l, const char *tenant, const char *model,
   r->replays += x->replay ? 1u : 0u;
   r->replay_latency_ms += amount(x->replay_latency_ms);
   r->fallback_on_demand_seconds += amount(x->fallback_on_demand_seconds);
-  pthread_mutex_unlock(&l->lock);
+  stripe_done(s);
 }
 
 size_t spi__ledger_max_rows(const spi_ledger *l) { return l ? l->max_rows : 0; }
 
 size_t spi__ledger_count(spi_ledger *l) {
-  if (!l) return 0;
-  pthread_mutex_lock(&l->lock);
-  size_t n = l->n;
-  pthread_mutex_unlock(&l->lock);
-  return n;
+  return l ? atomic_load_explicit(&l->n, memory_order_acquire) : 0;
+}
+
+/* s's sums added into out's. */
+static void sums_into(spi_ledger_totals *out, const ledger_sums *s) {
+  out->completed += s->completed;
+  out->failed += s->failed;
+  out->prompt_tokens += s->prompt_tokens;
+  out->output_tokens += s->output_tokens;
+  out->cached_tokens += s->cached_tokens;
+  out->gpu_seconds += s->gpu_seconds;
+  out->usd += s->usd;
+  out->interrupted += s->interrupted;
+  out->wasted_output_tokens += s->wasted_output_tokens;
+  out->reprefilled_tokens += s->reprefilled_tokens;
+  out->replays += s->replays;
+  out->wasted_usd += s->wasted_usd;
+  out->replay_latency_ms += s->replay_latency_ms;
+  out->fallback_on_demand_seconds += s->fallback_on_demand_seconds;
 }
 
 int spi__ledger_totals_at(spi_ledger *l, size_t index, spi_ledger_totals *out) {
   if (!out) return SPI_EINVAL;
-  if (!l) return SPI_ENOTFOUND;
-  pthread_mutex_lock(&l->lock);
-  int found = index < l->n;
-  if (found) *out = l->rows[index];
-  pthread_mutex_unlock(&l->lock);
-  return found ? SPI_OK : SPI_ENOTFOUND;
+  if (!l || index >= spi__ledger_count(l)) return SPI_ENOTFOUND;
+  const ledger_key *k = &l->keys[index];
+  memset(out, 0, sizeof *out);
+  memcpy(out->tenant, k->tenant, sizeof out->tenant);
+  memcpy(out->model, k->model, sizeof out->model);
+  out->pool = k->pool;
+  out->klass = k->klass;
+  /* One stripe at a time: each stripe's sums are whole, the row's are the
+   * stripes' as each was when it was read. */
+  for (int i = 0; i < LEDGER_STRIPES; i++) {
+    ledger_stripe *s = &l->stripe[i];
+    pthread_mutex_lock(&s->s.lock);
+    sums_into(out, &s->s.sums[index]);
+    pthread_mutex_unlock(&s->s.lock);
+  }
+  return SPI_OK;
 }

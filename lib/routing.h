@@ -16,6 +16,7 @@
 #define SPI_ROUTING_H
 
 #include <pthread.h>
+#include <stdalign.h>
 #include <stdatomic.h>
 #include <stddef.h>
 #include <string.h>
@@ -538,11 +539,15 @@ void spi__index_mark_continued(spi_prefix_index *ix, uint64_t h, uint32_t slot,
 #define SPI_TICKET_HASHES 32 /* block hashes kept to refresh on finish */
 
 typedef struct spi_ticket {
-  atomic_ullong id;          /* current ticket id; 0 = free */
+  /* A whole number of cache lines (ticket.c starts the table's records on
+   * one), so no two records share a line. */
+  alignas(64) atomic_ullong id; /* current ticket id; 0 = free */
   atomic_uint readers;       /* scans reading this record (ticket pins) */
   /* Kept from one use of the record to the next (ticket.c): */
   uint64_t uses;             /* times published: its ids' generation */
   uint32_t stripe;           /* the free stack it goes back to */
+  atomic_uint below;         /* while free: (index + 1) of the record below
+                                it on its stack, 0 = bottom */
   uint32_t slot, gen;        /* replica; gen for the index entries */
   uint32_t incarnation;      /* the slot's replica when the ticket opened */
   uint64_t expected_output;  /* for drain estimates at notice time, and

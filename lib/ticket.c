@@ -24,13 +24,14 @@
  * never-used record (so the records ever handed out stay as few as the
  * most ever open at once). Each head is one 64-bit atomic holding a 32-bit
  * tag in the high half and (index + 1) of the top ticket in the low half
- * (0 = empty); next[i] is (index + 1) of the ticket below ticket i. Every
- * successful push and pop bumps the head's tag, so a pop that read head and
- * next[top] before another thread popped top, popped what lay below it and
- * pushed top back, on this stripe or another (the ABA case), fails its CAS
- * instead of installing a stale next. next[] is atomic because a slow pop
- * may still read next[top] while the new owner of top pushes it back and
- * rewrites it; the value it reads is then thrown away by the failed CAS.
+ * (0 = empty); a free record's `below` is (index + 1) of the record below
+ * it. Every successful push and pop bumps the head's tag, so a pop that
+ * read head and top's below before another thread popped top, popped what
+ * lay below it and pushed top back, on this stripe or another (the ABA
+ * case), fails its CAS instead of installing a stale below. below is
+ * atomic because a slow pop may still read it while the new owner of top
+ * pushes it back and rewrites it; the value it reads is then thrown away
+ * by the failed CAS.
  *
  * A ticket id is (generation << 24) | (index + 1). The generation is per
  * ticket record and is bumped at every publish, so an id is never issued
@@ -80,8 +81,6 @@ typedef struct free_stack {
 struct spi_ticket_table {
   size_t capacity;
   spi_ticket *t;     /* capacity records; written only from first use */
-  atomic_uint *next; /* free-stack links: index + 1, 0 = bottom; written
-                      * when a record is pushed, read only for one pushed */
   atomic_uchar *ready; /* per record: 1 once initialised (zeroed with the
                         * header) */
   /* The heads, each on a line of its own and off the lines of the
@@ -109,23 +108,24 @@ int spi__tickets_new(const spi_mem *m, size_t capacity,
   *out = NULL;
   if (capacity == 0 || (uint64_t)capacity > TICKET_MAX_CAPACITY)
     return SPI_ERANGE;
-  /* One allocation: header, ready flags, records, links. Only the header
-   * and the flags are written here. A record's generation and stripe are
-   * in the record, not in arrays beside it: one use's writes to them then
-   * stay on a line the taker writes anyway, not on one it shares with the
-   * records other threads take. */
+  /* One allocation: header, ready flags, records. Only the header and the
+   * flags are written here. Each record has lines of its own (spi_ticket
+   * is a whole number of lines, and the records start on a line: the
+   * allocation has room to move them there), and a record's generation,
+   * stripe and free-stack link are in it, not in arrays beside it: a use
+   * of a record then writes only lines no record of another thread's
+   * stripe is on. */
+  _Static_assert(sizeof(spi_ticket) % 64 == 0, "records a line apart");
   size_t off_ready = align_up(sizeof(spi_ticket_table), alignof(max_align_t));
-  size_t off_t = align_up(off_ready + capacity, alignof(max_align_t));
-  size_t off_next = off_t + capacity * sizeof(spi_ticket);
-  size_t total = off_next + capacity * sizeof(atomic_uint);
+  size_t off_t = off_ready + capacity;
+  size_t total = off_t + 63 + capacity * sizeof(spi_ticket);
   unsigned char *p = spi__alloc(m, total);
   if (!p) return SPI_ENOMEM;
   spi_ticket_table *tt = (spi_ticket_table *)(void *)p;
   memset(p, 0, off_t);
   tt->capacity = capacity;
   tt->ready = (atomic_uchar *)(void *)(p + off_ready);
-  tt->t = (spi_ticket *)(void *)(p + off_t);
-  tt->next = (atomic_uint *)(void *)(p + off_next);
+  tt->t = (spi_ticket *)(void *)(p + off_t + (64 - (uintptr_t)(p + off_t) % 64) % 64);
   for (int s = 0; s < TICKET_STRIPES; s++)
     atomic_init(&tt->free[s].head, 0ull); /* tag 0, stack empty */
   atomic_init(&tt->high, (size_t)0);
@@ -156,7 +156,7 @@ size_t spi__tickets_free_in(const spi_ticket_table *t, unsigned stripe) {
                  HEAD_INDEX_MASK;
   while (top != 0 && n < high) {
     n++;
-    top = atomic_load_explicit(&t->next[top - 1], memory_order_relaxed);
+    top = atomic_load_explicit(&t->t[top - 1].below, memory_order_relaxed);
   }
   return n;
 }
@@ -216,6 +216,7 @@ static spi_ticket *take_fresh(spi_ticket_table *t, unsigned stripe) {
   atomic_init(&k->readers, 0u);
   atomic_init(&k->first_token_ns, 0ll);
   atomic_init(&k->tokens_streamed, 0ull);
+  atomic_init(&k->below, 0u);
   k->stripe = stripe; /* k->uses 0, from the memset */
   atomic_store_explicit(&t->ready[f], 1, memory_order_release);
   opened(t, (uint64_t)f + 1);
@@ -231,7 +232,7 @@ static uint64_t pop(spi_ticket_table *t, unsigned s) {
     uint64_t top = old & HEAD_INDEX_MASK;
     if (top == 0) return 0;
     uint64_t below =
-        atomic_load_explicit(&t->next[top - 1], memory_order_relaxed);
+        atomic_load_explicit(&t->t[top - 1].below, memory_order_relaxed);
     uint64_t want = (((old >> 32) + 1) << 32) | below;
     if (atomic_compare_exchange_weak_explicit(
             head, &old, want, memory_order_acquire, memory_order_acquire))
@@ -345,7 +346,7 @@ void spi__ticket_release(spi_ticket_table *t, spi_ticket *k) {
   _Atomic uint64_t *head = &t->free[k->stripe % TICKET_STRIPES].head;
   uint64_t old = atomic_load_explicit(head, memory_order_relaxed);
   for (;;) {
-    atomic_store_explicit(&t->next[i], (unsigned)(old & HEAD_INDEX_MASK),
+    atomic_store_explicit(&k->below, (unsigned)(old & HEAD_INDEX_MASK),
                           memory_order_relaxed);
     uint64_t want = (((old >> 32) + 1) << 32) | (uint64_t)(i + 1);
     if (atomic_compare_exchange_weak_explicit(

@@ -350,6 +350,56 @@ static void test_concurrent_adds(void **st) {
   spi__ledger_free(&MEM, l);
 }
 
+/* A thread's adds in test_rows_whole_in_every_stripe: n to tenant "a",
+ * then one to "b". */
+typedef struct striped_adds {
+  spi_ledger *l;
+  int n;
+} striped_adds;
+
+static void *striped_adder(void *arg) {
+  striped_adds *a = arg;
+  for (int i = 0; i < a->n; i++) add_ok(a->l, "a", "m", 1, 2);
+  add_ok(a->l, "b", "m", 1, 2);
+  return NULL;
+}
+
+static void *dirty_alloc(void *ud, size_t n) {
+  (void)ud;
+  void *p = malloc(n);
+  if (p) memset(p, 0xa5, n);
+  return p;
+}
+
+/* Each thread adds to a stripe of its own (threads are numbered as they
+ * first add); a row's sums are zeroed in every stripe when it is made,
+ * whatever the allocator left there, and a read adds the stripes up. */
+static void test_rows_whole_in_every_stripe(void **st) {
+  (void)st;
+  const spi_mem dirty = {dirty_alloc, std_free, NULL};
+  spi_ledger *l = NULL;
+  assert_int_equal(spi__ledger_new(&dirty, 16, &l), SPI_OK);
+  striped_adds a[3] = {{l, 3}, {l, 5}, {l, 7}};
+  for (int i = 0; i < 3; i++) {
+    pthread_t th;
+    assert_int_equal(pthread_create(&th, NULL, striped_adder, &a[i]), 0);
+    pthread_join(th, NULL);
+  }
+  add_ok(l, "a", "m", 1, 2);
+  assert_int_equal(spi__ledger_count(l), 2);
+  spi_ledger_row r = find(l, "a", "m", 1, 2);
+  assert_int_equal(r.completed, 16);
+  assert_int_equal(r.prompt_tokens, 1600);
+  assert_int_equal(r.cached_tokens, 640);
+  assert_true(r.gpu_seconds == 8.0 && r.usd == 4.0);
+  assert_int_equal(r.interrupted, 0);
+  assert_true(r.wasted_usd == 0.0);
+  r = find(l, "b", "m", 1, 2);
+  assert_int_equal(r.completed, 3);
+  assert_true(r.usd == 0.75);
+  spi__ledger_free(&dirty, l);
+}
+
 /* ------------------------------------------------------------- public API */
 
 static void test_public_api(void **st) {
@@ -405,6 +455,7 @@ int main(void) {
       cmocka_unit_test(test_zero_rows),
       cmocka_unit_test(test_new_errors),
       cmocka_unit_test(test_concurrent_adds),
+      cmocka_unit_test(test_rows_whole_in_every_stripe),
       cmocka_unit_test(test_public_api),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);

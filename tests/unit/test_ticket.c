@@ -423,7 +423,7 @@ static void engine_free(void *ud, void *p) {
 static void test_engine_table_untouched(void **st) {
   (void)st;
   enum { CAP = 16384 }; /* router.max_tickets by default */
-  const size_t per = sizeof(spi_ticket) + sizeof(unsigned); /* and a flag */
+  const size_t per = sizeof(spi_ticket) + 1; /* and its ready flag */
   spi_hooks h;
   memset(&h, 0, sizeof h);
   h.struct_size = sizeof h;
