@@ -44,7 +44,8 @@ int spi__metrics_new(const spi_mem *m, size_t max_families, spi_metrics **out) {
   size_t slots = 8;
   while (slots < 2 * max_families) slots *= 2;
   size_t off_fam = align_up(sizeof(spi_metrics), alignof(max_align_t));
-  size_t total = off_fam + slots * sizeof(fam_entry);
+  size_t off_n = off_fam + slots * sizeof(fam_entry);
+  size_t total = off_n + M_STRIPES * slots * sizeof(fam_count);
   unsigned char *p = spi__alloc(m, total);
   if (!p) return SPI_ENOMEM;
   /* All-zero bytes are a valid zero for every lock-free atomic used here. */
@@ -53,6 +54,7 @@ int spi__metrics_new(const spi_mem *m, size_t max_families, spi_metrics **out) {
   x->max_families = max_families;
   x->fam_mask = slots - 1;
   x->fam = (fam_entry *)(void *)(p + off_fam);
+  x->fam_n = (fam_count *)(void *)(p + off_n);
   *out = x;
   return SPI_OK;
 }
@@ -67,11 +69,25 @@ static int any_set(const atomic_ullong *a, size_t n) {
   return 0;
 }
 
+/* Whether anything was ever counted in stripe s's copy. */
+static int hot_untouched(const m_hot *h) {
+  if (spi__mget(&h->other_matched) || spi__mget(&h->other_total) ||
+      any_set(&h->decisions[0][0][0], sizeof h->decisions / sizeof(atomic_ullong)) ||
+      any_set(&h->ttft_bucket[0][0], sizeof h->ttft_bucket / sizeof(atomic_ullong)) ||
+      any_set(h->ttft_sum, M_CLASSES))
+    return 0;
+  for (int k = 0; k < M_CLASSES; k++)
+    if (atomic_load_explicit((atomic_llong *)&h->queue[k], memory_order_relaxed))
+      return 0;
+  return 1;
+}
+
 /* Whether anything was ever counted (configure may still resize it). */
 int spi__metrics_untouched(const spi_metrics *x) {
   if (!x) return 1;
-  const atomic_ullong *one[] = {&x->breaker_opens,  &x->other_matched,
-                                &x->other_total,    &x->draft_accepted,
+  for (int s = 0; s < M_STRIPES; s++)
+    if (!hot_untouched(&x->hot[s])) return 0;
+  const atomic_ullong *one[] = {&x->breaker_opens,    &x->draft_accepted,
                                 &x->draft_rejected, &x->shadow_agreed,
                                 &x->shadow_disagreed, &x->shadow_matched,
                                 &x->lines_skipped, &x->fallback_enqueued,
@@ -79,16 +95,10 @@ int spi__metrics_untouched(const spi_metrics *x) {
                                 &x->index_waits_gave_up, &x->slot_passes};
   for (size_t i = 0; i < sizeof one / sizeof one[0]; i++)
     if (spi__mget(one[i])) return 0;
-  if (any_set(&x->decisions[0][0][0], sizeof x->decisions / sizeof(atomic_ullong)) ||
-      any_set(x->shed, M_CLASSES) ||
-      any_set(&x->ttft_bucket[0][0], sizeof x->ttft_bucket / sizeof(atomic_ullong)) ||
-      any_set(x->ttft_sum, M_CLASSES) ||
+  if (any_set(x->shed, M_CLASSES) ||
       any_set(&x->node_transitions[0][0],
               sizeof x->node_transitions / sizeof(atomic_ullong)))
     return 0;
-  for (int k = 0; k < M_CLASSES; k++)
-    if (atomic_load_explicit((atomic_llong *)&x->queue[k], memory_order_relaxed))
-      return 0;
   if (atomic_load_explicit((atomic_llong *)&x->fallback_held,
                            memory_order_relaxed))
     return 0;
@@ -98,67 +108,108 @@ int spi__metrics_untouched(const spi_metrics *x) {
 
 /* --------------------------------------------------------------- counters */
 
-/* The table entry of a family, claiming one if the budget allows; NULL for
- * "other". */
-static fam_entry *family_entry(spi_metrics *x, uint64_t family) {
-  if (family == 0) return NULL;
+/* This thread's stripe. */
+static m_hot *hot_here(spi_metrics *x) {
+  return &x->hot[spi__thread_no() % M_STRIPES];
+}
+
+/* The table slot of a family, claiming one if the budget allows; SIZE_MAX
+ * for "other". */
+static size_t family_slot(spi_metrics *x, uint64_t family) {
+  if (family == 0) return SIZE_MAX;
   uint64_t h = (family ^ (family >> 31)) * UINT64_C(0x9e3779b97f4a7c15);
   size_t i = (size_t)(h >> 32) & x->fam_mask;
   for (;; i = (i + 1) & x->fam_mask) {
     fam_entry *f = &x->fam[i];
     uint64_t id = atomic_load_explicit(&f->id, memory_order_acquire);
-    if (id == family) return f;
+    if (id == family) return i;
     if (id != 0) continue;
     /* Not in the table: probes end at the first empty slot because slots
      * are never freed. Claim this one if the budget has room. */
     if (atomic_load_explicit(&x->fam_claimed, memory_order_relaxed) >=
         x->max_families)
-      return NULL;
+      return SIZE_MAX;
     if (atomic_fetch_add_explicit(&x->fam_claimed, 1, memory_order_relaxed) >=
         x->max_families) {
       atomic_fetch_sub_explicit(&x->fam_claimed, 1, memory_order_relaxed);
-      return NULL;
+      return SIZE_MAX;
     }
     uint64_t expect = 0;
     if (atomic_compare_exchange_strong_explicit(&f->id, &expect, family,
                                                 memory_order_acq_rel,
                                                 memory_order_acquire))
-      return f;
+      return i;
     /* Another thread took the slot first: give the budget back and go on
      * from here (it may have claimed it for this very family). */
     atomic_fetch_sub_explicit(&x->fam_claimed, 1, memory_order_relaxed);
-    if (expect == family) return f;
+    if (expect == family) return i;
   }
 }
 
 /* Prefix blocks count only for decisions that placed the request on a
  * replica: a queued or shed request was not routed, and counting its blocks
  * as misses would skew the cache-miss rate. */
-void spi__metrics_decision(spi_metrics *x, int32_t pool, int32_t klass,
-                           int32_t reason, uint64_t family,
-                           uint32_t matched_blocks, uint32_t total_blocks) {
-  if (!x) return;
-  int p = spi__mpool(pool), c = spi__mclass(klass);
+static void decision_in(spi_metrics *x, unsigned s, int p, int c,
+                        int32_t reason, uint64_t family,
+                        uint32_t matched_blocks, uint32_t total_blocks) {
   int r = reason >= 0 && reason < SPI_REASON_COUNT ? reason : SPI_REASON_NONE;
-  add(&x->decisions[p][c][r], 1);
+  m_hot *h = &x->hot[s];
+  add(&h->decisions[p][c][r], 1);
   if (total_blocks == 0 || (p != SPI_POOL_SPOT && p != SPI_POOL_ON_DEMAND))
     return;
   if (matched_blocks > total_blocks) matched_blocks = total_blocks;
-  fam_entry *f = family_entry(x, family);
-  add(f ? &f->matched : &x->other_matched, matched_blocks);
-  add(f ? &f->total : &x->other_total, total_blocks);
+  size_t i = family_slot(x, family);
+  if (i == SIZE_MAX) {
+    add(&h->other_matched, matched_blocks);
+    add(&h->other_total, total_blocks);
+    return;
+  }
+  fam_count *f = &x->fam_n[s * (x->fam_mask + 1) + i];
+  add(&f->matched, matched_blocks);
+  add(&f->total, total_blocks);
+}
+
+void spi__metrics_decision(spi_metrics *x, int32_t pool, int32_t klass,
+                           int32_t reason, uint64_t family,
+                           uint32_t matched_blocks, uint32_t total_blocks) {
+  if (x)
+    decision_in(x, spi__thread_no() % M_STRIPES, spi__mpool(pool),
+                spi__mclass(klass), reason, family, matched_blocks,
+                total_blocks);
+}
+
+void spi__metrics_routed_for(spi_metrics *x, uint32_t thread_no, int32_t pool,
+                             int32_t klass, int32_t reason, uint64_t family,
+                             uint32_t matched_blocks, uint32_t total_blocks) {
+  if (!x) return;
+  unsigned s = thread_no % M_STRIPES;
+  int c = spi__mclass(klass);
+  decision_in(x, s, spi__mpool(pool), c, reason, family, matched_blocks,
+              total_blocks);
+  atomic_fetch_add_explicit(&x->hot[s].queue[c], 1ll, memory_order_relaxed);
+}
+
+uint64_t spi__metrics_family(const spi_metrics *x, size_t slot, int total) {
+  const fam_count *f = &x->fam_n[slot];
+  return spi__mhot(total ? &f->total : &f->matched,
+                   (x->fam_mask + 1) * sizeof(fam_count));
 }
 
 /* One counter (0 matched, 1 total) summed over every family entry and
  * other's. */
 static uint64_t fam_sum(const spi_metrics *x, int total) {
-  uint64_t n = spi__mget(total ? &x->other_total : &x->other_matched);
+  uint64_t n = spi__metrics_other(x, total);
   for (size_t i = 0; i <= x->fam_mask; i++) {
     const fam_entry *f = &x->fam[i];
     if (atomic_load_explicit((_Atomic uint64_t *)&f->id, memory_order_acquire))
-      n += spi__mget(total ? &f->total : &f->matched);
+      n += spi__metrics_family(x, i, total);
   }
   return n;
+}
+
+uint64_t spi__metrics_other(const spi_metrics *x, int total) {
+  return spi__mhot(total ? &x->hot[0].other_total : &x->hot[0].other_matched,
+                   sizeof(m_hot));
 }
 
 void spi__metrics_blocks(const spi_metrics *x, uint64_t *matched,
@@ -185,21 +236,22 @@ void spi__metrics_ttft(spi_metrics *x, int32_t klass, double ttft_ms) {
   int c = spi__mclass(klass);
   int b = 0;
   while (b < SPI_TTFT_BUCKETS - 1 && !(ttft_ms <= spi__ttft_le[b])) b++;
-  add(&x->ttft_bucket[c][b], 1);
+  m_hot *h = hot_here(x);
+  add(&h->ttft_bucket[c][b], 1);
   /* An infinite sample lands in +Inf but is kept out of the sum. */
   if (ttft_ms > DBL_MAX) return;
   unsigned long long old =
-      atomic_load_explicit(&x->ttft_sum[c], memory_order_relaxed);
+      atomic_load_explicit(&h->ttft_sum[c], memory_order_relaxed);
   while (!atomic_compare_exchange_weak_explicit(
-      &x->ttft_sum[c], &old, spi__dbits(spi__bitsd(old) + ttft_ms),
+      &h->ttft_sum[c], &old, spi__dbits(spi__bitsd(old) + ttft_ms),
       memory_order_relaxed, memory_order_relaxed)) {
   }
 }
 
 void spi__metrics_queue_delta(spi_metrics *x, int32_t klass, int delta) {
   if (x)
-    atomic_fetch_add_explicit(&x->queue[spi__mclass(klass)], (long long)delta,
-                              memory_order_relaxed);
+    atomic_fetch_add_explicit(&hot_here(x)->queue[spi__mclass(klass)],
+                              (long long)delta, memory_order_relaxed);
 }
 
 void spi__metrics_draft(spi_metrics *x, int accepted) {

@@ -8,6 +8,13 @@
  * (not one consistent snapshot of all of them, which Prometheus does not
  * need).
  *
+ * Stripes. The counters every route or finish adds to (decisions, queue
+ * depth, prefix blocks, TTFT) are kept once a stripe (M_STRIPES, m_hot and
+ * fam_count): a thread adds to its own (spi__thread_no), and a reader sums
+ * the stripes (spi__mhot and the getters below). One copy had every
+ * route of every thread add to the same lines, and threads sharing an
+ * engine moved them between their CPUs at each route.
+ *
  * Prefix families. The hit rate of the KV cache is counted per prefix family
  * (a 64-bit id the router passes with each decision, such as half of the
  * request's cache key) for the first max_families distinct families; later
@@ -35,25 +42,38 @@ extern const double spi__ttft_le[SPI_TTFT_BUCKETS];
 
 typedef struct fam_entry {
   _Atomic uint64_t id; /* 0 = free */
-  atomic_ullong matched, total;
 } fam_entry;
 
-/* A counter added here is also checked by spi__metrics_untouched. */
-struct spi_metrics {
-  size_t max_families;
-  size_t fam_mask; /* table slots - 1 */
-  fam_entry *fam;
-  atomic_size_t fam_claimed;
+/* A family's prefix blocks in one stripe (fam_n: a row of the table's
+ * slots a stripe). */
+typedef struct fam_count {
+  atomic_ullong matched, total;
+} fam_count;
+
+#define M_STRIPES 4
+
+/* One stripe's copy of the counters routes and finishes add to. */
+typedef struct m_hot {
   atomic_ullong decisions[M_POOLS][M_CLASSES][SPI_REASON_COUNT];
-  atomic_ullong shed[M_CLASSES];
-  atomic_ullong breaker_opens;
+  atomic_llong queue[M_CLASSES];
   /* Prefix blocks of the decisions whose family has no entry; the totals
    * over every family are the entries' sums and these (spi__metrics_blocks),
    * so a decision adds to two counters, not four. */
   atomic_ullong other_matched, other_total;
   atomic_ullong ttft_bucket[M_CLASSES][SPI_TTFT_BUCKETS];
   atomic_ullong ttft_sum[M_CLASSES]; /* double bits, milliseconds */
-  atomic_llong queue[M_CLASSES];
+  char apart[64]; /* no line shared with the next stripe's counters */
+} m_hot;
+
+/* A counter added here is also checked by spi__metrics_untouched. */
+struct spi_metrics {
+  size_t max_families;
+  size_t fam_mask; /* table slots - 1 */
+  fam_entry *fam;
+  fam_count *fam_n; /* M_STRIPES rows of fam_mask + 1 */
+  atomic_size_t fam_claimed;
+  atomic_ullong shed[M_CLASSES];
+  atomic_ullong breaker_opens;
   atomic_ullong draft_accepted, draft_rejected;
   atomic_ullong shadow_agreed, shadow_disagreed, shadow_matched;
   atomic_ullong node_transitions[7][7]; /* [from][to], enum spi_node_state */
@@ -66,11 +86,51 @@ struct spi_metrics {
    * it: took it, or gave up (pool_index.c, spi__pix_wait); and routes that
    * read every replica's slot instead of the index (replica_pass.c). */
   atomic_ullong index_waits_took, index_waits_gave_up, slot_passes;
+  char apart[64]; /* the stripes on lines of their own */
+  m_hot hot[M_STRIPES];
 };
 
 static inline uint64_t spi__mget(const atomic_ullong *a) {
   return atomic_load_explicit((atomic_ullong *)a, memory_order_relaxed);
 }
+
+/* A counter of stripe 0's m_hot (or a fam_count of row 0) summed over the
+ * stripes: the same counter lies a stripe's size further on in each. */
+static inline uint64_t spi__mhot(const atomic_ullong *in_first, size_t stride) {
+  uint64_t n = 0;
+  for (int s = 0; s < M_STRIPES; s++)
+    n += spi__mget((const atomic_ullong *)(const void *)((const char *)in_first +
+                                                         (size_t)s * stride));
+  return n;
+}
+static inline uint64_t spi__mdecisions(const spi_metrics *x, int p, int c,
+                                       int r) {
+  return spi__mhot(&x->hot[0].decisions[p][c][r], sizeof(m_hot));
+}
+static inline uint64_t spi__mttft_bucket(const spi_metrics *x, int c, int b) {
+  return spi__mhot(&x->hot[0].ttft_bucket[c][b], sizeof(m_hot));
+}
+/* The TTFT sum of class c, in milliseconds. */
+static inline double spi__mttft_sum(const spi_metrics *x, int c) {
+  double sum = 0.0;
+  for (int s = 0; s < M_STRIPES; s++)
+    sum += spi__bitsd(spi__mget(&x->hot[s].ttft_sum[c]));
+  return sum;
+}
+/* Requests of class c routed and not yet finished (a stripe's count may
+ * be below 0: a ticket finished on another thread than its route's). */
+static inline int64_t spi__mqueue(const spi_metrics *x, int c) {
+  int64_t n = 0;
+  for (int s = 0; s < M_STRIPES; s++)
+    n += atomic_load_explicit((atomic_llong *)&x->hot[s].queue[c],
+                              memory_order_relaxed);
+  return n;
+}
+
+/* The prefix blocks (total: 1, else matched) of the family at table slot
+ * slot, and of the decisions with no family entry, over the stripes. */
+uint64_t spi__metrics_family(const spi_metrics *x, size_t slot, int total);
+uint64_t spi__metrics_other(const spi_metrics *x, int total);
 
 static inline int spi__mpool(int32_t pool) {
   return pool >= SPI_POOL_SPOT && pool <= SPI_POOL_QUEUE ? pool : 0;

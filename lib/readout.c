@@ -30,7 +30,7 @@
 static double quantile(const spi_metrics *x, int c, double q) {
   uint64_t n[SPI_TTFT_BUCKETS], total = 0;
   for (int b = 0; b < SPI_TTFT_BUCKETS; b++) {
-    n[b] = spi__mget(&x->ttft_bucket[c][b]);
+    n[b] = spi__mttft_bucket(x, c, b);
     total += n[b];
   }
   if (total == 0) return 0.0;
@@ -54,8 +54,7 @@ double spi__metrics_p95_ttft(spi_metrics *x, int32_t klass) {
 
 double spi__metrics_queue_depth(spi_metrics *x, int32_t klass) {
   if (!x) return 0.0;
-  return (double)atomic_load_explicit(&x->queue[spi__mclass(klass)],
-                                      memory_order_relaxed);
+  return (double)spi__mqueue(x, spi__mclass(klass));
 }
 
 double spi__metrics_cache_miss_rate(spi_metrics *x) {

@@ -199,13 +199,13 @@ static const int POOL_ORDER[M_POOLS] = {SPI_POOL_SPOT, SPI_POOL_ON_DEMAND,
 static int class_has_decisions(const spi_metrics *x, int c) {
   for (int p = 0; p < M_POOLS; p++)
     for (int r = 0; r < SPI_REASON_COUNT; r++)
-      if (spi__mget(&x->decisions[p][c][r])) return 1;
+      if (spi__mdecisions(x, p, c, r)) return 1;
   return 0;
 }
 
 static int class_has_ttft(const spi_metrics *x, int c) {
   for (int b = 0; b < SPI_TTFT_BUCKETS; b++)
-    if (spi__mget(&x->ttft_bucket[c][b])) return 1;
+    if (spi__mttft_bucket(x, c, b)) return 1;
   return 0;
 }
 
@@ -283,7 +283,7 @@ static void render_decisions(writer *w, const spi_metrics *x) {
         labels l = {{"pool", "class", "reason"},
                     {pool_label(p), class_label(ci), spi_reason_name(r)},
                     3};
-        sample_u64(w, name, &l, spi__mget(&x->decisions[p][ci][r]));
+        sample_u64(w, name, &l, spi__mdecisions(x, p, ci, r));
       }
     }
   }
@@ -328,11 +328,10 @@ static void render_prefix(writer *w, const spi_metrics *x) {
       char hex[17];
       snprintf(hex, sizeof hex, "%016" PRIx64, id);
       labels l = {{"family"}, {hex}, 1};
-      sample_u64(w, fam_names[k], &l, spi__mget(k ? &f->total : &f->matched));
+      sample_u64(w, fam_names[k], &l, spi__metrics_family(x, i, k));
     }
     labels l = {{"family"}, {"other"}, 1};
-    sample_u64(w, fam_names[k], &l,
-               spi__mget(k ? &x->other_total : &x->other_matched));
+    sample_u64(w, fam_names[k], &l, spi__metrics_other(x, k));
   }
 }
 
@@ -344,13 +343,13 @@ static void render_ttft(writer *w, const spi_metrics *x) {
     if (ci == 0 && !class_has_ttft(x, 0)) continue;
     uint64_t cum = 0;
     for (int b = 0; b < SPI_TTFT_BUCKETS; b++) {
-      cum += spi__mget(&x->ttft_bucket[ci][b]);
+      cum += spi__mttft_bucket(x, ci, b);
       labels l = {{"class", "le"}, {class_label(ci), TTFT_LE_SECONDS[b]}, 2};
       sample_u64(w, "spotinfer_ttft_seconds_bucket", &l, cum);
     }
     labels l = {{"class"}, {class_label(ci)}, 1};
     sample_double(w, "spotinfer_ttft_seconds_sum", &l,
-                  spi__bitsd(spi__mget(&x->ttft_sum[ci])) / 1000.0);
+                  spi__mttft_sum(x, ci) / 1000.0);
     sample_u64(w, "spotinfer_ttft_seconds_count", &l, cum);
   }
 }

@@ -633,9 +633,9 @@ static void serve_record(route_state *rs, const spi_replica_ident *r,
     out->est_usd = price.usd;
   spi_metrics *mx = atomic_load(&rs->e->metrics);
   if (!mx) return;
-  spi__metrics_decision(mx, ch->pool, rs->cls->klass, ch->reason_code,
-                        out->key.high64, c->matched_blocks, rs->nblocks);
-  spi__metrics_queue_delta(mx, rs->cls->klass, +1);
+  spi__metrics_routed_for(mx, rs->env->thread_no, ch->pool, rs->cls->klass,
+                          ch->reason_code, out->key.high64, c->matched_blocks,
+                          rs->nblocks);
   if (rs->snap->shadow.mod)
     spi__metrics_shadow(mx,
                         out->shadow_pool == out->pool &&

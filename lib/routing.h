@@ -672,6 +672,11 @@ void spi__metrics_shed(spi_metrics *x, int32_t klass);
 void spi__metrics_breaker_open(spi_metrics *x);
 void spi__metrics_ttft(spi_metrics *x, int32_t klass, double ttft_ms);
 void spi__metrics_queue_delta(spi_metrics *x, int32_t klass, int delta);
+/* A request routed to a replica, on the thread of number thread_no
+ * (spi__thread_no): spi__metrics_decision and a queue delta of +1. */
+void spi__metrics_routed_for(spi_metrics *x, uint32_t thread_no, int32_t pool,
+                             int32_t klass, int32_t reason, uint64_t family,
+                             uint32_t matched_blocks, uint32_t total_blocks);
 void spi__metrics_draft(spi_metrics *x, int accepted);
 void spi__metrics_shadow(spi_metrics *x, int agreed, uint32_t matched_blocks);
 void spi__metrics_node_transition(spi_metrics *x, int32_t from, int32_t to);

@@ -3,7 +3,7 @@
  * once, handed out and taken back without a lock.
  *
  * Records are made ready on first use, not when the table is made: a table
- * of the default 16,384 records is ~8.5 MB, and writing every record up
+ * of the default 16,384 records is ~9.4 MB, and writing every record up
  * front cost each spi_engine_new that much memory in touched pages (and its
  * time), even when the configuration replaced the table right after. A
  * record never handed out is never written or read: takes hand out the

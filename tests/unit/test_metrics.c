@@ -19,6 +19,7 @@
 #include "engine.h"
 #include "routing.h"
 #include "fake_fleet.h"
+#include "metrics.h"
 #include "std_mem.h"
 
 /* ---------------------------------------------------------------- helpers */
@@ -565,6 +566,65 @@ static void test_threads(void **st) {
   spi__metrics_free(&MEM, x);
 }
 
+/* One thread's part in test_stripes_summed: a route's counts, or its
+ * finish's. */
+static void *route_counts(void *arg) {
+  spi_metrics *x = arg;
+  spi__metrics_decision(x, SPI_POOL_SPOT, SPI_CLASS_GOLD, 1, 7, 3, 4);
+  spi__metrics_queue_delta(x, SPI_CLASS_GOLD, +1);
+  spi__metrics_ttft(x, SPI_CLASS_GOLD, 100.0);
+  return NULL;
+}
+
+static void *finish_counts(void *arg) {
+  spi_metrics *x = arg;
+  spi__metrics_queue_delta(x, SPI_CLASS_GOLD, -1);
+  spi__metrics_ttft(x, SPI_CLASS_GOLD, 50.0);
+  spi__metrics_decision(x, SPI_POOL_SPOT, SPI_CLASS_GOLD, 1, 7, 1, 4);
+  return NULL;
+}
+
+static void on_new_thread(void *(*f)(void *), spi_metrics *x) {
+  pthread_t th;
+  assert_int_equal(pthread_create(&th, NULL, f, x), 0);
+  pthread_join(th, NULL);
+}
+
+/* Threads count in stripes of their own (threads are numbered as they
+ * first count): a request routed on one thread and finished on another
+ * leaves +1 in one stripe's queue depth and -1 in another's, and every
+ * reading sums the stripes. */
+static void test_stripes_summed(void **st) {
+  (void)st;
+  spi_metrics *x = new_metrics(4);
+  assert_true(spi__metrics_untouched(x));
+  on_new_thread(route_counts, x);
+  assert_false(spi__metrics_untouched(x));
+  on_new_thread(finish_counts, x);
+  int up = 0, down = 0;
+  for (int s = 0; s < M_STRIPES; s++) {
+    long long q = atomic_load(&x->hot[s].queue[SPI_CLASS_GOLD]);
+    up += q == 1;
+    down += q == -1;
+  }
+  assert_int_equal(up, 1);
+  assert_int_equal(down, 1);
+  assert_true(spi__metrics_queue_depth(x, SPI_CLASS_GOLD) == 0);
+  assert_int_equal(spi__mdecisions(x, SPI_POOL_SPOT, SPI_CLASS_GOLD, 1), 2);
+  uint64_t matched, total;
+  spi__metrics_blocks(x, &matched, &total);
+  assert_int_equal(matched, 4);
+  assert_int_equal(total, 8);
+  char *t = render(x, NULL, 0, NULL);
+  check_exposition(t);
+  assert_true(has_line(t, "spotinfer_ttft_seconds_sum{class=\"gold\"} 0.15"));
+  assert_true(has_line(t, "spotinfer_ttft_seconds_count{class=\"gold\"} 2"));
+  assert_true(has_line(
+      t, "spotinfer_prefix_family_blocks_total{family=\"0000000000000007\"} 8"));
+  free(t);
+  spi__metrics_free(&MEM, x);
+}
+
 /* ------------------------------------------------------------- rendering */
 
 static void test_replica_gauges_and_escaping(void **st) {
@@ -886,6 +946,7 @@ int main(void) {
       cmocka_unit_test(test_cache_miss_rate),
       cmocka_unit_test(test_family_table),
       cmocka_unit_test(test_threads),
+      cmocka_unit_test(test_stripes_summed),
       cmocka_unit_test(test_replica_gauges_and_escaping),
       cmocka_unit_test(test_locale),
       cmocka_unit_test(test_render_alloc_failure),
