@@ -21,8 +21,9 @@
  *                           process-wide open_lock (journal.c); a queue
  *                           store's report_mu (replay_shared.c) comes
  *                           before its fallback queue's mu
- *   5. leaves               the ledger's lock, the memory store's
- *                           mu, a queue store's mu
+ *   5. leaves               the ledger's lock and its stripes' locks
+ *                           (ledger.c, one at a time), the memory
+ *                           store's mu, a queue store's mu
  *                           (replay_shared.c), the fleet state's mu
  *                           (notice_bus.c), the loader's process-wide
  *                           load_mu (module_load.c, taken under config_lock):

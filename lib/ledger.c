@@ -220,6 +220,9 @@ static size_t row_add(spi_ledger *l, key_text tenant, key_text model,
   if (!overflow && l->n_keyed >= l->max_rows) return NO_ROW;
   size_t r = atomic_load_explicit(&l->n, memory_order_relaxed);
   ledger_key *k = &l->keys[r];
+  /* Whole: a lookup of a longer name reads past this one's NUL
+   * (field_is). */
+  memset(k, 0, sizeof *k);
   field_set(k->tenant, tenant);
   field_set(k->model, model);
   k->pool = pool;

@@ -117,14 +117,16 @@ static inline double spi__mttft_sum(const spi_metrics *x, int c) {
     sum += spi__bitsd(spi__mget(&x->hot[s].ttft_sum[c]));
   return sum;
 }
-/* Requests of class c routed and not yet finished (a stripe's count may
- * be below 0: a ticket finished on another thread than its route's). */
+/* Requests of class c routed and not yet finished. A stripe's count may
+ * be below 0 (a ticket finished on another thread than its route's), and
+ * a read may see a finish's -1 in one stripe before its route's +1 in
+ * another (relaxed loads of two counters): the sum is cut at 0. */
 static inline int64_t spi__mqueue(const spi_metrics *x, int c) {
   int64_t n = 0;
   for (int s = 0; s < M_STRIPES; s++)
     n += atomic_load_explicit((atomic_llong *)&x->hot[s].queue[c],
                               memory_order_relaxed);
-  return n;
+  return n > 0 ? n : 0;
 }
 
 /* The prefix blocks (total: 1, else matched) of the family at table slot

@@ -622,6 +622,9 @@ static void test_stripes_summed(void **st) {
   assert_true(has_line(
       t, "spotinfer_prefix_family_blocks_total{family=\"0000000000000007\"} 8"));
   free(t);
+  /* A -1 whose +1 a read does not see: the depth is cut at 0. */
+  on_new_thread(finish_counts, x);
+  assert_true(spi__metrics_queue_depth(x, SPI_CLASS_GOLD) == 0);
   spi__metrics_free(&MEM, x);
 }
 
