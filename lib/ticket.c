@@ -8,8 +8,8 @@
  * time), even when the configuration replaced the table right after. A
  * record never handed out is never written or read: takes hand out the
  * never-used records in index order (the counter fresh) once every free
- * stack is empty, and the taker initialises the record, then sets its ready flag
- * (release). Every reader that reaches a record by index or id (pins,
+ * stack is empty, and the taker initialises the record, then sets its
+ * ready flag (release). Every reader that reaches a record by index or id (pins,
  * lookups) first reads the flag (acquire) and treats a record that is not
  * ready as free: a never-issued id is not found. Only the header and the
  * one-byte flags are zeroed at creation.
@@ -91,8 +91,8 @@ struct spi_ticket_table {
   char pad0[64];
   free_stack free[TICKET_STRIPES];
   /* One past the highest record ever handed out: never-used records are
-   * handed out in index order (fresh) and only once every free stack
-   * is empty, so scans stop here, not at the capacity. Written rarely (only
+   * handed out in index order (fresh) and only once every free stack is
+   * empty, so scans stop here, not at the capacity. Written rarely (only
    * when a new high is reached). */
   atomic_size_t high;
   /* Records [fresh, capacity) have never been handed out (capacity once
@@ -125,7 +125,8 @@ int spi__tickets_new(const spi_mem *m, size_t capacity,
   memset(p, 0, off_t);
   tt->capacity = capacity;
   tt->ready = (atomic_uchar *)(void *)(p + off_ready);
-  tt->t = (spi_ticket *)(void *)(p + off_t + (64 - (uintptr_t)(p + off_t) % 64) % 64);
+  uintptr_t at = (uintptr_t)(p + off_t); /* the first line boundary on */
+  tt->t = (spi_ticket *)(void *)(p + off_t + (64 - at % 64) % 64);
   for (int s = 0; s < TICKET_STRIPES; s++)
     atomic_init(&tt->free[s].head, 0ull); /* tag 0, stack empty */
   atomic_init(&tt->high, (size_t)0);
