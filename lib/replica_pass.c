@@ -1330,6 +1330,13 @@ scan_indexed(const route_env *x, const spi_replica_set *set, size_t nrep,
     return 0;
   if (atomic_load_explicit(&p->holder, memory_order_relaxed) != me)
     atomic_store_explicit(&p->holder, me, memory_order_relaxed);
+  /* A request for a model p's regular replicas do not serve, where p's
+   * models list is the set's (p describes its version): p is not brought
+   * up to date only to be let go; its marks wait for its next route (the
+   * model's index hands the registry's on to it). */
+  if (__builtin_expect(p->models_len != 0, 0) && p->version == set->version &&
+      !spi__pix_serves(p, x->v->model, x->v->model_len))
+    return scan_of_model(x, set, nrep, sc, sums, p);
   if (!spi__pix_sync(p, x, set)) {
     spi__pix_release(p);
     return 0;
