@@ -69,7 +69,7 @@ static int any_set(const atomic_ullong *a, size_t n) {
   return 0;
 }
 
-/* Whether anything was ever counted in stripe s's copy. */
+/* Whether anything was ever counted in stripe h. */
 static int hot_untouched(const m_hot *h) {
   if (spi__mget(&h->other_matched) || spi__mget(&h->other_total) ||
       any_set(&h->decisions[0][0][0], sizeof h->decisions / sizeof(atomic_ullong)) ||
@@ -111,6 +111,11 @@ int spi__metrics_untouched(const spi_metrics *x) {
 /* This thread's stripe. */
 static m_hot *hot_here(spi_metrics *x) {
   return &x->hot[spi__thread_no() % M_STRIPES];
+}
+
+static void queue_in(m_hot *h, int c, int delta) {
+  atomic_fetch_add_explicit(&h->queue[c], (long long)delta,
+                            memory_order_relaxed);
 }
 
 /* The table slot of a family, claiming one if the budget allows; SIZE_MAX
@@ -186,7 +191,7 @@ void spi__metrics_routed_for(spi_metrics *x, uint32_t thread_no, int32_t pool,
   int c = spi__mclass(klass);
   decision_in(x, s, spi__mpool(pool), c, reason, family, matched_blocks,
               total_blocks);
-  atomic_fetch_add_explicit(&x->hot[s].queue[c], 1ll, memory_order_relaxed);
+  queue_in(&x->hot[s], c, +1);
 }
 
 uint64_t spi__metrics_family(const spi_metrics *x, size_t slot, int total) {
@@ -249,9 +254,7 @@ void spi__metrics_ttft(spi_metrics *x, int32_t klass, double ttft_ms) {
 }
 
 void spi__metrics_queue_delta(spi_metrics *x, int32_t klass, int delta) {
-  if (x)
-    atomic_fetch_add_explicit(&hot_here(x)->queue[spi__mclass(klass)],
-                              (long long)delta, memory_order_relaxed);
+  if (x) queue_in(hot_here(x), spi__mclass(klass), delta);
 }
 
 void spi__metrics_draft(spi_metrics *x, int accepted) {

@@ -19,9 +19,16 @@ int spi__rcu_init(spi_rcu *r) {
 
 void spi__rcu_destroy(spi_rcu *r) { pthread_mutex_destroy(&r->sync_lock); }
 
-/* The stripe of the thread whose stack holds stack_addr. */
+/* The stripe of the thread whose stack holds stack_addr: threads have
+ * separate stacks, so an address on each one's stack (its page and above)
+ * tells them apart without thread-local state, which the pin, taken by
+ * every call, would reach through __tls_get_addr in the shared library. */
 static unsigned rcu_stripe(const void *stack_addr) {
-  return (unsigned)(spi__stack_mix(stack_addr) & (SPI_RCU_STRIPES - 1));
+  uint64_t x = (uint64_t)(uintptr_t)stack_addr >> 12;
+  x ^= x >> 17;
+  x *= 0xed5ad4bbu;
+  x ^= x >> 11;
+  return (unsigned)(x & (SPI_RCU_STRIPES - 1));
 }
 
 /* The pin holds the epoch parity in bit 0 and the stripe above it. */

@@ -1258,13 +1258,12 @@ scan_taken(const route_env *x, spi_pool_index *p, const spi_replica_set *set,
  * NULL when none was had (the route reads every slot). Out of line: a
  * route on one thread never comes here. */
 static __attribute__((noinline)) spi_pool_index *
-lane_take(spi_registry *g, size_t nrep) {
+lane_take(spi_registry *g, size_t nrep, uint32_t me) {
   unsigned lanes = spi__pix_lanes(g);
   for (unsigned k = 1; k < lanes; k++)
     if (spi__pix_acquire(g->pix_lane[k])) return g->pix_lane[k];
   if (lanes < SPI_PIX_LANES) spi__pix_lanes_ask(g);
-  char here = 0; /* the lane this thread waits on: spi__stack_mix */
-  spi_pool_index *p = g->pix_lane[spi__stack_mix(&here) % lanes];
+  spi_pool_index *p = g->pix_lane[me % lanes]; /* threads wait apart */
   return spi__pix_wait(p, pix_wait_turns(nrep)) ? p : NULL;
 }
 
@@ -1281,6 +1280,13 @@ static inline spi_pool_index *own_lane(spi_registry *g, uint32_t me) {
       return spi__pix_acquire(q) ? q : NULL;
   }
   return NULL;
+}
+
+/* Whether the request is for a model the regular replicas of p do not
+ * serve (their models list, spi__pix_serves). */
+static inline int other_model(const spi_pool_index *p, const route_env *x) {
+  return __builtin_expect(p->models_len != 0, 0) &&
+         !spi__pix_serves(p, x->v->model, x->v->model_len);
 }
 
 /* scan_indexed for a request whose model the regular replicas of p (held)
@@ -1326,23 +1332,23 @@ scan_indexed(const route_env *x, const spi_replica_set *set, size_t nrep,
   spi_pool_index *q = own_lane(g, me);
   if (q)
     p = q;
-  else if (!spi__pix_acquire(p) && !(p = lane_take(g, nrep)))
+  else if (!spi__pix_acquire(p) && !(p = lane_take(g, nrep, me)))
     return 0;
   if (atomic_load_explicit(&p->holder, memory_order_relaxed) != me)
     atomic_store_explicit(&p->holder, me, memory_order_relaxed);
-  /* A request for a model p's regular replicas do not serve, where p's
-   * models list is the set's (p describes its version): p is not brought
-   * up to date only to be let go; its marks wait for its next route (the
-   * model's index hands the registry's on to it). */
-  if (__builtin_expect(p->models_len != 0, 0) && p->version == set->version &&
-      !spi__pix_serves(p, x->v->model, x->v->model_len))
+  /* p's models list changes only with the set: when p describes the set's
+   * version, a request for a model it does not serve goes to that model's
+   * index before p's sync (p is not brought up to date only to be let go;
+   * its marks wait for its next route, the model's index handing the
+   * registry's on to it). Else the list is looked at once p is synced. */
+  int current = p->version == set->version;
+  if (current && other_model(p, x))
     return scan_of_model(x, set, nrep, sc, sums, p);
   if (!spi__pix_sync(p, x, set)) {
     spi__pix_release(p);
     return 0;
   }
-  if (__builtin_expect(p->models_len != 0, 0) &&
-      !spi__pix_serves(p, x->v->model, x->v->model_len))
+  if (!current && other_model(p, x))
     return scan_of_model(x, set, nrep, sc, sums, p);
   return scan_taken(x, p, set, nrep, sc, sums);
 }

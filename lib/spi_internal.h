@@ -113,17 +113,6 @@ const char *spi__errtab_get(const spi_errtab *t);
  * (thread_no.c), so that a few threads fall on different stripes. */
 uint32_t spi__thread_no(void);
 
-/* A mix of a stack address, for spreading threads over stripes or lanes
- * without thread-local state: threads have separate stacks, so an address
- * on each one's stack (its page and above) tells them apart. */
-static inline uint64_t spi__stack_mix(const void *stack_addr) {
-  uint64_t x = (uint64_t)(uintptr_t)stack_addr >> 12;
-  x ^= x >> 17;
-  x *= 0xed5ad4bbu;
-  x ^= x >> 11;
-  return x;
-}
-
 /* memcpy of n bytes through the C library's memcpy. gcc inlines a copy
  * whose size it knows to be bounded as `rep movsq`, which takes about
  * 8-10 ns here whatever the size, against 3 ns for the call; the size

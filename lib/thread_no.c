@@ -8,7 +8,7 @@
  * Numbers are given in the order threads first ask, from 1, so that N
  * threads that first ask one after another get N different stripes of N
  * (threads that come and go are numbered on, and may share one). A mix
- * of a stack address (what the RCU stripes use, spi__stack_mix) needs no
+ * of a stack address (what the RCU stripes use, rcu_stripe) needs no
  * thread-local state but puts two threads of two on one stripe once in N
  * runs, and a benchmark of two threads then measures the one-stripe case.
  * The number is one word of thread-local storage, in the default model:
