@@ -809,7 +809,7 @@ static size_t plan_pinned(spi_engine *e, const node *n,
     /* A route that read the replica ACTIVE before its state was stored
      * and has not published its ticket yet: the scan must see that ticket
      * (routing.h, spi__slot_open_begin). */
-    spi__slot_opens_wait(&e->registry.slots[r->slot]);
+    spi__slot_opens_wait(&e->rcu, &e->registry.slots[r->slot], r->slot);
   }
   size_t found = 0, total = spi__tickets_high(tt);
   for (size_t i = 0; nmine && i < total; i++) {

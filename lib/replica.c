@@ -863,12 +863,17 @@ void spi__replica_slot_set_state(spi_replica_slot *s, int32_t state) {
     atomic_fetch_add(&s->gen, 1u);
 }
 
-void spi__slot_opens_wait(spi_replica_slot *s) {
+void spi__slot_opens_wait(spi_rcu *r, spi_replica_slot *s, uint32_t slot) {
   /* A route's window is a few stores long and waits for nothing: it ends
-   * as soon as its thread runs. The first load is the one that pairs with
+   * as soon as its thread runs. The fence, then the first load, pair with
    * the route's count (routing.h); acquire on the 0 carries its ticket. */
+  spi__fence_all();
   while (atomic_load_explicit(&s->opening, memory_order_seq_cst) != 0)
     sched_yield();
+  for (int i = 0; i < SPI_RCU_OWN; i++)
+    while (atomic_load_explicit(&r->own[i].opening, memory_order_acquire) ==
+           slot + 1u)
+      sched_yield();
 }
 
 int spi_replica_set_state(spi_engine *engine, const char *id, size_t id_len,

@@ -674,8 +674,9 @@ static __attribute__((noinline, cold)) int left_service(route_state *rs) {
  * notice's plan scan, which plans it, or the route sees the new state and
  * gives back what it took to route again. On success the window is open:
  * serve closes it once the ticket is published. */
-static inline int still_active(route_state *rs, spi_replica_slot *s) {
-  if (__builtin_expect(spi__slot_open_begin(s), 1)) return SPI_OK;
+static inline int still_active(route_state *rs, spi_rcu_line *own,
+                               spi_replica_slot *s, uint32_t slot) {
+  if (__builtin_expect(spi__slot_open_begin(own, s, slot), 1)) return SPI_OK;
   return left_service(rs);
 }
 
@@ -685,6 +686,7 @@ static int serve(route_state *rs) {
   const spi_candidate *c = &rs->cands[rs->ch->order[rs->first]];
   const spi_replica_ident *r = chosen(rs, rs->first);
   spi_replica_slot *s = &rs->e->registry.slots[r->slot];
+  spi_rcu_line *own = spi__rcu_line(&rs->e->rcu, rs->env->thread_no);
   spi_ticket_table *tt = atomic_load(&rs->e->tickets);
   spi_ticket *k = spi__ticket_take_for(tt, rs->env->thread_no);
   if (!k) {
@@ -701,7 +703,7 @@ static int serve(route_state *rs) {
   rs->taken.tt = tt;
   rs->taken.ticket = k;
   ticket_fill(rs, k, r, s);
-  if (still_active(rs, s)) return ROUTE_AGAIN;
+  if (still_active(rs, own, s, r->slot)) return ROUTE_AGAIN;
   /* The cost model's counters: the prefill this ticket queues there (the
    * part of the prompt the replica does not hold) and the work it was
    * sent (the prompt and the expected output); the slowdown at open lets
@@ -718,7 +720,7 @@ static int serve(route_state *rs) {
   spi__prefill_open(s, k, rs->tokens, cached,
                     straight ? 1.0 + c->running * r->inv_max_inflight : 0.0);
   rs->out->ticket = spi__ticket_publish(tt, k);
-  spi__slot_open_end(s);
+  spi__slot_open_end(own, s);
   rs->taken.ticket = NULL; /* published: the caller's to finish */
   rs->taken.probe = NULL;  /* ... and the probe goes with it */
   atomic_fetch_add(&s->inflight, 1);

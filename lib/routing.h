@@ -25,23 +25,42 @@
 
 /* --------------------------------------------------------------------- RCU */
 
-/* Two-epoch reader counters: readers pin with two atomic adds. The counters
- * are striped over cache lines so threads routing at once do not bounce one
- * line between cores; a reader picks its stripe from its stack address. */
+/* Two-epoch reader counters. The first SPI_RCU_OWN threads to ask for a
+ * number (spi__thread_no) have a line of their own, which only they write:
+ * a pin is a plain store there when asymmetric fences are cheap (fences.c),
+ * the writer fencing every thread before it reads the counts. Other
+ * threads, and every thread where fences are not cheap, pin with atomic
+ * adds on counters striped over cache lines by thread number. A thread's own line also says which replica slot
+ * it is opening a ticket on (spi__slot_open_begin). */
 #define SPI_RCU_STRIPES 16
+#define SPI_RCU_OWN 32
 typedef struct spi_rcu_stripe {
   atomic_ulong n;
   char pad[64 - sizeof(atomic_ulong)];
 } spi_rcu_stripe;
+typedef struct spi_rcu_line {
+  atomic_ulong n[2];   /* pins, by the epoch's parity */
+  atomic_uint opening; /* 1 + the slot a ticket is being opened on; 0 none */
+  char pad[64 - 2 * sizeof(atomic_ulong) - sizeof(atomic_uint)];
+} spi_rcu_line;
 typedef struct spi_rcu {
   atomic_uint epoch;
   char pad[64 - sizeof(atomic_uint)];
   spi_rcu_stripe readers[2][SPI_RCU_STRIPES];
+  spi_rcu_line own[SPI_RCU_OWN]; /* thread number n's is own[n - 1] */
   /* Writers of different objects (configure, replica set) may synchronise
    * at once; flip-and-wait must not interleave or a reader pinned two
    * epochs back would be missed. */
   pthread_mutex_t sync_lock;
 } spi_rcu;
+
+/* The calling thread's own line (thread number thread_no), or NULL when it
+ * has none or fences are not cheap: then it counts itself with atomic adds. */
+static inline spi_rcu_line *spi__rcu_line(spi_rcu *r, uint32_t thread_no) {
+  return thread_no - 1u < SPI_RCU_OWN && spi__fences_cheap()
+             ? &r->own[thread_no - 1u]
+             : NULL;
+}
 
 int spi__rcu_init(spi_rcu *r);
 void spi__rcu_destroy(spi_rcu *r);
@@ -284,18 +303,33 @@ void spi__replica_slot_set_state(spi_replica_slot *s, int32_t state);
  * replica's open tickets. The route reads the state long before it
  * publishes its ticket (the pass, then the policy); a notice that set the
  * state and scanned the tickets in between would miss a ticket published
- * on a machine that is going away. So the route counts itself in the
- * slot's `opening`, then reads the state again; the notice stores the
- * state, then waits until `opening` is 0, then scans. All four are
- * sequentially consistent, so one side sees the other: the route reads
- * the state the notice stored (and publishes nothing there), or the notice
- * sees the route counted and waits for its ticket to be published (and
- * its scan finds it). The window holds no lock and waits for nothing, so a
- * notice may wait for it under its locks.
+ * on a machine that is going away. So the route counts itself as opening
+ * on the slot, then reads the state again; the notice stores the state,
+ * then waits until no route counts itself there, then scans. One side sees
+ * the other: the route reads the state the notice stored (and publishes
+ * nothing there), or the notice sees the route counted and waits for its
+ * ticket to be published (and its scan finds it). The window holds no lock
+ * and waits for nothing, so a notice may wait for it under its locks.
+ *
+ * A route with a line of its own (l, spi__rcu_line) counts itself there,
+ * with a plain store of 1 + the slot, and the notice fences every thread
+ * before it reads the lines (spi__fence_all, as the RCU writer does). Any
+ * other adds 1 to the slot's `opening`, and both sides' counts and loads
+ * are sequentially consistent.
  *
  * Whether the replica is still ACTIVE: if so the window is open, closed by
  * spi__slot_open_end once the ticket is published; if not, it is closed. */
-static inline int spi__slot_open_begin(spi_replica_slot *s) {
+static inline int spi__slot_open_begin(spi_rcu_line *l, spi_replica_slot *s,
+                                       uint32_t slot) {
+  if (l) {
+    atomic_store_explicit(&l->opening, slot + 1u, memory_order_relaxed);
+    atomic_signal_fence(memory_order_seq_cst);
+    if (atomic_load_explicit(&s->state, memory_order_acquire) ==
+        SPI_REPLICA_ACTIVE)
+      return 1;
+    atomic_store_explicit(&l->opening, 0u, memory_order_relaxed);
+    return 0;
+  }
   atomic_fetch_add_explicit(&s->opening, 1u, memory_order_seq_cst);
   if (atomic_load_explicit(&s->state, memory_order_seq_cst) ==
       SPI_REPLICA_ACTIVE)
@@ -305,12 +339,16 @@ static inline int spi__slot_open_begin(spi_replica_slot *s) {
 }
 /* The ticket opened in the window is published (release: a notice that
  * reads 0 here sees it). */
-static inline void spi__slot_open_end(spi_replica_slot *s) {
-  atomic_fetch_sub_explicit(&s->opening, 1u, memory_order_release);
+static inline void spi__slot_open_end(spi_rcu_line *l, spi_replica_slot *s) {
+  if (l)
+    atomic_store_explicit(&l->opening, 0u, memory_order_release);
+  else
+    atomic_fetch_sub_explicit(&s->opening, 1u, memory_order_release);
 }
-/* Wait until no route is between its look at the state and its ticket's
- * publish: the notice's side, after it stored the state (replica.c). */
-void spi__slot_opens_wait(spi_replica_slot *s);
+/* Wait until no route is between its look at slot s's state and its
+ * ticket's publish: the notice's side, after it stored the state
+ * (replica.c). */
+void spi__slot_opens_wait(spi_rcu *r, spi_replica_slot *s, uint32_t slot);
 /* The next name of a models list from *p (before end): where it starts
  * and, in *len, its length, the blanks around it left out; *p moves past
  * it and its comma. */

@@ -113,6 +113,15 @@ const char *spi__errtab_get(const spi_errtab *t);
  * (thread_no.c), so that a few threads fall on different stripes. */
 uint32_t spi__thread_no(void);
 
+/* Asymmetric fences (fences.c). spi__fences_init once before the first
+ * spi__fences_cheap (an engine's RCU domain does it); spi__fences_cheap: 1
+ * when a reader's store-then-load handshake may go without a fence because
+ * the waiting side calls spi__fence_all first, which fences every thread
+ * of the process (a no-op when spi__fences_cheap is 0). */
+void spi__fences_init(void);
+int spi__fences_cheap(void);
+void spi__fence_all(void);
+
 /* memcpy of n bytes through the C library's memcpy. gcc inlines a copy
  * whose size it knows to be bounded as `rep movsq`, which takes about
  * 8-10 ns here whatever the size, against 3 ns for the call; the size

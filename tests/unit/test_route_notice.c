@@ -218,9 +218,13 @@ static void sleep_ms(long ms) {
 
 /* A route that read spot-a as ACTIVE at the last moment (its window open)
  * and has not published its ticket yet, done by hand as serve() does it:
- * the notice sets the state, then waits for the ticket and plans it. */
-static void notice_waits_for_opening_ticket(void **state) {
-  (void)state;
+ * the notice sets the state, then waits for the ticket and plans it. The
+ * route counts itself in its thread's own line when it has one (own), else
+ * in the slot's counter, as threads beyond the first SPI_RCU_OWN and every
+ * thread without cheap fences do. */
+static void notice_waits_for_ticket_opened(int own) {
+  spi__fences_init();
+  if (own && !spi__fences_cheap()) skip(); /* no membarrier here */
   fb_world *w = fb_mk(NULL, NULL);
   memset(&waiting, 0, sizeof waiting);
   waiting.w = w;
@@ -237,7 +241,10 @@ static void notice_waits_for_opening_ticket(void **state) {
   k->incarnation = atomic_load(&s->incarnation);
   k->klass = SPI_CLASS_SILVER;
   k->expected_output = 100;
-  assert_true(spi__slot_open_begin(s));
+  spi_rcu_line *line = own ? spi__rcu_line(&e->rcu, spi__thread_no()) : NULL;
+  assert_true(own == (line != NULL));
+  assert_true(spi__slot_open_begin(line, s, r->slot));
+  assert_int_equal(atomic_load(&s->opening), own ? 0u : 1u);
   pthread_t th;
   assert_int_equal(pthread_create(&th, NULL, notice_thread, NULL), 0);
   /* The notice stored the state; it must not scan before the publish. */
@@ -248,7 +255,7 @@ static void notice_waits_for_opening_ticket(void **state) {
   sleep_ms(50);
   assert_int_equal(atomic_load(&waiting.done), 0);
   uint64_t id = spi__ticket_publish(tt, k);
-  spi__slot_open_end(s);
+  spi__slot_open_end(line, s);
   assert_int_equal(pthread_join(th, NULL), 0);
   assert_int_equal(waiting.rc, SPI_OK);
   assert_int_equal(waiting.np, 1);
@@ -257,6 +264,16 @@ static void notice_waits_for_opening_ticket(void **state) {
   assert_true(spi__ticket_claim(tt, k, id));
   spi__ticket_release(tt, k);
   fb_done(w);
+}
+
+static void notice_waits_for_ticket_opened_own_line(void **state) {
+  (void)state;
+  notice_waits_for_ticket_opened(1);
+}
+
+static void notice_waits_for_ticket_opened_counted(void **state) {
+  (void)state;
+  notice_waits_for_ticket_opened(0);
 }
 
 /* ------------------------------------------------------ both, racing */
@@ -366,7 +383,8 @@ int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(notice_while_choosing),
       cmocka_unit_test(notice_at_every_try),
-      cmocka_unit_test(notice_waits_for_opening_ticket),
+      cmocka_unit_test(notice_waits_for_ticket_opened_own_line),
+      cmocka_unit_test(notice_waits_for_ticket_opened_counted),
       cmocka_unit_test(notices_racing_routes),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
