@@ -108,14 +108,34 @@ int spi__metrics_untouched(const spi_metrics *x) {
 
 /* --------------------------------------------------------------- counters */
 
-/* This thread's stripe. */
-static m_hot *hot_here(spi_metrics *x) {
-  return &x->hot[spi__thread_no() % M_STRIPES];
+/* The stripe of the thread numbered thread_no. The first M_STRIPES - 1
+ * numbered threads have one of their own, which only they write: a load
+ * and a store make their add, where an atomic add is a locked instruction
+ * that also waits for the thread's earlier stores to drain (a route made
+ * two here). Every other thread adds to stripe 0 atomically. */
+static unsigned stripe_of(uint32_t thread_no) {
+  return thread_no < M_STRIPES ? thread_no : 0;
 }
 
-static void queue_in(m_hot *h, int c, int delta) {
-  atomic_fetch_add_explicit(&h->queue[c], (long long)delta,
-                            memory_order_relaxed);
+static unsigned stripe_here(void) { return stripe_of(spi__thread_no()); }
+
+/* v added to a counter of stripe s. */
+static void add_in(unsigned s, atomic_ullong *a, uint64_t v) {
+  if (!v) return;
+  if (s)
+    atomic_store_explicit(a, atomic_load_explicit(a, memory_order_relaxed) + v,
+                          memory_order_relaxed);
+  else
+    atomic_fetch_add_explicit(a, v, memory_order_relaxed);
+}
+
+static void queue_in(spi_metrics *x, unsigned s, int c, int delta) {
+  atomic_llong *q = &x->hot[s].queue[c];
+  if (s)
+    atomic_store_explicit(q, atomic_load_explicit(q, memory_order_relaxed) +
+                                 delta, memory_order_relaxed);
+  else
+    atomic_fetch_add_explicit(q, (long long)delta, memory_order_relaxed);
 }
 
 /* The table slot of a family, claiming one if the budget allows; SIZE_MAX
@@ -159,26 +179,26 @@ static void decision_in(spi_metrics *x, unsigned s, int p, int c,
                         uint32_t matched_blocks, uint32_t total_blocks) {
   int r = reason >= 0 && reason < SPI_REASON_COUNT ? reason : SPI_REASON_NONE;
   m_hot *h = &x->hot[s];
-  add(&h->decisions[p][c][r], 1);
+  add_in(s, &h->decisions[p][c][r], 1);
   if (total_blocks == 0 || (p != SPI_POOL_SPOT && p != SPI_POOL_ON_DEMAND))
     return;
   if (matched_blocks > total_blocks) matched_blocks = total_blocks;
   size_t i = family_slot(x, family);
   if (i == SIZE_MAX) {
-    add(&h->other_matched, matched_blocks);
-    add(&h->other_total, total_blocks);
+    add_in(s, &h->other_matched, matched_blocks);
+    add_in(s, &h->other_total, total_blocks);
     return;
   }
   fam_count *f = &x->fam_n[s * (x->fam_mask + 1) + i];
-  add(&f->matched, matched_blocks);
-  add(&f->total, total_blocks);
+  add_in(s, &f->matched, matched_blocks);
+  add_in(s, &f->total, total_blocks);
 }
 
 void spi__metrics_decision(spi_metrics *x, int32_t pool, int32_t klass,
                            int32_t reason, uint64_t family,
                            uint32_t matched_blocks, uint32_t total_blocks) {
   if (x)
-    decision_in(x, spi__thread_no() % M_STRIPES, spi__mpool(pool),
+    decision_in(x, stripe_here(), spi__mpool(pool),
                 spi__mclass(klass), reason, family, matched_blocks,
                 total_blocks);
 }
@@ -187,11 +207,11 @@ void spi__metrics_routed_for(spi_metrics *x, uint32_t thread_no, int32_t pool,
                              int32_t klass, int32_t reason, uint64_t family,
                              uint32_t matched_blocks, uint32_t total_blocks) {
   if (!x) return;
-  unsigned s = thread_no % M_STRIPES;
+  unsigned s = stripe_of(thread_no);
   int c = spi__mclass(klass);
   decision_in(x, s, spi__mpool(pool), c, reason, family, matched_blocks,
               total_blocks);
-  queue_in(&x->hot[s], c, +1);
+  queue_in(x, s, c, +1);
 }
 
 uint64_t spi__metrics_family(const spi_metrics *x, size_t slot, int total) {
@@ -241,12 +261,18 @@ void spi__metrics_ttft(spi_metrics *x, int32_t klass, double ttft_ms) {
   int c = spi__mclass(klass);
   int b = 0;
   while (b < SPI_TTFT_BUCKETS - 1 && !(ttft_ms <= spi__ttft_le[b])) b++;
-  m_hot *h = hot_here(x);
-  add(&h->ttft_bucket[c][b], 1);
+  unsigned s = stripe_here();
+  m_hot *h = &x->hot[s];
+  add_in(s, &h->ttft_bucket[c][b], 1);
   /* An infinite sample lands in +Inf but is kept out of the sum. */
   if (ttft_ms > DBL_MAX) return;
   unsigned long long old =
       atomic_load_explicit(&h->ttft_sum[c], memory_order_relaxed);
+  if (s) {
+    atomic_store_explicit(&h->ttft_sum[c], spi__dbits(spi__bitsd(old) + ttft_ms),
+                          memory_order_relaxed);
+    return;
+  }
   while (!atomic_compare_exchange_weak_explicit(
       &h->ttft_sum[c], &old, spi__dbits(spi__bitsd(old) + ttft_ms),
       memory_order_relaxed, memory_order_relaxed)) {
@@ -254,7 +280,7 @@ void spi__metrics_ttft(spi_metrics *x, int32_t klass, double ttft_ms) {
 }
 
 void spi__metrics_queue_delta(spi_metrics *x, int32_t klass, int delta) {
-  if (x) queue_in(hot_here(x), spi__mclass(klass), delta);
+  if (x) queue_in(x, stripe_here(), spi__mclass(klass), delta);
 }
 
 void spi__metrics_draft(spi_metrics *x, int accepted) {
