@@ -22,7 +22,6 @@
  */
 #define _DEFAULT_SOURCE /* syscall */
 #include <pthread.h>
-#include <stdatomic.h>
 
 #include "spi_internal.h"
 
@@ -39,7 +38,7 @@
 
 static int membarrier(int cmd) { return (int)syscall(SYS_membarrier, cmd, 0, 0); }
 
-static atomic_int cheap;
+int spi__fences_flag; /* read and written with __atomic builtins */
 static pthread_once_t once = PTHREAD_ONCE_INIT;
 
 static int registered(void) {
@@ -51,32 +50,28 @@ static int registered(void) {
 /* Only the forking thread runs in the child: no reader is between its
  * store and its load. */
 static void child_after_fork(void) {
-  atomic_store_explicit(&cheap, registered(), memory_order_relaxed);
+  __atomic_store_n(&spi__fences_flag, registered(), __ATOMIC_RELAXED);
 }
 
 static void set_up(void) {
   int ok = registered();
   if (ok && pthread_atfork(NULL, NULL, child_after_fork) != 0) ok = 0;
-  atomic_store_explicit(&cheap, ok, memory_order_relaxed);
+  __atomic_store_n(&spi__fences_flag, ok, __ATOMIC_RELAXED);
 }
 
 void spi__fences_init(void) { pthread_once(&once, set_up); }
 
-int spi__fences_cheap(void) {
-  return atomic_load_explicit(&cheap, memory_order_relaxed);
-}
-
 void spi__fence_all(void) {
-  if (!atomic_load_explicit(&cheap, memory_order_relaxed)) return;
+  if (!spi__fences_cheap()) return;
   /* Its errors are an unknown command and a process not registered;
-   * cheap is 1 only in a process registered for this command. */
+   * the flag is set only in a process registered for this command. */
   (void)membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED);
 }
 
 #else
 
+int spi__fences_flag; /* never set: no membarrier here */
 void spi__fences_init(void) {}
-int spi__fences_cheap(void) { return 0; }
 void spi__fence_all(void) {}
 
 #endif

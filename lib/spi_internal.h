@@ -117,9 +117,13 @@ uint32_t spi__thread_no(void);
  * spi__fences_cheap (an engine's RCU domain does it); spi__fences_cheap: 1
  * when a reader's store-then-load handshake may go without a fence because
  * the waiting side calls spi__fence_all first, which fences every thread
- * of the process (a no-op when spi__fences_cheap is 0). */
+ * of the process (a no-op when spi__fences_cheap is 0). The flag is read
+ * inline: a route asks three times. */
+extern int spi__fences_flag;
 void spi__fences_init(void);
-int spi__fences_cheap(void);
+static inline int spi__fences_cheap(void) {
+  return __atomic_load_n(&spi__fences_flag, __ATOMIC_RELAXED);
+}
 void spi__fence_all(void);
 
 /* memcpy of n bytes through the C library's memcpy. gcc inlines a copy
