@@ -223,6 +223,15 @@ void spi__breaker_release_probe(spi_replica_slot *s) {
     atomic_store(&s->probe_taken, 0);
 }
 
+/* A success: no errors in a row. Stored only when there were: a store
+ * in sequential consistency is a locked instruction, and almost every
+ * finish is a success after a success. An error counted meanwhile by
+ * another finish is the same either way: as if it came just after. */
+static void errors_reset(spi_replica_slot *s) {
+  if (atomic_load_explicit(&s->consecutive_errors, memory_order_relaxed))
+    atomic_store(&s->consecutive_errors, 0u);
+}
+
 int spi__breaker_record(spi_replica_slot *s, int ok, int was_probe,
                         int64_t now_ns, const spi_router_cfg *c) {
   int64_t until = sat_add(now_ns, cooldown_ns(c));
@@ -237,7 +246,7 @@ int spi__breaker_record(spi_replica_slot *s, int ok, int was_probe,
     return breaker_take(s, st, EV_PROBE_ERROR, until);
   }
   if (ok) {
-    atomic_store(&s->consecutive_errors, 0u);
+    errors_reset(s);
     breaker_take(s, st, EV_SUCCESS, 0);
     return 0;
   }
