@@ -417,13 +417,8 @@ static inline __attribute__((always_inline)) uint64_t
 key_of_short(const kb_instance *in, const spi_request_view *req,
              spi_cache_key *out) {
   _Static_assert(KB_SHORT_MODEL < 16, "a model and its length fit 16 bytes");
-  uint8_t b[16] = {0};
-  size_t n = req->model_len;
-  spi__copy_small(b, req->model, n);
-  b[15] = (uint8_t)n;
   uint64_t m0, m1;
-  memcpy(&m0, b, 8);
-  memcpy(&m1, b + 8, 8);
+  spi__short_words(req->model, req->model_len, &m0, &m1);
   kb_memo *e = kb_memo_of(in, m0, m1);
   uint64_t c0;
   if (kb_memo_get(e, m0, m1, out, &c0)) return c0;
