@@ -616,7 +616,7 @@ static seeded_fn seeded_pick(void) {
   __builtin_cpu_init();
 #endif
 #if KB_WIDE512
-  if (__builtin_cpu_supports("avx512f")) return seeded_avx512;
+  if (spi__cpu_wide512()) return seeded_avx512;
 #endif
 #if SPI_HAVE_XXH_AVX2
   if (__builtin_cpu_supports("avx2")) return spi__xxh3_seeded_avx2;

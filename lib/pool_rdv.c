@@ -33,20 +33,10 @@ void spi__pix_rdv_offer(pix_rdv *o, pix_rdv_acc *a, int k, uint64_t w,
 }
 
 /* Which build weighs the replicas: AVX-512 (F and DQ, for the 64-bit
- * multiply) when the CPU has it. Picked on first use; racing first users
- * store the same answer. */
+ * multiply) where the 512-bit builds run (spi__cpu_wide512). */
 static int rdv_wide(void) {
 #if SPI_HAVE_RDV_AVX512
-  static atomic_int pick; /* 0 unknown, 1 no, 2 yes */
-  int v = atomic_load_explicit(&pick, memory_order_relaxed);
-  if (!v) {
-    __builtin_cpu_init();
-    v = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq")
-            ? 2
-            : 1;
-    atomic_store_explicit(&pick, v, memory_order_relaxed);
-  }
-  return v == 2;
+  return spi__cpu_wide512();
 #else
   return 0;
 #endif

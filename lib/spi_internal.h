@@ -113,6 +113,14 @@ const char *spi__errtab_get(const spi_errtab *t);
  * (thread_no.c), so that a few threads fall on different stripes. */
 uint32_t spi__thread_no(void);
 
+/* Whether the 512-bit vector builds run (cpu_pick.c): the CPU has AVX-512
+ * F and DQ and is not an Intel one. Picked on first use. */
+int spi__cpu_wide512(void);
+/* For tests: the 512-bit builds run on any CPU that has them, Intel ones
+ * too, so that they are tested wherever they can run. Call before the
+ * first engine or key. */
+void spi__cpu_wide512_any_vendor(void);
+
 /* Asymmetric fences (fences.c). spi__fences_init once before the first
  * spi__fences_cheap (an engine's RCU domain does it); spi__fences_cheap: 1
  * when a reader's store-then-load handshake may go without a fence because
@@ -422,8 +430,8 @@ size_t spi__kb_blocks_view(const void *instance, const spi_request_view *v,
 uint64_t spi__xxh3_seeded_avx2(const void *p, size_t n, uint64_t seed);
 uint64_t spi__xxh3_avx2(const void *p, size_t n);
 /* The seeded XXH3 of the block hashes (keybuilder.c), picked on first use:
- * on CPUs with AVX-512 F (in a build with SPI_HAVE_RDV_AVX512), inputs of
- * more than 240 bytes go eight lanes at a time with each stripe's key made
+ * where the 512-bit builds run (spi__cpu_wide512; in a build with
+ * SPI_HAVE_RDV_AVX512), inputs of more than 240 bytes go eight lanes at a time with each stripe's key made
  * in a register (seeded_avx512; shorter ones to libxxhash's); else the AVX2
  * build when the CPU has it; else libxxhash's. Same results on every path. */
 uint64_t spi__xxh3_seeded(const void *p, size_t n, uint64_t seed);

@@ -1717,6 +1717,10 @@ static void test_slot_reading_by_the_rules(void **st) {
 }
 
 int main(void) {
+  /* The 512-bit rendezvous weights and block TTFTs run wherever the CPU has AVX-512, so that
+   * they are tested there (the library leaves them out on Intel CPUs;
+   * other tests run the library's own pick). */
+  spi__cpu_wide512_any_vendor();
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_index_exact_after_concurrent_writes),
       cmocka_unit_test(test_take_waits_bounded),
