@@ -40,7 +40,9 @@
  *      ticket pin's holder never waits for anything. A notice's plan scan
  *      (node.c, under 2 and 3) waits for the routes opening a ticket on the
  *      machine's replicas (routing.h, spi__slot_open_begin): fine for the
- *      same reason, such a route holds no lock and waits for nothing.
+ *      same reason, such a route holds no lock and waits for nothing. The
+ *      fence both waits start with (spi__fence_all, membarrier) waits for
+ *      no lock and no pin either.
  *   B. Callbacks into the caller's code that may call back into the engine
  *      (node transitions) run with no lock and no pin held. Module callbacks
  *      run pinned: a module's configure calling spi_engine_configure gets

@@ -339,8 +339,12 @@ void spi__ticket_release(spi_ticket_table *t, spi_ticket *k) {
   if (!t || !k) return;
   size_t i = (size_t)(k - t->t);
   /* A record released without being claimed (taken, never published) must
-   * not stay findable. */
-  atomic_store_explicit(&k->id, 0ull, memory_order_seq_cst);
+   * not stay findable. A claimed one's id is 0 already, set by the claim's
+   * sequentially consistent exchange, which orders it before the load of
+   * the pins below as this store would (a locked instruction a finish no
+   * longer makes twice). */
+  if (atomic_load_explicit(&k->id, memory_order_relaxed) != 0)
+    atomic_store_explicit(&k->id, 0ull, memory_order_seq_cst);
   /* A scan that pinned it before id went to 0 is still reading it. */
   while (atomic_load_explicit(&k->readers, memory_order_seq_cst) != 0)
     sched_yield();
