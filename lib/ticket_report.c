@@ -197,8 +197,13 @@ int spi_ticket_finish(spi_engine *engine, uint64_t ticket,
   int stale = ticket_replica_gone(engine, k);
   int ok = result->status == SPI_TICKET_OK;
   spi_metrics *mx = atomic_load(&engine->metrics);
+  /* Whether no first token was reported: this finish marks it so (-1) or
+   * learns a report's time, the exchange arbitrating a report that races
+   * it. Looked at first: a failed exchange is a locked instruction too,
+   * and most finishes come after their first token. */
   long long zero = 0;
   int no_first_token =
+      atomic_load_explicit(&k->first_token_ns, memory_order_acquire) == 0 &&
       atomic_compare_exchange_strong(&k->first_token_ns, &zero, (int64_t)-1);
   if (mx) {
     if (no_first_token) {
