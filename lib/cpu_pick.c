@@ -8,7 +8,7 @@
  * a lower clock licence and closes one vector port for a while after it;
  * a route is mostly scalar code around short vector loops, and pays that
  * for all of its code. Measured on an Intel Xeon (Sapphire Rapids) with
- * AVX-512, the route's p50 was 6-10 % lower with the AVX2 builds at every
+ * AVX-512, the route's p50 was 3-10 % lower with the AVX2 builds at every
  * size (docs/performance.md, "The 512-bit builds on an Intel Xeon"); the
  * 512-bit builds were adopted on an AMD EPYC, whose AVX-512 runs at the
  * core's usual clock, where they took 0.7 times the AVX2 builds' time.
