@@ -131,6 +131,16 @@ static int result_ok(const spi_ticket_result *r) {
          (r->prompt_tokens == 0 || r->cached_tokens <= r->prompt_tokens);
 }
 
+/* Whether no first token was reported for k: the finish marks it so (-1),
+ * or finds a report's time, the exchange arbitrating a report that races
+ * it. Looked at first: a failed exchange is a locked instruction too, and
+ * most finishes come after their first token. */
+static int first_token_none(spi_ticket *k) {
+  long long zero = 0;
+  return atomic_load_explicit(&k->first_token_ns, memory_order_acquire) == 0 &&
+         atomic_compare_exchange_strong(&k->first_token_ns, &zero, (int64_t)-1);
+}
+
 /* Price finished work with the engine's cost model: actual tokens, cached
  * prompt tokens not prefilled again. */
 static void price_finished(const spi_snapshot *s, const spi_ticket *k,
@@ -197,14 +207,7 @@ int spi_ticket_finish(spi_engine *engine, uint64_t ticket,
   int stale = ticket_replica_gone(engine, k);
   int ok = result->status == SPI_TICKET_OK;
   spi_metrics *mx = atomic_load(&engine->metrics);
-  /* Whether no first token was reported: this finish marks it so (-1) or
-   * learns a report's time, the exchange arbitrating a report that races
-   * it. Looked at first: a failed exchange is a locked instruction too,
-   * and most finishes come after their first token. */
-  long long zero = 0;
-  int no_first_token =
-      atomic_load_explicit(&k->first_token_ns, memory_order_acquire) == 0 &&
-      atomic_compare_exchange_strong(&k->first_token_ns, &zero, (int64_t)-1);
+  int no_first_token = first_token_none(k);
   if (mx) {
     if (no_first_token) {
       spi__metrics_queue_delta(mx, k->klass, -1);
