@@ -804,13 +804,12 @@ static size_t plan_pinned(spi_engine *e, const node *n,
   memset(mine, 0, sizeof mine);
   size_t nmine = 0;
   uint32_t cur = SPI_CHAIN_START;
-  for (const spi_replica_ident *r; (r = next_on(e, set, n, &cur)); nmine++) {
+  for (const spi_replica_ident *r; (r = next_on(e, set, n, &cur)); nmine++)
     mine[r->slot / 64] |= UINT64_C(1) << (r->slot % 64);
-    /* A route that read the replica ACTIVE before its state was stored
-     * and has not published its ticket yet: the scan must see that ticket
-     * (routing.h, spi__slot_open_begin). */
-    spi__slot_opens_wait(&e->rcu, &e->registry.slots[r->slot], r->slot);
-  }
+  /* A route that read one of them ACTIVE before its state was stored and
+   * has not published its ticket yet: the scan must see that ticket
+   * (routing.h, spi__slot_open_begin). */
+  if (nmine) spi__slot_opens_wait(&e->rcu, &e->registry, mine);
   size_t found = 0, total = spi__tickets_high(tt);
   for (size_t i = 0; nmine && i < total; i++) {
     /* Pinned: a route may otherwise reset the record while it is read. */

@@ -863,17 +863,28 @@ void spi__replica_slot_set_state(spi_replica_slot *s, int32_t state) {
     atomic_fetch_add(&s->gen, 1u);
 }
 
-void spi__slot_opens_wait(spi_rcu *r, spi_replica_slot *s, uint32_t slot) {
+static int slot_in(const uint64_t *mine, uint32_t slot) {
+  return slot < SPI_REPLICA_SLOTS && (mine[slot / 64] >> (slot % 64) & 1u);
+}
+
+void spi__slot_opens_wait(spi_rcu *r, spi_registry *g, const uint64_t *mine) {
   /* A route's window is a few stores long and waits for nothing: it ends
    * as soon as its thread runs. The fence, then the first load, pair with
    * the route's count (routing.h); acquire on the 0 carries its ticket. */
   spi__fence_all();
-  while (atomic_load_explicit(&s->opening, memory_order_seq_cst) != 0)
-    sched_yield();
-  for (int i = 0; i < SPI_RCU_OWN; i++)
-    while (atomic_load_explicit(&r->own[i].opening, memory_order_acquire) ==
-           slot + 1u)
+  for (size_t w = 0; w < SPI_REPLICA_SLOTS / 64; w++)
+    for (uint64_t m = mine[w]; m; m &= m - 1) {
+      spi_replica_slot *s = &g->slots[w * 64 + (size_t)__builtin_ctzll(m)];
+      while (atomic_load_explicit(&s->opening, memory_order_seq_cst) != 0)
+        sched_yield();
+    }
+  for (int i = 0; i < SPI_RCU_OWN; i++) {
+    unsigned o;
+    while ((o = atomic_load_explicit(&r->own[i].opening,
+                                     memory_order_acquire)) != 0 &&
+           slot_in(mine, o - 1u))
       sched_yield();
+  }
 }
 
 int spi_replica_set_state(spi_engine *engine, const char *id, size_t id_len,

@@ -345,10 +345,11 @@ static inline void spi__slot_open_end(spi_rcu_line *l, spi_replica_slot *s) {
   else
     atomic_fetch_sub_explicit(&s->opening, 1u, memory_order_release);
 }
-/* Wait until no route is between its look at slot s's state and its
- * ticket's publish: the notice's side, after it stored the state
- * (replica.c). */
-void spi__slot_opens_wait(spi_rcu *r, spi_replica_slot *s, uint32_t slot);
+/* Wait until no route is between its look at the state of a slot of mine
+ * (a bit a slot, SPI_REPLICA_SLOTS bits) and its ticket's publish: the
+ * notice's side, after it stored the states (replica.c). One fence for
+ * them all. */
+void spi__slot_opens_wait(spi_rcu *r, spi_registry *g, const uint64_t *mine);
 /* The next name of a models list from *p (before end): where it starts
  * and, in *len, its length, the blanks around it left out; *p moves past
  * it and its comma. */

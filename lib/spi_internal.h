@@ -431,9 +431,10 @@ uint64_t spi__xxh3_seeded_avx2(const void *p, size_t n, uint64_t seed);
 uint64_t spi__xxh3_avx2(const void *p, size_t n);
 /* The seeded XXH3 of the block hashes (keybuilder.c), picked on first use:
  * where the 512-bit builds run (spi__cpu_wide512; in a build with
- * SPI_HAVE_RDV_AVX512), inputs of more than 240 bytes go eight lanes at a time with each stripe's key made
- * in a register (seeded_avx512; shorter ones to libxxhash's); else the AVX2
- * build when the CPU has it; else libxxhash's. Same results on every path. */
+ * SPI_HAVE_RDV_AVX512), inputs of more than 240 bytes go eight lanes at a
+ * time with each stripe's key made in a register (seeded_avx512; shorter
+ * ones to libxxhash's); else the AVX2 build when the CPU has it; else
+ * libxxhash's. Same results on every path. */
 uint64_t spi__xxh3_seeded(const void *p, size_t n, uint64_t seed);
 void spi__builtin_cost_model(spi_cost_model_module *out);
 #define SPI_BUILTIN_POLICY "reference"
